@@ -1,0 +1,44 @@
+#!/usr/bin/env python
+"""Train an unconditional DDPM U-Net on unlabeled images; save a `UNetFeatureClassifierPipeline` (no head yet).
+
+    accelerate launch examples/train_unet.py --dataset ../shared/data/medmnist_pneumonia/pneumoniamnist.npz \
+        --output_dir outputs/unet-pneumonia --max_train_steps 5000 --use_ema
+
+On a CPU-only machine, real multi-process DDP needs: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu
+--num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no examples/train_unet.py ...
+"""
+
+import argparse
+
+from accelerate import PartialState
+
+from diffusion_classifiers.data import load_image_classification_data
+from diffusion_classifiers.models import UNET_PRESETS
+from diffusion_classifiers.pipelines import UNetFeatureClassifierPipeline
+from diffusion_classifiers.training import add_training_args, train_ddpm_unet, training_args_from_namespace
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="digits", help="'digits', a MedMNIST .npz, an IDX folder or an image folder")
+    parser.add_argument("--image_size", type=int, default=None, help="resize to this size (default: the dataset's)")
+    parser.add_argument("--num_channels", type=int, default=None, choices=[1, 3])
+    parser.add_argument("--unet_preset", default="small", choices=sorted(UNET_PRESETS))
+    parser.add_argument("--num_train_timesteps", type=int, default=1000)
+    add_training_args(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    training_args = training_args_from_namespace(args)
+    splits = load_image_classification_data(args.dataset, image_size=args.image_size, num_channels=args.num_channels, seed=args.seed)
+    unet, scheduler, _ = train_ddpm_unet(
+        training_args, splits["train"].images, preset=args.unet_preset, num_train_timesteps=args.num_train_timesteps
+    )
+    if PartialState().is_main_process:
+        UNetFeatureClassifierPipeline(unet=unet, scheduler=scheduler).save_pretrained(args.output_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Classify with a linear head on one frozen DDPM U-Net feature (block, timestep)."""
+
+from typing import Optional, Sequence
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from diffusion_classifiers.data import preprocess_images
+from diffusion_classifiers.features import DiffusionFeatureExtractor
+from diffusion_classifiers.models import LinearProbeHead
+
+from .pipeline_utils import DiffusionClassifierPipeline
+
+
+class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
+    """Noise an image to timestep t, run the frozen U-Net, pool the activation of block b, apply a linear head.
+
+    Images (PIL, arrays or tensors) go through `diffusion_classifiers.data.preprocess_images`: resized to the
+    U-Net's `sample_size` and converted to its channel count. The noise comes from the seed recorded in the
+    head, so predictions are deterministic and match the features the head was fitted on.
+
+    Args:
+        unet: the frozen, unconditional `UNet2DModel` trained on unlabeled images.
+        scheduler: the `DDPMScheduler` it was trained with (defines the noising at timestep t).
+        head: a fitted `LinearProbeHead` (optional: a pipeline without one can still `extract_features`).
+    """
+
+    model_cpu_offload_seq = "unet->head"
+    _optional_components = ["head"]
+
+    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, head: Optional[LinearProbeHead] = None):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler, head=head)
+
+    @property
+    def feature_extractor(self) -> DiffusionFeatureExtractor:
+        return DiffusionFeatureExtractor(self.unet, self.scheduler)
+
+    def preprocess(self, images) -> torch.Tensor:
+        return preprocess_images(images, image_size=self.unet.config.sample_size, num_channels=self.unet.config.in_channels)
+
+    def extract_features(
+        self,
+        images,
+        blocks: Sequence[str],
+        timesteps: Sequence[int],
+        pool: Optional[str] = "mean",
+        noise_seed: int = 0,
+        num_noise_draws: int = 1,
+        batch_size: int = 64,
+        show_progress: bool = False,
+    ) -> dict:
+        """`{(block, t): Tensor[N, D]}` for every requested pair; see `DiffusionFeatureExtractor.extract`."""
+        return self.feature_extractor.extract(
+            self.preprocess(images),
+            blocks=blocks,
+            timesteps=timesteps,
+            pool=pool,
+            noise_seed=noise_seed,
+            num_noise_draws=num_noise_draws,
+            batch_size=batch_size,
+            show_progress=show_progress,
+        )
+
+    @torch.no_grad()
+    def __call__(self, images, batch_size: int = 64, return_dict: bool = True):
+        """Classify `images` (one or a list of PIL images, arrays or tensors).
+
+        Returns a `ClassifierPipelineOutput` (`labels`, `label_ids`, `scores`, `probs`), or a tuple when
+        `return_dict=False`.
+        """
+        if self.head is None:
+            raise ValueError("this pipeline has no `head`: fit one (diffusion_classifiers.probing.fit_probe_grid) first")
+        config = self.head.config
+        features = self.extract_features(
+            images,
+            blocks=[config.block],
+            timesteps=[config.timestep],
+            pool=config.pool,
+            noise_seed=config.noise_seed,
+            num_noise_draws=config.num_noise_draws,
+            batch_size=batch_size,
+        )[(config.block, config.timestep)]
+        logits = self.head(features.to(self.head.device))
+        class_names = self.class_names_from(config.num_classes, config.class_names)
+        return self.build_output(logits, class_names, return_dict)

@@ -1,0 +1,151 @@
+"""Classification and clustering metrics in numpy / scikit-learn (no Hub access), returned as plain Python values."""
+
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from sklearn import metrics as skm
+
+
+def _as_labels(values, name: str) -> np.ndarray:
+    array = np.asarray(values.cpu() if hasattr(values, "cpu") else values)
+    if array.ndim != 1 or len(array) == 0:
+        raise ValueError(f"expected {name} as a non-empty 1-D array of integer labels, got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.issubdtype(array.dtype, np.floating) or not np.all(np.mod(array, 1) == 0):
+            raise ValueError(f"expected integer labels in {name}, got dtype {array.dtype}")
+        array = array.astype(np.int64)
+    return array
+
+
+def _check_range(array: np.ndarray, name: str, num_classes: int) -> None:
+    bad = np.flatnonzero((array < 0) | (array >= num_classes))
+    if len(bad):
+        raise ValueError(f"{name}[{bad[0]}] = {array[bad[0]]} is outside the expected range [0, {num_classes - 1}]")
+
+
+def _resolve_num_classes(num_classes, class_names, *label_arrays) -> int:
+    if num_classes is None:
+        num_classes = len(class_names) if class_names is not None else int(max(a.max() for a in label_arrays)) + 1
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"expected {num_classes} class_names, got {len(class_names)}: {list(class_names)}")
+    if num_classes < 2:
+        raise ValueError(f"expected num_classes >= 2, got {num_classes}")
+    return num_classes
+
+
+def _auc(y_true: np.ndarray, probs: np.ndarray) -> Dict[str, object]:
+    present = np.unique(y_true)
+    if len(present) < 2:
+        return {"auc": None, "auc_unavailable_reason": f"only class {present[0]} is present in y_true"}
+    if probs.shape[1] == 2:
+        return {"auc": float(skm.roc_auc_score(y_true, probs[:, 1]))}
+    # One-vs-rest macro over the classes present in y_true (sklearn's "ovr" needs every class present).
+    per_class = [skm.roc_auc_score(y_true == k, probs[:, k]) for k in present]
+    return {"auc": float(np.mean(per_class))}
+
+
+def classification_metrics(
+    y_true: Sequence[int],
+    y_pred: Sequence[int],
+    probs=None,
+    num_classes: Optional[int] = None,
+    class_names: Optional[Sequence[str]] = None,
+) -> dict:
+    r"""
+    Accuracy, macro-F1, balanced accuracy, per-class precision/recall/F1, confusion matrix and (with `probs`) AUC.
+
+    Args:
+        y_true, y_pred: integer labels in `[0, num_classes)`, same length.
+        probs (`[N, K]`, *optional*): class probabilities or scores. Binary AUC uses `probs[:, 1]`; multiclass AUC
+            is one-vs-rest macro over the classes present in `y_true`. With one class present, `auc` is `None` and
+            `auc_unavailable_reason` says why.
+        num_classes (`int`, *optional*): defaults to `len(class_names)`, else the largest label + 1.
+        class_names (`Sequence[str]`, *optional*): keys of `per_class`; defaults to `"0"`, `"1"`, ...
+
+    Returns:
+        `dict` of plain Python numbers and lists. `macro_f1` and `balanced_accuracy` average over the classes present
+        in `y_true` or `y_pred` (respectively `y_true`), as scikit-learn does; binary problems also get
+        `sensitivity` (recall of class 1) and `specificity` (recall of class 0).
+    """
+    y_true, y_pred = _as_labels(y_true, "y_true"), _as_labels(y_pred, "y_pred")
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"expected y_true and y_pred of the same length, got {len(y_true)} and {len(y_pred)}")
+    num_classes = _resolve_num_classes(num_classes, class_names, y_true, y_pred)
+    _check_range(y_true, "y_true", num_classes)
+    _check_range(y_pred, "y_pred", num_classes)
+    names = [str(c) for c in class_names] if class_names is not None else [str(k) for k in range(num_classes)]
+    labels = list(range(num_classes))
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    result = {
+        "num_samples": len(y_true),
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "macro_f1": float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "balanced_accuracy": float(skm.balanced_accuracy_score(y_true, y_pred)),
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(names, precision, recall, f1, support)
+        },
+        "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+    if num_classes == 2:
+        result["sensitivity"], result["specificity"] = float(recall[1]), float(recall[0])
+    if probs is not None:
+        probs = np.asarray(probs.detach().cpu() if hasattr(probs, "detach") else probs, dtype=np.float64)
+        if probs.shape != (len(y_true), num_classes):
+            raise ValueError(f"expected probs of shape {(len(y_true), num_classes)}, got {probs.shape}")
+        if not np.isfinite(probs).all():
+            raise ValueError(f"probs row {np.flatnonzero(~np.isfinite(probs).all(1))[0]} contains NaN or inf")
+        result.update(_auc(y_true, probs))
+    return result
+
+
+def _contingency(y_true: np.ndarray, clusters: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts [num_clusters, num_classes] of (cluster, class) pairs."""
+    num_clusters = max(int(clusters.max()) + 1, num_classes)
+    counts = np.zeros((num_clusters, num_classes), dtype=np.int64)
+    np.add.at(counts, (clusters, y_true), 1)
+    return counts
+
+
+def hungarian_match(y_true, clusters, num_classes: int) -> np.ndarray:
+    r"""
+    The one-to-one cluster -> class assignment that maximises the number of matched samples.
+
+    Returns:
+        `np.ndarray` of length `max(num_clusters, num_classes)`: `mapping[c]` is the class of cluster `c`, or -1 for
+        clusters left unmatched (only when there are more clusters than classes).
+    """
+    y_true, clusters = _as_labels(y_true, "y_true"), _as_labels(clusters, "clusters")
+    _check_range(y_true, "y_true", num_classes)
+    if len(y_true) != len(clusters) or clusters.min() < 0:
+        raise ValueError(
+            f"expected clusters as non-negative ids, one per label: got {len(clusters)} ids "
+            f"(min {clusters.min()}) for {len(y_true)} labels"
+        )
+    counts = _contingency(y_true, clusters, num_classes)
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    mapping = np.full(len(counts), -1, dtype=np.int64)
+    mapping[rows] = cols
+    return mapping
+
+
+def clustering_metrics(y_true, clusters, num_classes: int) -> dict:
+    r"""
+    Label-free grouping quality: `nmi`, `ari`, Hungarian-matched `accuracy` and `macro_f1`, and `purity` (each
+    cluster counted as its majority class). Also returns `cluster_to_class`, the Hungarian mapping as a list.
+    """
+    mapping = hungarian_match(y_true, clusters, num_classes)
+    y_true, clusters = _as_labels(y_true, "y_true"), _as_labels(clusters, "clusters")
+    matched = mapping[clusters]
+    present = np.unique(y_true).tolist()
+    return {
+        "nmi": float(skm.normalized_mutual_info_score(y_true, clusters)),
+        "ari": float(skm.adjusted_rand_score(y_true, clusters)),
+        "accuracy": float(np.mean(matched == y_true)),
+        "purity": float(_contingency(y_true, clusters, num_classes).max(axis=1).sum() / len(y_true)),
+        "macro_f1": float(skm.f1_score(y_true, matched, labels=present, average="macro", zero_division=0)),
+        "cluster_to_class": mapping.tolist(),
+    }

@@ -1,0 +1,52 @@
+"""The linear head that classifies one pooled diffusion feature, saved as a pipeline component."""
+
+from typing import List, Optional
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+
+class LinearProbeHead(ModelMixin, ConfigMixin):
+    """Standardise a feature vector with training statistics, then apply one linear layer.
+
+    The config records which feature the head reads (`block`, `timestep`, `pool`, noise seed and draws) and
+    the class names, so a saved pipeline carries everything needed to classify: no side files.
+    """
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        block: str = "mid_block",
+        timestep: int = 0,
+        pool: Optional[str] = "mean",
+        noise_seed: int = 0,
+        num_noise_draws: int = 1,
+        class_names: Optional[List[str]] = None,
+    ):
+        super().__init__()
+        if in_features < 1 or num_classes < 2:
+            raise ValueError(f"expected in_features >= 1 and num_classes >= 2, got {in_features} and {num_classes}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"expected {num_classes} class_names, got {len(class_names)}: {class_names}")
+        self.register_buffer("feature_mean", torch.zeros(in_features))
+        self.register_buffer("feature_std", torch.ones(in_features))
+        self.linear = nn.Linear(in_features, num_classes)
+
+    @property
+    def id2label(self) -> dict:
+        names = self.config.class_names or [str(i) for i in range(self.config.num_classes)]
+        return dict(enumerate(names))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if features.ndim != 2 or features.shape[1] != self.config.in_features:
+            raise ValueError(
+                f"expected features of shape [N, {self.config.in_features}], got {tuple(features.shape)}"
+            )
+        features = features.to(self.linear.weight.dtype)
+        return self.linear((features - self.feature_mean) / self.feature_std)

@@ -1,0 +1,39 @@
+"""U-Net sizes for small images (28-32 px), instead of diffusers' 6-level 256 px default."""
+
+from typing import Optional
+
+UNET_PRESETS = {
+    "tiny": {"block_out_channels": (16, 32, 32), "layers_per_block": 1, "norm_num_groups": 8, "attention_head_dim": 8},
+    "small": {"block_out_channels": (32, 64, 64), "layers_per_block": 1, "norm_num_groups": 16, "attention_head_dim": 16},
+    "base": {"block_out_channels": (64, 128, 256, 256), "layers_per_block": 2, "norm_num_groups": 32, "attention_head_dim": 32},
+}
+ATTENTION_RESOLUTION = 16
+
+
+def unet_config(
+    preset: str = "small",
+    sample_size: int = 32,
+    in_channels: int = 1,
+    num_class_embeds: Optional[int] = None,
+) -> dict:
+    """`UNet2DModel` kwargs for a preset: one level per entry of `block_out_channels`, halving the resolution
+    each level, with self-attention on the level closest to 16x16."""
+    if preset not in UNET_PRESETS:
+        raise ValueError(f"expected a U-Net preset in {sorted(UNET_PRESETS)}, got {preset!r}")
+    config = dict(UNET_PRESETS[preset])
+    levels = len(config["block_out_channels"])
+    if sample_size % 2 ** (levels - 1):
+        raise ValueError(f"expected sample_size divisible by {2 ** (levels - 1)} for preset {preset!r}, got {sample_size}")
+    resolutions = [sample_size // 2**level for level in range(levels)]
+    attention_level = min(range(levels), key=lambda level: abs(resolutions[level] - ATTENTION_RESOLUTION))
+    down = ["AttnDownBlock2D" if level == attention_level else "DownBlock2D" for level in range(levels)]
+    up = ["AttnUpBlock2D" if level == attention_level else "UpBlock2D" for level in reversed(range(levels))]
+    return dict(
+        config,
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        num_class_embeds=num_class_embeds,
+    )

@@ -1,0 +1,32 @@
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+# Offline, whatever the caller's environment: tests never reach the Hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf-home-"))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def shared_data(*parts) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not found at {path}")
+    return path
+
+
+def python_subprocess_env() -> dict:
+    """Environment for a fresh interpreter: offline, with this session's private HF_HOME."""
+    return dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+
+
+PYTHON = sys.executable

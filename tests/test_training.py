@@ -1,0 +1,115 @@
+import json
+import subprocess
+
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from torch.utils.data import TensorDataset
+
+from diffusion_classifiers.models import unet_config
+from diffusion_classifiers.training import (
+    DenoisingLoss,
+    TrainingArguments,
+    add_training_args,
+    find_latest_checkpoint,
+    train,
+    train_ddpm_unet,
+)
+
+from .conftest import PYTHON, REPO_ROOT, python_subprocess_env
+
+
+def tiny_images(n=24, size=8, seed=0):
+    return torch.rand(n, 1, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def tiny_args(tmp_path, **overrides):
+    defaults = dict(output_dir=str(tmp_path), train_batch_size=8, max_train_steps=4, learning_rate=1e-3, lr_warmup_steps=1, checkpointing_steps=2)
+    return TrainingArguments(**{**defaults, **overrides})
+
+
+def test_unet_preset_puts_attention_at_16px():
+    config = unet_config("small", sample_size=32)
+    assert config["down_block_types"] == ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D")
+    assert config["up_block_types"] == ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D")
+    with pytest.raises(ValueError, match="preset"):
+        unet_config("huge")
+
+
+def test_training_reduces_denoising_loss_and_checkpoints(tmp_path):
+    images = tiny_images(64)
+    args = tiny_args(tmp_path, max_train_steps=30, checkpointing_steps=10, checkpoints_total_limit=2, learning_rate=3e-3)
+    unet, scheduler, summary = train_ddpm_unet(args, images, preset="tiny")
+    assert summary.global_step == 30
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-20", "checkpoint-30"]
+    assert not list(tmp_path.glob("*.partial"))
+    loss_fn = DenoisingLoss(scheduler)
+    torch.manual_seed(0)
+    trained_loss = loss_fn(unet, (images,)).item()
+    torch.manual_seed(0)
+    fresh_loss = loss_fn(UNet2DModel(**unet_config("tiny", 8)), (images,)).item()
+    assert trained_loss < fresh_loss
+
+
+def test_resume_from_latest_continues_where_it_stopped(tmp_path):
+    dataset = TensorDataset(tiny_images())
+
+    def run(output_dir, steps, resume=None):
+        torch.manual_seed(0)
+        model = UNet2DModel(**unet_config("tiny", 8))
+        args = tiny_args(output_dir, max_train_steps=steps, resume_from_checkpoint=resume, lr_scheduler="constant")
+        return train(args, model, dataset, DenoisingLoss(DDPMScheduler()))
+
+    straight, _, _ = run(tmp_path / "straight", 4)
+    run(tmp_path / "resumed", 2)
+    resumed, _, summary = run(tmp_path / "resumed", 4, resume="latest")
+    assert summary.resumed_from_step == 2 and summary.global_step == 4
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_ema_weights_are_returned(tmp_path):
+    dataset = TensorDataset(tiny_images())
+    torch.manual_seed(0)
+    raw, _, _ = train(tiny_args(tmp_path / "raw"), UNet2DModel(**unet_config("tiny", 8)), dataset, DenoisingLoss(DDPMScheduler()))
+    torch.manual_seed(0)
+    ema, _, _ = train(tiny_args(tmp_path / "ema", use_ema=True), UNet2DModel(**unet_config("tiny", 8)), dataset, DenoisingLoss(DDPMScheduler()))
+    assert any(not torch.allclose(a, b) for a, b in zip(raw.parameters(), ema.parameters()))
+
+
+def test_bad_training_arguments_fail_early(tmp_path):
+    with pytest.raises(ValueError, match="train_batch_size"):
+        tiny_args(tmp_path, train_batch_size=0)
+    with pytest.raises(ValueError, match="mixed_precision"):
+        tiny_args(tmp_path, mixed_precision="fp8")
+    with pytest.raises(ValueError, match="non-empty"):
+        train(tiny_args(tmp_path), UNet2DModel(**unet_config("tiny", 8)), TensorDataset(torch.zeros(0, 1, 8, 8)), DenoisingLoss(DDPMScheduler()))
+    with pytest.raises(FileNotFoundError, match="checkpoint"):
+        train(tiny_args(tmp_path, resume_from_checkpoint="checkpoint-99"), UNet2DModel(**unet_config("tiny", 8)), TensorDataset(tiny_images()), DenoisingLoss(DDPMScheduler()))
+
+
+def test_cli_flags_follow_diffusers_names():
+    import argparse
+
+    args = add_training_args(argparse.ArgumentParser()).parse_args(["--output_dir", "x", "--use_ema", "--mixed_precision", "bf16", "--checkpoints_total_limit", "3"])
+    assert args.use_ema is True and args.mixed_precision == "bf16" and args.checkpoints_total_limit == 3
+    assert find_latest_checkpoint("/nonexistent") is None
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(tmp_path):
+    """Real 2-process DDP (gloo) through `accelerate launch`: both processes must see data."""
+    output_dir = tmp_path / "unet"
+    command = [
+        PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / "examples" / "train_unet.py"),
+        "--dataset", "digits", "--image_size", "8", "--unet_preset", "tiny", "--output_dir", str(output_dir),
+        "--train_batch_size", "16", "--max_train_steps", "3", "--checkpointing_steps", "2", "--lr_warmup_steps", "1",
+    ]
+    env = python_subprocess_env() | {"ACCELERATE_USE_CPU": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((output_dir / "training_summary.json").read_text())
+    assert summary["num_processes"] == 2
+    assert len(summary["samples_per_process"]) == 2 and min(summary["samples_per_process"]) == 3 * 16
+    assert (output_dir / "model_index.json").exists() and (output_dir / "checkpoint-3").is_dir()
