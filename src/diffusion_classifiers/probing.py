@@ -140,9 +140,9 @@ def _accuracy_and_macro_f1(logits: torch.Tensor, y: torch.Tensor, num_classes: i
     """Per-head accuracy and macro-F1 from logits [P, N, K]; macro-F1 averages over the classes present in the
     labels or the predictions, as `sklearn.metrics.f1_score(average="macro")` does."""
     pred = logits.argmax(dim=2)
-    accuracy = (pred == y).float().mean(dim=1)
-    pred_onehot = F.one_hot(pred, num_classes).float()
-    true_onehot = F.one_hot(y, num_classes).float().expand_as(pred_onehot)
+    accuracy = (pred == y).double().mean(dim=1)
+    pred_onehot = F.one_hot(pred, num_classes).double()
+    true_onehot = F.one_hot(y, num_classes).double().expand_as(pred_onehot)
     tp = (pred_onehot * true_onehot).sum(dim=1)
     denominator = pred_onehot.sum(dim=1) + true_onehot.sum(dim=1)  # 2tp + fp + fn
     f1 = torch.where(denominator > 0, 2 * tp / denominator.clamp(min=1), 0.0)

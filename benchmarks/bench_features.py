@@ -1,0 +1,96 @@
+"""Feature extraction speed: early stop after the requested block, and all timesteps in one forward pass.
+
+(a) `down_blocks.1` with early stop vs the same features from a full forward (target >= 1.5x images/s);
+(b) T=5 timesteps in one forward vs a Python loop of one call per timestep (target >= 1.3x), at the same
+    `batch_size` (images per call) and at the same number of samples per forward.
+The U-Net is the library's default preset (`models.unet_config("small", 32, 1)`, what `train_ddpm_unet` builds)
+with random weights: speed does not depend on the weights.
+
+    python benchmarks/bench_features.py --quick
+"""
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from _common import base_parser, median_seconds, report, setup
+from diffusion_classifiers.features import DiffusionFeatureExtractor
+from diffusion_classifiers.models import unet_config
+
+TIMESTEPS = [50, 100, 200, 400, 800]
+
+
+def max_abs_diff(a: dict, b: dict) -> float:
+    """Largest difference between two feature dicts with the same keys (a check that the speed-up is free)."""
+    return max(float((a[key] - b[key]).abs().max()) for key in a)
+
+
+def main():
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small", help="U-Net preset of diffusion_classifiers.models.unet_config")
+    parser.add_argument("--block", default="down_blocks.1")
+    parser.add_argument("--num_images", type=int, default=None, help="default 32 with --quick, else 512")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=None, help="default 2 with --quick, else 7")
+    args = parser.parse_args()
+    num_images = args.num_images or (32 if args.quick else 512)
+    repeats = args.repeats or (2 if args.quick else 7)
+    device = setup(args)
+
+    torch.manual_seed(args.seed)
+    unet = UNet2DModel(**unet_config(args.preset, 32, 1)).to(device)
+    extractor = DiffusionFeatureExtractor(unet, DDPMScheduler(num_train_timesteps=1000))
+    images = torch.rand(num_images, 1, 32, 32, generator=torch.Generator().manual_seed(args.seed)) * 2 - 1
+
+    outputs = {}
+
+    def extract(name, timesteps, early_stop=True, batch_size=args.batch_size):
+        outputs[name] = extractor.extract(images, [args.block], timesteps, batch_size=batch_size, early_stop=early_stop)
+
+    def loop_over_timesteps():
+        outputs["loop"] = {}
+        for t in TIMESTEPS:
+            outputs["loop"].update(extractor.extract(images, [args.block], [t], batch_size=args.batch_size))
+
+    seconds = median_seconds(
+        {
+            "truncated": lambda: extract("truncated", [100]),
+            "full_forward": lambda: extract("full_forward", [100], early_stop=False),
+            "timesteps_in_one_forward": lambda: extract("batched", TIMESTEPS),
+            # batch_size counts images, so the forward above holds T times more samples than each loop forward;
+            # this variant holds the forward batch equal to the loop's.
+            "timesteps_in_one_forward_equal_forward_batch": lambda: extract(
+                "batched_small", TIMESTEPS, batch_size=max(1, args.batch_size // len(TIMESTEPS))
+            ),
+            "loop_over_timesteps": loop_over_timesteps,
+        },
+        repeats=repeats,
+    )
+    figures = {
+        "setting": {
+            "preset": args.preset,
+            "unet_parameters": sum(p.numel() for p in unet.parameters()),
+            "block": args.block,
+            "block_info": next(b for b in extractor.blocks if b.name == args.block).__dict__,
+            "num_images": num_images,
+            "batch_size": args.batch_size,
+            "timesteps": TIMESTEPS,
+            "repeats": repeats,
+        },
+        "images_per_s": {name: num_images / s for name, s in seconds.items()},
+        "early_stop_speedup": seconds["full_forward"] / seconds["truncated"],
+        "early_stop_target": 1.5,
+        "early_stop_max_abs_diff": max_abs_diff(outputs["truncated"], outputs["full_forward"]),
+        "timesteps_in_one_forward_speedup": seconds["loop_over_timesteps"] / seconds["timesteps_in_one_forward"],
+        "timesteps_in_one_forward_equal_forward_batch_speedup": (
+            seconds["loop_over_timesteps"] / seconds["timesteps_in_one_forward_equal_forward_batch"]
+        ),
+        "timesteps_in_one_forward_target": 1.3,
+        "timesteps_max_abs_diff": max(max_abs_diff(outputs[name], outputs["loop"]) for name in ("batched", "batched_small")),
+    }
+    figures["early_stop_meets_target"] = figures["early_stop_speedup"] >= 1.5
+    figures["timesteps_in_one_forward_meets_target"] = figures["timesteps_in_one_forward_speedup"] >= 1.3
+    report("bench_features", args, device, figures)
+
+
+if __name__ == "__main__":
+    main()

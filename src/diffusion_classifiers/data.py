@@ -1,0 +1,855 @@
+"""Datasets in, tensors out.
+
+One preprocessing path (:func:`preprocess_images`) is shared by training and inference: every loader
+and every pipeline turns images into float32 ``[N, C, H, W]`` tensors in ``[-1, 1]`` through it.
+
+:func:`load_image_classification_data` reads the built-in scikit-learn digits, MedMNIST-style ``.npz``
+files, IDX (MNIST / Fashion-MNIST) directories, image folders and ``datasets.Dataset`` /
+``datasets.DatasetDict`` objects, validates them (empty data, out-of-range labels, NaN, corrupt files)
+before any long computation, and returns seeded ``train`` / ``val`` / ``test`` splits.
+
+The split helpers (:func:`stratified_split`, :func:`long_tailed_indices`, :func:`few_label_indices`) are
+deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+SPLITS = ("train", "val", "test")
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+PNEUMONIAMNIST_CLASSES = ["normal", "pneumonia"]
+IMAGE_EXTENSIONS = {".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"}
+DEFAULT_DIGITS_SIZE = 32
+DEFAULT_FOLDER_SIZE = 32
+
+# ITU-R BT.601 luma weights (the ones PIL uses for RGB -> L).
+_LUMA = torch.tensor([0.299, 0.587, 0.114])
+# Integer dtypes and the value that maps to +1.
+_INTEGER_MAX = {torch.uint8: 255.0, torch.uint16: 65535.0, torch.bool: 1.0}
+# Float inputs may overshoot [0, 1] / [-1, 1] by this much (rounding); the result is clamped.
+_FLOAT_RANGE_TOLERANCE = 1e-3
+_PIL_GRAY_MODES = {"1", "L", "LA", "La"}
+_PIL_16BIT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
+_PIL_PALETTE_MODES = {"P", "PA"}
+
+
+# --------------------------------------------------------------------------------------------------
+# LabeledImages
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LabeledImages:
+    """Images with integer labels and the names of the classes.
+
+    Attributes:
+        images: float32 ``[N, C, H, W]`` in ``[-1, 1]``.
+        labels: int64 ``[N]`` with values in ``0..K-1``.
+        class_names: ``K`` names; ``class_names[i]`` is the name of label ``i``.
+
+    Construction validates shapes, dtypes, the value range, NaN/inf and the label range.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.images, torch.Tensor) or self.images.dtype != torch.float32 or self.images.ndim != 4:
+            raise ValueError(
+                f"LabeledImages.images: expected a float32 torch tensor [N, C, H, W], got {_describe(self.images)}"
+            )
+        self.labels = _as_tensor(self.labels)
+        if self.labels.ndim != 1 or self.labels.dtype.is_floating_point or self.labels.dtype == torch.bool:
+            raise ValueError(f"LabeledImages.labels: expected integer labels [N], got {_describe(self.labels)}")
+        self.labels = self.labels.to(torch.int64)
+        if len(self.labels) != len(self.images):
+            raise ValueError(
+                f"LabeledImages: {len(self.images)} images but {len(self.labels)} labels; expected one label per image"
+            )
+        self.class_names = [str(name) for name in self.class_names]
+        if len(set(self.class_names)) != len(self.class_names):
+            raise ValueError(f"LabeledImages.class_names: expected unique names, got {self.class_names}")
+        _check_label_range(self.labels.numpy(), len(self.class_names), "LabeledImages.labels")
+        _check_finite(self.images, offset=0)
+        if len(self.images) and (self.images.min() < -1 or self.images.max() > 1):
+            raise ValueError(
+                f"LabeledImages.images: expected values in [-1, 1], got [{self.images.min():.4g}, "
+                f"{self.images.max():.4g}]; build them with preprocess_images()"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes ``K`` (``len(class_names)``)."""
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> LabeledImages:
+        """The images and labels at ``indices`` (integer positions), with the same ``class_names``."""
+        index = _as_tensor(indices)
+        if index.ndim != 1 or index.dtype.is_floating_point or index.dtype == torch.bool:
+            raise ValueError(f"subset: expected a 1-D array of integer indices, got {_describe(index)}")
+        return LabeledImages(self.images[index], self.labels[index], list(self.class_names))
+
+
+# --------------------------------------------------------------------------------------------------
+# Preprocessing
+# --------------------------------------------------------------------------------------------------
+
+
+def preprocess_images(
+    images: Any,
+    image_size: int | tuple[int, int] | None = None,
+    num_channels: int | None = None,
+) -> torch.Tensor:
+    """Turn images into a float32 CPU tensor ``[N, C, H, W]`` with values in ``[-1, 1]``.
+
+    This is the one preprocessing path of the library: loaders use it for training data and pipelines
+    use it on user input.
+
+    Args:
+        images: one image or a batch, or a list of them (each may have its own size and type):
+
+            * a PIL image of any mode. ``1``/``L``/``LA`` give 1 channel; ``I``/``I;16*`` give 1 channel
+              scaled from ``[0, 65535]``; ``F`` gives 1 float channel; every other mode (``RGB``,
+              ``RGBA``, ``P``, ``PA``, ``CMYK``, ``YCbCr``, ...) is converted to ``RGB``. Alpha is
+              discarded, not composited.
+            * a numpy array, channels last (image-library layout): ``[H, W]``, ``[H, W, C]``,
+              ``[N, H, W]``, ``[N, H, W, C]``. A 3-D array is ``[H, W, C]`` when its last dim is <= 4,
+              else ``[N, H, W]``. A 4-D array whose last dim is > 4 is read as ``[N, C, H, W]``.
+            * a torch tensor, channels first: ``[H, W]``, ``[C, H, W]``, ``[N, H, W]``,
+              ``[N, C, H, W]``. A 3-D tensor is ``[C, H, W]`` when its first dim is <= 4, else
+              ``[N, H, W]``; pass a 4-D ``[N, 1, H, W]`` tensor for a small batch of grayscale images.
+
+            Values: ``uint8`` is scaled from ``[0, 255]``, ``uint16`` from ``[0, 65535]``, ``bool``
+            from ``{0, 1}``. Float data is taken as already in ``[-1, 1]`` if its minimum is < 0, else
+            as ``[0, 1]`` and rescaled; this is decided per array (a whole batch, or each list item).
+            Float values outside that range, other integer dtypes, NaN and inf raise ``ValueError``.
+        image_size: ``int`` (square) or ``(height, width)``: resize every image to it with bilinear
+            interpolation and antialiasing (aspect ratio is not kept). ``None`` keeps the size; then
+            all images must have the same size.
+        num_channels: 1 or 3. 1 -> 3 repeats the channel; 3 -> 1 takes the ITU-R 601 luma
+            (0.299 R + 0.587 G + 0.114 B, as PIL's ``convert("L")``). ``None`` keeps the channels when
+            all images agree and gives 3 when grayscale and color images are mixed.
+
+    Returns:
+        float32 tensor ``[N, C, H, W]`` in ``[-1, 1]``.
+
+    Raises:
+        ValueError: empty input, an unsupported shape or dtype, a channel count other than 1 or 3,
+            NaN/inf, out-of-range float values, or different sizes with ``image_size=None``. The
+            message names the index of the offending image in the flattened batch.
+    """
+    target_size = _check_image_size(image_size)
+    if num_channels not in (None, 1, 3):
+        raise ValueError(f"num_channels: expected 1, 3 or None, got {num_channels!r}")
+    batches = _to_unit_batches(_as_item_list(images))
+    offsets = np.cumsum([0] + [len(batch) for batch in batches])
+    for batch, offset in zip(batches, offsets):
+        if batch.shape[1] not in (1, 3):
+            raise ValueError(f"expected 1 or 3 channels, got {batch.shape[1]} in image {offset} of batch")
+    if num_channels is None:
+        num_channels = 3 if any(batch.shape[1] == 3 for batch in batches) else 1
+    batches = [_convert_channels(batch, num_channels) for batch in batches]
+    if target_size is None:
+        _check_same_size(batches, offsets)
+    else:
+        batches = [_resize(batch, target_size) for batch in batches]
+    return torch.cat(batches).clamp_(-1.0, 1.0).contiguous()
+
+
+def _as_item_list(images: Any) -> list:
+    if isinstance(images, (Image.Image, np.ndarray, torch.Tensor)):
+        return [images]
+    if isinstance(images, (list, tuple)):
+        if len(images) == 0:
+            raise ValueError("preprocess_images: got an empty list; expected at least one image")
+        return list(images)
+    raise ValueError(
+        f"preprocess_images: expected a PIL image, numpy array, torch tensor or a list of them, got {_describe(images)}"
+    )
+
+
+def _to_unit_batches(items: list) -> list[torch.Tensor]:
+    """Each item -> float32 [n, C, H, W] in [-1, 1], validated (dtype, NaN/inf, range)."""
+    batches, offset = [], 0
+    for position, item in enumerate(items):
+        batch = _item_to_nchw(item, position)
+        if batch.shape[0] == 0 or batch.shape[2] == 0 or batch.shape[3] == 0:
+            raise ValueError(f"preprocess_images: item {position} is empty (shape {tuple(batch.shape)})")
+        batches.append(_scale_to_unit_range(batch, offset))
+        offset += len(batch)
+    return batches
+
+
+def _item_to_nchw(item: Any, position: int) -> torch.Tensor:
+    """One list item (PIL image, array or tensor) -> a tensor [n, C, H, W] of its original dtype."""
+    if isinstance(item, Image.Image):
+        item = _pil_to_array(item)
+    if isinstance(item, np.ndarray):
+        return _numpy_to_nchw(item, position)
+    if isinstance(item, torch.Tensor):
+        return _tensor_to_nchw(item.detach().cpu(), position)
+    raise ValueError(
+        f"preprocess_images: item {position} is {_describe(item)}; expected a PIL image, numpy array or torch tensor"
+    )
+
+
+def _pil_to_array(image: Image.Image) -> np.ndarray:
+    if image.mode in _PIL_16BIT_MODES:
+        array = np.asarray(image).astype(np.int64)
+        if array.size and (array.min() < 0 or array.max() > 65535):
+            raise ValueError(f"PIL image of mode {image.mode}: expected values in [0, 65535], got "
+                             f"[{array.min()}, {array.max()}]")
+        return array.astype(np.uint16)
+    if image.mode == "F":
+        return np.asarray(image, dtype=np.float32)
+    if image.mode in _PIL_PALETTE_MODES:
+        image = image.convert("RGBA")  # honours palette transparency before alpha is dropped
+    return np.asarray(image.convert("L" if image.mode in _PIL_GRAY_MODES else "RGB"))
+
+
+def _numpy_to_nchw(array: np.ndarray, position: int) -> torch.Tensor:
+    if not array.dtype.isnative:  # e.g. big-endian '>u2' from PIL's I;16B; torch needs native order
+        array = array.astype(array.dtype.newbyteorder("="))
+    tensor = torch.from_numpy(np.ascontiguousarray(array) if array.flags.writeable else array.copy())
+    if array.ndim == 2:
+        return tensor[None, None]
+    if array.ndim == 3:
+        return tensor.permute(2, 0, 1)[None] if array.shape[-1] <= 4 else tensor[:, None]
+    if array.ndim == 4:
+        return tensor.permute(0, 3, 1, 2) if array.shape[-1] <= 4 else tensor
+    raise ValueError(
+        f"preprocess_images: item {position} is a numpy array of shape {array.shape}; expected "
+        "[H, W], [H, W, C], [N, H, W] or [N, H, W, C]"
+    )
+
+
+def _tensor_to_nchw(tensor: torch.Tensor, position: int) -> torch.Tensor:
+    if tensor.ndim == 2:
+        return tensor[None, None]
+    if tensor.ndim == 3:
+        return tensor[None] if tensor.shape[0] <= 4 else tensor[:, None]
+    if tensor.ndim == 4:
+        return tensor
+    raise ValueError(
+        f"preprocess_images: item {position} is a torch tensor of shape {tuple(tensor.shape)}; expected "
+        "[H, W], [C, H, W], [N, H, W] or [N, C, H, W]"
+    )
+
+
+def _scale_to_unit_range(batch: torch.Tensor, offset: int) -> torch.Tensor:
+    """uint8 / uint16 / bool / float -> float32 in [-1, 1] (see preprocess_images for the rule)."""
+    if batch.dtype in _INTEGER_MAX:
+        return batch.to(torch.float32) * (2.0 / _INTEGER_MAX[batch.dtype]) - 1.0
+    if not batch.dtype.is_floating_point:
+        raise ValueError(
+            f"unsupported dtype {batch.dtype} in image {offset} of batch; expected uint8, uint16, bool "
+            "or a float dtype (cast 0..255 integer data to uint8)"
+        )
+    batch = batch.to(torch.float32)
+    _check_finite(batch, offset)
+    signed = bool(batch.min() < 0)
+    low = -1.0 if signed else 0.0
+    per_image_min = batch.flatten(1).min(1).values
+    per_image_max = batch.flatten(1).max(1).values
+    bad = (per_image_min < low - _FLOAT_RANGE_TOLERANCE) | (per_image_max > 1.0 + _FLOAT_RANGE_TOLERANCE)
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise ValueError(
+            f"float values must lie in [0, 1] or [-1, 1]; image {offset + i} of batch spans "
+            f"[{per_image_min[i]:.4g}, {per_image_max[i]:.4g}] (pass uint8 for 0..255 data)"
+        )
+    return batch if signed else batch * 2.0 - 1.0
+
+
+def _check_finite(batch: torch.Tensor, offset: int) -> None:
+    finite = torch.isfinite(batch).flatten(1).all(1)
+    if not finite.all():
+        i = int((~finite).nonzero()[0])
+        raise ValueError(f"image {offset + i} of batch contains NaN or inf values")
+
+
+def _convert_channels(batch: torch.Tensor, num_channels: int) -> torch.Tensor:
+    if batch.shape[1] == num_channels:
+        return batch
+    if num_channels == 3:
+        return batch.repeat(1, 3, 1, 1)
+    return torch.einsum("nchw,c->nhw", batch, _LUMA)[:, None]
+
+
+def _resize(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(batch.shape[-2:]) == size:
+        return batch
+    return F.interpolate(batch, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
+def _check_image_size(image_size: Any) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    size = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else tuple(image_size)
+    if len(size) != 2 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in size):
+        raise ValueError(f"image_size: expected a positive int or (height, width), got {image_size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _check_same_size(batches: list[torch.Tensor], offsets: np.ndarray) -> None:
+    first = tuple(batches[0].shape[-2:])
+    for batch, offset in zip(batches, offsets):
+        if tuple(batch.shape[-2:]) != first:
+            raise ValueError(
+                f"images have different sizes: image 0 is {first[0]}x{first[1]}, image {offset} is "
+                f"{batch.shape[2]}x{batch.shape[3]}; pass image_size= to resize them"
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# Split helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def stratified_split(labels: Any, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into ``(kept, split)`` with about ``fraction`` of every class in ``split``.
+
+    Class ``c`` with ``n_c`` images puts ``round(fraction * n_c)`` of them (half up) in ``split``,
+    at least 1 and at most ``n_c - 1``; a class with a single image stays in ``kept``. The images
+    are drawn with ``numpy.random.default_rng(seed)``. Both index arrays are sorted.
+    """
+    labels = _as_label_array(labels)
+    _check_fraction(fraction, "fraction")
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for members in _class_members(labels):
+        if len(members) < 2:
+            continue
+        n_split = min(max(_round_half_up(fraction * len(members)), 1), len(members) - 1)
+        chosen.append(rng.permutation(members)[:n_split])
+    split = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+    kept = np.setdiff1d(np.arange(len(labels)), split)
+    return kept.astype(np.int64), split.astype(np.int64)
+
+
+def long_tailed_indices(labels: Any, imbalance_ratio: float, seed: int = 0) -> np.ndarray:
+    """Indices of a long-tailed subset with an exponential class profile.
+
+    With ``K = max(labels) + 1`` classes and ``n_max`` the size of the largest class, class ``c``
+    keeps ``floor(n_max * imbalance_ratio ** (-c / (K - 1)))`` images (capped at its size), so class
+    0 is the head and class ``K - 1`` has ``n_max / imbalance_ratio``. The kept images are drawn with
+    ``numpy.random.default_rng(seed)``. Returns sorted indices.
+    """
+    labels = _as_label_array(labels)
+    if not np.isfinite(imbalance_ratio) or imbalance_ratio < 1:
+        raise ValueError(f"imbalance_ratio: expected a finite number >= 1, got {imbalance_ratio!r}")
+    members = _class_members(labels)
+    n_max = max(len(m) for m in members)
+    num_classes = len(members)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c, class_members in enumerate(members):
+        exponent = -c / (num_classes - 1) if num_classes > 1 else 0.0
+        n_keep = int(np.floor(n_max * imbalance_ratio**exponent + 1e-9))  # 1e-9: float rounding
+        chosen.append(rng.permutation(class_members)[: min(n_keep, len(class_members))])
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def few_label_indices(
+    labels: Any, n_per_class: int | None = None, fraction: float | None = None, seed: int = 0
+) -> np.ndarray:
+    """Indices of a few-label subset: ``n_per_class`` images of each class, or ``fraction`` of each.
+
+    Exactly one of ``n_per_class`` (capped at the class size) and ``fraction`` (``round(fraction *
+    n_c)`` half up, at least 1 per class) must be given. Each class draws from its own seeded
+    permutation, so for one seed a smaller subset is contained in a larger one. Returns sorted indices.
+    """
+    labels = _as_label_array(labels)
+    if (n_per_class is None) == (fraction is None):
+        raise ValueError(
+            f"few_label_indices: expected exactly one of n_per_class and fraction, got "
+            f"n_per_class={n_per_class!r}, fraction={fraction!r}"
+        )
+    if n_per_class is not None and (not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1):
+        raise ValueError(f"n_per_class: expected a positive int, got {n_per_class!r}")
+    if fraction is not None and not 0 < fraction <= 1:
+        raise ValueError(f"fraction: expected a number in (0, 1], got {fraction!r}")
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for members in _class_members(labels):
+        if len(members) == 0:
+            continue
+        n = n_per_class if n_per_class is not None else max(1, _round_half_up(fraction * len(members)))
+        chosen.append(rng.permutation(members)[: min(n, len(members))])
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def _as_label_array(labels: Any) -> np.ndarray:
+    array = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if array.ndim != 1 or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"labels: expected a non-empty 1-D integer array, got {_describe(array)}")
+    if array.min() < 0:
+        raise ValueError(f"labels: expected values >= 0, got {array.min()}")
+    return array.astype(np.int64)
+
+
+def _class_members(labels: np.ndarray) -> list[np.ndarray]:
+    """Indices of each class 0..max(labels), in index order (empty arrays for absent classes)."""
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(labels.max() + 2))
+    return [order[bounds[c]: bounds[c + 1]] for c in range(labels.max() + 1)]
+
+
+def _round_half_up(x: float) -> int:
+    return int(np.floor(x + 0.5))
+
+
+def _check_fraction(fraction: float, name: str) -> None:
+    if not 0 < fraction < 1:
+        raise ValueError(f"{name}: expected a number strictly between 0 and 1, got {fraction!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+
+def load_image_classification_data(
+    source: Any = "digits",
+    image_size: int | tuple[int, int] | None = None,
+    num_channels: int | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    *,
+    class_names: Sequence[str] | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+) -> dict[str, LabeledImages]:
+    """Load an image-classification dataset as ``{"train", "val", "test"}`` :class:`LabeledImages`.
+
+    Args:
+        source: one of
+
+            * ``"digits"``: scikit-learn's bundled 8x8 digits (values 0..16), upsampled to 32 px by
+              default, 1 channel, classes ``"0".."9"``.
+            * a MedMNIST-style ``.npz`` file: ``train_images`` / ``train_labels`` (required),
+              ``val_*`` and ``test_*`` (optional); images ``(N, H, W)`` or ``(N, H, W, C)``, labels
+              ``(N,)`` or ``(N, 1)``. ``pneumoniamnist.npz`` gets ``["normal", "pneumonia"]``.
+            * a directory of IDX files: ``train-images-idx3-ubyte`` and ``train-labels-idx1-ubyte``
+              (required), ``t10k-*`` (optional), each gzipped (``.gz``) or not. A directory whose name
+              contains "fashion" gets the Fashion-MNIST class names.
+            * an image folder: ``<root>/<class>/<image>`` (or ``<root>/images/<class>/<image>``); class
+              names are the sorted subfolder names. If ``<root>/splits/train.txt`` exists, the splits
+              come from ``splits/{train,val,test}.txt`` (lines ``relative/path label``, paths relative
+              to the class folders' parent) and the names from ``splits/classes.txt`` when present.
+              Images are resized to 32 px by default; 3 channels if any image is color, else 1.
+            * a ``datasets.Dataset`` or ``datasets.DatasetDict`` with an ``Image`` column and a
+              ``ClassLabel`` column (found by feature type, or named by ``image_column`` /
+              ``label_column``); splits ``train``, ``validation`` or ``val``, ``test``.
+        image_size: resize to this size (see :func:`preprocess_images`); default: the native size,
+            except 32 for digits and image folders.
+        num_channels: 1 or 3 (see :func:`preprocess_images`).
+        val_fraction: when the source has no validation split, this fraction of the training pool
+            (after the test split is removed) becomes ``val`` (stratified).
+        test_fraction: when the source has no test split, this fraction of all images becomes
+            ``test`` (stratified).
+        seed: seed of the carved splits.
+        class_names: names of label ids ``0..K-1`` for sources that store only integer labels
+            (digits, ``.npz``, IDX). Default: ``"0".."K-1"`` with ``K = max(label) + 1``.
+        image_column, label_column: column names for ``datasets`` sources.
+
+    Raises:
+        ValueError: unknown source, missing files or keys, corrupt or truncated files, empty data,
+            labels outside ``0..K-1``, NaN/inf, or an empty split; raised before preprocessing.
+    """
+    _check_fraction(val_fraction, "val_fraction")
+    _check_fraction(test_fraction, "test_fraction")
+    kind = _source_kind(source)
+    if class_names is not None and kind not in ("digits", "npz", "idx"):
+        raise ValueError(
+            f"class_names: only digits, .npz and IDX sources take class_names; a {kind} source carries its own"
+        )
+    if (image_column is not None or label_column is not None) and kind != "datasets":
+        raise ValueError(f"image_column / label_column apply to datasets sources only, not to a {kind} source")
+    if kind == "digits":
+        raw = _read_digits(class_names)
+    elif kind == "npz":
+        raw = _read_npz(Path(source), class_names)
+    elif kind == "idx":
+        raw = _read_idx_directory(Path(source), class_names)
+    elif kind == "folder":
+        raw = _read_image_folder(Path(source))
+    else:
+        raw = _read_hf_dataset(source, image_column, label_column)
+    if image_size is None:
+        image_size = raw.default_image_size
+    images = preprocess_images(raw.images, image_size, num_channels)
+    return _assemble(images, raw, val_fraction, test_fraction, seed)
+
+
+@dataclass
+class _RawData:
+    """What a reader returns: images not yet preprocessed, labels, class names and official splits."""
+
+    images: Any  # anything preprocess_images accepts
+    labels: np.ndarray
+    class_names: list[str]
+    splits: dict[str, np.ndarray]  # split name -> indices into images; "train" always present
+    default_image_size: int | None = None
+
+
+def _source_kind(source: Any) -> str:
+    if isinstance(source, str) and source == "digits":
+        return "digits"
+    if type(source).__module__.startswith("datasets"):
+        import datasets  # imported lazily: it is only needed for datasets sources
+
+        if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
+            return "datasets"
+    if not isinstance(source, (str, os.PathLike)):
+        raise ValueError(
+            f"source: expected 'digits', a path or a datasets.Dataset/DatasetDict, got {_describe(source)}"
+        )
+    path = Path(source)
+    if not path.exists():
+        raise ValueError(
+            f"source: {str(path)!r} does not exist; expected 'digits', a .npz file, an IDX directory or an image folder"
+        )
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise ValueError(f"source: {str(path)!r} is a file; expected a .npz file or a directory")
+        return "npz"
+    if any((path / name).exists() for name in ("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz")):
+        return "idx"
+    return "folder"
+
+
+def _assemble(
+    images: torch.Tensor, raw: _RawData, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, LabeledImages]:
+    """Fill in missing test / val splits (stratified, seeded) and build the LabeledImages."""
+    splits = dict(raw.splits)
+    if "test" not in splits:
+        kept, test = stratified_split(raw.labels[splits["train"]], test_fraction, seed)
+        splits["train"], splits["test"] = splits["train"][kept], splits["train"][test]
+    if "val" not in splits:
+        kept, val = stratified_split(raw.labels[splits["train"]], val_fraction, seed)
+        splits["train"], splits["val"] = splits["train"][kept], splits["train"][val]
+    result = {}
+    for name in SPLITS:
+        if len(splits[name]) == 0:
+            raise ValueError(f"split {name!r} is empty; the dataset is too small for the requested fractions")
+        index = torch.from_numpy(splits[name])
+        result[name] = LabeledImages(images[index], torch.from_numpy(raw.labels[splits[name]]), raw.class_names)
+    return result
+
+
+def _labels_and_names(
+    labels_per_split: dict[str, np.ndarray], class_names: Sequence[str] | None, where: str
+) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
+    """Concatenate per-split labels, pick the class names and validate the label range."""
+    for split, labels in labels_per_split.items():
+        if len(labels) == 0:
+            raise ValueError(f"{where}: split {split!r} is empty; expected at least one labeled image")
+    labels = np.concatenate(list(labels_per_split.values())).astype(np.int64)
+    if class_names is None:
+        class_names = [str(i) for i in range(int(labels.max()) + 1)]
+    _check_label_range(labels, len(class_names), where)
+    bounds = np.cumsum([0] + [len(v) for v in labels_per_split.values()])
+    splits = {split: np.arange(bounds[i], bounds[i + 1]) for i, split in enumerate(labels_per_split)}
+    return labels, list(class_names), splits
+
+
+def _check_label_range(labels: np.ndarray, num_classes: int, where: str) -> None:
+    if labels.size == 0:
+        return
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        raise ValueError(
+            f"{where}: label {labels[bad][0]} is outside 0..K-1 for K={num_classes} classes"
+        )
+
+
+# --- digits -----------------------------------------------------------------------------------------
+
+
+def _read_digits(class_names: Sequence[str] | None) -> _RawData:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images / 16.0).to(torch.float32)[:, None]  # [N, 1, 8, 8] in [0, 1]
+    names = class_names if class_names is not None else [str(i) for i in range(10)]
+    labels, names, splits = _labels_and_names({"train": digits.target}, names, "digits")
+    return _RawData(images, labels, names, splits, DEFAULT_DIGITS_SIZE)
+
+
+# --- .npz -------------------------------------------------------------------------------------------
+
+
+def _read_npz(path: Path, class_names: Sequence[str] | None) -> _RawData:
+    try:
+        with np.load(path) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, EOFError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from error
+    found = sorted(arrays)
+    present = [s for s in SPLITS if f"{s}_images" in found or f"{s}_labels" in found]
+    incomplete = [f"{s}_{part}" for s in present for part in ("images", "labels") if f"{s}_{part}" not in found]
+    if "train" not in present or incomplete:
+        raise ValueError(
+            f"{path}: expected keys train_images, train_labels (and optionally val_*/test_*); "
+            f"missing {incomplete or ['train_images', 'train_labels']}, found {found}"
+        )
+    images, labels = {}, {}
+    for split in present:
+        images[split] = _nhwc_to_nchw(arrays[f"{split}_images"], f"{path}[{split}_images]")
+        labels[split] = _flat_labels(arrays[f"{split}_labels"], len(images[split]), f"{path}[{split}_labels]")
+    if class_names is None and path.name == "pneumoniamnist.npz":
+        class_names = PNEUMONIAMNIST_CLASSES
+    all_labels, names, splits = _labels_and_names(labels, class_names, str(path))
+    return _RawData(torch.cat(list(images.values())), all_labels, names, splits)
+
+
+def _nhwc_to_nchw(array: np.ndarray, where: str) -> torch.Tensor:
+    if array.ndim == 3:
+        return torch.from_numpy(np.ascontiguousarray(array))[:, None]
+    if array.ndim == 4:
+        return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2)
+    raise ValueError(f"{where}: expected images of shape (N, H, W) or (N, H, W, C), got {array.shape}")
+
+
+def _flat_labels(labels: np.ndarray, num_images: int, where: str) -> np.ndarray:
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or len(labels) != num_images or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"{where}: expected {num_images} integer labels of shape (N,) or (N, 1), "
+            f"got shape {labels.shape} dtype {labels.dtype}"
+        )
+    return labels.astype(np.int64)
+
+
+# --- IDX --------------------------------------------------------------------------------------------
+
+# IDX type byte -> big-endian numpy dtype.
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | os.PathLike, expected_ndim: int | None = None) -> np.ndarray:
+    """Read an IDX file (gzipped if its name ends in ``.gz``) into a numpy array.
+
+    Raises ``ValueError`` naming the file when it cannot be decompressed, its magic number is wrong,
+    its number of dimensions is not ``expected_ndim``, or its size does not match its header.
+    """
+    path = Path(path)
+    try:
+        data = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as error:
+        raise ValueError(f"cannot read IDX file {path}: {error} (truncated or corrupt?)") from error
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] not in _IDX_DTYPES:
+        raise ValueError(
+            f"IDX file {path}: bad magic number {data[:4].hex()}; expected 0000 followed by a type byte "
+            f"({', '.join(f'{t:02x}' for t in _IDX_DTYPES)}) and the number of dimensions"
+        )
+    ndim = data[3]
+    if expected_ndim is not None and ndim != expected_ndim:
+        raise ValueError(f"IDX file {path}: {ndim} dimensions in the header; expected {expected_ndim}")
+    header = 4 + 4 * ndim
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    expected_bytes = header + int(np.prod(dims)) * dtype.itemsize
+    if len(data) != expected_bytes:
+        raise ValueError(
+            f"IDX file {path}: {len(data)} bytes; its header {dims} implies {expected_bytes} (truncated or corrupt)"
+        )
+    return np.frombuffer(data, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _read_idx_directory(root: Path, class_names: Sequence[str] | None) -> _RawData:
+    images, labels = {}, {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        image_file = _find_idx_file(root, f"{prefix}-images-idx3-ubyte")
+        label_file = _find_idx_file(root, f"{prefix}-labels-idx1-ubyte")
+        if split == "test" and image_file is None and label_file is None:
+            continue
+        if image_file is None or label_file is None:
+            raise ValueError(
+                f"{root}: expected {prefix}-images-idx3-ubyte[.gz] and {prefix}-labels-idx1-ubyte[.gz], "
+                f"found {sorted(p.name for p in root.iterdir())}"
+            )
+        images[split] = _nhwc_to_nchw(read_idx(image_file, expected_ndim=3), str(image_file))
+        labels[split] = _flat_labels(read_idx(label_file, expected_ndim=1), len(images[split]), str(label_file))
+    if class_names is None and "fashion" in root.resolve().name.lower():
+        class_names = FASHION_MNIST_CLASSES
+    all_labels, names, splits = _labels_and_names(labels, class_names, str(root))
+    return _RawData(torch.cat(list(images.values())), all_labels, names, splits)
+
+
+def _find_idx_file(root: Path, stem: str) -> Path | None:
+    for candidate in (root / f"{stem}.gz", root / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+# --- image folder -----------------------------------------------------------------------------------
+
+
+def _read_image_folder(root: Path) -> _RawData:
+    image_root = root / "images" if (root / "images").is_dir() else root
+    class_dirs = sorted(p for p in image_root.iterdir() if p.is_dir() and p.name != "splits")
+    if (root / "splits" / "train.txt").is_file():
+        files, labels_per_split, names = _read_split_files(root / "splits", image_root, class_dirs)
+    else:
+        names = [d.name for d in class_dirs]
+        per_class = [sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) for d in class_dirs]
+        files = [path for paths in per_class for path in paths]
+        labels_per_split = {"train": np.repeat(np.arange(len(per_class)), [len(p) for p in per_class])}
+    if not files:
+        raise ValueError(
+            f"image folder {root}: no images found; expected class subfolders <root>/<class>/*.jpg "
+            f"(extensions {sorted(IMAGE_EXTENSIONS)})"
+        )
+    labels, names, splits = _labels_and_names(labels_per_split, names, f"image folder {root}")
+    return _RawData([_decode_image_file(path) for path in files], labels, names, splits, DEFAULT_FOLDER_SIZE)
+
+
+def _read_split_files(
+    splits_dir: Path, image_root: Path, class_dirs: list[Path]
+) -> tuple[list[Path], dict[str, np.ndarray], list[str]]:
+    classes_file = splits_dir / "classes.txt"
+    names = _nonempty_lines(classes_file) if classes_file.is_file() else [d.name for d in class_dirs]
+    files, labels_per_split = [], {}
+    for split, filename in (("train", "train.txt"), ("val", "val.txt"), ("test", "test.txt")):
+        if not (splits_dir / filename).is_file():
+            continue
+        labels = []
+        for number, line in enumerate(_nonempty_lines(splits_dir / filename), start=1):
+            relative, _, label = line.rpartition(" ")
+            path = image_root / relative.strip()
+            if not relative or not label.lstrip("-").isdigit():
+                raise ValueError(f"{splits_dir / filename}:{number}: expected 'relative/path label', got {line!r}")
+            if not path.is_file():
+                raise ValueError(f"{splits_dir / filename}:{number}: image file {path} does not exist")
+            files.append(path)
+            labels.append(int(label))
+        labels_per_split[split] = np.asarray(labels, dtype=np.int64)
+    return files, labels_per_split, names
+
+
+def _nonempty_lines(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _decode_image_file(path: Path) -> Image.Image:
+    """Open and fully decode an image file (so truncation is caught now, not mid-training)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (OSError, UnidentifiedImageError, SyntaxError) as error:
+        raise ValueError(f"cannot decode image file {path}: {error}") from error
+
+
+# --- datasets ---------------------------------------------------------------------------------------
+
+_HF_SPLIT_NAMES = {"train": "train", "validation": "val", "val": "val", "test": "test"}
+
+
+def _read_hf_dataset(source: Any, image_column: str | None, label_column: str | None) -> _RawData:
+    import datasets
+
+    parts = {"train": source} if isinstance(source, datasets.Dataset) else dict(source)
+    unknown = [name for name in parts if name not in _HF_SPLIT_NAMES]
+    if unknown or "train" not in parts or ("val" in parts and "validation" in parts):
+        raise ValueError(
+            f"DatasetDict splits {sorted(parts)}: expected 'train' and optionally one of 'validation'/'val', and 'test'"
+        )
+    features = parts["train"].features
+    image_column = _find_column(features, image_column, datasets.Image, "image")
+    label_column = _find_column(features, label_column, datasets.ClassLabel, "label")
+    images, labels = [], {}
+    for name, part in parts.items():
+        if part.features.get(label_column) != features[label_column]:
+            raise ValueError(
+                f"split {name!r}: label column {label_column!r} is {part.features.get(label_column)!r}; "
+                f"expected {features[label_column]!r} as in 'train'"
+            )
+        images += _decode_column(part.cast_column(image_column, datasets.Image(decode=True)), image_column, name)
+        labels[_HF_SPLIT_NAMES[name]] = np.asarray(part[label_column], dtype=np.int64)
+    all_labels, names, splits = _labels_and_names(labels, features[label_column].names, "dataset")
+    return _RawData(images, all_labels, names, splits)
+
+
+def _find_column(features: Any, name: str | None, feature_type: type, role: str) -> str:
+    columns = {column: repr(feature) for column, feature in features.items()}
+    expected = feature_type.__name__
+    if name is not None:
+        if name not in features:
+            raise ValueError(f"{role} column {name!r} not found; columns: {columns}")
+        if not isinstance(features[name], feature_type):
+            raise ValueError(f"{role} column {name!r} has type {features[name]!r}; expected {expected}")
+        return name
+    matches = [column for column, feature in features.items() if isinstance(feature, feature_type)]
+    if len(matches) != 1:
+        found = "no" if not matches else f"several ({matches})"
+        raise ValueError(
+            f"{found} {expected} column for the {role}s; columns: {columns}. Pass {role}_column= naming "
+            f"one {expected} column (cast an integer column with dataset.cast_column(name, ClassLabel(names=...)))"
+        )
+    return matches[0]
+
+
+def _decode_column(dataset: Any, column: str, split: str) -> list[Image.Image]:
+    images = []
+    try:
+        for example in dataset.select_columns([column]):
+            if example[column] is None:
+                raise ValueError(f"split {split!r} row {len(images)}: column {column!r} has no image")
+            images.append(example[column])
+    except (OSError, UnidentifiedImageError, SyntaxError) as error:
+        raise ValueError(f"split {split!r} row {len(images)}: cannot decode column {column!r}: {error}") from error
+    return images
+
+
+def to_datasets(labeled: dict[str, LabeledImages]) -> Any:
+    """Convert ``{"train", "val", "test"}`` splits to a ``datasets.DatasetDict``.
+
+    Columns: ``image`` (``Image``, uint8 PNG: 1 channel -> ``L``, 3 -> ``RGB``) and ``label``
+    (``ClassLabel`` with the class names). ``val`` is named ``validation`` as on the Hub. Loading the
+    result back with :func:`load_image_classification_data` gives the same images within 1/127.5.
+    """
+    import datasets
+
+    result = {}
+    for split, data in labeled.items():
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=data.class_names)})
+        pixels = ((data.images + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        images = [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels]
+        result["validation" if split == "val" else split] = datasets.Dataset.from_dict(
+            {"image": images, "label": data.labels.tolist()}, features=features
+        )
+    return datasets.DatasetDict(result)
+
+
+def _as_tensor(values: Any) -> torch.Tensor:
+    return values if isinstance(values, torch.Tensor) else torch.from_numpy(np.asarray(values))
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return f"{type(value).__name__} of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return type(value).__name__

@@ -1,0 +1,159 @@
+"""The frozen-U-Net-feature method end to end: probe every (block, t), choose on val, report on test.
+
+Used by `diffusion-classifiers demo` and `benchmarks/accuracy_unet_features.py`, so both report the same way.
+"""
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from .data import LabeledImages
+from .features import DiffusionFeatureExtractor
+from .metrics import classification_metrics
+from .plots import plot_confusion_matrix, plot_probe_heatmap
+from .probing import ProbeGridResult, fit_probe_grid, kmeans_evaluate
+
+DEFAULT_TIMESTEPS = (10, 25, 50, 100, 200, 400)
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class UNetFeatureStudy:
+    """What a study produced: the fitted pipeline, the whole probe grid, and test / clustering metrics."""
+
+    pipeline: "UNetFeatureClassifierPipeline"  # noqa: F821
+    probe: ProbeGridResult
+    test_metrics: dict
+    kmeans_metrics: dict
+    class_names: List[str]
+    extra: Dict[str, object] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        block, timestep = self.probe.best_pair
+        best = self.probe.metrics[self.probe.best_pair]
+        return {
+            "best_block": block,
+            "best_timestep": timestep,
+            "val_accuracy": best["val"]["accuracy"],
+            "test_accuracy": self.test_metrics["accuracy"],
+            "test_macro_f1": self.test_metrics["macro_f1"],
+            "test_balanced_accuracy": self.test_metrics["balanced_accuracy"],
+            "test_auc": self.test_metrics.get("auc"),
+            "kmeans_accuracy": self.kmeans_metrics["accuracy"],
+            "kmeans_nmi": self.kmeans_metrics["nmi"],
+            "kmeans_ari": self.kmeans_metrics["ari"],
+        }
+
+
+def run_unet_feature_study(
+    unet: UNet2DModel,
+    scheduler: DDPMScheduler,
+    splits: Dict[str, LabeledImages],
+    blocks: Optional[Sequence[str]] = None,
+    timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
+    pool: str = "mean",
+    noise_seed: int = 0,
+    batch_size: int = 128,
+    probe_kwargs: Optional[dict] = None,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> UNetFeatureStudy:
+    """Extract every (block, t) feature of the train/val/test splits, fit the probe grid (chosen on val),
+    classify the test split through the resulting pipeline, and run k-means on the chosen test features."""
+    from diffusion_classifiers.pipelines import UNetFeatureClassifierPipeline
+
+    missing = [name for name in SPLITS if name not in splits or len(splits[name]) == 0]
+    if missing:
+        raise ValueError(f"expected non-empty splits {SPLITS}, missing or empty: {missing}")
+    extractor = DiffusionFeatureExtractor(unet, scheduler)
+    blocks = list(blocks) if blocks is not None else extractor.block_names
+    features = {
+        name: extractor.extract(
+            splits[name].images, blocks, timesteps, pool=pool, noise_seed=noise_seed, batch_size=batch_size, show_progress=show_progress
+        )
+        for name in SPLITS
+    }
+    train, val, test = (splits[name] for name in SPLITS)
+    probe = fit_probe_grid(
+        features["train"], train.labels, features["val"], val.labels, features["test"], test.labels,
+        num_classes=train.num_classes, class_names=train.class_names, pool=pool, noise_seed=noise_seed, seed=seed,
+        **(probe_kwargs or {}),
+    )
+    pipeline = UNetFeatureClassifierPipeline(unet=unet, scheduler=scheduler, head=probe.head)
+    output = pipeline(test.images, batch_size=batch_size)
+    test_metrics = classification_metrics(
+        test.labels, output.label_ids, probs=output.probs, num_classes=train.num_classes, class_names=train.class_names
+    )
+    kmeans = kmeans_evaluate(features["test"][probe.best_pair], test.labels, train.num_classes, seed=seed)
+    kmeans.pop("clusters")
+    return UNetFeatureStudy(pipeline, probe, test_metrics, kmeans, list(train.class_names))
+
+
+def write_study_report(study: UNetFeatureStudy, output_dir: str, title: str, command: str, extra: Optional[dict] = None) -> dict:
+    """Write `metrics.json`, `report.md`, `probe_heatmap.png` and `confusion_matrix.png` into `output_dir`."""
+    os.makedirs(output_dir, exist_ok=True)
+    val_accuracy = {pair: m["val"]["accuracy"] for pair, m in study.probe.metrics.items()}
+    plot_probe_heatmap(val_accuracy, os.path.join(output_dir, "probe_heatmap.png"), best_pair=study.probe.best_pair)
+    plot_confusion_matrix(
+        study.test_metrics["confusion_matrix"], study.class_names, os.path.join(output_dir, "confusion_matrix.png"),
+        title=f"Test confusion matrix, {study.probe.best_pair[0]} @ t={study.probe.best_pair[1]}",
+    )
+    metrics = {
+        "summary": study.summary(),
+        "test": study.test_metrics,
+        "kmeans_test": study.kmeans_metrics,
+        "probe_grid": study.probe.to_table(),
+        "command": command,
+        **(extra or {}),
+    }
+    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2, default=str)
+    with open(os.path.join(output_dir, "report.md"), "w") as f:
+        f.write(render_report(study, title, command, extra))
+    return metrics
+
+
+def summary_table(study: UNetFeatureStudy, top: int = 8) -> str:
+    """Markdown table of the probe grid, best val accuracy first."""
+    lines = ["| block | t | val acc | val macro-F1 | test acc |", "| --- | ---: | ---: | ---: | ---: |"]
+    for row in study.probe.to_table(sort_by="val_accuracy")[:top]:
+        mark = " (chosen)" if row["best"] else ""
+        lines.append(
+            f"| {row['block']}{mark} | {row['timestep']} | {100 * row['val_accuracy']:.2f} | "
+            f"{100 * row['val_macro_f1']:.2f} | {100 * row.get('test_accuracy', float('nan')):.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def render_report(study: UNetFeatureStudy, title: str, command: str, extra: Optional[dict] = None) -> str:
+    s = study.summary()
+    auc = "n/a" if s["test_auc"] is None else f"{s['test_auc']:.4f}"
+    lines = [
+        f"# {title}",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Chosen on validation: **{s['best_block']} at t={s['best_timestep']}** (val accuracy {100 * s['val_accuracy']:.2f}%).",
+        "",
+        "| test metric | value |",
+        "| --- | ---: |",
+        f"| accuracy | {100 * s['test_accuracy']:.2f}% |",
+        f"| macro-F1 | {100 * s['test_macro_f1']:.2f}% |",
+        f"| balanced accuracy | {100 * s['test_balanced_accuracy']:.2f}% |",
+        f"| AUC | {auc} |",
+        f"| k-means (label-free) Hungarian accuracy | {100 * s['kmeans_accuracy']:.2f}% |",
+        f"| k-means NMI / ARI | {s['kmeans_nmi']:.3f} / {s['kmeans_ari']:.3f} |",
+        "",
+        "Probe grid (top pairs by validation accuracy; the test column is shown for information, never used to choose):",
+        "",
+        summary_table(study),
+        "",
+        "![probe heatmap](probe_heatmap.png) ![confusion matrix](confusion_matrix.png)",
+    ]
+    for key, value in (extra or {}).items():
+        lines += ["", f"- {key}: {value}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,554 @@
+import gzip
+import shutil
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from diffusion_classifiers.data import (
+    FASHION_MNIST_CLASSES,
+    LabeledImages,
+    few_label_indices,
+    load_image_classification_data,
+    long_tailed_indices,
+    preprocess_images,
+    read_idx,
+    stratified_split,
+    to_datasets,
+)
+
+from .conftest import shared_data
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Reference IDX encoder (uint8 only)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_npz(path: Path, **arrays) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def class_counts(labels: torch.Tensor, num_classes: int) -> np.ndarray:
+    return np.bincount(labels.numpy(), minlength=num_classes)
+
+
+@pytest.fixture(scope="module")
+def digits_splits():
+    return load_image_classification_data("digits", seed=0)
+
+
+@pytest.fixture(scope="module")
+def fashion_splits():
+    return load_image_classification_data(shared_data("fashion_mnist"), seed=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# digits
+# --------------------------------------------------------------------------------------------------
+
+
+def test_digits_shapes_range_and_sizes(digits_splits):
+    assert list(digits_splits) == ["train", "val", "test"]
+    for split in digits_splits.values():
+        assert split.images.dtype == torch.float32 and split.labels.dtype == torch.int64
+        assert split.images.shape[1:] == (1, 32, 32)
+        assert split.images.min() >= -1 and split.images.max() <= 1
+        assert split.class_names == [str(i) for i in range(10)] and split.num_classes == 10
+    assert sum(len(s) for s in digits_splits.values()) == 1797
+    # digits are 0..16: the background is exactly -1 and the strokes reach +1
+    assert digits_splits["train"].images.min() == -1 and digits_splits["train"].images.max() == 1
+
+
+def test_digits_splits_match_reference_stratified_carving(digits_splits):
+    digits = load_digits()
+    reference = F.interpolate(
+        torch.from_numpy(digits.images / 8.0 - 1.0).float()[:, None],
+        size=(32, 32), mode="bilinear", antialias=True, align_corners=False,
+    ).clamp(-1, 1)
+    labels = digits.target
+    pool, test = stratified_split(labels, 0.2, seed=0)
+    kept, val = stratified_split(labels[pool], 0.1, seed=0)
+    expected = {"train": pool[kept], "val": pool[val], "test": test}
+    assert sorted(np.concatenate(list(expected.values())).tolist()) == list(range(1797))  # disjoint, complete
+    for name, index in expected.items():
+        assert torch.equal(digits_splits[name].labels, torch.from_numpy(labels[index]))
+        torch.testing.assert_close(digits_splits[name].images, reference[index], atol=1e-6, rtol=0)
+    # stratified: each class puts round(0.2 * n_c) images in test
+    n_c = np.bincount(labels)
+    assert class_counts(digits_splits["test"].labels, 10).tolist() == np.floor(0.2 * n_c + 0.5).astype(int).tolist()
+
+
+def test_digits_deterministic_per_seed(digits_splits):
+    again = load_image_classification_data("digits", seed=0)
+    other = load_image_classification_data("digits", seed=1)
+    for name in digits_splits:
+        assert torch.equal(again[name].images, digits_splits[name].images)
+        assert torch.equal(again[name].labels, digits_splits[name].labels)
+    assert len(other["test"]) == len(digits_splits["test"])
+    assert not torch.equal(other["test"].images, digits_splits["test"].images)
+
+
+def test_digits_options():
+    data = load_image_classification_data("digits", image_size=(8, 12), num_channels=3, class_names=list("abcdefghij"))
+    assert data["train"].images.shape[1:] == (3, 8, 12)
+    assert data["val"].class_names == list("abcdefghij")
+    with pytest.raises(ValueError, match="val_fraction"):
+        load_image_classification_data("digits", val_fraction=1.5)
+    with pytest.raises(ValueError, match="num_channels: expected 1, 3 or None, got 2"):
+        load_image_classification_data("digits", num_channels=2)
+
+
+# --------------------------------------------------------------------------------------------------
+# .npz
+# --------------------------------------------------------------------------------------------------
+
+
+def test_npz_pneumoniamnist_official_splits():
+    path = shared_data("medmnist_pneumonia", "pneumoniamnist.npz")
+    data = load_image_classification_data(path)
+    assert {k: len(v) for k, v in data.items()} == {"train": 4708, "val": 524, "test": 624}
+    assert data["train"].class_names == ["normal", "pneumonia"]
+    assert data["test"].images.shape[1:] == (1, 28, 28)
+    assert class_counts(data["train"].labels, 2).tolist() == [1214, 3494]
+    assert class_counts(data["test"].labels, 2).tolist() == [234, 390]
+    raw = np.load(path)
+    expected = torch.from_numpy(raw["test_images"][:5]).float()[:, None] / 127.5 - 1
+    torch.testing.assert_close(data["test"].images[:5], expected, atol=1e-6, rtol=0)
+    assert torch.equal(data["val"].labels, torch.from_numpy(raw["val_labels"][:, 0].astype(np.int64)))
+
+
+def test_npz_generic_rgb_carves_missing_splits(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(40, 6, 5, 3), dtype=np.uint8)
+    labels = np.repeat(np.arange(4), 10)
+    data = load_image_classification_data(
+        write_npz(tmp_path / "rgb.npz", train_images=images, train_labels=labels),
+        val_fraction=0.25, test_fraction=0.25,
+    )
+    assert {k: len(v) for k, v in data.items()} == {"train": 20, "val": 8, "test": 12}
+    assert data["train"].class_names == ["0", "1", "2", "3"]
+    assert data["train"].images.shape[1:] == (3, 6, 5)
+
+
+def test_npz_missing_keys_lists_found_and_expected(tmp_path):
+    path = write_npz(tmp_path / "bad.npz", x=np.zeros((2, 4, 4), np.uint8), y=np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match=r"expected keys train_images, train_labels.*found \['x', 'y'\]"):
+        load_image_classification_data(path)
+    path = write_npz(
+        tmp_path / "half.npz", train_images=np.zeros((2, 4, 4), np.uint8), train_labels=np.zeros(2, np.int64),
+        val_images=np.zeros((2, 4, 4), np.uint8),
+    )
+    with pytest.raises(ValueError, match=r"missing \['val_labels'\]"):
+        load_image_classification_data(path)
+
+
+def test_npz_labels_outside_range(tmp_path):
+    path = write_npz(
+        tmp_path / "labels.npz",
+        train_images=np.zeros((6, 4, 4), np.uint8), train_labels=np.array([[0], [1], [2], [0], [1], [0]]),
+    )
+    with pytest.raises(ValueError, match="label 2 is outside 0..K-1 for K=2 classes"):
+        load_image_classification_data(path, class_names=["a", "b"])
+    path = write_npz(
+        tmp_path / "negative.npz",
+        train_images=np.zeros((3, 4, 4), np.uint8), train_labels=np.array([0, -1, 1]),
+    )
+    with pytest.raises(ValueError, match="label -1 is outside"):
+        load_image_classification_data(path)
+
+
+def test_npz_nan_rejected(tmp_path):
+    images = np.zeros((4, 4, 4), np.float32)
+    images[3, 1, 1] = np.nan
+    path = write_npz(tmp_path / "nan.npz", train_images=images, train_labels=np.array([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="image 3 of batch contains NaN"):
+        load_image_classification_data(path)
+
+
+def test_npz_empty_rejected(tmp_path):
+    path = write_npz(tmp_path / "empty.npz", train_images=np.zeros((0, 4, 4), np.uint8),
+                     train_labels=np.zeros((0, 1), np.uint8))
+    with pytest.raises(ValueError, match="split 'train' is empty"):
+        load_image_classification_data(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# IDX
+# --------------------------------------------------------------------------------------------------
+
+
+def test_idx_fashion_mnist(fashion_splits):
+    assert len(fashion_splits["train"]) + len(fashion_splits["val"]) == 60000
+    assert len(fashion_splits["test"]) == 10000
+    assert fashion_splits["test"].class_names == FASHION_MNIST_CLASSES
+    assert class_counts(fashion_splits["val"].labels, 10).tolist() == [600] * 10
+    assert class_counts(fashion_splits["test"].labels, 10).tolist() == [1000] * 10
+    with gzip.open(shared_data("fashion_mnist", "t10k-images-idx3-ubyte.gz")) as f:
+        raw = np.frombuffer(f.read(), np.uint8, offset=16).reshape(10000, 28, 28)
+    expected = torch.from_numpy(raw[-3:].astype(np.float32))[:, None] / 127.5 - 1
+    torch.testing.assert_close(fashion_splits["test"].images[-3:], expected, atol=1e-6, rtol=0)
+
+
+def test_idx_uncompressed_directory_and_generic_names(tmp_path):
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, size=(30, 5, 7), dtype=np.uint8)
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(idx_bytes(train))
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.arange(30) % 3))
+    np.testing.assert_array_equal(read_idx(tmp_path / "train-images-idx3-ubyte"), train)
+    data = load_image_classification_data(tmp_path, test_fraction=0.2, val_fraction=0.25)
+    assert {k: len(v) for k, v in data.items()} == {"train": 18, "val": 6, "test": 6}
+    assert data["train"].class_names == ["0", "1", "2"]
+    assert data["train"].images.shape[1:] == (1, 5, 7)
+
+
+def test_idx_truncated_gz_names_file(tmp_path):
+    good = gzip.compress(idx_bytes(np.zeros((50, 4, 4), np.uint8)))
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(good[: len(good) // 2])
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros(50, np.uint8))))
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz.*truncated or corrupt"):
+        load_image_classification_data(tmp_path)
+
+
+def test_idx_truncated_content_and_wrong_magic(tmp_path):
+    truncated = tmp_path / "short-idx3-ubyte.gz"
+    truncated.write_bytes(gzip.compress(idx_bytes(np.zeros((10, 4, 4), np.uint8))[:-5]))
+    with pytest.raises(ValueError, match=r"short-idx3-ubyte\.gz: 171 bytes; its header \[10, 4, 4\] implies 176"):
+        read_idx(truncated)
+    wrong = tmp_path / "wrong-idx3-ubyte"
+    wrong.write_bytes(b"\x12\x34\x56\x78" + bytes(64))
+    with pytest.raises(ValueError, match=r"wrong-idx3-ubyte: bad magic number 12345678"):
+        read_idx(wrong)
+    labels = tmp_path / "labels-idx1-ubyte"
+    labels.write_bytes(idx_bytes(np.zeros(4, np.uint8)))
+    with pytest.raises(ValueError, match="1 dimensions in the header; expected 3"):
+        read_idx(labels, expected_ndim=3)
+
+
+# --------------------------------------------------------------------------------------------------
+# image folders
+# --------------------------------------------------------------------------------------------------
+
+
+def test_image_folder_plankton_official_splits():
+    root = shared_data("plankton_flowcam_demo")
+    data = load_image_classification_data(root)
+    assert {k: len(v) for k, v in data.items()} == {"train": 82, "val": 15, "test": 8}
+    names = ["Actinoptychus", "Bacillariophyceae", "Ciliophora", "Dinoflagellata", "Noctilucales", "Tripos"]
+    assert data["train"].class_names == names
+    for split in data.values():
+        assert split.images.shape[1:] == (3, 32, 32)  # mixed RGB / L -> 3 channels, resized
+    lines = (root / "splits" / "test.txt").read_text().split()
+    files, labels = lines[0::2], [int(x) for x in lines[1::2]]
+    assert data["test"].labels.tolist() == labels
+    for i, file in enumerate(files):
+        image = Image.open(root / "images" / file)
+        torch.testing.assert_close(data["test"].images[i], preprocess_images(image, 32, 3)[0])
+    gray = [i for i, f in enumerate(files) if Image.open(root / "images" / f).mode == "L"]
+    assert gray, "the test split holds grayscale images"
+    for i in gray:  # grayscale images are repeated, not tinted
+        assert torch.equal(data["test"].images[i, 0], data["test"].images[i, 2])
+
+
+def test_image_folder_corrupt_file_named(tmp_path):
+    root = tmp_path / "plankton"
+    shutil.copytree(shared_data("plankton_flowcam_demo"), root)
+    victim = root / "images" / (root / "splits" / "val.txt").read_text().split()[0]
+    victim.write_bytes(victim.read_bytes()[:300])  # truncated JPEG: the header opens, the decode fails
+    with pytest.raises(ValueError, match=f"cannot decode image file {victim}"):
+        load_image_classification_data(root)
+
+
+def test_image_folder_without_splits(tmp_path):
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["zebra", "ant"]):
+        (tmp_path / name).mkdir()
+        for i in range(10):
+            size = (6 + i, 8 + c)
+            Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "ant" / "notes.txt").write_text("not an image")
+    data = load_image_classification_data(tmp_path, image_size=8, test_fraction=0.2, val_fraction=0.25)
+    assert data["train"].class_names == ["ant", "zebra"]
+    assert {k: len(v) for k, v in data.items()} == {"train": 12, "val": 4, "test": 4}
+    assert data["test"].images.shape[1:] == (1, 8, 8)  # all grayscale -> 1 channel
+    (tmp_path / "zebra" / "3.png").write_bytes(b"definitely not a png")
+    with pytest.raises(ValueError, match=r"cannot decode image file .*zebra/3\.png"):
+        load_image_classification_data(tmp_path)
+
+
+def test_image_folder_empty(tmp_path):
+    with pytest.raises(ValueError, match="no images found"):
+        load_image_classification_data(tmp_path)
+    (tmp_path / "cats").mkdir()
+    with pytest.raises(ValueError, match="no images found"):
+        load_image_classification_data(tmp_path)
+
+
+def test_unknown_source(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_image_classification_data(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="expected 'digits', a path or a datasets"):
+        load_image_classification_data(42)
+
+
+# --------------------------------------------------------------------------------------------------
+# datasets
+# --------------------------------------------------------------------------------------------------
+
+
+def test_datasets_round_trip(digits_splits):
+    small = {name: split.subset(np.arange(20)) for name, split in digits_splits.items()}
+    hub = to_datasets(small)
+    assert set(hub) == {"train", "validation", "test"}
+    assert isinstance(hub["train"].features["image"], datasets.Image)
+    assert hub["train"].features["label"].names == small["train"].class_names
+    back = load_image_classification_data(hub)
+    for name in small:
+        assert torch.equal(back[name].labels, small[name].labels)
+        assert back[name].class_names == small[name].class_names
+        torch.testing.assert_close(back[name].images, small[name].images, atol=1 / 127.5, rtol=0)
+
+
+def make_dataset(n=12, label_feature=None, with_label=True):
+    rng = np.random.default_rng(0)
+    columns = {"img": [Image.fromarray(rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)) for _ in range(n)]}
+    features = {"img": datasets.Image()}
+    if with_label:
+        columns["target"] = [i % 3 for i in range(n)]
+        features["target"] = label_feature or datasets.ClassLabel(names=["x", "y", "z"])
+    return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+
+
+def test_datasets_single_dataset_is_carved():
+    data = load_image_classification_data(make_dataset(30), val_fraction=0.25, test_fraction=0.2)
+    assert {k: len(v) for k, v in data.items()} == {"train": 18, "val": 6, "test": 6}
+    assert data["train"].class_names == ["x", "y", "z"]
+    assert data["train"].images.shape[1:] == (3, 5, 5)
+
+
+def test_datasets_label_column_not_classlabel():
+    with pytest.raises(ValueError, match=r"no ClassLabel column.*'target': \"Value\('int64'\)\""):
+        load_image_classification_data(make_dataset(label_feature=datasets.Value("int64")))
+    with pytest.raises(ValueError, match=r"label column 'target' has type Value\('int64'\); expected ClassLabel"):
+        load_image_classification_data(make_dataset(label_feature=datasets.Value("int64")), label_column="target")
+
+
+def test_datasets_missing_label_column():
+    with pytest.raises(ValueError, match=r"no ClassLabel column for the labels; columns: \{'img'"):
+        load_image_classification_data(make_dataset(with_label=False))
+    with pytest.raises(ValueError, match="label column 'label' not found"):
+        load_image_classification_data(make_dataset(), label_column="label")
+
+
+def test_datasets_unknown_split_name():
+    bad = datasets.DatasetDict({"train": make_dataset(), "holdout": make_dataset()})
+    with pytest.raises(ValueError, match=r"splits \['holdout', 'train'\]"):
+        load_image_classification_data(bad)
+
+
+# --------------------------------------------------------------------------------------------------
+# preprocess_images
+# --------------------------------------------------------------------------------------------------
+
+
+def random_uint8(*shape, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def test_preprocess_pil_modes():
+    rgba = random_uint8(6, 7, 4)
+    out = preprocess_images(Image.fromarray(rgba, "RGBA"))
+    assert out.shape == (1, 3, 6, 7)  # RGBA -> RGB, alpha discarded
+    torch.testing.assert_close(out, preprocess_images(rgba[..., :3]))
+    gray = random_uint8(6, 7)
+    out = preprocess_images(Image.fromarray(gray, "L"))
+    assert out.shape == (1, 1, 6, 7)
+    torch.testing.assert_close(out[0, 0], torch.from_numpy(gray).float() / 127.5 - 1)
+    palette = Image.fromarray(rgba[..., :3]).convert("P")
+    torch.testing.assert_close(preprocess_images(palette), preprocess_images(palette.convert("RGB")))
+    sixteen = np.array([[0, 65535], [32768, 1000]], dtype=np.uint16)
+    out = preprocess_images(Image.fromarray(sixteen))
+    torch.testing.assert_close(out[0, 0], torch.from_numpy(sixteen.astype(np.float32)) / 32767.5 - 1)
+    # L and RGB together: promoted to 3 channels by repetition
+    both = preprocess_images([Image.fromarray(gray), Image.fromarray(rgba[..., :3])])
+    assert both.shape == (2, 3, 6, 7)
+    assert torch.equal(both[0, 0], both[0, 1]) and torch.equal(both[0, 1], both[0, 2])
+
+
+def test_preprocess_channel_conversion():
+    rgb = random_uint8(9, 9, 3)
+    gray = preprocess_images(rgb, num_channels=1)
+    expected = (torch.from_numpy(rgb).float() / 127.5 - 1) @ torch.tensor([0.299, 0.587, 0.114])
+    torch.testing.assert_close(gray[0, 0], expected)
+    pil_gray = preprocess_images(Image.fromarray(rgb).convert("L"))
+    torch.testing.assert_close(gray, pil_gray, atol=1 / 127.5, rtol=0)  # PIL rounds to uint8
+
+
+def test_preprocess_layouts_agree():
+    batch = random_uint8(5, 10, 11, 3)
+    from_numpy = preprocess_images(batch)  # NHWC
+    from_torch = preprocess_images(torch.from_numpy(batch).permute(0, 3, 1, 2))  # NCHW
+    from_list = preprocess_images([Image.fromarray(b) for b in batch])
+    assert from_numpy.shape == (5, 3, 10, 11)
+    assert torch.equal(from_numpy, from_torch) and torch.equal(from_numpy, from_list)
+    grays = random_uint8(6, 10, 11)
+    assert preprocess_images(grays).shape == (6, 1, 10, 11)  # numpy [N, H, W]
+    assert preprocess_images(torch.from_numpy(grays)).shape == (6, 1, 10, 11)  # torch [N, H, W], N > 4
+    assert preprocess_images(torch.from_numpy(grays[:3])).shape == (1, 3, 10, 11)  # torch [C, H, W]
+
+
+def test_preprocess_uint8_and_float_scaling_equal():
+    x = random_uint8(2, 3, 8, 8)
+    as_uint8 = preprocess_images(torch.from_numpy(x))
+    as_unit = preprocess_images(torch.from_numpy(x).double() / 255)
+    as_signed = preprocess_images(torch.from_numpy(x).float() / 127.5 - 1)
+    torch.testing.assert_close(as_uint8, as_unit)
+    torch.testing.assert_close(as_uint8, as_signed)
+    assert as_uint8.dtype == torch.float32
+    assert as_uint8.min() == -1 and as_uint8.max() == 1
+    ramp = np.linspace(0, 255, 64, dtype=np.float32).reshape(8, 8)
+    with pytest.raises(ValueError, match=r"image 1 of batch spans \[0, 255\].*pass uint8"):
+        preprocess_images(np.stack([ramp / 255, ramp]))
+    with pytest.raises(ValueError, match="unsupported dtype torch.int64 in image 0"):
+        preprocess_images(torch.from_numpy(x).long())
+
+
+def test_preprocess_bad_channels_name_the_image():
+    good = [torch.rand(1, 8, 8) for _ in range(7)]
+    with pytest.raises(ValueError, match="expected 1 or 3 channels, got 4 in image 7 of batch"):
+        preprocess_images(good + [torch.rand(4, 8, 8)])
+    with pytest.raises(ValueError, match="expected 1 or 3 channels, got 2 in image 0 of batch"):
+        preprocess_images(torch.rand(5, 2, 8, 8))
+    with pytest.raises(ValueError, match="expected 1 or 3 channels, got 4 in image 2 of batch"):
+        preprocess_images([random_uint8(8, 8, 3), random_uint8(8, 8), random_uint8(8, 8, 4)])
+
+
+def test_preprocess_nan_and_inf_name_the_image():
+    batch = torch.rand(4, 1, 8, 8)
+    batch[2, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="image 2 of batch contains NaN or inf"):
+        preprocess_images(batch)
+    arrays = [np.zeros((8, 8), np.float32), np.full((8, 8), np.inf, np.float32)]
+    with pytest.raises(ValueError, match="image 1 of batch contains NaN or inf"):
+        preprocess_images(arrays)
+
+
+def test_preprocess_resizes_lists_of_different_sizes():
+    arrays = [random_uint8(10, 12, seed=1), random_uint8(30, 20, seed=2), random_uint8(16, 16, seed=3)]
+    out = preprocess_images(arrays, image_size=16)
+    assert out.shape == (3, 1, 16, 16)
+    reference = F.interpolate(
+        torch.from_numpy(arrays[1]).float()[None, None] / 127.5 - 1,
+        size=(16, 16), mode="bilinear", antialias=True, align_corners=False,
+    )
+    torch.testing.assert_close(out[1:2], reference)
+    torch.testing.assert_close(out[2, 0], torch.from_numpy(arrays[2]).float() / 127.5 - 1)  # already 16 px
+    assert preprocess_images(arrays, image_size=(7, 9)).shape == (3, 1, 7, 9)
+    with pytest.raises(ValueError, match="image 0 is 10x12, image 1 is 30x20; pass image_size="):
+        preprocess_images(arrays)
+
+
+def test_preprocess_empty_and_bad_input():
+    with pytest.raises(ValueError, match="empty list"):
+        preprocess_images([])
+    with pytest.raises(ValueError, match="item 0 is empty"):
+        preprocess_images(torch.zeros(0, 3, 8, 8))
+    with pytest.raises(ValueError, match="got str"):
+        preprocess_images("image.png")
+    with pytest.raises(ValueError, match="image_size"):
+        preprocess_images(random_uint8(4, 4), image_size=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# split helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def shuffled_balanced_labels(num_classes, per_class, seed=0):
+    return np.random.default_rng(seed).permutation(np.repeat(np.arange(num_classes), per_class))
+
+
+@pytest.mark.parametrize(
+    "num_classes, ratio, expected",
+    [(5, 16.0, [1000, 500, 250, 125, 62]), (3, 100.0, [1000, 100, 10]), (4, 1.0, [1000] * 4)],
+)
+def test_long_tailed_profile_exact(num_classes, ratio, expected):
+    labels = shuffled_balanced_labels(num_classes, 1000)
+    index = long_tailed_indices(labels, ratio, seed=0)
+    assert np.bincount(labels[index], minlength=num_classes).tolist() == expected
+    assert np.all(np.diff(index) > 0)  # sorted, no duplicates
+    np.testing.assert_array_equal(index, long_tailed_indices(labels, ratio, seed=0))
+
+
+def test_long_tailed_seed_and_validation():
+    labels = shuffled_balanced_labels(3, 100)
+    a, b = long_tailed_indices(labels, 10, seed=0), long_tailed_indices(labels, 10, seed=1)
+    assert len(a) == len(b) and not np.array_equal(a, b)
+    with pytest.raises(ValueError, match="imbalance_ratio: expected a finite number >= 1, got 0.5"):
+        long_tailed_indices(labels, 0.5)
+
+
+def test_few_label_indices():
+    labels = np.concatenate([np.zeros(50, int), np.ones(3, int), np.full(20, 2)])
+    index = few_label_indices(labels, n_per_class=5, seed=0)
+    assert np.bincount(labels[index]).tolist() == [5, 3, 5]  # capped at the class size
+    larger = few_label_indices(labels, n_per_class=10, seed=0)
+    assert set(index) <= set(larger)  # nested for a seed
+    np.testing.assert_array_equal(index, few_label_indices(labels, n_per_class=5, seed=0))
+    assert not np.array_equal(index, few_label_indices(labels, n_per_class=5, seed=1))
+    by_fraction = few_label_indices(labels, fraction=0.1, seed=0)
+    assert np.bincount(labels[by_fraction]).tolist() == [5, 1, 2]  # round(0.1 n_c), at least 1
+    with pytest.raises(ValueError, match="exactly one of n_per_class and fraction"):
+        few_label_indices(labels, n_per_class=2, fraction=0.5)
+    with pytest.raises(ValueError, match="exactly one of n_per_class and fraction"):
+        few_label_indices(labels)
+    with pytest.raises(ValueError, match="fraction: expected a number in"):
+        few_label_indices(labels, fraction=0.0)
+
+
+def test_stratified_split_properties():
+    labels = np.concatenate([np.zeros(10, int), np.ones(25, int), np.full(1, 2), np.full(4, 3)])
+    kept, split = stratified_split(torch.from_numpy(labels), 0.3, seed=0)
+    assert np.intersect1d(kept, split).size == 0
+    assert np.union1d(kept, split).tolist() == list(range(len(labels)))
+    # round(0.3 n_c) half up, >= 1, the single image of class 2 stays in kept
+    assert np.bincount(labels[split], minlength=4).tolist() == [3, 8, 0, 1]
+    again = stratified_split(labels, 0.3, seed=0)
+    other = stratified_split(labels, 0.3, seed=5)
+    np.testing.assert_array_equal(split, again[1])
+    assert not np.array_equal(split, other[1])
+    with pytest.raises(ValueError, match="labels: expected a non-empty 1-D integer array"):
+        stratified_split(np.array([0.5, 1.0]), 0.3)
+
+
+# --------------------------------------------------------------------------------------------------
+# LabeledImages
+# --------------------------------------------------------------------------------------------------
+
+
+def test_labeled_images_validation_and_subset():
+    images = torch.zeros(4, 1, 2, 2)
+    data = LabeledImages(images, np.array([0, 1, 1, 0]), ["a", "b"])
+    assert data.labels.dtype == torch.int64 and len(data) == 4 and data.num_classes == 2
+    part = data.subset([3, 1])
+    assert part.labels.tolist() == [0, 1] and part.class_names == ["a", "b"]
+    with pytest.raises(ValueError, match="label 5 is outside 0..K-1 for K=2 classes"):
+        LabeledImages(images, torch.tensor([0, 5, 1, 0]), ["a", "b"])
+    with pytest.raises(ValueError, match="4 images but 3 labels"):
+        LabeledImages(images, torch.tensor([0, 1, 1]), ["a", "b"])
+    with pytest.raises(ValueError, match=r"expected values in \[-1, 1\]"):
+        LabeledImages(images + 2, torch.tensor([0, 1, 1, 0]), ["a", "b"])
+    with pytest.raises(ValueError, match="expected a float32 torch tensor"):
+        LabeledImages(images.double(), torch.tensor([0, 1, 1, 0]), ["a", "b"])

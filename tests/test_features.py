@@ -1,0 +1,155 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DModel
+
+from diffusion_classifiers.features import BlockInfo, DiffusionFeatureExtractor
+
+NUM_TRAIN_TIMESTEPS = 100
+
+
+@pytest.fixture(scope="module")
+def unet():
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=16,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        attention_head_dim=8,
+        dropout=0.5,  # makes a forward in train mode non-deterministic: features must not depend on it
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    )
+
+
+@pytest.fixture(scope="module")
+def extractor(unet):
+    return DiffusionFeatureExtractor(unet, DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS))
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.rand(7, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+
+def _reference_activations(unet, scheduler, images, timestep, noise):
+    """Native-resolution activations from an independent hooking strategy: the input of each block's resampler,
+    else the block's output, one forward per timestep with a scalar timestep."""
+    captured, handles = {}, []
+
+    def save(name, take):
+        return lambda module, args, *output: captured.__setitem__(name, take(args, output))
+
+    for prefix, blocks, resamplers in (("down_blocks", unet.down_blocks, "downsamplers"), ("up_blocks", unet.up_blocks, "upsamplers")):
+        for i, block in enumerate(blocks):
+            if getattr(block, resamplers) is not None:
+                handles.append(getattr(block, resamplers)[0].register_forward_pre_hook(save(f"{prefix}.{i}", lambda a, o: a[0])))
+            else:
+                first = (lambda a, o: o[0][0]) if prefix == "down_blocks" else (lambda a, o: o[0])
+                handles.append(block.register_forward_hook(save(f"{prefix}.{i}", first)))
+    handles.append(unet.mid_block.register_forward_hook(save("mid_block", lambda a, o: o[0])))
+    x_t = scheduler.add_noise(images, noise.expand_as(images), torch.full((len(images),), timestep))
+    with torch.no_grad():
+        unet(x_t, timestep)
+    for handle in handles:
+        handle.remove()
+    return captured
+
+
+def test_blocks_lists_every_block_in_forward_order(extractor):
+    assert extractor.block_names == [
+        "down_blocks.0", "down_blocks.1", "down_blocks.2", "mid_block", "up_blocks.0", "up_blocks.1", "up_blocks.2"
+    ]  # fmt: skip
+    assert extractor.blocks[1] == BlockInfo("down_blocks.1", (8, 8), 16)
+    assert extractor.blocks[3] == BlockInfo("mid_block", (4, 4), 16)
+    assert extractor.blocks[6] == BlockInfo("up_blocks.2", (16, 16), 8)
+    table = extractor.describe_blocks()
+    assert "down_blocks.1" in table and "8x8" in table and "down_blocks.1" in repr(extractor)
+
+
+def test_features_equal_reference_activations_for_every_block_and_timestep(unet, extractor, images):
+    timesteps, draws, seed = [3, 40, 99], 2, 5
+    unet.train()
+    features = extractor.extract(images, extractor.block_names, timesteps, pool=None, noise_seed=seed, num_noise_draws=draws)
+    assert unet.training, "extract must restore the unet's train/eval mode"
+    unet.eval()
+    noise = torch.randn((draws, 1, 16, 16), generator=torch.Generator().manual_seed(seed))
+    for t in timesteps:
+        per_draw = [_reference_activations(unet, extractor.scheduler, images, t, eps) for eps in noise]
+        for info in extractor.blocks:
+            expected = sum(activations[info.name] for activations in per_draw) / draws
+            assert expected.shape[1:] == (info.channels, *info.resolution)
+            got = features[(info.name, t)]
+            assert got.dtype == torch.float32 and got.device.type == "cpu"
+            torch.testing.assert_close(got, expected.flatten(1), atol=1e-5, rtol=1e-4)
+
+
+def test_pooling_modes(extractor, images):
+    maps = extractor.extract(images, ["down_blocks.0"], [10], pool=None)[("down_blocks.0", 10)].view(7, 8, 16, 16)
+    mean = extractor.extract(images, ["down_blocks.0"], [10], pool="mean")[("down_blocks.0", 10)]
+    grid = extractor.extract(images, ["down_blocks.0"], [10], pool="2x2")[("down_blocks.0", 10)]
+    assert mean.shape == (7, 8) and grid.shape == (7, 32)
+    torch.testing.assert_close(mean, maps.mean(dim=(2, 3)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grid, F.adaptive_avg_pool2d(maps, 2).flatten(1), atol=1e-5, rtol=1e-5)
+
+
+def test_early_stop_skips_the_rest_and_matches_full_forward(unet, extractor, images):
+    calls = []
+    handle = unet.mid_block.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        truncated = extractor.extract(images, ["down_blocks.1", "down_blocks.0"], [5, 60], pool=None)
+        assert calls == [], "the forward should stop after down_blocks.1"
+        full = extractor.extract(images, ["down_blocks.1", "down_blocks.0"], [5, 60], pool=None, early_stop=False)
+        assert calls, "early_stop=False runs the whole U-Net"
+    finally:
+        handle.remove()
+    assert truncated.keys() == full.keys()
+    for key in full:
+        torch.testing.assert_close(truncated[key], full[key], atol=1e-5, rtol=0)
+
+
+def test_noise_is_seeded_and_independent_of_batching(extractor, images):
+    kwargs = dict(blocks=["mid_block", "up_blocks.1"], timesteps=[20, 70])
+    reference = extractor.extract(images, noise_seed=3, batch_size=64, **kwargs)
+    again = extractor.extract(images, noise_seed=3, batch_size=64, **kwargs)
+    small_batches = extractor.extract(images, noise_seed=3, batch_size=3, **kwargs)
+    subset = extractor.extract(images[2:5], noise_seed=3, **kwargs)
+    other_seed = extractor.extract(images, noise_seed=4, batch_size=64, **kwargs)
+    for key in reference:
+        assert torch.equal(reference[key], again[key])
+        torch.testing.assert_close(small_batches[key], reference[key], atol=1e-5, rtol=0)
+        torch.testing.assert_close(subset[key], reference[key][2:5], atol=1e-5, rtol=0)
+        assert (other_seed[key] - reference[key]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(blocks=["down_blocks.9"]), "unknown block 'down_blocks.9'; expected one of \\['down_blocks.0'"),
+        (dict(timesteps=[100]), "timestep 100 is invalid: expected an integer in \\[0, 100\\)"),
+        (dict(timesteps=[-1]), "timestep -1 is invalid"),
+        (dict(timesteps=[2.5]), "timestep 2.5 is invalid"),
+        (dict(timesteps=[4, 4]), "expected distinct"),
+        (dict(pool="max"), "unknown pool 'max'"),
+        (dict(num_noise_draws=0), "num_noise_draws"),
+        (dict(images=torch.zeros(1, 16, 16)), "expected images of shape \\[N, 1, 16, 16\\]"),
+        (dict(images=torch.zeros(2, 3, 16, 16)), "expected 1 channels, got 3"),
+        (dict(images=torch.zeros(2, 1, 32, 32)), "expected images of spatial size \\(16, 16\\)"),
+        (dict(images=torch.zeros(4, 1, 16, 16).index_fill_(0, torch.tensor([2]), float("nan"))), "image 2 contains NaN"),
+        (dict(images=torch.zeros(4, 1, 16, 16).index_fill_(0, torch.tensor([3]), 255.0)), "image 3 has values in \\[255, 255\\]; expected images scaled to \\[-1, 1\\]"),
+    ],
+)
+def test_bad_input_fails_before_any_forward(unet, extractor, images, kwargs, message):
+    calls = []
+    handle = unet.register_forward_pre_hook(lambda *args: calls.append(1))
+    request = dict(images=images, blocks=["mid_block"], timesteps=[10], **{})
+    request.update(kwargs)
+    try:
+        with pytest.raises(ValueError, match=message):
+            extractor.extract(**request)
+    finally:
+        handle.remove()
+    assert calls == []

@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from diffusion_classifiers.metrics import classification_metrics, clustering_metrics, hungarian_match
+
+# Confusion matrix (rows true, columns predicted): [[2, 1, 0], [0, 2, 0], [1, 0, 3]]
+Y_TRUE = [0, 0, 0, 1, 1, 2, 2, 2, 2]
+Y_PRED = [0, 0, 1, 1, 1, 2, 2, 0, 2]
+
+
+def _plain(value):
+    """True when a result holds only plain Python values (json-serialisable without numpy)."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or type(value) in (int, float, str)
+
+
+def test_classification_metrics_on_a_known_confusion_matrix():
+    result = classification_metrics(Y_TRUE, Y_PRED, class_names=["cat", "dog", "fox"])
+    assert result["confusion_matrix"] == [[2, 1, 0], [0, 2, 0], [1, 0, 3]]
+    assert result["accuracy"] == pytest.approx(7 / 9)
+    assert result["balanced_accuracy"] == pytest.approx((2 / 3 + 1 + 3 / 4) / 3)
+    assert result["macro_f1"] == pytest.approx((2 / 3 + 4 / 5 + 6 / 7) / 3)
+    assert result["per_class"]["dog"] == pytest.approx({"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2})
+    assert result["per_class"]["fox"]["f1"] == pytest.approx(6 / 7)
+    assert "sensitivity" not in result and "auc" not in result
+    assert _plain(result)
+
+
+def test_binary_sensitivity_specificity_and_auc():
+    y_true, y_pred = np.array([0, 0, 1, 1, 1]), torch.tensor([0, 1, 1, 1, 0])
+    positive = np.array([0.1, 0.6, 0.7, 0.8, 0.3])
+    result = classification_metrics(y_true, y_pred, probs=np.stack([1 - positive, positive], axis=1))
+    assert result["sensitivity"] == pytest.approx(2 / 3)
+    assert result["specificity"] == pytest.approx(1 / 2)
+    assert result["auc"] == pytest.approx(5 / 6)  # 5 of the 6 (positive, negative) pairs are ordered correctly
+    assert _plain(result)
+
+
+def test_multiclass_auc_is_one_vs_rest_macro():
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 4, size=60)
+    probs = rng.dirichlet(np.ones(4), size=60)
+    probs[np.arange(60), y_true] += 0.3
+    probs /= probs.sum(axis=1, keepdims=True)
+    result = classification_metrics(y_true, probs.argmax(axis=1), probs=probs, num_classes=4)
+    assert result["auc"] == pytest.approx(roc_auc_score(y_true, probs, multi_class="ovr", average="macro"))
+
+
+def test_auc_with_one_class_present_is_none_with_a_reason():
+    result = classification_metrics([1, 1, 1], [1, 0, 1], probs=[[0.2, 0.8], [0.6, 0.4], [0.1, 0.9]])
+    assert result["auc"] is None and "only class 1" in result["auc_unavailable_reason"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(y_true=[0, 1, 3], y_pred=[0, 1, 1], num_classes=3), "y_true\\[2\\] = 3 is outside the expected range \\[0, 2\\]"),
+        (dict(y_true=[0, 1], y_pred=[0, 1, 1]), "same length, got 2 and 3"),
+        (dict(y_true=[0, 1], y_pred=[0, 1], probs=[[1.0, 0.0]]), "expected probs of shape \\(2, 2\\)"),
+        (dict(y_true=[0, 1], y_pred=[0, 1], class_names=["a", "b", "c"], num_classes=2), "expected 2 class_names"),
+        (dict(y_true=[0.5, 1], y_pred=[0, 1]), "expected integer labels in y_true"),
+    ],
+)
+def test_classification_metrics_rejects_bad_input(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        classification_metrics(**kwargs)
+
+
+def test_permuted_perfect_clustering_scores_one():
+    y_true = np.array([0, 0, 1, 1, 1, 2, 2, 3])
+    clusters = np.array([2, 2, 0, 0, 0, 3, 3, 1])  # class k is cluster perm[k]
+    assert hungarian_match(y_true, clusters, 4).tolist() == [1, 3, 0, 2]
+    result = clustering_metrics(y_true, clusters, 4)
+    for name in ("nmi", "ari", "accuracy", "purity", "macro_f1"):
+        assert result[name] == pytest.approx(1.0), name
+    assert _plain(result)
+
+
+def test_clustering_with_more_clusters_than_classes():
+    # Three pure clusters for two classes: purity 1, but only two clusters can be matched one-to-one.
+    y_true, clusters = [0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 2, 2]
+    mapping = hungarian_match(y_true, clusters, 2)
+    assert mapping[0] == 0 and sorted(mapping[1:].tolist()) == [-1, 1]
+    result = clustering_metrics(y_true, clusters, 2)
+    assert result["purity"] == pytest.approx(1.0)
+    assert result["accuracy"] == pytest.approx(4 / 6)
+    assert result["macro_f1"] == pytest.approx((1.0 + 2 * 2 / (2 + 4)) / 2)  # class 1: tp 2, fn 2
+
+
+def test_clustering_matches_a_hand_computed_case():
+    # contingency (clusters x classes) [[1, 3], [2, 0]]: cluster 0 -> class 1, cluster 1 -> class 0
+    y_true, clusters = [0, 0, 0, 1, 1, 1], [1, 1, 0, 0, 0, 0]
+    assert hungarian_match(y_true, clusters, 2).tolist() == [1, 0]
+    result = clustering_metrics(y_true, clusters, 2)
+    assert result["accuracy"] == pytest.approx(5 / 6)
+    assert result["purity"] == pytest.approx(5 / 6)
+    assert result["cluster_to_class"] == [1, 0]
