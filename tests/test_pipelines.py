@@ -1,0 +1,107 @@
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from PIL import Image
+
+from diffusion_classifiers import DiffusionClassifierPipeline, UNetFeatureClassifierPipeline
+from diffusion_classifiers.data import load_image_classification_data
+from diffusion_classifiers.models import unet_config
+from diffusion_classifiers.probing import fit_probe_grid
+
+from .conftest import PYTHON, python_subprocess_env
+
+BLOCKS, TIMESTEPS = ["down_blocks.1", "mid_block"], [10, 100]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_image_classification_data("digits", image_size=16, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fitted_pipeline(digits):
+    torch.manual_seed(0)
+    pipe = UNetFeatureClassifierPipeline(unet=UNet2DModel(**unet_config("tiny", 16)), scheduler=DDPMScheduler())
+    features = {name: pipe.extract_features(digits[name].images, BLOCKS, TIMESTEPS) for name in ("train", "val")}
+    probe = fit_probe_grid(
+        features["train"], digits["train"].labels, features["val"], digits["val"].labels,
+        class_names=digits["train"].class_names, epochs=100,
+    )
+    pipe.register_modules(head=probe.head)
+    return pipe, probe
+
+
+def test_pipeline_classifies_with_the_head_it_was_given(fitted_pipeline, digits):
+    pipe, probe = fitted_pipeline
+    test = digits["test"]
+    out = pipe(test.images)
+    assert out.probs.shape == (len(test), 10) and out.label_ids.shape == (len(test),)
+    torch.testing.assert_close(out.probs.sum(-1), torch.ones(len(test)))
+    assert out.labels == [str(i) for i in out.label_ids.tolist()]
+    torch.testing.assert_close(out.scores, out.probs.max(-1).values)
+    block, t = probe.best_pair
+    features = pipe.extract_features(test.images, [block], [t])[(block, t)]
+    torch.testing.assert_close(out.probs, probe.head(features).softmax(-1))
+    # A random-init U-Net still gives linearly separable digit features.
+    assert (out.label_ids == test.labels).float().mean() > 0.7
+
+
+def test_pipeline_accepts_pil_and_arrays_like_tensors(fitted_pipeline, digits):
+    pipe, _ = fitted_pipeline
+    images = digits["test"].images[:3]
+    as_uint8 = ((images[:, 0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    pil = [Image.fromarray(a, mode="L") for a in as_uint8]
+    from_pil = pipe(pil)
+    from_arrays = pipe(list(as_uint8))
+    torch.testing.assert_close(from_pil.probs, from_arrays.probs)
+    assert pipe(pil[0]).probs.shape == (1, 10)
+    labels, label_ids, scores, probs = pipe(pil, return_dict=False)
+    assert labels == from_pil.labels
+
+
+def test_save_and_load_in_fresh_process_gives_identical_outputs(fitted_pipeline, digits, tmp_path):
+    pipe, _ = fitted_pipeline
+    pipe.save_pretrained(tmp_path / "pipe")
+    index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
+    assert index["head"] == ["diffusion_classifiers.models.linear_probe_head", "LinearProbeHead"]
+    images = digits["test"].images[:16]
+    np.save(tmp_path / "images.npy", images.numpy())
+    expected = pipe(images).probs
+    script = f"""
+import numpy, torch
+from diffusion_classifiers import DiffusionClassifierPipeline
+pipe = DiffusionClassifierPipeline.from_pretrained({str(tmp_path / 'pipe')!r})
+assert type(pipe).__name__ == "UNetFeatureClassifierPipeline", type(pipe)
+out = pipe(torch.from_numpy(numpy.load({str(tmp_path / 'images.npy')!r})))
+numpy.save({str(tmp_path / 'probs.npy')!r}, out.probs.numpy())
+print(out.labels[:3])
+"""
+    result = subprocess.run([PYTHON, "-c", script], env=python_subprocess_env(), capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.equal(torch.from_numpy(np.load(tmp_path / "probs.npy")), expected)
+
+
+def test_dispatch_rejects_unknown_pipeline(tmp_path):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    with pytest.raises(ValueError, match="StableDiffusionPipeline.*expected one of"):
+        DiffusionClassifierPipeline.from_pretrained(str(tmp_path))
+
+
+def test_pipeline_without_head_can_extract_but_not_classify(digits):
+    pipe = UNetFeatureClassifierPipeline(unet=UNet2DModel(**unet_config("tiny", 16)), scheduler=DDPMScheduler())
+    features = pipe.extract_features(digits["val"].images[:4], ["mid_block"], [5])
+    assert features[("mid_block", 5)].shape == (4, 32)
+    with pytest.raises(ValueError, match="no `head`"):
+        pipe(digits["val"].images[:4])
+
+
+def test_pipeline_rejects_bad_images(fitted_pipeline):
+    pipe, _ = fitted_pipeline
+    with pytest.raises(ValueError, match="channels"):
+        pipe(torch.zeros(2, 4, 16, 16))
+    with pytest.raises(ValueError, match="NaN|inf"):
+        pipe(torch.full((2, 1, 16, 16), float("nan")))
