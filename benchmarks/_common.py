@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional
 
 import torch
+from threadpoolctl import threadpool_info, threadpool_limits
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -27,7 +28,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="a small run (< 60 s on 2 CPU cores); writes no file")
     parser.add_argument("--device", default=None, help="torch device; defaults to cuda when available")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads; default: torch's choice")
+    parser.add_argument(
+        "--num_threads", type=int, default=None, help="CPU threads of torch and BLAS (scikit-learn); default: theirs"
+    )
     return parser
 
 
@@ -35,6 +38,7 @@ def setup(args: argparse.Namespace) -> torch.device:
     """Apply the common flags; returns the device to run on."""
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
+        threadpool_limits(limits=args.num_threads)  # numpy/scipy BLAS, used by scikit-learn
     return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
@@ -72,6 +76,7 @@ def environment(device: torch.device) -> dict:
         "cpu_count": os.cpu_count(),
         "load_average_1m": os.getloadavg()[0],  # other processes on a shared machine slow every variant
         "torch_num_threads": torch.get_num_threads(),
+        "blas_threads": [info["num_threads"] for info in threadpool_info()],
         "torch_device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "versions": {

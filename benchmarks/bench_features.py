@@ -44,7 +44,9 @@ def main():
     outputs = {}
 
     def extract(name, timesteps, early_stop=True, batch_size=args.batch_size):
-        outputs[name] = extractor.extract(images, [args.block], timesteps, batch_size=batch_size, early_stop=early_stop)
+        outputs[name] = extractor.extract(
+            images, [args.block], timesteps, batch_size=batch_size, early_stop=early_stop
+        )
 
     def loop_over_timesteps():
         outputs["loop"] = {}
@@ -85,7 +87,7 @@ def main():
             seconds["loop_over_timesteps"] / seconds["timesteps_in_one_forward_equal_forward_batch"]
         ),
         "timesteps_in_one_forward_target": 1.3,
-        "timesteps_max_abs_diff": max(max_abs_diff(outputs[name], outputs["loop"]) for name in ("batched", "batched_small")),
+        "timesteps_max_abs_diff": max(max_abs_diff(outputs[k], outputs["loop"]) for k in ("batched", "batched_small")),
     }
     figures["early_stop_meets_target"] = figures["early_stop_speedup"] >= 1.5
     figures["timesteps_in_one_forward_meets_target"] = figures["timesteps_in_one_forward_speedup"] >= 1.3

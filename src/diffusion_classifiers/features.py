@@ -78,7 +78,9 @@ class DiffusionFeatureExtractor:
         if not isinstance(unet, UNet2DModel):
             raise TypeError(f"expected a diffusers UNet2DModel, got {type(unet).__name__}")
         if not hasattr(scheduler, "add_noise") or "num_train_timesteps" not in scheduler.config:
-            raise TypeError(f"expected a diffusers noise scheduler such as DDPMScheduler, got {type(scheduler).__name__}")
+            raise TypeError(
+                f"expected a diffusers noise scheduler such as DDPMScheduler, got {type(scheduler).__name__}"
+            )
         self.unet = unet
         self.scheduler = scheduler
         named = [(f"down_blocks.{i}", b) for i, b in enumerate(unet.down_blocks)]
@@ -110,14 +112,16 @@ class DiffusionFeatureExtractor:
 
     def describe_blocks(self) -> str:
         """A table of the blocks to choose from, with the feature size each pooling gives."""
-        lines = [f"{'block':<16}{'resolution':>12}{'channels':>10}{'mean':>8}{'2x2':>8}{'None':>10}"]
+        row = "{:<16}{:>12}{:>10}{:>8}{:>8}{:>10}".format
+        lines = [row("block", "resolution", "channels", "mean", "2x2", "None")]
         for b in self._blocks:
-            h, w = b.resolution
-            lines.append(f"{b.name:<16}{f'{h}x{w}':>12}{b.channels:>10}{b.channels:>8}{4 * b.channels:>8}{b.channels * h * w:>10}")
+            (h, w), c = b.resolution, b.channels
+            lines.append(row(b.name, f"{h}x{w}", c, c, 4 * c, c * h * w))
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(num_train_timesteps={self.scheduler.config.num_train_timesteps})\n{self.describe_blocks()}"
+        num_train_timesteps = self.scheduler.config.num_train_timesteps
+        return f"{type(self).__name__}(num_train_timesteps={num_train_timesteps})\n{self.describe_blocks()}"
 
     @torch.no_grad()
     def extract(
@@ -155,45 +159,42 @@ class DiffusionFeatureExtractor:
         """
         blocks, timesteps = self._check_request(blocks, timesteps, pool, num_noise_draws, batch_size)
         self._check_images(images)
-        device, dtype = self.unet.device, self.unet.dtype
-        noise = torch.randn(
-            (num_noise_draws, *images.shape[1:]), generator=torch.Generator().manual_seed(noise_seed)
-        )
-        was_training = self.unet.training
-        self.unet.eval()
+        generator = torch.Generator().manual_seed(noise_seed)
+        noise = torch.randn((num_noise_draws, *images.shape[1:]), generator=generator).to(self.unet.device)
         captured: Dict[str, torch.Tensor] = {}
         stop_at = max(blocks, key=self.block_names.index) if early_stop else None
         handles = [self._register_hook(b, pool, captured, stop_at) for b in blocks]
-        t_all = torch.tensor(timesteps, dtype=torch.long, device=device)
-        noise = noise.to(device)
-        sums = {(b, t): [] for b in blocks for t in timesteps}
+        was_training = self.unet.training
+        self.unet.eval()
+        chunks = {(b, t): [] for b in blocks for t in timesteps}
         try:
             starts = range(0, len(images), batch_size)
             for start in tqdm(starts, desc="Extracting features", disable=not show_progress):
-                x0 = images[start : start + batch_size].to(device=device, dtype=torch.float32)
-                x0 = x0.repeat(len(timesteps), 1, 1, 1)  # timestep-major: row t*B + i is image i at timesteps[t]
-                t_batch = t_all.repeat_interleave(len(x0) // len(timesteps))
-                batch_sum = None
-                for eps in noise:
-                    pooled = self._forward(x0, eps, t_batch, dtype, captured)
-                    batch_sum = pooled if batch_sum is None else {b: batch_sum[b] + pooled[b] for b in blocks}
+                pooled = self._extract_batch(images[start : start + batch_size], timesteps, noise, captured)
                 for b in blocks:
-                    for t, chunk in zip(timesteps, (batch_sum[b] / num_noise_draws).chunk(len(timesteps))):
-                        sums[(b, t)].append(chunk.float().cpu())
+                    for t, chunk in zip(timesteps, pooled[b].chunk(len(timesteps))):
+                        chunks[(b, t)].append(chunk.cpu())
         finally:
             for handle in handles:
                 handle.remove()
             self.unet.train(was_training)
-        return {key: torch.cat(chunks) for key, chunks in sums.items()}
+        return {key: torch.cat(values) for key, values in chunks.items()}
 
-    def _forward(self, x0, eps, t_batch, dtype, captured) -> Dict[str, torch.Tensor]:
-        captured.clear()
-        x_t = self.scheduler.add_noise(x0, eps.expand_as(x0), t_batch).to(dtype)
-        try:
-            self.unet(x_t, t_batch)
-        except _StopForward:
-            pass
-        return dict(captured)
+    def _extract_batch(self, images, timesteps, noise, captured) -> Dict[str, torch.Tensor]:
+        """Pooled features of B images at T timesteps, averaged over the noise draws: block -> [T*B, D]."""
+        x0 = images.to(device=self.unet.device, dtype=torch.float32).repeat(len(timesteps), 1, 1, 1)
+        # timestep-major rows: row t*B + i is image i at timesteps[t]
+        t_batch = torch.tensor(timesteps, device=x0.device).repeat_interleave(len(images))
+        total = {}
+        for eps in noise:
+            captured.clear()
+            x_t = self.scheduler.add_noise(x0, eps.expand_as(x0), t_batch).to(self.unet.dtype)
+            try:
+                self.unet(x_t, t_batch)
+            except _StopForward:
+                pass
+            total = {b: total.get(b, 0) + v for b, v in captured.items()}
+        return {b: v / len(noise) for b, v in total.items()}
 
     def _register_hook(self, name: str, pool: Optional[str], captured: dict, stop_at: Optional[str]):
         def hook(module, args, output):
@@ -210,7 +211,7 @@ class DiffusionFeatureExtractor:
             timesteps = torch.as_tensor(timesteps).reshape(-1).tolist()
         blocks, timesteps = list(blocks), list(timesteps)
         if not blocks or not timesteps:
-            raise ValueError(f"expected at least one block and one timestep, got blocks={blocks}, timesteps={timesteps}")
+            raise ValueError(f"expected at least one block and one timestep, got {blocks} and {timesteps}")
         for name in blocks:
             if name not in self._block_modules:
                 raise ValueError(f"unknown block {name!r}; expected one of {self.block_names}")
@@ -232,12 +233,13 @@ class DiffusionFeatureExtractor:
             raise TypeError(f"expected images as a torch.Tensor [N, C, H, W], got {type(images).__name__}")
         config = self.unet.config
         expected = (config.in_channels, *_as_hw(config.sample_size))
+        shape = tuple(images.shape)
         if images.ndim != 4 or len(images) == 0:
-            raise ValueError(f"expected images of shape [N, {', '.join(map(str, expected))}] with N >= 1, got {tuple(images.shape)}")
+            raise ValueError(f"expected images of shape [N, {', '.join(map(str, expected))}] with N >= 1, got {shape}")
         if images.shape[1] != config.in_channels:
-            raise ValueError(f"expected {config.in_channels} channels, got {images.shape[1]} (images of shape {tuple(images.shape)})")
-        if tuple(images.shape[2:]) != expected[1:]:
-            raise ValueError(f"expected images of spatial size {expected[1:]} (unet sample_size), got {tuple(images.shape[2:])}")
+            raise ValueError(f"expected {config.in_channels} channels, got {shape[1]} (images of shape {shape})")
+        if shape[2:] != expected[1:]:
+            raise ValueError(f"expected images of spatial size {expected[1:]} (unet sample_size), got {shape[2:]}")
         flat = images.detach().flatten(1).float()
         bad = ~torch.isfinite(flat).all(dim=1)
         if bad.any():
@@ -246,6 +248,5 @@ class DiffusionFeatureExtractor:
         out_of_range = (flat.abs() > 1 + 1e-3).any(dim=1)
         if out_of_range.any():
             i = int(out_of_range.nonzero()[0])
-            raise ValueError(
-                f"image {i} has values in [{flat[i].min():.3g}, {flat[i].max():.3g}]; expected images scaled to [-1, 1]"
-            )
+            low, high = flat[i].min(), flat[i].max()
+            raise ValueError(f"image {i} has values in [{low:.3g}, {high:.3g}]; expected images scaled to [-1, 1]")

@@ -58,10 +58,14 @@ class ProbeGridResult:
 
 def _check_features(features: dict, pairs: List[FeatureKey], labels: np.ndarray, split: str) -> Dict:
     if not isinstance(features, dict):
-        raise TypeError(f"expected {split}_features as a dict (block, timestep) -> [N, D] tensor, got {type(features).__name__}")
+        raise TypeError(
+            f"expected {split}_features as a dict (block, timestep) -> [N, D] tensor, got {type(features).__name__}"
+        )
     missing, extra = [p for p in pairs if p not in features], [p for p in features if p not in pairs]
     if missing or extra:
-        raise ValueError(f"{split}_features must have the pairs of train_features: missing {missing}, unexpected {extra}")
+        raise ValueError(
+            f"{split}_features must have the pairs of train_features: missing {missing}, unexpected {extra}"
+        )
     checked = {}
     for pair in pairs:
         x = torch.as_tensor(features[pair]).detach().float().cpu()
@@ -89,11 +93,15 @@ def _stack(features: Dict, pairs, mean: Dict, std: Dict, device) -> torch.Tensor
 def _head_losses(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of each head: [P]."""
     logits = torch.baddbmm(bias[:, None], x, weight)
-    losses = F.cross_entropy(logits.flatten(0, 1), y.repeat(len(weight)), reduction="none")
-    return losses.view(len(weight), -1).mean(dim=1)
+    # = F.cross_entropy per head, written out because it is ~1.5x faster on CPU for [P, N, K] logits
+    target_logits = logits.gather(2, y.expand(len(logits), -1).unsqueeze(2)).squeeze(2)
+    return (torch.logsumexp(logits, dim=2) - target_logits).mean(dim=1)
 
 
-def _train_heads(x_train, y_train, x_val, y_val, num_classes, epochs, learning_rate, weight_decay, batch_size, patience, seed, show_progress):
+def _train_heads(
+    x_train, y_train, x_val, y_val, num_classes, epochs, learning_rate, weight_decay, batch_size, patience, seed,
+    show_progress,
+):  # fmt: skip
     """AdamW on all heads at once; each head keeps its own lowest-val-loss weights and its own patience counter.
 
     The loss is the SUM of the per-head losses, so each head's gradient (and, AdamW being elementwise, its update)
@@ -118,7 +126,7 @@ def _train_heads(x_train, y_train, x_val, y_val, num_classes, epochs, learning_r
             batches = [(x_train, y_train)]
         else:
             order = torch.randperm(num_samples, generator=generator).to(device)
-            batches = [(x_train[:, idx], y_train[idx]) for idx in order.split(batch_size)]
+            batches = ((x_train[:, idx], y_train[idx]) for idx in order.split(batch_size))
         for x, y in batches:
             optimizer.zero_grad()
             _head_losses(x, y, weight, bias).sum().backward()
@@ -183,7 +191,7 @@ def fit_probe_grid(
     noise_seed: int = 0,
     num_noise_draws: int = 1,
     epochs: int = 200,
-    learning_rate: float = 1e-2,
+    learning_rate: float = 3e-2,
     weight_decay: float = 1e-4,
     batch_size: Optional[int] = None,
     patience: int = 20,
@@ -250,15 +258,18 @@ def fit_probe_grid(
     metrics = {pair: {} for pair in pairs}
     with torch.no_grad():
         for split in x:
-            accuracy, macro_f1 = _accuracy_and_macro_f1(torch.baddbmm(bias[:, None], x[split], weight), y[split], num_classes)
+            logits = torch.baddbmm(bias[:, None], x[split], weight)
+            accuracy, macro_f1 = _accuracy_and_macro_f1(logits, y[split], num_classes)
             for i, pair in enumerate(pairs):
                 metrics[pair][split] = {"accuracy": accuracy[i], "macro_f1": macro_f1[i]}
-    best = max(range(len(pairs)), key=lambda i: (metrics[pairs[i]]["val"]["accuracy"], metrics[pairs[i]]["val"]["macro_f1"], -i))
+    val_scores = [(m["val"]["accuracy"], m["val"]["macro_f1"], -i) for i, m in enumerate(metrics.values())]
+    best = val_scores.index(max(val_scores))  # ties: macro-F1, then the earlier pair
+    config = dict(
+        num_classes=num_classes, class_names=class_names, pool=pool, noise_seed=noise_seed,
+        num_noise_draws=num_noise_draws,
+    )  # fmt: skip
     weight, bias = weight.cpu(), bias.cpu()
-    heads = {
-        pair: _make_head(pair, weight[i], bias[i], mean[pair], std[pair], num_classes, class_names, pool, noise_seed, num_noise_draws)
-        for i, pair in enumerate(pairs)
-    }
+    heads = {p: _make_head(p, weight[i], bias[i], mean[p], std[p], **config) for i, p in enumerate(pairs)}
     return ProbeGridResult(
         metrics=metrics,
         best_pair=pairs[best],

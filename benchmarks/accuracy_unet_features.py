@@ -1,0 +1,205 @@
+"""Frozen DDPM U-Net features vs a supervised CNN on PneumoniaMNIST, with all and with 1% of the train labels.
+
+One run: (1) train an unconditional DDPM U-Net (EMA) on the train images, no labels; (2) extract every (block, t)
+feature of train/val/test ONCE; (3) fit the probe grid with all train labels and with a 1% stratified subset,
+choose the pair on val, classify test through `UNetFeatureClassifierPipeline`, run k-means on the chosen test
+features; (4) train a `SupervisedCNN` of about the U-Net encoder's size on the same labels, checkpoint chosen on
+val. In both regimes the selection uses the labels of the whole val split; test is used only for reporting.
+Targets: with all labels the probe matches or beats the CNN on test accuracy and AUC; with 1% it beats the CNN
+by >= 5 points of test accuracy.
+
+    python benchmarks/accuracy_unet_features.py --quick
+    python benchmarks/accuracy_unet_features.py      # writes benchmarks/results/accuracy_unet_features.json
+"""
+
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+import _common
+from _common import base_parser, report, setup
+from diffusion_classifiers.baselines import count_parameters, predict_proba, train_supervised_cnn
+from diffusion_classifiers.data import few_label_indices, load_image_classification_data, stratified_split
+from diffusion_classifiers.features import DiffusionFeatureExtractor
+from diffusion_classifiers.metrics import classification_metrics
+from diffusion_classifiers.pipelines import UNetFeatureClassifierPipeline
+from diffusion_classifiers.probing import fit_probe_grid, kmeans_evaluate
+from diffusion_classifiers.training import TrainingArguments, train_ddpm_unet
+from diffusion_classifiers.unet_feature_study import DEFAULT_TIMESTEPS, SPLITS, UNetFeatureStudy
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist_pneumonia" / "pneumoniamnist.npz"
+NAME = "accuracy_unet_features"
+# CNN widths whose parameter count is close to the U-Net encoder's (conv_in, time embedding, down and mid blocks).
+CNN_WIDTHS = {"tiny": (16, 32, 80), "small": (32, 64, 160)}
+QUICK_SIZES = {"train": 500, "val": 200, "test": 200}
+METRICS = ("accuracy", "macro_f1", "auc", "balanced_accuracy", "sensitivity", "specificity", "confusion_matrix")
+
+
+def parse_args():
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(DATA), help="MedMNIST-style .npz")
+    parser.add_argument("--unet_preset", default=None, help="default: tiny with --quick, else small")
+    parser.add_argument("--max_train_steps", type=int, default=None, help="DDPM steps; default 40 with --quick, else 1000")
+    parser.add_argument("--train_batch_size", type=int, default=64, help="DDPM and CNN batch size")
+    parser.add_argument("--learning_rate", type=float, default=5e-4, help="DDPM learning rate")
+    parser.add_argument("--timesteps", type=int, nargs="+", default=list(DEFAULT_TIMESTEPS))
+    parser.add_argument("--label_fraction", type=float, default=0.01, help="the few-label regime")
+    parser.add_argument("--cnn_steps", type=int, default=None, help="default 60 with --quick, else 1500")
+    parser.add_argument("--cnn_learning_rate", type=float, default=1e-3)
+    parser.add_argument("--cnn_widths", type=int, nargs="+", default=None, help="default: matched to the preset")
+    parser.add_argument("--cnn_augment", action="store_true", help="random shifts of up to 2 px for the CNN")
+    parser.add_argument("--output", default=str(_common.RESULTS_DIR / f"{NAME}.json"), help="results file (full runs)")
+    # On a loaded 2-core machine small convolutions run many times slower with 2 threads than with 1.
+    parser.set_defaults(num_threads=1)
+    args = parser.parse_args()
+    args.unet_preset = args.unet_preset or ("tiny" if args.quick else "small")
+    args.max_train_steps = args.max_train_steps or (40 if args.quick else 1000)
+    args.cnn_steps = args.cnn_steps or (60 if args.quick else 1500)
+    args.cnn_widths = tuple(args.cnn_widths or CNN_WIDTHS[args.unet_preset])
+    return args
+
+
+@contextmanager
+def timed(walls: dict, stage: str):
+    """Record the wall time of a stage in `walls[stage]` (seconds)."""
+    start = time.perf_counter()
+    yield
+    walls[stage] = round(time.perf_counter() - start, 1)
+
+
+def load_splits(args) -> dict:
+    """The official train/val/test splits; with --quick a stratified subsample of each."""
+    splits = load_image_classification_data(args.data)
+    if args.quick:
+        for name, size in QUICK_SIZES.items():
+            _, keep = stratified_split(splits[name].labels, size / len(splits[name]), seed=args.seed)
+            splits[name] = splits[name].subset(keep)
+    return splits
+
+
+def train_unet(args, images: torch.Tensor, work_dir: str):
+    """Unconditional DDPM U-Net with EMA on the train images (labels are never passed)."""
+    training = TrainingArguments(
+        output_dir=work_dir,
+        train_batch_size=args.train_batch_size,
+        max_train_steps=args.max_train_steps,
+        learning_rate=args.learning_rate,
+        lr_warmup_steps=args.max_train_steps // 20,
+        checkpointing_steps=args.max_train_steps,
+        use_ema=True,
+        seed=args.seed,
+    )
+    return train_ddpm_unet(training, images, labels=None, preset=args.unet_preset)
+
+
+def encoder_parameters(unet) -> int:
+    """Parameters of the U-Net's encoder path: conv_in, time embedding, down blocks and mid block."""
+    return sum(count_parameters(m) for m in (unet.conv_in, unet.time_embedding, unet.down_blocks, unet.mid_block))
+
+
+def probe_study(unet, scheduler, features: dict, splits: dict, train_index, seed: int) -> UNetFeatureStudy:
+    """`run_unet_feature_study` on precomputed features, with the probes trained on `train_index` only."""
+    train, val, test = (splits[name] for name in SPLITS)
+    probe = fit_probe_grid(
+        {pair: x[train_index] for pair, x in features["train"].items()}, train.labels[train_index],
+        features["val"], val.labels, features["test"], test.labels,
+        num_classes=train.num_classes, class_names=train.class_names, noise_seed=seed, seed=seed,
+    )  # fmt: skip
+    pipeline = UNetFeatureClassifierPipeline(unet=unet, scheduler=scheduler, head=probe.head)
+    output = pipeline(test.images, batch_size=256)
+    test_metrics = classification_metrics(test.labels, output.label_ids, probs=output.probs, class_names=train.class_names)
+    kmeans = kmeans_evaluate(features["test"][probe.best_pair], test.labels, train.num_classes, seed=seed)
+    kmeans.pop("clusters")
+    return UNetFeatureStudy(pipeline, probe, test_metrics, kmeans, list(train.class_names))
+
+
+def cnn_baseline(args, splits: dict, train_index, work_dir: str) -> dict:
+    """Train the CNN on the same labelled subset (checkpoint chosen on val) and score it on test."""
+    train, val, test = (splits[name] for name in SPLITS)
+    model, info = train_supervised_cnn(
+        train.images[train_index], train.labels[train_index], val.images, val.labels, train.num_classes, work_dir,
+        max_train_steps=args.cnn_steps, train_batch_size=args.train_batch_size, learning_rate=args.cnn_learning_rate,
+        seed=args.seed, augment=args.cnn_augment, widths=args.cnn_widths,
+    )  # fmt: skip
+    probs = predict_proba(model, test.images)
+    test_metrics = classification_metrics(test.labels, probs.argmax(1), probs=probs, class_names=train.class_names)
+    return {**{f"test_{k}": test_metrics.get(k) for k in METRICS}, **info}
+
+
+def probe_figures(study: UNetFeatureStudy) -> dict:
+    grid = {f"{block}@{t}": round(m["val"]["accuracy"], 4) for (block, t), m in study.probe.metrics.items()}
+    summary = study.summary()
+    return {
+        **{k: summary[k] for k in ("best_block", "best_timestep", "val_accuracy")},
+        **{f"test_{k}": study.test_metrics.get(k) for k in METRICS},
+        "kmeans_test": study.kmeans_metrics,
+        "val_accuracy_grid": grid,
+    }
+
+
+def targets(regimes: dict, fraction_key: str) -> dict:
+    full, few = regimes["all"], regimes[fraction_key]
+    gap = 100 * (few["probe"]["test_accuracy"] - few["cnn"]["test_accuracy"])
+    result = {
+        "all_labels_probe_accuracy_ge_cnn": full["probe"]["test_accuracy"] >= full["cnn"]["test_accuracy"],
+        "all_labels_probe_auc_ge_cnn": full["probe"]["test_auc"] >= full["cnn"]["test_auc"],
+        "few_labels_probe_minus_cnn_accuracy_points": round(gap, 2),
+        "few_labels_probe_beats_cnn_by_5_points": gap >= 5.0,
+    }
+    result["all_met"] = all(v for k, v in result.items() if isinstance(v, bool))
+    return result
+
+
+def main():
+    args = parse_args()
+    device = setup(args)
+    walls, regimes = {}, {}
+    start = time.perf_counter()
+    splits = load_splits(args)
+    train = splits["train"]
+    few = few_label_indices(train.labels, fraction=args.label_fraction, seed=args.seed)
+    subsets = {"all": torch.arange(len(train)), f"{args.label_fraction:.0%}": torch.from_numpy(few)}
+    with tempfile.TemporaryDirectory() as work_dir:
+        with timed(walls, "ddpm_training"):
+            unet, scheduler, summary = train_unet(args, train.images, f"{work_dir}/unet")
+        unet.to(device)
+        extractor = DiffusionFeatureExtractor(unet, scheduler)
+        with timed(walls, "feature_extraction"):
+            features = {
+                name: extractor.extract(splits[name].images, extractor.block_names, args.timesteps, noise_seed=args.seed, batch_size=64)
+                for name in SPLITS
+            }
+        for regime, index in subsets.items():
+            with timed(walls, f"probes_{regime}"):
+                study = probe_study(unet, scheduler, features, splits, index, args.seed)
+            with timed(walls, f"cnn_{regime}"):
+                cnn = cnn_baseline(args, splits, index, f"{work_dir}/cnn_{len(index)}")
+            regimes[regime] = {"num_train_labels": len(index), "probe": probe_figures(study), "cnn": cnn}
+    walls["total"] = round(time.perf_counter() - start, 1)
+    cnn_parameters = regimes["all"]["cnn"]["num_parameters"]
+    figures = {
+        "dataset": {"path": args.data, **{f"num_{name}": len(splits[name]) for name in SPLITS}},
+        "selection": f"probe pair and CNN checkpoint chosen on the labels of the whole val split ({len(splits['val'])} "
+        "images) in every regime, including the few-label one; test is used only for reporting",
+        "budget": {
+            "unet_preset": args.unet_preset, "image_size": train.images.shape[-1], "ddpm_steps": args.max_train_steps,
+            "train_batch_size": args.train_batch_size, "ddpm_learning_rate": args.learning_rate, "use_ema": True,
+            "ddpm_final_loss": summary.final_loss, "timesteps": args.timesteps, "blocks": extractor.block_names,
+            "cnn_steps": args.cnn_steps, "cnn_learning_rate": args.cnn_learning_rate, "cnn_widths": list(args.cnn_widths),
+            "cnn_augment": args.cnn_augment, "num_threads": torch.get_num_threads(),
+        },  # fmt: skip
+        "parameters": {"unet_total": count_parameters(unet), "unet_encoder": encoder_parameters(unet), "cnn": cnn_parameters},
+        "regimes": regimes,
+        "targets": targets(regimes, list(subsets)[1]),
+        "wall_seconds": walls,
+    }
+    output = Path(args.output)
+    _common.RESULTS_DIR = output.parent  # report() writes RESULTS_DIR / "<name>.json"
+    report(output.stem, args, device, figures)
+
+
+if __name__ == "__main__":
+    main()
