@@ -34,7 +34,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist_pneum
 NAME = "accuracy_unet_features"
 # CNN widths whose parameter count is close to the U-Net encoder's (conv_in, time embedding, down and mid blocks).
 CNN_WIDTHS = {"tiny": (16, 32, 80), "small": (32, 64, 160)}
-QUICK_SIZES = {"train": 500, "val": 200, "test": 200}
+QUICK_SIZES = {"train": 400, "val": 150, "test": 150}
 METRICS = ("accuracy", "macro_f1", "auc", "balanced_accuracy", "sensitivity", "specificity", "confusion_matrix")
 
 

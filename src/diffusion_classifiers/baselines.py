@@ -68,7 +68,7 @@ def _random_shift(images: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
     return torch.stack([padded[i, :, y : y + height, x : x + width] for i, (y, x) in enumerate(zip(dy, dx))])
 
 
-class CrossEntropyLoss:
+class SupervisedLoss:
     """`training.train` loss for `(images, labels)` batches; `augment` adds random shifts of up to 2 pixels."""
 
     def __init__(self, augment: bool = False):
@@ -142,7 +142,7 @@ def train_supervised_cnn(
         checkpointing_steps=every,
         seed=seed,
     )
-    model, _, summary = train(args, model, TensorDataset(images, labels.long()), CrossEntropyLoss(augment))
+    model, _, summary = train(args, model, TensorDataset(images, labels.long()), SupervisedLoss(augment))
     val_accuracy = {}
     for step in sorted({*range(every, max_train_steps, every), max_train_steps}):
         model.load_state_dict(load_file(os.path.join(output_dir, f"checkpoint-{step}", "model.safetensors")))

@@ -52,6 +52,12 @@ def _pool(activation: torch.Tensor, pool: Optional[str]) -> torch.Tensor:
     return activation.flatten(1)
 
 
+def make_noise(num_noise_draws: int, image_shape: Sequence[int], noise_seed: int) -> torch.Tensor:
+    """The noise shared by every image: `[num_noise_draws, C, H, W]` from a CPU generator seeded with `noise_seed`,
+    so a feature depends only on its image and the seed, never on batching or device."""
+    return torch.randn((num_noise_draws, *image_shape), generator=torch.Generator().manual_seed(noise_seed))
+
+
 def _as_hw(size) -> Tuple[int, int]:
     return (size, size) if isinstance(size, int) else tuple(size)
 
@@ -159,42 +165,63 @@ class DiffusionFeatureExtractor:
         """
         blocks, timesteps = self._check_request(blocks, timesteps, pool, num_noise_draws, batch_size)
         self._check_images(images)
-        generator = torch.Generator().manual_seed(noise_seed)
-        noise = torch.randn((num_noise_draws, *images.shape[1:]), generator=generator).to(self.unet.device)
-        captured: Dict[str, torch.Tensor] = {}
-        stop_at = max(blocks, key=self.block_names.index) if early_stop else None
-        handles = [self._register_hook(b, pool, captured, stop_at) for b in blocks]
+        noise = make_noise(num_noise_draws, images.shape[1:], noise_seed)
+        chunks = {(b, t): [] for b in blocks for t in timesteps}
         was_training = self.unet.training
         self.unet.eval()
-        chunks = {(b, t): [] for b in blocks for t in timesteps}
         try:
             starts = range(0, len(images), batch_size)
             for start in tqdm(starts, desc="Extracting features", disable=not show_progress):
-                pooled = self._extract_batch(images[start : start + batch_size], timesteps, noise, captured)
-                for b in blocks:
-                    for t, chunk in zip(timesteps, pooled[b].chunk(len(timesteps))):
-                        chunks[(b, t)].append(chunk.cpu())
+                batch = images[start : start + batch_size]
+                for key, value in self.features_for_batch(batch, blocks, timesteps, pool, noise, early_stop).items():
+                    chunks[key].append(value.float().cpu())
         finally:
-            for handle in handles:
-                handle.remove()
             self.unet.train(was_training)
         return {key: torch.cat(values) for key, values in chunks.items()}
 
-    def _extract_batch(self, images, timesteps, noise, captured) -> Dict[str, torch.Tensor]:
-        """Pooled features of B images at T timesteps, averaged over the noise draws: block -> [T*B, D]."""
-        x0 = images.to(device=self.unet.device, dtype=torch.float32).repeat(len(timesteps), 1, 1, 1)
-        # timestep-major rows: row t*B + i is image i at timesteps[t]
-        t_batch = torch.tensor(timesteps, device=x0.device).repeat_interleave(len(images))
-        total = {}
-        for eps in noise:
-            captured.clear()
-            x_t = self.scheduler.add_noise(x0, eps.expand_as(x0), t_batch).to(self.unet.dtype)
-            try:
-                self.unet(x_t, t_batch)
-            except _StopForward:
-                pass
-            total = {b: total.get(b, 0) + v for b, v in captured.items()}
-        return {b: v / len(noise) for b, v in total.items()}
+    def features_for_batch(
+        self,
+        images: torch.Tensor,
+        blocks: Sequence[str],
+        timesteps: Sequence[int],
+        pool: Optional[str],
+        noise: torch.Tensor,
+        early_stop: bool = True,
+    ) -> Dict[FeatureKey, torch.Tensor]:
+        r"""
+        Pooled features of one batch, on the U-Net's device and differentiable (no validation, no `no_grad`):
+        the building block of [`~DiffusionFeatureExtractor.extract`] and of the transformers classification head.
+
+        Args:
+            images: `[B, C, H, W]` clean images in [-1, 1].
+            noise: `[num_noise_draws, C, H, W]` from [`make_noise`]; features are averaged over the draws.
+        """
+        device, dtype = self.unet.device, self.unet.dtype
+        x0 = images.to(device=device, dtype=torch.float32).repeat(len(timesteps), 1, 1, 1)
+        # timestep-major: row k * B + i is image i at timesteps[k]
+        t_batch = torch.tensor(timesteps, dtype=torch.long, device=device).repeat_interleave(len(images))
+        captured: Dict[str, torch.Tensor] = {}
+        stop_at = max(blocks, key=self.block_names.index) if early_stop else None
+        handles = [self._register_hook(b, pool, captured, stop_at) for b in blocks]
+        try:
+            draws = [self._forward(x0, eps, t_batch, dtype, captured) for eps in noise.to(device)]
+        finally:
+            for handle in handles:
+                handle.remove()
+        return {
+            (b, t): chunk
+            for b in blocks
+            for t, chunk in zip(timesteps, (sum(d[b] for d in draws) / len(draws)).chunk(len(timesteps)))
+        }
+
+    def _forward(self, x0, eps, t_batch, dtype, captured) -> Dict[str, torch.Tensor]:
+        captured.clear()
+        x_t = self.scheduler.add_noise(x0, eps.expand_as(x0), t_batch).to(dtype)
+        try:
+            self.unet(x_t, t_batch)
+        except _StopForward:
+            pass
+        return dict(captured)
 
     def _register_hook(self, name: str, pool: Optional[str], captured: dict, stop_at: Optional[str]):
         def hook(module, args, output):

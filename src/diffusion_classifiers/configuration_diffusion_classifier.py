@@ -1,0 +1,53 @@
+"""transformers configuration of the diffusion-feature image classifier."""
+
+from typing import Optional
+
+from transformers import PretrainedConfig
+
+BACKBONE_TYPES = ("unet",)
+
+
+class DiffusionClassifierConfig(PretrainedConfig):
+    r"""
+    Configuration of [`DiffusionFeaturesForImageClassification`]: a frozen diffusion backbone, the feature read from
+    it, and a linear head. `id2label` / `label2id` travel here as for every transformers classifier.
+
+    Args:
+        backbone_type (`str`): `"unet"`, a diffusers `UNet2DModel` (the RC-DiT encoder plugs in here later).
+        backbone_config (`dict`): the backbone's diffusers config (`UNet2DModel.config`).
+        scheduler_config (`dict`): the `DDPMScheduler` config that defines the noising at `feature_timestep`.
+        feature_block (`str`), feature_timestep (`int`), feature_pool (`"mean"`, `"2x2"` or `None`): the feature.
+        noise_seed (`int`), num_noise_draws (`int`): the fixed noise the feature is computed with.
+        feature_size (`int`): the pooled feature's dimension (the linear head's input).
+        freeze_backbone (`bool`): keep the backbone's parameters out of training (`requires_grad=False`).
+    """
+
+    model_type = "diffusion-classifier"
+
+    def __init__(
+        self,
+        backbone_type: str = "unet",
+        backbone_config: Optional[dict] = None,
+        scheduler_config: Optional[dict] = None,
+        feature_block: str = "mid_block",
+        feature_timestep: int = 0,
+        feature_pool: Optional[str] = "mean",
+        noise_seed: int = 0,
+        num_noise_draws: int = 1,
+        feature_size: int = 1,
+        freeze_backbone: bool = True,
+        **kwargs,
+    ):
+        if backbone_type not in BACKBONE_TYPES:
+            raise ValueError(f"expected backbone_type in {BACKBONE_TYPES}, got {backbone_type!r}")
+        self.backbone_type = backbone_type
+        self.backbone_config = dict(backbone_config or {})
+        self.scheduler_config = dict(scheduler_config or {})
+        self.feature_block = feature_block
+        self.feature_timestep = feature_timestep
+        self.feature_pool = feature_pool
+        self.noise_seed = noise_seed
+        self.num_noise_draws = num_noise_draws
+        self.feature_size = feature_size
+        self.freeze_backbone = freeze_backbone
+        super().__init__(**kwargs)

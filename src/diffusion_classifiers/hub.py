@@ -1,0 +1,319 @@
+"""Publish classifiers on the Hugging Face Hub and fetch them back: model and dataset cards, push, download.
+
+Cards are Jinja templates in `hub_cards/` (one model card per method, sharing `model_card_base.md`, and a
+dataset card); their YAML front matter is `ModelCardData` / `DatasetCardData` with the test results as
+`EvalResult`s, so the Hub shows them in the model index.
+"""
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import jinja2
+from huggingface_hub import (
+    CommitInfo,
+    CommitOperationAdd,
+    DatasetCard,
+    DatasetCardData,
+    EvalResult,
+    HfApi,
+    ModelCard,
+    ModelCardData,
+    constants,
+    snapshot_download,
+)
+from huggingface_hub.errors import OfflineModeIsEnabled
+from jinja2 import meta
+
+METHODS = ("unet_features", "score_sde", "rc_dit")
+
+# metrics.json key -> (model-index metric type, display name)
+METRIC_NAMES = {
+    "accuracy": ("accuracy", "Accuracy"),
+    "macro_f1": ("f1", "Macro F1"),
+    "balanced_accuracy": ("balanced_accuracy", "Balanced accuracy"),
+    "auc": ("roc_auc", "ROC AUC"),
+    "sensitivity": ("recall", "Sensitivity"),
+    "specificity": ("specificity", "Specificity"),
+}
+
+# Fields the templates may leave empty (they test them with `{% if %}`); every other field they read is required.
+MODEL_CARD_OPTIONAL = {"dataset_id", "model_description", "class_names"}
+DATASET_CARD_OPTIONAL = {"citation"}
+
+
+class HubUploadError(RuntimeError):
+    """An upload to the Hub failed; the local folder was not modified."""
+
+
+def templates_dir() -> Path:
+    """`hub_cards/`: inside the package in a wheel, at the repository root in a source checkout."""
+    packaged = Path(__file__).parent / "hub_cards"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "hub_cards"
+
+
+def _template_fields(env: jinja2.Environment, name: str) -> set:
+    """The variables template `name` and the templates it extends or includes read from the context."""
+    ast = env.parse(env.loader.get_source(env, name)[0])
+    fields = set(meta.find_undeclared_variables(ast))
+    for parent in meta.find_referenced_templates(ast):
+        fields |= _template_fields(env, parent)
+    return fields
+
+
+def _is_missing(value) -> bool:
+    """None, or an empty (or blank) string, list or dict."""
+    if isinstance(value, str):
+        return not value.strip()
+    return value is None or (isinstance(value, (list, tuple, dict)) and len(value) == 0)
+
+
+def _render(template_path: Union[str, Path], card_data, optional: set, **fields) -> str:
+    """Render a card template; fields it reads that are absent or empty (and not `optional`) raise a ValueError
+    naming all of them."""
+    template_path = Path(template_path)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([template_path.parent, templates_dir()]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    context = {**fields, "card_data": card_data.to_yaml()}
+    required = _template_fields(env, template_path.name) - optional
+    missing = sorted(name for name in required if _is_missing(context.get(name)))
+    if missing:
+        raise ValueError(f"cannot render card {template_path.name}: missing required field(s) {', '.join(missing)}")
+    return env.get_template(template_path.name).render(**context)
+
+
+def _eval_results(metrics: Dict[str, float], dataset_name: str, dataset_type: str, split: str) -> List[EvalResult]:
+    """One `EvalResult` per metric, named as in `METRIC_NAMES` (other keys are kept as they are)."""
+    results = []
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"metric {key!r}: expected a finite number, got {value!r}")
+        metric_type, metric_name = METRIC_NAMES.get(key, (key, key))
+        results.append(
+            EvalResult(
+                task_type="image-classification",
+                task_name="Image Classification",
+                dataset_type=dataset_type,
+                dataset_name=dataset_name,
+                dataset_split=split,
+                metric_type=metric_type,
+                metric_name=metric_name,
+                metric_value=float(value),
+            )
+        )
+    return results
+
+
+def render_model_card(
+    method: str,
+    *,
+    model_name: str,
+    dataset_name: str,
+    dataset_license: str,
+    metrics: Dict[str, float],
+    training_command: str,
+    evaluation_command: str,
+    repo_id: Optional[str] = None,
+    dataset_id: Optional[str] = None,
+    dataset_split: str = "test",
+    license: str = "apache-2.0",
+    library_name: str = "diffusers",
+    class_names: Optional[List[str]] = None,
+    model_description: Optional[str] = None,
+    medical: bool = True,
+    template_path: Optional[Union[str, Path]] = None,
+) -> ModelCard:
+    """The model card of a classifier trained with `method` (one of `METHODS`).
+
+    Args:
+        model_name: the model-index name; `repo_id` (default `model_name`) is what the usage snippet loads.
+        dataset_name, dataset_license: the training / evaluation data and its licence, as shown in the card;
+            `dataset_id` (a Hub dataset id, optional) links it and is the model-index dataset type.
+        metrics: `{metric: value}` measured on `dataset_split`, e.g. `load_eval_metrics("metrics.json")`.
+        training_command, evaluation_command: the exact commands that produced the weights and the metrics.
+        license: the model's licence (a Hub licence id). `library_name`: "diffusers" for a saved pipeline,
+            "transformers" for an exported transformers model (see `library_name_of`).
+        medical: add the "not a diagnostic device" warning (keep it for any medical imaging data).
+        template_path: a custom Jinja template (default: `hub_cards/model_card_<method>.md`).
+
+    Raises `ValueError` naming every required field that is missing or empty.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if not metrics:
+        raise ValueError("cannot render a model card: missing required field(s) metrics")
+    eval_results = _eval_results(metrics, dataset_name, dataset_id or dataset_name, dataset_split)
+    card_data = ModelCardData(
+        model_name=model_name,
+        license=license,
+        library_name=library_name,
+        pipeline_tag="image-classification",
+        tags=["diffusers", "image-classification", "diffusion-classifiers", method] + (["medical"] if medical else []),
+        datasets=[dataset_id] if dataset_id else None,
+        metrics=sorted({result.metric_type for result in eval_results}),
+        eval_results=eval_results,
+    )
+    text = _render(
+        template_path or templates_dir() / f"model_card_{method}.md",
+        card_data,
+        MODEL_CARD_OPTIONAL,
+        model_name=model_name,
+        model_id=repo_id or model_name,
+        library_name=library_name,
+        dataset_name=dataset_name,
+        dataset_id=dataset_id,
+        dataset_license=dataset_license,
+        dataset_split=dataset_split,
+        eval_results=eval_results,
+        training_command=training_command,
+        evaluation_command=evaluation_command,
+        class_names=class_names,
+        model_description=model_description,
+        medical=medical,
+    )
+    return ModelCard(text)
+
+
+def render_dataset_card(
+    *,
+    dataset_name: str,
+    license: str,
+    description: str,
+    source: str,
+    class_names: List[str],
+    splits: Dict[str, int],
+    preparation_command: str,
+    citation: Optional[str] = None,
+    medical: bool = True,
+    template_path: Optional[Union[str, Path]] = None,
+) -> DatasetCard:
+    """The dataset card of an image-classification dataset.
+
+    Args:
+        dataset_name: its pretty name. `license`: a Hub licence id (e.g. "cc-by-4.0").
+        description: what the images are. `source`: where they come from (URL or reference).
+        class_names: the label names, in label-id order. `splits`: `{split: number of images}`.
+        preparation_command: the exact command that produced the files. `citation`: BibTeX to cite (optional).
+        medical: add the "not for diagnostic use" warning.
+
+    Raises `ValueError` naming every required field that is missing or empty.
+    """
+    card_data = DatasetCardData(
+        pretty_name=dataset_name,
+        license=license,
+        task_categories=["image-classification"],
+        tags=["diffusion-classifiers"] + (["medical"] if medical else []),
+    )
+    text = _render(
+        template_path or templates_dir() / "dataset_card.md",
+        card_data,
+        DATASET_CARD_OPTIONAL,
+        dataset_name=dataset_name,
+        license=license,
+        description=description,
+        source=source,
+        class_names=class_names,
+        splits=splits,
+        preparation_command=preparation_command,
+        citation=citation,
+        medical=medical,
+    )
+    return DatasetCard(text)
+
+
+def load_eval_metrics(path: Union[str, os.PathLike]) -> Dict[str, float]:
+    """The scalar test metrics (`METRIC_NAMES` keys) of a `metrics.json`: the demo's (under "test") or a flat one."""
+    with open(path) as f:
+        data = json.load(f)
+    data = data.get("test", data)
+    metrics = {key: data[key] for key in METRIC_NAMES if data.get(key) is not None}
+    if not metrics:
+        raise ValueError(f"{path}: expected test metrics {sorted(METRIC_NAMES)} (top level or under 'test'), found none")
+    return metrics
+
+
+def library_name_of(local_dir: Union[str, os.PathLike]) -> str:
+    """"diffusers" for a saved pipeline (model_index.json), "transformers" for a transformers model (config.json)."""
+    if (Path(local_dir) / "model_index.json").is_file():
+        return "diffusers"
+    if (Path(local_dir) / "config.json").is_file():
+        return "transformers"
+    raise ValueError(f"{local_dir}: expected a saved pipeline (model_index.json) or transformers model (config.json)")
+
+
+def _local_files(local_dir: Path) -> List[str]:
+    """Relative paths of the files in `local_dir`, hidden ones (.git, .cache, ...) left out."""
+    relative = (path.relative_to(local_dir) for path in local_dir.rglob("*") if path.is_file())
+    return sorted(path.as_posix() for path in relative if not any(part.startswith(".") for part in path.parts))
+
+
+def _commit_operations(local_dir: Path, card: Optional[Union[ModelCard, DatasetCard]]) -> List[CommitOperationAdd]:
+    """Every file of `local_dir`, with `card` (sent from memory) replacing its README.md if given."""
+    operations = [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(local_dir / name))
+        for name in _local_files(local_dir)
+        if card is None or name != "README.md"
+    ]
+    if card is not None:
+        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
+    return operations
+
+
+def push_to_hub(
+    local_dir: Union[str, os.PathLike],
+    repo_id: str,
+    *,
+    card: Optional[Union[ModelCard, DatasetCard]] = None,
+    token: Optional[str] = None,
+    private: bool = False,
+    revision: Optional[str] = None,
+    commit_message: str = "Upload diffusion classifier",
+    repo_type: str = "model",
+) -> CommitInfo:
+    """Create `repo_id` if needed and upload `local_dir` with `card` as its README.md, in one commit.
+
+    `local_dir` is a saved pipeline or transformers model folder (or, with `repo_type="dataset"`, a dataset
+    folder). It is only read: the card goes to the Hub from memory, and a failed upload leaves it unchanged.
+    `revision` is an existing branch (default: main).
+
+    Raises `OfflineModeIsEnabled` when HF_HUB_OFFLINE is set, `HubUploadError` when the upload fails.
+    """
+    local_dir = Path(local_dir)
+    if repo_type == "model":
+        library_name_of(local_dir)
+    if constants.is_offline_mode():
+        raise OfflineModeIsEnabled(f"cannot push {local_dir} to the Hub: HF_HUB_OFFLINE=1 is set; unset it to upload")
+    operations = _commit_operations(local_dir, card)
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, private=private, repo_type=repo_type, exist_ok=True)
+        return api.create_commit(
+            repo_id, operations, commit_message=commit_message, revision=revision, repo_type=repo_type
+        )
+    except Exception as err:  # HTTP status, connection, or README validation: all mean the upload failed
+        raise HubUploadError(
+            f"upload of {local_dir} to {api.endpoint}/{repo_id} failed: {err}\nThe local folder {local_dir} is unchanged."
+        ) from err
+
+
+def download(
+    name_or_path: Union[str, os.PathLike],
+    *,
+    revision: Optional[str] = None,
+    token: Optional[str] = None,
+    cache_dir: Optional[Union[str, os.PathLike]] = None,
+    local_files_only: bool = False,
+) -> str:
+    """A local folder holding `name_or_path`: the folder itself, or a Hub repo's snapshot in the cache."""
+    if os.path.isdir(name_or_path):
+        return str(name_or_path)
+    return snapshot_download(
+        str(name_or_path), revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only
+    )

@@ -1,0 +1,30 @@
+"""transformers image processor: the library's one preprocessing path behind transformers' PIL backend."""
+
+from typing import Optional
+
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_processing_backends import PilBackend
+
+from .data import preprocess_images
+
+
+class DiffusionClassifierImageProcessor(PilBackend):
+    r"""
+    Resize to `image_size`, convert to `num_channels` and scale to [-1, 1] with
+    [`diffusion_classifiers.data.preprocess_images`], exactly as the diffusers pipelines do.
+
+    Args:
+        image_size (`int`): the backbone's `sample_size`.
+        num_channels (`int`): the backbone's `in_channels` (1 or 3).
+    """
+
+    model_input_names = ["pixel_values"]
+
+    def __init__(self, image_size: int = 32, num_channels: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.image_size = image_size
+        self.num_channels = num_channels
+
+    def preprocess(self, images, return_tensors: Optional[str] = "pt", **kwargs) -> BatchFeature:
+        pixel_values = preprocess_images(images, image_size=self.image_size, num_channels=self.num_channels)
+        return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)

@@ -1,0 +1,645 @@
+r"""Score-SDE generative classification: class-conditional log-likelihoods of an epsilon-predictor.
+
+Two scorers share one VP-SDE and one model interface:
+
+- [`probability_flow_log_likelihood`]: the exact `log p(x | c)` of the probability-flow ODE, with the divergence
+  by the Hutchinson estimator (or exactly, for small images), solved in torch with a fixed-step Heun / RK4 grid
+  or an adaptive Dormand-Prince (RK45) solver. Every image is paired with every class in one ODE state.
+- [`denoising_error_scores`]: the weighted denoising error (the diffusion term of the ELBO), with the same noise
+  and timesteps for every class, adaptive class pruning (Li et al. 2023) and, for two classes, a sequential early
+  stop once the sign of the log-likelihood ratio is settled.
+
+Conventions:
+
+- Time: continuous `t` in `[t_min, 1]`. A diffusers model trained with `DDPMScheduler` (linear betas from
+  `beta_start` to `beta_end` over `N` steps) is called at the float timestep `k = N t - 1` (see [`VPSDE`]).
+- Images: tensors `[N, C, H, W]` (any `[N, ...]` for plain callables) scaled to `[-1, 1]`; `D` = values per image.
+- NFE: one epsilon evaluation of one image for one class at one time = 1 network function evaluation.
+- Seeds: everything random about image `i` (Hutchinson probes, stratified timesteps, noise) comes from its own
+  stream `SeedSequence(seed, spawn_key=(i, ...))`, so the numbers depend on the image's position in the call and
+  the seed, never on batch sizes, the other images' values or which classes are still alive.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from scipy import stats
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Classes = Union[int, Sequence[int]]
+Seed = Union[int, Sequence[int]]
+
+PIXEL_BIN_WIDTH = 2 / 255
+"""Width of one 8-bit intensity level once images are scaled to [-1, 1] as `x = k / 127.5 - 1`."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The SDE and the model interface
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VPSDE:
+    r"""
+    The variance-preserving SDE `dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw`, `t` in `[0, 1]`, with linear
+    `beta(t) = beta_min + t (beta_max - beta_min)`:
+
+    - `alpha(t) = exp(-1/4 t^2 (beta_max - beta_min) - 1/2 t beta_min)` (mean coefficient, `sqrt(alphas_cumprod)`),
+    - `sigma(t)^2 = 1 - alpha(t)^2`, so `x_t = alpha(t) x_0 + sigma(t) eps`.
+
+    It is the continuous limit of `DDPMScheduler`'s linear schedule with `num_train_timesteps = N`,
+    `betas = linspace(beta_min / N, beta_max / N, N)` (the defaults 1e-4 .. 0.02 over 1000 steps give 0.1 .. 20).
+    Discrete step `k` (0-based) is continuous time `t_k = (k + 1) / N`: `alphas_cumprod[k] = alpha(t_k)^2` to within
+    1e-3 for the default schedule (`t = k / (N - 1)` is twice as far off and puts `k = 0` at zero noise).
+
+    Args:
+        beta_min, beta_max: `beta(0)` and `beta(1)`.
+        num_train_timesteps: `N` of the discrete schedule a model was trained with.
+        t_min: the smallest time used (the ODE starts there; denoising timesteps are drawn from `[t_min, 1]`).
+            Times below `1 / N` map to float timesteps in `(-1, 0)`, an extrapolation of the timestep embedding.
+    """
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    num_train_timesteps: int = 1000
+    t_min: float = 1e-5
+
+    def __post_init__(self):
+        if not 0 < self.beta_min < self.beta_max:
+            raise ValueError(f"expected 0 < beta_min < beta_max, got {self.beta_min} and {self.beta_max}")
+        if not 0 < self.t_min < 1:
+            raise ValueError(f"expected 0 < t_min < 1, got {self.t_min}")
+        if self.num_train_timesteps < 1:
+            raise ValueError(f"expected num_train_timesteps >= 1, got {self.num_train_timesteps}")
+
+    @classmethod
+    def from_scheduler(cls, scheduler, t_min: float = 1e-5) -> "VPSDE":
+        """The VP-SDE of a `DDPMScheduler`-like config with a linear beta schedule and epsilon prediction."""
+        config = scheduler.config
+        if config.get("beta_schedule") != "linear" or config.get("trained_betas") is not None:
+            raise ValueError(f"expected a linear beta schedule, got {config.get('beta_schedule')!r}")
+        if config.get("prediction_type", "epsilon") != "epsilon":
+            raise ValueError(f"expected prediction_type 'epsilon', got {config.get('prediction_type')!r}")
+        n = config["num_train_timesteps"]
+        return cls(config["beta_start"] * n, config["beta_end"] * n, n, t_min)
+
+    def beta(self, t: torch.Tensor) -> torch.Tensor:
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def log_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def alpha(self, t: torch.Tensor) -> torch.Tensor:
+        return self.log_alpha(t).exp()
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        return (-torch.expm1(2 * self.log_alpha(t))).sqrt()
+
+    def discrete_timestep(self, t: torch.Tensor) -> torch.Tensor:
+        """The float model timestep `k = N t - 1` of continuous time `t` (inverse of `continuous_time`)."""
+        return self.num_train_timesteps * t - 1
+
+    def continuous_time(self, k: torch.Tensor) -> torch.Tensor:
+        """Continuous time `t = (k + 1) / N` of discrete timestep `k`."""
+        return (k + 1) / self.num_train_timesteps
+
+
+def as_eps_model(model, sde: Optional[VPSDE] = None) -> EpsFn:
+    r"""
+    The epsilon-predictor `eps_fn(x_t, t, class_labels) -> eps` with continuous `t` (`[B]`) that the scorers call.
+
+    - A diffusers model (`UNet2DModel(num_class_embeds=K)`, or any `ModelMixin` taking `class_labels`) is called as
+      `model(x_t, sde.discrete_timestep(t), class_labels=labels).sample` in its own dtype; the result comes back in
+      the dtype of `x_t`. It must have a class embedding, and must not mix samples in a batch (eval mode).
+    - Any other callable is returned unchanged: it must already take continuous `t`.
+    """
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+        if not callable(model):
+            raise TypeError(f"expected a diffusers model or a callable eps_fn(x, t, labels), got {type(model)}")
+        return model
+    if getattr(model, "class_embedding", True) is None or model.config.get("num_class_embeds", 0) is None:
+        raise ValueError(
+            f"expected a class-conditional model (UNet2DModel(num_class_embeds=K)), got {type(model).__name__} "
+            "without a class embedding"
+        )
+    sde = sde or VPSDE()
+    dtype = next(model.parameters()).dtype
+
+    def eps_fn(x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+        out = model(x.to(dtype), sde.discrete_timestep(t).to(dtype), class_labels=class_labels)
+        return getattr(out, "sample", out).to(x.dtype)
+
+    return eps_fn
+
+
+def bits_per_dim(log_likelihood: torch.Tensor, num_dims: int) -> torch.Tensor:
+    r"""
+    Bits per dimension of 8-bit images from the continuous log-density (nats) of their `[-1, 1]` scaling:
+    `bpd = -(log p(x) - D log(127.5)) / (D log 2)`, i.e. `-log2` of the probability mass `p(x) (2/255)^D` of the
+    pixel bin around `x`, per dimension. (score_sde's convention, bins of width 2/256, is this plus
+    `log2(255/256)`, 0.0056 bits lower. Add uniform noise of one bin to `x` before scoring for the usual uniform
+    dequantisation bound.)
+    """
+    return -(log_likelihood + num_dims * math.log(PIXEL_BIN_WIDTH)) / (num_dims * math.log(2))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared input handling and seeds
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor) or images.ndim < 2 or len(images) == 0:
+        raise ValueError(f"expected a non-empty tensor of images [N, ...], got {getattr(images, 'shape', images)}")
+    if not torch.isfinite(images).all():
+        bad = int((~torch.isfinite(images.flatten(1))).any(1).nonzero()[0])
+        raise ValueError(f"expected finite pixel values, got NaN or inf in image {bad}")
+
+
+def _class_ids(classes: Classes, model, device) -> torch.Tensor:
+    ids = list(range(classes)) if isinstance(classes, int) else [int(c) for c in classes]
+    config = getattr(model, "config", None)
+    num_embeds = config.get("num_class_embeds") if hasattr(config, "get") else None
+    if not ids or len(set(ids)) != len(ids) or min(ids) < 0 or (num_embeds and max(ids) >= num_embeds):
+        expected = f"0..{num_embeds - 1}" if num_embeds else "0..K-1"
+        raise ValueError(f"expected at least one class, distinct class ids in {expected}, got {ids}")
+    return torch.tensor(ids, device=device)
+
+
+def _device(model, images: torch.Tensor) -> torch.device:
+    params = model.parameters() if isinstance(model, torch.nn.Module) else iter(())
+    return next(params, images).device
+
+
+def _image_seeds(seed: Seed, num_images: int) -> List[np.random.SeedSequence]:
+    """One seed stream per image: `seed` int -> `SeedSequence(seed, spawn_key=(i,))`; a sequence -> one per image."""
+    if isinstance(seed, int):
+        return [np.random.SeedSequence(seed, spawn_key=(i,)) for i in range(num_images)]
+    if len(seed) != num_images:
+        raise ValueError(f"expected one seed per image ({num_images}), got {len(seed)}")
+    return [np.random.SeedSequence(int(s)) for s in seed]
+
+
+def _generator(stream: np.random.SeedSequence, *key: int) -> torch.Generator:
+    child = np.random.SeedSequence(stream.entropy, spawn_key=stream.spawn_key + key)
+    return torch.Generator().manual_seed(int(child.generate_state(1, np.uint64)[0]) >> 1)
+
+
+def _as_column(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`[B]` -> `[B, 1, 1, ...]` to broadcast against `like` `[B, ...]`."""
+    return values.view(-1, *[1] * (like.ndim - 1))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exact likelihood: the probability-flow ODE
+# ---------------------------------------------------------------------------------------------------------------
+
+SOLVERS = ("heun", "rk4", "dopri5")
+STEP_SPACINGS = ("uniform", "quadratic")
+
+
+@dataclass
+class LikelihoodResult:
+    """
+    Output of [`probability_flow_log_likelihood`].
+
+    Args:
+        log_likelihood: `[N, K]` `log p(x | c)` in nats, the continuous density of the image as given (no
+            dequantisation noise added), column `k` for the `k`-th requested class.
+        bits_per_dim: `[N, K]` from [`bits_per_dim`] (8-bit images scaled to [-1, 1]).
+        nfe_per_image: `[N]` network function evaluations per image: ODE right-hand-side evaluations of its batch
+            times `K` (each also costs `num_probes`, or `D` with the exact trace, vector-Jacobian products).
+    """
+
+    log_likelihood: torch.Tensor
+    bits_per_dim: torch.Tensor
+    nfe_per_image: torch.Tensor
+
+
+def _jacobian_trace(eps: torch.Tensor, x: torch.Tensor, probes: Optional[torch.Tensor]) -> torch.Tensor:
+    """`tr(d eps / d x)` per row: exactly (one VJP per dimension) if `probes` is None, else the Hutchinson mean of
+    `z^T (d eps / d x) z` over the probes `[B, P, D]`."""
+    def vjp(v):
+        return torch.autograd.grad(eps, x, v, retain_graph=True)[0].flatten(1)
+
+    if probes is None:
+        basis = torch.eye(eps.shape[1], dtype=eps.dtype, device=eps.device)
+        return sum(vjp(e.expand_as(eps))[:, d] for d, e in enumerate(basis))
+    return torch.stack([(vjp(z) * z).sum(1) for z in probes.unbind(1)]).mean(0)
+
+
+def _probability_flow(eps_fn: EpsFn, sde: VPSDE, shape, labels, probes) -> Callable:
+    r"""
+    The augmented ODE `y = [x, delta]` (rows `[B, D + 1]`) with
+
+    - `dx/dt = f(x, t) - 1/2 g(t)^2 score = -1/2 beta(t) (x - eps(x, t, c) / sigma(t))`,
+    - `d delta/dt = div_x(dx/dt) = -1/2 beta(t) (D - tr(d eps / d x) / sigma(t))`,
+
+    so that `log p_{t_min}(x) = log N(x(1); 0, I) + delta(1)` with `delta(t_min) = 0` (instantaneous change of
+    variables, integrated backwards in density from the data at `t_min` to the prior at 1).
+    """
+    num_dims = math.prod(shape[1:])
+
+    def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            x = y[:, :-1].reshape(shape).detach().requires_grad_(True)
+            eps = eps_fn(x, t.expand(len(y)), labels).flatten(1)
+            trace = _jacobian_trace(eps, x, probes)
+        beta, sigma = sde.beta(t), sde.sigma(t)
+        drift = -0.5 * beta * (y[:, :-1] - eps.detach() / sigma)
+        divergence = -0.5 * beta * (num_dims - trace / sigma)
+        return torch.cat([drift, divergence[:, None]], 1)
+
+    return field
+
+
+def _rk4_step(f, t, y, h):
+    k1 = f(t, y)
+    k2 = f(t + h / 2, y + h / 2 * k1)
+    k3 = f(t + h / 2, y + h / 2 * k2)
+    k4 = f(t + h, y + h * k3)
+    return y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+def _heun_step(f, t, y, h):
+    k1 = f(t, y)
+    k2 = f(t + h, y + h * k1)
+    return y + h / 2 * (k1 + k2)
+
+
+def _solve_fixed(f, y: torch.Tensor, grid: torch.Tensor, solver: str) -> torch.Tensor:
+    step = _rk4_step if solver == "rk4" else _heun_step
+    for t0, t1 in zip(grid[:-1], grid[1:]):
+        y = step(f, t0, y, t1 - t0)
+    return y
+
+
+# Dormand-Prince 5(4): nodes, stage coefficients, 5th-order weights (= last stage row, FSAL) and 5th - 4th order.
+_DP_C = [0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1, 1]
+_DP_A = [
+    [],
+    [1 / 5],
+    [3 / 40, 9 / 40],
+    [44 / 45, -56 / 15, 32 / 9],
+    [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729],
+    [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656],
+    [35 / 384, 0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84],
+]
+_DP_E = [71 / 57600, 0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40]
+
+
+def _error_norm(err, y0, y1, rtol, atol) -> torch.Tensor:
+    """max over rows of max(RMS of the scaled error of x, scaled error of delta); scale = atol + rtol max(|y0|, |y1|).
+    Every (image, class) row meets the tolerance, and its log-density term is controlled on its own."""
+    ratio = err.abs() / (atol + rtol * torch.maximum(y0.abs(), y1.abs()))
+    return torch.maximum(ratio[:, :-1].pow(2).mean(1).sqrt(), ratio[:, -1]).max()
+
+
+def _solve_dopri5(f, y: torch.Tensor, t0: float, t1: float, rtol: float, atol: float) -> torch.Tensor:
+    """Adaptive Dormand-Prince RK45 with the standard controller `h *= clip(0.9 err^-1/5, 0.2, 10)`, the first step
+    from Hairer, Norsett & Wanner (1993, II.4), first-same-as-last (6 evaluations per attempted step)."""
+    k1 = f(torch.tensor(t0, dtype=y.dtype, device=y.device), y)
+    d0, d1 = float(_error_norm(y, y, y, rtol, atol)), float(_error_norm(k1, y, y, rtol, atol))
+    h0 = 0.01 * d0 / d1 if min(d0, d1) > 1e-5 else 1e-6
+    d2 = float(_error_norm(f(torch.tensor(t0 + h0).to(y), y + h0 * k1) - k1, y, y, rtol, atol)) / h0
+    h = min(100 * h0, (0.01 / max(d1, d2)) ** 0.2 if max(d1, d2) > 1e-15 else max(1e-6, h0 * 1e-3))
+    t = t0
+    while t < t1:
+        if h < 1e-12:
+            raise RuntimeError(f"dopri5 step size underflow at t={t}: the ODE is too stiff for rtol={rtol}")
+        last, h = h >= t1 - t, min(h, t1 - t)
+        ks = [k1]
+        for c, a in zip(_DP_C[1:], _DP_A[1:]):
+            ks.append(f(torch.tensor(t + c * h).to(y), y + h * sum(a_j * k for a_j, k in zip(a, ks))))
+        y_new = y + h * sum(a_j * k for a_j, k in zip(_DP_A[-1], ks))
+        error = float(_error_norm(h * sum(e * k for e, k in zip(_DP_E, ks)), y, y_new, rtol, atol))
+        if not math.isfinite(error):
+            raise RuntimeError(f"dopri5 got a non-finite state at t={t}: check the model's output")
+        if error <= 1:
+            t, y, k1 = t1 if last else t + h, y_new, ks[-1]
+        h *= min(10.0, max(0.2, 0.9 * max(error, 1e-10) ** -0.2))
+    return y
+
+
+def _time_grid(sde: VPSDE, num_steps: int, spacing: str, like: torch.Tensor) -> torch.Tensor:
+    s = torch.linspace(0, 1, num_steps + 1, dtype=like.dtype, device=like.device)
+    return sde.t_min + (1 - sde.t_min) * (s if spacing == "uniform" else s**2)
+
+
+def _check_solver_args(solver, num_steps, step_spacing, rtol, atol, num_probes, batch_size) -> None:
+    if solver not in SOLVERS:
+        raise ValueError(f"expected solver in {SOLVERS}, got {solver!r}")
+    if solver == "dopri5" and not (rtol > 0 and atol > 0):
+        raise ValueError(f"expected solver tolerances rtol > 0 and atol > 0, got rtol={rtol}, atol={atol}")
+    if solver != "dopri5" and not (isinstance(num_steps, int) and num_steps >= 1):
+        raise ValueError(f"expected num_steps >= 1 for solver {solver!r}, got {num_steps}")
+    if step_spacing not in STEP_SPACINGS:
+        raise ValueError(f"expected step_spacing in {STEP_SPACINGS}, got {step_spacing!r}")
+    for name, value in (("num_probes", num_probes), ("batch_size", batch_size)):
+        if not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"expected {name} >= 1, got {value}")
+
+
+@torch.no_grad()
+def probability_flow_log_likelihood(
+    eps_model,
+    images: torch.Tensor,
+    classes: Classes,
+    solver: str = "rk4",
+    num_steps: int = 32,
+    step_spacing: str = "uniform",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    num_probes: int = 1,
+    exact_trace: bool = False,
+    seed: Seed = 0,
+    batch_size: int = 64,
+    sde: Optional[VPSDE] = None,
+) -> LikelihoodResult:
+    r"""
+    `log p(x | c)` of every image under every class through the probability-flow ODE of the VP-SDE:
+
+    `log p(x | c) = log N(x(1); 0, I) + int_{t_min}^1 div_x(-1/2 beta(t) (x - eps(x, t, c) / sigma(t))) dt`,
+
+    with `x(t)` solved from `x(t_min) = x` along `dx/dt = -1/2 beta(t) (x - eps(x, t, c) / sigma(t))` (drift minus
+    `1/2 g^2` times the score `-eps / sigma`). Images of a batch are paired with every class in one state
+    `[batch_size * K, D + 1]`, so the model sees all images and classes in one call per evaluation. The divergence
+    is the Hutchinson estimate `z^T (d eps / d x) z` averaged over `num_probes` Rademacher probes per image, drawn
+    once per image and shared by all classes and all times (common random numbers: the class comparison sees the
+    same estimator noise), or the exact trace (`D` VJPs per evaluation; for small `D`).
+
+    Args:
+        eps_model: a class-conditional diffusers model or a callable `eps_fn(x, t, labels)` (see [`as_eps_model`]).
+        images: `[N, ...]` in [-1, 1], moved to the model's device (a callable: the images' device); the ODE runs
+            in the images' floating dtype.
+        classes: `K` (classes `0..K-1`) or the class ids to score, in column order.
+        solver: `"heun"` (2 evaluations per step), `"rk4"` (4) on a fixed grid of `num_steps` steps from `t_min` to
+            1 (`step_spacing` `"uniform"` in t, or `"quadratic"`: `t_min + (1 - t_min) (i / num_steps)^2`, finer near
+            the data), or the adaptive `"dopri5"` with `rtol` / `atol` (error of each (image, class) row scaled by
+            `atol + rtol |y|`; the step size is shared by a batch and set by its hardest row).
+        num_probes, exact_trace: the divergence estimator.
+        seed: an int (image `i` uses stream `(seed, i)`) or one seed per image.
+        batch_size: images per ODE solve. Fixed-step results do not depend on it; dopri5 results agree within the
+            tolerance.
+        sde: the [`VPSDE`] (default: `DDPMScheduler`'s default schedule).
+
+    Returns:
+        [`LikelihoodResult`].
+    """
+    _check_solver_args(solver, num_steps, step_spacing, rtol, atol, num_probes, batch_size)
+    _check_images(images)
+    sde, device = sde or VPSDE(), _device(eps_model, images)
+    eps_fn, class_ids = as_eps_model(eps_model, sde), _class_ids(classes, eps_model, device)
+    images = images.to(device) if images.is_floating_point() else images.to(device, torch.float32)
+    streams, num_classes = _image_seeds(seed, len(images)), len(class_ids)
+    log_likelihood, nfe = [], []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        probes = None if exact_trace else _rademacher(streams[start : start + len(batch)], num_probes, batch)
+        log_p, evaluations = _solve_log_likelihood(eps_fn, sde, batch, class_ids, probes, solver, num_steps,
+                                                   step_spacing, rtol, atol)
+        log_likelihood.append(log_p.view(len(batch), num_classes))
+        nfe += [evaluations * num_classes] * len(batch)
+    log_likelihood = torch.cat(log_likelihood)
+    return LikelihoodResult(log_likelihood, bits_per_dim(log_likelihood, images[0].numel()), torch.tensor(nfe))
+
+
+def _rademacher(streams, num_probes: int, batch: torch.Tensor) -> torch.Tensor:
+    """`[B, P, D]` probes of +-1, image `i`'s from its own stream."""
+    draws = [torch.randint(0, 2, (num_probes, batch[0].numel()), generator=_generator(s, 0)) for s in streams]
+    return (2 * torch.stack(draws) - 1).to(batch)
+
+
+def _solve_log_likelihood(eps_fn, sde, batch, class_ids, probes, solver, num_steps, step_spacing, rtol, atol):
+    """Solve one batch (rows image-major: row `i K + k` is image `i`, class `k`); returns `log p` `[B K]` and the
+    number of right-hand-side evaluations."""
+    num_classes = len(class_ids)
+    x = batch.repeat_interleave(num_classes, 0)
+    labels = class_ids.repeat(len(batch))
+    probes = None if probes is None else probes.repeat_interleave(num_classes, 0)
+    field = _probability_flow(eps_fn, sde, x.shape, labels, probes)
+    evaluations = 0
+
+    def counted(t, y):
+        nonlocal evaluations
+        evaluations += 1
+        return field(t, y)
+
+    y = torch.cat([x.flatten(1), x.new_zeros(len(x), 1)], 1)
+    if solver == "dopri5":
+        y = _solve_dopri5(counted, y, sde.t_min, 1.0, rtol, atol)
+    else:
+        y = _solve_fixed(counted, y, _time_grid(sde, num_steps, step_spacing, y), solver)
+    x1, delta = y[:, :-1], y[:, -1]
+    prior = -0.5 * (x1.pow(2).sum(1) + x1.shape[1] * math.log(2 * math.pi))
+    return prior + delta, evaluations
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Denoising-error bound (ELBO) with shared noise, class pruning and a binary early stop
+# ---------------------------------------------------------------------------------------------------------------
+
+TIMESTEP_SPACINGS = ("even", "stratified")
+WEIGHTINGS = ("uniform", "elbo")
+
+
+@dataclass
+class DenoisingScoreResult:
+    """
+    Output of [`denoising_error_scores`]. Timestep positions are in evaluation order (see `timesteps`).
+
+    Args:
+        scores: `[N, K]` minus the mean weighted error over the timesteps evaluated (higher = more likely);
+            `-inf` for classes pruned at any stage.
+        partial_scores: `[N, K]` the same mean for every class, pruned ones included (over the timesteps they got).
+        errors: `[N, K, T]` weighted error of each (image, class, timestep); NaN where not evaluated.
+        timesteps: `[N, T]` continuous times, column `p` the `p`-th evaluated (shared by all classes).
+        nfe_per_image: `[N]` network function evaluations, the number of non-NaN errors of the image.
+    """
+
+    scores: torch.Tensor
+    partial_scores: torch.Tensor
+    errors: torch.Tensor
+    timesteps: torch.Tensor
+    nfe_per_image: torch.Tensor
+
+
+def _spread_order(n: int) -> List[int]:
+    """Strata `0..n-1` in the order the van der Corput sequence (base 2) first visits them, so every prefix is
+    spread over `[0, 1)` (for `n` a power of 2: bit-reversal order). Ends within `2n` terms."""
+    order, seen, k = [], set(), 0
+    while len(order) < n:
+        bits = format(k, "b")
+        stratum = int(int(bits[::-1], 2) / 2 ** len(bits) * n)
+        if stratum not in seen:
+            seen.add(stratum)
+            order.append(stratum)
+        k += 1
+    return order
+
+
+def _denoising_timesteps(streams, num_timesteps: int, spacing: str, sde: VPSDE) -> torch.Tensor:
+    """`[N, T]`: `t = t_min + (s + u) (1 - t_min) / T` for strata `s` in spread order; `u = 1/2` ("even", midpoints)
+    or uniform per image and stratum ("stratified")."""
+    strata = torch.tensor(_spread_order(num_timesteps), dtype=torch.float64)
+    if spacing == "even":
+        offsets = torch.full((len(streams), num_timesteps), 0.5, dtype=torch.float64)
+    else:
+        offsets = torch.stack([torch.rand(num_timesteps, generator=_generator(s, 0), dtype=torch.float64)
+                               for s in streams])
+    return sde.t_min + (strata + offsets) * (1 - sde.t_min) / num_timesteps
+
+
+def _stages(num_timesteps, num_classes, pruning, early_stop_confidence, timesteps_per_check) -> List[Tuple[int, int]]:
+    """`(new timesteps, classes kept after)` per stage, validated."""
+    if not (isinstance(num_timesteps, int) and num_timesteps >= 1):
+        raise ValueError(f"expected num_timesteps >= 1, got {num_timesteps}")
+    if pruning is not None and early_stop_confidence is not None:
+        raise ValueError("expected at most one of pruning and early_stop_confidence, got both")
+    if early_stop_confidence is not None:
+        if num_classes != 2:
+            raise ValueError(f"early_stop_confidence needs exactly 2 classes, got {num_classes}")
+        if not 0.5 < early_stop_confidence < 1:
+            raise ValueError(f"expected 0.5 < early_stop_confidence < 1, got {early_stop_confidence}")
+        if not (isinstance(timesteps_per_check, int) and timesteps_per_check >= 1):
+            raise ValueError(f"expected timesteps_per_check >= 1, got {timesteps_per_check}")
+        starts = range(0, num_timesteps, timesteps_per_check)
+        return [(min(timesteps_per_check, num_timesteps - s), 2) for s in starts]
+    if pruning is None:
+        return [(num_timesteps, num_classes)]
+    previous = num_classes
+    for i, (count, keep) in enumerate(pruning):
+        if not (isinstance(count, int) and count >= 1):
+            raise ValueError(f"expected pruning stage {i} to evaluate >= 1 timesteps, got {count}")
+        if not 1 <= keep <= previous:
+            raise ValueError(f"expected pruning stage {i} to keep 1..{previous} classes (the classes alive), got {keep}")
+        previous = keep
+    if sum(count for count, _ in pruning) != num_timesteps:
+        raise ValueError(f"expected the pruning stages' timesteps to sum to num_timesteps={num_timesteps}, "
+                         f"got {[count for count, _ in pruning]}")
+    return [(int(count), int(keep)) for count, keep in pruning]
+
+
+def _fill_errors(eps_fn, sde, images, class_ids, timesteps, streams, errors, rows, weighting, max_batch_size):
+    r"""
+    `errors[i, k, p] = w(t) ||eps - eps_fn(alpha(t) x_i + sigma(t) eps, t, c_k)||^2` for each row `(i, p, k)`, with
+    `t = timesteps[i, p]` and `eps ~ N(0, I)` drawn from image `i`'s stream at position `p` (shared by all classes),
+    `max_batch_size` rows per model call.
+    """
+    for chunk in rows.split(max_batch_size):
+        i, p, k = chunk.unbind(1)
+        pairs, inverse = torch.unique(chunk[:, :2], dim=0, return_inverse=True)
+        noise = torch.stack([torch.randn(images.shape[1:], generator=_generator(streams[a], 1, b), dtype=images.dtype)
+                             for a, b in pairs.tolist()]).to(images.device)[inverse]
+        t = timesteps[i, p].to(images)
+        x_t = _as_column(sde.alpha(t), noise) * images[i] + _as_column(sde.sigma(t), noise) * noise
+        squared = (noise - eps_fn(x_t, t, class_ids[k])).pow(2).flatten(1).sum(1)
+        errors[i, k, p] = (squared * _weight(sde, t, weighting)).to(errors)
+
+
+def _weight(sde: VPSDE, t: torch.Tensor, weighting: str) -> torch.Tensor:
+    """1 ("uniform") or `(1 - t_min) beta(t) / (2 sigma(t)^2)` ("elbo")."""
+    if weighting == "uniform":
+        return torch.ones_like(t)
+    return (1 - sde.t_min) * sde.beta(t) / (2 * sde.sigma(t) ** 2)
+
+
+def _sign_settled(differences: torch.Tensor, confidence: float) -> torch.Tensor:
+    """`[N]`: the paired t-statistic `|mean(d)| / (std(d) / sqrt(n))` of the non-NaN differences `[N, n]` exceeds
+    Student's t quantile `t_{n-1}(confidence)`."""
+    n = differences.shape[1]
+    if n < 2:
+        return torch.zeros(len(differences), dtype=torch.bool)
+    z = differences.mean(1).abs() / (differences.std(1) / math.sqrt(n))
+    return z > stats.t.ppf(confidence, n - 1)
+
+
+@torch.no_grad()
+def denoising_error_scores(
+    eps_model,
+    images: torch.Tensor,
+    classes: Classes,
+    num_timesteps: int = 100,
+    timestep_spacing: str = "even",
+    weighting: str = "uniform",
+    pruning: Optional[Sequence[Tuple[int, int]]] = None,
+    early_stop_confidence: Optional[float] = None,
+    timesteps_per_check: int = 10,
+    seed: Seed = 0,
+    max_batch_size: int = 256,
+    sde: Optional[VPSDE] = None,
+) -> DenoisingScoreResult:
+    r"""
+    Class scores from the weighted denoising error `E_{t, eps} [w(t) ||eps - eps_theta(x_t, t, c)||^2]`,
+    `x_t = alpha(t) x + sigma(t) eps`, estimated on `T = num_timesteps` timesteps, each with its own noise, all
+    shared by every class (so class differences are not swamped by noise differences). Score = minus the mean.
+
+    Timesteps: `[t_min, 1]` is cut into `T` strata, each used once: at its midpoint (`"even"`) or at a uniform point
+    per image (`"stratified"`). Strata are evaluated in van der Corput order, so every stage below sees timesteps
+    spread over the whole range.
+
+    Weighting (errors are squared norms summed over the `D` values, not per-pixel means):
+
+    - `"uniform"`: `w = 1`, the simple DDPM loss `||eps - eps_theta||^2` (Ho et al. 2020; Li et al. 2023).
+    - `"elbo"`: `w(t) = (1 - t_min) beta(t) / (2 sigma(t)^2)` (`= -1/2 d log SNR / dt`, the likelihood weighting
+      `g^2`): then the mean estimates `1/2 int_{t_min}^1 beta(t) / sigma(t)^2 E ||eps - eps_theta||^2 dt`, the
+      diffusion term of the bound `-log p(x | c) <= that + terms of x alone` (Song et al. 2021, Kingma et al.
+      2021), so scores are log-likelihood lower bounds up to a per-image constant and differences between classes
+      estimate log-likelihood ratios.
+
+    Stopping rules and network function evaluations per image (NFE; one image, one class, one timestep = 1):
+
+    - exhaustive (default): every class at every timestep; `NFE = K T`.
+    - `pruning=[(T_1, k_1), (T_2, k_2), ...]` (`sum T_s = T`, `K >= k_1 >= k_2 >= ...`): stage `s` evaluates `T_s`
+      new timesteps for the classes still alive, then keeps the `k_s` classes with the best mean score so far
+      (Li et al. 2023); the others score `-inf` (their `partial_scores` stay). `NFE = sum_s T_s k_{s-1}`, `k_0 = K`.
+    - `early_stop_confidence=q` (two classes): timesteps come in chunks of `timesteps_per_check`; after each, an
+      image stops once the paired t-test of its error differences `d_p = e_0p - e_1p` settles the sign of the
+      log-likelihood ratio (`|t| > t_{n-1}(q)`, a one-sided level `1 - q` per look, no multiplicity correction),
+      or when `T` timesteps are used. `NFE = 2 n` for `n` timesteps used.
+
+    Args:
+        eps_model: a class-conditional diffusers model or a callable `eps_fn(x, t, labels)` (see [`as_eps_model`]).
+        images: `[N, ...]` in [-1, 1], moved to the model's device.
+        classes: `K` (classes `0..K-1`) or the class ids to score, in column order.
+        seed: an int (image `i` uses stream `(seed, i)`) or one seed per image: results do not depend on
+            `max_batch_size`, and the same timesteps and noise are drawn with and without pruning or early stop.
+        max_batch_size: rows `(image, timestep, class)` per model call.
+        sde: the [`VPSDE`] (default: `DDPMScheduler`'s default schedule).
+
+    Returns:
+        [`DenoisingScoreResult`].
+    """
+    if timestep_spacing not in TIMESTEP_SPACINGS:
+        raise ValueError(f"expected timestep_spacing in {TIMESTEP_SPACINGS}, got {timestep_spacing!r}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"expected weighting in {WEIGHTINGS}, got {weighting!r}")
+    if not (isinstance(max_batch_size, int) and max_batch_size >= 1):
+        raise ValueError(f"expected max_batch_size >= 1, got {max_batch_size}")
+    _check_images(images)
+    sde, device = sde or VPSDE(), _device(eps_model, images)
+    eps_fn, class_ids = as_eps_model(eps_model, sde), _class_ids(classes, eps_model, device)
+    stages = _stages(num_timesteps, len(class_ids), pruning, early_stop_confidence, timesteps_per_check)
+    images = images.to(device) if images.is_floating_point() else images.to(device, torch.float32)
+    streams = _image_seeds(seed, len(images))
+    timesteps = _denoising_timesteps(streams, num_timesteps, timestep_spacing, sde)
+    errors = torch.full((len(images), len(class_ids), num_timesteps), math.nan, dtype=torch.float64)
+    alive = torch.ones(errors.shape[:2], dtype=torch.bool)
+    active = torch.ones(len(images), dtype=torch.bool)
+    done = 0
+    for count, keep in stages:
+        todo = torch.zeros(errors.shape[0], num_timesteps, errors.shape[1], dtype=torch.bool)
+        todo[:, done : done + count] = (alive & active[:, None])[:, None]
+        _fill_errors(eps_fn, sde, images, class_ids, timesteps, streams, errors, todo.nonzero(), weighting,
+                     max_batch_size)
+        done += count
+        partial_scores = -errors.nanmean(2)
+        best = partial_scores.masked_fill(~alive, -math.inf).topk(keep, dim=1).indices
+        alive = torch.zeros_like(alive).scatter_(1, best, True)
+        if early_stop_confidence is not None:
+            active &= ~_sign_settled((errors[:, 0] - errors[:, 1])[:, :done], early_stop_confidence)
+    scores = partial_scores.masked_fill(~alive, -math.inf)
+    return DenoisingScoreResult(scores, partial_scores, errors, timesteps, (~errors.isnan()).sum((1, 2)))

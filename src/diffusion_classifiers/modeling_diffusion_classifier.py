@@ -1,0 +1,119 @@
+"""transformers `PreTrainedModel` head over frozen diffusion features, for `pipeline()`, `Trainer` and `evaluate`."""
+
+import os
+from typing import Optional, Union
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import ImageClassifierOutput
+
+from .configuration_diffusion_classifier import DiffusionClassifierConfig
+from .features import DiffusionFeatureExtractor, make_noise
+from .image_processing_diffusion_classifier import DiffusionClassifierImageProcessor
+
+
+class DiffusionClassifierPreTrainedModel(PreTrainedModel):
+    config_class = DiffusionClassifierConfig
+    base_model_prefix = "backbone"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    def _init_weights(self, module):
+        # The backbone keeps diffusers' own initialisation (and is normally loaded from a checkpoint).
+        if isinstance(module, DiffusionFeaturesForImageClassification):
+            nn.init.zeros_(module.classifier.weight)
+            nn.init.zeros_(module.classifier.bias)
+            module.feature_mean.zero_()
+            module.feature_std.fill_(1.0)
+
+
+class DiffusionFeaturesForImageClassification(DiffusionClassifierPreTrainedModel):
+    r"""
+    Noise `pixel_values` (in [-1, 1]) to `feature_timestep` with the fixed noise of `noise_seed`, run the diffusion
+    backbone up to `feature_block`, pool, standardise with the training statistics, and apply a linear head.
+    Returns an `ImageClassifierOutput` (`loss` when `labels` are given; `hidden_states` = the pooled feature).
+    """
+
+    def __init__(self, config: DiffusionClassifierConfig):
+        super().__init__(config)
+        self.backbone = UNet2DModel(**config.backbone_config)
+        self.register_buffer("feature_mean", torch.zeros(config.feature_size))
+        self.register_buffer("feature_std", torch.ones(config.feature_size))
+        self.classifier = nn.Linear(config.feature_size, config.num_labels)
+        self.backbone.requires_grad_(not config.freeze_backbone)
+        self.post_init()
+
+    @property
+    def extractor(self) -> DiffusionFeatureExtractor:
+        # Built on demand: the scheduler holds plain tensors, which must not be created on the meta device
+        # transformers uses while loading.
+        scheduler = DDPMScheduler.from_config(self.config.scheduler_config)
+        return DiffusionFeatureExtractor(self.backbone, scheduler)
+
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        config = self.config
+        noise = make_noise(config.num_noise_draws, pixel_values.shape[1:], config.noise_seed)
+        key = (config.feature_block, config.feature_timestep)
+        # A frozen backbone runs without autograd: no activations are kept and `Trainer` cannot update it, even
+        # though transformers' loading re-enables `requires_grad` on every parameter.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not config.freeze_backbone):
+            return self.extractor.features_for_batch(pixel_values, [key[0]], [key[1]], config.feature_pool, noise)[key]
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: Optional[torch.Tensor] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> Union[ImageClassifierOutput, tuple]:
+        expected = (self.backbone.config.in_channels, self.backbone.config.sample_size, self.backbone.config.sample_size)
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(f"expected pixel_values of shape [N, {', '.join(map(str, expected))}], got {tuple(pixel_values.shape)}")
+        features = self.features(pixel_values)
+        logits = self.classifier((features - self.feature_mean) / self.feature_std)
+        loss = None
+        if labels is not None:
+            if labels.min() < 0 or labels.max() >= self.config.num_labels:
+                raise ValueError(f"expected labels in 0..{self.config.num_labels - 1}, got {labels.tolist()}")
+            loss = nn.functional.cross_entropy(logits, labels.to(logits.device))
+        hidden_states = (features,) if output_hidden_states else None
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if not return_dict:
+            return tuple(v for v in (loss, logits, hidden_states) if v is not None)
+        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+
+
+def export_unet_feature_pipeline(pipeline, save_directory: Optional[Union[str, os.PathLike]] = None):
+    """Turn a fitted `UNetFeatureClassifierPipeline` into a transformers model (and image processor) that gives
+    identical predictions; saved to `save_directory` when given. Returns `(model, image_processor)`."""
+    head = pipeline.head
+    if head is None:
+        raise ValueError("the pipeline has no fitted `head` to export")
+    unet = pipeline.unet
+    head_config = head.config
+    config = DiffusionClassifierConfig(
+        backbone_config=dict(unet.config),
+        scheduler_config=dict(pipeline.scheduler.config),
+        feature_block=head_config.block,
+        feature_timestep=head_config.timestep,
+        feature_pool=head_config.pool,
+        noise_seed=head_config.noise_seed,
+        num_noise_draws=head_config.num_noise_draws,
+        feature_size=head_config.in_features,
+        id2label=head.id2label,
+        label2id={name: i for i, name in head.id2label.items()},
+    )
+    model = DiffusionFeaturesForImageClassification(config)
+    model.backbone.load_state_dict(unet.state_dict())
+    model.classifier.load_state_dict(head.linear.state_dict())
+    model.feature_mean.copy_(head.feature_mean)
+    model.feature_std.copy_(head.feature_std)
+    model.eval()
+    processor = DiffusionClassifierImageProcessor(image_size=unet.config.sample_size, num_channels=unet.config.in_channels)
+    if save_directory is not None:
+        model.save_pretrained(save_directory)
+        processor.save_pretrained(save_directory)
+    return model, processor

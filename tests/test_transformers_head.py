@@ -1,0 +1,127 @@
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from PIL import Image
+
+from diffusion_classifiers import (
+    DiffusionClassifierConfig,
+    DiffusionFeaturesForImageClassification,
+    UNetFeatureClassifierPipeline,
+    export_unet_feature_pipeline,
+)
+from diffusion_classifiers.data import load_image_classification_data
+from diffusion_classifiers.models import LinearProbeHead, unet_config
+
+from .conftest import PYTHON, python_subprocess_env
+
+CLASS_NAMES = ["zero", "one", "two"]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.manual_seed(0)
+    head = LinearProbeHead(32, 3, block="down_blocks.1", timestep=50, class_names=CLASS_NAMES)
+    torch.nn.init.normal_(head.linear.weight)
+    head.feature_std.fill_(0.5)
+    return UNetFeatureClassifierPipeline(unet=UNet2DModel(**unet_config("tiny", 16)), scheduler=DDPMScheduler(), head=head)
+
+
+@pytest.fixture(scope="module")
+def exported(pipe, tmp_path_factory):
+    path = tmp_path_factory.mktemp("exported")
+    export_unet_feature_pipeline(pipe, path)
+    return path
+
+
+def test_export_gives_identical_predictions(pipe, exported):
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(exported)
+    processor = AutoImageProcessor.from_pretrained(exported)
+    assert isinstance(model, DiffusionFeaturesForImageClassification)
+    assert model.config.id2label == dict(enumerate(CLASS_NAMES))
+    images = torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        logits = model(**processor(images)).logits
+    torch.testing.assert_close(logits.softmax(-1), pipe(images).probs, atol=1e-6, rtol=0)
+
+
+def test_output_has_loss_and_hidden_states(exported):
+    model = DiffusionFeaturesForImageClassification.from_pretrained(exported)
+    out = model(torch.zeros(2, 1, 16, 16), labels=torch.tensor([0, 2]), output_hidden_states=True)
+    assert out.loss is not None and out.loss.ndim == 0
+    assert out.hidden_states[0].shape == (2, 32)
+    with pytest.raises(ValueError, match="labels in 0..2"):
+        model(torch.zeros(2, 1, 16, 16), labels=torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"pixel_values of shape \[N, 1, 16, 16\]"):
+        model(torch.zeros(2, 3, 16, 16))
+
+
+def test_transformers_pipeline_in_fresh_process(exported, pipe):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16), dtype=np.uint8), mode="L")
+    expected = pipe(image)
+    script = f"""
+import json, numpy
+from PIL import Image
+import diffusion_classifiers  # registers the Auto classes
+from transformers import pipeline
+classify = pipeline("image-classification", model={str(exported)!r})
+image = Image.fromarray(numpy.random.default_rng(0).integers(0, 255, (16, 16), dtype=numpy.uint8), mode="L")
+print(json.dumps(classify(image, top_k=3)))
+"""
+    result = subprocess.run([PYTHON, "-c", script], env=python_subprocess_env(), capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    predictions = json.loads(result.stdout.strip().splitlines()[-1])
+    assert predictions[0]["label"] == expected.labels[0]
+    assert predictions[0]["score"] == pytest.approx(expected.scores[0].item(), abs=1e-6)
+
+
+def test_trainer_fine_tunes_the_head_with_frozen_backbone(exported, tmp_path):
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    digits = load_image_classification_data("digits", image_size=16, seed=0)["train"]
+    keep = digits.labels < 3
+    images, labels = digits.images[keep][:60], digits.labels[keep][:60]
+    model = DiffusionFeaturesForImageClassification.from_pretrained(exported)
+    with torch.no_grad():  # a fresh head on standardised features, as a probe would start
+        features = model.features(images)
+        model.feature_mean.copy_(features.mean(0))
+        model.feature_std.copy_(features.std(0))
+        model.classifier.weight.zero_()
+        model.classifier.bias.zero_()
+    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    dataset = Dataset.from_dict({"pixel_values": images.numpy(), "labels": labels.numpy()}).with_format("torch")
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=60, num_train_epochs=20, learning_rate=5e-2,
+        report_to=[], save_strategy="no", use_cpu=True, seed=0, logging_strategy="no", disable_tqdm=True,
+    )
+    Trainer(model=model, args=args, train_dataset=dataset).train()
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(images).logits.argmax(-1) == labels).float().mean()
+    assert accuracy > 0.9
+    for name, value in model.backbone.state_dict().items():
+        assert torch.equal(value, backbone_before[name]), name
+
+
+def test_config_rejects_unknown_backbone():
+    with pytest.raises(ValueError, match="backbone_type"):
+        DiffusionClassifierConfig(backbone_type="resnet")
+
+
+def test_export_needs_a_head():
+    bare = UNetFeatureClassifierPipeline(unet=UNet2DModel(**unet_config("tiny", 16)), scheduler=DDPMScheduler())
+    with pytest.raises(ValueError, match="no fitted `head`"):
+        export_unet_feature_pipeline(bare)
+
+
+def test_unfrozen_backbone_receives_gradients(exported):
+    config = DiffusionClassifierConfig.from_pretrained(exported, freeze_backbone=False)
+    model = DiffusionFeaturesForImageClassification.from_pretrained(exported, config=config)
+    model(torch.zeros(2, 1, 16, 16), labels=torch.tensor([0, 1])).loss.backward()
+    assert model.backbone.conv_in.weight.grad is not None and model.backbone.conv_in.weight.grad.abs().sum() > 0
