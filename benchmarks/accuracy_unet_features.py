@@ -23,12 +23,15 @@ import _common
 from _common import base_parser, report, setup
 from diffusion_classifiers.baselines import count_parameters, predict_proba, train_supervised_cnn
 from diffusion_classifiers.data import few_label_indices, load_image_classification_data, stratified_split
-from diffusion_classifiers.features import DiffusionFeatureExtractor
 from diffusion_classifiers.metrics import classification_metrics
-from diffusion_classifiers.pipelines import UNetFeatureClassifierPipeline
-from diffusion_classifiers.probing import fit_probe_grid, kmeans_evaluate
 from diffusion_classifiers.training import TrainingArguments, train_ddpm_unet
-from diffusion_classifiers.unet_feature_study import DEFAULT_TIMESTEPS, SPLITS, UNetFeatureStudy
+from diffusion_classifiers.unet_feature_study import (
+    DEFAULT_TIMESTEPS,
+    SPLITS,
+    UNetFeatureStudy,
+    extract_study_features,
+    study_from_features,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist_pneumonia" / "pneumoniamnist.npz"
 NAME = "accuracy_unet_features"
@@ -100,22 +103,6 @@ def encoder_parameters(unet) -> int:
     return sum(count_parameters(m) for m in (unet.conv_in, unet.time_embedding, unet.down_blocks, unet.mid_block))
 
 
-def probe_study(unet, scheduler, features: dict, splits: dict, train_index, seed: int) -> UNetFeatureStudy:
-    """`run_unet_feature_study` on precomputed features, with the probes trained on `train_index` only."""
-    train, val, test = (splits[name] for name in SPLITS)
-    probe = fit_probe_grid(
-        {pair: x[train_index] for pair, x in features["train"].items()}, train.labels[train_index],
-        features["val"], val.labels, features["test"], test.labels,
-        num_classes=train.num_classes, class_names=train.class_names, noise_seed=seed, seed=seed,
-    )  # fmt: skip
-    pipeline = UNetFeatureClassifierPipeline(unet=unet, scheduler=scheduler, head=probe.head)
-    output = pipeline(test.images, batch_size=256)
-    test_metrics = classification_metrics(test.labels, output.label_ids, probs=output.probs, class_names=train.class_names)
-    kmeans = kmeans_evaluate(features["test"][probe.best_pair], test.labels, train.num_classes, seed=seed)
-    kmeans.pop("clusters")
-    return UNetFeatureStudy(pipeline, probe, test_metrics, kmeans, list(train.class_names))
-
-
 def cnn_baseline(args, splits: dict, train_index, work_dir: str) -> dict:
     """Train the CNN on the same labelled subset (checkpoint chosen on val) and score it on test."""
     train, val, test = (splits[name] for name in SPLITS)
@@ -166,15 +153,13 @@ def main():
         with timed(walls, "ddpm_training"):
             unet, scheduler, summary = train_unet(args, train.images, f"{work_dir}/unet")
         unet.to(device)
-        extractor = DiffusionFeatureExtractor(unet, scheduler)
         with timed(walls, "feature_extraction"):
-            features = {
-                name: extractor.extract(splits[name].images, extractor.block_names, args.timesteps, noise_seed=args.seed, batch_size=64)
-                for name in SPLITS
-            }
+            features = extract_study_features(
+                unet, scheduler, splits, timesteps=args.timesteps, noise_seed=args.seed, batch_size=64, show_progress=False
+            )
         for regime, index in subsets.items():
             with timed(walls, f"probes_{regime}"):
-                study = probe_study(unet, scheduler, features, splits, index, args.seed)
+                study = study_from_features(unet, scheduler, splits, features, index, noise_seed=args.seed, batch_size=256, seed=args.seed)
             with timed(walls, f"cnn_{regime}"):
                 cnn = cnn_baseline(args, splits, index, f"{work_dir}/cnn_{len(index)}")
             regimes[regime] = {"num_train_labels": len(index), "probe": probe_figures(study), "cnn": cnn}
@@ -187,7 +172,7 @@ def main():
         "budget": {
             "unet_preset": args.unet_preset, "image_size": train.images.shape[-1], "ddpm_steps": args.max_train_steps,
             "train_batch_size": args.train_batch_size, "ddpm_learning_rate": args.learning_rate, "use_ema": True,
-            "ddpm_final_loss": summary.final_loss, "timesteps": args.timesteps, "blocks": extractor.block_names,
+            "ddpm_final_loss": summary.final_loss, "timesteps": args.timesteps, "blocks": list(dict.fromkeys(block for block, _ in features["train"])),
             "cnn_steps": args.cnn_steps, "cnn_learning_rate": args.cnn_learning_rate, "cnn_widths": list(args.cnn_widths),
             "cnn_augment": args.cnn_augment, "num_threads": torch.get_num_threads(),
         },  # fmt: skip

@@ -49,6 +49,65 @@ class UNetFeatureStudy:
         }
 
 
+def extract_study_features(
+    unet: UNet2DModel,
+    scheduler: DDPMScheduler,
+    splits: Dict[str, LabeledImages],
+    blocks: Optional[Sequence[str]] = None,
+    timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
+    pool: str = "mean",
+    noise_seed: int = 0,
+    batch_size: int = 128,
+    show_progress: bool = True,
+) -> Dict[str, Dict[tuple, torch.Tensor]]:
+    """`{split: {(block, t): Tensor[N, D]}}` for train/val/test; every block when `blocks` is None."""
+    missing = [name for name in SPLITS if name not in splits or len(splits[name]) == 0]
+    if missing:
+        raise ValueError(f"expected non-empty splits {SPLITS}, missing or empty: {missing}")
+    extractor = DiffusionFeatureExtractor(unet, scheduler)
+    blocks = list(blocks) if blocks is not None else extractor.block_names
+    return {
+        name: extractor.extract(
+            splits[name].images, blocks, timesteps, pool=pool, noise_seed=noise_seed, batch_size=batch_size, show_progress=show_progress
+        )
+        for name in SPLITS
+    }
+
+
+def study_from_features(
+    unet: UNet2DModel,
+    scheduler: DDPMScheduler,
+    splits: Dict[str, LabeledImages],
+    features: Dict[str, Dict[tuple, torch.Tensor]],
+    train_index: Optional[torch.Tensor] = None,
+    pool: str = "mean",
+    noise_seed: int = 0,
+    batch_size: int = 128,
+    probe_kwargs: Optional[dict] = None,
+    seed: int = 0,
+) -> UNetFeatureStudy:
+    """Fit the probe grid on the train features (only rows `train_index` when given: few-label studies), choose
+    on val, classify the test split through the resulting pipeline, and run k-means on the chosen test features."""
+    from diffusion_classifiers.pipelines import UNetFeatureClassifierPipeline
+
+    train, val, test = (splits[name] for name in SPLITS)
+    index = torch.arange(len(train)) if train_index is None else torch.as_tensor(train_index)
+    probe = fit_probe_grid(
+        {pair: x[index] for pair, x in features["train"].items()}, train.labels[index],
+        features["val"], val.labels, features["test"], test.labels,
+        num_classes=train.num_classes, class_names=train.class_names, pool=pool, noise_seed=noise_seed, seed=seed,
+        **(probe_kwargs or {}),
+    )  # fmt: skip
+    pipeline = UNetFeatureClassifierPipeline(unet=unet, scheduler=scheduler, head=probe.head)
+    output = pipeline(test.images, batch_size=batch_size)
+    test_metrics = classification_metrics(
+        test.labels, output.label_ids, probs=output.probs, num_classes=train.num_classes, class_names=train.class_names
+    )
+    kmeans = kmeans_evaluate(features["test"][probe.best_pair], test.labels, train.num_classes, seed=seed)
+    kmeans.pop("clusters")
+    return UNetFeatureStudy(pipeline, probe, test_metrics, kmeans, list(train.class_names))
+
+
 def run_unet_feature_study(
     unet: UNet2DModel,
     scheduler: DDPMScheduler,
@@ -62,35 +121,11 @@ def run_unet_feature_study(
     seed: int = 0,
     show_progress: bool = True,
 ) -> UNetFeatureStudy:
-    """Extract every (block, t) feature of the train/val/test splits, fit the probe grid (chosen on val),
-    classify the test split through the resulting pipeline, and run k-means on the chosen test features."""
-    from diffusion_classifiers.pipelines import UNetFeatureClassifierPipeline
-
-    missing = [name for name in SPLITS if name not in splits or len(splits[name]) == 0]
-    if missing:
-        raise ValueError(f"expected non-empty splits {SPLITS}, missing or empty: {missing}")
-    extractor = DiffusionFeatureExtractor(unet, scheduler)
-    blocks = list(blocks) if blocks is not None else extractor.block_names
-    features = {
-        name: extractor.extract(
-            splits[name].images, blocks, timesteps, pool=pool, noise_seed=noise_seed, batch_size=batch_size, show_progress=show_progress
-        )
-        for name in SPLITS
-    }
-    train, val, test = (splits[name] for name in SPLITS)
-    probe = fit_probe_grid(
-        features["train"], train.labels, features["val"], val.labels, features["test"], test.labels,
-        num_classes=train.num_classes, class_names=train.class_names, pool=pool, noise_seed=noise_seed, seed=seed,
-        **(probe_kwargs or {}),
+    """Extract every (block, t) feature of the train/val/test splits, then `study_from_features`."""
+    features = extract_study_features(unet, scheduler, splits, blocks, timesteps, pool, noise_seed, batch_size, show_progress)
+    return study_from_features(
+        unet, scheduler, splits, features, pool=pool, noise_seed=noise_seed, batch_size=batch_size, probe_kwargs=probe_kwargs, seed=seed
     )
-    pipeline = UNetFeatureClassifierPipeline(unet=unet, scheduler=scheduler, head=probe.head)
-    output = pipeline(test.images, batch_size=batch_size)
-    test_metrics = classification_metrics(
-        test.labels, output.label_ids, probs=output.probs, num_classes=train.num_classes, class_names=train.class_names
-    )
-    kmeans = kmeans_evaluate(features["test"][probe.best_pair], test.labels, train.num_classes, seed=seed)
-    kmeans.pop("clusters")
-    return UNetFeatureStudy(pipeline, probe, test_metrics, kmeans, list(train.class_names))
 
 
 def write_study_report(study: UNetFeatureStudy, output_dir: str, title: str, command: str, extra: Optional[dict] = None) -> dict:

@@ -1,0 +1,347 @@
+"""Cards, publishing and downloading, against a loopback stub of the Hub API (tests never reach the real Hub)."""
+
+import base64
+import hashlib
+import json
+import re
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from diffusers import DDPMScheduler, UNet2DModel
+from huggingface_hub import ModelCard, constants
+from huggingface_hub.errors import OfflineModeIsEnabled
+
+from diffusion_classifiers import LinearProbeHead, UNetFeatureClassifierPipeline
+from diffusion_classifiers.hub import METHODS, load_eval_metrics, push_to_hub, render_dataset_card, render_model_card
+from diffusion_classifiers.models import unet_config
+
+from .conftest import PYTHON, REPO_ROOT, python_subprocess_env
+
+METRICS = {"accuracy": 0.8125, "macro_f1": 0.75, "auc": 0.9}
+TOKEN = "hf_stub_token"
+
+
+def model_card(method="unet_features", **overrides):
+    fields = dict(
+        model_name="tiny-digits",
+        dataset_name="scikit-learn digits",
+        dataset_license="BSD-3-Clause",
+        metrics=METRICS,
+        training_command="accelerate launch examples/train_unet.py --dataset digits --output_dir out",
+        evaluation_command="python examples/evaluate.py --model_dir out --split test",
+        repo_id="org/tiny",
+        class_names=["a", "b", "c"],
+    )
+    return render_model_card(method, **{**fields, **overrides})
+
+
+def front_matter(text: str) -> dict:
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+# --- cards -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_model_card_yaml_carries_eval_results_and_body_the_commands(method):
+    text = str(model_card(method))
+    yaml_data = front_matter(text)
+    assert yaml_data == ModelCard(text).data.to_dict()
+    assert yaml_data["library_name"] == "diffusers" and yaml_data["license"] == "apache-2.0"
+    assert yaml_data["tags"] == ["diffusers", "image-classification", "diffusion-classifiers", method, "medical"]
+    (result,) = yaml_data["model-index"][0]["results"]
+    assert yaml_data["model-index"][0]["name"] == "tiny-digits"
+    assert result["task"]["type"] == "image-classification"
+    assert result["dataset"] == {"name": "scikit-learn digits", "type": "scikit-learn digits", "split": "test"}
+    assert {m["type"]: m["value"] for m in result["metrics"]} == {"accuracy": 0.8125, "f1": 0.75, "roc_auc": 0.9}
+    body = text.split("---\n", 2)[2]
+    for expected in ("--dataset digits --output_dir out", "--model_dir out --split test", "BSD-3-Clause",
+                     "not a diagnostic device", 'from_pretrained("org/tiny")', "| Accuracy | 0.8125 |", "@inproceedings"):
+        assert expected in body
+    assert "{{" not in body and "{%" not in body
+
+
+def test_each_method_cites_its_papers():
+    citations = {method: str(model_card(method)).split("```bibtex")[1] for method in METHODS}
+    assert "Label-Efficient Semantic Segmentation" in citations["unet_features"]
+    assert "Denoising Diffusion Autoencoders" in citations["unet_features"]
+    assert "Stochastic Differential Equations" in citations["score_sde"]
+    assert "Secretly a Zero-Shot Classifier" in citations["score_sde"]
+    assert "Scalable Diffusion Models with Transformers" in citations["rc_dit"]
+
+
+def test_transformers_card_shows_transformers_usage_and_non_medical_card_has_no_warning():
+    text = str(model_card(library_name="transformers", medical=False, dataset_id="org/digits"))
+    assert 'pipeline("image-classification", model="org/tiny")' in text and "DiffusionClassifierPipeline" not in text
+    assert "diagnostic" not in text and "medical" not in front_matter(text)["tags"]
+    assert front_matter(text)["datasets"] == ["org/digits"]
+
+
+def test_dataset_card_renders_and_parses():
+    card = render_dataset_card(
+        dataset_name="PneumoniaMNIST", license="cc-by-4.0", description="Chest X-rays, 28x28.",
+        source="https://medmnist.com", class_names=["normal", "pneumonia"], splits={"train": 4708, "test": 624},
+        preparation_command="python prepare.py --out data",
+    )
+    text = str(card)
+    assert front_matter(text) == card.data.to_dict()
+    assert front_matter(text)["license"] == "cc-by-4.0"
+    assert front_matter(text)["task_categories"] == ["image-classification"]
+    assert "| train | 4708 |" in text and "python prepare.py --out data" in text and "Not for diagnostic use" in text
+
+
+def test_card_with_missing_field_names_it(tmp_path):
+    with pytest.raises(ValueError, match="missing required field.*dataset_license, training_command"):
+        model_card(training_command=" ", dataset_license=None)
+    with pytest.raises(ValueError, match="missing required field.*metrics"):
+        model_card(metrics={})
+    custom = tmp_path / "custom.md"
+    custom.write_text('{% extends "model_card_base.md" %}{% block method %}DOI {{ dataset_doi }}{% endblock %}')
+    with pytest.raises(ValueError, match="custom.md: missing required field.*dataset_doi"):
+        model_card(template_path=custom)
+    with pytest.raises(ValueError, match="unknown method 'vae'"):
+        model_card("vae")
+    with pytest.raises(ValueError, match="metric 'accuracy': expected a finite number"):
+        model_card(metrics={"accuracy": float("nan")})
+
+
+def test_load_eval_metrics_reads_demo_and_flat_layouts(tmp_path):
+    (tmp_path / "demo.json").write_text(json.dumps({"summary": {}, "test": {**METRICS, "confusion_matrix": [[1]]}}))
+    (tmp_path / "flat.json").write_text(json.dumps({**METRICS, "auc": None, "num_samples": 3}))
+    (tmp_path / "empty.json").write_text(json.dumps({"summary": {"test_accuracy": 1.0}}))
+    assert load_eval_metrics(tmp_path / "demo.json") == METRICS
+    assert load_eval_metrics(tmp_path / "flat.json") == {"accuracy": 0.8125, "macro_f1": 0.75}
+    with pytest.raises(ValueError, match="empty.json: expected test metrics"):
+        load_eval_metrics(tmp_path / "empty.json")
+
+
+# --- a loopback stub of the Hub ------------------------------------------------------------------------------------
+
+REPO = r"(?P<repo>[^/]+/[^/]+)"
+
+
+def git_blob_sha(content: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+class StubHubHandler(BaseHTTPRequestHandler):
+    """Just enough of the Hub API for `create_repo`, `create_commit` (regular uploads) and `snapshot_download`."""
+
+    protocol_version = "HTTP/1.1"
+    routes = [
+        ("POST", r"/api/repos/create", "create_repo"),
+        ("POST", r"/api/validate-yaml", "validate_yaml"),
+        ("POST", rf"/api/models/{REPO}/preupload/[^/]+", "preupload"),
+        ("POST", rf"/api/models/{REPO}/commit/[^/]+", "commit"),
+        ("GET", rf"/api/models/{REPO}/tree/[^/]+", "tree"),
+        ("GET", rf"/api/models/{REPO}(/revision/[^/]+)?", "model_info"),
+        ("GET", rf"/{REPO}/resolve/[^/]+/(?P<path>.+)", "resolve"),
+        ("HEAD", rf"/{REPO}/resolve/[^/]+/(?P<path>.+)", "resolve"),
+    ]
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.route("GET")
+
+    def do_HEAD(self):
+        self.route("HEAD")
+
+    def do_POST(self):
+        self.route("POST")
+
+    def route(self, method):
+        path = self.path.split("?")[0]
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.requests.append((method, path, self.headers.get("Authorization")))
+        for route_method, pattern, name in self.routes:
+            match = re.fullmatch(pattern, path)
+            if route_method == method and match:
+                return self.reply(*getattr(self, name)(body, **match.groupdict()))
+        self.reply(404, {"error": f"stub: no route for {method} {path}"})
+
+    def reply(self, status, payload, headers=None):
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.send_response(status)
+        for key, value in {"Content-Type": "application/json", **(headers or {})}.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def files(self, repo):
+        return self.server.repos.get(repo)
+
+    def commit_sha(self, repo):
+        return hashlib.sha1(json.dumps(sorted((p, git_blob_sha(c)) for p, c in self.files(repo).items())).encode()).hexdigest()
+
+    def not_found(self, repo):
+        return 404, {"error": f"Repository {repo} not found"}, {"X-Error-Code": "RepoNotFound"}
+
+    def create_repo(self, body):
+        request = json.loads(body)
+        repo = f"{request['organization']}/{request['name']}"
+        self.server.repos.setdefault(repo, {})
+        return 200, {"url": f"{self.server.endpoint}/{repo}"}
+
+    def validate_yaml(self, body):
+        return 200, {"errors": [], "warnings": []}
+
+    def preupload(self, body, repo):
+        if self.files(repo) is None:
+            return self.not_found(repo)
+        files = json.loads(body)["files"]
+        return 200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+
+    def commit(self, body, repo):
+        if self.server.fail_commits:
+            return 500, {"error": "stub: internal server error"}
+        for line in body.splitlines():
+            item = json.loads(line)
+            if item["key"] == "file":
+                self.files(repo)[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+        sha = self.commit_sha(repo)
+        return 200, {"commitUrl": f"{self.server.endpoint}/{repo}/commit/{sha}", "commitOid": sha}
+
+    def model_info(self, body, repo):
+        if not self.files(repo):
+            return self.not_found(repo)
+        siblings = [{"rfilename": path} for path in sorted(self.files(repo))]
+        return 200, {"id": repo, "sha": self.commit_sha(repo), "siblings": siblings, "private": False}
+
+    def tree(self, body, repo):
+        entries = [
+            {"type": "file", "path": path, "size": len(content), "oid": git_blob_sha(content)}
+            for path, content in sorted(self.files(repo).items())
+        ]
+        return 200, entries
+
+    def resolve(self, body, repo, path):
+        if not self.files(repo) or path not in self.files(repo):
+            return 404, {"error": f"{path} not found"}, {"X-Error-Code": "EntryNotFound"}
+        content = self.files(repo)[path]
+        headers = {"X-Repo-Commit": self.commit_sha(repo), "ETag": f'"{git_blob_sha(content)}"',
+                   "Content-Type": "application/octet-stream"}
+        return 200, content, headers
+
+
+@pytest.fixture
+def stub_hub():
+    """A stub Hub on 127.0.0.1 (ephemeral port), stopped after the test."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), StubHubHandler)
+    server.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    server.repos, server.requests, server.fail_commits = {}, [], False
+    server.timeout = 10
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def run_against(server, tmp_path, script):
+    """Run `script` in a fresh interpreter whose huggingface_hub talks to `server`, online, with its own HF_HOME."""
+    env = dict(
+        python_subprocess_env(), HF_ENDPOINT=server.endpoint, HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0",
+        HF_HOME=str(tmp_path / "hf-home"), NO_PROXY="127.0.0.1", HF_HUB_DISABLE_TELEMETRY="1",
+    )
+    return subprocess.run([PYTHON, "-c", script], env=env, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+
+
+@pytest.fixture(scope="module")
+def saved_pipeline(tmp_path_factory):
+    """A tiny saved UNetFeatureClassifierPipeline, test images and its probabilities on them."""
+    torch.manual_seed(0)
+    head = LinearProbeHead(in_features=32, num_classes=3, block="mid_block", timestep=10, class_names=["a", "b", "c"])
+    pipe = UNetFeatureClassifierPipeline(unet=UNet2DModel(**unet_config("tiny", 16)), scheduler=DDPMScheduler(), head=head)
+    folder = tmp_path_factory.mktemp("saved")
+    pipe.save_pretrained(folder / "pipe")
+    images = torch.rand(6, 1, 16, 16) * 2 - 1
+    np.save(folder / "images.npy", images.numpy())
+    return folder / "pipe", folder / "images.npy", pipe(images).probs
+
+
+def folder_digest(folder) -> dict:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --- publishing and downloading ------------------------------------------------------------------------------------
+
+
+def test_push_then_download_gives_identical_predictions(stub_hub, saved_pipeline, tmp_path):
+    pipe_dir, images, expected = saved_pipeline
+    before = folder_digest(pipe_dir)
+    (tmp_path / "README.md").write_text(str(model_card()))
+    script = f"""
+import numpy, torch
+from huggingface_hub import ModelCard
+from diffusion_classifiers import DiffusionClassifierPipeline
+from diffusion_classifiers.hub import push_to_hub
+card = ModelCard.load({str(tmp_path / 'README.md')!r})
+info = push_to_hub({str(pipe_dir)!r}, "org/tiny", card=card, token={TOKEN!r})
+print("commit", info.oid)
+pipe = DiffusionClassifierPipeline.from_pretrained("org/tiny", revision="main", token={TOKEN!r}, cache_dir={str(tmp_path / 'cache')!r})
+assert type(pipe).__name__ == "UNetFeatureClassifierPipeline", type(pipe)
+assert {str(tmp_path / 'cache')!r} in pipe.name_or_path, pipe.name_or_path
+numpy.save({str(tmp_path / 'probs.npy')!r}, pipe(torch.from_numpy(numpy.load({str(images)!r}))).probs.numpy())
+"""
+    result = run_against(stub_hub, tmp_path, script)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.equal(torch.from_numpy(np.load(tmp_path / "probs.npy")), expected)
+
+    uploaded = stub_hub.repos["org/tiny"]
+    assert set(uploaded) == set(before) | {"README.md"}
+    assert all(hashlib.sha256(uploaded[path]).hexdigest() == digest for path, digest in before.items())
+    (result_,) = front_matter(uploaded["README.md"].decode())["model-index"][0]["results"]
+    assert {m["type"]: m["value"] for m in result_["metrics"]} == {"accuracy": 0.8125, "f1": 0.75, "roc_auc": 0.9}
+    calls = [(method, path) for method, path, _ in stub_hub.requests]
+    assert calls[:2] == [("POST", "/api/repos/create"), ("POST", "/api/validate-yaml")]
+    assert ("POST", "/api/models/org/tiny/commit/main") in calls
+    assert ("GET", "/api/models/org/tiny/revision/main") in calls
+    assert all(auth == f"Bearer {TOKEN}" for _, _, auth in stub_hub.requests)
+    assert folder_digest(pipe_dir) == before  # the card went up from memory, not through the local folder
+
+
+def test_failed_upload_says_so_and_leaves_the_folder_unchanged(stub_hub, saved_pipeline, tmp_path):
+    pipe_dir, _, _ = saved_pipeline
+    before = folder_digest(pipe_dir)
+    stub_hub.fail_commits = True
+    (tmp_path / "README.md").write_text(str(model_card()))
+    script = f"""
+from huggingface_hub import ModelCard
+from diffusion_classifiers.hub import HubUploadError, push_to_hub
+try:
+    push_to_hub({str(pipe_dir)!r}, "org/tiny", card=ModelCard.load({str(tmp_path / 'README.md')!r}), token={TOKEN!r})
+except HubUploadError as err:
+    print(err)
+else:
+    raise SystemExit("no error")
+"""
+    result = run_against(stub_hub, tmp_path, script)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"upload of {pipe_dir} to {stub_hub.endpoint}/org/tiny failed" in result.stdout
+    assert "500" in result.stdout and f"The local folder {pipe_dir} is unchanged" in result.stdout
+    assert ("POST", "/api/models/org/tiny/commit/main") in [(m, p) for m, p, _ in stub_hub.requests]
+    assert stub_hub.repos["org/tiny"] == {}
+    assert folder_digest(pipe_dir) == before
+
+
+def test_push_offline_says_so_before_any_request(saved_pipeline, monkeypatch):
+    pipe_dir, _, _ = saved_pipeline
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(OfflineModeIsEnabled, match="cannot push .* to the Hub: HF_HUB_OFFLINE=1 is set"):
+        push_to_hub(pipe_dir, "org/tiny", card=model_card())
+
+
+def test_push_rejects_a_folder_that_is_not_a_model(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"0")
+    with pytest.raises(ValueError, match="expected a saved pipeline .model_index.json. or transformers model"):
+        push_to_hub(tmp_path, "org/tiny")

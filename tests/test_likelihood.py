@@ -1,0 +1,327 @@
+"""likelihood.py against closed forms: Gaussian classes have an exact VP-SDE epsilon-predictor and likelihood."""
+
+import math
+
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from diffusion_classifiers.likelihood import (
+    VPSDE,
+    as_eps_model,
+    bits_per_dim,
+    denoising_error_scores,
+    probability_flow_log_likelihood,
+)
+
+SDE = VPSDE()
+
+
+class GaussianClasses:
+    r"""
+    Class `c` is `N(mu_c, Sigma)`, `Sigma = Q diag(s^2) Q^T` (rotated, so the Jacobian of eps is not diagonal and
+    Rademacher probes have variance). At time t the marginal is `N(alpha mu_c, alpha^2 Sigma + sigma^2 I)`, so the
+    exact epsilon-predictor is `eps(x, t, c) = sigma (alpha^2 Sigma + sigma^2 I)^-1 (x - alpha mu_c)`.
+    """
+
+    def __init__(self, means, scales, shape, dtype=torch.float32, seed=0):
+        rotation = torch.randn(len(scales), len(scales), generator=torch.Generator().manual_seed(seed))
+        self.q = torch.linalg.qr(rotation.double())[0].to(dtype)
+        self.means, self.scales, self.shape = means.to(dtype), scales.to(dtype), shape
+
+    def marginal(self, t):
+        """alpha(t) and the eigenvalues of the covariance at t, shaped to broadcast over [..., D]."""
+        alpha = SDE.alpha(t)[..., None]
+        return alpha, alpha**2 * self.scales**2 + SDE.sigma(t)[..., None] ** 2
+
+    def __call__(self, x, t, labels):
+        alpha, var = self.marginal(t)
+        y = (x.flatten(1) - alpha * self.means[labels]) @ self.q
+        return ((SDE.sigma(t)[:, None] * y / var) @ self.q.T).view_as(x)
+
+    def log_density(self, x, t=SDE.t_min):
+        """`[N, K]` closed-form `log p_t(x | c)`."""
+        return self.class_log_density(x.flatten(1)[:, None], t)
+
+    def class_log_density(self, points, t):
+        """`[N, K]` log-density at time t of `points[:, k]` (`[N, K or 1, D]`) under class k."""
+        alpha, var = self.marginal(torch.tensor(t, dtype=points.dtype))
+        y = (points - alpha * self.means) @ self.q
+        return -0.5 * (torch.log(2 * math.pi * var) + y**2 / var).sum(-1)
+
+    def ode_log_likelihood(self, x):
+        """`[N, K]` exact probability-flow log-likelihood with the prior N(0, I) at t = 1. The flow is linear: in the
+        eigenbasis `y_d(1) = sqrt(v_d(1) / v_d(t_min)) y_d(t_min)`, so the result is `log p_{t_min}(x)` plus the prior
+        mismatch `log N(x(1); 0, I) - log p_1(x(1))` (alpha(1) = 0.0066, not 0)."""
+        x1 = self.flow_to_prior(x)
+        prior = -0.5 * (math.log(2 * math.pi) + x1**2).sum(-1)
+        return self.log_density(x) + prior - self.class_log_density(x1, 1.0)
+
+    def flow_to_prior(self, x):
+        """`[N, K, D]` x(1) of the class-c flow from x(t_min) = x."""
+        (a0, v0), (a1, v1) = self.marginal(torch.tensor(SDE.t_min)), self.marginal(torch.tensor(1.0))
+        y = (x.flatten(1)[:, None] - a0 * self.means) @ self.q
+        return a1 * self.means + (y * (v1 / v0).sqrt()) @ self.q.T
+
+    def sample(self, labels, seed=1):
+        z = torch.randn(len(labels), len(self.scales), generator=torch.Generator().manual_seed(seed))
+        return (self.means[labels] + (z.to(self.q) * self.scales) @ self.q.T).view(len(labels), *self.shape)
+
+
+def gaussian_classes(num_classes, separation, dtype=torch.float32, shape=(1, 4, 4)):
+    means = torch.randn(num_classes, math.prod(shape), generator=torch.Generator().manual_seed(2)) * separation
+    return GaussianClasses(means, torch.linspace(0.2, 1.0, math.prod(shape)), shape, dtype)
+
+
+def tiny_unet(num_class_embeds=3):
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4, num_class_embeds=num_class_embeds,
+    ).eval()
+
+
+# ----------------------------------------------------------------------------------------------------- the SDE
+
+
+def test_vpsde_is_the_continuous_ddpm_schedule():
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    sde = VPSDE.from_scheduler(scheduler)
+    assert (sde.beta_min, sde.beta_max, sde.num_train_timesteps) == pytest.approx((0.1, 20.0, 1000))
+    k = torch.arange(1000, dtype=torch.float64)
+    t = sde.continuous_time(k)
+    assert (sde.alpha(t) ** 2 - scheduler.alphas_cumprod.double()).abs().max() < 1e-3
+    assert torch.allclose(sde.discrete_timestep(t), k)
+    assert torch.allclose(sde.alpha(t) ** 2 + sde.sigma(t) ** 2, torch.ones_like(t))
+    assert float(sde.alpha(torch.tensor(1.0))) == pytest.approx(math.exp(-19.9 / 4 - 0.05))
+    small = torch.tensor([1e-5], dtype=torch.float32)  # sigma^2 = 1 - exp(-0.1 t - 9.95 t^2), no cancellation
+    assert float(sde.sigma(small) ** 2) == pytest.approx(-math.expm1(-0.1e-5 - 9.95e-10), rel=1e-5)
+
+
+def test_vpsde_rejects_other_schedules():
+    with pytest.raises(ValueError, match="linear"):
+        VPSDE.from_scheduler(DDPMScheduler(beta_schedule="squaredcos_cap_v2"))
+    with pytest.raises(ValueError, match="epsilon"):
+        VPSDE.from_scheduler(DDPMScheduler(prediction_type="v_prediction"))
+    with pytest.raises(ValueError, match="beta_min < beta_max"):
+        VPSDE(beta_min=20, beta_max=0.1)
+
+
+def test_as_eps_model_calls_the_unet_at_the_discrete_timestep():
+    unet, x = tiny_unet(), torch.randn(3, 1, 8, 8)
+    t, labels = torch.tensor([0.001, 0.5, 1.0]), torch.tensor([0, 2, 1])
+    expected = unet(x, torch.tensor([0.0, 499.0, 999.0]), class_labels=labels).sample
+    assert torch.allclose(as_eps_model(unet)(x, t, labels), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="class embedding"):
+        as_eps_model(tiny_unet(num_class_embeds=None))
+
+
+# ------------------------------------------------------------------------------------------- exact likelihood
+
+
+@pytest.mark.parametrize(
+    "solver_args, tolerance",
+    [
+        (dict(solver="rk4", num_steps=32, step_spacing="quadratic"), 2e-3),  # measured 2.5e-4 nats
+        (dict(solver="heun", num_steps=128, step_spacing="quadratic"), 2e-2),  # measured 8.6e-3
+        (dict(solver="dopri5", rtol=1e-5, atol=1e-5), 2e-3),  # measured 4.0e-4
+    ],
+)
+def test_probability_flow_matches_gaussian_closed_form(solver_args, tolerance):
+    model = gaussian_classes(3, separation=0.7)
+    x = model.sample(torch.tensor([0, 1, 2, 0, 1, 2]))
+    result = probability_flow_log_likelihood(model, x, 3, exact_trace=True, **solver_args)
+    # The ODE against its exact solution, then against the data density (prior mismatch: 0.008 nats/dim here).
+    assert (result.log_likelihood - model.ode_log_likelihood(x)).abs().max() < tolerance
+    assert (result.log_likelihood - model.log_density(x)).abs().max() < 1e-2 * x[0].numel()
+    assert torch.equal(result.log_likelihood.argmax(1), torch.tensor([0, 1, 2, 0, 1, 2]))
+    assert torch.allclose(result.bits_per_dim, bits_per_dim(result.log_likelihood, 16))
+
+
+def test_dopri5_error_shrinks_with_tolerance():
+    model = gaussian_classes(2, separation=0.7, dtype=torch.float64)
+    x = model.sample(torch.tensor([0, 1], dtype=torch.long)).double()
+    errors, nfe = [], []
+    for tol in (1e-3, 1e-5, 1e-7):
+        result = probability_flow_log_likelihood(model, x, 2, solver="dopri5", rtol=tol, atol=tol, exact_trace=True)
+        errors.append(float((result.log_likelihood - model.ode_log_likelihood(x)).abs().max()))
+        nfe.append(int(result.nfe_per_image[0]))
+    assert errors[2] < errors[1] < errors[0] and errors[2] < 1e-5
+    assert nfe[0] < nfe[1] < nfe[2]
+
+
+def test_hutchinson_is_unbiased_and_shared_across_classes():
+    model, num_images = gaussian_classes(3, separation=0.7), 64
+    x = model.sample(torch.tensor([1])).expand(num_images, -1, -1, -1)  # one image, 64 independent probe draws
+    args = dict(solver="rk4", num_steps=16, step_spacing="quadratic")
+    exact = probability_flow_log_likelihood(model, x[:1], 3, exact_trace=True, **args).log_likelihood
+    hutchinson = probability_flow_log_likelihood(model, x, 3, num_probes=1, **args).log_likelihood
+    spread = hutchinson.std(0)
+    assert (spread > 0.3).all()  # the probes are not trivially exact here
+    assert ((hutchinson.mean(0) - exact[0]).abs() < 4 * spread / math.sqrt(num_images)).all()
+    # Common random numbers: the Jacobian of eps does not depend on x or c here, so each image's probe error is the
+    # same for every class and the log-likelihood ratios are exact, whatever the probe.
+    ratios = hutchinson - hutchinson[:, :1]
+    assert torch.allclose(ratios, (exact - exact[:, :1]).expand_as(ratios), atol=1e-3)
+
+
+def test_likelihood_nfe_batching_and_seeds():
+    model = gaussian_classes(3, separation=0.7)
+    x = model.sample(torch.arange(5) % 3)
+    run = lambda **kw: probability_flow_log_likelihood(model, x, [2, 0], num_steps=4, num_probes=2, **kw)  # noqa: E731
+    rk4, heun = run(batch_size=5), run(solver="heun", batch_size=2)
+    assert rk4.log_likelihood.shape == (5, 2)
+    assert rk4.nfe_per_image.tolist() == [4 * 4 * 2] * 5 and heun.nfe_per_image.tolist() == [2 * 4 * 2] * 5
+    assert torch.allclose(run(batch_size=2).log_likelihood, rk4.log_likelihood, atol=1e-5)
+    assert torch.equal(run(batch_size=5).log_likelihood, rk4.log_likelihood)
+    assert not torch.allclose(run(batch_size=5, seed=1).log_likelihood, rk4.log_likelihood)
+    per_image_seeds = run(seed=[3, 4, 5, 6, 7]).log_likelihood
+    alone = probability_flow_log_likelihood(model, x[2:3], [2, 0], num_steps=4, num_probes=2, seed=[5])
+    assert torch.allclose(per_image_seeds[2:3], alone.log_likelihood, atol=1e-5)
+    assert torch.allclose(bits_per_dim(torch.tensor([0.0]), 16), torch.tensor([math.log2(127.5)]))
+
+
+def test_likelihood_on_a_class_conditional_unet():
+    unet, x = tiny_unet(), torch.rand(2, 1, 8, 8) * 2 - 1
+    result = probability_flow_log_likelihood(unet, x, 3, num_steps=2)
+    assert result.log_likelihood.shape == (2, 3) and torch.isfinite(result.log_likelihood).all()
+    assert result.nfe_per_image.tolist() == [2 * 4 * 3] * 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(solver="dopri5", rtol=0), "tolerances"),
+        (dict(solver="dopri5", atol=-1e-5), "tolerances"),
+        (dict(num_steps=0), "num_steps >= 1"),
+        (dict(solver="euler"), "solver in"),
+        (dict(step_spacing="log"), "step_spacing"),
+        (dict(num_probes=0), "num_probes >= 1"),
+        (dict(classes=[0, 3]), r"class ids in 0\.\.2"),
+        (dict(classes=[1, 1]), "distinct"),
+        (dict(images=torch.full((2, 1, 8, 8), math.nan)), "NaN or inf in image 0"),
+        (dict(seed=[1, 2, 3]), "one seed per image"),
+    ],
+)
+def test_likelihood_bad_arguments(kwargs, message):
+    args = dict(images=torch.zeros(2, 1, 8, 8), classes=3) | kwargs
+    with pytest.raises(ValueError, match=message):
+        probability_flow_log_likelihood(tiny_unet(), **args)
+
+
+# ------------------------------------------------------------------------------------------ denoising bound
+
+
+@pytest.mark.parametrize("weighting, spacing", [("uniform", "even"), ("elbo", "stratified")])
+def test_denoising_scores_rank_the_true_class_first(weighting, spacing):
+    model = gaussian_classes(4, separation=1.0)
+    labels = torch.arange(40) % 4
+    result = denoising_error_scores(model, model.sample(labels), 4, num_timesteps=20, weighting=weighting,
+                                    timestep_spacing=spacing)
+    assert (result.scores.argmax(1) == labels).float().mean() >= 0.95
+    assert result.nfe_per_image.tolist() == [4 * 20] * 40  # exhaustive: K T
+    assert result.errors.shape == (40, 4, 20) and not result.errors.isnan().any()
+
+
+def test_elbo_score_differences_estimate_log_likelihood_ratios():
+    # With the exact eps the bound is tight, so score differences are log-likelihood ratios plus Monte Carlo noise;
+    # the "uniform" weighting gives a slope far from 1 on the same numbers.
+    model = gaussian_classes(2, separation=0.7)
+    x = model.sample(torch.arange(16) % 2)
+    exact = model.log_density(x)
+    exact_ratio = exact[:, 1] - exact[:, 0]
+    ratios = {}
+    for weighting in ("elbo", "uniform"):
+        scores = denoising_error_scores(model, x, 2, num_timesteps=500, weighting=weighting).scores.double()
+        ratios[weighting] = scores[:, 1] - scores[:, 0]
+    slope = {w: float((r * exact_ratio).sum() / (exact_ratio**2).sum()) for w, r in ratios.items()}
+    assert 0.9 < slope["elbo"] < 1.1 and not 0.5 < slope["uniform"] < 2, slope
+    assert (ratios["elbo"] - exact_ratio).abs().median() < 0.1 * exact_ratio.abs().median()
+
+
+def test_pruning_keeps_the_exhaustive_winner_and_counts_nfe():
+    model = gaussian_classes(5, separation=0.6)
+    x = model.sample(torch.arange(30) % 5, seed=3)
+    stages = [(4, 3), (6, 2), (10, 1)]
+    exhaustive = denoising_error_scores(model, x, 5, num_timesteps=20, timestep_spacing="stratified")
+    pruned = denoising_error_scores(model, x, 5, num_timesteps=20, timestep_spacing="stratified", pruning=stages)
+    assert (exhaustive.scores.argmax(1) != torch.arange(30) % 5).any()  # not trivially separable
+    assert torch.equal(pruned.scores.argmax(1), exhaustive.scores.argmax(1))
+    assert (torch.isfinite(pruned.scores).sum(1) == 1).all() and torch.isfinite(pruned.partial_scores).all()
+    assert pruned.nfe_per_image.tolist() == [4 * 5 + 6 * 3 + 10 * 2] * 30  # sum over stages of alive * timesteps
+    # Same timesteps and noise with and without pruning: every evaluated error is the exhaustive one.
+    evaluated = ~pruned.errors.isnan()
+    assert torch.allclose(pruned.errors[evaluated], exhaustive.errors[evaluated])
+    winner = exhaustive.scores.argmax(1, keepdim=True)
+    assert torch.allclose(pruned.scores.gather(1, winner), exhaustive.scores.gather(1, winner))
+
+
+def test_binary_early_stop_settles_easy_images_early():
+    model = gaussian_classes(2, separation=1.0)
+    labels = torch.arange(20) % 2
+    x = torch.cat([model.sample(labels), model.means.mean(0).view(1, 1, 4, 4)])  # + one on the decision boundary
+    exhaustive = denoising_error_scores(model, x, 2, num_timesteps=100)
+    early = denoising_error_scores(model, x, 2, num_timesteps=100, early_stop_confidence=0.99, timesteps_per_check=5)
+    used = (~early.errors[:, 0].isnan()).sum(1)
+    assert torch.equal(early.nfe_per_image, 2 * used)  # both classes at each timestep used
+    assert (used % 5 == 0).all() and (used[:-1] < 100).float().mean() > 0.9 and used[-1] == 100
+    assert torch.equal(early.scores[:-1].argmax(1), labels)
+    evaluated = ~early.errors.isnan()
+    assert torch.allclose(early.errors[evaluated], exhaustive.errors[evaluated])
+
+
+def test_denoising_is_deterministic_and_independent_of_batching():
+    model = gaussian_classes(3, separation=0.7)
+    x = model.sample(torch.arange(6) % 3)
+    run = lambda images=x, **kw: denoising_error_scores(model, images, 3, num_timesteps=8,  # noqa: E731
+                                                        timestep_spacing="stratified", **kw)
+    reference = run()
+    assert torch.equal(run().errors, reference.errors)
+    assert torch.allclose(run(max_batch_size=5).errors, reference.errors, atol=1e-6)
+    assert torch.allclose(run(x[:2]).errors, reference.errors[:2], atol=1e-6)  # image i's draws are its own
+    assert not torch.allclose(run(seed=1).errors, reference.errors)
+    assert not torch.allclose(run(seed=[10, 11, 12, 13, 14, 15]).timesteps, reference.timesteps)
+    assert ((reference.timesteps > SDE.t_min) & (reference.timesteps < 1)).all()
+    # every stratum of width (1 - t_min) / 8 used exactly once per image
+    strata = ((reference.timesteps - SDE.t_min) * 8 / (1 - SDE.t_min)).floor().sort(1).values
+    assert torch.equal(strata, torch.arange(8, dtype=strata.dtype).expand_as(strata))
+
+
+def test_elbo_weighting_formula():
+    model = gaussian_classes(2, separation=0.7)
+    x = model.sample(torch.tensor([0, 1]))
+    uniform = denoising_error_scores(model, x, 2, num_timesteps=6)
+    elbo = denoising_error_scores(model, x, 2, num_timesteps=6, weighting="elbo")
+    t = uniform.timesteps
+    weight = (1 - SDE.t_min) * SDE.beta(t) / (2 * SDE.sigma(t) ** 2)
+    assert torch.allclose(elbo.errors, uniform.errors * weight[:, None], rtol=1e-5)
+    assert torch.allclose(uniform.scores, -uniform.errors.mean(2))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_timesteps=0), "num_timesteps >= 1"),
+        (dict(pruning=[(2, 2), (2, 3)]), "stage 1 to keep 1..2"),
+        (dict(pruning=[(2, 4)]), "stage 0 to keep 1..3"),
+        (dict(pruning=[(0, 2), (4, 1)]), "stage 0 to evaluate >= 1"),
+        (dict(pruning=[(2, 2), (1, 1)]), "sum to num_timesteps=4"),
+        (dict(early_stop_confidence=0.9), "exactly 2 classes"),
+        (dict(classes=2, early_stop_confidence=1.0), "0.5 < early_stop_confidence < 1"),
+        (dict(classes=2, early_stop_confidence=0.9, pruning=[(4, 1)]), "at most one"),
+        (dict(weighting="snr"), "weighting in"),
+        (dict(timestep_spacing="random"), "timestep_spacing in"),
+        (dict(max_batch_size=0), "max_batch_size >= 1"),
+    ],
+)
+def test_denoising_bad_arguments(kwargs, message):
+    args = dict(images=torch.zeros(2, 1, 8, 8), classes=3, num_timesteps=4) | kwargs
+    with pytest.raises(ValueError, match=message):
+        denoising_error_scores(tiny_unet(), **args)
+
+
+def test_denoising_on_a_class_conditional_unet():
+    result = denoising_error_scores(tiny_unet(), torch.rand(2, 1, 8, 8) * 2 - 1, 3, num_timesteps=4, max_batch_size=5)
+    assert result.scores.shape == (2, 3) and torch.isfinite(result.scores).all()
+    assert result.nfe_per_image.tolist() == [12, 12]
