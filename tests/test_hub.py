@@ -187,6 +187,7 @@ class StubHubHandler(BaseHTTPRequestHandler):
 
     def create_repo(self, body):
         request = json.loads(body)
+        self.server.created.append(request)
         repo = f"{request['organization']}/{request['name']}"
         self.server.repos.setdefault(repo, {})
         return 200, {"url": f"{self.server.endpoint}/{repo}"}
@@ -237,7 +238,7 @@ def stub_hub():
     """A stub Hub on 127.0.0.1 (ephemeral port), stopped after the test."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), StubHubHandler)
     server.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-    server.repos, server.requests, server.fail_commits = {}, [], False
+    server.repos, server.created, server.requests, server.fail_commits = {}, [], [], False
     server.timeout = 10
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -276,32 +277,44 @@ def folder_digest(folder) -> dict:
 # --- publishing and downloading ------------------------------------------------------------------------------------
 
 
-def test_push_then_download_gives_identical_predictions(stub_hub, saved_pipeline, tmp_path):
+def test_cli_push_then_download_gives_identical_predictions(stub_hub, saved_pipeline, tmp_path):
     pipe_dir, images, expected = saved_pipeline
     before = folder_digest(pipe_dir)
-    (tmp_path / "README.md").write_text(str(model_card()))
+    (tmp_path / "metrics.json").write_text(json.dumps({"summary": {}, "test": {**METRICS, "confusion_matrix": [[1]]}}))
+    argv = [
+        "push_to_hub.py", "--model_dir", str(pipe_dir), "--repo_id", "org/tiny", "--method", "unet_features",
+        "--metrics_json", str(tmp_path / "metrics.json"), "--dataset_name", "scikit-learn digits",
+        "--dataset_license", "BSD-3-Clause", "--training_command", "accelerate launch examples/train_unet.py",
+        "--evaluation_command", "python examples/evaluate.py", "--token", TOKEN, "--private", "--no-medical",
+    ]
     script = f"""
-import numpy, torch
-from huggingface_hub import ModelCard
+import runpy, sys, numpy, torch
 from diffusion_classifiers import DiffusionClassifierPipeline
-from diffusion_classifiers.hub import push_to_hub
-card = ModelCard.load({str(tmp_path / 'README.md')!r})
-info = push_to_hub({str(pipe_dir)!r}, "org/tiny", card=card, token={TOKEN!r})
-print("commit", info.oid)
+sys.argv = {argv!r}
+runpy.run_path("examples/push_to_hub.py", run_name="__main__")
 pipe = DiffusionClassifierPipeline.from_pretrained("org/tiny", revision="main", token={TOKEN!r}, cache_dir={str(tmp_path / 'cache')!r})
 assert type(pipe).__name__ == "UNetFeatureClassifierPipeline", type(pipe)
-assert {str(tmp_path / 'cache')!r} in pipe.name_or_path, pipe.name_or_path
-numpy.save({str(tmp_path / 'probs.npy')!r}, pipe(torch.from_numpy(numpy.load({str(images)!r}))).probs.numpy())
+assert pipe.name_or_path.startswith({str(tmp_path / 'cache')!r}), pipe.name_or_path
+local = DiffusionClassifierPipeline.from_pretrained({str(pipe_dir)!r})
+images = torch.from_numpy(numpy.load({str(images)!r}))
+numpy.save({str(tmp_path / 'probs.npy')!r}, numpy.stack([pipe(images).probs.numpy(), local(images).probs.numpy()]))
 """
     result = run_against(stub_hub, tmp_path, script)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert torch.equal(torch.from_numpy(np.load(tmp_path / "probs.npy")), expected)
+    assert f"pushed {pipe_dir} to {stub_hub.endpoint}/org/tiny/commit/" in result.stdout
+    downloaded, local = torch.from_numpy(np.load(tmp_path / "probs.npy"))
+    assert torch.equal(downloaded, local)
+    torch.testing.assert_close(downloaded, expected)  # computed here, with another thread count
 
+    assert stub_hub.created == [{"name": "tiny", "organization": "org", "visibility": "private", "type": "model"}]
     uploaded = stub_hub.repos["org/tiny"]
     assert set(uploaded) == set(before) | {"README.md"}
     assert all(hashlib.sha256(uploaded[path]).hexdigest() == digest for path, digest in before.items())
-    (result_,) = front_matter(uploaded["README.md"].decode())["model-index"][0]["results"]
-    assert {m["type"]: m["value"] for m in result_["metrics"]} == {"accuracy": 0.8125, "f1": 0.75, "roc_auc": 0.9}
+    card = front_matter(uploaded["README.md"].decode())
+    (card_results,) = card["model-index"][0]["results"]
+    assert card["model-index"][0]["name"] == "tiny" and card["library_name"] == "diffusers"
+    assert "unet_features" in card["tags"] and "medical" not in card["tags"]
+    assert {m["type"]: m["value"] for m in card_results["metrics"]} == {"accuracy": 0.8125, "f1": 0.75, "roc_auc": 0.9}
     calls = [(method, path) for method, path, _ in stub_hub.requests]
     assert calls[:2] == [("POST", "/api/repos/create"), ("POST", "/api/validate-yaml")]
     assert ("POST", "/api/models/org/tiny/commit/main") in calls

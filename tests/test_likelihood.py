@@ -241,7 +241,7 @@ def test_elbo_score_differences_estimate_log_likelihood_ratios():
 
 
 def test_pruning_keeps_the_exhaustive_winner_and_counts_nfe():
-    model = gaussian_classes(5, separation=0.6)
+    model = gaussian_classes(5, separation=0.3)
     x = model.sample(torch.arange(30) % 5, seed=3)
     stages = [(4, 3), (6, 2), (10, 1)]
     exhaustive = denoising_error_scores(model, x, 5, num_timesteps=20, timestep_spacing="stratified")

@@ -794,6 +794,23 @@ def _read_hf_dataset(source: Any, image_column: str | None, label_column: str | 
     return _RawData(images, all_labels, names, splits)
 
 
+def read_classification_split(
+    dataset: Any, image_column: str | None = None, label_column: str | None = None
+) -> tuple[list[Image.Image], np.ndarray, list[str]]:
+    """One ``datasets.Dataset`` split as (decoded PIL images, integer labels, ClassLabel names), with the image and
+    label columns found by feature type as in :func:`load_image_classification_data`."""
+    import datasets
+
+    if not isinstance(dataset, datasets.Dataset):
+        raise TypeError(f"expected a datasets.Dataset split, got {type(dataset).__name__}")
+    if len(dataset) == 0:
+        raise ValueError("expected a non-empty dataset, got 0 rows")
+    image_column = _find_column(dataset.features, image_column, datasets.Image, "image")
+    label_column = _find_column(dataset.features, label_column, datasets.ClassLabel, "label")
+    images = _decode_column(dataset.cast_column(image_column, datasets.Image(decode=True)), image_column, "evaluation")
+    return images, np.asarray(dataset[label_column], dtype=np.int64), list(dataset.features[label_column].names)
+
+
 def _find_column(features: Any, name: str | None, feature_type: type, role: str) -> str:
     columns = {column: repr(feature) for column, feature in features.items()}
     expected = feature_type.__name__

@@ -120,7 +120,7 @@ def as_eps_model(model, sde: Optional[VPSDE] = None) -> EpsFn:
         if not callable(model):
             raise TypeError(f"expected a diffusers model or a callable eps_fn(x, t, labels), got {type(model)}")
         return model
-    if getattr(model, "class_embedding", True) is None or model.config.get("num_class_embeds", 0) is None:
+    if hasattr(model, "class_embedding") and model.class_embedding is None:
         raise ValueError(
             f"expected a class-conditional model (UNet2DModel(num_class_embeds=K)), got {type(model).__name__} "
             "without a class embedding"
@@ -139,9 +139,9 @@ def bits_per_dim(log_likelihood: torch.Tensor, num_dims: int) -> torch.Tensor:
     r"""
     Bits per dimension of 8-bit images from the continuous log-density (nats) of their `[-1, 1]` scaling:
     `bpd = -(log p(x) - D log(127.5)) / (D log 2)`, i.e. `-log2` of the probability mass `p(x) (2/255)^D` of the
-    pixel bin around `x`, per dimension. (score_sde's convention, bins of width 2/256, is this plus
-    `log2(255/256)`, 0.0056 bits lower. Add uniform noise of one bin to `x` before scoring for the usual uniform
-    dequantisation bound.)
+    pixel bin around `x`, per dimension. (score_sde's "+ 7" convention, bins of width 2/256, gives
+    `log2(256/255)` = 0.0056 bits more. For the usual uniform-dequantisation bound, add uniform noise of one bin
+    width to `x` before scoring.)
     """
     return -(log_likelihood + num_dims * math.log(PIXEL_BIN_WIDTH)) / (num_dims * math.log(2))
 
@@ -151,12 +151,15 @@ def bits_per_dim(log_likelihood: torch.Tensor, num_dims: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _check_images(images: torch.Tensor) -> None:
+def _prepare_images(images: torch.Tensor, model) -> torch.Tensor:
+    """Checked, floating-point images on the model's device (a callable's: the images' own device)."""
     if not isinstance(images, torch.Tensor) or images.ndim < 2 or len(images) == 0:
         raise ValueError(f"expected a non-empty tensor of images [N, ...], got {getattr(images, 'shape', images)}")
     if not torch.isfinite(images).all():
         bad = int((~torch.isfinite(images.flatten(1))).any(1).nonzero()[0])
         raise ValueError(f"expected finite pixel values, got NaN or inf in image {bad}")
+    device = next(model.parameters(), images).device if isinstance(model, torch.nn.Module) else images.device
+    return images.to(device, images.dtype if images.is_floating_point() else torch.float32)
 
 
 def _class_ids(classes: Classes, model, device) -> torch.Tensor:
@@ -167,11 +170,6 @@ def _class_ids(classes: Classes, model, device) -> torch.Tensor:
         expected = f"0..{num_embeds - 1}" if num_embeds else "0..K-1"
         raise ValueError(f"expected at least one class, distinct class ids in {expected}, got {ids}")
     return torch.tensor(ids, device=device)
-
-
-def _device(model, images: torch.Tensor) -> torch.device:
-    params = model.parameters() if isinstance(model, torch.nn.Module) else iter(())
-    return next(params, images).device
 
 
 def _image_seeds(seed: Seed, num_images: int) -> List[np.random.SeedSequence]:
@@ -208,7 +206,7 @@ class LikelihoodResult:
 
     Args:
         log_likelihood: `[N, K]` `log p(x | c)` in nats, the continuous density of the image as given (no
-            dequantisation noise added), column `k` for the `k`-th requested class.
+            dequantisation noise added), column `k` for the `k`-th requested class; on CPU, in the images' dtype.
         bits_per_dim: `[N, K]` from [`bits_per_dim`] (8-bit images scaled to [-1, 1]).
         nfe_per_image: `[N]` network function evaluations per image: ODE right-hand-side evaluations of its batch
             times `K` (each also costs `num_probes`, or `D` with the exact trace, vector-Jacobian products).
@@ -301,10 +299,13 @@ def _error_norm(err, y0, y1, rtol, atol) -> torch.Tensor:
 def _solve_dopri5(f, y: torch.Tensor, t0: float, t1: float, rtol: float, atol: float) -> torch.Tensor:
     """Adaptive Dormand-Prince RK45 with the standard controller `h *= clip(0.9 err^-1/5, 0.2, 10)`, the first step
     from Hairer, Norsett & Wanner (1993, II.4), first-same-as-last (6 evaluations per attempted step)."""
-    k1 = f(torch.tensor(t0, dtype=y.dtype, device=y.device), y)
+    def time(s: float) -> torch.Tensor:
+        return torch.tensor(s, dtype=y.dtype, device=y.device)
+
+    k1 = f(time(t0), y)
     d0, d1 = float(_error_norm(y, y, y, rtol, atol)), float(_error_norm(k1, y, y, rtol, atol))
     h0 = 0.01 * d0 / d1 if min(d0, d1) > 1e-5 else 1e-6
-    d2 = float(_error_norm(f(torch.tensor(t0 + h0).to(y), y + h0 * k1) - k1, y, y, rtol, atol)) / h0
+    d2 = float(_error_norm(f(time(t0 + h0), y + h0 * k1) - k1, y, y, rtol, atol)) / h0
     h = min(100 * h0, (0.01 / max(d1, d2)) ** 0.2 if max(d1, d2) > 1e-15 else max(1e-6, h0 * 1e-3))
     t = t0
     while t < t1:
@@ -313,7 +314,7 @@ def _solve_dopri5(f, y: torch.Tensor, t0: float, t1: float, rtol: float, atol: f
         last, h = h >= t1 - t, min(h, t1 - t)
         ks = [k1]
         for c, a in zip(_DP_C[1:], _DP_A[1:]):
-            ks.append(f(torch.tensor(t + c * h).to(y), y + h * sum(a_j * k for a_j, k in zip(a, ks))))
+            ks.append(f(time(t + c * h), y + h * sum(a_j * k for a_j, k in zip(a, ks))))
         y_new = y + h * sum(a_j * k for a_j, k in zip(_DP_A[-1], ks))
         error = float(_error_norm(h * sum(e * k for e, k in zip(_DP_E, ks)), y, y_new, rtol, atol))
         if not math.isfinite(error):
@@ -390,10 +391,8 @@ def probability_flow_log_likelihood(
         [`LikelihoodResult`].
     """
     _check_solver_args(solver, num_steps, step_spacing, rtol, atol, num_probes, batch_size)
-    _check_images(images)
-    sde, device = sde or VPSDE(), _device(eps_model, images)
-    eps_fn, class_ids = as_eps_model(eps_model, sde), _class_ids(classes, eps_model, device)
-    images = images.to(device) if images.is_floating_point() else images.to(device, torch.float32)
+    images, sde = _prepare_images(images, eps_model), sde or VPSDE()
+    eps_fn, class_ids = as_eps_model(eps_model, sde), _class_ids(classes, eps_model, images.device)
     streams, num_classes = _image_seeds(seed, len(images)), len(class_ids)
     log_likelihood, nfe = [], []
     for start in range(0, len(images), batch_size):
@@ -403,7 +402,7 @@ def probability_flow_log_likelihood(
                                                    step_spacing, rtol, atol)
         log_likelihood.append(log_p.view(len(batch), num_classes))
         nfe += [evaluations * num_classes] * len(batch)
-    log_likelihood = torch.cat(log_likelihood)
+    log_likelihood = torch.cat(log_likelihood).cpu()
     return LikelihoodResult(log_likelihood, bits_per_dim(log_likelihood, images[0].numel()), torch.tensor(nfe))
 
 
@@ -449,7 +448,8 @@ WEIGHTINGS = ("uniform", "elbo")
 @dataclass
 class DenoisingScoreResult:
     """
-    Output of [`denoising_error_scores`]. Timestep positions are in evaluation order (see `timesteps`).
+    Output of [`denoising_error_scores`], float64 on CPU. Timestep positions are in evaluation order (see
+    `timesteps`).
 
     Args:
         scores: `[N, K]` minus the mean weighted error over the timesteps evaluated (higher = more likely);
@@ -548,8 +548,8 @@ def _weight(sde: VPSDE, t: torch.Tensor, weighting: str) -> torch.Tensor:
 
 
 def _sign_settled(differences: torch.Tensor, confidence: float) -> torch.Tensor:
-    """`[N]`: the paired t-statistic `|mean(d)| / (std(d) / sqrt(n))` of the non-NaN differences `[N, n]` exceeds
-    Student's t quantile `t_{n-1}(confidence)`."""
+    """`[N]`: the paired t-statistic `|mean(d)| / (std(d) / sqrt(n))` of the differences `[N, n]` exceeds Student's
+    t quantile `t_{n-1}(confidence)` (False for rows with NaN: images stopped before)."""
     n = differences.shape[1]
     if n < 2:
         return torch.zeros(len(differences), dtype=torch.bool)
@@ -619,11 +619,9 @@ def denoising_error_scores(
         raise ValueError(f"expected weighting in {WEIGHTINGS}, got {weighting!r}")
     if not (isinstance(max_batch_size, int) and max_batch_size >= 1):
         raise ValueError(f"expected max_batch_size >= 1, got {max_batch_size}")
-    _check_images(images)
-    sde, device = sde or VPSDE(), _device(eps_model, images)
-    eps_fn, class_ids = as_eps_model(eps_model, sde), _class_ids(classes, eps_model, device)
+    images, sde = _prepare_images(images, eps_model), sde or VPSDE()
+    eps_fn, class_ids = as_eps_model(eps_model, sde), _class_ids(classes, eps_model, images.device)
     stages = _stages(num_timesteps, len(class_ids), pruning, early_stop_confidence, timesteps_per_check)
-    images = images.to(device) if images.is_floating_point() else images.to(device, torch.float32)
     streams = _image_seeds(seed, len(images))
     timesteps = _denoising_timesteps(streams, num_timesteps, timestep_spacing, sde)
     errors = torch.full((len(images), len(class_ids), num_timesteps), math.nan, dtype=torch.float64)

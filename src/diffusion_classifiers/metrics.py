@@ -149,3 +149,30 @@ def clustering_metrics(y_true, clusters, num_classes: int) -> dict:
         "macro_f1": float(skm.f1_score(y_true, matched, labels=present, average="macro", zero_division=0)),
         "cluster_to_class": mapping.tolist(),
     }
+
+
+def calibration_metrics(y_true, probs, num_bins: int = 10) -> dict:
+    r"""
+    Expected calibration error of the top-class confidence, with the per-bin table of a reliability diagram.
+
+    Returns:
+        `dict` with `ece` and `bins`: one entry per equal-width confidence bin (`lower`, `upper`, `count`,
+        `confidence` = mean top probability, `accuracy` = fraction correct; `None` for empty bins).
+    """
+    y_true = _as_labels(y_true, "y_true")
+    probs = np.asarray(probs.detach().cpu() if hasattr(probs, "detach") else probs, dtype=np.float64)
+    if probs.ndim != 2 or len(probs) != len(y_true):
+        raise ValueError(f"expected probs of shape [{len(y_true)}, K], got {probs.shape}")
+    confidence, correct = probs.max(1), probs.argmax(1) == y_true
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, num_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(num_bins):
+        members = which == b
+        count = int(members.sum())
+        mean_confidence = float(confidence[members].mean()) if count else None
+        accuracy = float(correct[members].mean()) if count else None
+        if count:
+            ece += count / len(y_true) * abs(accuracy - mean_confidence)
+        bins.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": count, "confidence": mean_confidence, "accuracy": accuracy})
+    return {"ece": float(ece), "bins": bins}

@@ -57,3 +57,23 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_reliability(calibration: dict, path: str, title: str = "Reliability diagram") -> None:
+    """Accuracy vs confidence per bin (from `metrics.calibration_metrics`), the diagonal being perfect calibration."""
+    bins = [b for b in calibration["bins"] if b["count"]]
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfectly calibrated")
+    centres = [(b["lower"] + b["upper"]) / 2 for b in bins]
+    width = calibration["bins"][0]["upper"] - calibration["bins"][0]["lower"]
+    ax.bar(centres, [b["accuracy"] for b in bins], width=width * 0.9, alpha=0.7, label="accuracy")
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", color="C1", label="mean confidence")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title} (ECE {calibration['ece']:.3f})")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

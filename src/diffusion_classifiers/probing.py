@@ -1,5 +1,7 @@
-"""Linear probes on diffusion features: every (block, timestep) pair trained at once, plus k-means evaluation."""
+"""Linear probes on diffusion features: every (block, timestep) pair fitted at once, plus k-means evaluation."""
 
+import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -15,8 +17,15 @@ from .models import LinearProbeHead
 
 FeatureKey = Tuple[str, int]
 
-# A val-loss improvement smaller than this does not reset a head's patience; it also keeps float noise from
-# deciding which epoch is kept.
+# The L-BFGS solver of `_fit_heads`.
+_HISTORY = 10  # curvature pairs kept per head, as scipy's L-BFGS-B (`maxcor`) under scikit-learn's "lbfgs"
+_MAX_LINE_SEARCH = 30  # step halvings before a head counts as stalled
+_ARMIJO = 1e-4  # sufficient-decrease constant of the backtracking line search
+# Each head's variables are preconditioned with (S + _RIDGE * l2 * I)^-1, S = its standardised train features' second
+# moment matrix: the data term's Hessian is about S times a softmax curvature of order 1/_RIDGE, plus l2 * I.
+_RIDGE = 32.0
+_PRECONDITIONER_SAMPLES = 4096  # S is estimated on at most this many evenly spaced train samples
+# Early stopping only: a val-loss improvement smaller than this does not reset a head's patience.
 _MIN_DELTA = 1e-4
 
 
@@ -26,28 +35,35 @@ class ProbeGridResult:
     Outcome of [`fit_probe_grid`].
 
     Args:
-        metrics: `pair -> split ("train", "val", "test") -> {"accuracy", "macro_f1"}` at each head's kept epoch.
+        metrics: `pair -> split ("train", "val", "test") -> {"accuracy", "macro_f1"}` of each head's kept weights.
         best_pair: the pair with the best val accuracy (ties: val macro-F1, then the earlier pair in the grid).
         head: the [`LinearProbeHead`] of `best_pair`, standardising with its train mean/std.
         heads: a head for every pair.
-        best_epochs: the epoch whose weights each head kept (lowest val loss).
+        n_iter: the L-BFGS iterations each head ran.
+        converged: whether each head's gradient reached `tol` (`False`: it stopped at `max_iter`, stalled in float
+            precision, or was stopped by early stopping first).
+        kept_iter: the iteration whose weights each head kept: its last one, or with `early_stopping` its
+            lowest-val-loss one.
     """
 
     metrics: Dict[FeatureKey, Dict[str, Dict[str, float]]]
     best_pair: FeatureKey
     head: LinearProbeHead
     heads: Dict[FeatureKey, LinearProbeHead] = field(default_factory=dict)
-    best_epochs: Dict[FeatureKey, int] = field(default_factory=dict)
+    n_iter: Dict[FeatureKey, int] = field(default_factory=dict)
+    converged: Dict[FeatureKey, bool] = field(default_factory=dict)
+    kept_iter: Dict[FeatureKey, int] = field(default_factory=dict)
 
     def to_table(self, sort_by: Optional[str] = None) -> List[dict]:
-        """One flat row per pair (`block`, `timestep`, `train_accuracy`, `val_macro_f1`, ..., `best`), in grid order
-        or descending by a column such as `"val_accuracy"`."""
+        """One flat row per pair (`block`, `timestep`, `train_accuracy`, `val_macro_f1`, ..., `n_iter`, `converged`,
+        `kept_iter`, `best`), in grid order or descending by a column such as `"val_accuracy"`."""
         rows = []
         for (block, timestep), splits in self.metrics.items():
+            pair = (block, timestep)
             row = {"block": block, "timestep": timestep}
             row.update({f"{split}_{name}": v for split, scores in splits.items() for name, v in scores.items()})
-            row["best_epoch"] = self.best_epochs.get((block, timestep))
-            row["best"] = (block, timestep) == self.best_pair
+            row.update(n_iter=self.n_iter.get(pair), converged=self.converged.get(pair), kept_iter=self.kept_iter.get(pair))
+            row["best"] = pair == self.best_pair
             rows.append(row)
         if sort_by is not None:
             if sort_by not in rows[0]:
@@ -82,72 +98,198 @@ def _check_features(features: dict, pairs: List[FeatureKey], labels: np.ndarray,
 
 
 def _stack(features: Dict, pairs, mean: Dict, std: Dict, device) -> torch.Tensor:
-    """Standardised features as [P, N, D_max]; zero padding stays zero, so padded weights get no data gradient."""
+    """Standardised features, feature-major, as [P, D_max, N]; zero padding stays zero, so padded weights get no
+    gradient. (Feature-major makes the logits [P, K, N]: on CPU their softmax and both matmuls are several times
+    faster than in the [P, N, K] layout.)"""
     dim = max(features[p].shape[1] for p in pairs)
-    out = torch.zeros(len(pairs), len(features[pairs[0]]), dim)
+    out = torch.zeros(len(pairs), dim, len(features[pairs[0]]))
     for i, pair in enumerate(pairs):
-        out[i, :, : features[pair].shape[1]] = (features[pair] - mean[pair]) / std[pair]
+        out[i, : features[pair].shape[1]] = ((features[pair] - mean[pair]) / std[pair]).T
     return out.to(device)
 
 
-def _head_losses(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of each head: [P]."""
-    logits = torch.baddbmm(bias[:, None], x, weight)
-    # = F.cross_entropy per head, written out because it is ~1.5x faster on CPU for [P, N, K] logits
-    target_logits = logits.gather(2, y.expand(len(logits), -1).unsqueeze(2)).squeeze(2)
-    return (torch.logsumexp(logits, dim=2) - target_logits).mean(dim=1)
+def _data_loss_and_grad(x, targets, weight, bias, need_grad: bool = True):
+    """Mean cross-entropy of each head and its gradient.
 
-
-def _train_heads(
-    x_train, y_train, x_val, y_val, num_classes, epochs, learning_rate, weight_decay, batch_size, patience, seed,
-    show_progress,
-):  # fmt: skip
-    """AdamW on all heads at once; each head keeps its own lowest-val-loss weights and its own patience counter.
-
-    The loss is the SUM of the per-head losses, so each head's gradient (and, AdamW being elementwise, its update)
-    is exactly what it would be if trained alone.
+    x: [P, D, N] features; weight [P, R, D], bias [P, R]. With R = 1 (binary, `targets` the float labels [N]) the
+    head's logit z is that of class 1 against class 0 (binomial loss, log(1 + e^z) - y z); otherwise R = K logits
+    (multinomial loss; `targets` the one-hot labels [K, N]). Returns loss [P], grad_weight [P, R, D], grad_bias [P, R].
     """
-    num_heads, num_samples, dim = x_train.shape
-    device = x_train.device
-    weight = torch.zeros(num_heads, dim, num_classes, device=device, requires_grad=True)
-    bias = torch.zeros(num_heads, num_classes, device=device, requires_grad=True)
-    optimizer = torch.optim.AdamW(
-        [{"params": [weight], "weight_decay": weight_decay}, {"params": [bias], "weight_decay": 0.0}], lr=learning_rate
-    )
-    best_weight, best_bias = weight.detach().clone(), bias.detach().clone()
-    best_loss = torch.full((num_heads,), float("inf"), device=device)
-    best_epoch = torch.zeros(num_heads, dtype=torch.long, device=device)
-    waited = torch.zeros(num_heads, dtype=torch.long, device=device)
-    active = torch.ones(num_heads, dtype=torch.bool, device=device)
-    generator = torch.Generator().manual_seed(seed)
-    batch_size = batch_size or num_samples
-    for epoch in tqdm(range(epochs), desc="Training probes", disable=not show_progress):
-        if batch_size >= num_samples:
-            batches = [(x_train, y_train)]
-        else:
-            order = torch.randperm(num_samples, generator=generator).to(device)
-            batches = ((x_train[:, idx], y_train[idx]) for idx in order.split(batch_size))
-        for x, y in batches:
-            optimizer.zero_grad()
-            _head_losses(x, y, weight, bias).sum().backward()
-            optimizer.step()
-        with torch.no_grad():
-            val_loss = _head_losses(x_val, y_val, weight, bias)
-            improved = active & (val_loss < best_loss - _MIN_DELTA)
-            best_loss = torch.where(improved, val_loss, best_loss)
-            best_weight[improved], best_bias[improved] = weight[improved], bias[improved]
-            best_epoch[improved] = epoch
-            waited = torch.where(improved, 0, waited + 1)
-            active &= waited <= patience  # a stopped head's kept weights never change again
-        if not active.any():
-            break
-    return best_weight, best_bias, best_epoch.tolist()
+    num_samples = x.shape[2]
+    logits = torch.baddbmm(bias[:, :, None], weight, x)  # [P, R, N]
+    if weight.shape[1] == 1:
+        z = logits[:, 0]
+        loss = (F.softplus(z) - targets * z).mean(dim=1)
+        residual = torch.sigmoid(z).sub_(targets).unsqueeze(1) if need_grad else None
+    else:
+        log_probs = torch.log_softmax(logits, dim=1)
+        loss = -(log_probs * targets).sum(dim=(1, 2)) / num_samples
+        residual = log_probs.exp_().sub_(targets) if need_grad else None
+    if not need_grad:
+        return loss, None, None
+    residual.div_(num_samples)
+    return loss, torch.bmm(residual, x.transpose(1, 2)), residual.sum(dim=2)
+
+
+def _preconditioner(x: torch.Tensor, ridge: float) -> torch.Tensor:
+    """A [P, D, D] with A A^T = (S + ridge I)^-1, S the second moments of x [P, D, N] (A = L^-T, L L^T = S + ridge I)."""
+    num_heads, dim, num_samples = x.shape
+    step = max(1, num_samples // _PRECONDITIONER_SAMPLES)
+    sample = x[:, :, ::step]
+    second_moment = torch.bmm(sample, sample.transpose(1, 2)).double() / sample.shape[2]
+    eye = torch.eye(dim, dtype=torch.float64, device=x.device)
+    chol, info = torch.linalg.cholesky_ex(second_moment + ridge * eye)
+    if bool((info > 0).any()):  # round-off in float32 moments of nearly collinear features: add more ridge
+        chol = torch.linalg.cholesky(second_moment + (ridge + 1e-6 * dim) * eye)
+    inverse = torch.linalg.solve_triangular(chol, eye.expand(num_heads, dim, dim), upper=False)  # L^-1
+    return inverse.transpose(1, 2).to(x.dtype).contiguous()
+
+
+class _Batch:
+    """The heads still being optimised, with their data, preconditioner and L-BFGS state; `select` drops heads."""
+
+    def __init__(self, **tensors):
+        self.__dict__.update(tensors)
+
+    def select(self, keep: torch.Tensor) -> None:
+        for name, value in list(self.__dict__.items()):
+            if isinstance(value, torch.Tensor):
+                dim = 1 if name in ("s", "y", "rho") else 0  # history is [m, P, ...]
+                setattr(self, name, value[:, keep] if dim == 1 else value[keep])
+
+
+def _fit_heads(x, targets, num_rows, l2, tol, max_iter, val=None, patience=None, show_progress=False):
+    """Minimise each head's mean cross-entropy + l2 / 2 * ||weight||^2 (bias unpenalised) from zero weights.
+
+    One L-BFGS per head, all run in lockstep on the stacked heads: every head has its own curvature history, step
+    size (backtracking Armijo line search from step 1) and stopping test (largest absolute gradient entry <= tol, the
+    test scipy's L-BFGS-B applies for scikit-learn), so a head's iterates are those it would have alone; a head that
+    stops leaves the batch, and the remaining ones run on. Variables are preconditioned per head (see `_RIDGE`).
+    With `val = (x_val, targets_val)`, the val loss is evaluated at every iterate; each head keeps its lowest-val-loss
+    iterate and stops after `patience` iterations without improvement.
+
+    Returns weight [P, R, D], bias [P, R], n_iter, converged and kept_iter (lists of P).
+    """
+    num_heads, dim, _ = x.shape
+    device, size = x.device, num_rows * dim + num_rows
+    precond = _preconditioner(x, _RIDGE * l2)
+
+    def evaluate(batch, theta):
+        u, bias = theta[:, : num_rows * dim].view(-1, num_rows, dim), theta[:, num_rows * dim :]
+        weight = torch.bmm(u, batch.precond.transpose(1, 2))  # weight = u A^T
+        loss, grad_weight, grad_bias = _data_loss_and_grad(batch.x, targets, weight, bias)
+        loss = loss + 0.5 * l2 * weight.square().sum(dim=(1, 2))
+        grad_weight += l2 * weight
+        grad_max = torch.maximum(grad_weight.abs().amax(dim=(1, 2)), grad_bias.abs().amax(dim=1))
+        grad = torch.cat([torch.bmm(grad_weight, batch.precond).flatten(1), grad_bias], dim=1)  # chain rule
+        return loss, grad, grad_max, weight, bias
+
+    zeros = torch.zeros(num_heads, size, device=device)
+    batch = _Batch(
+        index=torch.arange(num_heads, device=device), x=x, precond=precond, theta=zeros,
+        s=torch.zeros(0, num_heads, size, device=device), y=torch.zeros(0, num_heads, size, device=device),
+        rho=torch.zeros(0, num_heads, device=device), gamma=torch.ones(num_heads, device=device),
+        best_loss=torch.full((num_heads,), float("inf"), device=device),
+        waited=torch.zeros(num_heads, dtype=torch.long, device=device),
+    )  # fmt: skip
+    if val is not None:
+        batch.x_val = val[0]
+    batch.loss, batch.grad, batch.grad_max, weight, bias = evaluate(batch, batch.theta)
+    out_weight, out_bias = torch.zeros(num_heads, num_rows, dim, device=device), torch.zeros(num_heads, num_rows, device=device)
+    n_iter, kept_iter = torch.zeros(num_heads, dtype=torch.long), torch.zeros(num_heads, dtype=torch.long)
+    converged = torch.zeros(num_heads, dtype=torch.bool)
+
+    def keep_if_best(iteration, weight, bias):
+        """Early stopping: record the iterate of each head whose val loss improved."""
+        val_loss = _data_loss_and_grad(batch.x_val, val[1], weight, bias, need_grad=False)[0]
+        improved = val_loss < batch.best_loss - _MIN_DELTA
+        batch.best_loss = torch.where(improved, val_loss, batch.best_loss)
+        batch.waited = torch.where(improved, 0, batch.waited + 1)
+        index = batch.index[improved]
+        out_weight[index], out_bias[index] = weight[improved], bias[improved]
+        kept_iter[index.cpu()] = iteration
+
+    if val is not None:
+        keep_if_best(0, weight, bias)
+    stalled = torch.zeros(num_heads, dtype=torch.bool, device=device)
+    progress = tqdm(total=max_iter, desc="Fitting probes", disable=not show_progress)
+    for iteration in range(1, max_iter + 1):
+        done = (batch.grad_max <= tol) | stalled
+        if val is not None:
+            done |= batch.waited > patience
+        if bool(done.any()):
+            index = batch.index[done].cpu()
+            converged[index] = (batch.grad_max[done] <= tol).cpu()
+            n_iter[index] = iteration - 1
+            if val is None:
+                out_weight[batch.index[done]], out_bias[batch.index[done]] = weight[done], bias[done]
+                kept_iter[index] = iteration - 1
+            keep = ~done
+            batch.select(keep)
+            weight, bias, stalled = weight[keep], bias[keep], stalled[keep]
+            if len(batch.index) == 0:
+                break
+        # two-loop recursion: direction = -H grad, H the head's L-BFGS inverse-Hessian estimate
+        direction = batch.grad.clone()
+        alphas = []
+        for s, y, rho in zip(reversed(batch.s), reversed(batch.y), reversed(batch.rho)):
+            alphas.append(rho * (s * direction).sum(dim=1))
+            direction -= alphas[-1][:, None] * y
+        direction *= batch.gamma[:, None]
+        for s, y, rho, alpha in zip(batch.s, batch.y, batch.rho, reversed(alphas)):
+            direction += (alpha - rho * (y * direction).sum(dim=1))[:, None] * s
+        direction.neg_()
+        slope = (batch.grad * direction).sum(dim=1)
+        uphill = slope >= 0  # round-off only (H is positive definite): restart that head from steepest descent
+        if bool(uphill.any()):
+            direction[uphill], slope[uphill] = -batch.grad[uphill], -batch.grad[uphill].square().sum(dim=1)
+            batch.rho[:, uphill], batch.gamma[uphill] = 0.0, 1.0
+        # backtracking line search, per head; float32 round-off in the loss is tolerated
+        step = torch.ones_like(slope)
+        slack = 4 * torch.finfo(batch.loss.dtype).eps * batch.loss.abs()
+        accepted = torch.zeros_like(stalled)
+        for _ in range(_MAX_LINE_SEARCH):
+            theta = batch.theta + step[:, None] * direction
+            loss, grad, grad_max, new_weight, new_bias = evaluate(batch, theta)
+            accepted = loss <= batch.loss + _ARMIJO * step * slope + slack
+            if bool(accepted.all()):
+                break
+            step = torch.where(accepted, step, step / 2)
+        stalled = ~accepted
+        s, y = theta - batch.theta, grad - batch.grad
+        sy, yy = (s * y).sum(dim=1), y.square().sum(dim=1)
+        curved = accepted & (sy > 1e-10 * yy)  # a pair that would break positive definiteness is skipped
+        rho = torch.where(curved, 1 / sy.clamp(min=1e-30), 0.0)
+        batch.s = torch.cat([batch.s, s[None]])[-_HISTORY:]
+        batch.y = torch.cat([batch.y, y[None]])[-_HISTORY:]
+        batch.rho = torch.cat([batch.rho, rho[None]])[-_HISTORY:]
+        batch.gamma = torch.where(curved, sy / yy.clamp(min=1e-30), batch.gamma)
+        keep_new = accepted[:, None]
+        batch.theta = torch.where(keep_new, theta, batch.theta)
+        batch.loss = torch.where(accepted, loss, batch.loss)
+        batch.grad = torch.where(keep_new, grad, batch.grad)
+        batch.grad_max = torch.where(accepted, grad_max, batch.grad_max)
+        weight = torch.where(accepted[:, None, None], new_weight, weight)
+        bias = torch.where(keep_new, new_bias, bias)
+        if val is not None:
+            keep_if_best(iteration, weight, bias)
+        progress.update(1)
+        progress.set_postfix(heads=len(batch.index))
+    else:  # max_iter reached
+        index = batch.index.cpu()
+        converged[index] = (batch.grad_max <= tol).cpu()
+        n_iter[index] = max_iter
+        if val is None:
+            out_weight[batch.index], out_bias[batch.index] = weight, bias
+            kept_iter[index] = max_iter
+    progress.close()
+    return out_weight, out_bias, n_iter.tolist(), converged.tolist(), kept_iter.tolist()
 
 
 def _accuracy_and_macro_f1(logits: torch.Tensor, y: torch.Tensor, num_classes: int):
-    """Per-head accuracy and macro-F1 from logits [P, N, K]; macro-F1 averages over the classes present in the
+    """Per-head accuracy and macro-F1 from logits [P, K, N]; macro-F1 averages over the classes present in the
     labels or the predictions, as `sklearn.metrics.f1_score(average="macro")` does."""
-    pred = logits.argmax(dim=2)
+    pred = logits.argmax(dim=1)
     accuracy = (pred == y).double().mean(dim=1)
     pred_onehot = F.one_hot(pred, num_classes).double()
     true_onehot = F.one_hot(y, num_classes).double().expand_as(pred_onehot)
@@ -173,7 +315,7 @@ def _make_head(pair, weight, bias, mean, std, num_classes, class_names, pool, no
     with torch.no_grad():
         head.feature_mean.copy_(mean)
         head.feature_std.copy_(std)
-        head.linear.weight.copy_(weight[:dim].T)
+        head.linear.weight.copy_(weight[:, :dim])
         head.linear.bias.copy_(bias)
     return head
 
@@ -190,22 +332,34 @@ def fit_probe_grid(
     pool: Optional[str] = "mean",
     noise_seed: int = 0,
     num_noise_draws: int = 1,
-    epochs: int = 200,
-    learning_rate: float = 3e-2,
-    weight_decay: float = 1e-4,
-    batch_size: Optional[int] = None,
-    patience: int = 20,
+    C: float = 1.0,
+    tol: float = 1e-4,
+    max_iter: int = 1000,
+    early_stopping: bool = False,
+    patience: int = 10,
     seed: int = 0,
     device: Optional[str] = None,
     show_progress: bool = False,
+    epochs: Optional[int] = None,
 ) -> ProbeGridResult:
     r"""
-    Train one linear probe per (block, timestep) pair, all at once, and pick the best pair on validation.
+    Fit one linear probe per (block, timestep) pair, all at once, and pick the best pair on validation.
 
-    The heads form one batched model (`[P, N, D_max] @ [P, D_max, K]`, smaller features zero-padded), trained with
-    AdamW on the sum of per-head cross-entropies from zero weights. Each pair's features are standardised with its
-    train mean and std (std clamped at 1e-6). Each head keeps the weights of its lowest-val-loss epoch and stops
-    improving after `patience` epochs without a gain; training ends when every head has stopped or after `epochs`.
+    Each pair's features are standardised with its train mean and std (std clamped at 1e-6). Each head minimises
+    scikit-learn's `LogisticRegression` objective (its default `penalty="l2"`, `fit_intercept=True`, `C`):
+
+        mean over train samples of cross-entropy  +  1 / (2 * C * N) * ||weight||^2,     bias unpenalised,
+
+    i.e. `C * sum(cross-entropy) + ||weight||^2 / 2` divided by N. With more than 2 classes the loss is the
+    multinomial (softmax) one over K logits; with 2 it is the binomial one over a single logit z (probability
+    sigmoid(z) of class 1, saved as the logits [-z/2, z/2]), again as scikit-learn. The problem is strictly convex, so
+    each head has one optimum, whatever the other heads.
+
+    The heads form one batched model (`[P, K, D_max] @ [P, D_max, N]`, smaller features zero-padded) solved by a
+    full-batch L-BFGS per head, run in lockstep: per head its own curvature history, line search and stopping test
+    (every gradient entry within `tol`, the test of scikit-learn's default `lbfgs` solver), so the batch computes what
+    each head would alone. The variables are preconditioned with each head's feature second moments, which makes the
+    solver need far fewer passes than on raw standardised features. A head leaves the batch once it stops.
 
     Args:
         train_features, val_features, test_features: `(block, timestep) -> [N, D]` features, e.g. from
@@ -213,20 +367,35 @@ def fit_probe_grid(
         train_labels, val_labels, test_labels: integer labels in `[0, num_classes)`.
         num_classes: defaults to `len(class_names)`, else the largest label + 1.
         class_names, pool, noise_seed, num_noise_draws: recorded in the heads' configs (how the features were made).
-        batch_size: `None` for full-batch steps; otherwise mini-batches shuffled with `seed`.
+        C: inverse regularisation strength, as scikit-learn's (`> 0`; smaller is stronger).
+        tol: a head has converged when every entry of its gradient is at most `tol` in absolute value.
+        max_iter: the most L-BFGS iterations. Each costs one pass over the train features (a forward and a
+            backward product) plus one per step halving of the line search, which is rare.
+        early_stopping: also evaluate the val loss (mean cross-entropy) of every iterate; each head keeps its
+            lowest-val-loss iterate and stops after `patience` iterations without an improvement of 1e-4. Off by
+            default: the penalty already regularises, and without it the heads are the optimum of the objective above.
+        seed: accepted for a uniform API; the solver is deterministic (zero init, full batch) and uses no randomness.
         device: defaults to CUDA when available.
+        epochs: deprecated alias of `max_iter` (the former solver was AdamW run for `epochs` epochs).
 
     Returns:
-        [`ProbeGridResult`]
+        [`ProbeGridResult`]. A `UserWarning` names the heads that reached `max_iter` before `tol`.
     """
+    if epochs is not None:
+        warnings.warn(
+            "fit_probe_grid(epochs=...) is deprecated: the probes are fitted by full-batch L-BFGS; pass max_iter",
+            FutureWarning,
+            stacklevel=2,
+        )
+        max_iter = epochs
     if (test_features is None) != (test_labels is None):
         raise ValueError("expected test_features and test_labels together, got only one of them")
     if not isinstance(train_features, dict) or not train_features:
         raise ValueError("expected train_features as a non-empty dict (block, timestep) -> [N, D] tensor")
-    if epochs < 1 or patience < 0 or learning_rate <= 0 or (batch_size is not None and batch_size < 1):
+    if not (0 < C < math.inf) or not tol > 0 or max_iter < 1 or patience < 0:
         raise ValueError(
-            f"expected epochs >= 1, patience >= 0, learning_rate > 0 and batch_size None or >= 1, got "
-            f"{epochs}, {patience}, {learning_rate}, {batch_size}"
+            f"expected 0 < C < inf, tol > 0, max_iter >= 1 and patience >= 0, got C={C}, tol={tol}, "
+            f"max_iter={max_iter}, patience={patience}"
         )
     raw = {"train": (train_features, train_labels), "val": (val_features, val_labels)}
     if test_features is not None:
@@ -250,15 +419,30 @@ def fit_probe_grid(
     std = {p: features["train"][p].std(dim=0, unbiased=False).clamp(min=1e-6) for p in pairs}
     x = {split: _stack(f, pairs, mean, std, device) for split, f in features.items()}
     y = {split: torch.as_tensor(v, dtype=torch.long, device=device) for split, v in labels.items()}
-    weight, bias, best_epochs = _train_heads(
-        x["train"], y["train"], x["val"], y["val"], num_classes,
-        epochs, learning_rate, weight_decay, batch_size, patience, seed, show_progress,
+    binary = num_classes == 2
+
+    def targets(split):
+        return y[split].float() if binary else F.one_hot(y[split], num_classes).T.float()
+
+    weight, bias, n_iter, converged, kept_iter = _fit_heads(
+        x["train"], targets("train"), 1 if binary else num_classes, 1.0 / (C * len(labels["train"])), tol, max_iter,
+        val=(x["val"], targets("val")) if early_stopping else None, patience=patience, show_progress=show_progress,
     )  # fmt: skip
+    if binary:  # logit z of class 1 -> logits [-z/2, z/2]: the same softmax probabilities
+        weight, bias = torch.cat([-weight, weight], dim=1) / 2, torch.cat([-bias, bias], dim=1) / 2
+    stopped_early = [p for p, n, ok in zip(pairs, n_iter, converged) if n == max_iter and not ok]
+    if stopped_early:
+        warnings.warn(
+            f"{len(stopped_early)} of {len(pairs)} probes reached max_iter={max_iter} before tol={tol}: "
+            f"{stopped_early}; increase max_iter",
+            UserWarning,
+            stacklevel=2,
+        )
 
     metrics = {pair: {} for pair in pairs}
     with torch.no_grad():
         for split in x:
-            logits = torch.baddbmm(bias[:, None], x[split], weight)
+            logits = torch.baddbmm(bias[:, :, None], weight, x[split])
             accuracy, macro_f1 = _accuracy_and_macro_f1(logits, y[split], num_classes)
             for i, pair in enumerate(pairs):
                 metrics[pair][split] = {"accuracy": accuracy[i], "macro_f1": macro_f1[i]}
@@ -275,7 +459,9 @@ def fit_probe_grid(
         best_pair=pairs[best],
         head=heads[pairs[best]],
         heads=heads,
-        best_epochs=dict(zip(pairs, best_epochs)),
+        n_iter=dict(zip(pairs, n_iter)),
+        converged=dict(zip(pairs, converged)),
+        kept_iter=dict(zip(pairs, kept_iter)),
     )
 
 

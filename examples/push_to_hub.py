@@ -1,0 +1,63 @@
+#!/usr/bin/env python
+"""Publish a saved classifier (a pipeline or a transformers model folder) on the Hub, with its model card.
+
+    python examples/push_to_hub.py --model_dir outputs/unet-pneumonia --repo_id my-org/unet-pneumonia \
+        --method unet_features --metrics_json outputs/unet-pneumonia/metrics.json \
+        --dataset_name PneumoniaMNIST --dataset_license "CC BY 4.0" \
+        --training_command "accelerate launch examples/train_unet.py --dataset ... --output_dir outputs/unet-pneumonia" \
+        --evaluation_command "python examples/evaluate.py --model_dir outputs/unet-pneumonia ..."
+
+The card carries the test metrics of `--metrics_json` (the demo's or an evaluation's `metrics.json`) as
+model-index results. The model folder is only read; a failed upload leaves it unchanged.
+"""
+
+import argparse
+
+from diffusion_classifiers.hub import METHODS, library_name_of, load_eval_metrics, push_to_hub, render_model_card
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_dir", required=True, help="a saved pipeline or transformers model folder")
+    parser.add_argument("--repo_id", required=True, help="the Hub repository, e.g. my-org/unet-pneumonia")
+    parser.add_argument("--method", required=True, choices=METHODS)
+    parser.add_argument("--metrics_json", required=True, help="metrics.json written by the demo or an evaluation")
+    parser.add_argument("--dataset_name", required=True)
+    parser.add_argument("--dataset_license", required=True, help="the training data's licence, e.g. 'CC BY 4.0'")
+    parser.add_argument("--training_command", required=True, help="the exact command that trained the model")
+    parser.add_argument("--evaluation_command", required=True, help="the exact command that wrote --metrics_json")
+    parser.add_argument("--dataset_id", default=None, help="the dataset's Hub id, if it has one")
+    parser.add_argument("--model_name", default=None, help="the model-index name (default: the repository name)")
+    parser.add_argument("--license", default="apache-2.0", help="the model's licence (a Hub licence id)")
+    parser.add_argument("--medical", action=argparse.BooleanOptionalAction, default=True,
+                        help="add the 'not a diagnostic device' warning (default: on)")
+    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--token", default=None, help="a Hub token (default: the saved login or HF_TOKEN)")
+    parser.add_argument("--revision", default=None, help="an existing branch to commit to (default: main)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    card = render_model_card(
+        args.method,
+        model_name=args.model_name or args.repo_id.split("/")[-1],
+        repo_id=args.repo_id,
+        dataset_name=args.dataset_name,
+        dataset_id=args.dataset_id,
+        dataset_license=args.dataset_license,
+        metrics=load_eval_metrics(args.metrics_json),
+        training_command=args.training_command,
+        evaluation_command=args.evaluation_command,
+        license=args.license,
+        library_name=library_name_of(args.model_dir),
+        medical=args.medical,
+    )
+    info = push_to_hub(
+        args.model_dir, args.repo_id, card=card, token=args.token, private=args.private, revision=args.revision
+    )
+    print(f"pushed {args.model_dir} to {info.commit_url}")
+
+
+if __name__ == "__main__":
+    main()
