@@ -26,6 +26,7 @@ def parse_args(argv=None):
     parser.add_argument("--dataset_license", required=True, help="the training data's licence, e.g. 'CC BY 4.0'")
     parser.add_argument("--training_command", required=True, help="the exact command that trained the model")
     parser.add_argument("--evaluation_command", required=True, help="the exact command that wrote --metrics_json")
+    parser.add_argument("--dataset_split", default="test", help="the split --metrics_json was measured on")
     parser.add_argument("--dataset_id", default=None, help="the dataset's Hub id, if it has one")
     parser.add_argument("--model_name", default=None, help="the model-index name (default: the repository name)")
     parser.add_argument("--license", default="apache-2.0", help="the model's licence (a Hub licence id)")
@@ -45,6 +46,7 @@ def main(argv=None):
         repo_id=args.repo_id,
         dataset_name=args.dataset_name,
         dataset_id=args.dataset_id,
+        dataset_split=args.dataset_split,
         dataset_license=args.dataset_license,
         metrics=load_eval_metrics(args.metrics_json),
         training_command=args.training_command,

@@ -17,7 +17,9 @@ from huggingface_hub import ModelCard, constants
 from huggingface_hub.errors import OfflineModeIsEnabled
 
 from diffusion_classifiers import LinearProbeHead, UNetFeatureClassifierPipeline
-from diffusion_classifiers.hub import METHODS, load_eval_metrics, push_to_hub, render_dataset_card, render_model_card
+from diffusion_classifiers.hub import (
+    METHODS, download, load_eval_metrics, push_to_hub, render_dataset_card, render_model_card,
+)
 from diffusion_classifiers.models import unet_config
 
 from .conftest import PYTHON, REPO_ROOT, python_subprocess_env
@@ -347,11 +349,16 @@ else:
     assert folder_digest(pipe_dir) == before
 
 
-def test_push_offline_says_so_before_any_request(saved_pipeline, monkeypatch):
+def test_offline_push_and_download_say_so(saved_pipeline, monkeypatch, tmp_path):
     pipe_dir, _, _ = saved_pipeline
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(OfflineModeIsEnabled, match="cannot push .* to the Hub: HF_HUB_OFFLINE=1 is set"):
         push_to_hub(pipe_dir, "org/tiny", card=model_card())
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE"):
+        download("org/tiny", cache_dir=tmp_path)
+    assert download(pipe_dir) == str(pipe_dir)
+    with pytest.raises(FileNotFoundError, match="no such folder .expected a saved folder or a Hub repo id"):
+        download(tmp_path / "missing" / "pipe")
 
 
 def test_push_rejects_a_folder_that_is_not_a_model(tmp_path):

@@ -125,3 +125,28 @@ def test_unfrozen_backbone_receives_gradients(exported):
     model = DiffusionFeaturesForImageClassification.from_pretrained(exported, config=config)
     model(torch.zeros(2, 1, 16, 16), labels=torch.tensor([0, 1])).loss.backward()
     assert model.backbone.conv_in.weight.grad is not None and model.backbone.conv_in.weight.grad.abs().sum() > 0
+
+
+def _copy_with_config(source, target, **changes):
+    import shutil
+
+    shutil.copytree(source, target)
+    config = json.loads((target / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps({**config, **changes}))
+    return target
+
+
+def test_mismatched_id2label_fails_before_loading(exported, tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    bad = _copy_with_config(exported, tmp_path / "bad", id2label={"0": "zero", "1": "one"}, label2id={"zero": 0, "one": 1})
+    with pytest.raises(ValueError, match=r"2 labels \['zero', 'one'\] but the saved classifier has 3 outputs"):
+        AutoModelForImageClassification.from_pretrained(bad)
+
+
+def test_unknown_model_type_is_named(exported, tmp_path):
+    from diffusion_classifiers.evaluation import load_classifier
+
+    bad = _copy_with_config(exported, tmp_path / "bad", model_type="not-a-model")
+    with pytest.raises(ValueError, match="unknown model_type 'not-a-model'"):
+        load_classifier(str(bad))

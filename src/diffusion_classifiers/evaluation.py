@@ -47,8 +47,15 @@ def load_classifier(path: str):
 
         return DiffusionClassifierPipeline.from_pretrained(path)
     if os.path.isfile(os.path.join(path, "config.json")):
-        from transformers import AutoModelForImageClassification
+        from transformers import CONFIG_MAPPING, AutoModelForImageClassification
 
+        with open(os.path.join(path, "config.json")) as f:
+            model_type = json.load(f).get("model_type")
+        if model_type not in CONFIG_MAPPING:
+            raise ValueError(
+                f"{path}/config.json: unknown model_type {model_type!r}; expected 'diffusion-classifier' (import "
+                "diffusion_classifiers first) or another transformers image-classification model type"
+            )
         return AutoModelForImageClassification.from_pretrained(path)
     raise FileNotFoundError(f"{path}: expected a pipeline folder (model_index.json) or a transformers model (config.json)")
 

@@ -7,6 +7,7 @@ dataset card); their YAML front matter is `ModelCardData` / `DatasetCardData` wi
 
 import json
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Dict, List, Optional, Union
@@ -48,7 +49,7 @@ class HubUploadError(RuntimeError):
     """An upload to the Hub failed; the local folder was not modified."""
 
 
-def templates_dir() -> Path:
+def _templates_dir() -> Path:
     """`hub_cards/`: inside the package in a wheel, at the repository root in a source checkout."""
     packaged = Path(__file__).parent / "hub_cards"
     return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "hub_cards"
@@ -75,7 +76,7 @@ def _render(template_path: Union[str, Path], card_data, optional: set, **fields)
     naming all of them."""
     template_path = Path(template_path)
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader([template_path.parent, templates_dir()]),
+        loader=jinja2.FileSystemLoader([template_path.parent, _templates_dir()]),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -93,7 +94,7 @@ def _eval_results(metrics: Dict[str, float], dataset_name: str, dataset_type: st
     """One `EvalResult` per metric, named as in `METRIC_NAMES` (other keys are kept as they are)."""
     results = []
     for key, value in metrics.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise ValueError(f"metric {key!r}: expected a finite number, got {value!r}")
         metric_type, metric_name = METRIC_NAMES.get(key, (key, key))
         results.append(
@@ -161,7 +162,7 @@ def render_model_card(
         eval_results=eval_results,
     )
     text = _render(
-        template_path or templates_dir() / f"model_card_{method}.md",
+        template_path or _templates_dir() / f"model_card_{method}.md",
         card_data,
         MODEL_CARD_OPTIONAL,
         model_name=model_name,
@@ -212,7 +213,7 @@ def render_dataset_card(
         tags=["diffusion-classifiers"] + (["medical"] if medical else []),
     )
     text = _render(
-        template_path or templates_dir() / "dataset_card.md",
+        template_path or _templates_dir() / "dataset_card.md",
         card_data,
         DATASET_CARD_OPTIONAL,
         dataset_name=dataset_name,
@@ -287,7 +288,7 @@ def push_to_hub(
     """
     local_dir = Path(local_dir)
     if repo_type == "model":
-        library_name_of(local_dir)
+        library_name_of(local_dir)  # fails early on a folder that is neither a pipeline nor a transformers model
     if constants.is_offline_mode():
         raise OfflineModeIsEnabled(f"cannot push {local_dir} to the Hub: HF_HUB_OFFLINE=1 is set; unset it to upload")
     operations = _commit_operations(local_dir, card)
@@ -311,9 +312,12 @@ def download(
     cache_dir: Optional[Union[str, os.PathLike]] = None,
     local_files_only: bool = False,
 ) -> str:
-    """A local folder holding `name_or_path`: the folder itself, or a Hub repo's snapshot in the cache."""
+    """A local folder holding `name_or_path`: the folder itself, or a Hub repo's snapshot in the cache
+    (`snapshot_download`: cached, so a second call with the same revision makes no download)."""
     if os.path.isdir(name_or_path):
         return str(name_or_path)
+    if os.path.isabs(name_or_path) or str(name_or_path).startswith(".") or str(name_or_path).count("/") > 1:
+        raise FileNotFoundError(f"{name_or_path}: no such folder (expected a saved folder or a Hub repo id 'org/name')")
     return snapshot_download(
         str(name_or_path), revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only
     )

@@ -21,6 +21,7 @@ Conventions:
 """
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
@@ -163,7 +164,7 @@ def _prepare_images(images: torch.Tensor, model) -> torch.Tensor:
 
 
 def _class_ids(classes: Classes, model, device) -> torch.Tensor:
-    ids = list(range(classes)) if isinstance(classes, int) else [int(c) for c in classes]
+    ids = list(range(classes)) if isinstance(classes, numbers.Integral) else [int(c) for c in classes]
     config = getattr(model, "config", None)
     num_embeds = config.get("num_class_embeds") if hasattr(config, "get") else None
     if not ids or len(set(ids)) != len(ids) or min(ids) < 0 or (num_embeds and max(ids) >= num_embeds):
@@ -172,9 +173,13 @@ def _class_ids(classes: Classes, model, device) -> torch.Tensor:
     return torch.tensor(ids, device=device)
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, numbers.Integral) and value >= 1
+
+
 def _image_seeds(seed: Seed, num_images: int) -> List[np.random.SeedSequence]:
     """One seed stream per image: `seed` int -> `SeedSequence(seed, spawn_key=(i,))`; a sequence -> one per image."""
-    if isinstance(seed, int):
+    if isinstance(seed, numbers.Integral):
         return [np.random.SeedSequence(seed, spawn_key=(i,)) for i in range(num_images)]
     if len(seed) != num_images:
         raise ValueError(f"expected one seed per image ({num_images}), got {len(seed)}")
@@ -335,12 +340,12 @@ def _check_solver_args(solver, num_steps, step_spacing, rtol, atol, num_probes, 
         raise ValueError(f"expected solver in {SOLVERS}, got {solver!r}")
     if solver == "dopri5" and not (rtol > 0 and atol > 0):
         raise ValueError(f"expected solver tolerances rtol > 0 and atol > 0, got rtol={rtol}, atol={atol}")
-    if solver != "dopri5" and not (isinstance(num_steps, int) and num_steps >= 1):
+    if solver != "dopri5" and not _is_count(num_steps):
         raise ValueError(f"expected num_steps >= 1 for solver {solver!r}, got {num_steps}")
     if step_spacing not in STEP_SPACINGS:
         raise ValueError(f"expected step_spacing in {STEP_SPACINGS}, got {step_spacing!r}")
     for name, value in (("num_probes", num_probes), ("batch_size", batch_size)):
-        if not (isinstance(value, int) and value >= 1):
+        if not _is_count(value):
             raise ValueError(f"expected {name} >= 1, got {value}")
 
 
@@ -495,7 +500,7 @@ def _denoising_timesteps(streams, num_timesteps: int, spacing: str, sde: VPSDE) 
 
 def _stages(num_timesteps, num_classes, pruning, early_stop_confidence, timesteps_per_check) -> List[Tuple[int, int]]:
     """`(new timesteps, classes kept after)` per stage, validated."""
-    if not (isinstance(num_timesteps, int) and num_timesteps >= 1):
+    if not _is_count(num_timesteps):
         raise ValueError(f"expected num_timesteps >= 1, got {num_timesteps}")
     if pruning is not None and early_stop_confidence is not None:
         raise ValueError("expected at most one of pruning and early_stop_confidence, got both")
@@ -504,7 +509,7 @@ def _stages(num_timesteps, num_classes, pruning, early_stop_confidence, timestep
             raise ValueError(f"early_stop_confidence needs exactly 2 classes, got {num_classes}")
         if not 0.5 < early_stop_confidence < 1:
             raise ValueError(f"expected 0.5 < early_stop_confidence < 1, got {early_stop_confidence}")
-        if not (isinstance(timesteps_per_check, int) and timesteps_per_check >= 1):
+        if not _is_count(timesteps_per_check):
             raise ValueError(f"expected timesteps_per_check >= 1, got {timesteps_per_check}")
         starts = range(0, num_timesteps, timesteps_per_check)
         return [(min(timesteps_per_check, num_timesteps - s), 2) for s in starts]
@@ -512,10 +517,10 @@ def _stages(num_timesteps, num_classes, pruning, early_stop_confidence, timestep
         return [(num_timesteps, num_classes)]
     previous = num_classes
     for i, (count, keep) in enumerate(pruning):
-        if not (isinstance(count, int) and count >= 1):
+        if not _is_count(count):
             raise ValueError(f"expected pruning stage {i} to evaluate >= 1 timesteps, got {count}")
         if not 1 <= keep <= previous:
-            raise ValueError(f"expected pruning stage {i} to keep 1..{previous} classes (the classes alive), got {keep}")
+            raise ValueError(f"expected pruning stage {i} to keep 1..{previous} classes (those alive), got {keep}")
         previous = keep
     if sum(count for count, _ in pruning) != num_timesteps:
         raise ValueError(f"expected the pruning stages' timesteps to sum to num_timesteps={num_timesteps}, "
@@ -587,8 +592,9 @@ def denoising_error_scores(
     - `"elbo"`: `w(t) = (1 - t_min) beta(t) / (2 sigma(t)^2)` (`= -1/2 d log SNR / dt`, the likelihood weighting
       `g^2`): then the mean estimates `1/2 int_{t_min}^1 beta(t) / sigma(t)^2 E ||eps - eps_theta||^2 dt`, the
       diffusion term of the bound `-log p(x | c) <= that + terms of x alone` (Song et al. 2021, Kingma et al.
-      2021), so scores are log-likelihood lower bounds up to a per-image constant and differences between classes
-      estimate log-likelihood ratios.
+      2021; a bound on the likelihood of the model's SDE, not of its probability-flow ODE), so scores are
+      log-likelihood lower bounds up to a per-image constant and differences between classes estimate
+      log-likelihood ratios.
 
     Stopping rules and network function evaluations per image (NFE; one image, one class, one timestep = 1):
 
@@ -617,7 +623,7 @@ def denoising_error_scores(
         raise ValueError(f"expected timestep_spacing in {TIMESTEP_SPACINGS}, got {timestep_spacing!r}")
     if weighting not in WEIGHTINGS:
         raise ValueError(f"expected weighting in {WEIGHTINGS}, got {weighting!r}")
-    if not (isinstance(max_batch_size, int) and max_batch_size >= 1):
+    if not _is_count(max_batch_size):
         raise ValueError(f"expected max_batch_size >= 1, got {max_batch_size}")
     images, sde = _prepare_images(images, eps_model), sde or VPSDE()
     eps_fn, class_ids = as_eps_model(eps_model, sde), _class_ids(classes, eps_model, images.device)

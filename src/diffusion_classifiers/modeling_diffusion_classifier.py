@@ -36,6 +36,11 @@ class DiffusionFeaturesForImageClassification(DiffusionClassifierPreTrainedModel
     Returns an `ImageClassifierOutput` (`loss` when `labels` are given; `hidden_states` = the pooled feature).
     """
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        _check_saved_labels(pretrained_model_name_or_path, kwargs.get("config"))
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     def __init__(self, config: DiffusionClassifierConfig):
         super().__init__(config)
         self.backbone = UNet2DModel(**config.backbone_config)
@@ -84,6 +89,23 @@ class DiffusionFeaturesForImageClassification(DiffusionClassifierPreTrainedModel
         if not return_dict:
             return tuple(v for v in (loss, logits, hidden_states) if v is not None)
         return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+
+
+def _check_saved_labels(path, config: Optional[DiffusionClassifierConfig] = None) -> None:
+    """Fail before loading when a local folder's `id2label` does not match its saved classifier's outputs."""
+    weights = os.path.join(str(path), "model.safetensors")
+    if not os.path.isfile(weights):
+        return  # a Hub id or sharded weights: transformers' own size check applies
+    from safetensors import safe_open
+
+    config = config or DiffusionClassifierConfig.from_pretrained(path)
+    with safe_open(weights, framework="pt") as f:
+        outputs = f.get_slice("classifier.weight").get_shape()[0] if "classifier.weight" in f.keys() else config.num_labels
+    if outputs != config.num_labels:
+        raise ValueError(
+            f"{path}: config.json's id2label has {config.num_labels} labels {list(config.id2label.values())} but the "
+            f"saved classifier has {outputs} outputs; expected one label per output"
+        )
 
 
 def export_unet_feature_pipeline(pipeline, save_directory: Optional[Union[str, os.PathLike]] = None):
