@@ -14,7 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf-home-"))
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread: with two, a second busy process on a 2-core machine makes torch spin-wait 10-50x slower.
+torch.set_num_threads(1)
 
 
 def shared_data(*parts) -> Path:

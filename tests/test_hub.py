@@ -18,7 +18,7 @@ from huggingface_hub.errors import OfflineModeIsEnabled
 
 from diffusion_classifiers import LinearProbeHead, UNetFeatureClassifierPipeline
 from diffusion_classifiers.hub import (
-    METHODS, download, load_eval_metrics, push_to_hub, render_dataset_card, render_model_card,
+    METHODS, download, library_name_of, load_eval_metrics, push_to_hub, render_dataset_card, render_model_card,
 )
 from diffusion_classifiers.models import unet_config
 
@@ -62,8 +62,10 @@ def test_model_card_yaml_carries_eval_results_and_body_the_commands(method):
     assert result["dataset"] == {"name": "scikit-learn digits", "type": "scikit-learn digits", "split": "test"}
     assert {m["type"]: m["value"] for m in result["metrics"]} == {"accuracy": 0.8125, "f1": 0.75, "roc_auc": 0.9}
     body = text.split("---\n", 2)[2]
-    for expected in ("--dataset digits --output_dir out", "--model_dir out --split test", "BSD-3-Clause",
-                     "not a diagnostic device", 'from_pretrained("org/tiny")', "| Accuracy | 0.8125 |", "@inproceedings"):
+    for expected in (
+        "--dataset digits --output_dir out", "--model_dir out --split test", "BSD-3-Clause", "not a diagnostic device",
+        'from_pretrained("org/tiny")', "| Accuracy | 0.8125 |", "@inproceedings",
+    ):
         assert expected in body
     assert "{{" not in body and "{%" not in body
 
@@ -118,7 +120,7 @@ def test_load_eval_metrics_reads_demo_and_flat_layouts(tmp_path):
     (tmp_path / "empty.json").write_text(json.dumps({"summary": {"test_accuracy": 1.0}}))
     assert load_eval_metrics(tmp_path / "demo.json") == METRICS
     assert load_eval_metrics(tmp_path / "flat.json") == {"accuracy": 0.8125, "macro_f1": 0.75}
-    with pytest.raises(ValueError, match="empty.json: expected test metrics"):
+    with pytest.raises(ValueError, match="empty.json: expected metrics .* at the top level or under .test."):
         load_eval_metrics(tmp_path / "empty.json")
 
 
@@ -135,6 +137,7 @@ class StubHubHandler(BaseHTTPRequestHandler):
     """Just enough of the Hub API for `create_repo`, `create_commit` (regular uploads) and `snapshot_download`."""
 
     protocol_version = "HTTP/1.1"
+    timeout = 10  # seconds a connection may stay silent
     routes = [
         ("POST", r"/api/repos/create", "create_repo"),
         ("POST", r"/api/validate-yaml", "validate_yaml"),
@@ -182,7 +185,8 @@ class StubHubHandler(BaseHTTPRequestHandler):
         return self.server.repos.get(repo)
 
     def commit_sha(self, repo):
-        return hashlib.sha1(json.dumps(sorted((p, git_blob_sha(c)) for p, c in self.files(repo).items())).encode()).hexdigest()
+        blobs = sorted((path, git_blob_sha(content)) for path, content in self.files(repo).items())
+        return hashlib.sha1(json.dumps(blobs).encode()).hexdigest()
 
     def not_found(self, repo):
         return 404, {"error": f"Repository {repo} not found"}, {"X-Error-Code": "RepoNotFound"}
@@ -214,12 +218,14 @@ class StubHubHandler(BaseHTTPRequestHandler):
         return 200, {"commitUrl": f"{self.server.endpoint}/{repo}/commit/{sha}", "commitOid": sha}
 
     def model_info(self, body, repo):
-        if not self.files(repo):
+        if self.files(repo) is None:
             return self.not_found(repo)
         siblings = [{"rfilename": path} for path in sorted(self.files(repo))]
         return 200, {"id": repo, "sha": self.commit_sha(repo), "siblings": siblings, "private": False}
 
     def tree(self, body, repo):
+        if self.files(repo) is None:
+            return self.not_found(repo)
         entries = [
             {"type": "file", "path": path, "size": len(content), "oid": git_blob_sha(content)}
             for path, content in sorted(self.files(repo).items())
@@ -227,9 +233,9 @@ class StubHubHandler(BaseHTTPRequestHandler):
         return 200, entries
 
     def resolve(self, body, repo, path):
-        if not self.files(repo) or path not in self.files(repo):
+        content = (self.files(repo) or {}).get(path)
+        if content is None:
             return 404, {"error": f"{path} not found"}, {"X-Error-Code": "EntryNotFound"}
-        content = self.files(repo)[path]
         headers = {"X-Repo-Commit": self.commit_sha(repo), "ETag": f'"{git_blob_sha(content)}"',
                    "Content-Type": "application/octet-stream"}
         return 200, content, headers
@@ -241,7 +247,6 @@ def stub_hub():
     server = ThreadingHTTPServer(("127.0.0.1", 0), StubHubHandler)
     server.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
     server.repos, server.created, server.requests, server.fail_commits = {}, [], [], False
-    server.timeout = 10
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -264,7 +269,8 @@ def saved_pipeline(tmp_path_factory):
     """A tiny saved UNetFeatureClassifierPipeline, test images and its probabilities on them."""
     torch.manual_seed(0)
     head = LinearProbeHead(in_features=32, num_classes=3, block="mid_block", timestep=10, class_names=["a", "b", "c"])
-    pipe = UNetFeatureClassifierPipeline(unet=UNet2DModel(**unet_config("tiny", 16)), scheduler=DDPMScheduler(), head=head)
+    unet = UNet2DModel(**unet_config("tiny", 16))
+    pipe = UNetFeatureClassifierPipeline(unet=unet, scheduler=DDPMScheduler(), head=head)
     folder = tmp_path_factory.mktemp("saved")
     pipe.save_pretrained(folder / "pipe")
     images = torch.rand(6, 1, 16, 16) * 2 - 1
@@ -273,7 +279,8 @@ def saved_pipeline(tmp_path_factory):
 
 
 def folder_digest(folder) -> dict:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    files = sorted(path for path in folder.rglob("*") if path.is_file())
+    return {path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest() for path in files}
 
 
 # --- publishing and downloading ------------------------------------------------------------------------------------
@@ -294,7 +301,9 @@ import runpy, sys, numpy, torch
 from diffusion_classifiers import DiffusionClassifierPipeline
 sys.argv = {argv!r}
 runpy.run_path("examples/push_to_hub.py", run_name="__main__")
-pipe = DiffusionClassifierPipeline.from_pretrained("org/tiny", revision="main", token={TOKEN!r}, cache_dir={str(tmp_path / 'cache')!r})
+pipe = DiffusionClassifierPipeline.from_pretrained(
+    "org/tiny", revision="main", token={TOKEN!r}, cache_dir={str(tmp_path / 'cache')!r}
+)
 assert type(pipe).__name__ == "UNetFeatureClassifierPipeline", type(pipe)
 assert pipe.name_or_path.startswith({str(tmp_path / 'cache')!r}), pipe.name_or_path
 local = DiffusionClassifierPipeline.from_pretrained({str(pipe_dir)!r})
@@ -361,7 +370,10 @@ def test_offline_push_and_download_say_so(saved_pipeline, monkeypatch, tmp_path)
         download(tmp_path / "missing" / "pipe")
 
 
-def test_push_rejects_a_folder_that_is_not_a_model(tmp_path):
+def test_push_accepts_pipelines_and_transformers_models_only(saved_pipeline, tmp_path):
+    assert library_name_of(saved_pipeline[0]) == "diffusers"
     (tmp_path / "weights.bin").write_bytes(b"0")
     with pytest.raises(ValueError, match="expected a saved pipeline .model_index.json. or transformers model"):
         push_to_hub(tmp_path, "org/tiny")
+    (tmp_path / "config.json").write_text("{}")
+    assert library_name_of(tmp_path) == "transformers"

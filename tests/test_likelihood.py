@@ -68,7 +68,7 @@ class GaussianClasses:
 
     def flow_to_prior(self, x):
         """`[N, K, D]` x(1) of the class-c flow from x(t_min) = x."""
-        (a0, v0), (a1, v1) = self.marginal(torch.tensor(SDE.t_min)), self.marginal(torch.tensor(1.0))
+        (a0, v0), (a1, v1) = (self.marginal(torch.tensor(t, dtype=x.dtype)) for t in (SDE.t_min, 1.0))
         y = (x.flatten(1)[:, None] - a0 * self.means) @ self.q
         return a1 * self.means + (y * (v1 / v0).sqrt()) @ self.q.T
 
@@ -132,19 +132,19 @@ def test_as_eps_model_calls_the_unet_at_the_discrete_timestep():
 @pytest.mark.parametrize(
     "solver_args, tolerance",
     [
-        (dict(solver="rk4", num_steps=32, step_spacing="quadratic"), 2e-3),  # measured 2.5e-4 nats
-        (dict(solver="heun", num_steps=128, step_spacing="quadratic"), 2e-2),  # measured 8.6e-3
-        (dict(solver="dopri5", rtol=1e-5, atol=1e-5), 2e-3),  # measured 4.0e-4
+        (dict(solver="rk4", num_steps=32, step_spacing="quadratic"), 2e-3),  # measured 9.2e-5 nats (float32)
+        (dict(solver="heun", num_steps=128, step_spacing="quadratic"), 2e-2),  # measured 3.5e-3
+        (dict(solver="dopri5", rtol=1e-5, atol=1e-5), 2e-3),  # measured 1.8e-4, 186 NFE
     ],
 )
 def test_probability_flow_matches_gaussian_closed_form(solver_args, tolerance):
-    model = gaussian_classes(3, separation=0.7)
+    model = gaussian_classes(3, separation=0.5)
     x = model.sample(torch.tensor([0, 1, 2, 0, 1, 2]))
     result = probability_flow_log_likelihood(model, x, 3, exact_trace=True, **solver_args)
-    # The ODE against its exact solution, then against the data density (prior mismatch: 0.008 nats/dim here).
+    # The ODE against its exact solution, then against the data density (prior mismatch: <= 0.006 nats/dim here).
     assert (result.log_likelihood - model.ode_log_likelihood(x)).abs().max() < tolerance
     assert (result.log_likelihood - model.log_density(x)).abs().max() < 1e-2 * x[0].numel()
-    assert torch.equal(result.log_likelihood.argmax(1), torch.tensor([0, 1, 2, 0, 1, 2]))
+    assert torch.equal(result.log_likelihood.argmax(1), model.log_density(x).argmax(1))  # same Bayes decisions
     assert torch.allclose(result.bits_per_dim, bits_per_dim(result.log_likelihood, 16))
 
 

@@ -236,7 +236,7 @@ def load_eval_metrics(path: Union[str, os.PathLike]) -> Dict[str, float]:
     data = data.get("test", data)
     metrics = {key: data[key] for key in METRIC_NAMES if data.get(key) is not None}
     if not metrics:
-        raise ValueError(f"{path}: expected test metrics {sorted(METRIC_NAMES)} (top level or under 'test'), found none")
+        raise ValueError(f"{path}: expected metrics {sorted(METRIC_NAMES)} at the top level or under 'test', found none")
     return metrics
 
 
@@ -300,7 +300,8 @@ def push_to_hub(
         )
     except Exception as err:  # HTTP status, connection, or README validation: all mean the upload failed
         raise HubUploadError(
-            f"upload of {local_dir} to {api.endpoint}/{repo_id} failed: {err}\nThe local folder {local_dir} is unchanged."
+            f"upload of {local_dir} to {api.endpoint}/{repo_id} failed: {err}\n"
+            f"The local folder {local_dir} is unchanged."
         ) from err
 
 
