@@ -6,15 +6,6 @@ from sklearn.datasets import load_digits
 from diffusion_classifiers.baselines import SupervisedCNN, count_parameters, predict_proba, train_supervised_cnn
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small convs on a loaded 2-core machine run up to 50x slower with 2 threads than with 1 (threads spin-wait)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def digits():
     """scikit-learn digits at 8x8 in [-1, 1], split 1000 train / 300 val / the rest test."""

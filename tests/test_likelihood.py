@@ -17,15 +17,6 @@ from diffusion_classifiers.likelihood import (
 SDE = VPSDE()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tensors are tiny: a second intra-op thread only adds synchronisation (10x slower on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class GaussianClasses:
     r"""
     Class `c` is `N(mu_c, Sigma)`, `Sigma = Q diag(s^2) Q^T` (rotated, so the Jacobian of eps is not diagonal and

@@ -64,7 +64,8 @@ def test_heads_reach_the_optimum_of_scikit_learn_logistic_regression(num_classes
     # The same objective as LogisticRegression(C=C) on the train-standardised features: multinomial for 3 classes,
     # binomial (one logit) for 2. scikit-learn is run to a far tighter tol in float64, so it stands for the optimum;
     # ours stops at tol=1e-6 on every gradient entry. With the penalty l2 = 1 / (C N) the objective is l2-strongly
-    # convex, so the weights are within |gradient|_2 / l2 <= sqrt(#params) * 1e-6 * C * N ~ 1e-3 of the optimum.
+    # convex, so the weights are within |gradient|_2 / l2 <= sqrt(#params) * 1e-6 * C * N ~ 1e-3 of the optimum (3e-5
+    # in practice); C 10% off would move them by 5e-2.
     x, y = make_blobs(300, n_features=6, centers=num_classes, cluster_std=3.0, random_state=2)
     x = torch.tensor(x, dtype=torch.float32)
     features, C = {("mid_block", 10): x}, 0.5
@@ -76,8 +77,8 @@ def test_heads_reach_the_optimum_of_scikit_learn_logistic_regression(num_classes
     if num_classes == 2:  # the head saves the binomial logit z as [-z/2, z/2]
         np.testing.assert_allclose(weight[0], -weight[1])
         weight, bias = weight[1:] - weight[:1], bias[1:] - bias[:1]
-    np.testing.assert_allclose(weight, reference.coef_, atol=1e-3)
-    np.testing.assert_allclose(bias, reference.intercept_, atol=1e-3)
+    np.testing.assert_allclose(weight, reference.coef_, atol=2e-4)
+    np.testing.assert_allclose(bias, reference.intercept_, atol=2e-4)
     with torch.no_grad():
         probs = torch.softmax(head(x), dim=1).double().numpy()
     np.testing.assert_allclose(probs, reference.predict_proba(_standardised(x)), atol=1e-4)

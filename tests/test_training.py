@@ -113,3 +113,16 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert summary["num_processes"] == 2
     assert len(summary["samples_per_process"]) == 2 and min(summary["samples_per_process"]) == 3 * 16
     assert (output_dir / "model_index.json").exists() and (output_dir / "checkpoint-3").is_dir()
+
+
+def test_conditional_training_checks_labels_and_balances_classes(tmp_path):
+    from diffusion_classifiers.training import class_balanced_sampler
+
+    images = tiny_images(24)
+    labels = torch.tensor([0] * 20 + [1] * 4)
+    with pytest.raises(ValueError, match="labels in 0..1, got 2 at index 3"):
+        train_ddpm_unet(tiny_args(tmp_path), images, torch.tensor([0, 1, 0, 2] * 6), preset="tiny", num_classes=2)
+    drawn = labels.repeat(100)[list(class_balanced_sampler(labels.repeat(100), 2, seed=0))]
+    assert abs(drawn.float().mean().item() - 0.5) < 0.05  # minority class 1 is 1/6 of the data, half of the draws
+    unet, _, summary = train_ddpm_unet(tiny_args(tmp_path, max_train_steps=2), images, labels, preset="tiny", class_balanced=True, label_dropout=0.1)
+    assert unet.config.num_class_embeds == 3 and summary.global_step == 2  # 2 classes + the null class

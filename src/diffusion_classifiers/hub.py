@@ -313,8 +313,8 @@ def download(
     cache_dir: Optional[Union[str, os.PathLike]] = None,
     local_files_only: bool = False,
 ) -> str:
-    """A local folder holding `name_or_path`: the folder itself, or a Hub repo's snapshot in the cache
-    (`snapshot_download`: cached, so a second call with the same revision makes no download)."""
+    """A local folder holding `name_or_path`: the folder itself, or a Hub repo's snapshot in the HF cache
+    (`snapshot_download`: files already cached for that revision are not downloaded again)."""
     if os.path.isdir(name_or_path):
         return str(name_or_path)
     if os.path.isabs(name_or_path) or str(name_or_path).startswith(".") or str(name_or_path).count("/") > 1:

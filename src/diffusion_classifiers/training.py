@@ -171,8 +171,9 @@ def train(
     model: nn.Module,
     dataset: Dataset,
     loss_fn: LossFunction,
+    sampler: Optional[torch.utils.data.Sampler] = None,
 ) -> tuple[nn.Module, Accelerator, TrainingSummary]:
-    """Train `model` on `dataset` minimising `loss_fn(model, batch)`.
+    """Train `model` on `dataset` minimising `loss_fn(model, batch)`; `sampler` replaces uniform shuffling.
 
     Returns the unwrapped model (EMA weights copied in when `use_ema`), the accelerator, and a summary that
     records how many samples each process saw. Only the main process should save the returned model.
@@ -193,7 +194,8 @@ def train(
     dataloader = DataLoader(
         dataset,
         batch_size=args.train_batch_size,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         drop_last=len(dataset) >= args.train_batch_size * accelerator.num_processes,
         num_workers=args.dataloader_num_workers,
         generator=torch.Generator().manual_seed(args.seed),
@@ -337,11 +339,14 @@ def train_ddpm_unet(
     preset: str = "small",
     num_train_timesteps: int = 1000,
     label_dropout: float = 0.0,
+    num_classes: Optional[int] = None,
+    class_balanced: bool = False,
 ) -> tuple[nn.Module, DDPMScheduler, TrainingSummary]:
     """Train a `UNet2DModel` (epsilon prediction, `DDPMScheduler` linear betas) on images in [-1, 1].
 
-    Unconditional when `labels` is None; otherwise class-conditional through `num_class_embeds` (with one
-    extra null class when `label_dropout > 0`). Returns the trained U-Net (EMA weights when `use_ema`).
+    Unconditional when `labels` is None; otherwise class-conditional through `num_class_embeds` (`num_classes`,
+    default the largest label + 1, plus one null class when `label_dropout > 0`); `class_balanced` draws every
+    class equally often. Returns the trained U-Net (EMA weights when `use_ema`).
     """
     from diffusers import UNet2DModel
     from torch.utils.data import TensorDataset
@@ -350,16 +355,30 @@ def train_ddpm_unet(
 
     if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
         raise ValueError(f"expected square images [N, C, H, H], got shape {tuple(images.shape)}")
-    num_classes = None
+    sampler = None
     if labels is not None:
-        num_classes = int(labels.max()) + 1 if len(labels) else 0
-        if labels.min() < 0:
-            raise ValueError(f"expected labels in 0..K-1, got {int(labels.min())}")
+        num_classes = num_classes or int(labels.max()) + 1
+        bad = (labels < 0) | (labels >= num_classes)
+        if bad.any():
+            i = int(bad.nonzero()[0])
+            raise ValueError(f"expected training labels in 0..{num_classes - 1}, got {int(labels[i])} at index {i}")
+        if class_balanced:
+            sampler = class_balanced_sampler(labels, num_classes, args.seed)
+    elif class_balanced:
+        raise ValueError("class_balanced sampling needs labels")
     null_class = num_classes if label_dropout > 0 else None
     num_class_embeds = None if num_classes is None else num_classes + (label_dropout > 0)
     unet = UNet2DModel(**unet_config(preset, images.shape[-1], images.shape[1], num_class_embeds))
     scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps)
     loss = DenoisingLoss(scheduler, conditional=labels is not None, label_dropout=label_dropout, null_class=null_class)
     dataset = TensorDataset(images) if labels is None else TensorDataset(images, labels)
-    unet, _, summary = train(args, unet, dataset, loss)
+    unet, _, summary = train(args, unet, dataset, loss, sampler=sampler)
     return unet, scheduler, summary
+
+
+def class_balanced_sampler(labels: torch.Tensor, num_classes: int, seed: int = 0) -> torch.utils.data.Sampler:
+    """Draw (with replacement) every class equally often: weight 1 / count(label) per example."""
+    counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).double()
+    return torch.utils.data.WeightedRandomSampler(
+        1.0 / counts[labels], num_samples=len(labels), replacement=True, generator=torch.Generator().manual_seed(seed)
+    )
