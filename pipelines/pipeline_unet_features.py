@@ -1,6 +1,6 @@
 """Classify with a linear head on one frozen DDPM U-Net feature (block, timestep)."""
 
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
@@ -31,6 +31,12 @@ class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
     def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, head: Optional[LinearProbeHead] = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, head=head)
+
+    @property
+    def class_names(self) -> List[str]:
+        if self.head is None:
+            raise ValueError("this pipeline has no `head`, so no classes yet")
+        return self.class_names_from(self.head.config.num_classes, self.head.config.class_names)
 
     @property
     def feature_extractor(self) -> DiffusionFeatureExtractor:
@@ -82,5 +88,4 @@ class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
             batch_size=batch_size,
         )[(config.block, config.timestep)]
         logits = self.head(features.to(self.head.device))
-        class_names = self.class_names_from(config.num_classes, config.class_names)
-        return self.build_output(logits, class_names, return_dict)
+        return self.build_output(logits, self.class_names, return_dict)

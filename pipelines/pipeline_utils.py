@@ -7,6 +7,8 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from diffusion_classifiers.hub import download
+
 
 @dataclass
 class ClassifierPipelineOutput(BaseOutput):
@@ -34,17 +36,24 @@ class DiffusionClassifierPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        # diffusers 0.42 refuses Hub repos whose custom components have no .py file in the repo, so a Hub id is
+        # downloaded first (huggingface_hub cache, revision, token) and loaded from the local snapshot.
+        hub_kwargs = {k: kwargs.pop(k) for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
+        path = download(pretrained_model_name_or_path, **hub_kwargs)
         if cls is not DiffusionClassifierPipeline:
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
-        config = cls.load_config(pretrained_model_name_or_path, **hub_kwargs)
-        class_name = config.get("_class_name")
+            return super().from_pretrained(path, **kwargs)
+        class_name = cls.load_config(path).get("_class_name")
         if class_name not in cls._registry:
             raise ValueError(
                 f"{pretrained_model_name_or_path}: model_index.json names pipeline {class_name!r}; expected one of "
                 f"{sorted(cls._registry)}"
             )
-        return cls._registry[class_name].from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return cls._registry[class_name].from_pretrained(path, **kwargs)
+
+    @property
+    def class_names(self) -> List[str]:
+        """The names of the classes this pipeline predicts, index = label id."""
+        raise NotImplementedError(f"{type(self).__name__} must define `class_names`")
 
     @staticmethod
     def class_names_from(num_classes: int, class_names: Optional[List[str]]) -> List[str]:

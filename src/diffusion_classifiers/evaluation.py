@@ -77,11 +77,11 @@ def _predictor(classifier, image_processor=None) -> Tuple[Callable[[list], torch
                 return classifier(**inputs).logits.float().softmax(-1).cpu()
 
         return predict, names
-    head = getattr(classifier, "head", None)
-    if head is None:
-        raise TypeError(f"expected a fitted classifier pipeline or a transformers model, got {type(classifier).__name__}")
-    names = [head.id2label[i] for i in range(head.config.num_classes)]
-    return (lambda images: classifier(images).probs.cpu()), names
+    from diffusion_classifiers.pipelines import DiffusionClassifierPipeline
+
+    if not isinstance(classifier, DiffusionClassifierPipeline):
+        raise TypeError(f"expected a classifier pipeline or a transformers model, got {type(classifier).__name__}")
+    return (lambda images: classifier(images).probs.cpu()), classifier.class_names
 
 
 def map_labels_by_name(dataset_names: List[str], model_names: List[str]) -> np.ndarray:

@@ -24,7 +24,7 @@ _ARMIJO = 1e-4  # sufficient-decrease constant of the backtracking line search
 # Each head's variables are preconditioned with (S + _RIDGE * l2 * I)^-1, S = its standardised train features' second
 # moment matrix: the data term's Hessian is about S times a softmax curvature of order 1/_RIDGE, plus l2 * I.
 _RIDGE = 32.0
-_PRECONDITIONER_SAMPLES = 4096  # S is estimated on at most this many evenly spaced train samples
+_PRECONDITIONER_SAMPLES = 1024  # S is estimated on evenly spaced train samples, at least this many and 4 D
 # Early stopping only: a val-loss improvement smaller than this does not reset a head's patience.
 _MIN_DELTA = 1e-4
 
@@ -97,15 +97,21 @@ def _check_features(features: dict, pairs: List[FeatureKey], labels: np.ndarray,
     return checked
 
 
-def _stack(features: Dict, pairs, mean: Dict, std: Dict, device) -> torch.Tensor:
-    """Standardised features, feature-major, as [P, D_max, N]; zero padding stays zero, so padded weights get no
-    gradient. (Feature-major makes the logits [P, K, N]: on CPU their softmax and both matmuls are several times
+def _stack(features: Dict, pairs, device, mean=None, std=None):
+    """Standardised features, feature-major, as [P, D_max, N] on `device`, with the [P, D_max] mean and std used
+    (computed from these features unless given; std clamped at 1e-6). Zero padding stays zero, so padded weights get no
+    gradient. (Feature-major makes the logits [P, K, N]: on CPU their softmax and both products are several times
     faster than in the [P, N, K] layout.)"""
     dim = max(features[p].shape[1] for p in pairs)
     out = torch.zeros(len(pairs), dim, len(features[pairs[0]]))
     for i, pair in enumerate(pairs):
-        out[i, : features[pair].shape[1]] = ((features[pair] - mean[pair]) / std[pair]).T
-    return out.to(device)
+        out[i, : features[pair].shape[1]].copy_(features[pair].T)
+    out = out.to(device)
+    if mean is None:
+        var, mean = torch.var_mean(out, dim=2, correction=0)
+        std = var.sqrt_().clamp_(min=1e-6)
+    out.sub_(mean[:, :, None]).div_(std[:, :, None])
+    return out, mean, std
 
 
 def _data_loss_and_grad(x, targets, weight, bias, need_grad: bool = True):
@@ -134,7 +140,7 @@ def _data_loss_and_grad(x, targets, weight, bias, need_grad: bool = True):
 def _preconditioner(x: torch.Tensor, ridge: float) -> torch.Tensor:
     """A [P, D, D] with A A^T = (S + ridge I)^-1, S the second moments of x [P, D, N] (A = L^-T, L L^T = S + ridge I)."""
     num_heads, dim, num_samples = x.shape
-    step = max(1, num_samples // _PRECONDITIONER_SAMPLES)
+    step = max(1, num_samples // max(_PRECONDITIONER_SAMPLES, 4 * dim))
     sample = x[:, :, ::step]
     second_moment = torch.bmm(sample, sample.transpose(1, 2)).double() / sample.shape[2]
     eye = torch.eye(dim, dtype=torch.float64, device=x.device)
@@ -315,7 +321,7 @@ def _make_head(pair, weight, bias, mean, std, num_classes, class_names, pool, no
     with torch.no_grad():
         head.feature_mean.copy_(mean)
         head.feature_std.copy_(std)
-        head.linear.weight.copy_(weight[:, :dim])
+        head.linear.weight.copy_(weight)
         head.linear.bias.copy_(bias)
     return head
 
@@ -415,9 +421,10 @@ def fit_probe_grid(
                 )
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    mean = {p: features["train"][p].mean(dim=0) for p in pairs}
-    std = {p: features["train"][p].std(dim=0, unbiased=False).clamp(min=1e-6) for p in pairs}
-    x = {split: _stack(f, pairs, mean, std, device) for split, f in features.items()}
+    x = {"train": None}
+    x["train"], mean, std = _stack(features["train"], pairs, device)
+    for split in list(features)[1:]:
+        x[split] = _stack(features[split], pairs, device, mean, std)[0]
     y = {split: torch.as_tensor(v, dtype=torch.long, device=device) for split, v in labels.items()}
     binary = num_classes == 2
 
@@ -452,8 +459,12 @@ def fit_probe_grid(
         num_classes=num_classes, class_names=class_names, pool=pool, noise_seed=noise_seed,
         num_noise_draws=num_noise_draws,
     )  # fmt: skip
-    weight, bias = weight.cpu(), bias.cpu()
-    heads = {p: _make_head(p, weight[i], bias[i], mean[p], std[p], **config) for i, p in enumerate(pairs)}
+    weight, bias, mean, std = weight.cpu(), bias.cpu(), mean.cpu(), std.cpu()
+    dims = [features["train"][p].shape[1] for p in pairs]
+    heads = {
+        p: _make_head(p, weight[i, :, :d], bias[i], mean[i, :d], std[i, :d], **config)
+        for i, (p, d) in enumerate(zip(pairs, dims))
+    }
     return ProbeGridResult(
         metrics=metrics,
         best_pair=pairs[best],
