@@ -4,8 +4,10 @@ __version__ = "0.1.0"
 
 # Every module that defines a saved component is imported eagerly: diffusers 0.42 resolves
 # ["diffusion_classifiers.<module>", "<Class>"] in model_index.json only for modules already imported.
-from .models import LinearProbeHead  # noqa: E402
+from .models import LinearProbeHead, RepresentationConditionedDiTModel  # noqa: E402
 from .pipelines import DiffusionClassifierPipeline, UNetFeatureClassifierPipeline  # noqa: E402
+from .pipelines import RepresentationConditionedDiTPipeline  # noqa: E402
+from .pipelines import ScoreSDEClassifierPipeline  # noqa: E402
 from .configuration_diffusion_classifier import DiffusionClassifierConfig  # noqa: E402
 from .image_processing_diffusion_classifier import DiffusionClassifierImageProcessor  # noqa: E402
 from .modeling_diffusion_classifier import (  # noqa: E402

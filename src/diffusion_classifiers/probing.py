@@ -108,9 +108,12 @@ def _stack(features: Dict, pairs, device, mean=None, std=None):
         out[i, : features[pair].shape[1]].copy_(features[pair].T)
     out = out.to(device)
     if mean is None:
-        var, mean = torch.var_mean(out, dim=2, correction=0)
-        std = var.sqrt_().clamp_(min=1e-6)
-    out.sub_(mean[:, :, None]).div_(std[:, :, None])
+        mean = out.mean(dim=2)
+        out.sub_(mean[:, :, None])
+        std = (torch.linalg.vector_norm(out, dim=2) / math.sqrt(out.shape[2])).clamp_(min=1e-6)  # torch.var: slower
+    else:
+        out.sub_(mean[:, :, None])
+    out.div_(std[:, :, None])
     return out, mean, std
 
 
@@ -152,16 +155,15 @@ def _preconditioner(x: torch.Tensor, ridge: float) -> torch.Tensor:
 
 
 class _Batch:
-    """The heads still being optimised, with their data, preconditioner and L-BFGS state; `select` drops heads."""
+    """The heads in the solver's batch, with their data, preconditioner and L-BFGS state."""
 
     def __init__(self, **tensors):
         self.__dict__.update(tensors)
 
     def select(self, keep: torch.Tensor) -> None:
+        """Keep only the heads where `keep` is true (history tensors are [m, P, ...], the others [P, ...])."""
         for name, value in list(self.__dict__.items()):
-            if isinstance(value, torch.Tensor):
-                dim = 1 if name in ("s", "y", "rho") else 0  # history is [m, P, ...]
-                setattr(self, name, value[:, keep] if dim == 1 else value[keep])
+            setattr(self, name, value[:, keep] if name in ("s", "y", "rho") else value[keep])
 
 
 def _fit_heads(x, targets, num_rows, l2, tol, max_iter, val=None, patience=None, show_progress=False):
@@ -169,8 +171,9 @@ def _fit_heads(x, targets, num_rows, l2, tol, max_iter, val=None, patience=None,
 
     One L-BFGS per head, all run in lockstep on the stacked heads: every head has its own curvature history, step
     size (backtracking Armijo line search from step 1) and stopping test (largest absolute gradient entry <= tol, the
-    test scipy's L-BFGS-B applies for scikit-learn), so a head's iterates are those it would have alone; a head that
-    stops leaves the batch, and the remaining ones run on. Variables are preconditioned per head (see `_RIDGE`).
+    test scipy's L-BFGS-B applies for scikit-learn), so a head's iterates are those it would have alone. A head that
+    stops is frozen (its direction is zero) and leaves the batch once a quarter of the batch is frozen, so the data is
+    copied a bounded number of times. Variables are preconditioned per head (see `_RIDGE`).
     With `val = (x_val, targets_val)`, the val loss is evaluated at every iterate; each head keeps its lowest-val-loss
     iterate and stops after `patience` iterations without improvement.
 
@@ -178,63 +181,69 @@ def _fit_heads(x, targets, num_rows, l2, tol, max_iter, val=None, patience=None,
     """
     num_heads, dim, _ = x.shape
     device, size = x.device, num_rows * dim + num_rows
-    precond = _preconditioner(x, _RIDGE * l2)
 
-    def evaluate(batch, theta):
+    def evaluate(x, precond, theta):
         u, bias = theta[:, : num_rows * dim].view(-1, num_rows, dim), theta[:, num_rows * dim :]
-        weight = torch.bmm(u, batch.precond.transpose(1, 2))  # weight = u A^T
-        loss, grad_weight, grad_bias = _data_loss_and_grad(batch.x, targets, weight, bias)
+        weight = torch.bmm(u, precond.transpose(1, 2))  # weight = u A^T
+        loss, grad_weight, grad_bias = _data_loss_and_grad(x, targets, weight, bias)
         loss = loss + 0.5 * l2 * weight.square().sum(dim=(1, 2))
         grad_weight += l2 * weight
         grad_max = torch.maximum(grad_weight.abs().amax(dim=(1, 2)), grad_bias.abs().amax(dim=1))
-        grad = torch.cat([torch.bmm(grad_weight, batch.precond).flatten(1), grad_bias], dim=1)  # chain rule
+        grad = torch.cat([torch.bmm(grad_weight, precond).flatten(1), grad_bias], dim=1)  # chain rule
         return loss, grad, grad_max, weight, bias
 
-    zeros = torch.zeros(num_heads, size, device=device)
     batch = _Batch(
-        index=torch.arange(num_heads, device=device), x=x, precond=precond, theta=zeros,
+        index=torch.arange(num_heads, device=device), x=x, precond=_preconditioner(x, _RIDGE * l2),
+        theta=torch.zeros(num_heads, size, device=device),
         s=torch.zeros(0, num_heads, size, device=device), y=torch.zeros(0, num_heads, size, device=device),
         rho=torch.zeros(0, num_heads, device=device), gamma=torch.ones(num_heads, device=device),
+        frozen=torch.zeros(num_heads, dtype=torch.bool, device=device),
+        stalled=torch.zeros(num_heads, dtype=torch.bool, device=device),
         best_loss=torch.full((num_heads,), float("inf"), device=device),
         waited=torch.zeros(num_heads, dtype=torch.long, device=device),
     )  # fmt: skip
     if val is not None:
         batch.x_val = val[0]
-    batch.loss, batch.grad, batch.grad_max, weight, bias = evaluate(batch, batch.theta)
-    out_weight, out_bias = torch.zeros(num_heads, num_rows, dim, device=device), torch.zeros(num_heads, num_rows, device=device)
+    batch.loss, batch.grad, batch.grad_max, batch.weight, batch.bias = evaluate(batch.x, batch.precond, batch.theta)
+    out_weight = torch.zeros(num_heads, num_rows, dim, device=device)
+    out_bias = torch.zeros(num_heads, num_rows, device=device)
     n_iter, kept_iter = torch.zeros(num_heads, dtype=torch.long), torch.zeros(num_heads, dtype=torch.long)
     converged = torch.zeros(num_heads, dtype=torch.bool)
 
-    def keep_if_best(iteration, weight, bias):
+    def keep_if_best(iteration):
         """Early stopping: record the iterate of each head whose val loss improved."""
-        val_loss = _data_loss_and_grad(batch.x_val, val[1], weight, bias, need_grad=False)[0]
-        improved = val_loss < batch.best_loss - _MIN_DELTA
+        val_loss = _data_loss_and_grad(batch.x_val, val[1], batch.weight, batch.bias, need_grad=False)[0]
+        improved = ~batch.frozen & (val_loss < batch.best_loss - _MIN_DELTA)
         batch.best_loss = torch.where(improved, val_loss, batch.best_loss)
         batch.waited = torch.where(improved, 0, batch.waited + 1)
         index = batch.index[improved]
-        out_weight[index], out_bias[index] = weight[improved], bias[improved]
+        out_weight[index], out_bias[index] = batch.weight[improved], batch.bias[improved]
         kept_iter[index.cpu()] = iteration
 
+    def finish(heads, iteration):
+        """Record the heads that stop at `iteration`."""
+        index = batch.index[heads]
+        converged[index.cpu()] = (batch.grad_max[heads] <= tol).cpu()
+        n_iter[index.cpu()] = iteration
+        if val is None:
+            out_weight[index], out_bias[index] = batch.weight[heads], batch.bias[heads]
+            kept_iter[index.cpu()] = iteration
+
     if val is not None:
-        keep_if_best(0, weight, bias)
-    stalled = torch.zeros(num_heads, dtype=torch.bool, device=device)
+        keep_if_best(0)
     progress = tqdm(total=max_iter, desc="Fitting probes", disable=not show_progress)
     for iteration in range(1, max_iter + 1):
-        done = (batch.grad_max <= tol) | stalled
+        done = batch.frozen | (batch.grad_max <= tol) | batch.stalled
         if val is not None:
             done |= batch.waited > patience
-        if bool(done.any()):
-            index = batch.index[done].cpu()
-            converged[index] = (batch.grad_max[done] <= tol).cpu()
-            n_iter[index] = iteration - 1
-            if val is None:
-                out_weight[batch.index[done]], out_bias[batch.index[done]] = weight[done], bias[done]
-                kept_iter[index] = iteration - 1
-            keep = ~done
-            batch.select(keep)
-            weight, bias, stalled = weight[keep], bias[keep], stalled[keep]
-            if len(batch.index) == 0:
+        if bool((done & ~batch.frozen).any()):
+            finish(done & ~batch.frozen, iteration - 1)
+            batch.frozen = done
+            num_done = int(done.sum())
+            if num_done == len(done):
                 break
+            if 4 * num_done >= len(done):
+                batch.select(~done)
         # two-loop recursion: direction = -H grad, H the head's L-BFGS inverse-Hessian estimate
         direction = batch.grad.clone()
         alphas = []
@@ -244,50 +253,48 @@ def _fit_heads(x, targets, num_rows, l2, tol, max_iter, val=None, patience=None,
         direction *= batch.gamma[:, None]
         for s, y, rho, alpha in zip(batch.s, batch.y, batch.rho, reversed(alphas)):
             direction += (alpha - rho * (y * direction).sum(dim=1))[:, None] * s
-        direction.neg_()
+        direction = torch.where(batch.frozen[:, None], 0.0, -direction)
         slope = (batch.grad * direction).sum(dim=1)
-        uphill = slope >= 0  # round-off only (H is positive definite): restart that head from steepest descent
+        uphill = ~batch.frozen & (slope >= 0)  # round-off only (H is positive definite): restart from steepest descent
         if bool(uphill.any()):
             direction[uphill], slope[uphill] = -batch.grad[uphill], -batch.grad[uphill].square().sum(dim=1)
             batch.rho[:, uphill], batch.gamma[uphill] = 0.0, 1.0
         # backtracking line search, per head; float32 round-off in the loss is tolerated
         step = torch.ones_like(slope)
         slack = 4 * torch.finfo(batch.loss.dtype).eps * batch.loss.abs()
-        accepted = torch.zeros_like(stalled)
+        theta = batch.theta + direction
+        loss, grad, grad_max, weight, bias = evaluate(batch.x, batch.precond, theta)
+        accepted = batch.frozen | (loss <= batch.loss + _ARMIJO * slope + slack)
         for _ in range(_MAX_LINE_SEARCH):
-            theta = batch.theta + step[:, None] * direction
-            loss, grad, grad_max, new_weight, new_bias = evaluate(batch, theta)
-            accepted = loss <= batch.loss + _ARMIJO * step * slope + slack
             if bool(accepted.all()):
                 break
-            step = torch.where(accepted, step, step / 2)
-        stalled = ~accepted
+            retry = (~accepted).nonzero().squeeze(1)  # only these heads are evaluated again
+            step[retry] /= 2
+            theta[retry] = batch.theta[retry] + step[retry, None] * direction[retry]
+            result = evaluate(batch.x[retry], batch.precond[retry], theta[retry])
+            for tensor, new in zip((loss, grad, grad_max, weight, bias), result):
+                tensor[retry] = new
+            accepted[retry] = loss[retry] <= batch.loss[retry] + _ARMIJO * step[retry] * slope[retry] + slack[retry]
+        batch.stalled = ~accepted
         s, y = theta - batch.theta, grad - batch.grad
         sy, yy = (s * y).sum(dim=1), y.square().sum(dim=1)
-        curved = accepted & (sy > 1e-10 * yy)  # a pair that would break positive definiteness is skipped
-        rho = torch.where(curved, 1 / sy.clamp(min=1e-30), 0.0)
+        curved = accepted & (sy > 1e-10 * yy) & (yy > 0)  # a pair that would break positive definiteness is skipped
         batch.s = torch.cat([batch.s, s[None]])[-_HISTORY:]
         batch.y = torch.cat([batch.y, y[None]])[-_HISTORY:]
-        batch.rho = torch.cat([batch.rho, rho[None]])[-_HISTORY:]
+        batch.rho = torch.cat([batch.rho, torch.where(curved, 1 / sy.clamp(min=1e-30), 0.0)[None]])[-_HISTORY:]
         batch.gamma = torch.where(curved, sy / yy.clamp(min=1e-30), batch.gamma)
-        keep_new = accepted[:, None]
-        batch.theta = torch.where(keep_new, theta, batch.theta)
+        batch.theta = torch.where(accepted[:, None], theta, batch.theta)
         batch.loss = torch.where(accepted, loss, batch.loss)
-        batch.grad = torch.where(keep_new, grad, batch.grad)
+        batch.grad = torch.where(accepted[:, None], grad, batch.grad)
         batch.grad_max = torch.where(accepted, grad_max, batch.grad_max)
-        weight = torch.where(accepted[:, None, None], new_weight, weight)
-        bias = torch.where(keep_new, new_bias, bias)
+        batch.weight = torch.where(accepted[:, None, None], weight, batch.weight)
+        batch.bias = torch.where(accepted[:, None], bias, batch.bias)
         if val is not None:
-            keep_if_best(iteration, weight, bias)
+            keep_if_best(iteration)
         progress.update(1)
-        progress.set_postfix(heads=len(batch.index))
+        progress.set_postfix(heads=int((~batch.frozen).sum()))
     else:  # max_iter reached
-        index = batch.index.cpu()
-        converged[index] = (batch.grad_max <= tol).cpu()
-        n_iter[index] = max_iter
-        if val is None:
-            out_weight[batch.index], out_bias[batch.index] = weight, bias
-            kept_iter[index] = max_iter
+        finish(~batch.frozen, max_iter)
     progress.close()
     return out_weight, out_bias, n_iter.tolist(), converged.tolist(), kept_iter.tolist()
 

@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""Train a ViT encoder and a representation-conditioned DiT together on unlabeled images; save a
+`RepresentationConditionedDiTPipeline` (no head yet: fit one on `pipe.encode` features).
+
+    accelerate launch examples/train_rc_dit.py --dataset ../shared/data/medmnist_pneumonia/pneumoniamnist.npz \
+        --output_dir outputs/rc-dit-pneumonia --dit_size S --encoder_hidden_size 192 --max_train_steps 20000 --use_ema
+
+On a CPU-only machine, real multi-process DDP needs: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu
+--num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no examples/train_rc_dit.py ...
+"""
+
+import argparse
+
+from accelerate import PartialState
+from diffusers import DDPMScheduler
+from torch.utils.data import TensorDataset
+
+from diffusion_classifiers.data import load_image_classification_data
+from diffusion_classifiers.models import (
+    RC_DIT_SIZES,
+    RCDiTJointModel,
+    RCDiTLoss,
+    RepresentationConditionedDiTModel,
+    build_vit_encoder,
+    rc_dit_config,
+)
+from diffusion_classifiers.pipelines import RepresentationConditionedDiTPipeline
+from diffusion_classifiers.training import add_training_args, train, training_args_from_namespace
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="digits", help="'digits', a MedMNIST .npz, an IDX folder or an image folder")
+    parser.add_argument("--image_size", type=int, default=None, help="resize to this size (default: the dataset's)")
+    parser.add_argument("--num_channels", type=int, default=None, choices=[1, 3])
+    parser.add_argument("--dit_size", default="S", choices=sorted(RC_DIT_SIZES))
+    parser.add_argument("--patch_size", type=int, default=None, help="DiT patch size (default: the size's)")
+    parser.add_argument("--rep_dropout", type=float, default=0.1, help="probability of the null representation")
+    parser.add_argument("--encoder_hidden_size", type=int, default=192)
+    parser.add_argument("--encoder_num_layers", type=int, default=6)
+    parser.add_argument("--encoder_num_heads", type=int, default=3)
+    parser.add_argument("--encoder_patch_size", type=int, default=4)
+    parser.add_argument("--freeze_encoder", action="store_true", help="train only the DiT")
+    parser.add_argument("--num_train_timesteps", type=int, default=1000)
+    add_training_args(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    training_args = training_args_from_namespace(args)
+    splits = load_image_classification_data(
+        args.dataset, image_size=args.image_size, num_channels=args.num_channels, seed=args.seed
+    )
+    images = splits["train"].images
+    if images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"expected square training images, got {tuple(images.shape[-2:])}: pass --image_size")
+    image_size, num_channels = images.shape[-1], images.shape[1]
+    encoder = build_vit_encoder(
+        image_size,
+        num_channels,
+        hidden_size=args.encoder_hidden_size,
+        num_layers=args.encoder_num_layers,
+        num_heads=args.encoder_num_heads,
+        patch_size=args.encoder_patch_size,
+    )
+    config = rc_dit_config(args.dit_size, image_size, num_channels, args.encoder_hidden_size, patch_size=args.patch_size)
+    transformer = RepresentationConditionedDiTModel(**config, rep_dropout=args.rep_dropout)
+    scheduler = DDPMScheduler(num_train_timesteps=args.num_train_timesteps)
+    model = RCDiTJointModel(encoder, transformer, freeze_encoder=args.freeze_encoder)
+    model, _, _ = train(training_args, model, TensorDataset(images), RCDiTLoss(scheduler))
+    if PartialState().is_main_process:
+        pipe = RepresentationConditionedDiTPipeline(model.encoder, model.transformer, scheduler)
+        pipe.save_pretrained(args.output_dir)
+
+
+if __name__ == "__main__":
+    main()

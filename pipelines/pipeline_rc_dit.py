@@ -1,0 +1,171 @@
+"""Classify with the representation of a ViT trained jointly with a DiT denoiser; generate from references."""
+
+from typing import List, Optional, Union
+
+import torch
+from diffusers import DDPMScheduler
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from diffusion_classifiers.data import preprocess_images
+from diffusion_classifiers.models import LinearProbeHead
+from diffusion_classifiers.models.rc_dit import (
+    RepresentationConditionedDiTModel,
+    check_encoder_matches,
+    encode_representation,
+)
+
+from .pipeline_utils import DiffusionClassifierPipeline
+
+# The feature key of the representation for `probing.fit_probe_grid`; a head fitted on it records
+# block="encoder", timestep=0 (the representation is read from the clean image: no noise, no timestep).
+REPRESENTATION_FEATURE = ("encoder", 0)
+
+
+class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
+    r"""
+    A ViT encoder trained together with a representation-conditioned DiT; its representation r classifies images.
+
+    - `encode(images)`: r, the encoder's final-layernormed CLS token, `[N, D]`.
+    - `__call__(images)`: classify with `head`, a `LinearProbeHead` over r. Fit it with
+      `probing.fit_probe_grid({REPRESENTATION_FEATURE: pipe.encode(train_images)}, train_labels,
+      {REPRESENTATION_FEATURE: pipe.encode(val_images)}, val_labels, class_names=..., pool=None)` and
+      `pipe.register_modules(head=result.head)`; its `block`/`timestep` config fields are then "encoder"/0 and
+      `pool`, `noise_seed`, `num_noise_draws` are unused. Label-free (`probing.kmeans_evaluate`) and few-shot use
+      `encode` directly.
+    - `generate(reference_images)`: sample images with the scheduler, conditioned on the references' r, with
+      classifier-free guidance.
+
+    Images (PIL, arrays or tensors) go through `diffusion_classifiers.data.preprocess_images`, resized to the
+    encoder's `image_size`. Use the models in eval mode (as `from_pretrained` and `training.train` return them): in
+    train mode the transformer drops representations with probability `rep_dropout`.
+
+    Args:
+        encoder: a transformers vision model (`ViTModel`, `Dinov2Model`) whose `hidden_size` is the transformer's
+            `representation_dim` and whose `num_channels` is its `in_channels`.
+        transformer: the `RepresentationConditionedDiTModel` trained with the encoder.
+        scheduler: the `DDPMScheduler` it was trained with (a `DDIMScheduler` made from its config also samples).
+        head: optional fitted `LinearProbeHead` over r.
+    """
+
+    model_cpu_offload_seq = "encoder->transformer->head"
+    _optional_components = ["head"]
+
+    def __init__(
+        self,
+        encoder,
+        transformer: RepresentationConditionedDiTModel,
+        scheduler: DDPMScheduler,
+        head: Optional[LinearProbeHead] = None,
+    ):
+        super().__init__()
+        check_encoder_matches(encoder, transformer)
+        self.register_modules(encoder=encoder, transformer=transformer, scheduler=scheduler, head=head)
+
+    @property
+    def class_names(self) -> List[str]:
+        if self.head is None:
+            raise ValueError("this pipeline has no `head`, so no classes yet")
+        return self.class_names_from(self.head.config.num_classes, self.head.config.class_names)
+
+    def preprocess(self, images) -> torch.Tensor:
+        config = self.encoder.config
+        return preprocess_images(images, image_size=config.image_size, num_channels=config.num_channels)
+
+    @torch.no_grad()
+    def encode(self, images, batch_size: int = 64) -> torch.Tensor:
+        """The representation r of `images` (one or a list of PIL images, arrays or tensors): float32 `[N, D]`, CPU."""
+        pixels = self.preprocess(images)
+        return torch.cat(
+            [encode_representation(self.encoder, chunk).float().cpu() for chunk in pixels.split(batch_size)]
+        )
+
+    @torch.no_grad()
+    def __call__(self, images, batch_size: int = 64, return_dict: bool = True):
+        """Classify `images` with the fitted head. Returns a `ClassifierPipelineOutput` (`labels`, `label_ids`,
+        `scores`, `probs`), or a tuple when `return_dict=False`."""
+        if self.head is None:
+            raise ValueError(
+                "this pipeline has no `head`: fit one on `encode` features (diffusion_classifiers.probing."
+                "fit_probe_grid) and register it with `pipe.register_modules(head=...)` first"
+            )
+        if self.head.config.block != REPRESENTATION_FEATURE[0]:
+            raise ValueError(f"expected a head fitted on block {REPRESENTATION_FEATURE[0]!r}, got {self.head.config.block!r}")
+        features = self.encode(images, batch_size=batch_size)
+        logits = self.head(features.to(self.head.device))
+        return self.build_output(logits, self.class_names, return_dict)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        reference_images,
+        guidance_scale: float = 1.0,
+        num_inference_steps: int = 50,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        output_type: str = "pt",
+        return_dict: bool = True,
+    ):
+        r"""
+        Sample one image per reference image, conditioned on its representation.
+
+        The noise prediction is `eps_uncond + guidance_scale * (eps_cond - eps_uncond)`, `eps_uncond` with the null
+        representation: 1 is plain conditional sampling, 0 unconditional, > 1 stronger guidance.
+
+        Args:
+            reference_images: one or a list of PIL images, arrays or tensors, with the model's channel count.
+            guidance_scale: >= 0.
+            num_inference_steps: >= 1 denoising steps of the scheduler.
+            generator: a `torch.Generator` or one per reference image, for reproducible samples.
+            output_type: "pt" (float tensor `[N, C, H, W]` in [0, 1]), "np" (`[N, H, W, C]` in [0, 1]) or "pil".
+
+        Returns:
+            `ImagePipelineOutput` with `.images`, or a tuple `(images,)` when `return_dict=False`.
+        """
+        if not guidance_scale >= 0:
+            raise ValueError(f"expected guidance_scale >= 0, got {guidance_scale}")
+        if int(num_inference_steps) != num_inference_steps or num_inference_steps < 1:
+            raise ValueError(f"expected num_inference_steps >= 1, got {num_inference_steps}")
+        if output_type not in ("pt", "np", "pil"):
+            raise ValueError(f"expected output_type 'pt', 'np' or 'pil', got {output_type!r}")
+        config = self.transformer.config
+        references = preprocess_images(reference_images, image_size=self.encoder.config.image_size)
+        if references.shape[1] != config.in_channels:
+            raise ValueError(
+                f"expected reference images with {config.in_channels} channel(s) (the model's in_channels), "
+                f"got {references.shape[1]}"
+            )
+        batch_size = references.shape[0]
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"expected one generator per reference image ({batch_size}), got {len(generator)}")
+
+        device, dtype = self.transformer.device, self.transformer.dtype
+        representation = encode_representation(self.encoder, references).to(device, dtype)
+        null = self.transformer.null_representation[None].expand(batch_size, -1)
+        if guidance_scale == 1:
+            representations = representation
+        elif guidance_scale == 0:
+            representations = null
+        else:
+            representations = torch.cat([representation, null])
+
+        shape = (batch_size, config.in_channels, config.sample_size, config.sample_size)
+        sample = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        sample = sample * self.scheduler.init_noise_sigma
+        self.scheduler.set_timesteps(int(num_inference_steps), device=device)
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_input = sample if representations.shape[0] == batch_size else torch.cat([sample, sample])
+            model_input = self.scheduler.scale_model_input(model_input, t)
+            eps = self.transformer(model_input, t, representations).sample
+            if representations.shape[0] != batch_size:
+                eps_cond, eps_uncond = eps.chunk(2)
+                eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+            sample = self.scheduler.step(eps, t, sample, generator=generator).prev_sample
+
+        images = (sample.float() / 2 + 0.5).clamp(0, 1).cpu()
+        if output_type != "pt":
+            images = images.permute(0, 2, 3, 1).numpy()
+            if output_type == "pil":
+                images = self.numpy_to_pil(images)
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)

@@ -1,0 +1,201 @@
+"""Classify with one class-conditional score model by Bayes' rule on per-class log-likelihoods (VP-SDE)."""
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from diffusion_classifiers.data import preprocess_images
+from diffusion_classifiers.likelihood import VPSDE, denoising_error_scores, probability_flow_log_likelihood
+
+from .pipeline_utils import ClassifierPipelineOutput, DiffusionClassifierPipeline
+
+METHODS = ("elbo", "likelihood")
+
+
+@dataclass
+class ScoreSDEClassifierOutput(ClassifierPipelineOutput):
+    """
+    `labels`, `label_ids`, `scores`, `probs` as every classifier pipeline, plus:
+
+    Args:
+        log_likelihoods: `[N, K]` per-class scores before the prior, float64. `method="likelihood"`: `log p(x | c)`
+            in nats (probability-flow ODE). `method="elbo"`: minus the mean weighted denoising error; with
+            `weighting="elbo"` the log-likelihood lower bound up to a constant per image (which cancels in `probs`),
+            with `weighting="uniform"` a score only. `-inf` for classes pruned early.
+        log_likelihood_ratio: `[N]` class 1 versus class 0 for binary tasks (`None` otherwise), from the scores of
+            both classes before pruning (`DenoisingScoreResult.partial_scores`): the continuous score of ROC curves.
+        nfe_per_image: `[N]` network function evaluations (one image, one class, one time = 1).
+        bits_per_dim: `[N, K]` bits per dimension of each class density (`method="likelihood"` only, else `None`).
+    """
+
+    log_likelihoods: torch.Tensor
+    log_likelihood_ratio: Optional[torch.Tensor]
+    nfe_per_image: torch.Tensor
+    bits_per_dim: Optional[torch.Tensor] = None
+
+
+class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
+    r"""
+    Bayes' rule on one class-conditional epsilon-prediction U-Net: `p(c | x) = softmax_c(log p(x | c) + log prior(c))`.
+
+    The U-Net is a VP-SDE score model (`score = -eps / sigma_t`), trained with `DDPMScheduler`'s linear schedule
+    (`examples/train_score_sde.py`); the class enters through `UNet2DModel(num_class_embeds=...)`. A model trained
+    with label dropout has one more embedding, the null class `K = len(class_names)`; it is never a candidate.
+
+    Images (PIL, arrays or tensors) go through `diffusion_classifiers.data.preprocess_images`, like every pipeline:
+    resized (bilinear, antialiased) to the U-Net's `sample_size` and converted to its channel count (1 <-> 3 by
+    luma / repetition); other channel counts, NaN and inf are refused. A resized image is scored at the model's
+    resolution, so its likelihood is that of the resized image.
+
+    Args:
+        unet: a class-conditional `UNet2DModel` (`num_class_embeds` = `K`, or `K + 1` with a null class).
+        scheduler: the `DDPMScheduler` it was trained with (linear betas, epsilon prediction): defines the VP-SDE.
+        class_names: the `K` class names, stored in `model_index.json` so they travel with the weights. Default:
+            `"0".."K-1"` with `K = num_class_embeds` (no null class).
+    """
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, class_names: Optional[List[str]] = None):
+        super().__init__()
+        num_embeds = unet.config.get("num_class_embeds")
+        if num_embeds is None:
+            raise ValueError(
+                "expected a class-conditional UNet2DModel(num_class_embeds=K) (K classes, K + 1 with a null class), "
+                "got a U-Net without class embeddings"
+            )
+        VPSDE.from_scheduler(scheduler)  # a linear, epsilon-prediction schedule, or a clear error now
+        class_names = self.class_names_from(num_embeds, class_names)
+        if len(class_names) not in (num_embeds, num_embeds - 1):
+            raise ValueError(
+                f"expected {num_embeds} class names ({num_embeds - 1} when the last embedding is the null class), "
+                f"got {len(class_names)}"
+            )
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_to_config(class_names=[str(name) for name in class_names])
+
+    @property
+    def class_names(self) -> List[str]:
+        return list(self.config.class_names)
+
+    @property
+    def sde(self) -> VPSDE:
+        return VPSDE.from_scheduler(self.scheduler)
+
+    def preprocess(self, images) -> torch.Tensor:
+        config = self.unet.config
+        return preprocess_images(images, image_size=config.sample_size, num_channels=config.in_channels)
+
+    def check_priors(self, priors) -> Optional[torch.Tensor]:
+        """`log prior` `[K]` (float64), or `None` for uniform priors; raises on a bad prior."""
+        if priors is None:
+            return None
+        priors = torch.as_tensor(priors, dtype=torch.float64).flatten()
+        num_classes = len(self.class_names)
+        if len(priors) != num_classes:
+            raise ValueError(f"expected {num_classes} priors (one per class {self.class_names}), got {len(priors)}")
+        if not torch.isfinite(priors).all() or (priors < 0).any():
+            raise ValueError(f"expected non-negative priors, got {priors.tolist()}")
+        if abs(float(priors.sum()) - 1) > 1e-6:
+            raise ValueError(f"expected priors summing to 1, got sum {float(priors.sum()):.6g}")
+        return priors.log()
+
+    @staticmethod
+    def seeds_from(generator, seed: Union[int, Sequence[int]], num_images: int):
+        """The scorers' seed: `seed` as given, or drawn from `generator` (one int; a list: one per image)."""
+        if generator is None:
+            return seed
+        draw = lambda g: int(torch.randint(2**62, (1,), generator=g, device=g.device))  # noqa: E731
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != num_images:
+                raise ValueError(f"expected one generator per image ({num_images}), got {len(generator)}")
+            return [draw(g) for g in generator]
+        return draw(generator)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        images,
+        method: str = "elbo",
+        priors: Optional[Sequence[float]] = None,
+        num_timesteps: int = 100,
+        timestep_spacing: str = "even",
+        weighting: str = "elbo",
+        pruning: Optional[Sequence[Tuple[int, int]]] = None,
+        early_stop_confidence: Optional[float] = None,
+        timesteps_per_check: int = 10,
+        solver: str = "rk4",
+        num_steps: int = 32,
+        step_spacing: str = "uniform",
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        num_probes: int = 1,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        seed: Union[int, Sequence[int]] = 0,
+        batch_size: int = 256,
+        return_dict: bool = True,
+    ):
+        r"""
+        Classify `images` (one or a list of PIL images, arrays or tensors) among the `K` named classes.
+
+        `probs = softmax(log_likelihoods + log priors)`: Bayes' rule, exact for `method="likelihood"` (up to the
+        ODE solver and the Hutchinson estimate). For `method="elbo"` the scores are log-likelihood lower bounds
+        (up to a per-image constant) only with `weighting="elbo"`, so `probs` is then the posterior under the
+        bound; with `weighting="uniform"` (the plain DDPM loss of Li et al. 2023, often more accurate) `probs` is a
+        heuristic softmax of minus the error, with an arbitrary temperature.
+
+        Args:
+            images: the images to classify (see the class docstring for resizing and channels).
+            method: `"elbo"` (denoising-error bound, [`denoising_error_scores`]) or `"likelihood"` (exact
+                probability-flow ODE, [`probability_flow_log_likelihood`]).
+            priors: `K` class probabilities (non-negative, summing to 1); default uniform. Pruning and the early
+                stop rank classes by the bound alone; the prior is added after.
+            num_timesteps, timestep_spacing, weighting, pruning, early_stop_confidence, timesteps_per_check: the
+                ELBO estimator (`method="elbo"`), passed to [`denoising_error_scores`].
+            solver, num_steps, step_spacing, rtol, atol, num_probes: the ODE solver and divergence estimator
+                (`method="likelihood"`), passed to [`probability_flow_log_likelihood`].
+            generator: a `torch.Generator` (one seed drawn from it) or one per image; overrides `seed`.
+            seed: an int (image `i` uses stream `(seed, i)`) or one per image. The default makes calls repeatable.
+            batch_size: samples (image x class x time) per U-Net call; the ODE solves `batch_size // K` images at once.
+            return_dict: return a [`ScoreSDEClassifierOutput`], else its `to_tuple()` (fields that are `None` left
+                out).
+        """
+        if method not in METHODS:
+            raise ValueError(f"expected method in {METHODS}, got {method!r}")
+        log_prior = self.check_priors(priors)
+        class_ids = list(range(len(self.class_names)))
+        pixels = self.preprocess(images)
+        seed = self.seeds_from(generator, seed, len(pixels))
+        bpd = None
+        if method == "likelihood":
+            result = probability_flow_log_likelihood(
+                self.unet, pixels, class_ids, solver=solver, num_steps=num_steps, step_spacing=step_spacing,
+                rtol=rtol, atol=atol, num_probes=num_probes, seed=seed,
+                batch_size=max(1, batch_size // len(class_ids)), sde=self.sde,
+            )
+            log_likelihoods, before_pruning, bpd = result.log_likelihood.double(), None, result.bits_per_dim
+        else:
+            result = denoising_error_scores(
+                self.unet, pixels, class_ids, num_timesteps=num_timesteps, timestep_spacing=timestep_spacing,
+                weighting=weighting, pruning=pruning, early_stop_confidence=early_stop_confidence,
+                timesteps_per_check=timesteps_per_check, seed=seed, max_batch_size=batch_size, sde=self.sde,
+            )
+            log_likelihoods, before_pruning = result.scores, result.partial_scores
+        output = self.posterior(log_likelihoods, log_prior, before_pruning)
+        output = ScoreSDEClassifierOutput(**output, nfe_per_image=result.nfe_per_image, bits_per_dim=bpd)
+        return output if return_dict else output.to_tuple()
+
+    def posterior(self, log_likelihoods: torch.Tensor, log_prior: Optional[torch.Tensor],
+                  before_pruning: Optional[torch.Tensor] = None) -> dict:
+        """Bayes' rule: the base output of `log_likelihoods + log_prior`, with the log-likelihoods and (K = 2) ratio."""
+        logits = log_likelihoods if log_prior is None else log_likelihoods + log_prior
+        base = self.build_output(logits.double(), self.class_names)
+        if len(self.class_names) == 2:
+            both = log_likelihoods if before_pruning is None else before_pruning
+            ratio = both[:, 1] - both[:, 0]
+        else:
+            ratio = None
+        return dict(base, log_likelihoods=log_likelihoods, log_likelihood_ratio=ratio)
+

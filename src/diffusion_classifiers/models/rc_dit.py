@@ -1,0 +1,326 @@
+"""Representation-conditioned DiT: a DiT denoiser conditioned (adaLN-Zero) on an image encoder's representation.
+
+A ViT encodes the clean image x0 to a vector r; the DiT denoises x_t given t and r with c = t_emb + proj(r), the
+way DiT takes a class label, but continuous. Encoder and denoiser are trained together with the epsilon loss on
+unlabeled images (`RCDiTJointModel` + `RCDiTLoss` under `diffusion_classifiers.training.train`), so the encoder
+learns what the denoiser needs. After training, r is the image representation used for classification.
+"""
+
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention import FeedForward
+from diffusers.models.attention_processor import Attention
+from diffusers.models.embeddings import PatchEmbed, TimestepEmbedding, Timesteps
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero
+from torch import nn
+
+RC_DIT_SIZES = {
+    # name: hidden_size, num_layers, num_heads, default patch_size (DiT-S and DiT-B widths and depths)
+    "tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "patch_size": 4},
+    "S": {"hidden_size": 384, "num_layers": 12, "num_heads": 6, "patch_size": 2},
+    "B": {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "patch_size": 2},
+}
+
+
+def rc_dit_config(
+    size: str = "S",
+    sample_size: int = 32,
+    in_channels: int = 1,
+    representation_dim: int = 384,
+    patch_size: Optional[int] = None,
+    **overrides,
+) -> dict:
+    """`RepresentationConditionedDiTModel` kwargs for a named size ("tiny" for tests, "S", "B")."""
+    if size not in RC_DIT_SIZES:
+        raise ValueError(f"expected an RC-DiT size in {sorted(RC_DIT_SIZES)}, got {size!r}")
+    config = dict(RC_DIT_SIZES[size], sample_size=sample_size, in_channels=in_channels, representation_dim=representation_dim)
+    if patch_size is not None:
+        config["patch_size"] = patch_size
+    config.update(overrides)
+    return config
+
+
+class DiTBlock(nn.Module):
+    """One DiT block with adaLN-Zero conditioning on a continuous embedding `emb` [N, hidden_size].
+
+    diffusers' `BasicTransformerBlock(norm_type="ada_norm_zero")` builds its own timestep + class-label embedding
+    and cannot take a precomputed continuous one, so the block is assembled from diffusers' `AdaLayerNormZero`
+    (called with `emb=`), `Attention` and `FeedForward`.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = AdaLayerNormZero(hidden_size)  # shift/scale/gate for attention and MLP, from emb
+        self.attn = Attention(
+            query_dim=hidden_size, heads=num_heads, dim_head=hidden_size // num_heads, bias=True, out_bias=True
+        )
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.ff = FeedForward(hidden_size, inner_dim=int(hidden_size * mlp_ratio), activation_fn="gelu-approximate")
+
+    def forward(self, hidden_states: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(hidden_states, emb=emb)
+        hidden_states = hidden_states + gate_msa[:, None] * self.attn(normed)
+        normed = self.norm2(hidden_states) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+        return hidden_states + gate_mlp[:, None] * self.ff(normed)
+
+
+class RepresentationConditionedDiTModel(ModelMixin, ConfigMixin):
+    r"""
+    A pixel-space DiT that predicts the noise epsilon of `sample` at `timestep`, conditioned on a representation.
+
+    The conditioning is `c = TimestepEmbedding(Timesteps(t)) + Linear(r)`, fed to every block through adaLN-Zero
+    and to the final layer through `AdaLayerNormContinuous`. All modulation layers and the output projection start
+    at zero, so the initial model predicts 0 everywhere. A learned `null_representation` stands in for r when
+    `representation=None`, and replaces each sample's r with probability `rep_dropout` in training mode (drawn from
+    the global torch RNG), so the same model also learns the unconditional prediction: classifier-free guidance and
+    unconditional sampling work.
+
+    Args:
+        sample_size: image height and width (square images).
+        in_channels: image channels (the output has the same).
+        patch_size: side of the square patches; must divide `sample_size`.
+        hidden_size, num_layers, num_heads, mlp_ratio: transformer width, depth, heads and MLP expansion.
+        representation_dim: the size D of the representation r (the encoder's hidden size).
+        rep_dropout: probability of replacing r with the null representation in training mode.
+    """
+
+    config_name = "config.json"
+    _supports_gradient_checkpointing = False
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 32,
+        in_channels: int = 1,
+        patch_size: int = 2,
+        hidden_size: int = 384,
+        num_layers: int = 12,
+        num_heads: int = 6,
+        representation_dim: int = 384,
+        rep_dropout: float = 0.1,
+        mlp_ratio: float = 4.0,
+        timestep_channels: int = 256,
+    ):
+        super().__init__()
+        if patch_size < 1 or sample_size % patch_size:
+            raise ValueError(f"expected a patch_size that divides sample_size={sample_size}, got patch_size={patch_size}")
+        if hidden_size % num_heads:
+            raise ValueError(f"expected hidden_size divisible by num_heads, got {hidden_size} and {num_heads}")
+        if representation_dim < 1:
+            raise ValueError(f"expected representation_dim >= 1, got {representation_dim}")
+        if not 0.0 <= rep_dropout <= 1.0:
+            raise ValueError(f"expected rep_dropout in [0, 1], got {rep_dropout}")
+
+        self.patch_embed = PatchEmbed(
+            height=sample_size, width=sample_size, patch_size=patch_size, in_channels=in_channels, embed_dim=hidden_size
+        )
+        self.time_proj = Timesteps(timestep_channels, flip_sin_to_cos=True, downscale_freq_shift=1)
+        self.time_embedding = TimestepEmbedding(timestep_channels, hidden_size)
+        self.representation_proj = nn.Linear(representation_dim, hidden_size)
+        self.null_representation = nn.Parameter(torch.zeros(representation_dim))
+        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(num_layers)])
+        self.norm_out = AdaLayerNormContinuous(hidden_size, hidden_size, elementwise_affine=False, eps=1e-6)
+        self.proj_out = nn.Linear(hidden_size, patch_size * patch_size * in_channels)
+        self._initialize_weights()
+
+    def _initialize_weights(self) -> None:
+        # DiT's init: xavier linears, normal(0.02) embedding MLP, and adaLN-Zero (modulations and output at zero).
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        proj = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))
+        for linear in (self.time_embedding.linear_1, self.time_embedding.linear_2):
+            nn.init.normal_(linear.weight, std=0.02)
+        for layer in [block.norm1.linear for block in self.blocks] + [self.norm_out.linear, self.proj_out]:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def check_representation(self, representation: torch.Tensor, batch_size: int) -> None:
+        dim = self.config.representation_dim
+        if representation.ndim != 2 or representation.shape[1] != dim or representation.shape[0] not in (1, batch_size):
+            raise ValueError(
+                f"expected a representation of shape [{batch_size}, {dim}] (representation_dim={dim}), "
+                f"got {tuple(representation.shape)}"
+            )
+
+    def condition(self, timestep: torch.Tensor, representation: torch.Tensor) -> torch.Tensor:
+        """The conditioning c = t_emb + proj(r), [N, hidden_size]."""
+        t_emb = self.time_embedding(self.time_proj(timestep).to(self.dtype))
+        return t_emb + self.representation_proj(representation.to(self.dtype))
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: Union[torch.Tensor, float, int],
+        representation: Optional[torch.Tensor] = None,
+        return_dict: bool = True,
+    ):
+        r"""
+        Args:
+            sample: noisy images `[N, in_channels, sample_size, sample_size]`.
+            timestep: one timestep for the batch, or one per sample `[N]`.
+            representation: `[N, representation_dim]` (or `[1, D]`, broadcast); `None` uses the null representation.
+
+        Returns:
+            `Transformer2DModelOutput` whose `.sample` is the predicted noise, shaped like `sample`; a tuple when
+            `return_dict=False`.
+        """
+        config = self.config
+        expected = (config.in_channels, config.sample_size, config.sample_size)
+        if sample.ndim != 4 or tuple(sample.shape[1:]) != expected:
+            raise ValueError(f"expected a sample of shape [N, {', '.join(map(str, expected))}], got {tuple(sample.shape)}")
+        batch_size = sample.shape[0]
+        timestep = torch.as_tensor(timestep, device=sample.device)
+        if timestep.ndim == 0:
+            timestep = timestep.expand(batch_size)
+        elif timestep.shape != (batch_size,):
+            raise ValueError(f"expected one timestep or {batch_size}, got shape {tuple(timestep.shape)}")
+
+        null = self.null_representation[None].expand(batch_size, -1)
+        if representation is None:
+            representation = null
+        else:
+            self.check_representation(representation, batch_size)
+            representation = representation.to(null.dtype).expand(batch_size, -1)
+            if self.training and config.rep_dropout > 0:
+                drop = torch.rand(batch_size, device=sample.device) < config.rep_dropout
+                representation = torch.where(drop[:, None], null, representation)
+
+        emb = self.condition(timestep, representation)
+        hidden_states = self.patch_embed(sample.to(self.dtype))
+        for block in self.blocks:
+            hidden_states = block(hidden_states, emb)
+        hidden_states = self.proj_out(self.norm_out(hidden_states, emb))
+        output = self.unpatchify(hidden_states)
+        if not return_dict:
+            return (output,)
+        return Transformer2DModelOutput(sample=output)
+
+    def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[N, (H/p)(W/p), p*p*C] -> [N, C, H, W]."""
+        p, c, grid = self.config.patch_size, self.config.in_channels, self.config.sample_size // self.config.patch_size
+        tokens = tokens.reshape(tokens.shape[0], grid, grid, p, p, c)
+        return torch.einsum("nhwpqc->nchpwq", tokens).reshape(tokens.shape[0], c, grid * p, grid * p)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The encoder (a transformers vision model) and joint training
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def build_vit_encoder(
+    image_size: int = 32,
+    num_channels: int = 1,
+    hidden_size: int = 192,
+    num_layers: int = 6,
+    num_heads: int = 3,
+    patch_size: int = 4,
+    mlp_ratio: float = 4.0,
+):
+    """A randomly initialised transformers `ViTModel`; its `pooler_output` (tanh(Linear(CLS token))) is r."""
+    from transformers import ViTConfig, ViTModel
+
+    if image_size % patch_size:
+        raise ValueError(f"expected an encoder patch_size that divides image_size={image_size}, got {patch_size}")
+    config = ViTConfig(
+        image_size=image_size,
+        patch_size=patch_size,
+        num_channels=num_channels,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=int(hidden_size * mlp_ratio),
+    )
+    return ViTModel(config)
+
+
+def encode_representation(encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """r = the encoder's `pooler_output` [N, D] for images [N, C, H, W] in [-1, 1]: for transformers' `ViTModel`
+    tanh(Linear(CLS token)), for `Dinov2Model` the final-layernormed CLS token; for a model built without a pooler,
+    the final-layernormed CLS token. Images of another size than the encoder's `image_size` are resized (bilinear,
+    antialiased). Every encoder parameter takes part, so DDP needs no `find_unused_parameters`.
+    """
+    config = encoder.config
+    if images.ndim != 4 or images.shape[1] != config.num_channels:
+        raise ValueError(f"expected images [N, {config.num_channels}, H, W] for the encoder, got {tuple(images.shape)}")
+    size = config.image_size
+    if tuple(images.shape[-2:]) != (size, size):
+        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    pixel_values = images.to(device=encoder.device, dtype=encoder.dtype)
+    outputs = encoder(pixel_values=pixel_values)
+    pooled = getattr(outputs, "pooler_output", None)
+    return outputs.last_hidden_state[:, 0] if pooled is None else pooled
+
+
+def representation_size(encoder: nn.Module) -> int:
+    """The size D of `encode_representation`'s output: the pooler's output size, else the hidden size."""
+    return getattr(encoder.config, "pooler_output_size", None) or encoder.config.hidden_size
+
+
+def check_encoder_matches(encoder: nn.Module, transformer: RepresentationConditionedDiTModel) -> None:
+    """The encoder must output r of the transformer's `representation_dim` and read its images' channels."""
+    hidden, expected = representation_size(encoder), transformer.config.representation_dim
+    if hidden != expected:
+        raise ValueError(
+            f"encoder hidden size {hidden} (the size of its representation) does not match the transformer's "
+            f"representation_dim {expected}: build the transformer with representation_dim={hidden} or use an "
+            f"encoder of hidden size {expected}"
+        )
+    channels, in_channels = encoder.config.num_channels, transformer.config.in_channels
+    if channels != in_channels:
+        raise ValueError(f"encoder num_channels {channels} does not match the transformer's in_channels {in_channels}")
+
+
+class RCDiTJointModel(nn.Module):
+    """Encoder + transformer as one module, so one optimizer (and DDP, EMA, checkpoints) trains both.
+
+    `forward(noisy, timesteps, clean)` encodes the clean images to r and predicts the noise of `noisy` given r.
+    `freeze_encoder=True` keeps the encoder fixed (no gradients, eval mode): only the DiT learns.
+    """
+
+    def __init__(self, encoder: nn.Module, transformer: RepresentationConditionedDiTModel, freeze_encoder: bool = False):
+        super().__init__()
+        check_encoder_matches(encoder, transformer)
+        self.encoder = encoder
+        self.transformer = transformer
+        self.freeze_encoder = freeze_encoder
+        if freeze_encoder:
+            encoder.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_encoder:
+            self.encoder.eval()
+        return self
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
+            representation = encode_representation(self.encoder, clean)
+        return self.transformer(noisy, timesteps, representation).sample
+
+
+class RCDiTLoss:
+    """Epsilon-prediction loss of an `RCDiTJointModel` for `training.train`: batches are `(images,)` or
+    `(images, labels)` (labels ignored); images in [-1, 1]. The transformer's `rep_dropout` applies in train mode."""
+
+    def __init__(self, scheduler: DDPMScheduler):
+        if scheduler.config.prediction_type != "epsilon":
+            raise ValueError(f"expected an epsilon-prediction scheduler, got {scheduler.config.prediction_type!r}")
+        self.scheduler = scheduler
+
+    def __call__(self, model: nn.Module, batch: tuple) -> torch.Tensor:
+        images = batch[0]
+        noise = torch.randn_like(images)
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (images.shape[0],), device=images.device)
+        noisy = self.scheduler.add_noise(images, noise, timesteps)
+        prediction = model(noisy, timesteps, images)
+        return F.mse_loss(prediction.float(), noise.float())
