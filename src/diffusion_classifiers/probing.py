@@ -148,8 +148,8 @@ def _preconditioner(x: torch.Tensor, ridge: float) -> torch.Tensor:
     second_moment = torch.bmm(sample, sample.transpose(1, 2)).double() / sample.shape[2]
     eye = torch.eye(dim, dtype=torch.float64, device=x.device)
     chol, info = torch.linalg.cholesky_ex(second_moment + ridge * eye)
-    if bool((info > 0).any()):  # round-off in float32 moments of nearly collinear features: add more ridge
-        chol = torch.linalg.cholesky(second_moment + (ridge + 1e-6 * dim) * eye)
+    if bool((info > 0).any()):  # float32 round-off in the moments of collinear features, with a tiny ridge (large C)
+        chol = torch.linalg.cholesky(second_moment + (ridge + 1e-3) * eye)  # (unit diagonal: standardised features)
     inverse = torch.linalg.solve_triangular(chol, eye.expand(num_heads, dim, dim), upper=False)  # L^-1
     return inverse.transpose(1, 2).to(x.dtype).contiguous()
 
