@@ -29,7 +29,7 @@ def fitted_pipeline(digits):
     features = {name: pipe.extract_features(digits[name].images, BLOCKS, TIMESTEPS) for name in ("train", "val")}
     probe = fit_probe_grid(
         features["train"], digits["train"].labels, features["val"], digits["val"].labels,
-        class_names=digits["train"].class_names, epochs=100,
+        class_names=digits["train"].class_names,
     )
     pipe.register_modules(head=probe.head)
     return pipe, probe

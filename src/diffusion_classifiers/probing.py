@@ -353,7 +353,6 @@ def fit_probe_grid(
     seed: int = 0,
     device: Optional[str] = None,
     show_progress: bool = False,
-    epochs: Optional[int] = None,
 ) -> ProbeGridResult:
     r"""
     Fit one linear probe per (block, timestep) pair, all at once, and pick the best pair on validation.
@@ -389,18 +388,10 @@ def fit_probe_grid(
             default: the penalty already regularises, and without it the heads are the optimum of the objective above.
         seed: accepted for a uniform API; the solver is deterministic (zero init, full batch) and uses no randomness.
         device: defaults to CUDA when available.
-        epochs: deprecated alias of `max_iter` (the former solver was AdamW run for `epochs` epochs).
 
     Returns:
         [`ProbeGridResult`]. A `UserWarning` names the heads that reached `max_iter` before `tol`.
     """
-    if epochs is not None:
-        warnings.warn(
-            "fit_probe_grid(epochs=...) is deprecated: the probes are fitted by full-batch L-BFGS; pass max_iter",
-            FutureWarning,
-            stacklevel=2,
-        )
-        max_iter = epochs
     if (test_features is None) != (test_labels is None):
         raise ValueError("expected test_features and test_labels together, got only one of them")
     if not isinstance(train_features, dict) or not train_features:
