@@ -14,6 +14,7 @@ multi-process DDP needs: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --nu
 import argparse
 
 from accelerate import PartialState
+from accelerate.utils import set_seed
 
 from diffusion_classifiers.data import load_image_classification_data
 from diffusion_classifiers.models import UNET_PRESETS
@@ -37,6 +38,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     training_args = training_args_from_namespace(args)
+    set_seed(args.seed)  # train_ddpm_unet draws the initial weights before the training loop seeds itself
     train = load_image_classification_data(
         args.dataset, image_size=args.image_size, num_channels=args.num_channels, seed=args.seed
     )["train"]

@@ -534,6 +534,8 @@ def _fill_errors(eps_fn, sde, images, class_ids, timesteps, streams, errors, row
     `t = timesteps[i, p]` and `eps ~ N(0, I)` drawn from image `i`'s stream at position `p` (shared by all classes),
     `max_batch_size` rows per model call.
     """
+    if len(rows) == 0:  # every image stopped early: nothing to evaluate
+        return
     for chunk in rows.split(max_batch_size):
         i, p, k = chunk.unbind(1)
         pairs, inverse = torch.unique(chunk[:, :2], dim=0, return_inverse=True)

@@ -1,0 +1,205 @@
+import json
+import math
+import runpy
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from PIL import Image
+
+from diffusion_classifiers import DiffusionClassifierPipeline, ScoreSDEClassifierPipeline
+from diffusion_classifiers.data import load_image_classification_data, preprocess_images
+from diffusion_classifiers.models import unet_config
+
+from .conftest import PYTHON, REPO_ROOT, python_subprocess_env
+
+TRAIN_SCRIPT = runpy.run_path(str(REPO_ROOT / "examples" / "train_score_sde.py"), run_name="train_score_sde")
+FAST_ODE = dict(method="likelihood", solver="rk4", num_steps=8, step_spacing="quadratic")
+
+
+def write_bright_and_dark_images(root, per_class=40):
+    """An image folder `root/{bright,dark}/*.png` of 8x8 grayscale noise around levels 200 and 55."""
+    rng = np.random.default_rng(0)
+    for name, level in (("bright", 200), ("dark", 55)):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(level + rng.normal(0, 25, (8, 8)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, mode="L").save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The training script run on bright vs dark images (label dropout 0.1: a null class), loaded back."""
+    root = tmp_path_factory.mktemp("score_sde")
+    data = write_bright_and_dark_images(root / "data")
+    TRAIN_SCRIPT["main"]([
+        "--dataset", str(data), "--image_size", "8", "--unet_preset", "tiny", "--output_dir", str(root / "model"),
+        "--max_train_steps", "200", "--train_batch_size", "32", "--learning_rate", "1e-2", "--lr_warmup_steps", "5",
+        "--checkpointing_steps", "1000",
+    ])  # fmt: skip
+    test = load_image_classification_data(str(data), image_size=8)["test"]
+    return DiffusionClassifierPipeline.from_pretrained(str(root / "model")), test, root
+
+
+def random_pipeline(num_class_embeds=3, class_names=None):
+    torch.manual_seed(0)
+    unet = UNet2DModel(**unet_config("tiny", 8, num_class_embeds=num_class_embeds))
+    return ScoreSDEClassifierPipeline(unet, DDPMScheduler(), class_names=class_names)
+
+
+# -------------------------------------------------------------------------------------------- training, loading
+
+
+def test_training_script_saves_class_names_with_the_weights(trained):
+    pipe, _, root = trained
+    assert isinstance(pipe, ScoreSDEClassifierPipeline)
+    assert json.loads((root / "model" / "model_index.json").read_text())["class_names"] == ["bright", "dark"]
+    assert pipe.class_names == ["bright", "dark"] and pipe.unet.config.num_class_embeds == 3  # + the null class
+
+
+def test_training_script_refuses_labels_outside_the_classes_before_writing(tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, train_images=np.zeros((4, 8, 8), np.uint8), train_labels=np.array([0, 1, -1, 1]))
+    with pytest.raises(ValueError, match="label"):
+        TRAIN_SCRIPT["main"](["--dataset", str(path), "--output_dir", str(tmp_path / "out"), "--max_train_steps", "2"])
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------ classifying
+
+
+def test_both_methods_classify_separable_classes(trained):
+    pipe, test, _ = trained
+    elbo = pipe(test.images, num_timesteps=20)
+    exact = pipe(test.images, **FAST_ODE)
+    for out in (elbo, exact):
+        assert torch.equal(out.label_ids, test.labels)
+        assert out.labels == [pipe.class_names[i] for i in test.labels]
+        torch.testing.assert_close(out.probs.sum(1), torch.ones(len(test)))
+        torch.testing.assert_close(out.log_likelihood_ratio, out.log_likelihoods[:, 1] - out.log_likelihoods[:, 0])
+    assert elbo.nfe_per_image.tolist() == [2 * 20] * len(test)  # K classes x T timesteps, the null class never
+    assert exact.nfe_per_image.tolist() == [2 * 4 * 8] * len(test)  # K x 4 RK4 stages x 8 steps
+    assert elbo.bits_per_dim is None and exact.bits_per_dim.shape == (len(test), 2)
+    # the fast fixed-step ODE agrees with the adaptive solver on the decisions and, roughly, on the ratios
+    faithful = pipe(test.images[:4], method="likelihood", solver="dopri5", rtol=1e-3, atol=1e-3)
+    assert torch.equal(faithful.label_ids, test.labels[:4])
+    assert (faithful.log_likelihood_ratio - exact.log_likelihood_ratio[:4]).abs().max() < 5
+
+
+def test_early_stop_and_pruning_save_evaluations(trained):
+    pipe, test, _ = trained
+    # uniform weighting: the ELBO weight's 1 / sigma^2 peak makes the error differences too noisy to stop early here
+    early = [pipe(test.images, num_timesteps=40, weighting="uniform", early_stop_confidence=confidence,
+                  timesteps_per_check=5) for confidence in (0.9, 0.99)]  # 0.9: every image stops at the first check
+    pruned = pipe(test.images, num_timesteps=20, pruning=[(10, 1), (10, 1)])
+    for out in (*early, pruned):
+        assert torch.equal(out.label_ids, test.labels)
+    assert early[0].nfe_per_image.tolist() == [2 * 5] * len(test)
+    assert (early[1].nfe_per_image < 2 * 40).all() and (early[1].nfe_per_image % 10 == 0).all()
+    assert pruned.nfe_per_image.tolist() == [2 * 10 + 10] * len(test)
+    assert torch.isfinite(pruned.log_likelihood_ratio).all()  # from both classes' scores before pruning
+    assert (torch.isinf(pruned.log_likelihoods).sum(1) == 1).all()
+
+
+def test_priors_enter_by_bayes_rule(trained):
+    pipe, test, _ = trained
+    flat = pipe(test.images, num_timesteps=20)
+    # the image of class "bright" (0) closest to the boundary; a prior for "dark" just strong enough to flip it
+    margin = (-flat.log_likelihood_ratio).masked_fill(test.labels == 1, math.inf)
+    i = int(margin.argmin())
+    assert 0 < margin[i] < 300  # a finite margin for a bright image, a prior exp(-300) still representable
+    log_odds = float(margin[i]) + 1.0  # log prior(dark) / prior(bright)
+    priors = [1 / (1 + math.exp(log_odds)), 1 / (1 + math.exp(-log_odds))]
+    tilted = pipe(test.images, num_timesteps=20, priors=priors)
+    assert torch.equal(tilted.log_likelihoods, flat.log_likelihoods)  # the prior does not touch the likelihoods
+    expected = (flat.log_likelihoods + torch.tensor(priors, dtype=torch.float64).log()).softmax(1)
+    torch.testing.assert_close(tilted.probs.double(), expected, atol=1e-6, rtol=1e-5)
+    ratio = tilted.probs[i, 1] / tilted.probs[i, 0]
+    assert float(ratio) == pytest.approx(math.exp(float(flat.log_likelihood_ratio[i]) + log_odds), rel=1e-4)
+    assert tilted.labels[i] == "dark" and flat.labels[i] == "bright"
+
+
+def test_seeds_and_generators_are_repeatable(trained):
+    pipe, test, _ = trained
+    images = test.images[:3]
+    reference = pipe(images, num_timesteps=4).log_likelihoods
+    assert torch.equal(pipe(images, num_timesteps=4).log_likelihoods, reference)
+    with_generator = [pipe(images, num_timesteps=4, generator=torch.Generator().manual_seed(5)) for _ in range(2)]
+    assert torch.equal(with_generator[0].log_likelihoods, with_generator[1].log_likelihoods)
+    assert not torch.equal(with_generator[0].log_likelihoods, reference)
+    with pytest.raises(ValueError, match="one generator per image"):
+        pipe(images, generator=[torch.Generator()] * 2)
+
+
+def test_save_and_load_in_fresh_process_gives_identical_outputs(trained, tmp_path):
+    pipe, test, root = trained
+    images = test.images[:6]
+    np.save(tmp_path / "images.npy", images.numpy())
+    expected = {"elbo": pipe(images, num_timesteps=8), "likelihood": pipe(images, **(FAST_ODE | dict(num_steps=2)))}
+    script = f"""
+import numpy, torch
+from diffusion_classifiers import DiffusionClassifierPipeline
+pipe = DiffusionClassifierPipeline.from_pretrained({str(root / 'model')!r})
+assert type(pipe).__name__ == "ScoreSDEClassifierPipeline", type(pipe)
+images = torch.from_numpy(numpy.load({str(tmp_path / 'images.npy')!r}))
+elbo = pipe(images, num_timesteps=8)
+exact = pipe(images, **{FAST_ODE | dict(num_steps=2)!r})
+numpy.savez({str(tmp_path / 'out.npz')!r}, elbo=elbo.log_likelihoods.numpy(), elbo_probs=elbo.probs.numpy(),
+            likelihood=exact.log_likelihoods.numpy(), likelihood_probs=exact.probs.numpy())
+print(elbo.labels)
+"""
+    result = subprocess.run([PYTHON, "-c", script], env=python_subprocess_env(), capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = np.load(tmp_path / "out.npz")
+    assert result.stdout.strip() == str(expected["elbo"].labels)
+    for method, out in expected.items():
+        assert torch.equal(torch.from_numpy(loaded[method]), out.log_likelihoods)
+        assert torch.equal(torch.from_numpy(loaded[f"{method}_probs"]), out.probs)
+
+
+# -------------------------------------------------------------------------------------------------- bad input
+
+
+def test_model_without_class_embeddings_is_refused_at_construction():
+    with pytest.raises(ValueError, match="class-conditional UNet2DModel"):
+        random_pipeline(num_class_embeds=None)
+    with pytest.raises(ValueError, match="expected 3 class names"):
+        random_pipeline(3, class_names=["a"])
+
+
+@pytest.mark.parametrize(
+    "priors, message",
+    [
+        ([0.2, 0.3, 0.5], "expected 2 priors"),
+        ([1.5, -0.5], "non-negative"),
+        ([0.3, 0.3], "summing to 1"),
+    ],
+)
+def test_bad_priors_are_refused(trained, priors, message):
+    pipe, test, _ = trained
+    with pytest.raises(ValueError, match=message):
+        pipe(test.images, priors=priors)
+
+
+def test_images_are_resized_to_the_model_and_bad_channels_refused(trained):
+    pipe, test, _ = trained
+    images = test.images[[0, 1, -2, -1]]  # bright and dark: values below 0, so read as [-1, 1] (not [0, 1])
+    large = torch.nn.functional.interpolate(images, size=16, mode="nearest")  # 16 px, same content
+    resized = preprocess_images(large, image_size=8)
+    assert not torch.equal(resized, large[..., ::2, ::2])  # a real (antialiased) resize
+    torch.testing.assert_close(pipe(large, num_timesteps=4).log_likelihoods, pipe(resized, num_timesteps=4).log_likelihoods)
+    with pytest.raises(ValueError, match="expected 1 or 3 channels, got 4"):
+        pipe(torch.zeros(2, 4, 8, 8))
+
+
+def test_bad_method_and_solver_tolerance_are_refused(trained):
+    pipe, test, _ = trained
+    with pytest.raises(ValueError, match="tolerances"):
+        pipe(test.images, method="likelihood", solver="dopri5", rtol=0.0)
+    with pytest.raises(ValueError, match="tolerances"):
+        pipe(test.images, method="likelihood", solver="dopri5", atol=-1e-5)
+    with pytest.raises(ValueError, match="method in"):
+        pipe(test.images, method="exact")
