@@ -60,8 +60,8 @@ def main():
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--preset", default=None, help="U-Net preset; default tiny with --quick, else small")
     parser.add_argument("--image_size", type=int, default=16)
-    parser.add_argument("--train_steps", type=int, default=None, help="default 30 with --quick, else 600")
-    parser.add_argument("--num_images", type=int, default=None, help="test images scored; default 10 quick, else 200")
+    parser.add_argument("--train_steps", type=int, default=None, help="default 30 with --quick, else 500")
+    parser.add_argument("--num_images", type=int, default=None, help="test images scored; default 10 quick, else 120")
     parser.add_argument("--exhaustive_timesteps", type=int, default=None, help="default 10 quick, else 50")
     parser.add_argument("--pruning", default=None,
                         help='JSON [[T_1, k_1], ...]; default [[2, 3], [3, 1]] quick, else [[5, 3], [15, 1]]')
@@ -69,8 +69,8 @@ def main():
     parser.add_argument("--batch_size", type=int, default=500, help="samples per U-Net call")
     args = parser.parse_args()
     preset = args.preset or ("tiny" if args.quick else "small")
-    train_steps = args.train_steps or (30 if args.quick else 600)
-    num_images = args.num_images or (10 if args.quick else 200)
+    train_steps = args.train_steps or (30 if args.quick else 500)
+    num_images = args.num_images or (10 if args.quick else 120)
     exhaustive_timesteps = args.exhaustive_timesteps or (10 if args.quick else 50)
     pruning = [tuple(stage) for stage in json.loads(args.pruning or ("[[2, 3], [3, 1]]" if args.quick else "[[5, 3], [15, 1]]"))]
     device = setup(args)
@@ -113,6 +113,8 @@ def main():
         "accuracy": accuracy,
         "accuracy_loss_points": 100 * (accuracy["exhaustive"] - accuracy["pruned"]),
         "agreement": float((predictions["exhaustive"] == predictions["pruned"]).float().mean()),
+        "only_exhaustive_correct": int(((predictions["exhaustive"] == test.labels) & (predictions["pruned"] != test.labels)).sum()),
+        "only_pruned_correct": int(((predictions["pruned"] == test.labels) & (predictions["exhaustive"] != test.labels)).sum()),
         "target": {"nfe_reduction": 5, "accuracy_loss_points": 1},
     }
     figures["meets_target"] = figures["nfe_reduction"] >= 5 and figures["accuracy_loss_points"] <= 1

@@ -15,7 +15,7 @@ from accelerate import PartialState
 from diffusers import DDPMScheduler
 from torch.utils.data import TensorDataset
 
-from diffusion_classifiers.data import load_image_classification_data
+from diffusion_classifiers.data import add_data_args, load_data_from_args
 from diffusion_classifiers.models import (
     RC_DIT_SIZES,
     RCDiTJointModel,
@@ -30,9 +30,7 @@ from diffusion_classifiers.training import add_training_args, train, training_ar
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="digits", help="'digits', a MedMNIST .npz, an IDX folder or an image folder")
-    parser.add_argument("--image_size", type=int, default=None, help="resize to this size (default: the dataset's)")
-    parser.add_argument("--num_channels", type=int, default=None, choices=[1, 3])
+    add_data_args(parser)
     parser.add_argument("--dit_size", default="S", choices=sorted(RC_DIT_SIZES))
     parser.add_argument("--patch_size", type=int, default=None, help="DiT patch size (default: the size's)")
     parser.add_argument("--rep_dropout", type=float, default=0.1, help="probability of the null representation")
@@ -49,9 +47,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     training_args = training_args_from_namespace(args)
-    splits = load_image_classification_data(
-        args.dataset, image_size=args.image_size, num_channels=args.num_channels, seed=args.seed
-    )
+    splits = load_data_from_args(args)
     images = splits["train"].images
     if images.shape[-1] != images.shape[-2]:
         raise ValueError(f"expected square training images, got {tuple(images.shape[-2:])}: pass --image_size")

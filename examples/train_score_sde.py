@@ -16,7 +16,7 @@ import argparse
 from accelerate import PartialState
 from accelerate.utils import set_seed
 
-from diffusion_classifiers.data import load_image_classification_data
+from diffusion_classifiers.data import add_data_args, load_data_from_args
 from diffusion_classifiers.models import UNET_PRESETS
 from diffusion_classifiers.pipelines import ScoreSDEClassifierPipeline
 from diffusion_classifiers.training import add_training_args, train_ddpm_unet, training_args_from_namespace
@@ -24,9 +24,7 @@ from diffusion_classifiers.training import add_training_args, train_ddpm_unet, t
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="digits", help="'digits', a MedMNIST .npz, an IDX folder or an image folder")
-    parser.add_argument("--image_size", type=int, default=None, help="resize to this size (default: the dataset's)")
-    parser.add_argument("--num_channels", type=int, default=None, choices=[1, 3])
+    add_data_args(parser)
     parser.add_argument("--unet_preset", default="small", choices=sorted(UNET_PRESETS))
     parser.add_argument("--num_train_timesteps", type=int, default=1000)
     parser.add_argument("--label_dropout", type=float, default=0.1, help="fraction of labels replaced by the null class")
@@ -39,9 +37,7 @@ def main(argv=None):
     args = parse_args(argv)
     training_args = training_args_from_namespace(args)
     set_seed(args.seed)  # train_ddpm_unet draws the initial weights before the training loop seeds itself
-    train = load_image_classification_data(
-        args.dataset, image_size=args.image_size, num_channels=args.num_channels, seed=args.seed
-    )["train"]
+    train = load_data_from_args(args)["train"]
     unet, scheduler, _ = train_ddpm_unet(
         training_args, train.images, train.labels, preset=args.unet_preset,
         num_train_timesteps=args.num_train_timesteps, label_dropout=args.label_dropout,

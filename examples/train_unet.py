@@ -12,7 +12,7 @@ import argparse
 
 from accelerate import PartialState
 
-from diffusion_classifiers.data import load_image_classification_data
+from diffusion_classifiers.data import add_data_args, load_data_from_args
 from diffusion_classifiers.models import UNET_PRESETS
 from diffusion_classifiers.pipelines import UNetFeatureClassifierPipeline
 from diffusion_classifiers.training import add_training_args, train_ddpm_unet, training_args_from_namespace
@@ -20,9 +20,7 @@ from diffusion_classifiers.training import add_training_args, train_ddpm_unet, t
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="digits", help="'digits', a MedMNIST .npz, an IDX folder or an image folder")
-    parser.add_argument("--image_size", type=int, default=None, help="resize to this size (default: the dataset's)")
-    parser.add_argument("--num_channels", type=int, default=None, choices=[1, 3])
+    add_data_args(parser)
     parser.add_argument("--unet_preset", default="small", choices=sorted(UNET_PRESETS))
     parser.add_argument("--num_train_timesteps", type=int, default=1000)
     add_training_args(parser)
@@ -32,7 +30,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     training_args = training_args_from_namespace(args)
-    splits = load_image_classification_data(args.dataset, image_size=args.image_size, num_channels=args.num_channels, seed=args.seed)
+    splits = load_data_from_args(args)
     unet, scheduler, _ = train_ddpm_unet(
         training_args, splits["train"].images, preset=args.unet_preset, num_train_timesteps=args.num_train_timesteps
     )

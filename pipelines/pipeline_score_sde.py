@@ -105,9 +105,11 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
     @staticmethod
     def seeds_from(generator, seed: Union[int, Sequence[int]], num_images: int):
         """The scorers' seed: `seed` as given, or drawn from `generator` (one int; a list: one per image)."""
+        def draw(g: torch.Generator) -> int:
+            return int(torch.randint(2**62, (1,), generator=g, device=g.device))
+
         if generator is None:
             return seed
-        draw = lambda g: int(torch.randint(2**62, (1,), generator=g, device=g.device))  # noqa: E731
         if isinstance(generator, (list, tuple)):
             if len(generator) != num_images:
                 raise ValueError(f"expected one generator per image ({num_images}), got {len(generator)}")
@@ -191,7 +193,8 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
                   before_pruning: Optional[torch.Tensor] = None) -> dict:
         """Bayes' rule: the base output of `log_likelihoods + log_prior`, with the log-likelihoods and (K = 2) ratio."""
         logits = log_likelihoods if log_prior is None else log_likelihoods + log_prior
-        base = self.build_output(logits.double(), self.class_names)
+        logits = logits - logits.max(1, keepdim=True).values  # in float64: build_output's softmax runs in float32
+        base = self.build_output(logits, self.class_names)
         if len(self.class_names) == 2:
             both = log_likelihoods if before_pruning is None else before_pruning
             ratio = both[:, 1] - both[:, 0]

@@ -6,10 +6,11 @@ import shlex
 import sys
 import time
 
-DEMO_DEFAULTS = {"dataset": "digits", "image_size": 16, "unet_preset": "small", "max_train_steps": 800}
+DEMO_DEFAULTS = {"image_size": 16, "unet_preset": "small", "max_train_steps": 800}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data import add_data_args
     from .models import UNET_PRESETS
     from .training import add_training_args
     from .unet_feature_study import DEFAULT_TIMESTEPS
@@ -21,9 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a small DDPM U-Net without labels, probe every (block, timestep), k-means, report",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    demo.add_argument("--dataset", default=DEMO_DEFAULTS["dataset"], help="'digits', a MedMNIST .npz, an IDX folder or an image folder")
-    demo.add_argument("--image_size", type=int, default=DEMO_DEFAULTS["image_size"])
-    demo.add_argument("--num_channels", type=int, default=None, choices=[1, 3])
+    add_data_args(demo, image_size=DEMO_DEFAULTS["image_size"])
     demo.add_argument("--unet_preset", default=DEMO_DEFAULTS["unet_preset"], choices=sorted(UNET_PRESETS))
     demo.add_argument("--timesteps", type=int, nargs="+", default=list(DEFAULT_TIMESTEPS))
     demo.add_argument("--pool", default="mean", choices=["mean", "2x2"])
@@ -41,12 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_demo(args: argparse.Namespace) -> dict:
-    from .data import load_image_classification_data
+    from .data import load_data_from_args
     from .training import train_ddpm_unet, training_args_from_namespace
     from .unet_feature_study import run_unet_feature_study, summary_table, write_study_report
 
     started = time.time()
-    splits = load_image_classification_data(args.dataset, image_size=args.image_size, num_channels=args.num_channels, seed=args.seed)
+    splits = load_data_from_args(args)
     print(f"data: {args.dataset}: " + ", ".join(f"{name} {len(split)}" for name, split in splits.items()) + f", {splits['train'].num_classes} classes")
     training_args = training_args_from_namespace(args)
     training_args.output_dir = os.path.join(args.output_dir, "unet_training")

@@ -870,3 +870,16 @@ def _describe(value: Any) -> str:
     if isinstance(value, (torch.Tensor, np.ndarray)):
         return f"{type(value).__name__} of shape {tuple(value.shape)} and dtype {value.dtype}"
     return type(value).__name__
+
+
+def add_data_args(parser: Any, image_size: int | None = None) -> Any:
+    """The `--dataset`, `--image_size`, `--num_channels` flags every script shares (read by :func:`load_data_from_args`)."""
+    parser.add_argument("--dataset", default="digits", help="'digits', a MedMNIST .npz, an IDX folder or an image folder")
+    parser.add_argument("--image_size", type=int, default=image_size, help="resize to this size (default: the dataset's)")
+    parser.add_argument("--num_channels", type=int, default=None, choices=[1, 3])
+    return parser
+
+
+def load_data_from_args(args: Any) -> dict[str, LabeledImages]:
+    """:func:`load_image_classification_data` from the flags of :func:`add_data_args` (and `--seed`)."""
+    return load_image_classification_data(args.dataset, image_size=args.image_size, num_channels=args.num_channels, seed=args.seed)
