@@ -126,3 +126,10 @@ def test_conditional_training_checks_labels_and_balances_classes(tmp_path):
     assert abs(drawn.float().mean().item() - 0.5) < 0.05  # minority class 1 is 1/6 of the data, half of the draws
     unet, _, summary = train_ddpm_unet(tiny_args(tmp_path, max_train_steps=2), images, labels, preset="tiny", class_balanced=True, label_dropout=0.1)
     assert unet.config.num_class_embeds == 3 and summary.global_step == 2  # 2 classes + the null class
+
+
+def test_same_seed_same_initial_weights(tmp_path):
+    first, _, _ = train_ddpm_unet(tiny_args(tmp_path / "a", max_train_steps=1), tiny_images(), preset="tiny")
+    second, _, _ = train_ddpm_unet(tiny_args(tmp_path / "b", max_train_steps=1), tiny_images(), preset="tiny")
+    for a, b in zip(first.parameters(), second.parameters()):
+        assert torch.equal(a, b)

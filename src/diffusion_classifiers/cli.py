@@ -6,7 +6,7 @@ import shlex
 import sys
 import time
 
-DEMO_DEFAULTS = {"image_size": 16, "unet_preset": "small", "max_train_steps": 800}
+DEMO_DEFAULTS = {"image_size": 16, "unet_preset": "small", "max_train_steps": 600}
 
 
 def build_parser() -> argparse.ArgumentParser:

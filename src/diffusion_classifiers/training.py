@@ -367,6 +367,7 @@ def train_ddpm_unet(
     elif class_balanced:
         raise ValueError("class_balanced sampling needs labels")
     null_class = num_classes if label_dropout > 0 else None
+    torch.manual_seed(args.seed)  # the initial weights too: same seed, same model
     num_class_embeds = None if num_classes is None else num_classes + (label_dropout > 0)
     unet = UNet2DModel(**unet_config(preset, images.shape[-1], images.shape[1], num_class_embeds))
     scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps)
