@@ -324,12 +324,16 @@ class DenoisingLoss:
         noise = torch.randn_like(images)
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (images.shape[0],), device=images.device)
         noisy = self.scheduler.add_noise(images, noise, timesteps)
+        prediction = self.predict_noise(model, noisy, timesteps, batch)
+        return nn.functional.mse_loss(prediction.float(), noise.float())
+
+    def predict_noise(self, model: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, batch: tuple) -> torch.Tensor:
+        """The model's epsilon prediction; subclasses change what conditions it (class labels here)."""
         class_labels = batch[1] if self.conditional else None
         if class_labels is not None and self.label_dropout > 0:
-            drop = torch.rand(class_labels.shape, device=images.device) < self.label_dropout
+            drop = torch.rand(class_labels.shape, device=noisy.device) < self.label_dropout
             class_labels = torch.where(drop, torch.full_like(class_labels, self.null_class), class_labels)
-        prediction = model(noisy, timesteps, class_labels=class_labels).sample
-        return nn.functional.mse_loss(prediction.float(), noise.float())
+        return model(noisy, timesteps, class_labels=class_labels).sample
 
 
 def train_ddpm_unet(

@@ -20,6 +20,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero
 from torch import nn
 
+from ..training import DenoisingLoss
+
 RC_DIT_SIZES = {
     # name: hidden_size, num_layers, num_heads, default patch_size (DiT-S and DiT-B widths and depths)
     "tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "patch_size": 4},
@@ -308,19 +310,12 @@ class RCDiTJointModel(nn.Module):
         return self.transformer(noisy, timesteps, representation).sample
 
 
-class RCDiTLoss:
+class RCDiTLoss(DenoisingLoss):
     """Epsilon-prediction loss of an `RCDiTJointModel` for `training.train`: batches are `(images,)` or
     `(images, labels)` (labels ignored); images in [-1, 1]. The transformer's `rep_dropout` applies in train mode."""
 
     def __init__(self, scheduler: DDPMScheduler):
-        if scheduler.config.prediction_type != "epsilon":
-            raise ValueError(f"expected an epsilon-prediction scheduler, got {scheduler.config.prediction_type!r}")
-        self.scheduler = scheduler
+        super().__init__(scheduler)
 
-    def __call__(self, model: nn.Module, batch: tuple) -> torch.Tensor:
-        images = batch[0]
-        noise = torch.randn_like(images)
-        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (images.shape[0],), device=images.device)
-        noisy = self.scheduler.add_noise(images, noise, timesteps)
-        prediction = model(noisy, timesteps, images)
-        return F.mse_loss(prediction.float(), noise.float())
+    def predict_noise(self, model: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, batch: tuple) -> torch.Tensor:
+        return model(noisy, timesteps, batch[0])  # conditioned on the clean image's representation
