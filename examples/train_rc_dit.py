@@ -11,21 +11,13 @@ On a CPU-only machine, real multi-process DDP needs: ACCELERATE_USE_CPU=1 accele
 
 import argparse
 
+import torch
 from accelerate import PartialState
-from diffusers import DDPMScheduler
-from torch.utils.data import TensorDataset
 
 from diffusion_classifiers.data import add_data_args, load_data_from_args
-from diffusion_classifiers.models import (
-    RC_DIT_SIZES,
-    RCDiTJointModel,
-    RCDiTLoss,
-    RepresentationConditionedDiTModel,
-    build_vit_encoder,
-    rc_dit_config,
-)
+from diffusion_classifiers.models import RC_DIT_SIZES, add_encoder_args, build_vit_encoder_from_args, train_rc_dit
 from diffusion_classifiers.pipelines import RepresentationConditionedDiTPipeline
-from diffusion_classifiers.training import add_training_args, train, training_args_from_namespace
+from diffusion_classifiers.training import add_training_args, training_args_from_namespace
 
 
 def parse_args(argv=None):
@@ -34,10 +26,7 @@ def parse_args(argv=None):
     parser.add_argument("--dit_size", default="S", choices=sorted(RC_DIT_SIZES))
     parser.add_argument("--patch_size", type=int, default=None, help="DiT patch size (default: the size's)")
     parser.add_argument("--rep_dropout", type=float, default=0.1, help="probability of the null representation")
-    parser.add_argument("--encoder_hidden_size", type=int, default=192)
-    parser.add_argument("--encoder_num_layers", type=int, default=6)
-    parser.add_argument("--encoder_num_heads", type=int, default=3)
-    parser.add_argument("--encoder_patch_size", type=int, default=4)
+    add_encoder_args(parser)
     parser.add_argument("--freeze_encoder", action="store_true", help="train only the DiT")
     parser.add_argument("--num_train_timesteps", type=int, default=1000)
     add_training_args(parser)
@@ -52,21 +41,20 @@ def main(argv=None):
     if images.shape[-1] != images.shape[-2]:
         raise ValueError(f"expected square training images, got {tuple(images.shape[-2:])}: pass --image_size")
     image_size, num_channels = images.shape[-1], images.shape[1]
-    encoder = build_vit_encoder(
-        image_size,
-        num_channels,
-        hidden_size=args.encoder_hidden_size,
-        num_layers=args.encoder_num_layers,
-        num_heads=args.encoder_num_heads,
-        patch_size=args.encoder_patch_size,
+    torch.manual_seed(args.seed)
+    encoder = build_vit_encoder_from_args(args, image_size, num_channels)
+    encoder, transformer, scheduler, _ = train_rc_dit(
+        training_args,
+        images,
+        encoder,
+        dit_size=args.dit_size,
+        patch_size=args.patch_size,
+        rep_dropout=args.rep_dropout,
+        num_train_timesteps=args.num_train_timesteps,
+        freeze_encoder=args.freeze_encoder,
     )
-    config = rc_dit_config(args.dit_size, image_size, num_channels, args.encoder_hidden_size, patch_size=args.patch_size)
-    transformer = RepresentationConditionedDiTModel(**config, rep_dropout=args.rep_dropout)
-    scheduler = DDPMScheduler(num_train_timesteps=args.num_train_timesteps)
-    model = RCDiTJointModel(encoder, transformer, freeze_encoder=args.freeze_encoder)
-    model, _, _ = train(training_args, model, TensorDataset(images), RCDiTLoss(scheduler))
     if PartialState().is_main_process:
-        pipe = RepresentationConditionedDiTPipeline(model.encoder, model.transformer, scheduler)
+        pipe = RepresentationConditionedDiTPipeline(encoder, transformer, scheduler)
         pipe.save_pretrained(args.output_dir)
 
 

@@ -1,6 +1,7 @@
 """Classify with the representation of a ViT trained jointly with a DiT denoiser; generate from references."""
 
-from typing import List, Optional, Union
+import numbers
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from diffusers import DDPMScheduler
@@ -8,7 +9,8 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from diffusion_classifiers.data import preprocess_images
-from diffusion_classifiers.models import LinearProbeHead
+from diffusion_classifiers.features import make_noise
+from diffusion_classifiers.models import LinearProbeHead, PrototypeHead, fit_prototypes
 from diffusion_classifiers.models.rc_dit import (
     RepresentationConditionedDiTModel,
     check_encoder_matches,
@@ -22,17 +24,26 @@ from .pipeline_utils import DiffusionClassifierPipeline
 REPRESENTATION_FEATURE = ("encoder", 0)
 
 
+def dit_block_name(index: int) -> str:
+    """The block name of DiT block `index` in the feature keys of `dit_features`."""
+    return f"transformer_blocks.{index}"
+
+
 class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
     r"""
     A ViT encoder trained together with a representation-conditioned DiT; its representation r classifies images.
 
-    - `encode(images)`: r, the encoder's final-layernormed CLS token, `[N, D]`.
-    - `__call__(images)`: classify with `head`, a `LinearProbeHead` over r. Fit it with
-      `probing.fit_probe_grid({REPRESENTATION_FEATURE: pipe.encode(train_images)}, train_labels,
-      {REPRESENTATION_FEATURE: pipe.encode(val_images)}, val_labels, class_names=..., pool=None)` and
-      `pipe.register_modules(head=result.head)`; its `block`/`timestep` config fields are then "encoder"/0 and
-      `pool`, `noise_seed`, `num_noise_draws` are unused. Label-free (`probing.kmeans_evaluate`) and few-shot use
-      `encode` directly.
+    - `encode(images)`: r, the encoder's representation (`encode_representation`), `[N, D]`.
+    - `__call__(images)`: classify with `head` over r: a `LinearProbeHead` or a `PrototypeHead`.
+      - linear probe: `probing.fit_probe_grid({REPRESENTATION_FEATURE: pipe.encode(train_images)}, train_labels,
+        {REPRESENTATION_FEATURE: pipe.encode(val_images)}, val_labels, class_names=..., pool=None)` and
+        `pipe.register_modules(head=result.head)`; its `block`/`timestep` config fields are then "encoder"/0 and
+        `pool`, `noise_seed`, `num_noise_draws` are unused.
+      - prototypes (few-shot): `pipe.fit_prototypes(labelled_images, labels, class_names)` registers a
+        `PrototypeHead` (cosine similarity to the class means of r).
+      Label-free and few-shot evaluation (`probing.evaluate_protocols`) use `encode` directly.
+    - `dit_features(images, timesteps)`: pooled DiT block activations of noised images, a second feature source in
+      the `(block, timestep) -> [N, D]` form of the U-Net features.
     - `generate(reference_images)`: sample images with the scheduler, conditioned on the references' r, with
       classifier-free guidance.
 
@@ -45,7 +56,7 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
             `representation_dim` and whose `num_channels` is its `in_channels`.
         transformer: the `RepresentationConditionedDiTModel` trained with the encoder.
         scheduler: the `DDPMScheduler` it was trained with (a `DDIMScheduler` made from its config also samples).
-        head: optional fitted `LinearProbeHead` over r.
+        head: optional fitted `LinearProbeHead` or `PrototypeHead` over r.
     """
 
     model_cpu_offload_seq = "encoder->transformer->head"
@@ -56,7 +67,7 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         encoder,
         transformer: RepresentationConditionedDiTModel,
         scheduler: DDPMScheduler,
-        head: Optional[LinearProbeHead] = None,
+        head: Optional[Union[LinearProbeHead, PrototypeHead]] = None,
     ):
         super().__init__()
         check_encoder_matches(encoder, transformer)
@@ -80,20 +91,120 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
             [encode_representation(self.encoder, chunk).float().cpu() for chunk in pixels.split(batch_size)]
         )
 
+    def fit_prototypes(
+        self,
+        images,
+        labels,
+        class_names: Optional[Sequence[str]] = None,
+        temperature: float = 0.1,
+        standardize: bool = False,
+        batch_size: int = 64,
+    ) -> PrototypeHead:
+        """Fit a `PrototypeHead` on the representations of labelled `images` (e.g. a few per class), register it as
+        this pipeline's `head` and return it. `labels`: integer class ids; `class_names` fixes the number of classes
+        (else the largest label + 1), and every class needs at least one image."""
+        features = self.encode(images, batch_size=batch_size)
+        head = fit_prototypes(
+            features, labels, class_names=class_names, temperature=temperature, standardize=standardize,
+            block=REPRESENTATION_FEATURE[0], timestep=REPRESENTATION_FEATURE[1],
+        )  # fmt: skip
+        self.register_modules(head=head.to(self.encoder.device))
+        return head
+
     @torch.no_grad()
     def __call__(self, images, batch_size: int = 64, return_dict: bool = True):
-        """Classify `images` with the fitted head. Returns a `ClassifierPipelineOutput` (`labels`, `label_ids`,
-        `scores`, `probs`), or a tuple when `return_dict=False`."""
+        """Classify `images` with the fitted head (linear probe or prototypes). Returns a `ClassifierPipelineOutput`
+        (`labels`, `label_ids`, `scores`, `probs`), or a tuple when `return_dict=False`."""
         if self.head is None:
             raise ValueError(
-                "this pipeline has no `head`: fit one on `encode` features (diffusion_classifiers.probing."
-                "fit_probe_grid) and register it with `pipe.register_modules(head=...)` first"
+                "this pipeline has no `head`: fit one with `pipe.fit_prototypes(images, labels)`, or fit a linear "
+                "probe on `encode` features (diffusion_classifiers.probing.fit_probe_grid) and register it with "
+                "`pipe.register_modules(head=...)` first"
             )
         if self.head.config.block != REPRESENTATION_FEATURE[0]:
             raise ValueError(f"expected a head fitted on block {REPRESENTATION_FEATURE[0]!r}, got {self.head.config.block!r}")
         features = self.encode(images, batch_size=batch_size)
         logits = self.head(features.to(self.head.device))
         return self.build_output(logits, self.class_names, return_dict)
+
+    @torch.no_grad()
+    def dit_features(
+        self,
+        images,
+        timesteps: Sequence[int] = (100,),
+        block_indices: Optional[Sequence[int]] = None,
+        noise_seed: int = 0,
+        representation: str = "encoder",
+        pool: Optional[str] = "mean",
+        batch_size: int = 64,
+    ) -> Dict[Tuple[str, int], torch.Tensor]:
+        r"""
+        Pooled activations of DiT blocks on noised images, keyed like the U-Net features of
+        `DiffusionFeatureExtractor.extract`, so `probing.fit_probe_grid` and `probing.evaluate_protocols` take them.
+
+        Each image x0 is noised to `x_t = scheduler.add_noise(x0, eps, t)` with one noise `eps` from
+        `features.make_noise(1, ..., noise_seed)`: the same for every image and every timestep, so a feature depends
+        only on its image and the seed, not on batching.
+
+        Args:
+            images: one or a list of PIL images, arrays or tensors (resized to the transformer's `sample_size`).
+            timesteps: training timesteps in `[0, num_train_timesteps)`.
+            block_indices: the blocks to read (default all); only blocks up to the deepest one are run.
+            noise_seed: seed of the noise.
+            representation: "encoder" conditions the DiT on the image's own r; "null" on the null representation.
+            pool: "mean" over the patch tokens (`[N, hidden_size]`) or `None` (all tokens, flattened).
+
+        Returns:
+            `{(dit_block_name(i), t): float32 CPU tensor [N, D]}`, e.g. `("transformer_blocks.3", 100)`.
+        """
+        config = self.transformer.config
+        timesteps = self._check_timesteps(timesteps)
+        block_indices = self._check_block_indices(block_indices)
+        if representation not in ("encoder", "null"):
+            raise ValueError(f"expected representation 'encoder' or 'null', got {representation!r}")
+        if pool not in ("mean", None):
+            raise ValueError(f"expected pool 'mean' or None, got {pool!r}")
+        if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"expected batch_size >= 1, got {batch_size}")
+        pixels = preprocess_images(images, image_size=config.sample_size, num_channels=config.in_channels)
+        noise = make_noise(1, pixels.shape[1:], noise_seed)
+        device, dtype = self.transformer.device, self.transformer.dtype
+        chunks = {(dit_block_name(i), t): [] for t in timesteps for i in block_indices}
+        for x0 in pixels.split(batch_size):
+            r = encode_representation(self.encoder, x0) if representation == "encoder" else None
+            eps = noise.expand_as(x0)
+            for t in timesteps:
+                x_t = self.scheduler.add_noise(x0, eps, torch.full((len(x0),), t, dtype=torch.long))
+                states = self.transformer.block_hidden_states(
+                    x_t.to(device, dtype), t, r, num_blocks=max(block_indices) + 1
+                )
+                for i in block_indices:
+                    pooled = states[i].mean(dim=1) if pool == "mean" else states[i].flatten(1)
+                    chunks[(dit_block_name(i), t)].append(pooled.float().cpu())
+        return {key: torch.cat(parts) for key, parts in chunks.items()}
+
+    def _check_timesteps(self, timesteps) -> List[int]:
+        num_train_timesteps = self.scheduler.config.num_train_timesteps
+        timesteps = [timesteps] if isinstance(timesteps, numbers.Integral) else list(timesteps)
+        bad = [t for t in timesteps if not isinstance(t, numbers.Integral) or not 0 <= t < num_train_timesteps]
+        if not timesteps or bad:
+            raise ValueError(
+                f"expected timesteps as integers in [0, {num_train_timesteps}) (the scheduler's num_train_timesteps), "
+                f"got {timesteps}"
+            )
+        return [int(t) for t in timesteps]
+
+    def _check_block_indices(self, block_indices) -> List[int]:
+        num_layers = self.transformer.config.num_layers
+        if block_indices is None:
+            return list(range(num_layers))
+        block_indices = list(block_indices)
+        bad = [i for i in block_indices if not isinstance(i, numbers.Integral) or not 0 <= i < num_layers]
+        if not block_indices or bad:
+            raise ValueError(
+                f"expected block_indices in [0, {num_layers}) (the transformer's num_layers), got {block_indices}"
+            )
+        return [int(i) for i in block_indices]
 
     @torch.no_grad()
     def generate(

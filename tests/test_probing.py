@@ -1,12 +1,23 @@
+import json
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.datasets import load_digits, make_blobs
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
-from diffusion_classifiers.models import LinearProbeHead
-from diffusion_classifiers.probing import ProbeGridResult, fit_probe_grid, kmeans_evaluate
+from diffusion_classifiers.models import LinearProbeHead, PrototypeHead, fit_prototypes
+from diffusion_classifiers.probing import (
+    ProbeGridResult,
+    evaluate_protocols,
+    few_shot_indices,
+    fit_probe_grid,
+    kmeans_evaluate,
+    knn_classify,
+    prototype_classify,
+)
 
 
 def _splits(features: dict, labels: np.ndarray, bounds=(0.5, 0.75)):
@@ -183,3 +194,148 @@ def test_kmeans_evaluate_recovers_separated_blobs_and_is_seeded():
     assert np.array_equal(kmeans_evaluate(x, y, 4, seed=0)["clusters"], result["clusters"])
     with pytest.raises(ValueError, match="features row 3 contains NaN"):
         kmeans_evaluate(np.where(np.arange(300)[:, None] == 3, np.nan, x), y, 4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Few-shot protocols and evaluate_protocols
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def separable():
+    """4 well-separated classes, centred so that cosine similarity separates them too."""
+    x, y = make_blobs(360, n_features=8, centers=4, cluster_std=0.3, random_state=3)
+    x = x - x.mean(0)
+    return torch.tensor(x[:240], dtype=torch.float32), y[:240], torch.tensor(x[240:], dtype=torch.float32), y[240:]
+
+
+def test_evaluate_protocols_on_separable_data_is_perfect_and_json_serialisable(separable):
+    x_train, y_train, x_test, y_test = separable
+    result = evaluate_protocols(
+        {("encoder", 0): x_train}, y_train, {("encoder", 0): x_test}, y_test, val_features=x_train[:40],
+        val_labels=y_train[:40], shots=(1, 5, "all"), num_episodes=3,
+    )  # fmt: skip
+    assert json.loads(json.dumps(result)) == result
+    assert result["feature"] == ["encoder", 0] and (result["num_classes"], result["feature_dim"]) == (4, 8)
+    assert result["label_free"]["accuracy"] == 1.0 and result["label_free"]["nmi"] == pytest.approx(1.0)
+    assert set(result["label_free"]) == {"accuracy", "macro_f1", "nmi", "ari", "purity"}
+    for protocol in ("prototype", "knn"):
+        assert list(result[protocol]) == ["1", "5", "all"]
+        for name, summary in result[protocol].items():
+            assert summary["num_episodes"] == (1 if name == "all" else 3)
+            assert len(summary["accuracy_per_episode"]) == summary["num_episodes"]
+            assert summary["accuracy_mean"] == 1.0 and summary["macro_f1_mean"] == 1.0 and summary["accuracy_std"] == 0.0
+    assert [result["knn"][n]["k"] for n in ("1", "5", "all")] == [1, 5, 10]
+    probe = result["linear_probe"]
+    assert probe["accuracy"] == 1.0 and probe["macro_f1"] == 1.0 and probe["val_accuracy"] == 1.0
+
+
+def test_evaluate_protocols_averages_over_episodes():
+    # Overlapping classes: 1-shot accuracy varies with the labelled sample drawn, and the summary is its mean / std.
+    x, y = make_blobs(300, n_features=4, centers=3, cluster_std=4.0, random_state=0)
+    x = x - x.mean(0)
+    result = evaluate_protocols(x[:200], y[:200], x[200:], y[200:], shots=(1,), num_episodes=4, seed=7, linear_probe=False)
+    per_episode = result["prototype"]["1"]["accuracy_per_episode"]
+    assert len(set(per_episode)) > 1 and "linear_probe" not in result
+    assert result["prototype"]["1"]["accuracy_mean"] == pytest.approx(np.mean(per_episode))
+    assert result["prototype"]["1"]["accuracy_std"] == pytest.approx(np.std(per_episode))
+    for episode, accuracy in enumerate(per_episode):  # episode e labels few_shot_indices(..., seed + e)
+        index = few_shot_indices(y[:200], 1, seed=7 + episode)
+        predictions, _ = prototype_classify(x[index], y[index], x[200:], num_classes=3)
+        assert accuracy == pytest.approx(np.mean(predictions == y[200:]))
+
+
+def test_few_shot_indices_draw_n_per_class_deterministically():
+    y = np.repeat(np.arange(3), [5, 8, 20])
+    index = few_shot_indices(y, 4, seed=1)
+    assert np.array_equal(np.bincount(y[index]), [4, 4, 4]) and len(set(index)) == 12
+    assert np.array_equal(index, np.sort(index))
+    assert np.array_equal(index, few_shot_indices(y, 4, seed=1))
+    assert not np.array_equal(index, few_shot_indices(y, 4, seed=2))
+    assert np.array_equal(few_shot_indices(y, None), np.arange(len(y)))
+    assert np.array_equal(few_shot_indices(y, "all"), np.arange(len(y)))
+    with pytest.raises(ValueError, match="class 0 has 5 labelled samples, fewer than shots_per_class=6"):
+        few_shot_indices(y, 6)
+    with pytest.raises(ValueError, match="class 3 has 0 labelled samples"):
+        few_shot_indices(y, 1, num_classes=4)
+    for bad in (0, -1, 1.5, "few"):
+        with pytest.raises(ValueError, match="shots_per_class as an integer >= 1, None or 'all'"):
+            few_shot_indices(y, bad)
+
+
+def test_one_shot_knn_is_brute_force_nearest_neighbour():
+    rng = np.random.default_rng(0)
+    train, test = rng.normal(size=(5, 6)), rng.normal(size=(40, 6))
+    labels = np.array([0, 1, 2, 3, 4])
+    predictions, scores = knn_classify(train, labels, test, k=1)
+    cosine = (test / np.linalg.norm(test, axis=1, keepdims=True)) @ (train / np.linalg.norm(train, axis=1, keepdims=True)).T
+    assert np.array_equal(predictions, labels[cosine.argmax(1)])
+    assert np.array_equal(scores, np.eye(5)[predictions])
+
+
+def test_knn_majority_vote_and_tie_break():
+    train = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.2, 1.0], [-1.0, 0.0]])
+    labels = np.array([0, 0, 1, 1, 2])
+    test = torch.tensor([[1.0, 0.05], [0.7, 0.75]])
+    predictions, scores = knn_classify(train, labels, test, k=3, num_classes=3)
+    assert predictions.tolist() == [0, 1]  # 2 votes of 3
+    np.testing.assert_allclose(scores[0], [2 / 3, 1 / 3, 0.0])
+    # k = 2 on a point closer to class 1's two samples than to class 0's: a 1-1 tie goes to the more similar voter.
+    predictions, _ = knn_classify(train[[0, 3]], np.array([0, 1]), torch.tensor([[0.3, 1.0]]), k=5)
+    assert predictions.tolist() == [1]
+
+
+def test_prototype_head_equals_a_hand_computation():
+    features = torch.tensor([[3.0, 0.0], [1.0, 1.0], [0.0, 2.0], [-1.0, -1.0]])
+    labels = [0, 0, 1, 1]
+    head = fit_prototypes(features, labels, class_names=["a", "b"], temperature=0.5)
+    unit = features / features.norm(dim=1, keepdim=True)
+    prototypes = torch.stack([unit[:2].mean(0), unit[2:].mean(0)])
+    prototypes = prototypes / prototypes.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(head.prototypes, prototypes)
+    query = torch.tensor([[2.0, 1.0], [-1.0, 3.0]])
+    expected = (query / query.norm(dim=1, keepdim=True)) @ prototypes.T / 0.5
+    torch.testing.assert_close(head(query), expected)
+    assert isinstance(head, PrototypeHead) and head.id2label == {0: "a", 1: "b"}
+    predictions, scores = prototype_classify(features, labels, query)
+    np.testing.assert_allclose(scores, expected.numpy() * 0.5, rtol=1e-6)
+    assert predictions.tolist() == expected.argmax(1).tolist()
+
+    standardised = fit_prototypes(features, labels, standardize=True)
+    torch.testing.assert_close(standardised.feature_mean, features.mean(0))
+    z = (query - features.mean(0)) / features.std(0, unbiased=False)
+    torch.testing.assert_close(standardised.similarities(query), F.normalize(z, dim=1) @ standardised.prototypes.T)
+
+
+def test_prototype_head_rejects_bad_input():
+    with pytest.raises(ValueError, match="class 2 has no labelled sample"):
+        fit_prototypes(torch.ones(3, 2), [0, 1, 1], num_classes=3)
+    with pytest.raises(ValueError, match=r"features of shape \[3, D\], one row per label, got \(2, 2\)"):
+        fit_prototypes(torch.ones(2, 2), [0, 1, 1])
+    with pytest.raises(ValueError, match="temperature > 0"):
+        PrototypeHead(2, 2, temperature=0.0)
+    with pytest.raises(ValueError, match=r"expected features of shape \[N, 2\], got \(4, 3\)"):
+        fit_prototypes(torch.eye(2), [0, 1])(torch.ones(4, 3))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: a.update(train_labels=a["train_labels"][:-1]), r"train_features of shape \[239, D\], one row per label, got \(240, 8\)"),
+        (lambda a: a.update(test_labels=a["test_labels"][:-1]), r"test_features of shape \[119, D\]"),
+        (lambda a: a.update(test_features=a["test_features"][:, :3]), "test_features have 3 columns, train_features have 8"),
+        (lambda a: a.update(shots=(0,)), "shots_per_class as an integer >= 1, None or 'all', got 0"),
+        (lambda a: a.update(shots=(1, 1)), "distinct shots"),
+        (lambda a: a.update(shots=(70,)), "fewer than shots_per_class=70"),
+        (lambda a: a.update(num_episodes=0), "num_episodes as an integer >= 1, got 0"),
+        (lambda a: a.update(val_labels=np.zeros(3, dtype=int)), "val_features and val_labels together"),
+        (lambda a: a.update(train_features={("a", 1): a["train_features"], ("b", 2): a["train_features"]}), r"one \(block, timestep\) pair, got 2"),
+        (lambda a: a["test_features"].__setitem__((5, 1), float("nan")), "test_features row 5 contains NaN"),
+    ],
+)
+def test_evaluate_protocols_rejects_bad_input(separable, change, message):
+    x_train, y_train, x_test, y_test = separable
+    arguments = dict(train_features=x_train, train_labels=y_train, test_features=x_test.clone(), test_labels=y_test)
+    change(arguments)
+    with pytest.raises(ValueError, match=message):
+        evaluate_protocols(**arguments)

@@ -12,6 +12,7 @@ from torch.utils.data import TensorDataset
 from diffusion_classifiers import DiffusionClassifierPipeline, RepresentationConditionedDiTPipeline
 from diffusion_classifiers.data import load_image_classification_data
 from diffusion_classifiers.models import (
+    PrototypeHead,
     RCDiTJointModel,
     RCDiTLoss,
     RepresentationConditionedDiTModel,
@@ -19,7 +20,7 @@ from diffusion_classifiers.models import (
     rc_dit_config,
 )
 from diffusion_classifiers.pipelines.pipeline_rc_dit import REPRESENTATION_FEATURE
-from diffusion_classifiers.probing import fit_probe_grid
+from diffusion_classifiers.probing import evaluate_protocols, fit_probe_grid
 from diffusion_classifiers.training import TrainingArguments, train
 
 from .conftest import PYTHON, REPO_ROOT, python_subprocess_env
@@ -115,6 +116,29 @@ def test_rep_dropout_substitutes_null_in_training_mode_only():
     assert 0 < dropped.sum() < 16
     torch.testing.assert_close(first[dropped], null_out[dropped])
     torch.testing.assert_close(first[~dropped], cond_out[~dropped])
+
+
+def test_hidden_states_are_the_block_outputs():
+    model = tiny_transformer(randomize=True)
+    x, r = torch.randn(2, 1, SIZE, SIZE), torch.randn(2, DIM)
+    with torch.no_grad():
+        out = model(x, 30, r, output_hidden_states=True)
+        assert model(x, 30, r).hidden_states is None
+        torch.testing.assert_close(out.sample, model(x, 30, r).sample)
+        num_patches = (SIZE // model.config.patch_size) ** 2
+        assert len(out.hidden_states) == model.config.num_layers == 2
+        assert all(h.shape == (2, num_patches, model.config.hidden_size) for h in out.hidden_states)
+        # by hand: patch embedding, then each block with the conditioning
+        tokens, emb = model.patch_embed(x), model.condition(torch.full((2,), 30), r)
+        for block, hidden in zip(model.blocks, out.hidden_states):
+            tokens = block(tokens, emb)
+            torch.testing.assert_close(hidden, tokens)
+        first = model.block_hidden_states(x, 30, r, num_blocks=1)
+        assert len(first) == 1 and torch.equal(first[0], out.hidden_states[0])
+        sample, hidden_states = model(x, 30, r, return_dict=False, output_hidden_states=True)
+        assert torch.equal(hidden_states[1], out.hidden_states[1])
+    with pytest.raises(ValueError, match=r"num_blocks in \[1, 2\]"):
+        model.block_hidden_states(x, 30, r, num_blocks=3)
 
 
 def test_representation_of_wrong_dimension_fails():
@@ -225,6 +249,9 @@ def test_save_and_load_in_fresh_process_gives_identical_outputs(digits, tmp_path
     assert (pipe(digits["test"].images).label_ids == digits["test"].labels).float().mean() > 0.5
 
     pipe.save_pretrained(tmp_path / "pipe")
+    prototypes = tiny_pipeline(seed=1)  # the other head type, loaded in the same fresh process
+    prototypes.fit_prototypes(digits["train"].images[:100], digits["train"].labels[:100], class_names=[f"d{k}" for k in range(10)])
+    prototypes.save_pretrained(tmp_path / "prototypes")
     index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
     assert index["transformer"] == ["diffusion_classifiers.models.rc_dit", "RepresentationConditionedDiTModel"]
     assert index["encoder"] == ["transformers", "ViTModel"]
@@ -240,6 +267,9 @@ numpy.save({str(tmp_path / 'r.npy')!r}, pipe.encode(images).numpy())
 numpy.save({str(tmp_path / 'probs.npy')!r}, pipe(images).probs.numpy())
 sample = pipe.generate(images[:2], guidance_scale=2.0, num_inference_steps=3, generator=torch.Generator().manual_seed(1))
 numpy.save({str(tmp_path / 'sample.npy')!r}, sample.images.numpy())
+prototypes = DiffusionClassifierPipeline.from_pretrained({str(tmp_path / 'prototypes')!r})
+assert type(prototypes.head).__name__ == "PrototypeHead", type(prototypes.head)
+numpy.save({str(tmp_path / 'prototype_probs.npy')!r}, prototypes(images).probs.numpy())
 """
     result = subprocess.run([PYTHON, "-c", script], env=python_subprocess_env(), capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -247,6 +277,7 @@ numpy.save({str(tmp_path / 'sample.npy')!r}, sample.images.numpy())
     assert torch.equal(torch.from_numpy(np.load(tmp_path / "probs.npy")), out.probs)
     expected = pipe.generate(test_images[:2], 2.0, 3, generator=torch.Generator().manual_seed(1)).images
     assert torch.equal(torch.from_numpy(np.load(tmp_path / "sample.npy")), expected)
+    assert torch.equal(torch.from_numpy(np.load(tmp_path / "prototype_probs.npy")), prototypes(test_images).probs)
 
 
 def test_generate_shapes_and_determinism(digits):
@@ -298,3 +329,90 @@ def test_generate_rejects_bad_arguments():
         pipe.generate(refs, num_inference_steps=0)
     with pytest.raises(ValueError, match="1 channel.*got 3"):
         pipe.generate(torch.zeros(2, 3, SIZE, SIZE))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DiT block features and prototype classification
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_dit_features_keys_shapes_and_determinism(digits):
+    pipe = tiny_pipeline()
+    images = digits["test"].images[:6]
+    features = pipe.dit_features(images, timesteps=(10, 500), block_indices=[1, 0], noise_seed=3, batch_size=4)
+    assert list(features) == [
+        ("transformer_blocks.1", 10), ("transformer_blocks.0", 10), ("transformer_blocks.1", 500), ("transformer_blocks.0", 500),
+    ]  # fmt: skip
+    assert all(f.shape == (6, 32) and f.dtype == torch.float32 and f.device.type == "cpu" for f in features.values())
+    again = pipe.dit_features(images, timesteps=(10, 500), block_indices=[0, 1], noise_seed=3)
+    for key, value in features.items():  # batching does not change a feature
+        torch.testing.assert_close(again[key], value)
+    assert not torch.allclose(features[("transformer_blocks.0", 10)], features[("transformer_blocks.0", 500)])
+    other_seed = pipe.dit_features(images, timesteps=(500,), block_indices=[0], noise_seed=4)
+    assert not torch.allclose(other_seed[("transformer_blocks.0", 500)], features[("transformer_blocks.0", 500)])
+    null = pipe.dit_features(images, timesteps=(500,), block_indices=[0], noise_seed=3, representation="null")
+    assert not torch.allclose(null[("transformer_blocks.0", 500)], features[("transformer_blocks.0", 500)])
+    tokens = pipe.dit_features(images[:2], timesteps=(10,), block_indices=[0], pool=None)
+    assert tokens[("transformer_blocks.0", 10)].shape == (2, 16 * 32)  # 16 patches x hidden 32
+
+
+def test_dit_features_are_the_transformer_block_outputs_on_seeded_noise(digits):
+    from diffusion_classifiers.features import make_noise
+
+    pipe = tiny_pipeline()
+    images = digits["test"].images[:3]
+    got = pipe.dit_features(images, timesteps=(200,), block_indices=[1], noise_seed=5)[("transformer_blocks.1", 200)]
+    x_t = pipe.scheduler.add_noise(images, make_noise(1, images.shape[1:], 5).expand_as(images), torch.full((3,), 200))
+    with torch.no_grad():
+        out = pipe.transformer(x_t, 200, pipe.encode(images), output_hidden_states=True)
+    torch.testing.assert_close(got, out.hidden_states[1].mean(dim=1))
+
+
+def test_dit_features_feed_fit_probe_grid_and_evaluate_protocols(digits):
+    pipe = tiny_pipeline()
+    train, test = digits["train"], digits["test"]
+    f_train = pipe.dit_features(train.images[:200], timesteps=(50,), block_indices=[0, 1])
+    f_test = pipe.dit_features(test.images[:100], timesteps=(50,), block_indices=[0, 1])
+    grid = fit_probe_grid(f_train, train.labels[:200], f_test, test.labels[:100], max_iter=50, device="cpu")
+    assert grid.best_pair in f_train and grid.head.config.block.startswith("transformer_blocks.")
+    key = ("transformer_blocks.1", 50)
+    result = evaluate_protocols(
+        {key: f_train[key]}, train.labels[:200], {key: f_test[key]}, test.labels[:100], num_classes=10, shots=(1, None),
+        num_episodes=2, linear_probe=False,
+    )  # fmt: skip
+    assert result["feature"] == ["transformer_blocks.1", 50] and set(result["knn"]) == {"1", "all"}
+
+
+def test_dit_features_reject_bad_arguments():
+    pipe = tiny_pipeline()
+    images = torch.zeros(2, 1, SIZE, SIZE)
+    with pytest.raises(ValueError, match=r"timesteps as integers in \[0, 1000\).*got \[1000\]"):
+        pipe.dit_features(images, timesteps=(1000,))
+    with pytest.raises(ValueError, match=r"block_indices in \[0, 2\).*got \[2\]"):
+        pipe.dit_features(images, block_indices=[2])
+    with pytest.raises(ValueError, match="representation 'encoder' or 'null', got 'none'"):
+        pipe.dit_features(images, representation="none")
+    with pytest.raises(ValueError, match="pool 'mean' or None, got '2x2'"):
+        pipe.dit_features(images, pool="2x2")
+
+
+def test_prototype_head_classifies_and_survives_save_and_load(digits, tmp_path):
+    pipe = tiny_pipeline()
+    train = digits["train"]
+    names = [f"digit {k}" for k in range(10)]
+    head = pipe.fit_prototypes(train.images[:300], train.labels[:300], class_names=names, temperature=0.05)
+    assert isinstance(pipe.head, PrototypeHead) and pipe.head is head and pipe.class_names == names
+    test_images = digits["test"].images[:16]
+    out = pipe(test_images)
+    torch.testing.assert_close(out.probs, (head.similarities(pipe.encode(test_images)) / 0.05).softmax(-1))
+    assert out.labels == [names[i] for i in out.label_ids.tolist()]
+    accuracy = (pipe(digits["test"].images).label_ids == digits["test"].labels).float().mean()
+    assert accuracy > 0.2  # a random tiny encoder's prototypes: 0.26, well above chance (0.1)
+
+    pipe.save_pretrained(tmp_path / "pipe")
+    index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
+    assert index["head"] == ["diffusion_classifiers.models.prototype_head", "PrototypeHead"]
+    reloaded = RepresentationConditionedDiTPipeline.from_pretrained(str(tmp_path / "pipe"))
+    assert isinstance(reloaded.head, PrototypeHead) and reloaded.class_names == names
+    assert torch.equal(reloaded(test_images).probs, out.probs) and reloaded.head.config.temperature == 0.05
+    # (a fresh process loads a PrototypeHead pipeline in test_save_and_load_in_fresh_process_gives_identical_outputs)

@@ -320,12 +320,16 @@ class DenoisingLoss:
         self.null_class = null_class
 
     def __call__(self, model: nn.Module, batch: tuple) -> torch.Tensor:
-        images = batch[0]
+        images = self.clean_sample(batch)
         noise = torch.randn_like(images)
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (images.shape[0],), device=images.device)
         noisy = self.scheduler.add_noise(images, noise, timesteps)
         prediction = self.predict_noise(model, noisy, timesteps, batch)
         return nn.functional.mse_loss(prediction.float(), noise.float())
+
+    def clean_sample(self, batch: tuple) -> torch.Tensor:
+        """x0, the sample the noise is added to: the batch's images here; latents for a latent-space model."""
+        return batch[0]
 
     def predict_noise(self, model: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, batch: tuple) -> torch.Tensor:
         """The model's epsilon prediction; subclasses change what conditions it (class labels here)."""

@@ -6,7 +6,8 @@ unlabeled images (`RCDiTJointModel` + `RCDiTLoss` under `diffusion_classifiers.t
 learns what the denoiser needs. After training, r is the image representation used for classification.
 """
 
-from typing import Optional, Union
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,12 +20,14 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero
 from torch import nn
+from torch.utils.data import TensorDataset
 
-from ..training import DenoisingLoss
+from ..training import DenoisingLoss, TrainingArguments, TrainingSummary, train
 
 RC_DIT_SIZES = {
     # name: hidden_size, num_layers, num_heads, default patch_size (DiT-S and DiT-B widths and depths)
     "tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "patch_size": 4},
+    "XS": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "patch_size": 4},  # for CPU-sized runs
     "S": {"hidden_size": 384, "num_layers": 12, "num_heads": 6, "patch_size": 2},
     "B": {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "patch_size": 2},
 }
@@ -72,9 +75,18 @@ class DiTBlock(nn.Module):
         return hidden_states + gate_mlp[:, None] * self.ff(normed)
 
 
+@dataclass
+class RCDiTModelOutput(Transformer2DModelOutput):
+    """`sample`: the predicted noise `[N, C, H, W]`; `hidden_states`: with `output_hidden_states=True`, the output
+    tokens `[N, num_patches, hidden_size]` of each transformer block, `hidden_states[i]` that of `blocks[i]`."""
+
+    hidden_states: Optional[Tuple[torch.Tensor, ...]] = None
+
+
 class RepresentationConditionedDiTModel(ModelMixin, ConfigMixin):
     r"""
-    A pixel-space DiT that predicts the noise epsilon of `sample` at `timestep`, conditioned on a representation.
+    A DiT that predicts the noise epsilon of `sample` at `timestep`, conditioned on a representation. `sample` is an
+    image (pixel space, the default for small images) or a VAE latent (see `train_rc_dit(vae=...)`).
 
     The conditioning is `c = TimestepEmbedding(Timesteps(t)) + Linear(r)`, fed to every block through adaLN-Zero
     and to the final layer through `AdaLayerNormContinuous`. All modulation layers and the output projection start
@@ -159,23 +171,8 @@ class RepresentationConditionedDiTModel(ModelMixin, ConfigMixin):
         t_emb = self.time_embedding(self.time_proj(timestep).to(self.dtype))
         return t_emb + self.representation_proj(representation.to(self.dtype))
 
-    def forward(
-        self,
-        sample: torch.Tensor,
-        timestep: Union[torch.Tensor, float, int],
-        representation: Optional[torch.Tensor] = None,
-        return_dict: bool = True,
-    ):
-        r"""
-        Args:
-            sample: noisy images `[N, in_channels, sample_size, sample_size]`.
-            timestep: one timestep for the batch, or one per sample `[N]`.
-            representation: `[N, representation_dim]` (or `[1, D]`, broadcast); `None` uses the null representation.
-
-        Returns:
-            `Transformer2DModelOutput` whose `.sample` is the predicted noise, shaped like `sample`; a tuple when
-            `return_dict=False`.
-        """
+    def _embed(self, sample, timestep, representation) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Check the inputs; return the patch tokens `[N, num_patches, hidden_size]` and the conditioning c."""
         config = self.config
         expected = (config.in_channels, config.sample_size, config.sample_size)
         if sample.ndim != 4 or tuple(sample.shape[1:]) != expected:
@@ -196,16 +193,60 @@ class RepresentationConditionedDiTModel(ModelMixin, ConfigMixin):
             if self.training and config.rep_dropout > 0:
                 drop = torch.rand(batch_size, device=sample.device) < config.rep_dropout
                 representation = torch.where(drop[:, None], null, representation)
+        return self.patch_embed(sample.to(self.dtype)), self.condition(timestep, representation)
 
-        emb = self.condition(timestep, representation)
-        hidden_states = self.patch_embed(sample.to(self.dtype))
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: Union[torch.Tensor, float, int],
+        representation: Optional[torch.Tensor] = None,
+        return_dict: bool = True,
+        output_hidden_states: bool = False,
+    ):
+        r"""
+        Args:
+            sample: noisy images `[N, in_channels, sample_size, sample_size]`.
+            timestep: one timestep for the batch, or one per sample `[N]`.
+            representation: `[N, representation_dim]` (or `[1, D]`, broadcast); `None` uses the null representation.
+            output_hidden_states: also return the output tokens of every transformer block.
+
+        Returns:
+            `RCDiTModelOutput` (a `Transformer2DModelOutput`) whose `.sample` is the predicted noise, shaped like
+            `sample`, and `.hidden_states` the blocks' outputs if asked; a tuple `(sample,)` or
+            `(sample, hidden_states)` when `return_dict=False`.
+        """
+        hidden_states, emb = self._embed(sample, timestep, representation)
+        all_hidden_states = []
         for block in self.blocks:
             hidden_states = block(hidden_states, emb)
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
         hidden_states = self.proj_out(self.norm_out(hidden_states, emb))
         output = self.unpatchify(hidden_states)
+        all_hidden_states = tuple(all_hidden_states) if output_hidden_states else None
         if not return_dict:
-            return (output,)
-        return Transformer2DModelOutput(sample=output)
+            return (output,) if all_hidden_states is None else (output, all_hidden_states)
+        return RCDiTModelOutput(sample=output, hidden_states=all_hidden_states)
+
+    def block_hidden_states(
+        self,
+        sample: torch.Tensor,
+        timestep: Union[torch.Tensor, float, int],
+        representation: Optional[torch.Tensor] = None,
+        num_blocks: Optional[int] = None,
+    ) -> Tuple[torch.Tensor, ...]:
+        """The output tokens `[N, num_patches, hidden_size]` of the first `num_blocks` blocks (default all), as in
+        `forward(..., output_hidden_states=True).hidden_states`, without running the later blocks or the output layer."""
+        num_layers = self.config.num_layers
+        num_blocks = num_layers if num_blocks is None else num_blocks
+        if not 1 <= num_blocks <= num_layers:
+            raise ValueError(f"expected num_blocks in [1, {num_layers}] (num_layers), got {num_blocks}")
+        hidden_states, emb = self._embed(sample, timestep, representation)
+        outputs = []
+        for block in self.blocks[:num_blocks]:
+            hidden_states = block(hidden_states, emb)
+            outputs.append(hidden_states)
+        return tuple(outputs)
 
     def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
         """[N, (H/p)(W/p), p*p*C] -> [N, C, H, W]."""
@@ -245,6 +286,27 @@ def build_vit_encoder(
     return ViTModel(config)
 
 
+def add_encoder_args(parser):
+    """The ViT encoder flags shared by the RC-DiT and contrastive trainers (same architecture, same budget)."""
+    parser.add_argument("--encoder_hidden_size", type=int, default=192)
+    parser.add_argument("--encoder_num_layers", type=int, default=6)
+    parser.add_argument("--encoder_num_heads", type=int, default=3)
+    parser.add_argument("--encoder_patch_size", type=int, default=4)
+    return parser
+
+
+def build_vit_encoder_from_args(args, image_size: int, num_channels: int):
+    """`build_vit_encoder` from the flags of `add_encoder_args`."""
+    return build_vit_encoder(
+        image_size,
+        num_channels,
+        hidden_size=args.encoder_hidden_size,
+        num_layers=args.encoder_num_layers,
+        num_heads=args.encoder_num_heads,
+        patch_size=args.encoder_patch_size,
+    )
+
+
 def encode_representation(encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """r = the encoder's `pooler_output` [N, D] for images [N, C, H, W] in [-1, 1]: for transformers' `ViTModel`
     tanh(Linear(CLS token)), for `Dinov2Model` the final-layernormed CLS token; for a model built without a pooler,
@@ -268,8 +330,9 @@ def representation_size(encoder: nn.Module) -> int:
     return getattr(encoder.config, "pooler_output_size", None) or encoder.config.hidden_size
 
 
-def check_encoder_matches(encoder: nn.Module, transformer: RepresentationConditionedDiTModel) -> None:
-    """The encoder must output r of the transformer's `representation_dim` and read its images' channels."""
+def check_encoder_matches(encoder: nn.Module, transformer: RepresentationConditionedDiTModel, vae=None) -> None:
+    """The encoder must output r of the transformer's `representation_dim` and read its images' channels; with a
+    `vae` (latent space) the transformer denoises the VAE's latents and the encoder reads the VAE's input images."""
     hidden, expected = representation_size(encoder), transformer.config.representation_dim
     if hidden != expected:
         raise ValueError(
@@ -278,20 +341,56 @@ def check_encoder_matches(encoder: nn.Module, transformer: RepresentationConditi
             f"encoder of hidden size {expected}"
         )
     channels, in_channels = encoder.config.num_channels, transformer.config.in_channels
-    if channels != in_channels:
+    if vae is None and channels != in_channels:
         raise ValueError(f"encoder num_channels {channels} does not match the transformer's in_channels {in_channels}")
+    if vae is not None:
+        if vae.config.latent_channels != in_channels:
+            raise ValueError(
+                f"vae latent_channels {vae.config.latent_channels} does not match the transformer's in_channels "
+                f"{in_channels}"
+            )
+        if vae.config.in_channels != channels:
+            raise ValueError(f"encoder num_channels {channels} does not match the vae's in_channels {vae.config.in_channels}")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Optional latent space: a frozen diffusers `AutoencoderKL`
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def vae_scale_factor(vae) -> int:
+    """How many times smaller than the image a latent is on each side."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor, sample: bool = True) -> torch.Tensor:
+    """Scaled latents of images `[N, C, H, W]` in [-1, 1]: a draw from the VAE's posterior (`sample=True`, training)
+    or its mode (deterministic features), times `scaling_factor`."""
+    posterior = vae.encode(images.to(device=vae.device, dtype=vae.dtype)).latent_dist
+    latents = posterior.sample() if sample else posterior.mode()
+    return latents * vae.config.scaling_factor
+
+
+@torch.no_grad()
+def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] from scaled latents (the inverse of `encode_latents`)."""
+    return vae.decode(latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor).sample
 
 
 class RCDiTJointModel(nn.Module):
     """Encoder + transformer as one module, so one optimizer (and DDP, EMA, checkpoints) trains both.
 
     `forward(noisy, timesteps, clean)` encodes the clean images to r and predicts the noise of `noisy` given r.
-    `freeze_encoder=True` keeps the encoder fixed (no gradients, eval mode): only the DiT learns.
+    `freeze_encoder=True` keeps the encoder fixed (no gradients, eval mode): only the DiT learns. With a `vae`
+    (latent space; only checked here, `RCDiTLoss(vae=...)` makes the latents) `noisy` are noised latents.
     """
 
-    def __init__(self, encoder: nn.Module, transformer: RepresentationConditionedDiTModel, freeze_encoder: bool = False):
+    def __init__(
+        self, encoder: nn.Module, transformer: RepresentationConditionedDiTModel, freeze_encoder: bool = False, vae=None
+    ):
         super().__init__()
-        check_encoder_matches(encoder, transformer)
+        check_encoder_matches(encoder, transformer, vae)  # the vae is not a submodule: frozen, kept by the loss
         self.encoder = encoder
         self.transformer = transformer
         self.freeze_encoder = freeze_encoder
@@ -312,10 +411,54 @@ class RCDiTJointModel(nn.Module):
 
 class RCDiTLoss(DenoisingLoss):
     """Epsilon-prediction loss of an `RCDiTJointModel` for `training.train`: batches are `(images,)` or
-    `(images, labels)` (labels ignored); images in [-1, 1]. The transformer's `rep_dropout` applies in train mode."""
+    `(images, labels)` (labels ignored); images in [-1, 1]. The transformer's `rep_dropout` applies in train mode.
+    With a frozen `vae` the noise is added to the images' latents; the encoder still reads the clean images."""
 
-    def __init__(self, scheduler: DDPMScheduler):
+    def __init__(self, scheduler: DDPMScheduler, vae=None):
         super().__init__(scheduler)
+        self.vae = vae
+
+    def clean_sample(self, batch: tuple) -> torch.Tensor:
+        if self.vae is None:
+            return batch[0]
+        return encode_latents(self.vae.to(batch[0].device), batch[0])
 
     def predict_noise(self, model: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, batch: tuple) -> torch.Tensor:
         return model(noisy, timesteps, batch[0])  # conditioned on the clean image's representation
+
+
+def train_rc_dit(
+    args: TrainingArguments,
+    images: torch.Tensor,
+    encoder: nn.Module,
+    dit_size: str = "S",
+    patch_size: Optional[int] = None,
+    rep_dropout: float = 0.1,
+    num_train_timesteps: int = 1000,
+    freeze_encoder: bool = False,
+    vae=None,
+) -> tuple[nn.Module, RepresentationConditionedDiTModel, DDPMScheduler, TrainingSummary]:
+    """Train `encoder` and a new `RepresentationConditionedDiTModel` of `dit_size` together on unlabeled square
+    images `[N, C, H, H]` in [-1, 1] (epsilon loss, `training.train`: accelerate, EMA, checkpoints, resume).
+
+    Pixel space by default; with a `vae` (a diffusers `AutoencoderKL`, kept frozen) the DiT denoises its latents,
+    `H / vae_scale_factor(vae)` on a side, while the encoder reads the images. The transformer's initial weights
+    are seeded with `args.seed`. Returns the trained encoder and transformer (EMA weights when `use_ema`, eval
+    mode), the scheduler and the training summary.
+    """
+    if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"expected square training images [N, C, H, H], got shape {tuple(images.shape)}")
+    sample_size, in_channels = images.shape[-1], images.shape[1]
+    if vae is not None:
+        factor = vae_scale_factor(vae)
+        if sample_size % factor:
+            raise ValueError(f"expected an image size divisible by the vae's scale factor {factor}, got {sample_size}")
+        sample_size, in_channels = sample_size // factor, vae.config.latent_channels
+        vae.requires_grad_(False).eval()
+    torch.manual_seed(args.seed)
+    config = rc_dit_config(dit_size, sample_size, in_channels, representation_size(encoder), patch_size=patch_size)
+    transformer = RepresentationConditionedDiTModel(**config, rep_dropout=rep_dropout)
+    scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps)
+    model = RCDiTJointModel(encoder, transformer, freeze_encoder=freeze_encoder, vae=vae)
+    model, _, summary = train(args, model, TensorDataset(images), RCDiTLoss(scheduler, vae=vae))
+    return model.encoder, model.transformer, scheduler, summary

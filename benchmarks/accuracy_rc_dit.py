@@ -1,0 +1,248 @@
+"""RC-DiT representation vs a contrastive ViT baseline, same architecture, same budget, same protocols.
+
+For each dataset (PneumoniaMNIST, Fashion-MNIST), in one run:
+
+1. RC-DiT: a ViT encoder and a DiT (`train_rc_dit`) trained together on the unlabeled train images;
+2. baseline: the SAME ViT architecture from the SAME initial weights, trained on the same images for the same number
+   of optimizer steps, batch size and learning rate with a self-distillation (DINO) or contrastive (SimCLR)
+   objective (`contrastive.train_contrastive_encoder`, kornia augmentations);
+3. optionally a pretrained encoder directory (`--pretrained facebook/dinov2-small` where the Hub is reachable);
+4. every feature source scored by `probing.evaluate_protocols`: label-free k-means + Hungarian on test (accuracy,
+   macro-F1, NMI, ARI), prototypes and k-NN with n = 1, 5, 10 and all labelled train images per class (5
+   episodes), and a linear probe on all train labels. The RC-DiT's DiT block activations are a second source:
+   the (block, t) pair is chosen by linear-probe accuracy on val, then scored like the others.
+5. a PNG grid per dataset: test reference images and samples generated from their representations.
+
+Selection uses val only; test is for reporting. Target on PneumoniaMNIST (the published margins over DINOv2):
+label-free accuracy >= baseline + 6 points and macro-F1 >= baseline + 13 points.
+
+    python benchmarks/accuracy_rc_dit.py --quick
+    python benchmarks/accuracy_rc_dit.py      # writes benchmarks/results/accuracy_rc_dit.json and the PNG grids
+"""
+
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+import _common  # noqa: E402
+from _common import base_parser, report, setup  # noqa: E402
+from diffusion_classifiers.contrastive import load_pretrained_encoder, train_contrastive_encoder  # noqa: E402
+from diffusion_classifiers.data import load_image_classification_data, stratified_split  # noqa: E402
+from diffusion_classifiers.models import add_encoder_args, build_vit_encoder_from_args, train_rc_dit  # noqa: E402
+from diffusion_classifiers.models.rc_dit import encode_representation  # noqa: E402
+from diffusion_classifiers.pipelines import RepresentationConditionedDiTPipeline  # noqa: E402
+from diffusion_classifiers.probing import evaluate_protocols, fit_probe_grid  # noqa: E402
+from diffusion_classifiers.training import TrainingArguments  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATASETS = {
+    "pneumoniamnist": SHARED / "medmnist_pneumonia" / "pneumoniamnist.npz",
+    "fashion_mnist": SHARED / "fashion_mnist",
+}
+NAME = "accuracy_rc_dit"
+QUICK_SIZES = {"train": 256, "val": 128, "test": 128}
+TARGET = {"dataset": "pneumoniamnist", "label_free_accuracy_points": 6.0, "label_free_macro_f1_points": 13.0}
+
+
+def parse_args():
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--dit_size", default=None, help="default: tiny with --quick, else XS")
+    add_encoder_args(parser)
+    parser.add_argument("--baseline", default="dino", choices=["dino", "simclr"], help="contrastive objective")
+    parser.add_argument("--max_train_steps", type=int, default=None, help="both methods; default 20 quick, else 1200")
+    parser.add_argument("--train_batch_size", type=int, default=64)
+    parser.add_argument("--learning_rate", type=float, default=3e-4)
+    parser.add_argument("--max_train_images", type=int, default=10000, help="per dataset (stratified subset)")
+    parser.add_argument("--max_eval_images", type=int, default=2000, help="val and test (stratified subsets)")
+    parser.add_argument("--dit_timesteps", type=int, nargs="+", default=[10, 100, 300])
+    parser.add_argument("--pretrained", default=None, help="a pretrained encoder directory or Hub id, e.g. DINOv2")
+    parser.add_argument("--num_samples", type=int, default=8, help="reference images in the PNG grid")
+    parser.add_argument("--sample_steps", type=int, default=None, help="denoising steps; default 5 quick, else 100")
+    parser.set_defaults(num_threads=1, encoder_hidden_size=128, encoder_num_layers=4, encoder_num_heads=4)
+    args = parser.parse_args()
+    args.dit_size = args.dit_size or ("tiny" if args.quick else "XS")
+    args.max_train_steps = args.max_train_steps or (20 if args.quick else 1200)
+    args.sample_steps = args.sample_steps or (5 if args.quick else 100)
+    if args.quick:
+        args.encoder_hidden_size, args.encoder_num_layers, args.encoder_num_heads = 32, 2, 2
+    return args
+
+
+@contextmanager
+def timed(walls: dict, stage: str):
+    start = time.perf_counter()
+    yield
+    walls[stage] = round(time.perf_counter() - start, 1)
+
+
+def subsample(split, size: int, seed: int):
+    """A stratified subset of about `size` images (the whole split when it is no larger)."""
+    if len(split.labels) <= size:
+        return split
+    return split.subset(stratified_split(split.labels, size / len(split.labels), seed)[1])
+
+
+def load_splits(path: Path, args) -> dict:
+    splits = load_image_classification_data(str(path), seed=args.seed)
+    sizes = QUICK_SIZES if args.quick else {"train": args.max_train_images, "val": args.max_eval_images,
+                                           "test": args.max_eval_images}  # fmt: skip
+    return {name: subsample(split, sizes[name], args.seed) for name, split in splits.items()}
+
+
+def training_args(args, output_dir: str) -> TrainingArguments:
+    """One budget for both methods: steps, batch, learning rate, schedule, seed."""
+    return TrainingArguments(
+        output_dir=output_dir,
+        train_batch_size=args.train_batch_size,
+        max_train_steps=args.max_train_steps,
+        learning_rate=args.learning_rate,
+        lr_warmup_steps=min(100, args.max_train_steps // 10),
+        checkpointing_steps=10**9,
+        seed=args.seed,
+    )
+
+
+def new_encoder(args, images: torch.Tensor):
+    torch.manual_seed(args.seed)  # the same initial encoder weights for both methods
+    return build_vit_encoder_from_args(args, images.shape[-1], images.shape[1])
+
+
+@torch.no_grad()
+def encode(encoder, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    return torch.cat([encode_representation(encoder, chunk).float().cpu() for chunk in images.split(batch_size)])
+
+
+def protocols(features: dict, splits: dict, seed: int) -> dict:
+    """`evaluate_protocols` on `{split: features}`."""
+    return evaluate_protocols(
+        features["train"], splits["train"].labels, features["test"], splits["test"].labels,
+        num_classes=splits["train"].num_classes, val_features=features["val"], val_labels=splits["val"].labels,
+        seed=seed,
+    )  # fmt: skip
+
+
+def dit_block_source(pipe, splits: dict, timesteps, seed: int) -> tuple[dict, dict]:
+    """DiT block activations: every (block, t) probed, the pair with the best val accuracy kept."""
+    features = {name: pipe.dit_features(split.images, timesteps=timesteps, noise_seed=seed) for name, split in splits.items()}
+    grid = fit_probe_grid(features["train"], splits["train"].labels, features["val"], splits["val"].labels, pool="mean")
+    pair = grid.best_pair
+    chosen = {name: {pair: f[pair]} for name, f in features.items()}
+    val_accuracy = {f"{b}@{t}": round(m["val"]["accuracy"], 4) for (b, t), m in grid.metrics.items()}
+    return chosen, {"chosen_pair": list(pair), "val_accuracy_per_pair": val_accuracy}
+
+
+def sample_grid(pipe, references: torch.Tensor, num_steps: int, seed: int, path: Path, title: str) -> None:
+    """Row 1: reference images; row 2: samples generated from their representations (guidance 1)."""
+    generator = [torch.Generator().manual_seed(seed + i) for i in range(len(references))]
+    samples = pipe.generate(references, num_inference_steps=num_steps, generator=generator).images
+    n = len(references)
+    fig, axes = plt.subplots(2, n, figsize=(1.2 * n, 2.8), squeeze=False)
+    for i in range(n):
+        for row, image in enumerate((references[i] / 2 + 0.5, samples[i])):
+            ax = axes[row, i]
+            ax.imshow(image.clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([]), ax.set_yticks([])
+        axes[0, 0].set_ylabel("reference"), axes[1, 0].set_ylabel("generated")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def headline(result: dict) -> dict:
+    return {
+        "label_free_accuracy": result["label_free"]["accuracy"],
+        "label_free_macro_f1": result["label_free"]["macro_f1"],
+        "prototype_10shot_accuracy": result["prototype"]["10"]["accuracy_mean"],
+        "knn_10shot_accuracy": result["knn"]["10"]["accuracy_mean"],
+        "linear_probe_accuracy": result["linear_probe"]["accuracy"],
+    }
+
+
+def run_dataset(name: str, path: Path, args, device, output_dir: Path) -> dict:
+    walls = {}
+    splits = load_splits(path, args)
+    train_images = splits["train"].images
+    with tempfile.TemporaryDirectory() as tmp:
+        with timed(walls, "train_rc_dit"):
+            encoder, transformer, scheduler, rc_summary = train_rc_dit(
+                training_args(args, tmp + "/rc"), train_images, new_encoder(args, train_images), dit_size=args.dit_size
+            )
+        with timed(walls, f"train_{args.baseline}"):
+            baseline = train_contrastive_encoder(
+                training_args(args, tmp + "/cl"), train_images, new_encoder(args, train_images), method=args.baseline
+            )
+    pipe = RepresentationConditionedDiTPipeline(encoder.to(device), transformer.to(device), scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    baseline.to(device)
+
+    sources, details = {}, {}
+    with timed(walls, "evaluate"):
+        sources["rc_dit"] = protocols({s: encode(encoder, split.images) for s, split in splits.items()}, splits, args.seed)
+        sources[args.baseline] = protocols(
+            {s: encode(baseline, split.images) for s, split in splits.items()}, splits, args.seed
+        )
+        dit_features, details["rc_dit_blocks"] = dit_block_source(pipe, splits, args.dit_timesteps, args.seed)
+        sources["rc_dit_blocks"] = protocols(dit_features, splits, args.seed)
+        if args.pretrained:
+            pretrained = load_pretrained_encoder(args.pretrained, device=device)
+            sources["pretrained"] = protocols({s: pretrained.encode(split.images) for s, split in splits.items()}, splits, args.seed)
+    with timed(walls, "sample_grid"):
+        grid_path = output_dir / f"{NAME}_samples_{name}.png"
+        references = splits["test"].images[: args.num_samples]
+        sample_grid(pipe, references, args.sample_steps, args.seed, grid_path, f"RC-DiT {args.dit_size}, {name}")
+
+    rc, base = sources["rc_dit"]["label_free"], sources[args.baseline]["label_free"]
+    return {
+        "sizes": {s: len(split.labels) for s, split in splits.items()},
+        "class_names": splits["train"].class_names,
+        "headline": {source: headline(result) for source, result in sources.items()},
+        "label_free_margin_points": {
+            "accuracy": round(100 * (rc["accuracy"] - base["accuracy"]), 2),
+            "macro_f1": round(100 * (rc["macro_f1"] - base["macro_f1"]), 2),
+        },
+        "protocols": sources,
+        "details": details,
+        "final_training_loss": {"rc_dit": rc_summary.final_loss},
+        "sample_grid": grid_path.name,
+        "wall_seconds": walls,
+    }
+
+
+def main():
+    args = parse_args()
+    device = setup(args)
+    output_dir = Path(tempfile.mkdtemp()) if args.quick else _common.RESULTS_DIR
+    output_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    results = {name: run_dataset(name, DATASETS[name], args, device, output_dir) for name in args.datasets}
+    figures = {
+        "budget": {
+            "optimizer_steps": args.max_train_steps, "train_batch_size": args.train_batch_size,
+            "learning_rate": args.learning_rate, "dit_size": args.dit_size, "baseline": args.baseline,
+            "encoder": {"hidden_size": args.encoder_hidden_size, "num_layers": args.encoder_num_layers,
+                        "num_heads": args.encoder_num_heads, "patch_size": args.encoder_patch_size},
+        },
+        "datasets": results,
+        "target": TARGET,
+        "total_wall_seconds": round(time.perf_counter() - start, 1),
+    }  # fmt: skip
+    if TARGET["dataset"] in results:
+        margin = results[TARGET["dataset"]]["label_free_margin_points"]
+        figures["meets_target"] = (
+            margin["accuracy"] >= TARGET["label_free_accuracy_points"]
+            and margin["macro_f1"] >= TARGET["label_free_macro_f1_points"]
+        )
+    report(NAME, args, device, figures)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The nearest-prototype head: cosine similarity to per-class mean features, saved as a pipeline component."""
+
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+
+from ..metrics import _as_labels, _check_range, _resolve_num_classes
+
+
+class PrototypeHead(ModelMixin, ConfigMixin):
+    r"""
+    Classify a feature vector by its cosine similarity to one prototype per class.
+
+    `forward(features)` standardises the features with `feature_mean` / `feature_std` (the identity unless the head
+    was fitted with `standardize=True`), L2-normalises them and returns the logits `cos(x, prototype_k) /
+    temperature`, `[N, num_classes]`. The prototypes are the L2-normalised class means of the L2-normalised
+    (standardised) labelled features; build a head with [`fit_prototypes`]. The temperature only scales the softmax
+    probabilities, never the predicted class.
+
+    Args:
+        in_features: the feature size D.
+        num_classes: K >= 2.
+        temperature: > 0, divides the cosine similarities.
+        block, timestep: the feature the head reads, as in [`LinearProbeHead`] (("encoder", 0): the RC-DiT
+            representation).
+        class_names: the names of the K classes, saved with the weights.
+    """
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        temperature: float = 0.1,
+        block: str = "encoder",
+        timestep: int = 0,
+        class_names: Optional[List[str]] = None,
+    ):
+        super().__init__()
+        if in_features < 1 or num_classes < 2:
+            raise ValueError(f"expected in_features >= 1 and num_classes >= 2, got {in_features} and {num_classes}")
+        if not temperature > 0:
+            raise ValueError(f"expected temperature > 0, got {temperature}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"expected {num_classes} class_names, got {len(class_names)}: {class_names}")
+        self.register_buffer("prototypes", torch.zeros(num_classes, in_features))
+        self.register_buffer("feature_mean", torch.zeros(in_features))
+        self.register_buffer("feature_std", torch.ones(in_features))
+
+    @property
+    def id2label(self) -> dict:
+        names = self.config.class_names or [str(i) for i in range(self.config.num_classes)]
+        return dict(enumerate(names))
+
+    def normalize(self, features: torch.Tensor) -> torch.Tensor:
+        """Standardise with the stored statistics, then L2-normalise each row."""
+        if features.ndim != 2 or features.shape[1] != self.config.in_features:
+            raise ValueError(f"expected features of shape [N, {self.config.in_features}], got {tuple(features.shape)}")
+        features = features.to(device=self.prototypes.device, dtype=self.prototypes.dtype)
+        return F.normalize((features - self.feature_mean) / self.feature_std, dim=1)
+
+    def similarities(self, features: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of each feature to each prototype, `[N, num_classes]`."""
+        return self.normalize(features) @ self.prototypes.T
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.similarities(features) / self.config.temperature
+
+
+def fit_prototypes(
+    features,
+    labels,
+    num_classes: Optional[int] = None,
+    class_names: Optional[Sequence[str]] = None,
+    temperature: float = 0.1,
+    standardize: bool = False,
+    block: str = "encoder",
+    timestep: int = 0,
+) -> PrototypeHead:
+    r"""
+    A [`PrototypeHead`] whose prototypes are the class means of the labelled `features`.
+
+    Args:
+        features: `[N, D]` labelled features (tensor or array).
+        labels: `[N]` integer labels in `[0, num_classes)`; every class needs at least one sample.
+        num_classes: defaults to `len(class_names)`, else the largest label + 1.
+        class_names, temperature, block, timestep: recorded in the head's config.
+        standardize: standardise the features with the labelled set's mean and std (std clamped at 1e-6) before the
+            L2 normalisation; the statistics are stored in the head.
+    """
+    x = torch.as_tensor(features.detach().cpu() if hasattr(features, "detach") else features).float()
+    y = _as_labels(labels, "labels")
+    if x.ndim != 2 or len(x) != len(y):
+        raise ValueError(f"expected features of shape [{len(y)}, D], one row per label, got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"features row {int((~torch.isfinite(x).all(1)).nonzero()[0])} contains NaN or inf")
+    num_classes = _resolve_num_classes(num_classes, class_names, y)
+    _check_range(y, "labels", num_classes)
+    counts = torch.bincount(torch.as_tensor(y), minlength=num_classes)
+    if (counts == 0).any():
+        raise ValueError(f"class {int((counts == 0).nonzero()[0])} has no labelled sample: cannot build its prototype")
+    names = list(class_names) if class_names is not None else None
+    head = PrototypeHead(x.shape[1], num_classes, temperature, block, int(timestep), names)
+    with torch.no_grad():
+        if standardize:
+            head.feature_mean.copy_(x.mean(0))
+            head.feature_std.copy_(x.std(0, unbiased=False).clamp(min=1e-6))
+        normed = head.normalize(x)
+        sums = torch.zeros(num_classes, x.shape[1]).index_add_(0, torch.as_tensor(y), normed)
+        head.prototypes.copy_(F.normalize(sums / counts[:, None], dim=1))
+    return head
