@@ -13,6 +13,7 @@ import argparse
 
 import torch
 from accelerate import PartialState
+from diffusers import AutoencoderKL
 
 from diffusion_classifiers.data import add_data_args, load_data_from_args
 from diffusion_classifiers.models import RC_DIT_SIZES, add_encoder_args, build_vit_encoder_from_args, train_rc_dit
@@ -29,6 +30,8 @@ def parse_args(argv=None):
     add_encoder_args(parser)
     parser.add_argument("--freeze_encoder", action="store_true", help="train only the DiT")
     parser.add_argument("--num_train_timesteps", type=int, default=1000)
+    parser.add_argument("--vae", default=None, help="an AutoencoderKL directory or Hub id: train in its latent space")
+    parser.add_argument("--vae_subfolder", default=None, help='e.g. "vae" for a Stable Diffusion repository')
     add_training_args(parser)
     return parser.parse_args(argv)
 
@@ -43,6 +46,7 @@ def main(argv=None):
     image_size, num_channels = images.shape[-1], images.shape[1]
     torch.manual_seed(args.seed)
     encoder = build_vit_encoder_from_args(args, image_size, num_channels)
+    vae = None if args.vae is None else AutoencoderKL.from_pretrained(args.vae, subfolder=args.vae_subfolder)
     encoder, transformer, scheduler, _ = train_rc_dit(
         training_args,
         images,
@@ -52,9 +56,10 @@ def main(argv=None):
         rep_dropout=args.rep_dropout,
         num_train_timesteps=args.num_train_timesteps,
         freeze_encoder=args.freeze_encoder,
+        vae=vae,
     )
     if PartialState().is_main_process:
-        pipe = RepresentationConditionedDiTPipeline(encoder, transformer, scheduler)
+        pipe = RepresentationConditionedDiTPipeline(encoder, transformer, scheduler, vae=vae)
         pipe.save_pretrained(args.output_dir)
 
 

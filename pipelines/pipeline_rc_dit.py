@@ -4,7 +4,8 @@ import numbers
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from diffusers import DDPMScheduler
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -14,6 +15,8 @@ from diffusion_classifiers.models import LinearProbeHead, PrototypeHead, fit_pro
 from diffusion_classifiers.models.rc_dit import (
     RepresentationConditionedDiTModel,
     check_encoder_matches,
+    decode_latents,
+    encode_latents,
     encode_representation,
 )
 
@@ -48,7 +51,8 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
       classifier-free guidance.
 
     Images (PIL, arrays or tensors) go through `diffusion_classifiers.data.preprocess_images`, resized to the
-    encoder's `image_size`. Use the models in eval mode (as `from_pretrained` and `training.train` return them): in
+    encoder's `image_size`. With a `vae` the transformer works on its latents (the mode of the posterior for
+    features, decoded for `generate`); the encoder always reads the images. Use the models in eval mode (as `from_pretrained` and `training.train` return them): in
     train mode the transformer drops representations with probability `rep_dropout`.
 
     Args:
@@ -56,22 +60,25 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
             `representation_dim` and whose `num_channels` is its `in_channels`.
         transformer: the `RepresentationConditionedDiTModel` trained with the encoder.
         scheduler: the `DDPMScheduler` it was trained with (a `DDIMScheduler` made from its config also samples).
+        vae: optional frozen `AutoencoderKL` when the transformer was trained in its latent space
+            (`train_rc_dit(vae=...)`); its `latent_channels` are then the transformer's `in_channels`.
         head: optional fitted `LinearProbeHead` or `PrototypeHead` over r.
     """
 
-    model_cpu_offload_seq = "encoder->transformer->head"
-    _optional_components = ["head"]
+    model_cpu_offload_seq = "encoder->transformer->vae->head"
+    _optional_components = ["vae", "head"]
 
     def __init__(
         self,
         encoder,
         transformer: RepresentationConditionedDiTModel,
         scheduler: DDPMScheduler,
+        vae: Optional[AutoencoderKL] = None,
         head: Optional[Union[LinearProbeHead, PrototypeHead]] = None,
     ):
         super().__init__()
-        check_encoder_matches(encoder, transformer)
-        self.register_modules(encoder=encoder, transformer=transformer, scheduler=scheduler, head=head)
+        check_encoder_matches(encoder, transformer, vae)
+        self.register_modules(encoder=encoder, transformer=transformer, scheduler=scheduler, vae=vae, head=head)
 
     @property
     def class_names(self) -> List[str]:
@@ -82,6 +89,16 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
     def preprocess(self, images) -> torch.Tensor:
         config = self.encoder.config
         return preprocess_images(images, image_size=config.image_size, num_channels=config.num_channels)
+
+    def to_transformer_space(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Clean images `[N, C, H, W]` in [-1, 1] -> the transformer's x0: the VAE latents (posterior mode), else
+        the images resized to its `sample_size`."""
+        if self.vae is not None:
+            return encode_latents(self.vae, pixels, sample=False)
+        size = self.transformer.config.sample_size
+        if tuple(pixels.shape[-2:]) == (size, size):
+            return pixels
+        return F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
     @torch.no_grad()
     def encode(self, images, batch_size: int = 64) -> torch.Tensor:
@@ -147,7 +164,8 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         only on its image and the seed, not on batching.
 
         Args:
-            images: one or a list of PIL images, arrays or tensors (resized to the transformer's `sample_size`).
+            images: one or a list of PIL images, arrays or tensors (as for `encode`; then mapped to the transformer's
+                input by `to_transformer_space`).
             timesteps: training timesteps in `[0, num_train_timesteps)`.
             block_indices: the blocks to read (default all); only blocks up to the deepest one are run.
             noise_seed: seed of the noise.
@@ -166,12 +184,13 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
             raise ValueError(f"expected pool 'mean' or None, got {pool!r}")
         if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ValueError(f"expected batch_size >= 1, got {batch_size}")
-        pixels = preprocess_images(images, image_size=config.sample_size, num_channels=config.in_channels)
-        noise = make_noise(1, pixels.shape[1:], noise_seed)
+        pixels = self.preprocess(images)
+        noise = make_noise(1, (config.in_channels, config.sample_size, config.sample_size), noise_seed)
         device, dtype = self.transformer.device, self.transformer.dtype
         chunks = {(dit_block_name(i), t): [] for t in timesteps for i in block_indices}
-        for x0 in pixels.split(batch_size):
-            r = encode_representation(self.encoder, x0) if representation == "encoder" else None
+        for chunk in pixels.split(batch_size):
+            r = encode_representation(self.encoder, chunk) if representation == "encoder" else None
+            x0 = self.to_transformer_space(chunk).cpu().float()
             eps = noise.expand_as(x0)
             for t in timesteps:
                 x_t = self.scheduler.add_noise(x0, eps, torch.full((len(x0),), t, dtype=torch.long))
@@ -223,7 +242,7 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         representation: 1 is plain conditional sampling, 0 unconditional, > 1 stronger guidance.
 
         Args:
-            reference_images: one or a list of PIL images, arrays or tensors, with the model's channel count.
+            reference_images: one or a list of PIL images, arrays or tensors, with the encoder's channel count.
             guidance_scale: >= 0.
             num_inference_steps: >= 1 denoising steps of the scheduler.
             generator: a `torch.Generator` or one per reference image, for reproducible samples.
@@ -240,9 +259,10 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
             raise ValueError(f"expected output_type 'pt', 'np' or 'pil', got {output_type!r}")
         config = self.transformer.config
         references = preprocess_images(reference_images, image_size=self.encoder.config.image_size)
-        if references.shape[1] != config.in_channels:
+        num_channels = self.encoder.config.num_channels
+        if references.shape[1] != num_channels:
             raise ValueError(
-                f"expected reference images with {config.in_channels} channel(s) (the model's in_channels), "
+                f"expected reference images with {num_channels} channel(s) (the encoder's num_channels), "
                 f"got {references.shape[1]}"
             )
         batch_size = references.shape[0]
@@ -272,6 +292,8 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
                 eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
             sample = self.scheduler.step(eps, t, sample, generator=generator).prev_sample
 
+        if self.vae is not None:
+            sample = decode_latents(self.vae, sample)
         images = (sample.float() / 2 + 0.5).clamp(0, 1).cpu()
         if output_type != "pt":
             images = images.permute(0, 2, 3, 1).numpy()

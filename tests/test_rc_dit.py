@@ -416,3 +416,46 @@ def test_prototype_head_classifies_and_survives_save_and_load(digits, tmp_path):
     assert isinstance(reloaded.head, PrototypeHead) and reloaded.class_names == names
     assert torch.equal(reloaded(test_images).probs, out.probs) and reloaded.head.config.temperature == 0.05
     # (a fresh process loads a PrototypeHead pipeline in test_save_and_load_in_fresh_process_gives_identical_outputs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Latent space: an optional AutoencoderKL
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def tiny_vae(latent_channels=4):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        in_channels=1, out_channels=1, latent_channels=latent_channels, block_out_channels=(8, 16), norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=SIZE,
+    ).eval()  # fmt: skip
+
+
+def test_latent_training_denoises_vae_latents_and_the_pipeline_round_trips(digits, tmp_path):
+    from diffusion_classifiers.models import train_rc_dit
+
+    vae = tiny_vae()
+    args = TrainingArguments(output_dir=str(tmp_path / "train"), train_batch_size=8, max_train_steps=2, checkpointing_steps=10**9)
+    encoder, transformer, scheduler, _ = train_rc_dit(
+        args, digits["train"].images[:16], tiny_encoder(), dit_size="tiny", patch_size=2, vae=vae
+    )
+    assert (transformer.config.sample_size, transformer.config.in_channels) == (SIZE // 2, 4)
+    pipe = RepresentationConditionedDiTPipeline(encoder, transformer, scheduler, vae=vae)
+    images = digits["test"].images[:3]
+    features = pipe.dit_features(images, timesteps=[10], block_indices=[0])
+    assert features[("transformer_blocks.0", 10)].shape == (3, transformer.config.hidden_size)
+    generated = pipe.generate(images, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
+    assert generated.shape == (3, 1, SIZE, SIZE)  # decoded back to images
+
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = RepresentationConditionedDiTPipeline.from_pretrained(tmp_path / "pipe")
+    assert loaded.vae is not None
+    again = loaded.generate(images, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
+    torch.testing.assert_close(again, generated)
+
+
+def test_vae_whose_latent_channels_differ_from_the_transformer_fails():
+    with pytest.raises(ValueError, match="vae latent_channels 4 does not match the transformer's in_channels 1"):
+        RepresentationConditionedDiTPipeline(tiny_encoder(), tiny_transformer(), DDPMScheduler(), vae=tiny_vae())
