@@ -5,7 +5,8 @@ For each dataset (PneumoniaMNIST, Fashion-MNIST), in one run:
 1. RC-DiT: a ViT encoder and a DiT (`train_rc_dit`) trained together on the unlabeled train images;
 2. baseline: the SAME ViT architecture from the SAME initial weights, trained on the same images for the same number
    of optimizer steps, batch size and learning rate with a self-distillation (DINO) or contrastive (SimCLR)
-   objective (`contrastive.train_contrastive_encoder`, kornia augmentations);
+   objective (`contrastive.train_contrastive_encoder`, kornia augmentations; SimCLR by default: DINO collapsed at
+   this budget in our trials);
 3. optionally a pretrained encoder directory (`--pretrained facebook/dinov2-small` where the Hub is reachable);
 4. every feature source scored by `probing.evaluate_protocols`: label-free k-means + Hungarian on test (accuracy,
    macro-F1, NMI, ARI), prototypes and k-NN with n = 1, 5, 10 and all labelled train images per class (5
@@ -56,8 +57,8 @@ def parse_args():
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--dit_size", default=None, help="default: tiny with --quick, else XS")
     add_encoder_args(parser)
-    parser.add_argument("--baseline", default="dino", choices=["dino", "simclr"], help="contrastive objective")
-    parser.add_argument("--max_train_steps", type=int, default=None, help="both methods; default 20 quick, else 1200")
+    parser.add_argument("--baseline", default="simclr", choices=["simclr", "dino"], help="contrastive objective")
+    parser.add_argument("--max_train_steps", type=int, default=None, help="both methods; default 20 quick, else 1500")
     parser.add_argument("--train_batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=3e-4)
     parser.add_argument("--max_train_images", type=int, default=10000, help="per dataset (stratified subset)")
@@ -69,7 +70,7 @@ def parse_args():
     parser.set_defaults(num_threads=1, encoder_hidden_size=128, encoder_num_layers=4, encoder_num_heads=4)
     args = parser.parse_args()
     args.dit_size = args.dit_size or ("tiny" if args.quick else "XS")
-    args.max_train_steps = args.max_train_steps or (20 if args.quick else 1200)
+    args.max_train_steps = args.max_train_steps or (20 if args.quick else 1500)
     args.sample_steps = args.sample_steps or (5 if args.quick else 100)
     if args.quick:
         args.encoder_hidden_size, args.encoder_num_layers, args.encoder_num_heads = 32, 2, 2

@@ -1,0 +1,71 @@
+#!/usr/bin/env python
+"""Train the RC-DiT's ViT encoder alone with a contrastive (SimCLR) or self-distillation (DINO) objective on the
+same unlabeled images, for the same number of optimizer steps: the baseline of the RC-DiT representation. Saves the
+encoder with `save_pretrained` to `--output_dir` (load it with `transformers.ViTModel.from_pretrained`).
+
+    accelerate launch examples/train_contrastive.py --dataset ../shared/data/medmnist_pneumonia/pneumoniamnist.npz \
+        --output_dir outputs/simclr-pneumonia --method simclr --encoder_hidden_size 192 --max_train_steps 20000
+
+On a CPU-only machine, real multi-process DDP needs: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu
+--num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no examples/train_contrastive.py ...
+"""
+
+import argparse
+
+from accelerate import PartialState
+
+from diffusion_classifiers.contrastive import METHODS, train_contrastive_encoder
+from diffusion_classifiers.data import add_data_args, load_data_from_args
+from diffusion_classifiers.models import add_encoder_args, build_vit_encoder_from_args
+from diffusion_classifiers.training import add_training_args, training_args_from_namespace
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(parser)
+    parser.add_argument("--method", default="simclr", choices=METHODS)
+    add_encoder_args(parser)
+    parser.add_argument("--augmentation_strength", type=float, default=1.0, help="scales colour jitter and blur")
+    parser.add_argument("--min_crop_scale", type=float, default=0.25, help="smallest crop area fraction")
+    parser.add_argument("--flip_p", type=float, default=0.5, help="horizontal flip probability (0 for digits)")
+    parser.add_argument("--temperature", type=float, default=0.2, help="SimCLR NT-Xent temperature")
+    parser.add_argument("--projection_dim", type=int, default=128, help="SimCLR projection size")
+    parser.add_argument("--dino_out_dim", type=int, default=4096)
+    parser.add_argument("--teacher_temperature", type=float, default=0.04, help="DINO")
+    parser.add_argument("--student_temperature", type=float, default=0.1, help="DINO")
+    parser.add_argument("--teacher_momentum", type=float, default=0.996, help="DINO, cosine schedule to 1")
+    parser.add_argument("--num_local_views", type=int, default=0, help="DINO multi-crop local views")
+    parser.add_argument("--save_student", action="store_true", help="DINO: save the student, not the teacher")
+    add_training_args(parser)
+    return parser.parse_args(argv)
+
+
+def objective_kwargs(args) -> dict:
+    common = dict(strength=args.augmentation_strength, crop_scale=(args.min_crop_scale, 1.0), flip_p=args.flip_p)
+    if args.method == "simclr":
+        return dict(common, temperature=args.temperature, projection_dim=args.projection_dim)
+    return dict(
+        common,
+        out_dim=args.dino_out_dim,
+        teacher_temperature=args.teacher_temperature,
+        student_temperature=args.student_temperature,
+        teacher_momentum=args.teacher_momentum,
+        num_local_views=args.num_local_views,
+        return_teacher=not args.save_student,
+    )
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    training_args = training_args_from_namespace(args)
+    images = load_data_from_args(args)["train"].images
+    if images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"expected square training images, got {tuple(images.shape[-2:])}: pass --image_size")
+    encoder = build_vit_encoder_from_args(args, images.shape[-1], images.shape[1])
+    encoder = train_contrastive_encoder(training_args, images, encoder, method=args.method, **objective_kwargs(args))
+    if PartialState().is_main_process:
+        encoder.save_pretrained(args.output_dir)
+
+
+if __name__ == "__main__":
+    main()

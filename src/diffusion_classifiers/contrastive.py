@@ -1,0 +1,536 @@
+"""Contrastive and self-distillation baselines for the RC-DiT encoder, and pretrained vision encoders.
+
+The baseline trains the *same* ViT (`models.rc_dit.build_vit_encoder`) on the same images for the same number of
+optimizer steps as an RC-DiT run, through the same loop (`training.train`: accelerate, AdamW + schedule, EMA,
+checkpoints, resume), with one of two label-free objectives on kornia-augmented views:
+
+- `"simclr"` (default): the NT-Xent contrastive loss of SimCLR (Chen et al., 2020) on two views per image.
+- `"dino"`: self-distillation with no labels (Caron et al., 2021). A student (the ViT + a projection
+  head) matches the sharpened, centred output distribution of a teacher, an exponential moving average of the
+  student, across views; 2 global views plus optional local (small-crop) views. Faithful to the paper's recipe, it
+  collapses at the small budgets of the benchmarks here (a tiny ViT on 28x28 images for a few thousand steps: the
+  image-dependent part of a fresh ViT's output is too small for centering + sharpening), hence SimCLR by default.
+
+Both heads read the encoder's representation r = `encode_representation(encoder, images)`, the vector the
+evaluation protocols use, so the trained encoder is evaluated exactly like an RC-DiT encoder.
+
+`load_pretrained_encoder` wraps any transformers vision backbone directory or Hub id (e.g. `facebook/dinov2-small`)
+so library images ([N, C, H, W] in [-1, 1], C = 1 or 3) give its CLS-token features under the same protocols.
+"""
+
+import copy
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import kornia.augmentation as K
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from .models.rc_dit import encode_representation, representation_size
+from .training import TrainingArguments, train
+
+METHODS = ("dino", "simclr")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Augmentations
+# ------------------------------------------------------------------------------------------------------------------
+
+
+class ImageAugmentation(nn.Module):
+    """A kornia augmentation pipeline for images in [-1, 1]: maps to [0, 1], augments, clamps, maps back.
+
+    Every call draws new random parameters per image, so two calls on the same batch give two views.
+    """
+
+    def __init__(self, pipeline: nn.Module, num_channels: int):
+        super().__init__()
+        self.pipeline = pipeline
+        self.num_channels = num_channels
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != self.num_channels:
+            raise ValueError(
+                f"expected images [N, {self.num_channels}, H, W] in [-1, 1] for the augmentation, got {tuple(images.shape)}"
+            )
+        unit = ((images.float() + 1) / 2).clamp(0, 1)
+        return (self.pipeline(unit).clamp(0, 1) * 2 - 1).to(images.dtype)
+
+
+def build_augmentation(
+    image_size: int,
+    num_channels: int,
+    strength: float = 1.0,
+    crop_scale: Sequence[float] = (0.25, 1.0),
+    flip_p: float = 0.5,
+    blur_p: float = 0.5,
+) -> ImageAugmentation:
+    """SimCLR/DINO-style views for small images: random resized crop to `image_size` (area fraction in
+    `crop_scale`), horizontal flip (`flip_p`), colour jitter (p=0.8; brightness and contrast 0.4 x `strength`, and for
+    RGB saturation 0.4 x `strength`, hue 0.1 x `strength` plus random grayscale p=0.2), Gaussian blur (`blur_p`,
+    sigma in [0.1, 2 x `strength`], kernel about a tenth of the image, odd, at least 3).
+
+    `strength=0` keeps only crop and flip. Works for 1- and 3-channel images.
+    """
+    if num_channels not in (1, 3):
+        raise ValueError(f"expected num_channels 1 or 3 for the augmentation, got {num_channels}")
+    if image_size < 1:
+        raise ValueError(f"expected a positive image_size, got {image_size}")
+    if strength < 0:
+        raise ValueError(f"expected a non-negative augmentation strength, got {strength}")
+    low, high = crop_scale
+    if not 0 < low <= high <= 1:
+        raise ValueError(f"expected crop_scale (low, high) with 0 < low <= high <= 1, got {tuple(crop_scale)}")
+    for name, p in (("flip_p", flip_p), ("blur_p", blur_p)):
+        if not 0 <= p <= 1:
+            raise ValueError(f"expected `{name}` in [0, 1], got {p}")
+    rgb = num_channels == 3
+    steps = [K.RandomResizedCrop((image_size, image_size), scale=(low, high)), K.RandomHorizontalFlip(p=flip_p)]
+    if strength > 0:
+        jitter = 0.4 * strength
+        steps.append(K.ColorJitter(jitter, jitter, jitter if rgb else 0.0, min(0.1 * strength, 0.5) if rgb else 0.0, p=0.8))
+        if rgb:
+            steps.append(K.RandomGrayscale(p=0.2))
+        if blur_p > 0:
+            kernel = max(3, (image_size // 10) | 1)
+            steps.append(K.RandomGaussianBlur((kernel, kernel), (0.1, max(0.1, 2.0 * strength)), p=blur_p))
+    return ImageAugmentation(nn.Sequential(*steps), num_channels)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# DINO
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _init_linear(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+class DINOHead(nn.Module):
+    """DINO's projection head: a 3-layer MLP (GELU) to a `bottleneck_dim` vector, L2-normalised, then a linear layer
+    to `out_dim` logits whose weight rows are normalised to norm 1 (weight norm with the gain fixed at 1)."""
+
+    def __init__(
+        self, in_dim: int, out_dim: int = 4096, hidden_dim: int = 1024, bottleneck_dim: int = 256, use_bn: bool = False
+    ):
+        super().__init__()
+        for name, value in (("out_dim", out_dim), ("hidden_dim", hidden_dim), ("bottleneck_dim", bottleneck_dim)):
+            if value < 1:
+                raise ValueError(f"expected a positive DINO head `{name}`, got {value}")
+        norm = (lambda: nn.BatchNorm1d(hidden_dim)) if use_bn else nn.Identity
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), norm(), nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim), norm(), nn.GELU(),
+            nn.Linear(hidden_dim, bottleneck_dim),
+        )
+        self.mlp.apply(_init_linear)
+        self.last_layer = nn.Parameter(torch.empty(out_dim, bottleneck_dim))
+        nn.init.trunc_normal_(self.last_layer, std=0.02)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        bottleneck = F.normalize(self.mlp(features), dim=-1)
+        return F.linear(bottleneck, F.normalize(self.last_layer, dim=-1))
+
+
+class DINOModel(nn.Module):
+    """Student (the encoder + a `DINOHead`) and teacher (a frozen copy of both, updated only by `update_teacher`;
+    it follows the model's train/eval mode, as in DINO, so a `use_bn` head normalises with batch statistics).
+
+    `forward(images)` is the student's logits [N, out_dim] on the representation r; `teacher(images)` the teacher's,
+    without gradients. The buffers `center` (the running mean of teacher logits) and `teacher_updates` (how many
+    momentum updates were made, for the momentum schedule) are saved in checkpoints with the weights.
+    """
+
+    def __init__(
+        self, encoder: nn.Module, out_dim: int = 4096, hidden_dim: int = 1024, bottleneck_dim: int = 256, use_bn: bool = False
+    ):
+        super().__init__()
+        self.encoder = encoder
+        self.head = DINOHead(representation_size(encoder), out_dim, hidden_dim, bottleneck_dim, use_bn)
+        self.teacher_encoder = copy.deepcopy(encoder).requires_grad_(False)
+        self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
+        self.register_buffer("center", torch.zeros(1, out_dim))
+        self.register_buffer("teacher_updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("center_initialized", torch.zeros((), dtype=torch.bool))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(encode_representation(self.encoder, images))
+
+    @torch.no_grad()
+    def teacher(self, images: torch.Tensor) -> torch.Tensor:
+        return self.teacher_head(encode_representation(self.teacher_encoder, images))
+
+    def student_parameters(self) -> list:
+        return list(self.encoder.parameters()) + list(self.head.parameters())
+
+    def teacher_parameters(self) -> list:
+        return list(self.teacher_encoder.parameters()) + list(self.teacher_head.parameters())
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter."""
+        if not 0 <= momentum <= 1:
+            raise ValueError(f"expected a teacher momentum in [0, 1], got {momentum}")
+        for teacher, student in zip(self.teacher_parameters(), self.student_parameters()):
+            teacher.mul_(momentum).add_(student.detach().to(teacher.dtype), alpha=1 - momentum)
+        self.teacher_updates += 1
+
+    @torch.no_grad()
+    def update_center(self, teacher_logits: torch.Tensor, momentum: float) -> None:
+        """center <- momentum * center + (1 - momentum) * mean teacher logits (averaged over all processes)."""
+        batch_center = teacher_logits.float().mean(dim=0, keepdim=True)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(batch_center)
+            batch_center /= dist.get_world_size()
+        if not self.center_initialized:  # start from the first batch's mean, not 0: no early one-dimension collapse
+            momentum = 0.0
+            self.center_initialized.fill_(True)
+        self.center.mul_(momentum).add_(batch_center.to(self.center.dtype), alpha=1 - momentum)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DDP / accelerate wrapper (`.module`), or the model itself."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    return model
+
+
+def _check_temperature(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"expected a positive `{name}`, got {value}")
+
+
+def cosine_teacher_momentum(step: int, total_steps: Optional[int], base_momentum: float) -> float:
+    """DINO's schedule: from `base_momentum` at step 0 up to 1 at `total_steps` (cosine); constant if no total."""
+    if total_steps is None or total_steps <= 0:
+        return base_momentum
+    progress = min(step / total_steps, 1.0)
+    return 1 - (1 - base_momentum) * (math.cos(math.pi * progress) + 1) / 2
+
+
+class DINOLoss:
+    """DINO's self-distillation loss for a `DINOModel` under `training.train`: batches are `(images,)` or
+    `(images, labels)` (labels ignored), images in [-1, 1].
+
+    Each call: (1) every `update_every` calls after the first (set it to `gradient_accumulation_steps`, so once per
+    optimizer step) the teacher takes a momentum step towards the student, momentum following
+    `cosine_teacher_momentum(model.teacher_updates, total_steps, teacher_momentum)`; (2) two global views (and
+    `num_local_views` local ones) are drawn; (3) the loss is the mean over view pairs (teacher view a, student
+    view b, a != b) of the cross-entropy between softmax((teacher - center) / teacher_temperature) and
+    softmax(student / student_temperature); (4) the center moves towards the teacher's batch mean
+    (`center_momentum`). The teacher temperature rises linearly from `warmup_teacher_temperature` over
+    `warmup_teacher_temperature_steps` teacher updates.
+    """
+
+    def __init__(
+        self,
+        augmentation: nn.Module,
+        local_augmentation: Optional[nn.Module] = None,
+        num_local_views: int = 0,
+        student_temperature: float = 0.1,
+        teacher_temperature: float = 0.04,
+        warmup_teacher_temperature: Optional[float] = None,
+        warmup_teacher_temperature_steps: int = 0,
+        center_momentum: float = 0.9,
+        teacher_momentum: float = 0.996,
+        total_steps: Optional[int] = None,
+        update_every: int = 1,
+    ):
+        _check_temperature("student_temperature", student_temperature)
+        _check_temperature("teacher_temperature", teacher_temperature)
+        if warmup_teacher_temperature is not None:
+            _check_temperature("warmup_teacher_temperature", warmup_teacher_temperature)
+        if num_local_views < 0:
+            raise ValueError(f"expected a non-negative `num_local_views`, got {num_local_views}")
+        if num_local_views > 0 and local_augmentation is None:
+            raise ValueError("num_local_views > 0 needs a `local_augmentation` (small crops)")
+        for name, value in (("center_momentum", center_momentum), ("teacher_momentum", teacher_momentum)):
+            if not 0 <= value <= 1:
+                raise ValueError(f"expected `{name}` in [0, 1], got {value}")
+        if update_every < 1:
+            raise ValueError(f"expected a positive `update_every`, got {update_every}")
+        self.augmentation = augmentation
+        self.local_augmentation = local_augmentation
+        self.num_local_views = num_local_views
+        self.student_temperature = student_temperature
+        self.teacher_temperature = teacher_temperature
+        self.warmup_teacher_temperature = warmup_teacher_temperature or teacher_temperature
+        self.warmup_teacher_temperature_steps = warmup_teacher_temperature_steps
+        self.center_momentum = center_momentum
+        self.teacher_momentum = teacher_momentum
+        self.total_steps = total_steps
+        self.update_every = update_every
+        self.calls = 0
+
+    def teacher_temperature_at(self, step: int) -> float:
+        if step >= self.warmup_teacher_temperature_steps:
+            return self.teacher_temperature
+        fraction = step / self.warmup_teacher_temperature_steps
+        return self.warmup_teacher_temperature + fraction * (self.teacher_temperature - self.warmup_teacher_temperature)
+
+    def maybe_update_teacher(self, dino: DINOModel) -> None:
+        """The momentum step of the teacher, once per optimizer step (see the class docstring)."""
+        if dino.training and self.calls > 0 and self.calls % self.update_every == 0:
+            step = int(dino.teacher_updates)
+            dino.update_teacher(cosine_teacher_momentum(step, self.total_steps, self.teacher_momentum))
+        self.calls += int(dino.training)
+
+    def __call__(self, model: nn.Module, batch: tuple) -> torch.Tensor:
+        dino = _unwrap(model)
+        if not isinstance(dino, DINOModel):
+            raise TypeError(f"expected a DINOModel for DINOLoss, got {type(dino).__name__}")
+        self.maybe_update_teacher(dino)
+        images = batch[0]
+        global_views = torch.cat([self.augmentation(images), self.augmentation(images)])
+        views = [global_views] + [self.local_augmentation(images) for _ in range(self.num_local_views)]
+        student = model(torch.cat(views)).float() / self.student_temperature
+        teacher_logits = dino.teacher(global_views).float()
+        temperature = self.teacher_temperature_at(int(dino.teacher_updates))
+        targets = F.softmax((teacher_logits - dino.center) / temperature, dim=-1).chunk(2)
+        log_probs = F.log_softmax(student, dim=-1).chunk(2 + self.num_local_views)
+        losses = [
+            -(target * log_prob).sum(dim=-1).mean()
+            for a, target in enumerate(targets)
+            for b, log_prob in enumerate(log_probs)
+            if a != b
+        ]
+        if dino.training:
+            dino.update_center(teacher_logits, self.center_momentum)
+        return torch.stack(losses).mean()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# SimCLR
+# ------------------------------------------------------------------------------------------------------------------
+
+
+class SimCLRModel(nn.Module):
+    """The encoder + SimCLR's projection head (Linear, BatchNorm, ReLU, Linear): `forward(images)` gives the
+    projections z [N, projection_dim] of the representation r."""
+
+    def __init__(self, encoder: nn.Module, projection_dim: int = 128, hidden_dim: int = 512):
+        super().__init__()
+        for name, value in (("projection_dim", projection_dim), ("hidden_dim", hidden_dim)):
+            if value < 1:
+                raise ValueError(f"expected a positive SimCLR head `{name}`, got {value}")
+        self.encoder = encoder
+        self.head = nn.Sequential(
+            nn.Linear(representation_size(encoder), hidden_dim),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, projection_dim),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(encode_representation(self.encoder, images))
+
+
+def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """SimCLR's NT-Xent: for each of the 2N projections, the cross-entropy of picking its positive (the other view
+    of the same image) among the other 2N - 1 by cosine similarity / `temperature`; mean over the 2N."""
+    _check_temperature("temperature", temperature)
+    if z1.ndim != 2 or z1.shape != z2.shape or z1.shape[0] < 2:
+        raise ValueError(f"expected two [N, D] projection batches of the same shape, N >= 2, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=-1)
+    similarity = z @ z.T / temperature
+    similarity = similarity.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return F.cross_entropy(similarity, positives)
+
+
+class SimCLRLoss:
+    """NT-Xent on two augmented views for a `SimCLRModel` under `training.train`; batches `(images, ...)` in
+    [-1, 1]. Negatives are the other images of the process's batch."""
+
+    def __init__(self, augmentation: nn.Module, temperature: float = 0.2):
+        _check_temperature("temperature", temperature)
+        self.augmentation = augmentation
+        self.temperature = temperature
+
+    def __call__(self, model: nn.Module, batch: tuple) -> torch.Tensor:
+        images = batch[0]
+        if images.shape[0] < 2:
+            raise ValueError(f"SimCLR needs at least 2 images per batch (the negatives), got {images.shape[0]}")
+        z = model(torch.cat([self.augmentation(images), self.augmentation(images)]))
+        z1, z2 = z.chunk(2)
+        return nt_xent_loss(z1, z2, self.temperature)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Training entry point
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _keyword_names(function) -> set:
+    return {name for name in inspect.signature(function).parameters if name not in ("self", "encoder", "augmentation")}
+
+
+_ROUTED_ELSEWHERE = {"image_size", "num_channels", "local_augmentation", "total_steps", "update_every"}
+
+
+def _split_objective_kwargs(method: str, kwargs: dict) -> tuple[dict, dict, dict]:
+    """Route `objective_kwargs` to the augmentation, the model and the loss by their parameter names."""
+    model_class, loss_class = (DINOModel, DINOLoss) if method == "dino" else (SimCLRModel, SimCLRLoss)
+    extra_augmentation = {"local_crop_scale"} if method == "dino" else set()
+    groups = (
+        _keyword_names(build_augmentation) - _ROUTED_ELSEWHERE | extra_augmentation,
+        _keyword_names(model_class),
+        _keyword_names(loss_class) - _ROUTED_ELSEWHERE,
+    )
+    unknown = set(kwargs) - set().union(*groups)
+    if unknown:
+        raise ValueError(f"unknown {method} option(s) {sorted(unknown)}; expected some of {sorted(set().union(*groups))}")
+    return tuple({k: v for k, v in kwargs.items() if k in group} for group in groups)
+
+
+def _total_optimizer_steps(args: TrainingArguments, num_images: int) -> int:
+    from accelerate import PartialState
+
+    if args.max_train_steps:
+        return args.max_train_steps
+    batches = math.ceil(num_images / (args.train_batch_size * PartialState().num_processes))
+    return args.num_epochs * math.ceil(batches / args.gradient_accumulation_steps)
+
+
+def train_contrastive_encoder(
+    args: TrainingArguments,
+    images: torch.Tensor,
+    encoder: nn.Module,
+    method: str = "simclr",
+    return_teacher: bool = True,
+    **objective_kwargs,
+) -> nn.Module:
+    """Train `encoder` (a transformers ViT, e.g. `build_vit_encoder`) on unlabeled images `[N, C, H, W]` in [-1, 1]
+    with `method` "dino" or "simclr", through `training.train` (accelerate, AdamW + schedule, EMA, checkpoints).
+
+    `objective_kwargs` go by name to `build_augmentation` (strength, crop_scale, flip_p, blur_p; for DINO also
+    `local_crop_scale`, default (0.05, 0.25)), to the model (`DINOModel`: out_dim, hidden_dim, bottleneck_dim, use_bn;
+    `SimCLRModel`: projection_dim, hidden_dim) and to the loss (`DINOLoss`: student_temperature,
+    teacher_temperature, num_local_views, teacher_momentum, ...; `SimCLRLoss`: temperature). The heads are seeded
+    with `args.seed`. For DINO, `return_teacher` returns the teacher's encoder (as the DINO paper evaluates) instead
+    of the student's. Returns the trained encoder in eval mode, ready for `encode_representation`.
+    """
+    if method not in METHODS:
+        raise ValueError(f"expected a contrastive method in {METHODS}, got {method!r}")
+    config = encoder.config
+    if images.ndim != 4 or images.shape[1] != config.num_channels:
+        raise ValueError(f"expected training images [N, {config.num_channels}, H, W] for the encoder, got {tuple(images.shape)}")
+    augmentation_kwargs, model_kwargs, loss_kwargs = _split_objective_kwargs(method, objective_kwargs)
+    local_crop_scale = augmentation_kwargs.pop("local_crop_scale", (0.05, 0.25))
+    size = config.image_size
+    augmentation = build_augmentation(size, config.num_channels, **augmentation_kwargs)
+    torch.manual_seed(args.seed)
+    if method == "simclr":
+        model, loss = SimCLRModel(encoder, **model_kwargs), SimCLRLoss(augmentation, **loss_kwargs)
+    else:
+        local = build_augmentation(size, config.num_channels, **dict(augmentation_kwargs, crop_scale=local_crop_scale))
+        model = DINOModel(encoder, **model_kwargs)
+        total = _total_optimizer_steps(args, len(images))
+        loss = DINOLoss(augmentation, local, total_steps=total, update_every=args.gradient_accumulation_steps, **loss_kwargs)
+    model, _, _ = train(args, model, TensorDataset(images), loss)
+    trained = model.teacher_encoder if method == "dino" and return_teacher else model.encoder
+    return trained.requires_grad_(True).eval()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Pretrained encoders (DINOv2 and other transformers vision backbones)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _processor_size(processor, model_config) -> tuple[int, int]:
+    """The (height, width) the processor feeds the model: its crop size, else its resize size, else the model's."""
+    for name in ("crop_size", "size"):
+        size = getattr(processor, name, None)
+        if size is None:
+            continue
+        get = size.get if isinstance(size, dict) else lambda key, s=size: getattr(s, key, None)
+        if get("height") and get("width"):
+            return int(get("height")), int(get("width"))
+        if get("shortest_edge"):
+            return int(get("shortest_edge")), int(get("shortest_edge"))
+    image_size = getattr(model_config, "image_size", None)
+    if image_size is None:
+        raise ValueError("cannot tell the pretrained model's input size: no crop_size / size in its image processor")
+    return (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+
+
+def pretrained_pixel_values(
+    images: torch.Tensor,
+    image_size: tuple[int, int],
+    image_mean: Sequence[float],
+    image_std: Sequence[float],
+) -> torch.Tensor:
+    """Library images [N, C, H, W] in [-1, 1] (C = 1 or 3) to a pretrained RGB model's input: grayscale repeated to
+    3 channels, resized (bicubic, antialiased) to `image_size`, rescaled to [0, 1], normalised by mean and std."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected images [N, 1 or 3, H, W] in [-1, 1], got {tuple(images.shape)}")
+    unit = ((images.float() + 1) / 2).expand(-1, 3, -1, -1)
+    if tuple(unit.shape[-2:]) != tuple(image_size):
+        unit = F.interpolate(unit, size=tuple(image_size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    mean = torch.tensor(image_mean, dtype=unit.dtype, device=unit.device).view(1, -1, 1, 1)
+    std = torch.tensor(image_std, dtype=unit.dtype, device=unit.device).view(1, -1, 1, 1)
+    return (unit - mean) / std
+
+
+@dataclass
+class PretrainedImageEncoder:
+    """A pretrained transformers vision backbone with the preprocessing of its image processor.
+
+    `encode(images)` maps library images [N, C, H, W] in [-1, 1] (C = 1 or 3) to CLS-token features [N, D]:
+    the final (layer-normed) hidden state of the first token; for convolutional backbones, the pooled output.
+    """
+
+    model: nn.Module
+    image_size: tuple[int, int]
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        return pretrained_pixel_values(images, self.image_size, self.image_mean, self.image_std)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        if batch_size < 1:
+            raise ValueError(f"expected a positive batch_size, got {batch_size}")
+        parameter = next(self.model.parameters())
+        features = []
+        for start in range(0, images.shape[0], batch_size):
+            pixel_values = self.preprocess(images[start : start + batch_size].to(parameter.device))
+            outputs = self.model(pixel_values=pixel_values.to(parameter.dtype))
+            hidden = outputs.last_hidden_state
+            cls = hidden[:, 0] if hidden.ndim == 3 else outputs.pooler_output.flatten(1)
+            features.append(cls.float().cpu())
+        if not features:
+            raise ValueError("expected at least one image to encode, got 0")
+        return torch.cat(features)
+
+    __call__ = encode
+
+
+def load_pretrained_encoder(
+    path_or_hub_id: str,
+    device: Union[str, torch.device, None] = None,
+    torch_dtype: Optional[torch.dtype] = None,
+) -> PretrainedImageEncoder:
+    """Load a transformers vision backbone (`AutoModel`) and read its `AutoImageProcessor` config (input size,
+    ImageNet mean and std) from a local directory or Hub id, e.g. "facebook/dinov2-small". Eval mode, no grad."""
+    from transformers import AutoImageProcessor, AutoModel
+
+    processor = AutoImageProcessor.from_pretrained(path_or_hub_id)
+    kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
+    model = AutoModel.from_pretrained(path_or_hub_id, **kwargs).eval().requires_grad_(False)
+    if device is not None:
+        model.to(device)
+    normalize = getattr(processor, "do_normalize", True)
+    mean = tuple(processor.image_mean) if normalize else (0.0, 0.0, 0.0)
+    std = tuple(processor.image_std) if normalize else (1.0, 1.0, 1.0)
+    return PretrainedImageEncoder(model, _processor_size(processor, model.config), mean, std)

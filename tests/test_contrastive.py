@@ -1,0 +1,284 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torch.utils.data import TensorDataset
+
+from diffusion_classifiers.contrastive import (
+    DINOLoss,
+    DINOModel,
+    SimCLRLoss,
+    SimCLRModel,
+    build_augmentation,
+    cosine_teacher_momentum,
+    load_pretrained_encoder,
+    nt_xent_loss,
+    pretrained_pixel_values,
+    train_contrastive_encoder,
+)
+from diffusion_classifiers.models.rc_dit import build_vit_encoder, encode_representation
+from diffusion_classifiers.training import TrainingArguments, train
+
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """300 scikit-learn digits, 8x8 padded with background to 16x16, in [-1, 1]."""
+    images = torch.tensor(load_digits().images[:300], dtype=torch.float32)[:, None] / 16 * 2 - 1
+    return F.pad(images, (4, 4, 4, 4), value=-1.0)
+
+
+def tiny_encoder(num_channels=1, seed=0):
+    torch.manual_seed(seed)
+    return build_vit_encoder(SIZE, num_channels, hidden_size=32, num_layers=1, num_heads=2, patch_size=4)
+
+
+def args_for(tmp_path, steps=15, **overrides):
+    defaults = dict(train_batch_size=32, max_train_steps=steps, learning_rate=1e-3, lr_warmup_steps=0, checkpointing_steps=1000)
+    return TrainingArguments(output_dir=str(tmp_path), **{**defaults, **overrides})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Augmentations
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_channels", [1, 3])
+def test_augmentation_keeps_shape_and_range_and_views_differ(num_channels):
+    torch.manual_seed(0)
+    images = torch.rand(8, num_channels, SIZE, SIZE) * 2 - 1
+    augment = build_augmentation(SIZE, num_channels)
+    first, second = augment(images), augment(images)
+    assert first.shape == images.shape and first.dtype == images.dtype
+    assert first.min() >= -1 and first.max() <= 1
+    assert not torch.allclose(first, second)
+    assert not torch.allclose(first, images)
+
+
+def test_augmentation_rejects_wrong_channels_and_bad_settings():
+    with pytest.raises(ValueError, match=r"\[N, 1, H, W\]"):
+        build_augmentation(SIZE, 1)(torch.zeros(2, 3, SIZE, SIZE))
+    with pytest.raises(ValueError, match="num_channels 1 or 3"):
+        build_augmentation(SIZE, 2)
+    with pytest.raises(ValueError, match="crop_scale"):
+        build_augmentation(SIZE, 1, crop_scale=(0.0, 1.0))
+    with pytest.raises(ValueError, match="strength"):
+        build_augmentation(SIZE, 1, strength=-1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SimCLR
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_nt_xent_matches_hand_computation():
+    z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    z2 = torch.tensor([[1.0, 1.0], [0.0, 2.0]])
+    t = 0.5
+    z = F.normalize(torch.cat([z1, z2]), dim=-1)
+    expected = 0.0
+    for i, positive in enumerate([2, 3, 0, 1]):
+        logits = [float(z[i] @ z[j]) / t for j in range(4) if j != i]
+        pos = float(z[i] @ z[positive]) / t
+        expected += -pos + math.log(sum(math.exp(v) for v in logits))
+    assert nt_xent_loss(z1, z2, temperature=t).item() == pytest.approx(expected / 4, rel=1e-5)
+
+
+def test_nt_xent_rejects_bad_input():
+    with pytest.raises(ValueError, match="temperature"):
+        nt_xent_loss(torch.randn(4, 3), torch.randn(4, 3), temperature=0.0)
+    with pytest.raises(ValueError, match="same shape"):
+        nt_xent_loss(torch.randn(4, 3), torch.randn(5, 3))
+    with pytest.raises(ValueError, match="temperature"):
+        SimCLRLoss(build_augmentation(SIZE, 1), temperature=-0.1)
+
+
+def mean_loss(loss, model, batch, repeats=4):
+    """The loss on a fixed batch, averaged over fresh views (train mode: batch statistics, as in training)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        return sum(loss(model.train(), batch).item() for _ in range(repeats)) / repeats
+
+
+def test_simclr_loss_decreases_under_train(digits, tmp_path):
+    augment = build_augmentation(SIZE, 1, strength=0.0, crop_scale=(0.7, 1.0), flip_p=0.0)
+    model = SimCLRModel(tiny_encoder(), projection_dim=16, hidden_dim=32)
+    loss = SimCLRLoss(augment, temperature=0.2)
+    before = mean_loss(loss, model, (digits[:32],))
+    model, _, _ = train(args_for(tmp_path, steps=60, lr_scheduler="constant"), model, TensorDataset(digits), loss)
+    assert mean_loss(loss, model, (digits[:32],)) < before - 0.3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DINO
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_dino_teacher_starts_as_student_and_is_frozen():
+    model = DINOModel(tiny_encoder(), out_dim=64, hidden_dim=32, bottleneck_dim=16)
+    for teacher, student in zip(model.teacher_parameters(), model.student_parameters()):
+        assert torch.equal(teacher, student) and not teacher.requires_grad and student.requires_grad
+    images = torch.rand(3, 1, SIZE, SIZE) * 2 - 1
+    assert torch.allclose(model.teacher(images), model(images).detach())
+
+
+def test_dino_teacher_is_an_ema_of_the_student():
+    model = DINOModel(tiny_encoder(), out_dim=64, hidden_dim=32, bottleneck_dim=16)
+    with torch.no_grad():
+        for student in model.student_parameters():
+            student.add_(torch.randn_like(student))
+    before = [p.clone() for p in model.teacher_parameters()]
+    model.update_teacher(0.9)
+    for old, new, student in zip(before, model.teacher_parameters(), model.student_parameters()):
+        torch.testing.assert_close(new, 0.9 * old + 0.1 * student)
+    assert int(model.teacher_updates) == 1
+
+
+def test_dino_loss_updates_teacher_once_per_optimizer_step(digits):
+    model = DINOModel(tiny_encoder(), out_dim=64, hidden_dim=32, bottleneck_dim=16).train()
+    loss = DINOLoss(build_augmentation(SIZE, 1), teacher_momentum=0.5, total_steps=None, update_every=2)
+    optimizer = torch.optim.SGD(model.student_parameters(), lr=0.5)
+    for call in range(5):  # updates before calls 2 and 4: after each optimizer step of 2 accumulated batches
+        if call in (2, 4):
+            expected = [0.5 * t + 0.5 * s for t, s in zip(model.teacher_parameters(), model.student_parameters())]
+        value = loss(model, (digits[:8],))
+        if call in (2, 4):
+            for teacher, want in zip(model.teacher_parameters(), expected):
+                torch.testing.assert_close(teacher, want.detach())
+        value.backward()
+        if call % 2 == 1:
+            optimizer.step()
+            optimizer.zero_grad()
+    assert int(model.teacher_updates) == 2
+    assert model.center.abs().sum() > 0
+
+
+def test_cosine_teacher_momentum_schedule():
+    assert cosine_teacher_momentum(0, 100, 0.996) == pytest.approx(0.996)
+    assert cosine_teacher_momentum(50, 100, 0.996) == pytest.approx(0.998)
+    assert cosine_teacher_momentum(100, 100, 0.996) == pytest.approx(1.0)
+    assert cosine_teacher_momentum(7, None, 0.99) == 0.99
+
+
+def test_dino_loss_decreases_with_a_fixed_teacher_and_center(digits, tmp_path):
+    """With momentum 1 and a frozen center the objective is plain distillation: the student must fit it."""
+    augment = build_augmentation(SIZE, 1, strength=0.5, crop_scale=(0.5, 1.0), flip_p=0.0)
+    model = DINOModel(tiny_encoder(), out_dim=64, hidden_dim=32, bottleneck_dim=16)
+    loss = DINOLoss(augment, teacher_momentum=1.0, center_momentum=1.0)
+    before = mean_loss(loss, model, (digits[:32],))  # the first batch also initialises the center
+    center = model.center.clone()
+    model, _, _ = train(args_for(tmp_path, steps=30, lr_scheduler="constant"), model, TensorDataset(digits), loss)
+    assert torch.equal(model.center, center)
+    assert mean_loss(loss, model, (digits[:32],)) < before - 0.1
+
+
+def test_dino_loss_rejects_bad_settings():
+    augment = build_augmentation(SIZE, 1)
+    with pytest.raises(ValueError, match="teacher_temperature"):
+        DINOLoss(augment, teacher_temperature=0)
+    with pytest.raises(ValueError, match="student_temperature"):
+        DINOLoss(augment, student_temperature=-1)
+    with pytest.raises(ValueError, match="local_augmentation"):
+        DINOLoss(augment, num_local_views=2)
+    with pytest.raises(TypeError, match="DINOModel"):
+        DINOLoss(augment)(SimCLRModel(tiny_encoder()), (torch.zeros(2, 1, SIZE, SIZE),))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# train_contrastive_encoder
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["simclr", "dino"])
+def test_train_contrastive_encoder_returns_a_trained_eval_encoder(digits, tmp_path, method):
+    encoder = tiny_encoder()
+    initial = encode_representation(encoder.eval(), digits[:4]).detach()
+    kwargs = dict(projection_dim=16, hidden_dim=32) if method == "simclr" else dict(out_dim=64, hidden_dim=32, bottleneck_dim=16, num_local_views=1)
+    trained = train_contrastive_encoder(args_for(tmp_path, steps=3), digits[:64], encoder, method=method, flip_p=0.0, **kwargs)
+    assert not trained.training
+    assert all(p.requires_grad for p in trained.parameters())
+    with torch.no_grad():
+        representation = encode_representation(trained, digits[:4])
+    assert representation.shape == (4, 32)
+    assert not torch.allclose(representation, initial)
+    assert (tmp_path / "checkpoint-3").is_dir()
+
+
+def test_train_contrastive_encoder_rejects_bad_input(digits, tmp_path):
+    args = args_for(tmp_path, steps=1)
+    with pytest.raises(ValueError, match="method"):
+        train_contrastive_encoder(args, digits, tiny_encoder(), method="byol")
+    with pytest.raises(ValueError, match=r"\[N, 1, H, W\]"):
+        train_contrastive_encoder(args, digits.expand(-1, 3, -1, -1), tiny_encoder())
+    with pytest.raises(ValueError, match="temperature"):
+        train_contrastive_encoder(args, digits, tiny_encoder(), method="simclr", temperature=0.0)
+    with pytest.raises(ValueError, match="unknown simclr option"):
+        train_contrastive_encoder(args, digits, tiny_encoder(), method="simclr", out_dim=8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pretrained encoders
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_dinov2_dir(tmp_path_factory):
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    path = tmp_path_factory.mktemp("tiny-dinov2")
+    torch.manual_seed(0)
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=28, patch_size=14)
+    Dinov2Model(config).save_pretrained(path)
+    BitImageProcessor(
+        size={"shortest_edge": 32},
+        crop_size={"height": 28, "width": 28},
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("num_channels", [1, 3])
+def test_load_pretrained_encoder_gives_cls_features(tiny_dinov2_dir, num_channels):
+    encoder = load_pretrained_encoder(str(tiny_dinov2_dir))
+    assert encoder.image_size == (28, 28)
+    assert encoder.image_mean == pytest.approx((0.485, 0.456, 0.406))
+    images = torch.rand(5, num_channels, SIZE, SIZE) * 2 - 1
+    features = encoder.encode(images, batch_size=2)
+    assert features.shape == (5, 32)
+    pixel_values = encoder.preprocess(images)
+    with torch.no_grad():
+        expected = encoder.model(pixel_values=pixel_values).pooler_output  # Dinov2: the layer-normed CLS token
+    torch.testing.assert_close(features, expected)
+
+
+def test_pretrained_pixel_values_apply_imagenet_normalisation():
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    gray = torch.full((2, 1, 8, 8), 0.5)  # 0.75 in [0, 1]
+    pixel_values = pretrained_pixel_values(gray, (8, 8), mean, std)
+    assert pixel_values.shape == (2, 3, 8, 8)
+    for c in range(3):
+        torch.testing.assert_close(pixel_values[:, c], torch.full((2, 8, 8), (0.75 - mean[c]) / std[c]))
+    assert pretrained_pixel_values(gray, (14, 14), mean, std).shape == (2, 3, 14, 14)
+    with pytest.raises(ValueError, match="1 or 3"):
+        pretrained_pixel_values(torch.zeros(2, 2, 8, 8), (8, 8), mean, std)
+
+
+def test_example_script_saves_a_loadable_encoder(tmp_path):
+    import importlib.util
+
+    from transformers import ViTModel
+
+    from .conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("train_contrastive", REPO_ROOT / "examples" / "train_contrastive.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    argv = ["--output_dir", str(tmp_path), "--image_size", "16", "--max_train_steps", "2", "--train_batch_size", "16",
+            "--encoder_hidden_size", "32", "--encoder_num_layers", "1", "--encoder_num_heads", "2", "--projection_dim", "8"]
+    script.main(argv)
+    encoder = ViTModel.from_pretrained(tmp_path)
+    assert encoder.config.hidden_size == 32 and encoder.config.image_size == 16
