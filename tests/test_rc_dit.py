@@ -459,3 +459,16 @@ def test_latent_training_denoises_vae_latents_and_the_pipeline_round_trips(digit
 def test_vae_whose_latent_channels_differ_from_the_transformer_fails():
     with pytest.raises(ValueError, match="vae latent_channels 4 does not match the transformer's in_channels 1"):
         RepresentationConditionedDiTPipeline(tiny_encoder(), tiny_transformer(), DDPMScheduler(), vae=tiny_vae())
+
+
+def test_saved_encoder_loads_as_a_transformers_image_classifier(tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    pipe = tiny_pipeline()
+    pipe.save_pretrained(tmp_path)
+    classifier = AutoModelForImageClassification.from_pretrained(tmp_path, subfolder="encoder", num_labels=3)
+    assert classifier(pixel_values=torch.randn(2, 1, SIZE, SIZE)).logits.shape == (2, 3)
+    torch.testing.assert_close(
+        classifier.vit.embeddings.patch_embeddings.projection.weight,
+        pipe.encoder.embeddings.patch_embeddings.projection.weight,
+    )
