@@ -202,6 +202,8 @@ def test_likelihood_on_a_class_conditional_unet():
         (dict(classes=[1, 1]), "distinct"),
         (dict(images=torch.full((2, 1, 8, 8), math.nan)), "NaN or inf in image 0"),
         (dict(seed=[1, 2, 3]), "one seed per image"),
+        (dict(images=torch.zeros(2, 1, 16, 16)), r"expected images of shape \[N, 1, 8, 8\].*got \[2, 1, 16, 16\]"),
+        (dict(images=torch.zeros(2, 3, 8, 8)), r"expected images of shape \[N, 1, 8, 8\].*sample_size"),
     ],
 )
 def test_likelihood_bad_arguments(kwargs, message):
@@ -313,6 +315,7 @@ def test_elbo_weighting_formula():
         (dict(weighting="snr"), "weighting in"),
         (dict(timestep_spacing="random"), "timestep_spacing in"),
         (dict(max_batch_size=0), "max_batch_size >= 1"),
+        (dict(images=torch.zeros(2, 1, 4, 4)), r"expected images of shape \[N, 1, 8, 8\].*got \[2, 1, 4, 4\]"),
     ],
 )
 def test_denoising_bad_arguments(kwargs, message):

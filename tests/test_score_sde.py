@@ -12,6 +12,7 @@ from PIL import Image
 from diffusion_classifiers import DiffusionClassifierPipeline, ScoreSDEClassifierPipeline
 from diffusion_classifiers.data import load_image_classification_data, preprocess_images
 from diffusion_classifiers.models import unet_config
+from diffusion_classifiers.training import TrainingArguments, train_ddpm_unet
 
 from .conftest import PYTHON, REPO_ROOT, python_subprocess_env
 
@@ -63,8 +64,17 @@ def test_training_script_saves_class_names_with_the_weights(trained):
 def test_training_script_refuses_labels_outside_the_classes_before_writing(tmp_path):
     path = tmp_path / "bad.npz"
     np.savez(path, train_images=np.zeros((4, 8, 8), np.uint8), train_labels=np.array([0, 1, -1, 1]))
-    with pytest.raises(ValueError, match="label"):
+    with pytest.raises(ValueError, match=r"label -1 is outside 0\.\.K-1 for K=2"):
         TRAIN_SCRIPT["main"](["--dataset", str(path), "--output_dir", str(tmp_path / "out"), "--max_train_steps", "2"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_training_refuses_the_null_class_id_as_a_label(tmp_path):
+    """With label dropout, id K is the null class: a training label K is outside 0..K-1, refused before training."""
+    images, labels = torch.zeros(4, 1, 8, 8), torch.tensor([0, 1, 2, 1])
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_train_steps=2, checkpointing_steps=1)
+    with pytest.raises(ValueError, match="expected training labels in 0..1, got 2 at index 2"):
+        train_ddpm_unet(args, images, labels, preset="tiny", label_dropout=0.1, num_classes=2)
     assert not (tmp_path / "out").exists()
 
 

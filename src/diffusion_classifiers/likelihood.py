@@ -14,6 +14,9 @@ Conventions:
 - Time: continuous `t` in `[t_min, 1]`. A diffusers model trained with `DDPMScheduler` (linear betas from
   `beta_start` to `beta_end` over `N` steps) is called at the float timestep `k = N t - 1` (see [`VPSDE`]).
 - Images: tensors `[N, C, H, W]` (any `[N, ...]` for plain callables) scaled to `[-1, 1]`; `D` = values per image.
+  For a diffusers model they must already have its `in_channels` and `sample_size`: other sizes are refused, not
+  resized (a convolutional U-Net would run on them, but its likelihood would be that of an untrained resolution).
+  [`ScoreSDEClassifierPipeline`] resizes its inputs to the model's size first.
 - NFE: one epsilon evaluation of one image for one class at one time = 1 network function evaluation.
 - Seeds: everything random about image `i` (Hutchinson probes, stratified timesteps, noise) comes from its own
   stream `SeedSequence(seed, spawn_key=(i, ...))`, so the numbers depend on the image's position in the call and
@@ -156,6 +159,16 @@ def _prepare_images(images: torch.Tensor, model) -> torch.Tensor:
     """Checked, floating-point images on the model's device (a callable's: the images' own device)."""
     if not isinstance(images, torch.Tensor) or images.ndim < 2 or len(images) == 0:
         raise ValueError(f"expected a non-empty tensor of images [N, ...], got {getattr(images, 'shape', images)}")
+    config = getattr(model, "config", None) if isinstance(model, torch.nn.Module) else None
+    size, channels = (config.get("sample_size"), config.get("in_channels")) if hasattr(config, "get") else (None, None)
+    if size is not None and channels is not None:  # a diffusers model: refuse a size it was not trained at
+        expected = (channels, *((size, size) if isinstance(size, int) else size))
+        if tuple(images.shape[1:]) != expected:
+            raise ValueError(
+                f"expected images of shape [N, {', '.join(map(str, expected))}] (the model's in_channels and "
+                f"sample_size), got {list(images.shape)}; resize them first (diffusion_classifiers.data."
+                "preprocess_images, or ScoreSDEClassifierPipeline, which resizes)"
+            )
     if not torch.isfinite(images).all():
         bad = int((~torch.isfinite(images.flatten(1))).any(1).nonzero()[0])
         raise ValueError(f"expected finite pixel values, got NaN or inf in image {bad}")
@@ -380,7 +393,8 @@ def probability_flow_log_likelihood(
     Args:
         eps_model: a class-conditional diffusers model or a callable `eps_fn(x, t, labels)` (see [`as_eps_model`]).
         images: `[N, ...]` in [-1, 1], moved to the model's device (a callable: the images' device); the ODE runs
-            in the images' floating dtype.
+            in the images' floating dtype. For a diffusers model `[N, in_channels, sample_size, sample_size]`:
+            other sizes are refused, not resized.
         classes: `K` (classes `0..K-1`) or the class ids to score, in column order.
         solver: `"heun"` (2 evaluations per step), `"rk4"` (4) on a fixed grid of `num_steps` steps from `t_min` to
             1 (`step_spacing` `"uniform"` in t, or `"quadratic"`: `t_min + (1 - t_min) (i / num_steps)^2`, finer near
@@ -611,7 +625,8 @@ def denoising_error_scores(
 
     Args:
         eps_model: a class-conditional diffusers model or a callable `eps_fn(x, t, labels)` (see [`as_eps_model`]).
-        images: `[N, ...]` in [-1, 1], moved to the model's device.
+        images: `[N, ...]` in [-1, 1], moved to the model's device. For a diffusers model
+            `[N, in_channels, sample_size, sample_size]`: other sizes are refused, not resized.
         classes: `K` (classes `0..K-1`) or the class ids to score, in column order.
         seed: an int (image `i` uses stream `(seed, i)`) or one seed per image: results do not depend on
             `max_batch_size`, and the same timesteps and noise are drawn with and without pruning or early stop.
