@@ -211,6 +211,30 @@ def test_train_script_saves_a_loadable_pipeline(tmp_path, digits):
     assert json.loads((out / "training_summary.json").read_text())["global_step"] == 2
 
 
+def test_train_script_takes_a_pretrained_dinov2_encoder(tmp_path, digits):
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    encoder_dir = tmp_path / "dinov2"
+    Dinov2Model(Dinov2Config(
+        image_size=SIZE, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32,
+    )).save_pretrained(encoder_dir)  # fmt: skip
+    sys.path.insert(0, str(REPO_ROOT / "examples"))
+    try:
+        import train_rc_dit
+    finally:
+        sys.path.pop(0)
+    args = ["--dataset", "digits", "--image_size", str(SIZE), "--dit_size", "tiny", "--max_train_steps", "1",
+            "--train_batch_size", "8", "--encoder_name_or_path", str(encoder_dir)]  # fmt: skip
+    train_rc_dit.main([*args, "--output_dir", str(tmp_path / "run")])
+    pipe = RepresentationConditionedDiTPipeline.from_pretrained(str(tmp_path / "run"))
+    assert type(pipe.encoder).__name__ == "Dinov2Model"
+    assert pipe.encode(digits["test"].images[:2]).shape == (2, 16)
+    with pytest.raises(ValueError, match="reads 1-channel images, the data has 3: pass --num_channels 1"):
+        train_rc_dit.main([*args, "--num_channels", "3", "--output_dir", str(tmp_path / "rgb")])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Pipeline
 # ---------------------------------------------------------------------------------------------------------------

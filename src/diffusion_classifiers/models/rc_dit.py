@@ -287,7 +287,12 @@ def build_vit_encoder(
 
 
 def add_encoder_args(parser):
-    """The ViT encoder flags shared by the RC-DiT and contrastive trainers (same architecture, same budget)."""
+    """The encoder flags shared by the RC-DiT and contrastive trainers (same architecture, same budget)."""
+    parser.add_argument(
+        "--encoder_name_or_path",
+        default=None,
+        help="a pretrained transformers vision model (ViTModel, Dinov2Model) directory or Hub id; default: a new ViT",
+    )
     parser.add_argument("--encoder_hidden_size", type=int, default=192)
     parser.add_argument("--encoder_num_layers", type=int, default=6)
     parser.add_argument("--encoder_num_heads", type=int, default=3)
@@ -296,7 +301,18 @@ def add_encoder_args(parser):
 
 
 def build_vit_encoder_from_args(args, image_size: int, num_channels: int):
-    """`build_vit_encoder` from the flags of `add_encoder_args`."""
+    """The encoder the flags of `add_encoder_args` ask for: loaded with `AutoModel` from `--encoder_name_or_path`
+    (it must read `num_channels`-channel images), else a new `build_vit_encoder`."""
+    if getattr(args, "encoder_name_or_path", None):
+        from transformers import AutoModel
+
+        encoder = AutoModel.from_pretrained(args.encoder_name_or_path)
+        if encoder.config.num_channels != num_channels:
+            raise ValueError(
+                f"encoder {args.encoder_name_or_path!r} reads {encoder.config.num_channels}-channel images, the data "
+                f"has {num_channels}: pass --num_channels {encoder.config.num_channels}"
+            )
+        return encoder
     return build_vit_encoder(
         image_size,
         num_channels,
