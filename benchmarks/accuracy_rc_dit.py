@@ -111,11 +111,6 @@ def training_args(args, output_dir: str) -> TrainingArguments:
     )
 
 
-def new_encoder(args, images: torch.Tensor):
-    torch.manual_seed(args.seed)  # the same initial encoder weights for both methods
-    return build_vit_encoder_from_args(args, images.shape[-1], images.shape[1])
-
-
 @torch.no_grad()
 def encode(encoder, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     return torch.cat([encode_representation(encoder, chunk).float().cpu() for chunk in images.split(batch_size)])
@@ -175,11 +170,13 @@ def run_dataset(name: str, path: Path, args, device, output_dir: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         with timed(walls, "train_rc_dit"):
             encoder, transformer, scheduler, rc_summary = train_rc_dit(
-                training_args(args, tmp + "/rc"), train_images, new_encoder(args, train_images), dit_size=args.dit_size
+                training_args(args, tmp + "/rc"), train_images, build_vit_encoder_from_args(args, train_images),
+                dit_size=args.dit_size,
             )
         with timed(walls, f"train_{args.baseline}"):
             baseline = train_contrastive_encoder(
-                training_args(args, tmp + "/cl"), train_images, new_encoder(args, train_images), method=args.baseline
+                training_args(args, tmp + "/cl"), train_images, build_vit_encoder_from_args(args, train_images),
+                method=args.baseline,
             )
     pipe = RepresentationConditionedDiTPipeline(encoder.to(device), transformer.to(device), scheduler)
     pipe.set_progress_bar_config(disable=True)

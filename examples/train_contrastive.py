@@ -12,7 +12,6 @@ On a CPU-only machine, real multi-process DDP needs: ACCELERATE_USE_CPU=1 accele
 
 import argparse
 
-import torch
 from accelerate import PartialState
 
 from diffusion_classifiers.contrastive import METHODS, train_contrastive_encoder
@@ -60,10 +59,7 @@ def main(argv=None):
     args = parse_args(argv)
     training_args = training_args_from_namespace(args)
     images = load_data_from_args(args)["train"].images
-    if images.shape[-1] != images.shape[-2]:
-        raise ValueError(f"expected square training images, got {tuple(images.shape[-2:])}: pass --image_size")
-    torch.manual_seed(args.seed)  # the same initial encoder as examples/train_rc_dit.py with the same seed
-    encoder = build_vit_encoder_from_args(args, images.shape[-1], images.shape[1])
+    encoder = build_vit_encoder_from_args(args, images)  # seeded: the same initial encoder as train_rc_dit.py
     encoder = train_contrastive_encoder(training_args, images, encoder, method=args.method, **objective_kwargs(args))
     if PartialState().is_main_process:
         encoder.save_pretrained(args.output_dir)

@@ -11,7 +11,6 @@ On a CPU-only machine, real multi-process DDP needs: ACCELERATE_USE_CPU=1 accele
 
 import argparse
 
-import torch
 from accelerate import PartialState
 from diffusers import AutoencoderKL
 
@@ -39,13 +38,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     training_args = training_args_from_namespace(args)
-    splits = load_data_from_args(args)
-    images = splits["train"].images
-    if images.shape[-1] != images.shape[-2]:
-        raise ValueError(f"expected square training images, got {tuple(images.shape[-2:])}: pass --image_size")
-    image_size, num_channels = images.shape[-1], images.shape[1]
-    torch.manual_seed(args.seed)
-    encoder = build_vit_encoder_from_args(args, image_size, num_channels)
+    images = load_data_from_args(args)["train"].images
+    encoder = build_vit_encoder_from_args(args, images)
     vae = None if args.vae is None else AutoencoderKL.from_pretrained(args.vae, subfolder=args.vae_subfolder)
     encoder, transformer, scheduler, _ = train_rc_dit(
         training_args,

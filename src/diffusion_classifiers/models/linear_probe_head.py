@@ -8,7 +8,28 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 
-class LinearProbeHead(ModelMixin, ConfigMixin):
+class FeatureHeadMixin:
+    """What every classification head over one feature vector shares: the config checks, the feature-size check and
+    `id2label` from the `class_names` in its config."""
+
+    @staticmethod
+    def check_head_config(in_features: int, num_classes: int, class_names: Optional[List[str]]) -> None:
+        if in_features < 1 or num_classes < 2:
+            raise ValueError(f"expected in_features >= 1 and num_classes >= 2, got {in_features} and {num_classes}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"expected {num_classes} class_names, got {len(class_names)}: {class_names}")
+
+    def check_features(self, features: torch.Tensor) -> None:
+        if features.ndim != 2 or features.shape[1] != self.config.in_features:
+            raise ValueError(f"expected features of shape [N, {self.config.in_features}], got {tuple(features.shape)}")
+
+    @property
+    def id2label(self) -> dict:
+        names = self.config.class_names or [str(i) for i in range(self.config.num_classes)]
+        return dict(enumerate(names))
+
+
+class LinearProbeHead(FeatureHeadMixin, ModelMixin, ConfigMixin):
     """Standardise a feature vector with training statistics, then apply one linear layer.
 
     The config records which feature the head reads (`block`, `timestep`, `pool`, noise seed and draws) and
@@ -30,23 +51,12 @@ class LinearProbeHead(ModelMixin, ConfigMixin):
         class_names: Optional[List[str]] = None,
     ):
         super().__init__()
-        if in_features < 1 or num_classes < 2:
-            raise ValueError(f"expected in_features >= 1 and num_classes >= 2, got {in_features} and {num_classes}")
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"expected {num_classes} class_names, got {len(class_names)}: {class_names}")
+        self.check_head_config(in_features, num_classes, class_names)
         self.register_buffer("feature_mean", torch.zeros(in_features))
         self.register_buffer("feature_std", torch.ones(in_features))
         self.linear = nn.Linear(in_features, num_classes)
 
-    @property
-    def id2label(self) -> dict:
-        names = self.config.class_names or [str(i) for i in range(self.config.num_classes)]
-        return dict(enumerate(names))
-
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        if features.ndim != 2 or features.shape[1] != self.config.in_features:
-            raise ValueError(
-                f"expected features of shape [N, {self.config.in_features}], got {tuple(features.shape)}"
-            )
+        self.check_features(features)
         features = features.to(self.linear.weight.dtype)
         return self.linear((features - self.feature_mean) / self.feature_std)

@@ -8,9 +8,10 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from ..metrics import _as_labels, _check_range, _resolve_num_classes
+from .linear_probe_head import FeatureHeadMixin
 
 
-class PrototypeHead(ModelMixin, ConfigMixin):
+class PrototypeHead(FeatureHeadMixin, ModelMixin, ConfigMixin):
     r"""
     Classify a feature vector by its cosine similarity to one prototype per class.
 
@@ -42,25 +43,16 @@ class PrototypeHead(ModelMixin, ConfigMixin):
         class_names: Optional[List[str]] = None,
     ):
         super().__init__()
-        if in_features < 1 or num_classes < 2:
-            raise ValueError(f"expected in_features >= 1 and num_classes >= 2, got {in_features} and {num_classes}")
+        self.check_head_config(in_features, num_classes, class_names)
         if not temperature > 0:
             raise ValueError(f"expected temperature > 0, got {temperature}")
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"expected {num_classes} class_names, got {len(class_names)}: {class_names}")
         self.register_buffer("prototypes", torch.zeros(num_classes, in_features))
         self.register_buffer("feature_mean", torch.zeros(in_features))
         self.register_buffer("feature_std", torch.ones(in_features))
 
-    @property
-    def id2label(self) -> dict:
-        names = self.config.class_names or [str(i) for i in range(self.config.num_classes)]
-        return dict(enumerate(names))
-
     def normalize(self, features: torch.Tensor) -> torch.Tensor:
         """Standardise with the stored statistics, then L2-normalise each row."""
-        if features.ndim != 2 or features.shape[1] != self.config.in_features:
-            raise ValueError(f"expected features of shape [N, {self.config.in_features}], got {tuple(features.shape)}")
+        self.check_features(features)
         features = features.to(device=self.prototypes.device, dtype=self.prototypes.dtype)
         return F.normalize((features - self.feature_mean) / self.feature_std, dim=1)
 

@@ -300,9 +300,13 @@ def add_encoder_args(parser):
     return parser
 
 
-def build_vit_encoder_from_args(args, image_size: int, num_channels: int):
-    """The encoder the flags of `add_encoder_args` ask for: loaded with `AutoModel` from `--encoder_name_or_path`
-    (it must read `num_channels`-channel images), else a new `build_vit_encoder`."""
+def build_vit_encoder_from_args(args, images: torch.Tensor):
+    """The encoder the flags of `add_encoder_args` ask for, for training images `[N, C, H, H]`: loaded with
+    `AutoModel` from `--encoder_name_or_path` (it must read C-channel images), else a new `build_vit_encoder` whose
+    initial weights are seeded with `args.seed` (so the RC-DiT and contrastive trainers start from the same one)."""
+    if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"expected square training images, got shape {tuple(images.shape)}: pass --image_size")
+    image_size, num_channels = images.shape[-1], images.shape[1]
     if getattr(args, "encoder_name_or_path", None):
         from transformers import AutoModel
 
@@ -313,6 +317,7 @@ def build_vit_encoder_from_args(args, image_size: int, num_channels: int):
                 f"has {num_channels}: pass --num_channels {encoder.config.num_channels}"
             )
         return encoder
+    torch.manual_seed(args.seed)
     return build_vit_encoder(
         image_size,
         num_channels,
