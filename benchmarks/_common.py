@@ -14,6 +14,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
@@ -31,6 +32,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--num_threads", type=int, default=None, help="CPU threads of torch and BLAS (scikit-learn); default: theirs"
     )
+    parser.add_argument("--output", default=None, help="results file of a full run; default results/<benchmark>.json")
     return parser
 
 
@@ -40,6 +42,14 @@ def setup(args: argparse.Namespace) -> torch.device:
         torch.set_num_threads(args.num_threads)
         threadpool_limits(limits=args.num_threads)  # numpy/scipy BLAS, used by scikit-learn
     return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+@contextmanager
+def timed(walls: dict, stage: str):
+    """Record the wall time of a stage in `walls[stage]` (seconds)."""
+    start = time.perf_counter()
+    yield
+    walls[stage] = round(time.perf_counter() - start, 1)
 
 
 def median_seconds(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> Dict[str, float]:
@@ -89,7 +99,8 @@ def environment(device: torch.device) -> dict:
 
 
 def report(name: str, args: argparse.Namespace, device: torch.device, figures: dict) -> dict:
-    """Print the record as the last line; on a full run also write `results/<name>.json` atomically."""
+    """Print the record as the last line; on a full run also write it atomically to `args.output`, by default
+    `results/<name>.json`."""
     record = {
         "benchmark": name,
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
@@ -98,9 +109,10 @@ def report(name: str, args: argparse.Namespace, device: torch.device, figures: d
         "figures": figures,
     }
     if not args.quick:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=RESULTS_DIR, suffix=".tmp", delete=False) as f:
+        output = Path(getattr(args, "output", None) or RESULTS_DIR / f"{name}.json")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=output.parent, suffix=".tmp", delete=False) as f:
             json.dump(record, f, indent=2)
-        os.replace(f.name, RESULTS_DIR / f"{name}.json")  # never leaves a half-written result behind
+        os.replace(f.name, output)  # never leaves a half-written result behind
     print(json.dumps(record), flush=True)
     return record

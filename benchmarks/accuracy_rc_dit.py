@@ -23,7 +23,6 @@ label-free accuracy >= baseline + 6 points and macro-F1 >= baseline + 13 points.
 
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -33,7 +32,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import _common  # noqa: E402
-from _common import base_parser, report, setup  # noqa: E402
+from _common import base_parser, report, setup, timed  # noqa: E402
 from diffusion_classifiers.contrastive import load_pretrained_encoder, train_contrastive_encoder  # noqa: E402
 from diffusion_classifiers.data import load_image_classification_data, stratified_split  # noqa: E402
 from diffusion_classifiers.models import add_encoder_args, build_vit_encoder_from_args, train_rc_dit  # noqa: E402
@@ -75,13 +74,6 @@ def parse_args():
     if args.quick:
         args.encoder_hidden_size, args.encoder_num_layers, args.encoder_num_heads = 32, 2, 2
     return args
-
-
-@contextmanager
-def timed(walls: dict, stage: str):
-    start = time.perf_counter()
-    yield
-    walls[stage] = round(time.perf_counter() - start, 1)
 
 
 def subsample(split, size: int, seed: int):
@@ -218,7 +210,7 @@ def run_dataset(name: str, path: Path, args, device, output_dir: Path) -> dict:
 def main():
     args = parse_args()
     device = setup(args)
-    output_dir = Path(tempfile.mkdtemp()) if args.quick else _common.RESULTS_DIR
+    output_dir = Path(tempfile.mkdtemp()) if args.quick else Path(args.output or _common.RESULTS_DIR / NAME).parent
     output_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     results = {name: run_dataset(name, DATASETS[name], args, device, output_dir) for name in args.datasets}

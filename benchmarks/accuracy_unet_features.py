@@ -14,13 +14,11 @@ by >= 5 points of test accuracy.
 
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-import _common
-from _common import base_parser, report, setup
+from _common import base_parser, report, setup, timed
 from diffusion_classifiers.baselines import count_parameters, predict_proba, train_supervised_cnn
 from diffusion_classifiers.data import few_label_indices, load_image_classification_data, stratified_split
 from diffusion_classifiers.metrics import classification_metrics
@@ -54,7 +52,6 @@ def parse_args():
     parser.add_argument("--cnn_learning_rate", type=float, default=1e-3)
     parser.add_argument("--cnn_widths", type=int, nargs="+", default=None, help="default: matched to the preset")
     parser.add_argument("--cnn_augment", action="store_true", help="random shifts of up to 2 px for the CNN")
-    parser.add_argument("--output", default=str(_common.RESULTS_DIR / f"{NAME}.json"), help="results file (full runs)")
     # On a loaded 2-core machine small convolutions run many times slower with 2 threads than with 1.
     parser.set_defaults(num_threads=1)
     args = parser.parse_args()
@@ -63,14 +60,6 @@ def parse_args():
     args.cnn_steps = args.cnn_steps or (60 if args.quick else 1500)
     args.cnn_widths = tuple(args.cnn_widths or CNN_WIDTHS[args.unet_preset])
     return args
-
-
-@contextmanager
-def timed(walls: dict, stage: str):
-    """Record the wall time of a stage in `walls[stage]` (seconds)."""
-    start = time.perf_counter()
-    yield
-    walls[stage] = round(time.perf_counter() - start, 1)
 
 
 def load_splits(args) -> dict:
@@ -181,9 +170,7 @@ def main():
         "targets": targets(regimes, list(subsets)[1]),
         "wall_seconds": walls,
     }
-    output = Path(args.output)
-    _common.RESULTS_DIR = output.parent  # report() writes RESULTS_DIR / "<name>.json"
-    report(output.stem, args, device, figures)
+    report(NAME, args, device, figures)
 
 
 if __name__ == "__main__":
