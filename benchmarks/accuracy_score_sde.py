@@ -243,14 +243,7 @@ def pneumonia(args, device, work_dir: str) -> dict:
     }  # fmt: skip
 
     # Supervised CNN, about the U-Net's parameter count, same train split.
-    widths = cnn_widths(count_parameters(pipe.unet), train.images.shape[1], 2)
-    with timed(walls, "cnn_training"):
-        cnn_model, cnn_info = train_cnn(args, train, val, widths, f"{work_dir}/cnn_p")
-    start = time.perf_counter()
-    probs = predict_proba(cnn_model.to(device), test.images.to(device))
-    seconds = time.perf_counter() - start
-    walls["cnn_test"] = round(seconds, 1)
-    cnn = {**scored(test.labels, probs.argmax(1), probs, names, seconds, nfe=1), **cnn_info, "widths": widths}
+    probs, cnn = cnn_baseline(args, pipe, (train, val, test), device, f"{work_dir}/cnn_p", walls)
 
     index = torch.from_numpy(test_ode_index)
     on_subset = {
@@ -287,6 +280,21 @@ def pneumonia(args, device, work_dir: str) -> dict:
     }
 
 
+def cnn_baseline(args, pipe, splits, device, work_dir: str, walls: dict):
+    """A `SupervisedCNN` of about the U-Net's parameter count trained on `train` (checkpoint chosen on `val`),
+    scored on `test`: its class probabilities and metrics."""
+    train, val, test = splits
+    widths = cnn_widths(count_parameters(pipe.unet), train.images.shape[1], train.num_classes)
+    with timed(walls, "cnn_training"):
+        cnn_model, cnn_info = train_cnn(args, train, val, widths, work_dir)
+    start = time.perf_counter()
+    probs = predict_proba(cnn_model.to(device), test.images.to(device))
+    seconds = time.perf_counter() - start
+    walls["cnn_test"] = round(seconds, 1)
+    metrics = scored(test.labels, probs.argmax(1), probs, train.class_names, seconds, nfe=1)
+    return probs, {**metrics, **cnn_info, "widths": widths}
+
+
 def fashion(args, device, work_dir: str) -> dict:
     walls = {}
     splits = load_image_classification_data(args.fashion_data, image_size=args.image_size, seed=args.seed)
@@ -305,14 +313,7 @@ def fashion(args, device, work_dir: str) -> dict:
     walls["elbo_test"] = round(seconds, 1)
     elbo = scored(test.labels, out.label_ids, out.probs, names, seconds, out.nfe_per_image)
 
-    widths = cnn_widths(count_parameters(pipe.unet), train.images.shape[1], train.num_classes)
-    with timed(walls, "cnn_training"):
-        cnn_model, cnn_info = train_cnn(args, train, val, widths, f"{work_dir}/cnn_f")
-    start = time.perf_counter()
-    probs = predict_proba(cnn_model.to(device), test.images.to(device))
-    seconds = time.perf_counter() - start
-    walls["cnn_test"] = round(seconds, 1)
-    cnn = {**scored(test.labels, probs.argmax(1), probs, names, seconds, nfe=1), **cnn_info, "widths": widths}
+    probs, cnn = cnn_baseline(args, pipe, (train, val, test), device, f"{work_dir}/cnn_f", walls)
     gap = 100 * (cnn["accuracy"] - elbo["accuracy"])
     targets = {"cnn_minus_elbo_accuracy_points": round(gap, 2), "elbo_within_3_points_of_cnn": gap <= 3.0}
     return {
