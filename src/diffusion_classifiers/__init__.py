@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 # Every module that defines a saved component is imported eagerly: diffusers 0.42 resolves
 # ["diffusion_classifiers.<module>", "<Class>"] in model_index.json only for modules already imported.
-from .models import LinearProbeHead, RepresentationConditionedDiTModel  # noqa: E402
+from .models import LinearProbeHead, PrototypeHead, RepresentationConditionedDiTModel  # noqa: E402
 from .pipelines import DiffusionClassifierPipeline, UNetFeatureClassifierPipeline  # noqa: E402
 from .pipelines import RepresentationConditionedDiTPipeline  # noqa: E402
 from .pipelines import ScoreSDEClassifierPipeline  # noqa: E402
