@@ -190,13 +190,11 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         chunks = {(dit_block_name(i), t): [] for t in timesteps for i in block_indices}
         for chunk in pixels.split(batch_size):
             r = encode_representation(self.encoder, chunk) if representation == "encoder" else None
-            x0 = self.to_transformer_space(chunk).cpu().float()
-            eps = noise.expand_as(x0)
+            x0 = self.to_transformer_space(chunk).to(device=device, dtype=torch.float32)
+            eps = noise.to(device).expand_as(x0)
             for t in timesteps:
-                x_t = self.scheduler.add_noise(x0, eps, torch.full((len(x0),), t, dtype=torch.long))
-                states = self.transformer.block_hidden_states(
-                    x_t.to(device, dtype), t, r, num_blocks=max(block_indices) + 1
-                )
+                x_t = self.scheduler.add_noise(x0, eps, torch.full((len(x0),), t, dtype=torch.long, device=device))
+                states = self.transformer.block_hidden_states(x_t.to(dtype), t, r, num_blocks=max(block_indices) + 1)
                 for i in block_indices:
                     pooled = states[i].mean(dim=1) if pool == "mean" else states[i].flatten(1)
                     chunks[(dit_block_name(i), t)].append(pooled.float().cpu())

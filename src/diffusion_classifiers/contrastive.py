@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import kornia.augmentation as K
+from accelerate import PartialState
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from .models.rc_dit import encode_representation, representation_size
-from .training import TrainingArguments, train
+from .training import TrainingArguments, total_optimizer_steps, train
 
 METHODS = ("dino", "simclr")
 
@@ -392,15 +393,6 @@ def _split_objective_kwargs(method: str, kwargs: dict) -> tuple[dict, dict, dict
     return tuple({k: v for k, v in kwargs.items() if k in group} for group in groups)
 
 
-def _total_optimizer_steps(args: TrainingArguments, num_images: int) -> int:
-    from accelerate import PartialState
-
-    if args.max_train_steps:
-        return args.max_train_steps
-    batches = math.ceil(num_images / (args.train_batch_size * PartialState().num_processes))
-    return args.num_epochs * math.ceil(batches / args.gradient_accumulation_steps)
-
-
 def train_contrastive_encoder(
     args: TrainingArguments,
     images: torch.Tensor,
@@ -434,7 +426,7 @@ def train_contrastive_encoder(
     else:
         local = build_augmentation(size, config.num_channels, **dict(augmentation_kwargs, crop_scale=local_crop_scale))
         model = DINOModel(encoder, **model_kwargs)
-        total = _total_optimizer_steps(args, len(images))
+        total = total_optimizer_steps(args, len(images), PartialState().num_processes)
         loss = DINOLoss(augmentation, local, total_steps=total, update_every=args.gradient_accumulation_steps, **loss_kwargs)
     model, _, _ = train(args, model, TensorDataset(images), loss)
     trained = model.teacher_encoder if method == "dino" and return_teacher else model.encoder

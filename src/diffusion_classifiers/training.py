@@ -163,6 +163,16 @@ class TrainingSummary:
             json.dump(asdict(self), f, indent=2)
 
 
+def optimizer_steps_per_epoch(args: TrainingArguments, num_examples: int, num_processes: int) -> int:
+    batches = math.ceil(num_examples / (args.train_batch_size * num_processes))
+    return math.ceil(batches / args.gradient_accumulation_steps)
+
+
+def total_optimizer_steps(args: TrainingArguments, num_examples: int, num_processes: int) -> int:
+    """The optimizer steps `train` makes: `max_train_steps`, else `num_epochs` epochs of `num_examples`."""
+    return args.max_train_steps or args.num_epochs * optimizer_steps_per_epoch(args, num_examples, num_processes)
+
+
 LossFunction = Callable[[nn.Module, tuple], torch.Tensor]
 
 
@@ -207,8 +217,8 @@ def train(
         weight_decay=args.adam_weight_decay,
         eps=args.adam_epsilon,
     )
-    updates_per_epoch = math.ceil(math.ceil(len(dataset) / (args.train_batch_size * accelerator.num_processes)) / args.gradient_accumulation_steps)
-    max_train_steps = args.max_train_steps or args.num_epochs * updates_per_epoch
+    updates_per_epoch = optimizer_steps_per_epoch(args, len(dataset), accelerator.num_processes)
+    max_train_steps = total_optimizer_steps(args, len(dataset), accelerator.num_processes)
     lr_scheduler = get_scheduler(
         args.lr_scheduler,
         optimizer=optimizer,
