@@ -25,7 +25,7 @@ test: $(STAMP)
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench-quick: $(STAMP)
-	for b in benchmarks/bench_*.py; do $(BIN)/python $$b --quick || exit 1; done
+	for b in benchmarks/*_bench_*.py; do $(BIN)/python $$b --quick || exit 1; done
 
 clean:
 	rm -rf $(VENV) outputs build *.egg-info src/*.egg-info

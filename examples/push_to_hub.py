@@ -4,7 +4,7 @@
     python examples/push_to_hub.py --model_dir outputs/unet-pneumonia --repo_id my-org/unet-pneumonia \
         --method unet_features --metrics_json outputs/unet-pneumonia/metrics.json \
         --dataset_name PneumoniaMNIST --dataset_license "CC BY 4.0" \
-        --training_command "accelerate launch examples/train_unet.py --dataset ... --output_dir ..." \
+        --training_command "accelerate launch examples/unet_features_train.py --dataset ... --output_dir ..." \
         --evaluation_command "python examples/evaluate.py --model_dir outputs/unet-pneumonia ..."
 
 The card carries the test metrics of `--metrics_json` (the demo's or an evaluation's `metrics.json`) as

@@ -274,7 +274,7 @@ def test_example_script_saves_a_loadable_encoder(tmp_path):
 
     from .conftest import REPO_ROOT
 
-    spec = importlib.util.spec_from_file_location("train_contrastive", REPO_ROOT / "examples" / "train_contrastive.py")
+    spec = importlib.util.spec_from_file_location("train_contrastive", REPO_ROOT / "examples" / "rc_dit_train_contrastive_baseline.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     argv = ["--output_dir", str(tmp_path), "--image_size", "16", "--max_train_steps", "2", "--train_batch_size", "16",

@@ -34,7 +34,7 @@ def model_card(method="unet_features", **overrides):
         dataset_name="scikit-learn digits",
         dataset_license="BSD-3-Clause",
         metrics=METRICS,
-        training_command="accelerate launch examples/train_unet.py --dataset digits --output_dir out",
+        training_command="accelerate launch examples/unet_features_train.py --dataset digits --output_dir out",
         evaluation_command="python examples/evaluate.py --model_dir out --split test",
         repo_id="org/tiny",
         class_names=["a", "b", "c"],
@@ -293,7 +293,7 @@ def test_cli_push_then_download_gives_identical_predictions(stub_hub, saved_pipe
     argv = [
         "push_to_hub.py", "--model_dir", str(pipe_dir), "--repo_id", "org/tiny", "--method", "unet_features",
         "--metrics_json", str(tmp_path / "metrics.json"), "--dataset_name", "scikit-learn digits",
-        "--dataset_license", "BSD-3-Clause", "--training_command", "accelerate launch examples/train_unet.py",
+        "--dataset_license", "BSD-3-Clause", "--training_command", "accelerate launch examples/unet_features_train.py",
         "--evaluation_command", "python examples/evaluate.py", "--token", TOKEN, "--private", "--no-medical",
     ]
     script = f"""

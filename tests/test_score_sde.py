@@ -16,7 +16,7 @@ from diffusion_classifiers.training import TrainingArguments, train_ddpm_unet
 
 from .conftest import PYTHON, REPO_ROOT, python_subprocess_env
 
-TRAIN_SCRIPT = runpy.run_path(str(REPO_ROOT / "examples" / "train_score_sde.py"), run_name="train_score_sde")
+TRAIN_SCRIPT = runpy.run_path(str(REPO_ROOT / "examples" / "score_sde_train.py"), run_name="train_score_sde")
 FAST_ODE = dict(method="likelihood", solver="rk4", num_steps=8, step_spacing="quadratic")
 
 

@@ -102,7 +102,7 @@ def test_two_process_ddp_on_cpu(tmp_path):
     output_dir = tmp_path / "unet"
     command = [
         PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / "examples" / "train_unet.py"),
+        "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / "examples" / "unet_features_train.py"),
         "--dataset", "digits", "--image_size", "8", "--unet_preset", "tiny", "--output_dir", str(output_dir),
         "--train_batch_size", "16", "--max_train_steps", "3", "--checkpointing_steps", "2", "--lr_warmup_steps", "1",
     ]

@@ -49,10 +49,7 @@ class HubUploadError(RuntimeError):
     """An upload to the Hub failed; the local folder was not modified."""
 
 
-def _templates_dir() -> Path:
-    """`hub_cards/`: inside the package in a wheel, at the repository root in a source checkout."""
-    packaged = Path(__file__).parent / "hub_cards"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "hub_cards"
+TEMPLATES_DIR = Path(__file__).parent / "hub_cards"
 
 
 def _template_fields(env: jinja2.Environment, name: str) -> set:
@@ -76,7 +73,7 @@ def _render(template_path: Union[str, Path], card_data, optional: set, **fields)
     naming all of them."""
     template_path = Path(template_path)
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader([template_path.parent, _templates_dir()]),
+        loader=jinja2.FileSystemLoader([template_path.parent, TEMPLATES_DIR]),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -162,7 +159,7 @@ def render_model_card(
         eval_results=eval_results,
     )
     text = _render(
-        template_path or _templates_dir() / f"model_card_{method}.md",
+        template_path or TEMPLATES_DIR / f"model_card_{method}.md",
         card_data,
         MODEL_CARD_OPTIONAL,
         model_name=model_name,
@@ -213,7 +210,7 @@ def render_dataset_card(
         tags=["diffusion-classifiers"] + (["medical"] if medical else []),
     )
     text = _render(
-        template_path or _templates_dir() / "dataset_card.md",
+        template_path or TEMPLATES_DIR / "dataset_card.md",
         card_data,
         DATASET_CARD_OPTIONAL,
         dataset_name=dataset_name,

@@ -1,6 +1,6 @@
 """The frozen-U-Net-feature method end to end: probe every (block, t), choose on val, report on test.
 
-Used by `diffusion-classifiers demo` and `benchmarks/accuracy_unet_features.py`, so both report the same way.
+Used by `diffusion-classifiers demo` and `benchmarks/unet_features_accuracy.py`, so both report the same way.
 """
 
 import json

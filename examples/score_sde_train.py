@@ -2,13 +2,13 @@
 """Train a class-conditional score model (VP-SDE, epsilon prediction) on labeled images; save a
 `ScoreSDEClassifierPipeline` whose `model_index.json` carries the class names.
 
-    accelerate launch examples/train_score_sde.py --dataset ../shared/data/medmnist_pneumonia/pneumoniamnist.npz \
+    accelerate launch examples/score_sde_train.py --dataset ../shared/data/medmnist_pneumonia/pneumoniamnist.npz \
         --output_dir outputs/score-sde-pneumonia --max_train_steps 20000 --use_ema --class_balanced
 
 `--label_dropout p` (default 0.1) replaces that fraction of labels by a null class (id K), so the same U-Net also
 learns the unconditional score; the classifier never scores the null class. On a CPU-only machine, real
 multi-process DDP needs: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --num_machines 1
---mixed_precision no --dynamo_backend no examples/train_score_sde.py ...
+--mixed_precision no --dynamo_backend no examples/score_sde_train.py ...
 """
 
 import argparse

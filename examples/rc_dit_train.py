@@ -2,11 +2,11 @@
 """Train a ViT encoder and a representation-conditioned DiT together on unlabeled images; save a
 `RepresentationConditionedDiTPipeline` (no head yet: fit one on `pipe.encode` features).
 
-    accelerate launch examples/train_rc_dit.py --dataset ../shared/data/medmnist_pneumonia/pneumoniamnist.npz \
+    accelerate launch examples/rc_dit_train.py --dataset ../shared/data/medmnist_pneumonia/pneumoniamnist.npz \
         --output_dir outputs/rc-dit-pneumonia --dit_size S --encoder_hidden_size 192 --max_train_steps 20000 --use_ema
 
 On a CPU-only machine, real multi-process DDP needs: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu
---num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no examples/train_rc_dit.py ...
+--num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no examples/rc_dit_train.py ...
 """
 
 import argparse

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Train an unconditional DDPM U-Net on unlabeled images; save a `UNetFeatureClassifierPipeline` (no head yet).
 
-    accelerate launch examples/train_unet.py --dataset ../shared/data/medmnist_pneumonia/pneumoniamnist.npz \
+    accelerate launch examples/unet_features_train.py --dataset ../shared/data/medmnist_pneumonia/pneumoniamnist.npz \
         --output_dir outputs/unet-pneumonia --max_train_steps 5000 --use_ema
 
 On a CPU-only machine, real multi-process DDP needs: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu
---num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no examples/train_unet.py ...
+--num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no examples/unet_features_train.py ...
 """
 
 import argparse

@@ -10,8 +10,8 @@ processes hits each alike; one training step = `RCDiTLoss` forward, backward and
 Reported: median seconds per step, training images/s, and the slowdown of each conditioned variant relative to
 the unconditional DiT.
 
-    python benchmarks/bench_rc_dit.py --quick
-    python benchmarks/bench_rc_dit.py --num_threads 1     # writes benchmarks/results/bench_rc_dit.json
+    python benchmarks/rc_dit_bench_conditioning.py --quick
+    python benchmarks/rc_dit_bench_conditioning.py --num_threads 1     # writes benchmarks/results/rc_dit_bench_conditioning.json
 """
 
 import torch
@@ -123,7 +123,7 @@ def main():
         "train_images_per_second": {name: round(args.batch_size / s, 1) for name, s in seconds.items()},
         "slowdown_vs_unconditional": {name: round(s / baseline, 2) for name, s in seconds.items()},
     }
-    report("bench_rc_dit", args, device, figures)
+    report("rc_dit_bench_conditioning", args, device, figures)
 
 
 if __name__ == "__main__":

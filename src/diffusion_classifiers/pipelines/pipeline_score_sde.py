@@ -41,7 +41,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
     Bayes' rule on one class-conditional epsilon-prediction U-Net: `p(c | x) = softmax_c(log p(x | c) + log prior(c))`.
 
     The U-Net is a VP-SDE score model (`score = -eps / sigma_t`), trained with `DDPMScheduler`'s linear schedule
-    (`examples/train_score_sde.py`); the class enters through `UNet2DModel(num_class_embeds=...)`. A model trained
+    (`examples/score_sde_train.py`); the class enters through `UNet2DModel(num_class_embeds=...)`. A model trained
     with label dropout has one more embedding, the null class `K = len(class_names)`; it is never a candidate.
 
     Images (PIL, arrays or tensors) go through `diffusion_classifiers.data.preprocess_images`, like every pipeline:

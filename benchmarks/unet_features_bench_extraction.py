@@ -10,7 +10,7 @@
 The U-Net is the library's default preset (`models.unet_config("small", 32, 1)`, what `train_ddpm_unet` builds)
 with random weights: speed does not depend on the weights.
 
-    python benchmarks/bench_features.py --quick
+    python benchmarks/unet_features_bench_extraction.py --quick
 """
 
 import torch
@@ -147,7 +147,7 @@ def main():
             "met_in_every_regime": all(regime_met.values()),
         },
     }
-    report("bench_features", args, device, figures)
+    report("unet_features_bench_extraction", args, device, figures)
 
 
 if __name__ == "__main__":

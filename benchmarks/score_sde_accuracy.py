@@ -17,8 +17,8 @@ same parameter count on the same train subset (checkpoint chosen on a val subset
 Targets: PneumoniaMNIST AUC >= the CNN's (ELBO on all test images; exact likelihood against the CNN on the same
 test subset); Fashion-MNIST ELBO accuracy within 3 points of the CNN's. Test data is used only for reporting.
 
-    python benchmarks/accuracy_score_sde.py --quick
-    python benchmarks/accuracy_score_sde.py --num_threads 1   # writes benchmarks/results/accuracy_score_sde.json
+    python benchmarks/score_sde_accuracy.py --quick
+    python benchmarks/score_sde_accuracy.py --num_threads 1   # writes benchmarks/results/score_sde_accuracy.json
 """
 
 import argparse
@@ -41,7 +41,7 @@ from diffusion_classifiers.training import TrainingArguments, train_ddpm_unet
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 PNEUMONIA = DATA_ROOT / "medmnist_pneumonia" / "pneumoniamnist.npz"
 FASHION_MNIST = DATA_ROOT / "fashion_mnist"
-NAME = "accuracy_score_sde"
+NAME = "score_sde_accuracy"
 METRICS = ("accuracy", "auc", "balanced_accuracy", "macro_f1", "sensitivity", "specificity", "confusion_matrix")
 CNN_WIDTH_RATIOS = (1, 2, 5)  # SupervisedCNN stage widths (w, 2w, 5w), w matched to the U-Net's parameter count
 

@@ -17,7 +17,7 @@ Each case is timed with `--num_threads` (default 1) on both sides; scikit-learn 
 one for us. (Two torch threads are not timed: on a 2-core machine shared with other jobs they ran 2-10x SLOWER than
 one.) The default full run takes ~5 minutes on 2 CPU cores, ~4 of them extracting features.
 
-    python benchmarks/bench_probe.py --quick
+    python benchmarks/unet_features_bench_probe.py --quick
 """
 
 import time
@@ -260,7 +260,7 @@ def main():
         "accuracy_met": {case: f["accuracy_meets_target"] for case, f in figures["cases"].items()},
     }
     figures["total_seconds"] = time.perf_counter() - start
-    report("bench_probe", args, device, figures)
+    report("unet_features_bench_probe", args, device, figures)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,11 @@
 same unlabeled images, for the same number of optimizer steps: the baseline of the RC-DiT representation. Saves the
 encoder with `save_pretrained` to `--output_dir` (load it with `transformers.ViTModel.from_pretrained`).
 
-    accelerate launch examples/train_contrastive.py --dataset ../shared/data/medmnist_pneumonia/pneumoniamnist.npz \
+    accelerate launch examples/rc_dit_train_contrastive_baseline.py --dataset ../shared/data/medmnist_pneumonia/pneumoniamnist.npz \
         --output_dir outputs/simclr-pneumonia --method simclr --encoder_hidden_size 192 --max_train_steps 20000
 
 On a CPU-only machine, real multi-process DDP needs: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu
---num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no examples/train_contrastive.py ...
+--num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no examples/rc_dit_train_contrastive_baseline.py ...
 """
 
 import argparse
@@ -59,7 +59,7 @@ def main(argv=None):
     args = parse_args(argv)
     training_args = training_args_from_namespace(args)
     images = load_data_from_args(args)["train"].images
-    encoder = build_vit_encoder_from_args(args, images)  # seeded: the same initial encoder as train_rc_dit.py
+    encoder = build_vit_encoder_from_args(args, images)  # seeded: the same initial encoder as rc_dit_train.py
     encoder = train_contrastive_encoder(training_args, images, encoder, method=args.method, **objective_kwargs(args))
     if PartialState().is_main_process:
         encoder.save_pretrained(args.output_dir)

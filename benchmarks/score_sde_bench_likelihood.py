@@ -13,7 +13,7 @@ The model is a class-conditional U-Net (`models.unet_config("tiny", 16, num_clas
 adaptive solvers' step counts do). Images: the first `--num_images` test images (default 2: the reference
 takes ~75 s per image at rtol = atol = 1e-5 on one CPU core), scored against all 10 classes.
 
-    python benchmarks/bench_likelihood.py --quick
+    python benchmarks/score_sde_bench_likelihood.py --quick
 """
 
 import math
@@ -166,7 +166,7 @@ def main():
         figures[f"{mode}_meets_target"] = (
             figures[f"speedup_{mode}_vs_reference"] >= 10 and figures[f"abs_delta_bpd_{mode}"]["max"] <= 0.01
         )
-    report("bench_likelihood", args, device, figures)
+    report("score_sde_bench_likelihood", args, device, figures)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ val. In both regimes the selection uses the labels of the whole val split; test 
 Targets: with all labels the probe matches or beats the CNN on test accuracy and AUC; with 1% it beats the CNN
 by >= 5 points of test accuracy.
 
-    python benchmarks/accuracy_unet_features.py --quick
-    python benchmarks/accuracy_unet_features.py      # writes benchmarks/results/accuracy_unet_features.json
+    python benchmarks/unet_features_accuracy.py --quick
+    python benchmarks/unet_features_accuracy.py      # writes benchmarks/results/unet_features_accuracy.json
 """
 
 import tempfile
@@ -32,7 +32,7 @@ from diffusion_classifiers.unet_feature_study import (
 )
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist_pneumonia" / "pneumoniamnist.npz"
-NAME = "accuracy_unet_features"
+NAME = "unet_features_accuracy"
 # CNN widths whose parameter count is close to the U-Net encoder's (conv_in, time embedding, down and mid blocks).
 CNN_WIDTHS = {"tiny": (16, 32, 80), "small": (32, 64, 160)}
 QUICK_SIZES = {"train": 400, "val": 150, "test": 150}

@@ -12,7 +12,7 @@ benchmark on the training split downsampled to 16 px for CPU time) by the denois
 Reported: NFE/image, images/s, test accuracy of both on the same images, and how often they agree.
 Target: >= 5x fewer NFE at <= 1 point accuracy loss.
 
-    python benchmarks/bench_generative.py --quick
+    python benchmarks/score_sde_bench_elbo.py --quick
 """
 
 import json
@@ -118,7 +118,7 @@ def main():
         "target": {"nfe_reduction": 5, "accuracy_loss_points": 1},
     }
     figures["meets_target"] = figures["nfe_reduction"] >= 5 and figures["accuracy_loss_points"] <= 1
-    report("bench_generative", args, device, figures)
+    report("score_sde_bench_elbo", args, device, figures)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ For each dataset (PneumoniaMNIST, Fashion-MNIST), in one run:
 Selection uses val only; test is for reporting. Target on PneumoniaMNIST (the published margins over DINOv2):
 label-free accuracy >= baseline + 6 points and macro-F1 >= baseline + 13 points.
 
-    python benchmarks/accuracy_rc_dit.py --quick
-    python benchmarks/accuracy_rc_dit.py      # writes benchmarks/results/accuracy_rc_dit.json and the PNG grids
+    python benchmarks/rc_dit_accuracy.py --quick
+    python benchmarks/rc_dit_accuracy.py      # writes benchmarks/results/rc_dit_accuracy.json and the PNG grids
 """
 
 import tempfile
@@ -46,7 +46,7 @@ DATASETS = {
     "pneumoniamnist": SHARED / "medmnist_pneumonia" / "pneumoniamnist.npz",
     "fashion_mnist": SHARED / "fashion_mnist",
 }
-NAME = "accuracy_rc_dit"
+NAME = "rc_dit_accuracy"
 QUICK_SIZES = {"train": 256, "val": 128, "test": 128}
 TARGET = {"dataset": "pneumoniamnist", "label_free_accuracy_points": 6.0, "label_free_macro_f1_points": 13.0}
 

@@ -1,0 +1,68 @@
+"""The input checks every layer shares: labels, class counts, finite values, images in [-1, 1].
+
+Each raises a `ValueError` that names the input and the first bad item, before any long computation.
+"""
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "as_labels",
+    "check_finite_rows",
+    "check_label_range",
+    "check_unit_range",
+    "resolve_num_classes",
+]
+
+
+def as_labels(values, name: str) -> np.ndarray:
+    """`values` (tensor, array or list) as a non-empty 1-D int64 array; float labels must be whole numbers."""
+    array = np.asarray(values.cpu() if hasattr(values, "cpu") else values)
+    if array.ndim != 1 or len(array) == 0:
+        raise ValueError(f"expected {name} as a non-empty 1-D array of integer labels, got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.issubdtype(array.dtype, np.floating) or not np.all(np.mod(array, 1) == 0):
+            raise ValueError(f"expected integer labels in {name}, got dtype {array.dtype}")
+        array = array.astype(np.int64)
+    return array
+
+
+def check_label_range(labels, name: str, num_classes: int) -> None:
+    """Every label in `[0, num_classes)`; the error names the first one outside."""
+    array = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels)
+    bad = np.flatnonzero((array < 0) | (array >= num_classes))
+    if len(bad):
+        raise ValueError(f"{name}[{bad[0]}] = {array[bad[0]]} is outside the expected range [0, {num_classes - 1}]")
+
+
+def resolve_num_classes(num_classes: Optional[int], class_names: Optional[Sequence[str]], *label_arrays) -> int:
+    """`num_classes`, else `len(class_names)`, else the largest label + 1; at least 2 and consistent with the names."""
+    if num_classes is None:
+        num_classes = len(class_names) if class_names is not None else int(max(a.max() for a in label_arrays)) + 1
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"expected {num_classes} class_names, got {len(class_names)}: {list(class_names)}")
+    if num_classes < 2:
+        raise ValueError(f"expected num_classes >= 2, got {num_classes}")
+    return num_classes
+
+
+def check_finite_rows(values, name: str, item: str = "row") -> None:
+    """No NaN or inf in `values` (tensor or array, one item per leading index); the error names the first bad item:
+    `"{name} {item} {i} contains NaN or inf"`."""
+    flat = torch.as_tensor(values.detach() if hasattr(values, "detach") else np.asarray(values))
+    finite = torch.isfinite(flat.reshape(len(flat), -1)).all(dim=1) if flat.ndim else torch.isfinite(flat)[None]
+    if not finite.all():
+        raise ValueError(f"{name} {item} {int((~finite).nonzero()[0])} contains NaN or inf")
+
+
+def check_unit_range(images: torch.Tensor, name: str = "images", tolerance: float = 1e-3) -> None:
+    """Images `[N, ...]` scaled to [-1, 1] (up to `tolerance`, which lets resampling overshoot through; data in
+    [0, 255] still fails)."""
+    flat = images.detach().flatten(1).float()
+    out_of_range = (flat.abs() > 1 + tolerance).any(dim=1)
+    if out_of_range.any():
+        i = int(out_of_range.nonzero()[0])
+        low, high = flat[i].min(), flat[i].max()
+        raise ValueError(f"{name}: image {i} has values in [{low:.3g}, {high:.3g}]; expected images scaled to [-1, 1]")
