@@ -15,22 +15,52 @@ from accelerate import PartialState
 from diffusers import AutoencoderKL
 
 from diffusion_classifiers.data import add_data_args, load_data_from_args
-from diffusion_classifiers.models import RC_DIT_SIZES, add_encoder_args, build_vit_encoder_from_args, train_rc_dit
+from diffusion_classifiers.models import RC_DIT_SIZES
 from diffusion_classifiers.pipelines import RepresentationConditionedDiTPipeline
-from diffusion_classifiers.training import add_training_args, training_args_from_namespace
+from diffusion_classifiers.training import (
+    add_encoder_args,
+    add_training_args,
+    build_vit_encoder_from_args,
+    train_rc_dit,
+    training_args_from_namespace,
+)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(parser)
-    parser.add_argument("--dit_size", default="S", choices=sorted(RC_DIT_SIZES))
-    parser.add_argument("--patch_size", type=int, default=None, help="DiT patch size (default: the size's)")
-    parser.add_argument("--rep_dropout", type=float, default=0.1, help="probability of the null representation")
+    parser.add_argument(
+        "--dit_size", default="S", choices=sorted(RC_DIT_SIZES), help="DiT width and depth (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--patch_size", type=int, default=None, help="DiT patch size (default: %(default)s, the DiT size's)."
+    )
+    parser.add_argument(
+        "--rep_dropout",
+        type=float,
+        default=0.1,
+        help="Probability of the null representation in training, for guidance (default: %(default)s).",
+    )
     add_encoder_args(parser)
-    parser.add_argument("--freeze_encoder", action="store_true", help="train only the DiT")
-    parser.add_argument("--num_train_timesteps", type=int, default=1000)
-    parser.add_argument("--vae", default=None, help="an AutoencoderKL directory or Hub id: train in its latent space")
-    parser.add_argument("--vae_subfolder", default=None, help='e.g. "vae" for a Stable Diffusion repository')
+    parser.add_argument(
+        "--freeze_encoder",
+        action="store_true",
+        help="Keep the encoder fixed: train only the DiT (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--num_train_timesteps", type=int, default=1000, help="Diffusion steps of the scheduler (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--vae",
+        default=None,
+        help="An AutoencoderKL directory or Hub id: train in its latent space (default: %(default)s, pixel space).",
+    )
+    parser.add_argument(
+        "--vae_subfolder",
+        default=None,
+        help='Subfolder of --vae holding the AutoencoderKL, e.g. "vae" for a Stable Diffusion repository '
+        "(default: %(default)s).",
+    )
     add_training_args(parser)
     return parser.parse_args(argv)
 

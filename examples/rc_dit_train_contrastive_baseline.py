@@ -14,28 +14,65 @@ import argparse
 
 from accelerate import PartialState
 
-from diffusion_classifiers.contrastive import METHODS, train_contrastive_encoder
 from diffusion_classifiers.data import add_data_args, load_data_from_args
-from diffusion_classifiers.models import add_encoder_args, build_vit_encoder_from_args
-from diffusion_classifiers.training import add_training_args, training_args_from_namespace
+from diffusion_classifiers.training import (
+    METHODS,
+    add_encoder_args,
+    add_training_args,
+    build_vit_encoder_from_args,
+    train_contrastive_encoder,
+    training_args_from_namespace,
+)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(parser)
-    parser.add_argument("--method", default="simclr", choices=METHODS)
+    parser.add_argument(
+        "--method", default="simclr", choices=METHODS, help="The label-free objective (default: %(default)s)."
+    )
     add_encoder_args(parser)
-    parser.add_argument("--augmentation_strength", type=float, default=1.0, help="scales colour jitter and blur")
-    parser.add_argument("--min_crop_scale", type=float, default=0.25, help="smallest crop area fraction")
-    parser.add_argument("--flip_p", type=float, default=0.5, help="horizontal flip probability (0 for digits)")
-    parser.add_argument("--temperature", type=float, default=0.2, help="SimCLR NT-Xent temperature")
-    parser.add_argument("--projection_dim", type=int, default=128, help="SimCLR projection size")
-    parser.add_argument("--dino_out_dim", type=int, default=4096)
-    parser.add_argument("--teacher_temperature", type=float, default=0.04, help="DINO")
-    parser.add_argument("--student_temperature", type=float, default=0.1, help="DINO")
-    parser.add_argument("--teacher_momentum", type=float, default=0.996, help="DINO, cosine schedule to 1")
-    parser.add_argument("--num_local_views", type=int, default=0, help="DINO multi-crop local views")
-    parser.add_argument("--save_student", action="store_true", help="DINO: save the student, not the teacher")
+    parser.add_argument(
+        "--augmentation_strength",
+        type=float,
+        default=1.0,
+        help="Scales colour jitter and blur; 0 keeps only crop and flip (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--min_crop_scale", type=float, default=0.25, help="Smallest random-crop area fraction (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--flip_p", type=float, default=0.5, help="Horizontal flip probability, 0 for digits (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=0.2, help="SimCLR: NT-Xent temperature (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--projection_dim", type=int, default=128, help="SimCLR: projection head output size (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--dino_out_dim", type=int, default=4096, help="DINO: head output size (prototypes) (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--teacher_temperature", type=float, default=0.04, help="DINO: teacher temperature (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--student_temperature", type=float, default=0.1, help="DINO: student temperature (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--teacher_momentum",
+        type=float,
+        default=0.996,
+        help="DINO: initial teacher EMA momentum, cosine schedule to 1 (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--num_local_views", type=int, default=0, help="DINO: multi-crop local views per image (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--save_student",
+        action="store_true",
+        help="DINO: save the student's encoder, not the teacher's (default: %(default)s).",
+    )
     add_training_args(parser)
     return parser.parse_args(argv)
 

@@ -14,21 +14,31 @@ multi-process DDP needs: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --nu
 import argparse
 
 from accelerate import PartialState
-from accelerate.utils import set_seed
 
 from diffusion_classifiers.data import add_data_args, load_data_from_args
 from diffusion_classifiers.models import UNET_PRESETS
 from diffusion_classifiers.pipelines import ScoreSDEClassifierPipeline
-from diffusion_classifiers.training import add_training_args, train_ddpm_unet, training_args_from_namespace
+from diffusion_classifiers.training import add_training_args, train_score_sde_unet, training_args_from_namespace
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(parser)
-    parser.add_argument("--unet_preset", default="small", choices=sorted(UNET_PRESETS))
-    parser.add_argument("--num_train_timesteps", type=int, default=1000)
-    parser.add_argument("--label_dropout", type=float, default=0.1, help="fraction of labels replaced by the null class")
-    parser.add_argument("--class_balanced", action="store_true", help="draw every class equally often")
+    parser.add_argument(
+        "--unet_preset", default="small", choices=sorted(UNET_PRESETS), help="U-Net size (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--num_train_timesteps", type=int, default=1000, help="Diffusion steps of the scheduler (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--label_dropout",
+        type=float,
+        default=0.1,
+        help="Fraction of labels replaced by the null class, for the unconditional score (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--class_balanced", action="store_true", help="Draw every class equally often (default: %(default)s)."
+    )
     add_training_args(parser)
     return parser.parse_args(argv)
 
@@ -36,12 +46,11 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     training_args = training_args_from_namespace(args)
-    set_seed(args.seed)  # train_ddpm_unet draws the initial weights before the training loop seeds itself
     train = load_data_from_args(args)["train"]
-    unet, scheduler, _ = train_ddpm_unet(
-        training_args, train.images, train.labels, preset=args.unet_preset,
+    unet, scheduler, _ = train_score_sde_unet(
+        training_args, train.images, train.labels, num_classes=train.num_classes, preset=args.unet_preset,
         num_train_timesteps=args.num_train_timesteps, label_dropout=args.label_dropout,
-        num_classes=train.num_classes, class_balanced=args.class_balanced,
+        class_balanced=args.class_balanced,
     )
     if PartialState().is_main_process:
         pipeline = ScoreSDEClassifierPipeline(unet=unet, scheduler=scheduler, class_names=train.class_names)

@@ -21,8 +21,12 @@ from diffusion_classifiers.training import add_training_args, train_ddpm_unet, t
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(parser)
-    parser.add_argument("--unet_preset", default="small", choices=sorted(UNET_PRESETS))
-    parser.add_argument("--num_train_timesteps", type=int, default=1000)
+    parser.add_argument(
+        "--unet_preset", default="small", choices=sorted(UNET_PRESETS), help="U-Net size (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--num_train_timesteps", type=int, default=1000, help="Diffusion steps of the scheduler (default: %(default)s)."
+    )
     add_training_args(parser)
     return parser.parse_args(argv)
 

@@ -3,7 +3,8 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from diffusion_classifiers.baselines import SupervisedCNN, count_parameters, predict_proba, train_supervised_cnn
+from diffusion_classifiers.models import SupervisedCNN, count_parameters
+from diffusion_classifiers.training import predict_proba, train_supervised_cnn
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +62,14 @@ def test_shapes_and_parameter_count():
 
 def test_rejects_labels_outside_range(tmp_path):
     images, labels = torch.zeros(6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
-    with pytest.raises(ValueError, match=r"images/labels: label 2 at index 2 is outside the expected range 0..1"):
+    with pytest.raises(ValueError, match=r"^labels\[2\] = 2 is outside the expected range \[0, 1\]"):
         train_supervised_cnn(images, labels, images, labels.clamp(max=1), 2, str(tmp_path), max_train_steps=1)
-    with pytest.raises(ValueError, match=r"val_images/val_labels: label -1 at index 0"):
+    with pytest.raises(ValueError, match=r"^val_labels\[0\] = -1 is outside"):
         train_supervised_cnn(images, labels, images, labels - 1, 3, str(tmp_path), max_train_steps=1)
+    with pytest.raises(ValueError, match="one label per image in val_labels"):
+        train_supervised_cnn(images, labels, images, labels[:4], 3, str(tmp_path), max_train_steps=1)
+    with pytest.raises(ValueError, match="val_images: image 1 contains NaN or inf"):
+        bad = images.clone()
+        bad[1, 0, 3, 3] = float("nan")
+        train_supervised_cnn(images, labels, bad, labels, 3, str(tmp_path), max_train_steps=1)
     assert not any(tmp_path.iterdir())  # fails before training writes anything

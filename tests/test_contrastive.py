@@ -6,20 +6,24 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch.utils.data import TensorDataset
 
-from diffusion_classifiers.contrastive import (
+from diffusion_classifiers.models import (
+    build_vit_encoder,
+    encode_representation,
+    load_pretrained_encoder,
+    pretrained_pixel_values,
+)
+from diffusion_classifiers.training import (
     DINOLoss,
     DINOModel,
     SimCLRLoss,
     SimCLRModel,
+    TrainingArguments,
     build_augmentation,
     cosine_teacher_momentum,
-    load_pretrained_encoder,
     nt_xent_loss,
-    pretrained_pixel_values,
+    train,
     train_contrastive_encoder,
 )
-from diffusion_classifiers.models.rc_dit import build_vit_encoder, encode_representation
-from diffusion_classifiers.training import TrainingArguments, train
 
 SIZE = 16
 
@@ -217,6 +221,11 @@ def test_train_contrastive_encoder_rejects_bad_input(digits, tmp_path):
         train_contrastive_encoder(args, digits, tiny_encoder(), method="simclr", temperature=0.0)
     with pytest.raises(ValueError, match="unknown simclr option"):
         train_contrastive_encoder(args, digits, tiny_encoder(), method="simclr", out_dim=8)
+    with pytest.raises(ValueError, match="training data image 3 contains NaN or inf"):
+        train_contrastive_encoder(args, torch.cat([digits[:3], torch.full_like(digits[:1], float("nan"))]), tiny_encoder())
+    with pytest.raises(ValueError, match=r"training data: image 0 has values in \[0, .*scaled to \[-1, 1\]"):
+        train_contrastive_encoder(args, digits + 1, tiny_encoder())
+    assert not any(tmp_path.iterdir())  # refused before training wrote anything
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from diffusion_classifiers.data import (
     preprocess_images,
     read_idx,
     stratified_split,
+    stratified_subset_indices,
     to_datasets,
 )
 
@@ -173,7 +174,7 @@ def test_npz_nan_rejected(tmp_path):
     images = np.zeros((4, 4, 4), np.float32)
     images[3, 1, 1] = np.nan
     path = write_npz(tmp_path / "nan.npz", train_images=images, train_labels=np.array([0, 1, 0, 1]))
-    with pytest.raises(ValueError, match="image 3 of batch contains NaN"):
+    with pytest.raises(ValueError, match="preprocess_images: input image 3 contains NaN or inf"):
         load_image_classification_data(path)
 
 
@@ -438,10 +439,10 @@ def test_preprocess_bad_channels_name_the_image():
 def test_preprocess_nan_and_inf_name_the_image():
     batch = torch.rand(4, 1, 8, 8)
     batch[2, 0, 3, 3] = float("nan")
-    with pytest.raises(ValueError, match="image 2 of batch contains NaN or inf"):
+    with pytest.raises(ValueError, match="input image 2 contains NaN or inf"):
         preprocess_images(batch)
     arrays = [np.zeros((8, 8), np.float32), np.full((8, 8), np.inf, np.float32)]
-    with pytest.raises(ValueError, match="image 1 of batch contains NaN or inf"):
+    with pytest.raises(ValueError, match="input image 1 contains NaN or inf"):
         preprocess_images(arrays)
 
 
@@ -533,6 +534,17 @@ def test_stratified_split_properties():
         stratified_split(np.array([0.5, 1.0]), 0.3)
 
 
+def test_stratified_subset_indices_is_the_split_part_of_stratified_split():
+    labels = np.concatenate([np.zeros(10, int), np.ones(25, int), np.full(1, 2), np.full(4, 3)])
+    index = stratified_subset_indices(torch.from_numpy(labels), 12, seed=3)
+    np.testing.assert_array_equal(index, stratified_split(labels, 12 / 40, seed=3)[1])
+    assert np.bincount(labels[index], minlength=4).tolist() == [3, 8, 0, 1]  # round(0.3 n_c) half up
+    np.testing.assert_array_equal(stratified_subset_indices(labels, 40), np.arange(40))  # size >= N: every index
+    np.testing.assert_array_equal(stratified_subset_indices(labels, 100), np.arange(40))
+    with pytest.raises(ValueError, match="size: expected an integer >= 1, got 0"):
+        stratified_subset_indices(labels, 0)
+
+
 # --------------------------------------------------------------------------------------------------
 # LabeledImages
 # --------------------------------------------------------------------------------------------------
@@ -548,6 +560,8 @@ def test_labeled_images_validation_and_subset():
         LabeledImages(images, torch.tensor([0, 5, 1, 0]), ["a", "b"])
     with pytest.raises(ValueError, match="4 images but 3 labels"):
         LabeledImages(images, torch.tensor([0, 1, 1]), ["a", "b"])
+    with pytest.raises(ValueError, match="LabeledImages.images image 2 contains NaN or inf"):
+        LabeledImages(torch.zeros(3, 1, 2, 2).index_fill_(0, torch.tensor([2]), float("nan")), [0, 1, 0], ["a", "b"])
     with pytest.raises(ValueError, match=r"expected values in \[-1, 1\]"):
         LabeledImages(images + 2, torch.tensor([0, 1, 1, 0]), ["a", "b"])
     with pytest.raises(ValueError, match="expected a float32 torch tensor"):

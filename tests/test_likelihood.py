@@ -200,7 +200,7 @@ def test_likelihood_on_a_class_conditional_unet():
         (dict(num_probes=0), "num_probes >= 1"),
         (dict(classes=[0, 3]), r"class ids in 0\.\.2"),
         (dict(classes=[1, 1]), "distinct"),
-        (dict(images=torch.full((2, 1, 8, 8), math.nan)), "NaN or inf in image 0"),
+        (dict(images=torch.zeros(2, 1, 8, 8).index_fill_(0, torch.tensor([1]), math.nan)), "input image 1 contains NaN or inf"),
         (dict(seed=[1, 2, 3]), "one seed per image"),
         (dict(images=torch.zeros(2, 1, 16, 16)), r"expected images of shape \[N, 1, 8, 8\].*got \[2, 1, 16, 16\]"),
         (dict(images=torch.zeros(2, 3, 8, 8)), r"expected images of shape \[N, 1, 8, 8\].*sample_size"),

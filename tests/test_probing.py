@@ -166,7 +166,7 @@ def test_macro_f1_ignores_classes_absent_from_labels_and_predictions():
     "change, message",
     [
         (lambda a: a.update(val_features={("mid_block", 10): a["val_features"][("mid_block", 10)]}), "missing \\[\\('down_blocks.1', 10\\)"),
-        (lambda a: a.update(train_labels=a["train_labels"][:-1]), "pair \\('down_blocks.1', 10\\): expected train features of shape \\[199, D\\]"),
+        (lambda a: a.update(train_labels=a["train_labels"][:-1]), "expected pair \\('down_blocks.1', 10\\): train features of shape \\[199, D\\], one row per label, got \\(200, 12\\)"),
         (lambda a: a.update(val_labels=np.where(np.arange(100) == 7, 5, a["val_labels"])), "val_labels\\[7\\] = 5 is outside the expected range \\[0, 2\\]"),
         (lambda a: a["test_features"][("mid_block", 10)].__setitem__((4, 0), float("nan")), "pair \\('mid_block', 10\\): test features row 4 contains NaN"),
         (lambda a: a.update(test_labels=None), "test_features and test_labels together"),

@@ -11,17 +11,11 @@ from torch.utils.data import TensorDataset
 
 from diffusion_classifiers import DiffusionClassifierPipeline, RepresentationConditionedDiTPipeline
 from diffusion_classifiers.data import load_image_classification_data
-from diffusion_classifiers.models import (
-    PrototypeHead,
-    RCDiTJointModel,
-    RCDiTLoss,
-    RepresentationConditionedDiTModel,
-    build_vit_encoder,
-    rc_dit_config,
-)
+from diffusion_classifiers.models import PrototypeHead, RepresentationConditionedDiTModel, build_vit_encoder, rc_dit_config
+from diffusion_classifiers.pipelines import RepresentationConditionedDiTImageVariationPipeline
 from diffusion_classifiers.pipelines.pipeline_rc_dit import REPRESENTATION_FEATURE
 from diffusion_classifiers.probing import evaluate_protocols, fit_probe_grid
-from diffusion_classifiers.training import TrainingArguments, train
+from diffusion_classifiers.training import RCDiTJointModel, RCDiTLoss, TrainingArguments, train
 
 from .conftest import PYTHON, REPO_ROOT, python_subprocess_env
 
@@ -47,6 +41,10 @@ def tiny_pipeline(seed=0):
     return RepresentationConditionedDiTPipeline(
         encoder=tiny_encoder(seed), transformer=tiny_transformer(seed, randomize=True), scheduler=DDPMScheduler()
     )
+
+
+def variation_of(pipe):
+    return RepresentationConditionedDiTImageVariationPipeline.from_pipe(pipe)
 
 
 @pytest.fixture(scope="module")
@@ -196,11 +194,11 @@ def test_frozen_encoder_does_not_change(tmp_path):
 def test_train_script_saves_a_loadable_pipeline(tmp_path, digits):
     sys.path.insert(0, str(REPO_ROOT / "examples"))
     try:
-        import train_rc_dit
+        import rc_dit_train
     finally:
         sys.path.pop(0)
     out = tmp_path / "run"
-    train_rc_dit.main([
+    rc_dit_train.main([
         "--dataset", "digits", "--image_size", str(SIZE), "--dit_size", "tiny", "--encoder_hidden_size", "16",
         "--encoder_num_layers", "1", "--encoder_num_heads", "2", "--max_train_steps", "2", "--train_batch_size", "8",
         "--lr_warmup_steps", "0", "--output_dir", str(out),
@@ -222,17 +220,17 @@ def test_train_script_takes_a_pretrained_dinov2_encoder(tmp_path, digits):
     )).save_pretrained(encoder_dir)  # fmt: skip
     sys.path.insert(0, str(REPO_ROOT / "examples"))
     try:
-        import train_rc_dit
+        import rc_dit_train
     finally:
         sys.path.pop(0)
     args = ["--dataset", "digits", "--image_size", str(SIZE), "--dit_size", "tiny", "--max_train_steps", "1",
             "--train_batch_size", "8", "--encoder_name_or_path", str(encoder_dir)]  # fmt: skip
-    train_rc_dit.main([*args, "--output_dir", str(tmp_path / "run")])
+    rc_dit_train.main([*args, "--output_dir", str(tmp_path / "run")])
     pipe = RepresentationConditionedDiTPipeline.from_pretrained(str(tmp_path / "run"))
     assert type(pipe.encoder).__name__ == "Dinov2Model"
     assert pipe.encode(digits["test"].images[:2]).shape == (2, 16)
     with pytest.raises(ValueError, match="reads 1-channel images, the data has 3: pass --num_channels 1"):
-        train_rc_dit.main([*args, "--num_channels", "3", "--output_dir", str(tmp_path / "rgb")])
+        rc_dit_train.main([*args, "--num_channels", "3", "--output_dir", str(tmp_path / "rgb")])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -289,7 +287,10 @@ assert type(pipe).__name__ == "RepresentationConditionedDiTPipeline", type(pipe)
 images = torch.from_numpy(numpy.load({str(tmp_path / 'images.npy')!r}))
 numpy.save({str(tmp_path / 'r.npy')!r}, pipe.encode(images).numpy())
 numpy.save({str(tmp_path / 'probs.npy')!r}, pipe(images).probs.numpy())
-sample = pipe.generate(images[:2], guidance_scale=2.0, num_inference_steps=3, generator=torch.Generator().manual_seed(1))
+from diffusion_classifiers.pipelines import RepresentationConditionedDiTImageVariationPipeline
+variation = RepresentationConditionedDiTImageVariationPipeline.from_pretrained({str(tmp_path / 'pipe')!r})
+assert "head" not in variation.components, variation.components
+sample = variation(images[:2], guidance_scale=2.0, num_inference_steps=3, generator=torch.Generator().manual_seed(1))
 numpy.save({str(tmp_path / 'sample.npy')!r}, sample.images.numpy())
 prototypes = DiffusionClassifierPipeline.from_pretrained({str(tmp_path / 'prototypes')!r})
 assert type(prototypes.head).__name__ == "PrototypeHead", type(prototypes.head)
@@ -299,37 +300,38 @@ numpy.save({str(tmp_path / 'prototype_probs.npy')!r}, prototypes(images).probs.n
     assert result.returncode == 0, result.stderr[-3000:]
     assert torch.equal(torch.from_numpy(np.load(tmp_path / "r.npy")), pipe.encode(test_images))
     assert torch.equal(torch.from_numpy(np.load(tmp_path / "probs.npy")), out.probs)
-    expected = pipe.generate(test_images[:2], 2.0, 3, generator=torch.Generator().manual_seed(1)).images
+    expected = variation_of(pipe)(test_images[:2], 2.0, 3, generator=torch.Generator().manual_seed(1)).images
     assert torch.equal(torch.from_numpy(np.load(tmp_path / "sample.npy")), expected)
     assert torch.equal(torch.from_numpy(np.load(tmp_path / "prototype_probs.npy")), prototypes(test_images).probs)
 
 
 def test_generate_shapes_and_determinism(digits):
-    pipe = tiny_pipeline()
+    pipe = variation_of(tiny_pipeline())
     refs = digits["test"].images[:3]
-    a = pipe.generate(refs, guidance_scale=1.5, num_inference_steps=4, generator=torch.Generator().manual_seed(0)).images
-    b = pipe.generate(refs, guidance_scale=1.5, num_inference_steps=4, generator=torch.Generator().manual_seed(0)).images
-    c = pipe.generate(refs, guidance_scale=1.5, num_inference_steps=4, generator=torch.Generator().manual_seed(1)).images
+    a = pipe(refs, guidance_scale=1.5, num_inference_steps=4, generator=torch.Generator().manual_seed(0)).images
+    b = pipe(refs, guidance_scale=1.5, num_inference_steps=4, generator=torch.Generator().manual_seed(0)).images
+    c = pipe(refs, guidance_scale=1.5, num_inference_steps=4, generator=torch.Generator().manual_seed(1)).images
     assert a.shape == (3, 1, SIZE, SIZE) and a.min() >= 0 and a.max() <= 1
     assert torch.equal(a, b) and not torch.equal(a, c)
     generators = [torch.Generator().manual_seed(i) for i in range(3)]
-    listed = pipe.generate(refs, 1.5, 4, generator=generators).images
+    listed = pipe(refs, 1.5, 4, generator=generators).images
     assert listed.shape == a.shape
-    arrays = pipe.generate(refs, num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0))
+    arrays = pipe(refs, num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0))
     assert arrays.images.shape == (3, SIZE, SIZE, 1)
-    pils = pipe.generate(refs[0], num_inference_steps=2, output_type="pil", return_dict=False)[0]
+    pils = pipe(refs[0], num_inference_steps=2, output_type="pil", return_dict=False)[0]
     assert len(pils) == 1 and pils[0].size == (SIZE, SIZE) and pils[0].mode == "L"
 
 
 def test_generate_applies_classifier_free_guidance(digits):
     """Reference: the same DDPM loop written out with eps = eps_uncond + w (eps_cond - eps_uncond)."""
-    pipe, w, steps = tiny_pipeline(), 3.0, 3
+    classifier, w, steps = tiny_pipeline(), 3.0, 3
+    pipe = variation_of(classifier)
     refs = digits["test"].images[:2]
-    got = pipe.generate(refs, guidance_scale=w, num_inference_steps=steps, generator=torch.Generator().manual_seed(7)).images
+    got = pipe(refs, guidance_scale=w, num_inference_steps=steps, generator=torch.Generator().manual_seed(7)).images
 
     generator = torch.Generator().manual_seed(7)
     scheduler, model = DDPMScheduler(), pipe.transformer
-    r = pipe.encode(refs)
+    r = classifier.encode(refs)
     x = torch.randn(2, 1, SIZE, SIZE, generator=generator)
     scheduler.set_timesteps(steps)
     with torch.no_grad():
@@ -339,20 +341,44 @@ def test_generate_applies_classifier_free_guidance(digits):
     # batched [cond; uncond] vs separate calls: float rounding only (a wrong formula is off by ~1e-1)
     torch.testing.assert_close(got, (x / 2 + 0.5).clamp(0, 1), atol=2e-4, rtol=1e-3)
     # w = 0 is unconditional sampling: the references do not matter
-    u1 = pipe.generate(refs, 0.0, 2, generator=torch.Generator().manual_seed(0)).images
-    u2 = pipe.generate(refs.flip(0), 0.0, 2, generator=torch.Generator().manual_seed(0)).images
+    u1 = pipe(refs, 0.0, 2, generator=torch.Generator().manual_seed(0)).images
+    u2 = pipe(refs.flip(0), 0.0, 2, generator=torch.Generator().manual_seed(0)).images
     assert torch.equal(u1, u2)
 
 
 def test_generate_rejects_bad_arguments():
-    pipe = tiny_pipeline()
+    pipe = variation_of(tiny_pipeline())
     refs = torch.zeros(2, 1, SIZE, SIZE)
     with pytest.raises(ValueError, match="guidance_scale >= 0, got -0.5"):
-        pipe.generate(refs, guidance_scale=-0.5)
+        pipe(refs, guidance_scale=-0.5)
     with pytest.raises(ValueError, match="num_inference_steps >= 1, got 0"):
-        pipe.generate(refs, num_inference_steps=0)
+        pipe(refs, num_inference_steps=0)
     with pytest.raises(ValueError, match="1 channel.*got 3"):
-        pipe.generate(torch.zeros(2, 3, SIZE, SIZE))
+        pipe(torch.zeros(2, 3, SIZE, SIZE))
+    with pytest.raises(ValueError, match="output_type 'pt', 'np' or 'pil', got 'latent'"):
+        pipe(refs, output_type="latent")
+    with pytest.raises(ValueError, match=r"one generator per reference image \(2\), got 3"):
+        pipe(refs, generator=[torch.Generator() for _ in range(3)])
+
+
+def test_variation_pipeline_shares_the_classifiers_models_and_is_not_a_classifier(tmp_path):
+    classifier = tiny_pipeline().to(torch.bfloat16)
+    pipe = variation_of(classifier)
+    assert pipe.transformer is classifier.transformer and pipe.encoder is classifier.encoder
+    assert classifier.transformer.dtype == torch.bfloat16  # from_pipe keeps the shared models' dtype
+    assert not hasattr(classifier, "generate")  # one way to generate
+    direct = RepresentationConditionedDiTImageVariationPipeline(
+        **{k: classifier.components[k] for k in ("encoder", "transformer", "scheduler", "vae")}
+    )
+    refs = torch.rand(2, 1, SIZE, SIZE) * 2 - 1
+    a = pipe(refs, 2.0, 2, generator=torch.Generator().manual_seed(0)).images
+    b = direct(refs, 2.0, 2, generator=torch.Generator().manual_seed(0)).images
+    assert torch.equal(a, b)
+    pipe.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["_class_name"] == type(pipe).__name__
+    assert RepresentationConditionedDiTImageVariationPipeline.from_pretrained(tmp_path).vae is None
+    with pytest.raises(ValueError, match="names pipeline 'RepresentationConditionedDiTImageVariationPipeline'; expected"):
+        DiffusionClassifierPipeline.from_pretrained(tmp_path)  # generation is not classification
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -410,14 +436,45 @@ def test_dit_features_feed_fit_probe_grid_and_evaluate_protocols(digits):
 def test_dit_features_reject_bad_arguments():
     pipe = tiny_pipeline()
     images = torch.zeros(2, 1, SIZE, SIZE)
-    with pytest.raises(ValueError, match=r"timesteps as integers in \[0, 1000\).*got \[1000\]"):
+    calls = []
+    handle = pipe.transformer.register_forward_pre_hook(lambda *args: calls.append(1))
+    with pytest.raises(ValueError, match=r"timestep 1000 is invalid: expected an integer in \[0, 1000\)"):
         pipe.dit_features(images, timesteps=(1000,))
+    with pytest.raises(ValueError, match="expected distinct timesteps, got \\[5, 5\\]"):
+        pipe.dit_features(images, timesteps=(5, 5))
     with pytest.raises(ValueError, match=r"block_indices in \[0, 2\).*got \[2\]"):
         pipe.dit_features(images, block_indices=[2])
+    with pytest.raises(ValueError, match=r"distinct block_indices, got \[1, 1\]"):
+        pipe.dit_features(images, block_indices=[1, 1])
     with pytest.raises(ValueError, match="representation 'encoder' or 'null', got 'none'"):
         pipe.dit_features(images, representation="none")
-    with pytest.raises(ValueError, match="pool 'mean' or None, got '2x2'"):
-        pipe.dit_features(images, pool="2x2")
+    with pytest.raises(ValueError, match="unknown pool 'max'; expected one of"):
+        pipe.dit_features(images, pool="max")
+    with pytest.raises(ValueError, match="expected batch_size to be a positive integer, got 0"):
+        pipe.dit_features(images, batch_size=0)
+    with pytest.raises(ValueError, match=r"expected 1 channels, got 3"):
+        pipe.dit_feature_extractor.extract(torch.zeros(2, 3, SIZE, SIZE))
+    handle.remove()
+    assert calls == []  # every bad argument fails before any forward
+
+
+def test_dit_features_pool_the_patch_grid_like_the_unet_features(digits):
+    """"2x2" averages each quadrant of the 4x4 patch grid, channel-major as for the U-Net; eval mode inside."""
+    pipe = RepresentationConditionedDiTPipeline(
+        tiny_encoder(), tiny_transformer(randomize=True, rep_dropout=1.0), DDPMScheduler()
+    )  # in train mode this transformer replaces every r by the null representation
+    images, key = digits["test"].images[:3], ("transformer_blocks.0", 30)
+    in_eval = pipe.dit_features(images, timesteps=(30,), block_indices=[0])[key]
+    pipe.transformer.train()
+    assert torch.equal(pipe.dit_features(images, timesteps=(30,), block_indices=[0])[key], in_eval)
+    assert pipe.transformer.training  # the extractor restores the mode it found
+    null = pipe.dit_features(images, timesteps=(30,), block_indices=[0], representation="null")[key]
+    assert not torch.allclose(null, in_eval)
+    tokens = pipe.dit_features(images, timesteps=(30,), block_indices=[0], pool=None)[key]
+    grid = pipe.dit_features(images, timesteps=(30,), block_indices=[0], pool="2x2")[key]
+    tokens = tokens.reshape(3, 2, 2, 2, 2, 32)  # (N, quadrant row, row in it, quadrant column, column in it, D)
+    expected = tokens.mean(dim=(2, 4)).permute(0, 3, 1, 2).flatten(1)  # (N, D * 2 * 2)
+    torch.testing.assert_close(grid, expected)
 
 
 def test_prototype_head_classifies_and_survives_save_and_load(digits, tmp_path):
@@ -458,7 +515,7 @@ def tiny_vae(latent_channels=4):
 
 
 def test_latent_training_denoises_vae_latents_and_the_pipeline_round_trips(digits, tmp_path):
-    from diffusion_classifiers.models import train_rc_dit
+    from diffusion_classifiers.training import train_rc_dit
 
     vae = tiny_vae()
     args = TrainingArguments(output_dir=str(tmp_path / "train"), train_batch_size=8, max_train_steps=2, checkpointing_steps=10**9)
@@ -470,13 +527,13 @@ def test_latent_training_denoises_vae_latents_and_the_pipeline_round_trips(digit
     images = digits["test"].images[:3]
     features = pipe.dit_features(images, timesteps=[10], block_indices=[0])
     assert features[("transformer_blocks.0", 10)].shape == (3, transformer.config.hidden_size)
-    generated = pipe.generate(images, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
+    generated = variation_of(pipe)(images, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
     assert generated.shape == (3, 1, SIZE, SIZE)  # decoded back to images
 
     pipe.save_pretrained(tmp_path / "pipe")
-    loaded = RepresentationConditionedDiTPipeline.from_pretrained(tmp_path / "pipe")
+    loaded = RepresentationConditionedDiTImageVariationPipeline.from_pretrained(tmp_path / "pipe")
     assert loaded.vae is not None
-    again = loaded.generate(images, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
+    again = loaded(images, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
     torch.testing.assert_close(again, generated)
 
 

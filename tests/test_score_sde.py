@@ -12,7 +12,7 @@ from PIL import Image
 from diffusion_classifiers import DiffusionClassifierPipeline, ScoreSDEClassifierPipeline
 from diffusion_classifiers.data import load_image_classification_data, preprocess_images
 from diffusion_classifiers.models import unet_config
-from diffusion_classifiers.training import TrainingArguments, train_ddpm_unet
+from diffusion_classifiers.training import TrainingArguments, train_score_sde_unet
 
 from .conftest import PYTHON, REPO_ROOT, python_subprocess_env
 
@@ -73,8 +73,8 @@ def test_training_refuses_the_null_class_id_as_a_label(tmp_path):
     """With label dropout, id K is the null class: a training label K is outside 0..K-1, refused before training."""
     images, labels = torch.zeros(4, 1, 8, 8), torch.tensor([0, 1, 2, 1])
     args = TrainingArguments(output_dir=str(tmp_path / "out"), max_train_steps=2, checkpointing_steps=1)
-    with pytest.raises(ValueError, match="expected training labels in 0..1, got 2 at index 2"):
-        train_ddpm_unet(args, images, labels, preset="tiny", label_dropout=0.1, num_classes=2)
+    with pytest.raises(ValueError, match=r"labels\[2\] = 2 is outside the expected range \[0, 1\]"):
+        train_score_sde_unet(args, images, labels, num_classes=2, preset="tiny", label_dropout=0.1)
     assert not (tmp_path / "out").exists()
 
 

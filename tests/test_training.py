@@ -11,9 +11,11 @@ from diffusion_classifiers.training import (
     DenoisingLoss,
     TrainingArguments,
     add_training_args,
+    class_balanced_sampler,
     find_latest_checkpoint,
     train,
     train_ddpm_unet,
+    train_score_sde_unet,
 )
 
 from .conftest import PYTHON, REPO_ROOT, python_subprocess_env
@@ -116,16 +118,39 @@ def test_two_process_ddp_on_cpu(tmp_path):
 
 
 def test_conditional_training_checks_labels_and_balances_classes(tmp_path):
-    from diffusion_classifiers.training import class_balanced_sampler
-
     images = tiny_images(24)
     labels = torch.tensor([0] * 20 + [1] * 4)
-    with pytest.raises(ValueError, match="labels in 0..1, got 2 at index 3"):
-        train_ddpm_unet(tiny_args(tmp_path), images, torch.tensor([0, 1, 0, 2] * 6), preset="tiny", num_classes=2)
+    with pytest.raises(ValueError, match=r"labels\[3\] = 2 is outside the expected range \[0, 1\]"):
+        train_score_sde_unet(tiny_args(tmp_path), images, torch.tensor([0, 1, 0, 2] * 6), num_classes=2, preset="tiny")
+    with pytest.raises(ValueError, match="one label per image"):
+        train_score_sde_unet(tiny_args(tmp_path), images, labels[:10], preset="tiny")
+    assert not any(tmp_path.iterdir())  # refused before training wrote anything
     drawn = labels.repeat(100)[list(class_balanced_sampler(labels.repeat(100), 2, seed=0))]
     assert abs(drawn.float().mean().item() - 0.5) < 0.05  # minority class 1 is 1/6 of the data, half of the draws
-    unet, _, summary = train_ddpm_unet(tiny_args(tmp_path, max_train_steps=2), images, labels, preset="tiny", class_balanced=True, label_dropout=0.1)
+    unet, _, summary = train_score_sde_unet(tiny_args(tmp_path, max_train_steps=2), images, labels, preset="tiny", class_balanced=True, label_dropout=0.1)
     assert unet.config.num_class_embeds == 3 and summary.global_step == 2  # 2 classes + the null class
+
+
+def test_trainers_refuse_bad_images_before_writing(tmp_path):
+    images = tiny_images(24)
+    with pytest.raises(ValueError, match="square"):
+        train_ddpm_unet(tiny_args(tmp_path), images[..., :6], preset="tiny")
+    with pytest.raises(ValueError, match="training data image 5 contains NaN or inf"):
+        train_ddpm_unet(tiny_args(tmp_path), torch.cat([images[:5], torch.full((1, 1, 8, 8), float("nan"))]), preset="tiny")
+    with pytest.raises(ValueError, match=r"image 0 has values in \[0, 255\]"):
+        train_score_sde_unet(tiny_args(tmp_path), torch.linspace(0, 255, 64).reshape(1, 1, 8, 8), torch.tensor([0]), num_classes=2)
+    assert not any(tmp_path.iterdir())
+
+
+def test_score_sde_training_is_reproducible(tmp_path):
+    """Same seed: same initial weights, same class-balanced draws, same label dropout, so the same trained U-Net."""
+    images, labels = tiny_images(), torch.tensor([0] * 20 + [1] * 4)
+    runs = [
+        train_score_sde_unet(tiny_args(tmp_path / name, max_train_steps=2), images, labels, preset="tiny", label_dropout=0.5, class_balanced=True)[0]
+        for name in ("a", "b")
+    ]  # fmt: skip
+    for a, b in zip(*(run.parameters() for run in runs)):
+        assert torch.equal(a, b)
 
 
 def test_same_seed_same_initial_weights(tmp_path):
@@ -133,3 +158,14 @@ def test_same_seed_same_initial_weights(tmp_path):
     second, _, _ = train_ddpm_unet(tiny_args(tmp_path / "b", max_train_steps=1), tiny_images(), preset="tiny")
     for a, b in zip(first.parameters(), second.parameters()):
         assert torch.equal(a, b)
+
+
+def test_every_training_flag_has_help_showing_its_default():
+    import argparse
+
+    parser = add_training_args(argparse.ArgumentParser())
+    for action in parser._actions[1:]:  # after -h
+        assert action.help, action.dest
+        assert action.required or "(default: %(default)s)" in action.help, action.dest
+    help_text = parser.format_help()
+    assert "(default: 64)" in help_text and "(default: cosine)" in help_text

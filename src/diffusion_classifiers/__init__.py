@@ -1,19 +1,115 @@
-"""diffusion-classifiers: diffusion models as image classifiers."""
+"""diffusion-classifiers: diffusion models as image classifiers.
+
+Everything a user calls is importable from here. Modules that define saved components are imported eagerly:
+diffusers 0.42 resolves `["diffusion_classifiers.<module>", "<Class>"]` in `model_index.json` only for modules
+already imported, and importing the transformers head registers it with the Auto classes. The rest (training,
+evaluation, plots, data readers, probing) loads on first use, so `import diffusion_classifiers` pulls in no
+training, plotting or augmentation library.
+"""
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-# Every module that defines a saved component is imported eagerly: diffusers 0.42 resolves
-# ["diffusion_classifiers.<module>", "<Class>"] in model_index.json only for modules already imported.
-from .models import LinearProbeHead, PrototypeHead, RepresentationConditionedDiTModel  # noqa: E402
-from .pipelines import DiffusionClassifierPipeline, UNetFeatureClassifierPipeline  # noqa: E402
-from .pipelines import RepresentationConditionedDiTPipeline  # noqa: E402
-from .pipelines import ScoreSDEClassifierPipeline  # noqa: E402
-from .configuration_diffusion_classifier import DiffusionClassifierConfig  # noqa: E402
-from .image_processing_diffusion_classifier import DiffusionClassifierImageProcessor  # noqa: E402
-from .modeling_diffusion_classifier import (  # noqa: E402
-    DiffusionFeaturesForImageClassification,
-    export_unet_feature_pipeline,
+from .configuration_diffusion_classifier import DiffusionClassifierConfig
+from .image_processing_diffusion_classifier import DiffusionClassifierImageProcessor
+from .modeling_diffusion_classifier import DiffusionFeaturesForImageClassification, export_unet_feature_pipeline
+from .models import LinearProbeHead, PrototypeHead, RepresentationConditionedDiTModel
+from .pipelines import (
+    ClassifierPipelineOutput,
+    DiffusionClassifierPipeline,
+    RepresentationConditionedDiTImageVariationPipeline,
+    RepresentationConditionedDiTPipeline,
+    ScoreSDEClassifierOutput,
+    ScoreSDEClassifierPipeline,
+    UNetFeatureClassifierPipeline,
 )
+
+_EAGER = [
+    "ClassifierPipelineOutput",
+    "DiffusionClassifierConfig",
+    "DiffusionClassifierImageProcessor",
+    "DiffusionClassifierPipeline",
+    "DiffusionFeaturesForImageClassification",
+    "LinearProbeHead",
+    "PrototypeHead",
+    "RepresentationConditionedDiTImageVariationPipeline",
+    "RepresentationConditionedDiTModel",
+    "RepresentationConditionedDiTPipeline",
+    "ScoreSDEClassifierOutput",
+    "ScoreSDEClassifierPipeline",
+    "UNetFeatureClassifierPipeline",
+    "export_unet_feature_pipeline",
+]
+
+# public name -> the module that defines it, imported on first access
+_LAZY = {
+    # models: sizes and builders
+    "UNET_PRESETS": "models",
+    "unet_config": "models",
+    "RC_DIT_SIZES": "models",
+    "rc_dit_config": "models",
+    "fit_prototypes": "models",
+    "build_vit_encoder": "models",
+    "load_pretrained_encoder": "models",
+    "SupervisedCNN": "models",
+    # data: reading, preprocessing, splits
+    "LabeledImages": "data",
+    "load_image_classification_data": "data",
+    "preprocess_images": "data",
+    "read_classification_split": "data",
+    "to_datasets": "data",
+    "stratified_split": "data",
+    "stratified_subset_indices": "data",
+    "few_label_indices": "data",
+    "long_tailed_indices": "data",
+    # features, probing and evaluation protocols
+    "DiffusionFeatureExtractor": "features",
+    "DiTFeatureExtractor": "features",
+    "ProbeGridResult": "probing",
+    "fit_probe_grid": "probing",
+    "kmeans_evaluate": "probing",
+    "evaluate_protocols": "probing",
+    "few_shot_indices": "probing",
+    "prototype_classify": "probing",
+    "knn_classify": "probing",
+    # likelihood
+    "VPSDE": "likelihood",
+    "probability_flow_log_likelihood": "likelihood",
+    "denoising_error_scores": "likelihood",
+    # trainers
+    "TrainingArguments": "training",
+    "TrainingSummary": "training",
+    "train": "training",
+    "train_ddpm_unet": "training",
+    "train_score_sde_unet": "training",
+    "train_rc_dit": "training",
+    "train_contrastive_encoder": "training",
+    "train_supervised_cnn": "training",
+    # studies, evaluation, metrics, Hub
+    "UNetFeatureStudy": "unet_feature_study",
+    "run_unet_feature_study": "unet_feature_study",
+    "evaluate_classifier": "evaluation",
+    "classification_metrics": "metrics",
+    "clustering_metrics": "metrics",
+    "push_to_hub": "hub",
+    "render_model_card": "hub",
+}
+
+__all__ = _EAGER + list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def _register_with_transformers_auto_classes() -> None:
@@ -25,3 +121,11 @@ def _register_with_transformers_auto_classes() -> None:
 
 
 _register_with_transformers_auto_classes()
+
+if TYPE_CHECKING:  # static analysers and IDEs see the lazy names
+    from .data import *  # noqa: F401,F403
+    from .features import *  # noqa: F401,F403
+    from .likelihood import *  # noqa: F401,F403
+    from .metrics import classification_metrics, clustering_metrics  # noqa: F401
+    from .probing import *  # noqa: F401,F403
+    from .training import *  # noqa: F401,F403

@@ -6,6 +6,8 @@ import shlex
 import sys
 import time
 
+__all__ = ["main"]
+
 DEMO_DEFAULTS = {"image_size": 16, "unet_preset": "small", "max_train_steps": 600}
 
 

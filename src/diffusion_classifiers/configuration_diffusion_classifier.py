@@ -4,6 +4,8 @@ from typing import Optional
 
 from transformers import PretrainedConfig
 
+__all__ = ["BACKBONE_TYPES", "DiffusionClassifierConfig"]
+
 BACKBONE_TYPES = ("unet",)
 
 

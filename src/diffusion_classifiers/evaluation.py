@@ -16,6 +16,8 @@ from .data import read_classification_split
 from .metrics import calibration_metrics, classification_metrics
 from .plots import plot_confusion_matrix, plot_reliability
 
+__all__ = ["evaluate_classifier", "image_classification_evaluator", "load_classifier", "load_metric", "map_labels_by_name", "write_evaluation", "METRIC_MODULE"]
+
 METRIC_MODULE = str(Path(__file__).parent / "evaluate_metrics" / "diffusion_classifier_metrics.py")
 
 

@@ -1,18 +1,33 @@
-"""Frozen DDPM U-Net features: noise an image to timestep t, read one block's activation, pool it.
+"""Frozen diffusion features: noise an image to timestep t, read one block's activation, pool it.
 
 `DiffusionFeatureExtractor` hooks the blocks of a `diffusers.UNet2DModel` at their native resolution, runs every
 requested timestep of a batch through one forward pass, and stops the forward after the deepest requested block.
+`DiTFeatureExtractor` reads the blocks of a `RepresentationConditionedDiTModel` the same way: same noise
+(`make_noise`), same pooling (`POOLS`), same timestep checks, features in the same `(block, timestep) -> [N, D]` form.
 """
 
+import contextlib
 import numbers
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
 from torch import nn
 from tqdm.auto import tqdm
+
+from diffusion_classifiers.models import RepresentationConditionedDiTModel, encode_latents, encode_representation
+
+__all__ = [
+    "POOLS",
+    "BlockInfo",
+    "DiTFeatureExtractor",
+    "DiffusionFeatureExtractor",
+    "FeatureKey",
+    "dit_block_name",
+    "make_noise",
+]
 
 POOLS = ("mean", "2x2", None)
 
@@ -44,10 +59,18 @@ def _native_output_module(name: str, block: nn.Module) -> nn.Module:
     return attentions[-1] if attentions else block.resnets[-1]
 
 
-def _pool(activation: torch.Tensor, pool: Optional[str]) -> torch.Tensor:
+# ------------------------------------------------------------------------------------------------------------------
+# Shared by both extractors: noise, pooling, checks
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _pool(activation: torch.Tensor, pool: Optional[str], channels_last: bool = False) -> torch.Tensor:
+    """Pool a feature map `[N, C, H, W]`, or `[N, H, W, C]` with `channels_last` (DiT tokens on their patch grid):
+    "mean" -> `[N, C]`, "2x2" -> `[N, 4C]` (channel-major), `None` -> the whole map flattened in its own layout."""
     if pool == "mean":
-        return activation.mean(dim=(2, 3))
+        return activation.mean(dim=(1, 2) if channels_last else (2, 3))
     if pool == "2x2":
+        activation = activation.permute(0, 3, 1, 2) if channels_last else activation
         return F.adaptive_avg_pool2d(activation, 2).flatten(1)
     return activation.flatten(1)
 
@@ -56,6 +79,74 @@ def make_noise(num_noise_draws: int, image_shape: Sequence[int], noise_seed: int
     """The noise shared by every image: `[num_noise_draws, C, H, W]` from a CPU generator seeded with `noise_seed`,
     so a feature depends only on its image and the seed, never on batching or device."""
     return torch.randn((num_noise_draws, *image_shape), generator=torch.Generator().manual_seed(noise_seed))
+
+
+def _check_scheduler(scheduler) -> None:
+    if not hasattr(scheduler, "add_noise") or "num_train_timesteps" not in scheduler.config:
+        raise TypeError(f"expected a diffusers noise scheduler such as DDPMScheduler, got {type(scheduler).__name__}")
+
+
+def _check_timesteps(timesteps, num_train_timesteps: int) -> List[int]:
+    """`timesteps` (one int, a tensor or a sequence) as a list of distinct ints in `[0, num_train_timesteps)`."""
+    if isinstance(timesteps, (numbers.Integral, torch.Tensor)):
+        timesteps = torch.as_tensor(timesteps).reshape(-1).tolist()
+    timesteps = list(timesteps)
+    if not timesteps:
+        raise ValueError("expected at least one timestep, got []")
+    for t in timesteps:
+        if not isinstance(t, numbers.Integral) or isinstance(t, bool) or not 0 <= t < num_train_timesteps:
+            raise ValueError(
+                f"timestep {t!r} is invalid: expected an integer in [0, {num_train_timesteps}) (the scheduler's "
+                "num_train_timesteps)"
+            )
+    if len(set(timesteps)) != len(timesteps):
+        raise ValueError(f"expected distinct timesteps, got {timesteps}")
+    return [int(t) for t in timesteps]
+
+
+def _check_pool_and_sizes(pool: Optional[str], **sizes: int) -> None:
+    if pool not in POOLS:
+        raise ValueError(f"unknown pool {pool!r}; expected one of {POOLS}")
+    for arg, value in sizes.items():
+        if not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"expected {arg} to be a positive integer, got {value!r}")
+
+
+def _check_images(images, num_channels: int, size: Tuple[int, int], size_source: str) -> None:
+    """Clean images `[N, num_channels, *size]` in [-1, 1], finite; `size_source` names where `size` comes from."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"expected images as a torch.Tensor [N, C, H, W], got {type(images).__name__}")
+    expected, shape = (num_channels, *size), tuple(images.shape)
+    if images.ndim != 4 or len(images) == 0:
+        raise ValueError(f"expected images of shape [N, {', '.join(map(str, expected))}] with N >= 1, got {shape}")
+    if images.shape[1] != num_channels:
+        raise ValueError(f"expected {num_channels} channels, got {shape[1]} (images of shape {shape})")
+    if shape[2:] != expected[1:]:
+        raise ValueError(f"expected images of spatial size {expected[1:]} ({size_source}), got {shape[2:]}")
+    flat = images.detach().flatten(1).float()
+    bad = ~torch.isfinite(flat).all(dim=1)
+    if bad.any():
+        raise ValueError(f"image {int(bad.nonzero()[0])} contains NaN or inf values")
+    # The tolerance lets resampling overshoot through; [0, 255] data still fails here.
+    out_of_range = (flat.abs() > 1 + 1e-3).any(dim=1)
+    if out_of_range.any():
+        i = int(out_of_range.nonzero()[0])
+        low, high = flat[i].min(), flat[i].max()
+        raise ValueError(f"image {i} has values in [{low:.3g}, {high:.3g}]; expected images scaled to [-1, 1]")
+
+
+@contextlib.contextmanager
+def _eval_mode(*models: Optional[nn.Module]):
+    """Run `models` in eval mode (no dropout), then give each back its own train/eval mode."""
+    models = [m for m in models if m is not None]
+    modes = [m.training for m in models]
+    try:
+        for model in models:
+            model.eval()
+        yield
+    finally:
+        for model, mode in zip(models, modes):
+            model.train(mode)
 
 
 def _as_hw(size) -> Tuple[int, int]:
@@ -83,10 +174,7 @@ class DiffusionFeatureExtractor:
     def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler):
         if not isinstance(unet, UNet2DModel):
             raise TypeError(f"expected a diffusers UNet2DModel, got {type(unet).__name__}")
-        if not hasattr(scheduler, "add_noise") or "num_train_timesteps" not in scheduler.config:
-            raise TypeError(
-                f"expected a diffusers noise scheduler such as DDPMScheduler, got {type(scheduler).__name__}"
-            )
+        _check_scheduler(scheduler)
         self.unet = unet
         self.scheduler = scheduler
         named = [(f"down_blocks.{i}", b) for i, b in enumerate(unet.down_blocks)]
@@ -163,20 +251,17 @@ class DiffusionFeatureExtractor:
         Returns:
             `dict[tuple[str, int], torch.Tensor]`: `(block, timestep) -> float32 CPU tensor [N, D]`.
         """
-        blocks, timesteps = self._check_request(blocks, timesteps, pool, num_noise_draws, batch_size)
-        self._check_images(images)
+        blocks = self._check_blocks(blocks)
+        timesteps = _check_timesteps(timesteps, self.scheduler.config.num_train_timesteps)
+        _check_pool_and_sizes(pool, num_noise_draws=num_noise_draws, batch_size=batch_size)
+        config = self.unet.config
+        _check_images(images, config.in_channels, _as_hw(config.sample_size), "unet sample_size")
         noise = make_noise(num_noise_draws, images.shape[1:], noise_seed)
         chunks = {(b, t): [] for b in blocks for t in timesteps}
-        was_training = self.unet.training
-        self.unet.eval()
-        try:
-            starts = range(0, len(images), batch_size)
-            for start in tqdm(starts, desc="Extracting features", disable=not show_progress):
-                batch = images[start : start + batch_size]
+        with _eval_mode(self.unet):
+            for batch in tqdm(images.split(batch_size), desc="Extracting features", disable=not show_progress):
                 for key, value in self.features_for_batch(batch, blocks, timesteps, pool, noise, early_stop).items():
                     chunks[key].append(value.float().cpu())
-        finally:
-            self.unet.train(was_training)
         return {key: torch.cat(values) for key, values in chunks.items()}
 
     def features_for_batch(
@@ -231,49 +316,167 @@ class DiffusionFeatureExtractor:
 
         return _native_output_module(name, self._block_modules[name]).register_forward_hook(hook)
 
-    def _check_request(self, blocks, timesteps, pool, num_noise_draws, batch_size) -> Tuple[List[str], List[int]]:
-        if isinstance(blocks, str):
-            blocks = [blocks]
-        if isinstance(timesteps, (int, torch.Tensor)):
-            timesteps = torch.as_tensor(timesteps).reshape(-1).tolist()
-        blocks, timesteps = list(blocks), list(timesteps)
-        if not blocks or not timesteps:
-            raise ValueError(f"expected at least one block and one timestep, got {blocks} and {timesteps}")
+    def _check_blocks(self, blocks) -> List[str]:
+        blocks = [blocks] if isinstance(blocks, str) else list(blocks)
+        if not blocks:
+            raise ValueError(f"expected at least one block, got {blocks}")
         for name in blocks:
             if name not in self._block_modules:
                 raise ValueError(f"unknown block {name!r}; expected one of {self.block_names}")
-        num_train = self.scheduler.config.num_train_timesteps
-        for t in timesteps:
-            if not isinstance(t, numbers.Integral) or isinstance(t, bool) or not 0 <= t < num_train:
-                raise ValueError(f"timestep {t!r} is invalid: expected an integer in [0, {num_train})")
-        if len(set(blocks)) != len(blocks) or len(set(timesteps)) != len(timesteps):
-            raise ValueError(f"expected distinct blocks and timesteps, got blocks={blocks}, timesteps={timesteps}")
-        if pool not in POOLS:
-            raise ValueError(f"unknown pool {pool!r}; expected one of {POOLS}")
-        for arg, value in (("num_noise_draws", num_noise_draws), ("batch_size", batch_size)):
-            if not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"expected {arg} to be a positive integer, got {value!r}")
-        return blocks, [int(t) for t in timesteps]
+        if len(set(blocks)) != len(blocks):
+            raise ValueError(f"expected distinct blocks, got {blocks}")
+        return blocks
 
-    def _check_images(self, images) -> None:
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"expected images as a torch.Tensor [N, C, H, W], got {type(images).__name__}")
-        config = self.unet.config
-        expected = (config.in_channels, *_as_hw(config.sample_size))
-        shape = tuple(images.shape)
-        if images.ndim != 4 or len(images) == 0:
-            raise ValueError(f"expected images of shape [N, {', '.join(map(str, expected))}] with N >= 1, got {shape}")
-        if images.shape[1] != config.in_channels:
-            raise ValueError(f"expected {config.in_channels} channels, got {shape[1]} (images of shape {shape})")
-        if shape[2:] != expected[1:]:
-            raise ValueError(f"expected images of spatial size {expected[1:]} (unet sample_size), got {shape[2:]}")
-        flat = images.detach().flatten(1).float()
-        bad = ~torch.isfinite(flat).all(dim=1)
-        if bad.any():
-            raise ValueError(f"image {int(bad.nonzero()[0])} contains NaN or inf values")
-        # The tolerance lets resampling overshoot through; [0, 255] data still fails here.
-        out_of_range = (flat.abs() > 1 + 1e-3).any(dim=1)
-        if out_of_range.any():
-            i = int(out_of_range.nonzero()[0])
-            low, high = flat[i].min(), flat[i].max()
-            raise ValueError(f"image {i} has values in [{low:.3g}, {high:.3g}]; expected images scaled to [-1, 1]")
+
+# ------------------------------------------------------------------------------------------------------------------
+# DiT blocks of a representation-conditioned DiT
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def dit_block_name(index: int) -> str:
+    """The feature key of DiT block `index`."""
+    # The module is `transformer.blocks[index]`; the key keeps diffusers' DiT name "transformer_blocks.{index}",
+    # which heads fitted on these features record: it is public and does not follow the attribute name.
+    return f"transformer_blocks.{index}"
+
+
+class DiTFeatureExtractor:
+    r"""
+    Extract pooled block activations of a representation-conditioned DiT on noised images, keyed like the U-Net
+    features of [`DiffusionFeatureExtractor`], so `probing.fit_probe_grid` and `probing.evaluate_protocols` take them.
+
+    Each clean image is mapped to the transformer's input x0 ([`~DiTFeatureExtractor.to_transformer_space`]),
+    noised to `x_t = scheduler.add_noise(x0, eps, t)` with one noise `eps` from [`make_noise`] (the same for every
+    image and timestep, so a feature depends only on its image and the seed), and run through the first blocks of the
+    transformer, conditioned on the image's own representation r or on the null representation.
+
+    Args:
+        transformer ([`RepresentationConditionedDiTModel`]): the denoiser; used in eval mode, never modified.
+        scheduler ([`DDPMScheduler`]): the scheduler it was trained with; noises x0.
+        encoder: the transformers vision model whose representation (`encode_representation`) conditions it.
+        vae ([`AutoencoderKL`], *optional*): when the transformer works in the VAE's latent space.
+
+    Example:
+
+    ```py
+    >>> extractor = DiTFeatureExtractor(pipe.transformer, pipe.scheduler, pipe.encoder, pipe.vae)
+    >>> feats = extractor.extract(pipe.preprocess(images), timesteps=[100], block_indices=[3])
+    >>> feats[("transformer_blocks.3", 100)].shape  # [N, hidden_size]
+    ```
+    """
+
+    def __init__(
+        self,
+        transformer: RepresentationConditionedDiTModel,
+        scheduler: DDPMScheduler,
+        encoder: nn.Module,
+        vae: Optional[AutoencoderKL] = None,
+    ):
+        if not isinstance(transformer, RepresentationConditionedDiTModel):
+            raise TypeError(f"expected a RepresentationConditionedDiTModel, got {type(transformer).__name__}")
+        _check_scheduler(scheduler)
+        self.transformer, self.scheduler, self.encoder, self.vae = transformer, scheduler, encoder, vae
+
+    @property
+    def block_names(self) -> List[str]:
+        return [dit_block_name(i) for i in range(self.transformer.config.num_layers)]
+
+    def to_transformer_space(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Clean images `[N, C, H, W]` in [-1, 1] -> the transformer's x0: the VAE latents (posterior mode), else
+        the images resized to its `sample_size`."""
+        if self.vae is not None:
+            return encode_latents(self.vae, pixels, sample=False)
+        size = self.transformer.config.sample_size
+        if tuple(pixels.shape[-2:]) == (size, size):
+            return pixels
+        return F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+    @torch.no_grad()
+    def extract(
+        self,
+        images: torch.Tensor,
+        timesteps: Sequence[int] = (100,),
+        block_indices: Optional[Sequence[int]] = None,
+        noise_seed: int = 0,
+        representation: str = "encoder",
+        pool: Optional[str] = "mean",
+        batch_size: int = 64,
+    ) -> Dict[FeatureKey, torch.Tensor]:
+        r"""
+        Pooled activations of each requested block at each requested timestep.
+
+        Args:
+            images (`torch.Tensor` of shape `[N, C, H, W]`): clean images scaled to [-1, 1], with the encoder's
+                `num_channels` and `image_size`.
+            timesteps (`Sequence[int]`): integers in `[0, scheduler.config.num_train_timesteps)`.
+            block_indices (`Sequence[int]`, *optional*): the blocks to read (default all); only blocks up to the
+                deepest one are run.
+            noise_seed (`int`, *optional*, defaults to 0): seeds the noise `eps`.
+            representation (`str`, *optional*, defaults to `"encoder"`): `"encoder"` conditions the DiT on the
+                image's own r, `"null"` on the null representation.
+            pool (`"mean"`, `"2x2"` or `None`): over the patch grid: the mean token (`[N, hidden_size]`), a 2x2
+                average grid (`[N, 4 * hidden_size]`) or all tokens flattened (`[N, num_patches * hidden_size]`).
+            batch_size (`int`, *optional*, defaults to 64): images per forward pass.
+
+        Returns:
+            `dict[tuple[str, int], torch.Tensor]`: `(dit_block_name(i), t) -> float32 CPU tensor [N, D]`, e.g.
+            `("transformer_blocks.3", 100)`, timestep-major.
+        """
+        config = self.transformer.config
+        timesteps = _check_timesteps(timesteps, self.scheduler.config.num_train_timesteps)
+        block_indices = self._check_block_indices(block_indices)
+        if representation not in ("encoder", "null"):
+            raise ValueError(f"expected representation 'encoder' or 'null', got {representation!r}")
+        _check_pool_and_sizes(pool, batch_size=batch_size)
+        encoder_size = _as_hw(self.encoder.config.image_size)
+        _check_images(images, self.encoder.config.num_channels, encoder_size, "encoder image_size")
+
+        noise = make_noise(1, (config.in_channels, config.sample_size, config.sample_size), noise_seed)
+        chunks = {(dit_block_name(i), t): [] for t in timesteps for i in block_indices}
+        with _eval_mode(self.encoder, self.transformer, self.vae):
+            for batch in images.split(batch_size):
+                features = self.features_for_batch(batch, timesteps, block_indices, representation, pool, noise)
+                for key, value in features.items():
+                    chunks[key].append(value.float().cpu())
+        return {key: torch.cat(parts) for key, parts in chunks.items()}
+
+    def features_for_batch(
+        self,
+        images: torch.Tensor,
+        timesteps: Sequence[int],
+        block_indices: Sequence[int],
+        representation: str,
+        pool: Optional[str],
+        noise: torch.Tensor,
+    ) -> Dict[FeatureKey, torch.Tensor]:
+        """Pooled features of one batch of clean images, on the transformer's device (no validation): the building
+        block of [`~DiTFeatureExtractor.extract`]. `noise`: `[1, C, h, w]` from [`make_noise`], in transformer space."""
+        config = self.transformer.config
+        device, dtype = self.transformer.device, self.transformer.dtype
+        grid = config.sample_size // config.patch_size
+        r = encode_representation(self.encoder, images) if representation == "encoder" else None
+        x0 = self.to_transformer_space(images).to(device=device, dtype=torch.float32)
+        eps = noise.to(device).expand_as(x0)
+        features = {}
+        for t in timesteps:
+            x_t = self.scheduler.add_noise(x0, eps, torch.full((len(x0),), t, dtype=torch.long, device=device))
+            # only the blocks up to the deepest requested one run
+            states = self.transformer.block_hidden_states(x_t.to(dtype), t, r, num_blocks=max(block_indices) + 1)
+            for i in block_indices:
+                tokens = states[i].unflatten(1, (grid, grid))  # (N, h, w, hidden_size): the tokens on the patch grid
+                features[(dit_block_name(i), t)] = _pool(tokens, pool, channels_last=True)
+        return features
+
+    def _check_block_indices(self, block_indices) -> List[int]:
+        num_layers = self.transformer.config.num_layers
+        if block_indices is None:
+            return list(range(num_layers))
+        block_indices = list(block_indices)
+        bad = [i for i in block_indices if not isinstance(i, numbers.Integral) or not 0 <= i < num_layers]
+        if not block_indices or bad:
+            raise ValueError(
+                f"expected block_indices in [0, {num_layers}) (the transformer's num_layers), got {block_indices}"
+            )
+        if len(set(block_indices)) != len(block_indices):
+            raise ValueError(f"expected distinct block_indices, got {block_indices}")
+        return [int(i) for i in block_indices]

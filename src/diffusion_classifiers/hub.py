@@ -28,7 +28,22 @@ from huggingface_hub import (
 from huggingface_hub.errors import OfflineModeIsEnabled
 from jinja2 import meta
 
+__all__ = [
+    "METHODS",
+    "TEMPLATES_DIR",
+    "HubUploadError",
+    "download",
+    "library_name_of",
+    "load_eval_metrics",
+    "push_to_hub",
+    "render_dataset_card",
+    "render_model_card",
+]
+
 METHODS = ("unet_features", "score_sde", "rc_dit")
+
+# The card templates, shipped inside the package (one model card per method, the shared base, the dataset card).
+TEMPLATES_DIR = Path(__file__).parent / "hub_cards"
 
 # metrics.json key -> (model-index metric type, display name)
 METRIC_NAMES = {
@@ -47,9 +62,6 @@ DATASET_CARD_OPTIONAL = {"citation"}
 
 class HubUploadError(RuntimeError):
     """An upload to the Hub failed; the local folder was not modified."""
-
-
-TEMPLATES_DIR = Path(__file__).parent / "hub_cards"
 
 
 def _template_fields(env: jinja2.Environment, name: str) -> set:

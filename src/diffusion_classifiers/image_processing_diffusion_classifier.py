@@ -7,6 +7,8 @@ from transformers.image_processing_backends import PilBackend
 
 from .data import preprocess_images
 
+__all__ = ["DiffusionClassifierImageProcessor"]
+
 
 class DiffusionClassifierImageProcessor(PilBackend):
     r"""

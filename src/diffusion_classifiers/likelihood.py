@@ -32,6 +32,23 @@ import numpy as np
 import torch
 from scipy import stats
 
+from .validation import check_finite_rows
+
+__all__ = [
+    "PIXEL_BIN_WIDTH",
+    "SOLVERS",
+    "STEP_SPACINGS",
+    "TIMESTEP_SPACINGS",
+    "WEIGHTINGS",
+    "DenoisingScoreResult",
+    "LikelihoodResult",
+    "VPSDE",
+    "as_eps_model",
+    "bits_per_dim",
+    "denoising_error_scores",
+    "probability_flow_log_likelihood",
+]
+
 EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Classes = Union[int, Sequence[int]]
 Seed = Union[int, Sequence[int]]
@@ -169,9 +186,7 @@ def _prepare_images(images: torch.Tensor, model) -> torch.Tensor:
                 f"sample_size), got {list(images.shape)}; resize them first (diffusion_classifiers.data."
                 "preprocess_images, or ScoreSDEClassifierPipeline, which resizes)"
             )
-    if not torch.isfinite(images).all():
-        bad = int((~torch.isfinite(images.flatten(1))).any(1).nonzero()[0])
-        raise ValueError(f"expected finite pixel values, got NaN or inf in image {bad}")
+    check_finite_rows(images, "input", item="image")
     device = next(model.parameters(), images).device if isinstance(model, torch.nn.Module) else images.device
     return images.to(device, images.dtype if images.is_floating_point() else torch.float32)
 

@@ -6,32 +6,9 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn import metrics as skm
 
+from .validation import as_labels, check_finite_rows, check_label_range, resolve_num_classes
 
-def _as_labels(values, name: str) -> np.ndarray:
-    array = np.asarray(values.cpu() if hasattr(values, "cpu") else values)
-    if array.ndim != 1 or len(array) == 0:
-        raise ValueError(f"expected {name} as a non-empty 1-D array of integer labels, got shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.integer):
-        if not np.issubdtype(array.dtype, np.floating) or not np.all(np.mod(array, 1) == 0):
-            raise ValueError(f"expected integer labels in {name}, got dtype {array.dtype}")
-        array = array.astype(np.int64)
-    return array
-
-
-def _check_range(array: np.ndarray, name: str, num_classes: int) -> None:
-    bad = np.flatnonzero((array < 0) | (array >= num_classes))
-    if len(bad):
-        raise ValueError(f"{name}[{bad[0]}] = {array[bad[0]]} is outside the expected range [0, {num_classes - 1}]")
-
-
-def _resolve_num_classes(num_classes, class_names, *label_arrays) -> int:
-    if num_classes is None:
-        num_classes = len(class_names) if class_names is not None else int(max(a.max() for a in label_arrays)) + 1
-    if class_names is not None and len(class_names) != num_classes:
-        raise ValueError(f"expected {num_classes} class_names, got {len(class_names)}: {list(class_names)}")
-    if num_classes < 2:
-        raise ValueError(f"expected num_classes >= 2, got {num_classes}")
-    return num_classes
+__all__ = ["calibration_metrics", "classification_metrics", "clustering_metrics", "hungarian_match"]
 
 
 def _auc(y_true: np.ndarray, probs: np.ndarray) -> Dict[str, object]:
@@ -68,12 +45,12 @@ def classification_metrics(
         in `y_true` or `y_pred` (respectively `y_true`), as scikit-learn does; binary problems also get
         `sensitivity` (recall of class 1) and `specificity` (recall of class 0).
     """
-    y_true, y_pred = _as_labels(y_true, "y_true"), _as_labels(y_pred, "y_pred")
+    y_true, y_pred = as_labels(y_true, "y_true"), as_labels(y_pred, "y_pred")
     if len(y_true) != len(y_pred):
         raise ValueError(f"expected y_true and y_pred of the same length, got {len(y_true)} and {len(y_pred)}")
-    num_classes = _resolve_num_classes(num_classes, class_names, y_true, y_pred)
-    _check_range(y_true, "y_true", num_classes)
-    _check_range(y_pred, "y_pred", num_classes)
+    num_classes = resolve_num_classes(num_classes, class_names, y_true, y_pred)
+    check_label_range(y_true, "y_true", num_classes)
+    check_label_range(y_pred, "y_pred", num_classes)
     names = [str(c) for c in class_names] if class_names is not None else [str(k) for k in range(num_classes)]
     labels = list(range(num_classes))
     precision, recall, f1, support = skm.precision_recall_fscore_support(
@@ -96,8 +73,7 @@ def classification_metrics(
         probs = np.asarray(probs.detach().cpu() if hasattr(probs, "detach") else probs, dtype=np.float64)
         if probs.shape != (len(y_true), num_classes):
             raise ValueError(f"expected probs of shape {(len(y_true), num_classes)}, got {probs.shape}")
-        if not np.isfinite(probs).all():
-            raise ValueError(f"probs row {np.flatnonzero(~np.isfinite(probs).all(1))[0]} contains NaN or inf")
+        check_finite_rows(probs, "probs")
         result.update(_auc(y_true, probs))
     return result
 
@@ -118,8 +94,8 @@ def hungarian_match(y_true, clusters, num_classes: int) -> np.ndarray:
         `np.ndarray` of length `max(num_clusters, num_classes)`: `mapping[c]` is the class of cluster `c`, or -1 for
         clusters left unmatched (only when there are more clusters than classes).
     """
-    y_true, clusters = _as_labels(y_true, "y_true"), _as_labels(clusters, "clusters")
-    _check_range(y_true, "y_true", num_classes)
+    y_true, clusters = as_labels(y_true, "y_true"), as_labels(clusters, "clusters")
+    check_label_range(y_true, "y_true", num_classes)
     if len(y_true) != len(clusters) or clusters.min() < 0:
         raise ValueError(
             f"expected clusters as non-negative ids, one per label: got {len(clusters)} ids "
@@ -138,7 +114,7 @@ def clustering_metrics(y_true, clusters, num_classes: int) -> dict:
     cluster counted as its majority class). Also returns `cluster_to_class`, the Hungarian mapping as a list.
     """
     mapping = hungarian_match(y_true, clusters, num_classes)
-    y_true, clusters = _as_labels(y_true, "y_true"), _as_labels(clusters, "clusters")
+    y_true, clusters = as_labels(y_true, "y_true"), as_labels(clusters, "clusters")
     matched = mapping[clusters]
     present = np.unique(y_true).tolist()
     return {
@@ -159,7 +135,7 @@ def calibration_metrics(y_true, probs, num_bins: int = 10) -> dict:
         `dict` with `ece` and `bins`: one entry per equal-width confidence bin (`lower`, `upper`, `count`,
         `confidence` = mean top probability, `accuracy` = fraction correct; `None` for empty bins).
     """
-    y_true = _as_labels(y_true, "y_true")
+    y_true = as_labels(y_true, "y_true")
     probs = np.asarray(probs.detach().cpu() if hasattr(probs, "detach") else probs, dtype=np.float64)
     if probs.ndim != 2 or len(probs) != len(y_true):
         raise ValueError(f"expected probs of shape [{len(y_true)}, K], got {probs.shape}")

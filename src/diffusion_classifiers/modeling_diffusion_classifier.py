@@ -13,6 +13,8 @@ from .configuration_diffusion_classifier import DiffusionClassifierConfig
 from .features import DiffusionFeatureExtractor, make_noise
 from .image_processing_diffusion_classifier import DiffusionClassifierImageProcessor
 
+__all__ = ["DiffusionClassifierPreTrainedModel", "DiffusionFeaturesForImageClassification", "export_unet_feature_pipeline"]
+
 
 class DiffusionClassifierPreTrainedModel(PreTrainedModel):
     config_class = DiffusionClassifierConfig

@@ -8,6 +8,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+__all__ = ["plot_confusion_matrix", "plot_probe_heatmap", "plot_reliability"]
+
 
 def plot_probe_heatmap(
     scores: Dict[Tuple[str, int], float],

@@ -17,6 +17,8 @@ from .metrics import classification_metrics
 from .plots import plot_confusion_matrix, plot_probe_heatmap
 from .probing import ProbeGridResult, fit_probe_grid, kmeans_evaluate
 
+__all__ = ["DEFAULT_TIMESTEPS", "UNetFeatureStudy", "extract_study_features", "render_report", "run_unet_feature_study", "study_from_features", "summary_table", "write_study_report"]
+
 DEFAULT_TIMESTEPS = (10, 25, 50, 100, 200, 400)
 SPLITS = ("train", "val", "test")
 

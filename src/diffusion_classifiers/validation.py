@@ -1,4 +1,4 @@
-"""The input checks every layer shares: labels, class counts, finite values, images in [-1, 1].
+"""The input checks every layer shares: labels, class counts, feature matrices, finite values, images in [-1, 1].
 
 Each raises a `ValueError` that names the input and the first bad item, before any long computation.
 """
@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "as_feature_matrix",
     "as_labels",
     "check_finite_rows",
     "check_label_range",
@@ -48,13 +49,36 @@ def resolve_num_classes(num_classes: Optional[int], class_names: Optional[Sequen
     return num_classes
 
 
-def check_finite_rows(values, name: str, item: str = "row") -> None:
-    """No NaN or inf in `values` (tensor or array, one item per leading index); the error names the first bad item:
-    `"{name} {item} {i} contains NaN or inf"`."""
+def check_finite_rows(values, name: str, item: str = "row", start: int = 0) -> None:
+    r"""
+    No NaN or inf in `values` (tensor or array, one item per leading index).
+
+    Args:
+        values (`torch.Tensor` or `np.ndarray`): `[N, ...]`; a 1-D input has one value per item.
+        name (`str`): the input, as the error names it.
+        item (`str`, *optional*, defaults to `"row"`): what one leading index is (`"image"`, `"row"`).
+        start (`int`, *optional*, defaults to 0): the position of `values[0]` in a larger batch, added to the index.
+
+    Raises:
+        `ValueError`: `"{name} {item} {i} contains NaN or inf"`, `i` the first bad item (plus `start`).
+    """
     flat = torch.as_tensor(values.detach() if hasattr(values, "detach") else np.asarray(values))
+    if flat.numel() == 0:
+        return
     finite = torch.isfinite(flat.reshape(len(flat), -1)).all(dim=1) if flat.ndim else torch.isfinite(flat)[None]
     if not finite.all():
-        raise ValueError(f"{name} {item} {int((~finite).nonzero()[0])} contains NaN or inf")
+        raise ValueError(f"{name} {item} {start + int((~finite).nonzero()[0])} contains NaN or inf")
+
+
+def as_feature_matrix(features, name: str, num_rows: Optional[int] = None) -> torch.Tensor:
+    """`features` (tensor or array) as a float32 CPU `[N, D]` tensor with finite rows, and `num_rows` rows if given;
+    the errors name `name` and the expected shape, or the first row with NaN or inf."""
+    x = torch.as_tensor(features.detach().cpu() if hasattr(features, "detach") else np.asarray(features)).float()
+    if x.ndim != 2 or (num_rows is not None and len(x) != num_rows):
+        rows = "N" if num_rows is None else f"{num_rows}"
+        raise ValueError(f"expected {name} of shape [{rows}, D], one row per label, got {tuple(x.shape)}")
+    check_finite_rows(x, name)
+    return x
 
 
 def check_unit_range(images: torch.Tensor, name: str = "images", tolerance: float = 1e-3) -> None:

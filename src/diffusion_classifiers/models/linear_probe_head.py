@@ -7,6 +7,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+__all__ = ["FeatureHeadMixin", "LinearProbeHead"]
+
 
 class FeatureHeadMixin:
     """What every classification head over one feature vector shares: the config checks, the feature-size check and

@@ -7,8 +7,10 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-from ..metrics import _as_labels, _check_range, _resolve_num_classes
+from ..validation import as_feature_matrix, as_labels, check_label_range, resolve_num_classes
 from .linear_probe_head import FeatureHeadMixin
+
+__all__ = ["PrototypeHead", "fit_prototypes"]
 
 
 class PrototypeHead(FeatureHeadMixin, ModelMixin, ConfigMixin):
@@ -85,14 +87,10 @@ def fit_prototypes(
         standardize: standardise the features with the labelled set's mean and std (std clamped at 1e-6) before the
             L2 normalisation; the statistics are stored in the head.
     """
-    x = torch.as_tensor(features.detach().cpu() if hasattr(features, "detach") else features).float()
-    y = _as_labels(labels, "labels")
-    if x.ndim != 2 or len(x) != len(y):
-        raise ValueError(f"expected features of shape [{len(y)}, D], one row per label, got {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"features row {int((~torch.isfinite(x).all(1)).nonzero()[0])} contains NaN or inf")
-    num_classes = _resolve_num_classes(num_classes, class_names, y)
-    _check_range(y, "labels", num_classes)
+    y = as_labels(labels, "labels")
+    x = as_feature_matrix(features, "features", len(y))
+    num_classes = resolve_num_classes(num_classes, class_names, y)
+    check_label_range(y, "labels", num_classes)
     counts = torch.bincount(torch.as_tensor(y), minlength=num_classes)
     if (counts == 0).any():
         raise ValueError(f"class {int((counts == 0).nonzero()[0])} has no labelled sample: cannot build its prototype")

@@ -1,17 +1,18 @@
 """Representation-conditioned DiT: a DiT denoiser conditioned (adaLN-Zero) on an image encoder's representation.
 
-A ViT encodes the clean image x0 to a vector r; the DiT denoises x_t given t and r with c = t_emb + proj(r), the
-way DiT takes a class label, but continuous. Encoder and denoiser are trained together with the epsilon loss on
-unlabeled images (`RCDiTJointModel` + `RCDiTLoss` under `diffusion_classifiers.training.train`), so the encoder
-learns what the denoiser needs. After training, r is the image representation used for classification.
+A ViT encodes the clean image x0 to a vector r (`models.encoders.encode_representation`); the DiT denoises x_t given
+t and r with c = t_emb + proj(r), the way DiT takes a class label, but continuous. Encoder and denoiser are trained
+together with the epsilon loss on unlabeled images (`training.train_rc_dit`), so the encoder learns what the
+denoiser needs. After training, r is the image representation used for classification.
+
+Saved pipelines record this module path (`diffusion_classifiers.models.rc_dit`) and the class name
+`RepresentationConditionedDiTModel`: both stay importable.
 """
 
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
-from diffusers import DDPMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
@@ -20,9 +21,17 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero
 from torch import nn
-from torch.utils.data import TensorDataset
 
-from ..training import DenoisingLoss, TrainingArguments, TrainingSummary, train
+from .encoders import representation_size
+
+__all__ = [
+    "RC_DIT_SIZES",
+    "DiTBlock",
+    "RCDiTModelOutput",
+    "RepresentationConditionedDiTModel",
+    "check_encoder_matches",
+    "rc_dit_config",
+]
 
 RC_DIT_SIZES = {
     # name: hidden_size, num_layers, num_heads, default patch_size (DiT-S and DiT-B widths and depths)
@@ -86,7 +95,7 @@ class RCDiTModelOutput(Transformer2DModelOutput):
 class RepresentationConditionedDiTModel(ModelMixin, ConfigMixin):
     r"""
     A DiT that predicts the noise epsilon of `sample` at `timestep`, conditioned on a representation. `sample` is an
-    image (pixel space, the default for small images) or a VAE latent (see `train_rc_dit(vae=...)`).
+    image (pixel space, the default for small images) or a VAE latent (see `training.train_rc_dit(vae=...)`).
 
     The conditioning is `c = TimestepEmbedding(Timesteps(t)) + Linear(r)`, fed to every block through adaLN-Zero
     and to the final layer through `AdaLayerNormContinuous`. All modulation layers and the output projection start
@@ -96,12 +105,18 @@ class RepresentationConditionedDiTModel(ModelMixin, ConfigMixin):
     unconditional sampling work.
 
     Args:
-        sample_size: image height and width (square images).
-        in_channels: image channels (the output has the same).
-        patch_size: side of the square patches; must divide `sample_size`.
-        hidden_size, num_layers, num_heads, mlp_ratio: transformer width, depth, heads and MLP expansion.
-        representation_dim: the size D of the representation r (the encoder's hidden size).
-        rep_dropout: probability of replacing r with the null representation in training mode.
+        sample_size (`int`, *optional*, defaults to 32): image height and width (square images).
+        in_channels (`int`, *optional*, defaults to 1): image channels (the output has the same).
+        patch_size (`int`, *optional*, defaults to 2): side of the square patches; must divide `sample_size`.
+        hidden_size (`int`, *optional*, defaults to 384): transformer width.
+        num_layers (`int`, *optional*, defaults to 12): transformer blocks.
+        num_heads (`int`, *optional*, defaults to 6): attention heads; must divide `hidden_size`.
+        representation_dim (`int`, *optional*, defaults to 384): the size D of the representation r (the encoder's
+            hidden size).
+        rep_dropout (`float`, *optional*, defaults to 0.1): probability of replacing r with the null representation
+            in training mode.
+        mlp_ratio (`float`, *optional*, defaults to 4.0): MLP width over `hidden_size`.
+        timestep_channels (`int`, *optional*, defaults to 256): size of the sinusoidal timestep features.
     """
 
     config_name = "config.json"
@@ -205,10 +220,13 @@ class RepresentationConditionedDiTModel(ModelMixin, ConfigMixin):
     ):
         r"""
         Args:
-            sample: noisy images `[N, in_channels, sample_size, sample_size]`.
-            timestep: one timestep for the batch, or one per sample `[N]`.
-            representation: `[N, representation_dim]` (or `[1, D]`, broadcast); `None` uses the null representation.
-            output_hidden_states: also return the output tokens of every transformer block.
+            sample (`torch.Tensor`): noisy images `[N, in_channels, sample_size, sample_size]`.
+            timestep (`torch.Tensor`, `float` or `int`): one timestep for the batch, or one per sample `[N]`.
+            representation (`torch.Tensor`, *optional*): `[N, representation_dim]` (or `[1, D]`, broadcast); `None`
+                uses the null representation.
+            return_dict (`bool`, *optional*, defaults to `True`): return an `RCDiTModelOutput` instead of a tuple.
+            output_hidden_states (`bool`, *optional*, defaults to `False`): also return the output tokens of every
+                transformer block.
 
         Returns:
             `RCDiTModelOutput` (a `Transformer2DModelOutput`) whose `.sample` is the predicted noise, shaped like
@@ -256,99 +274,8 @@ class RepresentationConditionedDiTModel(ModelMixin, ConfigMixin):
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# The encoder (a transformers vision model) and joint training
+# Checks across components
 # ------------------------------------------------------------------------------------------------------------------
-
-
-def build_vit_encoder(
-    image_size: int = 32,
-    num_channels: int = 1,
-    hidden_size: int = 192,
-    num_layers: int = 6,
-    num_heads: int = 3,
-    patch_size: int = 4,
-    mlp_ratio: float = 4.0,
-):
-    """A randomly initialised transformers `ViTModel`; its `pooler_output` (tanh(Linear(CLS token))) is r."""
-    from transformers import ViTConfig, ViTModel
-
-    if image_size % patch_size:
-        raise ValueError(f"expected an encoder patch_size that divides image_size={image_size}, got {patch_size}")
-    config = ViTConfig(
-        image_size=image_size,
-        patch_size=patch_size,
-        num_channels=num_channels,
-        hidden_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        intermediate_size=int(hidden_size * mlp_ratio),
-    )
-    return ViTModel(config)
-
-
-def add_encoder_args(parser):
-    """The encoder flags shared by the RC-DiT and contrastive trainers (same architecture, same budget)."""
-    parser.add_argument(
-        "--encoder_name_or_path",
-        default=None,
-        help="a pretrained transformers vision model (ViTModel, Dinov2Model) directory or Hub id; default: a new ViT",
-    )
-    parser.add_argument("--encoder_hidden_size", type=int, default=192)
-    parser.add_argument("--encoder_num_layers", type=int, default=6)
-    parser.add_argument("--encoder_num_heads", type=int, default=3)
-    parser.add_argument("--encoder_patch_size", type=int, default=4)
-    return parser
-
-
-def build_vit_encoder_from_args(args, images: torch.Tensor):
-    """The encoder the flags of `add_encoder_args` ask for, for training images `[N, C, H, H]`: loaded with
-    `AutoModel` from `--encoder_name_or_path` (it must read C-channel images), else a new `build_vit_encoder` whose
-    initial weights are seeded with `args.seed` (so the RC-DiT and contrastive trainers start from the same one)."""
-    if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
-        raise ValueError(f"expected square training images, got shape {tuple(images.shape)}: pass --image_size")
-    image_size, num_channels = images.shape[-1], images.shape[1]
-    if getattr(args, "encoder_name_or_path", None):
-        from transformers import AutoModel
-
-        encoder = AutoModel.from_pretrained(args.encoder_name_or_path)
-        if encoder.config.num_channels != num_channels:
-            raise ValueError(
-                f"encoder {args.encoder_name_or_path!r} reads {encoder.config.num_channels}-channel images, the data "
-                f"has {num_channels}: pass --num_channels {encoder.config.num_channels}"
-            )
-        return encoder
-    torch.manual_seed(args.seed)
-    return build_vit_encoder(
-        image_size,
-        num_channels,
-        hidden_size=args.encoder_hidden_size,
-        num_layers=args.encoder_num_layers,
-        num_heads=args.encoder_num_heads,
-        patch_size=args.encoder_patch_size,
-    )
-
-
-def encode_representation(encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """r = the encoder's `pooler_output` [N, D] for images [N, C, H, W] in [-1, 1]: for transformers' `ViTModel`
-    tanh(Linear(CLS token)), for `Dinov2Model` the final-layernormed CLS token; for a model built without a pooler,
-    the final-layernormed CLS token. Images of another size than the encoder's `image_size` are resized (bilinear,
-    antialiased). Every encoder parameter takes part, so DDP needs no `find_unused_parameters`.
-    """
-    config = encoder.config
-    if images.ndim != 4 or images.shape[1] != config.num_channels:
-        raise ValueError(f"expected images [N, {config.num_channels}, H, W] for the encoder, got {tuple(images.shape)}")
-    size = config.image_size
-    if tuple(images.shape[-2:]) != (size, size):
-        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    pixel_values = images.to(device=encoder.device, dtype=encoder.dtype)
-    outputs = encoder(pixel_values=pixel_values)
-    pooled = getattr(outputs, "pooler_output", None)
-    return outputs.last_hidden_state[:, 0] if pooled is None else pooled
-
-
-def representation_size(encoder: nn.Module) -> int:
-    """The size D of `encode_representation`'s output: the pooler's output size, else the hidden size."""
-    return getattr(encoder.config, "pooler_output_size", None) or encoder.config.hidden_size
 
 
 def check_encoder_matches(encoder: nn.Module, transformer: RepresentationConditionedDiTModel, vae=None) -> None:
@@ -372,114 +299,3 @@ def check_encoder_matches(encoder: nn.Module, transformer: RepresentationConditi
             )
         if vae.config.in_channels != channels:
             raise ValueError(f"encoder num_channels {channels} does not match the vae's in_channels {vae.config.in_channels}")
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Optional latent space: a frozen diffusers `AutoencoderKL`
-# ------------------------------------------------------------------------------------------------------------------
-
-
-def vae_scale_factor(vae) -> int:
-    """How many times smaller than the image a latent is on each side."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
-@torch.no_grad()
-def encode_latents(vae, images: torch.Tensor, sample: bool = True) -> torch.Tensor:
-    """Scaled latents of images `[N, C, H, W]` in [-1, 1]: a draw from the VAE's posterior (`sample=True`, training)
-    or its mode (deterministic features), times `scaling_factor`."""
-    posterior = vae.encode(images.to(device=vae.device, dtype=vae.dtype)).latent_dist
-    latents = posterior.sample() if sample else posterior.mode()
-    return latents * vae.config.scaling_factor
-
-
-@torch.no_grad()
-def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] from scaled latents (the inverse of `encode_latents`)."""
-    return vae.decode(latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor).sample
-
-
-class RCDiTJointModel(nn.Module):
-    """Encoder + transformer as one module, so one optimizer (and DDP, EMA, checkpoints) trains both.
-
-    `forward(noisy, timesteps, clean)` encodes the clean images to r and predicts the noise of `noisy` given r.
-    `freeze_encoder=True` keeps the encoder fixed (no gradients, eval mode): only the DiT learns. With a `vae`
-    (latent space; only checked here, `RCDiTLoss(vae=...)` makes the latents) `noisy` are noised latents.
-    """
-
-    def __init__(
-        self, encoder: nn.Module, transformer: RepresentationConditionedDiTModel, freeze_encoder: bool = False, vae=None
-    ):
-        super().__init__()
-        check_encoder_matches(encoder, transformer, vae)  # the vae is not a submodule: frozen, kept by the loss
-        self.encoder = encoder
-        self.transformer = transformer
-        self.freeze_encoder = freeze_encoder
-        if freeze_encoder:
-            encoder.requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.freeze_encoder:
-            self.encoder.eval()
-        return self
-
-    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
-            representation = encode_representation(self.encoder, clean)
-        return self.transformer(noisy, timesteps, representation).sample
-
-
-class RCDiTLoss(DenoisingLoss):
-    """Epsilon-prediction loss of an `RCDiTJointModel` for `training.train`: batches are `(images,)` or
-    `(images, labels)` (labels ignored); images in [-1, 1]. The transformer's `rep_dropout` applies in train mode.
-    With a frozen `vae` the noise is added to the images' latents; the encoder still reads the clean images."""
-
-    def __init__(self, scheduler: DDPMScheduler, vae=None):
-        super().__init__(scheduler)
-        self.vae = vae
-
-    def clean_sample(self, batch: tuple) -> torch.Tensor:
-        if self.vae is None:
-            return batch[0]
-        return encode_latents(self.vae.to(batch[0].device), batch[0])
-
-    def predict_noise(self, model: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, batch: tuple) -> torch.Tensor:
-        return model(noisy, timesteps, batch[0])  # conditioned on the clean image's representation
-
-
-def train_rc_dit(
-    args: TrainingArguments,
-    images: torch.Tensor,
-    encoder: nn.Module,
-    dit_size: str = "S",
-    patch_size: Optional[int] = None,
-    rep_dropout: float = 0.1,
-    num_train_timesteps: int = 1000,
-    freeze_encoder: bool = False,
-    vae=None,
-) -> tuple[nn.Module, RepresentationConditionedDiTModel, DDPMScheduler, TrainingSummary]:
-    """Train `encoder` and a new `RepresentationConditionedDiTModel` of `dit_size` together on unlabeled square
-    images `[N, C, H, H]` in [-1, 1] (epsilon loss, `training.train`: accelerate, EMA, checkpoints, resume).
-
-    Pixel space by default; with a `vae` (a diffusers `AutoencoderKL`, kept frozen) the DiT denoises its latents,
-    `H / vae_scale_factor(vae)` on a side, while the encoder reads the images. The transformer's initial weights
-    are seeded with `args.seed`. Returns the trained encoder and transformer (EMA weights when `use_ema`, eval
-    mode), the scheduler and the training summary.
-    """
-    if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
-        raise ValueError(f"expected square training images [N, C, H, H], got shape {tuple(images.shape)}")
-    sample_size, in_channels = images.shape[-1], images.shape[1]
-    if vae is not None:
-        factor = vae_scale_factor(vae)
-        if sample_size % factor:
-            raise ValueError(f"expected an image size divisible by the vae's scale factor {factor}, got {sample_size}")
-        sample_size, in_channels = sample_size // factor, vae.config.latent_channels
-        vae.requires_grad_(False).eval()
-    torch.manual_seed(args.seed)
-    config = rc_dit_config(dit_size, sample_size, in_channels, representation_size(encoder), patch_size=patch_size)
-    transformer = RepresentationConditionedDiTModel(**config, rep_dropout=rep_dropout)
-    scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps)
-    model = RCDiTJointModel(encoder, transformer, freeze_encoder=freeze_encoder, vae=vae)
-    model, _, summary = train(args, model, TensorDataset(images), RCDiTLoss(scheduler, vae=vae))
-    return model.encoder, model.transformer, scheduler, summary

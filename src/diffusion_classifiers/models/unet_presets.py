@@ -2,6 +2,8 @@
 
 from typing import Optional
 
+__all__ = ["UNET_PRESETS", "unet_config"]
+
 UNET_PRESETS = {
     "tiny": {"block_out_channels": (16, 32, 32), "layers_per_block": 1, "norm_num_groups": 8, "attention_head_dim": 8},
     "small": {"block_out_channels": (32, 64, 64), "layers_per_block": 1, "norm_num_groups": 16, "attention_head_dim": 16},
@@ -16,8 +18,17 @@ def unet_config(
     in_channels: int = 1,
     num_class_embeds: Optional[int] = None,
 ) -> dict:
-    """`UNet2DModel` kwargs for a preset: one level per entry of `block_out_channels`, halving the resolution
-    each level, with self-attention on the level closest to 16x16."""
+    r"""
+    `UNet2DModel` kwargs for a preset: one level per entry of `block_out_channels`, halving the resolution each
+    level, with self-attention on the level closest to 16x16.
+
+    Args:
+        preset (`str`, *optional*, defaults to `"small"`): a key of `UNET_PRESETS` ("tiny", "small", "base").
+        sample_size (`int`, *optional*, defaults to 32): image height and width; divisible by 2^(levels - 1).
+        in_channels (`int`, *optional*, defaults to 1): image channels (the output has the same).
+        num_class_embeds (`int`, *optional*): class embeddings of a class-conditional U-Net; `None` for an
+            unconditional one.
+    """
     if preset not in UNET_PRESETS:
         raise ValueError(f"expected a U-Net preset in {sorted(UNET_PRESETS)}, got {preset!r}")
     config = dict(UNET_PRESETS[preset])

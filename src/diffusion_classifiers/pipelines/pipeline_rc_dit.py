@@ -1,35 +1,28 @@
-"""Classify with the representation of a ViT trained jointly with a DiT denoiser; generate from references."""
+"""Classify with the representation of a ViT trained jointly with a DiT denoiser."""
 
-import numbers
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler
-from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
-from diffusers.utils.torch_utils import randn_tensor
 
 from diffusion_classifiers.data import preprocess_images
-from diffusion_classifiers.features import make_noise
-from diffusion_classifiers.models import LinearProbeHead, PrototypeHead, fit_prototypes
-from diffusion_classifiers.models.rc_dit import (
+from diffusion_classifiers.features import DiTFeatureExtractor, dit_block_name
+from diffusion_classifiers.models import (
+    LinearProbeHead,
+    PrototypeHead,
     RepresentationConditionedDiTModel,
     check_encoder_matches,
-    decode_latents,
-    encode_latents,
     encode_representation,
+    fit_prototypes,
 )
 
 from .pipeline_utils import DiffusionClassifierPipeline
 
+__all__ = ["REPRESENTATION_FEATURE", "RepresentationConditionedDiTPipeline", "dit_block_name"]
+
 # The feature key of the representation for `probing.fit_probe_grid`; a head fitted on it records
 # block="encoder", timestep=0 (the representation is read from the clean image: no noise, no timestep).
 REPRESENTATION_FEATURE = ("encoder", 0)
-
-
-def dit_block_name(index: int) -> str:
-    """The block name of DiT block `index` in the feature keys of `dit_features`."""
-    return f"transformer_blocks.{index}"
 
 
 class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
@@ -45,15 +38,16 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
       - prototypes (few-shot): `pipe.fit_prototypes(labelled_images, labels, class_names)` registers a
         `PrototypeHead` (cosine similarity to the class means of r).
       Label-free and few-shot evaluation (`probing.evaluate_protocols`) use `encode` directly.
-    - `dit_features(images, timesteps)`: pooled DiT block activations of noised images, a second feature source in
-      the `(block, timestep) -> [N, D]` form of the U-Net features.
-    - `generate(reference_images)`: sample images with the scheduler, conditioned on the references' r, with
-      classifier-free guidance.
+    - `dit_features(images, timesteps)`: pooled DiT block activations of noised images ([`DiTFeatureExtractor`]), a
+      second feature source in the `(block, timestep) -> [N, D]` form of the U-Net features.
+
+    Generation from reference images is [`RepresentationConditionedDiTImageVariationPipeline`], built from the same
+    components: `RepresentationConditionedDiTImageVariationPipeline.from_pipe(pipe)`.
 
     Images (PIL, arrays or tensors) go through `diffusion_classifiers.data.preprocess_images`, resized to the
-    encoder's `image_size`. With a `vae` the transformer works on its latents (the mode of the posterior for
-    features, decoded for `generate`); the encoder always reads the images. Use the models in eval mode (as `from_pretrained` and `training.train` return them): in
-    train mode the transformer drops representations with probability `rep_dropout`.
+    encoder's `image_size`. With a `vae` the transformer works on its latents; the encoder always reads the images.
+    Use the models in eval mode, as `from_pretrained` and `training.train` return them (`dit_features` switches to eval
+    mode itself).
 
     Args:
         encoder: a transformers vision model (`ViTModel`, `Dinov2Model`) whose `hidden_size` is the transformer's
@@ -81,10 +75,8 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         self.register_modules(encoder=encoder, transformer=transformer, scheduler=scheduler, vae=vae, head=head)
 
     @property
-    def class_names(self) -> List[str]:
-        if self.head is None:
-            raise ValueError("this pipeline has no `head`, so no classes yet")
-        return self.class_names_from(self.head.config.num_classes, self.head.config.class_names)
+    def dit_feature_extractor(self) -> DiTFeatureExtractor:
+        return DiTFeatureExtractor(self.transformer, self.scheduler, self.encoder, self.vae)
 
     def preprocess(self, images) -> torch.Tensor:
         config = self.encoder.config
@@ -92,13 +84,8 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
 
     def to_transformer_space(self, pixels: torch.Tensor) -> torch.Tensor:
         """Clean images `[N, C, H, W]` in [-1, 1] -> the transformer's x0: the VAE latents (posterior mode), else
-        the images resized to its `sample_size`."""
-        if self.vae is not None:
-            return encode_latents(self.vae, pixels, sample=False)
-        size = self.transformer.config.sample_size
-        if tuple(pixels.shape[-2:]) == (size, size):
-            return pixels
-        return F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        the images resized to its `sample_size` ([`DiTFeatureExtractor.to_transformer_space`])."""
+        return self.dit_feature_extractor.to_transformer_space(pixels)
 
     @torch.no_grad()
     def encode(self, images, batch_size: int = 64) -> torch.Tensor:
@@ -128,23 +115,6 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         self.register_modules(head=head.to(self.encoder.device))
         return head
 
-    @torch.no_grad()
-    def __call__(self, images, batch_size: int = 64, return_dict: bool = True):
-        """Classify `images` with the fitted head (linear probe or prototypes). Returns a `ClassifierPipelineOutput`
-        (`labels`, `label_ids`, `scores`, `probs`), or a tuple when `return_dict=False`."""
-        if self.head is None:
-            raise ValueError(
-                "this pipeline has no `head`: fit one with `pipe.fit_prototypes(images, labels)`, or fit a linear "
-                "probe on `encode` features (diffusion_classifiers.probing.fit_probe_grid) and register it with "
-                "`pipe.register_modules(head=...)` first"
-            )
-        if self.head.config.block != REPRESENTATION_FEATURE[0]:
-            raise ValueError(f"expected a head fitted on block {REPRESENTATION_FEATURE[0]!r}, got {self.head.config.block!r}")
-        features = self.encode(images, batch_size=batch_size)
-        logits = self.head(features.to(self.head.device))
-        return self.build_output(logits, self.class_names, return_dict)
-
-    @torch.no_grad()
     def dit_features(
         self,
         images,
@@ -156,147 +126,54 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         batch_size: int = 64,
     ) -> Dict[Tuple[str, int], torch.Tensor]:
         r"""
-        Pooled activations of DiT blocks on noised images, keyed like the U-Net features of
-        `DiffusionFeatureExtractor.extract`, so `probing.fit_probe_grid` and `probing.evaluate_protocols` take them.
-
-        Each image x0 is noised to `x_t = scheduler.add_noise(x0, eps, t)` with one noise `eps` from
-        `features.make_noise(1, ..., noise_seed)`: the same for every image and every timestep, so a feature depends
-        only on its image and the seed, not on batching.
-
-        Args:
-            images: one or a list of PIL images, arrays or tensors (as for `encode`; then mapped to the transformer's
-                input by `to_transformer_space`).
-            timesteps: training timesteps in `[0, num_train_timesteps)`.
-            block_indices: the blocks to read (default all); only blocks up to the deepest one are run.
-            noise_seed: seed of the noise.
-            representation: "encoder" conditions the DiT on the image's own r; "null" on the null representation.
-            pool: "mean" over the patch tokens (`[N, hidden_size]`) or `None` (all tokens, flattened).
-
-        Returns:
-            `{(dit_block_name(i), t): float32 CPU tensor [N, D]}`, e.g. `("transformer_blocks.3", 100)`.
+        Pooled activations of DiT blocks on noised `images` (one or a list of PIL images, arrays or tensors), keyed
+        like the U-Net features: `{(dit_block_name(i), t): float32 CPU tensor [N, D]}`, e.g.
+        `("transformer_blocks.3", 100)`. The arguments are those of [`DiTFeatureExtractor.extract`].
         """
-        config = self.transformer.config
-        timesteps = self._check_timesteps(timesteps)
-        block_indices = self._check_block_indices(block_indices)
-        if representation not in ("encoder", "null"):
-            raise ValueError(f"expected representation 'encoder' or 'null', got {representation!r}")
-        if pool not in ("mean", None):
-            raise ValueError(f"expected pool 'mean' or None, got {pool!r}")
-        if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-            raise ValueError(f"expected batch_size >= 1, got {batch_size}")
-        pixels = self.preprocess(images)
-        noise = make_noise(1, (config.in_channels, config.sample_size, config.sample_size), noise_seed)
-        device, dtype = self.transformer.device, self.transformer.dtype
-        chunks = {(dit_block_name(i), t): [] for t in timesteps for i in block_indices}
-        for chunk in pixels.split(batch_size):
-            r = encode_representation(self.encoder, chunk) if representation == "encoder" else None
-            x0 = self.to_transformer_space(chunk).to(device=device, dtype=torch.float32)
-            eps = noise.to(device).expand_as(x0)
-            for t in timesteps:
-                x_t = self.scheduler.add_noise(x0, eps, torch.full((len(x0),), t, dtype=torch.long, device=device))
-                states = self.transformer.block_hidden_states(x_t.to(dtype), t, r, num_blocks=max(block_indices) + 1)
-                for i in block_indices:
-                    pooled = states[i].mean(dim=1) if pool == "mean" else states[i].flatten(1)
-                    chunks[(dit_block_name(i), t)].append(pooled.float().cpu())
-        return {key: torch.cat(parts) for key, parts in chunks.items()}
-
-    def _check_timesteps(self, timesteps) -> List[int]:
-        num_train_timesteps = self.scheduler.config.num_train_timesteps
-        timesteps = [timesteps] if isinstance(timesteps, numbers.Integral) else list(timesteps)
-        bad = [t for t in timesteps if not isinstance(t, numbers.Integral) or not 0 <= t < num_train_timesteps]
-        if not timesteps or bad:
-            raise ValueError(
-                f"expected timesteps as integers in [0, {num_train_timesteps}) (the scheduler's num_train_timesteps), "
-                f"got {timesteps}"
-            )
-        return [int(t) for t in timesteps]
-
-    def _check_block_indices(self, block_indices) -> List[int]:
-        num_layers = self.transformer.config.num_layers
-        if block_indices is None:
-            return list(range(num_layers))
-        block_indices = list(block_indices)
-        bad = [i for i in block_indices if not isinstance(i, numbers.Integral) or not 0 <= i < num_layers]
-        if not block_indices or bad:
-            raise ValueError(
-                f"expected block_indices in [0, {num_layers}) (the transformer's num_layers), got {block_indices}"
-            )
-        return [int(i) for i in block_indices]
+        return self.dit_feature_extractor.extract(
+            self.preprocess(images),
+            timesteps=timesteps,
+            block_indices=block_indices,
+            noise_seed=noise_seed,
+            representation=representation,
+            pool=pool,
+            batch_size=batch_size,
+        )
 
     @torch.no_grad()
-    def generate(
-        self,
-        reference_images,
-        guidance_scale: float = 1.0,
-        num_inference_steps: int = 50,
-        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
-        output_type: str = "pt",
-        return_dict: bool = True,
-    ):
+    def __call__(self, images, batch_size: int = 64, return_dict: bool = True):
         r"""
-        Sample one image per reference image, conditioned on its representation.
-
-        The noise prediction is `eps_uncond + guidance_scale * (eps_cond - eps_uncond)`, `eps_uncond` with the null
-        representation: 1 is plain conditional sampling, 0 unconditional, > 1 stronger guidance.
+        Classify `images` (one or a list of PIL images, arrays or tensors) with the fitted head over r.
 
         Args:
-            reference_images: one or a list of PIL images, arrays or tensors, with the encoder's channel count.
-            guidance_scale: >= 0.
-            num_inference_steps: >= 1 denoising steps of the scheduler.
-            generator: a `torch.Generator` or one per reference image, for reproducible samples.
-            output_type: "pt" (float tensor `[N, C, H, W]` in [0, 1]), "np" (`[N, H, W, C]` in [0, 1]) or "pil".
+            images: the images to classify.
+            batch_size (`int`, *optional*, defaults to 64): images per encoder forward pass.
+            return_dict (`bool`, *optional*, defaults to `True`): return a `ClassifierPipelineOutput`, else a tuple.
+
+        Examples:
+
+        ```py
+        >>> from diffusion_classifiers import DiffusionClassifierPipeline
+
+        >>> pipe = DiffusionClassifierPipeline.from_pretrained("path/to/rc_dit_pipeline")
+        >>> pipe.fit_prototypes(few_labelled_images, labels, class_names=["benign", "malignant"])  # or a saved head
+        >>> out = pipe(images)
+        >>> out.labels, out.probs
+        ```
 
         Returns:
-            `ImagePipelineOutput` with `.images`, or a tuple `(images,)` when `return_dict=False`.
+            `ClassifierPipelineOutput` (`labels`, `label_ids`, `scores`, `probs`), or a tuple when
+            `return_dict=False`.
         """
-        if not guidance_scale >= 0:
-            raise ValueError(f"expected guidance_scale >= 0, got {guidance_scale}")
-        if int(num_inference_steps) != num_inference_steps or num_inference_steps < 1:
-            raise ValueError(f"expected num_inference_steps >= 1, got {num_inference_steps}")
-        if output_type not in ("pt", "np", "pil"):
-            raise ValueError(f"expected output_type 'pt', 'np' or 'pil', got {output_type!r}")
-        config = self.transformer.config
-        references = preprocess_images(reference_images, image_size=self.encoder.config.image_size)
-        num_channels = self.encoder.config.num_channels
-        if references.shape[1] != num_channels:
+        if self.head is None:
             raise ValueError(
-                f"expected reference images with {num_channels} channel(s) (the encoder's num_channels), "
-                f"got {references.shape[1]}"
+                "this pipeline has no `head`: fit one with `pipe.fit_prototypes(images, labels)`, or fit a linear "
+                "probe on `encode` features (diffusion_classifiers.probing.fit_probe_grid) and register it with "
+                "`pipe.register_modules(head=...)` first"
             )
-        batch_size = references.shape[0]
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"expected one generator per reference image ({batch_size}), got {len(generator)}")
-
-        device, dtype = self.transformer.device, self.transformer.dtype
-        representation = encode_representation(self.encoder, references).to(device, dtype)
-        null = self.transformer.null_representation[None].expand(batch_size, -1)
-        if guidance_scale == 1:
-            representations = representation
-        elif guidance_scale == 0:
-            representations = null
-        else:
-            representations = torch.cat([representation, null])
-
-        shape = (batch_size, config.in_channels, config.sample_size, config.sample_size)
-        sample = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        sample = sample * self.scheduler.init_noise_sigma
-        self.scheduler.set_timesteps(int(num_inference_steps), device=device)
-        for t in self.progress_bar(self.scheduler.timesteps):
-            model_input = sample if representations.shape[0] == batch_size else torch.cat([sample, sample])
-            model_input = self.scheduler.scale_model_input(model_input, t)
-            eps = self.transformer(model_input, t, representations).sample
-            if representations.shape[0] != batch_size:
-                eps_cond, eps_uncond = eps.chunk(2)
-                eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
-            sample = self.scheduler.step(eps, t, sample, generator=generator).prev_sample
-
-        if self.vae is not None:
-            sample = decode_latents(self.vae, sample)
-        images = (sample.float() / 2 + 0.5).clamp(0, 1).cpu()
-        if output_type != "pt":
-            images = images.permute(0, 2, 3, 1).numpy()
-            if output_type == "pil":
-                images = self.numpy_to_pil(images)
-        if not return_dict:
-            return (images,)
-        return ImagePipelineOutput(images=images)
+        if self.head.config.block != REPRESENTATION_FEATURE[0]:
+            raise ValueError(f"expected a head fitted on block {REPRESENTATION_FEATURE[0]!r}, got {self.head.config.block!r}")
+        features = self.encode(images, batch_size=batch_size)
+        logits = self.head(features.to(self.head.device))
+        self.maybe_free_model_hooks()
+        return self.build_output(logits, self.class_names, return_dict)

@@ -11,6 +11,8 @@ from diffusion_classifiers.likelihood import VPSDE, denoising_error_scores, prob
 
 from .pipeline_utils import ClassifierPipelineOutput, DiffusionClassifierPipeline
 
+__all__ = ["ScoreSDEClassifierOutput", "ScoreSDEClassifierPipeline"]
+
 METHODS = ("elbo", "likelihood")
 
 
@@ -150,19 +152,37 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
 
         Args:
             images: the images to classify (see the class docstring for resizing and channels).
-            method: `"elbo"` (denoising-error bound, [`denoising_error_scores`]) or `"likelihood"` (exact
-                probability-flow ODE, [`probability_flow_log_likelihood`]).
-            priors: `K` class probabilities (non-negative, summing to 1); default uniform. Pruning and the early
-                stop rank classes by the bound alone; the prior is added after.
+            method (`str`, *optional*, defaults to `"elbo"`): `"elbo"` (denoising-error bound,
+                [`denoising_error_scores`]) or `"likelihood"` (exact probability-flow ODE,
+                [`probability_flow_log_likelihood`]).
+            priors (`Sequence[float]`, *optional*): `K` class probabilities (non-negative, summing to 1); default
+                uniform. Pruning and the early stop rank classes by the bound alone; the prior is added after.
             num_timesteps, timestep_spacing, weighting, pruning, early_stop_confidence, timesteps_per_check: the
                 ELBO estimator (`method="elbo"`), passed to [`denoising_error_scores`].
             solver, num_steps, step_spacing, rtol, atol, num_probes: the ODE solver and divergence estimator
                 (`method="likelihood"`), passed to [`probability_flow_log_likelihood`].
-            generator: a `torch.Generator` (one seed drawn from it) or one per image; overrides `seed`.
-            seed: an int (image `i` uses stream `(seed, i)`) or one per image. The default makes calls repeatable.
-            batch_size: samples (image x class x time) per U-Net call; the ODE solves `batch_size // K` images at once.
-            return_dict: return a [`ScoreSDEClassifierOutput`], else its `to_tuple()` (fields that are `None` left
-                out).
+            generator (`torch.Generator` or `List[torch.Generator]`, *optional*): one generator (one seed drawn from
+                it) or one per image; overrides `seed`.
+            seed (`int` or `Sequence[int]`, *optional*, defaults to 0): an int (image `i` uses stream `(seed, i)`) or
+                one per image. The default makes calls repeatable.
+            batch_size (`int`, *optional*, defaults to 256): samples (image x class x time) per U-Net call; the ODE
+                solves `batch_size // K` images at once.
+            return_dict (`bool`, *optional*, defaults to `True`): return a [`ScoreSDEClassifierOutput`], else its
+                `to_tuple()` (fields that are `None` left out).
+
+        Examples:
+
+        ```py
+        >>> from diffusion_classifiers import DiffusionClassifierPipeline
+
+        >>> pipe = DiffusionClassifierPipeline.from_pretrained("path/to/score_sde_pipeline")
+        >>> out = pipe(images, num_timesteps=100, pruning=[(20, 2), (80, 1)])  # the 2 best classes after 20 timesteps
+        >>> out.labels, out.probs, out.nfe_per_image
+        >>> exact = pipe(images, method="likelihood", priors=[0.9, 0.1])  # probability-flow ODE, Bayes' rule
+        ```
+
+        Returns:
+            [`ScoreSDEClassifierOutput`] or `tuple`.
         """
         if method not in METHODS:
             raise ValueError(f"expected method in {METHODS}, got {method!r}")
@@ -170,23 +190,27 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         class_ids = list(range(len(self.class_names)))
         pixels = self.preprocess(images)
         seed = self.seeds_from(generator, seed, len(pixels))
-        bpd = None
+
+        # score every class: log p(x | c) by the probability-flow ODE, or the denoising-error bound
         if method == "likelihood":
             result = probability_flow_log_likelihood(
                 self.unet, pixels, class_ids, solver=solver, num_steps=num_steps, step_spacing=step_spacing,
                 rtol=rtol, atol=atol, num_probes=num_probes, seed=seed,
                 batch_size=max(1, batch_size // len(class_ids)), sde=self.sde,
             )
-            log_likelihoods, before_pruning, bpd = result.log_likelihood.double(), None, result.bits_per_dim
+            log_likelihoods, before_pruning, bits_per_dim = result.log_likelihood.double(), None, result.bits_per_dim
         else:
             result = denoising_error_scores(
                 self.unet, pixels, class_ids, num_timesteps=num_timesteps, timestep_spacing=timestep_spacing,
                 weighting=weighting, pruning=pruning, early_stop_confidence=early_stop_confidence,
                 timesteps_per_check=timesteps_per_check, seed=seed, max_batch_size=batch_size, sde=self.sde,
             )
-            log_likelihoods, before_pruning = result.scores, result.partial_scores
+            log_likelihoods, before_pruning, bits_per_dim = result.scores, result.partial_scores, None
+
+        # Bayes' rule: p(c | x) = softmax_c(log p(x | c) + log prior(c))
         output = self.posterior(log_likelihoods, log_prior, before_pruning)
-        output = ScoreSDEClassifierOutput(**output, nfe_per_image=result.nfe_per_image, bits_per_dim=bpd)
+        output = ScoreSDEClassifierOutput(**output, nfe_per_image=result.nfe_per_image, bits_per_dim=bits_per_dim)
+        self.maybe_free_model_hooks()
         return output if return_dict else output.to_tuple()
 
     def posterior(self, log_likelihoods: torch.Tensor, log_prior: Optional[torch.Tensor],

@@ -1,6 +1,6 @@
 """Classify with a linear head on one frozen DDPM U-Net feature (block, timestep)."""
 
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
@@ -10,6 +10,8 @@ from diffusion_classifiers.features import DiffusionFeatureExtractor
 from diffusion_classifiers.models import LinearProbeHead
 
 from .pipeline_utils import DiffusionClassifierPipeline
+
+__all__ = ["UNetFeatureClassifierPipeline"]
 
 
 class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
@@ -31,12 +33,6 @@ class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
     def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, head: Optional[LinearProbeHead] = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, head=head)
-
-    @property
-    def class_names(self) -> List[str]:
-        if self.head is None:
-            raise ValueError("this pipeline has no `head`, so no classes yet")
-        return self.class_names_from(self.head.config.num_classes, self.head.config.class_names)
 
     @property
     def feature_extractor(self) -> DiffusionFeatureExtractor:
@@ -70,10 +66,27 @@ class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
 
     @torch.no_grad()
     def __call__(self, images, batch_size: int = 64, return_dict: bool = True):
-        """Classify `images` (one or a list of PIL images, arrays or tensors).
+        r"""
+        Classify `images` (one or a list of PIL images, arrays or tensors) with the head's (block, timestep) feature.
 
-        Returns a `ClassifierPipelineOutput` (`labels`, `label_ids`, `scores`, `probs`), or a tuple when
-        `return_dict=False`.
+        Args:
+            images: the images to classify.
+            batch_size (`int`, *optional*, defaults to 64): images per U-Net forward pass.
+            return_dict (`bool`, *optional*, defaults to `True`): return a `ClassifierPipelineOutput`, else a tuple.
+
+        Examples:
+
+        ```py
+        >>> from diffusion_classifiers import DiffusionClassifierPipeline
+
+        >>> pipe = DiffusionClassifierPipeline.from_pretrained("path/to/unet_feature_pipeline")
+        >>> out = pipe(images, batch_size=32)
+        >>> out.labels, out.scores
+        ```
+
+        Returns:
+            `ClassifierPipelineOutput` (`labels`, `label_ids`, `scores`, `probs`), or a tuple when
+            `return_dict=False`.
         """
         if self.head is None:
             raise ValueError("this pipeline has no `head`: fit one (diffusion_classifiers.probing.fit_probe_grid) first")
@@ -88,4 +101,5 @@ class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
             batch_size=batch_size,
         )[(config.block, config.timestep)]
         logits = self.head(features.to(self.head.device))
+        self.maybe_free_model_hooks()
         return self.build_output(logits, self.class_names, return_dict)

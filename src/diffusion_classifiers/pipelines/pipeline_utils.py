@@ -1,4 +1,4 @@
-"""What every classifier pipeline shares: the output type, input preprocessing and `from_pretrained` dispatch."""
+"""What every classifier pipeline shares: the output type, class names, and `from_pretrained` dispatch."""
 
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Type
@@ -8,6 +8,8 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from diffusion_classifiers.hub import download
+
+__all__ = ["ClassifierPipelineOutput", "DiffusionClassifierPipeline", "local_snapshot"]
 
 
 @dataclass
@@ -19,6 +21,15 @@ class ClassifierPipelineOutput(BaseOutput):
     label_ids: torch.Tensor
     scores: torch.Tensor
     probs: torch.Tensor
+
+
+def local_snapshot(pretrained_model_name_or_path, kwargs: dict) -> str:
+    """A local folder for `from_pretrained`: the path itself, or the downloaded snapshot of a Hub id. Pops the Hub
+    arguments (`cache_dir`, `revision`, `token`, `local_files_only`) from `kwargs`."""
+    # diffusers 0.42 refuses Hub repos whose custom components have no .py file in the repo, so a Hub id is
+    # downloaded first (huggingface_hub cache, revision, token) and loaded from the local snapshot.
+    hub_kwargs = {k: kwargs.pop(k) for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
+    return download(pretrained_model_name_or_path, **hub_kwargs)
 
 
 class DiffusionClassifierPipeline(DiffusionPipeline):
@@ -36,10 +47,7 @@ class DiffusionClassifierPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        # diffusers 0.42 refuses Hub repos whose custom components have no .py file in the repo, so a Hub id is
-        # downloaded first (huggingface_hub cache, revision, token) and loaded from the local snapshot.
-        hub_kwargs = {k: kwargs.pop(k) for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
-        path = download(pretrained_model_name_or_path, **hub_kwargs)
+        path = local_snapshot(pretrained_model_name_or_path, kwargs)
         if cls is not DiffusionClassifierPipeline:
             return super().from_pretrained(path, **kwargs)
         class_name = cls.load_config(path).get("_class_name")
@@ -52,8 +60,11 @@ class DiffusionClassifierPipeline(DiffusionPipeline):
 
     @property
     def class_names(self) -> List[str]:
-        """The names of the classes this pipeline predicts, index = label id."""
-        raise NotImplementedError(f"{type(self).__name__} must define `class_names`")
+        """The names of the classes this pipeline predicts, index = label id: those of its fitted `head`."""
+        head = getattr(self, "head", None)
+        if head is None:
+            raise ValueError("this pipeline has no `head`, so no classes yet")
+        return self.class_names_from(head.config.num_classes, head.config.class_names)
 
     @staticmethod
     def class_names_from(num_classes: int, class_names: Optional[List[str]]) -> List[str]:

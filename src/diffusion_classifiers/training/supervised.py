@@ -1,7 +1,8 @@
-"""Supervised baselines that the diffusion classifiers are compared against.
+"""Train the supervised baseline the diffusion classifiers are compared against.
 
-`SupervisedCNN` is a small conv net of about the size of a small U-Net's encoder, trained with labels through the
-library's one training loop (`training.train`); the checkpoint kept is the one with the best validation accuracy.
+`models.SupervisedCNN`, a small conv net of about the size of a small U-Net's encoder, is trained with labels
+through the library's one training loop (`training.train`); the checkpoint kept is the one with the best
+validation accuracy.
 """
 
 import math
@@ -14,50 +15,12 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .training import TrainingArguments, train
+from ..models.supervised_cnn import SupervisedCNN, count_parameters
+from ..validation import as_labels, check_finite_rows, check_label_range
+from .arguments import TrainingArguments
+from .loop import train
 
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of parameters of `module`."""
-    return sum(p.numel() for p in module.parameters())
-
-
-class SupervisedCNN(nn.Module):
-    """Conv stages (conv-GroupNorm-SiLU twice; every stage after the first starts with a stride-2 conv), global
-    average pooling and a linear classifier.
-
-    Args:
-        in_channels: image channels.
-        num_classes: number of classes `K`; `forward` returns logits `[N, K]`.
-        widths: channels of each stage; the resolution halves from one stage to the next.
-        norm_num_groups: GroupNorm groups (reduced to a divisor of each stage's width).
-    """
-
-    def __init__(self, in_channels: int = 1, num_classes: int = 2, widths: Sequence[int] = (32, 64, 128), norm_num_groups: int = 8):
-        super().__init__()
-        if in_channels < 1 or num_classes < 2 or not widths or min(widths) < 1:
-            raise ValueError(
-                f"expected in_channels >= 1, num_classes >= 2 and positive widths, got {in_channels}, {num_classes}, {list(widths)}"
-            )
-        layers, channels = [], in_channels
-        for stage, width in enumerate(widths):
-            layers += _conv_norm_act(channels, width, stride=1 if stage == 0 else 2, groups=norm_num_groups)
-            layers += _conv_norm_act(width, width, stride=1, groups=norm_num_groups)
-            channels = width
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(channels, num_classes)
-        self.num_classes = num_classes
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(images).mean(dim=(2, 3)))
-
-
-def _conv_norm_act(in_channels: int, out_channels: int, stride: int, groups: int) -> list:
-    return [
-        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1),
-        nn.GroupNorm(math.gcd(groups, out_channels), out_channels),
-        nn.SiLU(),
-    ]
+__all__ = ["SupervisedLoss", "predict_proba", "train_supervised_cnn"]
 
 
 def _random_shift(images: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
@@ -81,17 +44,17 @@ class SupervisedLoss:
         return F.cross_entropy(model(images), labels)
 
 
-def _check_labeled_images(images, labels, num_classes: int, name: str) -> None:
+def _checked_labels(images: torch.Tensor, labels, num_classes: int, prefix: str = "") -> torch.Tensor:
+    """`labels` as int64 `[N]` after checking that `images` are float `[N, C, H, W]` without NaN or inf and that
+    each image has one label in `[0, num_classes)`; `prefix` ("val_") names the split in the errors."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
-        raise ValueError(f"{name}: expected float images [N, C, H, W], got {getattr(images, 'shape', type(images))}")
-    if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.is_floating_point() or len(labels) != len(images):
-        raise ValueError(f"{name}: expected one integer label per image ({len(images)}), got {getattr(labels, 'shape', type(labels))}")
-    bad = ((labels < 0) | (labels >= num_classes)).nonzero()
-    if len(bad):
-        i = int(bad[0])
-        raise ValueError(f"{name}: label {int(labels[i])} at index {i} is outside the expected range 0..{num_classes - 1}")
-    if not torch.isfinite(images).all():
-        raise ValueError(f"{name}: images contain NaN or inf values")
+        raise ValueError(f"expected float {prefix}images [N, C, H, W], got {getattr(images, 'shape', type(images))}")
+    check_finite_rows(images, f"{prefix}images:", item="image")
+    labels = as_labels(labels, f"{prefix}labels")
+    if len(labels) != len(images):
+        raise ValueError(f"expected one label per image in {prefix}labels ({len(images)}), got {len(labels)}")
+    check_label_range(labels, f"{prefix}labels", num_classes)
+    return torch.from_numpy(labels).long()
 
 
 @torch.no_grad()
@@ -126,8 +89,8 @@ def train_supervised_cnn(
     Returns:
         the model (eval mode) and `info`: `num_parameters`, `selected_step`, `val_accuracy_by_step`, `final_loss`.
     """
-    _check_labeled_images(images, labels, num_classes, "images/labels")
-    _check_labeled_images(val_images, val_labels, num_classes, "val_images/val_labels")
+    labels = _checked_labels(images, labels, num_classes)
+    val_labels = _checked_labels(val_images, val_labels, num_classes, prefix="val_")
     if num_checkpoints < 1:
         raise ValueError(f"expected num_checkpoints >= 1, got {num_checkpoints}")
     torch.manual_seed(seed)
@@ -142,7 +105,7 @@ def train_supervised_cnn(
         checkpointing_steps=every,
         seed=seed,
     )
-    model, _, summary = train(args, model, TensorDataset(images, labels.long()), SupervisedLoss(augment))
+    model, _, summary = train(args, model, TensorDataset(images, labels), SupervisedLoss(augment))
     val_accuracy = {}
     for step in sorted({*range(every, max_train_steps, every), max_train_steps}):
         model.load_state_dict(load_file(os.path.join(output_dir, f"checkpoint-{step}", "model.safetensors")))

@@ -1,15 +1,11 @@
-"""Datasets in, tensors out.
+"""Image-classification datasets in, seeded `train` / `val` / `test` [`LabeledImages`] out.
 
-One preprocessing path (:func:`preprocess_images`) is shared by training and inference: every loader
-and every pipeline turns images into float32 ``[N, C, H, W]`` tensors in ``[-1, 1]`` through it.
+[`LabeledImages`] holds preprocessed images, their integer labels and the class names, validated together.
 
-:func:`load_image_classification_data` reads the built-in scikit-learn digits, MedMNIST-style ``.npz``
-files, IDX (MNIST / Fashion-MNIST) directories, image folders and ``datasets.Dataset`` /
-``datasets.DatasetDict`` objects, validates them (empty data, out-of-range labels, NaN, corrupt files)
-before any long computation, and returns seeded ``train`` / ``val`` / ``test`` splits.
-
-The split helpers (:func:`stratified_split`, :func:`long_tailed_indices`, :func:`few_label_indices`) are
-deterministic for a seed.
+[`load_image_classification_data`] reads scikit-learn's digits, MedMNIST-style `.npz` files, IDX (MNIST /
+Fashion-MNIST) directories, image folders and `datasets.Dataset` / `datasets.DatasetDict` objects, validates them
+(empty data, out-of-range labels, NaN, corrupt files) before any long computation, preprocesses them with
+[`preprocess_images`] and carves the splits the source lacks with [`stratified_split`].
 """
 
 from __future__ import annotations
@@ -22,8 +18,27 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+
+from ..validation import check_finite_rows
+from .preprocessing import _describe, preprocess_images
+from .splits import _check_fraction, stratified_split
+
+__all__ = [
+    "DEFAULT_DIGITS_SIZE",
+    "DEFAULT_FOLDER_SIZE",
+    "FASHION_MNIST_CLASSES",
+    "IMAGE_EXTENSIONS",
+    "LabeledImages",
+    "PNEUMONIAMNIST_CLASSES",
+    "SPLITS",
+    "add_data_args",
+    "load_data_from_args",
+    "load_image_classification_data",
+    "read_classification_split",
+    "read_idx",
+    "to_datasets",
+]
 
 SPLITS = ("train", "val", "test")
 FASHION_MNIST_CLASSES = [
@@ -35,16 +50,6 @@ IMAGE_EXTENSIONS = {".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".
 DEFAULT_DIGITS_SIZE = 32
 DEFAULT_FOLDER_SIZE = 32
 
-# ITU-R BT.601 luma weights (the ones PIL uses for RGB -> L).
-_LUMA = torch.tensor([0.299, 0.587, 0.114])
-# Integer dtypes and the value that maps to +1.
-_INTEGER_MAX = {torch.uint8: 255.0, torch.uint16: 65535.0, torch.bool: 1.0}
-# Float inputs may overshoot [0, 1] / [-1, 1] by this much (rounding); the result is clamped.
-_FLOAT_RANGE_TOLERANCE = 1e-3
-_PIL_GRAY_MODES = {"1", "L", "LA", "La"}
-_PIL_16BIT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
-_PIL_PALETTE_MODES = {"P", "PA"}
-
 
 # --------------------------------------------------------------------------------------------------
 # LabeledImages
@@ -53,12 +58,13 @@ _PIL_PALETTE_MODES = {"P", "PA"}
 
 @dataclass
 class LabeledImages:
-    """Images with integer labels and the names of the classes.
+    r"""
+    Images with integer labels and the names of the classes.
 
-    Attributes:
-        images: float32 ``[N, C, H, W]`` in ``[-1, 1]``.
-        labels: int64 ``[N]`` with values in ``0..K-1``.
-        class_names: ``K`` names; ``class_names[i]`` is the name of label ``i``.
+    Args:
+        images (`torch.Tensor`): float32 `[N, C, H, W]` in `[-1, 1]` (build them with [`preprocess_images`]).
+        labels (`torch.Tensor` or `np.ndarray`): `[N]` integer labels in `0..K-1`, stored as int64.
+        class_names (`List[str]`): `K` unique names; `class_names[i]` is the name of label `i`.
 
     Construction validates shapes, dtypes, the value range, NaN/inf and the label range.
     """
@@ -84,7 +90,7 @@ class LabeledImages:
         if len(set(self.class_names)) != len(self.class_names):
             raise ValueError(f"LabeledImages.class_names: expected unique names, got {self.class_names}")
         _check_label_range(self.labels.numpy(), len(self.class_names), "LabeledImages.labels")
-        _check_finite(self.images, offset=0)
+        check_finite_rows(self.images, "LabeledImages.images", item="image")
         if len(self.images) and (self.images.min() < -1 or self.images.max() > 1):
             raise ValueError(
                 f"LabeledImages.images: expected values in [-1, 1], got [{self.images.min():.4g}, "
@@ -93,336 +99,34 @@ class LabeledImages:
 
     @property
     def num_classes(self) -> int:
-        """Number of classes ``K`` (``len(class_names)``)."""
+        """Number of classes `K` (`len(class_names)`)."""
         return len(self.class_names)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> LabeledImages:
-        """The images and labels at ``indices`` (integer positions), with the same ``class_names``."""
+        """The images and labels at `indices` (integer positions), with the same `class_names`."""
         index = _as_tensor(indices)
         if index.ndim != 1 or index.dtype.is_floating_point or index.dtype == torch.bool:
             raise ValueError(f"subset: expected a 1-D array of integer indices, got {_describe(index)}")
         return LabeledImages(self.images[index], self.labels[index], list(self.class_names))
 
 
-# --------------------------------------------------------------------------------------------------
-# Preprocessing
-# --------------------------------------------------------------------------------------------------
-
-
-def preprocess_images(
-    images: Any,
-    image_size: int | tuple[int, int] | None = None,
-    num_channels: int | None = None,
-) -> torch.Tensor:
-    """Turn images into a float32 CPU tensor ``[N, C, H, W]`` with values in ``[-1, 1]``.
-
-    This is the one preprocessing path of the library: loaders use it for training data and pipelines
-    use it on user input.
-
-    Args:
-        images: one image or a batch, or a list of them (each may have its own size and type):
-
-            * a PIL image of any mode. ``1``/``L``/``LA`` give 1 channel; ``I``/``I;16*`` give 1 channel
-              scaled from ``[0, 65535]``; ``F`` gives 1 float channel; every other mode (``RGB``,
-              ``RGBA``, ``P``, ``PA``, ``CMYK``, ``YCbCr``, ...) is converted to ``RGB``. Alpha is
-              discarded, not composited.
-            * a numpy array, channels last (image-library layout): ``[H, W]``, ``[H, W, C]``,
-              ``[N, H, W]``, ``[N, H, W, C]``. A 3-D array is ``[H, W, C]`` when its last dim is <= 4,
-              else ``[N, H, W]``. A 4-D array whose last dim is > 4 is read as ``[N, C, H, W]``.
-            * a torch tensor, channels first: ``[H, W]``, ``[C, H, W]``, ``[N, H, W]``,
-              ``[N, C, H, W]``. A 3-D tensor is ``[C, H, W]`` when its first dim is <= 4, else
-              ``[N, H, W]``; pass a 4-D ``[N, 1, H, W]`` tensor for a small batch of grayscale images.
-
-            Values: ``uint8`` is scaled from ``[0, 255]``, ``uint16`` from ``[0, 65535]``, ``bool``
-            from ``{0, 1}``. Float data is taken as already in ``[-1, 1]`` if its minimum is < 0, else
-            as ``[0, 1]`` and rescaled; this is decided per array (a whole batch, or each list item).
-            Float values outside that range, other integer dtypes, NaN and inf raise ``ValueError``.
-        image_size: ``int`` (square) or ``(height, width)``: resize every image to it with bilinear
-            interpolation and antialiasing (aspect ratio is not kept). ``None`` keeps the size; then
-            all images must have the same size.
-        num_channels: 1 or 3. 1 -> 3 repeats the channel; 3 -> 1 takes the ITU-R 601 luma
-            (0.299 R + 0.587 G + 0.114 B, as PIL's ``convert("L")``). ``None`` keeps the channels when
-            all images agree and gives 3 when grayscale and color images are mixed.
-
-    Returns:
-        float32 tensor ``[N, C, H, W]`` in ``[-1, 1]``.
-
-    Raises:
-        ValueError: empty input, an unsupported shape or dtype, a channel count other than 1 or 3,
-            NaN/inf, out-of-range float values, or different sizes with ``image_size=None``. The
-            message names the index of the offending image in the flattened batch.
-    """
-    target_size = _check_image_size(image_size)
-    if num_channels not in (None, 1, 3):
-        raise ValueError(f"num_channels: expected 1, 3 or None, got {num_channels!r}")
-    batches = _to_unit_batches(_as_item_list(images))
-    offsets = np.cumsum([0] + [len(batch) for batch in batches])
-    for batch, offset in zip(batches, offsets):
-        if batch.shape[1] not in (1, 3):
-            raise ValueError(f"expected 1 or 3 channels, got {batch.shape[1]} in image {offset} of batch")
-    if num_channels is None:
-        num_channels = 3 if any(batch.shape[1] == 3 for batch in batches) else 1
-    batches = [_convert_channels(batch, num_channels) for batch in batches]
-    if target_size is None:
-        _check_same_size(batches, offsets)
-    else:
-        batches = [_resize(batch, target_size) for batch in batches]
-    return torch.cat(batches).clamp_(-1.0, 1.0).contiguous()
-
-
-def _as_item_list(images: Any) -> list:
-    if isinstance(images, (Image.Image, np.ndarray, torch.Tensor)):
-        return [images]
-    if isinstance(images, (list, tuple)):
-        if len(images) == 0:
-            raise ValueError("preprocess_images: got an empty list; expected at least one image")
-        return list(images)
-    raise ValueError(
-        f"preprocess_images: expected a PIL image, numpy array, torch tensor or a list of them, got {_describe(images)}"
-    )
-
-
-def _to_unit_batches(items: list) -> list[torch.Tensor]:
-    """Each item -> float32 [n, C, H, W] in [-1, 1], validated (dtype, NaN/inf, range)."""
-    batches, offset = [], 0
-    for position, item in enumerate(items):
-        batch = _item_to_nchw(item, position)
-        if batch.shape[0] == 0 or batch.shape[2] == 0 or batch.shape[3] == 0:
-            raise ValueError(f"preprocess_images: item {position} is empty (shape {tuple(batch.shape)})")
-        batches.append(_scale_to_unit_range(batch, offset))
-        offset += len(batch)
-    return batches
-
-
-def _item_to_nchw(item: Any, position: int) -> torch.Tensor:
-    """One list item (PIL image, array or tensor) -> a tensor [n, C, H, W] of its original dtype."""
-    if isinstance(item, Image.Image):
-        item = _pil_to_array(item)
-    if isinstance(item, np.ndarray):
-        return _numpy_to_nchw(item, position)
-    if isinstance(item, torch.Tensor):
-        return _tensor_to_nchw(item.detach().cpu(), position)
-    raise ValueError(
-        f"preprocess_images: item {position} is {_describe(item)}; expected a PIL image, numpy array or torch tensor"
-    )
-
-
-def _pil_to_array(image: Image.Image) -> np.ndarray:
-    if image.mode in _PIL_16BIT_MODES:
-        array = np.asarray(image).astype(np.int64)
-        if array.size and (array.min() < 0 or array.max() > 65535):
-            raise ValueError(f"PIL image of mode {image.mode}: expected values in [0, 65535], got "
-                             f"[{array.min()}, {array.max()}]")
-        return array.astype(np.uint16)
-    if image.mode == "F":
-        return np.asarray(image, dtype=np.float32)
-    if image.mode in _PIL_PALETTE_MODES:
-        image = image.convert("RGBA")  # honours palette transparency before alpha is dropped
-    return np.asarray(image.convert("L" if image.mode in _PIL_GRAY_MODES else "RGB"))
-
-
-def _numpy_to_nchw(array: np.ndarray, position: int) -> torch.Tensor:
-    if not array.dtype.isnative:  # e.g. big-endian '>u2' from PIL's I;16B; torch needs native order
-        array = array.astype(array.dtype.newbyteorder("="))
-    tensor = torch.from_numpy(np.ascontiguousarray(array) if array.flags.writeable else array.copy())
-    if array.ndim == 2:
-        return tensor[None, None]
-    if array.ndim == 3:
-        return tensor.permute(2, 0, 1)[None] if array.shape[-1] <= 4 else tensor[:, None]
-    if array.ndim == 4:
-        return tensor.permute(0, 3, 1, 2) if array.shape[-1] <= 4 else tensor
-    raise ValueError(
-        f"preprocess_images: item {position} is a numpy array of shape {array.shape}; expected "
-        "[H, W], [H, W, C], [N, H, W] or [N, H, W, C]"
-    )
-
-
-def _tensor_to_nchw(tensor: torch.Tensor, position: int) -> torch.Tensor:
-    if tensor.ndim == 2:
-        return tensor[None, None]
-    if tensor.ndim == 3:
-        return tensor[None] if tensor.shape[0] <= 4 else tensor[:, None]
-    if tensor.ndim == 4:
-        return tensor
-    raise ValueError(
-        f"preprocess_images: item {position} is a torch tensor of shape {tuple(tensor.shape)}; expected "
-        "[H, W], [C, H, W], [N, H, W] or [N, C, H, W]"
-    )
-
-
-def _scale_to_unit_range(batch: torch.Tensor, offset: int) -> torch.Tensor:
-    """uint8 / uint16 / bool / float -> float32 in [-1, 1] (see preprocess_images for the rule)."""
-    if batch.dtype in _INTEGER_MAX:
-        return batch.to(torch.float32) * (2.0 / _INTEGER_MAX[batch.dtype]) - 1.0
-    if not batch.dtype.is_floating_point:
-        raise ValueError(
-            f"unsupported dtype {batch.dtype} in image {offset} of batch; expected uint8, uint16, bool "
-            "or a float dtype (cast 0..255 integer data to uint8)"
-        )
-    batch = batch.to(torch.float32)
-    _check_finite(batch, offset)
-    signed = bool(batch.min() < 0)
-    low = -1.0 if signed else 0.0
-    per_image_min = batch.flatten(1).min(1).values
-    per_image_max = batch.flatten(1).max(1).values
-    bad = (per_image_min < low - _FLOAT_RANGE_TOLERANCE) | (per_image_max > 1.0 + _FLOAT_RANGE_TOLERANCE)
+def _check_label_range(labels: np.ndarray, num_classes: int, where: str) -> None:
+    """Every label in `0..num_classes-1`; the error names `where` the labels come from and the first bad one."""
+    bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
-        i = int(bad.nonzero()[0])
-        raise ValueError(
-            f"float values must lie in [0, 1] or [-1, 1]; image {offset + i} of batch spans "
-            f"[{per_image_min[i]:.4g}, {per_image_max[i]:.4g}] (pass uint8 for 0..255 data)"
-        )
-    return batch if signed else batch * 2.0 - 1.0
+        raise ValueError(f"{where}: label {labels[bad][0]} is outside 0..K-1 for K={num_classes} classes")
 
 
-def _check_finite(batch: torch.Tensor, offset: int) -> None:
-    finite = torch.isfinite(batch).flatten(1).all(1)
-    if not finite.all():
-        i = int((~finite).nonzero()[0])
-        raise ValueError(f"image {offset + i} of batch contains NaN or inf values")
-
-
-def _convert_channels(batch: torch.Tensor, num_channels: int) -> torch.Tensor:
-    if batch.shape[1] == num_channels:
-        return batch
-    if num_channels == 3:
-        return batch.repeat(1, 3, 1, 1)
-    return torch.einsum("nchw,c->nhw", batch, _LUMA)[:, None]
-
-
-def _resize(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(batch.shape[-2:]) == size:
-        return batch
-    return F.interpolate(batch, size=size, mode="bilinear", antialias=True, align_corners=False)
-
-
-def _check_image_size(image_size: Any) -> tuple[int, int] | None:
-    if image_size is None:
-        return None
-    size = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else tuple(image_size)
-    if len(size) != 2 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in size):
-        raise ValueError(f"image_size: expected a positive int or (height, width), got {image_size!r}")
-    return int(size[0]), int(size[1])
-
-
-def _check_same_size(batches: list[torch.Tensor], offsets: np.ndarray) -> None:
-    first = tuple(batches[0].shape[-2:])
-    for batch, offset in zip(batches, offsets):
-        if tuple(batch.shape[-2:]) != first:
-            raise ValueError(
-                f"images have different sizes: image 0 is {first[0]}x{first[1]}, image {offset} is "
-                f"{batch.shape[2]}x{batch.shape[3]}; pass image_size= to resize them"
-            )
+def _as_tensor(values: Any) -> torch.Tensor:
+    """`values` (tensor, array or list) as a tensor; a numpy array shares its memory."""
+    return values if isinstance(values, torch.Tensor) else torch.from_numpy(np.asarray(values))
 
 
 # --------------------------------------------------------------------------------------------------
-# Split helpers
-# --------------------------------------------------------------------------------------------------
-
-
-def stratified_split(labels: Any, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Split indices into ``(kept, split)`` with about ``fraction`` of every class in ``split``.
-
-    Class ``c`` with ``n_c`` images puts ``round(fraction * n_c)`` of them (half up) in ``split``,
-    at least 1 and at most ``n_c - 1``; a class with a single image stays in ``kept``. The images
-    are drawn with ``numpy.random.default_rng(seed)``. Both index arrays are sorted.
-    """
-    labels = _as_label_array(labels)
-    _check_fraction(fraction, "fraction")
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for members in _class_members(labels):
-        if len(members) < 2:
-            continue
-        n_split = min(max(_round_half_up(fraction * len(members)), 1), len(members) - 1)
-        chosen.append(rng.permutation(members)[:n_split])
-    split = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
-    kept = np.setdiff1d(np.arange(len(labels)), split)
-    return kept.astype(np.int64), split.astype(np.int64)
-
-
-def long_tailed_indices(labels: Any, imbalance_ratio: float, seed: int = 0) -> np.ndarray:
-    """Indices of a long-tailed subset with an exponential class profile.
-
-    With ``K = max(labels) + 1`` classes and ``n_max`` the size of the largest class, class ``c``
-    keeps ``floor(n_max * imbalance_ratio ** (-c / (K - 1)))`` images (capped at its size), so class
-    0 is the head and class ``K - 1`` has ``n_max / imbalance_ratio``. The kept images are drawn with
-    ``numpy.random.default_rng(seed)``. Returns sorted indices.
-    """
-    labels = _as_label_array(labels)
-    if not np.isfinite(imbalance_ratio) or imbalance_ratio < 1:
-        raise ValueError(f"imbalance_ratio: expected a finite number >= 1, got {imbalance_ratio!r}")
-    members = _class_members(labels)
-    n_max = max(len(m) for m in members)
-    num_classes = len(members)
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for c, class_members in enumerate(members):
-        exponent = -c / (num_classes - 1) if num_classes > 1 else 0.0
-        n_keep = int(np.floor(n_max * imbalance_ratio**exponent + 1e-9))  # 1e-9: float rounding
-        chosen.append(rng.permutation(class_members)[: min(n_keep, len(class_members))])
-    return np.sort(np.concatenate(chosen)).astype(np.int64)
-
-
-def few_label_indices(
-    labels: Any, n_per_class: int | None = None, fraction: float | None = None, seed: int = 0
-) -> np.ndarray:
-    """Indices of a few-label subset: ``n_per_class`` images of each class, or ``fraction`` of each.
-
-    Exactly one of ``n_per_class`` (capped at the class size) and ``fraction`` (``round(fraction *
-    n_c)`` half up, at least 1 per class) must be given. Each class draws from its own seeded
-    permutation, so for one seed a smaller subset is contained in a larger one. Returns sorted indices.
-    """
-    labels = _as_label_array(labels)
-    if (n_per_class is None) == (fraction is None):
-        raise ValueError(
-            f"few_label_indices: expected exactly one of n_per_class and fraction, got "
-            f"n_per_class={n_per_class!r}, fraction={fraction!r}"
-        )
-    if n_per_class is not None and (not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1):
-        raise ValueError(f"n_per_class: expected a positive int, got {n_per_class!r}")
-    if fraction is not None and not 0 < fraction <= 1:
-        raise ValueError(f"fraction: expected a number in (0, 1], got {fraction!r}")
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for members in _class_members(labels):
-        if len(members) == 0:
-            continue
-        n = n_per_class if n_per_class is not None else max(1, _round_half_up(fraction * len(members)))
-        chosen.append(rng.permutation(members)[: min(n, len(members))])
-    return np.sort(np.concatenate(chosen)).astype(np.int64)
-
-
-def _as_label_array(labels: Any) -> np.ndarray:
-    array = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    if array.ndim != 1 or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"labels: expected a non-empty 1-D integer array, got {_describe(array)}")
-    if array.min() < 0:
-        raise ValueError(f"labels: expected values >= 0, got {array.min()}")
-    return array.astype(np.int64)
-
-
-def _class_members(labels: np.ndarray) -> list[np.ndarray]:
-    """Indices of each class 0..max(labels), in index order (empty arrays for absent classes)."""
-    order = np.argsort(labels, kind="stable")
-    bounds = np.searchsorted(labels[order], np.arange(labels.max() + 2))
-    return [order[bounds[c]: bounds[c + 1]] for c in range(labels.max() + 1)]
-
-
-def _round_half_up(x: float) -> int:
-    return int(np.floor(x + 0.5))
-
-
-def _check_fraction(fraction: float, name: str) -> None:
-    if not 0 < fraction < 1:
-        raise ValueError(f"{name}: expected a number strictly between 0 and 1, got {fraction!r}")
-
-
-# --------------------------------------------------------------------------------------------------
-# Loading
+# The entry point and the shared assembly
 # --------------------------------------------------------------------------------------------------
 
 
@@ -438,42 +142,53 @@ def load_image_classification_data(
     image_column: str | None = None,
     label_column: str | None = None,
 ) -> dict[str, LabeledImages]:
-    """Load an image-classification dataset as ``{"train", "val", "test"}`` :class:`LabeledImages`.
+    r"""
+    Load an image-classification dataset as `{"train", "val", "test"}` [`LabeledImages`].
 
     Args:
-        source: one of
+        source (`str`, `os.PathLike`, `datasets.Dataset` or `datasets.DatasetDict`, *optional*, defaults to `"digits"`):
+            one of
 
-            * ``"digits"``: scikit-learn's bundled 8x8 digits (values 0..16), upsampled to 32 px by
-              default, 1 channel, classes ``"0".."9"``.
-            * a MedMNIST-style ``.npz`` file: ``train_images`` / ``train_labels`` (required),
-              ``val_*`` and ``test_*`` (optional); images ``(N, H, W)`` or ``(N, H, W, C)``, labels
-              ``(N,)`` or ``(N, 1)``. ``pneumoniamnist.npz`` gets ``["normal", "pneumonia"]``.
-            * a directory of IDX files: ``train-images-idx3-ubyte`` and ``train-labels-idx1-ubyte``
-              (required), ``t10k-*`` (optional), each gzipped (``.gz``) or not. A directory whose name
+            * `"digits"`: scikit-learn's bundled 8x8 digits (values 0..16), upsampled to 32 px by
+              default, 1 channel, classes `"0".."9"`.
+            * a MedMNIST-style `.npz` file: `train_images` / `train_labels` (required),
+              `val_*` and `test_*` (optional); images `(N, H, W)` or `(N, H, W, C)`, labels
+              `(N,)` or `(N, 1)`. `pneumoniamnist.npz` gets `["normal", "pneumonia"]`.
+            * a directory of IDX files: `train-images-idx3-ubyte` and `train-labels-idx1-ubyte`
+              (required), `t10k-*` (optional), each gzipped (`.gz`) or not. A directory whose name
               contains "fashion" gets the Fashion-MNIST class names.
-            * an image folder: ``<root>/<class>/<image>`` (or ``<root>/images/<class>/<image>``); class
-              names are the sorted subfolder names. If ``<root>/splits/train.txt`` exists, the splits
-              come from ``splits/{train,val,test}.txt`` (lines ``relative/path label``, paths relative
-              to the class folders' parent) and the names from ``splits/classes.txt`` when present.
+            * an image folder: `<root>/<class>/<image>` (or `<root>/images/<class>/<image>`); class
+              names are the sorted subfolder names. If `<root>/splits/train.txt` exists, the splits
+              come from `splits/{train,val,test}.txt` (lines `relative/path label`, paths relative
+              to the class folders' parent) and the names from `splits/classes.txt` when present.
               Images are resized to 32 px by default; 3 channels if any image is color, else 1.
-            * a ``datasets.Dataset`` or ``datasets.DatasetDict`` with an ``Image`` column and a
-              ``ClassLabel`` column (found by feature type, or named by ``image_column`` /
-              ``label_column``); splits ``train``, ``validation`` or ``val``, ``test``.
-        image_size: resize to this size (see :func:`preprocess_images`); default: the native size,
-            except 32 for digits and image folders.
-        num_channels: 1 or 3 (see :func:`preprocess_images`).
-        val_fraction: when the source has no validation split, this fraction of the training pool
-            (after the test split is removed) becomes ``val`` (stratified).
-        test_fraction: when the source has no test split, this fraction of all images becomes
-            ``test`` (stratified).
-        seed: seed of the carved splits.
-        class_names: names of label ids ``0..K-1`` for sources that store only integer labels
-            (digits, ``.npz``, IDX). Default: ``"0".."K-1"`` with ``K = max(label) + 1``.
-        image_column, label_column: column names for ``datasets`` sources.
+            * a `datasets.Dataset` or `datasets.DatasetDict` with an `Image` column and a
+              `ClassLabel` column (found by feature type, or named by `image_column` /
+              `label_column`); splits `train`, `validation` or `val`, `test`.
+        image_size (`int` or `Tuple[int, int]`, *optional*):
+            resize to this size (see [`preprocess_images`]); default: the native size, except 32 for digits and
+            image folders.
+        num_channels (`int`, *optional*):
+            1 or 3 (see [`preprocess_images`]); default: the data's.
+        val_fraction (`float`, *optional*, defaults to 0.1):
+            when the source has no validation split, this fraction of the training pool (after the test split is
+            removed) becomes `val` (stratified).
+        test_fraction (`float`, *optional*, defaults to 0.2):
+            when the source has no test split, this fraction of all images becomes `test` (stratified).
+        seed (`int`, *optional*, defaults to 0):
+            seed of the carved splits.
+        class_names (`Sequence[str]`, *optional*):
+            names of label ids `0..K-1` for sources that store only integer labels (digits, `.npz`, IDX).
+            Default: `"0".."K-1"` with `K = max(label) + 1`.
+        image_column, label_column (`str`, *optional*):
+            column names for `datasets` sources; default: the one `Image` and the one `ClassLabel` column.
+
+    Returns:
+        `Dict[str, LabeledImages]`: the `"train"`, `"val"` and `"test"` splits.
 
     Raises:
-        ValueError: unknown source, missing files or keys, corrupt or truncated files, empty data,
-            labels outside ``0..K-1``, NaN/inf, or an empty split; raised before preprocessing.
+        `ValueError`: unknown source, missing files or keys, corrupt or truncated files, empty data,
+            labels outside `0..K-1`, NaN/inf, or an empty split; raised before preprocessing.
     """
     _check_fraction(val_fraction, "val_fraction")
     _check_fraction(test_fraction, "test_fraction")
@@ -573,15 +288,9 @@ def _labels_and_names(
     return labels, list(class_names), splits
 
 
-def _check_label_range(labels: np.ndarray, num_classes: int, where: str) -> None:
-    if labels.size == 0:
-        return
-    bad = (labels < 0) | (labels >= num_classes)
-    if bad.any():
-        raise ValueError(
-            f"{where}: label {labels[bad][0]} is outside 0..K-1 for K={num_classes} classes"
-        )
-
+# --------------------------------------------------------------------------------------------------
+# Readers
+# --------------------------------------------------------------------------------------------------
 
 # --- digits -----------------------------------------------------------------------------------------
 
@@ -649,10 +358,10 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 
 
 def read_idx(path: str | os.PathLike, expected_ndim: int | None = None) -> np.ndarray:
-    """Read an IDX file (gzipped if its name ends in ``.gz``) into a numpy array.
+    """Read an IDX file (gzipped if its name ends in `.gz`) into a numpy array.
 
-    Raises ``ValueError`` naming the file when it cannot be decompressed, its magic number is wrong,
-    its number of dimensions is not ``expected_ndim``, or its size does not match its header.
+    Raises `ValueError` naming the file when it cannot be decompressed, its magic number is wrong,
+    its number of dimensions is not `expected_ndim`, or its size does not match its header.
     """
     path = Path(path)
     try:
@@ -797,8 +506,8 @@ def _read_hf_dataset(source: Any, image_column: str | None, label_column: str | 
 def read_classification_split(
     dataset: Any, image_column: str | None = None, label_column: str | None = None
 ) -> tuple[list[Image.Image], np.ndarray, list[str]]:
-    """One ``datasets.Dataset`` split as (decoded PIL images, integer labels, ClassLabel names), with the image and
-    label columns found by feature type as in :func:`load_image_classification_data`."""
+    """One `datasets.Dataset` split as (decoded PIL images, integer labels, ClassLabel names), with the image and
+    label columns found by feature type as in [`load_image_classification_data`]."""
     import datasets
 
     if not isinstance(dataset, datasets.Dataset):
@@ -842,12 +551,17 @@ def _decode_column(dataset: Any, column: str, split: str) -> list[Image.Image]:
     return images
 
 
-def to_datasets(labeled: dict[str, LabeledImages]) -> Any:
-    """Convert ``{"train", "val", "test"}`` splits to a ``datasets.DatasetDict``.
+# --------------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------------
 
-    Columns: ``image`` (``Image``, uint8 PNG: 1 channel -> ``L``, 3 -> ``RGB``) and ``label``
-    (``ClassLabel`` with the class names). ``val`` is named ``validation`` as on the Hub. Loading the
-    result back with :func:`load_image_classification_data` gives the same images within 1/127.5.
+
+def to_datasets(labeled: dict[str, LabeledImages]) -> Any:
+    """Convert `{"train", "val", "test"}` splits to a `datasets.DatasetDict`.
+
+    Columns: `image` (`Image`, uint8 PNG: 1 channel -> `L`, 3 -> `RGB`) and `label`
+    (`ClassLabel` with the class names). `val` is named `validation` as on the Hub. Loading the
+    result back with [`load_image_classification_data`] gives the same images within 1/127.5.
     """
     import datasets
 
@@ -862,24 +576,19 @@ def to_datasets(labeled: dict[str, LabeledImages]) -> Any:
     return datasets.DatasetDict(result)
 
 
-def _as_tensor(values: Any) -> torch.Tensor:
-    return values if isinstance(values, torch.Tensor) else torch.from_numpy(np.asarray(values))
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, (torch.Tensor, np.ndarray)):
-        return f"{type(value).__name__} of shape {tuple(value.shape)} and dtype {value.dtype}"
-    return type(value).__name__
+# --------------------------------------------------------------------------------------------------
+# Script arguments
+# --------------------------------------------------------------------------------------------------
 
 
 def add_data_args(parser: Any, image_size: int | None = None) -> Any:
-    """The `--dataset`, `--image_size`, `--num_channels` flags every script shares (read by :func:`load_data_from_args`)."""
+    """The `--dataset`, `--image_size`, `--num_channels` flags every script shares (read by [`load_data_from_args`])."""
     parser.add_argument("--dataset", default="digits", help="'digits', a MedMNIST .npz, an IDX folder or an image folder")
     parser.add_argument("--image_size", type=int, default=image_size, help="resize to this size (default: the dataset's)")
-    parser.add_argument("--num_channels", type=int, default=None, choices=[1, 3])
+    parser.add_argument("--num_channels", type=int, default=None, choices=[1, 3], help="1 or 3 (default: the dataset's)")
     return parser
 
 
 def load_data_from_args(args: Any) -> dict[str, LabeledImages]:
-    """:func:`load_image_classification_data` from the flags of :func:`add_data_args` (and `--seed`)."""
+    """[`load_image_classification_data`] from the flags of [`add_data_args`] (and `--seed`)."""
     return load_image_classification_data(args.dataset, image_size=args.image_size, num_channels=args.num_channels, seed=args.seed)

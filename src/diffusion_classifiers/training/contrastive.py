@@ -1,6 +1,6 @@
-"""Contrastive and self-distillation baselines for the RC-DiT encoder, and pretrained vision encoders.
+"""Contrastive and self-distillation baselines for the RC-DiT encoder.
 
-The baseline trains the *same* ViT (`models.rc_dit.build_vit_encoder`) on the same images for the same number of
+The baseline trains the *same* ViT (`models.encoders.build_vit_encoder`) on the same images for the same number of
 optimizer steps as an RC-DiT run, through the same loop (`training.train`: accelerate, AdamW + schedule, EMA,
 checkpoints, resume), with one of two label-free objectives on kornia-augmented views:
 
@@ -12,28 +12,41 @@ checkpoints, resume), with one of two label-free objectives on kornia-augmented 
   image-dependent part of a fresh ViT's output is too small for centering + sharpening), hence SimCLR by default.
 
 Both heads read the encoder's representation r = `encode_representation(encoder, images)`, the vector the
-evaluation protocols use, so the trained encoder is evaluated exactly like an RC-DiT encoder.
-
-`load_pretrained_encoder` wraps any transformers vision backbone directory or Hub id (e.g. `facebook/dinov2-small`)
-so library images ([N, C, H, W] in [-1, 1], C = 1 or 3) give its CLS-token features under the same protocols.
+evaluation protocols use, so the trained encoder is evaluated exactly like an RC-DiT encoder. Pretrained
+backbones (DINOv2, ...) are in `models.encoders.load_pretrained_encoder`.
 """
 
 import copy
 import inspect
 import math
-from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import kornia.augmentation as K
-from accelerate import PartialState
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from accelerate import PartialState
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .models.rc_dit import encode_representation, representation_size
-from .training import TrainingArguments, total_optimizer_steps, train
+from ..models.encoders import encode_representation, representation_size
+from ..validation import check_finite_rows, check_unit_range
+from .arguments import TrainingArguments
+from .loop import total_optimizer_steps, train
+
+__all__ = [
+    "METHODS",
+    "DINOHead",
+    "DINOLoss",
+    "DINOModel",
+    "ImageAugmentation",
+    "SimCLRLoss",
+    "SimCLRModel",
+    "build_augmentation",
+    "cosine_teacher_momentum",
+    "nt_xent_loss",
+    "train_contrastive_encoder",
+]
 
 METHODS = ("dino", "simclr")
 
@@ -416,6 +429,8 @@ def train_contrastive_encoder(
     config = encoder.config
     if images.ndim != 4 or images.shape[1] != config.num_channels:
         raise ValueError(f"expected training images [N, {config.num_channels}, H, W] for the encoder, got {tuple(images.shape)}")
+    check_finite_rows(images, "training data", item="image")
+    check_unit_range(images, "training data")
     augmentation_kwargs, model_kwargs, loss_kwargs = _split_objective_kwargs(method, objective_kwargs)
     local_crop_scale = augmentation_kwargs.pop("local_crop_scale", (0.05, 0.25))
     size = config.image_size
@@ -431,98 +446,3 @@ def train_contrastive_encoder(
     model, _, _ = train(args, model, TensorDataset(images), loss)
     trained = model.teacher_encoder if method == "dino" and return_teacher else model.encoder
     return trained.requires_grad_(True).eval()
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Pretrained encoders (DINOv2 and other transformers vision backbones)
-# ------------------------------------------------------------------------------------------------------------------
-
-
-def _processor_size(processor, model_config) -> tuple[int, int]:
-    """The (height, width) the processor feeds the model: its crop size, else its resize size, else the model's."""
-    for name in ("crop_size", "size"):
-        size = getattr(processor, name, None)
-        if size is None:
-            continue
-        get = size.get if isinstance(size, dict) else lambda key, s=size: getattr(s, key, None)
-        if get("height") and get("width"):
-            return int(get("height")), int(get("width"))
-        if get("shortest_edge"):
-            return int(get("shortest_edge")), int(get("shortest_edge"))
-    image_size = getattr(model_config, "image_size", None)
-    if image_size is None:
-        raise ValueError("cannot tell the pretrained model's input size: no crop_size / size in its image processor")
-    return (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-
-
-def pretrained_pixel_values(
-    images: torch.Tensor,
-    image_size: tuple[int, int],
-    image_mean: Sequence[float],
-    image_std: Sequence[float],
-) -> torch.Tensor:
-    """Library images [N, C, H, W] in [-1, 1] (C = 1 or 3) to a pretrained RGB model's input: grayscale repeated to
-    3 channels, resized (bicubic, antialiased) to `image_size`, rescaled to [0, 1], normalised by mean and std."""
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"expected images [N, 1 or 3, H, W] in [-1, 1], got {tuple(images.shape)}")
-    unit = ((images.float() + 1) / 2).expand(-1, 3, -1, -1)
-    if tuple(unit.shape[-2:]) != tuple(image_size):
-        unit = F.interpolate(unit, size=tuple(image_size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-    mean = torch.tensor(image_mean, dtype=unit.dtype, device=unit.device).view(1, -1, 1, 1)
-    std = torch.tensor(image_std, dtype=unit.dtype, device=unit.device).view(1, -1, 1, 1)
-    return (unit - mean) / std
-
-
-@dataclass
-class PretrainedImageEncoder:
-    """A pretrained transformers vision backbone with the preprocessing of its image processor.
-
-    `encode(images)` maps library images [N, C, H, W] in [-1, 1] (C = 1 or 3) to CLS-token features [N, D]:
-    the final (layer-normed) hidden state of the first token; for convolutional backbones, the pooled output.
-    """
-
-    model: nn.Module
-    image_size: tuple[int, int]
-    image_mean: tuple[float, ...]
-    image_std: tuple[float, ...]
-
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        return pretrained_pixel_values(images, self.image_size, self.image_mean, self.image_std)
-
-    @torch.no_grad()
-    def encode(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        if batch_size < 1:
-            raise ValueError(f"expected a positive batch_size, got {batch_size}")
-        parameter = next(self.model.parameters())
-        features = []
-        for start in range(0, images.shape[0], batch_size):
-            pixel_values = self.preprocess(images[start : start + batch_size].to(parameter.device))
-            outputs = self.model(pixel_values=pixel_values.to(parameter.dtype))
-            hidden = outputs.last_hidden_state
-            cls = hidden[:, 0] if hidden.ndim == 3 else outputs.pooler_output.flatten(1)
-            features.append(cls.float().cpu())
-        if not features:
-            raise ValueError("expected at least one image to encode, got 0")
-        return torch.cat(features)
-
-    __call__ = encode
-
-
-def load_pretrained_encoder(
-    path_or_hub_id: str,
-    device: Union[str, torch.device, None] = None,
-    torch_dtype: Optional[torch.dtype] = None,
-) -> PretrainedImageEncoder:
-    """Load a transformers vision backbone (`AutoModel`) and read its `AutoImageProcessor` config (input size,
-    ImageNet mean and std) from a local directory or Hub id, e.g. "facebook/dinov2-small". Eval mode, no grad."""
-    from transformers import AutoImageProcessor, AutoModel
-
-    processor = AutoImageProcessor.from_pretrained(path_or_hub_id)
-    kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
-    model = AutoModel.from_pretrained(path_or_hub_id, **kwargs).eval().requires_grad_(False)
-    if device is not None:
-        model.to(device)
-    normalize = getattr(processor, "do_normalize", True)
-    mean = tuple(processor.image_mean) if normalize else (0.0, 0.0, 0.0)
-    std = tuple(processor.image_std) if normalize else (1.0, 1.0, 1.0)
-    return PretrainedImageEncoder(model, _processor_size(processor, model.config), mean, std)

@@ -1,0 +1,149 @@
+"""Seeded subsets of a labelled set: stratified splits and subsets, long-tailed and few-label subsets.
+
+Every helper takes integer labels and returns sorted index arrays; the same call gives the same indices.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["few_label_indices", "long_tailed_indices", "stratified_split", "stratified_subset_indices"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Subsets
+# --------------------------------------------------------------------------------------------------
+
+
+def stratified_split(labels: Any, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into `(kept, split)` with about `fraction` of every class in `split`.
+
+    Class `c` with `n_c` images puts `round(fraction * n_c)` of them (half up) in `split`,
+    at least 1 and at most `n_c - 1`; a class with a single image stays in `kept`. The images
+    are drawn with `numpy.random.default_rng(seed)`. Both index arrays are sorted.
+    """
+    labels = _as_label_array(labels)
+    _check_fraction(fraction, "fraction")
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for members in _class_members(labels):
+        if len(members) < 2:
+            continue
+        n_split = min(max(_round_half_up(fraction * len(members)), 1), len(members) - 1)
+        chosen.append(rng.permutation(members)[:n_split])
+    split = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+    kept = np.setdiff1d(np.arange(len(labels)), split)
+    return kept.astype(np.int64), split.astype(np.int64)
+
+
+def stratified_subset_indices(labels: Any, size: int, seed: int = 0) -> np.ndarray:
+    r"""
+    Indices of a stratified subset of about `size` samples: every class keeps about its share.
+
+    Args:
+        labels (`np.ndarray` or `torch.Tensor`): `[N]` integer labels >= 0.
+        size (`int`): the number of samples wanted, >= 1. With `size >= N` every index is returned.
+        seed (`int`, *optional*, defaults to 0): the draw is a function of `(labels, size, seed)` only.
+
+    Returns:
+        `np.ndarray`: sorted int64 indices: the `split` part of `stratified_split(labels, size / N, seed)`, so each
+        class contributes `round(size / N * n_c)` samples (half up, at least 1 for a class of 2 or more, none for a
+        class of 1); the total can differ from `size` by rounding.
+    """
+    labels = _as_label_array(labels)
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size: expected an integer >= 1, got {size!r}")
+    if size >= len(labels):
+        return np.arange(len(labels), dtype=np.int64)
+    return stratified_split(labels, size / len(labels), seed)[1]
+
+
+def long_tailed_indices(labels: Any, imbalance_ratio: float, seed: int = 0) -> np.ndarray:
+    """Indices of a long-tailed subset with an exponential class profile.
+
+    With `K = max(labels) + 1` classes and `n_max` the size of the largest class, class `c`
+    keeps `floor(n_max * imbalance_ratio ** (-c / (K - 1)))` images (capped at its size), so class
+    0 is the head and class `K - 1` has `n_max / imbalance_ratio`. The kept images are drawn with
+    `numpy.random.default_rng(seed)`. Returns sorted indices.
+    """
+    labels = _as_label_array(labels)
+    if not np.isfinite(imbalance_ratio) or imbalance_ratio < 1:
+        raise ValueError(f"imbalance_ratio: expected a finite number >= 1, got {imbalance_ratio!r}")
+    members = _class_members(labels)
+    n_max = max(len(m) for m in members)
+    num_classes = len(members)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c, class_members in enumerate(members):
+        exponent = -c / (num_classes - 1) if num_classes > 1 else 0.0
+        n_keep = int(np.floor(n_max * imbalance_ratio**exponent + 1e-9))  # 1e-9: float rounding
+        chosen.append(rng.permutation(class_members)[: min(n_keep, len(class_members))])
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def few_label_indices(
+    labels: Any, n_per_class: int | None = None, fraction: float | None = None, seed: int = 0
+) -> np.ndarray:
+    """Indices of a few-label subset: `n_per_class` images of each class, or `fraction` of each.
+
+    Exactly one of `n_per_class` (capped at the class size) and `fraction` (`round(fraction *
+    n_c)` half up, at least 1 per class) must be given. Each class draws from its own seeded
+    permutation, so for one seed a smaller subset is contained in a larger one. Returns sorted indices.
+    """
+    labels = _as_label_array(labels)
+    if (n_per_class is None) == (fraction is None):
+        raise ValueError(
+            f"few_label_indices: expected exactly one of n_per_class and fraction, got "
+            f"n_per_class={n_per_class!r}, fraction={fraction!r}"
+        )
+    if n_per_class is not None and (not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1):
+        raise ValueError(f"n_per_class: expected a positive int, got {n_per_class!r}")
+    if fraction is not None and not 0 < fraction <= 1:
+        raise ValueError(f"fraction: expected a number in (0, 1], got {fraction!r}")
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for members in _class_members(labels):
+        if len(members) == 0:
+            continue
+        n = n_per_class if n_per_class is not None else max(1, _round_half_up(fraction * len(members)))
+        chosen.append(rng.permutation(members)[: min(n, len(members))])
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _as_label_array(labels: Any) -> np.ndarray:
+    """`labels` (array, list or tensor) as a non-empty 1-D int64 array of values >= 0."""
+    array = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if array.ndim != 1 or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(
+            f"labels: expected a non-empty 1-D integer array, got ndarray of shape {array.shape} and dtype {array.dtype}"
+        )
+    if array.min() < 0:
+        raise ValueError(f"labels: expected values >= 0, got {array.min()}")
+    return array.astype(np.int64)
+
+
+def _class_members(labels: np.ndarray) -> list[np.ndarray]:
+    """Indices of each class 0..max(labels), in index order (empty arrays for absent classes)."""
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(labels.max() + 2))
+    return [order[bounds[c]: bounds[c + 1]] for c in range(labels.max() + 1)]
+
+
+def _round_half_up(x: float) -> int:
+    """`round(x)` with halves rounded up (numpy's `round` rounds halves to even)."""
+    return int(np.floor(x + 0.5))
+
+
+def _check_fraction(fraction: float, name: str) -> None:
+    """`fraction` strictly between 0 and 1; the error names the argument."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"{name}: expected a number strictly between 0 and 1, got {fraction!r}")
+

@@ -1,0 +1,190 @@
+"""Image encoders: a new transformers ViT for the RC-DiT, and pretrained vision backbones (DINOv2, ...).
+
+Two ways to turn library images (`[N, C, H, W]` in [-1, 1]) into one vector per image:
+
+- `encode_representation(encoder, images)`: r, the representation a (trainable) ViT or DINOv2 encoder gives the
+  RC-DiT and the contrastive baselines; differentiable, the images read as they are (C = the encoder's channels).
+- `load_pretrained_encoder(path_or_hub_id)`: a frozen pretrained RGB backbone with its image processor's
+  preprocessing (grayscale to RGB, resize, ImageNet normalisation), giving CLS-token features.
+"""
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoImageProcessor, AutoModel, ViTConfig, ViTModel
+
+__all__ = [
+    "PretrainedImageEncoder",
+    "build_vit_encoder",
+    "encode_representation",
+    "load_pretrained_encoder",
+    "pretrained_pixel_values",
+    "representation_size",
+]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Trainable encoders: the representation r
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def build_vit_encoder(
+    image_size: int = 32,
+    num_channels: int = 1,
+    hidden_size: int = 192,
+    num_layers: int = 6,
+    num_heads: int = 3,
+    patch_size: int = 4,
+    mlp_ratio: float = 4.0,
+) -> ViTModel:
+    r"""
+    A randomly initialised transformers `ViTModel` (weights drawn from the global torch RNG); its `pooler_output`
+    (tanh(Linear(CLS token))) is the representation r.
+
+    Args:
+        image_size (`int`, *optional*, defaults to 32): height and width of the (square) input images.
+        num_channels (`int`, *optional*, defaults to 1): channels of the input images.
+        hidden_size (`int`, *optional*, defaults to 192): width of the transformer, and the size D of r.
+        num_layers (`int`, *optional*, defaults to 6): transformer blocks.
+        num_heads (`int`, *optional*, defaults to 3): attention heads; must divide `hidden_size`.
+        patch_size (`int`, *optional*, defaults to 4): side of the square patches; must divide `image_size`.
+        mlp_ratio (`float`, *optional*, defaults to 4.0): MLP width over `hidden_size`.
+    """
+    if image_size % patch_size:
+        raise ValueError(f"expected an encoder patch_size that divides image_size={image_size}, got {patch_size}")
+    config = ViTConfig(
+        image_size=image_size,
+        patch_size=patch_size,
+        num_channels=num_channels,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=int(hidden_size * mlp_ratio),
+    )
+    return ViTModel(config)
+
+
+def encode_representation(encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """r = the encoder's `pooler_output` [N, D] for images [N, C, H, W] in [-1, 1]: for transformers' `ViTModel`
+    tanh(Linear(CLS token)), for `Dinov2Model` the final-layernormed CLS token; for a model built without a pooler,
+    the final-layernormed CLS token. Images of another size than the encoder's `image_size` are resized (bilinear,
+    antialiased). Every encoder parameter takes part, so DDP needs no `find_unused_parameters`.
+    """
+    config = encoder.config
+    if images.ndim != 4 or images.shape[1] != config.num_channels:
+        raise ValueError(f"expected images [N, {config.num_channels}, H, W] for the encoder, got {tuple(images.shape)}")
+    size = config.image_size
+    if tuple(images.shape[-2:]) != (size, size):
+        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    pixel_values = images.to(device=encoder.device, dtype=encoder.dtype)
+    outputs = encoder(pixel_values=pixel_values)
+    pooled = getattr(outputs, "pooler_output", None)
+    return outputs.last_hidden_state[:, 0] if pooled is None else pooled  # (N, D)
+
+
+def representation_size(encoder: nn.Module) -> int:
+    """The size D of `encode_representation`'s output: the pooler's output size, else the hidden size."""
+    return getattr(encoder.config, "pooler_output_size", None) or encoder.config.hidden_size
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Pretrained encoders (DINOv2 and other transformers vision backbones), frozen
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _processor_size(processor, model_config) -> tuple[int, int]:
+    """The (height, width) the processor feeds the model: its crop size, else its resize size, else the model's."""
+    for name in ("crop_size", "size"):
+        size = getattr(processor, name, None)
+        if size is None:
+            continue
+        get = size.get if isinstance(size, dict) else lambda key, s=size: getattr(s, key, None)
+        if get("height") and get("width"):
+            return int(get("height")), int(get("width"))
+        if get("shortest_edge"):
+            return int(get("shortest_edge")), int(get("shortest_edge"))
+    image_size = getattr(model_config, "image_size", None)
+    if image_size is None:
+        raise ValueError("cannot tell the pretrained model's input size: no crop_size / size in its image processor")
+    return (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+
+
+def pretrained_pixel_values(
+    images: torch.Tensor,
+    image_size: tuple[int, int],
+    image_mean: Sequence[float],
+    image_std: Sequence[float],
+) -> torch.Tensor:
+    """Library images [N, C, H, W] in [-1, 1] (C = 1 or 3) to a pretrained RGB model's input: grayscale repeated to
+    3 channels, resized (bicubic, antialiased) to `image_size`, rescaled to [0, 1], normalised by mean and std."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected images [N, 1 or 3, H, W] in [-1, 1], got {tuple(images.shape)}")
+    unit = ((images.float() + 1) / 2).expand(-1, 3, -1, -1)  # (N, 3, H, W) in [0, 1]
+    if tuple(unit.shape[-2:]) != tuple(image_size):
+        unit = F.interpolate(unit, size=tuple(image_size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    mean = torch.tensor(image_mean, dtype=unit.dtype, device=unit.device).view(1, -1, 1, 1)
+    std = torch.tensor(image_std, dtype=unit.dtype, device=unit.device).view(1, -1, 1, 1)
+    return (unit - mean) / std
+
+
+@dataclass
+class PretrainedImageEncoder:
+    """A pretrained transformers vision backbone with the preprocessing of its image processor.
+
+    `encode(images)` maps library images [N, C, H, W] in [-1, 1] (C = 1 or 3) to CLS-token features [N, D]:
+    the final (layer-normed) hidden state of the first token; for convolutional backbones, the pooled output.
+    """
+
+    model: nn.Module
+    image_size: tuple[int, int]
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        return pretrained_pixel_values(images, self.image_size, self.image_mean, self.image_std)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        if batch_size < 1:
+            raise ValueError(f"expected a positive batch_size, got {batch_size}")
+        parameter = next(self.model.parameters())
+        features = []
+        for start in range(0, images.shape[0], batch_size):
+            pixel_values = self.preprocess(images[start : start + batch_size].to(parameter.device))
+            outputs = self.model(pixel_values=pixel_values.to(parameter.dtype))
+            hidden = outputs.last_hidden_state
+            cls = hidden[:, 0] if hidden.ndim == 3 else outputs.pooler_output.flatten(1)
+            features.append(cls.float().cpu())
+        if not features:
+            raise ValueError("expected at least one image to encode, got 0")
+        return torch.cat(features)  # (N, D)
+
+    __call__ = encode
+
+
+def load_pretrained_encoder(
+    path_or_hub_id: str,
+    device: Union[str, torch.device, None] = None,
+    torch_dtype: Optional[torch.dtype] = None,
+) -> PretrainedImageEncoder:
+    r"""
+    Load a transformers vision backbone (`AutoModel`) and read its `AutoImageProcessor` config (input size,
+    ImageNet mean and std), in eval mode without gradients.
+
+    Args:
+        path_or_hub_id (`str`): a local directory or Hub id, e.g. `"facebook/dinov2-small"`.
+        device (`str` or `torch.device`, *optional*): where to put the model; default where it loads (CPU).
+        torch_dtype (`torch.dtype`, *optional*): the model's dtype; default the checkpoint's.
+    """
+    processor = AutoImageProcessor.from_pretrained(path_or_hub_id)
+    kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
+    model = AutoModel.from_pretrained(path_or_hub_id, **kwargs).eval().requires_grad_(False)
+    if device is not None:
+        model.to(device)
+    normalize = getattr(processor, "do_normalize", True)
+    mean = tuple(processor.image_mean) if normalize else (0.0, 0.0, 0.0)
+    std = tuple(processor.image_std) if normalize else (1.0, 1.0, 1.0)
+    return PretrainedImageEncoder(model, _processor_size(processor, model.config), mean, std)

@@ -1,0 +1,186 @@
+"""Generate images from reference images with a representation-conditioned DiT: image variations."""
+
+from typing import List, Optional, Union
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from diffusion_classifiers.data import preprocess_images
+from diffusion_classifiers.models import (
+    RepresentationConditionedDiTModel,
+    check_encoder_matches,
+    decode_latents,
+    encode_representation,
+)
+
+from .pipeline_utils import local_snapshot
+
+__all__ = ["RepresentationConditionedDiTImageVariationPipeline"]
+
+OUTPUT_TYPES = ("pt", "np", "pil")
+
+
+class RepresentationConditionedDiTImageVariationPipeline(DiffusionPipeline):
+    r"""
+    Sample images conditioned on the representation r of reference images, with classifier-free guidance.
+
+    The components are those of a [`RepresentationConditionedDiTPipeline`] less its classification head, so a
+    classifier pipeline lends them without copying any weights:
+    `RepresentationConditionedDiTImageVariationPipeline.from_pipe(classifier_pipe)`. `from_pretrained` also loads
+    straight from a folder saved by the classifier pipeline (its `head` is not loaded).
+
+    Args:
+        encoder: the transformers vision model (`ViTModel`, `Dinov2Model`) that computes r of the references.
+        transformer ([`RepresentationConditionedDiTModel`]): the denoiser conditioned on r.
+        scheduler ([`DDPMScheduler`]): the scheduler it was trained with, or another one made from its config
+            (`DDIMScheduler.from_config(pipe.scheduler.config)`) for fewer steps.
+        vae ([`AutoencoderKL`], *optional*): when the transformer works in the VAE's latent space; samples are
+            decoded with it.
+    """
+
+    model_cpu_offload_seq = "encoder->transformer->vae"
+    _optional_components = ["vae"]
+
+    def __init__(
+        self,
+        encoder,
+        transformer: RepresentationConditionedDiTModel,
+        scheduler: DDPMScheduler,
+        vae: Optional[AutoencoderKL] = None,
+    ):
+        super().__init__()
+        check_encoder_matches(encoder, transformer, vae)
+        self.register_modules(encoder=encoder, transformer=transformer, scheduler=scheduler, vae=vae)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        return super().from_pretrained(local_snapshot(pretrained_model_name_or_path, kwargs), **kwargs)
+
+    @classmethod
+    def from_pipe(cls, pipeline, **kwargs):
+        """The pipeline on `pipeline`'s encoder, transformer, scheduler and vae (shared, not copied), in their dtype."""
+        # diffusers casts the new pipeline to `dtype`, float32 by default: the shared models of a half-precision
+        # classifier pipeline would change dtype under it.
+        if "dtype" not in kwargs and "torch_dtype" not in kwargs:
+            kwargs["dtype"] = pipeline.transformer.dtype
+        return super().from_pipe(pipeline, **kwargs)
+
+    def check_inputs(self, reference_images, guidance_scale, num_inference_steps, output_type, generator):
+        """Validate the arguments; return the reference images as `[N, C, H, W]` at the encoder's `image_size`."""
+        if not guidance_scale >= 0:
+            raise ValueError(f"expected guidance_scale >= 0, got {guidance_scale}")
+        if int(num_inference_steps) != num_inference_steps or num_inference_steps < 1:
+            raise ValueError(f"expected num_inference_steps >= 1, got {num_inference_steps}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"expected output_type 'pt', 'np' or 'pil', got {output_type!r}")
+        references = preprocess_images(reference_images, image_size=self.encoder.config.image_size)
+        num_channels = self.encoder.config.num_channels
+        if references.shape[1] != num_channels:
+            raise ValueError(
+                f"expected reference images with {num_channels} channel(s) (the encoder's num_channels), "
+                f"got {references.shape[1]}"
+            )
+        if isinstance(generator, list) and len(generator) != len(references):
+            raise ValueError(f"expected one generator per reference image ({len(references)}), got {len(generator)}")
+        return references
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        reference_images,
+        guidance_scale: float = 1.0,
+        num_inference_steps: int = 50,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        output_type: str = "pt",
+        return_dict: bool = True,
+    ):
+        r"""
+        Sample one image per reference image, conditioned on its representation.
+
+        The noise prediction is `eps_uncond + guidance_scale * (eps_cond - eps_uncond)`, `eps_uncond` with the null
+        representation: 1 is plain conditional sampling, 0 unconditional, > 1 stronger guidance.
+
+        Args:
+            reference_images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a `list` of them):
+                one or more reference images with the encoder's channel count.
+            guidance_scale (`float`, *optional*, defaults to 1.0):
+                the classifier-free guidance scale, >= 0.
+            num_inference_steps (`int`, *optional*, defaults to 50):
+                denoising steps of the scheduler, >= 1.
+            generator (`torch.Generator` or `List[torch.Generator]`, *optional*):
+                one generator, or one per reference image, for reproducible samples.
+            output_type (`str`, *optional*, defaults to `"pt"`):
+                `"pt"` (float tensor `[N, C, H, W]` in [0, 1]), `"np"` (`[N, H, W, C]` in [0, 1]) or `"pil"`.
+            return_dict (`bool`, *optional*, defaults to `True`):
+                return an [`~pipelines.ImagePipelineOutput`] instead of a plain tuple.
+
+        Examples:
+
+        ```py
+        >>> import torch
+        >>> from diffusion_classifiers import DiffusionClassifierPipeline
+        >>> from diffusion_classifiers.pipelines import RepresentationConditionedDiTImageVariationPipeline
+
+        >>> classifier = DiffusionClassifierPipeline.from_pretrained("path/to/rc_dit_pipeline")
+        >>> pipe = RepresentationConditionedDiTImageVariationPipeline.from_pipe(classifier)  # shares the weights
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> images = pipe(reference_images, guidance_scale=2.0, num_inference_steps=50, generator=generator).images
+        ```
+
+        Returns:
+            [`~pipelines.ImagePipelineOutput`] or `tuple`: the images, or a tuple `(images,)` when
+            `return_dict=False`.
+        """
+        references = self.check_inputs(reference_images, guidance_scale, num_inference_steps, output_type, generator)
+        batch_size = len(references)
+        device, dtype = self._execution_device, self.transformer.dtype
+        do_classifier_free_guidance = guidance_scale not in (0, 1)
+
+        # encode the references; the null representation conditions the unconditional branch
+        representations = encode_representation(self.encoder, references).to(device, dtype)
+        null = self.transformer.null_representation[None].expand(batch_size, -1)
+        if guidance_scale == 0:
+            representations = null
+        elif do_classifier_free_guidance:
+            representations = torch.cat([representations, null])
+
+        # sample the initial noise
+        config = self.transformer.config
+        shape = (batch_size, config.in_channels, config.sample_size, config.sample_size)
+        sample = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        sample = sample * self.scheduler.init_noise_sigma
+
+        # set step values
+        self.scheduler.set_timesteps(int(num_inference_steps), device=device)
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_input = torch.cat([sample] * 2) if do_classifier_free_guidance else sample
+            model_input = self.scheduler.scale_model_input(model_input, t)
+
+            # predict noise model_output
+            noise_pred = self.transformer(model_input, t, representations).sample
+
+            # perform guidance
+            if do_classifier_free_guidance:
+                noise_pred_cond, noise_pred_uncond = noise_pred.chunk(2)
+                noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_cond - noise_pred_uncond)
+
+            # compute previous image: x_t -> x_t-1
+            sample = self.scheduler.step(noise_pred, t, sample, generator=generator).prev_sample
+
+        # decode the latents (with a vae) and map [-1, 1] -> [0, 1]
+        if self.vae is not None:
+            sample = decode_latents(self.vae, sample)
+        images = (sample.float() / 2 + 0.5).clamp(0, 1).cpu()
+        if output_type != "pt":
+            images = images.permute(0, 2, 3, 1).numpy()
+            if output_type == "pil":
+                images = self.numpy_to_pil(images)
+
+        # Offload all models
+        self.maybe_free_model_hooks()
+
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)

@@ -1,0 +1,28 @@
+"""Evaluation of image features.
+
+- [`fit_probe_grid`] (`probe_grid.py`): the batched L-BFGS probe solver over (block, timestep) pairs.
+- [`evaluate_protocols`] and its parts (`protocols.py`): k-means + Hungarian matching, few-shot prototypes and
+  k-NN, and the linear probe, the one protocol every method is scored with.
+"""
+
+from .probe_grid import FeatureKey, ProbeGridResult, fit_probe_grid
+from .protocols import (
+    Shots,
+    evaluate_protocols,
+    few_shot_indices,
+    kmeans_evaluate,
+    knn_classify,
+    prototype_classify,
+)
+
+__all__ = [
+    "FeatureKey",
+    "ProbeGridResult",
+    "Shots",
+    "evaluate_protocols",
+    "few_shot_indices",
+    "fit_probe_grid",
+    "kmeans_evaluate",
+    "knn_classify",
+    "prototype_classify",
+]

@@ -1,0 +1,313 @@
+"""The evaluation protocols every method is scored with: label-free k-means, few-shot prototypes and k-NN, a linear
+probe, and [`evaluate_protocols`], which runs them all on one feature source."""
+
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.cluster import KMeans
+from sklearn.preprocessing import StandardScaler
+
+from ..metrics import classification_metrics, clustering_metrics
+from ..models.prototype_head import fit_prototypes
+from ..validation import as_feature_matrix, as_labels, check_finite_rows, check_label_range, resolve_num_classes
+from .probe_grid import fit_probe_grid
+
+__all__ = [
+    "Shots",
+    "evaluate_protocols",
+    "few_shot_indices",
+    "kmeans_evaluate",
+    "knn_classify",
+    "prototype_classify",
+]
+
+Shots = Union[int, str, None]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Label-free: k-means + Hungarian matching
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def kmeans_evaluate(features, labels, num_classes: int, seed: int = 0, standardize: bool = True) -> dict:
+    r"""
+    Label-free grouping: k-means with `num_classes` clusters (`n_init=10`, `random_state=seed`) on the features,
+    scored with [`~metrics.clustering_metrics`] (NMI, ARI, Hungarian-matched accuracy and macro-F1, purity).
+
+    Returns:
+        `dict` of the metrics plus `clusters`, the `np.ndarray` cluster id of each sample.
+    """
+    x = np.asarray(features.detach().cpu() if hasattr(features, "detach") else features, dtype=np.float64)
+    y = as_labels(labels, "labels")
+    if x.ndim != 2 or len(x) != len(y) or len(x) < num_classes:
+        raise ValueError(
+            f"expected features [N, D] with one row per label and N >= num_classes={num_classes}, "
+            f"got {x.shape} for {len(y)} labels"
+        )
+    check_finite_rows(x, "features")
+    if standardize:
+        x = StandardScaler().fit_transform(x)
+    clusters = KMeans(n_clusters=num_classes, n_init=10, random_state=seed).fit_predict(x)
+    return {**clustering_metrics(y, clusters, num_classes), "clusters": clusters}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Few-shot protocols: labelled subsets, prototypes and k-NN
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _shots_name(shots: Shots) -> str:
+    """ "all" for None / "all", else the count as a string (the JSON key of `evaluate_protocols`)."""
+    if shots is None or shots == "all":
+        return "all"
+    if isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots < 1:
+        raise ValueError(f"expected shots_per_class as an integer >= 1, None or 'all', got {shots!r}")
+    return str(int(shots))
+
+
+def few_shot_indices(labels, shots_per_class: Shots, seed: int = 0, num_classes: Optional[int] = None) -> np.ndarray:
+    r"""
+    The indices of a labelled subset with `shots_per_class` samples of every class, drawn without replacement.
+
+    Args:
+        labels (`np.ndarray`, `torch.Tensor` or `list`): the integer labels of the split to draw from (the train split).
+        shots_per_class (`int`, `"all"` or `None`): n >= 1, or `None` / `"all"` for every sample.
+        seed (`int`, *optional*, defaults to 0): the draw is a function of `(labels, shots_per_class, seed)` only.
+        num_classes (`int`, *optional*): the classes `0 .. num_classes - 1` must all be present; default: the largest
+            label + 1.
+
+    Returns:
+        `np.ndarray`: sorted, `n * num_classes` indices (all indices for `"all"`).
+    """
+    y = as_labels(labels, "labels")
+    name = _shots_name(shots_per_class)
+    if name == "all":
+        return np.arange(len(y))
+    num_classes = resolve_num_classes(num_classes, None, y)
+    check_label_range(y, "labels", num_classes)
+    counts = np.bincount(y, minlength=num_classes)
+    short = np.flatnonzero(counts < shots_per_class)
+    if len(short):
+        raise ValueError(
+            f"class {short[0]} has {counts[short[0]]} labelled samples, fewer than shots_per_class={shots_per_class}"
+        )
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(np.flatnonzero(y == k), int(shots_per_class), replace=False) for k in range(num_classes)]
+    return np.sort(np.concatenate(chosen))
+
+
+def _check_pair(train_features, train_labels, test_features, num_classes, num_test: Optional[int] = None):
+    """Validated float32 train / test matrices, train labels and the number of classes."""
+    y = as_labels(train_labels, "train_labels")
+    x = as_feature_matrix(train_features, "train_features", len(y))
+    test = as_feature_matrix(test_features, "test_features", num_test)
+    if test.shape[1] != x.shape[1]:
+        raise ValueError(f"test_features have {test.shape[1]} columns, train_features have {x.shape[1]}")
+    num_classes = resolve_num_classes(num_classes, None, y)
+    check_label_range(y, "train_labels", num_classes)
+    return x, y, test, num_classes
+
+
+def prototype_classify(
+    train_features, train_labels, test_features, num_classes: Optional[int] = None, standardize: bool = False
+) -> Tuple[np.ndarray, np.ndarray]:
+    r"""
+    Nearest-prototype classification: each class's prototype is the L2-normalised mean of its L2-normalised labelled
+    features (standardised first with the labelled set's mean and std if `standardize`); a test feature goes to the
+    prototype of highest cosine similarity. The same computation as [`~models.PrototypeHead`].
+
+    Returns:
+        predictions `[N_test]` and per-class scores `[N_test, K]` (the cosine similarities), as numpy arrays.
+    """
+    x, y, test, num_classes = _check_pair(train_features, train_labels, test_features, num_classes)
+    head = fit_prototypes(x, y, num_classes=num_classes, standardize=standardize)
+    with torch.no_grad():
+        scores = head.similarities(test)
+    return scores.argmax(dim=1).numpy(), scores.numpy()
+
+
+def knn_classify(
+    train_features,
+    train_labels,
+    test_features,
+    k: int = 10,
+    num_classes: Optional[int] = None,
+    standardize: bool = False,
+    chunk_size: int = 1024,
+) -> Tuple[np.ndarray, np.ndarray]:
+    r"""
+    k-nearest-neighbour classification by cosine similarity (optionally after standardising with the labelled set's
+    statistics), majority vote of the `min(k, N_train)` most similar labelled samples. A tie in votes goes to the tied
+    class with the larger summed similarity of its voters.
+
+    Returns:
+        predictions `[N_test]` and per-class scores `[N_test, K]`, the fraction of the neighbours voting for each class.
+    """
+    x, y, test, num_classes = _check_pair(train_features, train_labels, test_features, num_classes)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"expected k as an integer >= 1, got {k!r}")
+    k = min(int(k), len(x))
+    if standardize:
+        mean, std = x.mean(0), x.std(0, unbiased=False).clamp(min=1e-6)
+        x, test = (x - mean) / std, (test - mean) / std
+    x, test, y_t = F.normalize(x, dim=1), F.normalize(test, dim=1), torch.as_tensor(y)
+    votes, similarity_sums = [], []
+    for chunk in test.split(chunk_size):
+        similarity, neighbours = (chunk @ x.T).topk(k, dim=1)
+        one_hot = F.one_hot(y_t[neighbours], num_classes).float()  # [n, k, K]
+        votes.append(one_hot.sum(dim=1))
+        similarity_sums.append((one_hot * similarity[:, :, None]).sum(dim=1))
+    votes, similarity_sums = torch.cat(votes), torch.cat(similarity_sums)
+    # A vote outweighs any difference of summed similarities (each in [-k, k]).
+    predictions = (votes + similarity_sums / (2 * k + 1)).argmax(dim=1)
+    return predictions.numpy(), (votes / k).numpy()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The shared evaluation entry point
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _scores(y_true, y_pred, num_classes) -> Dict[str, float]:
+    result = classification_metrics(y_true, y_pred, num_classes=num_classes)
+    return {"accuracy": result["accuracy"], "macro_f1": result["macro_f1"]}
+
+
+def _summarise(episodes: List[Dict[str, float]]) -> dict:
+    summary = {"num_episodes": len(episodes)}
+    for name in ("accuracy", "macro_f1"):
+        values = [e[name] for e in episodes]
+        summary[f"{name}_mean"], summary[f"{name}_std"] = float(np.mean(values)), float(np.std(values))
+        summary[f"{name}_per_episode"] = values
+    return summary
+
+
+def _single_feature(features, name: str):
+    """A plain [N, D] matrix from a tensor/array or a one-pair `(block, timestep) -> [N, D]` dict, and the pair."""
+    if not isinstance(features, dict):
+        return features, None
+    if len(features) != 1:
+        raise ValueError(
+            f"expected {name} as an [N, D] tensor or a dict with one (block, timestep) pair, got {len(features)} pairs "
+            f"{list(features)}: call evaluate_protocols once per pair"
+        )
+    (pair, value), = features.items()
+    return value, pair
+
+
+def evaluate_protocols(
+    train_features,
+    train_labels,
+    test_features,
+    test_labels,
+    num_classes: Optional[int] = None,
+    val_features=None,
+    val_labels=None,
+    shots: Sequence[Shots] = (1, 5, 10, None),
+    num_episodes: int = 5,
+    seed: int = 0,
+    knn_k: int = 10,
+    standardize: bool = False,
+    kmeans_standardize: bool = True,
+    linear_probe: bool = True,
+    probe_kwargs: Optional[dict] = None,
+) -> dict:
+    r"""
+    Score one feature source with every protocol, the same way for every method (U-Net features, the RC-DiT
+    representation, a contrastive ViT, DINOv2).
+
+    - `label_free`: k-means with `num_classes` clusters on the test features ([`kmeans_evaluate`], seeded with `seed`,
+      standardised if `kmeans_standardize`), Hungarian-matched `accuracy` and `macro_f1`, `nmi`, `ari`, `purity`.
+    - `prototype` and `knn`, for each n in `shots`: `num_episodes` episodes, episode e labelling
+      `few_shot_indices(train_labels, n, seed + e)`; [`prototype_classify`] and [`knn_classify`] with
+      `k = min(knn_k, n)` neighbours (1-NN for n = 1; `knn_k` for "all") are scored on the whole test split. The
+      "all" case uses every train sample in a single episode. Reported: mean and (population) std over episodes of
+      accuracy and macro-F1, and the per-episode values.
+    - `linear_probe` (unless `linear_probe=False`): [`fit_probe_grid`] on all train labels with `probe_kwargs`
+      (e.g. `C`), scored on the test split (and on val if given; without val the train split stands in for it).
+
+    Args:
+        train_features, test_features, val_features: `[N, D]` tensors or arrays, or dicts with a single
+            `(block, timestep)` pair (as `DiffusionFeatureExtractor.extract` or the RC-DiT pipeline's `dit_features`
+            return); the pair is recorded as `feature`.
+        train_labels, test_labels, val_labels: integer labels in `[0, num_classes)`.
+        num_classes: defaults to the largest train or test label + 1.
+        shots: labelled samples per class: integers >= 1, and `None` or "all" for the whole train split.
+        num_episodes: >= 1 draws of each few-shot labelled set.
+        standardize: prototypes and k-NN standardise with the labelled set's statistics before the cosine.
+
+    Returns:
+        a JSON-serialisable `dict`:
+
+        ```
+        {"feature": ["encoder", 0] or None, "num_classes": K, "feature_dim": D, "num_train": ..., "num_test": ...,
+         "settings": {"shots": ["1", "5", "10", "all"], "num_episodes": 5, "seed": 0, "knn_k": 10, ...},
+         "label_free": {"accuracy", "macro_f1", "nmi", "ari", "purity"},
+         "prototype": {"1": {"num_episodes": 5, "accuracy_mean", "accuracy_std", "accuracy_per_episode": [...],
+                             "macro_f1_mean", "macro_f1_std", "macro_f1_per_episode": [...]}, ..., "all": {...}},
+         "knn": {"1": {..., "k": 1}, ...},
+         "linear_probe": {"accuracy", "macro_f1", "val_accuracy", "val_macro_f1", "converged", "n_iter"}}
+        ```
+    """
+    train_features, pair = _single_feature(train_features, "train_features")
+    test_features, _ = _single_feature(test_features, "test_features")
+    if (val_features is None) != (val_labels is None):
+        raise ValueError("expected val_features and val_labels together, got only one of them")
+    if isinstance(num_episodes, bool) or not isinstance(num_episodes, (int, np.integer)) or num_episodes < 1:
+        raise ValueError(f"expected num_episodes as an integer >= 1, got {num_episodes!r}")
+    names = [_shots_name(n) for n in shots]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"expected a non-empty list of distinct shots, got {list(shots)}")
+    y_train, y_test = as_labels(train_labels, "train_labels"), as_labels(test_labels, "test_labels")
+    num_classes = resolve_num_classes(num_classes, None, y_train, y_test)
+    check_label_range(y_test, "test_labels", num_classes)
+    x_train, y_train, x_test, _ = _check_pair(train_features, y_train, test_features, num_classes, len(y_test))
+
+    label_free = kmeans_evaluate(x_test, y_test, num_classes, seed=seed, standardize=kmeans_standardize)
+    result = {
+        "feature": list(pair) if pair is not None else None,
+        "num_classes": num_classes, "feature_dim": x_train.shape[1], "num_train": len(y_train), "num_test": len(y_test),
+        "settings": {
+            "shots": names, "num_episodes": num_episodes, "seed": seed, "knn_k": knn_k, "standardize": standardize,
+            "kmeans_standardize": kmeans_standardize,
+        },
+        "label_free": {k: label_free[k] for k in ("accuracy", "macro_f1", "nmi", "ari", "purity")},
+        "prototype": {},
+        "knn": {},
+    }  # fmt: skip
+    for n, name in zip(shots, names):
+        episodes = {"prototype": [], "knn": []}
+        k = knn_k if name == "all" else min(knn_k, int(n))
+        for episode in range(1 if name == "all" else num_episodes):
+            index = few_shot_indices(y_train, None if name == "all" else int(n), seed + episode, num_classes)
+            x, y = x_train[index], y_train[index]
+            predictions = prototype_classify(x, y, x_test, num_classes, standardize)[0]
+            episodes["prototype"].append(_scores(y_test, predictions, num_classes))
+            predictions = knn_classify(x, y, x_test, k, num_classes, standardize)[0]
+            episodes["knn"].append(_scores(y_test, predictions, num_classes))
+        result["prototype"][name] = _summarise(episodes["prototype"])
+        result["knn"][name] = {**_summarise(episodes["knn"]), "k": min(k, len(y_train))}
+    if linear_probe:
+        result["linear_probe"] = _linear_probe(
+            x_train, y_train, x_test, y_test, val_features, val_labels, num_classes, probe_kwargs
+        )
+    return result
+
+
+def _linear_probe(x_train, y_train, x_test, y_test, val_features, val_labels, num_classes, probe_kwargs) -> dict:
+    """`fit_probe_grid` on one feature; val selects nothing (one pair) but is scored and usable for early stopping."""
+    key = ("features", 0)
+    if val_features is None:
+        val = {key: x_train}, y_train
+    else:
+        val = {key: _single_feature(val_features, "val_features")[0]}, val_labels
+    fit = fit_probe_grid(
+        {key: x_train}, y_train, *val, {key: x_test}, y_test, num_classes=num_classes, pool=None, **(probe_kwargs or {})
+    )
+    metrics = fit.metrics[key]
+    out = {"accuracy": metrics["test"]["accuracy"], "macro_f1": metrics["test"]["macro_f1"]}
+    if val_features is not None:
+        out.update(val_accuracy=metrics["val"]["accuracy"], val_macro_f1=metrics["val"]["macro_f1"])
+    return {**out, "converged": bool(fit.converged[key]), "n_iter": int(fit.n_iter[key])}

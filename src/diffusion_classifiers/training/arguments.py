@@ -1,0 +1,171 @@
+"""Training arguments and the command-line flags of the example scripts.
+
+`TrainingArguments` holds the flags of the one training loop, named as in diffusers' `examples/*/train_*.py`;
+`add_training_args` turns each field into a `--flag` whose help shows its default. `add_encoder_args` and
+`build_vit_encoder_from_args` are the encoder flags the RC-DiT and contrastive trainers share.
+"""
+
+import argparse
+from dataclasses import dataclass, field, fields
+from typing import Optional
+
+import torch
+from transformers import AutoModel
+
+from ..models.encoders import build_vit_encoder
+
+__all__ = [
+    "TrainingArguments",
+    "add_encoder_args",
+    "add_training_args",
+    "build_vit_encoder_from_args",
+    "training_args_from_namespace",
+]
+
+
+def _flag(default, help: str):
+    """A dataclass field whose `help` becomes the help of its `--flag`."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainingArguments:
+    """Training flags, named as in diffusers' example scripts; each field's `help` says what it does."""
+
+    output_dir: str = field(metadata={"help": "Where checkpoints, the training summary and the trained model go."})
+    train_batch_size: int = _flag(64, "Batch size per process for the training dataloader.")
+    max_train_steps: Optional[int] = _flag(1000, "Total optimizer steps; overrides `--num_epochs` when set.")
+    num_epochs: Optional[int] = _flag(None, "Epochs to train when `--max_train_steps` is not set.")
+    learning_rate: float = _flag(2e-4, "Peak learning rate of AdamW, after warmup.")
+    lr_scheduler: str = _flag(
+        "cosine", 'Learning-rate schedule after warmup, a diffusers `get_scheduler` name ("cosine", "constant", ...).'
+    )
+    lr_warmup_steps: int = _flag(100, "Optimizer steps of linear learning-rate warmup.")
+    adam_beta1: float = _flag(0.9, "AdamW beta1.")
+    adam_beta2: float = _flag(0.999, "AdamW beta2.")
+    adam_weight_decay: float = _flag(1e-4, "AdamW weight decay.")
+    adam_epsilon: float = _flag(1e-8, "AdamW epsilon.")
+    max_grad_norm: float = _flag(1.0, "Gradients are clipped to this norm.")
+    gradient_accumulation_steps: int = _flag(1, "Batches accumulated per optimizer step.")
+    mixed_precision: str = _flag("no", 'Mixed precision: "no", "fp16" or "bf16".')
+    use_ema: bool = _flag(False, "Keep an exponential moving average of the weights and return it.")
+    ema_max_decay: float = _flag(0.9999, "The EMA decay's upper bound.")
+    ema_inv_gamma: float = _flag(1.0, "EMA warmup: inverse multiplicative factor of the decay schedule.")
+    ema_power: float = _flag(0.75, "EMA warmup: exponential factor of the decay schedule.")
+    checkpointing_steps: int = _flag(500, "Save a `checkpoint-N` folder (accelerate state) every this many steps.")
+    checkpoints_total_limit: Optional[int] = _flag(None, "Keep only this many newest checkpoints; None keeps all.")
+    resume_from_checkpoint: Optional[str] = _flag(
+        None, 'Resume from a `checkpoint-N` folder (a path, or a name in `--output_dir`), or "latest".'
+    )
+    seed: int = _flag(0, "Seed of the initial weights, the data order, noise and timesteps.")
+    report_to: Optional[str] = _flag(None, 'An accelerate tracker to log to ("tensorboard", "wandb", ...).')
+    dataloader_num_workers: int = _flag(0, "Worker processes of the training dataloader; 0 loads in the main one.")
+
+    def __post_init__(self):
+        checks = {
+            "train_batch_size": self.train_batch_size >= 1,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps >= 1,
+            "learning_rate": self.learning_rate > 0,
+            "checkpointing_steps": self.checkpointing_steps >= 1,
+            "max_train_steps": self.max_train_steps is None or self.max_train_steps >= 1,
+            "num_epochs": self.num_epochs is None or self.num_epochs >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"expected a positive `{name}`, got {getattr(self, name)!r}")
+        if self.max_train_steps is None and self.num_epochs is None:
+            raise ValueError("expected `max_train_steps` or `num_epochs`, got neither")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"expected `mixed_precision` in no/fp16/bf16, got {self.mixed_precision!r}")
+
+
+def _flag_type(annotation) -> type:
+    for caster in (bool, int, float):
+        if annotation is caster or annotation == Optional[caster]:
+            return caster
+    return str
+
+
+def add_training_args(parser: argparse.ArgumentParser, **defaults) -> argparse.ArgumentParser:
+    """Add every `TrainingArguments` field as a `--flag`; `defaults` overrides the dataclass defaults."""
+    for arg in fields(TrainingArguments):
+        flag, kind, help = f"--{arg.name}", _flag_type(arg.type), arg.metadata["help"]
+        if arg.name == "output_dir" and "output_dir" not in defaults:
+            parser.add_argument(flag, type=str, required=True, help=help)
+            continue
+        default = defaults.get(arg.name, arg.default)
+        help = help.rstrip(".") + " (default: %(default)s)."
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help)
+        else:
+            parser.add_argument(flag, type=kind, default=default, help=help)
+    return parser
+
+
+def training_args_from_namespace(namespace: argparse.Namespace) -> TrainingArguments:
+    """The `TrainingArguments` of parsed flags (the other flags are ignored)."""
+    names = {arg.name for arg in fields(TrainingArguments)}
+    return TrainingArguments(**{k: v for k, v in vars(namespace).items() if k in names})
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The encoder of the RC-DiT and contrastive trainers
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def add_encoder_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The encoder flags shared by the RC-DiT and contrastive trainers (same architecture, same budget)."""
+    parser.add_argument(
+        "--encoder_name_or_path",
+        default=None,
+        help="A pretrained transformers vision model (ViTModel, Dinov2Model) directory or Hub id to start from "
+        "(default: %(default)s, a new ViT of the sizes below).",
+    )
+    parser.add_argument(
+        "--encoder_hidden_size",
+        type=int,
+        default=192,
+        help="Width of a new ViT encoder, the size of its representation (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--encoder_num_layers", type=int, default=6, help="Blocks of a new ViT encoder (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--encoder_num_heads",
+        type=int,
+        default=3,
+        help="Attention heads of a new ViT encoder; must divide its width (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--encoder_patch_size",
+        type=int,
+        default=4,
+        help="Patch side of a new ViT encoder; must divide the image size (default: %(default)s).",
+    )
+    return parser
+
+
+def build_vit_encoder_from_args(args: argparse.Namespace, images: torch.Tensor):
+    """The encoder the flags of `add_encoder_args` ask for, for training images `[N, C, H, H]`: loaded with
+    `AutoModel` from `--encoder_name_or_path` (it must read C-channel images), else a new `build_vit_encoder` whose
+    initial weights are seeded with `args.seed` (so the RC-DiT and contrastive trainers start from the same one)."""
+    if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"expected square training images, got shape {tuple(images.shape)}: pass --image_size")
+    image_size, num_channels = images.shape[-1], images.shape[1]
+    if args.encoder_name_or_path:
+        encoder = AutoModel.from_pretrained(args.encoder_name_or_path)
+        if encoder.config.num_channels != num_channels:
+            raise ValueError(
+                f"encoder {args.encoder_name_or_path!r} reads {encoder.config.num_channels}-channel images, the data "
+                f"has {num_channels}: pass --num_channels {encoder.config.num_channels}"
+            )
+        return encoder
+    torch.manual_seed(args.seed)
+    return build_vit_encoder(
+        image_size,
+        num_channels,
+        hidden_size=args.encoder_hidden_size,
+        num_layers=args.encoder_num_layers,
+        num_heads=args.encoder_num_heads,
+        patch_size=args.encoder_patch_size,
+    )

@@ -1,0 +1,79 @@
+"""The DDPM denoising objective every diffusion trainer minimises, and the images it trains on.
+
+`DenoisingLoss` is the epsilon-prediction loss for `training.train`; the U-Net trainers use it as it is, the RC-DiT
+trainer subclasses it (latents as x0, the clean image's representation as the condition).
+"""
+
+from typing import Optional
+
+import torch
+from diffusers import DDPMScheduler
+from torch import nn
+
+from ..validation import check_finite_rows, check_unit_range
+
+__all__ = ["DenoisingLoss", "check_training_images"]
+
+
+def check_training_images(images: torch.Tensor, name: str = "training data") -> None:
+    """Square images `[N, C, H, H]` in [-1, 1] without NaN or inf, what every denoising trainer takes; the error
+    names the first bad image. Runs before training writes anything."""
+    if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"expected square images [N, C, H, H] as {name}, got shape {tuple(images.shape)}")
+    check_finite_rows(images, name, item="image")
+    check_unit_range(images, name)
+
+
+class DenoisingLoss:
+    r"""
+    DDPM epsilon-prediction loss: noise a batch's clean sample x0 to a uniformly drawn timestep t, predict the noise,
+    return the mean squared error.
+
+    Batches are `(images,)` or `(images, labels)`. With `conditional=True` the labels go to the model as
+    `class_labels`; `label_dropout > 0` replaces that fraction of labels by `null_class` so the same model also
+    learns the unconditional score.
+
+    Args:
+        scheduler (`DDPMScheduler`): the noise schedule; its `prediction_type` must be "epsilon".
+        conditional (`bool`, *optional*, defaults to `False`): pass the batch's labels as `class_labels`.
+        label_dropout (`float`, *optional*, defaults to 0.0): fraction of labels replaced by `null_class`.
+        null_class (`int`, *optional*): the class id that stands for "no label"; needed when `label_dropout > 0`.
+    """
+
+    def __init__(
+        self,
+        scheduler: DDPMScheduler,
+        conditional: bool = False,
+        label_dropout: float = 0.0,
+        null_class: Optional[int] = None,
+    ):
+        if scheduler.config.prediction_type != "epsilon":
+            raise ValueError(f"expected an epsilon-prediction scheduler, got {scheduler.config.prediction_type!r}")
+        if not 0.0 <= label_dropout < 1.0:
+            raise ValueError(f"expected label_dropout in [0, 1), got {label_dropout}")
+        if label_dropout > 0 and (not conditional or null_class is None):
+            raise ValueError("label_dropout > 0 needs conditional=True and a `null_class` id")
+        self.scheduler = scheduler
+        self.conditional = conditional
+        self.label_dropout = label_dropout
+        self.null_class = null_class
+
+    def __call__(self, model: nn.Module, batch: tuple) -> torch.Tensor:
+        images = self.clean_sample(batch)  # x0: (N, C, H, W)
+        noise = torch.randn_like(images)
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (images.shape[0],), device=images.device)
+        noisy = self.scheduler.add_noise(images, noise, timesteps)
+        prediction = self.predict_noise(model, noisy, timesteps, batch)
+        return nn.functional.mse_loss(prediction.float(), noise.float())
+
+    def clean_sample(self, batch: tuple) -> torch.Tensor:
+        """x0, the sample the noise is added to: the batch's images here; latents for a latent-space model."""
+        return batch[0]
+
+    def predict_noise(self, model: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, batch: tuple) -> torch.Tensor:
+        """The model's epsilon prediction; subclasses change what conditions it (class labels here)."""
+        class_labels = batch[1] if self.conditional else None
+        if class_labels is not None and self.label_dropout > 0:
+            drop = torch.rand(class_labels.shape, device=noisy.device) < self.label_dropout
+            class_labels = torch.where(drop, torch.full_like(class_labels, self.null_class), class_labels)
+        return model(noisy, timesteps, class_labels=class_labels).sample

@@ -1,0 +1,121 @@
+"""Train a representation-conditioned DiT: a ViT encoder and a `RepresentationConditionedDiTModel` together.
+
+`RCDiTJointModel` holds both as one module (one optimizer, DDP, EMA and checkpoints for both); `RCDiTLoss` is the
+epsilon loss with the clean image's representation as the condition; `train_rc_dit` builds the DiT and runs them
+under `training.train`, in pixel space or in the latent space of a frozen `AutoencoderKL`.
+"""
+
+from typing import Optional
+
+import torch
+from diffusers import DDPMScheduler
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from ..models.encoders import encode_representation, representation_size
+from ..models.rc_dit import RepresentationConditionedDiTModel, check_encoder_matches, rc_dit_config
+from ..models.vae_latents import encode_latents, vae_scale_factor
+from .arguments import TrainingArguments
+from .denoising import DenoisingLoss, check_training_images
+from .loop import TrainingSummary, train
+
+__all__ = ["RCDiTJointModel", "RCDiTLoss", "train_rc_dit"]
+
+
+class RCDiTJointModel(nn.Module):
+    """Encoder + transformer as one module, so one optimizer (and DDP, EMA, checkpoints) trains both.
+
+    `forward(noisy, timesteps, clean)` encodes the clean images to r and predicts the noise of `noisy` given r.
+    `freeze_encoder=True` keeps the encoder fixed (no gradients, eval mode): only the DiT learns. With a `vae`
+    (latent space; only checked here, `RCDiTLoss(vae=...)` makes the latents) `noisy` are noised latents.
+    """
+
+    def __init__(
+        self, encoder: nn.Module, transformer: RepresentationConditionedDiTModel, freeze_encoder: bool = False, vae=None
+    ):
+        super().__init__()
+        check_encoder_matches(encoder, transformer, vae)  # the vae is not a submodule: frozen, kept by the loss
+        self.encoder = encoder
+        self.transformer = transformer
+        self.freeze_encoder = freeze_encoder
+        if freeze_encoder:
+            encoder.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_encoder:
+            self.encoder.eval()
+        return self
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
+            representation = encode_representation(self.encoder, clean)  # (N, D)
+        return self.transformer(noisy, timesteps, representation).sample
+
+
+class RCDiTLoss(DenoisingLoss):
+    """Epsilon-prediction loss of an `RCDiTJointModel` for `training.train`: batches are `(images,)` or
+    `(images, labels)` (labels ignored); images in [-1, 1]. The transformer's `rep_dropout` applies in train mode.
+    With a frozen `vae` the noise is added to the images' latents; the encoder still reads the clean images."""
+
+    def __init__(self, scheduler: DDPMScheduler, vae=None):
+        super().__init__(scheduler)
+        self.vae = vae
+
+    def clean_sample(self, batch: tuple) -> torch.Tensor:
+        if self.vae is None:
+            return batch[0]
+        return encode_latents(self.vae.to(batch[0].device), batch[0])
+
+    def predict_noise(self, model: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, batch: tuple) -> torch.Tensor:
+        return model(noisy, timesteps, batch[0])  # conditioned on the clean image's representation
+
+
+def train_rc_dit(
+    args: TrainingArguments,
+    images: torch.Tensor,
+    encoder: nn.Module,
+    dit_size: str = "S",
+    patch_size: Optional[int] = None,
+    rep_dropout: float = 0.1,
+    num_train_timesteps: int = 1000,
+    freeze_encoder: bool = False,
+    vae=None,
+) -> tuple[nn.Module, RepresentationConditionedDiTModel, DDPMScheduler, TrainingSummary]:
+    r"""
+    Train `encoder` and a new `RepresentationConditionedDiTModel` of `dit_size` together on unlabeled images
+    (epsilon loss, `training.train`: accelerate, EMA, checkpoints, resume).
+
+    Pixel space by default; with a `vae` the DiT denoises its latents, `H / vae_scale_factor(vae)` on a side, while
+    the encoder reads the images.
+
+    Args:
+        args (`TrainingArguments`): the loop's flags; `args.seed` also seeds the transformer's initial weights.
+        images (`torch.Tensor`): square training images `[N, C, H, H]` in [-1, 1].
+        encoder (`nn.Module`): a transformers vision encoder (e.g. `models.build_vit_encoder`) reading C channels.
+        dit_size (`str`, *optional*, defaults to `"S"`): a `models.RC_DIT_SIZES` size.
+        patch_size (`int`, *optional*): the DiT's patch size; defaults to the size's.
+        rep_dropout (`float`, *optional*, defaults to 0.1): probability of the null representation in training.
+        num_train_timesteps (`int`, *optional*, defaults to 1000): diffusion steps of the scheduler.
+        freeze_encoder (`bool`, *optional*, defaults to `False`): keep the encoder fixed, train only the DiT.
+        vae (`AutoencoderKL`, *optional*): a diffusers VAE, kept frozen, whose latent space the DiT works in.
+
+    Returns:
+        The trained encoder and transformer (EMA weights when `args.use_ema`, eval mode), the scheduler and the
+        `TrainingSummary`.
+    """
+    check_training_images(images)
+    sample_size, in_channels = images.shape[-1], images.shape[1]
+    if vae is not None:
+        factor = vae_scale_factor(vae)
+        if sample_size % factor:
+            raise ValueError(f"expected an image size divisible by the vae's scale factor {factor}, got {sample_size}")
+        sample_size, in_channels = sample_size // factor, vae.config.latent_channels
+        vae.requires_grad_(False).eval()
+    torch.manual_seed(args.seed)
+    config = rc_dit_config(dit_size, sample_size, in_channels, representation_size(encoder), patch_size=patch_size)
+    transformer = RepresentationConditionedDiTModel(**config, rep_dropout=rep_dropout)
+    scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps)
+    model = RCDiTJointModel(encoder, transformer, freeze_encoder=freeze_encoder, vae=vae)
+    model, _, summary = train(args, model, TensorDataset(images), RCDiTLoss(scheduler, vae=vae))
+    return model.encoder, model.transformer, scheduler, summary

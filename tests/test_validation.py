@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+import torch
+
+from diffusion_classifiers.validation import (
+    as_feature_matrix,
+    as_labels,
+    check_finite_rows,
+    check_label_range,
+    check_unit_range,
+    resolve_num_classes,
+)
+
+
+def test_check_finite_rows_names_the_first_bad_item():
+    x = torch.zeros(5, 3, 2)
+    x[3, 1, 0], x[4, 0, 0] = float("inf"), float("nan")
+    with pytest.raises(ValueError, match="^features row 3 contains NaN or inf$"):
+        check_finite_rows(x, "features")
+    with pytest.raises(ValueError, match="^batch image 13 contains NaN or inf$"):
+        check_finite_rows(x.numpy(), "batch", item="image", start=10)
+    with pytest.raises(ValueError, match="^scores row 1 contains NaN or inf$"):
+        check_finite_rows(np.array([0.0, np.nan]), "scores")
+    check_finite_rows(torch.zeros(0, 4), "empty")  # nothing to check
+    check_finite_rows(np.arange(6).reshape(3, 2), "integers")
+
+
+def test_as_feature_matrix():
+    x = as_feature_matrix(np.arange(6, dtype=np.float64).reshape(3, 2), "train_features", 3)
+    assert x.dtype == torch.float32 and x.tolist() == [[0, 1], [2, 3], [4, 5]]
+    with pytest.raises(ValueError, match=r"expected train_features of shape \[4, D\], one row per label, got \(3, 2\)"):
+        as_feature_matrix(x, "train_features", 4)
+    with pytest.raises(ValueError, match=r"expected f of shape \[N, D\], one row per label, got \(6,\)"):
+        as_feature_matrix(torch.zeros(6), "f")
+    with pytest.raises(ValueError, match="f row 1 contains NaN or inf"):
+        as_feature_matrix([[0.0], [1e300]], "f")  # finite in float64, inf in float32
+
+
+def test_label_checks():
+    assert as_labels(torch.tensor([1.0, 0.0]), "y").tolist() == [1, 0]
+    with pytest.raises(ValueError, match="expected integer labels in y, got dtype float64"):
+        as_labels([0.5, 1.0], "y")
+    with pytest.raises(ValueError, match=r"y\[2\] = 3 is outside the expected range \[0, 2\]"):
+        check_label_range(np.array([0, 1, 3]), "y", 3)
+    assert resolve_num_classes(None, None, np.array([0, 4])) == 5
+    with pytest.raises(ValueError, match="expected 3 class_names, got 2"):
+        resolve_num_classes(3, ["a", "b"])
+    with pytest.raises(ValueError, match=r"images: image 1 has values in \[0, 255\]; expected images scaled to \[-1, 1\]"):
+        check_unit_range(torch.stack([torch.zeros(2, 2), torch.tensor([[0.0, 255.0], [1.0, 2.0]])]))
