@@ -152,8 +152,8 @@ def sklearn_grid(train, val, test, n_jobs=1) -> dict:
     }
 
 
-def ours(train, val, test, seed, device) -> dict:
-    grid = fit_probe_grid(*train, *val, *test, seed=seed, device=device)
+def ours(train, val, test, device) -> dict:
+    grid = fit_probe_grid(*train, *val, *test, device=device)
     best = grid.metrics[grid.best_pair]
     return {
         "best_pair": list(grid.best_pair),
@@ -180,7 +180,7 @@ def measure(case, train, val, test, args, device) -> dict:
     repeats = args.repeats or (1 if args.quick else 3)
     seconds = median_seconds(
         {
-            "batched_probe_grid": run("ours", lambda: ours(train, val, test, args.seed, device), args.num_threads),
+            "batched_probe_grid": run("ours", lambda: ours(train, val, test, device), args.num_threads),
             "sklearn_per_pair": run("sklearn", lambda: sklearn_grid(train, val, test), args.num_threads),
         },
         repeats=repeats,

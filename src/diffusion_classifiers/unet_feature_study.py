@@ -14,6 +14,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from .data import LabeledImages
 from .features import DiffusionFeatureExtractor
 from .metrics import classification_metrics
+from .pipelines import UNetFeatureClassifierPipeline
 from .plots import plot_confusion_matrix, plot_probe_heatmap
 from .probing import ProbeGridResult, fit_probe_grid, kmeans_evaluate
 
@@ -27,7 +28,7 @@ SPLITS = ("train", "val", "test")
 class UNetFeatureStudy:
     """What a study produced: the fitted pipeline, the whole probe grid, and test / clustering metrics."""
 
-    pipeline: "UNetFeatureClassifierPipeline"  # noqa: F821
+    pipeline: UNetFeatureClassifierPipeline
     probe: ProbeGridResult
     test_metrics: dict
     kmeans_metrics: dict
@@ -90,14 +91,12 @@ def study_from_features(
 ) -> UNetFeatureStudy:
     """Fit the probe grid on the train features (only rows `train_index` when given: few-label studies), choose
     on val, classify the test split through the resulting pipeline, and run k-means on the chosen test features."""
-    from diffusion_classifiers.pipelines import UNetFeatureClassifierPipeline
-
     train, val, test = (splits[name] for name in SPLITS)
     index = torch.arange(len(train)) if train_index is None else torch.as_tensor(train_index)
     probe = fit_probe_grid(
         {pair: x[index] for pair, x in features["train"].items()}, train.labels[index],
         features["val"], val.labels, features["test"], test.labels,
-        num_classes=train.num_classes, class_names=train.class_names, pool=pool, noise_seed=noise_seed, seed=seed,
+        num_classes=train.num_classes, class_names=train.class_names, pool=pool, noise_seed=noise_seed,
         **(probe_kwargs or {}),
     )  # fmt: skip
     pipeline = UNetFeatureClassifierPipeline(unet=unet, scheduler=scheduler, head=probe.head)

@@ -366,7 +366,6 @@ def fit_probe_grid(
     max_iter: int = 1000,
     early_stopping: bool = False,
     patience: int = 10,
-    seed: int = 0,
     device: Optional[str] = None,
     show_progress: bool = False,
 ) -> ProbeGridResult:
@@ -402,7 +401,6 @@ def fit_probe_grid(
         early_stopping: also evaluate the val loss (mean cross-entropy) of every iterate; each head keeps its
             lowest-val-loss iterate and stops after `patience` iterations without an improvement of 1e-4. Off by
             default: the penalty already regularises, and without it the heads are the optimum of the objective above.
-        seed: accepted for a uniform API; the solver is deterministic (zero init, full batch) and uses no randomness.
         device: defaults to CUDA when available.
 
     Returns:
