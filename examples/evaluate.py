@@ -14,7 +14,7 @@ import json
 import os
 
 from diffusion_classifiers.data import load_image_classification_data, to_datasets
-from diffusion_classifiers.evaluation import evaluate_classifier
+from diffusion_classifiers.evaluation import check_evaluation_args, evaluate_classifier, load_classifier
 
 
 def load_split(dataset: str, split: str, seed: int):
@@ -26,7 +26,7 @@ def load_split(dataset: str, split: str, seed: int):
     return to_datasets({split: splits["val" if split == "validation" else split]})["validation" if split == "val" else split]
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", required=True)
     parser.add_argument("--dataset", default="digits")
@@ -35,7 +35,14 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="seed of the split carved from train when the data has none")
     args = parser.parse_args(argv)
-    metrics = evaluate_classifier(args.model_dir, load_split(args.dataset, args.split, args.seed), args.output_dir, batch_size=args.batch_size)
+    check_evaluation_args(args.output_dir, args.batch_size)  # before the model and the data are loaded
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    classifier = load_classifier(args.model_dir)
+    metrics = evaluate_classifier(classifier, load_split(args.dataset, args.split, args.seed), args.output_dir, batch_size=args.batch_size)
     print(json.dumps({k: metrics[k] for k in ("accuracy", "macro_f1", "balanced_accuracy", "auc")} | {"ece": metrics["calibration"]["ece"]}))
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -16,6 +17,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf-home-"))
 # One thread: with two, a second busy process on a 2-core machine makes torch spin-wait 10-50x slower.
 torch.set_num_threads(1)
+
+# Property-based tests (tests/test_properties.py) draw the same examples on every run and machine: derandomized, no
+# example database (no failures replayed from an earlier run), no per-example deadline (timings vary on shared CPUs).
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.load_profile("ci")
 
 
 def shared_data(*parts) -> Path:

@@ -405,9 +405,22 @@ def test_preprocess_layouts_agree():
     assert from_numpy.shape == (5, 3, 10, 11)
     assert torch.equal(from_numpy, from_torch) and torch.equal(from_numpy, from_list)
     grays = random_uint8(6, 10, 11)
-    assert preprocess_images(grays).shape == (6, 1, 10, 11)  # numpy [N, H, W]
-    assert preprocess_images(torch.from_numpy(grays)).shape == (6, 1, 10, 11)  # torch [N, H, W], N > 4
+    assert preprocess_images(grays[:, None]).shape == (6, 1, 10, 11)  # numpy [N, 1, H, W]
+    assert preprocess_images(torch.from_numpy(grays)[..., None]).shape == (6, 1, 10, 11)  # torch [N, H, W, 1]
     assert preprocess_images(torch.from_numpy(grays[:3])).shape == (1, 3, 10, 11)  # torch [C, H, W]
+    assert preprocess_images(grays[:3]).shape == (1, 3, 10, 11)  # numpy [C, H, W]: the same single image
+    for three_d in (grays, torch.from_numpy(grays)):  # [6, H, W] is neither one image nor, silently, six
+        with pytest.raises(ValueError, match=r"got 6 on axis 0 and 11 on axis 2 of image 0 of batch, shape \(6, 10, 11\)"):
+            preprocess_images(three_d)
+    image = random_uint8(3, 10, 3)  # [C, H, W] or [H, W, C]: the caller says which
+    with pytest.raises(ValueError, match=r"channel axis of image 0 of batch, shape \(3, 10, 3\): axes 0 and 2 both"):
+        preprocess_images(image)
+    first = preprocess_images(image, input_data_format="channels_first")
+    last = preprocess_images(image, input_data_format="channels_last")
+    assert first.shape == (1, 3, 10, 3) and last.shape == (1, 3, 3, 10)
+    as_batch = torch.from_numpy(image)[None]  # the same image as a batch [1, 3, 10, 3]
+    assert torch.equal(first, preprocess_images(as_batch, input_data_format="channels_first"))
+    assert torch.equal(last, preprocess_images(as_batch, input_data_format="channels_last"))
 
 
 def test_preprocess_uint8_and_float_scaling_equal():
@@ -421,7 +434,7 @@ def test_preprocess_uint8_and_float_scaling_equal():
     assert as_uint8.min() == -1 and as_uint8.max() == 1
     ramp = np.linspace(0, 255, 64, dtype=np.float32).reshape(8, 8)
     with pytest.raises(ValueError, match=r"image 1 of batch spans \[0, 255\].*pass uint8"):
-        preprocess_images(np.stack([ramp / 255, ramp]))
+        preprocess_images(np.stack([ramp / 255, ramp])[:, None])
     with pytest.raises(ValueError, match="unsupported dtype torch.int64 in image 0"):
         preprocess_images(torch.from_numpy(x).long())
 
@@ -429,11 +442,16 @@ def test_preprocess_uint8_and_float_scaling_equal():
 def test_preprocess_bad_channels_name_the_image():
     good = [torch.rand(1, 8, 8) for _ in range(7)]
     with pytest.raises(ValueError, match="expected 1 or 3 channels, got 4 in image 7 of batch"):
-        preprocess_images(good + [torch.rand(4, 8, 8)])
+        preprocess_images(good + [torch.rand(4, 8, 8)], input_data_format="channels_first")
     with pytest.raises(ValueError, match="expected 1 or 3 channels, got 2 in image 0 of batch"):
-        preprocess_images(torch.rand(5, 2, 8, 8))
+        preprocess_images(torch.rand(5, 2, 8, 8), input_data_format="channels_first")
     with pytest.raises(ValueError, match="expected 1 or 3 channels, got 4 in image 2 of batch"):
-        preprocess_images([random_uint8(8, 8, 3), random_uint8(8, 8), random_uint8(8, 8, 4)])
+        preprocess_images([random_uint8(8, 8, 3), random_uint8(8, 8), random_uint8(8, 8, 4)], input_data_format="channels_last")
+    # without input_data_format a 4-channel image has no recognisable channel axis: refused, naming it
+    with pytest.raises(ValueError, match=r"expected 1 or 3 channels, got 4 on axis 0 and 8 on axis 2 of image 7 of batch"):
+        preprocess_images(good + [torch.rand(4, 8, 8)])
+    with pytest.raises(ValueError, match=r"expected 1 or 3 channels, got 2 on axis 1 and 8 on axis 3 of images 0\.\.4 of batch"):
+        preprocess_images(torch.rand(5, 2, 8, 8))
 
 
 def test_preprocess_nan_and_inf_name_the_image():

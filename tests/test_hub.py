@@ -4,9 +4,11 @@ import base64
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +18,8 @@ from diffusers import DDPMScheduler, UNet2DModel
 from huggingface_hub import ModelCard, constants
 from huggingface_hub.errors import OfflineModeIsEnabled
 
-from diffusion_classifiers import LinearProbeHead, UNetFeatureClassifierPipeline
+from diffusion_classifiers import DiffusionClassifierPipeline, LinearProbeHead, UNetFeatureClassifierPipeline
+from diffusion_classifiers import hub
 from diffusion_classifiers.hub import (
     METHODS, download, library_name_of, load_eval_metrics, push_to_hub, render_dataset_card, render_model_card,
 )
@@ -289,6 +292,8 @@ def folder_digest(folder) -> dict:
 def test_cli_push_then_download_gives_identical_predictions(stub_hub, saved_pipeline, tmp_path):
     pipe_dir, images, expected = saved_pipeline
     before = folder_digest(pipe_dir)
+    unsafe = {"optimizer.pt": b"pickle", "unet/diffusion_pytorch_model.bin": b"pickle", "custom_head.py": b"1/0"}
+    stub_hub.repos["org/tiny"] = dict(unsafe)  # already in the repo: the push adds to them, the download skips them
     (tmp_path / "metrics.json").write_text(json.dumps({"summary": {}, "test": {**METRICS, "confusion_matrix": [[1]]}}))
     argv = [
         "push_to_hub.py", "--model_dir", str(pipe_dir), "--repo_id", "org/tiny", "--method", "unet_features",
@@ -306,6 +311,10 @@ pipe = DiffusionClassifierPipeline.from_pretrained(
 )
 assert type(pipe).__name__ == "UNetFeatureClassifierPipeline", type(pipe)
 assert pipe.name_or_path.startswith({str(tmp_path / 'cache')!r}), pipe.name_or_path
+import pathlib
+snapshot = pathlib.Path(pipe.name_or_path)
+fetched = sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
+assert fetched == {sorted(set(before) | {"README.md"})!r}, fetched
 local = DiffusionClassifierPipeline.from_pretrained({str(pipe_dir)!r})
 images = torch.from_numpy(numpy.load({str(images)!r}))
 numpy.save({str(tmp_path / 'probs.npy')!r}, numpy.stack([pipe(images).probs.numpy(), local(images).probs.numpy()]))
@@ -319,7 +328,7 @@ numpy.save({str(tmp_path / 'probs.npy')!r}, numpy.stack([pipe(images).probs.nump
 
     assert stub_hub.created == [{"name": "tiny", "organization": "org", "visibility": "private", "type": "model"}]
     uploaded = stub_hub.repos["org/tiny"]
-    assert set(uploaded) == set(before) | {"README.md"}
+    assert set(uploaded) == set(before) | {"README.md"} | set(unsafe)
     assert all(hashlib.sha256(uploaded[path]).hexdigest() == digest for path, digest in before.items())
     card = front_matter(uploaded["README.md"].decode())
     (card_results,) = card["model-index"][0]["results"]
@@ -377,3 +386,80 @@ def test_push_accepts_pipelines_and_transformers_models_only(saved_pipeline, tmp
         push_to_hub(tmp_path, "org/tiny")
     (tmp_path / "config.json").write_text("{}")
     assert library_name_of(tmp_path) == "transformers"
+
+
+# --- what a download fetches ---------------------------------------------------------------------------------------
+
+# Files a Hub repo may hold besides the pipeline; loading a pickle (or importing a .py) can run arbitrary code.
+UNSAFE_FILES = {
+    "optimizer.pt": b"pickle", "training_args.bin": b"pickle", "scaler.pkl": b"pickle", "ema/model.ckpt": b"pickle",
+    "unet/diffusion_pytorch_model.bin": b"pickle", "pipeline.py": b"raise SystemExit('remote code ran')",
+    "head/modeling_head.py": b"raise SystemExit('remote code ran')",
+}
+
+
+def fake_snapshot_download(repo_folder, calls):
+    """A `snapshot_download` serving `repo_folder` as the repo: it copies into `cache_dir` exactly the files the Hub
+    client would fetch, filtered by the same `filter_repo_objects`, and records its arguments."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    def snapshot_download(repo_id, *, cache_dir, allow_patterns=None, ignore_patterns=None, **kwargs):
+        calls.append(dict(repo_id=repo_id, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns, **kwargs))
+        names = sorted(p.relative_to(repo_folder).as_posix() for p in repo_folder.rglob("*") if p.is_file())
+        snapshot = Path(cache_dir) / repo_id.replace("/", "--") / "snapshot"
+        for name in filter_repo_objects(names, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns):
+            (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(repo_folder / name, snapshot / name)
+        return str(snapshot)
+
+    return snapshot_download
+
+
+@pytest.fixture
+def repo_with_extra_files(saved_pipeline, tmp_path):
+    """A folder standing for a Hub repo: the saved pipeline, a card, and pickles and Python files it must not need."""
+    repo = tmp_path / "repo"
+    shutil.copytree(saved_pipeline[0], repo)
+    (repo / "README.md").write_text(str(model_card()))
+    for name, content in UNSAFE_FILES.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_bytes(content)
+    return repo
+
+
+def test_download_asks_the_hub_for_configs_safetensors_and_cards_only(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(hub, "snapshot_download", lambda repo_id, **kwargs: calls.append(kwargs) or str(tmp_path))
+    assert download("org/tiny", revision="v1", token=TOKEN, cache_dir=tmp_path) == str(tmp_path)
+    download("org/tiny", trust_remote_code=True)
+    assert calls[0] == dict(
+        revision="v1", token=TOKEN, cache_dir=tmp_path, local_files_only=False,
+        allow_patterns=["*.json", "*.safetensors", "*.md"],
+    )
+    assert calls[1]["allow_patterns"] == ["*.json", "*.safetensors", "*.md", "*.py"]
+    # A local folder is used as it is: nothing is downloaded or filtered.
+    assert download(tmp_path) == str(tmp_path) and len(calls) == 2
+
+
+@pytest.mark.parametrize("trust_remote_code", [False, True])
+def test_pipeline_from_hub_repo_with_pickles_loads_without_fetching_them(
+    repo_with_extra_files, saved_pipeline, monkeypatch, tmp_path, trust_remote_code
+):
+    _, images, expected = saved_pipeline
+    calls = []
+    monkeypatch.setattr(hub, "snapshot_download", fake_snapshot_download(repo_with_extra_files, calls))
+    kwargs = {"trust_remote_code": True} if trust_remote_code else {}
+    pipe = DiffusionClassifierPipeline.from_pretrained(
+        "org/tiny", cache_dir=tmp_path / "cache", revision="main", **kwargs
+    )
+
+    assert [call["repo_id"] for call in calls] == ["org/tiny"] and calls[0]["revision"] == "main"
+    assert type(pipe) is UNetFeatureClassifierPipeline
+    torch.testing.assert_close(pipe(torch.from_numpy(np.load(images))).probs, expected, rtol=0, atol=0)
+    snapshot = Path(pipe.name_or_path)
+    assert snapshot.is_relative_to(tmp_path / "cache")
+    fetched = set(folder_digest(snapshot))
+    python_files = {name for name in UNSAFE_FILES if name.endswith(".py")}
+    expected = set(folder_digest(saved_pipeline[0])) | {"README.md"} | (python_files if trust_remote_code else set())
+    assert fetched == expected
+    assert not any(name.endswith((".pt", ".bin", ".pkl", ".ckpt")) for name in fetched)

@@ -1,5 +1,6 @@
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,11 +11,13 @@ from PIL import Image
 from diffusion_classifiers import DiffusionClassifierPipeline, UNetFeatureClassifierPipeline
 from diffusion_classifiers.data import load_image_classification_data
 from diffusion_classifiers.models import unet_config
+from diffusion_classifiers.pipelines import RepresentationConditionedDiTImageVariationPipeline
 from diffusion_classifiers.probing import fit_probe_grid
 
 from .conftest import PYTHON, python_subprocess_env
 
 BLOCKS, TIMESTEPS = ["down_blocks.1", "mid_block"], [10, 100]
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "v0.1.0"
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +108,37 @@ def test_pipeline_rejects_bad_images(fitted_pipeline):
         pipe(torch.zeros(2, 4, 16, 16))
     with pytest.raises(ValueError, match="NaN|inf"):
         pipe(torch.full((2, 1, 16, 16), float("nan")))
+
+
+def test_pipeline_reads_one_image_whatever_its_unambiguous_layout(fitted_pipeline, digits):
+    pipe, _ = fitted_pipeline
+    image = digits["test"].images[0]  # [1, 16, 16]
+    expected = pipe(image[None]).probs
+    assert expected.shape == (1, 10)
+    for one_image in (image, image.permute(1, 2, 0), image.numpy(), image.permute(1, 2, 0).numpy()):
+        torch.testing.assert_close(pipe(one_image).probs, expected)  # one image in, one prediction out
+    rgb = image.repeat(3, 1, 1)
+    torch.testing.assert_close(pipe(rgb.permute(1, 2, 0)).probs, pipe(rgb).probs)  # H x W x C: 1 prediction, not 16
+    with pytest.raises(ValueError, match=r"image 0 of batch, shape \(5, 16, 16\)"):
+        pipe(digits["test"].images[:5, 0])  # [5, H, W]: refused, not read as 5 images
+
+
+@pytest.mark.parametrize("name", ["unet_features", "score_sde", "rc_dit_linear_head"])
+def test_every_pipeline_threads_input_data_format(name):
+    pipe = DiffusionClassifierPipeline.from_pretrained(str(FIXTURES / name))
+    image = np.random.default_rng(0).random((3, 16, 3), dtype=np.float32)  # [C, H, W] or [H, W, C]: ambiguous
+    with pytest.raises(ValueError, match="axes 0 and 2 both have size 1 or 3"):
+        pipe.preprocess(image)
+    as_last = pipe.preprocess(image, input_data_format="channels_last")
+    torch.testing.assert_close(as_last, pipe.preprocess(image.transpose(2, 0, 1), input_data_format="channels_first"))
+    assert not torch.allclose(as_last, pipe.preprocess(image, input_data_format="channels_first"))
+    if name == "score_sde":
+        return  # its __call__ passes input_data_format to the same preprocess; the ELBO is too slow for this test
+    call = dict(input_data_format="channels_last")
+    torch.testing.assert_close(pipe(image, **call).probs, pipe(image.transpose(2, 0, 1), input_data_format="channels_first").probs)
+    if name == "rc_dit_linear_head":
+        torch.testing.assert_close(pipe.encode(image, **call), pipe.encode(image.transpose(2, 0, 1)[None]))
+        variation = RepresentationConditionedDiTImageVariationPipeline.from_pipe(pipe)
+        gray = image[..., :1]  # [3, 16, 1]: 3 channels first (refused: the encoder reads 1) or 1 channel last
+        references = variation.check_inputs(gray, 1.0, 1, "pt", None, input_data_format="channels_last")
+        torch.testing.assert_close(references, pipe.preprocess(gray[..., 0]))

@@ -9,6 +9,8 @@ import time
 __all__ = ["main"]
 
 DEMO_DEFAULTS = {"image_size": 16, "unet_preset": "small", "max_train_steps": 600}
+# Diffusion steps of the demo's DDPM scheduler: `--timesteps` must lie in [0, DEMO_NUM_TRAIN_TIMESTEPS).
+DEMO_NUM_TRAIN_TIMESTEPS = 1000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,17 +43,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_demo_args(args: argparse.Namespace):
+    """Every demo flag checked before the data are read or a step trained; returns the `TrainingArguments`."""
+    from .features import _check_timesteps
+    from .models import unet_config
+    from .training import training_args_from_namespace
+    from .validation import check_writable_dir
+
+    training_args = training_args_from_namespace(args)  # batch size, steps, learning rate, precision
+    _check_timesteps(args.timesteps, DEMO_NUM_TRAIN_TIMESTEPS)
+    if args.image_size is not None:
+        unet_config(args.unet_preset, args.image_size)  # the preset's levels must divide the image size
+    check_writable_dir(args.output_dir, "--output_dir")
+    training_args.output_dir = os.path.join(args.output_dir, "unet_training")
+    return training_args
+
+
 def run_demo(args: argparse.Namespace) -> dict:
     from .data import load_data_from_args
-    from .training import train_ddpm_unet, training_args_from_namespace
+    from .training import train_ddpm_unet
     from .unet_feature_study import run_unet_feature_study, summary_table, write_study_report
 
     started = time.time()
+    training_args = check_demo_args(args)
     splits = load_data_from_args(args)
     print(f"data: {args.dataset}: " + ", ".join(f"{name} {len(split)}" for name, split in splits.items()) + f", {splits['train'].num_classes} classes")
-    training_args = training_args_from_namespace(args)
-    training_args.output_dir = os.path.join(args.output_dir, "unet_training")
-    unet, scheduler, _ = train_ddpm_unet(training_args, splits["train"].images, preset=args.unet_preset)
+    unet, scheduler, _ = train_ddpm_unet(
+        training_args, splits["train"].images, preset=args.unet_preset, num_train_timesteps=DEMO_NUM_TRAIN_TIMESTEPS
+    )
     trained_at = time.time()
     study = run_unet_feature_study(unet, scheduler, splits, timesteps=args.timesteps, pool=args.pool, seed=args.seed)
     study.pipeline.save_pretrained(os.path.join(args.output_dir, "pipeline"))

@@ -15,8 +15,9 @@ import torch
 from .data import read_classification_split
 from .metrics import calibration_metrics, classification_metrics
 from .plots import plot_confusion_matrix, plot_reliability
+from .validation import check_writable_dir
 
-__all__ = ["evaluate_classifier", "image_classification_evaluator", "load_classifier", "load_metric", "map_labels_by_name", "write_evaluation", "METRIC_MODULE"]
+__all__ = ["check_evaluation_args", "evaluate_classifier", "image_classification_evaluator", "load_classifier", "load_metric", "map_labels_by_name", "write_evaluation", "METRIC_MODULE"]
 
 METRIC_MODULE = str(Path(__file__).parent / "evaluate_metrics" / "diffusion_classifier_metrics.py")
 
@@ -58,7 +59,7 @@ def load_classifier(path: str):
                 f"{path}/config.json: unknown model_type {model_type!r}; expected 'diffusion-classifier' (import "
                 "diffusion_classifiers first) or another transformers image-classification model type"
             )
-        return AutoModelForImageClassification.from_pretrained(path)
+        return AutoModelForImageClassification.from_pretrained(path, use_safetensors=True)
     raise FileNotFoundError(f"{path}: expected a pipeline folder (model_index.json) or a transformers model (config.json)")
 
 
@@ -96,6 +97,15 @@ def map_labels_by_name(dataset_names: List[str], model_names: List[str]) -> np.n
     return np.array([model_names.index(name) for name in dataset_names])
 
 
+def check_evaluation_args(output_dir: Optional[str], batch_size: int) -> None:
+    """What must hold before a model is loaded or an image classified: a positive `batch_size`, and an `output_dir`
+    (when given) that is a writable folder."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    if output_dir is not None:
+        check_writable_dir(output_dir)
+
+
 def evaluate_classifier(
     classifier,
     dataset,
@@ -107,6 +117,7 @@ def evaluate_classifier(
 ) -> dict:
     """Score `classifier` (pipeline, transformers model or saved folder) on a `datasets.Dataset` with an Image and a
     ClassLabel column. Writes `metrics.json`, `confusion_matrix.png` and `reliability.png` into `output_dir`."""
+    check_evaluation_args(output_dir, batch_size)
     if isinstance(classifier, (str, os.PathLike)):
         classifier = load_classifier(str(classifier))
     predict, model_names = _predictor(classifier, image_processor)

@@ -33,6 +33,7 @@ __all__ = [
     "TEMPLATES_DIR",
     "HubUploadError",
     "download",
+    "download_patterns",
     "library_name_of",
     "load_eval_metrics",
     "push_to_hub",
@@ -54,6 +55,11 @@ METRIC_NAMES = {
     "sensitivity": ("recall", "Sensitivity"),
     "specificity": ("specificity", "Specificity"),
 }
+
+# What `download` fetches from a Hub repo (fnmatch patterns, `*` crosses folders): configs, safetensors, cards;
+# a repo's Python files only when the user trusts its remote code.
+DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.md"]
+REMOTE_CODE_PATTERNS = ["*.py"]
 
 # Fields the templates may leave empty (they test them with `{% if %}`); every other field they read is required.
 MODEL_CARD_OPTIONAL = {"dataset_id", "model_description", "class_names"}
@@ -314,6 +320,12 @@ def push_to_hub(
         ) from err
 
 
+def download_patterns(trust_remote_code: bool = False) -> List[str]:
+    """The files `download` fetches from a Hub repo: configs, safetensors weights and cards, plus the repo's Python
+    files with `trust_remote_code`. Never pickles (.bin, .pt, .pkl, .ckpt): loading one can run arbitrary code."""
+    return DOWNLOAD_PATTERNS + (REMOTE_CODE_PATTERNS if trust_remote_code else [])
+
+
 def download(
     name_or_path: Union[str, os.PathLike],
     *,
@@ -321,13 +333,22 @@ def download(
     token: Optional[str] = None,
     cache_dir: Optional[Union[str, os.PathLike]] = None,
     local_files_only: bool = False,
+    trust_remote_code: bool = False,
 ) -> str:
     """A local folder holding `name_or_path`: the folder itself, or a Hub repo's snapshot in the HF cache
-    (`snapshot_download`: files already cached for that revision are not downloaded again)."""
+    (`snapshot_download`: files already cached for that revision are not downloaded again).
+
+    From the Hub only the files a pipeline loads are fetched (`download_patterns`): `*.json`, `*.safetensors`,
+    `*.md`, and `*.py` only with `trust_remote_code=True`; other files in the repo are never downloaded."""
     if os.path.isdir(name_or_path):
         return str(name_or_path)
     if os.path.isabs(name_or_path) or str(name_or_path).startswith(".") or str(name_or_path).count("/") > 1:
         raise FileNotFoundError(f"{name_or_path}: no such folder (expected a saved folder or a Hub repo id 'org/name')")
     return snapshot_download(
-        str(name_or_path), revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only
+        str(name_or_path),
+        revision=revision,
+        token=token,
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
+        allow_patterns=download_patterns(trust_remote_code),
     )

@@ -27,6 +27,13 @@ class DiffusionClassifierImageProcessor(PilBackend):
         self.image_size = image_size
         self.num_channels = num_channels
 
-    def preprocess(self, images, return_tensors: Optional[str] = "pt", **kwargs) -> BatchFeature:
-        pixel_values = preprocess_images(images, image_size=self.image_size, num_channels=self.num_channels)
+    def preprocess(
+        self, images, return_tensors: Optional[str] = "pt", input_data_format: Optional[str] = None, **kwargs
+    ) -> BatchFeature:
+        """`pixel_values` `[N, C, H, W]` of `images` (PIL images, arrays or tensors, one or a list). `input_data_format`
+        (`"channels_first"`, `"channels_last"` or a `ChannelDimension`) is the layout of 3-D and 4-D arrays and
+        tensors; `None` infers it when unambiguous and refuses the rest (see `preprocess_images`)."""
+        pixel_values = preprocess_images(
+            images, image_size=self.image_size, num_channels=self.num_channels, input_data_format=input_data_format
+        )
         return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)

@@ -3,6 +3,8 @@
 Each raises a `ValueError` that names the input and the first bad item, before any long computation.
 """
 
+import os
+import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
@@ -14,6 +16,7 @@ __all__ = [
     "check_finite_rows",
     "check_label_range",
     "check_unit_range",
+    "check_writable_dir",
     "resolve_num_classes",
 ]
 
@@ -90,3 +93,14 @@ def check_unit_range(images: torch.Tensor, name: str = "images", tolerance: floa
         i = int(out_of_range.nonzero()[0])
         low, high = flat[i].min(), flat[i].max()
         raise ValueError(f"{name}: image {i} has values in [{low:.3g}, {high:.3g}]; expected images scaled to [-1, 1]")
+
+
+def check_writable_dir(path, name: str = "output_dir") -> None:
+    """`path` is a folder this process can write into, created when missing: checked before any long work, so a run
+    never fails only when it saves its results."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise ValueError(f"{name} {str(path)!r}: expected a writable folder, got {error.strerror or error}") from error

@@ -17,6 +17,9 @@ from ..validation import check_finite_rows
 
 __all__ = ["preprocess_images"]
 
+# The values of `input_data_format` (transformers' `ChannelDimension` values); `None` infers the layout.
+_INPUT_DATA_FORMATS = ("channels_first", "channels_last")
+
 # ITU-R BT.601 luma weights (the ones PIL uses for RGB -> L).
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
 # Integer dtypes and the value that maps to +1.
@@ -26,6 +29,9 @@ _FLOAT_RANGE_TOLERANCE = 1e-3
 _PIL_GRAY_MODES = {"1", "L", "LA", "La"}
 _PIL_16BIT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
 _PIL_PALETTE_MODES = {"P", "PA"}
+# Channel counts a channel axis may have, and the layouts accepted (for error messages).
+_CHANNEL_COUNTS = (1, 3)
+_LAYOUTS = "[H, W]; one image [C, H, W] or [H, W, C]; a batch [N, C, H, W] or [N, H, W, C]; C = 1 or 3"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -37,6 +43,7 @@ def preprocess_images(
     images: Any,
     image_size: int | tuple[int, int] | None = None,
     num_channels: int | None = None,
+    input_data_format: str | None = None,
 ) -> torch.Tensor:
     r"""
     Turn images into a float32 CPU tensor `[N, C, H, W]` with values in `[-1, 1]`.
@@ -44,20 +51,27 @@ def preprocess_images(
     This is the one preprocessing path of the library: loaders use it for training data and pipelines
     use it on user input.
 
+    Each input is read one way, by its type and number of dimensions (the same for numpy arrays and torch tensors):
+
+    | input | read as | channels |
+    | --- | --- | --- |
+    | PIL image | one image | its mode: `1`/`L`/`LA`/`I`/`I;16*`/`F` give 1, every other mode is converted to `RGB` |
+    | 2-D array or tensor | one image `[H, W]` | 1 |
+    | 3-D array or tensor | one image `[C, H, W]` or `[H, W, C]`, never several images | C = 1 or 3 |
+    | 4-D array or tensor | a batch `[N, C, H, W]` or `[N, H, W, C]` | C = 1 or 3 |
+    | list or tuple | the concatenation of its items, each read as above | |
+
+    With `input_data_format=None` the channel axis of a 3-D or 4-D input is inferred as in transformers'
+    `infer_channel_dimension_format`: channels first when the first (3-D) or second (4-D) axis is 1 or 3 and the
+    last is not, channels last when the reverse holds. When both have size 1 or 3 (`[3, 32, 3]`, `[1, H, 1]`) the
+    input is refused unless `input_data_format` says which; when neither has (`[5, H, W]`, `[H, W, 4]`) it is
+    refused (pass N grayscale images as `[N, 1, H, W]`). Each error names the image and the accepted layouts.
+
     Args:
         images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a `list` of them):
-            one image or a batch, or a list of them (each may have its own size and type):
-
-            * a PIL image of any mode. `1`/`L`/`LA` give 1 channel; `I`/`I;16*` give 1 channel
-              scaled from `[0, 65535]`; `F` gives 1 float channel; every other mode (`RGB`,
-              `RGBA`, `P`, `PA`, `CMYK`, `YCbCr`, ...) is converted to `RGB`. Alpha is
-              discarded, not composited.
-            * a numpy array, channels last (image-library layout): `[H, W]`, `[H, W, C]`,
-              `[N, H, W]`, `[N, H, W, C]`. A 3-D array is `[H, W, C]` when its last dim is <= 4,
-              else `[N, H, W]`. A 4-D array whose last dim is > 4 is read as `[N, C, H, W]`.
-            * a torch tensor, channels first: `[H, W]`, `[C, H, W]`, `[N, H, W]`,
-              `[N, C, H, W]`. A 3-D tensor is `[C, H, W]` when its first dim is <= 4, else
-              `[N, H, W]`; pass a 4-D `[N, 1, H, W]` tensor for a small batch of grayscale images.
+            one image or a batch, or a list of them (each may have its own size and type), read as in the table
+            above. PIL modes: `I`/`I;16*` are scaled from `[0, 65535]`, `F` is one float channel; alpha is
+            discarded, not composited.
 
             Values: `uint8` is scaled from `[0, 255]`, `uint16` from `[0, 65535]`, `bool`
             from `{0, 1}`. Float data is taken as already in `[-1, 1]` if its minimum is < 0, else
@@ -71,22 +85,27 @@ def preprocess_images(
             1 or 3. 1 -> 3 repeats the channel; 3 -> 1 takes the ITU-R 601 luma
             (0.299 R + 0.587 G + 0.114 B, as PIL's `convert("L")`). `None` keeps the channels when
             all images agree and gives 3 when grayscale and color images are mixed.
+        input_data_format (`str`, *optional*):
+            `"channels_first"` (`[C, H, W]`, `[N, C, H, W]`) or `"channels_last"` (`[H, W, C]`, `[N, H, W, C]`)
+            for every 3-D and 4-D array or tensor (transformers' `ChannelDimension` values are accepted); `None`
+            infers it (see above). PIL images and 2-D inputs need none.
 
     Returns:
         `torch.Tensor`: float32 `[N, C, H, W]` in `[-1, 1]`.
 
     Raises:
-        `ValueError`: empty input, an unsupported shape or dtype, a channel count other than 1 or 3,
-            NaN/inf, out-of-range float values, or different sizes with `image_size=None`. The
+        `ValueError`: empty input, an unsupported shape or dtype, an ambiguous layout, a channel count other
+            than 1 or 3, NaN/inf, out-of-range float values, or different sizes with `image_size=None`. The
             message names the index of the offending image in the flattened batch.
     """
     target_size = _check_image_size(image_size)
     if num_channels not in (None, 1, 3):
         raise ValueError(f"num_channels: expected 1, 3 or None, got {num_channels!r}")
-    batches = _to_unit_batches(_as_item_list(images))
+    data_format = _check_data_format(input_data_format)
+    batches = _to_unit_batches(_as_item_list(images), data_format)
     offsets = np.cumsum([0] + [len(batch) for batch in batches])
     for batch, offset in zip(batches, offsets):
-        if batch.shape[1] not in (1, 3):
+        if batch.shape[1] not in _CHANNEL_COUNTS:
             raise ValueError(f"expected 1 or 3 channels, got {batch.shape[1]} in image {offset} of batch")
     if num_channels is None:
         num_channels = 3 if any(batch.shape[1] == 3 for batch in batches) else 1
@@ -103,6 +122,16 @@ def preprocess_images(
 # --------------------------------------------------------------------------------------------------
 
 
+def _check_data_format(input_data_format: Any) -> str | None:
+    """`input_data_format` as `"channels_first"` / `"channels_last"` / `None` (a `ChannelDimension` is a str)."""
+    if input_data_format is None:
+        return None
+    value = getattr(input_data_format, "value", input_data_format)
+    if value not in _INPUT_DATA_FORMATS:
+        raise ValueError(f"input_data_format: expected 'channels_first', 'channels_last' or None, got {value!r}")
+    return value
+
+
 def _as_item_list(images: Any) -> list:
     if isinstance(images, (Image.Image, np.ndarray, torch.Tensor)):
         return [images]
@@ -115,11 +144,11 @@ def _as_item_list(images: Any) -> list:
     )
 
 
-def _to_unit_batches(items: list) -> list[torch.Tensor]:
-    """Each item -> float32 [n, C, H, W] in [-1, 1], validated (dtype, NaN/inf, range)."""
+def _to_unit_batches(items: list, data_format: str | None) -> list[torch.Tensor]:
+    """Each item -> float32 [n, C, H, W] in [-1, 1], validated (layout, dtype, NaN/inf, range)."""
     batches, offset = [], 0
     for position, item in enumerate(items):
-        batch = _item_to_nchw(item, position)
+        batch = _item_to_nchw(item, position, offset, data_format)
         if batch.shape[0] == 0 or batch.shape[2] == 0 or batch.shape[3] == 0:
             raise ValueError(f"preprocess_images: item {position} is empty (shape {tuple(batch.shape)})")
         batches.append(_scale_to_unit_range(batch, offset))
@@ -127,16 +156,50 @@ def _to_unit_batches(items: list) -> list[torch.Tensor]:
     return batches
 
 
-def _item_to_nchw(item: Any, position: int) -> torch.Tensor:
+def _item_to_nchw(item: Any, position: int, offset: int, data_format: str | None) -> torch.Tensor:
     """One list item (PIL image, array or tensor) -> a tensor [n, C, H, W] of its original dtype."""
     if isinstance(item, Image.Image):
         item = _pil_to_array(item)
+        data_format = "channels_last"  # PIL's own layout, whatever the caller's arrays use
     if isinstance(item, np.ndarray):
-        return _numpy_to_nchw(item, position)
-    if isinstance(item, torch.Tensor):
-        return _tensor_to_nchw(item.detach().cpu(), position)
+        item = _numpy_to_tensor(item)
+    elif isinstance(item, torch.Tensor):
+        item = item.detach().cpu()
+    else:
+        raise ValueError(
+            f"preprocess_images: item {position} is {_describe(item)}; expected a PIL image, numpy array or torch tensor"
+        )
+    if item.ndim == 2:
+        return item[None, None]
+    if item.ndim not in (3, 4):
+        raise ValueError(
+            f"preprocess_images: item {position} is {_describe(item)}; expected one of the layouts {_LAYOUTS}"
+        )
+    batch = item if item.ndim == 4 else item[None]  # a 3-D item is one image, never several
+    if _is_channels_last(batch, item.ndim, offset, data_format):
+        batch = batch.permute(0, 3, 1, 2)
+    return batch
+
+
+def _is_channels_last(batch: torch.Tensor, ndim: int, offset: int, data_format: str | None) -> bool:
+    """The layout of an item of `ndim` 3 or 4 (as a `batch` [n, ., ., .]): given, or inferred when unambiguous."""
+    if data_format is not None:
+        return data_format == "channels_last"
+    first, last = batch.shape[1] in _CHANNEL_COUNTS, batch.shape[3] in _CHANNEL_COUNTS
+    if first != last:
+        return last
+    i, j = (0, 2) if ndim == 3 else (1, 3)
+    shape = tuple(batch.shape[1:]) if ndim == 3 else tuple(batch.shape)
+    where = f"image {offset}" if ndim == 3 else f"images {offset}..{offset + len(batch) - 1}"
+    if first:
+        raise ValueError(
+            f"cannot tell the channel axis of {where} of batch, shape {shape}: axes {i} and {j} both have size 1 "
+            f"or 3. Pass input_data_format='channels_first' or 'channels_last'; accepted layouts: {_LAYOUTS}"
+        )
+    hint = " (a 3-D input is one image: pass N grayscale images as a 4-D [N, 1, H, W] batch)" if ndim == 3 else ""
     raise ValueError(
-        f"preprocess_images: item {position} is {_describe(item)}; expected a PIL image, numpy array or torch tensor"
+        f"expected 1 or 3 channels, got {shape[i]} on axis {i} and {shape[j]} on axis {j} of {where} of batch, "
+        f"shape {shape}{hint}; accepted layouts: {_LAYOUTS}"
     )
 
 
@@ -154,33 +217,10 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L" if image.mode in _PIL_GRAY_MODES else "RGB"))
 
 
-def _numpy_to_nchw(array: np.ndarray, position: int) -> torch.Tensor:
+def _numpy_to_tensor(array: np.ndarray) -> torch.Tensor:
     if not array.dtype.isnative:  # e.g. big-endian '>u2' from PIL's I;16B; torch needs native order
         array = array.astype(array.dtype.newbyteorder("="))
-    tensor = torch.from_numpy(np.ascontiguousarray(array) if array.flags.writeable else array.copy())
-    if array.ndim == 2:
-        return tensor[None, None]
-    if array.ndim == 3:
-        return tensor.permute(2, 0, 1)[None] if array.shape[-1] <= 4 else tensor[:, None]
-    if array.ndim == 4:
-        return tensor.permute(0, 3, 1, 2) if array.shape[-1] <= 4 else tensor
-    raise ValueError(
-        f"preprocess_images: item {position} is a numpy array of shape {array.shape}; expected "
-        "[H, W], [H, W, C], [N, H, W] or [N, H, W, C]"
-    )
-
-
-def _tensor_to_nchw(tensor: torch.Tensor, position: int) -> torch.Tensor:
-    if tensor.ndim == 2:
-        return tensor[None, None]
-    if tensor.ndim == 3:
-        return tensor[None] if tensor.shape[0] <= 4 else tensor[:, None]
-    if tensor.ndim == 4:
-        return tensor
-    raise ValueError(
-        f"preprocess_images: item {position} is a torch tensor of shape {tuple(tensor.shape)}; expected "
-        "[H, W], [C, H, W], [N, H, W] or [N, C, H, W]"
-    )
+    return torch.from_numpy(np.ascontiguousarray(array) if array.flags.writeable else array.copy())
 
 
 def _scale_to_unit_range(batch: torch.Tensor, offset: int) -> torch.Tensor:

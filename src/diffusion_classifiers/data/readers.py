@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import gzip
 import os
+import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -49,6 +52,10 @@ PNEUMONIAMNIST_CLASSES = ["normal", "pneumonia"]
 IMAGE_EXTENSIONS = {".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"}
 DEFAULT_DIGITS_SIZE = 32
 DEFAULT_FOLDER_SIZE = 32
+# What decoding an image file may raise; a decompression bomb (PIL's warning too) is refused like a corrupt file.
+_DECODE_ERRORS = (
+    OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -152,15 +159,19 @@ def load_image_classification_data(
             * `"digits"`: scikit-learn's bundled 8x8 digits (values 0..16), upsampled to 32 px by
               default, 1 channel, classes `"0".."9"`.
             * a MedMNIST-style `.npz` file: `train_images` / `train_labels` (required),
-              `val_*` and `test_*` (optional); images `(N, H, W)` or `(N, H, W, C)`, labels
-              `(N,)` or `(N, 1)`. `pneumoniamnist.npz` gets `["normal", "pneumonia"]`.
+              `val_*` and `test_*` (optional, of train's size and channels); images `(N, H, W)` or
+              `(N, H, W, C)` with C = 1 or 3, labels `(N,)` or `(N, 1)`. `pneumoniamnist.npz` gets
+              `["normal", "pneumonia"]`.
             * a directory of IDX files: `train-images-idx3-ubyte` and `train-labels-idx1-ubyte`
               (required), `t10k-*` (optional), each gzipped (`.gz`) or not. A directory whose name
               contains "fashion" gets the Fashion-MNIST class names.
             * an image folder: `<root>/<class>/<image>` (or `<root>/images/<class>/<image>`); class
-              names are the sorted subfolder names. If `<root>/splits/train.txt` exists, the splits
-              come from `splits/{train,val,test}.txt` (lines `relative/path label`, paths relative
-              to the class folders' parent) and the names from `splits/classes.txt` when present.
+              names are the sorted subfolder names and the images of a class the image files directly in
+              its folder (names starting with "." skipped). An empty class folder, a folder inside a class
+              folder (a nested layout, a symlink loop) and two class folders that are one are refused.
+              If `<root>/splits/train.txt` exists, the splits come from `splits/{train,val,test}.txt`
+              (lines `relative/path label`, paths relative to the class folders' parent) and the names
+              from `splits/classes.txt` when present.
               Images are resized to 32 px by default; 3 channels if any image is color, else 1.
             * a `datasets.Dataset` or `datasets.DatasetDict` with an `Image` column and a
               `ClassLabel` column (found by feature type, or named by `image_column` /
@@ -179,7 +190,8 @@ def load_image_classification_data(
             seed of the carved splits.
         class_names (`Sequence[str]`, *optional*):
             names of label ids `0..K-1` for sources that store only integer labels (digits, `.npz`, IDX).
-            Default: `"0".."K-1"` with `K = max(label) + 1`.
+            Default: `"0".."K-1"` with `K = max(label) + 1`, and then every label in `0..K-1` must occur: labels
+            `{0, 7}` are refused rather than read as 8 classes, unless `class_names` names all 8.
         image_column, label_column (`str`, *optional*):
             column names for `datasets` sources; default: the one `Image` and the one `ClassLabel` column.
 
@@ -187,8 +199,11 @@ def load_image_classification_data(
         `Dict[str, LabeledImages]`: the `"train"`, `"val"` and `"test"` splits.
 
     Raises:
-        `ValueError`: unknown source, missing files or keys, corrupt or truncated files, empty data,
-            labels outside `0..K-1`, NaN/inf, or an empty split; raised before preprocessing.
+        `ValueError`: unknown source, missing files or keys, corrupt or truncated files, decompression bombs,
+            empty data or class folders, nested folders or symlink loops, labels outside `0..K-1` or with gaps,
+            a val/test class absent from train, val/test images whose size or channels differ from train's,
+            NaN/inf, or an empty split; each names the file, key or folder, and all but NaN/inf are raised before
+            preprocessing.
     """
     _check_fraction(val_fraction, "val_fraction")
     _check_fraction(test_fraction, "test_fraction")
@@ -280,12 +295,41 @@ def _labels_and_names(
         if len(labels) == 0:
             raise ValueError(f"{where}: split {split!r} is empty; expected at least one labeled image")
     labels = np.concatenate(list(labels_per_split.values())).astype(np.int64)
-    if class_names is None:
+    names_given = class_names is not None
+    if not names_given:
         class_names = [str(i) for i in range(int(labels.max()) + 1)]
     _check_label_range(labels, len(class_names), where)
+    if not names_given:
+        _check_no_label_gaps(labels, where)
+    _check_classes_in_train(labels_per_split, class_names, where)
     bounds = np.cumsum([0] + [len(v) for v in labels_per_split.values()])
     splits = {split: np.arange(bounds[i], bounds[i + 1]) for i, split in enumerate(labels_per_split)}
     return labels, list(class_names), splits
+
+
+def _check_no_label_gaps(labels: np.ndarray, where: str) -> None:
+    """Labels without class names must be `0..K-1` with every class present: `{0, 7}` is not 8 classes."""
+    present = np.unique(labels)
+    missing = np.setdiff1d(np.arange(int(present[-1]) + 1), present)
+    if len(missing):
+        found = set(present.tolist()) if len(present) <= 10 else f"({len(present)} distinct values)"
+        raise ValueError(
+            f"{where}: labels {found} are not 0..K-1: {len(missing)} of the classes 0..{present[-1]} have no "
+            f"images (first: {missing[0]}). Pass class_names= naming all {present[-1] + 1} classes if the gaps are "
+            f"intended, or relabel to 0..{len(present) - 1}"
+        )
+
+
+def _check_classes_in_train(labels_per_split: dict[str, np.ndarray], class_names: Sequence[str], where: str) -> None:
+    """Every class with images in an official val/test split has training images too."""
+    in_train = set(np.unique(labels_per_split["train"]).tolist())
+    for split, labels in labels_per_split.items():
+        absent = sorted(set(np.unique(labels).tolist()) - in_train)
+        if absent:
+            raise ValueError(
+                f"{where}: class {class_names[absent[0]]!r} (label {absent[0]}) has images in split {split!r} but "
+                "none in 'train'; expected every val/test class among the training labels"
+            )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -312,8 +356,8 @@ def _read_npz(path: Path, class_names: Sequence[str] | None) -> _RawData:
     try:
         with np.load(path) as archive:
             arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError) as error:
-        raise ValueError(f"cannot read {path}: {error}") from error
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise ValueError(f"cannot read {path}: {error} (truncated or corrupt?)") from error
     found = sorted(arrays)
     present = [s for s in SPLITS if f"{s}_images" in found or f"{s}_labels" in found]
     incomplete = [f"{s}_{part}" for s in present for part in ("images", "labels") if f"{s}_{part}" not in found]
@@ -326,6 +370,7 @@ def _read_npz(path: Path, class_names: Sequence[str] | None) -> _RawData:
     for split in present:
         images[split] = _nhwc_to_nchw(arrays[f"{split}_images"], f"{path}[{split}_images]")
         labels[split] = _flat_labels(arrays[f"{split}_labels"], len(images[split]), f"{path}[{split}_labels]")
+    _check_same_image_shape(images, {split: f"{path}[{split}_images]" for split in images})
     if class_names is None and path.name == "pneumoniamnist.npz":
         class_names = PNEUMONIAMNIST_CLASSES
     all_labels, names, splits = _labels_and_names(labels, class_names, str(path))
@@ -335,9 +380,22 @@ def _read_npz(path: Path, class_names: Sequence[str] | None) -> _RawData:
 def _nhwc_to_nchw(array: np.ndarray, where: str) -> torch.Tensor:
     if array.ndim == 3:
         return torch.from_numpy(np.ascontiguousarray(array))[:, None]
-    if array.ndim == 4:
+    if array.ndim == 4 and array.shape[-1] in (1, 3):
         return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2)
-    raise ValueError(f"{where}: expected images of shape (N, H, W) or (N, H, W, C), got {array.shape}")
+    raise ValueError(f"{where}: expected images of shape (N, H, W) or (N, H, W, C) with C = 1 or 3, got {array.shape}")
+
+
+def _check_same_image_shape(images: dict[str, torch.Tensor], sources: dict[str, str]) -> None:
+    """Every split's images `[n, C, H, W]` have the channels and size of train's; the error names the split's source."""
+    def describe(batch: torch.Tensor) -> str:
+        return f"{batch.shape[1]}-channel {batch.shape[2]}x{batch.shape[3]}"
+
+    for split, batch in images.items():
+        if batch.shape[1:] != images["train"].shape[1:]:
+            raise ValueError(
+                f"{sources[split]}: images are {describe(batch)}; expected {describe(images['train'])} as in "
+                f"{sources['train']}"
+            )
 
 
 def _flat_labels(labels: np.ndarray, num_images: int, where: str) -> np.ndarray:
@@ -388,7 +446,7 @@ def read_idx(path: str | os.PathLike, expected_ndim: int | None = None) -> np.nd
 
 
 def _read_idx_directory(root: Path, class_names: Sequence[str] | None) -> _RawData:
-    images, labels = {}, {}
+    images, labels, sources = {}, {}, {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
         image_file = _find_idx_file(root, f"{prefix}-images-idx3-ubyte")
         label_file = _find_idx_file(root, f"{prefix}-labels-idx1-ubyte")
@@ -401,6 +459,8 @@ def _read_idx_directory(root: Path, class_names: Sequence[str] | None) -> _RawDa
             )
         images[split] = _nhwc_to_nchw(read_idx(image_file, expected_ndim=3), str(image_file))
         labels[split] = _flat_labels(read_idx(label_file, expected_ndim=1), len(images[split]), str(label_file))
+        sources[split] = str(image_file)
+    _check_same_image_shape(images, sources)
     if class_names is None and "fashion" in root.resolve().name.lower():
         class_names = FASHION_MNIST_CLASSES
     all_labels, names, splits = _labels_and_names(labels, class_names, str(root))
@@ -419,14 +479,13 @@ def _find_idx_file(root: Path, stem: str) -> Path | None:
 
 def _read_image_folder(root: Path) -> _RawData:
     image_root = root / "images" if (root / "images").is_dir() else root
-    class_dirs = sorted(p for p in image_root.iterdir() if p.is_dir() and p.name != "splits")
+    class_dirs = sorted(
+        p for p in image_root.iterdir() if p.is_dir() and p.name != "splits" and not p.name.startswith(".")
+    )
     if (root / "splits" / "train.txt").is_file():
         files, labels_per_split, names = _read_split_files(root / "splits", image_root, class_dirs)
     else:
-        names = [d.name for d in class_dirs]
-        per_class = [sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) for d in class_dirs]
-        files = [path for paths in per_class for path in paths]
-        labels_per_split = {"train": np.repeat(np.arange(len(per_class)), [len(p) for p in per_class])}
+        files, labels_per_split, names = _read_class_folders(class_dirs)
     if not files:
         raise ValueError(
             f"image folder {root}: no images found; expected class subfolders <root>/<class>/*.jpg "
@@ -434,6 +493,43 @@ def _read_image_folder(root: Path) -> _RawData:
         )
     labels, names, splits = _labels_and_names(labels_per_split, names, f"image folder {root}")
     return _RawData([_decode_image_file(path) for path in files], labels, names, splits, DEFAULT_FOLDER_SIZE)
+
+
+def _read_class_folders(class_dirs: list[Path]) -> tuple[list[Path], dict[str, np.ndarray], list[str]]:
+    """The images of each class folder, labelled by its position; an empty class folder is refused (unless all are
+    empty: then the caller reports that no images were found), and so are two class folders that are one folder."""
+    folders: dict[str, Path] = {}
+    for folder in class_dirs:
+        real = os.path.realpath(folder)
+        if real in folders:
+            raise ValueError(
+                f"class folders {folders[real]} and {folder} are the same folder {real} (a symlink); expected one "
+                "folder per class"
+            )
+        folders[real] = folder
+    per_class = [_class_images(folder) for folder in class_dirs]
+    empty = [folder for folder, paths in zip(class_dirs, per_class) if not paths]
+    if empty and len(empty) < len(class_dirs):
+        raise ValueError(
+            f"class folder {empty[0]} holds no image files (extensions {sorted(IMAGE_EXTENSIONS)}); expected at "
+            "least one image per class: remove the folder or add its images"
+        )
+    files = [path for paths in per_class for path in paths]
+    labels = np.repeat(np.arange(len(per_class)), [len(paths) for paths in per_class])
+    return files, {"train": labels}, [folder.name for folder in class_dirs]
+
+
+def _class_images(folder: Path) -> list[Path]:
+    """The image files directly inside a class folder, sorted; names starting with "." are skipped and other files
+    ignored. A folder inside it (a nested layout such as `train/<class>/`, or a symlink loop) is refused."""
+    entries = sorted(path for path in folder.iterdir() if not path.name.startswith("."))
+    nested = [path for path in entries if path.is_dir()]
+    if nested:
+        raise ValueError(
+            f"class folder {folder} contains the folder {nested[0].name!r}; expected image files directly in each "
+            "class folder (<root>/<class>/<image>): nested folders are not read"
+        )
+    return [path for path in entries if path.suffix.lower() in IMAGE_EXTENSIONS]
 
 
 def _read_split_files(
@@ -466,11 +562,19 @@ def _nonempty_lines(path: Path) -> list[str]:
 def _decode_image_file(path: Path) -> Image.Image:
     """Open and fully decode an image file (so truncation is caught now, not mid-training)."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (OSError, UnidentifiedImageError, SyntaxError) as error:
-        raise ValueError(f"cannot decode image file {path}: {error}") from error
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return image.copy()
+    except _DECODE_ERRORS as error:
+        raise ValueError(f"cannot decode image file {path}: {_decode_error_text(error)}") from error
+
+
+def _decode_error_text(error: Exception) -> str:
+    if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"{error} Refused; raise PIL.Image.MAX_IMAGE_PIXELS to read images this large"
+    return str(error)
 
 
 # --- datasets ---------------------------------------------------------------------------------------
@@ -542,12 +646,16 @@ def _find_column(features: Any, name: str | None, feature_type: type, role: str)
 def _decode_column(dataset: Any, column: str, split: str) -> list[Image.Image]:
     images = []
     try:
-        for example in dataset.select_columns([column]):
-            if example[column] is None:
-                raise ValueError(f"split {split!r} row {len(images)}: column {column!r} has no image")
-            images.append(example[column])
-    except (OSError, UnidentifiedImageError, SyntaxError) as error:
-        raise ValueError(f"split {split!r} row {len(images)}: cannot decode column {column!r}: {error}") from error
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            for example in dataset.select_columns([column]):
+                if example[column] is None:
+                    raise ValueError(f"split {split!r} row {len(images)}: column {column!r} has no image")
+                images.append(example[column])
+    except _DECODE_ERRORS as error:
+        raise ValueError(
+            f"split {split!r} row {len(images)}: cannot decode column {column!r}: {_decode_error_text(error)}"
+        ) from error
     return images
 
 

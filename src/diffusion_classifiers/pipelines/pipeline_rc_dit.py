@@ -78,9 +78,12 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
     def dit_feature_extractor(self) -> DiTFeatureExtractor:
         return DiTFeatureExtractor(self.transformer, self.scheduler, self.encoder, self.vae)
 
-    def preprocess(self, images) -> torch.Tensor:
+    def preprocess(self, images, input_data_format: Optional[str] = None) -> torch.Tensor:
+        """`images` as the encoder reads them: `preprocess_images` at its `image_size` and `num_channels`."""
         config = self.encoder.config
-        return preprocess_images(images, image_size=config.image_size, num_channels=config.num_channels)
+        return preprocess_images(
+            images, image_size=config.image_size, num_channels=config.num_channels, input_data_format=input_data_format
+        )
 
     def to_transformer_space(self, pixels: torch.Tensor) -> torch.Tensor:
         """Clean images `[N, C, H, W]` in [-1, 1] -> the transformer's x0: the VAE latents (posterior mode), else
@@ -88,9 +91,10 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         return self.dit_feature_extractor.to_transformer_space(pixels)
 
     @torch.no_grad()
-    def encode(self, images, batch_size: int = 64) -> torch.Tensor:
-        """The representation r of `images` (one or a list of PIL images, arrays or tensors): float32 `[N, D]`, CPU."""
-        pixels = self.preprocess(images)
+    def encode(self, images, batch_size: int = 64, input_data_format: Optional[str] = None) -> torch.Tensor:
+        """The representation r of `images` (one or a list of PIL images, arrays or tensors): float32 `[N, D]`, CPU.
+        `input_data_format` is the layout of 3-D / 4-D arrays and tensors (see `preprocess_images`)."""
+        pixels = self.preprocess(images, input_data_format)
         return torch.cat(
             [encode_representation(self.encoder, chunk).float().cpu() for chunk in pixels.split(batch_size)]
         )
@@ -103,11 +107,12 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         temperature: float = 0.1,
         standardize: bool = False,
         batch_size: int = 64,
+        input_data_format: Optional[str] = None,
     ) -> PrototypeHead:
         """Fit a `PrototypeHead` on the representations of labelled `images` (e.g. a few per class), register it as
         this pipeline's `head` and return it. `labels`: integer class ids; `class_names` fixes the number of classes
         (else the largest label + 1), and every class needs at least one image."""
-        features = self.encode(images, batch_size=batch_size)
+        features = self.encode(images, batch_size=batch_size, input_data_format=input_data_format)
         head = fit_prototypes(
             features, labels, class_names=class_names, temperature=temperature, standardize=standardize,
             block=REPRESENTATION_FEATURE[0], timestep=REPRESENTATION_FEATURE[1],
@@ -124,14 +129,16 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         representation: str = "encoder",
         pool: Optional[str] = "mean",
         batch_size: int = 64,
+        input_data_format: Optional[str] = None,
     ) -> Dict[Tuple[str, int], torch.Tensor]:
         r"""
         Pooled activations of DiT blocks on noised `images` (one or a list of PIL images, arrays or tensors), keyed
         like the U-Net features: `{(dit_block_name(i), t): float32 CPU tensor [N, D]}`, e.g.
-        `("transformer_blocks.3", 100)`. The arguments are those of [`DiTFeatureExtractor.extract`].
+        `("transformer_blocks.3", 100)`. The arguments are those of [`DiTFeatureExtractor.extract`], and
+        `input_data_format` that of `preprocess_images`.
         """
         return self.dit_feature_extractor.extract(
-            self.preprocess(images),
+            self.preprocess(images, input_data_format),
             timesteps=timesteps,
             block_indices=block_indices,
             noise_seed=noise_seed,
@@ -141,7 +148,7 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         )
 
     @torch.no_grad()
-    def __call__(self, images, batch_size: int = 64, return_dict: bool = True):
+    def __call__(self, images, batch_size: int = 64, return_dict: bool = True, input_data_format: Optional[str] = None):
         r"""
         Classify `images` (one or a list of PIL images, arrays or tensors) with the fitted head over r.
 
@@ -149,6 +156,8 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
             images: the images to classify.
             batch_size (`int`, *optional*, defaults to 64): images per encoder forward pass.
             return_dict (`bool`, *optional*, defaults to `True`): return a `ClassifierPipelineOutput`, else a tuple.
+            input_data_format (`str`, *optional*): `"channels_first"` or `"channels_last"`, the layout of 3-D and
+                4-D arrays and tensors; `None` infers it when unambiguous (see `preprocess_images`).
 
         Examples:
 
@@ -173,7 +182,7 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
             )
         if self.head.config.block != REPRESENTATION_FEATURE[0]:
             raise ValueError(f"expected a head fitted on block {REPRESENTATION_FEATURE[0]!r}, got {self.head.config.block!r}")
-        features = self.encode(images, batch_size=batch_size)
+        features = self.encode(images, batch_size=batch_size, input_data_format=input_data_format)
         logits = self.head(features.to(self.head.device))
         self.maybe_free_model_hooks()
         return self.build_output(logits, self.class_names, return_dict)

@@ -67,7 +67,9 @@ class RepresentationConditionedDiTImageVariationPipeline(DiffusionPipeline):
             kwargs["dtype"] = pipeline.transformer.dtype
         return super().from_pipe(pipeline, **kwargs)
 
-    def check_inputs(self, reference_images, guidance_scale, num_inference_steps, output_type, generator):
+    def check_inputs(
+        self, reference_images, guidance_scale, num_inference_steps, output_type, generator, input_data_format=None
+    ):
         """Validate the arguments; return the reference images as `[N, C, H, W]` at the encoder's `image_size`."""
         if not guidance_scale >= 0:
             raise ValueError(f"expected guidance_scale >= 0, got {guidance_scale}")
@@ -75,7 +77,9 @@ class RepresentationConditionedDiTImageVariationPipeline(DiffusionPipeline):
             raise ValueError(f"expected num_inference_steps >= 1, got {num_inference_steps}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"expected output_type 'pt', 'np' or 'pil', got {output_type!r}")
-        references = preprocess_images(reference_images, image_size=self.encoder.config.image_size)
+        references = preprocess_images(
+            reference_images, image_size=self.encoder.config.image_size, input_data_format=input_data_format
+        )
         num_channels = self.encoder.config.num_channels
         if references.shape[1] != num_channels:
             raise ValueError(
@@ -95,6 +99,7 @@ class RepresentationConditionedDiTImageVariationPipeline(DiffusionPipeline):
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         output_type: str = "pt",
         return_dict: bool = True,
+        input_data_format: Optional[str] = None,
     ):
         r"""
         Sample one image per reference image, conditioned on its representation.
@@ -115,6 +120,9 @@ class RepresentationConditionedDiTImageVariationPipeline(DiffusionPipeline):
                 `"pt"` (float tensor `[N, C, H, W]` in [0, 1]), `"np"` (`[N, H, W, C]` in [0, 1]) or `"pil"`.
             return_dict (`bool`, *optional*, defaults to `True`):
                 return an [`~pipelines.ImagePipelineOutput`] instead of a plain tuple.
+            input_data_format (`str`, *optional*):
+                `"channels_first"` or `"channels_last"`, the layout of 3-D and 4-D arrays and tensors; `None` infers
+                it when unambiguous (see `preprocess_images`).
 
         Examples:
 
@@ -133,7 +141,9 @@ class RepresentationConditionedDiTImageVariationPipeline(DiffusionPipeline):
             [`~pipelines.ImagePipelineOutput`] or `tuple`: the images, or a tuple `(images,)` when
             `return_dict=False`.
         """
-        references = self.check_inputs(reference_images, guidance_scale, num_inference_steps, output_type, generator)
+        references = self.check_inputs(
+            reference_images, guidance_scale, num_inference_steps, output_type, generator, input_data_format
+        )
         batch_size = len(references)
         device, dtype = self._execution_device, self.transformer.dtype
         do_classifier_free_guidance = guidance_scale not in (0, 1)

@@ -86,9 +86,12 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
     def sde(self) -> VPSDE:
         return VPSDE.from_scheduler(self.scheduler)
 
-    def preprocess(self, images) -> torch.Tensor:
+    def preprocess(self, images, input_data_format: Optional[str] = None) -> torch.Tensor:
+        """`images` as the U-Net reads them: `preprocess_images` at its `sample_size` and `in_channels`."""
         config = self.unet.config
-        return preprocess_images(images, image_size=config.sample_size, num_channels=config.in_channels)
+        return preprocess_images(
+            images, image_size=config.sample_size, num_channels=config.in_channels, input_data_format=input_data_format
+        )
 
     def check_priors(self, priors) -> Optional[torch.Tensor]:
         """`log prior` `[K]` (float64), or `None` for uniform priors; raises on a bad prior."""
@@ -140,6 +143,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         seed: Union[int, Sequence[int]] = 0,
         batch_size: int = 256,
         return_dict: bool = True,
+        input_data_format: Optional[str] = None,
     ):
         r"""
         Classify `images` (one or a list of PIL images, arrays or tensors) among the `K` named classes.
@@ -169,6 +173,8 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
                 solves `batch_size // K` images at once.
             return_dict (`bool`, *optional*, defaults to `True`): return a [`ScoreSDEClassifierOutput`], else its
                 `to_tuple()` (fields that are `None` left out).
+            input_data_format (`str`, *optional*): `"channels_first"` or `"channels_last"`, the layout of 3-D and
+                4-D arrays and tensors; `None` infers it when unambiguous (see `preprocess_images`).
 
         Examples:
 
@@ -188,7 +194,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
             raise ValueError(f"expected method in {METHODS}, got {method!r}")
         log_prior = self.check_priors(priors)
         class_ids = list(range(len(self.class_names)))
-        pixels = self.preprocess(images)
+        pixels = self.preprocess(images, input_data_format)
         seed = self.seeds_from(generator, seed, len(pixels))
 
         # score every class: log p(x | c) by the probability-flow ODE, or the denoising-error bound

@@ -38,8 +38,12 @@ class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
     def feature_extractor(self) -> DiffusionFeatureExtractor:
         return DiffusionFeatureExtractor(self.unet, self.scheduler)
 
-    def preprocess(self, images) -> torch.Tensor:
-        return preprocess_images(images, image_size=self.unet.config.sample_size, num_channels=self.unet.config.in_channels)
+    def preprocess(self, images, input_data_format: Optional[str] = None) -> torch.Tensor:
+        """`images` as the U-Net reads them: `preprocess_images` at its `sample_size` and `in_channels`."""
+        config = self.unet.config
+        return preprocess_images(
+            images, image_size=config.sample_size, num_channels=config.in_channels, input_data_format=input_data_format
+        )
 
     def extract_features(
         self,
@@ -51,10 +55,12 @@ class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
         num_noise_draws: int = 1,
         batch_size: int = 64,
         show_progress: bool = False,
+        input_data_format: Optional[str] = None,
     ) -> dict:
-        """`{(block, t): Tensor[N, D]}` for every requested pair; see `DiffusionFeatureExtractor.extract`."""
+        """`{(block, t): Tensor[N, D]}` for every requested pair; see `DiffusionFeatureExtractor.extract`.
+        `input_data_format` is the layout of 3-D / 4-D arrays and tensors (see `preprocess_images`)."""
         return self.feature_extractor.extract(
-            self.preprocess(images),
+            self.preprocess(images, input_data_format),
             blocks=blocks,
             timesteps=timesteps,
             pool=pool,
@@ -65,7 +71,7 @@ class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
         )
 
     @torch.no_grad()
-    def __call__(self, images, batch_size: int = 64, return_dict: bool = True):
+    def __call__(self, images, batch_size: int = 64, return_dict: bool = True, input_data_format: Optional[str] = None):
         r"""
         Classify `images` (one or a list of PIL images, arrays or tensors) with the head's (block, timestep) feature.
 
@@ -73,6 +79,8 @@ class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
             images: the images to classify.
             batch_size (`int`, *optional*, defaults to 64): images per U-Net forward pass.
             return_dict (`bool`, *optional*, defaults to `True`): return a `ClassifierPipelineOutput`, else a tuple.
+            input_data_format (`str`, *optional*): `"channels_first"` or `"channels_last"`, the layout of 3-D and
+                4-D arrays and tensors; `None` infers it when unambiguous (see `preprocess_images`).
 
         Examples:
 
@@ -99,6 +107,7 @@ class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
             noise_seed=config.noise_seed,
             num_noise_draws=config.num_noise_draws,
             batch_size=batch_size,
+            input_data_format=input_data_format,
         )[(config.block, config.timestep)]
         logits = self.head(features.to(self.head.device))
         self.maybe_free_model_hooks()

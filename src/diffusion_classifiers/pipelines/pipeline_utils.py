@@ -1,7 +1,9 @@
 """What every classifier pipeline shares: the output type, class names, and `from_pretrained` dispatch."""
 
+import json
+import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Type
+from typing import Dict, List, Optional, Set, Type
 
 import torch
 from diffusers import DiffusionPipeline
@@ -10,6 +12,9 @@ from diffusers.utils import BaseOutput
 from diffusion_classifiers.hub import download
 
 __all__ = ["ClassifierPipelineOutput", "DiffusionClassifierPipeline", "local_snapshot"]
+
+# Weight files that are pickles: loading one can run arbitrary code, so they are never loaded.
+_PICKLE_SUFFIXES = (".bin", ".ckpt", ".pickle", ".pkl", ".pt", ".pth")
 
 
 @dataclass
@@ -25,18 +30,35 @@ class ClassifierPipelineOutput(BaseOutput):
 
 def local_snapshot(pretrained_model_name_or_path, kwargs: dict) -> str:
     """A local folder for `from_pretrained`: the path itself, or the downloaded snapshot of a Hub id. Pops the Hub
-    arguments (`cache_dir`, `revision`, `token`, `local_files_only`) from `kwargs`."""
+    arguments (`cache_dir`, `revision`, `token`, `local_files_only`) from `kwargs`; `trust_remote_code` (default
+    False) is read and left for diffusers: only with it does the snapshot include the repo's `.py` files."""
     # diffusers 0.42 refuses Hub repos whose custom components have no .py file in the repo, so a Hub id is
-    # downloaded first (huggingface_hub cache, revision, token) and loaded from the local snapshot.
+    # downloaded first (huggingface_hub cache, revision, token) and loaded from the local snapshot. Only configs,
+    # safetensors and cards are fetched (`hub.download_patterns`), never pickles.
     hub_kwargs = {k: kwargs.pop(k) for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
-    return download(pretrained_model_name_or_path, **hub_kwargs)
+    trust_remote_code = kwargs.get("trust_remote_code", False)
+    return download(pretrained_model_name_or_path, trust_remote_code=trust_remote_code, **hub_kwargs)
+
+
+def _read_model_index(path: str) -> dict:
+    """The `model_index.json` of a saved pipeline folder; a clear error when it is missing or not JSON."""
+    index_file = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index_file):
+        raise FileNotFoundError(f"{index_file} not found; expected a pipeline folder written by save_pretrained")
+    try:
+        with open(index_file) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{index_file} is not valid JSON: {error}") from error
 
 
 class DiffusionClassifierPipeline(DiffusionPipeline):
     """Base class of the classifier pipelines and the one entry point to load any of them.
 
     `DiffusionClassifierPipeline.from_pretrained(path_or_hub_id)` reads `_class_name` in `model_index.json`
-    and returns the concrete pipeline registered under that name.
+    and returns the concrete pipeline registered under that name. Before diffusers reads a weight, every component
+    that `model_index.json` names must have its folder, and weights load from safetensors only: a pickled
+    `.bin` / `.pt` / `.pkl` is refused, never unpickled.
     """
 
     _registry: Dict[str, Type["DiffusionClassifierPipeline"]] = {}
@@ -48,15 +70,44 @@ class DiffusionClassifierPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         path = local_snapshot(pretrained_model_name_or_path, kwargs)
-        if cls is not DiffusionClassifierPipeline:
-            return super().from_pretrained(path, **kwargs)
-        class_name = cls.load_config(path).get("_class_name")
-        if class_name not in cls._registry:
-            raise ValueError(
-                f"{pretrained_model_name_or_path}: model_index.json names pipeline {class_name!r}; expected one of "
-                f"{sorted(cls._registry)}"
-            )
-        return cls._registry[class_name].from_pretrained(path, **kwargs)
+        index = _read_model_index(path)
+        if cls is DiffusionClassifierPipeline:
+            class_name = index.get("_class_name")
+            if class_name not in cls._registry:
+                raise ValueError(
+                    f"{pretrained_model_name_or_path}: model_index.json names pipeline {class_name!r}; expected one "
+                    f"of {sorted(cls._registry)}"
+                )
+            return cls._registry[class_name].from_pretrained(path, **kwargs)
+        if kwargs.pop("use_safetensors", True) is not True:
+            raise ValueError("use_safetensors: expected True; weights load from safetensors only (a pickle can run code)")
+        cls.check_saved_components(path, index, passed=set(kwargs))
+        return super().from_pretrained(path, use_safetensors=True, **kwargs)
+
+    @classmethod
+    def check_saved_components(cls, path: str, index: dict, passed: Set[str] = frozenset()) -> None:
+        """Every component of this pipeline that `index` (its `model_index.json`) names has its folder in `path`, and
+        no folder holds pickled weights without safetensors; components `passed` to `from_pretrained` are not read."""
+        components, _ = cls._get_signature_keys(cls)
+        for name in sorted(set(components) - set(passed)):
+            entry = index.get(name)
+            if entry is None and name not in cls._optional_components:
+                raise ValueError(f"{path}/model_index.json: no {name!r} component; {cls.__name__} needs one")
+            if not isinstance(entry, list) or None in entry:  # an optional component saved as None
+                continue
+            folder = os.path.join(path, name)
+            if not os.path.isdir(folder):
+                raise FileNotFoundError(
+                    f"{folder}: folder not found; model_index.json names component {name!r} ({entry[-1]}), so "
+                    "the pipeline folder must hold it"
+                )
+            files = os.listdir(folder)
+            pickles = sorted(f for f in files if f.endswith(_PICKLE_SUFFIXES))
+            if pickles and not any(f.endswith(".safetensors") for f in files):
+                raise ValueError(
+                    f"{os.path.join(folder, pickles[0])}: pickled weights are refused (loading a pickle can run "
+                    f"arbitrary code); expected {name}/*.safetensors (save with save_pretrained, which writes them)"
+                )
 
     @property
     def class_names(self) -> List[str]:

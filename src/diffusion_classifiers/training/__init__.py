@@ -3,6 +3,9 @@
 - `loop.py`: `train` (distributed data loading, AdamW + schedule, accumulation, mixed precision, EMA, checkpoints,
   resume), `TrainingSummary`.
 - `arguments.py`: `TrainingArguments` and the `--flags` of the example scripts.
+- `checkpoints.py`: `checkpoint-N` folders (atomic saves, EMA as safetensors + JSON, checked before loading).
+- `output_dir.py`: one run per `--output_dir` (a lock file; `--overwrite_output_dir`).
+- `sampling.py`: `EpochSeededSampler`, data order as a function of (seed, epoch).
 - `denoising.py`: `DenoisingLoss`, the epsilon-prediction objective of the diffusion trainers.
 - `unet.py`: `train_ddpm_unet`, the unconditional DDPM U-Net of the U-Net-features method.
 - `score_sde.py`: `train_score_sde_unet`, the class-conditional U-Net of the Score-SDE classifier.
@@ -41,14 +44,18 @@ from .loop import (
     total_optimizer_steps,
     train,
 )
+from .output_dir import OutputDirInUseError
 from .rc_dit import RCDiTJointModel, RCDiTLoss, train_rc_dit
+from .sampling import EpochSeededSampler
 from .score_sde import class_balanced_sampler, train_score_sde_unet
 from .supervised import SupervisedLoss, predict_proba, train_supervised_cnn
 from .unet import train_ddpm_unet
 
 __all__ = [
     # the loop and its arguments
+    "EpochSeededSampler",
     "LossFunction",
+    "OutputDirInUseError",
     "TrainingArguments",
     "TrainingSummary",
     "add_encoder_args",

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Optional
 
 import torch
+from diffusers.optimization import SchedulerType
 from transformers import AutoModel
 
 from ..models.encoders import build_vit_encoder
@@ -21,6 +22,12 @@ __all__ = [
     "build_vit_encoder_from_args",
     "training_args_from_namespace",
 ]
+
+SCHEDULER_NAMES = [scheduler.value for scheduler in SchedulerType]
+
+
+def _none_or_positive(value: Optional[int]) -> bool:
+    return value is None or value >= 1
 
 
 def _flag(default, help: str):
@@ -57,26 +64,38 @@ class TrainingArguments:
     resume_from_checkpoint: Optional[str] = _flag(
         None, 'Resume from a `checkpoint-N` folder (a path, or a name in `--output_dir`), or "latest".'
     )
+    overwrite_output_dir: bool = _flag(
+        False,
+        "Train into an `--output_dir` that holds another run's checkpoints or model: its `checkpoint-N` folders are "
+        "deleted first, its other files replaced as this run writes them. Without it (or `--resume_from_checkpoint`) "
+        "such a folder is refused; an empty or new one is always fine.",
+    )
     seed: int = _flag(0, "Seed of the initial weights, the data order, noise and timesteps.")
     report_to: Optional[str] = _flag(None, 'An accelerate tracker to log to ("tensorboard", "wandb", ...).')
     dataloader_num_workers: int = _flag(0, "Worker processes of the training dataloader; 0 loads in the main one.")
 
     def __post_init__(self):
-        checks = {
-            "train_batch_size": self.train_batch_size >= 1,
-            "gradient_accumulation_steps": self.gradient_accumulation_steps >= 1,
-            "learning_rate": self.learning_rate > 0,
-            "checkpointing_steps": self.checkpointing_steps >= 1,
-            "max_train_steps": self.max_train_steps is None or self.max_train_steps >= 1,
-            "num_epochs": self.num_epochs is None or self.num_epochs >= 1,
-        }
-        for name, ok in checks.items():
+        positive_or_none = "None or a positive integer"
+        expectations = [
+            ("train_batch_size", "a positive integer", self.train_batch_size >= 1),
+            ("gradient_accumulation_steps", "a positive integer", self.gradient_accumulation_steps >= 1),
+            ("learning_rate", "a positive number", self.learning_rate > 0),
+            ("lr_warmup_steps", "0 or more", self.lr_warmup_steps >= 0),
+            ("lr_scheduler", f"one of {SCHEDULER_NAMES}", self.lr_scheduler in SCHEDULER_NAMES),
+            ("max_grad_norm", "a positive number", self.max_grad_norm > 0),
+            ("mixed_precision", '"no", "fp16" or "bf16"', self.mixed_precision in ("no", "fp16", "bf16")),
+            ("ema_max_decay", "a number in [0, 1]", 0 <= self.ema_max_decay <= 1),
+            ("checkpointing_steps", "a positive integer", self.checkpointing_steps >= 1),
+            ("checkpoints_total_limit", positive_or_none, _none_or_positive(self.checkpoints_total_limit)),
+            ("max_train_steps", positive_or_none, _none_or_positive(self.max_train_steps)),
+            ("num_epochs", positive_or_none, _none_or_positive(self.num_epochs)),
+            ("dataloader_num_workers", "0 or more", self.dataloader_num_workers >= 0),
+        ]
+        for name, expected, ok in expectations:
             if not ok:
-                raise ValueError(f"expected a positive `{name}`, got {getattr(self, name)!r}")
+                raise ValueError(f"expected --{name} to be {expected}, got {getattr(self, name)!r}")
         if self.max_train_steps is None and self.num_epochs is None:
-            raise ValueError("expected `max_train_steps` or `num_epochs`, got neither")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"expected `mixed_precision` in no/fp16/bf16, got {self.mixed_precision!r}")
+            raise ValueError("expected --max_train_steps or --num_epochs, got neither")
 
 
 def _flag_type(annotation) -> type:

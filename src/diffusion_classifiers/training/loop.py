@@ -1,28 +1,38 @@
 """The one accelerate training loop shared by every trainer in `examples/`.
 
-A trainer supplies a model, a dataset and a loss; this module owns the rest: distributed data loading,
-AdamW with a warmup + cosine schedule, gradient accumulation, mixed precision, EMA (diffusers `EMAModel`),
-`checkpoint-N` folders with `--resume_from_checkpoint latest`, and a tqdm bar on the main process.
+A trainer supplies a model, a dataset and a loss; this module owns the rest: distributed data loading in an order
+that is a function of (seed, epoch), AdamW with a warmup + cosine schedule, gradient accumulation, mixed precision,
+EMA (diffusers `EMAModel`), `checkpoint-N` folders with `--resume_from_checkpoint latest` (a resumed run ends with
+the weights of the uninterrupted one, bit for bit), one run per `--output_dir`, and a tqdm bar on the main process.
 """
 
 import json
 import math
 import os
-import re
-import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from tqdm.auto import tqdm
 
 from .arguments import TrainingArguments
+from .checkpoints import (
+    check_checkpoint_folder,
+    checkpoint_step,
+    find_latest_checkpoint,
+    load_ema,
+    resolve_resume_path,
+    save_checkpoint,
+)
+from .output_dir import OutputDirLock, check_output_dir
+from .sampling import EpochSeededSampler
 
 __all__ = [
     "LossFunction",
@@ -33,46 +43,6 @@ __all__ = [
     "total_optimizer_steps",
     "train",
 ]
-
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-
-
-def find_latest_checkpoint(output_dir: str) -> Optional[str]:
-    """The `checkpoint-N` folder with the largest N, or None."""
-    if not os.path.isdir(output_dir):
-        return None
-    steps = [int(m.group(1)) for name in os.listdir(output_dir) if (m := CHECKPOINT_PATTERN.match(name))]
-    return os.path.join(output_dir, f"checkpoint-{max(steps)}") if steps else None
-
-
-def _resolve_resume_path(args: TrainingArguments) -> Optional[str]:
-    if args.resume_from_checkpoint is None:
-        return None
-    if args.resume_from_checkpoint == "latest":
-        return find_latest_checkpoint(args.output_dir)  # nothing saved yet: a fresh start
-    path = args.resume_from_checkpoint
-    if not os.path.isdir(path):
-        path = os.path.join(args.output_dir, path)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"--resume_from_checkpoint: no checkpoint folder {args.resume_from_checkpoint!r}")
-    return path
-
-
-def _save_checkpoint(accelerator: Accelerator, args: TrainingArguments, step: int) -> None:
-    """Write `checkpoint-step` through a temporary folder so an interrupted save never leaves a half checkpoint;
-    only then prune the oldest ones beyond `checkpoints_total_limit`."""
-    final = os.path.join(args.output_dir, f"checkpoint-{step}")
-    partial = final + ".partial"
-    accelerator.save_state(partial)
-    if not accelerator.is_main_process:
-        return
-    if os.path.isdir(final):
-        shutil.rmtree(final)
-    os.replace(partial, final)
-    if args.checkpoints_total_limit is not None:
-        steps = sorted(int(m.group(1)) for n in os.listdir(args.output_dir) if (m := CHECKPOINT_PATTERN.match(n)))
-        for old in steps[: max(0, len(steps) - args.checkpoints_total_limit)]:
-            shutil.rmtree(os.path.join(args.output_dir, f"checkpoint-{old}"))
 
 
 def check_world_size(accelerator: Accelerator) -> None:
@@ -97,14 +67,23 @@ class TrainingSummary:
     final_loss: float
 
     def save(self, output_dir: str) -> None:
-        with open(os.path.join(output_dir, "training_summary.json"), "w") as f:
+        path = os.path.join(output_dir, "training_summary.json")
+        with open(path + ".tmp", "w") as f:
             json.dump(asdict(self), f, indent=2)
+        os.replace(path + ".tmp", path)
+
+
+def _batches_per_epoch(args: TrainingArguments, num_examples: int, num_processes: int) -> int:
+    """Batches each process loads in one epoch: the loader drops the last partial round of `train_batch_size *
+    num_processes` examples, unless there is no full round (then one batch, which accelerate completes from the
+    start of the epoch)."""
+    return max(1, num_examples // (args.train_batch_size * num_processes))
 
 
 def optimizer_steps_per_epoch(args: TrainingArguments, num_examples: int, num_processes: int) -> int:
-    """Optimizer steps in one epoch of `num_examples` split across `num_processes` (batches rounded up)."""
-    batches = math.ceil(num_examples / (args.train_batch_size * num_processes))
-    return math.ceil(batches / args.gradient_accumulation_steps)
+    """Optimizer steps in one epoch of `num_examples` split across `num_processes`: one every
+    `gradient_accumulation_steps` batches, and one at the epoch's last batch (accelerate syncs at the loader's end)."""
+    return math.ceil(_batches_per_epoch(args, num_examples, num_processes) / args.gradient_accumulation_steps)
 
 
 def total_optimizer_steps(args: TrainingArguments, num_examples: int, num_processes: int) -> int:
@@ -120,15 +99,23 @@ def train(
     model: nn.Module,
     dataset: Dataset,
     loss_fn: LossFunction,
-    sampler: Optional[torch.utils.data.Sampler] = None,
+    sampler: Optional[Sampler] = None,
 ) -> tuple[nn.Module, Accelerator, TrainingSummary]:
-    """Train `model` on `dataset` minimising `loss_fn(model, batch)`; `sampler` replaces uniform shuffling.
+    """Train `model` on `dataset` minimising `loss_fn(model, batch)`.
+
+    `sampler` replaces uniform shuffling; its order must be a function of the epoch, so that a resumed run replays
+    it: a sampler with `set_epoch(epoch)`, or one drawing from a `torch.Generator` in its `generator` attribute (it
+    is then wrapped in an `EpochSeededSampler` seeded with `args.seed`).
 
     Returns the unwrapped model (EMA weights copied in when `use_ema`), the accelerator, and a summary that
     records how many samples each process saw. Only the main process should save the returned model.
     """
     if len(dataset) == 0:
         raise ValueError("expected a non-empty training dataset, got 0 examples")
+    if sampler is None:
+        sampler = RandomSampler(dataset, generator=torch.Generator())
+    if not hasattr(sampler, "set_epoch"):
+        sampler = EpochSeededSampler(sampler, args.seed)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -136,19 +123,86 @@ def train(
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
     )
     check_world_size(accelerator)
-    set_seed(args.seed, device_specific=True)
-    if accelerator.is_main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
+    with _claim_output_dir(accelerator, args):
+        return _train(accelerator, args, model, dataset, loss_fn, sampler)
 
+
+@contextmanager
+def _claim_output_dir(accelerator: Accelerator, args: TrainingArguments) -> Iterator[None]:
+    """The main process locks `output_dir` and checks it (`check_output_dir`) before anything is written there, and
+    releases the lock at the end, also on errors. A refusal is raised on every process."""
+    lock = OutputDirLock(args.output_dir) if accelerator.is_main_process else None
+    refusal = [None]
+    if lock is not None:
+        try:
+            lock.acquire()
+            check_output_dir(args.output_dir, args.resume_from_checkpoint is not None, args.overwrite_output_dir)
+        except Exception as error:  # noqa: BLE001 - raised below, on every process: none may wait for the others
+            lock.release()
+            refusal = [error]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(refusal)
+    if refusal[0] is not None:
+        raise refusal[0]
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _resume(accelerator: Accelerator, args: TrainingArguments, ema: Optional[EMAModel], parameter_names: list) -> int:
+    """Load the checkpoint `--resume_from_checkpoint` names, once `check_checkpoint_folder` accepts it; returns the
+    optimizer steps it had made (0 when there is none to resume from)."""
+    path = resolve_resume_path(args)
+    if path is None:
+        return 0
+    check_checkpoint_folder(path, accelerator.num_processes, use_ema=ema is not None)
+    accelerator.print(f"Resuming from {path}")
+    accelerator.load_state(path)  # model, optimizer, schedule, accumulation step, every process's RNG states
+    if ema is not None:
+        load_ema(ema, parameter_names, path)
+        ema.to(accelerator.device)
+    return checkpoint_step(path)
+
+
+def _build_dataloader(args: TrainingArguments, dataset: Dataset, sampler: Sampler, num_processes: int):
+    """The loader of `train` and the generator of its workers' base seed (reseeded every epoch)."""
+    generator = torch.Generator()
     dataloader = DataLoader(
         dataset,
         batch_size=args.train_batch_size,
-        shuffle=sampler is None,
         sampler=sampler,
-        drop_last=len(dataset) >= args.train_batch_size * accelerator.num_processes,
+        drop_last=len(sampler) >= args.train_batch_size * num_processes,
         num_workers=args.dataloader_num_workers,
-        generator=torch.Generator().manual_seed(args.seed),
+        generator=generator,
     )
+    return dataloader, generator
+
+
+def _build_ema(args: TrainingArguments, model: nn.Module, device: torch.device) -> EMAModel:
+    ema = EMAModel(
+        model.parameters(),
+        decay=args.ema_max_decay,
+        use_ema_warmup=True,
+        inv_gamma=args.ema_inv_gamma,
+        power=args.ema_power,
+    )
+    ema.to(device)
+    return ema
+
+
+def _train(
+    accelerator: Accelerator,
+    args: TrainingArguments,
+    model: nn.Module,
+    dataset: Dataset,
+    loss_fn: LossFunction,
+    sampler: Sampler,
+) -> tuple[nn.Module, Accelerator, TrainingSummary]:
+    set_seed(args.seed, device_specific=True)
+    num_examples, num_processes = len(sampler), accelerator.num_processes
+    dataloader, loader_generator = _build_dataloader(args, dataset, sampler, num_processes)
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=args.learning_rate,
@@ -156,48 +210,35 @@ def train(
         weight_decay=args.adam_weight_decay,
         eps=args.adam_epsilon,
     )
-    updates_per_epoch = optimizer_steps_per_epoch(args, len(dataset), accelerator.num_processes)
-    max_train_steps = total_optimizer_steps(args, len(dataset), accelerator.num_processes)
+    updates_per_epoch = optimizer_steps_per_epoch(args, num_examples, num_processes)
+    max_train_steps = total_optimizer_steps(args, num_examples, num_processes)
     lr_scheduler = get_scheduler(
         args.lr_scheduler,
         optimizer=optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=max_train_steps * accelerator.num_processes,
+        num_warmup_steps=args.lr_warmup_steps * num_processes,
+        num_training_steps=max_train_steps * num_processes,
     )
     model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
+    expected_batches = _batches_per_epoch(args, num_examples, num_processes)
+    if len(dataloader) != expected_batches:  # the epoch arithmetic of resuming would misplace the data
+        raise RuntimeError(f"the loader yields {len(dataloader)} batches per epoch, expected {expected_batches}")
+    unwrapped = accelerator.unwrap_model(model)
+    parameter_names = [name for name, _ in unwrapped.named_parameters()]
+    ema = _build_ema(args, unwrapped, accelerator.device) if args.use_ema else None
 
-    ema = None
-    if args.use_ema:
-        ema = EMAModel(
-            accelerator.unwrap_model(model).parameters(),
-            decay=args.ema_max_decay,
-            use_ema_warmup=True,
-            inv_gamma=args.ema_inv_gamma,
-            power=args.ema_power,
-        )
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
-
-    global_step = 0
-    resume_path = _resolve_resume_path(args)
-    if resume_path is not None:
-        accelerator.print(f"Resuming from {resume_path}")
-        accelerator.load_state(resume_path)
-        global_step = int(CHECKPOINT_PATTERN.match(os.path.basename(resume_path)).group(1))
-    resumed_from_step = global_step
-
+    global_step = resumed_from_step = _resume(accelerator, args, ema, parameter_names)
     if accelerator.is_main_process and args.report_to:
         accelerator.init_trackers("diffusion-classifiers", config=asdict(args))
 
     progress = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="train")
     samples_seen = torch.zeros((), dtype=torch.long, device=accelerator.device)
     loss_value = float("nan")
-    batches_to_skip = (global_step * args.gradient_accumulation_steps) % max(len(dataloader), 1)
-    epoch = global_step // max(updates_per_epoch, 1)
+    epoch, steps_into_epoch = divmod(global_step, updates_per_epoch)
+    batches_to_skip = steps_into_epoch * args.gradient_accumulation_steps
     model.train()
     while global_step < max_train_steps:
-        if hasattr(dataloader, "set_epoch"):
-            dataloader.set_epoch(epoch)
+        dataloader.set_epoch(epoch)  # the sampler's order of this epoch: a function of (seed, epoch)
+        loader_generator.manual_seed(args.seed + epoch)
         epoch_loader = accelerator.skip_first_batches(dataloader, batches_to_skip) if batches_to_skip else dataloader
         batches_to_skip = 0
         for batch in epoch_loader:
@@ -215,7 +256,7 @@ def train(
             if not accelerator.sync_gradients:
                 continue
             if ema is not None:
-                ema.step(accelerator.unwrap_model(model).parameters())
+                ema.step(unwrapped.parameters())
             global_step += 1
             loss_value = loss.detach().item()
             progress.update(1)
@@ -223,7 +264,7 @@ def train(
             if args.report_to:
                 accelerator.log({"train_loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
             if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
-                _save_checkpoint(accelerator, args, global_step)
+                save_checkpoint(accelerator, args, global_step, ema, parameter_names)
             if global_step >= max_train_steps:
                 break
         epoch += 1
@@ -231,12 +272,11 @@ def train(
 
     samples_per_process = accelerator.gather(samples_seen.reshape(1)).tolist()
     accelerator.wait_for_everyone()
-    trained = accelerator.unwrap_model(model)
     if ema is not None:
-        ema.copy_to(trained.parameters())
-    trained.eval()
+        ema.copy_to(unwrapped.parameters())
+    unwrapped.eval()
     accelerator.end_training()
     summary = TrainingSummary(global_step, resumed_from_step, accelerator.num_processes, samples_per_process, loss_value)
     if accelerator.is_main_process:
         summary.save(args.output_dir)
-    return trained, accelerator, summary
+    return unwrapped, accelerator, summary

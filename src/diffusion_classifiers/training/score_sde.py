@@ -6,23 +6,24 @@ from typing import Optional
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
-from torch.utils.data import Sampler, TensorDataset, WeightedRandomSampler
+from torch.utils.data import TensorDataset, WeightedRandomSampler
 
 from ..validation import as_labels, check_label_range, resolve_num_classes
 from .arguments import TrainingArguments
 from .denoising import check_training_images
 from .loop import TrainingSummary
+from .sampling import EpochSeededSampler
 from .unet import _train_unet
 
 __all__ = ["class_balanced_sampler", "train_score_sde_unet"]
 
 
-def class_balanced_sampler(labels: torch.Tensor, num_classes: int, seed: int = 0) -> Sampler:
-    """Draw (with replacement) every class equally often: weight 1 / count(label) per example."""
+def class_balanced_sampler(labels: torch.Tensor, num_classes: int, seed: int = 0) -> EpochSeededSampler:
+    """Draw (with replacement) every class equally often: weight 1 / count(label) per example; the draws of epoch e
+    are a function of (seed, e) (`set_epoch`), so a resumed run draws what the uninterrupted one would have."""
     counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).double()
-    return WeightedRandomSampler(
-        1.0 / counts[labels], num_samples=len(labels), replacement=True, generator=torch.Generator().manual_seed(seed)
-    )
+    weighted = WeightedRandomSampler(1.0 / counts[labels], len(labels), replacement=True, generator=torch.Generator())
+    return EpochSeededSampler(weighted, seed)
 
 
 def train_score_sde_unet(

@@ -1,0 +1,141 @@
+"""One training run per `--output_dir`: a lock file, and no silent training over another run's results.
+
+`OutputDirLock` is `.training.lock` in the folder, JSON with the owner's pid, host and start time, created
+atomically; a second run into a locked folder fails at once, a lock left by a dead process on this host is taken
+over. `check_output_dir` refuses a folder that already holds another run's model or checkpoints unless the run
+resumes (`--resume_from_checkpoint`) or replaces it (`--overwrite_output_dir`).
+"""
+
+import json
+import logging
+import os
+import shutil
+import socket
+from datetime import datetime, timezone
+
+from .checkpoints import CHECKPOINT_PATTERN
+
+__all__ = ["LOCK_NAME", "OutputDirInUseError", "OutputDirLock", "check_output_dir", "previous_run_files"]
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = ".training.lock"
+# Written at the end of a run: the summary of `training.train`, a `save_pretrained` pipeline or model.
+FINISHED_RUN_FILES = ("training_summary.json", "model_index.json", "config.json")
+
+
+class OutputDirInUseError(RuntimeError):
+    """Another training run holds the `--output_dir`."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+class OutputDirLock:
+    r"""
+    The lock of one training run on `output_dir` (created if missing): `acquire()` before anything is written,
+    `release()` at the end, also on errors; or `with OutputDirLock(output_dir):`.
+
+    Args:
+        output_dir (`str`): the folder the run writes to.
+    """
+
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
+        self.path = os.path.join(output_dir, LOCK_NAME)
+        self.owner = None
+        self._created_dir = False
+
+    def acquire(self) -> None:
+        self._created_dir = not os.path.isdir(self.output_dir)
+        os.makedirs(self.output_dir, exist_ok=True)
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now(timezone.utc).isoformat()}
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            self._remove_if_stale()
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as f:
+            json.dump(owner, f)
+        self.owner = owner
+
+    def _remove_if_stale(self) -> None:
+        """Remove the lock of a process of this host that is gone; refuse any other."""
+        try:
+            with open(self.path) as f:
+                holder = json.load(f)
+            pid, host = int(holder["pid"]), str(holder["host"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise OutputDirInUseError(
+                f"--output_dir {self.output_dir} has an unreadable lock {self.path} ({error}); delete it if no "
+                "training run uses this folder"
+            ) from error
+        if host == socket.gethostname() and not _pid_alive(pid):
+            logger.warning(f"Taking over the lock of {self.output_dir}: its owner (pid {pid} on {host}) is gone")
+            os.remove(self.path)
+            return
+        raise OutputDirInUseError(
+            f"--output_dir {self.output_dir} is in use by another training run (pid {pid} on host {host}, started "
+            f"{holder.get('started', '?')}); wait for it, choose another --output_dir, or delete {self.path} if that "
+            "run is gone"
+        )
+
+    def release(self) -> None:
+        """Remove the lock if it is still this run's, and the folder if this run created it and left it empty."""
+        if self.owner is None:
+            return
+        try:
+            with open(self.path) as f:
+                mine = json.load(f) == self.owner
+        except (OSError, ValueError):
+            mine = False
+        if mine:
+            os.remove(self.path)
+        self.owner = None
+        if self._created_dir and not os.listdir(self.output_dir):
+            os.rmdir(self.output_dir)
+
+    def __enter__(self) -> "OutputDirLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+def previous_run_files(output_dir: str) -> list:
+    """The entries of `output_dir` that another run left: `checkpoint-N` folders, a summary, a saved model."""
+    names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+    return sorted(name for name in names if CHECKPOINT_PATTERN.match(name) or name in FINISHED_RUN_FILES)
+
+
+def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> None:
+    """Make `output_dir` ready for a run, or refuse it; call with the lock held.
+
+    Leftover `checkpoint-N.partial` folders (saves that were interrupted) are removed. A folder holding another run's
+    checkpoints or model (`previous_run_files`) is refused unless `resume` (that run continues) or `overwrite` (its
+    `checkpoint-N` folders are deleted now, its other files are replaced as this run writes them).
+    """
+    for name in os.listdir(output_dir):
+        if name.endswith(".partial") and CHECKPOINT_PATTERN.match(name[: -len(".partial")]):
+            shutil.rmtree(os.path.join(output_dir, name))
+    previous = previous_run_files(output_dir)
+    if resume or not previous:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"--output_dir {output_dir} already holds another run's {', '.join(previous)}; pass "
+            "--resume_from_checkpoint latest to continue that run or --overwrite_output_dir to replace it"
+        )
+    checkpoints = [name for name in previous if CHECKPOINT_PATTERN.match(name)]
+    if checkpoints:
+        logger.warning(f"--overwrite_output_dir: deleting {', '.join(checkpoints)} of the previous run in {output_dir}")
+    for name in checkpoints:
+        shutil.rmtree(os.path.join(output_dir, name))

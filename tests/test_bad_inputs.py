@@ -1,0 +1,372 @@
+"""Every bad input fails early with an error that names it (issue 14, items 4-5).
+
+One table row per bad input: what is fed, the error type, and a pattern naming the image, file, key, folder or flag.
+Arguments of the long jobs (`demo`, `examples/evaluate.py`) are refused before any data is read, model trained or
+image classified: the long steps are replaced by functions that fail the test if they are reached.
+"""
+
+import importlib.util
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from PIL import Image
+
+from diffusion_classifiers import DiffusionClassifierImageProcessor, DiffusionClassifierPipeline, UNetFeatureClassifierPipeline
+from diffusion_classifiers.cli import main as cli_main
+from diffusion_classifiers.data import load_image_classification_data, preprocess_images
+from diffusion_classifiers.evaluation import evaluate_classifier
+from diffusion_classifiers.models import LinearProbeHead, unet_config
+
+from .conftest import REPO_ROOT
+
+# --------------------------------------------------------------------------------------------------
+# helpers: tiny inputs built in tmp_path
+# --------------------------------------------------------------------------------------------------
+
+
+def image_folder(root, classes, size=(8, 8)):
+    """`root/<class>/<i>.png` for each `{class: number of images}`."""
+    rng = np.random.default_rng(0)
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def gray(n, size=8):
+    return np.zeros((n, size, size), np.uint8)
+
+
+@pytest.fixture(scope="module")
+def saved_pipeline(tmp_path_factory):
+    """A saved UNetFeatureClassifierPipeline with a head: model_index.json, unet/, scheduler/, head/."""
+    torch.manual_seed(0)
+    pipe = UNetFeatureClassifierPipeline(
+        unet=UNet2DModel(**unet_config("tiny", 16)),
+        scheduler=DDPMScheduler(),
+        head=LinearProbeHead(in_features=32, num_classes=2, block="mid_block", timestep=10),
+    )
+    path = tmp_path_factory.mktemp("pipeline") / "pipe"
+    pipe.save_pretrained(path)
+    return path
+
+
+def pipeline_copy(request, tmp_path):
+    path = tmp_path / "pipe"
+    shutil.copytree(request.getfixturevalue("saved_pipeline"), path)
+    return path
+
+
+def pipeline_without(request, tmp_path, component):
+    path = pipeline_copy(request, tmp_path)
+    shutil.rmtree(path / component)
+    return path
+
+
+def pickled_head(request, tmp_path, filename):
+    path = pipeline_copy(request, tmp_path)
+    weights = path / "head" / "diffusion_pytorch_model.safetensors"
+    torch.save({"linear.weight": torch.zeros(2, 32)}, path / "head" / filename)
+    weights.unlink()
+    return path
+
+
+def evaluate_example():
+    spec = importlib.util.spec_from_file_location("evaluate_example", REPO_ROOT / "examples" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def too_late(*args, **kwargs):
+    raise AssertionError("a long step started before the bad argument was refused")
+
+
+@pytest.fixture
+def no_long_work(monkeypatch):
+    """Data loading, training and model loading all fail the test if reached."""
+    import diffusion_classifiers.data
+    import diffusion_classifiers.training
+
+    monkeypatch.setattr(diffusion_classifiers.data, "load_data_from_args", too_late)
+    monkeypatch.setattr(diffusion_classifiers.training, "train_ddpm_unet", too_late)
+
+
+def under_a_file(tmp_path):
+    """A folder path that cannot be created: its parent is a file."""
+    (tmp_path / "a-file").write_text("not a folder")
+    return str(tmp_path / "a-file" / "out")
+
+
+def run_demo(request, *flags):
+    request.getfixturevalue("no_long_work")
+    cli_main(["demo", *flags])
+
+
+def run_evaluate_example(monkeypatch, argv):
+    module = evaluate_example()
+    monkeypatch.setattr(module, "load_classifier", too_late)
+    monkeypatch.setattr(module, "load_split", too_late)
+    module.main(argv)
+
+
+# --------------------------------------------------------------------------------------------------
+# the table: name -> (feed the bad input, error type, pattern naming it)
+# --------------------------------------------------------------------------------------------------
+
+
+def folder_with_symlink_loop(tmp_path):
+    root = image_folder(tmp_path / "data", {"cat": 2, "dog": 2})
+    os.symlink(root / "dog", root / "dog" / "loop")  # dog/loop/loop/loop/... never ends if followed blindly
+    return root
+
+
+def folder_with_linked_class(tmp_path):
+    root = image_folder(tmp_path / "data", {"cat": 2})
+    os.symlink(root / "cat", root / "dog")  # the same images under two classes
+    return root
+
+
+def bomb_folder(tmp_path, monkeypatch, size):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)  # PIL warns above 50 pixels and refuses above 100
+    return image_folder(tmp_path / "data", {"cat": 1, "dog": 1}, size=size)
+
+
+def truncated_npz(tmp_path):
+    path = npz(tmp_path / "cut.npz", train_images=gray(20), train_labels=np.arange(20) % 2)
+    path.write_bytes(path.read_bytes()[:700])
+    return path
+
+
+def corrupt_npz_member(tmp_path):
+    path = npz(tmp_path / "flipped.npz", train_images=np.full((20, 8, 8), 7, np.uint8), train_labels=np.arange(20) % 2)
+    data = bytearray(path.read_bytes())
+    data[data.index(bytes([7] * 64)) + 10] = 8  # one pixel changed: the member's CRC no longer matches
+    path.write_bytes(bytes(data))
+    return path
+
+
+CASES = {
+    # --- A. layouts ----------------------------------------------------------------------------------
+    "torch [5, H, W] (not 5 images)": (
+        lambda tmp_path, request, monkeypatch: preprocess_images(torch.rand(5, 16, 16)),
+        ValueError, r"got 5 on axis 0 and 16 on axis 2 of image 0 of batch, shape \(5, 16, 16\).*accepted layouts",
+    ),
+    "numpy [3, 32, 3] (C or last?)": (
+        lambda tmp_path, request, monkeypatch: preprocess_images(np.zeros((3, 32, 3), np.uint8)),
+        ValueError, r"channel axis of image 0 of batch, shape \(3, 32, 3\): axes 0 and 2 both.*input_data_format",
+    ),
+    "torch [1, H, 1] in a list, item 2": (
+        lambda tmp_path, request, monkeypatch: preprocess_images([torch.rand(8, 8), torch.rand(8, 8), torch.rand(1, 8, 1)]),
+        ValueError, r"image 2 of batch, shape \(1, 8, 1\)",
+    ),
+    "numpy [H, W, 4] (RGBA array)": (
+        lambda tmp_path, request, monkeypatch: preprocess_images(np.zeros((8, 8, 4), np.uint8)),
+        ValueError, r"expected 1 or 3 channels, got 8 on axis 0 and 4 on axis 2 of image 0 of batch, shape \(8, 8, 4\)",
+    ),
+    "4-D [2, 4, 8, 8] (4 channels)": (
+        lambda tmp_path, request, monkeypatch: preprocess_images(torch.rand(2, 4, 8, 8)),
+        ValueError, r"expected 1 or 3 channels, got 4 on axis 1 and 8 on axis 3 of images 0\.\.1 of batch",
+    ),
+    "4-D [2, 3, 8, 3]": (
+        lambda tmp_path, request, monkeypatch: preprocess_images(torch.rand(2, 3, 8, 3)),
+        ValueError, r"images 0\.\.1 of batch, shape \(2, 3, 8, 3\)",
+    ),
+    "5-D tensor": (
+        lambda tmp_path, request, monkeypatch: preprocess_images(torch.rand(1, 2, 3, 8, 8)),
+        ValueError, r"item 0 is Tensor of shape \(1, 2, 3, 8, 8\).*; expected one of the layouts \[H, W\]",
+    ),
+    "input_data_format='NHWC'": (
+        lambda tmp_path, request, monkeypatch: preprocess_images(torch.rand(8, 8), input_data_format="NHWC"),
+        ValueError, r"input_data_format: expected 'channels_first', 'channels_last' or None, got 'NHWC'",
+    ),
+    "pipeline given torch [5, H, W]": (
+        lambda tmp_path, request, monkeypatch: DiffusionClassifierPipeline.from_pretrained(
+            request.getfixturevalue("saved_pipeline"))(torch.rand(5, 16, 16)),
+        ValueError, r"of image 0 of batch, shape \(5, 16, 16\)",
+    ),
+    "image processor given numpy [3, 16, 3]": (
+        lambda tmp_path, request, monkeypatch: DiffusionClassifierImageProcessor(16, 1)(np.zeros((3, 16, 3), np.uint8)),
+        ValueError, r"image 0 of batch, shape \(3, 16, 3\)",
+    ),
+    # --- B. dataset oddities -------------------------------------------------------------------------
+    "empty class folder": (
+        lambda tmp_path, request, monkeypatch: load_image_classification_data(
+            image_folder(tmp_path / "data", {"cat": 3, "dog": 0, "eel": 3})),
+        ValueError, r"class folder .*data/dog holds no image files",
+    ),
+    "symlink loop in an image folder": (
+        lambda tmp_path, request, monkeypatch: load_image_classification_data(folder_with_symlink_loop(tmp_path)),
+        ValueError, r"class folder .*data/dog contains the folder 'loop'; expected image files directly",
+    ),
+    "class folder symlinked to another class": (
+        lambda tmp_path, request, monkeypatch: load_image_classification_data(folder_with_linked_class(tmp_path)),
+        ValueError, r"class folders .*data/cat and .*data/dog are the same folder",
+    ),
+    "train/ and val/ folders of class folders": (
+        lambda tmp_path, request, monkeypatch: load_image_classification_data(
+            image_folder(tmp_path / "data", {"train/cat": 2, "train/dog": 2, "val/cat": 1, "val/dog": 1})),
+        ValueError, r"class folder .*data/train contains the folder 'cat'",
+    ),
+    ".npz labels {0, 7}": (
+        lambda tmp_path, request, monkeypatch: load_image_classification_data(
+            npz(tmp_path / "gaps.npz", train_images=gray(6), train_labels=np.array([0, 7, 0, 7, 0, 7]))),
+        ValueError, r"gaps\.npz: labels \{0, 7\} are not 0\.\.K-1: 6 of the classes 0\.\.7 have no images",
+    ),
+    "class in test, not in train": (
+        lambda tmp_path, request, monkeypatch: load_image_classification_data(npz(
+            tmp_path / "unseen.npz", train_images=gray(4), train_labels=np.array([0, 1, 0, 1]),
+            test_images=gray(2), test_labels=np.array([0, 2]))),
+        ValueError, r"unseen\.npz: class '2' \(label 2\) has images in split 'test' but none in 'train'",
+    ),
+    "truncated .npz": (
+        lambda tmp_path, request, monkeypatch: load_image_classification_data(truncated_npz(tmp_path)),
+        ValueError, r"cannot read .*cut\.npz: .*truncated or corrupt",
+    ),
+    "corrupt .npz member": (
+        lambda tmp_path, request, monkeypatch: load_image_classification_data(corrupt_npz_member(tmp_path)),
+        ValueError, r"cannot read .*flipped\.npz: .*train_images",
+    ),
+    "val images of another size": (
+        lambda tmp_path, request, monkeypatch: load_image_classification_data(npz(
+            tmp_path / "sizes.npz", train_images=gray(4), train_labels=np.array([0, 1, 0, 1]),
+            val_images=gray(2, size=6), val_labels=np.array([0, 1]))),
+        ValueError, r"sizes\.npz\[val_images\]: images are 1-channel 6x6; expected 1-channel 8x8 as in .*\[train_images\]",
+    ),
+    "test images with other channels": (
+        lambda tmp_path, request, monkeypatch: load_image_classification_data(npz(
+            tmp_path / "channels.npz", train_images=np.zeros((4, 8, 8, 3), np.uint8), train_labels=np.array([0, 1, 0, 1]),
+            test_images=gray(2), test_labels=np.array([0, 1]))),
+        ValueError, r"channels\.npz\[test_images\]: images are 1-channel 8x8; expected 3-channel 8x8",
+    ),
+    "decompression bomb (PIL's warning)": (
+        lambda tmp_path, request, monkeypatch: load_image_classification_data(bomb_folder(tmp_path, monkeypatch, (8, 8))),
+        ValueError, r"cannot decode image file .*data/cat/0\.png: .*decompression bomb",
+    ),
+    "decompression bomb (PIL's error)": (
+        lambda tmp_path, request, monkeypatch: load_image_classification_data(bomb_folder(tmp_path, monkeypatch, (16, 16))),
+        ValueError, r"cannot decode image file .*data/cat/0\.png: .*decompression bomb",
+    ),
+    "pipeline folder without unet/": (
+        lambda tmp_path, request, monkeypatch: DiffusionClassifierPipeline.from_pretrained(
+            pipeline_without(request, tmp_path, "unet")),
+        FileNotFoundError, r"pipe/unet: folder not found; model_index.json names component 'unet'",
+    ),
+    "pipeline folder without head/": (
+        lambda tmp_path, request, monkeypatch: DiffusionClassifierPipeline.from_pretrained(
+            pipeline_without(request, tmp_path, "head")),
+        FileNotFoundError, r"pipe/head: folder not found; model_index.json names component 'head'",
+    ),
+    "folder without model_index.json": (
+        lambda tmp_path, request, monkeypatch: DiffusionClassifierPipeline.from_pretrained(tmp_path),
+        FileNotFoundError, r"model_index\.json not found",
+    ),
+    "plain-pickle head (.bin)": (
+        lambda tmp_path, request, monkeypatch: DiffusionClassifierPipeline.from_pretrained(
+            pickled_head(request, tmp_path, "diffusion_pytorch_model.bin")),
+        ValueError, r"head/diffusion_pytorch_model\.bin: pickled weights are refused",
+    ),
+    "plain-pickle head (.pkl)": (
+        lambda tmp_path, request, monkeypatch: DiffusionClassifierPipeline.from_pretrained(
+            pickled_head(request, tmp_path, "head.pkl")),
+        ValueError, r"head/head\.pkl: pickled weights are refused",
+    ),
+    "use_safetensors=False": (
+        lambda tmp_path, request, monkeypatch: DiffusionClassifierPipeline.from_pretrained(
+            request.getfixturevalue("saved_pipeline"), use_safetensors=False),
+        ValueError, r"use_safetensors: expected True",
+    ),
+    "evaluate.py --batch_size 0": (
+        lambda tmp_path, request, monkeypatch: run_evaluate_example(
+            monkeypatch, ["--model_dir", "m", "--output_dir", str(tmp_path), "--batch_size", "0"]),
+        ValueError, r"batch_size: expected a positive integer, got 0",
+    ),
+    "evaluate_classifier(batch_size=0)": (
+        lambda tmp_path, request, monkeypatch: evaluate_classifier(str(tmp_path / "no-model"), None, batch_size=0),
+        ValueError, r"batch_size: expected a positive integer, got 0",
+    ),
+    "evaluate.py with an unwritable --output_dir": (
+        lambda tmp_path, request, monkeypatch: run_evaluate_example(
+            monkeypatch, ["--model_dir", "m", "--output_dir", under_a_file(tmp_path)]),
+        ValueError, r"output_dir '.*a-file/out': expected a writable folder",
+    ),
+    "demo --timesteps 5000": (
+        lambda tmp_path, request, monkeypatch: run_demo(request, "--output_dir", str(tmp_path), "--timesteps", "10", "5000"),
+        ValueError, r"timestep 5000 is invalid: expected an integer in \[0, 1000\)",
+    ),
+    "demo --train_batch_size 0": (
+        lambda tmp_path, request, monkeypatch: run_demo(request, "--output_dir", str(tmp_path), "--train_batch_size", "0"),
+        ValueError, r"train_batch_size.*positive.*got 0",
+    ),
+    "demo --image_size 10 (U-Net levels need a multiple of 4)": (
+        lambda tmp_path, request, monkeypatch: run_demo(request, "--output_dir", str(tmp_path), "--image_size", "10"),
+        ValueError, r"sample_size divisible by 4 for preset 'small', got 10",
+    ),
+    "demo with an unwritable --output_dir": (
+        lambda tmp_path, request, monkeypatch: run_demo(request, "--output_dir", under_a_file(tmp_path)),
+        ValueError, r"--output_dir '.*a-file/out': expected a writable folder",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_refused_early_with_a_named_error(name, tmp_path, request, monkeypatch):
+    feed, error, pattern = CASES[name]
+    with pytest.raises(error, match=pattern):
+        feed(tmp_path, request, monkeypatch)
+
+
+# --------------------------------------------------------------------------------------------------
+# the good side of the same rules
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "shape, input_data_format, expected",
+    [
+        ((16, 16), None, (1, 1, 16, 16)),
+        ((16, 16, 3), None, (1, 3, 16, 16)),  # H x W x C tensor: one image, not 16
+        ((3, 16, 16), None, (1, 3, 16, 16)),  # channels-first array: one image, not 3
+        ((1, 16, 16), None, (1, 1, 16, 16)),
+        ((5, 16, 16, 1), None, (5, 1, 16, 16)),
+        ((5, 3, 16, 16), None, (5, 3, 16, 16)),
+        ((3, 16, 3), "channels_first", (1, 3, 16, 3)),
+        ((3, 16, 3), "channels_last", (1, 3, 3, 16)),
+        ((2, 3, 8, 3), "channels_last", (2, 3, 3, 8)),
+    ],
+)
+def test_each_layout_is_read_one_way(shape, input_data_format, expected):
+    for make in (np.zeros, torch.zeros):
+        assert preprocess_images(make(shape), input_data_format=input_data_format).shape == expected
+
+
+def test_label_gaps_load_when_class_names_explain_them(tmp_path):
+    path = npz(tmp_path / "gaps.npz", train_images=gray(20), train_labels=np.arange(20) % 2 * 7)
+    data = load_image_classification_data(path, class_names=[f"c{i}" for i in range(8)])
+    assert data["train"].num_classes == 8 and set(data["train"].labels.tolist()) <= {0, 7}
+
+
+def test_hidden_files_and_folders_are_skipped(tmp_path):
+    root = image_folder(tmp_path / "data", {"cat": 3, "dog": 3, "dog/.thumbnails": 2})
+    (root / ".ipynb_checkpoints").mkdir()  # hidden: not a class, so not an empty class either
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "cat" / "._0.png")  # macOS resource fork
+    data = load_image_classification_data(root, val_fraction=0.25, test_fraction=0.25)
+    assert data["train"].class_names == ["cat", "dog"]
+    assert sum(len(split) for split in data.values()) == 6
+
+
+def test_a_component_passed_to_from_pretrained_needs_no_folder(request, tmp_path):
+    path = pipeline_without(request, tmp_path, "head")
+    head = LinearProbeHead(in_features=32, num_classes=3, block="mid_block", timestep=10, class_names=list("abc"))
+    pipe = DiffusionClassifierPipeline.from_pretrained(path, head=head)
+    assert pipe.head is head and pipe(torch.zeros(2, 1, 16, 16)).probs.shape == (2, 3)

@@ -1,0 +1,277 @@
+"""Nothing lost, nothing run: killed runs resume bit for bit, checkpoints load without unpickling, one run per folder.
+
+The kill tests train a tiny U-Net (`run_tiny_unet`) in a process that SIGKILLs itself right after checkpoint N is
+complete (`run_until_killed`: a fork of this process; for 2-process DDP, workers that accelerate's `debug_launcher`
+forks in a fresh interpreter, see the end of this file), resume it with `--resume_from_checkpoint latest`, and compare
+every final tensor with `torch.equal` against an uninterrupted run of the same configuration.
+"""
+
+import argparse
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from accelerate import debug_launcher
+from accelerate.checkpointing import load_custom_state
+from diffusers import DDPMScheduler, UNet2DModel
+from safetensors.torch import load_file, save_file
+from torch.multiprocessing import ProcessExitedException
+from torch.utils.data import RandomSampler, SequentialSampler, TensorDataset
+
+import diffusion_classifiers.training.loop as loop
+from diffusion_classifiers.models import unet_config
+from diffusion_classifiers.training import (
+    DenoisingLoss,
+    EpochSeededSampler,
+    OutputDirInUseError,
+    TrainingArguments,
+    add_training_args,
+    class_balanced_sampler,
+    optimizer_steps_per_epoch,
+    train,
+    training_args_from_namespace,
+)
+from diffusion_classifiers.training.output_dir import LOCK_NAME
+
+from .conftest import PYTHON, REPO_ROOT, python_subprocess_env
+
+
+def run_tiny_unet(argv: list) -> None:
+    """Train a tiny U-Net on 14 random images with the training flags `argv` (plus `--class_balanced`); the main
+    process saves the final weights to `<output_dir>.safetensors`."""
+    parser = add_training_args(argparse.ArgumentParser(), learning_rate=1e-3, lr_warmup_steps=1, checkpointing_steps=1)
+    parser.add_argument("--class_balanced", action="store_true")
+    args = parser.parse_args(argv)
+    images = torch.rand(14, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    labels = (torch.arange(14) % 4 == 0).long()
+    sampler = class_balanced_sampler(labels, 2, seed=args.seed) if args.class_balanced else None
+    torch.manual_seed(0)
+    unet = UNet2DModel(**unet_config("tiny", 8))
+    loss = DenoisingLoss(DDPMScheduler(num_train_timesteps=100))
+    dataset = TensorDataset(images, labels)
+    trained, accelerator, _ = train(training_args_from_namespace(args), unet, dataset, loss, sampler)
+    if accelerator.is_main_process:
+        weights = {name: value.contiguous() for name, value in trained.state_dict().items()}
+        save_file(weights, f"{args.output_dir}.safetensors")
+
+
+def run_until_killed(argv: list, kill_after: int) -> None:
+    """`run_tiny_unet`, SIGKILLing this process right after checkpoint `kill_after` is complete."""
+    save_checkpoint = loop.save_checkpoint
+
+    def save_then_die(accelerator, args, step, *rest):
+        save_checkpoint(accelerator, args, step, *rest)
+        if step == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    loop.save_checkpoint = save_then_die
+    run_tiny_unet(argv)
+
+
+def check_killed_after(output_dir, kill_after):
+    steps = sorted(int(p.name.split("-")[1]) for p in output_dir.glob("checkpoint-*") if p.is_dir())
+    assert steps[-1] == kill_after and not list(output_dir.glob("*.partial")), steps  # killed right after checkpoint N
+    assert (output_dir / LOCK_NAME).exists()  # no cleanup ran: the resumed run takes the stale lock over
+
+
+def check_resumed_bitwise(tmp_path, kill_after):
+    assert json.loads((tmp_path / "killed" / "training_summary.json").read_text())["resumed_from_step"] == kill_after
+    reference, resumed = load_file(tmp_path / "straight.safetensors"), load_file(tmp_path / "killed.safetensors")
+    assert reference.keys() == resumed.keys()
+    for name in reference:
+        assert torch.equal(reference[name], resumed[name]), name
+
+
+def kill_and_resume(tmp_path, flags, kill_after):
+    """Uninterrupted, killed and resumed runs, the killed one in a fork of this process."""
+    run_tiny_unet(["--output_dir", str(tmp_path / "straight"), *flags])
+    killed = multiprocessing.get_context("fork").Process(
+        target=run_until_killed, args=(["--output_dir", str(tmp_path / "killed"), *flags], kill_after)
+    )
+    killed.start()
+    killed.join(timeout=300)
+    assert killed.exitcode == -signal.SIGKILL
+    check_killed_after(tmp_path / "killed", kill_after)
+    run_tiny_unet(["--output_dir", str(tmp_path / "killed"), *flags, "--resume_from_checkpoint", "latest"])
+    check_resumed_bitwise(tmp_path, kill_after)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after", [2, 4])
+def test_killed_run_resumes_bitwise_inside_epochs_one_and_two(tmp_path, kill_after):
+    # 14 examples in batches of 4: 3 batches (2 examples dropped), 3 optimizer steps per epoch
+    kill_and_resume(tmp_path, ["--train_batch_size", "4", "--max_train_steps", "7"], kill_after)
+
+
+@pytest.mark.slow
+def test_killed_run_with_ema_accumulation_and_class_balance_resumes_bitwise(tmp_path):
+    # 3 batches of 4 with accumulation 2: optimizer steps after batches 2 and 3, 2 per epoch; killed in epoch 2
+    flags = ["--train_batch_size", "4", "--max_train_steps", "5", "--gradient_accumulation_steps", "2"]
+    kill_and_resume(tmp_path, [*flags, "--use_ema", "--class_balanced"], 3)
+
+
+def ddp_kill_and_resume(tmp_path, kill_after: int, flags: list) -> None:
+    """Uninterrupted, killed and resumed 2-process DDP runs (CPU, gloo), each forked by accelerate's `debug_launcher`
+    from this process, which must not have made an `Accelerator`."""
+    debug_launcher(run_tiny_unet, (["--output_dir", str(tmp_path / "straight"), *flags],))
+    with pytest.raises(ProcessExitedException, match="SIGKILL"):
+        debug_launcher(run_until_killed, (["--output_dir", str(tmp_path / "killed"), *flags], kill_after))
+    check_killed_after(tmp_path / "killed", kill_after)
+    assert {p.name for p in (tmp_path / "killed" / f"checkpoint-{kill_after}").glob("random_states_*")} == {
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    }
+    resume = ["--output_dir", str(tmp_path / "killed"), *flags, "--resume_from_checkpoint", "latest"]
+    debug_launcher(run_tiny_unet, (resume,))
+
+
+DDP_FLAGS = ["--train_batch_size", "2", "--max_train_steps", "5", "--gradient_accumulation_steps", "2", "--use_ema"]
+
+
+@pytest.mark.slow
+def test_killed_two_process_ddp_run_resumes_bitwise(tmp_path):
+    # per process 14 // (2 * 2) = 3 batches of 2, accumulation 2: 2 steps per epoch; killed in epoch 2
+    command = [PYTHON, "-m", "tests.test_resume", str(tmp_path), "3", *DDP_FLAGS, "--class_balanced"]
+    env = python_subprocess_env()
+    result = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_resumed_bitwise(tmp_path, 3)
+    summary = json.loads((tmp_path / "killed" / "training_summary.json").read_text())
+    assert summary["num_processes"] == 2
+    assert summary["samples_per_process"] == [3 * 2, 3 * 2]  # after step 3: 1 batch for step 4, 2 for step 5
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# In-process: checkpoint files, epoch arithmetic, the data order, the output folder
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def tiny_run(output_dir, **overrides):
+    """Train a tiny U-Net in this process; returns `train`'s result."""
+    settings = dict(train_batch_size=4, max_train_steps=2, learning_rate=1e-3, lr_warmup_steps=1, checkpointing_steps=2)
+    images = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    torch.manual_seed(0)
+    unet = UNet2DModel(**unet_config("tiny", 8))
+    args = TrainingArguments(output_dir=str(output_dir), **{**settings, **overrides})
+    return train(args, unet, TensorDataset(images), DenoisingLoss(DDPMScheduler(num_train_timesteps=100)))
+
+
+class Poison:
+    """Unpickling it creates the file `canary`: what a planted checkpoint file could do."""
+
+    def __init__(self, canary):
+        self.canary = str(canary)
+
+    def __reduce__(self):
+        return open, (self.canary, "w")
+
+
+def test_a_planted_pickle_is_refused_before_anything_is_unpickled(tmp_path):
+    tiny_run(tmp_path / "run", use_ema=True)
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    assert {"ema.safetensors", "ema.json", "model.safetensors"} <= {p.name for p in checkpoint.iterdir()}
+    assert not list(checkpoint.glob("*custom_checkpoint*"))  # the EMA is not accelerate's pickle any more
+    canary = tmp_path / "canary"
+    torch.save(Poison(canary), checkpoint / "custom_checkpoint_0.pkl")  # as accelerate's `save_custom_state` would
+    for use_ema in (True, False):
+        with pytest.raises(ValueError, match=r"contains 'custom_checkpoint_0\.pkl', which this library never writes"):
+            tiny_run(tmp_path / "run", use_ema=use_ema, max_train_steps=4, resume_from_checkpoint="latest")
+        assert not canary.exists()
+    assert not (tmp_path / "run" / LOCK_NAME).exists()  # released on the error
+    with pytest.raises(TypeError):  # how accelerate 1.15 reads it: weights_only=False, the code runs, then it fails
+        load_custom_state(torch.nn.Linear(1, 1), str(checkpoint))
+    assert canary.exists()  # the poison was real
+
+
+def test_resuming_with_ema_needs_the_ema_files(tmp_path):
+    tiny_run(tmp_path)
+    with pytest.raises(FileNotFoundError, match="has no 'ema.safetensors'"):
+        tiny_run(tmp_path, use_ema=True, max_train_steps=4, resume_from_checkpoint="latest")
+
+
+@pytest.mark.parametrize("num_examples, batch_size, accumulation", [(12, 4, 1), (14, 4, 2), (10, 4, 2), (3, 4, 2)])
+def test_epoch_arithmetic_matches_the_loader(tmp_path, num_examples, batch_size, accumulation):
+    """`num_epochs` epochs take exactly the optimizer steps the formula says and see whole batches only."""
+    images = torch.rand(num_examples, 1, 8, 8) * 2 - 1
+    args = TrainingArguments(
+        output_dir=str(tmp_path), train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
+        max_train_steps=None, num_epochs=2, checkpointing_steps=100, lr_warmup_steps=0,
+    )  # fmt: skip
+    model = torch.nn.Linear(64, 64)
+    loss = lambda model, batch: model(batch[0].flatten(1)).square().mean()  # noqa: E731
+    _, _, summary = train(args, model, TensorDataset(images), loss)
+    assert summary.global_step == 2 * optimizer_steps_per_epoch(args, num_examples, 1)
+    batches = max(1, num_examples // batch_size)  # the last partial batch is dropped unless it is the only one
+    assert summary.samples_per_process == [2 * batches * min(batch_size, num_examples)]
+
+
+def test_epoch_seeded_sampler_order_depends_only_on_seed_and_epoch():
+    sampler = EpochSeededSampler(RandomSampler(range(20), generator=torch.Generator()), seed=3)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    second = list(sampler)
+    fresh = EpochSeededSampler(RandomSampler(range(20), generator=torch.Generator()), seed=3)
+    fresh.set_epoch(1)  # a resumed run starts here, without having drawn epoch 0
+    assert list(fresh) == second != first
+    assert sorted(second) == list(range(20))
+    with pytest.raises(ValueError, match="SequentialSampler"):
+        EpochSeededSampler(SequentialSampler(range(3)), seed=0)
+
+
+def write_lock(output_dir, pid, host=None):
+    output_dir.mkdir(parents=True, exist_ok=True)
+    owner = {"pid": pid, "host": host or socket.gethostname(), "started": "2024-01-01T00:00:00+00:00"}
+    (output_dir / LOCK_NAME).write_text(json.dumps(owner))
+    return owner
+
+
+def test_a_folder_in_use_is_refused_at_once(tmp_path):
+    owner = write_lock(tmp_path, os.getpid())  # a live process on this host
+    in_use = rf"{tmp_path} is in use by another training run \(pid {os.getpid()} on host {socket.gethostname()}"
+    with pytest.raises(OutputDirInUseError, match=in_use):
+        tiny_run(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [LOCK_NAME]  # nothing written, the owner's lock untouched
+    assert json.loads((tmp_path / LOCK_NAME).read_text()) == owner
+    write_lock(tmp_path, 1, host="another-host")  # cannot tell if it is alive: refused too
+    with pytest.raises(OutputDirInUseError, match="another-host"):
+        tiny_run(tmp_path)
+
+
+def test_a_stale_lock_is_taken_over_and_the_lock_released(tmp_path, caplog):
+    finished = subprocess.run([PYTHON, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    write_lock(tmp_path, int(finished.stdout))  # that process is gone
+    _, _, summary = tiny_run(tmp_path)
+    assert summary.global_step == 2 and "Taking over the lock" in caplog.text
+    assert not (tmp_path / LOCK_NAME).exists()
+    with pytest.raises(FileNotFoundError, match="checkpoint-9"):  # released on errors too
+        tiny_run(tmp_path / "new", resume_from_checkpoint="checkpoint-9")
+    assert not (tmp_path / "new").exists()  # the folder it made for the lock is gone with it
+
+
+def test_a_finished_run_is_refused_unless_resumed_or_overwritten(tmp_path):
+    (tmp_path / "notes.txt").write_text("a fresh folder with unrelated files is fine")
+    tiny_run(tmp_path, max_train_steps=4)
+    previous_run = r"holds another run's checkpoint-2, checkpoint-4, training_summary\.json; pass --resume_from"
+    with pytest.raises(FileExistsError, match=previous_run):
+        tiny_run(tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    (tmp_path / "checkpoint-5.partial").mkdir()  # a save that was interrupted
+    _, _, summary = tiny_run(tmp_path, overwrite_output_dir=True, checkpointing_steps=1)
+    assert summary.resumed_from_step == 0
+    expected = ["checkpoint-1", "checkpoint-2", "notes.txt", "training_summary.json"]  # the old checkpoint-4 is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == expected
+    _, _, summary = tiny_run(tmp_path, max_train_steps=3, resume_from_checkpoint="latest")
+    assert summary.resumed_from_step == 2 and summary.global_step == 3
+
+
+if __name__ == "__main__":
+    # python -m tests.test_resume TMP_DIR KILL_AFTER FLAGS...: the DDP kill test, in a fresh interpreter
+    from pathlib import Path
+
+    ddp_kill_and_resume(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:])
