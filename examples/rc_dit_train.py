@@ -18,6 +18,7 @@ from diffusion_classifiers.data import add_data_args, load_data_from_args
 from diffusion_classifiers.models import RC_DIT_SIZES
 from diffusion_classifiers.pipelines import RepresentationConditionedDiTPipeline
 from diffusion_classifiers.training import (
+    add_diffusion_args,
     add_encoder_args,
     add_training_args,
     build_vit_encoder_from_args,
@@ -47,9 +48,7 @@ def parse_args(argv=None):
         action="store_true",
         help="Keep the encoder fixed: train only the DiT (default: %(default)s).",
     )
-    parser.add_argument(
-        "--num_train_timesteps", type=int, default=1000, help="Diffusion steps of the scheduler (default: %(default)s)."
-    )
+    add_diffusion_args(parser, unet_preset=False)
     parser.add_argument(
         "--vae",
         default=None,

@@ -16,20 +16,19 @@ import argparse
 from accelerate import PartialState
 
 from diffusion_classifiers.data import add_data_args, load_data_from_args
-from diffusion_classifiers.models import UNET_PRESETS
 from diffusion_classifiers.pipelines import ScoreSDEClassifierPipeline
-from diffusion_classifiers.training import add_training_args, train_score_sde_unet, training_args_from_namespace
+from diffusion_classifiers.training import (
+    add_diffusion_args,
+    add_training_args,
+    train_score_sde_unet,
+    training_args_from_namespace,
+)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(parser)
-    parser.add_argument(
-        "--unet_preset", default="small", choices=sorted(UNET_PRESETS), help="U-Net size (default: %(default)s)."
-    )
-    parser.add_argument(
-        "--num_train_timesteps", type=int, default=1000, help="Diffusion steps of the scheduler (default: %(default)s)."
-    )
+    add_diffusion_args(parser)
     parser.add_argument(
         "--label_dropout",
         type=float,

@@ -16,6 +16,7 @@
 
 from .arguments import (
     TrainingArguments,
+    add_diffusion_args,
     add_encoder_args,
     add_training_args,
     build_vit_encoder_from_args,
@@ -58,6 +59,7 @@ __all__ = [
     "OutputDirInUseError",
     "TrainingArguments",
     "TrainingSummary",
+    "add_diffusion_args",
     "add_encoder_args",
     "add_training_args",
     "build_vit_encoder_from_args",

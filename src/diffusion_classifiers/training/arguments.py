@@ -14,9 +14,11 @@ from diffusers.optimization import SchedulerType
 from transformers import AutoModel
 
 from ..models.encoders import build_vit_encoder
+from ..models.unet_presets import UNET_PRESETS
 
 __all__ = [
     "TrainingArguments",
+    "add_diffusion_args",
     "add_encoder_args",
     "add_training_args",
     "build_vit_encoder_from_args",
@@ -125,6 +127,23 @@ def training_args_from_namespace(namespace: argparse.Namespace) -> TrainingArgum
     """The `TrainingArguments` of parsed flags (the other flags are ignored)."""
     names = {arg.name for arg in fields(TrainingArguments)}
     return TrainingArguments(**{k: v for k, v in vars(namespace).items() if k in names})
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The diffusion model of the U-Net, Score-SDE and RC-DiT trainers
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def add_diffusion_args(parser: argparse.ArgumentParser, unet_preset: bool = True) -> argparse.ArgumentParser:
+    """`--num_train_timesteps`, and `--unet_preset` for the U-Net trainers."""
+    if unet_preset:
+        parser.add_argument(
+            "--unet_preset", default="small", choices=sorted(UNET_PRESETS), help="U-Net size (default: %(default)s)."
+        )
+    parser.add_argument(
+        "--num_train_timesteps", type=int, default=1000, help="Diffusion steps of the scheduler (default: %(default)s)."
+    )
+    return parser
 
 
 # ------------------------------------------------------------------------------------------------------------------
