@@ -1,3 +1,4 @@
+import inspect
 import json
 import math
 import runpy
@@ -11,13 +12,14 @@ from PIL import Image
 
 from diffusion_classifiers import DiffusionClassifierPipeline, ScoreSDEClassifierPipeline
 from diffusion_classifiers.data import load_image_classification_data, preprocess_images
+from diffusion_classifiers.likelihood import probability_flow_log_likelihood
 from diffusion_classifiers.models import unet_config
 from diffusion_classifiers.training import TrainingArguments, train_score_sde_unet
 
 from .conftest import PYTHON, REPO_ROOT, python_subprocess_env
 
 TRAIN_SCRIPT = runpy.run_path(str(REPO_ROOT / "examples" / "score_sde_train.py"), run_name="train_score_sde")
-FAST_ODE = dict(method="likelihood", solver="rk4", num_steps=8, step_spacing="quadratic")
+FAST_ODE = dict(method="likelihood", solver="rk4", num_steps=8)  # the default log-SNR grid, 4x fewer steps
 
 
 def write_bright_and_dark_images(root, per_class=40):
@@ -97,6 +99,18 @@ def test_both_methods_classify_separable_classes(trained):
     faithful = pipe(test.images[:4], method="likelihood", solver="dopri5", rtol=1e-3, atol=1e-3)
     assert torch.equal(faithful.label_ids, test.labels[:4])
     assert (faithful.log_likelihood_ratio - exact.log_likelihood_ratio[:4]).abs().max() < 5
+
+
+def test_likelihood_defaults_are_the_scorers():
+    """The pipeline's ODE defaults are probability_flow_log_likelihood's (RK4, 32 log-SNR steps: accurate, see
+    tests/test_likelihood.py), so `pipe(images, method="likelihood")` gets the measured setting."""
+    def defaults(function):
+        return {name: p.default for name, p in inspect.signature(function).parameters.items()}
+
+    pipeline, scorer = defaults(ScoreSDEClassifierPipeline.__call__), defaults(probability_flow_log_likelihood)
+    names = ("solver", "num_steps", "step_spacing", "rtol", "atol", "num_probes", "seed")
+    assert {name: pipeline[name] for name in names} == {name: scorer[name] for name in names}
+    assert (scorer["solver"], scorer["num_steps"], scorer["step_spacing"]) == ("rk4", 32, "log_snr")
 
 
 def test_early_stop_and_pruning_save_evaluations(trained):

@@ -4,7 +4,8 @@ Two scorers share one VP-SDE and one model interface:
 
 - [`probability_flow_log_likelihood`]: the exact `log p(x | c)` of the probability-flow ODE, with the divergence
   by the Hutchinson estimator (or exactly, for small images), solved in torch with a fixed-step Heun / RK4 grid
-  or an adaptive Dormand-Prince (RK45) solver. Every image is paired with every class in one ODE state.
+  (by default 32 RK4 steps uniform in log-SNR) or an adaptive Dormand-Prince (RK45) solver. Every image is paired
+  with every class in one ODE state.
 - [`denoising_error_scores`]: the weighted denoising error (the diffusion term of the ELBO), with the same noise
   and timesteps for every class, adaptive class pruning (Li et al. 2023) and, for two classes, a sequential early
   stop once the sign of the log-likelihood ratio is settled.
@@ -229,7 +230,7 @@ def _as_column(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 
 SOLVERS = ("heun", "rk4", "dopri5")
-STEP_SPACINGS = ("uniform", "quadratic")
+STEP_SPACINGS = ("log_snr", "quadratic", "uniform")
 
 
 @dataclass
@@ -359,8 +360,19 @@ def _solve_dopri5(f, y: torch.Tensor, t0: float, t1: float, rtol: float, atol: f
 
 
 def _time_grid(sde: VPSDE, num_steps: int, spacing: str, like: torch.Tensor) -> torch.Tensor:
-    s = torch.linspace(0, 1, num_steps + 1, dtype=like.dtype, device=like.device)
-    return sde.t_min + (1 - sde.t_min) * (s if spacing == "uniform" else s**2)
+    """`num_steps + 1` times from `t_min` to 1 (see `step_spacing` in [`probability_flow_log_likelihood`])."""
+    if spacing != "log_snr":
+        s = torch.linspace(0, 1, num_steps + 1, dtype=like.dtype, device=like.device)
+        return sde.t_min + (1 - sde.t_min) * (s if spacing == "uniform" else s**2)
+    # uniform in lambda = log(alpha^2 / sigma^2); back to t by -2 log alpha = softplus(-lambda) = a t^2 + b t
+    ends = torch.tensor([sde.t_min, 1.0], dtype=torch.float64)
+    log_snr = 2 * sde.log_alpha(ends) - torch.log(-torch.expm1(2 * sde.log_alpha(ends)))
+    c = torch.nn.functional.softplus(-torch.linspace(float(log_snr[0]), float(log_snr[1]), num_steps + 1,
+                                                     dtype=torch.float64))
+    a, b = (sde.beta_max - sde.beta_min) / 2, sde.beta_min
+    grid = 2 * c / (b + torch.sqrt(b**2 + 4 * a * c))  # the positive root, written without cancellation
+    grid[0], grid[-1] = sde.t_min, 1.0
+    return grid.to(like)
 
 
 def _check_solver_args(solver, num_steps, step_spacing, rtol, atol, num_probes, batch_size) -> None:
@@ -384,7 +396,7 @@ def probability_flow_log_likelihood(
     classes: Classes,
     solver: str = "rk4",
     num_steps: int = 32,
-    step_spacing: str = "uniform",
+    step_spacing: str = "log_snr",
     rtol: float = 1e-5,
     atol: float = 1e-5,
     num_probes: int = 1,
@@ -411,10 +423,29 @@ def probability_flow_log_likelihood(
             in the images' floating dtype. For a diffusers model `[N, in_channels, sample_size, sample_size]`:
             other sizes are refused, not resized.
         classes: `K` (classes `0..K-1`) or the class ids to score, in column order.
-        solver: `"heun"` (2 evaluations per step), `"rk4"` (4) on a fixed grid of `num_steps` steps from `t_min` to
-            1 (`step_spacing` `"uniform"` in t, or `"quadratic"`: `t_min + (1 - t_min) (i / num_steps)^2`, finer near
-            the data), or the adaptive `"dopri5"` with `rtol` / `atol` (error of each (image, class) row scaled by
+        solver: `"rk4"` (4 evaluations per step) or `"heun"` (2) on a fixed grid of `num_steps` steps from `t_min`
+            to 1, or the adaptive `"dopri5"` with `rtol` / `atol` (error of each (image, class) row scaled by
             `atol + rtol |y|`; the step size is shared by a batch and set by its hardest row).
+        num_steps: steps of the fixed grid.
+        step_spacing: where the fixed grid's steps go.
+
+            - `"log_snr"` (default): uniform in `lambda = log(alpha^2 / sigma^2)` (as in DPM-Solver), so geometric
+              near `t_min` (with 32 steps each time there is 2.1x the one before), where the divergence of a trained
+              model grows like `1 / t` and the flow is stiff.
+            - `"quadratic"`: `t_min + (1 - t_min) (i / num_steps)^2` (the first of 32 steps reaches 1e-3): accurate
+              for lightly trained models, less so as training sharpens the score.
+            - `"uniform"` in t: inaccurate near `t_min` for any trained model (the first of 32 steps jumps from 1e-5
+              to 0.031, over the stiff region), where it overestimates `log p`; kept for comparisons only.
+
+            Measured with 32 RK4 steps against dopri5 at rtol = atol = 1e-6 or 1e-5 (the same probes), max |delta
+            bits/dim| on a small U-Net trained 300 steps on digits 0-2, 3 images x 3 classes
+            (`tests/test_likelihood.py::test_fixed_step_grids_against_a_tight_dopri5_solve_on_a_trained_unet`) / on
+            the "tiny" preset trained 1000 steps, 6 images x 3 classes: `"log_snr"` 0.0032 / 0.0028, `"quadratic"`
+            0.0082 / 0.018, `"uniform"` 0.47 / 1.6 (mean 0.32 / 1.17). The default is the cheapest setting measured
+            within 0.011 bits/dim on every trained model tried: 16 log-SNR RK4 steps reach 0.017 on the second, 64
+            Heun steps (the same NFE as the default) 0.014, and exact Gaussian scores with one nearly degenerate
+            direction (scale 0.003) put `"quadratic"` 55x further off than `"log_snr"`. For a stiffer model, check
+            the default against `solver="dopri5"` on a few images.
         num_probes, exact_trace: the divergence estimator.
         seed: an int (image `i` uses stream `(seed, i)`) or one seed per image.
         batch_size: images per ODE solve. Fixed-step results do not depend on it; dopri5 results agree within the
