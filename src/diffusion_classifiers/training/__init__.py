@@ -36,10 +36,10 @@ from .contrastive import (
     train_contrastive_encoder,
 )
 from .denoising import DenoisingLoss, check_training_images
+from .launch import check_world_size
 from .loop import (
     LossFunction,
     TrainingSummary,
-    check_world_size,
     find_latest_checkpoint,
     optimizer_steps_per_epoch,
     total_optimizer_steps,

@@ -31,28 +31,18 @@ from .checkpoints import (
     resolve_resume_path,
     save_checkpoint,
 )
+from .launch import check_world_size
 from .output_dir import OutputDirLock, check_output_dir
 from .sampling import EpochSeededSampler
 
 __all__ = [
     "LossFunction",
     "TrainingSummary",
-    "check_world_size",
     "find_latest_checkpoint",
     "optimizer_steps_per_epoch",
     "total_optimizer_steps",
     "train",
 ]
-
-
-def check_world_size(accelerator: Accelerator) -> None:
-    """`accelerate launch --cpu --num_processes 2` silently runs one process; fail instead of training alone."""
-    expected = int(os.environ.get("WORLD_SIZE", accelerator.num_processes))
-    if expected != accelerator.num_processes:
-        raise RuntimeError(
-            f"WORLD_SIZE={expected} but accelerate runs {accelerator.num_processes} process(es); on a CPU machine "
-            "use ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N"
-        )
 
 
 @dataclass

@@ -1,0 +1,60 @@
+"""The process count `accelerate launch` was asked for, against the one that runs.
+
+`accelerate launch --cpu --num_processes 2 script.py` (accelerate 1.15) starts ONE process with the simple launcher:
+only `--multi_gpu` goes through torchrun. The script then trains alone and exits 0. The simple launcher tells its
+child nothing about the count except that it exports `MASTER_ADDR`/`MASTER_PORT` when asked for more than one
+process, so the request is read from the launcher's own command line (Linux `/proc/<parent>/cmdline`).
+"""
+
+import os
+from typing import List, Optional
+
+from accelerate import Accelerator
+
+__all__ = ["check_world_size", "launcher_requested_processes"]
+
+_NUM_PROCESSES_FLAGS = ("--num_processes", "--num-processes")
+
+
+def check_world_size(accelerator: Accelerator) -> None:
+    """Fail before training when the launcher was asked for another number of processes than accelerate runs."""
+    requested = _requested_processes()
+    if requested is not None and requested != accelerator.num_processes:
+        raise RuntimeError(
+            f"accelerate launch was asked for {requested} processes but {accelerator.num_processes} runs (the "
+            "simple launcher starts one process without --multi_gpu); on a CPU machine use ACCELERATE_USE_CPU=1 "
+            f"accelerate launch --multi_gpu --num_processes {requested} --num_machines 1"
+        )
+
+
+def _requested_processes() -> Optional[int]:
+    if "WORLD_SIZE" in os.environ:  # torchrun (accelerate's --multi_gpu path) states the world size itself
+        return int(os.environ["WORLD_SIZE"])
+    if "MASTER_ADDR" not in os.environ:  # the simple launcher sets it only for more than one process
+        return None
+    return launcher_requested_processes(_parent_command_line())
+
+
+def launcher_requested_processes(command_line: List[str]) -> Optional[int]:
+    """`--num_processes N` of an `accelerate launch` command line, before the training script's own arguments;
+    None when `command_line` is not `accelerate launch` or does not give the flag."""
+    starts = [i for i, token in enumerate(command_line) if token in ("launch", "accelerate.commands.launch")]
+    if not starts or not any("accelerate" in token for token in command_line[: starts[0] + 1]):
+        return None
+    tokens = command_line[starts[0] + 1 :]
+    for position, token in enumerate(tokens):
+        if token.endswith(".py"):  # the training script: the flags after it are the script's
+            return None
+        name, _, value = token.partition("=")
+        if name in _NUM_PROCESSES_FLAGS:
+            value = value or (tokens[position + 1] if position + 1 < len(tokens) else "")
+            return int(value) if value.isdigit() else None
+    return None
+
+
+def _parent_command_line() -> List[str]:
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            return [token.decode(errors="replace") for token in f.read().split(b"\0") if token]
+    except OSError:  # not Linux, or not readable: the request cannot be known
+        return []
