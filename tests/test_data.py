@@ -584,3 +584,37 @@ def test_labeled_images_validation_and_subset():
         LabeledImages(images + 2, torch.tensor([0, 1, 1, 0]), ["a", "b"])
     with pytest.raises(ValueError, match="expected a float32 torch tensor"):
         LabeledImages(images.double(), torch.tensor([0, 1, 1, 0]), ["a", "b"])
+
+
+def test_stratified_group_split_keeps_patients_apart_and_classes_balanced():
+    from diffusion_classifiers.data import stratified_group_split
+
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 6, size=300)  # images per patient: 1..5
+    groups = np.repeat([f"P{i}" for i in range(300)], sizes)
+    labels = np.repeat(rng.choice(3, size=300, p=[0.5, 0.3, 0.2]), sizes)  # one label per patient
+    overall = np.bincount(labels, minlength=3) / len(labels)
+    for fraction in (0.1, 0.2, 0.5):
+        kept, split = stratified_group_split(labels, groups, fraction, seed=1)
+        assert not set(groups[kept]) & set(groups[split])  # no patient crosses
+        np.testing.assert_array_equal(np.sort(np.concatenate([kept, split])), np.arange(len(labels)))
+        # The folds are filled a whole patient at a time, so a split's size and class shares can miss their targets
+        # by about one patient: at most sizes.max() images.
+        assert abs(len(split) - fraction * len(labels)) <= sizes.max()
+        shares = np.bincount(labels[split], minlength=3) / len(split)
+        assert np.abs(shares - overall).max() <= sizes.max() / len(split)
+    first = stratified_group_split(labels, groups, 0.2, seed=1)[1]
+    np.testing.assert_array_equal(stratified_group_split(labels, groups, 0.2, seed=1)[1], first)
+    assert not np.array_equal(stratified_group_split(labels, groups, 0.2, seed=2)[1], first)
+
+
+def test_stratified_group_split_bad_input():
+    from diffusion_classifiers.data import stratified_group_split
+
+    labels = np.array([0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"groups: expected one group id per label \(4\)"):
+        stratified_group_split(labels, ["a", "b"], 0.5)
+    with pytest.raises(ValueError, match="2 distinct groups .* needs at least 5"):
+        stratified_group_split(labels, ["a", "a", "b", "b"], 0.2)
+    with pytest.raises(ValueError, match="missing"):
+        stratified_group_split(labels, ["a", None, "b", "c"], 0.5)

@@ -3,13 +3,16 @@
 [`LabeledImages`] holds preprocessed images, their integer labels and the class names, validated together.
 
 [`load_image_classification_data`] reads scikit-learn's digits, MedMNIST-style `.npz` files, IDX (MNIST /
-Fashion-MNIST) directories, image folders and `datasets.Dataset` / `datasets.DatasetDict` objects, validates them
-(empty data, out-of-range labels, NaN, corrupt files) before any long computation, preprocesses them with
-[`preprocess_images`] and carves the splits the source lacks with [`stratified_split`].
+Fashion-MNIST) directories, image folders (DICOM and 16-bit PNG / TIFF included), CSV files of
+`path,label[,patient_id]` and `datasets.Dataset` / `datasets.DatasetDict` objects, validates them (empty data,
+out-of-range labels, NaN, corrupt files) before any long computation, preprocesses them with [`preprocess_images`]
+and carves the splits the source lacks with [`stratified_split`], or [`stratified_group_split`] when patient ids are
+known (each patient on one side).
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
 import os
 import warnings
@@ -24,8 +27,16 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..validation import check_finite_rows
-from .preprocessing import _describe, preprocess_images
-from .splits import _check_fraction, stratified_split
+from .dicom import (
+    DICOM_EXTENSIONS,
+    MedicalPreprocessing,
+    check_same_slice_size,
+    read_16bit_image,
+    read_dicom,
+    window_channels,
+)
+from .preprocessing import _PIL_16BIT_MODES, _describe, preprocess_images
+from .splits import _check_fraction, stratified_group_split, stratified_split
 
 __all__ = [
     "DEFAULT_DIGITS_SIZE",
@@ -148,6 +159,8 @@ def load_image_classification_data(
     class_names: Sequence[str] | None = None,
     image_column: str | None = None,
     label_column: str | None = None,
+    medical: MedicalPreprocessing | None = None,
+    patient_id_column: str | None = None,
 ) -> dict[str, LabeledImages]:
     r"""
     Load an image-classification dataset as `{"train", "val", "test"}` [`LabeledImages`].
@@ -173,6 +186,14 @@ def load_image_classification_data(
               (lines `relative/path label`, paths relative to the class folders' parent) and the names
               from `splits/classes.txt` when present.
               Images are resized to 32 px by default; 3 channels if any image is color, else 1.
+              DICOM files (`.dcm`, `.dicom`) and 16-bit PNG / TIFF are read as `medical` says; a multi-frame
+              DICOM gives one image per frame, all with its label; the DICOM files of one folder must share one
+              size (a scout or second series mixed in is refused). When DICOM files name a PatientID, the carved
+              splits keep each patient on one side (images without one are their own group).
+            * a `.csv` file with a header and the columns `path` (relative to the CSV's folder), `label` (a class
+              name) and optionally a patient id column (`patient_id`, or the one `patient_id_column` names): images
+              read as in an image folder; classes are `class_names` or the sorted labels (numerically if all are
+              integers); with patient ids, the carved splits keep each patient on one side.
             * a `datasets.Dataset` or `datasets.DatasetDict` with an `Image` column and a
               `ClassLabel` column (found by feature type, or named by `image_column` /
               `label_column`); splits `train`, `validation` or `val`, `test`.
@@ -189,11 +210,17 @@ def load_image_classification_data(
         seed (`int`, *optional*, defaults to 0):
             seed of the carved splits.
         class_names (`Sequence[str]`, *optional*):
-            names of label ids `0..K-1` for sources that store only integer labels (digits, `.npz`, IDX).
+            names of label ids `0..K-1` for sources that store only integer labels (digits, `.npz`, IDX); for a CSV,
+            the classes in label-id order (a CSV label outside them is refused).
             Default: `"0".."K-1"` with `K = max(label) + 1`, and then every label in `0..K-1` must occur: labels
             `{0, 7}` are refused rather than read as 8 classes, unless `class_names` names all 8.
         image_column, label_column (`str`, *optional*):
             column names for `datasets` sources; default: the one `Image` and the one `ClassLabel` column.
+        medical ([`MedicalPreprocessing`], *optional*):
+            how DICOM files are windowed (one channel per window) and 16-bit PNG / TIFF scaled; default
+            `MedicalPreprocessing()`: each DICOM's own window, 16-bit images by their maximum's bit depth.
+        patient_id_column (`str`, *optional*):
+            for a CSV source, the column of patient (group) ids; it must exist. Default: `patient_id` if present.
 
     Returns:
         `Dict[str, LabeledImages]`: the `"train"`, `"val"` and `"test"` splits.
@@ -208,10 +235,13 @@ def load_image_classification_data(
     _check_fraction(val_fraction, "val_fraction")
     _check_fraction(test_fraction, "test_fraction")
     kind = _source_kind(source)
-    if class_names is not None and kind not in ("digits", "npz", "idx"):
+    if class_names is not None and kind not in ("digits", "npz", "idx", "csv"):
         raise ValueError(
-            f"class_names: only digits, .npz and IDX sources take class_names; a {kind} source carries its own"
+            f"class_names: only digits, .npz, IDX and CSV sources take class_names; a {kind} source carries its own"
         )
+    if patient_id_column is not None and kind != "csv":
+        raise ValueError(f"patient_id_column applies to CSV sources only, not to a {kind} source")
+    medical = MedicalPreprocessing() if medical is None else medical
     if (image_column is not None or label_column is not None) and kind != "datasets":
         raise ValueError(f"image_column / label_column apply to datasets sources only, not to a {kind} source")
     if kind == "digits":
@@ -221,7 +251,9 @@ def load_image_classification_data(
     elif kind == "idx":
         raw = _read_idx_directory(Path(source), class_names)
     elif kind == "folder":
-        raw = _read_image_folder(Path(source))
+        raw = _read_image_folder(Path(source), medical)
+    elif kind == "csv":
+        raw = _read_csv(Path(source), class_names, patient_id_column, medical)
     else:
         raw = _read_hf_dataset(source, image_column, label_column)
     if image_size is None:
@@ -239,6 +271,7 @@ class _RawData:
     class_names: list[str]
     splits: dict[str, np.ndarray]  # split name -> indices into images; "train" always present
     default_image_size: int | None = None
+    groups: np.ndarray | None = None  # a patient id per image: carved splits keep each group on one side
 
 
 def _source_kind(source: Any) -> str:
@@ -259,9 +292,9 @@ def _source_kind(source: Any) -> str:
             f"source: {str(path)!r} does not exist; expected 'digits', a .npz file, an IDX directory or an image folder"
         )
     if path.is_file():
-        if path.suffix != ".npz":
-            raise ValueError(f"source: {str(path)!r} is a file; expected a .npz file or a directory")
-        return "npz"
+        if path.suffix not in (".npz", ".csv"):
+            raise ValueError(f"source: {str(path)!r} is a file; expected a .npz or .csv file or a directory")
+        return path.suffix[1:]
     if any((path / name).exists() for name in ("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz")):
         return "idx"
     return "folder"
@@ -272,12 +305,18 @@ def _assemble(
 ) -> dict[str, LabeledImages]:
     """Fill in missing test / val splits (stratified, seeded) and build the LabeledImages."""
     splits = dict(raw.splits)
+
+    def carve(pool: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+        if raw.groups is None:
+            kept, split = stratified_split(raw.labels[pool], fraction, seed)
+        else:
+            kept, split = stratified_group_split(raw.labels[pool], raw.groups[pool], fraction, seed)
+        return pool[kept], pool[split]
+
     if "test" not in splits:
-        kept, test = stratified_split(raw.labels[splits["train"]], test_fraction, seed)
-        splits["train"], splits["test"] = splits["train"][kept], splits["train"][test]
+        splits["train"], splits["test"] = carve(splits["train"], test_fraction)
     if "val" not in splits:
-        kept, val = stratified_split(raw.labels[splits["train"]], val_fraction, seed)
-        splits["train"], splits["val"] = splits["train"][kept], splits["train"][val]
+        splits["train"], splits["val"] = carve(splits["train"], val_fraction)
     result = {}
     for name in SPLITS:
         if len(splits[name]) == 0:
@@ -477,7 +516,7 @@ def _find_idx_file(root: Path, stem: str) -> Path | None:
 # --- image folder -----------------------------------------------------------------------------------
 
 
-def _read_image_folder(root: Path) -> _RawData:
+def _read_image_folder(root: Path, medical: MedicalPreprocessing) -> _RawData:
     image_root = root / "images" if (root / "images").is_dir() else root
     class_dirs = sorted(
         p for p in image_root.iterdir() if p.is_dir() and p.name != "splits" and not p.name.startswith(".")
@@ -489,10 +528,11 @@ def _read_image_folder(root: Path) -> _RawData:
     if not files:
         raise ValueError(
             f"image folder {root}: no images found; expected class subfolders <root>/<class>/*.jpg "
-            f"(extensions {sorted(IMAGE_EXTENSIONS)})"
+            f"(extensions {sorted(IMAGE_EXTENSIONS | DICOM_EXTENSIONS)})"
         )
+    images, labels_per_split, groups = _decode_files(files, labels_per_split, medical)
     labels, names, splits = _labels_and_names(labels_per_split, names, f"image folder {root}")
-    return _RawData([_decode_image_file(path) for path in files], labels, names, splits, DEFAULT_FOLDER_SIZE)
+    return _RawData(images, labels, names, splits, DEFAULT_FOLDER_SIZE, groups)
 
 
 def _read_class_folders(class_dirs: list[Path]) -> tuple[list[Path], dict[str, np.ndarray], list[str]]:
@@ -511,7 +551,8 @@ def _read_class_folders(class_dirs: list[Path]) -> tuple[list[Path], dict[str, n
     empty = [folder for folder, paths in zip(class_dirs, per_class) if not paths]
     if empty and len(empty) < len(class_dirs):
         raise ValueError(
-            f"class folder {empty[0]} holds no image files (extensions {sorted(IMAGE_EXTENSIONS)}); expected at "
+            f"class folder {empty[0]} holds no image files (extensions {sorted(IMAGE_EXTENSIONS | DICOM_EXTENSIONS)}); "
+            "expected at "
             "least one image per class: remove the folder or add its images"
         )
     files = [path for paths in per_class for path in paths]
@@ -529,7 +570,7 @@ def _class_images(folder: Path) -> list[Path]:
             f"class folder {folder} contains the folder {nested[0].name!r}; expected image files directly in each "
             "class folder (<root>/<class>/<image>): nested folders are not read"
         )
-    return [path for path in entries if path.suffix.lower() in IMAGE_EXTENSIONS]
+    return [path for path in entries if path.suffix.lower() in IMAGE_EXTENSIONS | DICOM_EXTENSIONS]
 
 
 def _read_split_files(
@@ -559,16 +600,109 @@ def _nonempty_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def _decode_image_file(path: Path) -> Image.Image:
-    """Open and fully decode an image file (so truncation is caught now, not mid-training)."""
+def _decode_image_file(path: Path, bits_stored: int | None = None) -> Image.Image | np.ndarray:
+    """Open and fully decode an image file (so truncation is caught now, not mid-training); a 16-bit greyscale image
+    comes back as float32 `[1, 1, H, W]` in `[0, 1]`, scaled by its bit depth (see [`read_16bit_image`])."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 image.load()
-                return image.copy()
+                if image.mode not in _PIL_16BIT_MODES:
+                    return image.copy()
     except _DECODE_ERRORS as error:
         raise ValueError(f"cannot decode image file {path}: {_decode_error_text(error)}") from error
+    return read_16bit_image(path, bits_stored)[None, None]
+
+
+def _decode_files(
+    files: list[Path],
+    labels_per_split: dict[str, np.ndarray],
+    medical: MedicalPreprocessing,
+    patient_ids: list[str] | None = None,
+) -> tuple[list, dict[str, np.ndarray], np.ndarray | None]:
+    """Decode `files` (listed split by split); a multi-frame DICOM gives one image per frame, each with its file's
+    label. Returns the images, the labels per split repeated per frame, and a group id per image: `patient_ids`
+    when given, else the DICOM PatientID (a file without one is its own group), or None when no file names one."""
+    images, patients = [], []
+    for path in files:
+        if path.suffix.lower() in DICOM_EXTENSIONS:
+            dicom = read_dicom(path)
+            images.append(window_channels(dicom, medical.windows, medical.padding_fill))
+            patients.append(dicom.metadata["PatientID"])
+        else:
+            images.append(_decode_image_file(path, medical.bits_stored))
+            patients.append(None)
+    _check_dicom_sizes_per_folder(files, images)
+    frames = np.array([len(image) if isinstance(image, np.ndarray) else 1 for image in images])
+    bounds = np.cumsum([0] + [len(labels) for labels in labels_per_split.values()])
+    labels_per_split = {
+        split: np.repeat(labels, frames[bounds[i]: bounds[i + 1]])
+        for i, (split, labels) in enumerate(labels_per_split.items())
+    }
+    if patient_ids is not None:
+        patients = patient_ids
+    if all(patient is None for patient in patients):
+        return images, labels_per_split, None
+    ids = [patient if patient is not None else f"file:{path}" for path, patient in zip(files, patients)]
+    return images, labels_per_split, np.repeat(np.asarray(ids, dtype=object), frames)
+
+
+def _check_dicom_sizes_per_folder(files: list[Path], images: list) -> None:
+    by_folder: dict[Path, list] = {}
+    for path, image in zip(files, images):
+        if path.suffix.lower() in DICOM_EXTENSIONS:
+            by_folder.setdefault(path.parent, []).append((str(path), image.shape[-2:]))
+    for folder, sizes in by_folder.items():
+        check_same_slice_size(sizes, f"folder {folder}")
+
+
+# --- CSV of paths -----------------------------------------------------------------------------------
+
+
+def _label_order(name: str) -> tuple:
+    """Integers numerically ("2" before "10"), then names alphabetically."""
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
+def _read_csv(
+    path: Path, class_names: Sequence[str] | None, patient_id_column: str | None, medical: MedicalPreprocessing
+) -> _RawData:
+    """A CSV with the columns `path` (relative to the CSV), `label` (a class name) and optionally patient ids."""
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = list(reader.fieldnames or [])
+        rows = list(reader)
+    missing = [column for column in ("path", "label") if column not in columns]
+    if missing:
+        raise ValueError(f"CSV {path}: missing column(s) {missing}; expected a header with path,label[,patient_id], "
+                         f"got {columns}")
+    if patient_id_column is not None and patient_id_column not in columns:
+        raise ValueError(f"CSV {path}: patient_id_column {patient_id_column!r} is not a column; columns: {columns}")
+    if patient_id_column is None and "patient_id" in columns:
+        patient_id_column = "patient_id"
+    if not rows:
+        raise ValueError(f"CSV {path}: no rows; expected one row per image")
+    found = sorted({row["label"] for row in rows}, key=_label_order)
+    names = list(class_names) if class_names is not None else found
+    ids = {name: i for i, name in enumerate(names)}
+    files, labels, patients = [], [], []
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        file = path.parent / (row["path"] or "")
+        if not row["path"] or not file.is_file():
+            raise ValueError(f"CSV {path}:{line}: image file {file} does not exist")
+        if row["label"] not in ids:
+            raise ValueError(f"CSV {path}:{line}: label {row['label']!r} is not one of the classes {names}")
+        if patient_id_column is not None and not row[patient_id_column]:
+            raise ValueError(f"CSV {path}:{line}: empty {patient_id_column!r}; expected a patient id on every row")
+        files.append(file)
+        labels.append(ids[row["label"]])
+        patients.append(row[patient_id_column] if patient_id_column is not None else None)
+    images, labels_per_split, groups = _decode_files(
+        files, {"train": np.asarray(labels, dtype=np.int64)}, medical, patients if patient_id_column else None
+    )
+    labels, names, splits = _labels_and_names(labels_per_split, names, f"CSV {path}")
+    return _RawData(images, labels, names, splits, DEFAULT_FOLDER_SIZE, groups)
 
 
 def _decode_error_text(error: Exception) -> str:

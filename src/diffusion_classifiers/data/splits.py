@@ -1,4 +1,4 @@
-"""Seeded subsets of a labelled set: stratified splits and subsets, long-tailed and few-label subsets.
+"""Seeded subsets of a labelled set: stratified and patient-grouped splits; stratified, long-tailed, few-label subsets.
 
 Every helper takes integer labels and returns sorted index arrays; the same call gives the same indices.
 """
@@ -10,7 +10,13 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["few_label_indices", "long_tailed_indices", "stratified_split", "stratified_subset_indices"]
+__all__ = [
+    "few_label_indices",
+    "long_tailed_indices",
+    "stratified_group_split",
+    "stratified_split",
+    "stratified_subset_indices",
+]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -37,6 +43,53 @@ def stratified_split(labels: Any, fraction: float, seed: int = 0) -> tuple[np.nd
     split = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
     kept = np.setdiff1d(np.arange(len(labels)), split)
     return kept.astype(np.int64), split.astype(np.int64)
+
+
+def stratified_group_split(labels: Any, groups: Any, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    r"""
+    Split indices into `(kept, split)` keeping every group (a patient) on one side, stratified by label as far as
+    the groups allow.
+
+    Built on scikit-learn's `StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)` with
+    `k = round(1 / fraction)`: `split` is its first test fold, so it holds about `1 / k` of the samples (exactly
+    `fraction` when `1 / fraction` is a whole number). Each fold's class proportions stay within about one group's
+    share of the overall proportions: the folds are filled group by group.
+
+    Args:
+        labels (`np.ndarray` or `torch.Tensor`): `[N]` integer labels >= 0.
+        groups (`Sequence`): `[N]` group ids (strings or integers, e.g. DICOM PatientID); samples sharing an id
+            land on the same side.
+        fraction (`float`): strictly between 0 and 1, at most 0.5 (`k >= 2`).
+        seed (`int`, *optional*, defaults to 0): the same call gives the same indices.
+
+    Returns:
+        `Tuple[np.ndarray, np.ndarray]`: sorted int64 `kept` and `split` indices.
+
+    Raises:
+        `ValueError`: `groups` of another length than `labels` or with missing ids, a fraction above 0.5, or fewer
+            than `k` groups.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    labels = _as_label_array(labels)
+    _check_fraction(fraction, "fraction")
+    groups = np.asarray(groups)
+    if groups.shape != labels.shape:
+        raise ValueError(f"groups: expected one group id per label ({len(labels)}), got shape {groups.shape}")
+    if any(group is None or group == "" for group in groups.tolist()):
+        raise ValueError("groups: expected an id for every sample, got a missing (None or empty) one")
+    num_folds = _round_half_up(1 / fraction)
+    num_groups = len(np.unique(groups))
+    if num_folds < 2:
+        raise ValueError(f"fraction: expected at most 0.5 for a grouped split, got {fraction!r}")
+    if num_groups < num_folds:
+        raise ValueError(
+            f"groups: {num_groups} distinct groups (patients); a grouped split of fraction {fraction} needs at least "
+            f"{num_folds} (one fold of {num_folds})"
+        )
+    folds = StratifiedGroupKFold(n_splits=num_folds, shuffle=True, random_state=seed)
+    kept, split = next(folds.split(np.zeros(len(labels)), labels, groups))
+    return np.sort(kept).astype(np.int64), np.sort(split).astype(np.int64)
 
 
 def stratified_subset_indices(labels: Any, size: int, seed: int = 0) -> np.ndarray:

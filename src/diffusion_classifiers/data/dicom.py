@@ -1,0 +1,479 @@
+"""Medical images in, float32 values in `[0, 1]` out: DICOM (Hounsfield units, windows, padding, frames) and 16-bit
+PNG / TIFF at their real bit depth.
+
+DICOM follows the standard's display pipeline (PS3.4 N.2): stored values -> Modality LUT (RescaleSlope /
+RescaleIntercept: Hounsfield units for CT) -> VOI LUT (a [`Window`]) -> Presentation LUT (MONOCHROME1 inverted).
+[`read_dicom`] stops after the Modality LUT; [`window_channels`] does the rest, one channel per window;
+[`MedicalPreprocessing`] holds those choices (and the bit depth of 16-bit PNG / TIFF) as a JSON-serialisable config.
+
+pydicom and the JPEG decoders are optional: `pip install "diffusion-classifiers[medical]"`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .preprocessing import _PIL_16BIT_MODES
+
+__all__ = [
+    "DICOM_EXTENSIONS",
+    "DicomImage",
+    "LOW_RANGE_FILL",
+    "MedicalPreprocessing",
+    "WINDOW_PRESETS",
+    "Window",
+    "check_same_slice_size",
+    "read_16bit_image",
+    "read_dicom",
+    "read_dicom_folder",
+    "window_channels",
+]
+
+logger = logging.getLogger(__name__)
+
+DICOM_EXTENSIONS = {".dcm", ".dicom"}
+_INSTALL_HINT = 'pip install "diffusion-classifiers[medical]"'
+# The pip packages that decode each compressed transfer-syntax family (the [medical] extra installs them).
+_JPEG_PLUGIN = "pylibjpeg pylibjpeg-libjpeg"
+_JPEG2000_PLUGIN = "pylibjpeg pylibjpeg-openjpeg"
+_GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
+_PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# 16-bit data spanning less than this share of their scale keep fewer than 0.05 * 255 ~ 13 grey levels once stored or
+# shown at 8 bits: too little contrast to be a deliberate choice, so read_16bit_image warns.
+LOW_RANGE_FILL = 0.05
+
+
+def _import_pydicom() -> Any:
+    try:
+        import pydicom
+    except ImportError as error:
+        raise ImportError(f"reading DICOM files needs pydicom: {_INSTALL_HINT}") from error
+    return pydicom
+
+
+# --------------------------------------------------------------------------------------------------
+# Windows (VOI LUT)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Window:
+    r"""
+    A VOI window: modality values (Hounsfield units for CT) -> `[0, 1]`.
+
+    The mapping is DICOM PS3.3 C.11.2.1.3.2 `LINEAR_EXACT` with `y_min = 0`, `y_max = 1`:
+    `y = clip((x - center) / width + 0.5, 0, 1)`, so `center - width / 2` maps to 0 and `center + width / 2` to 1.
+    (The older `LINEAR` variant of C.11.2.1.2.1 shifts by 0.5 and divides by `width - 1`; it differs by at most
+    `1 / width` and needs `width >= 1`.) A file's `VOILUTFunction` is not read: every window is `LINEAR_EXACT`.
+
+    Args:
+        center (`float`): the window centre (WindowCenter), in modality units.
+        width (`float`): the window width (WindowWidth), > 0.
+    """
+
+    center: float
+    width: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.center) and math.isfinite(self.width)) or self.width <= 0:
+            raise ValueError(
+                f"Window(center={self.center!r}, width={self.width!r}): expected a finite center and a finite width > 0"
+            )
+
+    @classmethod
+    def preset(cls, name: str) -> Window:
+        """The named window: `brain` 40/80, `subdural` 80/200 or `bone` 600/2800 (centre/width in HU)."""
+        if name not in WINDOW_PRESETS:
+            raise ValueError(f"window {name!r}: expected one of the presets {sorted(WINDOW_PRESETS)}")
+        return WINDOW_PRESETS[name]
+
+    @classmethod
+    def from_tags(cls, dataset: Any) -> tuple[Window, ...]:
+        """The windows a pydicom dataset names in WindowCenter / WindowWidth (one or several values each); `()` if
+        it names none."""
+        centers, widths = dataset.get("WindowCenter"), dataset.get("WindowWidth")
+        if centers is None or widths is None:
+            return ()
+        centers, widths = _as_float_list(centers), _as_float_list(widths)
+        if len(centers) != len(widths):
+            raise ValueError(
+                f"WindowCenter {centers} and WindowWidth {widths}: expected as many centres as widths"
+            )
+        return tuple(cls(center, width) for center, width in zip(centers, widths))
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        """Map modality values to float32 in `[0, 1]` (see the class docstring)."""
+        scaled = (np.asarray(values, dtype=np.float64) - self.center) / self.width + 0.5
+        return np.clip(scaled, 0.0, 1.0).astype(np.float32)
+
+
+WINDOW_PRESETS = {
+    "brain": Window(40.0, 80.0),
+    "subdural": Window(80.0, 200.0),
+    "bone": Window(600.0, 2800.0),
+}
+
+
+def _as_float_list(value: Any) -> list[float]:
+    values = value if isinstance(value, Sequence) and not isinstance(value, str) else [value]  # MultiValue or one
+    return [float(v) for v in values]
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading DICOM
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class DicomImage:
+    r"""
+    One DICOM file after the Modality LUT.
+
+    Args:
+        path (`str`): the file.
+        values (`np.ndarray`): float32 `[F, H, W]` modality values (Hounsfield units for CT), one row per frame, as
+            stored (MONOCHROME1 is not inverted here).
+        padding (`np.ndarray`): bool `[F, H, W]`, True where the stored value is PixelPaddingValue (or between it
+            and PixelPaddingRangeLimit, both included).
+        windows (`Tuple[Window, ...]`): the file's own windows (WindowCenter / WindowWidth), maybe none.
+        stored_range (`Tuple[float, float]`): the modality values of the smallest and largest storable value
+            (BitsStored, PixelRepresentation).
+        monochrome1 (`bool`): whether the lowest value is displayed white.
+        metadata (`Dict[str, Any]`): PatientID, StudyInstanceUID, SeriesInstanceUID (`str` or None) and
+            InstanceNumber (`int` or None).
+    """
+
+    path: str
+    values: np.ndarray
+    padding: np.ndarray
+    windows: tuple[Window, ...]
+    stored_range: tuple[float, float]
+    monochrome1: bool
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.values)
+
+
+def read_dicom(path: str | Path) -> DicomImage:
+    r"""
+    Read a DICOM file's pixels as modality values (Hounsfield units for CT), frames first.
+
+    The stored values go through pydicom's Modality LUT (RescaleSlope / RescaleIntercept, or a Modality LUT
+    Sequence); a multi-frame file gives `[F, H, W]`, a single frame `[1, H, W]`.
+
+    Raises:
+        `ValueError`: the file is not DICOM, has no pixel data (a structured report, a presentation state), is not
+            greyscale (MONOCHROME1/2), or its pixel data cannot be decoded; each names the file.
+        `ImportError`: pydicom is not installed, or no decoder for the file's compressed transfer syntax is; the
+            message names the package to install.
+    """
+    pydicom = _import_pydicom()
+    path = Path(path)
+    try:
+        dataset = pydicom.dcmread(path)
+    except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError) as error:
+        raise ValueError(f"cannot read DICOM file {path}: {error}") from error
+    _check_has_grey_pixels(dataset, path)
+    stored = _decode_pixels(dataset, path)
+    values = np.asarray(pydicom.pixels.apply_modality_lut(stored, dataset), dtype=np.float32)
+    return DicomImage(
+        path=str(path),
+        values=values,
+        padding=_padding_mask(dataset, stored),
+        windows=Window.from_tags(dataset),
+        stored_range=_stored_range(dataset),
+        monochrome1=dataset.PhotometricInterpretation == "MONOCHROME1",
+        metadata=_metadata(dataset),
+    )
+
+
+def _check_has_grey_pixels(dataset: Any, path: Path) -> None:
+    if not any(tag in dataset for tag in _PIXEL_DATA_TAGS):
+        kind = getattr(dataset.get("SOPClassUID"), "name", None) or "unknown SOP class"
+        raise ValueError(
+            f"DICOM file {path} has no pixel data ({kind}, modality {dataset.get('Modality', '?')}); expected an "
+            "image (a structured report or presentation state holds no pixels)"
+        )
+    photometric = dataset.get("PhotometricInterpretation")
+    if photometric not in _GREY_PHOTOMETRICS:
+        raise ValueError(
+            f"DICOM file {path}: PhotometricInterpretation {photometric!r}; expected a greyscale image "
+            f"({' or '.join(_GREY_PHOTOMETRICS)})"
+        )
+
+
+def _decode_pixels(dataset: Any, path: Path) -> np.ndarray:
+    """The stored values `[F, H, W]`, after checking that a decoder for the transfer syntax is installed."""
+    from pydicom.pixels import get_decoder
+
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None:
+        raise ValueError(f"DICOM file {path}: no TransferSyntaxUID in its file meta; expected a DICOM Part 10 file")
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError as error:
+        raise ValueError(f"DICOM file {path}: unsupported transfer syntax {syntax.name}: {error}") from error
+    if not decoder.is_available:
+        raise ImportError(
+            f"DICOM file {path}: its pixel data are compressed as {syntax.name} and no decoder for it is installed. "
+            f"Install one: pip install {_decoder_packages(syntax, decoder)} (or {_INSTALL_HINT})"
+        )
+    try:
+        pixels = dataset.pixel_array
+    except Exception as error:  # pydicom and its plugins raise many types for corrupt or truncated pixel data
+        raise ValueError(f"cannot decode the pixel data of DICOM file {path}: {error}") from error
+    frames = int(dataset.get("NumberOfFrames") or 1)
+    return pixels.reshape(frames, int(dataset.Rows), int(dataset.Columns))
+
+
+def _decoder_packages(syntax: Any, decoder: Any) -> str:
+    if syntax.is_compressed and "2000" in syntax.name:
+        return _JPEG2000_PLUGIN
+    if syntax.is_compressed and "JPEG" in syntax.name:
+        return _JPEG_PLUGIN
+    return "; ".join(decoder.missing_dependencies) or "a pydicom pixel-data plugin"
+
+
+def _padding_mask(dataset: Any, stored: np.ndarray) -> np.ndarray:
+    padding_value = dataset.get("PixelPaddingValue")
+    if padding_value is None:
+        return np.zeros(stored.shape, dtype=bool)
+    limit = dataset.get("PixelPaddingRangeLimit", padding_value)
+    low, high = min(padding_value, limit), max(padding_value, limit)
+    return (stored >= low) & (stored <= high)
+
+
+def _stored_range(dataset: Any) -> tuple[float, float]:
+    pydicom = _import_pydicom()
+    bits = int(dataset.get("BitsStored") or dataset.BitsAllocated)
+    signed = int(dataset.get("PixelRepresentation", 0)) == 1
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    rescaled = pydicom.pixels.apply_modality_lut(np.array([low, high]), dataset)
+    return float(np.min(rescaled)), float(np.max(rescaled))
+
+
+def _metadata(dataset: Any) -> dict[str, Any]:
+    def text(keyword: str) -> str | None:
+        value = dataset.get(keyword)
+        return str(value) if value not in (None, "") else None
+
+    instance = dataset.get("InstanceNumber")
+    return {
+        "PatientID": text("PatientID"),
+        "StudyInstanceUID": text("StudyInstanceUID"),
+        "SeriesInstanceUID": text("SeriesInstanceUID"),
+        "InstanceNumber": int(instance) if instance not in (None, "") else None,
+    }
+
+
+def check_same_slice_size(images: Sequence[tuple[str, tuple[int, int]]], where: str) -> None:
+    """Every `(path, (height, width))` has the first one's size; the error names two files and their sizes.
+
+    Mixed sizes in one folder usually mean a scout / localiser or a second series among the slices, so they are
+    refused rather than silently resized.
+    """
+    if not images:
+        return
+    first_path, first_size = images[0]
+    for path, size in images[1:]:
+        if tuple(size) != tuple(first_size):
+            raise ValueError(
+                f"{where}: mixed slice sizes: {first_path} is {first_size[0]}x{first_size[1]} but {path} is "
+                f"{size[0]}x{size[1]} (height x width); expected one size per folder (a scout or a second series "
+                "mixed in?). Move the odd files out, or resample them to one size first"
+            )
+
+
+def read_dicom_folder(folder: str | Path) -> list[DicomImage]:
+    """The DICOM files (`*.dcm`, `*.dicom`) directly in `folder`, ordered by (SeriesInstanceUID, InstanceNumber,
+    file name); all slices must have one size (see [`check_same_slice_size`])."""
+    folder = Path(folder)
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in DICOM_EXTENSIONS and not p.name.startswith("."))
+    if not paths:
+        raise ValueError(f"DICOM folder {folder}: no .dcm files found")
+    images = [read_dicom(path) for path in paths]
+    check_same_slice_size([(image.path, image.values.shape[1:]) for image in images], f"DICOM folder {folder}")
+    return sorted(images, key=_slice_order)
+
+
+def _slice_order(image: DicomImage) -> tuple:
+    instance = image.metadata["InstanceNumber"]
+    return (image.metadata["SeriesInstanceUID"] or "", instance is None, instance or 0, Path(image.path).name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Windowing into channels
+# --------------------------------------------------------------------------------------------------
+
+def window_channels(
+    image: DicomImage, windows: Sequence[Window | str] = ("file",), padding_fill: float = 0.0
+) -> np.ndarray:
+    r"""
+    Window a [`DicomImage`] into float32 `[F, C, H, W]` in `[0, 1]`, one channel per window.
+
+    Args:
+        image ([`DicomImage`]): from [`read_dicom`].
+        windows (`Sequence`, *optional*, defaults to `("file",)`): each a [`Window`], a preset name (`"brain"`,
+            `"subdural"`, `"bone"`), `"file"` (the file's first WindowCenter / WindowWidth) or `"full"` (the whole
+            storable range, from BitsStored through the rescale). Brain / subdural / bone as 3 channels is the usual
+            input for haemorrhage detection.
+        padding_fill (`float`, *optional*, defaults to 0.0): the value of padding pixels (PixelPaddingValue) in
+            every channel, after any inversion: 0 is the window's minimum, shown black.
+
+    MONOCHROME1 is inverted after windowing (`1 - y`), as the Presentation LUT does, so the modality values and the
+    file's own window tags keep their meaning.
+    """
+    resolved = [_resolve_window(spec, image) for spec in windows]
+    if not resolved:
+        raise ValueError("windows: expected at least one window")
+    channels = np.stack([window.apply(image.values) for window in resolved], axis=1)  # (F, C, H, W)
+    if image.monochrome1:
+        channels = 1.0 - channels
+    channels[np.broadcast_to(image.padding[:, None], channels.shape)] = padding_fill
+    return channels
+
+
+def _resolve_window(spec: Window | str, image: DicomImage) -> Window:
+    if isinstance(spec, Window):
+        return spec
+    if spec == "file":
+        if not image.windows:
+            raise ValueError(
+                f"DICOM file {image.path} has no WindowCenter / WindowWidth; expected a window for 'file'. "
+                f"Name one ({sorted(WINDOW_PRESETS)}, Window(center, width)) or 'full'"
+            )
+        return image.windows[0]
+    if spec == "full":
+        low, high = image.stored_range
+        return Window((low + high) / 2, high - low)
+    return Window.preset(spec)
+
+
+# --------------------------------------------------------------------------------------------------
+# 16-bit PNG / TIFF
+# --------------------------------------------------------------------------------------------------
+
+
+def read_16bit_image(path: str | Path, bits_stored: int | None = None) -> np.ndarray:
+    r"""
+    Read a 16-bit greyscale PNG / TIFF (PIL mode `I;16*` or `I`) as float32 `[H, W]` in `[0, 1]`: value / (2^bits - 1).
+
+    Args:
+        path (`str` or `os.PathLike`): the file.
+        bits_stored (`int`, *optional*): the bit depth the values use (1..16, e.g. 12 for most CT and radiographs).
+            Default: the image's maximum rounded up to a whole number of bits (logged), decided per image: pass it to
+            scale a data set alike.
+
+    A `UserWarning` is issued when the values span less than 5 % of the scale (`LOW_RANGE_FILL`): at 8 bits that
+    is fewer than 13 grey levels.
+
+    Raises:
+        `ValueError`: not a 16-bit greyscale image, values above `2^bits_stored - 1` or negative, or a bad
+            `bits_stored`; each names the file.
+    """
+    _check_bits_stored(bits_stored)
+    try:
+        with Image.open(path) as image:
+            mode, values = image.mode, np.asarray(image).astype(np.int64)
+    except (OSError, UnidentifiedImageError, SyntaxError) as error:
+        raise ValueError(f"cannot decode image file {path}: {error}") from error
+    if mode not in _PIL_16BIT_MODES:
+        raise ValueError(f"{path}: PIL mode {mode}; expected a 16-bit greyscale image (I;16 or I)")
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high > 65535:
+        raise ValueError(f"{path}: values span [{low}, {high}]; expected 0..65535")
+    if bits_stored is None:
+        bits_stored = max(high.bit_length(), 1)
+        logger.info("%s: scaled by %d bits stored (its maximum %d rounded up); pass bits_stored= to state it",
+                    path, bits_stored, high)
+    elif high >= 2**bits_stored:
+        raise ValueError(
+            f"{path}: maximum value {high} does not fit bits_stored={bits_stored} (max {2**bits_stored - 1})"
+        )
+    scale = 2**bits_stored - 1
+    if (high - low) < LOW_RANGE_FILL * scale:
+        warnings.warn(
+            f"{path}: values span [{low}, {high}], {100 * (high - low) / scale:.2f}% of the {bits_stored}-bit range "
+            f"(< {100 * LOW_RANGE_FILL:.0f}%); the image will have little contrast. Check bits_stored or window it",
+            UserWarning,
+            stacklevel=2,
+        )
+    return (values / scale).astype(np.float32)
+
+
+def _check_bits_stored(bits_stored: Any) -> None:
+    if bits_stored is not None and (isinstance(bits_stored, bool) or bits_stored not in range(1, 17)):
+        raise ValueError(f"bits_stored: expected an integer in 1..16 or None, got {bits_stored!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# The saved configuration
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MedicalPreprocessing:
+    r"""
+    How medical files become `[0, 1]` values: the windows of DICOM files and the bit depth of 16-bit PNG / TIFF.
+
+    JSON-serialisable ([`to_dict`] / [`from_dict`]) so it can be saved with a model and applied identically later.
+
+    Args:
+        windows (`Tuple`, *optional*, defaults to `("file",)`): the DICOM windows, one channel each (see
+            [`window_channels`]): [`Window`]s, preset names, `"file"` or `"full"`.
+        padding_fill (`float`, *optional*, defaults to 0.0): the value in `[0, 1]` of padding pixels.
+        bits_stored (`int`, *optional*): the bit depth of 16-bit PNG / TIFF values (see [`read_16bit_image`]).
+    """
+
+    windows: tuple[Window | str, ...] = ("file",)
+    padding_fill: float = 0.0
+    bits_stored: int | None = None
+
+    def __post_init__(self) -> None:
+        windows = (self.windows,) if isinstance(self.windows, (str, Window)) else tuple(self.windows)
+        allowed = sorted(WINDOW_PRESETS) + ["file", "full"]
+        for spec in windows:
+            if not isinstance(spec, Window) and spec not in allowed:
+                raise ValueError(f"windows: {spec!r} is not a window; expected a Window or one of {allowed}")
+        if not windows:
+            raise ValueError("windows: expected at least one window")
+        object.__setattr__(self, "windows", windows)
+        if not 0.0 <= self.padding_fill <= 1.0:
+            raise ValueError(f"padding_fill: expected a number in [0, 1], got {self.padding_fill!r}")
+        _check_bits_stored(self.bits_stored)
+
+    @property
+    def num_channels(self) -> int:
+        """Channels of a windowed DICOM image: one per window."""
+        return len(self.windows)
+
+    def to_dict(self) -> dict[str, Any]:
+        windows = [{"center": w.center, "width": w.width} if isinstance(w, Window) else w for w in self.windows]
+        return {"windows": windows, "padding_fill": self.padding_fill, "bits_stored": self.bits_stored}
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> MedicalPreprocessing:
+        unknown = sorted(set(config) - {"windows", "padding_fill", "bits_stored"})
+        if unknown:
+            raise ValueError(
+                f"MedicalPreprocessing: unknown keys {unknown}; expected windows, padding_fill, bits_stored"
+            )
+        windows = tuple(Window(**w) if isinstance(w, dict) else w for w in config.get("windows", ("file",)))
+        return cls(windows, float(config.get("padding_fill", 0.0)), config.get("bits_stored"))
+
+    def read(self, path: str | Path) -> np.ndarray:
+        """One file as float32 `[F, C, H, W]` in `[0, 1]`: a DICOM file (by extension) windowed into
+        `len(windows)` channels, else a 16-bit greyscale PNG / TIFF as `[1, 1, H, W]`."""
+        if Path(path).suffix.lower() in DICOM_EXTENSIONS:
+            return window_channels(read_dicom(path), self.windows, self.padding_fill)
+        return read_16bit_image(path, self.bits_stored)[None, None]

@@ -1,0 +1,415 @@
+"""DICOM to Hounsfield units to windowed channels, 16-bit PNG / TIFF, DICOM and CSV sources, patient-level splits.
+
+References are hand computations on the files' own tags (raw little-endian bytes * RescaleSlope + RescaleIntercept;
+the LINEAR_EXACT window `clip((x - (c - w / 2)) / w, 0, 1)`) and pydicom's own VOI implementation. Windowed values
+are float32 in [0, 1]: rounding to float32 moves them by at most half an ulp below 1, 2**-25, so the tolerance
+2**-24 leaves room for the float64 reference's own rounding.
+"""
+
+import copy
+import csv
+import json
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffusion_classifiers.data import (
+    MedicalPreprocessing,
+    Window,
+    load_image_classification_data,
+    read_16bit_image,
+    read_dicom,
+    read_dicom_folder,
+    window_channels,
+)
+
+from .conftest import shared_data
+
+pydicom = pytest.importorskip("pydicom")
+from pydicom.data import get_testdata_file  # noqa: E402
+
+WINDOW_TOLERANCE = 2.0**-24
+
+
+def pydicom_file(name):
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"{name} not found: install pydicom-data (the [test] extra)")
+    return path
+
+
+def cq500(*parts):
+    return shared_data("cq500_dicom_sample", *parts)
+
+
+def hand_window(values, center, width):
+    lower = center - width / 2
+    return np.clip((np.asarray(values, dtype=np.float64) - lower) / width, 0.0, 1.0)
+
+
+def raw_pixels(dataset, dtype):
+    """The uncompressed PixelData bytes as an array [F, H, W], without pydicom's pixel pipeline."""
+    frames = int(dataset.get("NumberOfFrames") or 1)
+    return np.frombuffer(dataset.PixelData, dtype=dtype).reshape(frames, dataset.Rows, dataset.Columns)
+
+
+def write_dicom(dataset, path, **tags):
+    dataset = copy.deepcopy(dataset)
+    for keyword, value in tags.items():
+        setattr(dataset, keyword, value)
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Hounsfield units, windows, MONOCHROME1, padding, frames
+# --------------------------------------------------------------------------------------------------
+
+
+def test_cq500_uncompressed_hu_and_metadata_match_tags():
+    path = cq500("CQ500-CT-1", "CT000000.dcm")
+    dataset = pydicom.dcmread(path)
+    hu = raw_pixels(dataset, "<i2") * float(dataset.RescaleSlope) + float(dataset.RescaleIntercept)
+    image = read_dicom(path)
+    assert image.values.dtype == np.float32 and image.values.shape == (1, 512, 512)
+    np.testing.assert_array_equal(image.values, hu)  # integers below 2**24: exact in float32
+    np.testing.assert_array_equal(image.padding, raw_pixels(dataset, "<i2") == dataset.PixelPaddingValue)
+    assert image.windows == (Window(30.0, 80.0),)
+    assert image.metadata == {
+        "PatientID": "CQ500-CT-1",
+        "StudyInstanceUID": dataset.StudyInstanceUID,
+        "SeriesInstanceUID": dataset.SeriesInstanceUID,
+        "InstanceNumber": int(dataset.InstanceNumber),
+    }
+
+
+def test_cq500_jpeg_lossless_hu_and_three_windows_match_hand_computation():
+    pytest.importorskip("libjpeg", reason="JPEG Lossless needs pylibjpeg-libjpeg (the [medical] extra)")
+    path = cq500("CQ500-CT-0", "CT000010.dcm")
+    dataset = pydicom.dcmread(path)
+    assert dataset.file_meta.TransferSyntaxUID.is_compressed
+    stored = dataset.pixel_array
+    hu = stored * float(dataset.RescaleSlope) + float(dataset.RescaleIntercept)
+    image = read_dicom(path)
+    np.testing.assert_array_equal(image.values[0], hu)
+    channels = window_channels(image, ["brain", "subdural", "bone"])
+    assert channels.shape == (1, 3, 512, 512) and channels.dtype == np.float32
+    padding = stored == dataset.PixelPaddingValue
+    assert padding.sum() > 0
+    for channel, (center, width) in enumerate([(40, 80), (80, 200), (600, 2800)]):
+        expected = np.where(padding, 0.0, hand_window(hu, center, width))
+        np.testing.assert_allclose(channels[0, channel], expected, rtol=0, atol=WINDOW_TOLERANCE)
+    # Brain window edges, by hand: 0 HU -> 0, 40 HU -> 0.5, 80 HU -> 1.
+    for value, expected in [(0, 0.0), (40, 0.5), (80, 1.0)]:
+        assert np.all(channels[0, 0][hu == value] == expected)
+
+
+def test_693_unci_file_window_matches_pydicom_linear_exact():
+    path = pydicom_file("693_UNCI.dcm")
+    dataset = pydicom.dcmread(path)
+    image = read_dicom(path)
+    assert image.windows == (Window(40.0, 100.0),)
+    np.testing.assert_array_equal(image.values, raw_pixels(dataset, "<i2") * 1.0 - 1024.0)
+    ours = window_channels(image, ["file"], padding_fill=0.0)[0, 0]
+    # pydicom's VOI implementation maps onto the rescaled storable range [low, high]; bring it to [0, 1].
+    dataset.VOILUTFunction = "LINEAR_EXACT"
+    reference = pydicom.pixels.apply_windowing(image.values[0].astype(np.float64), dataset)
+    low, high = image.stored_range
+    assert (low, high) == (-(2**13) - 1024.0, 2**13 - 1 - 1024.0)  # BitsStored 14, signed
+    reference = np.where(image.padding[0], 0.0, (reference - low) / (high - low))
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=WINDOW_TOLERANCE)
+    np.testing.assert_allclose(ours, np.where(image.padding[0], 0.0, hand_window(image.values[0], 40, 100)),
+                               rtol=0, atol=WINDOW_TOLERANCE)
+
+
+def test_693_jpeg2000_decodes_with_openjpeg():
+    pytest.importorskip("openjpeg", reason="JPEG 2000 needs pylibjpeg-openjpeg (the [medical] extra)")
+    dataset = pydicom.dcmread(pydicom_file("693_J2KR.dcm"))
+    image = read_dicom(pydicom_file("693_J2KR.dcm"))
+    np.testing.assert_array_equal(image.values[0], dataset.pixel_array - 1024.0)
+    assert image.metadata["PatientID"] == "CQ500-CT-310"
+
+
+def test_rg1_monochrome1_is_inverted_after_windowing():
+    path = pydicom_file("RG1_UNCI.dcm")
+    dataset = pydicom.dcmread(path)
+    image = read_dicom(path)
+    assert image.monochrome1 and image.windows == (Window(15000.0, 30000.0),)
+    stored = raw_pixels(dataset, "<u2")
+    np.testing.assert_array_equal(image.values, stored)  # no rescale tags: modality values are the stored values
+    channels = window_channels(image, ["file"])
+    np.testing.assert_allclose(channels[:, 0], 1.0 - hand_window(stored, 15000, 30000), rtol=0, atol=WINDOW_TOLERANCE)
+    darkest_stored = np.unravel_index(np.argmin(stored), stored.shape)
+    assert channels[:, 0][darkest_stored] == channels.max()  # the lowest value shows white
+
+
+def test_multiframe_file_is_split_into_frames():
+    path = pydicom_file("emri_small.dcm")
+    dataset = pydicom.dcmread(path)
+    image = read_dicom(path)
+    assert image.num_frames == 10 and image.values.shape == (10, 64, 64)
+    np.testing.assert_array_equal(image.values, raw_pixels(dataset, "<u2"))
+    # No window tags: "full" spans the 12 stored bits, so the windowed value is stored / 4095.
+    assert image.windows == () and image.stored_range == (0.0, 4095.0)
+    channels = window_channels(image, ["full"])
+    np.testing.assert_allclose(channels[:, 0], raw_pixels(dataset, "<u2") / 4095.0, rtol=0, atol=WINDOW_TOLERANCE)
+    with pytest.raises(ValueError, match="no WindowCenter / WindowWidth"):
+        window_channels(image, ["file"])
+
+
+def test_padding_range_limit_is_masked_to_the_stated_fill(tmp_path):
+    dataset = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    stored = raw_pixels(dataset, "<i2")
+    limit = int(np.percentile(stored, 10))  # pad the darkest tenth
+    dataset.add_new("PixelPaddingValue", "SS", int(stored.min()))  # SS: the pixels are signed
+    dataset.add_new("PixelPaddingRangeLimit", "SS", limit)
+    path = write_dicom(dataset, tmp_path / "padded.dcm")
+    image = read_dicom(path)
+    expected_mask = (stored >= stored.min()) & (stored <= limit)
+    np.testing.assert_array_equal(image.padding, expected_mask)
+    channels = window_channels(image, ["brain", Window(0.0, 4000.0)], padding_fill=0.25)
+    assert np.all(channels[:, :, expected_mask[0]] == 0.25)
+    kept = ~expected_mask[0]
+    np.testing.assert_allclose(channels[0, 1][kept], hand_window(image.values[0], 0, 4000)[kept], rtol=0,
+                               atol=WINDOW_TOLERANCE)
+
+
+def test_window_from_tags_reads_multi_valued_windows():
+    dataset = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    dataset.WindowCenter, dataset.WindowWidth = [40, 600], [80, 2800]
+    assert Window.from_tags(dataset) == (Window(40.0, 80.0), Window(600.0, 2800.0))
+    dataset.WindowWidth = [80]
+    with pytest.raises(ValueError, match="as many centres as widths"):
+        Window.from_tags(dataset)
+
+
+def test_read_dicom_folder_orders_slices_by_instance_number():
+    pytest.importorskip("libjpeg", reason="JPEG Lossless needs pylibjpeg-libjpeg (the [medical] extra)")
+    images = read_dicom_folder(cq500("CQ500-CT-0"))
+    numbers = [image.metadata["InstanceNumber"] for image in images]
+    assert len(images) == 23 and numbers == sorted(numbers)
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input: each a clear error
+# --------------------------------------------------------------------------------------------------
+
+
+def test_dicom_without_pixel_data_is_refused(tmp_path):
+    dataset = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    del dataset.PixelData
+    path = write_dicom(dataset, tmp_path / "no_pixels.dcm")
+    with pytest.raises(ValueError, match=r"no_pixels.dcm has no pixel data \(CT Image Storage"):
+        read_dicom(path)
+
+
+def test_file_that_is_not_dicom_is_named(tmp_path):
+    path = tmp_path / "scan.dcm"
+    path.write_bytes(b"not a DICOM file" * 20)
+    with pytest.raises(ValueError, match=r"cannot read DICOM file .*scan.dcm"):
+        read_dicom(path)
+
+
+@pytest.mark.parametrize(
+    "path, plugin",
+    [
+        (("cq500", "CQ500-CT-0", "CT000010.dcm"), "pylibjpeg-libjpeg"),
+        (("pydicom", "693_J2KR.dcm"), "pylibjpeg-openjpeg"),
+    ],
+)
+def test_compressed_file_without_decoder_names_the_plugin(monkeypatch, path, plugin):
+    path = cq500(*path[1:]) if path[0] == "cq500" else pydicom_file(path[1])
+    syntax = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+    decoder = pydicom.pixels.get_decoder(syntax)
+    monkeypatch.setattr(decoder, "_available", {})  # as if no plugin were installed
+    assert not decoder.is_available
+    with pytest.raises(ImportError, match=rf"compressed as .* no decoder .* pip install pylibjpeg {plugin}"):
+        read_dicom(path)
+
+
+def test_missing_pydicom_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pydicom", None)
+    with pytest.raises(ImportError, match=r'pip install "diffusion-classifiers\[medical\]"'):
+        read_dicom(pydicom_file("CT_small.dcm"))
+
+
+@pytest.mark.parametrize("width", [0.0, -80.0, float("nan")])
+def test_window_width_not_positive_is_refused(width):
+    with pytest.raises(ValueError, match=r"Window\(center=40, width=.*expected a finite center and a finite width > 0"):
+        Window(40, width)
+
+
+def test_unknown_window_names_and_bad_options_are_refused():
+    with pytest.raises(ValueError, match=r"'lung' is not a window; expected a Window or one of \['bone', 'brain'"):
+        MedicalPreprocessing(windows=("brain", "lung"))
+    with pytest.raises(ValueError, match="bits_stored"):
+        MedicalPreprocessing(bits_stored=17)
+    with pytest.raises(ValueError, match="unknown keys"):
+        MedicalPreprocessing.from_dict({"window": ["brain"]})
+
+
+def test_mixed_slice_sizes_in_one_folder_name_two_files(tmp_path):
+    folder = tmp_path / "series"
+    folder.mkdir()
+    write_dicom(pydicom.dcmread(pydicom_file("CT_small.dcm")), folder / "a.dcm")
+    write_dicom(pydicom.dcmread(pydicom_file("MR_small.dcm")), folder / "b.dcm")
+    with pytest.raises(ValueError, match=r"mixed slice sizes: .*a.dcm is 128x128 but .*b.dcm is 64x64"):
+        read_dicom_folder(folder)
+
+
+# --------------------------------------------------------------------------------------------------
+# The saved configuration and 16-bit PNG / TIFF
+# --------------------------------------------------------------------------------------------------
+
+
+def test_medical_preprocessing_round_trips_through_json():
+    config = MedicalPreprocessing(windows=("brain", Window(80, 200), "file", "full"), padding_fill=0.5, bits_stored=12)
+    restored = MedicalPreprocessing.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert restored == config and restored.num_channels == 4
+    assert config.to_dict()["windows"][1] == {"center": 80, "width": 200}
+
+
+def test_medical_preprocessing_reads_dicom_as_the_windows_say():
+    path = pydicom_file("693_UNCI.dcm")
+    config = MedicalPreprocessing(windows=("brain", "bone"))
+    np.testing.assert_array_equal(config.read(path), window_channels(read_dicom(path), ["brain", "bone"]))
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16bit_image_read_at_its_bit_depth(tmp_path, suffix, caplog):
+    values = np.array([[0, 1000], [4095, 2048]], dtype=np.uint16)  # 12-bit data in a 16-bit file
+    path = tmp_path / f"scan{suffix}"
+    Image.fromarray(values).save(path)
+    with caplog.at_level("INFO", logger="diffusion_classifiers.data.dicom"):
+        read = read_16bit_image(path)
+    assert "scaled by 12 bits stored" in caplog.text
+    np.testing.assert_allclose(read, values / 4095.0, rtol=0, atol=WINDOW_TOLERANCE)
+    np.testing.assert_allclose(read_16bit_image(path, bits_stored=16), values / 65535.0, rtol=0, atol=WINDOW_TOLERANCE)
+    with pytest.raises(ValueError, match="maximum value 4095 does not fit bits_stored=10"):
+        read_16bit_image(path, bits_stored=10)
+
+
+def test_16bit_image_filling_little_of_the_range_warns(tmp_path):
+    path = tmp_path / "faint.png"
+    Image.fromarray(np.array([[1000, 1100], [1200, 1300]], dtype=np.uint16)).save(path)
+    with pytest.warns(UserWarning, match=r"values span \[1000, 1300\], 0.46% of the 16-bit range"):
+        read_16bit_image(path, bits_stored=16)
+    Image.fromarray(np.array([[0, 200]], dtype=np.uint8)).save(tmp_path / "eight.png")
+    with pytest.raises(ValueError, match="expected a 16-bit greyscale image"):
+        read_16bit_image(tmp_path / "eight.png")
+
+
+# --------------------------------------------------------------------------------------------------
+# DICOM class folders and CSV sources, patient-level splits
+# --------------------------------------------------------------------------------------------------
+
+
+PATIENT_STEP = 100  # stored value of patient p's constant slices: p * PATIENT_STEP
+FULL = MedicalPreprocessing(windows=("full",))  # CT_small: signed 16 bits, so y = (stored + 32768) / 65535
+
+
+def make_patients(root, num_patients=12, slices=2):
+    """`root/<class>/p<ii>_<j>.dcm`: CT_small copies with PatientID `P<ii>`, class = patient parity, and every pixel
+    `p * PATIENT_STEP`, so an image tells its patient after any resize."""
+    dataset = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    rows = []
+    for patient in range(num_patients):
+        label = ("healthy", "bleed")[patient % 2]
+        (root / label).mkdir(parents=True, exist_ok=True)
+        pixels = np.full((dataset.Rows, dataset.Columns), patient * PATIENT_STEP, dtype="<i2").tobytes()
+        for j in range(slices):
+            name = f"{label}/p{patient:02d}_{j}.dcm"
+            write_dicom(dataset, root / name, PatientID=f"P{patient:02d}", InstanceNumber=j + 1, PixelData=pixels)
+            rows.append({"path": name, "label": label, "patient_id": f"P{patient:02d}"})
+    return rows
+
+
+def patients_in(split):
+    """Patient numbers of a split's images (constant images in [-1, 1], windowed by FULL)."""
+    stored = (split.images.flatten(1).mean(1).double() + 1) / 2 * 65535 - 32768
+    return (stored / PATIENT_STEP).round().long().tolist()
+
+
+def check_patient_split(splits, num_patients, slices):
+    sides = {name: patients_in(split) for name, split in splits.items()}
+    for name, patients in sides.items():
+        assert all(patients.count(p) == slices for p in set(patients)), f"a patient's slices are split within {name}"
+    assert not set(sides["train"]) & set(sides["val"]) and not set(sides["train"]) & set(sides["test"])
+    assert not set(sides["val"]) & set(sides["test"])
+    assert set().union(*sides.values()) == set(range(num_patients))
+
+
+def test_dicom_class_folders_keep_each_patient_on_one_side(tmp_path):
+    make_patients(tmp_path, num_patients=12, slices=2)
+    splits = load_image_classification_data(
+        tmp_path, image_size=16, val_fraction=0.25, test_fraction=0.25, seed=3, medical=FULL
+    )
+    assert splits["train"].class_names == ["bleed", "healthy"] and splits["train"].images.shape[1:] == (1, 16, 16)
+    check_patient_split(splits, num_patients=12, slices=2)
+    for split in splits.values():  # labels follow the patient: bleed = odd patients
+        assert split.labels.tolist() == [0 if p % 2 else 1 for p in patients_in(split)]
+
+
+def test_folder_reader_reports_dicom_patient_ids(tmp_path):
+    from diffusion_classifiers.data import readers
+
+    make_patients(tmp_path, num_patients=12, slices=2)
+    raw = readers._read_image_folder(tmp_path, MedicalPreprocessing(windows=("brain", "subdural", "bone")))
+    assert raw.groups.tolist() == [f"P{p:02d}" for p in (1, 3, 5, 7, 9, 11, 0, 2, 4, 6, 8, 10) for _ in range(2)]
+    assert all(image.shape == (1, 3, 128, 128) for image in raw.images)
+
+
+def test_multiframe_dicom_in_a_class_folder_gives_one_image_per_frame(tmp_path):
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        write_dicom(pydicom.dcmread(pydicom_file("emri_small.dcm")), tmp_path / label / "cine.dcm")
+    splits = load_image_classification_data(tmp_path, image_size=8, test_fraction=0.2, val_fraction=0.25,
+                                            medical=MedicalPreprocessing(windows=("full",)))
+    labels = np.concatenate([splits[name].labels.numpy() for name in ("train", "val", "test")])
+    assert len(labels) == 20 and np.bincount(labels).tolist() == [10, 10]
+
+
+def test_csv_source_with_patient_ids(tmp_path):
+    rows = make_patients(tmp_path / "images", num_patients=12, slices=2)
+    csv_path = tmp_path / "images" / "labels.csv"
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["path", "label", "patient_id"])
+        writer.writeheader()
+        writer.writerows(rows)
+    from diffusion_classifiers.data import readers
+
+    raw = readers._read_csv(csv_path, ["healthy", "bleed"], None, FULL)
+    assert raw.class_names == ["healthy", "bleed"]
+    assert raw.labels.tolist() == [p % 2 for p in range(12) for _ in range(2)]
+    assert raw.groups.tolist() == [row["patient_id"] for row in rows]
+    splits = load_image_classification_data(csv_path, image_size=8, val_fraction=0.25, test_fraction=0.25,
+                                            class_names=["healthy", "bleed"], medical=FULL)
+    check_patient_split(splits, num_patients=12, slices=2)
+
+
+def write_csv(path, header, rows):
+    path.write_text("\n".join([",".join(header)] + [",".join(row) for row in rows]) + "\n")
+    return path
+
+
+def test_csv_missing_file_is_named(tmp_path):
+    write_dicom(pydicom.dcmread(pydicom_file("CT_small.dcm")), tmp_path / "a.dcm")
+    path = write_csv(tmp_path / "labels.csv", ["path", "label"], [["a.dcm", "x"], ["gone.dcm", "y"]])
+    with pytest.raises(ValueError, match=r"labels.csv:3: image file .*gone.dcm does not exist"):
+        load_image_classification_data(path)
+
+
+def test_csv_unknown_label_is_named(tmp_path):
+    write_dicom(pydicom.dcmread(pydicom_file("CT_small.dcm")), tmp_path / "a.dcm")
+    path = write_csv(tmp_path / "labels.csv", ["path", "label"], [["a.dcm", "normal"], ["a.dcm", "bleeed"]])
+    with pytest.raises(ValueError, match=r"labels.csv:3: label 'bleeed' is not one of the classes \['normal', 'bleed'"):
+        load_image_classification_data(path, class_names=["normal", "bleed"])
+
+
+def test_csv_absent_patient_column_is_refused(tmp_path):
+    write_dicom(pydicom.dcmread(pydicom_file("CT_small.dcm")), tmp_path / "a.dcm")
+    path = write_csv(tmp_path / "labels.csv", ["path", "label"], [["a.dcm", "x"]])
+    with pytest.raises(ValueError, match=r"patient_id_column 'PatientID' is not a column; columns: \['path', 'label"):
+        load_image_classification_data(path, patient_id_column="PatientID")
