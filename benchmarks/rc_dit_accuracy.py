@@ -35,6 +35,7 @@ import _common  # noqa: E402
 from _common import base_parser, data_path, report, setup, target_entry, timed, training_arguments  # noqa: E402
 from diffusion_classifiers.data import load_image_classification_data, stratified_subset_indices  # noqa: E402
 from diffusion_classifiers.models import encode_representation, load_pretrained_encoder  # noqa: E402
+from diffusion_classifiers.plots import label_efficiency_curve, plot_label_efficiency  # noqa: E402
 from diffusion_classifiers.pipelines import (  # noqa: E402
     RepresentationConditionedDiTImageVariationPipeline,
     RepresentationConditionedDiTPipeline,
@@ -187,6 +188,10 @@ def run_dataset(name: str, path: Path, args, device, output_dir: Path) -> dict:
         references = splits["test"].images[: args.num_samples]
         sample_grid(pipe, references, args.sample_steps, args.seed, grid_path, f"RC-DiT {args.dit_size}, {name}")
 
+    efficiency_path = output_dir / f"{NAME}_label_efficiency_{name}.png"
+    curves = {source: label_efficiency_curve(result, "prototype") for source, result in sources.items()}
+    plot_label_efficiency(curves, str(efficiency_path), title=f"Prototype classifier on {name}: labels per class")
+
     rc, base = sources["rc_dit"]["label_free"], sources[args.baseline]["label_free"]
     return {
         "sizes": {s: len(split.labels) for s, split in splits.items()},
@@ -200,6 +205,7 @@ def run_dataset(name: str, path: Path, args, device, output_dir: Path) -> dict:
         "details": details,
         "final_training_loss": {"rc_dit": rc_summary.final_loss},
         "sample_grid": grid_path.name,
+        "label_efficiency_plot": efficiency_path.name,
         "wall_seconds": walls,
     }
 

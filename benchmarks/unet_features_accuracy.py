@@ -14,13 +14,16 @@ by >= 5 points of test accuracy; the whole run takes at most 30 minutes.
 
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
+import _common
 from _common import base_parser, cnn_baseline, data_path, report, setup, target_entry, timed, training_arguments
 from diffusion_classifiers.data import few_label_indices, load_image_classification_data, stratified_subset_indices
 from diffusion_classifiers.metrics import classification_metrics
 from diffusion_classifiers.models import count_parameters
+from diffusion_classifiers.plots import plot_label_efficiency
 from diffusion_classifiers.training import train_ddpm_unet
 from diffusion_classifiers.unet_feature_study import (
     DEFAULT_TIMESTEPS,
@@ -122,6 +125,19 @@ def targets(regimes: dict, fraction_key: str, total_seconds: float) -> dict:
     }
 
 
+def label_efficiency_curves(regimes: dict, num_classes: int) -> dict:
+    """`{method: {labels per class: {"accuracy", "macro_f1"}}}` on test, for `plots.plot_label_efficiency`."""
+    return {
+        method: {
+            regime["num_train_labels"] / num_classes: {
+                "accuracy": regime[key]["test_accuracy"], "macro_f1": regime[key]["test_macro_f1"]
+            }
+            for regime in regimes.values()
+        }
+        for method, key in (("frozen U-Net features + linear probe", "probe"), ("supervised CNN", "cnn"))
+    }  # fmt: skip
+
+
 def main():
     args = parse_args()
     device = setup(args)
@@ -146,6 +162,12 @@ def main():
                 cnn = cnn_figures(args, splits, index, f"{work_dir}/cnn_{len(index)}", device)
             regimes[regime] = {"num_train_labels": len(index), "probe": probe_figures(study), "cnn": cnn}
     walls["total"] = round(time.perf_counter() - start, 1)
+    figure_dir = Path(tempfile.mkdtemp()) if args.quick else Path(args.output or _common.RESULTS_DIR / NAME).parent
+    efficiency_plot = figure_dir / f"{NAME}_label_efficiency.png"
+    plot_label_efficiency(
+        label_efficiency_curves(regimes, train.num_classes), str(efficiency_plot),
+        title=f"Frozen U-Net features vs a supervised CNN on {Path(args.data).name}: labels per class",
+    )
     cnn_parameters = regimes["all"]["cnn"]["num_parameters"]
     figures = {
         "dataset": {"path": args.data, **{f"num_{name}": len(splits[name]) for name in SPLITS}},
@@ -160,6 +182,7 @@ def main():
         },  # fmt: skip
         "parameters": {"unet_total": count_parameters(unet), "unet_encoder": encoder_parameters(unet), "cnn": cnn_parameters},
         "regimes": regimes,
+        "label_efficiency_plot": str(efficiency_plot) if args.quick else efficiency_plot.name,
         "targets": targets(regimes, list(subsets)[1], walls["total"]),
         "wall_seconds": walls,
     }

@@ -8,12 +8,24 @@
         --evaluation_command "python examples/evaluate.py --model_dir outputs/unet-pneumonia ..."
 
 The card carries the test metrics of `--metrics_json` (the demo's or an evaluation's `metrics.json`) as
-model-index results. The model folder is only read; a failed upload leaves it unchanged.
+model-index results. The model folder is only read; a failed upload leaves it unchanged. `--dry_run` writes the
+folder as it would be uploaded (with its card as README.md) to `--output_dir` instead, without any network.
 """
 
 import argparse
+import sys
 
-from diffusion_classifiers.hub import METHODS, library_name_of, load_eval_metrics, push_to_hub, render_model_card
+from huggingface_hub.errors import OfflineModeIsEnabled
+
+from diffusion_classifiers.hub import (
+    METHODS,
+    HubUploadError,
+    library_name_of,
+    load_eval_metrics,
+    push_to_hub,
+    render_model_card,
+    write_dry_run,
+)
 
 
 def parse_args(argv=None):
@@ -30,9 +42,13 @@ def parse_args(argv=None):
     parser.add_argument("--dataset_id", default=None, help="the dataset's Hub id, if it has one")
     parser.add_argument("--model_name", default=None, help="the model-index name (default: the repository name)")
     parser.add_argument("--license", default="apache-2.0", help="the model's licence (a Hub licence id)")
-    parser.add_argument("--medical", action=argparse.BooleanOptionalAction, default=True,
-                        help="add the 'not a diagnostic device' warning (default: on)")
-    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--medical", action=argparse.BooleanOptionalAction, default=False,
+                        help="medical imaging data: add the 'not a diagnostic device' warning and tag (default: off)")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="write the folder and card that would be uploaded to --output_dir; upload nothing")
+    parser.add_argument("--output_dir", default=None,
+                        help="where --dry_run writes (a new or empty folder; default: <model_dir>-dry-run)")
+    parser.add_argument("--private", action="store_true", help="create the repository as private (default: public)")
     parser.add_argument("--token", default=None, help="a Hub token (default: the saved login or HF_TOKEN)")
     parser.add_argument("--revision", default=None, help="an existing branch to commit to (default: main)")
     return parser.parse_args(argv)
@@ -40,6 +56,16 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    try:
+        publish(args)
+    except (HubUploadError, OfflineModeIsEnabled) as error:
+        # One line: the failure, not a traceback (the model folder is unchanged).
+        sys.exit(f"push_to_hub.py: {' '.join(str(error).split())}")
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        sys.exit(f"push_to_hub.py: {error}")
+
+
+def publish(args):
     card = render_model_card(
         args.method,
         model_name=args.model_name or args.repo_id.split("/")[-1],
@@ -55,6 +81,11 @@ def main(argv=None):
         library_name=library_name_of(args.model_dir),
         medical=args.medical,
     )
+    if args.dry_run:
+        output_dir = args.output_dir or f"{args.model_dir.rstrip('/')}-dry-run"
+        write_dry_run(args.model_dir, output_dir, card=card)
+        print(f"dry run: wrote what would be pushed to {args.repo_id} to {output_dir} (nothing uploaded)")
+        return
     info = push_to_hub(
         args.model_dir, args.repo_id, card=card, token=args.token, private=args.private, revision=args.revision
     )

@@ -1,5 +1,8 @@
 import json
 
+import pytest
+from PIL import Image
+
 from diffusion_classifiers import DiffusionClassifierPipeline
 from diffusion_classifiers.cli import main
 
@@ -20,3 +23,14 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
     assert pipe.class_names == [str(i) for i in range(10)]
     printed = capsys.readouterr().out
     assert "chosen" in printed and "| block |" in printed
+    for name in ("reliability.png", "unet_training/loss_curve.png", "unet_training/samples/step_6.png"):
+        assert Image.open(tmp_path / name).size[0] > 0, name
+    assert "![reliability](reliability.png)" in (tmp_path / "report.md").read_text()
+
+    main(["evaluate", "--model_dir", str(tmp_path / "pipeline"), "--dataset", "digits", "--output_dir", str(tmp_path / "eval")])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert printed["accuracy"] == written["accuracy"] and "positive_class" not in written  # 10 classes: none
+    assert {p.name for p in (tmp_path / "eval").iterdir()} == {"metrics.json", "report.md", "confusion_matrix.png", "reliability.png"}
+    with pytest.raises(ValueError, match="positive_class: expected a binary task, got 10 classes"):
+        main(["evaluate", "--model_dir", str(tmp_path / "pipeline"), "--output_dir", str(tmp_path / "eval"), "--positive_class", "3"])

@@ -5,16 +5,19 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from diffusers import DDPMScheduler, UNet2DModel
 
 from diffusion_classifiers import UNetFeatureClassifierPipeline, export_unet_feature_pipeline
-from diffusion_classifiers.data import load_image_classification_data, to_datasets
-from diffusion_classifiers.evaluation import evaluate_classifier, image_classification_evaluator, load_metric, map_labels_by_name
+from diffusion_classifiers.data import LabeledImages, load_image_classification_data, to_datasets
+from diffusion_classifiers.evaluation import evaluate_classifier, evaluate_compatible_transformers, load_metric, map_labels_by_name
 from diffusion_classifiers.metrics import calibration_metrics
 from diffusion_classifiers.models import unet_config
 from diffusion_classifiers.probing import fit_probe_grid
 
 from .conftest import PYTHON, REPO_ROOT, python_subprocess_env
+
+BINARY_NAMES = ["malignant", "benign"]  # label 0 is the finding: sensitivity must be its recall, not label 1's
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,10 @@ def test_pipeline_and_exported_model_score_the_same(fitted, tmp_path):
     assert from_pipeline["confusion_matrix"] == from_transformers["confusion_matrix"]
     written = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert {"accuracy", "macro_f1", "balanced_accuracy", "auc", "per_class", "confusion_matrix", "calibration"} <= set(written)
-    assert (tmp_path / "a" / "confusion_matrix.png").stat().st_size > 0 and (tmp_path / "a" / "reliability.png").stat().st_size > 0
+    assert Image.open(tmp_path / "a" / "confusion_matrix.png").size == (round(100 * (0.55 * 10 + 4.5)), round(100 * (0.55 * 10 + 3.5)))
+    assert Image.open(tmp_path / "a" / "reliability.png").size == (550, 700)
+    assert not (tmp_path / "a" / "roc_pr.png").exists() and "positive_class" not in written  # 10 classes
+    assert f"| accuracy | {100 * written['accuracy']:.2f}% |" in (tmp_path / "a" / "report.md").read_text()
 
 
 def test_labels_are_matched_by_name(fitted, tmp_path):
@@ -65,16 +71,19 @@ def test_calibration_of_a_known_case():
     assert result["bins"][1]["count"] == 4 and result["bins"][0]["count"] == 0
 
 
-def test_evaluate_evaluator_with_the_shipped_metric(fitted):
+def test_evaluate_evaluator_with_the_shipped_metric_inside_the_scoped_shim(fitted):
+    import evaluate
+    import transformers
     from transformers import pipeline
 
     _, root, test = fitted
     classify = pipeline("image-classification", model=str(root / "transformers"))
-    evaluator = image_classification_evaluator()
     label2id = {name: i for i, name in enumerate(test.features["label"].names)}
-    results = evaluator.compute(
-        model_or_pipeline=classify, data=test, metric=load_metric(), input_column="image", label_column="label", label_mapping=label2id
-    )
+    with evaluate_compatible_transformers():
+        results = evaluate.evaluator("image-classification").compute(
+            model_or_pipeline=classify, data=test, metric=load_metric(), input_column="image", label_column="label", label_mapping=label2id
+        )
+    assert "TFPreTrainedModel" not in dir(transformers)  # nothing leaks out of the block
     expected = evaluate_classifier(str(root / "transformers"), test)
     assert results["accuracy"] == pytest.approx(expected["accuracy"])
     assert results["macro_f1"] == pytest.approx(expected["macro_f1"])
@@ -87,3 +96,46 @@ def test_evaluate_script_end_to_end(fitted, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     assert printed["accuracy"] == json.loads((tmp_path / "metrics.json").read_text())["accuracy"]
+
+
+@pytest.fixture(scope="module")
+def binary(tmp_path_factory):
+    """A binary pipeline (digits 0 = "malignant", 1 = "benign") and a test split on which it makes some mistakes."""
+    torch.manual_seed(0)
+    splits = load_image_classification_data("digits", image_size=16, seed=0)
+
+    def two_classes(split, limit):
+        keep = np.flatnonzero(split.labels.numpy() <= 1)[:limit]
+        return LabeledImages(split.images[keep], split.labels[keep], BINARY_NAMES)
+
+    train, val, test = two_classes(splits["train"], 60), two_classes(splits["val"], 40), two_classes(splits["test"], 80)
+    inverted = np.flatnonzero(test.labels.numpy() == 0)[::2]
+    test.images[inverted] = -test.images[inverted]  # errors on malignant images only: sensitivity != specificity
+    pipe = UNetFeatureClassifierPipeline(unet=UNet2DModel(**unet_config("tiny", 16)), scheduler=DDPMScheduler())
+    feats = {name: pipe.extract_features(split.images, ["mid_block"], [20]) for name, split in (("train", train), ("val", val))}
+    pipe.register_modules(head=fit_probe_grid(feats["train"], train.labels, feats["val"], val.labels, class_names=BINARY_NAMES).head)
+    return pipe, test, to_datasets({"test": test})["test"]
+
+
+def test_binary_evaluation_reports_the_positive_class(binary, tmp_path):
+    pipe, test, dataset = binary
+    metrics = evaluate_classifier(pipe, dataset, tmp_path, positive_class="malignant")
+    predicted = pipe(test.images).label_ids.numpy()
+    truth = test.labels.numpy()
+    malignant = truth == 0
+    assert metrics["positive_class"] == "malignant"
+    assert metrics["sensitivity"] == pytest.approx(np.mean(predicted[malignant] == 0))
+    assert metrics["specificity"] == pytest.approx(np.mean(predicted[~malignant] == 1))
+    assert metrics["sensitivity"] == metrics["per_class"]["malignant"]["recall"] != metrics["per_class"]["benign"]["recall"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["positive_class"] == "malignant"
+    assert "positive class: **malignant**" in (tmp_path / "report.md").read_text()
+    assert Image.open(tmp_path / "roc_pr.png").size == (1000, 500)
+    default = evaluate_classifier(pipe, dataset)  # no saved positive class: class 1, named in the result
+    assert default["positive_class"] == "benign" and default["sensitivity"] == metrics["specificity"]
+    pipe.set_positive_class("malignant")
+    try:
+        assert evaluate_classifier(pipe, dataset)["sensitivity"] == metrics["sensitivity"]  # the saved one by default
+    finally:
+        pipe.set_positive_class(None)
+    with pytest.raises(ValueError, match=r"positive_class: expected one of the class names \['malignant', 'benign'\], got 'pneumonia'"):
+        evaluate_classifier(pipe, dataset, positive_class="pneumonia")

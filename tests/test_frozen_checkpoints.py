@@ -28,6 +28,9 @@ from diffusion_classifiers import DiffusionClassifierPipeline
 from transformers import AutoModelForImageClassification
 
 root, names, transformers_names = sys.argv[1], sys.argv[2].split(","), sys.argv[3].split(",")
+# v0.1.0 seeded image i's Monte-Carlo draws by its position in the call; the default now seeds them by the image's
+# content (the same result alone or in any batch). The old scheme is kept as an option to reproduce old numbers.
+V0_1_0_CALL = {"score_sde": {"seed_by": "position"}}
 results = {}
 for name in names + transformers_names:
     folder = f"{root}/{name}"
@@ -40,7 +43,7 @@ for name in names + transformers_names:
         continue
     pipe = DiffusionClassifierPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
-    out = pipe(images, **expected["call"])
+    out = pipe(images, **expected["call"], **V0_1_0_CALL.get(name, {}))
     fields = {key: getattr(out, key, None) for key in expected["outputs"] if key != "representation"}
     if "representation" in expected["outputs"]:
         fields["representation"] = pipe.encode(images)

@@ -54,7 +54,7 @@ def front_matter(text: str) -> dict:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_model_card_yaml_carries_eval_results_and_body_the_commands(method):
-    text = str(model_card(method))
+    text = str(model_card(method, medical=True))
     yaml_data = front_matter(text)
     assert yaml_data == ModelCard(text).data.to_dict()
     assert yaml_data["library_name"] == "diffusers" and yaml_data["license"] == "apache-2.0"
@@ -67,7 +67,7 @@ def test_model_card_yaml_carries_eval_results_and_body_the_commands(method):
     body = text.split("---\n", 2)[2]
     for expected in (
         "--dataset digits --output_dir out", "--model_dir out --split test", "BSD-3-Clause", "not a diagnostic device",
-        'from_pretrained("org/tiny")', "| Accuracy | 0.8125 |", "@inproceedings",
+        'from_pretrained("org/tiny", trust_remote_code=True)', "| Accuracy | 0.8125 |", "@inproceedings",
     ):
         assert expected in body
     assert "{{" not in body and "{%" not in body
@@ -82,9 +82,10 @@ def test_each_method_cites_its_papers():
     assert "Scalable Diffusion Models with Transformers" in citations["rc_dit"]
 
 
-def test_transformers_card_shows_transformers_usage_and_non_medical_card_has_no_warning():
-    text = str(model_card(library_name="transformers", medical=False, dataset_id="org/digits"))
-    assert 'pipeline("image-classification", model="org/tiny")' in text and "DiffusionClassifierPipeline" not in text
+def test_transformers_card_shows_transformers_usage_and_cards_are_not_medical_by_default():
+    text = str(model_card(library_name="transformers", dataset_id="org/digits"))
+    assert 'pipeline("image-classification", model="org/tiny", trust_remote_code=True)' in text
+    assert "DiffusionClassifierPipeline" not in text and front_matter(text)["library_name"] == "transformers"
     assert "diagnostic" not in text and "medical" not in front_matter(text)["tags"]
     assert front_matter(text)["datasets"] == ["org/digits"]
 
@@ -93,7 +94,7 @@ def test_dataset_card_renders_and_parses():
     card = render_dataset_card(
         dataset_name="PneumoniaMNIST", license="cc-by-4.0", description="Chest X-rays, 28x28.",
         source="https://medmnist.com", class_names=["normal", "pneumonia"], splits={"train": 4708, "test": 624},
-        preparation_command="python prepare.py --out data",
+        preparation_command="python prepare.py --out data", medical=True,
     )
     text = str(card)
     assert front_matter(text) == card.data.to_dict()
@@ -258,11 +259,11 @@ def stub_hub():
     thread.join(timeout=10)
 
 
-def run_against(server, tmp_path, script):
+def run_against(server, tmp_path, script, **env_overrides):
     """Run `script` in a fresh interpreter whose huggingface_hub talks to `server`, online, with its own HF_HOME."""
     env = dict(
         python_subprocess_env(), HF_ENDPOINT=server.endpoint, HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0",
-        HF_HOME=str(tmp_path / "hf-home"), NO_PROXY="127.0.0.1", HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HOME=str(tmp_path / "hf-home"), NO_PROXY="127.0.0.1", HF_HUB_DISABLE_TELEMETRY="1", **env_overrides,
     )
     return subprocess.run([PYTHON, "-c", script], env=env, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
 
@@ -314,7 +315,7 @@ assert pipe.name_or_path.startswith({str(tmp_path / 'cache')!r}), pipe.name_or_p
 import pathlib
 snapshot = pathlib.Path(pipe.name_or_path)
 fetched = sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
-assert fetched == {sorted(set(before) | {"README.md"})!r}, fetched
+assert fetched == {sorted(name for name in set(before) | {"README.md"} if not name.endswith(".py"))!r}, fetched
 local = DiffusionClassifierPipeline.from_pretrained({str(pipe_dir)!r})
 images = torch.from_numpy(numpy.load({str(images)!r}))
 numpy.save({str(tmp_path / 'probs.npy')!r}, numpy.stack([pipe(images).probs.numpy(), local(images).probs.numpy()]))
@@ -460,6 +461,106 @@ def test_pipeline_from_hub_repo_with_pickles_loads_without_fetching_them(
     assert snapshot.is_relative_to(tmp_path / "cache")
     fetched = set(folder_digest(snapshot))
     python_files = {name for name in UNSAFE_FILES if name.endswith(".py")}
-    expected = set(folder_digest(saved_pipeline[0])) | {"README.md"} | (python_files if trust_remote_code else set())
+    saved = {name for name in folder_digest(saved_pipeline[0]) if trust_remote_code or not name.endswith(".py")}
+    expected = saved | {"README.md"} | (python_files if trust_remote_code else set())
     assert fetched == expected
     assert not any(name.endswith((".pt", ".bin", ".pkl", ".ckpt")) for name in fetched)
+
+
+# --- examples/push_to_hub.py without uploading ----------------------------------------------------------------------
+
+
+def push_script_argv(pipe_dir, tmp_path, *extra):
+    (tmp_path / "metrics.json").write_text(json.dumps({"test": METRICS}))
+    return [
+        "push_to_hub.py", "--model_dir", str(pipe_dir), "--repo_id", "org/tiny", "--method", "unet_features",
+        "--metrics_json", str(tmp_path / "metrics.json"), "--dataset_name", "scikit-learn digits",
+        "--dataset_license", "BSD-3-Clause", "--training_command", "make demo", "--evaluation_command", "make eval",
+        *extra,
+    ]  # fmt: skip
+
+
+def run_push_script(monkeypatch, argv):
+    import runpy
+
+    monkeypatch.setattr("sys.argv", argv)
+    runpy.run_path(str(REPO_ROOT / "examples" / "push_to_hub.py"), run_name="__main__")
+
+
+def test_cli_dry_run_writes_the_folder_and_card_locally_without_network(saved_pipeline, monkeypatch, tmp_path, capsys):
+    pipe_dir, _, _ = saved_pipeline
+    before = folder_digest(pipe_dir)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # any request would fail
+    dry_run = ["--dry_run", "--output_dir", str(tmp_path / "out")]
+    run_push_script(monkeypatch, push_script_argv(pipe_dir, tmp_path, *dry_run))
+
+    assert "nothing uploaded" in capsys.readouterr().out
+    written = folder_digest(tmp_path / "out")
+    assert {name: digest for name, digest in written.items() if name != "README.md"} == before
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert front_matter(card)["library_name"] == "diffusers" and "medical" not in front_matter(card)["tags"]
+    assert "diagnostic" not in card  # a digits model is not medical unless --medical says so
+    assert folder_digest(pipe_dir) == before
+    with pytest.raises(SystemExit, match="out: expected a new or empty folder for the dry run"):
+        run_push_script(monkeypatch, push_script_argv(pipe_dir, tmp_path, *dry_run))
+    medical = ["--dry_run", "--medical", "--output_dir", str(tmp_path / "med")]
+    run_push_script(monkeypatch, push_script_argv(pipe_dir, tmp_path, *medical))
+    assert "not a diagnostic device" in (tmp_path / "med" / "README.md").read_text()
+
+
+def test_cli_offline_push_fails_with_one_line(saved_pipeline, monkeypatch, tmp_path):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(SystemExit) as exit_info:
+        run_push_script(monkeypatch, push_script_argv(saved_pipeline[0], tmp_path))
+    message = str(exit_info.value.code)
+    assert message.startswith("push_to_hub.py: cannot push") and "HF_HUB_OFFLINE=1 is set" in message
+    assert "\n" not in message
+
+
+@pytest.mark.slow
+def test_cli_failed_upload_fails_with_one_line_not_a_traceback(stub_hub, saved_pipeline, tmp_path):
+    stub_hub.fail_commits = True
+    argv = push_script_argv(saved_pipeline[0], tmp_path, "--token", TOKEN)
+    script = f"import runpy, sys\nsys.argv = {argv!r}\nrunpy.run_path('examples/push_to_hub.py', run_name='__main__')"
+    result = run_against(stub_hub, tmp_path, script)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"push_to_hub.py: upload of {saved_pipeline[0]} to {stub_hub.endpoint}/org/tiny failed")
+    assert last.endswith(f"The local folder {saved_pipeline[0]} is unchanged.")
+
+
+HIDE_PACKAGE = """
+import sys
+
+class HidePackage:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "diffusion_classifiers":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, HidePackage())
+"""
+
+
+@pytest.mark.slow
+def test_pushed_pipeline_loads_from_the_hub_with_diffusers_alone(stub_hub, saved_pipeline, tmp_path):
+    pipe_dir, images, expected = saved_pipeline
+    stub_hub.repos["org/tiny"] = {name: (pipe_dir / name).read_bytes() for name in folder_digest(pipe_dir)}
+    (tmp_path / "hide").mkdir()
+    (tmp_path / "hide" / "sitecustomize.py").write_text(HIDE_PACKAGE)
+    script = f"""
+import numpy, torch
+from diffusers import DiffusionPipeline
+try:
+    import diffusion_classifiers
+except ModuleNotFoundError:
+    pass
+else:
+    raise SystemExit("the package is importable: nothing is tested")
+pipe = DiffusionPipeline.from_pretrained("org/tiny", trust_remote_code=True, cache_dir={str(tmp_path / 'cache')!r})
+assert type(pipe).__module__.startswith("diffusers_modules."), type(pipe).__module__
+numpy.save({str(tmp_path / 'probs.npy')!r}, pipe(torch.from_numpy(numpy.load({str(images)!r}))).probs.numpy())
+"""
+    result = run_against(stub_hub, tmp_path, script, PYTHONPATH=str(tmp_path / "hide"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    # the same code on the same inputs in another process (see tests/test_ecosystem_loading.py: assert_same_numbers)
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "probs.npy")), expected, rtol=1e-4, atol=1e-5)

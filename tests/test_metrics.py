@@ -3,7 +3,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from diffusion_classifiers.metrics import classification_metrics, clustering_metrics, hungarian_match
+from diffusion_classifiers.metrics import classification_metrics, clustering_metrics, hungarian_match, resolve_positive_label
 
 # Confusion matrix (rows true, columns predicted): [[2, 1, 0], [0, 2, 0], [1, 0, 3]]
 Y_TRUE = [0, 0, 0, 1, 1, 2, 2, 2, 2]
@@ -39,6 +39,33 @@ def test_binary_sensitivity_specificity_and_auc():
     assert result["specificity"] == pytest.approx(1 / 2)
     assert result["auc"] == pytest.approx(5 / 6)  # 5 of the 6 (positive, negative) pairs are ordered correctly
     assert _plain(result)
+
+
+def test_binary_metrics_refer_to_the_named_positive_class_even_when_it_is_label_0():
+    # label 0 = malignant (the finding), label 1 = benign: the report must be about malignant
+    y_true, y_pred = np.array([0, 0, 0, 1, 1]), np.array([0, 0, 1, 1, 0])
+    malignant = np.array([0.9, 0.7, 0.4, 0.2, 0.6])  # P(malignant)
+    probs = np.stack([malignant, 1 - malignant], axis=1)
+    names = ["malignant", "benign"]
+    result = classification_metrics(y_true, y_pred, probs=probs, class_names=names, positive_label=resolve_positive_label("malignant", names, 2))
+    assert result["positive_class"] == "malignant"
+    assert result["sensitivity"] == pytest.approx(2 / 3)  # malignant found: 2 of 3
+    assert result["specificity"] == pytest.approx(1 / 2)  # benign cleared: 1 of 2
+    assert result["positive_f1"] == pytest.approx(result["per_class"]["malignant"]["f1"]) and result["positive_f1"] == pytest.approx(2 / 3)
+    assert result["positive_likelihood_ratio"] == pytest.approx((2 / 3) / (1 / 2))
+    assert result["negative_likelihood_ratio"] == pytest.approx((1 / 3) / (1 / 2))
+    assert result["auc"] == pytest.approx(roc_auc_score(y_true == 0, malignant)) and result["auc"] == pytest.approx(5 / 6)
+    default = classification_metrics(y_true, y_pred, probs=probs, class_names=names)  # old calls: class 1, now named
+    assert default["positive_class"] == "benign" and default["sensitivity"] == pytest.approx(1 / 2)
+    assert _plain(result)
+
+
+def test_positive_class_must_name_a_class_of_a_binary_task():
+    with pytest.raises(ValueError, match=r"positive_class: expected one of the class names \['normal', 'pneumonia'\], got 'malignant'"):
+        resolve_positive_label("malignant", ["normal", "pneumonia"], 2)
+    with pytest.raises(ValueError, match="expected a binary task, got 3 classes"):
+        resolve_positive_label("cat", ["cat", "dog", "fox"], 3)
+    assert resolve_positive_label(None, ["normal", "pneumonia"], 2) == 1 and resolve_positive_label(0, None, 2) == 0
 
 
 def test_multiclass_auc_is_one_vs_rest_macro():

@@ -70,7 +70,8 @@ def test_save_and_load_in_fresh_process_gives_identical_outputs(fitted_pipeline,
     pipe, _ = fitted_pipeline
     pipe.save_pretrained(tmp_path / "pipe")
     index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
-    assert index["head"] == ["diffusion_classifiers.models.linear_probe_head", "LinearProbeHead"]
+    assert index["head"] == ["linear_probe_head", "LinearProbeHead"]  # diffusers' custom-component form (remote_code)
+    assert index["_class_name"] == ["pipeline_unet_features", "UNetFeatureClassifierPipeline"]
     images = digits["test"].images[:16]
     np.save(tmp_path / "images.npy", images.numpy())
     expected = pipe(images).probs
@@ -142,3 +143,58 @@ def test_every_pipeline_threads_input_data_format(name):
         gray = image[..., :1]  # [3, 16, 1]: 3 channels first (refused: the encoder reads 1) or 1 channel last
         references = variation.check_inputs(gray, 1.0, 1, "pt", None, input_data_format="channels_last")
         torch.testing.assert_close(references, pipe.preprocess(gray[..., 0]))
+
+
+# ---------------------------------------------------------------------------------------------------- positive class
+
+
+def binary_pipelines():
+    """A classifier pipeline of each kind with classes ("benign", "malignant")."""
+    from diffusion_classifiers import ScoreSDEClassifierPipeline
+    from diffusion_classifiers.models import LinearProbeHead
+
+    from .test_rc_dit import tiny_pipeline
+
+    names = ["benign", "malignant"]
+    torch.manual_seed(0)
+    unet = UNet2DModel(**unet_config("tiny", 8))
+    head = LinearProbeHead(unet.config.block_out_channels[-1], 2, block="mid_block", timestep=10, class_names=names)
+    rc_dit = tiny_pipeline()
+    rc_dit.set_progress_bar_config(disable=True)
+    rc_dit.fit_prototypes(torch.rand(2, 1, 16, 16) * 2 - 1, [0, 1], class_names=names)
+    score_unet = UNet2DModel(**unet_config("tiny", 8, num_class_embeds=2))
+    return {
+        "unet_features": UNetFeatureClassifierPipeline(unet=unet, scheduler=DDPMScheduler(), head=head),
+        "score_sde": ScoreSDEClassifierPipeline(score_unet, DDPMScheduler(), class_names=names),
+        "rc_dit": rc_dit,
+    }
+
+
+@pytest.mark.parametrize("name", ["unet_features", "score_sde", "rc_dit"])
+def test_positive_class_is_checked_and_saved_with_the_pipeline(name, tmp_path):
+    pipe = binary_pipelines()[name]
+    assert pipe.positive_class is None
+    with pytest.raises(ValueError, match=r"positive_class: expected one of the class names \['benign', 'malignant'\]"):
+        pipe.set_positive_class("cancer")
+    pipe.set_positive_class("malignant")
+    assert pipe.positive_class == "malignant"
+    pipe.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["positive_class"] == "malignant"
+    assert DiffusionClassifierPipeline.from_pretrained(str(tmp_path)).positive_class == "malignant"
+    pipe.set_positive_class(None)
+    assert pipe.positive_class is None
+
+
+def test_positive_class_is_checked_when_constructed():
+    pipe = binary_pipelines()["unet_features"]
+    again = UNetFeatureClassifierPipeline(pipe.unet, pipe.scheduler, pipe.head, positive_class="benign")
+    assert again.positive_class == "benign"
+    with pytest.raises(ValueError, match=r"expected one of the class names \['benign', 'malignant'\], got 'x'"):
+        UNetFeatureClassifierPipeline(pipe.unet, pipe.scheduler, pipe.head, positive_class="x")
+    with pytest.raises(ValueError, match="no `head`"):
+        UNetFeatureClassifierPipeline(pipe.unet, pipe.scheduler, positive_class="benign")
+
+
+@pytest.mark.parametrize("name", ["unet_features", "score_sde", "rc_dit_linear_head", "rc_dit_prototype_head"])
+def test_pipelines_saved_before_positive_class_load_without_one(name):
+    assert DiffusionClassifierPipeline.from_pretrained(str(FIXTURES / name)).positive_class is None

@@ -275,9 +275,9 @@ def test_save_and_load_in_fresh_process_gives_identical_outputs(digits, tmp_path
     prototypes.fit_prototypes(digits["train"].images[:100], digits["train"].labels[:100], class_names=[f"d{k}" for k in range(10)])
     prototypes.save_pretrained(tmp_path / "prototypes")
     index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
-    assert index["transformer"] == ["diffusion_classifiers.models.rc_dit", "RepresentationConditionedDiTModel"]
+    assert index["transformer"] == ["rc_dit", "RepresentationConditionedDiTModel"]  # custom components (remote_code)
     assert index["encoder"] == ["transformers", "ViTModel"]
-    assert index["head"] == ["diffusion_classifiers.models.linear_probe_head", "LinearProbeHead"]
+    assert index["head"] == ["linear_probe_head", "LinearProbeHead"]
     np.save(tmp_path / "images.npy", test_images.numpy())
     script = f"""
 import numpy, torch
@@ -375,7 +375,9 @@ def test_variation_pipeline_shares_the_classifiers_models_and_is_not_a_classifie
     b = direct(refs, 2.0, 2, generator=torch.Generator().manual_seed(0)).images
     assert torch.equal(a, b)
     pipe.save_pretrained(tmp_path)
-    assert json.loads((tmp_path / "model_index.json").read_text())["_class_name"] == type(pipe).__name__
+    assert json.loads((tmp_path / "model_index.json").read_text())["_class_name"] == [
+        "pipeline_rc_dit_image_variation", type(pipe).__name__
+    ]
     assert RepresentationConditionedDiTImageVariationPipeline.from_pretrained(tmp_path).vae is None
     with pytest.raises(ValueError, match="names pipeline 'RepresentationConditionedDiTImageVariationPipeline'; expected"):
         DiffusionClassifierPipeline.from_pretrained(tmp_path)  # generation is not classification
@@ -492,7 +494,7 @@ def test_prototype_head_classifies_and_survives_save_and_load(digits, tmp_path):
 
     pipe.save_pretrained(tmp_path / "pipe")
     index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
-    assert index["head"] == ["diffusion_classifiers.models.prototype_head", "PrototypeHead"]
+    assert index["head"] == ["prototype_head", "PrototypeHead"]
     reloaded = RepresentationConditionedDiTPipeline.from_pretrained(str(tmp_path / "pipe"))
     assert isinstance(reloaded.head, PrototypeHead) and reloaded.class_names == names
     assert torch.equal(reloaded(test_images).probs, out.probs) and reloaded.head.config.temperature == 0.05

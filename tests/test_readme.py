@@ -1,8 +1,9 @@
 """Every Python block of README.md runs as written, in a folder laid out as the README assumes.
 
 The folder holds tiny saved pipelines where the README's commands would have written trained ones
-(`outputs/...`) and a small stratified excerpt of PneumoniaMNIST at `../shared/data/...`; each block then runs alone,
-in a fresh namespace, with the folder as working directory. A README snippet that stops running fails here.
+(`outputs/...`), a small stratified excerpt of PneumoniaMNIST and the CQ500 DICOM sample at `../shared/data/...`;
+each block then runs alone, in a fresh namespace, with the folder as working directory. A README snippet that
+stops running fails here.
 """
 
 import re
@@ -29,6 +30,7 @@ from diffusion_classifiers.models import (
 from .conftest import REPO_ROOT, shared_data
 
 PNEUMONIA = ("medmnist_pneumonia", "pneumoniamnist.npz")
+DICOM_SAMPLE = "cq500_dicom_sample"
 IMAGES_PER_SPLIT = {"train": 40, "val": 16, "test": 16}
 
 
@@ -80,6 +82,7 @@ def save_readme_models(outputs) -> None:
 def readme_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("readme")
     write_pneumonia_excerpt(root / "shared" / "data" / PNEUMONIA[0] / PNEUMONIA[1])
+    (root / "shared" / "data" / DICOM_SAMPLE).symlink_to(shared_data(DICOM_SAMPLE), target_is_directory=True)
     save_readme_models(root / "project" / "outputs")
     return root / "project"
 

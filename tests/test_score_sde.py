@@ -227,3 +227,15 @@ def test_bad_method_and_solver_tolerance_are_refused(trained):
         pipe(test.images, method="likelihood", solver="dopri5", atol=-1e-5)
     with pytest.raises(ValueError, match="method in"):
         pipe(test.images, method="exact")
+
+
+def test_log_likelihood_ratio_is_positive_versus_negative_class():
+    pipe = random_pipeline(num_class_embeds=2, class_names=["benign", "malignant"])
+    pipe.set_progress_bar_config(disable=True)
+    images = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    out = pipe(images, num_timesteps=4)
+    torch.testing.assert_close(out.log_likelihood_ratio, out.log_likelihoods[:, 1] - out.log_likelihoods[:, 0])
+    pipe.set_positive_class("benign")
+    flipped = pipe(images, num_timesteps=4)
+    torch.testing.assert_close(flipped.log_likelihood_ratio, out.log_likelihoods[:, 0] - out.log_likelihoods[:, 1])
+    assert torch.equal(flipped.probs, out.probs)  # the posterior does not depend on which class is positive

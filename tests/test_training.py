@@ -4,9 +4,11 @@ import re
 import socket
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
+from PIL import Image
 from torch.utils.data import TensorDataset
 
 from diffusion_classifiers.models import unet_config
@@ -21,6 +23,8 @@ from diffusion_classifiers.training import (
     train_score_sde_unet,
     training_args_from_namespace,
 )
+
+from diffusion_classifiers.training.monitoring import LossHistory, image_grid
 
 from .conftest import PYTHON, REPO_ROOT, python_subprocess_env
 
@@ -112,7 +116,6 @@ def test_cli_flags_follow_diffusers_names():
     assert find_latest_checkpoint("/nonexistent") is None
 
 
-@pytest.mark.slow
 def free_port() -> int:
     """A port nothing listens on now: the default 29500 may still be held by another test's DDP processes."""
     with socket.socket() as probe:
@@ -120,6 +123,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu(tmp_path):
     """Real 2-process DDP (gloo) through `accelerate launch`: both processes must see data."""
     output_dir = tmp_path / "unet"
@@ -151,6 +155,7 @@ def test_conditional_training_checks_labels_and_balances_classes(tmp_path):
     assert abs(drawn.float().mean().item() - 0.5) < 0.05  # minority class 1 is 1/6 of the data, half of the draws
     unet, _, summary = train_score_sde_unet(tiny_args(tmp_path, max_train_steps=2), images, labels, preset="tiny", class_balanced=True, label_dropout=0.1)
     assert unet.config.num_class_embeds == 3 and summary.global_step == 2  # 2 classes + the null class
+    assert Image.open(tmp_path / "samples" / "step_2.png").size == (2 * 64, 4 * 64)  # a column per class, 8 images
 
 
 def test_trainers_refuse_bad_images_before_writing(tmp_path):
@@ -189,3 +194,67 @@ def test_every_training_flag_has_help_showing_its_default():
         assert action.required or "(default: %(default)s)" in action.help, action.dest
     help_text = parser.format_help()
     assert "(default: 64)" in help_text and "(default: cosine)" in help_text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What a run shows without a tracker: loss curve and sample grids
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_loss_curve_and_sample_grids_at_each_checkpoint_leave_training_unchanged(tmp_path):
+    shown = tiny_args(tmp_path / "shown", use_ema=True, num_sample_images=4, sample_inference_steps=2)
+    unet, _, summary = train_ddpm_unet(shown, tiny_images(), preset="tiny")
+    history = json.loads((tmp_path / "shown" / "loss_history.json").read_text())
+    assert history["steps"] == [1, 2, 3, 4] and history["losses"][-1] == summary.final_loss
+    assert (tmp_path / "shown" / "loss_history.csv").read_text().splitlines()[0] == "step,loss"
+    assert Image.open(tmp_path / "shown" / "loss_curve.png").size == (700, 400)
+    # checkpoints at steps 2 and 4; 4 tiles of 8 px, enlarged 8x to 64 px, in 2 rows of 2
+    assert sorted(p.name for p in (tmp_path / "shown" / "samples").iterdir()) == ["step_2.png", "step_4.png"]
+    grid = Image.open(tmp_path / "shown" / "samples" / "step_4.png")
+    assert grid.size == (128, 128) and len(np.unique(np.asarray(grid))) > 10  # images, not a flat tile
+    quiet, _, _ = train_ddpm_unet(tiny_args(tmp_path / "quiet", use_ema=True, num_sample_images=0), tiny_images(), preset="tiny")
+    assert not (tmp_path / "quiet" / "samples").exists() and (tmp_path / "quiet" / "loss_curve.png").exists()
+    for a, b in zip(unet.parameters(), quiet.parameters()):  # sampling swapped the EMA weights in and back out
+        assert torch.equal(a, b)
+
+
+def test_resumed_run_continues_the_loss_history_and_drops_later_samples(tmp_path):
+    straight = tiny_args(tmp_path / "straight", lr_scheduler="constant", num_sample_images=2, sample_inference_steps=1)
+    train_ddpm_unet(straight, tiny_images(), preset="tiny")
+    folder = tmp_path / "resumed"
+    train_ddpm_unet(tiny_args(folder, max_train_steps=2, lr_scheduler="constant", num_sample_images=2, sample_inference_steps=1), tiny_images(), preset="tiny")
+    (folder / "samples" / "step_6.png").write_bytes(b"left by an earlier run")
+    resumed = tiny_args(folder, lr_scheduler="constant", num_sample_images=2, sample_inference_steps=1, resume_from_checkpoint="latest")
+    train_ddpm_unet(resumed, tiny_images(), preset="tiny")
+    assert json.loads((folder / "loss_history.json").read_text()) == json.loads((tmp_path / "straight" / "loss_history.json").read_text())
+    assert sorted(p.name for p in (folder / "samples").iterdir()) == ["step_2.png", "step_4.png"]
+    assert LossHistory.resume(str(folder), up_to_step=3).steps == [1, 2, 3]
+
+
+def test_image_grid_enlarges_small_tiles_and_keeps_their_pixels():
+    images = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    grid = image_grid(images)  # 6 images: 2 rows of 3
+    assert grid.size == (3 * 64, 2 * 64)
+    expected = (images[4, 0] * 255).round().to(torch.uint8)  # row 1, column 1; each pixel an 8 x 8 block
+    tile = torch.tensor(np.asarray(grid.convert("L")))[64:128:8, 64:128:8]
+    assert torch.equal(tile, expected)
+    with pytest.raises(ValueError, match="multiple of rows=4"):
+        image_grid(images, rows=4)
+
+
+def test_rc_dit_sample_grid_shows_references_above_their_variations(tmp_path):
+    from diffusion_classifiers.models import RepresentationConditionedDiTModel, build_vit_encoder, rc_dit_config
+    from diffusion_classifiers.training import RCDiTJointModel
+    from diffusion_classifiers.training.rc_dit import rc_dit_sample_grid
+
+    torch.manual_seed(0)
+    encoder = build_vit_encoder(16, 1, 24, num_layers=1, num_heads=2, patch_size=4)
+    model = RCDiTJointModel(encoder, RepresentationConditionedDiTModel(**rc_dit_config("tiny", 16, 1, 24))).eval()
+    images = tiny_images(10, size=16)
+    sample_grid = rc_dit_sample_grid(images, DDPMScheduler(), num_images=3, num_inference_steps=2, seed=0)
+    grid = sample_grid(model)
+    assert grid.size == (3 * 64, 2 * 64)
+    index = torch.randperm(10, generator=torch.Generator().manual_seed(0))[:3]
+    top_left = torch.tensor(np.asarray(grid.convert("L")))[0:64:4, 0:64:4]
+    assert torch.equal(top_left, ((images[index[0], 0] + 1) / 2 * 255).round().to(torch.uint8))
+    assert np.array_equal(np.asarray(grid), np.asarray(sample_grid(model)))  # the same references and noise each time

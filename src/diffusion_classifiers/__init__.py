@@ -14,7 +14,11 @@ __version__ = "0.1.0"
 
 from .configuration_diffusion_classifier import DiffusionClassifierConfig
 from .image_processing_diffusion_classifier import DiffusionClassifierImageProcessor
-from .modeling_diffusion_classifier import DiffusionFeaturesForImageClassification, export_unet_feature_pipeline
+from .modeling_diffusion_classifier import (
+    DiffusionFeaturesForImageClassification,
+    export_rc_dit_pipeline,
+    export_unet_feature_pipeline,
+)
 from .models import LinearProbeHead, PrototypeHead, RepresentationConditionedDiTModel
 from .pipelines import (
     ClassifierPipelineOutput,
@@ -40,6 +44,7 @@ _EAGER = [
     "ScoreSDEClassifierOutput",
     "ScoreSDEClassifierPipeline",
     "UNetFeatureClassifierPipeline",
+    "export_rc_dit_pipeline",
     "export_unet_feature_pipeline",
 ]
 
@@ -64,6 +69,16 @@ _LAZY = {
     "stratified_subset_indices": "data",
     "few_label_indices": "data",
     "long_tailed_indices": "data",
+    "stratified_group_split": "data",
+    # medical images: DICOM, windows, 16-bit files
+    "DicomImage": "data",
+    "MedicalPreprocessing": "data",
+    "WINDOW_PRESETS": "data",
+    "Window": "data",
+    "read_16bit_image": "data",
+    "read_dicom": "data",
+    "read_dicom_folder": "data",
+    "window_channels": "data",
     # features, probing and evaluation protocols
     "DiffusionFeatureExtractor": "features",
     "DiTFeatureExtractor": "features",
@@ -91,6 +106,7 @@ _LAZY = {
     "UNetFeatureStudy": "unet_feature_study",
     "run_unet_feature_study": "unet_feature_study",
     "evaluate_classifier": "evaluation",
+    "predict_files": "prediction",
     "classification_metrics": "metrics",
     "clustering_metrics": "metrics",
     "push_to_hub": "hub",

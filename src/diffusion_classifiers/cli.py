@@ -1,6 +1,7 @@
 """`diffusion-classifiers` console script."""
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -16,6 +17,7 @@ DEMO_NUM_TRAIN_TIMESTEPS = 1000
 def build_parser() -> argparse.ArgumentParser:
     from .data import add_data_args
     from .models import UNET_PRESETS
+    from .prediction import add_predict_args
     from .training import add_training_args
     from .unet_feature_study import DEFAULT_TIMESTEPS
 
@@ -40,7 +42,55 @@ def build_parser() -> argparse.ArgumentParser:
         use_ema=True,
         ema_max_decay=0.999,
     )
+    add_positive_class_arg(demo)
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score a saved pipeline or transformers model on a labeled split: metrics.json, report.md, plots",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_evaluate_args(evaluate)
+    predict = commands.add_parser(
+        "predict",
+        help="classify an image / DICOM folder, a CSV of paths or a datasets folder with a saved pipeline: "
+        "predictions.csv or .parquet, errors.csv; resumable; accelerate launch splits it across processes",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_predict_args(predict)
     return parser
+
+
+def add_positive_class_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--positive_class",
+        default=None,
+        help="binary tasks: the class name sensitivity, specificity, positive-class F1, ROC and PR refer to "
+        "(e.g. malignant); default: the model's saved positive_class, else class 1",
+    )
+
+
+def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model_dir", required=True, help="a saved pipeline (model_index.json) or transformers model (config.json)")
+    parser.add_argument("--dataset", default="digits", help="what data.load_image_classification_data reads, or a saved DatasetDict folder")
+    parser.add_argument("--split", default="test", choices=["train", "val", "validation", "test"])
+    parser.add_argument("--output_dir", default="outputs/evaluation", help="where metrics.json, report.md and the PNGs go")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the val split carved from train when the data has none")
+    add_positive_class_arg(parser)
+
+
+def run_evaluate(args: argparse.Namespace) -> dict:
+    from .evaluation import check_evaluation_args, evaluate_classifier, load_classifier, load_evaluation_split
+
+    check_evaluation_args(args.output_dir, args.batch_size)  # before the model and the data are loaded
+    classifier = load_classifier(args.model_dir)
+    dataset = load_evaluation_split(args.dataset, args.split, args.seed)
+    title = f"{os.path.basename(os.path.normpath(args.model_dir))} on {os.path.basename(os.path.normpath(args.dataset))} ({args.split})"
+    metrics = evaluate_classifier(
+        classifier, dataset, args.output_dir, batch_size=args.batch_size, positive_class=args.positive_class, title=title
+    )
+    headline = {k: metrics.get(k) for k in ("accuracy", "macro_f1", "balanced_accuracy", "auc", "positive_class", "sensitivity", "specificity")}
+    print(json.dumps({k: v for k, v in headline.items() if v is not None or k == "auc"} | {"ece": metrics["calibration"]["ece"]}))
+    return metrics
 
 
 def check_demo_args(args: argparse.Namespace):
@@ -61,6 +111,7 @@ def check_demo_args(args: argparse.Namespace):
 
 def run_demo(args: argparse.Namespace) -> dict:
     from .data import load_data_from_args
+    from .metrics import resolve_positive_label
     from .training import train_ddpm_unet
     from .unet_feature_study import run_unet_feature_study, summary_table, write_study_report
 
@@ -68,11 +119,14 @@ def run_demo(args: argparse.Namespace) -> dict:
     training_args = check_demo_args(args)
     splits = load_data_from_args(args)
     print(f"data: {args.dataset}: " + ", ".join(f"{name} {len(split)}" for name, split in splits.items()) + f", {splits['train'].num_classes} classes")
+    resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)  # before training
     unet, scheduler, _ = train_ddpm_unet(
         training_args, splits["train"].images, preset=args.unet_preset, num_train_timesteps=DEMO_NUM_TRAIN_TIMESTEPS
     )
     trained_at = time.time()
-    study = run_unet_feature_study(unet, scheduler, splits, timesteps=args.timesteps, pool=args.pool, seed=args.seed)
+    study = run_unet_feature_study(
+        unet, scheduler, splits, timesteps=args.timesteps, pool=args.pool, seed=args.seed, positive_class=args.positive_class
+    )
     study.pipeline.save_pretrained(os.path.join(args.output_dir, "pipeline"))
     timing = {"train_seconds": round(trained_at - started, 1), "total_seconds": round(time.time() - started, 1)}
     command = "diffusion-classifiers " + shlex.join(sys.argv[1:])
@@ -84,7 +138,8 @@ def run_demo(args: argparse.Namespace) -> dict:
         f"macro-F1 {100 * summary['test_macro_f1']:.2f}%, k-means accuracy {100 * summary['kmeans_accuracy']:.2f}% "
         f"(NMI {summary['kmeans_nmi']:.3f}); {timing['total_seconds']:.0f} s"
     )
-    print(f"wrote {args.output_dir}/report.md, metrics.json, probe_heatmap.png, confusion_matrix.png, pipeline/")
+    plots = "probe_heatmap.png, confusion_matrix.png, reliability.png" + (", roc_pr.png" if "test_positive_class" in summary else "")
+    print(f"wrote {args.output_dir}/report.md, metrics.json, {plots}, pipeline/; unet_training/ (loss_curve.png, samples/)")
     return metrics
 
 
@@ -92,6 +147,12 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         run_demo(args)
+    elif args.command == "evaluate":
+        run_evaluate(args)
+    elif args.command == "predict":
+        from .prediction import run_predict
+
+        run_predict(args)
 
 
 if __name__ == "__main__":

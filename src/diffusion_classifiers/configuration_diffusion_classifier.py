@@ -6,7 +6,9 @@ from transformers import PretrainedConfig
 
 __all__ = ["BACKBONE_TYPES", "DiffusionClassifierConfig"]
 
-BACKBONE_TYPES = ("unet",)
+# "unet": a diffusers `UNet2DModel` read at one block and timestep; "encoder": the RC-DiT encoder (a transformers
+# vision model, `ViTModel` or `Dinov2Model`) whose representation r is the feature.
+BACKBONE_TYPES = ("unet", "encoder")
 
 
 class DiffusionClassifierConfig(PretrainedConfig):
@@ -15,13 +17,17 @@ class DiffusionClassifierConfig(PretrainedConfig):
     it, and a linear head. `id2label` / `label2id` travel here as for every transformers classifier.
 
     Args:
-        backbone_type (`str`): `"unet"`, a diffusers `UNet2DModel` (the RC-DiT encoder plugs in here later).
-        backbone_config (`dict`): the backbone's diffusers config (`UNet2DModel.config`).
-        scheduler_config (`dict`): the `DDPMScheduler` config that defines the noising at `feature_timestep`.
-        feature_block (`str`), feature_timestep (`int`), feature_pool (`"mean"`, `"2x2"` or `None`): the feature.
-        noise_seed (`int`), num_noise_draws (`int`): the fixed noise the feature is computed with.
+        backbone_type (`str`): `"unet"`, a diffusers `UNet2DModel` read at `feature_block` / `feature_timestep`, or
+            `"encoder"`, the RC-DiT's transformers encoder whose representation r (`encode_representation`) is the
+            feature.
+        backbone_config (`dict`): the backbone's config (`UNet2DModel.config`, or the encoder's `config.to_dict()`).
+        scheduler_config (`dict`): the `DDPMScheduler` config that defines the noising at `feature_timestep` (U-Net).
+        feature_block (`str`), feature_timestep (`int`), feature_pool (`"mean"`, `"2x2"` or `None`): the U-Net
+            feature.
+        noise_seed (`int`), num_noise_draws (`int`): the fixed noise the U-Net feature is computed with.
         feature_size (`int`): the pooled feature's dimension (the linear head's input).
         freeze_backbone (`bool`): keep the backbone's parameters out of training (`requires_grad=False`).
+        positive_class (`str`, *optional*): for a binary task, the class (an `id2label` name) its metrics refer to.
     """
 
     model_type = "diffusion-classifier"
@@ -38,6 +44,7 @@ class DiffusionClassifierConfig(PretrainedConfig):
         num_noise_draws: int = 1,
         feature_size: int = 1,
         freeze_backbone: bool = True,
+        positive_class: Optional[str] = None,
         **kwargs,
     ):
         if backbone_type not in BACKBONE_TYPES:
@@ -53,3 +60,7 @@ class DiffusionClassifierConfig(PretrainedConfig):
         self.feature_size = feature_size
         self.freeze_backbone = freeze_backbone
         super().__init__(**kwargs)
+        if positive_class is not None and positive_class not in self.id2label.values():
+            labels = list(self.id2label.values())
+            raise ValueError(f"positive_class: expected one of the labels {labels}, got {positive_class!r}")
+        self.positive_class = positive_class

@@ -1,23 +1,38 @@
-"""Evaluate any classifier of the library on a `datasets` split: metrics.json, confusion matrix, reliability diagram.
+"""Evaluate any classifier of the library on a `datasets` split: metrics.json, report.md and the plots.
 
-Works for the diffusers pipelines and for transformers image-classification models (the exported head); labels
-are matched to the model's by name, so a dataset whose ClassLabel order differs is still scored correctly.
+`evaluate_classifier` is the one evaluation entry (the CLI's `diffusion-classifiers evaluate` and
+`examples/evaluate.py` call it). It works for the diffusers pipelines and for transformers image-classification
+models (the exported head); labels are matched to the model's by name, so a dataset whose ClassLabel order differs
+is still scored correctly. Binary tasks are scored for their positive class (the model's saved `positive_class`
+unless another is given).
 """
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from .data import read_classification_split
-from .metrics import calibration_metrics, classification_metrics
-from .plots import plot_confusion_matrix, plot_reliability
+from .data import load_image_classification_data, read_classification_split, to_datasets
+from .metrics import calibration_metrics, classification_metrics, resolve_positive_label
 from .validation import check_writable_dir
 
-__all__ = ["check_evaluation_args", "evaluate_classifier", "image_classification_evaluator", "load_classifier", "load_metric", "map_labels_by_name", "write_evaluation", "METRIC_MODULE"]
+__all__ = [
+    "METRIC_MODULE",
+    "check_evaluation_args",
+    "evaluate_classifier",
+    "evaluate_compatible_transformers",
+    "load_classifier",
+    "load_evaluation_split",
+    "load_metric",
+    "map_labels_by_name",
+    "render_evaluation_report",
+    "saved_positive_class",
+    "write_evaluation",
+]
 
 METRIC_MODULE = str(Path(__file__).parent / "evaluate_metrics" / "diffusion_classifier_metrics.py")
 
@@ -29,18 +44,24 @@ def load_metric():
     return evaluate.load(METRIC_MODULE)
 
 
-def image_classification_evaluator():
-    """`evaluate.evaluator("image-classification")`, usable with transformers 5.
+@contextmanager
+def evaluate_compatible_transformers() -> Iterator[None]:
+    """Inside this block, `evaluate.evaluator(...).compute(...)` (evaluate 0.4.6) runs with transformers 5.
 
-    evaluate 0.4.6 tests `isinstance(model, transformers.TFPreTrainedModel)`, a class transformers 5 removed with its
-    TensorFlow support; a placeholder that nothing is an instance of keeps that test False instead of raising.
+    evaluate's `compute` tests `isinstance(model, transformers.TFPreTrainedModel)`, a class transformers 5 removed
+    with its TensorFlow support. A placeholder that nothing is an instance of keeps that test False; it is removed
+    again when the block ends, so nothing outside the block sees it.
     """
-    import evaluate
     import transformers
 
-    if not hasattr(transformers, "TFPreTrainedModel"):
+    added = "TFPreTrainedModel" not in dir(transformers)
+    if added:
         transformers.TFPreTrainedModel = type("TFPreTrainedModel", (), {})
-    return evaluate.evaluator("image-classification")
+    try:
+        yield
+    finally:
+        if added:
+            del transformers.TFPreTrainedModel
 
 
 def load_classifier(path: str):
@@ -106,6 +127,27 @@ def check_evaluation_args(output_dir: Optional[str], batch_size: int) -> None:
         check_writable_dir(output_dir)
 
 
+def saved_positive_class(classifier) -> Optional[str]:
+    """The positive class a pipeline (`pipe.positive_class`) or a transformers model (`config.positive_class`) was
+    saved with, or None."""
+    return getattr(classifier, "positive_class", None) or getattr(getattr(classifier, "config", None), "positive_class", None)
+
+
+def load_evaluation_split(dataset: str, split: str = "test", seed: int = 0):
+    """The `split` of `dataset` as a `datasets.Dataset`: a folder saved with `DatasetDict.save_to_disk`, or what
+    `data.load_image_classification_data` reads (digits, a MedMNIST .npz, IDX files, an image folder, ...), whose
+    val split is carved from train with `seed` when the data has none."""
+    if split not in ("train", "val", "validation", "test"):
+        raise ValueError(f"split: expected 'train', 'val', 'validation' or 'test', got {split!r}")
+    if os.path.isfile(os.path.join(dataset, "dataset_dict.json")):
+        from datasets import load_from_disk
+
+        return load_from_disk(dataset)[split]
+    splits = load_image_classification_data(dataset, seed=seed)
+    name = "val" if split == "validation" else split
+    return to_datasets({name: splits[name]})["validation" if name == "val" else name]
+
+
 def evaluate_classifier(
     classifier,
     dataset,
@@ -114,26 +156,85 @@ def evaluate_classifier(
     label_column: Optional[str] = None,
     batch_size: int = 64,
     image_processor=None,
+    positive_class: Optional[str] = None,
+    title: Optional[str] = None,
 ) -> dict:
-    """Score `classifier` (pipeline, transformers model or saved folder) on a `datasets.Dataset` with an Image and a
-    ClassLabel column. Writes `metrics.json`, `confusion_matrix.png` and `reliability.png` into `output_dir`."""
+    r"""
+    Score `classifier` on a `datasets.Dataset` with an Image and a ClassLabel column.
+
+    Args:
+        classifier: a classifier pipeline, a transformers image-classification model, or a saved folder of either.
+        dataset (`datasets.Dataset`): the split to score; its label names must be the model's (any order).
+        output_dir (`str`, *optional*): where to write `metrics.json`, `report.md`, `confusion_matrix.png`,
+            `reliability.png` and, for binary tasks, `roc_pr.png`.
+        image_column, label_column (`str`, *optional*): default to the dataset's Image and ClassLabel columns.
+        batch_size (`int`, *optional*, defaults to 64): images per forward pass.
+        image_processor (*optional*): for a transformers model; defaults to the one saved with it.
+        positive_class (`str`, *optional*): binary tasks: the class sensitivity, specificity, positive-class F1,
+            ROC and PR refer to; defaults to the model's saved `positive_class`, else class 1.
+        title (`str`, *optional*): the report's and the plots' title; defaults to the model's class.
+
+    Returns:
+        `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`.
+    """
     check_evaluation_args(output_dir, batch_size)
     if isinstance(classifier, (str, os.PathLike)):
         classifier = load_classifier(str(classifier))
     predict, model_names = _predictor(classifier, image_processor)
+    positive_class = positive_class if positive_class is not None else saved_positive_class(classifier)
+    positive_label = resolve_positive_label(positive_class, model_names, len(model_names))  # before any image is read
     images, dataset_labels, dataset_names = read_classification_split(dataset, image_column, label_column)
     y_true = map_labels_by_name(dataset_names, model_names)[dataset_labels]
     probs = torch.cat([predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
-    metrics = classification_metrics(y_true, probs.argmax(-1), probs=probs, class_names=model_names)
+    metrics = classification_metrics(
+        y_true, probs.argmax(-1), probs=probs, class_names=model_names, positive_label=positive_label
+    )
     metrics["calibration"] = calibration_metrics(y_true, probs)
     if output_dir is not None:
-        write_evaluation(metrics, model_names, output_dir)
+        write_evaluation(metrics, model_names, output_dir, y_true, probs, title or f"{type(classifier).__name__} evaluation")
     return metrics
 
 
-def write_evaluation(metrics: dict, class_names: List[str], output_dir: str) -> None:
+def write_evaluation(metrics: dict, class_names: List[str], output_dir: str, y_true, probs, title: str = "Evaluation") -> None:
+    """Write `metrics.json`, `report.md`, `confusion_matrix.png`, `reliability.png` and (binary tasks with both
+    classes present) `roc_pr.png` for the labels `y_true` and class probabilities `probs` the metrics came from."""
+    from .plots import plot_confusion_matrix, plot_reliability, plot_roc_pr
+
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
-    plot_confusion_matrix(metrics["confusion_matrix"], class_names, os.path.join(output_dir, "confusion_matrix.png"))
-    plot_reliability(metrics["calibration"], os.path.join(output_dir, "reliability.png"))
+    probs = np.asarray(probs, dtype=np.float64)
+    plots = ["confusion_matrix.png", "reliability.png"]
+    plot_confusion_matrix(metrics["confusion_matrix"], class_names, os.path.join(output_dir, plots[0]), title=f"{title}: confusion matrix")
+    plot_reliability(y_true, probs, os.path.join(output_dir, plots[1]), title=f"{title}: reliability")
+    if "positive_class" in metrics and metrics.get("auc") is not None:
+        positive_label = class_names.index(metrics["positive_class"])
+        plot_roc_pr(
+            y_true, probs.argmax(1), probs[:, positive_label], os.path.join(output_dir, "roc_pr.png"),
+            positive_label=positive_label, class_names=class_names, title=title,
+        )  # fmt: skip
+        plots.append("roc_pr.png")
+    with open(os.path.join(output_dir, "report.md"), "w") as f:
+        f.write(render_evaluation_report(metrics, title, plots))
+
+
+def render_evaluation_report(metrics: dict, title: str, plots: List[str]) -> str:
+    """Markdown: the headline metrics (the positive class named for binary tasks), per-class table, the plots."""
+    auc = "n/a" if metrics.get("auc") is None else f"{metrics['auc']:.4f}"
+    lines = [f"# {title}", "", f"{metrics['num_samples']} images.", "", "| metric | value |", "| --- | ---: |"]
+    lines += [f"| accuracy | {100 * metrics['accuracy']:.2f}% |", f"| macro-F1 | {100 * metrics['macro_f1']:.2f}% |"]
+    lines += [f"| balanced accuracy | {100 * metrics['balanced_accuracy']:.2f}% |", f"| AUC | {auc} |"]
+    lines += [f"| ECE | {metrics['calibration']['ece']:.4f} |"]
+    if "positive_class" in metrics:
+        positive = metrics["positive_class"]
+        lines[2] = f"{metrics['num_samples']} images; positive class: **{positive}**."
+        lines += [
+            f"| sensitivity (recall of {positive}) | {100 * metrics['sensitivity']:.2f}% |",
+            f"| specificity | {100 * metrics['specificity']:.2f}% |",
+            f"| F1 of {positive} | {100 * metrics['positive_f1']:.2f}% |",
+        ]
+    lines += ["", "| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
+    for name, row in metrics["per_class"].items():
+        lines.append(f"| {name} | {100 * row['precision']:.2f}% | {100 * row['recall']:.2f}% | {100 * row['f1']:.2f}% | {row['support']} |")
+    lines += ["", " ".join(f"![{name[:-4].replace('_', ' ')}]({name})" for name in plots)]
+    return "\n".join(lines) + "\n"

@@ -81,6 +81,11 @@ def make_noise(num_noise_draws: int, image_shape: Sequence[int], noise_seed: int
     return torch.randn((num_noise_draws, *image_shape), generator=torch.Generator().manual_seed(noise_seed))
 
 
+def _progress_bar(config: Optional[dict], num_images: int, desc: str) -> tqdm:
+    """A `tqdm.auto` bar over `num_images` images, with the caller's `config` (tqdm arguments) on top."""
+    return tqdm(**{"total": num_images, "desc": desc, "unit": "image", **(config or {})})
+
+
 def _check_scheduler(scheduler) -> None:
     if not hasattr(scheduler, "add_noise") or "num_train_timesteps" not in scheduler.config:
         raise TypeError(f"expected a diffusers noise scheduler such as DDPMScheduler, got {type(scheduler).__name__}")
@@ -227,7 +232,7 @@ class DiffusionFeatureExtractor:
         noise_seed: int = 0,
         num_noise_draws: int = 1,
         batch_size: int = 64,
-        show_progress: bool = False,
+        progress_bar: Optional[dict] = None,
         early_stop: bool = True,
     ) -> Dict[FeatureKey, torch.Tensor]:
         r"""
@@ -245,7 +250,8 @@ class DiffusionFeatureExtractor:
                 on its image, not on `batch_size` or the other images in the call.
             num_noise_draws (`int`): pooled features are averaged over this many noise draws.
             batch_size (`int`): images per forward pass (the forward batch is `batch_size * len(timesteps)`).
-            show_progress (`bool`): show a tqdm bar over batches.
+            progress_bar (`dict`, *optional*): `tqdm` arguments for the bar over images (advanced per batch);
+                `{"disable": True}` hides it.
             early_stop (`bool`): stop each forward after the deepest requested block (same features, less work).
 
         Returns:
@@ -258,10 +264,12 @@ class DiffusionFeatureExtractor:
         _check_images(images, config.in_channels, _as_hw(config.sample_size), "unet sample_size")
         noise = make_noise(num_noise_draws, images.shape[1:], noise_seed)
         chunks = {(b, t): [] for b in blocks for t in timesteps}
-        with _eval_mode(self.unet):
-            for batch in tqdm(images.split(batch_size), desc="Extracting features", disable=not show_progress):
+        bar = _progress_bar(progress_bar, len(images), "U-Net features")
+        with _eval_mode(self.unet), bar:
+            for batch in images.split(batch_size):
                 for key, value in self.features_for_batch(batch, blocks, timesteps, pool, noise, early_stop).items():
                     chunks[key].append(value.float().cpu())
+                bar.update(len(batch))
         return {key: torch.cat(values) for key, values in chunks.items()}
 
     def features_for_batch(
@@ -401,6 +409,7 @@ class DiTFeatureExtractor:
         representation: str = "encoder",
         pool: Optional[str] = "mean",
         batch_size: int = 64,
+        progress_bar: Optional[dict] = None,
     ) -> Dict[FeatureKey, torch.Tensor]:
         r"""
         Pooled activations of each requested block at each requested timestep.
@@ -417,6 +426,8 @@ class DiTFeatureExtractor:
             pool (`"mean"`, `"2x2"` or `None`): over the patch grid: the mean token (`[N, hidden_size]`), a 2x2
                 average grid (`[N, 4 * hidden_size]`) or all tokens flattened (`[N, num_patches * hidden_size]`).
             batch_size (`int`, *optional*, defaults to 64): images per forward pass.
+            progress_bar (`dict`, *optional*): `tqdm` arguments for the bar over images (advanced per batch);
+                `{"disable": True}` hides it.
 
         Returns:
             `dict[tuple[str, int], torch.Tensor]`: `(dit_block_name(i), t) -> float32 CPU tensor [N, D]`, e.g.
@@ -433,11 +444,13 @@ class DiTFeatureExtractor:
 
         noise = make_noise(1, (config.in_channels, config.sample_size, config.sample_size), noise_seed)
         chunks = {(dit_block_name(i), t): [] for t in timesteps for i in block_indices}
-        with _eval_mode(self.encoder, self.transformer, self.vae):
+        bar = _progress_bar(progress_bar, len(images), "DiT features")
+        with _eval_mode(self.encoder, self.transformer, self.vae), bar:
             for batch in images.split(batch_size):
                 features = self.features_for_batch(batch, timesteps, block_indices, representation, pool, noise)
                 for key, value in features.items():
                     chunks[key].append(value.float().cpu())
+                bar.update(len(batch))
         return {key: torch.cat(parts) for key, parts in chunks.items()}
 
     def features_for_batch(

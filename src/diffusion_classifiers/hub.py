@@ -9,6 +9,7 @@ import json
 import math
 import numbers
 import os
+import shutil
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
@@ -39,6 +40,7 @@ __all__ = [
     "push_to_hub",
     "render_dataset_card",
     "render_model_card",
+    "write_dry_run",
 ]
 
 METHODS = ("unet_features", "score_sde", "rc_dit")
@@ -143,7 +145,7 @@ def render_model_card(
     library_name: str = "diffusers",
     class_names: Optional[List[str]] = None,
     model_description: Optional[str] = None,
-    medical: bool = True,
+    medical: bool = False,
     template_path: Optional[Union[str, Path]] = None,
 ) -> ModelCard:
     """The model card of a classifier trained with `method` (one of `METHODS`).
@@ -155,8 +157,9 @@ def render_model_card(
         metrics: `{metric: value}` measured on `dataset_split`, e.g. `load_eval_metrics("metrics.json")`.
         training_command, evaluation_command: the exact commands that produced the weights and the metrics.
         license: the model's licence (a Hub licence id). `library_name`: "diffusers" for a saved pipeline,
-            "transformers" for an exported transformers model (see `library_name_of`).
-        medical: add the "not a diagnostic device" warning (keep it for any medical imaging data).
+            "transformers" for an exported transformers model (see `library_name_of`); the usage snippet loads it
+            with that library (`trust_remote_code=True` runs the code saved with it, or the installed package's).
+        medical: add the "not a diagnostic device" warning and the "medical" tag (set it for medical imaging data).
         template_path: a custom Jinja template (default: `hub_cards/model_card_<method>.md`).
 
     Raises `ValueError` naming every required field that is missing or empty.
@@ -171,7 +174,7 @@ def render_model_card(
         license=license,
         library_name=library_name,
         pipeline_tag="image-classification",
-        tags=["diffusers", "image-classification", "diffusion-classifiers", method] + (["medical"] if medical else []),
+        tags=[library_name, "image-classification", "diffusion-classifiers", method] + (["medical"] if medical else []),
         datasets=[dataset_id] if dataset_id else None,
         metrics=sorted({result.metric_type for result in eval_results}),
         eval_results=eval_results,
@@ -207,7 +210,7 @@ def render_dataset_card(
     splits: Dict[str, int],
     preparation_command: str,
     citation: Optional[str] = None,
-    medical: bool = True,
+    medical: bool = False,
     template_path: Optional[Union[str, Path]] = None,
 ) -> DatasetCard:
     """The dataset card of an image-classification dataset.
@@ -217,7 +220,7 @@ def render_dataset_card(
         description: what the images are. `source`: where they come from (URL or reference).
         class_names: the label names, in label-id order. `splits`: `{split: number of images}`.
         preparation_command: the exact command that produced the files. `citation`: BibTeX to cite (optional).
-        medical: add the "not for diagnostic use" warning.
+        medical: add the "not for diagnostic use" warning and the "medical" tag (set it for medical imaging data).
 
     Raises `ValueError` naming every required field that is missing or empty.
     """
@@ -280,6 +283,32 @@ def _commit_operations(local_dir: Path, card: Optional[Union[ModelCard, DatasetC
     if card is not None:
         operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
     return operations
+
+
+def write_dry_run(
+    local_dir: Union[str, os.PathLike],
+    output_dir: Union[str, os.PathLike],
+    *,
+    card: Optional[Union[ModelCard, DatasetCard]] = None,
+    repo_type: str = "model",
+) -> Path:
+    """Write to `output_dir` exactly the files `push_to_hub(local_dir, ..., card=card)` would upload, `card` as its
+    README.md, without any network. `output_dir` must be new or empty and outside `local_dir`, which is only read."""
+    local_dir, output_dir = Path(local_dir), Path(output_dir)
+    if repo_type == "model":
+        library_name_of(local_dir)
+    if output_dir.resolve().is_relative_to(local_dir.resolve()):
+        raise ValueError(f"{output_dir}: expected a dry-run folder outside the model folder {local_dir}")
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise FileExistsError(f"{output_dir}: expected a new or empty folder for the dry run, found files in it")
+    for operation in _commit_operations(local_dir, card):
+        target = output_dir / operation.path_in_repo
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(operation.path_or_fileobj, bytes):
+            target.write_bytes(operation.path_or_fileobj)
+        else:
+            shutil.copyfile(operation.path_or_fileobj, target)
+    return output_dir
 
 
 def push_to_hub(

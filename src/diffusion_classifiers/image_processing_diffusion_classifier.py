@@ -6,6 +6,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_backends import PilBackend
 
 from .data import preprocess_images
+from .remote_code import write_remote_code
 
 __all__ = ["DiffusionClassifierImageProcessor"]
 
@@ -26,6 +27,25 @@ class DiffusionClassifierImageProcessor(PilBackend):
         super().__init__(**kwargs)
         self.image_size = image_size
         self.num_channels = num_channels
+
+    def to_dict(self) -> dict:
+        # No `image_processor_type`: `AutoImageProcessor` then finds this class through the model's config.json
+        # (its registered config class, or `auto_map` with `trust_remote_code=True`). With the type named here
+        # transformers would also guess a "DiffusionClassifierVideoProcessor" and ask whether to run remote code
+        # for it, even with this package imported.
+        output = super().to_dict()
+        output.pop("image_processor_type", None)
+        return output
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """transformers' `save_pretrained`, plus the code that loading it with `trust_remote_code=True` needs without
+        this package (`remote_code.write_remote_code`; `AutoImageProcessor` finds it through the model's
+        `config.json`, see `DiffusionClassifierPreTrainedModel.save_pretrained`)."""
+        if push_to_hub:  # transformers would upload only the files its own save writes, not the code
+            raise ValueError("push_to_hub=True: call `processor.push_to_hub(repo_id)`, which uploads the code too")
+        saved = super().save_pretrained(save_directory, **kwargs)
+        write_remote_code(save_directory, [type(self)])
+        return saved
 
     def preprocess(
         self, images, return_tensors: Optional[str] = "pt", input_data_format: Optional[str] = None, **kwargs

@@ -21,9 +21,14 @@ Conventions:
 - NFE: one epsilon evaluation of one image for one class at one time = 1 network function evaluation.
 - Seeds: everything random about image `i` (Hutchinson probes, stratified timesteps, noise) comes from its own
   stream `SeedSequence(seed, spawn_key=(i, ...))`, so the numbers depend on the image's position in the call and
-  the seed, never on batch sizes, the other images' values or which classes are still alive.
+  the seed, never on batch sizes, the other images' values or which classes are still alive. With one seed per
+  image from [`content_seeds`] they depend on the image's own values and the seed alone: not on its position.
+- Progress: `progress_bar` is a dict of `tqdm.auto.tqdm` arguments (`{"disable": True}` silences the bar;
+  `ScoreSDEClassifierPipeline` passes those of its `set_progress_bar_config`). An unknown key raises tqdm's
+  `TqdmKeyError`.
 """
 
+import hashlib
 import math
 import numbers
 from dataclasses import dataclass
@@ -32,6 +37,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 from scipy import stats
+from tqdm.auto import tqdm
 
 from .validation import check_finite_rows
 
@@ -46,6 +52,7 @@ __all__ = [
     "VPSDE",
     "as_eps_model",
     "bits_per_dim",
+    "content_seeds",
     "denoising_error_scores",
     "probability_flow_log_likelihood",
 ]
@@ -215,6 +222,25 @@ def _image_seeds(seed: Seed, num_images: int) -> List[np.random.SeedSequence]:
     return [np.random.SeedSequence(int(s)) for s in seed]
 
 
+def content_seeds(images: torch.Tensor, seed: int = 0) -> List[int]:
+    """One seed per image from `seed` and the SHA-256 of the image's values (as float32), for the scorers' `seed`:
+    an image then gets the same probes, timesteps and noise alone, in any batch and at any position (identical
+    images get identical draws)."""
+    if not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed: expected an int, got {seed!r}")
+    prefix = f"{int(seed)}:".encode()
+    return [
+        int.from_bytes(hashlib.sha256(prefix + image.detach().float().cpu().numpy().tobytes()).digest()[:8], "little")
+        >> 1
+        for image in images
+    ]
+
+
+def _progress_bar(config: Optional[dict], **defaults) -> tqdm:
+    """A `tqdm.auto` bar from the `defaults` overridden by the caller's `config` (tqdm arguments)."""
+    return tqdm(**{**defaults, **(config or {})})
+
+
 def _generator(stream: np.random.SeedSequence, *key: int) -> torch.Generator:
     child = np.random.SeedSequence(stream.entropy, spawn_key=stream.spawn_key + key)
     return torch.Generator().manual_seed(int(child.generate_state(1, np.uint64)[0]) >> 1)
@@ -302,10 +328,12 @@ def _heun_step(f, t, y, h):
     return y + h / 2 * (k1 + k2)
 
 
-def _solve_fixed(f, y: torch.Tensor, grid: torch.Tensor, solver: str) -> torch.Tensor:
+def _solve_fixed(f, y: torch.Tensor, grid: torch.Tensor, solver: str, on_step: Callable[[float], None]) -> torch.Tensor:
+    """Steps along `grid`; `on_step(fraction of the steps done)` after each."""
     step = _rk4_step if solver == "rk4" else _heun_step
-    for t0, t1 in zip(grid[:-1], grid[1:]):
+    for i, (t0, t1) in enumerate(zip(grid[:-1], grid[1:])):
         y = step(f, t0, y, t1 - t0)
+        on_step((i + 1) / (len(grid) - 1))
     return y
 
 
@@ -330,9 +358,12 @@ def _error_norm(err, y0, y1, rtol, atol) -> torch.Tensor:
     return torch.maximum(ratio[:, :-1].pow(2).mean(1).sqrt(), ratio[:, -1]).max()
 
 
-def _solve_dopri5(f, y: torch.Tensor, t0: float, t1: float, rtol: float, atol: float) -> torch.Tensor:
+def _solve_dopri5(
+    f, y: torch.Tensor, t0: float, t1: float, rtol: float, atol: float, on_step: Callable[[float], None]
+) -> torch.Tensor:
     """Adaptive Dormand-Prince RK45 with the standard controller `h *= clip(0.9 err^-1/5, 0.2, 10)`, the first step
-    from Hairer, Norsett & Wanner (1993, II.4), first-same-as-last (6 evaluations per attempted step)."""
+    from Hairer, Norsett & Wanner (1993, II.4), first-same-as-last (6 evaluations per attempted step);
+    `on_step(fraction of [t0, t1] done)` after each accepted step."""
     def time(s: float) -> torch.Tensor:
         return torch.tensor(s, dtype=y.dtype, device=y.device)
 
@@ -355,6 +386,7 @@ def _solve_dopri5(f, y: torch.Tensor, t0: float, t1: float, rtol: float, atol: f
             raise RuntimeError(f"dopri5 got a non-finite state at t={t}: check the model's output")
         if error <= 1:
             t, y, k1 = t1 if last else t + h, y_new, ks[-1]
+            on_step((t - t0) / (t1 - t0))
         h *= min(10.0, max(0.2, 0.9 * max(error, 1e-10) ** -0.2))
     return y
 
@@ -404,6 +436,7 @@ def probability_flow_log_likelihood(
     seed: Seed = 0,
     batch_size: int = 64,
     sde: Optional[VPSDE] = None,
+    progress_bar: Optional[dict] = None,
 ) -> LikelihoodResult:
     r"""
     `log p(x | c)` of every image under every class through the probability-flow ODE of the VP-SDE:
@@ -447,10 +480,13 @@ def probability_flow_log_likelihood(
             direction (scale 0.003) put `"quadratic"` 55x further off than `"log_snr"`. For a stiffer model, check
             the default against `solver="dopri5"` on a few images.
         num_probes, exact_trace: the divergence estimator.
-        seed: an int (image `i` uses stream `(seed, i)`) or one seed per image.
+        seed: an int (image `i` uses stream `(seed, i)`) or one seed per image (e.g. [`content_seeds`], for
+            results that do not depend on the image's position).
         batch_size: images per ODE solve. Fixed-step results do not depend on it; dopri5 results agree within the
             tolerance.
         sde: the [`VPSDE`] (default: `DDPMScheduler`'s default schedule).
+        progress_bar: `tqdm` arguments for the bar over images, advanced at every solver step (images/s and the
+            NFE per image so far shown); `{"disable": True}` hides it.
 
     Returns:
         [`LikelihoodResult`].
@@ -460,13 +496,20 @@ def probability_flow_log_likelihood(
     eps_fn, class_ids = as_eps_model(eps_model, sde), _class_ids(classes, eps_model, images.device)
     streams, num_classes = _image_seeds(seed, len(images)), len(class_ids)
     log_likelihood, nfe = [], []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        probes = None if exact_trace else _rademacher(streams[start : start + len(batch)], num_probes, batch)
-        log_p, evaluations = _solve_log_likelihood(eps_fn, sde, batch, class_ids, probes, solver, num_steps,
-                                                   step_spacing, rtol, atol)
-        log_likelihood.append(log_p.view(len(batch), num_classes))
-        nfe += [evaluations * num_classes] * len(batch)
+    with _progress_bar(progress_bar, total=len(images), desc="Probability-flow ODE", unit="image",
+                       unit_scale=True) as bar:
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            probes = None if exact_trace else _rademacher(streams[start : start + len(batch)], num_probes, batch)
+
+            def on_step(fraction: float, start=start, size=len(batch)) -> None:
+                bar.update(start + size * fraction - bar.n)
+
+            log_p, evaluations = _solve_log_likelihood(eps_fn, sde, batch, class_ids, probes, solver, num_steps,
+                                                       step_spacing, rtol, atol, on_step)
+            log_likelihood.append(log_p.view(len(batch), num_classes))
+            nfe += [evaluations * num_classes] * len(batch)
+            bar.set_postfix(nfe_per_image=nfe[-1], refresh=False)
     log_likelihood = torch.cat(log_likelihood).cpu()
     return LikelihoodResult(log_likelihood, bits_per_dim(log_likelihood, images[0].numel()), torch.tensor(nfe))
 
@@ -477,9 +520,10 @@ def _rademacher(streams, num_probes: int, batch: torch.Tensor) -> torch.Tensor:
     return (2 * torch.stack(draws) - 1).to(batch)
 
 
-def _solve_log_likelihood(eps_fn, sde, batch, class_ids, probes, solver, num_steps, step_spacing, rtol, atol):
+def _solve_log_likelihood(eps_fn, sde, batch, class_ids, probes, solver, num_steps, step_spacing, rtol, atol,
+                          on_step):
     """Solve one batch (rows image-major: row `i K + k` is image `i`, class `k`); returns `log p` `[B K]` and the
-    number of right-hand-side evaluations."""
+    number of right-hand-side evaluations; `on_step(fraction done)` after every solver step."""
     num_classes = len(class_ids)
     x = batch.repeat_interleave(num_classes, 0)
     labels = class_ids.repeat(len(batch))
@@ -494,9 +538,9 @@ def _solve_log_likelihood(eps_fn, sde, batch, class_ids, probes, solver, num_ste
 
     y = torch.cat([x.flatten(1), x.new_zeros(len(x), 1)], 1)
     if solver == "dopri5":
-        y = _solve_dopri5(counted, y, sde.t_min, 1.0, rtol, atol)
+        y = _solve_dopri5(counted, y, sde.t_min, 1.0, rtol, atol, on_step)
     else:
-        y = _solve_fixed(counted, y, _time_grid(sde, num_steps, step_spacing, y), solver)
+        y = _solve_fixed(counted, y, _time_grid(sde, num_steps, step_spacing, y), solver, on_step)
     x1, delta = y[:, :-1], y[:, -1]
     prior = -0.5 * (x1.pow(2).sum(1) + x1.shape[1] * math.log(2 * math.pi))
     return prior + delta, evaluations
@@ -588,11 +632,11 @@ def _stages(num_timesteps, num_classes, pruning, early_stop_confidence, timestep
     return [(int(count), int(keep)) for count, keep in pruning]
 
 
-def _fill_errors(eps_fn, sde, images, class_ids, timesteps, streams, errors, rows, weighting, max_batch_size):
+def _fill_errors(eps_fn, sde, images, class_ids, timesteps, streams, errors, rows, weighting, max_batch_size, bar):
     r"""
     `errors[i, k, p] = w(t) ||eps - eps_fn(alpha(t) x_i + sigma(t) eps, t, c_k)||^2` for each row `(i, p, k)`, with
     `t = timesteps[i, p]` and `eps ~ N(0, I)` drawn from image `i`'s stream at position `p` (shared by all classes),
-    `max_batch_size` rows per model call.
+    `max_batch_size` rows per model call, each call advancing the progress `bar` by its rows.
     """
     if len(rows) == 0:  # every image stopped early: nothing to evaluate
         return
@@ -605,6 +649,7 @@ def _fill_errors(eps_fn, sde, images, class_ids, timesteps, streams, errors, row
         x_t = _as_column(sde.alpha(t), noise) * images[i] + _as_column(sde.sigma(t), noise) * noise
         squared = (noise - eps_fn(x_t, t, class_ids[k])).pow(2).flatten(1).sum(1)
         errors[i, k, p] = (squared * _weight(sde, t, weighting)).to(errors)
+        bar.update(len(chunk))
 
 
 def _weight(sde: VPSDE, t: torch.Tensor, weighting: str) -> torch.Tensor:
@@ -638,6 +683,7 @@ def denoising_error_scores(
     seed: Seed = 0,
     max_batch_size: int = 256,
     sde: Optional[VPSDE] = None,
+    progress_bar: Optional[dict] = None,
 ) -> DenoisingScoreResult:
     r"""
     Class scores from the weighted denoising error `E_{t, eps} [w(t) ||eps - eps_theta(x_t, t, c)||^2]`,
@@ -674,10 +720,13 @@ def denoising_error_scores(
         images: `[N, ...]` in [-1, 1], moved to the model's device. For a diffusers model
             `[N, in_channels, sample_size, sample_size]`: other sizes are refused, not resized.
         classes: `K` (classes `0..K-1`) or the class ids to score, in column order.
-        seed: an int (image `i` uses stream `(seed, i)`) or one seed per image: results do not depend on
-            `max_batch_size`, and the same timesteps and noise are drawn with and without pruning or early stop.
+        seed: an int (image `i` uses stream `(seed, i)`) or one seed per image (e.g. [`content_seeds`], for
+            results that do not depend on the image's position): results do not depend on `max_batch_size`, and the
+            same timesteps and noise are drawn with and without pruning or early stop.
         max_batch_size: rows `(image, timestep, class)` per model call.
         sde: the [`VPSDE`] (default: `DDPMScheduler`'s default schedule).
+        progress_bar: `tqdm` arguments for the bar over network function evaluations, advanced at every model
+            call (its total is the NFE without early stop); `{"disable": True}` hides it.
 
     Returns:
         [`DenoisingScoreResult`].
@@ -697,16 +746,20 @@ def denoising_error_scores(
     alive = torch.ones(errors.shape[:2], dtype=torch.bool)
     active = torch.ones(len(images), dtype=torch.bool)
     done = 0
-    for count, keep in stages:
-        todo = torch.zeros(errors.shape[0], num_timesteps, errors.shape[1], dtype=torch.bool)
-        todo[:, done : done + count] = (alive & active[:, None])[:, None]
-        _fill_errors(eps_fn, sde, images, class_ids, timesteps, streams, errors, todo.nonzero(), weighting,
-                     max_batch_size)
-        done += count
-        partial_scores = -errors.nanmean(2)
-        best = partial_scores.masked_fill(~alive, -math.inf).topk(keep, dim=1).indices
-        alive = torch.zeros_like(alive).scatter_(1, best, True)
-        if early_stop_confidence is not None:
-            active &= ~_sign_settled((errors[:, 0] - errors[:, 1])[:, :done], early_stop_confidence)
+    classes_per_stage = [len(class_ids)] + [keep for _, keep in stages[:-1]]  # alive when each stage starts
+    planned = len(images) * sum(count * k for (count, _), k in zip(stages, classes_per_stage))
+    with _progress_bar(progress_bar, total=planned, desc="Denoising-error scores", unit="NFE") as bar:
+        for count, keep in stages:
+            todo = torch.zeros(errors.shape[0], num_timesteps, errors.shape[1], dtype=torch.bool)
+            todo[:, done : done + count] = (alive & active[:, None])[:, None]
+            _fill_errors(eps_fn, sde, images, class_ids, timesteps, streams, errors, todo.nonzero(), weighting,
+                         max_batch_size, bar)
+            done += count
+            partial_scores = -errors.nanmean(2)
+            best = partial_scores.masked_fill(~alive, -math.inf).topk(keep, dim=1).indices
+            alive = torch.zeros_like(alive).scatter_(1, best, True)
+            if early_stop_confidence is not None:
+                active &= ~_sign_settled((errors[:, 0] - errors[:, 1])[:, :done], early_stop_confidence)
+        bar.total = bar.n  # fewer than planned after an early stop
     scores = partial_scores.masked_fill(~alive, -math.inf)
     return DenoisingScoreResult(scores, partial_scores, errors, timesteps, (~errors.isnan()).sum((1, 2)))

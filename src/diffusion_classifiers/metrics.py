@@ -8,18 +8,60 @@ from sklearn import metrics as skm
 
 from .validation import as_labels, check_finite_rows, check_label_range, resolve_num_classes
 
-__all__ = ["calibration_metrics", "classification_metrics", "clustering_metrics", "hungarian_match"]
+__all__ = [
+    "calibration_metrics",
+    "classification_metrics",
+    "clustering_metrics",
+    "hungarian_match",
+    "resolve_positive_label",
+]
 
 
-def _auc(y_true: np.ndarray, probs: np.ndarray) -> Dict[str, object]:
+def _auc(y_true: np.ndarray, probs: np.ndarray, positive_label: Optional[int]) -> Dict[str, object]:
     present = np.unique(y_true)
     if len(present) < 2:
         return {"auc": None, "auc_unavailable_reason": f"only class {present[0]} is present in y_true"}
     if probs.shape[1] == 2:
-        return {"auc": float(skm.roc_auc_score(y_true, probs[:, 1]))}
+        return {"auc": float(skm.roc_auc_score(y_true == positive_label, probs[:, positive_label]))}
     # One-vs-rest macro over the classes present in y_true (sklearn's "ovr" needs every class present).
     per_class = [skm.roc_auc_score(y_true == k, probs[:, k]) for k in present]
     return {"auc": float(np.mean(per_class))}
+
+
+def resolve_positive_label(positive_class, class_names: Optional[Sequence[str]], num_classes: int) -> Optional[int]:
+    """The class id of `positive_class` (a class name, or an id), validated: class 1 when it is None on a binary
+    task; None on a task of another number of classes (which has no positive class)."""
+    if num_classes != 2:
+        if positive_class is not None:
+            raise ValueError(f"positive_class: expected a binary task, got {num_classes} classes")
+        return None
+    names = [str(c) for c in class_names] if class_names is not None else ["0", "1"]
+    if positive_class is None:
+        return 1
+    if isinstance(positive_class, (int, np.integer)) and not isinstance(positive_class, bool):
+        if positive_class not in (0, 1):
+            raise ValueError(f"positive_class: expected a class id 0 or 1, or a name in {names}, got {positive_class}")
+        return int(positive_class)
+    if str(positive_class) not in names:
+        raise ValueError(f"positive_class: expected one of the class names {names}, got {positive_class!r}")
+    return names.index(str(positive_class))
+
+
+def _binary_metrics(names: Sequence[str], positive_label: int, precision, recall, f1) -> Dict[str, object]:
+    """Sensitivity, specificity, the positive class's precision and F1, and the likelihood ratios, all of
+    `positive_label` (the other class is the negative one)."""
+    negative = 1 - positive_label
+    sensitivity, specificity = float(recall[positive_label]), float(recall[negative])
+    return {
+        "positive_class": names[positive_label],
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "positive_precision": float(precision[positive_label]),
+        "positive_f1": float(f1[positive_label]),
+        # LR+ = sensitivity / (1 - specificity), LR- = (1 - sensitivity) / specificity; None where undefined.
+        "positive_likelihood_ratio": sensitivity / (1 - specificity) if specificity < 1 else None,
+        "negative_likelihood_ratio": (1 - sensitivity) / specificity if specificity > 0 else None,
+    }
 
 
 def classification_metrics(
@@ -28,22 +70,27 @@ def classification_metrics(
     probs=None,
     num_classes: Optional[int] = None,
     class_names: Optional[Sequence[str]] = None,
+    positive_label: Optional[int] = None,
 ) -> dict:
     r"""
     Accuracy, macro-F1, balanced accuracy, per-class precision/recall/F1, confusion matrix and (with `probs`) AUC.
 
     Args:
         y_true, y_pred: integer labels in `[0, num_classes)`, same length.
-        probs (`[N, K]`, *optional*): class probabilities or scores. Binary AUC uses `probs[:, 1]`; multiclass AUC
+        probs (`[N, K]`, *optional*): class probabilities or scores. Binary AUC uses `probs[:, positive_label]`; multiclass AUC
             is one-vs-rest macro over the classes present in `y_true`. With one class present, `auc` is `None` and
             `auc_unavailable_reason` says why.
         num_classes (`int`, *optional*): defaults to `len(class_names)`, else the largest label + 1.
         class_names (`Sequence[str]`, *optional*): keys of `per_class`; defaults to `"0"`, `"1"`, ...
+        positive_label (`int`, *optional*): binary tasks only: the id of the positive class (the finding, e.g.
+            malignant); defaults to 1. `resolve_positive_label` turns a class name into it.
 
     Returns:
         `dict` of plain Python numbers and lists. `macro_f1` and `balanced_accuracy` average over the classes present
-        in `y_true` or `y_pred` (respectively `y_true`), as scikit-learn does; binary problems also get
-        `sensitivity` (recall of class 1) and `specificity` (recall of class 0).
+        in `y_true` or `y_pred` (respectively `y_true`), as scikit-learn does. Binary problems also get
+        `positive_class` (its name), `sensitivity` (recall of the positive class), `specificity` (recall of the other),
+        `positive_precision`, `positive_f1` and the likelihood ratios `positive_likelihood_ratio` (LR+) and
+        `negative_likelihood_ratio` (LR-), all of the positive class.
     """
     y_true, y_pred = as_labels(y_true, "y_true"), as_labels(y_pred, "y_pred")
     if len(y_true) != len(y_pred):
@@ -52,6 +99,7 @@ def classification_metrics(
     check_label_range(y_true, "y_true", num_classes)
     check_label_range(y_pred, "y_pred", num_classes)
     names = [str(c) for c in class_names] if class_names is not None else [str(k) for k in range(num_classes)]
+    positive_label = resolve_positive_label(positive_label, names, num_classes)
     labels = list(range(num_classes))
     precision, recall, f1, support = skm.precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
@@ -68,13 +116,13 @@ def classification_metrics(
         "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
     if num_classes == 2:
-        result["sensitivity"], result["specificity"] = float(recall[1]), float(recall[0])
+        result.update(_binary_metrics(names, positive_label, precision, recall, f1))
     if probs is not None:
         probs = np.asarray(probs.detach().cpu() if hasattr(probs, "detach") else probs, dtype=np.float64)
         if probs.shape != (len(y_true), num_classes):
             raise ValueError(f"expected probs of shape {(len(y_true), num_classes)}, got {probs.shape}")
         check_finite_rows(probs, "probs")
-        result.update(_auc(y_true, probs))
+        result.update(_auc(y_true, probs, positive_label))
     return result
 
 

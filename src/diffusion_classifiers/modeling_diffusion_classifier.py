@@ -6,14 +6,21 @@ from typing import Optional, Union
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from .configuration_diffusion_classifier import DiffusionClassifierConfig
 from .features import DiffusionFeatureExtractor, make_noise
 from .image_processing_diffusion_classifier import DiffusionClassifierImageProcessor
+from .models.encoders import encode_representation, representation_size
+from .remote_code import entry_module_name, make_weights_readable_as_umask_allows, write_remote_code
 
-__all__ = ["DiffusionClassifierPreTrainedModel", "DiffusionFeaturesForImageClassification", "export_unet_feature_pipeline"]
+__all__ = [
+    "DiffusionClassifierPreTrainedModel",
+    "DiffusionFeaturesForImageClassification",
+    "export_rc_dit_pipeline",
+    "export_unet_feature_pipeline",
+]
 
 
 class DiffusionClassifierPreTrainedModel(PreTrainedModel):
@@ -23,18 +30,48 @@ class DiffusionClassifierPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
 
     def _init_weights(self, module):
-        # The backbone keeps diffusers' own initialisation (and is normally loaded from a checkpoint).
+        # The backbone keeps its library's own initialisation (and is normally loaded from a checkpoint).
         if isinstance(module, DiffusionFeaturesForImageClassification):
             nn.init.zeros_(module.classifier.weight)
             nn.init.zeros_(module.classifier.bias)
             module.feature_mean.zero_()
             module.feature_std.fill_(1.0)
 
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], push_to_hub: bool = False, **kwargs):
+        """transformers' `save_pretrained`, plus `auto_map` and the code that
+        `AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True)` needs without this package
+        (`remote_code.write_remote_code`)."""
+        if push_to_hub:  # transformers would upload only the files its own save writes, not the code
+            raise ValueError("push_to_hub=True: call `model.push_to_hub(repo_id)`, which uploads the code too")
+        classes = {
+            "AutoConfig": type(self.config),
+            "AutoModelForImageClassification": type(self),
+            "AutoImageProcessor": DiffusionClassifierImageProcessor,
+        }
+        self.config.auto_map = {auto: f"{entry_module_name(cls)}.{cls.__name__}" for auto, cls in classes.items()}
+        saved = super().save_pretrained(save_directory, **kwargs)
+        write_remote_code(save_directory, list(classes.values()))
+        make_weights_readable_as_umask_allows([save_directory])
+        return saved
+
+
+def _build_backbone(config: DiffusionClassifierConfig) -> nn.Module:
+    if config.backbone_type == "unet":
+        return UNet2DModel(**config.backbone_config)
+    backbone_config = dict(config.backbone_config)
+    return AutoModel.from_config(AutoConfig.for_model(backbone_config.pop("model_type"), **backbone_config))
+
 
 class DiffusionFeaturesForImageClassification(DiffusionClassifierPreTrainedModel):
     r"""
-    Noise `pixel_values` (in [-1, 1]) to `feature_timestep` with the fixed noise of `noise_seed`, run the diffusion
-    backbone up to `feature_block`, pool, standardise with the training statistics, and apply a linear head.
+    Classify `pixel_values` (in [-1, 1]) with a linear head over a frozen diffusion feature, standardised with the
+    training statistics. The feature (`config.backbone_type`):
+
+    - `"unet"`: noise the images to `feature_timestep` with the fixed noise of `noise_seed`, run the U-Net up to
+      `feature_block` and pool, as [`UNetFeatureClassifierPipeline`] does;
+    - `"encoder"`: the RC-DiT encoder's representation r (`encode_representation`), as
+      [`RepresentationConditionedDiTPipeline`] does.
+
     Returns an `ImageClassifierOutput` (`loss` when `labels` are given; `hidden_states` = the pooled feature).
     """
 
@@ -45,7 +82,7 @@ class DiffusionFeaturesForImageClassification(DiffusionClassifierPreTrainedModel
 
     def __init__(self, config: DiffusionClassifierConfig):
         super().__init__(config)
-        self.backbone = UNet2DModel(**config.backbone_config)
+        self.backbone = _build_backbone(config)
         self.register_buffer("feature_mean", torch.zeros(config.feature_size))
         self.register_buffer("feature_std", torch.ones(config.feature_size))
         self.classifier = nn.Linear(config.feature_size, config.num_labels)
@@ -59,13 +96,23 @@ class DiffusionFeaturesForImageClassification(DiffusionClassifierPreTrainedModel
         scheduler = DDPMScheduler.from_config(self.config.scheduler_config)
         return DiffusionFeatureExtractor(self.backbone, scheduler)
 
+    @property
+    def input_shape(self) -> tuple:
+        """(C, H, W) of `pixel_values`: the backbone's channels and size."""
+        backbone = self.backbone.config
+        if self.config.backbone_type == "unet":
+            return (backbone.in_channels, backbone.sample_size, backbone.sample_size)
+        return (backbone.num_channels, backbone.image_size, backbone.image_size)
+
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         config = self.config
-        noise = make_noise(config.num_noise_draws, pixel_values.shape[1:], config.noise_seed)
-        key = (config.feature_block, config.feature_timestep)
         # A frozen backbone runs without autograd: no activations are kept and `Trainer` cannot update it, even
         # though transformers' loading re-enables `requires_grad` on every parameter.
         with torch.set_grad_enabled(torch.is_grad_enabled() and not config.freeze_backbone):
+            if config.backbone_type == "encoder":
+                return encode_representation(self.backbone, pixel_values)
+            noise = make_noise(config.num_noise_draws, pixel_values.shape[1:], config.noise_seed)
+            key = (config.feature_block, config.feature_timestep)
             return self.extractor.features_for_batch(pixel_values, [key[0]], [key[1]], config.feature_pool, noise)[key]
 
     def forward(
@@ -76,11 +123,11 @@ class DiffusionFeaturesForImageClassification(DiffusionClassifierPreTrainedModel
         return_dict: Optional[bool] = None,
         **kwargs,
     ) -> Union[ImageClassifierOutput, tuple]:
-        expected = (self.backbone.config.in_channels, self.backbone.config.sample_size, self.backbone.config.sample_size)
+        expected = self.input_shape
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
             raise ValueError(f"expected pixel_values of shape [N, {', '.join(map(str, expected))}], got {tuple(pixel_values.shape)}")
         features = self.features(pixel_values)
-        logits = self.classifier((features - self.feature_mean) / self.feature_std)
+        logits = self.classifier((features.to(self.classifier.weight.dtype) - self.feature_mean) / self.feature_std)
         loss = None
         if labels is not None:
             if labels.min() < 0 or labels.max() >= self.config.num_labels:
@@ -110,15 +157,46 @@ def _check_saved_labels(path, config: Optional[DiffusionClassifierConfig] = None
         )
 
 
-def export_unet_feature_pipeline(pipeline, save_directory: Optional[Union[str, os.PathLike]] = None):
-    """Turn a fitted `UNetFeatureClassifierPipeline` into a transformers model (and image processor) that gives
-    identical predictions; saved to `save_directory` when given. Returns `(model, image_processor)`."""
+def _export(pipeline, backbone: nn.Module, input_shape: tuple, save_directory, **config_kwargs):
+    """The transformers model (and image processor) of `pipeline`'s fitted linear `head` over `backbone`'s feature,
+    saved to `save_directory` when given. Returns `(model, image_processor)`."""
     head = pipeline.head
     if head is None:
         raise ValueError("the pipeline has no fitted `head` to export")
-    unet = pipeline.unet
-    head_config = head.config
+    if not hasattr(head, "linear"):
+        raise ValueError(f"expected a fitted LinearProbeHead to export as a linear layer, got {type(head).__name__}")
     config = DiffusionClassifierConfig(
+        feature_size=head.config.in_features,
+        id2label=head.id2label,
+        label2id={name: i for i, name in head.id2label.items()},
+        positive_class=getattr(pipeline, "positive_class", None),
+        **config_kwargs,
+    )
+    model = DiffusionFeaturesForImageClassification(config)
+    model.backbone.load_state_dict(backbone.state_dict())
+    model.classifier.load_state_dict(head.linear.state_dict())
+    model.feature_mean.copy_(head.feature_mean)
+    model.feature_std.copy_(head.feature_std)
+    model.eval()
+    processor = DiffusionClassifierImageProcessor(image_size=input_shape[-1], num_channels=input_shape[0])
+    if save_directory is not None:
+        model.save_pretrained(save_directory)
+        processor.save_pretrained(save_directory)
+    return model, processor
+
+
+def export_unet_feature_pipeline(pipeline, save_directory: Optional[Union[str, os.PathLike]] = None):
+    """Turn a fitted `UNetFeatureClassifierPipeline` into a transformers model (and image processor) that gives
+    identical predictions; saved to `save_directory` when given. Returns `(model, image_processor)`."""
+    unet, head_config = pipeline.unet, getattr(pipeline.head, "config", None)
+    if head_config is None:
+        raise ValueError("the pipeline has no fitted `head` to export")
+    return _export(
+        pipeline,
+        unet,
+        (unet.config.in_channels, unet.config.sample_size),
+        save_directory,
+        backbone_type="unet",
         backbone_config=dict(unet.config),
         scheduler_config=dict(pipeline.scheduler.config),
         feature_block=head_config.block,
@@ -126,18 +204,21 @@ def export_unet_feature_pipeline(pipeline, save_directory: Optional[Union[str, o
         feature_pool=head_config.pool,
         noise_seed=head_config.noise_seed,
         num_noise_draws=head_config.num_noise_draws,
-        feature_size=head_config.in_features,
-        id2label=head.id2label,
-        label2id={name: i for i, name in head.id2label.items()},
     )
-    model = DiffusionFeaturesForImageClassification(config)
-    model.backbone.load_state_dict(unet.state_dict())
-    model.classifier.load_state_dict(head.linear.state_dict())
-    model.feature_mean.copy_(head.feature_mean)
-    model.feature_std.copy_(head.feature_std)
-    model.eval()
-    processor = DiffusionClassifierImageProcessor(image_size=unet.config.sample_size, num_channels=unet.config.in_channels)
-    if save_directory is not None:
-        model.save_pretrained(save_directory)
-        processor.save_pretrained(save_directory)
-    return model, processor
+
+
+def export_rc_dit_pipeline(pipeline, save_directory: Optional[Union[str, os.PathLike]] = None):
+    """Turn a `RepresentationConditionedDiTPipeline` with a fitted `LinearProbeHead` into a transformers model (and
+    image processor) over its encoder's representation r, with the pipeline's predictions; saved to
+    `save_directory` when given. Returns `(model, image_processor)`."""
+    encoder = pipeline.encoder
+    if representation_size(encoder) != getattr(getattr(pipeline.head, "config", None), "in_features", None):
+        raise ValueError("expected a fitted head over the encoder's representation (pipeline.head.in_features = D)")
+    return _export(
+        pipeline,
+        encoder,
+        (encoder.config.num_channels, encoder.config.image_size),
+        save_directory,
+        backbone_type="encoder",
+        backbone_config=encoder.config.to_dict(),
+    )

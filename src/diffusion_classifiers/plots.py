@@ -1,14 +1,53 @@
-"""Figures for reports: probe heatmaps and confusion matrices (matplotlib, Agg backend, PNG files)."""
+"""Figures for reports, as PNG files: probe heatmap, confusion matrix, ROC and precision-recall curves, reliability
+diagram, label-efficiency curve and training-loss curve.
 
-from typing import Dict, Sequence, Tuple
+Curves and matrices are drawn by scikit-learn's displays (`ConfusionMatrixDisplay`, `RocCurveDisplay`,
+`PrecisionRecallDisplay`, `CalibrationDisplay`) on matplotlib's Agg backend. Every figure has a fixed size in
+inches and is saved at `DPI` (no tight cropping), so its pixel size is known; titles are wrapped to fit.
+matplotlib is imported here only: `import diffusion_classifiers` never loads this module.
+"""
+
+import textwrap
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from sklearn.calibration import CalibrationDisplay  # noqa: E402
+from sklearn.metrics import (  # noqa: E402
+    ConfusionMatrixDisplay,
+    PrecisionRecallDisplay,
+    RocCurveDisplay,
+    precision_score,
+    recall_score,
+)
 
-__all__ = ["plot_confusion_matrix", "plot_probe_heatmap", "plot_reliability"]
+from .metrics import calibration_metrics  # noqa: E402
+
+__all__ = [
+    "DPI",
+    "label_efficiency_curve",
+    "plot_confusion_matrix",
+    "plot_label_efficiency",
+    "plot_loss_curve",
+    "plot_probe_heatmap",
+    "plot_reliability",
+    "plot_roc_pr",
+]
+
+DPI = 100
+CONFUSION_NORMALIZE = ("true", "pred", "all", None)
+
+
+def _wrap(title: str, width: int) -> str:
+    return "\n".join(textwrap.wrap(title, width)) or title
+
+
+def _save(fig, path: str) -> None:
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
 
 
 def plot_probe_heatmap(
@@ -17,65 +56,211 @@ def plot_probe_heatmap(
     title: str = "Linear-probe validation accuracy",
     best_pair: Tuple[str, int] = None,
 ) -> None:
-    """Blocks (rows, forward order as given) x timesteps (columns) heatmap of `scores[(block, t)]`."""
+    """Blocks (rows, forward order as given) x timesteps (columns) heatmap of `scores[(block, t)]`, in percent; the
+    chosen pair framed in red."""
     blocks = list(dict.fromkeys(block for block, _ in scores))
     timesteps = sorted({t for _, t in scores})
     grid = np.full((len(blocks), len(timesteps)), np.nan)
     for (block, t), value in scores.items():
         grid[blocks.index(block), timesteps.index(t)] = value
-    fig, ax = plt.subplots(figsize=(1.1 * len(timesteps) + 3, 0.5 * len(blocks) + 2))
-    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    fig, ax = plt.subplots(figsize=(1.1 * len(timesteps) + 3, 0.5 * len(blocks) + 2), layout="constrained")
+    low, high = 100 * np.nanmin(grid), 100 * np.nanmax(grid)
+    if low == high:  # one value everywhere: a unit band around it, inside [0, 100]
+        low, high = max(0.0, low - 1), min(100.0, high + 1)
+    image = ax.imshow(100 * grid, cmap="viridis", aspect="auto", vmin=low, vmax=high)
     ax.set_xticks(range(len(timesteps)), [str(t) for t in timesteps])
     ax.set_yticks(range(len(blocks)), blocks)
     ax.set_xlabel("timestep t")
     ax.set_ylabel("U-Net block")
     for (row, col), value in np.ndenumerate(grid):
         if not np.isnan(value):
-            ax.text(col, row, f"{100 * value:.1f}", ha="center", va="center", color="w", fontsize=8)
+            bright = image.norm(100 * value) > 0.6  # viridis turns yellow: dark text there
+            ax.text(col, row, f"{100 * value:.1f}", ha="center", va="center", color="k" if bright else "w", fontsize=8)
     if best_pair is not None:
         row, col = blocks.index(best_pair[0]), timesteps.index(best_pair[1])
         ax.add_patch(plt.Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
-    fig.colorbar(image, ax=ax, label="accuracy")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    fig.colorbar(image, ax=ax, label="accuracy (%)")
+    ax.set_title(_wrap(title + (" (red: chosen)" if best_pair is not None else ""), 12 * len(timesteps) + 20))
+    _save(fig, path)
 
 
-def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: str, title: str = "Confusion matrix") -> None:
-    """Counts with row-normalised colours; rows are true classes, columns predictions."""
-    matrix = np.asarray(matrix)
-    normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    size = 0.5 * len(class_names) + 3
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(len(class_names)), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for (row, col), count in np.ndenumerate(matrix):
-        ax.text(col, row, str(count), ha="center", va="center", color="w" if normalised[row, col] > 0.5 else "k", fontsize=8)
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def plot_confusion_matrix(
+    matrix: Sequence[Sequence[int]],
+    class_names: Sequence[str],
+    path: str,
+    title: str = "Confusion matrix",
+    normalize: Optional[str] = "true",
+) -> None:
+    r"""
+    `ConfusionMatrixDisplay` of a count matrix (rows true classes, columns predictions) with a colour bar.
+
+    Args:
+        normalize (`str`, *optional*, defaults to `"true"`): what the colours and percentages are normalised over,
+            as in scikit-learn: `"true"` (rows: each cell is a recall), `"pred"` (columns), `"all"`, or `None` (raw
+            counts). Every cell also shows its count; the title says which normalisation was used.
+    """
+    if normalize not in CONFUSION_NORMALIZE:
+        raise ValueError(f"normalize: expected one of {CONFUSION_NORMALIZE}, got {normalize!r}")
+    counts = np.asarray(matrix)
+    if counts.ndim != 2 or counts.shape != (len(class_names), len(class_names)):
+        k = len(class_names)
+        raise ValueError(f"expected a {k} x {k} matrix (one row per class name), got {counts.shape}")
+    axis = {"true": 1, "pred": 0, "all": None}.get(normalize)
+    shown = counts if normalize is None else counts / np.maximum(counts.sum(axis=axis, keepdims=axis is not None), 1)
+    size = max(5.0, 0.55 * len(class_names) + 3.5)
+    fig, ax = plt.subplots(figsize=(size + 1, size), layout="constrained")
+    display = ConfusionMatrixDisplay(shown, display_labels=list(class_names))
+    display.plot(ax=ax, cmap="Blues", colorbar=True, xticks_rotation=45 if len(class_names) > 4 else "horizontal")
+    for (row, col), text in np.ndenumerate(display.text_):
+        count = counts[row, col]
+        text.set_text(str(count) if normalize is None else f"{count}\n{100 * shown[row, col]:.1f}%")
+        text.set_fontsize(8 if len(class_names) > 6 else 10)
+    display.im_.set_clim(0, None if normalize is None else 1)
+    over = {"true": "each true class", "pred": "each predicted class", "all": "all samples"}.get(normalize)
+    how = "counts" if normalize is None else f"counts, colours normalised over {over}"
+    ax.set_title(_wrap(f"{title} ({how})", int(9 * size)))
+    _save(fig, path)
 
 
-def plot_reliability(calibration: dict, path: str, title: str = "Reliability diagram") -> None:
-    """Accuracy vs confidence per bin (from `metrics.calibration_metrics`), the diagonal being perfect calibration."""
-    bins = [b for b in calibration["bins"] if b["count"]]
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfectly calibrated")
-    centres = [(b["lower"] + b["upper"]) / 2 for b in bins]
-    width = calibration["bins"][0]["upper"] - calibration["bins"][0]["lower"]
-    ax.bar(centres, [b["accuracy"] for b in bins], width=width * 0.9, alpha=0.7, label="accuracy")
-    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", color="C1", label="mean confidence")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence (top-class probability)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"{title} (ECE {calibration['ece']:.3f})")
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def plot_roc_pr(
+    y_true,
+    y_pred,
+    positive_scores,
+    path: str,
+    positive_label: int = 1,
+    class_names: Sequence[str] = ("0", "1"),
+    title: str = "",
+) -> None:
+    r"""
+    ROC and precision-recall curves of a binary classifier, side by side, each with its operating point.
+
+    Args:
+        y_true, y_pred: the true and predicted class ids (0 or 1); `y_pred` gives the operating point (the
+            classifier's own decisions: argmax, i.e. threshold 0.5 on the positive probability).
+        positive_scores: the score of the positive class per sample (its probability, or a log-likelihood ratio).
+        positive_label (`int`, *optional*, defaults to 1): the id of the positive class, which the curves rank.
+        class_names: the two class names; the positive one is named in the titles.
+    """
+    y_true, y_pred, scores = (np.asarray(v).reshape(-1) for v in (y_true, y_pred, positive_scores))
+    if not len(y_true) == len(y_pred) == len(scores):
+        lengths = f"{len(y_true)}, {len(y_pred)}, {len(scores)}"
+        raise ValueError(f"expected y_true, y_pred and positive_scores of one length, got {lengths}")
+    if len(np.unique(y_true)) < 2:
+        raise ValueError(f"a ROC curve needs both classes in y_true, got only class {y_true[0]}")
+    positive = str(class_names[positive_label])
+    sensitivity = recall_score(y_true, y_pred, pos_label=positive_label, zero_division=0)
+    specificity = recall_score(y_true, y_pred, pos_label=1 - positive_label, zero_division=0)
+    precision = precision_score(y_true, y_pred, pos_label=positive_label, zero_division=0)
+    fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(10, 5), layout="constrained")
+    curve = dict(pos_label=positive_label, name="classifier", plot_chance_level=True)
+    marker = dict(marker="o", color="C3", markersize=8, linestyle="", clip_on=False)
+
+    RocCurveDisplay.from_predictions(y_true, scores, ax=roc_ax, **curve)
+    roc_ax.plot(1 - specificity, sensitivity, label=f"operating point (sens. {sensitivity:.2f}, spec. {specificity:.2f})", **marker)
+    roc_ax.set(xlabel="1 - specificity (false positive rate)", ylabel=f"sensitivity (recall of {positive})")
+    roc_ax.set_title(_wrap(f"ROC, positive class: {positive}", 45))
+    roc_ax.legend(loc="lower right", fontsize=8)
+
+    PrecisionRecallDisplay.from_predictions(y_true, scores, ax=pr_ax, **curve)
+    pr_ax.plot(sensitivity, precision, label=f"operating point (recall {sensitivity:.2f}, precision {precision:.2f})", **marker)
+    pr_ax.set(xlabel=f"recall of {positive} (sensitivity)", ylabel=f"precision of {positive}")
+    pr_ax.set_title(_wrap(f"Precision-recall, positive class: {positive}", 45))
+    pr_ax.legend(loc="lower left", fontsize=8)
+    if title:
+        fig.suptitle(_wrap(title, 90))
+    _save(fig, path)
+
+
+def plot_reliability(y_true, probs, path: str, num_bins: int = 10, title: str = "Reliability diagram") -> None:
+    """Top-class confidence vs accuracy per confidence bin (a `CalibrationDisplay`, the diagonal being perfect
+    calibration), the ECE in the title, and the count of samples per bin below; the bins are those of
+    `metrics.calibration_metrics`, as in metrics.json."""
+    probs = np.asarray(probs.detach().cpu() if hasattr(probs, "detach") else probs, dtype=np.float64)
+    calibration = calibration_metrics(y_true, probs, num_bins=num_bins)
+    filled = [b for b in calibration["bins"] if b["count"]]
+    fig, (curve_ax, count_ax) = plt.subplots(
+        2, 1, figsize=(5.5, 7), height_ratios=(3, 1.3), sharex=True, layout="constrained"
+    )
+    display = CalibrationDisplay(
+        prob_true=np.array([b["accuracy"] for b in filled]),
+        prob_pred=np.array([b["confidence"] for b in filled]),
+        y_prob=probs.max(1),
+        estimator_name="classifier",
+    )
+    display.plot(ax=curve_ax)
+    curve_ax.set(xlabel="", ylabel="accuracy (fraction correct)", xlim=(0, 1), ylim=(0, 1))
+    curve_ax.set_title(_wrap(f"{title} (ECE {calibration['ece']:.3f}, {len(probs)} samples)", 55))
+    curve_ax.legend(loc="upper left", fontsize=8)
+    bins = calibration["bins"]
+    centres, counts = [(b["lower"] + b["upper"]) / 2 for b in bins], [b["count"] for b in bins]
+    bars = count_ax.bar(centres, counts, width=0.9 / num_bins, color="C0", alpha=0.7)
+    count_ax.bar_label(bars, fontsize=7)
+    count_ax.set(xlabel="confidence (top-class probability)", ylabel="samples per bin", xlim=(0, 1))
+    count_ax.set_ylim(0, max(counts) * 1.25 + 1)
+    _save(fig, path)
+
+
+def label_efficiency_curve(protocol_result: dict, protocol: str = "prototype") -> Dict[float, Dict[str, float]]:
+    """`{labels per class: {"accuracy", "macro_f1", "accuracy_std", "macro_f1_std"}}` of the few-shot `protocol`
+    ("prototype" or "knn") of a `probing.evaluate_protocols` result; "all" becomes the mean train labels per class."""
+    if protocol not in ("prototype", "knn"):
+        raise ValueError(f"protocol: expected 'prototype' or 'knn', got {protocol!r}")
+    all_labels = protocol_result["num_train"] / protocol_result["num_classes"]
+    return {
+        (all_labels if shots == "all" else float(shots)): {
+            "accuracy": entry["accuracy_mean"], "macro_f1": entry["macro_f1_mean"],
+            "accuracy_std": entry["accuracy_std"], "macro_f1_std": entry["macro_f1_std"],
+        }
+        for shots, entry in protocol_result[protocol].items()
+    }  # fmt: skip
+
+
+def plot_label_efficiency(
+    curves: Mapping[str, Mapping[float, Mapping[str, float]]],
+    path: str,
+    title: str = "Label efficiency",
+) -> None:
+    r"""
+    Accuracy and macro-F1 (two panels) against labelled samples per class (log scale), one line per method.
+
+    Args:
+        curves: `{method name: {labels per class: {"accuracy": a, "macro_f1": f}}}`, e.g. this method and the
+            supervised baseline; optional `"accuracy_std"` / `"macro_f1_std"` are drawn as error bars
+            (`label_efficiency_curve` makes one from `probing.evaluate_protocols`).
+    """
+    if not curves or not all(curves.values()):
+        raise ValueError(f"expected at least one method with at least one point, got {dict(curves)}")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), layout="constrained")
+    for ax, metric, label in zip(axes, ("accuracy", "macro_f1"), ("accuracy", "macro-F1")):
+        for method, points in curves.items():
+            x = sorted(points)
+            y = [100 * points[n][metric] for n in x]
+            err = [100 * points[n].get(f"{metric}_std", 0.0) for n in x]
+            ax.errorbar(x, y, yerr=err if any(err) else None, marker="o", capsize=3, label=method)
+        ax.set_xscale("log")
+        ax.set(xlabel="labelled samples per class (log scale)", ylabel=f"test {label} (%)")
+        ax.set_title(f"{label} vs labels per class")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(_wrap(title, 90))
+    _save(fig, path)
+
+
+def plot_loss_curve(steps: Sequence[int], losses: Sequence[float], path: str, title: str = "Training loss") -> None:
+    """The loss at every optimizer step and its moving average (a window of ~2% of the steps), log y axis."""
+    steps, losses = np.asarray(steps), np.asarray(losses, dtype=np.float64)
+    if len(steps) == 0 or len(steps) != len(losses):
+        raise ValueError(f"expected one loss per step and at least one, got {len(steps)} steps and {len(losses)} losses")
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    ax.plot(steps, losses, color="C0", alpha=0.35, linewidth=0.8, label="loss per step")
+    window = max(1, len(losses) // 50)
+    if window > 1:
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, color="C0", linewidth=1.8, label=f"moving average ({window} steps)")
+    if (losses > 0).all():
+        ax.set_yscale("log")
+    ax.set(xlabel="optimizer step", ylabel="loss")
+    ax.set_title(_wrap(f"{title} (last {losses[-1]:.4g} at step {steps[-1]})", 70))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)

@@ -13,9 +13,8 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from .data import LabeledImages
 from .features import DiffusionFeatureExtractor
-from .metrics import classification_metrics
+from .metrics import calibration_metrics, classification_metrics, resolve_positive_label
 from .pipelines import UNetFeatureClassifierPipeline
-from .plots import plot_confusion_matrix, plot_probe_heatmap
 from .probing import ProbeGridResult, fit_probe_grid, kmeans_evaluate
 
 __all__ = ["DEFAULT_TIMESTEPS", "UNetFeatureStudy", "extract_study_features", "render_report", "run_unet_feature_study", "study_from_features", "summary_table", "write_study_report"]
@@ -26,13 +25,16 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class UNetFeatureStudy:
-    """What a study produced: the fitted pipeline, the whole probe grid, and test / clustering metrics."""
+    """What a study produced: the fitted pipeline, the whole probe grid, test / clustering metrics, and the test
+    labels and probabilities the test metrics and plots come from."""
 
     pipeline: UNetFeatureClassifierPipeline
     probe: ProbeGridResult
     test_metrics: dict
     kmeans_metrics: dict
     class_names: List[str]
+    test_labels: torch.Tensor
+    test_probs: torch.Tensor
     extra: Dict[str, object] = field(default_factory=dict)
 
     def summary(self) -> dict:
@@ -46,6 +48,7 @@ class UNetFeatureStudy:
             "test_macro_f1": self.test_metrics["macro_f1"],
             "test_balanced_accuracy": self.test_metrics["balanced_accuracy"],
             "test_auc": self.test_metrics.get("auc"),
+            **{f"test_{k}": self.test_metrics[k] for k in ("positive_class", "sensitivity", "specificity", "positive_f1") if k in self.test_metrics},
             "kmeans_accuracy": self.kmeans_metrics["accuracy"],
             "kmeans_nmi": self.kmeans_metrics["nmi"],
             "kmeans_ari": self.kmeans_metrics["ari"],
@@ -71,7 +74,8 @@ def extract_study_features(
     blocks = list(blocks) if blocks is not None else extractor.block_names
     return {
         name: extractor.extract(
-            splits[name].images, blocks, timesteps, pool=pool, noise_seed=noise_seed, batch_size=batch_size, show_progress=show_progress
+            splits[name].images, blocks, timesteps, pool=pool, noise_seed=noise_seed, batch_size=batch_size,
+            progress_bar={"disable": not show_progress, "desc": f"U-Net features ({name})"},
         )
         for name in SPLITS
     }
@@ -88,9 +92,12 @@ def study_from_features(
     batch_size: int = 128,
     probe_kwargs: Optional[dict] = None,
     seed: int = 0,
+    positive_class: Optional[str] = None,
 ) -> UNetFeatureStudy:
     """Fit the probe grid on the train features (only rows `train_index` when given: few-label studies), choose
-    on val, classify the test split through the resulting pipeline, and run k-means on the chosen test features."""
+    on val, classify the test split through the resulting pipeline, and run k-means on the chosen test features.
+    Binary tasks are scored for `positive_class` (a class name; default class 1), which the pipeline also keeps
+    when it supports `set_positive_class`."""
     train, val, test = (splits[name] for name in SPLITS)
     index = torch.arange(len(train)) if train_index is None else torch.as_tensor(train_index)
     probe = fit_probe_grid(
@@ -99,14 +106,19 @@ def study_from_features(
         num_classes=train.num_classes, class_names=train.class_names, pool=pool, noise_seed=noise_seed,
         **(probe_kwargs or {}),
     )  # fmt: skip
+    positive_label = resolve_positive_label(positive_class, train.class_names, train.num_classes)
     pipeline = UNetFeatureClassifierPipeline(unet=unet, scheduler=scheduler, head=probe.head)
+    if positive_class is not None and hasattr(pipeline, "set_positive_class"):
+        pipeline.set_positive_class(positive_class)
     output = pipeline(test.images, batch_size=batch_size)
     test_metrics = classification_metrics(
-        test.labels, output.label_ids, probs=output.probs, num_classes=train.num_classes, class_names=train.class_names
-    )
+        test.labels, output.label_ids, probs=output.probs, num_classes=train.num_classes, class_names=train.class_names,
+        positive_label=positive_label,
+    )  # fmt: skip
+    test_metrics["calibration"] = calibration_metrics(test.labels, output.probs)
     kmeans = kmeans_evaluate(features["test"][probe.best_pair], test.labels, train.num_classes, seed=seed)
     kmeans.pop("clusters")
-    return UNetFeatureStudy(pipeline, probe, test_metrics, kmeans, list(train.class_names))
+    return UNetFeatureStudy(pipeline, probe, test_metrics, kmeans, list(train.class_names), test.labels, output.probs)
 
 
 def run_unet_feature_study(
@@ -121,23 +133,40 @@ def run_unet_feature_study(
     probe_kwargs: Optional[dict] = None,
     seed: int = 0,
     show_progress: bool = True,
+    positive_class: Optional[str] = None,
 ) -> UNetFeatureStudy:
     """Extract every (block, t) feature of the train/val/test splits, then `study_from_features`."""
+    train = splits.get("train")
+    if train is not None:  # a wrong name fails before the features are extracted
+        resolve_positive_label(positive_class, train.class_names, train.num_classes)
     features = extract_study_features(unet, scheduler, splits, blocks, timesteps, pool, noise_seed, batch_size, show_progress)
     return study_from_features(
-        unet, scheduler, splits, features, pool=pool, noise_seed=noise_seed, batch_size=batch_size, probe_kwargs=probe_kwargs, seed=seed
-    )
+        unet, scheduler, splits, features, pool=pool, noise_seed=noise_seed, batch_size=batch_size,
+        probe_kwargs=probe_kwargs, seed=seed, positive_class=positive_class,
+    )  # fmt: skip
 
 
 def write_study_report(study: UNetFeatureStudy, output_dir: str, title: str, command: str, extra: Optional[dict] = None) -> dict:
-    """Write `metrics.json`, `report.md`, `probe_heatmap.png` and `confusion_matrix.png` into `output_dir`."""
+    """Write `metrics.json`, `report.md`, `probe_heatmap.png`, `confusion_matrix.png`, `reliability.png` and, for
+    binary tasks, `roc_pr.png` (ROC and precision-recall of the positive class) into `output_dir`."""
+    from .plots import plot_confusion_matrix, plot_probe_heatmap, plot_reliability, plot_roc_pr
+
     os.makedirs(output_dir, exist_ok=True)
     val_accuracy = {pair: m["val"]["accuracy"] for pair, m in study.probe.metrics.items()}
     plot_probe_heatmap(val_accuracy, os.path.join(output_dir, "probe_heatmap.png"), best_pair=study.probe.best_pair)
+    chosen = f"{study.probe.best_pair[0]} @ t={study.probe.best_pair[1]}"
     plot_confusion_matrix(
         study.test_metrics["confusion_matrix"], study.class_names, os.path.join(output_dir, "confusion_matrix.png"),
-        title=f"Test confusion matrix, {study.probe.best_pair[0]} @ t={study.probe.best_pair[1]}",
+        title=f"Test confusion matrix, {chosen}",
     )
+    plot_reliability(study.test_labels, study.test_probs, os.path.join(output_dir, "reliability.png"), title=f"Test reliability, {chosen}")
+    if "positive_class" in study.test_metrics and study.test_metrics.get("auc") is not None:
+        positive_label = study.class_names.index(study.test_metrics["positive_class"])
+        plot_roc_pr(
+            study.test_labels, study.test_probs.argmax(-1), study.test_probs[:, positive_label],
+            os.path.join(output_dir, "roc_pr.png"), positive_label=positive_label, class_names=study.class_names,
+            title=f"Test split, {chosen}",
+        )  # fmt: skip
     metrics = {
         "summary": study.summary(),
         "test": study.test_metrics,
@@ -165,6 +194,18 @@ def summary_table(study: UNetFeatureStudy, top: int = 8) -> str:
     return "\n".join(lines)
 
 
+def _positive_class_rows(summary: dict) -> List[str]:
+    if "test_positive_class" not in summary:
+        return []
+    positive = summary["test_positive_class"]
+    return [
+        f"| positive class | {positive} |",
+        f"| sensitivity (recall of {positive}) | {100 * summary['test_sensitivity']:.2f}% |",
+        f"| specificity | {100 * summary['test_specificity']:.2f}% |",
+        f"| F1 of {positive} | {100 * summary['test_positive_f1']:.2f}% |",
+    ]
+
+
 def render_report(study: UNetFeatureStudy, title: str, command: str, extra: Optional[dict] = None) -> str:
     s = study.summary()
     auc = "n/a" if s["test_auc"] is None else f"{s['test_auc']:.4f}"
@@ -181,6 +222,8 @@ def render_report(study: UNetFeatureStudy, title: str, command: str, extra: Opti
         f"| macro-F1 | {100 * s['test_macro_f1']:.2f}% |",
         f"| balanced accuracy | {100 * s['test_balanced_accuracy']:.2f}% |",
         f"| AUC | {auc} |",
+        *_positive_class_rows(s),
+        f"| ECE (calibration) | {study.test_metrics['calibration']['ece']:.4f} |",
         f"| k-means (label-free) Hungarian accuracy | {100 * s['kmeans_accuracy']:.2f}% |",
         f"| k-means NMI / ARI | {s['kmeans_nmi']:.3f} / {s['kmeans_ari']:.3f} |",
         "",
@@ -188,7 +231,8 @@ def render_report(study: UNetFeatureStudy, title: str, command: str, extra: Opti
         "",
         summary_table(study),
         "",
-        "![probe heatmap](probe_heatmap.png) ![confusion matrix](confusion_matrix.png)",
+        "![probe heatmap](probe_heatmap.png) ![confusion matrix](confusion_matrix.png) ![reliability](reliability.png)"
+        + (" ![ROC and precision-recall](roc_pr.png)" if "test_positive_class" in s and s["test_auc"] is not None else ""),
     ]
     for key, value in (extra or {}).items():
         lines += ["", f"- {key}: {value}"]

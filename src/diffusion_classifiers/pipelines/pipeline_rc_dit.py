@@ -57,6 +57,8 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         vae: optional frozen `AutoencoderKL` when the transformer was trained in its latent space
             (`train_rc_dit(vae=...)`); its `latent_channels` are then the transformer's `in_channels`.
         head: optional fitted `LinearProbeHead` or `PrototypeHead` over r.
+        positive_class: for a binary task, the class name its metrics refer to (see `set_positive_class`); saved
+            in `model_index.json`.
     """
 
     model_cpu_offload_seq = "encoder->transformer->vae->head"
@@ -69,10 +71,12 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         scheduler: DDPMScheduler,
         vae: Optional[AutoencoderKL] = None,
         head: Optional[Union[LinearProbeHead, PrototypeHead]] = None,
+        positive_class: Optional[str] = None,
     ):
         super().__init__()
         check_encoder_matches(encoder, transformer, vae)
         self.register_modules(encoder=encoder, transformer=transformer, scheduler=scheduler, vae=vae, head=head)
+        self.set_positive_class(positive_class)
 
     @property
     def dit_feature_extractor(self) -> DiTFeatureExtractor:
@@ -95,9 +99,12 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         """The representation r of `images` (one or a list of PIL images, arrays or tensors): float32 `[N, D]`, CPU.
         `input_data_format` is the layout of 3-D / 4-D arrays and tensors (see `preprocess_images`)."""
         pixels = self.preprocess(images, input_data_format)
-        return torch.cat(
-            [encode_representation(self.encoder, chunk).float().cpu() for chunk in pixels.split(batch_size)]
-        )
+        representations = []
+        with self.progress_bar(total=len(pixels)) as progress_bar:
+            for chunk in pixels.split(batch_size):
+                representations.append(encode_representation(self.encoder, chunk).float().cpu())
+                progress_bar.update(len(chunk))
+        return torch.cat(representations)
 
     def fit_prototypes(
         self,
@@ -135,7 +142,7 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         Pooled activations of DiT blocks on noised `images` (one or a list of PIL images, arrays or tensors), keyed
         like the U-Net features: `{(dit_block_name(i), t): float32 CPU tensor [N, D]}`, e.g.
         `("transformer_blocks.3", 100)`. The arguments are those of [`DiTFeatureExtractor.extract`], and
-        `input_data_format` that of `preprocess_images`.
+        `input_data_format` that of `preprocess_images`. The progress bar follows `set_progress_bar_config`.
         """
         return self.dit_feature_extractor.extract(
             self.preprocess(images, input_data_format),
@@ -145,6 +152,7 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
             representation=representation,
             pool=pool,
             batch_size=batch_size,
+            progress_bar=self.progress_bar_config,
         )
 
     @torch.no_grad()

@@ -15,14 +15,14 @@ from diffusion_classifiers.models import (
     encode_representation,
 )
 
-from .pipeline_utils import local_snapshot
+from .pipeline_utils import SavedWithCodeMixin, local_snapshot
 
 __all__ = ["RepresentationConditionedDiTImageVariationPipeline"]
 
 OUTPUT_TYPES = ("pt", "np", "pil")
 
 
-class RepresentationConditionedDiTImageVariationPipeline(DiffusionPipeline):
+class RepresentationConditionedDiTImageVariationPipeline(SavedWithCodeMixin, DiffusionPipeline):
     r"""
     Sample images conditioned on the representation r of reference images, with classifier-free guidance.
 

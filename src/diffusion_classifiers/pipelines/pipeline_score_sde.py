@@ -1,5 +1,6 @@
 """Classify with one class-conditional score model by Bayes' rule on per-class log-likelihoods (VP-SDE)."""
 
+import numbers
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -7,13 +8,19 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from diffusion_classifiers.data import preprocess_images
-from diffusion_classifiers.likelihood import VPSDE, denoising_error_scores, probability_flow_log_likelihood
+from diffusion_classifiers.likelihood import (
+    VPSDE,
+    content_seeds,
+    denoising_error_scores,
+    probability_flow_log_likelihood,
+)
 
 from .pipeline_utils import ClassifierPipelineOutput, DiffusionClassifierPipeline
 
 __all__ = ["ScoreSDEClassifierOutput", "ScoreSDEClassifierPipeline"]
 
 METHODS = ("elbo", "likelihood")
+SEED_BY = ("position", "content")
 
 
 @dataclass
@@ -26,8 +33,9 @@ class ScoreSDEClassifierOutput(ClassifierPipelineOutput):
             in nats (probability-flow ODE). `method="elbo"`: minus the mean weighted denoising error; with
             `weighting="elbo"` the log-likelihood lower bound up to a constant per image (which cancels in `probs`),
             with `weighting="uniform"` a score only. `-inf` for classes pruned early.
-        log_likelihood_ratio: `[N]` class 1 versus class 0 for binary tasks (`None` otherwise), from the scores of
-            both classes before pruning (`DenoisingScoreResult.partial_scores`): the continuous score of ROC curves.
+        log_likelihood_ratio: `[N]` for binary tasks (`None` otherwise): `log p(x | positive) - log p(x | negative)`,
+            the positive class being the pipeline's `positive_class` (class 1 when unset), from the scores of both
+            classes before pruning (`DenoisingScoreResult.partial_scores`): the continuous score of ROC curves.
         nfe_per_image: `[N]` network function evaluations (one image, one class, one time = 1).
         bits_per_dim: `[N, K]` bits per dimension of each class density (`method="likelihood"` only, else `None`).
     """
@@ -56,11 +64,19 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         scheduler: the `DDPMScheduler` it was trained with (linear betas, epsilon prediction): defines the VP-SDE.
         class_names: the `K` class names, stored in `model_index.json` so they travel with the weights. Default:
             `"0".."K-1"` with `K = num_class_embeds` (no null class).
+        positive_class: for a binary task, the class name its metrics and `log_likelihood_ratio` refer to (see
+            `set_positive_class`); saved in `model_index.json`.
     """
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, class_names: Optional[List[str]] = None):
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        scheduler: DDPMScheduler,
+        class_names: Optional[List[str]] = None,
+        positive_class: Optional[str] = None,
+    ):
         super().__init__()
         num_embeds = unet.config.get("num_class_embeds")
         if num_embeds is None:
@@ -77,6 +93,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
             )
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(class_names=[str(name) for name in class_names])
+        self.set_positive_class(positive_class)
 
     @property
     def class_names(self) -> List[str]:
@@ -141,6 +158,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         num_probes: int = 1,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         seed: Union[int, Sequence[int]] = 0,
+        seed_by: str = "content",
         batch_size: int = 256,
         return_dict: bool = True,
         input_data_format: Optional[str] = None,
@@ -171,8 +189,14 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
                 `solver="dopri5"`.
             generator (`torch.Generator` or `List[torch.Generator]`, *optional*): one generator (one seed drawn from
                 it) or one per image; overrides `seed`.
-            seed (`int` or `Sequence[int]`, *optional*, defaults to 0): an int (image `i` uses stream `(seed, i)`) or
-                one per image. The default makes calls repeatable.
+            seed (`int` or `Sequence[int]`, *optional*, defaults to 0): an int (see `seed_by`) or one per image.
+                The default makes calls repeatable.
+            seed_by (`str`, *optional*, defaults to `"content"`): what an int `seed` (or the one drawn from a single
+                `generator`) is combined with to give each image its random draws (noise, timesteps, probes):
+                `"content"`, the SHA-256 of the image's preprocessed pixels ([`content_seeds`]), so an image's result
+                is the same alone, in any batch and at any position; `"position"`, its index `i` in the call (stream
+                `(seed, i)`, v0.1.0's only scheme, kept to reproduce its numbers: batch-vs-single results differ by
+                the Monte-Carlo noise).
             batch_size (`int`, *optional*, defaults to 256): samples (image x class x time) per U-Net call; the ODE
                 solves `batch_size // K` images at once.
             return_dict (`bool`, *optional*, defaults to `True`): return a [`ScoreSDEClassifierOutput`], else its
@@ -189,6 +213,8 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         >>> out = pipe(images, num_timesteps=100, pruning=[(20, 2), (80, 1)])  # the 2 best classes after 20 timesteps
         >>> out.labels, out.probs, out.nfe_per_image
         >>> exact = pipe(images, method="likelihood", priors=[0.9, 0.1])  # probability-flow ODE, Bayes' rule
+        >>> pipe(images, seed_by="position")  # v0.1.0's draws (by position in the call), to reproduce its numbers
+        >>> pipe.set_progress_bar_config(disable=True)  # silences every bar of the call
         ```
 
         Returns:
@@ -196,17 +222,21 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         """
         if method not in METHODS:
             raise ValueError(f"expected method in {METHODS}, got {method!r}")
+        if seed_by not in SEED_BY:
+            raise ValueError(f"expected seed_by in {SEED_BY}, got {seed_by!r}")
         log_prior = self.check_priors(priors)
         class_ids = list(range(len(self.class_names)))
         pixels = self.preprocess(images, input_data_format)
         seed = self.seeds_from(generator, seed, len(pixels))
+        if seed_by == "content" and isinstance(seed, numbers.Integral):
+            seed = content_seeds(pixels, seed)
 
         # score every class: log p(x | c) by the probability-flow ODE, or the denoising-error bound
         if method == "likelihood":
             result = probability_flow_log_likelihood(
                 self.unet, pixels, class_ids, solver=solver, num_steps=num_steps, step_spacing=step_spacing,
                 rtol=rtol, atol=atol, num_probes=num_probes, seed=seed,
-                batch_size=max(1, batch_size // len(class_ids)), sde=self.sde,
+                batch_size=max(1, batch_size // len(class_ids)), sde=self.sde, progress_bar=self.progress_bar_config,
             )
             log_likelihoods, before_pruning, bits_per_dim = result.log_likelihood.double(), None, result.bits_per_dim
         else:
@@ -214,6 +244,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
                 self.unet, pixels, class_ids, num_timesteps=num_timesteps, timestep_spacing=timestep_spacing,
                 weighting=weighting, pruning=pruning, early_stop_confidence=early_stop_confidence,
                 timesteps_per_check=timesteps_per_check, seed=seed, max_batch_size=batch_size, sde=self.sde,
+                progress_bar=self.progress_bar_config,
             )
             log_likelihoods, before_pruning, bits_per_dim = result.scores, result.partial_scores, None
 
@@ -225,13 +256,15 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
 
     def posterior(self, log_likelihoods: torch.Tensor, log_prior: Optional[torch.Tensor],
                   before_pruning: Optional[torch.Tensor] = None) -> dict:
-        """Bayes' rule: the base output of `log_likelihoods + log_prior`, with the log-likelihoods and (K = 2) ratio."""
+        """Bayes' rule: the base output of `log_likelihoods + log_prior`, with the log-likelihoods and (K = 2) the
+        ratio `log p(x | positive) - log p(x | negative)`."""
         logits = log_likelihoods if log_prior is None else log_likelihoods + log_prior
         logits = logits - logits.max(1, keepdim=True).values  # in float64: build_output's softmax runs in float32
         base = self.build_output(logits, self.class_names)
         if len(self.class_names) == 2:
             both = log_likelihoods if before_pruning is None else before_pruning
-            ratio = both[:, 1] - both[:, 0]
+            positive = 1 if self.positive_class is None else self.class_names.index(self.positive_class)
+            ratio = both[:, positive] - both[:, 1 - positive]
         else:
             ratio = None
         return dict(base, log_likelihoods=log_likelihoods, log_likelihood_ratio=ratio)

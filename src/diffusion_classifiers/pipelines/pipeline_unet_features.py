@@ -25,14 +25,23 @@ class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
         unet: the frozen, unconditional `UNet2DModel` trained on unlabeled images.
         scheduler: the `DDPMScheduler` it was trained with (defines the noising at timestep t).
         head: a fitted `LinearProbeHead` (optional: a pipeline without one can still `extract_features`).
+        positive_class: for a binary task, the class name its metrics refer to (see `set_positive_class`); saved
+            in `model_index.json`.
     """
 
     model_cpu_offload_seq = "unet->head"
     _optional_components = ["head"]
 
-    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, head: Optional[LinearProbeHead] = None):
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        scheduler: DDPMScheduler,
+        head: Optional[LinearProbeHead] = None,
+        positive_class: Optional[str] = None,
+    ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, head=head)
+        self.set_positive_class(positive_class)
 
     @property
     def feature_extractor(self) -> DiffusionFeatureExtractor:
@@ -54,11 +63,11 @@ class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
         noise_seed: int = 0,
         num_noise_draws: int = 1,
         batch_size: int = 64,
-        show_progress: bool = False,
         input_data_format: Optional[str] = None,
     ) -> dict:
         """`{(block, t): Tensor[N, D]}` for every requested pair; see `DiffusionFeatureExtractor.extract`.
-        `input_data_format` is the layout of 3-D / 4-D arrays and tensors (see `preprocess_images`)."""
+        `input_data_format` is the layout of 3-D / 4-D arrays and tensors (see `preprocess_images`). The progress
+        bar follows `set_progress_bar_config`."""
         return self.feature_extractor.extract(
             self.preprocess(images, input_data_format),
             blocks=blocks,
@@ -67,7 +76,7 @@ class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
             noise_seed=noise_seed,
             num_noise_draws=num_noise_draws,
             batch_size=batch_size,
-            show_progress=show_progress,
+            progress_bar=self.progress_bar_config,
         )
 
     @torch.no_grad()

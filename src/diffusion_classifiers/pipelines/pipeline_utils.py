@@ -8,10 +8,23 @@ from typing import Dict, List, Optional, Set, Type
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
+from diffusers.utils.distributed_utils import is_torch_dist_rank_zero
 
 from diffusion_classifiers.hub import download
+from diffusion_classifiers.models import LinearProbeHead, PrototypeHead, RepresentationConditionedDiTModel
+from diffusion_classifiers.remote_code import (
+    entry_module_name,
+    make_weights_readable_as_umask_allows,
+    write_remote_code,
+)
 
-__all__ = ["ClassifierPipelineOutput", "DiffusionClassifierPipeline", "local_snapshot"]
+__all__ = [
+    "ClassifierPipelineOutput",
+    "DiffusionClassifierPipeline",
+    "SavedWithCodeMixin",
+    "installed_index",
+    "local_snapshot",
+]
 
 # Weight files that are pickles: loading one can run arbitrary code, so they are never loaded.
 _PICKLE_SUFFIXES = (".bin", ".ckpt", ".pickle", ".pkl", ".pt", ".pth")
@@ -52,7 +65,65 @@ def _read_model_index(path: str) -> dict:
         raise ValueError(f"{index_file} is not valid JSON: {error}") from error
 
 
-class DiffusionClassifierPipeline(DiffusionPipeline):
+# The package's classes that pipelines save as diffusers custom components (in `model_index.json`).
+_COMPONENT_CLASSES = {cls.__name__: cls for cls in (LinearProbeHead, PrototypeHead, RepresentationConditionedDiTModel)}
+
+
+def installed_index(index: dict) -> dict:
+    """`index` (a `model_index.json`) with the custom-code entries `save_pretrained` writes read as this package's
+    classes: `["pipeline_rc_dit", "RepresentationConditionedDiTPipeline"]` -> `"RepresentationConditionedDiTPipeline"`,
+    `["linear_probe_head", "LinearProbeHead"]` -> `["diffusion_classifiers.models.linear_probe_head",
+    "LinearProbeHead"]`. Entries of earlier versions (a plain `_class_name`, full module paths) stay as they are."""
+    index = dict(index)
+    if isinstance(index.get("_class_name"), list):
+        index["_class_name"] = index["_class_name"][-1]
+    for name, entry in index.items():
+        if isinstance(entry, list) and len(entry) == 2 and entry[1] in _COMPONENT_CLASSES:
+            cls = _COMPONENT_CLASSES[entry[1]]
+            if entry[0] == entry_module_name(cls):
+                index[name] = [cls.__module__, cls.__name__]
+    return index
+
+
+class SavedWithCodeMixin:
+    """Saves a pipeline with its code, for diffusers' custom-pipeline loading, and reads such folders back with the
+    installed classes.
+
+    `save_pretrained` writes `model_index.json` in diffusers' custom-code form (`"_class_name": ["pipeline_rc_dit",
+    "RepresentationConditionedDiTPipeline"]`, `"head": ["linear_probe_head", "LinearProbeHead"]`) with the code beside
+    it (`remote_code.write_remote_code`), so `diffusers.DiffusionPipeline.from_pretrained(folder,
+    trust_remote_code=True)` loads it with or without this package installed. This class's own `from_pretrained` reads
+    those entries as the installed classes (`installed_index`): no code from the folder runs.
+    """
+
+    def save_config(self, save_directory, push_to_hub: bool = False, **kwargs):
+        # diffusers' save_pretrained calls this after saving every component and before any upload.
+        super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
+        index_file = os.path.join(save_directory, "model_index.json")
+        index = _read_model_index(save_directory)
+        components = {  # "_head" and the like: components `from_pipe` left unused, recorded but not saved
+            name: type(getattr(self, name))
+            for name, entry in index.items()
+            if not name.startswith("_") and isinstance(entry, list) and str(entry[0]).startswith("diffusion_classifiers.")
+        }
+        index.update({name: [entry_module_name(cls), cls.__name__] for name, cls in components.items()})
+        index["_class_name"] = [entry_module_name(type(self)), type(self).__name__]
+        index.pop("_name_or_path", None)  # where it was loaded from: a local path, not for a published folder
+        write_remote_code(save_directory, [type(self)], components)
+        with open(index_file, "w", encoding="utf-8") as f:
+            f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        folders = [name for name, entry in index.items() if isinstance(entry, list) and not name.startswith("_")]
+        make_weights_readable_as_umask_allows([os.path.join(save_directory, name) for name in folders])
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        loaded = super().load_config(*args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        config.update(installed_index(config))
+        return loaded
+
+
+class DiffusionClassifierPipeline(SavedWithCodeMixin, DiffusionPipeline):
     """Base class of the classifier pipelines and the one entry point to load any of them.
 
     `DiffusionClassifierPipeline.from_pretrained(path_or_hub_id)` reads `_class_name` in `model_index.json`
@@ -70,7 +141,7 @@ class DiffusionClassifierPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         path = local_snapshot(pretrained_model_name_or_path, kwargs)
-        index = _read_model_index(path)
+        index = installed_index(_read_model_index(path))
         if cls is DiffusionClassifierPipeline:
             class_name = index.get("_class_name")
             if class_name not in cls._registry:
@@ -120,6 +191,26 @@ class DiffusionClassifierPipeline(DiffusionPipeline):
     @staticmethod
     def class_names_from(num_classes: int, class_names: Optional[List[str]]) -> List[str]:
         return list(class_names) if class_names else [str(i) for i in range(num_classes)]
+
+    @property
+    def positive_class(self) -> Optional[str]:
+        """The class that sensitivity, specificity, positive-class F1, ROC curves and the log-likelihood ratio of a
+        binary task refer to; `None` when unset (saved in `model_index.json` by `save_pretrained`)."""
+        return self.config.get("positive_class")
+
+    def set_positive_class(self, name: Optional[str]) -> None:
+        """Name the positive class (one of `class_names`; `None` unsets it); `save_pretrained` then saves it."""
+        if name is not None and str(name) not in self.class_names:
+            raise ValueError(f"positive_class: expected one of the class names {self.class_names}, got {name!r}")
+        self.register_to_config(positive_class=None if name is None else str(name))
+
+    @property
+    def progress_bar_config(self) -> dict:
+        """The tqdm arguments of `set_progress_bar_config`, with diffusers' default (bars on the main process only):
+        passed down to the library functions a pipeline calls, so one setting governs the whole call."""
+        config = dict(getattr(self, "_progress_bar_config", {}))
+        config.setdefault("disable", not is_torch_dist_rank_zero())
+        return config
 
     @staticmethod
     def build_output(logits: torch.Tensor, class_names: List[str], return_dict: bool = True):

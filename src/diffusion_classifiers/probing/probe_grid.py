@@ -177,7 +177,7 @@ class _Batch:
             setattr(self, name, value[:, keep] if name in ("s", "y", "rho") else value[keep])
 
 
-def _fit_heads(x, targets, num_rows, l2, tol, max_iter, val=None, patience=None, show_progress=False):
+def _fit_heads(x, targets, num_rows, l2, tol, max_iter, val=None, patience=None, progress_bar=None):
     """Minimise each head's mean cross-entropy + l2 / 2 * ||weight||^2 (bias unpenalised) from zero weights.
 
     One L-BFGS per head, all run in lockstep on the stacked heads: every head has its own curvature history, step
@@ -242,7 +242,7 @@ def _fit_heads(x, targets, num_rows, l2, tol, max_iter, val=None, patience=None,
 
     if val is not None:
         keep_if_best(0)
-    progress = tqdm(total=max_iter, desc="Fitting probes", disable=not show_progress)
+    progress = tqdm(**{"total": max_iter, "desc": "Fitting probes", "unit": "iteration", **(progress_bar or {})})
     for iteration in range(1, max_iter + 1):
         done = batch.frozen | (batch.grad_max <= tol) | batch.stalled
         if val is not None:
@@ -306,6 +306,7 @@ def _fit_heads(x, targets, num_rows, l2, tol, max_iter, val=None, patience=None,
         progress.set_postfix(heads=int((~batch.frozen).sum()))
     else:  # max_iter reached
         finish(~batch.frozen, max_iter)
+    progress.total = progress.n  # converged before max_iter: the bar ends full
     progress.close()
     return out_weight, out_bias, n_iter.tolist(), converged.tolist(), kept_iter.tolist()
 
@@ -367,7 +368,7 @@ def fit_probe_grid(
     early_stopping: bool = False,
     patience: int = 10,
     device: Optional[str] = None,
-    show_progress: bool = False,
+    progress_bar: Optional[dict] = None,
 ) -> ProbeGridResult:
     r"""
     Fit one linear probe per (block, timestep) pair, all at once, and pick the best pair on validation.
@@ -402,6 +403,8 @@ def fit_probe_grid(
             lowest-val-loss iterate and stops after `patience` iterations without an improvement of 1e-4. Off by
             default: the penalty already regularises, and without it the heads are the optimum of the objective above.
         device: defaults to CUDA when available.
+        progress_bar: `tqdm` arguments for the bar over L-BFGS iterations (the heads still running shown);
+            `{"disable": True}` hides it.
 
     Returns:
         [`ProbeGridResult`]. A `UserWarning` names the heads that reached `max_iter` before `tol`.
@@ -445,7 +448,7 @@ def fit_probe_grid(
 
     weight, bias, n_iter, converged, kept_iter = _fit_heads(
         x["train"], targets("train"), 1 if binary else num_classes, 1.0 / (C * len(labels["train"])), tol, max_iter,
-        val=(x["val"], targets("val")) if early_stopping else None, patience=patience, show_progress=show_progress,
+        val=(x["val"], targets("val")) if early_stopping else None, patience=patience, progress_bar=progress_bar,
     )  # fmt: skip
     if binary:  # logit z of class 1 -> logits [-z/2, z/2]: the same softmax probabilities
         weight, bias = torch.cat([-weight, weight], dim=1) / 2, torch.cat([-bias, bias], dim=1) / 2

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from sklearn.preprocessing import StandardScaler
+from tqdm.auto import tqdm
 
 from ..metrics import classification_metrics, clustering_metrics
 from ..models.prototype_head import fit_prototypes
@@ -213,6 +214,7 @@ def evaluate_protocols(
     kmeans_standardize: bool = True,
     linear_probe: bool = True,
     probe_kwargs: Optional[dict] = None,
+    progress_bar: Optional[dict] = None,
 ) -> dict:
     r"""
     Score one feature source with every protocol, the same way for every method (U-Net features, the RC-DiT
@@ -237,6 +239,9 @@ def evaluate_protocols(
         shots: labelled samples per class: integers >= 1, and `None` or "all" for the whole train split.
         num_episodes: >= 1 draws of each few-shot labelled set.
         standardize: prototypes and k-NN standardise with the labelled set's statistics before the cosine.
+        progress_bar: `tqdm` arguments for the bar over the protocols' steps (k-means, each episode, the linear
+            probe, whose own bar over iterations it also sets unless `probe_kwargs` does); `{"disable": True}` hides
+            both.
 
     Returns:
         a JSON-serialisable `dict`:
@@ -265,7 +270,11 @@ def evaluate_protocols(
     check_label_range(y_test, "test_labels", num_classes)
     x_train, y_train, x_test, _ = _check_pair(train_features, y_train, test_features, num_classes, len(y_test))
 
+    num_steps = 1 + sum(1 if name == "all" else num_episodes for name in names) + bool(linear_probe)
+    bar = tqdm(**{"total": num_steps, "desc": "Evaluation protocols", "unit": "step", **(progress_bar or {})})
+    bar.set_postfix(protocol="k-means")
     label_free = kmeans_evaluate(x_test, y_test, num_classes, seed=seed, standardize=kmeans_standardize)
+    bar.update(1)
     result = {
         "feature": list(pair) if pair is not None else None,
         "num_classes": num_classes, "feature_dim": x_train.shape[1], "num_train": len(y_train), "num_test": len(y_test),
@@ -280,6 +289,7 @@ def evaluate_protocols(
     for n, name in zip(shots, names):
         episodes = {"prototype": [], "knn": []}
         k = knn_k if name == "all" else min(knn_k, int(n))
+        bar.set_postfix(protocol=f"few-shot ({name})")
         for episode in range(1 if name == "all" else num_episodes):
             index = few_shot_indices(y_train, None if name == "all" else int(n), seed + episode, num_classes)
             x, y = x_train[index], y_train[index]
@@ -287,12 +297,17 @@ def evaluate_protocols(
             episodes["prototype"].append(_scores(y_test, predictions, num_classes))
             predictions = knn_classify(x, y, x_test, k, num_classes, standardize)[0]
             episodes["knn"].append(_scores(y_test, predictions, num_classes))
+            bar.update(1)
         result["prototype"][name] = _summarise(episodes["prototype"])
         result["knn"][name] = {**_summarise(episodes["knn"]), "k": min(k, len(y_train))}
     if linear_probe:
+        bar.set_postfix(protocol="linear probe")
+        probe_kwargs = {"progress_bar": {**(progress_bar or {}), "leave": False}, **(probe_kwargs or {})}
         result["linear_probe"] = _linear_probe(
             x_train, y_train, x_test, y_test, val_features, val_labels, num_classes, probe_kwargs
         )
+        bar.update(1)
+    bar.close()
     return result
 
 

@@ -75,6 +75,12 @@ class TrainingArguments:
     seed: int = _flag(0, "Seed of the initial weights, the data order, noise and timesteps.")
     report_to: Optional[str] = _flag(None, 'An accelerate tracker to log to ("tensorboard", "wandb", ...).')
     dataloader_num_workers: int = _flag(0, "Worker processes of the training dataloader; 0 loads in the main one.")
+    num_sample_images: int = _flag(
+        8,
+        "Images the diffusion trainers (DDPM U-Net, RC-DiT) generate at every checkpoint and at the end, saved as "
+        "`samples/step_N.png` (seeded with `--seed`; RC-DiT: reference images above their variations); 0 turns it off.",
+    )
+    sample_inference_steps: int = _flag(25, "Denoising steps of those samples (the training scheduler, strided).")
 
     def __post_init__(self):
         positive_or_none = "None or a positive integer"
@@ -92,6 +98,8 @@ class TrainingArguments:
             ("max_train_steps", positive_or_none, _none_or_positive(self.max_train_steps)),
             ("num_epochs", positive_or_none, _none_or_positive(self.num_epochs)),
             ("dataloader_num_workers", "0 or more", self.dataloader_num_workers >= 0),
+            ("num_sample_images", "0 or more", self.num_sample_images >= 0),
+            ("sample_inference_steps", "a positive integer", self.sample_inference_steps >= 1),
         ]
         for name, expected, ok in expectations:
             if not ok:

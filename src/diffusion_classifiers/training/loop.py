@@ -3,7 +3,8 @@
 A trainer supplies a model, a dataset and a loss; this module owns the rest: distributed data loading in an order
 that is a function of (seed, epoch), AdamW with a warmup + cosine schedule, gradient accumulation, mixed precision,
 EMA (diffusers `EMAModel`), `checkpoint-N` folders with `--resume_from_checkpoint latest` (a resumed run ends with
-the weights of the uninterrupted one, bit for bit), one run per `--output_dir`, and a tqdm bar on the main process.
+the weights of the uninterrupted one, bit for bit), one run per `--output_dir`, a tqdm bar on the main process, and
+at every checkpoint (the last step included) the loss curve and the trainer's sample grid (`monitoring.py`).
 """
 
 import json
@@ -32,6 +33,7 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .launch import check_world_size
+from .monitoring import LossHistory, SampleGridFunction, remove_samples_after, write_sample_grid
 from .output_dir import OutputDirLock, check_output_dir
 from .sampling import EpochSeededSampler
 
@@ -90,8 +92,14 @@ def train(
     dataset: Dataset,
     loss_fn: LossFunction,
     sampler: Optional[Sampler] = None,
+    sample_grid: Optional[SampleGridFunction] = None,
 ) -> tuple[nn.Module, Accelerator, TrainingSummary]:
     """Train `model` on `dataset` minimising `loss_fn(model, batch)`.
+
+    At every checkpoint (and so at the last step) the main process writes `loss_history.json` / `.csv` and
+    `loss_curve.png` into `output_dir` and, given `sample_grid`, `samples/step_<N>.png`: the grid
+    `sample_grid(model)` returns for the model of that step (its EMA weights with `use_ema`; see
+    `monitoring.write_sample_grid`).
 
     `sampler` replaces uniform shuffling; its order must be a function of the epoch, so that a resumed run replays
     it: a sampler with `set_epoch(epoch)`, or one drawing from a `torch.Generator` in its `generator` attribute (it
@@ -114,7 +122,7 @@ def train(
     )
     check_world_size(accelerator)
     with _claim_output_dir(accelerator, args):
-        return _train(accelerator, args, model, dataset, loss_fn, sampler)
+        return _train(accelerator, args, model, dataset, loss_fn, sampler, sample_grid)
 
 
 @contextmanager
@@ -182,6 +190,20 @@ def _build_ema(args: TrainingArguments, model: nn.Module, device: torch.device) 
     return ema
 
 
+def _show_progress(
+    args: TrainingArguments,
+    history: LossHistory,
+    sample_grid: Optional[SampleGridFunction],
+    model: nn.Module,
+    ema: Optional[EMAModel],
+    step: int,
+) -> None:
+    """The loss files and curve, and the sample grid of the model at `step` (main process only)."""
+    history.save(args.output_dir)
+    if sample_grid is not None:
+        write_sample_grid(sample_grid, model, ema, args.output_dir, step)
+
+
 def _train(
     accelerator: Accelerator,
     args: TrainingArguments,
@@ -189,6 +211,7 @@ def _train(
     dataset: Dataset,
     loss_fn: LossFunction,
     sampler: Sampler,
+    sample_grid: Optional[SampleGridFunction],
 ) -> tuple[nn.Module, Accelerator, TrainingSummary]:
     set_seed(args.seed, device_specific=True)
     num_examples, num_processes = len(sampler), accelerator.num_processes
@@ -217,6 +240,9 @@ def _train(
     ema = _build_ema(args, unwrapped, accelerator.device) if args.use_ema else None
 
     global_step = resumed_from_step = _resume(accelerator, args, ema, parameter_names)
+    history = LossHistory.resume(args.output_dir, resumed_from_step)
+    if accelerator.is_main_process:
+        remove_samples_after(args.output_dir, resumed_from_step)
     if accelerator.is_main_process and args.report_to:
         accelerator.init_trackers("diffusion-classifiers", config=asdict(args))
 
@@ -249,12 +275,15 @@ def _train(
                 ema.step(unwrapped.parameters())
             global_step += 1
             loss_value = loss.detach().item()
+            history.append(global_step, loss_value)
             progress.update(1)
             progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
             if args.report_to:
                 accelerator.log({"train_loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
             if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
                 save_checkpoint(accelerator, args, global_step, ema, parameter_names)
+                if accelerator.is_main_process:
+                    _show_progress(args, history, sample_grid, unwrapped, ema, global_step)
             if global_step >= max_train_steps:
                 break
         epoch += 1

@@ -15,11 +15,13 @@ from torch.utils.data import TensorDataset
 from ..models.encoders import encode_representation, representation_size
 from ..models.rc_dit import RepresentationConditionedDiTModel, check_encoder_matches, rc_dit_config
 from ..models.vae_latents import encode_latents, vae_scale_factor
+from ..pipelines.pipeline_rc_dit_image_variation import RepresentationConditionedDiTImageVariationPipeline
 from .arguments import TrainingArguments
 from .denoising import DenoisingLoss, check_training_images
 from .loop import TrainingSummary, train
+from .monitoring import SampleGridFunction, image_grid
 
-__all__ = ["RCDiTJointModel", "RCDiTLoss", "train_rc_dit"]
+__all__ = ["RCDiTJointModel", "RCDiTLoss", "rc_dit_sample_grid", "train_rc_dit"]
 
 
 class RCDiTJointModel(nn.Module):
@@ -71,6 +73,31 @@ class RCDiTLoss(DenoisingLoss):
         return model(noisy, timesteps, batch[0])  # conditioned on the clean image's representation
 
 
+def rc_dit_sample_grid(
+    images: torch.Tensor,
+    scheduler: DDPMScheduler,
+    vae=None,
+    num_images: int = 8,
+    num_inference_steps: int = 25,
+    seed: int = 0,
+) -> SampleGridFunction:
+    """`joint model -> grid`: `num_images` of `images` ([-1, 1], drawn with `seed`) in the top row, the variation of
+    each below it, sampled by `RepresentationConditionedDiTImageVariationPipeline` with `num_inference_steps`
+    strided ancestral steps of a copy of `scheduler`; the same references and noise at every call."""
+    index = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:num_images]
+    references = (images[index].float().cpu() + 1) / 2  # [0, 1], which the pipeline reads as such (its minimum >= 0)
+    sampling_scheduler = DDPMScheduler.from_config(scheduler.config)
+
+    def sample_grid(model: RCDiTJointModel):
+        pipe = RepresentationConditionedDiTImageVariationPipeline(model.encoder, model.transformer, sampling_scheduler, vae)
+        pipe.set_progress_bar_config(disable=True)
+        generator = torch.Generator().manual_seed(seed)
+        variations = pipe(references, num_inference_steps=num_inference_steps, generator=generator).images  # (N, C, H, W)
+        return image_grid(torch.cat([references, variations.cpu()]), rows=2)
+
+    return sample_grid
+
+
 def train_rc_dit(
     args: TrainingArguments,
     images: torch.Tensor,
@@ -87,7 +114,8 @@ def train_rc_dit(
     (epsilon loss, `training.train`: accelerate, EMA, checkpoints, resume).
 
     Pixel space by default; with a `vae` the DiT denoises its latents, `H / vae_scale_factor(vae)` on a side, while
-    the encoder reads the images.
+    the encoder reads the images. At every checkpoint and at the end, `args.num_sample_images` training images and
+    their variations go to `samples/step_N.png` in `args.output_dir` (`rc_dit_sample_grid`), beside `loss_curve.png`.
 
     Args:
         args (`TrainingArguments`): the loop's flags; `args.seed` also seeds the transformer's initial weights.
@@ -117,5 +145,8 @@ def train_rc_dit(
     transformer = RepresentationConditionedDiTModel(**config, rep_dropout=rep_dropout)
     scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps)
     model = RCDiTJointModel(encoder, transformer, freeze_encoder=freeze_encoder, vae=vae)
-    model, _, summary = train(args, model, TensorDataset(images), RCDiTLoss(scheduler, vae=vae))
+    grid = None
+    if args.num_sample_images:
+        grid = rc_dit_sample_grid(images, scheduler, vae, args.num_sample_images, args.sample_inference_steps, args.seed)
+    model, _, summary = train(args, model, TensorDataset(images), RCDiTLoss(scheduler, vae=vae), sample_grid=grid)
     return model.encoder, model.transformer, scheduler, summary

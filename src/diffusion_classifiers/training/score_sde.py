@@ -2,20 +2,50 @@
 embedding (`num_class_embeds`), trained on labeled images with the denoising loss; optionally a null class (label
 dropout) for the unconditional score, and class-balanced sampling for imbalanced data."""
 
+import math
+from functools import partial
 from typing import Optional
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
+from diffusers.utils.torch_utils import randn_tensor
 from torch.utils.data import TensorDataset, WeightedRandomSampler
 
 from ..validation import as_labels, check_label_range, resolve_num_classes
 from .arguments import TrainingArguments
 from .denoising import check_training_images
 from .loop import TrainingSummary
+from .monitoring import SampleGridFunction, image_grid
 from .sampling import EpochSeededSampler
 from .unet import _train_unet
 
-__all__ = ["class_balanced_sampler", "train_score_sde_unet"]
+__all__ = ["class_balanced_sampler", "class_conditional_sample_grid", "train_score_sde_unet"]
+
+
+def class_conditional_sample_grid(
+    scheduler: DDPMScheduler, num_classes: int, num_images: int = 8, num_inference_steps: int = 25, seed: int = 0
+) -> SampleGridFunction:
+    """`unet -> grid` of class-conditional samples, one column per class (`ceil(num_images / num_classes)` rows):
+    `num_inference_steps` strided ancestral steps of a copy of `scheduler`, the same noise at every call (`seed`)."""
+    sampling_scheduler = DDPMScheduler.from_config(scheduler.config)
+    rows = math.ceil(num_images / num_classes)
+
+    def sample_grid(unet: UNet2DModel):
+        labels = torch.arange(num_classes, device=unet.device).repeat(rows)  # row-major: class k in column k
+        config = unet.config
+        shape = (len(labels), config.in_channels, config.sample_size, config.sample_size)
+        generator = torch.Generator().manual_seed(seed)
+        sample = randn_tensor(shape, generator=generator, device=unet.device)
+        # set step values
+        sampling_scheduler.set_timesteps(num_inference_steps, device=unet.device)
+        for t in sampling_scheduler.timesteps:
+            # predict noise model_output
+            noise_pred = unet(sample, t, class_labels=labels).sample
+            # compute previous image: x_t -> x_t-1
+            sample = sampling_scheduler.step(noise_pred, t, sample, generator=generator).prev_sample
+        return image_grid((sample / 2 + 0.5).clamp(0, 1), rows=rows)
+
+    return sample_grid
 
 
 def class_balanced_sampler(labels: torch.Tensor, num_classes: int, seed: int = 0) -> EpochSeededSampler:
@@ -51,6 +81,9 @@ def train_score_sde_unet(
             more class embedding), so the same U-Net also learns the unconditional score.
         class_balanced (`bool`, *optional*, defaults to `False`): draw every class equally often.
 
+    At every checkpoint and at the end, class-conditional samples (one column per class, `args.num_sample_images`
+    in all, rounded up to whole rows) go to `samples/step_N.png` in `args.output_dir`, beside `loss_curve.png`.
+
     Returns:
         The trained U-Net (EMA weights when `args.use_ema`, eval mode), the scheduler and the `TrainingSummary`.
     """
@@ -64,4 +97,10 @@ def train_score_sde_unet(
     null_class = num_classes if label_dropout > 0 else None
     num_class_embeds = num_classes + (label_dropout > 0)
     dataset = TensorDataset(images, labels)
-    return _train_unet(args, dataset, preset, num_train_timesteps, num_class_embeds, label_dropout, null_class, sampler)
+    sample_grid = partial(
+        class_conditional_sample_grid, num_classes=num_classes, num_images=args.num_sample_images,
+        num_inference_steps=args.sample_inference_steps, seed=args.seed,
+    )  # fmt: skip
+    return _train_unet(
+        args, dataset, preset, num_train_timesteps, num_class_embeds, label_dropout, null_class, sampler, sample_grid
+    )

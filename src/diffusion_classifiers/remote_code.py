@@ -1,0 +1,221 @@
+"""What `save_pretrained` adds to a saved folder: the code that loads it without this package, and usual file modes
+for its weights.
+
+diffusers and transformers load custom code as flat modules: a file in the saved folder plus the files it imports
+with `from .module import name` (same folder, no sub-packages). `write_remote_code` writes, for the classes a saved
+model needs:
+
+- a flat copy of every package module they import (the import closure; each imported name is resolved to the module
+  that defines it, so package `__init__` re-exports do not matter): `diffusion_classifiers/models/rc_dit.py` becomes
+  `diffusion_classifiers_models_rc_dit.py`, its package imports rewritten to `from .diffusion_classifiers_... import`;
+- one entry file per class, named after the class's module (`pipeline_unet_features.py`,
+  `modeling_diffusion_classifier.py`), that imports the class from the installed package when there is one and from
+  the bundled copy otherwise.
+"""
+
+import ast
+import os
+from importlib import metadata
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+__all__ = [
+    "INSTALL_HINT",
+    "PACKAGE",
+    "bundled_module_name",
+    "entry_module_name",
+    "make_weights_readable_as_umask_allows",
+    "write_remote_code",
+]
+
+PACKAGE = "diffusion_classifiers"
+PACKAGE_DIR = Path(__file__).resolve().parent
+INSTALL_HINT = "pip install diffusion-classifiers"
+
+_ENTRY = '''\
+"""`{name}` for `trust_remote_code=True` loading: the installed diffusion-classifiers package's class when there
+is one ({install_hint}), else the copy of its code saved with this model. Written by `save_pretrained`."""
+
+try:
+    from {installed_module} import {name}
+except ModuleNotFoundError as error:
+    if error.name != "{package}":
+        raise
+{fallback}
+__all__ = ["{name}"]
+'''
+
+# The root entry imports every bundled module itself: diffusers copies to its module cache only the files that the
+# loaded file imports directly.
+_ROOT_FALLBACK = "    from .{module} import {name}{noqa}\n"
+
+# A component's entry is loaded after the pipeline's entry has put the bundled modules beside it in diffusers' module
+# cache. `from . import` (unlike `from .module import`) keeps diffusers from copying them from the component's
+# folder, which on the Hub holds only this file.
+_COMPONENT_FALLBACK = "    from . import {module} as bundled\n\n    {name} = bundled.{name}\n"
+
+
+def bundled_module_name(module: str) -> str:
+    """The flat file name (without `.py`) of the bundled copy of package module `module`."""
+    return module.replace(".", "_")
+
+
+def entry_module_name(cls: type) -> str:
+    """The module name (file name without `.py`) of `cls`'s entry file: the last part of its module's name."""
+    return cls.__module__.rsplit(".", 1)[-1]
+
+
+def _source_path(module: str) -> Path:
+    relative = PACKAGE_DIR.joinpath(*module.split(".")[1:])
+    return relative / "__init__.py" if (relative / "__init__.py").is_file() else relative.with_suffix(".py")
+
+
+def _is_package(module: str) -> bool:
+    return _source_path(module).name == "__init__.py"
+
+
+def _in_package(module: str) -> bool:
+    return module == PACKAGE or module.startswith(PACKAGE + ".")
+
+
+def _parse(module: str) -> ast.Module:
+    return ast.parse(_source_path(module).read_text(encoding="utf-8"))
+
+
+def _import_target(node: ast.ImportFrom, module: str) -> str:
+    """The absolute name of the module `node` imports from, inside `module`."""
+    if not node.level:
+        return node.module or ""
+    parts = module.split(".") if _is_package(module) else module.split(".")[:-1]
+    parts = parts[: len(parts) - node.level + 1]
+    return ".".join(parts + ([node.module] if node.module else []))
+
+
+def _package_imports(module: str) -> List[Tuple[ast.ImportFrom, str]]:
+    """Every `from <package module> import ...` of `module` (at any depth) with its absolute target."""
+    found = []
+    for node in ast.walk(_parse(module)):
+        if isinstance(node, ast.Import) and any(_in_package(alias.name) for alias in node.names):
+            raise ValueError(f"{module}: `import {node.names[0].name}` cannot be bundled; expected `from ... import`")
+        if isinstance(node, ast.ImportFrom) and _in_package(_import_target(node, module)):
+            found.append((node, _import_target(node, module)))
+    return found
+
+
+def _defining_module(module: str, name: str) -> str:
+    """The package module that defines `name` imported from `module`, followed through re-exports."""
+    for node in _parse(module).body:
+        if isinstance(node, ast.ImportFrom) and _in_package(_import_target(node, module)):
+            for alias in node.names:
+                if (alias.asname or alias.name) == name:
+                    return _defining_module(_import_target(node, module), alias.name)
+    if _is_package(module):
+        raise ValueError(
+            f"cannot bundle `from {module} import {name}`: expected {name} to be re-exported from a module, not "
+            "defined in (or lazily loaded by) a package __init__"
+        )
+    return module
+
+
+def _bundled_source(module: str) -> Tuple[str, Dict[str, str]]:
+    """The source of `module` with its package imports rewritten to flat relative ones, and `{imported module: a
+    name imported from it}`."""
+    lines = _source_path(module).read_text(encoding="utf-8").splitlines(keepends=True)
+    imported: Dict[str, str] = {}
+    for node, target in sorted(_package_imports(module), key=lambda item: -item[0].lineno):
+        groups: Dict[str, List[str]] = {}
+        for alias in node.names:
+            if alias.name == "*":
+                raise ValueError(f"{module}: `from {target} import *` cannot be bundled; name the imports")
+            source = _defining_module(target, alias.name)
+            groups.setdefault(source, []).append(alias.name + (f" as {alias.asname}" if alias.asname else ""))
+            imported.setdefault(source, alias.name)
+        indent = " " * node.col_offset
+        lines[node.lineno - 1 : node.end_lineno] = [
+            f"{indent}from .{bundled_module_name(source)} import {', '.join(names)}\n" for source, names in groups.items()
+        ]
+    return "".join(lines), imported
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("diffusion-classifiers")
+    except metadata.PackageNotFoundError:
+        return "unknown version"
+
+
+def _check_installed(cls: type) -> None:
+    if not _in_package(cls.__module__):
+        raise ValueError(
+            f"{cls.__name__} comes from {cls.__module__}, not the diffusion_classifiers package: saving a model loaded "
+            f"from bundled code writes its code again from the package, so it needs `{INSTALL_HINT}`"
+        )
+
+
+def _write_bundle(folder: Path, modules: Sequence[str]) -> Dict[str, str]:
+    """Write the flat copies of `modules` and of every package module they import. Returns `{bundled module: a name
+    another bundled module imports from it}` ("" for a module nothing imports)."""
+    header = f"# Bundled copy of {{}} (diffusion-classifiers {_package_version()}), written by save_pretrained.\n"
+    written, first_name, pending = set(), {}, list(modules)
+    while pending:
+        module = pending.pop()
+        if module in written:
+            continue
+        written.add(module)
+        source, imported = _bundled_source(module)
+        (folder / f"{bundled_module_name(module)}.py").write_text(header.format(module) + source, encoding="utf-8")
+        for dependency, name in imported.items():
+            first_name.setdefault(dependency, name)
+            pending.append(dependency)
+    return {module: first_name.get(module, "") for module in written}
+
+
+def _entry_text(cls: type, fallback: str) -> str:
+    return _ENTRY.format(
+        name=cls.__name__,
+        installed_module=cls.__module__,
+        package=PACKAGE,
+        install_hint=INSTALL_HINT,
+        fallback=fallback,
+    )
+
+
+def write_remote_code(
+    save_directory: Union[str, os.PathLike], classes: Sequence[type], components: Optional[Mapping[str, type]] = None
+) -> None:
+    """Write into `save_directory` what loading `classes` with `trust_remote_code=True` needs without this package:
+    the bundled closure of their modules and an entry file `<entry_module_name(cls)>.py` for each. `components`
+    (`{subfolder: class}`, diffusers' custom components) get an entry file in their subfolder, which reads the
+    bundled code the root entry loaded."""
+    folder = Path(save_directory)
+    components = dict(components or {})
+    for cls in [*classes, *components.values()]:
+        _check_installed(cls)
+    bundled = _write_bundle(folder, [cls.__module__ for cls in [*classes, *components.values()]])
+    for cls in classes:
+        first_names = {module: name for module, name in bundled.items() if module != cls.__module__ and name}
+        fallback = "".join(
+            _ROOT_FALLBACK.format(module=bundled_module_name(module), name=name, noqa="  # noqa: F401")
+            for module, name in sorted(first_names.items())
+        ) + _ROOT_FALLBACK.format(module=bundled_module_name(cls.__module__), name=cls.__name__, noqa="")
+        (folder / f"{entry_module_name(cls)}.py").write_text(_entry_text(cls, fallback), encoding="utf-8")
+    for subfolder, cls in components.items():
+        fallback = _COMPONENT_FALLBACK.format(module=bundled_module_name(cls.__module__), name=cls.__name__)
+        (folder / subfolder / f"{entry_module_name(cls)}.py").write_text(_entry_text(cls, fallback), encoding="utf-8")
+
+
+def _umask() -> int:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def make_weights_readable_as_umask_allows(folders: Sequence[Union[str, os.PathLike]]) -> None:
+    """Give the `.safetensors` files directly in `folders` the mode a plain `open(..., "w")` would (0o666 minus the
+    umask, usually 0o644): safetensors writes them through a private temporary file (0o600), which other users of a
+    shared model folder or cache could not read. Other files are left as they are."""
+    mode = 0o666 & ~_umask()
+    for folder in folders:
+        for path in Path(folder).glob("*.safetensors"):
+            if path.is_file() and not path.is_symlink():
+                path.chmod(mode)

@@ -1,0 +1,133 @@
+"""What a training run shows without a tracker: the loss curve and sample grids, written into `--output_dir`.
+
+- `LossHistory`: the loss of every optimizer step, saved at each checkpoint and at the end as `loss_history.json`,
+  `loss_history.csv` and `loss_curve.png`; a resumed run continues the history of the checkpoint it resumed from.
+- `write_sample_grid`: calls a trainer's `SampleGridFunction` on the model (its EMA weights when there are some) and
+  saves the grid as `samples/step_<N>.png`, leaving the weights, the train mode and every random state as they were.
+- `image_grid`: the PIL grid of a batch of images in [0, 1], small images enlarged so a person can see them.
+"""
+
+import csv
+import json
+import os
+import re
+from typing import Callable, List, Optional
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.training_utils import EMAModel
+from diffusers.utils import make_image_grid
+from torch import nn
+
+__all__ = [
+    "LOSS_CURVE_NAME",
+    "LOSS_HISTORY_NAME",
+    "SAMPLES_DIR",
+    "LossHistory",
+    "SampleGridFunction",
+    "image_grid",
+    "remove_samples_after",
+    "write_sample_grid",
+]
+
+LOSS_HISTORY_NAME = "loss_history.json"
+LOSS_CURVE_NAME = "loss_curve.png"
+SAMPLES_DIR = "samples"
+SAMPLE_PATTERN = re.compile(r"^step_(\d+)\.png$")
+MIN_TILE_SIDE = 64  # pixels: an 8 or 16 px image is enlarged (nearest neighbour) to at least this side
+
+# sample_grid(model) -> a PIL image; called with the unwrapped model in eval mode, under torch.no_grad
+SampleGridFunction = Callable[[nn.Module], PIL.Image.Image]
+
+
+class LossHistory:
+    """The training loss at each optimizer step (the main process's batch), and the files that show it."""
+
+    def __init__(self, steps: Optional[List[int]] = None, losses: Optional[List[float]] = None):
+        self.steps, self.losses = list(steps or []), list(losses or [])
+
+    @classmethod
+    def resume(cls, output_dir: str, up_to_step: int) -> "LossHistory":
+        """The history saved in `output_dir` up to `up_to_step` (the step resumed from); empty for a fresh run."""
+        path = os.path.join(output_dir, LOSS_HISTORY_NAME)
+        if up_to_step == 0 or not os.path.isfile(path):
+            return cls()
+        with open(path) as f:
+            saved = json.load(f)
+        kept = [(s, v) for s, v in zip(saved["steps"], saved["losses"]) if s <= up_to_step]
+        return cls([s for s, _ in kept], [v for _, v in kept])
+
+    def append(self, step: int, loss: float) -> None:
+        self.steps.append(step)
+        self.losses.append(loss)
+
+    def save(self, output_dir: str) -> None:
+        """`loss_history.json` (written whole, then renamed), `loss_history.csv` and `loss_curve.png`."""
+        from ..plots import plot_loss_curve
+
+        path = os.path.join(output_dir, LOSS_HISTORY_NAME)
+        with open(path + ".tmp", "w") as f:
+            json.dump({"steps": self.steps, "losses": self.losses}, f)
+        os.replace(path + ".tmp", path)
+        with open(os.path.join(output_dir, "loss_history.csv"), "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["step", "loss"])
+            writer.writerows(zip(self.steps, self.losses))
+        if self.steps:
+            plot_loss_curve(self.steps, self.losses, os.path.join(output_dir, LOSS_CURVE_NAME))
+
+
+def image_grid(images: torch.Tensor, rows: Optional[int] = None) -> PIL.Image.Image:
+    """A `rows`-row grid of images `[N, C, H, W]` in [0, 1] (C = 1 or 3; N a multiple of `rows`), each tile enlarged
+    by an integer factor to at least `MIN_TILE_SIDE` pixels. `rows` defaults to the largest divisor of N that is at
+    most sqrt(N) (8 images: 2 rows of 4)."""
+    if rows is None:
+        rows = max(r for r in range(1, int(len(images) ** 0.5) + 1) if len(images) % r == 0)
+    if images.ndim != 4 or images.shape[1] not in (1, 3) or len(images) % rows:
+        raise ValueError(f"expected images [N, 1 or 3, H, W] with N a multiple of rows={rows}, got {tuple(images.shape)}")
+    scale = max(1, -(-MIN_TILE_SIDE // min(images.shape[-2:])))
+    array = (images.detach().float().clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    tiles = [PIL.Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in array]
+    tiles = [tile.resize((tile.width * scale, tile.height * scale), PIL.Image.NEAREST) for tile in tiles]
+    return make_image_grid(tiles, rows=rows, cols=len(tiles) // rows)
+
+
+def remove_samples_after(output_dir: str, step: int) -> None:
+    """Delete `samples/step_N.png` with N > `step`: left by an earlier run in this folder, not by this one."""
+    folder = os.path.join(output_dir, SAMPLES_DIR)
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        match = SAMPLE_PATTERN.match(name)
+        if match and int(match.group(1)) > step:
+            os.remove(os.path.join(folder, name))
+
+
+def write_sample_grid(
+    sample_grid: SampleGridFunction, model: nn.Module, ema: Optional[EMAModel], output_dir: str, step: int
+) -> str:
+    """Save `sample_grid(model)` as `samples/step_<step>.png`, with the EMA weights swapped in (and back out) when
+    `ema` is given; the train/eval mode and the global random states are restored, so training continues exactly
+    as without the grid. Returns the file's path."""
+    was_training = model.training
+    cpu_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    if ema is not None:
+        ema.store(model.parameters())
+        ema.copy_to(model.parameters())
+    try:
+        model.eval()
+        with torch.no_grad():
+            grid = sample_grid(model)
+    finally:
+        if ema is not None:
+            ema.restore(model.parameters())
+        model.train(was_training)
+        torch.set_rng_state(cpu_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+    os.makedirs(os.path.join(output_dir, SAMPLES_DIR), exist_ok=True)
+    path = os.path.join(output_dir, SAMPLES_DIR, f"step_{step}.png")
+    grid.save(path)
+    return path

@@ -1,0 +1,351 @@
+"""Saved models load the Hugging Face ecosystem's way: `diffusers.DiffusionPipeline.from_pretrained(folder,
+trust_remote_code=True)` and transformers' Auto classes / `pipeline()`, in fresh interpreters with this package
+hidden (the code saved with the model runs) and with it (the installed classes run, no remote code needed)."""
+
+import ast
+import json
+import os
+import stat
+import subprocess
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+from diffusion_classifiers import (
+    LinearProbeHead,
+    RepresentationConditionedDiTImageVariationPipeline,
+    RepresentationConditionedDiTModel,
+    RepresentationConditionedDiTPipeline,
+    ScoreSDEClassifierPipeline,
+    UNetFeatureClassifierPipeline,
+    export_rc_dit_pipeline,
+    export_unet_feature_pipeline,
+)
+from diffusion_classifiers.hub import render_model_card
+from diffusion_classifiers.models import build_vit_encoder, rc_dit_config, unet_config
+from diffusion_classifiers.remote_code import INSTALL_HINT, make_weights_readable_as_umask_allows
+
+from .conftest import PYTHON, python_subprocess_env
+
+CLASS_NAMES = ["zero", "one", "two"]
+SIZE = 16
+SCORE_SDE_CALL = {"method": "elbo", "num_timesteps": 10, "seed": 0}
+VARIATION_CALL = {"guidance_scale": 2.0, "num_inference_steps": 2}
+
+# Put on PYTHONPATH, this sitecustomize makes `diffusion_classifiers` unimportable, as where it is not installed.
+HIDE_PACKAGE = """
+import sys
+
+class HidePackage:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "diffusion_classifiers":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, HidePackage())
+"""
+
+
+# --- tiny models built in code --------------------------------------------------------------------------------------
+
+
+def small_unet(num_class_embeds=None) -> UNet2DModel:
+    torch.manual_seed(0)
+    config = unet_config("tiny", SIZE, num_class_embeds=num_class_embeds)
+    config.update(block_out_channels=(8, 16, 16), norm_num_groups=4, attention_head_dim=4)
+    return UNet2DModel(**config)
+
+
+def randomized_head(in_features: int, **config) -> LinearProbeHead:
+    torch.manual_seed(1)
+    head = LinearProbeHead(in_features, len(CLASS_NAMES), class_names=CLASS_NAMES, **config)
+    with torch.no_grad():
+        head.linear.weight.normal_(0, 1)
+        head.feature_mean.normal_(0, 0.1)
+        head.feature_std.uniform_(0.2, 0.5)
+    return head
+
+
+def rc_dit_pipeline() -> RepresentationConditionedDiTPipeline:
+    torch.manual_seed(0)
+    encoder = build_vit_encoder(SIZE, 1, 24, num_layers=1, num_heads=2, patch_size=4).eval()
+    with torch.no_grad():  # a non-trivial pooler: r = tanh(W cls + b) differs from the CLS token
+        encoder.pooler.dense.weight.normal_(0, 0.5)
+    transformer = RepresentationConditionedDiTModel(**rc_dit_config("tiny", SIZE, 1, 24, hidden_size=16, num_layers=1))
+    head = randomized_head(24, block="encoder", timestep=0, pool=None)
+    return RepresentationConditionedDiTPipeline(encoder, transformer.eval(), DDPMScheduler(), head=head)
+
+
+def pipelines() -> dict:
+    unet = UNetFeatureClassifierPipeline(
+        small_unet(), DDPMScheduler(), head=randomized_head(16, block="down_blocks.1", timestep=50)
+    )
+    unet.set_positive_class("two")
+    score_sde = ScoreSDEClassifierPipeline(small_unet(len(CLASS_NAMES)), DDPMScheduler(), class_names=CLASS_NAMES)
+    return {"unet_features": unet, "score_sde": score_sde, "rc_dit": rc_dit_pipeline()}
+
+
+def pipeline_output(pipe, images) -> list:
+    """What the loading tests compare: probabilities, or the Score-SDE pipeline's per-class log-likelihoods."""
+    if isinstance(pipe, ScoreSDEClassifierPipeline):
+        return pipe(images, **SCORE_SDE_CALL).log_likelihoods.tolist()
+    return pipe(images).probs.tolist()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """Saved pipelines, exported transformers models, the test images, the outputs on them, and the cards."""
+    root = tmp_path_factory.mktemp("ecosystem")
+    torch.manual_seed(123)
+    images = torch.rand(4, 1, SIZE, SIZE) * 2 - 1
+    np.save(root / "images.npy", images.numpy())
+    expected = {}
+    for name, pipe in pipelines().items():
+        pipe.save_pretrained(root / name)
+        expected[name] = pipeline_output(pipe, images)
+        if name in ("unet_features", "rc_dit"):
+            export = export_unet_feature_pipeline if name == "unet_features" else export_rc_dit_pipeline
+            model, _ = export(pipe, root / f"hf_{name}")
+            with torch.no_grad():
+                expected[f"hf_{name}"] = model(pixel_values=images).logits.softmax(-1).tolist()
+        if name == "rc_dit":  # the generator saved from the classifier's components
+            variation = RepresentationConditionedDiTImageVariationPipeline.from_pipe(pipe)
+            variation.save_pretrained(root / "rc_dit_variation")
+            generator = torch.Generator().manual_seed(0)
+            expected["rc_dit_variation"] = variation(images[:1], generator=generator, **VARIATION_CALL).images.tolist()
+    (root / "hide").mkdir()
+    (root / "hide" / "sitecustomize.py").write_text(HIDE_PACKAGE)
+    return root, expected
+
+
+def card_snippet(library_name: str, model_id) -> str:
+    """The usage snippet of the model card, as `render_model_card` writes it for `model_id`."""
+    card = render_model_card(
+        "unet_features", model_name="tiny", repo_id=str(model_id), dataset_name="digits",
+        dataset_license="BSD-3-Clause", metrics={"accuracy": 0.5}, training_command="make demo",
+        evaluation_command="make eval", library_name=library_name,
+    )  # fmt: skip
+    return str(card).split("## Usage")[1].split("```python\n")[1].split("```")[0]
+
+
+def assert_same_numbers(got, expected):
+    """The same code on the same inputs in another process: float32 reductions of at most ~1e3 terms may be summed in
+    another order by another kernel, moving results by at most ~1e3 * 6e-8 = 6e-5 relative (the bound
+    tests/test_frozen_checkpoints.py derives and measures); a changed model, noise or preprocessing moves them by 1e-3
+    or more."""
+    torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64),
+                               rtol=1e-4, atol=1e-5)  # fmt: skip
+
+
+def run_python(script: str, root, hide_package: bool) -> dict:
+    """Run `script` in a fresh interpreter (stdin closed: an interactive prompt would fail) and read the JSON it
+    writes to `result.json`."""
+    env = python_subprocess_env()
+    if hide_package:
+        env["PYTHONPATH"] = str(root / "hide")
+    result = subprocess.run(
+        [PYTHON, "-c", textwrap.dedent(script)], env=env, cwd=root, stdin=subprocess.DEVNULL, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert "Do you wish to run the custom code" not in result.stdout + result.stderr
+    return json.loads((root / "result.json").read_text())
+
+
+LOAD_AND_RUN = """
+import json, numpy, torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+images = torch.from_numpy(numpy.load("images.npy"))
+image = Image.fromarray(((images[0, 0].numpy() + 1) * 127.5).round().astype(numpy.uint8), mode="L")
+results = {"modules": {}, "outputs": {}, "errors": {}, "snippets": {}, "positive_class": {}, "image_size": {}}
+for name in ("unet_features", "score_sde", "rc_dit"):
+    pipe = DiffusionPipeline.from_pretrained(name, trust_remote_code=True)
+    head = [type(pipe.head).__module__] if "head" in pipe.components else []
+    results["modules"][name] = [type(pipe).__module__] + head
+    out = pipe(images, **SCORE_SDE_CALL) if name == "score_sde" else pipe(images)
+    results["outputs"][name] = (out.log_likelihoods if name == "score_sde" else out.probs).tolist()
+    results["positive_class"][name] = pipe.config.get("positive_class")
+variation = DiffusionPipeline.from_pretrained("rc_dit_variation", trust_remote_code=True)
+results["modules"]["rc_dit_variation"] = [type(variation).__module__]
+generator = torch.Generator().manual_seed(0)
+results["outputs"]["rc_dit_variation"] = variation(images[:1], generator=generator, **VARIATION_CALL).images.tolist()
+for name in ("hf_unet_features", "hf_rc_dit"):
+    model = AutoModelForImageClassification.from_pretrained(name, **TRUST)
+    results["modules"][name] = [type(model).__module__]
+    with torch.no_grad():
+        results["outputs"][name] = model(pixel_values=images).logits.softmax(-1).tolist()
+    results["outputs"][name + "_pipeline"] = pipeline("image-classification", model=name, **TRUST)(image, top_k=3)
+    results["image_size"][name] = AutoImageProcessor.from_pretrained(name, **TRUST).image_size
+"""
+
+
+@pytest.mark.slow
+def test_pipelines_and_transformers_models_load_without_the_package(saved):
+    root, expected = saved
+    snippets = {
+        "diffusers": card_snippet("diffusers", "unet_features"),
+        "transformers": card_snippet("transformers", "hf_rc_dit"),
+    }
+    script = f"""
+try:
+    import diffusion_classifiers
+except ModuleNotFoundError:
+    pass
+else:
+    raise SystemExit("the package is importable: nothing is tested")
+SCORE_SDE_CALL, VARIATION_CALL, TRUST = {SCORE_SDE_CALL!r}, {VARIATION_CALL!r}, {{"trust_remote_code": True}}
+{LOAD_AND_RUN}
+for library, snippet in {snippets!r}.items():  # the model cards' usage snippets, as they are
+    scope = {{"images": images, "image": image}}
+    exec(snippet, scope)
+    out = scope.get("out") or scope["classifier"](image)
+    results["snippets"][library] = out.probs.tolist() if hasattr(out, "probs") else out
+for name in ("unet_features", "hf_unet_features"):
+    loader = DiffusionPipeline if name == "unet_features" else AutoModelForImageClassification
+    try:
+        loader.from_pretrained(name, trust_remote_code=False)
+    except ValueError as error:
+        results["errors"][name] = str(error)
+try:  # saving writes the code again from the package
+    DiffusionPipeline.from_pretrained("rc_dit", trust_remote_code=True).save_pretrained("resaved")
+except ValueError as error:
+    results["errors"]["resave"] = str(error)
+json.dump(results, open("result.json", "w"))
+"""
+    results = run_python(script, root, hide_package=True)
+
+    for name, modules in results["modules"].items():  # the code saved in the folder ran, not an installed package
+        assert all(m.startswith(("diffusers_modules.", "transformers_modules.")) for m in modules), (name, modules)
+    for name in ("unet_features", "score_sde", "rc_dit", "rc_dit_variation", "hf_unet_features", "hf_rc_dit"):
+        assert_same_numbers(results["outputs"][name], expected[name])
+    for name in ("hf_unet_features", "hf_rc_dit"):
+        top = results["outputs"][f"{name}_pipeline"][0]
+        assert top["label"] == CLASS_NAMES[int(np.argmax(expected[name][0]))]
+        assert results["image_size"][name] == SIZE
+    assert results["positive_class"]["unet_features"] == "two"
+    assert_same_numbers(results["snippets"]["diffusers"], expected["unet_features"])
+    assert results["snippets"]["transformers"][0]["label"] == CLASS_NAMES[int(np.argmax(expected["hf_rc_dit"][0]))]
+    # Without the package and without trust_remote_code the libraries refuse, saying what to pass.
+    assert set(results["errors"]) == {"unet_features", "hf_unet_features", "resave"}
+    for name in ("unet_features", "hf_unet_features"):
+        assert "trust_remote_code=True" in results["errors"][name], results["errors"][name]
+    assert INSTALL_HINT in results["errors"]["resave"]
+
+
+@pytest.mark.slow
+def test_pipelines_and_transformers_models_load_with_the_package_without_remote_code(saved):
+    root, expected = saved
+    script = f"""
+import diffusion_classifiers  # registers the transformers Auto classes
+from diffusion_classifiers import DiffusionClassifierPipeline
+SCORE_SDE_CALL, VARIATION_CALL, TRUST = {SCORE_SDE_CALL!r}, {VARIATION_CALL!r}, {{}}
+{LOAD_AND_RUN}
+for name in ("unet_features", "score_sde", "rc_dit"):  # no trust_remote_code: the folder's code is never run
+    pipe = DiffusionClassifierPipeline.from_pretrained(name)
+    results["modules"][name + "_own"] = [type(pipe).__module__]
+    call = SCORE_SDE_CALL if name == "score_sde" else {{}}
+    out = pipe(images, **call)
+    results["outputs"][name + "_own"] = (out.log_likelihoods if name == "score_sde" else out.probs).tolist()
+json.dump(results, open("result.json", "w"))
+"""
+    results = run_python(script, root, hide_package=False)
+
+    for name, modules in results["modules"].items():  # trusted code imported the installed classes
+        assert all(m.startswith("diffusion_classifiers.") for m in modules), (name, modules)
+    for name in ("unet_features", "score_sde", "rc_dit"):
+        assert_same_numbers(results["outputs"][name], expected[name])
+        assert_same_numbers(results["outputs"][f"{name}_own"], expected[name])
+    for name in ("hf_unet_features", "hf_rc_dit", "rc_dit_variation"):
+        assert_same_numbers(results["outputs"][name], expected[name])
+    assert results["image_size"] == {"hf_unet_features": SIZE, "hf_rc_dit": SIZE}
+
+
+# --- the code saved with a model ------------------------------------------------------------------------------------
+
+
+def test_saved_code_is_flat_minimal_and_imports_the_installed_package_first(saved):
+    root, _ = saved
+    folder = root / "unet_features"
+    code = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*.py"))
+    assert "pipeline_unet_features.py" in code and "head/linear_probe_head.py" in code
+    bundled = [name for name in code if name.startswith("diffusion_classifiers_")]
+    assert all("/" not in name for name in bundled)
+    # the closure of the pipeline's imports: no training, plotting, probing or evaluation code
+    unneeded = ("training", "plots", "probing", "evaluation")
+    assert not [name for name in bundled if any(part in name for part in unneeded)]
+    for name in bundled:  # every package import is a flat relative one
+        tree = ast.parse((folder / name).read_text())
+        absolute = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level]
+        assert not [m for m in absolute if m.startswith("diffusion_classifiers")], name
+    entry = (folder / "pipeline_unet_features.py").read_text()
+    assert "from diffusion_classifiers.pipelines.pipeline_unet_features import UNetFeatureClassifierPipeline" in entry
+    assert INSTALL_HINT in entry
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_unet_features", "UNetFeatureClassifierPipeline"]
+    assert index["head"] == ["linear_probe_head", "LinearProbeHead"] and "_name_or_path" not in index
+    config = json.loads((root / "hf_rc_dit" / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForImageClassification"] == (
+        "modeling_diffusion_classifier.DiffusionFeaturesForImageClassification"
+    )
+
+
+def test_saved_weights_are_readable_as_the_umask_allows(saved, tmp_path):
+    root, _ = saved
+    for folder in ("unet_features", "score_sde", "rc_dit", "hf_rc_dit"):
+        weights = list((root / folder).rglob("*.safetensors"))
+        modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in weights}
+        assert weights and set(modes.values()) == {0o666 & ~current_umask()}, modes
+    for name in ("weights.safetensors", "private.txt"):
+        (tmp_path / name).write_bytes(b"")
+        os.chmod(tmp_path / name, 0o600)
+    previous = os.umask(0o027)
+    try:
+        make_weights_readable_as_umask_allows([tmp_path])
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "weights.safetensors").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "private.txt").stat().st_mode) == 0o600  # not written by save_pretrained
+
+
+def current_umask() -> int:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+# --- the RC-DiT encoder as a transformers classifier -----------------------------------------------------------------
+
+
+def test_rc_dit_export_keeps_the_representation_and_the_preprocessing(saved, tmp_path):
+    root, _ = saved
+    pipe = rc_dit_pipeline()
+    images = torch.from_numpy(np.load(root / "images.npy"))
+    model = AutoModelForImageClassification.from_pretrained(root / "hf_rc_dit")
+    processor = AutoImageProcessor.from_pretrained(root / "hf_rc_dit")
+    assert (processor.image_size, processor.num_channels) == (SIZE, 1)
+    with torch.no_grad():
+        hidden = model(pixel_values=images, output_hidden_states=True).hidden_states[0]
+        cls_token = pipe.encoder(pixel_values=images).last_hidden_state[:, 0]
+    # the same function on the same weights: r itself, not the CLS token a ViTForImageClassification would read
+    assert torch.equal(hidden, pipe.encode(images))
+    assert not torch.allclose(hidden, cls_token, atol=1e-3)
+    pil = [Image.fromarray(((image[0].numpy() + 1) * 127.5).round().astype(np.uint8), mode="L") for image in images]
+    with torch.no_grad():
+        logits = model(**processor(pil)).logits
+    assert torch.equal(logits.softmax(-1), pipe(pil).probs)  # the processor reads PIL images as the pipeline does
+
+
+def test_only_a_linear_head_exports_and_the_positive_class_travels(saved):
+    root, _ = saved
+    assert json.loads((root / "hf_unet_features" / "config.json").read_text())["positive_class"] == "two"
+    pipe = rc_dit_pipeline()
+    pipe.fit_prototypes(torch.rand(6, 1, SIZE, SIZE) * 2 - 1, [0, 1, 2, 0, 1, 2], class_names=CLASS_NAMES)
+    with pytest.raises(ValueError, match="expected a fitted LinearProbeHead to export .* got PrototypeHead"):
+        export_rc_dit_pipeline(pipe)

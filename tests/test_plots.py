@@ -1,0 +1,112 @@
+"""Every report figure is written, opens as a PNG of its documented size, and keeps its title inside the image."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffusion_classifiers.plots import (
+    DPI,
+    label_efficiency_curve,
+    plot_confusion_matrix,
+    plot_label_efficiency,
+    plot_loss_curve,
+    plot_probe_heatmap,
+    plot_reliability,
+    plot_roc_pr,
+)
+
+
+def opened(path) -> np.ndarray:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return np.asarray(image.convert("L"))
+
+
+def assert_title_fits(pixels: np.ndarray) -> None:
+    """The title is drawn near the top (dark pixels in the top 40 rows) without touching the top, left or right edge
+    there (a clipped title reaches the edge it is cut at)."""
+    band = pixels[:40]
+    assert min(band[0].min(), band[:, 0].min(), band[:, -1].min()) > 200, "the title touches an edge: clipped"
+    assert band.min() < 100, "no title near the top"
+
+
+@pytest.fixture
+def binary_case():
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 2, 120)
+    positive = np.clip(0.5 + 0.3 * (2 * (y_true == 0) - 1) + rng.normal(0, 0.25, 120), 0, 1)  # P(class 0)
+    probs = np.stack([positive, 1 - positive], axis=1)
+    return y_true, probs
+
+
+def test_two_class_confusion_matrix_title_fits_and_names_the_normalisation(tmp_path):
+    path = tmp_path / "cm.png"
+    long_title = "Test confusion matrix, up_blocks.1 @ t=100, PneumoniaMNIST at 28 px"
+    plot_confusion_matrix([[50, 3], [7, 40]], ["normal", "pneumonia"], str(path), title=long_title)
+    pixels = opened(path)
+    assert pixels.shape == (5 * DPI, 6 * DPI)
+    assert_title_fits(pixels)
+    with pytest.raises(ValueError, match="normalize: expected one of"):
+        plot_confusion_matrix([[1, 0], [0, 1]], ["a", "b"], str(path), normalize="rows")
+    with pytest.raises(ValueError, match=r"expected a 3 x 3 matrix"):
+        plot_confusion_matrix([[1, 0], [0, 1]], ["a", "b", "c"], str(path))
+
+
+def test_many_class_confusion_matrix_grows_with_the_classes(tmp_path):
+    path = tmp_path / "cm10.png"
+    plot_confusion_matrix(np.eye(10, dtype=int) * 9 + 1, [f"class {k}" for k in range(10)], str(path), normalize=None)
+    size = 0.55 * 10 + 3.5
+    assert opened(path).shape == (round(size * DPI), round((size + 1) * DPI))
+
+
+def test_roc_and_precision_recall_of_the_positive_class(tmp_path, binary_case):
+    y_true, probs = binary_case
+    path = tmp_path / "roc_pr.png"
+    plot_roc_pr(y_true, probs.argmax(1), probs[:, 0], str(path), positive_label=0, class_names=["malignant", "benign"], title="Test")
+    pixels = opened(path)
+    assert pixels.shape == (5 * DPI, 10 * DPI)
+    assert_title_fits(pixels)
+    with pytest.raises(ValueError, match="needs both classes"):
+        plot_roc_pr([1, 1], [1, 0], [0.9, 0.2], str(path))
+
+
+def test_reliability_diagram_with_counts_per_bin(tmp_path, binary_case):
+    y_true, probs = binary_case
+    path = tmp_path / "reliability.png"
+    plot_reliability(y_true, probs, str(path), num_bins=5)
+    pixels = opened(path)
+    assert pixels.shape == (7 * DPI, round(5.5 * DPI))
+    assert_title_fits(pixels)
+    plot_reliability([0, 1], [[0.9, 0.1], [0.2, 0.8]], str(path))  # every prediction right: one outcome only
+    assert opened(path).shape == (7 * DPI, round(5.5 * DPI))
+
+
+def test_label_efficiency_from_evaluate_protocols(tmp_path):
+    entry = lambda acc: {"accuracy_mean": acc, "accuracy_std": 0.02, "macro_f1_mean": acc - 0.05, "macro_f1_std": 0.03}  # noqa: E731
+    protocols = {"num_train": 500, "num_classes": 10, "prototype": {"1": entry(0.4), "10": entry(0.7), "all": entry(0.9)}}
+    curve = label_efficiency_curve(protocols)
+    assert sorted(curve) == [1.0, 10.0, 50.0]  # "all" = 500 train labels / 10 classes
+    assert curve[50.0] == {"accuracy": 0.9, "macro_f1": 0.85, "accuracy_std": 0.02, "macro_f1_std": 0.03}
+    baseline = {1.0: {"accuracy": 0.2, "macro_f1": 0.1}, 50.0: {"accuracy": 0.95, "macro_f1": 0.94}}
+    path = tmp_path / "label_efficiency.png"
+    plot_label_efficiency({"this method (prototypes)": curve, "supervised CNN": baseline}, str(path))
+    pixels = opened(path)
+    assert pixels.shape == (round(4.5 * DPI), 10 * DPI)
+    assert_title_fits(pixels)
+    with pytest.raises(ValueError, match="'prototype' or 'knn'"):
+        label_efficiency_curve(protocols, "linear_probe")
+    with pytest.raises(ValueError, match="at least one method"):
+        plot_label_efficiency({}, str(path))
+
+
+def test_loss_curve_and_probe_heatmap(tmp_path):
+    steps = np.arange(1, 201)
+    plot_loss_curve(steps, 1 / np.sqrt(steps), str(tmp_path / "loss.png"))
+    assert opened(tmp_path / "loss.png").shape == (4 * DPI, 7 * DPI)
+    with pytest.raises(ValueError, match="one loss per step"):
+        plot_loss_curve([1, 2], [0.5], str(tmp_path / "loss.png"))
+    scores = {(block, t): 0.5 + 0.1 * i for i, (block, t) in enumerate([("down.0", 10), ("down.0", 100), ("mid", 10), ("mid", 100)])}
+    plot_probe_heatmap(scores, str(tmp_path / "heatmap.png"), best_pair=("mid", 100))
+    pixels = opened(tmp_path / "heatmap.png")
+    assert pixels.shape == (round((0.5 * 2 + 2) * DPI), round((1.1 * 2 + 3) * DPI))
+    assert_title_fits(pixels)

@@ -1,0 +1,311 @@
+"""`diffusion-classifiers predict` and `prediction.predict_files`: the rows equal the pipeline's own output; resumable;
+unreadable files listed, never fatal; outputs of another run never overwritten; one merged output from 2 processes."""
+
+import csv
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from PIL import Image
+
+from diffusion_classifiers import DiffusionClassifierPipeline, ScoreSDEClassifierPipeline, UNetFeatureClassifierPipeline
+from diffusion_classifiers.cli import main
+from diffusion_classifiers.models import LinearProbeHead
+from diffusion_classifiers.prediction import list_inputs, parse_windows, predict_files
+
+from .conftest import PYTHON, REPO_ROOT, python_subprocess_env, shared_data
+from .test_readme import small_unet
+from .test_training import free_port
+
+CLASSES = ["cat", "dog", "fox"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A 3-class U-Net-feature pipeline (16 px, grey) and a binary Score-SDE pipeline (8 px), saved."""
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    head = LinearProbeHead(16, 3, class_names=CLASSES, block="mid_block", timestep=50)
+    torch.nn.init.normal_(head.linear.weight, std=3.0)  # probabilities far from uniform, so rows differ
+    UNetFeatureClassifierPipeline(unet=small_unet(16), scheduler=DDPMScheduler(), head=head).save_pretrained(root / "unet")
+    ScoreSDEClassifierPipeline(
+        small_unet(8, num_class_embeds=2), DDPMScheduler(), class_names=["normal", "pneumonia"], positive_class="pneumonia"
+    ).save_pretrained(root / "sde")
+    return root
+
+
+def load(models, name):
+    pipe = DiffusionClassifierPipeline.from_pretrained(str(models / name))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def write_images(folder, names, seed=0):
+    rng = np.random.default_rng(seed)
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        size = int(rng.integers(12, 24))
+        Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(folder / name)
+
+
+def read_rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+IMAGES = ["a/1.png", "a/2.png", "b/3.png", "b/4.png", "b/5.png", "c.png"]
+
+
+def image_folder(tmp_path):
+    folder = tmp_path / "images"
+    write_images(folder, IMAGES)
+    (folder / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    (folder / "notes.txt").write_text("not listed")
+    (folder / ".hidden").mkdir()
+    write_images(folder, [".hidden/skipped.png"])
+    return folder
+
+
+class CountingPipeline:
+    """The pipeline, counting its calls; call number `fail_on_call` raises, as if the run were killed there."""
+
+    def __init__(self, pipe, fail_on_call=None):
+        self.pipe, self.fail_on_call, self.calls = pipe, fail_on_call, 0
+
+    def __getattr__(self, name):
+        return getattr(self.pipe, name)
+
+    def __call__(self, images, **kwargs):
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise RuntimeError("killed")
+        return self.pipe(images, **kwargs)
+
+
+def test_folder_rows_equal_the_pipeline_and_a_killed_run_resumes(models, tmp_path):
+    pipe, folder = load(models, "unet"), image_folder(tmp_path)
+    inputs = list_inputs(folder)
+    assert [item.path for item in inputs] == ["a/1.png", "a/2.png", "b/3.png", "b/4.png", "b/5.png", "b/broken.png", "c.png"]
+
+    clean = predict_files(pipe, inputs, tmp_path / "clean" / "predictions.csv", batch_size=2)
+    rows = read_rows(clean.output)
+    assert list(rows[0]) == ["path", "frame", "label", "score", "prob_cat", "prob_dog", "prob_fox"]
+    assert [row["path"] for row in rows] == [name for name in IMAGES] and {row["frame"] for row in rows} == {"0"}
+    # the same batches as the run made: [1, 2], [3, 4], [5, broken (an error row), c]
+    images = [Image.open(folder / name) for name in IMAGES]
+    direct = [pipe(images[i:j]) for i, j in ((0, 2), (2, 4), (4, 6))]
+    probs = torch.cat([out.probs for out in direct])
+    np.testing.assert_array_equal([[float(row[f"prob_{c}"]) for c in CLASSES] for row in rows], probs.numpy())
+    assert [row["label"] for row in rows] == sum((out.labels for out in direct), [])
+    assert [float(row["score"]) for row in rows] == torch.cat([out.scores for out in direct]).tolist()
+    errors = read_rows(clean.errors)
+    assert [row["path"] for row in errors] == ["b/broken.png"] and "cannot decode image file" in errors[0]["reason"]
+    assert (clean.rows, clean.predicted, clean.skipped, clean.failed) == (6, 6, 0, 1)
+
+    output = tmp_path / "resumed" / "predictions.csv"
+    with pytest.raises(RuntimeError, match="killed"):  # the model call of the second batch fails: the run stops
+        predict_files(CountingPipeline(pipe, fail_on_call=2), inputs, output, batch_size=2)
+    parts = output.with_name("predictions.csv.parts")
+    assert not output.exists() and [part.name for part in parts.iterdir()] == ["rows-000000000.csv"]
+    shutil.copytree(parts, tmp_path / "first-batch")
+    counting = CountingPipeline(pipe)
+    resumed = predict_files(counting, inputs, output, batch_size=2)
+    assert (resumed.predicted, resumed.skipped, resumed.failed, counting.calls) == (4, 2, 1, 2)
+    assert output.read_bytes() == (tmp_path / "clean" / "predictions.csv").read_bytes()
+    assert output.with_name("errors.csv").read_bytes() == (tmp_path / "clean" / "errors.csv").read_bytes()
+    assert not parts.exists()
+    shutil.copytree(tmp_path / "first-batch", parts)  # as if killed after the merge, before the parts were deleted
+    again = predict_files(counting, inputs, output, batch_size=2)  # all done: nothing classified, nothing changed
+    assert (again.predicted, again.skipped, counting.calls) == (0, 7, 2)
+    assert output.read_bytes() == (tmp_path / "clean" / "predictions.csv").read_bytes() and not parts.exists()
+
+
+def write_csv(path, rows, columns=("path", "label")):
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    return path
+
+
+def test_csv_with_a_missing_file_lists_it_in_errors(models, tmp_path):
+    write_images(tmp_path, ["x.png", "y.png"])
+    table = write_csv(tmp_path / "list.csv", [("x.png", "dog"), ("gone.png", "cat"), ("y.png", "")])
+    main(["predict", "--model_dir", str(models / "unet"), "--input", str(table), "--output", str(tmp_path / "out.csv")])
+    rows = read_rows(tmp_path / "out.csv")
+    assert [(row["path"], row["true_label"]) for row in rows] == [("x.png", "dog"), ("y.png", "")]
+    assert read_rows(tmp_path / "errors.csv") == [{"path": "gone.png", "reason": f"file not found: {tmp_path / 'gone.png'}"}]
+
+
+def test_csv_with_an_unknown_label_is_refused_before_any_work(models, tmp_path):
+    write_images(tmp_path, ["x.png"])
+    table = write_csv(tmp_path / "list.csv", [("x.png", "dog"), ("x2.png", "wolf"), ("x3.png", "Cat")])
+    with pytest.raises(ValueError, match=r"labels \['Cat', 'wolf'\] are not among the model's classes \['cat', 'dog', 'fox'\]"):
+        predict_files(load(models, "unet"), list_inputs(table), tmp_path / "out" / "predictions.csv")
+    assert not (tmp_path / "out").exists()
+
+
+def test_csv_without_a_path_column_or_with_a_file_twice_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"no 'path' column; expected a header with path\[,label\], got \['file'\]"):
+        list_inputs(write_csv(tmp_path / "a.csv", [("x.png",)], columns=("file",)))
+    with pytest.raises(ValueError, match=r"b.csv:4: 'x.png' is also on line 2; expected each file once"):
+        list_inputs(write_csv(tmp_path / "b.csv", [("x.png", "a"), ("y.png", "a"), ("x.png", "b")]))
+
+
+def test_another_model_is_refused_and_nothing_written_is_lost(models, tmp_path):
+    write_images(tmp_path / "images", ["x.png", "y.png"])
+    output = tmp_path / "predictions.csv"
+    args = ["predict", "--input", str(tmp_path / "images"), "--output", str(output)]
+    main(args + ["--model_dir", str(models / "unet")])
+    written = output.read_bytes()
+    with pytest.raises(ValueError, match=r"written by another prediction \(class_names: \['cat', 'dog', 'fox'\] then"):
+        main(args + ["--model_dir", str(models / "sde")])
+    with pytest.raises(ValueError, match="written by another prediction"):
+        main(args + ["--model_dir", str(models / "unet"), "--window", "bone"])  # other settings, same model
+    assert output.read_bytes() == written
+    main(args + ["--model_dir", str(models / "sde"), "--overwrite"])
+    assert list(read_rows(output)[0])[-1] == "log_likelihood_ratio"
+    foreign = tmp_path / "foreign.csv"
+    foreign.write_text("my own file\n")
+    with pytest.raises(ValueError, match="foreign.csv.* not written by this prediction"):
+        main(args[:-1] + [str(foreign), "--model_dir", str(models / "unet")])
+    assert foreign.read_text() == "my own file\n"
+
+
+def test_score_sde_parquet_has_the_log_likelihood_ratio(models, tmp_path):
+    pipe = load(models, "sde")
+    write_images(tmp_path, ["p.png", "q.png", "r.png"])
+    table = write_csv(tmp_path / "list.csv", [("p.png", "normal"), ("q.png", "pneumonia"), ("r.png", "normal")])
+    summary = predict_files(pipe, list_inputs(table), tmp_path / "predictions.parquet", batch_size=8, seed=3)
+    written = pq.read_table(summary.output).to_pydict()
+    assert list(written) == ["path", "frame", "true_label", "label", "score", "prob_normal", "prob_pneumonia", "log_likelihood_ratio"]
+    direct = pipe([Image.open(tmp_path / name) for name in ("p.png", "q.png", "r.png")], seed=3, seed_by="content")
+    assert written["true_label"] == ["normal", "pneumonia", "normal"] and written["label"] == direct.labels
+    assert written["log_likelihood_ratio"] == direct.log_likelihood_ratio.tolist()
+    assert written["prob_pneumonia"] == direct.probs[:, 1].tolist()
+    # the ratio is log p(x | pneumonia) - log p(x | normal), the posterior's log-odds under uniform priors; the
+    # softmax ran in float32 on log-likelihoods of this size, so they are exact to within a float32 ulp of them
+    atol = 2 * np.finfo(np.float32).eps * direct.log_likelihoods.abs().max().item()
+    log_odds = np.log(direct.probs[:, 1].double().numpy()) - np.log(direct.probs[:, 0].double().numpy())
+    np.testing.assert_allclose(written["log_likelihood_ratio"], log_odds, rtol=0, atol=atol)
+    # a longer list later: the rows done are kept as they are, the new file is appended in input order
+    write_images(tmp_path, ["o.png"], seed=5)
+    longer = write_csv(tmp_path / "list.csv", [("o.png", "pneumonia"), ("p.png", "normal"), ("q.png", "pneumonia"), ("r.png", "normal")])
+    resumed = predict_files(pipe, list_inputs(longer), summary.output, batch_size=8, seed=3)
+    assert (resumed.predicted, resumed.skipped, resumed.rows) == (1, 3, 4)
+    rewritten = pq.read_table(summary.output).to_pydict()
+    assert rewritten["path"] == ["o.png", "p.png", "q.png", "r.png"]
+    assert {key: values[1:] for key, values in rewritten.items()} == written
+    alone = pipe([Image.open(tmp_path / "o.png")], seed=3, seed_by="content")
+    assert rewritten["log_likelihood_ratio"][0] == alone.log_likelihood_ratio.item()
+
+
+def test_dataset_folder_rows_are_named_by_index(models, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)) for _ in range(3)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["fox", "cat"])})
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict({"image": images, "label": [0, 1, 1]}, features=features)}).save_to_disk(tmp_path / "data")
+    pipe = load(models, "unet")
+    summary = predict_files(pipe, list_inputs(tmp_path / "data"), tmp_path / "predictions.csv")
+    rows = read_rows(summary.output)
+    assert [(row["path"], row["true_label"]) for row in rows] == [("0", "fox"), ("1", "cat"), ("2", "cat")]
+    assert [row["label"] for row in rows] == pipe(images).labels
+    with pytest.raises(ValueError, match=r"no split 'train'; expected one of \['test'\]"):
+        list_inputs(tmp_path / "data", split="train")
+
+
+def test_dicom_folder_gives_one_row_per_frame(models, tmp_path):
+    from pydicom.data import get_testdata_file
+
+    cq500 = shared_data("cq500_dicom_sample")
+    folder = tmp_path / "dicom"
+    (folder / "series").mkdir(parents=True)
+    for name in ("CQ500-CT-0/CT000010.dcm", "CQ500-CT-1/CT000000.dcm"):
+        shutil.copy(cq500 / name, folder / "series" / name.replace("/", "_"))
+    cine = get_testdata_file("emri_small.dcm")  # 10 frames, no window tags
+    if cine is None:
+        pytest.skip("emri_small.dcm not found: install pydicom-data (the [test] extra)")
+    shutil.copy(cine, folder / "cine.dcm")
+    pipe = load(models, "unet")
+    main(["predict", "--model_dir", str(models / "unet"), "--input", str(folder), "--output", str(tmp_path / "p.csv"),
+          "--window", "brain", "80", "200", "bone", "--batch_size", "4"])  # fmt: skip
+    rows = read_rows(tmp_path / "p.csv")
+    assert [(row["path"], row["frame"]) for row in rows] == [("cine.dcm", str(f)) for f in range(10)] + [
+        ("series/CQ500-CT-0_CT000010.dcm", "0"), ("series/CQ500-CT-1_CT000000.dcm", "0")]
+    frames = list_inputs(folder, parse_windows(["brain", "80", "200", "bone"]))[1].read()
+    assert frames[0].shape == (3, 512, 512) and frames[0].dtype == np.float32
+    assert rows[10]["label"] == pipe(frames).labels[0]
+    # the cine file names no window: with the file's own window it is an error row, and the CT slices are predicted
+    main(["predict", "--model_dir", str(models / "unet"), "--input", str(folder), "--output", str(tmp_path / "q" / "q.csv")])
+    assert [row["path"] for row in read_rows(tmp_path / "q" / "q.csv")] == [row["path"] for row in rows[10:]]
+    assert "cine.dcm has no WindowCenter / WindowWidth" in read_rows(tmp_path / "q" / "errors.csv")[0]["reason"]
+
+
+def test_bad_flags_are_refused_before_the_model_loads(tmp_path):
+    write_images(tmp_path, ["x.png"])
+    base = ["predict", "--model_dir", str(tmp_path / "no-model"), "--input", str(tmp_path)]
+    for extra, message in [
+        (["--window", "brain", "bone"], "2 windows give 2 channels; expected 1 or 3 windows"),
+        (["--window", "40"], "centre 40 has no width"),
+        (["--window", "lung"], "'lung' is neither a window name"),
+        (["--output", str(tmp_path / "p.json")], r"expected a \.csv or \.parquet file, got \.json"),
+        (["--batch_size", "0"], "batch_size: expected a positive integer, got 0"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            main(base + extra)
+    with pytest.raises(FileNotFoundError, match="input .*missing: not found"):
+        main(base[:-1] + [str(tmp_path / "missing")])
+
+
+HELP_WITHOUT_TORCH = """
+import argparse, importlib.util, sys, time
+sys.modules.update(torch=None, diffusers=None, transformers=None, numpy=None)  # any import of them fails
+started = time.perf_counter()
+spec = importlib.util.spec_from_file_location("prediction", sys.argv[1])
+module = sys.modules["prediction"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+module.add_predict_args(argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)).format_help()
+print(time.perf_counter() - started)
+"""
+
+
+def test_predict_flags_build_without_torch_quickly():
+    """The predict parser needs the standard library only (the package's own import, torch and diffusers
+    included, is what `diffusion-classifiers predict --help` otherwise waits for)."""
+    module = REPO_ROOT / "src" / "diffusion_classifiers" / "prediction.py"
+    result = subprocess.run([PYTHON, "-c", HELP_WITHOUT_TORCH, str(module)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout) < 2.0
+
+
+@pytest.mark.slow
+def test_two_processes_write_one_output_in_input_order(models, tmp_path):
+    names = [f"img{i:02d}.png" for i in range(9)]
+    write_images(tmp_path / "images", names)
+    (tmp_path / "images" / "img04.png").write_bytes(b"broken")
+    command = [
+        PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+        "-m", "diffusion_classifiers.cli", "predict", "--model_dir", str(models / "unet"),
+        "--input", str(tmp_path / "images"), "--output", str(tmp_path / "out" / "predictions.csv"), "--batch_size", "2",
+    ]  # fmt: skip
+    result = subprocess.run(command, env=python_subprocess_env() | {"ACCELERATE_USE_CPU": "1"}, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "predictions.csv: 8 rows (8 inputs predicted now on 2 process(es), 0 done before); 1 unreadable" in result.stdout
+    rows = read_rows(tmp_path / "out" / "predictions.csv")
+    assert [row["path"] for row in rows] == [name for name in names if name != "img04.png"]
+    assert [row["path"] for row in read_rows(tmp_path / "out" / "errors.csv")] == ["img04.png"]
+    single = predict_files(load(models, "unet"), list_inputs(tmp_path / "images"), tmp_path / "single.csv", batch_size=2)
+    expected = read_rows(single.output)
+    assert [row["label"] for row in rows] == [row["label"] for row in expected]
+    # other batches, so float32 rounding may differ: within a few ulps of probabilities <= 1
+    np.testing.assert_allclose([float(row["prob_dog"]) for row in rows], [float(row["prob_dog"]) for row in expected],
+                               rtol=0, atol=8 * np.finfo(np.float32).eps)  # fmt: skip
+    assert json.loads((tmp_path / "out" / "predictions.csv.json").read_text())["columns"][-1] == "prob_fox"
