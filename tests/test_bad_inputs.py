@@ -5,9 +5,10 @@ Arguments of the long jobs (`demo`, `examples/evaluate.py`) are refused before a
 image classified: the long steps are replaced by functions that fail the test if they are reached.
 """
 
-import importlib.util
 import os
+import runpy
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -81,13 +82,6 @@ def pickled_head(request, tmp_path, filename):
     return path
 
 
-def evaluate_example():
-    spec = importlib.util.spec_from_file_location("evaluate_example", REPO_ROOT / "examples" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def too_late(*args, **kwargs):
     raise AssertionError("a long step started before the bad argument was refused")
 
@@ -114,10 +108,13 @@ def run_demo(request, *flags):
 
 
 def run_evaluate_example(monkeypatch, argv):
-    module = evaluate_example()
-    monkeypatch.setattr(module, "load_classifier", too_late)
-    monkeypatch.setattr(module, "load_split", too_late)
-    module.main(argv)
+    """`python examples/evaluate.py ARGV`, with loading the model or the data counted as too late."""
+    import diffusion_classifiers.evaluation
+
+    monkeypatch.setattr(diffusion_classifiers.evaluation, "load_classifier", too_late)
+    monkeypatch.setattr(diffusion_classifiers.evaluation, "load_evaluation_split", too_late)
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", *argv])
+    runpy.run_path(str(REPO_ROOT / "examples" / "evaluate.py"), run_name="__main__")
 
 
 # --------------------------------------------------------------------------------------------------

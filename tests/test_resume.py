@@ -264,7 +264,8 @@ def test_a_finished_run_is_refused_unless_resumed_or_overwritten(tmp_path):
     (tmp_path / "checkpoint-5.partial").mkdir()  # a save that was interrupted
     _, _, summary = tiny_run(tmp_path, overwrite_output_dir=True, checkpointing_steps=1)
     assert summary.resumed_from_step == 0
-    expected = ["checkpoint-1", "checkpoint-2", "notes.txt", "training_summary.json"]  # the old checkpoint-4 is gone
+    loss_files = ["loss_curve.png", "loss_history.csv", "loss_history.json"]
+    expected = sorted(["checkpoint-1", "checkpoint-2", "notes.txt", "training_summary.json", *loss_files])  # no checkpoint-4
     assert sorted(p.name for p in tmp_path.iterdir()) == expected
     _, _, summary = tiny_run(tmp_path, max_train_steps=3, resume_from_checkpoint="latest")
     assert summary.resumed_from_step == 2 and summary.global_step == 3
