@@ -7,7 +7,9 @@
 
 The same as `diffusion-classifiers evaluate ...` (`diffusion_classifiers.evaluate_classifier` underneath).
 `--dataset` takes what `diffusion_classifiers.data.load_image_classification_data` reads (digits, a MedMNIST .npz,
-IDX files, an image folder) or a folder saved with `DatasetDict.save_to_disk`. Writes metrics.json, report.md,
+IDX files, an image folder), read with the model's saved preprocessing (its size, channels and DICOM windows), so the
+scores on the demo's split are the demo report's own; or a folder saved with `DatasetDict.save_to_disk`, whose images
+the model's preprocessing reads. Writes metrics.json, report.md,
 confusion_matrix.png, reliability.png and, for binary tasks, roc_pr.png; prints the headline metrics as JSON.
 """
 

@@ -67,7 +67,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     training_args = training_args_from_namespace(args)
-    images = load_data_from_args(args)["train"].images
+    train = load_data_from_args(args)["train"]
+    images = train.images
     encoder = build_vit_encoder_from_args(args, images)
     vae = None if args.vae is None else AutoencoderKL.from_pretrained(args.vae, subfolder=args.vae_subfolder)
     encoder, transformer, scheduler, _ = train_rc_dit(
@@ -82,7 +83,7 @@ def main(argv=None):
         vae=vae,
     )
     if PartialState().is_main_process:
-        pipe = RepresentationConditionedDiTPipeline(encoder, transformer, scheduler, vae=vae)
+        pipe = RepresentationConditionedDiTPipeline(encoder, transformer, scheduler, vae=vae, preprocessing=train.preprocessing)
         pipe.save_pretrained(args.output_dir)
 
 

@@ -52,7 +52,9 @@ def main(argv=None):
         class_balanced=args.class_balanced,
     )
     if PartialState().is_main_process:
-        pipeline = ScoreSDEClassifierPipeline(unet=unet, scheduler=scheduler, class_names=train.class_names)
+        pipeline = ScoreSDEClassifierPipeline(
+            unet=unet, scheduler=scheduler, class_names=train.class_names, preprocessing=train.preprocessing
+        )
         pipeline.save_pretrained(args.output_dir)
 
 

@@ -38,7 +38,8 @@ def main(argv=None):
         training_args, splits["train"].images, preset=args.unet_preset, num_train_timesteps=args.num_train_timesteps
     )
     if PartialState().is_main_process:
-        UNetFeatureClassifierPipeline(unet=unet, scheduler=scheduler).save_pretrained(args.output_dir)
+        pipeline = UNetFeatureClassifierPipeline(unet=unet, scheduler=scheduler, preprocessing=splits["train"].preprocessing)
+        pipeline.save_pretrained(args.output_dir)
 
 
 if __name__ == "__main__":

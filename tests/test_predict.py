@@ -240,7 +240,10 @@ def test_dicom_folder_gives_one_row_per_frame(models, tmp_path):
         ("series/CQ500-CT-0_CT000010.dcm", "0"), ("series/CQ500-CT-1_CT000000.dcm", "0")]
     frames = list_inputs(folder, parse_windows(["brain", "80", "200", "bone"]))[1].read()
     assert frames[0].shape == (3, 512, 512) and frames[0].dtype == np.float32
-    assert rows[10]["label"] == pipe(frames).labels[0]
+    # the row is the pipeline's own reading of the file, with the windows given
+    pipe.set_preprocessing({"medical": {"windows": ["brain", {"center": 80, "width": 200}, "bone"]}})
+    assert rows[10]["label"] == pipe([folder / "series" / "CQ500-CT-0_CT000010.dcm"]).labels[0]
+    assert float(rows[10]["score"]) == pipe([folder / "series" / "CQ500-CT-0_CT000010.dcm"]).scores[0].item()
     # the cine file names no window: with the file's own window it is an error row, and the CT slices are predicted
     main(["predict", "--model_dir", str(models / "unet"), "--input", str(folder), "--output", str(tmp_path / "q" / "q.csv")])
     assert [row["path"] for row in read_rows(tmp_path / "q" / "q.csv")] == [row["path"] for row in rows[10:]]

@@ -63,6 +63,7 @@ _LAZY = {
     "LabeledImages": "data",
     "load_image_classification_data": "data",
     "preprocess_images": "data",
+    "ImagePreprocessing": "data",
     "read_classification_split": "data",
     "to_datasets": "data",
     "stratified_split": "data",

@@ -70,7 +70,11 @@ def add_positive_class_arg(parser: argparse.ArgumentParser) -> None:
 
 def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model_dir", required=True, help="a saved pipeline (model_index.json) or transformers model (config.json)")
-    parser.add_argument("--dataset", default="digits", help="what data.load_image_classification_data reads, or a saved DatasetDict folder")
+    parser.add_argument(
+        "--dataset", default="digits",
+        help="what data.load_image_classification_data reads (with the model's saved preprocessing), or a saved "
+        "DatasetDict folder",
+    )  # fmt: skip
     parser.add_argument("--split", default="test", choices=["train", "val", "validation", "test"])
     parser.add_argument("--output_dir", default="outputs/evaluation", help="where metrics.json, report.md and the PNGs go")
     parser.add_argument("--batch_size", type=int, default=64)
@@ -79,11 +83,17 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> dict:
-    from .evaluation import check_evaluation_args, evaluate_classifier, load_classifier, load_evaluation_split
+    from .evaluation import (
+        check_evaluation_args,
+        evaluate_classifier,
+        load_classifier,
+        load_evaluation_split,
+        saved_preprocessing,
+    )
 
     check_evaluation_args(args.output_dir, args.batch_size)  # before the model and the data are loaded
     classifier = load_classifier(args.model_dir)
-    dataset = load_evaluation_split(args.dataset, args.split, args.seed)
+    dataset = load_evaluation_split(args.dataset, args.split, args.seed, saved_preprocessing(classifier))
     title = f"{os.path.basename(os.path.normpath(args.model_dir))} on {os.path.basename(os.path.normpath(args.dataset))} ({args.split})"
     metrics = evaluate_classifier(
         classifier, dataset, args.output_dir, batch_size=args.batch_size, positive_class=args.positive_class, title=title

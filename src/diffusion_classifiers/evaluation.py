@@ -3,7 +3,8 @@
 `evaluate_classifier` is the one evaluation entry (the CLI's `diffusion-classifiers evaluate` and
 `examples/evaluate.py` call it). It works for the diffusers pipelines and for transformers image-classification
 models (the exported head); labels are matched to the model's by name, so a dataset whose ClassLabel order differs
-is still scored correctly. Binary tasks are scored for their positive class (the model's saved `positive_class`
+is still scored correctly. Images reach the model through its saved preprocessing contract, the one it was trained
+with, so a training run's report and `evaluate` on the same split give the same numbers. Binary tasks are scored for their positive class (the model's saved `positive_class`
 unless another is given).
 """
 
@@ -16,7 +17,7 @@ from typing import Callable, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .data import load_image_classification_data, read_classification_split, to_datasets
+from .data import ImagePreprocessing, LabeledImages, load_image_classification_data, read_classification_split
 from .metrics import calibration_metrics, classification_metrics, resolve_positive_label
 from .validation import check_writable_dir
 
@@ -31,6 +32,7 @@ __all__ = [
     "map_labels_by_name",
     "render_evaluation_report",
     "saved_positive_class",
+    "saved_preprocessing",
     "write_evaluation",
 ]
 
@@ -85,7 +87,8 @@ def load_classifier(path: str):
 
 
 def _predictor(classifier, image_processor=None) -> Tuple[Callable[[list], torch.Tensor], List[str]]:
-    """`(images -> probs [N, K], class names)` for a pipeline or a transformers model."""
+    """`(images -> probs [N, K], class names)` for a pipeline or a transformers model; `images` a list of PIL images
+    or a `[N, C, H, W]` tensor."""
     from transformers import PreTrainedModel
 
     if isinstance(classifier, PreTrainedModel):
@@ -97,7 +100,7 @@ def _predictor(classifier, image_processor=None) -> Tuple[Callable[[list], torch
 
         def predict(images):
             with torch.no_grad():
-                inputs = processor(images, return_tensors="pt").to(classifier.device)
+                inputs = processor(images, return_tensors="pt", input_data_format=_layout(images)).to(classifier.device)
                 return classifier(**inputs).logits.float().softmax(-1).cpu()
 
         return predict, names
@@ -105,7 +108,11 @@ def _predictor(classifier, image_processor=None) -> Tuple[Callable[[list], torch
 
     if not isinstance(classifier, DiffusionClassifierPipeline):
         raise TypeError(f"expected a classifier pipeline or a transformers model, got {type(classifier).__name__}")
-    return (lambda images: classifier(images).probs.cpu()), classifier.class_names
+    return (lambda images: classifier(images, input_data_format=_layout(images)).probs.cpu()), classifier.class_names
+
+
+def _layout(images) -> Optional[str]:
+    return "channels_first" if isinstance(images, torch.Tensor) else None
 
 
 def map_labels_by_name(dataset_names: List[str], model_names: List[str]) -> np.ndarray:
@@ -133,19 +140,38 @@ def saved_positive_class(classifier) -> Optional[str]:
     return getattr(classifier, "positive_class", None) or getattr(getattr(classifier, "config", None), "positive_class", None)
 
 
-def load_evaluation_split(dataset: str, split: str = "test", seed: int = 0):
-    """The `split` of `dataset` as a `datasets.Dataset`: a folder saved with `DatasetDict.save_to_disk`, or what
+def saved_preprocessing(classifier, image_processor=None) -> ImagePreprocessing:
+    """The preprocessing contract a pipeline (`pipe.preprocessing`) or a transformers model (its image processor's
+    `preprocessing`, that of `image_processor` when given) was saved with."""
+    from transformers import PreTrainedModel
+
+    if isinstance(classifier, PreTrainedModel):
+        from transformers import AutoImageProcessor
+
+        processor = image_processor or AutoImageProcessor.from_pretrained(classifier.name_or_path)
+        return ImagePreprocessing.from_dict(processor.preprocessing)
+    return classifier.preprocessing
+
+
+def load_evaluation_split(
+    dataset: str, split: str = "test", seed: int = 0, preprocessing: Optional[ImagePreprocessing] = None
+):
+    """The `split` of `dataset`: a folder saved with `DatasetDict.save_to_disk` gives a `datasets.Dataset`; what
     `data.load_image_classification_data` reads (digits, a MedMNIST .npz, IDX files, an image folder, ...), whose
-    val split is carved from train with `seed` when the data has none."""
+    val split is carved from train with `seed` when the data has none, gives its [`LabeledImages`], read at the size,
+    channels and medical reading of `preprocessing` (a model's saved contract): the very tensors a model trained on
+    that data was trained and reported on, with no round trip through 8-bit images."""
     if split not in ("train", "val", "validation", "test"):
         raise ValueError(f"split: expected 'train', 'val', 'validation' or 'test', got {split!r}")
     if os.path.isfile(os.path.join(dataset, "dataset_dict.json")):
         from datasets import load_from_disk
 
         return load_from_disk(dataset)[split]
-    splits = load_image_classification_data(dataset, seed=seed)
-    name = "val" if split == "validation" else split
-    return to_datasets({name: splits[name]})["validation" if name == "val" else name]
+    contract = preprocessing or ImagePreprocessing()
+    splits = load_image_classification_data(
+        dataset, image_size=contract.image_size, num_channels=contract.num_channels, seed=seed, medical=contract.medical
+    )
+    return splits["val" if split == "validation" else split]
 
 
 def evaluate_classifier(
@@ -160,11 +186,17 @@ def evaluate_classifier(
     title: Optional[str] = None,
 ) -> dict:
     r"""
-    Score `classifier` on a `datasets.Dataset` with an Image and a ClassLabel column.
+    Score `classifier` on a `datasets.Dataset` with an Image and a ClassLabel column, or on [`LabeledImages`].
+
+    Every image reaches the model through its saved preprocessing contract: `datasets` images are decoded and
+    preprocessed by it; the `[-1, 1]` tensors of [`LabeledImages`] (already preprocessed, see
+    [`load_evaluation_split`]) are given in the contract's `input_range`, so a contract of the model's size passes
+    them through unchanged and the scores are those of the training run's own report.
 
     Args:
         classifier: a classifier pipeline, a transformers image-classification model, or a saved folder of either.
-        dataset (`datasets.Dataset`): the split to score; its label names must be the model's (any order).
+        dataset (`datasets.Dataset` or [`LabeledImages`]): the split to score; its label names must be the model's
+            (any order).
         output_dir (`str`, *optional*): where to write `metrics.json`, `report.md`, `confusion_matrix.png`,
             `reliability.png` and, for binary tasks, `roc_pr.png`.
         image_column, label_column (`str`, *optional*): default to the dataset's Image and ClassLabel columns.
@@ -183,7 +215,11 @@ def evaluate_classifier(
     predict, model_names = _predictor(classifier, image_processor)
     positive_class = positive_class if positive_class is not None else saved_positive_class(classifier)
     positive_label = resolve_positive_label(positive_class, model_names, len(model_names))  # before any image is read
-    images, dataset_labels, dataset_names = read_classification_split(dataset, image_column, label_column)
+    if isinstance(dataset, LabeledImages):
+        images = _in_stated_range(dataset.images, saved_preprocessing(classifier, image_processor).input_range)
+        dataset_labels, dataset_names = dataset.labels.numpy(), dataset.class_names
+    else:
+        images, dataset_labels, dataset_names = read_classification_split(dataset, image_column, label_column)
     y_true = map_labels_by_name(dataset_names, model_names)[dataset_labels]
     probs = torch.cat([predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
     metrics = classification_metrics(
@@ -193,6 +229,11 @@ def evaluate_classifier(
     if output_dir is not None:
         write_evaluation(metrics, model_names, output_dir, y_true, probs, title or f"{type(classifier).__name__} evaluation")
     return metrics
+
+
+def _in_stated_range(images: torch.Tensor, input_range: str) -> torch.Tensor:
+    """Preprocessed `[-1, 1]` images in a contract's `input_range` (`"auto"` reads them as `[-1, 1]` too)."""
+    return (images + 1.0) / 2.0 if input_range == "[0, 1]" else images
 
 
 def write_evaluation(metrics: dict, class_names: List[str], output_dir: str, y_true, probs, title: str = "Evaluation") -> None:

@@ -8,13 +8,17 @@ requested timestep of a batch through one forward pass, and stops the forward af
 
 import contextlib
 import numbers
+import os
+import tempfile
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from diffusion_classifiers.models import RepresentationConditionedDiTModel, encode_latents, encode_representation
@@ -25,6 +29,7 @@ __all__ = [
     "DiTFeatureExtractor",
     "DiffusionFeatureExtractor",
     "FeatureKey",
+    "Features",
     "dit_block_name",
     "make_noise",
 ]
@@ -32,6 +37,9 @@ __all__ = [
 POOLS = ("mean", "2x2", None)
 
 FeatureKey = Tuple[str, int]
+# A feature matrix [N, D]: a float32 tensor in memory, or a float16 `numpy.memmap` on disk when the features of a call
+# exceed its `max_memory_bytes` (`probing.fit_probe_grid` reads either).
+Features = Union[torch.Tensor, np.memmap]
 
 
 @dataclass(frozen=True)
@@ -158,6 +166,77 @@ def _as_hw(size) -> Tuple[int, int]:
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
+# ------------------------------------------------------------------------------------------------------------------
+# Images in (a tensor, or a dataset read by a DataLoader), features out (in memory, or float16 memory maps on disk)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _image_batches(images, batch_size: int, num_workers: int) -> Tuple[int, torch.Tensor, Iterator[torch.Tensor]]:
+    """`(N, the first image [1, C, H, W], an iterator over batches [B, C, H, W] in order)` of a tensor or of a torch
+    `Dataset` whose items are images or `(image, ...)` tuples (read by a `DataLoader` with `num_workers` workers)."""
+    if isinstance(images, torch.Tensor) or not isinstance(images, Dataset):
+        return len(images), images, iter(images.split(batch_size) if isinstance(images, torch.Tensor) else ())
+    if len(images) == 0:
+        raise ValueError("expected a non-empty image dataset, got 0 images")
+    loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    first = _image_of(images[0])[None]
+    return len(images), first, (_image_of(batch) for batch in loader)
+
+
+def _image_of(item) -> torch.Tensor:
+    """The image of a dataset item (or the images of a collated batch): the item itself or its first element."""
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+class _FeatureSink:
+    """Collects `(block, t) -> [N, D]` rows batch by batch into float32 tensors, or, when N x sum(D) float32 values
+    exceed `max_memory_bytes`, into float16 `numpy.memmap` files in `feature_dir` (a temporary folder by default,
+    whose files are unlinked at once: the maps keep them alive until they are garbage collected; POSIX only)."""
+
+    def __init__(self, num_images: int, max_memory_bytes: Optional[int], feature_dir: Optional[str]):
+        if max_memory_bytes is not None and (not isinstance(max_memory_bytes, numbers.Integral) or max_memory_bytes < 0):
+            raise ValueError(f"expected max_memory_bytes to be None or an integer >= 0, got {max_memory_bytes!r}")
+        self.num_images, self.max_memory_bytes, self.feature_dir = num_images, max_memory_bytes, feature_dir
+        self.arrays: Dict[FeatureKey, Features] = {}
+        self.offset = 0
+
+    def _allocate(self, batch: Dict[FeatureKey, torch.Tensor]) -> None:
+        total_bytes = 4 * self.num_images * sum(value.shape[1] for value in batch.values())
+        if self.max_memory_bytes is None or total_bytes <= self.max_memory_bytes:
+            self.arrays = {key: torch.empty(self.num_images, v.shape[1]) for key, v in batch.items()}
+            return
+        folder = self.feature_dir or tempfile.mkdtemp(prefix="diffusion-features-")
+        os.makedirs(folder, exist_ok=True)
+        for i, (key, value) in enumerate(batch.items()):
+            path = os.path.join(folder, f"{i:03d}_{key[0]}_t{key[1]}.float16")
+            self.arrays[key] = np.memmap(path, dtype=np.float16, mode="w+", shape=(self.num_images, value.shape[1]))
+            if self.feature_dir is None:
+                os.unlink(path)
+        if self.feature_dir is None:
+            os.rmdir(folder)
+
+    def add(self, batch: Dict[FeatureKey, torch.Tensor]) -> None:
+        if not self.arrays:
+            self._allocate(batch)
+        rows = slice(self.offset, self.offset + len(next(iter(batch.values()))))
+        for key, value in batch.items():
+            value = value.float().cpu()
+            if isinstance(self.arrays[key], torch.Tensor):
+                self.arrays[key][rows] = value
+                continue
+            half = value.numpy().astype(np.float16)
+            if not np.isfinite(half).all():  # beyond float16's range (65504): the features cannot be stored
+                raise ValueError(f"pair {key}: features exceed float16's range (|x| > 65504); raise max_memory_bytes")
+            self.arrays[key][rows] = half
+        self.offset = rows.stop
+
+    def result(self) -> Dict[FeatureKey, Features]:
+        for value in self.arrays.values():
+            if isinstance(value, np.memmap):
+                value.flush()
+        return self.arrays
+
+
 class DiffusionFeatureExtractor:
     r"""
     Extract pooled activations of a frozen unconditional DDPM U-Net for (block, timestep) pairs.
@@ -225,7 +304,7 @@ class DiffusionFeatureExtractor:
     @torch.no_grad()
     def extract(
         self,
-        images: torch.Tensor,
+        images: Union[torch.Tensor, Dataset],
         blocks: Sequence[str],
         timesteps: Sequence[int],
         pool: Optional[str] = "mean",
@@ -234,13 +313,18 @@ class DiffusionFeatureExtractor:
         batch_size: int = 64,
         progress_bar: Optional[dict] = None,
         early_stop: bool = True,
-    ) -> Dict[FeatureKey, torch.Tensor]:
+        num_workers: int = 0,
+        max_memory_bytes: Optional[int] = None,
+        feature_dir: Optional[str] = None,
+    ) -> Dict[FeatureKey, Features]:
         r"""
         Pooled activations of each requested block at each requested timestep.
 
         Args:
-            images (`torch.Tensor` of shape `[N, C, H, W]`): clean images scaled to [-1, 1], with the U-Net's
-                `in_channels` and `sample_size`.
+            images (`torch.Tensor` of shape `[N, C, H, W]`, or a `torch.utils.data.Dataset`): clean images scaled to
+                [-1, 1], with the U-Net's `in_channels` and `sample_size`; or a dataset of such images `[C, H, W]`
+                (or of `(image, label)` items, e.g. `data.StreamingImages`), read in order by a `DataLoader` with
+                `num_workers` worker processes. The same images give the same features either way.
             blocks (`Sequence[str]`): names from [`~DiffusionFeatureExtractor.block_names`].
             timesteps (`Sequence[int]`): integers in `[0, scheduler.config.num_train_timesteps)`; all of them share
                 one forward pass per batch.
@@ -253,24 +337,34 @@ class DiffusionFeatureExtractor:
             progress_bar (`dict`, *optional*): `tqdm` arguments for the bar over images (advanced per batch);
                 `{"disable": True}` hides it.
             early_stop (`bool`): stop each forward after the deepest requested block (same features, less work).
+            num_workers (`int`, *optional*, defaults to 0): `DataLoader` worker processes for a dataset of images.
+            max_memory_bytes (`int`, *optional*): when the features (N x the sum of the pairs' D, as float32) exceed
+                this many bytes, they are written to float16 `numpy.memmap` files instead (relative error at most
+                2^-11 per value); `None` keeps them in memory.
+            feature_dir (`str`, *optional*): the folder of those files; default a temporary one, removed when the
+                maps are garbage collected.
 
         Returns:
-            `dict[tuple[str, int], torch.Tensor]`: `(block, timestep) -> float32 CPU tensor [N, D]`.
+            `dict[tuple[str, int], torch.Tensor | numpy.memmap]`: `(block, timestep) -> float32 CPU tensor [N, D]`,
+            or a float16 memory map `[N, D]` beyond `max_memory_bytes`.
         """
         blocks = self._check_blocks(blocks)
         timesteps = _check_timesteps(timesteps, self.scheduler.config.num_train_timesteps)
         _check_pool_and_sizes(pool, num_noise_draws=num_noise_draws, batch_size=batch_size)
         config = self.unet.config
-        _check_images(images, config.in_channels, _as_hw(config.sample_size), "unet sample_size")
-        noise = make_noise(num_noise_draws, images.shape[1:], noise_seed)
-        chunks = {(b, t): [] for b in blocks for t in timesteps}
-        bar = _progress_bar(progress_bar, len(images), "U-Net features")
+        size = _as_hw(config.sample_size)
+        num_images, first, batches = _image_batches(images, batch_size, num_workers)
+        _check_images(images if isinstance(images, torch.Tensor) else first, config.in_channels, size, "unet sample_size")
+        noise = make_noise(num_noise_draws, first.shape[1:], noise_seed)
+        sink = _FeatureSink(num_images, max_memory_bytes, feature_dir)
+        bar = _progress_bar(progress_bar, num_images, "U-Net features")
         with _eval_mode(self.unet), bar:
-            for batch in images.split(batch_size):
-                for key, value in self.features_for_batch(batch, blocks, timesteps, pool, noise, early_stop).items():
-                    chunks[key].append(value.float().cpu())
+            for batch in batches:
+                if not isinstance(images, torch.Tensor):
+                    _check_images(batch, config.in_channels, size, "unet sample_size")
+                sink.add(self.features_for_batch(batch, blocks, timesteps, pool, noise, early_stop))
                 bar.update(len(batch))
-        return {key: torch.cat(values) for key, values in chunks.items()}
+        return sink.result()
 
     def features_for_batch(
         self,

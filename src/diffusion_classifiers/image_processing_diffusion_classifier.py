@@ -1,11 +1,11 @@
 """transformers image processor: the library's one preprocessing path behind transformers' PIL backend."""
 
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_backends import PilBackend
 
-from .data import preprocess_images
+from .data.preprocessing import ImagePreprocessing, preprocess_images
 from .remote_code import write_remote_code
 
 __all__ = ["DiffusionClassifierImageProcessor"]
@@ -13,20 +13,37 @@ __all__ = ["DiffusionClassifierImageProcessor"]
 
 class DiffusionClassifierImageProcessor(PilBackend):
     r"""
-    Resize to `image_size`, convert to `num_channels` and scale to [-1, 1] with
-    [`diffusion_classifiers.data.preprocess_images`], exactly as the diffusers pipelines do.
+    Apply the saved preprocessing contract ([`diffusion_classifiers.data.ImagePreprocessing`]: float range, size,
+    resampling, channels, DICOM windows) with [`diffusion_classifiers.data.preprocess_images`], exactly as the
+    diffusers pipeline it was exported from does.
 
     Args:
         image_size (`int`): the backbone's `sample_size`.
         num_channels (`int`): the backbone's `in_channels` (1 or 3).
+        preprocessing (`dict`, *optional*): the pipeline's `preprocessing` contract (`ImagePreprocessing.to_dict()`),
+            saved in `preprocessor_config.json`; its size and channels must be `image_size` and `num_channels`.
+            Default: those two with float inputs read by the rule of processors saved without a contract
+            (`input_range="auto"`).
     """
 
     model_input_names = ["pixel_values"]
 
-    def __init__(self, image_size: int = 32, num_channels: int = 1, **kwargs):
+    def __init__(
+        self, image_size: int = 32, num_channels: int = 1, preprocessing: Optional[Dict[str, Any]] = None, **kwargs
+    ):
         super().__init__(**kwargs)
+        if preprocessing is None:
+            contract = ImagePreprocessing(image_size, num_channels, input_range="auto")
+        else:
+            contract = ImagePreprocessing.from_dict(preprocessing)
+        if (contract.image_size, contract.num_channels) != (ImagePreprocessing(image_size).image_size, num_channels):
+            raise ValueError(
+                f"preprocessing: image_size {contract.image_size!r} and num_channels {contract.num_channels!r} differ "
+                f"from the processor's image_size {image_size!r} and num_channels {num_channels!r}; expected the same"
+            )
         self.image_size = image_size
         self.num_channels = num_channels
+        self.preprocessing = contract.to_dict()
 
     def to_dict(self) -> dict:
         # No `image_processor_type`: `AutoImageProcessor` then finds this class through the model's config.json
@@ -50,10 +67,9 @@ class DiffusionClassifierImageProcessor(PilBackend):
     def preprocess(
         self, images, return_tensors: Optional[str] = "pt", input_data_format: Optional[str] = None, **kwargs
     ) -> BatchFeature:
-        """`pixel_values` `[N, C, H, W]` of `images` (PIL images, arrays or tensors, one or a list). `input_data_format`
-        (`"channels_first"`, `"channels_last"` or a `ChannelDimension`) is the layout of 3-D and 4-D arrays and
-        tensors; `None` infers it when unambiguous and refuses the rest (see `preprocess_images`)."""
-        pixel_values = preprocess_images(
-            images, image_size=self.image_size, num_channels=self.num_channels, input_data_format=input_data_format
-        )
+        """`pixel_values` `[N, C, H, W]` of `images` (file paths, PIL images, arrays or tensors, one or a list) by the
+        saved `preprocessing` contract. `input_data_format` (`"channels_first"`, `"channels_last"` or a
+        `ChannelDimension`) is the layout of 3-D and 4-D arrays and tensors; `None` infers it when unambiguous and
+        refuses the rest (see `preprocess_images`)."""
+        pixel_values = preprocess_images(images, input_data_format=input_data_format, preprocessing=self.preprocessing)
         return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)

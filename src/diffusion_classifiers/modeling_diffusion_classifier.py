@@ -178,7 +178,9 @@ def _export(pipeline, backbone: nn.Module, input_shape: tuple, save_directory, *
     model.feature_mean.copy_(head.feature_mean)
     model.feature_std.copy_(head.feature_std)
     model.eval()
-    processor = DiffusionClassifierImageProcessor(image_size=input_shape[-1], num_channels=input_shape[0])
+    processor = DiffusionClassifierImageProcessor(
+        image_size=input_shape[-1], num_channels=input_shape[0], preprocessing=pipeline.preprocessing.to_dict()
+    )
     if save_directory is not None:
         model.save_pretrained(save_directory)
         processor.save_pretrained(save_directory)

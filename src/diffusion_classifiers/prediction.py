@@ -19,7 +19,7 @@ import csv
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -34,6 +34,7 @@ __all__ = [
     "output_columns",
     "parse_windows",
     "predict_files",
+    "read_saved_preprocessing",
     "run_predict",
 ]
 
@@ -70,9 +71,10 @@ class PredictionInput:
 
 def list_inputs(
     source: str | os.PathLike,
-    windows: Sequence[Any] = ("file",),
+    windows: Optional[Sequence[Any]] = None,
     split: str = "test",
     image_column: Optional[str] = None,
+    medical: Any = None,
 ) -> list[PredictionInput]:
     r"""
     The items of `source`, in order.
@@ -90,10 +92,13 @@ def list_inputs(
               `image_column` names); its rows are named by index; a `ClassLabel` column, when there is exactly one,
               is carried as `true_label`.
             * one image or DICOM file.
-        windows (`Sequence`, *optional*, defaults to `("file",)`): the DICOM windows, one channel each: preset
-            names, `"file"`, `"full"` or `data.Window`s (see `data.window_channels`). 1 or 3 windows.
+        windows (`Sequence`, *optional*): the DICOM windows, one channel each: preset names, `"file"`, `"full"` or
+            `data.Window`s (see `data.window_channels`). 1 or 3 windows. Default: those of `medical`.
         split (`str`, *optional*, defaults to `"test"`): the split of a saved `DatasetDict`.
         image_column (`str`, *optional*): the image column of a dataset (default: its one `Image` column).
+        medical (`data.MedicalPreprocessing`, *optional*): how DICOM and 16-bit files are read (windows, padding,
+            bit depth): a model's saved `pipe.preprocessing.medical`; `windows` replace its windows. Default:
+            `MedicalPreprocessing()` (each DICOM's own window).
 
     Raises:
         `FileNotFoundError`: `source` does not exist. `ValueError`: nothing to classify, a CSV without a `path`
@@ -107,7 +112,10 @@ def list_inputs(
         raise FileNotFoundError(
             f"input {source}: not found; expected an image folder, a .csv file or a datasets folder"
         )
-    medical = MedicalPreprocessing(windows=_checked_windows(windows))
+    medical = medical if medical is not None else MedicalPreprocessing()
+    if windows is not None:
+        medical = replace(medical, windows=tuple(windows))
+    _checked_windows(medical.windows)
     read = partial(_read_file, medical=medical)
     if source.is_dir() and _is_saved_dataset(source):
         return _dataset_inputs(source, split, image_column)
@@ -468,13 +476,22 @@ def _classify(pipeline: Any, images: list, seed: int) -> dict[str, list]:
 
 def _read_checked(item: PredictionInput, pipeline: Any) -> list:
     """The item's images, each one accepted by the pipeline's preprocessing; `ValueError`/`OSError` otherwise."""
-    images = item.read()
+    images = [_in_stated_range(image, pipeline.preprocessing.input_range) for image in item.read()]
     for frame, image in enumerate(images):
         try:
             pipeline.preprocess([image])
         except ValueError as error:
             raise ValueError(f"frame {frame}: {error}" if len(images) > 1 else str(error)) from error
     return images
+
+
+def _in_stated_range(image: Any, input_range: str) -> Any:
+    """A file's image as the pipeline's contract reads it: DICOM / 16-bit frames come as floats in `[0, 1]`, mapped by
+    `2 x - 1` (the step the contract itself applies to `[0, 1]` data) for a contract stating `[-1, 1]`; PIL images and
+    the other ranges unchanged (`"auto"` reads non-negative floats as `[0, 1]`)."""
+    if input_range == "[-1, 1]" and hasattr(image, "dtype") and image.dtype.kind == "f":
+        return image * 2.0 - 1.0
+    return image
 
 
 class _BatchWriter:
@@ -657,9 +674,10 @@ def add_predict_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--errors", default=None, help="where unreadable files are listed (path, reason); None: errors.csv beside --output")
     parser.add_argument("--batch_size", type=int, default=64, help="images per pipeline call; a killed run loses at most one batch")
     parser.add_argument(
-        "--window", nargs="+", default=["file"], metavar="WINDOW",
+        "--window", nargs="+", default=None, metavar="WINDOW",
         help=f"DICOM input: 1 or 3 windows, one channel each, each a name ({', '.join(WINDOW_NAMES)}; 'file' is the "
-        "file's own WindowCenter/Width, 'full' its whole stored range) or a pair 'CENTER WIDTH' in HU (--window 40 80)",
+        "file's own WindowCenter/Width, 'full' its whole stored range) or a pair 'CENTER WIDTH' in HU (--window 40 80); "
+        "overrides the windows saved with the model (None: those, recorded in the output's .json)",
     )  # fmt: skip
     parser.add_argument("--split", default="test", help="the split to read when --input is a saved DatasetDict")
     parser.add_argument("--image_column", default=None, help="a dataset's image column; None: its one Image column")
@@ -676,13 +694,16 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     from .pipelines import DiffusionClassifierPipeline
     from .training.launch import check_world_size
 
-    windows = parse_windows(args.window)
-    inputs = list_inputs(args.input, windows, split=args.split, image_column=args.image_column)
+    windows = parse_windows(args.window) if args.window is not None else None
+    medical = read_saved_preprocessing(args.model_dir).medical_or_default
+    if windows is not None:
+        medical = replace(medical, windows=windows)
+    inputs = list_inputs(args.input, split=args.split, image_column=args.image_column, medical=medical)
     _check_prediction_args(args.output, args.errors, args.batch_size, inputs)
     accelerator = Accelerator()
     check_world_size(accelerator)
     pipeline = DiffusionClassifierPipeline.from_pretrained(args.model_dir).to(accelerator.device)
-    run_info = {"model_dir": str(Path(args.model_dir).resolve()), "windows": _windows_json(windows)}
+    run_info = {"model_dir": str(Path(args.model_dir).resolve()), "windows": _windows_json(medical.windows)}
     summary = predict_files(
         pipeline, inputs, args.output, args.errors, batch_size=args.batch_size, run_info=run_info,
         overwrite=args.overwrite, seed=args.seed, accelerator=accelerator, progress_bar=not args.no_progress_bar,
@@ -693,6 +714,21 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
             f"process(es), {summary.skipped} done before); {summary.failed} unreadable -> {summary.errors}"
         )
     return summary
+
+
+def read_saved_preprocessing(model_dir: str | os.PathLike) -> Any:
+    """The preprocessing contract in a saved pipeline folder's `model_index.json`, read without loading the model
+    (the default contract for a folder saved without one, or a model that is not a local folder)."""
+    from .data import ImagePreprocessing
+
+    index_file = Path(model_dir) / "model_index.json"
+    if not index_file.is_file():
+        return ImagePreprocessing()
+    try:
+        saved = json.loads(index_file.read_text()).get("preprocessing")
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{index_file} is not valid JSON: {error}") from error
+    return ImagePreprocessing() if saved is None else ImagePreprocessing.from_dict(saved)
 
 
 def _windows_json(windows: Sequence[Any]) -> list:

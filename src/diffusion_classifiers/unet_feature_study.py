@@ -65,8 +65,12 @@ def extract_study_features(
     noise_seed: int = 0,
     batch_size: int = 128,
     show_progress: bool = True,
+    num_workers: int = 0,
+    max_memory_bytes: Optional[int] = None,
 ) -> Dict[str, Dict[tuple, torch.Tensor]]:
-    """`{split: {(block, t): Tensor[N, D]}}` for train/val/test; every block when `blocks` is None."""
+    """`{split: {(block, t): Tensor[N, D]}}` for train/val/test; every block when `blocks` is None. The splits may
+    be `data.StreamingImages` (read by `num_workers` DataLoader workers); features beyond `max_memory_bytes` go to
+    float16 memory maps (see `DiffusionFeatureExtractor.extract`), which `fit_probe_grid` reads."""
     missing = [name for name in SPLITS if name not in splits or len(splits[name]) == 0]
     if missing:
         raise ValueError(f"expected non-empty splits {SPLITS}, missing or empty: {missing}")
@@ -74,8 +78,10 @@ def extract_study_features(
     blocks = list(blocks) if blocks is not None else extractor.block_names
     return {
         name: extractor.extract(
-            splits[name].images, blocks, timesteps, pool=pool, noise_seed=noise_seed, batch_size=batch_size,
+            splits[name].images if isinstance(splits[name], LabeledImages) else splits[name], blocks, timesteps,
+            pool=pool, noise_seed=noise_seed, batch_size=batch_size,
             progress_bar={"disable": not show_progress, "desc": f"U-Net features ({name})"},
+            num_workers=num_workers, max_memory_bytes=max_memory_bytes,
         )
         for name in SPLITS
     }
@@ -107,7 +113,9 @@ def study_from_features(
         **(probe_kwargs or {}),
     )  # fmt: skip
     positive_label = resolve_positive_label(positive_class, train.class_names, train.num_classes)
-    pipeline = UNetFeatureClassifierPipeline(unet=unet, scheduler=scheduler, head=probe.head)
+    pipeline = UNetFeatureClassifierPipeline(
+        unet=unet, scheduler=scheduler, head=probe.head, preprocessing=train.preprocessing
+    )  # saved with the contract the data were read with: `pipe(...)` and `evaluate` read new images the same way
     if positive_class is not None and hasattr(pipeline, "set_positive_class"):
         pipeline.set_positive_class(positive_class)
     output = pipeline(test.images, batch_size=batch_size)

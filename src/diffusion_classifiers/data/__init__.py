@@ -1,10 +1,13 @@
 """Files and datasets in, tensors out.
 
-- [`preprocess_images`] (`preprocessing.py`): the one preprocessing contract, shared by training and inference.
+- [`ImagePreprocessing`], [`preprocess_images`] (`preprocessing.py`): the one preprocessing contract, saved with every
+  model and shared by training and inference.
 - [`load_image_classification_data`] and the readers (`readers.py`): digits, `.npz`, IDX, image folders, CSV files of
   paths, `datasets`, into [`LabeledImages`] (images, integer labels and class names, validated together).
 - [`read_dicom`], [`Window`], [`window_channels`], [`read_16bit_image`], [`MedicalPreprocessing`] (`dicom.py`):
   DICOM to Hounsfield units to windowed channels, 16-bit PNG / TIFF at their bit depth (pydicom is optional).
+- [`StreamingImages`], [`streaming_image_classification_data`] (`streaming.py`): the same data larger than memory,
+  files listed in a `datasets.Dataset` and decoded on the fly (in `DataLoader` workers) through the same preprocessing.
 - [`stratified_split`], [`stratified_group_split`], [`stratified_subset_indices`], [`long_tailed_indices`],
   [`few_label_indices`] (`splits.py`): seeded subsets.
 """
@@ -20,7 +23,7 @@ from .dicom import (
     read_dicom_folder,
     window_channels,
 )
-from .preprocessing import preprocess_images
+from .preprocessing import ImagePreprocessing, preprocess_images
 from .readers import (
     DEFAULT_DIGITS_SIZE,
     DEFAULT_FOLDER_SIZE,
@@ -43,6 +46,7 @@ from .splits import (
     stratified_split,
     stratified_subset_indices,
 )
+from .streaming import StreamingImages, streaming_image_classification_data
 
 __all__ = [
     "DEFAULT_DIGITS_SIZE",
@@ -51,8 +55,10 @@ __all__ = [
     "DicomImage",
     "FASHION_MNIST_CLASSES",
     "IMAGE_EXTENSIONS",
+    "ImagePreprocessing",
     "PNEUMONIAMNIST_CLASSES",
     "SPLITS",
+    "StreamingImages",
     "LabeledImages",
     "MedicalPreprocessing",
     "WINDOW_PRESETS",
@@ -71,6 +77,7 @@ __all__ = [
     "stratified_group_split",
     "stratified_split",
     "stratified_subset_indices",
+    "streaming_image_classification_data",
     "to_datasets",
     "window_channels",
 ]

@@ -21,7 +21,6 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .preprocessing import _PIL_16BIT_MODES
 
 __all__ = [
     "DICOM_EXTENSIONS",
@@ -40,6 +39,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DICOM_EXTENSIONS = {".dcm", ".dicom"}
+# PIL modes of 16-bit greyscale images (`data.preprocessing` reads them through here too).
+_PIL_16BIT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
 _INSTALL_HINT = 'pip install "diffusion-classifiers[medical]"'
 # The pip packages that decode each compressed transfer-syntax family (the [medical] extra installs them).
 _JPEG_PLUGIN = "pylibjpeg pylibjpeg-libjpeg"

@@ -1,11 +1,15 @@
 """The one preprocessing contract: images in any common form in, float32 `[N, C, H, W]` tensors in `[-1, 1]` out.
 
-Every loader and every pipeline turns images into tensors through [`preprocess_images`]; training, inference,
-evaluation and prediction therefore see the same values.
+[`ImagePreprocessing`] states every step (the value range of float inputs, the size and resampling, the channels,
+how DICOM / 16-bit files are read); it is saved with every model (`model_index.json`, `preprocessor_config.json`)
+and applied by [`preprocess_images`] in training, `pipe(...)`, evaluation and prediction alike.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,8 +18,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..validation import check_finite_rows
+from .dicom import _PIL_16BIT_MODES, DICOM_EXTENSIONS, MedicalPreprocessing
 
-__all__ = ["preprocess_images"]
+__all__ = ["INPUT_RANGES", "RESAMPLE_MODES", "ImagePreprocessing", "preprocess_images"]
+
+# The stated value ranges of float inputs. "auto" is the rule of models saved before the range was stated: [-1, 1]
+# when any float input of the call is negative, else [0, 1] (decided once per call, never per image).
+INPUT_RANGES = ("[-1, 1]", "[0, 1]", "auto")
+# Resampling filters (torch.nn.functional.interpolate modes); bilinear and bicubic antialias when downsizing.
+RESAMPLE_MODES = ("bilinear", "bicubic", "nearest")
 
 # The values of `input_data_format` (transformers' `ChannelDimension` values); `None` infers the layout.
 _INPUT_DATA_FORMATS = ("channels_first", "channels_last")
@@ -24,14 +35,15 @@ _INPUT_DATA_FORMATS = ("channels_first", "channels_last")
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
 # Integer dtypes and the value that maps to +1.
 _INTEGER_MAX = {torch.uint8: 255.0, torch.uint16: 65535.0, torch.bool: 1.0}
-# Float inputs may overshoot [0, 1] / [-1, 1] by this much (rounding); the result is clamped.
+# Float inputs may overshoot their stated range by this much (rounding); the result is clamped.
 _FLOAT_RANGE_TOLERANCE = 1e-3
 _PIL_GRAY_MODES = {"1", "L", "LA", "La"}
-_PIL_16BIT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
 _PIL_PALETTE_MODES = {"P", "PA"}
 # Channel counts a channel axis may have, and the layouts accepted (for error messages).
 _CHANNEL_COUNTS = (1, 3)
 _LAYOUTS = "[H, W]; one image [C, H, W] or [H, W, C]; a batch [N, C, H, W] or [N, H, W, C]; C = 1 or 3"
+# Medical files (DICOM, 16-bit PNG / TIFF) are read into [0, 1] by `MedicalPreprocessing`, whatever `input_range`.
+_FILE_RANGE = "[0, 1]"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -39,22 +51,106 @@ _LAYOUTS = "[H, W]; one image [C, H, W] or [H, W, C]; a batch [N, C, H, W] or [N
 # --------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ImagePreprocessing:
+    r"""
+    Every preprocessing step, stated: saved with a model and applied by [`preprocess_images`].
+
+    The steps, in this order: read (file paths: DICOM windowed and 16-bit files scaled by `medical`, other files
+    decoded by PIL) -> scale to `[-1, 1]` (`uint8` from `[0, 255]`, `uint16` from `[0, 65535]`, `bool` from
+    `{0, 1}`, float by `input_range`, DICOM / 16-bit files from `[0, 1]`) -> convert channels -> resize.
+
+    Args:
+        image_size (`int` or `Tuple[int, int]`, *optional*): `int` (square) or `(height, width)`; `None` keeps the
+            size (then all images must have one size). The aspect ratio is not kept.
+        num_channels (`int`, *optional*): 1 or 3. 1 -> 3 repeats the channel; 3 -> 1 takes the ITU-R 601 luma
+            (0.299 R + 0.587 G + 0.114 B, as PIL's `convert("L")`). `None` keeps the channels when all images agree
+            and gives 3 when grayscale and color images are mixed.
+        input_range (`str`, *optional*, defaults to `"[-1, 1]"`): the value range of float inputs (arrays, tensors,
+            PIL mode `F`): `"[-1, 1]"` (the library's own tensors: `LabeledImages.images`, `pipe.preprocess(...)`,
+            which therefore pass through unchanged), `"[0, 1]"` (rescaled by `2 x - 1`), or `"auto"`, the rule of
+            models saved before the range was stated (`[-1, 1]` when any float input of the call is negative, else
+            `[0, 1]`, decided once per call). A float image outside the range raises `ValueError` naming it.
+        resample (`str`, *optional*, defaults to `"bilinear"`): `"bilinear"`, `"bicubic"` (both antialiased when
+            downsizing, as PIL does) or `"nearest"`.
+        medical ([`MedicalPreprocessing`] or `dict`, *optional*): how DICOM files (`.dcm`, `.dicom`) and 16-bit
+            PNG / TIFF given as paths are read: the DICOM windows (one channel each) and the bit depth. `None`:
+            `MedicalPreprocessing()` (each DICOM's own window, 16-bit images by their maximum's bit depth).
+    """
+
+    image_size: int | tuple[int, int] | None = None
+    num_channels: int | None = None
+    input_range: str = "[-1, 1]"
+    resample: str = "bilinear"
+    medical: MedicalPreprocessing | None = None
+
+    def __post_init__(self) -> None:
+        size = _check_image_size(self.image_size)
+        object.__setattr__(self, "image_size", size[0] if size is not None and size[0] == size[1] else size)
+        if self.num_channels not in (None, 1, 3):
+            raise ValueError(f"num_channels: expected 1, 3 or None, got {self.num_channels!r}")
+        if self.input_range not in INPUT_RANGES:
+            raise ValueError(f"input_range: expected one of {list(INPUT_RANGES)}, got {self.input_range!r}")
+        if self.resample not in RESAMPLE_MODES:
+            raise ValueError(f"resample: expected one of {list(RESAMPLE_MODES)}, got {self.resample!r}")
+        if isinstance(self.medical, dict):
+            object.__setattr__(self, "medical", MedicalPreprocessing.from_dict(self.medical))
+        elif self.medical is not None and not isinstance(self.medical, MedicalPreprocessing):
+            raise ValueError(
+                f"medical: expected a MedicalPreprocessing, a dict or None, got {type(self.medical).__name__}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable: what `model_index.json` and `preprocessor_config.json` store."""
+        config = asdict(replace(self, medical=None))
+        config["image_size"] = list(self.image_size) if isinstance(self.image_size, tuple) else self.image_size
+        config["medical"] = None if self.medical is None else self.medical.to_dict()
+        return config
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> ImagePreprocessing:
+        """The inverse of [`to_dict`]; unknown keys raise `ValueError` listing the known ones."""
+        if isinstance(config, ImagePreprocessing):
+            return config
+        if not isinstance(config, dict):
+            raise ValueError(f"preprocessing: expected a dict or an ImagePreprocessing, got {type(config).__name__}")
+        known = ("image_size", "num_channels", "input_range", "resample", "medical")
+        unknown = sorted(set(config) - set(known))
+        if unknown:
+            raise ValueError(f"preprocessing: unknown keys {unknown}; expected some of {list(known)}")
+        image_size = config.get("image_size")
+        return cls(**{**config, "image_size": tuple(image_size) if isinstance(image_size, list) else image_size})
+
+    @property
+    def medical_or_default(self) -> MedicalPreprocessing:
+        """`medical`, or `MedicalPreprocessing()` when unset."""
+        return self.medical if self.medical is not None else MedicalPreprocessing()
+
+    def __call__(self, images: Any, input_data_format: str | None = None) -> torch.Tensor:
+        """[`preprocess_images`] with this contract."""
+        return preprocess_images(images, input_data_format=input_data_format, preprocessing=self)
+
+
 def preprocess_images(
     images: Any,
     image_size: int | tuple[int, int] | None = None,
     num_channels: int | None = None,
     input_data_format: str | None = None,
+    *,
+    preprocessing: ImagePreprocessing | dict | None = None,
 ) -> torch.Tensor:
     r"""
-    Turn images into a float32 CPU tensor `[N, C, H, W]` with values in `[-1, 1]`.
+    Turn images into a float32 CPU tensor `[N, C, H, W]` with values in `[-1, 1]`, as `preprocessing` states.
 
-    This is the one preprocessing path of the library: loaders use it for training data and pipelines
-    use it on user input.
+    This is the one preprocessing path of the library: loaders use it for training data and pipelines, the
+    transformers image processor and `diffusion-classifiers predict` use it on user input. Every image is processed
+    on its own, by the same stated rules, so a list and the same images as one batch give identical tensors.
 
     Each input is read one way, by its type and number of dimensions (the same for numpy arrays and torch tensors):
 
     | input | read as | channels |
     | --- | --- | --- |
+    | file path (`str`, `os.PathLike`) | DICOM (`.dcm`, `.dicom`, one image per frame) and 16-bit PNG / TIFF through `preprocessing.medical`, other files by PIL | DICOM: one per window |
     | PIL image | one image | its mode: `1`/`L`/`LA`/`I`/`I;16*`/`F` give 1, every other mode is converted to `RGB` |
     | 2-D array or tensor | one image `[H, W]` | 1 |
     | 3-D array or tensor | one image `[C, H, W]` or `[H, W, C]`, never several images | C = 1 or 3 |
@@ -68,53 +164,59 @@ def preprocess_images(
     refused (pass N grayscale images as `[N, 1, H, W]`). Each error names the image and the accepted layouts.
 
     Args:
-        images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a `list` of them):
+        images (`str`, `os.PathLike`, `PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a `list` of them):
             one image or a batch, or a list of them (each may have its own size and type), read as in the table
             above. PIL modes: `I`/`I;16*` are scaled from `[0, 65535]`, `F` is one float channel; alpha is
-            discarded, not composited.
-
-            Values: `uint8` is scaled from `[0, 255]`, `uint16` from `[0, 65535]`, `bool`
-            from `{0, 1}`. Float data is taken as already in `[-1, 1]` if its minimum is < 0, else
-            as `[0, 1]` and rescaled; this is decided per array (a whole batch, or each list item).
-            Float values outside that range, other integer dtypes, NaN and inf raise `ValueError`.
-        image_size (`int` or `Tuple[int, int]`, *optional*):
-            `int` (square) or `(height, width)`: resize every image to it with bilinear
-            interpolation and antialiasing (aspect ratio is not kept). `None` keeps the size; then
-            all images must have the same size.
-        num_channels (`int`, *optional*):
-            1 or 3. 1 -> 3 repeats the channel; 3 -> 1 takes the ITU-R 601 luma
-            (0.299 R + 0.587 G + 0.114 B, as PIL's `convert("L")`). `None` keeps the channels when
-            all images agree and gives 3 when grayscale and color images are mixed.
+            discarded, not composited. Values: `uint8` is scaled from `[0, 255]`, `uint16` from `[0, 65535]`,
+            `bool` from `{0, 1}`, float data by the contract's `input_range` (see [`ImagePreprocessing`]). Float
+            values outside that range, other integer dtypes, NaN and inf raise `ValueError`.
+        image_size (`int` or `Tuple[int, int]`, *optional*), num_channels (`int`, *optional*):
+            shorthand for `preprocessing=ImagePreprocessing(image_size, num_channels, input_range="auto")`, the
+            rule of earlier versions; not together with `preprocessing`.
         input_data_format (`str`, *optional*):
             `"channels_first"` (`[C, H, W]`, `[N, C, H, W]`) or `"channels_last"` (`[H, W, C]`, `[N, H, W, C]`)
             for every 3-D and 4-D array or tensor (transformers' `ChannelDimension` values are accepted); `None`
-            infers it (see above). PIL images and 2-D inputs need none.
+            infers it (see above). PIL images, paths and 2-D inputs need none.
+        preprocessing ([`ImagePreprocessing`] or `dict`, *optional*): the contract (a saved model's
+            `pipe.preprocessing`); default: the shorthand above.
 
     Returns:
         `torch.Tensor`: float32 `[N, C, H, W]` in `[-1, 1]`.
 
     Raises:
-        `ValueError`: empty input, an unsupported shape or dtype, an ambiguous layout, a channel count other
-            than 1 or 3, NaN/inf, out-of-range float values, or different sizes with `image_size=None`. The
-            message names the index of the offending image in the flattened batch.
+        `ValueError`: empty input, an unreadable file, an unsupported shape or dtype, an ambiguous layout, a channel
+            count other than 1 or 3, NaN/inf, float values outside `input_range`, or different sizes with
+            `image_size=None`. The message names the index of the offending image in the flattened batch.
     """
-    target_size = _check_image_size(image_size)
-    if num_channels not in (None, 1, 3):
-        raise ValueError(f"num_channels: expected 1, 3 or None, got {num_channels!r}")
+    contract = _resolve_contract(preprocessing, image_size, num_channels)
     data_format = _check_data_format(input_data_format)
-    batches = _to_unit_batches(_as_item_list(images), data_format)
+    items = _as_item_list(images)
+    batches = _to_unit_batches(items, data_format, contract)
     offsets = np.cumsum([0] + [len(batch) for batch in batches])
     for batch, offset in zip(batches, offsets):
         if batch.shape[1] not in _CHANNEL_COUNTS:
             raise ValueError(f"expected 1 or 3 channels, got {batch.shape[1]} in image {offset} of batch")
+    num_channels = contract.num_channels
     if num_channels is None:
         num_channels = 3 if any(batch.shape[1] == 3 for batch in batches) else 1
     batches = [_convert_channels(batch, num_channels) for batch in batches]
+    target_size = _check_image_size(contract.image_size)
     if target_size is None:
         _check_same_size(batches, offsets)
     else:
-        batches = [_resize(batch, target_size) for batch in batches]
+        batches = [_resize(batch, target_size, contract.resample) for batch in batches]
     return torch.cat(batches).clamp_(-1.0, 1.0).contiguous()
+
+
+def _resolve_contract(preprocessing: Any, image_size: Any, num_channels: Any) -> ImagePreprocessing:
+    if preprocessing is None:
+        return ImagePreprocessing(image_size, num_channels, input_range="auto")
+    if image_size is not None or num_channels is not None:
+        raise ValueError(
+            "preprocess_images: pass either preprocessing= or image_size= / num_channels=, not both "
+            f"(got preprocessing and image_size={image_size!r}, num_channels={num_channels!r})"
+        )
+    return ImagePreprocessing.from_dict(preprocessing)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -133,27 +235,57 @@ def _check_data_format(input_data_format: Any) -> str | None:
 
 
 def _as_item_list(images: Any) -> list:
-    if isinstance(images, (Image.Image, np.ndarray, torch.Tensor)):
+    if isinstance(images, (Image.Image, np.ndarray, torch.Tensor, str, os.PathLike)):
         return [images]
     if isinstance(images, (list, tuple)):
         if len(images) == 0:
             raise ValueError("preprocess_images: got an empty list; expected at least one image")
         return list(images)
     raise ValueError(
-        f"preprocess_images: expected a PIL image, numpy array, torch tensor or a list of them, got {_describe(images)}"
+        "preprocess_images: expected a file path, PIL image, numpy array, torch tensor or a list of them, got "
+        f"{_describe(images)}"
     )
 
 
-def _to_unit_batches(items: list, data_format: str | None) -> list[torch.Tensor]:
+def _to_unit_batches(items: list, data_format: str | None, contract: ImagePreprocessing) -> list[torch.Tensor]:
     """Each item -> float32 [n, C, H, W] in [-1, 1], validated (layout, dtype, NaN/inf, range)."""
-    batches, offset = [], 0
+    batches, ranges, offset = [], [], 0
     for position, item in enumerate(items):
-        batch = _item_to_nchw(item, position, offset, data_format)
+        value_range, item_format = contract.input_range, data_format
+        if isinstance(item, (str, os.PathLike)):  # read as [F, C, H, W] (or a PIL image), whatever the arrays' layout
+            item, value_range, item_format = _read_path(item, position, contract), _FILE_RANGE, "channels_first"
+        batch = _item_to_nchw(item, position, offset, item_format)
         if batch.shape[0] == 0 or batch.shape[2] == 0 or batch.shape[3] == 0:
             raise ValueError(f"preprocess_images: item {position} is empty (shape {tuple(batch.shape)})")
-        batches.append(_scale_to_unit_range(batch, offset))
+        batches.append(_check_dtype(batch, offset))
+        ranges.append(value_range)
         offset += len(batch)
-    return batches
+    if "auto" in ranges:
+        guessed = [batch for batch, r in zip(batches, ranges) if r == "auto" and batch.is_floating_point()]
+        signed = any(bool(batch.min() < 0) for batch in guessed)
+        ranges = [("[-1, 1]" if signed else "[0, 1]") if r == "auto" else r for r in ranges]
+    offsets = np.cumsum([0] + [len(batch) for batch in batches])
+    return [_scale_to_unit_range(batch, offset, r) for batch, offset, r in zip(batches, offsets, ranges)]
+
+
+def _read_path(path: Any, position: int, contract: ImagePreprocessing) -> Any:
+    """A file as the contract reads it: DICOM / 16-bit through `medical` (float `[F, C, H, W]` in [0, 1]), other
+    image files as a PIL image."""
+    if not Path(path).is_file():
+        raise ValueError(
+            f"preprocess_images: cannot read item {position}, got {type(path).__name__} {str(path)!r}: no such file"
+        )
+    path = Path(path)
+    if path.suffix.lower() in DICOM_EXTENSIONS:
+        return contract.medical_or_default.read(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode not in _PIL_16BIT_MODES:
+                return image.copy()
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ValueError(f"preprocess_images: cannot decode image file {path} (item {position}): {error}") from error
+    return contract.medical_or_default.read(path)
 
 
 def _item_to_nchw(item: Any, position: int, offset: int, data_format: str | None) -> torch.Tensor:
@@ -167,7 +299,8 @@ def _item_to_nchw(item: Any, position: int, offset: int, data_format: str | None
         item = item.detach().cpu()
     else:
         raise ValueError(
-            f"preprocess_images: item {position} is {_describe(item)}; expected a PIL image, numpy array or torch tensor"
+            f"preprocess_images: item {position} is {_describe(item)}; expected a file path, PIL image, numpy array "
+            "or torch tensor"
         )
     if item.ndim == 2:
         return item[None, None]
@@ -223,29 +356,33 @@ def _numpy_to_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array) if array.flags.writeable else array.copy())
 
 
-def _scale_to_unit_range(batch: torch.Tensor, offset: int) -> torch.Tensor:
-    """uint8 / uint16 / bool / float -> float32 in [-1, 1] (see preprocess_images for the rule)."""
-    if batch.dtype in _INTEGER_MAX:
-        return batch.to(torch.float32) * (2.0 / _INTEGER_MAX[batch.dtype]) - 1.0
-    if not batch.dtype.is_floating_point:
+def _check_dtype(batch: torch.Tensor, offset: int) -> torch.Tensor:
+    if batch.dtype not in _INTEGER_MAX and not batch.dtype.is_floating_point:
         raise ValueError(
             f"unsupported dtype {batch.dtype} in image {offset} of batch; expected uint8, uint16, bool "
             "or a float dtype (cast 0..255 integer data to uint8)"
         )
-    batch = batch.to(torch.float32)
-    check_finite_rows(batch, "preprocess_images: input", item="image", start=offset)
-    signed = bool(batch.min() < 0)
-    low = -1.0 if signed else 0.0
+    if batch.dtype.is_floating_point:
+        batch = batch.to(torch.float32)
+        check_finite_rows(batch, "preprocess_images: input", item="image", start=offset)
+    return batch
+
+
+def _scale_to_unit_range(batch: torch.Tensor, offset: int, value_range: str) -> torch.Tensor:
+    """uint8 / uint16 / bool by their natural scale, float from the stated `value_range`, to float32 in [-1, 1]."""
+    if batch.dtype in _INTEGER_MAX:
+        return batch.to(torch.float32) * (2.0 / _INTEGER_MAX[batch.dtype]) - 1.0
+    low = -1.0 if value_range == "[-1, 1]" else 0.0
     per_image_min = batch.flatten(1).min(1).values
     per_image_max = batch.flatten(1).max(1).values
     bad = (per_image_min < low - _FLOAT_RANGE_TOLERANCE) | (per_image_max > 1.0 + _FLOAT_RANGE_TOLERANCE)
     if bad.any():
         i = int(bad.nonzero()[0])
         raise ValueError(
-            f"float values must lie in [0, 1] or [-1, 1]; image {offset + i} of batch spans "
-            f"[{per_image_min[i]:.4g}, {per_image_max[i]:.4g}] (pass uint8 for 0..255 data)"
+            f"float values must lie in {value_range} (the stated input_range); image {offset + i} of batch spans "
+            f"[{per_image_min[i]:.4g}, {per_image_max[i]:.4g}] (pass uint8 for 0..255 data, or state input_range)"
         )
-    return batch if signed else batch * 2.0 - 1.0
+    return batch if low < 0 else batch * 2.0 - 1.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -261,10 +398,12 @@ def _convert_channels(batch: torch.Tensor, num_channels: int) -> torch.Tensor:
     return torch.einsum("nchw,c->nhw", batch, _LUMA)[:, None]
 
 
-def _resize(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def _resize(batch: torch.Tensor, size: tuple[int, int], resample: str = "bilinear") -> torch.Tensor:
     if tuple(batch.shape[-2:]) == size:
         return batch
-    return F.interpolate(batch, size=size, mode="bilinear", antialias=True, align_corners=False)
+    if resample == "nearest":
+        return F.interpolate(batch, size=size, mode="nearest-exact")
+    return F.interpolate(batch, size=size, mode=resample, antialias=True, align_corners=False)
 
 
 def _check_image_size(image_size: Any) -> tuple[int, int] | None:

@@ -35,7 +35,7 @@ from .dicom import (
     read_dicom,
     window_channels,
 )
-from .preprocessing import _PIL_16BIT_MODES, _describe, preprocess_images
+from .preprocessing import _PIL_16BIT_MODES, ImagePreprocessing, _describe, preprocess_images
 from .splits import _check_fraction, stratified_group_split, stratified_split
 
 __all__ = [
@@ -83,6 +83,9 @@ class LabeledImages:
         images (`torch.Tensor`): float32 `[N, C, H, W]` in `[-1, 1]` (build them with [`preprocess_images`]).
         labels (`torch.Tensor` or `np.ndarray`): `[N]` integer labels in `0..K-1`, stored as int64.
         class_names (`List[str]`): `K` unique names; `class_names[i]` is the name of label `i`.
+        preprocessing ([`ImagePreprocessing`], *optional*): the contract that turns raw images into these tensors
+            (set by [`load_image_classification_data`]): trainers save it with the model, so `pipe(...)`,
+            evaluation and prediction read new images the same way.
 
     Construction validates shapes, dtypes, the value range, NaN/inf and the label range.
     """
@@ -90,6 +93,7 @@ class LabeledImages:
     images: torch.Tensor
     labels: torch.Tensor
     class_names: list[str]
+    preprocessing: ImagePreprocessing | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.images, torch.Tensor) or self.images.dtype != torch.float32 or self.images.ndim != 4:
@@ -128,7 +132,7 @@ class LabeledImages:
         index = _as_tensor(indices)
         if index.ndim != 1 or index.dtype.is_floating_point or index.dtype == torch.bool:
             raise ValueError(f"subset: expected a 1-D array of integer indices, got {_describe(index)}")
-        return LabeledImages(self.images[index], self.labels[index], list(self.class_names))
+        return LabeledImages(self.images[index], self.labels[index], list(self.class_names), self.preprocessing)
 
 
 def _check_label_range(labels: np.ndarray, num_classes: int, where: str) -> None:
@@ -199,7 +203,7 @@ def load_image_classification_data(
               `label_column`); splits `train`, `validation` or `val`, `test`.
         image_size (`int` or `Tuple[int, int]`, *optional*):
             resize to this size (see [`preprocess_images`]); default: the native size, except 32 for digits and
-            image folders.
+            image folders. Float image arrays (digits, `.npz`, windowed DICOM, 16-bit files) are read as `[0, 1]`.
         num_channels (`int`, *optional*):
             1 or 3 (see [`preprocess_images`]); default: the data's.
         val_fraction (`float`, *optional*, defaults to 0.1):
@@ -223,7 +227,8 @@ def load_image_classification_data(
             for a CSV source, the column of patient (group) ids; it must exist. Default: `patient_id` if present.
 
     Returns:
-        `Dict[str, LabeledImages]`: the `"train"`, `"val"` and `"test"` splits.
+        `Dict[str, LabeledImages]`: the `"train"`, `"val"` and `"test"` splits, each with the `preprocessing`
+        contract a model trained on them is saved with (the resulting size and channels, `medical`).
 
     Raises:
         `ValueError`: unknown source, missing files or keys, corrupt or truncated files, decompression bombs,
@@ -258,8 +263,14 @@ def load_image_classification_data(
         raw = _read_hf_dataset(source, image_column, label_column)
     if image_size is None:
         image_size = raw.default_image_size
-    images = preprocess_images(raw.images, image_size, num_channels)
-    return _assemble(images, raw, val_fraction, test_fraction, seed)
+    reading = ImagePreprocessing(image_size, num_channels, input_range="[0, 1]", medical=medical)  # readers' floats
+    images = preprocess_images(raw.images, preprocessing=reading)
+    splits = _assemble(images, raw, val_fraction, test_fraction, seed)
+    # What a model trained on these tensors is saved with: the same steps, for files and [-1, 1] tensors alike.
+    contract = ImagePreprocessing(tuple(images.shape[-2:]), images.shape[1], medical=medical)
+    for split in splits.values():
+        split.preprocessing = contract
+    return splits
 
 
 @dataclass
@@ -304,6 +315,17 @@ def _assemble(
     images: torch.Tensor, raw: _RawData, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, LabeledImages]:
     """Fill in missing test / val splits (stratified, seeded) and build the LabeledImages."""
+    splits = _carve_splits(raw, val_fraction, test_fraction, seed)
+    result = {}
+    for name in SPLITS:
+        index = torch.from_numpy(splits[name])
+        result[name] = LabeledImages(images[index], torch.from_numpy(raw.labels[splits[name]]), raw.class_names)
+    return result
+
+
+def _carve_splits(raw: _RawData, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """The indices of every split in `SPLITS`: the source's own, and stratified, seeded ones carved for the rest
+    (keeping each group on one side when `raw.groups` is known); an empty split is refused."""
     splits = dict(raw.splits)
 
     def carve(pool: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -317,13 +339,10 @@ def _assemble(
         splits["train"], splits["test"] = carve(splits["train"], test_fraction)
     if "val" not in splits:
         splits["train"], splits["val"] = carve(splits["train"], val_fraction)
-    result = {}
     for name in SPLITS:
         if len(splits[name]) == 0:
             raise ValueError(f"split {name!r} is empty; the dataset is too small for the requested fractions")
-        index = torch.from_numpy(splits[name])
-        result[name] = LabeledImages(images[index], torch.from_numpy(raw.labels[splits[name]]), raw.class_names)
-    return result
+    return splits
 
 
 def _labels_and_names(
@@ -517,6 +536,15 @@ def _find_idx_file(root: Path, stem: str) -> Path | None:
 
 
 def _read_image_folder(root: Path, medical: MedicalPreprocessing) -> _RawData:
+    files, labels_per_split, names = _list_image_folder(root)
+    images, labels_per_split, groups = _decode_files(files, labels_per_split, medical)
+    labels, names, splits = _labels_and_names(labels_per_split, names, f"image folder {root}")
+    return _RawData(images, labels, names, splits, DEFAULT_FOLDER_SIZE, groups)
+
+
+def _list_image_folder(root: Path) -> tuple[list[Path], dict[str, np.ndarray], list[str]]:
+    """The image files of an image folder (listed split by split), their labels per split and the class names;
+    nothing is decoded (`data.streaming` reads the files lazily)."""
     image_root = root / "images" if (root / "images").is_dir() else root
     class_dirs = sorted(
         p for p in image_root.iterdir() if p.is_dir() and p.name != "splits" and not p.name.startswith(".")
@@ -530,9 +558,7 @@ def _read_image_folder(root: Path, medical: MedicalPreprocessing) -> _RawData:
             f"image folder {root}: no images found; expected class subfolders <root>/<class>/*.jpg "
             f"(extensions {sorted(IMAGE_EXTENSIONS | DICOM_EXTENSIONS)})"
         )
-    images, labels_per_split, groups = _decode_files(files, labels_per_split, medical)
-    labels, names, splits = _labels_and_names(labels_per_split, names, f"image folder {root}")
-    return _RawData(images, labels, names, splits, DEFAULT_FOLDER_SIZE, groups)
+    return files, labels_per_split, names
 
 
 def _read_class_folders(class_dirs: list[Path]) -> tuple[list[Path], dict[str, np.ndarray], list[str]]:
@@ -669,6 +695,17 @@ def _read_csv(
     path: Path, class_names: Sequence[str] | None, patient_id_column: str | None, medical: MedicalPreprocessing
 ) -> _RawData:
     """A CSV with the columns `path` (relative to the CSV), `label` (a class name) and optionally patient ids."""
+    files, labels, names, patients = _list_csv(path, class_names, patient_id_column)
+    images, labels_per_split, groups = _decode_files(files, {"train": labels}, medical, patients)
+    labels, names, splits = _labels_and_names(labels_per_split, names, f"CSV {path}")
+    return _RawData(images, labels, names, splits, DEFAULT_FOLDER_SIZE, groups)
+
+
+def _list_csv(
+    path: Path, class_names: Sequence[str] | None, patient_id_column: str | None
+) -> tuple[list[Path], np.ndarray, list[str], list[str] | None]:
+    """The image files a CSV names, their labels, the class names and the patient ids (None without that column);
+    nothing is decoded (`data.streaming` reads the files lazily)."""
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
         columns = list(reader.fieldnames or [])
@@ -698,11 +735,7 @@ def _read_csv(
         files.append(file)
         labels.append(ids[row["label"]])
         patients.append(row[patient_id_column] if patient_id_column is not None else None)
-    images, labels_per_split, groups = _decode_files(
-        files, {"train": np.asarray(labels, dtype=np.int64)}, medical, patients if patient_id_column else None
-    )
-    labels, names, splits = _labels_and_names(labels_per_split, names, f"CSV {path}")
-    return _RawData(images, labels, names, splits, DEFAULT_FOLDER_SIZE, groups)
+    return files, np.asarray(labels, dtype=np.int64), names, patients if patient_id_column else None
 
 
 def _decode_error_text(error: Exception) -> str:

@@ -1,11 +1,11 @@
 """Classify with the representation of a ViT trained jointly with a DiT denoiser."""
 
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler
 
-from diffusion_classifiers.data import preprocess_images
+from diffusion_classifiers.data import ImagePreprocessing
 from diffusion_classifiers.features import DiTFeatureExtractor, dit_block_name
 from diffusion_classifiers.models import (
     LinearProbeHead,
@@ -44,8 +44,9 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
     Generation from reference images is [`RepresentationConditionedDiTImageVariationPipeline`], built from the same
     components: `RepresentationConditionedDiTImageVariationPipeline.from_pipe(pipe)`.
 
-    Images (PIL, arrays or tensors) go through `diffusion_classifiers.data.preprocess_images`, resized to the
-    encoder's `image_size`. With a `vae` the transformer works on its latents; the encoder always reads the images.
+    Images (file paths, PIL, arrays or tensors) go through `preprocess`: the saved `preprocessing` contract
+    (`diffusion_classifiers.data.preprocess_images`), by default resized to the encoder's `image_size`, float inputs
+    read as `[-1, 1]`. With a `vae` the transformer works on its latents; the encoder always reads the images.
     Use the models in eval mode, as `from_pretrained` and `training.train` return them (`dit_features` switches to eval
     mode itself).
 
@@ -59,6 +60,9 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         head: optional fitted `LinearProbeHead` or `PrototypeHead` over r.
         positive_class: for a binary task, the class name its metrics refer to (see `set_positive_class`); saved
             in `model_index.json`.
+        preprocessing: the saved [`ImagePreprocessing`] contract (a dict in `model_index.json`): how `preprocess` reads
+            every input (float range, size, resampling, channels, DICOM windows); default `default_preprocessing()`,
+            missing keys too (see `set_preprocessing`).
     """
 
     model_cpu_offload_seq = "encoder->transformer->vae->head"
@@ -72,22 +76,21 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         vae: Optional[AutoencoderKL] = None,
         head: Optional[Union[LinearProbeHead, PrototypeHead]] = None,
         positive_class: Optional[str] = None,
+        preprocessing: Optional[Dict[str, Any]] = None,
     ):
         super().__init__()
         check_encoder_matches(encoder, transformer, vae)
         self.register_modules(encoder=encoder, transformer=transformer, scheduler=scheduler, vae=vae, head=head)
         self.set_positive_class(positive_class)
+        self.set_preprocessing(preprocessing)
 
     @property
     def dit_feature_extractor(self) -> DiTFeatureExtractor:
         return DiTFeatureExtractor(self.transformer, self.scheduler, self.encoder, self.vae)
 
-    def preprocess(self, images, input_data_format: Optional[str] = None) -> torch.Tensor:
-        """`images` as the encoder reads them: `preprocess_images` at its `image_size` and `num_channels`."""
-        config = self.encoder.config
-        return preprocess_images(
-            images, image_size=config.image_size, num_channels=config.num_channels, input_data_format=input_data_format
-        )
+    def default_preprocessing(self) -> ImagePreprocessing:
+        """The encoder's `image_size` and `num_channels`, float inputs in `[-1, 1]`."""
+        return ImagePreprocessing(self.encoder.config.image_size, self.encoder.config.num_channels)
 
     def to_transformer_space(self, pixels: torch.Tensor) -> torch.Tensor:
         """Clean images `[N, C, H, W]` in [-1, 1] -> the transformer's x0: the VAE latents (posterior mode), else
@@ -96,8 +99,8 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
 
     @torch.no_grad()
     def encode(self, images, batch_size: int = 64, input_data_format: Optional[str] = None) -> torch.Tensor:
-        """The representation r of `images` (one or a list of PIL images, arrays or tensors): float32 `[N, D]`, CPU.
-        `input_data_format` is the layout of 3-D / 4-D arrays and tensors (see `preprocess_images`)."""
+        """The representation r of `images` (one or a list of file paths, PIL images, arrays or tensors): float32
+        `[N, D]`, CPU. `input_data_format` is the layout of 3-D / 4-D arrays and tensors (see `preprocess_images`)."""
         pixels = self.preprocess(images, input_data_format)
         representations = []
         with self.progress_bar(total=len(pixels)) as progress_bar:
@@ -139,8 +142,8 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         input_data_format: Optional[str] = None,
     ) -> Dict[Tuple[str, int], torch.Tensor]:
         r"""
-        Pooled activations of DiT blocks on noised `images` (one or a list of PIL images, arrays or tensors), keyed
-        like the U-Net features: `{(dit_block_name(i), t): float32 CPU tensor [N, D]}`, e.g.
+        Pooled activations of DiT blocks on noised `images` (one or a list of file paths, PIL images, arrays or
+        tensors), keyed like the U-Net features: `{(dit_block_name(i), t): float32 CPU tensor [N, D]}`, e.g.
         `("transformer_blocks.3", 100)`. The arguments are those of [`DiTFeatureExtractor.extract`], and
         `input_data_format` that of `preprocess_images`. The progress bar follows `set_progress_bar_config`.
         """
@@ -158,7 +161,7 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
     @torch.no_grad()
     def __call__(self, images, batch_size: int = 64, return_dict: bool = True, input_data_format: Optional[str] = None):
         r"""
-        Classify `images` (one or a list of PIL images, arrays or tensors) with the fitted head over r.
+        Classify `images` (one or a list of file paths, PIL images, arrays or tensors) with the fitted head over r.
 
         Args:
             images: the images to classify.

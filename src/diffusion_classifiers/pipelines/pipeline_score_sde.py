@@ -2,12 +2,12 @@
 
 import numbers
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from diffusion_classifiers.data import preprocess_images
+from diffusion_classifiers.data import ImagePreprocessing
 from diffusion_classifiers.likelihood import (
     VPSDE,
     content_seeds,
@@ -54,9 +54,10 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
     (`examples/score_sde_train.py`); the class enters through `UNet2DModel(num_class_embeds=...)`. A model trained
     with label dropout has one more embedding, the null class `K = len(class_names)`; it is never a candidate.
 
-    Images (PIL, arrays or tensors) go through `diffusion_classifiers.data.preprocess_images`, like every pipeline:
-    resized (bilinear, antialiased) to the U-Net's `sample_size` and converted to its channel count (1 <-> 3 by
-    luma / repetition); other channel counts, NaN and inf are refused. A resized image is scored at the model's
+    Images (file paths, PIL, arrays or tensors) go through `preprocess`, like every pipeline: the saved
+    `preprocessing` contract (`diffusion_classifiers.data.preprocess_images`), by default resized (bilinear,
+    antialiased) to the U-Net's `sample_size`, converted to its channel count (1 <-> 3 by luma / repetition), float
+    inputs read as `[-1, 1]`; other channel counts, NaN and inf are refused. A resized image is scored at the model's
     resolution, so its likelihood is that of the resized image.
 
     Args:
@@ -66,6 +67,9 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
             `"0".."K-1"` with `K = num_class_embeds` (no null class).
         positive_class: for a binary task, the class name its metrics and `log_likelihood_ratio` refer to (see
             `set_positive_class`); saved in `model_index.json`.
+        preprocessing: the saved [`ImagePreprocessing`] contract (a dict in `model_index.json`): how `preprocess` reads
+            every input (float range, size, resampling, channels, DICOM windows); default `default_preprocessing()`,
+            missing keys too (see `set_preprocessing`).
     """
 
     model_cpu_offload_seq = "unet"
@@ -76,6 +80,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         scheduler: DDPMScheduler,
         class_names: Optional[List[str]] = None,
         positive_class: Optional[str] = None,
+        preprocessing: Optional[Dict[str, Any]] = None,
     ):
         super().__init__()
         num_embeds = unet.config.get("num_class_embeds")
@@ -94,6 +99,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(class_names=[str(name) for name in class_names])
         self.set_positive_class(positive_class)
+        self.set_preprocessing(preprocessing)
 
     @property
     def class_names(self) -> List[str]:
@@ -103,12 +109,9 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
     def sde(self) -> VPSDE:
         return VPSDE.from_scheduler(self.scheduler)
 
-    def preprocess(self, images, input_data_format: Optional[str] = None) -> torch.Tensor:
-        """`images` as the U-Net reads them: `preprocess_images` at its `sample_size` and `in_channels`."""
-        config = self.unet.config
-        return preprocess_images(
-            images, image_size=config.sample_size, num_channels=config.in_channels, input_data_format=input_data_format
-        )
+    def default_preprocessing(self) -> ImagePreprocessing:
+        """The U-Net's `sample_size` and `in_channels`, float inputs in `[-1, 1]`."""
+        return ImagePreprocessing(self.unet.config.sample_size, self.unet.config.in_channels)
 
     def check_priors(self, priors) -> Optional[torch.Tensor]:
         """`log prior` `[K]` (float64), or `None` for uniform priors; raises on a bad prior."""
@@ -164,7 +167,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         input_data_format: Optional[str] = None,
     ):
         r"""
-        Classify `images` (one or a list of PIL images, arrays or tensors) among the `K` named classes.
+        Classify `images` (one or a list of file paths, PIL images, arrays or tensors) among the `K` named classes.
 
         `probs = softmax(log_likelihoods + log priors)`: Bayes' rule, exact for `method="likelihood"` (up to the
         ODE solver and the Hutchinson estimate). For `method="elbo"` the scores are log-likelihood lower bounds

@@ -1,11 +1,11 @@
 """Classify with a linear head on one frozen DDPM U-Net feature (block, timestep)."""
 
-from typing import Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from diffusion_classifiers.data import preprocess_images
+from diffusion_classifiers.data import ImagePreprocessing
 from diffusion_classifiers.features import DiffusionFeatureExtractor
 from diffusion_classifiers.models import LinearProbeHead
 
@@ -17,8 +17,9 @@ __all__ = ["UNetFeatureClassifierPipeline"]
 class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
     """Noise an image to timestep t, run the frozen U-Net, pool the activation of block b, apply a linear head.
 
-    Images (PIL, arrays or tensors) go through `diffusion_classifiers.data.preprocess_images`: resized to the
-    U-Net's `sample_size` and converted to its channel count. The noise comes from the seed recorded in the
+    Images (file paths, PIL, arrays or tensors) go through `preprocess`, which applies the saved `preprocessing`
+    contract (`diffusion_classifiers.data.preprocess_images`): by default resized to the U-Net's `sample_size`,
+    converted to its channel count, float inputs read as `[-1, 1]`. The noise comes from the seed recorded in the
     head, so predictions are deterministic and match the features the head was fitted on.
 
     Args:
@@ -27,6 +28,9 @@ class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
         head: a fitted `LinearProbeHead` (optional: a pipeline without one can still `extract_features`).
         positive_class: for a binary task, the class name its metrics refer to (see `set_positive_class`); saved
             in `model_index.json`.
+        preprocessing: the saved [`ImagePreprocessing`] contract (a dict in `model_index.json`): how `preprocess` reads
+            every input (float range, size, resampling, channels, DICOM windows); default `default_preprocessing()`,
+            missing keys too (see `set_preprocessing`).
     """
 
     model_cpu_offload_seq = "unet->head"
@@ -38,21 +42,20 @@ class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
         scheduler: DDPMScheduler,
         head: Optional[LinearProbeHead] = None,
         positive_class: Optional[str] = None,
+        preprocessing: Optional[Dict[str, Any]] = None,
     ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, head=head)
         self.set_positive_class(positive_class)
+        self.set_preprocessing(preprocessing)
 
     @property
     def feature_extractor(self) -> DiffusionFeatureExtractor:
         return DiffusionFeatureExtractor(self.unet, self.scheduler)
 
-    def preprocess(self, images, input_data_format: Optional[str] = None) -> torch.Tensor:
-        """`images` as the U-Net reads them: `preprocess_images` at its `sample_size` and `in_channels`."""
-        config = self.unet.config
-        return preprocess_images(
-            images, image_size=config.sample_size, num_channels=config.in_channels, input_data_format=input_data_format
-        )
+    def default_preprocessing(self) -> ImagePreprocessing:
+        """The U-Net's `sample_size` and `in_channels`, float inputs in `[-1, 1]`."""
+        return ImagePreprocessing(self.unet.config.sample_size, self.unet.config.in_channels)
 
     def extract_features(
         self,
@@ -82,7 +85,8 @@ class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
     @torch.no_grad()
     def __call__(self, images, batch_size: int = 64, return_dict: bool = True, input_data_format: Optional[str] = None):
         r"""
-        Classify `images` (one or a list of PIL images, arrays or tensors) with the head's (block, timestep) feature.
+        Classify `images` (one or a list of file paths, PIL images, arrays or tensors) with the head's (block,
+        timestep) feature.
 
         Args:
             images: the images to classify.

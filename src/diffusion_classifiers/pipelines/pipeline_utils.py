@@ -3,13 +3,14 @@
 import json
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Set, Type
+from typing import Any, Dict, List, Optional, Set, Type, Union
 
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.distributed_utils import is_torch_dist_rank_zero
 
+from diffusion_classifiers.data import ImagePreprocessing, preprocess_images
 from diffusion_classifiers.hub import download
 from diffusion_classifiers.models import LinearProbeHead, PrototypeHead, RepresentationConditionedDiTModel
 from diffusion_classifiers.remote_code import (
@@ -19,6 +20,7 @@ from diffusion_classifiers.remote_code import (
 )
 
 __all__ = [
+    "LEGACY_PREPROCESSING",
     "ClassifierPipelineOutput",
     "DiffusionClassifierPipeline",
     "SavedWithCodeMixin",
@@ -28,6 +30,8 @@ __all__ = [
 
 # Weight files that are pickles: loading one can run arbitrary code, so they are never loaded.
 _PICKLE_SUFFIXES = (".bin", ".ckpt", ".pickle", ".pkl", ".pt", ".pth")
+# The contract of a pipeline saved before the preprocessing was saved with it: the float range guessed (once per call).
+LEGACY_PREPROCESSING = {"input_range": "auto"}
 
 
 @dataclass
@@ -150,6 +154,8 @@ class DiffusionClassifierPipeline(SavedWithCodeMixin, DiffusionPipeline):
                     f"of {sorted(cls._registry)}"
                 )
             return cls._registry[class_name].from_pretrained(path, **kwargs)
+        if "preprocessing" not in index:  # saved before the contract was: keep its old behaviour
+            kwargs.setdefault("preprocessing", LEGACY_PREPROCESSING)
         if kwargs.pop("use_safetensors", True) is not True:
             raise ValueError("use_safetensors: expected True; weights load from safetensors only (a pickle can run code)")
         cls.check_saved_components(path, index, passed=set(kwargs))
@@ -203,6 +209,39 @@ class DiffusionClassifierPipeline(SavedWithCodeMixin, DiffusionPipeline):
         if name is not None and str(name) not in self.class_names:
             raise ValueError(f"positive_class: expected one of the class names {self.class_names}, got {name!r}")
         self.register_to_config(positive_class=None if name is None else str(name))
+
+    @property
+    def preprocessing(self) -> ImagePreprocessing:
+        """How images become the model's input (value range, size, resampling, channels, DICOM windows and bit
+        depth): saved in `model_index.json`, applied by `preprocess` to every input of `__call__`."""
+        return ImagePreprocessing.from_dict(self.config["preprocessing"])
+
+    def default_preprocessing(self) -> ImagePreprocessing:
+        """The contract when none is given: the model's input size and channels, float inputs in `[-1, 1]`."""
+        raise NotImplementedError
+
+    def set_preprocessing(self, preprocessing: Optional[Union[ImagePreprocessing, Dict[str, Any]]] = None) -> None:
+        """Set the preprocessing contract (`save_pretrained` then saves it): an [`ImagePreprocessing`] or its dict,
+        whose missing keys take `default_preprocessing()`'s values; its size and channels must be the model's."""
+        default = self.default_preprocessing()
+        if preprocessing is None:
+            contract = default
+        elif isinstance(preprocessing, ImagePreprocessing):
+            contract = preprocessing
+        else:
+            contract = ImagePreprocessing.from_dict({**default.to_dict(), **dict(preprocessing)})
+        for field in ("image_size", "num_channels"):
+            if getattr(contract, field) != getattr(default, field):
+                raise ValueError(
+                    f"preprocessing: {field} {getattr(contract, field)!r} differs from the model's "
+                    f"{getattr(default, field)!r}; expected the size and channels the model reads"
+                )
+        self.register_to_config(preprocessing=contract.to_dict())
+
+    def preprocess(self, images, input_data_format: Optional[str] = None) -> torch.Tensor:
+        """`images` (file paths, PIL images, arrays or tensors, one or a list) as the model reads them: float32
+        `[N, C, H, W]` in `[-1, 1]` by `self.preprocessing` (see `data.preprocess_images`)."""
+        return preprocess_images(images, input_data_format=input_data_format, preprocessing=self.preprocessing)
 
     @property
     def progress_bar_config(self) -> dict:

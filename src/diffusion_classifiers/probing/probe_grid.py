@@ -31,6 +31,8 @@ _RIDGE = 32.0
 _PRECONDITIONER_SAMPLES = 1024  # S is estimated on evenly spaced train samples, at least this many and 4 D
 # Early stopping only: a val-loss improvement smaller than this does not reset a head's patience.
 _MIN_DELTA = 1e-4
+# Rows read at a time from features on disk (a float16 `numpy.memmap` from `DiffusionFeatureExtractor.extract`).
+_DISK_ROWS = 4096
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -99,8 +101,27 @@ def _check_features(features: dict, pairs: List[FeatureKey], labels: np.ndarray,
         )
     checked = {}
     for pair in pairs:
-        checked[pair] = as_feature_matrix(features[pair], f"pair {pair}: {split} features", len(labels))
+        name = f"pair {pair}: {split} features"
+        if isinstance(features[pair], np.memmap):  # on disk: checked slice by slice, never loaded whole
+            checked[pair] = _check_disk_features(features[pair], name, len(labels))
+        else:
+            checked[pair] = as_feature_matrix(features[pair], name, len(labels))
     return checked
+
+
+def _check_disk_features(features: np.memmap, name: str, num_rows: int) -> np.memmap:
+    if features.ndim != 2 or len(features) != num_rows:
+        raise ValueError(f"expected {name} of shape [{num_rows}, D], one row per label, got {features.shape}")
+    for start in range(0, num_rows, _DISK_ROWS):
+        as_feature_matrix(features[start : start + _DISK_ROWS], name)  # the error names the slice's first bad row
+    return features
+
+
+def _rows(features, start: int, stop: int) -> torch.Tensor:
+    """Rows `start:stop` of a feature matrix in memory or on disk, as float32."""
+    if isinstance(features, np.memmap):
+        return torch.from_numpy(np.asarray(features[start:stop], dtype=np.float32))
+    return features[start:stop]
 
 
 def _stack(features: Dict, pairs, device, mean=None, std=None):
@@ -108,10 +129,12 @@ def _stack(features: Dict, pairs, device, mean=None, std=None):
     (computed from these features unless given; std clamped at 1e-6). Zero padding stays zero, so padded weights get no
     gradient. (Feature-major makes the logits [P, K, N]: on CPU their softmax and both products are several times
     faster than in the [P, N, K] layout.)"""
-    dim = max(features[p].shape[1] for p in pairs)
-    out = torch.zeros(len(pairs), dim, len(features[pairs[0]]))
+    dim, num_samples = max(features[p].shape[1] for p in pairs), len(features[pairs[0]])
+    out = torch.zeros(len(pairs), dim, num_samples)
     for i, pair in enumerate(pairs):
-        out[i, : features[pair].shape[1]].copy_(features[pair].T)
+        for start in range(0, num_samples, _DISK_ROWS):  # features on disk are read one slice at a time
+            stop = min(start + _DISK_ROWS, num_samples)
+            out[i, : features[pair].shape[1], start:stop].copy_(_rows(features[pair], start, stop).T)
     out = out.to(device)
     if mean is None:
         mean = out.mean(dim=2)
@@ -391,7 +414,10 @@ def fit_probe_grid(
 
     Args:
         train_features, val_features, test_features: `(block, timestep) -> [N, D]` features, e.g. from
-            [`DiffusionFeatureExtractor.extract`]; every dict must have the same pairs.
+            [`DiffusionFeatureExtractor.extract`]; every dict must have the same pairs. A float16 `numpy.memmap`
+            (features on disk, beyond the extractor's `max_memory_bytes`) is read a slice at a time into the
+            solver's one float32 working copy `[P, D_max, N]`, and gives the result of the same float16 values in
+            memory.
         train_labels, val_labels, test_labels: integer labels in `[0, num_classes)`.
         num_classes: defaults to `len(class_names)`, else the largest label + 1.
         class_names, pool, noise_seed, num_noise_draws: recorded in the heads' configs (how the features were made).

@@ -74,7 +74,14 @@ class TrainingArguments:
     )
     seed: int = _flag(0, "Seed of the initial weights, the data order, noise and timesteps.")
     report_to: Optional[str] = _flag(None, 'An accelerate tracker to log to ("tensorboard", "wandb", ...).')
-    dataloader_num_workers: int = _flag(0, "Worker processes of the training dataloader; 0 loads in the main one.")
+    dataloader_num_workers: int = _flag(
+        0,
+        "Worker processes of the training dataloader, kept alive across epochs; 0 loads in the main process. Workers "
+        "decode and preprocess streamed images in parallel; they never change which examples are drawn.",
+    )
+    dataloader_pin_memory: bool = _flag(
+        True, "Copy batches to page-locked memory for faster transfer to a CUDA device (ignored on other devices)."
+    )
     num_sample_images: int = _flag(
         8,
         "Images the diffusion trainers (DDPM U-Net, RC-DiT) generate at every checkpoint and at the end, saved as "
@@ -191,13 +198,15 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     return parser
 
 
-def build_vit_encoder_from_args(args: argparse.Namespace, images: torch.Tensor):
-    """The encoder the flags of `add_encoder_args` ask for, for training images `[N, C, H, H]`: loaded with
-    `AutoModel` from `--encoder_name_or_path` (it must read C-channel images), else a new `build_vit_encoder` whose
-    initial weights are seeded with `args.seed` (so the RC-DiT and contrastive trainers start from the same one)."""
-    if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
-        raise ValueError(f"expected square training images, got shape {tuple(images.shape)}: pass --image_size")
-    image_size, num_channels = images.shape[-1], images.shape[1]
+def build_vit_encoder_from_args(args: argparse.Namespace, images):
+    """The encoder the flags of `add_encoder_args` ask for, for training images `[N, C, H, H]` (a tensor, or a
+    dataset of `(image [C, H, H], ...)` items): loaded with `AutoModel` from `--encoder_name_or_path` (it must read
+    C-channel images), else a new `build_vit_encoder` whose initial weights are seeded with `args.seed` (so the
+    RC-DiT and contrastive trainers start from the same one)."""
+    shape = tuple(images.shape) if isinstance(images, torch.Tensor) else (len(images), *images[0][0].shape)
+    if len(shape) != 4 or shape[-1] != shape[-2]:
+        raise ValueError(f"expected square training images, got shape {shape}: pass --image_size")
+    image_size, num_channels = shape[-1], shape[1]
     if args.encoder_name_or_path:
         encoder = AutoModel.from_pretrained(args.encoder_name_or_path)
         if encoder.config.num_channels != num_channels:

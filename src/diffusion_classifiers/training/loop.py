@@ -164,15 +164,19 @@ def _resume(accelerator: Accelerator, args: TrainingArguments, ema: Optional[EMA
     return checkpoint_step(path)
 
 
-def _build_dataloader(args: TrainingArguments, dataset: Dataset, sampler: Sampler, num_processes: int):
-    """The loader of `train` and the generator of its workers' base seed (reseeded every epoch)."""
+def _build_dataloader(args: TrainingArguments, dataset: Dataset, sampler: Sampler, accelerator: Accelerator):
+    """The loader of `train` and the generator of its workers' base seed (reseeded every epoch). The sampler draws
+    the indices in the main process, so worker processes change where items are decoded, never which are drawn;
+    the base seed comes from this generator, never from the global RNG the loss draws its noise from."""
     generator = torch.Generator()
     dataloader = DataLoader(
         dataset,
         batch_size=args.train_batch_size,
         sampler=sampler,
-        drop_last=len(sampler) >= args.train_batch_size * num_processes,
+        drop_last=len(sampler) >= args.train_batch_size * accelerator.num_processes,
         num_workers=args.dataloader_num_workers,
+        persistent_workers=args.dataloader_num_workers > 0,
+        pin_memory=args.dataloader_pin_memory and accelerator.device.type == "cuda",
         generator=generator,
     )
     return dataloader, generator
@@ -215,7 +219,7 @@ def _train(
 ) -> tuple[nn.Module, Accelerator, TrainingSummary]:
     set_seed(args.seed, device_specific=True)
     num_examples, num_processes = len(sampler), accelerator.num_processes
-    dataloader, loader_generator = _build_dataloader(args, dataset, sampler, num_processes)
+    dataloader, loader_generator = _build_dataloader(args, dataset, sampler, accelerator)
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=args.learning_rate,

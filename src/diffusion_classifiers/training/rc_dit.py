@@ -10,16 +10,16 @@ from typing import Optional
 import torch
 from diffusers import DDPMScheduler
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from ..models.encoders import encode_representation, representation_size
 from ..models.rc_dit import RepresentationConditionedDiTModel, check_encoder_matches, rc_dit_config
 from ..models.vae_latents import encode_latents, vae_scale_factor
 from ..pipelines.pipeline_rc_dit_image_variation import RepresentationConditionedDiTImageVariationPipeline
 from .arguments import TrainingArguments
-from .denoising import DenoisingLoss, check_training_images
+from .denoising import DenoisingLoss
 from .loop import TrainingSummary, train
 from .monitoring import SampleGridFunction, image_grid
+from .unet import TrainingImages, first_image, training_dataset
 
 __all__ = ["RCDiTJointModel", "RCDiTLoss", "rc_dit_sample_grid", "train_rc_dit"]
 
@@ -74,18 +74,20 @@ class RCDiTLoss(DenoisingLoss):
 
 
 def rc_dit_sample_grid(
-    images: torch.Tensor,
+    images: TrainingImages,
     scheduler: DDPMScheduler,
     vae=None,
     num_images: int = 8,
     num_inference_steps: int = 25,
     seed: int = 0,
 ) -> SampleGridFunction:
-    """`joint model -> grid`: `num_images` of `images` ([-1, 1], drawn with `seed`) in the top row, the variation of
-    each below it, sampled by `RepresentationConditionedDiTImageVariationPipeline` with `num_inference_steps`
-    strided ancestral steps of a copy of `scheduler`; the same references and noise at every call."""
+    """`joint model -> grid`: `num_images` of `images` ([-1, 1], a tensor or a training dataset; drawn with `seed`)
+    in the top row, the variation of each below it, sampled by `RepresentationConditionedDiTImageVariationPipeline`
+    with `num_inference_steps` strided ancestral steps of a copy of `scheduler`; the same references and noise at
+    every call."""
     index = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:num_images]
-    references = (images[index].float().cpu() + 1) / 2  # [0, 1], which the pipeline reads as such (its minimum >= 0)
+    picked = images[index] if isinstance(images, torch.Tensor) else torch.stack([images[int(i)][0] for i in index])
+    references = (picked.float().cpu() + 1) / 2  # [0, 1], which the pipeline reads as such (its minimum >= 0)
     sampling_scheduler = DDPMScheduler.from_config(scheduler.config)
 
     def sample_grid(model: RCDiTJointModel):
@@ -100,7 +102,7 @@ def rc_dit_sample_grid(
 
 def train_rc_dit(
     args: TrainingArguments,
-    images: torch.Tensor,
+    images: TrainingImages,
     encoder: nn.Module,
     dit_size: str = "S",
     patch_size: Optional[int] = None,
@@ -119,7 +121,9 @@ def train_rc_dit(
 
     Args:
         args (`TrainingArguments`): the loop's flags; `args.seed` also seeds the transformer's initial weights.
-        images (`torch.Tensor`): square training images `[N, C, H, H]` in [-1, 1].
+        images (`torch.Tensor` or `torch.utils.data.Dataset`): square training images `[N, C, H, H]` in [-1, 1], or
+            a dataset of `(image [C, H, H], ...)` items such as `data.StreamingImages` (data larger than memory,
+            decoded by `args.dataloader_num_workers` worker processes).
         encoder (`nn.Module`): a transformers vision encoder (e.g. `models.build_vit_encoder`) reading C channels.
         dit_size (`str`, *optional*, defaults to `"S"`): a `models.RC_DIT_SIZES` size.
         patch_size (`int`, *optional*): the DiT's patch size; defaults to the size's.
@@ -132,8 +136,8 @@ def train_rc_dit(
         The trained encoder and transformer (EMA weights when `args.use_ema`, eval mode), the scheduler and the
         `TrainingSummary`.
     """
-    check_training_images(images)
-    sample_size, in_channels = images.shape[-1], images.shape[1]
+    dataset = training_dataset(images)
+    in_channels, _, sample_size = first_image(dataset).shape
     if vae is not None:
         factor = vae_scale_factor(vae)
         if sample_size % factor:
@@ -147,6 +151,6 @@ def train_rc_dit(
     model = RCDiTJointModel(encoder, transformer, freeze_encoder=freeze_encoder, vae=vae)
     grid = None
     if args.num_sample_images:
-        grid = rc_dit_sample_grid(images, scheduler, vae, args.num_sample_images, args.sample_inference_steps, args.seed)
-    model, _, summary = train(args, model, TensorDataset(images), RCDiTLoss(scheduler, vae=vae), sample_grid=grid)
+        grid = rc_dit_sample_grid(dataset, scheduler, vae, args.num_sample_images, args.sample_inference_steps, args.seed)
+    model, _, summary = train(args, model, dataset, RCDiTLoss(scheduler, vae=vae), sample_grid=grid)
     return model.encoder, model.transformer, scheduler, summary

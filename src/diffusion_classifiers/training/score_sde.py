@@ -9,15 +9,14 @@ from typing import Optional
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
-from torch.utils.data import TensorDataset, WeightedRandomSampler
+from torch.utils.data import WeightedRandomSampler
 
 from ..validation import as_labels, check_label_range, resolve_num_classes
 from .arguments import TrainingArguments
-from .denoising import check_training_images
 from .loop import TrainingSummary
 from .monitoring import SampleGridFunction, image_grid
 from .sampling import EpochSeededSampler
-from .unet import _train_unet
+from .unet import TrainingImages, _train_unet, training_dataset
 
 __all__ = ["class_balanced_sampler", "class_conditional_sample_grid", "train_score_sde_unet"]
 
@@ -58,8 +57,8 @@ def class_balanced_sampler(labels: torch.Tensor, num_classes: int, seed: int = 0
 
 def train_score_sde_unet(
     args: TrainingArguments,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    images: TrainingImages,
+    labels: Optional[torch.Tensor] = None,
     num_classes: Optional[int] = None,
     preset: str = "small",
     num_train_timesteps: int = 1000,
@@ -72,8 +71,11 @@ def train_score_sde_unet(
 
     Args:
         args (`TrainingArguments`): the loop's flags; `args.seed` also seeds the initial weights and the sampler.
-        images (`torch.Tensor`): square training images `[N, C, H, H]` in [-1, 1].
-        labels (`torch.Tensor`): one class id in `[0, num_classes)` per image, `[N]`.
+        images (`torch.Tensor` or `torch.utils.data.Dataset`): square training images `[N, C, H, H]` in [-1, 1], or
+            a dataset of `(image [C, H, H], label)` items with a `labels` attribute, such as `data.StreamingImages`
+            (data larger than memory, decoded by `args.dataloader_num_workers` worker processes).
+        labels (`torch.Tensor`): one class id in `[0, num_classes)` per image, `[N]`; with a dataset, omitted (its
+            `labels` are used).
         num_classes (`int`, *optional*): the number of classes K; defaults to the largest label + 1.
         preset (`str`, *optional*, defaults to `"small"`): a `models.UNET_PRESETS` size.
         num_train_timesteps (`int`, *optional*, defaults to 1000): diffusion steps of the scheduler.
@@ -87,8 +89,16 @@ def train_score_sde_unet(
     Returns:
         The trained U-Net (EMA weights when `args.use_ema`, eval mode), the scheduler and the `TrainingSummary`.
     """
-    check_training_images(images)
-    labels = torch.from_numpy(as_labels(labels, "labels")).long()
+    streaming = not isinstance(images, torch.Tensor)
+    if streaming and labels is not None:
+        raise ValueError("labels: expected None with a training dataset (its items carry their labels)")
+    if labels is None and not streaming:
+        raise ValueError("labels: expected one class id per image with a training tensor, got None")
+    if streaming and not isinstance(getattr(images, "labels", None), torch.Tensor):
+        raise ValueError(
+            f"expected a training dataset with a `labels` tensor (data.StreamingImages), got {type(images).__name__}"
+        )
+    labels = torch.from_numpy(as_labels(images.labels if streaming else labels, "labels")).long()
     if len(labels) != len(images):
         raise ValueError(f"expected one label per image ({len(images)}), got {len(labels)} labels")
     num_classes = resolve_num_classes(num_classes, None, labels.numpy())
@@ -96,7 +106,7 @@ def train_score_sde_unet(
     sampler = class_balanced_sampler(labels, num_classes, args.seed) if class_balanced else None
     null_class = num_classes if label_dropout > 0 else None
     num_class_embeds = num_classes + (label_dropout > 0)
-    dataset = TensorDataset(images, labels)
+    dataset = training_dataset(images, None if streaming else labels)
     sample_grid = partial(
         class_conditional_sample_grid, num_classes=num_classes, num_images=args.num_sample_images,
         num_inference_steps=args.sample_inference_steps, seed=args.seed,

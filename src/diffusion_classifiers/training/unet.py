@@ -2,11 +2,11 @@
 shares): a diffusers `UNet2DModel` of a named preset, epsilon prediction, `DDPMScheduler` linear betas."""
 
 from functools import partial
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-from torch.utils.data import Sampler, TensorDataset
+from torch.utils.data import Dataset, Sampler, TensorDataset
 
 from ..models.unet_presets import unet_config
 from .arguments import TrainingArguments
@@ -14,7 +14,31 @@ from .denoising import DenoisingLoss, check_training_images
 from .loop import TrainingSummary, train
 from .monitoring import SampleGridFunction, image_grid
 
-__all__ = ["ddpm_sample_grid", "train_ddpm_unet"]
+__all__ = ["TrainingImages", "ddpm_sample_grid", "train_ddpm_unet", "training_dataset"]
+
+# What the trainers train on: a tensor of images (small data, in memory) or a torch `Dataset` whose items are
+# `(image [C, H, W] in [-1, 1], label, ...)`, such as `data.StreamingImages` (decoded on the fly, workers in parallel).
+TrainingImages = Union[torch.Tensor, Dataset]
+
+
+def training_dataset(images: TrainingImages, labels: Optional[torch.Tensor] = None) -> Dataset:
+    """The `Dataset` of `images`, checked before training writes anything: a tensor becomes a `TensorDataset` (with
+    `labels` when given) after `check_training_images`; a dataset is checked on its first image (its other images
+    are checked as they are read, by the preprocessing that decodes them)."""
+    if isinstance(images, torch.Tensor):
+        check_training_images(images)
+        return TensorDataset(images) if labels is None else TensorDataset(images, labels)
+    if not isinstance(images, Dataset):
+        raise TypeError(f"expected training images as a tensor [N, C, H, H] or a torch Dataset, got {type(images).__name__}")
+    if len(images) == 0:
+        raise ValueError("expected a non-empty training dataset, got 0 examples")
+    check_training_images(first_image(images)[None], "the first image of the training dataset")
+    return images
+
+
+def first_image(dataset: Dataset) -> torch.Tensor:
+    """The image `[C, H, W]` of a training dataset's first item (the shape the models are built for)."""
+    return dataset[0][0]
 
 
 def ddpm_sample_grid(
@@ -37,7 +61,7 @@ def ddpm_sample_grid(
 
 def _train_unet(
     args: TrainingArguments,
-    dataset: TensorDataset,
+    dataset: Dataset,
     preset: str,
     num_train_timesteps: int,
     num_class_embeds: Optional[int] = None,
@@ -49,9 +73,9 @@ def _train_unet(
     """Build a `UNet2DModel` of `preset` for the dataset's images (class-conditional when `num_class_embeds` is
     set), seeded with `args.seed`, and train it with `DenoisingLoss` through `training.train`; `sample_grid`, given
     the scheduler, makes the sample-grid function of the loop."""
-    images = dataset.tensors[0]  # (N, C, H, H)
+    image = first_image(dataset)  # (C, H, H)
     torch.manual_seed(args.seed)  # the initial weights too: same seed, same model
-    unet = UNet2DModel(**unet_config(preset, images.shape[-1], images.shape[1], num_class_embeds))
+    unet = UNet2DModel(**unet_config(preset, image.shape[-1], image.shape[0], num_class_embeds))
     scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps)
     conditional = num_class_embeds is not None
     loss = DenoisingLoss(scheduler, conditional=conditional, label_dropout=label_dropout, null_class=null_class)
@@ -62,7 +86,7 @@ def _train_unet(
 
 def train_ddpm_unet(
     args: TrainingArguments,
-    images: torch.Tensor,
+    images: TrainingImages,
     preset: str = "small",
     num_train_timesteps: int = 1000,
 ) -> tuple[UNet2DModel, DDPMScheduler, TrainingSummary]:
@@ -71,7 +95,9 @@ def train_ddpm_unet(
 
     Args:
         args (`TrainingArguments`): the loop's flags; `args.seed` also seeds the initial weights.
-        images (`torch.Tensor`): square training images `[N, C, H, H]` in [-1, 1].
+        images (`torch.Tensor` or `torch.utils.data.Dataset`): square training images `[N, C, H, H]` in [-1, 1], or
+            a dataset of `(image [C, H, H], ...)` items such as `data.StreamingImages` (data larger than memory,
+            decoded by `args.dataloader_num_workers` worker processes).
         preset (`str`, *optional*, defaults to `"small"`): a `models.UNET_PRESETS` size.
         num_train_timesteps (`int`, *optional*, defaults to 1000): diffusion steps of the scheduler.
 
@@ -81,8 +107,8 @@ def train_ddpm_unet(
     Returns:
         The trained U-Net (EMA weights when `args.use_ema`, eval mode), the scheduler and the `TrainingSummary`.
     """
-    check_training_images(images)
+    dataset = training_dataset(images)
     sample_grid = partial(
         ddpm_sample_grid, num_images=args.num_sample_images, num_inference_steps=args.sample_inference_steps, seed=args.seed
     )
-    return _train_unet(args, TensorDataset(images), preset, num_train_timesteps, sample_grid=sample_grid)
+    return _train_unet(args, dataset, preset, num_train_timesteps, sample_grid=sample_grid)

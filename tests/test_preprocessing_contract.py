@@ -1,0 +1,249 @@
+"""One preprocessing contract (`data.ImagePreprocessing`), stated, saved with every model and applied alike by
+`pipe(...)`, the transformers image processor, evaluation and prediction."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DModel
+
+from diffusion_classifiers import DiffusionClassifierPipeline, UNetFeatureClassifierPipeline
+from diffusion_classifiers.cli import main
+from diffusion_classifiers.data import (
+    ImagePreprocessing,
+    MedicalPreprocessing,
+    Window,
+    load_image_classification_data,
+    preprocess_images,
+    read_dicom,
+    window_channels,
+)
+from diffusion_classifiers.models import LinearProbeHead
+
+from .conftest import shared_data
+from .test_readme import small_unet
+
+FIXTURES = "tests/fixtures/v0.1.0"
+CT_SLICE = ("cq500_dicom_sample", "CQ500-CT-0", "CT000010.dcm")
+
+
+def signed_images(seed=0):
+    """Four [-1, 1] images [1, 8, 8]; image 2 has no negative pixel, as after a bright crop."""
+    images = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    images[2] = images[2].abs()
+    return images
+
+
+def unet_pipeline(sample_size=16, in_channels=1, preprocessing=None):
+    head = LinearProbeHead(16, 3, class_names=["a", "b", "c"], block="mid_block", timestep=50)
+    torch.nn.init.normal_(head.linear.weight, generator=torch.Generator().manual_seed(0), std=3.0)
+    unet = small_unet(sample_size)
+    if in_channels != 1:
+        unet = UNet2DModel(**{**dict(unet.config), "in_channels": in_channels, "out_channels": in_channels})
+    pipe = UNetFeatureClassifierPipeline(unet=unet, scheduler=DDPMScheduler(), head=head, preprocessing=preprocessing)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# --------------------------------------------------------------------------------------------------
+# A list and a batch are the same images
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("input_range", ["[-1, 1]", "auto"])
+def test_a_list_of_signed_tensors_equals_the_batch(input_range):
+    images = signed_images()
+    contract = ImagePreprocessing(image_size=8, input_range=input_range)
+    batch = contract(images)
+    as_list = contract(list(images))
+    assert torch.equal(as_list, batch)
+    torch.testing.assert_close(batch, images, rtol=0, atol=0)  # [-1, 1] stated (or found once per call): unchanged
+    # the issue's case: earlier versions rescaled image 2 of the list alone (it has no negative pixel)
+    assert torch.equal(as_list[2], images[2])
+
+
+def test_the_keyword_form_decides_the_float_range_once_per_call():
+    images = signed_images()
+    assert torch.equal(preprocess_images(list(images)), preprocess_images(images))
+    unit = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(preprocess_images(list(unit)), unit * 2 - 1)  # no negative value anywhere: [0, 1]
+
+
+def test_a_pipeline_reads_a_list_and_a_batch_alike():
+    pipe, images = unet_pipeline(), signed_images()
+    assert pipe.preprocessing.input_range == "[-1, 1]"
+    assert torch.equal(pipe.preprocess(list(images)), pipe.preprocess(images))
+    torch.testing.assert_close(pipe(list(images)).probs, pipe(images).probs, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Stated ranges
+# --------------------------------------------------------------------------------------------------
+
+
+def test_stated_ranges_scale_floats_and_leave_integers_alone():
+    unit = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(ImagePreprocessing(input_range="[0, 1]")(unit), unit * 2.0 - 1.0)
+    assert torch.equal(ImagePreprocessing(input_range="[-1, 1]")(unit), unit)  # the same data, another statement
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 6), dtype=np.uint8)
+    expected = torch.from_numpy(pixels).float()[None, None] * (2.0 / 255.0) - 1.0
+    for input_range in ("[0, 1]", "[-1, 1]", "auto"):
+        assert torch.equal(ImagePreprocessing(input_range=input_range)(pixels), expected), input_range
+
+
+def test_floats_outside_the_stated_range_name_the_image_and_the_range():
+    images = signed_images()
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\] \(the stated input_range\); image 0 of batch spans"):
+        ImagePreprocessing(input_range="[0, 1]")(images)
+    with pytest.raises(ValueError, match=r"must lie in \[-1, 1\] .*image 3 of batch spans \[255, 255\]"):
+        ImagePreprocessing()([images[0], images[1], images[2], torch.full((1, 8, 8), 255.0)])
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"input_range": "[0, 255]"}, r"input_range: expected one of \['\[-1, 1\]', '\[0, 1\]', 'auto'\], got '\[0, 255\]'"),
+        ({"resample": "lanczos"}, r"resample: expected one of \['bilinear', 'bicubic', 'nearest'\], got 'lanczos'"),
+        ({"num_channels": 4}, "num_channels: expected 1, 3 or None, got 4"),
+        ({"image_size": 0}, "image_size: expected a positive int or"),
+        ({"do_rescale": True}, r"preprocessing: unknown keys \['do_rescale'\]"),
+        ({"medical": {"windows": [{"center": 40, "width": 0}]}}, r"Window\(center=40, width=0\): expected .* width > 0"),
+        ({"medical": {"windows": ["lung"]}}, "windows: 'lung' is not a window"),
+    ],
+)
+def test_bad_contract_values_are_refused_before_any_work(config, message):
+    with pytest.raises(ValueError, match=message):
+        ImagePreprocessing.from_dict(config)
+    with pytest.raises(ValueError, match=message):  # also when building the pipeline, before a model runs
+        unet_pipeline(preprocessing=config)
+
+
+def test_a_contract_for_another_size_than_the_model_is_refused():
+    with pytest.raises(ValueError, match="preprocessing: image_size 32 differs from the model's 16"):
+        unet_pipeline(preprocessing={"image_size": 32})
+
+
+# --------------------------------------------------------------------------------------------------
+# Saved with the model
+# --------------------------------------------------------------------------------------------------
+
+
+def test_the_contract_round_trips_through_json():
+    contract = ImagePreprocessing(
+        (12, 16), 3, "[0, 1]", "bicubic", MedicalPreprocessing((Window(40, 80), "bone", "file"), 0.5, 12)
+    )
+    assert ImagePreprocessing.from_dict(json.loads(json.dumps(contract.to_dict()))) == contract
+
+
+def test_a_pipeline_saves_and_loads_its_contract(tmp_path):
+    pipe = unet_pipeline(preprocessing={"input_range": "[0, 1]", "medical": {"windows": ["brain"], "bits_stored": 12}})
+    pipe.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "model_index.json").read_text())["preprocessing"]
+    assert saved == {
+        "image_size": 16, "num_channels": 1, "input_range": "[0, 1]", "resample": "bilinear",
+        "medical": {"windows": ["brain"], "padding_fill": 0.0, "bits_stored": 12},
+    }  # fmt: skip
+    loaded = DiffusionClassifierPipeline.from_pretrained(str(tmp_path))
+    assert loaded.preprocessing == pipe.preprocessing
+    unit = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(loaded.preprocess(unit), unit * 2 - 1)
+
+
+def test_a_pipeline_saved_before_the_contract_keeps_guessing_the_range():
+    pipe = DiffusionClassifierPipeline.from_pretrained(f"{FIXTURES}/unet_features")
+    assert pipe.preprocessing.input_range == "auto"
+    assert pipe.preprocessing.image_size == pipe.unet.config.sample_size
+
+
+def test_the_transformers_export_saves_and_applies_the_same_contract(tmp_path):
+    from transformers import AutoImageProcessor
+
+    from diffusion_classifiers import export_unet_feature_pipeline
+
+    pipe = unet_pipeline(preprocessing={"input_range": "[0, 1]", "resample": "bicubic"})
+    export_unet_feature_pipeline(pipe, tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())["preprocessing"]
+    assert saved == pipe.preprocessing.to_dict()
+    processor = AutoImageProcessor.from_pretrained(str(tmp_path))
+    unit = torch.rand(3, 1, 20, 12, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(processor(list(unit), return_tensors="pt")["pixel_values"], pipe.preprocess(unit))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        processor(unit * 2 - 1)
+
+
+def test_the_loader_records_the_contract_its_tensors_were_made_with():
+    splits = load_image_classification_data("digits", image_size=12)
+    contract = splits["test"].preprocessing
+    assert (contract.image_size, contract.num_channels, contract.input_range) == (12, 1, "[-1, 1]")
+    assert contract == splits["train"].subset([0, 1]).preprocessing
+    assert torch.equal(contract(splits["test"].images), splits["test"].images)  # its own output passes unchanged
+
+
+# --------------------------------------------------------------------------------------------------
+# Files: DICOM windows and bit depth from the saved contract
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_dicom_path_is_read_with_the_saved_windows(tmp_path):
+    path = shared_data(*CT_SLICE)
+    windows = ["brain", {"center": 80, "width": 200}, "bone"]
+    pipe = unet_pipeline(in_channels=3, preprocessing={"medical": {"windows": windows}})
+    pipe.save_pretrained(tmp_path)
+    pipe = DiffusionClassifierPipeline.from_pretrained(str(tmp_path))
+    pipe.set_progress_bar_config(disable=True)
+    channels = window_channels(read_dicom(path), ["brain", Window(80, 200), "bone"])  # [1, 3, 512, 512] in [0, 1]
+    expected = F.interpolate(
+        torch.from_numpy(channels) * 2.0 - 1.0, size=(16, 16), mode="bilinear", antialias=True, align_corners=False
+    )
+    assert torch.equal(pipe.preprocess([str(path)]), expected)
+    torch.testing.assert_close(pipe([path]).probs, pipe(expected).probs, rtol=0, atol=0)
+
+
+def test_a_16_bit_file_is_scaled_by_the_saved_bit_depth(tmp_path):
+    from PIL import Image
+
+    values = np.array([[0, 1000], [2000, 4095]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "scan.png")
+    contract = ImagePreprocessing(medical={"bits_stored": 12})
+    expected = torch.from_numpy(values.astype(np.float32) / 4095)[None, None] * 2.0 - 1.0
+    assert torch.equal(contract(tmp_path / "scan.png"), expected)
+    with pytest.raises(ValueError, match="cannot read item 1, got str .*: no such file"):
+        contract([tmp_path / "scan.png", str(tmp_path / "missing.png")])
+
+
+def test_predict_uses_the_saved_windows_unless_told_otherwise(tmp_path):
+    path = shared_data(*CT_SLICE)
+    unet_pipeline(preprocessing={"medical": {"windows": ["bone"]}}).save_pretrained(tmp_path / "model")
+    pipe = DiffusionClassifierPipeline.from_pretrained(str(tmp_path / "model"))
+    pipe.set_progress_bar_config(disable=True)
+    run = ["predict", "--model_dir", str(tmp_path / "model"), "--input", str(path), "--no_progress_bar"]
+    main(run + ["--output", str(tmp_path / "saved.csv")])
+    main(run + ["--output", str(tmp_path / "brain" / "brain.csv"), "--window", "brain"])
+    assert json.loads((tmp_path / "saved.csv.json").read_text())["run"]["windows"] == ["bone"]
+    assert json.loads((tmp_path / "brain" / "brain.csv.json").read_text())["run"]["windows"] == ["brain"]
+    bone = float((tmp_path / "saved.csv").read_text().splitlines()[1].split(",")[3])
+    brain = float((tmp_path / "brain" / "brain.csv").read_text().splitlines()[1].split(",")[3])
+    assert bone == pipe([path]).scores[0].item()
+    pipe.set_preprocessing({"medical": {"windows": ["brain"]}})
+    assert brain == pipe([path]).scores[0].item() and brain != bone
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation sees the demo's pixels
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_evaluate_reproduces_the_demo_report_exactly(tmp_path, capsys):
+    main([
+        "demo", "--output_dir", str(tmp_path), "--image_size", "8", "--unet_preset", "tiny", "--max_train_steps", "2",
+        "--lr_warmup_steps", "1", "--timesteps", "10", "100",
+    ])  # fmt: skip
+    main(["evaluate", "--model_dir", str(tmp_path / "pipeline"), "--dataset", "digits", "--output_dir", str(tmp_path / "eval")])
+    reported = json.loads((tmp_path / "metrics.json").read_text())["test"]
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for key in ("accuracy", "macro_f1", "balanced_accuracy", "confusion_matrix", "num_samples"):
+        assert evaluated[key] == reported[key], key
+    assert evaluated["calibration"]["ece"] == reported["calibration"]["ece"]  # the same probabilities, not only labels
