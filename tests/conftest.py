@@ -40,3 +40,15 @@ def python_subprocess_env() -> dict:
 
 
 PYTHON = sys.executable
+
+# Put on PYTHONPATH as sitecustomize.py, this makes `diffusion_classifiers` unimportable, as where it is not installed.
+HIDE_PACKAGE = """
+import sys
+
+class HidePackage:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "diffusion_classifiers":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, HidePackage())
+"""

@@ -30,24 +30,13 @@ from diffusion_classifiers.hub import render_model_card
 from diffusion_classifiers.models import build_vit_encoder, rc_dit_config, unet_config
 from diffusion_classifiers.remote_code import INSTALL_HINT, make_weights_readable_as_umask_allows
 
-from .conftest import PYTHON, python_subprocess_env
+from .conftest import HIDE_PACKAGE, PYTHON, python_subprocess_env
 
 CLASS_NAMES = ["zero", "one", "two"]
 SIZE = 16
 SCORE_SDE_CALL = {"method": "elbo", "num_timesteps": 10, "seed": 0}
 VARIATION_CALL = {"guidance_scale": 2.0, "num_inference_steps": 2}
 
-# Put on PYTHONPATH, this sitecustomize makes `diffusion_classifiers` unimportable, as where it is not installed.
-HIDE_PACKAGE = """
-import sys
-
-class HidePackage:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "diffusion_classifiers":
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-
-sys.meta_path.insert(0, HidePackage())
-"""
 
 
 # --- tiny models built in code --------------------------------------------------------------------------------------

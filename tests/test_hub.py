@@ -25,7 +25,7 @@ from diffusion_classifiers.hub import (
 )
 from diffusion_classifiers.models import unet_config
 
-from .conftest import PYTHON, REPO_ROOT, python_subprocess_env
+from .conftest import HIDE_PACKAGE, PYTHON, REPO_ROOT, python_subprocess_env
 
 METRICS = {"accuracy": 0.8125, "macro_f1": 0.75, "auc": 0.9}
 TOKEN = "hf_stub_token"
@@ -529,16 +529,6 @@ def test_cli_failed_upload_fails_with_one_line_not_a_traceback(stub_hub, saved_p
     assert last.endswith(f"The local folder {saved_pipeline[0]} is unchanged.")
 
 
-HIDE_PACKAGE = """
-import sys
-
-class HidePackage:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "diffusion_classifiers":
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-
-sys.meta_path.insert(0, HidePackage())
-"""
 
 
 @pytest.mark.slow
