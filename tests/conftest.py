@@ -41,6 +41,13 @@ def python_subprocess_env() -> dict:
 
 PYTHON = sys.executable
 
+
+def run_loading_script(script: str) -> None:
+    """Run a load-and-predict script in this process. Loading in a fresh interpreter, where only the package is
+    imported, is tested once for every saved kind in tests/test_ecosystem_loading.py and
+    tests/test_frozen_checkpoints.py; here a script only saves the interpreter start-up."""
+    exec(compile(script, "<loading script>", "exec"), {"__name__": "__loading_script__"})
+
 # Put on PYTHONPATH as sitecustomize.py, this makes `diffusion_classifiers` unimportable, as where it is not installed.
 HIDE_PACKAGE = """
 import sys

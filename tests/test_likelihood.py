@@ -303,8 +303,9 @@ PRESET_BOUNDS = {  # (solver, step_spacing): max |delta bits/dim| allowed, or No
 }
 
 
+# Not a `numerics` test: the bounds cover the spread over nine trained models, which is what other CPU kernels change
+# (the trained weights); round-off itself is negligible here (see above).
 @pytest.mark.slow
-@pytest.mark.numerics
 def test_fixed_step_grids_against_a_tight_dopri5_solve_on_a_trained_unet(trained_digits_unet):
     unet, images, labels = trained_digits_unet
     defaults = {name: p.default for name, p in inspect.signature(probability_flow_log_likelihood).parameters.items()}
