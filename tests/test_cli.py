@@ -27,6 +27,16 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
         assert Image.open(tmp_path / name).size[0] > 0, name
     assert "![reliability](reliability.png)" in (tmp_path / "report.md").read_text()
 
+    # `probe`: the demo's U-Net probed again, at other timesteps, into its own folder
+    probe_dir = tmp_path / "probe"
+    with pytest.raises(ValueError, match=r"timestep 1000 is invalid: expected an integer in \[0, 1000\)"):
+        main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--output_dir", str(probe_dir), "--timesteps", "1000"])
+    main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--output_dir", str(probe_dir), "--timesteps", "50"])
+    probed = json.loads((probe_dir / "metrics.json").read_text())
+    assert {r["timestep"] for r in probed["probe_grid"]} == {50} and len(probed["probe_grid"]) == 7
+    assert DiffusionClassifierPipeline.from_pretrained(str(probe_dir / "pipeline")).head.config.timestep == 50
+    capsys.readouterr()
+
     main(["evaluate", "--model_dir", str(tmp_path / "pipeline"), "--dataset", "digits", "--output_dir", str(tmp_path / "eval")])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())

@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_evaluate_args(evaluate)
+    probe = commands.add_parser(
+        "probe",
+        help="probe every (block, timestep) of a trained U-Net on a labeled dataset, choose on val, k-means, report: "
+        "a fitted classifier pipeline",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_probe_args(probe, DEFAULT_TIMESTEPS)
     predict = commands.add_parser(
         "predict",
         help="classify an image / DICOM folder, a CSV of paths or a datasets folder with a saved pipeline: "
@@ -66,6 +73,24 @@ def add_positive_class_arg(parser: argparse.ArgumentParser) -> None:
         help="binary tasks: the class name sensitivity, specificity, positive-class F1, ROC and PR refer to "
         "(e.g. malignant); default: the model's saved positive_class, else class 1",
     )
+
+
+def add_probe_args(parser: argparse.ArgumentParser, default_timesteps) -> None:
+    parser.add_argument(
+        "--unet_dir", required=True,
+        help="a trained U-Net: the output folder of examples/unet_features_train.py (a saved pipeline with unet/ and "
+        "scheduler/)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dataset", default="digits",
+        help="what data.load_image_classification_data reads ('digits', a MedMNIST .npz, IDX files, an image folder, a "
+        "CSV of path,label); read at the U-Net's size and channels",
+    )  # fmt: skip
+    parser.add_argument("--timesteps", type=int, nargs="+", default=list(default_timesteps), help="timesteps probed")
+    parser.add_argument("--pool", default="mean", choices=["mean", "2x2"], help="spatial pooling of the features")
+    parser.add_argument("--output_dir", default="outputs/probe", help="where report.md, metrics.json, the PNGs and pipeline/ go")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the splits carved when the data has none and of the probes")
+    add_positive_class_arg(parser)
 
 
 def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
@@ -123,7 +148,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     from .data import load_data_from_args
     from .metrics import resolve_positive_label
     from .training import train_ddpm_unet
-    from .unet_feature_study import run_unet_feature_study, summary_table, write_study_report
+    from .unet_feature_study import run_unet_feature_study
 
     started = time.time()
     training_args = check_demo_args(args)
@@ -137,8 +162,17 @@ def run_demo(args: argparse.Namespace) -> dict:
     study = run_unet_feature_study(
         unet, scheduler, splits, timesteps=args.timesteps, pool=args.pool, seed=args.seed, positive_class=args.positive_class
     )
-    study.pipeline.save_pretrained(os.path.join(args.output_dir, "pipeline"))
     timing = {"train_seconds": round(trained_at - started, 1), "total_seconds": round(time.time() - started, 1)}
+    metrics = save_study(study, args, timing)
+    print(f"and {args.output_dir}/unet_training/ (loss_curve.png, samples/)")
+    return metrics
+
+
+def save_study(study, args: argparse.Namespace, timing: dict) -> dict:
+    """Save the study's fitted pipeline and its report into `args.output_dir`; print the headline."""
+    from .unet_feature_study import summary_table, write_study_report
+
+    study.pipeline.save_pretrained(os.path.join(args.output_dir, "pipeline"))
     command = "diffusion-classifiers " + shlex.join(sys.argv[1:])
     metrics = write_study_report(study, args.output_dir, f"Frozen DDPM U-Net features on {args.dataset}", command, extra=timing)
     print(summary_table(study))
@@ -149,14 +183,41 @@ def run_demo(args: argparse.Namespace) -> dict:
         f"(NMI {summary['kmeans_nmi']:.3f}); {timing['total_seconds']:.0f} s"
     )
     plots = "probe_heatmap.png, confusion_matrix.png, reliability.png" + (", roc_pr.png" if "test_positive_class" in summary else "")
-    print(f"wrote {args.output_dir}/report.md, metrics.json, {plots}, pipeline/; unet_training/ (loss_curve.png, samples/)")
+    print(f"wrote {args.output_dir}/report.md, metrics.json, {plots}, pipeline/")
     return metrics
+
+
+def run_probe(args: argparse.Namespace) -> dict:
+    """A trained U-Net + a labeled dataset -> the probe grid, the chosen (block, t), k-means and a fitted pipeline."""
+    from .data import load_image_classification_data
+    from .features import _check_timesteps
+    from .metrics import resolve_positive_label
+    from .pipelines import UNetFeatureClassifierPipeline
+    from .unet_feature_study import run_unet_feature_study
+    from .validation import check_writable_dir
+
+    started = time.time()
+    check_writable_dir(args.output_dir, "--output_dir")
+    trained = UNetFeatureClassifierPipeline.from_pretrained(args.unet_dir)
+    _check_timesteps(args.timesteps, trained.scheduler.config.num_train_timesteps)
+    unet_config = trained.unet.config
+    splits = load_image_classification_data(
+        args.dataset, image_size=unet_config.sample_size, num_channels=unet_config.in_channels, seed=args.seed
+    )
+    resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)
+    study = run_unet_feature_study(
+        trained.unet, trained.scheduler, splits, timesteps=args.timesteps, pool=args.pool, seed=args.seed,
+        positive_class=args.positive_class,
+    )  # fmt: skip
+    return save_study(study, args, {"total_seconds": round(time.time() - started, 1)})
 
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         run_demo(args)
+    elif args.command == "probe":
+        run_probe(args)
     elif args.command == "evaluate":
         run_evaluate(args)
     elif args.command == "predict":
