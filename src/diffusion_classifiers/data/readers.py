@@ -749,7 +749,10 @@ def _decode_error_text(error: Exception) -> str:
 _HF_SPLIT_NAMES = {"train": "train", "validation": "val", "val": "val", "test": "test"}
 
 
-def _read_hf_dataset(source: Any, image_column: str | None, label_column: str | None) -> _RawData:
+def _hf_splits(source: Any, image_column: str | None, label_column: str | None) -> tuple[dict, str, str, Any]:
+    """The splits of a `datasets.Dataset` (train only) or `DatasetDict`, checked: known split names, one Image and one
+    ClassLabel column (found or named), the same label feature in every split. Returns `(splits, image column,
+    label column, label feature)`."""
     import datasets
 
     parts = {"train": source} if isinstance(source, datasets.Dataset) else dict(source)
@@ -761,16 +764,24 @@ def _read_hf_dataset(source: Any, image_column: str | None, label_column: str | 
     features = parts["train"].features
     image_column = _find_column(features, image_column, datasets.Image, "image")
     label_column = _find_column(features, label_column, datasets.ClassLabel, "label")
-    images, labels = [], {}
     for name, part in parts.items():
         if part.features.get(label_column) != features[label_column]:
             raise ValueError(
                 f"split {name!r}: label column {label_column!r} is {part.features.get(label_column)!r}; "
                 f"expected {features[label_column]!r} as in 'train'"
             )
+    return parts, image_column, label_column, features[label_column]
+
+
+def _read_hf_dataset(source: Any, image_column: str | None, label_column: str | None) -> _RawData:
+    import datasets
+
+    parts, image_column, label_column, label_feature = _hf_splits(source, image_column, label_column)
+    images, labels = [], {}
+    for name, part in parts.items():
         images += _decode_column(part.cast_column(image_column, datasets.Image(decode=True)), image_column, name)
         labels[_HF_SPLIT_NAMES[name]] = np.asarray(part[label_column], dtype=np.int64)
-    all_labels, names, splits = _labels_and_names(labels, features[label_column].names, "dataset")
+    all_labels, names, splits = _labels_and_names(labels, label_feature.names, "dataset")
     return _RawData(images, all_labels, names, splits)
 
 

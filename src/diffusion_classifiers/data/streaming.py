@@ -34,6 +34,7 @@ from .readers import (
     _carve_splits,
     _decode_error_text,
     _decode_image_file,
+    _hf_splits,
     _find_column,
     _labels_and_names,
     _list_csv,
@@ -279,25 +280,12 @@ def _hf_rows(source: Any, image_column: str | None, label_column: str | None):
     """One table of every split's (undecoded) images and labels, and its `_RawData` (labels, names, splits)."""
     import datasets
 
-    parts = {"train": source} if isinstance(source, datasets.Dataset) else dict(source)
-    unknown = [name for name in parts if name not in _HF_SPLIT_NAMES]
-    if unknown or "train" not in parts or ("val" in parts and "validation" in parts):
-        raise ValueError(
-            f"DatasetDict splits {sorted(parts)}: expected 'train' and optionally one of 'validation'/'val', and 'test'"
-        )
-    features = parts["train"].features
-    image_column = _find_column(features, image_column, datasets.Image, "image")
-    label_column = _find_column(features, label_column, datasets.ClassLabel, "label")
+    parts, image_column, label_column, label_feature = _hf_splits(source, image_column, label_column)
     tables, labels = [], {}
     for name, part in parts.items():
-        if part.features.get(label_column) != features[label_column]:
-            raise ValueError(
-                f"split {name!r}: label column {label_column!r} is {part.features.get(label_column)!r}; "
-                f"expected {features[label_column]!r} as in 'train'"
-            )
         part = part.select_columns([image_column, label_column]).cast_column(image_column, datasets.Image(decode=False))
         renames = {old: new for old, new in ((image_column, _IMAGE), (label_column, _LABEL)) if old != new}
         tables.append(part.rename_columns(renames))
         labels[_HF_SPLIT_NAMES[name]] = np.asarray(part[label_column], dtype=np.int64)
-    all_labels, names, splits = _labels_and_names(labels, features[label_column].names, "dataset")
+    all_labels, names, splits = _labels_and_names(labels, label_feature.names, "dataset")
     return datasets.concatenate_datasets(tables), _RawData(None, all_labels, names, splits)
