@@ -30,7 +30,7 @@ from diffusion_classifiers.hub import render_model_card
 from diffusion_classifiers.models import build_vit_encoder, rc_dit_config, unet_config
 from diffusion_classifiers.remote_code import INSTALL_HINT, make_weights_readable_as_umask_allows
 
-from .conftest import HIDE_PACKAGE, PYTHON, python_subprocess_env
+from .conftest import HIDE_PACKAGE, PACKAGE_HIDDEN, PYTHON, python_subprocess_env
 
 CLASS_NAMES = ["zero", "one", "two"]
 SIZE = 16
@@ -183,12 +183,7 @@ def test_pipelines_and_transformers_models_load_without_the_package(saved):
         "transformers": card_snippet("transformers", "hf_rc_dit"),
     }
     script = f"""
-try:
-    import diffusion_classifiers
-except ModuleNotFoundError:
-    pass
-else:
-    raise SystemExit("the package is importable: nothing is tested")
+{PACKAGE_HIDDEN}
 SCORE_SDE_CALL, VARIATION_CALL, TRUST = {SCORE_SDE_CALL!r}, {VARIATION_CALL!r}, {{"trust_remote_code": True}}
 {LOAD_AND_RUN}
 for library, snippet in {snippets!r}.items():  # the model cards' usage snippets, as they are
