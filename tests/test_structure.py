@@ -13,7 +13,7 @@ SOURCE = REPO_ROOT / "src" / PACKAGE
 
 # Layers, bottom to top: a module may import its own layer and those below, never one above.
 LAYERS = {
-    "validation": 0, "metrics": 0, "remote_code": 0,
+    "validation": 0, "metrics": 0, "remote_code": 0, "transformers_registration": 0,
     "data": 1, "models": 1, "likelihood": 1,
     "features": 2, "probing": 2,
     "training": 3, "pipelines": 3, "configuration_diffusion_classifier": 3, "image_processing_diffusion_classifier": 3,
@@ -94,12 +94,14 @@ def test_no_import_loops():
 
 
 # One fresh interpreter per module would spend ~10 s each importing torch, diffusers and transformers. Instead one
-# interpreter imports the whole package once (so every third-party library is loaded), forgets the package, and
-# forks a child per module that imports that module alone: each child runs this package's import order afresh.
+# interpreter imports every module once (so every third-party library is loaded), forgets the package and
+# transformers' Auto modules (which the package's classes register with when they load), and forks a child per
+# module that imports that module alone: each child runs this package's import order afresh.
 IMPORT_EACH_ALONE = """
 import importlib, os, sys, traceback
-import diffusion_classifiers
-for name in [m for m in sys.modules if m.startswith("diffusion_classifiers")]:
+for module in sys.argv[1:]:
+    importlib.import_module(module)
+for name in [m for m in sys.modules if m.startswith(("diffusion_classifiers", "transformers.models.auto"))]:
     del sys.modules[name]
 failures = 0
 for module in sys.argv[1:]:
@@ -123,6 +125,31 @@ def test_every_module_imports_alone_in_a_fresh_process():
         capture_output=True, text=True, env=python_subprocess_env(), timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-5000:]
+
+
+LIGHT_IMPORT_THEN_REGISTRATION = """
+import sys
+import diffusion_classifiers
+from diffusion_classifiers.cli import build_parser
+build_parser(()).format_help()  # what `diffusion-classifiers --help` builds
+heavy = sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules)
+assert not heavy, f"import diffusion_classifiers and --help imported {heavy}"
+# this package's own import loads transformers' Auto modules: the classes register once it has finished
+from diffusion_classifiers.models import build_vit_encoder
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
+config = CONFIG_MAPPING["diffusion-classifier"]
+assert MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING[config].__name__ == "DiffusionFeaturesForImageClassification"
+assert IMAGE_PROCESSOR_MAPPING[config]["pil"].__name__ == "DiffusionClassifierImageProcessor"
+"""
+
+
+@pytest.mark.slow
+def test_import_is_light_and_the_auto_classes_learn_the_model_when_transformers_loads():
+    result = subprocess.run([PYTHON, "-c", LIGHT_IMPORT_THEN_REGISTRATION], capture_output=True, text=True,
+                            env=python_subprocess_env(), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_public_face_exports_what_users_call():

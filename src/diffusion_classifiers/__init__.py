@@ -1,56 +1,38 @@
 """diffusion-classifiers: diffusion models as image classifiers.
 
-Everything a user calls is importable from here. Modules that define saved components are imported eagerly:
-diffusers 0.42 resolves `["diffusion_classifiers.<module>", "<Class>"]` in `model_index.json` only for modules
-already imported, and importing the transformers head registers it with the Auto classes. The rest (training,
-evaluation, plots, data readers, probing) loads on first use, so `import diffusion_classifiers` pulls in no
-training, plotting or augmentation library.
+Everything a user calls is importable from here, and loads on first use: `import diffusion_classifiers` imports
+no torch, diffusers or transformers, so the `diffusion-classifiers` command answers `--help` at once. The
+transformers Auto classes still find this package's model without `trust_remote_code`: its classes register
+themselves when transformers' Auto modules load (`transformers_registration.py`).
 """
 
 import importlib
 from typing import TYPE_CHECKING
 
+from .transformers_registration import register_when_transformers_loads
+
 __version__ = "0.1.0"
-
-from .configuration_diffusion_classifier import DiffusionClassifierConfig
-from .image_processing_diffusion_classifier import DiffusionClassifierImageProcessor
-from .modeling_diffusion_classifier import (
-    DiffusionFeaturesForImageClassification,
-    export_rc_dit_pipeline,
-    export_unet_feature_pipeline,
-)
-from .models import LinearProbeHead, PrototypeHead, RepresentationConditionedDiTModel
-from .pipelines import (
-    ClassifierPipelineOutput,
-    DiffusionClassifierPipeline,
-    RepresentationConditionedDiTImageVariationPipeline,
-    RepresentationConditionedDiTPipeline,
-    ScoreSDEClassifierOutput,
-    ScoreSDEClassifierPipeline,
-    UNetFeatureClassifierPipeline,
-)
-
-_EAGER = [
-    "ClassifierPipelineOutput",
-    "DiffusionClassifierConfig",
-    "DiffusionClassifierImageProcessor",
-    "DiffusionClassifierPipeline",
-    "DiffusionFeaturesForImageClassification",
-    "LinearProbeHead",
-    "PrototypeHead",
-    "RepresentationConditionedDiTImageVariationPipeline",
-    "RepresentationConditionedDiTModel",
-    "RepresentationConditionedDiTPipeline",
-    "ScoreSDEClassifierOutput",
-    "ScoreSDEClassifierPipeline",
-    "UNetFeatureClassifierPipeline",
-    "export_rc_dit_pipeline",
-    "export_unet_feature_pipeline",
-]
 
 # public name -> the module that defines it, imported on first access
 _LAZY = {
-    # models: sizes and builders
+    # pipelines and their outputs
+    "DiffusionClassifierPipeline": "pipelines",
+    "UNetFeatureClassifierPipeline": "pipelines",
+    "ScoreSDEClassifierPipeline": "pipelines",
+    "RepresentationConditionedDiTPipeline": "pipelines",
+    "RepresentationConditionedDiTImageVariationPipeline": "pipelines",
+    "ClassifierPipelineOutput": "pipelines",
+    "ScoreSDEClassifierOutput": "pipelines",
+    # the transformers image-classification model, its config and image processor, exports
+    "DiffusionClassifierConfig": "configuration_diffusion_classifier",
+    "DiffusionClassifierImageProcessor": "image_processing_diffusion_classifier",
+    "DiffusionFeaturesForImageClassification": "modeling_diffusion_classifier",
+    "export_unet_feature_pipeline": "modeling_diffusion_classifier",
+    "export_rc_dit_pipeline": "modeling_diffusion_classifier",
+    # models: components, sizes and builders
+    "LinearProbeHead": "models",
+    "PrototypeHead": "models",
+    "RepresentationConditionedDiTModel": "models",
     "UNET_PRESETS": "models",
     "unet_config": "models",
     "RC_DIT_SIZES": "models",
@@ -114,7 +96,7 @@ _LAZY = {
     "render_model_card": "hub",
 }
 
-__all__ = _EAGER + list(_LAZY)
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str):
@@ -129,17 +111,14 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY))
 
 
-def _register_with_transformers_auto_classes() -> None:
-    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
-
-    AutoConfig.register(DiffusionClassifierConfig.model_type, DiffusionClassifierConfig, exist_ok=True)
-    AutoModelForImageClassification.register(DiffusionClassifierConfig, DiffusionFeaturesForImageClassification, exist_ok=True)
-    AutoImageProcessor.register(DiffusionClassifierConfig, slow_image_processor_class=DiffusionClassifierImageProcessor, exist_ok=True)
-
-
-_register_with_transformers_auto_classes()
+register_when_transformers_loads()
 
 if TYPE_CHECKING:  # static analysers and IDEs see the lazy names
+    from .configuration_diffusion_classifier import DiffusionClassifierConfig  # noqa: F401
+    from .image_processing_diffusion_classifier import DiffusionClassifierImageProcessor  # noqa: F401
+    from .modeling_diffusion_classifier import *  # noqa: F401,F403
+    from .models import *  # noqa: F401,F403
+    from .pipelines import *  # noqa: F401,F403
     from .data import *  # noqa: F401,F403
     from .features import *  # noqa: F401,F403
     from .likelihood import *  # noqa: F401,F403

@@ -14,26 +14,40 @@ DEMO_DEFAULTS = {"image_size": 16, "unet_preset": "small", "max_train_steps": 60
 DEMO_NUM_TRAIN_TIMESTEPS = 1000
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS = {
+    "demo": "train a small DDPM U-Net without labels, probe every (block, timestep), k-means, report",
+    "evaluate": "score a saved pipeline or transformers model on a labeled split: metrics.json, report.md, plots",
+    "probe": "probe every (block, timestep) of a trained U-Net on a labeled dataset, choose on val, k-means, report: "
+    "a fitted classifier pipeline",
+    "predict": "classify an image / DICOM folder, a CSV of paths or a datasets folder with a saved pipeline: "
+    "predictions.csv or .parquet, errors.csv; resumable; accelerate launch splits it across processes",
+}
+
+
+def build_parser(commands=tuple(COMMANDS)) -> argparse.ArgumentParser:
+    """The console script's parser, with the flags of `commands` only: a command's flags import the libraries that
+    define them (torch among them), so `diffusion-classifiers --help` builds none and answers at once."""
+    parser = argparse.ArgumentParser(prog="diffusion-classifiers")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in COMMANDS.items():
+        command = subparsers.add_parser(name, help=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        if name in commands:
+            ADD_ARGS[name](command)
+    return parser
+
+
+def add_demo_args(parser: argparse.ArgumentParser) -> None:
     from .data import add_data_args
     from .models import UNET_PRESETS
-    from .prediction import add_predict_args
     from .training import add_training_args
     from .unet_feature_study import DEFAULT_TIMESTEPS
 
-    parser = argparse.ArgumentParser(prog="diffusion-classifiers")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser(
-        "demo",
-        help="train a small DDPM U-Net without labels, probe every (block, timestep), k-means, report",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_data_args(demo, image_size=DEMO_DEFAULTS["image_size"])
-    demo.add_argument("--unet_preset", default=DEMO_DEFAULTS["unet_preset"], choices=sorted(UNET_PRESETS))
-    demo.add_argument("--timesteps", type=int, nargs="+", default=list(DEFAULT_TIMESTEPS))
-    demo.add_argument("--pool", default="mean", choices=["mean", "2x2"])
+    add_data_args(parser, image_size=DEMO_DEFAULTS["image_size"])
+    parser.add_argument("--unet_preset", default=DEMO_DEFAULTS["unet_preset"], choices=sorted(UNET_PRESETS))
+    parser.add_argument("--timesteps", type=int, nargs="+", default=list(DEFAULT_TIMESTEPS))
+    parser.add_argument("--pool", default="mean", choices=["mean", "2x2"])
     add_training_args(
-        demo,
+        parser,
         output_dir="outputs/demo",
         max_train_steps=DEMO_DEFAULTS["max_train_steps"],
         learning_rate=1e-3,
@@ -42,28 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         use_ema=True,
         ema_max_decay=0.999,
     )
-    add_positive_class_arg(demo)
-    evaluate = commands.add_parser(
-        "evaluate",
-        help="score a saved pipeline or transformers model on a labeled split: metrics.json, report.md, plots",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_evaluate_args(evaluate)
-    probe = commands.add_parser(
-        "probe",
-        help="probe every (block, timestep) of a trained U-Net on a labeled dataset, choose on val, k-means, report: "
-        "a fitted classifier pipeline",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_probe_args(probe, DEFAULT_TIMESTEPS)
-    predict = commands.add_parser(
-        "predict",
-        help="classify an image / DICOM folder, a CSV of paths or a datasets folder with a saved pipeline: "
-        "predictions.csv or .parquet, errors.csv; resumable; accelerate launch splits it across processes",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_predict_args(predict)
-    return parser
+    add_positive_class_arg(parser)
 
 
 def add_positive_class_arg(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +68,9 @@ def add_positive_class_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_probe_args(parser: argparse.ArgumentParser, default_timesteps) -> None:
+def add_probe_args(parser: argparse.ArgumentParser) -> None:
+    from .unet_feature_study import DEFAULT_TIMESTEPS
+
     parser.add_argument(
         "--unet_dir", required=True,
         help="a trained U-Net: the output folder of examples/unet_features_train.py (a saved pipeline with unet/ and "
@@ -86,7 +81,7 @@ def add_probe_args(parser: argparse.ArgumentParser, default_timesteps) -> None:
         help="what data.load_image_classification_data reads ('digits', a MedMNIST .npz, IDX files, an image folder, a "
         "CSV of path,label); read at the U-Net's size and channels",
     )  # fmt: skip
-    parser.add_argument("--timesteps", type=int, nargs="+", default=list(default_timesteps), help="timesteps probed")
+    parser.add_argument("--timesteps", type=int, nargs="+", default=list(DEFAULT_TIMESTEPS), help="timesteps probed")
     parser.add_argument("--pool", default="mean", choices=["mean", "2x2"], help="spatial pooling of the features")
     parser.add_argument("--output_dir", default="outputs/probe", help="where report.md, metrics.json, the PNGs and pipeline/ go")
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits carved when the data has none and of the probes")
@@ -104,6 +99,12 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output_dir", default="outputs/evaluation", help="where metrics.json, report.md and the PNGs go")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="seed of the val split carved from train when the data has none")
+    parser.add_argument(
+        "--streaming", action="store_true",
+        help="an image folder or CSV of paths larger than memory: decode each image only when its batch is scored "
+        "(a saved DatasetDict folder is always read this way)",
+    )  # fmt: skip
+    parser.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes that decode the images")
     add_positive_class_arg(parser)
 
 
@@ -118,11 +119,12 @@ def run_evaluate(args: argparse.Namespace) -> dict:
 
     check_evaluation_args(args.output_dir, args.batch_size)  # before the model and the data are loaded
     classifier = load_classifier(args.model_dir)
-    dataset = load_evaluation_split(args.dataset, args.split, args.seed, saved_preprocessing(classifier))
+    dataset = load_evaluation_split(args.dataset, args.split, args.seed, saved_preprocessing(classifier), args.streaming)
     title = f"{os.path.basename(os.path.normpath(args.model_dir))} on {os.path.basename(os.path.normpath(args.dataset))} ({args.split})"
     metrics = evaluate_classifier(
-        classifier, dataset, args.output_dir, batch_size=args.batch_size, positive_class=args.positive_class, title=title
-    )
+        classifier, dataset, args.output_dir, batch_size=args.batch_size, positive_class=args.positive_class, title=title,
+        num_workers=args.dataloader_num_workers,
+    )  # fmt: skip
     headline = {k: metrics.get(k) for k in ("accuracy", "macro_f1", "balanced_accuracy", "auc", "positive_class", "sensitivity", "specificity")}
     print(json.dumps({k: v for k, v in headline.items() if v is not None or k == "auc"} | {"ece": metrics["calibration"]["ece"]}))
     return metrics
@@ -213,17 +215,26 @@ def run_probe(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
-    if args.command == "demo":
-        run_demo(args)
-    elif args.command == "probe":
-        run_probe(args)
-    elif args.command == "evaluate":
-        run_evaluate(args)
-    elif args.command == "predict":
-        from .prediction import run_predict
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = [arg for arg in argv if arg in COMMANDS][:1]  # the first word naming a command (options have dashes)
+    args = build_parser(chosen).parse_args(argv)
+    RUN[args.command](args)
 
-        run_predict(args)
+
+def add_predict_args(parser: argparse.ArgumentParser) -> None:
+    from .prediction import add_predict_args as add_args
+
+    add_args(parser)
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    from .prediction import run_predict as run
+
+    run(args)
+
+
+ADD_ARGS = {"demo": add_demo_args, "evaluate": add_evaluate_args, "probe": add_probe_args, "predict": add_predict_args}
+RUN = {"demo": run_demo, "evaluate": run_evaluate, "probe": run_probe, "predict": run_predict}
 
 
 if __name__ == "__main__":
