@@ -28,7 +28,8 @@ if TYPE_CHECKING:  # imported where used: the speed benchmarks need no trainer
     from diffusion_classifiers.training import TrainingArguments
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+# `BENCHMARK_DATA_ROOT` points elsewhere, e.g. at the copy a GPU machine gets (benchmarks/gpu_carry_data.sh).
+DATA_ROOT = Path(os.environ.get("BENCHMARK_DATA_ROOT") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 def data_path(*parts: str) -> Path:
@@ -54,6 +55,130 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+# --------------------------------------------------------------------------------------------------
+# The data a benchmark runs on: one set of options, quick sizing, few-label subsets
+# --------------------------------------------------------------------------------------------------
+
+DATA_HELP = (
+    "'digits' (scikit-learn's), a MedMNIST-style .npz, an IDX folder, an image folder (<root>/<class>/<image>), "
+    "a CSV of paths or a saved `datasets` folder (missing val/test splits are carved, stratified and seeded)"
+)
+MIN_LABELS_PER_CLASS = 5
+
+
+def add_data_options(
+    parser: argparse.ArgumentParser, default_data: str, *, label_fractions: Sequence[float] | None = None,
+    checkpoint: bool = False, parts: Sequence[str] | None = None, positive_class: bool = True,
+) -> argparse.ArgumentParser:  # fmt: skip
+    """The options every accuracy benchmark shares (read by `check_data_options`, `load_benchmark_data`,
+    `few_label_subsets`): the dataset and its class names, the positive class of a binary task (where the
+    benchmark reports binary metrics: `positive_class`); with
+    `label_fractions` (their default) several few-label regimes in one run; with `checkpoint` saving and reusing the
+    trained diffusion model; with `parts` the parts of the benchmark to run (default: all)."""
+    parser.add_argument("--data", default=None, help=f"the dataset: {DATA_HELP}; default {default_data}")
+    parser.add_argument(
+        "--class_names", nargs="+", default=None, help="names of the label ids 0..K-1 (.npz, IDX, CSV); default: the data's"
+    )
+    if positive_class:
+        parser.add_argument(
+            "--positive_class", default=None,
+            help="binary data: the class name whose sensitivity, F1 and AUC are reported; default class 1",
+        )  # fmt: skip
+    if label_fractions is not None:
+        parser.add_argument(
+            "--label_fractions", type=float, nargs="+", default=list(label_fractions),
+            help=f"few-label regimes, fractions of the train labels in (0, 1); default {list(label_fractions)}",
+        )  # fmt: skip
+        parser.add_argument(
+            "--min_labels_per_class", type=int, default=MIN_LABELS_PER_CLASS,
+            help=f"each few-label regime keeps at least this many images of every class; default {MIN_LABELS_PER_CLASS}",
+        )  # fmt: skip
+    if checkpoint:
+        parser.add_argument(
+            "--keep_checkpoint", default=None, metavar="DIR",
+            help="save the trained diffusion model here (save_pretrained), to rerun with --unet_dir; default: not kept",
+        )  # fmt: skip
+        parser.add_argument(
+            "--unet_dir", default=None, metavar="DIR",
+            help="a model saved by --keep_checkpoint on the same data: used instead of training one",
+        )  # fmt: skip
+    if parts is not None:
+        parser.add_argument(
+            "--parts", nargs="+", default=list(parts), choices=list(parts), help=f"parts to run; default all: {list(parts)}"
+        )
+    return parser
+
+
+def check_data_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse bad option values before any data is read (argparse's error: the flag, what was expected, exit 2)."""
+    if args.data not in (None, "digits") and not Path(args.data).exists():
+        parser.error(f"--data: {args.data} does not exist; expected {DATA_HELP}")
+    for fraction in getattr(args, "label_fractions", None) or ():
+        if not 0 < fraction < 1:
+            parser.error(f"--label_fractions: expected numbers strictly between 0 and 1, got {fraction}")
+    if getattr(args, "min_labels_per_class", 1) < 1:
+        parser.error(f"--min_labels_per_class: expected an integer >= 1, got {args.min_labels_per_class}")
+    unet_dir = getattr(args, "unet_dir", None)
+    if unet_dir is not None and not (Path(unet_dir) / "model_index.json").is_file():
+        parser.error(f"--unet_dir: expected a folder saved by --keep_checkpoint (with model_index.json), got {unet_dir}")
+    if unet_dir is not None and getattr(args, "keep_checkpoint", None) is not None:
+        parser.error("--keep_checkpoint and --unet_dir: expected at most one (a reused model is already kept)")
+
+
+def dataset_name(source: str) -> str:
+    """The name results are keyed by: the file or folder name without extension, lower case, `_` for other than
+    letters and digits (`pneumoniamnist.npz` -> `pneumoniamnist`)."""
+    stem = Path(source).name.split(".")[0].lower()
+    return "".join(c if c.isalnum() else "_" for c in stem)
+
+
+def load_benchmark_data(
+    source: str, class_names: Sequence[str] | None = None, positive_class: str | None = None, seed: int = 0,
+    image_size: int | None = None,
+) -> dict:  # fmt: skip
+    """`load_image_classification_data` of `source` (a saved `datasets` folder read with `load_from_disk`), with the
+    positive class checked against the class names at once, before any training."""
+    from diffusion_classifiers.data import load_image_classification_data
+    from diffusion_classifiers.metrics import resolve_positive_label
+
+    path = Path(source)
+    if path.is_dir() and any((path / name).is_file() for name in ("dataset_dict.json", "dataset_info.json")):
+        import datasets
+
+        source = datasets.load_from_disk(str(path))
+    splits = load_image_classification_data(source, image_size=image_size, seed=seed, class_names=class_names)
+    train = splits["train"]
+    resolve_positive_label(positive_class, train.class_names, train.num_classes)  # raises naming positive_class
+    return splits
+
+
+def capped_sizes(splits: dict, sizes: Dict[str, int]) -> Dict[str, int]:
+    """`sizes` capped at each split's size: a quick run on a small split takes all of it."""
+    return {name: min(size, len(splits[name])) for name, size in sizes.items()}
+
+
+def subsample_splits(splits: dict, sizes: Dict[str, int], seed: int) -> dict:
+    """Seeded stratified subsets of about `sizes` images (capped at each split's size; splits not named stay)."""
+    from diffusion_classifiers.data import stratified_subset_indices
+
+    subsets = dict(splits)
+    for name, size in capped_sizes(splits, sizes).items():
+        subsets[name] = splits[name].subset(stratified_subset_indices(splits[name].labels, size, seed))
+    return subsets
+
+
+def few_label_subsets(labels: torch.Tensor, fractions: Sequence[float], min_per_class: int, seed: int) -> dict:
+    """`{"all": every index, "1%": ..., ...}`: for each fraction, that share of every class, at least `min_per_class`
+    images of each (all of a smaller class); one seed, so a smaller regime is contained in a larger one."""
+    from diffusion_classifiers.data import few_label_indices
+
+    subsets = {"all": torch.arange(len(labels))}
+    for fraction in fractions:
+        index = few_label_indices(labels, fraction=fraction, seed=seed, min_per_class=min_per_class)
+        subsets[f"{100 * fraction:g}%"] = torch.from_numpy(index)
+    return subsets
+
+
 def setup(args: argparse.Namespace) -> torch.device:
     """Apply the common flags; returns the device to run on."""
     if args.num_threads:
@@ -64,10 +189,10 @@ def setup(args: argparse.Namespace) -> torch.device:
 
 def training_arguments(
     output_dir: str, max_train_steps: int, learning_rate: float, lr_warmup_steps: int, seed: int,
-    train_batch_size: int = 64, use_ema: bool = False,
+    train_batch_size: int = 64, use_ema: bool = False, num_sample_images: int = 8,
 ) -> "TrainingArguments":  # fmt: skip
     """The `TrainingArguments` of a benchmark run: its budget, the loop's defaults otherwise, one checkpoint (the
-    last; `output_dir` is a temporary folder)."""
+    last; `output_dir` is a temporary folder; `num_sample_images=0` skips its sample grid, as quick runs do)."""
     from diffusion_classifiers.training import TrainingArguments
 
     return TrainingArguments(
@@ -79,6 +204,7 @@ def training_arguments(
         checkpointing_steps=max_train_steps,
         use_ema=use_ema,
         seed=seed,
+        num_sample_images=num_sample_images,
     )
 
 

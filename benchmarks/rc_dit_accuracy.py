@@ -1,6 +1,7 @@
 """RC-DiT representation vs a contrastive ViT baseline, same architecture, same budget, same protocols.
 
-For each dataset (PneumoniaMNIST, Fashion-MNIST), in one run:
+For each dataset (PneumoniaMNIST and Fashion-MNIST, or the one `--data` names: any dataset
+`load_image_classification_data` reads), in one run:
 
 1. RC-DiT: a ViT encoder and a DiT (`train_rc_dit`) trained together on the unlabeled train images;
 2. baseline: the SAME ViT architecture from the SAME initial weights, trained on the same images for the same number
@@ -19,6 +20,7 @@ label-free accuracy >= baseline + 6 points and macro-F1 >= baseline + 13 points.
 
     python benchmarks/rc_dit_accuracy.py --quick
     python benchmarks/rc_dit_accuracy.py      # writes benchmarks/results/rc_dit_accuracy.json and the PNG grids
+    python benchmarks/rc_dit_accuracy.py --quick --data my.npz --class_names a b c
 """
 
 import tempfile
@@ -32,8 +34,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import _common  # noqa: E402
-from _common import base_parser, data_path, report, setup, target_entry, timed, training_arguments  # noqa: E402
-from diffusion_classifiers.data import load_image_classification_data, stratified_subset_indices  # noqa: E402
+from _common import (  # noqa: E402
+    add_data_options,
+    base_parser,
+    check_data_options,
+    data_path,
+    dataset_name,
+    load_benchmark_data,
+    report,
+    setup,
+    subsample_splits,
+    target_entry,
+    timed,
+    training_arguments,
+)
 from diffusion_classifiers.models import encode_representation, load_pretrained_encoder  # noqa: E402
 from diffusion_classifiers.plots import label_efficiency_curve, plot_label_efficiency  # noqa: E402
 from diffusion_classifiers.pipelines import (  # noqa: E402
@@ -51,14 +65,18 @@ from diffusion_classifiers.training import (  # noqa: E402
 
 DATASETS = {"pneumoniamnist": ("medmnist_pneumonia", "pneumoniamnist.npz"), "fashion_mnist": ("fashion_mnist",)}
 NAME = "rc_dit_accuracy"
-QUICK_SIZES = {"train": 256, "val": 128, "test": 128}
+QUICK_SIZES = {"train": 256, "val": 128, "test": 128}  # capped at each split's size
 # label-free margins (points) of the RC-DiT representation over the baseline, on this dataset
 TARGET_DATASET, TARGET_MARGIN_POINTS = "pneumoniamnist", {"accuracy": 6.0, "macro_f1": 13.0}
 
 
 def parse_args():
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    add_data_options(parser, "the --datasets", positive_class=False)
+    parser.add_argument(
+        "--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS),
+        help=f"the shared data sets run when --data is not given; default {list(DATASETS)}",
+    )  # fmt: skip
     parser.add_argument("--dit_size", default=None, help="default: tiny with --quick, else XS")
     add_encoder_args(parser)
     parser.add_argument("--baseline", default="simclr", choices=["simclr", "dino"], help="contrastive objective")
@@ -73,6 +91,9 @@ def parse_args():
     parser.add_argument("--sample_steps", type=int, default=None, help="denoising steps; default 5 quick, else 100")
     parser.set_defaults(num_threads=1, encoder_hidden_size=128, encoder_num_layers=4, encoder_num_heads=4)
     args = parser.parse_args()
+    check_data_options(parser, args)
+    if args.class_names and not args.data:
+        parser.error("--class_names: expected with --data (the shared data sets carry their own names)")
     args.dit_size = args.dit_size or ("tiny" if args.quick else "XS")
     args.max_train_steps = args.max_train_steps or (20 if args.quick else 1500)
     args.sample_steps = args.sample_steps or (5 if args.quick else 100)
@@ -83,13 +104,10 @@ def parse_args():
 
 def load_splits(path: Path, args) -> dict:
     """Stratified subsets of the splits, of about the sizes asked for (a split no larger is kept whole)."""
-    splits = load_image_classification_data(str(path), seed=args.seed)
+    splits = load_benchmark_data(str(path), args.class_names if args.data else None, seed=args.seed)
     sizes = QUICK_SIZES if args.quick else {"train": args.max_train_images, "val": args.max_eval_images,
                                            "test": args.max_eval_images}  # fmt: skip
-    return {
-        name: split.subset(stratified_subset_indices(split.labels, sizes[name], args.seed))
-        for name, split in splits.items()
-    }
+    return subsample_splits(splits, sizes, args.seed)
 
 
 def training_args(args, output_dir: str) -> TrainingArguments:
@@ -215,7 +233,10 @@ def main():
     device = setup(args)
     output_dir = Path(tempfile.mkdtemp()) if args.quick else Path(args.output or _common.RESULTS_DIR / NAME).parent
     output_dir.mkdir(parents=True, exist_ok=True)
-    paths = {name: data_path(*DATASETS[name]) for name in args.datasets}  # all of them before any training
+    if args.data:
+        paths = {dataset_name(args.data): Path(args.data)}
+    else:
+        paths = {name: data_path(*DATASETS[name]) for name in args.datasets}  # all of them before any training
     start = time.perf_counter()
     results = {name: run_dataset(name, path, args, device, output_dir) for name, path in paths.items()}
     figures = {

@@ -1,24 +1,32 @@
 """Score-SDE generative classifier (one class-conditional U-Net, Bayes' rule) vs a supervised CNN, in one run.
 
-PneumoniaMNIST (official splits): train one class-conditional U-Net (`train_score_sde_unet`, 2 classes, class-balanced
-sampling, EMA) on the train split; classify test through `ScoreSDEClassifierPipeline` with
+Part "data", on `--data` (default PneumoniaMNIST; any dataset `load_image_classification_data` reads, official or
+carved splits): train one class-conditional U-Net (`train_score_sde_unet`, EMA) on the train split, or load the
+pipeline an earlier run kept (`--keep_checkpoint DIR`, then `--unet_dir DIR`), and train a `SupervisedCNN` of about
+the U-Net's parameter count on the same train split (checkpoint chosen on val, argmax decision). A binary dataset
+gets the binary protocol, scored for `--positive_class` (default class 1), the U-Net trained with class-balanced
+sampling; classify test through `ScoreSDEClassifierPipeline` with
 - the ELBO (denoising-error bound, shared noise, binary early stop): the weighting ("uniform" or "elbo") is the one
   with the best AUC on a stratified val subset, and the decision threshold on the log-likelihood ratio (passed to
   the pipeline as class priors) is the one with the best balanced accuracy on that val subset;
-- the exact likelihood (probability-flow ODE, fixed-step RK4, Hutchinson): too slow on a CPU for all 624 test
-  images, so it scores a fixed stratified test subset, its threshold chosen the same way on a val subset;
-and train a `SupervisedCNN` of about the U-Net's parameter count on the same train split (checkpoint chosen on
-val, argmax decision). AUC is computed from the log-likelihood ratio (CNN: from its class-1 probability).
+- the exact likelihood (probability-flow ODE, fixed-step RK4, Hutchinson): too slow on a CPU for all test images, so
+  it scores a fixed stratified test subset, its threshold chosen the same way on a val subset.
+AUC is computed from the log-likelihood ratio (CNN: from its positive-class probability). A dataset of more classes
+gets the multi-class protocol below, on its own splits.
 
-Fashion-MNIST: a class-conditional U-Net on a stratified train subset; the ELBO with adaptive class pruning (Li et
-al. 2023) on a stratified test subset, all its settings fixed in advance (val is not used); a CNN of about the
-same parameter count on the same train subset (checkpoint chosen on a val subset).
+Part "reference", on `--reference_data` (default Fashion-MNIST), the multi-class protocol: a class-conditional U-Net
+on a stratified train subset; the ELBO with adaptive class pruning (Li et al. 2023) on a stratified test subset,
+all its settings fixed in advance (val is not used); a CNN of about the same parameter count on the same train
+subset (checkpoint chosen on a val subset).
 
-Targets: PneumoniaMNIST AUC >= the CNN's (ELBO on all test images; exact likelihood against the CNN on the same
-test subset); Fashion-MNIST ELBO accuracy within 3 points of the CNN's. Test data is used only for reporting.
+Targets (results keyed by the dataset's file name): binary data: AUC >= the CNN's (ELBO on all test images; exact
+likelihood against the CNN on the same test subset); multi-class data: ELBO accuracy within 3 points of the CNN's.
+Test data is used only for reporting.
 
     python benchmarks/score_sde_accuracy.py --quick
     python benchmarks/score_sde_accuracy.py --num_threads 1   # writes benchmarks/results/score_sde_accuracy.json
+    python benchmarks/score_sde_accuracy.py --data my.npz --positive_class malignant --parts data \\
+        --keep_checkpoint /tmp/score_sde --output /tmp/my.json
 """
 
 import argparse
@@ -29,9 +37,24 @@ import time
 import numpy as np
 import torch
 
-from _common import base_parser, cnn_baseline, data_path, report, setup, target_entry, timed, training_arguments
-from diffusion_classifiers.data import load_image_classification_data, stratified_subset_indices
-from diffusion_classifiers.metrics import classification_metrics
+from _common import (
+    add_data_options,
+    base_parser,
+    capped_sizes,
+    check_data_options,
+    cnn_baseline,
+    data_path,
+    dataset_name,
+    load_benchmark_data,
+    report,
+    setup,
+    subsample_splits,
+    target_entry,
+    timed,
+    training_arguments,
+)
+from diffusion_classifiers.data import stratified_subset_indices
+from diffusion_classifiers.metrics import classification_metrics, resolve_positive_label
 from diffusion_classifiers.models import SupervisedCNN, count_parameters
 from diffusion_classifiers.pipelines import ScoreSDEClassifierPipeline
 from diffusion_classifiers.training import train_score_sde_unet
@@ -39,39 +62,42 @@ from diffusion_classifiers.training import train_score_sde_unet
 NAME = "score_sde_accuracy"
 METRICS = ("accuracy", "auc", "balanced_accuracy", "macro_f1", "sensitivity", "specificity", "confusion_matrix")
 CNN_WIDTH_RATIOS = (1, 2, 5)  # SupervisedCNN stage widths (w, 2w, 5w), w matched to the U-Net's parameter count
+PARTS = ("data", "reference")
 
 # Full-run defaults, then --quick ones (tiny model, 8 px, a few images: < 60 s).
 DEFAULTS = dict(
-    image_size=16, unet_preset="small", pneumonia_train_steps=800, fashion_train_steps=1000, cnn_steps=1500,
+    image_size=16, unet_preset="small", train_steps=800, reference_train_steps=1000, cnn_steps=1500, elbo_timesteps=100,
     elbo_val_images=200, likelihood_val_images=80, likelihood_test_images=120, ode_steps=32,
-    fashion_train_images=20000, fashion_val_images=2000, fashion_test_images=400, pruning="[[10, 3], [20, 1]]",
-    pneumonia_quick_sizes=None,
+    multiclass_train_images=20000, multiclass_val_images=2000, multiclass_test_images=400, pruning="[[10, 3], [20, 1]]",
+    quick_sizes=None,
 )  # fmt: skip
 QUICK = dict(
-    image_size=8, unet_preset="tiny", pneumonia_train_steps=15, fashion_train_steps=15, cnn_steps=15,
+    image_size=8, unet_preset="tiny", train_steps=15, reference_train_steps=15, cnn_steps=15, elbo_timesteps=20,
     elbo_val_images=30, likelihood_val_images=10, likelihood_test_images=10, ode_steps=4,
-    fashion_train_images=300, fashion_val_images=100, fashion_test_images=20, pruning="[[2, 3], [3, 1]]",
-    pneumonia_quick_sizes={"train": 300, "val": 60, "test": 40},
+    multiclass_train_images=300, multiclass_val_images=100, multiclass_test_images=20, pruning="[[2, 3], [3, 1]]",
+    quick_sizes={"train": 300, "val": 60, "test": 40},  # the binary protocol's splits, capped at their sizes
 )  # fmt: skip
 
 
 def parse_args():
     parser = base_parser(__doc__.splitlines()[0])
+    add_data_options(parser, "../shared/data/medmnist_pneumonia/pneumoniamnist.npz", checkpoint=True, parts=PARTS)
     parser.add_argument(
-        "--pneumonia_data", help="MedMNIST-style .npz; default ../shared/data/medmnist_pneumonia/pneumoniamnist.npz"
+        "--reference_data", "--fashion_data", help="the reference part's dataset; default ../shared/data/fashion_mnist"
     )
-    parser.add_argument("--fashion_data", help="Fashion-MNIST IDX folder; default ../shared/data/fashion_mnist")
     parser.add_argument("--image_size", type=int, help="both datasets resized to this (default 16; quick 8)")
     parser.add_argument("--unet_preset", help="default small; quick tiny")
-    parser.add_argument("--pneumonia_train_steps", type=int, help="U-Net steps (default 800)")
-    parser.add_argument("--fashion_train_steps", type=int, help="U-Net steps (default 1000)")
+    parser.add_argument("--train_steps", "--pneumonia_train_steps", type=int, help="data part: U-Net steps (default 800)")
+    parser.add_argument(
+        "--reference_train_steps", "--fashion_train_steps", type=int, help="reference part: U-Net steps (default 1000)"
+    )
     parser.add_argument("--train_batch_size", type=int, default=64, help="U-Net and CNN batch size")
     parser.add_argument("--learning_rate", type=float, default=2e-3, help="U-Net learning rate")
     parser.add_argument("--label_dropout", type=float, default=0.0,
                         help="fraction of labels replaced by a null class; 0: the classifier never uses it")
     parser.add_argument("--class_balanced", action=argparse.BooleanOptionalAction, default=True,
-                        help="PneumoniaMNIST: draw both classes equally often when training the U-Net")
-    parser.add_argument("--elbo_timesteps", type=int, default=100, help="PneumoniaMNIST: most ELBO timesteps")
+                        help="binary protocol: draw both classes equally often when training the U-Net")
+    parser.add_argument("--elbo_timesteps", type=int, help="binary protocol: most ELBO timesteps (100; quick 20)")
     parser.add_argument("--timesteps_per_check", type=int, default=10)
     parser.add_argument("--early_stop_confidence", type=float, default=0.99)
     parser.add_argument("--weightings", nargs="+", default=["uniform", "elbo"], help="ELBO weightings tried on val")
@@ -80,34 +106,61 @@ def parse_args():
     parser.add_argument("--likelihood_test_images", type=int, help="stratified test subset, exact likelihood (120)")
     parser.add_argument("--ode_steps", type=int, help="RK4 steps, quadratic spacing (default 32)")
     parser.add_argument("--num_probes", type=int, default=1, help="Hutchinson probes per image")
-    parser.add_argument("--fashion_train_images", type=int, help="stratified train subset (default 20000)")
-    parser.add_argument("--fashion_val_images", type=int, help="stratified val subset, CNN checkpoint (2000)")
-    parser.add_argument("--fashion_test_images", type=int, help="stratified test subset (default 400)")
-    parser.add_argument("--pruning", help='Fashion-MNIST JSON [[T_1, k_1], ...] (default [[10, 3], [20, 1]])')
+    parser.add_argument("--multiclass_train_images", "--fashion_train_images", type=int,
+                        help="multi-class protocol: stratified train subset (default 20000)")
+    parser.add_argument("--multiclass_val_images", "--fashion_val_images", type=int,
+                        help="multi-class protocol: stratified val subset, CNN checkpoint (2000)")
+    parser.add_argument("--multiclass_test_images", "--fashion_test_images", type=int,
+                        help="multi-class protocol: stratified test subset (default 400)")
+    parser.add_argument("--pruning", help='multi-class protocol: JSON [[T_1, k_1], ...] (default [[10, 3], [20, 1]])')
     parser.add_argument("--cnn_steps", type=int, help="default 1500")
     parser.add_argument("--cnn_learning_rate", type=float, default=1e-3)
     parser.add_argument("--batch_size", type=int, default=256, help="samples per U-Net call when classifying")
     parser.set_defaults(num_threads=1)  # small convolutions on a loaded 2-core CPU: 1 thread is fastest
     args = parser.parse_args()
+    check_data_options(parser, args)
     for key, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     args.pruning = [tuple(stage) for stage in json.loads(args.pruning)]
-    args.pneumonia_data = args.pneumonia_data or str(data_path("medmnist_pneumonia", "pneumoniamnist.npz"))
-    args.fashion_data = args.fashion_data or str(data_path("fashion_mnist"))
+    args.data = args.data or str(data_path("medmnist_pneumonia", "pneumoniamnist.npz"))
+    args.reference_data = args.reference_data or str(data_path("fashion_mnist"))
     return args
 
 
-def train_unet(args, train, steps: int, class_balanced: bool, work_dir: str):
+def train_unet(args, train, steps: int, class_balanced: bool, work_dir: str, reusable: bool = False):
+    """A class-conditional U-Net with EMA trained on `train`, as a `ScoreSDEClassifierPipeline`, and its final loss.
+    `reusable` (the data part): the pipeline in `--unet_dir` instead (final loss None), or the trained one kept in
+    `--keep_checkpoint`."""
+    if reusable and args.unet_dir:
+        return load_pipeline(args.unet_dir, train), None
     training = training_arguments(
-        work_dir, steps, args.learning_rate, steps // 20, args.seed, train_batch_size=args.train_batch_size, use_ema=True
-    )
+        work_dir, steps, args.learning_rate, steps // 20, args.seed, train_batch_size=args.train_batch_size,
+        use_ema=True, num_sample_images=0 if args.quick else 8,
+    )  # fmt: skip
     unet, scheduler, summary = train_score_sde_unet(
         training, train.images, train.labels, preset=args.unet_preset, label_dropout=args.label_dropout,
         num_classes=train.num_classes, class_balanced=class_balanced,
     )  # fmt: skip
     pipe = ScoreSDEClassifierPipeline(unet.eval(), scheduler, class_names=train.class_names)
-    return pipe, summary
+    if reusable and args.keep_checkpoint:
+        pipe.save_pretrained(args.keep_checkpoint)
+    return pipe, summary.final_loss
+
+
+def load_pipeline(unet_dir: str, train) -> ScoreSDEClassifierPipeline:
+    """The pipeline saved in `unet_dir`, refused unless it was trained for these classes and this image size."""
+    pipe = ScoreSDEClassifierPipeline.from_pretrained(unet_dir)
+    config = pipe.unet.config
+    if pipe.class_names != list(train.class_names) or (config.in_channels, config.sample_size) != (
+        train.images.shape[1], train.images.shape[-1]
+    ):  # fmt: skip
+        raise ValueError(
+            f"--unet_dir: {unet_dir} holds a model of classes {pipe.class_names} for {config.in_channels}-channel "
+            f"{config.sample_size} px images; the data have classes {list(train.class_names)}, "
+            f"{train.images.shape[1]}-channel {train.images.shape[-1]} px images (set --image_size as when it was kept)"
+        )
+    return pipe
 
 
 def cnn_widths(target_parameters: int, in_channels: int, num_classes: int):
@@ -119,12 +172,13 @@ def cnn_widths(target_parameters: int, in_channels: int, num_classes: int):
     return tuple(r * best for r in CNN_WIDTH_RATIOS)
 
 
-def scored(labels, predictions, scores, class_names, seconds=None, nfe=None) -> dict:
-    """The report's metrics; `scores` `[N, K]` (binary: column 1 is the ranking score of the AUC)."""
-    m = classification_metrics(labels, predictions, probs=scores, class_names=class_names)
+def scored(labels, predictions, scores, class_names, seconds=None, nfe=None, positive_label=None) -> dict:
+    """The report's metrics; `scores` `[N, K]` (binary: column `positive_label` is the ranking score of the AUC)."""
+    m = classification_metrics(labels, predictions, probs=scores, class_names=class_names, positive_label=positive_label)
     out = {k: m.get(k) for k in METRICS}
     if len(class_names) == 2:
-        out["f1_" + class_names[1]] = m["per_class"][class_names[1]]["f1"]
+        positive = class_names[1 if positive_label is None else positive_label]
+        out["f1_" + positive] = m["per_class"][positive]["f1"]
     if nfe is not None:
         out["nfe_per_image"] = round(float(torch.as_tensor(nfe, dtype=torch.float64).mean()), 2)
     if seconds is not None:
@@ -133,49 +187,63 @@ def scored(labels, predictions, scores, class_names, seconds=None, nfe=None) -> 
     return {"num_images": len(labels), **out}
 
 
-def ratio_scores(llr: torch.Tensor) -> torch.Tensor:
-    """`[N, 2]` scores whose column 1 is the log-likelihood ratio (the AUC uses column 1 only)."""
-    return torch.stack([torch.zeros_like(llr), llr], 1).double()
+def ratio_scores(llr: torch.Tensor, positive: int) -> torch.Tensor:
+    """`[N, 2]` scores whose column `positive` is the log-likelihood ratio (the AUC uses that column only)."""
+    scores = torch.zeros(len(llr), 2, dtype=torch.float64)
+    scores[:, positive] = llr.double()
+    return scores
 
 
-def choose_threshold(llr: torch.Tensor, labels: torch.Tensor) -> tuple:
-    """The threshold `tau` on the log-likelihood ratio with the best balanced accuracy (ties: closest to 0), and the
-    priors that make Bayes' rule decide `llr > tau`: `log(p1 / p0) = -tau`."""
+def decide(llr: torch.Tensor, positive: int, tau: float = 0.0) -> torch.Tensor:
+    """Class ids: the positive class where `llr > tau`, else the other."""
+    return torch.where(llr > tau, positive, 1 - positive)
+
+
+def choose_threshold(llr: torch.Tensor, labels: torch.Tensor, positive: int) -> tuple:
+    """The threshold `tau` on the log-likelihood ratio (positive vs negative) with the best balanced accuracy (ties:
+    closest to 0), and the class priors that make Bayes' rule decide `llr > tau`: `log(p_pos / p_neg) = -tau`."""
     values = np.sort(llr.double().numpy())
     candidates = np.concatenate([[values[0] - 1], (values[1:] + values[:-1]) / 2, [values[-1] + 1], [0.0]])
-    y = labels.numpy()
+    y = (labels == positive).numpy()
 
     def balanced(tau):
         predicted = llr.numpy() > tau
-        return 0.5 * (predicted[y == 1].mean() + (~predicted[y == 0]).mean())
+        return 0.5 * (predicted[y].mean() + (~predicted[~y]).mean())
 
     tau = max(candidates, key=lambda tau: (round(balanced(tau), 12), -abs(tau)))
-    p1 = float(1 / (1 + np.exp(tau)))
-    return float(tau), [1 - p1, p1], float(balanced(tau))
+    p_positive = float(1 / (1 + np.exp(tau)))
+    priors = [p_positive, 1 - p_positive] if positive == 0 else [1 - p_positive, p_positive]
+    return float(tau), priors, float(balanced(tau))
 
 
-def generative_metrics(out, labels, class_names, seconds) -> dict:
+def generative_metrics(out, labels, class_names, seconds, positive: int) -> dict:
     llr = out.log_likelihood_ratio
-    figures = scored(labels, out.label_ids, ratio_scores(llr), class_names, seconds, out.nfe_per_image)
-    uniform = classification_metrics(labels, (llr > 0).long(), class_names=class_names)
+    figures = scored(labels, out.label_ids, ratio_scores(llr, positive), class_names, seconds, out.nfe_per_image, positive)
+    uniform = classification_metrics(labels, decide(llr, positive), class_names=class_names)
     figures["at_uniform_prior"] = {k: uniform[k] for k in ("accuracy", "balanced_accuracy")}
     return figures
 
 
-def auc_of(labels, llr) -> float:
-    return classification_metrics(labels, (llr > 0).long(), probs=ratio_scores(llr), num_classes=2)["auc"]
+def auc_of(labels, llr, positive: int) -> float:
+    return classification_metrics(
+        labels, decide(llr, positive), probs=ratio_scores(llr, positive), num_classes=2, positive_label=positive
+    )["auc"]
 
 
-def pneumonia(args, device, work_dir: str) -> dict:
+def load_part_data(args, source: str) -> dict:
+    return load_benchmark_data(source, args.class_names, args.positive_class, seed=args.seed, image_size=args.image_size)
+
+
+def binary_protocol(args, splits: dict, device, work_dir: str) -> dict:
     walls = {}
-    splits = load_image_classification_data(args.pneumonia_data, image_size=args.image_size)
-    if args.pneumonia_quick_sizes:
-        for name, size in args.pneumonia_quick_sizes.items():
-            splits[name] = splits[name].subset(stratified_subset_indices(splits[name].labels, size, args.seed))
+    if args.quick_sizes:
+        splits = subsample_splits(splits, args.quick_sizes, args.seed)
     train, val, test = splits["train"], splits["val"], splits["test"]
     names = train.class_names
+    positive = resolve_positive_label(args.positive_class, names, 2)
     with timed(walls, "unet_training"):
-        pipe, summary = train_unet(args, train, args.pneumonia_train_steps, args.class_balanced, f"{work_dir}/unet_p")
+        pipe, final_loss = train_unet(args, train, args.train_steps, args.class_balanced, f"{work_dir}/unet", True)
+    pipe.set_positive_class(names[positive])  # log_likelihood_ratio: log p(x | positive) - log p(x | negative)
     pipe.to(device)
     elbo_args = dict(method="elbo", num_timesteps=args.elbo_timesteps, early_stop_confidence=args.early_stop_confidence,
                      timesteps_per_check=args.timesteps_per_check, seed=args.seed, batch_size=args.batch_size)
@@ -186,14 +254,14 @@ def pneumonia(args, device, work_dir: str) -> dict:
     with timed(walls, "elbo_val_selection"):
         val_outputs = {w: pipe(val_elbo.images, weighting=w, **elbo_args) for w in args.weightings}
     for weighting, out in val_outputs.items():
-        val_auc[weighting] = auc_of(val_elbo.labels, out.log_likelihood_ratio)
+        val_auc[weighting] = auc_of(val_elbo.labels, out.log_likelihood_ratio, positive)
     weighting = max(args.weightings, key=lambda w: val_auc[w])  # ties: the first listed
-    tau, priors, val_balanced = choose_threshold(val_outputs[weighting].log_likelihood_ratio, val_elbo.labels)
+    tau, priors, val_balanced = choose_threshold(val_outputs[weighting].log_likelihood_ratio, val_elbo.labels, positive)
     start = time.perf_counter()
     out = pipe(test.images, weighting=weighting, priors=priors, **elbo_args)
     seconds = time.perf_counter() - start
     walls["elbo_test"] = round(seconds, 1)
-    elbo = generative_metrics(out, test.labels, names, seconds)
+    elbo = generative_metrics(out, test.labels, names, seconds, positive)
     elbo["selection"] = {
         "val_images": len(val_elbo), "val_auc_by_weighting": val_auc, "weighting": weighting,
         "threshold_on_llr": tau, "priors": priors, "val_balanced_accuracy": val_balanced,
@@ -208,38 +276,43 @@ def pneumonia(args, device, work_dir: str) -> dict:
     test_ode = test.subset(test_ode_index)
     with timed(walls, "likelihood_val_selection"):
         val_out = pipe(val_ode.images, **ode_args)
-    tau_ode, priors_ode, val_balanced_ode = choose_threshold(val_out.log_likelihood_ratio, val_ode.labels)
+    tau_ode, priors_ode, val_balanced_ode = choose_threshold(val_out.log_likelihood_ratio, val_ode.labels, positive)
     start = time.perf_counter()
     out = pipe(test_ode.images, priors=priors_ode, **ode_args)
     seconds = time.perf_counter() - start
     walls["likelihood_test"] = round(seconds, 1)
-    likelihood = generative_metrics(out, test_ode.labels, names, seconds)
+    likelihood = generative_metrics(out, test_ode.labels, names, seconds, positive)
     likelihood["mean_bits_per_dim_true_class"] = float(out.bits_per_dim.gather(1, test_ode.labels[:, None]).mean())
     likelihood["selection"] = {
-        "val_images": len(val_ode), "val_auc": auc_of(val_ode.labels, val_out.log_likelihood_ratio),
+        "val_images": len(val_ode), "val_auc": auc_of(val_ode.labels, val_out.log_likelihood_ratio, positive),
         "threshold_on_llr": tau_ode, "priors": priors_ode, "val_balanced_accuracy": val_balanced_ode,
     }  # fmt: skip
 
     # Supervised CNN, about the U-Net's parameter count, same train split.
-    probs, cnn = cnn_figures(args, pipe, (train, val, test), device, f"{work_dir}/cnn_p", walls)
+    probs, cnn = cnn_figures(args, pipe, (train, val, test), device, f"{work_dir}/cnn", walls, positive)
 
     index = torch.from_numpy(test_ode_index)
     on_subset = {
         "test_images": len(index),
         "auc": {
             "likelihood": likelihood["auc"],
-            "elbo": auc_of(test.labels[index], elbo_llr[index]),
-            "cnn": classification_metrics(test.labels[index], probs[index].argmax(1), probs=probs[index])["auc"],
+            "elbo": auc_of(test.labels[index], elbo_llr[index], positive),
+            "cnn": classification_metrics(
+                test.labels[index], probs[index].argmax(1), probs=probs[index], positive_label=positive
+            )["auc"],
         },
     }
     return {
-        "data": f"PneumoniaMNIST, official splits, {args.image_size} px (bilinear, antialiased from 28 px)",
+        "data": f"{args.data}: {describe_splits(splits)}, {args.image_size} px (bilinear, antialiased)",
+        "class_names": names,
+        "positive_class": names[positive],
         "num_images": {"train": len(train), "val": len(val), "test": len(test)},
         "class_counts": {name: torch.bincount(s.labels, minlength=2).tolist() for name, s in splits.items()},
         "unet": {
-            "preset": args.unet_preset, "parameters": count_parameters(pipe.unet), "train_steps": args.pneumonia_train_steps,
+            "preset": args.unet_preset, "parameters": count_parameters(pipe.unet), "train_steps": args.train_steps,
             "train_batch_size": args.train_batch_size, "learning_rate": args.learning_rate, "use_ema": True,
-            "label_dropout": args.label_dropout, "class_balanced": args.class_balanced, "final_loss": summary.final_loss,
+            "label_dropout": args.label_dropout, "class_balanced": args.class_balanced, "final_loss": final_loss,
+            "loaded_from": args.unet_dir, "kept_in": args.keep_checkpoint,
         },  # fmt: skip
         "elbo_settings": {k: v for k, v in elbo_args.items() if k not in ("method", "batch_size")},
         "likelihood_settings": {
@@ -253,7 +326,11 @@ def pneumonia(args, device, work_dir: str) -> dict:
     }
 
 
-def cnn_figures(args, pipe, splits, device, work_dir: str, walls: dict):
+def describe_splits(splits: dict) -> str:
+    return ", ".join(f"{len(split)} {name}" for name, split in splits.items()) + " images"
+
+
+def cnn_figures(args, pipe, splits, device, work_dir: str, walls: dict, positive=None):
     """A `SupervisedCNN` of about the U-Net's parameter count trained on `train` (checkpoint chosen on `val`),
     scored on `test`: its class probabilities and metrics."""
     train, val, test = splits
@@ -265,21 +342,20 @@ def cnn_figures(args, pipe, splits, device, work_dir: str, walls: dict):
     walls["cnn_training"] = round(cnn.train_seconds, 1)
     walls["cnn_test"] = round(cnn.test_seconds, 1)
     cnn.info.pop("val_accuracy_by_step")
-    metrics = scored(test.labels, cnn.probs.argmax(1), cnn.probs, train.class_names, cnn.test_seconds, nfe=1)
+    metrics = scored(test.labels, cnn.probs.argmax(1), cnn.probs, train.class_names, cnn.test_seconds, 1, positive)
     return cnn.probs, {**metrics, **cnn.info, "widths": widths}
 
 
-def fashion(args, device, work_dir: str) -> dict:
+def multiclass_protocol(args, source: str, splits: dict, device, work_dir: str, steps: int, reusable: bool) -> dict:
     walls = {}
-    splits = load_image_classification_data(args.fashion_data, image_size=args.image_size, seed=args.seed)
+    sizes = capped_sizes(splits, {"train": args.multiclass_train_images, "val": args.multiclass_val_images,
+                                  "test": args.multiclass_test_images})  # fmt: skip
     train, val, test = (
-        splits[name].subset(stratified_subset_indices(splits[name].labels, size, args.seed))
-        for name, size in (("train", args.fashion_train_images), ("val", args.fashion_val_images),
-                           ("test", args.fashion_test_images))
-    )  # fmt: skip
+        split.subset(stratified_subset_indices(split.labels, sizes[name], args.seed)) for name, split in splits.items()
+    )
     names = train.class_names
     with timed(walls, "unet_training"):
-        pipe, summary = train_unet(args, train, args.fashion_train_steps, False, f"{work_dir}/unet_f")
+        pipe, final_loss = train_unet(args, train, steps, False, f"{work_dir}/unet", reusable)
     pipe.to(device)
     num_timesteps = sum(count for count, _ in args.pruning)
     start = time.perf_counter()
@@ -289,14 +365,16 @@ def fashion(args, device, work_dir: str) -> dict:
     walls["elbo_test"] = round(seconds, 1)
     elbo = scored(test.labels, out.label_ids, out.probs, names, seconds, out.nfe_per_image)
 
-    _, cnn = cnn_figures(args, pipe, (train, val, test), device, f"{work_dir}/cnn_f", walls)
+    _, cnn = cnn_figures(args, pipe, (train, val, test), device, f"{work_dir}/cnn", walls)
     return {
-        "data": f"Fashion-MNIST, {args.image_size} px (bilinear, antialiased from 28 px); stratified subsets: "
+        "data": f"{source}: {args.image_size} px (bilinear, antialiased); stratified subsets: "
         f"{len(train)} train, {len(val)} val (CNN checkpoint only), {len(test)} test images",
+        "class_names": names,
         "unet": {
-            "preset": args.unet_preset, "parameters": count_parameters(pipe.unet), "train_steps": args.fashion_train_steps,
+            "preset": args.unet_preset, "parameters": count_parameters(pipe.unet), "train_steps": steps,
             "train_batch_size": args.train_batch_size, "learning_rate": args.learning_rate, "use_ema": True,
-            "label_dropout": args.label_dropout, "class_balanced": False, "final_loss": summary.final_loss,
+            "label_dropout": args.label_dropout, "class_balanced": False, "final_loss": final_loss,
+            **({"loaded_from": args.unet_dir, "kept_in": args.keep_checkpoint} if reusable else {}),
         },  # fmt: skip
         "elbo_settings": {"weighting": "uniform", "num_timesteps": num_timesteps, "pruning": args.pruning,
                           "seed": args.seed, "chosen": "fixed in advance; val not used"},
@@ -306,21 +384,42 @@ def fashion(args, device, work_dir: str) -> dict:
 
 
 def targets(results: dict, total_seconds: float) -> dict:
-    """PneumoniaMNIST: AUC at least the CNN's (the ELBO on all test images, the exact likelihood on its test
-    subset); Fashion-MNIST: ELBO accuracy at most 3 points below the CNN's; the whole run within 30 minutes."""
-    pneumonia, fashion_mnist = results["pneumoniamnist"], results["fashion_mnist"]
-    on_subset = pneumonia["likelihood_subset_comparison"]["auc"]
-    fashion_accuracy = {method: m["accuracy"] for method, m in fashion_mnist["methods"].items()}
-    return {
-        "pneumoniamnist_elbo_test_auc": target_entry(
-            pneumonia["methods"]["elbo"]["auc"], pneumonia["methods"]["cnn"]["auc"]
-        ),
-        "pneumoniamnist_likelihood_test_subset_auc": target_entry(on_subset["likelihood"], on_subset["cnn"]),
-        "fashion_mnist_cnn_minus_elbo_accuracy_points": target_entry(
-            100 * (fashion_accuracy["cnn"] - fashion_accuracy["elbo"]), 3.0, higher_is_better=False
-        ),
-        "wall_seconds_total": target_entry(total_seconds, 30 * 60, higher_is_better=False),
-    }
+    """Binary data: AUC at least the CNN's (the ELBO on all test images, the exact likelihood on its test subset);
+    multi-class data: ELBO accuracy at most 3 points below the CNN's; the whole run within 30 minutes."""
+    entries = {}
+    for name, result in results.items():
+        methods = result["methods"]
+        if "likelihood" in methods:
+            on_subset = result["likelihood_subset_comparison"]["auc"]
+            entries[f"{name}_elbo_test_auc"] = target_entry(methods["elbo"]["auc"], methods["cnn"]["auc"])
+            entries[f"{name}_likelihood_test_subset_auc"] = target_entry(on_subset["likelihood"], on_subset["cnn"])
+        else:
+            entries[f"{name}_cnn_minus_elbo_accuracy_points"] = target_entry(
+                100 * (methods["cnn"]["accuracy"] - methods["elbo"]["accuracy"]), 3.0, higher_is_better=False
+            )
+    entries["wall_seconds_total"] = target_entry(total_seconds, 30 * 60, higher_is_better=False)
+    return entries
+
+
+def run_parts(args, device, work_dir: str) -> dict:
+    """`{dataset name: figures}` of the parts asked for; every dataset is read (and checked) before any training."""
+    data = {}
+    if "data" in args.parts:
+        data[dataset_name(args.data)] = ("data", args.data, load_part_data(args, args.data))
+    if "reference" in args.parts:
+        reference = load_benchmark_data(args.reference_data, seed=args.seed, image_size=args.image_size)
+        data.setdefault(dataset_name(args.reference_data), ("reference", args.reference_data, reference))
+    results = {}
+    for name, (part, source, splits) in data.items():
+        if part == "data" and splits["train"].num_classes == 2:
+            results[name] = binary_protocol(args, splits, device, f"{work_dir}/{part}")
+        elif part == "data":
+            results[name] = multiclass_protocol(args, source, splits, device, f"{work_dir}/{part}", args.train_steps, True)
+        else:
+            results[name] = multiclass_protocol(
+                args, source, splits, device, f"{work_dir}/{part}", args.reference_train_steps, False
+            )
+    return results
 
 
 def main():
@@ -328,8 +427,7 @@ def main():
     device = setup(args)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as work_dir:
-        results = {"pneumoniamnist": pneumonia(args, device, work_dir)}
-        results["fashion_mnist"] = fashion(args, device, work_dir)
+        results = run_parts(args, device, work_dir)
     total = round(time.perf_counter() - start, 1)
     figures = {
         **results,
@@ -337,7 +435,7 @@ def main():
         "splits; test images are used only for reporting",
         "targets": targets(results, total),
         "wall_seconds_total": total,
-        "budget": {"num_threads": torch.get_num_threads()},
+        "budget": {"num_threads": torch.get_num_threads(), "parts": args.parts},
     }
     report(NAME, args, device, figures)
 

@@ -16,6 +16,7 @@ __all__ = [
     "stratified_group_split",
     "stratified_split",
     "stratified_subset_indices",
+    "stratified_train_val_test_split",
 ]
 
 
@@ -43,6 +44,63 @@ def stratified_split(labels: Any, fraction: float, seed: int = 0) -> tuple[np.nd
     split = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
     kept = np.setdiff1d(np.arange(len(labels)), split)
     return kept.astype(np.int64), split.astype(np.int64)
+
+
+def stratified_train_val_test_split(
+    labels: Any,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int = 0,
+    min_per_class: int = 2,
+    class_names: Any = None,
+) -> dict[str, np.ndarray]:
+    r"""
+    Seeded, stratified `{"train", "val", "test"}` indices with at least `min_per_class` images of every class in val
+    and in test (a long tail keeps its rare classes measurable) and at least one in train.
+
+    Class `c` with `n_c` images puts `round(test_fraction * n_c)` in test, then `round(val_fraction * rest)` in val
+    (halves up), each raised to `min_per_class` and lowered so the later splits keep their share; the images are
+    drawn from one `numpy.random.default_rng(seed)` permutation per class.
+
+    Args:
+        labels (`np.ndarray` or `torch.Tensor`): `[N]` integer labels >= 0; every class `0..max` must have images.
+        val_fraction, test_fraction (`float`): strictly between 0 and 1.
+        seed (`int`, *optional*, defaults to 0): the same call gives the same indices.
+        min_per_class (`int`, *optional*, defaults to 2): images of each class at least in val and in test.
+        class_names (`Sequence[str]`, *optional*): names the class in the error.
+
+    Returns:
+        `Dict[str, np.ndarray]`: sorted int64 indices of each split.
+
+    Raises:
+        `ValueError`: a class with fewer than `2 * min_per_class + 1` images (named, with its count), before any
+            draw.
+    """
+    labels = _as_label_array(labels)
+    _check_fraction(val_fraction, "val_fraction")
+    _check_fraction(test_fraction, "test_fraction")
+    if isinstance(min_per_class, bool) or not isinstance(min_per_class, (int, np.integer)) or min_per_class < 1:
+        raise ValueError(f"min_per_class: expected an integer >= 1, got {min_per_class!r}")
+    members = _class_members(labels)
+    needed = 2 * min_per_class + 1
+    for c, class_members in enumerate(members):
+        if len(class_members) < needed:
+            name = f"class {class_names[c]!r} (label {c})" if class_names is not None else f"class {c}"
+            raise ValueError(
+                f"{name} has {len(class_members)} images; the split needs at least {needed} of each class "
+                f"({min_per_class} for val, {min_per_class} for test, 1 for train)"
+            )
+    rng = np.random.default_rng(seed)
+    parts = {"train": [], "val": [], "test": []}
+    for class_members in members:
+        n = len(class_members)
+        n_test = min(max(_round_half_up(test_fraction * n), min_per_class), n - min_per_class - 1)
+        n_val = min(max(_round_half_up(val_fraction * (n - n_test)), min_per_class), n - n_test - 1)
+        order = rng.permutation(class_members)
+        parts["test"].append(order[:n_test])
+        parts["val"].append(order[n_test : n_test + n_val])
+        parts["train"].append(order[n_test + n_val :])
+    return {name: np.sort(np.concatenate(chosen)).astype(np.int64) for name, chosen in parts.items()}
 
 
 def stratified_group_split(labels: Any, groups: Any, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -138,13 +196,14 @@ def long_tailed_indices(labels: Any, imbalance_ratio: float, seed: int = 0) -> n
 
 
 def few_label_indices(
-    labels: Any, n_per_class: int | None = None, fraction: float | None = None, seed: int = 0
+    labels: Any, n_per_class: int | None = None, fraction: float | None = None, seed: int = 0, min_per_class: int = 1
 ) -> np.ndarray:
     """Indices of a few-label subset: `n_per_class` images of each class, or `fraction` of each.
 
     Exactly one of `n_per_class` (capped at the class size) and `fraction` (`round(fraction *
-    n_c)` half up, at least 1 per class) must be given. Each class draws from its own seeded
-    permutation, so for one seed a smaller subset is contained in a larger one. Returns sorted indices.
+    n_c)` half up, at least `min_per_class` per class, capped at the class size) must be given. Each class draws
+    from its own seeded permutation, so for one seed a smaller subset is contained in a larger one. Returns sorted
+    indices.
     """
     labels = _as_label_array(labels)
     if (n_per_class is None) == (fraction is None):
@@ -156,12 +215,15 @@ def few_label_indices(
         raise ValueError(f"n_per_class: expected a positive int, got {n_per_class!r}")
     if fraction is not None and not 0 < fraction <= 1:
         raise ValueError(f"fraction: expected a number in (0, 1], got {fraction!r}")
+    if isinstance(min_per_class, bool) or not isinstance(min_per_class, (int, np.integer)) or min_per_class < 1:
+        raise ValueError(f"min_per_class: expected an integer >= 1, got {min_per_class!r}")
     rng = np.random.default_rng(seed)
     chosen = []
     for members in _class_members(labels):
-        if len(members) == 0:
+        n_members = len(members)
+        if n_members == 0:
             continue
-        n = n_per_class if n_per_class is not None else max(1, _round_half_up(fraction * len(members)))
+        n = n_per_class if n_per_class is not None else max(min_per_class, _round_half_up(fraction * n_members))
         chosen.append(rng.permutation(members)[: min(n, len(members))])
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 

@@ -1,0 +1,152 @@
+"""The accuracy benchmarks' shared data options (benchmarks/_common.py): quick sizing that adapts to small splits,
+few-label regimes with at least k images of every class, class names and the positive class. No training."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion_classifiers.data import LabeledImages, few_label_indices
+
+from .conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+import _common  # noqa: E402
+
+sys.path.remove(str(REPO_ROOT / "benchmarks"))
+
+
+def labeled(counts, size: int = 4) -> LabeledImages:
+    """`counts[c]` images of class c (class-valued pixels), so a subset's images still match its labels."""
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    images = (labels.float() / len(counts))[:, None, None, None].expand(-1, 1, size, size).contiguous()
+    return LabeledImages(images, labels, [f"class_{c}" for c in range(len(counts))])
+
+
+def write_npz(path, counts=(30, 10), names=None):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split in ("train", "val", "test"):
+        labels = np.concatenate([np.full(n, c) for c, n in enumerate(counts)]).astype(np.uint8)[:, None]
+        arrays[f"{split}_images"] = rng.integers(0, 256, (len(labels), 8, 8), dtype=np.uint8)
+        arrays[f"{split}_labels"] = labels
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def parse(argv, **options):
+    parser = _common.add_data_options(_common.base_parser("test"), "default.npz", **options)
+    args = parser.parse_args(argv)
+    _common.check_data_options(parser, args)
+    return args
+
+
+# --------------------------------------------------------------------------------------------------
+# Quick sizing
+# --------------------------------------------------------------------------------------------------
+
+
+def test_quick_sizes_are_capped_at_a_small_split():
+    # The issue's case: a val split of 78 images and a quick size of 150 (a fraction of 150 / 78 = 1.923).
+    splits = {"train": labeled([300, 100]), "val": labeled([60, 18]), "test": labeled([5, 3])}
+    sizes = {"train": 200, "val": 150, "test": 150}
+    assert _common.capped_sizes(splits, sizes) == {"train": 200, "val": 78, "test": 8}
+    subsets = _common.subsample_splits(splits, sizes, seed=0)
+    assert len(subsets["val"]) == 78 and len(subsets["test"]) == 8  # a small split is kept whole
+    assert torch.equal(subsets["val"].labels, splits["val"].labels)
+    # The large split is a stratified subset of the size asked: 3:1 classes, 150 + 50 images.
+    assert torch.bincount(subsets["train"].labels).tolist() == [150, 50]
+    assert torch.equal(subsets["train"].images[:, 0, 0, 0] * 2, subsets["train"].labels.float())
+
+
+def test_subsample_splits_is_seeded_and_leaves_unnamed_splits():
+    splits = {"train": labeled([300, 100]), "val": labeled([60, 18])}
+    first, second = (_common.subsample_splits(splits, {"train": 40}, seed=3) for _ in range(2))
+    assert torch.equal(first["train"].labels, second["train"].labels)
+    assert first["val"] is splits["val"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Few-label regimes
+# --------------------------------------------------------------------------------------------------
+
+
+def test_one_percent_keeps_at_least_k_images_of_every_class():
+    labels = torch.cat([torch.zeros(3000), torch.ones(150), torch.full((3,), 2)]).long()
+    subsets = _common.few_label_subsets(labels, [0.01, 0.1], min_per_class=5, seed=0)
+    assert list(subsets) == ["all", "1%", "10%"]
+    counts = {regime: torch.bincount(labels[index], minlength=3).tolist() for regime, index in subsets.items()}
+    # 1%: round(30) = 30, round(1.5) = 2 -> raised to 5, the 3-image class whole; 10%: 300, 15, 3.
+    assert counts == {"all": [3000, 150, 3], "1%": [30, 5, 3], "10%": [300, 15, 3]}
+    assert set(subsets["1%"].tolist()) <= set(subsets["10%"].tolist())  # one seed: the regimes are nested
+
+
+def test_fraction_names_keep_their_digits():
+    labels = torch.arange(1000) % 2
+    assert list(_common.few_label_subsets(labels, [0.005, 0.25], 1, seed=0)) == ["all", "0.5%", "25%"]
+
+
+def test_few_label_indices_min_per_class():
+    labels = np.repeat([0, 1], [1000, 40])
+    index = few_label_indices(labels, fraction=0.01, seed=1, min_per_class=8)
+    assert np.bincount(labels[index]).tolist() == [10, 8]
+    # Without min_per_class the rare class gets round(0.4) -> 1 image (the regression the issue reported).
+    assert np.bincount(labels[few_label_indices(labels, fraction=0.01, seed=1)]).tolist() == [10, 1]
+    with pytest.raises(ValueError, match="min_per_class: expected an integer >= 1, got 0"):
+        few_label_indices(labels, fraction=0.01, min_per_class=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Options: data, class names, positive class, fractions, checkpoints, parts
+# --------------------------------------------------------------------------------------------------
+
+
+def test_options_parse(tmp_path):
+    path = write_npz(tmp_path / "my_data.npz")
+    args = parse(
+        ["--data", path, "--class_names", "benign", "malignant", "--positive_class", "malignant",
+         "--label_fractions", "0.01", "0.1", "--min_labels_per_class", "3", "--keep_checkpoint", str(tmp_path / "k"),
+         "--parts", "b"],
+        label_fractions=[0.01], checkpoint=True, parts=("a", "b"),
+    )  # fmt: skip
+    assert (args.class_names, args.positive_class) == (["benign", "malignant"], "malignant")
+    assert (args.label_fractions, args.min_labels_per_class, args.parts) == ([0.01, 0.1], 3, ["b"])
+    defaults = parse([], label_fractions=[0.01], checkpoint=True, parts=("a", "b"))
+    assert (defaults.label_fractions, defaults.min_labels_per_class) == ([0.01], _common.MIN_LABELS_PER_CLASS)
+    assert (defaults.parts, defaults.unet_dir, defaults.keep_checkpoint) == (["a", "b"], None, None)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--label_fractions", "0.1", "1.5"], "--label_fractions: expected numbers strictly between 0 and 1, got 1.5"),
+        (["--min_labels_per_class", "0"], "--min_labels_per_class: expected an integer >= 1, got 0"),
+        (["--unet_dir", "{tmp}"], "--unet_dir: expected a folder saved by --keep_checkpoint"),
+        (["--data", "{tmp}/missing.npz"], "--data: {tmp}/missing.npz does not exist"),
+        (["--parts", "c"], "--parts: invalid choice: 'c'"),
+    ],
+)
+def test_bad_options_are_refused_naming_the_flag(tmp_path, capsys, argv, message):
+    argv = [arg.format(tmp=tmp_path) for arg in argv]
+    with pytest.raises(SystemExit):
+        parse(argv, label_fractions=[0.01], checkpoint=True, parts=("a", "b"))
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
+
+
+def test_load_benchmark_data_names_classes_and_checks_the_positive_class(tmp_path):
+    path = write_npz(tmp_path / "my_data.npz")
+    splits = _common.load_benchmark_data(path, ["benign", "malignant"], "benign")
+    assert splits["train"].class_names == ["benign", "malignant"]
+    assert torch.bincount(splits["test"].labels).tolist() == [30, 10]
+    with pytest.raises(ValueError, match=r"positive_class: expected one of the class names \['benign', 'malignant'\]"):
+        _common.load_benchmark_data(path, ["benign", "malignant"], "tumour")
+    three = write_npz(tmp_path / "three.npz", counts=(10, 10, 10))
+    with pytest.raises(ValueError, match="positive_class: expected a binary task, got 3 classes"):
+        _common.load_benchmark_data(three, positive_class="1")
+
+
+def test_results_are_keyed_by_the_dataset_name():
+    assert _common.dataset_name("../shared/data/medmnist_pneumonia/pneumoniamnist.npz") == "pneumoniamnist"
+    assert _common.dataset_name("/data/fashion_mnist") == "fashion_mnist"
+    assert _common.dataset_name("/tmp/Blood-MNIST.v2.npz") == "blood_mnist"
