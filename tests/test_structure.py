@@ -13,11 +13,11 @@ SOURCE = REPO_ROOT / "src" / PACKAGE
 
 # Layers, bottom to top: a module may import its own layer and those below, never one above.
 LAYERS = {
-    "validation": 0, "metrics": 0, "remote_code": 0, "transformers_registration": 0,
+    "validation": 0, "metrics": 0, "remote_code": 0,
     "data": 1, "models": 1, "likelihood": 1,
     "features": 2, "probing": 2,
     "training": 3, "pipelines": 3, "configuration_diffusion_classifier": 3, "image_processing_diffusion_classifier": 3,
-    "modeling_diffusion_classifier": 3, "plots": 3, "hub": 3,
+    "modeling_diffusion_classifier": 3, "transformers_registration": 3, "plots": 3, "hub": 3,
     "evaluation": 4, "unet_feature_study": 4, "prediction": 4,
     "cli": 5,
 }  # fmt: skip

@@ -2,7 +2,7 @@
 
 from typing import Optional
 
-from transformers import AutoConfig, PretrainedConfig
+from transformers import PretrainedConfig
 
 __all__ = ["BACKBONE_TYPES", "DiffusionClassifierConfig"]
 
@@ -64,6 +64,3 @@ class DiffusionClassifierConfig(PretrainedConfig):
             labels = list(self.id2label.values())
             raise ValueError(f"positive_class: expected one of the labels {labels}, got {positive_class!r}")
         self.positive_class = positive_class
-
-
-AutoConfig.register(DiffusionClassifierConfig.model_type, DiffusionClassifierConfig, exist_ok=True)

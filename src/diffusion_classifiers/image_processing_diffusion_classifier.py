@@ -3,10 +3,8 @@
 from typing import Any, Dict, Optional
 
 from transformers.feature_extraction_utils import BatchFeature
-from transformers import AutoImageProcessor
 from transformers.image_processing_backends import PilBackend
 
-from .configuration_diffusion_classifier import DiffusionClassifierConfig
 from .data.preprocessing import ImagePreprocessing, preprocess_images
 from .remote_code import write_remote_code
 
@@ -75,6 +73,3 @@ class DiffusionClassifierImageProcessor(PilBackend):
         refuses the rest (see `preprocess_images`)."""
         pixel_values = preprocess_images(images, input_data_format=input_data_format, preprocessing=self.preprocessing)
         return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
-
-
-AutoImageProcessor.register(DiffusionClassifierConfig, slow_image_processor_class=DiffusionClassifierImageProcessor, exist_ok=True)

@@ -6,7 +6,7 @@ from typing import Optional, Union
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from .configuration_diffusion_classifier import DiffusionClassifierConfig
@@ -224,6 +224,3 @@ def export_rc_dit_pipeline(pipeline, save_directory: Optional[Union[str, os.Path
         backbone_type="encoder",
         backbone_config=encoder.config.to_dict(),
     )
-
-
-AutoModelForImageClassification.register(DiffusionClassifierConfig, DiffusionFeaturesForImageClassification, exist_ok=True)
