@@ -9,7 +9,10 @@ On the NDSB 2015 plankton images (`../shared/data/ndsb2015_plankton`: 30,336 var
 (b) feature extraction (a tiny U-Net at 64 px, one block at one timestep, the three splits, as
     `extract_study_features` does): from the in-memory tensors vs from the streamed datasets, whose features go to
     float16 memory maps beyond a 1 MiB budget;
-(c) `prediction.predict_files` (already batch-wise) of every image with a tiny U-Net-features pipeline.
+(c) `prediction.predict_files` (already batch-wise) of every image with a tiny U-Net-features pipeline;
+(d) the probe grid (`fit_probe_grid`, 2 pairs of 512-wide features, 121 classes, 70/10/20 splits of the N feature
+    rows, a fixed number of L-BFGS iterations: memory does not depend on how many) on features in memory (float32
+    tensors) vs on disk (the float16 memory maps the extractor writes beyond its budget, read chunk by chunk).
 
 Each measurement runs in a child process forked from this one after the imports, so the libraries' memory is shared
 and measured once. Peak memory = the resident set of this process when it forks (interpreter, torch, the libraries:
@@ -17,8 +20,9 @@ and measured once. Peak memory = the resident set of this process when it forks 
 (unique set size, summed: pages shared after the fork are not counted twice). images/s = images delivered (to the
 loop, to the extractor, to the output file) / wall time from the listing to the last one.
 
-Targets (issue 10): peak memory at 30k <= 1.3 x the 1k figure for streamed training data loading (2 workers) and for
-`predict`; with 2 workers, streamed loading at least as many images/s as the in-memory path (at the largest size).
+Targets (issue 10): peak memory at 30k <= 1.3 x the 1k figure for streamed training data loading (2 workers), for
+`predict` and for the probe grid on features on disk; with 2 workers, streamed loading at least as many images/s as
+the in-memory path (at the largest size). For the probe stage images/s counts feature rows.
 
     python benchmarks/bench_data_scale.py --quick
     nice python benchmarks/bench_data_scale.py --num_threads 1
@@ -26,10 +30,10 @@ Targets (issue 10): peak memory at 30k <= 1.3 x the 1k figure for streamed train
 
 import csv
 import multiprocessing
-import os
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +48,7 @@ from diffusion_classifiers.data import load_image_classification_data, streaming
 from diffusion_classifiers.features import DiffusionFeatureExtractor
 from diffusion_classifiers.models import LinearProbeHead, unet_config
 from diffusion_classifiers.prediction import list_inputs, predict_files
+from diffusion_classifiers.probing import fit_probe_grid
 
 SIZES, QUICK_SIZES = [1000, 10000, 30000], [200, 400]
 IMAGE_SIZE, BATCH_SIZE = 64, 64
@@ -51,6 +56,10 @@ BLOCK, TIMESTEP = "mid_block", 100
 FEATURE_BUDGET_BYTES = 2**20
 SAMPLE_SECONDS = 0.5  # one sample reads smaps of each process (~10 ms each): cheap enough not to slow the stage
 MEMORY_RATIO_TARGET, SPEED_RATIO_TARGET = 1.3, 1.0
+# The probe stage: pairs x width of the features (512: a mid block's channels, or a 2x2-pooled 128), its iterations
+PROBE_PAIRS, PROBE_WIDTH, PROBE_ITERATIONS = [("mid_block", 100), ("mid_block", 500)], 512, 20
+PROBE_SPLITS = {"train": 0.7, "val": 0.1, "test": 0.2}
+PROBE_WRITE_ROWS = 4096
 MIB = 2**20
 
 
@@ -138,7 +147,50 @@ def prediction(job: dict) -> int:
     return summary.predicted
 
 
-STAGES = {"training_loading": training_loading, "feature_extraction": feature_extraction, "predict": prediction}
+def probe_features(job: dict, num_classes: int):
+    """Seeded class-dependent features `split -> pair -> [n, PROBE_WIDTH]` (float32 tensors in memory, or float16
+    memory maps written a block of rows at a time, never held whole) and their labels `split -> [n]`."""
+    rng = np.random.default_rng(job["seed"])
+    num_rows = job["num_images"]
+    labels_all = rng.integers(0, num_classes, num_rows)
+    centres = rng.normal(size=(num_classes, PROBE_WIDTH)).astype(np.float32)
+    bounds = np.cumsum([0] + [round(fraction * num_rows) for fraction in PROBE_SPLITS.values()])
+    bounds[-1] = num_rows
+    features, labels = {}, {}
+    for split, start, stop in zip(PROBE_SPLITS, bounds[:-1], bounds[1:]):
+        labels[split], features[split] = labels_all[start:stop], {}
+        for i, pair in enumerate(PROBE_PAIRS):
+            blocks = (
+                centres[labels[split][row : row + PROBE_WRITE_ROWS]]
+                + 4 * rng.standard_normal((min(PROBE_WRITE_ROWS, stop - start - row), PROBE_WIDTH), dtype=np.float32)
+                for row in range(0, stop - start, PROBE_WRITE_ROWS)
+            )
+            if job["mode"] == "in_memory":
+                features[split][pair] = torch.from_numpy(np.concatenate(list(blocks)))
+                continue
+            path = Path(job["work_dir"]) / f"probe_{num_rows}_{split}_{i}.float16"
+            with open(path, "wb") as handle:  # written through a file, not a map: no page stays resident here
+                for values in blocks:
+                    values.astype(np.float16).tofile(handle)
+            features[split][pair] = np.memmap(path, np.float16, "r", shape=(stop - start, PROBE_WIDTH))
+    return features, labels
+
+
+def probe_grid(job: dict) -> int:
+    features, labels = probe_features(job, len(job["class_names"]))
+    with warnings.catch_warnings():  # max_iter is reached on purpose: memory does not depend on the iteration count
+        warnings.simplefilter("ignore", UserWarning)
+        fit_probe_grid(
+            features["train"], labels["train"], features["val"], labels["val"], features["test"], labels["test"],
+            num_classes=len(job["class_names"]), max_iter=PROBE_ITERATIONS, progress_bar={"disable": True},
+        )  # fmt: skip
+    return job["num_images"]
+
+
+STAGES = {
+    "training_loading": training_loading, "feature_extraction": feature_extraction, "predict": prediction,
+    "probe": probe_grid,
+}  # fmt: skip
 
 
 def _child(job: dict, connection) -> None:
@@ -201,31 +253,37 @@ def variants(workers: list) -> dict:
         "training_loading": [("in_memory", 0), *streamed],
         "feature_extraction": [("in_memory", 0), *streamed],
         "predict": [("files", 0)],
+        "probe": [("in_memory", 0), ("on_disk", 0)],
     }
 
 
 def targets(results: dict, sizes: list, workers: list) -> dict:
+    """The targets of the stages measured."""
     small, large = str(sizes[0]), str(sizes[-1])
-    fast = f"streaming_workers_{max(workers)}"
-    loading, predict = results["training_loading"], results["predict"]["files_workers_0"]
-    return {
-        f"training_loading_{fast}_peak_{large}_over_{small}": target_entry(
-            loading[fast][large]["peak_mib"] / loading[fast][small]["peak_mib"], MEMORY_RATIO_TARGET, False
-        ),
-        f"predict_peak_{large}_over_{small}": target_entry(
-            predict[large]["peak_mib"] / predict[small]["peak_mib"], MEMORY_RATIO_TARGET, False
-        ),
-        f"training_loading_{fast}_images_per_s_over_in_memory_at_{large}": target_entry(
+
+    def peak_ratio(runs: dict) -> dict:
+        return target_entry(runs[large]["peak_mib"] / runs[small]["peak_mib"], MEMORY_RATIO_TARGET, False)
+
+    entries = {}
+    if results.get("training_loading"):
+        fast, loading = f"streaming_workers_{max(workers)}", results["training_loading"]
+        entries[f"training_loading_{fast}_peak_{large}_over_{small}"] = peak_ratio(loading[fast])
+        entries[f"training_loading_{fast}_images_per_s_over_in_memory_at_{large}"] = target_entry(
             loading[fast][large]["images_per_s"] / loading["in_memory_workers_0"][large]["images_per_s"],
             SPEED_RATIO_TARGET,
-        ),
-    }
+        )
+    if results.get("predict"):
+        entries[f"predict_peak_{large}_over_{small}"] = peak_ratio(results["predict"]["files_workers_0"])
+    if results.get("probe"):
+        entries[f"probe_on_disk_peak_{large}_over_{small}"] = peak_ratio(results["probe"]["on_disk_workers_0"])
+    return entries
 
 
 def main():
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="default 1000 10000 30000; --quick 200 400")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers of the streamed path")
+    parser.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES), help="the stages measured")
     args = parser.parse_args()
     sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
     workers = [2] if args.quick and args.workers == [0, 2] else args.workers  # quick: the target's configuration
@@ -233,13 +291,15 @@ def main():
     root = data_path("ndsb2015_plankton", "train")
     class_names = sorted(folder.name for folder in root.iterdir() if folder.is_dir())
 
-    results = {stage: {} for stage in STAGES}
+    results = {stage: {} for stage in args.stages}
     with tempfile.TemporaryDirectory() as work_dir:
         pipeline = save_pipeline(class_names, Path(work_dir) / "pipeline")
         baseline = psutil.Process().memory_info().rss
         for size in sizes:
             csv_path = write_subset_csv(root, size, args.seed, Path(work_dir))
             for stage, runs in variants(workers).items():
+                if stage not in args.stages:
+                    continue
                 for mode, num_workers in runs:
                     job = dict(
                         stage=stage, mode=mode, workers=num_workers, csv=str(csv_path), class_names=class_names,

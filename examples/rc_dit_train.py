@@ -5,8 +5,10 @@
     accelerate launch examples/rc_dit_train.py --dataset ../shared/data/medmnist_pneumonia/pneumoniamnist.npz \
         --output_dir outputs/rc-dit-pneumonia --dit_size S --encoder_hidden_size 192 --max_train_steps 20000 --use_ema
 
-On a CPU-only machine, real multi-process DDP needs: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu
---num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no examples/rc_dit_train.py ...
+Data larger than memory (an image or DICOM folder, a CSV of paths, a saved datasets folder): `--streaming
+--num_channels 1 --dataloader_num_workers 4`. On a CPU-only machine, real multi-process DDP needs:
+ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no
+--dynamo_backend no examples/rc_dit_train.py ...
 """
 
 import argparse
@@ -14,7 +16,7 @@ import argparse
 from accelerate import PartialState
 from diffusers import AutoencoderKL
 
-from diffusion_classifiers.data import add_data_args, load_data_from_args
+from diffusion_classifiers.data import add_data_args, load_data_from_args, streaming_data_from_args
 from diffusion_classifiers.models import RC_DIT_SIZES
 from diffusion_classifiers.pipelines import RepresentationConditionedDiTPipeline
 from diffusion_classifiers.training import (
@@ -29,7 +31,7 @@ from diffusion_classifiers.training import (
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_args(parser)
+    add_data_args(parser, streaming=True)
     parser.add_argument(
         "--dit_size", default="S", choices=sorted(RC_DIT_SIZES), help="DiT width and depth (default: %(default)s)."
     )
@@ -67,8 +69,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     training_args = training_args_from_namespace(args)
-    train = load_data_from_args(args)["train"]
-    images = train.images
+    train = (streaming_data_from_args if args.streaming else load_data_from_args)(args)["train"]
+    images = train if args.streaming else train.images
     encoder = build_vit_encoder_from_args(args, images)
     vae = None if args.vae is None else AutoencoderKL.from_pretrained(args.vae, subfolder=args.vae_subfolder)
     encoder, transformer, scheduler, _ = train_rc_dit(

@@ -6,7 +6,9 @@
         --output_dir outputs/score-sde-pneumonia --max_train_steps 20000 --use_ema --class_balanced
 
 `--label_dropout p` (default 0.1) replaces that fraction of labels by a null class (id K), so the same U-Net also
-learns the unconditional score; the classifier never scores the null class. On a CPU-only machine, real
+learns the unconditional score; the classifier never scores the null class. Data larger than memory (an image or
+DICOM folder, a CSV of paths, a saved datasets folder): `--streaming --num_channels 1 --dataloader_num_workers 4`.
+On a CPU-only machine, real
 multi-process DDP needs: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --num_machines 1
 --mixed_precision no --dynamo_backend no examples/score_sde_train.py ...
 """
@@ -15,7 +17,7 @@ import argparse
 
 from accelerate import PartialState
 
-from diffusion_classifiers.data import add_data_args, load_data_from_args
+from diffusion_classifiers.data import add_data_args, load_data_from_args, streaming_data_from_args
 from diffusion_classifiers.pipelines import ScoreSDEClassifierPipeline
 from diffusion_classifiers.training import (
     add_diffusion_args,
@@ -27,7 +29,7 @@ from diffusion_classifiers.training import (
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_args(parser)
+    add_data_args(parser, streaming=True)
     add_diffusion_args(parser)
     parser.add_argument(
         "--label_dropout",
@@ -45,9 +47,10 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     training_args = training_args_from_namespace(args)
-    train = load_data_from_args(args)["train"]
+    train = (streaming_data_from_args if args.streaming else load_data_from_args)(args)["train"]
+    images, labels = (train, None) if args.streaming else (train.images, train.labels)  # a dataset carries its labels
     unet, scheduler, _ = train_score_sde_unet(
-        training_args, train.images, train.labels, num_classes=train.num_classes, preset=args.unet_preset,
+        training_args, images, labels, num_classes=train.num_classes, preset=args.unet_preset,
         num_train_timesteps=args.num_train_timesteps, label_dropout=args.label_dropout,
         class_balanced=args.class_balanced,
     )

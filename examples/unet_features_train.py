@@ -4,6 +4,9 @@
     accelerate launch examples/unet_features_train.py --dataset ../shared/data/medmnist_pneumonia/pneumoniamnist.npz \
         --output_dir outputs/unet-pneumonia --max_train_steps 5000 --use_ema
 
+An image folder (DICOM included), a CSV of paths or a saved datasets folder larger than memory: add `--streaming
+--num_channels 1 --dataloader_num_workers 4` (images decoded only when a batch needs them, by worker processes).
+
 On a CPU-only machine, real multi-process DDP needs: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu
 --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no examples/unet_features_train.py ...
 """
@@ -12,7 +15,7 @@ import argparse
 
 from accelerate import PartialState
 
-from diffusion_classifiers.data import add_data_args, load_data_from_args
+from diffusion_classifiers.data import add_data_args, load_data_from_args, streaming_data_from_args
 from diffusion_classifiers.pipelines import UNetFeatureClassifierPipeline
 from diffusion_classifiers.training import (
     add_diffusion_args,
@@ -24,7 +27,7 @@ from diffusion_classifiers.training import (
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_args(parser)
+    add_data_args(parser, streaming=True)
     add_diffusion_args(parser)
     add_training_args(parser)
     return parser.parse_args(argv)
@@ -33,12 +36,13 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     training_args = training_args_from_namespace(args)
-    splits = load_data_from_args(args)
+    train = (streaming_data_from_args if args.streaming else load_data_from_args)(args)["train"]
     unet, scheduler, _ = train_ddpm_unet(
-        training_args, splits["train"].images, preset=args.unet_preset, num_train_timesteps=args.num_train_timesteps
-    )
+        training_args, train if args.streaming else train.images, preset=args.unet_preset,
+        num_train_timesteps=args.num_train_timesteps,
+    )  # fmt: skip
     if PartialState().is_main_process:
-        pipeline = UNetFeatureClassifierPipeline(unet=unet, scheduler=scheduler, preprocessing=splits["train"].preprocessing)
+        pipeline = UNetFeatureClassifierPipeline(unet=unet, scheduler=scheduler, preprocessing=train.preprocessing)
         pipeline.save_pretrained(args.output_dir)
 
 

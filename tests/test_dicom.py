@@ -10,18 +10,24 @@ import copy
 import csv
 import json
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from diffusion_classifiers.data import (
+    SPLITS,
     MedicalPreprocessing,
+    StreamingImages,
     Window,
     load_image_classification_data,
+    preprocess_images,
     read_16bit_image,
     read_dicom,
     read_dicom_folder,
+    streaming_image_classification_data,
     window_channels,
 )
 
@@ -29,6 +35,8 @@ from .conftest import shared_data
 
 pydicom = pytest.importorskip("pydicom")
 from pydicom.data import get_testdata_file  # noqa: E402
+
+from diffusion_classifiers.data.dicom import read_dicom_header  # noqa: E402
 
 WINDOW_TOLERANCE = 2.0**-24
 
@@ -227,6 +235,8 @@ def test_compressed_file_without_decoder_names_the_plugin(monkeypatch, path, plu
     assert not decoder.is_available
     with pytest.raises(ImportError, match=rf"compressed as .* no decoder .* pip install pylibjpeg {plugin}"):
         read_dicom(path)
+    with pytest.raises(ImportError, match=rf"pip install pylibjpeg {plugin}"):  # when data are listed, not read
+        read_dicom_header(path)
 
 
 def test_missing_pydicom_names_the_extra(monkeypatch):
@@ -413,3 +423,123 @@ def test_csv_absent_patient_column_is_refused(tmp_path):
     path = write_csv(tmp_path / "labels.csv", ["path", "label"], [["a.dcm", "x"]])
     with pytest.raises(ValueError, match=r"patient_id_column 'PatientID' is not a column; columns: \['path', 'label"):
         load_image_classification_data(path, patient_id_column="PatientID")
+
+
+# --------------------------------------------------------------------------------------------------
+# DICOM larger than memory: streamed through the same preprocessing
+# --------------------------------------------------------------------------------------------------
+
+
+def stacked(split):
+    return torch.stack([split[i][0] for i in range(len(split))])
+
+
+def check_streamed_equals_in_memory(source, **kwargs):
+    memory = load_image_classification_data(source, **kwargs)
+    streamed = streaming_image_classification_data(source, num_channels=1, **kwargs)
+    for name in SPLITS:  # the same files, frames, labels and splits, read by the same code: equal to the bit
+        torch.testing.assert_close(stacked(streamed[name]), memory[name].images, rtol=0, atol=0)
+        assert streamed[name].labels.tolist() == memory[name].labels.tolist()
+    assert streamed["train"].preprocessing == memory["train"].preprocessing  # what a trained model is saved with
+    return streamed
+
+
+def test_streamed_dicom_folder_equals_in_memory_and_keeps_patients_apart(tmp_path):
+    make_patients(tmp_path, num_patients=8, slices=2)
+    streamed = check_streamed_equals_in_memory(
+        tmp_path, image_size=8, val_fraction=0.25, test_fraction=0.25, seed=3, medical=FULL
+    )
+    decoded = {name: SimpleNamespace(images=stacked(split)) for name, split in streamed.items()}
+    check_patient_split(decoded, num_patients=8, slices=2)
+
+
+def test_streamed_multiframe_dicom_gives_one_row_per_frame(tmp_path):
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        write_dicom(pydicom.dcmread(pydicom_file("emri_small.dcm")), tmp_path / label / "cine.dcm")
+    streamed = check_streamed_equals_in_memory(tmp_path, image_size=8, test_fraction=0.2, val_fraction=0.25, medical=FULL)
+    assert sum(len(streamed[name]) for name in SPLITS) == 20
+
+
+def test_streamed_cq500_slices_equal_the_saved_contract_reading_the_files():
+    files = [cq500("CQ500-CT-0", "CT000010.dcm"), cq500("CQ500-CT-1", "CT000000.dcm")]  # JPEG Lossless, uncompressed
+    medical = MedicalPreprocessing(windows=("brain", "subdural", "bone"))
+    streamed = StreamingImages.from_files(files, image_size=32, num_channels=3, medical=medical)
+    assert streamed.preprocessing.medical == medical
+    expected = preprocess_images([str(file) for file in files], preprocessing=streamed.preprocessing)
+    torch.testing.assert_close(stacked(streamed), expected, rtol=0, atol=0)  # [2, 3, 32, 32]: a channel per window
+    assert not torch.equal(expected[:, 0], expected[:, 2])
+
+
+def test_streaming_refuses_bad_dicom_when_listing_not_when_reading(tmp_path):
+    dataset = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    for label in ("a", "b"):
+        (tmp_path / "mixed" / label).mkdir(parents=True)
+        for i in range(3):
+            write_dicom(dataset, tmp_path / "mixed" / label / f"{i}.dcm")
+    write_dicom(pydicom.dcmread(pydicom_file("MR_small.dcm")), tmp_path / "mixed" / "b" / "scout.dcm")
+    with pytest.raises(ValueError, match=r"mixed slice sizes: .*0.dcm is 128x128 but .*scout.dcm is 64x64"):
+        streaming_image_classification_data(tmp_path / "mixed", num_channels=1, medical=FULL)
+    no_pixels = copy.deepcopy(dataset)
+    del no_pixels.PixelData
+    (tmp_path / "mixed" / "b" / "scout.dcm").unlink()
+    write_dicom(no_pixels, tmp_path / "mixed" / "b" / "report.dcm")
+    with pytest.raises(ValueError, match=r"report.dcm has no pixel data"):
+        streaming_image_classification_data(tmp_path / "mixed", num_channels=1, medical=FULL)
+    cine = write_dicom(pydicom.dcmread(pydicom_file("emri_small.dcm")), tmp_path / "cine.dcm")
+    with pytest.raises(ValueError, match=r"cine.dcm has no WindowCenter / WindowWidth; expected a window for 'file'"):
+        StreamingImages.from_files([cine], image_size=8, num_channels=1)  # refused before any pixel is decoded
+    with pytest.raises(ValueError, match=r"cine.dcm has 10 frames; expected one image per row"):
+        StreamingImages.from_files([cine], image_size=8, num_channels=1, medical=FULL)[0]
+
+
+def test_image_variation_pipeline_saves_and_reads_the_classifiers_dicom_contract(tmp_path):
+    from diffusion_classifiers.pipelines import RepresentationConditionedDiTImageVariationPipeline as Variation
+
+    from .test_rc_dit import tiny_pipeline
+
+    classifier = tiny_pipeline()
+    classifier.set_preprocessing({"medical": {"windows": ["brain"]}})
+    classifier.save_pretrained(tmp_path / "classifier")
+    scan = pydicom_file("693_UNCI.dcm")
+    expected = classifier.preprocess([scan])  # the brain window of the scan, resized to the encoder's 16 px
+    for variation in (Variation.from_pipe(classifier), Variation.from_pretrained(tmp_path / "classifier")):
+        assert variation.preprocessing == classifier.preprocessing
+        torch.testing.assert_close(variation.preprocess([scan]), expected, rtol=0, atol=0)
+    variation.save_pretrained(tmp_path / "variation")
+    assert Variation.from_pretrained(tmp_path / "variation").preprocessing == classifier.preprocessing
+    # a folder saved before the contract reads float references as it did then: [0, 1] when none is negative
+    index_file = tmp_path / "variation" / "model_index.json"
+    index_file.write_text(json.dumps({k: v for k, v in json.loads(index_file.read_text()).items() if k != "preprocessing"}))
+    legacy = Variation.from_pretrained(tmp_path / "variation")
+    assert legacy.preprocessing.input_range == "auto"
+    ones = torch.ones(1, 1, 16, 16)
+    assert torch.equal(legacy.preprocess(ones * 0.5), torch.zeros(1, 1, 16, 16))
+    assert torch.equal(variation.preprocess(ones * 0.5), ones * 0.5)
+
+
+def test_unet_example_trains_on_a_streamed_dicom_folder_and_saves_how_it_read_it(tmp_path):
+    import runpy
+
+    from diffusion_classifiers import DiffusionClassifierPipeline
+
+    from .conftest import REPO_ROOT
+
+    dataset = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    for label in ("bleed", "healthy"):  # no PatientID: a per-image split (a grouped one needs >= 10 patients a class)
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(6):
+            write_dicom(dataset, tmp_path / "data" / label / f"{i}.dcm", PatientID="", InstanceNumber=i + 1)
+    example = runpy.run_path(str(REPO_ROOT / "examples" / "unet_features_train.py"), run_name="example")
+    example["main"]([
+        "--dataset", str(tmp_path / "data"), "--streaming", "--num_channels", "1", "--image_size", "8", "--window", "40", "400",
+        "--unet_preset", "tiny", "--output_dir", str(tmp_path / "out"), "--train_batch_size", "4",
+        "--max_train_steps", "1", "--checkpointing_steps", "100", "--num_sample_images", "0",
+    ])  # fmt: skip
+    pipe = DiffusionClassifierPipeline.from_pretrained(tmp_path / "out")
+    streamed = streaming_image_classification_data(
+        tmp_path / "data", num_channels=1, image_size=8, medical=MedicalPreprocessing(windows=(Window(40, 400),))
+    )
+    assert pipe.preprocessing == streamed["train"].preprocessing  # the window given, 8 px, grey
+    scan = streamed["train"].dataset[0]["image"]["path"]  # a training file, read by the saved pipeline as in training
+    torch.testing.assert_close(pipe.preprocess([scan])[0], streamed["train"][0][0], rtol=0, atol=0)

@@ -257,6 +257,7 @@ def test_bad_flags_are_refused_before_the_model_loads(tmp_path):
         (["--window", "brain", "bone"], "2 windows give 2 channels; expected 1 or 3 windows"),
         (["--window", "40"], "centre 40 has no width"),
         (["--window", "lung"], "'lung' is neither a window name"),
+        (["--window", "40", "0"], r"Window\(center=40.0, width=0.0\): expected a finite center and a finite width > 0"),
         (["--output", str(tmp_path / "p.json")], r"expected a \.csv or \.parquet file, got \.json"),
         (["--batch_size", "0"], "batch_size: expected a positive integer, got 0"),
     ]:
@@ -266,14 +267,43 @@ def test_bad_flags_are_refused_before_the_model_loads(tmp_path):
         main(base[:-1] + [str(tmp_path / "missing")])
 
 
+def test_hub_id_applies_the_windows_saved_in_the_repo(models, tmp_path, monkeypatch):
+    """`--model_dir org/name` reads the saved contract (here the bone window) from the repo's snapshot, as it does
+    from a local folder: the rows are the pipeline's own reading of the DICOM file with that window."""
+    from diffusion_classifiers import hub
+
+    from .test_hub import fake_snapshot_download
+
+    pipe = load(models, "unet")
+    pipe.set_preprocessing({"medical": {"windows": ["bone"]}})
+    pipe.save_pretrained(tmp_path / "repo")
+    calls = []
+    fake = fake_snapshot_download(tmp_path / "repo", calls)
+    monkeypatch.setattr(hub, "snapshot_download", lambda repo_id, cache_dir=None, **kwargs: fake(
+        repo_id, cache_dir=tmp_path / "cache", **kwargs))  # fmt: skip
+    scan = shared_data("cq500_dicom_sample", "CQ500-CT-1", "CT000000.dcm")  # its own window is 30/80
+    (tmp_path / "scans").mkdir()
+    shutil.copy(scan, tmp_path / "scans" / "slice.dcm")
+    main(["predict", "--model_dir", "org/ct", "--input", str(tmp_path / "scans"), "--output", str(tmp_path / "hub.csv")])
+    assert [call["repo_id"] for call in calls] == ["org/ct"]
+    row = read_rows(tmp_path / "hub.csv")[0]
+    expected = pipe([scan])
+    assert (row["label"], float(row["score"])) == (expected.labels[0], expected.scores[0].item())
+    assert [float(row[f"prob_{c}"]) for c in CLASSES] == expected.probs[0].tolist()
+    own_window = load(models, "unet")([scan])  # the file's own window, what ignoring the saved contract would give
+    assert not torch.equal(own_window.probs, expected.probs)
+    sidecar = json.loads((tmp_path / "hub.csv.json").read_text())["run"]
+    assert sidecar == {"model_dir": "org/ct", "windows": ["bone"]}
+
+
 HELP_WITHOUT_TORCH = """
-import argparse, importlib.util, sys, time
+import argparse, sys, time, types
 sys.modules.update(torch=None, diffusers=None, transformers=None, numpy=None)  # any import of them fails
 started = time.perf_counter()
-spec = importlib.util.spec_from_file_location("prediction", sys.argv[1])
-module = sys.modules["prediction"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-module.add_predict_args(argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)).format_help()
+package = sys.modules["diffusion_classifiers"] = types.ModuleType("diffusion_classifiers")
+package.__path__ = [sys.argv[1]]  # its modules import, its __init__ (which imports torch) does not run
+from diffusion_classifiers.prediction import add_predict_args
+add_predict_args(argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)).format_help()
 print(time.perf_counter() - started)
 """
 
@@ -281,8 +311,8 @@ print(time.perf_counter() - started)
 def test_predict_flags_build_without_torch_quickly():
     """The predict parser needs the standard library only (the package's own import, torch and diffusers
     included, is what `diffusion-classifiers predict --help` otherwise waits for)."""
-    module = REPO_ROOT / "src" / "diffusion_classifiers" / "prediction.py"
-    result = subprocess.run([PYTHON, "-c", HELP_WITHOUT_TORCH, str(module)], capture_output=True, text=True, timeout=60)
+    package = REPO_ROOT / "src" / "diffusion_classifiers"
+    result = subprocess.run([PYTHON, "-c", HELP_WITHOUT_TORCH, str(package)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     assert float(result.stdout) < 2.0
 

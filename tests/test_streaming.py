@@ -191,7 +191,25 @@ def test_features_beyond_the_memory_budget_go_to_float16_memory_maps(image_folde
     assert np.array_equal(temporary[("mid_block", 10)], on_disk[("mid_block", 10)])
 
 
-def test_probe_grid_on_memory_maps_equals_the_same_values_in_memory(tmp_path):
+def _probe_objective(head, features: torch.Tensor, labels: np.ndarray, l2: float, mean, std):
+    """A 3-class head's objective (mean cross-entropy + l2 / 2 ||W||^2, the one `fit_probe_grid` minimises), in float64,
+    as a function of its weights re-expressed on the features standardised with `mean` and `std`: (theta, f)."""
+    scale = std / head.feature_std.double()  # (x - m1) / s1 = (x - m) / s * s / s1 + (m - m1) / s1
+    weight = head.linear.weight.double() * scale
+    bias = head.linear.bias.double() + head.linear.weight.double() @ ((mean - head.feature_mean.double()) / head.feature_std.double())
+    x = (features.double() - mean) / std
+    y = torch.as_tensor(labels)
+
+    def objective(theta):
+        w, b = theta[: weight.numel()].view_as(weight), theta[weight.numel() :]
+        return torch.nn.functional.cross_entropy(x @ w.T + b, y) + 0.5 * l2 * w.square().sum()
+
+    return torch.cat([weight.flatten(), bias]), objective
+
+
+def test_probe_grid_on_memory_maps_reaches_the_in_memory_optimum_chunk_by_chunk(tmp_path, monkeypatch):
+    import diffusion_classifiers.probing.probe_grid as probe_grid
+
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 300)
     centres = rng.normal(size=(3, 6)) * 2
@@ -207,17 +225,128 @@ def test_probe_grid_on_memory_maps_equals_the_same_values_in_memory(tmp_path):
             maps[-1][key] = array
         tensors.append({key: torch.from_numpy(np.asarray(value, np.float32)) for key, value in maps[-1].items()})
     labels = [labels[rows] for rows in splits]
-    kwargs = dict(num_classes=3, progress_bar={"disable": True})
-    from_disk = fit_probe_grid(maps[0], labels[0], maps[1], labels[1], maps[2], labels[2], **kwargs)
-    from_memory = fit_probe_grid(tensors[0], labels[0], tensors[1], labels[1], tensors[2], labels[2], **kwargs)
-    # The same float16 values, copied exactly into the same float32 working copy: the same iterates, bit for bit.
-    # (Against float32 features the inputs differ by the 2^-11 relative rounding of float16 instead.)
-    assert from_disk.metrics == from_memory.metrics and from_disk.best_pair == from_memory.best_pair == ("mid_block", 10)
-    for key in raw:
-        assert torch.equal(from_disk.heads[key].linear.weight, from_memory.heads[key].linear.weight)
+    # chunks of 7 samples: the train split (200) is read in 29 chunks, the last one shorter
+    monkeypatch.setattr(probe_grid, "_CHUNK_BYTES", 4 * len(raw) * 6 * 7)
+    C, tol, kwargs = 0.05, 1e-5, dict(num_classes=3, progress_bar={"disable": True})
+    from_disk = fit_probe_grid(maps[0], labels[0], maps[1], labels[1], maps[2], labels[2], C=C, tol=tol, **kwargs)
+    from_memory = fit_probe_grid(tensors[0], labels[0], tensors[1], labels[1], tensors[2], labels[2], C=C, tol=tol, **kwargs)
+    assert from_disk.best_pair == from_memory.best_pair == ("mid_block", 10)
+    assert all(from_disk.converged.values()) and all(from_memory.converged.values())
+
+    # Both heads minimise the same strictly convex objective (up to float32 summation order and the float64 vs float32
+    # standardisation statistics). Written on the in-memory head's standardisation, with mu the smallest curvature of
+    # that objective (its Hessian's eigenvalue, off the softmax's flat direction: every bias shifted alike),
+    # strong convexity bounds their distance by (|grad at one| + |grad at the other|) / mu; 1.1 covers the change of
+    # the Hessian between the two points, which are far closer than its scale.
+    head, other = from_memory.heads[("mid_block", 10)], from_disk.heads[("mid_block", 10)]
+    mean, std = head.feature_mean.double(), head.feature_std.double()
+    l2 = 1 / (C * len(labels[0]))
+    theta, objective = _probe_objective(head, tensors[0][("mid_block", 10)], labels[0], l2, mean, std)
+    theta_disk, _ = _probe_objective(other, tensors[0][("mid_block", 10)], labels[0], l2, mean, std)
+    gradient = [torch.autograd.functional.jacobian(objective, t).norm() for t in (theta, theta_disk)]
+    hessian = torch.autograd.functional.hessian(objective, theta)
+    flat = torch.cat([torch.zeros(18, dtype=torch.float64), torch.full((3,), 3**-0.5, dtype=torch.float64)])
+    projector = torch.eye(21, dtype=torch.float64) - torch.outer(flat, flat)
+    curvatures = torch.linalg.eigvalsh(projector @ hessian @ projector)
+    mu = curvatures[curvatures > 1e-9].min()
+    distance = (projector @ (theta - theta_disk)).norm()
+    assert distance <= 1.1 * (gradient[0] + gradient[1]) / mu
+    assert distance > 0  # the chunked sums are another computation (float64 statistics, other summation order)
+
     maps[0][("mid_block", 10)][7, 2] = np.inf
     with pytest.raises(ValueError, match=r"pair \('mid_block', 10\): train features.*row 7"):
         fit_probe_grid(maps[0], labels[0], maps[1], labels[1], **kwargs)
+
+
+def test_dit_features_of_a_streamed_dataset_equal_the_tensor_path(image_folder, tmp_path):
+    from diffusers import DDPMScheduler as Scheduler
+
+    from diffusion_classifiers import RepresentationConditionedDiTPipeline
+    from diffusion_classifiers.models import RepresentationConditionedDiTModel, build_vit_encoder, rc_dit_config
+
+    torch.manual_seed(0)
+    encoder = build_vit_encoder(SIZE, 1, 24, num_layers=1, num_heads=2, patch_size=4).eval()
+    transformer = RepresentationConditionedDiTModel(**rc_dit_config("tiny", SIZE, 1, 24, hidden_size=16, num_layers=2))
+    with torch.no_grad():  # away from the zero init, so the blocks' outputs depend on the image and its r
+        for parameter in transformer.parameters():
+            parameter.normal_(0, 0.2)
+    pipe = RepresentationConditionedDiTPipeline(encoder, transformer.eval(), Scheduler(num_train_timesteps=100))
+    pipe.set_progress_bar_config(disable=True)
+    streamed = streaming_image_classification_data(image_folder, num_channels=1, image_size=SIZE)["train"]
+    images = _all_images(streamed)
+    kwargs = dict(timesteps=[10, 50], block_indices=[1, 0], batch_size=4, progress_bar={"disable": True})
+    extractor = pipe.dit_feature_extractor
+    from_tensor = extractor.extract(images, **kwargs)
+    from_dataset = extractor.extract(streamed, **kwargs)
+    assert list(from_tensor) == list(from_dataset)
+    assert all(torch.equal(from_tensor[key], from_dataset[key]) for key in from_tensor)
+    assert not torch.equal(from_tensor[("transformer_blocks.0", 10)][0], from_tensor[("transformer_blocks.0", 10)][1])
+    on_disk = pipe.dit_features(streamed, timesteps=[10, 50], block_indices=[1, 0], batch_size=4, max_memory_bytes=0)
+    for key, value in from_tensor.items():  # the pipeline passes a dataset through; float16 maps beyond the budget
+        assert isinstance(on_disk[key], np.memmap) and np.array_equal(on_disk[key], value.numpy().astype(np.float16))
+    with pytest.raises(ValueError, match=r"expected 1 channels, got 3"):
+        extractor.extract(streaming_image_classification_data(image_folder, num_channels=3, image_size=SIZE)["train"], [10])
+
+
+@pytest.fixture(scope="module")
+def unet_pipeline(extractor):
+    from diffusion_classifiers import UNetFeatureClassifierPipeline
+    from diffusion_classifiers.models import LinearProbeHead
+
+    torch.manual_seed(1)
+    head = LinearProbeHead(16, 3, class_names=["ant", "bee", "cat"], block="mid_block", timestep=10)
+    with torch.no_grad():  # random weights: scores that differ from image to image
+        head.linear.weight.normal_(0, 3)
+    pipe = UNetFeatureClassifierPipeline(unet=extractor.unet, scheduler=extractor.scheduler, head=head)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_evaluating_a_streamed_folder_equals_the_in_memory_evaluation(image_folder, unet_pipeline, tmp_path):
+    from diffusion_classifiers.cli import main
+    from diffusion_classifiers.evaluation import evaluate_classifier, load_evaluation_split
+
+    contract = unet_pipeline.preprocessing
+    in_memory = load_evaluation_split(str(image_folder), "test", preprocessing=contract)
+    streamed = load_evaluation_split(str(image_folder), "test", preprocessing=contract, streaming=True)
+    assert isinstance(streamed, StreamingImages) and len(streamed) == len(in_memory)
+    expected = evaluate_classifier(unet_pipeline, in_memory, batch_size=2)
+    assert 0 < expected["calibration"]["ece"]
+    assert evaluate_classifier(unet_pipeline, streamed, batch_size=2) == expected
+    assert evaluate_classifier(unet_pipeline, streamed, batch_size=2, num_workers=2) == expected
+
+    unet_pipeline.save_pretrained(tmp_path / "pipeline")
+    main(["evaluate", "--model_dir", str(tmp_path / "pipeline"), "--dataset", str(image_folder), "--streaming",
+          "--output_dir", str(tmp_path / "report"), "--batch_size", "3"])  # fmt: skip
+    import json
+
+    written = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert written["accuracy"] == expected["accuracy"] and written["calibration"] == expected["calibration"]
+
+
+def test_evaluating_a_datasets_split_decodes_batch_by_batch_as_the_pipeline_would(
+    image_folder, unet_pipeline, monkeypatch
+):
+    from diffusion_classifiers.data.streaming import DecodedImages
+    from diffusion_classifiers.evaluation import evaluate_classifier
+    from diffusion_classifiers.metrics import calibration_metrics, classification_metrics
+
+    test = to_datasets(load_image_classification_data(image_folder, image_size=SIZE, num_channels=1))["train"]
+    probs = unet_pipeline([row["image"] for row in test]).probs  # every decoded image at once: the reference
+    labels = np.asarray(test["label"])
+    expected = classification_metrics(labels, probs.argmax(-1), probs=probs, class_names=["ant", "bee", "cat"])
+    expected["calibration"] = calibration_metrics(labels, probs)
+
+    reads = []
+    read = DecodedImages.__getitem__
+    monkeypatch.setattr(DecodedImages, "__getitem__", lambda self, index: reads.append(index) or read(self, index))
+    batch_sizes, call = [], type(unet_pipeline).__call__
+    monkeypatch.setattr(
+        type(unet_pipeline), "__call__", lambda pipe, images, **kw: batch_sizes.append(len(images)) or call(pipe, images, **kw)
+    )
+    assert evaluate_classifier(unet_pipeline, test, batch_size=5) == expected
+    assert reads == list(range(len(test)))  # each image decoded once, in order, when its batch was scored
+    assert batch_sizes == [5] * (len(test) // 5) + [len(test) % 5] * (len(test) % 5 > 0)
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -16,8 +16,10 @@ from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
-from .data import ImagePreprocessing, LabeledImages, load_image_classification_data, read_classification_split
+from .data import ImagePreprocessing, LabeledImages, load_image_classification_data
+from .data.streaming import StreamingImages, streaming_classification_split, streaming_image_classification_data
 from .metrics import calibration_metrics, classification_metrics, resolve_positive_label
 from .validation import check_writable_dir
 
@@ -154,13 +156,20 @@ def saved_preprocessing(classifier, image_processor=None) -> ImagePreprocessing:
 
 
 def load_evaluation_split(
-    dataset: str, split: str = "test", seed: int = 0, preprocessing: Optional[ImagePreprocessing] = None
+    dataset: str,
+    split: str = "test",
+    seed: int = 0,
+    preprocessing: Optional[ImagePreprocessing] = None,
+    streaming: bool = False,
 ):
-    """The `split` of `dataset`: a folder saved with `DatasetDict.save_to_disk` gives a `datasets.Dataset`; what
-    `data.load_image_classification_data` reads (digits, a MedMNIST .npz, IDX files, an image folder, ...), whose
-    val split is carved from train with `seed` when the data has none, gives its [`LabeledImages`], read at the size,
-    channels and medical reading of `preprocessing` (a model's saved contract): the very tensors a model trained on
-    that data was trained and reported on, with no round trip through 8-bit images."""
+    """The `split` of `dataset`: a folder saved with `DatasetDict.save_to_disk` gives a (memory-mapped)
+    `datasets.Dataset`; what `data.load_image_classification_data` reads (digits, a MedMNIST .npz, IDX files, an image
+    folder, ...), whose val split is carved from train with `seed` when the data has none, gives its
+    [`LabeledImages`], read at the size, channels and medical reading of `preprocessing` (a model's saved contract):
+    the very tensors a model trained on that data was trained and reported on, with no round trip through 8-bit
+    images. With `streaming`, an image folder or CSV of paths gives the same split as [`StreamingImages`] instead
+    (`data.streaming_image_classification_data`: the same images, decoded only when read), for data larger than
+    memory."""
     if split not in ("train", "val", "validation", "test"):
         raise ValueError(f"split: expected 'train', 'val', 'validation' or 'test', got {split!r}")
     if os.path.isfile(os.path.join(dataset, "dataset_dict.json")):
@@ -168,9 +177,16 @@ def load_evaluation_split(
 
         return load_from_disk(dataset)[split]
     contract = preprocessing or ImagePreprocessing()
-    splits = load_image_classification_data(
-        dataset, image_size=contract.image_size, num_channels=contract.num_channels, seed=seed, medical=contract.medical
-    )
+    if streaming:
+        splits = streaming_image_classification_data(
+            dataset, num_channels=contract.num_channels, image_size=contract.image_size, seed=seed,
+            medical=contract.medical,
+        )  # fmt: skip
+    else:
+        splits = load_image_classification_data(
+            dataset, image_size=contract.image_size, num_channels=contract.num_channels, seed=seed,
+            medical=contract.medical,
+        )  # fmt: skip
     return splits["val" if split == "validation" else split]
 
 
@@ -184,14 +200,18 @@ def evaluate_classifier(
     image_processor=None,
     positive_class: Optional[str] = None,
     title: Optional[str] = None,
+    num_workers: int = 0,
 ) -> dict:
     r"""
-    Score `classifier` on a `datasets.Dataset` with an Image and a ClassLabel column, or on [`LabeledImages`].
+    Score `classifier` on a `datasets.Dataset` with an Image and a ClassLabel column, on [`LabeledImages`] or on
+    [`StreamingImages`].
 
     Every image reaches the model through its saved preprocessing contract: `datasets` images are decoded and
-    preprocessed by it; the `[-1, 1]` tensors of [`LabeledImages`] (already preprocessed, see
+    preprocessed by it; the `[-1, 1]` tensors of [`LabeledImages`] and [`StreamingImages`] (already preprocessed, see
     [`load_evaluation_split`]) are given in the contract's `input_range`, so a contract of the model's size passes
-    them through unchanged and the scores are those of the training run's own report.
+    them through unchanged and the scores are those of the training run's own report. A `datasets.Dataset` and
+    [`StreamingImages`] are read batch by batch by a `DataLoader` (decoded on the fly): only one batch of images and
+    the predictions are held, whatever the size of the split.
 
     Args:
         classifier: a classifier pipeline, a transformers image-classification model, or a saved folder of either.
@@ -205,23 +225,29 @@ def evaluate_classifier(
         positive_class (`str`, *optional*): binary tasks: the class sensitivity, specificity, positive-class F1,
             ROC and PR refer to; defaults to the model's saved `positive_class`, else class 1.
         title (`str`, *optional*): the report's and the plots' title; defaults to the model's class.
+        num_workers (`int`, *optional*, defaults to 0): `DataLoader` worker processes that decode a
+            `datasets.Dataset` or [`StreamingImages`].
 
     Returns:
         `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`.
     """
     check_evaluation_args(output_dir, batch_size)
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers: expected an integer >= 0, got {num_workers!r}")
     if isinstance(classifier, (str, os.PathLike)):
         classifier = load_classifier(str(classifier))
     predict, model_names = _predictor(classifier, image_processor)
     positive_class = positive_class if positive_class is not None else saved_positive_class(classifier)
     positive_label = resolve_positive_label(positive_class, model_names, len(model_names))  # before any image is read
-    if isinstance(dataset, LabeledImages):
-        images = _in_stated_range(dataset.images, saved_preprocessing(classifier, image_processor).input_range)
+    if isinstance(dataset, (LabeledImages, StreamingImages)):
+        input_range = saved_preprocessing(classifier, image_processor).input_range
+        batches = (_in_stated_range(images, input_range) for images in _tensor_batches(dataset, batch_size, num_workers))
         dataset_labels, dataset_names = dataset.labels.numpy(), dataset.class_names
     else:
-        images, dataset_labels, dataset_names = read_classification_split(dataset, image_column, label_column)
-    y_true = map_labels_by_name(dataset_names, model_names)[dataset_labels]
-    probs = torch.cat([predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+        images, dataset_labels, dataset_names = streaming_classification_split(dataset, image_column, label_column)
+        batches = DataLoader(images, batch_size=batch_size, num_workers=num_workers, collate_fn=list)  # PIL lists
+    y_true = map_labels_by_name(dataset_names, model_names)[dataset_labels]  # before any image is decoded
+    probs = torch.cat([predict(images) for images in batches])
     metrics = classification_metrics(
         y_true, probs.argmax(-1), probs=probs, class_names=model_names, positive_label=positive_label
     )
@@ -229,6 +255,13 @@ def evaluate_classifier(
     if output_dir is not None:
         write_evaluation(metrics, model_names, output_dir, y_true, probs, title or f"{type(classifier).__name__} evaluation")
     return metrics
+
+
+def _tensor_batches(dataset, batch_size: int, num_workers: int) -> Iterator[torch.Tensor]:
+    """The `[B, C, H, W]` image batches of [`LabeledImages`] (in memory) or [`StreamingImages`] (a `DataLoader`)."""
+    if isinstance(dataset, LabeledImages):
+        return iter(dataset.images.split(batch_size))
+    return (images for images, _ in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers))
 
 
 def _in_stated_range(images: torch.Tensor, input_range: str) -> torch.Tensor:

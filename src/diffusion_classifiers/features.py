@@ -3,7 +3,9 @@
 `DiffusionFeatureExtractor` hooks the blocks of a `diffusers.UNet2DModel` at their native resolution, runs every
 requested timestep of a batch through one forward pass, and stops the forward after the deepest requested block.
 `DiTFeatureExtractor` reads the blocks of a `RepresentationConditionedDiTModel` the same way: same noise
-(`make_noise`), same pooling (`POOLS`), same timestep checks, features in the same `(block, timestep) -> [N, D]` form.
+(`make_noise`), same pooling (`POOLS`), same timestep checks, the same input handling (a tensor, or a dataset larger
+than memory read by a `DataLoader`) and output (`(block, timestep) -> [N, D]`, float16 memory maps beyond a memory
+budget), both through one loop (`_extract_in_batches`).
 """
 
 import contextlib
@@ -174,13 +176,33 @@ def _as_hw(size) -> Tuple[int, int]:
 def _image_batches(images, batch_size: int, num_workers: int) -> Tuple[int, torch.Tensor, Iterator[torch.Tensor]]:
     """`(N, the first image [1, C, H, W], an iterator over batches [B, C, H, W] in order)` of a tensor or of a torch
     `Dataset` whose items are images or `(image, ...)` tuples (read by a `DataLoader` with `num_workers` workers)."""
-    if isinstance(images, torch.Tensor) or not isinstance(images, Dataset):
-        return len(images), images, iter(images.split(batch_size) if isinstance(images, torch.Tensor) else ())
+    if isinstance(images, torch.Tensor):
+        return len(images), images, iter(images.split(batch_size))
+    if not isinstance(images, Dataset):  # refused by the caller's check of `first`
+        return 0, images, iter(())
     if len(images) == 0:
         raise ValueError("expected a non-empty image dataset, got 0 images")
     loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     first = _image_of(images[0])[None]
     return len(images), first, (_image_of(batch) for batch in loader)
+
+
+def _extract_in_batches(
+    images, batch_size: int, num_workers: int, check, features_of, max_memory_bytes, feature_dir, progress_bar, desc
+) -> Dict[FeatureKey, Features]:
+    """The one loop of both extractors: the images (a tensor, checked whole, or a dataset, checked batch by batch as a
+    `DataLoader` reads it) through `features_of` (a batch -> `(block, t) -> [B, D]`) into a [`_FeatureSink`]."""
+    streamed = not isinstance(images, torch.Tensor)
+    num_images, first, batches = _image_batches(images, batch_size, num_workers)
+    check(first if streamed else images)
+    sink = _FeatureSink(num_images, max_memory_bytes, feature_dir)
+    with _progress_bar(progress_bar, num_images, desc) as bar:
+        for batch in batches:
+            if streamed:
+                check(batch)
+            sink.add(features_of(batch))
+            bar.update(len(batch))
+    return sink.result()
 
 
 def _image_of(item) -> torch.Tensor:
@@ -353,18 +375,15 @@ class DiffusionFeatureExtractor:
         _check_pool_and_sizes(pool, num_noise_draws=num_noise_draws, batch_size=batch_size)
         config = self.unet.config
         size = _as_hw(config.sample_size)
-        num_images, first, batches = _image_batches(images, batch_size, num_workers)
-        _check_images(images if isinstance(images, torch.Tensor) else first, config.in_channels, size, "unet sample_size")
-        noise = make_noise(num_noise_draws, first.shape[1:], noise_seed)
-        sink = _FeatureSink(num_images, max_memory_bytes, feature_dir)
-        bar = _progress_bar(progress_bar, num_images, "U-Net features")
-        with _eval_mode(self.unet), bar:
-            for batch in batches:
-                if not isinstance(images, torch.Tensor):
-                    _check_images(batch, config.in_channels, size, "unet sample_size")
-                sink.add(self.features_for_batch(batch, blocks, timesteps, pool, noise, early_stop))
-                bar.update(len(batch))
-        return sink.result()
+        noise = make_noise(num_noise_draws, (config.in_channels, *size), noise_seed)
+        with _eval_mode(self.unet):
+            return _extract_in_batches(
+                images, batch_size, num_workers,
+                check=lambda batch: _check_images(batch, config.in_channels, size, "unet sample_size"),
+                features_of=lambda batch: self.features_for_batch(batch, blocks, timesteps, pool, noise, early_stop),
+                max_memory_bytes=max_memory_bytes, feature_dir=feature_dir, progress_bar=progress_bar,
+                desc="U-Net features",
+            )  # fmt: skip
 
     def features_for_batch(
         self,
@@ -496,7 +515,7 @@ class DiTFeatureExtractor:
     @torch.no_grad()
     def extract(
         self,
-        images: torch.Tensor,
+        images: Union[torch.Tensor, Dataset],
         timesteps: Sequence[int] = (100,),
         block_indices: Optional[Sequence[int]] = None,
         noise_seed: int = 0,
@@ -504,13 +523,18 @@ class DiTFeatureExtractor:
         pool: Optional[str] = "mean",
         batch_size: int = 64,
         progress_bar: Optional[dict] = None,
-    ) -> Dict[FeatureKey, torch.Tensor]:
+        num_workers: int = 0,
+        max_memory_bytes: Optional[int] = None,
+        feature_dir: Optional[str] = None,
+    ) -> Dict[FeatureKey, Features]:
         r"""
         Pooled activations of each requested block at each requested timestep.
 
         Args:
-            images (`torch.Tensor` of shape `[N, C, H, W]`): clean images scaled to [-1, 1], with the encoder's
-                `num_channels` and `image_size`.
+            images (`torch.Tensor` of shape `[N, C, H, W]`, or a `torch.utils.data.Dataset`): clean images scaled to
+                [-1, 1], with the encoder's `num_channels` and `image_size`; or a dataset of such images (or of
+                `(image, label)` items, e.g. `data.StreamingImages`), read in order by a `DataLoader`, as in
+                [`DiffusionFeatureExtractor.extract`]. The same images give the same features either way.
             timesteps (`Sequence[int]`): integers in `[0, scheduler.config.num_train_timesteps)`.
             block_indices (`Sequence[int]`, *optional*): the blocks to read (default all); only blocks up to the
                 deepest one are run.
@@ -522,10 +546,13 @@ class DiTFeatureExtractor:
             batch_size (`int`, *optional*, defaults to 64): images per forward pass.
             progress_bar (`dict`, *optional*): `tqdm` arguments for the bar over images (advanced per batch);
                 `{"disable": True}` hides it.
+            num_workers, max_memory_bytes, feature_dir: as in [`DiffusionFeatureExtractor.extract`] (`DataLoader`
+                workers for a dataset; float16 memory maps beyond `max_memory_bytes`).
 
         Returns:
-            `dict[tuple[str, int], torch.Tensor]`: `(dit_block_name(i), t) -> float32 CPU tensor [N, D]`, e.g.
-            `("transformer_blocks.3", 100)`, timestep-major.
+            `dict[tuple[str, int], torch.Tensor | numpy.memmap]`: `(dit_block_name(i), t) -> float32 CPU tensor
+            [N, D]` (a float16 memory map beyond `max_memory_bytes`), e.g. `("transformer_blocks.3", 100)`,
+            timestep-major.
         """
         config = self.transformer.config
         timesteps = _check_timesteps(timesteps, self.scheduler.config.num_train_timesteps)
@@ -533,19 +560,18 @@ class DiTFeatureExtractor:
         if representation not in ("encoder", "null"):
             raise ValueError(f"expected representation 'encoder' or 'null', got {representation!r}")
         _check_pool_and_sizes(pool, batch_size=batch_size)
-        encoder_size = _as_hw(self.encoder.config.image_size)
-        _check_images(images, self.encoder.config.num_channels, encoder_size, "encoder image_size")
-
+        channels, size = self.encoder.config.num_channels, _as_hw(self.encoder.config.image_size)
         noise = make_noise(1, (config.in_channels, config.sample_size, config.sample_size), noise_seed)
-        chunks = {(dit_block_name(i), t): [] for t in timesteps for i in block_indices}
-        bar = _progress_bar(progress_bar, len(images), "DiT features")
-        with _eval_mode(self.encoder, self.transformer, self.vae), bar:
-            for batch in images.split(batch_size):
-                features = self.features_for_batch(batch, timesteps, block_indices, representation, pool, noise)
-                for key, value in features.items():
-                    chunks[key].append(value.float().cpu())
-                bar.update(len(batch))
-        return {key: torch.cat(parts) for key, parts in chunks.items()}
+        with _eval_mode(self.encoder, self.transformer, self.vae):
+            return _extract_in_batches(
+                images, batch_size, num_workers,
+                check=lambda batch: _check_images(batch, channels, size, "encoder image_size"),
+                features_of=lambda batch: self.features_for_batch(
+                    batch, timesteps, block_indices, representation, pool, noise
+                ),
+                max_memory_bytes=max_memory_bytes, feature_dir=feature_dir, progress_bar=progress_bar,
+                desc="DiT features",
+            )  # fmt: skip
 
     def features_for_batch(
         self,

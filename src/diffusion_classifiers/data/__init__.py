@@ -46,7 +46,7 @@ from .splits import (
     stratified_split,
     stratified_subset_indices,
 )
-from .streaming import StreamingImages, streaming_image_classification_data
+from .streaming import StreamingImages, streaming_data_from_args, streaming_image_classification_data
 
 __all__ = [
     "DEFAULT_DIGITS_SIZE",
@@ -77,6 +77,7 @@ __all__ = [
     "stratified_group_split",
     "stratified_split",
     "stratified_subset_indices",
+    "streaming_data_from_args",
     "streaming_image_classification_data",
     "to_datasets",
     "window_channels",

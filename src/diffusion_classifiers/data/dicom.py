@@ -24,15 +24,20 @@ from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "DICOM_EXTENSIONS",
+    "DicomHeader",
     "DicomImage",
     "LOW_RANGE_FILL",
     "MedicalPreprocessing",
+    "WINDOW_NAMES",
     "WINDOW_PRESETS",
     "Window",
     "check_same_slice_size",
+    "parse_windows",
     "read_16bit_image",
     "read_dicom",
     "read_dicom_folder",
+    "read_dicom_header",
+    "resolve_windows",
     "window_channels",
 ]
 
@@ -122,6 +127,35 @@ WINDOW_PRESETS = {
     "bone": Window(600.0, 2800.0),
 }
 
+WINDOW_NAMES = (*WINDOW_PRESETS, "file", "full")  # what a window may be called (`--window` flags)
+
+
+def parse_windows(tokens: Sequence[str]) -> tuple[Window | str, ...]:
+    """`--window` tokens as windows: names stay names, two numbers in a row (centre, width in HU) become a
+    [`Window`]: `["brain", "80", "200", "bone"]` -> `("brain", Window(80.0, 200.0), "bone")`."""
+    windows, numbers = [], []
+    for token in tokens:
+        if token in WINDOW_NAMES:
+            if numbers:
+                break  # a centre without its width
+            windows.append(token)
+            continue
+        try:
+            numbers.append(float(token))
+        except ValueError:
+            raise ValueError(
+                f"--window {' '.join(tokens)}: {token!r} is neither a window name {list(WINDOW_NAMES)} nor a number"
+            ) from None
+        if len(numbers) == 2:
+            windows.append(Window(*numbers))
+            numbers = []
+    if numbers:
+        raise ValueError(
+            f"--window {' '.join(tokens)}: centre {numbers[0]:g} has no width; expected numbers in pairs "
+            "(--window 40 80)"
+        )
+    return tuple(windows)
+
 
 def _as_float_list(value: Any) -> list[float]:
     values = value if isinstance(value, Sequence) and not isinstance(value, str) else [value]  # MultiValue or one
@@ -165,27 +199,27 @@ class DicomImage:
         return len(self.values)
 
 
-def read_dicom(path: str | Path) -> DicomImage:
+def read_dicom(path: str | Path, frame: int | None = None) -> DicomImage:
     r"""
     Read a DICOM file's pixels as modality values (Hounsfield units for CT), frames first.
 
     The stored values go through pydicom's Modality LUT (RescaleSlope / RescaleIntercept, or a Modality LUT
     Sequence); a multi-frame file gives `[F, H, W]`, a single frame `[1, H, W]`.
 
+    Args:
+        path (`str` or `os.PathLike`): the file.
+        frame (`int`, *optional*): decode this frame only (0-based), as `[1, H, W]`; default: every frame.
+
     Raises:
         `ValueError`: the file is not DICOM, has no pixel data (a structured report, a presentation state), is not
-            greyscale (MONOCHROME1/2), or its pixel data cannot be decoded; each names the file.
+            greyscale (MONOCHROME1/2), has no frame `frame`, or its pixel data cannot be decoded; each names the file.
         `ImportError`: pydicom is not installed, or no decoder for the file's compressed transfer syntax is; the
             message names the package to install.
     """
     pydicom = _import_pydicom()
     path = Path(path)
-    try:
-        dataset = pydicom.dcmread(path)
-    except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError) as error:
-        raise ValueError(f"cannot read DICOM file {path}: {error}") from error
-    _check_has_grey_pixels(dataset, path)
-    stored = _decode_pixels(dataset, path)
+    dataset = _open_image_dataset(path)
+    stored = _decode_pixels(dataset, path, frame)
     values = np.asarray(pydicom.pixels.apply_modality_lut(stored, dataset), dtype=np.float32)
     return DicomImage(
         path=str(path),
@@ -196,6 +230,58 @@ def read_dicom(path: str | Path) -> DicomImage:
         monochrome1=dataset.PhotometricInterpretation == "MONOCHROME1",
         metadata=_metadata(dataset),
     )
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    r"""
+    What a DICOM image file holds, read without decoding its pixels (see [`read_dicom_header`]).
+
+    Args:
+        path (`str`): the file.
+        num_frames (`int`): its frames (NumberOfFrames, 1 when absent).
+        size (`Tuple[int, int]`): (Rows, Columns).
+        windows, stored_range, metadata: as in [`DicomImage`].
+    """
+
+    path: str
+    num_frames: int
+    size: tuple[int, int]
+    windows: tuple[Window, ...]
+    stored_range: tuple[float, float]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def read_dicom_header(path: str | Path) -> DicomHeader:
+    """The frames, size and metadata of a DICOM image file, its pixel data left undecoded (and unread: large values
+    are deferred), after the checks [`read_dicom`] makes before decoding: so a file without pixel data, a colour image or
+    a compressed one with no decoder installed is refused when data are listed, not hours into training."""
+    path = Path(path)
+    dataset = _open_image_dataset(path, defer_size="64 KB")
+    _check_decoder(dataset, path)
+    return DicomHeader(
+        path=str(path),
+        num_frames=_num_frames(dataset),
+        size=(int(dataset.Rows), int(dataset.Columns)),
+        windows=Window.from_tags(dataset),
+        stored_range=_stored_range(dataset),
+        metadata=_metadata(dataset),
+    )
+
+
+def _open_image_dataset(path: Path, defer_size: str | None = None) -> Any:
+    """The pydicom dataset of a greyscale DICOM image file; `ValueError` naming the file otherwise."""
+    pydicom = _import_pydicom()
+    try:
+        dataset = pydicom.dcmread(path, defer_size=defer_size)
+    except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError) as error:
+        raise ValueError(f"cannot read DICOM file {path}: {error}") from error
+    _check_has_grey_pixels(dataset, path)
+    return dataset
+
+
+def _num_frames(dataset: Any) -> int:
+    return int(dataset.get("NumberOfFrames") or 1)
 
 
 def _check_has_grey_pixels(dataset: Any, path: Path) -> None:
@@ -213,8 +299,8 @@ def _check_has_grey_pixels(dataset: Any, path: Path) -> None:
         )
 
 
-def _decode_pixels(dataset: Any, path: Path) -> np.ndarray:
-    """The stored values `[F, H, W]`, after checking that a decoder for the transfer syntax is installed."""
+def _check_decoder(dataset: Any, path: Path) -> None:
+    """A decoder for the file's transfer syntax is installed; the error names the package to install."""
     from pydicom.pixels import get_decoder
 
     syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
@@ -229,12 +315,21 @@ def _decode_pixels(dataset: Any, path: Path) -> np.ndarray:
             f"DICOM file {path}: its pixel data are compressed as {syntax.name} and no decoder for it is installed. "
             f"Install one: pip install {_decoder_packages(syntax, decoder)} (or {_INSTALL_HINT})"
         )
+
+
+def _decode_pixels(dataset: Any, path: Path, frame: int | None = None) -> np.ndarray:
+    """The stored values `[F, H, W]` (`[1, H, W]` of one `frame`), after checking that a decoder is installed."""
+    from pydicom.pixels import pixel_array
+
+    _check_decoder(dataset, path)
+    frames = _num_frames(dataset)
+    if frame is not None and not (isinstance(frame, (int, np.integer)) and 0 <= frame < frames):
+        raise ValueError(f"DICOM file {path}: frame {frame!r}; expected a frame index in 0..{frames - 1}")
     try:
-        pixels = dataset.pixel_array
+        pixels = dataset.pixel_array if frame is None else pixel_array(dataset, index=int(frame))
     except Exception as error:  # pydicom and its plugins raise many types for corrupt or truncated pixel data
         raise ValueError(f"cannot decode the pixel data of DICOM file {path}: {error}") from error
-    frames = int(dataset.get("NumberOfFrames") or 1)
-    return pixels.reshape(frames, int(dataset.Rows), int(dataset.Columns))
+    return pixels.reshape(frames if frame is None else 1, int(dataset.Rows), int(dataset.Columns))
 
 
 def _decoder_packages(syntax: Any, decoder: Any) -> str:
@@ -334,9 +429,7 @@ def window_channels(
     MONOCHROME1 is inverted after windowing (`1 - y`), as the Presentation LUT does, so the modality values and the
     file's own window tags keep their meaning.
     """
-    resolved = [_resolve_window(spec, image) for spec in windows]
-    if not resolved:
-        raise ValueError("windows: expected at least one window")
+    resolved = resolve_windows(image, windows)
     channels = np.stack([window.apply(image.values) for window in resolved], axis=1)  # (F, C, H, W)
     if image.monochrome1:
         channels = 1.0 - channels
@@ -344,7 +437,15 @@ def window_channels(
     return channels
 
 
-def _resolve_window(spec: Window | str, image: DicomImage) -> Window:
+def resolve_windows(image: DicomImage | DicomHeader, windows: Sequence[Window | str]) -> tuple[Window, ...]:
+    """`windows` (see [`window_channels`]) as [`Window`]s for `image` (or its header: a window it cannot resolve, such
+    as `"file"` for a file without window tags, is then refused before any pixel is decoded)."""
+    if not windows:
+        raise ValueError("windows: expected at least one window")
+    return tuple(_resolve_window(spec, image) for spec in windows)
+
+
+def _resolve_window(spec: Window | str, image: DicomImage | DicomHeader) -> Window:
     if isinstance(spec, Window):
         return spec
     if spec == "file":
@@ -472,9 +573,10 @@ class MedicalPreprocessing:
         windows = tuple(Window(**w) if isinstance(w, dict) else w for w in config.get("windows", ("file",)))
         return cls(windows, float(config.get("padding_fill", 0.0)), config.get("bits_stored"))
 
-    def read(self, path: str | Path) -> np.ndarray:
+    def read(self, path: str | Path, frame: int | None = None) -> np.ndarray:
         """One file as float32 `[F, C, H, W]` in `[0, 1]`: a DICOM file (by extension) windowed into
-        `len(windows)` channels, else a 16-bit greyscale PNG / TIFF as `[1, 1, H, W]`."""
+        `len(windows)` channels (only its frame `frame` when given: `[1, C, H, W]`), else a 16-bit greyscale PNG / TIFF
+        as `[1, 1, H, W]`."""
         if Path(path).suffix.lower() in DICOM_EXTENSIONS:
-            return window_channels(read_dicom(path), self.windows, self.padding_fill)
+            return window_channels(read_dicom(path, frame), self.windows, self.padding_fill)
         return read_16bit_image(path, self.bits_stored)[None, None]

@@ -30,9 +30,12 @@ from ..validation import check_finite_rows
 from .dicom import (
     DICOM_EXTENSIONS,
     MedicalPreprocessing,
+    WINDOW_NAMES,
     check_same_slice_size,
+    parse_windows,
     read_16bit_image,
     read_dicom,
+    read_dicom_header,
     window_channels,
 )
 from .preprocessing import _PIL_16BIT_MODES, ImagePreprocessing, _describe, preprocess_images
@@ -647,9 +650,8 @@ def _decode_files(
     medical: MedicalPreprocessing,
     patient_ids: list[str] | None = None,
 ) -> tuple[list, dict[str, np.ndarray], np.ndarray | None]:
-    """Decode `files` (listed split by split); a multi-frame DICOM gives one image per frame, each with its file's
-    label. Returns the images, the labels per split repeated per frame, and a group id per image: `patient_ids`
-    when given, else the DICOM PatientID (a file without one is its own group), or None when no file names one."""
+    """Decode `files` (listed split by split); a multi-frame DICOM gives one image per frame. Returns the images and
+    the labels per split and group ids of [`_expand_frames`]."""
     images, patients = [], []
     for path in files:
         if path.suffix.lower() in DICOM_EXTENSIONS:
@@ -659,28 +661,54 @@ def _decode_files(
         else:
             images.append(_decode_image_file(path, medical.bits_stored))
             patients.append(None)
-    _check_dicom_sizes_per_folder(files, images)
-    frames = np.array([len(image) if isinstance(image, np.ndarray) else 1 for image in images])
+    _check_dicom_sizes_per_folder(
+        [(path, image.shape[-2:]) for path, image in zip(files, images) if path.suffix.lower() in DICOM_EXTENSIONS]
+    )
+    frames = [len(image) if isinstance(image, np.ndarray) else 1 for image in images]
+    return images, *_expand_frames(files, labels_per_split, frames, patient_ids or patients)
+
+
+def _list_frames(
+    files: list[Path], labels_per_split: dict[str, np.ndarray], patient_ids: list[str] | None = None
+) -> tuple[list[Path], list[int | None], dict[str, np.ndarray], np.ndarray | None]:
+    """What [`_decode_files`] gives, from the DICOM headers alone (no pixel decoded; `data.streaming` reads the images
+    lazily): one row per image, the file and its frame (`None` for a non-DICOM file), and [`_expand_frames`]'s labels
+    and group ids. DICOM files that cannot be decoded (no pixel data, no decoder installed) are refused now."""
+    headers = {path: read_dicom_header(path) for path in files if path.suffix.lower() in DICOM_EXTENSIONS}
+    _check_dicom_sizes_per_folder([(path, header.size) for path, header in headers.items()])
+    frames = [headers[path].num_frames if path in headers else 1 for path in files]
+    patients = [headers[path].metadata["PatientID"] if path in headers else None for path in files]
+    rows = [path for path, count in zip(files, frames) for _ in range(count)]
+    frame_of_row = [frame if path in headers else None for path, count in zip(files, frames) for frame in range(count)]
+    return rows, frame_of_row, *_expand_frames(files, labels_per_split, frames, patient_ids or patients)
+
+
+def _expand_frames(
+    files: list[Path], labels_per_split: dict[str, np.ndarray], frames: list[int], patients: list[str | None]
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The labels per split repeated per frame (each frame of a multi-frame DICOM has its file's label), and a group
+    id per image: `patients` (one per file: the CSV's column, else the DICOM PatientID; a file without one is its own
+    group), or None when no file names one."""
+    frames = np.asarray(frames)
     bounds = np.cumsum([0] + [len(labels) for labels in labels_per_split.values()])
     labels_per_split = {
         split: np.repeat(labels, frames[bounds[i]: bounds[i + 1]])
         for i, (split, labels) in enumerate(labels_per_split.items())
     }
-    if patient_ids is not None:
-        patients = patient_ids
     if all(patient is None for patient in patients):
-        return images, labels_per_split, None
+        return labels_per_split, None
     ids = [patient if patient is not None else f"file:{path}" for path, patient in zip(files, patients)]
-    return images, labels_per_split, np.repeat(np.asarray(ids, dtype=object), frames)
+    return labels_per_split, np.repeat(np.asarray(ids, dtype=object), frames)
 
 
-def _check_dicom_sizes_per_folder(files: list[Path], images: list) -> None:
+def _check_dicom_sizes_per_folder(sizes: list[tuple[Path, tuple[int, int]]]) -> None:
+    """The DICOM files among `(path, (height, width))` have one size per folder (see `check_same_slice_size`)."""
     by_folder: dict[Path, list] = {}
-    for path, image in zip(files, images):
+    for path, size in sizes:
         if path.suffix.lower() in DICOM_EXTENSIONS:
-            by_folder.setdefault(path.parent, []).append((str(path), image.shape[-2:]))
-    for folder, sizes in by_folder.items():
-        check_same_slice_size(sizes, f"folder {folder}")
+            by_folder.setdefault(path.parent, []).append((str(path), tuple(size)))
+    for folder, folder_sizes in by_folder.items():
+        check_same_slice_size(folder_sizes, f"folder {folder}")
 
 
 # --- CSV of paths -----------------------------------------------------------------------------------
@@ -867,14 +895,41 @@ def to_datasets(labeled: dict[str, LabeledImages]) -> Any:
 # --------------------------------------------------------------------------------------------------
 
 
-def add_data_args(parser: Any, image_size: int | None = None) -> Any:
-    """The `--dataset`, `--image_size`, `--num_channels` flags every script shares (read by [`load_data_from_args`])."""
-    parser.add_argument("--dataset", default="digits", help="'digits', a MedMNIST .npz, an IDX folder or an image folder")
+def add_data_args(parser: Any, image_size: int | None = None, streaming: bool = False) -> Any:
+    """The `--dataset`, `--image_size`, `--num_channels` flags every script shares (read by [`load_data_from_args`]),
+    and with `streaming` the `--streaming` flag (read by `data.streaming_data_from_args`) of scripts whose trainer
+    takes a dataset."""
+    parser.add_argument(
+        "--dataset", default="digits",
+        help="'digits', a MedMNIST .npz, an IDX folder, an image folder (DICOM .dcm included), a .csv of "
+        "path,label[,patient_id] or (with --streaming) a saved datasets folder (default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument("--image_size", type=int, default=image_size, help="resize to this size (default: the dataset's)")
     parser.add_argument("--num_channels", type=int, default=None, choices=[1, 3], help="1 or 3 (default: the dataset's)")
+    parser.add_argument(
+        "--window", nargs="+", default=None, metavar="WINDOW",
+        help=f"DICOM files: the windows, one channel each, each a name ({', '.join(WINDOW_NAMES)}) or a pair 'CENTER "
+        "WIDTH' in HU (--window brain subdural bone; --window 40 80); saved with the model (default: each file's own "
+        "WindowCenter/Width, 'file')",
+    )  # fmt: skip
+    if streaming:
+        parser.add_argument(
+            "--streaming", action="store_true",
+            help="decode the images of an image folder, CSV or saved datasets folder only when a batch needs them "
+            "(data larger than memory; --dataloader_num_workers decode in parallel); needs --num_channels; "
+            "--image_size defaults to 32 (default: %(default)s, every image decoded into memory first)",
+        )  # fmt: skip
     return parser
 
 
 def load_data_from_args(args: Any) -> dict[str, LabeledImages]:
     """[`load_image_classification_data`] from the flags of [`add_data_args`] (and `--seed`)."""
-    return load_image_classification_data(args.dataset, image_size=args.image_size, num_channels=args.num_channels, seed=args.seed)
+    return load_image_classification_data(
+        args.dataset, image_size=args.image_size, num_channels=args.num_channels, seed=args.seed,
+        medical=_medical_from_args(args),
+    )  # fmt: skip
+
+
+def _medical_from_args(args: Any) -> MedicalPreprocessing:
+    """The DICOM windows `--window` names (default: each file's own)."""
+    return MedicalPreprocessing() if args.window is None else MedicalPreprocessing(windows=parse_windows(args.window))

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .dicom import DICOM_EXTENSIONS
-from .preprocessing import _describe, preprocess_images
+from .dicom import DICOM_EXTENSIONS, MedicalPreprocessing, read_dicom_header, resolve_windows
+from .preprocessing import ImagePreprocessing, _describe, preprocess_images
 from .readers import (
     _DECODE_ERRORS,
     _HF_SPLIT_NAMES,
@@ -38,31 +38,40 @@ from .readers import (
     _find_column,
     _labels_and_names,
     _list_csv,
+    _list_frames,
     _list_image_folder,
+    _medical_from_args,
     _RawData,
 )
 from .splits import _check_fraction
 
-__all__ = ["StreamingImages", "streaming_image_classification_data"]
+__all__ = [
+    "DecodedImages",
+    "StreamingImages",
+    "streaming_classification_split",
+    "streaming_data_from_args",
+    "streaming_image_classification_data",
+]
 
-_IMAGE, _LABEL = "image", "label"  # the columns of a table built from files
+_IMAGE, _LABEL, _FRAME = "image", "label", "frame"  # the columns of a table built from files (frame: of a DICOM)
 
 
-def _preprocess_one(image: Any, image_size: int | tuple[int, int] | None, num_channels: int) -> torch.Tensor:
+def _preprocess_one(image: Any, reading: ImagePreprocessing) -> torch.Tensor:
     """One decoded image -> float32 `[C, H, W]` in [-1, 1]: the adapter between streaming and the one preprocessing
     contract (its signature lives here only)."""
-    return preprocess_images(image, image_size=image_size, num_channels=num_channels)[0]
+    return preprocess_images(image, preprocessing=reading)[0]
 
 
-def _decode(item: dict) -> Any:
-    """An undecoded `datasets.Image` value (`{"bytes", "path"}`) -> a decoded image; the error names the file."""
+def _decode(item: dict, medical: MedicalPreprocessing, frame: int | None = None) -> Any:
+    """An undecoded `datasets.Image` value (`{"bytes", "path"}`) -> a decoded image; the error names the file. DICOM and
+    16-bit files are read as `medical` says (a DICOM's `frame` only), as the in-memory loader reads them."""
     path = item.get("path")
     if item.get("bytes") is None:
         if path is None:
             raise ValueError("an image row has neither bytes nor a path")
         if Path(path).suffix.lower() in DICOM_EXTENSIONS:
-            raise ValueError(f"cannot stream DICOM file {path}: read DICOM data with load_image_classification_data")
-        return _decode_image_file(Path(path))
+            return _read_dicom_frame(path, medical, frame)
+        return _decode_image_file(Path(path), medical.bits_stored)
     try:  # decoded as datasets.Image decodes bytes, so a streamed image equals the in-memory one
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -73,9 +82,25 @@ def _decode(item: dict) -> Any:
         raise ValueError(f"cannot decode image {path or '(bytes without a path)'}: {_decode_error_text(error)}") from error
 
 
-def _decode_and_preprocess(batch: dict, image_column: str, label_column: str | None, image_size, num_channels) -> dict:
+def _read_dicom_frame(path: str, medical: MedicalPreprocessing, frame: int | None) -> np.ndarray:
+    """One image of a DICOM file, windowed: float32 `[1, C, H, W]` in [0, 1]; a multi-frame file needs its `frame`."""
+    frames = medical.read(path, frame)
+    if len(frames) != 1:
+        raise ValueError(
+            f"DICOM file {path} has {len(frames)} frames; expected one image per row: list its frames "
+            "(StreamingImages.from_files(frames=...), as streaming_image_classification_data does)"
+        )
+    return frames
+
+
+def _decode_and_preprocess(batch: dict, image_column: str, label_column: str | None, reading: ImagePreprocessing) -> dict:
     """The `with_transform` of [`StreamingImages`]: a batch of rows -> preprocessed images (and labels)."""
-    output = {"pixel_values": [_preprocess_one(_decode(item), image_size, num_channels) for item in batch[image_column]]}
+    medical, frames = reading.medical_or_default, batch.get(_FRAME) or [None] * len(batch[image_column])
+    output = {
+        "pixel_values": [
+            _preprocess_one(_decode(item, medical, frame), reading) for item, frame in zip(batch[image_column], frames)
+        ]
+    }
     if label_column is not None:
         output[_LABEL] = batch[label_column]
     return output
@@ -93,7 +118,9 @@ class StreamingImages(torch.utils.data.Dataset):
         image_size (`int` or `Tuple[int, int]`): every image is resized to it (see [`preprocess_images`]).
         num_channels (`int`): 1 or 3.
         image_column, label_column (`str`, *optional*): default: the one `Image` / `ClassLabel` column (no label
-            column: `label_column=False`).
+            column: `label_column=False`). A `frame` column, when present, names the frame of a multi-frame DICOM.
+        medical ([`MedicalPreprocessing`], *optional*): how DICOM files (windows, one channel each) and 16-bit PNG /
+            TIFF are read, as in [`load_image_classification_data`]; default `MedicalPreprocessing()`.
     """
 
     def __init__(
@@ -103,6 +130,7 @@ class StreamingImages(torch.utils.data.Dataset):
         num_channels: int,
         image_column: str | None = None,
         label_column: str | None | bool = None,
+        medical: MedicalPreprocessing | None = None,
     ):
         import datasets
 
@@ -119,13 +147,21 @@ class StreamingImages(torch.utils.data.Dataset):
             None if label_column is False else _find_column(dataset.features, label_column, datasets.ClassLabel, "label")
         )
         self.image_size, self.num_channels = image_size, num_channels
+        self.medical = medical if medical is not None else MedicalPreprocessing()
+        # files are read as the in-memory loader reads them: float data (windowed DICOM, 16-bit) in [0, 1]
+        reading = ImagePreprocessing(image_size, num_channels, input_range="[0, 1]", medical=self.medical)
         self.dataset = dataset.cast_column(self.image_column, datasets.Image(decode=False))
         self.class_names = list(dataset.features[self.label_column].names) if self.label_column else []
         transform = partial(
             _decode_and_preprocess, image_column=self.image_column, label_column=self.label_column,
-            image_size=image_size, num_channels=num_channels,
+            reading=reading,
         )  # fmt: skip
         self._rows = self.dataset.with_transform(transform)
+
+    @property
+    def preprocessing(self) -> ImagePreprocessing:
+        """The contract a model trained on these images is saved with (as `LabeledImages.preprocessing`)."""
+        return ImagePreprocessing(self.image_size, self.num_channels, medical=self.medical)
 
     @property
     def labels(self) -> torch.Tensor:
@@ -155,8 +191,9 @@ class StreamingImages(torch.utils.data.Dataset):
         indices = np.asarray(indices, dtype=np.int64)
         label_column = False if self.label_column is None else self.label_column
         return StreamingImages(
-            self.dataset.select(indices), self.image_size, self.num_channels, self.image_column, label_column
-        )
+            self.dataset.select(indices), self.image_size, self.num_channels, self.image_column, label_column,
+            self.medical,
+        )  # fmt: skip
 
     @classmethod
     def from_files(
@@ -167,10 +204,15 @@ class StreamingImages(torch.utils.data.Dataset):
         image_size: int | tuple[int, int] = DEFAULT_FOLDER_SIZE,
         num_channels: int = 3,
         check_files: bool = True,
+        *,
+        frames: Sequence[int | None] | None = None,
+        medical: MedicalPreprocessing | None = None,
     ) -> StreamingImages:
         """Image files (and their integer labels in `0..len(class_names)-1`) as a streaming dataset. With
         `check_files`, every file's header is read now, so a missing or unreadable file is refused (named) before
-        any long computation; a file whose pixel data is corrupt fails when it is read, again naming the file."""
+        any long computation; a file whose pixel data is corrupt fails when it is read, again naming the file.
+        `frames` names the frame of each row of a multi-frame DICOM (a file listed once per frame, `None` for other
+        files); `medical` is how DICOM and 16-bit files are read (see the class)."""
         import datasets
 
         files = [str(file) for file in files]
@@ -178,24 +220,82 @@ class StreamingImages(torch.utils.data.Dataset):
             raise ValueError("files: expected at least one image file, got none")
         if (labels is None) != (class_names is None):
             raise ValueError("expected labels and class_names together, got only one of them")
+        medical = medical if medical is not None else MedicalPreprocessing()
         if check_files:
-            _check_headers(files)
+            _check_headers(files, medical)
         columns = {_IMAGE: [{"path": file, "bytes": None} for file in files]}
         features = {_IMAGE: datasets.Image(decode=False)}
+        if frames is not None and any(frame is not None for frame in frames):
+            if len(frames) != len(files):
+                raise ValueError(f"expected one frame (or None) per file ({len(files)}), got {len(frames)} frames")
+            columns[_FRAME], features[_FRAME] = list(frames), datasets.Value("int64")
         if labels is not None:
             labels = np.asarray(labels, dtype=np.int64)
             if len(labels) != len(files):
                 raise ValueError(f"expected one label per file ({len(files)}), got {len(labels)} labels")
             columns[_LABEL], features[_LABEL] = labels, datasets.ClassLabel(names=[str(n) for n in class_names])
         dataset = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
-        return cls(dataset, image_size, num_channels, _IMAGE, _LABEL if labels is not None else False)
+        return cls(dataset, image_size, num_channels, _IMAGE, _LABEL if labels is not None else False, medical)
 
 
-def _check_headers(files: Sequence[str]) -> None:
-    """Every file exists and PIL recognises its header (cheap: no pixel data is decoded)."""
-    for file in files:
+class DecodedImages(torch.utils.data.Dataset):
+    r"""
+    The images of one `Image` column of a `datasets.Dataset`, decoded as `datasets` decodes them (PIL images) only
+    when read, for a model that applies its own saved preprocessing: `DataLoader(DecodedImages(...), batch_size,
+    collate_fn=list)` yields lists of PIL images, and only one batch is held at a time.
+
+    Args:
+        dataset (`datasets.Dataset`): the split; memory-mapped when loaded from disk.
+        image_column (`str`): its `Image` column.
+    """
+
+    def __init__(self, dataset: Any, image_column: str):
+        import datasets
+
+        self.image_column = image_column
+        self.rows = dataset.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=True))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> Image.Image:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = self.rows[int(index)][self.image_column]
+        except _DECODE_ERRORS as error:
+            raise ValueError(
+                f"row {index}: cannot decode column {self.image_column!r}: {_decode_error_text(error)}"
+            ) from error
+        if image is None:
+            raise ValueError(f"row {index}: column {self.image_column!r} has no image")
+        return image
+
+
+def streaming_classification_split(
+    dataset: Any, image_column: str | None = None, label_column: str | None = None
+) -> tuple[DecodedImages, np.ndarray, list[str]]:
+    """[`read_classification_split`] without decoding: one `datasets.Dataset` split as ([`DecodedImages`], integer
+    labels, ClassLabel names), the columns found by feature type; only the label column is read now."""
+    import datasets
+
+    if not isinstance(dataset, datasets.Dataset):
+        raise TypeError(f"expected a datasets.Dataset split, got {type(dataset).__name__}")
+    if len(dataset) == 0:
+        raise ValueError("expected a non-empty dataset, got 0 rows")
+    image_column = _find_column(dataset.features, image_column, datasets.Image, "image")
+    label_column = _find_column(dataset.features, label_column, datasets.ClassLabel, "label")
+    labels = np.asarray(dataset[label_column], dtype=np.int64)
+    return DecodedImages(dataset, image_column), labels, list(dataset.features[label_column].names)
+
+
+def _check_headers(files: Sequence[str], medical: MedicalPreprocessing) -> None:
+    """Every file exists and PIL (or pydicom) recognises its header (cheap: no pixel data is decoded); every DICOM file
+    has what `medical`'s windows need (its own window tags for `"file"`)."""
+    for file in dict.fromkeys(files):  # a multi-frame DICOM is listed once per frame
         if Path(file).suffix.lower() in DICOM_EXTENSIONS:
-            raise ValueError(f"cannot stream DICOM file {file}: read DICOM data with load_image_classification_data")
+            resolve_windows(read_dicom_header(file), medical.windows)
+            continue
         try:
             with Image.open(file):
                 pass
@@ -216,6 +316,7 @@ def streaming_image_classification_data(
     label_column: str | None = None,
     patient_id_column: str | None = None,
     check_files: bool = True,
+    medical: MedicalPreprocessing | None = None,
 ) -> dict[str, StreamingImages]:
     r"""
     [`load_image_classification_data`] for data larger than memory: `{"train", "val", "test"}` [`StreamingImages`]
@@ -224,11 +325,13 @@ def streaming_image_classification_data(
     Args:
         source: an image folder (`<root>/<class>/<image>`, `splits/*.txt` honoured), a `.csv` file of
             `path,label[,patient_id]`, a `datasets.Dataset` / `DatasetDict` (`Image` and `ClassLabel` columns), or a
-            folder a `Dataset` / `DatasetDict` was saved to (`save_to_disk`; memory-mapped). DICOM files are refused.
+            folder a `Dataset` / `DatasetDict` was saved to (`save_to_disk`; memory-mapped). DICOM files are read
+            as `medical` says, one row per frame, their headers (frames, size, PatientID) read now, their pixels when
+            read.
         num_channels (`int`): 1 or 3 (required: the in-memory default looks at every image first).
         image_size (`int` or `Tuple[int, int]`, *optional*, defaults to 32): every image is resized to it.
-        val_fraction, test_fraction, seed, class_names, image_column, label_column, patient_id_column: as in
-            [`load_image_classification_data`].
+        val_fraction, test_fraction, seed, class_names, image_column, label_column, patient_id_column, medical: as
+            in [`load_image_classification_data`] (DICOM PatientIDs keep each patient on one side there too).
         check_files (`bool`, *optional*, defaults to `True`): read every file's header now (see
             [`StreamingImages.from_files`]).
 
@@ -246,8 +349,10 @@ def streaming_image_classification_data(
         dataset, raw = _hf_rows(source, image_column, label_column)
         full = StreamingImages(dataset, image_size, num_channels, image_column=_IMAGE, label_column=_LABEL)
     else:
-        files, raw = _file_rows(source, class_names, patient_id_column)
-        full = StreamingImages.from_files(files, raw.labels, raw.class_names, image_size, num_channels, check_files)
+        files, frames, raw = _file_rows(source, class_names, patient_id_column)
+        full = StreamingImages.from_files(
+            files, raw.labels, raw.class_names, image_size, num_channels, check_files, frames=frames, medical=medical
+        )
     splits = _carve_splits(raw, val_fraction, test_fraction, seed)
     return {name: full.subset(splits[name]) for name in SPLITS}
 
@@ -257,23 +362,24 @@ def _is_saved_dataset(folder: Path) -> bool:
 
 
 def _file_rows(source: Any, class_names: Sequence[str] | None, patient_id_column: str | None):
-    """The files of an image folder or CSV, and their labels, names, official splits and groups (as `_RawData`)."""
+    """The images of an image folder or CSV (a file and its DICOM frame, or None, per image), and their labels, names,
+    official splits and groups (as `_RawData`)."""
     path = Path(source)
     if not path.exists():
         raise ValueError(f"source: {str(path)!r} does not exist; expected an image folder, a .csv file or a dataset")
     if path.is_file() and path.suffix == ".csv":
         files, labels, names, patients = _list_csv(path, class_names, patient_id_column)
         labels_per_split, where = {"train": labels}, f"CSV {path}"
-        groups = None if patients is None else np.asarray(patients, dtype=object)
     elif path.is_dir():
         if class_names is not None or patient_id_column is not None:
             raise ValueError("class_names / patient_id_column apply to CSV sources only, not to an image folder")
         files, labels_per_split, names = _list_image_folder(path)
-        where, groups = f"image folder {path}", None
+        where, patients = f"image folder {path}", None
     else:
         raise ValueError(f"source: {str(path)!r} is a file; expected an image folder, a .csv file or a dataset")
+    files, frames, labels_per_split, groups = _list_frames(files, labels_per_split, patients)
     labels, names, splits = _labels_and_names(labels_per_split, names, where)
-    return files, _RawData(None, labels, names, splits, groups=groups)
+    return files, frames, _RawData(None, labels, names, splits, groups=groups)
 
 
 def _hf_rows(source: Any, image_column: str | None, label_column: str | None):
@@ -289,3 +395,14 @@ def _hf_rows(source: Any, image_column: str | None, label_column: str | None):
         labels[_HF_SPLIT_NAMES[name]] = np.asarray(part[label_column], dtype=np.int64)
     all_labels, names, splits = _labels_and_names(labels, label_feature.names, "dataset")
     return datasets.concatenate_datasets(tables), _RawData(None, all_labels, names, splits)
+
+
+def streaming_data_from_args(args: Any) -> dict[str, StreamingImages]:
+    """[`streaming_image_classification_data`] from the flags of `add_data_args(parser, streaming=True)` (and
+    `--seed`): the scripts' `--streaming` counterpart of `load_data_from_args`."""
+    if args.num_channels is None:
+        raise ValueError("--streaming needs --num_channels (1 or 3): streamed images are not all looked at first")
+    image_size = args.image_size if args.image_size is not None else DEFAULT_FOLDER_SIZE
+    return streaming_image_classification_data(
+        args.dataset, args.num_channels, image_size, seed=args.seed, medical=_medical_from_args(args)
+    )

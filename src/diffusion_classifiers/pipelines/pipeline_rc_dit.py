@@ -140,15 +140,21 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         pool: Optional[str] = "mean",
         batch_size: int = 64,
         input_data_format: Optional[str] = None,
+        num_workers: int = 0,
+        max_memory_bytes: Optional[int] = None,
+        feature_dir: Optional[str] = None,
     ) -> Dict[Tuple[str, int], torch.Tensor]:
         r"""
         Pooled activations of DiT blocks on noised `images` (one or a list of file paths, PIL images, arrays or
-        tensors), keyed like the U-Net features: `{(dit_block_name(i), t): float32 CPU tensor [N, D]}`, e.g.
-        `("transformer_blocks.3", 100)`. The arguments are those of [`DiTFeatureExtractor.extract`], and
-        `input_data_format` that of `preprocess_images`. The progress bar follows `set_progress_bar_config`.
+        tensors, or a torch `Dataset` of images already preprocessed to the encoder's size, e.g. a
+        `data.StreamingImages` larger than memory), keyed like the U-Net features: `{(dit_block_name(i), t): float32
+        CPU tensor [N, D]}` (float16 memory maps beyond `max_memory_bytes`), e.g. `("transformer_blocks.3", 100)`.
+        The arguments are those of [`DiTFeatureExtractor.extract`], and `input_data_format` that of
+        `preprocess_images`. The progress bar follows `set_progress_bar_config`.
         """
+        streamed = isinstance(images, torch.utils.data.Dataset)  # read batch by batch by the extractor's DataLoader
         return self.dit_feature_extractor.extract(
-            self.preprocess(images, input_data_format),
+            images if streamed else self.preprocess(images, input_data_format),
             timesteps=timesteps,
             block_indices=block_indices,
             noise_seed=noise_seed,
@@ -156,6 +162,9 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
             pool=pool,
             batch_size=batch_size,
             progress_bar=self.progress_bar_config,
+            num_workers=num_workers,
+            max_memory_bytes=max_memory_bytes,
+            feature_dir=feature_dir,
         )
 
     @torch.no_grad()

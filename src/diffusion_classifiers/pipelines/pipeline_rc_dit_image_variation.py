@@ -1,13 +1,13 @@
 """Generate images from reference images with a representation-conditioned DiT: image variations."""
 
-from typing import List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from diffusion_classifiers.data import preprocess_images
+from diffusion_classifiers.data import ImagePreprocessing
 from diffusion_classifiers.models import (
     RepresentationConditionedDiTModel,
     check_encoder_matches,
@@ -15,21 +15,29 @@ from diffusion_classifiers.models import (
     encode_representation,
 )
 
-from .pipeline_utils import SavedWithCodeMixin, local_snapshot
+from .pipeline_utils import (
+    SavedPreprocessingMixin,
+    SavedWithCodeMixin,
+    keep_legacy_preprocessing,
+    local_snapshot,
+    read_model_index,
+)
 
 __all__ = ["RepresentationConditionedDiTImageVariationPipeline"]
 
 OUTPUT_TYPES = ("pt", "np", "pil")
 
 
-class RepresentationConditionedDiTImageVariationPipeline(SavedWithCodeMixin, DiffusionPipeline):
+class RepresentationConditionedDiTImageVariationPipeline(SavedWithCodeMixin, SavedPreprocessingMixin, DiffusionPipeline):
     r"""
     Sample images conditioned on the representation r of reference images, with classifier-free guidance.
 
     The components are those of a [`RepresentationConditionedDiTPipeline`] less its classification head, so a
     classifier pipeline lends them without copying any weights:
     `RepresentationConditionedDiTImageVariationPipeline.from_pipe(classifier_pipe)`. `from_pretrained` also loads
-    straight from a folder saved by the classifier pipeline (its `head` is not loaded).
+    straight from a folder saved by the classifier pipeline (its `head` is not loaded). Either way the classifier's
+    saved `preprocessing` comes along, so reference images (file paths, DICOM included, PIL, arrays or tensors) are
+    read as the classifier reads them.
 
     Args:
         encoder: the transformers vision model (`ViTModel`, `Dinov2Model`) that computes r of the references.
@@ -38,6 +46,10 @@ class RepresentationConditionedDiTImageVariationPipeline(SavedWithCodeMixin, Dif
             (`DDIMScheduler.from_config(pipe.scheduler.config)`) for fewer steps.
         vae ([`AutoencoderKL`], *optional*): when the transformer works in the VAE's latent space; samples are
             decoded with it.
+        preprocessing: the saved [`ImagePreprocessing`] contract (a dict in `model_index.json`): how `preprocess`
+            reads the reference images; default `default_preprocessing()`, missing keys too (see
+            `set_preprocessing`). A folder saved without one (before the contract) reads float inputs as it did then
+            (`input_range="auto"`).
     """
 
     model_cpu_offload_seq = "encoder->transformer->vae"
@@ -49,14 +61,22 @@ class RepresentationConditionedDiTImageVariationPipeline(SavedWithCodeMixin, Dif
         transformer: RepresentationConditionedDiTModel,
         scheduler: DDPMScheduler,
         vae: Optional[AutoencoderKL] = None,
+        preprocessing: Optional[Dict[str, Any]] = None,
     ):
         super().__init__()
         check_encoder_matches(encoder, transformer, vae)
         self.register_modules(encoder=encoder, transformer=transformer, scheduler=scheduler, vae=vae)
+        self.set_preprocessing(preprocessing)
+
+    def default_preprocessing(self) -> ImagePreprocessing:
+        """The encoder's `image_size` and `num_channels`, float inputs in `[-1, 1]`."""
+        return ImagePreprocessing(self.encoder.config.image_size, self.encoder.config.num_channels)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        return super().from_pretrained(local_snapshot(pretrained_model_name_or_path, kwargs), **kwargs)
+        path = local_snapshot(pretrained_model_name_or_path, kwargs)
+        keep_legacy_preprocessing(read_model_index(path), kwargs)
+        return super().from_pretrained(path, **kwargs)
 
     @classmethod
     def from_pipe(cls, pipeline, **kwargs):
@@ -70,22 +90,14 @@ class RepresentationConditionedDiTImageVariationPipeline(SavedWithCodeMixin, Dif
     def check_inputs(
         self, reference_images, guidance_scale, num_inference_steps, output_type, generator, input_data_format=None
     ):
-        """Validate the arguments; return the reference images as `[N, C, H, W]` at the encoder's `image_size`."""
+        """Validate the arguments; return the reference images as `[N, C, H, W]`, read by `self.preprocessing`."""
         if not guidance_scale >= 0:
             raise ValueError(f"expected guidance_scale >= 0, got {guidance_scale}")
         if int(num_inference_steps) != num_inference_steps or num_inference_steps < 1:
             raise ValueError(f"expected num_inference_steps >= 1, got {num_inference_steps}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"expected output_type 'pt', 'np' or 'pil', got {output_type!r}")
-        references = preprocess_images(
-            reference_images, image_size=self.encoder.config.image_size, input_data_format=input_data_format
-        )
-        num_channels = self.encoder.config.num_channels
-        if references.shape[1] != num_channels:
-            raise ValueError(
-                f"expected reference images with {num_channels} channel(s) (the encoder's num_channels), "
-                f"got {references.shape[1]}"
-            )
+        references = self.preprocess(reference_images, input_data_format)
         if isinstance(generator, list) and len(generator) != len(references):
             raise ValueError(f"expected one generator per reference image ({len(references)}), got {len(generator)}")
         return references
@@ -108,8 +120,9 @@ class RepresentationConditionedDiTImageVariationPipeline(SavedWithCodeMixin, Dif
         representation: 1 is plain conditional sampling, 0 unconditional, > 1 stronger guidance.
 
         Args:
-            reference_images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a `list` of them):
-                one or more reference images with the encoder's channel count.
+            reference_images (`str`, `PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a `list` of them):
+                one or more reference images (file paths too), read by the saved `preprocessing` contract (float
+                values in its `input_range`, `[-1, 1]` by default; converted to the encoder's size and channels).
             guidance_scale (`float`, *optional*, defaults to 1.0):
                 the classifier-free guidance scale, >= 0.
             num_inference_steps (`int`, *optional*, defaults to 50):

@@ -23,9 +23,12 @@ __all__ = [
     "LEGACY_PREPROCESSING",
     "ClassifierPipelineOutput",
     "DiffusionClassifierPipeline",
+    "SavedPreprocessingMixin",
     "SavedWithCodeMixin",
     "installed_index",
+    "keep_legacy_preprocessing",
     "local_snapshot",
+    "read_model_index",
 ]
 
 # Weight files that are pickles: loading one can run arbitrary code, so they are never loaded.
@@ -57,7 +60,7 @@ def local_snapshot(pretrained_model_name_or_path, kwargs: dict) -> str:
     return download(pretrained_model_name_or_path, trust_remote_code=trust_remote_code, **hub_kwargs)
 
 
-def _read_model_index(path: str) -> dict:
+def read_model_index(path: str) -> dict:
     """The `model_index.json` of a saved pipeline folder; a clear error when it is missing or not JSON."""
     index_file = os.path.join(path, "model_index.json")
     if not os.path.isfile(index_file):
@@ -104,7 +107,7 @@ class SavedWithCodeMixin:
         # diffusers' save_pretrained calls this after saving every component and before any upload.
         super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
         index_file = os.path.join(save_directory, "model_index.json")
-        index = _read_model_index(save_directory)
+        index = read_model_index(save_directory)
         components = {  # "_head" and the like: components `from_pipe` left unused, recorded but not saved
             name: type(getattr(self, name))
             for name, entry in index.items()
@@ -127,7 +130,54 @@ class SavedWithCodeMixin:
         return loaded
 
 
-class DiffusionClassifierPipeline(SavedWithCodeMixin, DiffusionPipeline):
+class SavedPreprocessingMixin:
+    """The preprocessing contract a pipeline saves in `model_index.json` (its `preprocessing` config) and applies to
+    every image input: the classifiers and the image-variation pipeline share it. A subclass's `__init__` takes
+    `preprocessing: Optional[Dict[str, Any]] = None` and calls `set_preprocessing(preprocessing)`; its
+    `from_pretrained` calls `keep_legacy_preprocessing` so folders saved before the contract keep their behaviour."""
+
+    @property
+    def preprocessing(self) -> ImagePreprocessing:
+        """How images become the model's input (value range, size, resampling, channels, DICOM windows and bit
+        depth): saved in `model_index.json`, applied by `preprocess` to every input of `__call__`."""
+        return ImagePreprocessing.from_dict(self.config["preprocessing"])
+
+    def default_preprocessing(self) -> ImagePreprocessing:
+        """The contract when none is given: the model's input size and channels, float inputs in `[-1, 1]`."""
+        raise NotImplementedError
+
+    def set_preprocessing(self, preprocessing: Optional[Union[ImagePreprocessing, Dict[str, Any]]] = None) -> None:
+        """Set the preprocessing contract (`save_pretrained` then saves it): an [`ImagePreprocessing`] or its dict,
+        whose missing keys take `default_preprocessing()`'s values; its size and channels must be the model's."""
+        default = self.default_preprocessing()
+        if preprocessing is None:
+            contract = default
+        elif isinstance(preprocessing, ImagePreprocessing):
+            contract = preprocessing
+        else:
+            contract = ImagePreprocessing.from_dict({**default.to_dict(), **dict(preprocessing)})
+        for field in ("image_size", "num_channels"):
+            if getattr(contract, field) != getattr(default, field):
+                raise ValueError(
+                    f"preprocessing: {field} {getattr(contract, field)!r} differs from the model's "
+                    f"{getattr(default, field)!r}; expected the size and channels the model reads"
+                )
+        self.register_to_config(preprocessing=contract.to_dict())
+
+    def preprocess(self, images, input_data_format: Optional[str] = None) -> torch.Tensor:
+        """`images` (file paths, PIL images, arrays or tensors, one or a list) as the model reads them: float32
+        `[N, C, H, W]` in `[-1, 1]` by `self.preprocessing` (see `data.preprocess_images`)."""
+        return preprocess_images(images, input_data_format=input_data_format, preprocessing=self.preprocessing)
+
+
+def keep_legacy_preprocessing(index: dict, kwargs: dict) -> None:
+    """A folder whose `model_index.json` has no `preprocessing` (saved before the contract was) loads with
+    `LEGACY_PREPROCESSING`, its old behaviour, unless `kwargs` (of `from_pretrained`) pass one."""
+    if "preprocessing" not in index:
+        kwargs.setdefault("preprocessing", LEGACY_PREPROCESSING)
+
+
+class DiffusionClassifierPipeline(SavedWithCodeMixin, SavedPreprocessingMixin, DiffusionPipeline):
     """Base class of the classifier pipelines and the one entry point to load any of them.
 
     `DiffusionClassifierPipeline.from_pretrained(path_or_hub_id)` reads `_class_name` in `model_index.json`
@@ -145,7 +195,7 @@ class DiffusionClassifierPipeline(SavedWithCodeMixin, DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         path = local_snapshot(pretrained_model_name_or_path, kwargs)
-        index = installed_index(_read_model_index(path))
+        index = installed_index(read_model_index(path))
         if cls is DiffusionClassifierPipeline:
             class_name = index.get("_class_name")
             if class_name not in cls._registry:
@@ -154,8 +204,7 @@ class DiffusionClassifierPipeline(SavedWithCodeMixin, DiffusionPipeline):
                     f"of {sorted(cls._registry)}"
                 )
             return cls._registry[class_name].from_pretrained(path, **kwargs)
-        if "preprocessing" not in index:  # saved before the contract was: keep its old behaviour
-            kwargs.setdefault("preprocessing", LEGACY_PREPROCESSING)
+        keep_legacy_preprocessing(index, kwargs)
         if kwargs.pop("use_safetensors", True) is not True:
             raise ValueError("use_safetensors: expected True; weights load from safetensors only (a pickle can run code)")
         cls.check_saved_components(path, index, passed=set(kwargs))
@@ -209,39 +258,6 @@ class DiffusionClassifierPipeline(SavedWithCodeMixin, DiffusionPipeline):
         if name is not None and str(name) not in self.class_names:
             raise ValueError(f"positive_class: expected one of the class names {self.class_names}, got {name!r}")
         self.register_to_config(positive_class=None if name is None else str(name))
-
-    @property
-    def preprocessing(self) -> ImagePreprocessing:
-        """How images become the model's input (value range, size, resampling, channels, DICOM windows and bit
-        depth): saved in `model_index.json`, applied by `preprocess` to every input of `__call__`."""
-        return ImagePreprocessing.from_dict(self.config["preprocessing"])
-
-    def default_preprocessing(self) -> ImagePreprocessing:
-        """The contract when none is given: the model's input size and channels, float inputs in `[-1, 1]`."""
-        raise NotImplementedError
-
-    def set_preprocessing(self, preprocessing: Optional[Union[ImagePreprocessing, Dict[str, Any]]] = None) -> None:
-        """Set the preprocessing contract (`save_pretrained` then saves it): an [`ImagePreprocessing`] or its dict,
-        whose missing keys take `default_preprocessing()`'s values; its size and channels must be the model's."""
-        default = self.default_preprocessing()
-        if preprocessing is None:
-            contract = default
-        elif isinstance(preprocessing, ImagePreprocessing):
-            contract = preprocessing
-        else:
-            contract = ImagePreprocessing.from_dict({**default.to_dict(), **dict(preprocessing)})
-        for field in ("image_size", "num_channels"):
-            if getattr(contract, field) != getattr(default, field):
-                raise ValueError(
-                    f"preprocessing: {field} {getattr(contract, field)!r} differs from the model's "
-                    f"{getattr(default, field)!r}; expected the size and channels the model reads"
-                )
-        self.register_to_config(preprocessing=contract.to_dict())
-
-    def preprocess(self, images, input_data_format: Optional[str] = None) -> torch.Tensor:
-        """`images` (file paths, PIL images, arrays or tensors, one or a list) as the model reads them: float32
-        `[N, C, H, W]` in `[-1, 1]` by `self.preprocessing` (see `data.preprocess_images`)."""
-        return preprocess_images(images, input_data_format=input_data_format, preprocessing=self.preprocessing)
 
     @property
     def progress_bar_config(self) -> dict:

@@ -5,6 +5,7 @@
 """
 
 import math
+import mmap
 import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -31,8 +32,11 @@ _RIDGE = 32.0
 _PRECONDITIONER_SAMPLES = 1024  # S is estimated on evenly spaced train samples, at least this many and 4 D
 # Early stopping only: a val-loss improvement smaller than this does not reset a head's patience.
 _MIN_DELTA = 1e-4
-# Rows read at a time from features on disk (a float16 `numpy.memmap` from `DiffusionFeatureExtractor.extract`).
+# Rows checked at a time in features on disk (a float16 `numpy.memmap` from `DiffusionFeatureExtractor.extract`).
 _DISK_ROWS = 4096
+# Features on disk are never stacked whole: each pass of the solver standardises them into float32 chunks
+# [P, D_max, rows] of at most this many bytes, so its memory does not grow with N.
+_CHUNK_BYTES = 16 * 2**20
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -114,27 +118,19 @@ def _check_disk_features(features: np.memmap, name: str, num_rows: int) -> np.me
         raise ValueError(f"expected {name} of shape [{num_rows}, D], one row per label, got {features.shape}")
     for start in range(0, num_rows, _DISK_ROWS):
         as_feature_matrix(features[start : start + _DISK_ROWS], name)  # the error names the slice's first bad row
+        _release_pages(features)
     return features
 
 
-def _rows(features, start: int, stop: int) -> torch.Tensor:
-    """Rows `start:stop` of a feature matrix in memory or on disk, as float32."""
-    if isinstance(features, np.memmap):
-        return torch.from_numpy(np.asarray(features[start:stop], dtype=np.float32))
-    return features[start:stop]
-
-
 def _stack(features: Dict, pairs, device, mean=None, std=None):
-    """Standardised features, feature-major, as [P, D_max, N] on `device`, with the [P, D_max] mean and std used
-    (computed from these features unless given; std clamped at 1e-6). Zero padding stays zero, so padded weights get no
-    gradient. (Feature-major makes the logits [P, K, N]: on CPU their softmax and both products are several times
-    faster than in the [P, N, K] layout.)"""
+    """Standardised features in memory (float32 tensors), feature-major, as [P, D_max, N] on `device`, with the
+    [P, D_max] mean and std used (computed from these features unless given; std clamped at 1e-6). Zero padding stays
+    zero, so padded weights get no gradient. (Feature-major makes the logits [P, K, N]: on CPU their softmax and both
+    products are several times faster than in the [P, N, K] layout.)"""
     dim, num_samples = max(features[p].shape[1] for p in pairs), len(features[pairs[0]])
     out = torch.zeros(len(pairs), dim, num_samples)
     for i, pair in enumerate(pairs):
-        for start in range(0, num_samples, _DISK_ROWS):  # features on disk are read one slice at a time
-            stop = min(start + _DISK_ROWS, num_samples)
-            out[i, : features[pair].shape[1], start:stop].copy_(_rows(features[pair], start, stop).T)
+        out[i, : features[pair].shape[1]].copy_(features[pair].T)
     out = out.to(device)
     if mean is None:
         mean = out.mean(dim=2)
@@ -144,6 +140,113 @@ def _stack(features: Dict, pairs, device, mean=None, std=None):
         out.sub_(mean[:, :, None])
     out.div_(std[:, :, None])
     return out, mean, std
+
+
+def _targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """What `_data_loss_and_grad` fits: the float labels [N] (binary), else the one-hot labels [K, N]."""
+    return labels.float() if num_classes == 2 else F.one_hot(labels, num_classes).T.float()
+
+
+def _release_pages(features) -> None:
+    """Unmap the pages of a memory map that were just read (they stay in the OS page cache): otherwise every page read
+    once stays in this process's resident memory, which would grow with N."""
+    pages = getattr(features, "_mmap", None)  # numpy.memmap keeps its mmap.mmap here
+    # mode "c" maps privately: there the pages may hold the caller's only copy of edited values
+    if pages is not None and getattr(features, "mode", "c") != "c" and hasattr(mmap, "MADV_DONTNEED"):
+        pages.madvise(mmap.MADV_DONTNEED)
+
+
+class _StackedFeatures:
+    """One split's standardised features of the heads, all in memory: x [P, D_max, N] (see `_stack`), with targets."""
+
+    def __init__(self, x: torch.Tensor, targets: torch.Tensor):
+        self.x, self.targets = x, targets
+        self.shape, self.device = x.shape, x.device
+
+    def __getitem__(self, heads) -> "_StackedFeatures":
+        return _StackedFeatures(self.x[heads], self.targets)
+
+    def loss_and_grad(self, weight, bias, need_grad: bool = True):
+        return _data_loss_and_grad(self.x, self.targets, weight, bias, need_grad)
+
+    def columns(self, step: int) -> torch.Tensor:
+        """Samples 0, step, 2 step, ... as [P, D_max, n]."""
+        return self.x[:, :, ::step]
+
+    def predictions(self, weight, bias) -> torch.Tensor:
+        """The predicted class of each head and sample, [P, N]."""
+        return torch.baddbmm(bias[:, :, None], weight, self.x).argmax(dim=1)
+
+
+class _ChunkedFeatures:
+    """One split's features of the heads, read from their [N, D] matrices (float16 memory maps, or tensors) and
+    standardised `rows` samples at a time into float32 [P, D_max, rows] chunks. The full-batch loss and gradient are
+    sums over the chunks, so the solver reaches the optimum of the stacked features with memory bounded by one chunk
+    (`_CHUNK_BYTES`), whatever N. The standardisation statistics are accumulated in float64."""
+
+    def __init__(self, matrices: list, labels: torch.Tensor, num_classes: int, device, mean=None, std=None, rows=None):
+        self.matrices, self.labels, self.num_classes, self.device = matrices, labels, num_classes, device
+        self.dim = max(m.shape[1] for m in matrices)
+        self.shape = (len(matrices), self.dim, len(labels))
+        self.rows = rows or max(1, _CHUNK_BYTES // (4 * len(matrices) * self.dim))
+        if mean is None:
+            mean, std = self._statistics()
+        self.mean, self.std = mean, std
+
+    def __getitem__(self, heads) -> "_ChunkedFeatures":
+        index = torch.arange(len(self.matrices))[heads.cpu()].tolist()
+        return _ChunkedFeatures(
+            [self.matrices[i] for i in index], self.labels, self.num_classes, self.device, self.mean[heads],
+            self.std[heads], self.rows,
+        )  # fmt: skip
+
+    def _raw(self, rows) -> torch.Tensor:
+        """The unstandardised samples `rows` (a slice) as float32 [P, D_max, n] on the device, zero-padded."""
+        num_rows = len(range(*rows.indices(self.shape[2])))
+        out = torch.zeros(len(self.matrices), self.dim, num_rows)
+        for i, matrix in enumerate(self.matrices):
+            part = matrix[rows]
+            out[i, : matrix.shape[1]].copy_(torch.as_tensor(np.asarray(part, dtype=np.float32)).T)
+            _release_pages(matrix)
+        return out.to(self.device)
+
+    def _statistics(self):
+        """Mean and std (clamped at 1e-6, as `_stack`) of every column, in two passes accumulated in float64."""
+        total = torch.zeros(self.shape[:2], dtype=torch.float64, device=self.device)
+        for rows in self._slices():
+            total += self._raw(rows).double().sum(dim=2)
+        mean = total / self.shape[2]
+        squares = torch.zeros_like(total)
+        for rows in self._slices():
+            squares += (self._raw(rows).double() - mean[:, :, None]).square().sum(dim=2)
+        std = (squares / self.shape[2]).sqrt().clamp(min=1e-6)
+        return mean.float(), std.float()
+
+    def _slices(self):
+        return (slice(start, start + self.rows) for start in range(0, self.shape[2], self.rows))
+
+    def chunks(self):
+        """`(standardised x [P, D_max, n], targets of those samples)` chunk by chunk."""
+        for rows in self._slices():
+            x = self._raw(rows).sub_(self.mean[:, :, None]).div_(self.std[:, :, None])
+            yield x, _targets(self.labels[rows], self.num_classes)
+
+    def loss_and_grad(self, weight, bias, need_grad: bool = True):
+        """`_data_loss_and_grad` of all samples: the chunks' means weighted by their share of the samples."""
+        loss = grad_weight = grad_bias = 0
+        for x, targets in self.chunks():
+            share = x.shape[2] / self.shape[2]
+            chunk_loss, chunk_grad_weight, chunk_grad_bias = _data_loss_and_grad(x, targets, weight, bias, need_grad)
+            loss = loss + share * chunk_loss
+            if need_grad:
+                grad_weight, grad_bias = grad_weight + share * chunk_grad_weight, grad_bias + share * chunk_grad_bias
+        return (loss, grad_weight, grad_bias) if need_grad else (loss, None, None)
+
+    def columns(self, step: int) -> torch.Tensor:
+        return self._raw(slice(0, self.shape[2], step)).sub_(self.mean[:, :, None]).div_(self.std[:, :, None])
+
+    def predictions(self, weight, bias) -> torch.Tensor:
+        return torch.cat([torch.baddbmm(bias[:, :, None], weight, x).argmax(dim=1) for x, _ in self.chunks()], dim=1)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -174,18 +277,19 @@ def _data_loss_and_grad(x, targets, weight, bias, need_grad: bool = True):
     return loss, torch.bmm(residual, x.transpose(1, 2)), residual.sum(dim=2)
 
 
-def _preconditioner(x: torch.Tensor, ridge: float) -> torch.Tensor:
-    """A [P, D, D] with A A^T = (S + ridge I)^-1, S the second moments of x [P, D, N] (A = L^-T, L L^T = S + ridge I)."""
+def _preconditioner(x, ridge: float) -> torch.Tensor:
+    """A [P, D, D] with A A^T = (S + ridge I)^-1, S the second moments of the features x [P, D, N] (A = L^-T,
+    L L^T = S + ridge I)."""
     num_heads, dim, num_samples = x.shape
     step = max(1, num_samples // max(_PRECONDITIONER_SAMPLES, 4 * dim))
-    sample = x[:, :, ::step]
+    sample = x.columns(step)
     second_moment = torch.bmm(sample, sample.transpose(1, 2)).double() / sample.shape[2]
     eye = torch.eye(dim, dtype=torch.float64, device=x.device)
     chol, info = torch.linalg.cholesky_ex(second_moment + ridge * eye)
     if bool((info > 0).any()):  # float32 round-off in the moments of collinear features, with a tiny ridge (large C)
         chol = torch.linalg.cholesky(second_moment + (ridge + 1e-3) * eye)  # (unit diagonal: standardised features)
     inverse = torch.linalg.solve_triangular(chol, eye.expand(num_heads, dim, dim), upper=False)  # L^-1
-    return inverse.transpose(1, 2).to(x.dtype).contiguous()
+    return inverse.transpose(1, 2).to(sample.dtype).contiguous()
 
 
 class _Batch:
@@ -200,16 +304,18 @@ class _Batch:
             setattr(self, name, value[:, keep] if name in ("s", "y", "rho") else value[keep])
 
 
-def _fit_heads(x, targets, num_rows, l2, tol, max_iter, val=None, patience=None, progress_bar=None):
+def _fit_heads(x, num_rows, l2, tol, max_iter, val=None, patience=None, progress_bar=None):
     """Minimise each head's mean cross-entropy + l2 / 2 * ||weight||^2 (bias unpenalised) from zero weights.
+
+    x and val: the train and val features with their targets ([`_StackedFeatures`] or [`_ChunkedFeatures`]).
 
     One L-BFGS per head, all run in lockstep on the stacked heads: every head has its own curvature history, step
     size (backtracking Armijo line search from step 1) and stopping test (largest absolute gradient entry <= tol, the
     test scipy's L-BFGS-B applies for scikit-learn), so a head's iterates are those it would have alone. A head that
     stops is frozen (its direction is zero) and leaves the batch once a quarter of the batch is frozen, so the data is
     copied a bounded number of times. Variables are preconditioned per head (see `_RIDGE`).
-    With `val = (x_val, targets_val)`, the val loss is evaluated at every iterate; each head keeps its lowest-val-loss
-    iterate and stops after `patience` iterations without improvement.
+    With `val`, the val loss is evaluated at every iterate; each head keeps its lowest-val-loss iterate and stops after
+    `patience` iterations without improvement.
 
     Returns weight [P, R, D], bias [P, R], n_iter, converged and kept_iter (lists of P).
     """
@@ -219,7 +325,7 @@ def _fit_heads(x, targets, num_rows, l2, tol, max_iter, val=None, patience=None,
     def evaluate(x, precond, theta):
         u, bias = theta[:, : num_rows * dim].view(-1, num_rows, dim), theta[:, num_rows * dim :]
         weight = torch.bmm(u, precond.transpose(1, 2))  # weight = u A^T
-        loss, grad_weight, grad_bias = _data_loss_and_grad(x, targets, weight, bias)
+        loss, grad_weight, grad_bias = x.loss_and_grad(weight, bias)
         loss = loss + 0.5 * l2 * weight.square().sum(dim=(1, 2))
         grad_weight += l2 * weight
         grad_max = torch.maximum(grad_weight.abs().amax(dim=(1, 2)), grad_bias.abs().amax(dim=1))
@@ -237,7 +343,7 @@ def _fit_heads(x, targets, num_rows, l2, tol, max_iter, val=None, patience=None,
         waited=torch.zeros(num_heads, dtype=torch.long, device=device),
     )  # fmt: skip
     if val is not None:
-        batch.x_val = val[0]
+        batch.x_val = val
     batch.loss, batch.grad, batch.grad_max, batch.weight, batch.bias = evaluate(batch.x, batch.precond, batch.theta)
     out_weight = torch.zeros(num_heads, num_rows, dim, device=device)
     out_bias = torch.zeros(num_heads, num_rows, device=device)
@@ -246,7 +352,7 @@ def _fit_heads(x, targets, num_rows, l2, tol, max_iter, val=None, patience=None,
 
     def keep_if_best(iteration):
         """Early stopping: record the iterate of each head whose val loss improved."""
-        val_loss = _data_loss_and_grad(batch.x_val, val[1], batch.weight, batch.bias, need_grad=False)[0]
+        val_loss = batch.x_val.loss_and_grad(batch.weight, batch.bias, need_grad=False)[0]
         improved = ~batch.frozen & (val_loss < batch.best_loss - _MIN_DELTA)
         batch.best_loss = torch.where(improved, val_loss, batch.best_loss)
         batch.waited = torch.where(improved, 0, batch.waited + 1)
@@ -339,10 +445,9 @@ def _fit_heads(x, targets, num_rows, l2, tol, max_iter, val=None, patience=None,
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _accuracy_and_macro_f1(logits: torch.Tensor, y: torch.Tensor, num_classes: int):
-    """Per-head accuracy and macro-F1 from logits [P, K, N]; macro-F1 averages over the classes present in the
-    labels or the predictions, as `sklearn.metrics.f1_score(average="macro")` does."""
-    pred = logits.argmax(dim=1)
+def _accuracy_and_macro_f1(pred: torch.Tensor, y: torch.Tensor, num_classes: int):
+    """Per-head accuracy and macro-F1 from predicted classes [P, N]; macro-F1 averages over the classes present in
+    the labels or the predictions, as `sklearn.metrics.f1_score(average="macro")` does."""
     accuracy = (pred == y).double().mean(dim=1)
     pred_onehot = F.one_hot(pred, num_classes).double()
     true_onehot = F.one_hot(y, num_classes).double().expand_as(pred_onehot)
@@ -351,6 +456,16 @@ def _accuracy_and_macro_f1(logits: torch.Tensor, y: torch.Tensor, num_classes: i
     f1 = torch.where(denominator > 0, 2 * tp / denominator.clamp(min=1), 0.0)
     macro_f1 = f1.sum(dim=1) / (denominator > 0).sum(dim=1)
     return accuracy.tolist(), macro_f1.tolist()
+
+
+def _split_features(features: Dict, pairs, labels, num_classes, device, mean=None, std=None):
+    """One split's features as the solver reads them, with the mean and std that standardise them (computed here for
+    the train split): stacked in memory, or, when any pair is on disk (a `numpy.memmap`), chunk by chunk."""
+    if any(isinstance(features[pair], np.memmap) for pair in pairs):
+        chunked = _ChunkedFeatures([features[pair] for pair in pairs], labels, num_classes, device, mean, std)
+        return chunked, chunked.mean, chunked.std
+    x, mean, std = _stack(features, pairs, device, mean, std)
+    return _StackedFeatures(x, _targets(labels, num_classes)), mean, std
 
 
 def _make_head(pair, weight, bias, mean, std, num_classes, class_names, pool, noise_seed, num_noise_draws):
@@ -414,10 +529,11 @@ def fit_probe_grid(
 
     Args:
         train_features, val_features, test_features: `(block, timestep) -> [N, D]` features, e.g. from
-            [`DiffusionFeatureExtractor.extract`]; every dict must have the same pairs. A float16 `numpy.memmap`
-            (features on disk, beyond the extractor's `max_memory_bytes`) is read a slice at a time into the
-            solver's one float32 working copy `[P, D_max, N]`, and gives the result of the same float16 values in
-            memory.
+            [`DiffusionFeatureExtractor.extract`]; every dict must have the same pairs. Features in memory are
+            stacked into one float32 working copy `[P, D_max, N]`. A split with a float16 `numpy.memmap` (features
+            on disk, beyond the extractor's `max_memory_bytes`) is never stacked: every pass of the solver reads it
+            in chunks of at most 16 MiB of float32, so memory stays flat as N grows, and the heads are the optimum of
+            the same values in memory (to float32 summation order; standardised with statistics summed in float64).
         train_labels, val_labels, test_labels: integer labels in `[0, num_classes)`.
         num_classes: defaults to `len(class_names)`, else the largest label + 1.
         class_names, pool, noise_seed, num_noise_draws: recorded in the heads' configs (how the features were made).
@@ -462,19 +578,15 @@ def fit_probe_grid(
                 )
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    x = {"train": None}
-    x["train"], mean, std = _stack(features["train"], pairs, device)
-    for split in list(features)[1:]:
-        x[split] = _stack(features[split], pairs, device, mean, std)[0]
     y = {split: torch.as_tensor(v, dtype=torch.long, device=device) for split, v in labels.items()}
+    x, mean, std = {}, None, None
+    for split in features:  # train first: its mean and std standardise every split
+        x[split], mean, std = _split_features(features[split], pairs, y[split], num_classes, device, mean, std)
     binary = num_classes == 2
 
-    def targets(split):
-        return y[split].float() if binary else F.one_hot(y[split], num_classes).T.float()
-
     weight, bias, n_iter, converged, kept_iter = _fit_heads(
-        x["train"], targets("train"), 1 if binary else num_classes, 1.0 / (C * len(labels["train"])), tol, max_iter,
-        val=(x["val"], targets("val")) if early_stopping else None, patience=patience, progress_bar=progress_bar,
+        x["train"], 1 if binary else num_classes, 1.0 / (C * len(labels["train"])), tol, max_iter,
+        val=x["val"] if early_stopping else None, patience=patience, progress_bar=progress_bar,
     )  # fmt: skip
     if binary:  # logit z of class 1 -> logits [-z/2, z/2]: the same softmax probabilities
         weight, bias = torch.cat([-weight, weight], dim=1) / 2, torch.cat([-bias, bias], dim=1) / 2
@@ -490,8 +602,7 @@ def fit_probe_grid(
     metrics = {pair: {} for pair in pairs}
     with torch.no_grad():
         for split in x:
-            logits = torch.baddbmm(bias[:, :, None], weight, x[split])
-            accuracy, macro_f1 = _accuracy_and_macro_f1(logits, y[split], num_classes)
+            accuracy, macro_f1 = _accuracy_and_macro_f1(x[split].predictions(weight, bias), y[split], num_classes)
             for i, pair in enumerate(pairs):
                 metrics[pair][split] = {"accuracy": accuracy[i], "macro_f1": macro_f1[i]}
     val_scores = [(m["val"]["accuracy"], m["val"]["macro_f1"], -i) for i, m in enumerate(metrics.values())]

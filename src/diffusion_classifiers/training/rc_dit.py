@@ -87,7 +87,7 @@ def rc_dit_sample_grid(
     every call."""
     index = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:num_images]
     picked = images[index] if isinstance(images, torch.Tensor) else torch.stack([images[int(i)][0] for i in index])
-    references = (picked.float().cpu() + 1) / 2  # [0, 1], which the pipeline reads as such (its minimum >= 0)
+    references = picked.float().cpu()  # [-1, 1], the input range the pipeline's default contract states
     sampling_scheduler = DDPMScheduler.from_config(scheduler.config)
 
     def sample_grid(model: RCDiTJointModel):
@@ -95,7 +95,7 @@ def rc_dit_sample_grid(
         pipe.set_progress_bar_config(disable=True)
         generator = torch.Generator().manual_seed(seed)
         variations = pipe(references, num_inference_steps=num_inference_steps, generator=generator).images  # (N, C, H, W)
-        return image_grid(torch.cat([references, variations.cpu()]), rows=2)
+        return image_grid(torch.cat([(references + 1) / 2, variations.cpu()]), rows=2)  # both in [0, 1]
 
     return sample_grid
 

@@ -1,0 +1,227 @@
+"""What `predict` classifies: an image folder (DICOM included), a CSV of paths or a saved `datasets` folder listed as
+[`PredictionInput`]s (nothing is read until a batch needs it), and the `--window` flag parsed into DICOM windows.
+
+Only the standard library is imported at module level (see the package docstring).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+__all__ = ["WINDOW_NAMES", "PredictionInput", "check_input_exists", "check_labels", "list_inputs", "parse_windows"]
+
+WINDOW_NAMES = ("brain", "subdural", "bone", "file", "full")  # data.dicom.WINDOW_NAMES, spelled out: no numpy import
+
+
+@dataclass(frozen=True)
+class PredictionInput:
+    r"""
+    One item to classify.
+
+    Args:
+        path (`str`): its name in the output: the file relative to the input folder, the `path` cell of the CSV, or
+            the row index of a dataset. A rerun skips the paths already done (all frames of a file are committed in
+            one batch, so a path is done or not).
+        read (`Callable[[], list]`): reads it as a list of images (one per frame: a multi-frame DICOM gives several);
+            raises `ValueError` or `OSError` when the file cannot be read.
+        label (`str`, *optional*): its true label, carried to the output's `true_label` column.
+    """
+
+    path: str
+    read: Callable[[], list] = field(repr=False, compare=False)
+    label: Optional[str] = None
+
+
+def list_inputs(
+    source: str | os.PathLike,
+    windows: Optional[Sequence[Any]] = None,
+    split: str = "test",
+    image_column: Optional[str] = None,
+    medical: Any = None,
+) -> list[PredictionInput]:
+    r"""
+    The items of `source`, in order.
+
+    Args:
+        source (`str` or `os.PathLike`): one of
+
+            * a folder: every image (`data.IMAGE_EXTENSIONS`) and DICOM file (`.dcm`, `.dicom`) in it and its
+              subfolders, sorted by path; hidden files and folders (names starting with ".") and other files are
+              skipped. A saved `datasets` folder (with `dataset_info.json` or `dataset_dict.json`) is read as one.
+            * a `.csv` file with a header and a `path` column (relative to the CSV's folder, or absolute); a `label`
+              column, when present, is carried to the output as `true_label`. A file the CSV names but that does not
+              exist becomes a row of the errors file, like an unreadable one.
+            * a saved `datasets.Dataset` or `DatasetDict` folder (`save_to_disk`), with one `Image` column (or the one
+              `image_column` names); its rows are named by index; a `ClassLabel` column, when there is exactly one,
+              is carried as `true_label`.
+            * one image or DICOM file.
+        windows (`Sequence`, *optional*): the DICOM windows, one channel each: preset names, `"file"`, `"full"` or
+            `data.Window`s (see `data.window_channels`). 1 or 3 windows. Default: those of `medical`.
+        split (`str`, *optional*, defaults to `"test"`): the split of a saved `DatasetDict`.
+        image_column (`str`, *optional*): the image column of a dataset (default: its one `Image` column).
+        medical (`data.MedicalPreprocessing`, *optional*): how DICOM and 16-bit files are read (windows, padding,
+            bit depth): a model's saved `pipe.preprocessing.medical`; `windows` replace its windows. Default:
+            `MedicalPreprocessing()` (each DICOM's own window).
+
+    Raises:
+        `FileNotFoundError`: `source` does not exist. `ValueError`: nothing to classify, a CSV without a `path`
+        column or naming a file twice, a missing split, or a bad window.
+    """
+    from ..data.dicom import DICOM_EXTENSIONS, MedicalPreprocessing
+    from ..data.readers import IMAGE_EXTENSIONS
+
+    source = check_input_exists(source)
+    medical = medical if medical is not None else MedicalPreprocessing()
+    if windows is not None:
+        medical = replace(medical, windows=tuple(windows))
+    _checked_windows(medical.windows)
+    read = partial(_read_file, medical=medical)
+    if source.is_dir() and _is_saved_dataset(source):
+        return _dataset_inputs(source, split, image_column)
+    if source.is_dir():
+        return _folder_inputs(source, IMAGE_EXTENSIONS | DICOM_EXTENSIONS, read)
+    if source.suffix.lower() == ".csv":
+        return _csv_inputs(source, read)
+    if source.suffix.lower() in IMAGE_EXTENSIONS | DICOM_EXTENSIONS:
+        return [PredictionInput(source.name, partial(read, source))]
+    raise ValueError(
+        f"input {source}: expected an image folder, a .csv file of paths, a saved datasets folder or an image / DICOM "
+        f"file, got a {source.suffix or 'suffix-less'} file"
+    )
+
+
+def check_input_exists(source: str | os.PathLike) -> Path:
+    """`source` as a path; `FileNotFoundError` naming it when it does not exist (checked before a model is fetched)."""
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(
+            f"input {source}: not found; expected an image folder, a .csv file or a datasets folder"
+        )
+    return source
+
+
+def _checked_windows(windows: Sequence[Any]) -> tuple:
+    windows = tuple(windows)
+    if len(windows) not in (1, 3):
+        raise ValueError(f"windows: {len(windows)} windows give {len(windows)} channels; expected 1 or 3 windows")
+    return windows
+
+
+def _is_saved_dataset(folder: Path) -> bool:
+    return (folder / "dataset_info.json").is_file() or (folder / "dataset_dict.json").is_file()
+
+
+def _folder_inputs(folder: Path, extensions: set, read: Callable) -> list[PredictionInput]:
+    files = sorted(
+        path for path in folder.rglob("*")
+        if path.is_file() and path.suffix.lower() in extensions
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )  # fmt: skip
+    if not files:
+        raise ValueError(f"input folder {folder}: no image or DICOM files found (extensions {sorted(extensions)})")
+    return [PredictionInput(path.relative_to(folder).as_posix(), partial(read, path)) for path in files]
+
+
+def _csv_inputs(path: Path, read: Callable) -> list[PredictionInput]:
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = list(reader.fieldnames or [])
+        rows = list(reader)
+    if "path" not in columns:
+        raise ValueError(f"CSV {path}: no 'path' column; expected a header with path[,label], got {columns}")
+    if not rows:
+        raise ValueError(f"CSV {path}: no rows; expected one row per image")
+    first_line: dict[str, int] = {}
+    inputs = []
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        name = row["path"] or ""
+        if name in first_line:
+            raise ValueError(f"CSV {path}:{line}: {name!r} is also on line {first_line[name]}; expected each file once")
+        first_line[name] = line
+        label = row.get("label") or None
+        inputs.append(PredictionInput(name, partial(_read_listed_file, path.parent, name, read), label))
+    return inputs
+
+
+def _read_listed_file(folder: Path, name: str, read: Callable) -> list:
+    file = folder / name
+    if not name or not file.is_file():
+        raise FileNotFoundError(f"file not found: {file}")
+    return read(file)
+
+
+def _read_file(path: Path, medical: Any) -> list:
+    """An image file as `[PIL image]` or `[array [1, H, W]]` (16-bit), a DICOM file as one `[C, H, W]` array per
+    frame, all in `[0, 1]`; `ValueError` when it cannot be decoded."""
+    from ..data.dicom import DICOM_EXTENSIONS
+    from ..data.readers import _decode_image_file
+
+    if path.suffix.lower() in DICOM_EXTENSIONS:
+        return list(medical.read(path))
+    image = _decode_image_file(path, medical.bits_stored)
+    return [image[0]] if hasattr(image, "shape") else [image]
+
+
+def _dataset_inputs(folder: Path, split: str, image_column: Optional[str]) -> list[PredictionInput]:
+    import datasets
+
+    from ..data.readers import _find_column
+
+    dataset = datasets.load_from_disk(str(folder))
+    if isinstance(dataset, datasets.DatasetDict):
+        if split not in dataset:
+            raise ValueError(f"dataset {folder}: no split {split!r}; expected one of {sorted(dataset)}")
+        dataset = dataset[split]
+    if len(dataset) == 0:
+        raise ValueError(f"dataset {folder}: no rows; expected one row per image")
+    image_column = _find_column(dataset.features, image_column, datasets.Image, "image")
+    labels = _dataset_labels(dataset)
+    images = dataset.select_columns([image_column])
+    return [
+        PredictionInput(str(i), partial(_read_dataset_row, images, image_column, i), labels[i] if labels else None)
+        for i in range(len(dataset))
+    ]
+
+
+def _dataset_labels(dataset: Any) -> Optional[list[str]]:
+    import datasets
+
+    columns = [name for name, feature in dataset.features.items() if isinstance(feature, datasets.ClassLabel)]
+    if len(columns) != 1:
+        return None
+    return dataset.features[columns[0]].int2str(list(dataset[columns[0]]))
+
+
+def _read_dataset_row(images: Any, column: str, index: int) -> list:
+    from PIL import Image
+
+    try:
+        image = images[index][column]
+        if image is None:
+            raise ValueError(f"row {index}: column {column!r} has no image")
+        image.load()
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ValueError(f"row {index}: cannot decode column {column!r}: {error}") from error
+    return [image]
+
+
+def check_labels(inputs: Sequence[PredictionInput], class_names: Sequence[str]) -> None:
+    """Every true label is one of the model's classes; the error lists the others, before any image is read."""
+    unknown = sorted({item.label for item in inputs if item.label is not None} - set(class_names))
+    if unknown:
+        raise ValueError(
+            f"inputs: labels {unknown} are not among the model's classes {list(class_names)}; expected the label "
+            "column to name classes as the model does"
+        )
+
+
+def parse_windows(tokens: Sequence[str]) -> tuple:
+    """`--window` tokens as 1 or 3 windows (see `data.dicom.parse_windows`)."""
+    from ..data.dicom import parse_windows as parse
+
+    return _checked_windows(parse(tokens))

@@ -1,0 +1,190 @@
+"""Where `predict`'s results go: the output table (`.csv` / `.parquet`), its `.json` sidecar, the committed batch parts
+and the errors file, each written atomically; what a rerun finds already done; the final merge in input order.
+
+Only the standard library is imported at module level (see the package docstring).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+__all__ = [
+    "ERROR_COLUMNS",
+    "OUTPUT_SUFFIXES",
+    "OutputFiles",
+    "check_output_args",
+    "done_paths",
+    "merge_parts",
+    "prepare_output_files",
+    "write_csv",
+]
+
+OUTPUT_SUFFIXES = (".csv", ".parquet")
+ERROR_COLUMNS = ("path", "reason")
+_TEXT_COLUMNS = {"path", "true_label", "label", "reason"}
+_INT_COLUMNS = {"frame"}
+
+
+@dataclass(frozen=True)
+class OutputFiles:
+    """The predictions file and the errors file of one prediction, and the files kept beside the output."""
+
+    output: Path
+    errors: Path
+
+    @property
+    def sidecar(self) -> Path:
+        """What the output was made with (model, classes, columns, windows): a rerun must match it."""
+        return self.output.with_name(self.output.name + ".json")
+
+    @property
+    def parts(self) -> Path:
+        """The batches committed but not yet merged into the output."""
+        return self.output.with_name(self.output.name + ".parts")
+
+    def existing(self) -> list[Path]:
+        return [path for path in (self.output, self.errors, self.parts) if path.exists()]
+
+
+def prepare_output_files(files: OutputFiles, run: dict, overwrite: bool, is_main: bool) -> None:
+    """Refuse to mix results of another run into existing files (every process checks, so all fail alike); with
+    `overwrite` the main process deletes them. The main process then records `run` in the sidecar."""
+    existing = files.existing()
+    if existing and not overwrite:
+        if not files.sidecar.is_file():
+            raise ValueError(
+                f"{', '.join(map(str, existing))} exist(s) but {files.sidecar} does not, so they were not written by "
+                "this prediction: refusing to add to them. Pass --overwrite (overwrite=True) to replace them, or "
+                "choose another --output / --errors"
+            )
+        recorded = json.loads(files.sidecar.read_text())
+        changed = sorted(key for key in run if recorded.get(key) != run[key])
+        if changed:
+            details = "; ".join(f"{key}: {recorded.get(key)!r} then, {run[key]!r} now" for key in changed)
+            raise ValueError(
+                f"{files.output} was written by another prediction ({details}); refusing to mix their rows. Pass "
+                "--overwrite (overwrite=True) to replace it, or choose another --output"
+            )
+    if not is_main:
+        return
+    if overwrite:
+        for path in existing:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    files.output.parent.mkdir(parents=True, exist_ok=True)
+    files.errors.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomically(files.sidecar, lambda handle: handle.write(json.dumps(run, indent=2) + "\n"))
+
+
+def _write_atomically(path: Path, write: Callable[[Any], Any], mode: str = "w") -> None:
+    """Write `path` through a temporary file renamed over it: a kill leaves the old file or the new one, never half."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(temporary, mode, **({"newline": ""} if mode == "w" else {})) as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence]) -> None:
+    def write(handle):
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerows(["" if value is None else value for value in row] for row in rows)
+
+    _write_atomically(path, write)
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[list]]:
+    """Header and rows of a CSV this module wrote, each cell typed as its column (text, frame int, numbers float)."""
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle)
+        columns = next(reader)
+        return columns, [[_typed(column, cell) for column, cell in zip(columns, row)] for row in reader]
+
+
+def _typed(column: str, cell: str) -> Any:
+    if cell == "":
+        return None
+    if column in _INT_COLUMNS:
+        return int(cell)
+    return cell if column in _TEXT_COLUMNS else float(cell)
+
+
+def _read_table(path: Path) -> tuple[list[str], list[list]]:
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        columns = [table.column(name).to_pylist() for name in table.column_names]
+        return table.column_names, [list(row) for row in zip(*columns)]
+    return _read_csv(path)
+
+
+def _write_table(path: Path, columns: Sequence[str], rows: list[list]) -> None:
+    if path.suffix.lower() != ".parquet":
+        write_csv(path, columns, rows)
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([(c, pa.string() if c in _TEXT_COLUMNS else pa.int64() if c in _INT_COLUMNS else pa.float64())
+                        for c in columns])  # fmt: skip
+    table = pa.table({c: [row[i] for row in rows] for i, c in enumerate(columns)}, schema=schema)
+    _write_atomically(path, lambda handle: pq.write_table(table, handle), mode="wb")
+
+
+def _part_files(files: OutputFiles, kind: str) -> list[Path]:
+    return sorted(files.parts.glob(f"{kind}-*.csv")) if files.parts.is_dir() else []
+
+
+def done_paths(files: OutputFiles) -> set[str]:
+    """Paths already predicted or listed as errors, in the output, the errors file or a committed part."""
+    tables = [path for path in (files.output, files.errors) if path.exists()]
+    tables += _part_files(files, "rows") + _part_files(files, "errors")
+    return {row[0] for path in tables for row in _read_table(path)[1]}
+
+
+def merge_parts(files: OutputFiles, columns: Sequence[str], order: dict[str, int]) -> int:
+    """Merge the committed parts into the output and the errors file, in input order, then delete them; returns the
+    output's number of rows."""
+    rows = _merge_one(files.output, columns, _part_files(files, "rows"), order)
+    _merge_one(files.errors, ERROR_COLUMNS, _part_files(files, "errors"), order)
+    shutil.rmtree(files.parts, ignore_errors=True)
+    return rows
+
+
+def _merge_one(path: Path, columns: Sequence[str], parts: list[Path], order: dict[str, int]) -> int:
+    rows = _read_table(path)[1] if path.exists() else []
+    if not parts and path.exists():
+        return len(rows)
+    # keyed by (path, frame): a run killed after writing the output but before deleting the parts merges them again
+    key_size = 2 if "frame" in columns else 1
+    unique: dict[tuple, list] = {}
+    for row in rows + [row for part in parts for row in _read_csv(part)[1]]:
+        unique.setdefault(tuple(row[:key_size]), row)
+    # rows of paths no longer in the input (a changed CSV) are kept, after the others
+    merged = sorted(unique.values(), key=lambda row: (order.get(row[0], len(order)), *row[:key_size]))
+    _write_table(path, columns, merged)
+    return len(merged)
+
+
+def check_output_args(output_path: Any, errors_path: Any, batch_size: int) -> OutputFiles:
+    """The output and errors files (default `errors.csv` beside the output) and the batch size, checked before any
+    work: a `.csv` / `.parquet` output, a `.csv` errors file that is not the output, a positive batch size."""
+    output = Path(output_path)
+    if output.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(
+            f"output {output}: expected a {' or '.join(OUTPUT_SUFFIXES)} file, got {output.suffix or 'no suffix'}"
+        )
+    errors = Path(errors_path) if errors_path is not None else output.with_name("errors.csv")
+    if errors.suffix.lower() != ".csv" or errors.resolve() == output.resolve():
+        raise ValueError(f"errors {errors}: expected a .csv file other than the output {output}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    return OutputFiles(output, errors)

@@ -1,0 +1,336 @@
+"""Classifying batch by batch: [`predict_files`] (resumable, errors listed, shared across accelerate processes) and the
+`diffusion-classifiers predict` command ([`add_predict_args`], [`run_predict`]).
+
+Only the standard library is imported at module level (see the package docstring).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from .inputs import WINDOW_NAMES, PredictionInput, check_input_exists, check_labels, list_inputs, parse_windows
+from .outputs import (
+    ERROR_COLUMNS,
+    OutputFiles,
+    check_output_args,
+    done_paths,
+    merge_parts,
+    prepare_output_files,
+    write_csv,
+)
+
+__all__ = [
+    "PredictionSummary",
+    "add_predict_args",
+    "output_columns",
+    "predict_files",
+    "read_saved_preprocessing",
+    "run_predict",
+]
+
+
+@dataclass
+class PredictionSummary:
+    r"""
+    What [`predict_files`] did.
+
+    Args:
+        output (`str`): the predictions file. errors (`str`): the errors file.
+        rows (`int`): rows of the output now (one per image or DICOM frame); 0 on processes other than the main one.
+        predicted (`int`): inputs classified by this call (all processes); skipped (`int`): inputs done before.
+        failed (`int`): inputs of this call listed in the errors file.
+        processes (`int`): the processes that shared the work.
+    """
+
+    output: str
+    errors: str
+    rows: int
+    predicted: int
+    skipped: int
+    failed: int
+    processes: int
+
+
+def output_columns(pipeline: Any, with_true_labels: bool) -> list[str]:
+    """`path, frame, [true_label,] label, score, prob_<class>..., [log_likelihood_ratio]` for `pipeline`."""
+    from ..pipelines import ScoreSDEClassifierPipeline
+
+    columns = ["path", "frame"] + (["true_label"] if with_true_labels else []) + ["label", "score"]
+    columns += [f"prob_{name}" for name in pipeline.class_names]
+    if isinstance(pipeline, ScoreSDEClassifierPipeline) and len(pipeline.class_names) == 2:
+        columns.append("log_likelihood_ratio")
+    return columns
+
+
+def _classify(pipeline: Any, images: list, seed: int) -> dict[str, list]:
+    """The pipeline's output for `images` as columns. Score-SDE draws its noise from each image's pixels
+    (`seed_by="content"`), so an image's result does not depend on its batch, process or whether the run resumed."""
+    from ..pipelines import ScoreSDEClassifierPipeline
+
+    kwargs = {"seed": seed, "seed_by": "content"} if isinstance(pipeline, ScoreSDEClassifierPipeline) else {}
+    output = pipeline(images, **kwargs)
+    columns = {"label": list(output.labels), "score": output.scores.tolist()}
+    columns.update({f"prob_{name}": output.probs[:, k].tolist() for k, name in enumerate(pipeline.class_names)})
+    ratio = getattr(output, "log_likelihood_ratio", None)
+    if ratio is not None:
+        columns["log_likelihood_ratio"] = ratio.tolist()
+    return columns
+
+
+def _read_checked(item: PredictionInput, pipeline: Any) -> list:
+    """The item's images, each one accepted by the pipeline's preprocessing; `ValueError`/`OSError` otherwise."""
+    images = [_in_stated_range(image, pipeline.preprocessing.input_range) for image in item.read()]
+    for frame, image in enumerate(images):
+        try:
+            pipeline.preprocess([image])
+        except ValueError as error:
+            raise ValueError(f"frame {frame}: {error}" if len(images) > 1 else str(error)) from error
+    return images
+
+
+def _in_stated_range(image: Any, input_range: str) -> Any:
+    """A file's image as the pipeline's contract reads it: DICOM / 16-bit frames come as floats in `[0, 1]`, mapped by
+    `2 x - 1` (the step the contract itself applies to `[0, 1]` data) for a contract stating `[-1, 1]`; PIL images and
+    the other ranges unchanged (`"auto"` reads non-negative floats as `[0, 1]`)."""
+    if input_range == "[-1, 1]" and hasattr(image, "dtype") and image.dtype.kind == "f":
+        return image * 2.0 - 1.0
+    return image
+
+
+class _BatchWriter:
+    """Reads, classifies and commits one batch at a time as part files named by the batch's first input index."""
+
+    def __init__(self, pipeline: Any, files: OutputFiles, columns: list[str], order: dict[str, int], seed: int):
+        self.pipeline, self.files, self.columns, self.order, self.seed = pipeline, files, columns, order, seed
+        self.items, self.images, self.errors = [], [], []
+        self.failed = 0
+
+    def add(self, item: PredictionInput) -> None:
+        try:
+            images = _read_checked(item, self.pipeline)
+        except (ValueError, OSError) as error:
+            self.errors.append([item.path, str(error)])
+            self.failed += 1
+            return
+        self.items.append((item, len(images)))
+        self.images += images
+
+    def commit(self) -> None:
+        """Classify the batch and commit it: the errors part first, so a kill in between only redoes the batch."""
+        if not self.items and not self.errors:
+            return
+        paths = [item.path for item, _ in self.items] + [path for path, _ in self.errors]
+        first = min(self.order[path] for path in paths)
+        self.files.parts.mkdir(parents=True, exist_ok=True)
+        rows = self._rows() if self.images else []
+        if self.errors:
+            write_csv(self.files.parts / f"errors-{first:09d}.csv", ERROR_COLUMNS, self.errors)
+        if rows:
+            write_csv(self.files.parts / f"rows-{first:09d}.csv", self.columns, rows)
+        self.items, self.images, self.errors = [], [], []
+
+    def _rows(self) -> list[list]:
+        predicted = _classify(self.pipeline, self.images, self.seed)
+        rows, position = [], 0
+        for item, num_frames in self.items:
+            for frame in range(num_frames):
+                values = {"path": item.path, "frame": frame, "true_label": item.label}
+                values.update({column: predicted[column][position] for column in predicted})
+                rows.append([values[column] for column in self.columns])
+                position += 1
+        return rows
+
+
+def predict_files(
+    pipeline: Any,
+    inputs: Sequence[PredictionInput],
+    output_path: str | os.PathLike,
+    errors_path: Optional[str | os.PathLike] = None,
+    batch_size: int = 64,
+    run_info: Optional[dict] = None,
+    overwrite: bool = False,
+    seed: int = 0,
+    accelerator: Any = None,
+    progress_bar: bool = True,
+) -> PredictionSummary:
+    r"""
+    Classify `inputs` with `pipeline`, writing one row per image (per frame of a multi-frame DICOM) to `output_path`.
+
+    Columns: `path`, `frame` (0 for single images), `true_label` (when the inputs carry labels), `label` (the
+    predicted class), `score` (its probability), `prob_<class>` for every class, and for a binary Score-SDE pipeline
+    `log_likelihood_ratio` (`log p(x | positive) - log p(x | negative)`). Rows follow the input order.
+
+    Resumable: the results of finished batches are kept in `<output>.parts/` until the end, when they are merged
+    into the output and the errors file; a rerun skips every path already in the output, the errors file or a part.
+    `<output>.json` records the model, its classes, the columns and `run_info`: a rerun that differs is refused
+    unless `overwrite=True`, which deletes the earlier output, errors file and parts first. A file that cannot be
+    read or that the pipeline's preprocessing refuses is a row `path, reason` of the errors file; to retry such
+    files, delete their rows (or the errors file).
+
+    Args:
+        pipeline (`DiffusionClassifierPipeline`): a loaded classifier pipeline (on the device it should run on);
+            its own progress bars are turned off (`set_progress_bar_config(disable=True)`), one bar counts the files.
+        inputs (`Sequence[PredictionInput]`): from [`list_inputs`]; their paths must be unique.
+        output_path (`str` or `os.PathLike`): a `.csv` or `.parquet` file.
+        errors_path (`str` or `os.PathLike`, *optional*): a `.csv` file; default `errors.csv` beside the output.
+        batch_size (`int`, *optional*, defaults to 64): images per pipeline call and per committed batch (a
+            multi-frame file is never split, so a batch may hold more).
+        run_info (`dict`, *optional*): JSON-serialisable facts a rerun must match (the CLI records the model folder
+            and the DICOM windows).
+        overwrite (`bool`, *optional*, defaults to `False`): replace an output written by another prediction.
+        seed (`int`, *optional*, defaults to 0): the Score-SDE pipeline's seed (its draws come from the seed and each
+            image's pixels).
+        accelerator (`accelerate.Accelerator`, *optional*): split the work across its processes; each must call
+            this function with the same arguments. Default: this process alone.
+        progress_bar (`bool`, *optional*, defaults to `True`): a tqdm bar over the inputs, on the main process.
+
+    Returns:
+        [`PredictionSummary`]
+    """
+    from tqdm.auto import tqdm
+
+    files = check_output_args(output_path, errors_path, batch_size)
+    _check_inputs(inputs)
+    is_main, wait = _process_roles(accelerator)
+    columns = output_columns(pipeline, any(item.label is not None for item in inputs))
+    check_labels(inputs, pipeline.class_names)
+    run = {"run": run_info or {}, "class_names": list(pipeline.class_names), "columns": columns}
+    prepare_output_files(files, run, overwrite, is_main)
+    wait()
+    done = done_paths(files)
+    remaining = [item for item in inputs if item.path not in done]
+    mine = _share(remaining, accelerator)
+    order = {item.path: i for i, item in enumerate(inputs)}
+    writer = _BatchWriter(pipeline, files, columns, order, seed)
+    pipeline.set_progress_bar_config(disable=True)  # one bar, over the files
+    for item in tqdm(mine, desc="predict", unit="file", disable=not (progress_bar and is_main)):
+        writer.add(item)
+        if len(writer.images) >= batch_size:
+            writer.commit()
+    writer.commit()
+    failed = _sum_over_processes(writer.failed, accelerator)
+    wait()
+    rows = merge_parts(files, columns, order) if is_main else 0
+    wait()
+    return PredictionSummary(
+        output=str(files.output), errors=str(files.errors), rows=rows, predicted=len(remaining) - failed,
+        skipped=len(inputs) - len(remaining), failed=failed,
+        processes=1 if accelerator is None else accelerator.num_processes,
+    )  # fmt: skip
+
+
+def _check_inputs(inputs: Sequence[PredictionInput]) -> None:
+    if not inputs:
+        raise ValueError("inputs: expected at least one input, got none")
+    paths = [item.path for item in inputs]
+    if len(set(paths)) != len(paths):
+        duplicate = next(path for i, path in enumerate(paths) if path in paths[:i])
+        raise ValueError(f"inputs: path {duplicate!r} appears more than once; expected unique paths")
+
+
+def _process_roles(accelerator: Any) -> tuple[bool, Callable[[], None]]:
+    if accelerator is None:
+        return True, lambda: None
+    return accelerator.is_main_process, accelerator.wait_for_everyone
+
+
+def _share(items: list, accelerator: Any) -> list:
+    """This process's contiguous share of `items` (all of them without an accelerator)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return items
+    with accelerator.split_between_processes(items) as share:
+        return list(share)
+
+
+def _sum_over_processes(count: int, accelerator: Any) -> int:
+    if accelerator is None or accelerator.num_processes == 1:
+        return count
+    import torch
+
+    return int(accelerator.reduce(torch.tensor([count], device=accelerator.device), reduction="sum").item())
+
+
+# --------------------------------------------------------------------------------------------------
+# The `predict` command
+# --------------------------------------------------------------------------------------------------
+
+
+def add_predict_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of `diffusion-classifiers predict` (read by [`run_predict`]); only the standard library is used."""
+    parser.add_argument(
+        "--model_dir", required=True,
+        help="a saved classifier pipeline (model_index.json), any method: a folder or a Hub repo id 'org/name' (its "
+        "configs and safetensors are downloaded; its saved preprocessing, DICOM windows included, applies either way)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--input", required=True,
+        help="an image folder (recursive; PNG/JPEG/TIFF/... and DICOM .dcm), a .csv with a 'path' column (relative to "
+        "the CSV; a 'label' column is carried as true_label), a saved datasets folder, or one image file",
+    )  # fmt: skip
+    parser.add_argument("--output", default="predictions.csv", help="the predictions file, .csv or .parquet")
+    parser.add_argument("--errors", default=None, help="where unreadable files are listed (path, reason); None: errors.csv beside --output")
+    parser.add_argument("--batch_size", type=int, default=64, help="images per pipeline call; a killed run loses at most one batch")
+    parser.add_argument(
+        "--window", nargs="+", default=None, metavar="WINDOW",
+        help=f"DICOM input: 1 or 3 windows, one channel each, each a name ({', '.join(WINDOW_NAMES)}; 'file' is the "
+        "file's own WindowCenter/Width, 'full' its whole stored range) or a pair 'CENTER WIDTH' in HU (--window 40 80); "
+        "overrides the windows saved with the model (None: those, recorded in the output's .json)",
+    )  # fmt: skip
+    parser.add_argument("--split", default="test", help="the split to read when --input is a saved DatasetDict")
+    parser.add_argument("--image_column", default=None, help="a dataset's image column; None: its one Image column")
+    parser.add_argument("--seed", type=int, default=0, help="Score-SDE pipelines: the seed of their noise, combined with each image's pixels")
+    parser.add_argument("--overwrite", action="store_true", help="replace an output written by another model or settings instead of refusing")
+    parser.add_argument("--no_progress_bar", action="store_true", help="no tqdm bar")
+    return parser
+
+
+def run_predict(args: argparse.Namespace) -> PredictionSummary:
+    """`diffusion-classifiers predict`: every flag checked and the inputs listed before the model is loaded."""
+    from accelerate import Accelerator
+
+    from ..hub import download
+    from ..pipelines import DiffusionClassifierPipeline
+    from ..training.launch import check_world_size
+
+    windows = parse_windows(args.window) if args.window is not None else None
+    check_output_args(args.output, args.errors, args.batch_size)
+    check_input_exists(args.input)
+    # a Hub id is read from its snapshot (configs, safetensors, cards): the saved windows come from there too
+    model_dir = download(args.model_dir)
+    medical = read_saved_preprocessing(model_dir).medical_or_default
+    if windows is not None:
+        medical = replace(medical, windows=windows)
+    inputs = list_inputs(args.input, split=args.split, image_column=args.image_column, medical=medical)
+    _check_inputs(inputs)
+    accelerator = Accelerator()
+    check_world_size(accelerator)
+    pipeline = DiffusionClassifierPipeline.from_pretrained(model_dir).to(accelerator.device)
+    model_name = str(Path(args.model_dir).resolve()) if Path(args.model_dir).is_dir() else str(args.model_dir)
+    run_info = {"model_dir": model_name, "windows": _windows_json(medical.windows)}
+    summary = predict_files(
+        pipeline, inputs, args.output, args.errors, batch_size=args.batch_size, run_info=run_info,
+        overwrite=args.overwrite, seed=args.seed, accelerator=accelerator, progress_bar=not args.no_progress_bar,
+    )  # fmt: skip
+    if accelerator.is_main_process:
+        print(
+            f"{summary.output}: {summary.rows} rows ({summary.predicted} inputs predicted now on {summary.processes} "
+            f"process(es), {summary.skipped} done before); {summary.failed} unreadable -> {summary.errors}"
+        )
+    return summary
+
+
+def read_saved_preprocessing(model_dir: str | os.PathLike) -> Any:
+    """The preprocessing contract saved in a pipeline folder's `model_index.json` (a Hub repo: its snapshot, from
+    `hub.download`), read without loading the model; for a folder saved before the contract, the one it loads with."""
+    from ..data import ImagePreprocessing
+    from ..pipelines.pipeline_utils import LEGACY_PREPROCESSING, read_model_index
+
+    return ImagePreprocessing.from_dict(read_model_index(str(model_dir)).get("preprocessing", LEGACY_PREPROCESSING))
+
+
+def _windows_json(windows: Sequence[Any]) -> list:
+    return [window if isinstance(window, str) else [window.center, window.width] for window in windows]
