@@ -6,15 +6,15 @@ transformers Auto classes still find this package's model without `trust_remote_
 themselves when transformers' Auto modules load (`transformers_registration.py`).
 """
 
-import importlib
 from typing import TYPE_CHECKING
 
+from .lazy_exports import lazy_exports
 from .transformers_registration import register_when_transformers_loads
 
 __version__ = "0.1.0"
 
-# public name -> the module that defines it, imported on first access
-_LAZY = {
+# public name -> the module that defines it, imported on first use
+_EXPORTS = {
     # pipelines and their outputs
     "DiffusionClassifierPipeline": "pipelines",
     "UNetFeatureClassifierPipeline": "pipelines",
@@ -96,20 +96,8 @@ _LAZY = {
     "render_model_card": "hub",
 }
 
-__all__ = list(_LAZY)
-
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
-
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 register_when_transformers_loads()
 

@@ -109,12 +109,23 @@ def _defining_module(module: str, name: str) -> str:
             for alias in node.names:
                 if (alias.asname or alias.name) == name:
                     return _defining_module(_import_target(node, module), alias.name)
+    lazy = _lazy_exports(module) if _is_package(module) else {}
+    if name in lazy:
+        return _defining_module(f"{module}.{lazy[name]}", name)
     if _is_package(module):
         raise ValueError(
             f"cannot bundle `from {module} import {name}`: expected {name} to be re-exported from a module, not "
             "defined in (or lazily loaded by) a package __init__"
         )
     return module
+
+
+def _lazy_exports(package: str) -> Dict[str, str]:
+    """The `_EXPORTS` mapping (public name -> submodule) of a package face built with `lazy_exports`."""
+    for node in _parse(package).body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["_EXPORTS"]:
+            return ast.literal_eval(node.value)
+    return {}
 
 
 def _bundled_source(module: str) -> Tuple[str, Dict[str, str]]:

@@ -12,73 +12,44 @@
   [`few_label_indices`] (`splits.py`): seeded subsets.
 """
 
-from .dicom import (
-    DICOM_EXTENSIONS,
-    WINDOW_PRESETS,
-    DicomImage,
-    MedicalPreprocessing,
-    Window,
-    read_16bit_image,
-    read_dicom,
-    read_dicom_folder,
-    window_channels,
-)
-from .preprocessing import ImagePreprocessing, preprocess_images
-from .readers import (
-    DEFAULT_DIGITS_SIZE,
-    DEFAULT_FOLDER_SIZE,
-    FASHION_MNIST_CLASSES,
-    IMAGE_EXTENSIONS,
-    LabeledImages,
-    PNEUMONIAMNIST_CLASSES,
-    SPLITS,
-    add_data_args,
-    load_data_from_args,
-    load_image_classification_data,
-    read_classification_split,
-    read_idx,
-    to_datasets,
-)
-from .splits import (
-    few_label_indices,
-    long_tailed_indices,
-    stratified_group_split,
-    stratified_split,
-    stratified_subset_indices,
-)
-from .streaming import StreamingImages, streaming_data_from_args, streaming_image_classification_data
+from ..lazy_exports import lazy_exports
 
-__all__ = [
-    "DEFAULT_DIGITS_SIZE",
-    "DEFAULT_FOLDER_SIZE",
-    "DICOM_EXTENSIONS",
-    "DicomImage",
-    "FASHION_MNIST_CLASSES",
-    "IMAGE_EXTENSIONS",
-    "ImagePreprocessing",
-    "PNEUMONIAMNIST_CLASSES",
-    "SPLITS",
-    "StreamingImages",
-    "LabeledImages",
-    "MedicalPreprocessing",
-    "WINDOW_PRESETS",
-    "Window",
-    "add_data_args",
-    "few_label_indices",
-    "load_data_from_args",
-    "load_image_classification_data",
-    "long_tailed_indices",
-    "preprocess_images",
-    "read_16bit_image",
-    "read_classification_split",
-    "read_dicom",
-    "read_dicom_folder",
-    "read_idx",
-    "stratified_group_split",
-    "stratified_split",
-    "stratified_subset_indices",
-    "streaming_data_from_args",
-    "streaming_image_classification_data",
-    "to_datasets",
-    "window_channels",
-]
+# public name -> the module that defines it, imported on first use
+_EXPORTS = {
+    "DEFAULT_DIGITS_SIZE": "readers",
+    "DEFAULT_FOLDER_SIZE": "readers",
+    "DICOM_EXTENSIONS": "dicom",
+    "DicomImage": "dicom",
+    "FASHION_MNIST_CLASSES": "readers",
+    "IMAGE_EXTENSIONS": "readers",
+    "ImagePreprocessing": "preprocessing",
+    "PNEUMONIAMNIST_CLASSES": "readers",
+    "SPLITS": "readers",
+    "StreamingImages": "streaming",
+    "LabeledImages": "readers",
+    "MedicalPreprocessing": "dicom",
+    "WINDOW_PRESETS": "dicom",
+    "Window": "dicom",
+    "add_data_args": "arguments",
+    "few_label_indices": "splits",
+    "load_data_from_args": "readers",
+    "load_image_classification_data": "readers",
+    "long_tailed_indices": "splits",
+    "preprocess_images": "preprocessing",
+    "read_16bit_image": "dicom",
+    "read_classification_split": "readers",
+    "read_dicom": "dicom",
+    "read_dicom_folder": "dicom",
+    "read_idx": "readers",
+    "stratified_group_split": "splits",
+    "stratified_split": "splits",
+    "stratified_subset_indices": "splits",
+    "stratified_train_val_test_split": "splits",
+    "streaming_data_from_args": "streaming",
+    "streaming_image_classification_data": "streaming",
+    "to_datasets": "readers",
+    "window_channels": "dicom",
+}
+
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

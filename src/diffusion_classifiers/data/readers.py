@@ -30,7 +30,6 @@ from ..validation import check_finite_rows
 from .dicom import (
     DICOM_EXTENSIONS,
     MedicalPreprocessing,
-    WINDOW_NAMES,
     check_same_slice_size,
     parse_windows,
     read_16bit_image,
@@ -49,7 +48,6 @@ __all__ = [
     "LabeledImages",
     "PNEUMONIAMNIST_CLASSES",
     "SPLITS",
-    "add_data_args",
     "load_data_from_args",
     "load_image_classification_data",
     "read_classification_split",
@@ -893,33 +891,6 @@ def to_datasets(labeled: dict[str, LabeledImages]) -> Any:
 # --------------------------------------------------------------------------------------------------
 # Script arguments
 # --------------------------------------------------------------------------------------------------
-
-
-def add_data_args(parser: Any, image_size: int | None = None, streaming: bool = False) -> Any:
-    """The `--dataset`, `--image_size`, `--num_channels` flags every script shares (read by [`load_data_from_args`]),
-    and with `streaming` the `--streaming` flag (read by `data.streaming_data_from_args`) of scripts whose trainer
-    takes a dataset."""
-    parser.add_argument(
-        "--dataset", default="digits",
-        help="'digits', a MedMNIST .npz, an IDX folder, an image folder (DICOM .dcm included), a .csv of "
-        "path,label[,patient_id] or (with --streaming) a saved datasets folder (default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument("--image_size", type=int, default=image_size, help="resize to this size (default: the dataset's)")
-    parser.add_argument("--num_channels", type=int, default=None, choices=[1, 3], help="1 or 3 (default: the dataset's)")
-    parser.add_argument(
-        "--window", nargs="+", default=None, metavar="WINDOW",
-        help=f"DICOM files: the windows, one channel each, each a name ({', '.join(WINDOW_NAMES)}) or a pair 'CENTER "
-        "WIDTH' in HU (--window brain subdural bone; --window 40 80); saved with the model (default: each file's own "
-        "WindowCenter/Width, 'file')",
-    )  # fmt: skip
-    if streaming:
-        parser.add_argument(
-            "--streaming", action="store_true",
-            help="decode the images of an image folder, CSV or saved datasets folder only when a batch needs them "
-            "(data larger than memory; --dataloader_num_workers decode in parallel); needs --num_channels; "
-            "--image_size defaults to 32 (default: %(default)s, every image decoded into memory first)",
-        )  # fmt: skip
-    return parser
 
 
 def load_data_from_args(args: Any) -> dict[str, LabeledImages]:

@@ -4,55 +4,39 @@ Saved pipelines record `diffusion_classifiers.models.rc_dit`, `.linear_probe_hea
 paths of their components: those modules keep their names.
 """
 
-from .encoders import (
-    PretrainedImageEncoder,
-    build_vit_encoder,
-    encode_representation,
-    load_pretrained_encoder,
-    pretrained_pixel_values,
-    representation_size,
-)
-from .linear_probe_head import LinearProbeHead
-from .prototype_head import PrototypeHead, fit_prototypes
-from .rc_dit import (
-    RC_DIT_SIZES,
-    DiTBlock,
-    RCDiTModelOutput,
-    RepresentationConditionedDiTModel,
-    check_encoder_matches,
-    rc_dit_config,
-)
-from .supervised_cnn import SupervisedCNN, count_parameters
-from .unet_presets import UNET_PRESETS, unet_config
-from .vae_latents import decode_latents, encode_latents, vae_scale_factor
+from ..lazy_exports import lazy_exports
 
-__all__ = [
+# public name -> the module that defines it, imported on first use
+_EXPORTS = {
     # heads
-    "LinearProbeHead",
-    "PrototypeHead",
-    "fit_prototypes",
+    "LinearProbeHead": "linear_probe_head",
+    "PrototypeHead": "prototype_head",
+    "fit_prototypes": "prototype_head",
     # representation-conditioned DiT
-    "RC_DIT_SIZES",
-    "DiTBlock",
-    "RCDiTModelOutput",
-    "RepresentationConditionedDiTModel",
-    "check_encoder_matches",
-    "rc_dit_config",
+    "RC_DIT_SIZES": "rc_dit",
+    "DiTBlock": "rc_dit",
+    "RCDiTModelOutput": "rc_dit",
+    "RepresentationConditionedDiTModel": "rc_dit",
+    "check_encoder_matches": "rc_dit",
+    "rc_dit_config": "rc_dit",
     # encoders
-    "PretrainedImageEncoder",
-    "build_vit_encoder",
-    "encode_representation",
-    "load_pretrained_encoder",
-    "pretrained_pixel_values",
-    "representation_size",
+    "PretrainedImageEncoder": "encoders",
+    "build_vit_encoder": "encoders",
+    "encode_representation": "encoders",
+    "load_pretrained_encoder": "encoders",
+    "pretrained_pixel_values": "encoders",
+    "representation_size": "encoders",
     # VAE latents
-    "decode_latents",
-    "encode_latents",
-    "vae_scale_factor",
+    "decode_latents": "vae_latents",
+    "encode_latents": "vae_latents",
+    "vae_scale_factor": "vae_latents",
     # U-Net sizes
-    "UNET_PRESETS",
-    "unet_config",
+    "UNET_PRESETS": "unet_presets",
+    "unet_config": "unet_presets",
     # supervised baseline
-    "SupervisedCNN",
-    "count_parameters",
-]
+    "SupervisedCNN": "supervised_cnn",
+    "count_parameters": "supervised_cnn",
+}
+
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,37 @@
+"""The data flags every script shares (`--dataset`, `--image_size`, `--num_channels`, `--window`, `--streaming`).
+
+Kept apart from the readers, which import torch, so that a script's `--help` answers at once.
+"""
+
+from typing import Any
+
+from .dicom import WINDOW_NAMES
+
+__all__ = ["add_data_args"]
+
+
+def add_data_args(parser: Any, image_size: int | None = None, streaming: bool = False) -> Any:
+    """The `--dataset`, `--image_size`, `--num_channels` flags every script shares (read by [`load_data_from_args`]),
+    and with `streaming` the `--streaming` flag (read by `data.streaming_data_from_args`) of scripts whose trainer
+    takes a dataset."""
+    parser.add_argument(
+        "--dataset", default="digits",
+        help="'digits', a MedMNIST .npz, an IDX folder, an image folder (DICOM .dcm included), a .csv of "
+        "path,label[,patient_id] or (with --streaming) a saved datasets folder (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument("--image_size", type=int, default=image_size, help="resize to this size (default: the dataset's)")
+    parser.add_argument("--num_channels", type=int, default=None, choices=[1, 3], help="1 or 3 (default: the dataset's)")
+    parser.add_argument(
+        "--window", nargs="+", default=None, metavar="WINDOW",
+        help=f"DICOM files: the windows, one channel each, each a name ({', '.join(WINDOW_NAMES)}) or a pair 'CENTER "
+        "WIDTH' in HU (--window brain subdural bone; --window 40 80); saved with the model (default: each file's own "
+        "WindowCenter/Width, 'file')",
+    )  # fmt: skip
+    if streaming:
+        parser.add_argument(
+            "--streaming", action="store_true",
+            help="decode the images of an image folder, CSV or saved datasets folder only when a batch needs them "
+            "(data larger than memory; --dataloader_num_workers decode in parallel); needs --num_channels; "
+            "--image_size defaults to 32 (default: %(default)s, every image decoded into memory first)",
+        )  # fmt: skip
+    return parser
