@@ -20,13 +20,17 @@ from PIL import Image
 from ..validation import check_finite_rows
 from .dicom import _PIL_16BIT_MODES, DICOM_EXTENSIONS, MedicalPreprocessing
 
-__all__ = ["INPUT_RANGES", "RESAMPLE_MODES", "ImagePreprocessing", "preprocess_images"]
+__all__ = ["INPUT_RANGES", "RESAMPLE_MODES", "RESIZE_MODES", "ImagePreprocessing", "preprocess_images"]
 
 # The stated value ranges of float inputs. "auto" is the rule of models saved before the range was stated: [-1, 1]
 # when any float input of the call is negative, else [0, 1] (decided once per call, never per image).
 INPUT_RANGES = ("[-1, 1]", "[0, 1]", "auto")
 # Resampling filters (torch.nn.functional.interpolate modes); bilinear and bicubic antialias when downsizing.
 RESAMPLE_MODES = ("bilinear", "bicubic", "nearest")
+# How an image meets `image_size`: stretched to it (the rule of models saved before the mode was stated), scaled to fit
+# inside it keeping the aspect ratio and padded with `pad_value` (elongated plankton), or scaled to cover it and
+# centre-cropped.
+RESIZE_MODES = ("stretch", "pad", "crop")
 
 # The values of `input_data_format` (transformers' `ChannelDimension` values); `None` infers the layout.
 _INPUT_DATA_FORMATS = ("channels_first", "channels_last")
@@ -62,7 +66,7 @@ class ImagePreprocessing:
 
     Args:
         image_size (`int` or `Tuple[int, int]`, *optional*): `int` (square) or `(height, width)`; `None` keeps the
-            size (then all images must have one size). The aspect ratio is not kept.
+            size (then all images must have one size). `resize_mode` says whether the aspect ratio is kept.
         num_channels (`int`, *optional*): 1 or 3. 1 -> 3 repeats the channel; 3 -> 1 takes the ITU-R 601 luma
             (0.299 R + 0.587 G + 0.114 B, as PIL's `convert("L")`). `None` keeps the channels when all images agree
             and gives 3 when grayscale and color images are mixed.
@@ -76,6 +80,11 @@ class ImagePreprocessing:
         medical ([`MedicalPreprocessing`] or `dict`, *optional*): how DICOM files (`.dcm`, `.dicom`) and 16-bit
             PNG / TIFF given as paths are read: the DICOM windows (one channel each) and the bit depth. `None`:
             `MedicalPreprocessing()` (each DICOM's own window, 16-bit images by their maximum's bit depth).
+        resize_mode (`str`, *optional*, defaults to `"stretch"`): how an image meets `image_size`: `"stretch"` to it
+            (the aspect ratio is not kept), `"pad"` (scaled to fit inside it keeping the aspect ratio, centred, the
+            rest filled with `pad_value`) or `"crop"` (scaled to cover it keeping the aspect ratio, centre-cropped).
+        pad_value (`float`, *optional*, defaults to -1.0): the fill of `"pad"`, on the output scale `[-1, 1]`: -1
+            black, 1 white (the background of dark organisms imaged on white).
     """
 
     image_size: int | tuple[int, int] | None = None
@@ -83,6 +92,8 @@ class ImagePreprocessing:
     input_range: str = "[-1, 1]"
     resample: str = "bilinear"
     medical: MedicalPreprocessing | None = None
+    resize_mode: str = "stretch"
+    pad_value: float = -1.0
 
     def __post_init__(self) -> None:
         size = _check_image_size(self.image_size)
@@ -93,6 +104,10 @@ class ImagePreprocessing:
             raise ValueError(f"input_range: expected one of {list(INPUT_RANGES)}, got {self.input_range!r}")
         if self.resample not in RESAMPLE_MODES:
             raise ValueError(f"resample: expected one of {list(RESAMPLE_MODES)}, got {self.resample!r}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode: expected one of {list(RESIZE_MODES)}, got {self.resize_mode!r}")
+        if isinstance(self.pad_value, bool) or not isinstance(self.pad_value, (int, float)) or not -1 <= self.pad_value <= 1:
+            raise ValueError(f"pad_value: expected a number in [-1, 1] (the output scale), got {self.pad_value!r}")
         if isinstance(self.medical, dict):
             object.__setattr__(self, "medical", MedicalPreprocessing.from_dict(self.medical))
         elif self.medical is not None and not isinstance(self.medical, MedicalPreprocessing):
@@ -105,6 +120,8 @@ class ImagePreprocessing:
         config = asdict(replace(self, medical=None))
         config["image_size"] = list(self.image_size) if isinstance(self.image_size, tuple) else self.image_size
         config["medical"] = None if self.medical is None else self.medical.to_dict()
+        if self.resize_mode == "stretch" and self.pad_value == -1.0:  # saved as before the resize mode existed
+            del config["resize_mode"], config["pad_value"]
         return config
 
     @classmethod
@@ -114,7 +131,7 @@ class ImagePreprocessing:
             return config
         if not isinstance(config, dict):
             raise ValueError(f"preprocessing: expected a dict or an ImagePreprocessing, got {type(config).__name__}")
-        known = ("image_size", "num_channels", "input_range", "resample", "medical")
+        known = ("image_size", "num_channels", "input_range", "resample", "medical", "resize_mode", "pad_value")
         unknown = sorted(set(config) - set(known))
         if unknown:
             raise ValueError(f"preprocessing: unknown keys {unknown}; expected some of {list(known)}")
@@ -204,7 +221,7 @@ def preprocess_images(
     if target_size is None:
         _check_same_size(batches, offsets)
     else:
-        batches = [_resize(batch, target_size, contract.resample) for batch in batches]
+        batches = [_fit(batch, target_size, contract) for batch in batches]
     return torch.cat(batches).clamp_(-1.0, 1.0).contiguous()
 
 
@@ -396,6 +413,23 @@ def _convert_channels(batch: torch.Tensor, num_channels: int) -> torch.Tensor:
     if num_channels == 3:
         return batch.repeat(1, 3, 1, 1)
     return torch.einsum("nchw,c->nhw", batch, _LUMA)[:, None]
+
+
+def _fit(batch: torch.Tensor, size: tuple[int, int], contract: ImagePreprocessing) -> torch.Tensor:
+    """`batch` [n, C, h, w] to `size` as `contract.resize_mode` says."""
+    if contract.resize_mode == "stretch":
+        return _resize(batch, size, contract.resample)
+    height, width = batch.shape[-2:]
+    fit = min if contract.resize_mode == "pad" else max  # fit inside the target, or cover it
+    scale = fit(size[0] / height, size[1] / width)
+    scaled = (max(1, round(height * scale)), max(1, round(width * scale)))
+    batch = _resize(batch, scaled, contract.resample)
+    top, left = (size[0] - scaled[0]) // 2, (size[1] - scaled[1]) // 2
+    if contract.resize_mode == "crop":
+        return batch[:, :, -top : -top + size[0], -left : -left + size[1]]
+    out = batch.new_full((*batch.shape[:2], *size), float(contract.pad_value))
+    out[:, :, top : top + scaled[0], left : left + scaled[1]] = batch
+    return out
 
 
 def _resize(batch: torch.Tensor, size: tuple[int, int], resample: str = "bilinear") -> torch.Tensor:

@@ -33,8 +33,13 @@ def unet_config(
         raise ValueError(f"expected a U-Net preset in {sorted(UNET_PRESETS)}, got {preset!r}")
     config = dict(UNET_PRESETS[preset])
     levels = len(config["block_out_channels"])
-    if sample_size % 2 ** (levels - 1):
-        raise ValueError(f"expected sample_size divisible by {2 ** (levels - 1)} for preset {preset!r}, got {sample_size}")
+    factor = 2 ** (levels - 1)  # each level halves the resolution: the deepest must be whole
+    if isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size < factor or sample_size % factor:
+        nearest = sorted({max(factor, sample_size // factor * factor), (sample_size // factor + 1) * factor}) if isinstance(sample_size, int) else [factor]
+        raise ValueError(
+            f"expected sample_size divisible by {factor} for preset {preset!r}, got {sample_size!r}: its {levels} "
+            f"levels halve the image {levels - 1} times; use e.g. {' or '.join(map(str, nearest))} px"
+        )
     resolutions = [sample_size // 2**level for level in range(levels)]
     attention_level = min(range(levels), key=lambda level: abs(resolutions[level] - ATTENTION_RESOLUTION))
     down = ["AttnDownBlock2D" if level == attention_level else "DownBlock2D" for level in range(levels)]

@@ -22,6 +22,7 @@ __all__ = [
     "kmeans_evaluate",
     "knn_classify",
     "prototype_classify",
+    "select_clustering_without_labels",
 ]
 
 Shots = Union[int, str, None]
@@ -32,26 +33,100 @@ Shots = Union[int, str, None]
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def kmeans_evaluate(features, labels, num_classes: int, seed: int = 0, standardize: bool = True) -> dict:
+def kmeans_evaluate(
+    features, labels, num_classes: int, seed: int = 0, standardize: bool = True, num_clusters: Optional[int] = None
+) -> dict:
     r"""
-    Label-free grouping: k-means with `num_classes` clusters (`n_init=10`, `random_state=seed`) on the features,
-    scored with [`~metrics.clustering_metrics`] (NMI, ARI, Hungarian-matched accuracy and macro-F1, purity).
+    Label-free grouping: k-means with `num_clusters` clusters (default `num_classes`; `n_init=10`,
+    `random_state=seed`) on the features, scored with [`~metrics.clustering_metrics`] (NMI, ARI, Hungarian-matched
+    accuracy and macro-F1, purity; with more clusters than classes the unmatched clusters count as errors).
 
     Returns:
         `dict` of the metrics plus `clusters`, the `np.ndarray` cluster id of each sample.
+
+    Raises:
+        `ValueError`: more clusters than images, or features that are not `[N, D]` with one row per label.
     """
-    x = np.asarray(features.detach().cpu() if hasattr(features, "detach") else features, dtype=np.float64)
+    x = _checked_clustering_features(features)
     y = as_labels(labels, "labels")
-    if x.ndim != 2 or len(x) != len(y) or len(x) < num_classes:
-        raise ValueError(
-            f"expected features [N, D] with one row per label and N >= num_classes={num_classes}, "
-            f"got {x.shape} for {len(y)} labels"
-        )
-    check_finite_rows(x, "features")
+    num_clusters = num_classes if num_clusters is None else num_clusters
+    if len(x) != len(y):
+        raise ValueError(f"expected features [N, D] with one row per label, got {x.shape} for {len(y)} labels")
+    _check_num_clusters(num_clusters, len(x))
     if standardize:
         x = StandardScaler().fit_transform(x)
-    clusters = KMeans(n_clusters=num_classes, n_init=10, random_state=seed).fit_predict(x)
+    clusters = KMeans(n_clusters=num_clusters, n_init=10, random_state=seed).fit_predict(x)
     return {**clustering_metrics(y, clusters, num_classes), "clusters": clusters}
+
+
+def select_clustering_without_labels(
+    features: Dict[tuple, object],
+    candidate_num_clusters: Sequence[int],
+    default_num_clusters: int,
+    seed: int = 0,
+    standardize: bool = True,
+    n_init: int = 3,
+) -> dict:
+    r"""
+    Choose the feature and the number of clusters K of k-means without labels, by the silhouette score (cosine,
+    scikit-learn's `silhouette_score`) of the k-means clustering: first the feature with the best silhouette at
+    `default_num_clusters`, then on it the K in `candidate_num_clusters` with the best silhouette.
+
+    Args:
+        features: `key -> [N, D]` features of one split (val), keyed e.g. `(block, timestep)` as
+            `DiffusionFeatureExtractor.extract` returns them; no labels are read.
+        candidate_num_clusters: the K to choose from, each at most N.
+        default_num_clusters: the K the features are compared at (the number of classes when it is known).
+        n_init: k-means restarts per fit (`random_state=seed`).
+
+    Returns:
+        `dict` with `pair` (the chosen key, as a list), `num_clusters`, `silhouette_by_pair` (the key joined by "/",
+        e.g. `"mid_block/100"` -> score at `default_num_clusters`) and `silhouette_by_num_clusters` (K -> score on the
+        chosen key).
+    """
+    from sklearn.metrics import silhouette_score
+
+    if not features:
+        raise ValueError("expected features as a non-empty dict (block, timestep) -> [N, D]")
+    candidates = sorted({int(k) for k in candidate_num_clusters} | {int(default_num_clusters)})
+
+    def silhouette(x: np.ndarray, k: int) -> float:
+        clusters = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(x)
+        return float(silhouette_score(x, clusters, metric="cosine"))
+
+    prepared = {}
+    for pair, value in features.items():
+        x = _checked_clustering_features(value)
+        for k in candidates:
+            _check_num_clusters(k, len(x))
+        prepared[pair] = StandardScaler().fit_transform(x) if standardize else x
+    by_pair = {pair: silhouette(x, int(default_num_clusters)) for pair, x in prepared.items()}
+    best_pair = max(by_pair, key=by_pair.get)
+    by_k = {k: (by_pair[best_pair] if k == default_num_clusters else silhouette(prepared[best_pair], k)) for k in candidates}
+    return {
+        "pair": list(best_pair),
+        "num_clusters": max(by_k, key=by_k.get),
+        "silhouette_by_pair": {"/".join(map(str, key)): score for key, score in by_pair.items()},
+        "silhouette_by_num_clusters": by_k,
+    }
+
+
+def _checked_clustering_features(features) -> np.ndarray:
+    x = np.asarray(features.detach().cpu() if hasattr(features, "detach") else features, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"expected features [N, D], got shape {x.shape}")
+    check_finite_rows(x, "features")
+    return x
+
+
+def _check_num_clusters(num_clusters: int, num_images: int) -> None:
+    if isinstance(num_clusters, bool) or not isinstance(num_clusters, (int, np.integer)) or num_clusters < 1:
+        raise ValueError(f"number of clusters K: expected an integer >= 1, got {num_clusters!r}")
+    if num_clusters > num_images:
+        raise ValueError(
+            f"number of clusters K={num_clusters} is larger than the number of images ({num_images}); expected "
+            f"K <= {num_images}: cluster more images or ask for fewer clusters"
+        )
 
 
 # ------------------------------------------------------------------------------------------------------------------

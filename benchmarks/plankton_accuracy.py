@@ -1,0 +1,623 @@
+"""The plankton study on NDSB 2015: frozen DDPM U-Net features vs a supervised CNN, a SimCLR ViT and raw pixels,
+121 long-tailed classes, long-tailed and class-balanced test, label efficiency, and a shift to FlowCam images.
+
+One run, every choice made on val, test only reported:
+
+1. splits: seeded, stratified train / val / test of `../shared/data/ndsb2015_plankton/train` (at least 2 images of
+   every class in val and in test); test is reported as it is (long-tailed) and as a class-balanced subset (the same
+   number of every class, as many as the rarest class has in test);
+2. images: grey, aspect-preserving resize into a square with white padding (`ImagePreprocessing(resize_mode="pad",
+   pad_value=1)`: the organisms are dark on a white background and elongated);
+3. method: an unconditional DDPM U-Net (EMA) trained on the train images without labels; the probe grid over blocks
+   x timesteps x pooling fitted on the labels of the largest few-label subset and chosen on val; the chosen feature
+   of every image then probed with 1%, 10% and 100% of the train labels (each fraction re-chooses its pair on its
+   own labels when it is within the grid subset), plus a class-weighted probe; k-means with K = 121 on the chosen
+   test features, beside the feature and K chosen without labels (silhouette on val);
+4. baselines on the same splits and images: a supervised CNN of about the U-Net encoder's size (natural and
+   class-balanced sampling, the better val macro-F1 reported), a SimCLR ViT trained on the same unlabeled images for
+   the same number of optimizer steps and probed the same way, a linear probe on raw pixels;
+5. shift: the 105 FlowCam images (6 classes, another instrument and sea) classified few-shot from each method's
+   frozen features (nearest prototype and linear probe, k = 1, 5, all per class, 5-fold cross-validation).
+
+Presets (`--preset`): `cpu` fits 45 minutes on one CPU thread (32 px, the tiny U-Net, 350 optimizer steps of batch
+64 for the DDPM, SimCLR and each CNN, the grid on the 10% label subset, 3 timesteps, 2x2 pooling); `gpu` is the
+full-size configuration for one H100/H200 (64 px, the small U-Net, bf16, 3000 DDPM and SimCLR steps and 1500 CNN
+steps of batch 256, the library's 6 default timesteps, mean and 2x2 pooling; sized by estimate, not yet run).
+`--quick` is a smoke run under a minute (16 px, 8 images per class, a few steps).
+
+    python benchmarks/plankton_accuracy.py --quick
+    python benchmarks/plankton_accuracy.py                 # writes benchmarks/results/plankton_accuracy.json + PNG
+    python benchmarks/plankton_accuracy.py --preset gpu    # writes benchmarks/results/plankton_accuracy_gpu.json
+
+Data: PlanktonSet 1.0 (Cowen et al. 2015, NOAA NCEI accession 0127422) and the planktonclas FlowCam demo images
+(Decrop et al. 2025, VLIZ, Apache-2.0).
+"""
+
+import dataclasses
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+import _common
+from _common import base_parser, data_path, few_label_subsets, report, setup, target_entry, timed, training_arguments
+from diffusion_classifiers.data import IMAGE_EXTENSIONS, ImagePreprocessing, LabeledImages, few_label_indices
+from diffusion_classifiers.data.splits import stratified_train_val_test_split
+from diffusion_classifiers.features import DiffusionFeatureExtractor
+from diffusion_classifiers.metrics import classification_metrics
+from diffusion_classifiers.models import build_vit_encoder, count_parameters, encode_representation
+from diffusion_classifiers.models.unet_presets import unet_config
+from diffusion_classifiers.plots import plot_label_efficiency
+from diffusion_classifiers.probing import few_shot_indices, fit_probe_grid, kmeans_evaluate, prototype_classify
+from diffusion_classifiers.probing.protocols import select_clustering_without_labels
+from diffusion_classifiers.training import (
+    class_balanced_sampler,
+    predict_proba,
+    train_contrastive_encoder,
+    train_ddpm_unet,
+    train_supervised_cnn,
+)
+
+NAME = "plankton_accuracy"
+SPLITS = ("train", "val", "test")
+TAIL_TRAIN_IMAGES = 50  # a class with fewer train images than this is in the tail
+SHOTS = (1, 5, None)  # FlowCam labelled images per class; None: all of the fold's training images
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The sizes of one run."""
+
+    image_size: int
+    unet_preset: str
+    train_steps: int  # DDPM and SimCLR optimizer steps (the same budget for both)
+    cnn_steps: int
+    train_batch_size: int
+    timesteps: Tuple[int, ...]
+    pools: Tuple[str, ...]  # "2x2" alone suffices on a budget: a linear probe on it can compute the "mean" one
+    vit: Dict[str, int]  # build_vit_encoder sizes of the SimCLR baseline
+    cnn_widths: Tuple[int, ...]  # about the U-Net encoder's parameter count (conv_in, time embedding, down, mid)
+    images_per_class: Optional[int] = None  # quick runs read at most this many images of each class
+    num_episodes: int = 5  # FlowCam few-shot draws
+    batch_size: int = 256  # feature extraction and encoding (on CPU 64: the timesteps of a batch share one forward)
+    mixed_precision: str = "no"
+
+
+PRESETS = {
+    "quick": Preset(
+        16, "tiny", 4, 4, 16, (50, 200), ("mean",), dict(hidden_size=32, num_layers=1, num_heads=2, patch_size=4),
+        (16, 32, 80), images_per_class=8, num_episodes=1, batch_size=64,
+    ),
+    "cpu": Preset(
+        32, "tiny", 350, 350, 64, (25, 100, 300), ("2x2",),
+        dict(hidden_size=128, num_layers=4, num_heads=4, patch_size=4), (16, 32, 80), batch_size=64,
+    ),
+    "gpu": Preset(
+        64, "small", 3000, 1500, 256, (10, 25, 50, 100, 200, 400), ("mean", "2x2"),
+        dict(hidden_size=192, num_layers=6, num_heads=3, patch_size=8), (32, 64, 160), batch_size=1024,
+        mixed_precision="bf16",
+    ),
+}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Options
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def parse_args():
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="cpu", choices=["cpu", "gpu"], help="run sizes (see the docstring); default cpu")
+    parser.add_argument("--data", default=None, help="class folders <root>/<class>/<image>; default NDSB 2015's train folder")
+    parser.add_argument(
+        "--shift_data", default=None, help="class folders of the shifted set; default the FlowCam demo's images folder"
+    )
+    parser.add_argument("--image_size", type=int, default=None, help="square side in px; default: the preset's")
+    parser.add_argument("--unet_preset", default=None, help="tiny, small or base; default: the preset's")
+    parser.add_argument("--max_train_steps", type=int, default=None, help="DDPM and SimCLR steps; default: the preset's")
+    parser.add_argument("--cnn_steps", type=int, default=None, help="CNN steps per run; default: the preset's")
+    parser.add_argument("--timesteps", type=int, nargs="+", default=None, help="the grid's timesteps; default: the preset's")
+    parser.add_argument("--learning_rate", type=float, default=5e-4, help="DDPM learning rate; default 5e-4")
+    parser.add_argument("--simclr_learning_rate", type=float, default=3e-4, help="SimCLR learning rate; default 3e-4")
+    parser.add_argument("--cnn_learning_rate", type=float, default=1e-3, help="CNN learning rate; default 1e-3")
+    parser.add_argument(
+        "--label_fractions", type=float, nargs="+", default=None,
+        help="few-label regimes besides all labels, fractions of every class (at least 1 image each); default 0.01 "
+        "0.1 (0.1 with --quick)",
+    )  # fmt: skip
+    parser.add_argument("--val_fraction", type=float, default=0.1, help="of the images left after test; default 0.1")
+    parser.add_argument("--test_fraction", type=float, default=0.2, help="of every class; default 0.2")
+    args = parser.parse_args()
+    if args.num_threads is None and (args.quick or args.preset == "cpu"):
+        args.num_threads = 1  # small convolutions on a shared CPU run faster on one thread
+    args.label_fractions = args.label_fractions or ([0.1] if args.quick else [0.01, 0.1])
+    preset = PRESETS["quick" if args.quick else args.preset]
+    overrides = {
+        "image_size": args.image_size, "unet_preset": args.unet_preset, "train_steps": args.max_train_steps,
+        "cnn_steps": args.cnn_steps, "timesteps": tuple(args.timesteps) if args.timesteps else None,
+    }  # fmt: skip
+    args.budget = dataclasses.replace(preset, **{k: v for k, v in overrides.items() if v is not None})
+    check_args(parser, args)
+    return args
+
+
+def check_args(parser, args) -> None:
+    """Refuse what would fail later, before any image is read: a size the U-Net cannot take, missing folders."""
+    try:
+        unet_config(args.budget.unet_preset, args.budget.image_size)
+    except ValueError as error:
+        parser.error(f"--image_size / --unet_preset: {error}")
+    if args.budget.image_size % args.budget.vit["patch_size"]:
+        parser.error(f"--image_size: expected a multiple of the ViT patch size {args.budget.vit['patch_size']}")
+    if not all(0 < f < 1 for f in args.label_fractions):
+        parser.error(f"--label_fractions: expected numbers strictly between 0 and 1, got {args.label_fractions}")
+    args.data = Path(args.data) if args.data else data_path("ndsb2015_plankton", "train")
+    args.shift_data = Path(args.shift_data) if args.shift_data else data_path("plankton_flowcam_demo", "images")
+    for flag, folder in (("--data", args.data), ("--shift_data", args.shift_data)):
+        if not folder.is_dir():
+            parser.error(f"{flag}: expected a folder of class folders, got {folder}")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Data
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def preprocessing(budget: Preset) -> ImagePreprocessing:
+    """Grey, aspect ratio kept, padded with white (the background of these images)."""
+    return ImagePreprocessing(budget.image_size, 1, resize_mode="pad", pad_value=1.0)
+
+
+def list_class_folders(root: Path, images_per_class: Optional[int] = None) -> Tuple[list, np.ndarray, list]:
+    """The image files of `<root>/<class>/<image>` (sorted; at most `images_per_class` of each, evenly spaced), their
+    labels and the class names (the sorted folder names)."""
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    per_class = [sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS) for d in class_dirs]
+    empty = [d.name for d, files in zip(class_dirs, per_class) if not files]
+    if not class_dirs or empty:
+        raise ValueError(f"{root}: expected class folders with images in each, got {len(class_dirs)} (empty: {empty})")
+    if images_per_class:
+        per_class = [files[:: max(1, len(files) // images_per_class)][:images_per_class] for files in per_class]
+    labels = np.repeat(np.arange(len(per_class)), [len(files) for files in per_class])
+    return [f for files in per_class for f in files], labels, [d.name for d in class_dirs]
+
+
+def read_images(files: Sequence[Path], labels: np.ndarray, names: list, contract: ImagePreprocessing) -> LabeledImages:
+    return LabeledImages(contract([str(f) for f in files]), torch.from_numpy(labels), names, contract)
+
+
+def load_splits(args) -> Tuple[Dict[str, LabeledImages], torch.Tensor]:
+    """The seeded stratified splits (the error names a class too small for them before any image is decoded) and the
+    indices of the class-balanced test subset."""
+    files, labels, names = list_class_folders(args.data, args.budget.images_per_class)
+    index = stratified_train_val_test_split(
+        labels, args.val_fraction, args.test_fraction, seed=args.seed, min_per_class=2, class_names=names
+    )
+    contract = preprocessing(args.budget)
+    splits = {name: read_images([files[i] for i in index[name]], labels[index[name]], names, contract) for name in SPLITS}
+    test_labels = splits["test"].labels
+    rarest = int(torch.bincount(test_labels, minlength=len(names)).min())
+    balanced = torch.from_numpy(few_label_indices(test_labels, n_per_class=rarest, seed=args.seed))
+    return splits, balanced
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Scoring
+# ------------------------------------------------------------------------------------------------------------------
+
+
+class Scorer:
+    """Test metrics of a method's predictions: long-tailed test (with macro-F1 over the tail classes) and the
+    class-balanced subset."""
+
+    def __init__(self, splits: Dict[str, LabeledImages], balanced: torch.Tensor):
+        self.test, self.balanced = splits["test"], balanced
+        train_counts = torch.bincount(splits["train"].labels, minlength=self.test.num_classes)
+        self.tail = [self.test.class_names[c] for c in torch.nonzero(train_counts < TAIL_TRAIN_IMAGES).flatten().tolist()]
+
+    def __call__(self, predictions: torch.Tensor) -> dict:
+        y, names = self.test.labels, self.test.class_names
+        natural = classification_metrics(y, predictions, num_classes=len(names), class_names=names)
+        balanced = classification_metrics(y[self.balanced], predictions[self.balanced], num_classes=len(names))
+        keys = ("accuracy", "macro_f1", "balanced_accuracy")
+        return {
+            "long_tailed": {
+                **{k: natural[k] for k in keys},
+                "tail_macro_f1": float(np.mean([natural["per_class"][c]["f1"] for c in self.tail])),
+            },
+            "balanced": {k: balanced[k] for k in keys},
+        }
+
+
+def macro_f1(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> float:
+    return classification_metrics(labels, predictions, num_classes=num_classes)["macro_f1"]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Linear probes on frozen features
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def probe(features: Dict[str, torch.Tensor], splits, rows: torch.Tensor, key=("features", 0), pool=None):
+    """`fit_probe_grid` on one feature, `features["train"]` being that of the train images `rows` (their labels are
+    used); returns the test predictions and the val accuracy and macro-F1."""
+    train, val = splits["train"], splits["val"]
+    fit = fit_probe_grid(
+        {key: features["train"]}, train.labels[rows], {key: features["val"]}, val.labels,
+        num_classes=train.num_classes, class_names=train.class_names, pool=pool, progress_bar={"disable": True},
+    )  # fmt: skip
+    with torch.no_grad():
+        predictions = fit.head(features["test"].to(fit.head.linear.weight.device)).argmax(1).cpu()
+    return predictions, fit.metrics[key]["val"]
+
+
+def class_weighted_probe(features: Dict[str, torch.Tensor], splits) -> Tuple[torch.Tensor, int]:
+    """scikit-learn's logistic regression (the objective `fit_probe_grid` solves, C = 1) with `class_weight=
+    "balanced"` on standardised features and all train labels; returns the test predictions and the L-BFGS
+    iterations (200: stopped at the cap, a CPU budget, before its tolerance)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=200))
+    model.fit(features["train"].numpy(), splits["train"].labels.numpy())
+    return torch.from_numpy(model.predict(features["test"].numpy())), int(model[-1].n_iter_[0])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The U-Net features: grid, chosen feature, clustering
+# ------------------------------------------------------------------------------------------------------------------
+
+
+class UNetFeatures:
+    """Features of the frozen U-Net, keyed `(pool, block, timestep)`, extracted once per split and key."""
+
+    def __init__(self, unet, scheduler, budget: Preset, seed: int):
+        self.extractor = DiffusionFeatureExtractor(unet, scheduler)
+        self.budget, self.seed, self.cache = budget, seed, {}
+
+    def grid(self, name: str, images: torch.Tensor) -> Dict[Tuple[str, str, int], torch.Tensor]:
+        """Every block x timestep x pool of the preset, of split `name`."""
+        out = {}
+        for pool in self.budget.pools:
+            features = self.extractor.extract(
+                images, self.extractor.block_names, self.budget.timesteps, pool=pool, noise_seed=self.seed,
+                batch_size=self.budget.batch_size, progress_bar={"desc": f"U-Net feature grid, {pool} ({name})"},
+            )  # fmt: skip
+            out.update({(pool, block, t): x for (block, t), x in features.items()})
+        return out
+
+    def of(self, name: str, images: torch.Tensor, key: Tuple[str, str, int]) -> torch.Tensor:
+        """The `key` feature of `images` (split `name`), cached."""
+        if (name, key) not in self.cache:
+            pool, block, t = key
+            features = self.extractor.extract(
+                images, [block], [t], pool=pool, noise_seed=self.seed, batch_size=self.budget.batch_size,
+                progress_bar={"desc": f"U-Net features {pool}/{block}@{t} ({name})"},
+            )  # fmt: skip
+            self.cache[(name, key)] = features[(block, t)]
+        return self.cache[(name, key)]
+
+
+def choose_feature(grid: Dict[str, dict], splits, grid_rows: torch.Tensor, rows: torch.Tensor) -> Tuple[tuple, dict]:
+    """The (pool, block, t) with the best val accuracy (ties: val macro-F1) of probes fitted on the train labels of
+    `rows` (a subset of `grid_rows`, whose features `grid["train"]` holds); returns it and the val accuracy grid."""
+    position = torch.searchsorted(grid_rows, rows)
+    if not torch.equal(grid_rows[position.clamp(max=len(grid_rows) - 1)], rows):
+        raise ValueError("the label subset is not contained in the grid subset")
+    train, val = splits["train"], splits["val"]
+    best, table = None, {}
+    for pool in dict.fromkeys(pool for pool, _, _ in grid["train"]):
+        pairs = [(block, t) for p, block, t in grid["train"] if p == pool]
+        fit = fit_probe_grid(
+            {pair: grid["train"][(pool, *pair)][position] for pair in pairs}, train.labels[rows],
+            {pair: grid["val"][(pool, *pair)] for pair in pairs}, val.labels, num_classes=train.num_classes,
+            pool=pool, progress_bar={"disable": True},
+        )  # fmt: skip
+        for pair, metrics in fit.metrics.items():
+            table[f"{pool}/{pair[0]}@{pair[1]}"] = round(metrics["val"]["accuracy"], 4)
+        score = (fit.metrics[fit.best_pair]["val"]["accuracy"], fit.metrics[fit.best_pair]["val"]["macro_f1"])
+        if best is None or score > best[0]:
+            best = (score, (pool, *fit.best_pair))
+    return best[1], table
+
+
+def clustering(features: UNetFeatures, grid_val: dict, splits, key: tuple, seed: int) -> dict:
+    """k-means on the test features: K = the number of classes on the label-chosen feature, and the feature and K
+    chosen without labels (silhouette on val)."""
+    test, num_classes = splits["test"], splits["test"].num_classes
+    candidates = [k for k in (num_classes // 4, num_classes // 2, num_classes, 2 * num_classes) if 2 <= k < len(splits["val"])]
+    label_free = select_clustering_without_labels(grid_val, candidates, num_classes, seed=seed, n_init=1)
+    chosen = tuple(label_free["pair"])
+    result = {}
+    for name, key_, k in (("label_chosen_feature", key, num_classes), ("label_free_choice", chosen, label_free["num_clusters"])):
+        metrics = kmeans_evaluate(features.of("test", test.images, key_), test.labels, num_classes, seed=seed, num_clusters=k)
+        result[name] = {
+            "feature": "/".join(map(str, key_)), "num_clusters": k,
+            **{m: metrics[m] for m in ("nmi", "ari", "accuracy", "purity")},
+        }  # fmt: skip
+    result["label_free_selection"] = label_free
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Baselines
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def train_cnn(args, splits, rows: torch.Tensor, balanced: bool, work_dir: str):
+    """A `SupervisedCNN` on the train images of `rows`; `balanced` draws its `cnn_steps x batch` training images with
+    the library's class-balanced sampler (with replacement) instead of the natural frequencies."""
+    train, val, budget = splits["train"], splits["val"], args.budget
+    images, labels = train.images[rows], train.labels[rows]
+    if balanced:
+        sampler = class_balanced_sampler(labels, train.num_classes, seed=args.seed)
+        draws, epoch = [], 0
+        while sum(map(len, draws)) < budget.cnn_steps * budget.train_batch_size:
+            sampler.set_epoch(epoch)
+            draws.append(torch.tensor(list(sampler)))
+            epoch += 1
+        order = torch.cat(draws)
+        images, labels = images[order], labels[order]
+    model, info = train_supervised_cnn(
+        images, labels, val.images, val.labels, train.num_classes, work_dir, max_train_steps=budget.cnn_steps,
+        train_batch_size=budget.train_batch_size, learning_rate=args.cnn_learning_rate, seed=args.seed,
+        widths=budget.cnn_widths,
+    )  # fmt: skip
+    val_predictions = predict_proba(model, val.images).argmax(1)
+    return model, {"val_macro_f1": macro_f1(val.labels, val_predictions, train.num_classes), **info}
+
+
+def cnn_regime(args, splits, rows, work_dir: str, device):
+    """Natural and class-balanced sampling; the better val macro-F1 is kept (ties: natural)."""
+    runs = {mode: train_cnn(args, splits, rows, mode == "balanced", f"{work_dir}/{mode}") for mode in ("natural", "balanced")}
+    mode = max(runs, key=lambda m: (runs[m][1]["val_macro_f1"], m == "natural"))
+    model = runs[mode][0].to(device)
+    predictions = predict_proba(model, splits["test"].images).argmax(1)
+    info = {m: {"val_macro_f1": r[1]["val_macro_f1"], "selected_step": r[1]["selected_step"]} for m, r in runs.items()}
+    return model, predictions, {"sampling": mode, "runs": info, "num_parameters": runs[mode][1]["num_parameters"]}
+
+
+@torch.no_grad()
+def cnn_features(model, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The CNN's penultimate representation (global average of its last stage), frozen."""
+    device = next(model.parameters()).device
+    return torch.cat([model.features(b.to(device)).mean(dim=(2, 3)).float().cpu() for b in images.split(batch_size)])
+
+
+def train_simclr(args, images: torch.Tensor, work_dir: str):
+    budget = args.budget
+    torch.manual_seed(args.seed)
+    encoder = build_vit_encoder(image_size=budget.image_size, num_channels=1, **budget.vit)
+    training = training_arguments(
+        work_dir, budget.train_steps, args.simclr_learning_rate, min(100, budget.train_steps // 10), args.seed,
+        train_batch_size=budget.train_batch_size,
+    )  # fmt: skip
+    training = dataclasses.replace(training, mixed_precision=budget.mixed_precision)
+    return train_contrastive_encoder(training, images, encoder, method="simclr")
+
+
+@torch.no_grad()
+def encode(encoder, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([encode_representation(encoder, b).float().cpu() for b in images.split(batch_size)])
+
+
+def train_unet(args, images: torch.Tensor, work_dir: str):
+    budget = args.budget
+    training = training_arguments(
+        work_dir, budget.train_steps, args.learning_rate, budget.train_steps // 20, args.seed,
+        train_batch_size=budget.train_batch_size, use_ema=True,
+    )  # fmt: skip
+    training = dataclasses.replace(training, mixed_precision=budget.mixed_precision, num_sample_images=0)
+    return train_ddpm_unet(training, images, preset=budget.unet_preset)
+
+
+def encoder_parameters(unet) -> int:
+    """Parameters of the U-Net's encoder path: conv_in, time embedding, down blocks and mid block."""
+    return sum(count_parameters(m) for m in (unet.conv_in, unet.time_embedding, unet.down_blocks, unet.mid_block))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Shift: few-shot on FlowCam
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def few_shot_transfer(features: torch.Tensor, labels: torch.Tensor, num_episodes: int, seed: int) -> dict:
+    """Nearest prototype and a linear probe with k = 1, 5, all labelled images per class of each training fold
+    (5-fold stratified cross-validation, every image predicted once per episode); accuracy and macro-F1 over the
+    pooled predictions, mean and std over episodes."""
+    from sklearn.model_selection import StratifiedKFold
+
+    y, num_classes = labels.numpy(), int(labels.max()) + 1
+    folds = list(StratifiedKFold(5, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+    result = {}
+    for shots in SHOTS:
+        for protocol in ("prototype", "linear_probe"):
+            episodes = []
+            for episode in range(1 if shots is None else num_episodes):
+                predictions = np.empty(len(y), dtype=np.int64)
+                for train_index, test_index in folds:
+                    chosen = train_index[few_shot_indices(y[train_index], shots, seed + episode, num_classes)]
+                    predictions[test_index] = classify(protocol, features[chosen], labels[chosen], features[test_index], num_classes)
+                metrics = classification_metrics(y, predictions, num_classes=num_classes)
+                episodes.append((metrics["accuracy"], metrics["macro_f1"]))
+            accuracy, f1 = np.array(episodes).T
+            result[f"{protocol}_{shots or 'all'}"] = {
+                "accuracy_mean": float(accuracy.mean()), "accuracy_std": float(accuracy.std()),
+                "macro_f1_mean": float(f1.mean()), "macro_f1_std": float(f1.std()), "num_episodes": len(episodes),
+            }  # fmt: skip
+    result["mean_accuracy"] = float(np.mean([v["accuracy_mean"] for v in result.values()]))
+    return result
+
+
+def classify(protocol: str, train_x, train_y, test_x, num_classes: int) -> np.ndarray:
+    if protocol == "prototype":
+        return prototype_classify(train_x, train_y, test_x, num_classes, standardize=True)[0]
+    key = ("features", 0)
+    fit = fit_probe_grid(
+        {key: train_x}, train_y, {key: train_x}, train_y, num_classes=num_classes, pool=None, progress_bar={"disable": True}
+    )
+    with torch.no_grad():
+        return fit.head(test_x.to(fit.head.linear.weight.device)).argmax(1).cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def targets(regimes: dict, shift: dict, total_seconds: float, budget_seconds: float) -> dict:
+    """The issue's targets on the long-tailed test: with all labels the probe's macro-F1 >= the CNN's; with 10%
+    >= the CNN's + 5 points; the probe beats SimCLR on accuracy and macro-F1 at every fraction; on FlowCam the U-Net
+    features' few-shot accuracy (mean over protocols and k) >= the CNN's and SimCLR's; and the wall-clock budget."""
+
+    def lt(regime, method, metric):
+        return 100 * regimes[regime][method]["long_tailed"][metric]
+
+    out = {"all_labels_probe_minus_cnn_macro_f1_points": target_entry(lt("all", "unet_probe", "macro_f1") - lt("all", "cnn", "macro_f1"), 0.0)}
+    if "10%" in regimes:
+        out["10%_labels_probe_minus_cnn_macro_f1_points"] = target_entry(lt("10%", "unet_probe", "macro_f1") - lt("10%", "cnn", "macro_f1"), 5.0)
+    for regime in regimes:
+        for metric in ("accuracy", "macro_f1"):
+            out[f"{regime}_labels_probe_minus_simclr_{metric}_points"] = target_entry(
+                lt(regime, "unet_probe", metric) - lt(regime, "simclr_probe", metric), 0.0
+            )
+    for rival in ("cnn", "simclr"):
+        out[f"flowcam_unet_minus_{rival}_few_shot_accuracy_points"] = target_entry(
+            100 * (shift["unet"]["mean_accuracy"] - shift[rival]["mean_accuracy"]), 0.0
+        )
+    out["wall_seconds_total"] = target_entry(total_seconds, budget_seconds, higher_is_better=False)
+    return out  # fmt: skip
+
+
+def label_efficiency_curves(regimes: dict, num_classes: int) -> dict:
+    methods = {"U-Net features + linear probe": "unet_probe", "supervised CNN": "cnn", "SimCLR ViT + linear probe": "simclr_probe"}
+    return {
+        label: {
+            regime["num_train_labels"] / num_classes: {
+                m: regime[key]["long_tailed"][m] for m in ("accuracy", "macro_f1")
+            }
+            for regime in regimes.values()
+        }
+        for label, key in methods.items()
+    }  # fmt: skip
+
+
+def main():
+    args = parse_args()
+    device = setup(args)
+    budget, walls, start = args.budget, {}, time.perf_counter()
+    with timed(walls, "read_images"):
+        splits, balanced = load_splits(args)
+        shift_files, shift_labels, shift_names = list_class_folders(args.shift_data)
+        shift = read_images(shift_files, shift_labels, shift_names, preprocessing(budget))
+    train, val, test = (splits[name] for name in SPLITS)
+    scorer = Scorer(splits, balanced)
+    subsets = few_label_subsets(train.labels, sorted(args.label_fractions), min_per_class=1, seed=args.seed)
+    grid_regime = f"{100 * max(args.label_fractions):g}%"
+    grid_rows = subsets[grid_regime]
+    regimes = {name: {"num_train_labels": len(rows)} for name, rows in subsets.items()}
+
+    with tempfile.TemporaryDirectory() as work_dir:
+        with timed(walls, "ddpm_training"):
+            unet, scheduler, summary = train_unet(args, train.images, f"{work_dir}/unet")
+        with timed(walls, "simclr_training"):
+            simclr = train_simclr(args, train.images, f"{work_dir}/simclr").to(device)
+        unet_features = UNetFeatures(unet.to(device), scheduler, budget, args.seed)
+        with timed(walls, "grid_extraction"):
+            grid = {"train": unet_features.grid("train", train.images[grid_rows]), "val": unet_features.grid("val", val.images)}
+        with timed(walls, "encode_simclr_and_pixels"):
+            simclr_features = {name: encode(simclr, s.images, budget.batch_size) for name, s in splits.items()}
+            pixels = {name: s.images.flatten(1) for name, s in splits.items()}
+        chosen = {}
+        for regime, rows in subsets.items():
+            with timed(walls, f"unet_probe_{regime}"):
+                key, val_grid = choose_feature(grid, splits, grid_rows, rows if regime != "all" else grid_rows)
+                chosen[regime] = key
+                features = {name: unet_features.of(name, s.images, key) for name, s in splits.items() if name != "train"}
+                features["train"] = unet_features.of(f"train/{regime}", train.images[rows], key)  # only what is used
+                predictions, val_scores = probe(features, splits, rows, key=key[1:], pool=key[0])
+                regimes[regime].update(
+                    unet_feature="/".join(map(str, key)), unet_val=val_scores, unet_val_accuracy_grid=val_grid,
+                    unet_probe=scorer(predictions),
+                )  # fmt: skip
+            with timed(walls, f"simclr_probe_{regime}"):
+                simclr_rows = {**simclr_features, "train": simclr_features["train"][rows]}
+                regimes[regime]["simclr_probe"] = scorer(probe(simclr_rows, splits, rows)[0])
+            with timed(walls, f"cnn_{regime}"):
+                cnn, predictions, info = cnn_regime(args, splits, rows, f"{work_dir}/cnn/{regime}", device)
+                regimes[regime].update(cnn=scorer(predictions), cnn_training=info)
+            if regime == "all":
+                cnn_all, features_all = cnn, features["train"]
+        with timed(walls, "all_labels_extra_probes"):
+            all_features = {"train": features_all, **{n: unet_features.of(n, splits[n].images, chosen["all"]) for n in ("val", "test")}}
+            for method, x in (("unet", all_features), ("simclr", simclr_features)):
+                predictions, iterations = class_weighted_probe(x, splits)
+                regimes["all"][f"{method}_class_weighted_probe"] = {**scorer(predictions), "lbfgs_iterations": iterations}
+            regimes["all"]["raw_pixel_probe"] = scorer(probe(pixels, splits, subsets["all"])[0])
+        with timed(walls, "kmeans"):
+            kmeans = clustering(unet_features, grid["val"], splits, chosen["all"], args.seed)
+            simclr_kmeans = kmeans_evaluate(simclr_features["test"], test.labels, test.num_classes, seed=args.seed)
+            kmeans["simclr_label_free_k_equals_classes"] = {m: simclr_kmeans[m] for m in ("nmi", "ari", "accuracy", "purity")}
+        with timed(walls, "flowcam_shift"):
+            shift_features = {
+                "unet": unet_features.of("shift", shift.images, chosen["all"]),
+                "cnn": cnn_features(cnn_all, shift.images),
+                "simclr": encode(simclr, shift.images, budget.batch_size),
+                "raw_pixels": shift.images.flatten(1),
+            }
+            shift_results = {m: few_shot_transfer(x, shift.labels, budget.num_episodes, args.seed) for m, x in shift_features.items()}
+    walls["total"] = round(time.perf_counter() - start, 1)
+
+    name = NAME if args.quick or args.preset == "cpu" else f"{NAME}_{args.preset}"
+    figure_dir = Path(tempfile.mkdtemp()) if args.quick else Path(args.output or _common.RESULTS_DIR / name).parent
+    plot = figure_dir / f"{name}_label_efficiency.png"
+    plot_label_efficiency(
+        label_efficiency_curves(regimes, train.num_classes), str(plot),
+        title=f"NDSB plankton, {train.num_classes} classes, long-tailed test ({len(test)} images): "
+        "mean labelled train images per class (1%, 10%, 100% of the labels)",
+    )  # fmt: skip
+    budget_seconds = {"cpu": 45 * 60, "gpu": 10 * 60}[args.preset] if not args.quick else 60
+    train_counts = torch.bincount(train.labels, minlength=train.num_classes)
+    figures = {
+        "dataset": {
+            "path": str(args.data), "num_classes": train.num_classes, **{f"num_{n}": len(s) for n, s in splits.items()},
+            "num_balanced_test": len(balanced), "balanced_test_per_class": len(balanced) // train.num_classes,
+            "train_images_per_class": {"max": int(train_counts.max()), "median": float(train_counts.median()), "min": int(train_counts.min())},
+            "tail_classes": f"{len(scorer.tail)} classes with fewer than {TAIL_TRAIN_IMAGES} train images",
+            "preprocessing": train.preprocessing.to_dict(), "shift_data": str(args.shift_data), "shift_classes": shift_names,
+        },
+        "selection": "every choice on val: the (pool, block, t) of each regime by val accuracy of probes fitted on its "
+        f"own labels within the grid subset ({grid_regime} of the train labels, {len(grid_rows)} images; the 'all' regime "
+        "uses the pair chosen there), the CNN's checkpoint by val accuracy and its sampling by val macro-F1, the "
+        "label-free k-means feature and K by silhouette on val without labels; test is used only for reporting",
+        "budget": {
+            "preset": "quick" if args.quick else args.preset, **dataclasses.asdict(budget),
+            "ddpm_learning_rate": args.learning_rate, "simclr_learning_rate": args.simclr_learning_rate,
+            "cnn_learning_rate": args.cnn_learning_rate, "ddpm_final_loss": summary.final_loss,
+            "unlabeled_training_images": len(train),
+            "subsampling": f"DDPM and SimCLR train on all {len(train)} train images for {budget.train_steps} steps "
+            f"(about {budget.train_steps * budget.train_batch_size / len(train):.1f} epochs); the probe grid is fitted "
+            f"on {len(grid_rows)} train images ({grid_regime}) x {len(budget.timesteps)} timesteps x {len(budget.pools)} poolings",
+            "num_threads": torch.get_num_threads(),
+        },  # fmt: skip
+        "parameters": {
+            "unet_total": count_parameters(unet), "unet_encoder": encoder_parameters(unet),
+            "cnn": regimes["all"]["cnn_training"]["num_parameters"], "simclr_vit": count_parameters(simclr),
+        },
+        "regimes": regimes,
+        "kmeans_test": kmeans,
+        "flowcam_shift": shift_results,
+        "label_efficiency_plot": str(plot) if args.quick else plot.name,
+        "targets": targets(regimes, shift_results, walls["total"], budget_seconds),
+        "wall_seconds": walls,
+    }  # fmt: skip
+    report(name, args, device, figures)
+
+
+if __name__ == "__main__":
+    main()

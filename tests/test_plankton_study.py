@@ -1,0 +1,101 @@
+"""The pieces the plankton study adds to the library: aspect-preserving resize, splits that keep rare classes
+measurable, label-free choice of the k-means feature and K, and the bad inputs of the study refused early."""
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion_classifiers.data import ImagePreprocessing, preprocess_images
+from diffusion_classifiers.data.splits import stratified_train_val_test_split
+from diffusion_classifiers.probing import kmeans_evaluate
+from diffusion_classifiers.probing.protocols import select_clustering_without_labels
+from diffusion_classifiers.training import TrainingArguments, train_ddpm_unet
+
+# --------------------------------------------------------------------------------------------------
+# Resize modes
+# --------------------------------------------------------------------------------------------------
+
+
+def test_pad_keeps_the_aspect_ratio_and_fills_with_the_pad_value():
+    wide = torch.full((1, 1, 10, 20), -1.0)  # a black 10 x 20 image
+    out = ImagePreprocessing(8, 1, resize_mode="pad", pad_value=1.0)(wide)
+    # scaled by 8 / 20 to 4 x 8, centred: rows 2..5 black, two white rows above and below
+    expected = torch.ones(1, 1, 8, 8)
+    expected[:, :, 2:6] = -1.0
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)  # antialiasing weights sum to 1 up to float32 rounding
+
+
+def test_crop_covers_the_square_and_keeps_its_centre():
+    wide = torch.zeros(1, 1, 10, 20)
+    wide[..., 5:15] = 1.0  # the central 10 columns white
+    out = ImagePreprocessing(10, 1, resize_mode="crop")(wide)
+    torch.testing.assert_close(out, torch.ones(1, 1, 10, 10), rtol=0, atol=0)  # scale 1: exactly the white centre
+
+
+def test_the_resize_mode_is_saved_and_old_contracts_load_as_stretch():
+    contract = ImagePreprocessing(16, 1, resize_mode="pad", pad_value=1.0)
+    assert ImagePreprocessing.from_dict(contract.to_dict()) == contract
+    old = {"image_size": 16, "num_channels": 1, "input_range": "[-1, 1]", "resample": "bilinear", "medical": None}
+    assert ImagePreprocessing.from_dict(old).resize_mode == "stretch"
+    assert ImagePreprocessing.from_dict(old).to_dict() == old  # files saved without the mode stay as they were
+    image = torch.rand(1, 1, 12, 20) * 2 - 1
+    assert torch.equal(preprocess_images(image, preprocessing=old), ImagePreprocessing(16, 1)(image))
+    with pytest.raises(ValueError, match=r"resize_mode: expected one of \['stretch', 'pad', 'crop'\], got 'fit'"):
+        ImagePreprocessing(16, 1, resize_mode="fit")
+    with pytest.raises(ValueError, match=r"pad_value: expected a number in \[-1, 1\].*got 255"):
+        ImagePreprocessing(16, 1, resize_mode="pad", pad_value=255)
+
+
+# --------------------------------------------------------------------------------------------------
+# Splits of a long tail
+# --------------------------------------------------------------------------------------------------
+
+
+def test_every_class_keeps_two_images_in_val_and_test():
+    labels = np.repeat(np.arange(4), [200, 40, 9, 5])
+    splits = stratified_train_val_test_split(labels, 0.1, 0.2, seed=3, min_per_class=2)
+    assert np.array_equal(np.sort(np.concatenate(list(splits.values()))), np.arange(len(labels)))  # a partition
+    for name, expected in (("test", [40, 8, 2, 2]), ("val", [16, 3, 2, 2]), ("train", [144, 29, 5, 1])):
+        assert np.bincount(labels[splits[name]], minlength=4).tolist() == expected
+    again = stratified_train_val_test_split(labels, 0.1, 0.2, seed=3, min_per_class=2)
+    assert all(np.array_equal(splits[name], again[name]) for name in splits)
+
+
+def test_a_class_folder_too_small_for_the_split_is_named_with_its_count():
+    labels = np.repeat(np.arange(3), [30, 20, 4])
+    with pytest.raises(ValueError, match=r"class 'heteropod' \(label 2\) has 4 images; the split needs at least 5"):
+        stratified_train_val_test_split(labels, 0.1, 0.2, min_per_class=2, class_names=["a", "b", "heteropod"])
+
+
+# --------------------------------------------------------------------------------------------------
+# k-means: K chosen without labels, and K larger than the images
+# --------------------------------------------------------------------------------------------------
+
+
+def test_the_label_free_choice_finds_the_clustered_feature_and_its_k():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 4)) * 10
+    clustered = centres[np.repeat(np.arange(3), 30)] + rng.normal(size=(90, 4))
+    noise = rng.normal(size=(90, 4))
+    choice = select_clustering_without_labels({("noise", 0): noise, ("clustered", 0): clustered}, [2, 3, 6], 6)
+    assert choice["pair"] == ["clustered", 0] and choice["num_clusters"] == 3
+    assert set(choice["silhouette_by_num_clusters"]) == {2, 3, 6}
+
+
+def test_more_clusters_than_images_is_refused():
+    with pytest.raises(ValueError, match=r"number of clusters K=6 is larger than the number of images \(5\)"):
+        kmeans_evaluate(np.eye(5), [0, 1, 0, 1, 0], num_classes=2, num_clusters=6)
+    with pytest.raises(ValueError, match=r"K=121 is larger than the number of images \(40\)"):
+        kmeans_evaluate(np.ones((40, 3)), np.arange(40) % 2, num_classes=121)
+
+
+# --------------------------------------------------------------------------------------------------
+# A resolution the U-Net cannot take
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_resolution_the_unet_cannot_take_fails_before_training(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), max_train_steps=1, train_batch_size=2)
+    with pytest.raises(ValueError, match=r"sample_size divisible by 4 for preset 'tiny', got 30.*28 or 32 px"):
+        train_ddpm_unet(args, torch.zeros(2, 1, 30, 30), preset="tiny")
+    assert not (tmp_path / "run").exists()  # nothing written
