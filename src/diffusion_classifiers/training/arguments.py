@@ -56,7 +56,23 @@ class TrainingArguments:
     adam_epsilon: float = _flag(1e-8, "AdamW epsilon.")
     max_grad_norm: float = _flag(1.0, "Gradients are clipped to this norm.")
     gradient_accumulation_steps: int = _flag(1, "Batches accumulated per optimizer step.")
-    mixed_precision: str = _flag("no", 'Mixed precision: "no", "fp16" or "bf16".')
+    mixed_precision: str = _flag(
+        "no", 'Mixed precision: "no", "fp16" or "bf16" (autocast of the model\'s forward; "bf16" is the fast choice on GPUs).'
+    )
+    allow_tf32: bool = _flag(
+        True, "Let float32 matmuls and convolutions use TF32 tensor cores on CUDA (Ampere and newer; ignored elsewhere)."
+    )
+    channels_last: bool = _flag(
+        True, "Keep convolutional models' weights channels-last (NHWC) on CUDA, for cuDNN's fastest kernels (ignored elsewhere)."
+    )
+    torch_compile: bool = _flag(
+        False, "Compile the model with `torch.compile` (inductor); the first steps are slower while it compiles."
+    )
+    max_train_minutes: Optional[float] = _flag(
+        None,
+        "A wall-clock budget: when it runs out the loop stops after the current optimizer step, writes a final "
+        "checkpoint and returns the model, as at the last step (resume later with `--resume_from_checkpoint latest`).",
+    )
     use_ema: bool = _flag(False, "Keep an exponential moving average of the weights and return it.")
     ema_max_decay: float = _flag(0.9999, "The EMA decay's upper bound.")
     ema_inv_gamma: float = _flag(1.0, "EMA warmup: inverse multiplicative factor of the decay schedule.")
@@ -99,6 +115,7 @@ class TrainingArguments:
             ("lr_scheduler", f"one of {SCHEDULER_NAMES}", self.lr_scheduler in SCHEDULER_NAMES),
             ("max_grad_norm", "a positive number", self.max_grad_norm > 0),
             ("mixed_precision", '"no", "fp16" or "bf16"', self.mixed_precision in ("no", "fp16", "bf16")),
+            ("max_train_minutes", "None or a positive number", self.max_train_minutes is None or self.max_train_minutes > 0),
             ("ema_max_decay", "a number in [0, 1]", 0 <= self.ema_max_decay <= 1),
             ("checkpointing_steps", "a positive integer", self.checkpointing_steps >= 1),
             ("checkpoints_total_limit", positive_or_none, _none_or_positive(self.checkpoints_total_limit)),

@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Every speed benchmark, then the accuracy benchmarks, in their GPU configuration, on one bare GPU machine, inside
+# one 10-minute command; every result JSON (and each step's log) goes into OUTDIR, with gpu_suite_summary.json
+# listing each step's status, seconds and targets.
+#
+#     benchmarks/gpu_suite.sh OUTDIR [--dry_run]
+#
+# Prepared here, once: benchmarks/gpu_wheels.sh (wheels the machine lacks -> .whl/) and benchmarks/gpu_carry_data.sh
+# (the benchmark data -> .gpu_data/); the device call carries `.whl` and `.gpu_data`. There the suite installs the
+# wheels into /tmp/site, points the benchmarks at .gpu_data (BENCHMARK_DATA_ROOT) and runs the steps in priority
+# order. Each step has a time cap, cut further to what is left of GPU_SUITE_BUDGET_S (default 540 s, inside the
+# device's 600 s per command); a step that fails or runs out of time is recorded and the suite goes on; a step that
+# no longer fits is skipped. `--dry_run` runs every step at its --quick size on the CPU here, without a budget.
+# GPU_SUITE_ONLY="name ..." runs only the named steps (a rerun of those that failed, on the same warm machine).
+set -uo pipefail
+
+OUTDIR=${1:?usage: benchmarks/gpu_suite.sh OUTDIR [--dry_run]}
+DRY_RUN=0
+case "${2:-}" in
+  "") ;;
+  --dry_run) DRY_RUN=1 ;;
+  *) echo "gpu_suite.sh: expected --dry_run or nothing after OUTDIR, got '$2'" >&2; exit 2 ;;
+esac
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$OUTDIR" && OUTDIR=$(cd "$OUTDIR" && pwd)
+cd "$REPO"
+START=$(date +%s)
+BUDGET_S=${GPU_SUITE_BUDGET_S:-540}
+STATUS_FILE="$OUTDIR/steps.tsv"
+: > "$STATUS_FILE"
+
+# ------------------------------------------------------------------------------------------------------------------
+# Python, packages, data
+# ------------------------------------------------------------------------------------------------------------------
+
+if [ "$DRY_RUN" = 1 ]; then
+  PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo "$REPO/.venv/bin/python" || echo python3)}
+  DEVICE=cpu
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+else
+  PYTHON=${PYTHON:-python3}
+  DEVICE=cuda
+  if ls .whl/*.whl > /dev/null 2>&1; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+      || { echo "gpu_suite.sh: installing the carried wheels failed" >&2; exit 1; }
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  else
+    echo "gpu_suite.sh: no .whl/*.whl carried: run benchmarks/gpu_wheels.sh here and carry .whl" >&2
+  fi
+fi
+export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"  # the package from this checkout, not an install
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TQDM_DISABLE=1 MPLBACKEND=Agg
+export HF_HOME=${HF_HOME:-$(mktemp -d)}
+if [ -d .gpu_data ]; then
+  export BENCHMARK_DATA_ROOT="$REPO/.gpu_data"
+elif [ "$DRY_RUN" = 0 ]; then
+  echo "gpu_suite.sh: no .gpu_data carried: the steps that read data will fail (run benchmarks/gpu_carry_data.sh)" >&2
+fi
+HAS_PLANKTON=$([ -d "${BENCHMARK_DATA_ROOT:-$REPO/../shared/data}/ndsb2015_plankton/train" ] && echo 1 || echo 0)
+
+# ------------------------------------------------------------------------------------------------------------------
+# One step: NAME CAP_SECONDS SCRIPT [FULL-RUN FLAGS...]
+# ------------------------------------------------------------------------------------------------------------------
+
+run_step() {
+  local name=$1 cap=$2 script=$3
+  shift 3
+  local elapsed=$(( $(date +%s) - START )) limit flags
+  if [ -n "${GPU_SUITE_ONLY:-}" ] && [[ " $GPU_SUITE_ONLY " != *" $name "* ]]; then
+    return
+  fi
+  if [ "$DRY_RUN" = 1 ]; then
+    limit=600
+    flags=(--quick --device cpu --num_threads 1)
+  else
+    limit=$(( BUDGET_S - elapsed - 5 ))
+    [ "$cap" -lt "$limit" ] && limit=$cap
+    flags=(--device "$DEVICE" --output "$OUTDIR/$name.json" "$@")
+  fi
+  if [ "$limit" -lt 20 ]; then
+    printf '%s\tskipped\t0\t%s\n' "$name" "under 20 s of the suite's budget left" >> "$STATUS_FILE"
+    echo "== $name: skipped (budget spent)"
+    return
+  fi
+  echo "== $name (at most ${limit}s): $script ${flags[*]}"
+  local begin=$(date +%s)
+  timeout --kill-after=5 "$limit" "$PYTHON" "benchmarks/$script" "${flags[@]}" > "$OUTDIR/$name.log" 2>&1
+  local rc=$? seconds=$(( $(date +%s) - begin )) status=ok
+  [ $rc -ne 0 ] && status=failed
+  [ $rc -eq 124 ] || [ $rc -eq 137 ] && status=timed_out
+  # the record is the last line a benchmark prints; a full run also wrote it with --output
+  [ -s "$OUTDIR/$name.json" ] || tail -n 1 "$OUTDIR/$name.log" > "$OUTDIR/$name.json.tmp"
+  if [ -f "$OUTDIR/$name.json.tmp" ]; then
+    if "$PYTHON" -c 'import json, sys; json.load(open(sys.argv[1]))' "$OUTDIR/$name.json.tmp" 2> /dev/null; then
+      mv "$OUTDIR/$name.json.tmp" "$OUTDIR/$name.json"
+    else
+      rm -f "$OUTDIR/$name.json.tmp"
+    fi
+  fi
+  printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$seconds" "rc $rc" >> "$STATUS_FILE"
+  echo "   $status in ${seconds}s"
+  [ "$status" = ok ] || tail -n 5 "$OUTDIR/$name.log" | cut -c1-300
+}
+
+# ------------------------------------------------------------------------------------------------------------------
+# The machine, then the steps, in priority order: the GPU speed targets first, then the accuracy benchmarks
+# ------------------------------------------------------------------------------------------------------------------
+
+{
+  command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
+  "$PYTHON" - << 'EOF'
+import importlib, json, torch
+versions = {}
+for name in ["torch", "diffusers", "transformers", "accelerate", "datasets", "huggingface_hub", "safetensors", "kornia", "sklearn", "numpy", "pyarrow", "diffusion_classifiers"]:
+    try:
+        versions[name] = getattr(importlib.import_module(name), "__version__", "?")
+    except Exception as error:  # noqa: BLE001 - reported, the steps that need it fail on their own
+        versions[name] = f"import failed: {error}"
+print(json.dumps({"cuda": torch.cuda.is_available(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "versions": versions}))
+EOF
+} > "$OUTDIR/machine.txt" 2>&1
+cat "$OUTDIR/machine.txt"
+
+run_step training_speed 130 training_speed.py
+run_step unet_features_bench_extraction 40 unet_features_bench_extraction.py
+run_step unet_features_bench_precision 60 unet_features_bench_precision.py
+run_step unet_features_bench_probe 70 unet_features_bench_probe.py
+run_step score_sde_bench_elbo 45 score_sde_bench_elbo.py
+run_step score_sde_bench_likelihood 45 score_sde_bench_likelihood.py
+run_step rc_dit_bench_conditioning 25 rc_dit_bench_conditioning.py --dit_size S
+run_step unet_features_accuracy 60 unet_features_accuracy.py
+run_step rc_dit_accuracy 60 rc_dit_accuracy.py
+run_step score_sde_accuracy 90 score_sde_accuracy.py
+if [ "$HAS_PLANKTON" = 1 ]; then
+  run_step bench_data_scale 40 bench_data_scale.py --sizes 500 1500
+elif [ -z "${GPU_SUITE_ONLY:-}" ]; then
+  printf '%s\tskipped\t0\t%s\n' bench_data_scale "no plankton data (benchmarks/gpu_carry_data.sh)" >> "$STATUS_FILE"
+fi
+
+# ------------------------------------------------------------------------------------------------------------------
+# The summary: each step's status and seconds, and the targets of each result
+# ------------------------------------------------------------------------------------------------------------------
+
+"$PYTHON" - "$OUTDIR" "$DRY_RUN" "$(( $(date +%s) - START ))" << 'EOF'
+import json, os, sys
+outdir, dry_run, seconds = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3])
+steps = []
+for line in open(os.path.join(outdir, "steps.tsv")):
+    name, status, step_seconds, note = line.rstrip("\n").split("\t")
+    path = os.path.join(outdir, f"{name}.json")
+    targets = json.load(open(path))["figures"].get("targets", {}) if os.path.isfile(path) else {}
+    steps.append({"name": name, "status": status, "seconds": int(step_seconds), "note": note, "result": os.path.isfile(path),
+                  "targets": {k: {"value": v.get("value"), "met": v.get("met")} for k, v in targets.items()}})
+summary = {"dry_run": dry_run, "seconds": seconds, "steps": steps}
+with open(os.path.join(outdir, "gpu_suite_summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+print(f"{'step':32s} {'status':10s} {'s':>5s}  targets met")
+for step in steps:
+    met = sum(t["met"] is True for t in step["targets"].values())
+    print(f"{step['name']:32s} {step['status']:10s} {step['seconds']:5d}  {met}/{len(step['targets'])}")
+print(f"suite: {seconds} s; results in {outdir}")
+sys.exit(0 if all(s["status"] in ("ok", "skipped") for s in steps) else 1)
+EOF

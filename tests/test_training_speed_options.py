@@ -1,0 +1,192 @@
+"""The training loop's speed options: what is turned on where (CUDA only, the plain path on CPU), that bf16 mixed
+precision really autocasts the model's forward, that the CUDA memory layout keeps checkpoints and saved models
+unchanged, and that `--max_train_minutes` stops cleanly with a final checkpoint, the loss files and the model."""
+
+import argparse
+import json
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from diffusers import UNet2DModel
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from diffusion_classifiers.models import RepresentationConditionedDiTModel, rc_dit_config, unet_config
+from diffusion_classifiers.training import TrainingArguments, add_training_args, train, train_ddpm_unet
+from diffusion_classifiers.training import loop
+from diffusion_classifiers.training.loop import TrainingBudget, build_optimizer, uses_channels_last
+
+CUDA, CPU = torch.device("cuda"), torch.device("cpu")
+
+
+def tiny_args(tmp_path, **overrides):
+    defaults = dict(
+        output_dir=str(tmp_path), train_batch_size=8, max_train_steps=4, learning_rate=1e-3, lr_warmup_steps=1,
+        checkpointing_steps=2, num_sample_images=0,
+    )  # fmt: skip
+    return TrainingArguments(**{**defaults, **overrides})
+
+
+def tiny_images(n=16, size=8, seed=0):
+    return torch.rand(n, 1, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def regression_loss(model, batch):
+    return nn.functional.mse_loss(model(batch[0]), batch[1])
+
+
+def linear_dataset(n=32):
+    x = torch.randn(n, 4, generator=torch.Generator().manual_seed(0))
+    return TensorDataset(x, x.sum(dim=1, keepdim=True))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# What runs where
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_cuda_only_options_are_off_on_cpu_and_on_for_cuda():
+    args = TrainingArguments(output_dir="unused")
+    unet = UNet2DModel(**unet_config("tiny", 8))
+    dit = RepresentationConditionedDiTModel(**rc_dit_config("tiny", 8, 1, 16))  # a patch-embedding convolution
+    mlp = nn.Sequential(nn.Linear(4, 4))
+    assert uses_channels_last(unet, CUDA) and uses_channels_last(dit, CUDA)
+    assert not uses_channels_last(unet, CPU) and not uses_channels_last(mlp, CUDA)
+    assert build_optimizer(args, mlp, CUDA).defaults["fused"] is True
+    assert not build_optimizer(args, mlp, CPU).defaults["fused"]
+
+
+def test_cpu_math_is_left_alone():
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    loop.configure_cuda_math(TrainingArguments(output_dir="unused", allow_tf32=True), CPU)
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+
+
+def test_diffusers_attention_of_our_models_is_pytorch_sdpa():
+    unet = UNet2DModel(**unet_config("tiny", 8))
+    dit = RepresentationConditionedDiTModel(**rc_dit_config("tiny", 8, 1, 16))
+    attentions = [m for model in (unet, dit) for m in model.modules() if isinstance(m, Attention)]
+    assert len(attentions) >= 3
+    assert all(isinstance(attention.processor, AttnProcessor2_0) for attention in attentions)
+
+
+def test_speed_flags_are_command_line_flags_and_bad_budgets_are_refused():
+    parser = add_training_args(argparse.ArgumentParser())
+    flags = parser.parse_args(
+        ["--output_dir", "o", "--max_train_minutes", "2.5", "--torch_compile", "--no-allow_tf32", "--no-channels_last"]
+    )
+    assert (flags.max_train_minutes, flags.torch_compile, flags.allow_tf32, flags.channels_last) == (2.5, True, False, False)
+    defaults = parser.parse_args(["--output_dir", "o"])
+    assert (defaults.max_train_minutes, defaults.torch_compile, defaults.allow_tf32, defaults.channels_last) == (None, False, True, True)
+    with pytest.raises(ValueError, match=r"expected --max_train_minutes to be None or a positive number, got 0"):
+        TrainingArguments(output_dir="o", max_train_minutes=0)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Mixed precision
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one mixed-precision setting per process: a test that changes it starts and ends afresh."""
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
+def test_bf16_mixed_precision_autocasts_the_model_forward(tmp_path, fresh_accelerator_state):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    seen = {}
+
+    def record_dtype(name):
+        return lambda module, inputs, output: seen.setdefault(name, set()).add(output.dtype)
+
+    model[0].register_forward_hook(record_dtype("linear"))
+    args = tiny_args(tmp_path, max_train_steps=2, mixed_precision="bf16")
+    trained, _, summary = train(args, model, linear_dataset(), regression_loss)
+    assert seen["linear"] == {torch.bfloat16}  # the matmul ran in bf16 under autocast
+    assert trained[0].weight.dtype == torch.float32  # the weights (and the optimizer) stay float32
+    assert summary.global_step == 2 and torch.isfinite(torch.tensor(summary.final_loss))
+
+    seen.clear()
+    trained(torch.zeros(2, 4))  # the returned model runs as it was built: no autocast left on its forward
+    assert seen["linear"] == {torch.float32}
+
+    seen.clear()
+    AcceleratorState._reset_state()
+    train(tiny_args(tmp_path / "fp32", max_train_steps=1), model, linear_dataset(), regression_loss)
+    assert seen["linear"] == {torch.float32}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The CUDA memory layout, run on CPU: checkpoints, resuming and the saved model are unchanged
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_channels_last_training_checkpoints_resumes_and_saves(tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "uses_channels_last", lambda model, device: True)  # the CUDA layout, on CPU
+    images = tiny_images()
+    args = tiny_args(tmp_path / "run", use_ema=True)
+    unet, _, summary = train_ddpm_unet(args, images, preset="tiny")
+    assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert summary.global_step == 4 and (tmp_path / "run" / "checkpoint-4").is_dir()
+    unet.save_pretrained(tmp_path / "saved")
+    reloaded = UNet2DModel.from_pretrained(tmp_path / "saved")
+    for name, weight in reloaded.state_dict().items():
+        torch.testing.assert_close(weight, unet.state_dict()[name], rtol=0, atol=0)
+
+    # resuming the layout's checkpoint-2 ends at the uninterrupted run's weights, bit for bit
+    resumed_args = tiny_args(tmp_path / "run", use_ema=True, resume_from_checkpoint="checkpoint-2", overwrite_output_dir=True)
+    resumed, _, resumed_summary = train_ddpm_unet(resumed_args, images, preset="tiny")
+    assert resumed_summary.resumed_from_step == 2
+    for name, weight in resumed.state_dict().items():
+        torch.testing.assert_close(weight, unet.state_dict()[name], rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# --max_train_minutes
+# ------------------------------------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self):
+        self.seconds = 0.0
+
+    def __call__(self):
+        return self.seconds
+
+
+def test_budget_expires_at_its_deadline_on_a_fake_clock(tmp_path):
+    from accelerate import Accelerator
+
+    accelerator, clock = Accelerator(cpu=True), FakeClock()
+    budget = TrainingBudget(2.0, clock=clock)
+    clock.seconds = 119.9
+    assert not budget.expired(accelerator)
+    clock.seconds = 120.0
+    assert budget.expired(accelerator)
+    assert not TrainingBudget(None, clock=clock).expired(accelerator)
+
+
+def test_max_train_minutes_stops_with_a_final_checkpoint_loss_files_and_the_model(tmp_path):
+    images = tiny_images()
+    args = tiny_args(tmp_path / "run", max_train_steps=50, checkpointing_steps=20, max_train_minutes=1e-9)
+    unet, _, summary = train_ddpm_unet(args, images, preset="tiny")  # the budget runs out during the first step
+    run = tmp_path / "run"
+    assert summary.global_step == 1 and summary.stopped_by_time_budget
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert json.loads((run / "training_summary.json").read_text())["stopped_by_time_budget"] is True
+    assert len(json.loads((run / "loss_history.json").read_text())["steps"]) == 1
+    unet.save_pretrained(tmp_path / "model")
+    assert (tmp_path / "model" / "diffusion_pytorch_model.safetensors").is_file()
+
+    # the budgeted run resumes from its final checkpoint to the end of its schedule
+    resumed_args = tiny_args(run, max_train_steps=50, checkpointing_steps=20, resume_from_checkpoint="latest")
+    resumed_args.max_train_steps = 3
+    _, _, resumed = train_ddpm_unet(resumed_args, images, preset="tiny")
+    assert (resumed.resumed_from_step, resumed.global_step, resumed.stopped_by_time_budget) == (1, 3, False)
