@@ -131,9 +131,9 @@ LIGHT_IMPORT_THEN_REGISTRATION = """
 import sys
 import diffusion_classifiers
 from diffusion_classifiers.cli import build_parser
-build_parser(()).format_help()  # what `diffusion-classifiers --help` builds
+build_parser().format_help()  # every command's flags: what `diffusion-classifiers <command> --help` builds
 heavy = sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules)
-assert not heavy, f"import diffusion_classifiers and --help imported {heavy}"
+assert not heavy, f"import diffusion_classifiers and the commands' flags imported {heavy}"
 # this package's own import loads transformers' Auto modules: the classes register once it has finished
 from diffusion_classifiers.models import build_vit_encoder
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING

@@ -23,6 +23,7 @@ from diffusion_classifiers.training import (
     training_args_from_namespace,
 )
 
+from diffusion_classifiers.training.arguments import SCHEDULER_NAMES
 from diffusion_classifiers.training.monitoring import LossHistory, image_grid
 
 
@@ -105,6 +106,12 @@ def test_bad_training_arguments_fail_early(tmp_path):
         train(tiny_args(tmp_path), UNet2DModel(**unet_config("tiny", 8)), TensorDataset(torch.zeros(0, 1, 8, 8)), DenoisingLoss(DDPMScheduler()))
     with pytest.raises(FileNotFoundError, match="checkpoint"):
         train(tiny_args(tmp_path, resume_from_checkpoint="checkpoint-99"), UNet2DModel(**unet_config("tiny", 8)), TensorDataset(tiny_images()), DenoisingLoss(DDPMScheduler()))
+
+
+def test_scheduler_names_are_diffusers_own():
+    from diffusers.optimization import SchedulerType
+
+    assert list(SCHEDULER_NAMES) == [scheduler.value for scheduler in SchedulerType]
 
 
 def test_cli_flags_follow_diffusers_names():

@@ -38,14 +38,13 @@ def build_parser(commands=tuple(COMMANDS)) -> argparse.ArgumentParser:
 
 def add_demo_args(parser: argparse.ArgumentParser) -> None:
     from .data import add_data_args
-    from .models import UNET_PRESETS
+    from .models import DEFAULT_TIMESTEPS, UNET_PRESETS
     from .training import add_training_args
-    from .unet_feature_study import DEFAULT_TIMESTEPS
 
     add_data_args(parser, image_size=DEMO_DEFAULTS["image_size"])
-    parser.add_argument("--unet_preset", default=DEMO_DEFAULTS["unet_preset"], choices=sorted(UNET_PRESETS))
-    parser.add_argument("--timesteps", type=int, nargs="+", default=list(DEFAULT_TIMESTEPS))
-    parser.add_argument("--pool", default="mean", choices=["mean", "2x2"])
+    parser.add_argument("--unet_preset", default=DEMO_DEFAULTS["unet_preset"], choices=sorted(UNET_PRESETS), help="U-Net size")
+    parser.add_argument("--timesteps", type=int, nargs="+", default=list(DEFAULT_TIMESTEPS), help="timesteps probed")
+    parser.add_argument("--pool", default="mean", choices=["mean", "2x2"], help="spatial pooling of the features")
     add_training_args(
         parser,
         output_dir="outputs/demo",
@@ -69,7 +68,7 @@ def add_positive_class_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def add_probe_args(parser: argparse.ArgumentParser) -> None:
-    from .unet_feature_study import DEFAULT_TIMESTEPS
+    from .models import DEFAULT_TIMESTEPS
 
     parser.add_argument(
         "--unet_dir", required=True,

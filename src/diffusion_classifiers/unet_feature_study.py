@@ -15,11 +15,11 @@ from .data import LabeledImages
 from .features import DiffusionFeatureExtractor
 from .metrics import calibration_metrics, classification_metrics, resolve_positive_label
 from .pipelines import UNetFeatureClassifierPipeline
+from .models.unet_presets import DEFAULT_TIMESTEPS
 from .probing import ProbeGridResult, fit_probe_grid, kmeans_evaluate
 
 __all__ = ["DEFAULT_TIMESTEPS", "UNetFeatureStudy", "extract_study_features", "render_report", "run_unet_feature_study", "study_from_features", "summary_table", "write_study_report"]
 
-DEFAULT_TIMESTEPS = (10, 25, 50, 100, 200, 400)
 SPLITS = ("train", "val", "test")
 
 

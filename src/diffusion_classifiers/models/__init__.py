@@ -30,7 +30,8 @@ _EXPORTS = {
     "decode_latents": "vae_latents",
     "encode_latents": "vae_latents",
     "vae_scale_factor": "vae_latents",
-    # U-Net sizes
+    # U-Net sizes, default probed timesteps
+    "DEFAULT_TIMESTEPS": "unet_presets",
     "UNET_PRESETS": "unet_presets",
     "unet_config": "unet_presets",
     # supervised baseline

@@ -1,8 +1,9 @@
-"""U-Net sizes for small images (28-32 px), instead of diffusers' 6-level 256 px default."""
+"""U-Net sizes for small images (28-32 px), instead of diffusers' 6-level 256 px default, and the timesteps whose
+features the U-Net-feature method probes by default."""
 
 from typing import Optional
 
-__all__ = ["UNET_PRESETS", "unet_config"]
+__all__ = ["DEFAULT_TIMESTEPS", "UNET_PRESETS", "unet_config"]
 
 UNET_PRESETS = {
     "tiny": {"block_out_channels": (16, 32, 32), "layers_per_block": 1, "norm_num_groups": 8, "attention_head_dim": 8},
@@ -10,6 +11,8 @@ UNET_PRESETS = {
     "base": {"block_out_channels": (64, 128, 256, 256), "layers_per_block": 2, "norm_num_groups": 32, "attention_head_dim": 32},
 }
 ATTENTION_RESOLUTION = 16
+# of a 1000-step DDPM schedule: low noise, where the plankton and PneumoniaMNIST studies find the best features
+DEFAULT_TIMESTEPS = (10, 25, 50, 100, 200, 400)
 
 
 def unet_config(

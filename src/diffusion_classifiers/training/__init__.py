@@ -14,83 +14,51 @@
 - `supervised.py`: `train_supervised_cnn`, the supervised CNN baseline.
 """
 
-from .arguments import (
-    TrainingArguments,
-    add_diffusion_args,
-    add_encoder_args,
-    add_training_args,
-    build_vit_encoder_from_args,
-    training_args_from_namespace,
-)
-from .contrastive import (
-    METHODS,
-    DINOHead,
-    DINOLoss,
-    DINOModel,
-    ImageAugmentation,
-    SimCLRLoss,
-    SimCLRModel,
-    build_augmentation,
-    cosine_teacher_momentum,
-    nt_xent_loss,
-    train_contrastive_encoder,
-)
-from .denoising import DenoisingLoss, check_training_images
-from .launch import check_world_size
-from .loop import (
-    LossFunction,
-    TrainingSummary,
-    find_latest_checkpoint,
-    optimizer_steps_per_epoch,
-    total_optimizer_steps,
-    train,
-)
-from .output_dir import OutputDirInUseError
-from .rc_dit import RCDiTJointModel, RCDiTLoss, train_rc_dit
-from .sampling import EpochSeededSampler
-from .score_sde import class_balanced_sampler, train_score_sde_unet
-from .supervised import SupervisedLoss, predict_proba, train_supervised_cnn
-from .unet import train_ddpm_unet
+from ..lazy_exports import lazy_exports
 
-__all__ = [
+# public name -> the module that defines it, imported on first use
+_EXPORTS = {
     # the loop and its arguments
-    "EpochSeededSampler",
-    "LossFunction",
-    "OutputDirInUseError",
-    "TrainingArguments",
-    "TrainingSummary",
-    "add_diffusion_args",
-    "add_encoder_args",
-    "add_training_args",
-    "build_vit_encoder_from_args",
-    "check_world_size",
-    "find_latest_checkpoint",
-    "optimizer_steps_per_epoch",
-    "total_optimizer_steps",
-    "train",
-    "training_args_from_namespace",
+    "EpochSeededSampler": "sampling",
+    "LossFunction": "loop",
+    "OutputDirInUseError": "output_dir",
+    "TrainingArguments": "arguments",
+    "TrainingSummary": "loop",
+    "add_diffusion_args": "arguments",
+    "add_encoder_args": "arguments",
+    "add_training_args": "arguments",
+    "build_vit_encoder_from_args": "arguments",
+    "check_world_size": "launch",
+    "find_latest_checkpoint": "loop",
+    "optimizer_steps_per_epoch": "loop",
+    "total_optimizer_steps": "loop",
+    "train": "loop",
+    "training_args_from_namespace": "arguments",
     # diffusion trainers
-    "DenoisingLoss",
-    "RCDiTJointModel",
-    "RCDiTLoss",
-    "check_training_images",
-    "class_balanced_sampler",
-    "train_ddpm_unet",
-    "train_rc_dit",
-    "train_score_sde_unet",
+    "DenoisingLoss": "denoising",
+    "RCDiTJointModel": "rc_dit",
+    "RCDiTLoss": "rc_dit",
+    "check_training_images": "denoising",
+    "class_balanced_sampler": "score_sde",
+    "train_ddpm_unet": "unet",
+    "train_rc_dit": "rc_dit",
+    "train_score_sde_unet": "score_sde",
     # baselines
-    "METHODS",
-    "DINOHead",
-    "DINOLoss",
-    "DINOModel",
-    "ImageAugmentation",
-    "SimCLRLoss",
-    "SimCLRModel",
-    "SupervisedLoss",
-    "build_augmentation",
-    "cosine_teacher_momentum",
-    "nt_xent_loss",
-    "predict_proba",
-    "train_contrastive_encoder",
-    "train_supervised_cnn",
-]
+    "METHODS": "contrastive",
+    "DINOHead": "contrastive",
+    "DINOLoss": "contrastive",
+    "DINOModel": "contrastive",
+    "ImageAugmentation": "contrastive",
+    "SimCLRLoss": "contrastive",
+    "SimCLRModel": "contrastive",
+    "SupervisedLoss": "supervised",
+    "build_augmentation": "contrastive",
+    "cosine_teacher_momentum": "contrastive",
+    "nt_xent_loss": "contrastive",
+    "predict_proba": "supervised",
+    "train_contrastive_encoder": "contrastive",
+    "train_supervised_cnn": "supervised",
+}
+
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

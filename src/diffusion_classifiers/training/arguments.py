@@ -9,11 +9,6 @@ import argparse
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
-import torch
-from diffusers.optimization import SchedulerType
-from transformers import AutoModel
-
-from ..models.encoders import build_vit_encoder
 from ..models.unet_presets import UNET_PRESETS
 
 __all__ = [
@@ -25,7 +20,11 @@ __all__ = [
     "training_args_from_namespace",
 ]
 
-SCHEDULER_NAMES = [scheduler.value for scheduler in SchedulerType]
+# diffusers' `SchedulerType` values (tests/test_training.py checks they agree), written out so that the flags, and a
+# script's `--help`, need neither diffusers nor torch
+SCHEDULER_NAMES = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "piecewise_constant",
+)  # fmt: skip
 
 
 def _none_or_positive(value: Optional[int]) -> bool:
@@ -112,7 +111,7 @@ class TrainingArguments:
             ("gradient_accumulation_steps", "a positive integer", self.gradient_accumulation_steps >= 1),
             ("learning_rate", "a positive number", self.learning_rate > 0),
             ("lr_warmup_steps", "0 or more", self.lr_warmup_steps >= 0),
-            ("lr_scheduler", f"one of {SCHEDULER_NAMES}", self.lr_scheduler in SCHEDULER_NAMES),
+            ("lr_scheduler", f"one of {list(SCHEDULER_NAMES)}", self.lr_scheduler in SCHEDULER_NAMES),
             ("max_grad_norm", "a positive number", self.max_grad_norm > 0),
             ("mixed_precision", '"no", "fp16" or "bf16"', self.mixed_precision in ("no", "fp16", "bf16")),
             ("max_train_minutes", "None or a positive number", self.max_train_minutes is None or self.max_train_minutes > 0),
@@ -220,6 +219,11 @@ def build_vit_encoder_from_args(args: argparse.Namespace, images):
     dataset of `(image [C, H, H], ...)` items): loaded with `AutoModel` from `--encoder_name_or_path` (it must read
     C-channel images), else a new `build_vit_encoder` whose initial weights are seeded with `args.seed` (so the
     RC-DiT and contrastive trainers start from the same one)."""
+    import torch
+    from transformers import AutoModel
+
+    from ..models.encoders import build_vit_encoder
+
     shape = tuple(images.shape) if isinstance(images, torch.Tensor) else (len(images), *images[0][0].shape)
     if len(shape) != 4 or shape[-1] != shape[-2]:
         raise ValueError(f"expected square training images, got shape {shape}: pass --image_size")
