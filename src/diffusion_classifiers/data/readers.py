@@ -52,6 +52,7 @@ __all__ = [
     "load_image_classification_data",
     "read_classification_split",
     "read_idx",
+    "split_columns",
     "to_datasets",
 ]
 
@@ -811,11 +812,8 @@ def _read_hf_dataset(source: Any, image_column: str | None, label_column: str | 
     return _RawData(images, all_labels, names, splits)
 
 
-def read_classification_split(
-    dataset: Any, image_column: str | None = None, label_column: str | None = None
-) -> tuple[list[Image.Image], np.ndarray, list[str]]:
-    """One `datasets.Dataset` split as (decoded PIL images, integer labels, ClassLabel names), with the image and
-    label columns found by feature type as in [`load_image_classification_data`]."""
+def split_columns(dataset: Any, image_column: str | None, label_column: str | None) -> tuple[str, str]:
+    """The image and label columns of one non-empty `datasets.Dataset` split, found by feature type unless named."""
     import datasets
 
     if not isinstance(dataset, datasets.Dataset):
@@ -823,7 +821,17 @@ def read_classification_split(
     if len(dataset) == 0:
         raise ValueError("expected a non-empty dataset, got 0 rows")
     image_column = _find_column(dataset.features, image_column, datasets.Image, "image")
-    label_column = _find_column(dataset.features, label_column, datasets.ClassLabel, "label")
+    return image_column, _find_column(dataset.features, label_column, datasets.ClassLabel, "label")
+
+
+def read_classification_split(
+    dataset: Any, image_column: str | None = None, label_column: str | None = None
+) -> tuple[list[Image.Image], np.ndarray, list[str]]:
+    """One `datasets.Dataset` split as (decoded PIL images, integer labels, ClassLabel names), with the image and
+    label columns found by feature type as in [`load_image_classification_data`]."""
+    import datasets
+
+    image_column, label_column = split_columns(dataset, image_column, label_column)
     images = _decode_column(dataset.cast_column(image_column, datasets.Image(decode=True)), image_column, "evaluation")
     return images, np.asarray(dataset[label_column], dtype=np.int64), list(dataset.features[label_column].names)
 

@@ -42,12 +42,14 @@ from .readers import (
     _list_image_folder,
     _medical_from_args,
     _RawData,
+    split_columns,
 )
 from .splits import _check_fraction
 
 __all__ = [
     "DecodedImages",
     "StreamingImages",
+    "is_saved_dataset",
     "streaming_classification_split",
     "streaming_data_from_args",
     "streaming_image_classification_data",
@@ -277,14 +279,7 @@ def streaming_classification_split(
 ) -> tuple[DecodedImages, np.ndarray, list[str]]:
     """[`read_classification_split`] without decoding: one `datasets.Dataset` split as ([`DecodedImages`], integer
     labels, ClassLabel names), the columns found by feature type; only the label column is read now."""
-    import datasets
-
-    if not isinstance(dataset, datasets.Dataset):
-        raise TypeError(f"expected a datasets.Dataset split, got {type(dataset).__name__}")
-    if len(dataset) == 0:
-        raise ValueError("expected a non-empty dataset, got 0 rows")
-    image_column = _find_column(dataset.features, image_column, datasets.Image, "image")
-    label_column = _find_column(dataset.features, label_column, datasets.ClassLabel, "label")
+    image_column, label_column = split_columns(dataset, image_column, label_column)
     labels = np.asarray(dataset[label_column], dtype=np.int64)
     return DecodedImages(dataset, image_column), labels, list(dataset.features[label_column].names)
 
@@ -341,7 +336,7 @@ def streaming_image_classification_data(
     """
     _check_fraction(val_fraction, "val_fraction")
     _check_fraction(test_fraction, "test_fraction")
-    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir() and _is_saved_dataset(Path(source)):
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir() and is_saved_dataset(Path(source)):
         import datasets
 
         source = datasets.load_from_disk(str(source))
@@ -357,7 +352,8 @@ def streaming_image_classification_data(
     return {name: full.subset(splits[name]) for name in SPLITS}
 
 
-def _is_saved_dataset(folder: Path) -> bool:
+def is_saved_dataset(folder: Path) -> bool:
+    """Whether `folder` holds a `datasets.Dataset` or `DatasetDict` written by `save_to_disk`."""
     return (folder / "dataset_info.json").is_file() or (folder / "dataset_dict.json").is_file()
 
 

@@ -13,9 +13,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from ..data.dicom import WINDOW_NAMES
+
 __all__ = ["WINDOW_NAMES", "PredictionInput", "check_input_exists", "check_labels", "list_inputs", "parse_windows"]
 
-WINDOW_NAMES = ("brain", "subdural", "bone", "file", "full")  # data.dicom.WINDOW_NAMES, spelled out: no numpy import
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ def list_inputs(
     """
     from ..data.dicom import DICOM_EXTENSIONS, MedicalPreprocessing
     from ..data.readers import IMAGE_EXTENSIONS
+    from ..data.streaming import is_saved_dataset
 
     source = check_input_exists(source)
     medical = medical if medical is not None else MedicalPreprocessing()
@@ -81,7 +83,7 @@ def list_inputs(
         medical = replace(medical, windows=tuple(windows))
     _checked_windows(medical.windows)
     read = partial(_read_file, medical=medical)
-    if source.is_dir() and _is_saved_dataset(source):
+    if source.is_dir() and is_saved_dataset(source):
         return _dataset_inputs(source, split, image_column)
     if source.is_dir():
         return _folder_inputs(source, IMAGE_EXTENSIONS | DICOM_EXTENSIONS, read)
@@ -110,10 +112,6 @@ def _checked_windows(windows: Sequence[Any]) -> tuple:
     if len(windows) not in (1, 3):
         raise ValueError(f"windows: {len(windows)} windows give {len(windows)} channels; expected 1 or 3 windows")
     return windows
-
-
-def _is_saved_dataset(folder: Path) -> bool:
-    return (folder / "dataset_info.json").is_file() or (folder / "dataset_dict.json").is_file()
 
 
 def _folder_inputs(folder: Path, extensions: set, read: Callable) -> list[PredictionInput]:
