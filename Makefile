@@ -25,7 +25,8 @@ TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 # The whole suite on this CPU's own math kernels, then the float comparisons (`-m numerics`) again on the portable
 # kernels and on the AVX2 ones (when this CPU has them: torch does not check, an unsupported value crashes), so a
-# tolerance too tight for another CPU fails here. (AVX-512 cannot be forced on a CPU without it.)
+# tolerance too tight for another CPU fails here. (AVX-512 cannot be forced on a CPU without it.) Only the files that
+# hold numerics tests are collected again.
 test: $(STAMP)
 	$(TEST_ENV) HF_HOME=$$(mktemp -d) $(BIN)/python -m pytest $(PYTEST_ARGS)
 	native=$$($(BIN)/python -c "import torch; print(torch.backends.cpu.get_cpu_capability())"); \
@@ -33,7 +34,7 @@ test: $(STAMP)
 		case "$$capability:$$native" in avx2:AVX2|avx2:AVX512|default:*) ;; *) echo "skip $$capability: CPU is $$native"; continue;; esac; \
 		echo "numerics tests with ATEN_CPU_CAPABILITY=$$capability"; \
 		ATEN_CPU_CAPABILITY=$$capability $(TEST_ENV) HF_HOME=$$(mktemp -d) \
-			$(BIN)/python -m pytest $(PYTEST_ARGS) -q -m numerics -p no:cacheprovider || exit 1; \
+			$(BIN)/python -m pytest $(PYTEST_ARGS) -q -m numerics -p no:cacheprovider $$(grep -l "mark.numerics" tests/test_*.py) || exit 1; \
 	done
 
 bench-quick: $(STAMP)

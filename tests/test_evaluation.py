@@ -1,5 +1,6 @@
 import json
-import subprocess
+import runpy
+import sys
 
 import datasets
 import numpy as np
@@ -15,7 +16,7 @@ from diffusion_classifiers.metrics import calibration_metrics
 from diffusion_classifiers.models import unet_config
 from diffusion_classifiers.probing import fit_probe_grid
 
-from .conftest import PYTHON, REPO_ROOT, python_subprocess_env
+from .conftest import REPO_ROOT
 
 BINARY_NAMES = ["malignant", "benign"]  # label 0 is the finding: sensitivity must be its recall, not label 1's
 
@@ -89,12 +90,14 @@ def test_evaluate_evaluator_with_the_shipped_metric_inside_the_scoped_shim(fitte
     assert results["macro_f1"] == pytest.approx(expected["macro_f1"])
 
 
-def test_evaluate_script_end_to_end(fitted, tmp_path):
+def test_evaluate_script_end_to_end(fitted, tmp_path, capsys, monkeypatch):
+    """The example script as run from a shell (in this process: the fresh-interpreter path of saved pipelines is
+    tests/test_ecosystem_loading.py's)."""
     _, root, _ = fitted
-    command = [PYTHON, str(REPO_ROOT / "examples" / "evaluate.py"), "--model_dir", str(root / "pipeline"), "--dataset", "digits", "--output_dir", str(tmp_path)]
-    result = subprocess.run(command, env=python_subprocess_env(), capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stderr[-3000:]
-    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    argv = ["evaluate.py", "--model_dir", str(root / "pipeline"), "--dataset", "digits", "--output_dir", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(REPO_ROOT / "examples" / "evaluate.py"), run_name="__main__")
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["accuracy"] == json.loads((tmp_path / "metrics.json").read_text())["accuracy"]
 
 

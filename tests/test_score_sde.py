@@ -40,7 +40,7 @@ def trained(tmp_path_factory):
     TRAIN_SCRIPT["main"]([
         "--dataset", str(data), "--image_size", "8", "--unet_preset", "tiny", "--output_dir", str(root / "model"),
         "--max_train_steps", "200", "--train_batch_size", "32", "--learning_rate", "1e-2", "--lr_warmup_steps", "5",
-        "--checkpointing_steps", "1000",
+        "--checkpointing_steps", "1000", "--num_sample_images", "0",
     ])  # fmt: skip
     test = load_image_classification_data(str(data), image_size=8)["test"]
     return DiffusionClassifierPipeline.from_pretrained(str(root / "model")), test, root

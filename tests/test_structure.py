@@ -1,6 +1,7 @@
 """The package's layers: imports point down only, no loops, every module imports alone, one public face."""
 
 import ast
+import functools
 import subprocess
 from pathlib import Path
 
@@ -28,6 +29,7 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+@functools.lru_cache(maxsize=None)
 def library_modules() -> dict:
     return {module_name(path): path for path in sorted(SOURCE.rglob("*.py")) if "evaluate_metrics" not in path.parts}
 

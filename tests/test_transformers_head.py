@@ -1,11 +1,8 @@
 import json
-import subprocess
 
-import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
-from PIL import Image
 
 from diffusion_classifiers import (
     DiffusionClassifierConfig,
@@ -15,8 +12,6 @@ from diffusion_classifiers import (
 )
 from diffusion_classifiers.data import load_image_classification_data
 from diffusion_classifiers.models import LinearProbeHead, unet_config
-
-from .conftest import PYTHON, python_subprocess_env
 
 CLASS_NAMES = ["zero", "one", "two"]
 
@@ -63,25 +58,6 @@ def test_output_has_loss_and_hidden_states(exported):
         model(torch.zeros(2, 1, 16, 16), labels=torch.tensor([0, 3]))
     with pytest.raises(ValueError, match=r"pixel_values of shape \[N, 1, 16, 16\]"):
         model(torch.zeros(2, 3, 16, 16))
-
-
-def test_transformers_pipeline_in_fresh_process(exported, pipe):
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16), dtype=np.uint8), mode="L")
-    expected = pipe(image)
-    script = f"""
-import json, numpy
-from PIL import Image
-import diffusion_classifiers  # registers the Auto classes
-from transformers import pipeline
-classify = pipeline("image-classification", model={str(exported)!r})
-image = Image.fromarray(numpy.random.default_rng(0).integers(0, 255, (16, 16), dtype=numpy.uint8), mode="L")
-print(json.dumps(classify(image, top_k=3)))
-"""
-    result = subprocess.run([PYTHON, "-c", script], env=python_subprocess_env(), capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stderr[-3000:]
-    predictions = json.loads(result.stdout.strip().splitlines()[-1])
-    assert predictions[0]["label"] == expected.labels[0]
-    assert predictions[0]["score"] == pytest.approx(expected.scores[0].item(), abs=1e-6)
 
 
 def test_trainer_fine_tunes_the_head_with_frozen_backbone(exported, tmp_path):
