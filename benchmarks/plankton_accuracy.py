@@ -53,7 +53,7 @@ from diffusion_classifiers.models import build_vit_encoder, count_parameters, en
 from diffusion_classifiers.models.unet_presets import unet_config
 from diffusion_classifiers.plots import plot_label_efficiency
 from diffusion_classifiers.probing import few_shot_indices, fit_probe_grid, kmeans_evaluate, prototype_classify
-from diffusion_classifiers.probing.protocols import select_clustering_without_labels
+from diffusion_classifiers.probing import select_clustering_without_labels
 from diffusion_classifiers.training import (
     class_balanced_sampler,
     predict_proba,

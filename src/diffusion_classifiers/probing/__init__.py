@@ -13,6 +13,7 @@ from .protocols import (
     kmeans_evaluate,
     knn_classify,
     prototype_classify,
+    select_clustering_without_labels,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "kmeans_evaluate",
     "knn_classify",
     "prototype_classify",
+    "select_clustering_without_labels",
 ]
