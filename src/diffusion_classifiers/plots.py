@@ -241,7 +241,7 @@ def plot_label_efficiency(
         ax.set_xscale("log")
         # ticks at the measured label counts, written plainly ("5", not "5x10^0"; no crowded minor labels)
         ax.set_xticks(sorted({n for points in curves.values() for n in points}))
-        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%.3g"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set(xlabel="labelled samples per class (log scale)", ylabel=f"test {label} (%)")
         ax.set_title(f"{label} vs labels per class")
