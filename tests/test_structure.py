@@ -95,8 +95,26 @@ def test_no_import_loops():
     assert not loops, "import loops:\n" + "\n".join(loops)
 
 
-# One fresh interpreter per module would spend ~10 s each importing torch, diffusers and transformers. Instead one
-# interpreter imports every module once (so every third-party library is loaded), forgets the package and
+# A fresh interpreter first checks that the package face and every command's flags import nothing heavy, and that the
+# transformers classes register once this package's own import (which loads transformers' Auto modules) finishes.
+LIGHT_IMPORT_THEN_REGISTRATION = """
+import sys
+import diffusion_classifiers
+from diffusion_classifiers.cli import build_parser
+build_parser().format_help()  # every command's flags: what `diffusion-classifiers <command> --help` builds
+heavy = sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules)
+assert not heavy, f"import diffusion_classifiers and the commands' flags imported {heavy}"
+from diffusion_classifiers.models import build_vit_encoder
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
+config = CONFIG_MAPPING["diffusion-classifier"]
+assert MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING[config].__name__ == "DiffusionFeaturesForImageClassification"
+assert IMAGE_PROCESSOR_MAPPING[config]["pil"].__name__ == "DiffusionClassifierImageProcessor"
+"""
+
+# Then, as one fresh interpreter per module would spend ~10 s each importing torch, diffusers and transformers, the
+# same interpreter imports every module once (so every third-party library is loaded), forgets the package and
 # transformers' Auto modules (which the package's classes register with when they load), and forks a child per
 # module that imports that module alone: each child runs this package's import order afresh.
 IMPORT_EACH_ALONE = """
@@ -121,37 +139,12 @@ sys.exit(1 if failures else 0)
 
 
 @pytest.mark.slow
-def test_every_module_imports_alone_in_a_fresh_process():
+def test_light_import_registration_and_every_module_imported_alone_in_a_fresh_process():
     result = subprocess.run(
-        [PYTHON, "-c", IMPORT_EACH_ALONE, *library_modules()],
+        [PYTHON, "-c", LIGHT_IMPORT_THEN_REGISTRATION + IMPORT_EACH_ALONE, *library_modules()],
         capture_output=True, text=True, env=python_subprocess_env(), timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-5000:]
-
-
-LIGHT_IMPORT_THEN_REGISTRATION = """
-import sys
-import diffusion_classifiers
-from diffusion_classifiers.cli import build_parser
-build_parser().format_help()  # every command's flags: what `diffusion-classifiers <command> --help` builds
-heavy = sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules)
-assert not heavy, f"import diffusion_classifiers and the commands' flags imported {heavy}"
-# this package's own import loads transformers' Auto modules: the classes register once it has finished
-from diffusion_classifiers.models import build_vit_encoder
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
-from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
-config = CONFIG_MAPPING["diffusion-classifier"]
-assert MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING[config].__name__ == "DiffusionFeaturesForImageClassification"
-assert IMAGE_PROCESSOR_MAPPING[config]["pil"].__name__ == "DiffusionClassifierImageProcessor"
-"""
-
-
-@pytest.mark.slow
-def test_import_is_light_and_the_auto_classes_learn_the_model_when_transformers_loads():
-    result = subprocess.run([PYTHON, "-c", LIGHT_IMPORT_THEN_REGISTRATION], capture_output=True, text=True,
-                            env=python_subprocess_env(), timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_public_face_exports_what_users_call():
