@@ -1,10 +1,11 @@
+import argparse
 import json
 
 import pytest
 from PIL import Image
 
 from diffusion_classifiers import DiffusionClassifierPipeline
-from diffusion_classifiers.cli import main
+from diffusion_classifiers.cli import build_parser, main
 
 
 def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, capsys):
@@ -44,3 +45,10 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
     assert {p.name for p in (tmp_path / "eval").iterdir()} == {"metrics.json", "report.md", "confusion_matrix.png", "reliability.png"}
     with pytest.raises(ValueError, match="positive_class: expected a binary task, got 10 classes"):
         main(["evaluate", "--model_dir", str(tmp_path / "pipeline"), "--output_dir", str(tmp_path / "eval"), "--positive_class", "3"])
+
+
+def test_every_flag_of_every_command_has_help_text():
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    silent = {name: [a.option_strings[0] for a in command._actions if a.option_strings and not a.help]
+              for name, command in commands.items()}
+    assert not any(silent.values()), silent

@@ -94,9 +94,9 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
         help="what data.load_image_classification_data reads (with the model's saved preprocessing), or a saved "
         "DatasetDict folder",
     )  # fmt: skip
-    parser.add_argument("--split", default="test", choices=["train", "val", "validation", "test"])
+    parser.add_argument("--split", default="test", choices=["train", "val", "validation", "test"], help="the split scored")
     parser.add_argument("--output_dir", default="outputs/evaluation", help="where metrics.json, report.md and the PNGs go")
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=64, help="images per model call")
     parser.add_argument("--seed", type=int, default=0, help="seed of the val split carved from train when the data has none")
     parser.add_argument(
         "--streaming", action="store_true",
