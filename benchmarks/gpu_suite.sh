@@ -126,7 +126,7 @@ run_step unet_features_bench_extraction 40 unet_features_bench_extraction.py
 run_step unet_features_bench_precision 60 unet_features_bench_precision.py
 run_step unet_features_bench_probe 70 unet_features_bench_probe.py
 run_step score_sde_bench_elbo 45 score_sde_bench_elbo.py
-run_step score_sde_bench_likelihood 45 score_sde_bench_likelihood.py
+run_step score_sde_bench_likelihood 60 score_sde_bench_likelihood.py --parts speed --num_images 4  # 16 images + PneumoniaMNIST took 273 s on an H200 (results/score_sde_bench_likelihood_gpu.json), 194 s of it SciPy
 run_step rc_dit_bench_conditioning 25 rc_dit_bench_conditioning.py --dit_size S
 run_step unet_features_accuracy 60 unet_features_accuracy.py
 run_step rc_dit_accuracy 60 rc_dit_accuracy.py

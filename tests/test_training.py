@@ -51,6 +51,9 @@ def test_training_reduces_denoising_loss_and_checkpoints(tmp_path):
     assert summary.global_step == 30
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-20", "checkpoint-30"]
     assert not list(tmp_path.glob("*.partial"))
+    (tmp_path / "plain.txt").write_text("")  # the mode a plain open() gives under this umask
+    weight_files = list((tmp_path / "checkpoint-30").glob("*.safetensors"))
+    assert weight_files and {f.stat().st_mode for f in weight_files} == {(tmp_path / "plain.txt").stat().st_mode}
     loss_fn = DenoisingLoss(scheduler)
     torch.manual_seed(0)
     trained_loss = loss_fn(unet, (images,)).item()

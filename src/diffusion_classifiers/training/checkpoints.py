@@ -17,6 +17,7 @@ from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 
+from ..remote_code import make_weights_readable_as_umask_allows
 from .arguments import TrainingArguments
 
 __all__ = [
@@ -132,6 +133,7 @@ def save_checkpoint(
         save_ema(ema, parameter_names, partial)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        make_weights_readable_as_umask_allows([partial])  # resumable by the other users of a shared folder
         if os.path.isdir(final):  # resumed from an earlier checkpoint: this step's is written again
             shutil.rmtree(final)
         os.replace(partial, final)
