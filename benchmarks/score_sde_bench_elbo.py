@@ -72,15 +72,19 @@ def candidate_rules(num_classes: int, num_timesteps: int):
             yield dict(pruning=first, early_stop_confidence=confidence, timesteps_per_check=per_check)
 
 
+def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """The fraction of images whose best-scoring class is their label."""
+    return float((scores.argmax(1) == labels).float().mean())
+
+
 def choose_rule(val_exhaustive, val_labels, reference: float, max_loss_points: float):
     """The cheapest rule (mean NFE) whose val accuracy is within `max_loss_points` of the `reference` val accuracy;
     returns it and the table of every rule tried."""
-    accuracy = lambda result: float((result.scores.argmax(1) == val_labels).float().mean())  # noqa: E731
     num_classes, num_timesteps = val_exhaustive.errors.shape[1:]
     table = []
     for rule in candidate_rules(num_classes, num_timesteps):
         replayed = replay_stopping_rule(val_exhaustive, **rule)
-        table.append({"rule": rule, "val_accuracy": accuracy(replayed),
+        table.append({"rule": rule, "val_accuracy": accuracy(replayed.scores, val_labels),
                       "val_nfe_per_image": float(replayed.nfe_per_image.float().mean())})
     eligible = [row for row in table if 100 * (reference - row["val_accuracy"]) <= max_loss_points]
     if not eligible:  # no rule within the bar: the most accurate one
@@ -134,11 +138,11 @@ def main():
 
     start = time.perf_counter()
     val_exhaustive = denoising_error_scores(unet, val.images, num_classes, num_timesteps=num_timesteps, **score)
-    val_accuracy = {"shared_noise": float((val_exhaustive.scores.argmax(1) == val.labels).float().mean())}
+    val_accuracy = {"shared_noise": accuracy(val_exhaustive.scores, val.labels)}
     if args.select_against == "protocol":
         protocol_scores, _ = exhaustive_scores(unet, val.images, num_classes, num_timesteps, args.weighting, args.seed,
                                                args.batch_size)
-        val_accuracy["protocol"] = float((protocol_scores.argmax(1) == val.labels).float().mean())
+        val_accuracy["protocol"] = accuracy(protocol_scores, val.labels)
     chosen, table = choose_rule(val_exhaustive, val.labels, val_accuracy[args.select_against], args.max_val_loss_points)
     selection_seconds = time.perf_counter() - start
     rule = chosen["rule"]
@@ -163,7 +167,7 @@ def main():
     )
     predictions = {name: scores.argmax(1) for name, (scores, _) in results.items()}
     correct = {name: p == test.labels for name, p in predictions.items()}
-    accuracy = {name: float(c.float().mean()) for name, c in correct.items()}
+    test_accuracy = {name: float(c.float().mean()) for name, c in correct.items()}
     nfe = {name: float(n.float().mean()) for name, (_, n) in results.items()}
     loss = {name: paired_difference(correct["exhaustive"], correct[name]) for name in ("pruned", "adaptive")}
     figures = {
@@ -188,7 +192,7 @@ def main():
         "seconds": seconds,
         "images_per_s": {name: num_images / s for name, s in seconds.items()},
         "speedup": {name: seconds["exhaustive"] / seconds[name] for name in ("pruned", "adaptive")},
-        "accuracy": accuracy,
+        "accuracy": test_accuracy,
         "accuracy_loss_vs_exhaustive": loss,
         "agreement_with_exhaustive": {
             name: float((predictions["exhaustive"] == predictions[name]).float().mean()) for name in ("pruned", "adaptive")},

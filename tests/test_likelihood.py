@@ -366,7 +366,7 @@ def test_fixed_step_grids_against_a_tight_dopri5_solve_on_a_trained_unet(trained
     assert (errors["heun", "uniform"] < 0).all() and table["heun", "uniform"][1] > 0.3, table
     # The exponential multistep solver, 41 evaluations per class (3.1x fewer than the default): measured max |delta|
     # 0.0065 here (the default 0.0031) and 0.0074 on the "tiny" preset trained 1000 steps on Fashion-MNIST (4 training
-    # images x 10 classes; the default 0.0056). The bound is that here times the default's spread over nine models
+    # images x 10 classes, results/score_sde_bench_likelihood.json). The bound is that here times the default's spread over nine models
     # (0.0101 / 0.0031 = 3.3), rounded up.
     fast = probability_flow_log_likelihood(unet, images, 3, solver="dpm3m", num_steps=40)
     assert fast.nfe_per_image.tolist() == [3 * 41] * 3

@@ -5,11 +5,11 @@ Two scorers share one VP-SDE and one model interface:
 - [`probability_flow_log_likelihood`]: the exact `log p(x | c)` of the probability-flow ODE, with the divergence
   by the Hutchinson estimator (or exactly, for small images), solved in torch with a fixed-step Heun / RK4 grid
   (by default 32 RK4 steps uniform in log-SNR), an exponential multistep solver in log-SNR (one evaluation per step)
-  or an adaptive Dormand-Prince (RK45) solver. Every image is paired
-  with every class in one ODE state.
+  or an adaptive Dormand-Prince (RK45) solver. Every image is paired with every class in one ODE state.
 - [`denoising_error_scores`]: the weighted denoising error (the diffusion term of the ELBO), with the same noise
-  and timesteps for every class, adaptive class pruning (Li et al. 2023) and, for two classes, a sequential early
-  stop once the sign of the log-likelihood ratio is settled.
+  and timesteps for every class, adaptive class pruning (Li et al. 2023) and a sequential early stop that drops
+  each class once a paired test settles it below the leader (for two classes: the sign of the log-likelihood
+  ratio); [`replay_stopping_rule`] replays such rules on an exhaustive run, to choose one on validation images.
 
 Conventions:
 
@@ -552,11 +552,12 @@ def probability_flow_log_likelihood(
             divergence integrated in log-SNR by a cubic quadrature on the same model calls; or the adaptive
             `"dopri5"` with `rtol` / `atol` (error of each (image, class) row scaled by `atol + rtol |y|`; the step
             size is shared by a batch and set by its hardest row). `"dpm3m"` with 40 log-SNR steps (3.1x fewer
-            evaluations than the default) was as close to a tight dopri5 solve as the default on the "tiny"
-            preset trained 1000 steps (max |delta bits/dim| 0.0074 vs 0.0056 on 4 training images x 10 classes, 0.0078
-            vs 0.011 on 16 test images; 20 steps: 0.019), but on a GPU (TF32 convolutions) 48 steps were 0.018 vs
-            0.0081: not the default; its error comes mostly from the model's roughness in `t` between the trained integer
-            timesteps, which fixed grids sample (see `benchmarks/score_sde_bench_likelihood.py`).
+            evaluations than the default) was within 0.0074 bits/dim of a tight dopri5 solve on 4 training images x
+            10 classes of the "tiny" preset trained 1000 steps (24 steps: 0.019, 48 steps: 0.014), and within 0.0078
+            of SciPy's RK45 at 1e-5 on 16 test images (the default: 0.011); on a GPU 48 steps were 0.018 off (the
+            default 0.0081). Not the default: its error is not monotone in the step count, as the model is rough in
+            `t` between the trained integer timesteps, which fixed grids sample
+            (`benchmarks/score_sde_bench_likelihood.py`).
         num_steps: steps of the fixed grid.
         step_spacing: where the fixed grid's steps go.
 
@@ -626,6 +627,22 @@ def _solve_log_likelihood(eps_fn, sde, batch, class_ids, probes, solver, num_ste
     x = batch.repeat_interleave(num_classes, 0)
     labels = class_ids.repeat(len(batch))
     probes = None if probes is None else probes.repeat_interleave(num_classes, 0)
+    if solver == "dpm3m":
+        def eps_and_trace(x_rows, t):
+            return _eps_and_trace(eps_fn, x_rows, t, x.shape, labels, probes)
+
+        grid = _time_grid(sde, num_steps, step_spacing, x)
+        x1, delta, evaluations = _solve_multistep(eps_and_trace, x.flatten(1), sde, grid, 3, on_step)
+    else:
+        x1, delta, evaluations = _solve_augmented_state(eps_fn, sde, x, labels, probes, solver, num_steps,
+                                                        step_spacing, rtol, atol, on_step)
+    prior = -0.5 * (x1.pow(2).sum(1) + x1.shape[1] * math.log(2 * math.pi))
+    return prior + delta, evaluations
+
+
+def _solve_augmented_state(eps_fn, sde, x, labels, probes, solver, num_steps, step_spacing, rtol, atol, on_step):
+    """The Runge-Kutta solvers on the state `[x, int div]`: returns the final x, the divergence integral and the
+    number of right-hand-side evaluations."""
     field = _probability_flow(eps_fn, sde, x.shape, labels, probes)
     evaluations = 0
 
@@ -635,20 +652,11 @@ def _solve_log_likelihood(eps_fn, sde, batch, class_ids, probes, solver, num_ste
         return field(t, y)
 
     y = torch.cat([x.flatten(1), x.new_zeros(len(x), 1)], 1)
-    if solver == "dpm3m":
-        def eps_and_trace(x_rows, t):
-            return _eps_and_trace(eps_fn, x_rows, t, x.shape, labels, probes)
-
-        grid = _time_grid(sde, num_steps, step_spacing, y)
-        x1, delta, evaluations = _solve_multistep(eps_and_trace, y[:, :-1], sde, grid, 3, on_step)
+    if solver == "dopri5":
+        y = _solve_dopri5(counted, y, sde.t_min, 1.0, rtol, atol, on_step)
     else:
-        if solver == "dopri5":
-            y = _solve_dopri5(counted, y, sde.t_min, 1.0, rtol, atol, on_step)
-        else:
-            y = _solve_fixed(counted, y, _time_grid(sde, num_steps, step_spacing, y), solver, on_step)
-        x1, delta = y[:, :-1], y[:, -1]
-    prior = -0.5 * (x1.pow(2).sum(1) + x1.shape[1] * math.log(2 * math.pi))
-    return prior + delta, evaluations
+        y = _solve_fixed(counted, y, _time_grid(sde, num_steps, step_spacing, y), solver, on_step)
+    return y[:, :-1], y[:, -1], evaluations
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -190,7 +190,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
                 bits/dim of a tight adaptive solve on every trained model measured; `step_spacing="uniform"` is
                 inaccurate near `t_min` (0.1 to 2 bits/dim too few, enough to change decisions). For a reference,
                 `solver="dopri5"`; for speed, `solver="dpm3m"` (one evaluation per step: `num_steps=40` costs 41
-                per class, 3.1x fewer than the default, at up to about twice its error).
+                per class, 3.1x fewer than the default, at up to 2.2x its error in the runs measured).
             generator (`torch.Generator` or `List[torch.Generator]`, *optional*): one generator (one seed drawn from
                 it) or one per image; overrides `seed`.
             seed (`int` or `Sequence[int]`, *optional*, defaults to 0): an int (see `seed_by`) or one per image.
