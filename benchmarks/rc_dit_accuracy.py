@@ -3,17 +3,19 @@
 For each dataset (PneumoniaMNIST and Fashion-MNIST, or the one `--data` names: any dataset
 `load_image_classification_data` reads), in one run:
 
-1. RC-DiT: a ViT encoder and a DiT (`train_rc_dit`) trained together on the unlabeled train images;
+1. RC-DiT: a ViT encoder and a DiT (`train_rc_dit`, its default recipe: r the final-layernormed CLS token,
+   standardised per dimension) trained together on the unlabeled train images;
 2. baseline: the SAME ViT architecture from the SAME initial weights, trained on the same images for the same number
    of optimizer steps, batch size and learning rate with a self-distillation (DINO) or contrastive (SimCLR)
    objective (`training.train_contrastive_encoder`, kornia augmentations; SimCLR by default: DINO collapsed at
    this budget in our trials);
 3. optionally a pretrained encoder directory (`--pretrained facebook/dinov2-small` where the Hub is reachable);
-4. every feature source scored by `probing.evaluate_protocols`: label-free k-means + Hungarian on test (accuracy,
-   macro-F1, NMI, ARI), prototypes and k-NN with n = 1, 5, 10 and all labelled train images per class (5
-   episodes), and a linear probe on all train labels. The RC-DiT's DiT block activations are a second source:
+4. floors: raw pixels and the encoder at its random initialisation (the same initial weights);
+5. every feature source scored by `probing.evaluate_protocols`: label-free k-means + Hungarian on test (accuracy,
+   macro-F1, NMI, ARI), prototypes and k-NN on standardised features with n = 1, 5, 10 and all labelled train
+   images per class (5 episodes), and a linear probe on all train labels. The RC-DiT's DiT block activations are a second source:
    the (block, t) pair is chosen by linear-probe accuracy on val, then scored like the others.
-5. a PNG grid per dataset: test reference images and samples generated from their representations.
+6. a PNG grid per dataset: test reference images and samples generated from their representations.
 
 Selection uses val only; test is for reporting. Target on PneumoniaMNIST (the published margins over DINOv2):
 label-free accuracy >= baseline + 6 points and macro-F1 >= baseline + 13 points.
@@ -48,7 +50,7 @@ from _common import (  # noqa: E402
     timed,
     training_arguments,
 )
-from diffusion_classifiers.models import encode_representation, load_pretrained_encoder  # noqa: E402
+from diffusion_classifiers.models import encode_representation, load_pretrained_encoder, representation_of  # noqa: E402
 from diffusion_classifiers.plots import label_efficiency_curve, plot_label_efficiency  # noqa: E402
 from diffusion_classifiers.pipelines import (  # noqa: E402
     RepresentationConditionedDiTImageVariationPipeline,
@@ -119,8 +121,9 @@ def training_args(args, output_dir: str) -> TrainingArguments:
 
 
 @torch.no_grad()
-def encode(encoder, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    return torch.cat([encode_representation(encoder, chunk).float().cpu() for chunk in images.split(batch_size)])
+def encode(function, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """`function(chunk)` of every chunk of `images`, float32 on the CPU."""
+    return torch.cat([function(chunk).float().cpu() for chunk in images.split(batch_size)])
 
 
 def protocols(features: dict, splits: dict, seed: int) -> dict:
@@ -128,7 +131,7 @@ def protocols(features: dict, splits: dict, seed: int) -> dict:
     return evaluate_protocols(
         features["train"], splits["train"].labels, features["test"], splits["test"].labels,
         num_classes=splits["train"].num_classes, val_features=features["val"], val_labels=splits["val"].labels,
-        seed=seed,
+        seed=seed, standardize=True,
     )  # fmt: skip
 
 
@@ -175,6 +178,7 @@ def run_dataset(name: str, path: Path, args, device, output_dir: Path) -> dict:
     walls = {}
     splits = load_splits(path, args)
     train_images = splits["train"].images
+    random_encoder = build_vit_encoder_from_args(args, train_images).eval()
     with tempfile.TemporaryDirectory() as tmp:
         with timed(walls, "train_rc_dit"):
             encoder, transformer, scheduler, rc_summary = train_rc_dit(
@@ -192,10 +196,14 @@ def run_dataset(name: str, path: Path, args, device, output_dir: Path) -> dict:
 
     sources, details = {}, {}
     with timed(walls, "evaluate"):
-        sources["rc_dit"] = protocols({s: encode(encoder, split.images) for s, split in splits.items()}, splits, args.seed)
-        sources[args.baseline] = protocols(
-            {s: encode(baseline, split.images) for s, split in splits.items()}, splits, args.seed
-        )
+        feature_functions = {
+            "rc_dit": lambda x: representation_of(encoder, transformer, x),
+            args.baseline: lambda x: encode_representation(baseline, x),
+            "raw_pixels": lambda x: x.flatten(1),
+            "random_encoder": lambda x: encode_representation(random_encoder, x, transformer.config.representation_readout),
+        }
+        for source, function in feature_functions.items():
+            sources[source] = protocols({s: encode(function, split.images) for s, split in splits.items()}, splits, args.seed)
         dit_features, details["rc_dit_blocks"] = dit_block_source(pipe, splits, args.dit_timesteps, args.seed)
         sources["rc_dit_blocks"] = protocols(dit_features, splits, args.seed)
         if args.pretrained:

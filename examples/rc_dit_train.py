@@ -24,6 +24,7 @@ from diffusion_classifiers.training import (
     add_encoder_args,
     add_training_args,
     build_vit_encoder_from_args,
+    encoder_preprocessing_from_args,
     train_rc_dit,
     training_args_from_namespace,
 )
@@ -83,6 +84,7 @@ def main(argv=None):
         num_train_timesteps=args.num_train_timesteps,
         freeze_encoder=args.freeze_encoder,
         vae=vae,
+        encoder_preprocessing=encoder_preprocessing_from_args(args),
     )
     if PartialState().is_main_process:
         pipe = RepresentationConditionedDiTPipeline(encoder, transformer, scheduler, vae=vae, preprocessing=train.preprocessing)

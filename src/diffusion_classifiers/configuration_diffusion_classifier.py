@@ -28,6 +28,11 @@ class DiffusionClassifierConfig(PretrainedConfig):
         feature_size (`int`): the pooled feature's dimension (the linear head's input).
         freeze_backbone (`bool`): keep the backbone's parameters out of training (`requires_grad=False`).
         positive_class (`str`, *optional*): for a binary task, the class (an `id2label` name) its metrics refer to.
+        representation_readout (`str`, *optional*, defaults to `"pooler"`): how the encoder's r is read out
+            (`encode_representation`; the RC-DiT transformer's `representation_readout`). Its
+            `representation_norm` is folded into the feature standardisation (`feature_mean`, `feature_std`).
+        encoder_preprocessing (`dict`, *optional*): the RC-DiT transformer's `encoder_preprocessing` (a pretrained
+            encoder's image size, mean and std).
     """
 
     model_type = "diffusion-classifier"
@@ -45,6 +50,8 @@ class DiffusionClassifierConfig(PretrainedConfig):
         feature_size: int = 1,
         freeze_backbone: bool = True,
         positive_class: Optional[str] = None,
+        representation_readout: str = "pooler",
+        encoder_preprocessing: Optional[dict] = None,
         **kwargs,
     ):
         if backbone_type not in BACKBONE_TYPES:
@@ -59,6 +66,8 @@ class DiffusionClassifierConfig(PretrainedConfig):
         self.num_noise_draws = num_noise_draws
         self.feature_size = feature_size
         self.freeze_backbone = freeze_backbone
+        self.representation_readout = representation_readout
+        self.encoder_preprocessing = encoder_preprocessing
         super().__init__(**kwargs)
         if positive_class is not None and positive_class not in self.id2label.values():
             labels = list(self.id2label.values())

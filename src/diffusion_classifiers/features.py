@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from diffusion_classifiers.models import RepresentationConditionedDiTModel, encode_latents, encode_representation
+from diffusion_classifiers.models import RepresentationConditionedDiTModel, encode_latents, representation_of
 
 __all__ = [
     "POOLS",
@@ -474,7 +474,7 @@ class DiTFeatureExtractor:
     Args:
         transformer ([`RepresentationConditionedDiTModel`]): the denoiser; used in eval mode, never modified.
         scheduler ([`DDPMScheduler`]): the scheduler it was trained with; noises x0.
-        encoder: the transformers vision model whose representation (`encode_representation`) conditions it.
+        encoder: the transformers vision model whose representation (`representation_of`) conditions it.
         vae ([`AutoencoderKL`], *optional*): when the transformer works in the VAE's latent space.
 
     Example:
@@ -587,7 +587,7 @@ class DiTFeatureExtractor:
         config = self.transformer.config
         device, dtype = self.transformer.device, self.transformer.dtype
         grid = config.sample_size // config.patch_size
-        r = encode_representation(self.encoder, images) if representation == "encoder" else None
+        r = representation_of(self.encoder, self.transformer, images) if representation == "encoder" else None
         x0 = self.to_transformer_space(images).to(device=device, dtype=torch.float32)
         eps = noise.to(device).expand_as(x0)
         features = {}

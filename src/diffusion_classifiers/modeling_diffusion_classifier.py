@@ -110,7 +110,9 @@ class DiffusionFeaturesForImageClassification(DiffusionClassifierPreTrainedModel
         # though transformers' loading re-enables `requires_grad` on every parameter.
         with torch.set_grad_enabled(torch.is_grad_enabled() and not config.freeze_backbone):
             if config.backbone_type == "encoder":
-                return encode_representation(self.backbone, pixel_values)
+                return encode_representation(
+                    self.backbone, pixel_values, config.representation_readout, config.encoder_preprocessing
+                )
             noise = make_noise(config.num_noise_draws, pixel_values.shape[1:], config.noise_seed)
             key = (config.feature_block, config.feature_timestep)
             return self.extractor.features_for_batch(pixel_values, [key[0]], [key[1]], config.feature_pool, noise)[key]
@@ -157,9 +159,10 @@ def _check_saved_labels(path, config: Optional[DiffusionClassifierConfig] = None
         )
 
 
-def _export(pipeline, backbone: nn.Module, input_shape: tuple, save_directory, **config_kwargs):
+def _export(pipeline, backbone: nn.Module, input_shape: tuple, save_directory, feature_affine=None, **config_kwargs):
     """The transformers model (and image processor) of `pipeline`'s fitted linear `head` over `backbone`'s feature,
-    saved to `save_directory` when given. Returns `(model, image_processor)`."""
+    saved to `save_directory` when given. `feature_affine = (shift, scale)`: the head reads (feature - shift) / scale,
+    folded into the saved standardisation. Returns `(model, image_processor)`."""
     head = pipeline.head
     if head is None:
         raise ValueError("the pipeline has no fitted `head` to export")
@@ -175,8 +178,9 @@ def _export(pipeline, backbone: nn.Module, input_shape: tuple, save_directory, *
     model = DiffusionFeaturesForImageClassification(config)
     model.backbone.load_state_dict(backbone.state_dict())
     model.classifier.load_state_dict(head.linear.state_dict())
-    model.feature_mean.copy_(head.feature_mean)
-    model.feature_std.copy_(head.feature_std)
+    shift, scale = feature_affine or (0.0, 1.0)
+    model.feature_mean.copy_(shift + scale * head.feature_mean)
+    model.feature_std.copy_(scale * head.feature_std)
     model.eval()
     processor = DiffusionClassifierImageProcessor(
         image_size=input_shape[-1], num_channels=input_shape[0], preprocessing=pipeline.preprocessing.to_dict()
@@ -213,7 +217,7 @@ def export_rc_dit_pipeline(pipeline, save_directory: Optional[Union[str, os.Path
     """Turn a `RepresentationConditionedDiTPipeline` with a fitted `LinearProbeHead` into a transformers model (and
     image processor) over its encoder's representation r, with the pipeline's predictions; saved to
     `save_directory` when given. Returns `(model, image_processor)`."""
-    encoder = pipeline.encoder
+    encoder, transformer = pipeline.encoder, pipeline.transformer
     if representation_size(encoder) != getattr(getattr(pipeline.head, "config", None), "in_features", None):
         raise ValueError("expected a fitted head over the encoder's representation (pipeline.head.in_features = D)")
     return _export(
@@ -221,6 +225,17 @@ def export_rc_dit_pipeline(pipeline, save_directory: Optional[Union[str, os.Path
         encoder,
         (encoder.config.num_channels, encoder.config.image_size),
         save_directory,
+        feature_affine=_representation_affine(transformer),
         backbone_type="encoder",
         backbone_config=encoder.config.to_dict(),
+        representation_readout=transformer.config.representation_readout,
+        encoder_preprocessing=transformer.config.encoder_preprocessing,
     )
+
+
+def _representation_affine(transformer) -> Optional[tuple]:
+    """(shift, scale) of the transformer's eval-mode `representation_norm` ((r - shift) / scale), `None` for none."""
+    norm = transformer.representation_normalizer
+    if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        return None
+    return norm.running_mean.float().cpu(), (norm.running_var.float().cpu() + norm.eps).sqrt()

@@ -14,17 +14,22 @@ _EXPORTS = {
     "fit_prototypes": "prototype_head",
     # representation-conditioned DiT
     "RC_DIT_SIZES": "rc_dit",
+    "REPRESENTATION_NORMS": "rc_dit",
     "DiTBlock": "rc_dit",
     "RCDiTModelOutput": "rc_dit",
     "RepresentationConditionedDiTModel": "rc_dit",
     "check_encoder_matches": "rc_dit",
     "rc_dit_config": "rc_dit",
+    "representation_of": "rc_dit",
     # encoders
     "PretrainedImageEncoder": "encoders",
+    "REPRESENTATION_READOUTS": "encoders",
     "build_vit_encoder": "encoders",
     "encode_representation": "encoders",
+    "encoder_pixel_values": "encoders",
     "load_pretrained_encoder": "encoders",
     "pretrained_pixel_values": "encoders",
+    "pretrained_preprocessing": "encoders",
     "representation_size": "encoders",
     # VAE latents
     "decode_latents": "vae_latents",

@@ -14,14 +14,17 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoImageProcessor, AutoModel, ViTConfig, ViTModel
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, ViTConfig, ViTModel
 
 __all__ = [
+    "REPRESENTATION_READOUTS",
     "PretrainedImageEncoder",
     "build_vit_encoder",
     "encode_representation",
+    "encoder_pixel_values",
     "load_pretrained_encoder",
     "pretrained_pixel_values",
+    "pretrained_preprocessing",
     "representation_size",
 ]
 
@@ -67,22 +70,64 @@ def build_vit_encoder(
     return ViTModel(config)
 
 
-def encode_representation(encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """r = the encoder's `pooler_output` [N, D] for images [N, C, H, W] in [-1, 1]: for transformers' `ViTModel`
-    tanh(Linear(CLS token)), for `Dinov2Model` the final-layernormed CLS token; for a model built without a pooler,
-    the final-layernormed CLS token. Images of another size than the encoder's `image_size` are resized (bilinear,
-    antialiased). Every encoder parameter takes part, so DDP needs no `find_unused_parameters`.
+REPRESENTATION_READOUTS = ("pooler", "cls", "mean_patch")
+
+
+def encode_representation(
+    encoder: nn.Module, images: torch.Tensor, readout: str = "pooler", preprocessing: Optional[dict] = None
+) -> torch.Tensor:
+    """r [N, D] for images [N, C, H, W] in [-1, 1], read out of the encoder's output as `readout` says:
+
+    - `"pooler"`: the `pooler_output`, for transformers' `ViTModel` tanh(Linear(CLS token)), for `Dinov2Model` the
+      final-layernormed CLS token; for a model built without a pooler, the final-layernormed CLS token;
+    - `"cls"`: the final-layernormed CLS token (no tanh, which saturates when trained by a denoiser);
+    - `"mean_patch"`: the mean of the final-layernormed patch tokens (register tokens, if any, excluded).
+
+    The images are read as they are, resized (bilinear, antialiased) to the encoder's `image_size`; with
+    `preprocessing` (`pretrained_preprocessing` of a pretrained encoder: its image processor's `image_size`,
+    `image_mean`, `image_std`) as that processor prepares them, like `load_pretrained_encoder`. With `"pooler"`
+    every encoder parameter takes part; the other readouts leave a ViT's pooler unused (see `RCDiTJointModel`).
     """
+    if readout not in REPRESENTATION_READOUTS:
+        raise ValueError(f"expected a readout in {REPRESENTATION_READOUTS}, got {readout!r}")
+    pixel_values = encoder_pixel_values(encoder, images, preprocessing)
+    outputs = encoder(pixel_values=pixel_values.to(device=encoder.device, dtype=encoder.dtype))
+    tokens = outputs.last_hidden_state  # (N, 1 + registers + patches, D), final-layernormed
+    if readout == "mean_patch":
+        height, width = pixel_values.shape[-2:]
+        num_patches = (height // encoder.config.patch_size) * (width // encoder.config.patch_size)
+        return tokens[:, -num_patches:].mean(dim=1)
+    pooled = getattr(outputs, "pooler_output", None) if readout == "pooler" else None
+    return tokens[:, 0] if pooled is None else pooled  # (N, D)
+
+
+def encoder_pixel_values(encoder: nn.Module, images: torch.Tensor, preprocessing: Optional[dict] = None) -> torch.Tensor:
+    """Library images [N, C, H, W] in [-1, 1] -> the encoder's `pixel_values` (see `encode_representation`)."""
     config = encoder.config
+    if preprocessing is not None:
+        pixel_values = pretrained_pixel_values(
+            images, preprocessing["image_size"], preprocessing["image_mean"], preprocessing["image_std"]
+        )
+        return pixel_values[:, : config.num_channels] if config.num_channels == 1 else pixel_values
     if images.ndim != 4 or images.shape[1] != config.num_channels:
         raise ValueError(f"expected images [N, {config.num_channels}, H, W] for the encoder, got {tuple(images.shape)}")
     size = config.image_size
     if tuple(images.shape[-2:]) != (size, size):
         images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    pixel_values = images.to(device=encoder.device, dtype=encoder.dtype)
-    outputs = encoder(pixel_values=pixel_values)
-    pooled = getattr(outputs, "pooler_output", None)
-    return outputs.last_hidden_state[:, 0] if pooled is None else pooled  # (N, D)
+    return images
+
+
+def pretrained_preprocessing(path_or_hub_id: str) -> dict:
+    """How a pretrained vision model's `AutoImageProcessor` prepares its input: `{"image_size": [h, w],
+    "image_mean": [...], "image_std": [...]}` (mean 0 and std 1 when it does not normalise)."""
+    processor = AutoImageProcessor.from_pretrained(path_or_hub_id)
+    normalize = getattr(processor, "do_normalize", True)
+    config = AutoConfig.from_pretrained(path_or_hub_id)
+    return {
+        "image_size": list(_processor_size(processor, config)),
+        "image_mean": list(processor.image_mean) if normalize else [0.0, 0.0, 0.0],
+        "image_std": list(processor.image_std) if normalize else [1.0, 1.0, 1.0],
+    }
 
 
 def representation_size(encoder: nn.Module) -> int:
@@ -179,12 +224,11 @@ def load_pretrained_encoder(
         device (`str` or `torch.device`, *optional*): where to put the model; default where it loads (CPU).
         torch_dtype (`torch.dtype`, *optional*): the model's dtype; default the checkpoint's.
     """
-    processor = AutoImageProcessor.from_pretrained(path_or_hub_id)
+    preprocessing = pretrained_preprocessing(path_or_hub_id)
     kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
     model = AutoModel.from_pretrained(path_or_hub_id, **kwargs).eval().requires_grad_(False)
     if device is not None:
         model.to(device)
-    normalize = getattr(processor, "do_normalize", True)
-    mean = tuple(processor.image_mean) if normalize else (0.0, 0.0, 0.0)
-    std = tuple(processor.image_std) if normalize else (1.0, 1.0, 1.0)
-    return PretrainedImageEncoder(model, _processor_size(processor, model.config), mean, std)
+    return PretrainedImageEncoder(
+        model, tuple(preprocessing["image_size"]), tuple(preprocessing["image_mean"]), tuple(preprocessing["image_std"])
+    )

@@ -22,16 +22,20 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero
 from torch import nn
 
-from .encoders import representation_size
+from .encoders import REPRESENTATION_READOUTS, encode_representation, representation_size
 
 __all__ = [
     "RC_DIT_SIZES",
+    "REPRESENTATION_NORMS",
     "DiTBlock",
     "RCDiTModelOutput",
     "RepresentationConditionedDiTModel",
     "check_encoder_matches",
     "rc_dit_config",
+    "representation_of",
 ]
+
+REPRESENTATION_NORMS = ("none", "batch")
 
 RC_DIT_SIZES = {
     # name: hidden_size, num_layers, num_heads, default patch_size (DiT-S and DiT-B widths and depths)
@@ -117,6 +121,16 @@ class RepresentationConditionedDiTModel(ModelMixin, ConfigMixin):
             in training mode.
         mlp_ratio (`float`, *optional*, defaults to 4.0): MLP width over `hidden_size`.
         timestep_channels (`int`, *optional*, defaults to 256): size of the sinusoidal timestep features.
+        representation_readout (`str`, *optional*, defaults to `"pooler"`): how r is read out of the encoder
+            (`models.encoders.encode_representation`): `"pooler"`, `"cls"` or `"mean_patch"`.
+        representation_norm (`str`, *optional*, defaults to `"none"`): `"batch"` standardises each dimension of r
+            across the batch (`BatchNorm1d` without affine parameters; running statistics in eval mode) before the
+            projection, which keeps r from collapsing to one constant vector in joint training; `"none"` leaves r
+            as it is. Applied by `normalize_representation` (`representation_of`), not by `forward`: the
+            representation `forward` takes is the normalised one.
+        encoder_preprocessing (`dict`, *optional*): how the encoder's input is prepared, for an encoder started
+            from a pretrained model (`models.pretrained_preprocessing`: its image processor's size, mean and std),
+            so it reads images as it was trained to and as the frozen baseline does; `None`: images as they are.
     """
 
     config_name = "config.json"
@@ -135,6 +149,9 @@ class RepresentationConditionedDiTModel(ModelMixin, ConfigMixin):
         rep_dropout: float = 0.1,
         mlp_ratio: float = 4.0,
         timestep_channels: int = 256,
+        representation_readout: str = "pooler",
+        representation_norm: str = "none",
+        encoder_preprocessing: Optional[dict] = None,
     ):
         super().__init__()
         if patch_size < 1 or sample_size % patch_size:
@@ -145,12 +162,19 @@ class RepresentationConditionedDiTModel(ModelMixin, ConfigMixin):
             raise ValueError(f"expected representation_dim >= 1, got {representation_dim}")
         if not 0.0 <= rep_dropout <= 1.0:
             raise ValueError(f"expected rep_dropout in [0, 1], got {rep_dropout}")
+        if representation_readout not in REPRESENTATION_READOUTS:
+            raise ValueError(f"expected representation_readout in {REPRESENTATION_READOUTS}, got {representation_readout!r}")
+        if representation_norm not in REPRESENTATION_NORMS:
+            raise ValueError(f"expected representation_norm in {REPRESENTATION_NORMS}, got {representation_norm!r}")
 
         self.patch_embed = PatchEmbed(
             height=sample_size, width=sample_size, patch_size=patch_size, in_channels=in_channels, embed_dim=hidden_size
         )
         self.time_proj = Timesteps(timestep_channels, flip_sin_to_cos=True, downscale_freq_shift=1)
         self.time_embedding = TimestepEmbedding(timestep_channels, hidden_size)
+        self.representation_normalizer = (
+            nn.BatchNorm1d(representation_dim, affine=False) if representation_norm == "batch" else nn.Identity()
+        )
         self.representation_proj = nn.Linear(representation_dim, hidden_size)
         self.null_representation = nn.Parameter(torch.zeros(representation_dim))
         self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(num_layers)])
@@ -180,6 +204,11 @@ class RepresentationConditionedDiTModel(ModelMixin, ConfigMixin):
                 f"expected a representation of shape [{batch_size}, {dim}] (representation_dim={dim}), "
                 f"got {tuple(representation.shape)}"
             )
+
+    def normalize_representation(self, representation: torch.Tensor) -> torch.Tensor:
+        """The encoder's r `[N, D]` as the denoiser sees it (`representation_norm`): per-dimension standardised
+        with the batch's statistics in train mode, with the running ones in eval mode; unchanged with `"none"`."""
+        return self.representation_normalizer(representation.to(self.dtype))
 
     def condition(self, timestep: torch.Tensor, representation: torch.Tensor) -> torch.Tensor:
         """The conditioning c = t_emb + proj(r), [N, hidden_size]."""
@@ -289,6 +318,8 @@ def check_encoder_matches(encoder: nn.Module, transformer: RepresentationConditi
             f"encoder of hidden size {expected}"
         )
     channels, in_channels = encoder.config.num_channels, transformer.config.in_channels
+    if transformer.config.encoder_preprocessing is not None:
+        return  # the preprocessing maps the images (1 or 3 channels) to what the encoder reads
     if vae is None and channels != in_channels:
         raise ValueError(f"encoder num_channels {channels} does not match the transformer's in_channels {in_channels}")
     if vae is not None:
@@ -299,3 +330,14 @@ def check_encoder_matches(encoder: nn.Module, transformer: RepresentationConditi
             )
         if vae.config.in_channels != channels:
             raise ValueError(f"encoder num_channels {channels} does not match the vae's in_channels {vae.config.in_channels}")
+
+
+def representation_of(
+    encoder: nn.Module, transformer: RepresentationConditionedDiTModel, images: torch.Tensor
+) -> torch.Tensor:
+    """r `[N, D]` of images `[N, C, H, W]` in [-1, 1] exactly as the transformer is conditioned on it: read out of
+    the encoder by its `representation_readout`, then `normalize_representation`. The one way to get an RC-DiT's
+    representation (training, pipelines, features, the transformers export)."""
+    config = transformer.config
+    raw = encode_representation(encoder, images, config.representation_readout, config.encoder_preprocessing)
+    return transformer.normalize_representation(raw)

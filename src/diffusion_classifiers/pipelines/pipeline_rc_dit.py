@@ -12,8 +12,8 @@ from diffusion_classifiers.models import (
     PrototypeHead,
     RepresentationConditionedDiTModel,
     check_encoder_matches,
-    encode_representation,
     fit_prototypes,
+    representation_of,
 )
 
 from .pipeline_utils import DiffusionClassifierPipeline
@@ -29,7 +29,8 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
     r"""
     A ViT encoder trained together with a representation-conditioned DiT; its representation r classifies images.
 
-    - `encode(images)`: r, the encoder's representation (`encode_representation`), `[N, D]`.
+    - `encode(images)`: r, the encoder's representation as the transformer is conditioned on it
+      (`representation_of`: the transformer's readout and normalisation), `[N, D]`.
     - `__call__(images)`: classify with `head` over r: a `LinearProbeHead` or a `PrototypeHead`.
       - linear probe: `probing.fit_probe_grid({REPRESENTATION_FEATURE: pipe.encode(train_images)}, train_labels,
         {REPRESENTATION_FEATURE: pipe.encode(val_images)}, val_labels, class_names=..., pool=None)` and
@@ -105,7 +106,7 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         representations = []
         with self.progress_bar(total=len(pixels)) as progress_bar:
             for chunk in pixels.split(batch_size):
-                representations.append(encode_representation(self.encoder, chunk).float().cpu())
+                representations.append(representation_of(self.encoder, self.transformer, chunk).float().cpu())
                 progress_bar.update(len(chunk))
         return torch.cat(representations)
 

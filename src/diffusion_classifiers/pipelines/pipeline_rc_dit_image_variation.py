@@ -12,7 +12,7 @@ from diffusion_classifiers.models import (
     RepresentationConditionedDiTModel,
     check_encoder_matches,
     decode_latents,
-    encode_representation,
+    representation_of,
 )
 
 from .pipeline_utils import (
@@ -162,7 +162,7 @@ class RepresentationConditionedDiTImageVariationPipeline(SavedWithCodeMixin, Sav
         do_classifier_free_guidance = guidance_scale not in (0, 1)
 
         # encode the references; the null representation conditions the unconditional branch
-        representations = encode_representation(self.encoder, references).to(device, dtype)
+        representations = representation_of(self.encoder, self.transformer, references).to(device, dtype)
         null = self.transformer.null_representation[None].expand(batch_size, -1)
         if guidance_scale == 0:
             representations = null

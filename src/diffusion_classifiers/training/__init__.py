@@ -10,6 +10,7 @@
 - `unet.py`: `train_ddpm_unet`, the unconditional DDPM U-Net of the U-Net-features method.
 - `score_sde.py`: `train_score_sde_unet`, the class-conditional U-Net of the Score-SDE classifier.
 - `rc_dit.py`: `train_rc_dit`, the ViT encoder and representation-conditioned DiT trained together.
+- `rc_dit_diagnostics.py`: the spread of r and the own-vs-shuffled denoising gap, logged while training.
 - `contrastive.py`: `train_contrastive_encoder`, the SimCLR / DINO baselines of the RC-DiT encoder.
 - `supervised.py`: `train_supervised_cnn`, the supervised CNN baseline.
 """
@@ -28,6 +29,7 @@ _EXPORTS = {
     "add_encoder_args": "arguments",
     "add_training_args": "arguments",
     "build_vit_encoder_from_args": "arguments",
+    "encoder_preprocessing_from_args": "arguments",
     "check_world_size": "launch",
     "find_latest_checkpoint": "loop",
     "optimizer_steps_per_epoch": "loop",
@@ -42,6 +44,9 @@ _EXPORTS = {
     "class_balanced_sampler": "score_sde",
     "train_ddpm_unet": "unet",
     "train_rc_dit": "rc_dit",
+    "rc_dit_monitor": "rc_dit_diagnostics",
+    "recompute_representation_statistics": "rc_dit_diagnostics",
+    "representation_diagnostics": "rc_dit_diagnostics",
     "train_score_sde_unet": "score_sde",
     # baselines
     "METHODS": "contrastive",

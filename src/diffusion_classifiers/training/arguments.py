@@ -245,3 +245,17 @@ def build_vit_encoder_from_args(args: argparse.Namespace, images):
         num_heads=args.encoder_num_heads,
         patch_size=args.encoder_patch_size,
     )
+
+
+def encoder_preprocessing_from_args(args: argparse.Namespace):
+    """`models.pretrained_preprocessing` of `--encoder_name_or_path` when it has an image processor (DINOv2 and
+    other pretrained models: their input size and ImageNet mean and std), else `None` (a new ViT, or a model saved
+    without one, reads the images as they are)."""
+    if not args.encoder_name_or_path:
+        return None
+    from ..models.encoders import pretrained_preprocessing
+
+    try:
+        return pretrained_preprocessing(args.encoder_name_or_path)
+    except OSError:  # no preprocessor_config.json
+        return None

@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 from diffusers import DDPMScheduler
+from diffusers.training_utils import compute_snr
 from torch import nn
 
 from ..validation import check_finite_rows, check_unit_range
@@ -27,7 +28,7 @@ def check_training_images(images: torch.Tensor, name: str = "training data") -> 
 class DenoisingLoss:
     r"""
     DDPM epsilon-prediction loss: noise a batch's clean sample x0 to a uniformly drawn timestep t, predict the noise,
-    return the mean squared error.
+    return the mean squared error (each image's weighted by Min-SNR-gamma when `snr_gamma` is given).
 
     Batches are `(images,)` or `(images, labels)`. With `conditional=True` the labels go to the model as
     `class_labels`; `label_dropout > 0` replaces that fraction of labels by `null_class` so the same model also
@@ -38,6 +39,8 @@ class DenoisingLoss:
         conditional (`bool`, *optional*, defaults to `False`): pass the batch's labels as `class_labels`.
         label_dropout (`float`, *optional*, defaults to 0.0): fraction of labels replaced by `null_class`.
         null_class (`int`, *optional*): the class id that stands for "no label"; needed when `label_dropout > 0`.
+        snr_gamma (`float`, *optional*): weight each image's error by min(SNR(t), gamma) / SNR(t) (Min-SNR-gamma,
+            Hang et al. 2023; diffusers' `compute_snr`), which lowers the weight of the low-noise timesteps.
     """
 
     def __init__(
@@ -46,6 +49,7 @@ class DenoisingLoss:
         conditional: bool = False,
         label_dropout: float = 0.0,
         null_class: Optional[int] = None,
+        snr_gamma: Optional[float] = None,
     ):
         if scheduler.config.prediction_type != "epsilon":
             raise ValueError(f"expected an epsilon-prediction scheduler, got {scheduler.config.prediction_type!r}")
@@ -53,6 +57,9 @@ class DenoisingLoss:
             raise ValueError(f"expected label_dropout in [0, 1), got {label_dropout}")
         if label_dropout > 0 and (not conditional or null_class is None):
             raise ValueError("label_dropout > 0 needs conditional=True and a `null_class` id")
+        if snr_gamma is not None and snr_gamma <= 0:
+            raise ValueError(f"expected a positive snr_gamma, got {snr_gamma}")
+        self.snr_gamma = snr_gamma
         self.scheduler = scheduler
         self.conditional = conditional
         self.label_dropout = label_dropout
@@ -64,7 +71,11 @@ class DenoisingLoss:
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (images.shape[0],), device=images.device)
         noisy = self.scheduler.add_noise(images, noise, timesteps)
         prediction = self.predict_noise(model, noisy, timesteps, batch)
-        return nn.functional.mse_loss(prediction.float(), noise.float())
+        if self.snr_gamma is None:
+            return nn.functional.mse_loss(prediction.float(), noise.float())
+        errors = (prediction.float() - noise.float()).pow(2).flatten(1).mean(1)  # (N,)
+        snr = compute_snr(self.scheduler, timesteps)
+        return (errors * snr.clamp(max=self.snr_gamma) / snr).mean()
 
     def clean_sample(self, batch: tuple) -> torch.Tensor:
         """x0, the sample the noise is added to: the batch's images here; latents for a latent-space model."""

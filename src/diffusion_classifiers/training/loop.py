@@ -41,7 +41,14 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .launch import check_world_size
-from .monitoring import LossHistory, SampleGridFunction, remove_samples_after, write_sample_grid
+from .monitoring import (
+    LossHistory,
+    MonitorFunction,
+    MonitorHistory,
+    SampleGridFunction,
+    remove_samples_after,
+    write_sample_grid,
+)
 from .output_dir import OutputDirLock, check_output_dir
 from .sampling import EpochSeededSampler
 
@@ -124,13 +131,15 @@ def train(
     loss_fn: LossFunction,
     sampler: Optional[Sampler] = None,
     sample_grid: Optional[SampleGridFunction] = None,
+    monitor: Optional[MonitorFunction] = None,
 ) -> tuple[nn.Module, Accelerator, TrainingSummary]:
     """Train `model` on `dataset` minimising `loss_fn(model, batch)`.
 
     At every checkpoint (and so at the last step) the main process writes `loss_history.json` / `.csv` and
     `loss_curve.png` into `output_dir` and, given `sample_grid`, `samples/step_<N>.png`: the grid
     `sample_grid(model)` returns for the model of that step (its EMA weights with `use_ema`; see
-    `monitoring.write_sample_grid`).
+    `monitoring.write_sample_grid`); given `monitor`, what `monitor(model)` measures on that model (a dict of
+    numbers) goes to `monitor_history.json` and to the trackers of `--report_to`.
 
     `sampler` replaces uniform shuffling; its order must be a function of the epoch, so that a resumed run replays
     it: a sampler with `set_epoch(epoch)`, or one drawing from a `torch.Generator` in its `generator` attribute (it
@@ -154,7 +163,7 @@ def train(
     )
     check_world_size(accelerator)
     with _claim_output_dir(accelerator, args):
-        return _train(accelerator, args, model, dataset, loss_fn, sampler, sample_grid, budget)
+        return _train(accelerator, args, model, dataset, loss_fn, sampler, sample_grid, monitor, budget)
 
 
 @contextmanager
@@ -247,9 +256,11 @@ def uses_channels_last(model: nn.Module, device: torch.device) -> bool:
 
 
 def build_optimizer(args: TrainingArguments, model: nn.Module, device: torch.device) -> torch.optim.AdamW:
-    """AdamW of the loop's flags; fused (one kernel for all parameters) on CUDA, the default kernels elsewhere."""
+    """AdamW of the loop's flags; fused (one kernel for all parameters) on CUDA, the default kernels elsewhere. A
+    model with a `parameter_groups(learning_rate)` method (`RCDiTJointModel`) gives its own groups."""
+    groups = model.parameter_groups(args.learning_rate) if hasattr(model, "parameter_groups") else model.parameters()
     return torch.optim.AdamW(
-        model.parameters(),
+        groups,
         lr=args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
         weight_decay=args.adam_weight_decay,
@@ -270,17 +281,26 @@ def prepare_model_for_speed(args: TrainingArguments, model: nn.Module, device: t
 
 
 def _show_progress(
+    accelerator: Accelerator,
     args: TrainingArguments,
-    history: LossHistory,
+    histories: tuple[LossHistory, MonitorHistory],
     sample_grid: Optional[SampleGridFunction],
+    monitor: Optional[MonitorFunction],
     model: nn.Module,
     ema: Optional[EMAModel],
     step: int,
 ) -> None:
-    """The loss files and curve, and the sample grid of the model at `step` (main process only)."""
-    history.save(args.output_dir)
+    """The loss files and curve, the sample grid and the monitor's measures of the model at `step` (main process
+    only)."""
+    loss_history, monitor_history = histories
+    loss_history.save(args.output_dir)
     if sample_grid is not None:
         write_sample_grid(sample_grid, model, ema, args.output_dir, step)
+    if monitor is not None:
+        measures = monitor_history.measure(monitor, model, ema, step)
+        monitor_history.save(args.output_dir)
+        if args.report_to:
+            accelerator.log(measures, step=step)
 
 
 def _train(
@@ -291,11 +311,14 @@ def _train(
     loss_fn: LossFunction,
     sampler: Sampler,
     sample_grid: Optional[SampleGridFunction],
+    monitor: Optional[MonitorFunction],
     budget: TrainingBudget,
 ) -> tuple[nn.Module, Accelerator, TrainingSummary]:
     set_seed(args.seed, device_specific=True)
     num_examples, num_processes = len(sampler), accelerator.num_processes
     dataloader, loader_generator = _build_dataloader(args, dataset, sampler, accelerator)
+    if num_processes > 1:  # batch statistics (an RC-DiT's representation_norm) over every process's batch
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = prepare_model_for_speed(args, model, accelerator.device)
     optimizer = build_optimizer(args, model, accelerator.device)
     updates_per_epoch = optimizer_steps_per_epoch(args, num_examples, num_processes)
@@ -316,6 +339,7 @@ def _train(
 
     global_step = resumed_from_step = _resume(accelerator, args, ema, parameter_names)
     history = LossHistory.resume(args.output_dir, resumed_from_step)
+    monitor_history = MonitorHistory.resume(args.output_dir, resumed_from_step)
     if accelerator.is_main_process:
         remove_samples_after(args.output_dir, resumed_from_step)
     if accelerator.is_main_process and args.report_to:
@@ -360,7 +384,9 @@ def _train(
             if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps or out_of_time:
                 save_checkpoint(accelerator, args, global_step, ema, parameter_names)
                 if accelerator.is_main_process:
-                    _show_progress(args, history, sample_grid, unwrapped, ema, global_step)
+                    _show_progress(
+                        accelerator, args, (history, monitor_history), sample_grid, monitor, unwrapped, ema, global_step
+                    )
             if global_step >= max_train_steps or out_of_time:
                 if out_of_time:
                     accelerator.print(f"--max_train_minutes {args.max_train_minutes} ran out at step {global_step}")

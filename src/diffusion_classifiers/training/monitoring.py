@@ -4,6 +4,8 @@
   `loss_history.csv` and `loss_curve.png`; a resumed run continues the history of the checkpoint it resumed from.
 - `write_sample_grid`: calls a trainer's `SampleGridFunction` on the model (its EMA weights when there are some) and
   saves the grid as `samples/step_<N>.png`, leaving the weights, the train mode and every random state as they were.
+- `MonitorHistory`: what a trainer's `MonitorFunction` measured on the model at each checkpoint (the same
+  evaluation view as the grid), saved as `monitor_history.json`.
 - `image_grid`: the PIL grid of a batch of images in [0, 1], small images enlarged so a person can see them.
 """
 
@@ -11,7 +13,8 @@ import csv
 import json
 import os
 import re
-from typing import Callable, List, Optional
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 import PIL.Image
@@ -25,7 +28,11 @@ __all__ = [
     "LOSS_HISTORY_NAME",
     "SAMPLES_DIR",
     "LossHistory",
+    "MONITOR_HISTORY_NAME",
+    "MonitorFunction",
+    "MonitorHistory",
     "SampleGridFunction",
+    "evaluation_view",
     "image_grid",
     "remove_samples_after",
     "write_sample_grid",
@@ -33,12 +40,15 @@ __all__ = [
 
 LOSS_HISTORY_NAME = "loss_history.json"
 LOSS_CURVE_NAME = "loss_curve.png"
+MONITOR_HISTORY_NAME = "monitor_history.json"
 SAMPLES_DIR = "samples"
 SAMPLE_PATTERN = re.compile(r"^step_(\d+)\.png$")
 MIN_TILE_SIDE = 64  # pixels: an 8 or 16 px image is enlarged (nearest neighbour) to at least this side
 
 # sample_grid(model) -> a PIL image; called with the unwrapped model in eval mode, under torch.no_grad
 SampleGridFunction = Callable[[nn.Module], PIL.Image.Image]
+# monitor(model) -> {name: number}; called like a SampleGridFunction
+MonitorFunction = Callable[[nn.Module], Dict[str, float]]
 
 
 class LossHistory:
@@ -104,12 +114,11 @@ def remove_samples_after(output_dir: str, step: int) -> None:
             os.remove(os.path.join(folder, name))
 
 
-def write_sample_grid(
-    sample_grid: SampleGridFunction, model: nn.Module, ema: Optional[EMAModel], output_dir: str, step: int
-) -> str:
-    """Save `sample_grid(model)` as `samples/step_<step>.png`, with the EMA weights swapped in (and back out) when
-    `ema` is given; the train/eval mode and the global random states are restored, so training continues exactly
-    as without the grid. Returns the file's path."""
+@contextmanager
+def evaluation_view(model: nn.Module, ema: Optional[EMAModel]) -> Iterator[nn.Module]:
+    """The model in eval mode under `torch.no_grad`, with the EMA weights swapped in when `ema` is given; on exit the
+    weights, the train/eval mode and the global random states are restored, so training continues exactly as
+    without the look."""
     was_training = model.training
     cpu_state = torch.get_rng_state()
     cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
@@ -119,7 +128,7 @@ def write_sample_grid(
     try:
         model.eval()
         with torch.no_grad():
-            grid = sample_grid(model)
+            yield model
     finally:
         if ema is not None:
             ema.restore(model.parameters())
@@ -127,7 +136,45 @@ def write_sample_grid(
         torch.set_rng_state(cpu_state)
         if cuda_states is not None:
             torch.cuda.set_rng_state_all(cuda_states)
+
+
+def write_sample_grid(
+    sample_grid: SampleGridFunction, model: nn.Module, ema: Optional[EMAModel], output_dir: str, step: int
+) -> str:
+    """Save `sample_grid(model)` as `samples/step_<step>.png`, in the `evaluation_view` of the model (EMA weights
+    when `ema` is given, nothing changed afterwards). Returns the file's path."""
+    with evaluation_view(model, ema):
+        grid = sample_grid(model)
     os.makedirs(os.path.join(output_dir, SAMPLES_DIR), exist_ok=True)
     path = os.path.join(output_dir, SAMPLES_DIR, f"step_{step}.png")
     grid.save(path)
     return path
+
+
+class MonitorHistory:
+    """`{"step": N, **monitor(model)}` at each checkpoint, in `monitor_history.json`; a resumed run keeps the
+    records up to the step it resumed from."""
+
+    def __init__(self, records: Optional[List[dict]] = None):
+        self.records = list(records or [])
+
+    @classmethod
+    def resume(cls, output_dir: str, up_to_step: int) -> "MonitorHistory":
+        path = os.path.join(output_dir, MONITOR_HISTORY_NAME)
+        if up_to_step == 0 or not os.path.isfile(path):
+            return cls()
+        with open(path) as f:
+            return cls([record for record in json.load(f) if record["step"] <= up_to_step])
+
+    def measure(self, monitor: MonitorFunction, model: nn.Module, ema: Optional[EMAModel], step: int) -> dict:
+        """`monitor(model)` in the `evaluation_view`, recorded for `step`; returns what it measured."""
+        with evaluation_view(model, ema):
+            values = {name: float(value) for name, value in monitor(model).items()}
+        self.records.append({"step": step, **values})
+        return values
+
+    def save(self, output_dir: str) -> None:
+        path = os.path.join(output_dir, MONITOR_HISTORY_NAME)
+        with open(path + ".tmp", "w") as f:
+            json.dump(self.records, f, indent=1)
+        os.replace(path + ".tmp", path)

@@ -1,0 +1,158 @@
+"""Which RC-DiT recipe gives a representation worth having? Ablations of joint training, chosen on val, 3 seeds.
+
+Every variant trains a ViT encoder and a DiT together (`train_rc_dit`) from the same initial encoder, on the same
+unlabeled train images, for the same optimizer steps; only the recipe differs (how r is read out of the encoder
+and normalised). Scored on val only (this benchmark chooses the default; test stays for `rc_dit_accuracy.py`):
+
+- the spread of r across images (raw encoder output; relative to its size) and the DiT's denoising error at
+  t = 100 with each image's own r, another image's r (shuffled) and the null r (`representation_diagnostics`);
+- label-free: k-means with K = number of classes on standardised r, Hungarian accuracy;
+- 10-shot: nearest prototype on standardised r, 10 labelled train images per class, mean over 5 draws.
+
+Floors in the same run: raw pixels and the encoder at its random initialisation (both readouts). Each figure is
+given per seed and as mean and standard deviation over the seeds.
+
+    python benchmarks/rc_dit_bench_recipe.py --quick
+    python benchmarks/rc_dit_bench_recipe.py --num_threads 1    # writes benchmarks/results/rc_dit_bench_recipe.json
+"""
+
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from _common import base_parser, data_path, load_benchmark_data, report, setup, subsample_splits, training_arguments
+from diffusion_classifiers.models import build_vit_encoder, encode_representation, representation_of
+from diffusion_classifiers.probing import few_shot_indices, kmeans_evaluate, prototype_classify
+from diffusion_classifiers.training import build_augmentation, representation_diagnostics, train_rc_dit
+
+
+NAME = "rc_dit_bench_recipe"
+# variant -> train_rc_dit keywords; "shipped" is the recipe before issue 13
+VARIANTS = {
+    "shipped": {"representation_readout": "pooler", "representation_norm": "none"},
+    "cls": {"representation_readout": "cls", "representation_norm": "none"},
+    "pooler_batch_norm": {"representation_readout": "pooler", "representation_norm": "batch"},
+    "cls_batch_norm": {"representation_readout": "cls", "representation_norm": "batch"},
+    "mean_patch_batch_norm": {"representation_readout": "mean_patch", "representation_norm": "batch"},
+    # on top of cls_batch_norm: the encoder reads a cropped, flipped view (SODA); a 3x encoder learning rate; EMA
+    "cls_batch_norm_view": {"representation_readout": "cls", "representation_norm": "batch", "encoder_view": "crop_flip"},
+    "cls_batch_norm_encoder_lr_3": {"representation_readout": "cls", "representation_norm": "batch", "encoder_learning_rate_scale": 3.0},
+    "cls_batch_norm_ema": {"representation_readout": "cls", "representation_norm": "batch", "use_ema": True},
+    # Min-SNR-5 loss weighting: less weight on the low-noise timesteps, where r helps with detail, not content
+    "cls_batch_norm_min_snr_5": {"representation_readout": "cls", "representation_norm": "batch", "snr_gamma": 5.0},
+}
+SHOTS, EPISODES = 10, 5
+
+
+def parse_args():
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="recipes to train")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (0 with --quick)")
+    parser.add_argument("--image_size", type=int, default=16, help="Fashion-MNIST resized to this side")
+    parser.add_argument("--max_train_steps", type=int, default=None, help="default 400 (5 with --quick)")
+    parser.add_argument("--train_batch_size", type=int, default=64)
+    parser.add_argument("--learning_rate", type=float, default=3e-4)
+    parser.add_argument("--num_train_images", type=int, default=None, help="default 10000 (256 with --quick)")
+    parser.add_argument("--num_val_images", type=int, default=None, help="default 2000 (200 with --quick)")
+    parser.add_argument("--dit_size", default=None, help="default XS (tiny with --quick)")
+    args = parser.parse_args()
+    quick = args.quick
+    args.seeds = args.seeds or ([0] if quick else [0, 1, 2])
+    args.max_train_steps = args.max_train_steps or (5 if quick else 400)
+    args.num_train_images = args.num_train_images or (256 if quick else 10000)
+    args.num_val_images = args.num_val_images or (200 if quick else 2000)
+    args.dit_size = args.dit_size or ("tiny" if quick else "XS")
+    args.encoder = {"hidden_size": 32, "num_layers": 2, "num_heads": 2} if quick else {"hidden_size": 128, "num_layers": 4, "num_heads": 4}
+    return args
+
+
+def new_encoder(args, seed: int):
+    torch.manual_seed(seed)
+    return build_vit_encoder(image_size=args.image_size, num_channels=1, patch_size=4, **args.encoder)
+
+
+def scores(features: dict, splits: dict, seed: int) -> dict:
+    """k-means (K = classes, standardised) on val, and 10-shot prototypes from train scored on val."""
+    train, val = splits["train"], splits["val"]
+    x_train, x_val = (features[name].float().numpy() for name in ("train", "val"))
+    kmeans = kmeans_evaluate(x_val, val.labels, val.num_classes, seed=seed)
+    accuracies = []
+    for episode in range(EPISODES):
+        index = few_shot_indices(train.labels, SHOTS, seed=seed * 100 + episode, num_classes=train.num_classes)
+        predicted, _ = prototype_classify(x_train[index], np.asarray(train.labels)[index], x_val, train.num_classes, standardize=True)
+        accuracies.append(float((predicted == np.asarray(val.labels)).mean()))
+    return {"kmeans_accuracy": float(kmeans["accuracy"]), "prototype_10shot_accuracy": float(np.mean(accuracies))}
+
+
+@torch.no_grad()
+def features_of(function, splits: dict, batch_size: int = 500) -> dict:
+    return {name: torch.cat([function(chunk).float().cpu() for chunk in split.images.split(batch_size)]) for name, split in splits.items()}
+
+
+def run_variant(name: str, args, splits: dict, seed: int) -> dict:
+    recipe = dict(VARIANTS[name])
+    use_ema = recipe.pop("use_ema", False)
+    if recipe.get("encoder_view") == "crop_flip":
+        recipe["encoder_view"] = build_augmentation(args.image_size, 1, strength=0.0, crop_scale=(0.5, 1.0))
+    with tempfile.TemporaryDirectory() as tmp:
+        run_args = training_arguments(
+            tmp, args.max_train_steps, args.learning_rate, min(100, args.max_train_steps // 10), seed,
+            train_batch_size=args.train_batch_size, use_ema=use_ema, num_sample_images=0,
+        )  # fmt: skip
+        start = time.perf_counter()
+        encoder, transformer, scheduler, summary = train_rc_dit(
+            run_args, splits["train"].images, new_encoder(args, seed), dit_size=args.dit_size, **recipe
+        )
+        seconds = time.perf_counter() - start
+    result = scores(features_of(lambda x: representation_of(encoder, transformer, x), splits), splits, seed)
+    diagnostics = representation_diagnostics(encoder, transformer, scheduler, splits["val"].images[:512], seed=seed)
+    return {**result, **diagnostics, "final_loss": summary.final_loss, "train_seconds": round(seconds, 1)}
+
+
+def floors(args, splits: dict, seed: int) -> dict:
+    encoder = new_encoder(args, seed).eval()
+    return {
+        "raw_pixels": scores(features_of(lambda x: x.flatten(1), splits), splits, seed),
+        "random_encoder_pooler": scores(features_of(lambda x: encode_representation(encoder, x, "pooler"), splits), splits, seed),
+        "random_encoder_cls": scores(features_of(lambda x: encode_representation(encoder, x, "cls"), splits), splits, seed),
+    }
+
+
+def summarise(per_seed: list) -> dict:
+    keys = [k for k, v in per_seed[0].items() if isinstance(v, (int, float)) and k != "seed"]
+    return {k: {"mean": float(np.mean([r[k] for r in per_seed])), "std": float(np.std([r[k] for r in per_seed]))} for k in keys}
+
+
+def main():
+    args = parse_args()
+    device = setup(args)
+    start = time.perf_counter()
+    splits = load_benchmark_data(str(data_path("fashion_mnist")), image_size=args.image_size, seed=0)
+    splits = subsample_splits(splits, {"train": args.num_train_images, "val": args.num_val_images}, 0)
+    runs = {name: [] for name in ["raw_pixels", "random_encoder_pooler", "random_encoder_cls", *args.variants]}
+    for seed in args.seeds:
+        for name, result in floors(args, splits, seed).items():
+            runs[name].append({"seed": seed, **result})
+        for name in args.variants:
+            runs[name].append({"seed": seed, **run_variant(name, args, splits, seed)})
+            print(name, seed, {k: round(v, 4) for k, v in runs[name][-1].items() if isinstance(v, float)}, flush=True)
+    figures = {
+        "budget": {
+            "dataset": "fashion_mnist", "image_size": args.image_size, "optimizer_steps": args.max_train_steps,
+            "train_batch_size": args.train_batch_size, "learning_rate": args.learning_rate, "dit_size": args.dit_size,
+            "encoder": args.encoder, "num_train_images": len(splits["train"].labels),
+            "num_val_images": len(splits["val"].labels), "seeds": args.seeds,
+        },
+        "variants": {name: VARIANTS[name] for name in args.variants},
+        "summary": {name: summarise(per_seed) for name, per_seed in runs.items()},
+        "per_seed": runs,
+        "total_wall_seconds": round(time.perf_counter() - start, 1),
+        "device": str(device),
+    }  # fmt: skip
+    report(NAME, args, device, figures)
+
+
+if __name__ == "__main__":
+    main()

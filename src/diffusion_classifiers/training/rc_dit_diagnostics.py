@@ -1,0 +1,155 @@
+"""Is the RC-DiT's representation alive? Diagnostics of r during and after joint training.
+
+Joint training can collapse r: the encoder learns to output one constant vector and the denoiser stops reading it
+(the loss barely notices, since at most noise levels r can explain little of the noise). Two measures show it:
+
+- the spread of r: the standard deviation of each dimension of the encoder's raw output across images, averaged
+  over dimensions, also relative to the size of r (a collapsed r has a relative spread near 0);
+- the own-vs-shuffled gap: the denoising error with each image's own r, with another image's r (the batch
+  shuffled) and with the null representation, on the same noisy images; a denoiser that uses r does better with
+  the image's own.
+
+`rc_dit_monitor` computes them at every checkpoint of `train_rc_dit` (`training.train(monitor=...)`, written to
+`monitor_history.json` and logged to trackers) and warns when r collapses. `recompute_representation_statistics`
+gives a `representation_norm="batch"` transformer running statistics of the final (EMA) encoder's r.
+"""
+
+import logging
+from typing import Callable, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..models.encoders import encode_representation
+from ..models.rc_dit import RepresentationConditionedDiTModel
+from ..models.vae_latents import encode_latents
+
+__all__ = [
+    "COLLAPSED_RELATIVE_SPREAD",
+    "rc_dit_monitor",
+    "recompute_representation_statistics",
+    "representation_diagnostics",
+]
+
+logger = logging.getLogger(__name__)
+
+# relative spread below which r counts as collapsed: at initialisation it is about 0.1-1 (a ViT's CLS or pooler
+# output), collapsed runs fell to 0.001-0.01 (issue 13's measurements)
+COLLAPSED_RELATIVE_SPREAD = 0.01
+DIAGNOSTIC_TIMESTEP = 100  # a low noise level, where r can lower the epsilon error most
+
+
+def _batch_standardized(raw: torch.Tensor, transformer: RepresentationConditionedDiTModel) -> torch.Tensor:
+    """r as the denoiser sees it in training, with this batch's statistics and no side effect on running ones."""
+    if transformer.config.representation_norm == "batch":
+        return F.batch_norm(raw, None, None, training=True, eps=transformer.representation_normalizer.eps)
+    return raw
+
+
+@torch.no_grad()
+def representation_diagnostics(
+    encoder: nn.Module,
+    transformer: RepresentationConditionedDiTModel,
+    scheduler: DDPMScheduler,
+    images: torch.Tensor,
+    timestep: int = DIAGNOSTIC_TIMESTEP,
+    seed: int = 0,
+    vae=None,
+) -> dict:
+    """The spread of r and the denoising error with own, shuffled and null r on `images` `[N, C, H, W]` in [-1, 1]
+    (N >= 2), noised to `timestep` with noise drawn from `seed`. Runs as the models are (call in eval mode)."""
+    if images.shape[0] < 2:
+        raise ValueError(f"expected at least 2 images to compare own and shuffled r, got {images.shape[0]}")
+    device, config = transformer.device, transformer.config
+    images = images.to(device)
+    raw = encode_representation(encoder, images, config.representation_readout, config.encoder_preprocessing).float()
+    spread = raw.std(dim=0).mean()
+    relative_spread = spread / raw.pow(2).mean().sqrt().clamp_min(1e-12)
+    clean = images if vae is None else encode_latents(vae.to(device), images)
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed)).to(device, clean.dtype)
+    timesteps = torch.full((clean.shape[0],), timestep, device=device, dtype=torch.long)
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    own = _batch_standardized(raw, transformer)
+
+    def error(representation: Optional[torch.Tensor]) -> float:
+        prediction = transformer(noisy, timesteps, representation).sample.float()
+        return F.mse_loss(prediction, noise.float()).item()
+
+    errors = {"own": error(own), "shuffled": error(own.roll(1, dims=0)), "null": error(None)}
+    return {
+        "representation_spread": spread.item(),
+        "representation_relative_spread": relative_spread.item(),
+        "denoising_error_own": errors["own"],
+        "denoising_error_shuffled": errors["shuffled"],
+        "denoising_error_null": errors["null"],
+        "own_vs_shuffled_gap": errors["shuffled"] - errors["own"],
+        "diagnostic_timestep": timestep,
+    }
+
+
+def rc_dit_monitor(
+    images: Union[torch.Tensor, Dataset], scheduler: DDPMScheduler, vae=None, num_images: int = 256, seed: int = 0
+) -> Callable[[nn.Module], dict]:
+    """`joint model -> diagnostics` for `training.train(monitor=...)`: `representation_diagnostics` on the first
+    `num_images` training images (the same images and noise at every checkpoint); logs a warning when r has
+    collapsed (relative spread under `COLLAPSED_RELATIVE_SPREAD`)."""
+    fixed = _image_range(images, 0, min(num_images, len(images)))
+
+    def monitor(model: nn.Module) -> dict:
+        diagnostics = representation_diagnostics(model.encoder, model.transformer, scheduler, fixed, seed=seed, vae=vae)
+        if diagnostics["representation_relative_spread"] < COLLAPSED_RELATIVE_SPREAD:
+            logger.warning(
+                "the representation r has collapsed: its relative spread across images is %.2g (< %g) and the "
+                "denoiser's error with another image's r differs from its own by %.3g; train with "
+                "representation_norm='batch' and representation_readout='cls'",
+                diagnostics["representation_relative_spread"], COLLAPSED_RELATIVE_SPREAD,
+                diagnostics["own_vs_shuffled_gap"],
+            )  # fmt: skip
+        return diagnostics
+
+    return monitor
+
+
+@torch.no_grad()
+def recompute_representation_statistics(
+    encoder: nn.Module,
+    transformer: RepresentationConditionedDiTModel,
+    images: Union[torch.Tensor, Dataset],
+    batch_size: int = 256,
+    max_images: int = 10_000,
+    device: Optional[torch.device] = None,
+) -> None:
+    """Reset the running mean and variance of a `representation_norm="batch"` transformer to the exact statistics
+    of the encoder's r over the first `max_images` of `images` (`[N, C, H, W]` in [-1, 1] or a dataset of
+    `(image, ...)`). Training leaves running statistics of the live weights, averaged over the last steps; the
+    returned EMA weights give another r, so they are recomputed with the weights as they are now. No-op without
+    batch normalisation. Both models end in eval mode."""
+    norm = transformer.representation_normalizer
+    if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        return
+    encoder.eval()
+    norm.reset_running_stats()
+    momentum, norm.momentum = norm.momentum, None  # None: a cumulative average over all batches
+    norm.train()
+    device = device or transformer.device
+    count = min(len(images), max_images)
+    try:
+        for start in range(0, count, batch_size):
+            chunk = _image_range(images, start, min(start + batch_size, count)).to(device)
+            if chunk.shape[0] < 2:
+                break  # batch statistics of one image are undefined
+            config = transformer.config
+            raw = encode_representation(encoder, chunk, config.representation_readout, config.encoder_preprocessing)
+            norm(raw.to(transformer.dtype))
+    finally:
+        norm.momentum = momentum
+        transformer.eval()
+
+
+def _image_range(images: Union[torch.Tensor, Dataset], start: int, stop: int) -> torch.Tensor:
+    if isinstance(images, torch.Tensor):
+        return images[start:stop].float()
+    return torch.stack([images[i][0] for i in range(start, stop)]).float()

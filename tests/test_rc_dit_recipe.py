@@ -1,0 +1,186 @@
+"""The RC-DiT recipe of issue 13: how r is read out and normalised, the diagnostics of its collapse, the encoder's
+learning rate and view, and that every consumer sees the same r."""
+
+import json
+import logging
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from torch.utils.data import TensorDataset
+
+from diffusion_classifiers import RepresentationConditionedDiTPipeline
+from diffusion_classifiers.models import (
+    RepresentationConditionedDiTModel,
+    build_vit_encoder,
+    encode_representation,
+    rc_dit_config,
+    representation_of,
+)
+from diffusion_classifiers.training import (
+    RCDiTJointModel,
+    RCDiTLoss,
+    TrainingArguments,
+    rc_dit_monitor,
+    recompute_representation_statistics,
+    representation_diagnostics,
+    train,
+)
+from diffusion_classifiers.training.loop import build_optimizer
+from diffusion_classifiers.training.monitoring import MONITOR_HISTORY_NAME
+
+SIZE, DIM = 16, 24
+
+
+def encoder(seed=0):
+    torch.manual_seed(seed)
+    return build_vit_encoder(SIZE, 1, DIM, num_layers=1, num_heads=2, patch_size=4).eval()
+
+
+def transformer(seed=0, **overrides):
+    torch.manual_seed(seed)
+    config = rc_dit_config("tiny", SIZE, 1, DIM, representation_readout="cls", representation_norm="batch")
+    return RepresentationConditionedDiTModel(**{**config, **overrides}).eval()
+
+
+def images(count=32, seed=0):
+    return torch.rand(count, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_readouts_read_the_tokens_they_name():
+    model, x = encoder(), images(4)
+    with torch.no_grad():
+        outputs = model(pixel_values=x)
+        assert torch.equal(encode_representation(model, x, "pooler"), outputs.pooler_output)
+        assert torch.equal(encode_representation(model, x, "cls"), outputs.last_hidden_state[:, 0])
+        assert torch.allclose(encode_representation(model, x, "mean_patch"), outputs.last_hidden_state[:, 1:].mean(1))
+    with pytest.raises(ValueError, match="expected a readout in"):
+        encode_representation(model, x, "tanh")
+
+
+def test_unknown_readout_or_norm_fails_at_construction():
+    with pytest.raises(ValueError, match="representation_readout"):
+        transformer(representation_readout="first")
+    with pytest.raises(ValueError, match="representation_norm"):
+        transformer(representation_norm="layer")
+
+
+def test_representation_of_is_the_standardised_readout_in_eval_mode():
+    model, dit, x = encoder(), transformer(), images(8)
+    norm = dit.representation_normalizer
+    with torch.no_grad():
+        norm.running_mean.normal_(0, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+        expected = (encode_representation(model, x, "cls") - norm.running_mean) / (norm.running_var + norm.eps).sqrt()
+        torch.testing.assert_close(representation_of(model, dit, x), expected)
+
+
+def test_pipeline_encode_returns_the_r_the_denoiser_is_conditioned_on():
+    model, dit, x = encoder(), transformer(), images(8)
+    with torch.no_grad():
+        dit.representation_normalizer.running_var.fill_(4.0)
+        pipe = RepresentationConditionedDiTPipeline(model, dit, DDPMScheduler())
+        pipe.set_progress_bar_config(disable=True)
+        torch.testing.assert_close(pipe.encode(x), representation_of(model, dit, x))
+
+
+def test_recomputed_statistics_are_those_of_the_final_encoder():
+    model, dit, x = encoder(), transformer(), images(40)
+    recompute_representation_statistics(model, dit, x, batch_size=40)
+    raw = encode_representation(model, x, "cls").detach()
+    norm = dit.representation_normalizer
+    torch.testing.assert_close(norm.running_mean, raw.mean(0))
+    torch.testing.assert_close(norm.running_var, raw.var(0))  # BatchNorm keeps the unbiased variance
+    assert not dit.training and norm.momentum == 0.1
+
+
+def test_diagnostics_tell_a_denoiser_that_reads_r_from_one_that_does_not():
+    model, scheduler, x = encoder(), DDPMScheduler(), images(16)
+    dit = transformer()
+    with torch.no_grad():  # from zero init: the output layer and the modulations let r through
+        for parameter in dit.parameters():
+            parameter.normal_(0, 0.2)
+    reads = representation_diagnostics(model, dit, scheduler, x)
+    assert reads["own_vs_shuffled_gap"] != 0 and reads["representation_relative_spread"] > 0.01
+    ignores = representation_diagnostics(model, transformer(), scheduler, x)  # zero init: predicts 0 for every r
+    assert ignores["own_vs_shuffled_gap"] == 0
+    assert ignores["denoising_error_own"] == ignores["denoising_error_null"]
+
+
+def test_monitor_warns_when_r_has_collapsed(caplog):
+    same = images(1).expand(8, -1, -1, -1)  # one image eight times: r cannot vary
+    joint = RCDiTJointModel(encoder(), transformer())
+    with caplog.at_level(logging.WARNING):
+        diagnostics = rc_dit_monitor(same, DDPMScheduler())(joint)
+    assert diagnostics["representation_relative_spread"] < 1e-3
+    assert "has collapsed" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        rc_dit_monitor(images(8), DDPMScheduler())(joint)
+    assert "has collapsed" not in caplog.text
+
+
+def test_training_writes_the_monitor_history_at_each_checkpoint(tmp_path):
+    joint = RCDiTJointModel(encoder(), transformer().train())
+    args = TrainingArguments(output_dir=str(tmp_path), train_batch_size=8, max_train_steps=4, checkpointing_steps=2)
+    monitor = rc_dit_monitor(images(16), DDPMScheduler())
+    train(args, joint, TensorDataset(images(16)), RCDiTLoss(DDPMScheduler()), monitor=monitor)
+    records = json.loads((tmp_path / MONITOR_HISTORY_NAME).read_text())
+    assert [r["step"] for r in records] == [2, 4]
+    assert {"representation_spread", "own_vs_shuffled_gap", "denoising_error_null"} <= set(records[0])
+
+
+def test_token_readout_freezes_the_unused_pooler_and_keeps_it():
+    joint = RCDiTJointModel(encoder(), transformer())
+    assert joint.encoder.pooler is not None
+    assert not any(p.requires_grad for p in joint.encoder.pooler.parameters())
+    pooled = RCDiTJointModel(encoder(), transformer(representation_readout="pooler"))
+    assert all(p.requires_grad for p in pooled.encoder.pooler.parameters())
+
+
+def test_encoder_learning_rate_scale_makes_its_own_group():
+    args = TrainingArguments(output_dir="unused", learning_rate=1e-3)
+    joint = RCDiTJointModel(encoder(), transformer(), encoder_learning_rate_scale=3.0)
+    optimizer = build_optimizer(args, joint, torch.device("cpu"))
+    assert [group["lr"] for group in optimizer.param_groups] == [1e-3, 3e-3]
+    assert len(optimizer.param_groups[1]["params"]) == len(list(joint.encoder.parameters()))
+    single = build_optimizer(args, RCDiTJointModel(encoder(), transformer()), torch.device("cpu"))
+    assert len(single.param_groups) == 1  # as before the scale existed: older checkpoints resume
+    with pytest.raises(ValueError, match="encoder_learning_rate_scale"):
+        RCDiTJointModel(encoder(), transformer(), encoder_learning_rate_scale=0.0)
+
+
+def test_encoder_view_changes_only_what_the_encoder_reads():
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, noisy, timesteps, clean):
+            seen.append(clean)
+            return torch.zeros_like(noisy)
+
+    batch = (images(4),)
+    RCDiTLoss(DDPMScheduler(), encoder_view=lambda x: -x)(Recorder(), batch)
+    RCDiTLoss(DDPMScheduler())(Recorder(), batch)
+    assert torch.equal(seen[0], -batch[0]) and torch.equal(seen[1], batch[0])
+
+
+def test_a_pretrained_encoder_reads_its_processors_normalisation(tmp_path):
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    from diffusion_classifiers.models import pretrained_pixel_values, pretrained_preprocessing
+
+    torch.manual_seed(0)
+    config = Dinov2Config(image_size=SIZE, patch_size=4, num_channels=3, hidden_size=DIM, num_hidden_layers=1,
+                          num_attention_heads=2, intermediate_size=32)  # fmt: skip
+    Dinov2Model(config).save_pretrained(tmp_path)
+    BitImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8}).save_pretrained(tmp_path)
+    preprocessing = pretrained_preprocessing(str(tmp_path))
+    assert preprocessing["image_size"] == [8, 8] and preprocessing["image_mean"][0] != 0
+    dino = Dinov2Model.from_pretrained(tmp_path).eval()
+    dit = transformer(in_channels=1, representation_norm="none", encoder_preprocessing=preprocessing)
+    x = images(3)
+    expected_pixels = pretrained_pixel_values(x, (8, 8), preprocessing["image_mean"], preprocessing["image_std"])
+    with torch.no_grad():
+        expected = dino(pixel_values=expected_pixels).last_hidden_state[:, 0]
+        torch.testing.assert_close(representation_of(dino, dit, x), expected)
+    RCDiTJointModel(dino, dit)  # a 3-channel encoder over 1-channel images: the preprocessing makes them RGB
