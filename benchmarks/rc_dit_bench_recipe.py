@@ -40,8 +40,9 @@ VARIANTS = {
     "cls_batch_norm_view": {"representation_readout": "cls", "representation_norm": "batch", "encoder_view": "crop_flip"},
     "cls_batch_norm_encoder_lr_3": {"representation_readout": "cls", "representation_norm": "batch", "encoder_learning_rate_scale": 3.0},
     "cls_batch_norm_ema": {"representation_readout": "cls", "representation_norm": "batch", "use_ema": True},
-    # Min-SNR-5 loss weighting: less weight on the low-noise timesteps, where r helps with detail, not content
-    "cls_batch_norm_min_snr_5": {"representation_readout": "cls", "representation_norm": "batch", "snr_gamma": 5.0},
+    # the loss weighted max(1, 1 / SNR): high-noise timesteps count, where r can tell what the image shows
+    "cls_batch_norm_truncated_snr": {"representation_readout": "cls", "representation_norm": "batch", "loss_weighting": "truncated_snr"},
+    "pooler_batch_norm_truncated_snr": {"representation_readout": "pooler", "representation_norm": "batch", "loss_weighting": "truncated_snr"},
 }
 SHOTS, EPISODES = 10, 5
 

@@ -17,9 +17,10 @@ from accelerate import PartialState
 from diffusers import AutoencoderKL
 
 from diffusion_classifiers.data import add_data_args, load_data_from_args, streaming_data_from_args
-from diffusion_classifiers.models import RC_DIT_SIZES
+from diffusion_classifiers.models import RC_DIT_SIZES, REPRESENTATION_NORMS, REPRESENTATION_READOUTS
 from diffusion_classifiers.pipelines import RepresentationConditionedDiTPipeline
 from diffusion_classifiers.training import (
+    LOSS_WEIGHTINGS,
     add_diffusion_args,
     add_encoder_args,
     add_training_args,
@@ -46,6 +47,33 @@ def parse_args(argv=None):
         help="Probability of the null representation in training, for guidance (default: %(default)s).",
     )
     add_encoder_args(parser)
+    parser.add_argument(
+        "--representation_readout",
+        default="cls",
+        choices=REPRESENTATION_READOUTS,
+        help="How r is read out of the encoder: the final-layernormed CLS token, the tanh pooler or the mean of the "
+        "patch tokens (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--representation_norm",
+        default="batch",
+        choices=REPRESENTATION_NORMS,
+        help="Standardise r per dimension across the batch before it conditions the DiT, which keeps it from "
+        "collapsing (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--encoder_learning_rate_scale",
+        type=float,
+        default=1.0,
+        help="The encoder's learning rate over the DiT's --learning_rate (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--loss_weighting",
+        default="epsilon",
+        choices=LOSS_WEIGHTINGS,
+        help="Weighting of the loss over timesteps: the noise loss, Min-SNR-5, or max(1, 1/SNR), which makes the "
+        "high-noise timesteps count (default: %(default)s).",
+    )
     parser.add_argument(
         "--freeze_encoder",
         action="store_true",
@@ -84,6 +112,10 @@ def main(argv=None):
         num_train_timesteps=args.num_train_timesteps,
         freeze_encoder=args.freeze_encoder,
         vae=vae,
+        representation_readout=args.representation_readout,
+        representation_norm=args.representation_norm,
+        encoder_learning_rate_scale=args.encoder_learning_rate_scale,
+        loss_weighting=args.loss_weighting,
         encoder_preprocessing=encoder_preprocessing_from_args(args),
     )
     if PartialState().is_main_process:

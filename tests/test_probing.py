@@ -10,14 +10,19 @@ from sklearn.metrics import f1_score
 
 from diffusion_classifiers.models import LinearProbeHead, PrototypeHead, fit_prototypes
 from diffusion_classifiers.probing import (
+    NORMALIZATIONS,
     ProbeGridResult,
+    clustering_stability,
     evaluate_protocols,
     few_shot_indices,
     fit_probe_grid,
     kmeans_evaluate,
     knn_classify,
+    normalize_features,
     prototype_classify,
+    select_clustering_without_labels,
 )
+from diffusion_classifiers.unet_feature_study import label_free_kmeans
 
 
 def _splits(features: dict, labels: np.ndarray, bounds=(0.5, 0.75)):
@@ -211,6 +216,77 @@ def test_kmeans_evaluate_recovers_separated_blobs_and_is_seeded():
     assert np.array_equal(kmeans_evaluate(x, y, 4, seed=0)["clusters"], result["clusters"])
     with pytest.raises(ValueError, match="features row 3 contains NaN"):
         kmeans_evaluate(np.where(np.arange(300)[:, None] == 3, np.nan, x), y, 4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# k-means: the normalisation chosen without labels
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _directional_classes(seed: int = 0, per_class: int = 60):
+    """3 classes that differ only in direction; each image's norm is random over about two orders of magnitude, so
+    L2-normalised k-means separates the classes and standardised or whitened k-means splits by norm instead."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(3), per_class)
+    directions = np.eye(6)[:3] + 0.3
+    norms = np.exp(rng.normal(0.0, 1.0, size=len(labels)))
+    return norms[:, None] * (directions[labels] + 0.05 * rng.normal(size=(len(labels), 6))), labels
+
+
+@pytest.mark.parametrize("normalization", [*NORMALIZATIONS, "none"])
+def test_each_normalization_gives_its_space_and_separates_blobs(normalization):
+    x, y = make_blobs(300, n_features=6, centers=4, cluster_std=0.5, random_state=1)
+    x = x + 20.0  # off-centre: L2 rows then still point to their blob
+    z = normalize_features(torch.tensor(x), normalization)
+    if normalization == "standardize":
+        np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-12)
+        np.testing.assert_allclose(z.std(0), 1.0, rtol=1e-12)
+    elif normalization == "l2":
+        np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, rtol=1e-12)
+    elif normalization == "pca_whiten":  # decorrelated, unit variance (ddof=1, as scikit-learn's PCA)
+        np.testing.assert_allclose(np.cov(z, rowvar=False), np.eye(z.shape[1]), atol=1e-10)
+    else:
+        np.testing.assert_array_equal(z, x)
+    assert kmeans_evaluate(x, y, num_classes=4, normalization=normalization)["accuracy"] == pytest.approx(1.0)
+
+
+def test_an_unknown_normalization_is_refused_with_the_allowed_names():
+    x, y = make_blobs(40, n_features=3, centers=2, random_state=0)
+    message = r"normalization: expected one of 'standardize', 'l2', 'pca_whiten', 'none', got 'whiten'"
+    with pytest.raises(ValueError, match=message):
+        kmeans_evaluate(x, y, 2, normalization="whiten")
+    with pytest.raises(ValueError, match=message):
+        select_clustering_without_labels({("a", 0): x}, [2], 2, normalizations=["l2", "whiten"])
+    with pytest.raises(ValueError, match=message):
+        normalize_features(x, "whiten")
+
+
+def test_stability_is_one_for_separated_blobs_and_needs_k_at_most_half_the_images():
+    x, _ = make_blobs(100, n_features=4, centers=3, cluster_std=0.2, random_state=0)
+    assert clustering_stability(x, 3, seed=0) == pytest.approx(1.0)  # every half finds the same 3 blobs
+    with pytest.raises(ValueError, match=r"K=51 is larger than the number of images \(50\)"):
+        clustering_stability(x, 51)
+
+
+def test_the_normalization_is_chosen_by_stability_and_reaches_the_classes():
+    x, y = _directional_classes()
+    choice = select_clustering_without_labels({("direction", 0): x}, [3], 3, normalizations=NORMALIZATIONS)
+    assert choice["normalization"] == "l2" and choice["by_normalization"]["l2"]["stability"] == pytest.approx(1.0)
+    assert set(choice["by_normalization"]) == set(NORMALIZATIONS)
+    assert kmeans_evaluate(x, y, 3, normalization=choice["normalization"])["accuracy"] == pytest.approx(1.0)
+    assert kmeans_evaluate(x, y, 3)["accuracy"] < 0.9  # standardised, the norm splits the images instead
+
+
+def test_the_label_free_kmeans_choice_does_not_depend_on_the_labels():
+    x, y = _directional_classes()
+    noise = np.random.default_rng(1).normal(size=x.shape)
+    val = {("direction", 10): x[::2], ("noise", 10): noise[::2]}
+    test = {("direction", 10): x[1::2], ("noise", 10): noise[1::2]}
+    result = label_free_kmeans(val, test, y[1::2], num_classes=3)
+    permuted = label_free_kmeans(val, test, np.random.default_rng(0).permutation(y[1::2]), num_classes=3)
+    assert (result["feature"], result["normalization"], result["num_clusters"]) == ("direction/10", "l2", 3)
+    assert permuted["selection"] == result["selection"] and result["accuracy"] == pytest.approx(1.0)
+    assert permuted["accuracy"] < 0.6  # the labels only score: permuted, they no longer match the clusters
 
 
 # ---------------------------------------------------------------------------------------------------------------

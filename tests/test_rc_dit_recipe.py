@@ -184,3 +184,19 @@ def test_a_pretrained_encoder_reads_its_processors_normalisation(tmp_path):
         expected = dino(pixel_values=expected_pixels).last_hidden_state[:, 0]
         torch.testing.assert_close(representation_of(dino, dit, x), expected)
     RCDiTJointModel(dino, dit)  # a 3-channel encoder over 1-channel images: the preprocessing makes them RGB
+
+
+def test_loss_weightings_weigh_each_timestep_by_its_snr():
+    from diffusion_classifiers.training import DenoisingLoss
+
+    scheduler = DDPMScheduler()
+    timesteps = torch.tensor([0, 100, 500, 999])
+    alpha_bar = scheduler.alphas_cumprod[timesteps].double()
+    snr = alpha_bar / (1 - alpha_bar)
+    truncated = DenoisingLoss(scheduler, loss_weighting="truncated_snr").snr_weights(timesteps).double()
+    torch.testing.assert_close(truncated, torch.maximum(1 / snr, torch.ones_like(snr)), rtol=1e-5, atol=0)
+    assert truncated[0] == 1 and truncated[-1] > 1e3  # the noise loss at low noise, the x0 loss at high noise
+    min_snr = DenoisingLoss(scheduler, loss_weighting="min_snr", snr_gamma=5.0).snr_weights(timesteps).double()
+    torch.testing.assert_close(min_snr, torch.minimum(snr, torch.full_like(snr, 5.0)) / snr, rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match="expected loss_weighting in"):
+        DenoisingLoss(scheduler, loss_weighting="v")

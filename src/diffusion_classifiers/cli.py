@@ -183,6 +183,11 @@ def save_study(study, args: argparse.Namespace, timing: dict) -> dict:
         f"macro-F1 {100 * summary['test_macro_f1']:.2f}%, k-means accuracy {100 * summary['kmeans_accuracy']:.2f}% "
         f"(NMI {summary['kmeans_nmi']:.3f}); {timing['total_seconds']:.0f} s"
     )
+    print(
+        f"k-means without labels: {100 * summary['kmeans_label_free_accuracy']:.2f}% on U-Net features "
+        f"({summary['kmeans_label_free_feature']}, {summary['kmeans_label_free_normalization']}), "
+        f"{100 * summary['kmeans_raw_pixels_accuracy']:.2f}% on raw pixels ({summary['kmeans_raw_pixels_normalization']})"
+    )
     plots = "probe_heatmap.png, confusion_matrix.png, reliability.png" + (", roc_pr.png" if "test_positive_class" in summary else "")
     print(f"wrote {args.output_dir}/report.md, metrics.json, {plots}, pipeline/")
     return metrics

@@ -318,9 +318,9 @@ def check_encoder_matches(encoder: nn.Module, transformer: RepresentationConditi
             f"encoder of hidden size {expected}"
         )
     channels, in_channels = encoder.config.num_channels, transformer.config.in_channels
-    if transformer.config.encoder_preprocessing is not None:
-        return  # the preprocessing maps the images (1 or 3 channels) to what the encoder reads
-    if vae is None and channels != in_channels:
+    # with encoder_preprocessing, images of 1 or 3 channels are made what the encoder reads
+    reads_as_they_are = transformer.config.encoder_preprocessing is None
+    if vae is None and reads_as_they_are and channels != in_channels:
         raise ValueError(f"encoder num_channels {channels} does not match the transformer's in_channels {in_channels}")
     if vae is not None:
         if vae.config.latent_channels != in_channels:
@@ -328,7 +328,7 @@ def check_encoder_matches(encoder: nn.Module, transformer: RepresentationConditi
                 f"vae latent_channels {vae.config.latent_channels} does not match the transformer's in_channels "
                 f"{in_channels}"
             )
-        if vae.config.in_channels != channels:
+        if reads_as_they_are and vae.config.in_channels != channels:
             raise ValueError(f"encoder num_channels {channels} does not match the vae's in_channels {vae.config.in_channels}")
 
 

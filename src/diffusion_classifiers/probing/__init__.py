@@ -7,24 +7,30 @@
 
 from .probe_grid import FeatureKey, ProbeGridResult, fit_probe_grid
 from .protocols import (
+    NORMALIZATIONS,
     Shots,
+    clustering_stability,
     evaluate_protocols,
     few_shot_indices,
     kmeans_evaluate,
     knn_classify,
+    normalize_features,
     prototype_classify,
     select_clustering_without_labels,
 )
 
 __all__ = [
     "FeatureKey",
+    "NORMALIZATIONS",
     "ProbeGridResult",
     "Shots",
+    "clustering_stability",
     "evaluate_protocols",
     "few_shot_indices",
     "fit_probe_grid",
     "kmeans_evaluate",
     "knn_classify",
+    "normalize_features",
     "prototype_classify",
     "select_clustering_without_labels",
 ]

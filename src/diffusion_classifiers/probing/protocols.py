@@ -7,7 +7,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
-from sklearn.preprocessing import StandardScaler
+from sklearn.decomposition import PCA
+from sklearn.preprocessing import Normalizer, StandardScaler
 from tqdm.auto import tqdm
 
 from ..metrics import classification_metrics, clustering_metrics
@@ -16,11 +17,15 @@ from ..validation import as_feature_matrix, as_labels, check_finite_rows, check_
 from .probe_grid import fit_probe_grid
 
 __all__ = [
+    "NORMALIZATIONS",
+    "PCA_WHITEN_VARIANCE",
     "Shots",
+    "clustering_stability",
     "evaluate_protocols",
     "few_shot_indices",
     "kmeans_evaluate",
     "knn_classify",
+    "normalize_features",
     "prototype_classify",
     "select_clustering_without_labels",
 ]
@@ -33,30 +38,124 @@ Shots = Union[int, str, None]
 # ------------------------------------------------------------------------------------------------------------------
 
 
+# The normalisations k-means may run on; "none" is the raw features (`standardize=False`).
+NORMALIZATIONS = ("standardize", "l2", "pca_whiten")
+# PCA whitening keeps the leading components that carry this fraction of the variance: whitening the near-zero-variance
+# tail (constant border pixels, dead channels) would blow numerical noise up to unit variance. It keeps at least 2:
+# in one dimension every cosine is +-1, so the cosine silhouette that compares features would be 1 for any 2-way split.
+PCA_WHITEN_VARIANCE = 0.95
+
+
+def normalize_features(features, normalization: str = "standardize") -> np.ndarray:
+    r"""
+    The features in the space k-means runs in, fitted on these features alone (no labels): `"standardize"`
+    (scikit-learn's `StandardScaler`: zero mean, unit variance per column), `"l2"` (`Normalizer`: each row scaled to
+    unit L2 norm), `"pca_whiten"` (`PCA(whiten=True)` keeping the leading components that carry `PCA_WHITEN_VARIANCE`
+    of the variance, at least 2 when there are: decorrelated, unit variance) or `"none"`.
+
+    Raises:
+        `ValueError`: an unknown `normalization` (the message lists the allowed ones), or features that are not `[N, D]`.
+    """
+    _check_normalization(normalization)
+    x = _checked_clustering_features(features)
+    if normalization == "standardize":
+        return StandardScaler().fit_transform(x)
+    if normalization == "l2":
+        return Normalizer().fit_transform(x)
+    if normalization == "pca_whiten":
+        return _pca_whiten(x)
+    return x
+
+
+def _pca_whiten(x: np.ndarray) -> np.ndarray:
+    explained = PCA(svd_solver="full").fit(x).explained_variance_ratio_
+    keep = int(np.searchsorted(np.cumsum(explained), PCA_WHITEN_VARIANCE)) + 1
+    keep = min(max(keep, 2), len(explained))
+    return PCA(n_components=keep, whiten=True, svd_solver="full").fit_transform(x)
+
+
+def _check_normalization(normalization) -> None:
+    allowed = (*NORMALIZATIONS, "none")
+    if normalization not in allowed:
+        raise ValueError(
+            f"normalization: expected one of {', '.join(map(repr, allowed))}, got {normalization!r}"
+        )
+
+
 def kmeans_evaluate(
-    features, labels, num_classes: int, seed: int = 0, standardize: bool = True, num_clusters: Optional[int] = None
+    features,
+    labels,
+    num_classes: int,
+    seed: int = 0,
+    standardize: bool = True,
+    num_clusters: Optional[int] = None,
+    normalization: Optional[str] = None,
 ) -> dict:
     r"""
     Label-free grouping: k-means with `num_clusters` clusters (default `num_classes`; `n_init=10`,
     `random_state=seed`) on the features, scored with [`~metrics.clustering_metrics`] (NMI, ARI, Hungarian-matched
     accuracy and macro-F1, purity; with more clusters than classes the unmatched clusters count as errors).
 
+    Args:
+        normalization (`str`, *optional*): the space k-means runs in, see [`normalize_features`] (e.g. the one
+            [`select_clustering_without_labels`] chose); default `"standardize"`, or `"none"` when `standardize=False`.
+
     Returns:
         `dict` of the metrics plus `clusters`, the `np.ndarray` cluster id of each sample.
 
     Raises:
-        `ValueError`: more clusters than images, or features that are not `[N, D]` with one row per label.
+        `ValueError`: more clusters than images, an unknown normalisation, or features that are not `[N, D]` with one
+        row per label.
     """
+    normalization = _resolve_normalization(normalization, standardize)
     x = _checked_clustering_features(features)
     y = as_labels(labels, "labels")
     num_clusters = num_classes if num_clusters is None else num_clusters
     if len(x) != len(y):
         raise ValueError(f"expected features [N, D] with one row per label, got {x.shape} for {len(y)} labels")
     _check_num_clusters(num_clusters, len(x))
-    if standardize:
-        x = StandardScaler().fit_transform(x)
+    x = normalize_features(x, normalization)
     clusters = KMeans(n_clusters=num_clusters, n_init=10, random_state=seed).fit_predict(x)
     return {**clustering_metrics(y, clusters, num_classes), "clusters": clusters}
+
+
+def _resolve_normalization(normalization: Optional[str], standardize: bool) -> str:
+    normalization = ("standardize" if standardize else "none") if normalization is None else normalization
+    _check_normalization(normalization)
+    return normalization
+
+
+def clustering_stability(features, num_clusters: int, seed: int = 0, num_resamples: int = 5, n_init: int = 3) -> float:
+    r"""
+    How reproducible the k-means partition of these features is, without labels: `num_resamples` times, split the
+    images at random into two halves, fit k-means (`num_clusters`, `n_init`) on each half, let both fits label every
+    image, and score the agreement of the two labelings with the adjusted Rand index; returns the mean ARI (1: the
+    same partition from either half, about 0: unrelated partitions). Split-half stability, after Lange et al.,
+    "Stability-based validation of clustering solutions" (Neural Computation, 2004).
+
+    The ARI compares two partitions of the same images, not distances, so the score does not depend on the space the
+    clusters were found in: unlike the silhouette, it can compare normalisations.
+
+    Raises:
+        `ValueError`: features that are not `[N, D]`, or `num_clusters` larger than half the images.
+    """
+    from sklearn.metrics import adjusted_rand_score
+
+    x = _checked_clustering_features(features)
+    _check_num_clusters(num_clusters, len(x) // 2)
+    if isinstance(num_resamples, bool) or not isinstance(num_resamples, (int, np.integer)) or num_resamples < 1:
+        raise ValueError(f"num_resamples: expected an integer >= 1, got {num_resamples!r}")
+    rng = np.random.default_rng(seed)
+    scores = []
+    for resample in range(num_resamples):
+        order = rng.permutation(len(x))
+        halves = order[: len(x) // 2], order[len(x) // 2 :]
+        labelings = [
+            KMeans(n_clusters=num_clusters, n_init=n_init, random_state=seed + resample).fit(x[half]).predict(x)
+            for half in halves
+        ]
+        scores.append(adjusted_rand_score(*labelings))
+    return float(np.mean(scores))
 
 
 def select_clustering_without_labels(
@@ -66,11 +165,21 @@ def select_clustering_without_labels(
     seed: int = 0,
     standardize: bool = True,
     n_init: int = 3,
+    normalizations: Optional[Sequence[str]] = None,
+    num_resamples: int = 5,
 ) -> dict:
     r"""
-    Choose the feature and the number of clusters K of k-means without labels, by the silhouette score (cosine,
-    scikit-learn's `silhouette_score`) of the k-means clustering: first the feature with the best silhouette at
-    `default_num_clusters`, then on it the K in `candidate_num_clusters` with the best silhouette.
+    Choose the feature, the normalisation and the number of clusters K of k-means without labels:
+
+    1. in each normalisation (see [`normalize_features`]), the feature with the best silhouette score (cosine,
+       scikit-learn's `silhouette_score`) of its k-means clustering at `default_num_clusters`;
+    2. among the normalisations (when more than one is given), the one whose chosen feature clusters most stably,
+       by [`clustering_stability`] (mean ARI between k-means fitted on random halves). The silhouette is not used
+       here: it is computed in each normalisation's own space, and whitening or projecting onto the sphere changes
+       the silhouette of the same partition (whitening lifts low-variance directions to unit variance and lowers it
+       mechanically), whereas the ARI compares partitions of the same images and is the same scale in every space;
+    3. on that feature and normalisation, the K in `candidate_num_clusters` with the best silhouette (one space, so
+       comparable across K; stability is not used for K because it favours the coarsest split).
 
     Args:
         features: `key -> [N, D]` features of one split (val), keyed e.g. `(block, timestep)` as
@@ -78,36 +187,56 @@ def select_clustering_without_labels(
         candidate_num_clusters: the K to choose from, each at most N.
         default_num_clusters: the K the features are compared at (the number of classes when it is known).
         n_init: k-means restarts per fit (`random_state=seed`).
+        normalizations: the normalisations to choose from (of `"standardize"`, `"l2"`, `"pca_whiten"`, `"none"`);
+            default: only `"standardize"` (or `"none"` when `standardize=False`), as before normalisations were chosen.
+        num_resamples: split-half resamples of the stability score (only used with more than one normalisation).
 
     Returns:
-        `dict` with `pair` (the chosen key, as a list), `num_clusters`, `silhouette_by_pair` (the key joined by "/",
-        e.g. `"mid_block/100"` -> score at `default_num_clusters`) and `silhouette_by_num_clusters` (K -> score on the
-        chosen key).
+        `dict` with `pair` (the chosen key, as a list), `normalization`, `num_clusters`, `silhouette_by_pair` (the key
+        joined by "/", e.g. `"mid_block/100"` -> score at `default_num_clusters`, in the chosen normalisation),
+        `silhouette_by_num_clusters` (K -> score on the chosen key) and `by_normalization` (normalisation -> its best
+        `pair`, that pair's `silhouette` and, with more than one normalisation, its `stability`).
     """
     from sklearn.metrics import silhouette_score
 
     if not features:
         raise ValueError("expected features as a non-empty dict (block, timestep) -> [N, D]")
+    normalizations = [_resolve_normalization(None, standardize)] if normalizations is None else list(normalizations)
+    if not normalizations or len(set(normalizations)) != len(normalizations):
+        raise ValueError(f"normalizations: expected a non-empty list of distinct names, got {normalizations}")
+    for name in normalizations:
+        _check_normalization(name)
     candidates = sorted({int(k) for k in candidate_num_clusters} | {int(default_num_clusters)})
+    checked = {pair: _checked_clustering_features(value) for pair, value in features.items()}
+    for x in checked.values():
+        for k in candidates:
+            _check_num_clusters(k, len(x))
 
     def silhouette(x: np.ndarray, k: int) -> float:
         clusters = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(x)
         return float(silhouette_score(x, clusters, metric="cosine"))
 
-    prepared = {}
-    for pair, value in features.items():
-        x = _checked_clustering_features(value)
-        for k in candidates:
-            _check_num_clusters(k, len(x))
-        prepared[pair] = StandardScaler().fit_transform(x) if standardize else x
-    by_pair = {pair: silhouette(x, int(default_num_clusters)) for pair, x in prepared.items()}
-    best_pair = max(by_pair, key=by_pair.get)
-    by_k = {k: (by_pair[best_pair] if k == default_num_clusters else silhouette(prepared[best_pair], k)) for k in candidates}
+    by_normalization, spaces, silhouettes = {}, {}, {}
+    for name in normalizations:
+        by_pair = {pair: silhouette(normalize_features(x, name), int(default_num_clusters)) for pair, x in checked.items()}
+        best_pair = max(by_pair, key=by_pair.get)
+        spaces[name], silhouettes[name] = normalize_features(checked[best_pair], name), by_pair
+        by_normalization[name] = {"pair": list(best_pair), "silhouette": by_pair[best_pair]}
+        if len(normalizations) > 1:
+            by_normalization[name]["stability"] = clustering_stability(
+                spaces[name], int(default_num_clusters), seed, num_resamples, n_init
+            )
+    score = "stability" if len(normalizations) > 1 else "silhouette"
+    chosen = max(normalizations, key=lambda name: by_normalization[name][score])
+    best_pair, x = tuple(by_normalization[chosen]["pair"]), spaces[chosen]
+    by_k = {k: (silhouettes[chosen][best_pair] if k == default_num_clusters else silhouette(x, k)) for k in candidates}
     return {
         "pair": list(best_pair),
+        "normalization": chosen,
         "num_clusters": max(by_k, key=by_k.get),
-        "silhouette_by_pair": {"/".join(map(str, key)): score for key, score in by_pair.items()},
+        "silhouette_by_pair": {"/".join(map(str, key)): value for key, value in silhouettes[chosen].items()},
         "silhouette_by_num_clusters": by_k,
+        "by_normalization": by_normalization,
     }
 
 

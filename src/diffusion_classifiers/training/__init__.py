@@ -38,6 +38,7 @@ _EXPORTS = {
     "training_args_from_namespace": "arguments",
     # diffusion trainers
     "DenoisingLoss": "denoising",
+    "LOSS_WEIGHTINGS": "denoising",
     "RCDiTJointModel": "rc_dit",
     "RCDiTLoss": "rc_dit",
     "check_training_images": "denoising",

@@ -13,7 +13,10 @@ from torch import nn
 
 from ..validation import check_finite_rows, check_unit_range
 
-__all__ = ["DenoisingLoss", "check_training_images"]
+__all__ = ["LOSS_WEIGHTINGS", "DenoisingLoss", "check_training_images"]
+
+# how each image's squared noise error is weighted by the signal-to-noise ratio SNR(t) of its timestep
+LOSS_WEIGHTINGS = ("epsilon", "min_snr", "truncated_snr")
 
 
 def check_training_images(images: torch.Tensor, name: str = "training data") -> None:
@@ -28,7 +31,7 @@ def check_training_images(images: torch.Tensor, name: str = "training data") -> 
 class DenoisingLoss:
     r"""
     DDPM epsilon-prediction loss: noise a batch's clean sample x0 to a uniformly drawn timestep t, predict the noise,
-    return the mean squared error (each image's weighted by Min-SNR-gamma when `snr_gamma` is given).
+    return the mean squared error, each image's weighted by `loss_weighting`.
 
     Batches are `(images,)` or `(images, labels)`. With `conditional=True` the labels go to the model as
     `class_labels`; `label_dropout > 0` replaces that fraction of labels by `null_class` so the same model also
@@ -39,8 +42,13 @@ class DenoisingLoss:
         conditional (`bool`, *optional*, defaults to `False`): pass the batch's labels as `class_labels`.
         label_dropout (`float`, *optional*, defaults to 0.0): fraction of labels replaced by `null_class`.
         null_class (`int`, *optional*): the class id that stands for "no label"; needed when `label_dropout > 0`.
-        snr_gamma (`float`, *optional*): weight each image's error by min(SNR(t), gamma) / SNR(t) (Min-SNR-gamma,
-            Hang et al. 2023; diffusers' `compute_snr`), which lowers the weight of the low-noise timesteps.
+        loss_weighting (`str`, *optional*, defaults to `"epsilon"`): the weight of an image's noise error, a function
+            of the SNR of its timestep (diffusers' `compute_snr`): `"epsilon"` 1 (DDPM's simple loss);
+            `"min_snr"` min(SNR, `snr_gamma`) / SNR (Min-SNR-gamma, Hang et al. 2023), less weight on low noise;
+            `"truncated_snr"` max(1, 1 / SNR) (Salimans & Ho 2022): the noise error where SNR > 1, the error of the
+            implied x0 where SNR < 1. Under the plain noise loss a high-noise image weighs SNR x its x0 error,
+            about 0, so a condition that tells what the image shows barely lowers it; with `"truncated_snr"` it does.
+        snr_gamma (`float`, *optional*, defaults to 5.0): the gamma of `"min_snr"`.
     """
 
     def __init__(
@@ -49,7 +57,8 @@ class DenoisingLoss:
         conditional: bool = False,
         label_dropout: float = 0.0,
         null_class: Optional[int] = None,
-        snr_gamma: Optional[float] = None,
+        loss_weighting: str = "epsilon",
+        snr_gamma: float = 5.0,
     ):
         if scheduler.config.prediction_type != "epsilon":
             raise ValueError(f"expected an epsilon-prediction scheduler, got {scheduler.config.prediction_type!r}")
@@ -57,8 +66,11 @@ class DenoisingLoss:
             raise ValueError(f"expected label_dropout in [0, 1), got {label_dropout}")
         if label_dropout > 0 and (not conditional or null_class is None):
             raise ValueError("label_dropout > 0 needs conditional=True and a `null_class` id")
-        if snr_gamma is not None and snr_gamma <= 0:
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"expected loss_weighting in {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
+        if snr_gamma <= 0:
             raise ValueError(f"expected a positive snr_gamma, got {snr_gamma}")
+        self.loss_weighting = loss_weighting
         self.snr_gamma = snr_gamma
         self.scheduler = scheduler
         self.conditional = conditional
@@ -71,11 +83,17 @@ class DenoisingLoss:
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (images.shape[0],), device=images.device)
         noisy = self.scheduler.add_noise(images, noise, timesteps)
         prediction = self.predict_noise(model, noisy, timesteps, batch)
-        if self.snr_gamma is None:
+        if self.loss_weighting == "epsilon":
             return nn.functional.mse_loss(prediction.float(), noise.float())
         errors = (prediction.float() - noise.float()).pow(2).flatten(1).mean(1)  # (N,)
+        return (errors * self.snr_weights(timesteps)).mean()
+
+    def snr_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """The weight of each image's noise error under `loss_weighting` ("min_snr" or "truncated_snr"), [N]."""
         snr = compute_snr(self.scheduler, timesteps)
-        return (errors * snr.clamp(max=self.snr_gamma) / snr).mean()
+        if self.loss_weighting == "min_snr":
+            return snr.clamp(max=self.snr_gamma) / snr
+        return (1 / snr).clamp(min=1.0)
 
     def clean_sample(self, batch: tuple) -> torch.Tensor:
         """x0, the sample the noise is added to: the batch's images here; latents for a latent-space model."""

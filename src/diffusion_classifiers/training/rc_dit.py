@@ -93,9 +93,9 @@ class RCDiTLoss(DenoisingLoss):
         scheduler: DDPMScheduler,
         vae=None,
         encoder_view: Optional[nn.Module] = None,
-        snr_gamma: Optional[float] = None,
+        loss_weighting: str = "epsilon",
     ):
-        super().__init__(scheduler, snr_gamma=snr_gamma)
+        super().__init__(scheduler, loss_weighting=loss_weighting)
         self.vae = vae
         self.encoder_view = encoder_view
 
@@ -150,7 +150,7 @@ def train_rc_dit(
     representation_norm: str = "batch",
     encoder_view: Optional[nn.Module] = None,
     encoder_learning_rate_scale: float = 1.0,
-    snr_gamma: Optional[float] = None,
+    loss_weighting: str = "epsilon",
     encoder_preprocessing: Optional[dict] = None,
 ) -> tuple[nn.Module, RepresentationConditionedDiTModel, DDPMScheduler, TrainingSummary]:
     r"""
@@ -182,7 +182,8 @@ def train_rc_dit(
             (`RCDiTLoss`), e.g. `build_augmentation(size, channels, strength=0)`: random crop and flip.
         encoder_learning_rate_scale (`float`, *optional*, defaults to 1.0): the encoder's learning rate over the
             DiT's (`args.learning_rate`).
-        snr_gamma (`float`, *optional*): Min-SNR-gamma weighting of the loss over timesteps (`DenoisingLoss`).
+        loss_weighting (`str`, *optional*, defaults to `"epsilon"`): the weighting of the loss over timesteps
+            (`DenoisingLoss`): `"epsilon"`, `"min_snr"` (gamma 5) or `"truncated_snr"`.
         encoder_preprocessing (`dict`, *optional*): for a pretrained encoder, `models.pretrained_preprocessing` of
             it, so it reads its inputs as its image processor prepares them (ImageNet normalisation for DINOv2).
 
@@ -218,7 +219,7 @@ def train_rc_dit(
         grid = rc_dit_sample_grid(dataset, scheduler, vae, args.num_sample_images, args.sample_inference_steps, args.seed)
     monitor = rc_dit_monitor(dataset, scheduler, vae, seed=args.seed)
     model, accelerator, summary = train(
-        args, model, dataset, RCDiTLoss(scheduler, vae=vae, encoder_view=encoder_view, snr_gamma=snr_gamma), sample_grid=grid, monitor=monitor
+        args, model, dataset, RCDiTLoss(scheduler, vae=vae, encoder_view=encoder_view, loss_weighting=loss_weighting), sample_grid=grid, monitor=monitor
     )
     recompute_representation_statistics(model.encoder, model.transformer, dataset, device=accelerator.device)
     return model.encoder, model.transformer, scheduler, summary
