@@ -9,8 +9,10 @@ and normalised). Scored on val only (this benchmark chooses the default; test st
 - label-free: k-means with K = number of classes on standardised r, Hungarian accuracy;
 - 10-shot: nearest prototype on standardised r, 10 labelled train images per class, mean over 5 draws.
 
-Floors in the same run: raw pixels and the encoder at its random initialisation (both readouts). Each figure is
-given per seed and as mean and standard deviation over the seeds.
+Baselines in the same harness: the same ViT from the same initial weights trained by SimCLR or DINO for the same
+optimizer steps, batch and learning rate (`train_contrastive_encoder`, kornia views), read out by the tanh pooler
+as before or by the CLS token. Floors: raw pixels and the encoder at its random initialisation (both readouts).
+Each figure is given per seed and as mean and standard deviation over the seeds.
 
     python benchmarks/rc_dit_bench_recipe.py --quick
     python benchmarks/rc_dit_bench_recipe.py --num_threads 1    # writes benchmarks/results/rc_dit_bench_recipe.json
@@ -25,7 +27,12 @@ import torch
 from _common import base_parser, data_path, load_benchmark_data, report, setup, subsample_splits, training_arguments
 from diffusion_classifiers.models import build_vit_encoder, encode_representation, representation_of
 from diffusion_classifiers.probing import few_shot_indices, kmeans_evaluate, prototype_classify
-from diffusion_classifiers.training import build_augmentation, representation_diagnostics, train_rc_dit
+from diffusion_classifiers.training import (
+    build_augmentation,
+    representation_diagnostics,
+    train_contrastive_encoder,
+    train_rc_dit,
+)
 
 
 NAME = "rc_dit_bench_recipe"
@@ -44,12 +51,22 @@ VARIANTS = {
     "cls_batch_norm_truncated_snr": {"representation_readout": "cls", "representation_norm": "batch", "loss_weighting": "truncated_snr"},
     "pooler_batch_norm_truncated_snr": {"representation_readout": "pooler", "representation_norm": "batch", "loss_weighting": "truncated_snr"},
 }
+# baseline -> (train_contrastive_encoder method, its objective keywords)
+BASELINES = {
+    "simclr": ("simclr", {}),
+    "simclr_cls": ("simclr", {"readout": "cls"}),
+    "dino": ("dino", {}),
+    "dino_cls": ("dino", {"readout": "cls"}),
+}
 SHOTS, EPISODES = 10, 5
 
 
 def parse_args():
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="recipes to train")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS), help="recipes to train")
+    parser.add_argument(
+        "--baselines", nargs="*", default=list(BASELINES), choices=list(BASELINES), help="contrastive encoders to train"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (0 with --quick)")
     parser.add_argument("--image_size", type=int, default=16, help="Fashion-MNIST resized to this side")
     parser.add_argument("--max_train_steps", type=int, default=None, help="default 400 (5 with --quick)")
@@ -112,6 +129,21 @@ def run_variant(name: str, args, splits: dict, seed: int) -> dict:
     return {**result, **diagnostics, "final_loss": summary.final_loss, "train_seconds": round(seconds, 1)}
 
 
+def run_baseline(name: str, args, splits: dict, seed: int) -> dict:
+    method, objective = BASELINES[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        run_args = training_arguments(
+            tmp, args.max_train_steps, args.learning_rate, min(100, args.max_train_steps // 10), seed,
+            train_batch_size=args.train_batch_size, num_sample_images=0,
+        )  # fmt: skip
+        start = time.perf_counter()
+        encoder = train_contrastive_encoder(run_args, splits["train"].images, new_encoder(args, seed), method, **objective)
+        seconds = time.perf_counter() - start
+    readout = objective.get("readout", "pooler")
+    result = scores(features_of(lambda x: encode_representation(encoder, x, readout), splits), splits, seed)
+    return {**result, "train_seconds": round(seconds, 1)}
+
+
 def floors(args, splits: dict, seed: int) -> dict:
     encoder = new_encoder(args, seed).eval()
     return {
@@ -132,12 +164,15 @@ def main():
     start = time.perf_counter()
     splits = load_benchmark_data(str(data_path("fashion_mnist")), image_size=args.image_size, seed=0)
     splits = subsample_splits(splits, {"train": args.num_train_images, "val": args.num_val_images}, 0)
-    runs = {name: [] for name in ["raw_pixels", "random_encoder_pooler", "random_encoder_cls", *args.variants]}
+    runs = {name: [] for name in ["raw_pixels", "random_encoder_pooler", "random_encoder_cls", *args.variants, *args.baselines]}
     for seed in args.seeds:
         for name, result in floors(args, splits, seed).items():
             runs[name].append({"seed": seed, **result})
         for name in args.variants:
             runs[name].append({"seed": seed, **run_variant(name, args, splits, seed)})
+            print(name, seed, {k: round(v, 4) for k, v in runs[name][-1].items() if isinstance(v, float)}, flush=True)
+        for name in args.baselines:
+            runs[name].append({"seed": seed, **run_baseline(name, args, splits, seed)})
             print(name, seed, {k: round(v, 4) for k, v in runs[name][-1].items() if isinstance(v, float)}, flush=True)
     figures = {
         "budget": {
@@ -147,6 +182,7 @@ def main():
             "num_val_images": len(splits["val"].labels), "seeds": args.seeds,
         },
         "variants": {name: VARIANTS[name] for name in args.variants},
+        "baselines": {name: {"method": BASELINES[name][0], **BASELINES[name][1]} for name in args.baselines},
         "summary": {name: summarise(per_seed) for name, per_seed in runs.items()},
         "per_seed": runs,
         "total_wall_seconds": round(time.perf_counter() - start, 1),

@@ -27,6 +27,7 @@ _EXPORTS = {
     "build_vit_encoder": "encoders",
     "encode_representation": "encoders",
     "encoder_pixel_values": "encoders",
+    "freeze_unused_pooler": "encoders",
     "load_pretrained_encoder": "encoders",
     "pretrained_pixel_values": "encoders",
     "pretrained_preprocessing": "encoders",

@@ -22,6 +22,7 @@ __all__ = [
     "build_vit_encoder",
     "encode_representation",
     "encoder_pixel_values",
+    "freeze_unused_pooler",
     "load_pretrained_encoder",
     "pretrained_pixel_values",
     "pretrained_preprocessing",
@@ -99,6 +100,14 @@ def encode_representation(
         return tokens[:, -num_patches:].mean(dim=1)
     pooled = getattr(outputs, "pooler_output", None) if readout == "pooler" else None
     return tokens[:, 0] if pooled is None else pooled  # (N, D)
+
+
+def freeze_unused_pooler(encoder: nn.Module, readout: str) -> None:
+    """With a token readout ("cls", "mean_patch") a ViT's pooler takes no part in r: freeze it (kept, so the encoder
+    saves and loads as the same model), so every trainable parameter gets a gradient and DDP needs no
+    `find_unused_parameters`."""
+    if readout != "pooler" and getattr(encoder, "pooler", None) is not None:
+        encoder.pooler.requires_grad_(False)
 
 
 def encoder_pixel_values(encoder: nn.Module, images: torch.Tensor, preprocessing: Optional[dict] = None) -> torch.Tensor:

@@ -29,7 +29,7 @@ from accelerate import PartialState
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from ..models.encoders import encode_representation, representation_size
+from ..models.encoders import encode_representation, freeze_unused_pooler, representation_size
 from ..validation import check_finite_rows, check_unit_range
 from .arguments import TrainingArguments
 from .loop import total_optimizer_steps, train
@@ -164,9 +164,17 @@ class DINOModel(nn.Module):
     """
 
     def __init__(
-        self, encoder: nn.Module, out_dim: int = 4096, hidden_dim: int = 1024, bottleneck_dim: int = 256, use_bn: bool = False
+        self,
+        encoder: nn.Module,
+        out_dim: int = 4096,
+        hidden_dim: int = 1024,
+        bottleneck_dim: int = 256,
+        use_bn: bool = False,
+        readout: str = "pooler",
     ):
         super().__init__()
+        freeze_unused_pooler(encoder, readout)
+        self.readout = readout
         self.encoder = encoder
         self.head = DINOHead(representation_size(encoder), out_dim, hidden_dim, bottleneck_dim, use_bn)
         self.teacher_encoder = copy.deepcopy(encoder).requires_grad_(False)
@@ -176,11 +184,11 @@ class DINOModel(nn.Module):
         self.register_buffer("center_initialized", torch.zeros((), dtype=torch.bool))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(encode_representation(self.encoder, images))
+        return self.head(encode_representation(self.encoder, images, self.readout))
 
     @torch.no_grad()
     def teacher(self, images: torch.Tensor) -> torch.Tensor:
-        return self.teacher_head(encode_representation(self.teacher_encoder, images))
+        return self.teacher_head(encode_representation(self.teacher_encoder, images, self.readout))
 
     def student_parameters(self) -> list:
         return list(self.encoder.parameters()) + list(self.head.parameters())
@@ -330,11 +338,13 @@ class SimCLRModel(nn.Module):
     """The encoder + SimCLR's projection head (Linear, BatchNorm, ReLU, Linear): `forward(images)` gives the
     projections z [N, projection_dim] of the representation r."""
 
-    def __init__(self, encoder: nn.Module, projection_dim: int = 128, hidden_dim: int = 512):
+    def __init__(self, encoder: nn.Module, projection_dim: int = 128, hidden_dim: int = 512, readout: str = "pooler"):
         super().__init__()
         for name, value in (("projection_dim", projection_dim), ("hidden_dim", hidden_dim)):
             if value < 1:
                 raise ValueError(f"expected a positive SimCLR head `{name}`, got {value}")
+        freeze_unused_pooler(encoder, readout)
+        self.readout = readout
         self.encoder = encoder
         self.head = nn.Sequential(
             nn.Linear(representation_size(encoder), hidden_dim),
@@ -344,7 +354,7 @@ class SimCLRModel(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(encode_representation(self.encoder, images))
+        return self.head(encode_representation(self.encoder, images, self.readout))
 
 
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
@@ -418,8 +428,8 @@ def train_contrastive_encoder(
     with `method` "dino" or "simclr", through `training.train` (accelerate, AdamW + schedule, EMA, checkpoints).
 
     `objective_kwargs` go by name to `build_augmentation` (strength, crop_scale, flip_p, blur_p; for DINO also
-    `local_crop_scale`, default (0.05, 0.25)), to the model (`DINOModel`: out_dim, hidden_dim, bottleneck_dim, use_bn;
-    `SimCLRModel`: projection_dim, hidden_dim) and to the loss (`DINOLoss`: student_temperature,
+    `local_crop_scale`, default (0.05, 0.25)), to the model (`DINOModel`: out_dim, hidden_dim, bottleneck_dim, use_bn,
+    readout; `SimCLRModel`: projection_dim, hidden_dim, readout: how r is read out, `encode_representation`) and to the loss (`DINOLoss`: student_temperature,
     teacher_temperature, num_local_views, teacher_momentum, ...; `SimCLRLoss`: temperature). The heads are seeded
     with `args.seed`. For DINO, `return_teacher` returns the teacher's encoder (as the DINO paper evaluates) instead
     of the student's. Returns the trained encoder in eval mode, ready for `encode_representation`.

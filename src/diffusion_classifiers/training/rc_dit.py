@@ -11,7 +11,7 @@ import torch
 from diffusers import DDPMScheduler
 from torch import nn
 
-from ..models.encoders import representation_size
+from ..models.encoders import freeze_unused_pooler, representation_size
 from ..models.rc_dit import RepresentationConditionedDiTModel, check_encoder_matches, rc_dit_config, representation_of
 from ..models.vae_latents import encode_latents, vae_scale_factor
 from ..pipelines.pipeline_rc_dit_image_variation import RepresentationConditionedDiTImageVariationPipeline
@@ -32,8 +32,7 @@ class RCDiTJointModel(nn.Module):
     `freeze_encoder=True` keeps the encoder fixed (no gradients, eval mode): only the DiT learns. With a `vae`
     (latent space; only checked here, `RCDiTLoss(vae=...)` makes the latents) `noisy` are noised latents.
     When the transformer reads r out of the tokens (`representation_readout` "cls" or "mean_patch"), a ViT's
-    pooler takes no part: it is frozen (kept, so the encoder saves and loads as the same `ViTModel`), and DDP
-    needs no `find_unused_parameters`.
+    unused pooler is frozen (`models.encoders.freeze_unused_pooler`).
     """
 
     def __init__(
@@ -49,8 +48,7 @@ class RCDiTJointModel(nn.Module):
             raise ValueError(f"expected a positive encoder_learning_rate_scale, got {encoder_learning_rate_scale}")
         self.encoder_learning_rate_scale = encoder_learning_rate_scale
         check_encoder_matches(encoder, transformer, vae)  # the vae is not a submodule: frozen, kept by the loss
-        if transformer.config.representation_readout != "pooler" and getattr(encoder, "pooler", None) is not None:
-            encoder.pooler.requires_grad_(False)
+        freeze_unused_pooler(encoder, transformer.config.representation_readout)
         self.encoder = encoder
         self.transformer = transformer
         self.freeze_encoder = freeze_encoder
