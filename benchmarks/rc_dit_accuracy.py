@@ -9,7 +9,10 @@ For each dataset (PneumoniaMNIST and Fashion-MNIST, or the one `--data` names: a
    of optimizer steps, batch size and learning rate with a self-distillation (DINO) or contrastive (SimCLR)
    objective (`training.train_contrastive_encoder`, kornia augmentations; SimCLR by default: DINO collapsed at
    this budget in our trials);
-3. optionally a pretrained encoder directory (`--pretrained facebook/dinov2-small` where the Hub is reachable);
+3. optionally a pretrained encoder (`--pretrained`, a DINOv2 directory, or `facebook/dinov2-small` where the Hub is
+   reachable), three arms that all read images through its image processor's size and ImageNet normalisation:
+   frozen; adapted on the same unlabeled images for the same steps by DINO (its own objective); and an RC-DiT whose
+   encoder starts from it (so the diffusion objective is what is compared);
 4. floors: raw pixels and the encoder at its random initialisation (the same initial weights);
 5. every feature source scored by `probing.evaluate_protocols`: label-free k-means + Hungarian on test (accuracy,
    macro-F1, NMI, ARI), prototypes and k-NN on standardised features with n = 1, 5, 10 and all labelled train
@@ -51,7 +54,12 @@ from _common import (  # noqa: E402
     timed,
     training_arguments,
 )
-from diffusion_classifiers.models import encode_representation, load_pretrained_encoder, representation_of  # noqa: E402
+from diffusion_classifiers.models import (  # noqa: E402
+    encode_representation,
+    load_pretrained_encoder,
+    pretrained_preprocessing,
+    representation_of,
+)
 from diffusion_classifiers.plots import label_efficiency_curve, plot_label_efficiency  # noqa: E402
 from diffusion_classifiers.pipelines import (  # noqa: E402
     RepresentationConditionedDiTImageVariationPipeline,
@@ -180,6 +188,29 @@ def headline(result: dict) -> dict:
     }
 
 
+def train_pretrained_arms(args, train_images: torch.Tensor, tmp: str, walls: dict) -> dict:
+    """`source -> features function` of the three arms started from `--pretrained` (see the module docstring)."""
+    from transformers import AutoModel
+
+    preprocessing = pretrained_preprocessing(args.pretrained)
+    frozen = load_pretrained_encoder(args.pretrained)
+    with timed(walls, "train_pretrained_dino"):
+        adapted = train_contrastive_encoder(
+            training_args(args, tmp + "/pretrained_dino"), train_images, AutoModel.from_pretrained(args.pretrained),
+            method="dino", preprocessing=preprocessing,
+        )  # fmt: skip
+    with timed(walls, "train_rc_dit_from_pretrained"):
+        encoder, transformer, _, _ = train_rc_dit(
+            training_args(args, tmp + "/pretrained_rc"), train_images, AutoModel.from_pretrained(args.pretrained),
+            dit_size=args.dit_size, encoder_preprocessing=preprocessing,
+        )  # fmt: skip
+    return {
+        "pretrained_frozen": frozen.encode,
+        "pretrained_dino_adapted": lambda x: encode_representation(adapted, x, preprocessing=preprocessing),
+        "rc_dit_from_pretrained": lambda x: representation_of(encoder, transformer, x),
+    }
+
+
 def run_dataset(name: str, path: Path, args, device, output_dir: Path) -> dict:
     walls = {}
     splits = load_splits(path, args)
@@ -196,6 +227,7 @@ def run_dataset(name: str, path: Path, args, device, output_dir: Path) -> dict:
                 training_args(args, tmp + "/cl"), train_images, build_vit_encoder_from_args(args, train_images),
                 method=args.baseline,
             )
+        pretrained_arms = train_pretrained_arms(args, train_images, tmp, walls) if args.pretrained else {}
     pipe = RepresentationConditionedDiTPipeline(encoder.to(device), transformer.to(device), scheduler)
     pipe.set_progress_bar_config(disable=True)
     baseline.to(device)
@@ -212,9 +244,8 @@ def run_dataset(name: str, path: Path, args, device, output_dir: Path) -> dict:
             sources[source] = protocols({s: encode(function, split.images) for s, split in splits.items()}, splits, args.seed)
         dit_features, details["rc_dit_blocks"] = dit_block_source(pipe, splits, args.dit_timesteps, args.seed)
         sources["rc_dit_blocks"] = protocols(dit_features, splits, args.seed)
-        if args.pretrained:
-            pretrained = load_pretrained_encoder(args.pretrained, device=device)
-            sources["pretrained"] = protocols({s: pretrained.encode(split.images) for s, split in splits.items()}, splits, args.seed)
+        for source, function in pretrained_arms.items():
+            sources[source] = protocols({s: encode(function, split.images) for s, split in splits.items()}, splits, args.seed)
     with timed(walls, "sample_grid"):
         grid_path = output_dir / f"{NAME}_samples_{name}.png"
         references = splits["test"].images[: args.num_samples]

@@ -200,3 +200,24 @@ def test_loss_weightings_weigh_each_timestep_by_its_snr():
     torch.testing.assert_close(min_snr, torch.minimum(snr, torch.full_like(snr, 5.0)) / snr, rtol=1e-5, atol=0)
     with pytest.raises(ValueError, match="expected loss_weighting in"):
         DenoisingLoss(scheduler, loss_weighting="v")
+
+
+def test_a_pretrained_encoder_adapts_by_dino_through_its_processors_normalisation(tmp_path):
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    from diffusion_classifiers.models import pretrained_preprocessing
+    from diffusion_classifiers.training import train_contrastive_encoder
+
+    torch.manual_seed(0)
+    config = Dinov2Config(image_size=SIZE, patch_size=4, num_channels=3, hidden_size=DIM, num_hidden_layers=1,
+                          num_attention_heads=2, intermediate_size=32)  # fmt: skip
+    Dinov2Model(config).save_pretrained(tmp_path / "dino")
+    BitImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8}).save_pretrained(tmp_path / "dino")
+    before = Dinov2Model.from_pretrained(tmp_path / "dino")
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), train_batch_size=8, max_train_steps=2, lr_warmup_steps=0)
+    preprocessing = pretrained_preprocessing(str(tmp_path / "dino"))
+    adapted = train_contrastive_encoder(
+        args, images(16), Dinov2Model.from_pretrained(tmp_path / "dino"), "dino", preprocessing=preprocessing,
+        out_dim=32, hidden_dim=16, bottleneck_dim=8,
+    )  # fmt: skip  grayscale images, an RGB model: the preprocessing bridges them
+    assert not torch.equal(adapted.embeddings.patch_embeddings.projection.weight, before.embeddings.patch_embeddings.projection.weight)

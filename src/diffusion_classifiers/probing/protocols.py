@@ -38,7 +38,7 @@ Shots = Union[int, str, None]
 # ------------------------------------------------------------------------------------------------------------------
 
 
-# The normalisations k-means may run on; "none" is the raw features (`standardize=False`).
+# The normalisations the label-free choice picks from; k-means also takes "none" (the raw features, standardize=False).
 NORMALIZATIONS = ("standardize", "l2", "pca_whiten")
 # PCA whitening keeps the leading components that carry this fraction of the variance: whitening the near-zero-variance
 # tail (constant border pixels, dead channels) would blow numerical noise up to unit variance. It keeps at least 2:
@@ -77,9 +77,7 @@ def _pca_whiten(x: np.ndarray) -> np.ndarray:
 def _check_normalization(normalization) -> None:
     allowed = (*NORMALIZATIONS, "none")
     if normalization not in allowed:
-        raise ValueError(
-            f"normalization: expected one of {', '.join(map(repr, allowed))}, got {normalization!r}"
-        )
+        raise ValueError(f"normalization: expected one of {', '.join(map(repr, allowed))}, got {normalization!r}")
 
 
 def kmeans_evaluate(

@@ -171,10 +171,11 @@ class DINOModel(nn.Module):
         bottleneck_dim: int = 256,
         use_bn: bool = False,
         readout: str = "pooler",
+        preprocessing: Optional[dict] = None,
     ):
         super().__init__()
         freeze_unused_pooler(encoder, readout)
-        self.readout = readout
+        self.readout, self.preprocessing = readout, preprocessing
         self.encoder = encoder
         self.head = DINOHead(representation_size(encoder), out_dim, hidden_dim, bottleneck_dim, use_bn)
         self.teacher_encoder = copy.deepcopy(encoder).requires_grad_(False)
@@ -184,11 +185,11 @@ class DINOModel(nn.Module):
         self.register_buffer("center_initialized", torch.zeros((), dtype=torch.bool))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(encode_representation(self.encoder, images, self.readout))
+        return self.head(encode_representation(self.encoder, images, self.readout, self.preprocessing))
 
     @torch.no_grad()
     def teacher(self, images: torch.Tensor) -> torch.Tensor:
-        return self.teacher_head(encode_representation(self.teacher_encoder, images, self.readout))
+        return self.teacher_head(encode_representation(self.teacher_encoder, images, self.readout, self.preprocessing))
 
     def student_parameters(self) -> list:
         return list(self.encoder.parameters()) + list(self.head.parameters())
@@ -338,13 +339,20 @@ class SimCLRModel(nn.Module):
     """The encoder + SimCLR's projection head (Linear, BatchNorm, ReLU, Linear): `forward(images)` gives the
     projections z [N, projection_dim] of the representation r."""
 
-    def __init__(self, encoder: nn.Module, projection_dim: int = 128, hidden_dim: int = 512, readout: str = "pooler"):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        projection_dim: int = 128,
+        hidden_dim: int = 512,
+        readout: str = "pooler",
+        preprocessing: Optional[dict] = None,
+    ):
         super().__init__()
         for name, value in (("projection_dim", projection_dim), ("hidden_dim", hidden_dim)):
             if value < 1:
                 raise ValueError(f"expected a positive SimCLR head `{name}`, got {value}")
         freeze_unused_pooler(encoder, readout)
-        self.readout = readout
+        self.readout, self.preprocessing = readout, preprocessing
         self.encoder = encoder
         self.head = nn.Sequential(
             nn.Linear(representation_size(encoder), hidden_dim),
@@ -354,7 +362,7 @@ class SimCLRModel(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(encode_representation(self.encoder, images, self.readout))
+        return self.head(encode_representation(self.encoder, images, self.readout, self.preprocessing))
 
 
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
@@ -429,7 +437,8 @@ def train_contrastive_encoder(
 
     `objective_kwargs` go by name to `build_augmentation` (strength, crop_scale, flip_p, blur_p; for DINO also
     `local_crop_scale`, default (0.05, 0.25)), to the model (`DINOModel`: out_dim, hidden_dim, bottleneck_dim, use_bn,
-    readout; `SimCLRModel`: projection_dim, hidden_dim, readout: how r is read out, `encode_representation`) and to the loss (`DINOLoss`: student_temperature,
+    readout, preprocessing; `SimCLRModel`: projection_dim, hidden_dim, readout, preprocessing: how r is read out and
+    how a pretrained encoder's input is prepared, `encode_representation`) and to the loss (`DINOLoss`: student_temperature,
     teacher_temperature, num_local_views, teacher_momentum, ...; `SimCLRLoss`: temperature). The heads are seeded
     with `args.seed`. For DINO, `return_teacher` returns the teacher's encoder (as the DINO paper evaluates) instead
     of the student's. Returns the trained encoder in eval mode, ready for `encode_representation`.
@@ -437,19 +446,21 @@ def train_contrastive_encoder(
     if method not in METHODS:
         raise ValueError(f"expected a contrastive method in {METHODS}, got {method!r}")
     config = encoder.config
-    if images.ndim != 4 or images.shape[1] != config.num_channels:
-        raise ValueError(f"expected training images [N, {config.num_channels}, H, W] for the encoder, got {tuple(images.shape)}")
+    channels = images.shape[1] if objective_kwargs.get("preprocessing") else config.num_channels  # made RGB by it
+    if images.ndim != 4 or images.shape[1] != channels or channels not in (1, 3):
+        raise ValueError(f"expected training images [N, {channels}, H, W] for the encoder, got {tuple(images.shape)}")
     check_finite_rows(images, "training data", item="image")
     check_unit_range(images, "training data")
     augmentation_kwargs, model_kwargs, loss_kwargs = _split_objective_kwargs(method, objective_kwargs)
     local_crop_scale = augmentation_kwargs.pop("local_crop_scale", (0.05, 0.25))
-    size = config.image_size
-    augmentation = build_augmentation(size, config.num_channels, **augmentation_kwargs)
+    # views at the encoder's input size; with a pretrained encoder's preprocessing, at the images' (it resizes them)
+    size = images.shape[-1] if objective_kwargs.get("preprocessing") else config.image_size
+    augmentation = build_augmentation(size, channels, **augmentation_kwargs)
     torch.manual_seed(args.seed)
     if method == "simclr":
         model, loss = SimCLRModel(encoder, **model_kwargs), SimCLRLoss(augmentation, **loss_kwargs)
     else:
-        local = build_augmentation(size, config.num_channels, **dict(augmentation_kwargs, crop_scale=local_crop_scale))
+        local = build_augmentation(size, channels, **dict(augmentation_kwargs, crop_scale=local_crop_scale))
         model = DINOModel(encoder, **model_kwargs)
         total = total_optimizer_steps(args, len(images), PartialState().num_processes)
         loss = DINOLoss(augmentation, local, total_steps=total, update_every=args.gradient_accumulation_steps, **loss_kwargs)
