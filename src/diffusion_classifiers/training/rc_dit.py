@@ -20,7 +20,7 @@ from .denoising import DenoisingLoss
 from .loop import TrainingSummary, train
 from .monitoring import SampleGridFunction, image_grid
 from .rc_dit_diagnostics import rc_dit_monitor, recompute_representation_statistics
-from .unet import TrainingImages, first_image, training_dataset
+from .unet import TrainingImages, first_image, images_at, training_dataset
 
 __all__ = ["RCDiTJointModel", "RCDiTLoss", "rc_dit_sample_grid", "train_rc_dit"]
 
@@ -120,8 +120,7 @@ def rc_dit_sample_grid(
     with `num_inference_steps` strided ancestral steps of a copy of `scheduler`; the same references and noise at
     every call."""
     index = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:num_images]
-    picked = images[index] if isinstance(images, torch.Tensor) else torch.stack([images[int(i)][0] for i in index])
-    references = picked.float().cpu()  # [-1, 1], the input range the pipeline's default contract states
+    references = images_at(images, index).float().cpu()  # [-1, 1], the input range the pipeline's default contract states
     sampling_scheduler = DDPMScheduler.from_config(scheduler.config)
 
     def sample_grid(model: RCDiTJointModel):

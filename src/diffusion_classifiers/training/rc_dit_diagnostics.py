@@ -15,17 +15,17 @@ gives a `representation_norm="batch"` transformer running statistics of the fina
 """
 
 import logging
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from torch import nn
-from torch.utils.data import Dataset
 
 from ..models.encoders import encode_representation
 from ..models.rc_dit import RepresentationConditionedDiTModel
 from ..models.vae_latents import encode_latents
+from .unet import TrainingImages, images_at
 
 __all__ = [
     "COLLAPSED_RELATIVE_SPREAD",
@@ -91,12 +91,12 @@ def representation_diagnostics(
 
 
 def rc_dit_monitor(
-    images: Union[torch.Tensor, Dataset], scheduler: DDPMScheduler, vae=None, num_images: int = 256, seed: int = 0
+    images: TrainingImages, scheduler: DDPMScheduler, vae=None, num_images: int = 256, seed: int = 0
 ) -> Callable[[nn.Module], dict]:
     """`joint model -> diagnostics` for `training.train(monitor=...)`: `representation_diagnostics` on the first
     `num_images` training images (the same images and noise at every checkpoint); logs a warning when r has
     collapsed (relative spread under `COLLAPSED_RELATIVE_SPREAD`)."""
-    fixed = _image_range(images, 0, min(num_images, len(images)))
+    fixed = images_at(images, range(min(num_images, len(images)))).float()
 
     def monitor(model: nn.Module) -> dict:
         diagnostics = representation_diagnostics(model.encoder, model.transformer, scheduler, fixed, seed=seed, vae=vae)
@@ -117,7 +117,7 @@ def rc_dit_monitor(
 def recompute_representation_statistics(
     encoder: nn.Module,
     transformer: RepresentationConditionedDiTModel,
-    images: Union[torch.Tensor, Dataset],
+    images: TrainingImages,
     batch_size: int = 256,
     max_images: int = 10_000,
     device: Optional[torch.device] = None,
@@ -138,7 +138,7 @@ def recompute_representation_statistics(
     count = min(len(images), max_images)
     try:
         for start in range(0, count, batch_size):
-            chunk = _image_range(images, start, min(start + batch_size, count)).to(device)
+            chunk = images_at(images, range(start, min(start + batch_size, count))).float().to(device)
             if chunk.shape[0] < 2:
                 break  # batch statistics of one image are undefined
             config = transformer.config
@@ -147,9 +147,3 @@ def recompute_representation_statistics(
     finally:
         norm.momentum = momentum
         transformer.eval()
-
-
-def _image_range(images: Union[torch.Tensor, Dataset], start: int, stop: int) -> torch.Tensor:
-    if isinstance(images, torch.Tensor):
-        return images[start:stop].float()
-    return torch.stack([images[i][0] for i in range(start, stop)]).float()

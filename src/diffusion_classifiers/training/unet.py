@@ -41,6 +41,13 @@ def first_image(dataset: Dataset) -> torch.Tensor:
     return dataset[0][0]
 
 
+def images_at(images: TrainingImages, indices) -> torch.Tensor:
+    """The images `[len(indices), C, H, W]` at `indices` of a tensor or of a training dataset of `(image, ...)`."""
+    if isinstance(images, torch.Tensor):
+        return images[torch.as_tensor(list(indices), dtype=torch.long)]
+    return torch.stack([images[int(i)][0] for i in indices])
+
+
 def ddpm_sample_grid(
     scheduler: DDPMScheduler, num_images: int = 8, num_inference_steps: int = 25, seed: int = 0
 ) -> SampleGridFunction:
