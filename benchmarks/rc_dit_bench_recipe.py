@@ -58,15 +58,23 @@ BASELINES = {
     "dino": ("dino", {}),
     "dino_cls": ("dino", {"readout": "cls"}),
 }
+# --quick checks that each mechanism runs (readout, norm, view, learning-rate scale, weighting; both objectives)
+QUICK_VARIANTS = ["shipped", "mean_patch_batch_norm", "cls_batch_norm_view", "cls_batch_norm_encoder_lr_3",
+                  "cls_batch_norm_truncated_snr"]  # fmt: skip
+QUICK_BASELINES = ["simclr", "dino_cls"]
 SHOTS, EPISODES = 10, 5
 
 
 def parse_args():
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS), help="recipes to train")
     parser.add_argument(
-        "--baselines", nargs="*", default=list(BASELINES), choices=list(BASELINES), help="contrastive encoders to train"
+        "--variants", nargs="*", default=None, choices=list(VARIANTS),
+        help=f"recipes to train; default all, with --quick {QUICK_VARIANTS}",
     )
+    parser.add_argument(
+        "--baselines", nargs="*", default=None, choices=list(BASELINES),
+        help=f"contrastive encoders to train; default all, with --quick {QUICK_BASELINES}",
+    )  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (0 with --quick)")
     parser.add_argument("--image_size", type=int, default=16, help="Fashion-MNIST resized to this side")
     parser.add_argument("--max_train_steps", type=int, default=None, help="default 400 (5 with --quick)")
@@ -77,6 +85,10 @@ def parse_args():
     parser.add_argument("--dit_size", default=None, help="default XS (tiny with --quick)")
     args = parser.parse_args()
     quick = args.quick
+    if args.variants is None:
+        args.variants = QUICK_VARIANTS if quick else list(VARIANTS)
+    if args.baselines is None:
+        args.baselines = QUICK_BASELINES if quick else list(BASELINES)
     args.seeds = args.seeds or ([0] if quick else [0, 1, 2])
     args.max_train_steps = args.max_train_steps or (5 if quick else 400)
     args.num_train_images = args.num_train_images or (256 if quick else 10000)

@@ -65,8 +65,8 @@ class UNetFeatureStudy:
 def _kmeans_summary(prefix: str, result: dict) -> dict:
     if not result:
         return {}
-    chosen = {"feature": result["feature"], "normalization": result["normalization"], "num_clusters": result["num_clusters"]}
-    return {f"{prefix}_{k}": v for k, v in {**{m: result[m] for m in ("accuracy", "nmi", "ari")}, **chosen}.items()}
+    names = ("accuracy", "nmi", "ari", "feature", "normalization", "num_clusters")
+    return {f"{prefix}_{name}": result[name] for name in names}
 
 
 def label_free_kmeans(
@@ -90,8 +90,8 @@ def label_free_kmeans(
         normalization=selection["normalization"],
     )  # fmt: skip
     metrics.pop("clusters")
-    chosen = {"feature": "/".join(map(str, key)), "normalization": selection["normalization"], "num_clusters": selection["num_clusters"]}
-    return {**metrics, **chosen, "selection": selection}
+    chosen = {name: selection[name] for name in ("normalization", "num_clusters")}
+    return {**metrics, "feature": "/".join(map(str, key)), **chosen, "selection": selection}
 
 
 def extract_study_features(
