@@ -18,13 +18,24 @@ Each figure is given per seed and as mean and standard deviation over the seeds.
     python benchmarks/rc_dit_bench_recipe.py --num_threads 1    # writes benchmarks/results/rc_dit_bench_recipe.json
 """
 
+import json
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from _common import base_parser, data_path, load_benchmark_data, report, setup, subsample_splits, training_arguments
+from _common import (
+    base_parser,
+    data_path,
+    load_benchmark_data,
+    report,
+    setup,
+    subsample_splits,
+    target_entry,
+    training_arguments,
+)
 from diffusion_classifiers.models import build_vit_encoder, encode_representation, representation_of
 from diffusion_classifiers.probing import few_shot_indices, kmeans_evaluate, prototype_classify
 from diffusion_classifiers.training import (
@@ -51,6 +62,7 @@ VARIANTS = {
     "cls_batch_norm_truncated_snr": {"representation_readout": "cls", "representation_norm": "batch", "loss_weighting": "truncated_snr"},
     "pooler_batch_norm_truncated_snr": {"representation_readout": "pooler", "representation_norm": "batch", "loss_weighting": "truncated_snr"},
 }
+DEFAULT_RECIPE = "cls_batch_norm"  # train_rc_dit's defaults
 # baseline -> (train_contrastive_encoder method, its objective keywords)
 BASELINES = {
     "simclr": ("simclr", {}),
@@ -74,6 +86,10 @@ def parse_args():
     parser.add_argument(
         "--baselines", nargs="*", default=None, choices=list(BASELINES),
         help=f"contrastive encoders to train; default all, with --quick {QUICK_BASELINES}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--merge", nargs="+", default=None,
+        help="results JSON files of earlier full runs with the same budget: summarise their runs as one, train nothing",
     )  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (0 with --quick)")
     parser.add_argument("--image_size", type=int, default=16, help="Fashion-MNIST resized to this side")
@@ -170,22 +186,60 @@ def summarise(per_seed: list) -> dict:
     return {k: {"mean": float(np.mean([r[k] for r in per_seed])), "std": float(np.std([r[k] for r in per_seed]))} for k in keys}
 
 
+def targets(summary: dict) -> dict:
+    """The issue's targets for the default recipe's r on val, in points (mean over seeds): k-means and 10-shot
+    accuracy at least the best contrastive baseline's, the raw pixels' and the random encoder's (where each ran)."""
+    if DEFAULT_RECIPE not in summary:
+        return {}
+    references = {"best_contrastive_baseline": [name for name in BASELINES if name in summary],
+                  "raw_pixels": ["raw_pixels"], "random_encoder": ["random_encoder_pooler", "random_encoder_cls"]}  # fmt: skip
+    entries = {}
+    for reference, names in references.items():
+        if not names:
+            continue
+        for metric in ("kmeans_accuracy", "prototype_10shot_accuracy"):
+            best = max(summary[name][metric]["mean"] for name in names)
+            margin = 100 * (summary[DEFAULT_RECIPE][metric]["mean"] - best)
+            entries[f"{metric}_margin_over_{reference}_points"] = target_entry(round(margin, 2), 0.0)
+    return entries
+
+
+def merged_runs(paths: list) -> tuple[dict, list]:
+    """The per-seed results of earlier full runs of this benchmark with the same budget (the floors from the first),
+    and their commands, dates and wall times: one long run split across processes or machines, summarised as one."""
+    runs, commands, budget = {}, [], None
+    for path in paths:
+        record = json.loads(Path(path).read_text())
+        figures = record["figures"]
+        if budget is not None and figures["budget"] != budget:
+            raise ValueError(f"--merge: {path} has another budget than {paths[0]}: {figures['budget']} vs {budget}")
+        budget = figures["budget"]
+        commands.append({"command": record["command"], "date_utc": record["environment"]["date_utc"],
+                         "total_wall_seconds": figures["total_wall_seconds"]})  # fmt: skip
+        for name, per_seed in figures["per_seed"].items():
+            runs.setdefault(name, per_seed)
+    return runs, commands
+
+
+def train_and_score(args, splits: dict) -> dict:
+    runs = {name: [] for name in ["raw_pixels", "random_encoder_pooler", "random_encoder_cls", *args.variants, *args.baselines]}
+    for seed in args.seeds:
+        for name, result in floors(args, splits, seed).items():
+            runs[name].append({"seed": seed, **result})
+        for name, run in [(n, run_variant) for n in args.variants] + [(n, run_baseline) for n in args.baselines]:
+            runs[name].append({"seed": seed, **run(name, args, splits, seed)})
+            print(name, seed, {k: round(v, 4) for k, v in runs[name][-1].items() if isinstance(v, float)}, flush=True)
+    return runs
+
+
 def main():
     args = parse_args()
     device = setup(args)
     start = time.perf_counter()
     splits = load_benchmark_data(str(data_path("fashion_mnist")), image_size=args.image_size, seed=0)
     splits = subsample_splits(splits, {"train": args.num_train_images, "val": args.num_val_images}, 0)
-    runs = {name: [] for name in ["raw_pixels", "random_encoder_pooler", "random_encoder_cls", *args.variants, *args.baselines]}
-    for seed in args.seeds:
-        for name, result in floors(args, splits, seed).items():
-            runs[name].append({"seed": seed, **result})
-        for name in args.variants:
-            runs[name].append({"seed": seed, **run_variant(name, args, splits, seed)})
-            print(name, seed, {k: round(v, 4) for k, v in runs[name][-1].items() if isinstance(v, float)}, flush=True)
-        for name in args.baselines:
-            runs[name].append({"seed": seed, **run_baseline(name, args, splits, seed)})
-            print(name, seed, {k: round(v, 4) for k, v in runs[name][-1].items() if isinstance(v, float)}, flush=True)
+    runs, merged_from = merged_runs(args.merge) if args.merge else (train_and_score(args, splits), [])
+    summary = {name: summarise(per_seed) for name, per_seed in runs.items()}
     figures = {
         "budget": {
             "dataset": "fashion_mnist", "image_size": args.image_size, "optimizer_steps": args.max_train_steps,
@@ -193,10 +247,13 @@ def main():
             "encoder": args.encoder, "num_train_images": len(splits["train"].labels),
             "num_val_images": len(splits["val"].labels), "seeds": args.seeds,
         },
-        "variants": {name: VARIANTS[name] for name in args.variants},
-        "baselines": {name: {"method": BASELINES[name][0], **BASELINES[name][1]} for name in args.baselines},
-        "summary": {name: summarise(per_seed) for name, per_seed in runs.items()},
+        "default_recipe": DEFAULT_RECIPE,
+        "variants": {name: VARIANTS[name] for name in runs if name in VARIANTS},
+        "baselines": {name: {"method": BASELINES[name][0], **BASELINES[name][1]} for name in runs if name in BASELINES},
+        "summary": summary,
+        "targets": targets(summary),
         "per_seed": runs,
+        "merged_from": merged_from,
         "total_wall_seconds": round(time.perf_counter() - start, 1),
         "device": str(device),
     }  # fmt: skip

@@ -51,8 +51,8 @@ def parse_args(argv=None):
         "--representation_readout",
         default="cls",
         choices=REPRESENTATION_READOUTS,
-        help="How r is read out of the encoder: the final-layernormed CLS token, the tanh pooler or the mean of the "
-        "patch tokens (default: %(default)s).",
+        help="How r is read out of the encoder: its final-layernormed CLS token, the mean of its patch tokens or "
+        "the tanh pooler (default: %(default)s).",
     )
     parser.add_argument(
         "--representation_norm",

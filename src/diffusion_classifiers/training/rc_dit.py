@@ -171,7 +171,7 @@ def train_rc_dit(
         freeze_encoder (`bool`, *optional*, defaults to `False`): keep the encoder fixed, train only the DiT.
         vae (`AutoencoderKL`, *optional*): a diffusers VAE, kept frozen, whose latent space the DiT works in.
         representation_readout (`str`, *optional*, defaults to `"cls"`): how r is read out of the encoder
-            (`models.encode_representation`): the final-layernormed CLS token by default.
+            (`models.encode_representation`): its final-layernormed CLS token by default.
         representation_norm (`str`, *optional*, defaults to `"batch"`): `"batch"` standardises r per dimension
             across the batch before it conditions the DiT; its running statistics are recomputed at the end over
             the training images with the returned (EMA) weights (`recompute_representation_statistics`).
@@ -184,10 +184,13 @@ def train_rc_dit(
         encoder_preprocessing (`dict`, *optional*): for a pretrained encoder, `models.pretrained_preprocessing` of
             it, so it reads its inputs as its image processor prepares them (ImageNet normalisation for DINOv2).
 
-    Why these defaults (`benchmarks/rc_dit_bench_recipe.py`, Fashion-MNIST val, 3 seeds): with the tanh pooler and
-    no normalisation r collapses to one constant vector within about 50 steps and the denoiser stops reading it;
-    standardising r per dimension keeps its spread, and the denoiser's error is lower with the image's own r than
-    with another image's.
+    Why these defaults (`benchmarks/rc_dit_bench_recipe.py`: Fashion-MNIST at 16 px, 400 steps, val, 3 seeds): with
+    the tanh pooler and no normalisation r collapses (relative spread 0.015) and the denoiser's error is the same
+    with the image's own r, another image's or none; standardised per dimension, r keeps its spread and the error
+    is lower with the own r (0.234 vs 0.291 shuffled at t = 100). The CLS token with batch standardisation had the
+    best mean of k-means and 10-shot accuracy (40.5% and 40.2%; the mean of the patch tokens 38.0% and 41.1%,
+    within the spread over seeds); an augmented view for the encoder, a 3x encoder learning rate and the truncated
+    SNR weighting were worse on the first seed.
 
     Returns:
         The trained encoder and transformer (EMA weights when `args.use_ema`, eval mode), the scheduler and the
