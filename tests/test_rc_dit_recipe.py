@@ -220,4 +220,5 @@ def test_a_pretrained_encoder_adapts_by_dino_through_its_processors_normalisatio
         args, images(16), Dinov2Model.from_pretrained(tmp_path / "dino"), "dino", preprocessing=preprocessing,
         out_dim=32, hidden_dim=16, bottleneck_dim=8,
     )  # fmt: skip  grayscale images, an RGB model: the preprocessing bridges them
-    assert not torch.equal(adapted.embeddings.patch_embeddings.projection.weight, before.embeddings.patch_embeddings.projection.weight)
+    patch_weight = adapted.embeddings.patch_embeddings.projection.weight
+    assert not torch.equal(patch_weight, before.embeddings.patch_embeddings.projection.weight)

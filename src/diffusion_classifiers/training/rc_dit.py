@@ -217,9 +217,8 @@ def train_rc_dit(
     grid = None
     if args.num_sample_images:
         grid = rc_dit_sample_grid(dataset, scheduler, vae, args.num_sample_images, args.sample_inference_steps, args.seed)
+    loss = RCDiTLoss(scheduler, vae=vae, encoder_view=encoder_view, loss_weighting=loss_weighting)
     monitor = rc_dit_monitor(dataset, scheduler, vae, seed=args.seed)
-    model, accelerator, summary = train(
-        args, model, dataset, RCDiTLoss(scheduler, vae=vae, encoder_view=encoder_view, loss_weighting=loss_weighting), sample_grid=grid, monitor=monitor
-    )
+    model, accelerator, summary = train(args, model, dataset, loss, sample_grid=grid, monitor=monitor)
     recompute_representation_statistics(model.encoder, model.transformer, dataset, device=accelerator.device)
     return model.encoder, model.transformer, scheduler, summary
