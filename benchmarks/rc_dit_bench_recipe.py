@@ -62,7 +62,7 @@ VARIANTS = {
     "cls_batch_norm_truncated_snr": {"representation_readout": "cls", "representation_norm": "batch", "loss_weighting": "truncated_snr"},
     "pooler_batch_norm_truncated_snr": {"representation_readout": "pooler", "representation_norm": "batch", "loss_weighting": "truncated_snr"},
 }
-DEFAULT_RECIPE = "cls_batch_norm"  # train_rc_dit's defaults
+DEFAULT_RECIPE = "mean_patch_batch_norm"  # train_rc_dit's defaults
 # baseline -> (train_contrastive_encoder method, its objective keywords)
 BASELINES = {
     "simclr": ("simclr", {}),

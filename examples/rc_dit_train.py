@@ -49,9 +49,9 @@ def parse_args(argv=None):
     add_encoder_args(parser)
     parser.add_argument(
         "--representation_readout",
-        default="cls",
+        default="mean_patch",
         choices=REPRESENTATION_READOUTS,
-        help="How r is read out of the encoder: its final-layernormed CLS token, the mean of its patch tokens or "
+        help="How r is read out of the encoder: the mean of its final-layernormed patch tokens, their CLS token or "
         "the tanh pooler (default: %(default)s).",
     )
     parser.add_argument(

@@ -105,7 +105,7 @@ def rc_dit_monitor(
             logger.warning(
                 "the representation r has collapsed: its relative spread across images is %.2g (< %g) and the "
                 "denoiser's error with another image's r differs from its own by %.3g; train with "
-                "representation_norm='batch' and representation_readout='cls' (train_rc_dit's defaults)",
+                "representation_norm='batch' and representation_readout='mean_patch' (train_rc_dit's defaults)",
                 diagnostics["representation_relative_spread"], COLLAPSED_RELATIVE_SPREAD,
                 diagnostics["own_vs_shuffled_gap"],
             )  # fmt: skip
