@@ -317,7 +317,9 @@ def _train(
     set_seed(args.seed, device_specific=True)
     num_examples, num_processes = len(sampler), accelerator.num_processes
     dataloader, loader_generator = _build_dataloader(args, dataset, sampler, accelerator)
-    if num_processes > 1:  # batch statistics (an RC-DiT's representation_norm) over every process's batch
+    if num_processes > 1 and accelerator.device.type == "cuda":
+        # batch statistics (an RC-DiT's representation_norm) over every process's batch; torch's SyncBatchNorm
+        # runs on GPUs only, so processes on CPUs keep their own batch's statistics
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = prepare_model_for_speed(args, model, accelerator.device)
     optimizer = build_optimizer(args, model, accelerator.device)
