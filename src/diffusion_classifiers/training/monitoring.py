@@ -51,6 +51,22 @@ SampleGridFunction = Callable[[nn.Module], PIL.Image.Image]
 MonitorFunction = Callable[[nn.Module], Dict[str, float]]
 
 
+def _saved_for_resume(output_dir: str, name: str, up_to_step: int):
+    """The JSON a run saved as `name` in `output_dir`, when resuming (`up_to_step` > 0) and it exists; else None."""
+    path = os.path.join(output_dir, name)
+    if up_to_step == 0 or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_json(path: str, value) -> None:
+    """Written whole, then renamed: a reader never sees half a file."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f)
+    os.replace(path + ".tmp", path)
+
+
 class LossHistory:
     """The training loss at each optimizer step (the main process's batch), and the files that show it."""
 
@@ -60,11 +76,9 @@ class LossHistory:
     @classmethod
     def resume(cls, output_dir: str, up_to_step: int) -> "LossHistory":
         """The history saved in `output_dir` up to `up_to_step` (the step resumed from); empty for a fresh run."""
-        path = os.path.join(output_dir, LOSS_HISTORY_NAME)
-        if up_to_step == 0 or not os.path.isfile(path):
+        saved = _saved_for_resume(output_dir, LOSS_HISTORY_NAME, up_to_step)
+        if saved is None:
             return cls()
-        with open(path) as f:
-            saved = json.load(f)
         kept = [(s, v) for s, v in zip(saved["steps"], saved["losses"]) if s <= up_to_step]
         return cls([s for s, _ in kept], [v for _, v in kept])
 
@@ -76,10 +90,7 @@ class LossHistory:
         """`loss_history.json` (written whole, then renamed), `loss_history.csv` and `loss_curve.png`."""
         from ..plots import plot_loss_curve
 
-        path = os.path.join(output_dir, LOSS_HISTORY_NAME)
-        with open(path + ".tmp", "w") as f:
-            json.dump({"steps": self.steps, "losses": self.losses}, f)
-        os.replace(path + ".tmp", path)
+        _write_json(os.path.join(output_dir, LOSS_HISTORY_NAME), {"steps": self.steps, "losses": self.losses})
         with open(os.path.join(output_dir, "loss_history.csv"), "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["step", "loss"])
@@ -160,11 +171,8 @@ class MonitorHistory:
 
     @classmethod
     def resume(cls, output_dir: str, up_to_step: int) -> "MonitorHistory":
-        path = os.path.join(output_dir, MONITOR_HISTORY_NAME)
-        if up_to_step == 0 or not os.path.isfile(path):
-            return cls()
-        with open(path) as f:
-            return cls([record for record in json.load(f) if record["step"] <= up_to_step])
+        saved = _saved_for_resume(output_dir, MONITOR_HISTORY_NAME, up_to_step)
+        return cls([record for record in saved or [] if record["step"] <= up_to_step])
 
     def measure(self, monitor: MonitorFunction, model: nn.Module, ema: Optional[EMAModel], step: int) -> dict:
         """`monitor(model)` in the `evaluation_view`, recorded for `step`; returns what it measured."""
@@ -174,7 +182,4 @@ class MonitorHistory:
         return values
 
     def save(self, output_dir: str) -> None:
-        path = os.path.join(output_dir, MONITOR_HISTORY_NAME)
-        with open(path + ".tmp", "w") as f:
-            json.dump(self.records, f, indent=1)
-        os.replace(path + ".tmp", path)
+        _write_json(os.path.join(output_dir, MONITOR_HISTORY_NAME), self.records)
