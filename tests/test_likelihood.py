@@ -23,6 +23,7 @@ from diffusion_classifiers.likelihood import (
     bits_per_dim,
     denoising_error_scores,
     probability_flow_log_likelihood,
+    rank_timestep_strata,
     replay_stopping_rule,
 )
 
@@ -461,6 +462,69 @@ def test_multiclass_early_stop_eliminates_rivals_and_replays_from_an_exhaustive_
     assert torch.equal(plain.scores, exhaustive.scores) and torch.equal(plain.errors, exhaustive.errors)
     with pytest.raises(ValueError, match="expected an exhaustive DenoisingScoreResult"):
         replay_stopping_rule(early)
+
+
+class ClassBlindAtHighNoise:
+    """The Gaussian classes' exact eps, told the true class only for `t < 0.5` and class 0 above: timesteps above
+    0.5 cannot separate the classes."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, x, t, labels):
+        return self.model(x, t, torch.where(t < 0.5, labels, torch.zeros_like(labels)))
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("spacing", ["even", "stratified"])
+def test_timestep_strata_evaluate_a_subset_of_the_exhaustive_errors_in_the_order_asked(spacing):
+    model = gaussian_classes(4, separation=0.5)
+    labels = torch.arange(24) % 4
+    x = model.sample(labels, seed=3)
+    exhaustive = denoising_error_scores(model, x, 4, num_timesteps=16, timestep_spacing=spacing)
+    assert sorted(exhaustive.strata.tolist()) == list(range(16))
+    strata = [9, 2, 14, 5, 0, 11]
+    subset = denoising_error_scores(model, x, 4, num_timesteps=16, timestep_spacing=spacing, timestep_strata=strata)
+    columns = [exhaustive.strata.tolist().index(s) for s in strata]
+    assert subset.strata.tolist() == strata and subset.nfe_per_image.tolist() == [24] * 24
+    assert torch.equal(subset.timesteps, exhaustive.timesteps[:, columns])  # same points and noise per stratum
+    assert torch.allclose(subset.errors, exhaustive.errors[:, :, columns], rtol=1e-5, atol=0)
+    rule = dict(pruning=[(1, 3)], early_stop_confidence=0.9, timesteps_per_check=1, timestep_strata=strata)
+    direct = denoising_error_scores(model, x, 4, num_timesteps=16, timestep_spacing=spacing, **rule)
+    replayed = replay_stopping_rule(exhaustive, **rule)
+    assert torch.equal(replayed.nfe_per_image, direct.nfe_per_image) and torch.equal(replayed.strata, direct.strata)
+    assert torch.equal(replayed.scores.isinf(), direct.scores.isinf())
+
+
+@pytest.mark.numerics
+def test_rank_timestep_strata_puts_the_timesteps_that_separate_the_classes_first():
+    model = ClassBlindAtHighNoise(gaussian_classes(4, separation=1.0))
+    labels = torch.arange(40) % 4
+    x = model.model.sample(labels, seed=5)
+    exhaustive = denoising_error_scores(model, x, 4, num_timesteps=10)
+    ranked = rank_timestep_strata(exhaustive, labels)
+    assert sorted(ranked) == list(range(10))
+    # strata 0..4 cover t < 0.5: above it every class has the same error and argmin picks class 0 (25% accuracy)
+    assert set(ranked[:5]) == set(range(5))
+    informative = replay_stopping_rule(exhaustive, timestep_strata=ranked[:5])
+    accuracy = lambda result: float((result.scores.argmax(1) == labels).float().mean())  # noqa: E731
+    assert accuracy(informative) >= accuracy(exhaustive)
+
+
+def test_timestep_strata_and_ranking_reject_bad_input():
+    model = gaussian_classes(3, separation=0.5)
+    x = model.sample(torch.arange(6) % 3)
+    for strata in ([], [0, 0], [4], [-1]):
+        with pytest.raises(ValueError, match="timestep_strata: expected distinct stratum indices in 0..3"):
+            denoising_error_scores(model, x, 3, num_timesteps=4, timestep_strata=strata)
+    exhaustive = denoising_error_scores(model, x, 3, num_timesteps=4)
+    with pytest.raises(ValueError, match="timestep_strata: expected distinct strata of the exhaustive run"):
+        replay_stopping_rule(exhaustive, timestep_strata=[5])
+    with pytest.raises(ValueError, match="labels: expected 6 class columns in 0..2"):
+        rank_timestep_strata(exhaustive, torch.tensor([0, 1, 2, 3, 0, 1]))
+    early = denoising_error_scores(model, x, 3, num_timesteps=4, pruning=[(2, 1), (2, 1)])
+    with pytest.raises(ValueError, match="expected an exhaustive DenoisingScoreResult"):
+        rank_timestep_strata(early, torch.arange(6) % 3)
 
 
 @pytest.mark.numerics

@@ -9,7 +9,8 @@ Two scorers share one VP-SDE and one model interface:
 - [`denoising_error_scores`]: the weighted denoising error (the diffusion term of the ELBO), with the same noise
   and timesteps for every class, adaptive class pruning (Li et al. 2023) and a sequential early stop that drops
   each class once a paired test settles it below the leader (for two classes: the sign of the log-likelihood
-  ratio); [`replay_stopping_rule`] replays such rules on an exhaustive run, to choose one on validation images.
+  ratio); [`replay_stopping_rule`] replays such rules on an exhaustive run, to choose one on validation images,
+  and [`rank_timestep_strata`] orders the timesteps by how well each one alone separates the classes there.
 
 Conventions:
 
@@ -56,6 +57,7 @@ __all__ = [
     "content_seeds",
     "denoising_error_scores",
     "probability_flow_log_likelihood",
+    "rank_timestep_strata",
     "replay_stopping_rule",
 ]
 
@@ -680,6 +682,7 @@ class DenoisingScoreResult:
         errors: `[N, K, T]` weighted error of each (image, class, timestep); NaN where not evaluated.
         timesteps: `[N, T]` continuous times, column `p` the `p`-th evaluated (shared by all classes).
         nfe_per_image: `[N]` network function evaluations, the number of non-NaN errors of the image.
+        strata: `[T]` the stratum of `[t_min, 1]` (of `num_timesteps`) each column samples.
     """
 
     scores: torch.Tensor
@@ -687,6 +690,7 @@ class DenoisingScoreResult:
     errors: torch.Tensor
     timesteps: torch.Tensor
     nfe_per_image: torch.Tensor
+    strata: torch.Tensor
 
 
 def _spread_order(n: int) -> List[int]:
@@ -703,16 +707,30 @@ def _spread_order(n: int) -> List[int]:
     return order
 
 
-def _denoising_timesteps(streams, num_timesteps: int, spacing: str, sde: VPSDE) -> torch.Tensor:
-    """`[N, T]`: `t = t_min + (s + u) (1 - t_min) / T` for strata `s` in spread order; `u = 1/2` ("even", midpoints)
+def _strata_and_draw_keys(num_timesteps: int, timestep_strata: Optional[Sequence[int]]) -> Tuple[List[int], List[int]]:
+    """The strata to evaluate, in order (default: all, in spread order), and the key of each one's random draws: its
+    position in the spread order, so a stratum gets the same point and noise whatever order or subset is asked."""
+    spread = _spread_order(num_timesteps)
+    if timestep_strata is None:
+        return spread, list(range(num_timesteps))
+    strata = list(timestep_strata)
+    if not strata or not all(isinstance(s, numbers.Integral) and 0 <= s < num_timesteps for s in strata) \
+            or len(set(strata)) != len(strata):
+        raise ValueError(f"timestep_strata: expected distinct stratum indices in 0..{num_timesteps - 1} "
+                         f"(num_timesteps={num_timesteps}), got {strata}")
+    key = {stratum: position for position, stratum in enumerate(spread)}
+    return [int(s) for s in strata], [key[s] for s in strata]
+
+
+def _denoising_timesteps(streams, num_timesteps: int, strata, draw_keys, spacing: str, sde: VPSDE) -> torch.Tensor:
+    """`[N, len(strata)]`: `t = t_min + (s + u) (1 - t_min) / T` for the strata `s`; `u = 1/2` ("even", midpoints)
     or uniform per image and stratum ("stratified")."""
-    strata = torch.tensor(_spread_order(num_timesteps), dtype=torch.float64)
     if spacing == "even":
-        offsets = torch.full((len(streams), num_timesteps), 0.5, dtype=torch.float64)
+        offsets = torch.full((len(streams), len(strata)), 0.5, dtype=torch.float64)
     else:
         offsets = torch.stack([torch.rand(num_timesteps, generator=_generator(s, 0), dtype=torch.float64)
-                               for s in streams])
-    return sde.t_min + (strata + offsets) * (1 - sde.t_min) / num_timesteps
+                               for s in streams])[:, draw_keys]
+    return sde.t_min + (torch.tensor(strata, dtype=torch.float64) + offsets) * (1 - sde.t_min) / num_timesteps
 
 
 def _stages(num_timesteps, num_classes, pruning, early_stop_confidence, timesteps_per_check) -> List[Tuple[int, int]]:
@@ -752,18 +770,20 @@ def _pruning_stages(pruning, num_classes) -> List[Tuple[int, int]]:
     return [(int(count), int(keep)) for count, keep in pruning]
 
 
-def _fill_errors(eps_fn, sde, images, class_ids, timesteps, streams, errors, rows, weighting, max_batch_size, bar):
+def _fill_errors(eps_fn, sde, images, class_ids, timesteps, draw_keys, streams, errors, rows, weighting,
+                 max_batch_size, bar):
     r"""
     `errors[i, k, p] = w(t) ||eps - eps_fn(alpha(t) x_i + sigma(t) eps, t, c_k)||^2` for each row `(i, p, k)`, with
-    `t = timesteps[i, p]` and `eps ~ N(0, I)` drawn from image `i`'s stream at position `p` (shared by all classes),
-    `max_batch_size` rows per model call, each call advancing the progress `bar` by its rows.
+    `t = timesteps[i, p]` and `eps ~ N(0, I)` drawn from image `i`'s stream at `draw_keys[p]` (shared by all
+    classes), `max_batch_size` rows per model call, each call advancing the progress `bar` by its rows.
     """
     if len(rows) == 0:  # every image stopped early: nothing to evaluate
         return
     for chunk in rows.split(max_batch_size):
         i, p, k = chunk.unbind(1)
         pairs, inverse = torch.unique(chunk[:, :2], dim=0, return_inverse=True)
-        noise = torch.stack([torch.randn(images.shape[1:], generator=_generator(streams[a], 1, b), dtype=images.dtype)
+        noise = torch.stack([torch.randn(images.shape[1:], generator=_generator(streams[a], 1, draw_keys[b]),
+                                         dtype=images.dtype)
                              for a, b in pairs.tolist()]).to(images.device)[inverse]
         t = timesteps[i, p].to(images)
         x_t = _as_column(sde.alpha(t), noise) * images[i] + _as_column(sde.sigma(t), noise) * noise
@@ -821,9 +841,10 @@ def _run_stages(fill, errors, stages, early_stop_confidence):
     return alive, partial_scores
 
 
-def _result(errors, timesteps, alive, partial_scores) -> "DenoisingScoreResult":
+def _result(errors, timesteps, strata, alive, partial_scores) -> "DenoisingScoreResult":
     scores = partial_scores.masked_fill(~alive, -math.inf)
-    return DenoisingScoreResult(scores, partial_scores, errors, timesteps, (~errors.isnan()).sum((1, 2)))
+    return DenoisingScoreResult(scores, partial_scores, errors, timesteps, (~errors.isnan()).sum((1, 2)),
+                                torch.as_tensor(strata, dtype=torch.long))
 
 
 @torch.no_grad()
@@ -837,6 +858,7 @@ def denoising_error_scores(
     pruning: Optional[Sequence[Tuple[int, int]]] = None,
     early_stop_confidence: Optional[float] = None,
     timesteps_per_check: int = 10,
+    timestep_strata: Optional[Sequence[int]] = None,
     seed: Seed = 0,
     max_batch_size: int = 256,
     sde: Optional[VPSDE] = None,
@@ -849,7 +871,9 @@ def denoising_error_scores(
 
     Timesteps: `[t_min, 1]` is cut into `T` strata, each used once: at its midpoint (`"even"`) or at a uniform point
     per image (`"stratified"`). Strata are evaluated in van der Corput order, so every stage below sees timesteps
-    spread over the whole range.
+    spread over the whole range; or only the strata of `timestep_strata`, in its order (e.g. the most informative
+    first, ranked on validation images by [`rank_timestep_strata`]). A stratum's point and noise do not depend on
+    the order or subset: a run with `timestep_strata` evaluates a subset of the exhaustive run's errors.
 
     Weighting (errors are squared norms summed over the `D` values, not per-pixel means):
 
@@ -877,11 +901,15 @@ def denoising_error_scores(
       is the sequential test of the sign of the log-likelihood ratio; with more, successive elimination. `NFE` =
       the evaluations made; choose `q` and the stages on validation images with [`replay_stopping_rule`].
 
+    With `timestep_strata`, `T` above is the number of strata evaluated (`len(timestep_strata)`).
+
     Args:
         eps_model: a class-conditional diffusers model or a callable `eps_fn(x, t, labels)` (see [`as_eps_model`]).
         images: `[N, ...]` in [-1, 1], moved to the model's device. For a diffusers model
             `[N, in_channels, sample_size, sample_size]`: other sizes are refused, not resized.
         classes: `K` (classes `0..K-1`) or the class ids to score, in column order.
+        num_timesteps: `T`, the strata `[t_min, 1]` is cut into.
+        timestep_strata: the strata (indices in `0..T-1`) to evaluate, in order; default all, in spread order.
         seed: an int (image `i` uses stream `(seed, i)`) or one seed per image (e.g. [`content_seeds`], for
             results that do not depend on the image's position): results do not depend on `max_batch_size`, and the
             same timesteps and noise are drawn with and without pruning or early stop.
@@ -901,20 +929,23 @@ def denoising_error_scores(
         raise ValueError(f"expected max_batch_size >= 1, got {max_batch_size}")
     images, sde = _prepare_images(images, eps_model), sde or VPSDE()
     eps_fn, class_ids = as_eps_model(eps_model, sde), _class_ids(classes, eps_model, images.device)
-    stages = _stages(num_timesteps, len(class_ids), pruning, early_stop_confidence, timesteps_per_check)
+    if not _is_count(num_timesteps):
+        raise ValueError(f"expected num_timesteps >= 1, got {num_timesteps}")
+    strata, draw_keys = _strata_and_draw_keys(num_timesteps, timestep_strata)
+    stages = _stages(len(strata), len(class_ids), pruning, early_stop_confidence, timesteps_per_check)
     streams = _image_seeds(seed, len(images))
-    timesteps = _denoising_timesteps(streams, num_timesteps, timestep_spacing, sde)
-    errors = torch.full((len(images), len(class_ids), num_timesteps), math.nan, dtype=torch.float64)
+    timesteps = _denoising_timesteps(streams, num_timesteps, strata, draw_keys, timestep_spacing, sde)
+    errors = torch.full((len(images), len(class_ids), len(strata)), math.nan, dtype=torch.float64)
     classes_per_stage = [len(class_ids)] + [keep for _, keep in stages[:-1]]  # alive when each stage starts
     planned = len(images) * sum(count * k for (count, _), k in zip(stages, classes_per_stage))
     with _progress_bar(progress_bar, total=planned, desc="Denoising-error scores", unit="NFE") as bar:
         def fill(rows):
-            _fill_errors(eps_fn, sde, images, class_ids, timesteps, streams, errors, rows, weighting, max_batch_size,
-                         bar)
+            _fill_errors(eps_fn, sde, images, class_ids, timesteps, draw_keys, streams, errors, rows, weighting,
+                         max_batch_size, bar)
 
         alive, partial_scores = _run_stages(fill, errors, stages, early_stop_confidence)
         bar.total = bar.n  # fewer than planned after an early stop
-    return _result(errors, timesteps, alive, partial_scores)
+    return _result(errors, timesteps, strata, alive, partial_scores)
 
 
 def replay_stopping_rule(
@@ -922,28 +953,70 @@ def replay_stopping_rule(
     pruning: Optional[Sequence[Tuple[int, int]]] = None,
     early_stop_confidence: Optional[float] = None,
     timesteps_per_check: int = 10,
+    timestep_strata: Optional[Sequence[int]] = None,
 ) -> DenoisingScoreResult:
     """
     What [`denoising_error_scores`] returns with a stopping rule (`pruning`, `early_stop_confidence`,
-    `timesteps_per_check`), computed without a network call from an exhaustive run with the same images, classes,
-    `num_timesteps`, spacing, weighting and seed: a rule draws the same timesteps and noise, so its errors are a
-    subset of the exhaustive ones. Use it to choose a rule on validation images: one exhaustive run, then any number
-    of rules replayed in milliseconds.
+    `timesteps_per_check`, `timestep_strata`), computed without a network call from an exhaustive run with the same
+    images, classes, `num_timesteps`, spacing, weighting and seed: a rule draws the same timesteps and noise, so its
+    errors are a subset of the exhaustive ones. Use it to choose a rule on validation images: one exhaustive run,
+    then any number of rules replayed in milliseconds.
 
     Args:
         exhaustive: a [`DenoisingScoreResult`] with every error evaluated (no stopping rule).
-        pruning, early_stop_confidence, timesteps_per_check: as in [`denoising_error_scores`].
+        pruning, early_stop_confidence, timesteps_per_check, timestep_strata: as in [`denoising_error_scores`]
+            (`timestep_strata` among the strata of `exhaustive`; default its columns, in its order).
     """
-    if exhaustive.errors.isnan().any():
-        raise ValueError("expected an exhaustive DenoisingScoreResult (every class at every timestep), got one with "
-                         f"{int(exhaustive.errors.isnan().sum())} errors not evaluated (a stopping rule was applied)")
-    num_images, num_classes, num_timesteps = exhaustive.errors.shape
+    _check_exhaustive(exhaustive)
+    columns = _columns_of_strata(exhaustive, timestep_strata)
+    source, timesteps = exhaustive.errors[:, :, columns], exhaustive.timesteps[:, columns]
+    num_images, num_classes, num_timesteps = source.shape
     stages = _stages(num_timesteps, num_classes, pruning, early_stop_confidence, timesteps_per_check)
-    errors = torch.full_like(exhaustive.errors, math.nan)
+    errors = torch.full_like(source, math.nan)
 
     def fill(rows):
         i, p, k = rows.unbind(1)
-        errors[i, k, p] = exhaustive.errors[i, k, p]
+        errors[i, k, p] = source[i, k, p]
 
     alive, partial_scores = _run_stages(fill, errors, stages, early_stop_confidence)
-    return _result(errors, exhaustive.timesteps, alive, partial_scores)
+    return _result(errors, timesteps, exhaustive.strata[columns], alive, partial_scores)
+
+
+def rank_timestep_strata(exhaustive: DenoisingScoreResult, labels: torch.Tensor) -> List[int]:
+    """
+    The strata of an exhaustive run on labeled images (validation images: never the test set), most informative
+    first: ranked by the accuracy of the decision each timestep makes alone (the class with the smallest error at
+    it), ties kept in the run's order. Pass a prefix as `timestep_strata` to [`denoising_error_scores`] to evaluate
+    only the timesteps that separate the classes best, the best first, so an early stop settles sooner; choose how
+    many with [`replay_stopping_rule`] on the same images.
+
+    Args:
+        exhaustive: a [`DenoisingScoreResult`] with every error evaluated (no stopping rule).
+        labels: `[N]` each image's class as a column index of `exhaustive.scores` (`0..K-1`).
+    """
+    _check_exhaustive(exhaustive)
+    labels = torch.as_tensor(labels).long().cpu()
+    num_images, num_classes = exhaustive.scores.shape
+    if labels.shape != (num_images,) or labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels: expected {num_images} class columns in 0..{num_classes - 1}, got shape "
+                         f"{tuple(labels.shape)} with values {labels.unique().tolist()[:10]}")
+    correct = (exhaustive.errors.argmin(1) == labels[:, None]).double().mean(0)  # [T]: each timestep alone
+    order = sorted(range(len(correct)), key=lambda column: -float(correct[column]))
+    return exhaustive.strata[order].tolist()
+
+
+def _check_exhaustive(result: DenoisingScoreResult) -> None:
+    if result.errors.isnan().any():
+        raise ValueError("expected an exhaustive DenoisingScoreResult (every class at every timestep), got one with "
+                         f"{int(result.errors.isnan().sum())} errors not evaluated (a stopping rule was applied)")
+
+
+def _columns_of_strata(result: DenoisingScoreResult, timestep_strata: Optional[Sequence[int]]) -> List[int]:
+    available = result.strata.tolist()
+    if timestep_strata is None:
+        return list(range(len(available)))
+    strata = list(timestep_strata)
+    if not strata or len(set(strata)) != len(strata) or not set(strata) <= set(available):
+        raise ValueError(f"timestep_strata: expected distinct strata of the exhaustive run ({sorted(available)}), "
+                         f"got {strata}")
+    return [available.index(stratum) for stratum in strata]

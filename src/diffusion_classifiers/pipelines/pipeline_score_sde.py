@@ -153,6 +153,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         pruning: Optional[Sequence[Tuple[int, int]]] = None,
         early_stop_confidence: Optional[float] = None,
         timesteps_per_check: int = 10,
+        timestep_strata: Optional[Sequence[int]] = None,
         solver: str = "rk4",
         num_steps: int = 32,
         step_spacing: str = "log_snr",
@@ -182,8 +183,10 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
                 [`probability_flow_log_likelihood`]).
             priors (`Sequence[float]`, *optional*): `K` class probabilities (non-negative, summing to 1); default
                 uniform. Pruning and the early stop rank classes by the bound alone; the prior is added after.
-            num_timesteps, timestep_spacing, weighting, pruning, early_stop_confidence, timesteps_per_check: the
-                ELBO estimator (`method="elbo"`), passed to [`denoising_error_scores`].
+            num_timesteps, timestep_spacing, weighting, pruning, early_stop_confidence, timesteps_per_check,
+                timestep_strata: the ELBO estimator (`method="elbo"`), passed to [`denoising_error_scores`]; a
+                stopping rule and the timesteps to evaluate are best chosen on labeled validation images with
+                [`replay_stopping_rule`] and [`rank_timestep_strata`].
             solver, num_steps, step_spacing, rtol, atol, num_probes: the ODE solver and divergence estimator
                 (`method="likelihood"`), passed to [`probability_flow_log_likelihood`]. The defaults, RK4 with 32
                 steps uniform in log-SNR (`step_spacing="log_snr"`) and one Hutchinson probe, stayed within 0.011
@@ -247,8 +250,8 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
             result = denoising_error_scores(
                 self.unet, pixels, class_ids, num_timesteps=num_timesteps, timestep_spacing=timestep_spacing,
                 weighting=weighting, pruning=pruning, early_stop_confidence=early_stop_confidence,
-                timesteps_per_check=timesteps_per_check, seed=seed, max_batch_size=batch_size, sde=self.sde,
-                progress_bar=self.progress_bar_config,
+                timesteps_per_check=timesteps_per_check, timestep_strata=timestep_strata, seed=seed,
+                max_batch_size=batch_size, sde=self.sde, progress_bar=self.progress_bar_config,
             )
             log_likelihoods, before_pruning, bits_per_dim = result.scores, result.partial_scores, None
 
