@@ -179,9 +179,11 @@ def sample_grid(pipe, references: torch.Tensor, num_steps: int, seed: int, path:
 
 
 def headline(result: dict) -> dict:
+    """The figures of the README table; on a binary (imbalanced) set the class-balanced ones come first."""
+    label_free = ("balanced_accuracy", "macro_f1", "accuracy") if result["num_classes"] == 2 else \
+        ("accuracy", "macro_f1", "balanced_accuracy")
     return {
-        "label_free_accuracy": result["label_free"]["accuracy"],
-        "label_free_macro_f1": result["label_free"]["macro_f1"],
+        **{f"label_free_{name}": result["label_free"][name] for name in label_free},
         "prototype_10shot_accuracy": result["prototype"]["10"]["accuracy_mean"],
         "knn_10shot_accuracy": result["knn"]["10"]["accuracy_mean"],
         "linear_probe_accuracy": result["linear_probe"]["accuracy"],

@@ -68,11 +68,11 @@ def exhaustive_scores(unet, images, num_classes: int, num_timesteps: int, weight
     return torch.stack(columns, 1), nfe
 
 
-def candidate_rules(num_classes: int, num_timesteps: int):
+def candidate_rules(num_classes: int, num_timesteps: int, timesteps_per_check=TIMESTEPS_PER_CHECK):
     """Stopping rules to choose from: the timesteps (all in spread order, or the `informative_strata` best-ranked
     ones, best first), an optional first pruning stage, then successive elimination."""
     counts = [None] + sorted({max(2, round(f * num_timesteps)) for f in INFORMATIVE_FRACTIONS})
-    for count, first, confidence, per_check in itertools.product(counts, FIRST_STAGES, CONFIDENCES, TIMESTEPS_PER_CHECK):
+    for count, first, confidence, per_check in itertools.product(counts, FIRST_STAGES, CONFIDENCES, timesteps_per_check):
         if first is None or (first[0][1] < num_classes and first[0][0] < (count or num_timesteps)):
             yield dict(informative_strata=count, pruning=first, early_stop_confidence=confidence,
                        timesteps_per_check=per_check)
@@ -90,11 +90,12 @@ def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float((scores.argmax(1) == labels).float().mean())
 
 
-def replay_rules(val_exhaustive, val_labels, ranked_strata) -> list:
-    """Val accuracy and mean NFE of every candidate rule, replayed from the exhaustive shared-noise run on val."""
+def replay_rules(val_exhaustive, val_labels, ranked_strata, quick: bool) -> list:
+    """Val accuracy and mean NFE of every candidate rule, replayed from the exhaustive shared-noise run on val (with
+    `quick`, one look per timestep only: a third of the grid)."""
     num_classes, num_timesteps = val_exhaustive.errors.shape[1:]
     table = []
-    for rule in candidate_rules(num_classes, num_timesteps):
+    for rule in candidate_rules(num_classes, num_timesteps, TIMESTEPS_PER_CHECK[:1] if quick else TIMESTEPS_PER_CHECK):
         replayed = replay_stopping_rule(val_exhaustive, **rule_arguments(rule, ranked_strata))
         table.append({"rule": rule, "val_accuracy": accuracy(replayed.scores, val_labels),
                       "val_nfe_per_image": float(replayed.nfe_per_image.float().mean())})
@@ -174,7 +175,7 @@ def main():
                                                args.batch_size)
         val_accuracy["protocol"] = accuracy(protocol_scores, val.labels)
     ranked_strata = rank_timestep_strata(val_exhaustive, val.labels)
-    table = replay_rules(val_exhaustive, val.labels, ranked_strata)
+    table = replay_rules(val_exhaustive, val.labels, ranked_strata, args.quick)
     chosen = {name: choose_rule(table, reference, args.max_val_loss_points) for name, reference in val_accuracy.items()}
     selection_seconds = time.perf_counter() - start
     adaptive_arms = {"adaptive": args.select_against}  # the arm of the targets, then the other bar if measured

@@ -103,7 +103,7 @@ def test_permuted_perfect_clustering_scores_one():
     clusters = np.array([2, 2, 0, 0, 0, 3, 3, 1])  # class k is cluster perm[k]
     assert hungarian_match(y_true, clusters, 4).tolist() == [1, 3, 0, 2]
     result = clustering_metrics(y_true, clusters, 4)
-    for name in ("nmi", "ari", "accuracy", "purity", "macro_f1"):
+    for name in ("nmi", "ari", "accuracy", "purity", "macro_f1", "balanced_accuracy"):
         assert result[name] == pytest.approx(1.0), name
     assert _plain(result)
 
@@ -117,6 +117,7 @@ def test_clustering_with_more_clusters_than_classes():
     assert result["purity"] == pytest.approx(1.0)
     assert result["accuracy"] == pytest.approx(4 / 6)
     assert result["macro_f1"] == pytest.approx((1.0 + 2 * 2 / (2 + 4)) / 2)  # class 1: tp 2, fn 2
+    assert result["balanced_accuracy"] == pytest.approx((1.0 + 2 / 4) / 2)  # the unmatched cluster's images: errors
 
 
 def test_clustering_matches_a_hand_computed_case():

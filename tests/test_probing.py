@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits, make_blobs
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score
+from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from diffusion_classifiers.models import LinearProbeHead, PrototypeHead, fit_prototypes
 from diffusion_classifiers.probing import (
@@ -162,6 +162,8 @@ def test_digits_reach_high_accuracy_and_the_informative_pair_wins():
         predictions = head(test[("mid_block", 25)]).argmax(1).numpy()
     assert np.mean(predictions == y_test) == pytest.approx(result.metrics[result.best_pair]["test"]["accuracy"])
     assert f1_score(y_test, predictions, average="macro") == pytest.approx(result.metrics[result.best_pair]["test"]["macro_f1"])
+    assert balanced_accuracy_score(y_test, predictions) == pytest.approx(
+        result.metrics[result.best_pair]["test"]["balanced_accuracy"])
 
     table = result.to_table(sort_by="val_accuracy")
     assert table[0]["block"] == "mid_block" and table[0]["best"] and not table[1]["best"]
@@ -177,11 +179,12 @@ def test_ties_go_to_the_earlier_pair_in_the_grid(blob_grid):
 
 
 def test_macro_f1_ignores_classes_absent_from_labels_and_predictions():
-    # Class 2 exists (num_classes=3) but never appears: macro-F1 averages classes 0 and 1, as sklearn does.
+    # Class 2 exists (num_classes=3) but never appears: macro-F1 and balanced accuracy average classes 0 and 1, as
+    # sklearn does.
     x = torch.tensor([[-2.0], [-1.0], [1.0], [2.0]])
     y = np.array([0, 0, 1, 1])
     result = fit_probe_grid({("mid_block", 1): x}, y, {("mid_block", 1): x}, y, num_classes=3)
-    assert result.metrics[("mid_block", 1)]["val"] == {"accuracy": 1.0, "macro_f1": 1.0}
+    assert result.metrics[("mid_block", 1)]["val"] == {"accuracy": 1.0, "macro_f1": 1.0, "balanced_accuracy": 1.0}
 
 
 @pytest.mark.parametrize(
@@ -311,16 +314,18 @@ def test_evaluate_protocols_on_separable_data_is_perfect_and_json_serialisable(s
     assert json.loads(json.dumps(result)) == result
     assert result["feature"] == ["encoder", 0] and (result["num_classes"], result["feature_dim"]) == (4, 8)
     assert result["label_free"]["accuracy"] == 1.0 and result["label_free"]["nmi"] == pytest.approx(1.0)
-    assert set(result["label_free"]) == {"accuracy", "macro_f1", "nmi", "ari", "purity"}
+    assert set(result["label_free"]) == {"accuracy", "macro_f1", "balanced_accuracy", "nmi", "ari", "purity"}
     for protocol in ("prototype", "knn"):
         assert list(result[protocol]) == ["1", "5", "all"]
         for name, summary in result[protocol].items():
             assert summary["num_episodes"] == (1 if name == "all" else 3)
             assert len(summary["accuracy_per_episode"]) == summary["num_episodes"]
             assert summary["accuracy_mean"] == 1.0 and summary["macro_f1_mean"] == 1.0 and summary["accuracy_std"] == 0.0
+            assert summary["balanced_accuracy_mean"] == 1.0
     assert [result["knn"][n]["k"] for n in ("1", "5", "all")] == [1, 5, 10]
     probe = result["linear_probe"]
     assert probe["accuracy"] == 1.0 and probe["macro_f1"] == 1.0 and probe["val_accuracy"] == 1.0
+    assert probe["balanced_accuracy"] == 1.0 and probe["val_balanced_accuracy"] == 1.0
 
 
 def test_evaluate_protocols_averages_over_episodes():

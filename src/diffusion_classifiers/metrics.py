@@ -158,8 +158,9 @@ def hungarian_match(y_true, clusters, num_classes: int) -> np.ndarray:
 
 def clustering_metrics(y_true, clusters, num_classes: int) -> dict:
     r"""
-    Label-free grouping quality: `nmi`, `ari`, Hungarian-matched `accuracy` and `macro_f1`, and `purity` (each
-    cluster counted as its majority class). Also returns `cluster_to_class`, the Hungarian mapping as a list.
+    Label-free grouping quality: `nmi`, `ari`, Hungarian-matched `accuracy`, `macro_f1` and `balanced_accuracy`, and
+    `purity` (each cluster counted as its majority class). Also returns `cluster_to_class`, the Hungarian mapping as
+    a list.
     """
     mapping = hungarian_match(y_true, clusters, num_classes)
     y_true, clusters = as_labels(y_true, "y_true"), as_labels(clusters, "clusters")
@@ -171,6 +172,7 @@ def clustering_metrics(y_true, clusters, num_classes: int) -> dict:
         "accuracy": float(np.mean(matched == y_true)),
         "purity": float(_contingency(y_true, clusters, num_classes).max(axis=1).sum() / len(y_true)),
         "macro_f1": float(skm.f1_score(y_true, matched, labels=present, average="macro", zero_division=0)),
+        "balanced_accuracy": float(skm.recall_score(y_true, matched, labels=present, average="macro", zero_division=0)),
         "cluster_to_class": mapping.tolist(),
     }
 

@@ -50,7 +50,8 @@ class ProbeGridResult:
     Outcome of [`fit_probe_grid`].
 
     Args:
-        metrics: `pair -> split ("train", "val", "test") -> {"accuracy", "macro_f1"}` of each head's kept weights.
+        metrics: `pair -> split ("train", "val", "test") -> {"accuracy", "macro_f1", "balanced_accuracy"}` of each
+            head's kept weights.
         best_pair: the pair with the best val accuracy (ties: val macro-F1, then the earlier pair in the grid).
         head: the [`LinearProbeHead`] of `best_pair`, standardising with its train mean/std.
         heads: a head for every pair.
@@ -445,17 +446,20 @@ def _fit_heads(x, num_rows, l2, tol, max_iter, val=None, patience=None, progress
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _accuracy_and_macro_f1(pred: torch.Tensor, y: torch.Tensor, num_classes: int):
-    """Per-head accuracy and macro-F1 from predicted classes [P, N]; macro-F1 averages over the classes present in
-    the labels or the predictions, as `sklearn.metrics.f1_score(average="macro")` does."""
+def _head_scores(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> List[Dict[str, float]]:
+    """Per-head accuracy, macro-F1 and balanced accuracy from predicted classes [P, N], as scikit-learn computes them:
+    macro-F1 averages over the classes present in the labels or the predictions, balanced accuracy (the mean recall)
+    over the classes present in the labels."""
     accuracy = (pred == y).double().mean(dim=1)
     pred_onehot = F.one_hot(pred, num_classes).double()
     true_onehot = F.one_hot(y, num_classes).double().expand_as(pred_onehot)
-    tp = (pred_onehot * true_onehot).sum(dim=1)
-    denominator = pred_onehot.sum(dim=1) + true_onehot.sum(dim=1)  # 2tp + fp + fn
+    tp, true_counts = (pred_onehot * true_onehot).sum(dim=1), true_onehot.sum(dim=1)
+    denominator = pred_onehot.sum(dim=1) + true_counts  # 2tp + fp + fn
     f1 = torch.where(denominator > 0, 2 * tp / denominator.clamp(min=1), 0.0)
     macro_f1 = f1.sum(dim=1) / (denominator > 0).sum(dim=1)
-    return accuracy.tolist(), macro_f1.tolist()
+    balanced_accuracy = (tp / true_counts.clamp(min=1)).sum(dim=1) / (true_counts > 0).sum(dim=1)
+    return [{"accuracy": a, "macro_f1": f, "balanced_accuracy": b}
+            for a, f, b in zip(accuracy.tolist(), macro_f1.tolist(), balanced_accuracy.tolist())]
 
 
 def _split_features(features: Dict, pairs, labels, num_classes, device, mean=None, std=None):
@@ -602,9 +606,8 @@ def fit_probe_grid(
     metrics = {pair: {} for pair in pairs}
     with torch.no_grad():
         for split in x:
-            accuracy, macro_f1 = _accuracy_and_macro_f1(x[split].predictions(weight, bias), y[split], num_classes)
-            for i, pair in enumerate(pairs):
-                metrics[pair][split] = {"accuracy": accuracy[i], "macro_f1": macro_f1[i]}
+            for pair, scores in zip(pairs, _head_scores(x[split].predictions(weight, bias), y[split], num_classes)):
+                metrics[pair][split] = scores
     val_scores = [(m["val"]["accuracy"], m["val"]["macro_f1"], -i) for i, m in enumerate(metrics.values())]
     best = val_scores.index(max(val_scores))  # ties: macro-F1, then the earlier pair
     config = dict(

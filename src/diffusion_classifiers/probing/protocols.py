@@ -373,14 +373,17 @@ def knn_classify(
 # ------------------------------------------------------------------------------------------------------------------
 
 
+SCORES = ("accuracy", "macro_f1", "balanced_accuracy")
+
+
 def _scores(y_true, y_pred, num_classes) -> Dict[str, float]:
     result = classification_metrics(y_true, y_pred, num_classes=num_classes)
-    return {"accuracy": result["accuracy"], "macro_f1": result["macro_f1"]}
+    return {name: result[name] for name in SCORES}
 
 
 def _summarise(episodes: List[Dict[str, float]]) -> dict:
     summary = {"num_episodes": len(episodes)}
-    for name in ("accuracy", "macro_f1"):
+    for name in SCORES:
         values = [e[name] for e in episodes]
         summary[f"{name}_mean"], summary[f"{name}_std"] = float(np.mean(values)), float(np.std(values))
         summary[f"{name}_per_episode"] = values
@@ -423,12 +426,13 @@ def evaluate_protocols(
     representation, a contrastive ViT, DINOv2).
 
     - `label_free`: k-means with `num_classes` clusters on the test features ([`kmeans_evaluate`], seeded with `seed`,
-      standardised if `kmeans_standardize`), Hungarian-matched `accuracy` and `macro_f1`, `nmi`, `ari`, `purity`.
+      standardised if `kmeans_standardize`), Hungarian-matched `accuracy`, `macro_f1` and `balanced_accuracy`,
+      `nmi`, `ari`, `purity`.
     - `prototype` and `knn`, for each n in `shots`: `num_episodes` episodes, episode e labelling
       `few_shot_indices(train_labels, n, seed + e)`; [`prototype_classify`] and [`knn_classify`] with
       `k = min(knn_k, n)` neighbours (1-NN for n = 1; `knn_k` for "all") are scored on the whole test split. The
       "all" case uses every train sample in a single episode. Reported: mean and (population) std over episodes of
-      accuracy and macro-F1, and the per-episode values.
+      accuracy, macro-F1 and balanced accuracy, and the per-episode values.
     - `linear_probe` (unless `linear_probe=False`): [`fit_probe_grid`] on all train labels with `probe_kwargs`
       (e.g. `C`), scored on the test split (and on val if given; without val the train split stands in for it).
 
@@ -451,11 +455,12 @@ def evaluate_protocols(
         ```
         {"feature": ["encoder", 0] or None, "num_classes": K, "feature_dim": D, "num_train": ..., "num_test": ...,
          "settings": {"shots": ["1", "5", "10", "all"], "num_episodes": 5, "seed": 0, "knn_k": 10, ...},
-         "label_free": {"accuracy", "macro_f1", "nmi", "ari", "purity"},
+         "label_free": {"accuracy", "macro_f1", "balanced_accuracy", "nmi", "ari", "purity"},
          "prototype": {"1": {"num_episodes": 5, "accuracy_mean", "accuracy_std", "accuracy_per_episode": [...],
-                             "macro_f1_mean", "macro_f1_std", "macro_f1_per_episode": [...]}, ..., "all": {...}},
+                             "macro_f1_mean", ..., "balanced_accuracy_mean", ...}, ..., "all": {...}},
          "knn": {"1": {..., "k": 1}, ...},
-         "linear_probe": {"accuracy", "macro_f1", "val_accuracy", "val_macro_f1", "converged", "n_iter"}}
+         "linear_probe": {"accuracy", "macro_f1", "balanced_accuracy", "val_accuracy", "val_macro_f1",
+                          "val_balanced_accuracy", "converged", "n_iter"}}
         ```
     """
     train_features, pair = _single_feature(train_features, "train_features")
@@ -484,7 +489,7 @@ def evaluate_protocols(
             "shots": names, "num_episodes": num_episodes, "seed": seed, "knn_k": knn_k, "standardize": standardize,
             "kmeans_standardize": kmeans_standardize,
         },
-        "label_free": {k: label_free[k] for k in ("accuracy", "macro_f1", "nmi", "ari", "purity")},
+        "label_free": {k: label_free[k] for k in (*SCORES, "nmi", "ari", "purity")},
         "prototype": {},
         "knn": {},
     }  # fmt: skip
@@ -524,7 +529,7 @@ def _linear_probe(x_train, y_train, x_test, y_test, val_features, val_labels, nu
         {key: x_train}, y_train, *val, {key: x_test}, y_test, num_classes=num_classes, pool=None, **(probe_kwargs or {})
     )
     metrics = fit.metrics[key]
-    out = {"accuracy": metrics["test"]["accuracy"], "macro_f1": metrics["test"]["macro_f1"]}
+    out = dict(metrics["test"])
     if val_features is not None:
-        out.update(val_accuracy=metrics["val"]["accuracy"], val_macro_f1=metrics["val"]["macro_f1"])
+        out.update({f"val_{name}": value for name, value in metrics["val"].items()})
     return {**out, "converged": bool(fit.converged[key]), "n_iter": int(fit.n_iter[key])}
