@@ -125,6 +125,9 @@ def test_early_stop_and_pruning_save_evaluations(trained):
     assert pruned.nfe_per_image.tolist() == [2 * 10 + 10] * len(test)
     assert torch.isfinite(pruned.log_likelihood_ratio).all()  # from both classes' scores before pruning
     assert (torch.isinf(pruned.log_likelihoods).sum(1) == 1).all()
+    # the timesteps to evaluate, in the order given (e.g. ranked on val by rank_timestep_strata)
+    strata = pipe(test.images, num_timesteps=20, timestep_strata=[4, 9, 2])
+    assert strata.nfe_per_image.tolist() == [2 * 3] * len(test) and torch.equal(strata.label_ids, test.labels)
 
 
 def test_priors_enter_by_bayes_rule(trained):
