@@ -20,6 +20,8 @@ from diffusion_classifiers.training import (
     TrainingArguments,
     build_augmentation,
     cosine_teacher_momentum,
+    dino_monitor,
+    dino_target_diagnostics,
     nt_xent_loss,
     train,
     train_contrastive_encoder,
@@ -179,6 +181,28 @@ def test_dino_loss_decreases_with_a_fixed_teacher_and_center(digits, tmp_path):
     assert mean_loss(loss, model, (digits[:32],)) < before - 0.1
 
 
+def test_dino_diagnostics_measure_how_much_the_targets_depend_on_the_image(digits, caplog):
+    model = DINOModel(tiny_encoder(), out_dim=64, hidden_dim=32, bottleneck_dim=16).eval()
+    images = digits[:32]
+    fresh = dino_target_diagnostics(model, images, teacher_temperature=0.04)
+    assert fresh["teacher_max_entropy"] == pytest.approx(math.log(64))
+    assert 0 < fresh["teacher_target_entropy"] <= fresh["teacher_mean_target_entropy"] <= math.log(64) + 1e-6
+    assert fresh["teacher_target_information"] == pytest.approx(
+        fresh["teacher_mean_target_entropy"] - fresh["teacher_target_entropy"])
+    assert fresh["representation_relative_spread"] > 0
+    # a teacher head whose bottleneck ignores its input: one target for every image, no information, a warning
+    with torch.no_grad():
+        model.teacher_head.mlp[-1].weight.zero_()
+        model.teacher_head.mlp[-1].bias.normal_()
+    loss = DINOLoss(build_augmentation(SIZE, 1), teacher_temperature=0.04)
+    with caplog.at_level("WARNING", logger="diffusion_classifiers.training.dino_diagnostics"):
+        collapsed = dino_monitor(images, loss)(model)
+    assert collapsed["teacher_target_information"] == pytest.approx(0, abs=1e-5)
+    assert "barely depend on the image" in caplog.text
+    with pytest.raises(ValueError, match="at least 2 images"):
+        dino_target_diagnostics(model, images[:1], 0.04)
+
+
 def test_dino_loss_rejects_bad_settings():
     augment = build_augmentation(SIZE, 1)
     with pytest.raises(ValueError, match="teacher_temperature"):
@@ -209,6 +233,7 @@ def test_train_contrastive_encoder_returns_a_trained_eval_encoder(digits, tmp_pa
     assert representation.shape == (4, 32)
     assert not torch.allclose(representation, initial)
     assert (tmp_path / "checkpoint-3").is_dir()
+    assert ((tmp_path / "monitor_history.json").is_file()) == (method == "dino")  # DINO's targets, per checkpoint
 
 
 def test_train_contrastive_encoder_rejects_bad_input(digits, tmp_path):

@@ -12,6 +12,7 @@
 - `rc_dit.py`: `train_rc_dit`, the ViT encoder and representation-conditioned DiT trained together.
 - `rc_dit_diagnostics.py`: the spread of r and the own-vs-shuffled denoising gap, logged while training.
 - `contrastive.py`: `train_contrastive_encoder`, the SimCLR / DINO baselines of the RC-DiT encoder.
+- `dino_diagnostics.py`: how much DINO's targets depend on the image, logged while training.
 - `supervised.py`: `train_supervised_cnn`, the supervised CNN baseline.
 """
 
@@ -60,6 +61,8 @@ _EXPORTS = {
     "SupervisedLoss": "supervised",
     "build_augmentation": "contrastive",
     "cosine_teacher_momentum": "contrastive",
+    "dino_monitor": "dino_diagnostics",
+    "dino_target_diagnostics": "dino_diagnostics",
     "nt_xent_loss": "contrastive",
     "predict_proba": "supervised",
     "train_contrastive_encoder": "contrastive",

@@ -32,6 +32,7 @@ from torch.utils.data import TensorDataset
 from ..models.encoders import encode_representation, freeze_unused_pooler, representation_size
 from ..validation import check_finite_rows, check_unit_range
 from .arguments import TrainingArguments
+from .dino_diagnostics import dino_monitor
 from .loop import total_optimizer_steps, train
 
 __all__ = [
@@ -441,7 +442,9 @@ def train_contrastive_encoder(
     how a pretrained encoder's input is prepared, `encode_representation`) and to the loss (`DINOLoss`: student_temperature,
     teacher_temperature, num_local_views, teacher_momentum, ...; `SimCLRLoss`: temperature). The heads are seeded
     with `args.seed`. For DINO, `return_teacher` returns the teacher's encoder (as the DINO paper evaluates) instead
-    of the student's. Returns the trained encoder in eval mode, ready for `encode_representation`.
+    of the student's, and every checkpoint measures how much the teacher's targets depend on the image
+    (`dino_target_diagnostics`, in `monitor_history.json`), with a warning when they stop doing so. Returns the
+    trained encoder in eval mode, ready for `encode_representation`.
     """
     if method not in METHODS:
         raise ValueError(f"expected a contrastive method in {METHODS}, got {method!r}")
@@ -464,6 +467,7 @@ def train_contrastive_encoder(
         model = DINOModel(encoder, **model_kwargs)
         total = total_optimizer_steps(args, len(images), PartialState().num_processes)
         loss = DINOLoss(augmentation, local, total_steps=total, update_every=args.gradient_accumulation_steps, **loss_kwargs)
-    model, _, _ = train(args, model, TensorDataset(images), loss)
+    monitor = dino_monitor(images, loss) if method == "dino" else None
+    model, _, _ = train(args, model, TensorDataset(images), loss, monitor=monitor)
     trained = model.teacher_encoder if method == "dino" and return_teacher else model.encoder
     return trained.requires_grad_(True).eval()
