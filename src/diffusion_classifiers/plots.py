@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import FormatStrFormatter, NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from sklearn.calibration import CalibrationDisplay  # noqa: E402
 from sklearn.metrics import (  # noqa: E402
     ConfusionMatrixDisplay,
@@ -239,9 +239,10 @@ def plot_label_efficiency(
             err = [100 * points[n].get(f"{metric}_std", 0.0) for n in x]
             ax.errorbar(x, y, yerr=err if any(err) else None, marker="o", capsize=3, label=method)
         ax.set_xscale("log")
-        # ticks at the measured label counts, written plainly ("5", not "5x10^0"; no crowded minor labels)
+        # ticks at the measured label counts, written plainly ("5" and "2354", not "5x10^0" or "2.35e+03"; no
+        # crowded minor labels)
         ax.set_xticks(sorted({n for points in curves.values() for n in points}))
-        ax.xaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.0f}" if value >= 1 else f"{value:.2g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set(xlabel="labelled samples per class (log scale)", ylabel=f"test {label} (%)")
         ax.set_title(f"{label} vs labels per class")
