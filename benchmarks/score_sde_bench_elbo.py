@@ -135,7 +135,7 @@ def main():
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--preset", default=None, help="U-Net preset; default tiny with --quick, else small")
     parser.add_argument("--image_size", type=int, default=16)
-    parser.add_argument("--train_steps", type=int, default=None, help="default 30 with --quick, else 500")
+    parser.add_argument("--train_steps", type=int, default=None, help="default 20 with --quick, else 500")
     parser.add_argument("--num_images", type=int, default=None, help="test images scored; default 10 quick, else 1000")
     parser.add_argument("--val_images", type=int, default=None,
                         help="stratified val images the stopping rule is chosen on; default 20 quick, else 400")
@@ -153,7 +153,7 @@ def main():
     parser.add_argument("--batch_size", type=int, default=500, help="samples per U-Net call")
     args = parser.parse_args()
     preset = args.preset or ("tiny" if args.quick else "small")
-    train_steps = args.train_steps or (30 if args.quick else 500)
+    train_steps = args.train_steps or (20 if args.quick else 500)
     num_images = args.num_images or (10 if args.quick else 1000)
     val_images = args.val_images or (20 if args.quick else 400)
     num_timesteps = args.exhaustive_timesteps or (10 if args.quick else 50)
