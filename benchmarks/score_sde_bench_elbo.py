@@ -102,25 +102,27 @@ def replay_rules(val_exhaustive, val_labels, ranked_strata, quick: bool) -> list
     return table
 
 
-def choose_rule(table, reference: float, max_loss_points: float) -> dict:
-    """The cheapest rule (mean NFE) whose val accuracy is within `max_loss_points` of the `reference` val accuracy
-    (none within: the most accurate)."""
+def cheapest_within(table, reference: float, max_loss_points: float):
+    """The cheapest rule (mean NFE) whose val accuracy is within `max_loss_points` of the `reference` val accuracy;
+    None if none is."""
     eligible = [row for row in table if 100 * (reference - row["val_accuracy"]) <= max_loss_points]
-    if not eligible:
-        return max(table, key=lambda row: (row["val_accuracy"], -row["val_nfe_per_image"]))
-    return min(eligible, key=lambda row: (row["val_nfe_per_image"], -row["val_accuracy"]))
+    return min(eligible, key=lambda row: (row["val_nfe_per_image"], -row["val_accuracy"]), default=None)
+
+
+def choose_rule(table, reference: float, max_loss_points: float) -> dict:
+    """`cheapest_within` the bar; none within: the most accurate rule."""
+    chosen = cheapest_within(table, reference, max_loss_points)
+    return chosen or max(table, key=lambda row: (row["val_accuracy"], -row["val_nfe_per_image"]))
 
 
 def cheapest_per_strata_choice(table, reference: float, max_loss_points: float) -> dict:
     """For each timestep choice (spread order, or the best M), the cheapest rule within the bar: what ranking the
     timesteps bought on val."""
-    best = {}
+    groups = {}
     for row in table:
-        key = str(row["rule"]["informative_strata"] or "all_spread_order")
-        within = 100 * (reference - row["val_accuracy"]) <= max_loss_points
-        if within and (key not in best or row["val_nfe_per_image"] < best[key]["val_nfe_per_image"]):
-            best[key] = row
-    return best
+        groups.setdefault(str(row["rule"]["informative_strata"] or "all_spread_order"), []).append(row)
+    cheapest = {key: cheapest_within(rows, reference, max_loss_points) for key, rows in groups.items()}
+    return {key: row for key, row in cheapest.items() if row is not None}
 
 
 def paired_difference(correct_a: torch.Tensor, correct_b: torch.Tensor) -> dict:

@@ -736,8 +736,6 @@ def _denoising_timesteps(streams, num_timesteps: int, strata, draw_keys, spacing
 def _stages(num_timesteps, num_classes, pruning, early_stop_confidence, timesteps_per_check) -> List[Tuple[int, int]]:
     """`(new timesteps, classes kept after)` per stage, validated: the pruning stages, then (with an early stop) the
     remaining timesteps in chunks of `timesteps_per_check` that keep every class the test has not eliminated."""
-    if not _is_count(num_timesteps):
-        raise ValueError(f"expected num_timesteps >= 1, got {num_timesteps}")
     stages = _pruning_stages(pruning or [], num_classes)
     pruned_timesteps = sum(count for count, _ in stages)
     if early_stop_confidence is None:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.encoders import encode_representation
+from .rc_dit_diagnostics import representation_spread
 from .unet import TrainingImages, images_at
 
 __all__ = ["UNINFORMATIVE_TARGETS_NATS", "dino_monitor", "dino_target_diagnostics"]
@@ -50,13 +51,13 @@ def dino_target_diagnostics(model: nn.Module, images: torch.Tensor, teacher_temp
     logits = model.teacher(images).float()
     targets = F.softmax((logits - model.center) / teacher_temperature, dim=-1)
     per_image, of_mean = _entropy(targets).mean(), _entropy(targets.mean(0))
-    r = encode_representation(model.teacher_encoder, images, model.readout, model.preprocessing).float()
+    r = encode_representation(model.teacher_encoder, images, model.readout, model.preprocessing)
     return {
         "teacher_target_entropy": per_image.item(),
         "teacher_mean_target_entropy": of_mean.item(),
         "teacher_target_information": (of_mean - per_image).item(),
         "teacher_max_entropy": math.log(targets.shape[-1]),
-        "representation_relative_spread": (r.std(dim=0).mean() / r.pow(2).mean().sqrt().clamp_min(1e-12)).item(),
+        "representation_relative_spread": representation_spread(r)[1].item(),
     }
 
 

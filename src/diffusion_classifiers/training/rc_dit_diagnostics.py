@@ -32,6 +32,7 @@ __all__ = [
     "rc_dit_monitor",
     "recompute_representation_statistics",
     "representation_diagnostics",
+    "representation_spread",
 ]
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,13 @@ logger = logging.getLogger(__name__)
 COLLAPSED_RELATIVE_SPREAD = 0.01
 # a low noise level, where the noise error still depends on r (issue 13: 0.230 with the own r, 0.277 shuffled)
 DIAGNOSTIC_TIMESTEP = 100
+
+
+def representation_spread(r: torch.Tensor) -> tuple:
+    """The spread of `r` `[N, D]` across images (the standard deviation of each dimension, averaged over dimensions)
+    and that spread relative to the size of r (its root mean square): near 0 for a collapsed r."""
+    spread = r.float().std(dim=0).mean()
+    return spread, spread / r.float().pow(2).mean().sqrt().clamp_min(1e-12)
 
 
 def _batch_standardized(raw: torch.Tensor, transformer: RepresentationConditionedDiTModel) -> torch.Tensor:
@@ -67,8 +75,7 @@ def representation_diagnostics(
     device, config = transformer.device, transformer.config
     images = images.to(device)
     raw = encode_representation(encoder, images, config.representation_readout, config.encoder_preprocessing).float()
-    spread = raw.std(dim=0).mean()
-    relative_spread = spread / raw.pow(2).mean().sqrt().clamp_min(1e-12)
+    spread, relative_spread = representation_spread(raw)
     clean = images if vae is None else encode_latents(vae.to(device), images)
     noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed)).to(device, clean.dtype)
     timesteps = torch.full((clean.shape[0],), timestep, device=device, dtype=torch.long)
