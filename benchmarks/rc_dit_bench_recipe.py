@@ -47,13 +47,14 @@ from diffusion_classifiers.training import (
 
 
 NAME = "rc_dit_bench_recipe"
+MEAN_PATCH_BATCH_NORM = {"representation_readout": "mean_patch", "representation_norm": "batch"}
 # variant -> train_rc_dit keywords; "shipped" is the recipe before issue 13
 VARIANTS = {
     "shipped": {"representation_readout": "pooler", "representation_norm": "none"},
     "cls": {"representation_readout": "cls", "representation_norm": "none"},
     "pooler_batch_norm": {"representation_readout": "pooler", "representation_norm": "batch"},
     "cls_batch_norm": {"representation_readout": "cls", "representation_norm": "batch"},
-    "mean_patch_batch_norm": {"representation_readout": "mean_patch", "representation_norm": "batch"},
+    "mean_patch_batch_norm": MEAN_PATCH_BATCH_NORM,
     # on top of cls_batch_norm: the encoder reads a cropped, flipped view (SODA); a 3x encoder learning rate; EMA
     "cls_batch_norm_view": {"representation_readout": "cls", "representation_norm": "batch", "encoder_view": "crop_flip"},
     "cls_batch_norm_encoder_lr_3": {"representation_readout": "cls", "representation_norm": "batch", "encoder_learning_rate_scale": 3.0},
@@ -61,6 +62,12 @@ VARIANTS = {
     # the loss weighted max(1, 1 / SNR): high-noise timesteps count, where r can tell what the image shows
     "cls_batch_norm_truncated_snr": {"representation_readout": "cls", "representation_norm": "batch", "loss_weighting": "truncated_snr"},
     "pooler_batch_norm_truncated_snr": {"representation_readout": "pooler", "representation_norm": "batch", "loss_weighting": "truncated_snr"},
+    # on top of the default: where and how strongly r enters the DiT; the min-SNR weighting (gamma 5), which lowers
+    # the weight of low noise, where x_t alone suffices; a slower encoder
+    "mean_patch_batch_norm_per_block": {**MEAN_PATCH_BATCH_NORM, "representation_injection": "adaln_per_block"},
+    "mean_patch_batch_norm_token": {**MEAN_PATCH_BATCH_NORM, "representation_injection": "token"},
+    "mean_patch_batch_norm_min_snr": {**MEAN_PATCH_BATCH_NORM, "loss_weighting": "min_snr"},
+    "mean_patch_batch_norm_encoder_lr_0.3": {**MEAN_PATCH_BATCH_NORM, "encoder_learning_rate_scale": 0.3},
 }
 DEFAULT_RECIPE = "mean_patch_batch_norm"  # train_rc_dit's defaults
 # baseline -> (train_contrastive_encoder method, its objective keywords)

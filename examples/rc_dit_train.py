@@ -17,7 +17,12 @@ from accelerate import PartialState
 from diffusers import AutoencoderKL
 
 from diffusion_classifiers.data import add_data_args, load_data_from_args, streaming_data_from_args
-from diffusion_classifiers.models import RC_DIT_SIZES, REPRESENTATION_NORMS, REPRESENTATION_READOUTS
+from diffusion_classifiers.models import (
+    RC_DIT_SIZES,
+    REPRESENTATION_INJECTIONS,
+    REPRESENTATION_NORMS,
+    REPRESENTATION_READOUTS,
+)
 from diffusion_classifiers.pipelines import RepresentationConditionedDiTPipeline
 from diffusion_classifiers.training import (
     LOSS_WEIGHTINGS,
@@ -60,6 +65,13 @@ def parse_args(argv=None):
         choices=REPRESENTATION_NORMS,
         help="Standardise r per dimension across the batch before it conditions the DiT, which keeps it from "
         "collapsing (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--representation_injection",
+        default="adaln",
+        choices=REPRESENTATION_INJECTIONS,
+        help="Where r enters the DiT: one projection into every block's adaLN modulation, one projection per block, "
+        "or one more token the patch tokens attend to (default: %(default)s).",
     )
     parser.add_argument(
         "--encoder_learning_rate_scale",
@@ -114,6 +126,7 @@ def main(argv=None):
         vae=vae,
         representation_readout=args.representation_readout,
         representation_norm=args.representation_norm,
+        representation_injection=args.representation_injection,
         encoder_learning_rate_scale=args.encoder_learning_rate_scale,
         loss_weighting=args.loss_weighting,
         encoder_preprocessing=encoder_preprocessing_from_args(args),

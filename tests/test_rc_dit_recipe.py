@@ -1,4 +1,4 @@
-"""The RC-DiT recipe of issue 13: how r is read out and normalised, the diagnostics of its collapse, the encoder's
+"""The RC-DiT recipe of issue 13: how r is read out, normalised and fed to the DiT, the diagnostics of its collapse, the encoder's
 learning rate and view, and that every consumer sees the same r."""
 
 import json
@@ -63,6 +63,39 @@ def test_unknown_readout_or_norm_fails_at_construction():
         transformer(representation_readout="first")
     with pytest.raises(ValueError, match="representation_norm"):
         transformer(representation_norm="layer")
+
+
+@pytest.mark.parametrize("injection", ["adaln_per_block", "token"])
+def test_representation_injections_condition_on_r_and_keep_the_output_contract(injection):
+    model = transformer(representation_norm="none", representation_injection=injection)
+    with torch.no_grad():  # leave the zero init, so that every path of r reaches the output
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.2)
+    x, r = images(3), torch.randn(3, DIM)
+    num_patches = (SIZE // model.config.patch_size) ** 2
+    with torch.no_grad():
+        out = model(x, 30, r, output_hidden_states=True)
+        assert out.sample.shape == x.shape
+        assert all(h.shape == (3, num_patches, model.config.hidden_size) for h in out.hidden_states)  # patch tokens only
+        assert not torch.allclose(out.sample, model(x, 30, r.flip(0)).sample)  # another image's r changes it
+        # each sample's prediction depends on its own r only
+        torch.testing.assert_close(out.sample[:1], model(x[:1], 30, r[:1]).sample)
+        conditions = model.block_conditions(torch.full((3,), 30), r)
+        t_emb = model.time_embedding(model.time_proj(torch.full((3,), 30)))
+    assert len(conditions) == model.config.num_layers + 1
+    if injection == "token":  # r reaches the blocks through attention only
+        assert all(torch.equal(c, t_emb) for c in conditions)
+    else:  # every block has its own projection of r, the output layer the shared one
+        assert not torch.allclose(conditions[0], conditions[1])
+        torch.testing.assert_close(conditions[-1], t_emb + model.representation_proj(r))
+    # a new model predicts zero, whatever the injection
+    fresh = transformer(representation_injection=injection)
+    assert torch.equal(fresh(x, 30, r).sample, torch.zeros_like(x))
+
+
+def test_unknown_representation_injection_fails():
+    with pytest.raises(ValueError, match=r"representation_injection in \('adaln', 'adaln_per_block', 'token'\), got 'xattn'"):
+        transformer(representation_injection="xattn")
 
 
 def test_representation_of_is_the_standardised_readout_in_eval_mode():

@@ -14,6 +14,7 @@ _EXPORTS = {
     "fit_prototypes": "prototype_head",
     # representation-conditioned DiT
     "RC_DIT_SIZES": "rc_dit",
+    "REPRESENTATION_INJECTIONS": "rc_dit",
     "REPRESENTATION_NORMS": "rc_dit",
     "DiTBlock": "rc_dit",
     "RCDiTModelOutput": "rc_dit",

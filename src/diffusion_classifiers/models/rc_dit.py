@@ -26,6 +26,7 @@ from .encoders import REPRESENTATION_READOUTS, encode_representation, representa
 
 __all__ = [
     "RC_DIT_SIZES",
+    "REPRESENTATION_INJECTIONS",
     "REPRESENTATION_NORMS",
     "DiTBlock",
     "RCDiTModelOutput",
@@ -36,6 +37,7 @@ __all__ = [
 ]
 
 REPRESENTATION_NORMS = ("none", "batch")
+REPRESENTATION_INJECTIONS = ("adaln", "adaln_per_block", "token")
 
 RC_DIT_SIZES = {
     # name: hidden_size, num_layers, num_heads, default patch_size (DiT-S and DiT-B widths and depths)
@@ -131,6 +133,10 @@ class RepresentationConditionedDiTModel(ModelMixin, ConfigMixin):
         encoder_preprocessing (`dict`, *optional*): how the encoder's input is prepared, for an encoder started
             from a pretrained model (`models.pretrained_preprocessing`: its image processor's size, mean and std),
             so it reads images as it was trained to and as the frozen baseline does; `None`: images as they are.
+        representation_injection (`str`, *optional*, defaults to `"adaln"`): where r enters the denoiser.
+            `"adaln"`: c = t_emb + proj(r) modulates every block and the output layer; `"adaln_per_block"`: each
+            block and the output layer get their own projection, c_i = t_emb + proj_i(r); `"token"`: proj(r) is
+            one more token the patch tokens attend to, and the modulation is t_emb alone.
     """
 
     config_name = "config.json"
@@ -152,6 +158,7 @@ class RepresentationConditionedDiTModel(ModelMixin, ConfigMixin):
         representation_readout: str = "pooler",
         representation_norm: str = "none",
         encoder_preprocessing: Optional[dict] = None,
+        representation_injection: str = "adaln",
     ):
         super().__init__()
         if patch_size < 1 or sample_size % patch_size:
@@ -166,6 +173,10 @@ class RepresentationConditionedDiTModel(ModelMixin, ConfigMixin):
             raise ValueError(f"expected representation_readout in {REPRESENTATION_READOUTS}, got {representation_readout!r}")
         if representation_norm not in REPRESENTATION_NORMS:
             raise ValueError(f"expected representation_norm in {REPRESENTATION_NORMS}, got {representation_norm!r}")
+        if representation_injection not in REPRESENTATION_INJECTIONS:
+            raise ValueError(
+                f"expected representation_injection in {REPRESENTATION_INJECTIONS}, got {representation_injection!r}"
+            )
 
         self.patch_embed = PatchEmbed(
             height=sample_size, width=sample_size, patch_size=patch_size, in_channels=in_channels, embed_dim=hidden_size
@@ -175,7 +186,12 @@ class RepresentationConditionedDiTModel(ModelMixin, ConfigMixin):
         self.representation_normalizer = (
             nn.BatchNorm1d(representation_dim, affine=False) if representation_norm == "batch" else nn.Identity()
         )
+        # "adaln": into every c; "adaln_per_block": into the output layer's c; "token": the representation token
         self.representation_proj = nn.Linear(representation_dim, hidden_size)
+        if representation_injection == "adaln_per_block":
+            self.block_representation_projs = nn.ModuleList(
+                [nn.Linear(representation_dim, hidden_size) for _ in range(num_layers)]
+            )
         self.null_representation = nn.Parameter(torch.zeros(representation_dim))
         self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(num_layers)])
         self.norm_out = AdaLayerNormContinuous(hidden_size, hidden_size, elementwise_affine=False, eps=1e-6)
@@ -211,12 +227,23 @@ class RepresentationConditionedDiTModel(ModelMixin, ConfigMixin):
         return self.representation_normalizer(representation.to(self.dtype))
 
     def condition(self, timestep: torch.Tensor, representation: torch.Tensor) -> torch.Tensor:
-        """The conditioning c = t_emb + proj(r), [N, hidden_size]."""
-        t_emb = self.time_embedding(self.time_proj(timestep).to(self.dtype))
-        return t_emb + self.representation_proj(representation.to(self.dtype))
+        """The output layer's conditioning `[N, hidden_size]`: t_emb + proj(r), or t_emb alone when r enters as a
+        token. With `representation_injection="adaln"` every block's as well."""
+        return self.block_conditions(timestep, representation)[-1]
 
-    def _embed(self, sample, timestep, representation) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Check the inputs; return the patch tokens `[N, num_patches, hidden_size]` and the conditioning c."""
+    def block_conditions(self, timestep: torch.Tensor, representation: torch.Tensor) -> list:
+        """The conditioning `[N, hidden_size]` of each block (`representation_injection`), then the output layer's."""
+        t_emb = self.time_embedding(self.time_proj(timestep).to(self.dtype))
+        r = representation.to(self.dtype)
+        injection = self.config.representation_injection
+        output_condition = t_emb if injection == "token" else t_emb + self.representation_proj(r)
+        if injection != "adaln_per_block":
+            return [output_condition] * (self.config.num_layers + 1)
+        return [t_emb + projection(r) for projection in self.block_representation_projs] + [output_condition]
+
+    def _embed(self, sample, timestep, representation) -> Tuple[torch.Tensor, list]:
+        """Check the inputs; return the input tokens `[N, num_patches (+ 1 with the representation token),
+        hidden_size]` and the `block_conditions`."""
         config = self.config
         expected = (config.in_channels, config.sample_size, config.sample_size)
         if sample.ndim != 4 or tuple(sample.shape[1:]) != expected:
@@ -237,7 +264,17 @@ class RepresentationConditionedDiTModel(ModelMixin, ConfigMixin):
             if self.training and config.rep_dropout > 0:
                 drop = torch.rand(batch_size, device=sample.device) < config.rep_dropout
                 representation = torch.where(drop[:, None], null, representation)
-        return self.patch_embed(sample.to(self.dtype)), self.condition(timestep, representation)
+        tokens = self.patch_embed(sample.to(self.dtype))
+        if self.config.representation_injection == "token":
+            token = self.representation_proj(representation.to(self.dtype))[:, None]
+            tokens = torch.cat([tokens, token], dim=1)
+        return tokens, self.block_conditions(timestep, representation)
+
+    def _patch_tokens(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The patch tokens of a block's output, without the representation token."""
+        if self.config.representation_injection == "token":
+            return hidden_states[:, :-1]
+        return hidden_states
 
     def forward(
         self,
@@ -262,13 +299,13 @@ class RepresentationConditionedDiTModel(ModelMixin, ConfigMixin):
             `sample`, and `.hidden_states` the blocks' outputs if asked; a tuple `(sample,)` or
             `(sample, hidden_states)` when `return_dict=False`.
         """
-        hidden_states, emb = self._embed(sample, timestep, representation)
+        hidden_states, conditions = self._embed(sample, timestep, representation)
         all_hidden_states = []
-        for block in self.blocks:
+        for block, emb in zip(self.blocks, conditions):
             hidden_states = block(hidden_states, emb)
             if output_hidden_states:
-                all_hidden_states.append(hidden_states)
-        hidden_states = self.proj_out(self.norm_out(hidden_states, emb))
+                all_hidden_states.append(self._patch_tokens(hidden_states))
+        hidden_states = self.proj_out(self.norm_out(self._patch_tokens(hidden_states), conditions[-1]))
         output = self.unpatchify(hidden_states)
         all_hidden_states = tuple(all_hidden_states) if output_hidden_states else None
         if not return_dict:
@@ -288,11 +325,11 @@ class RepresentationConditionedDiTModel(ModelMixin, ConfigMixin):
         num_blocks = num_layers if num_blocks is None else num_blocks
         if not 1 <= num_blocks <= num_layers:
             raise ValueError(f"expected num_blocks in [1, {num_layers}] (num_layers), got {num_blocks}")
-        hidden_states, emb = self._embed(sample, timestep, representation)
+        hidden_states, conditions = self._embed(sample, timestep, representation)
         outputs = []
-        for block in self.blocks[:num_blocks]:
+        for block, emb in zip(self.blocks[:num_blocks], conditions):
             hidden_states = block(hidden_states, emb)
-            outputs.append(hidden_states)
+            outputs.append(self._patch_tokens(hidden_states))
         return tuple(outputs)
 
     def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:

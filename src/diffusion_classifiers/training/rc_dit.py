@@ -149,6 +149,7 @@ def train_rc_dit(
     encoder_learning_rate_scale: float = 1.0,
     loss_weighting: str = "epsilon",
     encoder_preprocessing: Optional[dict] = None,
+    representation_injection: str = "adaln",
 ) -> tuple[nn.Module, RepresentationConditionedDiTModel, DDPMScheduler, TrainingSummary]:
     r"""
     Train `encoder` and a new `RepresentationConditionedDiTModel` of `dit_size` together on unlabeled images
@@ -183,6 +184,8 @@ def train_rc_dit(
             (`DenoisingLoss`): `"epsilon"`, `"min_snr"` (gamma 5) or `"truncated_snr"`.
         encoder_preprocessing (`dict`, *optional*): for a pretrained encoder, `models.pretrained_preprocessing` of
             it, so it reads its inputs as its image processor prepares them (ImageNet normalisation for DINOv2).
+        representation_injection (`str`, *optional*, defaults to `"adaln"`): where r enters the DiT
+            (`RepresentationConditionedDiTModel`): one projection into every block's adaLN, one per block, or a token.
 
     Why these defaults (`benchmarks/rc_dit_bench_recipe.py`: Fashion-MNIST at 16 px, 400 steps, val, 3 seeds): with
     the tanh pooler and no normalisation r collapses (relative spread 0.015) and the denoiser's error is the same
@@ -209,6 +212,7 @@ def train_rc_dit(
     transformer = RepresentationConditionedDiTModel(
         **config, rep_dropout=rep_dropout, representation_readout=representation_readout,
         representation_norm=representation_norm, encoder_preprocessing=encoder_preprocessing,
+        representation_injection=representation_injection,
     )  # fmt: skip
     scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps)
     model = RCDiTJointModel(
