@@ -337,6 +337,35 @@ def test_rc_dit_export_keeps_the_representation_and_the_preprocessing(saved, tmp
     torch.testing.assert_close(logits.softmax(-1), pipe(pil).probs, rtol=0, atol=2e-5)
 
 
+def test_rc_dit_export_over_a_pretrained_encoder_reads_the_pipelines_images(tmp_path):
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    from diffusion_classifiers.models import pretrained_preprocessing
+
+    torch.manual_seed(0)  # an RGB DINOv2 of another size and an ImageNet normalisation, over 1-channel 16 px images
+    Dinov2Model(Dinov2Config(image_size=32, patch_size=4, num_channels=3, hidden_size=24, num_hidden_layers=1,
+                             num_attention_heads=2, intermediate_size=32)).save_pretrained(tmp_path / "dino")  # fmt: skip
+    BitImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8}).save_pretrained(tmp_path / "dino")
+    transformer = RepresentationConditionedDiTModel(**rc_dit_config(
+        "tiny", SIZE, 1, 24, hidden_size=16, num_layers=1, representation_readout="cls",
+        encoder_preprocessing=pretrained_preprocessing(str(tmp_path / "dino")),
+    ))  # fmt: skip
+    encoder = Dinov2Model.from_pretrained(tmp_path / "dino").eval()
+    head = randomized_head(24, block="encoder", timestep=0, pool=None)
+    pipe = RepresentationConditionedDiTPipeline(
+        encoder, transformer.eval(), DDPMScheduler(), head=head, preprocessing={"image_size": SIZE, "num_channels": 1}
+    )
+    export_rc_dit_pipeline(pipe, tmp_path / "hf")
+    model = AutoModelForImageClassification.from_pretrained(tmp_path / "hf")
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "hf")
+    assert (processor.image_size, processor.num_channels) == (SIZE, 1)  # the pipeline's images, not the encoder's
+    pil = [Image.fromarray(np.full((SIZE, SIZE), 40 * i + 30, dtype=np.uint8), mode="L") for i in range(3)]
+    with torch.no_grad():
+        probabilities = model(**processor(pil)).logits.softmax(-1)
+    # the same images, weights and readout; only the folded standardisation rounds differently (see above)
+    torch.testing.assert_close(probabilities, pipe(pil).probs, rtol=0, atol=2e-5)
+
+
 def test_only_a_linear_head_exports_and_the_positive_class_travels(saved):
     root, _ = saved
     assert json.loads((root / "hf_unet_features" / "config.json").read_text())["positive_class"] == "two"

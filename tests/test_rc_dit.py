@@ -232,6 +232,31 @@ def test_train_script_takes_a_pretrained_dinov2_encoder(tmp_path, digits):
         rc_dit_train.main([*args, "--num_channels", "3", "--output_dir", str(tmp_path / "rgb")])
 
 
+def test_train_script_takes_an_rgb_dinov2_with_its_processor_over_grayscale_images(tmp_path, digits):
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    encoder_dir = tmp_path / "dinov2"
+    Dinov2Model(Dinov2Config(
+        image_size=32, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32,
+    )).save_pretrained(encoder_dir)  # fmt: skip
+    BitImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8}).save_pretrained(encoder_dir)
+    sys.path.insert(0, str(REPO_ROOT / "examples"))
+    try:
+        import rc_dit_train
+    finally:
+        sys.path.pop(0)
+    rc_dit_train.main(["--dataset", "digits", "--image_size", str(SIZE), "--dit_size", "tiny", "--max_train_steps", "1",
+                       "--train_batch_size", "8", "--encoder_name_or_path", str(encoder_dir),
+                       "--output_dir", str(tmp_path / "run")])  # fmt: skip
+    pipe = RepresentationConditionedDiTPipeline.from_pretrained(str(tmp_path / "run"))
+    # the pipeline reads the DiT's 1-channel 16 px images; the encoder gets them as its processor prepares them
+    assert (pipe.preprocessing.image_size, pipe.preprocessing.num_channels) == (SIZE, 1)
+    assert pipe.transformer.config.encoder_preprocessing["image_size"] == [8, 8]
+    assert pipe.encode(digits["test"].images[:2]).shape == (2, 16)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Pipeline
 # ---------------------------------------------------------------------------------------------------------------

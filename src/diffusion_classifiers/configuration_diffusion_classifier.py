@@ -33,6 +33,8 @@ class DiffusionClassifierConfig(PretrainedConfig):
             `representation_norm` is folded into the feature standardisation (`feature_mean`, `feature_std`).
         encoder_preprocessing (`dict`, *optional*): the RC-DiT transformer's `encoder_preprocessing` (a pretrained
             encoder's image size, mean and std).
+        input_shape (`list`, *optional*): `[C, H, W]` of `pixel_values` when it is not the backbone's own: an encoder
+            with `encoder_preprocessing` reads the images its RC-DiT pipeline reads and resizes them itself.
     """
 
     model_type = "diffusion-classifier"
@@ -52,6 +54,7 @@ class DiffusionClassifierConfig(PretrainedConfig):
         positive_class: Optional[str] = None,
         representation_readout: str = "pooler",
         encoder_preprocessing: Optional[dict] = None,
+        input_shape: Optional[list] = None,
         **kwargs,
     ):
         if backbone_type not in BACKBONE_TYPES:
@@ -68,6 +71,7 @@ class DiffusionClassifierConfig(PretrainedConfig):
         self.freeze_backbone = freeze_backbone
         self.representation_readout = representation_readout
         self.encoder_preprocessing = encoder_preprocessing
+        self.input_shape = None if input_shape is None else list(input_shape)
         super().__init__(**kwargs)
         if positive_class is not None and positive_class not in self.id2label.values():
             labels = list(self.id2label.values())

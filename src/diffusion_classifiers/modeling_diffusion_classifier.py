@@ -98,7 +98,9 @@ class DiffusionFeaturesForImageClassification(DiffusionClassifierPreTrainedModel
 
     @property
     def input_shape(self) -> tuple:
-        """(C, H, W) of `pixel_values`: the backbone's channels and size."""
+        """(C, H, W) of `pixel_values`: `config.input_shape`, else the backbone's channels and size."""
+        if self.config.input_shape is not None:
+            return tuple(self.config.input_shape)
         backbone = self.backbone.config
         if self.config.backbone_type == "unet":
             return (backbone.in_channels, backbone.sample_size, backbone.sample_size)
@@ -161,7 +163,7 @@ def _check_saved_labels(path, config: Optional[DiffusionClassifierConfig] = None
 
 def _export(pipeline, backbone: nn.Module, input_shape: tuple, save_directory, feature_affine=None, **config_kwargs):
     """The transformers model (and image processor) of `pipeline`'s fitted linear `head` over `backbone`'s feature,
-    saved to `save_directory` when given. `feature_affine = (shift, scale)`: the head reads (feature - shift) / scale,
+    reading images of `input_shape` (C, H), saved to `save_directory` when given. `feature_affine = (shift, scale)`: the head reads (feature - shift) / scale,
     folded into the saved standardisation. Returns `(model, image_processor)`."""
     head = pipeline.head
     if head is None:
@@ -173,6 +175,7 @@ def _export(pipeline, backbone: nn.Module, input_shape: tuple, save_directory, f
         id2label=head.id2label,
         label2id={name: i for i, name in head.id2label.items()},
         positive_class=getattr(pipeline, "positive_class", None),
+        input_shape=[input_shape[0], input_shape[-1], input_shape[-1]],
         **config_kwargs,
     )
     model = DiffusionFeaturesForImageClassification(config)
@@ -220,10 +223,11 @@ def export_rc_dit_pipeline(pipeline, save_directory: Optional[Union[str, os.Path
     encoder, transformer = pipeline.encoder, pipeline.transformer
     if representation_size(encoder) != getattr(getattr(pipeline.head, "config", None), "in_features", None):
         raise ValueError("expected a fitted head over the encoder's representation (pipeline.head.in_features = D)")
+    contract = pipeline.preprocessing  # the size and channels the pipeline reads (`default_preprocessing`)
     return _export(
         pipeline,
         encoder,
-        (encoder.config.num_channels, encoder.config.image_size),
+        (contract.num_channels, contract.image_size),
         save_directory,
         feature_affine=_representation_affine(transformer),
         backbone_type="encoder",

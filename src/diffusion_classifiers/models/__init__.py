@@ -20,6 +20,7 @@ _EXPORTS = {
     "RCDiTModelOutput": "rc_dit",
     "RepresentationConditionedDiTModel": "rc_dit",
     "check_encoder_matches": "rc_dit",
+    "input_image_size_and_channels": "rc_dit",
     "rc_dit_config": "rc_dit",
     "representation_of": "rc_dit",
     # encoders

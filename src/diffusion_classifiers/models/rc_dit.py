@@ -23,6 +23,7 @@ from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZ
 from torch import nn
 
 from .encoders import REPRESENTATION_READOUTS, encode_representation, representation_size
+from .vae_latents import vae_scale_factor
 
 __all__ = [
     "RC_DIT_SIZES",
@@ -32,6 +33,7 @@ __all__ = [
     "RCDiTModelOutput",
     "RepresentationConditionedDiTModel",
     "check_encoder_matches",
+    "input_image_size_and_channels",
     "rc_dit_config",
     "representation_of",
 ]
@@ -367,6 +369,17 @@ def check_encoder_matches(encoder: nn.Module, transformer: RepresentationConditi
             )
         if reads_as_they_are and vae.config.in_channels != channels:
             raise ValueError(f"encoder num_channels {channels} does not match the vae's in_channels {vae.config.in_channels}")
+
+
+def input_image_size_and_channels(encoder: nn.Module, transformer: RepresentationConditionedDiTModel, vae=None) -> tuple:
+    """(image_size, num_channels) of the images an RC-DiT's pipelines read: the encoder's own; for an encoder with
+    `encoder_preprocessing` (it resizes, converts and normalises what it is given, as its image processor does)
+    those the DiT works on, `sample_size` x `in_channels`, or through the `vae` its input images."""
+    if transformer.config.encoder_preprocessing is None:
+        return encoder.config.image_size, encoder.config.num_channels
+    if vae is None:
+        return transformer.config.sample_size, transformer.config.in_channels
+    return transformer.config.sample_size * vae_scale_factor(vae), vae.config.in_channels
 
 
 def representation_of(

@@ -13,6 +13,7 @@ from diffusion_classifiers.models import (
     RepresentationConditionedDiTModel,
     check_encoder_matches,
     fit_prototypes,
+    input_image_size_and_channels,
     representation_of,
 )
 
@@ -90,8 +91,9 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         return DiTFeatureExtractor(self.transformer, self.scheduler, self.encoder, self.vae)
 
     def default_preprocessing(self) -> ImagePreprocessing:
-        """The encoder's `image_size` and `num_channels`, float inputs in `[-1, 1]`."""
-        return ImagePreprocessing(self.encoder.config.image_size, self.encoder.config.num_channels)
+        """The size and channels the models read (`models.input_image_size_and_channels`: the encoder's, or for a
+        pretrained encoder with `encoder_preprocessing` the DiT's), float inputs in `[-1, 1]`."""
+        return ImagePreprocessing(*input_image_size_and_channels(self.encoder, self.transformer, self.vae))
 
     def to_transformer_space(self, pixels: torch.Tensor) -> torch.Tensor:
         """Clean images `[N, C, H, W]` in [-1, 1] -> the transformer's x0: the VAE latents (posterior mode), else

@@ -12,6 +12,7 @@ from diffusion_classifiers.models import (
     RepresentationConditionedDiTModel,
     check_encoder_matches,
     decode_latents,
+    input_image_size_and_channels,
     representation_of,
 )
 
@@ -69,8 +70,9 @@ class RepresentationConditionedDiTImageVariationPipeline(SavedWithCodeMixin, Sav
         self.set_preprocessing(preprocessing)
 
     def default_preprocessing(self) -> ImagePreprocessing:
-        """The encoder's `image_size` and `num_channels`, float inputs in `[-1, 1]`."""
-        return ImagePreprocessing(self.encoder.config.image_size, self.encoder.config.num_channels)
+        """The size and channels the models read (`models.input_image_size_and_channels`: the encoder's, or for a
+        pretrained encoder with `encoder_preprocessing` the DiT's), float inputs in `[-1, 1]`."""
+        return ImagePreprocessing(*input_image_size_and_channels(self.encoder, self.transformer, self.vae))
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):

@@ -217,7 +217,7 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 def build_vit_encoder_from_args(args: argparse.Namespace, images):
     """The encoder the flags of `add_encoder_args` ask for, for training images `[N, C, H, H]` (a tensor, or a
     dataset of `(image [C, H, H], ...)` items): loaded with `AutoModel` from `--encoder_name_or_path` (it must read
-    C-channel images), else a new `build_vit_encoder` whose initial weights are seeded with `args.seed` (so the
+    C-channel images, unless it has an image processor, whose preprocessing converts them), else a new `build_vit_encoder` whose initial weights are seeded with `args.seed` (so the
     RC-DiT and contrastive trainers start from the same one)."""
     import torch
     from transformers import AutoModel
@@ -230,7 +230,7 @@ def build_vit_encoder_from_args(args: argparse.Namespace, images):
     image_size, num_channels = shape[-1], shape[1]
     if args.encoder_name_or_path:
         encoder = AutoModel.from_pretrained(args.encoder_name_or_path)
-        if encoder.config.num_channels != num_channels:
+        if encoder.config.num_channels != num_channels and encoder_preprocessing_from_args(args) is None:
             raise ValueError(
                 f"encoder {args.encoder_name_or_path!r} reads {encoder.config.num_channels}-channel images, the data "
                 f"has {num_channels}: pass --num_channels {encoder.config.num_channels}"
