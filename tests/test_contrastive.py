@@ -13,6 +13,7 @@ from diffusion_classifiers.models import (
     pretrained_pixel_values,
 )
 from diffusion_classifiers.training import (
+    DINOHead,
     DINOLoss,
     DINOModel,
     SimCLRLoss,
@@ -129,6 +130,22 @@ def test_dino_teacher_starts_as_student_and_is_frozen():
         assert torch.equal(teacher, student) and not teacher.requires_grad and student.requires_grad
     images = torch.rand(3, 1, SIZE, SIZE) * 2 - 1
     assert torch.allclose(model.teacher(images), model(images).detach())
+
+
+def test_dino_head_gain_is_fixed_at_one_or_learned_per_prototype():
+    features = torch.randn(5, 24)
+    fixed = DINOHead(24, out_dim=64, hidden_dim=32, bottleneck_dim=16)
+    assert fixed.last_layer_gain is None and fixed(features).abs().max() <= 1 + 1e-6  # cosines
+    torch.manual_seed(0)
+    learned = DINOHead(24, out_dim=64, hidden_dim=32, bottleneck_dim=16, norm_last_layer=False)
+    learned.load_state_dict({**fixed.state_dict(), "last_layer_gain": torch.ones(64, 1)})
+    torch.testing.assert_close(learned(features), fixed(features))  # gain 1: the same head
+    with torch.no_grad():
+        learned.last_layer_gain[3] = 5.0
+    torch.testing.assert_close(learned(features)[:, 3], 5 * fixed(features)[:, 3])
+    assert learned.last_layer_gain.requires_grad
+    model = DINOModel(tiny_encoder(), out_dim=64, hidden_dim=32, bottleneck_dim=16, norm_last_layer=False)
+    assert model.teacher_head.last_layer_gain is not None  # the teacher follows it like every other parameter
 
 
 def test_dino_teacher_is_an_ema_of_the_student():

@@ -131,10 +131,18 @@ def _init_linear(module: nn.Module) -> None:
 
 class DINOHead(nn.Module):
     """DINO's projection head: a 3-layer MLP (GELU) to a `bottleneck_dim` vector, L2-normalised, then a linear layer
-    to `out_dim` logits whose weight rows are normalised to norm 1 (weight norm with the gain fixed at 1)."""
+    to `out_dim` logits whose weight rows are normalised to norm 1 times a gain (weight norm): the gain fixed at 1
+    with `norm_last_layer=True`, else learned per prototype, which DINO's code recommends for ViT-S ("better
+    performance but can make the training unstable") since it lets the logits leave [-1, 1]."""
 
     def __init__(
-        self, in_dim: int, out_dim: int = 4096, hidden_dim: int = 1024, bottleneck_dim: int = 256, use_bn: bool = False
+        self,
+        in_dim: int,
+        out_dim: int = 4096,
+        hidden_dim: int = 1024,
+        bottleneck_dim: int = 256,
+        use_bn: bool = False,
+        norm_last_layer: bool = True,
     ):
         super().__init__()
         for name, value in (("out_dim", out_dim), ("hidden_dim", hidden_dim), ("bottleneck_dim", bottleneck_dim)):
@@ -149,10 +157,15 @@ class DINOHead(nn.Module):
         self.mlp.apply(_init_linear)
         self.last_layer = nn.Parameter(torch.empty(out_dim, bottleneck_dim))
         nn.init.trunc_normal_(self.last_layer, std=0.02)
+        # only when learned: checkpoints of the fixed-gain head keep their keys
+        self.last_layer_gain = None if norm_last_layer else nn.Parameter(torch.ones(out_dim, 1))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         bottleneck = F.normalize(self.mlp(features), dim=-1)
-        return F.linear(bottleneck, F.normalize(self.last_layer, dim=-1))
+        prototypes = F.normalize(self.last_layer, dim=-1)
+        if self.last_layer_gain is not None:
+            prototypes = self.last_layer_gain * prototypes
+        return F.linear(bottleneck, prototypes)
 
 
 class DINOModel(nn.Module):
@@ -173,12 +186,13 @@ class DINOModel(nn.Module):
         use_bn: bool = False,
         readout: str = "pooler",
         preprocessing: Optional[dict] = None,
+        norm_last_layer: bool = True,
     ):
         super().__init__()
         freeze_unused_pooler(encoder, readout)
         self.readout, self.preprocessing = readout, preprocessing
         self.encoder = encoder
-        self.head = DINOHead(representation_size(encoder), out_dim, hidden_dim, bottleneck_dim, use_bn)
+        self.head = DINOHead(representation_size(encoder), out_dim, hidden_dim, bottleneck_dim, use_bn, norm_last_layer)
         self.teacher_encoder = copy.deepcopy(encoder).requires_grad_(False)
         self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
         self.register_buffer("center", torch.zeros(1, out_dim))
