@@ -77,9 +77,10 @@ BASELINES = {
     "dino": ("dino", {}),
     "dino_cls": ("dino", {"readout": "cls"}),
 }
-# --quick checks that each mechanism runs (readout, norm, view, learning-rate scale, weighting; both objectives)
+# --quick checks that each mechanism runs (readout, norm, view, learning-rate scale, weighting, injection; both
+# objectives)
 QUICK_VARIANTS = ["shipped", "mean_patch_batch_norm", "cls_batch_norm_view", "cls_batch_norm_encoder_lr_3",
-                  "cls_batch_norm_truncated_snr"]  # fmt: skip
+                  "cls_batch_norm_truncated_snr", "mean_patch_batch_norm_token"]  # fmt: skip
 QUICK_BASELINES = ["simclr", "dino_cls"]
 SHOTS, EPISODES = 10, 5
 
