@@ -190,12 +190,18 @@ def test_frozen_encoder_does_not_change(tmp_path):
     assert changed and not any(k.startswith("encoder.") for k in changed)
 
 
-def test_train_script_saves_a_loadable_pipeline(tmp_path, digits):
+def rc_dit_train_script():
+    """`examples/rc_dit_train.py` as a module, so its `main(argv)` runs in this process."""
     sys.path.insert(0, str(REPO_ROOT / "examples"))
     try:
         import rc_dit_train
     finally:
         sys.path.pop(0)
+    return rc_dit_train
+
+
+def test_train_script_saves_a_loadable_pipeline(tmp_path, digits):
+    rc_dit_train = rc_dit_train_script()
     out = tmp_path / "run"
     rc_dit_train.main([
         "--dataset", "digits", "--image_size", str(SIZE), "--dit_size", "tiny", "--encoder_hidden_size", "16",
@@ -217,11 +223,7 @@ def test_train_script_takes_a_pretrained_dinov2_encoder(tmp_path, digits):
         image_size=SIZE, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
         intermediate_size=32,
     )).save_pretrained(encoder_dir)  # fmt: skip
-    sys.path.insert(0, str(REPO_ROOT / "examples"))
-    try:
-        import rc_dit_train
-    finally:
-        sys.path.pop(0)
+    rc_dit_train = rc_dit_train_script()
     args = ["--dataset", "digits", "--image_size", str(SIZE), "--dit_size", "tiny", "--max_train_steps", "1",
             "--train_batch_size", "8", "--encoder_name_or_path", str(encoder_dir)]  # fmt: skip
     rc_dit_train.main([*args, "--output_dir", str(tmp_path / "run")])
@@ -242,11 +244,7 @@ def test_train_script_takes_an_rgb_dinov2_with_its_processor_over_grayscale_imag
         intermediate_size=32,
     )).save_pretrained(encoder_dir)  # fmt: skip
     BitImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8}).save_pretrained(encoder_dir)
-    sys.path.insert(0, str(REPO_ROOT / "examples"))
-    try:
-        import rc_dit_train
-    finally:
-        sys.path.pop(0)
+    rc_dit_train = rc_dit_train_script()
     rc_dit_train.main(["--dataset", "digits", "--image_size", str(SIZE), "--dit_size", "tiny", "--max_train_steps", "1",
                        "--train_batch_size", "8", "--encoder_name_or_path", str(encoder_dir),
                        "--output_dir", str(tmp_path / "run")])  # fmt: skip

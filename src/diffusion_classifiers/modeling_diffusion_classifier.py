@@ -163,8 +163,8 @@ def _check_saved_labels(path, config: Optional[DiffusionClassifierConfig] = None
 
 def _export(pipeline, backbone: nn.Module, input_shape: tuple, save_directory, feature_affine=None, **config_kwargs):
     """The transformers model (and image processor) of `pipeline`'s fitted linear `head` over `backbone`'s feature,
-    reading images of `input_shape` (C, H), saved to `save_directory` when given. `feature_affine = (shift, scale)`: the head reads (feature - shift) / scale,
-    folded into the saved standardisation. Returns `(model, image_processor)`."""
+    reading images of `input_shape` (C, H), saved to `save_directory` when given. `feature_affine = (shift, scale)`:
+    the head reads (feature - shift) / scale, folded into the saved standardisation. Returns `(model, image_processor)`."""
     head = pipeline.head
     if head is None:
         raise ValueError("the pipeline has no fitted `head` to export")

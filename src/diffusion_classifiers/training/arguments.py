@@ -217,8 +217,9 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 def build_vit_encoder_from_args(args: argparse.Namespace, images):
     """The encoder the flags of `add_encoder_args` ask for, for training images `[N, C, H, H]` (a tensor, or a
     dataset of `(image [C, H, H], ...)` items): loaded with `AutoModel` from `--encoder_name_or_path` (it must read
-    C-channel images, unless it has an image processor, whose preprocessing converts them), else a new `build_vit_encoder` whose initial weights are seeded with `args.seed` (so the
-    RC-DiT and contrastive trainers start from the same one)."""
+    C-channel images, unless it has an image processor, whose preprocessing converts them), else a new
+    `build_vit_encoder` whose initial weights are seeded with `args.seed` (so the RC-DiT and contrastive trainers
+    start from the same one)."""
     import torch
     from transformers import AutoModel
 
