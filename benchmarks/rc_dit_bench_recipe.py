@@ -101,6 +101,7 @@ def parse_args():
     )  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (0 with --quick)")
     parser.add_argument("--image_size", type=int, default=16, help="Fashion-MNIST resized to this side")
+    parser.add_argument("--encoder_patch_size", type=int, default=4, help="the ViT's patch side, for every arm")
     parser.add_argument("--max_train_steps", type=int, default=None, help="default 400 (5 with --quick)")
     parser.add_argument("--train_batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=3e-4)
@@ -124,7 +125,7 @@ def parse_args():
 
 def new_encoder(args, seed: int):
     torch.manual_seed(seed)
-    return build_vit_encoder(image_size=args.image_size, num_channels=1, patch_size=4, **args.encoder)
+    return build_vit_encoder(image_size=args.image_size, num_channels=1, patch_size=args.encoder_patch_size, **args.encoder)
 
 
 def scores(features: dict, splits: dict, seed: int) -> dict:
@@ -252,7 +253,7 @@ def main():
         "budget": {
             "dataset": "fashion_mnist", "image_size": args.image_size, "optimizer_steps": args.max_train_steps,
             "train_batch_size": args.train_batch_size, "learning_rate": args.learning_rate, "dit_size": args.dit_size,
-            "encoder": args.encoder, "num_train_images": len(splits["train"].labels),
+            "encoder": {**args.encoder, "patch_size": args.encoder_patch_size}, "num_train_images": len(splits["train"].labels),
             "num_val_images": len(splits["val"].labels), "seeds": args.seeds,
         },
         "default_recipe": DEFAULT_RECIPE,
