@@ -80,6 +80,7 @@ def parse_args():
         "--timesteps", type=int, nargs="+", default=None,
         help=f"probed timesteps; default {list(QUICK_TIMESTEPS)} with --quick, else {list(DEFAULT_TIMESTEPS)}",
     )  # fmt: skip
+    parser.add_argument("--pool", default="mean", choices=["mean", "2x2"], help="spatial pooling of the U-Net features")
     parser.add_argument("--cnn_steps", type=int, default=None, help="default 20 with --quick, else 1500")
     parser.add_argument("--cnn_learning_rate", type=float, default=1e-3)
     parser.add_argument("--cnn_widths", type=int, nargs="+", default=None, help="default: matched to the preset")
@@ -213,14 +214,15 @@ def run_regimes(args, splits: dict, subsets: dict, device, walls: dict, work_dir
         unet.to(device)
         with timed(walls, "feature_extraction"):
             features = extract_study_features(
-                unet, scheduler, splits, timesteps=args.timesteps, noise_seed=args.seed, batch_size=64, show_progress=False
-            )
+                unet, scheduler, splits, timesteps=args.timesteps, pool=args.pool, noise_seed=args.seed, batch_size=64,
+                show_progress=False,
+            )  # fmt: skip
         trained["blocks"] = list(dict.fromkeys(block for block, _ in features["train"]))
         for regime, index in subsets.items():
             with timed(walls, f"probes_{regime}"):
                 study = study_from_features(
-                    unet, scheduler, splits, features, index, noise_seed=args.seed, batch_size=256, seed=args.seed,
-                    positive_class=args.positive_class,
+                    unet, scheduler, splits, features, index, pool=args.pool, noise_seed=args.seed, batch_size=256,
+                    seed=args.seed, positive_class=args.positive_class,
                 )  # fmt: skip
             regimes[regime]["probe"] = probe_figures(study)
     if "cnn" in args.parts:
@@ -264,6 +266,7 @@ def main():
             "parts": args.parts, "unet_preset": args.unet_preset, "image_size": train.images.shape[-1],
             "ddpm_steps": args.max_train_steps, "train_batch_size": args.train_batch_size,
             "ddpm_learning_rate": args.learning_rate, "use_ema": True, **trained, "timesteps": args.timesteps,
+            "pool": args.pool,
             "cnn_steps": args.cnn_steps, "cnn_learning_rate": args.cnn_learning_rate, "cnn_widths": list(args.cnn_widths),
             "cnn_augment": args.cnn_augment, "num_threads": torch.get_num_threads(),
         },  # fmt: skip

@@ -22,6 +22,7 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
     assert 0.0 <= summary["kmeans_nmi"] <= 1.0 and summary["test_accuracy"] > 0.3  # 10 classes: chance is 0.1
     pipe = DiffusionClassifierPipeline.from_pretrained(str(tmp_path / "pipeline"))
     assert pipe.class_names == [str(i) for i in range(10)]
+    assert pipe.head.config.pool == "2x2"  # the demo's default, chosen on its val split
     printed = capsys.readouterr().out
     assert "chosen" in printed and "| block |" in printed
     for name in ("reliability.png", "unet_training/loss_curve.png", "unet_training/samples/step_6.png"):

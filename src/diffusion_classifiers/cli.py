@@ -9,7 +9,9 @@ import time
 
 __all__ = ["main"]
 
-DEMO_DEFAULTS = {"image_size": 16, "unet_preset": "small", "max_train_steps": 600}
+# pool "2x2": on the digits demo's val split it beats the global mean in 36 of 42 (block, t) probes and ties 4 (mean
+# val accuracy 96.5% vs 93.5%); it keeps the layout that label-free k-means needs (README, "k-means without labels")
+DEMO_DEFAULTS = {"image_size": 16, "unet_preset": "small", "max_train_steps": 600, "pool": "2x2"}
 # Diffusion steps of the demo's DDPM scheduler: `--timesteps` must lie in [0, DEMO_NUM_TRAIN_TIMESTEPS).
 DEMO_NUM_TRAIN_TIMESTEPS = 1000
 
@@ -44,7 +46,7 @@ def add_demo_args(parser: argparse.ArgumentParser) -> None:
     add_data_args(parser, image_size=DEMO_DEFAULTS["image_size"])
     parser.add_argument("--unet_preset", default=DEMO_DEFAULTS["unet_preset"], choices=sorted(UNET_PRESETS), help="U-Net size")
     parser.add_argument("--timesteps", type=int, nargs="+", default=list(DEFAULT_TIMESTEPS), help="timesteps probed")
-    parser.add_argument("--pool", default="mean", choices=["mean", "2x2"], help="spatial pooling of the features")
+    parser.add_argument("--pool", default=DEMO_DEFAULTS["pool"], choices=["mean", "2x2"], help="spatial pooling of the features")
     add_training_args(
         parser,
         output_dir="outputs/demo",
