@@ -197,6 +197,28 @@ def test_encoder_view_changes_only_what_the_encoder_reads():
     assert torch.equal(seen[0], -batch[0]) and torch.equal(seen[1], batch[0])
 
 
+def test_masked_patches_of_x_t_are_hidden_from_the_denoiser_and_reconstructed():
+    from diffusion_classifiers.training.rc_dit import random_patch_mask
+
+    hidden = random_patch_mask(torch.Size([5, 2, 8, 8]), 4, 0.5, "cpu")
+    patches = hidden[:, :, ::4, ::4]  # one entry per 4 x 4 patch
+    assert torch.equal(hidden, patches.repeat_interleave(4, 2).repeat_interleave(4, 3))
+    assert hidden.shape == (5, 1, 8, 8)  # broadcast over the channels: the same patches in each
+    assert (patches.flatten(1).sum(1) == 2).all()  # 2 of each image's 4 patches
+
+    clean, noise = images(6, seed=1), images(6, seed=2)
+    noisy = clean + 10  # no pixel of it is 0
+    loss = RCDiTLoss(DDPMScheduler(), denoiser_mask_ratio=0.75, mask_patch_size=4)
+    masked, target = loss.denoiser_input_and_target(noisy, noise, clean)
+    hidden = masked == 0
+    assert (hidden[:, :, ::4, ::4].flatten(1).sum(1) == 12).all()  # 0.75 of 16 patches
+    assert torch.equal(masked[~hidden], noisy[~hidden])
+    assert torch.equal(target[hidden], clean[hidden]) and torch.equal(target[~hidden], noise[~hidden])
+    assert RCDiTLoss(DDPMScheduler()).denoiser_input_and_target(noisy, noise, clean) == (noisy, noise)
+    with pytest.raises(ValueError, match="denoiser_mask_ratio"):
+        RCDiTLoss(DDPMScheduler(), denoiser_mask_ratio=1.0)
+
+
 def test_a_pretrained_encoder_reads_its_processors_normalisation(tmp_path):
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 

@@ -82,11 +82,17 @@ class DenoisingLoss:
         noise = torch.randn_like(images)
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (images.shape[0],), device=images.device)
         noisy = self.scheduler.add_noise(images, noise, timesteps)
+        noisy, target = self.denoiser_input_and_target(noisy, noise, images)
         prediction = self.predict_noise(model, noisy, timesteps, batch)
         if self.loss_weighting == "epsilon":
-            return nn.functional.mse_loss(prediction.float(), noise.float())
-        errors = (prediction.float() - noise.float()).pow(2).flatten(1).mean(1)  # (N,)
+            return nn.functional.mse_loss(prediction.float(), target.float())
+        errors = (prediction.float() - target.float()).pow(2).flatten(1).mean(1)  # (N,)
         return (errors * self.snr_weights(timesteps)).mean()
+
+    def denoiser_input_and_target(self, noisy: torch.Tensor, noise: torch.Tensor, clean: torch.Tensor) -> tuple:
+        """What the model reads and what its output is compared with: x_t and the noise here; subclasses may hide
+        part of x_t and ask for something else there."""
+        return noisy, noise
 
     def snr_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
         """The weight of each image's noise error under `loss_weighting` ("min_snr" or "truncated_snr"), [N]."""

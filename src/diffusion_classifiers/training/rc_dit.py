@@ -84,7 +84,10 @@ class RCDiTLoss(DenoisingLoss):
     `(images, labels)` (labels ignored); images in [-1, 1]. The transformer's `rep_dropout` applies in train mode.
     With a frozen `vae` the noise is added to the images' latents; the encoder still reads the clean images.
     With an `encoder_view` (an augmentation such as `build_augmentation(...)`) the encoder reads another view of
-    each image than the one the denoiser reconstructs, as SODA does: r must carry what survives the view change."""
+    each image than the one the denoiser reconstructs, as SODA does: r must carry what survives the view change.
+    With `denoiser_mask_ratio > 0` that fraction of each image's `mask_patch_size` patches (the DiT's tokens) is
+    zeroed in x_t and the model's output there is compared with the clean image instead of the noise, as an MAE
+    decoder's is: the noise of a hidden patch cannot be predicted, its content only from r."""
 
     def __init__(
         self,
@@ -92,19 +95,41 @@ class RCDiTLoss(DenoisingLoss):
         vae=None,
         encoder_view: Optional[nn.Module] = None,
         loss_weighting: str = "epsilon",
+        denoiser_mask_ratio: float = 0.0,
+        mask_patch_size: int = 1,
     ):
         super().__init__(scheduler, loss_weighting=loss_weighting)
+        if not 0.0 <= denoiser_mask_ratio < 1.0:
+            raise ValueError(f"expected denoiser_mask_ratio in [0, 1), got {denoiser_mask_ratio}")
         self.vae = vae
         self.encoder_view = encoder_view
+        self.denoiser_mask_ratio = denoiser_mask_ratio
+        self.mask_patch_size = mask_patch_size
 
     def clean_sample(self, batch: tuple) -> torch.Tensor:
         if self.vae is None:
             return batch[0]
         return encode_latents(self.vae.to(batch[0].device), batch[0])
 
+    def denoiser_input_and_target(self, noisy: torch.Tensor, noise: torch.Tensor, clean: torch.Tensor) -> tuple:
+        if self.denoiser_mask_ratio == 0:
+            return noisy, noise
+        hidden = random_patch_mask(noisy.shape, self.mask_patch_size, self.denoiser_mask_ratio, noisy.device)
+        return noisy.masked_fill(hidden, 0.0), torch.where(hidden, clean, noise)
+
     def predict_noise(self, model: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, batch: tuple) -> torch.Tensor:
         images = batch[0] if self.encoder_view is None else self.encoder_view(batch[0])
         return model(noisy, timesteps, images)  # conditioned on the clean image's representation
+
+
+def random_patch_mask(shape: torch.Size, patch_size: int, ratio: float, device) -> torch.Tensor:
+    """A boolean mask (N, 1, H, W) for images of `shape` (N, C, H, W) that hides `round(ratio * tokens)` of each
+    image's `patch_size` x `patch_size` patches, drawn uniformly; it broadcasts over the channels."""
+    n, _, height, width = shape
+    rows, columns = height // patch_size, width // patch_size
+    ranks = torch.rand(n, rows * columns, device=device).argsort(1).argsort(1)
+    hidden = (ranks < round(ratio * rows * columns)).view(n, 1, rows, columns)
+    return hidden.repeat_interleave(patch_size, 2).repeat_interleave(patch_size, 3)
 
 
 def rc_dit_sample_grid(
@@ -150,6 +175,7 @@ def train_rc_dit(
     loss_weighting: str = "epsilon",
     encoder_preprocessing: Optional[dict] = None,
     representation_injection: str = "adaln",
+    denoiser_mask_ratio: float = 0.0,
 ) -> tuple[nn.Module, RepresentationConditionedDiTModel, DDPMScheduler, TrainingSummary]:
     r"""
     Train `encoder` and a new `RepresentationConditionedDiTModel` of `dit_size` together on unlabeled images
@@ -186,6 +212,8 @@ def train_rc_dit(
             it, so it reads its inputs as its image processor prepares them (ImageNet normalisation for DINOv2).
         representation_injection (`str`, *optional*, defaults to `"adaln"`): where r enters the DiT
             (`RepresentationConditionedDiTModel`): one projection into every block's adaLN, one per block, or a token.
+        denoiser_mask_ratio (`float`, *optional*, defaults to 0.0): the fraction of the DiT's patches hidden from it
+            in x_t and reconstructed from r (`RCDiTLoss`), an information asymmetry that makes the denoiser rely on r.
 
     Why these defaults (`benchmarks/rc_dit_bench_recipe.py`: Fashion-MNIST at 16 px, 400 steps, val, 3 seeds): with
     the tanh pooler and no normalisation r collapses (relative spread 0.015) and the denoiser's error is the same
@@ -221,7 +249,10 @@ def train_rc_dit(
     grid = None
     if args.num_sample_images:
         grid = rc_dit_sample_grid(dataset, scheduler, vae, args.num_sample_images, args.sample_inference_steps, args.seed)
-    loss = RCDiTLoss(scheduler, vae=vae, encoder_view=encoder_view, loss_weighting=loss_weighting)
+    loss = RCDiTLoss(
+        scheduler, vae=vae, encoder_view=encoder_view, loss_weighting=loss_weighting,
+        denoiser_mask_ratio=denoiser_mask_ratio, mask_patch_size=config["patch_size"],
+    )  # fmt: skip
     monitor = rc_dit_monitor(dataset, scheduler, vae, seed=args.seed)
     model, accelerator, summary = train(args, model, dataset, loss, sample_grid=grid, monitor=monitor)
     recompute_representation_statistics(model.encoder, model.transformer, dataset, device=accelerator.device)
