@@ -71,6 +71,9 @@ VARIANTS = {
     # an information asymmetry: half or three quarters of the DiT's patches hidden in x_t, reconstructed from r
     "mean_patch_batch_norm_masked_0.5": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.5},
     "mean_patch_batch_norm_masked_0.75": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.75},
+    "mean_patch_batch_norm_masked_0.9": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.9},
+    # ... on half of the images only: the other half keeps the DiT a denoiser of whole images, as sampling needs
+    "mean_patch_batch_norm_masked_0.9_half": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.9, "denoiser_mask_probability": 0.5},
 }
 DEFAULT_RECIPE = "mean_patch_batch_norm"  # train_rc_dit's defaults
 # baseline -> (train_contrastive_encoder method, its objective keywords)
@@ -217,20 +220,28 @@ def targets(summary: dict) -> dict:
 
 
 def merged_runs(paths: list) -> tuple[dict, list]:
-    """The per-seed results of earlier full runs of this benchmark with the same budget (the floors from the first),
-    and their commands, dates and wall times: one long run split across processes or machines, summarised as one."""
+    """The per-seed results of earlier full runs of this benchmark with the same budget (seeds aside; for a name and
+    seed found in several files, the first file's), and their commands, dates and wall times: one long run split
+    across processes or machines, by arm or by seed, summarised as one."""
     runs, commands, budget = {}, [], None
     for path in paths:
         record = json.loads(Path(path).read_text())
         figures = record["figures"]
-        if budget is not None and figures["budget"] != budget:
+        if budget is not None and comparable_budget(figures["budget"]) != budget:
             raise ValueError(f"--merge: {path} has another budget than {paths[0]}: {figures['budget']} vs {budget}")
-        budget = figures["budget"]
+        budget = comparable_budget(figures["budget"])
         commands.append({"command": record["command"], "date_utc": record["environment"]["date_utc"],
                          "total_wall_seconds": figures["total_wall_seconds"]})  # fmt: skip
         for name, per_seed in figures["per_seed"].items():
-            runs.setdefault(name, per_seed)
+            merged = runs.setdefault(name, [])
+            seen = {run["seed"] for run in merged}
+            merged.extend(run for run in per_seed if run["seed"] not in seen)
     return runs, commands
+
+
+def comparable_budget(budget: dict) -> dict:
+    """A run's budget without its seeds; runs from before `--encoder_patch_size` used ViT patches of 4."""
+    return {**{k: v for k, v in budget.items() if k != "seeds"}, "encoder": {"patch_size": 4, **budget["encoder"]}}
 
 
 def train_and_score(args, splits: dict) -> dict:
@@ -257,7 +268,8 @@ def main():
             "dataset": "fashion_mnist", "image_size": args.image_size, "optimizer_steps": args.max_train_steps,
             "train_batch_size": args.train_batch_size, "learning_rate": args.learning_rate, "dit_size": args.dit_size,
             "encoder": {**args.encoder, "patch_size": args.encoder_patch_size}, "num_train_images": len(splits["train"].labels),
-            "num_val_images": len(splits["val"].labels), "seeds": args.seeds,
+            "num_val_images": len(splits["val"].labels),
+            "seeds": sorted({run["seed"] for per_seed in runs.values() for run in per_seed}),
         },
         "default_recipe": DEFAULT_RECIPE,
         "variants": {name: VARIANTS[name] for name in runs if name in VARIANTS},

@@ -85,9 +85,10 @@ class RCDiTLoss(DenoisingLoss):
     With a frozen `vae` the noise is added to the images' latents; the encoder still reads the clean images.
     With an `encoder_view` (an augmentation such as `build_augmentation(...)`) the encoder reads another view of
     each image than the one the denoiser reconstructs, as SODA does: r must carry what survives the view change.
-    With `denoiser_mask_ratio > 0` that fraction of each image's `mask_patch_size` patches (the DiT's tokens) is
-    zeroed in x_t and the model's output there is compared with the clean image instead of the noise, as an MAE
-    decoder's is: the noise of a hidden patch cannot be predicted, its content only from r."""
+    With `denoiser_mask_ratio > 0` that fraction of the `mask_patch_size` patches (the DiT's tokens) of each image,
+    or of a `denoiser_mask_probability` share of the images, is zeroed in x_t and the model's output there is
+    compared with the clean image instead of the noise, as an MAE decoder's is: the noise of a hidden patch cannot
+    be predicted, its content only from r. The unmasked images keep the denoiser sampling-ready."""
 
     def __init__(
         self,
@@ -97,14 +98,18 @@ class RCDiTLoss(DenoisingLoss):
         loss_weighting: str = "epsilon",
         denoiser_mask_ratio: float = 0.0,
         mask_patch_size: int = 1,
+        denoiser_mask_probability: float = 1.0,
     ):
         super().__init__(scheduler, loss_weighting=loss_weighting)
         if not 0.0 <= denoiser_mask_ratio < 1.0:
             raise ValueError(f"expected denoiser_mask_ratio in [0, 1), got {denoiser_mask_ratio}")
+        if not 0.0 < denoiser_mask_probability <= 1.0:
+            raise ValueError(f"expected denoiser_mask_probability in (0, 1], got {denoiser_mask_probability}")
         self.vae = vae
         self.encoder_view = encoder_view
         self.denoiser_mask_ratio = denoiser_mask_ratio
         self.mask_patch_size = mask_patch_size
+        self.denoiser_mask_probability = denoiser_mask_probability
 
     def clean_sample(self, batch: tuple) -> torch.Tensor:
         if self.vae is None:
@@ -115,6 +120,8 @@ class RCDiTLoss(DenoisingLoss):
         if self.denoiser_mask_ratio == 0:
             return noisy, noise
         hidden = random_patch_mask(noisy.shape, self.mask_patch_size, self.denoiser_mask_ratio, noisy.device)
+        masked_images = torch.rand(noisy.shape[0], 1, 1, 1, device=noisy.device) < self.denoiser_mask_probability
+        hidden = hidden & masked_images
         return noisy.masked_fill(hidden, 0.0), torch.where(hidden, clean, noise)
 
     def predict_noise(self, model: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, batch: tuple) -> torch.Tensor:
@@ -176,6 +183,7 @@ def train_rc_dit(
     encoder_preprocessing: Optional[dict] = None,
     representation_injection: str = "adaln",
     denoiser_mask_ratio: float = 0.0,
+    denoiser_mask_probability: float = 1.0,
 ) -> tuple[nn.Module, RepresentationConditionedDiTModel, DDPMScheduler, TrainingSummary]:
     r"""
     Train `encoder` and a new `RepresentationConditionedDiTModel` of `dit_size` together on unlabeled images
@@ -214,6 +222,7 @@ def train_rc_dit(
             (`RepresentationConditionedDiTModel`): one projection into every block's adaLN, one per block, or a token.
         denoiser_mask_ratio (`float`, *optional*, defaults to 0.0): the fraction of the DiT's patches hidden from it
             in x_t and reconstructed from r (`RCDiTLoss`), an information asymmetry that makes the denoiser rely on r.
+        denoiser_mask_probability (`float`, *optional*, defaults to 1.0): the share of the images that are masked.
 
     Why these defaults (`benchmarks/rc_dit_bench_recipe.py`: Fashion-MNIST at 16 px, 400 steps, val, 3 seeds): with
     the tanh pooler and no normalisation r collapses (relative spread 0.015) and the denoiser's error is the same
@@ -252,6 +261,7 @@ def train_rc_dit(
     loss = RCDiTLoss(
         scheduler, vae=vae, encoder_view=encoder_view, loss_weighting=loss_weighting,
         denoiser_mask_ratio=denoiser_mask_ratio, mask_patch_size=config["patch_size"],
+        denoiser_mask_probability=denoiser_mask_probability,
     )  # fmt: skip
     monitor = rc_dit_monitor(dataset, scheduler, vae, seed=args.seed)
     model, accelerator, summary = train(args, model, dataset, loss, sample_grid=grid, monitor=monitor)
