@@ -48,7 +48,8 @@ from diffusion_classifiers.training import (
 
 NAME = "rc_dit_bench_recipe"
 MEAN_PATCH_BATCH_NORM = {"representation_readout": "mean_patch", "representation_norm": "batch"}
-# variant -> train_rc_dit keywords; "shipped" is the recipe before issue 13
+# variant -> train_rc_dit keywords (a variant that names no denoiser_mask_ratio trains unmasked, as every recipe did
+# before the masking); "shipped" is the recipe before issue 13
 VARIANTS = {
     "shipped": {"representation_readout": "pooler", "representation_norm": "none"},
     "cls": {"representation_readout": "cls", "representation_norm": "none"},
@@ -75,7 +76,7 @@ VARIANTS = {
     # ... on half of the images only: the other half keeps the DiT a denoiser of whole images, as sampling needs
     "mean_patch_batch_norm_masked_0.9_half": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.9, "denoiser_mask_probability": 0.5},
 }
-DEFAULT_RECIPE = "mean_patch_batch_norm"  # train_rc_dit's defaults
+DEFAULT_RECIPE = "mean_patch_batch_norm_masked_0.9"  # train_rc_dit's defaults
 # baseline -> (train_contrastive_encoder method, its objective keywords)
 BASELINES = {
     "simclr": ("simclr", {}),
@@ -83,9 +84,9 @@ BASELINES = {
     "dino": ("dino", {}),
     "dino_cls": ("dino", {"readout": "cls"}),
 }
-# --quick checks that each mechanism runs (readout, norm, view, learning-rate scale, weighting, injection; both
-# objectives)
-QUICK_VARIANTS = ["shipped", "mean_patch_batch_norm", "cls_batch_norm_view", "cls_batch_norm_encoder_lr_3",
+# --quick checks that each mechanism runs (readout, norm, masking, view, learning-rate scale, weighting, injection;
+# both objectives)
+QUICK_VARIANTS = ["shipped", DEFAULT_RECIPE, "cls_batch_norm_view", "cls_batch_norm_encoder_lr_3",
                   "cls_batch_norm_truncated_snr", "mean_patch_batch_norm_token"]  # fmt: skip
 QUICK_BASELINES = ["simclr", "dino_cls"]
 SHOTS, EPISODES = 10, 5
@@ -153,7 +154,7 @@ def features_of(function, splits: dict, batch_size: int = 500) -> dict:
 
 
 def run_variant(name: str, args, splits: dict, seed: int) -> dict:
-    recipe = dict(VARIANTS[name])
+    recipe = {"denoiser_mask_ratio": 0.0, **VARIANTS[name]}
     use_ema = recipe.pop("use_ema", False)
     if recipe.get("encoder_view") == "crop_flip":
         recipe["encoder_view"] = build_augmentation(args.image_size, 1, strength=0.0, crop_scale=(0.5, 1.0))

@@ -87,6 +87,20 @@ def parse_args(argv=None):
         "high-noise timesteps count (default: %(default)s).",
     )
     parser.add_argument(
+        "--denoiser_mask_ratio",
+        type=float,
+        default=0.9,
+        help="Fraction of the DiT's patches hidden in x_t and reconstructed from r, which makes the denoiser rely on "
+        "r; 0 trains a plain conditional denoiser (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--denoiser_mask_probability",
+        type=float,
+        default=1.0,
+        help="Share of the images that are masked; the others train the DiT as a whole-image denoiser "
+        "(default: %(default)s).",
+    )
+    parser.add_argument(
         "--freeze_encoder",
         action="store_true",
         help="Keep the encoder fixed: train only the DiT (default: %(default)s).",
@@ -129,6 +143,8 @@ def main(argv=None):
         representation_injection=args.representation_injection,
         encoder_learning_rate_scale=args.encoder_learning_rate_scale,
         loss_weighting=args.loss_weighting,
+        denoiser_mask_ratio=args.denoiser_mask_ratio,
+        denoiser_mask_probability=args.denoiser_mask_probability,
         encoder_preprocessing=encoder_preprocessing_from_args(args),
     )
     if PartialState().is_main_process:

@@ -182,7 +182,7 @@ def train_rc_dit(
     loss_weighting: str = "epsilon",
     encoder_preprocessing: Optional[dict] = None,
     representation_injection: str = "adaln",
-    denoiser_mask_ratio: float = 0.0,
+    denoiser_mask_ratio: float = 0.9,
     denoiser_mask_probability: float = 1.0,
 ) -> tuple[nn.Module, RepresentationConditionedDiTModel, DDPMScheduler, TrainingSummary]:
     r"""
@@ -220,8 +220,9 @@ def train_rc_dit(
             it, so it reads its inputs as its image processor prepares them (ImageNet normalisation for DINOv2).
         representation_injection (`str`, *optional*, defaults to `"adaln"`): where r enters the DiT
             (`RepresentationConditionedDiTModel`): one projection into every block's adaLN, one per block, or a token.
-        denoiser_mask_ratio (`float`, *optional*, defaults to 0.0): the fraction of the DiT's patches hidden from it
-            in x_t and reconstructed from r (`RCDiTLoss`), an information asymmetry that makes the denoiser rely on r.
+        denoiser_mask_ratio (`float`, *optional*, defaults to 0.9): the fraction of the DiT's patches hidden from it
+            in x_t and reconstructed from r (`RCDiTLoss`), an information asymmetry that makes the denoiser rely on r;
+            0 trains a plain conditional denoiser.
         denoiser_mask_probability (`float`, *optional*, defaults to 1.0): the share of the images that are masked.
 
     Why these defaults (`benchmarks/rc_dit_bench_recipe.py`: Fashion-MNIST at 16 px, 400 steps, val, 3 seeds): with
@@ -231,6 +232,11 @@ def train_rc_dit(
     CLS token, both standardised, are within the spread over seeds (k-means / 10-shot 38.0% / 41.1% and 40.5% /
     40.2%); at 1,500 steps (one seed) the mean of the patch tokens is clearly ahead (50.6% / 53.1% vs 39.3% / 50.5%).
     An augmented view for the encoder, a 3x encoder learning rate and the truncated SNR weighting were worse.
+    Hiding 90% of the DiT's patches of x_t, to be reconstructed from r, lifts r the most (k-means / 10-shot 53.9% /
+    59.3% vs 38.0% / 41.1% unmasked; 0.5: 50.9% / 55.9%, 0.75: 52.2% / 58.2%; 3 seeds each). Hiding every patch does
+    as well (53.7% / 59.3%): what r gains is what a decoder needs to redraw the image from r alone, not what the
+    denoising adds. The price is the DiT as a whole-image denoiser (error at t = 100 with its own r 0.51-0.61 vs
+    0.23-0.24); masking half of the images (`denoiser_mask_probability=0.5`) keeps it (0.27) but r is worse again.
 
     Returns:
         The trained encoder and transformer (EMA weights when `args.use_ema`, eval mode), the scheduler and the
