@@ -73,6 +73,9 @@ VARIANTS = {
     "mean_patch_batch_norm_masked_0.5": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.5},
     "mean_patch_batch_norm_masked_0.75": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.75},
     "mean_patch_batch_norm_masked_0.9": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.9},
+    # every patch hidden: the DiT a decoder of r alone, never of x_t (0.999 hides all 16 tokens at 16 px; the library
+    # refuses 1.0, a DiT that cannot sample): does masking help r by more than an autoencoder's objective?
+    "mean_patch_batch_norm_all_hidden": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.999},
     # ... on half of the images only: the other half keeps the DiT a denoiser of whole images, as sampling needs
     "mean_patch_batch_norm_masked_0.9_half": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.9, "denoiser_mask_probability": 0.5},
 }
@@ -233,6 +236,7 @@ def merged_runs(paths: list) -> tuple[dict, list]:
         budget = comparable_budget(figures["budget"])
         commands.append({"command": record["command"], "date_utc": record["environment"]["date_utc"],
                          "total_wall_seconds": figures["total_wall_seconds"]})  # fmt: skip
+        commands.extend(figures.get("merged_from", []))  # the runs an earlier merge was made of
         for name, per_seed in figures["per_seed"].items():
             merged = runs.setdefault(name, [])
             seen = {run["seed"] for run in merged}
