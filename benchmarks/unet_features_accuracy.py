@@ -243,11 +243,13 @@ def main():
     with tempfile.TemporaryDirectory() as work_dir:
         regimes, unet, trained = run_regimes(args, splits, subsets, device, walls, work_dir)
     walls["total"] = round(time.perf_counter() - start, 1)
-    figure_dir = Path(tempfile.mkdtemp()) if args.quick else Path(args.output or _common.RESULTS_DIR / NAME).parent
-    efficiency_plot = figure_dir / f"{NAME}_label_efficiency.png"
+    output = Path(args.output or _common.RESULTS_DIR / f"{NAME}.json")
+    figure_dir = Path(tempfile.mkdtemp()) if args.quick else output.parent
+    efficiency_plot = figure_dir / f"{output.stem}_label_efficiency.png"  # beside its results file, named after it
+    compared = " vs a supervised CNN" if "cnn" in args.parts else ""
     plot_label_efficiency(
         label_efficiency_curves(regimes, train.num_classes), str(efficiency_plot),
-        title=f"Frozen U-Net features vs a supervised CNN on {Path(args.data).name}: labels per class",
+        title=f"Frozen U-Net features{compared} on {Path(args.data).name}: labels per class",
     )
     parameters = {"cnn": regimes["all"]["cnn"]["num_parameters"]} if "cnn" in args.parts else {}
     if unet is not None:
