@@ -4,8 +4,8 @@ For each dataset (PneumoniaMNIST and Fashion-MNIST, or the one `--data` names: a
 `load_image_classification_data` reads), in one run:
 
 1. RC-DiT: a ViT encoder and a DiT (`train_rc_dit`, its default recipe: r the mean of the final-layernormed patch
-   tokens, standardised per dimension; 90% of the DiT's patches of x_t hidden and reconstructed from r) trained
-   together on the unlabeled train images;
+   tokens, standardised per dimension; in half of the images 90% of the DiT's patches of x_t hidden and
+   reconstructed from r) trained together on the unlabeled train images;
 2. baseline: the SAME ViT architecture from the SAME initial weights, trained on the same images for the same number
    of optimizer steps, batch size and learning rate with a self-distillation (DINO) or contrastive (SimCLR)
    objective (`training.train_contrastive_encoder`, kornia augmentations; SimCLR by default: DINO collapsed at

@@ -79,7 +79,7 @@ VARIANTS = {
     # ... on half of the images only: the other half keeps the DiT a denoiser of whole images, as sampling needs
     "mean_patch_batch_norm_masked_0.9_half": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.9, "denoiser_mask_probability": 0.5},
 }
-DEFAULT_RECIPE = "mean_patch_batch_norm_masked_0.9"  # train_rc_dit's defaults
+DEFAULT_RECIPE = "mean_patch_batch_norm_masked_0.9_half"  # train_rc_dit's defaults
 # baseline -> (train_contrastive_encoder method, its objective keywords)
 BASELINES = {
     "simclr": ("simclr", {}),
