@@ -69,7 +69,7 @@ VARIANTS = {
     "mean_patch_batch_norm_token": {**MEAN_PATCH_BATCH_NORM, "representation_injection": "token"},
     "mean_patch_batch_norm_min_snr": {**MEAN_PATCH_BATCH_NORM, "loss_weighting": "min_snr"},
     "mean_patch_batch_norm_encoder_lr_0.3": {**MEAN_PATCH_BATCH_NORM, "encoder_learning_rate_scale": 0.3},
-    # an information asymmetry: half or three quarters of the DiT's patches hidden in x_t, reconstructed from r
+    # an information asymmetry: 50% to 90% of the DiT's patches hidden in x_t in every image, reconstructed from r
     "mean_patch_batch_norm_masked_0.5": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.5},
     "mean_patch_batch_norm_masked_0.75": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.75},
     "mean_patch_batch_norm_masked_0.9": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.9},

@@ -217,7 +217,8 @@ def test_masked_patches_of_x_t_are_hidden_from_the_denoiser_and_reconstructed():
     assert RCDiTLoss(DDPMScheduler()).denoiser_input_and_target(noisy, noise, clean) == (noisy, noise)
     torch.manual_seed(0)
     half = RCDiTLoss(DDPMScheduler(), denoiser_mask_ratio=0.5, mask_patch_size=4, denoiser_mask_probability=0.5)
-    masked, _ = half.denoiser_input_and_target(clean.repeat(20, 1, 1, 1) + 10, noise.repeat(20, 1, 1, 1), clean.repeat(20, 1, 1, 1))
+    many_clean, many_noise = clean.repeat(20, 1, 1, 1), noise.repeat(20, 1, 1, 1)
+    masked, _ = half.denoiser_input_and_target(many_clean + 10, many_noise, many_clean)
     hidden_patches = (masked == 0)[:, 0, ::4, ::4].flatten(1).sum(1)
     assert set(hidden_patches.tolist()) == {0, 8} and 0 < (hidden_patches == 8).sum() < 120  # whole images unmasked
     with pytest.raises(ValueError, match="denoiser_mask_ratio"):
