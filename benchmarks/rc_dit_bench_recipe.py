@@ -48,8 +48,9 @@ from diffusion_classifiers.training import (
 
 NAME = "rc_dit_bench_recipe"
 MEAN_PATCH_BATCH_NORM = {"representation_readout": "mean_patch", "representation_norm": "batch"}
-# variant -> train_rc_dit keywords (a variant that names no denoiser_mask_ratio trains unmasked, as every recipe did
-# before the masking); "shipped" is the recipe before issue 13
+EVERY_IMAGE = {"denoiser_mask_probability": 1.0}
+# variant -> train_rc_dit keywords (a variant that names no masking trains unmasked, as every recipe did before it);
+# "shipped" is the recipe before issue 13
 VARIANTS = {
     "shipped": {"representation_readout": "pooler", "representation_norm": "none"},
     "cls": {"representation_readout": "cls", "representation_norm": "none"},
@@ -70,12 +71,12 @@ VARIANTS = {
     "mean_patch_batch_norm_min_snr": {**MEAN_PATCH_BATCH_NORM, "loss_weighting": "min_snr"},
     "mean_patch_batch_norm_encoder_lr_0.3": {**MEAN_PATCH_BATCH_NORM, "encoder_learning_rate_scale": 0.3},
     # an information asymmetry: 50% to 90% of the DiT's patches hidden in x_t in every image, reconstructed from r
-    "mean_patch_batch_norm_masked_0.5": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.5},
-    "mean_patch_batch_norm_masked_0.75": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.75},
-    "mean_patch_batch_norm_masked_0.9": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.9},
+    "mean_patch_batch_norm_masked_0.5": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.5, **EVERY_IMAGE},
+    "mean_patch_batch_norm_masked_0.75": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.75, **EVERY_IMAGE},
+    "mean_patch_batch_norm_masked_0.9": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.9, **EVERY_IMAGE},
     # every patch hidden: the DiT a decoder of r alone, never of x_t (0.999 hides all 16 tokens at 16 px; the library
     # refuses 1.0, a DiT that cannot sample): does masking help r by more than an autoencoder's objective?
-    "mean_patch_batch_norm_all_hidden": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.999},
+    "mean_patch_batch_norm_all_hidden": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.999, **EVERY_IMAGE},
     # ... on half of the images only: the other half keeps the DiT a denoiser of whole images, as sampling needs
     "mean_patch_batch_norm_masked_0.9_half": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.9, "denoiser_mask_probability": 0.5},
 }
