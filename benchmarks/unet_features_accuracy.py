@@ -44,6 +44,7 @@ from _common import (
     training_arguments,
 )
 from diffusers import DDPMPipeline
+from diffusion_classifiers.features import POOLS
 from diffusion_classifiers.metrics import classification_metrics, resolve_positive_label
 from diffusion_classifiers.models import count_parameters
 from diffusion_classifiers.plots import plot_label_efficiency
@@ -80,7 +81,9 @@ def parse_args():
         "--timesteps", type=int, nargs="+", default=None,
         help=f"probed timesteps; default {list(QUICK_TIMESTEPS)} with --quick, else {list(DEFAULT_TIMESTEPS)}",
     )  # fmt: skip
-    parser.add_argument("--pool", default="mean", choices=["mean", "2x2"], help="spatial pooling of the U-Net features")
+    parser.add_argument(
+        "--pool", default="mean", choices=[pool for pool in POOLS if pool], help="spatial pooling of the U-Net features"
+    )
     parser.add_argument("--cnn_steps", type=int, default=None, help="default 20 with --quick, else 1500")
     parser.add_argument("--cnn_learning_rate", type=float, default=1e-3)
     parser.add_argument("--cnn_widths", type=int, nargs="+", default=None, help="default: matched to the preset")

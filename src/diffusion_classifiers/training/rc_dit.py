@@ -118,7 +118,7 @@ class RCDiTLoss(DenoisingLoss):
 
     def denoiser_input_and_target(self, noisy: torch.Tensor, noise: torch.Tensor, clean: torch.Tensor) -> tuple:
         if self.denoiser_mask_ratio == 0:
-            return noisy, noise
+            return super().denoiser_input_and_target(noisy, noise, clean)
         hidden = random_patch_mask(noisy.shape, self.mask_patch_size, self.denoiser_mask_ratio, noisy.device)
         masked_images = torch.rand(noisy.shape[0], 1, 1, 1, device=noisy.device) < self.denoiser_mask_probability
         hidden = hidden & masked_images
