@@ -30,6 +30,8 @@ if TYPE_CHECKING:  # imported where used: the speed benchmarks need no trainer
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # `BENCHMARK_DATA_ROOT` points elsewhere, e.g. at the copy a GPU machine gets (benchmarks/gpu_carry_data.sh).
 DATA_ROOT = Path(os.environ.get("BENCHMARK_DATA_ROOT") or Path(__file__).resolve().parents[2] / "shared" / "data")
+# the shared labelled image sets the representation benchmarks run on, by name -> their path under DATA_ROOT
+SHARED_IMAGE_DATASETS = {"pneumoniamnist": ("medmnist_pneumonia", "pneumoniamnist.npz"), "fashion_mnist": ("fashion_mnist",)}
 
 
 def data_path(*parts: str) -> Path:

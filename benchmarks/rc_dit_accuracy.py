@@ -4,8 +4,8 @@ For each dataset (PneumoniaMNIST and Fashion-MNIST, or the one `--data` names: a
 `load_image_classification_data` reads), in one run:
 
 1. RC-DiT: a ViT encoder and a DiT (`train_rc_dit`, its default recipe: r the mean of the final-layernormed patch
-   tokens, standardised per dimension; in half of the images 90% of the DiT's patches of x_t hidden and
-   reconstructed from r) trained together on the unlabeled train images;
+   tokens, standardised per dimension; in every image 90% of the DiT's patches of x_t hidden and reconstructed
+   from r) trained together on the unlabeled train images;
 2. baseline: the SAME ViT architecture from the SAME initial weights, trained on the same images for the same number
    of optimizer steps, batch size and learning rate with a self-distillation (DINO) or contrastive (SimCLR)
    objective (`training.train_contrastive_encoder`, kornia augmentations; SimCLR by default: DINO collapsed at
@@ -19,7 +19,11 @@ For each dataset (PneumoniaMNIST and Fashion-MNIST, or the one `--data` names: a
    macro-F1, NMI, ARI), prototypes and k-NN on standardised features with n = 1, 5, 10 and all labelled train
    images per class (5 episodes), and a linear probe on all train labels. The RC-DiT's DiT block activations are a second source:
    the (block, t) pair is chosen by linear-probe accuracy on val, then scored like the others.
-6. a PNG grid per dataset: test reference images and samples generated from their representations.
+6. a PNG grid per dataset: test reference images and samples generated from their representations; the PNGs are
+   named after the results file (`--output`).
+
+`--merge` summarises full runs of the same budget with other `--seed`s (mean and standard deviation of every
+figure, the targets on the means), e.g. runs made in parallel processes.
 
 Selection uses val only; test is for reporting. Targets (`BASELINE_MARGIN_TARGETS`): on PneumoniaMNIST (the
 published margins over DINOv2) label-free accuracy >= baseline + 6 points and macro-F1 >= baseline + 13 points; on
@@ -28,8 +32,11 @@ Fashion-MNIST label-free and 10-shot accuracy >= the baseline's; everywhere labe
     python benchmarks/rc_dit_accuracy.py --quick
     python benchmarks/rc_dit_accuracy.py      # writes benchmarks/results/rc_dit_accuracy.json and the PNG grids
     python benchmarks/rc_dit_accuracy.py --quick --data my.npz --class_names a b c
+    python benchmarks/rc_dit_accuracy.py --merge seed0.json seed1.json seed2.json --output merged.json
 """
 
+import json
+import shlex
 import tempfile
 import time
 from pathlib import Path
@@ -38,10 +45,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import _common  # noqa: E402
 from _common import (  # noqa: E402
+    SHARED_IMAGE_DATASETS,
     add_data_options,
     base_parser,
     check_data_options,
@@ -75,7 +84,6 @@ from diffusion_classifiers.training import (  # noqa: E402
     train_rc_dit,
 )
 
-DATASETS = {"pneumoniamnist": ("medmnist_pneumonia", "pneumoniamnist.npz"), "fashion_mnist": ("fashion_mnist",)}
 NAME = "rc_dit_accuracy"
 QUICK_SIZES = {"train": 256, "val": 128, "test": 128}  # capped at each split's size
 # margins (points) the RC-DiT representation must have over the contrastive baseline: per dataset, headline metric
@@ -91,8 +99,8 @@ def parse_args():
     parser = base_parser(__doc__.splitlines()[0])
     add_data_options(parser, "the --datasets", positive_class=False)
     parser.add_argument(
-        "--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS),
-        help=f"the shared data sets run when --data is not given; default {list(DATASETS)}",
+        "--datasets", nargs="+", default=list(SHARED_IMAGE_DATASETS), choices=list(SHARED_IMAGE_DATASETS),
+        help=f"the shared data sets run when --data is not given; default {list(SHARED_IMAGE_DATASETS)}",
     )  # fmt: skip
     parser.add_argument("--dit_size", default=None, help="default: tiny with --quick, else XS")
     add_encoder_args(parser)
@@ -106,6 +114,10 @@ def parse_args():
     parser.add_argument("--pretrained", default=None, help="a pretrained encoder directory or Hub id, e.g. DINOv2")
     parser.add_argument("--num_samples", type=int, default=8, help="reference images in the PNG grid")
     parser.add_argument("--sample_steps", type=int, default=None, help="denoising steps; default 5 quick, else 100")
+    parser.add_argument(
+        "--merge", nargs="+", default=None,
+        help="results files of full runs with the same budget and other --seed: their mean and spread, train nothing",
+    )  # fmt: skip
     parser.set_defaults(num_threads=1, encoder_hidden_size=128, encoder_num_layers=4, encoder_num_heads=4)
     args = parser.parse_args()
     check_data_options(parser, args)
@@ -214,7 +226,7 @@ def train_pretrained_arms(args, train_images: torch.Tensor, tmp: str, walls: dic
     }
 
 
-def run_dataset(name: str, path: Path, args, device, output_dir: Path) -> dict:
+def run_dataset(name: str, path: Path, args, device, figure_prefix: Path) -> dict:
     walls = {}
     splits = load_splits(path, args)
     train_images = splits["train"].images
@@ -250,11 +262,11 @@ def run_dataset(name: str, path: Path, args, device, output_dir: Path) -> dict:
         for source, function in pretrained_arms.items():
             sources[source] = protocols({s: encode(function, split.images) for s, split in splits.items()}, splits, args.seed)
     with timed(walls, "sample_grid"):
-        grid_path = output_dir / f"{NAME}_samples_{name}.png"
+        grid_path = figure_prefix.with_name(f"{figure_prefix.name}_samples_{name}.png")
         references = splits["test"].images[: args.num_samples]
         sample_grid(pipe, references, args.sample_steps, args.seed, grid_path, f"RC-DiT {args.dit_size}, {name}")
 
-    efficiency_path = output_dir / f"{NAME}_label_efficiency_{name}.png"
+    efficiency_path = figure_prefix.with_name(f"{figure_prefix.name}_label_efficiency_{name}.png")
     curves = {source: label_efficiency_curve(result, "prototype") for source, result in sources.items()}
     plot_label_efficiency(curves, str(efficiency_path), title=f"Prototype classifier on {name}: labels per class")
 
@@ -291,17 +303,73 @@ def targets(results: dict, baseline: str) -> dict:
     return entries
 
 
+def run_seed(record: dict) -> int:
+    """The `--seed` a recorded run used (recorded since `--merge`; before, read from its command, default 0)."""
+    if "seed" in record["figures"]:
+        return record["figures"]["seed"]
+    words = shlex.split(record["command"])
+    return int(words[words.index("--seed") + 1]) if "--seed" in words else 0
+
+
+def merge_runs(paths: list, baseline: str) -> dict:
+    """Figures of several single-seed runs (same budget, one seed each) as one: per dataset, each source's headline
+    per seed and its mean and standard deviation, the margins' means (`margin_points`, what the targets read) and
+    standard deviations, and the targets on those means."""
+    records = {path: json.loads(Path(path).read_text()) for path in paths}
+    budgets = {json.dumps(r["figures"]["budget"], sort_keys=True) for r in records.values()}
+    if len(budgets) != 1:
+        raise ValueError(f"--merge: expected runs with one budget, got {len(budgets)}: {sorted(budgets)}")
+    seeds = {path: run_seed(r) for path, r in records.items()}
+    if len(set(seeds.values())) != len(seeds):
+        raise ValueError(f"--merge: expected one run per seed, got seeds {seeds}")
+    per_dataset = {}
+    for path, record in records.items():
+        for name, result in record["figures"]["datasets"].items():
+            per_dataset.setdefault(name, []).append((seeds[path], result))
+    datasets = {name: merged_dataset(runs) for name, runs in per_dataset.items()}
+    return {
+        "budget": next(iter(records.values()))["figures"]["budget"],
+        "seeds": sorted(seeds.values()),
+        "datasets": datasets,
+        "targets": targets(datasets, baseline),
+        "merged_from": [{"path": Path(path).name, "command": r["command"], "seed": seeds[path],
+                         "date_utc": r["environment"]["date_utc"], "total_wall_seconds": r["figures"]["total_wall_seconds"]}
+                        for path, r in records.items()],  # fmt: skip
+    }
+
+
+def merged_dataset(runs: list) -> dict:
+    """One dataset's `[(seed, result)]` summarised: `headline` and `margin_points` as means over the seeds."""
+    headlines = [result["headline"] for _, result in runs]
+    margins = [result["margin_points"] for _, result in runs]
+    return {
+        "headline": over_seeds(headlines, np.mean), "headline_std": over_seeds(headlines, np.std),
+        "margin_points": over_seeds(margins, np.mean), "margin_points_std": over_seeds(margins, np.std),
+        "per_seed": {seed: result["headline"] for seed, result in sorted(runs, key=lambda run: run[0])},
+    }  # fmt: skip
+
+
+def over_seeds(tables: list, statistic) -> dict:
+    """`{source: {metric: statistic of its values over the tables}}`, for tables of the same sources and metrics."""
+    return {s: {m: round(float(statistic([t[s][m] for t in tables])), 4) for m in tables[0][s]} for s in tables[0]}
+
+
 def main():
     args = parse_args()
     device = setup(args)
-    output_dir = Path(tempfile.mkdtemp()) if args.quick else Path(args.output or _common.RESULTS_DIR / NAME).parent
+    if args.merge:
+        report(NAME, args, device, merge_runs(args.merge, args.baseline))
+        return
+    output = Path(args.output or _common.RESULTS_DIR / f"{NAME}.json")
+    output_dir = Path(tempfile.mkdtemp()) if args.quick else output.parent
     output_dir.mkdir(parents=True, exist_ok=True)
+    figure_prefix = output_dir / output.stem  # the PNGs are named after their results file
     if args.data:
         paths = {dataset_name(args.data): Path(args.data)}
     else:
-        paths = {name: data_path(*DATASETS[name]) for name in args.datasets}  # all of them before any training
+        paths = {name: data_path(*SHARED_IMAGE_DATASETS[name]) for name in args.datasets}  # all of them before any training
     start = time.perf_counter()
-    results = {name: run_dataset(name, path, args, device, output_dir) for name, path in paths.items()}
+    results = {name: run_dataset(name, path, args, device, figure_prefix) for name, path in paths.items()}
     figures = {
         "budget": {
             "optimizer_steps": args.max_train_steps, "train_batch_size": args.train_batch_size,
@@ -309,6 +377,7 @@ def main():
             "encoder": {"hidden_size": args.encoder_hidden_size, "num_layers": args.encoder_num_layers,
                         "num_heads": args.encoder_num_heads, "patch_size": args.encoder_patch_size},
         },
+        "seed": args.seed,
         "datasets": results,
         "targets": targets(results, args.baseline),
         "total_wall_seconds": round(time.perf_counter() - start, 1),

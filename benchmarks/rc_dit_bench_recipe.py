@@ -7,7 +7,9 @@ and normalised). Scored on val only (this benchmark chooses the default; test st
 - the spread of r across images (raw encoder output; relative to its size) and the DiT's denoising error at
   t = 100 with each image's own r, another image's r (shuffled) and the null r (`representation_diagnostics`);
 - label-free: k-means with K = number of classes on standardised r, Hungarian accuracy;
-- 10-shot: nearest prototype on standardised r, 10 labelled train images per class, mean over 5 draws.
+- 10-shot: nearest prototype on standardised r, 10 labelled train images per class, mean over 5 draws;
+- of each, also balanced accuracy and macro-F1, the figures that count on a binary, imbalanced set
+  (`--dataset pneumoniamnist`; Fashion-MNIST by default).
 
 Baselines in the same harness: the same ViT from the same initial weights trained by SimCLR or DINO for the same
 optimizer steps, batch and learning rate (`train_contrastive_encoder`, kornia views), read out by the tanh pooler
@@ -16,6 +18,8 @@ Each figure is given per seed and as mean and standard deviation over the seeds.
 
     python benchmarks/rc_dit_bench_recipe.py --quick
     python benchmarks/rc_dit_bench_recipe.py --num_threads 1    # writes benchmarks/results/rc_dit_bench_recipe.json
+    python benchmarks/rc_dit_bench_recipe.py --num_threads 1 --dataset pneumoniamnist --output \
+        benchmarks/results/rc_dit_bench_recipe_pneumoniamnist.json
 """
 
 import json
@@ -25,8 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from _common import (
+    SHARED_IMAGE_DATASETS,
     base_parser,
     data_path,
     load_benchmark_data,
@@ -79,8 +85,12 @@ VARIANTS = {
     "mean_patch_batch_norm_all_hidden": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.999, **EVERY_IMAGE},
     # ... on half of the images only: the other half keeps the DiT a denoiser of whole images, as sampling needs
     "mean_patch_batch_norm_masked_0.9_half": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.9, "denoiser_mask_probability": 0.5},
+    # ... and the encoder reads a SimCLR view (crop, flip, brightness and contrast jitter, blur) while the DiT
+    # reconstructs the clean image: what r can carry of brightness and contrast it has to guess (SODA's asymmetry)
+    "mean_patch_batch_norm_masked_0.9_half_jitter_view": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.9, "denoiser_mask_probability": 0.5, "encoder_view": "jitter"},
+    "mean_patch_batch_norm_masked_0.9_jitter_view": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.9, **EVERY_IMAGE, "encoder_view": "jitter"},
 }
-DEFAULT_RECIPE = "mean_patch_batch_norm_masked_0.9_half"  # train_rc_dit's defaults
+DEFAULT_RECIPE = "mean_patch_batch_norm_masked_0.9"  # train_rc_dit's defaults
 # baseline -> (train_contrastive_encoder method, its objective keywords)
 BASELINES = {
     "simclr": ("simclr", {}),
@@ -94,6 +104,11 @@ QUICK_VARIANTS = ["shipped", DEFAULT_RECIPE, "cls_batch_norm_view", "cls_batch_n
                   "cls_batch_norm_truncated_snr", "mean_patch_batch_norm_token"]  # fmt: skip
 QUICK_BASELINES = ["simclr", "dino_cls"]
 SHOTS, EPISODES = 10, 5
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+TARGET_METRICS = ("kmeans_accuracy", "prototype_10shot_accuracy")
+TARGET_METRICS_BINARY = ("kmeans_balanced_accuracy", "kmeans_macro_f1", "prototype_10shot_balanced_accuracy", "prototype_10shot_macro_f1")
+# the augmentation an `encoder_view` variant's encoder reads (`build_augmentation` keywords)
+ENCODER_VIEWS = {"crop_flip": {"strength": 0.0, "crop_scale": (0.5, 1.0)}, "jitter": {"strength": 1.0, "crop_scale": (0.5, 1.0)}}
 
 
 def parse_args():
@@ -111,7 +126,11 @@ def parse_args():
         help="results JSON files of earlier full runs with the same budget: summarise their runs as one, train nothing",
     )  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (0 with --quick)")
-    parser.add_argument("--image_size", type=int, default=16, help="Fashion-MNIST resized to this side")
+    parser.add_argument(
+        "--dataset", default="fashion_mnist", choices=list(SHARED_IMAGE_DATASETS),
+        help="the shared data set; on a binary (imbalanced) one the targets use balanced accuracy and macro-F1",
+    )  # fmt: skip
+    parser.add_argument("--image_size", type=int, default=16, help="the images resized to this side")
     parser.add_argument("--encoder_patch_size", type=int, default=4, help="the ViT's patch side, for every arm")
     parser.add_argument("--max_train_steps", type=int, default=None, help="default 400 (5 with --quick)")
     parser.add_argument("--train_batch_size", type=int, default=64)
@@ -140,16 +159,23 @@ def new_encoder(args, seed: int):
 
 
 def scores(features: dict, splits: dict, seed: int) -> dict:
-    """k-means (K = classes, standardised) on val, and 10-shot prototypes from train scored on val."""
+    """k-means (K = classes, standardised) on val, and 10-shot prototypes from train scored on val: accuracy,
+    balanced accuracy and macro-F1 of each."""
     train, val = splits["train"], splits["val"]
     x_train, x_val = (features[name].float().numpy() for name in ("train", "val"))
+    y_val = np.asarray(val.labels)
     kmeans = kmeans_evaluate(x_val, val.labels, val.num_classes, seed=seed)
-    accuracies = []
+    episodes = []
     for episode in range(EPISODES):
         index = few_shot_indices(train.labels, SHOTS, seed=seed * 100 + episode, num_classes=train.num_classes)
         predicted, _ = prototype_classify(x_train[index], np.asarray(train.labels)[index], x_val, train.num_classes, standardize=True)
-        accuracies.append(float((predicted == np.asarray(val.labels)).mean()))
-    return {"kmeans_accuracy": float(kmeans["accuracy"]), "prototype_10shot_accuracy": float(np.mean(accuracies))}
+        episodes.append({"accuracy": float((predicted == y_val).mean()),
+                         "balanced_accuracy": float(balanced_accuracy_score(y_val, predicted)),
+                         "macro_f1": float(f1_score(y_val, predicted, average="macro"))})  # fmt: skip
+    return {
+        **{f"kmeans_{metric}": float(kmeans[metric]) for metric in METRICS},
+        **{f"prototype_10shot_{metric}": float(np.mean([e[metric] for e in episodes])) for metric in METRICS},
+    }
 
 
 @torch.no_grad()
@@ -160,8 +186,8 @@ def features_of(function, splits: dict, batch_size: int = 500) -> dict:
 def run_variant(name: str, args, splits: dict, seed: int) -> dict:
     recipe = {"denoiser_mask_ratio": 0.0, **VARIANTS[name]}
     use_ema = recipe.pop("use_ema", False)
-    if recipe.get("encoder_view") == "crop_flip":
-        recipe["encoder_view"] = build_augmentation(args.image_size, 1, strength=0.0, crop_scale=(0.5, 1.0))
+    if "encoder_view" in recipe:
+        recipe["encoder_view"] = build_augmentation(args.image_size, 1, **ENCODER_VIEWS[recipe["encoder_view"]])
     with tempfile.TemporaryDirectory() as tmp:
         run_args = training_arguments(
             tmp, args.max_train_steps, args.learning_rate, min(100, args.max_train_steps // 10), seed,
@@ -202,13 +228,16 @@ def floors(args, splits: dict, seed: int) -> dict:
 
 
 def summarise(per_seed: list) -> dict:
-    keys = [k for k, v in per_seed[0].items() if isinstance(v, (int, float)) and k != "seed"]
+    """Mean and spread over the seeds of every figure all of them have (runs merged from before a figure existed
+    lack it)."""
+    keys = [k for k, v in per_seed[0].items() if isinstance(v, (int, float)) and k != "seed" and all(k in r for r in per_seed)]
     return {k: {"mean": float(np.mean([r[k] for r in per_seed])), "std": float(np.std([r[k] for r in per_seed]))} for k in keys}
 
 
-def targets(summary: dict) -> dict:
+def targets(summary: dict, num_classes: int) -> dict:
     """The issue's targets for the default recipe's r on val, in points (mean over seeds): k-means and 10-shot
-    accuracy at least the best contrastive baseline's, the raw pixels' and the random encoder's (where each ran)."""
+    accuracy at least the best contrastive baseline's, the raw pixels' and the random encoder's (where each ran); on
+    a binary (imbalanced) set balanced accuracy and macro-F1 instead of accuracy."""
     if DEFAULT_RECIPE not in summary:
         return {}
     references = {"best_contrastive_baseline": [name for name in BASELINES if name in summary],
@@ -217,21 +246,23 @@ def targets(summary: dict) -> dict:
     for reference, names in references.items():
         if not names:
             continue
-        for metric in ("kmeans_accuracy", "prototype_10shot_accuracy"):
+        for metric in TARGET_METRICS_BINARY if num_classes == 2 else TARGET_METRICS:
             best = max(summary[name][metric]["mean"] for name in names)
             margin = 100 * (summary[DEFAULT_RECIPE][metric]["mean"] - best)
             entries[f"{metric}_margin_over_{reference}_points"] = target_entry(round(margin, 2), 0.0)
     return entries
 
 
-def merged_runs(paths: list) -> tuple[dict, list]:
-    """The per-seed results of earlier full runs of this benchmark with the same budget (seeds aside; for a name and
+def merged_runs(paths: list, dataset: str) -> tuple[dict, list]:
+    """The per-seed results of earlier full runs of this benchmark on `dataset` with the same budget (seeds aside; for a name and
     seed found in several files, the first file's), and their commands, dates and wall times: one long run split
     across processes or machines, by arm or by seed, summarised as one."""
     runs, commands, budget = {}, [], None
     for path in paths:
         record = json.loads(Path(path).read_text())
         figures = record["figures"]
+        if figures["budget"]["dataset"] != dataset:
+            raise ValueError(f"--merge: {path} ran on {figures['budget']['dataset']}, expected --dataset {dataset}")
         if budget is not None and comparable_budget(figures["budget"]) != budget:
             raise ValueError(f"--merge: {path} has another budget than {paths[0]}: {figures['budget']} vs {budget}")
         budget = comparable_budget(figures["budget"])
@@ -265,13 +296,13 @@ def main():
     args = parse_args()
     device = setup(args)
     start = time.perf_counter()
-    splits = load_benchmark_data(str(data_path("fashion_mnist")), image_size=args.image_size, seed=0)
+    splits = load_benchmark_data(str(data_path(*SHARED_IMAGE_DATASETS[args.dataset])), image_size=args.image_size, seed=0)
     splits = subsample_splits(splits, {"train": args.num_train_images, "val": args.num_val_images}, 0)
-    runs, merged_from = merged_runs(args.merge) if args.merge else (train_and_score(args, splits), [])
+    runs, merged_from = merged_runs(args.merge, args.dataset) if args.merge else (train_and_score(args, splits), [])
     summary = {name: summarise(per_seed) for name, per_seed in runs.items()}
     figures = {
         "budget": {
-            "dataset": "fashion_mnist", "image_size": args.image_size, "optimizer_steps": args.max_train_steps,
+            "dataset": args.dataset, "image_size": args.image_size, "optimizer_steps": args.max_train_steps,
             "train_batch_size": args.train_batch_size, "learning_rate": args.learning_rate, "dit_size": args.dit_size,
             "encoder": {**args.encoder, "patch_size": args.encoder_patch_size}, "num_train_images": len(splits["train"].labels),
             "num_val_images": len(splits["val"].labels),
@@ -281,7 +312,7 @@ def main():
         "variants": {name: VARIANTS[name] for name in runs if name in VARIANTS},
         "baselines": {name: {"method": BASELINES[name][0], **BASELINES[name][1]} for name in runs if name in BASELINES},
         "summary": summary,
-        "targets": targets(summary),
+        "targets": targets(summary, splits["train"].num_classes),
         "per_seed": runs,
         "merged_from": merged_from,
         "total_wall_seconds": round(time.perf_counter() - start, 1),
