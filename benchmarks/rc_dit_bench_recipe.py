@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from _common import (
     SHARED_IMAGE_DATASETS,
@@ -42,6 +41,7 @@ from _common import (
     target_entry,
     training_arguments,
 )
+from diffusion_classifiers.metrics import classification_metrics
 from diffusion_classifiers.models import build_vit_encoder, encode_representation, representation_of
 from diffusion_classifiers.probing import few_shot_indices, kmeans_evaluate, prototype_classify
 from diffusion_classifiers.training import (
@@ -169,9 +169,7 @@ def scores(features: dict, splits: dict, seed: int) -> dict:
     for episode in range(EPISODES):
         index = few_shot_indices(train.labels, SHOTS, seed=seed * 100 + episode, num_classes=train.num_classes)
         predicted, _ = prototype_classify(x_train[index], np.asarray(train.labels)[index], x_val, train.num_classes, standardize=True)
-        episodes.append({"accuracy": float((predicted == y_val).mean()),
-                         "balanced_accuracy": float(balanced_accuracy_score(y_val, predicted)),
-                         "macro_f1": float(f1_score(y_val, predicted, average="macro"))})  # fmt: skip
+        episodes.append(classification_metrics(y_val, predicted, num_classes=val.num_classes))
     return {
         **{f"kmeans_{metric}": float(kmeans[metric]) for metric in METRICS},
         **{f"prototype_10shot_{metric}": float(np.mean([e[metric] for e in episodes])) for metric in METRICS},
