@@ -1,5 +1,6 @@
 import argparse
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -25,6 +26,9 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
     assert pipe.head.config.pool == "2x2"  # the demo's default, chosen on its val split
     printed = capsys.readouterr().out
     assert "chosen" in printed and "| block |" in printed
+    num_train = int(re.search(r"data: digits: train (\d+)", printed).group(1))
+    for name in ("kmeans_label_free_test", "kmeans_raw_pixels_test"):  # chosen on every train image, without labels
+        assert metrics[name]["selection"]["num_images"] == num_train and metrics[name]["selection"]["criterion"] == "stability"
     for name in ("reliability.png", "unet_training/loss_curve.png", "unet_training/samples/step_6.png"):
         assert Image.open(tmp_path / name).size[0] > 0, name
     assert "![reliability](reliability.png)" in (tmp_path / "report.md").read_text()

@@ -280,6 +280,38 @@ def test_the_normalization_is_chosen_by_stability_and_reaches_the_classes():
     assert kmeans_evaluate(x, y, 3)["accuracy"] < 0.9  # standardised, the norm splits the images instead
 
 
+def test_every_feature_and_normalization_is_ranked_by_stability_and_the_most_stable_wins():
+    x, _ = _directional_classes()
+    noise = np.random.default_rng(1).normal(size=x.shape)
+    choice = select_clustering_without_labels({("direction", 0): x, ("noise", 0): noise}, [3], 3, normalizations=NORMALIZATIONS)
+    scores = {(key, name): score for name, by_key in choice["scores"].items() for key, score in by_key.items()}
+    assert len(scores) == 2 * len(NORMALIZATIONS) and choice["criterion"] == "stability"
+    assert max(scores, key=scores.get) == ("direction/0", "l2") == ("/".join(map(str, choice["pair"])), choice["normalization"])
+    for name, best in choice["by_normalization"].items():  # each normalisation's best pair, with its own score
+        assert best["stability"] == max(choice["scores"][name].values())
+
+
+def test_the_silhouette_rule_is_still_there_and_an_unknown_criterion_is_refused():
+    x, _ = _directional_classes()
+    choice = select_clustering_without_labels({("direction", 0): x}, [3], 3, normalizations=NORMALIZATIONS, criterion="silhouette")
+    assert choice["normalization"] == "l2" and set(choice["by_normalization"]["l2"]) == {"pair", "silhouette", "stability"}
+    with pytest.raises(ValueError, match=r"criterion: expected one of 'stability', 'silhouette', got 'ari'"):
+        select_clustering_without_labels({("direction", 0): x}, [3], 3, criterion="ari")
+
+
+def test_a_large_split_is_scored_on_a_seeded_subsample_of_the_same_rows_for_every_feature():
+    x, _ = make_blobs(400, n_features=4, centers=3, cluster_std=0.3, random_state=0)
+    features = {("a", 0): x, ("a", 1): x[:, ::-1].copy()}  # the same images: the same rows must be drawn for both
+    choice = select_clustering_without_labels(features, [3], 3, max_images=100)
+    assert choice["num_images"] == 100 and choice == select_clustering_without_labels(features, [3], 3, max_images=100)
+    assert choice["scores"]["standardize"]["a/0"] == pytest.approx(choice["scores"]["standardize"]["a/1"])
+    assert select_clustering_without_labels(features, [3], 3, max_images=None)["num_images"] == 400
+    with pytest.raises(ValueError, match=r"max_images: expected an integer >= 2 or None, got 1"):
+        select_clustering_without_labels(features, [3], 3, max_images=1)
+    with pytest.raises(ValueError, match=r"the same number of images \(rows\), got \[300, 400\]"):
+        select_clustering_without_labels({("a", 0): x, ("b", 0): x[:300]}, [3], 3)
+
+
 def test_the_label_free_kmeans_choice_does_not_depend_on_the_labels():
     x, y = _directional_classes()
     noise = np.random.default_rng(1).normal(size=x.shape)

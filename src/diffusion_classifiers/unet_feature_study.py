@@ -27,9 +27,9 @@ SPLITS = ("train", "val", "test")
 class UNetFeatureStudy:
     """What a study produced: the fitted pipeline, the whole probe grid, test / clustering metrics, and the test
     labels and probabilities the test metrics and plots come from. `kmeans_metrics` is k-means on the test features
-    of the pair chosen with labels; `kmeans_label_free` on the pair, normalisation and K chosen on val without labels;
-    `kmeans_raw_pixels` on the test images' pixels, normalisation (and K) chosen on val pixels without labels (both
-    `label_free_kmeans` results)."""
+    of the pair chosen with labels; `kmeans_label_free` on the pair, normalisation and K chosen without labels on the
+    train images; `kmeans_raw_pixels` on the test images' pixels, normalisation (and K) chosen the same way on the
+    train pixels (both `label_free_kmeans` results)."""
 
     pipeline: UNetFeatureClassifierPipeline
     probe: ProbeGridResult
@@ -70,19 +70,20 @@ def _kmeans_summary(prefix: str, result: dict) -> dict:
 
 
 def label_free_kmeans(
-    val_features: Dict[tuple, object],
+    selection_features: Dict[tuple, object],
     test_features: Dict[tuple, object],
     test_labels,
     num_classes: int,
     seed: int = 0,
     candidate_num_clusters: Optional[Sequence[int]] = None,
 ) -> dict:
-    """k-means on the test split with every choice made on the val split without labels: the feature key, the
-    normalisation (of `probing.NORMALIZATIONS`) and K (`num_classes` unless `candidate_num_clusters` are given) by
-    `probing.select_clustering_without_labels`; the test labels only score the result. Returns the clustering metrics
-    with `feature` (the key joined by "/"), `normalization`, `num_clusters` and `selection` (the scores it chose by)."""
+    """k-means on the test split with every choice made on `selection_features` (another split, e.g. the unlabeled
+    train images) without labels: the feature key, the normalisation (of `probing.NORMALIZATIONS`) and K
+    (`num_classes` unless `candidate_num_clusters` are given) by `probing.select_clustering_without_labels`; the test
+    labels only score the result. Returns the clustering metrics with `feature` (the key joined by "/"),
+    `normalization`, `num_clusters` and `selection` (the scores it chose by)."""
     selection = select_clustering_without_labels(
-        val_features, candidate_num_clusters or [num_classes], num_classes, seed=seed, normalizations=NORMALIZATIONS
+        selection_features, candidate_num_clusters or [num_classes], num_classes, seed=seed, normalizations=NORMALIZATIONS
     )
     key = tuple(selection["pair"])
     metrics = kmeans_evaluate(
@@ -143,8 +144,8 @@ def study_from_features(
     """Fit the probe grid on the train features (only rows `train_index` when given: few-label studies), choose
     on val, classify the test split through the resulting pipeline, and run k-means three ways on the test split:
     on the standardised features of the pair chosen with labels (K = the number of classes), on the feature and
-    normalisation chosen on val without labels, and on the raw pixels with the normalisation chosen on val pixels
-    without labels (`label_free_kmeans`; K chosen among `candidate_num_clusters` when given, else the number of
+    normalisation chosen without labels on all the train images, and on the raw pixels with the normalisation chosen
+    on the train pixels without labels (`label_free_kmeans`; K chosen among `candidate_num_clusters` when given, else the number of
     classes). Binary tasks are scored for `positive_class` (a class name; default class 1), which the pipeline also
     keeps when it supports `set_positive_class`."""
     train, val, test = (splits[name] for name in SPLITS)
@@ -169,11 +170,12 @@ def study_from_features(
     test_metrics["calibration"] = calibration_metrics(test.labels, output.probs)
     kmeans = kmeans_evaluate(features["test"][probe.best_pair], test.labels, train.num_classes, seed=seed)
     kmeans.pop("clusters")
+    # chosen on every train image: no labels are read, and the more images the steadier the choice
     label_free = label_free_kmeans(
-        features["val"], features["test"], test.labels, train.num_classes, seed, candidate_num_clusters
+        features["train"], features["test"], test.labels, train.num_classes, seed, candidate_num_clusters
     )
     pixels = label_free_kmeans(
-        {("pixels", 0): val.images.flatten(1)}, {("pixels", 0): test.images.flatten(1)}, test.labels,
+        {("pixels", 0): train.images.flatten(1)}, {("pixels", 0): test.images.flatten(1)}, test.labels,
         train.num_classes, seed, candidate_num_clusters,
     )  # fmt: skip
     return UNetFeatureStudy(
@@ -297,8 +299,8 @@ def _kmeans_rows(study: UNetFeatureStudy) -> List[str]:
     )
     return lines + [
         "",
-        "Without labels, the feature is the best cosine silhouette on val in each normalisation and the normalisation "
-        "the most stable one (mean ARI of k-means fitted on random halves of val).",
+        "Without labels, the (feature, normalisation) is the one whose k-means is most stable on the train images "
+        "(mean ARI of k-means fitted on random halves); no label is read.",
     ]
 
 
