@@ -185,9 +185,9 @@ def select_clustering_without_labels(
     mechanically). With `criterion="silhouette"` (the rule before 2026-12-01), in each normalisation the feature with
     the best cosine silhouette (scikit-learn's `silhouette_score`) is chosen, then the normalisation whose chosen
     feature is most stable. Stability is the default because it ranks candidates closer to how well their clusters
-    follow the classes: scored on the U-Net study's train split with its labels (used only to compare the rules),
-    Spearman 0.70 vs 0.40 for the silhouette over 126 candidates on digits, and the least inverted on PneumoniaMNIST,
-    where every criterion ranks the wrong way (-0.27 vs -0.66; README, "k-means without labels").
+    follow the classes: on the U-Net study's train split, with its labels used only to compare the rules, Spearman
+    0.70 vs 0.39 for the silhouette over 126 candidates on digits, and the least inverted on PneumoniaMNIST, where
+    every criterion ranks them the wrong way (-0.25 vs -0.68; README, "k-means without labels").
 
     Last, on the chosen feature and normalisation, the K in `candidate_num_clusters` with the best silhouette (one
     space, so comparable across K; stability is not used for K because it favours the coarsest split).
