@@ -83,8 +83,9 @@ def label_free_kmeans(
     labels only score the result. Returns the clustering metrics with `feature` (the key joined by "/"),
     `normalization`, `num_clusters` and `selection` (the scores it chose by)."""
     selection = select_clustering_without_labels(
-        selection_features, candidate_num_clusters or [num_classes], num_classes, seed=seed, normalizations=NORMALIZATIONS
-    )
+        selection_features, candidate_num_clusters or [num_classes], num_classes, seed=seed,
+        normalizations=NORMALIZATIONS,
+    )  # fmt: skip
     key = tuple(selection["pair"])
     metrics = kmeans_evaluate(
         test_features[key], test_labels, num_classes, seed=seed, num_clusters=selection["num_clusters"],
@@ -145,8 +146,8 @@ def study_from_features(
     on val, classify the test split through the resulting pipeline, and run k-means three ways on the test split:
     on the standardised features of the pair chosen with labels (K = the number of classes), on the feature and
     normalisation chosen without labels on all the train images, and on the raw pixels with the normalisation chosen
-    on the train pixels without labels (`label_free_kmeans`; K chosen among `candidate_num_clusters` when given, else the number of
-    classes). Binary tasks are scored for `positive_class` (a class name; default class 1), which the pipeline also
+    on the train pixels without labels (`label_free_kmeans`; K chosen among `candidate_num_clusters` when given,
+    else the number of classes). Binary tasks are scored for `positive_class` (a class name; default class 1), which the pipeline also
     keeps when it supports `set_positive_class`."""
     train, val, test = (splits[name] for name in SPLITS)
     index = torch.arange(len(train)) if train_index is None else torch.as_tensor(train_index)

@@ -225,7 +225,8 @@ def select_clustering_without_labels(
     for name in normalizations:
         _check_normalization(name)
     candidates = sorted({int(k) for k in candidate_num_clusters} | {int(default_num_clusters)})
-    checked = _selection_rows({pair: _checked_clustering_features(value) for pair, value in features.items()}, max_images, seed)
+    checked = {pair: _checked_clustering_features(value) for pair, value in features.items()}
+    checked = _selection_rows(checked, max_images, seed)
     num_images = len(next(iter(checked.values())))
     for k in candidates:
         _check_num_clusters(k, num_images)
@@ -243,22 +244,20 @@ def select_clustering_without_labels(
         by_pair = {pair: score(normalize_features(x, name)) for pair, x in checked.items()}
         best_pair = max(by_pair, key=by_pair.get)
         spaces[name], scores[name] = normalize_features(checked[best_pair], name), by_pair
-        by_normalization[name] = {"pair": list(best_pair)}
-        if criterion == "silhouette":
-            by_normalization[name]["silhouette"] = by_pair[best_pair]
-        if criterion == "stability" or len(normalizations) > 1:
-            by_normalization[name]["stability"] = by_pair[best_pair] if criterion == "stability" else stability(spaces[name])
-    across = "stability" if len(normalizations) > 1 or criterion == "stability" else "silhouette"
-    chosen = max(normalizations, key=lambda name: by_normalization[name][across])
+        by_normalization[name] = {"pair": list(best_pair), criterion: by_pair[best_pair]}
+        if criterion == "silhouette" and len(normalizations) > 1:  # silhouettes of different spaces do not compare
+            by_normalization[name]["stability"] = stability(spaces[name])
+    chosen = max(normalizations, key=lambda name: by_normalization[name].get("stability", 0.0))
     best_pair, x = tuple(by_normalization[chosen]["pair"]), spaces[chosen]
     by_k = {k: silhouette(x, k) for k in candidates}
+    named_scores = {name: {"/".join(map(str, key)): value for key, value in by_key.items()} for name, by_key in scores.items()}
     return {
         "pair": list(best_pair),
         "normalization": chosen,
         "num_clusters": max(by_k, key=by_k.get),
         "criterion": criterion,
         "num_images": num_images,
-        "scores": {name: {"/".join(map(str, key)): value for key, value in by_pair.items()} for name, by_pair in scores.items()},
+        "scores": named_scores,
         "silhouette_by_num_clusters": by_k,
         "by_normalization": by_normalization,
     }
@@ -270,7 +269,8 @@ def _selection_rows(features: Dict[tuple, np.ndarray], max_images: Optional[int]
     if len(sizes) != 1:
         raise ValueError(f"expected every feature with the same number of images (rows), got {sorted(sizes)}")
     (num_images,) = sizes
-    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, (int, np.integer)) or max_images < 2):
+    valid = isinstance(max_images, (int, np.integer)) and not isinstance(max_images, bool) and max_images >= 2
+    if max_images is not None and not valid:
         raise ValueError(f"max_images: expected an integer >= 2 or None, got {max_images!r}")
     if max_images is None or num_images <= max_images:
         return features
