@@ -55,6 +55,7 @@ from diffusion_classifiers.training import (
 NAME = "rc_dit_bench_recipe"
 MEAN_PATCH_BATCH_NORM = {"representation_readout": "mean_patch", "representation_norm": "batch"}
 EVERY_IMAGE = {"denoiser_mask_probability": 1.0}
+VARIANT_DEFAULT = {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.9, **EVERY_IMAGE}  # DEFAULT_RECIPE's keywords
 # variant -> train_rc_dit keywords (a variant that names no masking trains unmasked, as every recipe did before it);
 # "shipped" is the recipe before issue 13
 VARIANTS = {
@@ -79,7 +80,7 @@ VARIANTS = {
     # an information asymmetry: 50% to 90% of the DiT's patches hidden in x_t in every image, reconstructed from r
     "mean_patch_batch_norm_masked_0.5": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.5, **EVERY_IMAGE},
     "mean_patch_batch_norm_masked_0.75": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.75, **EVERY_IMAGE},
-    "mean_patch_batch_norm_masked_0.9": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.9, **EVERY_IMAGE},
+    "mean_patch_batch_norm_masked_0.9": VARIANT_DEFAULT,
     # every patch hidden: the DiT a decoder of r alone, never of x_t (0.999 hides all 16 tokens at 16 px; the library
     # refuses 1.0, a DiT that cannot sample): does masking help r by more than an autoencoder's objective?
     "mean_patch_batch_norm_all_hidden": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.999, **EVERY_IMAGE},
@@ -89,6 +90,12 @@ VARIANTS = {
     # reconstructs the clean image: what r can carry of brightness and contrast it has to guess (SODA's asymmetry)
     "mean_patch_batch_norm_masked_0.9_half_jitter_view": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.9, "denoiser_mask_probability": 0.5, "encoder_view": "jitter"},
     "mean_patch_batch_norm_masked_0.9_jitter_view": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.9, **EVERY_IMAGE, "encoder_view": "jitter"},
+    # the default (every image masked) with what was tried on unmasked recipes: r in every block's adaLN, EMA
+    # weights for evaluation, a 3x encoder learning rate, the loss weighted towards high noise
+    "mean_patch_batch_norm_masked_0.9_per_block": {**VARIANT_DEFAULT, "representation_injection": "adaln_per_block"},
+    "mean_patch_batch_norm_masked_0.9_ema": {**VARIANT_DEFAULT, "use_ema": True},
+    "mean_patch_batch_norm_masked_0.9_encoder_lr_3": {**VARIANT_DEFAULT, "encoder_learning_rate_scale": 3.0},
+    "mean_patch_batch_norm_masked_0.9_truncated_snr": {**VARIANT_DEFAULT, "loss_weighting": "truncated_snr"},
 }
 DEFAULT_RECIPE = "mean_patch_batch_norm_masked_0.9"  # train_rc_dit's defaults
 # baseline -> (train_contrastive_encoder method, its objective keywords)
