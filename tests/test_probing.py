@@ -22,6 +22,7 @@ from diffusion_classifiers.probing import (
     prototype_classify,
     select_clustering_without_labels,
 )
+from diffusion_classifiers.probing.protocols import _selection_rows
 from diffusion_classifiers.unet_feature_study import label_free_kmeans
 
 
@@ -301,10 +302,12 @@ def test_the_silhouette_rule_is_still_there_and_an_unknown_criterion_is_refused(
 
 def test_a_large_split_is_scored_on_a_seeded_subsample_of_the_same_rows_for_every_feature():
     x, _ = make_blobs(400, n_features=4, centers=3, cluster_std=0.3, random_state=0)
-    features = {("a", 0): x, ("a", 1): x[:, ::-1].copy()}  # the same images: the same rows must be drawn for both
+    features = {("a", 0): x, ("a", 1): x[:, ::-1].copy()}
     choice = select_clustering_without_labels(features, [3], 3, max_images=100)
     assert choice["num_images"] == 100 and choice == select_clustering_without_labels(features, [3], 3, max_images=100)
-    assert choice["scores"]["standardize"]["a/0"] == pytest.approx(choice["scores"]["standardize"]["a/1"])
+    index = np.arange(400.0)[:, None]  # each row names its image: the subsample must take the same images everywhere
+    drawn = _selection_rows({("a", 0): index, ("b", 0): 2 * index}, 100, seed=0)
+    assert np.array_equal(drawn[("b", 0)], 2 * drawn[("a", 0)]) and len(np.unique(drawn[("a", 0)])) == 100
     assert select_clustering_without_labels(features, [3], 3, max_images=None)["num_images"] == 400
     with pytest.raises(ValueError, match=r"max_images: expected an integer >= 2 or None, got 1"):
         select_clustering_without_labels(features, [3], 3, max_images=1)
