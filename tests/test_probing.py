@@ -325,6 +325,8 @@ def test_the_label_free_kmeans_choice_does_not_depend_on_the_labels():
     assert (result["feature"], result["normalization"], result["num_clusters"]) == ("direction/10", "l2", 3)
     assert permuted["selection"] == result["selection"] and result["accuracy"] == pytest.approx(1.0)
     assert permuted["accuracy"] < 0.6  # the labels only score: permuted, they no longer match the clusters
+    by_silhouette = label_free_kmeans(val, test, y[1::2], num_classes=3, criterion="silhouette")
+    assert by_silhouette["selection"]["criterion"] == "silhouette" and by_silhouette["feature"] == "direction/10"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -76,15 +76,16 @@ def label_free_kmeans(
     num_classes: int,
     seed: int = 0,
     candidate_num_clusters: Optional[Sequence[int]] = None,
+    criterion: str = "stability",
 ) -> dict:
     """k-means on the test split with every choice made on `selection_features` (another split, e.g. the unlabeled
     train images) without labels: the feature key, the normalisation (of `probing.NORMALIZATIONS`) and K
-    (`num_classes` unless `candidate_num_clusters` are given) by `probing.select_clustering_without_labels`; the test
-    labels only score the result. Returns the clustering metrics with `feature` (the key joined by "/"),
+    (`num_classes` unless `candidate_num_clusters` are given) by `probing.select_clustering_without_labels` with
+    `criterion`; the test labels only score the result. Returns the clustering metrics with `feature` (the key joined by "/"),
     `normalization`, `num_clusters` and `selection` (the scores it chose by)."""
     selection = select_clustering_without_labels(
         selection_features, candidate_num_clusters or [num_classes], num_classes, seed=seed,
-        normalizations=NORMALIZATIONS,
+        normalizations=NORMALIZATIONS, criterion=criterion,
     )  # fmt: skip
     key = tuple(selection["pair"])
     metrics = kmeans_evaluate(
