@@ -89,7 +89,7 @@ VARIANTS = {
     # ... and the encoder reads a SimCLR view (crop, flip, brightness and contrast jitter, blur) while the DiT
     # reconstructs the clean image: what r can carry of brightness and contrast it has to guess (SODA's asymmetry)
     "mean_patch_batch_norm_masked_0.9_half_jitter_view": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.9, "denoiser_mask_probability": 0.5, "encoder_view": "jitter"},
-    "mean_patch_batch_norm_masked_0.9_jitter_view": {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.9, **EVERY_IMAGE, "encoder_view": "jitter"},
+    "mean_patch_batch_norm_masked_0.9_jitter_view": {**VARIANT_DEFAULT, "encoder_view": "jitter"},
     # the default (every image masked) with what was tried on unmasked recipes: r in every block's adaLN, EMA
     # weights for evaluation, a 3x encoder learning rate, the loss weighted towards high noise
     "mean_patch_batch_norm_masked_0.9_per_block": {**VARIANT_DEFAULT, "representation_injection": "adaln_per_block"},

@@ -18,6 +18,8 @@ candidates (a diagnostic: no choice reads it). Target: the default rule's label-
 `unet_features_accuracy.py --keep_checkpoint`).
 """
 
+import time
+
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from scipy.stats import spearmanr
@@ -95,16 +97,17 @@ def criterion_ranking(features: dict, labels, rules: dict, num_classes: int, see
             x = features[(block, int(timestep))]
             accuracy[(normalization, key)] = kmeans_evaluate(x, labels, num_classes, seed, normalization=normalization)["accuracy"]
     candidates = sorted(accuracy)
-    for rule in ("stability_on_train", "silhouette_on_train"):
-        scores = rules[rule]["features"]["scores"]
-        rho = spearmanr([scores[n][k] for n, k in candidates], [accuracy[c] for c in candidates])[0]
-        ranking[RULES[rule][0]] = float(rho)
+    for rule, (criterion, split) in RULES.items():
+        if split == "train":
+            scores = rules[rule]["features"]["scores"]
+            ranking[criterion] = float(spearmanr([scores[n][k] for n, k in candidates], [accuracy[c] for c in candidates])[0])
     best = max(candidates, key=accuracy.get)
     return {"spearman_with_train_kmeans_accuracy": ranking, "num_candidates": len(candidates),
             "best_train_kmeans_candidate": {"normalization": best[0], "feature": best[1], "accuracy": accuracy[best]}}  # fmt: skip
 
 
 def main():
+    started = time.perf_counter()
     args = parse_args()
     device = setup(args)
     unet, scheduler = load_unet(args)
@@ -116,7 +119,6 @@ def main():
         unet.to(device), scheduler, splits, timesteps=args.timesteps, pool=args.pool, noise_seed=args.seed,
         batch_size=64, show_progress=False,
     )  # fmt: skip
-    features = {name: {key: x.float() for key, x in by_key.items()} for name, by_key in features.items()}
     num_classes = splits["train"].num_classes
     rules = rule_figures(features, splits, num_classes, args.seed)
     figures = {
@@ -125,6 +127,7 @@ def main():
         "default_rule": DEFAULT_RULE, "rules": rules,
         "criteria": criterion_ranking(features["train"], splits["train"].labels, rules, num_classes, args.seed),
         "targets": {"label_free_kmeans_vs_raw_pixels_points": target_entry(rules[DEFAULT_RULE]["margin_points"], 0.0)},
+        "wall_seconds": round(time.perf_counter() - started, 1),
     }  # fmt: skip
     report(NAME, args, device, figures)
 

@@ -249,7 +249,8 @@ def select_clustering_without_labels(
             by_normalization[name]["stability"] = stability(spaces[name])
     chosen = max(normalizations, key=lambda name: by_normalization[name].get("stability", 0.0))
     best_pair, x = tuple(by_normalization[chosen]["pair"]), spaces[chosen]
-    by_k = {k: silhouette(x, k) for k in candidates}
+    reuse = criterion == "silhouette"  # the chosen pair's silhouette at the default K is already its score
+    by_k = {k: scores[chosen][best_pair] if reuse and k == default_num_clusters else silhouette(x, k) for k in candidates}
     named_scores = {name: {"/".join(map(str, key)): value for key, value in by_key.items()} for name, by_key in scores.items()}
     return {
         "pair": list(best_pair),
