@@ -315,6 +315,8 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
         pipeline, inputs, args.output, args.errors, batch_size=args.batch_size, run_info=run_info,
         overwrite=args.overwrite, seed=args.seed, accelerator=accelerator, progress_bar=not args.no_progress_bar,
     )  # fmt: skip
+    # destroys the process group: left to interpreter exit, gloo's threads can abort a finished process (SIGABRT)
+    accelerator.end_training()
     if accelerator.is_main_process:
         print(
             f"{summary.output}: {summary.rows} rows ({summary.predicted} inputs predicted now on {summary.processes} "
