@@ -27,8 +27,8 @@ from scipy.stats import spearmanr
 from _common import DATA_HELP, base_parser, load_benchmark_data, report, setup, subsample_splits, target_entry
 from diffusion_classifiers.features import POOLS
 from diffusion_classifiers.models import DEFAULT_TIMESTEPS, unet_config
-from diffusion_classifiers.probing import kmeans_evaluate
-from diffusion_classifiers.unet_feature_study import extract_study_features, label_free_kmeans
+from diffusion_classifiers.probing import kmeans_evaluate, label_free_kmeans
+from diffusion_classifiers.unet_feature_study import extract_study_features
 
 
 NAME = "unet_features_bench_label_free"

@@ -18,12 +18,12 @@ from diffusion_classifiers.probing import (
     fit_probe_grid,
     kmeans_evaluate,
     knn_classify,
+    label_free_kmeans,
     normalize_features,
     prototype_classify,
     select_clustering_without_labels,
 )
 from diffusion_classifiers.probing.protocols import _selection_rows
-from diffusion_classifiers.unet_feature_study import label_free_kmeans
 
 
 def _splits(features: dict, labels: np.ndarray, bounds=(0.5, 0.75)):
@@ -351,7 +351,10 @@ def test_evaluate_protocols_on_separable_data_is_perfect_and_json_serialisable(s
     assert json.loads(json.dumps(result)) == result
     assert result["feature"] == ["encoder", 0] and (result["num_classes"], result["feature_dim"]) == (4, 8)
     assert result["label_free"]["accuracy"] == 1.0 and result["label_free"]["nmi"] == pytest.approx(1.0)
-    assert set(result["label_free"]) == {"accuracy", "macro_f1", "balanced_accuracy", "nmi", "ari", "purity"}
+    scores = {"accuracy", "macro_f1", "balanced_accuracy", "nmi", "ari", "purity"}
+    assert set(result["label_free"]) == scores | {"normalization", "stability"}
+    assert set(result["label_free"]["stability"]) == set(result["label_free_by_normalization"]) == set(NORMALIZATIONS)
+    assert all(set(metrics) == scores for metrics in result["label_free_by_normalization"].values())
     for protocol in ("prototype", "knn"):
         assert list(result[protocol]) == ["1", "5", "all"]
         for name, summary in result[protocol].items():
@@ -363,6 +366,27 @@ def test_evaluate_protocols_on_separable_data_is_perfect_and_json_serialisable(s
     probe = result["linear_probe"]
     assert probe["accuracy"] == 1.0 and probe["macro_f1"] == 1.0 and probe["val_accuracy"] == 1.0
     assert probe["balanced_accuracy"] == 1.0 and probe["val_balanced_accuracy"] == 1.0
+
+
+def test_evaluate_protocols_chooses_the_kmeans_space_on_the_train_features_without_labels():
+    # Two informative dimensions among 20 of noise: the split is stable in some spaces and not in others (whitening
+    # lifts the noise to the signal's scale), so the choice has something to choose.
+    x, y = make_blobs(400, n_features=2, centers=[[0, 0], [3, 3]], cluster_std=0.6, random_state=1)
+    x = np.hstack([x, np.random.default_rng(0).normal(0, 1, (400, 20))])
+    train, test = (torch.tensor(x[:300]), y[:300]), (torch.tensor(x[300:]), y[300:])
+    options = {"shots": (1,), "num_episodes": 1, "linear_probe": False}
+    result = evaluate_protocols(*train, *test, **options)
+    chosen = result["label_free"]["normalization"]
+    stability = result["label_free"]["stability"]
+    assert chosen == max(stability, key=stability.get) and min(stability.values()) < 0.5 < stability[chosen]
+    assert stability[chosen] == pytest.approx(clustering_stability(normalize_features(x[:300], chosen), 2, n_init=3))
+    expected = kmeans_evaluate(x[300:], y[300:], 2, normalization=chosen)
+    assert result["label_free"]["accuracy"] == expected["accuracy"] == result["label_free_by_normalization"][chosen]["accuracy"]
+    shuffled = evaluate_protocols(train[0], np.random.default_rng(1).permutation(train[1]), *test, **options)
+    assert shuffled["label_free"] == result["label_free"]
+    fixed = evaluate_protocols(*train, *test, kmeans_normalizations=("standardize",), **options)
+    assert fixed["label_free"]["normalization"] == "standardize"
+    assert fixed["label_free"]["accuracy"] == kmeans_evaluate(x[300:], y[300:], 2)["accuracy"]
 
 
 def test_evaluate_protocols_averages_over_episodes():

@@ -16,9 +16,9 @@ from .features import DiffusionFeatureExtractor
 from .metrics import calibration_metrics, classification_metrics, resolve_positive_label
 from .pipelines import UNetFeatureClassifierPipeline
 from .models.unet_presets import DEFAULT_TIMESTEPS
-from .probing import NORMALIZATIONS, ProbeGridResult, fit_probe_grid, kmeans_evaluate, select_clustering_without_labels
+from .probing import ProbeGridResult, fit_probe_grid, kmeans_evaluate, label_free_kmeans
 
-__all__ = ["DEFAULT_TIMESTEPS", "UNetFeatureStudy", "extract_study_features", "label_free_kmeans", "render_report", "run_unet_feature_study", "study_from_features", "summary_table", "write_study_report"]
+__all__ = ["DEFAULT_TIMESTEPS", "UNetFeatureStudy", "extract_study_features", "render_report", "run_unet_feature_study", "study_from_features", "summary_table", "write_study_report"]
 
 SPLITS = ("train", "val", "test")
 
@@ -67,34 +67,6 @@ def _kmeans_summary(prefix: str, result: dict) -> dict:
         return {}
     names = ("accuracy", "nmi", "ari", "feature", "normalization", "num_clusters")
     return {f"{prefix}_{name}": result[name] for name in names}
-
-
-def label_free_kmeans(
-    selection_features: Dict[tuple, object],
-    test_features: Dict[tuple, object],
-    test_labels,
-    num_classes: int,
-    seed: int = 0,
-    candidate_num_clusters: Optional[Sequence[int]] = None,
-    criterion: str = "stability",
-) -> dict:
-    """k-means on the test split with every choice made on `selection_features` (another split, e.g. the unlabeled
-    train images) without labels: the feature key, the normalisation (of `probing.NORMALIZATIONS`) and K
-    (`num_classes` unless `candidate_num_clusters` are given) by `probing.select_clustering_without_labels` with
-    `criterion`; the test labels only score the result. Returns the clustering metrics with `feature` (the key joined by "/"),
-    `normalization`, `num_clusters` and `selection` (the scores it chose by)."""
-    selection = select_clustering_without_labels(
-        selection_features, candidate_num_clusters or [num_classes], num_classes, seed=seed,
-        normalizations=NORMALIZATIONS, criterion=criterion,
-    )  # fmt: skip
-    key = tuple(selection["pair"])
-    metrics = kmeans_evaluate(
-        test_features[key], test_labels, num_classes, seed=seed, num_clusters=selection["num_clusters"],
-        normalization=selection["normalization"],
-    )  # fmt: skip
-    metrics.pop("clusters")
-    chosen = {name: selection[name] for name in ("normalization", "num_clusters")}
-    return {**metrics, "feature": "/".join(map(str, key)), **chosen, "selection": selection}
 
 
 def extract_study_features(

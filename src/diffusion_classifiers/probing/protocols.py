@@ -27,6 +27,7 @@ __all__ = [
     "few_shot_indices",
     "kmeans_evaluate",
     "knn_classify",
+    "label_free_kmeans",
     "normalize_features",
     "prototype_classify",
     "select_clustering_without_labels",
@@ -264,6 +265,35 @@ def select_clustering_without_labels(
     }
 
 
+def label_free_kmeans(
+    selection_features: Dict[tuple, object],
+    test_features: Dict[tuple, object],
+    test_labels,
+    num_classes: int,
+    seed: int = 0,
+    candidate_num_clusters: Optional[Sequence[int]] = None,
+    criterion: str = "stability",
+    normalizations: Sequence[str] = NORMALIZATIONS,
+) -> dict:
+    """k-means on the test split with every choice made on `selection_features` (another split, e.g. the unlabeled
+    train images) without labels: the feature key, the normalisation (of `normalizations`) and K (`num_classes` unless
+    `candidate_num_clusters` are given) by [`select_clustering_without_labels`] with `criterion`; the test labels only
+    score the result. Returns the clustering metrics with `feature` (the key joined by "/"), `normalization`,
+    `num_clusters` and `selection` (the scores it chose by)."""
+    selection = select_clustering_without_labels(
+        selection_features, candidate_num_clusters or [num_classes], num_classes, seed=seed,
+        normalizations=normalizations, criterion=criterion,
+    )  # fmt: skip
+    key = tuple(selection["pair"])
+    metrics = kmeans_evaluate(
+        test_features[key], test_labels, num_classes, seed=seed, num_clusters=selection["num_clusters"],
+        normalization=selection["normalization"],
+    )  # fmt: skip
+    metrics.pop("clusters")
+    chosen = {name: selection[name] for name in ("normalization", "num_clusters")}
+    return {**metrics, "feature": "/".join(map(str, key)), **chosen, "selection": selection}
+
+
 def _selection_rows(features: Dict[tuple, np.ndarray], max_images: Optional[int], seed: int) -> Dict[tuple, np.ndarray]:
     """The same rows of every feature: all of them, or a seeded random `max_images` when there are more."""
     sizes = {len(x) for x in features.values()}
@@ -457,7 +487,7 @@ def evaluate_protocols(
     seed: int = 0,
     knn_k: int = 10,
     standardize: bool = False,
-    kmeans_standardize: bool = True,
+    kmeans_normalizations: Sequence[str] = NORMALIZATIONS,
     linear_probe: bool = True,
     probe_kwargs: Optional[dict] = None,
     progress_bar: Optional[dict] = None,
@@ -466,9 +496,12 @@ def evaluate_protocols(
     Score one feature source with every protocol, the same way for every method (U-Net features, the RC-DiT
     representation, a contrastive ViT, DINOv2).
 
-    - `label_free`: k-means with `num_classes` clusters on the test features ([`kmeans_evaluate`], seeded with `seed`,
-      standardised if `kmeans_standardize`), Hungarian-matched `accuracy`, `macro_f1` and `balanced_accuracy`,
-      `nmi`, `ari`, `purity`.
+    - `label_free`: k-means with `num_classes` clusters on the test features (seeded with `seed`), in the space of
+      `kmeans_normalizations` whose k-means partition of the unlabeled train features is the most stable
+      ([`label_free_kmeans`]: no label is read to choose it, as in the U-Net study); Hungarian-matched `accuracy`,
+      `macro_f1` and `balanced_accuracy`, `nmi`, `ari`, `purity`, the chosen `normalization` and every candidate's
+      `stability`. `label_free_by_normalization` scores the test k-means in every candidate space, for comparison
+      (e.g. `"standardize"`, the only space before 2026-12-01).
     - `prototype` and `knn`, for each n in `shots`: `num_episodes` episodes, episode e labelling
       `few_shot_indices(train_labels, n, seed + e)`; [`prototype_classify`] and [`knn_classify`] with
       `k = min(knn_k, n)` neighbours (1-NN for n = 1; `knn_k` for "all") are scored on the whole test split. The
@@ -486,6 +519,8 @@ def evaluate_protocols(
         shots: labelled samples per class: integers >= 1, and `None` or "all" for the whole train split.
         num_episodes: >= 1 draws of each few-shot labelled set.
         standardize: prototypes and k-NN standardise with the labelled set's statistics before the cosine.
+        kmeans_normalizations: the spaces the label-free k-means chooses from (of `NORMALIZATIONS` and `"none"`);
+            `("standardize",)` fixes the space.
         progress_bar: `tqdm` arguments for the bar over the protocols' steps (k-means, each episode, the linear
             probe, whose own bar over iterations it also sets unless `probe_kwargs` does); `{"disable": True}` hides
             both.
@@ -496,7 +531,9 @@ def evaluate_protocols(
         ```
         {"feature": ["encoder", 0] or None, "num_classes": K, "feature_dim": D, "num_train": ..., "num_test": ...,
          "settings": {"shots": ["1", "5", "10", "all"], "num_episodes": 5, "seed": 0, "knn_k": 10, ...},
-         "label_free": {"accuracy", "macro_f1", "balanced_accuracy", "nmi", "ari", "purity"},
+         "label_free": {"accuracy", "macro_f1", "balanced_accuracy", "nmi", "ari", "purity", "normalization",
+                        "stability": {"standardize": ..., "l2": ..., "pca_whiten": ...}},
+         "label_free_by_normalization": {"standardize": {"accuracy", "macro_f1", ...}, ...},
          "prototype": {"1": {"num_episodes": 5, "accuracy_mean", "accuracy_std", "accuracy_per_episode": [...],
                              "macro_f1_mean", ..., "balanced_accuracy_mean", ...}, ..., "all": {...}},
          "knn": {"1": {..., "k": 1}, ...},
@@ -521,16 +558,16 @@ def evaluate_protocols(
     num_steps = 1 + sum(1 if name == "all" else num_episodes for name in names) + bool(linear_probe)
     bar = tqdm(**{"total": num_steps, "desc": "Evaluation protocols", "unit": "step", **(progress_bar or {})})
     bar.set_postfix(protocol="k-means")
-    label_free = kmeans_evaluate(x_test, y_test, num_classes, seed=seed, standardize=kmeans_standardize)
+    label_free = _label_free(x_train, x_test, y_test, num_classes, seed, kmeans_normalizations)
     bar.update(1)
     result = {
         "feature": list(pair) if pair is not None else None,
         "num_classes": num_classes, "feature_dim": x_train.shape[1], "num_train": len(y_train), "num_test": len(y_test),
         "settings": {
             "shots": names, "num_episodes": num_episodes, "seed": seed, "knn_k": knn_k, "standardize": standardize,
-            "kmeans_standardize": kmeans_standardize,
+            "kmeans_normalizations": list(kmeans_normalizations),
         },
-        "label_free": {k: label_free[k] for k in (*SCORES, "nmi", "ari", "purity")},
+        **label_free,
         "prototype": {},
         "knn": {},
     }  # fmt: skip
@@ -557,6 +594,25 @@ def evaluate_protocols(
         bar.update(1)
     bar.close()
     return result
+
+
+def _label_free(x_train, x_test, y_test, num_classes: int, seed: int, normalizations: Sequence[str]) -> dict:
+    """`label_free` (the space chosen without labels on the train features) and `label_free_by_normalization`."""
+    key = ("features", 0)
+    chosen = label_free_kmeans({key: x_train}, {key: x_test}, y_test, num_classes, seed=seed, normalizations=normalizations)
+    names = (*SCORES, "nmi", "ari", "purity")
+    stability = {name: scores["features/0"] for name, scores in chosen["selection"]["scores"].items()}
+    by_normalization = {}
+    for name in normalizations:
+        metrics = chosen if name == chosen["normalization"] else kmeans_evaluate(
+            x_test, y_test, num_classes, seed=seed, normalization=name
+        )
+        by_normalization[name] = {k: metrics[k] for k in names}
+    return {
+        "label_free": {**by_normalization[chosen["normalization"]], "normalization": chosen["normalization"],
+                       "stability": stability},
+        "label_free_by_normalization": by_normalization,
+    }  # fmt: skip
 
 
 def _linear_probe(x_train, y_train, x_test, y_test, val_features, val_labels, num_classes, probe_kwargs) -> dict:
