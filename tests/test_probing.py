@@ -387,6 +387,8 @@ def test_evaluate_protocols_chooses_the_kmeans_space_on_the_train_features_witho
     fixed = evaluate_protocols(*train, *test, kmeans_normalizations=("standardize",), **options)
     assert fixed["label_free"]["normalization"] == "standardize"
     assert fixed["label_free"]["accuracy"] == kmeans_evaluate(x[300:], y[300:], 2)["accuracy"]
+    with pytest.raises(ValueError, match="kmeans_normalizations: expected a sequence of names"):
+        evaluate_protocols(*train, *test, kmeans_normalizations="l2", **options)
 
 
 def test_evaluate_protocols_averages_over_episodes():

@@ -598,6 +598,8 @@ def evaluate_protocols(
 
 def _label_free(x_train, x_test, y_test, num_classes: int, seed: int, normalizations: Sequence[str]) -> dict:
     """`label_free` (the space chosen without labels on the train features) and `label_free_by_normalization`."""
+    if isinstance(normalizations, str):
+        raise ValueError(f"kmeans_normalizations: expected a sequence of names, e.g. ('standardize',), got {normalizations!r}")
     key = ("features", 0)
     chosen = label_free_kmeans({key: x_train}, {key: x_test}, y_test, num_classes, seed=seed, normalizations=normalizations)
     names = (*SCORES, "nmi", "ari", "purity")
