@@ -12,7 +12,8 @@ One run, every choice made on val, test only reported:
    x timesteps x pooling fitted on the labels of the largest few-label subset and chosen on val; the chosen feature
    of every image then probed with 1%, 10% and 100% of the train labels (each fraction re-chooses its pair on its
    own labels when it is within the grid subset), plus a class-weighted probe; k-means with K = 121 on the chosen
-   test features, beside the feature and K chosen without labels (silhouette on val);
+   test features, beside the feature, normalisation and K chosen without labels (the most stable k-means on the
+   grid's train and val images, K by silhouette);
 4. baselines on the same splits and images: a supervised CNN of about the U-Net encoder's size (natural and
    class-balanced sampling, the better val macro-F1 reported), a SimCLR ViT trained on the same unlabeled images for
    the same number of optimizer steps and probed the same way, a linear probe on raw pixels;
@@ -53,7 +54,7 @@ from diffusion_classifiers.models import build_vit_encoder, count_parameters, en
 from diffusion_classifiers.models.unet_presets import unet_config
 from diffusion_classifiers.plots import plot_label_efficiency
 from diffusion_classifiers.probing import few_shot_indices, fit_probe_grid, kmeans_evaluate, prototype_classify
-from diffusion_classifiers.probing import select_clustering_without_labels
+from diffusion_classifiers.probing import NORMALIZATIONS, select_clustering_without_labels
 from diffusion_classifiers.training import (
     class_balanced_sampler,
     predict_proba,
@@ -326,21 +327,30 @@ def choose_feature(grid: Dict[str, dict], splits, grid_rows: torch.Tensor, rows:
     return best[1], table
 
 
-def clustering(features: UNetFeatures, grid_val: dict, splits, key: tuple, seed: int) -> dict:
-    """k-means on the test features: K = the number of classes on the label-chosen feature, and the feature and K
-    chosen without labels (silhouette on val)."""
+def clustering(features: UNetFeatures, grid: dict, splits, key: tuple, seed: int) -> dict:
+    """k-means on the test features: K = the number of classes on the label-chosen feature (standardised), and the
+    feature, normalisation and K chosen without labels on the grid's train and val images together (no label read),
+    by the rule of the U-Net study (`select_clustering_without_labels`: the most stable (feature, normalisation),
+    then K by silhouette)."""
     test, num_classes = splits["test"], splits["test"].num_classes
-    candidates = [k for k in (num_classes // 4, num_classes // 2, num_classes, 2 * num_classes) if 2 <= k < len(splits["val"])]
-    # the rule its recorded figures were made with; the U-Net study now ranks by stability on the train images
+    unlabeled = {pair: torch.cat([grid["train"][pair], grid["val"][pair]]) for pair in grid["train"]}
+    num_images = len(next(iter(unlabeled.values())))
+    candidates = [k for k in (num_classes // 4, num_classes // 2, num_classes, 2 * num_classes) if 2 <= k <= num_images]
     label_free = select_clustering_without_labels(
-        grid_val, candidates, num_classes, seed=seed, n_init=1, criterion="silhouette"
+        unlabeled, candidates, num_classes, seed=seed, n_init=1, normalizations=NORMALIZATIONS
     )
-    chosen = tuple(label_free["pair"])
+    chosen = {
+        "label_chosen_feature": (key, num_classes, "standardize"),
+        "label_free_choice": (tuple(label_free["pair"]), label_free["num_clusters"], label_free["normalization"]),
+    }
     result = {}
-    for name, key_, k in (("label_chosen_feature", key, num_classes), ("label_free_choice", chosen, label_free["num_clusters"])):
-        metrics = kmeans_evaluate(features.of("test", test.images, key_), test.labels, num_classes, seed=seed, num_clusters=k)
+    for name, (key_, k, normalization) in chosen.items():
+        metrics = kmeans_evaluate(
+            features.of("test", test.images, key_), test.labels, num_classes, seed=seed, num_clusters=k,
+            normalization=normalization,
+        )  # fmt: skip
         result[name] = {
-            "feature": "/".join(map(str, key_)), "num_clusters": k,
+            "feature": "/".join(map(str, key_)), "num_clusters": k, "normalization": normalization,
             **{m: metrics[m] for m in ("nmi", "ari", "accuracy", "purity")},
         }  # fmt: skip
     result["label_free_selection"] = label_free
@@ -563,7 +573,7 @@ def main():
                 regimes["all"][f"{method}_class_weighted_probe"] = {**scorer(predictions), "lbfgs_iterations": iterations}
             regimes["all"]["raw_pixel_probe"] = scorer(probe(pixels, splits, subsets["all"])[0])
         with timed(walls, "kmeans"):
-            kmeans = clustering(unet_features, grid["val"], splits, chosen["all"], args.seed)
+            kmeans = clustering(unet_features, grid, splits, chosen["all"], args.seed)
             simclr_kmeans = kmeans_evaluate(simclr_features["test"], test.labels, test.num_classes, seed=args.seed)
             kmeans["simclr_label_free_k_equals_classes"] = {m: simclr_kmeans[m] for m in ("nmi", "ari", "accuracy", "purity")}
         with timed(walls, "flowcam_shift"):
@@ -597,7 +607,8 @@ def main():
         "selection": "every choice on val: the (pool, block, t) of each regime by val accuracy of probes fitted on its "
         f"own labels within the grid subset ({grid_regime} of the train labels, {len(grid_rows)} images; the 'all' regime "
         "uses the pair chosen there), the CNN's checkpoint by val accuracy and its sampling by val macro-F1, the "
-        "label-free k-means feature and K by silhouette on val without labels; test is used only for reporting",
+        "label-free k-means feature and normalisation by split-half stability, K by silhouette, on the grid's train "
+        "and val images without labels; test is used only for reporting",
         "budget": {
             "preset": "quick" if args.quick else args.preset, **dataclasses.asdict(budget),
             "ddpm_learning_rate": args.learning_rate, "simclr_learning_rate": args.simclr_learning_rate,
