@@ -96,7 +96,8 @@ VARIANTS = {
     "mean_patch_batch_norm_masked_0.9_ema": {**VARIANT_DEFAULT, "use_ema": True},
     "mean_patch_batch_norm_masked_0.9_encoder_lr_3": {**VARIANT_DEFAULT, "encoder_learning_rate_scale": 3.0},
     "mean_patch_batch_norm_masked_0.9_truncated_snr": {**VARIANT_DEFAULT, "loss_weighting": "truncated_snr"},
-    # the DiT never sees the null r (rep_dropout 0.1 by default: a tenth of the hidden patches filled in without r)
+    # the DiT never sees the null r (rep_dropout 0.1 by default: a tenth of the training images get the null r, their
+    # hidden patches filled in without it)
     "mean_patch_batch_norm_masked_0.9_no_null_r": {**VARIANT_DEFAULT, "rep_dropout": 0.0},
     # the encoder reads a random crop and flip of the image (no intensity jitter), the DiT the image itself
     "mean_patch_batch_norm_masked_0.9_crop_flip_view": {**VARIANT_DEFAULT, "encoder_view": "crop_flip"},

@@ -603,7 +603,7 @@ def _label_free(x_train, x_test, y_test, num_classes: int, seed: int, normalizat
     key = ("features", 0)
     chosen = label_free_kmeans({key: x_train}, {key: x_test}, y_test, num_classes, seed=seed, normalizations=normalizations)
     names = (*SCORES, "nmi", "ari", "purity")
-    stability = {name: scores["features/0"] for name, scores in chosen["selection"]["scores"].items()}
+    stability = {name: scores[chosen["feature"]] for name, scores in chosen["selection"]["scores"].items()}
     by_normalization = {}
     for name in normalizations:
         metrics = chosen if name == chosen["normalization"] else kmeans_evaluate(
