@@ -391,6 +391,28 @@ def test_evaluate_protocols_chooses_the_kmeans_space_on_the_train_features_witho
         evaluate_protocols(*train, *test, kmeans_normalizations="l2", **options)
 
 
+def test_evaluate_protocols_reports_the_kmeans_space_chosen_with_val_labels_beside_the_label_free_one():
+    def blobs(n, seed):
+        x, y = make_blobs(n, n_features=2, centers=[[0, 0], [3, 3]], cluster_std=0.6, random_state=seed)
+        return np.hstack([x, np.random.default_rng(seed).normal(0, 1, (n, 20))]), y
+
+    train, val, test = blobs(300, 1), blobs(200, 2), blobs(100, 3)
+    options = {"shots": (1,), "num_episodes": 1, "linear_probe": False}
+    result = evaluate_protocols(*train, *test, val_features=val[0], val_labels=val[1], **options)
+    chosen = result["label_chosen"]
+    val_macro_f1 = {name: kmeans_evaluate(*val, 2, normalization=name)["macro_f1"] for name in NORMALIZATIONS}
+    assert chosen["val_macro_f1"] == val_macro_f1 and min(val_macro_f1.values()) < max(val_macro_f1.values())
+    assert chosen["normalization"] == max(val_macro_f1, key=val_macro_f1.get)
+    by_normalization = result["label_free_by_normalization"][chosen["normalization"]]
+    assert {k: chosen[k] for k in by_normalization} == by_normalization
+    assert result["label_free"] == evaluate_protocols(*train, *test, **options)["label_free"]  # reads no val
+    assert "label_chosen" not in evaluate_protocols(*train, *test, **options)
+    with pytest.raises(ValueError, match="val_labels"):
+        evaluate_protocols(*train, *test, val_features=val[0], val_labels=val[1] + 5, num_classes=2, **options)
+    with pytest.raises(ValueError, match="val_features have 3 columns, train_features have 22"):
+        evaluate_protocols(*train, *test, val_features=val[0][:, :3], val_labels=val[1], **options)
+
+
 def test_evaluate_protocols_averages_over_episodes():
     # Overlapping classes: 1-shot accuracy varies with the labelled sample drawn, and the summary is its mean / std.
     x, y = make_blobs(300, n_features=4, centers=3, cluster_std=4.0, random_state=0)

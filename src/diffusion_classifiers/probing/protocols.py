@@ -502,6 +502,9 @@ def evaluate_protocols(
       `macro_f1` and `balanced_accuracy`, `nmi`, `ari`, `purity`, the chosen `normalization` and every candidate's
       `stability`. `label_free_by_normalization` scores the test k-means in every candidate space, for comparison
       (e.g. `"standardize"`, the only space before 2026-12-01).
+    - `label_chosen` (with val): the test k-means in the space of `kmeans_normalizations` whose k-means on the val
+      features scores the best Hungarian-matched macro-F1 against the val labels, the figure beside the label-free
+      one (its choice reads labels; the test labels still only score it); `val_macro_f1` holds every space's.
     - `prototype` and `knn`, for each n in `shots`: `num_episodes` episodes, episode e labelling
       `few_shot_indices(train_labels, n, seed + e)`; [`prototype_classify`] and [`knn_classify`] with
       `k = min(knn_k, n)` neighbours (1-NN for n = 1; `knn_k` for "all") are scored on the whole test split. The
@@ -534,6 +537,7 @@ def evaluate_protocols(
          "label_free": {"accuracy", "macro_f1", "balanced_accuracy", "nmi", "ari", "purity", "normalization",
                         "stability": {"standardize": ..., "l2": ..., "pca_whiten": ...}},
          "label_free_by_normalization": {"standardize": {"accuracy", "macro_f1", ...}, ...},
+         "label_chosen": {"accuracy", ..., "normalization", "val_macro_f1": {"standardize": ..., ...}},  # with val
          "prototype": {"1": {"num_episodes": 5, "accuracy_mean", "accuracy_std", "accuracy_per_episode": [...],
                              "macro_f1_mean", ..., "balanced_accuracy_mean", ...}, ..., "all": {...}},
          "knn": {"1": {..., "k": 1}, ...},
@@ -558,7 +562,8 @@ def evaluate_protocols(
     num_steps = 1 + sum(1 if name == "all" else num_episodes for name in names) + bool(linear_probe)
     bar = tqdm(**{"total": num_steps, "desc": "Evaluation protocols", "unit": "step", **(progress_bar or {})})
     bar.set_postfix(protocol="k-means")
-    label_free = _label_free(x_train, x_test, y_test, num_classes, seed, kmeans_normalizations)
+    val = None if val_features is None else _checked_val(val_features, val_labels, x_train.shape[1], num_classes)
+    label_free = _label_free(x_train, x_test, y_test, num_classes, seed, kmeans_normalizations, val)
     bar.update(1)
     result = {
         "feature": list(pair) if pair is not None else None,
@@ -596,8 +601,9 @@ def evaluate_protocols(
     return result
 
 
-def _label_free(x_train, x_test, y_test, num_classes: int, seed: int, normalizations: Sequence[str]) -> dict:
-    """`label_free` (the space chosen without labels on the train features) and `label_free_by_normalization`."""
+def _label_free(x_train, x_test, y_test, num_classes: int, seed: int, normalizations: Sequence[str], val=None) -> dict:
+    """`label_free` (the space chosen without labels on the train features), `label_free_by_normalization` and,
+    given `val = (features, labels)`, `label_chosen` (the space whose val k-means scores the best macro-F1)."""
     if isinstance(normalizations, str):
         raise ValueError(f"kmeans_normalizations: expected a sequence of names, e.g. ('standardize',), got {normalizations!r}")
     key = ("features", 0)
@@ -610,11 +616,30 @@ def _label_free(x_train, x_test, y_test, num_classes: int, seed: int, normalizat
             x_test, y_test, num_classes, seed=seed, normalization=name
         )
         by_normalization[name] = {k: metrics[k] for k in names}
-    return {
+    result = {
         "label_free": {**by_normalization[chosen["normalization"]], "normalization": chosen["normalization"],
                        "stability": stability},
         "label_free_by_normalization": by_normalization,
     }  # fmt: skip
+    if val is not None:
+        x_val, y_val = val[0], as_labels(val[1], "val_labels")
+        val_macro_f1 = {
+            name: kmeans_evaluate(x_val, y_val, num_classes, seed=seed, normalization=name)["macro_f1"]
+            for name in normalizations
+        }
+        best = max(normalizations, key=val_macro_f1.get)  # the first of equals, in the order given
+        result["label_chosen"] = {**by_normalization[best], "normalization": best, "val_macro_f1": val_macro_f1}
+    return result
+
+
+def _checked_val(val_features, val_labels, num_columns: int, num_classes: int):
+    """Validated val features (one per label, as many columns as the train features) and labels."""
+    y = as_labels(val_labels, "val_labels")
+    check_label_range(y, "val_labels", num_classes)
+    x = as_feature_matrix(_single_feature(val_features, "val_features")[0], "val_features", len(y))
+    if x.shape[1] != num_columns:
+        raise ValueError(f"val_features have {x.shape[1]} columns, train_features have {num_columns}")
+    return x, y
 
 
 def _linear_probe(x_train, y_train, x_test, y_test, val_features, val_labels, num_classes, probe_kwargs) -> dict:
