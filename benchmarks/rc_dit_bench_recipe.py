@@ -101,6 +101,9 @@ VARIANTS = {
     "mean_patch_batch_norm_masked_0.9_no_null_r": {**VARIANT_DEFAULT, "rep_dropout": 0.0},
     # the encoder reads a random crop and flip of the image (no intensity jitter), the DiT the image itself
     "mean_patch_batch_norm_masked_0.9_crop_flip_view": {**VARIANT_DEFAULT, "encoder_view": "crop_flip"},
+    # a hidden patch reconstructed standardised per patch (MAE's normalised-pixel target): r asked for each patch's
+    # pattern rather than its brightness and contrast, what SimCLR's jitter makes its features blind to
+    "mean_patch_batch_norm_masked_0.9_norm_pix": {**VARIANT_DEFAULT, "masked_target": "normalized_patches"},
 }
 DEFAULT_RECIPE = "mean_patch_batch_norm_masked_0.9"  # train_rc_dit's defaults
 # baseline -> (train_contrastive_encoder method, its objective keywords)

@@ -227,6 +227,27 @@ def test_masked_patches_of_x_t_are_hidden_from_the_denoiser_and_reconstructed():
         RCDiTLoss(DDPMScheduler(), denoiser_mask_probability=0.0)
 
 
+def test_hidden_patches_can_be_reconstructed_standardised_per_patch():
+    from diffusion_classifiers.training.rc_dit import standardize_patches
+
+    clean = images(3, seed=1)
+    clean[0, :, :4, :4] = 0.3  # a flat patch: all zero after standardising, not a division by zero
+    standardized = standardize_patches(clean, 4)
+    patch = clean[1, :, 4:8, :4]
+    assert torch.allclose(standardized[1, :, 4:8, :4], (patch - patch.mean()) / (patch.var(unbiased=False) + 1e-6).sqrt())
+    patches = standardized.unfold(2, 4, 4).unfold(3, 4, 4).flatten(-2)  # [N, C, 2, 2, 16]
+    assert torch.allclose(patches.mean(-1), torch.zeros(()), atol=1e-6)
+    assert torch.allclose(patches[1:].var(-1, unbiased=False), torch.ones(()), atol=1e-4)
+    assert torch.equal(standardized[0, :, :4, :4], torch.zeros(1, 4, 4))
+    noise = images(3, seed=2)
+    loss = RCDiTLoss(DDPMScheduler(), denoiser_mask_ratio=0.5, mask_patch_size=4, masked_target="normalized_patches")
+    masked, target = loss.denoiser_input_and_target(clean + 10, noise, clean)
+    hidden = masked == 0
+    assert torch.equal(target[hidden], standardized[hidden]) and torch.equal(target[~hidden], noise[~hidden])
+    with pytest.raises(ValueError, match="masked_target"):
+        RCDiTLoss(DDPMScheduler(), masked_target="latents")
+
+
 def test_a_pretrained_encoder_reads_its_processors_normalisation(tmp_path):
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 

@@ -24,6 +24,9 @@ from .unet import TrainingImages, first_image, images_at, training_dataset
 
 __all__ = ["RCDiTJointModel", "RCDiTLoss", "rc_dit_sample_grid", "train_rc_dit"]
 
+# What a hidden patch of x_t is reconstructed as (`RCDiTLoss`)
+MASKED_TARGETS = ("pixels", "normalized_patches")
+
 
 class RCDiTJointModel(nn.Module):
     """Encoder + transformer as one module, so one optimizer (and DDP, EMA, checkpoints) trains both.
@@ -88,7 +91,9 @@ class RCDiTLoss(DenoisingLoss):
     With `denoiser_mask_ratio > 0` that fraction of the `mask_patch_size` patches (the DiT's tokens) of each image,
     or of a `denoiser_mask_probability` share of the images, is zeroed in x_t and the model's output there is
     compared with the clean image instead of the noise, as an MAE decoder's is: the noise of a hidden patch cannot
-    be predicted, its content only from r. The unmasked images keep the denoiser sampling-ready."""
+    be predicted, its content only from r. The unmasked images keep the denoiser sampling-ready. With
+    `masked_target="normalized_patches"` a hidden patch's target is its clean content standardised per patch (MAE's
+    normalised-pixel loss), so r is asked for each patch's pattern, not its brightness and contrast."""
 
     def __init__(
         self,
@@ -99,8 +104,11 @@ class RCDiTLoss(DenoisingLoss):
         denoiser_mask_ratio: float = 0.0,
         mask_patch_size: int = 1,
         denoiser_mask_probability: float = 1.0,
+        masked_target: str = "pixels",
     ):
         super().__init__(scheduler, loss_weighting=loss_weighting)
+        if masked_target not in MASKED_TARGETS:
+            raise ValueError(f"expected masked_target in {MASKED_TARGETS}, got {masked_target!r}")
         if not 0.0 <= denoiser_mask_ratio < 1.0:
             raise ValueError(f"expected denoiser_mask_ratio in [0, 1), got {denoiser_mask_ratio}")
         if not 0.0 < denoiser_mask_probability <= 1.0:
@@ -110,6 +118,7 @@ class RCDiTLoss(DenoisingLoss):
         self.denoiser_mask_ratio = denoiser_mask_ratio
         self.mask_patch_size = mask_patch_size
         self.denoiser_mask_probability = denoiser_mask_probability
+        self.masked_target = masked_target
 
     def clean_sample(self, batch: tuple) -> torch.Tensor:
         if self.vae is None:
@@ -122,11 +131,23 @@ class RCDiTLoss(DenoisingLoss):
         hidden = random_patch_mask(noisy.shape, self.mask_patch_size, self.denoiser_mask_ratio, noisy.device)
         masked_images = torch.rand(noisy.shape[0], 1, 1, 1, device=noisy.device) < self.denoiser_mask_probability
         hidden = hidden & masked_images
+        if self.masked_target == "normalized_patches":
+            clean = standardize_patches(clean, self.mask_patch_size)
         return noisy.masked_fill(hidden, 0.0), torch.where(hidden, clean, noise)
 
     def predict_noise(self, model: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, batch: tuple) -> torch.Tensor:
         images = batch[0] if self.encoder_view is None else self.encoder_view(batch[0])
         return model(noisy, timesteps, images)  # conditioned on the clean image's representation
+
+
+def standardize_patches(images: torch.Tensor, patch_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """Images `[N, C, H, W]` with each `patch_size` x `patch_size` patch (over its channels) shifted to mean 0 and
+    scaled to variance 1 (`eps` added to the variance, as MAE's target does)."""
+    n, c, height, width = images.shape
+    patches = images.reshape(n, c, height // patch_size, patch_size, width // patch_size, patch_size)
+    mean = patches.mean(dim=(1, 3, 5), keepdim=True)
+    variance = patches.var(dim=(1, 3, 5), keepdim=True, unbiased=False)
+    return ((patches - mean) / (variance + eps).sqrt()).reshape(n, c, height, width)
 
 
 def random_patch_mask(shape: torch.Size, patch_size: int, ratio: float, device) -> torch.Tensor:
@@ -184,6 +205,7 @@ def train_rc_dit(
     representation_injection: str = "adaln",
     denoiser_mask_ratio: float = 0.9,
     denoiser_mask_probability: float = 1.0,
+    masked_target: str = "pixels",
 ) -> tuple[nn.Module, RepresentationConditionedDiTModel, DDPMScheduler, TrainingSummary]:
     r"""
     Train `encoder` and a new `RepresentationConditionedDiTModel` of `dit_size` together on unlabeled images
@@ -225,6 +247,8 @@ def train_rc_dit(
             0 trains a plain conditional denoiser.
         denoiser_mask_probability (`float`, *optional*, defaults to 1.0): the share of the images that are masked;
             the others train the DiT as the whole-image denoiser that sampling needs (0.5 for a DiT that generates).
+        masked_target (`str`, *optional*, defaults to `"pixels"`): what a hidden patch is reconstructed as
+            (`RCDiTLoss`): its clean pixels, or `"normalized_patches"`, standardised per patch.
 
     Why these defaults (`benchmarks/rc_dit_bench_recipe.py`: Fashion-MNIST at 16 px, 400 steps, val, 3 seeds): with
     the tanh pooler and no normalisation r collapses (relative spread 0.015) and the denoiser's error is the same
@@ -272,7 +296,7 @@ def train_rc_dit(
     loss = RCDiTLoss(
         scheduler, vae=vae, encoder_view=encoder_view, loss_weighting=loss_weighting,
         denoiser_mask_ratio=denoiser_mask_ratio, mask_patch_size=config["patch_size"],
-        denoiser_mask_probability=denoiser_mask_probability,
+        denoiser_mask_probability=denoiser_mask_probability, masked_target=masked_target,
     )  # fmt: skip
     monitor = rc_dit_monitor(dataset, scheduler, vae, seed=args.seed)
     model, accelerator, summary = train(args, model, dataset, loss, sample_grid=grid, monitor=monitor)
