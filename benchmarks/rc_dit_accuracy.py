@@ -50,7 +50,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 
 import _common  # noqa: E402
 from _common import (  # noqa: E402
@@ -120,6 +120,11 @@ def parse_args():
         "--features_dir", default=None,
         help="also write each source's train / val / test features and labels to DIR/<dataset>_<source>.safetensors",
     )  # fmt: skip
+    parser.add_argument(
+        "--reuse_baseline_features", default=None,
+        help="read the baseline's features from DIR/<dataset>_<baseline>.safetensors (--features_dir of a run with "
+        "the same data, seed and budget) instead of training it again, e.g. after a change to the RC-DiT recipe",
+    )  # fmt: skip
     parser.add_argument("--num_samples", type=int, default=8, help="reference images in the PNG grid")
     parser.add_argument("--sample_steps", type=int, default=None, help="denoising steps; default 5 quick, else 100")
     parser.add_argument(
@@ -180,6 +185,17 @@ def save_features(path: Path, features: dict, splits: dict) -> None:
         tensors[f"{name}_labels"] = torch.as_tensor(split.labels).long()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path))
+
+
+def load_features(path: Path, splits: dict) -> dict:
+    """`{split: features}` written by `save_features`, checked against the splits' labels."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--reuse_baseline_features: expected {path} (written by --features_dir)")
+    tensors = load_file(str(path))
+    for name, split in splits.items():
+        if not torch.equal(tensors.get(f"{name}_labels", torch.empty(0)), torch.as_tensor(split.labels).long()):
+            raise ValueError(f"--reuse_baseline_features: {path} holds other {name} images than this run's {name} split")
+    return {name: tensors[f"{name}_features"] for name in splits}
 
 
 def dit_block_source(pipe, splits: dict, timesteps, seed: int) -> tuple[dict, dict]:
@@ -252,31 +268,35 @@ def train_pretrained_arms(args, train_images: torch.Tensor, tmp: str, walls: dic
 
 
 def run_dataset(name: str, path: Path, args, device, figure_prefix: Path) -> dict:
-    walls = {}
+    walls, details = {}, {}
     splits = load_splits(path, args)
     train_images = splits["train"].images
     random_encoder = build_vit_encoder_from_args(args, train_images).eval()
+    reused = None
+    if args.reuse_baseline_features:  # checked before any training
+        path = Path(args.reuse_baseline_features) / f"{name}_{args.baseline}.safetensors"
+        reused, details[f"{args.baseline}_features_from"] = load_features(path, splits), str(path)
     with tempfile.TemporaryDirectory() as tmp:
         with timed(walls, "train_rc_dit"):
             encoder, transformer, scheduler, rc_summary = train_rc_dit(
                 training_args(args, tmp + "/rc"), train_images, build_vit_encoder_from_args(args, train_images),
                 dit_size=args.dit_size,
             )
-        with timed(walls, f"train_{args.baseline}"):
-            baseline = train_contrastive_encoder(
-                training_args(args, tmp + "/cl"), train_images, build_vit_encoder_from_args(args, train_images),
-                method=args.baseline,
-            )
+        if reused is None:
+            with timed(walls, f"train_{args.baseline}"):
+                baseline = train_contrastive_encoder(
+                    training_args(args, tmp + "/cl"), train_images, build_vit_encoder_from_args(args, train_images),
+                    method=args.baseline,
+                ).to(device)
         pretrained_arms = train_pretrained_arms(args, train_images, tmp, walls) if args.pretrained else {}
     pipe = RepresentationConditionedDiTPipeline(encoder.to(device), transformer.to(device), scheduler)
     pipe.set_progress_bar_config(disable=True)
-    baseline.to(device)
 
-    sources, details = {}, {}
+    sources = {}
     with timed(walls, "evaluate"):
         feature_functions = {
             "rc_dit": lambda x: representation_of(encoder, transformer, x),
-            args.baseline: lambda x: encode_representation(baseline, x),
+            args.baseline: None if reused is not None else lambda x: encode_representation(baseline, x),
             "raw_pixels": lambda x: x.flatten(1),
             "random_encoder": lambda x: encode_representation(random_encoder, x, transformer.config.representation_readout),
         }
@@ -287,7 +307,7 @@ def run_dataset(name: str, path: Path, args, device, figure_prefix: Path) -> dic
                 save_features(Path(args.features_dir) / f"{name}_{source}.safetensors", features, splits)
 
         for source, function in feature_functions.items():
-            score(source, {s: encode(function, split.images) for s, split in splits.items()})
+            score(source, reused if function is None else {s: encode(function, split.images) for s, split in splits.items()})
         dit_features, details["rc_dit_blocks"] = dit_block_source(pipe, splits, args.dit_timesteps, args.seed)
         score("rc_dit_blocks", dit_features)
         for source, function in pretrained_arms.items():

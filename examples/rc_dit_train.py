@@ -26,6 +26,7 @@ from diffusion_classifiers.models import (
 from diffusion_classifiers.pipelines import RepresentationConditionedDiTPipeline
 from diffusion_classifiers.training import (
     LOSS_WEIGHTINGS,
+    MASKED_TARGETS,
     add_diffusion_args,
     add_encoder_args,
     add_training_args,
@@ -101,6 +102,13 @@ def parse_args(argv=None):
         "sampling needs; 0.5 keeps a DiT that generates, at the cost of a worse r (default: %(default)s).",
     )
     parser.add_argument(
+        "--masked_target",
+        default="normalized_patches",
+        choices=MASKED_TARGETS,
+        help="What a hidden patch is reconstructed as: its content standardised per patch, which gives the better r, "
+        "or its pixels (default: %(default)s).",
+    )
+    parser.add_argument(
         "--freeze_encoder",
         action="store_true",
         help="Keep the encoder fixed: train only the DiT (default: %(default)s).",
@@ -145,6 +153,7 @@ def main(argv=None):
         loss_weighting=args.loss_weighting,
         denoiser_mask_ratio=args.denoiser_mask_ratio,
         denoiser_mask_probability=args.denoiser_mask_probability,
+        masked_target=args.masked_target,
         encoder_preprocessing=encoder_preprocessing_from_args(args),
     )
     if PartialState().is_main_process:

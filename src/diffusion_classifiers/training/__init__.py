@@ -40,6 +40,7 @@ _EXPORTS = {
     # diffusion trainers
     "DenoisingLoss": "denoising",
     "LOSS_WEIGHTINGS": "denoising",
+    "MASKED_TARGETS": "rc_dit",
     "RCDiTJointModel": "rc_dit",
     "RCDiTLoss": "rc_dit",
     "check_training_images": "denoising",

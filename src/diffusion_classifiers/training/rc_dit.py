@@ -22,7 +22,7 @@ from .monitoring import SampleGridFunction, image_grid
 from .rc_dit_diagnostics import rc_dit_monitor, recompute_representation_statistics
 from .unet import TrainingImages, first_image, images_at, training_dataset
 
-__all__ = ["RCDiTJointModel", "RCDiTLoss", "rc_dit_sample_grid", "train_rc_dit"]
+__all__ = ["MASKED_TARGETS", "RCDiTJointModel", "RCDiTLoss", "rc_dit_sample_grid", "train_rc_dit"]
 
 # What a hidden patch of x_t is reconstructed as (`RCDiTLoss`)
 MASKED_TARGETS = ("pixels", "normalized_patches")
@@ -205,7 +205,7 @@ def train_rc_dit(
     representation_injection: str = "adaln",
     denoiser_mask_ratio: float = 0.9,
     denoiser_mask_probability: float = 1.0,
-    masked_target: str = "pixels",
+    masked_target: str = "normalized_patches",
 ) -> tuple[nn.Module, RepresentationConditionedDiTModel, DDPMScheduler, TrainingSummary]:
     r"""
     Train `encoder` and a new `RepresentationConditionedDiTModel` of `dit_size` together on unlabeled images
@@ -247,8 +247,8 @@ def train_rc_dit(
             0 trains a plain conditional denoiser.
         denoiser_mask_probability (`float`, *optional*, defaults to 1.0): the share of the images that are masked;
             the others train the DiT as the whole-image denoiser that sampling needs (0.5 for a DiT that generates).
-        masked_target (`str`, *optional*, defaults to `"pixels"`): what a hidden patch is reconstructed as
-            (`RCDiTLoss`): its clean pixels, or `"normalized_patches"`, standardised per patch.
+        masked_target (`str`, *optional*, defaults to `"normalized_patches"`): what a hidden patch is
+            reconstructed as (`RCDiTLoss`): its clean content standardised per patch, or its `"pixels"`.
 
     Why these defaults (`benchmarks/rc_dit_bench_recipe.py`: Fashion-MNIST at 16 px, 400 steps, val, 3 seeds): with
     the tanh pooler and no normalisation r collapses (relative spread 0.015) and the denoiser's error is the same
@@ -266,6 +266,11 @@ def train_rc_dit(
     needs to redraw the image from r alone. `denoiser_mask_probability=0.5` keeps the other half of the images
     whole: the DiT stays a denoiser (error 0.27) and samples, and r is worse (50.4% / 52.4%). An encoder reading a
     SimCLR view (crop, flip, brightness and contrast jitter, blur) was worse with either probability.
+    Reconstructing each hidden patch standardised per patch (MAE's normalised-pixel target) rather than as pixels
+    asks r for the patches' patterns, not their brightness and contrast, the nuisance SimCLR's jitter removes: on
+    PneumoniaMNIST k-means balanced accuracy / macro-F1 82.0% / 77.7% vs 66.2% / 61.9% (SimCLR 71.5% / 59.9%),
+    10-shot balanced accuracy 84.7% vs 80.5%; on Fashion-MNIST k-means 53.1% vs 53.9% (within the seeds' spread),
+    10-shot 63.9% vs 59.3% (SimCLR 62.2%).
 
     Returns:
         The trained encoder and transformer (EMA weights when `args.use_ema`, eval mode), the scheduler and the
