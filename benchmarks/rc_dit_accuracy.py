@@ -5,7 +5,7 @@ For each dataset (PneumoniaMNIST and Fashion-MNIST, or the one `--data` names: a
 
 1. RC-DiT: a ViT encoder and a DiT (`train_rc_dit`, its default recipe: r the mean of the final-layernormed patch
    tokens, standardised per dimension; in every image 90% of the DiT's patches of x_t hidden and reconstructed
-   from r) trained together on the unlabeled train images;
+   from r, each standardised per patch) trained together on the unlabeled train images;
 2. baseline: the SAME ViT architecture from the SAME initial weights, trained on the same images for the same number
    of optimizer steps, batch size and learning rate with a self-distillation (DINO) or contrastive (SimCLR)
    objective (`training.train_contrastive_encoder`, kornia augmentations; SimCLR by default: DINO collapsed at
@@ -36,6 +36,9 @@ Fashion-MNIST label-free and 10-shot accuracy >= the baseline's; everywhere labe
     python benchmarks/rc_dit_accuracy.py      # writes benchmarks/results/rc_dit_accuracy.json and the PNG grids
     python benchmarks/rc_dit_accuracy.py --quick --data my.npz --class_names a b c
     python benchmarks/rc_dit_accuracy.py --merge seed0.json seed1.json seed2.json --output merged.json
+    # after a change to the RC-DiT recipe: retrain only the RC-DiT, the baseline's features from an earlier run
+    python benchmarks/rc_dit_accuracy.py --seed 0 --features_dir features_seed0 --output before.json
+    python benchmarks/rc_dit_accuracy.py --seed 0 --reuse_baseline_features features_seed0 --output after.json
 """
 
 import json
