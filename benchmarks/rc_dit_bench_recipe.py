@@ -106,6 +106,13 @@ VARIANTS = {
     # a hidden patch reconstructed standardised per patch (MAE's normalised-pixel target): r asked for each patch's
     # pattern rather than its brightness and contrast, what SimCLR's jitter makes its features blind to
     "mean_patch_batch_norm_masked_0.9_norm_pix": {**VARIANT_DEFAULT, "masked_target": "normalized_patches"},
+    # on top of it: every patch hidden (the DiT a decoder of r alone); the 3x encoder learning rate
+    "mean_patch_batch_norm_all_hidden_norm_pix": {
+        **MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.999, **EVERY_IMAGE, "masked_target": "normalized_patches"
+    },
+    "mean_patch_batch_norm_masked_0.9_norm_pix_encoder_lr_3": {
+        **VARIANT_DEFAULT, "masked_target": "normalized_patches", "encoder_learning_rate_scale": 3.0
+    },
 }
 DEFAULT_RECIPE = "mean_patch_batch_norm_masked_0.9_norm_pix"  # train_rc_dit's defaults
 # baseline -> (train_contrastive_encoder method, its objective keywords)
