@@ -277,8 +277,8 @@ def run_dataset(name: str, path: Path, args, device, figure_prefix: Path) -> dic
     random_encoder = build_vit_encoder_from_args(args, train_images).eval()
     reused = None
     if args.reuse_baseline_features:  # checked before any training
-        path = Path(args.reuse_baseline_features) / f"{name}_{args.baseline}.safetensors"
-        reused, details[f"{args.baseline}_features_from"] = load_features(path, splits), str(path)
+        features_path = Path(args.reuse_baseline_features) / f"{name}_{args.baseline}.safetensors"
+        reused, details[f"{args.baseline}_features_from"] = load_features(features_path, splits), str(features_path)
     with tempfile.TemporaryDirectory() as tmp:
         with timed(walls, "train_rc_dit"):
             encoder, transformer, scheduler, rc_summary = train_rc_dit(
@@ -304,17 +304,20 @@ def run_dataset(name: str, path: Path, args, device, figure_prefix: Path) -> dic
             "random_encoder": lambda x: encode_representation(random_encoder, x, transformer.config.representation_readout),
         }
 
+        def encoded(function) -> dict:
+            return {s: encode(function, split.images) for s, split in splits.items()}
+
         def score(source: str, features: dict) -> None:
             sources[source] = protocols(features, splits, args.seed)
             if args.features_dir:
                 save_features(Path(args.features_dir) / f"{name}_{source}.safetensors", features, splits)
 
         for source, function in feature_functions.items():
-            score(source, reused if function is None else {s: encode(function, split.images) for s, split in splits.items()})
+            score(source, reused if function is None else encoded(function))
         dit_features, details["rc_dit_blocks"] = dit_block_source(pipe, splits, args.dit_timesteps, args.seed)
         score("rc_dit_blocks", dit_features)
         for source, function in pretrained_arms.items():
-            score(source, {s: encode(function, split.images) for s, split in splits.items()})
+            score(source, encoded(function))
     with timed(walls, "sample_grid"):
         grid_path = figure_prefix.with_name(f"{figure_prefix.name}_samples_{name}.png")
         references = splits["test"].images[: args.num_samples]

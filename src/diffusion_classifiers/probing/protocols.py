@@ -593,9 +593,7 @@ def evaluate_protocols(
     if linear_probe:
         bar.set_postfix(protocol="linear probe")
         probe_kwargs = {"progress_bar": {**(progress_bar or {}), "leave": False}, **(probe_kwargs or {})}
-        result["linear_probe"] = _linear_probe(
-            x_train, y_train, x_test, y_test, val_features, val_labels, num_classes, probe_kwargs
-        )
+        result["linear_probe"] = _linear_probe(x_train, y_train, x_test, y_test, val, num_classes, probe_kwargs)
         bar.update(1)
     bar.close()
     return result
@@ -622,7 +620,7 @@ def _label_free(x_train, x_test, y_test, num_classes: int, seed: int, normalizat
         "label_free_by_normalization": by_normalization,
     }  # fmt: skip
     if val is not None:
-        x_val, y_val = val[0], as_labels(val[1], "val_labels")
+        x_val, y_val = val
         val_macro_f1 = {
             name: kmeans_evaluate(x_val, y_val, num_classes, seed=seed, normalization=name)["macro_f1"]
             for name in normalizations
@@ -642,18 +640,17 @@ def _checked_val(val_features, val_labels, num_columns: int, num_classes: int):
     return x, y
 
 
-def _linear_probe(x_train, y_train, x_test, y_test, val_features, val_labels, num_classes, probe_kwargs) -> dict:
-    """`fit_probe_grid` on one feature; val selects nothing (one pair) but is scored and usable for early stopping."""
+def _linear_probe(x_train, y_train, x_test, y_test, val, num_classes, probe_kwargs) -> dict:
+    """`fit_probe_grid` on one feature; val (`(features, labels)` or `None`: the train split stands in) selects nothing
+    (one pair) but is scored and usable for early stopping."""
     key = ("features", 0)
-    if val_features is None:
-        val = {key: x_train}, y_train
-    else:
-        val = {key: _single_feature(val_features, "val_features")[0]}, val_labels
+    x_val, y_val = (x_train, y_train) if val is None else val
     fit = fit_probe_grid(
-        {key: x_train}, y_train, *val, {key: x_test}, y_test, num_classes=num_classes, pool=None, **(probe_kwargs or {})
-    )
+        {key: x_train}, y_train, {key: x_val}, y_val, {key: x_test}, y_test, num_classes=num_classes, pool=None,
+        **(probe_kwargs or {}),
+    )  # fmt: skip
     metrics = fit.metrics[key]
     out = dict(metrics["test"])
-    if val_features is not None:
+    if val is not None:
         out.update({f"val_{name}": value for name, value in metrics["val"].items()})
     return {**out, "converged": bool(fit.converged[key]), "n_iter": int(fit.n_iter[key])}
