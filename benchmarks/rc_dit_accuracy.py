@@ -18,10 +18,10 @@ For each dataset (PneumoniaMNIST and Fashion-MNIST, or the one `--data` names: a
 5. every feature source scored by `probing.evaluate_protocols`: label-free k-means + Hungarian on test (accuracy,
    macro-F1, NMI, ARI; the space, standardised, L2-normalised or PCA-whitened, chosen per source by the stability of
    its k-means on the unlabeled train features; beside it, the space whose val k-means scores the best macro-F1
-   against the val labels), prototypes and k-NN on standardised features with n = 1, 5, 10 and
-   all labelled train images per class (5 episodes), and a linear probe on all train labels. The RC-DiT's DiT block
-   activations are a second source: the (block, t) pair is chosen by linear-probe accuracy on val, then scored like
-   the others.
+   against the val labels, and the label-free k-means run on val), prototypes and k-NN on standardised features
+   with n = 1, 5, 10 and all labelled train images per class (5 episodes), and a linear probe on all train labels.
+   The RC-DiT's DiT block activations are a second source: the (block, t) pair is chosen by linear-probe accuracy
+   on val, then scored like the others.
 6. a PNG grid per dataset: test reference images and samples generated from their representations; the PNGs are
    named after the results file (`--output`).
 
@@ -233,7 +233,7 @@ def sample_grid(pipe, references: torch.Tensor, num_steps: int, seed: int, path:
 def headline(result: dict) -> dict:
     """The figures of the README table; on a binary (imbalanced) set the class-balanced ones come first. Label-free:
     k-means in the space chosen without labels, in the standardised space (the only one before 2026-12-01) and, beside
-    them, in the space chosen with the val labels."""
+    them, in the space chosen with the val labels; the label-free k-means run on val, the split choices are made on."""
     label_free = ("balanced_accuracy", "macro_f1", "accuracy") if result["num_classes"] == 2 else \
         ("accuracy", "macro_f1", "balanced_accuracy")
     standardized = result["label_free_by_normalization"]["standardize"]
@@ -241,6 +241,7 @@ def headline(result: dict) -> dict:
         **{f"label_free_{name}": result["label_free"][name] for name in label_free},
         **{f"label_free_standardized_{name}": standardized[name] for name in ("accuracy", "macro_f1")},
         **{f"label_chosen_{name}": result["label_chosen"][name] for name in ("accuracy", "macro_f1")},
+        **{f"label_free_on_val_{name}": result["label_free_on_val"][name] for name in label_free},
         "prototype_10shot_accuracy": result["prototype"]["10"]["accuracy_mean"],
         "knn_10shot_accuracy": result["knn"]["10"]["accuracy_mean"],
         "linear_probe_accuracy": result["linear_probe"]["accuracy"],

@@ -407,6 +407,12 @@ def test_evaluate_protocols_reports_the_kmeans_space_chosen_with_val_labels_besi
     assert {k: chosen[k] for k in by_normalization} == by_normalization
     assert result["label_free"] == evaluate_protocols(*train, *test, **options)["label_free"]  # reads no val
     assert "label_chosen" not in evaluate_protocols(*train, *test, **options)
+    on_val = result["label_free_on_val"]
+    assert on_val["normalization"] == result["label_free"]["normalization"]
+    expected = kmeans_evaluate(*val, 2, normalization=on_val["normalization"])
+    assert {k: on_val[k] for k in ("accuracy", "macro_f1", "balanced_accuracy", "nmi")} == {
+        k: expected[k] for k in ("accuracy", "macro_f1", "balanced_accuracy", "nmi")
+    }
     with pytest.raises(ValueError, match="val_labels"):
         evaluate_protocols(*train, *test, val_features=val[0], val_labels=val[1] + 5, num_classes=2, **options)
     with pytest.raises(ValueError, match="val_features have 3 columns, train_features have 22"):

@@ -505,6 +505,9 @@ def evaluate_protocols(
     - `label_chosen` (with val): the test k-means in the space of `kmeans_normalizations` whose k-means on the val
       features scores the best Hungarian-matched macro-F1 against the val labels, the figure beside the label-free
       one (its choice reads labels; the test labels still only score it); `val_macro_f1` holds every space's.
+    - `label_free_on_val` (with val): the label-free k-means run on the val features instead, in the same space: the
+      same method on the split choices are made on, to set beside the test figure (a large gap says the test split
+      differs from val).
     - `prototype` and `knn`, for each n in `shots`: `num_episodes` episodes, episode e labelling
       `few_shot_indices(train_labels, n, seed + e)`; [`prototype_classify`] and [`knn_classify`] with
       `k = min(knn_k, n)` neighbours (1-NN for n = 1; `knn_k` for "all") are scored on the whole test split. The
@@ -538,6 +541,7 @@ def evaluate_protocols(
                         "stability": {"standardize": ..., "l2": ..., "pca_whiten": ...}},
          "label_free_by_normalization": {"standardize": {"accuracy", "macro_f1", ...}, ...},
          "label_chosen": {"accuracy", ..., "normalization", "val_macro_f1": {"standardize": ..., ...}},  # with val
+         "label_free_on_val": {"accuracy", ..., "normalization"},  # with val
          "prototype": {"1": {"num_episodes": 5, "accuracy_mean", "accuracy_std", "accuracy_per_episode": [...],
                              "macro_f1_mean", ..., "balanced_accuracy_mean", ...}, ..., "all": {...}},
          "knn": {"1": {..., "k": 1}, ...},
@@ -601,7 +605,8 @@ def evaluate_protocols(
 
 def _label_free(x_train, x_test, y_test, num_classes: int, seed: int, normalizations: Sequence[str], val=None) -> dict:
     """`label_free` (the space chosen without labels on the train features), `label_free_by_normalization` and,
-    given `val = (features, labels)`, `label_chosen` (the space whose val k-means scores the best macro-F1)."""
+    given `val = (features, labels)`, `label_chosen` (the space whose val k-means scores the best macro-F1) and
+    `label_free_on_val` (the label-free k-means on val)."""
     if isinstance(normalizations, str):
         raise ValueError(f"kmeans_normalizations: expected a sequence of names, e.g. ('standardize',), got {normalizations!r}")
     key = ("features", 0)
@@ -621,12 +626,13 @@ def _label_free(x_train, x_test, y_test, num_classes: int, seed: int, normalizat
     }  # fmt: skip
     if val is not None:
         x_val, y_val = val
-        val_macro_f1 = {
-            name: kmeans_evaluate(x_val, y_val, num_classes, seed=seed, normalization=name)["macro_f1"]
-            for name in normalizations
-        }
+        on_val = {name: kmeans_evaluate(x_val, y_val, num_classes, seed=seed, normalization=name) for name in normalizations}
+        val_macro_f1 = {name: metrics["macro_f1"] for name, metrics in on_val.items()}
         best = max(normalizations, key=val_macro_f1.get)  # the first of equals, in the order given
         result["label_chosen"] = {**by_normalization[best], "normalization": best, "val_macro_f1": val_macro_f1}
+        result["label_free_on_val"] = {
+            **{k: on_val[chosen["normalization"]][k] for k in names}, "normalization": chosen["normalization"]
+        }
     return result
 
 
