@@ -333,3 +333,25 @@ def test_example_script_saves_a_loadable_encoder(tmp_path):
     script.main(argv)
     encoder = ViTModel.from_pretrained(tmp_path)
     assert encoder.config.hidden_size == 32 and encoder.config.image_size == 16
+
+
+def test_a_pretrained_dinov2_is_adapted_by_dino_through_its_processor(tiny_dinov2_dir, digits, tmp_path):
+    # rc_dit_accuracy's second DINOv2 arm: 1-channel 16 px images, an RGB 28 px model with an ImageNet normalisation
+    from transformers import AutoModel
+
+    from diffusion_classifiers.models import pretrained_preprocessing
+
+    preprocessing = pretrained_preprocessing(str(tiny_dinov2_dir))
+    assert preprocessing["image_size"] == [28, 28]
+    initial = load_pretrained_encoder(str(tiny_dinov2_dir)).encode(digits[:4])
+    with torch.no_grad():  # the frozen arm and the adapted arm read the images the same way
+        same_input = encode_representation(AutoModel.from_pretrained(tiny_dinov2_dir).eval(), digits[:4], preprocessing=preprocessing)
+    torch.testing.assert_close(same_input, initial)
+    adapted = train_contrastive_encoder(
+        args_for(tmp_path, steps=2), digits[:64], AutoModel.from_pretrained(tiny_dinov2_dir), method="dino",
+        preprocessing=preprocessing, out_dim=64, hidden_dim=32, bottleneck_dim=16, num_local_views=1,
+    )  # fmt: skip
+    with torch.no_grad():
+        features = encode_representation(adapted, digits[:4], preprocessing=preprocessing)
+    assert features.shape == initial.shape == (4, 32)
+    assert not torch.allclose(features, initial)
