@@ -22,8 +22,9 @@ For each dataset (PneumoniaMNIST and Fashion-MNIST, or the one `--data` names: a
    with n = 1, 5, 10 and all labelled train images per class (5 episodes), and a linear probe on all train labels.
    The RC-DiT's DiT block activations are a second source: the (block, t) pair is chosen by linear-probe accuracy
    on val, then scored like the others.
-6. a PNG grid per dataset: test reference images and samples generated from their representations; the PNGs are
-   named after the results file (`--output`).
+6. a PNG grid per dataset: test reference images, samples generated from their representations, and the hidden
+   patches redrawn from r as in training (what the default recipe's DiT learns; its samples are noise); the PNGs
+   are named after the results file (`--output`).
 
 `--merge` summarises full runs of the same budget with other `--seed`s (mean and standard deviation of every
 figure, the targets on the means), e.g. runs made in parallel processes.
@@ -84,9 +85,13 @@ from diffusion_classifiers.pipelines import (  # noqa: E402
 )
 from diffusion_classifiers.probing import evaluate_protocols, fit_probe_grid  # noqa: E402
 from diffusion_classifiers.training import (  # noqa: E402
+    DEFAULT_MASKED_TARGET,
+    RCDiTJointModel,
     TrainingArguments,
     add_encoder_args,
     build_vit_encoder_from_args,
+    redraw_hidden_patches,
+    to_display_range,
     train_contrastive_encoder,
     train_rc_dit,
 )
@@ -212,18 +217,29 @@ def dit_block_source(pipe, splits: dict, timesteps, seed: int) -> tuple[dict, di
 
 
 def sample_grid(pipe, references: torch.Tensor, num_steps: int, seed: int, path: Path, title: str) -> None:
-    """Row 1: reference images; row 2: samples generated from their representations (guidance 1)."""
+    """Rows: reference images; samples generated from their representations (guidance 1); what the default recipe
+    scores its hidden patches against (each standardised per patch) and, with 90% of the DiT's patches hidden as in
+    training (dark in the last row: shown as the target), those patches redrawn from r (`redraw_hidden_patches`)."""
     generator = [torch.Generator().manual_seed(seed + i) for i in range(len(references))]
     variation = RepresentationConditionedDiTImageVariationPipeline.from_pipe(pipe)
     samples = variation(references, num_inference_steps=num_steps, generator=generator).images
+    target, redrawn, _ = redraw_hidden_patches(
+        RCDiTJointModel(pipe.encoder, pipe.transformer), references.to(pipe.device), pipe.scheduler,
+        generator=torch.Generator().manual_seed(seed),
+    )  # fmt: skip
+    rows = {
+        "reference": references / 2 + 0.5, "generated": samples.cpu(),
+        "target": to_display_range(target, DEFAULT_MASKED_TARGET).cpu(),
+        "redrawn from r": to_display_range(redrawn, DEFAULT_MASKED_TARGET).cpu(),
+    }  # fmt: skip
     n = len(references)
-    fig, axes = plt.subplots(2, n, figsize=(1.2 * n, 2.8), squeeze=False)
-    for i in range(n):
-        for row, image in enumerate((references[i] / 2 + 0.5, samples[i])):
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.2 * n, 1.4 * len(rows)), squeeze=False)
+    for row, (label, images) in enumerate(rows.items()):
+        for i in range(n):
             ax = axes[row, i]
-            ax.imshow(image.clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(images[i].clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([]), ax.set_yticks([])
-        axes[0, 0].set_ylabel("reference"), axes[1, 0].set_ylabel("generated")
+        axes[row, 0].set_ylabel(label, fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

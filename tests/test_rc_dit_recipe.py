@@ -248,6 +248,35 @@ def test_hidden_patches_can_be_reconstructed_standardised_per_patch():
         RCDiTLoss(DDPMScheduler(), masked_target="latents")
 
 
+def test_redraw_hidden_patches_shows_the_dits_prediction_where_patches_are_hidden_and_the_target_elsewhere():
+    from diffusion_classifiers.training import redraw_hidden_patches
+    from diffusion_classifiers.training.rc_dit import rc_dit_sample_grid, standardize_patches
+
+    model, x = RCDiTJointModel(encoder(), transformer()).eval(), images(4)
+    generator = torch.Generator().manual_seed(0)
+    target, redrawn, hidden = redraw_hidden_patches(model, x, DDPMScheduler(), 0.75, generator=generator)
+    assert torch.equal(target, standardize_patches(x, 4)) and hidden.shape == (4, 1, SIZE, SIZE)
+    assert (hidden[:, :, ::4, ::4].flatten(1).sum(1) == 12).all()  # 0.75 of the 16 tokens, as in training
+    hidden = hidden.expand_as(x)
+    assert torch.equal(redrawn[~hidden], target[~hidden])
+    model.forward = lambda noisy, timesteps, clean: torch.full_like(noisy, 7.0)
+    _, redrawn, hidden = redraw_hidden_patches(model, x, DDPMScheduler(), masked_target="pixels", generator=generator)
+    hidden = hidden.expand_as(x)
+    assert (redrawn[hidden] == 7.0).all() and torch.equal(redrawn[~hidden], x[~hidden])
+    masks = [redraw_hidden_patches(model, x, DDPMScheduler(), generator=torch.Generator().manual_seed(1))[2] for _ in range(2)]
+    assert torch.equal(*masks)  # the generator's: the same patches hidden in every grid of a run
+    with pytest.raises(ValueError, match=r"expected images \[N, 1, H, W\] \(a pixel-space DiT\), got \(4, 3, 16, 16\)"):
+        redraw_hidden_patches(model, x.expand(-1, 3, -1, -1), DDPMScheduler())
+    with pytest.raises(ValueError, match="masked_target"):
+        redraw_hidden_patches(model, x, DDPMScheduler(), masked_target="latents")
+
+    model = RCDiTJointModel(encoder(), transformer()).eval()
+    for mask_ratio, rows in ((0.0, 2), (0.9, 4)):  # references and samples; then the target and the redrawn patches
+        grid = rc_dit_sample_grid(images(2), DDPMScheduler(), num_images=2, num_inference_steps=2, mask_ratio=mask_ratio,
+                                  masked_target="normalized_patches")(model)  # fmt: skip
+        assert grid.height == rows * grid.width // 2
+
+
 def test_a_pretrained_encoder_reads_its_processors_normalisation(tmp_path):
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 

@@ -40,9 +40,13 @@ _EXPORTS = {
     # diffusion trainers
     "DenoisingLoss": "denoising",
     "LOSS_WEIGHTINGS": "denoising",
+    "DEFAULT_DENOISER_MASK_RATIO": "rc_dit",
+    "DEFAULT_MASKED_TARGET": "rc_dit",
     "MASKED_TARGETS": "rc_dit",
     "RCDiTJointModel": "rc_dit",
     "RCDiTLoss": "rc_dit",
+    "redraw_hidden_patches": "rc_dit",
+    "to_display_range": "rc_dit",
     "check_training_images": "denoising",
     "class_balanced_sampler": "score_sde",
     "train_ddpm_unet": "unet",

@@ -22,10 +22,23 @@ from .monitoring import SampleGridFunction, image_grid
 from .rc_dit_diagnostics import rc_dit_monitor, recompute_representation_statistics
 from .unet import TrainingImages, first_image, images_at, training_dataset
 
-__all__ = ["MASKED_TARGETS", "RCDiTJointModel", "RCDiTLoss", "rc_dit_sample_grid", "train_rc_dit"]
+__all__ = [
+    "DEFAULT_DENOISER_MASK_RATIO",
+    "DEFAULT_MASKED_TARGET",
+    "MASKED_TARGETS",
+    "RCDiTJointModel",
+    "RCDiTLoss",
+    "rc_dit_sample_grid",
+    "redraw_hidden_patches",
+    "to_display_range",
+    "train_rc_dit",
+]
 
 # What a hidden patch of x_t is reconstructed as (`RCDiTLoss`)
 MASKED_TARGETS = ("pixels", "normalized_patches")
+# `train_rc_dit`'s recipe (why: its docstring)
+DEFAULT_DENOISER_MASK_RATIO = 0.9
+DEFAULT_MASKED_TARGET = "normalized_patches"
 
 
 class RCDiTJointModel(nn.Module):
@@ -150,14 +163,56 @@ def standardize_patches(images: torch.Tensor, patch_size: int, eps: float = 1e-6
     return ((patches - mean) / (variance + eps).sqrt()).reshape(n, c, height, width)
 
 
-def random_patch_mask(shape: torch.Size, patch_size: int, ratio: float, device) -> torch.Tensor:
+def random_patch_mask(shape: torch.Size, patch_size: int, ratio: float, device, generator=None) -> torch.Tensor:
     """A boolean mask (N, 1, H, W) for images of `shape` (N, C, H, W) that hides `round(ratio * tokens)` of each
-    image's `patch_size` x `patch_size` patches, drawn uniformly; it broadcasts over the channels."""
+    image's `patch_size` x `patch_size` patches, drawn uniformly (with the CPU `generator` if given); it broadcasts
+    over the channels."""
     n, _, height, width = shape
     rows, columns = height // patch_size, width // patch_size
-    ranks = torch.rand(n, rows * columns, device=device).argsort(1).argsort(1)
+    if generator is None:
+        draws = torch.rand(n, rows * columns, device=device)
+    else:
+        draws = torch.rand(n, rows * columns, generator=generator).to(device)
+    ranks = draws.argsort(1).argsort(1)
     hidden = (ranks < round(ratio * rows * columns)).view(n, 1, rows, columns)
     return hidden.repeat_interleave(patch_size, 2).repeat_interleave(patch_size, 3)
+
+
+@torch.no_grad()
+def redraw_hidden_patches(
+    model: RCDiTJointModel,
+    images: torch.Tensor,
+    scheduler: DDPMScheduler,
+    mask_ratio: float = DEFAULT_DENOISER_MASK_RATIO,
+    masked_target: str = DEFAULT_MASKED_TARGET,
+    timestep: int = 0,
+    generator: Optional[torch.Generator] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What a pixel-space DiT trained to redraw hidden patches from r (`RCDiTLoss` with `denoiser_mask_ratio > 0`,
+    `train_rc_dit`'s default) draws for `images` ([-1, 1], `[N, C, H, W]`): `mask_ratio` of each image's patches (the
+    DiT's tokens) hidden in x_t at `timestep`, as in training, the encoder reading the whole image. Returns
+    `(target, redrawn, hidden)`: the images as the loss scores them (standardised per patch for
+    `"normalized_patches"`), the same with every hidden patch replaced by the DiT's prediction, and the boolean mask
+    `[N, 1, H, W]` of the hidden pixels. Call it on the model in eval mode (no null r, running statistics)."""
+    if masked_target not in MASKED_TARGETS:
+        raise ValueError(f"expected masked_target in {MASKED_TARGETS}, got {masked_target!r}")
+    config = model.transformer.config
+    if images.ndim != 4 or images.shape[1] != config.in_channels:
+        raise ValueError(f"expected images [N, {config.in_channels}, H, W] (a pixel-space DiT), got {tuple(images.shape)}")
+    hidden = random_patch_mask(images.shape, config.patch_size, mask_ratio, images.device, generator)
+    noise = torch.randn(images.shape, generator=generator).to(images)
+    timesteps = torch.full((len(images),), timestep, dtype=torch.long, device=images.device)
+    noisy = scheduler.add_noise(images, noise, timesteps).masked_fill(hidden, 0.0)
+    prediction = model(noisy, timesteps, images)
+    target = standardize_patches(images, config.patch_size) if masked_target == "normalized_patches" else images
+    return target, torch.where(hidden, prediction, target), hidden
+
+
+def to_display_range(images: torch.Tensor, masked_target: str) -> torch.Tensor:
+    """`redraw_hidden_patches` outputs in [0, 1] for a grid: pixels from [-1, 1]; standardised patches from +-2.5
+    standard deviations."""
+    scale = 5.0 if masked_target == "normalized_patches" else 2.0
+    return (images / scale + 0.5).clamp(0, 1)
 
 
 def rc_dit_sample_grid(
@@ -167,21 +222,33 @@ def rc_dit_sample_grid(
     num_images: int = 8,
     num_inference_steps: int = 25,
     seed: int = 0,
+    mask_ratio: float = 0.0,
+    masked_target: str = "pixels",
 ) -> SampleGridFunction:
     """`joint model -> grid`: `num_images` of `images` ([-1, 1], a tensor or a training dataset; drawn with `seed`)
     in the top row, the variation of each below it, sampled by `RepresentationConditionedDiTImageVariationPipeline`
     with `num_inference_steps` strided ancestral steps of a copy of `scheduler`; the same references and noise at
-    every call."""
+    every call. For a DiT trained with hidden patches (`mask_ratio > 0`, pixel space) two more rows: the target the
+    hidden patches are scored against (standardised per patch for `"normalized_patches"`) and the patches redrawn
+    from r (`redraw_hidden_patches`), what such a DiT learns when its samples are noise."""
     index = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:num_images]
     references = images_at(images, index).float().cpu()  # [-1, 1], the input range the pipeline's default contract states
     sampling_scheduler = DDPMScheduler.from_config(scheduler.config)
+    redraw = mask_ratio > 0 and vae is None
 
     def sample_grid(model: RCDiTJointModel):
         pipe = RepresentationConditionedDiTImageVariationPipeline(model.encoder, model.transformer, sampling_scheduler, vae)
         pipe.set_progress_bar_config(disable=True)
         generator = torch.Generator().manual_seed(seed)
         variations = pipe(references, num_inference_steps=num_inference_steps, generator=generator).images  # (N, C, H, W)
-        return image_grid(torch.cat([(references + 1) / 2, variations.cpu()]), rows=2)  # both in [0, 1]
+        rows = [(references + 1) / 2, variations.cpu()]  # both in [0, 1]
+        if redraw:
+            device = next(model.parameters()).device
+            target, redrawn, _ = redraw_hidden_patches(
+                model, references.to(device), scheduler, mask_ratio, masked_target, generator=generator
+            )  # fmt: skip
+            rows += [to_display_range(target, masked_target).cpu(), to_display_range(redrawn, masked_target).cpu()]
+        return image_grid(torch.cat(rows), rows=len(rows))
 
     return sample_grid
 
@@ -203,17 +270,18 @@ def train_rc_dit(
     loss_weighting: str = "epsilon",
     encoder_preprocessing: Optional[dict] = None,
     representation_injection: str = "adaln",
-    denoiser_mask_ratio: float = 0.9,
+    denoiser_mask_ratio: float = DEFAULT_DENOISER_MASK_RATIO,
     denoiser_mask_probability: float = 1.0,
-    masked_target: str = "normalized_patches",
+    masked_target: str = DEFAULT_MASKED_TARGET,
 ) -> tuple[nn.Module, RepresentationConditionedDiTModel, DDPMScheduler, TrainingSummary]:
     r"""
     Train `encoder` and a new `RepresentationConditionedDiTModel` of `dit_size` together on unlabeled images
     (epsilon loss, `training.train`: accelerate, EMA, checkpoints, resume).
 
     Pixel space by default; with a `vae` the DiT denoises its latents, `H / vae_scale_factor(vae)` on a side, while
-    the encoder reads the images. At every checkpoint and at the end, `args.num_sample_images` training images and
-    their variations go to `samples/step_N.png` in `args.output_dir` (`rc_dit_sample_grid`), beside `loss_curve.png`.
+    the encoder reads the images. At every checkpoint and at the end, `args.num_sample_images` training images,
+    their variations and (pixel space, hidden patches) the hidden patches redrawn from r go to `samples/step_N.png`
+    in `args.output_dir` (`rc_dit_sample_grid`), beside `loss_curve.png`.
 
     Args:
         args (`TrainingArguments`): the loop's flags; `args.seed` also seeds the transformer's initial weights.
@@ -297,7 +365,10 @@ def train_rc_dit(
     )
     grid = None
     if args.num_sample_images:
-        grid = rc_dit_sample_grid(dataset, scheduler, vae, args.num_sample_images, args.sample_inference_steps, args.seed)
+        grid = rc_dit_sample_grid(
+            dataset, scheduler, vae, args.num_sample_images, args.sample_inference_steps, args.seed,
+            mask_ratio=denoiser_mask_ratio, masked_target=masked_target,
+        )  # fmt: skip
     loss = RCDiTLoss(
         scheduler, vae=vae, encoder_view=encoder_view, loss_weighting=loss_weighting,
         denoiser_mask_ratio=denoiser_mask_ratio, mask_patch_size=config["patch_size"],
