@@ -219,7 +219,7 @@ def dit_block_source(pipe, splits: dict, timesteps, seed: int) -> tuple[dict, di
 def sample_grid(pipe, references: torch.Tensor, num_steps: int, seed: int, path: Path, title: str) -> None:
     """Rows: reference images; samples generated from their representations (guidance 1); what the default recipe
     scores its hidden patches against (each standardised per patch) and, with 90% of the DiT's patches hidden as in
-    training (dark in the last row: shown as the target), those patches redrawn from r (`redraw_hidden_patches`)."""
+    training, those patches redrawn from r (`redraw_hidden_patches`; the visible 10% shown as the target)."""
     generator = [torch.Generator().manual_seed(seed + i) for i in range(len(references))]
     variation = RepresentationConditionedDiTImageVariationPipeline.from_pipe(pipe)
     samples = variation(references, num_inference_steps=num_steps, generator=generator).images

@@ -269,6 +269,8 @@ def test_redraw_hidden_patches_shows_the_dits_prediction_where_patches_are_hidde
         redraw_hidden_patches(model, x.expand(-1, 3, -1, -1), DDPMScheduler())
     with pytest.raises(ValueError, match="masked_target"):
         redraw_hidden_patches(model, x, DDPMScheduler(), masked_target="latents")
+    with pytest.raises(ValueError, match=r"expected mask_ratio in \(0, 1\], got 0.0"):
+        redraw_hidden_patches(model, x, DDPMScheduler(), mask_ratio=0.0)
 
     model = RCDiTJointModel(encoder(), transformer()).eval()
     for mask_ratio, rows in ((0.0, 2), (0.9, 4)):  # references and samples; then the target and the redrawn patches

@@ -196,6 +196,8 @@ def redraw_hidden_patches(
     `[N, 1, H, W]` of the hidden pixels. Call it on the model in eval mode (no null r, running statistics)."""
     if masked_target not in MASKED_TARGETS:
         raise ValueError(f"expected masked_target in {MASKED_TARGETS}, got {masked_target!r}")
+    if not 0 < mask_ratio <= 1:
+        raise ValueError(f"expected mask_ratio in (0, 1], got {mask_ratio}")
     config = model.transformer.config
     if images.ndim != 4 or images.shape[1] != config.in_channels:
         raise ValueError(f"expected images [N, {config.in_channels}, H, W] (a pixel-space DiT), got {tuple(images.shape)}")
