@@ -113,6 +113,13 @@ VARIANTS = {
     "mean_patch_batch_norm_masked_0.9_norm_pix_encoder_lr_3": {
         **VARIANT_DEFAULT, "masked_target": "normalized_patches", "encoder_learning_rate_scale": 3.0
     },
+    # the default with fewer or more patches hidden (12 or 15 of the 16 tokens at 16 px; the default hides 14)
+    "mean_patch_batch_norm_masked_0.75_norm_pix": {
+        **MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.75, **EVERY_IMAGE, "masked_target": "normalized_patches"
+    },
+    "mean_patch_batch_norm_masked_0.95_norm_pix": {
+        **MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.95, **EVERY_IMAGE, "masked_target": "normalized_patches"
+    },
 }
 DEFAULT_RECIPE = "mean_patch_batch_norm_masked_0.9_norm_pix"  # train_rc_dit's defaults
 # baseline -> (train_contrastive_encoder method, its objective keywords)
