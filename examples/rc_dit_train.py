@@ -25,6 +25,8 @@ from diffusion_classifiers.models import (
 )
 from diffusion_classifiers.pipelines import RepresentationConditionedDiTPipeline
 from diffusion_classifiers.training import (
+    DEFAULT_DENOISER_MASK_RATIO,
+    DEFAULT_MASKED_TARGET,
     LOSS_WEIGHTINGS,
     MASKED_TARGETS,
     add_diffusion_args,
@@ -90,7 +92,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--denoiser_mask_ratio",
         type=float,
-        default=0.9,
+        default=DEFAULT_DENOISER_MASK_RATIO,
         help="Fraction of the DiT's patches hidden in x_t and reconstructed from r, which makes the denoiser rely on "
         "r; 0 trains a plain conditional denoiser (default: %(default)s).",
     )
@@ -103,7 +105,7 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--masked_target",
-        default="normalized_patches",
+        default=DEFAULT_MASKED_TARGET,
         choices=MASKED_TARGETS,
         help="What a hidden patch is reconstructed as: its content standardised per patch, which gives the better r, "
         "or its pixels (default: %(default)s).",
