@@ -128,6 +128,8 @@ BASELINES = {
     "simclr_cls": ("simclr", {"readout": "cls"}),
     "dino": ("dino", {}),
     "dino_cls": ("dino", {"readout": "cls"}),
+    # BatchNorm in the head's MLP: the only DINO head above the random encoder in the 400-step trials
+    "dino_cls_bn": ("dino", {"readout": "cls", "use_bn": True}),
 }
 # --quick checks that each mechanism runs (readout, norm, masking, view, learning-rate scale, weighting, injection;
 # both objectives)
