@@ -339,8 +339,7 @@ def run_dataset(name: str, path: Path, args, device, figure_prefix: Path) -> dic
     with timed(walls, "evaluate"):
         feature_functions = {
             "rc_dit": lambda x: representation_of(encoder, transformer, x),
-            **{method: baseline_features(baselines[method], method) if method in baselines else None
-               for method in args.baselines},  # None: read back (`reused`)
+            **{method: baseline_features(model, method) for method, model in baselines.items()},
             "raw_pixels": lambda x: x.flatten(1),
             "random_encoder": lambda x: encode_representation(random_encoder, x, transformer.config.representation_readout),
         }
@@ -353,8 +352,8 @@ def run_dataset(name: str, path: Path, args, device, figure_prefix: Path) -> dic
             if args.features_dir:
                 save_features(Path(args.features_dir) / f"{name}_{source}.safetensors", features, splits)
 
-        for source, function in feature_functions.items():
-            score(source, reused[source] if function is None else encoded(function))
+        for source in ["rc_dit", *args.baselines, *FLOORS]:
+            score(source, reused[source] if source in reused else encoded(feature_functions[source]))
         dit_features, details["rc_dit_blocks"] = dit_block_source(pipe, splits, args.dit_timesteps, args.seed)
         score("rc_dit_blocks", dit_features)
         for source, function in pretrained_arms.items():

@@ -57,6 +57,8 @@ MEAN_PATCH_BATCH_NORM = {"representation_readout": "mean_patch", "representation
 EVERY_IMAGE = {"denoiser_mask_probability": 1.0}
 # the default from 2026-12-01 until hidden patches were reconstructed standardised; variants build on it
 VARIANT_DEFAULT = {**MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.9, **EVERY_IMAGE}
+# train_rc_dit's defaults (DEFAULT_RECIPE): the above, each hidden patch reconstructed standardised per patch
+NORM_PIX_DEFAULT = {**VARIANT_DEFAULT, "masked_target": "normalized_patches"}
 # variant -> train_rc_dit keywords (a variant that names no masking trains unmasked, as every recipe did before it,
 # and one that names no masked_target reconstructs hidden patches as pixels);
 # "shipped" is the recipe before issue 13
@@ -105,21 +107,13 @@ VARIANTS = {
     "mean_patch_batch_norm_masked_0.9_crop_flip_view": {**VARIANT_DEFAULT, "encoder_view": "crop_flip"},
     # a hidden patch reconstructed standardised per patch (MAE's normalised-pixel target): r asked for each patch's
     # pattern rather than its brightness and contrast, what SimCLR's jitter makes its features blind to
-    "mean_patch_batch_norm_masked_0.9_norm_pix": {**VARIANT_DEFAULT, "masked_target": "normalized_patches"},
+    "mean_patch_batch_norm_masked_0.9_norm_pix": NORM_PIX_DEFAULT,
     # on top of it: every patch hidden (the DiT a decoder of r alone); the 3x encoder learning rate
-    "mean_patch_batch_norm_all_hidden_norm_pix": {
-        **MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.999, **EVERY_IMAGE, "masked_target": "normalized_patches"
-    },
-    "mean_patch_batch_norm_masked_0.9_norm_pix_encoder_lr_3": {
-        **VARIANT_DEFAULT, "masked_target": "normalized_patches", "encoder_learning_rate_scale": 3.0
-    },
+    "mean_patch_batch_norm_all_hidden_norm_pix": {**NORM_PIX_DEFAULT, "denoiser_mask_ratio": 0.999},
+    "mean_patch_batch_norm_masked_0.9_norm_pix_encoder_lr_3": {**NORM_PIX_DEFAULT, "encoder_learning_rate_scale": 3.0},
     # the default with fewer or more patches hidden (12 or 15 of the 16 tokens at 16 px; the default hides 14)
-    "mean_patch_batch_norm_masked_0.75_norm_pix": {
-        **MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.75, **EVERY_IMAGE, "masked_target": "normalized_patches"
-    },
-    "mean_patch_batch_norm_masked_0.95_norm_pix": {
-        **MEAN_PATCH_BATCH_NORM, "denoiser_mask_ratio": 0.95, **EVERY_IMAGE, "masked_target": "normalized_patches"
-    },
+    "mean_patch_batch_norm_masked_0.75_norm_pix": {**NORM_PIX_DEFAULT, "denoiser_mask_ratio": 0.75},
+    "mean_patch_batch_norm_masked_0.95_norm_pix": {**NORM_PIX_DEFAULT, "denoiser_mask_ratio": 0.95},
 }
 DEFAULT_RECIPE = "mean_patch_batch_norm_masked_0.9_norm_pix"  # train_rc_dit's defaults
 # baseline -> (train_contrastive_encoder method, its objective keywords)
