@@ -65,7 +65,8 @@ def test_reused_baseline_features_are_found_or_refused_naming_the_files(tmp_path
 
     splits = {name: split([0, 1, 0, 1]) for name in ("train", "val", "test")}
     features = {name: torch.arange(8.0).reshape(4, 2) for name in splits}
-    rc_dit_accuracy.save_features(tmp_path / "data_simclr.safetensors", features, splits)
+    simclr = rc_dit_accuracy.BASELINES["simclr"]
+    rc_dit_accuracy.save_features(tmp_path / "data_simclr.safetensors", features, splits, simclr)
     reused = rc_dit_accuracy.reused_baseline_features(str(tmp_path), "data", ["simclr", "dino"], splits)
     assert list(reused) == ["simclr"] and torch.equal(reused["simclr"]["val"], features["val"])
     with pytest.raises(FileNotFoundError, match=r"expected one of .*other_simclr.safetensors, .*other_dino.safetensors"):
@@ -73,3 +74,14 @@ def test_reused_baseline_features_are_found_or_refused_naming_the_files(tmp_path
     shuffled = {**splits, "test": split([1, 0, 0, 1])}
     with pytest.raises(ValueError, match="holds other test images than this run's test split"):
         rc_dit_accuracy.reused_baseline_features(str(tmp_path), "data", ["simclr"], shuffled)
+
+
+def test_reused_baseline_features_must_record_the_baselines_objective(tmp_path):
+    splits = {name: LabeledImages(torch.zeros(2, 1, 2, 2), torch.tensor([0, 1]), ["a", "b"]) for name in "abc"}
+    features = {name: torch.ones(2, 3) for name in splits}
+    rc_dit_accuracy.save_features(tmp_path / "data_dino.safetensors", features, splits, ("dino", {"readout": "pooler"}))
+    rc_dit_accuracy.save_features(tmp_path / "data_simclr.safetensors", features, splits)  # no objective recorded
+    with pytest.raises(ValueError, match=r"data_dino.safetensors holds features of the objective .*pooler.*, expected "):
+        rc_dit_accuracy.reused_baseline_features(str(tmp_path), "data", ["dino"], splits)
+    with pytest.raises(ValueError, match="data_simclr.safetensors records no objective"):
+        rc_dit_accuracy.reused_baseline_features(str(tmp_path), "data", ["simclr"], splits)
