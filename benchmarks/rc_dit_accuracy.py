@@ -143,8 +143,9 @@ def parse_args():
     parser.add_argument(
         "--reuse_baseline_features", default=None,
         help="read each baseline's features from DIR/<dataset>_<baseline>.safetensors where that file exists "
-        "(--features_dir of a run with the same data, seed and budget) instead of training it again, e.g. after a "
-        "change to the RC-DiT recipe; the baselines without a file are trained",
+        "(--features_dir of a run with the same data, seed, budget and baseline objective, which the file records) "
+        "instead of training it again, e.g. after a change to the RC-DiT recipe; the baselines without a file are "
+        "trained",
     )  # fmt: skip
     parser.add_argument("--num_samples", type=int, default=8, help="reference images in the PNG grid")
     parser.add_argument("--sample_steps", type=int, default=None, help="denoising steps; default 5 quick, else 100")
