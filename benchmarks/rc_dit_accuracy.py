@@ -57,7 +57,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from safetensors import safe_open  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 
 import _common  # noqa: E402
 from _common import (  # noqa: E402
@@ -76,6 +76,7 @@ from _common import (  # noqa: E402
     training_arguments,
 )
 from rc_dit_bench_recipe import BASELINES as RECIPE_BASELINES  # noqa: E402
+from rc_dit_bench_recipe import baseline_readout  # noqa: E402
 
 from diffusion_classifiers.models import (  # noqa: E402
     encode_representation,
@@ -110,10 +111,11 @@ BASELINE_MARGIN_TARGETS = {
     "fashion_mnist": {"label_free_accuracy": 0.0, "prototype_10shot_accuracy": 0.0},
 }
 FLOORS = ("raw_pixels", "random_encoder")
-# baseline -> (train_contrastive_encoder method, its objective keywords), as chosen on val in rc_dit_bench_recipe:
-# SimCLR on the pooler; DINO on the CLS token (k-means 32.1% vs 30.9% for its tanh pooler, 400 steps, 3 seeds) with
-# BatchNorm in its head's MLP (44.9% vs 33.5% without, Fashion-MNIST, 28 px, 1,500 steps)
-BASELINES = {"simclr": RECIPE_BASELINES["simclr"], "dino": RECIPE_BASELINES["dino_cls_bn"]}
+# baseline -> the rc_dit_bench_recipe baseline it is (train_contrastive_encoder method, objective keywords), as chosen
+# on val there: SimCLR on the pooler; DINO on the CLS token (k-means 32.1% vs 30.9% for its tanh pooler, 400 steps,
+# 3 seeds) with BatchNorm in its head's MLP (44.9% vs 33.5% without, Fashion-MNIST, 28 px, 1,500 steps)
+RECIPE_BASELINE_OF = {"simclr": "simclr", "dino": "dino_cls_bn"}
+BASELINES = {baseline: RECIPE_BASELINES[recipe] for baseline, recipe in RECIPE_BASELINE_OF.items()}
 
 
 def parse_args():
@@ -215,13 +217,13 @@ def load_features(path: Path, splits: dict, objective: tuple) -> dict:
     `objective` (a file of another objective, or of none recorded, would compare a different baseline)."""
     with safe_open(str(path), "pt") as handle:
         recorded = (handle.metadata() or {}).get("objective")
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     if recorded is None or json.loads(recorded) != json.loads(json.dumps(objective)):
         holds = "records no objective" if recorded is None else f"holds features of the objective {recorded}"
         raise ValueError(
             f"--reuse_baseline_features: {path} {holds}, expected {json.dumps(objective)} (BASELINES); "
             "delete it to train this baseline again"
         )
-    tensors = load_file(str(path))
     for name, split in splits.items():
         if not torch.equal(tensors.get(f"{name}_labels", torch.empty(0)), torch.as_tensor(split.labels).long()):
             raise ValueError(f"--reuse_baseline_features: {path} holds other {name} images than this run's {name} split")
@@ -321,7 +323,7 @@ def train_pretrained_arms(args, train_images: torch.Tensor, tmp: str, walls: dic
 
 def baseline_features(encoder, baseline: str):
     """The features function of a trained baseline encoder, read out as it was trained (`BASELINES`)."""
-    return lambda x: encode_representation(encoder, x, BASELINES[baseline][1].get("readout", "pooler"))
+    return lambda x: encode_representation(encoder, x, baseline_readout(RECIPE_BASELINE_OF[baseline]))
 
 
 def run_dataset(name: str, path: Path, args, device, figure_prefix: Path) -> dict:

@@ -228,6 +228,12 @@ def run_variant(name: str, args, splits: dict, seed: int) -> dict:
     return {**result, **diagnostics, "final_loss": summary.final_loss, "train_seconds": round(seconds, 1)}
 
 
+def baseline_readout(name: str) -> str:
+    """How a baseline's representation is read (`encode_representation`): as its head was trained (the pooler unless
+    its objective names another readout, the contrastive models' default)."""
+    return BASELINES[name][1].get("readout", "pooler")
+
+
 def run_baseline(name: str, args, splits: dict, seed: int) -> dict:
     method, objective = BASELINES[name]
     with tempfile.TemporaryDirectory() as tmp:
@@ -238,8 +244,7 @@ def run_baseline(name: str, args, splits: dict, seed: int) -> dict:
         start = time.perf_counter()
         encoder = train_contrastive_encoder(run_args, splits["train"].images, new_encoder(args, seed), method, **objective)
         seconds = time.perf_counter() - start
-    readout = objective.get("readout", "pooler")
-    result = scores(features_of(lambda x: encode_representation(encoder, x, readout), splits), splits, seed)
+    result = scores(features_of(lambda x: encode_representation(encoder, x, baseline_readout(name)), splits), splits, seed)
     return {**result, "train_seconds": round(seconds, 1)}
 
 
