@@ -6,8 +6,9 @@ One run, every choice made on val, test only reported:
 1. splits: seeded, stratified train / val / test of `../shared/data/ndsb2015_plankton/train` (at least 2 images of
    every class in val and in test); test is reported as it is (long-tailed) and as a class-balanced subset (the same
    number of every class, as many as the rarest class has in test);
-2. images: grey, aspect-preserving resize into a square with white padding (`ImagePreprocessing(resize_mode="pad",
-   pad_value=1)`: the organisms are dark on a white background and elongated);
+2. images: grey, the background made white (`normalize_background=True`: FlowCam's field is grey, NDSB's already
+   white), aspect-preserving resize into a square with white padding (`resize_mode="pad", pad_value=1`: the
+   organisms are dark on a light background and elongated);
 3. method: an unconditional DDPM U-Net (EMA) trained on the train images without labels; the probe grid over blocks
    x timesteps x pooling fitted on the labels of the largest few-label subset and chosen on val; the chosen feature
    of every image then probed with 1%, 10% and 100% of the train labels (each fraction re-chooses its pair on its
@@ -18,12 +19,15 @@ One run, every choice made on val, test only reported:
    class-balanced sampling, the better val macro-F1 reported), a SimCLR ViT trained on the same unlabeled images for
    the same number of optimizer steps and probed the same way, a linear probe on raw pixels;
 5. shift: the 105 FlowCam images (6 classes, another instrument and sea) classified few-shot from each method's
-   frozen features (nearest prototype and linear probe, k = 1, 5, all per class, 5-fold cross-validation).
+   frozen features (nearest prototype and linear probe, k = 1, 5, all per class, 5-fold cross-validation); the
+   U-Net's feature for it is the grid feature that classifies NDSB val best by nearest prototype (the shift's
+   protocol), beside the probe's choice.
 
 Presets (`--preset`): `cpu` fits 45 minutes on one CPU thread (32 px, the tiny U-Net, 350 optimizer steps of batch
-64 for the DDPM, SimCLR and each CNN, the grid on the 10% label subset, 3 timesteps, 2x2 pooling); `gpu` is the
-full-size configuration for one H100/H200 (64 px, the small U-Net, bf16, 3000 DDPM and SimCLR steps and 1500 CNN
-steps of batch 256, the library's 6 default timesteps, mean and 2x2 pooling; sized by estimate, not yet run).
+64 for the DDPM and SimCLR, 20 passes over the labelled images and at least 1,400 steps for each CNN, the grid on
+the 10% label subset, 3 timesteps, mean and 2x2 pooling); `gpu` is the full-size configuration for one H100/H200
+(64 px, the small U-Net, bf16, 3000 DDPM and SimCLR steps, at least 1500 CNN steps of batch 256 and 20 passes, the
+library's 6 default timesteps, mean and 2x2 pooling; sized by estimate, not yet run).
 `--quick` is a smoke run under a minute (16 px, 8 images per class, a few steps).
 
     python benchmarks/plankton_accuracy.py --quick
@@ -35,8 +39,10 @@ Data: PlanktonSet 1.0 (Cowen et al. 2015, NOAA NCEI accession 0127422) and the p
 """
 
 import dataclasses
+import math
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
@@ -67,6 +73,10 @@ NAME = "plankton_accuracy"
 SPLITS = ("train", "val", "test")
 TAIL_TRAIN_IMAGES = 50  # a class with fewer train images than this is in the tail
 SHOTS = (1, 5, None)  # FlowCam labelled images per class; None: all of the fold's training images
+FEW_SHOT_PROTOCOLS = ("prototype", "linear_probe")
+# The U-Net feature for the shift is chosen on NDSB val by nearest-prototype few-shot accuracy (as the shift is
+# scored) at the shots every val class can give (some have 2 val images, so 5 per class is not available).
+SHIFT_CHOICE_SHOTS = (1, None)
 
 
 @dataclass(frozen=True)
@@ -76,16 +86,20 @@ class Preset:
     image_size: int
     unet_preset: str
     train_steps: int  # DDPM and SimCLR optimizer steps (the same budget for both)
-    cnn_steps: int
+    cnn_steps: int  # the fewest optimizer steps of a CNN run
     train_batch_size: int
     timesteps: Tuple[int, ...]
-    pools: Tuple[str, ...]  # "2x2" alone suffices on a budget: a linear probe on it can compute the "mean" one
+    pools: Tuple[str, ...]  # "mean" and "2x2": the probes choose on val, the shift's prototypes too
     vit: Dict[str, int]  # build_vit_encoder sizes of the SimCLR baseline
     cnn_widths: Tuple[int, ...]  # about the U-Net encoder's parameter count (conv_in, time embedding, down, mid)
     images_per_class: Optional[int] = None  # quick runs read at most this many images of each class
     num_episodes: int = 5  # FlowCam few-shot draws
     batch_size: int = 256  # feature extraction and encoding (on CPU 64: the timesteps of a batch share one forward)
     mixed_precision: str = "no"
+    cnn_epochs: float = 0.0  # passes over a regime's labelled images, when more than `cnn_steps` (a CNN learns fast)
+
+    def cnn_steps_for(self, num_images: int) -> int:
+        return max(self.cnn_steps, math.ceil(self.cnn_epochs * num_images / self.train_batch_size))
 
 
 PRESETS = {
@@ -94,13 +108,13 @@ PRESETS = {
         (16, 32, 80), images_per_class=8, num_episodes=1, batch_size=64,
     ),
     "cpu": Preset(
-        32, "tiny", 350, 350, 64, (25, 100, 300), ("2x2",),
-        dict(hidden_size=128, num_layers=4, num_heads=4, patch_size=4), (16, 32, 80), batch_size=64,
+        32, "tiny", 350, 1400, 64, (25, 100, 300), ("mean", "2x2"),
+        dict(hidden_size=128, num_layers=4, num_heads=4, patch_size=4), (16, 32, 80), batch_size=64, cnn_epochs=20,
     ),
     "gpu": Preset(
         64, "small", 3000, 1500, 256, (10, 25, 50, 100, 200, 400), ("mean", "2x2"),
         dict(hidden_size=192, num_layers=6, num_heads=3, patch_size=8), (32, 64, 160), batch_size=1024,
-        mixed_precision="bf16",
+        mixed_precision="bf16", cnn_epochs=20,
     ),
 }  # fmt: skip
 
@@ -120,7 +134,11 @@ def parse_args():
     parser.add_argument("--image_size", type=int, default=None, help="square side in px; default: the preset's")
     parser.add_argument("--unet_preset", default=None, help="tiny, small or base; default: the preset's")
     parser.add_argument("--max_train_steps", type=int, default=None, help="DDPM and SimCLR steps; default: the preset's")
-    parser.add_argument("--cnn_steps", type=int, default=None, help="CNN steps per run; default: the preset's")
+    parser.add_argument("--cnn_steps", type=int, default=None, help="the fewest CNN steps per run; default: the preset's")
+    parser.add_argument(
+        "--cnn_epochs", type=float, default=None,
+        help="CNN passes over a regime's labelled images when that is more than --cnn_steps; default: the preset's",
+    )  # fmt: skip
     parser.add_argument("--timesteps", type=int, nargs="+", default=None, help="the grid's timesteps; default: the preset's")
     parser.add_argument("--learning_rate", type=float, default=5e-4, help="DDPM learning rate; default 5e-4")
     parser.add_argument("--simclr_learning_rate", type=float, default=3e-4, help="SimCLR learning rate; default 3e-4")
@@ -139,7 +157,7 @@ def parse_args():
     preset = PRESETS["quick" if args.quick else args.preset]
     overrides = {
         "image_size": args.image_size, "unet_preset": args.unet_preset, "train_steps": args.max_train_steps,
-        "cnn_steps": args.cnn_steps, "timesteps": tuple(args.timesteps) if args.timesteps else None,
+        "cnn_steps": args.cnn_steps, "cnn_epochs": args.cnn_epochs, "timesteps": tuple(args.timesteps) if args.timesteps else None,
     }  # fmt: skip
     args.budget = dataclasses.replace(preset, **{k: v for k, v in overrides.items() if v is not None})
     check_args(parser, args)
@@ -169,8 +187,9 @@ def check_args(parser, args) -> None:
 
 
 def preprocessing(budget: Preset) -> ImagePreprocessing:
-    """Grey, aspect ratio kept, padded with white (the background of these images)."""
-    return ImagePreprocessing(budget.image_size, 1, resize_mode="pad", pad_value=1.0)
+    """Grey, the background made white (FlowCam's field is grey, NDSB's already white), aspect ratio kept, padded with
+    white."""
+    return ImagePreprocessing(budget.image_size, 1, resize_mode="pad", pad_value=1.0, normalize_background=True)
 
 
 def list_class_folders(root: Path, images_per_class: Optional[int] = None) -> Tuple[list, np.ndarray, list]:
@@ -363,21 +382,22 @@ def clustering(features: UNetFeatures, grid: dict, splits, key: tuple, seed: int
 
 
 def train_cnn(args, splits, rows: torch.Tensor, balanced: bool, work_dir: str):
-    """A `SupervisedCNN` on the train images of `rows`; `balanced` draws its `cnn_steps x batch` training images with
-    the library's class-balanced sampler (with replacement) instead of the natural frequencies."""
+    """A `SupervisedCNN` on the train images of `rows` for `cnn_steps_for(len(rows))` steps; `balanced` draws its
+    `steps x batch` training images with the library's class-balanced sampler (with replacement) instead of the
+    natural frequencies."""
     train, val, budget = splits["train"], splits["val"], args.budget
-    images, labels = train.images[rows], train.labels[rows]
+    images, labels, steps = train.images[rows], train.labels[rows], budget.cnn_steps_for(len(rows))
     if balanced:
         sampler = class_balanced_sampler(labels, train.num_classes, seed=args.seed)
         draws, epoch = [], 0
-        while sum(map(len, draws)) < budget.cnn_steps * budget.train_batch_size:
+        while sum(map(len, draws)) < steps * budget.train_batch_size:
             sampler.set_epoch(epoch)
             draws.append(torch.tensor(list(sampler)))
             epoch += 1
         order = torch.cat(draws)
         images, labels = images[order], labels[order]
     model, info = train_supervised_cnn(
-        images, labels, val.images, val.labels, train.num_classes, work_dir, max_train_steps=budget.cnn_steps,
+        images, labels, val.images, val.labels, train.num_classes, work_dir, max_train_steps=steps,
         train_batch_size=budget.train_batch_size, learning_rate=args.cnn_learning_rate, seed=args.seed,
         widths=budget.cnn_widths,
     )  # fmt: skip
@@ -391,8 +411,12 @@ def cnn_regime(args, splits, rows, work_dir: str, device):
     mode = max(runs, key=lambda m: (runs[m][1]["val_macro_f1"], m == "natural"))
     model = runs[mode][0].to(device)
     predictions = predict_proba(model, splits["test"].images).argmax(1)
-    info = {m: {"val_macro_f1": r[1]["val_macro_f1"], "selected_step": r[1]["selected_step"]} for m, r in runs.items()}
-    return model, predictions, {"sampling": mode, "runs": info, "num_parameters": runs[mode][1]["num_parameters"]}
+    kept = ("val_macro_f1", "selected_step", "val_accuracy_by_step")
+    info = {m: {k: r[1][k] for k in kept} for m, r in runs.items()}
+    return model, predictions, {
+        "sampling": mode, "steps": args.budget.cnn_steps_for(len(rows)), "runs": info,
+        "num_parameters": runs[mode][1]["num_parameters"],
+    }  # fmt: skip
 
 
 @torch.no_grad()
@@ -439,17 +463,25 @@ def encoder_parameters(unet) -> int:
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def few_shot_transfer(features: torch.Tensor, labels: torch.Tensor, num_episodes: int, seed: int) -> dict:
+def few_shot_transfer(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_episodes: int,
+    seed: int,
+    shot_counts: Sequence[Optional[int]] = SHOTS,
+    protocols: Sequence[str] = FEW_SHOT_PROTOCOLS,
+    num_folds: int = 5,
+) -> dict:
     """Nearest prototype and a linear probe with k = 1, 5, all labelled images per class of each training fold
-    (5-fold stratified cross-validation, every image predicted once per episode); accuracy and macro-F1 over the
-    pooled predictions, mean and std over episodes."""
+    (stratified cross-validation, every image predicted once per episode); accuracy and macro-F1 over the pooled
+    predictions, mean and std over episodes."""
     from sklearn.model_selection import StratifiedKFold
 
     y, num_classes = labels.numpy(), int(labels.max()) + 1
-    folds = list(StratifiedKFold(5, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+    folds = list(StratifiedKFold(num_folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
     result = {}
-    for shots in SHOTS:
-        for protocol in ("prototype", "linear_probe"):
+    for shots in shot_counts:
+        for protocol in protocols:
             episodes = []
             for episode in range(1 if shots is None else num_episodes):
                 predictions = np.empty(len(y), dtype=np.int64)
@@ -465,6 +497,28 @@ def few_shot_transfer(features: torch.Tensor, labels: torch.Tensor, num_episodes
             }  # fmt: skip
     result["mean_accuracy"] = float(np.mean([v["accuracy_mean"] for v in result.values()]))
     return result
+
+
+def choose_shift_feature(val_grid: Dict[tuple, torch.Tensor], val_labels: torch.Tensor, num_episodes: int, seed: int):
+    """The (pool, block, t) of the grid whose val features classify best few-shot (nearest prototype, k = 1 and all,
+    cross-validated over the val classes with at least 2 images), the protocol the shift is scored by: a feature that
+    suits a probe on thousands of labels (a 2x2 spatial layout) need not suit prototypes from a few images. Returns
+    it and the val scores, or `(None, {})` when fewer than 2 val classes have 2 images (quick runs)."""
+    counts = torch.bincount(val_labels)
+    kept = counts[val_labels] >= 2
+    if int((counts >= 2).sum()) < 2:
+        return None, {}
+    labels = torch.unique(val_labels[kept], return_inverse=True)[1]
+    num_folds = min(5, int(counts.max()))
+    with warnings.catch_warnings():  # StratifiedKFold: classes with 2 val images cannot be in all 5 folds
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        scores = {
+            key: few_shot_transfer(
+                x[kept], labels, num_episodes, seed, SHIFT_CHOICE_SHOTS, ("prototype",), num_folds
+            )["mean_accuracy"]
+            for key, x in val_grid.items()
+        }  # fmt: skip
+    return max(scores, key=scores.get), {"/".join(map(str, key)): round(v, 4) for key, v in scores.items()}
 
 
 def classify(protocol: str, train_x, train_y, test_x, num_classes: int) -> np.ndarray:
@@ -577,8 +631,11 @@ def main():
             simclr_kmeans = kmeans_evaluate(simclr_features["test"], test.labels, test.num_classes, seed=args.seed)
             kmeans["simclr_label_free_k_equals_classes"] = {m: simclr_kmeans[m] for m in ("nmi", "ari", "accuracy", "purity")}
         with timed(walls, "flowcam_shift"):
+            shift_key, shift_choice = choose_shift_feature(grid["val"], val.labels, budget.num_episodes, args.seed)
+            shift_key = shift_key or chosen["all"]
             shift_features = {
-                "unet": unet_features.of("shift", shift.images, chosen["all"]),
+                "unet": unet_features.of("shift", shift.images, shift_key),
+                "unet_probe_chosen_feature": unet_features.of("shift", shift.images, chosen["all"]),
                 "cnn": cnn_features(cnn_all, shift.images),
                 "simclr": encode(simclr, shift.images, budget.batch_size),
                 "raw_pixels": shift.images.flatten(1),
@@ -626,6 +683,13 @@ def main():
         "regimes": regimes,
         "kmeans_test": kmeans,
         "flowcam_shift": shift_results,
+        "flowcam_shift_unet_feature": {
+            "chosen": "/".join(map(str, shift_key)), "probe_chosen": "/".join(map(str, chosen["all"])),
+            "rule": "the grid feature with the best val few-shot accuracy (nearest prototype, k = 1 and all, "
+            "cross-validated over the val classes with at least 2 images), the protocol the shift is scored by; no "
+            "shift label is read",
+            "val_prototype_accuracy": shift_choice,
+        },  # fmt: skip
         "label_efficiency_plot": str(plot) if args.quick else plot.name,
         "targets": targets(regimes, shift_results, walls["total"], budget_seconds),
         "wall_seconds": walls,

@@ -46,6 +46,26 @@ def test_the_resize_mode_is_saved_and_old_contracts_load_as_stretch():
         ImagePreprocessing(16, 1, resize_mode="pad", pad_value=255)
 
 
+def test_background_normalisation_makes_a_grey_field_white_and_keeps_a_white_one():
+    grey_field = torch.zeros(1, 1, 12, 12)  # background 0.5 on [0, 1]
+    grey_field[..., 4:8, 4:8] = -0.5  # an object at 0.25: half of the background
+    white_field = grey_field * 0 + 1.0
+    white_field[..., 4:8, 4:8] = -0.5
+    contract = ImagePreprocessing(None, 1, normalize_background=True)
+    expected = torch.ones(1, 1, 12, 12)
+    expected[..., 4:8, 4:8] = 0.0  # 0.25 / 0.5 = 0.5 on [0, 1]
+    torch.testing.assert_close(contract(grey_field), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(contract(white_field), white_field, rtol=0, atol=1e-6)
+    assert ImagePreprocessing.from_dict(contract.to_dict()) == contract
+    assert "normalize_background" not in ImagePreprocessing(None, 1).to_dict()  # saved as before the option existed
+
+
+def test_background_normalisation_refuses_a_dark_field_naming_the_image():
+    images = [torch.zeros(1, 1, 12, 12), torch.full((1, 1, 12, 12), -0.9)]  # the second: background 0.05
+    with pytest.raises(ValueError, match=r"normalize_background: image 1 has a background level of 0\.050"):
+        ImagePreprocessing(None, 1, normalize_background=True)(images)
+
+
 # --------------------------------------------------------------------------------------------------
 # Splits of a long tail
 # --------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ and applied by [`preprocess_images`] in training, `pipe(...)`, evaluation and pr
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,10 @@ RESAMPLE_MODES = ("bilinear", "bicubic", "nearest")
 # inside it keeping the aspect ratio and padded with `pad_value` (elongated plankton), or scaled to cover it and
 # centre-cropped.
 RESIZE_MODES = ("stretch", "pad", "crop")
+# `normalize_background` reads an image's background as the median of this many pixels along each edge.
+_BACKGROUND_BORDER = 2
+# A background darker than this (on [0, 1]) is no bright field: dividing by it would saturate the image.
+_MIN_BACKGROUND = 0.1
 
 # The values of `input_data_format` (transformers' `ChannelDimension` values); `None` infers the layout.
 _INPUT_DATA_FORMATS = ("channels_first", "channels_last")
@@ -62,7 +66,8 @@ class ImagePreprocessing:
 
     The steps, in this order: read (file paths: DICOM windowed and 16-bit files scaled by `medical`, other files
     decoded by PIL) -> scale to `[-1, 1]` (`uint8` from `[0, 255]`, `uint16` from `[0, 65535]`, `bool` from
-    `{0, 1}`, float by `input_range`, DICOM / 16-bit files from `[0, 1]`) -> convert channels -> resize.
+    `{0, 1}`, float by `input_range`, DICOM / 16-bit files from `[0, 1]`) -> convert channels -> normalise the
+    background (when asked) -> resize.
 
     Args:
         image_size (`int` or `Tuple[int, int]`, *optional*): `int` (square) or `(height, width)`; `None` keeps the
@@ -85,6 +90,11 @@ class ImagePreprocessing:
             rest filled with `pad_value`) or `"crop"` (scaled to cover it keeping the aspect ratio, centre-cropped).
         pad_value (`float`, *optional*, defaults to -1.0): the fill of `"pad"`, on the output scale `[-1, 1]`: -1
             black, 1 white (the background of dark organisms imaged on white).
+        normalize_background (`bool`, *optional*, defaults to `False`): divide each image, channel by channel on the
+            `[0, 1]` scale, by its background level (the median of the pixels within 2 of its edges, before any
+            resize) and clip, so that the background becomes white whatever the instrument's illumination: a grey
+            FlowCam field and a white in-situ camera field then look alike. Meant for bright-field images (dark
+            objects on a light background); an image whose background is darker than 0.1 raises `ValueError`.
     """
 
     image_size: int | tuple[int, int] | None = None
@@ -94,6 +104,7 @@ class ImagePreprocessing:
     medical: MedicalPreprocessing | None = None
     resize_mode: str = "stretch"
     pad_value: float = -1.0
+    normalize_background: bool = False
 
     def __post_init__(self) -> None:
         size = _check_image_size(self.image_size)
@@ -108,6 +119,8 @@ class ImagePreprocessing:
             raise ValueError(f"resize_mode: expected one of {list(RESIZE_MODES)}, got {self.resize_mode!r}")
         if isinstance(self.pad_value, bool) or not isinstance(self.pad_value, (int, float)) or not -1 <= self.pad_value <= 1:
             raise ValueError(f"pad_value: expected a number in [-1, 1] (the output scale), got {self.pad_value!r}")
+        if not isinstance(self.normalize_background, bool):
+            raise ValueError(f"normalize_background: expected True or False, got {self.normalize_background!r}")
         if isinstance(self.medical, dict):
             object.__setattr__(self, "medical", MedicalPreprocessing.from_dict(self.medical))
         elif self.medical is not None and not isinstance(self.medical, MedicalPreprocessing):
@@ -122,6 +135,8 @@ class ImagePreprocessing:
         config["medical"] = None if self.medical is None else self.medical.to_dict()
         if self.resize_mode == "stretch" and self.pad_value == -1.0:  # saved as before the resize mode existed
             del config["resize_mode"], config["pad_value"]
+        if not self.normalize_background:  # saved as before the option existed
+            del config["normalize_background"]
         return config
 
     @classmethod
@@ -131,7 +146,7 @@ class ImagePreprocessing:
             return config
         if not isinstance(config, dict):
             raise ValueError(f"preprocessing: expected a dict or an ImagePreprocessing, got {type(config).__name__}")
-        known = ("image_size", "num_channels", "input_range", "resample", "medical", "resize_mode", "pad_value")
+        known = tuple(field.name for field in fields(cls))
         unknown = sorted(set(config) - set(known))
         if unknown:
             raise ValueError(f"preprocessing: unknown keys {unknown}; expected some of {list(known)}")
@@ -217,6 +232,8 @@ def preprocess_images(
     if num_channels is None:
         num_channels = 3 if any(batch.shape[1] == 3 for batch in batches) else 1
     batches = [_convert_channels(batch, num_channels) for batch in batches]
+    if contract.normalize_background:
+        batches = [_normalize_background(batch, offset) for batch, offset in zip(batches, offsets)]
     target_size = _check_image_size(contract.image_size)
     if target_size is None:
         _check_same_size(batches, offsets)
@@ -413,6 +430,24 @@ def _convert_channels(batch: torch.Tensor, num_channels: int) -> torch.Tensor:
     if num_channels == 3:
         return batch.repeat(1, 3, 1, 1)
     return torch.einsum("nchw,c->nhw", batch, _LUMA)[:, None]
+
+
+def _normalize_background(batch: torch.Tensor, offset: int) -> torch.Tensor:
+    """Each image of `batch` ([n, C, h, w] in [-1, 1]) divided, per channel on [0, 1], by the median of its border."""
+    unit = (batch + 1) / 2
+    border = max(1, min(_BACKGROUND_BORDER, *(side // 2 for side in unit.shape[-2:])))  # tiny images: all pixels
+    inner = torch.zeros(unit.shape[-2:], dtype=torch.bool)
+    inner[border:-border or None, border:-border or None] = True
+    background = unit[:, :, ~inner].median(dim=-1).values  # [n, C]
+    dark = torch.nonzero(background < _MIN_BACKGROUND)
+    if len(dark):
+        image, channel = dark[0].tolist()
+        raise ValueError(
+            f"normalize_background: image {offset + image} has a background level of {background[image, channel]:.3f} "
+            f"(the median of its border pixels, channel {channel}, on [0, 1]); expected a bright field of at least "
+            f"{_MIN_BACKGROUND}: leave normalize_background off for dark-background images"
+        )
+    return (unit / background[:, :, None, None]).clamp_(0, 1) * 2 - 1
 
 
 def _fit(batch: torch.Tensor, size: tuple[int, int], contract: ImagePreprocessing) -> torch.Tensor:
