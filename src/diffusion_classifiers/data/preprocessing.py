@@ -437,7 +437,7 @@ def _normalize_background(batch: torch.Tensor, offset: int) -> torch.Tensor:
     unit = (batch + 1) / 2
     border = max(1, min(_BACKGROUND_BORDER, *(side // 2 for side in unit.shape[-2:])))  # tiny images: all pixels
     inner = torch.zeros(unit.shape[-2:], dtype=torch.bool)
-    inner[border:-border or None, border:-border or None] = True
+    inner[border:-border, border:-border] = True
     background = unit[:, :, ~inner].median(dim=-1).values  # [n, C]
     dark = torch.nonzero(background < _MIN_BACKGROUND)
     if len(dark):
