@@ -66,6 +66,30 @@ def test_background_normalisation_refuses_a_dark_field_naming_the_image():
         ImagePreprocessing(None, 1, normalize_background=True)(images)
 
 
+def test_the_data_flags_reach_both_loaders_and_the_saved_contract():
+    import argparse
+
+    from diffusion_classifiers.data import MedicalPreprocessing
+    from diffusion_classifiers.data.arguments import add_data_args
+    from diffusion_classifiers.data.readers import load_data_from_args
+    from diffusion_classifiers.data.streaming import streaming_data_from_args
+
+    from .conftest import shared_data
+
+    parser = add_data_args(argparse.ArgumentParser(), streaming=True)
+    parser.add_argument("--seed", type=int, default=0)
+    flags = ["--dataset", str(shared_data("plankton_flowcam_demo")), "--image_size", "16", "--num_channels", "1"]
+    args = parser.parse_args(flags + ["--resize_mode", "pad", "--pad_value", "1", "--normalize_background"])
+    in_memory, streamed = load_data_from_args(args), streaming_data_from_args(args)
+    expected = ImagePreprocessing(16, 1, medical=MedicalPreprocessing(), resize_mode="pad", pad_value=1.0, normalize_background=True)
+    assert in_memory["test"].preprocessing == streamed["test"].preprocessing == expected
+    images = torch.stack([image for image, _ in streamed["test"]])
+    torch.testing.assert_close(images, in_memory["test"].images, rtol=0, atol=1e-6)
+    assert float(in_memory["test"].images[:, :, 0].median()) > 0.99  # the top rows white (0.38 without the flag)
+    with pytest.raises(ValueError, match=r"resize_mode: expected one of \['stretch', 'pad', 'crop'\], got 'fit'"):
+        load_data_from_args(parser.parse_args(flags + ["--resize_mode", "fit"]))
+
+
 # --------------------------------------------------------------------------------------------------
 # Splits of a long tail
 # --------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The data flags every script shares (`--dataset`, `--image_size`, `--num_channels`, `--window`, `--streaming`).
+"""The data flags every script shares (`--dataset`, `--image_size`, `--num_channels`, `--window`, `--resize_mode`,
+`--pad_value`, `--normalize_background`, `--streaming`).
 
 Kept apart from the readers, which import torch, so that a script's `--help` answers at once.
 """
@@ -26,6 +27,21 @@ def add_data_args(parser: Any, image_size: int | None = None, streaming: bool = 
         help=f"DICOM files: the windows, one channel each, each a name ({', '.join(WINDOW_NAMES)}) or a pair 'CENTER "
         "WIDTH' in HU (--window brain subdural bone; --window 40 80); saved with the model (default: each file's own "
         "WindowCenter/Width, 'file')",
+    )  # fmt: skip
+    parser.add_argument(
+        "--resize_mode", default="stretch",
+        help="how images meet --image_size: 'stretch', 'pad' (aspect ratio kept, padded with --pad_value: elongated "
+        "plankton) or 'crop'; checked by ImagePreprocessing before any image is read; saved with the model "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pad_value", type=float, default=-1.0,
+        help="the fill of --resize_mode pad on the [-1, 1] scale: -1 black, 1 white (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--normalize_background", action="store_true",
+        help="divide each bright-field image by the median of its border pixels, so grey and white instrument "
+        "fields both become white (FlowCam vs in-situ cameras); saved with the model",
     )  # fmt: skip
     if streaming:
         parser.add_argument(

@@ -163,6 +163,14 @@ class ImagePreprocessing:
         return preprocess_images(images, input_data_format=input_data_format, preprocessing=self)
 
 
+def fit_options(resize_mode: str = "stretch", pad_value: float = -1.0, normalize_background: bool = False) -> dict:
+    """The contract's options for how an image meets its size and background, as keyword arguments, checked now
+    (`ValueError` naming a bad one) so that loaders refuse them before reading any file."""
+    options = {"resize_mode": resize_mode, "pad_value": pad_value, "normalize_background": normalize_background}
+    ImagePreprocessing(**options)
+    return options
+
+
 def preprocess_images(
     images: Any,
     image_size: int | tuple[int, int] | None = None,

@@ -37,7 +37,7 @@ from .dicom import (
     read_dicom_header,
     window_channels,
 )
-from .preprocessing import _PIL_16BIT_MODES, ImagePreprocessing, _describe, preprocess_images
+from .preprocessing import _PIL_16BIT_MODES, ImagePreprocessing, _describe, fit_options, preprocess_images
 from .splits import _check_fraction, stratified_group_split, stratified_split
 
 __all__ = [
@@ -167,6 +167,9 @@ def load_image_classification_data(
     label_column: str | None = None,
     medical: MedicalPreprocessing | None = None,
     patient_id_column: str | None = None,
+    resize_mode: str = "stretch",
+    pad_value: float = -1.0,
+    normalize_background: bool = False,
 ) -> dict[str, LabeledImages]:
     r"""
     Load an image-classification dataset as `{"train", "val", "test"}` [`LabeledImages`].
@@ -227,6 +230,10 @@ def load_image_classification_data(
             `MedicalPreprocessing()`: each DICOM's own window, 16-bit images by their maximum's bit depth.
         patient_id_column (`str`, *optional*):
             for a CSV source, the column of patient (group) ids; it must exist. Default: `patient_id` if present.
+        resize_mode (`str`, *optional*, defaults to `"stretch"`), pad_value (`float`, *optional*, defaults to -1.0),
+        normalize_background (`bool`, *optional*, defaults to `False`):
+            how images meet `image_size` and whether their bright-field background is made white (see
+            [`ImagePreprocessing`]); saved in the splits' contract, so a model trained on them applies the same.
 
     Returns:
         `Dict[str, LabeledImages]`: the `"train"`, `"val"` and `"test"` splits, each with the `preprocessing`
@@ -249,6 +256,7 @@ def load_image_classification_data(
     if patient_id_column is not None and kind != "csv":
         raise ValueError(f"patient_id_column applies to CSV sources only, not to a {kind} source")
     medical = MedicalPreprocessing() if medical is None else medical
+    fit = fit_options(resize_mode, pad_value, normalize_background)
     if (image_column is not None or label_column is not None) and kind != "datasets":
         raise ValueError(f"image_column / label_column apply to datasets sources only, not to a {kind} source")
     if kind == "digits":
@@ -265,11 +273,11 @@ def load_image_classification_data(
         raw = _read_hf_dataset(source, image_column, label_column)
     if image_size is None:
         image_size = raw.default_image_size
-    reading = ImagePreprocessing(image_size, num_channels, input_range="[0, 1]", medical=medical)  # readers' floats
+    reading = ImagePreprocessing(image_size, num_channels, input_range="[0, 1]", medical=medical, **fit)  # readers' floats
     images = preprocess_images(raw.images, preprocessing=reading)
     splits = _assemble(images, raw, val_fraction, test_fraction, seed)
     # What a model trained on these tensors is saved with: the same steps, for files and [-1, 1] tensors alike.
-    contract = ImagePreprocessing(tuple(images.shape[-2:]), images.shape[1], medical=medical)
+    contract = ImagePreprocessing(tuple(images.shape[-2:]), images.shape[1], medical=medical, **fit)
     for split in splits.values():
         split.preprocessing = contract
     return splits
@@ -905,8 +913,15 @@ def load_data_from_args(args: Any) -> dict[str, LabeledImages]:
     """[`load_image_classification_data`] from the flags of [`add_data_args`] (and `--seed`)."""
     return load_image_classification_data(
         args.dataset, image_size=args.image_size, num_channels=args.num_channels, seed=args.seed,
-        medical=_medical_from_args(args),
+        medical=_medical_from_args(args), **fit_from_args(args),
     )  # fmt: skip
+
+
+def fit_from_args(args: Any) -> dict[str, Any]:
+    """`resize_mode`, `pad_value` and `normalize_background` from the flags of [`add_data_args`] (scripts built
+    before those flags existed give the defaults)."""
+    flags = ("resize_mode", "pad_value", "normalize_background")
+    return fit_options(**{flag: getattr(args, flag) for flag in flags if hasattr(args, flag)})
 
 
 def _medical_from_args(args: Any) -> MedicalPreprocessing:

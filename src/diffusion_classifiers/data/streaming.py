@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from .dicom import DICOM_EXTENSIONS, MedicalPreprocessing, read_dicom_header, resolve_windows
-from .preprocessing import ImagePreprocessing, _describe, preprocess_images
+from .preprocessing import ImagePreprocessing, _describe, fit_options, preprocess_images
 from .readers import (
     _DECODE_ERRORS,
     _HF_SPLIT_NAMES,
@@ -41,6 +41,7 @@ from .readers import (
     _list_frames,
     _list_image_folder,
     _medical_from_args,
+    fit_from_args,
     _RawData,
     split_columns,
 )
@@ -123,6 +124,7 @@ class StreamingImages(torch.utils.data.Dataset):
             column: `label_column=False`). A `frame` column, when present, names the frame of a multi-frame DICOM.
         medical ([`MedicalPreprocessing`], *optional*): how DICOM files (windows, one channel each) and 16-bit PNG /
             TIFF are read, as in [`load_image_classification_data`]; default `MedicalPreprocessing()`.
+        resize_mode, pad_value, normalize_background: as in [`ImagePreprocessing`]; saved in `preprocessing`.
     """
 
     def __init__(
@@ -133,6 +135,9 @@ class StreamingImages(torch.utils.data.Dataset):
         image_column: str | None = None,
         label_column: str | None | bool = None,
         medical: MedicalPreprocessing | None = None,
+        resize_mode: str = "stretch",
+        pad_value: float = -1.0,
+        normalize_background: bool = False,
     ):
         import datasets
 
@@ -150,8 +155,9 @@ class StreamingImages(torch.utils.data.Dataset):
         )
         self.image_size, self.num_channels = image_size, num_channels
         self.medical = medical if medical is not None else MedicalPreprocessing()
+        self.fit = fit_options(resize_mode, pad_value, normalize_background)
         # files are read as the in-memory loader reads them: float data (windowed DICOM, 16-bit) in [0, 1]
-        reading = ImagePreprocessing(image_size, num_channels, input_range="[0, 1]", medical=self.medical)
+        reading = ImagePreprocessing(image_size, num_channels, input_range="[0, 1]", medical=self.medical, **self.fit)
         self.dataset = dataset.cast_column(self.image_column, datasets.Image(decode=False))
         self.class_names = list(dataset.features[self.label_column].names) if self.label_column else []
         transform = partial(
@@ -163,7 +169,7 @@ class StreamingImages(torch.utils.data.Dataset):
     @property
     def preprocessing(self) -> ImagePreprocessing:
         """The contract a model trained on these images is saved with (as `LabeledImages.preprocessing`)."""
-        return ImagePreprocessing(self.image_size, self.num_channels, medical=self.medical)
+        return ImagePreprocessing(self.image_size, self.num_channels, medical=self.medical, **self.fit)
 
     @property
     def labels(self) -> torch.Tensor:
@@ -194,7 +200,7 @@ class StreamingImages(torch.utils.data.Dataset):
         label_column = False if self.label_column is None else self.label_column
         return StreamingImages(
             self.dataset.select(indices), self.image_size, self.num_channels, self.image_column, label_column,
-            self.medical,
+            self.medical, **self.fit,
         )  # fmt: skip
 
     @classmethod
@@ -209,12 +215,14 @@ class StreamingImages(torch.utils.data.Dataset):
         *,
         frames: Sequence[int | None] | None = None,
         medical: MedicalPreprocessing | None = None,
+        **fit: Any,
     ) -> StreamingImages:
         """Image files (and their integer labels in `0..len(class_names)-1`) as a streaming dataset. With
         `check_files`, every file's header is read now, so a missing or unreadable file is refused (named) before
         any long computation; a file whose pixel data is corrupt fails when it is read, again naming the file.
         `frames` names the frame of each row of a multi-frame DICOM (a file listed once per frame, `None` for other
-        files); `medical` is how DICOM and 16-bit files are read (see the class)."""
+        files); `medical` is how DICOM and 16-bit files are read, `fit` the `resize_mode`, `pad_value` and
+        `normalize_background` (see the class)."""
         import datasets
 
         files = [str(file) for file in files]
@@ -237,7 +245,7 @@ class StreamingImages(torch.utils.data.Dataset):
                 raise ValueError(f"expected one label per file ({len(files)}), got {len(labels)} labels")
             columns[_LABEL], features[_LABEL] = labels, datasets.ClassLabel(names=[str(n) for n in class_names])
         dataset = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
-        return cls(dataset, image_size, num_channels, _IMAGE, _LABEL if labels is not None else False, medical)
+        return cls(dataset, image_size, num_channels, _IMAGE, _LABEL if labels is not None else False, medical, **fit)
 
 
 class DecodedImages(torch.utils.data.Dataset):
@@ -312,6 +320,9 @@ def streaming_image_classification_data(
     patient_id_column: str | None = None,
     check_files: bool = True,
     medical: MedicalPreprocessing | None = None,
+    resize_mode: str = "stretch",
+    pad_value: float = -1.0,
+    normalize_background: bool = False,
 ) -> dict[str, StreamingImages]:
     r"""
     [`load_image_classification_data`] for data larger than memory: `{"train", "val", "test"}` [`StreamingImages`]
@@ -325,8 +336,8 @@ def streaming_image_classification_data(
             read.
         num_channels (`int`): 1 or 3 (required: the in-memory default looks at every image first).
         image_size (`int` or `Tuple[int, int]`, *optional*, defaults to 32): every image is resized to it.
-        val_fraction, test_fraction, seed, class_names, image_column, label_column, patient_id_column, medical: as
-            in [`load_image_classification_data`] (DICOM PatientIDs keep each patient on one side there too).
+        val_fraction, test_fraction, seed, class_names, image_column, label_column, patient_id_column, medical,
+            resize_mode, pad_value, normalize_background: as in [`load_image_classification_data`] (DICOM PatientIDs keep each patient on one side there too).
         check_files (`bool`, *optional*, defaults to `True`): read every file's header now (see
             [`StreamingImages.from_files`]).
 
@@ -336,17 +347,19 @@ def streaming_image_classification_data(
     """
     _check_fraction(val_fraction, "val_fraction")
     _check_fraction(test_fraction, "test_fraction")
+    fit = fit_options(resize_mode, pad_value, normalize_background)
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir() and is_saved_dataset(Path(source)):
         import datasets
 
         source = datasets.load_from_disk(str(source))
     if type(source).__module__.startswith("datasets"):
         dataset, raw = _hf_rows(source, image_column, label_column)
-        full = StreamingImages(dataset, image_size, num_channels, image_column=_IMAGE, label_column=_LABEL)
+        full = StreamingImages(dataset, image_size, num_channels, image_column=_IMAGE, label_column=_LABEL, **fit)
     else:
         files, frames, raw = _file_rows(source, class_names, patient_id_column)
         full = StreamingImages.from_files(
-            files, raw.labels, raw.class_names, image_size, num_channels, check_files, frames=frames, medical=medical
+            files, raw.labels, raw.class_names, image_size, num_channels, check_files, frames=frames, medical=medical,
+            **fit,
         )
     splits = _carve_splits(raw, val_fraction, test_fraction, seed)
     return {name: full.subset(splits[name]) for name in SPLITS}
@@ -400,5 +413,6 @@ def streaming_data_from_args(args: Any) -> dict[str, StreamingImages]:
         raise ValueError("--streaming needs --num_channels (1 or 3): streamed images are not all looked at first")
     image_size = args.image_size if args.image_size is not None else DEFAULT_FOLDER_SIZE
     return streaming_image_classification_data(
-        args.dataset, args.num_channels, image_size, seed=args.seed, medical=_medical_from_args(args)
+        args.dataset, args.num_channels, image_size, seed=args.seed, medical=_medical_from_args(args),
+        **fit_from_args(args),
     )
