@@ -687,7 +687,7 @@ def main():
             "chosen": "/".join(map(str, shift_key)), "probe_chosen": "/".join(map(str, chosen["all"])),
             "rule": "the grid feature with the best val few-shot accuracy (nearest prototype, k = 1 and all, "
             "cross-validated over the val classes with at least 2 images), the protocol the shift is scored by; no "
-            "shift label is read",
+            "shift label is read; the probe's choice when fewer than 2 val classes have 2 images",
             "val_prototype_accuracy": shift_choice,
         },  # fmt: skip
         "label_efficiency_plot": str(plot) if args.quick else plot.name,
