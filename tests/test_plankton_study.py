@@ -90,6 +90,23 @@ def test_the_data_flags_reach_both_loaders_and_the_saved_contract():
         load_data_from_args(parser.parse_args(flags + ["--resize_mode", "fit"]))
 
 
+def test_probe_reads_the_data_as_the_unet_was_trained(tmp_path):
+    from diffusion_classifiers import DiffusionClassifierPipeline
+    from diffusion_classifiers.cli import main
+
+    from .conftest import shared_data
+
+    flowcam = str(shared_data("plankton_flowcam_demo"))
+    main([
+        "demo", "--dataset", flowcam, "--output_dir", str(tmp_path), "--image_size", "8", "--num_channels", "1",
+        "--resize_mode", "pad", "--pad_value", "1", "--normalize_background", "--unet_preset", "tiny",
+        "--max_train_steps", "2", "--lr_warmup_steps", "1", "--timesteps", "10",
+    ])  # fmt: skip
+    main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--dataset", flowcam, "--output_dir", str(tmp_path / "probe"), "--timesteps", "10"])
+    probed = DiffusionClassifierPipeline.from_pretrained(str(tmp_path / "probe" / "pipeline")).preprocessing
+    assert probed.fit == {"resize_mode": "pad", "pad_value": 1.0, "normalize_background": True}
+
+
 # --------------------------------------------------------------------------------------------------
 # Splits of a long tail
 # --------------------------------------------------------------------------------------------------

@@ -80,7 +80,8 @@ def add_probe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset", default="digits",
         help="what data.load_image_classification_data reads ('digits', a MedMNIST .npz, IDX files, an image folder, a "
-        "CSV of path,label); read at the U-Net's size and channels",
+        "CSV of path,label); read as the U-Net's saved preprocessing says (size, channels, DICOM windows, resize "
+        "mode, background)",
     )  # fmt: skip
     parser.add_argument("--timesteps", type=int, nargs="+", default=list(DEFAULT_TIMESTEPS), help="timesteps probed")
     parser.add_argument("--pool", default="mean", choices=["mean", "2x2"], help="spatial pooling of the features")
@@ -208,10 +209,11 @@ def run_probe(args: argparse.Namespace) -> dict:
     check_writable_dir(args.output_dir, "--output_dir")
     trained = UNetFeatureClassifierPipeline.from_pretrained(args.unet_dir)
     _check_timesteps(args.timesteps, trained.scheduler.config.num_train_timesteps)
-    unet_config = trained.unet.config
-    splits = load_image_classification_data(
-        args.dataset, image_size=unet_config.sample_size, num_channels=unet_config.in_channels, seed=args.seed
-    )
+    unet_config, contract = trained.unet.config, trained.preprocessing
+    splits = load_image_classification_data(  # read as the U-Net was trained: windows, resize mode, background
+        args.dataset, image_size=unet_config.sample_size, num_channels=unet_config.in_channels, seed=args.seed,
+        medical=contract.medical, **contract.fit,
+    )  # fmt: skip
     resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)
     study = run_unet_feature_study(
         trained.unet, trained.scheduler, splits, timesteps=args.timesteps, pool=args.pool, seed=args.seed,

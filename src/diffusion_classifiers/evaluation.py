@@ -180,12 +180,12 @@ def load_evaluation_split(
     if streaming:
         splits = streaming_image_classification_data(
             dataset, num_channels=contract.num_channels, image_size=contract.image_size, seed=seed,
-            medical=contract.medical,
+            medical=contract.medical, **contract.fit,
         )  # fmt: skip
     else:
         splits = load_image_classification_data(
             dataset, image_size=contract.image_size, num_channels=contract.num_channels, seed=seed,
-            medical=contract.medical,
+            medical=contract.medical, **contract.fit,
         )  # fmt: skip
     return splits["val" if split == "validation" else split]
 

@@ -154,6 +154,12 @@ class ImagePreprocessing:
         return cls(**{**config, "image_size": tuple(image_size) if isinstance(image_size, list) else image_size})
 
     @property
+    def fit(self) -> dict[str, Any]:
+        """`resize_mode`, `pad_value` and `normalize_background`: the keywords the loaders take to read images as
+        this contract does."""
+        return fit_options(self.resize_mode, self.pad_value, self.normalize_background)
+
+    @property
     def medical_or_default(self) -> MedicalPreprocessing:
         """`medical`, or `MedicalPreprocessing()` when unset."""
         return self.medical if self.medical is not None else MedicalPreprocessing()
