@@ -27,7 +27,8 @@ def test_the_shift_feature_is_the_one_whose_val_classes_prototypes_separate():
 
 def test_no_shift_feature_is_chosen_when_no_two_val_classes_have_two_images():
     grid = {("mean", "mid_block", 25): torch.randn(4, 3)}
-    assert plankton_accuracy.choose_shift_feature(grid, torch.tensor([0, 0, 1, 2]), num_episodes=1, seed=0) == (None, {})
+    labels = torch.tensor([0, 0, 1, 2])
+    assert plankton_accuracy.choose_shift_feature(grid, labels, num_episodes=1, seed=0) == (None, {})
 
 
 def test_the_cnn_trains_for_its_epochs_but_never_fewer_than_its_minimum_steps():

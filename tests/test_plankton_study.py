@@ -81,7 +81,8 @@ def test_the_data_flags_reach_both_loaders_and_the_saved_contract():
     flags = ["--dataset", str(shared_data("plankton_flowcam_demo")), "--image_size", "16", "--num_channels", "1"]
     args = parser.parse_args(flags + ["--resize_mode", "pad", "--pad_value", "1", "--normalize_background"])
     in_memory, streamed = load_data_from_args(args), streaming_data_from_args(args)
-    expected = ImagePreprocessing(16, 1, medical=MedicalPreprocessing(), resize_mode="pad", pad_value=1.0, normalize_background=True)
+    fit = {"resize_mode": "pad", "pad_value": 1.0, "normalize_background": True}
+    expected = ImagePreprocessing(16, 1, medical=MedicalPreprocessing(), **fit)
     assert in_memory["test"].preprocessing == streamed["test"].preprocessing == expected
     images = torch.stack([image for image, _ in streamed["test"]])
     torch.testing.assert_close(images, in_memory["test"].images, rtol=0, atol=1e-6)
@@ -102,7 +103,8 @@ def test_probe_reads_the_data_as_the_unet_was_trained(tmp_path):
         "--resize_mode", "pad", "--pad_value", "1", "--normalize_background", "--unet_preset", "tiny",
         "--max_train_steps", "2", "--lr_warmup_steps", "1", "--timesteps", "10",
     ])  # fmt: skip
-    main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--dataset", flowcam, "--output_dir", str(tmp_path / "probe"), "--timesteps", "10"])
+    probe = ["probe", "--unet_dir", str(tmp_path / "pipeline"), "--dataset", flowcam, "--timesteps", "10"]
+    main(probe + ["--output_dir", str(tmp_path / "probe")])
     probed = DiffusionClassifierPipeline.from_pretrained(str(tmp_path / "probe" / "pipeline")).preprocessing
     assert probed.fit == {"resize_mode": "pad", "pad_value": 1.0, "normalize_background": True}
 

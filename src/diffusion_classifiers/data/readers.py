@@ -273,7 +273,8 @@ def load_image_classification_data(
         raw = _read_hf_dataset(source, image_column, label_column)
     if image_size is None:
         image_size = raw.default_image_size
-    reading = ImagePreprocessing(image_size, num_channels, input_range="[0, 1]", medical=medical, **fit)  # readers' floats
+    # the readers' float arrays (digits, .npz, windowed DICOM, 16-bit files) are in [0, 1]
+    reading = ImagePreprocessing(image_size, num_channels, input_range="[0, 1]", medical=medical, **fit)
     images = preprocess_images(raw.images, preprocessing=reading)
     splits = _assemble(images, raw, val_fraction, test_fraction, seed)
     # What a model trained on these tensors is saved with: the same steps, for files and [-1, 1] tensors alike.

@@ -337,7 +337,8 @@ def streaming_image_classification_data(
         num_channels (`int`): 1 or 3 (required: the in-memory default looks at every image first).
         image_size (`int` or `Tuple[int, int]`, *optional*, defaults to 32): every image is resized to it.
         val_fraction, test_fraction, seed, class_names, image_column, label_column, patient_id_column, medical,
-            resize_mode, pad_value, normalize_background: as in [`load_image_classification_data`] (DICOM PatientIDs keep each patient on one side there too).
+            resize_mode, pad_value, normalize_background: as in [`load_image_classification_data`] (DICOM PatientIDs
+            keep each patient on one side there too).
         check_files (`bool`, *optional*, defaults to `True`): read every file's header now (see
             [`StreamingImages.from_files`]).
 
