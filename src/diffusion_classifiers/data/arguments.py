@@ -12,7 +12,8 @@ __all__ = ["add_data_args"]
 
 
 def add_data_args(parser: Any, image_size: int | None = None, streaming: bool = False) -> Any:
-    """The `--dataset`, `--image_size`, `--num_channels` flags every script shares (read by [`load_data_from_args`]),
+    """The `--dataset`, `--image_size`, `--num_channels`, `--window`, `--resize_mode`, `--pad_value` and
+    `--normalize_background` flags every script shares (read by [`load_data_from_args`]),
     and with `streaming` the `--streaming` flag (read by `data.streaming_data_from_args`) of scripts whose trainer
     takes a dataset."""
     parser.add_argument(

@@ -157,7 +157,7 @@ class ImagePreprocessing:
     def fit(self) -> dict[str, Any]:
         """`resize_mode`, `pad_value` and `normalize_background`: the keywords the loaders take to read images as
         this contract does."""
-        return fit_options(self.resize_mode, self.pad_value, self.normalize_background)
+        return {name: getattr(self, name) for name in ("resize_mode", "pad_value", "normalize_background")}
 
     @property
     def medical_or_default(self) -> MedicalPreprocessing:
@@ -172,9 +172,7 @@ class ImagePreprocessing:
 def fit_options(resize_mode: str = "stretch", pad_value: float = -1.0, normalize_background: bool = False) -> dict:
     """The contract's options for how an image meets its size and background, as keyword arguments, checked now
     (`ValueError` naming a bad one) so that loaders refuse them before reading any file."""
-    options = {"resize_mode": resize_mode, "pad_value": pad_value, "normalize_background": normalize_background}
-    ImagePreprocessing(**options)
-    return options
+    return ImagePreprocessing(resize_mode=resize_mode, pad_value=pad_value, normalize_background=normalize_background).fit
 
 
 def preprocess_images(

@@ -919,10 +919,8 @@ def load_data_from_args(args: Any) -> dict[str, LabeledImages]:
 
 
 def fit_from_args(args: Any) -> dict[str, Any]:
-    """`resize_mode`, `pad_value` and `normalize_background` from the flags of [`add_data_args`] (scripts built
-    before those flags existed give the defaults)."""
-    flags = ("resize_mode", "pad_value", "normalize_background")
-    return fit_options(**{flag: getattr(args, flag) for flag in flags if hasattr(args, flag)})
+    """`resize_mode`, `pad_value` and `normalize_background` from the flags of [`add_data_args`], checked."""
+    return fit_options(args.resize_mode, args.pad_value, args.normalize_background)
 
 
 def _medical_from_args(args: Any) -> MedicalPreprocessing:
