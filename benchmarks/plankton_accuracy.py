@@ -12,7 +12,8 @@ One run, every choice made on val, test only reported:
 3. method: an unconditional DDPM U-Net (EMA) trained on the train images without labels; the probe grid over blocks
    x timesteps x pooling fitted on the labels of the largest few-label subset and chosen on val; the chosen feature
    of every image then probed with 1%, 10% and 100% of the train labels (each fraction re-chooses its pair on its
-   own labels when it is within the grid subset), plus a class-weighted probe; k-means with K = 121 on the chosen
+   own labels when it is within the grid subset), plus a class-weighted probe and, with all labels, a hypercolumn
+   probe (every block's feature at the chosen pooling and timestep, concatenated); k-means with K = 121 on the chosen
    test features, beside the feature, normalisation and K chosen without labels (the most stable k-means on the
    grid's train and val images, K by silhouette);
 4. baselines on the same splits and images: a supervised CNN of about the U-Net encoder's size (natural and
@@ -20,8 +21,8 @@ One run, every choice made on val, test only reported:
    the same number of optimizer steps and probed the same way, a linear probe on raw pixels;
 5. shift: the 105 FlowCam images (6 classes, another instrument and sea) classified few-shot from each method's
    frozen features (nearest prototype and linear probe, k = 1, 5, all per class, 5-fold cross-validation); the
-   U-Net's feature for it is the grid feature that classifies NDSB val best by nearest prototype (the shift's
-   protocol), beside the probe's choice.
+   U-Net's feature for it is the grid feature or hypercolumn that classifies NDSB val best by nearest prototype (the
+   shift's protocol), beside the probe's choice.
 
 Presets (`--preset`): `cpu` fits 45 minutes on one CPU thread (32 px, the tiny U-Net, 350 optimizer steps of batch
 64 for the DDPM and SimCLR, 20 passes over the labelled images and at least 1,400 steps for each CNN, the grid on
@@ -293,8 +294,20 @@ def class_weighted_probe(features: Dict[str, torch.Tensor], splits) -> Tuple[tor
 # ------------------------------------------------------------------------------------------------------------------
 
 
+ALL_BLOCKS = "all_blocks"  # the block of a hypercolumn key: every block's pooled feature, concatenated in forward order
+
+
+def with_hypercolumns(grid: Dict[Tuple[str, str, int], torch.Tensor]) -> Dict[Tuple[str, str, int], torch.Tensor]:
+    """The grid and, for each (pool, t), the `(pool, ALL_BLOCKS, t)` hypercolumn of its blocks."""
+    columns = {}
+    for (pool, block, t), x in grid.items():
+        columns.setdefault((pool, ALL_BLOCKS, t), []).append(x)
+    return {**grid, **{key: torch.cat(parts, 1) for key, parts in columns.items()}}
+
+
 class UNetFeatures:
-    """Features of the frozen U-Net, keyed `(pool, block, timestep)`, extracted once per split and key."""
+    """Features of the frozen U-Net, keyed `(pool, block, timestep)` (block `ALL_BLOCKS`: the hypercolumn), extracted
+    once per split and key."""
 
     def __init__(self, unet, scheduler, budget: Preset, seed: int):
         self.extractor = DiffusionFeatureExtractor(unet, scheduler)
@@ -315,11 +328,12 @@ class UNetFeatures:
         """The `key` feature of `images` (split `name`), cached."""
         if (name, key) not in self.cache:
             pool, block, t = key
+            blocks = self.extractor.block_names if block == ALL_BLOCKS else [block]
             features = self.extractor.extract(
-                images, [block], [t], pool=pool, noise_seed=self.seed, batch_size=self.budget.batch_size,
+                images, blocks, [t], pool=pool, noise_seed=self.seed, batch_size=self.budget.batch_size,
                 progress_bar={"desc": f"U-Net features {pool}/{block}@{t} ({name})"},
             )  # fmt: skip
-            self.cache[(name, key)] = features[(block, t)]
+            self.cache[(name, key)] = torch.cat([features[(b, t)] for b in blocks], 1)
         return self.cache[(name, key)]
 
 
@@ -626,12 +640,19 @@ def main():
                 predictions, iterations = class_weighted_probe(x, splits)
                 regimes["all"][f"{method}_class_weighted_probe"] = {**scorer(predictions), "lbfgs_iterations": iterations}
             regimes["all"]["raw_pixel_probe"] = scorer(probe(pixels, splits, subsets["all"])[0])
+            hypercolumn = (chosen["all"][0], ALL_BLOCKS, chosen["all"][2])
+            columns = {name: unet_features.of(name, s.images, hypercolumn) for name, s in splits.items()}
+            predictions, val_scores = probe(columns, splits, subsets["all"], key=hypercolumn[1:], pool=hypercolumn[0])
+            regimes["all"]["unet_hypercolumn_probe"] = {
+                **scorer(predictions), "feature": "/".join(map(str, hypercolumn)), "val": val_scores,
+            }  # fmt: skip
         with timed(walls, "kmeans"):
             kmeans = clustering(unet_features, grid, splits, chosen["all"], args.seed)
             simclr_kmeans = kmeans_evaluate(simclr_features["test"], test.labels, test.num_classes, seed=args.seed)
             kmeans["simclr_label_free_k_equals_classes"] = {m: simclr_kmeans[m] for m in ("nmi", "ari", "accuracy", "purity")}
         with timed(walls, "flowcam_shift"):
-            shift_key, shift_choice = choose_shift_feature(grid["val"], val.labels, budget.num_episodes, args.seed)
+            candidates = with_hypercolumns(grid["val"])
+            shift_key, shift_choice = choose_shift_feature(candidates, val.labels, budget.num_episodes, args.seed)
             shift_key = shift_key or chosen["all"]
             shift_features = {
                 "unet": unet_features.of("shift", shift.images, shift_key),
@@ -685,9 +706,9 @@ def main():
         "flowcam_shift": shift_results,
         "flowcam_shift_unet_feature": {
             "chosen": "/".join(map(str, shift_key)), "probe_chosen": "/".join(map(str, chosen["all"])),
-            "rule": "the grid feature with the best val few-shot accuracy (nearest prototype, k = 1 and all, "
-            "cross-validated over the val classes with at least 2 images), the protocol the shift is scored by; no "
-            "shift label is read; the probe's choice when fewer than 2 val classes have 2 images",
+            "rule": "the grid feature or hypercolumn with the best val few-shot accuracy (nearest prototype, k = 1 and "
+            "all, cross-validated over the val classes with at least 2 images), the protocol the shift is scored by; "
+            "no shift label is read; the probe's choice when fewer than 2 val classes have 2 images",
             "val_prototype_accuracy": shift_choice,
         },  # fmt: skip
         "label_efficiency_plot": str(plot) if args.quick else plot.name,

@@ -1,9 +1,12 @@
 """benchmarks/plankton_accuracy.py's choices: the U-Net feature for the shift chosen on val by the shift's own
-few-shot protocol, and the CNN's step budget per label regime. No training."""
+few-shot protocol, the CNN's step budget per label regime, and the hypercolumn features. No training."""
 
 import sys
 
 import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from diffusion_classifiers.models import unet_config
 
 from .conftest import REPO_ROOT
 
@@ -35,3 +38,29 @@ def test_the_cnn_trains_for_its_epochs_but_never_fewer_than_its_minimum_steps():
     cpu = plankton_accuracy.PRESETS["cpu"]
     assert cpu.cnn_steps_for(21_824) == 6_820  # 20 passes over all labels, batch 64
     assert cpu.cnn_steps_for(258) == cpu.cnn_steps == 1_400  # 1% of the labels: 81 steps would be too few
+
+
+def test_a_hypercolumn_is_every_blocks_feature_at_one_pooling_and_timestep_in_forward_order():
+    grid = {
+        ("2x2", "down_blocks.0", 25): torch.full((3, 4), 0.0),
+        ("2x2", "mid_block", 25): torch.full((3, 8), 1.0),
+        ("2x2", "mid_block", 100): torch.full((3, 8), 2.0),
+        ("mean", "mid_block", 25): torch.full((3, 2), 3.0),
+    }
+    columns = plankton_accuracy.with_hypercolumns(grid)
+    all_blocks = plankton_accuracy.ALL_BLOCKS
+    assert set(columns) - set(grid) == {("2x2", all_blocks, 25), ("2x2", all_blocks, 100), ("mean", all_blocks, 25)}
+    expected = torch.cat([grid[("2x2", "down_blocks.0", 25)], grid[("2x2", "mid_block", 25)]], 1)
+    assert torch.equal(columns[("2x2", all_blocks, 25)], expected)
+
+
+def test_the_hypercolumn_of_images_is_the_concatenation_of_their_block_features():
+    torch.manual_seed(0)
+    unet, scheduler = UNet2DModel(**unet_config("tiny", 8)).eval(), DDPMScheduler()
+    budget = plankton_accuracy.PRESETS["quick"]
+    features = plankton_accuracy.UNetFeatures(unet, scheduler, budget, seed=0)
+    images = torch.rand(3, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size) * 2 - 1
+    column = features.of("val", images, ("2x2", plankton_accuracy.ALL_BLOCKS, 50))
+    blocks = features.extractor.block_names
+    expected = torch.cat([features.of("val", images, ("2x2", block, 50)) for block in blocks], 1)
+    torch.testing.assert_close(column, expected)
