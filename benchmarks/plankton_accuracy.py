@@ -55,7 +55,7 @@ import _common
 from _common import base_parser, data_path, few_label_subsets, report, setup, target_entry, timed, training_arguments
 from diffusion_classifiers.data import IMAGE_EXTENSIONS, ImagePreprocessing, LabeledImages, few_label_indices
 from diffusion_classifiers.data.splits import stratified_train_val_test_split
-from diffusion_classifiers.features import DiffusionFeatureExtractor
+from diffusion_classifiers.features import DiffusionFeatureExtractor, feature_blocks, hypercolumn
 from diffusion_classifiers.metrics import classification_metrics
 from diffusion_classifiers.models import build_vit_encoder, count_parameters, encode_representation
 from diffusion_classifiers.models.unet_presets import unet_config
@@ -299,10 +299,14 @@ ALL_BLOCKS = "all_blocks"  # the block of a hypercolumn key: every block's poole
 
 def with_hypercolumns(grid: Dict[Tuple[str, str, int], torch.Tensor]) -> Dict[Tuple[str, str, int], torch.Tensor]:
     """The grid and, for each (pool, t), the `(pool, ALL_BLOCKS, t)` hypercolumn of its blocks."""
-    columns = {}
-    for (pool, block, t), x in grid.items():
-        columns.setdefault((pool, ALL_BLOCKS, t), []).append(x)
-    return {**grid, **{key: torch.cat(parts, 1) for key, parts in columns.items()}}
+    blocks = {}
+    for pool, block, t in grid:
+        blocks.setdefault((pool, t), []).append(block)
+    columns = {
+        (pool, ALL_BLOCKS, t): hypercolumn({(b, t): grid[(pool, b, t)] for b in names}, names, t)
+        for (pool, t), names in blocks.items()
+    }
+    return {**grid, **columns}
 
 
 class UNetFeatures:
@@ -328,12 +332,12 @@ class UNetFeatures:
         """The `key` feature of `images` (split `name`), cached."""
         if (name, key) not in self.cache:
             pool, block, t = key
-            blocks = self.extractor.block_names if block == ALL_BLOCKS else [block]
+            blocks = self.extractor.block_names if block == ALL_BLOCKS else block
             features = self.extractor.extract(
-                images, blocks, [t], pool=pool, noise_seed=self.seed, batch_size=self.budget.batch_size,
+                images, feature_blocks(blocks), [t], pool=pool, noise_seed=self.seed, batch_size=self.budget.batch_size,
                 progress_bar={"desc": f"U-Net features {pool}/{block}@{t} ({name})"},
             )  # fmt: skip
-            self.cache[(name, key)] = torch.cat([features[(b, t)] for b in blocks], 1)
+            self.cache[(name, key)] = hypercolumn(features, blocks, t)
         return self.cache[(name, key)]
 
 

@@ -130,3 +130,40 @@ def test_unknown_model_type_is_named(exported, tmp_path):
     bad = _copy_with_config(exported, tmp_path / "bad", model_type="not-a-model")
     with pytest.raises(ValueError, match="unknown model_type 'not-a-model'"):
         load_classifier(str(bad))
+
+
+@pytest.mark.numerics
+def test_a_hypercolumn_head_saves_loads_and_exports_with_the_same_predictions(tmp_path):
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from diffusion_classifiers.features import hypercolumn
+    from diffusion_classifiers.probing import fit_probe_grid
+
+    torch.manual_seed(0)
+    splits = load_image_classification_data("digits", image_size=16, seed=0)
+    pipe = UNetFeatureClassifierPipeline(unet=UNet2DModel(**unet_config("tiny", 16)), scheduler=DDPMScheduler())
+    blocks = ("down_blocks.1", "mid_block", "up_blocks.0")
+    columns = {}
+    for split in ("train", "val"):
+        features = pipe.extract_features(splits[split].images[:300], list(blocks), [50], pool="2x2")
+        columns[split] = {(blocks, 50): hypercolumn(features, blocks, 50)}
+    fit = fit_probe_grid(
+        columns["train"], splits["train"].labels[:300], columns["val"], splits["val"].labels[:300], pool="2x2",
+        class_names=splits["train"].class_names, progress_bar={"disable": True},
+    )  # fmt: skip
+    assert fit.head.config.block == list(blocks) and fit.head.config.in_features == 3 * 4 * 32
+    pipe.register_modules(head=fit.head)
+    pipe.save_pretrained(tmp_path / "pipeline")
+    export_unet_feature_pipeline(pipe, tmp_path / "transformers")
+
+    images = splits["test"].images[:8]
+    reloaded = UNetFeatureClassifierPipeline.from_pretrained(tmp_path / "pipeline")
+    model = AutoModelForImageClassification.from_pretrained(tmp_path / "transformers")
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "transformers")
+    assert reloaded.head.config.block == list(blocks) and model.config.feature_block == list(blocks)
+    expected = pipe.head(hypercolumn(pipe.extract_features(images, list(blocks), [50], pool="2x2"), blocks, 50))
+    with torch.no_grad():
+        logits = model(**processor(images)).logits
+    # Same modules, same batch, one process: as in test_export_gives_identical_predictions (atol 1e-6 on probabilities).
+    torch.testing.assert_close(reloaded(images).probs, expected.softmax(-1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(logits.softmax(-1), expected.softmax(-1), atol=1e-6, rtol=0)

@@ -65,6 +65,7 @@ _EXPORTS = {
     # features, probing and evaluation protocols
     "DiffusionFeatureExtractor": "features",
     "DiTFeatureExtractor": "features",
+    "hypercolumn": "features",
     "ProbeGridResult": "probing",
     "fit_probe_grid": "probing",
     "kmeans_evaluate": "probing",

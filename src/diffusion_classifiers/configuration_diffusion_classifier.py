@@ -1,6 +1,6 @@
 """transformers configuration of the diffusion-feature image classifier."""
 
-from typing import Optional
+from typing import List, Optional, Union
 
 from transformers import PretrainedConfig
 
@@ -22,8 +22,8 @@ class DiffusionClassifierConfig(PretrainedConfig):
             feature.
         backbone_config (`dict`): the backbone's config (`UNet2DModel.config`, or the encoder's `config.to_dict()`).
         scheduler_config (`dict`): the `DDPMScheduler` config that defines the noising at `feature_timestep` (U-Net).
-        feature_block (`str`), feature_timestep (`int`), feature_pool (`"mean"`, `"2x2"` or `None`): the U-Net
-            feature.
+        feature_block (`str` or `list`), feature_timestep (`int`), feature_pool (`"mean"`, `"2x2"` or `None`): the
+            U-Net feature; a list of blocks is their features concatenated in that order (`features.hypercolumn`).
         noise_seed (`int`), num_noise_draws (`int`): the fixed noise the U-Net feature is computed with.
         feature_size (`int`): the pooled feature's dimension (the linear head's input).
         freeze_backbone (`bool`): keep the backbone's parameters out of training (`requires_grad=False`).
@@ -44,7 +44,7 @@ class DiffusionClassifierConfig(PretrainedConfig):
         backbone_type: str = "unet",
         backbone_config: Optional[dict] = None,
         scheduler_config: Optional[dict] = None,
-        feature_block: str = "mid_block",
+        feature_block: Union[str, List[str]] = "mid_block",
         feature_timestep: int = 0,
         feature_pool: Optional[str] = "mean",
         noise_seed: int = 0,

@@ -33,6 +33,8 @@ __all__ = [
     "FeatureKey",
     "Features",
     "dit_block_name",
+    "feature_blocks",
+    "hypercolumn",
     "make_noise",
 ]
 
@@ -42,6 +44,20 @@ FeatureKey = Tuple[str, int]
 # A feature matrix [N, D]: a float32 tensor in memory, or a float16 `numpy.memmap` on disk when the features of a call
 # exceed its `max_memory_bytes` (`probing.fit_probe_grid` reads either).
 Features = Union[torch.Tensor, np.memmap]
+
+
+def feature_blocks(block: Union[str, Sequence[str]]) -> List[str]:
+    """The blocks a head reads: one block's name, or several (a hypercolumn: their pooled features concatenated in
+    this order, e.g. every block of the U-Net, which with many labels gives a linear head more to read)."""
+    return [block] if isinstance(block, str) else list(block)
+
+
+def hypercolumn(
+    features: Dict[FeatureKey, torch.Tensor], block: Union[str, Sequence[str]], timestep: int
+) -> torch.Tensor:
+    """The feature a head over `block` (see `feature_blocks`) reads at `timestep`, from `extract`'s output."""
+    parts = [features[(name, timestep)] for name in feature_blocks(block)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
 
 @dataclass(frozen=True)

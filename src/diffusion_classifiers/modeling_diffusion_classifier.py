@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from .configuration_diffusion_classifier import DiffusionClassifierConfig
-from .features import DiffusionFeatureExtractor, make_noise
+from .features import DiffusionFeatureExtractor, feature_blocks, hypercolumn, make_noise
 from .image_processing_diffusion_classifier import DiffusionClassifierImageProcessor
 from .models.encoders import encode_representation, representation_size
 from .remote_code import entry_module_name, make_weights_readable_as_umask_allows, write_remote_code
@@ -116,8 +116,10 @@ class DiffusionFeaturesForImageClassification(DiffusionClassifierPreTrainedModel
                     self.backbone, pixel_values, config.representation_readout, config.encoder_preprocessing
                 )
             noise = make_noise(config.num_noise_draws, pixel_values.shape[1:], config.noise_seed)
-            key = (config.feature_block, config.feature_timestep)
-            return self.extractor.features_for_batch(pixel_values, [key[0]], [key[1]], config.feature_pool, noise)[key]
+            block, timestep = config.feature_block, config.feature_timestep
+            blocks = feature_blocks(block)
+            features = self.extractor.features_for_batch(pixel_values, blocks, [timestep], config.feature_pool, noise)
+            return hypercolumn(features, block, timestep)
 
     def forward(
         self,

@@ -1,6 +1,6 @@
 """The linear head that classifies one pooled diffusion feature, saved as a pipeline component."""
 
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -35,7 +35,8 @@ class LinearProbeHead(FeatureHeadMixin, ModelMixin, ConfigMixin):
     """Standardise a feature vector with training statistics, then apply one linear layer.
 
     The config records which feature the head reads (`block`, `timestep`, `pool`, noise seed and draws) and
-    the class names, so a saved pipeline carries everything needed to classify: no side files.
+    the class names, so a saved pipeline carries everything needed to classify: no side files. `block` may be a list
+    of blocks: the head then reads their pooled features concatenated in that order (a hypercolumn).
     """
 
     config_name = "config.json"
@@ -45,7 +46,7 @@ class LinearProbeHead(FeatureHeadMixin, ModelMixin, ConfigMixin):
         self,
         in_features: int,
         num_classes: int,
-        block: str = "mid_block",
+        block: Union[str, List[str]] = "mid_block",
         timestep: int = 0,
         pool: Optional[str] = "mean",
         noise_seed: int = 0,

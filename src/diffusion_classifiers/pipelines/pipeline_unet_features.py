@@ -1,4 +1,4 @@
-"""Classify with a linear head on one frozen DDPM U-Net feature (block, timestep)."""
+"""Classify with a linear head on a frozen DDPM U-Net feature (a block, or several concatenated, at one timestep)."""
 
 from typing import Any, Dict, Optional, Sequence
 
@@ -6,7 +6,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from diffusion_classifiers.data import ImagePreprocessing
-from diffusion_classifiers.features import DiffusionFeatureExtractor
+from diffusion_classifiers.features import DiffusionFeatureExtractor, feature_blocks, hypercolumn
 from diffusion_classifiers.models import LinearProbeHead
 
 from .pipeline_utils import DiffusionClassifierPipeline
@@ -86,7 +86,7 @@ class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
     def __call__(self, images, batch_size: int = 64, return_dict: bool = True, input_data_format: Optional[str] = None):
         r"""
         Classify `images` (one or a list of file paths, PIL images, arrays or tensors) with the head's (block,
-        timestep) feature.
+        timestep) feature; a head over several blocks reads their features concatenated (`features.hypercolumn`).
 
         Args:
             images: the images to classify.
@@ -114,14 +114,14 @@ class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
         config = self.head.config
         features = self.extract_features(
             images,
-            blocks=[config.block],
+            blocks=feature_blocks(config.block),
             timesteps=[config.timestep],
             pool=config.pool,
             noise_seed=config.noise_seed,
             num_noise_draws=config.num_noise_draws,
             batch_size=batch_size,
             input_data_format=input_data_format,
-        )[(config.block, config.timestep)]
-        logits = self.head(features.to(self.head.device))
+        )
+        logits = self.head(hypercolumn(features, config.block, config.timestep).to(self.head.device))
         self.maybe_free_model_hooks()
         return self.build_output(logits, self.class_names, return_dict)

@@ -477,7 +477,7 @@ def _make_head(pair, weight, bias, mean, std, num_classes, class_names, pool, no
     head = LinearProbeHead(
         in_features=dim,
         num_classes=num_classes,
-        block=pair[0],
+        block=list(pair[0]) if isinstance(pair[0], tuple) else pair[0],
         timestep=int(pair[1]),
         pool=pool,
         noise_seed=noise_seed,
@@ -538,6 +538,8 @@ def fit_probe_grid(
             on disk, beyond the extractor's `max_memory_bytes`) is never stacked: every pass of the solver reads it
             in chunks of at most 16 MiB of float32, so memory stays flat as N grows, and the heads are the optimum of
             the same values in memory (to float32 summation order; standardised with statistics summed in float64).
+            A block may be a tuple of block names, for a hypercolumn (`features.hypercolumn`): its head's `block` is
+            then their list, and the pipeline reads their features concatenated.
         train_labels, val_labels, test_labels: integer labels in `[0, num_classes)`.
         num_classes: defaults to `len(class_names)`, else the largest label + 1.
         class_names, pool, noise_seed, num_noise_draws: recorded in the heads' configs (how the features were made).
