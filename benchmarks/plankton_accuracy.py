@@ -644,11 +644,11 @@ def main():
                 predictions, iterations = class_weighted_probe(x, splits)
                 regimes["all"][f"{method}_class_weighted_probe"] = {**scorer(predictions), "lbfgs_iterations": iterations}
             regimes["all"]["raw_pixel_probe"] = scorer(probe(pixels, splits, subsets["all"])[0])
-            hypercolumn = (chosen["all"][0], ALL_BLOCKS, chosen["all"][2])
-            columns = {name: unet_features.of(name, s.images, hypercolumn) for name, s in splits.items()}
-            predictions, val_scores = probe(columns, splits, subsets["all"], key=hypercolumn[1:], pool=hypercolumn[0])
+            column_key = (chosen["all"][0], ALL_BLOCKS, chosen["all"][2])
+            columns = {name: unet_features.of(name, s.images, column_key) for name, s in splits.items()}
+            predictions, val_scores = probe(columns, splits, subsets["all"], key=column_key[1:], pool=column_key[0])
             regimes["all"]["unet_hypercolumn_probe"] = {
-                **scorer(predictions), "feature": "/".join(map(str, hypercolumn)), "val": val_scores,
+                **scorer(predictions), "feature": "/".join(map(str, column_key)), "val": val_scores,
             }  # fmt: skip
         with timed(walls, "kmeans"):
             kmeans = clustering(unet_features, grid, splits, chosen["all"], args.seed)
