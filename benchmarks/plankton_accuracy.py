@@ -55,7 +55,7 @@ import _common
 from _common import base_parser, data_path, few_label_subsets, report, setup, target_entry, timed, training_arguments
 from diffusion_classifiers.data import IMAGE_EXTENSIONS, ImagePreprocessing, LabeledImages, few_label_indices
 from diffusion_classifiers.data.splits import stratified_train_val_test_split
-from diffusion_classifiers.features import DiffusionFeatureExtractor, feature_blocks, hypercolumn
+from diffusion_classifiers.features import DiffusionFeatureExtractor, feature_blocks, hypercolumn, with_hypercolumns
 from diffusion_classifiers.metrics import classification_metrics
 from diffusion_classifiers.models import build_vit_encoder, count_parameters, encode_representation
 from diffusion_classifiers.models.unet_presets import unet_config
@@ -297,16 +297,13 @@ def class_weighted_probe(features: Dict[str, torch.Tensor], splits) -> Tuple[tor
 ALL_BLOCKS = "all_blocks"  # the block of a hypercolumn key: every block's pooled feature, concatenated in forward order
 
 
-def with_hypercolumns(grid: Dict[Tuple[str, str, int], torch.Tensor]) -> Dict[Tuple[str, str, int], torch.Tensor]:
-    """The grid and, for each (pool, t), the `(pool, ALL_BLOCKS, t)` hypercolumn of its blocks."""
-    blocks = {}
-    for pool, block, t in grid:
-        blocks.setdefault((pool, t), []).append(block)
-    columns = {
-        (pool, ALL_BLOCKS, t): hypercolumn({(b, t): grid[(pool, b, t)] for b in names}, names, t)
-        for (pool, t), names in blocks.items()
-    }
-    return {**grid, **columns}
+def grid_with_hypercolumns(grid: Dict[Tuple[str, str, int], torch.Tensor]) -> Dict[Tuple[str, str, int], torch.Tensor]:
+    """The grid and, for each (pool, t) of several blocks, the `(pool, ALL_BLOCKS, t)` hypercolumn of its blocks."""
+    out = dict(grid)
+    for pool in dict.fromkeys(p for p, _, _ in grid):
+        pairs = with_hypercolumns({(block, t): x for (p, block, t), x in grid.items() if p == pool})
+        out.update({(pool, ALL_BLOCKS, t): x for (blocks, t), x in pairs.items() if isinstance(blocks, tuple)})
+    return out
 
 
 class UNetFeatures:
@@ -655,7 +652,7 @@ def main():
             simclr_kmeans = kmeans_evaluate(simclr_features["test"], test.labels, test.num_classes, seed=args.seed)
             kmeans["simclr_label_free_k_equals_classes"] = {m: simclr_kmeans[m] for m in ("nmi", "ari", "accuracy", "purity")}
         with timed(walls, "flowcam_shift"):
-            candidates = with_hypercolumns(grid["val"])
+            candidates = grid_with_hypercolumns(grid["val"])
             shift_key, shift_choice = choose_shift_feature(candidates, val.labels, budget.num_episodes, args.seed)
             shift_key = shift_key or chosen["all"]
             shift_features = {

@@ -41,6 +41,13 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
     probed = json.loads((probe_dir / "metrics.json").read_text())
     assert {r["timestep"] for r in probed["probe_grid"]} == {50} and len(probed["probe_grid"]) == 7
     assert DiffusionClassifierPipeline.from_pretrained(str(probe_dir / "pipeline")).head.config.timestep == 50
+    # with --hypercolumns, one more probe: every block's feature concatenated, under a short name in the report
+    column_dir = tmp_path / "probe_hypercolumns"
+    main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--output_dir", str(column_dir), "--timesteps", "50", "--hypercolumns"])
+    rows = json.loads((column_dir / "metrics.json").read_text())["probe_grid"]
+    assert len(rows) == 8 and [r["block"] for r in rows if isinstance(r["block"], list)] == [[r["block"] for r in rows[:7]]]
+    assert "| 7 blocks: down_blocks.0 .. up_blocks.2" in (column_dir / "report.md").read_text()
+    assert Image.open(column_dir / "probe_heatmap.png").size[0] > 0
     capsys.readouterr()
 
     main(["evaluate", "--model_dir", str(tmp_path / "pipeline"), "--dataset", "digits", "--output_dir", str(tmp_path / "eval")])

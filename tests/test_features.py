@@ -1,9 +1,10 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 
-from diffusion_classifiers.features import BlockInfo, DiffusionFeatureExtractor
+from diffusion_classifiers.features import BlockInfo, DiffusionFeatureExtractor, block_label, with_hypercolumns
 
 NUM_TRAIN_TIMESTEPS = 100
 # Two forwards of the same U-Net that differ only in batching (images x draws x timesteps vs one at a time, another
@@ -166,3 +167,15 @@ def test_bad_input_fails_before_any_forward(unet, extractor, images, kwargs, mes
     finally:
         handle.remove()
     assert calls == []
+
+
+def test_hypercolumns_join_every_block_of_a_timestep_in_order_and_need_features_in_memory(tmp_path):
+    features = {("down_blocks.0", 10): torch.zeros(2, 3), ("mid_block", 10): torch.ones(2, 4), ("mid_block", 50): torch.ones(2, 4)}
+    columns = with_hypercolumns(features)
+    blocks = ("down_blocks.0", "mid_block")
+    assert set(columns) == set(features) | {(blocks, 10)}  # t = 50 has one block: no hypercolumn
+    assert torch.equal(columns[(blocks, 10)], torch.cat([features[("down_blocks.0", 10)], features[("mid_block", 10)]], 1))
+    assert block_label(blocks) == "2 blocks: down_blocks.0 .. mid_block" and block_label("mid_block") == "mid_block"
+    on_disk = np.memmap(tmp_path / "f.bin", dtype=np.float16, mode="w+", shape=(2, 3))
+    with pytest.raises(ValueError, match="hypercolumns concatenate features in memory"):
+        with_hypercolumns({**features, ("up_blocks.0", 10): on_disk})

@@ -85,6 +85,11 @@ def add_probe_args(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--timesteps", type=int, nargs="+", default=list(DEFAULT_TIMESTEPS), help="timesteps probed")
     parser.add_argument("--pool", default="mean", choices=["mean", "2x2"], help="spatial pooling of the features")
+    parser.add_argument(
+        "--hypercolumns", action="store_true",
+        help="also probe, at each timestep, every block's feature concatenated (a hypercolumn; with many labels it "
+        "can beat any single block); chosen on val like the rest",
+    )  # fmt: skip
     parser.add_argument("--output_dir", default="outputs/probe", help="where report.md, metrics.json, the PNGs and pipeline/ go")
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits carved when the data has none and of the probes")
     add_positive_class_arg(parser)
@@ -174,6 +179,7 @@ def run_demo(args: argparse.Namespace) -> dict:
 
 def save_study(study, args: argparse.Namespace, timing: dict) -> dict:
     """Save the study's fitted pipeline and its report into `args.output_dir`; print the headline."""
+    from .features import block_label
     from .unet_feature_study import summary_table, write_study_report
 
     study.pipeline.save_pretrained(os.path.join(args.output_dir, "pipeline"))
@@ -182,7 +188,7 @@ def save_study(study, args: argparse.Namespace, timing: dict) -> dict:
     print(summary_table(study))
     summary = metrics["summary"]
     print(
-        f"\nchosen {summary['best_block']} @ t={summary['best_timestep']}: test accuracy {100 * summary['test_accuracy']:.2f}%, "
+        f"\nchosen {block_label(summary['best_block'])} @ t={summary['best_timestep']}: test accuracy {100 * summary['test_accuracy']:.2f}%, "
         f"macro-F1 {100 * summary['test_macro_f1']:.2f}%, k-means accuracy {100 * summary['kmeans_accuracy']:.2f}% "
         f"(NMI {summary['kmeans_nmi']:.3f}); {timing['total_seconds']:.0f} s"
     )
@@ -217,7 +223,7 @@ def run_probe(args: argparse.Namespace) -> dict:
     resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)
     study = run_unet_feature_study(
         trained.unet, trained.scheduler, splits, timesteps=args.timesteps, pool=args.pool, seed=args.seed,
-        positive_class=args.positive_class,
+        positive_class=args.positive_class, hypercolumns=args.hypercolumns,
     )  # fmt: skip
     return save_study(study, args, {"total_seconds": round(time.time() - started, 1)})
 

@@ -32,10 +32,12 @@ __all__ = [
     "DiffusionFeatureExtractor",
     "FeatureKey",
     "Features",
+    "block_label",
     "dit_block_name",
     "feature_blocks",
     "hypercolumn",
     "make_noise",
+    "with_hypercolumns",
 ]
 
 POOLS = ("mean", "2x2", None)
@@ -58,6 +60,27 @@ def hypercolumn(
     """The feature a head over `block` (see `feature_blocks`) reads at `timestep`, from `extract`'s output."""
     parts = [features[(name, timestep)] for name in feature_blocks(block)]
     return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+
+def with_hypercolumns(features: Dict[FeatureKey, torch.Tensor]) -> Dict[tuple, torch.Tensor]:
+    """`features` and, for each timestep, the hypercolumn of all its blocks (in the dict's order), keyed
+    `((block, ...), t)`: the keys `fit_probe_grid` turns into heads over several blocks."""
+    if not all(isinstance(x, torch.Tensor) for x in features.values()):
+        raise ValueError(
+            "hypercolumns concatenate features in memory: got memory-mapped features (raise max_memory_bytes, or "
+            "leave hypercolumns off)"
+        )
+    blocks = {}
+    for block, timestep in features:
+        blocks.setdefault(timestep, []).append(block)
+    columns = {(tuple(names), t): hypercolumn(features, names, t) for t, names in blocks.items() if len(names) > 1}
+    return {**features, **columns}
+
+
+def block_label(block: Union[str, Sequence[str]]) -> str:
+    """A short name for reports and plots: the block's name, or `"7 blocks: down_blocks.0 .. up_blocks.2"`."""
+    blocks = feature_blocks(block)
+    return blocks[0] if len(blocks) == 1 else f"{len(blocks)} blocks: {blocks[0]} .. {blocks[-1]}"
 
 
 @dataclass(frozen=True)

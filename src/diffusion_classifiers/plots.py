@@ -64,7 +64,8 @@ def plot_probe_heatmap(
     grid = np.full((len(blocks), len(timesteps)), np.nan)
     for (block, t), value in scores.items():
         grid[blocks.index(block), timesteps.index(t)] = value
-    fig, ax = plt.subplots(figsize=(1.1 * len(timesteps) + 3, 0.5 * len(blocks) + 2), layout="constrained")
+    label_inches = 0.08 * max(0, max(len(str(block)) for block in blocks) - 14)  # long names (hypercolumns) need room
+    fig, ax = plt.subplots(figsize=(1.1 * len(timesteps) + 3 + label_inches, 0.5 * len(blocks) + 2), layout="constrained")
     low, high = 100 * np.nanmin(grid), 100 * np.nanmax(grid)
     if low == high:  # one value everywhere: a unit band around it, inside [0, 100]
         low, high = max(0.0, low - 1), min(100.0, high + 1)

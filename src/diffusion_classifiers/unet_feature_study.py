@@ -12,7 +12,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from .data import LabeledImages
-from .features import DiffusionFeatureExtractor
+from .features import DiffusionFeatureExtractor, block_label, with_hypercolumns
 from .metrics import calibration_metrics, classification_metrics, resolve_positive_label
 from .pipelines import UNetFeatureClassifierPipeline
 from .models.unet_presets import DEFAULT_TIMESTEPS
@@ -46,7 +46,7 @@ class UNetFeatureStudy:
         block, timestep = self.probe.best_pair
         best = self.probe.metrics[self.probe.best_pair]
         return {
-            "best_block": block,
+            "best_block": block if isinstance(block, str) else list(block),  # a list: a hypercolumn
             "best_timestep": timestep,
             "val_accuracy": best["val"]["accuracy"],
             "test_accuracy": self.test_metrics["accuracy"],
@@ -114,9 +114,11 @@ def study_from_features(
     seed: int = 0,
     positive_class: Optional[str] = None,
     candidate_num_clusters: Optional[Sequence[int]] = None,
+    hypercolumns: bool = False,
 ) -> UNetFeatureStudy:
-    """Fit the probe grid on the train features (only rows `train_index` when given: few-label studies), choose
-    on val, classify the test split through the resulting pipeline, and run k-means three ways on the test split:
+    """Fit the probe grid on the train features (only rows `train_index` when given: few-label studies; with
+    `hypercolumns`, also a probe per timestep on every block's feature concatenated, `features.with_hypercolumns`,
+    which with many labels can beat any single block), choose on val, classify the test split through the resulting pipeline, and run k-means three ways on the test split:
     on the standardised features of the pair chosen with labels (K = the number of classes), on the feature and
     normalisation chosen without labels on all the train images, and on the raw pixels with the normalisation chosen
     on the train pixels without labels (`label_free_kmeans`; K chosen among `candidate_num_clusters` when given,
@@ -124,9 +126,10 @@ def study_from_features(
     keeps when it supports `set_positive_class`."""
     train, val, test = (splits[name] for name in SPLITS)
     index = torch.arange(len(train)) if train_index is None else torch.as_tensor(train_index)
+    probed = {name: with_hypercolumns(x) if hypercolumns else x for name, x in features.items()}
     probe = fit_probe_grid(
-        {pair: x[index] for pair, x in features["train"].items()}, train.labels[index],
-        features["val"], val.labels, features["test"], test.labels,
+        {pair: x[index] for pair, x in probed["train"].items()}, train.labels[index],
+        probed["val"], val.labels, probed["test"], test.labels,
         num_classes=train.num_classes, class_names=train.class_names, pool=pool, noise_seed=noise_seed,
         **(probe_kwargs or {}),
     )  # fmt: skip
@@ -142,7 +145,7 @@ def study_from_features(
         positive_label=positive_label,
     )  # fmt: skip
     test_metrics["calibration"] = calibration_metrics(test.labels, output.probs)
-    kmeans = kmeans_evaluate(features["test"][probe.best_pair], test.labels, train.num_classes, seed=seed)
+    kmeans = kmeans_evaluate(probed["test"][probe.best_pair], test.labels, train.num_classes, seed=seed)
     kmeans.pop("clusters")
     # chosen on every train image: no labels are read, and the more images the steadier the choice
     label_free = label_free_kmeans(
@@ -172,6 +175,7 @@ def run_unet_feature_study(
     show_progress: bool = True,
     positive_class: Optional[str] = None,
     candidate_num_clusters: Optional[Sequence[int]] = None,
+    hypercolumns: bool = False,
 ) -> UNetFeatureStudy:
     """Extract every (block, t) feature of the train/val/test splits, then `study_from_features`."""
     train = splits.get("train")
@@ -181,7 +185,7 @@ def run_unet_feature_study(
     return study_from_features(
         unet, scheduler, splits, features, pool=pool, noise_seed=noise_seed, batch_size=batch_size,
         probe_kwargs=probe_kwargs, seed=seed, positive_class=positive_class,
-        candidate_num_clusters=candidate_num_clusters,
+        candidate_num_clusters=candidate_num_clusters, hypercolumns=hypercolumns,
     )  # fmt: skip
 
 
@@ -191,9 +195,12 @@ def write_study_report(study: UNetFeatureStudy, output_dir: str, title: str, com
     from .plots import plot_confusion_matrix, plot_probe_heatmap, plot_reliability, plot_roc_pr
 
     os.makedirs(output_dir, exist_ok=True)
-    val_accuracy = {pair: m["val"]["accuracy"] for pair, m in study.probe.metrics.items()}
-    plot_probe_heatmap(val_accuracy, os.path.join(output_dir, "probe_heatmap.png"), best_pair=study.probe.best_pair)
-    chosen = f"{study.probe.best_pair[0]} @ t={study.probe.best_pair[1]}"
+    val_accuracy = {(block_label(block), t): m["val"]["accuracy"] for (block, t), m in study.probe.metrics.items()}
+    best_block, best_timestep = study.probe.best_pair
+    plot_probe_heatmap(
+        val_accuracy, os.path.join(output_dir, "probe_heatmap.png"), best_pair=(block_label(best_block), best_timestep)
+    )
+    chosen = f"{block_label(best_block)} @ t={best_timestep}"
     plot_confusion_matrix(
         study.test_metrics["confusion_matrix"], study.class_names, os.path.join(output_dir, "confusion_matrix.png"),
         title=f"Test confusion matrix, {chosen}",
@@ -229,7 +236,7 @@ def summary_table(study: UNetFeatureStudy, top: int = 8) -> str:
     for row in study.probe.to_table(sort_by="val_accuracy")[:top]:
         mark = " (chosen)" if row["best"] else ""
         lines.append(
-            f"| {row['block']}{mark} | {row['timestep']} | {100 * row['val_accuracy']:.2f} | "
+            f"| {block_label(row['block'])}{mark} | {row['timestep']} | {100 * row['val_accuracy']:.2f} | "
             f"{100 * row['val_macro_f1']:.2f} | {100 * row.get('test_accuracy', float('nan')):.2f} |"
         )
     return "\n".join(lines)
@@ -268,7 +275,7 @@ def _kmeans_rows(study: UNetFeatureStudy) -> List[str]:
                 f"{100 * s[f'{prefix}_accuracy']:.2f}% | {s[f'{prefix}_nmi']:.3f} | {s[f'{prefix}_ari']:.3f} |"
             )
     lines.append(
-        f"| U-Net features, pair chosen with labels (probe on val) | {block}/{timestep} | standardize | "
+        f"| U-Net features, pair chosen with labels (probe on val) | {block_label(block)}/{timestep} | standardize | "
         f"{len(study.class_names)} | {100 * s['kmeans_accuracy']:.2f}% | {s['kmeans_nmi']:.3f} | {s['kmeans_ari']:.3f} |"
     )
     return lines + [
@@ -286,7 +293,7 @@ def render_report(study: UNetFeatureStudy, title: str, command: str, extra: Opti
         "",
         f"Command: `{command}`",
         "",
-        f"Chosen on validation: **{s['best_block']} at t={s['best_timestep']}** (val accuracy {100 * s['val_accuracy']:.2f}%).",
+        f"Chosen on validation: **{block_label(s['best_block'])} at t={s['best_timestep']}** (val accuracy {100 * s['val_accuracy']:.2f}%).",
         "",
         "| test metric | value |",
         "| --- | ---: |",
