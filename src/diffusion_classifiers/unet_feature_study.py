@@ -118,12 +118,13 @@ def study_from_features(
 ) -> UNetFeatureStudy:
     """Fit the probe grid on the train features (only rows `train_index` when given: few-label studies; with
     `hypercolumns`, also a probe per timestep on every block's feature concatenated, `features.with_hypercolumns`,
-    which with many labels can beat any single block), choose on val, classify the test split through the resulting pipeline, and run k-means three ways on the test split:
-    on the standardised features of the pair chosen with labels (K = the number of classes), on the feature and
-    normalisation chosen without labels on all the train images, and on the raw pixels with the normalisation chosen
-    on the train pixels without labels (`label_free_kmeans`; K chosen among `candidate_num_clusters` when given,
-    else the number of classes). Binary tasks are scored for `positive_class` (a class name; default class 1), which the pipeline also
-    keeps when it supports `set_positive_class`."""
+    which with many labels can beat any single block), choose on val, classify the test split through the resulting
+    pipeline, and run k-means three ways on the test split: on the standardised features of the pair chosen with
+    labels (K = the number of classes), on the feature and normalisation chosen without labels on all the train
+    images, and on the raw pixels with the normalisation chosen on the train pixels without labels
+    (`label_free_kmeans`; K chosen among `candidate_num_clusters` when given, else the number of classes). Binary
+    tasks are scored for `positive_class` (a class name; default class 1), which the pipeline also keeps when it
+    supports `set_positive_class`."""
     train, val, test = (splits[name] for name in SPLITS)
     index = torch.arange(len(train)) if train_index is None else torch.as_tensor(train_index)
     probed = {name: with_hypercolumns(x) if hypercolumns else x for name, x in features.items()}
