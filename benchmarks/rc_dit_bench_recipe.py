@@ -114,6 +114,12 @@ VARIANTS = {
     # the default with fewer or more patches hidden (12 or 15 of the 16 tokens at 16 px; the default hides 14)
     "mean_patch_batch_norm_masked_0.75_norm_pix": {**NORM_PIX_DEFAULT, "denoiser_mask_ratio": 0.75},
     "mean_patch_batch_norm_masked_0.95_norm_pix": {**NORM_PIX_DEFAULT, "denoiser_mask_ratio": 0.95},
+    # the default with the encoder reading another view of the image than the one the DiT reconstructs: brightness,
+    # contrast and blur only (r made blind to how an image was exposed, as SimCLR's features are), a crop and flip,
+    # or both (SimCLR's views)
+    "mean_patch_batch_norm_masked_0.9_norm_pix_intensity_view": {**NORM_PIX_DEFAULT, "encoder_view": "intensity"},
+    "mean_patch_batch_norm_masked_0.9_norm_pix_crop_flip_view": {**NORM_PIX_DEFAULT, "encoder_view": "crop_flip"},
+    "mean_patch_batch_norm_masked_0.9_norm_pix_jitter_view": {**NORM_PIX_DEFAULT, "encoder_view": "jitter"},
 }
 DEFAULT_RECIPE = "mean_patch_batch_norm_masked_0.9_norm_pix"  # train_rc_dit's defaults
 # baseline -> (train_contrastive_encoder method, its objective keywords)
@@ -135,7 +141,11 @@ METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 TARGET_METRICS = ("kmeans_accuracy", "prototype_10shot_accuracy")
 TARGET_METRICS_BINARY = ("kmeans_balanced_accuracy", "kmeans_macro_f1", "prototype_10shot_balanced_accuracy", "prototype_10shot_macro_f1")
 # the augmentation an `encoder_view` variant's encoder reads (`build_augmentation` keywords)
-ENCODER_VIEWS = {"crop_flip": {"strength": 0.0, "crop_scale": (0.5, 1.0)}, "jitter": {"strength": 1.0, "crop_scale": (0.5, 1.0)}}
+ENCODER_VIEWS = {
+    "crop_flip": {"strength": 0.0, "crop_scale": (0.5, 1.0)},
+    "jitter": {"strength": 1.0, "crop_scale": (0.5, 1.0)},
+    "intensity": {"strength": 1.0, "crop_scale": (1.0, 1.0), "flip_p": 0.0},
+}
 
 
 def parse_args():
