@@ -341,7 +341,7 @@ def train_rc_dit(
     PneumoniaMNIST k-means balanced accuracy / macro-F1 82.0% / 77.7% vs 66.2% / 61.9% (SimCLR 71.5% / 59.9%),
     10-shot balanced accuracy 84.7% vs 80.5%; on Fashion-MNIST k-means 53.1% vs 53.9% (within the seeds' spread),
     10-shot 63.9% vs 59.3% (SimCLR 62.2%). With these targets (1,500 steps, 3 seeds) an `encoder_view` of
-    brightness and contrast, of crop and flip, or of both lowers 10-shot accuracy on both sets and moves label-free
+    brightness, contrast and blur, of crop and flip, or of both lowers 10-shot accuracy on both sets and moves label-free
     grouping up or down with the seed, so the encoder reads the image itself.
 
     Returns:
