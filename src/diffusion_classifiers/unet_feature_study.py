@@ -43,11 +43,10 @@ class UNetFeatureStudy:
     kmeans_raw_pixels: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
-        block, timestep = self.probe.best_pair
         best = self.probe.metrics[self.probe.best_pair]
         return {
-            "best_block": block if isinstance(block, str) else list(block),  # a list: a hypercolumn
-            "best_timestep": timestep,
+            "best_block": self.pipeline.head.config.block,  # as the chosen head records it: a list for a hypercolumn
+            "best_timestep": self.probe.best_pair[1],
             "val_accuracy": best["val"]["accuracy"],
             "test_accuracy": self.test_metrics["accuracy"],
             "test_macro_f1": self.test_metrics["macro_f1"],
