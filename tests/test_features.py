@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 
-from diffusion_classifiers.features import BlockInfo, DiffusionFeatureExtractor, block_label, with_hypercolumns
+from diffusion_classifiers.features import BlockInfo, DiffusionFeatureExtractor, block_label, image_views, with_hypercolumns
 
 NUM_TRAIN_TIMESTEPS = 100
 # Two forwards of the same U-Net that differ only in batching (images x draws x timesteps vs one at a time, another
@@ -179,3 +179,30 @@ def test_hypercolumns_join_every_block_of_a_timestep_in_order_and_need_features_
     on_disk = np.memmap(tmp_path / "f.bin", dtype=np.float16, mode="w+", shape=(2, 3))
     with pytest.raises(ValueError, match="hypercolumns concatenate features in memory"):
         with_hypercolumns({**features, ("up_blocks.0", 10): on_disk})
+
+
+def test_dihedral_views_average_the_eight_turned_images_and_make_features_invariant_to_turning(extractor, images):
+    kwargs = dict(blocks=["down_blocks.1", "mid_block"], timesteps=[20, 70], pool="2x2", noise_seed=3)
+    averaged = extractor.extract(images, views="dihedral", **kwargs)
+    views = image_views(images, "dihedral")
+    upright = [extractor.extract(view, **kwargs) for view in views]
+    assert len(views) == 8 and len({tuple(v.flatten().tolist()) for v in views}) == 8  # 8 distinct views
+    for turned in (images.rot90(1, dims=(2, 3)), images.flip(2), images.rot90(3, dims=(2, 3)).flip(3)):
+        again = extractor.extract(turned, views="dihedral", **kwargs)
+        for key in averaged:
+            # The same eight views (bit for bit, in another order): each forward is the same; only the float32 mean
+            # of 8 terms is summed in another order, which moves it by at most 2 * 7 * 2^-24 * max|term|.
+            bound = 14 * 2.0**-24 * max(float(u[key].abs().max()) for u in upright)
+            torch.testing.assert_close(again[key], averaged[key], atol=bound, rtol=0)
+    for key in averaged:
+        # a batch of views against views one at a time: batching only, as in test_noise_is_seeded_...
+        torch.testing.assert_close(averaged[key], sum(u[key] for u in upright) / 8, atol=FEATURE_ATOL, rtol=0)
+        assert (averaged[key] - upright[0][key]).abs().max() > 1e-3  # the views change the feature
+
+
+def test_views_are_checked_before_any_forward(unet, extractor, images):
+    with pytest.raises(ValueError, match=r"unknown views 'rotations'; expected one of \(None, 'dihedral'\)"):
+        extractor.extract(images, ["mid_block"], [10], views="rotations")
+    wide = DiffusionFeatureExtractor(UNet2DModel(**{**unet.config, "sample_size": (16, 8)}), extractor.scheduler)
+    with pytest.raises(ValueError, match=r"views 'dihedral' rotates images by 90 degrees: expected square images, got size \(16, 8\)"):
+        wide.extract(images[..., :8], ["mid_block"], [10], views="dihedral")

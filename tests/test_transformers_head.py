@@ -133,7 +133,8 @@ def test_unknown_model_type_is_named(exported, tmp_path):
 
 
 @pytest.mark.numerics
-def test_a_hypercolumn_head_saves_loads_and_exports_with_the_same_predictions(tmp_path):
+@pytest.mark.parametrize("views", [None, "dihedral"])
+def test_a_hypercolumn_head_saves_loads_and_exports_with_the_same_predictions(tmp_path, views):
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     from diffusion_classifiers.features import hypercolumn
@@ -145,13 +146,14 @@ def test_a_hypercolumn_head_saves_loads_and_exports_with_the_same_predictions(tm
     blocks = ("down_blocks.1", "mid_block", "up_blocks.0")
     columns = {}
     for split in ("train", "val"):
-        features = pipe.extract_features(splits[split].images[:300], list(blocks), [50], pool="2x2")
+        features = pipe.extract_features(splits[split].images[:300], list(blocks), [50], pool="2x2", views=views)
         columns[split] = {(blocks, 50): hypercolumn(features, blocks, 50)}
     fit = fit_probe_grid(
         columns["train"], splits["train"].labels[:300], columns["val"], splits["val"].labels[:300], pool="2x2",
-        class_names=splits["train"].class_names, progress_bar={"disable": True},
+        class_names=splits["train"].class_names, progress_bar={"disable": True}, views=views,
     )  # fmt: skip
     assert fit.head.config.block == list(blocks) and fit.head.config.in_features == 3 * 4 * 32
+    assert fit.head.config.views == views
     pipe.register_modules(head=fit.head)
     pipe.save_pretrained(tmp_path / "pipeline")
     export_unet_feature_pipeline(pipe, tmp_path / "transformers")
@@ -161,7 +163,9 @@ def test_a_hypercolumn_head_saves_loads_and_exports_with_the_same_predictions(tm
     model = AutoModelForImageClassification.from_pretrained(tmp_path / "transformers")
     processor = AutoImageProcessor.from_pretrained(tmp_path / "transformers")
     assert reloaded.head.config.block == list(blocks) and model.config.feature_block == list(blocks)
-    expected = pipe.head(hypercolumn(pipe.extract_features(images, list(blocks), [50], pool="2x2"), blocks, 50))
+    assert reloaded.head.config.views == views and model.config.feature_views == views
+    features = pipe.extract_features(images, list(blocks), [50], pool="2x2", views=views)
+    expected = pipe.head(hypercolumn(features, blocks, 50))
     with torch.no_grad():
         logits = model(**processor(images)).logits
     # Same modules, same batch, one process: as in test_export_gives_identical_predictions (atol 1e-6 on probabilities).

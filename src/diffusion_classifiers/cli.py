@@ -90,6 +90,11 @@ def add_probe_args(parser: argparse.ArgumentParser) -> None:
         help="also probe, at each timestep, every block's feature concatenated (a hypercolumn; with many labels it "
         "can beat any single block); chosen on val like the rest",
     )  # fmt: skip
+    parser.add_argument(
+        "--views", default=None, choices=["dihedral"],
+        help="average every feature over the image's 8 rotations and mirror images (data with no natural orientation: "
+        "plankton, cells; 8 times the extraction); saved in the head, so the pipeline classifies new images the same way",
+    )  # fmt: skip
     parser.add_argument("--output_dir", default="outputs/probe", help="where report.md, metrics.json, the PNGs and pipeline/ go")
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits carved when the data has none and of the probes")
     add_positive_class_arg(parser)
@@ -223,7 +228,7 @@ def run_probe(args: argparse.Namespace) -> dict:
     resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)
     study = run_unet_feature_study(
         trained.unet, trained.scheduler, splits, timesteps=args.timesteps, pool=args.pool, seed=args.seed,
-        positive_class=args.positive_class, hypercolumns=args.hypercolumns,
+        positive_class=args.positive_class, hypercolumns=args.hypercolumns, views=args.views,
     )  # fmt: skip
     return save_study(study, args, {"total_seconds": round(time.time() - started, 1)})
 

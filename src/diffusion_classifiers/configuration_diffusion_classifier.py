@@ -25,6 +25,8 @@ class DiffusionClassifierConfig(PretrainedConfig):
         feature_block (`str` or `list`), feature_timestep (`int`), feature_pool (`"mean"`, `"2x2"` or `None`): the
             U-Net feature; a list of blocks is their features concatenated in that order (`features.hypercolumn`).
         noise_seed (`int`), num_noise_draws (`int`): the fixed noise the U-Net feature is computed with.
+        feature_views (`str`, *optional*): `"dihedral"`: the U-Net feature is averaged over the image's 8 rotations
+            and mirror images (`features.image_views`); `None`: the image as it is.
         feature_size (`int`): the pooled feature's dimension (the linear head's input).
         freeze_backbone (`bool`): keep the backbone's parameters out of training (`requires_grad=False`).
         positive_class (`str`, *optional*): for a binary task, the class (an `id2label` name) its metrics refer to.
@@ -55,6 +57,7 @@ class DiffusionClassifierConfig(PretrainedConfig):
         representation_readout: str = "pooler",
         encoder_preprocessing: Optional[dict] = None,
         input_shape: Optional[list] = None,
+        feature_views: Optional[str] = None,
         **kwargs,
     ):
         if backbone_type not in BACKBONE_TYPES:
@@ -67,6 +70,7 @@ class DiffusionClassifierConfig(PretrainedConfig):
         self.feature_pool = feature_pool
         self.noise_seed = noise_seed
         self.num_noise_draws = num_noise_draws
+        self.feature_views = feature_views
         self.feature_size = feature_size
         self.freeze_backbone = freeze_backbone
         self.representation_readout = representation_readout

@@ -32,15 +32,20 @@ __all__ = [
     "DiffusionFeatureExtractor",
     "FeatureKey",
     "Features",
+    "VIEWS",
     "block_label",
     "dit_block_name",
     "feature_blocks",
     "hypercolumn",
+    "image_views",
     "make_noise",
     "with_hypercolumns",
 ]
 
 POOLS = ("mean", "2x2", None)
+# The views a feature can be averaged over: `None`, the image as it is; `"dihedral"`, its 8 rotations by multiples of
+# 90 degrees and their mirror images, for data with no natural orientation (plankton, cells, microscopy).
+VIEWS = (None, "dihedral")
 
 FeatureKey = Tuple[str, int]
 # A feature matrix [N, D]: a float32 tensor in memory, or a float16 `numpy.memmap` on disk when the features of a call
@@ -124,6 +129,17 @@ def _pool(activation: torch.Tensor, pool: Optional[str], channels_last: bool = F
     return activation.flatten(1)
 
 
+def image_views(images: torch.Tensor, views: Optional[str]) -> List[torch.Tensor]:
+    """The views of a batch `[N, C, H, W]` a feature is averaged over (see `VIEWS`): `[images]` for `None`; for
+    `"dihedral"` (square images) the 4 rotations by 90 degrees of the images and of their left-right mirror images.
+    The 8 form a group, so a feature averaged over them is the same for an image and any of its views."""
+    if views is None:
+        return [images]
+    mirrored = images.flip(-1)
+    # contiguous: the same view of two images is then the same tensor, strides included, and gets the same kernels
+    return [x.rot90(k, dims=(-2, -1)).contiguous() for x in (images, mirrored) for k in range(4)]
+
+
 def make_noise(num_noise_draws: int, image_shape: Sequence[int], noise_seed: int) -> torch.Tensor:
     """The noise shared by every image: `[num_noise_draws, C, H, W]` from a CPU generator seeded with `noise_seed`,
     so a feature depends only on its image and the seed, never on batching or device."""
@@ -156,6 +172,13 @@ def _check_timesteps(timesteps, num_train_timesteps: int) -> List[int]:
     if len(set(timesteps)) != len(timesteps):
         raise ValueError(f"expected distinct timesteps, got {timesteps}")
     return [int(t) for t in timesteps]
+
+
+def _check_views(views: Optional[str], size: Tuple[int, int]) -> None:
+    if views not in VIEWS:
+        raise ValueError(f"unknown views {views!r}; expected one of {VIEWS}")
+    if views == "dihedral" and size[0] != size[1]:
+        raise ValueError(f"views 'dihedral' rotates images by 90 degrees: expected square images, got size {size}")
 
 
 def _check_pool_and_sizes(pool: Optional[str], **sizes: int) -> None:
@@ -377,6 +400,7 @@ class DiffusionFeatureExtractor:
         num_workers: int = 0,
         max_memory_bytes: Optional[int] = None,
         feature_dir: Optional[str] = None,
+        views: Optional[str] = None,
     ) -> Dict[FeatureKey, Features]:
         r"""
         Pooled activations of each requested block at each requested timestep.
@@ -404,6 +428,9 @@ class DiffusionFeatureExtractor:
                 2^-11 per value); `None` keeps them in memory.
             feature_dir (`str`, *optional*): the folder of those files; default a temporary one, removed when the
                 maps are garbage collected.
+            views (`str`, *optional*): `"dihedral"` averages each feature over the image's 8 rotations and mirror
+                images (`image_views`; square `sample_size`; 8 times the work), each noised with the same `eps`: the
+                feature no longer depends on the image's orientation. `None` (default) reads the image as it is.
 
         Returns:
             `dict[tuple[str, int], torch.Tensor | numpy.memmap]`: `(block, timestep) -> float32 CPU tensor [N, D]`,
@@ -414,12 +441,15 @@ class DiffusionFeatureExtractor:
         _check_pool_and_sizes(pool, num_noise_draws=num_noise_draws, batch_size=batch_size)
         config = self.unet.config
         size = _as_hw(config.sample_size)
+        _check_views(views, size)
         noise = make_noise(num_noise_draws, (config.in_channels, *size), noise_seed)
         with _eval_mode(self.unet):
             return _extract_in_batches(
                 images, batch_size, num_workers,
                 check=lambda batch: _check_images(batch, config.in_channels, size, "unet sample_size"),
-                features_of=lambda batch: self.features_for_batch(batch, blocks, timesteps, pool, noise, early_stop),
+                features_of=lambda batch: self.features_for_batch(
+                    batch, blocks, timesteps, pool, noise, early_stop, views
+                ),
                 max_memory_bytes=max_memory_bytes, feature_dir=feature_dir, progress_bar=progress_bar,
                 desc="U-Net features",
             )  # fmt: skip
@@ -432,6 +462,7 @@ class DiffusionFeatureExtractor:
         pool: Optional[str],
         noise: torch.Tensor,
         early_stop: bool = True,
+        views: Optional[str] = None,
     ) -> Dict[FeatureKey, torch.Tensor]:
         r"""
         Pooled features of one batch, on the U-Net's device and differentiable (no validation, no `no_grad`):
@@ -440,7 +471,14 @@ class DiffusionFeatureExtractor:
         Args:
             images: `[B, C, H, W]` clean images in [-1, 1].
             noise: `[num_noise_draws, C, H, W]` from [`make_noise`]; features are averaged over the draws.
+            views: `None` or `"dihedral"` (see `image_views`); features are averaged over the views too.
         """
+        per_view = [self._features_of_view(x, blocks, timesteps, pool, noise, early_stop) for x in image_views(images, views)]
+        if len(per_view) == 1:
+            return per_view[0]
+        return {key: sum(view[key] for view in per_view) / len(per_view) for key in per_view[0]}
+
+    def _features_of_view(self, images, blocks, timesteps, pool, noise, early_stop) -> Dict[FeatureKey, torch.Tensor]:
         device, dtype = self.unet.device, self.unet.dtype
         x0 = images.to(device=device, dtype=torch.float32).repeat(len(timesteps), 1, 1, 1)
         # timestep-major: row k * B + i is image i at timesteps[k]

@@ -68,7 +68,7 @@ class DiffusionFeaturesForImageClassification(DiffusionClassifierPreTrainedModel
     training statistics. The feature (`config.backbone_type`):
 
     - `"unet"`: noise the images to `feature_timestep` with the fixed noise of `noise_seed`, run the U-Net up to
-      `feature_block` and pool, as [`UNetFeatureClassifierPipeline`] does;
+      `feature_block` and pool (averaged over `feature_views`), as [`UNetFeatureClassifierPipeline`] does;
     - `"encoder"`: the RC-DiT encoder's representation r (`encode_representation`), as
       [`RepresentationConditionedDiTPipeline`] does.
 
@@ -118,7 +118,9 @@ class DiffusionFeaturesForImageClassification(DiffusionClassifierPreTrainedModel
             noise = make_noise(config.num_noise_draws, pixel_values.shape[1:], config.noise_seed)
             block, timestep = config.feature_block, config.feature_timestep
             blocks = feature_blocks(block)
-            features = self.extractor.features_for_batch(pixel_values, blocks, [timestep], config.feature_pool, noise)
+            features = self.extractor.features_for_batch(
+                pixel_values, blocks, [timestep], config.feature_pool, noise, views=config.feature_views
+            )
             return hypercolumn(features, block, timestep)
 
     def forward(
@@ -215,6 +217,7 @@ def export_unet_feature_pipeline(pipeline, save_directory: Optional[Union[str, o
         feature_pool=head_config.pool,
         noise_seed=head_config.noise_seed,
         num_noise_draws=head_config.num_noise_draws,
+        feature_views=head_config.views,
     )
 
 

@@ -80,10 +80,12 @@ def extract_study_features(
     show_progress: bool = True,
     num_workers: int = 0,
     max_memory_bytes: Optional[int] = None,
+    views: Optional[str] = None,
 ) -> Dict[str, Dict[tuple, torch.Tensor]]:
     """`{split: {(block, t): Tensor[N, D]}}` for train/val/test; every block when `blocks` is None. The splits may
     be `data.StreamingImages` (read by `num_workers` DataLoader workers); features beyond `max_memory_bytes` go to
-    float16 memory maps (see `DiffusionFeatureExtractor.extract`), which `fit_probe_grid` reads."""
+    float16 memory maps (see `DiffusionFeatureExtractor.extract`), which `fit_probe_grid` reads; `views="dihedral"`
+    averages every feature over the image's 8 rotations and mirror images."""
     missing = [name for name in SPLITS if name not in splits or len(splits[name]) == 0]
     if missing:
         raise ValueError(f"expected non-empty splits {SPLITS}, missing or empty: {missing}")
@@ -94,7 +96,7 @@ def extract_study_features(
             splits[name].images if isinstance(splits[name], LabeledImages) else splits[name], blocks, timesteps,
             pool=pool, noise_seed=noise_seed, batch_size=batch_size,
             progress_bar={"disable": not show_progress, "desc": f"U-Net features ({name})"},
-            num_workers=num_workers, max_memory_bytes=max_memory_bytes,
+            num_workers=num_workers, max_memory_bytes=max_memory_bytes, views=views,
         )
         for name in SPLITS
     }
@@ -114,6 +116,7 @@ def study_from_features(
     positive_class: Optional[str] = None,
     candidate_num_clusters: Optional[Sequence[int]] = None,
     hypercolumns: bool = False,
+    views: Optional[str] = None,
 ) -> UNetFeatureStudy:
     """Fit the probe grid on the train features (only rows `train_index` when given: few-label studies; with
     `hypercolumns`, also a probe per timestep on every block's feature concatenated, `features.with_hypercolumns`,
@@ -123,14 +126,15 @@ def study_from_features(
     images, and on the raw pixels with the normalisation chosen on the train pixels without labels
     (`label_free_kmeans`; K chosen among `candidate_num_clusters` when given, else the number of classes). Binary
     tasks are scored for `positive_class` (a class name; default class 1), which the pipeline also keeps when it
-    supports `set_positive_class`."""
+    supports `set_positive_class`. `views` is how `features` were extracted (`extract_study_features`), recorded in
+    the heads so that the pipeline reads new images the same way."""
     train, val, test = (splits[name] for name in SPLITS)
     index = torch.arange(len(train)) if train_index is None else torch.as_tensor(train_index)
     probed = {name: with_hypercolumns(x) if hypercolumns else x for name, x in features.items()}
     probe = fit_probe_grid(
         {pair: x[index] for pair, x in probed["train"].items()}, train.labels[index],
         probed["val"], val.labels, probed["test"], test.labels,
-        num_classes=train.num_classes, class_names=train.class_names, pool=pool, noise_seed=noise_seed,
+        num_classes=train.num_classes, class_names=train.class_names, pool=pool, noise_seed=noise_seed, views=views,
         **(probe_kwargs or {}),
     )  # fmt: skip
     positive_label = resolve_positive_label(positive_class, train.class_names, train.num_classes)
@@ -176,16 +180,20 @@ def run_unet_feature_study(
     positive_class: Optional[str] = None,
     candidate_num_clusters: Optional[Sequence[int]] = None,
     hypercolumns: bool = False,
+    views: Optional[str] = None,
 ) -> UNetFeatureStudy:
-    """Extract every (block, t) feature of the train/val/test splits, then `study_from_features`."""
+    """Extract every (block, t) feature of the train/val/test splits (averaged over `views`), then
+    `study_from_features`."""
     train = splits.get("train")
     if train is not None:  # a wrong name fails before the features are extracted
         resolve_positive_label(positive_class, train.class_names, train.num_classes)
-    features = extract_study_features(unet, scheduler, splits, blocks, timesteps, pool, noise_seed, batch_size, show_progress)
+    features = extract_study_features(
+        unet, scheduler, splits, blocks, timesteps, pool, noise_seed, batch_size, show_progress, views=views
+    )
     return study_from_features(
         unet, scheduler, splits, features, pool=pool, noise_seed=noise_seed, batch_size=batch_size,
         probe_kwargs=probe_kwargs, seed=seed, positive_class=positive_class,
-        candidate_num_clusters=candidate_num_clusters, hypercolumns=hypercolumns,
+        candidate_num_clusters=candidate_num_clusters, hypercolumns=hypercolumns, views=views,
     )  # fmt: skip
 
 

@@ -34,8 +34,8 @@ class FeatureHeadMixin:
 class LinearProbeHead(FeatureHeadMixin, ModelMixin, ConfigMixin):
     """Standardise a feature vector with training statistics, then apply one linear layer.
 
-    The config records which feature the head reads (`block`, `timestep`, `pool`, noise seed and draws) and
-    the class names, so a saved pipeline carries everything needed to classify: no side files. `block` may be a list
+    The config records which feature the head reads (`block`, `timestep`, `pool`, noise seed and draws, the `views`
+    it is averaged over: `features.VIEWS`) and the class names, so a saved pipeline carries everything needed to classify: no side files. `block` may be a list
     of blocks: the head then reads their pooled features concatenated in that order (a hypercolumn).
     """
 
@@ -52,6 +52,7 @@ class LinearProbeHead(FeatureHeadMixin, ModelMixin, ConfigMixin):
         noise_seed: int = 0,
         num_noise_draws: int = 1,
         class_names: Optional[List[str]] = None,
+        views: Optional[str] = None,
     ):
         super().__init__()
         self.check_head_config(in_features, num_classes, class_names)

@@ -67,8 +67,10 @@ class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
         num_noise_draws: int = 1,
         batch_size: int = 64,
         input_data_format: Optional[str] = None,
+        views: Optional[str] = None,
     ) -> dict:
-        """`{(block, t): Tensor[N, D]}` for every requested pair; see `DiffusionFeatureExtractor.extract`.
+        """`{(block, t): Tensor[N, D]}` for every requested pair; see `DiffusionFeatureExtractor.extract` (`views`:
+        `"dihedral"` averages each feature over the image's 8 rotations and mirror images).
         `input_data_format` is the layout of 3-D / 4-D arrays and tensors (see `preprocess_images`). The progress
         bar follows `set_progress_bar_config`."""
         return self.feature_extractor.extract(
@@ -80,13 +82,15 @@ class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
             num_noise_draws=num_noise_draws,
             batch_size=batch_size,
             progress_bar=self.progress_bar_config,
+            views=views,
         )
 
     @torch.no_grad()
     def __call__(self, images, batch_size: int = 64, return_dict: bool = True, input_data_format: Optional[str] = None):
         r"""
         Classify `images` (one or a list of file paths, PIL images, arrays or tensors) with the head's (block,
-        timestep) feature; a head over several blocks reads their features concatenated (`features.hypercolumn`).
+        timestep) feature; a head over several blocks reads their features concatenated (`features.hypercolumn`), a
+        head with `views` their average over the image's views (`features.image_views`).
 
         Args:
             images: the images to classify.
@@ -121,6 +125,7 @@ class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
             num_noise_draws=config.num_noise_draws,
             batch_size=batch_size,
             input_data_format=input_data_format,
+            views=config.views,
         )
         logits = self.head(hypercolumn(features, config.block, config.timestep).to(self.head.device))
         self.maybe_free_model_hooks()

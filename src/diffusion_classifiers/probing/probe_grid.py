@@ -472,7 +472,7 @@ def _split_features(features: Dict, pairs, labels, num_classes, device, mean=Non
     return _StackedFeatures(x, _targets(labels, num_classes)), mean, std
 
 
-def _make_head(pair, weight, bias, mean, std, num_classes, class_names, pool, noise_seed, num_noise_draws):
+def _make_head(pair, weight, bias, mean, std, num_classes, class_names, pool, noise_seed, num_noise_draws, views):
     dim = len(mean)
     head = LinearProbeHead(
         in_features=dim,
@@ -483,6 +483,7 @@ def _make_head(pair, weight, bias, mean, std, num_classes, class_names, pool, no
         noise_seed=noise_seed,
         num_noise_draws=num_noise_draws,
         class_names=list(class_names) if class_names is not None else None,
+        views=views,
     )
     with torch.no_grad():
         head.feature_mean.copy_(mean)
@@ -504,6 +505,7 @@ def fit_probe_grid(
     pool: Optional[str] = "mean",
     noise_seed: int = 0,
     num_noise_draws: int = 1,
+    views: Optional[str] = None,
     C: float = 1.0,
     tol: float = 1e-4,
     max_iter: int = 1000,
@@ -542,7 +544,8 @@ def fit_probe_grid(
             then their list, and the pipeline reads their features concatenated.
         train_labels, val_labels, test_labels: integer labels in `[0, num_classes)`.
         num_classes: defaults to `len(class_names)`, else the largest label + 1.
-        class_names, pool, noise_seed, num_noise_draws: recorded in the heads' configs (how the features were made).
+        class_names, pool, noise_seed, num_noise_draws, views: recorded in the heads' configs (how the features were
+            made).
         C: inverse regularisation strength, as scikit-learn's (`> 0`; smaller is stronger).
         tol: a head has converged when every entry of its gradient is at most `tol` in absolute value.
         max_iter: the most L-BFGS iterations. Each costs one pass over the train features (a forward and a
@@ -614,7 +617,7 @@ def fit_probe_grid(
     best = val_scores.index(max(val_scores))  # ties: macro-F1, then the earlier pair
     config = dict(
         num_classes=num_classes, class_names=class_names, pool=pool, noise_seed=noise_seed,
-        num_noise_draws=num_noise_draws,
+        num_noise_draws=num_noise_draws, views=views,
     )  # fmt: skip
     weight, bias, mean, std = weight.cpu(), bias.cpu(), mean.cpu(), std.cpu()
     dims = [features["train"][p].shape[1] for p in pairs]
