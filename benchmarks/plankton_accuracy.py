@@ -16,15 +16,18 @@ One run, every choice made on val, test only reported:
    probe (every block's feature at the chosen pooling and timestep, concatenated); k-means with K = 121 on the chosen
    test features, beside the feature, normalisation and K chosen without labels (the most stable k-means on the
    grid's train and val images, K by silhouette);
+   views: a plankter has no natural orientation, so each probe (U-Net, hypercolumn, SimCLR) may read its feature
+   averaged over the image's 8 rotations and mirror images and each CNN may average its probabilities over them,
+   each choosing on val (probes on the labels they chose their pair with, CNNs by val macro-F1);
 4. baselines on the same splits and images: a supervised CNN of about the U-Net encoder's size (natural and
    class-balanced sampling, the better val macro-F1 reported), a SimCLR ViT trained on the same unlabeled images for
    the same number of optimizer steps and probed the same way, a linear probe on raw pixels;
 5. shift: the 105 FlowCam images (6 classes, another instrument and sea) classified few-shot from each method's
    frozen features (nearest prototype and linear probe, k = 1, 5, all per class, 5-fold cross-validation); the
    U-Net's feature for it is the grid feature or hypercolumn that classifies NDSB val best by nearest prototype (the
-   shift's protocol), beside the probe's choice.
+   shift's protocol), beside the probe's choice; each method's views for it by the same val score.
 
-Presets (`--preset`): `cpu` fits 45 minutes on one CPU thread (32 px, the tiny U-Net, 350 optimizer steps of batch
+Presets (`--preset`): `cpu` fits the issue's 60 minutes on one CPU thread (32 px, the tiny U-Net, 350 optimizer steps of batch
 64 for the DDPM and SimCLR, 20 passes over the labelled images and at least 1,400 steps for each CNN, the grid on
 the 10% label subset, 3 timesteps, mean and 2x2 pooling); `gpu` is the full-size configuration for one H100/H200
 (64 px, the small U-Net, bf16, 3000 DDPM and SimCLR steps, at least 1500 CNN steps of batch 256 and 20 passes, the
@@ -55,7 +58,8 @@ import _common
 from _common import base_parser, data_path, few_label_subsets, report, setup, target_entry, timed, training_arguments
 from diffusion_classifiers.data import IMAGE_EXTENSIONS, ImagePreprocessing, LabeledImages, few_label_indices
 from diffusion_classifiers.data.splits import stratified_train_val_test_split
-from diffusion_classifiers.features import DiffusionFeatureExtractor, feature_blocks, hypercolumn, with_hypercolumns
+from diffusion_classifiers.features import DiffusionFeatureExtractor, feature_blocks, hypercolumn, image_views
+from diffusion_classifiers.features import with_hypercolumns
 from diffusion_classifiers.metrics import classification_metrics
 from diffusion_classifiers.models import build_vit_encoder, count_parameters, encode_representation
 from diffusion_classifiers.models.unet_presets import unet_config
@@ -78,6 +82,10 @@ FEW_SHOT_PROTOCOLS = ("prototype", "linear_probe")
 # The U-Net feature for the shift is chosen on NDSB val by nearest-prototype few-shot accuracy (as the shift is
 # scored) at the shots every val class can give (some have 2 val images, so 5 per class is not available).
 SHIFT_CHOICE_SHOTS = (1, None)
+# A plankter has no natural orientation: every learned method may average its features (the CNN its probabilities)
+# over the image's 8 rotations and mirror images (`features.image_views`), and chooses on val whether to, as it
+# chooses everything else.
+VIEW_CHOICES = (None, "dihedral")
 
 
 @dataclass(frozen=True)
@@ -265,15 +273,50 @@ def macro_f1(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) 
 
 def probe(features: Dict[str, torch.Tensor], splits, rows: torch.Tensor, key=("features", 0), pool=None):
     """`fit_probe_grid` on one feature, `features["train"]` being that of the train images `rows` (their labels are
-    used); returns the test predictions and the val accuracy and macro-F1."""
+    used); returns the test predictions (`None` without `features["test"]`) and the val accuracy and macro-F1."""
     train, val = splits["train"], splits["val"]
     fit = fit_probe_grid(
         {key: features["train"]}, train.labels[rows], {key: features["val"]}, val.labels,
         num_classes=train.num_classes, class_names=train.class_names, pool=pool, progress_bar={"disable": True},
     )  # fmt: skip
+    if "test" not in features:
+        return None, fit.metrics[key]["val"]
     with torch.no_grad():
         predictions = fit.head(features["test"].to(fit.head.linear.weight.device)).argmax(1).cpu()
     return predictions, fit.metrics[key]["val"]
+
+
+def choose_views(val_score) -> Tuple[Optional[str], dict]:
+    """The `VIEW_CHOICES` entry with the best `val_score(views)` (ties: the image as it is) and every score."""
+    scores = {views: val_score(views) for views in VIEW_CHOICES}
+    best = max(VIEW_CHOICES, key=lambda views: (scores[views], views is None))
+    return best, {views_label(views): score for views, score in scores.items()}
+
+
+def views_label(views: Optional[str]) -> str:
+    return views or "upright"
+
+
+def probe_choosing_views(features_of, splits, subsets: dict, regime: str, choice_regime: str, key, pool) -> dict:
+    """The probe of `regime` on `features_of(name, images, views)` (name `"train/<regime>"` for a regime's train
+    images), with the views whose probe fitted on the labels of `choice_regime` has the best val accuracy (ties: val
+    macro-F1): the test predictions, the views and the val scores."""
+    train = splits["train"]
+
+    def split_features(rows_regime, views, names):
+        rows = subsets[rows_regime]
+        return {
+            "train": features_of(f"train/{rows_regime}", train.images[rows], views),
+            **{name: features_of(name, splits[name].images, views) for name in names},
+        }
+
+    def val_score(views):
+        metrics = probe(split_features(choice_regime, views, ["val"]), splits, subsets[choice_regime], key, pool)[1]
+        return round(metrics["accuracy"], 4), round(metrics["macro_f1"], 4)
+
+    views, view_scores = choose_views(val_score)
+    predictions, val_scores = probe(split_features(regime, views, ["val", "test"]), splits, subsets[regime], key, pool)
+    return {"predictions": predictions, "views": views, "views_val_accuracy_macro_f1": view_scores, "val": val_scores}
 
 
 def class_weighted_probe(features: Dict[str, torch.Tensor], splits) -> Tuple[torch.Tensor, int]:
@@ -308,7 +351,7 @@ def grid_with_hypercolumns(grid: Dict[Tuple[str, str, int], torch.Tensor]) -> Di
 
 class UNetFeatures:
     """Features of the frozen U-Net, keyed `(pool, block, timestep)` (block `ALL_BLOCKS`: the hypercolumn), extracted
-    once per split and key."""
+    once per split, key and views."""
 
     def __init__(self, unet, scheduler, budget: Preset, seed: int):
         self.extractor = DiffusionFeatureExtractor(unet, scheduler)
@@ -325,17 +368,22 @@ class UNetFeatures:
             out.update({(pool, block, t): x for (block, t), x in features.items()})
         return out
 
-    def of(self, name: str, images: torch.Tensor, key: Tuple[str, str, int]) -> torch.Tensor:
-        """The `key` feature of `images` (split `name`), cached."""
-        if (name, key) not in self.cache:
+    def of(self, name: str, images: torch.Tensor, key: Tuple[str, str, int], views: Optional[str] = None) -> torch.Tensor:
+        """The `key` feature of `images` (split `name`) averaged over `views`, cached."""
+        if (name, key, views) not in self.cache:
             pool, block, t = key
             blocks = self.extractor.block_names if block == ALL_BLOCKS else block
             features = self.extractor.extract(
                 images, feature_blocks(blocks), [t], pool=pool, noise_seed=self.seed, batch_size=self.budget.batch_size,
-                progress_bar={"desc": f"U-Net features {pool}/{block}@{t} ({name})"},
+                views=views, progress_bar={"desc": f"U-Net features {feature_name(key, views)} ({name})"},
             )  # fmt: skip
-            self.cache[(name, key)] = hypercolumn(features, blocks, t)
-        return self.cache[(name, key)]
+            self.cache[(name, key, views)] = hypercolumn(features, blocks, t)
+        return self.cache[(name, key, views)]
+
+
+def feature_name(key: tuple, views: Optional[str] = None) -> str:
+    """`"2x2/down_blocks.1/25"`, with `"+dihedral"` when averaged over views."""
+    return "/".join(map(str, key)) + (f"+{views}" if views else "")
 
 
 def choose_feature(grid: Dict[str, dict], splits, grid_rows: torch.Tensor, rows: torch.Tensor) -> Tuple[tuple, dict]:
@@ -361,11 +409,11 @@ def choose_feature(grid: Dict[str, dict], splits, grid_rows: torch.Tensor, rows:
     return best[1], table
 
 
-def clustering(features: UNetFeatures, grid: dict, splits, key: tuple, seed: int) -> dict:
-    """k-means on the test features: K = the number of classes on the label-chosen feature (standardised), and the
-    feature, normalisation and K chosen without labels on the grid's train and val images together (no label read),
-    by the rule of the U-Net study (`select_clustering_without_labels`: the most stable (feature, normalisation),
-    then K by silhouette)."""
+def clustering(features: UNetFeatures, grid: dict, splits, key: tuple, views: Optional[str], seed: int) -> dict:
+    """k-means on the test features: K = the number of classes on the label-chosen feature and views (standardised),
+    and the feature, normalisation and K chosen without labels on the grid's (upright) train and val images together
+    (no label read), by the rule of the U-Net study (`select_clustering_without_labels`: the most stable (feature,
+    normalisation), then K by silhouette)."""
     test, num_classes = splits["test"], splits["test"].num_classes
     unlabeled = {pair: torch.cat([grid["train"][pair], grid["val"][pair]]) for pair in grid["train"]}
     num_images = len(next(iter(unlabeled.values())))
@@ -374,17 +422,17 @@ def clustering(features: UNetFeatures, grid: dict, splits, key: tuple, seed: int
         unlabeled, candidates, num_classes, seed=seed, n_init=1, normalizations=NORMALIZATIONS
     )
     chosen = {
-        "label_chosen_feature": (key, num_classes, "standardize"),
-        "label_free_choice": (tuple(label_free["pair"]), label_free["num_clusters"], label_free["normalization"]),
+        "label_chosen_feature": (key, views, num_classes, "standardize"),
+        "label_free_choice": (tuple(label_free["pair"]), None, label_free["num_clusters"], label_free["normalization"]),
     }
     result = {}
-    for name, (key_, k, normalization) in chosen.items():
+    for name, (key_, views_, k, normalization) in chosen.items():
         metrics = kmeans_evaluate(
-            features.of("test", test.images, key_), test.labels, num_classes, seed=seed, num_clusters=k,
+            features.of("test", test.images, key_, views_), test.labels, num_classes, seed=seed, num_clusters=k,
             normalization=normalization,
         )  # fmt: skip
         result[name] = {
-            "feature": "/".join(map(str, key_)), "num_clusters": k, "normalization": normalization,
+            "feature": feature_name(key_, views_), "num_clusters": k, "normalization": normalization,
             **{m: metrics[m] for m in ("nmi", "ari", "accuracy", "purity")},
         }  # fmt: skip
     result["label_free_selection"] = label_free
@@ -421,24 +469,42 @@ def train_cnn(args, splits, rows: torch.Tensor, balanced: bool, work_dir: str):
 
 
 def cnn_regime(args, splits, rows, work_dir: str, device):
-    """Natural and class-balanced sampling; the better val macro-F1 is kept (ties: natural)."""
+    """Natural and class-balanced sampling; the better val macro-F1 is kept (ties: natural), then the views its
+    probabilities are averaged over, by val macro-F1 too."""
     runs = {mode: train_cnn(args, splits, rows, mode == "balanced", f"{work_dir}/{mode}") for mode in ("natural", "balanced")}
     mode = max(runs, key=lambda m: (runs[m][1]["val_macro_f1"], m == "natural"))
-    model = runs[mode][0].to(device)
-    predictions = predict_proba(model, splits["test"].images).argmax(1)
+    model, val = runs[mode][0].to(device), splits["val"]
+    views, view_scores = choose_views(
+        lambda v: round(macro_f1(val.labels, cnn_probabilities(model, val.images, v).argmax(1), val.num_classes), 4)
+    )
+    predictions = cnn_probabilities(model, splits["test"].images, views).argmax(1)
     kept = ("val_macro_f1", "selected_step", "val_accuracy_by_step")
     info = {m: {k: r[1][k] for k in kept} for m, r in runs.items()}
     return model, predictions, {
-        "sampling": mode, "steps": args.budget.cnn_steps_for(len(rows)), "runs": info,
-        "num_parameters": runs[mode][1]["num_parameters"],
+        "sampling": mode, "steps": args.budget.cnn_steps_for(len(rows)), "runs": info, "views": views,
+        "views_val_macro_f1": view_scores, "num_parameters": runs[mode][1]["num_parameters"],
     }  # fmt: skip
 
 
+def mean_over_views(function, images: torch.Tensor, views: Optional[str], batch_size: int) -> torch.Tensor:
+    """`function(batch)` averaged over the `views` of each batch of `images`, concatenated (float32, CPU)."""
+
+    def averaged(batch):
+        outputs = [function(view).float().cpu() for view in image_views(batch, views)]
+        return sum(outputs) / len(outputs)
+
+    return torch.cat([averaged(batch) for batch in images.split(batch_size)])
+
+
+def cnn_probabilities(model, images: torch.Tensor, views: Optional[str] = None, batch_size: int = 256) -> torch.Tensor:
+    return mean_over_views(lambda x: predict_proba(model, x, batch_size), images, views, batch_size)
+
+
 @torch.no_grad()
-def cnn_features(model, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """The CNN's penultimate representation (global average of its last stage), frozen."""
+def cnn_features(model, images: torch.Tensor, views: Optional[str] = None, batch_size: int = 256) -> torch.Tensor:
+    """The CNN's penultimate representation (global average of its last stage), frozen, averaged over `views`."""
     device = next(model.parameters()).device
-    return torch.cat([model.features(b.to(device)).mean(dim=(2, 3)).float().cpu() for b in images.split(batch_size)])
+    return mean_over_views(lambda x: model.features(x.to(device)).mean(dim=(2, 3)), images, views, batch_size)
 
 
 def train_simclr(args, images: torch.Tensor, work_dir: str):
@@ -453,9 +519,18 @@ def train_simclr(args, images: torch.Tensor, work_dir: str):
     return train_contrastive_encoder(training, images, encoder, method="simclr")
 
 
-@torch.no_grad()
-def encode(encoder, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([encode_representation(encoder, b).float().cpu() for b in images.split(batch_size)])
+class SimCLRFeatures:
+    """The SimCLR encoder's representation of a split, averaged over views, computed once per split and views."""
+
+    def __init__(self, encoder, batch_size: int):
+        self.encoder, self.batch_size, self.cache = encoder, batch_size, {}
+
+    @torch.no_grad()
+    def of(self, name: str, images: torch.Tensor, views: Optional[str] = None) -> torch.Tensor:
+        if (name, views) not in self.cache:
+            encode = lambda x: encode_representation(self.encoder, x)  # noqa: E731
+            self.cache[(name, views)] = mean_over_views(encode, images, views, self.batch_size)
+        return self.cache[(name, views)]
 
 
 def train_unet(args, images: torch.Tensor, work_dir: str):
@@ -514,26 +589,41 @@ def few_shot_transfer(
     return result
 
 
-def choose_shift_feature(val_grid: Dict[tuple, torch.Tensor], val_labels: torch.Tensor, num_episodes: int, seed: int):
-    """The (pool, block, t) of the grid whose val features classify best few-shot (nearest prototype, k = 1 and all,
+def shift_val_scores(val_features: Dict, val_labels: torch.Tensor, num_episodes: int, seed: int) -> dict:
+    """How well each of `val_features` (any keys) classifies NDSB val few-shot (nearest prototype, k = 1 and all,
     cross-validated over the val classes with at least 2 images), the protocol the shift is scored by: a feature that
-    suits a probe on thousands of labels (a 2x2 spatial layout) need not suit prototypes from a few images. Returns
-    it and the val scores, or `(None, {})` when fewer than 2 val classes have 2 images (quick runs)."""
+    suits a probe on thousands of labels (a 2x2 spatial layout) need not suit prototypes from a few images. Empty
+    when fewer than 2 val classes have 2 images (quick runs)."""
     counts = torch.bincount(val_labels)
     kept = counts[val_labels] >= 2
     if int((counts >= 2).sum()) < 2:
-        return None, {}
+        return {}
     labels = torch.unique(val_labels[kept], return_inverse=True)[1]
     num_folds = min(5, int(counts.max()))
     with warnings.catch_warnings():  # StratifiedKFold: classes with 2 val images cannot be in all 5 folds
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        scores = {
-            key: few_shot_transfer(
+        return {
+            key: round(few_shot_transfer(
                 x[kept], labels, num_episodes, seed, SHIFT_CHOICE_SHOTS, ("prototype",), num_folds
-            )["mean_accuracy"]
-            for key, x in val_grid.items()
+            )["mean_accuracy"], 4)
+            for key, x in val_features.items()
         }  # fmt: skip
-    return max(scores, key=scores.get), {"/".join(map(str, key)): round(v, 4) for key, v in scores.items()}
+
+
+def choose_shift_feature(val_grid: Dict[tuple, torch.Tensor], val_labels: torch.Tensor, num_episodes: int, seed: int):
+    """The (pool, block, t) of the grid with the best `shift_val_scores`, and the scores; `(None, {})` when they
+    cannot be computed."""
+    scores = shift_val_scores(val_grid, val_labels, num_episodes, seed)
+    if not scores:
+        return None, {}
+    return max(scores, key=scores.get), {feature_name(key): v for key, v in scores.items()}
+
+
+def choose_shift_views(val_features_of, val_labels: torch.Tensor, num_episodes: int, seed: int):
+    """The views whose val features `val_features_of(views)` have the best `shift_val_scores` (upright when they
+    cannot be computed), and the scores."""
+    scores = shift_val_scores({v: val_features_of(v) for v in VIEW_CHOICES}, val_labels, num_episodes, seed)
+    return choose_views(scores.__getitem__) if scores else (None, {})
 
 
 def classify(protocol: str, train_x, train_y, test_x, num_classes: int) -> np.ndarray:
@@ -612,54 +702,73 @@ def main():
         unet_features = UNetFeatures(unet.to(device), scheduler, budget, args.seed)
         with timed(walls, "grid_extraction"):
             grid = {"train": unet_features.grid("train", train.images[grid_rows]), "val": unet_features.grid("val", val.images)}
+        simclr_features = SimCLRFeatures(simclr, budget.batch_size)
         with timed(walls, "encode_simclr_and_pixels"):
-            simclr_features = {name: encode(simclr, s.images, budget.batch_size) for name, s in splits.items()}
+            for name, split in splits.items():
+                simclr_features.of("train/all" if name == "train" else name, split.images)
             pixels = {name: s.images.flatten(1) for name, s in splits.items()}
         chosen = {}
         for regime, rows in subsets.items():
+            choice_regime = regime if regime != "all" else grid_regime  # 'all' keeps the grid subset's choices
             with timed(walls, f"unet_probe_{regime}"):
-                key, val_grid = choose_feature(grid, splits, grid_rows, rows if regime != "all" else grid_rows)
-                chosen[regime] = key
-                features = {name: unet_features.of(name, s.images, key) for name, s in splits.items() if name != "train"}
-                features["train"] = unet_features.of(f"train/{regime}", train.images[rows], key)  # only what is used
-                predictions, val_scores = probe(features, splits, rows, key=key[1:], pool=key[0])
+                key, val_grid = choose_feature(grid, splits, grid_rows, subsets[choice_regime])
+                fit = probe_choosing_views(
+                    lambda name, images, views: unet_features.of(name, images, key, views), splits, subsets, regime,
+                    choice_regime, key[1:], key[0],
+                )  # fmt: skip
+                chosen[regime] = (key, fit["views"])
                 regimes[regime].update(
-                    unet_feature="/".join(map(str, key)), unet_val=val_scores, unet_val_accuracy_grid=val_grid,
-                    unet_probe=scorer(predictions),
+                    unet_feature=feature_name(key, fit["views"]), unet_val=fit["val"], unet_val_accuracy_grid=val_grid,
+                    unet_views_val_accuracy_macro_f1=fit["views_val_accuracy_macro_f1"], unet_probe=scorer(fit["predictions"]),
                 )  # fmt: skip
             with timed(walls, f"simclr_probe_{regime}"):
-                simclr_rows = {**simclr_features, "train": simclr_features["train"][rows]}
-                regimes[regime]["simclr_probe"] = scorer(probe(simclr_rows, splits, rows)[0])
+                fit = probe_choosing_views(simclr_features.of, splits, subsets, regime, choice_regime, ("features", 0), None)
+                regimes[regime]["simclr_probe"] = {
+                    **scorer(fit["predictions"]), "views": fit["views"],
+                    "views_val_accuracy_macro_f1": fit["views_val_accuracy_macro_f1"],
+                }  # fmt: skip
             with timed(walls, f"cnn_{regime}"):
                 cnn, predictions, info = cnn_regime(args, splits, rows, f"{work_dir}/cnn/{regime}", device)
                 regimes[regime].update(cnn=scorer(predictions), cnn_training=info)
             if regime == "all":
-                cnn_all, features_all = cnn, features["train"]
+                cnn_all = cnn
         with timed(walls, "all_labels_extra_probes"):
-            all_features = {"train": features_all, **{n: unet_features.of(n, splits[n].images, chosen["all"]) for n in ("val", "test")}}
-            for method, x in (("unet", all_features), ("simclr", simclr_features)):
+            (key, views), simclr_views = chosen["all"], regimes["all"]["simclr_probe"]["views"]
+            all_features = {
+                "unet": {n: unet_features.of(n if n != "train" else "train/all", s.images, key, views) for n, s in splits.items()},
+                "simclr": {n: simclr_features.of(n if n != "train" else "train/all", s.images, simclr_views) for n, s in splits.items()},
+            }  # fmt: skip
+            for method, x in all_features.items():
                 predictions, iterations = class_weighted_probe(x, splits)
                 regimes["all"][f"{method}_class_weighted_probe"] = {**scorer(predictions), "lbfgs_iterations": iterations}
             regimes["all"]["raw_pixel_probe"] = scorer(probe(pixels, splits, subsets["all"])[0])
-            column_key = (chosen["all"][0], ALL_BLOCKS, chosen["all"][2])
-            columns = {name: unet_features.of(name, s.images, column_key) for name, s in splits.items()}
-            predictions, val_scores = probe(columns, splits, subsets["all"], key=column_key[1:], pool=column_key[0])
+            column_key = (key[0], ALL_BLOCKS, key[2])
+            fit = probe_choosing_views(
+                lambda name, images, views: unet_features.of(name, images, column_key, views), splits, subsets, "all",
+                grid_regime, column_key[1:], column_key[0],
+            )  # fmt: skip
             regimes["all"]["unet_hypercolumn_probe"] = {
-                **scorer(predictions), "feature": "/".join(map(str, column_key)), "val": val_scores,
+                **scorer(fit["predictions"]), "feature": feature_name(column_key, fit["views"]), "val": fit["val"],
+                "views_val_accuracy_macro_f1": fit["views_val_accuracy_macro_f1"],
             }  # fmt: skip
         with timed(walls, "kmeans"):
-            kmeans = clustering(unet_features, grid, splits, chosen["all"], args.seed)
-            simclr_kmeans = kmeans_evaluate(simclr_features["test"], test.labels, test.num_classes, seed=args.seed)
+            kmeans = clustering(unet_features, grid, splits, key, views, args.seed)
+            simclr_kmeans = kmeans_evaluate(simclr_features.of("test", test.images), test.labels, test.num_classes, seed=args.seed)
             kmeans["simclr_label_free_k_equals_classes"] = {m: simclr_kmeans[m] for m in ("nmi", "ari", "accuracy", "purity")}
         with timed(walls, "flowcam_shift"):
-            candidates = grid_with_hypercolumns(grid["val"])
-            shift_key, shift_choice = choose_shift_feature(candidates, val.labels, budget.num_episodes, args.seed)
-            shift_key = shift_key or chosen["all"]
+            shift_key, shift_choice = choose_shift_feature(grid_with_hypercolumns(grid["val"]), val.labels, budget.num_episodes, args.seed)
+            shift_key = shift_key or key
+            val_features_of = {
+                "unet": lambda v: unet_features.of("val", val.images, shift_key, v),
+                "cnn": lambda v: cnn_features(cnn_all, val.images, v),
+                "simclr": lambda v: simclr_features.of("val", val.images, v),
+            }
+            shift_views = {m: choose_shift_views(f, val.labels, budget.num_episodes, args.seed) for m, f in val_features_of.items()}
             shift_features = {
-                "unet": unet_features.of("shift", shift.images, shift_key),
-                "unet_probe_chosen_feature": unet_features.of("shift", shift.images, chosen["all"]),
-                "cnn": cnn_features(cnn_all, shift.images),
-                "simclr": encode(simclr, shift.images, budget.batch_size),
+                "unet": unet_features.of("shift", shift.images, shift_key, shift_views["unet"][0]),
+                "unet_probe_chosen_feature": unet_features.of("shift", shift.images, key, views),
+                "cnn": cnn_features(cnn_all, shift.images, shift_views["cnn"][0]),
+                "simclr": simclr_features.of("shift", shift.images, shift_views["simclr"][0]),
                 "raw_pixels": shift.images.flatten(1),
             }
             shift_results = {m: few_shot_transfer(x, shift.labels, budget.num_episodes, args.seed) for m, x in shift_features.items()}
@@ -673,7 +782,7 @@ def main():
         title=f"NDSB plankton, {train.num_classes} classes, long-tailed test ({len(test)} images): "
         "mean labelled train images per class (1%, 10%, 100% of the labels)",
     )  # fmt: skip
-    budget_seconds = {"cpu": 45 * 60, "gpu": 10 * 60}[args.preset] if not args.quick else 60
+    budget_seconds = {"cpu": 60 * 60, "gpu": 10 * 60}[args.preset] if not args.quick else 60
     train_counts = torch.bincount(train.labels, minlength=train.num_classes)
     figures = {
         "dataset": {
@@ -687,7 +796,10 @@ def main():
         f"own labels within the grid subset ({grid_regime} of the train labels, {len(grid_rows)} images; the 'all' regime "
         "uses the pair chosen there), the CNN's checkpoint by val accuracy and its sampling by val macro-F1, the "
         "label-free k-means feature and normalisation by split-half stability, K by silhouette, on the grid's train "
-        "and val images without labels; test is used only for reporting",
+        "and val images without labels; the views (upright, or averaged over the 8 rotations and mirror images) of "
+        "each probe by val accuracy of probes fitted on the regime's labels within the grid subset (the 'all' regime "
+        "and the hypercolumn on the grid subset's), of each CNN's probabilities by val macro-F1; the raw-pixel probe "
+        "and the label-free k-means stay upright; test is used only for reporting",
         "budget": {
             "preset": "quick" if args.quick else args.preset, **dataclasses.asdict(budget),
             "ddpm_learning_rate": args.learning_rate, "simclr_learning_rate": args.simclr_learning_rate,
@@ -706,12 +818,16 @@ def main():
         "kmeans_test": kmeans,
         "flowcam_shift": shift_results,
         "flowcam_shift_unet_feature": {
-            "chosen": "/".join(map(str, shift_key)), "probe_chosen": "/".join(map(str, chosen["all"])),
+            "chosen": feature_name(shift_key, shift_views["unet"][0]), "probe_chosen": feature_name(key, views),
             "rule": "the grid feature or hypercolumn with the best val few-shot accuracy (nearest prototype, k = 1 and "
-            "all, cross-validated over the val classes with at least 2 images), the protocol the shift is scored by; "
-            "no shift label is read; the probe's choice when fewer than 2 val classes have 2 images",
+            "all, cross-validated over the val classes with at least 2 images), the protocol the shift is scored by, "
+            "then its views by the same score (each baseline's views too); no shift label is read; the probe's "
+            "choice when fewer than 2 val classes have 2 images",
             "val_prototype_accuracy": shift_choice,
         },  # fmt: skip
+        "flowcam_shift_views": {
+            m: {"views": views_label(v), "val_prototype_accuracy": scores} for m, (v, scores) in shift_views.items()
+        },
         "label_efficiency_plot": str(plot) if args.quick else plot.name,
         "targets": targets(regimes, shift_results, walls["total"], budget_seconds),
         "wall_seconds": walls,

@@ -64,3 +64,16 @@ def test_the_hypercolumn_of_images_is_the_concatenation_of_their_block_features(
     blocks = features.extractor.block_names
     expected = torch.cat([features.of("val", images, ("2x2", block, 50)) for block in blocks], 1)
     torch.testing.assert_close(column, expected)
+
+
+def test_views_are_chosen_by_their_val_score_and_a_tie_keeps_the_image_as_it_is():
+    assert plankton_accuracy.choose_views({None: 0.5, "dihedral": 0.6}.get) == ("dihedral", {"upright": 0.5, "dihedral": 0.6})
+    assert plankton_accuracy.choose_views({None: (0.5, 0.2), "dihedral": (0.5, 0.2)}.get)[0] is None
+
+
+def test_a_function_averaged_over_views_is_the_mean_over_the_eight_turned_batches():
+    images = torch.arange(2 * 9, dtype=torch.float32).reshape(2, 1, 3, 3)
+    corner = lambda x: x[:, :, 0, 0]  # noqa: E731: the 8 views put each of the 4 corners there twice
+    averaged = plankton_accuracy.mean_over_views(corner, images, "dihedral", batch_size=1)
+    torch.testing.assert_close(averaged, images[:, :, ::2, ::2].flatten(1).mean(1, keepdim=True))
+    assert torch.equal(plankton_accuracy.mean_over_views(corner, images, None, batch_size=1), corner(images))
