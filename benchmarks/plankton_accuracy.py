@@ -58,8 +58,7 @@ import _common
 from _common import base_parser, data_path, few_label_subsets, report, setup, target_entry, timed, training_arguments
 from diffusion_classifiers.data import IMAGE_EXTENSIONS, ImagePreprocessing, LabeledImages, few_label_indices
 from diffusion_classifiers.data.splits import stratified_train_val_test_split
-from diffusion_classifiers.features import DiffusionFeatureExtractor, feature_blocks, hypercolumn, image_views
-from diffusion_classifiers.features import with_hypercolumns
+from diffusion_classifiers.features import DiffusionFeatureExtractor, feature_blocks, hypercolumn, with_hypercolumns
 from diffusion_classifiers.metrics import classification_metrics
 from diffusion_classifiers.models import build_vit_encoder, count_parameters, encode_representation
 from diffusion_classifiers.models.unet_presets import unet_config
@@ -73,6 +72,7 @@ from diffusion_classifiers.training import (
     train_ddpm_unet,
     train_supervised_cnn,
 )
+from diffusion_classifiers.views import image_views
 
 NAME = "plankton_accuracy"
 SPLITS = ("train", "val", "test")
@@ -83,7 +83,7 @@ FEW_SHOT_PROTOCOLS = ("prototype", "linear_probe")
 # scored) at the shots every val class can give (some have 2 val images, so 5 per class is not available).
 SHIFT_CHOICE_SHOTS = (1, None)
 # A plankter has no natural orientation: every learned method may average its features (the CNN its probabilities)
-# over the image's 8 rotations and mirror images (`features.image_views`), and chooses on val whether to, as it
+# over the image's 8 rotations and mirror images (`diffusion_classifiers.views`), and chooses on val whether to, as it
 # chooses everything else.
 VIEW_CHOICES = (None, "dihedral")
 

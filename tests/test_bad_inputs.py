@@ -16,7 +16,12 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from PIL import Image
 
-from diffusion_classifiers import DiffusionClassifierImageProcessor, DiffusionClassifierPipeline, UNetFeatureClassifierPipeline
+from diffusion_classifiers import (
+    DiffusionClassifierConfig,
+    DiffusionClassifierImageProcessor,
+    DiffusionClassifierPipeline,
+    UNetFeatureClassifierPipeline,
+)
 from diffusion_classifiers.cli import main as cli_main
 from diffusion_classifiers.data import load_image_classification_data, preprocess_images
 from diffusion_classifiers.evaluation import evaluate_classifier
@@ -277,6 +282,14 @@ CASES = {
         lambda tmp_path, request, monkeypatch: DiffusionClassifierPipeline.from_pretrained(
             pickled_head(request, tmp_path, "head.pkl")),
         ValueError, r"head/head\.pkl: pickled weights are refused",
+    ),
+    "head with views 'rotations'": (
+        lambda tmp_path, request, monkeypatch: LinearProbeHead(32, 2, views="rotations"),
+        ValueError, r"unknown views 'rotations'; expected one of \(None, 'dihedral'\)",
+    ),
+    "transformers config with feature_views 'rotations'": (
+        lambda tmp_path, request, monkeypatch: DiffusionClassifierConfig(feature_views="rotations"),
+        ValueError, r"unknown views 'rotations'; expected one of \(None, 'dihedral'\)",
     ),
     "use_safetensors=False": (
         lambda tmp_path, request, monkeypatch: DiffusionClassifierPipeline.from_pretrained(

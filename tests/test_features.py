@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 
-from diffusion_classifiers.features import BlockInfo, DiffusionFeatureExtractor, block_label, image_views, with_hypercolumns
+from diffusion_classifiers.features import BlockInfo, DiffusionFeatureExtractor, block_label, with_hypercolumns
+from diffusion_classifiers.views import image_views
 
 NUM_TRAIN_TIMESTEPS = 100
 # Two forwards of the same U-Net that differ only in batching (images x draws x timesteps vs one at a time, another

@@ -4,6 +4,8 @@ from typing import List, Optional, Union
 
 from transformers import PretrainedConfig
 
+from .views import check_views
+
 __all__ = ["BACKBONE_TYPES", "DiffusionClassifierConfig"]
 
 # "unet": a diffusers `UNet2DModel` read at one block and timestep; "encoder": the RC-DiT encoder (a transformers
@@ -26,7 +28,7 @@ class DiffusionClassifierConfig(PretrainedConfig):
             U-Net feature; a list of blocks is their features concatenated in that order (`features.hypercolumn`).
         noise_seed (`int`), num_noise_draws (`int`): the fixed noise the U-Net feature is computed with.
         feature_views (`str`, *optional*): `"dihedral"`: the U-Net feature is averaged over the image's 8 rotations
-            and mirror images (`features.image_views`); `None`: the image as it is.
+            and mirror images (`diffusion_classifiers.views`); `None`: the image as it is.
         feature_size (`int`): the pooled feature's dimension (the linear head's input).
         freeze_backbone (`bool`): keep the backbone's parameters out of training (`requires_grad=False`).
         positive_class (`str`, *optional*): for a binary task, the class (an `id2label` name) its metrics refer to.
@@ -62,6 +64,7 @@ class DiffusionClassifierConfig(PretrainedConfig):
     ):
         if backbone_type not in BACKBONE_TYPES:
             raise ValueError(f"expected backbone_type in {BACKBONE_TYPES}, got {backbone_type!r}")
+        check_views(feature_views)
         self.backbone_type = backbone_type
         self.backbone_config = dict(backbone_config or {})
         self.scheduler_config = dict(scheduler_config or {})

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from diffusion_classifiers.models import RepresentationConditionedDiTModel, encode_latents, representation_of
+from diffusion_classifiers.views import check_views, image_views
 
 __all__ = [
     "POOLS",
@@ -32,20 +33,15 @@ __all__ = [
     "DiffusionFeatureExtractor",
     "FeatureKey",
     "Features",
-    "VIEWS",
     "block_label",
     "dit_block_name",
     "feature_blocks",
     "hypercolumn",
-    "image_views",
     "make_noise",
     "with_hypercolumns",
 ]
 
 POOLS = ("mean", "2x2", None)
-# The views a feature can be averaged over: `None`, the image as it is; `"dihedral"`, its 8 rotations by multiples of
-# 90 degrees and their mirror images, for data with no natural orientation (plankton, cells, microscopy).
-VIEWS = (None, "dihedral")
 
 FeatureKey = Tuple[str, int]
 # A feature matrix [N, D]: a float32 tensor in memory, or a float16 `numpy.memmap` on disk when the features of a call
@@ -129,17 +125,6 @@ def _pool(activation: torch.Tensor, pool: Optional[str], channels_last: bool = F
     return activation.flatten(1)
 
 
-def image_views(images: torch.Tensor, views: Optional[str]) -> List[torch.Tensor]:
-    """The views of a batch `[N, C, H, W]` a feature is averaged over (see `VIEWS`): `[images]` for `None`; for
-    `"dihedral"` (square images) the 4 rotations by 90 degrees of the images and of their left-right mirror images.
-    The 8 form a group, so a feature averaged over them is the same for an image and any of its views."""
-    if views is None:
-        return [images]
-    mirrored = images.flip(-1)
-    # contiguous: the same view of two images is then the same tensor, strides included, and gets the same kernels
-    return [x.rot90(k, dims=(-2, -1)).contiguous() for x in (images, mirrored) for k in range(4)]
-
-
 def make_noise(num_noise_draws: int, image_shape: Sequence[int], noise_seed: int) -> torch.Tensor:
     """The noise shared by every image: `[num_noise_draws, C, H, W]` from a CPU generator seeded with `noise_seed`,
     so a feature depends only on its image and the seed, never on batching or device."""
@@ -172,13 +157,6 @@ def _check_timesteps(timesteps, num_train_timesteps: int) -> List[int]:
     if len(set(timesteps)) != len(timesteps):
         raise ValueError(f"expected distinct timesteps, got {timesteps}")
     return [int(t) for t in timesteps]
-
-
-def _check_views(views: Optional[str], size: Tuple[int, int]) -> None:
-    if views not in VIEWS:
-        raise ValueError(f"unknown views {views!r}; expected one of {VIEWS}")
-    if views == "dihedral" and size[0] != size[1]:
-        raise ValueError(f"views 'dihedral' rotates images by 90 degrees: expected square images, got size {size}")
 
 
 def _check_pool_and_sizes(pool: Optional[str], **sizes: int) -> None:
@@ -441,7 +419,7 @@ class DiffusionFeatureExtractor:
         _check_pool_and_sizes(pool, num_noise_draws=num_noise_draws, batch_size=batch_size)
         config = self.unet.config
         size = _as_hw(config.sample_size)
-        _check_views(views, size)
+        check_views(views, size)
         noise = make_noise(num_noise_draws, (config.in_channels, *size), noise_seed)
         with _eval_mode(self.unet):
             return _extract_in_batches(

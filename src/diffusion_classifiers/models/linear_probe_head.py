@@ -7,6 +7,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from ..views import check_views
+
 __all__ = ["FeatureHeadMixin", "LinearProbeHead"]
 
 
@@ -35,8 +37,9 @@ class LinearProbeHead(FeatureHeadMixin, ModelMixin, ConfigMixin):
     """Standardise a feature vector with training statistics, then apply one linear layer.
 
     The config records which feature the head reads (`block`, `timestep`, `pool`, noise seed and draws, the `views`
-    it is averaged over: `features.VIEWS`) and the class names, so a saved pipeline carries everything needed to classify: no side files. `block` may be a list
-    of blocks: the head then reads their pooled features concatenated in that order (a hypercolumn).
+    it is averaged over: `diffusion_classifiers.views`) and the class names, so a saved pipeline carries everything
+    needed to classify: no side files. `block` may be a list of blocks: the head then reads their pooled features
+    concatenated in that order (a hypercolumn).
     """
 
     config_name = "config.json"
@@ -56,6 +59,7 @@ class LinearProbeHead(FeatureHeadMixin, ModelMixin, ConfigMixin):
     ):
         super().__init__()
         self.check_head_config(in_features, num_classes, class_names)
+        check_views(views)
         self.register_buffer("feature_mean", torch.zeros(in_features))
         self.register_buffer("feature_std", torch.ones(in_features))
         self.linear = nn.Linear(in_features, num_classes)

@@ -90,7 +90,7 @@ class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
         r"""
         Classify `images` (one or a list of file paths, PIL images, arrays or tensors) with the head's (block,
         timestep) feature; a head over several blocks reads their features concatenated (`features.hypercolumn`), a
-        head with `views` their average over the image's views (`features.image_views`).
+        head with `views` their average over the image's views (`diffusion_classifiers.views`).
 
         Args:
             images: the images to classify.
