@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Callable, Dict, Sequence
 import torch
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from diffusion_classifiers.validation import check_writable_dir
+
 if TYPE_CHECKING:  # imported where used: the speed benchmarks need no trainer
     from diffusion_classifiers.training import TrainingArguments
 
@@ -182,7 +184,10 @@ def few_label_subsets(labels: torch.Tensor, fractions: Sequence[float], min_per_
 
 
 def setup(args: argparse.Namespace) -> torch.device:
-    """Apply the common flags; returns the device to run on."""
+    """Apply the common flags and check, before any long work, that a full run can write its results (the folder of
+    `--output`, where figures go too); returns the device to run on."""
+    if not args.quick:
+        check_writable_dir(Path(args.output or RESULTS_DIR / "results.json").parent, "--output folder")
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
         threadpool_limits(limits=args.num_threads)  # numpy/scipy BLAS, used by scikit-learn

@@ -150,3 +150,15 @@ def test_results_are_keyed_by_the_dataset_name():
     assert _common.dataset_name("../shared/data/medmnist_pneumonia/pneumoniamnist.npz") == "pneumoniamnist"
     assert _common.dataset_name("/data/fashion_mnist") == "fashion_mnist"
     assert _common.dataset_name("/tmp/Blood-MNIST.v2.npz") == "blood_mnist"
+
+
+def test_a_full_run_checks_its_results_folder_before_any_work(tmp_path):
+    """The results JSON and the figures beside it are written last: the folder of --output is created, or refused,
+    when the run starts."""
+    args = _common.base_parser("test").parse_args(["--output", str(tmp_path / "new" / "run.json")])
+    _common.setup(args)
+    assert (tmp_path / "new").is_dir()
+    (tmp_path / "a-file").write_text("not a folder")
+    args = _common.base_parser("test").parse_args(["--output", str(tmp_path / "a-file" / "run.json")])
+    with pytest.raises(ValueError, match=r"--output folder '.*a-file': expected a writable folder"):
+        _common.setup(args)
