@@ -187,7 +187,7 @@ def setup(args: argparse.Namespace) -> torch.device:
     """Apply the common flags and check, before any long work, that a full run can write its results (the folder of
     `--output`, where figures go too); returns the device to run on."""
     if not args.quick:
-        check_writable_dir(Path(args.output or RESULTS_DIR / "results.json").parent, "--output folder")
+        check_writable_dir(Path(args.output).parent if args.output else RESULTS_DIR, "--output folder")
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
         threadpool_limits(limits=args.num_threads)  # numpy/scipy BLAS, used by scikit-learn

@@ -707,7 +707,6 @@ def main():
             for name, split in splits.items():
                 simclr_features.of("train/all" if name == "train" else name, split.images)
             pixels = {name: s.images.flatten(1) for name, s in splits.items()}
-        chosen = {}
         for regime, rows in subsets.items():
             choice_regime = regime if regime != "all" else grid_regime  # 'all' keeps the grid subset's choices
             with timed(walls, f"unet_probe_{regime}"):
@@ -716,7 +715,7 @@ def main():
                     lambda name, images, views: unet_features.of(name, images, key, views), splits, subsets, regime,
                     choice_regime, key[1:], key[0],
                 )  # fmt: skip
-                chosen[regime] = (key, fit["views"])
+                unet_choice = (key, fit["views"])
                 regimes[regime].update(
                     unet_feature=feature_name(key, fit["views"]), unet_val=fit["val"], unet_val_accuracy_grid=val_grid,
                     unet_views_val_accuracy_macro_f1=fit["views_val_accuracy_macro_f1"], unet_probe=scorer(fit["predictions"]),
@@ -731,9 +730,9 @@ def main():
                 cnn, predictions, info = cnn_regime(args, splits, rows, f"{work_dir}/cnn/{regime}", device)
                 regimes[regime].update(cnn=scorer(predictions), cnn_training=info)
             if regime == "all":
-                cnn_all = cnn
+                cnn_all, all_labels_choice = cnn, unet_choice
         with timed(walls, "all_labels_extra_probes"):
-            (key, views), simclr_views = chosen["all"], regimes["all"]["simclr_probe"]["views"]
+            (key, views), simclr_views = all_labels_choice, regimes["all"]["simclr_probe"]["views"]
             all_features = {
                 "unet": {n: unet_features.of(n if n != "train" else "train/all", s.images, key, views) for n, s in splits.items()},
                 "simclr": {n: simclr_features.of(n if n != "train" else "train/all", s.images, simclr_views) for n, s in splits.items()},

@@ -201,7 +201,7 @@ def test_dihedral_views_average_the_eight_turned_images_and_make_features_invari
         assert (averaged[key] - upright[0][key]).abs().max() > 1e-3  # the views change the feature
 
 
-def test_views_are_checked_before_any_forward(unet, extractor, images):
+def test_unknown_views_and_dihedral_views_of_non_square_images_are_refused(unet, extractor, images):
     with pytest.raises(ValueError, match=r"unknown views 'rotations'; expected one of \(None, 'dihedral'\)"):
         extractor.extract(images, ["mid_block"], [10], views="rotations")
     wide = DiffusionFeatureExtractor(UNet2DModel(**{**unet.config, "sample_size": (16, 8)}), extractor.scheduler)
