@@ -8,7 +8,7 @@ import math
 import mmap
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -60,6 +60,8 @@ class ProbeGridResult:
             precision, or was stopped by early stopping first).
         kept_iter: the iteration whose weights each head kept: its last one, or with `early_stopping` its
             lowest-val-loss one.
+        C: the inverse regularisation strength each head kept (with several `C` given: its best on val).
+        val_by_C: `pair -> C -> {"accuracy", "macro_f1", "balanced_accuracy"}` on val of every `C` tried.
     """
 
     metrics: Dict[FeatureKey, Dict[str, Dict[str, float]]]
@@ -69,16 +71,19 @@ class ProbeGridResult:
     n_iter: Dict[FeatureKey, int] = field(default_factory=dict)
     converged: Dict[FeatureKey, bool] = field(default_factory=dict)
     kept_iter: Dict[FeatureKey, int] = field(default_factory=dict)
+    C: Dict[FeatureKey, float] = field(default_factory=dict)
+    val_by_C: Dict[FeatureKey, Dict[float, Dict[str, float]]] = field(default_factory=dict)
 
     def to_table(self, sort_by: Optional[str] = None) -> List[dict]:
         """One flat row per pair (`block`, `timestep`, `train_accuracy`, `val_macro_f1`, ..., `n_iter`, `converged`,
-        `kept_iter`, `best`), in grid order or descending by a column such as `"val_accuracy"`."""
+        `kept_iter`, `C`, `best`), in grid order or descending by a column such as `"val_accuracy"`."""
         rows = []
         for (block, timestep), splits in self.metrics.items():
             pair = (block, timestep)
             row = {"block": block, "timestep": timestep}
             row.update({f"{split}_{name}": v for split, scores in splits.items() for name, v in scores.items()})
             row.update(n_iter=self.n_iter.get(pair), converged=self.converged.get(pair), kept_iter=self.kept_iter.get(pair))
+            row["C"] = self.C.get(pair)
             row["best"] = pair == self.best_pair
             rows.append(row)
         if sort_by is not None:
@@ -506,7 +511,7 @@ def fit_probe_grid(
     noise_seed: int = 0,
     num_noise_draws: int = 1,
     views: Optional[str] = None,
-    C: float = 1.0,
+    C: Union[float, Sequence[float]] = 1.0,
     tol: float = 1e-4,
     max_iter: int = 1000,
     early_stopping: bool = False,
@@ -546,7 +551,10 @@ def fit_probe_grid(
         num_classes: defaults to `len(class_names)`, else the largest label + 1.
         class_names, pool, noise_seed, num_noise_draws, views: recorded in the heads' configs (how the features were
             made).
-        C: inverse regularisation strength, as scikit-learn's (`> 0`; smaller is stronger).
+        C: inverse regularisation strength, as scikit-learn's (`> 0`; smaller is stronger), or several: each pair's
+            head is then fitted at every one and keeps the one with the best val accuracy (ties: val macro-F1, then
+            the smaller C), as the pair is chosen. The best strength depends on the features and on how many labels
+            there are, so a range such as `(0.1, 0.3, 1, 3, 10, 30, 100)` lets val decide, at one fit per value.
         tol: a head has converged when every entry of its gradient is at most `tol` in absolute value.
         max_iter: the most L-BFGS iterations. Each costs one pass over the train features (a forward and a
             backward product) plus one per step halving of the line search, which is rare.
@@ -564,10 +572,10 @@ def fit_probe_grid(
         raise ValueError("expected test_features and test_labels together, got only one of them")
     if not isinstance(train_features, dict) or not train_features:
         raise ValueError("expected train_features as a non-empty dict (block, timestep) -> [N, D] tensor")
-    if not (0 < C < math.inf) or not tol > 0 or max_iter < 1 or patience < 0:
+    Cs = _inverse_regularisations(C)
+    if not tol > 0 or max_iter < 1 or patience < 0:
         raise ValueError(
-            f"expected 0 < C < inf, tol > 0, max_iter >= 1 and patience >= 0, got C={C}, tol={tol}, "
-            f"max_iter={max_iter}, patience={patience}"
+            f"expected tol > 0, max_iter >= 1 and patience >= 0, got tol={tol}, max_iter={max_iter}, patience={patience}"
         )
     raw = {"train": (train_features, train_labels), "val": (val_features, val_labels)}
     if test_features is not None:
@@ -591,14 +599,14 @@ def fit_probe_grid(
     x, mean, std = {}, None, None
     for split in features:  # train first: its mean and std standardise every split
         x[split], mean, std = _split_features(features[split], pairs, y[split], num_classes, device, mean, std)
-    binary = num_classes == 2
-
-    weight, bias, n_iter, converged, kept_iter = _fit_heads(
-        x["train"], 1 if binary else num_classes, 1.0 / (C * len(labels["train"])), tol, max_iter,
-        val=x["val"] if early_stopping else None, patience=patience, progress_bar=progress_bar,
-    )  # fmt: skip
-    if binary:  # logit z of class 1 -> logits [-z/2, z/2]: the same softmax probabilities
-        weight, bias = torch.cat([-weight, weight], dim=1) / 2, torch.cat([-bias, bias], dim=1) / 2
+    fits = {
+        c: _fit_and_score(x, y, num_classes, 1.0 / (c * len(labels["train"])), tol, max_iter, early_stopping, patience, progress_bar)
+        for c in Cs
+    }  # fmt: skip
+    kept_C = [max(Cs, key=lambda c: (fits[c].val_key(i), -c)) for i in range(len(pairs))]  # ties: the smaller C
+    kept = [fits[c].head(i) for i, c in enumerate(kept_C)]
+    weight, bias = torch.stack([k["weight"] for k in kept]), torch.stack([k["bias"] for k in kept])
+    n_iter, converged, kept_iter = ([k[name] for k in kept] for name in ("n_iter", "converged", "kept_iter"))
     stopped_early = [p for p, n, ok in zip(pairs, n_iter, converged) if n == max_iter and not ok]
     if stopped_early:
         warnings.warn(
@@ -608,11 +616,7 @@ def fit_probe_grid(
             stacklevel=2,
         )
 
-    metrics = {pair: {} for pair in pairs}
-    with torch.no_grad():
-        for split in x:
-            for pair, scores in zip(pairs, _head_scores(x[split].predictions(weight, bias), y[split], num_classes)):
-                metrics[pair][split] = scores
+    metrics = {pair: k["scores"] for pair, k in zip(pairs, kept)}
     val_scores = [(m["val"]["accuracy"], m["val"]["macro_f1"], -i) for i, m in enumerate(metrics.values())]
     best = val_scores.index(max(val_scores))  # ties: macro-F1, then the earlier pair
     config = dict(
@@ -633,4 +637,49 @@ def fit_probe_grid(
         n_iter=dict(zip(pairs, n_iter)),
         converged=dict(zip(pairs, converged)),
         kept_iter=dict(zip(pairs, kept_iter)),
+        C=dict(zip(pairs, kept_C)),
+        val_by_C={p: {c: fits[c].scores["val"][i] for c in Cs} for i, p in enumerate(pairs)},
     )
+
+
+def _inverse_regularisations(C) -> Tuple[float, ...]:
+    """`C` as a tuple of distinct values, each checked `0 < C < inf`."""
+    values = tuple(dict.fromkeys(float(c) for c in (C if isinstance(C, (list, tuple)) else [C])))
+    if not values or not all(0 < c < math.inf for c in values):
+        raise ValueError(f"expected C as a number or a non-empty sequence of numbers with 0 < C < inf, got C={C}")
+    return values
+
+
+@dataclass
+class _Fit:
+    """Every head fitted at one C: weights `[P, K, D_max]`, biases, solver counts and `scores[split][pair index]`."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    n_iter: list
+    converged: list
+    kept_iter: list
+    scores: Dict[str, List[Dict[str, float]]]
+
+    def val_key(self, i: int) -> Tuple[float, float]:
+        return self.scores["val"][i]["accuracy"], self.scores["val"][i]["macro_f1"]
+
+    def head(self, i: int) -> dict:
+        return {
+            "weight": self.weight[i], "bias": self.bias[i], "n_iter": self.n_iter[i], "converged": self.converged[i],
+            "kept_iter": self.kept_iter[i], "scores": {split: s[i] for split, s in self.scores.items()},
+        }  # fmt: skip
+
+
+def _fit_and_score(x, y, num_classes, l2, tol, max_iter, early_stopping, patience, progress_bar) -> _Fit:
+    """Every head at penalty `l2`, scored on every split."""
+    binary = num_classes == 2
+    weight, bias, n_iter, converged, kept_iter = _fit_heads(
+        x["train"], 1 if binary else num_classes, l2, tol, max_iter,
+        val=x["val"] if early_stopping else None, patience=patience, progress_bar=progress_bar,
+    )  # fmt: skip
+    if binary:  # logit z of class 1 -> logits [-z/2, z/2]: the same softmax probabilities
+        weight, bias = torch.cat([-weight, weight], dim=1) / 2, torch.cat([-bias, bias], dim=1) / 2
+    with torch.no_grad():
+        scores = {split: _head_scores(x[split].predictions(weight, bias), y[split], num_classes) for split in x}
+    return _Fit(weight, bias, list(n_iter), list(converged), list(kept_iter), scores)
