@@ -37,9 +37,12 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
     probe_dir = tmp_path / "probe"
     with pytest.raises(ValueError, match=r"timestep 1000 is invalid: expected an integer in \[0, 1000\)"):
         main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--output_dir", str(probe_dir), "--timesteps", "1000"])
-    main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--output_dir", str(probe_dir), "--timesteps", "50"])
+    with pytest.raises(ValueError, match=r"--C: expected values with 0 < C < inf, got \[1.0, 0.0\]"):
+        main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--output_dir", str(probe_dir), "--C", "1", "0"])
+    main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--output_dir", str(probe_dir), "--timesteps", "50", "--C", "0.01", "1"])
     probed = json.loads((probe_dir / "metrics.json").read_text())
     assert {r["timestep"] for r in probed["probe_grid"]} == {50} and len(probed["probe_grid"]) == 7
+    assert {r["C"] for r in probed["probe_grid"]} <= {0.01, 1.0} and probed["summary"]["probe_C"] in {0.01, 1.0}
     assert DiffusionClassifierPipeline.from_pretrained(str(probe_dir / "pipeline")).head.config.timestep == 50
     # with --hypercolumns, one more probe: every block's feature concatenated, under a short name in the report;
     # with --views, every feature averaged over the image's 8 rotations and mirror images, recorded in the head

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
@@ -94,6 +95,11 @@ def add_probe_args(parser: argparse.ArgumentParser) -> None:
         "--views", default=None, choices=["dihedral"],
         help="average every feature over the image's 8 rotations and mirror images (data with no natural orientation: "
         "plankton, cells; 8 times the extraction); saved in the head, so the pipeline classifies new images the same way",
+    )  # fmt: skip
+    parser.add_argument(
+        "--C", type=float, nargs="+", default=[1.0],
+        help="inverse regularisation strength of the probes (scikit-learn's C), or several: each probe keeps its best "
+        "on val (e.g. --C 0.1 0.3 1 3 10 30 100: the best strength grows with the number of labels); default 1",
     )  # fmt: skip
     parser.add_argument("--output_dir", default="outputs/probe", help="where report.md, metrics.json, the PNGs and pipeline/ go")
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits carved when the data has none and of the probes")
@@ -218,6 +224,8 @@ def run_probe(args: argparse.Namespace) -> dict:
 
     started = time.time()
     check_writable_dir(args.output_dir, "--output_dir")
+    if not all(0 < c < math.inf for c in args.C):
+        raise ValueError(f"--C: expected values with 0 < C < inf, got {args.C}")
     trained = UNetFeatureClassifierPipeline.from_pretrained(args.unet_dir)
     _check_timesteps(args.timesteps, trained.scheduler.config.num_train_timesteps)
     unet_config, contract = trained.unet.config, trained.preprocessing
@@ -229,6 +237,7 @@ def run_probe(args: argparse.Namespace) -> dict:
     study = run_unet_feature_study(
         trained.unet, trained.scheduler, splits, timesteps=args.timesteps, pool=args.pool, seed=args.seed,
         positive_class=args.positive_class, hypercolumns=args.hypercolumns, views=args.views,
+        probe_kwargs={"C": args.C},
     )  # fmt: skip
     return save_study(study, args, {"total_seconds": round(time.time() - started, 1)})
 

@@ -47,6 +47,7 @@ class UNetFeatureStudy:
         return {
             "best_block": self.pipeline.head.config.block,  # as the chosen head records it: a list for a hypercolumn
             "best_timestep": self.probe.best_pair[1],
+            "probe_C": self.probe.C[self.probe.best_pair],
             "val_accuracy": best["val"]["accuracy"],
             "test_accuracy": self.test_metrics["accuracy"],
             "test_macro_f1": self.test_metrics["macro_f1"],
@@ -240,11 +241,11 @@ def write_study_report(study: UNetFeatureStudy, output_dir: str, title: str, com
 
 def summary_table(study: UNetFeatureStudy, top: int = 8) -> str:
     """Markdown table of the probe grid, best val accuracy first."""
-    lines = ["| block | t | val acc | val macro-F1 | test acc |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| block | t | C | val acc | val macro-F1 | test acc |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for row in study.probe.to_table(sort_by="val_accuracy")[:top]:
         mark = " (chosen)" if row["best"] else ""
         lines.append(
-            f"| {block_label(row['block'])}{mark} | {row['timestep']} | {100 * row['val_accuracy']:.2f} | "
+            f"| {block_label(row['block'])}{mark} | {row['timestep']} | {row['C']:g} | {100 * row['val_accuracy']:.2f} | "
             f"{100 * row['val_macro_f1']:.2f} | {100 * row.get('test_accuracy', float('nan')):.2f} |"
         )
     return "\n".join(lines)
