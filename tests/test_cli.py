@@ -37,7 +37,7 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
     probe_dir = tmp_path / "probe"
     with pytest.raises(ValueError, match=r"timestep 1000 is invalid: expected an integer in \[0, 1000\)"):
         main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--output_dir", str(probe_dir), "--timesteps", "1000"])
-    with pytest.raises(ValueError, match=r"--C: expected values with 0 < C < inf, got \[1.0, 0.0\]"):
+    with pytest.raises(ValueError, match=r"expected --C as a number .* 0 < C < inf, got --C=\[1.0, 0.0\]"):
         main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--output_dir", str(probe_dir), "--C", "1", "0"])
     main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--output_dir", str(probe_dir), "--timesteps", "50", "--C", "0.01", "1"])
     probed = json.loads((probe_dir / "metrics.json").read_text())

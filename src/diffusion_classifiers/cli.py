@@ -2,7 +2,6 @@
 
 import argparse
 import json
-import math
 import os
 import shlex
 import sys
@@ -220,12 +219,11 @@ def run_probe(args: argparse.Namespace) -> dict:
     from .metrics import resolve_positive_label
     from .pipelines import UNetFeatureClassifierPipeline
     from .unet_feature_study import run_unet_feature_study
-    from .validation import check_writable_dir
+    from .validation import as_inverse_regularisations, check_writable_dir
 
     started = time.time()
     check_writable_dir(args.output_dir, "--output_dir")
-    if not all(0 < c < math.inf for c in args.C):
-        raise ValueError(f"--C: expected values with 0 < C < inf, got {args.C}")
+    as_inverse_regularisations(args.C, "--C")
     trained = UNetFeatureClassifierPipeline.from_pretrained(args.unet_dir)
     _check_timesteps(args.timesteps, trained.scheduler.config.num_train_timesteps)
     unet_config, contract = trained.unet.config, trained.preprocessing

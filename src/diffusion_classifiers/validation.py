@@ -3,9 +3,10 @@
 Each raises a `ValueError` that names the input and the first bad item, before any long computation.
 """
 
+import math
 import os
 import tempfile
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -13,6 +14,7 @@ import torch
 __all__ = [
     "as_feature_matrix",
     "as_labels",
+    "as_inverse_regularisations",
     "check_finite_rows",
     "check_label_range",
     "check_unit_range",
@@ -31,6 +33,15 @@ def as_labels(values, name: str) -> np.ndarray:
             raise ValueError(f"expected integer labels in {name}, got dtype {array.dtype}")
         array = array.astype(np.int64)
     return array
+
+
+def as_inverse_regularisations(C, name: str = "C") -> Tuple[float, ...]:
+    """`C` (scikit-learn's inverse regularisation strength: a number or several) as a tuple of distinct values, each
+    checked `0 < C < inf`."""
+    values = tuple(dict.fromkeys(float(c) for c in (C if isinstance(C, (list, tuple)) else [C])))
+    if not values or not all(0 < c < math.inf for c in values):
+        raise ValueError(f"expected {name} as a number or a non-empty sequence of numbers with 0 < C < inf, got {name}={C}")
+    return values
 
 
 def check_label_range(labels, name: str, num_classes: int) -> None:

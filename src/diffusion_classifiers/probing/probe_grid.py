@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..models.linear_probe_head import LinearProbeHead
-from ..validation import as_feature_matrix, as_labels, check_label_range, resolve_num_classes
+from ..validation import as_feature_matrix, as_inverse_regularisations, as_labels, check_label_range, resolve_num_classes
 
 __all__ = ["FeatureKey", "ProbeGridResult", "fit_probe_grid"]
 
@@ -572,7 +572,7 @@ def fit_probe_grid(
         raise ValueError("expected test_features and test_labels together, got only one of them")
     if not isinstance(train_features, dict) or not train_features:
         raise ValueError("expected train_features as a non-empty dict (block, timestep) -> [N, D] tensor")
-    Cs = _inverse_regularisations(C)
+    Cs = as_inverse_regularisations(C)
     if not tol > 0 or max_iter < 1 or patience < 0:
         raise ValueError(
             f"expected tol > 0, max_iter >= 1 and patience >= 0, got tol={tol}, max_iter={max_iter}, patience={patience}"
@@ -640,14 +640,6 @@ def fit_probe_grid(
         C=dict(zip(pairs, kept_C)),
         val_by_C={p: {c: fits[c].scores["val"][i] for c in Cs} for i, p in enumerate(pairs)},
     )
-
-
-def _inverse_regularisations(C) -> Tuple[float, ...]:
-    """`C` as a tuple of distinct values, each checked `0 < C < inf`."""
-    values = tuple(dict.fromkeys(float(c) for c in (C if isinstance(C, (list, tuple)) else [C])))
-    if not values or not all(0 < c < math.inf for c in values):
-        raise ValueError(f"expected C as a number or a non-empty sequence of numbers with 0 < C < inf, got C={C}")
-    return values
 
 
 @dataclass
