@@ -278,6 +278,16 @@ def median_seconds(fns: Dict[str, Callable[[], object]], repeats: int, warmup: i
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def _cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
 def environment(device: torch.device) -> dict:
     """Machine, package versions and UTC date of a measurement."""
     import diffusers
@@ -288,6 +298,8 @@ def environment(device: torch.device) -> dict:
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels torch runs (AVX2, AVX512, ...)
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "load_average_1m": os.getloadavg()[0],  # other processes on a shared machine slow every variant

@@ -162,3 +162,10 @@ def test_a_full_run_checks_its_results_folder_before_any_work(tmp_path):
     args = _common.base_parser("test").parse_args(["--output", str(tmp_path / "a-file" / "run.json")])
     with pytest.raises(ValueError, match=r"--output folder '.*a-file': expected a writable folder"):
         _common.setup(args)
+
+
+def test_the_environment_names_the_cpu_and_the_kernels_torch_runs():
+    """Float results of a CPU run depend on the instruction set torch's kernels use: every record names it."""
+    env = _common.environment(torch.device("cpu"))
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert isinstance(env["cpu_model"], str) and env["cpu_model"]
