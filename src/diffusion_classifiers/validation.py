@@ -13,8 +13,8 @@ import torch
 
 __all__ = [
     "as_feature_matrix",
-    "as_labels",
     "as_inverse_regularisations",
+    "as_labels",
     "check_finite_rows",
     "check_label_range",
     "check_unit_range",
