@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Sequence
 import torch
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from diffusion_classifiers.validation import check_writable_dir
+from diffusion_classifiers.validation import as_inverse_regularisations, check_writable_dir
 
 if TYPE_CHECKING:  # imported where used: the speed benchmarks need no trainer
     from diffusion_classifiers.training import TrainingArguments
@@ -68,6 +68,9 @@ DATA_HELP = (
     "a CSV of paths or a saved `datasets` folder (missing val/test splits are carved, stratified and seeded)"
 )
 MIN_LABELS_PER_CLASS = 5
+# The inverse regularisation strengths a linear probe chooses from on val (`fit_probe_grid(C=...)`, ties: the smaller):
+# the best one depends on the feature and on how many labels there are.
+PROBE_C = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 
 def add_data_options(
@@ -113,6 +116,14 @@ def add_data_options(
     return parser
 
 
+def add_probe_C_option(parser: argparse.ArgumentParser) -> None:
+    """`--probe_C`, checked by `check_data_options`."""
+    parser.add_argument(
+        "--probe_C", type=float, nargs="+", default=list(PROBE_C),
+        help=f"inverse regularisation strengths each linear probe chooses from on val; default {list(PROBE_C)}",
+    )  # fmt: skip
+
+
 def check_data_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse bad option values before any data is read (argparse's error: the flag, what was expected, exit 2)."""
     if args.data not in (None, "digits") and not Path(args.data).exists():
@@ -120,6 +131,11 @@ def check_data_options(parser: argparse.ArgumentParser, args: argparse.Namespace
     for fraction in getattr(args, "label_fractions", None) or ():
         if not 0 < fraction < 1:
             parser.error(f"--label_fractions: expected numbers strictly between 0 and 1, got {fraction}")
+    if getattr(args, "probe_C", None) is not None:
+        try:
+            as_inverse_regularisations(args.probe_C, "--probe_C")
+        except ValueError as error:
+            parser.error(str(error))
     if getattr(args, "min_labels_per_class", 1) < 1:
         parser.error(f"--min_labels_per_class: expected an integer >= 1, got {args.min_labels_per_class}")
     unet_dir = getattr(args, "unet_dir", None)

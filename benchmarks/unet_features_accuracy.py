@@ -1,10 +1,10 @@
 """Frozen DDPM U-Net features vs a supervised CNN on a labelled image dataset, with all and with few train labels.
 
 One run on `--data` (default PneumoniaMNIST; any dataset `load_image_classification_data` reads): (1) train an
-unconditional DDPM U-Net (EMA) on the train images, no labels, or load one saved by an earlier run
-(`--keep_checkpoint DIR`, then `--unet_dir DIR`); (2) extract every (block, t) feature of train/val/test ONCE;
-(3) fit the probe grid with all train labels and with each `--label_fractions` subset (stratified, at least
-`--min_labels_per_class` images of every class), choose the pair on val, classify test through
+unconditional DDPM U-Net (EMA) on the train images, no labels, or load one saved by an earlier run (`--keep_checkpoint
+DIR`, then `--unet_dir DIR`); (2) extract every (block, t) feature of train/val/test ONCE; (3) fit the probe grid with
+all train labels and with each `--label_fractions` subset (stratified, at least `--min_labels_per_class` images of
+every class), each probe at every `--probe_C`, choose the pair and its C on val, classify test through
 `UNetFeatureClassifierPipeline`, run k-means on the test split three ways (on the label-chosen pair; on the pair,
 normalisation and K chosen on val without labels; on raw pixels, normalisation chosen on val without labels); (4)
 train a `SupervisedCNN` of about the U-Net encoder's size on the same labels, checkpoint chosen on val (`--parts`
@@ -29,6 +29,7 @@ import torch
 import _common
 from _common import (
     add_data_options,
+    add_probe_C_option,
     base_parser,
     check_data_options,
     cnn_baseline,
@@ -84,6 +85,7 @@ def parse_args():
     parser.add_argument(
         "--pool", default="mean", choices=[pool for pool in POOLS if pool], help="spatial pooling of the U-Net features"
     )
+    add_probe_C_option(parser)
     parser.add_argument("--cnn_steps", type=int, default=None, help="default 20 with --quick, else 1500")
     parser.add_argument("--cnn_learning_rate", type=float, default=1e-3)
     parser.add_argument("--cnn_widths", type=int, nargs="+", default=None, help="default: matched to the preset")
@@ -152,9 +154,11 @@ def cnn_figures(args, splits: dict, train_index, work_dir: str, device) -> dict:
 
 def probe_figures(study: UNetFeatureStudy) -> dict:
     grid = {f"{block}@{t}": round(m["val"]["accuracy"], 4) for (block, t), m in study.probe.metrics.items()}
-    summary = study.summary()
+    summary, best = study.summary(), study.probe.best_pair
     return {
         **{k: summary[k] for k in ("best_block", "best_timestep", "val_accuracy")},
+        "C": study.probe.C[best],
+        "val_accuracy_by_C": {C: round(m["accuracy"], 4) for C, m in study.probe.val_by_C[best].items()},
         **{f"test_{k}": study.test_metrics.get(k) for k in METRICS},
         "kmeans_test": study.kmeans_metrics,
         "kmeans_label_free_test": {k: v for k, v in study.kmeans_label_free.items() if k != "selection"},
@@ -225,7 +229,7 @@ def run_regimes(args, splits: dict, subsets: dict, device, walls: dict, work_dir
             with timed(walls, f"probes_{regime}"):
                 study = study_from_features(
                     unet, scheduler, splits, features, index, pool=args.pool, noise_seed=args.seed, batch_size=256,
-                    seed=args.seed, positive_class=args.positive_class,
+                    seed=args.seed, positive_class=args.positive_class, probe_kwargs={"C": args.probe_C},
                 )  # fmt: skip
             regimes[regime]["probe"] = probe_figures(study)
     if "cnn" in args.parts:
@@ -263,7 +267,7 @@ def main():
             "name": dataset_name(args.data), "path": args.data, "class_names": train.class_names,
             "positive_class": args.positive_class, **{f"num_{name}": len(splits[name]) for name in SPLITS},
         },
-        "selection": f"probe pair and CNN checkpoint chosen on the labels of the whole val split ({len(splits['val'])} "
+        "selection": f"probe pair, its C and the CNN checkpoint chosen on the labels of the whole val split ({len(splits['val'])} "
         "images) in every regime, including the few-label ones; the label-free k-means feature and normalisation "
         "(and the raw pixels' normalisation) by split-half stability on the train images, no labels read; test is used "
         "only for reporting",
@@ -273,7 +277,7 @@ def main():
             "parts": args.parts, "unet_preset": args.unet_preset, "image_size": train.images.shape[-1],
             "ddpm_steps": args.max_train_steps, "train_batch_size": args.train_batch_size,
             "ddpm_learning_rate": args.learning_rate, "use_ema": True, **trained, "timesteps": args.timesteps,
-            "pool": args.pool,
+            "pool": args.pool, "probe_C": args.probe_C,
             "cnn_steps": args.cnn_steps, "cnn_learning_rate": args.cnn_learning_rate, "cnn_widths": list(args.cnn_widths),
             "cnn_augment": args.cnn_augment, "num_threads": torch.get_num_threads(),
         },  # fmt: skip

@@ -134,6 +134,23 @@ def test_bad_options_are_refused_naming_the_flag(tmp_path, capsys, argv, message
     assert message.format(tmp=tmp_path) in capsys.readouterr().err
 
 
+def test_probe_C_defaults_to_the_shared_grid_and_refuses_a_bad_strength(capsys):
+    def parse_probe_C(argv):
+        parser = _common.add_data_options(_common.base_parser("test"), "default.npz")
+        _common.add_probe_C_option(parser)
+        args = parser.parse_args(argv)
+        _common.check_data_options(parser, args)
+        return args.probe_C
+
+    assert parse_probe_C([]) == list(_common.PROBE_C)
+    assert parse_probe_C(["--probe_C", "0.5", "2"]) == [0.5, 2.0]
+    with pytest.raises(SystemExit):
+        parse_probe_C(["--probe_C", "1", "0"])
+    assert "expected --probe_C as a number or a non-empty sequence of numbers with 0 < C < inf, got --probe_C=[1.0, 0.0]" in (
+        capsys.readouterr().err
+    )
+
+
 def test_load_benchmark_data_names_classes_and_checks_the_positive_class(tmp_path):
     path = write_npz(tmp_path / "my_data.npz")
     splits = _common.load_benchmark_data(path, ["benign", "malignant"], "benign")
