@@ -152,6 +152,9 @@ def test_max_iter_warns_naming_the_unconverged_heads(blob_grid):
     with pytest.warns(UserWarning, match=r"3 of 3 probes reached max_iter=2 before tol=0.0001: \[\('down_blocks.1', 10\)"):
         short = fit_probe_grid(train, y_train, val, y_val, max_iter=2, device="cpu")
     assert set(short.n_iter.values()) == {2} and not any(short.converged.values())
+    # with several C every strength's unsolved heads are named, kept or not: their val scores chose the C
+    with pytest.warns(UserWarning, match=r"6 of 6 probes reached max_iter=2 .*: \[\('down_blocks.1', 10\) at C=0.01, "):
+        fit_probe_grid(train, y_train, val, y_val, C=[0.01, 1.0], max_iter=2, device="cpu")
 
 
 def test_digits_reach_high_accuracy_and_the_informative_pair_wins():
