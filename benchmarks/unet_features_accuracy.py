@@ -267,10 +267,10 @@ def main():
             "name": dataset_name(args.data), "path": args.data, "class_names": train.class_names,
             "positive_class": args.positive_class, **{f"num_{name}": len(splits[name]) for name in SPLITS},
         },
-        "selection": f"probe pair, its C and the CNN checkpoint chosen on the labels of the whole val split ({len(splits['val'])} "
-        "images) in every regime, including the few-label ones; the label-free k-means feature and normalisation "
-        "(and the raw pixels' normalisation) by split-half stability on the train images, no labels read; test is used "
-        "only for reporting",
+        "selection": "probe pair, its C and the CNN checkpoint chosen on the labels of the whole val split "
+        f"({len(splits['val'])} images) in every regime, including the few-label ones; the label-free k-means feature "
+        "and normalisation (and the raw pixels' normalisation) by split-half stability on the train images, no labels "
+        "read; test is used only for reporting",
         "few_label_regimes": {"fractions": args.label_fractions, "min_labels_per_class": args.min_labels_per_class,
                               "labels_per_class": {r: torch.bincount(train.labels[i]).tolist() for r, i in subsets.items()}},
         "budget": {

@@ -146,9 +146,8 @@ def test_probe_C_defaults_to_the_shared_grid_and_refuses_a_bad_strength(capsys):
     assert parse_probe_C(["--probe_C", "0.5", "2"]) == [0.5, 2.0]
     with pytest.raises(SystemExit):
         parse_probe_C(["--probe_C", "1", "0"])
-    assert "expected --probe_C as a number or a non-empty sequence of numbers with 0 < C < inf, got --probe_C=[1.0, 0.0]" in (
-        capsys.readouterr().err
-    )
+    expected = "non-empty sequence of numbers with 0 < C < inf, got --probe_C=[1.0, 0.0]"
+    assert f"expected --probe_C as a number or a {expected}" in capsys.readouterr().err
 
 
 def test_load_benchmark_data_names_classes_and_checks_the_positive_class(tmp_path):

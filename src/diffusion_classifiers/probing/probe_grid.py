@@ -555,11 +555,10 @@ def fit_probe_grid(
             head is then fitted at every one and keeps the one with the best val accuracy (ties: val macro-F1, then
             the smaller C), as the pair is chosen. The best strength depends on the features and on how many labels
             there are, so a range such as `(0.1, 0.3, 1, 3, 10, 30, 100)` lets val decide, at one fit per value.
-            Every value is solved from zero weights, as scikit-learn does. Mind that with many samples two large
-            values differ by less than `tol` can tell (the gradient moves by (1/C - 1/C') * weight / N), so such a
-            head is where the solver first meets `tol`, and depends on its start: on NDSB plankton (N = 21,824),
-            C = 100 started from the C = 30 solution stops there at once, 0.6 points of val accuracy below the head
-            started from zero.
+            Every value is solved from zero weights, as scikit-learn does. With many samples, the gradients of two
+            large values differ by less than `tol` ((1/C - 1/C') * weight / N), so such a head is wherever the solver
+            first meets `tol` and depends on where it starts: on NDSB plankton (N = 21,824), C = 100 started from the
+            C = 30 solution stops there at once, 0.6 points of val accuracy below the head started from zero.
         tol: a head has converged when every entry of its gradient is at most `tol` in absolute value.
         max_iter: the most L-BFGS iterations. Each costs one pass over the train features (a forward and a
             backward product) plus one per step halving of the line search, which is rare.
