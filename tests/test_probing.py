@@ -118,6 +118,52 @@ def test_heads_reach_the_optimum_of_scikit_learn_logistic_regression(num_classes
     np.testing.assert_allclose(probs, reference.predict_proba(_standardised(x)), atol=3e-3, rtol=0)
 
 
+@pytest.mark.numerics
+@pytest.mark.parametrize("num_classes", [3, 2])
+def test_balanced_class_weights_reach_scikit_learn_balanced_optimum(num_classes):
+    # LogisticRegression(class_weight="balanced") on long-tailed blobs: each sample's loss is times N / (K n_k) and the
+    # penalty 1 / (2 C) of the weights' sum (N here). The bound of the unweighted test holds with the gradient's
+    # round-off times the largest weight (300 / (K * 30) <= 5): 6.9e-4 + 5 * 1.6e-4 = 1.5e-3, atol 2e-3. Unweighted,
+    # the biases are off by more than 0.1 (0.45 and 0.70 measured; weighted 3e-6), so the test tells the weighting apart.
+    sizes = [200, 70, 30][:num_classes] if num_classes == 3 else [270, 30]
+    x, y = make_blobs(sizes, n_features=6, cluster_std=3.0, random_state=2)
+    x = torch.tensor(x, dtype=torch.float32)
+    features, C, pair = {("mid_block", 10): x}, 0.5, ("mid_block", 10)
+    reference = LogisticRegression(C=C, class_weight="balanced", tol=1e-12, max_iter=10_000).fit(_standardised(x), y)
+    for class_weight in ("balanced", len(y) / (num_classes * np.bincount(y))):
+        result = fit_probe_grid(features, y, features, y, C=C, class_weight=class_weight, tol=1e-6, device="cpu")
+        assert result.converged[pair]
+        weight, bias = _binomial_or_multinomial(result.heads[pair], num_classes)
+        np.testing.assert_allclose(weight, reference.coef_, atol=2e-3, rtol=0)
+        np.testing.assert_allclose(bias, reference.intercept_, atol=2e-3, rtol=0)
+    unweighted = fit_probe_grid(features, y, features, y, C=C, tol=1e-6, device="cpu").heads[pair]
+    assert np.abs(_binomial_or_multinomial(unweighted, num_classes)[1] - reference.intercept_).max() > 0.1
+
+
+def _binomial_or_multinomial(head, num_classes):
+    """A head's weight and bias as scikit-learn's coef_ and intercept_ (the binomial logit z saved as [-z/2, z/2])."""
+    weight, bias = head.linear.weight.detach().double().numpy(), head.linear.bias.detach().double().numpy()
+    if num_classes == 2:
+        np.testing.assert_allclose(weight[0], -weight[1])
+        return weight[1:] - weight[:1], bias[1:] - bias[:1]
+    return weight, bias
+
+
+@pytest.mark.parametrize(
+    "class_weight, message",
+    [
+        ("equal", 'expected None, "balanced" or one weight per class, got \'equal\''),
+        ([1.0, 2.0], "expected 3 finite weights >= 0, one per class, got \\[1.0, 2.0\\]"),
+        ([1.0, -1.0, 1.0], "expected 3 finite weights >= 0"),
+        ([0.0, 0.0, 0.0], "every train sample has weight 0"),
+    ],
+)
+def test_bad_class_weight_is_refused_before_fitting(blob_grid, class_weight, message):
+    (train, y_train), (val, y_val), _ = blob_grid
+    with pytest.raises(ValueError, match=f"class_weight: {message}"):
+        fit_probe_grid(train, y_train, val, y_val, class_weight=class_weight, max_iter=1, device="cpu")
+
+
 def test_the_penalty_follows_C(blob_grid):
     (train, y_train), (val, y_val), _ = blob_grid
     pair = ("down_blocks.1", 10)

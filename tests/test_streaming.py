@@ -191,23 +191,26 @@ def test_features_beyond_the_memory_budget_go_to_float16_memory_maps(image_folde
     assert np.array_equal(temporary[("mid_block", 10)], on_disk[("mid_block", 10)])
 
 
-def _probe_objective(head, features: torch.Tensor, labels: np.ndarray, l2: float, mean, std):
-    """A 3-class head's objective (mean cross-entropy + l2 / 2 ||W||^2, the one `fit_probe_grid` minimises), in float64,
-    as a function of its weights re-expressed on the features standardised with `mean` and `std`: (theta, f)."""
+def _probe_objective(head, features: torch.Tensor, labels: np.ndarray, l2: float, mean, std, class_weight=None):
+    """A 3-class head's objective (mean cross-entropy + l2 / 2 ||W||^2, the one `fit_probe_grid` minimises; with
+    `class_weight`, the class-weighted mean), in float64, as a function of its weights re-expressed on the features
+    standardised with `mean` and `std`: (theta, f)."""
     scale = std / head.feature_std.double()  # (x - m1) / s1 = (x - m) / s * s / s1 + (m - m1) / s1
     weight = head.linear.weight.double() * scale
     bias = head.linear.bias.double() + head.linear.weight.double() @ ((mean - head.feature_mean.double()) / head.feature_std.double())
     x = (features.double() - mean) / std
     y = torch.as_tensor(labels)
+    class_weight = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float64)
 
     def objective(theta):
         w, b = theta[: weight.numel()].view_as(weight), theta[weight.numel() :]
-        return torch.nn.functional.cross_entropy(x @ w.T + b, y) + 0.5 * l2 * w.square().sum()
+        return torch.nn.functional.cross_entropy(x @ w.T + b, y, weight=class_weight) + 0.5 * l2 * w.square().sum()
 
     return torch.cat([weight.flatten(), bias]), objective
 
 
-def test_probe_grid_on_memory_maps_reaches_the_in_memory_optimum_chunk_by_chunk(tmp_path, monkeypatch):
+@pytest.mark.parametrize("class_weight", [None, [1.0, 3.0, 0.5]])
+def test_probe_grid_on_memory_maps_reaches_the_in_memory_optimum_chunk_by_chunk(tmp_path, monkeypatch, class_weight):
     import diffusion_classifiers.probing.probe_grid as probe_grid
 
     rng = np.random.default_rng(0)
@@ -227,7 +230,7 @@ def test_probe_grid_on_memory_maps_reaches_the_in_memory_optimum_chunk_by_chunk(
     labels = [labels[rows] for rows in splits]
     # chunks of 7 samples: the train split (200) is read in 29 chunks, the last one shorter
     monkeypatch.setattr(probe_grid, "_CHUNK_BYTES", 4 * len(raw) * 6 * 7)
-    C, tol, kwargs = 0.05, 1e-5, dict(num_classes=3, progress_bar={"disable": True})
+    C, tol, kwargs = 0.05, 1e-5, dict(num_classes=3, class_weight=class_weight, progress_bar={"disable": True})
     from_disk = fit_probe_grid(maps[0], labels[0], maps[1], labels[1], maps[2], labels[2], C=C, tol=tol, **kwargs)
     from_memory = fit_probe_grid(tensors[0], labels[0], tensors[1], labels[1], tensors[2], labels[2], C=C, tol=tol, **kwargs)
     assert from_disk.best_pair == from_memory.best_pair == ("mid_block", 10)
@@ -240,9 +243,11 @@ def test_probe_grid_on_memory_maps_reaches_the_in_memory_optimum_chunk_by_chunk(
     # the Hessian between the two points, which are far closer than its scale.
     head, other = from_memory.heads[("mid_block", 10)], from_disk.heads[("mid_block", 10)]
     mean, std = head.feature_mean.double(), head.feature_std.double()
-    l2 = 1 / (C * len(labels[0]))
-    theta, objective = _probe_objective(head, tensors[0][("mid_block", 10)], labels[0], l2, mean, std)
-    theta_disk, _ = _probe_objective(other, tensors[0][("mid_block", 10)], labels[0], l2, mean, std)
+    weight_sum = len(labels[0]) if class_weight is None else np.asarray(class_weight)[labels[0]].sum()
+    l2 = 1 / (C * weight_sum)  # the penalty is 1 / (2 C) of the train samples' weights, as scikit-learn's
+    features = tensors[0][("mid_block", 10)]
+    theta, objective = _probe_objective(head, features, labels[0], l2, mean, std, class_weight)
+    theta_disk, _ = _probe_objective(other, features, labels[0], l2, mean, std, class_weight)
     gradient = [torch.autograd.functional.jacobian(objective, t).norm() for t in (theta, theta_disk)]
     hessian = torch.autograd.functional.hessian(objective, theta)
     flat = torch.cat([torch.zeros(18, dtype=torch.float64), torch.full((3,), 3**-0.5, dtype=torch.float64)])
@@ -250,6 +255,9 @@ def test_probe_grid_on_memory_maps_reaches_the_in_memory_optimum_chunk_by_chunk(
     curvatures = torch.linalg.eigvalsh(projector @ hessian @ projector)
     mu = curvatures[curvatures > 1e-9].min()
     distance = (projector @ (theta - theta_disk)).norm()
+    # and it is this objective's optimum (class weights included): each of the 21 gradient entries within tol plus the
+    # float32 round-off of a mean over 200 samples (worst case 200 * 2^-24 = 1.2e-5); measured 1.6e-5 for the norm
+    assert max(gradient) <= 21**0.5 * (tol + 200 * 2**-24)
     assert distance <= 1.1 * (gradient[0] + gradient[1]) / mu
     assert distance > 0  # the chunked sums are another computation (float64 statistics, other summation order)
 

@@ -163,17 +163,18 @@ def _release_pages(features) -> None:
 
 
 class _StackedFeatures:
-    """One split's standardised features of the heads, all in memory: x [P, D_max, N] (see `_stack`), with targets."""
+    """One split's standardised features of the heads, all in memory: x [P, D_max, N] (see `_stack`), with targets
+    and the samples' loss weights (`None`: all 1)."""
 
-    def __init__(self, x: torch.Tensor, targets: torch.Tensor):
-        self.x, self.targets = x, targets
+    def __init__(self, x: torch.Tensor, targets: torch.Tensor, sample_weight: Optional[torch.Tensor] = None):
+        self.x, self.targets, self.sample_weight = x, targets, sample_weight
         self.shape, self.device = x.shape, x.device
 
     def __getitem__(self, heads) -> "_StackedFeatures":
-        return _StackedFeatures(self.x[heads], self.targets)
+        return _StackedFeatures(self.x[heads], self.targets, self.sample_weight)
 
     def loss_and_grad(self, weight, bias, need_grad: bool = True):
-        return _data_loss_and_grad(self.x, self.targets, weight, bias, need_grad)
+        return _data_loss_and_grad(self.x, self.targets, weight, bias, need_grad, self.sample_weight)
 
     def columns(self, step: int) -> torch.Tensor:
         """Samples 0, step, 2 step, ... as [P, D_max, n]."""
@@ -190,8 +191,12 @@ class _ChunkedFeatures:
     sums over the chunks, so the solver reaches the optimum of the stacked features with memory bounded by one chunk
     (`_CHUNK_BYTES`), whatever N. The standardisation statistics are accumulated in float64."""
 
-    def __init__(self, matrices: list, labels: torch.Tensor, num_classes: int, device, mean=None, std=None, rows=None):
+    def __init__(
+        self, matrices: list, labels: torch.Tensor, num_classes: int, device, mean=None, std=None, rows=None,
+        sample_weight: Optional[torch.Tensor] = None,
+    ):  # fmt: skip
         self.matrices, self.labels, self.num_classes, self.device = matrices, labels, num_classes, device
+        self.sample_weight = sample_weight
         self.dim = max(m.shape[1] for m in matrices)
         self.shape = (len(matrices), self.dim, len(labels))
         self.rows = rows or max(1, _CHUNK_BYTES // (4 * len(matrices) * self.dim))
@@ -203,7 +208,7 @@ class _ChunkedFeatures:
         index = torch.arange(len(self.matrices))[heads.cpu()].tolist()
         return _ChunkedFeatures(
             [self.matrices[i] for i in index], self.labels, self.num_classes, self.device, self.mean[heads],
-            self.std[heads], self.rows,
+            self.std[heads], self.rows, self.sample_weight,
         )  # fmt: skip
 
     def _raw(self, rows) -> torch.Tensor:
@@ -232,17 +237,20 @@ class _ChunkedFeatures:
         return (slice(start, start + self.rows) for start in range(0, self.shape[2], self.rows))
 
     def chunks(self):
-        """`(standardised x [P, D_max, n], targets of those samples)` chunk by chunk."""
+        """`(standardised x [P, D_max, n], targets, loss weights or None)` of those samples, chunk by chunk."""
         for rows in self._slices():
             x = self._raw(rows).sub_(self.mean[:, :, None]).div_(self.std[:, :, None])
-            yield x, _targets(self.labels[rows], self.num_classes)
+            sample_weight = None if self.sample_weight is None else self.sample_weight[rows]
+            yield x, _targets(self.labels[rows], self.num_classes), sample_weight
 
     def loss_and_grad(self, weight, bias, need_grad: bool = True):
         """`_data_loss_and_grad` of all samples: the chunks' means weighted by their share of the samples."""
         loss = grad_weight = grad_bias = 0
-        for x, targets in self.chunks():
+        for x, targets, sample_weight in self.chunks():
             share = x.shape[2] / self.shape[2]
-            chunk_loss, chunk_grad_weight, chunk_grad_bias = _data_loss_and_grad(x, targets, weight, bias, need_grad)
+            chunk_loss, chunk_grad_weight, chunk_grad_bias = _data_loss_and_grad(
+                x, targets, weight, bias, need_grad, sample_weight
+            )
             loss = loss + share * chunk_loss
             if need_grad:
                 grad_weight, grad_bias = grad_weight + share * chunk_grad_weight, grad_bias + share * chunk_grad_bias
@@ -252,7 +260,7 @@ class _ChunkedFeatures:
         return self._raw(slice(0, self.shape[2], step)).sub_(self.mean[:, :, None]).div_(self.std[:, :, None])
 
     def predictions(self, weight, bias) -> torch.Tensor:
-        return torch.cat([torch.baddbmm(bias[:, :, None], weight, x).argmax(dim=1) for x, _ in self.chunks()], dim=1)
+        return torch.cat([torch.baddbmm(bias[:, :, None], weight, x).argmax(dim=1) for x, *_ in self.chunks()], dim=1)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -260,8 +268,8 @@ class _ChunkedFeatures:
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _data_loss_and_grad(x, targets, weight, bias, need_grad: bool = True):
-    """Mean cross-entropy of each head and its gradient.
+def _data_loss_and_grad(x, targets, weight, bias, need_grad: bool = True, sample_weight=None):
+    """Mean cross-entropy of each head and its gradient, each sample's term times its `sample_weight` [N] if given.
 
     x: [P, D, N] features; weight [P, R, D], bias [P, R]. With R = 1 (binary, `targets` the float labels [N]) the
     head's logit z is that of class 1 against class 0 (binomial loss, log(1 + e^z) - y z); otherwise R = K logits
@@ -271,14 +279,19 @@ def _data_loss_and_grad(x, targets, weight, bias, need_grad: bool = True):
     logits = torch.baddbmm(bias[:, :, None], weight, x)  # [P, R, N]
     if weight.shape[1] == 1:
         z = logits[:, 0]
-        loss = (F.softplus(z) - targets * z).mean(dim=1)
+        losses = F.softplus(z) - targets * z  # [P, N]
         residual = torch.sigmoid(z).sub_(targets).unsqueeze(1) if need_grad else None
     else:
         log_probs = torch.log_softmax(logits, dim=1)
-        loss = -(log_probs * targets).sum(dim=(1, 2)) / num_samples
+        losses = -(log_probs * targets).sum(dim=1)
         residual = log_probs.exp_().sub_(targets) if need_grad else None
+    if sample_weight is not None:
+        losses = losses * sample_weight
+    loss = losses.mean(dim=1)
     if not need_grad:
         return loss, None, None
+    if sample_weight is not None:
+        residual.mul_(sample_weight)
     residual.div_(num_samples)
     return loss, torch.bmm(residual, x.transpose(1, 2)), residual.sum(dim=2)
 
@@ -467,14 +480,48 @@ def _head_scores(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> List[
             for a, f, b in zip(accuracy.tolist(), macro_f1.tolist(), balanced_accuracy.tolist())]
 
 
-def _split_features(features: Dict, pairs, labels, num_classes, device, mean=None, std=None):
+def _split_features(features: Dict, pairs, labels, num_classes, device, mean=None, std=None, sample_weight=None):
     """One split's features as the solver reads them, with the mean and std that standardise them (computed here for
     the train split): stacked in memory, or, when any pair is on disk (a `numpy.memmap`), chunk by chunk."""
     if any(isinstance(features[pair], np.memmap) for pair in pairs):
-        chunked = _ChunkedFeatures([features[pair] for pair in pairs], labels, num_classes, device, mean, std)
+        matrices = [features[pair] for pair in pairs]
+        chunked = _ChunkedFeatures(matrices, labels, num_classes, device, mean, std, sample_weight=sample_weight)
         return chunked, chunked.mean, chunked.std
     x, mean, std = _stack(features, pairs, device, mean, std)
-    return _StackedFeatures(x, _targets(labels, num_classes)), mean, std
+    return _StackedFeatures(x, _targets(labels, num_classes), sample_weight), mean, std
+
+
+def _class_weights(class_weight, train_labels: torch.Tensor, num_classes: int) -> Optional[torch.Tensor]:
+    """The [K] loss weight of each class (`None`: unweighted), checked: `"balanced"` gives class k the weight
+    N / (K' n_k) over the K' classes with train samples, as scikit-learn's (1 for a class without any)."""
+    if class_weight is None:
+        return None
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise ValueError(f'class_weight: expected None, "balanced" or one weight per class, got {class_weight!r}')
+        counts = torch.bincount(train_labels.cpu(), minlength=num_classes).double()
+        present = counts > 0
+        weights = torch.ones(num_classes, dtype=torch.float64)
+        weights[present] = len(train_labels) / (int(present.sum()) * counts[present])
+        return weights
+    weights = torch.as_tensor(np.asarray(class_weight, dtype=np.float64))
+    if weights.shape != (num_classes,) or not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+        raise ValueError(
+            f"class_weight: expected {num_classes} finite weights >= 0, one per class, got {np.ravel(class_weight).tolist()}"
+        )
+    if not float(weights[train_labels.cpu()].sum()) > 0:
+        raise ValueError("class_weight: every train sample has weight 0; expected a positive weight for some class")
+    return weights
+
+
+def _sample_weights(class_weights: Optional[torch.Tensor], labels: torch.Tensor) -> Tuple[Optional[torch.Tensor], float]:
+    """Each sample's loss weight, scaled to mean 1 over the split (the loss stays a weighted mean), and the unscaled
+    weights' sum (scikit-learn's penalty is 1 / (2 C) of it); `(None, N)` when unweighted."""
+    if class_weights is None:
+        return None, float(len(labels))
+    weights = class_weights.to(labels.device)[labels]
+    total = float(weights.sum())
+    return (weights * (len(labels) / total)).float() if total > 0 else weights.float(), total
 
 
 def _make_head(pair, weight, bias, mean, std, num_classes, class_names, pool, noise_seed, num_noise_draws, views):
@@ -512,6 +559,7 @@ def fit_probe_grid(
     num_noise_draws: int = 1,
     views: Optional[str] = None,
     C: Union[float, Sequence[float]] = 1.0,
+    class_weight: Union[None, str, Sequence[float]] = None,
     tol: float = 1e-4,
     max_iter: int = 1000,
     early_stopping: bool = False,
@@ -527,7 +575,8 @@ def fit_probe_grid(
 
         mean over train samples of cross-entropy  +  1 / (2 * C * N) * ||weight||^2,     bias unpenalised,
 
-    i.e. `C * sum(cross-entropy) + ||weight||^2 / 2` divided by N. With more than 2 classes the loss is the
+    i.e. `C * sum(cross-entropy) + ||weight||^2 / 2` divided by N; with `class_weight`, each sample's cross-entropy
+    is times its class's weight w and N becomes the sum of the train samples' w, as scikit-learn's. With more than 2 classes the loss is the
     multinomial (softmax) one over K logits; with 2 it is the binomial one over a single logit z (probability
     sigmoid(z) of class 1, saved as the logits [-z/2, z/2]), again as scikit-learn. The problem is strictly convex, so
     each head has one optimum, whatever the other heads.
@@ -559,6 +608,10 @@ def fit_probe_grid(
             large values differ by less than `tol` ((1/C - 1/C') * weight / N), so such a head is wherever the solver
             first meets `tol` and depends on where it starts: on NDSB plankton's SimCLR features (N = 21,824), C = 100
             started from the C = 30 solution scores on val exactly as that solution, 0.6 points below C = 100 from zero.
+        class_weight: `"balanced"` weighs class k by N / (K n_k) (n_k its train samples, K the classes that have
+            any), so that every class counts as much in the loss whatever its frequency (long-tailed data); or one
+            weight >= 0 per class; `None` (default): every sample counts once. The val loss of early stopping is
+            weighted alike. The pair and C are still chosen by val accuracy (ties: macro-F1).
         tol: a head has converged when every entry of its gradient is at most `tol` in absolute value.
         max_iter: the most L-BFGS iterations. Each costs one pass over the train features (a forward and a
             backward product) plus one per step halving of the line search, which is rare.
@@ -588,6 +641,7 @@ def fit_probe_grid(
     num_classes = resolve_num_classes(num_classes, class_names, *labels.values())
     for split, y in labels.items():
         check_label_range(y, f"{split}_labels", num_classes)
+    class_weights = _class_weights(class_weight, torch.as_tensor(labels["train"], dtype=torch.long), num_classes)
     pairs = list(train_features)
     features = {split: _check_features(f, pairs, labels[split], split) for split, (f, _) in raw.items()}
     for split, split_features in features.items():
@@ -600,11 +654,15 @@ def fit_probe_grid(
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     y = {split: torch.as_tensor(v, dtype=torch.long, device=device) for split, v in labels.items()}
+    weights = {split: _sample_weights(class_weights, y[split]) for split in features}
     x, mean, std = {}, None, None
     for split in features:  # train first: its mean and std standardise every split
-        x[split], mean, std = _split_features(features[split], pairs, y[split], num_classes, device, mean, std)
+        x[split], mean, std = _split_features(
+            features[split], pairs, y[split], num_classes, device, mean, std, sample_weight=weights[split][0]
+        )
+    train_weight_sum = weights["train"][1]
     fits = {
-        c: _fit_and_score(x, y, num_classes, 1.0 / (c * len(labels["train"])), tol, max_iter, early_stopping, patience, progress_bar)
+        c: _fit_and_score(x, y, num_classes, 1.0 / (c * train_weight_sum), tol, max_iter, early_stopping, patience, progress_bar)
         for c in Cs
     }  # fmt: skip
     kept_C = [max(Cs, key=lambda c: (fits[c].val_key(i), -c)) for i in range(len(pairs))]  # ties: the smaller C
