@@ -101,19 +101,24 @@ def add_data_options(
             help=f"each few-label regime keeps at least this many images of every class; default {MIN_LABELS_PER_CLASS}",
         )  # fmt: skip
     if checkpoint:
-        parser.add_argument(
-            "--keep_checkpoint", default=None, metavar="DIR",
-            help="save the trained diffusion model here (save_pretrained), to rerun with --unet_dir; default: not kept",
-        )  # fmt: skip
-        parser.add_argument(
-            "--unet_dir", default=None, metavar="DIR",
-            help="a model saved by --keep_checkpoint on the same data: used instead of training one",
-        )  # fmt: skip
+        add_checkpoint_options(parser)
     if parts is not None:
         parser.add_argument(
             "--parts", nargs="+", default=list(parts), choices=list(parts), help=f"parts to run; default all: {list(parts)}"
         )
     return parser
+
+
+def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
+    """`--keep_checkpoint` and `--unet_dir`, checked by `check_checkpoint_options`."""
+    parser.add_argument(
+        "--keep_checkpoint", default=None, metavar="DIR",
+        help="save the trained diffusion model here (save_pretrained), to rerun with --unet_dir; default: not kept",
+    )  # fmt: skip
+    parser.add_argument(
+        "--unet_dir", default=None, metavar="DIR",
+        help="a model saved by --keep_checkpoint on the same data: used instead of training one",
+    )  # fmt: skip
 
 
 def add_probe_C_option(parser: argparse.ArgumentParser) -> None:
@@ -138,11 +143,37 @@ def check_data_options(parser: argparse.ArgumentParser, args: argparse.Namespace
             parser.error(str(error))
     if getattr(args, "min_labels_per_class", 1) < 1:
         parser.error(f"--min_labels_per_class: expected an integer >= 1, got {args.min_labels_per_class}")
+    check_checkpoint_options(parser, args)
+
+
+def check_checkpoint_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`--unet_dir` must hold a saved pipeline, and is not combined with `--keep_checkpoint`."""
     unet_dir = getattr(args, "unet_dir", None)
     if unet_dir is not None and not (Path(unet_dir) / "model_index.json").is_file():
         parser.error(f"--unet_dir: expected a folder saved by --keep_checkpoint (with model_index.json), got {unet_dir}")
     if unet_dir is not None and getattr(args, "keep_checkpoint", None) is not None:
         parser.error("--keep_checkpoint and --unet_dir: expected at most one (a reused model is already kept)")
+
+
+def trained_or_loaded_ddpm(args: argparse.Namespace, images: torch.Tensor, train: Callable[[], tuple]) -> tuple:
+    """The DDPM U-Net and scheduler saved in `--unet_dir` (refused unless made for images of the shape of `images`)
+    with final loss None; else `train()`'s `(unet, scheduler, final_loss)`, kept in `--keep_checkpoint` as a
+    `DDPMPipeline` when given."""
+    from diffusers import DDPMPipeline
+
+    if getattr(args, "unet_dir", None):
+        saved = DDPMPipeline.from_pretrained(args.unet_dir)
+        expected = (saved.unet.config.in_channels, saved.unet.config.sample_size)
+        if (images.shape[1], images.shape[-1]) != expected:
+            raise ValueError(
+                f"--unet_dir: {args.unet_dir} holds a U-Net for {expected[0]}-channel {expected[1]} px images; the "
+                f"data are {images.shape[1]}-channel {images.shape[-1]} px"
+            )
+        return saved.unet.eval(), saved.scheduler, None
+    unet, scheduler, final_loss = train()
+    if getattr(args, "keep_checkpoint", None):
+        DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(args.keep_checkpoint)
+    return unet, scheduler, final_loss
 
 
 def dataset_name(source: str) -> str:

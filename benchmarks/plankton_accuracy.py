@@ -59,13 +59,16 @@ import torch
 import _common
 from _common import (
     PROBE_C,
+    add_checkpoint_options,
     base_parser,
+    check_checkpoint_options,
     data_path,
     few_label_subsets,
     report,
     setup,
     target_entry,
     timed,
+    trained_or_loaded_ddpm,
     training_arguments,
 )
 from diffusion_classifiers.data import IMAGE_EXTENSIONS, ImagePreprocessing, LabeledImages, few_label_indices
@@ -176,6 +179,7 @@ def parse_args():
     )  # fmt: skip
     parser.add_argument("--val_fraction", type=float, default=0.1, help="of the images left after test; default 0.1")
     parser.add_argument("--test_fraction", type=float, default=0.2, help="of every class; default 0.2")
+    add_checkpoint_options(parser)
     args = parser.parse_args()
     if args.num_threads is None and (args.quick or args.preset == "cpu"):
         args.num_threads = 1  # small convolutions on a shared CPU run faster on one thread
@@ -205,6 +209,7 @@ def check_args(parser, args) -> None:
     for flag, folder in (("--data", args.data), ("--shift_data", args.shift_data)):
         if not folder.is_dir():
             parser.error(f"{flag}: expected a folder of class folders, got {folder}")
+    check_checkpoint_options(parser, args)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -288,14 +293,16 @@ def macro_f1(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) 
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def probe(features: Dict[str, torch.Tensor], splits, rows: torch.Tensor, Cs, key=("features", 0), pool=None):
+def probe(
+    features: Dict[str, torch.Tensor], splits, rows: torch.Tensor, Cs, key=("features", 0), pool=None, class_weight=None
+):
     """`fit_probe_grid` on one feature, `features["train"]` being that of the train images `rows` (their labels are
-    used), its C chosen on val from `Cs`; returns the test predictions (`None` without `features["test"]`) and
-    the val accuracy and macro-F1 with the C kept."""
+    used; `class_weight` as `fit_probe_grid`'s), its C chosen on val from `Cs`; returns the test predictions (`None`
+    without `features["test"]`) and the val accuracy and macro-F1 with the C kept."""
     train, val = splits["train"], splits["val"]
     fit = fit_probe_grid(
         {key: features["train"]}, train.labels[rows], {key: features["val"]}, val.labels, num_classes=train.num_classes,
-        class_names=train.class_names, pool=pool, C=Cs, progress_bar={"disable": True},
+        class_names=train.class_names, pool=pool, C=Cs, class_weight=class_weight, progress_bar={"disable": True},
     )  # fmt: skip
     val_scores = {**fit.metrics[key]["val"], "C": fit.C[key]}
     if "test" not in features:
@@ -336,19 +343,6 @@ def probe_choosing_views(features_of, splits, subsets: dict, regime: str, choice
     views, view_scores = choose_views(val_score)
     predictions, val_scores = probe(split_features(regime, views, ["val", "test"]), splits, subsets[regime], Cs, key, pool)
     return {"predictions": predictions, "views": views, "views_val_accuracy_macro_f1": view_scores, "val": val_scores}
-
-
-def class_weighted_probe(features: Dict[str, torch.Tensor], splits) -> Tuple[torch.Tensor, int]:
-    """scikit-learn's logistic regression (the objective `fit_probe_grid` solves, C = 1) with `class_weight=
-    "balanced"` on standardised features and all train labels; returns the test predictions and the L-BFGS
-    iterations (200: stopped at the cap, a CPU budget, before its tolerance)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    model = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=200))
-    model.fit(features["train"].numpy(), splits["train"].labels.numpy())
-    return torch.from_numpy(model.predict(features["test"].numpy())), int(model[-1].n_iter_[0])
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -554,13 +548,20 @@ class SimCLRFeatures:
 
 
 def train_unet(args, images: torch.Tensor, work_dir: str):
+    """The DDPM U-Net (EMA) trained on `images` without labels, or the one in `--unet_dir`; kept in
+    `--keep_checkpoint`. Returns the U-Net, its scheduler and the final training loss (None when loaded)."""
     budget = args.budget
-    training = training_arguments(
-        work_dir, budget.train_steps, args.learning_rate, budget.train_steps // 20, args.seed,
-        train_batch_size=budget.train_batch_size, use_ema=True,
-    )  # fmt: skip
-    training = dataclasses.replace(training, mixed_precision=budget.mixed_precision, num_sample_images=0)
-    return train_ddpm_unet(training, images, preset=budget.unet_preset)
+
+    def train():
+        training = training_arguments(
+            work_dir, budget.train_steps, args.learning_rate, budget.train_steps // 20, args.seed,
+            train_batch_size=budget.train_batch_size, use_ema=True,
+        )  # fmt: skip
+        training = dataclasses.replace(training, mixed_precision=budget.mixed_precision, num_sample_images=0)
+        unet, scheduler, summary = train_ddpm_unet(training, images, preset=budget.unet_preset)
+        return unet, scheduler, summary.final_loss
+
+    return trained_or_loaded_ddpm(args, images, train)
 
 
 def encoder_parameters(unet) -> int:
@@ -716,7 +717,7 @@ def main():
 
     with tempfile.TemporaryDirectory() as work_dir:
         with timed(walls, "ddpm_training"):
-            unet, scheduler, summary = train_unet(args, train.images, f"{work_dir}/unet")
+            unet, scheduler, final_loss = train_unet(args, train.images, f"{work_dir}/unet")
         with timed(walls, "simclr_training"):
             simclr = train_simclr(args, train.images, f"{work_dir}/simclr").to(device)
         unet_features = UNetFeatures(unet.to(device), scheduler, budget, args.seed)
@@ -760,8 +761,8 @@ def main():
                 "simclr": {n: simclr_features.of(n if n != "train" else "train/all", s.images, simclr_views) for n, s in splits.items()},
             }  # fmt: skip
             for method, x in all_features.items():
-                predictions, iterations = class_weighted_probe(x, splits)
-                regimes["all"][f"{method}_class_weighted_probe"] = {**scorer(predictions), "lbfgs_iterations": iterations}
+                predictions, weighted_val = probe(x, splits, subsets["all"], budget.probe_C, class_weight="balanced")
+                regimes["all"][f"{method}_class_weighted_probe"] = {**scorer(predictions), "val": weighted_val}
             predictions, pixel_val = probe(pixels, splits, subsets["all"], budget.probe_C)
             regimes["all"]["raw_pixel_probe"] = {**scorer(predictions), "val": pixel_val}
             column_key = (key[0], ALL_BLOCKS, key[2])
@@ -822,12 +823,13 @@ def main():
         "each probe by val accuracy of probes fitted on the regime's labels within the grid subset (the 'all' regime "
         "and the hypercolumn on the grid subset's), of each CNN's probabilities by val macro-F1; the raw-pixel probe "
         "and the label-free k-means stay upright; every probe's inverse regularisation C (grid, U-Net, hypercolumn, SimCLR, "
-        f"raw pixels) of {list(budget.probe_C)} by val accuracy (ties: macro-F1, then the smaller C), except the class-weighted "
-        "probes (C = 1) and FlowCam's few-shot probes (no val: C = 1); test is used only for reporting",
+        f"raw pixels, class-weighted) of {list(budget.probe_C)} by val accuracy (ties: macro-F1, then the smaller C), "
+        "except FlowCam's few-shot probes (no val: C = 1); test is used only for reporting",
         "budget": {
             "preset": "quick" if args.quick else args.preset, **dataclasses.asdict(budget),
             "ddpm_learning_rate": args.learning_rate, "simclr_learning_rate": args.simclr_learning_rate,
-            "cnn_learning_rate": args.cnn_learning_rate, "ddpm_final_loss": summary.final_loss,
+            "cnn_learning_rate": args.cnn_learning_rate, "ddpm_final_loss": final_loss,
+            "unet_loaded_from": args.unet_dir, "unet_kept_in": args.keep_checkpoint,
             "unlabeled_training_images": len(train),
             "subsampling": f"DDPM and SimCLR train on all {len(train)} train images for {budget.train_steps} steps "
             f"(about {budget.train_steps * budget.train_batch_size / len(train):.1f} epochs); the probe grid is fitted "

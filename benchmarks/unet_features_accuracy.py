@@ -42,9 +42,9 @@ from _common import (
     subsample_splits,
     target_entry,
     timed,
+    trained_or_loaded_ddpm,
     training_arguments,
 )
-from diffusers import DDPMPipeline
 from diffusion_classifiers.features import POOLS
 from diffusion_classifiers.metrics import classification_metrics, resolve_positive_label
 from diffusion_classifiers.models import count_parameters
@@ -114,23 +114,16 @@ def train_unet(args, images: torch.Tensor, work_dir: str):
     """Unconditional DDPM U-Net with EMA on the train images (labels are never passed), or the one saved in
     `--unet_dir`; kept in `--keep_checkpoint` as a `DDPMPipeline`. Returns the U-Net, its scheduler and the final
     training loss (None when loaded)."""
-    if args.unet_dir:
-        saved = DDPMPipeline.from_pretrained(args.unet_dir)
-        expected = (saved.unet.config.in_channels, saved.unet.config.sample_size)
-        if (images.shape[1], images.shape[-1]) != expected:
-            raise ValueError(
-                f"--unet_dir: {args.unet_dir} holds a U-Net for {expected[0]}-channel {expected[1]} px images; the "
-                f"data are {images.shape[1]}-channel {images.shape[-1]} px"
-            )
-        return saved.unet.eval(), saved.scheduler, None
-    training = training_arguments(
-        work_dir, args.max_train_steps, args.learning_rate, args.max_train_steps // 20, args.seed,
-        train_batch_size=args.train_batch_size, use_ema=True, num_sample_images=0 if args.quick else 8,
-    )  # fmt: skip
-    unet, scheduler, summary = train_ddpm_unet(training, images, preset=args.unet_preset)
-    if args.keep_checkpoint:
-        DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(args.keep_checkpoint)
-    return unet, scheduler, summary.final_loss
+
+    def train():
+        training = training_arguments(
+            work_dir, args.max_train_steps, args.learning_rate, args.max_train_steps // 20, args.seed,
+            train_batch_size=args.train_batch_size, use_ema=True, num_sample_images=0 if args.quick else 8,
+        )  # fmt: skip
+        unet, scheduler, summary = train_ddpm_unet(training, images, preset=args.unet_preset)
+        return unet, scheduler, summary.final_loss
+
+    return trained_or_loaded_ddpm(args, images, train)
 
 
 def encoder_parameters(unet) -> int:
