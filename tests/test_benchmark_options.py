@@ -1,6 +1,7 @@
 """The accuracy benchmarks' shared data options (benchmarks/_common.py): quick sizing that adapts to small splits,
 few-label regimes with at least k images of every class, class names and the positive class. No training."""
 
+import argparse
 import sys
 
 import numpy as np
@@ -132,6 +133,39 @@ def test_bad_options_are_refused_naming_the_flag(tmp_path, capsys, argv, message
     with pytest.raises(SystemExit):
         parse(argv, label_fractions=[0.01], checkpoint=True, parts=("a", "b"))
     assert message.format(tmp=tmp_path) in capsys.readouterr().err
+
+
+def test_a_kept_diffusion_model_is_reloaded_instead_of_trained_and_refused_for_other_images(tmp_path):
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1, norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+    )  # fmt: skip
+    images, folder = torch.zeros(2, 1, 8, 8), str(tmp_path / "kept")
+    keep = argparse.Namespace(keep_checkpoint=folder, unet_dir=None)
+    trained = _common.trained_or_loaded_ddpm(keep, images, lambda: (unet, DDPMScheduler(num_train_timesteps=10), 0.5))
+    assert trained[2] == 0.5
+    reuse = argparse.Namespace(keep_checkpoint=None, unet_dir=folder)
+    loaded, scheduler, final_loss = _common.trained_or_loaded_ddpm(reuse, images, lambda: pytest.fail("trained again"))
+    assert final_loss is None and scheduler.config.num_train_timesteps == 10
+    for name, tensor in unet.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    with pytest.raises(ValueError, match="--unet_dir: .* holds a U-Net for 1-channel 8 px images; the data are 3-channel 8 px"):
+        _common.trained_or_loaded_ddpm(reuse, torch.zeros(2, 3, 8, 8), lambda: pytest.fail("trained"))
+
+
+def test_the_plankton_benchmark_refuses_a_folder_without_a_kept_model(tmp_path, capsys, monkeypatch):
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        import plankton_accuracy
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    monkeypatch.setattr(sys, "argv", ["plankton_accuracy.py", "--unet_dir", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        plankton_accuracy.parse_args()
+    assert f"--unet_dir: expected a folder saved by --keep_checkpoint (with model_index.json), got {tmp_path}" in capsys.readouterr().err
 
 
 def test_probe_C_defaults_to_the_shared_grid_and_refuses_a_bad_strength(capsys):
