@@ -39,6 +39,8 @@ library's 6 default timesteps, mean and 2x2 pooling; sized by estimate, not yet 
     python benchmarks/plankton_accuracy.py --quick
     python benchmarks/plankton_accuracy.py                 # writes benchmarks/results/plankton_accuracy.json + PNG
     python benchmarks/plankton_accuracy.py --preset gpu    # writes benchmarks/results/plankton_accuracy_gpu.json
+    python benchmarks/plankton_accuracy.py --keep_checkpoint /tmp/plankton_unet --output /tmp/my.json
+    python benchmarks/plankton_accuracy.py --unet_dir /tmp/plankton_unet --output /tmp/again.json  # no DDPM training
 
 Data: PlanktonSet 1.0 (Cowen et al. 2015, NOAA NCEI accession 0127422) and the planktonclas FlowCam demo images
 (Decrop et al. 2025, VLIZ, Apache-2.0).
