@@ -43,13 +43,18 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
     probed = json.loads((probe_dir / "metrics.json").read_text())
     assert {r["timestep"] for r in probed["probe_grid"]} == {50} and len(probed["probe_grid"]) == 7
     assert {r["C"] for r in probed["probe_grid"]} <= {0.01, 1.0} and probed["summary"]["probe_C"] in {0.01, 1.0}
+    assert probed["summary"]["probe_class_weight"] is None
     assert DiffusionClassifierPipeline.from_pretrained(str(probe_dir / "pipeline")).head.config.timestep == 50
     # with --hypercolumns, one more probe: every block's feature concatenated, under a short name in the report;
     # with --views, every feature averaged over the image's 8 rotations and mirror images, recorded in the head
     column_dir = tmp_path / "probe_hypercolumns"
-    main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--output_dir", str(column_dir), "--timesteps", "50", "--hypercolumns", "--views", "dihedral"])
+    main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--output_dir", str(column_dir), "--timesteps", "50", "--hypercolumns", "--views", "dihedral",
+          "--class_weight", "balanced"])
     assert DiffusionClassifierPipeline.from_pretrained(str(column_dir / "pipeline")).head.config.views == "dihedral"
-    rows = json.loads((column_dir / "metrics.json").read_text())["probe_grid"]
+    column_metrics = json.loads((column_dir / "metrics.json").read_text())
+    rows, class_weight = column_metrics["probe_grid"], column_metrics["summary"]["probe_class_weight"]
+    # the digits' classes are nearly balanced (about 1 / 10 of the train images each): weights N / (10 n_k) near 1
+    assert len(class_weight) == 10 and 0.8 < min(class_weight) < max(class_weight) < 1.2
     assert len(rows) == 8 and [r["block"] for r in rows if isinstance(r["block"], list)] == [[r["block"] for r in rows[:7]]]
     assert "| 7 blocks: down_blocks.0 .. up_blocks.2" in (column_dir / "report.md").read_text()
     assert Image.open(column_dir / "probe_heatmap.png").size[0] > 0

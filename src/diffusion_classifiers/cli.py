@@ -100,6 +100,11 @@ def add_probe_args(parser: argparse.ArgumentParser) -> None:
         help="inverse regularisation strength of the probes (scikit-learn's C), or several: each probe keeps its best "
         "on val (e.g. --C 0.1 0.3 1 3 10 30 100: the best strength grows with the number of labels); default 1",
     )  # fmt: skip
+    parser.add_argument(
+        "--class_weight", default=None, choices=["balanced"],
+        help="weigh each class's loss by N / (K n_k), as scikit-learn's class_weight='balanced', so rare classes count "
+        "as much as common ones (long-tailed data); default: every image counts once",
+    )  # fmt: skip
     parser.add_argument("--output_dir", default="outputs/probe", help="where report.md, metrics.json, the PNGs and pipeline/ go")
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits carved when the data has none and of the probes")
     add_positive_class_arg(parser)
@@ -235,7 +240,7 @@ def run_probe(args: argparse.Namespace) -> dict:
     study = run_unet_feature_study(
         trained.unet, trained.scheduler, splits, timesteps=args.timesteps, pool=args.pool, seed=args.seed,
         positive_class=args.positive_class, hypercolumns=args.hypercolumns, views=args.views,
-        probe_kwargs={"C": args.C},
+        probe_kwargs={"C": args.C, "class_weight": args.class_weight},
     )  # fmt: skip
     return save_study(study, args, {"total_seconds": round(time.time() - started, 1)})
 

@@ -48,6 +48,7 @@ class UNetFeatureStudy:
             "best_block": self.pipeline.head.config.block,  # as the chosen head records it: a list for a hypercolumn
             "best_timestep": self.probe.best_pair[1],
             "probe_C": self.probe.C[self.probe.best_pair],
+            "probe_class_weight": self.probe.class_weight,
             "val_accuracy": best["val"]["accuracy"],
             "test_accuracy": self.test_metrics["accuracy"],
             "test_macro_f1": self.test_metrics["macro_f1"],

@@ -62,6 +62,7 @@ class ProbeGridResult:
             lowest-val-loss one.
         C: the inverse regularisation strength each head kept (with several `C` given: its best on val).
         val_by_C: `pair -> C -> {"accuracy", "macro_f1", "balanced_accuracy"}` on val of every `C` tried.
+        class_weight: the loss weight of each class (`None`: unweighted), from `fit_probe_grid(class_weight=...)`.
     """
 
     metrics: Dict[FeatureKey, Dict[str, Dict[str, float]]]
@@ -73,6 +74,7 @@ class ProbeGridResult:
     kept_iter: Dict[FeatureKey, int] = field(default_factory=dict)
     C: Dict[FeatureKey, float] = field(default_factory=dict)
     val_by_C: Dict[FeatureKey, Dict[float, Dict[str, float]]] = field(default_factory=dict)
+    class_weight: Optional[List[float]] = None
 
     def to_table(self, sort_by: Optional[str] = None) -> List[dict]:
         """One flat row per pair (`block`, `timestep`, `train_accuracy`, `val_macro_f1`, ..., `n_iter`, `converged`,
@@ -694,6 +696,7 @@ def fit_probe_grid(
         kept_iter=dict(zip(pairs, kept_iter)),
         C=dict(zip(pairs, kept_C)),
         val_by_C={p: {c: fits[c].scores["val"][i] for c in Cs} for i, p in enumerate(pairs)},
+        class_weight=None if class_weights is None else class_weights.tolist(),
     )
 
 
