@@ -518,7 +518,7 @@ def _class_weights(class_weight, train_labels: torch.Tensor, num_classes: int) -
 
 def _sample_weights(class_weights: Optional[torch.Tensor], labels: torch.Tensor) -> Tuple[Optional[torch.Tensor], float]:
     """Each sample's loss weight, scaled to mean 1 over the split (the loss stays a weighted mean), and the unscaled
-    weights' sum (scikit-learn's penalty is 1 / (2 C) of it); `(None, N)` when unweighted."""
+    weights' sum S (the penalty is ||weight||^2 / (2 C S), as scikit-learn's); `(None, N)` when unweighted."""
     if class_weights is None:
         return None, float(len(labels))
     weights = class_weights.to(labels.device)[labels]
