@@ -28,7 +28,7 @@ One run, every choice made on val, test only reported:
    U-Net's feature for it is the grid feature or hypercolumn that classifies NDSB val best by nearest prototype (the
    shift's protocol), beside the probe's choice; each method's views for it by the same val score.
 
-Presets (`--preset`): `cpu` is sized for the issue's 60 minutes on one CPU thread but took 117 with each probe's C
+Presets (`--preset`): `cpu` is sized for the issue's 60 minutes on one CPU thread but took 117-148 with each probe's C
 chosen on val (2026-12-03; 55 at C = 1 on a machine that ran faster) (32 px, the tiny U-Net, 350 optimizer steps of batch
 64 for the DDPM and SimCLR, 20 passes over the labelled images and at least 1,400 steps for each CNN, the grid on
 the 10% label subset, 3 timesteps, mean and 2x2 pooling); `gpu` is the full-size configuration for one H100/H200
