@@ -122,10 +122,10 @@ def test_heads_reach_the_optimum_of_scikit_learn_logistic_regression(num_classes
 @pytest.mark.parametrize("num_classes", [3, 2])
 def test_balanced_class_weights_reach_scikit_learn_balanced_optimum(num_classes):
     # LogisticRegression(class_weight="balanced") on long-tailed blobs: each sample's loss is times N / (K n_k) and the
-    # penalty 1 / (2 C) of the weights' sum (N here). The bound of the unweighted test holds with the gradient's
+    # penalty ||W||^2 / (2 C S), S the weights' sum (N here). The bound of the unweighted test holds with the gradient's
     # round-off times the largest weight (300 / (K * 30) <= 5): 6.9e-4 + 5 * 1.6e-4 = 1.5e-3, atol 2e-3. Unweighted,
-    # the biases are off by more than 0.1 (0.45 and 0.70 measured; weighted 3e-6), so the test tells the weighting apart.
-    sizes = [200, 70, 30][:num_classes] if num_classes == 3 else [270, 30]
+    # the biases are off by more than 0.1 (0.45 and 0.70 measured; weighted 3e-6): the test tells the weighting apart.
+    sizes = [200, 70, 30] if num_classes == 3 else [270, 30]
     x, y = make_blobs(sizes, n_features=6, cluster_std=3.0, random_state=2)
     x = torch.tensor(x, dtype=torch.float32)
     features, C, pair = {("mid_block", 10): x}, 0.5, ("mid_block", 10)

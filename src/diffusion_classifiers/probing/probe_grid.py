@@ -578,10 +578,10 @@ def fit_probe_grid(
         mean over train samples of cross-entropy  +  1 / (2 * C * N) * ||weight||^2,     bias unpenalised,
 
     i.e. `C * sum(cross-entropy) + ||weight||^2 / 2` divided by N; with `class_weight`, each sample's cross-entropy
-    is times its class's weight w and N becomes the sum of the train samples' w, as scikit-learn's. With more than 2 classes the loss is the
-    multinomial (softmax) one over K logits; with 2 it is the binomial one over a single logit z (probability
-    sigmoid(z) of class 1, saved as the logits [-z/2, z/2]), again as scikit-learn. The problem is strictly convex, so
-    each head has one optimum, whatever the other heads.
+    is times its class's weight w and N becomes the sum of the train samples' w, as scikit-learn's. With more than 2
+    classes the loss is the multinomial (softmax) one over K logits; with 2 it is the binomial one over a single logit
+    z (probability sigmoid(z) of class 1, saved as the logits [-z/2, z/2]), again as scikit-learn. The problem is
+    strictly convex, so each head has one optimum, whatever the other heads.
 
     The heads form one batched model (`[P, K, D_max] @ [P, D_max, N]`, smaller features zero-padded) solved by a
     full-batch L-BFGS per head, run in lockstep: per head its own curvature history, line search and stopping test
