@@ -1,6 +1,7 @@
 """benchmarks/plankton_accuracy.py's choices: the U-Net feature for the shift chosen on val by the shift's own
 few-shot protocol, the CNN's step budget per label regime, and the hypercolumn features. No training."""
 
+import dataclasses
 import sys
 
 import torch
@@ -38,6 +39,14 @@ def test_the_cnn_trains_for_its_epochs_but_never_fewer_than_its_minimum_steps():
     cpu = plankton_accuracy.PRESETS["cpu"]
     assert cpu.cnn_steps_for(21_824) == 6_820  # 20 passes over all labels, batch 64
     assert cpu.cnn_steps_for(258) == cpu.cnn_steps == 1_400  # 1% of the labels: 81 steps would be too few
+
+
+def test_the_one_hour_preset_is_the_cpu_run_with_fewer_strengths_and_no_hypercolumn_probe():
+    cpu, hour = plankton_accuracy.PRESETS["cpu"], plankton_accuracy.PRESETS["cpu_1h"]
+    assert cpu.hypercolumn_probe and not hour.hypercolumn_probe
+    assert set(hour.probe_C) < set(cpu.probe_C) and (min(hour.probe_C), max(hour.probe_C)) == (min(cpu.probe_C), max(cpu.probe_C))
+    assert dataclasses.replace(hour, probe_C=cpu.probe_C, hypercolumn_probe=True) == cpu
+    assert plankton_accuracy.BUDGET_SECONDS["cpu_1h"] == 60 * 60
 
 
 def test_a_hypercolumn_is_every_blocks_feature_at_one_pooling_and_timestep_in_forward_order():
