@@ -306,23 +306,29 @@ def macro_f1(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) 
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def probe(
+def fit_probe(
     features: Dict[str, torch.Tensor], splits, rows: torch.Tensor, Cs, key=("features", 0), pool=None, class_weight=None
 ):
     """`fit_probe_grid` on one feature, `features["train"]` being that of the train images `rows` (their labels are
-    used; `class_weight` as `fit_probe_grid`'s), its C chosen on val from `Cs`; returns the test predictions (`None`
-    without `features["test"]`) and the val accuracy and macro-F1 with the C kept."""
+    used; `class_weight` as `fit_probe_grid`'s), its C chosen on val from `Cs`; returns the head and its val accuracy
+    and macro-F1 with the C kept."""
     train, val = splits["train"], splits["val"]
     fit = fit_probe_grid(
         {key: features["train"]}, train.labels[rows], {key: features["val"]}, val.labels, num_classes=train.num_classes,
         class_names=train.class_names, pool=pool, C=Cs, class_weight=class_weight, progress_bar={"disable": True},
     )  # fmt: skip
-    val_scores = {**fit.metrics[key]["val"], "C": fit.C[key]}
-    if "test" not in features:
-        return None, val_scores
+    return fit.head, {**fit.metrics[key]["val"], "C": fit.C[key]}
+
+
+def predict(head, features: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        predictions = fit.head(features["test"].to(fit.head.linear.weight.device)).argmax(1).cpu()
-    return predictions, val_scores
+        return head(features.to(head.linear.weight.device)).argmax(1).cpu()
+
+
+def probe(features: Dict[str, torch.Tensor], splits, rows: torch.Tensor, Cs, class_weight=None):
+    """`fit_probe` on `features` (train, val, test): the test predictions and the val scores."""
+    head, val_scores = fit_probe(features, splits, rows, Cs, class_weight=class_weight)
+    return predict(head, features["test"]), val_scores
 
 
 def choose_views(val_score) -> Tuple[Optional[str], dict]:
@@ -336,25 +342,34 @@ def views_label(views: Optional[str]) -> str:
     return views or "upright"
 
 
-def probe_choosing_views(features_of, splits, subsets: dict, regime: str, choice_regime: str, Cs, key, pool) -> dict:
+def probe_choosing_views(
+    features_of, splits, subsets: dict, regime: str, choice_regime: str, Cs, key, pool, fits: dict
+) -> dict:
     """The probe of `regime` on `features_of(name, images, views)` (name `"train/<regime>"` for a regime's train
     images), with the views whose probe fitted on the labels of `choice_regime` has the best val accuracy (ties: val
-    macro-F1): the test predictions, the views and the val scores."""
+    macro-F1): the test predictions, the views and the val scores. `fits` keeps every probe fitted on these features
+    by (regime, views, pool, key), so a regime that chooses on its own labels, or on another regime's already fitted, fits
+    nothing twice."""
     train = splits["train"]
 
-    def split_features(rows_regime, views, names):
-        rows = subsets[rows_regime]
-        return {
-            "train": features_of(f"train/{rows_regime}", train.images[rows], views),
-            **{name: features_of(name, splits[name].images, views) for name in names},
-        }
+    def fitted(rows_regime: str, views: Optional[str]):
+        memo = (rows_regime, views, pool, key)
+        if memo not in fits:
+            rows = subsets[rows_regime]
+            features = {
+                "train": features_of(f"train/{rows_regime}", train.images[rows], views),
+                "val": features_of("val", splits["val"].images, views),
+            }
+            fits[memo] = fit_probe(features, splits, rows, Cs, key, pool)
+        return fits[memo]
 
     def val_score(views):
-        metrics = probe(split_features(choice_regime, views, ["val"]), splits, subsets[choice_regime], Cs, key, pool)[1]
+        metrics = fitted(choice_regime, views)[1]
         return round(metrics["accuracy"], 4), round(metrics["macro_f1"], 4)
 
     views, view_scores = choose_views(val_score)
-    predictions, val_scores = probe(split_features(regime, views, ["val", "test"]), splits, subsets[regime], Cs, key, pool)
+    head, val_scores = fitted(regime, views)
+    predictions = predict(head, features_of("test", splits["test"].images, views))
     return {"predictions": predictions, "views": views, "views_val_accuracy_macro_f1": view_scores, "val": val_scores}
 
 
@@ -407,13 +422,15 @@ class UNetFeatures:
         return self.cache[(name, key, views)]
 
 
-def hypercolumn_probe(unet_features: UNetFeatures, splits, subsets: dict, key: tuple, grid_regime: str, budget, scorer) -> dict:
+def hypercolumn_probe(
+    unet_features: UNetFeatures, splits, subsets: dict, key: tuple, grid_regime: str, budget: Preset, scorer
+) -> dict:
     """With all labels, the probe of every block's feature at `key`'s pooling and timestep, its views chosen on the
     grid subset's labels as the single feature's."""
     column_key = (key[0], ALL_BLOCKS, key[2])
     fit = probe_choosing_views(
         lambda name, images, views: unet_features.of(name, images, column_key, views), splits, subsets, "all",
-        grid_regime, budget.probe_C, column_key[1:], column_key[0],
+        grid_regime, budget.probe_C, column_key[1:], column_key[0], fits={},
     )  # fmt: skip
     return {
         **scorer(fit["predictions"]), "feature": feature_name(column_key, fit["views"]), "val": fit["val"],
@@ -755,13 +772,17 @@ def main():
             for name, split in splits.items():
                 simclr_features.of("train/all" if name == "train" else name, split.images)
             pixels = {name: s.images.flatten(1) for name, s in splits.items()}
+        feature_choices, probe_fits = {}, {"unet": {}, "simclr": {}}  # 'all' reuses the grid subset's, fitted once
         for regime, rows in subsets.items():
             choice_regime = regime if regime != "all" else grid_regime  # 'all' keeps the grid subset's choices
             with timed(walls, f"unet_probe_{regime}"):
-                key, val_grid = choose_feature(grid, splits, grid_rows, subsets[choice_regime], budget.probe_C)
+                if choice_regime not in feature_choices:
+                    choice_rows = subsets[choice_regime]
+                    feature_choices[choice_regime] = choose_feature(grid, splits, grid_rows, choice_rows, budget.probe_C)
+                key, val_grid = feature_choices[choice_regime]
                 fit = probe_choosing_views(
                     lambda name, images, views: unet_features.of(name, images, key, views), splits, subsets, regime,
-                    choice_regime, budget.probe_C, key[1:], key[0],
+                    choice_regime, budget.probe_C, key[1:], key[0], probe_fits["unet"],
                 )  # fmt: skip
                 unet_choice = (key, fit["views"])
                 regimes[regime].update(
@@ -770,8 +791,9 @@ def main():
                 )  # fmt: skip
             with timed(walls, f"simclr_probe_{regime}"):
                 fit = probe_choosing_views(
-                    simclr_features.of, splits, subsets, regime, choice_regime, budget.probe_C, ("features", 0), None
-                )
+                    simclr_features.of, splits, subsets, regime, choice_regime, budget.probe_C, ("features", 0), None,
+                    probe_fits["simclr"],
+                )  # fmt: skip
                 regimes[regime]["simclr_probe"] = {
                     **scorer(fit["predictions"]), "views": fit["views"], "val": fit["val"],
                     "views_val_accuracy_macro_f1": fit["views_val_accuracy_macro_f1"],
@@ -793,7 +815,9 @@ def main():
             predictions, pixel_val = probe(pixels, splits, subsets["all"], budget.probe_C)
             regimes["all"]["raw_pixel_probe"] = {**scorer(predictions), "val": pixel_val}
             if budget.hypercolumn_probe:
-                regimes["all"]["unet_hypercolumn_probe"] = hypercolumn_probe(unet_features, splits, subsets, key, grid_regime, budget, scorer)
+                regimes["all"]["unet_hypercolumn_probe"] = hypercolumn_probe(
+                    unet_features, splits, subsets, key, grid_regime, budget, scorer
+                )
         with timed(walls, "kmeans"):
             kmeans = clustering(unet_features, grid, splits, key, views, args.seed)
             simclr_kmeans = kmeans_evaluate(simclr_features.of("test", test.images), test.labels, test.num_classes, seed=args.seed)

@@ -3,6 +3,7 @@ few-shot protocol, the CNN's step budget per label regime, and the hypercolumn f
 
 import dataclasses
 import sys
+import types
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
@@ -86,3 +87,30 @@ def test_a_function_averaged_over_views_is_the_mean_over_the_eight_turned_batche
     averaged = plankton_accuracy.mean_over_views(corner, images, "dihedral", batch_size=1)
     torch.testing.assert_close(averaged, images[:, :, ::2, ::2].flatten(1).mean(1, keepdim=True))
     assert torch.equal(plankton_accuracy.mean_over_views(corner, images, None, batch_size=1), corner(images))
+
+
+def test_a_regime_choosing_on_labels_already_probed_fits_nothing_twice(monkeypatch):
+    generator = torch.Generator().manual_seed(0)
+
+    def split(size):
+        labels = torch.arange(size) % 3
+        images = labels[:, None].float() + 0.1 * torch.randn(size, 4, generator=generator)
+        return types.SimpleNamespace(images=images, labels=labels, num_classes=3, class_names=["a", "b", "c"])
+
+    splits = {"train": split(30), "val": split(12), "test": split(12)}
+    subsets = {"10%": torch.arange(12), "all": torch.arange(30)}
+    fitted = []
+    fit_probe = plankton_accuracy.fit_probe
+    def counted_fit_probe(features, splits, rows, *args, **kwargs):
+        fitted.append(len(rows))
+        return fit_probe(features, splits, rows, *args, **kwargs)
+
+    monkeypatch.setattr(plankton_accuracy, "fit_probe", counted_fit_probe)
+    features_of = lambda name, images, views: images if views is None else images.flip(1)  # noqa: E731
+    fits = {}
+    for regime in ("10%", "all"):  # 'all' chooses its views on the 10% labels, as the 10% regime does
+        result = plankton_accuracy.probe_choosing_views(
+            features_of, splits, subsets, regime, "10%", [1.0], ("f", 0), None, fits
+        )
+        assert result["predictions"].shape == (12,)
+    assert sorted(fitted) == [12, 12, 30]  # each view on the 10% labels, then the chosen one on all labels
