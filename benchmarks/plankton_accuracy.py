@@ -152,9 +152,9 @@ PRESETS = {
         mixed_precision="bf16", cnn_epochs=20,
     ),
 }  # fmt: skip
-# Aimed at the CPU budget, 60 minutes on 2 cores (it took 73 min): the `cpu` run without the hypercolumn probe (not one of the study's
-# methods; with its 8 views of every image it took about a fifth of the `cpu` run) and with every probe choosing C
-# from 4 strengths a decade apart instead of 7.
+# Aimed at the CPU budget, 60 minutes on 2 cores (it took 73 min): the `cpu` run without the hypercolumn
+# probe (not one of the study's methods; with its 8 views of every image it took about a fifth of the `cpu` run) and
+# with every probe choosing C from 4 strengths a decade apart instead of 7.
 PRESETS["cpu_1h"] = dataclasses.replace(PRESETS["cpu"], probe_C=(0.1, 1.0, 10.0, 100.0), hypercolumn_probe=False)
 BUDGET_SECONDS = {"cpu": 60 * 60, "cpu_1h": 60 * 60, "gpu": 10 * 60}
 
