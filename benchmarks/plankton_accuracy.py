@@ -348,7 +348,7 @@ def probe_choosing_views(
     """The probe of `regime` on `features_of(name, images, views)` (name `"train/<regime>"` for a regime's train
     images), with the views whose probe fitted on the labels of `choice_regime` has the best val accuracy (ties: val
     macro-F1): the test predictions, the views and the val scores. `fits` keeps every probe fitted on these features
-    by (regime, views, pool, key), so a regime that chooses on its own labels, or on another regime's already fitted, fits
+    by (regime, views, pool, key): a regime choosing on its own labels, or on those another regime chose on, fits
     nothing twice."""
     train = splits["train"]
 

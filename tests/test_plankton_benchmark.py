@@ -1,5 +1,6 @@
 """benchmarks/plankton_accuracy.py's choices: the U-Net feature for the shift chosen on val by the shift's own
-few-shot protocol, the CNN's step budget per label regime, and the hypercolumn features. No training."""
+few-shot protocol, the CNN's step budget per label regime, the hypercolumn features, the presets and the probes
+fitted once however many regimes choose on the same labels. No training."""
 
 import dataclasses
 import sys
@@ -45,7 +46,8 @@ def test_the_cnn_trains_for_its_epochs_but_never_fewer_than_its_minimum_steps():
 def test_the_one_hour_preset_is_the_cpu_run_with_fewer_strengths_and_no_hypercolumn_probe():
     cpu, hour = plankton_accuracy.PRESETS["cpu"], plankton_accuracy.PRESETS["cpu_1h"]
     assert cpu.hypercolumn_probe and not hour.hypercolumn_probe
-    assert set(hour.probe_C) < set(cpu.probe_C) and (min(hour.probe_C), max(hour.probe_C)) == (min(cpu.probe_C), max(cpu.probe_C))
+    assert set(hour.probe_C) < set(cpu.probe_C)
+    assert (min(hour.probe_C), max(hour.probe_C)) == (min(cpu.probe_C), max(cpu.probe_C))  # the same range, coarser
     assert dataclasses.replace(hour, probe_C=cpu.probe_C, hypercolumn_probe=True) == cpu
     assert plankton_accuracy.BUDGET_SECONDS["cpu_1h"] == 60 * 60
 
@@ -101,6 +103,7 @@ def test_a_regime_choosing_on_labels_already_probed_fits_nothing_twice(monkeypat
     subsets = {"10%": torch.arange(12), "all": torch.arange(30)}
     fitted = []
     fit_probe = plankton_accuracy.fit_probe
+
     def counted_fit_probe(features, splits, rows, *args, **kwargs):
         fitted.append(len(rows))
         return fit_probe(features, splits, rows, *args, **kwargs)
