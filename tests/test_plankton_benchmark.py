@@ -43,13 +43,37 @@ def test_the_cnn_trains_for_its_epochs_but_never_fewer_than_its_minimum_steps():
     assert cpu.cnn_steps_for(258) == cpu.cnn_steps == 1_400  # 1% of the labels: 81 steps would be too few
 
 
-def test_the_one_hour_preset_is_the_cpu_run_with_fewer_strengths_and_no_hypercolumn_probe():
+def test_the_one_hour_preset_is_the_cpu_run_with_fewer_strengths_side_by_side_cnns_and_no_hypercolumn_probe():
     cpu, hour = plankton_accuracy.PRESETS["cpu"], plankton_accuracy.PRESETS["cpu_1h"]
     assert cpu.hypercolumn_probe and not hour.hypercolumn_probe
     assert set(hour.probe_C) < set(cpu.probe_C)
     assert (min(hour.probe_C), max(hour.probe_C)) == (min(cpu.probe_C), max(cpu.probe_C))  # the same range, coarser
-    assert dataclasses.replace(hour, probe_C=cpu.probe_C, hypercolumn_probe=True) == cpu
+    assert cpu.raw_pixel_Cs == cpu.probe_C and max(hour.raw_pixel_Cs) <= min(hour.probe_C)
+    assert (cpu.cnn_workers, hour.cnn_workers) == (1, 2)
+    unchanged = dict(probe_C=cpu.probe_C, hypercolumn_probe=True, raw_pixel_probe_C=None, cnn_workers=1)
+    assert dataclasses.replace(hour, **unchanged) == cpu
     assert plankton_accuracy.BUDGET_SECONDS["cpu_1h"] == 60 * 60
+
+
+def test_cnns_trained_side_by_side_in_worker_processes_are_the_ones_trained_in_this_process(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))  # the workers import the benchmark
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(24) % 3
+    images = (labels[:, None, None, None].float() - 1) * 0.5 + 0.2 * torch.randn(24, 1, 8, 8, generator=generator)
+    split = types.SimpleNamespace(images=images, labels=labels, num_classes=3)
+    splits = {"train": split, "val": split, "test": split}
+    budget = dataclasses.replace(plankton_accuracy.PRESETS["quick"], cnn_steps=3, train_batch_size=8, cnn_widths=(4, 8))
+    args = types.SimpleNamespace(budget=budget, cnn_learning_rate=1e-2, seed=0)
+    rows, threads = torch.arange(24), torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker: the same sums in the same order
+    try:
+        _, in_process, info = plankton_accuracy.cnn_regime(args, splits, rows, str(tmp_path / "a"), "cpu")
+        with plankton_accuracy.cnn_workers(2) as workers:
+            _, side_by_side, worker_info = plankton_accuracy.cnn_regime(args, splits, rows, str(tmp_path / "b"), "cpu", workers)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(in_process, side_by_side)
+    assert worker_info == info and set(info["runs"]) == {"natural", "balanced"}
 
 
 def test_a_hypercolumn_is_every_blocks_feature_at_one_pooling_and_timestep_in_forward_order():
