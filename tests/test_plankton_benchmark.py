@@ -102,6 +102,23 @@ def test_the_hypercolumn_of_images_is_the_concatenation_of_their_block_features(
     torch.testing.assert_close(column, expected)
 
 
+def test_the_hypercolumn_probe_reads_every_block_at_the_chosen_pooling_and_timestep_and_chooses_its_views():
+    torch.manual_seed(0)
+    unet, scheduler = UNet2DModel(**unet_config("tiny", 8)).eval(), DDPMScheduler()
+    budget = plankton_accuracy.PRESETS["quick"]
+    features = plankton_accuracy.UNetFeatures(unet, scheduler, budget, seed=0)
+    labels = torch.arange(12) % 3
+    images = torch.rand(12, 1, 8, 8) * 0.2 + labels[:, None, None, None] * 0.5 - 0.6
+    split = types.SimpleNamespace(images=images, labels=labels, num_classes=3, class_names=["a", "b", "c"])
+    splits, rows = {"train": split, "val": split, "test": split}, torch.arange(12)
+    scorer = lambda predictions: {"num_predictions": len(predictions)}  # noqa: E731
+    result = plankton_accuracy.hypercolumn_probe(
+        features, splits, {"10%": rows, "all": rows}, ("mean", "mid_block", 50), "10%", budget, scorer
+    )
+    assert result["num_predictions"] == 12 and result["feature"].startswith("mean/all_blocks/50")
+    assert set(result["views_val_accuracy_macro_f1"]) == {"upright", "dihedral"} and result["val"]["C"] == 1.0
+
+
 def test_views_are_chosen_by_their_val_score_and_a_tie_keeps_the_image_as_it_is():
     assert plankton_accuracy.choose_views({None: 0.5, "dihedral": 0.6}.get) == ("dihedral", {"upright": 0.5, "dihedral": 0.6})
     assert plankton_accuracy.choose_views({None: (0.5, 0.2), "dihedral": (0.5, 0.2)}.get)[0] is None
