@@ -34,8 +34,9 @@ chosen on val (2026-12-03; 55 at C = 1 on a machine that ran faster) (32 px, the
 the 10% label subset, 3 timesteps, mean and 2x2 pooling); `gpu` is the full-size configuration for one H100/H200
 (64 px, the small U-Net, bf16, 3000 DDPM and SimCLR steps, at least 1500 CNN steps of batch 256 and 20 passes, the
 library's 6 default timesteps, mean and 2x2 pooling; sized by estimate, not yet run); `cpu_1h` aims at the issue's
-CPU budget, 60 minutes on 2 cores: `cpu` without the hypercolumn probe and with each probe's C chosen from 0.1, 1, 10
-and 100; with `--num_threads 2` it took 73 min (2026-12-03), the CNNs' trainings a third of it.
+CPU budget, 60 minutes on 2 cores: `cpu` without the hypercolumn probe, with each probe's C chosen from 0.1, 1, 10
+and 100 (raw pixels' from 0.001, 0.01, 0.1) and each regime's two CNNs trained side by side; with `--num_threads 2`
+it took 70 min (2026-12-03), the CNNs' trainings 42% of it.
 `--quick` is a smoke run under a minute (16 px, 8 images per class, a few steps, no hypercolumn probe).
 
     python benchmarks/plankton_accuracy.py --quick
@@ -164,9 +165,9 @@ PRESETS = {
 }  # fmt: skip
 # Aimed at the issue's CPU budget, 60 minutes on 2 cores: the `cpu` run without the hypercolumn probe (not one of the
 # study's methods; its 8-view extraction alone took 1,532 of the `cpu` run's 8,906 s), every probe choosing C from 4
-# strengths a decade apart instead of 7 (73 min so far), the raw-pixel probe from 0.001, 0.01 and 0.1 (its 1,024
-# collinear pixels need strong regularisation: on val, C = 0.01 scored 36.5%, 0.1 33.8%, and 10 and 100 ran to
-# max_iter, about 8 minutes) and the CNNs' two samplings trained side by side.
+# strengths a decade apart instead of 7, the raw-pixel probe from 0.001, 0.01 and 0.1 (its 1,024 collinear pixels
+# need strong regularisation: on val, C = 0.01 scored 36.5%, 0.1 33.8%, and 10 and 100 ran to max_iter, about 10
+# minutes) and the CNNs' two samplings trained side by side. It took 70 min (73 with the C grids alone).
 PRESETS["cpu_1h"] = dataclasses.replace(
     PRESETS["cpu"], probe_C=(0.1, 1.0, 10.0, 100.0), hypercolumn_probe=False, raw_pixel_probe_C=(0.001, 0.01, 0.1),
     cnn_workers=2,
@@ -569,8 +570,9 @@ def use_one_thread() -> None:
 
 @contextmanager
 def cnn_workers(num_workers: int):
-    """A pool of `num_workers` processes of one thread each, or None for 1: on 2 CPU cores two CNNs side by side,
-    one thread each, train 1.4x faster than one after the other on two threads (small convolutions)."""
+    """A pool of `num_workers` processes of one thread each, or None for 1: on 2 CPU cores two of the run's small
+    CNNs side by side, one thread each, trained 1.2-1.4x faster than one after the other on two threads (measured
+    alone, 2026-12-03)."""
     if num_workers <= 1:
         yield None
         return
