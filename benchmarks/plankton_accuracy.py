@@ -90,6 +90,7 @@ from diffusion_classifiers.plots import plot_label_efficiency
 from diffusion_classifiers.probing import few_shot_indices, fit_probe_grid, kmeans_evaluate, prototype_classify
 from diffusion_classifiers.probing import NORMALIZATIONS, select_clustering_without_labels
 from diffusion_classifiers.training import (
+    checkpoint_weights,
     class_balanced_sampler,
     predict_proba,
     train_contrastive_encoder,
@@ -532,7 +533,7 @@ class CNNRun:
     def model(self, work_dir: str, step: int) -> SupervisedCNN:
         """The CNN saved at `step` of the training in `work_dir`."""
         model = SupervisedCNN(1, self.num_classes, self.widths)
-        model.load_state_dict(load_file(f"{work_dir}/checkpoint-{step}/model.safetensors"))
+        model.load_state_dict(checkpoint_weights(work_dir, step))
         return model.eval()
 
 

@@ -13,7 +13,7 @@
 - `rc_dit_diagnostics.py`: the spread of r and the own-vs-shuffled denoising gap, logged while training.
 - `contrastive.py`: `train_contrastive_encoder`, the SimCLR / DINO baselines of the RC-DiT encoder.
 - `dino_diagnostics.py`: how much DINO's targets depend on the image, logged while training.
-- `supervised.py`: `train_supervised_cnn`, the supervised CNN baseline.
+- `supervised.py`: `train_supervised_cnn`, the supervised CNN baseline (`checkpoint_weights` reads a kept step).
 """
 
 from ..lazy_exports import lazy_exports
@@ -65,6 +65,7 @@ _EXPORTS = {
     "SimCLRModel": "contrastive",
     "SupervisedLoss": "supervised",
     "build_augmentation": "contrastive",
+    "checkpoint_weights": "supervised",
     "cosine_teacher_momentum": "contrastive",
     "dino_monitor": "dino_diagnostics",
     "dino_target_diagnostics": "dino_diagnostics",

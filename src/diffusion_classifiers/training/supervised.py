@@ -20,7 +20,7 @@ from ..validation import as_labels, check_finite_rows, check_label_range
 from .arguments import TrainingArguments
 from .loop import train
 
-__all__ = ["SupervisedLoss", "predict_proba", "train_supervised_cnn"]
+__all__ = ["SupervisedLoss", "checkpoint_weights", "predict_proba", "train_supervised_cnn"]
 
 
 def _random_shift(images: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
@@ -66,6 +66,11 @@ def predict_proba(model: nn.Module, images: torch.Tensor, batch_size: int = 256)
     return torch.cat(probs)
 
 
+def checkpoint_weights(output_dir: str, step: int) -> Dict[str, torch.Tensor]:
+    """The model weights the training loop saved in `output_dir` at optimizer step `step`."""
+    return load_file(os.path.join(output_dir, f"checkpoint-{step}", "model.safetensors"))
+
+
 def train_supervised_cnn(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -108,10 +113,10 @@ def train_supervised_cnn(
     model, _, summary = train(args, model, TensorDataset(images, labels), SupervisedLoss(augment))
     val_accuracy = {}
     for step in sorted({*range(every, max_train_steps, every), max_train_steps}):
-        model.load_state_dict(load_file(os.path.join(output_dir, f"checkpoint-{step}", "model.safetensors")))
+        model.load_state_dict(checkpoint_weights(output_dir, step))
         val_accuracy[step] = (predict_proba(model, val_images).argmax(1) == val_labels).double().mean().item()
     best_step = max(val_accuracy, key=lambda step: (val_accuracy[step], -step))
-    model.load_state_dict(load_file(os.path.join(output_dir, f"checkpoint-{best_step}", "model.safetensors")))
+    model.load_state_dict(checkpoint_weights(output_dir, best_step))
     model.eval()
     info = {
         "num_parameters": count_parameters(model),
