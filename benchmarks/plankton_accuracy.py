@@ -35,8 +35,9 @@ the 10% label subset, 3 timesteps, mean and 2x2 pooling); `gpu` is the full-size
 (64 px, the small U-Net, bf16, 3000 DDPM and SimCLR steps, at least 1500 CNN steps of batch 256 and 20 passes, the
 library's 6 default timesteps, mean and 2x2 pooling; sized by estimate, not yet run); `cpu_1h` aims at the issue's
 CPU budget, 60 minutes on 2 cores: `cpu` without the hypercolumn probe, with each probe's C chosen from 0.1, 1, 10
-and 100 (raw pixels' from 0.001, 0.01, 0.1) and each regime's two CNNs trained side by side; with `--num_threads 2`
-it took 70 min (2026-12-03), the CNNs' trainings 42% of it.
+and 100 (raw pixels' from 0.001, 0.01, 0.1) and the run's parts (the U-Net arm, the SimCLR arm, each CNN training,
+the raw-pixel probe) side by side in two worker processes of one thread each; with the parts one after the other
+on 2 threads, only the CNN pairs side by side, it took 70 min (2026-12-03).
 `--quick` is a smoke run under a minute (16 px, 8 images per class, a few steps, no hypercolumn probe).
 
     python benchmarks/plankton_accuracy.py --quick
@@ -51,11 +52,12 @@ Data: PlanktonSet 1.0 (Cowen et al. 2015, NOAA NCEI accession 0127422) and the p
 """
 
 import dataclasses
+import json
 import math
 import tempfile
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +65,9 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from threadpoolctl import threadpool_limits
 
 import _common
 from _common import (
@@ -104,6 +108,7 @@ SPLITS = ("train", "val", "test")
 TAIL_TRAIN_IMAGES = 50  # a class with fewer train images than this is in the tail
 SHOTS = (1, 5, None)  # FlowCam labelled images per class; None: all of the fold's training images
 FEW_SHOT_PROTOCOLS = ("prototype", "linear_probe")
+CNN_SAMPLINGS = ("natural", "balanced")  # each regime's CNN is trained both ways, the better on val kept
 # The U-Net feature for the shift is chosen on NDSB val by nearest-prototype few-shot accuracy (as the shift is
 # scored) at the shots every val class can give (some have 2 val images, so 5 per class is not available).
 SHIFT_CHOICE_SHOTS = (1, None)
@@ -138,7 +143,7 @@ class Preset:
     probe_C: Tuple[float, ...] = PROBE_C  # the inverse regularisation strengths each probe chooses from on val
     hypercolumn_probe: bool = True  # also probe every block's feature at the chosen pooling and t (8 views: costly)
     raw_pixel_probe_C: Optional[Tuple[float, ...]] = None  # the raw-pixel probe's strengths; None: `probe_C`
-    cnn_workers: int = 1  # 2: a regime's two CNN samplings train side by side in two processes of one thread each
+    workers: int = 1  # 2: the run's parts (each method's arm, each CNN training) in two processes of one thread each
 
     @property
     def raw_pixel_Cs(self) -> Tuple[float, ...]:
@@ -168,10 +173,11 @@ PRESETS = {
 # study's methods; its 8-view extraction alone took 1,532 of the `cpu` run's 8,906 s), every probe choosing C from 4
 # strengths a decade apart instead of 7, the raw-pixel probe from 0.001, 0.01 and 0.1 (its 1,024 collinear pixels
 # need strong regularisation: on val, C = 0.01 scored 36.5%, 0.1 33.8%, and 10 and 100 ran to max_iter, about 10
-# minutes) and the CNNs' two samplings trained side by side. It took 70 min (73 with the C grids alone).
+# minutes) and the run's parts side by side in two processes of one thread each. It took 70 min (73 with the C grids
+# alone) with only each regime's two CNN trainings side by side.
 PRESETS["cpu_1h"] = dataclasses.replace(
     PRESETS["cpu"], probe_C=(0.1, 1.0, 10.0, 100.0), hypercolumn_probe=False, raw_pixel_probe_C=(0.001, 0.01, 0.1),
-    cnn_workers=2,
+    workers=2,
 )
 BUDGET_SECONDS = {"cpu": 60 * 60, "cpu_1h": 60 * 60, "gpu": 10 * 60}
 
@@ -199,6 +205,11 @@ def parse_args():
         help="CNN passes over a regime's labelled images when that is more than --cnn_steps; default: the preset's",
     )  # fmt: skip
     parser.add_argument("--timesteps", type=int, nargs="+", default=None, help="the grid's timesteps; default: the preset's")
+    parser.add_argument(
+        "--workers", type=int, default=None,
+        help="processes of one thread each that run the run's parts (each method's arm, each CNN training) side by "
+        "side; 1: all in this process; default: the preset's",
+    )  # fmt: skip
     parser.add_argument("--learning_rate", type=float, default=5e-4, help="DDPM learning rate; default 5e-4")
     parser.add_argument("--simclr_learning_rate", type=float, default=3e-4, help="SimCLR learning rate; default 3e-4")
     parser.add_argument("--cnn_learning_rate", type=float, default=1e-3, help="CNN learning rate; default 1e-3")
@@ -218,6 +229,7 @@ def parse_args():
     overrides = {
         "image_size": args.image_size, "unet_preset": args.unet_preset, "train_steps": args.max_train_steps,
         "cnn_steps": args.cnn_steps, "cnn_epochs": args.cnn_epochs, "timesteps": tuple(args.timesteps) if args.timesteps else None,
+        "workers": args.workers,
     }  # fmt: skip
     args.budget = dataclasses.replace(preset, **{k: v for k, v in overrides.items() if v is not None})
     check_args(parser, args)
@@ -232,6 +244,8 @@ def check_args(parser, args) -> None:
         parser.error(f"--image_size / --unet_preset: {error}")
     if args.budget.image_size % args.budget.vit["patch_size"]:
         parser.error(f"--image_size: expected a multiple of the ViT patch size {args.budget.vit['patch_size']}")
+    if args.budget.workers < 1:
+        parser.error(f"--workers: expected at least 1, got {args.budget.workers}")
     if not all(0 < f < 1 for f in args.label_fractions):
         parser.error(f"--label_fractions: expected numbers strictly between 0 and 1, got {args.label_fractions}")
     args.data = Path(args.data) if args.data else data_path("ndsb2015_plankton", "train")
@@ -521,7 +535,7 @@ def clustering(features: UNetFeatures, grid: dict, splits, key: tuple, views: Op
 
 @dataclass(frozen=True)
 class CNNRun:
-    """The settings of one CNN training besides its images (plain values: a worker process receives them)."""
+    """The settings of one CNN training besides its images."""
 
     num_classes: int
     steps: int
@@ -530,6 +544,12 @@ class CNNRun:
     seed: int
     widths: Tuple[int, ...]
 
+    @classmethod
+    def of_regime(cls, args, data: "RunData", regime: str) -> "CNNRun":
+        budget, train = args.budget, data.splits["train"]
+        steps = budget.cnn_steps_for(len(data.subsets[regime]))
+        return cls(train.num_classes, steps, budget.train_batch_size, args.cnn_learning_rate, args.seed, tuple(budget.cnn_widths))
+
     def model(self, work_dir: str, step: int) -> SupervisedCNN:
         """The CNN saved at `step` of the training in `work_dir`."""
         model = SupervisedCNN(1, self.num_classes, self.widths)
@@ -537,13 +557,15 @@ class CNNRun:
         return model.eval()
 
 
-def train_cnn(data: Dict[str, torch.Tensor], balanced: bool, run: CNNRun, work_dir: str) -> dict:
-    """A `SupervisedCNN` on `data` (`images`, `labels`, `val_images`, `val_labels`) for `run.steps` steps, its
-    checkpoints in `work_dir`; `balanced` draws its `steps x batch` training images with the library's class-balanced
-    sampler (with replacement) instead of the natural frequencies. Returns the training's info and the val macro-F1
-    of its kept checkpoint."""
-    images, labels = data["images"], data["labels"]
-    if balanced:
+def train_cnn(args, data: "RunData", regime: str, sampling: str, work_dir: str) -> dict:
+    """A `SupervisedCNN` on the train images of `regime` for its `CNNRun.steps`, its checkpoints in `work_dir`;
+    `sampling` "balanced" draws its `steps x batch` training images with the library's class-balanced sampler (with
+    replacement), "natural" keeps the natural frequencies. Returns the training's info, the val macro-F1 of its kept
+    checkpoint and its wall seconds."""
+    start, run, rows = time.perf_counter(), CNNRun.of_regime(args, data, regime), data.subsets[regime]
+    train, val = data.splits["train"], data.splits["val"]
+    images, labels = train.images[rows], train.labels[rows]
+    if sampling == "balanced":
         sampler = class_balanced_sampler(labels, run.num_classes, seed=run.seed)
         draws, epoch = [], 0
         while sum(map(len, draws)) < run.steps * run.batch_size:
@@ -553,64 +575,31 @@ def train_cnn(data: Dict[str, torch.Tensor], balanced: bool, run: CNNRun, work_d
         order = torch.cat(draws)
         images, labels = images[order], labels[order]
     model, info = train_supervised_cnn(
-        images, labels, data["val_images"], data["val_labels"], run.num_classes, work_dir, max_train_steps=run.steps,
+        images, labels, val.images, val.labels, run.num_classes, work_dir, max_train_steps=run.steps,
         train_batch_size=run.batch_size, learning_rate=run.learning_rate, seed=run.seed, widths=run.widths,
     )  # fmt: skip
-    val_predictions = predict_proba(model, data["val_images"]).argmax(1)
-    return {"val_macro_f1": macro_f1(data["val_labels"], val_predictions, run.num_classes), **info}
+    val_predictions = predict_proba(model, val.images).argmax(1)
+    return {
+        "val_macro_f1": macro_f1(val.labels, val_predictions, run.num_classes), **info,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }  # fmt: skip
 
 
-def train_cnn_from_file(data_file: str, balanced: bool, run: CNNRun, work_dir: str) -> dict:
-    """`train_cnn` on the tensors of a safetensors file: what a worker process runs."""
-    return train_cnn(load_file(data_file), balanced, run, work_dir)
-
-
-def use_one_thread() -> None:
-    torch.set_num_threads(1)
-
-
-@contextmanager
-def cnn_workers(num_workers: int):
-    """A pool of `num_workers` processes of one thread each, or None for 1: on 2 CPU cores two of the run's small
-    CNNs side by side, one thread each, trained 1.2-1.4x faster than one after the other on two threads (measured
-    alone, 2026-12-03)."""
-    if num_workers <= 1:
-        yield None
-        return
-    context = torch.multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(num_workers, mp_context=context, initializer=use_one_thread) as pool:
-        yield pool
-
-
-def cnn_regime(args, splits, rows, work_dir: str, device, workers=None):
-    """Natural and class-balanced sampling (side by side when `workers` is a pool); the better val macro-F1 is kept
-    (ties: natural), then the views its probabilities are averaged over, by val macro-F1 too."""
-    train, val, budget = splits["train"], splits["val"], args.budget
-    run = CNNRun(
-        train.num_classes, budget.cnn_steps_for(len(rows)), budget.train_batch_size, args.cnn_learning_rate, args.seed,
-        tuple(budget.cnn_widths),
-    )  # fmt: skip
-    data = {"images": train.images[rows], "labels": train.labels[rows], "val_images": val.images, "val_labels": val.labels}
-    modes = ("natural", "balanced")
-    if workers is None:
-        runs = {mode: train_cnn(data, mode == "balanced", run, f"{work_dir}/{mode}") for mode in modes}
-    else:
-        data_file = f"{work_dir}/images.safetensors"
-        Path(work_dir).mkdir(parents=True, exist_ok=True)
-        save_file({name: x.contiguous() for name, x in data.items()}, data_file)
-        futures = {mode: workers.submit(train_cnn_from_file, data_file, mode == "balanced", run, f"{work_dir}/{mode}") for mode in modes}
-        runs = {mode: future.result() for mode, future in futures.items()}
-    mode = max(runs, key=lambda m: (runs[m]["val_macro_f1"], m == "natural"))
-    model = run.model(f"{work_dir}/{mode}", runs[mode]["selected_step"]).to(device)
+def cnn_regime(args, data: "RunData", regime: str, runs: Dict[str, dict], work_dir: str, device):
+    """Of the regime's `runs` by sampling (trained by `train_cnn` in `<work_dir>/<sampling>`), the better val macro-F1
+    is kept (ties: natural), then the views its probabilities are averaged over, by val macro-F1 too. Returns the
+    model, its test predictions and the choices."""
+    val, run = data.splits["val"], CNNRun.of_regime(args, data, regime)
+    sampling = max(runs, key=lambda s: (runs[s]["val_macro_f1"], s == "natural"))
+    model = run.model(f"{work_dir}/{sampling}", runs[sampling]["selected_step"]).to(device)
     views, view_scores = choose_views(
         lambda v: round(macro_f1(val.labels, cnn_probabilities(model, val.images, v).argmax(1), val.num_classes), 4)
     )
-    predictions = cnn_probabilities(model, splits["test"].images, views).argmax(1)
+    predictions = cnn_probabilities(model, data.splits["test"].images, views).argmax(1)
     kept = ("val_macro_f1", "selected_step", "val_accuracy_by_step")
-    info = {m: {k: r[k] for k in kept} for m, r in runs.items()}
     return model, predictions, {
-        "sampling": mode, "steps": run.steps, "runs": info, "views": views, "views_val_macro_f1": view_scores,
-        "num_parameters": runs[mode]["num_parameters"],
+        "sampling": sampling, "steps": run.steps, "runs": {s: {k: r[k] for k in kept} for s, r in runs.items()},
+        "views": views, "views_val_macro_f1": view_scores, "num_parameters": runs[sampling]["num_parameters"],
     }  # fmt: skip
 
 
@@ -773,6 +762,198 @@ def classify(protocol: str, train_x, train_y, test_x, num_classes: int) -> np.nd
 
 
 # ------------------------------------------------------------------------------------------------------------------
+# The run's parts: each method's arm and each CNN training, side by side in worker processes when asked
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunData:
+    """What every part of the run reads: the NDSB splits, the rows of their class-balanced test subset, the train
+    rows of each label regime (`"all"` first) and the shifted (FlowCam) images."""
+
+    splits: Dict[str, LabeledImages]
+    balanced: torch.Tensor
+    subsets: Dict[str, torch.Tensor]
+    shift: LabeledImages
+
+    @property
+    def grid_regime(self) -> str:
+        """The largest few-label regime: the probe grid is fitted on its labels."""
+        return max((r for r in self.subsets if r != "all"), key=lambda r: float(r.rstrip("%")))
+
+    def save(self, path: str) -> None:
+        """To a safetensors file (what a worker process reads)."""
+        named = {**self.splits, "shift": self.shift}
+        tensors = {"balanced": self.balanced, **{f"rows/{r}": rows for r, rows in self.subsets.items()}}
+        for name, images in named.items():
+            tensors.update({f"{name}/images": images.images, f"{name}/labels": images.labels})
+        class_names = {name: images.class_names for name, images in named.items()}
+        save_file({key: x.clone() for key, x in tensors.items()}, path, metadata={"class_names": json.dumps(class_names), "regimes": json.dumps(list(self.subsets))})
+
+    @classmethod
+    def load(cls, path: str, contract: ImagePreprocessing) -> "RunData":
+        with safe_open(path, framework="pt") as file:
+            metadata = file.metadata()
+        tensors, class_names = load_file(path), json.loads(metadata["class_names"])
+        named = {
+            name: LabeledImages(tensors[f"{name}/images"], tensors[f"{name}/labels"], names, contract)
+            for name, names in class_names.items()
+        }
+        shift = named.pop("shift")
+        subsets = {r: tensors[f"rows/{r}"] for r in json.loads(metadata["regimes"])}
+        return cls(named, tensors["balanced"], subsets, shift)
+
+
+def use_one_thread() -> None:
+    torch.set_num_threads(1)
+    threadpool_limits(limits=1)  # numpy/scipy BLAS and OpenMP (scikit-learn's k-means)
+
+
+def run_in_worker(part, data_file: str, args, *part_args):
+    """`part(args, data, *part_args)` in a worker process, the run's data read from `data_file`."""
+    return part(args, RunData.load(data_file, preprocessing(args.budget)), *part_args)
+
+
+@contextmanager
+def part_runner(num_workers: int, data: RunData, work_dir: str):
+    """`submit(part, args, *part_args)`, a future of `part(args, data, *part_args)`: run at once in this process
+    (`num_workers` 1), or queued to `num_workers` processes of one thread each, which take the parts in submission
+    order. On 2 CPU cores two of this run's parts side by side on one thread each ran 1.2-1.4x faster than one after
+    the other on two threads (the CNN and the DDPM training, measured alone, 2026-12-03)."""
+    if num_workers <= 1:
+
+        def submit(part, args, *part_args):
+            future = Future()
+            future.set_result(part(args, data, *part_args))
+            return future
+
+        yield submit
+        return
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    data_file = f"{work_dir}/run_data.safetensors"
+    data.save(data_file)
+    context = torch.multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(num_workers, mp_context=context, initializer=use_one_thread) as pool:
+        yield lambda part, args, *part_args: pool.submit(run_in_worker, part, data_file, args, *part_args)
+
+
+def unet_arm(args, data: RunData, work_dir: str) -> dict:
+    """The method: the DDPM U-Net trained without labels, its feature grid, each regime's probe (its pair chosen on
+    its own labels within the grid subset, 'all' on the grid subset's), the class-weighted and hypercolumn probes with
+    all labels, k-means and the FlowCam shift."""
+    budget, splits, subsets, walls = args.budget, data.splits, data.subsets, {}
+    val, scorer, grid_regime = splits["val"], Scorer(splits, data.balanced), data.grid_regime
+    with timed(walls, "ddpm_training"):
+        unet, scheduler, final_loss = train_unet(args, splits["train"].images, work_dir)
+    features = UNetFeatures(unet.to(args.device), scheduler, budget, args.seed)
+    with timed(walls, "grid_extraction"):
+        grid_images = splits["train"].images[subsets[grid_regime]]
+        grid = {"train": features.grid("train", grid_images), "val": features.grid("val", val.images)}
+    regimes, feature_choices, fits = {}, {}, {}  # 'all' reuses the grid subset's choices and fits
+    for regime in subsets:
+        choice_regime = regime if regime != "all" else grid_regime
+        with timed(walls, f"unet_probe_{regime}"):
+            if choice_regime not in feature_choices:
+                feature_choices[choice_regime] = choose_feature(
+                    grid, splits, subsets[grid_regime], subsets[choice_regime], budget.probe_C
+                )
+            key, val_grid = feature_choices[choice_regime]
+            fit = probe_choosing_views(
+                lambda name, images, views: features.of(name, images, key, views), splits, subsets, regime,
+                choice_regime, budget.probe_C, key[1:], key[0], fits,
+            )  # fmt: skip
+            regimes[regime] = dict(
+                unet_feature=feature_name(key, fit["views"]), unet_val=fit["val"], unet_val_accuracy_grid=val_grid,
+                unet_views_val_accuracy_macro_f1=fit["views_val_accuracy_macro_f1"], unet_probe=scorer(fit["predictions"]),
+            )  # fmt: skip
+        if regime == "all":
+            all_labels_choice = (key, fit["views"])
+    key, views = all_labels_choice
+    with timed(walls, "unet_all_labels_extra_probes"):
+        all_features = {n: features.of(n if n != "train" else "train/all", s.images, key, views) for n, s in splits.items()}
+        predictions, weighted_val = probe(all_features, splits, subsets["all"], budget.probe_C, class_weight="balanced")
+        regimes["all"]["unet_class_weighted_probe"] = {**scorer(predictions), "val": weighted_val}
+        if budget.hypercolumn_probe:
+            regimes["all"]["unet_hypercolumn_probe"] = hypercolumn_probe(features, splits, subsets, key, grid_regime, budget, scorer)
+    with timed(walls, "unet_kmeans"):
+        kmeans = clustering(features, grid, splits, key, views, args.seed)
+    with timed(walls, "unet_flowcam_shift"):
+        shift_key, shift_choice = choose_shift_feature(grid_with_hypercolumns(grid["val"]), val.labels, budget.num_episodes, args.seed)
+        shift_key = shift_key or key
+        shift_views = choose_shift_views(lambda v: features.of("val", val.images, shift_key, v), val.labels, budget.num_episodes, args.seed)
+        shift_features = {
+            "unet": features.of("shift", data.shift.images, shift_key, shift_views[0]),
+            "unet_probe_chosen_feature": features.of("shift", data.shift.images, key, views),
+        }
+        shift = {m: few_shot_transfer(x, data.shift.labels, budget.num_episodes, args.seed) for m, x in shift_features.items()}
+    return {
+        "regimes": regimes, "kmeans_test": kmeans, "flowcam_shift": shift, "flowcam_shift_views": {"unet": shift_views},
+        "flowcam_shift_unet_feature": {
+            "chosen": feature_name(shift_key, shift_views[0]), "probe_chosen": feature_name(key, views),
+            "rule": "the grid feature or hypercolumn with the best val few-shot accuracy (nearest prototype, k = 1 and "
+            "all, cross-validated over the val classes with at least 2 images), the protocol the shift is scored by, "
+            "then its views by the same score (each baseline's views too); no shift label is read; the probe's "
+            "choice when fewer than 2 val classes have 2 images",
+            "val_prototype_accuracy": shift_choice,
+        },
+        "ddpm_final_loss": final_loss, "parameters": {"unet_total": count_parameters(unet), "unet_encoder": encoder_parameters(unet)},
+        "wall_seconds": walls,
+    }  # fmt: skip
+
+
+def simclr_arm(args, data: RunData, work_dir: str) -> dict:
+    """The SimCLR ViT trained on the same unlabeled images for as many steps, probed as the U-Net features are
+    (views chosen the same way, 'all' on the grid subset's labels), its class-weighted probe, k-means with K = the
+    number of classes, and the FlowCam shift."""
+    budget, splits, subsets, walls = args.budget, data.splits, data.subsets, {}
+    val, test, scorer = splits["val"], splits["test"], Scorer(splits, data.balanced)
+    with timed(walls, "simclr_training"):
+        features = SimCLRFeatures(train_simclr(args, splits["train"].images, work_dir).to(args.device), budget.batch_size)
+    with timed(walls, "simclr_encoding"):
+        for name, split in splits.items():
+            features.of("train/all" if name == "train" else name, split.images)
+    regimes, fits = {}, {}
+    for regime in subsets:
+        with timed(walls, f"simclr_probe_{regime}"):
+            choice_regime = regime if regime != "all" else data.grid_regime
+            fit = probe_choosing_views(
+                features.of, splits, subsets, regime, choice_regime, budget.probe_C, ("features", 0), None, fits
+            )
+            regimes[regime] = {"simclr_probe": {
+                **scorer(fit["predictions"]), "views": fit["views"], "val": fit["val"],
+                "views_val_accuracy_macro_f1": fit["views_val_accuracy_macro_f1"],
+            }}  # fmt: skip
+    views = regimes["all"]["simclr_probe"]["views"]
+    with timed(walls, "simclr_class_weighted_probe"):
+        all_features = {n: features.of(n if n != "train" else "train/all", s.images, views) for n, s in splits.items()}
+        predictions, weighted_val = probe(all_features, splits, subsets["all"], budget.probe_C, class_weight="balanced")
+        regimes["all"]["simclr_class_weighted_probe"] = {**scorer(predictions), "val": weighted_val}
+    with timed(walls, "simclr_kmeans"):
+        kmeans = kmeans_evaluate(features.of("test", test.images), test.labels, test.num_classes, seed=args.seed)
+    with timed(walls, "simclr_flowcam_shift"):
+        shift_views = choose_shift_views(lambda v: features.of("val", val.images, v), val.labels, budget.num_episodes, args.seed)
+        shift_features = features.of("shift", data.shift.images, shift_views[0])
+        shift = {"simclr": few_shot_transfer(shift_features, data.shift.labels, budget.num_episodes, args.seed)}
+    return {
+        "regimes": regimes, "flowcam_shift": shift, "flowcam_shift_views": {"simclr": shift_views},
+        "kmeans_test": {"simclr_label_free_k_equals_classes": {m: kmeans[m] for m in ("nmi", "ari", "accuracy", "purity")}},
+        "parameters": {"simclr_vit": count_parameters(features.encoder)}, "wall_seconds": walls,
+    }  # fmt: skip
+
+
+def raw_pixel_arm(args, data: RunData) -> dict:
+    """The floor: a linear probe on raw pixels with all labels (upright), and the pixels' FlowCam shift."""
+    budget, splits, walls = args.budget, data.splits, {}
+    with timed(walls, "raw_pixel_probe"):
+        pixels = {name: split.images.flatten(1) for name, split in splits.items()}
+        predictions, pixel_val = probe(pixels, splits, data.subsets["all"], budget.raw_pixel_Cs)
+        probe_scores = {**Scorer(splits, data.balanced)(predictions), "val": pixel_val}
+    with timed(walls, "raw_pixel_flowcam_shift"):
+        shift = few_shot_transfer(data.shift.images.flatten(1), data.shift.labels, budget.num_episodes, args.seed)
+    return {"regimes": {"all": {"raw_pixel_probe": probe_scores}}, "flowcam_shift": {"raw_pixels": shift}, "wall_seconds": walls}
+
+
+# ------------------------------------------------------------------------------------------------------------------
 # The run
 # ------------------------------------------------------------------------------------------------------------------
 
@@ -816,100 +997,47 @@ def label_efficiency_curves(regimes: dict, num_classes: int) -> dict:
 
 def main():
     args = parse_args()
-    device = setup(args)
+    args.device = str(setup(args))
     budget, walls, start = args.budget, {}, time.perf_counter()
     with timed(walls, "read_images"):
         splits, balanced = load_splits(args)
         shift_files, shift_labels, shift_names = list_class_folders(args.shift_data)
         shift = read_images(shift_files, shift_labels, shift_names, preprocessing(budget))
     train, val, test = (splits[name] for name in SPLITS)
-    scorer = Scorer(splits, balanced)
     subsets = few_label_subsets(train.labels, sorted(args.label_fractions), min_per_class=1, seed=args.seed)
-    grid_regime = f"{100 * max(args.label_fractions):g}%"
-    grid_rows = subsets[grid_regime]
+    data = RunData(splits, balanced, subsets, shift)
+    grid_regime, grid_rows = data.grid_regime, subsets[data.grid_regime]
     regimes = {name: {"num_train_labels": len(rows)} for name, rows in subsets.items()}
-
-    with tempfile.TemporaryDirectory() as work_dir, cnn_workers(budget.cnn_workers) as workers:
-        with timed(walls, "ddpm_training"):
-            unet, scheduler, final_loss = train_unet(args, train.images, f"{work_dir}/unet")
-        with timed(walls, "simclr_training"):
-            simclr = train_simclr(args, train.images, f"{work_dir}/simclr").to(device)
-        unet_features = UNetFeatures(unet.to(device), scheduler, budget, args.seed)
-        with timed(walls, "grid_extraction"):
-            grid = {"train": unet_features.grid("train", train.images[grid_rows]), "val": unet_features.grid("val", val.images)}
-        simclr_features = SimCLRFeatures(simclr, budget.batch_size)
-        with timed(walls, "encode_simclr_and_pixels"):
-            for name, split in splits.items():
-                simclr_features.of("train/all" if name == "train" else name, split.images)
-            pixels = {name: s.images.flatten(1) for name, s in splits.items()}
-        feature_choices, probe_fits = {}, {"unet": {}, "simclr": {}}  # 'all' reuses the grid subset's, fitted once
-        for regime, rows in subsets.items():
-            choice_regime = regime if regime != "all" else grid_regime  # 'all' keeps the grid subset's choices
-            with timed(walls, f"unet_probe_{regime}"):
-                if choice_regime not in feature_choices:
-                    choice_rows = subsets[choice_regime]
-                    feature_choices[choice_regime] = choose_feature(grid, splits, grid_rows, choice_rows, budget.probe_C)
-                key, val_grid = feature_choices[choice_regime]
-                fit = probe_choosing_views(
-                    lambda name, images, views: unet_features.of(name, images, key, views), splits, subsets, regime,
-                    choice_regime, budget.probe_C, key[1:], key[0], probe_fits["unet"],
-                )  # fmt: skip
-                unet_choice = (key, fit["views"])
-                regimes[regime].update(
-                    unet_feature=feature_name(key, fit["views"]), unet_val=fit["val"], unet_val_accuracy_grid=val_grid,
-                    unet_views_val_accuracy_macro_f1=fit["views_val_accuracy_macro_f1"], unet_probe=scorer(fit["predictions"]),
-                )  # fmt: skip
-            with timed(walls, f"simclr_probe_{regime}"):
-                fit = probe_choosing_views(
-                    simclr_features.of, splits, subsets, regime, choice_regime, budget.probe_C, ("features", 0), None,
-                    probe_fits["simclr"],
-                )  # fmt: skip
-                regimes[regime]["simclr_probe"] = {
-                    **scorer(fit["predictions"]), "views": fit["views"], "val": fit["val"],
-                    "views_val_accuracy_macro_f1": fit["views_val_accuracy_macro_f1"],
-                }  # fmt: skip
-            with timed(walls, f"cnn_{regime}"):
-                cnn, predictions, info = cnn_regime(args, splits, rows, f"{work_dir}/cnn/{regime}", device, workers)
-                regimes[regime].update(cnn=scorer(predictions), cnn_training=info)
-            if regime == "all":
-                cnn_all, all_labels_choice = cnn, unet_choice
-        with timed(walls, "all_labels_extra_probes"):
-            (key, views), simclr_views = all_labels_choice, regimes["all"]["simclr_probe"]["views"]
-            all_features = {
-                "unet": {n: unet_features.of(n if n != "train" else "train/all", s.images, key, views) for n, s in splits.items()},
-                "simclr": {n: simclr_features.of(n if n != "train" else "train/all", s.images, simclr_views) for n, s in splits.items()},
+    with tempfile.TemporaryDirectory() as work_dir:
+        with timed(walls, "parts"), part_runner(budget.workers, data, work_dir) as submit:
+            # the longest parts first, so that two workers finish close together
+            arms = {"unet": submit(unet_arm, args, f"{work_dir}/unet"), "simclr": submit(simclr_arm, args, f"{work_dir}/simclr")}
+            cnn_trainings = {
+                regime: {s: submit(train_cnn, args, regime, s, f"{work_dir}/cnn/{regime}/{s}") for s in CNN_SAMPLINGS}
+                for regime in subsets
             }  # fmt: skip
-            for method, x in all_features.items():
-                predictions, weighted_val = probe(x, splits, subsets["all"], budget.probe_C, class_weight="balanced")
-                regimes["all"][f"{method}_class_weighted_probe"] = {**scorer(predictions), "val": weighted_val}
-            predictions, pixel_val = probe(pixels, splits, subsets["all"], budget.raw_pixel_Cs)
-            regimes["all"]["raw_pixel_probe"] = {**scorer(predictions), "val": pixel_val}
-            if budget.hypercolumn_probe:
-                regimes["all"]["unet_hypercolumn_probe"] = hypercolumn_probe(
-                    unet_features, splits, subsets, key, grid_regime, budget, scorer
-                )
-        with timed(walls, "kmeans"):
-            kmeans = clustering(unet_features, grid, splits, key, views, args.seed)
-            simclr_kmeans = kmeans_evaluate(simclr_features.of("test", test.images), test.labels, test.num_classes, seed=args.seed)
-            kmeans["simclr_label_free_k_equals_classes"] = {m: simclr_kmeans[m] for m in ("nmi", "ari", "accuracy", "purity")}
-        with timed(walls, "flowcam_shift"):
-            shift_key, shift_choice = choose_shift_feature(grid_with_hypercolumns(grid["val"]), val.labels, budget.num_episodes, args.seed)
-            shift_key = shift_key or key
-            val_features_of = {
-                "unet": lambda v: unet_features.of("val", val.images, shift_key, v),
-                "cnn": lambda v: cnn_features(cnn_all, val.images, v),
-                "simclr": lambda v: simclr_features.of("val", val.images, v),
-            }
-            shift_views = {m: choose_shift_views(f, val.labels, budget.num_episodes, args.seed) for m, f in val_features_of.items()}
-            shift_features = {
-                "unet": unet_features.of("shift", shift.images, shift_key, shift_views["unet"][0]),
-                "unet_probe_chosen_feature": unet_features.of("shift", shift.images, key, views),
-                "cnn": cnn_features(cnn_all, shift.images, shift_views["cnn"][0]),
-                "simclr": simclr_features.of("shift", shift.images, shift_views["simclr"][0]),
-                "raw_pixels": shift.images.flatten(1),
-            }
-            shift_results = {m: few_shot_transfer(x, shift.labels, budget.num_episodes, args.seed) for m, x in shift_features.items()}
+            arms["raw_pixels"] = submit(raw_pixel_arm, args)
+            arms = {name: future.result() for name, future in arms.items()}
+            cnn_trainings = {r: {s: f.result() for s, f in runs.items()} for r, runs in cnn_trainings.items()}
+        for arm in arms.values():
+            for regime, entries in arm.get("regimes", {}).items():
+                regimes[regime].update(entries)
+            walls.update(arm["wall_seconds"])
+        scorer = Scorer(splits, balanced)
+        for regime, runs in cnn_trainings.items():
+            with timed(walls, f"cnn_{regime}_choices"):
+                cnn, predictions, info = cnn_regime(args, data, regime, runs, f"{work_dir}/cnn/{regime}", args.device)
+                regimes[regime].update(cnn=scorer(predictions), cnn_training=info)
+            walls.update({f"cnn_{regime}_{s}_training": run["wall_seconds"] for s, run in runs.items()})
+            if regime == "all":
+                cnn_all = cnn
+        with timed(walls, "cnn_flowcam_shift"):
+            cnn_views = choose_shift_views(lambda v: cnn_features(cnn_all, val.images, v), val.labels, budget.num_episodes, args.seed)
+            cnn_shift = few_shot_transfer(cnn_features(cnn_all, shift.images, cnn_views[0]), shift.labels, budget.num_episodes, args.seed)
     walls["total"] = round(time.perf_counter() - start, 1)
+    unet, simclr, pixels = arms["unet"], arms["simclr"], arms["raw_pixels"]
+    shift_results = {**unet["flowcam_shift"], "cnn": cnn_shift, **simclr["flowcam_shift"], **pixels["flowcam_shift"]}
+    shift_views = {**unet["flowcam_shift_views"], "cnn": cnn_views, **simclr["flowcam_shift_views"]}
 
     name = NAME if args.quick or args.preset == "cpu" else f"{NAME}_{args.preset}"
     figure_dir = Path(tempfile.mkdtemp()) if args.quick else Path(args.output or _common.RESULTS_DIR / name).parent
@@ -943,29 +1071,22 @@ def main():
         "budget": {
             "preset": "quick" if args.quick else args.preset, **dataclasses.asdict(budget),
             "ddpm_learning_rate": args.learning_rate, "simclr_learning_rate": args.simclr_learning_rate,
-            "cnn_learning_rate": args.cnn_learning_rate, "ddpm_final_loss": final_loss,
+            "cnn_learning_rate": args.cnn_learning_rate, "ddpm_final_loss": unet["ddpm_final_loss"],
             "unet_loaded_from": args.unet_dir, "unet_kept_in": args.keep_checkpoint,
             "unlabeled_training_images": len(train),
             "subsampling": f"DDPM and SimCLR train on all {len(train)} train images for {budget.train_steps} steps "
             f"(about {budget.train_steps * budget.train_batch_size / len(train):.1f} epochs); the probe grid is fitted "
             f"on {len(grid_rows)} train images ({grid_regime}) x {len(budget.timesteps)} timesteps x {len(budget.pools)} poolings",
             "num_threads": torch.get_num_threads(),
+            "parts": "every part in this process" if budget.workers <= 1 else f"the U-Net arm, the SimCLR arm, each "
+            f"CNN training and the raw-pixel probe in {budget.workers} worker processes of one thread each; the CNNs' "
+            "choices and their FlowCam shift here afterwards",
         },  # fmt: skip
-        "parameters": {
-            "unet_total": count_parameters(unet), "unet_encoder": encoder_parameters(unet),
-            "cnn": regimes["all"]["cnn_training"]["num_parameters"], "simclr_vit": count_parameters(simclr),
-        },
+        "parameters": {**unet["parameters"], "cnn": regimes["all"]["cnn_training"]["num_parameters"], **simclr["parameters"]},
         "regimes": regimes,
-        "kmeans_test": kmeans,
+        "kmeans_test": {**unet["kmeans_test"], **simclr["kmeans_test"]},
         "flowcam_shift": shift_results,
-        "flowcam_shift_unet_feature": {
-            "chosen": feature_name(shift_key, shift_views["unet"][0]), "probe_chosen": feature_name(key, views),
-            "rule": "the grid feature or hypercolumn with the best val few-shot accuracy (nearest prototype, k = 1 and "
-            "all, cross-validated over the val classes with at least 2 images), the protocol the shift is scored by, "
-            "then its views by the same score (each baseline's views too); no shift label is read; the probe's "
-            "choice when fewer than 2 val classes have 2 images",
-            "val_prototype_accuracy": shift_choice,
-        },  # fmt: skip
+        "flowcam_shift_unet_feature": unet["flowcam_shift_unet_feature"],
         "flowcam_shift_views": {
             m: {"views": views_label(v), "val_prototype_accuracy": scores} for m, (v, scores) in shift_views.items()
         },
@@ -973,7 +1094,7 @@ def main():
         "targets": targets(regimes, shift_results, walls["total"], budget_seconds),
         "wall_seconds": walls,
     }  # fmt: skip
-    report(name, args, device, figures)
+    report(name, args, torch.device(args.device), figures)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import types
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
+from diffusion_classifiers.data import LabeledImages
 from diffusion_classifiers.models import unet_config
 
 from .conftest import REPO_ROOT
@@ -43,35 +44,58 @@ def test_the_cnn_trains_for_its_epochs_but_never_fewer_than_its_minimum_steps():
     assert cpu.cnn_steps_for(258) == cpu.cnn_steps == 1_400  # 1% of the labels: 81 steps would be too few
 
 
-def test_the_one_hour_preset_is_the_cpu_run_with_fewer_strengths_side_by_side_cnns_and_no_hypercolumn_probe():
+def test_the_one_hour_preset_is_the_cpu_run_with_fewer_strengths_parts_side_by_side_and_no_hypercolumn_probe():
     cpu, hour = plankton_accuracy.PRESETS["cpu"], plankton_accuracy.PRESETS["cpu_1h"]
     assert cpu.hypercolumn_probe and not hour.hypercolumn_probe
     assert set(hour.probe_C) < set(cpu.probe_C)
     assert (min(hour.probe_C), max(hour.probe_C)) == (min(cpu.probe_C), max(cpu.probe_C))  # the same range, coarser
     assert cpu.raw_pixel_Cs == cpu.probe_C and max(hour.raw_pixel_Cs) <= min(hour.probe_C)
-    assert (cpu.cnn_workers, hour.cnn_workers) == (1, 2)
-    unchanged = dict(probe_C=cpu.probe_C, hypercolumn_probe=True, raw_pixel_probe_C=None, cnn_workers=1)
+    assert (cpu.workers, hour.workers) == (1, 2)
+    unchanged = dict(probe_C=cpu.probe_C, hypercolumn_probe=True, raw_pixel_probe_C=None, workers=1)
     assert dataclasses.replace(hour, **unchanged) == cpu
     assert plankton_accuracy.BUDGET_SECONDS["cpu_1h"] == 60 * 60
 
 
-def test_cnns_trained_side_by_side_in_worker_processes_are_the_ones_trained_in_this_process(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))  # the workers import the benchmark
+def tiny_run_data() -> "plankton_accuracy.RunData":
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(24) % 3
     images = (labels[:, None, None, None].float() - 1) * 0.5 + 0.2 * torch.randn(24, 1, 8, 8, generator=generator)
-    split = types.SimpleNamespace(images=images, labels=labels, num_classes=3)
-    splits = {"train": split, "val": split, "test": split}
+    split = LabeledImages(images.clamp(-1, 1), labels, ["a", "b", "c"])
+    subsets = {"all": torch.arange(24), "5%": torch.arange(0, 24, 4), "50%": torch.arange(0, 24, 2)}
+    return plankton_accuracy.RunData({"train": split, "val": split, "test": split}, torch.arange(0, 24, 3), subsets, split)
+
+
+def test_the_run_data_a_worker_reads_is_the_run_data_saved(tmp_path):
+    data, path = tiny_run_data(), str(tmp_path / "run_data.safetensors")
+    data.save(path)
+    loaded = plankton_accuracy.RunData.load(path, contract=None)
+    assert list(loaded.subsets) == ["all", "5%", "50%"] and loaded.grid_regime == data.grid_regime == "50%"
+    assert all(torch.equal(loaded.subsets[r], rows) for r, rows in data.subsets.items())
+    assert torch.equal(loaded.balanced, data.balanced)
+    for name, images in {**data.splits, "shift": data.shift}.items():
+        read = loaded.shift if name == "shift" else loaded.splits[name]
+        assert torch.equal(read.images, images.images) and torch.equal(read.labels, images.labels)
+        assert read.class_names == images.class_names
+
+
+def test_cnns_trained_side_by_side_in_worker_processes_are_the_ones_trained_in_this_process(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))  # the workers import the benchmark
+    data = tiny_run_data()
     budget = dataclasses.replace(plankton_accuracy.PRESETS["quick"], cnn_steps=3, train_batch_size=8, cnn_widths=(4, 8))
-    args = types.SimpleNamespace(budget=budget, cnn_learning_rate=1e-2, seed=0)
-    rows, threads = torch.arange(24), torch.get_num_threads()
+    args = types.SimpleNamespace(budget=budget, cnn_learning_rate=1e-2, seed=0, device="cpu")
+    threads, chosen = torch.get_num_threads(), {}
     torch.set_num_threads(1)  # as each worker: the same sums in the same order
     try:
-        _, in_process, info = plankton_accuracy.cnn_regime(args, splits, rows, str(tmp_path / "a"), "cpu")
-        with plankton_accuracy.cnn_workers(2) as workers:
-            _, side_by_side, worker_info = plankton_accuracy.cnn_regime(args, splits, rows, str(tmp_path / "b"), "cpu", workers)
+        for workers in (1, 2):
+            work_dir = str(tmp_path / f"workers_{workers}")
+            with plankton_accuracy.part_runner(workers, data, work_dir) as submit:
+                futures = {s: submit(plankton_accuracy.train_cnn, args, "all", s, f"{work_dir}/{s}") for s in ("natural", "balanced")}
+                runs = {s: future.result() for s, future in futures.items()}
+            _, predictions, info = plankton_accuracy.cnn_regime(args, data, "all", runs, work_dir, "cpu")
+            chosen[workers] = predictions, info
     finally:
         torch.set_num_threads(threads)
+    (in_process, info), (side_by_side, worker_info) = chosen[1], chosen[2]
     assert torch.equal(in_process, side_by_side)
     assert worker_info == info and set(info["runs"]) == {"natural", "balanced"}
 
