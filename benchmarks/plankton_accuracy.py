@@ -421,6 +421,11 @@ def grid_with_hypercolumns(grid: Dict[Tuple[str, str, int], torch.Tensor]) -> Di
     return out
 
 
+def cache_name(split: str) -> str:
+    """The features cache's name of a split's images: the train split's are the `"all"` regime's rows."""
+    return "train/all" if split == "train" else split
+
+
 class UNetFeatures:
     """Features of the frozen U-Net, keyed `(pool, block, timestep)` (block `ALL_BLOCKS`: the hypercolumn), extracted
     once per split, key and views."""
@@ -781,6 +786,10 @@ class RunData:
         """The largest few-label regime: the probe grid is fitted on its labels."""
         return max((r for r in self.subsets if r != "all"), key=lambda r: float(r.rstrip("%")))
 
+    def choice_regime(self, regime: str) -> str:
+        """The labels a regime's choices (feature, views) are made with: its own, or the grid's for `"all"`."""
+        return regime if regime != "all" else self.grid_regime
+
     def save(self, path: str) -> None:
         """To a safetensors file (what a worker process reads)."""
         named = {**self.splits, "shift": self.shift}
@@ -788,7 +797,8 @@ class RunData:
         for name, images in named.items():
             tensors.update({f"{name}/images": images.images, f"{name}/labels": images.labels})
         class_names = {name: images.class_names for name, images in named.items()}
-        save_file({key: x.clone() for key, x in tensors.items()}, path, metadata={"class_names": json.dumps(class_names), "regimes": json.dumps(list(self.subsets))})
+        metadata = {"class_names": json.dumps(class_names), "regimes": json.dumps(list(self.subsets))}
+        save_file({key: x.clone() for key, x in tensors.items()}, path, metadata=metadata)
 
     @classmethod
     def load(cls, path: str, contract: ImagePreprocessing) -> "RunData":
@@ -851,7 +861,7 @@ def unet_arm(args, data: RunData, work_dir: str) -> dict:
         grid = {"train": features.grid("train", grid_images), "val": features.grid("val", val.images)}
     regimes, feature_choices, fits = {}, {}, {}  # 'all' reuses the grid subset's choices and fits
     for regime in subsets:
-        choice_regime = regime if regime != "all" else grid_regime
+        choice_regime = data.choice_regime(regime)
         with timed(walls, f"unet_probe_{regime}"):
             if choice_regime not in feature_choices:
                 feature_choices[choice_regime] = choose_feature(
@@ -870,7 +880,7 @@ def unet_arm(args, data: RunData, work_dir: str) -> dict:
             all_labels_choice = (key, fit["views"])
     key, views = all_labels_choice
     with timed(walls, "unet_all_labels_extra_probes"):
-        all_features = {n: features.of(n if n != "train" else "train/all", s.images, key, views) for n, s in splits.items()}
+        all_features = {n: features.of(cache_name(n), s.images, key, views) for n, s in splits.items()}
         predictions, weighted_val = probe(all_features, splits, subsets["all"], budget.probe_C, class_weight="balanced")
         regimes["all"]["unet_class_weighted_probe"] = {**scorer(predictions), "val": weighted_val}
         if budget.hypercolumn_probe:
@@ -911,11 +921,11 @@ def simclr_arm(args, data: RunData, work_dir: str) -> dict:
         features = SimCLRFeatures(train_simclr(args, splits["train"].images, work_dir).to(args.device), budget.batch_size)
     with timed(walls, "simclr_encoding"):
         for name, split in splits.items():
-            features.of("train/all" if name == "train" else name, split.images)
+            features.of(cache_name(name), split.images)
     regimes, fits = {}, {}
     for regime in subsets:
         with timed(walls, f"simclr_probe_{regime}"):
-            choice_regime = regime if regime != "all" else data.grid_regime
+            choice_regime = data.choice_regime(regime)
             fit = probe_choosing_views(
                 features.of, splits, subsets, regime, choice_regime, budget.probe_C, ("features", 0), None, fits
             )
@@ -925,7 +935,7 @@ def simclr_arm(args, data: RunData, work_dir: str) -> dict:
             }}  # fmt: skip
     views = regimes["all"]["simclr_probe"]["views"]
     with timed(walls, "simclr_class_weighted_probe"):
-        all_features = {n: features.of(n if n != "train" else "train/all", s.images, views) for n, s in splits.items()}
+        all_features = {n: features.of(cache_name(n), s.images, views) for n, s in splits.items()}
         predictions, weighted_val = probe(all_features, splits, subsets["all"], budget.probe_C, class_weight="balanced")
         regimes["all"]["simclr_class_weighted_probe"] = {**scorer(predictions), "val": weighted_val}
     with timed(walls, "simclr_kmeans"):
