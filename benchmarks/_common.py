@@ -297,6 +297,27 @@ def target_entry(value: float, target: float, higher_is_better: bool = True) -> 
     return {"value": value, "target": target, "met": value >= target if higher_is_better else value <= target}
 
 
+def run_seed(record: dict) -> int:
+    """The `--seed` a recorded run used: its figures' `seed` where recorded, else read from its command (default 0)."""
+    if "seed" in record["figures"]:
+        return record["figures"]["seed"]
+    words = shlex.split(record["command"])
+    return int(words[words.index("--seed") + 1]) if "--seed" in words else 0
+
+
+def read_seed_runs(paths: Sequence[str], budget_of: Callable[[dict], dict]) -> Dict[int, dict]:
+    """The recorded full runs at `paths` by their `--seed`, for `--merge`: refused unless every run has the same
+    `budget_of(record)` and each seed one run."""
+    records = {path: json.loads(Path(path).read_text()) for path in paths}
+    budgets = {json.dumps(budget_of(r), sort_keys=True) for r in records.values()}
+    if len(budgets) != 1:
+        raise ValueError(f"--merge: expected runs with one budget, got {len(budgets)}: {sorted(budgets)}")
+    seeds = {path: run_seed(r) for path, r in records.items()}
+    if len(set(seeds.values())) != len(seeds):
+        raise ValueError(f"--merge: expected one run per seed, got seeds {seeds}")
+    return {seeds[path]: {**record, "path": path} for path, record in sorted(records.items(), key=lambda x: seeds[x[0]])}
+
+
 @contextmanager
 def timed(walls: dict, stage: str):
     """Record the wall time of a stage in `walls[stage]` (seconds)."""

@@ -46,6 +46,7 @@ the raw-pixel probe) side by side in two worker processes of one thread each; wi
     python benchmarks/plankton_accuracy.py --preset cpu_1h --num_threads 2  # writes ..._cpu_1h.json
     python benchmarks/plankton_accuracy.py --keep_checkpoint /tmp/plankton_unet --output /tmp/my.json
     python benchmarks/plankton_accuracy.py --unet_dir /tmp/plankton_unet --output /tmp/again.json  # no DDPM training
+    python benchmarks/plankton_accuracy.py --merge seed0.json seed1.json seed2.json  # ..._cpu_1h_3_seeds.json
 
 Data: PlanktonSet 1.0 (Cowen et al. 2015, NOAA NCEI accession 0127422) and the planktonclas FlowCam demo images
 (Decrop et al. 2025, VLIZ, Apache-2.0).
@@ -77,6 +78,7 @@ from _common import (
     check_checkpoint_options,
     data_path,
     few_label_subsets,
+    read_seed_runs,
     report,
     setup,
     target_entry,
@@ -221,7 +223,13 @@ def parse_args():
     parser.add_argument("--val_fraction", type=float, default=0.1, help="of the images left after test; default 0.1")
     parser.add_argument("--test_fraction", type=float, default=0.2, help="of every class; default 0.2")
     add_checkpoint_options(parser)
+    parser.add_argument(
+        "--merge", nargs="+", default=None,
+        help="results files of full runs with the same preset and other --seed: their mean and spread, train nothing",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.merge:
+        return args
     if args.num_threads is None and (args.quick or args.preset == "cpu"):
         args.num_threads = 1  # small convolutions on a shared CPU run faster on one thread
     args.label_fractions = args.label_fractions or ([0.1] if args.quick else [0.01, 0.1])
@@ -1005,8 +1013,77 @@ def label_efficiency_curves(regimes: dict, num_classes: int) -> dict:
     }  # fmt: skip
 
 
+# ------------------------------------------------------------------------------------------------------------------
+# Several seeds
+# ------------------------------------------------------------------------------------------------------------------
+
+# What differs between runs of one configuration, so `--merge` does not compare it.
+RUN_SPECIFIC_BUDGET = ("ddpm_final_loss", "unet_loaded_from", "unet_kept_in")
+
+
+def comparable_budget(record: dict) -> dict:
+    return {k: v for k, v in record["figures"]["budget"].items() if k not in RUN_SPECIFIC_BUDGET}
+
+
+def methods_scored(regime: dict) -> list:
+    """The methods of a regime's results with test metrics."""
+    return [m for m, result in regime.items() if isinstance(result, dict) and "long_tailed" in result]
+
+
+def run_headline(figures: dict) -> dict:
+    """What `targets` reads of one run: each method's test metrics per regime, each method's FlowCam few-shot mean
+    accuracy and the total wall time."""
+    return {
+        "regimes": {
+            regime: {m: {split: r[m][split] for split in ("long_tailed", "balanced")} for m in methods_scored(r)}
+            for regime, r in figures["regimes"].items()
+        },
+        "flowcam_shift": {m: {"mean_accuracy": v["mean_accuracy"]} for m, v in figures["flowcam_shift"].items()},
+        "wall_seconds_total": figures["wall_seconds"]["total"],
+    }  # fmt: skip
+
+
+def over_seeds(headlines: list, statistic):
+    """`statistic` of every number of `headlines` (one nested dict per seed, the same keys) across the seeds."""
+    if isinstance(headlines[0], dict):
+        return {key: over_seeds([h[key] for h in headlines], statistic) for key in headlines[0]}
+    return float(statistic(headlines))
+
+
+def merge_runs(paths: Sequence[str]) -> dict:
+    """Full runs of one preset with other `--seed`s (each its own splits, label subsets, trainings and FlowCam folds)
+    as one: every headline figure's mean and standard deviation over the seeds, the targets on the means with each
+    seed's value and how many seeds meet them."""
+    runs = read_seed_runs(paths, comparable_budget)
+    headlines = [run_headline(record["figures"]) for record in runs.values()]
+    mean = over_seeds(headlines, np.mean)
+    budget_seconds = next(iter(runs.values()))["figures"]["targets"]["wall_seconds_total"]["target"]
+    merged_targets = targets(mean["regimes"], mean["flowcam_shift"], mean["wall_seconds_total"], budget_seconds)
+    for name, entry in merged_targets.items():
+        per_seed = [record["figures"]["targets"][name] for record in runs.values()]
+        entry["std"] = float(np.std([t["value"] for t in per_seed]))
+        entry["per_seed"] = [t["value"] for t in per_seed]
+        entry["met_on_seeds"] = f"{sum(t['met'] for t in per_seed)} of {len(per_seed)}"
+    return {
+        "budget": comparable_budget(next(iter(runs.values()))),
+        "seeds": list(runs),
+        "mean": mean,
+        "std": over_seeds(headlines, np.std),
+        "per_seed": dict(zip(runs, headlines)),
+        "targets": merged_targets,
+        "merged_from": [
+            {"path": Path(r["path"]).name, "command": r["command"], "seed": seed, "date_utc": r["environment"]["date_utc"]}
+            for seed, r in runs.items()
+        ],
+    }
+
+
 def main():
     args = parse_args()
+    if args.merge:
+        merged = merge_runs(args.merge)
+        report(f"{NAME}_{merged['budget']['preset']}_{len(merged['seeds'])}_seeds", args, setup(args), merged)
+        return
     args.device = str(setup(args))
     budget, walls, start = args.budget, {}, time.perf_counter()
     with timed(walls, "read_images"):
@@ -1060,6 +1137,7 @@ def main():
     budget_seconds = BUDGET_SECONDS[args.preset] if not args.quick else 60
     train_counts = torch.bincount(train.labels, minlength=train.num_classes)
     figures = {
+        "seed": args.seed,
         "dataset": {
             "path": str(args.data), "num_classes": train.num_classes, **{f"num_{n}": len(s) for n, s in splits.items()},
             "num_balanced_test": len(balanced), "balanced_test_per_class": len(balanced) // train.num_classes,

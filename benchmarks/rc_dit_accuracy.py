@@ -44,7 +44,6 @@ label-free accuracy >= baseline + 6 points and macro-F1 >= baseline + 13 points;
 """
 
 import json
-import shlex
 import tempfile
 import time
 from pathlib import Path
@@ -68,6 +67,7 @@ from _common import (  # noqa: E402
     data_path,
     dataset_name,
     load_benchmark_data,
+    read_seed_runs,
     report,
     setup,
     subsample_splits,
@@ -420,14 +420,6 @@ def targets(results: dict, baselines: list) -> dict:
     return entries
 
 
-def run_seed(record: dict) -> int:
-    """The `--seed` a recorded run used (recorded since `--merge`; before, read from its command, default 0)."""
-    if "seed" in record["figures"]:
-        return record["figures"]["seed"]
-    words = shlex.split(record["command"])
-    return int(words[words.index("--seed") + 1]) if "--seed" in words else 0
-
-
 def run_baselines(record: dict) -> list:
     """The baselines a recorded run compared with (one, `budget.baseline`, before `--baselines`)."""
     budget = record["figures"]["budget"]
@@ -438,26 +430,21 @@ def merge_runs(paths: list) -> dict:
     """Figures of several single-seed runs (same budget, one seed each) as one: per dataset, each source's headline
     per seed and its mean and standard deviation, the margins' means (`margin_points`, what the targets read) and
     standard deviations, and the targets on those means."""
-    records = {path: json.loads(Path(path).read_text()) for path in paths}
-    budgets = {json.dumps(r["figures"]["budget"], sort_keys=True) for r in records.values()}
-    if len(budgets) != 1:
-        raise ValueError(f"--merge: expected runs with one budget, got {len(budgets)}: {sorted(budgets)}")
-    seeds = {path: run_seed(r) for path, r in records.items()}
-    if len(set(seeds.values())) != len(seeds):
-        raise ValueError(f"--merge: expected one run per seed, got seeds {seeds}")
+    runs = read_seed_runs(paths, lambda record: record["figures"]["budget"])
     per_dataset = {}
-    for path, record in records.items():
+    for seed, record in runs.items():
         for name, result in record["figures"]["datasets"].items():
-            per_dataset.setdefault(name, []).append((seeds[path], result))
-    datasets = {name: merged_dataset(runs) for name, runs in per_dataset.items()}
+            per_dataset.setdefault(name, []).append((seed, result))
+    datasets = {name: merged_dataset(results) for name, results in per_dataset.items()}
+    first = next(iter(runs.values()))
     return {
-        "budget": next(iter(records.values()))["figures"]["budget"],
-        "seeds": sorted(seeds.values()),
+        "budget": first["figures"]["budget"],
+        "seeds": list(runs),
         "datasets": datasets,
-        "targets": targets(datasets, run_baselines(next(iter(records.values())))),
-        "merged_from": [{"path": Path(path).name, "command": r["command"], "seed": seeds[path],
+        "targets": targets(datasets, run_baselines(first)),
+        "merged_from": [{"path": Path(r["path"]).name, "command": r["command"], "seed": seed,
                          "date_utc": r["environment"]["date_utc"], "total_wall_seconds": r["figures"]["total_wall_seconds"]}
-                        for path, r in records.items()],  # fmt: skip
+                        for seed, r in runs.items()],  # fmt: skip
     }
 
 

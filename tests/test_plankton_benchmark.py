@@ -1,11 +1,13 @@
 """benchmarks/plankton_accuracy.py's choices: the U-Net feature for the shift chosen on val by the shift's own
-few-shot protocol, the CNN's step budget per label regime, the hypercolumn features, the presets and the probes
-fitted once however many regimes choose on the same labels. No training."""
+few-shot protocol, the CNN's step budget per label regime, the hypercolumn features, the presets, the probes
+fitted once however many regimes choose on the same labels and runs of several seeds merged. No training."""
 
 import dataclasses
+import json
 import sys
 import types
 
+import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
@@ -182,3 +184,45 @@ def test_a_regime_choosing_on_labels_already_probed_fits_nothing_twice(monkeypat
         )
         assert result["predictions"].shape == (12,)
     assert sorted(fitted) == [12, 12, 30]  # each view on the 10% labels, then the chosen one on all labels
+
+
+def recorded_run(path, seed: int, unet_f1: float, flowcam_unet: float, preset: str = "cpu_1h") -> str:
+    """A results file as a full run writes it, with every figure `--merge` reads."""
+    metrics = lambda value: {"accuracy": value, "macro_f1": value, "balanced_accuracy": value, "tail_macro_f1": value}  # noqa: E731
+    scores = lambda value: {"long_tailed": metrics(value), "balanced": metrics(value)}  # noqa: E731
+    regimes = {
+        regime: {"num_train_labels": 10, "unet_feature": "mean/mid_block/25", "unet_probe": scores(unet_f1),
+                 "simclr_probe": scores(0.3), "cnn": scores(0.4)}
+        for regime in ("all", "10%", "1%")
+    }  # fmt: skip
+    shift = {method: {"mean_accuracy": accuracy} for method, accuracy in [("unet", flowcam_unet), ("cnn", 0.6), ("simclr", 0.5)]}
+    figures = {
+        "budget": {"preset": preset, "train_steps": 350, "ddpm_final_loss": 0.04 + seed},
+        "regimes": regimes, "flowcam_shift": shift, "wall_seconds": {"total": 1000.0 + seed},
+        "targets": plankton_accuracy.targets(regimes, shift, 1000.0 + seed, 3600.0),
+    }  # fmt: skip
+    record = {"command": f"python plankton_accuracy.py --seed {seed}", "environment": {"date_utc": "now"}, "figures": figures}
+    path.write_text(json.dumps(record))
+    return str(path)
+
+
+def test_runs_of_several_seeds_merge_into_means_and_spreads_with_the_targets_on_the_means(tmp_path):
+    paths = [recorded_run(tmp_path / "a.json", 0, 0.5, 0.7), recorded_run(tmp_path / "b.json", 1, 0.44, 0.5)]
+    merged = plankton_accuracy.merge_runs(paths)
+    assert merged["seeds"] == [0, 1]
+    assert merged["mean"]["regimes"]["all"]["unet_probe"]["long_tailed"]["macro_f1"] == pytest.approx(0.47)
+    assert merged["std"]["flowcam_shift"]["unet"]["mean_accuracy"] == pytest.approx(0.1)
+    all_labels = merged["targets"]["all_labels_probe_minus_cnn_macro_f1_points"]
+    assert all_labels["value"] == pytest.approx(7.0) and all_labels["per_seed"] == pytest.approx([10.0, 4.0])
+    assert all_labels["met"] and all_labels["met_on_seeds"] == "2 of 2"
+    flowcam = merged["targets"]["flowcam_unet_minus_cnn_few_shot_accuracy_points"]  # +10 and -10: met on one seed
+    assert flowcam["value"] == pytest.approx(0.0, abs=1e-9) and flowcam["met_on_seeds"] == "1 of 2"
+    assert "ddpm_final_loss" not in merged["budget"]
+
+
+def test_runs_of_another_preset_or_of_one_seed_twice_are_refused(tmp_path):
+    first = recorded_run(tmp_path / "a.json", 0, 0.5, 0.7)
+    with pytest.raises(ValueError, match="one budget"):
+        plankton_accuracy.merge_runs([first, recorded_run(tmp_path / "b.json", 1, 0.5, 0.7, preset="cpu")])
+    with pytest.raises(ValueError, match="one run per seed"):
+        plankton_accuracy.merge_runs([first, recorded_run(tmp_path / "c.json", 0, 0.4, 0.7)])
