@@ -36,8 +36,8 @@ the 10% label subset, 3 timesteps, mean and 2x2 pooling); `gpu` is the full-size
 library's 6 default timesteps, mean and 2x2 pooling; sized by estimate, not yet run); `cpu_1h` aims at the issue's
 CPU budget, 60 minutes on 2 cores: `cpu` without the hypercolumn probe, with each probe's C chosen from 0.1, 1, 10
 and 100 (raw pixels' from 0.001, 0.01, 0.1) and the run's parts (the U-Net arm, the SimCLR arm, each CNN training,
-the raw-pixel probe) side by side in two worker processes of one thread each; with `--num_threads 2` it took 36 min
-(2026-12-03; 70 with the parts one after the other on 2 threads, only the CNN pairs side by side).
+the raw-pixel probe) side by side in two worker processes of one thread each; with `--num_threads 2` it took 36-42 min
+over 3 seeds (2026-12-03; 70 with the parts one after the other on 2 threads, only the CNN pairs side by side).
 `--quick` is a smoke run under a minute (16 px, 8 images per class, a few steps, no hypercolumn probe).
 
     python benchmarks/plankton_accuracy.py --quick
@@ -1127,8 +1127,9 @@ def main():
     shift_views = {**unet["flowcam_shift_views"], "cnn": cnn_views, **simclr["flowcam_shift_views"]}
 
     name = NAME if args.quick or args.preset == "cpu" else f"{NAME}_{args.preset}"
-    figure_dir = Path(tempfile.mkdtemp()) if args.quick else Path(args.output or _common.RESULTS_DIR / name).parent
-    plot = figure_dir / f"{name}_label_efficiency.png"
+    output = Path(args.output or _common.RESULTS_DIR / f"{name}.json")
+    figure_dir = Path(tempfile.mkdtemp()) if args.quick else output.parent
+    plot = figure_dir / f"{output.stem}_label_efficiency.png"  # named after its results file: seeds never overwrite
     plot_label_efficiency(
         label_efficiency_curves(regimes, train.num_classes), str(plot),
         title=f"NDSB plankton, {train.num_classes} classes, long-tailed test ({len(test)} images): "
