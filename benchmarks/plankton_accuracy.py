@@ -1055,9 +1055,10 @@ def merge_runs(paths: Sequence[str]) -> dict:
     as one: every headline figure's mean and standard deviation over the seeds, the targets on the means with each
     seed's value and how many seeds meet them."""
     runs = read_seed_runs(paths, comparable_budget)
+    first = next(iter(runs.values()))
     headlines = [run_headline(record["figures"]) for record in runs.values()]
     mean = over_seeds(headlines, np.mean)
-    budget_seconds = next(iter(runs.values()))["figures"]["targets"]["wall_seconds_total"]["target"]
+    budget_seconds = first["figures"]["targets"]["wall_seconds_total"]["target"]
     merged_targets = targets(mean["regimes"], mean["flowcam_shift"], mean["wall_seconds_total"], budget_seconds)
     for name, entry in merged_targets.items():
         per_seed = [record["figures"]["targets"][name] for record in runs.values()]
@@ -1065,7 +1066,7 @@ def merge_runs(paths: Sequence[str]) -> dict:
         entry["per_seed"] = [t["value"] for t in per_seed]
         entry["met_on_seeds"] = f"{sum(t['met'] for t in per_seed)} of {len(per_seed)}"
     return {
-        "budget": comparable_budget(next(iter(runs.values()))),
+        "budget": comparable_budget(first),
         "seeds": list(runs),
         "mean": mean,
         "std": over_seeds(headlines, np.std),
