@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence
 
 import torch
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -316,6 +316,15 @@ def read_seed_runs(paths: Sequence[str], budget_of: Callable[[dict], dict]) -> D
     if len(set(seeds.values())) != len(seeds):
         raise ValueError(f"--merge: expected one run per seed, got seeds {seeds}")
     return {seeds[path]: {**record, "path": path} for path, record in sorted(records.items(), key=lambda x: seeds[x[0]])}
+
+
+def over_seeds(tables: list, statistic: Callable, digits: Optional[int] = None):
+    """`statistic` of every number of `tables` (nested dicts of one shape, one per seed) across the seeds, in that
+    shape; rounded to `digits` when given."""
+    if isinstance(tables[0], dict):
+        return {key: over_seeds([table[key] for table in tables], statistic, digits) for key in tables[0]}
+    value = float(statistic(tables))
+    return value if digits is None else round(value, digits)
 
 
 @contextmanager

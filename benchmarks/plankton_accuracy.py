@@ -78,6 +78,7 @@ from _common import (
     check_checkpoint_options,
     data_path,
     few_label_subsets,
+    over_seeds,
     read_seed_runs,
     report,
     setup,
@@ -1041,13 +1042,6 @@ def run_headline(figures: dict) -> dict:
         "flowcam_shift": {m: {"mean_accuracy": v["mean_accuracy"]} for m, v in figures["flowcam_shift"].items()},
         "wall_seconds_total": figures["wall_seconds"]["total"],
     }  # fmt: skip
-
-
-def over_seeds(headlines: list, statistic):
-    """`statistic` of every number of `headlines` (one nested dict per seed, the same keys) across the seeds."""
-    if isinstance(headlines[0], dict):
-        return {key: over_seeds([h[key] for h in headlines], statistic) for key in headlines[0]}
-    return float(statistic(headlines))
 
 
 def merge_runs(paths: Sequence[str]) -> dict:

@@ -67,6 +67,7 @@ from _common import (  # noqa: E402
     data_path,
     dataset_name,
     load_benchmark_data,
+    over_seeds,
     read_seed_runs,
     report,
     setup,
@@ -453,15 +454,10 @@ def merged_dataset(runs: list) -> dict:
     headlines = [result["headline"] for _, result in runs]
     margins = [result["margin_points"] for _, result in runs]
     return {
-        "headline": over_seeds(headlines, np.mean), "headline_std": over_seeds(headlines, np.std),
-        "margin_points": over_seeds(margins, np.mean), "margin_points_std": over_seeds(margins, np.std),
+        "headline": over_seeds(headlines, np.mean, 4), "headline_std": over_seeds(headlines, np.std, 4),
+        "margin_points": over_seeds(margins, np.mean, 4), "margin_points_std": over_seeds(margins, np.std, 4),
         "per_seed": {seed: result["headline"] for seed, result in sorted(runs, key=lambda run: run[0])},
     }  # fmt: skip
-
-
-def over_seeds(tables: list, statistic) -> dict:
-    """`{source: {metric: statistic of its values over the tables}}`, for tables of the same sources and metrics."""
-    return {s: {m: round(float(statistic([t[s][m] for t in tables])), 4) for m in tables[0][s]} for s in tables[0]}
 
 
 def main():
