@@ -186,6 +186,36 @@ def test_a_regime_choosing_on_labels_already_probed_fits_nothing_twice(monkeypat
     assert sorted(fitted) == [12, 12, 30]  # each view on the 10% labels, then the chosen one on all labels
 
 
+class KeyedFeatures:
+    """Features by (pool, block, t) as `UNetFeatures.at` gives them: the images themselves at blocks named
+    "informative", noise of their shape elsewhere."""
+
+    def at(self, key):
+        def features_of(name, images, views):
+            noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(len(images)))
+            return images if key[1] == "informative" else noise
+
+        return features_of
+
+
+def test_with_all_labels_the_pair_is_the_best_on_val_of_the_grids_best_few_refitted_on_all_labels():
+    generator = torch.Generator().manual_seed(0)
+
+    def split(size):
+        labels = torch.arange(size) % 3
+        images = labels[:, None].float() + 0.1 * torch.randn(size, 4, generator=generator)
+        return types.SimpleNamespace(images=images, labels=labels, num_classes=3, class_names=["a", "b", "c"])
+
+    splits, subsets, fits = {"train": split(30), "val": split(30), "test": split(12)}, {"all": torch.arange(30)}, {}
+    grid_favourite, runner_up = ("mean", "noise", 25), ("2x2", "informative", 100)
+    key, scores = plankton_accuracy.all_labels_feature(KeyedFeatures(), splits, subsets, [grid_favourite, runner_up], [1.0], fits)
+    assert key == runner_up and list(scores) == ["mean/noise/25", "2x2/informative/100"]
+    assert scores["2x2/informative/100"] == (1.0, 1.0) and scores["mean/noise/25"][0] < 0.7
+    assert set(fits) == {("all", None, "mean", ("noise", 25)), ("all", None, "2x2", ("informative", 100))}
+    tied = ("mean", "informative", 25)
+    assert plankton_accuracy.all_labels_feature(KeyedFeatures(), splits, subsets, [tied, runner_up], [1.0], fits)[0] == tied
+
+
 def recorded_run(path, seed: int, unet_f1: float, flowcam_unet: float, preset: str = "cpu_1h") -> str:
     """A results file as a full run writes it, with every figure `--merge` reads."""
     metrics = lambda value: {"accuracy": value, "macro_f1": value, "balanced_accuracy": value, "tail_macro_f1": value}  # noqa: E731
