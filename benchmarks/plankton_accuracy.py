@@ -491,9 +491,9 @@ def hypercolumn_probe(
     grid subset's labels as the single feature's."""
     column_key = (key[0], ALL_BLOCKS, key[2])
     fit = probe_choosing_views(
-        unet_features.at(column_key), splits, subsets, "all",
-        grid_regime, budget.probe_C, column_key[1:], column_key[0], fits={},
-    )  # fmt: skip
+        unet_features.at(column_key), splits, subsets, "all", grid_regime, budget.probe_C, column_key[1:],
+        column_key[0], fits={},
+    )
     return {
         **scorer(fit["predictions"]), "feature": feature_name(column_key, fit["views"]), "val": fit["val"],
         "views_val_accuracy_macro_f1": fit["views_val_accuracy_macro_f1"],
@@ -885,8 +885,8 @@ def part_runner(num_workers: int, data: RunData, work_dir: str):
 
 def unet_arm(args, data: RunData, work_dir: str) -> dict:
     """The method: the DDPM U-Net trained without labels, its feature grid, each regime's probe (its pair chosen on
-    its own labels within the grid subset; 'all' among the grid subset's best few, refitted on all labels), the class-weighted and hypercolumn probes with
-    all labels, k-means and the FlowCam shift."""
+    its own labels within the grid subset; 'all' among the grid subset's best few, refitted on all labels), the
+    class-weighted and hypercolumn probes with all labels, k-means and the FlowCam shift."""
     budget, splits, subsets, walls = args.budget, data.splits, data.subsets, {}
     val, scorer, grid_regime = splits["val"], Scorer(splits, data.balanced), data.grid_regime
     with timed(walls, "ddpm_training"):
@@ -1175,7 +1175,8 @@ def main():
         },
         "selection": "every choice on val: the (pool, block, t) of each regime by val accuracy of probes fitted on its "
         f"own labels within the grid subset ({grid_regime} of the train labels, {len(grid_rows)} images; the 'all' regime "
-        f"the best, fitted upright on all labels, of the {budget.all_labels_candidates} best there), the CNN's checkpoint by val accuracy and its sampling by val macro-F1, the "
+        f"the best, fitted upright on all labels, of the {budget.all_labels_candidates} best there), the CNN's "
+        "checkpoint by val accuracy and its sampling by val macro-F1, the "
         "label-free k-means feature and normalisation by split-half stability, K by silhouette, on the grid's train "
         "and val images without labels; the views (upright, or averaged over the 8 rotations and mirror images) of "
         "each probe by val accuracy of probes fitted on the regime's labels within the grid subset (the 'all' regime "
