@@ -37,8 +37,9 @@ the 10% label subset, 3 timesteps, mean and 2x2 pooling); `gpu` is the full-size
 library's 6 default timesteps, mean and 2x2 pooling; sized by estimate, not yet run); `cpu_1h` aims at the issue's
 CPU budget, 60 minutes on 2 cores: `cpu` without the hypercolumn probe, with each probe's C chosen from 0.1, 1, 10
 and 100 (raw pixels' from 0.001, 0.01, 0.1) and the run's parts (the U-Net arm, the SimCLR arm, each CNN training,
-the raw-pixel probe) side by side in two worker processes of one thread each; with `--num_threads 2` it took 36-42 min
-over 3 seeds (2026-12-03; 70 with the parts one after the other on 2 threads, only the CNN pairs side by side).
+the raw-pixel probe) side by side in two worker processes of one thread each; with `--num_threads 2` it took 38-49 min
+over 3 seeds (2026-12-04, with the all-labels pair chosen among 3; 36-42 without on 2026-12-03; 70 with the parts
+one after the other on 2 threads, only the CNN pairs side by side).
 `--quick` is a smoke run under a minute (16 px, 8 images per class, a few steps, no hypercolumn probe).
 
     python benchmarks/plankton_accuracy.py --quick
@@ -185,7 +186,8 @@ PRESETS = {
 # strengths a decade apart instead of 7, the raw-pixel probe from 0.001, 0.01 and 0.1 (its 1,024 collinear pixels
 # need strong regularisation: on val, C = 0.01 scored 36.5%, 0.1 33.8%, and 10 and 100 ran to max_iter, about 10
 # minutes) and the run's parts side by side in two processes of one thread each. It took 36 min (70 with only each
-# regime's two CNN trainings side by side, 73 with the C grids alone).
+# regime's two CNN trainings side by side, 73 with the C grids alone); 38-49 min over 3 seeds with the all-labels
+# pair chosen among `ALL_LABELS_CANDIDATES`.
 PRESETS["cpu_1h"] = dataclasses.replace(
     PRESETS["cpu"], probe_C=(0.1, 1.0, 10.0, 100.0), hypercolumn_probe=False, raw_pixel_probe_C=(0.001, 0.01, 0.1),
     workers=2,
