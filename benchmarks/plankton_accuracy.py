@@ -126,9 +126,9 @@ VIEW_CHOICES = (None, "dihedral")
 # accuracy at C = 1 (the objective's default) and 60.4% at C = 3, still rising.
 # With all labels the probe chooses its (pool, block, t) among the grid's best few, refitted upright on all labels:
 # over 3 seeds of `cpu_1h` the grid's (10% of the labels) best 3 pairs lay within 1.1 points of val accuracy (its
-# standard error is about 0.7), and the pair seed 2 chose there reached 53.2% val accuracy with all labels where
-# the 2x2 down_blocks.1 of seeds 0 and 1 reached 60.7 and 57.8%. Each candidate costs its extraction of every train
-# image and an all-labels fit.
+# standard error is about 0.7); refitted on all labels, seed 2's grid favourite (mean up_blocks.1, t = 25) reached
+# 48.9% upright val accuracy and its second, 2x2 up_blocks.1, 54.4% (2026-12-04). Each candidate costs its extraction
+# of every train image (about 75 s on one thread) and an all-labels fit.
 ALL_LABELS_CANDIDATES = 3
 QUICK_PROBE_C = (1.0,)  # 8 images per class: at larger C the solver takes long (PROBE_C made the run 40 s slower)
 
