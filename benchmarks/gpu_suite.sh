@@ -59,8 +59,10 @@ fi
 HAS_PLANKTON=$([ -d "${BENCHMARK_DATA_ROOT:-$REPO/../shared/data}/ndsb2015_plankton/train" ] && echo 1 || echo 0)
 
 # ------------------------------------------------------------------------------------------------------------------
-# One step: NAME CAP_SECONDS SCRIPT [FULL-RUN FLAGS...]
+# One step: NAME CAP_SECONDS SCRIPT [FULL-RUN FLAGS...]; STEP_DATA_FLAGS (an array) go to the dry run's step too
 # ------------------------------------------------------------------------------------------------------------------
+
+STEP_DATA_FLAGS=()
 
 run_step() {
   local name=$1 cap=$2 script=$3
@@ -71,11 +73,11 @@ run_step() {
   fi
   if [ "$DRY_RUN" = 1 ]; then
     limit=600
-    flags=(--quick --device cpu --num_threads 1)
+    flags=(--quick --device cpu --num_threads 1 "${STEP_DATA_FLAGS[@]}")
   else
     limit=$(( BUDGET_S - elapsed - 5 ))
     [ "$cap" -lt "$limit" ] && limit=$cap
-    flags=(--device "$DEVICE" --output "$OUTDIR/$name.json" "$@")
+    flags=(--device "$DEVICE" --output "$OUTDIR/$name.json" "${STEP_DATA_FLAGS[@]}" "$@")
   fi
   if [ "$limit" -lt 20 ]; then
     printf '%s\tskipped\t0\t%s\n' "$name" "under 20 s of the suite's budget left" >> "$STATUS_FILE"
@@ -135,6 +137,19 @@ if [ "$HAS_PLANKTON" = 1 ]; then
   run_step bench_data_scale 40 bench_data_scale.py --sizes 500 1500
 elif [ -z "${GPU_SUITE_ONLY:-}" ]; then
   printf '%s\tskipped\t0\t%s\n' bench_data_scale "no plankton data (benchmarks/gpu_carry_data.sh)" >> "$STATUS_FILE"
+fi
+# The plankton study at full size needs all of NDSB, which travels only packed (benchmarks/gpu_carry_plankton.py,
+# carried as .gpu_plankton instead of .gpu_data): last, so that a whole suite reaches it only with time to spare.
+# PLANKTON_FLAGS adds flags to its full run (e.g. "--max_train_steps 1000" where less time is left).
+if [ -f .gpu_plankton/ndsb_train.npz ] && { [ -z "${GPU_SUITE_ONLY:-}" ] || [[ " $GPU_SUITE_ONLY " == *" plankton_accuracy "* ]]; }; then
+  "$PYTHON" benchmarks/gpu_carry_plankton.py unpack "$OUTDIR/plankton_carried" > "$OUTDIR/plankton_unpack.log" 2>&1
+  STEP_DATA_FLAGS=(--data "$OUTDIR/plankton_carried/ndsb" --shift_data "$OUTDIR/plankton_carried/flowcam")
+  # shellcheck disable=SC2086  # PLANKTON_FLAGS is a list of flags
+  run_step plankton_accuracy 600 plankton_accuracy.py --preset gpu ${PLANKTON_FLAGS:-}
+  STEP_DATA_FLAGS=()
+  rm -rf "$OUTDIR/plankton_carried"
+elif [ -z "${GPU_SUITE_ONLY:-}" ]; then
+  printf '%s\tskipped\t0\t%s\n' plankton_accuracy "NDSB not carried (benchmarks/gpu_carry_plankton.py pack)" >> "$STATUS_FILE"
 fi
 
 # ------------------------------------------------------------------------------------------------------------------
