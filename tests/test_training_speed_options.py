@@ -116,10 +116,12 @@ def test_bf16_mixed_precision_autocasts_the_model_forward(tmp_path, fresh_accele
     trained(torch.zeros(2, 4))  # the returned model runs as it was built: no autocast left on its forward
     assert seen["linear"] == {torch.float32}
 
-    seen.clear()
-    AcceleratorState._reset_state()
+    seen.clear()  # another model of the same process in fp32: accelerate's state follows (it refuses a change itself)
     train(tiny_args(tmp_path / "fp32", max_train_steps=1), model, linear_dataset(), regression_loss)
     assert seen["linear"] == {torch.float32}
+    seen.clear()
+    train(tiny_args(tmp_path / "bf16_again", max_train_steps=1, mixed_precision="bf16"), model, linear_dataset(), regression_loss)
+    assert seen["linear"] == {torch.bfloat16}
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -155,6 +156,7 @@ def train(
     if not hasattr(sampler, "set_epoch"):
         sampler = EpochSeededSampler(sampler, args.seed)
     budget = TrainingBudget(args.max_train_minutes)
+    allow_mixed_precision(args.mixed_precision)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -164,6 +166,16 @@ def train(
     check_world_size(accelerator)
     with _claim_output_dir(accelerator, args):
         return _train(accelerator, args, model, dataset, loss_fn, sampler, sample_grid, monitor, budget)
+
+
+def allow_mixed_precision(mixed_precision: str) -> None:
+    """accelerate keeps one `AcceleratorState` per process and refuses an `Accelerator` of another mixed precision; a
+    process that trains several models one after the other (a benchmark's DDPM in bf16, then its CNN in fp32; a
+    notebook) gets the one it asks for. Only the mixed-precision state is reset, as accelerate's own tests do: the
+    process group (`PartialState`) is kept."""
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed_precision) != mixed_precision:
+        AcceleratorState._reset_state()
 
 
 @contextmanager
@@ -401,6 +413,9 @@ def _train(
     if ema is not None:
         ema.copy_to(unwrapped.parameters())
     unwrapped = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # inference after training is not autocast
+    # accelerate marks a model it prepared and never prepares it again: trained anew (another mixed precision, more
+    # steps) it would miss its autocast and device placement
+    unwrapped.__dict__.pop("_is_accelerate_prepared", None)
     unwrapped.eval()
     accelerator.end_training()
     summary = TrainingSummary(
