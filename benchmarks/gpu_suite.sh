@@ -127,6 +127,7 @@ cat "$OUTDIR/machine.txt"
 # step finished, else what it had used when its first cap (in brackets) stopped it. Together they exceed one 10-minute
 # command: run the suite in two (GPU_SUITE_ONLY, README), the speed steps first.
 run_step training_speed 130 training_speed.py  # 74 s
+run_step training_speed_compiled 240 training_speed.py --models unet --torch_compile --torch_compile_modes reduce-overhead --mfu_batch_sizes 128 256  # not run: CUDA graphs for the launch-bound small models, a larger MFU batch; the default mode took 128 s for the U-Net and the MFU model
 run_step unet_features_bench_extraction 50 unet_features_bench_extraction.py  # 36 s
 run_step unet_features_bench_precision 100 unet_features_bench_precision.py  # [60] s; 56 s alone with the wheels' install
 run_step unet_features_bench_probe 180 unet_features_bench_probe.py  # [70]: digits + PneumoniaMNIST mean; digits + 2x2 unfinished in 135 s (scikit-learn)

@@ -23,7 +23,10 @@ U-Net preset): the measurement behind turning them on only on CUDA.
 On CUDA also model FLOP utilisation (MFU) of a DiT-S/2-sized RC-DiT on 64 px RGB images (1,024 tokens) trained
 by the library loop: FLOPs of one training step counted by `torch.utils.flop_counter.FlopCounterMode`, times
 steps/s, over the card's dense bf16 peak (`--peak_tflops`, default 989: NVIDIA's H100/H200 SXM datasheet figure).
-On CPU the MFU is recorded as not measured.
+On CPU the MFU is recorded as not measured. `--torch_compile` also times the library loop compiled, in each of
+`--torch_compile_modes` ("reduce-overhead" replays CUDA graphs), and the MFU model so; `--mfu_batch_sizes` tries
+several batches. Each model's target is met by the fastest library configuration a user can choose by its flags
+(named in the target's entry).
 
     python benchmarks/training_speed.py --quick
     python benchmarks/training_speed.py --num_threads 2      # writes benchmarks/results/training_speed.json
@@ -49,6 +52,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from _common import base_parser, report, setup, target_entry
 from diffusion_classifiers.models import RepresentationConditionedDiTModel, build_vit_encoder, rc_dit_config, unet_config
 from diffusion_classifiers.training import DenoisingLoss, RCDiTJointModel, RCDiTLoss, TrainingArguments, train
+from diffusion_classifiers.training.arguments import COMPILE_MODES
 
 MODELS = ["unet", "score_sde_unet", "rc_dit"]
 NUM_CLASSES = 10
@@ -180,14 +184,24 @@ def library_loop(model, dataset, loss_fn, device: torch.device, batch_size: int,
 
 def loops_to_time(args, device: torch.device) -> dict:
     """The plain loop, the library loop, and on CUDA the library loop without one option at a time (what each
-    contributes: --ablations, default on CUDA); with --torch_compile also compiled."""
+    contributes: --ablations, default on CUDA); with --torch_compile also compiled in each of --torch_compile_modes
+    (and with --ablations also compiled without bf16)."""
     loops = {"plain_fp32": plain_loop, "library": library_loop}
     if args.ablations:
         loops["library_without_bf16"] = partial(library_loop, mixed_precision="no")
         loops["library_without_channels_last"] = partial(library_loop, channels_last=False)
-    if args.torch_compile:
-        loops["library_compiled"] = partial(library_loop, torch_compile=True)
+    for mode in args.torch_compile_modes if args.torch_compile else []:
+        name = "library_compiled" + ("" if mode == "default" else f"_{mode}")
+        compiled = dict(torch_compile=True, torch_compile_mode=mode)
+        loops[name] = partial(library_loop, **compiled)
+        if args.ablations:
+            loops[f"{name}_without_bf16"] = partial(library_loop, **compiled, mixed_precision="no")
     return loops
+
+
+def best_library_loop(case: dict) -> tuple:
+    """The fastest of the library's configurations a user can choose by its flags (name, speed-up over plain)."""
+    return max(case["speedup_over_plain"].items(), key=lambda item: item[1])
 
 
 CPU_OPTIONS = {  # each GPU option of the library loop, alone, on the plain loop
@@ -269,29 +283,33 @@ def model_flop_utilisation(args, device: torch.device) -> dict:
     library loop (bf16)."""
     sizes = {"image_size": 64, "encoder_hidden_size": 384}
     make_model, loss_fn = build_case("rc_dit", sizes, args.seed, num_channels=3, dit_size="S", patch_size=2)
-    batch_size = args.mfu_batch_size
-    dataset = make_dataset(batch_size * (args.steps + 2), 64, 3, args.seed)
-    model = make_model().to(device)
-    batch = [tensor.to(device) for tensor in dataset[:batch_size]]
-    with torch.autocast(device.type, dtype=torch.bfloat16):
-        flops = training_step_flops(model, loss_fn, batch)
-    results = {}
-    for compiled in [False, True] if args.torch_compile else [False]:
-        clock = StepClock(loss_fn, device)
-        library_loop(make_model(), dataset, clock, device, batch_size, args.steps, args.seed, torch_compile=compiled)
-        step = statistics.median(clock.step_seconds(args.warmup_steps))
-        achieved = flops / step / 1e12
-        results["compiled" if compiled else "eager"] = {
-            "step_seconds": step, "images_per_s": batch_size / step, "achieved_tflops": achieved,
-            "mfu": achieved / args.peak_tflops,
-        }  # fmt: skip
+    compile_modes = [None] + (list(args.torch_compile_modes) if args.torch_compile else [])
+    results, flops_per_step = {}, {}
+    for batch_size in args.mfu_batch_sizes:
+        dataset = make_dataset(batch_size * (args.steps + 2), 64, 3, args.seed)
+        batch = [tensor.to(device) for tensor in dataset[:batch_size]]
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            flops = flops_per_step[batch_size] = training_step_flops(make_model().to(device), loss_fn, batch)
+        for mode in compile_modes:
+            clock = StepClock(loss_fn, device)
+            compiled = dict(torch_compile=True, torch_compile_mode=mode) if mode else {}
+            library_loop(make_model(), dataset, clock, device, batch_size, args.steps, args.seed, **compiled)
+            step = statistics.median(clock.step_seconds(args.warmup_steps))
+            achieved = flops / step / 1e12
+            name = ("eager" if mode is None else "compiled" if mode == "default" else f"compiled_{mode}") + (
+                "" if len(args.mfu_batch_sizes) == 1 else f"_batch_{batch_size}"
+            )
+            results[name] = {
+                "batch_size": batch_size, "step_seconds": step, "images_per_s": batch_size / step,
+                "achieved_tflops": achieved, "mfu": achieved / args.peak_tflops,
+            }  # fmt: skip
     ceiling = measured_bf16_matmul_tflops(device) if device.type == "cuda" else None
     best = max(results.values(), key=lambda r: r["mfu"])
     return {
         "model": "RC-DiT, DiT-S/2 sized (hidden 384, 12 blocks, 6 heads, patch 2) + ViT encoder (384 wide, 4 blocks, patch 8)",
         "input": "64 px RGB pixels, 1024 DiT tokens",
-        "batch_size": batch_size,
-        "flops_per_step": flops,
+        "batch_size": best["batch_size"],
+        "flops_per_step": flops_per_step[best["batch_size"]],
         "peak_tflops_used": args.peak_tflops,
         "peak_source": "NVIDIA H100/H200 SXM datasheet, dense bf16" if args.peak_tflops == DATASHEET_PEAK_TFLOPS else "--peak_tflops",
         "measured_bf16_matmul_tflops": ceiling,
@@ -314,7 +332,11 @@ def main():
         help="also time the library loop without bf16 and without channels-last; default: on CUDA only",
     )  # fmt: skip
     parser.add_argument("--mfu", action=argparse.BooleanOptionalAction, default=None, help="measure MFU; default: on CUDA only")
-    parser.add_argument("--mfu_batch_size", type=int, default=128, help="batch of the MFU run")
+    parser.add_argument("--mfu_batch_sizes", type=int, nargs="+", default=[128], help="batches of the MFU runs; default 128")
+    parser.add_argument(
+        "--torch_compile_modes", nargs="+", choices=COMPILE_MODES, default=["default"],
+        help="with --torch_compile, the torch.compile modes timed; default: default",
+    )  # fmt: skip
     parser.add_argument("--peak_tflops", type=float, default=DATASHEET_PEAK_TFLOPS, help="the card's dense bf16 peak")
     args = parser.parse_args()
     device = setup(args)
@@ -332,7 +354,10 @@ def main():
     cases = {name: compare_loops(name, sizes, args, device, batch_size) for name in args.models}
     cpu_options = cpu_option_speedups(sizes, args, device, batch_size) if device.type == "cpu" else None
     target = SPEEDUP_TARGET[device.type if device.type in SPEEDUP_TARGET else "cpu"]
-    targets = {f"{name}_library_vs_plain_speedup": target_entry(case["speedup_over_plain"]["library"], target) for name, case in cases.items()}
+    targets = {}
+    for name, case in cases.items():
+        loop_name, speedup = best_library_loop(case)
+        targets[f"{name}_library_vs_plain_speedup"] = {**target_entry(speedup, target), "loop": loop_name}
     mfu = model_flop_utilisation(args, device) if args.mfu else None
     if gpu:
         targets["rc_dit_s2_mfu"] = target_entry(mfu["mfu"], MFU_TARGET)

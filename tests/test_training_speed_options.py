@@ -15,6 +15,7 @@ from torch.utils.data import TensorDataset
 
 from diffusion_classifiers.models import RepresentationConditionedDiTModel, rc_dit_config, unet_config
 from diffusion_classifiers.training import TrainingArguments, add_training_args, train, train_ddpm_unet
+from diffusion_classifiers.training.arguments import training_args_from_namespace
 from diffusion_classifiers.training import loop
 from diffusion_classifiers.training.loop import TrainingBudget, build_optimizer, uses_channels_last
 
@@ -82,6 +83,21 @@ def test_speed_flags_are_command_line_flags_and_bad_budgets_are_refused():
     assert (defaults.max_train_minutes, defaults.torch_compile, defaults.allow_tf32, defaults.channels_last) == (None, False, True, True)
     with pytest.raises(ValueError, match=r"expected --max_train_minutes to be None or a positive number, got 0"):
         TrainingArguments(output_dir="o", max_train_minutes=0)
+    with pytest.raises(ValueError, match=r"expected --torch_compile_mode to be one of \['default', 'reduce-overhead'"):
+        TrainingArguments(output_dir="o", max_train_steps=1, torch_compile_mode="fast")
+
+
+def test_torch_compile_mode_reaches_torch_compile(monkeypatch):
+    model, modes = nn.Linear(2, 2), []
+    monkeypatch.setattr(model, "compile", lambda **options: modes.append(options["mode"]))
+    parser = add_training_args(argparse.ArgumentParser())
+    cases = {(): [], ("--torch_compile",): ["default"]}
+    cases[("--torch_compile", "--torch_compile_mode", "reduce-overhead")] = ["reduce-overhead"]
+    for flags, expected in cases.items():
+        modes.clear()
+        args = training_args_from_namespace(parser.parse_args(["--output_dir", "o", "--max_train_steps", "1", *flags]))
+        loop.prepare_model_for_speed(args, model, CPU)
+        assert modes == expected
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -26,6 +26,9 @@ SCHEDULER_NAMES = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "piecewise_constant",
 )  # fmt: skip
 
+# `torch.compile`'s modes
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 def _none_or_positive(value: Optional[int]) -> bool:
     return value is None or value >= 1
@@ -66,6 +69,11 @@ class TrainingArguments:
     )
     torch_compile: bool = _flag(
         False, "Compile the model with `torch.compile` (inductor); the first steps are slower while it compiles."
+    )
+    torch_compile_mode: str = _flag(
+        "default",
+        f"The `torch.compile` mode of --torch_compile, one of {list(COMPILE_MODES)}: \"reduce-overhead\" replays CUDA "
+        "graphs, for small models whose steps wait on kernel launches (not measured yet).",
     )
     max_train_minutes: Optional[float] = _flag(
         None,
@@ -114,6 +122,7 @@ class TrainingArguments:
             ("lr_scheduler", f"one of {list(SCHEDULER_NAMES)}", self.lr_scheduler in SCHEDULER_NAMES),
             ("max_grad_norm", "a positive number", self.max_grad_norm > 0),
             ("mixed_precision", '"no", "fp16" or "bf16"', self.mixed_precision in ("no", "fp16", "bf16")),
+            ("torch_compile_mode", f"one of {list(COMPILE_MODES)}", self.torch_compile_mode in COMPILE_MODES),
             ("max_train_minutes", "None or a positive number", self.max_train_minutes is None or self.max_train_minutes > 0),
             ("ema_max_decay", "a number in [0, 1]", 0 <= self.ema_max_decay <= 1),
             ("checkpointing_steps", "a positive integer", self.checkpointing_steps >= 1),

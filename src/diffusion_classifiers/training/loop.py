@@ -6,13 +6,13 @@ EMA (diffusers `EMAModel`), `checkpoint-N` folders with `--resume_from_checkpoin
 the weights of the uninterrupted one, bit for bit), one run per `--output_dir`, a tqdm bar on the main process, and
 at every checkpoint (the last step included) the loss curve and the trainer's sample grid (`monitoring.py`).
 
-Hardware speed: on CUDA the loop turns on what makes a step faster without changing what is learned beyond
-rounding: TF32 matmuls (`--allow_tf32`), channels-last weights for convolutional models (`--channels_last`), fused AdamW and
-multi-tensor (foreach) EMA updates; bf16 autocast is `--mixed_precision bf16`, compilation `--torch_compile`.
-diffusers' attention already runs PyTorch's SDPA (`AttnProcessor2_0`). On CPU each of these measured no faster
-(`benchmarks/training_speed.py`), so the CPU path is the plain one. `--max_train_minutes` stops a run cleanly
-when its wall-clock budget runs out: a final checkpoint, the loss files and the model, as at the last step.
-"""
+Hardware speed: on CUDA the loop turns on what makes a step faster without changing what is learned beyond rounding:
+TF32 matmuls (`--allow_tf32`), channels-last weights for convolutional models (`--channels_last`), fused AdamW and
+multi-tensor (foreach) EMA updates; bf16 autocast is `--mixed_precision bf16`, compilation `--torch_compile`
+(`--torch_compile_mode`). diffusers' attention already runs PyTorch's SDPA (`AttnProcessor2_0`). On CPU each of these
+measured no faster (`benchmarks/training_speed.py`), so the CPU path is the plain one. `--max_train_minutes` stops a
+run cleanly when its wall-clock budget runs out: a final checkpoint, the loss files and the model, as at the last
+step. """
 
 import json
 import math
@@ -288,7 +288,7 @@ def prepare_model_for_speed(args: TrainingArguments, model: nn.Module, device: t
     if args.channels_last and uses_channels_last(model, device):
         model.to(memory_format=torch.channels_last)  # saving makes tensors contiguous: checkpoints are unchanged
     if args.torch_compile:
-        model.compile()
+        model.compile(mode=args.torch_compile_mode)
     return model
 
 
