@@ -34,7 +34,8 @@ chosen on val (2026-12-03; 55 at C = 1 on a machine that ran faster) (32 px, the
 64 for the DDPM and SimCLR, 20 passes over the labelled images and at least 1,400 steps for each CNN, the grid on
 the 10% label subset, 3 timesteps, mean and 2x2 pooling); `gpu` is the full-size configuration for one H100/H200
 (64 px, the small U-Net, bf16, 3000 DDPM and SimCLR steps, at least 1500 CNN steps of batch 256 and 20 passes, the
-library's 6 default timesteps, mean and 2x2 pooling; sized by estimate, not yet run); `cpu_1h` aims at the issue's
+library's 6 default timesteps, mean and 2x2 pooling; the DDPM capped at 3 minutes, SimCLR then training as many
+steps as it reached; sized by estimate, not yet run); `cpu_1h` aims at the issue's
 CPU budget, 60 minutes on 2 cores: `cpu` without the hypercolumn probe, with each probe's C chosen from 0.1, 1, 10
 and 100 (raw pixels' from 0.001, 0.01, 0.1) and the run's parts (the U-Net arm, the SimCLR arm, each CNN training,
 the raw-pixel probe) side by side in two worker processes of one thread each; with `--num_threads 2` it took 38-49 min
@@ -54,6 +55,7 @@ Data: PlanktonSet 1.0 (Cowen et al. 2015, NOAA NCEI accession 0127422) and the p
 (Decrop et al. 2025, VLIZ, Apache-2.0).
 """
 
+import argparse
 import dataclasses
 import json
 import math
@@ -156,6 +158,7 @@ class Preset:
     all_labels_candidates: int = ALL_LABELS_CANDIDATES  # the grid's best pairs the all-labels probe chooses among
     raw_pixel_probe_C: Optional[Tuple[float, ...]] = None  # the raw-pixel probe's strengths; None: `probe_C`
     workers: int = 1  # 2: the run's parts (each method's arm, each CNN training) in two processes of one thread each
+    train_minutes: Optional[float] = None  # the DDPM's wall-clock cap; SimCLR then trains the steps the DDPM reached
 
     @property
     def raw_pixel_Cs(self) -> Tuple[float, ...]:
@@ -178,7 +181,7 @@ PRESETS = {
     "gpu": Preset(
         64, "small", 3000, 1500, 256, (10, 25, 50, 100, 200, 400), ("mean", "2x2"),
         dict(hidden_size=192, num_layers=6, num_heads=3, patch_size=8), (32, 64, 160), batch_size=1024,
-        mixed_precision="bf16", cnn_epochs=20,
+        mixed_precision="bf16", cnn_epochs=20, train_minutes=3.0,  # the DDPM's speed there is not measured yet
     ),
 }  # fmt: skip
 # Aimed at the issue's CPU budget, 60 minutes on 2 cores: the `cpu` run without the hypercolumn probe (not one of the
@@ -212,6 +215,11 @@ def parse_args():
     parser.add_argument("--image_size", type=int, default=None, help="square side in px; default: the preset's")
     parser.add_argument("--unet_preset", default=None, help="tiny, small or base; default: the preset's")
     parser.add_argument("--max_train_steps", type=int, default=None, help="DDPM and SimCLR steps; default: the preset's")
+    parser.add_argument(
+        "--train_minutes", type=float, default=None,
+        help="the DDPM's wall-clock cap; SimCLR then trains as many steps as the DDPM reached (one worker only); "
+        "default: the preset's (gpu: 3)",
+    )  # fmt: skip
     parser.add_argument("--cnn_steps", type=int, default=None, help="the fewest CNN steps per run; default: the preset's")
     parser.add_argument(
         "--cnn_epochs", type=float, default=None,
@@ -248,7 +256,7 @@ def parse_args():
     overrides = {
         "image_size": args.image_size, "unet_preset": args.unet_preset, "train_steps": args.max_train_steps,
         "cnn_steps": args.cnn_steps, "cnn_epochs": args.cnn_epochs, "timesteps": tuple(args.timesteps) if args.timesteps else None,
-        "workers": args.workers,
+        "workers": args.workers, "train_minutes": args.train_minutes,
     }  # fmt: skip
     args.budget = dataclasses.replace(preset, **{k: v for k, v in overrides.items() if v is not None})
     check_args(parser, args)
@@ -265,6 +273,11 @@ def check_args(parser, args) -> None:
         parser.error(f"--image_size: expected a multiple of the ViT patch size {args.budget.vit['patch_size']}")
     if args.budget.workers < 1:
         parser.error(f"--workers: expected at least 1, got {args.budget.workers}")
+    if args.budget.train_minutes is not None and (args.budget.train_minutes <= 0 or args.budget.workers > 1):
+        parser.error(
+            f"--train_minutes: expected a positive number with one worker (SimCLR waits for the DDPM's steps), got "
+            f"{args.budget.train_minutes} with {args.budget.workers} workers"
+        )
     if not all(0 < f < 1 for f in args.label_fractions):
         parser.error(f"--label_fractions: expected numbers strictly between 0 and 1, got {args.label_fractions}")
     args.data = Path(args.data) if args.data else data_path("ndsb2015_plankton", "train")
@@ -694,20 +707,24 @@ class SimCLRFeatures:
 
 
 def train_unet(args, images: torch.Tensor, work_dir: str):
-    """The DDPM U-Net (EMA) trained on `images` without labels, or the one in `--unet_dir`; kept in
-    `--keep_checkpoint`. Returns the U-Net, its scheduler and the final training loss (None when loaded)."""
-    budget = args.budget
+    """The DDPM U-Net (EMA) trained on `images` without labels (for at most `train_minutes`), or the one in
+    `--unet_dir`; kept in `--keep_checkpoint`. Returns the U-Net, its scheduler, the final training loss and the
+    optimizer steps trained (both None when loaded)."""
+    budget, trained_steps = args.budget, {}
 
     def train():
         training = training_arguments(
             work_dir, budget.train_steps, args.learning_rate, budget.train_steps // 20, args.seed,
             train_batch_size=budget.train_batch_size, use_ema=True,
         )  # fmt: skip
-        training = dataclasses.replace(training, mixed_precision=budget.mixed_precision, num_sample_images=0)
+        training = dataclasses.replace(
+            training, mixed_precision=budget.mixed_precision, num_sample_images=0, max_train_minutes=budget.train_minutes
+        )
         unet, scheduler, summary = train_ddpm_unet(training, images, preset=budget.unet_preset)
+        trained_steps["ddpm"] = summary.global_step
         return unet, scheduler, summary.final_loss
 
-    return trained_or_loaded_ddpm(args, images, train)
+    return (*trained_or_loaded_ddpm(args, images, train), trained_steps.get("ddpm"))
 
 
 def encoder_parameters(unet) -> int:
@@ -885,6 +902,15 @@ def part_runner(num_workers: int, data: RunData, work_dir: str):
         yield lambda part, args, *part_args: pool.submit(run_in_worker, part, data_file, args, *part_args)
 
 
+def as_many_steps_as_ddpm(args, unet_arm_future: Future):
+    """The run's options for SimCLR, which trains as many optimizer steps as the DDPM: the preset's, or under a DDPM
+    time cap (`train_minutes`, one worker: the U-Net arm has finished) the steps the DDPM reached."""
+    if args.budget.train_minutes is None:
+        return args
+    steps = unet_arm_future.result()["ddpm_steps"] or args.budget.train_steps  # a loaded U-Net: the preset's
+    return argparse.Namespace(**{**vars(args), "budget": dataclasses.replace(args.budget, train_steps=steps)})
+
+
 def unet_arm(args, data: RunData, work_dir: str) -> dict:
     """The method: the DDPM U-Net trained without labels, its feature grid, each regime's probe (its pair chosen on
     its own labels within the grid subset; 'all' among the grid subset's best few, refitted on all labels), the
@@ -892,7 +918,7 @@ def unet_arm(args, data: RunData, work_dir: str) -> dict:
     budget, splits, subsets, walls = args.budget, data.splits, data.subsets, {}
     val, scorer, grid_regime = splits["val"], Scorer(splits, data.balanced), data.grid_regime
     with timed(walls, "ddpm_training"):
-        unet, scheduler, final_loss = train_unet(args, splits["train"].images, work_dir)
+        unet, scheduler, final_loss, ddpm_steps = train_unet(args, splits["train"].images, work_dir)
     features = UNetFeatures(unet.to(args.device), scheduler, budget, args.seed)
     with timed(walls, "grid_extraction"):
         grid_images = splits["train"].images[subsets[grid_regime]]
@@ -949,7 +975,7 @@ def unet_arm(args, data: RunData, work_dir: str) -> dict:
             "choice when fewer than 2 val classes have 2 images",
             "val_prototype_accuracy": shift_choice,
         },
-        "ddpm_final_loss": final_loss, "parameters": {"unet_total": count_parameters(unet), "unet_encoder": encoder_parameters(unet)},
+        "ddpm_final_loss": final_loss, "ddpm_steps": ddpm_steps, "parameters": {"unet_total": count_parameters(unet), "unet_encoder": encoder_parameters(unet)},
         "wall_seconds": walls,
     }  # fmt: skip
 
@@ -1053,7 +1079,7 @@ def label_efficiency_curves(regimes: dict, num_classes: int) -> dict:
 # ------------------------------------------------------------------------------------------------------------------
 
 # What differs between runs of one configuration, so `--merge` does not compare it.
-RUN_SPECIFIC_BUDGET = ("ddpm_final_loss", "unet_loaded_from", "unet_kept_in")
+RUN_SPECIFIC_BUDGET = ("ddpm_final_loss", "ddpm_steps_trained", "unet_loaded_from", "unet_kept_in")
 
 
 def comparable_budget(record: dict) -> dict:
@@ -1127,7 +1153,8 @@ def main():
     with tempfile.TemporaryDirectory() as work_dir:
         with timed(walls, "parts"), part_runner(budget.workers, data, work_dir) as submit:
             # the longest parts first, so that two workers finish close together
-            arms = {"unet": submit(unet_arm, args, f"{work_dir}/unet"), "simclr": submit(simclr_arm, args, f"{work_dir}/simclr")}
+            unet_future = submit(unet_arm, args, f"{work_dir}/unet")
+            arms = {"unet": unet_future, "simclr": submit(simclr_arm, as_many_steps_as_ddpm(args, unet_future), f"{work_dir}/simclr")}
             cnn_trainings = {
                 regime: {s: submit(train_cnn, args, regime, s, f"{work_dir}/cnn/{regime}/{s}") for s in CNN_SAMPLINGS}
                 for regime in subsets
@@ -1166,6 +1193,8 @@ def main():
     )  # fmt: skip
     budget_seconds = BUDGET_SECONDS[args.preset] if not args.quick else 60
     train_counts = torch.bincount(train.labels, minlength=train.num_classes)
+    steps = unet["ddpm_steps"] or budget.train_steps
+    capped = f", the DDPM capped at {budget.train_minutes:g} min" if budget.train_minutes else ""
     figures = {
         "seed": args.seed,
         "dataset": {
@@ -1191,10 +1220,11 @@ def main():
             "preset": "quick" if args.quick else args.preset, **dataclasses.asdict(budget),
             "ddpm_learning_rate": args.learning_rate, "simclr_learning_rate": args.simclr_learning_rate,
             "cnn_learning_rate": args.cnn_learning_rate, "ddpm_final_loss": unet["ddpm_final_loss"],
+            "ddpm_steps_trained": unet["ddpm_steps"],
             "unet_loaded_from": args.unet_dir, "unet_kept_in": args.keep_checkpoint,
             "unlabeled_training_images": len(train),
-            "subsampling": f"DDPM and SimCLR train on all {len(train)} train images for {budget.train_steps} steps "
-            f"(about {budget.train_steps * budget.train_batch_size / len(train):.1f} epochs); the probe grid is fitted "
+            "subsampling": f"DDPM and SimCLR train on all {len(train)} train images for {steps} steps "
+            f"(about {steps * budget.train_batch_size / len(train):.1f} epochs{capped}); the probe grid is fitted "
             f"on {len(grid_rows)} train images ({grid_regime}) x {len(budget.timesteps)} timesteps x {len(budget.pools)} poolings",
             "num_threads": torch.get_num_threads(),
             "parts": "every part in this process" if budget.workers <= 1 else f"the U-Net arm, the SimCLR arm, each "

@@ -58,6 +58,28 @@ def test_the_one_hour_preset_is_the_cpu_run_with_fewer_strengths_parts_side_by_s
     assert plankton_accuracy.BUDGET_SECONDS["cpu_1h"] == 60 * 60
 
 
+def test_under_a_ddpm_time_cap_simclr_trains_the_steps_the_ddpm_reached(monkeypatch, capsys):
+    from concurrent.futures import Future
+
+    gpu = plankton_accuracy.PRESETS["gpu"]
+    assert gpu.train_minutes and gpu.workers == 1
+    args = types.SimpleNamespace(budget=gpu, seed=0)
+    arm = Future()
+    arm.set_result({"ddpm_steps": 1234})
+    assert plankton_accuracy.as_many_steps_as_ddpm(args, arm).budget.train_steps == 1234
+    assert args.budget.train_steps == gpu.train_steps  # the U-Net arm's options are left as they were
+    loaded = Future()
+    loaded.set_result({"ddpm_steps": None})  # a U-Net read from --unet_dir: the preset's steps
+    assert plankton_accuracy.as_many_steps_as_ddpm(args, loaded).budget.train_steps == gpu.train_steps
+    uncapped = types.SimpleNamespace(budget=plankton_accuracy.PRESETS["cpu_1h"])
+    assert plankton_accuracy.as_many_steps_as_ddpm(uncapped, arm) is uncapped  # no cap: the preset's steps, no wait
+
+    monkeypatch.setattr(sys, "argv", ["plankton_accuracy.py", "--preset", "gpu", "--workers", "2"])
+    with pytest.raises(SystemExit):
+        plankton_accuracy.parse_args()
+    assert "--train_minutes: expected a positive number with one worker" in capsys.readouterr().err
+
+
 def tiny_run_data() -> "plankton_accuracy.RunData":
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(24) % 3
