@@ -130,7 +130,7 @@ run_step training_speed 130 training_speed.py  # 74 s
 run_step training_speed_compiled 240 training_speed.py --models unet --torch_compile --torch_compile_modes reduce-overhead --mfu_batch_sizes 128 256  # not run: CUDA graphs for the launch-bound small models, a larger MFU batch; the default mode took 128 s for the U-Net and the MFU model
 run_step unet_features_bench_extraction 50 unet_features_bench_extraction.py  # 36 s
 run_step unet_features_bench_precision 100 unet_features_bench_precision.py  # [60] s; 56 s alone with the wheels' install
-run_step unet_features_bench_probe 180 unet_features_bench_probe.py  # [70]: digits + PneumoniaMNIST mean; digits + 2x2 unfinished in 135 s (scikit-learn)
+run_step unet_features_bench_probe 180 unet_features_bench_probe.py --sklearn_jobs 1  # [70]: digits + PneumoniaMNIST mean; digits + 2x2 unfinished in 135 s (scikit-learn on one thread, 3 repeats, then in 2 processes)
 run_step score_sde_bench_elbo 120 score_sde_bench_elbo.py  # [45]: two trainings of 20 s, then 1,000 test images
 run_step score_sde_bench_likelihood 60 score_sde_bench_likelihood.py --parts speed --num_images 4  # 16 images + PneumoniaMNIST took 273 s on an H200 (results/score_sde_bench_likelihood_gpu.json), 194 s of it SciPy
 run_step rc_dit_bench_conditioning 30 rc_dit_bench_conditioning.py --dit_size S  # 20 s
