@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every speed benchmark, then the accuracy benchmarks, in their GPU configuration, on one bare GPU machine, in
-# 10-minute commands (at the H200's measured speed the steps need two: GPU_SUITE_ONLY below); every result JSON (and
+# 10-minute commands (at the H200's measured speed the steps need several: GPU_SUITE_ONLY below); every result JSON (and
 # each step's log) goes into OUTDIR, with gpu_suite_summary.json listing each step's status, seconds and targets.
 #
 #     benchmarks/gpu_suite.sh OUTDIR [--dry_run]
@@ -11,7 +11,7 @@
 # order. Each step has a time cap, cut further to what is left of GPU_SUITE_BUDGET_S (default 540 s, inside the
 # device's 600 s per command); a step that fails or runs out of time is recorded and the suite goes on; a step that
 # no longer fits is skipped. `--dry_run` runs every step at its --quick size on the CPU here, without a budget.
-# GPU_SUITE_ONLY="name ..." runs only the named steps (one of the two commands, or a rerun of the steps that failed).
+# GPU_SUITE_ONLY="name ..." runs only the named steps (one of those commands, or a rerun of the steps that failed).
 set -uo pipefail
 
 OUTDIR=${1:?usage: benchmarks/gpu_suite.sh OUTDIR [--dry_run]}
@@ -125,7 +125,7 @@ cat "$OUTDIR/machine.txt"
 
 # Caps from the first H200 run (2026-12-04, benchmarks/results/gpu_suite_summary_gpu.json): measured seconds where a
 # step finished, else what it had used when its first cap (in brackets) stopped it. Together they exceed one 10-minute
-# command: run the suite in two (GPU_SUITE_ONLY, README), the speed steps first.
+# command: run the suite in several (GPU_SUITE_ONLY, README), the speed steps first.
 run_step training_speed 130 training_speed.py  # 74 s
 run_step training_speed_compiled 240 training_speed.py --models unet --torch_compile --torch_compile_modes reduce-overhead --mfu_batch_sizes 128 256  # not run: CUDA graphs for the launch-bound small models, a larger MFU batch; the default mode took 128 s for the U-Net and the MFU model
 run_step unet_features_bench_extraction 50 unet_features_bench_extraction.py  # 36 s
