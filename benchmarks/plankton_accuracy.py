@@ -30,18 +30,18 @@ One run, every choice made on val, test only reported:
    shift's protocol), beside the probe's choice; each method's views for it by the same val score.
 
 Presets (`--preset`): `cpu` is sized for the issue's 60 minutes on one CPU thread but took 117-148 with each probe's C
-chosen on val (2026-12-03; 55 at C = 1 on a machine that ran faster) (32 px, the tiny U-Net, 350 optimizer steps of batch
-64 for the DDPM and SimCLR, 20 passes over the labelled images and at least 1,400 steps for each CNN, the grid on
-the 10% label subset, 3 timesteps, mean and 2x2 pooling); `gpu` is the full-size configuration for one H100/H200
-(64 px, the small U-Net, bf16, 3000 DDPM and SimCLR steps, at least 1500 CNN steps of batch 256 and 20 passes, the
-library's 6 default timesteps, mean and 2x2 pooling; the DDPM capped at 2 minutes, SimCLR then training as many
-steps as it reached; sized by estimate, not yet run); `cpu_1h` aims at the issue's
-CPU budget, 60 minutes on 2 cores: `cpu` without the hypercolumn probe, with each probe's C chosen from 0.1, 1, 10
-and 100 (raw pixels' from 0.001, 0.01, 0.1) and the run's parts (the U-Net arm, the SimCLR arm, each CNN training,
-the raw-pixel probe) side by side in two worker processes of one thread each; with `--num_threads 2` it took 38-49 min
-over 3 seeds (2026-12-04, with the all-labels pair chosen among 3; 36-42 without on 2026-12-03; 70 with the parts
-one after the other on 2 threads, only the CNN pairs side by side).
-`--quick` is a smoke run under a minute (16 px, 8 images per class, a few steps, no hypercolumn probe).
+chosen on val (2026-12-03; 55 at C = 1 on a machine that ran faster) (32 px, the tiny U-Net, 350 optimizer steps of
+batch 64 for the DDPM and SimCLR, 20 passes over the labelled images and at least 1,400 steps for each CNN, the grid
+on the 10% label subset, 3 timesteps, mean and 2x2 pooling); `gpu` is the full-size configuration for one H100/H200
+(64 px, the small U-Net, fp32 with TF32, 3000 DDPM and SimCLR steps, at least 1500 CNN steps of batch 256 and 20
+passes, the library's 6 default timesteps, mean and 2x2 pooling; the DDPM capped at 2 minutes, SimCLR then training as
+many steps as it reached; sized by estimate, not yet run); `cpu_1h` aims at the issue's CPU budget, 60 minutes on 2
+cores: `cpu` without the hypercolumn probe, with each probe's C chosen from 0.1, 1, 10 and 100 (raw pixels' from
+0.001, 0.01, 0.1) and the run's parts (the U-Net arm, the SimCLR arm, each CNN training, the raw-pixel probe) side by
+side in two worker processes of one thread each; with `--num_threads 2` it took 38-49 min over 3 seeds (2026-12-04,
+with the all-labels pair chosen among 3; 36-42 without on 2026-12-03; 70 with the parts one after the other on 2
+threads, only the CNN pairs side by side). `--quick` is a smoke run under a minute (16 px, 8 images per class, a few
+steps, no hypercolumn probe).
 
     python benchmarks/plankton_accuracy.py --quick
     python benchmarks/plankton_accuracy.py                 # writes benchmarks/results/plankton_accuracy.json + PNG
@@ -181,7 +181,7 @@ PRESETS = {
     "gpu": Preset(
         64, "small", 3000, 1500, 256, (10, 25, 50, 100, 200, 400), ("mean", "2x2"),
         dict(hidden_size=192, num_layers=6, num_heads=3, patch_size=8), (32, 64, 160), batch_size=1024,
-        mixed_precision="bf16", cnn_epochs=20,
+        cnn_epochs=20,  # fp32 (TF32): on an H200, bf16 slowed the small U-Net's training 1.31x -> 0.96x the plain loop
         train_minutes=2.0,  # DDPM speed there unmeasured; SimCLR, 6 CNNs, extraction, probes, k-means need the rest
     ),
 }  # fmt: skip
