@@ -5,7 +5,7 @@ plankton benchmark's own preprocessing at the GPU preset's size (grey, backgroun
 resize into a white-padded square) on every image and stores the result as uint8 in one compressed `.npz`, with the
 FlowCam images as they are. `unpack` (there) writes the images back as PNG class folders; the benchmark reads them
 through the same preprocessing, which leaves them unchanged (same size: no resize; white border: background 1),
-so the run sees the images of a run on the JPEGs up to the uint8 rounding (at most 1/255 of the range).
+so the run sees the images of a run on the JPEGs up to the uint8 rounding (at most 1/510 of the range).
 
     python benchmarks/gpu_carry_plankton.py pack [--image_size 64]        # -> .gpu_plankton/ (carry it)
     python benchmarks/gpu_carry_plankton.py unpack DIR                    # -> DIR/ndsb/<class>/*.png, DIR/flowcam

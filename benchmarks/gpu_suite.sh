@@ -157,26 +157,35 @@ elif [ -z "${GPU_SUITE_ONLY:-}" ]; then
 fi
 
 # ------------------------------------------------------------------------------------------------------------------
-# The summary: each step's status and seconds, and the targets of each result
+# The summary: each step's status and seconds, every result's targets, and whole the results held to no target
 # ------------------------------------------------------------------------------------------------------------------
 
-"$PYTHON" - "$OUTDIR" "$DRY_RUN" "$(( $(date +%s) - START ))" << 'EOF'
-import json, os, sys
+SUITE_COMMAND="GPU_SUITE_BUDGET_S=$BUDGET_S GPU_SUITE_ONLY=\"${GPU_SUITE_ONLY:-}\" PLANKTON_FLAGS=\"${PLANKTON_FLAGS:-}\" $0 $*" \
+  "$PYTHON" - "$OUTDIR" "$DRY_RUN" "$(( $(date +%s) - START ))" << 'EOF'
+import datetime, json, os, sys
 outdir, dry_run, seconds = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3])
-steps = []
+steps, targets, untargeted = [], {}, {}
 for line in open(os.path.join(outdir, "steps.tsv")):
     name, status, step_seconds, note = line.rstrip("\n").split("\t")
     path = os.path.join(outdir, f"{name}.json")
-    targets = json.load(open(path))["figures"].get("targets", {}) if os.path.isfile(path) else {}
-    steps.append({"name": name, "status": status, "seconds": int(step_seconds), "note": note, "result": os.path.isfile(path),
-                  "targets": {k: {"value": v.get("value"), "met": v.get("met")} for k, v in targets.items()}})
-summary = {"dry_run": dry_run, "seconds": seconds, "steps": steps}
+    figures = json.load(open(path))["figures"] if os.path.isfile(path) else {}
+    step_targets = figures.get("targets", {})
+    targets.update({f"{name}.{k}": {key: v.get(key) for key in ("value", "target", "met")} for k, v in step_targets.items()})
+    if figures and not step_targets:  # a result held to no bound is kept here whole
+        untargeted[name] = figures
+    steps.append({"name": name, "status": status, "seconds": int(step_seconds), "note": note, "result": bool(figures),
+                  "targets_met": sum(t.get("met") is True for t in step_targets.values()), "targets": len(step_targets)})
+machine = open(os.path.join(outdir, "machine.txt")).read().splitlines()
+summary = {
+    "benchmark": "gpu_suite", "command": os.environ["SUITE_COMMAND"], "dry_run": dry_run,
+    "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine,
+    "figures": {"seconds": seconds, "steps": steps, "figures_without_targets": untargeted, "targets": targets},
+}
 with open(os.path.join(outdir, "gpu_suite_summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
 print(f"{'step':32s} {'status':10s} {'s':>5s}  targets met")
 for step in steps:
-    met = sum(t["met"] is True for t in step["targets"].values())
-    print(f"{step['name']:32s} {step['status']:10s} {step['seconds']:5d}  {met}/{len(step['targets'])}")
+    print(f"{step['name']:32s} {step['status']:10s} {step['seconds']:5d}  {step['targets_met']}/{step['targets']}")
 print(f"suite: {seconds} s; results in {outdir}")
 sys.exit(0 if all(s["status"] in ("ok", "skipped") for s in steps) else 1)
 EOF

@@ -908,8 +908,13 @@ def as_many_steps_as_ddpm(args, unet_arm_future: Future):
     time cap (`train_minutes`, one worker: the U-Net arm has finished) the steps the DDPM reached."""
     if args.budget.train_minutes is None:
         return args
-    steps = unet_arm_future.result()["ddpm_steps"] or args.budget.train_steps  # a loaded U-Net: the preset's
+    steps = ddpm_steps(unet_arm_future.result(), args.budget)
     return argparse.Namespace(**{**vars(args), "budget": dataclasses.replace(args.budget, train_steps=steps)})
+
+
+def ddpm_steps(unet_arm_result: dict, budget: Preset) -> int:
+    """The DDPM's optimizer steps: those it trained, or for a U-Net read from `--unet_dir` the preset's."""
+    return unet_arm_result["ddpm_steps"] or budget.train_steps
 
 
 def unet_arm(args, data: RunData, work_dir: str) -> dict:
@@ -919,7 +924,7 @@ def unet_arm(args, data: RunData, work_dir: str) -> dict:
     budget, splits, subsets, walls = args.budget, data.splits, data.subsets, {}
     val, scorer, grid_regime = splits["val"], Scorer(splits, data.balanced), data.grid_regime
     with timed(walls, "ddpm_training"):
-        unet, scheduler, final_loss, ddpm_steps = train_unet(args, splits["train"].images, work_dir)
+        unet, scheduler, final_loss, steps_trained = train_unet(args, splits["train"].images, work_dir)
     features = UNetFeatures(unet.to(args.device), scheduler, budget, args.seed)
     with timed(walls, "grid_extraction"):
         grid_images = splits["train"].images[subsets[grid_regime]]
@@ -976,7 +981,7 @@ def unet_arm(args, data: RunData, work_dir: str) -> dict:
             "choice when fewer than 2 val classes have 2 images",
             "val_prototype_accuracy": shift_choice,
         },
-        "ddpm_final_loss": final_loss, "ddpm_steps": ddpm_steps, "parameters": {"unet_total": count_parameters(unet), "unet_encoder": encoder_parameters(unet)},
+        "ddpm_final_loss": final_loss, "ddpm_steps": steps_trained, "parameters": {"unet_total": count_parameters(unet), "unet_encoder": encoder_parameters(unet)},
         "wall_seconds": walls,
     }  # fmt: skip
 
@@ -1194,7 +1199,7 @@ def main():
     )  # fmt: skip
     budget_seconds = BUDGET_SECONDS[args.preset] if not args.quick else 60
     train_counts = torch.bincount(train.labels, minlength=train.num_classes)
-    steps = unet["ddpm_steps"] or budget.train_steps
+    steps = ddpm_steps(unet, budget)
     capped = f", the DDPM capped at {budget.train_minutes:g} min" if budget.train_minutes else ""
     figures = {
         "seed": args.seed,

@@ -42,7 +42,6 @@ from functools import partial
 os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: a bar per run would bury the results
 
 import torch
-from accelerate.state import AcceleratorState
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -177,8 +176,6 @@ def library_loop(model, dataset, loss_fn, device: torch.device, batch_size: int,
             lr_warmup_steps=min(10, steps), checkpointing_steps=steps, use_ema=True, seed=seed, num_sample_images=0,
             mixed_precision="bf16" if device.type == "cuda" else "no",
         )  # fmt: skip
-        # accelerate keeps one mixed-precision setting per process; each run here chooses its own
-        AcceleratorState._reset_state()
         train(TrainingArguments(**{**flags, **overrides}), model, dataset, loss_fn)
 
 

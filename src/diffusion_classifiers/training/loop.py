@@ -12,7 +12,8 @@ multi-tensor (foreach) EMA updates; bf16 autocast is `--mixed_precision bf16`, c
 (`--torch_compile_mode`). diffusers' attention already runs PyTorch's SDPA (`AttnProcessor2_0`). On CPU each of these
 measured no faster (`benchmarks/training_speed.py`), so the CPU path is the plain one. `--max_train_minutes` stops a
 run cleanly when its wall-clock budget runs out: a final checkpoint, the loss files and the model, as at the last
-step. """
+step.
+"""
 
 import json
 import math
