@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Every speed benchmark, then the accuracy benchmarks, in their GPU configuration, on one bare GPU machine, in
-# 10-minute commands (at the H200's measured speed the steps need several: GPU_SUITE_ONLY below); every result JSON (and
-# each step's log) goes into OUTDIR, with gpu_suite_summary.json listing each step's status, seconds and targets.
+# The accuracy benchmarks side by side on the GPU, then every speed benchmark alone, in their GPU configuration, on one
+# bare GPU machine; every result JSON (and each step's log) goes into OUTDIR, with gpu_suite_summary.json listing each
+# step's status, seconds and targets. At the H200's measured speed the whole suite needs two 10-minute commands:
+# GPU_SUITE_ONLY=accuracy (about 5 minutes, estimated) and GPU_SUITE_ONLY=speed (about 9).
 #
 #     benchmarks/gpu_suite.sh OUTDIR [--dry_run]
 #
@@ -11,7 +12,8 @@
 # order. Each step has a time cap, cut further to what is left of GPU_SUITE_BUDGET_S (default 540 s, inside the
 # device's 600 s per command); a step that fails or runs out of time is recorded and the suite goes on; a step that
 # no longer fits is skipped. `--dry_run` runs every step at its --quick size on the CPU here, without a budget.
-# GPU_SUITE_ONLY="name ..." runs only the named steps (one of those commands, or a rerun of the steps that failed).
+# GPU_SUITE_ONLY="name ..." runs only the named steps or groups ("accuracy", "speed"): one of those commands, or a
+# rerun of the steps that failed.
 set -uo pipefail
 
 OUTDIR=${1:?usage: benchmarks/gpu_suite.sh OUTDIR [--dry_run]}
@@ -59,25 +61,30 @@ fi
 HAS_PLANKTON=$([ -d "${BENCHMARK_DATA_ROOT:-$REPO/../shared/data}/ndsb2015_plankton/train" ] && echo 1 || echo 0)
 
 # ------------------------------------------------------------------------------------------------------------------
-# One step: NAME CAP_SECONDS SCRIPT [FULL-RUN FLAGS...]; STEP_DATA_FLAGS (an array) go to the dry run's step too
+# Steps: NAME CAP_SECONDS SCRIPT [FULL-RUN FLAGS...]; STEP_FLAGS (an array) go to the dry run's step too. run_step runs
+# one alone (the speed steps: their ratios are timed side by side inside one process, nothing else on the machine);
+# run_side_by_side runs several at once, sharing the GPU and splitting the CPU cores (the accuracy steps: launch-bound
+# small models leave most of the GPU idle, and their figures do not depend on time).
 # ------------------------------------------------------------------------------------------------------------------
 
-STEP_DATA_FLAGS=()
+STEP_FLAGS=()
+declare -A STEP_PID STEP_BEGIN
 
-run_step() {
+selected() {  # NAME GROUP: whether GPU_SUITE_ONLY (step names or the groups "speed" / "accuracy") asks for the step
+  [ -z "${GPU_SUITE_ONLY:-}" ] || [[ " $GPU_SUITE_ONLY " == *" $1 "* ]] || [[ " $GPU_SUITE_ONLY " == *" $2 "* ]]
+}
+
+launch_step() {  # NAME CAP SCRIPT [FULL-RUN FLAGS...]: starts the step in the background; finish_step records it
   local name=$1 cap=$2 script=$3
   shift 3
   local elapsed=$(( $(date +%s) - START )) limit flags
-  if [ -n "${GPU_SUITE_ONLY:-}" ] && [[ " $GPU_SUITE_ONLY " != *" $name "* ]]; then
-    return
-  fi
   if [ "$DRY_RUN" = 1 ]; then
     limit=600
-    flags=(--quick --device cpu --num_threads 1 "${STEP_DATA_FLAGS[@]}")
+    flags=(--quick --device cpu --num_threads 1 "${STEP_FLAGS[@]}")
   else
     limit=$(( BUDGET_S - elapsed - 5 ))
     [ "$cap" -lt "$limit" ] && limit=$cap
-    flags=(--device "$DEVICE" --output "$OUTDIR/$name.json" "${STEP_DATA_FLAGS[@]}" "$@")
+    flags=(--device "$DEVICE" --output "$OUTDIR/$name.json" "${STEP_FLAGS[@]}" "$@")
   fi
   if [ "$limit" -lt 20 ]; then
     printf '%s\tskipped\t0\t%s\n' "$name" "under 20 s of the suite's budget left" >> "$STATUS_FILE"
@@ -85,9 +92,23 @@ run_step() {
     return
   fi
   echo "== $name (at most ${limit}s): $script ${flags[*]}"
-  local begin=$(date +%s)
-  timeout --kill-after=5 "$limit" "$PYTHON" "benchmarks/$script" "${flags[@]}" > "$OUTDIR/$name.log" 2>&1
-  local rc=$? seconds=$(( $(date +%s) - begin )) status=ok
+  STEP_BEGIN[$name]=$(date +%s)
+  {  # the end time is the step's own (finish_step may wait on another step first)
+    timeout --kill-after=5 "$limit" "$PYTHON" "benchmarks/$script" "${flags[@]}" > "$OUTDIR/$name.log" 2>&1
+    local rc=$?
+    date +%s > "$OUTDIR/$name.end"
+    exit $rc
+  } &
+  STEP_PID[$name]=$!
+}
+
+finish_step() {  # NAME: waits for a launched step and records its status, seconds and result
+  local name=$1
+  [ -n "${STEP_PID[$name]:-}" ] || return 0
+  wait "${STEP_PID[$name]}"
+  local rc=$? seconds=$(( $(cat "$OUTDIR/$name.end") - ${STEP_BEGIN[$name]} )) status=ok
+  unset "STEP_PID[$name]"
+  rm -f "$OUTDIR/$name.end"
   [ $rc -ne 0 ] && status=failed
   [ $rc -eq 124 ] || [ $rc -eq 137 ] && status=timed_out
   # the record is the last line a benchmark prints; a full run also wrote it with --output
@@ -100,12 +121,43 @@ run_step() {
     fi
   fi
   printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$seconds" "rc $rc" >> "$STATUS_FILE"
-  echo "   $status in ${seconds}s"
+  echo "   $name: $status in ${seconds}s"
   [ "$status" = ok ] || tail -n 5 "$OUTDIR/$name.log" | cut -c1-300
 }
 
+run_step() {  # NAME CAP SCRIPT [FULL-RUN FLAGS...], alone; a speed step
+  selected "$1" speed || return 0
+  launch_step "$@"
+  finish_step "$1"
+}
+
+run_side_by_side() {  # "NAME CAP SCRIPT [FLAGS...]" "STEP_FLAGS" pairs: accuracy steps at once, the CPU cores shared
+  local names=() specs=() step_flags=() i threads
+  for (( i = 1; i < $#; i += 2 )); do
+    read -r -a spec <<< "${!i}"
+    selected "${spec[0]}" accuracy || continue
+    names+=("${spec[0]}")
+    specs+=("${!i}")
+    local j=$(( i + 1 ))
+    step_flags+=("${!j}")
+  done
+  [ ${#names[@]} -gt 0 ] || return 0
+  threads=$(( $(nproc) / ${#names[@]} ))
+  [ "$threads" -lt 1 ] && threads=1
+  for i in "${!specs[@]}"; do
+    read -r -a spec <<< "${specs[$i]}"
+    read -r -a STEP_FLAGS <<< "${step_flags[$i]}"
+    [ "$DRY_RUN" = 1 ] || spec+=(--num_threads "$threads")
+    launch_step "${spec[@]}"
+  done
+  STEP_FLAGS=()
+  for name in "${names[@]}"; do
+    finish_step "$name"
+  done
+}
+
 # ------------------------------------------------------------------------------------------------------------------
-# The machine, then the steps, in priority order: the GPU speed targets first, then the accuracy benchmarks
+# The machine, then the steps: the accuracy benchmarks side by side, then the speed steps alone in priority order
 # ------------------------------------------------------------------------------------------------------------------
 
 {
@@ -124,19 +176,25 @@ EOF
 cat "$OUTDIR/machine.txt"
 
 # Caps from the first H200 run (2026-12-04, benchmarks/results/gpu_suite_summary_gpu.json): measured seconds where a
-# step finished, else what it had used when its first cap (in brackets) stopped it. Together they exceed one 10-minute
-# command: run the suite in several (GPU_SUITE_ONLY, README), the speed steps first.
+# step finished, else what it had used when its first cap (in brackets) stopped it. The accuracy steps have not run
+# side by side yet: their caps leave room over the estimate from the alone speeds (about 3-5 minutes: one training
+# step in 23-37 ms, the GPU idle between kernels); RC-DiT and Score-SDE run one process per dataset.
+run_side_by_side \
+  "unet_features_accuracy 360 unet_features_accuracy.py" "" \
+  "rc_dit_accuracy_pneumoniamnist 360 rc_dit_accuracy.py --baselines simclr" "--datasets pneumoniamnist" \
+  "rc_dit_accuracy_fashion_mnist 360 rc_dit_accuracy.py --baselines simclr" "--datasets fashion_mnist" \
+  "score_sde_accuracy_pneumoniamnist 360 score_sde_accuracy.py" "--parts data" \
+  "score_sde_accuracy_fashion_mnist 360 score_sde_accuracy.py" "--parts reference"
+# [60] alone: U-Net training 37 s; RC-DiT 1,500 steps 41 s, SimCLR about 35 s, per dataset (DINO, the default's
+# second baseline, trains 1.6x as long as SimCLR on CPU); Score-SDE not reached
 run_step training_speed 130 training_speed.py  # 74 s
-run_step training_speed_compiled 240 training_speed.py --models unet --torch_compile --torch_compile_modes reduce-overhead --mfu_batch_sizes 128 256  # not run: CUDA graphs for the launch-bound small models, a larger MFU batch; the default mode took 128 s for the U-Net and the MFU model
 run_step unet_features_bench_extraction 50 unet_features_bench_extraction.py  # 36 s
-run_step unet_features_bench_precision 100 unet_features_bench_precision.py  # [60] s; 56 s alone with the wheels' install
 run_step unet_features_bench_probe 180 unet_features_bench_probe.py --sklearn_jobs 1  # [70]: digits + PneumoniaMNIST mean; digits + 2x2 unfinished in 135 s (scikit-learn on one thread, 3 repeats, then in 2 processes)
 run_step score_sde_bench_elbo 120 score_sde_bench_elbo.py  # [45]: two trainings of 20 s, then 1,000 test images
+run_step unet_features_bench_precision 100 unet_features_bench_precision.py  # [60] s; 56 s alone with the wheels' install
 run_step score_sde_bench_likelihood 60 score_sde_bench_likelihood.py --parts speed --num_images 4  # 16 images + PneumoniaMNIST took 273 s on an H200 (results/score_sde_bench_likelihood_gpu.json), 194 s of it SciPy
 run_step rc_dit_bench_conditioning 30 rc_dit_bench_conditioning.py --dit_size S  # 20 s
-run_step unet_features_accuracy 120 unet_features_accuracy.py  # [60]: training 37 s
-run_step rc_dit_accuracy 240 rc_dit_accuracy.py --baselines simclr  # [60]: RC-DiT 1,500 steps 41 s, SimCLR about 35 s, per dataset; DINO (the default's second baseline) trains 1.6x as long as SimCLR on CPU
-run_step score_sde_accuracy 150 score_sde_accuracy.py  # not reached
+run_step training_speed_compiled 240 training_speed.py --models unet --torch_compile --torch_compile_modes reduce-overhead --mfu_batch_sizes 128 256  # not run: CUDA graphs for the launch-bound small models, a larger MFU batch; the default mode took 128 s for the U-Net and the MFU model
 if [ "$HAS_PLANKTON" = 1 ]; then
   run_step bench_data_scale 60 bench_data_scale.py --sizes 500 1500  # not reached
 elif [ -z "${GPU_SUITE_ONLY:-}" ]; then
@@ -147,10 +205,10 @@ fi
 # PLANKTON_FLAGS adds flags to its full run (e.g. "--max_train_steps 1000" where less time is left).
 if [ -f .gpu_plankton/ndsb_train.npz ] && { [ -z "${GPU_SUITE_ONLY:-}" ] || [[ " $GPU_SUITE_ONLY " == *" plankton_accuracy "* ]]; }; then
   "$PYTHON" benchmarks/gpu_carry_plankton.py unpack "$OUTDIR/plankton_carried" > "$OUTDIR/plankton_unpack.log" 2>&1
-  STEP_DATA_FLAGS=(--data "$OUTDIR/plankton_carried/ndsb" --shift_data "$OUTDIR/plankton_carried/flowcam")
+  STEP_FLAGS=(--data "$OUTDIR/plankton_carried/ndsb" --shift_data "$OUTDIR/plankton_carried/flowcam")
   # shellcheck disable=SC2086  # PLANKTON_FLAGS is a list of flags
   run_step plankton_accuracy 600 plankton_accuracy.py --preset gpu ${PLANKTON_FLAGS:-}
-  STEP_DATA_FLAGS=()
+  STEP_FLAGS=()
   rm -rf "$OUTDIR/plankton_carried"
 elif [ -z "${GPU_SUITE_ONLY:-}" ]; then
   printf '%s\tskipped\t0\t%s\n' plankton_accuracy "NDSB not carried (benchmarks/gpu_carry_plankton.py pack)" >> "$STATUS_FILE"
@@ -183,9 +241,9 @@ summary = {
 }
 with open(os.path.join(outdir, "gpu_suite_summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
-print(f"{'step':32s} {'status':10s} {'s':>5s}  targets met")
+print(f"{'step':34s} {'status':10s} {'s':>5s}  targets met")
 for step in steps:
-    print(f"{step['name']:32s} {step['status']:10s} {step['seconds']:5d}  {step['targets_met']}/{step['targets']}")
+    print(f"{step['name']:34s} {step['status']:10s} {step['seconds']:5d}  {step['targets_met']}/{step['targets']}")
 print(f"suite: {seconds} s; results in {outdir}")
 sys.exit(0 if all(s["status"] in ("ok", "skipped") for s in steps) else 1)
 EOF

@@ -4,6 +4,9 @@ unchanged, and that `--max_train_minutes` stops cleanly with a final checkpoint,
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -208,3 +211,24 @@ def test_max_train_minutes_stops_with_a_final_checkpoint_loss_files_and_the_mode
     resumed_args.max_train_steps = 3
     _, _, resumed = train_ddpm_unet(resumed_args, images, preset="tiny")
     assert (resumed.resumed_from_step, resumed.global_step, resumed.stopped_by_time_budget) == (1, 3, False)
+
+
+QUIET_TRAINING = """
+import sys, torch
+from torch import nn
+from torch.utils.data import TensorDataset
+from diffusion_classifiers.training import TrainingArguments, train
+x = torch.randn(32, 4)
+args = TrainingArguments(output_dir=sys.argv[1], train_batch_size=8, max_train_steps=2, num_sample_images=0)
+train(args, nn.Linear(4, 1), TensorDataset(x, x.sum(1, keepdim=True)), lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]))
+"""
+
+
+def test_tqdm_disable_silences_the_training_bar(tmp_path, capsys):
+    # tqdm reads TQDM_DISABLE when it is imported, so the quiet run (a log-writing one, as the GPU suite's) is a new process
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    quiet = subprocess.run([sys.executable, "-c", QUIET_TRAINING, str(tmp_path / "quiet")], env=env, capture_output=True, text=True)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "train:" not in quiet.stderr
+    train(tiny_args(tmp_path / "shown", max_train_steps=2), nn.Linear(4, 1), linear_dataset(), regression_loss)
+    assert "train:" in capsys.readouterr().err

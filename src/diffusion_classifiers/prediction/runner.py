@@ -207,7 +207,8 @@ def predict_files(
     order = {item.path: i for i, item in enumerate(inputs)}
     writer = _BatchWriter(pipeline, files, columns, order, seed)
     pipeline.set_progress_bar_config(disable=True)  # one bar, over the files
-    for item in tqdm(mine, desc="predict", unit="file", disable=not (progress_bar and is_main)):
+    hidden = {} if progress_bar and is_main else {"disable": True}  # shown: TQDM_DISABLE=1 still silences it
+    for item in tqdm(mine, desc="predict", unit="file", **hidden):
         writer.add(item)
         if len(writer.images) >= batch_size:
             writer.commit()

@@ -360,7 +360,9 @@ def _train(
     if accelerator.is_main_process and args.report_to:
         accelerator.init_trackers("diffusion-classifiers", config=asdict(args))
 
-    progress = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="train")
+    # other processes draw no bar; the main one leaves `disable` to tqdm, so that TQDM_DISABLE=1 silences it (logs)
+    hidden = {} if accelerator.is_local_main_process else {"disable": True}
+    progress = tqdm(total=max_train_steps, initial=global_step, desc="train", **hidden)
     samples_seen = torch.zeros((), dtype=torch.long, device=accelerator.device)
     loss_value = float("nan")
     out_of_time = False
