@@ -103,6 +103,17 @@ def test_torch_compile_mode_reaches_torch_compile(monkeypatch):
         assert modes == expected
 
 
+def test_each_step_starts_a_cuda_graph_iteration_in_the_modes_that_replay_graphs(tmp_path, monkeypatch):
+    monkeypatch.setattr(nn.Module, "compile", lambda self, **options: None)  # what is timed on a GPU, not here
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    for mode, expected in {"reduce-overhead": 3, "max-autotune": 3, "default": 0, "max-autotune-no-cudagraphs": 0}.items():
+        marks.clear()
+        args = tiny_args(tmp_path / mode, max_train_steps=3, torch_compile=True, torch_compile_mode=mode)
+        train(args, nn.Linear(4, 1), linear_dataset(), regression_loss)
+        assert len(marks) == expected, mode
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Mixed precision
 # ------------------------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ SCHEDULER_NAMES = (
 
 # `torch.compile`'s modes
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")  # the modes that replay CUDA graphs
 
 
 def _none_or_positive(value: Optional[int]) -> bool:
