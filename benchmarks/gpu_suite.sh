@@ -132,13 +132,13 @@ run_step() {  # NAME CAP SCRIPT [FULL-RUN FLAGS...], alone; a speed step
 }
 
 run_side_by_side() {  # "NAME CAP SCRIPT [FLAGS...]" "STEP_FLAGS" pairs: accuracy steps at once, the CPU cores shared
-  local names=() specs=() step_flags=() i threads
+  local names=() specs=() step_flags=() spec=() i j threads name
   for (( i = 1; i < $#; i += 2 )); do
     read -r -a spec <<< "${!i}"
     selected "${spec[0]}" accuracy || continue
     names+=("${spec[0]}")
     specs+=("${!i}")
-    local j=$(( i + 1 ))
+    j=$(( i + 1 ))
     step_flags+=("${!j}")
   done
   [ ${#names[@]} -gt 0 ] || return 0
@@ -148,7 +148,8 @@ run_side_by_side() {  # "NAME CAP SCRIPT [FLAGS...]" "STEP_FLAGS" pairs: accurac
     read -r -a spec <<< "${specs[$i]}"
     read -r -a STEP_FLAGS <<< "${step_flags[$i]}"
     [ "$DRY_RUN" = 1 ] || spec+=(--num_threads "$threads")
-    launch_step "${spec[@]}"
+    mkdir -p "$HF_HOME/${spec[0]}"
+    HF_HOME="$HF_HOME/${spec[0]}" launch_step "${spec[@]}"  # caches of its own (datasets, hub)
   done
   STEP_FLAGS=()
   for name in "${names[@]}"; do
