@@ -183,6 +183,7 @@ def probe_grid(job: dict) -> int:
         fit_probe_grid(
             features["train"], labels["train"], features["val"], labels["val"], features["test"], labels["test"],
             num_classes=len(job["class_names"]), max_iter=PROBE_ITERATIONS, progress_bar={"disable": True},
+            device="cpu",  # as every stage here: the host's data path (a GPU's context would add to the memory read)
         )  # fmt: skip
     return job["num_images"]
 

@@ -331,7 +331,7 @@ def run_dataset(name: str, path: Path, args, device, figure_prefix: Path) -> dic
     walls, details = {}, {}
     splits = load_splits(path, args)
     train_images = splits["train"].images
-    random_encoder = build_vit_encoder_from_args(args, train_images).eval()
+    random_encoder = build_vit_encoder_from_args(args, train_images).eval().to(device)
     reused = {}
     if args.reuse_baseline_features:  # checked before any training
         reused = reused_baseline_features(args.reuse_baseline_features, name, args.baselines, splits)

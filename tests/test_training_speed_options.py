@@ -62,10 +62,18 @@ def test_cuda_only_options_are_off_on_cpu_and_on_for_cuda():
     assert not build_optimizer(args, mlp, CPU).defaults["fused"]
 
 
-def test_cpu_math_is_left_alone():
-    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    loop.configure_cuda_math(TrainingArguments(output_dir="unused", allow_tf32=True), CPU)
-    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+def tf32_flags():
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+def test_tf32_is_on_while_cuda_trains_and_restored_after_even_on_errors():
+    args, before = TrainingArguments(output_dir="unused", allow_tf32=True), tf32_flags()
+    with loop.cuda_math(args, CPU):
+        assert tf32_flags() == before  # CPU math is left alone
+    with pytest.raises(RuntimeError), loop.cuda_math(args, CUDA):  # the flags can be set without a GPU
+        assert tf32_flags() == (True, True)
+        raise RuntimeError("a failed training")
+    assert tf32_flags() == before
 
 
 def test_diffusers_attention_of_our_models_is_pytorch_sdpa():

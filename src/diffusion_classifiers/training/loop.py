@@ -7,7 +7,7 @@ the weights of the uninterrupted one, bit for bit), one run per `--output_dir`, 
 at every checkpoint (the last step included) the loss curve and the trainer's sample grid (`monitoring.py`).
 
 Hardware speed: on CUDA the loop turns on what makes a step faster without changing what is learned beyond rounding:
-TF32 matmuls (`--allow_tf32`), channels-last weights for convolutional models (`--channels_last`), fused AdamW and
+TF32 matmuls while it trains (`--allow_tf32`), channels-last weights for convolutional models (`--channels_last`), fused AdamW and
 multi-tensor (foreach) EMA updates; bf16 autocast is `--mixed_precision bf16`, compilation `--torch_compile`
 (`--torch_compile_mode`). diffusers' attention already runs PyTorch's SDPA (`AttnProcessor2_0`). On CPU each of these
 measured no faster (`benchmarks/training_speed.py`), so the CPU path is the plain one. `--max_train_minutes` stops a
@@ -59,7 +59,7 @@ __all__ = [
     "TrainingBudget",
     "TrainingSummary",
     "build_optimizer",
-    "configure_cuda_math",
+    "cuda_math",
     "find_latest_checkpoint",
     "optimizer_steps_per_epoch",
     "prepare_model_for_speed",
@@ -165,7 +165,7 @@ def train(
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
     )
     check_world_size(accelerator)
-    with _claim_output_dir(accelerator, args):
+    with _claim_output_dir(accelerator, args), cuda_math(args, accelerator.device):
         return _train(accelerator, args, model, dataset, loss_fn, sampler, sample_grid, monitor, budget)
 
 
@@ -254,12 +254,19 @@ def _build_ema(args: TrainingArguments, model: nn.Module, device: torch.device) 
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def configure_cuda_math(args: TrainingArguments, device: torch.device) -> None:
-    """TF32 tensor-core matmuls and convolutions for float32 work on CUDA (`--allow_tf32`); process-wide, as in
-    diffusers' examples."""
+@contextmanager
+def cuda_math(args: TrainingArguments, device: torch.device) -> Iterator[None]:
+    """TF32 tensor-core matmuls and convolutions for float32 work on CUDA (`--allow_tf32`) while the loop trains. The
+    flags are process-wide: they are restored afterwards, so that what runs next in the process (feature extraction,
+    a likelihood, a probe) computes as it would have without the training."""
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     if device.type == "cuda" and args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
 
 
 def uses_channels_last(model: nn.Module, device: torch.device) -> bool:
@@ -285,7 +292,6 @@ def build_optimizer(args: TrainingArguments, model: nn.Module, device: torch.dev
 def prepare_model_for_speed(args: TrainingArguments, model: nn.Module, device: torch.device) -> nn.Module:
     """The model's memory layout and compilation, before `accelerator.prepare`. `nn.Module.compile` compiles in
     place: parameter names, `state_dict` keys (checkpoints, EMA) and the returned module stay those of `model`."""
-    configure_cuda_math(args, device)
     if args.channels_last and uses_channels_last(model, device):
         model.to(memory_format=torch.channels_last)  # saving makes tensors contiguous: checkpoints are unchanged
     if args.torch_compile:
