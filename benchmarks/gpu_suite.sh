@@ -195,7 +195,7 @@ run_step score_sde_bench_elbo 120 score_sde_bench_elbo.py  # [45]: two trainings
 run_step unet_features_bench_precision 100 unet_features_bench_precision.py  # [60] s; 56 s alone with the wheels' install
 run_step score_sde_bench_likelihood 60 score_sde_bench_likelihood.py --parts speed --num_images 4  # 16 images + PneumoniaMNIST took 273 s on an H200 (results/score_sde_bench_likelihood_gpu.json), 194 s of it SciPy
 run_step rc_dit_bench_conditioning 30 rc_dit_bench_conditioning.py --dit_size S  # 20 s
-run_step training_speed_compiled 240 training_speed.py --models unet --torch_compile --torch_compile_modes reduce-overhead --mfu_batch_sizes 128 256  # not run: CUDA graphs for the launch-bound small models, a larger MFU batch; the default mode took 128 s for the U-Net and the MFU model
+run_step training_speed_compiled 300 training_speed.py --models unet --torch_compile --torch_compile_modes reduce-overhead --mfu_batch_sizes 256  # not run: CUDA graphs for the launch-bound small models (with and without bf16), a larger MFU batch; the default mode took 128 s for the U-Net and the MFU model without the ablations, a review estimated 250-300 s for this
 if [ "$HAS_PLANKTON" = 1 ]; then
   run_step bench_data_scale 60 bench_data_scale.py --sizes 500 1500  # not reached
 elif [ -z "${GPU_SUITE_ONLY:-}" ]; then

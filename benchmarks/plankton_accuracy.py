@@ -34,8 +34,8 @@ chosen on val (2026-12-03; 55 at C = 1 on a machine that ran faster) (32 px, the
 batch 64 for the DDPM and SimCLR, 20 passes over the labelled images and at least 1,400 steps for each CNN, the grid
 on the 10% label subset, 3 timesteps, mean and 2x2 pooling); `gpu` is the full-size configuration for one H100/H200
 (64 px, the small U-Net, fp32 with TF32, 3000 DDPM and SimCLR steps, at least 1500 CNN steps of batch 256 and 20
-passes, the library's 6 default timesteps, mean and 2x2 pooling; the DDPM capped at 2 minutes, SimCLR then training as
-many steps as it reached; sized by estimate, not yet run); `cpu_1h` aims at the issue's CPU budget, 60 minutes on 2
+passes, 4 timesteps, mean and 2x2 pooling, C and the hypercolumn as `cpu_1h`; the DDPM capped at 1.5 minutes, SimCLR
+then training as many steps as it reached; sized by estimate, not yet run); `cpu_1h` aims at the issue's CPU budget, 60 minutes on 2
 cores: `cpu` without the hypercolumn probe, with each probe's C chosen from 0.1, 1, 10 and 100 (raw pixels' from
 0.001, 0.01, 0.1) and the run's parts (the U-Net arm, the SimCLR arm, each CNN training, the raw-pixel probe) side by
 side in two worker processes of one thread each; with `--num_threads 2` it took 38-49 min over 3 seeds (2026-12-04,
@@ -60,6 +60,7 @@ import dataclasses
 import json
 import math
 import tempfile
+import threading
 import time
 import warnings
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -179,10 +180,13 @@ PRESETS = {
         dict(hidden_size=128, num_layers=4, num_heads=4, patch_size=4), (16, 32, 80), batch_size=64, cnn_epochs=20,
     ),
     "gpu": Preset(
-        64, "small", 3000, 1500, 256, (10, 25, 50, 100, 200, 400), ("mean", "2x2"),
-        dict(hidden_size=192, num_layers=6, num_heads=3, patch_size=8), (32, 64, 160), batch_size=1024,
+        64, "small", 3000, 1500, 256, (25, 50, 100, 300), ("mean", "2x2"),
+        dict(hidden_size=192, num_layers=6, num_heads=3, patch_size=8), (32, 64, 160),
         cnn_epochs=20,  # fp32 (TF32): on an H200, bf16 slowed the small U-Net's training 1.31x -> 0.96x the plain loop
-        train_minutes=2.0,  # DDPM speed there unmeasured; SimCLR, 6 CNNs, extraction, probes, k-means need the rest
+        train_minutes=1.5,  # DDPM speed there unmeasured; SimCLR, 6 CNNs, extraction, probes, k-means need the rest
+        # as `cpu_1h`, for the 10 minutes: the fits are launch-bound on a GPU, k-means and the label-free choice on the
+        # CPU (a review's estimate of the first sizing: 630-880 s, not run)
+        probe_C=(0.1, 1.0, 10.0, 100.0), hypercolumn_probe=False, raw_pixel_probe_C=(0.001, 0.01, 0.1),
     ),
 }  # fmt: skip
 # Aimed at the issue's CPU budget, 60 minutes on 2 cores: the `cpu` run without the hypercolumn probe (not one of the
@@ -219,7 +223,7 @@ def parse_args():
     parser.add_argument(
         "--train_minutes", type=float, default=None,
         help="the DDPM's wall-clock cap; SimCLR then trains as many steps as the DDPM reached (one worker only); "
-        "default: the preset's (gpu: 2)",
+        "default: the preset's (gpu: 1.5)",
     )  # fmt: skip
     parser.add_argument("--cnn_steps", type=int, default=None, help="the fewest CNN steps per run; default: the preset's")
     parser.add_argument(
@@ -815,9 +819,10 @@ def classify(protocol: str, train_x, train_y, test_x, num_classes: int) -> np.nd
     if protocol == "prototype":
         return prototype_classify(train_x, train_y, test_x, num_classes, standardize=True)[0]
     key = ("features", 0)
-    fit = fit_probe_grid(
-        {key: train_x}, train_y, {key: train_x}, train_y, num_classes=num_classes, pool=None, progress_bar={"disable": True}
-    )
+    fit = fit_probe_grid(  # on the CPU: a few shots of 6 classes, too small to gain from a GPU's kernel launches
+        {key: train_x}, train_y, {key: train_x}, train_y, num_classes=num_classes, pool=None, progress_bar={"disable": True},
+        device="cpu",
+    )  # fmt: skip
     with torch.no_grad():
         return fit.head(test_x.to(fit.head.linear.weight.device)).argmax(1).cpu().numpy()
 
@@ -878,6 +883,31 @@ def use_one_thread() -> None:
 def run_in_worker(part, data_file: str, args, *part_args):
     """`part(args, data, *part_args)` in a worker process, the run's data read from `data_file`."""
     return part(args, RunData.load(data_file, preprocessing(args.budget)), *part_args)
+
+
+class PartialResults:
+    """Each part's result as it finishes, in `<output>.partial.json` (removed when the run's results are written): a
+    run stopped by a time cap (the GPU suite's) keeps the parts it finished. Nothing is written for quick runs."""
+
+    def __init__(self, output: Optional[Path]):
+        self.path = output.with_suffix(".partial.json") if output else None
+        self.finished, self.lock = {}, threading.Lock()
+
+    def track(self, name: str, future: Future) -> Future:
+        if self.path is not None:
+            future.add_done_callback(lambda done: self._save(name, done))
+        return future
+
+    def _save(self, name: str, future: Future) -> None:
+        if future.exception() is not None:
+            return
+        with self.lock:
+            self.finished[name] = future.result()
+            self.path.write_text(json.dumps({"partial": True, "parts": self.finished}, indent=1, default=str))
+
+    def remove(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -1147,6 +1177,9 @@ def main():
         return
     args.device = str(setup(args))
     budget, walls, start = args.budget, {}, time.perf_counter()
+    name = NAME if args.quick or args.preset == "cpu" else f"{NAME}_{args.preset}"
+    output = Path(args.output or _common.RESULTS_DIR / f"{name}.json")
+    partial = PartialResults(None if args.quick else output)
     with timed(walls, "read_images"):
         splits, balanced = load_splits(args)
         shift_files, shift_labels, shift_names = list_class_folders(args.shift_data)
@@ -1159,13 +1192,17 @@ def main():
     with tempfile.TemporaryDirectory() as work_dir:
         with timed(walls, "parts"), part_runner(budget.workers, data, work_dir) as submit:
             # the longest parts first, so that two workers finish close together
-            unet_future = submit(unet_arm, args, f"{work_dir}/unet")
-            arms = {"unet": unet_future, "simclr": submit(simclr_arm, as_many_steps_as_ddpm(args, unet_future), f"{work_dir}/simclr")}
+            unet_future = partial.track("unet", submit(unet_arm, args, f"{work_dir}/unet"))
+            simclr_args = as_many_steps_as_ddpm(args, unet_future)
+            arms = {"unet": unet_future, "simclr": partial.track("simclr", submit(simclr_arm, simclr_args, f"{work_dir}/simclr"))}
             cnn_trainings = {
-                regime: {s: submit(train_cnn, args, regime, s, f"{work_dir}/cnn/{regime}/{s}") for s in CNN_SAMPLINGS}
+                regime: {
+                    s: partial.track(f"cnn_{regime}_{s}", submit(train_cnn, args, regime, s, f"{work_dir}/cnn/{regime}/{s}"))
+                    for s in CNN_SAMPLINGS
+                }
                 for regime in subsets
             }  # fmt: skip
-            arms["raw_pixels"] = submit(raw_pixel_arm, args)
+            arms["raw_pixels"] = partial.track("raw_pixels", submit(raw_pixel_arm, args))
             arms = {name: future.result() for name, future in arms.items()}
             cnn_trainings = {r: {s: f.result() for s, f in runs.items()} for r, runs in cnn_trainings.items()}
         for arm in arms.values():
@@ -1188,8 +1225,6 @@ def main():
     shift_results = {**unet["flowcam_shift"], "cnn": cnn_shift, **simclr["flowcam_shift"], **pixels["flowcam_shift"]}
     shift_views = {**unet["flowcam_shift_views"], "cnn": cnn_views, **simclr["flowcam_shift_views"]}
 
-    name = NAME if args.quick or args.preset == "cpu" else f"{NAME}_{args.preset}"
-    output = Path(args.output or _common.RESULTS_DIR / f"{name}.json")
     figure_dir = Path(tempfile.mkdtemp()) if args.quick else output.parent
     plot = figure_dir / f"{output.stem}_label_efficiency.png"  # named after its results file: seeds never overwrite
     plot_label_efficiency(
@@ -1250,6 +1285,7 @@ def main():
         "wall_seconds": walls,
     }  # fmt: skip
     report(name, args, torch.device(args.device), figures)
+    partial.remove()
 
 
 if __name__ == "__main__":

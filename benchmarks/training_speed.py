@@ -176,6 +176,13 @@ def library_loop(model, dataset, loss_fn, device: torch.device, batch_size: int,
             lr_warmup_steps=min(10, steps), checkpointing_steps=steps, use_ema=True, seed=seed, num_sample_images=0,
             mixed_precision="bf16" if device.type == "cuda" else "no",
         )  # fmt: skip
+        if overrides.get("torch_compile"):
+            # a fresh compiler, as in a user's own process: dynamo's automatic dynamic shapes and recompile limit are
+            # shared by every model here (accelerate's autocast wrapper is one code object), so a later run would
+            # compile a symbolic batch size, or after 8 bf16 runs silently run eager; this also frees CUDA graphs
+            torch._dynamo.reset()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the runs before this one hold no memory it could need
         train(TrainingArguments(**{**flags, **overrides}), model, dataset, loss_fn)
 
 

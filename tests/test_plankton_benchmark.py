@@ -89,6 +89,25 @@ def tiny_run_data() -> "plankton_accuracy.RunData":
     return plankton_accuracy.RunData({"train": split, "val": split, "test": split}, torch.arange(0, 24, 3), subsets, split)
 
 
+def test_each_finished_part_is_kept_in_a_partial_record_until_the_results_are_written(tmp_path):
+    from concurrent.futures import Future
+
+    partial = plankton_accuracy.PartialResults(tmp_path / "plankton_accuracy_gpu.json")
+    done, failed, pending = Future(), Future(), Future()
+    done.set_result({"regimes": {"all": {"accuracy": 0.5}}, "feature": ("2x2", "up_blocks.1", 25)})
+    failed.set_exception(RuntimeError("a part that failed"))
+    for name, future in {"unet": done, "simclr": failed, "raw_pixels": pending}.items():
+        partial.track(name, future)
+    record = json.loads((tmp_path / "plankton_accuracy_gpu.partial.json").read_text())
+    assert record == {"partial": True, "parts": {"unet": {"regimes": {"all": {"accuracy": 0.5}}, "feature": ["2x2", "up_blocks.1", 25]}}}
+    pending.set_result({"wall_seconds": {"raw_pixel_probe": 1.0}})  # a worker's part, finished later
+    assert list(json.loads(partial.path.read_text())["parts"]) == ["unet", "raw_pixels"]
+    partial.remove()
+    assert not partial.path.exists()
+    plankton_accuracy.PartialResults(None).track("unet", done)  # quick runs write nothing
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_run_data_a_worker_reads_is_the_run_data_saved(tmp_path):
     data, path = tiny_run_data(), str(tmp_path / "run_data.safetensors")
     data.save(path)

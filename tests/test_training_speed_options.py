@@ -111,15 +111,27 @@ def test_torch_compile_mode_reaches_torch_compile(monkeypatch):
         assert modes == expected
 
 
-def test_each_step_starts_a_cuda_graph_iteration_in_the_modes_that_replay_graphs(tmp_path, monkeypatch):
-    monkeypatch.setattr(nn.Module, "compile", lambda self, **options: None)  # what is timed on a GPU, not here
+def fake_compile(module, **options):  # what `nn.Module.compile` sets, without compiling (that is timed on a GPU)
+    module._compiled_call_impl = module._call_impl
+
+
+def test_cuda_graph_modes_start_an_iteration_each_step_and_return_the_model_uncompiled(tmp_path, monkeypatch):
+    monkeypatch.setattr(nn.Module, "compile", fake_compile)
     marks = []
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
-    for mode, expected in {"reduce-overhead": 3, "max-autotune": 3, "default": 0, "max-autotune-no-cudagraphs": 0}.items():
+    for mode, replays in {"reduce-overhead": True, "max-autotune": True, "default": False, "max-autotune-no-cudagraphs": False}.items():
         marks.clear()
         args = tiny_args(tmp_path / mode, max_train_steps=3, torch_compile=True, torch_compile_mode=mode)
-        train(args, nn.Linear(4, 1), linear_dataset(), regression_loss)
-        assert len(marks) == expected, mode
+        model, _, _ = train(args, nn.Linear(4, 1), linear_dataset(), regression_loss)
+        assert len(marks) == (3 if replays else 0), mode
+        assert ("_compiled_call_impl" in model.__dict__) is not replays, mode  # its next call would overwrite outputs
+
+
+def test_gradient_accumulation_is_refused_with_cuda_graphs():
+    with pytest.raises(ValueError, match="gradient_accumulation_steps 1 with --torch_compile_mode reduce-overhead"):
+        TrainingArguments(output_dir="o", max_train_steps=1, torch_compile=True, torch_compile_mode="reduce-overhead",
+                          gradient_accumulation_steps=2)  # fmt: skip
+    TrainingArguments(output_dir="o", max_train_steps=1, torch_compile=True, gradient_accumulation_steps=2)  # default mode
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -216,8 +216,9 @@ class RepresentationConditionedDiTModel(ModelMixin, ConfigMixin):
             nn.init.zeros_(layer.bias)
 
     def check_representation(self, representation: torch.Tensor, batch_size: int) -> None:
-        dim = self.config.representation_dim
-        if representation.ndim != 2 or representation.shape[1] != dim or representation.shape[0] not in (1, batch_size):
+        dim, rows = self.config.representation_dim, representation.shape[0]
+        # two comparisons, not `in (1, batch_size)`: torch.compile traces them with a symbolic batch size
+        if representation.ndim != 2 or representation.shape[1] != dim or (rows != 1 and rows != batch_size):
             raise ValueError(
                 f"expected a representation of shape [{batch_size}, {dim}] (representation_dim={dim}), "
                 f"got {tuple(representation.shape)}"

@@ -9,7 +9,8 @@ at every checkpoint (the last step included) the loss curve and the trainer's sa
 Hardware speed: on CUDA the loop turns on what makes a step faster without changing what is learned beyond rounding:
 TF32 matmuls while it trains (`--allow_tf32`), channels-last weights for convolutional models (`--channels_last`), fused AdamW and
 multi-tensor (foreach) EMA updates; bf16 autocast is `--mixed_precision bf16`, compilation `--torch_compile`
-(`--torch_compile_mode`). diffusers' attention already runs PyTorch's SDPA (`AttnProcessor2_0`). On CPU each of these
+(`--torch_compile_mode`; in the modes that replay CUDA graphs every step starts a graph iteration and the returned
+model is no longer compiled). diffusers' attention already runs PyTorch's SDPA (`AttnProcessor2_0`). On CPU each of these
 measured no faster (`benchmarks/training_speed.py`), so the CPU path is the plain one. `--max_train_minutes` stops a
 run cleanly when its wall-clock budget runs out: a final checkpoint, the loss files and the model, as at the last
 step.
@@ -428,6 +429,8 @@ def _train(
     # accelerate marks a model it prepared and never prepares it again: trained anew (another mixed precision, more
     # steps) it would miss its autocast and device placement
     unwrapped.__dict__.pop("_is_accelerate_prepared", None)
+    if replays_cuda_graphs:  # its next call would overwrite the outputs of the last (feature hooks, a sampler's steps)
+        unwrapped.__dict__.pop("_compiled_call_impl", None)  # what `nn.Module.compile` set
     unwrapped.eval()
     accelerator.end_training()
     summary = TrainingSummary(
