@@ -65,6 +65,21 @@ def test_augmentation_keeps_shape_and_range_and_views_differ(num_channels):
     assert not torch.allclose(first, images)
 
 
+def test_the_gpu_crop_is_one_batched_warp_and_the_cpu_views_are_those_of_before():
+    import kornia.augmentation as K
+
+    augment = build_augmentation(SIZE, 3)
+    cpu_crop, cuda_crop = augment.pipeline[0], augment.cuda_pipeline[0]
+    assert (cpu_crop.flags["cropping_mode"], cuda_crop.flags["cropping_mode"]) == ("slice", "resample")
+    assert list(augment.pipeline)[1:] == list(augment.cuda_pipeline)[1:]  # the same steps after the crop
+    before = torch.nn.Sequential(K.RandomResizedCrop((SIZE, SIZE), scale=(0.25, 1.0)), *list(augment.pipeline)[1:])
+    images = torch.rand(4, 3, SIZE, SIZE) * 2 - 1
+    torch.manual_seed(0)
+    expected = before(((images + 1) / 2).clamp(0, 1))  # the pipeline as built until 2026-12-04 (kornia's default crop)
+    torch.manual_seed(0)
+    assert torch.equal(augment(images), expected.clamp(0, 1) * 2 - 1)
+
+
 def test_augmentation_rejects_wrong_channels_and_bad_settings():
     with pytest.raises(ValueError, match=r"\[N, 1, H, W\]"):
         build_augmentation(SIZE, 1)(torch.zeros(2, 3, SIZE, SIZE))

@@ -60,12 +60,14 @@ METHODS = ("dino", "simclr")
 class ImageAugmentation(nn.Module):
     """A kornia augmentation pipeline for images in [-1, 1]: maps to [0, 1], augments, clamps, maps back.
 
-    Every call draws new random parameters per image, so two calls on the same batch give two views.
+    Every call draws new random parameters per image, so two calls on the same batch give two views. With
+    `cuda_pipeline`, images on a GPU go through it instead: the same steps, the crop as one batched warp.
     """
 
-    def __init__(self, pipeline: nn.Module, num_channels: int):
+    def __init__(self, pipeline: nn.Module, num_channels: int, cuda_pipeline: Optional[nn.Module] = None):
         super().__init__()
         self.pipeline = pipeline
+        self.cuda_pipeline = cuda_pipeline
         self.num_channels = num_channels
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -74,7 +76,8 @@ class ImageAugmentation(nn.Module):
                 f"expected images [N, {self.num_channels}, H, W] in [-1, 1] for the augmentation, got {tuple(images.shape)}"
             )
         unit = ((images.float() + 1) / 2).clamp(0, 1)
-        return (self.pipeline(unit).clamp(0, 1) * 2 - 1).to(images.dtype)
+        pipeline = self.cuda_pipeline if images.is_cuda and self.cuda_pipeline is not None else self.pipeline
+        return (pipeline(unit).clamp(0, 1) * 2 - 1).to(images.dtype)
 
 
 def build_augmentation(
@@ -105,7 +108,7 @@ def build_augmentation(
         if not 0 <= p <= 1:
             raise ValueError(f"expected `{name}` in [0, 1], got {p}")
     rgb = num_channels == 3
-    steps = [K.RandomResizedCrop((image_size, image_size), scale=(low, high)), K.RandomHorizontalFlip(p=flip_p)]
+    steps = [K.RandomHorizontalFlip(p=flip_p)]
     if strength > 0:
         jitter = 0.4 * strength
         steps.append(K.ColorJitter(jitter, jitter, jitter if rgb else 0.0, min(0.1 * strength, 0.5) if rgb else 0.0, p=0.8))
@@ -114,7 +117,14 @@ def build_augmentation(
         if blur_p > 0:
             kernel = max(3, (image_size // 10) | 1)
             steps.append(K.RandomGaussianBlur((kernel, kernel), (0.1, max(0.1, 2.0 * strength)), p=blur_p))
-    return ImageAugmentation(nn.Sequential(*steps), num_channels)
+
+    def crop_then(steps, cropping_mode):
+        return nn.Sequential(K.RandomResizedCrop((image_size, image_size), scale=(low, high), cropping_mode=cropping_mode), *steps)
+
+    # kornia crops image by image ("slice", the faster on a CPU) or warps the batch at once ("resample"): on a GPU,
+    # whose small steps wait on kernel launches, one warp instead of a crop and resize per image (4,966 profiled
+    # operations for a batch of 256 against 1,088; not timed on a GPU)
+    return ImageAugmentation(crop_then(steps, "slice"), num_channels, cuda_pipeline=crop_then(steps, "resample"))
 
 
 # ------------------------------------------------------------------------------------------------------------------
