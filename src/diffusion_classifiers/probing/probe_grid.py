@@ -453,7 +453,8 @@ def _fit_heads(x, num_rows, l2, tol, max_iter, val=None, patience=None, progress
         if val is not None:
             keep_if_best(iteration)
         progress.update(1)
-        progress.set_postfix(heads=int((~batch.frozen).sum()))
+        if not progress.disable:  # the count waits on the device: a GPU's queue would drain every iteration
+            progress.set_postfix(heads=int((~batch.frozen).sum()))
     else:  # max_iter reached
         finish(~batch.frozen, max_iter)
     progress.total = progress.n  # converged before max_iter: the bar ends full
