@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The accuracy benchmarks side by side on the GPU, then every speed benchmark alone, in their GPU configuration, on one
 # bare GPU machine; every result JSON (and each step's log) goes into OUTDIR, with gpu_suite_summary.json listing each
-# step's status, seconds and targets. At the H200's measured speed the whole suite needs two 10-minute commands:
-# GPU_SUITE_ONLY=accuracy (about 5 minutes, estimated) and GPU_SUITE_ONLY=speed (about 9).
+# step's status, seconds and targets. At the H200's measured speed the whole suite needs three 10-minute commands
+# (estimated): GPU_SUITE_ONLY=accuracy (about 3-5 minutes) and the speed steps (about 12) in two.
 #
 #     benchmarks/gpu_suite.sh OUTDIR [--dry_run]
 #

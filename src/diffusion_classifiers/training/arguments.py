@@ -139,10 +139,12 @@ class TrainingArguments:
                 raise ValueError(f"expected --{name} to be {expected}, got {getattr(self, name)!r}")
         if self.max_train_steps is None and self.num_epochs is None:
             raise ValueError("expected --max_train_steps or --num_epochs, got neither")
-        if self.torch_compile and self.torch_compile_mode in CUDA_GRAPH_COMPILE_MODES and self.gradient_accumulation_steps > 1:
-            raise ValueError(  # the gradients live in graph memory that the next micro-batch overwrites (pytorch#169545)
-                f"expected --gradient_accumulation_steps 1 with --torch_compile_mode {self.torch_compile_mode} (CUDA graphs), "
-                f"got {self.gradient_accumulation_steps}: use another mode or a larger --train_batch_size"
+        replays_cuda_graphs = self.torch_compile and self.torch_compile_mode in CUDA_GRAPH_COMPILE_MODES
+        if replays_cuda_graphs and self.gradient_accumulation_steps > 1:
+            # the gradients live in graph memory that the next micro-batch overwrites (pytorch#169545)
+            raise ValueError(
+                f"expected --gradient_accumulation_steps 1 with --torch_compile_mode {self.torch_compile_mode} "
+                f"(CUDA graphs), got {self.gradient_accumulation_steps}: use another mode or a larger --train_batch_size"
             )
 
 

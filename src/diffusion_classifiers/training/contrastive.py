@@ -119,7 +119,8 @@ def build_augmentation(
             steps.append(K.RandomGaussianBlur((kernel, kernel), (0.1, max(0.1, 2.0 * strength)), p=blur_p))
 
     def crop_then(steps, cropping_mode):
-        return nn.Sequential(K.RandomResizedCrop((image_size, image_size), scale=(low, high), cropping_mode=cropping_mode), *steps)
+        crop = K.RandomResizedCrop((image_size, image_size), scale=(low, high), cropping_mode=cropping_mode)
+        return nn.Sequential(crop, *steps)
 
     # kornia crops image by image ("slice", the faster on a CPU) or warps the batch at once ("resample"): on a GPU,
     # whose small steps wait on kernel launches, one warp instead of a crop and resize per image (4,966 profiled

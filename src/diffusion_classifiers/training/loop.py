@@ -7,13 +7,13 @@ the weights of the uninterrupted one, bit for bit), one run per `--output_dir`, 
 at every checkpoint (the last step included) the loss curve and the trainer's sample grid (`monitoring.py`).
 
 Hardware speed: on CUDA the loop turns on what makes a step faster without changing what is learned beyond rounding:
-TF32 matmuls while it trains (`--allow_tf32`), channels-last weights for convolutional models (`--channels_last`), fused AdamW and
-multi-tensor (foreach) EMA updates; bf16 autocast is `--mixed_precision bf16`, compilation `--torch_compile`
-(`--torch_compile_mode`; in the modes that replay CUDA graphs every step starts a graph iteration and the returned
-model is no longer compiled). diffusers' attention already runs PyTorch's SDPA (`AttnProcessor2_0`). On CPU each of these
-measured no faster (`benchmarks/training_speed.py`), so the CPU path is the plain one. `--max_train_minutes` stops a
-run cleanly when its wall-clock budget runs out: a final checkpoint, the loss files and the model, as at the last
-step.
+TF32 matmuls while it trains (`--allow_tf32`), channels-last weights for convolutional models (`--channels_last`),
+fused AdamW and multi-tensor (foreach) EMA updates; bf16 autocast is `--mixed_precision bf16`, compilation
+`--torch_compile` (`--torch_compile_mode`; in the modes that replay CUDA graphs every step starts a graph iteration
+and the returned model is no longer compiled). diffusers' attention already runs PyTorch's SDPA (`AttnProcessor2_0`).
+On CPU each of these measured no faster (`benchmarks/training_speed.py`), so the CPU path is the plain one.
+`--max_train_minutes` stops a run cleanly when its wall-clock budget runs out: a final checkpoint, the loss files and
+the model, as at the last step.
 """
 
 import json
