@@ -384,6 +384,10 @@ def environment(device: torch.device) -> dict:
         "blas_threads": [info["num_threads"] for info in threadpool_info()],
         "torch_device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        # float32 math outside training when the record is written (the loop turns TF32 matmuls on only while it
+        # trains; cuDNN's convolutions use TF32 by torch's default)
+        "cuda_tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
+        if device.type == "cuda" else None,
         "versions": {
             "torch": torch.__version__,
             "diffusers": diffusers.__version__,
