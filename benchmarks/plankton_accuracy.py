@@ -35,13 +35,13 @@ batch 64 for the DDPM and SimCLR, 20 passes over the labelled images and at leas
 on the 10% label subset, 3 timesteps, mean and 2x2 pooling); `gpu` is the full-size configuration for one H100/H200
 (64 px, the small U-Net, fp32 with TF32, 3000 DDPM and SimCLR steps, at least 1500 CNN steps of batch 256 and 20
 passes, 4 timesteps, mean and 2x2 pooling, C and the hypercolumn as `cpu_1h`; the DDPM capped at 1.5 minutes, SimCLR
-then training as many steps as it reached; sized by estimate, not yet run); `cpu_1h` aims at the issue's CPU budget, 60 minutes on 2
-cores: `cpu` without the hypercolumn probe, with each probe's C chosen from 0.1, 1, 10 and 100 (raw pixels' from
-0.001, 0.01, 0.1) and the run's parts (the U-Net arm, the SimCLR arm, each CNN training, the raw-pixel probe) side by
-side in two worker processes of one thread each; with `--num_threads 2` it took 38-49 min over 3 seeds (2026-12-04,
-with the all-labels pair chosen among 3; 36-42 without on 2026-12-03; 70 with the parts one after the other on 2
-threads, only the CNN pairs side by side). `--quick` is a smoke run under a minute (16 px, 8 images per class, a few
-steps, no hypercolumn probe).
+then training as many steps as it reached; sized by estimate, not yet run); `cpu_1h` aims at the issue's CPU budget,
+60 minutes on 2 cores: `cpu` without the hypercolumn probe, with each probe's C chosen from 0.1, 1, 10 and 100 (raw
+pixels' from 0.001, 0.01, 0.1) and the run's parts (the U-Net arm, the SimCLR arm, each CNN training, the raw-pixel
+probe) side by side in two worker processes of one thread each; with `--num_threads 2` it took 38-49 min over 3 seeds
+(2026-12-04, with the all-labels pair chosen among 3; 36-42 without on 2026-12-03; 70 with the parts one after the
+other on 2 threads, only the CNN pairs side by side). `--quick` is a smoke run under a minute (16 px, 8 images per
+class, a few steps, no hypercolumn probe).
 
     python benchmarks/plankton_accuracy.py --quick
     python benchmarks/plankton_accuracy.py                 # writes benchmarks/results/plankton_accuracy.json + PNG

@@ -139,13 +139,17 @@ class TrainingArguments:
                 raise ValueError(f"expected --{name} to be {expected}, got {getattr(self, name)!r}")
         if self.max_train_steps is None and self.num_epochs is None:
             raise ValueError("expected --max_train_steps or --num_epochs, got neither")
-        replays_cuda_graphs = self.torch_compile and self.torch_compile_mode in CUDA_GRAPH_COMPILE_MODES
-        if replays_cuda_graphs and self.gradient_accumulation_steps > 1:
+        if self.replays_cuda_graphs and self.gradient_accumulation_steps > 1:
             # the gradients live in graph memory that the next micro-batch overwrites (pytorch#169545)
             raise ValueError(
                 f"expected --gradient_accumulation_steps 1 with --torch_compile_mode {self.torch_compile_mode} "
                 f"(CUDA graphs), got {self.gradient_accumulation_steps}: use another mode or a larger --train_batch_size"
             )
+
+    @property
+    def replays_cuda_graphs(self) -> bool:
+        """Whether `--torch_compile` compiles in a mode that replays CUDA graphs."""
+        return self.torch_compile and self.torch_compile_mode in CUDA_GRAPH_COMPILE_MODES
 
 
 def _flag_type(annotation) -> type:

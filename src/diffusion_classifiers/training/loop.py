@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from tqdm.auto import tqdm
 
-from .arguments import CUDA_GRAPH_COMPILE_MODES, TrainingArguments
+from .arguments import TrainingArguments
 from .checkpoints import (
     check_checkpoint_folder,
     checkpoint_step,
@@ -375,7 +375,6 @@ def _train(
     out_of_time = False
     epoch, steps_into_epoch = divmod(global_step, updates_per_epoch)
     batches_to_skip = steps_into_epoch * args.gradient_accumulation_steps
-    replays_cuda_graphs = args.torch_compile and args.torch_compile_mode in CUDA_GRAPH_COMPILE_MODES
     model.train()
     while global_step < max_train_steps and not out_of_time:
         dataloader.set_epoch(epoch)  # the sampler's order of this epoch: a function of (seed, epoch)
@@ -383,7 +382,7 @@ def _train(
         epoch_loader = accelerator.skip_first_batches(dataloader, batches_to_skip) if batches_to_skip else dataloader
         batches_to_skip = 0
         for batch in epoch_loader:
-            if replays_cuda_graphs:  # the last step's graph outputs may be overwritten (torch's cudagraph trees)
+            if args.replays_cuda_graphs:  # the last step's graph outputs may be overwritten (torch's cudagraph trees)
                 torch.compiler.cudagraph_mark_step_begin()
             with accelerator.accumulate(model):
                 loss = loss_fn(model, batch)
@@ -429,7 +428,7 @@ def _train(
     # accelerate marks a model it prepared and never prepares it again: trained anew (another mixed precision, more
     # steps) it would miss its autocast and device placement
     unwrapped.__dict__.pop("_is_accelerate_prepared", None)
-    if replays_cuda_graphs:  # its next call would overwrite the outputs of the last (feature hooks, a sampler's steps)
+    if args.replays_cuda_graphs:  # its next call would overwrite the outputs of the last (feature hooks, a sampler's steps)
         unwrapped.__dict__.pop("_compiled_call_impl", None)  # what `nn.Module.compile` set
     unwrapped.eval()
     accelerator.end_training()
