@@ -4,6 +4,7 @@ unchanged, and that `--max_train_minutes` stops cleanly with a final checkpoint,
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -20,7 +21,8 @@ from diffusion_classifiers.models import RepresentationConditionedDiTModel, rc_d
 from diffusion_classifiers.training import TrainingArguments, add_training_args, train, train_ddpm_unet
 from diffusion_classifiers.training.arguments import training_args_from_namespace
 from diffusion_classifiers.training import loop
-from diffusion_classifiers.training.loop import TrainingBudget, build_optimizer, uses_channels_last
+from diffusion_classifiers.training.loop import build_optimizer, uses_channels_last
+from diffusion_classifiers.training.time_budget import TrainingBudget
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 
@@ -243,6 +245,58 @@ def test_max_train_minutes_stops_with_a_final_checkpoint_loss_files_and_the_mode
     _, _, resumed = train_ddpm_unet(resumed_args, images, preset="tiny")
     assert (resumed.resumed_from_step, resumed.global_step, resumed.stopped_by_time_budget) == (1, 3, False)
 
+
+
+def cosine(step, length):
+    return 0.5 * (1.0 + math.cos(math.pi * step / length))
+
+
+def train_on_a_fake_clock(tmp_path, monkeypatch, seconds_per_step, **overrides):
+    """A run whose budget's clock advances `seconds_per_step` at each optimizer step; returns the learning rate of
+    every step and the summary."""
+    clock = FakeClock()
+    monkeypatch.setattr(loop, "TrainingBudget", lambda minutes: TrainingBudget(minutes, clock=clock))
+    optimizers = []
+    monkeypatch.setattr(loop, "build_optimizer", lambda *a: optimizers.append(build_optimizer(*a)) or optimizers[-1])
+    learning_rates = []
+
+    def loss_fn(model, batch):
+        learning_rates.append(optimizers[0].param_groups[0]["lr"])
+        clock.seconds += seconds_per_step
+        return regression_loss(model, batch)
+
+    args = tiny_args(tmp_path, lr_scheduler="cosine", lr_warmup_steps=0, **overrides)
+    _, _, summary = train(args, nn.Linear(4, 1), linear_dataset(), loss_fn)
+    return learning_rates, summary
+
+
+def test_a_run_cut_by_its_budget_ends_its_schedule_at_the_deadline(tmp_path, monkeypatch):
+    # 100 steps planned, a budget of 10 s, 1 s a step: the cosine schedule follows the clock and anneals in 10 steps
+    lrs, summary = train_on_a_fake_clock(tmp_path / "fit", monkeypatch, 1.0, max_train_steps=100, max_train_minutes=10 / 60)
+    assert summary.global_step == 10 and summary.stopped_by_time_budget
+    assert lrs == pytest.approx([1e-3 * cosine(10 * k, 100) for k in range(10)], rel=1e-6)
+    # without fitting, the schedule is cut in its first tenth: the last step still near the peak
+    lrs, _ = train_on_a_fake_clock(
+        tmp_path / "cut", monkeypatch, 1.0, max_train_steps=100, max_train_minutes=10 / 60, fit_lr_schedule_to_budget=False
+    )
+    assert lrs == pytest.approx([1e-3 * cosine(k, 100) for k in range(10)], rel=1e-6)
+
+
+def test_a_run_that_reaches_its_steps_first_follows_the_schedule_step_by_step(tmp_path, monkeypatch):
+    lrs, summary = train_on_a_fake_clock(tmp_path, monkeypatch, 1.0, max_train_steps=8, max_train_minutes=100 / 60)
+    assert summary.global_step == 8 and not summary.stopped_by_time_budget
+    assert lrs == pytest.approx([1e-3 * cosine(k, 8) for k in range(8)], rel=1e-6)
+
+
+def test_a_resumed_run_starts_from_its_steps_and_spreads_the_rest_of_the_schedule_over_its_own_budget(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    lrs, first = train_on_a_fake_clock(run, monkeypatch, 1.0, max_train_steps=100, max_train_minutes=4 / 60, checkpointing_steps=50)
+    assert first.global_step == 4 and lrs == pytest.approx([1e-3 * cosine(25 * k, 100) for k in range(4)], rel=1e-6)
+    lrs, resumed = train_on_a_fake_clock(
+        run, monkeypatch, 1.0, max_train_steps=100, max_train_minutes=6 / 60, resume_from_checkpoint="latest"
+    )
+    assert (resumed.resumed_from_step, resumed.global_step) == (4, 10)
+    assert lrs == pytest.approx([1e-3 * cosine(round(4 + 96 * k / 6), 100) for k in range(6)], rel=1e-6)
 
 QUIET_TRAINING = """
 import sys, torch

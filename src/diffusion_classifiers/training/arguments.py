@@ -81,6 +81,12 @@ class TrainingArguments:
         "A wall-clock budget: when it runs out the loop stops after the current optimizer step, writes a final "
         "checkpoint and returns the model, as at the last step (resume later with `--resume_from_checkpoint latest`).",
     )
+    fit_lr_schedule_to_budget: bool = _flag(
+        True,
+        "With --max_train_minutes, run the learning-rate schedule on whichever is further along, the steps or the "
+        "clock, so that a run the budget cuts short still ends its schedule (a cosine decay reaches zero at the "
+        "deadline); a resumed run spreads the rest of the schedule over its own budget.",
+    )
     use_ema: bool = _flag(False, "Keep an exponential moving average of the weights and return it.")
     ema_max_decay: float = _flag(0.9999, "The EMA decay's upper bound.")
     ema_inv_gamma: float = _flag(1.0, "EMA warmup: inverse multiplicative factor of the decay schedule.")

@@ -13,13 +13,12 @@ fused AdamW and multi-tensor (foreach) EMA updates; bf16 autocast is `--mixed_pr
 and the returned model is no longer compiled). diffusers' attention already runs PyTorch's SDPA (`AttnProcessor2_0`).
 On CPU each of these measured no faster (`benchmarks/training_speed.py`), so the CPU path is the plain one.
 `--max_train_minutes` stops a run cleanly when its wall-clock budget runs out: a final checkpoint, the loss files and
-the model, as at the last step.
+the model, as at the last step; the learning-rate schedule is fitted to the budget (`time_budget.py`).
 """
 
 import json
 import math
 import os
-import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator, Optional
@@ -54,10 +53,10 @@ from .monitoring import (
 )
 from .output_dir import OutputDirLock, check_output_dir
 from .sampling import EpochSeededSampler
+from .time_budget import ScheduleOnTheClock, TrainingBudget
 
 __all__ = [
     "LossFunction",
-    "TrainingBudget",
     "TrainingSummary",
     "build_optimizer",
     "cuda_math",
@@ -109,22 +108,6 @@ def total_optimizer_steps(args: TrainingArguments, num_examples: int, num_proces
 
 
 LossFunction = Callable[[nn.Module, tuple], torch.Tensor]  # loss_fn(model, batch) -> a scalar loss
-
-
-class TrainingBudget:
-    """`--max_train_minutes`: a wall-clock deadline counted from the start of `train` (`clock()` in seconds).
-    `expired` is the same answer on every process (any process past the deadline stops them all), so that no
-    process waits in a collective for one that has stopped."""
-
-    def __init__(self, minutes: Optional[float], clock: Callable[[], float] = time.monotonic):
-        self.clock = clock
-        self.deadline = None if minutes is None else clock() + 60.0 * minutes
-
-    def expired(self, accelerator: Accelerator) -> bool:
-        if self.deadline is None:
-            return False
-        past = torch.tensor([float(self.clock() >= self.deadline)], device=accelerator.device)
-        return bool(accelerator.reduce(past, reduction="sum").item() > 0)
 
 
 def train(
@@ -300,6 +283,15 @@ def prepare_model_for_speed(args: TrainingArguments, model: nn.Module, device: t
     return model
 
 
+def _schedule_clock(
+    args: TrainingArguments, lr_scheduler, max_train_steps: int, num_processes: int
+) -> Optional[ScheduleOnTheClock]:
+    """The schedule's catch-up to the clock when `--max_train_minutes` is set and `--fit_lr_schedule_to_budget`."""
+    if args.max_train_minutes is None or not args.fit_lr_schedule_to_budget:
+        return None
+    return ScheduleOnTheClock(lr_scheduler, max_train_steps * num_processes)  # accelerate steps it once per process
+
+
 def _show_progress(
     accelerator: Accelerator,
     args: TrainingArguments,
@@ -360,6 +352,8 @@ def _train(
     ema = _build_ema(args, unwrapped, accelerator.device) if args.use_ema else None
 
     global_step = resumed_from_step = _resume(accelerator, args, ema, parameter_names)
+    schedule_clock = _schedule_clock(args, lr_scheduler, max_train_steps, num_processes)
+    budget_used = 0.0
     history = LossHistory.resume(args.output_dir, resumed_from_step)
     monitor_history = MonitorHistory.resume(args.output_dir, resumed_from_step)
     if accelerator.is_main_process:
@@ -393,6 +387,10 @@ def _train(
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
+                if accelerator.sync_gradients:
+                    budget_used = budget.fraction_used(accelerator)
+                    if schedule_clock is not None:  # the next step's learning rate: the clock's, when further on
+                        schedule_clock.catch_up(budget_used)
                 optimizer.zero_grad()
             samples_seen += batch[0].shape[0]
             if not accelerator.sync_gradients:
@@ -406,7 +404,7 @@ def _train(
             progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
             if args.report_to:
                 accelerator.log({"train_loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
-            out_of_time = global_step < max_train_steps and budget.expired(accelerator)
+            out_of_time = global_step < max_train_steps and budget_used >= 1.0
             if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps or out_of_time:
                 save_checkpoint(accelerator, args, global_step, ema, parameter_names)
                 if accelerator.is_main_process:
