@@ -282,9 +282,10 @@ def sample_grid(pipe, references: torch.Tensor, num_steps: int, seed: int, path:
 
 
 def headline(result: dict) -> dict:
-    """The figures of the README table; on a binary (imbalanced) set the class-balanced ones come first. Label-free:
-    k-means in the space chosen without labels, in the standardised space (the only one before 2026-12-01) and, beside
-    them, in the space chosen with the val labels; the label-free k-means run on val, the split choices are made on."""
+    """The figures of the results table (benchmarks/RESULTS.md); on a binary (imbalanced) set the class-balanced ones
+    come first. Label-free: k-means in the space chosen without labels, in the standardised space (the only one before
+    2026-12-01) and, beside them, in the space chosen with the val labels; the label-free k-means run on val, the split
+    choices are made on."""
     label_free = ("balanced_accuracy", "macro_f1", "accuracy") if result["num_classes"] == 2 else \
         ("accuracy", "macro_f1", "balanced_accuracy")
     standardized = result["label_free_by_normalization"]["standardize"]

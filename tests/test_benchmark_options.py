@@ -14,6 +14,7 @@ from .conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import _common  # noqa: E402
+import targets_table  # noqa: E402
 
 sys.path.remove(str(REPO_ROOT / "benchmarks"))
 
@@ -219,3 +220,14 @@ def test_the_environment_names_the_cpu_and_the_kernels_torch_runs():
     env = _common.environment(torch.device("cpu"))
     assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert isinstance(env["cpu_model"], str) and env["cpu_model"]
+
+
+def test_the_readme_targets_table_is_the_results_files():
+    """The README's headline targets are copied from `benchmarks/results/` by a script, never by hand."""
+    assert targets_table.main(["--check"]) == 0
+
+
+def test_a_target_whose_met_contradicts_its_direction_is_refused():
+    with pytest.raises(ValueError, match=r"x.json: target 'probe_error' records met=True for 0.5 against 0.1"):
+        targets_table.check_direction("x", "probe_error", {"value": 0.5, "target": 0.1, "met": True})
+    targets_table.check_direction("x", "probe_accuracy", {"value": 0.5, "target": 0.1, "met": True})

@@ -10,7 +10,8 @@ import time
 __all__ = ["main"]
 
 # pool "2x2": on the digits demo's val split it beats the global mean in 36 of 42 (block, t) probes and ties 4 (mean
-# val accuracy 96.5% vs 93.5%); it keeps the layout that label-free k-means needs (README, "k-means without labels")
+# val accuracy 96.5% vs 93.5%); it keeps the layout that label-free k-means needs (benchmarks/RESULTS.md, "k-means
+# without labels")
 DEMO_DEFAULTS = {"image_size": 16, "unet_preset": "small", "max_train_steps": 600, "pool": "2x2"}
 # Diffusion steps of the demo's DDPM scheduler: `--timesteps` must lie in [0, DEMO_NUM_TRAIN_TIMESTEPS).
 DEMO_NUM_TRAIN_TIMESTEPS = 1000

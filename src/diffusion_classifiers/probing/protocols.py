@@ -188,7 +188,7 @@ def select_clustering_without_labels(
     feature is most stable. Stability is the default because it ranks candidates closer to how well their clusters
     follow the classes: on the U-Net study's train split, with its labels used only to compare the rules, Spearman
     0.70 vs 0.39 for the silhouette over 126 candidates on digits, and the least inverted on PneumoniaMNIST, where
-    every criterion ranks them the wrong way (-0.25 vs -0.68; README, "k-means without labels").
+    every criterion ranks them the wrong way (-0.25 vs -0.68; benchmarks/RESULTS.md, "k-means without labels").
 
     Last, on the chosen feature and normalisation, the K in `candidate_num_clusters` with the best silhouette (one
     space, so comparable across K; stability is not used for K because it favours the coarsest split).

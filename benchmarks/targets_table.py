@@ -1,0 +1,150 @@
+"""The README's "targets at a glance": every target of the headline results, read from their JSON files.
+
+    python benchmarks/targets_table.py            # print the table
+    python benchmarks/targets_table.py --write    # put it into README.md between its markers
+    python benchmarks/targets_table.py --check    # exit 1 when README.md's table differs from the JSON files
+
+The figures are copied by this script only, never by hand, so the README cannot drift from `benchmarks/results/`
+(`tests/test_benchmark_options.py` runs `--check`). A row reads the target's `value`, `target` and `met` as the
+benchmark recorded them; whether the target is a floor or a ceiling is read from its name and checked against `met`.
+"""
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS = REPO_ROOT / "benchmarks" / "results"
+README = REPO_ROOT / "README.md"
+BEGIN, END = "<!-- targets table: begin (benchmarks/targets_table.py --write) -->", "<!-- targets table: end -->"
+
+# the result of record of each benchmark and machine, in the README's order; the others in benchmarks/results/ are
+# variants and ablations that its sections discuss
+HEADLINE_RESULTS = (
+    "unet_features_accuracy",
+    "unet_features_bench_label_free_digits_mean",
+    "unet_features_bench_label_free_pneumoniamnist_mean",
+    "unet_features_bench_extraction",
+    "unet_features_bench_extraction_gpu",
+    "unet_features_bench_precision_gpu",
+    "unet_features_bench_probe",
+    "score_sde_bench_likelihood",
+    "score_sde_bench_likelihood_gpu",
+    "score_sde_bench_elbo",
+    "score_sde_accuracy",
+    "score_sde_accuracy_3x_steps",
+    "rc_dit_bench_recipe_1500_steps_3_seeds",
+    "rc_dit_bench_recipe_1500_steps_3_seeds_pneumoniamnist",
+    "rc_dit_accuracy_pneumoniamnist_3_seeds",
+    "rc_dit_accuracy_fashion_mnist_3_seeds",
+    "plankton_accuracy",
+    "plankton_accuracy_cpu_1h_3_seeds",
+    "bench_data_scale",
+    "bench_data_scale_probe",
+    "training_speed",
+    "training_speed_gpu",
+    "training_speed_compiled_gpu",
+)
+
+# words of a target's name that make it a ceiling (value <= target); every other target is a floor
+CEILING_WORDS = ("error", "delta", "loss", "gap", "wall_seconds", "peak", "cnn_minus")
+
+
+def is_ceiling(name: str) -> bool:
+    return any(word in name for word in CEILING_WORDS)
+
+
+def format_number(name: str, value) -> str:
+    if value is None:
+        return "not measured"
+    if name.endswith("_points"):
+        return f"{value:.1f}" if "abs_" in name else f"{value:+.1f}"
+    if name.endswith("mfu"):
+        return f"{100 * value:.1f}%"
+    if "speedup" in name or "_over_" in name:
+        return f"{value:.2f}x" if value < 10 else f"{value:.1f}x"
+    if name.startswith("wall_seconds"):
+        return f"{value / 60:.1f} min"
+    if name.endswith("same_chosen_pair"):
+        return "yes" if value == 1 else "no"
+    if value == 0 or (abs(value) >= 1 and float(value).is_integer()):
+        return f"{value:g}"
+    return f"{value:.{max(0, 2 - math.floor(math.log10(abs(value))))}f}"
+
+
+def machine(result: dict) -> str:
+    environment = result["environment"]
+    gpu = environment.get("gpu")
+    if gpu:
+        return gpu["name"] if isinstance(gpu, dict) else str(gpu)
+    return f"CPU, {environment['cpu_count']} cores"
+
+
+def check_direction(stem: str, name: str, target: dict) -> None:
+    """The recorded `met` agrees with the direction read from the name (a target it cannot read is an error)."""
+    value, bound, met = target["value"], target["target"], target["met"]
+    if value is None or met is None:
+        return
+    expected = value <= bound if is_ceiling(name) else value >= bound
+    if expected != met:
+        raise ValueError(f"{stem}.json: target {name!r} records met={met} for {value} against {bound}; "
+                         f"expected a {'ceiling' if is_ceiling(name) else 'floor'} from its name")
+
+
+def rows(stem: str) -> list:
+    result = json.loads((RESULTS / f"{stem}.json").read_text())
+    table = []
+    for name, target in result["figures"]["targets"].items():
+        check_direction(stem, name, target)
+        met = {True: "met", False: "**not met**", None: "not measured"}[target["met"]]
+        if "met_on_seeds" in target:
+            met += f" ({target['met_on_seeds']} seeds)"
+        bound = ("<= " if is_ceiling(name) else ">= ") + format_number(name, target["target"])
+        if name.endswith("same_chosen_pair"):
+            bound = "yes"
+        table.append(f"| `{stem}` | {machine(result)} | `{name}` | {format_number(name, target['value'])} | {bound} | {met} |")
+    return table
+
+
+def targets_table() -> str:
+    lines = ["| result (`benchmarks/results/`) | machine | target | value | required | status |",
+             "| --- | --- | --- | ---: | ---: | --- |"]
+    for stem in HEADLINE_RESULTS:
+        lines.extend(rows(stem))
+    return "\n".join(lines)
+
+
+def readme_with_table(readme: str, table: str) -> str:
+    if readme.count(BEGIN) != 1 or readme.count(END) != 1:
+        raise ValueError(f"expected one pair of markers {BEGIN!r} ... {END!r} in README.md")
+    head, rest = readme.split(BEGIN)
+    _, tail = rest.split(END)
+    return f"{head}{BEGIN}\n{table}\n{END}{tail}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help="Write the table into README.md between its markers.")
+    mode.add_argument("--check", action="store_true", help="Exit 1 if README.md's table is not the JSON files'.")
+    args = parser.parse_args(argv)
+    table = targets_table()
+    if not (args.write or args.check):
+        print(table)
+        return 0
+    readme = README.read_text()
+    updated = readme_with_table(readme, table)
+    if args.write:
+        README.write_text(updated)
+        return 0
+    if updated != readme:
+        print("README.md's targets table differs from benchmarks/results/: run benchmarks/targets_table.py --write",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
