@@ -34,8 +34,9 @@ chosen on val (2026-12-03; 55 at C = 1 on a machine that ran faster) (32 px, the
 batch 64 for the DDPM and SimCLR, 20 passes over the labelled images and at least 1,400 steps for each CNN, the grid
 on the 10% label subset, 3 timesteps, mean and 2x2 pooling); `gpu` is the full-size configuration for one H100/H200
 (64 px, the small U-Net, fp32 with TF32, 3000 DDPM and SimCLR steps, at least 1500 CNN steps of batch 256 and 20
-passes, 4 timesteps, mean and 2x2 pooling, C and the hypercolumn as `cpu_1h`; the DDPM capped at 1.5 minutes, SimCLR
-then training as many steps as it reached; sized by estimate, not yet run); `cpu_1h` aims at the issue's CPU budget,
+passes, 4 timesteps, mean and 2x2 pooling, C and the hypercolumn as `cpu_1h`; the DDPM capped at 1.5 minutes, its
+learning-rate schedule fitted to the cap, SimCLR then training as many steps as it reached; sized by estimate, not
+yet run); `cpu_1h` aims at the issue's CPU budget,
 60 minutes on 2 cores: `cpu` without the hypercolumn probe, with each probe's C chosen from 0.1, 1, 10 and 100 (raw
 pixels' from 0.001, 0.01, 0.1) and the run's parts (the U-Net arm, the SimCLR arm, each CNN training, the raw-pixel
 probe) side by side in two worker processes of one thread each; with `--num_threads 2` it took 38-49 min over 3 seeds
