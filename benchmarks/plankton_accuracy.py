@@ -751,17 +751,12 @@ def few_shot_transfer(
     shot_counts: Sequence[Optional[int]] = SHOTS,
     protocols: Sequence[str] = FEW_SHOT_PROTOCOLS,
     num_folds: int = 5,
-    target_statistics: bool = False,
 ) -> dict:
     """Nearest prototype and a linear probe with k = 1, 5, all labelled images per class of each training fold
     (stratified cross-validation, every image predicted once per episode); accuracy and macro-F1 over the pooled
-    predictions, mean and std over episodes. The prototypes standardise the features with the labelled images' mean and
-    std (6 images at k = 1) or, with `target_statistics`, with those of every image of `features`, read without
-    labels (transductive: the new instrument's own offset and scale taken out before any label is used)."""
+    predictions, mean and std over episodes."""
     from sklearn.model_selection import StratifiedKFold
 
-    if target_statistics:
-        features = (features - features.mean(0)) / features.std(0).clamp_min(1e-6)
     y, num_classes = labels.numpy(), int(labels.max()) + 1
     folds = list(StratifiedKFold(num_folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
     result = {}
@@ -772,9 +767,7 @@ def few_shot_transfer(
                 predictions = np.empty(len(y), dtype=np.int64)
                 for train_index, test_index in folds:
                     chosen = train_index[few_shot_indices(y[train_index], shots, seed + episode, num_classes)]
-                    predictions[test_index] = classify(
-                        protocol, features[chosen], labels[chosen], features[test_index], num_classes, not target_statistics
-                    )
+                    predictions[test_index] = classify(protocol, features[chosen], labels[chosen], features[test_index], num_classes)
                 metrics = classification_metrics(y, predictions, num_classes=num_classes)
                 episodes.append((metrics["accuracy"], metrics["macro_f1"]))
             accuracy, f1 = np.array(episodes).T
@@ -784,15 +777,6 @@ def few_shot_transfer(
             }  # fmt: skip
     result["mean_accuracy"] = float(np.mean([v["accuracy_mean"] for v in result.values()]))
     return result
-
-
-def shift_transfer(features: torch.Tensor, labels: torch.Tensor, num_episodes: int, seed: int) -> dict:
-    """`few_shot_transfer` on the shifted images, the protocol of record, with beside it (`"target_statistics"`, a
-    diagnostic that no target reads) the same protocols on features standardised by the shifted set's own statistics."""
-    return {
-        **few_shot_transfer(features, labels, num_episodes, seed),
-        "target_statistics": few_shot_transfer(features, labels, num_episodes, seed, target_statistics=True),
-    }
 
 
 def shift_val_scores(val_features: Dict, val_labels: torch.Tensor, num_episodes: int, seed: int) -> dict:
@@ -832,9 +816,9 @@ def choose_shift_views(val_features_of, val_labels: torch.Tensor, num_episodes: 
     return choose_views(scores.__getitem__) if scores else (None, {})
 
 
-def classify(protocol: str, train_x, train_y, test_x, num_classes: int, standardize: bool = True) -> np.ndarray:
+def classify(protocol: str, train_x, train_y, test_x, num_classes: int) -> np.ndarray:
     if protocol == "prototype":
-        return prototype_classify(train_x, train_y, test_x, num_classes, standardize=standardize)[0]
+        return prototype_classify(train_x, train_y, test_x, num_classes, standardize=True)[0]
     key = ("features", 0)
     fit = fit_probe_grid(  # on the CPU: a few shots of 6 classes, too small to gain from a GPU's kernel launches
         {key: train_x}, train_y, {key: train_x}, train_y, num_classes=num_classes, pool=None, progress_bar={"disable": True},
@@ -1017,7 +1001,7 @@ def unet_arm(args, data: RunData, work_dir: str) -> dict:
             "unet": features.of("shift", data.shift.images, shift_key, shift_views[0]),
             "unet_probe_chosen_feature": features.of("shift", data.shift.images, key, views),
         }
-        shift = {m: shift_transfer(x, data.shift.labels, budget.num_episodes, args.seed) for m, x in shift_features.items()}
+        shift = {m: few_shot_transfer(x, data.shift.labels, budget.num_episodes, args.seed) for m, x in shift_features.items()}
     return {
         "regimes": regimes, "kmeans_test": kmeans, "flowcam_shift": shift, "flowcam_shift_views": {"unet": shift_views},
         "flowcam_shift_unet_feature": {
@@ -1065,7 +1049,7 @@ def simclr_arm(args, data: RunData, work_dir: str) -> dict:
     with timed(walls, "simclr_flowcam_shift"):
         shift_views = choose_shift_views(lambda v: features.of("val", val.images, v), val.labels, budget.num_episodes, args.seed)
         shift_features = features.of("shift", data.shift.images, shift_views[0])
-        shift = {"simclr": shift_transfer(shift_features, data.shift.labels, budget.num_episodes, args.seed)}
+        shift = {"simclr": few_shot_transfer(shift_features, data.shift.labels, budget.num_episodes, args.seed)}
     return {
         "regimes": regimes, "flowcam_shift": shift, "flowcam_shift_views": {"simclr": shift_views},
         "kmeans_test": {"simclr_label_free_k_equals_classes": {m: kmeans[m] for m in ("nmi", "ari", "accuracy", "purity")}},
@@ -1081,7 +1065,7 @@ def raw_pixel_arm(args, data: RunData) -> dict:
         predictions, pixel_val = probe(pixels, splits, data.subsets["all"], budget.raw_pixel_Cs)
         probe_scores = {**Scorer(splits, data.balanced)(predictions), "val": pixel_val}
     with timed(walls, "raw_pixel_flowcam_shift"):
-        shift = shift_transfer(data.shift.images.flatten(1), data.shift.labels, budget.num_episodes, args.seed)
+        shift = few_shot_transfer(data.shift.images.flatten(1), data.shift.labels, budget.num_episodes, args.seed)
     return {"regimes": {"all": {"raw_pixel_probe": probe_scores}}, "flowcam_shift": {"raw_pixels": shift}, "wall_seconds": walls}
 
 
@@ -1236,7 +1220,7 @@ def main():
                 cnn_all = cnn
         with timed(walls, "cnn_flowcam_shift"):
             cnn_views = choose_shift_views(lambda v: cnn_features(cnn_all, val.images, v), val.labels, budget.num_episodes, args.seed)
-            cnn_shift = shift_transfer(cnn_features(cnn_all, shift.images, cnn_views[0]), shift.labels, budget.num_episodes, args.seed)
+            cnn_shift = few_shot_transfer(cnn_features(cnn_all, shift.images, cnn_views[0]), shift.labels, budget.num_episodes, args.seed)
     walls["total"] = round(time.perf_counter() - start, 1)
     unet, simclr, pixels = arms["unet"], arms["simclr"], arms["raw_pixels"]
     shift_results = {**unet["flowcam_shift"], "cnn": cnn_shift, **simclr["flowcam_shift"], **pixels["flowcam_shift"]}
