@@ -59,6 +59,8 @@ def is_ceiling(name: str) -> bool:
 def format_number(name: str, value) -> str:
     if value is None:
         return "not measured"
+    if not math.isfinite(value):
+        return str(value)
     if name.endswith("_points"):
         return f"{value:.1f}" if "abs_" in name else f"{value:+.1f}"
     if name.endswith("mfu"):
@@ -117,8 +119,8 @@ def targets_table() -> str:
 
 
 def readme_with_table(readme: str, table: str) -> str:
-    if readme.count(BEGIN) != 1 or readme.count(END) != 1:
-        raise ValueError(f"expected one pair of markers {BEGIN!r} ... {END!r} in README.md")
+    if readme.count(BEGIN) != 1 or readme.count(END) != 1 or readme.index(BEGIN) > readme.index(END):
+        raise ValueError(f"expected one pair of markers {BEGIN!r} ... {END!r}, in that order, in README.md")
     head, rest = readme.split(BEGIN)
     _, tail = rest.split(END)
     return f"{head}{BEGIN}\n{table}\n{END}{tail}"

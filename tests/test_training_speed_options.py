@@ -247,14 +247,16 @@ def test_max_train_minutes_stops_with_a_final_checkpoint_loss_files_and_the_mode
 
 
 
-def cosine(step, length):
-    return 0.5 * (1.0 + math.cos(math.pi * step / length))
+def cosine(step, length, warmup=0):
+    if step < warmup:
+        return step / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / (length - warmup)))
 
 
 def train_on_a_fake_clock(tmp_path, monkeypatch, seconds_per_step, **overrides):
-    """A run whose budget's clock advances `seconds_per_step` at each optimizer step; returns the learning rate of
-    every step and the summary."""
-    clock = FakeClock()
+    """A run whose budget's clock advances `seconds_per_step` (a number, or a function of the step) at each optimizer
+    step; returns the learning rate of every step and the summary."""
+    clock, step_seconds = FakeClock(), seconds_per_step if callable(seconds_per_step) else lambda step: seconds_per_step
     monkeypatch.setattr(loop, "TrainingBudget", lambda minutes: TrainingBudget(minutes, clock=clock))
     optimizers = []
     monkeypatch.setattr(loop, "build_optimizer", lambda *a: optimizers.append(build_optimizer(*a)) or optimizers[-1])
@@ -262,19 +264,21 @@ def train_on_a_fake_clock(tmp_path, monkeypatch, seconds_per_step, **overrides):
 
     def loss_fn(model, batch):
         learning_rates.append(optimizers[0].param_groups[0]["lr"])
-        clock.seconds += seconds_per_step
+        clock.seconds += step_seconds(len(learning_rates))
         return regression_loss(model, batch)
 
-    args = tiny_args(tmp_path, lr_scheduler="cosine", lr_warmup_steps=0, **overrides)
+    args = tiny_args(tmp_path, **{"lr_scheduler": "cosine", "lr_warmup_steps": 0, **overrides})
     _, _, summary = train(args, nn.Linear(4, 1), linear_dataset(), loss_fn)
     return learning_rates, summary
 
 
 def test_a_run_cut_by_its_budget_ends_its_schedule_at_the_deadline(tmp_path, monkeypatch):
-    # 100 steps planned, a budget of 10 s, 1 s a step: the cosine schedule follows the clock and anneals in 10 steps
+    # 100 steps planned, a budget of 10 s, 1 s a step: after the first step the clock takes over and the cosine
+    # schedule's remaining 99 steps are spread over the remaining 9 s
     lrs, summary = train_on_a_fake_clock(tmp_path / "fit", monkeypatch, 1.0, max_train_steps=100, max_train_minutes=10 / 60)
     assert summary.global_step == 10 and summary.stopped_by_time_budget
-    assert lrs == pytest.approx([1e-3 * cosine(10 * k, 100) for k in range(10)], rel=1e-6)
+    positions = [0, 1] + [1 + 11 * (k - 1) for k in range(2, 10)]  # 1 + 99 * (k - 1) / 9 after step k
+    assert lrs == pytest.approx([1e-3 * cosine(p, 100) for p in positions], rel=1e-6)
     # without fitting, the schedule is cut in its first tenth: the last step still near the peak
     lrs, _ = train_on_a_fake_clock(
         tmp_path / "cut", monkeypatch, 1.0, max_train_steps=100, max_train_minutes=10 / 60, fit_lr_schedule_to_budget=False
@@ -288,15 +292,35 @@ def test_a_run_that_reaches_its_steps_first_follows_the_schedule_step_by_step(tm
     assert lrs == pytest.approx([1e-3 * cosine(k, 8) for k in range(8)], rel=1e-6)
 
 
+def test_the_warmup_runs_on_steps_however_slow_the_first_step(tmp_path, monkeypatch):
+    # a first step of 6 s (compiling, say) in a 20 s budget: the warmup's 5 steps are not skipped, the decay then
+    # follows the clock to the deadline
+    lrs, summary = train_on_a_fake_clock(
+        tmp_path, monkeypatch, lambda step: 6.0 if step == 1 else 1.0,
+        max_train_steps=100, max_train_minutes=20 / 60, lr_warmup_steps=5,
+    )  # fmt: skip
+    assert summary.global_step == 15 and summary.stopped_by_time_budget
+    assert lrs[:6] == pytest.approx([1e-3 * cosine(k, 100, warmup=5) for k in range(6)], rel=1e-6)
+    assert all(later <= earlier for earlier, later in zip(lrs[5:], lrs[6:])) and lrs[-1] < 0.05e-3
+
+
 def test_a_resumed_run_starts_from_its_steps_and_spreads_the_rest_of_the_schedule_over_its_own_budget(tmp_path, monkeypatch):
     run = tmp_path / "run"
     lrs, first = train_on_a_fake_clock(run, monkeypatch, 1.0, max_train_steps=100, max_train_minutes=4 / 60, checkpointing_steps=50)
-    assert first.global_step == 4 and lrs == pytest.approx([1e-3 * cosine(25 * k, 100) for k in range(4)], rel=1e-6)
+    assert first.global_step == 4 and lrs == pytest.approx([1e-3 * cosine(p, 100) for p in (0, 1, 34, 67)], rel=1e-6)
     lrs, resumed = train_on_a_fake_clock(
         run, monkeypatch, 1.0, max_train_steps=100, max_train_minutes=6 / 60, resume_from_checkpoint="latest"
     )
     assert (resumed.resumed_from_step, resumed.global_step) == (4, 10)
-    assert lrs == pytest.approx([1e-3 * cosine(round(4 + 96 * k / 6), 100) for k in range(6)], rel=1e-6)
+    assert lrs == pytest.approx([1e-3 * cosine(p, 100) for p in (4, 5, 24, 43, 62, 81)], rel=1e-6)
+
+
+def test_a_run_resumed_without_a_budget_starts_from_the_rate_of_its_steps(tmp_path, monkeypatch):
+    # the checkpoint's optimizer holds the clock's rate (cosine position 67 of 100), its schedule the steps made (4)
+    run = tmp_path / "run"
+    train_on_a_fake_clock(run, monkeypatch, 1.0, max_train_steps=100, max_train_minutes=4 / 60, checkpointing_steps=50)
+    lrs, _ = train_on_a_fake_clock(run, monkeypatch, 1.0, max_train_steps=8, resume_from_checkpoint="latest")
+    assert lrs == pytest.approx([1e-3 * cosine(p, 8) for p in range(4, 8)], rel=1e-6)  # a schedule of 8 steps now
 
 QUIET_TRAINING = """
 import sys, torch

@@ -83,9 +83,9 @@ class TrainingArguments:
     )
     fit_lr_schedule_to_budget: bool = _flag(
         True,
-        "With --max_train_minutes, run the learning-rate schedule on whichever is further along, the steps or the "
-        "clock, so that a run the budget cuts short still ends its schedule (a cosine decay reaches zero at the "
-        "deadline); a resumed run spreads the rest of the schedule over its own budget.",
+        "With --max_train_minutes, run the learning-rate schedule after its warmup on whichever is further along, the "
+        "steps or the clock, so that a run the budget cuts short still ends its schedule (a cosine decay reaches zero "
+        "at the deadline); a resumed run spreads the rest of the schedule over its own budget.",
     )
     use_ema: bool = _flag(False, "Keep an exponential moving average of the weights and return it.")
     ema_max_decay: float = _flag(0.9999, "The EMA decay's upper bound.")

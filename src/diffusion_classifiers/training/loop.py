@@ -53,7 +53,7 @@ from .monitoring import (
 )
 from .output_dir import OutputDirLock, check_output_dir
 from .sampling import EpochSeededSampler
-from .time_budget import ScheduleOnTheClock, TrainingBudget
+from .time_budget import ScheduleOnTheClock, TrainingBudget, restore_step_rates
 
 __all__ = [
     "LossFunction",
@@ -289,7 +289,8 @@ def _schedule_clock(
     """The schedule's catch-up to the clock when `--max_train_minutes` is set and `--fit_lr_schedule_to_budget`."""
     if args.max_train_minutes is None or not args.fit_lr_schedule_to_budget:
         return None
-    return ScheduleOnTheClock(lr_scheduler, max_train_steps * num_processes)  # accelerate steps it once per process
+    # accelerate steps the schedule once per process at each optimizer step
+    return ScheduleOnTheClock(lr_scheduler, max_train_steps * num_processes, args.lr_warmup_steps * num_processes)
 
 
 def _show_progress(
@@ -352,6 +353,7 @@ def _train(
     ema = _build_ema(args, unwrapped, accelerator.device) if args.use_ema else None
 
     global_step = resumed_from_step = _resume(accelerator, args, ema, parameter_names)
+    restore_step_rates(lr_scheduler)
     schedule_clock = _schedule_clock(args, lr_scheduler, max_train_steps, num_processes)
     budget_used = 0.0
     history = LossHistory.resume(args.output_dir, resumed_from_step)
