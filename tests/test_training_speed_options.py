@@ -246,7 +246,6 @@ def test_max_train_minutes_stops_with_a_final_checkpoint_loss_files_and_the_mode
     assert (resumed.resumed_from_step, resumed.global_step, resumed.stopped_by_time_budget) == (1, 3, False)
 
 
-
 def cosine(step, length, warmup=0):
     if step < warmup:
         return step / warmup
@@ -316,11 +315,12 @@ def test_a_resumed_run_starts_from_its_steps_and_spreads_the_rest_of_the_schedul
 
 
 def test_a_run_resumed_without_a_budget_starts_from_the_rate_of_its_steps(tmp_path, monkeypatch):
-    # the checkpoint's optimizer holds the clock's rate (cosine position 67 of 100), its schedule the steps made (4)
+    # the checkpoint's optimizer holds the clock's last rate (the cosine's end, 0), its schedule the steps made (4)
     run = tmp_path / "run"
     train_on_a_fake_clock(run, monkeypatch, 1.0, max_train_steps=100, max_train_minutes=4 / 60, checkpointing_steps=50)
     lrs, _ = train_on_a_fake_clock(run, monkeypatch, 1.0, max_train_steps=8, resume_from_checkpoint="latest")
     assert lrs == pytest.approx([1e-3 * cosine(p, 8) for p in range(4, 8)], rel=1e-6)  # a schedule of 8 steps now
+
 
 QUIET_TRAINING = """
 import sys, torch
