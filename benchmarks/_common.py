@@ -3,7 +3,8 @@ record of where and how a figure was measured, and the results writer.
 
 Every benchmark prints its record as ONE JSON line, last; a full (non `--quick`) run also writes it to
 `benchmarks/results/<name>.json`, so each stored figure carries the exact command, machine, versions and date.
-Its targets are `figures["targets"] = {name: {"value": x, "target": y, "met": bool}}` (`target_entry`).
+Its targets are `figures["targets"] = {name: {"value": x, "target": y, "met": bool, "higher_is_better": bool}}`
+(`target_entry`).
 """
 
 import argparse
@@ -294,7 +295,8 @@ def target_entry(value: float, target: float, higher_is_better: bool = True) -> 
     """One entry of `figures["targets"]`: the measured `value`, the `target` it must reach (at least, or at most
     when not `higher_is_better`) and whether it does."""
     value, target = float(value), float(target)
-    return {"value": value, "target": target, "met": value >= target if higher_is_better else value <= target}
+    met = value >= target if higher_is_better else value <= target
+    return {"value": value, "target": target, "met": met, "higher_is_better": higher_is_better}
 
 
 def run_seed(record: dict) -> int:

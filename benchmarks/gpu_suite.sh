@@ -236,7 +236,7 @@ for line in open(os.path.join(outdir, "steps.tsv")):
     path = os.path.join(outdir, f"{name}.json")
     figures = json.load(open(path))["figures"] if os.path.isfile(path) else {}
     step_targets = figures.get("targets", {})
-    targets.update({f"{name}.{k}": {key: v.get(key) for key in ("value", "target", "met")} for k, v in step_targets.items()})
+    targets.update({f"{name}.{k}": {key: v.get(key) for key in ("value", "target", "met", "higher_is_better")} for k, v in step_targets.items()})
     if figures and not step_targets:  # a result held to no bound is kept here whole
         untargeted[name] = figures
     steps.append({"name": name, "status": status, "seconds": int(step_seconds), "note": note, "result": bool(figures),

@@ -6,7 +6,8 @@
 
 The figures are copied by this script only, never by hand, so the README cannot drift from `benchmarks/results/`
 (`tests/test_benchmark_options.py` runs `--check`). A row reads the target's `value`, `target` and `met` as the
-benchmark recorded them; whether the target is a floor or a ceiling is read from its name and checked against `met`.
+benchmark recorded them; whether the target is a floor or a ceiling is its `higher_is_better`, or for older records
+read from its name, and checked against `met`.
 """
 
 import argparse
@@ -48,11 +49,14 @@ HEADLINE_RESULTS = (
     "training_speed_compiled_gpu",
 )
 
-# words of a target's name that make it a ceiling (value <= target); every other target is a floor
+# words of a target's name that make it a ceiling (value <= target), for records written before targets carried
+# `higher_is_better`; every other target is a floor
 CEILING_WORDS = ("error", "delta", "loss", "gap", "wall_seconds", "peak", "cnn_minus")
 
 
-def is_ceiling(name: str) -> bool:
+def is_ceiling(name: str, target: dict) -> bool:
+    if "higher_is_better" in target:
+        return not target["higher_is_better"]
     return any(word in name for word in CEILING_WORDS)
 
 
@@ -89,10 +93,10 @@ def check_direction(stem: str, name: str, target: dict) -> None:
     value, bound, met = target["value"], target["target"], target["met"]
     if value is None or met is None:
         return
-    expected = value <= bound if is_ceiling(name) else value >= bound
-    if expected != met:
+    ceiling = is_ceiling(name, target)
+    if (value <= bound if ceiling else value >= bound) != met:
         raise ValueError(f"{stem}.json: target {name!r} records met={met} for {value} against {bound}; "
-                         f"expected a {'ceiling' if is_ceiling(name) else 'floor'} from its name")
+                         f"expected a {'ceiling' if ceiling else 'floor'}")
 
 
 def rows(stem: str) -> list:
@@ -103,7 +107,7 @@ def rows(stem: str) -> list:
         met = {True: "met", False: "**not met**", None: "not measured"}[target["met"]]
         if "met_on_seeds" in target:
             met += f" ({target['met_on_seeds']} seeds)"
-        bound = ("<= " if is_ceiling(name) else ">= ") + format_number(name, target["target"])
+        bound = ("<= " if is_ceiling(name, target) else ">= ") + format_number(name, target["target"])
         if name.endswith("same_chosen_pair"):
             bound = "yes"
         table.append(f"| `{stem}` | {machine(result)} | `{name}` | {format_number(name, target['value'])} | {bound} | {met} |")

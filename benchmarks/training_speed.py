@@ -367,7 +367,9 @@ def main():
         targets["rc_dit_s2_mfu"] = target_entry(mfu["mfu"], MFU_TARGET)
     else:  # a CPU MFU (--mfu) is a dry run of the code, not a figure against a GPU's peak
         mfu = mfu or "not measured: MFU is a GPU figure (no CUDA device in this run)"
-        targets["rc_dit_s2_mfu"] = {"value": None, "target": MFU_TARGET, "met": None, "note": "not measured on CPU"}
+        targets["rc_dit_s2_mfu"] = {
+            "value": None, "target": MFU_TARGET, "met": None, "higher_is_better": True, "note": "not measured on CPU",
+        }  # fmt: skip
     figures = {
         "setting": {**sizes, "steps_per_run": args.steps, "warmup_steps": args.warmup_steps, "repeats": args.repeats,
                     "library_mixed_precision": "bf16" if gpu else "no", "ema": True},

@@ -231,3 +231,8 @@ def test_a_target_whose_met_contradicts_its_direction_is_refused():
     with pytest.raises(ValueError, match=r"x.json: target 'probe_error' records met=True for 0.5 against 0.1"):
         targets_table.check_direction("x", "probe_error", {"value": 0.5, "target": 0.1, "met": True})
     targets_table.check_direction("x", "probe_accuracy", {"value": 0.5, "target": 0.1, "met": True})
+    # a target that records its direction is read by it, not by its name
+    targets_table.check_direction("x", "probe_error", {"value": 0.5, "target": 0.1, "met": True, "higher_is_better": True})
+    assert _common.target_entry(2.0, 3.0, higher_is_better=False) == {
+        "value": 2.0, "target": 3.0, "met": True, "higher_is_better": False,
+    }  # fmt: skip

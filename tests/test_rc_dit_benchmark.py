@@ -30,7 +30,7 @@ def test_targets_read_the_margin_over_the_best_baseline():
     results = {"pneumoniamnist": {"margin_points": margins(simclr=14.0, dino=7.0)}}
     targets = rc_dit_accuracy.targets(results, ["simclr", "dino"])
     assert targets["pneumoniamnist_label_free_accuracy_margin_over_best_contrastive_points"] == {
-        "value": 7.0, "target": 6.0, "met": True,
+        "value": 7.0, "target": 6.0, "met": True, "higher_is_better": True,
     }  # fmt: skip
     assert targets["pneumoniamnist_label_free_macro_f1_margin_over_best_contrastive_points"]["met"] is False
     only_simclr = rc_dit_accuracy.targets(results, ["simclr"])
