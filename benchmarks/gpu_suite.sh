@@ -212,12 +212,10 @@ run_side_by_side accuracy_long \
 # carried as .gpu_plankton instead of .gpu_data): last, so that a whole suite reaches it only with time to spare.
 # PLANKTON_FLAGS adds flags to its full run (e.g. "--max_train_steps 1000" where less time is left).
 if [ -f .gpu_plankton/ndsb_train.npz ] && { [ -z "${GPU_SUITE_ONLY:-}" ] || [[ " $GPU_SUITE_ONLY " == *" plankton_accuracy "* ]]; }; then
-  "$PYTHON" benchmarks/gpu_carry_plankton.py unpack "$OUTDIR/plankton_carried" > "$OUTDIR/plankton_unpack.log" 2>&1
-  STEP_FLAGS=(--data "$OUTDIR/plankton_carried/ndsb" --shift_data "$OUTDIR/plankton_carried/flowcam")
+  STEP_FLAGS=(--data .gpu_plankton/ndsb_train.npz --shift_data .gpu_plankton/flowcam)  # read packed, not unpacked
   # shellcheck disable=SC2086  # PLANKTON_FLAGS is a list of flags
   run_step plankton_accuracy 600 plankton_accuracy.py --preset gpu ${PLANKTON_FLAGS:-}
   STEP_FLAGS=()
-  rm -rf "$OUTDIR/plankton_carried"
 elif [ -z "${GPU_SUITE_ONLY:-}" ]; then
   printf '%s\tskipped\t0\t%s\n' plankton_accuracy "NDSB not carried (benchmarks/gpu_carry_plankton.py pack)" >> "$STATUS_FILE"
 fi

@@ -214,7 +214,11 @@ def parse_args():
     parser.add_argument(
         "--preset", default="cpu", choices=["cpu", "cpu_1h", "gpu"], help="run sizes (see the docstring); default cpu"
     )
-    parser.add_argument("--data", default=None, help="class folders <root>/<class>/<image>; default NDSB 2015's train folder")
+    parser.add_argument(
+        "--data", default=None,
+        help="class folders <root>/<class>/<image>, or the .npz of benchmarks/gpu_carry_plankton.py pack (images "
+        "already at the preset's size); default NDSB 2015's train folder",
+    )  # fmt: skip
     parser.add_argument(
         "--shift_data", default=None, help="class folders of the shifted set; default the FlowCam demo's images folder"
     )
@@ -288,9 +292,10 @@ def check_args(parser, args) -> None:
         parser.error(f"--label_fractions: expected numbers strictly between 0 and 1, got {args.label_fractions}")
     args.data = Path(args.data) if args.data else data_path("ndsb2015_plankton", "train")
     args.shift_data = Path(args.shift_data) if args.shift_data else data_path("plankton_flowcam_demo", "images")
-    for flag, folder in (("--data", args.data), ("--shift_data", args.shift_data)):
-        if not folder.is_dir():
-            parser.error(f"{flag}: expected a folder of class folders, got {folder}")
+    if not (args.data.is_dir() or (args.data.suffix == ".npz" and args.data.is_file())):
+        parser.error(f"--data: expected a folder of class folders or a packed .npz, got {args.data}")
+    if not args.shift_data.is_dir():
+        parser.error(f"--shift_data: expected a folder of class folders, got {args.shift_data}")
     check_checkpoint_options(parser, args)
 
 
@@ -313,25 +318,57 @@ def list_class_folders(root: Path, images_per_class: Optional[int] = None) -> Tu
     empty = [d.name for d, files in zip(class_dirs, per_class) if not files]
     if not class_dirs or empty:
         raise ValueError(f"{root}: expected class folders with images in each, got {len(class_dirs)} (empty: {empty})")
-    if images_per_class:
-        per_class = [files[:: max(1, len(files) // images_per_class)][:images_per_class] for files in per_class]
-    labels = np.repeat(np.arange(len(per_class)), [len(files) for files in per_class])
-    return [f for files in per_class for f in files], labels, [d.name for d in class_dirs]
+    files = [f for class_files in per_class for f in class_files]
+    labels = np.repeat(np.arange(len(per_class)), [len(class_files) for class_files in per_class])
+    kept = evenly_spaced_per_class(labels, images_per_class)
+    return [files[i] for i in kept], labels[kept], [d.name for d in class_dirs]
 
 
-def read_images(files: Sequence[Path], labels: np.ndarray, names: list, contract: ImagePreprocessing) -> LabeledImages:
-    return LabeledImages(contract([str(f) for f in files]), torch.from_numpy(labels), names, contract)
+def evenly_spaced_per_class(labels: np.ndarray, images_per_class: Optional[int]) -> np.ndarray:
+    """The indices `list_class_folders` keeps of each class (labels sorted by class): at most `images_per_class`,
+    evenly spaced; all without a limit."""
+    if not images_per_class:
+        return np.arange(len(labels))
+    starts = np.searchsorted(labels, np.unique(labels))
+    ends = np.append(starts[1:], len(labels))
+    return np.concatenate(
+        [np.arange(a, b)[:: max(1, (b - a) // images_per_class)][:images_per_class] for a, b in zip(starts, ends)]
+    )
+
+
+def list_packed(path: Path, images_per_class: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, list]:
+    """The images of a `.npz` written by `gpu_carry_plankton.py pack` (uint8 `[N, 1, H, W]`, in `list_class_folders`'
+    order), their labels and class names: the arrays the contract reads as it would their PNGs, without writing and
+    decoding 30,000 files (packed at the run's size they pass unchanged; at another, the contract resizes them)."""
+    packed = np.load(path, allow_pickle=False)
+    images, labels = packed["images"], packed["labels"]
+    kept = evenly_spaced_per_class(labels, images_per_class)
+    return images[kept, None], labels[kept], [str(name) for name in packed["class_names"]]
+
+
+def list_images(source: Path, images_per_class: Optional[int] = None) -> Tuple[object, np.ndarray, list]:
+    """`list_class_folders` of a folder, `list_packed` of a `.npz`: the images (files or arrays), labels, names."""
+    if source.suffix == ".npz":
+        return list_packed(source, images_per_class)
+    return list_class_folders(source, images_per_class)
+
+
+def read_images(images, labels: np.ndarray, names: list, contract: ImagePreprocessing) -> LabeledImages:
+    """Image files, or packed uint8 arrays, through the run's preprocessing contract."""
+    inputs = images if isinstance(images, np.ndarray) else [str(f) for f in images]
+    return LabeledImages(contract(inputs), torch.from_numpy(labels), names, contract)
 
 
 def load_splits(args) -> Tuple[Dict[str, LabeledImages], torch.Tensor]:
     """The seeded stratified splits (the error names a class too small for them before any image is decoded) and the
     indices of the class-balanced test subset."""
-    files, labels, names = list_class_folders(args.data, args.budget.images_per_class)
+    images, labels, names = list_images(args.data, args.budget.images_per_class)
     index = stratified_train_val_test_split(
         labels, args.val_fraction, args.test_fraction, seed=args.seed, min_per_class=2, class_names=names
     )
     contract = preprocessing(args.budget)
-    splits = {name: read_images([files[i] for i in index[name]], labels[index[name]], names, contract) for name in SPLITS}
+    take = (lambda rows: images[rows]) if isinstance(images, np.ndarray) else (lambda rows: [images[i] for i in rows])
+    splits = {name: read_images(take(index[name]), labels[index[name]], names, contract) for name in SPLITS}
     test_labels = splits["test"].labels
     rarest = int(torch.bincount(test_labels, minlength=len(names)).min())
     balanced = torch.from_numpy(few_label_indices(test_labels, n_per_class=rarest, seed=args.seed))

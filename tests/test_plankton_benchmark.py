@@ -14,9 +14,10 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffusion_classifiers.data import LabeledImages
 from diffusion_classifiers.models import unet_config
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, shared_data
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+import gpu_carry_plankton  # noqa: E402
 import plankton_accuracy  # noqa: E402
 
 sys.path.remove(str(REPO_ROOT / "benchmarks"))
@@ -39,6 +40,27 @@ def test_no_shift_feature_is_chosen_when_no_two_val_classes_have_two_images():
     labels = torch.tensor([0, 0, 1, 2])
     assert plankton_accuracy.choose_shift_feature(grid, labels, num_episodes=1, seed=0) == (None, {})
 
+
+
+def test_packed_images_read_as_the_png_files_they_replace(tmp_path):
+    """The GPU suite reads NDSB packed (`gpu_carry_plankton.py pack`) instead of writing and decoding 30,000 PNGs:
+    the images, labels and class names must be those the PNG class folders would give."""
+    from PIL import Image
+
+    flowcam = shared_data("plankton_flowcam_demo", "images")
+    gpu_carry_plankton.pack(16, flowcam, tmp_path / "carry")
+    images, labels, names = plankton_accuracy.list_images(tmp_path / "carry" / gpu_carry_plankton.PACKED, 5)
+    for row, (image, label) in enumerate(zip(images, labels)):
+        folder = tmp_path / "png" / names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0]).save(folder / f"{row:04d}.png")
+    files, file_labels, file_names = plankton_accuracy.list_images(tmp_path / "png")
+    contract = plankton_accuracy.preprocessing(dataclasses.replace(plankton_accuracy.PRESETS["gpu"], image_size=16))
+    packed = plankton_accuracy.read_images(images, labels, names, contract)
+    decoded = plankton_accuracy.read_images(files, file_labels, file_names, contract)
+    assert torch.equal(packed.images, decoded.images) and torch.equal(packed.labels, decoded.labels)
+    assert packed.class_names == decoded.class_names == sorted(p.name for p in flowcam.iterdir() if p.is_dir())
+    assert len(packed) == 5 * len(names)  # at most 5 a class, evenly spaced, as from the folders
 
 def test_the_cnn_trains_for_its_epochs_but_never_fewer_than_its_minimum_steps():
     cpu = plankton_accuracy.PRESETS["cpu"]
