@@ -41,7 +41,6 @@ def test_no_shift_feature_is_chosen_when_no_two_val_classes_have_two_images():
     assert plankton_accuracy.choose_shift_feature(grid, labels, num_episodes=1, seed=0) == (None, {})
 
 
-
 def test_packed_images_read_as_the_png_files_they_replace(tmp_path):
     """The GPU suite reads NDSB packed (`gpu_carry_plankton.py pack`) instead of writing and decoding 30,000 PNGs:
     the images, labels and class names must be those the PNG class folders would give."""
@@ -61,6 +60,7 @@ def test_packed_images_read_as_the_png_files_they_replace(tmp_path):
     assert torch.equal(packed.images, decoded.images) and torch.equal(packed.labels, decoded.labels)
     assert packed.class_names == decoded.class_names == sorted(p.name for p in flowcam.iterdir() if p.is_dir())
     assert len(packed) == 5 * len(names)  # at most 5 a class, evenly spaced, as from the folders
+
 
 def test_the_cnn_trains_for_its_epochs_but_never_fewer_than_its_minimum_steps():
     cpu = plankton_accuracy.PRESETS["cpu"]
