@@ -215,16 +215,18 @@ class FakeClock:
         return self.seconds
 
 
-def test_budget_expires_at_its_deadline_on_a_fake_clock(tmp_path):
+def test_budget_runs_out_at_its_deadline_on_a_fake_clock(tmp_path):
     from accelerate import Accelerator
 
     accelerator, clock = Accelerator(cpu=True), FakeClock()
     budget = TrainingBudget(2.0, clock=clock)
+    clock.seconds = 30.0
+    assert budget.fraction_used(accelerator) == 0.25
     clock.seconds = 119.9
-    assert not budget.expired(accelerator)
+    assert budget.fraction_used(accelerator) < 1.0
     clock.seconds = 120.0
-    assert budget.expired(accelerator)
-    assert not TrainingBudget(None, clock=clock).expired(accelerator)
+    assert budget.fraction_used(accelerator) >= 1.0
+    assert TrainingBudget(None, clock=clock).fraction_used(accelerator) == 0.0
 
 
 def test_max_train_minutes_stops_with_a_final_checkpoint_loss_files_and_the_model(tmp_path):

@@ -16,7 +16,7 @@ from accelerate import Accelerator
 from accelerate.scheduler import AcceleratedScheduler
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["ScheduleOnTheClock", "TrainingBudget", "restore_step_rates", "set_learning_rates"]
+__all__ = ["ScheduleOnTheClock", "TrainingBudget", "restore_step_rates"]
 
 
 class TrainingBudget:
@@ -37,9 +37,6 @@ class TrainingBudget:
         spent = torch.tensor([(self.clock() - self.start) / self.seconds], device=accelerator.device)
         # the largest over processes by gather: `reduce(..., "max")` sums on accelerate < 1.14
         return float(accelerator.gather(spent).max().item())
-
-    def expired(self, accelerator: Accelerator) -> bool:
-        return self.fraction_used(accelerator) >= 1.0
 
 
 def set_learning_rates(lr_scheduler: AcceleratedScheduler, position: int) -> None:
