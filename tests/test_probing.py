@@ -23,6 +23,13 @@ from diffusion_classifiers.probing import (
     prototype_classify,
     select_clustering_without_labels,
 )
+from diffusion_classifiers.probing.probe_grid import (
+    _HISTORY,
+    _Batch,
+    _append_pair,
+    _empty_history,
+    _inverse_hessian_times,
+)
 from diffusion_classifiers.probing.protocols import _selection_rows
 
 
@@ -191,6 +198,37 @@ def test_several_C_each_head_keeps_its_best_on_val(blob_grid):
     # (val accuracy 0.68 against 0.63 at C = 0.03: 5 of 100 images)
     assert chosen.C[("down_blocks.1", 10)] == 0.03 and chosen.C[("mid_block", 50)] == 1.0
     assert [row["C"] for row in chosen.to_table()] == [chosen.C[p] for p in train]
+
+
+def test_the_compact_inverse_hessian_is_the_bfgs_update_of_the_last_kept_pairs():
+    # The solver's direction uses the compact form of the L-BFGS inverse Hessian over the last _HISTORY pairs, kept in
+    # slots written in turn; the textbook builds the same H by BFGS updates of gamma I with each of those pairs that
+    # is kept, oldest first. In float64 the two agree to round-off (R and Y^T Y here have condition numbers under 50,
+    # so 1e-16 * 50 per operation): rtol 1e-9. 13 pairs are written, so the slots wrap; a pair left out must not count.
+    generator = torch.Generator().manual_seed(0)
+    num_heads, num_pairs, size = 3, 13, 16
+    factor = torch.randn(num_heads, size, size, generator=generator, dtype=torch.float64)
+    hessian = factor @ factor.transpose(1, 2) + size * torch.eye(size, dtype=torch.float64)
+    s = torch.randn(num_heads, num_pairs, size, generator=generator, dtype=torch.float64)
+    y = s @ hessian  # y_i = A s_i: every pair has s.y > 0
+    curved = torch.rand(num_heads, num_pairs, generator=generator) > 0.3
+    grad = torch.randn(num_heads, size, generator=generator, dtype=torch.float64)
+    history = {name: value.double() if value.is_floating_point() else value
+               for name, value in _empty_history(num_heads, size, "cpu").items()}  # fmt: skip
+    batch = _Batch(**history, gamma=torch.tensor([1.0, 0.3, 2.0], dtype=torch.float64))
+    torch.testing.assert_close(_inverse_hessian_times(grad, batch, num_pairs=0), batch.gamma[:, None] * grad)
+    for number in range(num_pairs):
+        _append_pair(batch, number, s[:, number], y[:, number], curved[:, number])
+    for head in range(num_heads):
+        inverse = batch.gamma[head] * torch.eye(size, dtype=torch.float64)
+        for pair in range(num_pairs - _HISTORY, num_pairs):
+            if curved[head, pair]:
+                s_i, y_i = s[head, pair], y[head, pair]
+                rho, step = 1 / (s_i @ y_i), torch.eye(size, dtype=torch.float64)
+                inverse = (step - rho * torch.outer(s_i, y_i)) @ inverse @ (step - rho * torch.outer(y_i, s_i))
+                inverse += rho * torch.outer(s_i, s_i)
+        got = _inverse_hessian_times(grad, batch, num_pairs=num_pairs)[head]
+        torch.testing.assert_close(got, inverse @ grad[head], rtol=1e-9, atol=0)
 
 
 def test_max_iter_warns_naming_the_unconverged_heads(blob_grid):

@@ -320,9 +320,61 @@ class _Batch:
         self.__dict__.update(tensors)
 
     def select(self, keep: torch.Tensor) -> None:
-        """Keep only the heads where `keep` is true (history tensors are [m, P, ...], the others [P, ...])."""
+        """Keep only the heads where `keep` is true (every tensor is [P, ...])."""
         for name, value in list(self.__dict__.items()):
-            setattr(self, name, value[:, keep] if name in ("s", "y", "rho") else value[keep])
+            setattr(self, name, value[keep])
+
+
+def _empty_history(num_heads: int, size: int, device) -> dict:
+    """Each head's L-BFGS curvature history: `_HISTORY` slots of pairs s, y [P, m, n], filled in turn (the slot of
+    the k-th pair is k mod m, so that a step writes one pair instead of copying the history), whether each pair is
+    `curved` [P, m] (an empty slot and a pair left out are zeros and not curved), and the products over them that
+    `_inverse_hessian_times` needs, S^T Y (its upper triangle in the pairs' order) and Y^T Y, [P, m, m] in float64."""
+    pairs = torch.zeros(num_heads, _HISTORY, size, device=device)
+    products = torch.zeros(num_heads, _HISTORY, _HISTORY, dtype=torch.float64, device=device)
+    return dict(
+        s=pairs, y=pairs.clone(), s_y=products, y_y=products.clone(),
+        curved=torch.zeros(num_heads, _HISTORY, dtype=torch.bool, device=device),
+    )  # fmt: skip
+
+
+def _append_pair(batch: _Batch, number: int, s, y, curved) -> None:
+    """Write each head's `number`-th curvature pair (s, y [P, n]; zeros where not `curved`) over its oldest, and the
+    new pair's column of S^T Y and of Y^T Y (its row too: Y^T Y is symmetric; S^T Y's row is not used)."""
+    slot = number % _HISTORY
+    keep = curved[:, None].to(s.dtype)
+    batch.s[:, slot], batch.y[:, slot], batch.curved[:, slot] = s * keep, y * keep, curved
+    new_y = batch.y[:, slot, None]
+    s_y = torch.bmm(new_y, batch.s.transpose(1, 2))[:, 0].double()  # s_i . y_new, the new pair's own included
+    y_y = torch.bmm(new_y, batch.y.transpose(1, 2))[:, 0].double()
+    batch.s_y[:, slot], batch.s_y[:, :, slot] = 0.0, s_y
+    batch.y_y[:, slot], batch.y_y[:, :, slot] = y_y, y_y
+
+
+def _inverse_hessian_times(grad, batch: _Batch, num_pairs: int):
+    """H grad, H each head's L-BFGS inverse-Hessian estimate from its last `_HISTORY` of the `num_pairs` curvature
+    pairs written (`_append_pair`) and its initial scale `batch.gamma` [P].
+
+    The compact form of Byrd, Nocedal & Schnabel (1994, eq. 3.1), the one scipy's L-BFGS-B uses: the same H as the
+    two-loop recursion, in a few batched products instead of four vector operations per pair, which on a GPU are
+    as many kernel launches. With R the upper triangle of S^T Y and D its diagonal, the pairs oldest first,
+    H g = gamma g + S R^-T ((D + gamma Y^T Y) R^-1 S^T g - gamma Y^T g) - gamma Y R^-1 S^T g,
+    its m x m systems solved in float64. A pair left out has zero columns in S and Y and drops out of every term.
+    """
+    oldest = num_pairs % _HISTORY  # the slots rolled by -oldest are in the pairs' order
+    row = grad[:, None]  # row vector times matrix: far faster than matrix times column in a CPU bmm
+    s_g = torch.bmm(row, batch.s.transpose(1, 2)).transpose(1, 2).double().roll(-oldest, 1)  # [P, m, 1]
+    y_g = torch.bmm(row, batch.y.transpose(1, 2)).transpose(1, 2).double().roll(-oldest, 1)
+    s_y, y_y = (products.roll((-oldest, -oldest), (1, 2)) for products in (batch.s_y, batch.y_y))
+    diagonal = torch.where(batch.curved.roll(-oldest, 1), s_y.diagonal(dim1=1, dim2=2), 1.0)  # R stays invertible
+    upper = s_y.triu(1) + torch.diag_embed(diagonal)
+    gamma = batch.gamma.double()[:, None, None]
+    p = torch.linalg.solve_triangular(upper, s_g, upper=True)  # R^-1 S^T g
+    middle = diagonal[:, :, None] * p + gamma * (torch.bmm(y_y, p) - y_g)
+    q = torch.linalg.solve_triangular(upper.transpose(1, 2), middle, upper=False)  # R^-T (...)
+    coefficients = [c.roll(oldest, 1).transpose(1, 2).to(grad.dtype) for c in (q, gamma * p)]  # back to the slots
+    correction = torch.baddbmm(torch.bmm(coefficients[0], batch.s), coefficients[1], batch.y, alpha=-1.0)
+    return batch.gamma[:, None] * grad + correction[:, 0]
 
 
 def _fit_heads(x, num_rows, l2, tol, max_iter, val=None, patience=None, progress_bar=None):
@@ -356,8 +408,7 @@ def _fit_heads(x, num_rows, l2, tol, max_iter, val=None, patience=None, progress
     batch = _Batch(
         index=torch.arange(num_heads, device=device), x=x, precond=_preconditioner(x, _RIDGE * l2),
         theta=torch.zeros(num_heads, size, device=device),
-        s=torch.zeros(0, num_heads, size, device=device), y=torch.zeros(0, num_heads, size, device=device),
-        rho=torch.zeros(0, num_heads, device=device), gamma=torch.ones(num_heads, device=device),
+        **_empty_history(num_heads, size, device), gamma=torch.ones(num_heads, device=device),
         frozen=torch.zeros(num_heads, dtype=torch.bool, device=device),
         stalled=torch.zeros(num_heads, dtype=torch.bool, device=device),
         best_loss=torch.full((num_heads,), float("inf"), device=device),
@@ -405,21 +456,14 @@ def _fit_heads(x, num_rows, l2, tol, max_iter, val=None, patience=None, progress
                 break
             if 4 * num_done >= len(done):
                 batch.select(~done)
-        # two-loop recursion: direction = -H grad, H the head's L-BFGS inverse-Hessian estimate
-        direction = batch.grad.clone()
-        alphas = []
-        for s, y, rho in zip(reversed(batch.s), reversed(batch.y), reversed(batch.rho)):
-            alphas.append(rho * (s * direction).sum(dim=1))
-            direction -= alphas[-1][:, None] * y
-        direction *= batch.gamma[:, None]
-        for s, y, rho, alpha in zip(batch.s, batch.y, batch.rho, reversed(alphas)):
-            direction += (alpha - rho * (y * direction).sum(dim=1))[:, None] * s
+        direction = _inverse_hessian_times(batch.grad, batch, num_pairs=iteration - 1)
         direction = torch.where(batch.frozen[:, None], 0.0, -direction)
         slope = (batch.grad * direction).sum(dim=1)
         uphill = ~batch.frozen & (slope >= 0)  # round-off only (H is positive definite): restart from steepest descent
         if bool(uphill.any()):
             direction[uphill], slope[uphill] = -batch.grad[uphill], -batch.grad[uphill].square().sum(dim=1)
-            batch.rho[:, uphill], batch.gamma[uphill] = 0.0, 1.0
+            batch.s[uphill], batch.y[uphill], batch.s_y[uphill], batch.y_y[uphill] = 0.0, 0.0, 0.0, 0.0
+            batch.curved[uphill], batch.gamma[uphill] = False, 1.0
         # backtracking line search, per head; float32 round-off in the loss is tolerated
         step = torch.ones_like(slope)
         slack = 4 * torch.finfo(batch.loss.dtype).eps * batch.loss.abs()
@@ -440,9 +484,7 @@ def _fit_heads(x, num_rows, l2, tol, max_iter, val=None, patience=None, progress
         s, y = theta - batch.theta, grad - batch.grad
         sy, yy = (s * y).sum(dim=1), y.square().sum(dim=1)
         curved = accepted & (sy > 1e-10 * yy) & (yy > 0)  # a pair that would break positive definiteness is skipped
-        batch.s = torch.cat([batch.s, s[None]])[-_HISTORY:]
-        batch.y = torch.cat([batch.y, y[None]])[-_HISTORY:]
-        batch.rho = torch.cat([batch.rho, torch.where(curved, 1 / sy.clamp(min=1e-30), 0.0)[None]])[-_HISTORY:]
+        _append_pair(batch, iteration - 1, s, y, curved)
         batch.gamma = torch.where(curved, sy / yy.clamp(min=1e-30), batch.gamma)
         batch.theta = torch.where(accepted[:, None], theta, batch.theta)
         batch.loss = torch.where(accepted, loss, batch.loss)
