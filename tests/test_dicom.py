@@ -19,6 +19,7 @@ from PIL import Image
 
 from diffusion_classifiers.data import (
     SPLITS,
+    ImagePreprocessing,
     MedicalPreprocessing,
     StreamingImages,
     Window,
@@ -258,6 +259,19 @@ def test_unknown_window_names_and_bad_options_are_refused():
         MedicalPreprocessing(bits_stored=17)
     with pytest.raises(ValueError, match="unknown keys"):
         MedicalPreprocessing.from_dict({"window": ["brain"]})
+    with pytest.raises(ValueError, match="2 windows give 2 channels; expected 1 or 3 windows"):
+        MedicalPreprocessing(windows=("brain", "bone"))
+
+
+def test_three_windows_into_one_channel_are_refused_before_any_file_is_read(tmp_path, monkeypatch):
+    # one channel would blend the three windows into one grey (luma): a model trained so sees none of them
+    three = MedicalPreprocessing(windows=("brain", "subdural", "bone"))
+    with pytest.raises(ValueError, match=r"num_channels 1 with 3 DICOM windows \['brain', 'subdural', 'bone'\]"):
+        ImagePreprocessing(32, 1, medical=three)
+    make_patients(tmp_path, num_patients=12, slices=1)
+    monkeypatch.setattr("diffusion_classifiers.data.readers._read_image_folder", pytest.fail)
+    with pytest.raises(ValueError, match="num_channels 1 with 3 DICOM windows"):
+        load_image_classification_data(tmp_path, image_size=16, num_channels=1, medical=three)
 
 
 def test_mixed_slice_sizes_in_one_folder_name_two_files(tmp_path):
@@ -275,16 +289,16 @@ def test_mixed_slice_sizes_in_one_folder_name_two_files(tmp_path):
 
 
 def test_medical_preprocessing_round_trips_through_json():
-    config = MedicalPreprocessing(windows=("brain", Window(80, 200), "file", "full"), padding_fill=0.5, bits_stored=12)
+    config = MedicalPreprocessing(windows=("brain", Window(80, 200), "full"), padding_fill=0.5, bits_stored=12)
     restored = MedicalPreprocessing.from_dict(json.loads(json.dumps(config.to_dict())))
-    assert restored == config and restored.num_channels == 4
+    assert restored == config and restored.num_channels == 3
     assert config.to_dict()["windows"][1] == {"center": 80, "width": 200}
 
 
 def test_medical_preprocessing_reads_dicom_as_the_windows_say():
     path = pydicom_file("693_UNCI.dcm")
-    config = MedicalPreprocessing(windows=("brain", "bone"))
-    np.testing.assert_array_equal(config.read(path), window_channels(read_dicom(path), ["brain", "bone"]))
+    config = MedicalPreprocessing(windows=("brain", "subdural", "bone"))
+    np.testing.assert_array_equal(config.read(path), window_channels(read_dicom(path), ["brain", "subdural", "bone"]))
 
 
 @pytest.mark.parametrize("suffix", [".png", ".tif"])

@@ -547,8 +547,8 @@ class MedicalPreprocessing:
         for spec in windows:
             if not isinstance(spec, Window) and spec not in allowed:
                 raise ValueError(f"windows: {spec!r} is not a window; expected a Window or one of {allowed}")
-        if not windows:
-            raise ValueError("windows: expected at least one window")
+        if len(windows) not in (1, 3):
+            raise ValueError(f"windows: {len(windows)} windows give {len(windows)} channels; expected 1 or 3 windows")
         object.__setattr__(self, "windows", windows)
         if not 0.0 <= self.padding_fill <= 1.0:
             raise ValueError(f"padding_fill: expected a number in [0, 1], got {self.padding_fill!r}")

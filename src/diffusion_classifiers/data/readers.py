@@ -18,7 +18,7 @@ import os
 import warnings
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -257,6 +257,8 @@ def load_image_classification_data(
         raise ValueError(f"patient_id_column applies to CSV sources only, not to a {kind} source")
     medical = MedicalPreprocessing() if medical is None else medical
     fit = fit_options(resize_mode, pad_value, normalize_background)
+    # the readers' float arrays (digits, .npz, windowed DICOM, 16-bit files) are in [0, 1]; checked before any read
+    reading = ImagePreprocessing(image_size, num_channels, input_range="[0, 1]", medical=medical, **fit)
     if (image_column is not None or label_column is not None) and kind != "datasets":
         raise ValueError(f"image_column / label_column apply to datasets sources only, not to a {kind} source")
     if kind == "digits":
@@ -272,9 +274,7 @@ def load_image_classification_data(
     else:
         raw = _read_hf_dataset(source, image_column, label_column)
     if image_size is None:
-        image_size = raw.default_image_size
-    # the readers' float arrays (digits, .npz, windowed DICOM, 16-bit files) are in [0, 1]
-    reading = ImagePreprocessing(image_size, num_channels, input_range="[0, 1]", medical=medical, **fit)
+        reading = replace(reading, image_size=raw.default_image_size)
     images = preprocess_images(raw.images, preprocessing=reading)
     splits = _assemble(images, raw, val_fraction, test_fraction, seed)
     # What a model trained on these tensors is saved with: the same steps, for files and [-1, 1] tensors alike.

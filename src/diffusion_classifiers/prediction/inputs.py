@@ -80,8 +80,7 @@ def list_inputs(
     source = check_input_exists(source)
     medical = medical if medical is not None else MedicalPreprocessing()
     if windows is not None:
-        medical = replace(medical, windows=tuple(windows))
-    _checked_windows(medical.windows)
+        medical = replace(medical, windows=tuple(windows))  # checked: 1 or 3 windows
     read = partial(_read_file, medical=medical)
     if source.is_dir() and is_saved_dataset(source):
         return _dataset_inputs(source, split, image_column)
@@ -105,13 +104,6 @@ def check_input_exists(source: str | os.PathLike) -> Path:
             f"input {source}: not found; expected an image folder, a .csv file or a datasets folder"
         )
     return source
-
-
-def _checked_windows(windows: Sequence[Any]) -> tuple:
-    windows = tuple(windows)
-    if len(windows) not in (1, 3):
-        raise ValueError(f"windows: {len(windows)} windows give {len(windows)} channels; expected 1 or 3 windows")
-    return windows
 
 
 def _folder_inputs(folder: Path, extensions: set, read: Callable) -> list[PredictionInput]:
@@ -220,6 +212,7 @@ def check_labels(inputs: Sequence[PredictionInput], class_names: Sequence[str]) 
 
 def parse_windows(tokens: Sequence[str]) -> tuple:
     """`--window` tokens as 1 or 3 windows (see `data.dicom.parse_windows`)."""
+    from ..data.dicom import MedicalPreprocessing
     from ..data.dicom import parse_windows as parse
 
-    return _checked_windows(parse(tokens))
+    return MedicalPreprocessing(windows=parse(tokens)).windows  # checked: 1 or 3

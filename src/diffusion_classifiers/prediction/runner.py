@@ -304,6 +304,7 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     model_dir = download(args.model_dir)
     medical = read_saved_preprocessing(model_dir).medical_or_default
     if windows is not None:
+        _check_window_count(windows, medical, args.model_dir)
         medical = replace(medical, windows=windows)
     inputs = list_inputs(args.input, split=args.split, image_column=args.image_column, medical=medical)
     _check_inputs(inputs)
@@ -333,6 +334,15 @@ def read_saved_preprocessing(model_dir: str | os.PathLike) -> Any:
     from ..pipelines.pipeline_utils import LEGACY_PREPROCESSING, read_model_index
 
     return ImagePreprocessing.from_dict(read_model_index(str(model_dir)).get("preprocessing", LEGACY_PREPROCESSING))
+
+
+def _check_window_count(windows: Sequence[Any], saved: Any, model_dir: str) -> None:
+    """`--window` must give the model as many channels, one per window, as it was trained on."""
+    if len(windows) != saved.num_channels:
+        raise ValueError(
+            f"--window: {len(windows)} window(s), but {model_dir} was trained on {saved.num_channels} "
+            f"({_windows_json(saved.windows)}), one channel each; give {saved.num_channels}"
+        )
 
 
 def _windows_json(windows: Sequence[Any]) -> list:
