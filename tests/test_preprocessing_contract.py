@@ -1,6 +1,7 @@
 """One preprocessing contract (`data.ImagePreprocessing`), stated, saved with every model and applied alike by
 `pipe(...)`, the transformers image processor, evaluation and prediction."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -149,6 +150,17 @@ def test_a_pipeline_saves_and_loads_its_contract(tmp_path):
     assert loaded.preprocessing == pipe.preprocessing
     unit = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(3))
     assert torch.equal(loaded.preprocess(unit), unit * 2 - 1)
+
+
+def test_setting_one_key_keeps_the_rest_of_the_contract(tmp_path):
+    # the README's pipe.set_preprocessing({"input_range": "[0, 1]"}) on a CT model must not drop its windows
+    medical = {"windows": ["brain", "subdural", "bone"], "bits_stored": 12}
+    pipe = unet_pipeline(in_channels=3, preprocessing={"medical": medical, "resize_mode": "pad", "resample": "bicubic"})
+    before = pipe.preprocessing
+    pipe.set_preprocessing({"input_range": "[0, 1]"})
+    assert pipe.preprocessing == dataclasses.replace(before, input_range="[0, 1]")
+    pipe.set_preprocessing(None)
+    assert pipe.preprocessing == pipe.default_preprocessing()
 
 
 def test_a_pipeline_saved_before_the_contract_keeps_guessing_the_range():

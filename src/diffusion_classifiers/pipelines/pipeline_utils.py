@@ -147,15 +147,18 @@ class SavedPreprocessingMixin:
         raise NotImplementedError
 
     def set_preprocessing(self, preprocessing: Optional[Union[ImagePreprocessing, Dict[str, Any]]] = None) -> None:
-        """Set the preprocessing contract (`save_pretrained` then saves it): an [`ImagePreprocessing`] or its dict,
-        whose missing keys take `default_preprocessing()`'s values; its size and channels must be the model's."""
+        """Set the preprocessing contract (`save_pretrained` then saves it): an [`ImagePreprocessing`], or a dict of
+        the keys to change (`{"input_range": "[0, 1]"}` keeps the DICOM windows, size and everything else set; when
+        the pipeline is built, the missing keys take `default_preprocessing()`'s values), or None for the default.
+        Its size and channels must be the model's."""
         default = self.default_preprocessing()
         if preprocessing is None:
             contract = default
         elif isinstance(preprocessing, ImagePreprocessing):
             contract = preprocessing
         else:
-            contract = ImagePreprocessing.from_dict({**default.to_dict(), **dict(preprocessing)})
+            current = self.preprocessing if "preprocessing" in self.config else default
+            contract = ImagePreprocessing.from_dict({**current.to_dict(), **dict(preprocessing)})
         for field in ("image_size", "num_channels"):
             if getattr(contract, field) != getattr(default, field):
                 raise ValueError(
