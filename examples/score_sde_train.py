@@ -25,6 +25,7 @@ from diffusion_classifiers.training import (
     train_score_sde_unet,
     training_args_from_namespace,
 )
+from diffusion_classifiers.validation import check_two_classes_at_least
 
 
 def parse_args(argv=None):
@@ -48,6 +49,7 @@ def main(argv=None):
     args = parse_args(argv)
     training_args = training_args_from_namespace(args)
     train = (streaming_data_from_args if args.streaming else load_data_from_args)(args)["train"]
+    check_two_classes_at_least(train.class_names, f"--dataset {args.dataset}", "a class-conditional score model")
     images, labels = (train, None) if args.streaming else (train.images, train.labels)  # a dataset carries its labels
     unet, scheduler, _ = train_score_sde_unet(
         training_args, images, labels, num_classes=train.num_classes, preset=args.unet_preset,

@@ -2,6 +2,7 @@ import argparse
 import json
 import re
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -41,6 +42,14 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
         main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--output_dir", str(probe_dir), "--C", "1", "0"])
     main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--output_dir", str(probe_dir), "--timesteps", "50", "--C", "0.01", "1"])
     probed = json.loads((probe_dir / "metrics.json").read_text())
+    with pytest.raises(ValueError, match=r"probe' holds an earlier report \(metrics.json\); .* --overwrite_output_dir"):
+        main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--output_dir", str(probe_dir)])
+    (tmp_path / "one_class" / "copepod").mkdir(parents=True)  # a folder of one class: refused once read, not after extraction
+    for i in range(10):
+        Image.fromarray(np.full((8, 8), 25 * i, dtype=np.uint8)).save(tmp_path / "one_class" / "copepod" / f"{i}.png")
+    with pytest.raises(ValueError, match=r"one_class: 1 class \['copepod'\]; a probe needs 2 classes or more"):
+        main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--dataset", str(tmp_path / "one_class"),
+              "--output_dir", str(tmp_path / "probe_one_class")])  # fmt: skip
     assert {r["timestep"] for r in probed["probe_grid"]} == {50} and len(probed["probe_grid"]) == 7
     assert {r["C"] for r in probed["probe_grid"]} <= {0.01, 1.0} and probed["summary"]["probe_C"] in {0.01, 1.0}
     assert probed["summary"]["probe_class_weight"] is None
@@ -60,13 +69,18 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
     assert Image.open(column_dir / "probe_heatmap.png").size[0] > 0
     capsys.readouterr()
 
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "roc_pr.png").write_bytes(b"an earlier binary report's")  # not this 10-class report's
     main(["evaluate", "--model_dir", str(tmp_path / "pipeline"), "--dataset", "digits", "--output_dir", str(tmp_path / "eval")])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert printed["accuracy"] == written["accuracy"] and "positive_class" not in written  # 10 classes: none
     assert {p.name for p in (tmp_path / "eval").iterdir()} == {"metrics.json", "report.md", "confusion_matrix.png", "reliability.png"}
+    with pytest.raises(ValueError, match="eval' holds an earlier report"):
+        main(["evaluate", "--model_dir", str(tmp_path / "pipeline"), "--output_dir", str(tmp_path / "eval")])
     with pytest.raises(ValueError, match="positive_class: expected a binary task, got 10 classes"):
-        main(["evaluate", "--model_dir", str(tmp_path / "pipeline"), "--output_dir", str(tmp_path / "eval"), "--positive_class", "3"])
+        main(["evaluate", "--model_dir", str(tmp_path / "pipeline"), "--output_dir", str(tmp_path / "eval"), "--positive_class", "3",
+              "--overwrite_output_dir"])
 
 
 def test_every_flag_of_every_command_has_help_text():

@@ -70,6 +70,13 @@ def add_positive_class_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--overwrite_output_dir", action="store_true",
+        help="replace the report of an earlier run in --output_dir (default: refuse such a folder)",
+    )  # fmt: skip
+
+
 def add_probe_args(parser: argparse.ArgumentParser) -> None:
     from .models import DEFAULT_TIMESTEPS
 
@@ -107,6 +114,7 @@ def add_probe_args(parser: argparse.ArgumentParser) -> None:
         "as much as common ones (long-tailed data); default: every image counts once",
     )  # fmt: skip
     parser.add_argument("--output_dir", default="outputs/probe", help="where report.md, metrics.json, the PNGs and pipeline/ go")
+    add_overwrite_arg(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits carved when the data has none and of the probes")
     add_positive_class_arg(parser)
 
@@ -120,6 +128,7 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--split", default="test", choices=["train", "val", "validation", "test"], help="the split scored")
     parser.add_argument("--output_dir", default="outputs/evaluation", help="where metrics.json, report.md and the PNGs go")
+    add_overwrite_arg(parser)
     parser.add_argument("--batch_size", type=int, default=64, help="images per model call")
     parser.add_argument("--seed", type=int, default=0, help="seed of the val split carved from train when the data has none")
     parser.add_argument(
@@ -140,7 +149,10 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         saved_preprocessing,
     )
 
+    from .validation import check_no_earlier_report
+
     check_evaluation_args(args.output_dir, args.batch_size)  # before the model and the data are loaded
+    check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
     classifier = load_classifier(args.model_dir)
     dataset = load_evaluation_split(args.dataset, args.split, args.seed, saved_preprocessing(classifier), args.streaming)
     title = f"{os.path.basename(os.path.normpath(args.model_dir))} on {os.path.basename(os.path.normpath(args.dataset))} ({args.split})"
@@ -225,10 +237,11 @@ def run_probe(args: argparse.Namespace) -> dict:
     from .metrics import resolve_positive_label
     from .pipelines import UNetFeatureClassifierPipeline
     from .unet_feature_study import run_unet_feature_study
-    from .validation import as_inverse_regularisations, check_writable_dir
+    from .validation import as_inverse_regularisations, check_no_earlier_report, check_two_classes_at_least, check_writable_dir
 
     started = time.time()
     check_writable_dir(args.output_dir, "--output_dir")
+    check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
     as_inverse_regularisations(args.C, "--C")
     trained = UNetFeatureClassifierPipeline.from_pretrained(args.unet_dir)
     _check_timesteps(args.timesteps, trained.scheduler.config.num_train_timesteps)
@@ -237,6 +250,7 @@ def run_probe(args: argparse.Namespace) -> dict:
         args.dataset, image_size=unet_config.sample_size, num_channels=unet_config.in_channels, seed=args.seed,
         medical=contract.medical, **contract.fit,
     )  # fmt: skip
+    check_two_classes_at_least(splits["train"].class_names, f"--dataset {args.dataset}", "a probe")
     resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)
     study = run_unet_feature_study(
         trained.unet, trained.scheduler, splits, timesteps=args.timesteps, pool=args.pool, seed=args.seed,

@@ -288,6 +288,8 @@ def write_evaluation(metrics: dict, class_names: List[str], output_dir: str, y_t
             positive_label=positive_label, class_names=class_names, title=title,
         )  # fmt: skip
         plots.append("roc_pr.png")
+    elif os.path.exists(os.path.join(output_dir, "roc_pr.png")):  # an earlier binary report's, replaced
+        os.remove(os.path.join(output_dir, "roc_pr.png"))
     with open(os.path.join(output_dir, "report.md"), "w") as f:
         f.write(render_evaluation_report(metrics, title, plots))
 

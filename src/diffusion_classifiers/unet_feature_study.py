@@ -223,6 +223,8 @@ def write_study_report(study: UNetFeatureStudy, output_dir: str, title: str, com
             os.path.join(output_dir, "roc_pr.png"), positive_label=positive_label, class_names=study.class_names,
             title=f"Test split, {chosen}",
         )  # fmt: skip
+    elif os.path.exists(os.path.join(output_dir, "roc_pr.png")):  # an earlier binary study's, replaced
+        os.remove(os.path.join(output_dir, "roc_pr.png"))
     metrics = {
         "summary": study.summary(),
         "test": study.test_metrics,

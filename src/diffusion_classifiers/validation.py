@@ -63,6 +63,15 @@ def resolve_num_classes(num_classes: Optional[int], class_names: Optional[Sequen
     return num_classes
 
 
+def check_two_classes_at_least(class_names: Sequence[str], source, task: str) -> None:
+    """A classifier needs 2 classes or more: checked as soon as the data is read, naming it."""
+    if len(class_names) < 2:
+        raise ValueError(
+            f"{source}: {len(class_names)} class {list(class_names)}; {task} needs 2 classes or more (an image folder: "
+            "one subfolder per class)"
+        )
+
+
 def check_finite_rows(values, name: str, item: str = "row", start: int = 0) -> None:
     r"""
     No NaN or inf in `values` (tensor or array, one item per leading index).
@@ -104,6 +113,16 @@ def check_unit_range(images: torch.Tensor, name: str = "images", tolerance: floa
         i = int(out_of_range.nonzero()[0])
         low, high = flat[i].min(), flat[i].max()
         raise ValueError(f"{name}: image {i} has values in [{low:.3g}, {high:.3g}]; expected images scaled to [-1, 1]")
+
+
+def check_no_earlier_report(path, overwrite: bool, name: str = "--output_dir") -> None:
+    """Refuse a folder holding an earlier run's report (`metrics.json`) unless `overwrite`: a new report would replace
+    it without a word, and a run that fails halfway would leave the two mixed."""
+    if not overwrite and os.path.exists(os.path.join(path, "metrics.json")):
+        raise ValueError(
+            f"{name} {str(path)!r} holds an earlier report (metrics.json); choose another folder, or pass "
+            "--overwrite_output_dir to replace it"
+        )
 
 
 def check_writable_dir(path, name: str = "output_dir") -> None:

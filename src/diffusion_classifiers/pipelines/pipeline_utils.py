@@ -243,7 +243,11 @@ class DiffusionClassifierPipeline(SavedWithCodeMixin, SavedPreprocessingMixin, D
         """The names of the classes this pipeline predicts, index = label id: those of its fitted `head`."""
         head = getattr(self, "head", None)
         if head is None:
-            raise ValueError("this pipeline has no `head`, so no classes yet")
+            saved_in = f" {self.name_or_path}" if getattr(self, "name_or_path", None) else ""
+            raise ValueError(
+                f"the pipeline{saved_in} has no `head`, so no classes yet: fit one (`diffusion-classifiers probe "
+                "--unet_dir DIR`, `pipe.fit_prototypes`)"
+            )
         return self.class_names_from(head.config.num_classes, head.config.class_names)
 
     @staticmethod
