@@ -37,7 +37,7 @@ from diffusion_classifiers.training import (
     train,
     training_args_from_namespace,
 )
-from diffusion_classifiers.training.output_dir import LOCK_NAME
+from diffusion_classifiers.training.output_dir import LOCK_NAME, REPLACED_CHECKPOINTS
 
 from .conftest import PYTHON, REPO_ROOT, python_subprocess_env
 
@@ -152,14 +152,34 @@ def test_killed_two_process_ddp_run_resumes_bitwise(tmp_path):
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def tiny_run(output_dir, **overrides):
-    """Train a tiny U-Net in this process; returns `train`'s result."""
+def tiny_run(output_dir, dataset=None, **overrides):
+    """Train a tiny U-Net in this process (on 12 random images, or `dataset`); returns `train`'s result."""
     settings = dict(train_batch_size=4, max_train_steps=2, learning_rate=1e-3, lr_warmup_steps=1, checkpointing_steps=2)
-    images = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
     torch.manual_seed(0)
     unet = UNet2DModel(**unet_config("tiny", 8))
     args = TrainingArguments(output_dir=str(output_dir), **{**settings, **overrides})
-    return train(args, unet, TensorDataset(images), DenoisingLoss(DDPMScheduler(num_train_timesteps=100)))
+    return train(args, unet, dataset or TensorDataset(tiny_images()), DenoisingLoss(DDPMScheduler(num_train_timesteps=100)))
+
+
+def tiny_images():
+    return torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+class UnreadableAfter(torch.utils.data.Dataset):
+    """The tiny images, until `readable` have been read: then every read fails, as a streamed folder's truncated file
+    does when its batch comes."""
+
+    def __init__(self, readable: int):
+        self.images, self.readable = tiny_images(), readable
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        self.readable -= 1
+        if self.readable < 0:
+            raise ValueError("cannot decode image file zz_trunc.png: image file is truncated")
+        return (self.images[index],)
 
 
 class Poison:
@@ -269,6 +289,22 @@ def test_a_finished_run_is_refused_unless_resumed_or_overwritten(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == expected
     _, _, summary = tiny_run(tmp_path, max_train_steps=3, resume_from_checkpoint="latest")
     assert summary.resumed_from_step == 2 and summary.global_step == 3
+
+
+def test_a_replacing_run_that_fails_loses_nothing_of_the_run_it_replaces(tmp_path, caplog):
+    tiny_run(tmp_path, max_train_steps=4)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(ValueError, match="zz_trunc.png"):  # fails at its first batch
+        tiny_run(tmp_path, dataset=UnreadableAfter(0), overwrite_output_dir=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # the checkpoints are back, nothing set aside
+    with pytest.raises(ValueError, match="zz_trunc.png"):  # fails after a checkpoint of its own (batches of 4 images,
+        # one fetched ahead: the third fails after step 1)
+        tiny_run(tmp_path, dataset=UnreadableAfter(10), overwrite_output_dir=True, checkpointing_steps=1, max_train_steps=3)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert sorted(p.name for p in (tmp_path / REPLACED_CHECKPOINTS).iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert "stay in" in caplog.text
+    tiny_run(tmp_path, max_train_steps=3, resume_from_checkpoint="latest")  # the failed run, resumed, ends well
+    assert not (tmp_path / REPLACED_CHECKPOINTS).exists()
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ from .monitoring import (
     remove_samples_after,
     write_sample_grid,
 )
-from .output_dir import OutputDirLock, check_output_dir
+from .output_dir import OutputDirLock, check_output_dir, settle_replaced_checkpoints
 from .sampling import EpochSeededSampler
 from .time_budget import ScheduleOnTheClock, TrainingBudget, restore_step_rates
 
@@ -166,7 +166,8 @@ def allow_mixed_precision(mixed_precision: str) -> None:
 @contextmanager
 def _claim_output_dir(accelerator: Accelerator, args: TrainingArguments) -> Iterator[None]:
     """The main process locks `output_dir` and checks it (`check_output_dir`) before anything is written there, and
-    releases the lock at the end, also on errors. A refusal is raised on every process."""
+    at the end, also on errors, settles the checkpoints of a run it replaces (`settle_replaced_checkpoints`) and
+    releases the lock. A refusal is raised on every process."""
     lock = OutputDirLock(args.output_dir) if accelerator.is_main_process else None
     refusal = [None]
     if lock is not None:
@@ -180,10 +181,13 @@ def _claim_output_dir(accelerator: Accelerator, args: TrainingArguments) -> Iter
         broadcast_object_list(refusal)
     if refusal[0] is not None:
         raise refusal[0]
+    succeeded = False
     try:
         yield
+        succeeded = True
     finally:
         if lock is not None:
+            settle_replaced_checkpoints(args.output_dir, succeeded)
             lock.release()
 
 

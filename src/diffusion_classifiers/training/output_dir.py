@@ -3,7 +3,9 @@
 `OutputDirLock` is `.training.lock` in the folder, JSON with the owner's pid, host and start time, created
 atomically; a second run into a locked folder fails at once, a lock left by a dead process on this host is taken
 over. `check_output_dir` refuses a folder that already holds another run's model or checkpoints unless the run
-resumes (`--resume_from_checkpoint`) or replaces it (`--overwrite_output_dir`).
+resumes (`--resume_from_checkpoint`) or replaces it (`--overwrite_output_dir`). A replaced run's checkpoints are set
+aside, not deleted, until the run that replaces them ends (`settle_replaced_checkpoints`): a run that fails, on data
+it cannot read halfway or on anything else, loses nothing.
 """
 
 import json
@@ -15,11 +17,15 @@ from datetime import datetime, timezone
 
 from .checkpoints import CHECKPOINT_PATTERN
 
-__all__ = ["LOCK_NAME", "OutputDirInUseError", "OutputDirLock", "check_output_dir", "previous_run_files"]
+__all__ = [
+    "LOCK_NAME", "REPLACED_CHECKPOINTS", "OutputDirInUseError", "OutputDirLock", "check_output_dir", "previous_run_files",
+    "settle_replaced_checkpoints",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".training.lock"
+REPLACED_CHECKPOINTS = ".replaced_checkpoints"  # a replaced run's checkpoints, until the run replacing them ends
 # Written at the end of a run: the summary of `training.train`, a `save_pretrained` pipeline or model.
 FINISHED_RUN_FILES = ("training_summary.json", "model_index.json", "config.json")
 
@@ -121,7 +127,9 @@ def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> None:
 
     Leftover `checkpoint-N.partial` folders (saves that were interrupted) are removed. A folder holding another run's
     checkpoints or model (`previous_run_files`) is refused unless `resume` (that run continues) or `overwrite` (its
-    `checkpoint-N` folders are deleted now, its other files are replaced as this run writes them).
+    `checkpoint-N` folders are moved into `REPLACED_CHECKPOINTS` now, deleted when this run ends well or moved back
+    when it fails before its first checkpoint (`settle_replaced_checkpoints`); its other files are replaced as this
+    run writes them).
     """
     for name in os.listdir(output_dir):
         if name.endswith(".partial") and CHECKPOINT_PATTERN.match(name[: -len(".partial")]):
@@ -135,7 +143,34 @@ def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> None:
             "--resume_from_checkpoint latest to continue that run or --overwrite_output_dir to replace it"
         )
     checkpoints = [name for name in previous if CHECKPOINT_PATTERN.match(name)]
-    if checkpoints:
-        logger.warning(f"--overwrite_output_dir: deleting {', '.join(checkpoints)} of the previous run in {output_dir}")
+    if not checkpoints:
+        return
+    aside = os.path.join(output_dir, REPLACED_CHECKPOINTS)
+    if os.path.isdir(aside):  # set aside by a replacing run that failed after its own first checkpoint
+        logger.warning(f"--overwrite_output_dir: deleting {aside}, the checkpoints an earlier replaced run left")
+        shutil.rmtree(aside)
+    logger.warning(
+        f"--overwrite_output_dir: {', '.join(checkpoints)} of the previous run in {output_dir} moved into "
+        f"{REPLACED_CHECKPOINTS}/, deleted when this run ends"
+    )
+    os.makedirs(aside)
     for name in checkpoints:
-        shutil.rmtree(os.path.join(output_dir, name))
+        os.replace(os.path.join(output_dir, name), os.path.join(aside, name))
+
+
+def settle_replaced_checkpoints(output_dir: str, succeeded: bool) -> None:
+    """At the end of a run: delete the checkpoints `check_output_dir` set aside when the run `succeeded`; when it
+    failed before writing a checkpoint of its own, move them back, so the folder is as the replaced run left it
+    (after a checkpoint of the failed run they stay aside: two runs' checkpoints in one folder would let
+    `--resume_from_checkpoint latest` pick the wrong one)."""
+    aside = os.path.join(output_dir, REPLACED_CHECKPOINTS)
+    if not os.path.isdir(aside):
+        return
+    if succeeded:
+        shutil.rmtree(aside)
+    elif any(CHECKPOINT_PATTERN.match(name) for name in os.listdir(output_dir)):
+        logger.warning(f"the replaced run's checkpoints stay in {aside}: this run failed after its first checkpoint")
+    else:
+        for name in os.listdir(aside):
+            os.replace(os.path.join(aside, name), os.path.join(output_dir, name))
+        os.rmdir(aside)
