@@ -117,7 +117,8 @@ def test_folder_rows_equal_the_pipeline_and_a_killed_run_resumes(models, tmp_pat
     resumed = predict_files(counting, inputs, output, batch_size=2)
     assert (resumed.predicted, resumed.skipped, resumed.failed, counting.calls) == (4, 2, 1, 2)
     assert output.read_bytes() == (tmp_path / "clean" / "predictions.csv").read_bytes()
-    assert output.with_name("errors.csv").read_bytes() == (tmp_path / "clean" / "errors.csv").read_bytes()
+    assert resumed.errors == str(output.with_name("predictions.csv.errors.csv")) and resumed.unreadable == 1
+    assert open(resumed.errors, "rb").read() == open(clean.errors, "rb").read()
     assert not parts.exists()
     shutil.copytree(tmp_path / "first-batch", parts)  # as if killed after the merge, before the parts were deleted
     again = predict_files(counting, inputs, output, batch_size=2)  # all done: nothing classified, nothing changed
@@ -139,7 +140,8 @@ def test_csv_with_a_missing_file_lists_it_in_errors(models, tmp_path):
     main(["predict", "--model_dir", str(models / "unet"), "--input", str(table), "--output", str(tmp_path / "out.csv")])
     rows = read_rows(tmp_path / "out.csv")
     assert [(row["path"], row["true_label"]) for row in rows] == [("x.png", "dog"), ("y.png", "")]
-    assert read_rows(tmp_path / "errors.csv") == [{"path": "gone.png", "reason": f"file not found: {tmp_path / 'gone.png'}"}]
+    errors = read_rows(tmp_path / "out.csv.errors.csv")
+    assert errors == [{"path": "gone.png", "reason": f"file not found: {tmp_path / 'gone.png'}"}]
 
 
 def test_csv_with_an_unknown_label_is_refused_before_any_work(models, tmp_path):
@@ -175,6 +177,63 @@ def test_another_model_is_refused_and_nothing_written_is_lost(models, tmp_path):
     with pytest.raises(ValueError, match="foreign.csv.* not written by this prediction"):
         main(args[:-1] + [str(foreign), "--model_dir", str(models / "unet")])
     assert foreign.read_text() == "my own file\n"
+
+
+def test_two_outputs_in_one_folder_each_have_their_errors_and_a_rerun_counts_earlier_ones(models, tmp_path, capsys):
+    folder = image_folder(tmp_path)
+    args = ["predict", "--model_dir", str(models / "unet"), "--input", str(folder)]
+    for name in ("a.csv", "b.parquet"):  # the second was refused: errors.csv existed, written by the first
+        main(args + ["--output", str(tmp_path / "out" / name), "--no_progress_bar"])
+        assert [row["path"] for row in read_rows(tmp_path / "out" / f"{name}.errors.csv")] == ["b/broken.png"]
+    assert len(read_rows(tmp_path / "out" / "a.csv")) == pq.read_table(tmp_path / "out" / "b.parquet").num_rows == 6
+    assert not (tmp_path / "out" / "errors.csv").exists()
+    (folder / "d" / "broken.png").parent.mkdir()
+    (folder / "d" / "broken.png").write_bytes(b"broken")
+    capsys.readouterr()
+    main(args + ["--output", str(tmp_path / "out" / "a.csv"), "--no_progress_bar"])  # the one new file is unreadable
+    errors = tmp_path / "out" / "a.csv.errors.csv"
+    assert [row["path"] for row in read_rows(errors)] == ["b/broken.png", "d/broken.png"]
+    assert capsys.readouterr().out.endswith(
+        "6 rows (0 inputs predicted now on 1 process(es), 7 done before); 2 unreadable (1 new) -> " f"{errors}\n"
+    )
+    run_info = json.loads((tmp_path / "out" / "a.csv.json").read_text())["run"]  # the model folder and windows
+    summary = predict_files(load(models, "unet"), list_inputs(folder), tmp_path / "out" / "a.csv", run_info=run_info)
+    assert (summary.rows, summary.predicted, summary.skipped, summary.failed, summary.unreadable) == (6, 0, 8, 0, 2)
+
+
+def test_an_output_written_with_the_shared_errors_csv_resumes_with_it(models, tmp_path):
+    """Before each output had its own errors file, the default was `errors.csv` beside the output: such an output,
+    whose sidecar records no errors file, keeps adding to it; another output of that folder never does."""
+    pipe, folder = load(models, "unet"), tmp_path / "images"
+    write_images(folder, ["1.png", "2.png", "3.png"])
+    (folder / "0-broken.png").write_bytes(b"broken")
+    legacy, output = tmp_path / "out" / "errors.csv", tmp_path / "out" / "a.csv"
+    first = predict_files(pipe, list_inputs(folder), output, legacy, batch_size=2, progress_bar=False)
+    sidecar = json.loads(output.with_name("a.csv.json").read_text())
+    assert sidecar.pop("errors_file") == "errors.csv"
+    output.with_name("a.csv.json").write_text(json.dumps(sidecar))  # as written before: no errors file recorded
+    written = output.read_bytes()
+    write_images(folder, ["4.png"], seed=1)
+    (folder / "5-broken.png").write_bytes(b"broken")
+    resumed = predict_files(pipe, list_inputs(folder), output, batch_size=2, progress_bar=False)
+    assert (resumed.errors, resumed.predicted, resumed.skipped, resumed.failed, resumed.unreadable) == (
+        str(legacy), 1, 4, 1, 2)  # fmt: skip
+    assert [row["path"] for row in read_rows(legacy)] == ["0-broken.png", "5-broken.png"]
+    assert [row["path"] for row in read_rows(output)] == ["1.png", "2.png", "3.png", "4.png"]
+    assert output.read_bytes().startswith(written) and not output.with_name("a.csv.errors.csv").exists()
+    assert json.loads(output.with_name("a.csv.json").read_text())["errors_file"] == "errors.csv"
+    again = predict_files(pipe, list_inputs(folder), output, progress_bar=False)  # recorded now: still errors.csv
+    assert (again.errors, again.skipped, again.unreadable) == (str(legacy), 6, 2)
+    assert first.errors == again.errors and not output.with_name("a.csv.errors.csv").exists()
+    # another output of the folder, killed after its first batch (its errors file not merged yet), resumes with its own
+    other = tmp_path / "out" / "b.csv"
+    killed = CountingPipeline(pipe, fail_on_call=2)
+    with pytest.raises(RuntimeError, match="killed"):
+        predict_files(killed, list_inputs(folder), other, batch_size=2, progress_bar=False)
+    assert not other.with_name("b.csv.errors.csv").exists()
+    resumed_other = predict_files(pipe, list_inputs(folder), other, batch_size=2, progress_bar=False)
+    assert resumed_other.errors == str(other.with_name("b.csv.errors.csv")) and resumed_other.unreadable == 2
+    assert [row["path"] for row in read_rows(legacy)] == ["0-broken.png", "5-broken.png"]
 
 
 def test_score_sde_parquet_has_the_log_likelihood_ratio(models, tmp_path):
@@ -249,7 +308,7 @@ def test_dicom_folder_gives_one_row_per_frame(models, tmp_path):
     # the cine file names no window: with the file's own window it is an error row, and the CT slices are predicted
     main(["predict", "--model_dir", str(models / "unet"), "--input", str(folder), "--output", str(tmp_path / "q" / "q.csv")])
     assert [row["path"] for row in read_rows(tmp_path / "q" / "q.csv")] == [row["path"] for row in rows[10:]]
-    assert "cine.dcm has no WindowCenter / WindowWidth" in read_rows(tmp_path / "q" / "errors.csv")[0]["reason"]
+    assert "cine.dcm has no WindowCenter / WindowWidth" in read_rows(tmp_path / "q" / "q.csv.errors.csv")[0]["reason"]
 
 
 def test_bad_flags_are_refused_before_the_model_loads(tmp_path):
@@ -315,7 +374,7 @@ def test_two_processes_write_one_output_in_input_order(models, tmp_path):
     assert "predictions.csv: 8 rows (8 inputs predicted now on 2 process(es), 0 done before); 1 unreadable" in result.stdout
     rows = read_rows(tmp_path / "out" / "predictions.csv")
     assert [row["path"] for row in rows] == [name for name in names if name != "img04.png"]
-    assert [row["path"] for row in read_rows(tmp_path / "out" / "errors.csv")] == ["img04.png"]
+    assert [row["path"] for row in read_rows(tmp_path / "out" / "predictions.csv.errors.csv")] == ["img04.png"]
     single = predict_files(load(models, "unet"), list_inputs(tmp_path / "images"), tmp_path / "single.csv", batch_size=2)
     expected = read_rows(single.output)
     assert [row["label"] for row in rows] == [row["label"] for row in expected]

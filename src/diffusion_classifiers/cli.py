@@ -23,7 +23,7 @@ COMMANDS = {
     "probe": "probe every (block, timestep) of a trained U-Net on a labeled dataset, choose on val, k-means, report: "
     "a fitted classifier pipeline",
     "predict": "classify an image / DICOM folder, a CSV of paths or a datasets folder with a saved pipeline: "
-    "predictions.csv or .parquet, errors.csv; resumable; accelerate launch splits it across processes",
+    "predictions.csv or .parquet and its .errors.csv; resumable; accelerate launch splits it across processes",
 }
 
 

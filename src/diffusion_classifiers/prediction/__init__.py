@@ -1,4 +1,4 @@
-"""Predict with a saved classifier pipeline over many files: `predictions.csv` / `.parquet`, `errors.csv`.
+"""Predict with a saved classifier pipeline over many files: `predictions.csv` / `.parquet`, `<output>.errors.csv`.
 
 - `inputs.py`: what to classify. [`list_inputs`] turns an image folder (recursive; DICOM included), a CSV of paths or a
   saved `datasets` folder into [`PredictionInput`]s, each read only when its batch is classified; [`parse_windows`]
@@ -10,7 +10,8 @@
   reads what the output, the parts and the errors file already hold and classifies only the rest. With accelerate
   (`accelerate launch --num_processes N`) every process classifies its share of what is left and writes its own
   parts; the main process merges them into one output in input order. A file that cannot be read becomes a row of
-  `errors.csv` (path, reason) and the run goes on; a failing model call stops the run (that is not the data's fault).
+  the errors file (path, reason; default `<output>.errors.csv`) and the run goes on; a failing model call stops the
+  run (that is not the data's fault).
   [`add_predict_args`] and [`run_predict`] are the `diffusion-classifiers predict` command (a local folder or a Hub
   id: its saved preprocessing, DICOM windows included, applies either way).
 

@@ -10,7 +10,7 @@ import csv
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -19,7 +19,9 @@ __all__ = [
     "OUTPUT_SUFFIXES",
     "OutputFiles",
     "check_output_args",
+    "default_errors_path",
     "done_paths",
+    "errors_file_of_resumed_run",
     "merge_parts",
     "prepare_output_files",
     "write_csv",
@@ -29,6 +31,8 @@ OUTPUT_SUFFIXES = (".csv", ".parquet")
 ERROR_COLUMNS = ("path", "reason")
 _TEXT_COLUMNS = {"path", "true_label", "label", "reason"}
 _INT_COLUMNS = {"frame"}
+LEGACY_ERRORS_NAME = "errors.csv"  # the default errors file before each output had its own, shared by a folder
+_ERRORS_KEY = "errors_file"  # in the sidecar, beside the run: the errors file, relative to the output's folder
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,8 @@ class OutputFiles:
 
 def prepare_output_files(files: OutputFiles, run: dict, overwrite: bool, is_main: bool) -> None:
     """Refuse to mix results of another run into existing files (every process checks, so all fail alike); with
-    `overwrite` the main process deletes them. The main process then records `run` in the sidecar."""
+    `overwrite` the main process deletes them. The main process then records `run` and the errors file in the
+    sidecar (only `run` must match on a rerun)."""
     existing = files.existing()
     if existing and not overwrite:
         if not files.sidecar.is_file():
@@ -78,7 +83,24 @@ def prepare_output_files(files: OutputFiles, run: dict, overwrite: bool, is_main
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     files.output.parent.mkdir(parents=True, exist_ok=True)
     files.errors.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(files.sidecar, lambda handle: handle.write(json.dumps(run, indent=2) + "\n"))
+    recorded = {**run, _ERRORS_KEY: Path(os.path.relpath(files.errors, files.output.parent)).as_posix()}
+    _write_atomically(files.sidecar, lambda handle: handle.write(json.dumps(recorded, indent=2) + "\n"))
+
+
+def errors_file_of_resumed_run(files: OutputFiles, overwrite: bool) -> OutputFiles:
+    """`files` with the errors file a rerun without `--errors` keeps while `<output>.errors.csv` does not exist: the
+    one the output's sidecar records, or, for a sidecar written before outputs had their own errors file (it records
+    none), the folder's shared `errors.csv` when there is one. A first run, or one with `overwrite`, keeps
+    `<output>.errors.csv`. Called before [`prepare_output_files`], which refuses a rerun whose settings differ."""
+    if overwrite or files.errors.exists() or not files.sidecar.is_file():
+        return files
+    recorded = json.loads(files.sidecar.read_text()).get(_ERRORS_KEY)
+    if recorded is not None:
+        return replace(files, errors=files.output.parent / recorded)
+    legacy = files.output.with_name(LEGACY_ERRORS_NAME)
+    if legacy.is_file() and legacy.resolve() != files.output.resolve():
+        return replace(files, errors=legacy)
+    return files
 
 
 def _write_atomically(path: Path, write: Callable[[Any], Any], mode: str = "w") -> None:
@@ -150,13 +172,13 @@ def done_paths(files: OutputFiles) -> set[str]:
     return {row[0] for path in tables for row in _read_table(path)[1]}
 
 
-def merge_parts(files: OutputFiles, columns: Sequence[str], order: dict[str, int]) -> int:
+def merge_parts(files: OutputFiles, columns: Sequence[str], order: dict[str, int]) -> tuple[int, int]:
     """Merge the committed parts into the output and the errors file, in input order, then delete them; returns the
-    output's number of rows."""
+    number of rows of the output and of the errors file (the unreadable files of this run and of earlier ones)."""
     rows = _merge_one(files.output, columns, _part_files(files, "rows"), order)
-    _merge_one(files.errors, ERROR_COLUMNS, _part_files(files, "errors"), order)
+    unreadable = _merge_one(files.errors, ERROR_COLUMNS, _part_files(files, "errors"), order)
     shutil.rmtree(files.parts, ignore_errors=True)
-    return rows
+    return rows, unreadable
 
 
 def _merge_one(path: Path, columns: Sequence[str], parts: list[Path], order: dict[str, int]) -> int:
@@ -174,15 +196,21 @@ def _merge_one(path: Path, columns: Sequence[str], parts: list[Path], order: dic
     return len(merged)
 
 
+def default_errors_path(output: Path) -> Path:
+    """`<output>.errors.csv` (`out/a.csv.errors.csv`): every output its own errors file, so outputs can share a
+    folder."""
+    return output.with_name(output.name + ".errors.csv")
+
+
 def check_output_args(output_path: Any, errors_path: Any, batch_size: int) -> OutputFiles:
-    """The output and errors files (default `errors.csv` beside the output) and the batch size, checked before any
-    work: a `.csv` / `.parquet` output, a `.csv` errors file that is not the output, a positive batch size."""
+    """The output and errors files (default [`default_errors_path`]) and the batch size, checked before any work: a
+    `.csv` / `.parquet` output, a `.csv` errors file that is not the output, a positive batch size."""
     output = Path(output_path)
     if output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ValueError(
             f"output {output}: expected a {' or '.join(OUTPUT_SUFFIXES)} file, got {output.suffix or 'no suffix'}"
         )
-    errors = Path(errors_path) if errors_path is not None else output.with_name("errors.csv")
+    errors = Path(errors_path) if errors_path is not None else default_errors_path(output)
     if errors.suffix.lower() != ".csv" or errors.resolve() == output.resolve():
         raise ValueError(f"errors {errors}: expected a .csv file other than the output {output}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

@@ -18,6 +18,7 @@ from .outputs import (
     OutputFiles,
     check_output_args,
     done_paths,
+    errors_file_of_resumed_run,
     merge_parts,
     prepare_output_files,
     write_csv,
@@ -44,6 +45,8 @@ class PredictionSummary:
         predicted (`int`): inputs classified by this call (all processes); skipped (`int`): inputs done before.
         failed (`int`): inputs of this call listed in the errors file.
         processes (`int`): the processes that shared the work.
+        unreadable (`int`): rows of the errors file now, those of this call and of earlier runs; 0 on processes other
+            than the main one.
     """
 
     output: str
@@ -53,6 +56,7 @@ class PredictionSummary:
     skipped: int
     failed: int
     processes: int
+    unreadable: int
 
 
 def output_columns(pipeline: Any, with_true_labels: bool) -> list[str]:
@@ -167,16 +171,18 @@ def predict_files(
     Resumable: the results of finished batches are kept in `<output>.parts/` until the end, when they are merged
     into the output and the errors file; a rerun skips every path already in the output, the errors file or a part.
     `<output>.json` records the model, its classes, the columns and `run_info`: a rerun that differs is refused
-    unless `overwrite=True`, which deletes the earlier output, errors file and parts first. A file that cannot be
-    read or that the pipeline's preprocessing refuses is a row `path, reason` of the errors file; to retry such
-    files, delete their rows (or the errors file).
+    unless `overwrite=True`, which deletes the earlier output, errors file and parts first. It also records the
+    errors file, which a rerun without `errors_path` keeps (an output written before each had its own errors file
+    keeps the shared `errors.csv` beside it). A file that cannot be read or that the pipeline's preprocessing
+    refuses is a row `path, reason` of the errors file; to retry such files, delete their rows (or the errors file).
 
     Args:
         pipeline (`DiffusionClassifierPipeline`): a loaded classifier pipeline (on the device it should run on);
             its own progress bars are turned off (`set_progress_bar_config(disable=True)`), one bar counts the files.
         inputs (`Sequence[PredictionInput]`): from [`list_inputs`]; their paths must be unique.
         output_path (`str` or `os.PathLike`): a `.csv` or `.parquet` file.
-        errors_path (`str` or `os.PathLike`, *optional*): a `.csv` file; default `errors.csv` beside the output.
+        errors_path (`str` or `os.PathLike`, *optional*): a `.csv` file; default `<output_path>.errors.csv`
+            (`out/a.csv.errors.csv`), so outputs in one folder each have their own.
         batch_size (`int`, *optional*, defaults to 64): images per pipeline call and per committed batch (a
             multi-frame file is never split, so a batch may hold more).
         run_info (`dict`, *optional*): JSON-serialisable facts a rerun must match (the CLI records the model folder
@@ -199,6 +205,8 @@ def predict_files(
     columns = output_columns(pipeline, any(item.label is not None for item in inputs))
     check_labels(inputs, pipeline.class_names)
     run = {"run": run_info or {}, "class_names": list(pipeline.class_names), "columns": columns}
+    if errors_path is None:
+        files = errors_file_of_resumed_run(files, overwrite)
     prepare_output_files(files, run, overwrite, is_main)
     wait()
     done = done_paths(files)
@@ -215,12 +223,12 @@ def predict_files(
     writer.commit()
     failed = _sum_over_processes(writer.failed, accelerator)
     wait()
-    rows = merge_parts(files, columns, order) if is_main else 0
+    rows, unreadable = merge_parts(files, columns, order) if is_main else (0, 0)
     wait()
     return PredictionSummary(
         output=str(files.output), errors=str(files.errors), rows=rows, predicted=len(remaining) - failed,
         skipped=len(inputs) - len(remaining), failed=failed,
-        processes=1 if accelerator is None else accelerator.num_processes,
+        processes=1 if accelerator is None else accelerator.num_processes, unreadable=unreadable,
     )  # fmt: skip
 
 
@@ -273,7 +281,11 @@ def add_predict_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "the CSV; a 'label' column is carried as true_label), a saved datasets folder, or one image file",
     )  # fmt: skip
     parser.add_argument("--output", default="predictions.csv", help="the predictions file, .csv or .parquet")
-    parser.add_argument("--errors", default=None, help="where unreadable files are listed (path, reason); None: errors.csv beside --output")
+    parser.add_argument(
+        "--errors", default=None,
+        help="where unreadable files are listed (path, reason), a .csv; None: OUTPUT.errors.csv beside --output "
+        "(a rerun keeps the errors file its output was written with)",
+    )  # fmt: skip
     parser.add_argument("--batch_size", type=int, default=64, help="images per pipeline call; a killed run loses at most one batch")
     parser.add_argument(
         "--window", nargs="+", default=None, metavar="WINDOW",
@@ -322,7 +334,8 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     if accelerator.is_main_process:
         print(
             f"{summary.output}: {summary.rows} rows ({summary.predicted} inputs predicted now on {summary.processes} "
-            f"process(es), {summary.skipped} done before); {summary.failed} unreadable -> {summary.errors}"
+            f"process(es), {summary.skipped} done before); {summary.unreadable} unreadable ({summary.failed} new) -> "
+            f"{summary.errors}"
         )
     return summary
 
