@@ -26,7 +26,7 @@ from huggingface_hub import (
     constants,
     snapshot_download,
 )
-from huggingface_hub.errors import OfflineModeIsEnabled
+from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError
 from jinja2 import meta
 
 __all__ = [
@@ -373,11 +373,17 @@ def download(
         return str(name_or_path)
     if os.path.isabs(name_or_path) or str(name_or_path).startswith(".") or str(name_or_path).count("/") > 1:
         raise FileNotFoundError(f"{name_or_path}: no such folder (expected a saved folder or a Hub repo id 'org/name')")
-    return snapshot_download(
-        str(name_or_path),
-        revision=revision,
-        token=token,
-        cache_dir=cache_dir,
-        local_files_only=local_files_only,
-        allow_patterns=download_patterns(trust_remote_code),
-    )
+    try:
+        return snapshot_download(
+            str(name_or_path),
+            revision=revision,
+            token=token,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            allow_patterns=download_patterns(trust_remote_code),
+        )
+    except (HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError) as error:  # a mistyped folder, mostly
+        reason = str(error).strip().splitlines()[0]
+        raise FileNotFoundError(
+            f"{name_or_path}: no such folder, and no Hub repo of that id could be read ({type(error).__name__}: {reason})"
+        ) from error
