@@ -10,6 +10,7 @@ import copy
 import csv
 import json
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -557,3 +558,128 @@ def test_unet_example_trains_on_a_streamed_dicom_folder_and_saves_how_it_read_it
     assert pipe.preprocessing == streamed["train"].preprocessing  # the window given, 8 px, grey
     scan = streamed["train"].dataset[0]["image"]["path"]  # a training file, read by the saved pipeline as in training
     torch.testing.assert_close(pipe.preprocess([scan])[0], streamed["train"][0][0], rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# DICOM files without an extension (PACS exports): recognised by the 'DICM' header
+# --------------------------------------------------------------------------------------------------
+
+
+def strip_extensions(named_root, bare_root):
+    """A copy of `named_root` with every `.dcm` file's extension removed (`p00_0.dcm` -> `p00_0`), other files kept."""
+    for file in sorted(named_root.rglob("*")):
+        if file.is_file():
+            target = bare_root / file.relative_to(named_root)
+            target = target.with_suffix("") if file.suffix == ".dcm" else target
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(file.read_bytes())
+    return bare_root
+
+
+def add_files_that_are_not_read(folder, dicom_bytes):
+    (folder / "LICENSE").write_text("MIT License\n" + "x" * 200)  # suffix-less, long enough to hold a header
+    (folder / "README").write_bytes(b"")
+    (folder / ".IM_hidden").write_bytes(dicom_bytes)  # hidden
+    (folder / "notes.txt").write_bytes(dicom_bytes)  # another suffix: never sniffed
+
+
+def test_is_dicom_file_by_extension_or_by_the_header_of_suffix_less_files(tmp_path):
+    from diffusion_classifiers.data import is_dicom_file
+
+    dicom_bytes = Path(pydicom_file("CT_small.dcm")).read_bytes()
+    (tmp_path / "IM_P00_0").write_bytes(dicom_bytes)
+    (tmp_path / "1.2.840.113619.2.55.3").write_bytes(dicom_bytes)  # named by its SOP Instance UID
+    (tmp_path / "counts.2024").write_bytes(b"\0" * 200)
+    (tmp_path / "short").write_bytes(b"\0" * 100)
+    (tmp_path / "folder").mkdir()
+    add_files_that_are_not_read(tmp_path, dicom_bytes)
+    assert is_dicom_file(tmp_path / "IM_P00_0") and is_dicom_file(str(tmp_path / "IM_P00_0"))
+    assert is_dicom_file(tmp_path / "1.2.840.113619.2.55.3") and not is_dicom_file(tmp_path / "counts.2024")
+    assert is_dicom_file(tmp_path / "absent.dcm") and is_dicom_file(tmp_path / "ABSENT.DICOM")  # not opened
+    for name in ("LICENSE", "README", "short", "folder", "notes.txt", "absent"):
+        assert not is_dicom_file(tmp_path / name), name
+
+
+def test_class_folders_of_extension_less_dicom_read_as_the_same_files_named_dcm(tmp_path):
+    make_patients(tmp_path / "named", num_patients=8, slices=2)
+    bare = strip_extensions(tmp_path / "named", tmp_path / "bare")
+    add_files_that_are_not_read(bare / "bleed", (bare / "bleed" / "p01_0").read_bytes())
+    kwargs = dict(image_size=8, val_fraction=0.25, test_fraction=0.25, seed=3, medical=FULL)
+    named = load_image_classification_data(tmp_path / "named", **kwargs)
+    stripped = load_image_classification_data(bare, **kwargs)
+    for name in SPLITS:  # the same images (patients included: read from the headers), labels and splits
+        torch.testing.assert_close(stripped[name].images, named[name].images, rtol=0, atol=0)
+        assert stripped[name].labels.tolist() == named[name].labels.tolist()
+    check_patient_split(stripped, num_patients=8, slices=2)
+    streamed = check_streamed_equals_in_memory(bare, **kwargs)  # the streaming listing and reading
+    listed = [Path(row["image"]["path"]) for name in SPLITS for row in streamed[name].dataset]
+    assert len(listed) == 16 and all(path.suffix == "" and path.name.startswith("p") for path in listed)
+
+
+def test_csv_and_dicom_folder_read_extension_less_files(tmp_path):
+    rows = make_patients(tmp_path / "named", num_patients=2, slices=2)
+    bare = strip_extensions(tmp_path / "named", tmp_path / "bare")
+    write_csv(bare / "labels.csv", ["path", "label"], [[row["path"][: -len(".dcm")], row["label"]] for row in rows])
+    from diffusion_classifiers.data import readers
+
+    raw = readers._read_csv(bare / "labels.csv", ["healthy", "bleed"], None, FULL)
+    assert raw.groups.tolist() == [row["patient_id"] for row in rows]  # the PatientIDs: read as DICOM
+    expected = [window_channels(read_dicom(tmp_path / "named" / row["path"]), FULL.windows) for row in rows]
+    for image, reference in zip(raw.images, expected):
+        np.testing.assert_array_equal(image, reference)
+    add_files_that_are_not_read(bare / "bleed", (bare / "bleed" / "p01_0").read_bytes())
+    assert [Path(image.path).name for image in read_dicom_folder(bare / "bleed")] == ["p01_0", "p01_1"]
+
+
+def test_predict_lists_and_reads_extension_less_dicom_as_the_same_files_named_dcm(tmp_path):
+    from diffusion_classifiers.prediction.inputs import list_inputs
+
+    dataset = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    (tmp_path / "named").mkdir()
+    for i in range(2):
+        write_dicom(dataset, tmp_path / "named" / f"IM_P00_{i}.dcm", InstanceNumber=i + 1)
+    strip_extensions(tmp_path / "named", tmp_path / "export" / "series")
+    write_dicom(dataset, tmp_path / "export" / "a.dcm")
+    add_files_that_are_not_read(tmp_path / "export" / "series", (tmp_path / "export" / "a.dcm").read_bytes())
+    windows = ["brain", "subdural", "bone"]
+    inputs = list_inputs(tmp_path / "export", windows=windows)
+    assert [item.path for item in inputs] == ["a.dcm", "series/IM_P00_0", "series/IM_P00_1"]
+    for bare, named in zip(inputs[1:], list_inputs(tmp_path / "named", windows=windows)):
+        (bare_image,), (named_image,) = bare.read(), named.read()
+        assert bare_image.shape == (3, 128, 128)
+        np.testing.assert_array_equal(bare_image, named_image)
+    (single,) = list_inputs(tmp_path / "export" / "series" / "IM_P00_1", windows=windows)  # one file as the input
+    np.testing.assert_array_equal(single.read()[0], named_image)
+
+
+def test_suffix_less_files_that_are_not_dicom_are_ignored_and_errors_name_the_header(tmp_path):
+    from diffusion_classifiers.prediction.inputs import list_inputs
+
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        (tmp_path / label / "LICENSE").write_text("MIT License\n" + "x" * 200)
+    with pytest.raises(ValueError, match=r"no images found; .*extension-less DICOM files are recognised by"):
+        load_image_classification_data(tmp_path)
+    with pytest.raises(ValueError, match=r"no image or DICOM files found .*extension-less DICOM files are recognised"):
+        list_inputs(tmp_path)
+    with pytest.raises(ValueError, match=r"got a suffix-less file .*recognised by their 'DICM' header"):
+        list_inputs(tmp_path / "a" / "LICENSE")
+    write_dicom(pydicom.dcmread(pydicom_file("CT_small.dcm")), tmp_path / "a" / "IM_P00_0")
+    with pytest.raises(ValueError, match=r"class folder .*b holds no image files .*recognised by their 'DICM' header"):
+        load_image_classification_data(tmp_path)
+
+
+def test_pipeline_reads_an_extension_less_dicom_path_as_the_file_named_dcm(tmp_path):
+    from .test_rc_dit import tiny_pipeline
+
+    named = write_dicom(pydicom.dcmread(pydicom_file("693_UNCI.dcm")), tmp_path / "scan.dcm")
+    bare = tmp_path / "I0000123"
+    bare.write_bytes(named.read_bytes())
+    pipe = tiny_pipeline()
+    pipe.set_preprocessing({"medical": {"windows": ["brain"]}})
+    torch.testing.assert_close(pipe.preprocess([str(bare)]), pipe.preprocess([named]), rtol=0, atol=0)
+    files = [cq500("CQ500-CT-1", "CT000000.dcm")]  # a real CT slice, streamed from a path without extension
+    (tmp_path / "CT000000").write_bytes(files[0].read_bytes())
+    streamed = StreamingImages.from_files([tmp_path / "CT000000"], image_size=16, num_channels=1)
+    expected = preprocess_images([str(files[0])], preprocessing=streamed.preprocessing)
+    torch.testing.assert_close(stacked(streamed), expected, rtol=0, atol=0)

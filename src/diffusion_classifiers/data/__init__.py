@@ -5,7 +5,8 @@
 - [`load_image_classification_data`] and the readers (`readers.py`): digits, `.npz`, IDX, image folders, CSV files of
   paths, `datasets`, into [`LabeledImages`] (images, integer labels and class names, validated together).
 - [`read_dicom`], [`Window`], [`window_channels`], [`read_16bit_image`], [`MedicalPreprocessing`] (`dicom.py`):
-  DICOM to Hounsfield units to windowed channels, 16-bit PNG / TIFF at their bit depth (pydicom is optional).
+  DICOM to Hounsfield units to windowed channels, 16-bit PNG / TIFF at their bit depth (pydicom is optional);
+  [`is_dicom_file`] tells DICOM files by extension, or by their 'DICM' header when they have none.
 - [`StreamingImages`], [`streaming_image_classification_data`] (`streaming.py`): the same data larger than memory,
   files listed in a `datasets.Dataset` and decoded on the fly (in `DataLoader` workers) through the same preprocessing.
 - [`stratified_split`], [`stratified_group_split`], [`stratified_subset_indices`], [`long_tailed_indices`],
@@ -32,6 +33,7 @@ _EXPORTS = {
     "Window": "dicom",
     "add_data_args": "arguments",
     "few_label_indices": "splits",
+    "is_dicom_file": "dicom",
     "load_data_from_args": "readers",
     "load_image_classification_data": "readers",
     "long_tailed_indices": "splits",

@@ -32,6 +32,7 @@ __all__ = [
     "WINDOW_PRESETS",
     "Window",
     "check_same_slice_size",
+    "is_dicom_file",
     "parse_windows",
     "read_16bit_image",
     "read_dicom",
@@ -44,6 +45,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DICOM_EXTENSIONS = {".dcm", ".dicom"}
+# A DICOM Part 10 file starts with a 128-byte preamble and then this magic (PS3.10 7.1).
+_DICOM_MAGIC, _DICOM_MAGIC_OFFSET = b"DICM", 128
+# Appended to the errors that list the accepted extensions.
+_EXTENSIONLESS_DICOM_NOTE = "extension-less DICOM files are recognised by their 'DICM' header"
 # PIL modes of 16-bit greyscale images (`data.preprocessing` reads them through here too).
 _PIL_16BIT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
 _INSTALL_HINT = 'pip install "diffusion-classifiers[medical]"'
@@ -165,6 +170,27 @@ def _as_float_list(value: Any) -> list[float]:
 # --------------------------------------------------------------------------------------------------
 # Reading DICOM
 # --------------------------------------------------------------------------------------------------
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """Whether `path` is read as DICOM: its extension is `.dcm` or `.dicom` (any case), or it has no extension (or a
+    numeric one, as in a file named by its SOP Instance UID, `1.2.840.113619.2.55.3`) and holds the DICOM Part 10
+    header (`b"DICM"` after the 128-byte preamble), as PACS exports name files (`IM_P00_0`, `I0000123`). Only such a
+    file is opened, and only its first 132 bytes are read; a file with another extension (`.txt`, `.png`) is never
+    opened here."""
+    path = Path(path)
+    if path.suffix and not path.suffix[1:].isdigit():
+        return path.suffix.lower() in DICOM_EXTENSIONS
+    return _has_dicom_magic(path)
+
+
+def _has_dicom_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_DICOM_MAGIC_OFFSET + len(_DICOM_MAGIC))
+    except OSError:  # a folder, a missing or unreadable file: not a DICOM file
+        return False
+    return head[_DICOM_MAGIC_OFFSET:] == _DICOM_MAGIC
 
 
 @dataclass(frozen=True, eq=False)
@@ -391,12 +417,14 @@ def check_same_slice_size(images: Sequence[tuple[str, tuple[int, int]]], where: 
 
 
 def read_dicom_folder(folder: str | Path) -> list[DicomImage]:
-    """The DICOM files (`*.dcm`, `*.dicom`) directly in `folder`, ordered by (SeriesInstanceUID, InstanceNumber,
-    file name); all slices must have one size (see [`check_same_slice_size`])."""
+    """The DICOM files (`*.dcm`, `*.dicom`, or without an extension: see [`is_dicom_file`]) directly in `folder`,
+    ordered by (SeriesInstanceUID, InstanceNumber, file name); all slices must have one size (see
+    [`check_same_slice_size`])."""
     folder = Path(folder)
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in DICOM_EXTENSIONS and not p.name.startswith("."))
+    paths = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and is_dicom_file(p))
     if not paths:
-        raise ValueError(f"DICOM folder {folder}: no .dcm files found")
+        raise ValueError(f"DICOM folder {folder}: no DICOM files found (extensions {sorted(DICOM_EXTENSIONS)}; "
+                         f"{_EXTENSIONLESS_DICOM_NOTE})")
     images = [read_dicom(path) for path in paths]
     check_same_slice_size([(image.path, image.values.shape[1:]) for image in images], f"DICOM folder {folder}")
     return sorted(images, key=_slice_order)
@@ -574,9 +602,9 @@ class MedicalPreprocessing:
         return cls(windows, float(config.get("padding_fill", 0.0)), config.get("bits_stored"))
 
     def read(self, path: str | Path, frame: int | None = None) -> np.ndarray:
-        """One file as float32 `[F, C, H, W]` in `[0, 1]`: a DICOM file (by extension) windowed into
+        """One file as float32 `[F, C, H, W]` in `[0, 1]`: a DICOM file (see [`is_dicom_file`]) windowed into
         `len(windows)` channels (only its frame `frame` when given: `[1, C, H, W]`), else a 16-bit greyscale PNG / TIFF
         as `[1, 1, H, W]`."""
-        if Path(path).suffix.lower() in DICOM_EXTENSIONS:
+        if is_dicom_file(path):
             return window_channels(read_dicom(path, frame), self.windows, self.padding_fill)
         return read_16bit_image(path, self.bits_stored)[None, None]

@@ -28,9 +28,11 @@ from PIL import Image, UnidentifiedImageError
 
 from ..validation import check_finite_rows
 from .dicom import (
+    _EXTENSIONLESS_DICOM_NOTE,
     DICOM_EXTENSIONS,
     MedicalPreprocessing,
     check_same_slice_size,
+    is_dicom_file,
     parse_windows,
     read_16bit_image,
     read_dicom,
@@ -63,6 +65,8 @@ FASHION_MNIST_CLASSES = [
 ]
 PNEUMONIAMNIST_CLASSES = ["normal", "pneumonia"]
 IMAGE_EXTENSIONS = {".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"}
+# What a listing reads, for its errors.
+_ACCEPTED_FILES = f"extensions {sorted(IMAGE_EXTENSIONS | DICOM_EXTENSIONS)}; {_EXTENSIONLESS_DICOM_NOTE}"
 DEFAULT_DIGITS_SIZE = 32
 DEFAULT_FOLDER_SIZE = 32
 # What decoding an image file may raise; a decompression bomb (PIL's warning too) is refused like a corrupt file.
@@ -195,10 +199,11 @@ def load_image_classification_data(
               (lines `relative/path label`, paths relative to the class folders' parent) and the names
               from `splits/classes.txt` when present.
               Images are resized to 32 px by default; 3 channels if any image is color, else 1.
-              DICOM files (`.dcm`, `.dicom`) and 16-bit PNG / TIFF are read as `medical` says; a multi-frame
-              DICOM gives one image per frame, all with its label; the DICOM files of one folder must share one
-              size (a scout or second series mixed in is refused). When DICOM files name a PatientID, the carved
-              splits keep each patient on one side (images without one are their own group).
+              DICOM files (`.dcm`, `.dicom`, or no extension and the 'DICM' header, as PACS exports name them)
+              and 16-bit PNG / TIFF are read as `medical` says; a multi-frame DICOM gives one image per frame, all
+              with its label; the DICOM files of one folder must share one size (a scout or second series mixed in
+              is refused). When DICOM files name a PatientID, the carved splits keep each patient on one side
+              (images without one are their own group).
             * a `.csv` file with a header and the columns `path` (relative to the CSV's folder), `label` (a class
               name) and optionally a patient id column (`patient_id`, or the one `patient_id_column` names): images
               read as in an image folder; classes are `class_names` or the sorted labels (numerically if all are
@@ -567,7 +572,7 @@ def _list_image_folder(root: Path) -> tuple[list[Path], dict[str, np.ndarray], l
     if not files:
         raise ValueError(
             f"image folder {root}: no images found; expected class subfolders <root>/<class>/*.jpg "
-            f"(extensions {sorted(IMAGE_EXTENSIONS | DICOM_EXTENSIONS)})"
+            f"({_ACCEPTED_FILES})"
         )
     return files, labels_per_split, names
 
@@ -588,9 +593,8 @@ def _read_class_folders(class_dirs: list[Path]) -> tuple[list[Path], dict[str, n
     empty = [folder for folder, paths in zip(class_dirs, per_class) if not paths]
     if empty and len(empty) < len(class_dirs):
         raise ValueError(
-            f"class folder {empty[0]} holds no image files (extensions {sorted(IMAGE_EXTENSIONS | DICOM_EXTENSIONS)}); "
-            "expected at "
-            "least one image per class: remove the folder or add its images"
+            f"class folder {empty[0]} holds no image files ({_ACCEPTED_FILES}); expected at least one image per "
+            "class: remove the folder or add its images"
         )
     files = [path for paths in per_class for path in paths]
     labels = np.repeat(np.arange(len(per_class)), [len(paths) for paths in per_class])
@@ -607,7 +611,13 @@ def _class_images(folder: Path) -> list[Path]:
             f"class folder {folder} contains the folder {nested[0].name!r}; expected image files directly in each "
             "class folder (<root>/<class>/<image>): nested folders are not read"
         )
-    return [path for path in entries if path.suffix.lower() in IMAGE_EXTENSIONS | DICOM_EXTENSIONS]
+    return [path for path in entries if _is_image_or_dicom_file(path)]
+
+
+def _is_image_or_dicom_file(path: Path) -> bool:
+    """Whether a folder listing reads `path`: an image extension (`IMAGE_EXTENSIONS`) or a DICOM file (see
+    [`is_dicom_file`]); only a suffix-less file is opened to tell."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS or is_dicom_file(path)
 
 
 def _read_split_files(
@@ -660,18 +670,17 @@ def _decode_files(
 ) -> tuple[list, dict[str, np.ndarray], np.ndarray | None]:
     """Decode `files` (listed split by split); a multi-frame DICOM gives one image per frame. Returns the images and
     the labels per split and group ids of [`_expand_frames`]."""
-    images, patients = [], []
+    images, patients, dicom_sizes = [], [], []
     for path in files:
-        if path.suffix.lower() in DICOM_EXTENSIONS:
+        if is_dicom_file(path):
             dicom = read_dicom(path)
             images.append(window_channels(dicom, medical.windows, medical.padding_fill))
             patients.append(dicom.metadata["PatientID"])
+            dicom_sizes.append((path, images[-1].shape[-2:]))
         else:
             images.append(_decode_image_file(path, medical.bits_stored))
             patients.append(None)
-    _check_dicom_sizes_per_folder(
-        [(path, image.shape[-2:]) for path, image in zip(files, images) if path.suffix.lower() in DICOM_EXTENSIONS]
-    )
+    _check_dicom_sizes_per_folder(dicom_sizes)
     frames = [len(image) if isinstance(image, np.ndarray) else 1 for image in images]
     return images, *_expand_frames(files, labels_per_split, frames, patient_ids or patients)
 
@@ -682,7 +691,7 @@ def _list_frames(
     """What [`_decode_files`] gives, from the DICOM headers alone (no pixel decoded; `data.streaming` reads the images
     lazily): one row per image, the file and its frame (`None` for a non-DICOM file), and [`_expand_frames`]'s labels
     and group ids. DICOM files that cannot be decoded (no pixel data, no decoder installed) are refused now."""
-    headers = {path: read_dicom_header(path) for path in files if path.suffix.lower() in DICOM_EXTENSIONS}
+    headers = {path: read_dicom_header(path) for path in files if is_dicom_file(path)}
     _check_dicom_sizes_per_folder([(path, header.size) for path, header in headers.items()])
     frames = [headers[path].num_frames if path in headers else 1 for path in files]
     patients = [headers[path].metadata["PatientID"] if path in headers else None for path in files]
@@ -710,11 +719,10 @@ def _expand_frames(
 
 
 def _check_dicom_sizes_per_folder(sizes: list[tuple[Path, tuple[int, int]]]) -> None:
-    """The DICOM files among `(path, (height, width))` have one size per folder (see `check_same_slice_size`)."""
+    """The DICOM files `(path, (height, width))` have one size per folder (see `check_same_slice_size`)."""
     by_folder: dict[Path, list] = {}
     for path, size in sizes:
-        if path.suffix.lower() in DICOM_EXTENSIONS:
-            by_folder.setdefault(path.parent, []).append((str(path), tuple(size)))
+        by_folder.setdefault(path.parent, []).append((str(path), tuple(size)))
     for folder, folder_sizes in by_folder.items():
         check_same_slice_size(folder_sizes, f"folder {folder}")
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .dicom import DICOM_EXTENSIONS, MedicalPreprocessing, read_dicom_header, resolve_windows
+from .dicom import MedicalPreprocessing, is_dicom_file, read_dicom_header, resolve_windows
 from .preprocessing import ImagePreprocessing, _describe, fit_options, preprocess_images
 from .readers import (
     _DECODE_ERRORS,
@@ -72,7 +72,7 @@ def _decode(item: dict, medical: MedicalPreprocessing, frame: int | None = None)
     if item.get("bytes") is None:
         if path is None:
             raise ValueError("an image row has neither bytes nor a path")
-        if Path(path).suffix.lower() in DICOM_EXTENSIONS:
+        if is_dicom_file(path):
             return _read_dicom_frame(path, medical, frame)
         return _decode_image_file(Path(path), medical.bits_stored)
     try:  # decoded as datasets.Image decodes bytes, so a streamed image equals the in-memory one
@@ -296,7 +296,7 @@ def _check_headers(files: Sequence[str], medical: MedicalPreprocessing) -> None:
     """Every file exists and PIL (or pydicom) recognises its header (cheap: no pixel data is decoded); every DICOM file
     has what `medical`'s windows need (its own window tags for `"file"`)."""
     for file in dict.fromkeys(files):  # a multi-frame DICOM is listed once per frame
-        if Path(file).suffix.lower() in DICOM_EXTENSIONS:
+        if is_dicom_file(file):
             resolve_windows(read_dicom_header(file), medical.windows)
             continue
         try:

@@ -51,9 +51,10 @@ def list_inputs(
     Args:
         source (`str` or `os.PathLike`): one of
 
-            * a folder: every image (`data.IMAGE_EXTENSIONS`) and DICOM file (`.dcm`, `.dicom`) in it and its
-              subfolders, sorted by path; hidden files and folders (names starting with ".") and other files are
-              skipped. A saved `datasets` folder (with `dataset_info.json` or `dataset_dict.json`) is read as one.
+            * a folder: every image (`data.IMAGE_EXTENSIONS`) and DICOM file (`.dcm`, `.dicom`, or no extension
+              and the 'DICM' header: `data.is_dicom_file`) in it and its subfolders, sorted by path; hidden files
+              and folders (names starting with ".") and other files are skipped. A saved `datasets` folder (with
+              `dataset_info.json` or `dataset_dict.json`) is read as one.
             * a `.csv` file with a header and a `path` column (relative to the CSV's folder, or absolute); a `label`
               column, when present, is carried to the output as `true_label`. A file the CSV names but that does not
               exist becomes a row of the errors file, like an unreadable one.
@@ -73,8 +74,8 @@ def list_inputs(
         `FileNotFoundError`: `source` does not exist. `ValueError`: nothing to classify, a CSV without a `path`
         column or naming a file twice, a missing split, or a bad window.
     """
-    from ..data.dicom import DICOM_EXTENSIONS, MedicalPreprocessing
-    from ..data.readers import IMAGE_EXTENSIONS
+    from ..data.dicom import MedicalPreprocessing
+    from ..data.readers import _ACCEPTED_FILES, _is_image_or_dicom_file
     from ..data.streaming import is_saved_dataset
 
     source = check_input_exists(source)
@@ -85,14 +86,14 @@ def list_inputs(
     if source.is_dir() and is_saved_dataset(source):
         return _dataset_inputs(source, split, image_column)
     if source.is_dir():
-        return _folder_inputs(source, IMAGE_EXTENSIONS | DICOM_EXTENSIONS, read)
+        return _folder_inputs(source, read)
     if source.suffix.lower() == ".csv":
         return _csv_inputs(source, read)
-    if source.suffix.lower() in IMAGE_EXTENSIONS | DICOM_EXTENSIONS:
+    if _is_image_or_dicom_file(source):
         return [PredictionInput(source.name, partial(read, source))]
     raise ValueError(
         f"input {source}: expected an image folder, a .csv file of paths, a saved datasets folder or an image / DICOM "
-        f"file, got a {source.suffix or 'suffix-less'} file"
+        f"file, got a {source.suffix or 'suffix-less'} file ({_ACCEPTED_FILES})"
     )
 
 
@@ -106,14 +107,16 @@ def check_input_exists(source: str | os.PathLike) -> Path:
     return source
 
 
-def _folder_inputs(folder: Path, extensions: set, read: Callable) -> list[PredictionInput]:
+def _folder_inputs(folder: Path, read: Callable) -> list[PredictionInput]:
+    from ..data.readers import _ACCEPTED_FILES, _is_image_or_dicom_file
+
     files = sorted(
         path for path in folder.rglob("*")
-        if path.is_file() and path.suffix.lower() in extensions
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+        and _is_image_or_dicom_file(path)
     )  # fmt: skip
     if not files:
-        raise ValueError(f"input folder {folder}: no image or DICOM files found (extensions {sorted(extensions)})")
+        raise ValueError(f"input folder {folder}: no image or DICOM files found ({_ACCEPTED_FILES})")
     return [PredictionInput(path.relative_to(folder).as_posix(), partial(read, path)) for path in files]
 
 
@@ -148,10 +151,10 @@ def _read_listed_file(folder: Path, name: str, read: Callable) -> list:
 def _read_file(path: Path, medical: Any) -> list:
     """An image file as `[PIL image]` or `[array [1, H, W]]` (16-bit), a DICOM file as one `[C, H, W]` array per
     frame, all in `[0, 1]`; `ValueError` when it cannot be decoded."""
-    from ..data.dicom import DICOM_EXTENSIONS
+    from ..data.dicom import is_dicom_file
     from ..data.readers import _decode_image_file
 
-    if path.suffix.lower() in DICOM_EXTENSIONS:
+    if is_dicom_file(path):
         return list(medical.read(path))
     image = _decode_image_file(path, medical.bits_stored)
     return [image[0]] if hasattr(image, "shape") else [image]
