@@ -29,6 +29,7 @@ from diffusion_classifiers.data import (
     read_16bit_image,
     read_dicom,
     read_dicom_folder,
+    stratified_group_split,
     streaming_image_classification_data,
     window_channels,
 )
@@ -38,7 +39,7 @@ from .conftest import shared_data
 pydicom = pytest.importorskip("pydicom")
 from pydicom.data import get_testdata_file  # noqa: E402
 
-from diffusion_classifiers.data.dicom import read_dicom_header  # noqa: E402
+from diffusion_classifiers.data.dicom import parse_windows, read_dicom_header  # noqa: E402
 
 WINDOW_TOLERANCE = 2.0**-24
 
@@ -262,6 +263,9 @@ def test_unknown_window_names_and_bad_options_are_refused():
         MedicalPreprocessing.from_dict({"window": ["brain"]})
     with pytest.raises(ValueError, match="2 windows give 2 channels; expected 1 or 3 windows"):
         MedicalPreprocessing(windows=("brain", "bone"))
+    assert parse_windows(["brain", "80 200", "bone"]) == ("brain", Window(80.0, 200.0), "bone")  # a quoted pair
+    with pytest.raises(ValueError, match=r"window 'brian': expected a Window\(center, width\) or one of \['brain'.*'full'\]"):
+        window_channels(read_dicom(pydicom_file("CT_small.dcm")), ["brian"])
 
 
 def test_three_windows_into_one_channel_are_refused_before_any_file_is_read(tmp_path, monkeypatch):
@@ -375,6 +379,26 @@ def test_dicom_class_folders_keep_each_patient_on_one_side(tmp_path):
     check_patient_split(splits, num_patients=12, slices=2)
     for split in splits.values():  # labels follow the patient: bleed = odd patients
         assert split.labels.tolist() == [0 if p % 2 else 1 for p in patients_in(split)]
+
+
+def test_a_small_cohort_splits_with_the_fractions_the_script_flags_give(tmp_path):
+    # 8 patients, 2 held out for test: the other 6 cannot give a grouped val split of 10%; the error says what would
+    import argparse
+
+    from diffusion_classifiers.data import add_data_args, load_data_from_args
+
+    with pytest.raises(ValueError, match=r"the largest class has 4 images; .* needs at least 5 .* at least 1 / 4"):
+        stratified_group_split(np.repeat([0, 1], 4), np.arange(8), fraction=0.2)  # scikit-learn's words were obscure
+    make_patients(tmp_path, num_patients=8, slices=2)
+    parser = add_data_args(argparse.ArgumentParser())
+    parser.add_argument("--seed", type=int, default=0)
+    flags = ["--dataset", str(tmp_path), "--image_size", "16", "--window", "full", "--bits_stored", "12"]
+    with pytest.raises(ValueError, match=r"6 distinct groups .* at least 10 .* a fraction of at least 1 / 6 .*--val_fraction"):
+        load_data_from_args(parser.parse_args(flags))
+    args = parser.parse_args(flags + ["--val_fraction", "0.25", "--test_fraction", "0.25"])
+    splits = load_data_from_args(args)
+    check_patient_split(splits, num_patients=8, slices=2)
+    assert splits["train"].preprocessing.medical == MedicalPreprocessing(windows=("full",), bits_stored=12)
 
 
 def test_folder_reader_reports_dicom_patient_ids(tmp_path):

@@ -1,5 +1,5 @@
-"""The data flags every script shares (`--dataset`, `--image_size`, `--num_channels`, `--window`, `--resize_mode`,
-`--pad_value`, `--normalize_background`, `--streaming`).
+"""The data flags every script shares (`--dataset`, `--image_size`, `--num_channels`, `--window`, `--bits_stored`,
+`--val_fraction`, `--test_fraction`, `--resize_mode`, `--pad_value`, `--normalize_background`, `--streaming`).
 
 Kept apart from the readers, which import torch, so that a script's `--help` answers at once.
 """
@@ -12,22 +12,40 @@ __all__ = ["add_data_args"]
 
 
 def add_data_args(parser: Any, image_size: int | None = None, streaming: bool = False) -> Any:
-    """The `--dataset`, `--image_size`, `--num_channels`, `--window`, `--resize_mode`, `--pad_value` and
-    `--normalize_background` flags every script shares (read by [`load_data_from_args`]),
-    and with `streaming` the `--streaming` flag (read by `data.streaming_data_from_args`) of scripts whose trainer
-    takes a dataset."""
+    """The `--dataset`, `--image_size`, `--num_channels`, `--window`, `--bits_stored`, `--val_fraction`,
+    `--test_fraction`, `--resize_mode`, `--pad_value` and `--normalize_background` flags every script shares (read
+    by [`load_data_from_args`]), and with `streaming` the `--streaming` flag (read by `data.streaming_data_from_args`)
+    of scripts whose trainer takes a dataset."""
+    saved_datasets = " or (with --streaming) a saved datasets folder" if streaming else ""
     parser.add_argument(
         "--dataset", default="digits",
-        help="'digits', a MedMNIST .npz, an IDX folder, an image folder (DICOM .dcm included), a .csv of "
-        "path,label[,patient_id] or (with --streaming) a saved datasets folder (default: %(default)s)",
+        help="'digits', a MedMNIST .npz, an IDX folder, an image folder (DICOM included), a .csv of "
+        f"path,label[,patient_id]{saved_datasets} (default: %(default)s)",
     )  # fmt: skip
-    parser.add_argument("--image_size", type=int, default=image_size, help="resize to this size (default: the dataset's)")
-    parser.add_argument("--num_channels", type=int, default=None, choices=[1, 3], help="1 or 3 (default: the dataset's)")
+    size_default = "%(default)s" if image_size is not None else "%(default)s, the dataset's"
+    parser.add_argument("--image_size", type=int, default=image_size, help=f"resize to this size (default: {size_default})")
+    parser.add_argument(
+        "--num_channels", type=int, default=None, choices=[1, 3], help="1 or 3 (default: %(default)s, the dataset's)"
+    )
     parser.add_argument(
         "--window", nargs="+", default=None, metavar="WINDOW",
-        help=f"DICOM files: the windows, one channel each, each a name ({', '.join(WINDOW_NAMES)}) or a pair 'CENTER "
-        "WIDTH' in HU (--window brain subdural bone; --window 40 80); saved with the model (default: each file's own "
-        "WindowCenter/Width, 'file')",
+        help=f"DICOM files: 1 or 3 windows, one channel each, each a name ({', '.join(WINDOW_NAMES)}) or a pair "
+        "CENTER WIDTH in HU (--window brain subdural bone; --window 40 80); saved with the model (default: "
+        "%(default)s, each file's own WindowCenter/Width, 'file')",
+    )  # fmt: skip
+    parser.add_argument(
+        "--bits_stored", type=int, default=None,
+        help="16-bit PNG / TIFF: the bit depth of the stored values (e.g. 12), the same for every file; saved with the "
+        "model (default: %(default)s, each file's maximum rounded up to whole bits)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--val_fraction", type=float, default=0.1,
+        help="the share of the images carved for val when the data has no val split, patients kept on one side "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--test_fraction", type=float, default=0.2,
+        help="the same for test (default: %(default)s); a small cohort of P patients needs fractions of at least 1 / P",
     )  # fmt: skip
     parser.add_argument(
         "--resize_mode", default="stretch",

@@ -139,6 +139,7 @@ def parse_windows(tokens: Sequence[str]) -> tuple[Window | str, ...]:
     """`--window` tokens as windows: names stay names, two numbers in a row (centre, width in HU) become a
     [`Window`]: `["brain", "80", "200", "bone"]` -> `("brain", Window(80.0, 200.0), "bone")`."""
     windows, numbers = [], []
+    tokens = [part for token in tokens for part in str(token).split()]  # a quoted pair, '40 80', is two tokens
     for token in tokens:
         if token in WINDOW_NAMES:
             if numbers:
@@ -486,6 +487,8 @@ def _resolve_window(spec: Window | str, image: DicomImage | DicomHeader) -> Wind
     if spec == "full":
         low, high = image.stored_range
         return Window((low + high) / 2, high - low)
+    if spec not in WINDOW_PRESETS:
+        raise ValueError(f"window {spec!r}: expected a Window(center, width) or one of {list(WINDOW_NAMES)}")
     return Window.preset(spec)
 
 

@@ -921,9 +921,14 @@ def to_datasets(labeled: dict[str, LabeledImages]) -> Any:
 def load_data_from_args(args: Any) -> dict[str, LabeledImages]:
     """[`load_image_classification_data`] from the flags of [`add_data_args`] (and `--seed`)."""
     return load_image_classification_data(
-        args.dataset, image_size=args.image_size, num_channels=args.num_channels, seed=args.seed,
-        medical=_medical_from_args(args), **fit_from_args(args),
+        args.dataset, image_size=args.image_size, num_channels=args.num_channels, medical=_medical_from_args(args),
+        **splits_from_args(args), **fit_from_args(args),
     )  # fmt: skip
+
+
+def splits_from_args(args: Any) -> dict[str, Any]:
+    """`val_fraction`, `test_fraction` and `seed`: the splits carved when the data has none."""
+    return {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction, "seed": args.seed}
 
 
 def fit_from_args(args: Any) -> dict[str, Any]:
@@ -932,5 +937,7 @@ def fit_from_args(args: Any) -> dict[str, Any]:
 
 
 def _medical_from_args(args: Any) -> MedicalPreprocessing:
-    """The DICOM windows `--window` names (default: each file's own)."""
-    return MedicalPreprocessing() if args.window is None else MedicalPreprocessing(windows=parse_windows(args.window))
+    """The DICOM windows `--window` names (default: each file's own) and the bit depth `--bits_stored` of 16-bit
+    files (default: each file's own)."""
+    windows = ("file",) if args.window is None else parse_windows(args.window)
+    return MedicalPreprocessing(windows=windows, bits_stored=args.bits_stored)

@@ -42,6 +42,7 @@ from .readers import (
     _list_image_folder,
     _medical_from_args,
     fit_from_args,
+    splits_from_args,
     _RawData,
     split_columns,
 )
@@ -414,6 +415,6 @@ def streaming_data_from_args(args: Any) -> dict[str, StreamingImages]:
         raise ValueError("--streaming needs --num_channels (1 or 3): streamed images are not all looked at first")
     image_size = args.image_size if args.image_size is not None else DEFAULT_FOLDER_SIZE
     return streaming_image_classification_data(
-        args.dataset, args.num_channels, image_size, seed=args.seed, medical=_medical_from_args(args),
+        args.dataset, args.num_channels, image_size, medical=_medical_from_args(args), **splits_from_args(args),
         **fit_from_args(args),
     )
