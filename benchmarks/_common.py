@@ -151,7 +151,9 @@ def check_checkpoint_options(parser: argparse.ArgumentParser, args: argparse.Nam
     """`--unet_dir` must hold a saved pipeline, and is not combined with `--keep_checkpoint`."""
     unet_dir = getattr(args, "unet_dir", None)
     if unet_dir is not None and not (Path(unet_dir) / "model_index.json").is_file():
-        parser.error(f"--unet_dir: expected a folder saved by --keep_checkpoint (with model_index.json), got {unet_dir}")
+        parser.error(
+            f"--unet_dir: expected a folder saved by --keep_checkpoint or a trainer (with model_index.json), got {unet_dir}"
+        )
     if unet_dir is not None and getattr(args, "keep_checkpoint", None) is not None:
         parser.error("--keep_checkpoint and --unet_dir: expected at most one (a reused model is already kept)")
 
@@ -160,10 +162,13 @@ def trained_or_loaded_ddpm(args: argparse.Namespace, images: torch.Tensor, train
     """The DDPM U-Net and scheduler saved in `--unet_dir` (refused unless made for images of the shape of `images`)
     with final loss None; else `train()`'s `(unet, scheduler, final_loss)`, kept in `--keep_checkpoint` as a
     `DDPMPipeline` when given."""
-    from diffusers import DDPMPipeline
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-    if getattr(args, "unet_dir", None):
-        saved = DDPMPipeline.from_pretrained(args.unet_dir)
+    if getattr(args, "unet_dir", None):  # a DDPMPipeline or a trainer's pipeline folder: both hold unet/ and scheduler/
+        saved = DDPMPipeline(
+            unet=UNet2DModel.from_pretrained(args.unet_dir, subfolder="unet"),
+            scheduler=DDPMScheduler.from_pretrained(args.unet_dir, subfolder="scheduler"),
+        )
         expected = (saved.unet.config.in_channels, saved.unet.config.sample_size)
         if (images.shape[1], images.shape[-1]) != expected:
             raise ValueError(

@@ -155,6 +155,13 @@ def test_a_kept_diffusion_model_is_reloaded_instead_of_trained_and_refused_for_o
         assert torch.equal(loaded.state_dict()[name], tensor), name
     with pytest.raises(ValueError, match="--unet_dir: .* holds a U-Net for 1-channel 8 px images; the data are 3-channel 8 px"):
         _common.trained_or_loaded_ddpm(reuse, torch.zeros(2, 3, 8, 8), lambda: pytest.fail("trained"))
+    # what examples/unet_features_train.py saves (a classifier pipeline without a head) is read the same way
+    from diffusion_classifiers import UNetFeatureClassifierPipeline
+
+    UNetFeatureClassifierPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=10)).save_pretrained(tmp_path / "trained")
+    reuse.unet_dir = str(tmp_path / "trained")
+    loaded, scheduler, _ = _common.trained_or_loaded_ddpm(reuse, images, lambda: pytest.fail("trained again"))
+    assert all(torch.equal(loaded.state_dict()[name], tensor) for name, tensor in unet.state_dict().items())
 
 
 def test_the_plankton_benchmark_refuses_a_folder_without_a_kept_model(tmp_path, capsys, monkeypatch):
@@ -166,7 +173,7 @@ def test_the_plankton_benchmark_refuses_a_folder_without_a_kept_model(tmp_path, 
     monkeypatch.setattr(sys, "argv", ["plankton_accuracy.py", "--unet_dir", str(tmp_path)])
     with pytest.raises(SystemExit):
         plankton_accuracy.parse_args()
-    assert f"--unet_dir: expected a folder saved by --keep_checkpoint (with model_index.json), got {tmp_path}" in capsys.readouterr().err
+    assert f"--unet_dir: expected a folder saved by --keep_checkpoint or a trainer (with model_index.json), got {tmp_path}" in capsys.readouterr().err
 
 
 def test_probe_C_defaults_to_the_shared_grid_and_refuses_a_bad_strength(capsys):

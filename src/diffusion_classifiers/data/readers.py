@@ -372,7 +372,7 @@ def _labels_and_names(
     names_given = class_names is not None
     if not names_given:
         class_names = [str(i) for i in range(int(labels.max()) + 1)]
-    _check_label_range(labels, len(class_names), where)
+    _check_label_range(labels, len(class_names), f"{where} (class_names {list(class_names)})" if names_given else where)
     if not names_given:
         _check_no_label_gaps(labels, where)
     _check_classes_in_train(labels_per_split, class_names, where)
