@@ -455,6 +455,14 @@ def test_csv_unknown_label_is_named(tmp_path):
     path = write_csv(tmp_path / "labels.csv", ["path", "label"], [["a.dcm", "normal"], ["a.dcm", "bleeed"]])
     with pytest.raises(ValueError, match=r"labels.csv:3: label 'bleeed' is not one of the classes \['normal', 'bleed'"):
         load_image_classification_data(path, class_names=["normal", "bleed"])
+    import argparse
+
+    from diffusion_classifiers.data import add_data_args, load_data_from_args
+
+    parser = add_data_args(argparse.ArgumentParser())
+    parser.add_argument("--seed", type=int, default=0)
+    with pytest.raises(ValueError, match="label 'bleeed' is not one of the classes"):  # the scripts' --class_names
+        load_data_from_args(parser.parse_args(["--dataset", str(path), "--class_names", "normal", "bleed"]))
 
 
 def test_csv_absent_patient_column_is_refused(tmp_path):

@@ -73,11 +73,12 @@ def add_positive_class_arg(parser: argparse.ArgumentParser) -> None:
 def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite_output_dir", action="store_true",
-        help="replace the report of an earlier run in --output_dir (default: refuse such a folder)",
+        help="replace the report of an earlier run in --output_dir, instead of refusing such a folder",
     )  # fmt: skip
 
 
 def add_probe_args(parser: argparse.ArgumentParser) -> None:
+    from .data.arguments import add_class_names_arg
     from .models import DEFAULT_TIMESTEPS
 
     parser.add_argument(
@@ -91,6 +92,7 @@ def add_probe_args(parser: argparse.ArgumentParser) -> None:
         "CSV of path,label); read as the U-Net's saved preprocessing says (size, channels, DICOM windows, resize "
         "mode, background)",
     )  # fmt: skip
+    add_class_names_arg(parser)
     parser.add_argument("--timesteps", type=int, nargs="+", default=list(DEFAULT_TIMESTEPS), help="timesteps probed")
     parser.add_argument("--pool", default="mean", choices=["mean", "2x2"], help="spatial pooling of the features")
     parser.add_argument(
@@ -248,7 +250,7 @@ def run_probe(args: argparse.Namespace) -> dict:
     unet_config, contract = trained.unet.config, trained.preprocessing
     splits = load_image_classification_data(  # read as the U-Net was trained: windows, resize mode, background
         args.dataset, image_size=unet_config.sample_size, num_channels=unet_config.in_channels, seed=args.seed,
-        medical=contract.medical, **contract.fit,
+        class_names=args.class_names, medical=contract.medical, **contract.fit,
     )  # fmt: skip
     check_two_classes_at_least(splits["train"].class_names, f"--dataset {args.dataset}", "a probe")
     resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)

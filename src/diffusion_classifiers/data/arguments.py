@@ -1,5 +1,6 @@
-"""The data flags every script shares (`--dataset`, `--image_size`, `--num_channels`, `--window`, `--bits_stored`,
-`--val_fraction`, `--test_fraction`, `--resize_mode`, `--pad_value`, `--normalize_background`, `--streaming`).
+"""The data flags every script shares (`--dataset`, `--class_names`, `--image_size`, `--num_channels`, `--window`,
+`--bits_stored`, `--val_fraction`, `--test_fraction`, `--resize_mode`, `--pad_value`, `--normalize_background`,
+`--streaming`).
 
 Kept apart from the readers, which import torch, so that a script's `--help` answers at once.
 """
@@ -8,11 +9,19 @@ from typing import Any
 
 from .dicom import WINDOW_NAMES
 
-__all__ = ["add_data_args"]
+__all__ = ["add_class_names_arg", "add_data_args"]
+
+
+def add_class_names_arg(parser: Any) -> None:
+    parser.add_argument(
+        "--class_names", nargs="+", default=None, metavar="NAME",
+        help="a CSV's classes (or a .npz's, in label order): a label not among them is refused by name, where "
+        "without them a typo would become a class of its own (default: %(default)s, the labels found)",
+    )  # fmt: skip
 
 
 def add_data_args(parser: Any, image_size: int | None = None, streaming: bool = False) -> Any:
-    """The `--dataset`, `--image_size`, `--num_channels`, `--window`, `--bits_stored`, `--val_fraction`,
+    """The `--dataset`, `--class_names`, `--image_size`, `--num_channels`, `--window`, `--bits_stored`, `--val_fraction`,
     `--test_fraction`, `--resize_mode`, `--pad_value` and `--normalize_background` flags every script shares (read
     by [`load_data_from_args`]), and with `streaming` the `--streaming` flag (read by `data.streaming_data_from_args`)
     of scripts whose trainer takes a dataset."""
@@ -22,6 +31,7 @@ def add_data_args(parser: Any, image_size: int | None = None, streaming: bool = 
         help="'digits', a MedMNIST .npz, an IDX folder, an image folder (DICOM included), a .csv of "
         f"path,label[,patient_id]{saved_datasets} (default: %(default)s)",
     )  # fmt: skip
+    add_class_names_arg(parser)
     size_default = "%(default)s" if image_size is not None else "%(default)s, the dataset's"
     parser.add_argument("--image_size", type=int, default=image_size, help=f"resize to this size (default: {size_default})")
     parser.add_argument(

@@ -927,8 +927,12 @@ def load_data_from_args(args: Any) -> dict[str, LabeledImages]:
 
 
 def splits_from_args(args: Any) -> dict[str, Any]:
-    """`val_fraction`, `test_fraction` and `seed`: the splits carved when the data has none."""
-    return {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction, "seed": args.seed}
+    """`class_names`, `val_fraction`, `test_fraction` and `seed`: the classes and the splits carved when the data
+    has none."""
+    return {
+        "class_names": args.class_names, "val_fraction": args.val_fraction, "test_fraction": args.test_fraction,
+        "seed": args.seed,
+    }  # fmt: skip
 
 
 def fit_from_args(args: Any) -> dict[str, Any]:
