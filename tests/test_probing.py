@@ -218,7 +218,8 @@ def test_the_compact_inverse_hessian_is_the_bfgs_update_of_the_last_kept_pairs()
     batch = _Batch(**history, gamma=torch.tensor([1.0, 0.3, 2.0], dtype=torch.float64))
     torch.testing.assert_close(_inverse_hessian_times(grad, batch, num_pairs=0), batch.gamma[:, None] * grad)
     for number in range(num_pairs):
-        _append_pair(batch, number, s[:, number], y[:, number], curved[:, number])
+        s_i, y_i = s[:, number], y[:, number]
+        _append_pair(batch, number, s_i, y_i, (s_i * y_i).sum(dim=1), curved[:, number])
     for head in range(num_heads):
         inverse = batch.gamma[head] * torch.eye(size, dtype=torch.float64)
         for pair in range(num_pairs - _HISTORY, num_pairs):

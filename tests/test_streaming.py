@@ -209,6 +209,25 @@ def _probe_objective(head, features: torch.Tensor, labels: np.ndarray, l2: float
     return torch.cat([weight.flatten(), bias]), objective
 
 
+def test_probe_grid_on_memory_maps_of_unequal_widths_fits_heads_that_stop_apart(tmp_path):
+    # blocks have other widths (8, 20, 33 channels); when a head stops, the others leave the batch as a subset of
+    # the features on disk, which must keep the grid's widest width (it once took the subset's: a shape error)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 240)
+    splits = {"train": slice(0, 180), "val": slice(180, 240)}
+    features = {name: {} for name in splits}
+    for width in (8, 20, 33):
+        values = rng.normal(size=(240, width)) + labels[:, None] * rng.normal(size=width) * (width / 20)
+        for name, rows in splits.items():
+            shape = values[rows].shape
+            array = np.memmap(tmp_path / f"{name}_{width}.float16", dtype=np.float16, mode="w+", shape=shape)
+            array[:] = values[rows]
+            features[name][("block", width)] = array
+    grid = fit_probe_grid(features["train"], labels[:180], features["val"], labels[180:], C=10.0, tol=1e-6,
+                          device="cpu", progress_bar={"disable": True})  # fmt: skip
+    assert len(set(grid.n_iter.values())) > 1 and all(grid.converged.values())
+
+
 @pytest.mark.parametrize("class_weight", [None, [1.0, 3.0, 0.5]])
 def test_probe_grid_on_memory_maps_reaches_the_in_memory_optimum_chunk_by_chunk(tmp_path, monkeypatch, class_weight):
     import diffusion_classifiers.probing.probe_grid as probe_grid

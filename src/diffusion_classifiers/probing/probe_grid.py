@@ -195,11 +195,11 @@ class _ChunkedFeatures:
 
     def __init__(
         self, matrices: list, labels: torch.Tensor, num_classes: int, device, mean=None, std=None, rows=None,
-        sample_weight: Optional[torch.Tensor] = None,
+        sample_weight: Optional[torch.Tensor] = None, dim: Optional[int] = None,
     ):  # fmt: skip
         self.matrices, self.labels, self.num_classes, self.device = matrices, labels, num_classes, device
         self.sample_weight = sample_weight
-        self.dim = max(m.shape[1] for m in matrices)
+        self.dim = dim or max(m.shape[1] for m in matrices)  # a subset of the heads keeps the grid's D_max
         self.shape = (len(matrices), self.dim, len(labels))
         self.rows = rows or max(1, _CHUNK_BYTES // (4 * len(matrices) * self.dim))
         if mean is None:
@@ -210,7 +210,7 @@ class _ChunkedFeatures:
         index = torch.arange(len(self.matrices))[heads.cpu()].tolist()
         return _ChunkedFeatures(
             [self.matrices[i] for i in index], self.labels, self.num_classes, self.device, self.mean[heads],
-            self.std[heads], self.rows, self.sample_weight,
+            self.std[heads], self.rows, self.sample_weight, self.dim,
         )  # fmt: skip
 
     def _raw(self, rows) -> torch.Tensor:
@@ -338,15 +338,17 @@ def _empty_history(num_heads: int, size: int, device) -> dict:
     )  # fmt: skip
 
 
-def _append_pair(batch: _Batch, number: int, s, y, curved) -> None:
-    """Write each head's `number`-th curvature pair (s, y [P, n]; zeros where not `curved`) over its oldest, and the
-    new pair's column of S^T Y and of Y^T Y (its row too: Y^T Y is symmetric; S^T Y's row is not used)."""
+def _append_pair(batch: _Batch, number: int, s, y, sy, curved) -> None:
+    """Write each head's `number`-th curvature pair (s, y [P, n] with sy = s.y; zeros where not `curved`) over its
+    oldest, and the new pair's column of S^T Y and of Y^T Y (its row too: Y^T Y is symmetric; S^T Y's row is not
+    used). The diagonal entry of S^T Y is `sy`, the value `curved` was decided on, so it is positive."""
     slot = number % _HISTORY
     keep = curved[:, None].to(s.dtype)
     batch.s[:, slot], batch.y[:, slot], batch.curved[:, slot] = s * keep, y * keep, curved
     new_y = batch.y[:, slot, None]
-    s_y = torch.bmm(new_y, batch.s.transpose(1, 2))[:, 0].double()  # s_i . y_new, the new pair's own included
+    s_y = torch.bmm(new_y, batch.s.transpose(1, 2))[:, 0].double()  # s_i . y_new
     y_y = torch.bmm(new_y, batch.y.transpose(1, 2))[:, 0].double()
+    s_y[:, slot] = torch.where(curved, sy.double(), 0.0)
     batch.s_y[:, slot], batch.s_y[:, :, slot] = 0.0, s_y
     batch.y_y[:, slot], batch.y_y[:, :, slot] = y_y, y_y
 
@@ -459,7 +461,7 @@ def _fit_heads(x, num_rows, l2, tol, max_iter, val=None, patience=None, progress
         direction = _inverse_hessian_times(batch.grad, batch, num_pairs=iteration - 1)
         direction = torch.where(batch.frozen[:, None], 0.0, -direction)
         slope = (batch.grad * direction).sum(dim=1)
-        uphill = ~batch.frozen & (slope >= 0)  # round-off only (H is positive definite): restart from steepest descent
+        uphill = ~batch.frozen & ~(slope < 0)  # round-off only (H is positive definite; NaN too): steepest descent
         if bool(uphill.any()):
             direction[uphill], slope[uphill] = -batch.grad[uphill], -batch.grad[uphill].square().sum(dim=1)
             batch.s[uphill], batch.y[uphill], batch.s_y[uphill], batch.y_y[uphill] = 0.0, 0.0, 0.0, 0.0
@@ -484,7 +486,7 @@ def _fit_heads(x, num_rows, l2, tol, max_iter, val=None, patience=None, progress
         s, y = theta - batch.theta, grad - batch.grad
         sy, yy = (s * y).sum(dim=1), y.square().sum(dim=1)
         curved = accepted & (sy > 1e-10 * yy) & (yy > 0)  # a pair that would break positive definiteness is skipped
-        _append_pair(batch, iteration - 1, s, y, curved)
+        _append_pair(batch, iteration - 1, s, y, sy, curved)
         batch.gamma = torch.where(curved, sy / yy.clamp(min=1e-30), batch.gamma)
         batch.theta = torch.where(accepted[:, None], theta, batch.theta)
         batch.loss = torch.where(accepted, loss, batch.loss)
