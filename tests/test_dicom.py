@@ -262,7 +262,7 @@ def test_unknown_window_names_and_bad_options_are_refused():
     with pytest.raises(ValueError, match="unknown keys"):
         MedicalPreprocessing.from_dict({"window": ["brain"]})
     with pytest.raises(ValueError, match="2 windows give 2 channels; expected 1 or 3 windows"):
-        MedicalPreprocessing(windows=("brain", "bone"))
+        MedicalPreprocessing(windows=("brain", "bone")).check_channels(None)
     assert parse_windows(["brain", "80 200", "bone"]) == ("brain", Window(80.0, 200.0), "bone")  # a quoted pair
     with pytest.raises(ValueError, match=r"window 'brian': expected a Window\(center, width\) or one of \['brain'.*'full'\]"):
         window_channels(read_dicom(pydicom_file("CT_small.dcm")), ["brian"])
@@ -272,11 +272,17 @@ def test_three_windows_into_one_channel_are_refused_before_any_file_is_read(tmp_
     # one channel would blend the three windows into one grey (luma): a model trained so sees none of them
     three = MedicalPreprocessing(windows=("brain", "subdural", "bone"))
     with pytest.raises(ValueError, match=r"num_channels 1 with 3 DICOM windows \['brain', 'subdural', 'bone'\]"):
-        ImagePreprocessing(32, 1, medical=three)
+        three.check_channels(1)
     make_patients(tmp_path, num_patients=12, slices=1)
     monkeypatch.setattr("diffusion_classifiers.data.readers._read_image_folder", pytest.fail)
     with pytest.raises(ValueError, match="num_channels 1 with 3 DICOM windows"):
         load_image_classification_data(tmp_path, image_size=16, num_channels=1, medical=three)
+    with pytest.raises(ValueError, match="num_channels 1 with 3 DICOM windows"):
+        streaming_image_classification_data(tmp_path, num_channels=1, image_size=16, medical=three)
+    # a contract saved so by an earlier version still loads: the check is on reading data, not on the contract
+    for windows in (three.windows, ("brain", "bone")):
+        contract = ImagePreprocessing(32, 1, medical=MedicalPreprocessing(windows=windows))
+        assert ImagePreprocessing.from_dict(json.loads(json.dumps(contract.to_dict()))) == contract
 
 
 def test_mixed_slice_sizes_in_one_folder_name_two_files(tmp_path):

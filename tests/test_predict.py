@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, UNet2DModel
 from PIL import Image
 
 from diffusion_classifiers import DiffusionClassifierPipeline, ScoreSDEClassifierPipeline, UNetFeatureClassifierPipeline
@@ -384,12 +384,19 @@ def test_two_processes_write_one_output_in_input_order(models, tmp_path):
     assert json.loads((tmp_path / "out" / "predictions.csv.json").read_text())["columns"][-1] == "prob_fox"
 
 
-def test_windows_other_than_the_model_was_trained_on_are_refused(models, tmp_path):
-    # a model trained on one window (here each file's own) given three would read a blend or repeat of them:
-    # refused before any file is read, naming the model and its windows
+def test_windows_the_model_cannot_read_are_refused(models, tmp_path):
+    # 3 windows for a grey model would blend into one channel; 1 window for a model trained on 3 would be repeated
+    # into its 3 channels: refused before any file is read, naming the model
     write_images(tmp_path / "in", ["x.png"])
-    args = ["predict", "--model_dir", str(models / "unet"), "--input", str(tmp_path / "in"),
-            "--output", str(tmp_path / "out" / "p.csv"), "--window", "brain", "subdural", "bone"]  # fmt: skip
-    with pytest.raises(ValueError, match=r"--window: 3 window\(s\), but .*unet was trained on 1 \(\['file'\]\)"):
-        main(args)
+    args = ["predict", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out" / "p.csv"), "--window"]
+    with pytest.raises(ValueError, match=r"--window: 3 windows, but .*unet reads 1 channel: they would blend"):
+        main(args + ["brain", "subdural", "bone", "--model_dir", str(models / "unet")])
+    unet = UNet2DModel(**{**dict(small_unet(16).config), "in_channels": 3, "out_channels": 3})
+    head = LinearProbeHead(16, 3, class_names=CLASSES, block="mid_block", timestep=50)
+    windows = {"medical": {"windows": ["brain", "subdural", "bone"]}}
+    UNetFeatureClassifierPipeline(unet=unet, scheduler=DDPMScheduler(), head=head, preprocessing=windows).save_pretrained(
+        tmp_path / "ct"
+    )
+    with pytest.raises(ValueError, match=r"--window: 1 window, but .*ct was trained on 3 \(\['brain', 'subdural', 'bone'\]\)"):
+        main(args + ["bone", "--model_dir", str(tmp_path / "ct")])
     assert not (tmp_path / "out").exists()

@@ -578,8 +578,8 @@ class MedicalPreprocessing:
         for spec in windows:
             if not isinstance(spec, Window) and spec not in allowed:
                 raise ValueError(f"windows: {spec!r} is not a window; expected a Window or one of {allowed}")
-        if len(windows) not in (1, 3):
-            raise ValueError(f"windows: {len(windows)} windows give {len(windows)} channels; expected 1 or 3 windows")
+        if not windows:
+            raise ValueError("windows: expected at least one window")
         object.__setattr__(self, "windows", windows)
         if not 0.0 <= self.padding_fill <= 1.0:
             raise ValueError(f"padding_fill: expected a number in [0, 1], got {self.padding_fill!r}")
@@ -589,6 +589,19 @@ class MedicalPreprocessing:
     def num_channels(self) -> int:
         """Channels of a windowed DICOM image: one per window."""
         return len(self.windows)
+
+    def check_channels(self, num_channels: int | None) -> None:
+        """What reading images for a model needs of the windows, checked where images are read for training or
+        prediction (a saved contract loads as it was saved): 1 or 3 windows, one channel each, and not 3 windows
+        read into 1 channel (`num_channels`; None: the data's own), which would blend them into one grey."""
+        count = len(self.windows)
+        if count not in (1, 3):
+            raise ValueError(f"windows: {count} windows give {count} channels; expected 1 or 3 windows")
+        if count == 3 and num_channels == 1:
+            raise ValueError(
+                f"num_channels 1 with 3 DICOM windows {self.to_dict()['windows']}: one channel would blend them into "
+                "one grey; give 1 window or 3 channels"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         windows = [{"center": w.center, "width": w.width} if isinstance(w, Window) else w for w in self.windows]

@@ -128,11 +128,6 @@ class ImagePreprocessing:
             raise ValueError(
                 f"medical: expected a MedicalPreprocessing, a dict or None, got {type(self.medical).__name__}"
             )
-        if self.medical is not None and self.medical.num_channels == 3 and self.num_channels == 1:
-            raise ValueError(
-                f"num_channels 1 with 3 DICOM windows {self.medical.to_dict()['windows']}: one channel would blend "
-                "them into one grey; give 1 window or 3 channels"
-            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable: what `model_index.json` and `preprocessor_config.json` store."""

@@ -261,6 +261,7 @@ def load_image_classification_data(
     if patient_id_column is not None and kind != "csv":
         raise ValueError(f"patient_id_column applies to CSV sources only, not to a {kind} source")
     medical = MedicalPreprocessing() if medical is None else medical
+    medical.check_channels(num_channels)
     fit = fit_options(resize_mode, pad_value, normalize_background)
     # the readers' float arrays (digits, .npz, windowed DICOM, 16-bit files) are in [0, 1]; checked before any read
     reading = ImagePreprocessing(image_size, num_channels, input_range="[0, 1]", medical=medical, **fit)

@@ -156,6 +156,7 @@ class StreamingImages(torch.utils.data.Dataset):
         )
         self.image_size, self.num_channels = image_size, num_channels
         self.medical = medical if medical is not None else MedicalPreprocessing()
+        self.medical.check_channels(num_channels)
         self.fit = fit_options(resize_mode, pad_value, normalize_background)
         # files are read as the in-memory loader reads them: float data (windowed DICOM, 16-bit) in [0, 1]
         reading = ImagePreprocessing(image_size, num_channels, input_range="[0, 1]", medical=self.medical, **self.fit)

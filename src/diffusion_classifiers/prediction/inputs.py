@@ -81,7 +81,8 @@ def list_inputs(
     source = check_input_exists(source)
     medical = medical if medical is not None else MedicalPreprocessing()
     if windows is not None:
-        medical = replace(medical, windows=tuple(windows))  # checked: 1 or 3 windows
+        medical = replace(medical, windows=tuple(windows))
+        medical.check_channels(None)  # 1 or 3 windows
     read = partial(_read_file, medical=medical)
     if source.is_dir() and is_saved_dataset(source):
         return _dataset_inputs(source, split, image_column)
@@ -218,4 +219,6 @@ def parse_windows(tokens: Sequence[str]) -> tuple:
     from ..data.dicom import MedicalPreprocessing
     from ..data.dicom import parse_windows as parse
 
-    return MedicalPreprocessing(windows=parse(tokens)).windows  # checked: 1 or 3
+    medical = MedicalPreprocessing(windows=parse(tokens))
+    medical.check_channels(None)  # 1 or 3
+    return medical.windows

@@ -314,9 +314,10 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     check_input_exists(args.input)
     # a Hub id is read from its snapshot (configs, safetensors, cards): the saved windows come from there too
     model_dir = download(args.model_dir)
-    medical = read_saved_preprocessing(model_dir).medical_or_default
+    saved = read_saved_preprocessing(model_dir)
+    medical = saved.medical_or_default
     if windows is not None:
-        _check_window_count(windows, medical, args.model_dir)
+        _check_windows_fit_the_model(windows, saved, args.model_dir)
         medical = replace(medical, windows=windows)
     inputs = list_inputs(args.input, split=args.split, image_column=args.image_column, medical=medical)
     _check_inputs(inputs)
@@ -349,12 +350,18 @@ def read_saved_preprocessing(model_dir: str | os.PathLike) -> Any:
     return ImagePreprocessing.from_dict(read_model_index(str(model_dir)).get("preprocessing", LEGACY_PREPROCESSING))
 
 
-def _check_window_count(windows: Sequence[Any], saved: Any, model_dir: str) -> None:
-    """`--window` must give the model as many channels, one per window, as it was trained on."""
-    if len(windows) != saved.num_channels:
+def _check_windows_fit_the_model(windows: Sequence[Any], saved: Any, model_dir: str) -> None:
+    """`--window` must not hand a model trained on 3 windows one window repeated, nor blend 3 windows into the one
+    channel of a grey model (`saved`: its preprocessing contract)."""
+    trained = saved.medical_or_default.windows
+    if len(windows) == 1 and len(trained) == 3:
         raise ValueError(
-            f"--window: {len(windows)} window(s), but {model_dir} was trained on {saved.num_channels} "
-            f"({_windows_json(saved.windows)}), one channel each; give {saved.num_channels}"
+            f"--window: 1 window, but {model_dir} was trained on 3 ({_windows_json(trained)}), one channel each; "
+            "give 3"
+        )
+    if len(windows) == 3 and saved.num_channels == 1:
+        raise ValueError(
+            f"--window: 3 windows, but {model_dir} reads 1 channel: they would blend into one grey; give 1"
         )
 
 
