@@ -634,7 +634,8 @@ def test_is_dicom_file_by_extension_or_by_the_header_of_suffix_less_files(tmp_pa
     assert is_dicom_file(tmp_path / "IM_P00_0") and is_dicom_file(str(tmp_path / "IM_P00_0"))
     assert is_dicom_file(tmp_path / "1.2.840.113619.2.55.3") and not is_dicom_file(tmp_path / "counts.2024")
     assert is_dicom_file(tmp_path / "absent.dcm") and is_dicom_file(tmp_path / "ABSENT.DICOM")  # not opened
-    for name in ("LICENSE", "README", "short", "folder", "notes.txt", "absent"):
+    (tmp_path / "DICOMDIR").write_bytes(Path(pydicom_file("DICOMDIR")).read_bytes())  # a media export's index
+    for name in ("LICENSE", "README", "short", "folder", "notes.txt", "absent", "DICOMDIR"):
         assert not is_dicom_file(tmp_path / name), name
 
 

@@ -37,7 +37,7 @@ from diffusion_classifiers.training import (
     train,
     training_args_from_namespace,
 )
-from diffusion_classifiers.training.output_dir import LOCK_NAME, REPLACED_CHECKPOINTS
+from diffusion_classifiers.training.output_dir import LOCK_NAME, REPLACED_CHECKPOINTS, check_output_dir
 
 from .conftest import PYTHON, REPO_ROOT, python_subprocess_env
 
@@ -305,6 +305,16 @@ def test_a_replacing_run_that_fails_loses_nothing_of_the_run_it_replaces(tmp_pat
     assert "stay in" in caplog.text
     tiny_run(tmp_path, max_train_steps=3, resume_from_checkpoint="latest")  # the failed run, resumed, ends well
     assert not (tmp_path / REPLACED_CHECKPOINTS).exists()
+
+
+def test_checkpoints_set_aside_by_a_killed_run_are_back_for_the_next(tmp_path):
+    # a replacing run killed (SIGKILL, or SIGTERM from a launcher) before its first checkpoint never settles what
+    # it set aside; the next run in the folder does, before it looks for a checkpoint to resume
+    tiny_run(tmp_path, max_train_steps=4)
+    check_output_dir(str(tmp_path), resume=False, overwrite=True)  # what the killed run did, and no more
+    assert not list(tmp_path.glob("checkpoint-*"))
+    _, _, summary = tiny_run(tmp_path, max_train_steps=5, checkpointing_steps=1, resume_from_checkpoint="latest")
+    assert summary.resumed_from_step == 4 and not (tmp_path / REPLACED_CHECKPOINTS).exists()
 
 
 if __name__ == "__main__":

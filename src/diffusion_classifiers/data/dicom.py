@@ -178,8 +178,10 @@ def is_dicom_file(path: str | Path) -> bool:
     numeric one, as in a file named by its SOP Instance UID, `1.2.840.113619.2.55.3`) and holds the DICOM Part 10
     header (`b"DICM"` after the 128-byte preamble), as PACS exports name files (`IM_P00_0`, `I0000123`). Only such a
     file is opened, and only its first 132 bytes are read; a file with another extension (`.txt`, `.png`) is never
-    opened here."""
+    opened here. A media export's `DICOMDIR` (a directory of the files, no image) is not one."""
     path = Path(path)
+    if path.name.upper() == "DICOMDIR":
+        return False
     if path.suffix and not path.suffix[1:].isdigit():
         return path.suffix.lower() in DICOM_EXTENSIONS
     return _has_dicom_magic(path)

@@ -134,6 +134,7 @@ def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> None:
     for name in os.listdir(output_dir):
         if name.endswith(".partial") and CHECKPOINT_PATTERN.match(name[: -len(".partial")]):
             shutil.rmtree(os.path.join(output_dir, name))
+    settle_replaced_checkpoints(output_dir, succeeded=False)  # a replacing run killed before it could settle them
     previous = previous_run_files(output_dir)
     if resume or not previous:
         return
@@ -162,7 +163,8 @@ def settle_replaced_checkpoints(output_dir: str, succeeded: bool) -> None:
     """At the end of a run: delete the checkpoints `check_output_dir` set aside when the run `succeeded`; when it
     failed before writing a checkpoint of its own, move them back, so the folder is as the replaced run left it
     (after a checkpoint of the failed run they stay aside: two runs' checkpoints in one folder would let
-    `--resume_from_checkpoint latest` pick the wrong one)."""
+    `--resume_from_checkpoint latest` pick the wrong one). The next run in the folder calls it too, before anything
+    else, for a run that was killed (SIGKILL, SIGTERM) before its end could."""
     aside = os.path.join(output_dir, REPLACED_CHECKPOINTS)
     if not os.path.isdir(aside):
         return
