@@ -150,9 +150,11 @@ def check_data_options(parser: argparse.ArgumentParser, args: argparse.Namespace
 def check_checkpoint_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """`--unet_dir` must hold a saved pipeline, and is not combined with `--keep_checkpoint`."""
     unet_dir = getattr(args, "unet_dir", None)
-    if unet_dir is not None and not (Path(unet_dir) / "model_index.json").is_file():
+    needed = ("model_index.json", "unet/config.json", "scheduler/scheduler_config.json")
+    if unet_dir is not None and not all((Path(unet_dir) / name).is_file() for name in needed):
         parser.error(
-            f"--unet_dir: expected a folder saved by --keep_checkpoint or a trainer (with model_index.json), got {unet_dir}"
+            f"--unet_dir: expected a folder saved by --keep_checkpoint or the U-Net trainer (with {', '.join(needed)}), "
+            f"got {unet_dir}"
         )
     if unet_dir is not None and getattr(args, "keep_checkpoint", None) is not None:
         parser.error("--keep_checkpoint and --unet_dir: expected at most one (a reused model is already kept)")
@@ -169,6 +171,11 @@ def trained_or_loaded_ddpm(args: argparse.Namespace, images: torch.Tensor, train
             unet=UNet2DModel.from_pretrained(args.unet_dir, subfolder="unet"),
             scheduler=DDPMScheduler.from_pretrained(args.unet_dir, subfolder="scheduler"),
         )
+        if saved.unet.config.num_class_embeds is not None:
+            raise ValueError(
+                f"--unet_dir: {args.unet_dir} holds a class-conditional U-Net (Score-SDE's); expected an unconditional "
+                "DDPM U-Net (examples/unet_features_train.py, or --keep_checkpoint)"
+            )
         expected = (saved.unet.config.in_channels, saved.unet.config.sample_size)
         if (images.shape[1], images.shape[-1]) != expected:
             raise ValueError(

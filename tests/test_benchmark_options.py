@@ -162,6 +162,11 @@ def test_a_kept_diffusion_model_is_reloaded_instead_of_trained_and_refused_for_o
     reuse.unet_dir = str(tmp_path / "trained")
     loaded, scheduler, _ = _common.trained_or_loaded_ddpm(reuse, images, lambda: pytest.fail("trained again"))
     assert all(torch.equal(loaded.state_dict()[name], tensor) for name, tensor in unet.state_dict().items())
+    conditional = UNet2DModel(**{**dict(unet.config), "num_class_embeds": 2})  # what the Score-SDE trainer saves
+    UNetFeatureClassifierPipeline(unet=conditional, scheduler=DDPMScheduler(num_train_timesteps=10)).save_pretrained(tmp_path / "sde")
+    reuse.unet_dir = str(tmp_path / "sde")
+    with pytest.raises(ValueError, match="sde holds a class-conditional U-Net"):
+        _common.trained_or_loaded_ddpm(reuse, images, lambda: pytest.fail("trained"))
 
 
 def test_the_plankton_benchmark_refuses_a_folder_without_a_kept_model(tmp_path, capsys, monkeypatch):
@@ -173,7 +178,9 @@ def test_the_plankton_benchmark_refuses_a_folder_without_a_kept_model(tmp_path, 
     monkeypatch.setattr(sys, "argv", ["plankton_accuracy.py", "--unet_dir", str(tmp_path)])
     with pytest.raises(SystemExit):
         plankton_accuracy.parse_args()
-    assert f"--unet_dir: expected a folder saved by --keep_checkpoint or a trainer (with model_index.json), got {tmp_path}" in capsys.readouterr().err
+    needed = "model_index.json, unet/config.json, scheduler/scheduler_config.json"
+    expected = f"--unet_dir: expected a folder saved by --keep_checkpoint or the U-Net trainer (with {needed}), got {tmp_path}"
+    assert expected in capsys.readouterr().err
 
 
 def test_probe_C_defaults_to_the_shared_grid_and_refuses_a_bad_strength(capsys):

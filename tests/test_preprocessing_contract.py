@@ -159,6 +159,8 @@ def test_setting_one_key_keeps_the_rest_of_the_contract(tmp_path):
     before = pipe.preprocessing
     pipe.set_preprocessing({"input_range": "[0, 1]"})
     assert pipe.preprocessing == dataclasses.replace(before, input_range="[0, 1]")
+    pipe.set_preprocessing({"medical": {"bits_stored": 16}})  # the windows stay
+    assert pipe.preprocessing.medical == dataclasses.replace(before.medical, bits_stored=16)
     pipe.set_preprocessing(None)
     assert pipe.preprocessing == pipe.default_preprocessing()
 

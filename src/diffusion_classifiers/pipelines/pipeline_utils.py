@@ -148,8 +148,9 @@ class SavedPreprocessingMixin:
 
     def set_preprocessing(self, preprocessing: Optional[Union[ImagePreprocessing, Dict[str, Any]]] = None) -> None:
         """Set the preprocessing contract (`save_pretrained` then saves it): an [`ImagePreprocessing`], or a dict of
-        the keys to change (`{"input_range": "[0, 1]"}` keeps the DICOM windows, size and everything else set; when
-        the pipeline is built, the missing keys take `default_preprocessing()`'s values), or None for the default.
+        the keys to change (`{"input_range": "[0, 1]"}` keeps the DICOM windows, size and everything else set, and
+        `{"medical": {"bits_stored": 12}}` the windows; when the pipeline is built, the missing keys take
+        `default_preprocessing()`'s values), or None for the default.
         Its size and channels must be the model's."""
         default = self.default_preprocessing()
         if preprocessing is None:
@@ -157,8 +158,11 @@ class SavedPreprocessingMixin:
         elif isinstance(preprocessing, ImagePreprocessing):
             contract = preprocessing
         else:
-            current = self.preprocessing if "preprocessing" in self.config else default
-            contract = ImagePreprocessing.from_dict({**current.to_dict(), **dict(preprocessing)})
+            current = (self.preprocessing if "preprocessing" in self.config else default).to_dict()
+            changes = dict(preprocessing)
+            if isinstance(changes.get("medical"), dict) and current["medical"] is not None:  # its keys, one level down
+                changes["medical"] = {**current["medical"], **changes["medical"]}
+            contract = ImagePreprocessing.from_dict({**current, **changes})
         for field in ("image_size", "num_channels"):
             if getattr(contract, field) != getattr(default, field):
                 raise ValueError(
