@@ -1,6 +1,7 @@
 import argparse
 import json
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -88,3 +89,15 @@ def test_every_flag_of_every_command_has_help_text():
     silent = {name: [a.option_strings[0] for a in command._actions if a.option_strings and not a.help]
               for name, command in commands.items()}
     assert not any(silent.values()), silent
+
+
+def test_from_a_shell_a_refused_input_is_one_line_without_a_traceback(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["diffusion-classifiers", "predict", "--model_dir", str(tmp_path / "m"),
+                                      "--input", str(tmp_path / "missing")])  # fmt: skip
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == f"diffusion-classifiers predict: error: input {tmp_path / 'missing'}: not found; " \
+        "expected an image folder, a .csv file or a datasets folder"
+    monkeypatch.setenv("DIFFUSION_CLASSIFIERS_TRACEBACK", "1")
+    with pytest.raises(FileNotFoundError, match="missing: not found"):
+        main()

@@ -263,10 +263,19 @@ def run_probe(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> None:
+    """The `diffusion-classifiers` command. From a shell (`argv` None) an input refused by name (`ValueError`,
+    `FileNotFoundError`, `FileExistsError`) prints that one line and exits with status 1, without Python's traceback
+    (`DIFFUSION_CLASSIFIERS_TRACEBACK=1` keeps it); called with `argv`, it raises."""
+    from_shell = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     chosen = [arg for arg in argv if arg in COMMANDS][:1]  # the first word naming a command (options have dashes)
     args = build_parser(chosen).parse_args(argv)
-    RUN[args.command](args)
+    try:
+        RUN[args.command](args)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        if not from_shell or os.environ.get("DIFFUSION_CLASSIFIERS_TRACEBACK"):
+            raise
+        sys.exit(f"diffusion-classifiers {args.command}: error: {error}")
 
 
 def add_predict_args(parser: argparse.ArgumentParser) -> None:
