@@ -150,7 +150,6 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         load_evaluation_split,
         saved_preprocessing,
     )
-
     from .validation import check_no_earlier_report
 
     check_evaluation_args(args.output_dir, args.batch_size)  # before the model and the data are loaded

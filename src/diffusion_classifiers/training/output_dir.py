@@ -171,7 +171,7 @@ def settle_replaced_checkpoints(output_dir: str, succeeded: bool) -> None:
     if succeeded:
         shutil.rmtree(aside)
     elif any(CHECKPOINT_PATTERN.match(name) for name in os.listdir(output_dir)):
-        logger.warning(f"the replaced run's checkpoints stay in {aside}: this run failed after its first checkpoint")
+        logger.warning(f"the replaced run's checkpoints stay in {aside}: the run replacing it failed after its first checkpoint")
     else:
         for name in os.listdir(aside):
             os.replace(os.path.join(aside, name), os.path.join(output_dir, name))
