@@ -83,6 +83,7 @@ from _common import (
     base_parser,
     check_checkpoint_options,
     data_path,
+    dataset_name,
     few_label_subsets,
     over_seeds,
     read_seed_runs,
@@ -296,6 +297,8 @@ def check_args(parser, args) -> None:
         parser.error(f"--data: expected a folder of class folders or a packed .npz, got {args.data}")
     if not args.shift_data.is_dir():
         parser.error(f"--shift_data: expected a folder of class folders, got {args.shift_data}")
+    if args.shift_data.resolve() == args.data.resolve():
+        parser.error(f"--shift_data: {args.shift_data} is --data itself; the shift is measured on other images")
     check_checkpoint_options(parser, args)
 
 
@@ -1265,10 +1268,11 @@ def main():
 
     figure_dir = Path(tempfile.mkdtemp()) if args.quick else output.parent
     plot = figure_dir / f"{output.stem}_label_efficiency.png"  # named after its results file: seeds never overwrite
+    regime_names = [regime for regime in regimes if regime != "all"] + ["100%"]
     plot_label_efficiency(
         label_efficiency_curves(regimes, train.num_classes), str(plot),
-        title=f"NDSB plankton, {train.num_classes} classes, long-tailed test ({len(test)} images): "
-        "mean labelled train images per class (1%, 10%, 100% of the labels)",
+        title=f"{dataset_name(str(args.data))}, {train.num_classes} classes, long-tailed test ({len(test)} images): "
+        f"mean labelled train images per class ({', '.join(regime_names)} of the labels)",
     )  # fmt: skip
     budget_seconds = BUDGET_SECONDS[args.preset] if not args.quick else 60
     train_counts = torch.bincount(train.labels, minlength=train.num_classes)

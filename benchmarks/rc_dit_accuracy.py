@@ -105,6 +105,7 @@ from diffusion_classifiers.training import (  # noqa: E402
 
 NAME = "rc_dit_accuracy"
 QUICK_SIZES = {"train": 256, "val": 128, "test": 128}  # capped at each split's size
+MOST_SHOTS = 10  # the largest few-shot protocol of `evaluate_protocols` (shots 1, 5, 10 and all)
 # margins (points) the RC-DiT representation must have over the contrastive baseline: per dataset, headline metric
 # -> points (PneumoniaMNIST: the published margins over DINOv2); over the floors, on every dataset
 BASELINE_MARGIN_TARGETS = {
@@ -174,7 +175,20 @@ def load_splits(path: Path, args) -> dict:
     splits = load_benchmark_data(str(path), args.class_names if args.data else None, seed=args.seed)
     sizes = QUICK_SIZES if args.quick else {"train": args.max_train_images, "val": args.max_eval_images,
                                            "test": args.max_eval_images}  # fmt: skip
-    return subsample_splits(splits, sizes, args.seed)
+    splits = subsample_splits(splits, sizes, args.seed)
+    check_shots_fit(splits["train"], path)
+    return splits
+
+
+def check_shots_fit(train, path: Path, shots: int = MOST_SHOTS) -> None:
+    """Every class has the `shots` train images the largest few-shot protocol labels: checked before any training."""
+    counts = torch.bincount(train.labels, minlength=train.num_classes)
+    if int(counts.min()) < shots:
+        short = int(counts.argmin())
+        raise ValueError(
+            f"{path}: class {train.class_names[short]!r} has {int(counts[short])} train images; the {shots}-shot "
+            f"protocol needs {shots} of every class (more images, or a larger train split)"
+        )
 
 
 def training_args(args, output_dir: str) -> TrainingArguments:

@@ -150,7 +150,13 @@ def train_unet(args, train, steps: int, class_balanced: bool, work_dir: str, reu
 
 def load_pipeline(unet_dir: str, train) -> ScoreSDEClassifierPipeline:
     """The pipeline saved in `unet_dir`, refused unless it was trained for these classes and this image size."""
-    pipe = ScoreSDEClassifierPipeline.from_pretrained(unet_dir)
+    try:
+        pipe = ScoreSDEClassifierPipeline.from_pretrained(unet_dir)
+    except ValueError as error:  # another trainer's folder: an unconditional U-Net, say
+        raise ValueError(
+            f"--unet_dir: {unet_dir} holds no Score-SDE pipeline (this benchmark's --keep_checkpoint, or "
+            f"examples/score_sde_train.py): {error}"
+        ) from error
     config = pipe.unet.config
     if pipe.class_names != list(train.class_names) or (config.in_channels, config.sample_size) != (
         train.images.shape[1], train.images.shape[-1]

@@ -376,6 +376,12 @@ def _labels_and_names(
     _check_label_range(labels, len(class_names), f"{where} (class_names {list(class_names)})" if names_given else where)
     if not names_given:
         _check_no_label_gaps(labels, where)
+    absent = sorted(set(range(len(class_names))) - set(labels.tolist()))
+    if absent:  # kept, as class_names asks (a subset of a larger label space), but a miscount shows here
+        warnings.warn(
+            f"{where}: {len(absent)} of the {len(class_names)} class_names have no image (first: label {absent[0]}, "
+            f"{class_names[absent[0]]!r}); they stay classes no image can teach"
+        )
     _check_classes_in_train(labels_per_split, class_names, where)
     bounds = np.cumsum([0] + [len(v) for v in labels_per_split.values()])
     splits = {split: np.arange(bounds[i], bounds[i + 1]) for i, split in enumerate(labels_per_split)}
