@@ -291,6 +291,7 @@ def check_args(parser, args) -> None:
         )
     if not all(0 < f < 1 for f in args.label_fractions):
         parser.error(f"--label_fractions: expected numbers strictly between 0 and 1, got {args.label_fractions}")
+    args.data_label = dataset_name(args.data) if args.data else "NDSB plankton"  # the plots' name of the data
     args.data = Path(args.data) if args.data else data_path("ndsb2015_plankton", "train")
     args.shift_data = Path(args.shift_data) if args.shift_data else data_path("plankton_flowcam_demo", "images")
     if not (args.data.is_dir() or (args.data.suffix == ".npz" and args.data.is_file())):
@@ -1271,7 +1272,7 @@ def main():
     regime_names = [regime for regime in regimes if regime != "all"] + ["100%"]
     plot_label_efficiency(
         label_efficiency_curves(regimes, train.num_classes), str(plot),
-        title=f"{dataset_name(str(args.data))}, {train.num_classes} classes, long-tailed test ({len(test)} images): "
+        title=f"{args.data_label}, {train.num_classes} classes, long-tailed test ({len(test)} images): "
         f"mean labelled train images per class ({', '.join(regime_names)} of the labels)",
     )  # fmt: skip
     budget_seconds = BUDGET_SECONDS[args.preset] if not args.quick else 60
