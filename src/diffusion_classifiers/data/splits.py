@@ -19,6 +19,9 @@ __all__ = [
     "stratified_train_val_test_split",
 ]
 
+# Where a grouped split's fraction is set, for its errors.
+_FRACTION_OPTIONS = "(val_fraction / test_fraction; the scripts' --val_fraction / --test_fraction)"
+
 
 # --------------------------------------------------------------------------------------------------
 # Subsets
@@ -144,14 +147,14 @@ def stratified_group_split(labels: Any, groups: Any, fraction: float, seed: int 
         raise ValueError(
             f"groups: {num_groups} distinct groups (patients); a grouped split of fraction {fraction} needs at least "
             f"{num_folds} (one fold of {num_folds}); give more patients or a fraction of at least 1 / {num_groups} "
-            "(val_fraction / test_fraction; the scripts' --val_fraction / --test_fraction)"
+            f"{_FRACTION_OPTIONS}"
         )
     largest_class = int(np.bincount(labels).max())
     if largest_class < num_folds:  # scikit-learn: "n_splits=5 cannot be greater than the number of members in each class"
         raise ValueError(
             f"labels: the largest class has {largest_class} images; a stratified grouped split of fraction {fraction} "
             f"needs at least {num_folds} in a class: give more images or a fraction of at least 1 / {largest_class} "
-            "(val_fraction / test_fraction; the scripts' --val_fraction / --test_fraction)"
+            f"{_FRACTION_OPTIONS}"
         )
     folds = StratifiedGroupKFold(n_splits=num_folds, shuffle=True, random_state=seed)
     kept, split = next(folds.split(np.zeros(len(labels)), labels, groups))
