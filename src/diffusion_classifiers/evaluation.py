@@ -272,24 +272,13 @@ def _in_stated_range(images: torch.Tensor, input_range: str) -> torch.Tensor:
 def write_evaluation(metrics: dict, class_names: List[str], output_dir: str, y_true, probs, title: str = "Evaluation") -> None:
     """Write `metrics.json`, `report.md`, `confusion_matrix.png`, `reliability.png` and (binary tasks with both
     classes present) `roc_pr.png` for the labels `y_true` and class probabilities `probs` the metrics came from."""
-    from .plots import plot_confusion_matrix, plot_reliability, plot_roc_pr
+    from .plots import plot_classification_figures
 
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
-    probs = np.asarray(probs, dtype=np.float64)
-    plots = ["confusion_matrix.png", "reliability.png"]
-    plot_confusion_matrix(metrics["confusion_matrix"], class_names, os.path.join(output_dir, plots[0]), title=f"{title}: confusion matrix")
-    plot_reliability(y_true, probs, os.path.join(output_dir, plots[1]), title=f"{title}: reliability")
-    if "positive_class" in metrics and metrics.get("auc") is not None:
-        positive_label = class_names.index(metrics["positive_class"])
-        plot_roc_pr(
-            y_true, probs.argmax(1), probs[:, positive_label], os.path.join(output_dir, "roc_pr.png"),
-            positive_label=positive_label, class_names=class_names, title=title,
-        )  # fmt: skip
-        plots.append("roc_pr.png")
-    elif os.path.exists(os.path.join(output_dir, "roc_pr.png")):  # an earlier binary report's, replaced
-        os.remove(os.path.join(output_dir, "roc_pr.png"))
+    titles = {"confusion_matrix": f"{title}: confusion matrix", "reliability": f"{title}: reliability", "roc_pr": title}
+    plots = plot_classification_figures(output_dir, metrics, class_names, y_true, probs, titles)
     with open(os.path.join(output_dir, "report.md"), "w") as f:
         f.write(render_evaluation_report(metrics, title, plots))
 

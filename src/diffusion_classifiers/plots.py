@@ -7,8 +7,9 @@ inches and is saved at `DPI` (no tight cropping), so its pixel size is known; ti
 matplotlib is imported here only: `import diffusion_classifiers` never loads this module.
 """
 
+import os
 import textwrap
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -36,6 +37,7 @@ __all__ = [
     "plot_probe_heatmap",
     "plot_reliability",
     "plot_roc_pr",
+    "plot_classification_figures",
 ]
 
 DPI = 100
@@ -171,6 +173,35 @@ def plot_roc_pr(
     if title:
         fig.suptitle(_wrap(title, 90))
     _save(fig, path)
+
+
+def plot_classification_figures(
+    output_dir: str, metrics: dict, class_names: Sequence[str], y_true, probs, titles: Mapping[str, str]
+) -> List[str]:
+    """
+    `confusion_matrix.png`, `reliability.png` and, when `metrics` (of `classification_metrics`) name a positive class
+    and an AUC, `roc_pr.png` into `output_dir`, each titled by `titles["confusion_matrix"]`, `["reliability"]`,
+    `["roc_pr"]`. An earlier report's `roc_pr.png` left there is removed otherwise, so no curve of another run stays
+    beside these figures. Returns the file names written.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    plot_confusion_matrix(
+        metrics["confusion_matrix"], class_names, os.path.join(output_dir, "confusion_matrix.png"),
+        title=titles["confusion_matrix"],
+    )  # fmt: skip
+    plot_reliability(y_true, probs, os.path.join(output_dir, "reliability.png"), title=titles["reliability"])
+    written = ["confusion_matrix.png", "reliability.png"]
+    roc_pr_path = os.path.join(output_dir, "roc_pr.png")
+    if "positive_class" in metrics and metrics.get("auc") is not None:
+        positive_label = list(class_names).index(metrics["positive_class"])
+        plot_roc_pr(
+            y_true, probs.argmax(-1), probs[:, positive_label], roc_pr_path,
+            positive_label=positive_label, class_names=class_names, title=titles["roc_pr"],
+        )  # fmt: skip
+        written.append("roc_pr.png")
+    elif os.path.exists(roc_pr_path):
+        os.remove(roc_pr_path)
+    return written
 
 
 def plot_reliability(y_true, probs, path: str, num_bins: int = 10, title: str = "Reliability diagram") -> None:

@@ -202,7 +202,7 @@ def run_unet_feature_study(
 def write_study_report(study: UNetFeatureStudy, output_dir: str, title: str, command: str, extra: Optional[dict] = None) -> dict:
     """Write `metrics.json`, `report.md`, `probe_heatmap.png`, `confusion_matrix.png`, `reliability.png` and, for
     binary tasks, `roc_pr.png` (ROC and precision-recall of the positive class) into `output_dir`."""
-    from .plots import plot_confusion_matrix, plot_probe_heatmap, plot_reliability, plot_roc_pr
+    from .plots import plot_classification_figures, plot_probe_heatmap
 
     os.makedirs(output_dir, exist_ok=True)
     val_accuracy = {(block_label(block), t): m["val"]["accuracy"] for (block, t), m in study.probe.metrics.items()}
@@ -211,20 +211,12 @@ def write_study_report(study: UNetFeatureStudy, output_dir: str, title: str, com
         val_accuracy, os.path.join(output_dir, "probe_heatmap.png"), best_pair=(block_label(best_block), best_timestep)
     )
     chosen = f"{block_label(best_block)} @ t={best_timestep}"
-    plot_confusion_matrix(
-        study.test_metrics["confusion_matrix"], study.class_names, os.path.join(output_dir, "confusion_matrix.png"),
-        title=f"Test confusion matrix, {chosen}",
-    )
-    plot_reliability(study.test_labels, study.test_probs, os.path.join(output_dir, "reliability.png"), title=f"Test reliability, {chosen}")
-    if "positive_class" in study.test_metrics and study.test_metrics.get("auc") is not None:
-        positive_label = study.class_names.index(study.test_metrics["positive_class"])
-        plot_roc_pr(
-            study.test_labels, study.test_probs.argmax(-1), study.test_probs[:, positive_label],
-            os.path.join(output_dir, "roc_pr.png"), positive_label=positive_label, class_names=study.class_names,
-            title=f"Test split, {chosen}",
-        )  # fmt: skip
-    elif os.path.exists(os.path.join(output_dir, "roc_pr.png")):  # an earlier binary study's, replaced
-        os.remove(os.path.join(output_dir, "roc_pr.png"))
+    titles = {
+        "confusion_matrix": f"Test confusion matrix, {chosen}",
+        "reliability": f"Test reliability, {chosen}",
+        "roc_pr": f"Test split, {chosen}",
+    }
+    plot_classification_figures(output_dir, study.test_metrics, study.class_names, study.test_labels, study.test_probs, titles)
     metrics = {
         "summary": study.summary(),
         "test": study.test_metrics,
