@@ -491,7 +491,7 @@ def _resolve_window(spec: Window | str, image: DicomImage | DicomHeader) -> Wind
         return Window((low + high) / 2, high - low)
     if spec not in WINDOW_PRESETS:
         raise ValueError(f"window {spec!r}: expected a Window(center, width) or one of {list(WINDOW_NAMES)}")
-    return Window.preset(spec)
+    return WINDOW_PRESETS[spec]
 
 
 # --------------------------------------------------------------------------------------------------
