@@ -313,6 +313,7 @@ def test_dicom_folder_gives_one_row_per_frame(models, tmp_path):
 
 def test_bad_flags_are_refused_before_the_model_loads(tmp_path):
     write_images(tmp_path, ["x.png"])
+    (tmp_path / "folder.csv").mkdir()
     base = ["predict", "--model_dir", str(tmp_path / "no-model"), "--input", str(tmp_path)]
     for extra, message in [
         (["--window", "brain", "bone"], "2 windows give 2 channels; expected 1 or 3 windows"),
@@ -320,6 +321,9 @@ def test_bad_flags_are_refused_before_the_model_loads(tmp_path):
         (["--window", "lung"], "'lung' is neither a window name"),
         (["--window", "40", "0"], r"Window\(center=40.0, width=0.0\): expected a finite center and a finite width > 0"),
         (["--output", str(tmp_path / "p.json")], r"expected a \.csv or \.parquet file, got \.json"),
+        (["--output", str(tmp_path / "x.png" / "p.csv")], r"output .*p\.csv: its folder cannot be created, .*x\.png is a file"),
+        (["--errors", str(tmp_path / "x.png" / "e" / "e.csv")], r"errors .*e\.csv: its folder cannot be created"),
+        (["--output", str(tmp_path / "folder.csv")], r"output .*folder\.csv: expected a file, it is a folder"),
         (["--batch_size", "0"], "batch_size: expected a positive integer, got 0"),
     ]:
         with pytest.raises(ValueError, match=message):
