@@ -367,6 +367,15 @@ def test_label_gaps_load_when_class_names_explain_them(tmp_path):
     assert data["train"].num_classes == 8 and set(data["train"].labels.tolist()) <= {0, 7}
 
 
+def test_images_beside_the_class_folders_are_named_in_a_warning(tmp_path):
+    root = image_folder(tmp_path / "data", {"cat": 3, "dog": 3})
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "unsorted.png")
+    (root / "notes.txt").write_text("not an image: no warning for it alone")
+    with pytest.warns(UserWarning, match=r"1 image file\(s\) directly in it \(first: 'unsorted\.png'\) are not read"):
+        data = load_image_classification_data(root, val_fraction=0.25, test_fraction=0.25)
+    assert sum(len(split) for split in data.values()) == 6
+
+
 def test_hidden_files_and_folders_are_skipped(tmp_path):
     root = image_folder(tmp_path / "data", {"cat": 3, "dog": 3, "dog/.thumbnails": 2})
     (root / ".ipynb_checkpoints").mkdir()  # hidden: not a class, so not an empty class either

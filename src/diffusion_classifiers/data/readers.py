@@ -576,12 +576,26 @@ def _list_image_folder(root: Path) -> tuple[list[Path], dict[str, np.ndarray], l
         files, labels_per_split, names = _read_split_files(root / "splits", image_root, class_dirs)
     else:
         files, labels_per_split, names = _read_class_folders(class_dirs)
+        _warn_unlabelled_images(image_root)
     if not files:
         raise ValueError(
             f"image folder {root}: no images found; expected class subfolders <root>/<class>/*.jpg "
             f"({_ACCEPTED_FILES})"
         )
     return files, labels_per_split, names
+
+
+def _warn_unlabelled_images(image_root: Path) -> None:
+    """Image files beside the class folders have no class: they are not read, and a user who meant them to be
+    should hear it."""
+    stray = sorted(p.name for p in image_root.iterdir() if p.is_file() and _is_image_or_dicom_file(p)
+                   and not p.name.startswith("."))  # fmt: skip
+    if stray:
+        warnings.warn(
+            f"image folder {image_root}: {len(stray)} image file(s) directly in it (first: {stray[0]!r}) are not read; "
+            "an image's class is the folder it is in (<root>/<class>/<image>)",
+            stacklevel=4,
+        )
 
 
 def _read_class_folders(class_dirs: list[Path]) -> tuple[list[Path], dict[str, np.ndarray], list[str]]:
