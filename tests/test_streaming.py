@@ -3,6 +3,7 @@ give the same numbers on either, features beyond a memory budget go to float16 m
 reads, and bad data is refused naming the file."""
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -401,3 +402,42 @@ def test_empty_folder_and_unreadable_file_are_refused_by_name(image_folder, tmp_
         [unchecked[split][i] for split in ("train", "val", "test") for i in range(len(unchecked[split]))]
     with pytest.raises(ValueError, match="num_channels: expected 1 or 3"):
         streaming_image_classification_data(image_folder, num_channels=None)
+
+
+def _image_folder_of_two_classes(root):
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.random.default_rng(i).integers(0, 256, (16, 16), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_verify_names_every_image_damaged_past_its_header_before_any_training(tmp_path):
+    import runpy
+
+    from .conftest import REPO_ROOT
+
+    root = _image_folder_of_two_classes(tmp_path / "data")
+    fractions = {"val_fraction": 0.2, "test_fraction": 0.2}
+    splits = streaming_image_classification_data(root, num_channels=1, image_size=8, **fractions)
+    damaged = sorted(row["path"] for row in splits["train"].dataset[splits["train"].image_column])[::4][:2]
+    for path in damaged:  # cut short after the header, which PIL still recognises
+        Path(path).write_bytes(Path(path).read_bytes()[:60])
+    splits = streaming_image_classification_data(root, num_channels=1, image_size=8, **fractions)  # headers pass
+    for num_workers in (0, 2):
+        failures = splits["train"].unreadable_images(num_workers=num_workers, progress_bar=False)
+        assert sorted(path for path, _ in failures) == damaged
+        assert all(reason.startswith(f"cannot decode image file {path}") for path, reason in failures)
+    with pytest.raises(ValueError, match=rf"2 of {len(splits['train'])} images cannot be read \(.*: cannot decode "):
+        splits["train"].verify(progress_bar=False)
+    splits["val"].verify(progress_bar=False)
+
+    example = runpy.run_path(str(REPO_ROOT / "examples" / "unet_features_train.py"), run_name="example")
+    flags = ["--dataset", str(root), "--streaming", "--num_channels", "1", "--image_size", "8", "--unet_preset", "tiny",
+             "--output_dir", str(tmp_path / "out"), "--max_train_steps", "1", "--num_sample_images", "0",
+             "--val_fraction", "0.2", "--test_fraction", "0.2"]  # fmt: skip
+    with pytest.raises(ValueError, match=rf"2 of {len(splits['train'])} images cannot be read"):
+        example["main"](flags)
+    assert not (tmp_path / "out").exists()  # refused before training began
+    with pytest.raises(ValueError, match="cannot decode image file"):  # unchecked: found when its batch is read
+        example["main"](flags + ["--no_verify_images"])

@@ -1,6 +1,6 @@
 """The data flags every script shares (`--dataset`, `--class_names`, `--image_size`, `--num_channels`, `--window`,
 `--bits_stored`, `--val_fraction`, `--test_fraction`, `--resize_mode`, `--pad_value`, `--normalize_background`,
-`--streaming`).
+`--streaming`, `--no_verify_images`).
 
 Kept apart from the readers, which import torch, so that a script's `--help` answers at once.
 """
@@ -78,5 +78,11 @@ def add_data_args(parser: Any, image_size: int | None = None, streaming: bool = 
             help="decode the images of an image folder, CSV or saved datasets folder only when a batch needs them "
             "(data larger than memory; --dataloader_num_workers decode in parallel); needs --num_channels; "
             "--image_size defaults to 32 (default: %(default)s, every image decoded into memory first)",
+        )  # fmt: skip
+        parser.add_argument(
+            "--no_verify_images", action="store_true",
+            help="with --streaming, do not read every train image once before training (by --dataloader_num_workers "
+            "processes; about as long as one epoch's decoding): a file damaged past its header then stops the run "
+            "when its batch is read",
         )  # fmt: skip
     return parser

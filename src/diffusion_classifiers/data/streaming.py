@@ -196,6 +196,35 @@ class StreamingImages(torch.utils.data.Dataset):
         labels = rows.get(_LABEL, [0] * len(indices))
         return list(zip(rows["pixel_values"], labels))
 
+    def unreadable_images(self, num_workers: int = 0, progress_bar: bool = True) -> list[tuple[str, str]]:
+        """`(path, reason)` of every image that cannot be read as training reads it (decoded and preprocessed, in
+        `num_workers` `DataLoader` processes): a file damaged past its header (a truncated PNG or JPEG, corrupt DICOM
+        pixel data) passes the header check of [`from_files`] and is otherwise found only when its batch is read."""
+        from tqdm.auto import tqdm
+
+        loader = torch.utils.data.DataLoader(
+            _ReadOrReason(self), batch_size=_VERIFY_BATCH, num_workers=num_workers, collate_fn=_failures_only
+        )  # fmt: skip
+        bar = tqdm(loader, desc="Reading every image", unit="batch", disable=not progress_bar)
+        failures = [failure for batch in bar for failure in batch]
+        return [(self._path(index), reason) for index, reason in failures]
+
+    def verify(self, num_workers: int = 0, progress_bar: bool = True) -> None:
+        """Read every image once ([`unreadable_images`]) and refuse the dataset, naming the images that fail, before
+        any long computation."""
+        failures = self.unreadable_images(num_workers, progress_bar)
+        if failures:
+            shown = "; ".join(f"{path}: {reason}" for path, reason in failures[:_VERIFY_SHOWN])
+            more = f"; and {len(failures) - _VERIFY_SHOWN} more" if len(failures) > _VERIFY_SHOWN else ""
+            raise ValueError(
+                f"{len(failures)} of {len(self)} images cannot be read ({shown}{more}); expected every image to decode: "
+                "remove or replace these files (StreamingImages.unreadable_images() lists them all)"
+            )
+
+    def _path(self, index: int) -> str:
+        value = self.dataset[int(index)][self.image_column]
+        return value.get("path") or f"row {index} (bytes without a path)"
+
     def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> StreamingImages:
         """The rows at `indices` (an index mapping over the same Arrow table: nothing is copied or decoded)."""
         indices = np.asarray(indices, dtype=np.int64)
@@ -248,6 +277,30 @@ class StreamingImages(torch.utils.data.Dataset):
             columns[_LABEL], features[_LABEL] = labels, datasets.ClassLabel(names=[str(n) for n in class_names])
         dataset = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
         return cls(dataset, image_size, num_channels, _IMAGE, _LABEL if labels is not None else False, medical, **fit)
+
+
+_VERIFY_BATCH, _VERIFY_SHOWN = 64, 10
+
+
+class _ReadOrReason(torch.utils.data.Dataset):
+    """Each image of a [`StreamingImages`] read as training reads it: `None`, or `(index, why it cannot be read)`."""
+
+    def __init__(self, images: StreamingImages):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[int, str] | None:
+        try:
+            self.images[index]
+        except (ValueError, OSError) as error:
+            return index, str(error)
+        return None
+
+
+def _failures_only(batch: list) -> list:
+    return [item for item in batch if item is not None]
 
 
 class DecodedImages(torch.utils.data.Dataset):
@@ -411,11 +464,26 @@ def _hf_rows(source: Any, image_column: str | None, label_column: str | None):
 
 def streaming_data_from_args(args: Any) -> dict[str, StreamingImages]:
     """[`streaming_image_classification_data`] from the flags of `add_data_args(parser, streaming=True)` (and
-    `--seed`): the scripts' `--streaming` counterpart of `load_data_from_args`."""
+    `--seed`, `--dataloader_num_workers`): the scripts' `--streaming` counterpart of `load_data_from_args`. Unless
+    `--no_verify_images`, every train image is read once first, so a damaged file is refused before training."""
     if args.num_channels is None:
         raise ValueError("--streaming needs --num_channels (1 or 3): streamed images are not all looked at first")
     image_size = args.image_size if args.image_size is not None else DEFAULT_FOLDER_SIZE
-    return streaming_image_classification_data(
+    splits = streaming_image_classification_data(
         args.dataset, args.num_channels, image_size, medical=_medical_from_args(args), **splits_from_args(args),
         **fit_from_args(args),
     )
+    if not args.no_verify_images:
+        _verify_on_the_main_process(splits["train"], getattr(args, "dataloader_num_workers", 0))
+    return splits
+
+
+def _verify_on_the_main_process(images: StreamingImages, num_workers: int) -> None:
+    """[`StreamingImages.verify`] once, not once per process; the others wait (if it refuses, the launcher stops
+    them)."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        images.verify(num_workers)
+    state.wait_for_everyone()
