@@ -1,10 +1,14 @@
 import subprocess
 
+import numpy as np
+
 import pytest
+from PIL import Image
 
 from diffusion_classifiers.training.launch import launcher_requested_processes
 
 from .conftest import PYTHON, REPO_ROOT, python_subprocess_env
+from .test_training import free_port
 
 
 def test_the_launcher_flags_are_read_before_the_script_and_not_after():
@@ -31,3 +35,35 @@ def test_cpu_launch_asked_for_two_processes_refuses_to_train_alone(tmp_path):
     assert result.returncode != 0
     assert "asked for 2 processes but 1 runs" in result.stderr and "--multi_gpu" in result.stderr
     assert not output_dir.exists() or not any(output_dir.iterdir())
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_on_streamed_images_read_once_beforehand(tmp_path):
+    """The images are read once before training, by the main process, with the process group the trainer then
+    joins: a healthy folder trains on 2 processes; a folder with damaged files is refused once, before anything is
+    written, and the other process does not wait forever."""
+    for label in ("a", "b"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(8):
+            pixels = np.random.default_rng(i).integers(0, 256, (16, 16), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / label / f"{i}.png")
+
+    def launch(output_dir):
+        command = [
+            PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+            str(REPO_ROOT / "examples" / "unet_features_train.py"), "--dataset", str(tmp_path / "data"), "--streaming",
+            "--num_channels", "1", "--image_size", "8", "--unet_preset", "tiny", "--output_dir", str(output_dir),
+            "--train_batch_size", "4", "--max_train_steps", "1", "--num_sample_images", "0",
+        ]  # fmt: skip
+        env = python_subprocess_env() | {"ACCELERATE_USE_CPU": "1"}
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+    result = launch(tmp_path / "healthy")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '"num_processes": 2' in (tmp_path / "healthy" / "training_summary.json").read_text()
+    damaged = tmp_path / "data" / "b" / "3.png"
+    damaged.write_bytes(damaged.read_bytes()[:60])
+    result = launch(tmp_path / "damaged")
+    assert result.returncode != 0 and result.stderr.count("images cannot be read (cannot decode image file") == 1
+    assert str(damaged) in result.stderr and not (tmp_path / "damaged").exists()

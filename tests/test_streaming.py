@@ -428,7 +428,7 @@ def test_verify_names_every_image_damaged_past_its_header_before_any_training(tm
         failures = splits["train"].unreadable_images(num_workers=num_workers, progress_bar=False)
         assert sorted(path for path, _ in failures) == damaged
         assert all(reason.startswith(f"cannot decode image file {path}") for path, reason in failures)
-    with pytest.raises(ValueError, match=rf"2 of {len(splits['train'])} images cannot be read \(.*: cannot decode "):
+    with pytest.raises(ValueError, match=rf"2 of {len(splits['train'])} images cannot be read \(cannot decode image file "):
         splits["train"].verify(progress_bar=False)
     splits["val"].verify(progress_bar=False)
 

@@ -214,7 +214,7 @@ class StreamingImages(torch.utils.data.Dataset):
         any long computation."""
         failures = self.unreadable_images(num_workers, progress_bar)
         if failures:
-            shown = "; ".join(f"{path}: {reason}" for path, reason in failures[:_VERIFY_SHOWN])
+            shown = "; ".join(reason if path in reason else f"{path}: {reason}" for path, reason in failures[:_VERIFY_SHOWN])
             more = f"; and {len(failures) - _VERIFY_SHOWN} more" if len(failures) > _VERIFY_SHOWN else ""
             raise ValueError(
                 f"{len(failures)} of {len(self)} images cannot be read ({shown}{more}); expected every image to decode: "
@@ -480,10 +480,13 @@ def streaming_data_from_args(args: Any) -> dict[str, StreamingImages]:
 
 def _verify_on_the_main_process(images: StreamingImages, num_workers: int) -> None:
     """[`StreamingImages.verify`] once, not once per process; the others wait (if it refuses, the launcher stops
-    them)."""
+    them). The process state is made as the `Accelerator` the trainer makes next will find it: a `PartialState()`
+    without the `ACCELERATE_USE_CPU` flag that `Accelerator` reads would be one process on a CPU machine, and every
+    `Accelerator` after it too."""
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    state = PartialState()
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     if state.is_main_process:
         images.verify(num_workers)
     state.wait_for_everyone()
