@@ -142,3 +142,15 @@ def test_binary_evaluation_reports_the_positive_class(binary, tmp_path):
         pipe.set_positive_class(None)
     with pytest.raises(ValueError, match=r"positive_class: expected one of the class names \['malignant', 'benign'\], got 'pneumonia'"):
         evaluate_classifier(pipe, dataset, positive_class="pneumonia")
+
+
+def test_a_saved_datasetdict_answers_to_val_and_validation_alike(tmp_path):
+    from diffusion_classifiers.evaluation import load_evaluation_split
+
+    splits = load_image_classification_data("digits")
+    to_datasets(splits).save_to_disk(str(tmp_path / "digits"))  # written as 'validation'
+    for name in ("val", "validation"):
+        assert load_evaluation_split(str(tmp_path / "digits"), name)["label"] == splits["val"].labels.tolist()
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"label": [0]})}).save_to_disk(str(tmp_path / "train_only"))
+    with pytest.raises(ValueError, match=r"split 'test': the DatasetDict saved in .*train_only has no such split; it has \['train'\]"):
+        load_evaluation_split(str(tmp_path / "train_only"), "test")

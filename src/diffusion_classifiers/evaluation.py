@@ -175,7 +175,7 @@ def load_evaluation_split(
     if os.path.isfile(os.path.join(dataset, "dataset_dict.json")):
         from datasets import load_from_disk
 
-        return load_from_disk(dataset)[split]
+        return _saved_split(load_from_disk(dataset), split, dataset)
     contract = preprocessing or ImagePreprocessing()
     if streaming:
         splits = streaming_image_classification_data(
@@ -188,6 +188,14 @@ def load_evaluation_split(
             medical=contract.medical, **contract.fit,
         )  # fmt: skip
     return splits["val" if split == "validation" else split]
+
+
+def _saved_split(splits, split: str, where: str):
+    """`split` of a saved `DatasetDict`, 'val' and 'validation' one name (`to_datasets` writes 'validation')."""
+    for name in (split, *{"val": ("validation",), "validation": ("val",)}.get(split, ())):
+        if name in splits:
+            return splits[name]
+    raise ValueError(f"split {split!r}: the DatasetDict saved in {where} has no such split; it has {sorted(splits)}")
 
 
 def evaluate_classifier(
