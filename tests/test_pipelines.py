@@ -92,6 +92,16 @@ def test_dispatch_rejects_unknown_pipeline(tmp_path):
         DiffusionClassifierPipeline.from_pretrained(str(tmp_path))
 
 
+def test_a_concrete_pipeline_refuses_another_pipelines_folder():
+    from diffusion_classifiers import ScoreSDEClassifierPipeline
+
+    score_sde = str(FIXTURES / "score_sde")  # a class-conditional U-Net that unconditional features cannot run
+    with pytest.raises(ValueError, match=r"score_sde: model_index.json names pipeline ScoreSDEClassifierPipeline, "
+                                         r"not a UNetFeatureClassifierPipeline; load it with ScoreSDEClassifierPipeline"):
+        UNetFeatureClassifierPipeline.from_pretrained(score_sde)
+    assert isinstance(ScoreSDEClassifierPipeline.from_pretrained(score_sde), ScoreSDEClassifierPipeline)
+
+
 def test_pipeline_without_head_can_extract_but_not_classify(digits):
     pipe = UNetFeatureClassifierPipeline(unet=UNet2DModel(**unet_config("tiny", 16)), scheduler=DDPMScheduler())
     features = pipe.extract_features(digits["val"].images[:4], ["mid_block"], [5])

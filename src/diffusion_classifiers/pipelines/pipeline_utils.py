@@ -211,11 +211,24 @@ class DiffusionClassifierPipeline(SavedWithCodeMixin, SavedPreprocessingMixin, D
                     f"of {sorted(cls._registry)}"
                 )
             return cls._registry[class_name].from_pretrained(path, **kwargs)
+        cls._check_saved_class(index.get("_class_name"), pretrained_model_name_or_path)
         keep_legacy_preprocessing(index, kwargs)
         if kwargs.pop("use_safetensors", True) is not True:
             raise ValueError("use_safetensors: expected True; weights load from safetensors only (a pickle can run code)")
         cls.check_saved_components(path, index, passed=set(kwargs))
         return super().from_pretrained(path, use_safetensors=True, **kwargs)
+
+    @classmethod
+    def _check_saved_class(cls, class_name: Optional[str], where: Any) -> None:
+        """A folder of another of this library's pipelines is refused by name: diffusers would load the components
+        the two share and fail later, deep in a computation (a class-conditional Score-SDE U-Net asked for
+        unconditional features)."""
+        saved = cls._registry.get(class_name)
+        if saved is not None and not issubclass(saved, cls):
+            raise ValueError(
+                f"{where}: model_index.json names pipeline {class_name}, not a {cls.__name__}; load it with "
+                f"{class_name}.from_pretrained or DiffusionClassifierPipeline.from_pretrained (which reads the name)"
+            )
 
     @classmethod
     def check_saved_components(cls, path: str, index: dict, passed: Set[str] = frozenset()) -> None:
