@@ -10,6 +10,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -289,6 +290,19 @@ def test_a_finished_run_is_refused_unless_resumed_or_overwritten(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == expected
     _, _, summary = tiny_run(tmp_path, max_train_steps=3, resume_from_checkpoint="latest")
     assert summary.resumed_from_step == 2 and summary.global_step == 3
+
+
+def test_resuming_latest_over_a_model_without_checkpoints_is_refused_and_a_new_folder_starts_fresh(tmp_path):
+    tiny_run(tmp_path / "run", max_train_steps=2, checkpointing_steps=1)
+    for checkpoint in (tmp_path / "run").glob("checkpoint-*"):  # deleted, or a copied model folder
+        shutil.rmtree(checkpoint)
+    summary = (tmp_path / "run" / "training_summary.json").read_text()
+    refused = r"holds another run's training_summary\.json and no checkpoint-N to resume from; pass --overwrite_output"
+    with pytest.raises(FileExistsError, match=refused):
+        tiny_run(tmp_path / "run", max_train_steps=1, resume_from_checkpoint="latest")
+    assert (tmp_path / "run" / "training_summary.json").read_text() == summary  # the model it describes is untouched
+    _, _, summary = tiny_run(tmp_path / "new", max_train_steps=1, resume_from_checkpoint="latest")
+    assert summary.resumed_from_step == 0 and summary.global_step == 1
 
 
 def test_a_replacing_run_that_fails_loses_nothing_of_the_run_it_replaces(tmp_path, caplog):

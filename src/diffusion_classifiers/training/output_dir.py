@@ -126,8 +126,9 @@ def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> None:
     """Make `output_dir` ready for a run, or refuse it; call with the lock held.
 
     Leftover `checkpoint-N.partial` folders (saves that were interrupted) are removed. A folder holding another run's
-    checkpoints or model (`previous_run_files`) is refused unless `resume` (that run continues) or `overwrite` (its
-    `checkpoint-N` folders are moved into `REPLACED_CHECKPOINTS` now, deleted when this run ends well or moved back
+    checkpoints or model (`previous_run_files`) is refused unless `resume` and it holds a `checkpoint-N` (that run
+    continues; with a model and no checkpoint, `--resume_from_checkpoint latest` would train over it) or `overwrite`
+    (its `checkpoint-N` folders are moved into `REPLACED_CHECKPOINTS` now, deleted when this run ends well or moved back
     when it fails before its first checkpoint (`settle_replaced_checkpoints`); its other files are replaced as this
     run writes them).
     """
@@ -136,14 +137,16 @@ def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> None:
             shutil.rmtree(os.path.join(output_dir, name))
     settle_replaced_checkpoints(output_dir, succeeded=False)  # a replacing run killed before it could settle them
     previous = previous_run_files(output_dir)
-    if resume or not previous:
+    checkpoints = [name for name in previous if CHECKPOINT_PATTERN.match(name)]
+    if not previous or (resume and checkpoints):
         return
     if not overwrite:
+        advice = "--resume_from_checkpoint latest to continue that run or " if not resume else ""
         raise FileExistsError(
-            f"--output_dir {output_dir} already holds another run's {', '.join(previous)}; pass "
-            "--resume_from_checkpoint latest to continue that run or --overwrite_output_dir to replace it"
+            f"--output_dir {output_dir} already holds another run's {', '.join(previous)}"
+            f"{' and no checkpoint-N to resume from' if resume else ''}; pass {advice}--overwrite_output_dir to "
+            "replace it"
         )
-    checkpoints = [name for name in previous if CHECKPOINT_PATTERN.match(name)]
     if not checkpoints:
         return
     aside = os.path.join(output_dir, REPLACED_CHECKPOINTS)
