@@ -171,3 +171,30 @@ def test_a_hypercolumn_head_saves_loads_and_exports_with_the_same_predictions(tm
     # Same modules, same batch, one process: as in test_export_gives_identical_predictions (atol 1e-6 on probabilities).
     torch.testing.assert_close(reloaded(images).probs, expected.softmax(-1), atol=1e-6, rtol=0)
     torch.testing.assert_close(logits.softmax(-1), expected.softmax(-1), atol=1e-6, rtol=0)
+
+
+def test_exported_config_carries_no_local_path(pipe, tmp_path):
+    """A backbone loaded from a folder has that folder in its config's `_name_or_path`; the export, which is
+    published, leaves it out, as the pipelines' own save does."""
+    from transformers import AutoModelForImageClassification
+
+    from diffusion_classifiers import RepresentationConditionedDiTPipeline, export_rc_dit_pipeline
+    from diffusion_classifiers.models import RepresentationConditionedDiTModel, build_vit_encoder, rc_dit_config
+
+    torch.manual_seed(0)
+    head = LinearProbeHead(24, 3, block="encoder", timestep=0, pool=None, class_names=CLASS_NAMES)
+    transformer = RepresentationConditionedDiTModel(**rc_dit_config("tiny", 16, 1, 24, hidden_size=16, num_layers=1))
+    encoder = build_vit_encoder(16, 1, 24, num_layers=1, num_heads=2, patch_size=4)
+    rc_dit = RepresentationConditionedDiTPipeline(encoder.eval(), transformer.eval(), DDPMScheduler(), head=head)
+    for name, source, export in (
+        ("unet", pipe, export_unet_feature_pipeline), ("encoder", rc_dit, export_rc_dit_pipeline)
+    ):  # fmt: skip
+        source.save_pretrained(tmp_path / name / "pipeline")
+        loaded = type(source).from_pretrained(tmp_path / name / "pipeline")
+        loaded_config = dict(loaded.unet.config) if name == "unet" else loaded.encoder.config.to_dict()
+        assert str(tmp_path) in loaded_config["_name_or_path"]  # what the export must leave out
+        export(loaded, tmp_path / name / "exported")
+        config_text = (tmp_path / name / "exported" / "config.json").read_text()
+        assert "_name_or_path" not in config_text and str(tmp_path) not in config_text, name
+        assert json.loads(config_text)["backbone_type"] == name
+        AutoModelForImageClassification.from_pretrained(tmp_path / name / "exported")

@@ -198,6 +198,12 @@ def _export(pipeline, backbone: nn.Module, input_shape: tuple, save_directory, f
     return model, processor
 
 
+def _published_config(config: dict) -> dict:
+    """A backbone's config as the export saves it: without `_name_or_path`, the local folder it was loaded from (as
+    the pipelines' `save_config` leaves it out of `model_index.json`)."""
+    return {key: value for key, value in config.items() if key != "_name_or_path"}
+
+
 def export_unet_feature_pipeline(pipeline, save_directory: Optional[Union[str, os.PathLike]] = None):
     """Turn a fitted `UNetFeatureClassifierPipeline` into a transformers model (and image processor) that gives
     identical predictions; saved to `save_directory` when given. Returns `(model, image_processor)`."""
@@ -210,7 +216,7 @@ def export_unet_feature_pipeline(pipeline, save_directory: Optional[Union[str, o
         (unet.config.in_channels, unet.config.sample_size),
         save_directory,
         backbone_type="unet",
-        backbone_config=dict(unet.config),
+        backbone_config=_published_config(dict(unet.config)),
         scheduler_config=dict(pipeline.scheduler.config),
         feature_block=head_config.block,
         feature_timestep=head_config.timestep,
@@ -236,7 +242,7 @@ def export_rc_dit_pipeline(pipeline, save_directory: Optional[Union[str, os.Path
         save_directory,
         feature_affine=_representation_affine(transformer),
         backbone_type="encoder",
-        backbone_config=encoder.config.to_dict(),
+        backbone_config=_published_config(encoder.config.to_dict()),
         representation_readout=transformer.config.representation_readout,
         encoder_preprocessing=transformer.config.encoder_preprocessing,
     )
