@@ -618,3 +618,37 @@ def test_stratified_group_split_bad_input():
         stratified_group_split(labels, ["a", "a", "b", "b"], 0.2)
     with pytest.raises(ValueError, match="missing"):
         stratified_group_split(labels, ["a", None, "b", "c"], 0.5)
+
+
+def test_an_image_with_an_exif_orientation_reads_upright_through_every_path(tmp_path):
+    """A photo taken sideways (EXIF Orientation 6: rotate 90 degrees clockwise to view) reads the same, upright, from
+    a folder, a path given to the pipelines' preprocessing, streamed files, streamed `datasets` bytes, and
+    transformers' `load_image` (which `pipeline()` uses); it was read as stored everywhere but the last."""
+    from transformers.image_utils import load_image
+
+    from diffusion_classifiers.data import preprocess_images
+    from diffusion_classifiers.data.streaming import StreamingImages, streaming_image_classification_data
+
+    stored = np.arange(6 * 10, dtype=np.uint8).reshape(6, 10) * 4  # 6 rows x 10 columns, as stored
+    upright = np.rot90(stored, k=-1)  # 10 x 6, as viewed
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    for label in ("a", "b"):
+        (tmp_path / "photos" / label).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(stored).save(tmp_path / "photos" / label / f"{i}.png", exif=exif)
+    path = tmp_path / "photos" / "a" / "0.png"
+    assert np.array_equal(np.asarray(load_image(str(path)).convert("L")), upright)
+
+    size = (10, 6)  # the upright image's own size: no resampling
+    as_read = preprocess_images([path], image_size=size, num_channels=1)[0, 0]
+    expected = torch.from_numpy(upright.astype(np.float32)) / 127.5 - 1
+    torch.testing.assert_close(as_read, expected, rtol=0, atol=1e-6)
+    folder = load_image_classification_data(tmp_path / "photos", image_size=size, num_channels=1)
+    torch.testing.assert_close(folder["train"].images[0, 0], expected, rtol=0, atol=1e-6)
+    streamed = streaming_image_classification_data(tmp_path / "photos", num_channels=1, image_size=size)
+    torch.testing.assert_close(streamed["train"][0][0][0], expected, rtol=0, atol=1e-6)
+    with_bytes = datasets.Dataset.from_dict({"image": [{"bytes": path.read_bytes(), "path": None}]},
+                                           features=datasets.Features({"image": datasets.Image(decode=False)}))
+    torch.testing.assert_close(StreamingImages(with_bytes, size, 1, label_column=False)[0][0][0], expected,
+                               rtol=0, atol=1e-6)  # fmt: skip

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+
+from .image_files import DECODE_ERRORS, decode_error_text, open_image
 
 
 __all__ = [
@@ -518,10 +519,10 @@ def read_16bit_image(path: str | Path, bits_stored: int | None = None) -> np.nda
     """
     _check_bits_stored(bits_stored)
     try:
-        with Image.open(path) as image:
-            mode, values = image.mode, np.asarray(image).astype(np.int64)
-    except (OSError, UnidentifiedImageError, SyntaxError) as error:
-        raise ValueError(f"cannot decode image file {path}: {error}") from error
+        image = open_image(path)
+    except DECODE_ERRORS as error:
+        raise ValueError(f"cannot decode image file {path}: {decode_error_text(error)}") from error
+    mode, values = image.mode, np.asarray(image).astype(np.int64)
     if mode not in _PIL_16BIT_MODES:
         raise ValueError(f"{path}: PIL mode {mode}; expected a 16-bit greyscale image (I;16 or I)")
     low, high = int(values.min()), int(values.max())

@@ -19,6 +19,7 @@ from PIL import Image
 
 from ..validation import check_finite_rows
 from .dicom import _PIL_16BIT_MODES, MedicalPreprocessing, is_dicom_file
+from .image_files import DECODE_ERRORS, decode_error_text, open_image
 
 __all__ = ["INPUT_RANGES", "RESAMPLE_MODES", "RESIZE_MODES", "ImagePreprocessing", "preprocess_images"]
 
@@ -326,13 +327,12 @@ def _read_path(path: Any, position: int, contract: ImagePreprocessing) -> Any:
     if is_dicom_file(path):
         return contract.medical_or_default.read(path)
     try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode not in _PIL_16BIT_MODES:
-                return image.copy()
-    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ValueError(f"preprocess_images: cannot decode image file {path} (item {position}): {error}") from error
-    return contract.medical_or_default.read(path)
+        image = open_image(path)
+    except DECODE_ERRORS as error:
+        raise ValueError(
+            f"preprocess_images: cannot decode image file {path} (item {position}): {decode_error_text(error)}"
+        ) from error
+    return image if image.mode not in _PIL_16BIT_MODES else contract.medical_or_default.read(path)
 
 
 def _item_to_nchw(item: Any, position: int, offset: int, data_format: str | None) -> torch.Tensor:

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..validation import check_finite_rows
 from .dicom import (
@@ -39,6 +39,7 @@ from .dicom import (
     read_dicom_header,
     window_channels,
 )
+from .image_files import DECODE_ERRORS, decode_error_text, open_image
 from .preprocessing import _PIL_16BIT_MODES, ImagePreprocessing, _describe, fit_options, preprocess_images
 from .splits import _check_fraction, stratified_group_split, stratified_split
 
@@ -69,10 +70,6 @@ IMAGE_EXTENSIONS = {".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".
 _ACCEPTED_FILES = f"extensions {sorted(IMAGE_EXTENSIONS | DICOM_EXTENSIONS)}; {_EXTENSIONLESS_DICOM_NOTE}"
 DEFAULT_DIGITS_SIZE = 32
 DEFAULT_FOLDER_SIZE = 32
-# What decoding an image file may raise; a decompression bomb (PIL's warning too) is refused like a corrupt file.
-_DECODE_ERRORS = (
-    OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning
-)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -672,14 +669,11 @@ def _decode_image_file(path: Path, bits_stored: int | None = None) -> Image.Imag
     """Open and fully decode an image file (so truncation is caught now, not mid-training); a 16-bit greyscale image
     comes back as float32 `[1, 1, H, W]` in `[0, 1]`, scaled by its bit depth (see [`read_16bit_image`])."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()
-                if image.mode not in _PIL_16BIT_MODES:
-                    return image.copy()
-    except _DECODE_ERRORS as error:
-        raise ValueError(f"cannot decode image file {path}: {_decode_error_text(error)}") from error
+        image = open_image(path)
+    except DECODE_ERRORS as error:
+        raise ValueError(f"cannot decode image file {path}: {decode_error_text(error)}") from error
+    if image.mode not in _PIL_16BIT_MODES:
+        return image
     return read_16bit_image(path, bits_stored)[None, None]
 
 
@@ -803,12 +797,6 @@ def _list_csv(
     return files, np.asarray(labels, dtype=np.int64), names, patients if patient_id_column else None
 
 
-def _decode_error_text(error: Exception) -> str:
-    if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return f"{error} Refused; raise PIL.Image.MAX_IMAGE_PIXELS to read images this large"
-    return str(error)
-
-
 # --- datasets ---------------------------------------------------------------------------------------
 
 _HF_SPLIT_NAMES = {"train": "train", "validation": "val", "val": "val", "test": "test"}
@@ -902,9 +890,9 @@ def _decode_column(dataset: Any, column: str, split: str) -> list[Image.Image]:
                 if example[column] is None:
                     raise ValueError(f"split {split!r} row {len(images)}: column {column!r} has no image")
                 images.append(example[column])
-    except _DECODE_ERRORS as error:
+    except DECODE_ERRORS as error:
         raise ValueError(
-            f"split {split!r} row {len(images)}: cannot decode column {column!r}: {_decode_error_text(error)}"
+            f"split {split!r} row {len(images)}: cannot decode column {column!r}: {decode_error_text(error)}"
         ) from error
     return images
 

@@ -25,14 +25,13 @@ import torch
 from PIL import Image
 
 from .dicom import MedicalPreprocessing, is_dicom_file, read_dicom_header, resolve_windows
+from .image_files import DECODE_ERRORS, decode_error_text, open_image
 from .preprocessing import ImagePreprocessing, _describe, fit_options, preprocess_images
 from .readers import (
-    _DECODE_ERRORS,
     _HF_SPLIT_NAMES,
     DEFAULT_FOLDER_SIZE,
     SPLITS,
     _carve_splits,
-    _decode_error_text,
     _decode_image_file,
     _hf_splits,
     _find_column,
@@ -77,13 +76,9 @@ def _decode(item: dict, medical: MedicalPreprocessing, frame: int | None = None)
             return _read_dicom_frame(path, medical, frame)
         return _decode_image_file(Path(path), medical.bits_stored)
     try:  # decoded as datasets.Image decodes bytes, so a streamed image equals the in-memory one
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(item["bytes"])) as image:
-                image.load()
-                return image.copy()
-    except _DECODE_ERRORS as error:
-        raise ValueError(f"cannot decode image {path or '(bytes without a path)'}: {_decode_error_text(error)}") from error
+        return open_image(io.BytesIO(item["bytes"]))
+    except DECODE_ERRORS as error:
+        raise ValueError(f"cannot decode image {path or '(bytes without a path)'}: {decode_error_text(error)}") from error
 
 
 def _read_dicom_frame(path: str, medical: MedicalPreprocessing, frame: int | None) -> np.ndarray:
@@ -328,9 +323,9 @@ class DecodedImages(torch.utils.data.Dataset):
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 image = self.rows[int(index)][self.image_column]
-        except _DECODE_ERRORS as error:
+        except DECODE_ERRORS as error:
             raise ValueError(
-                f"row {index}: cannot decode column {self.image_column!r}: {_decode_error_text(error)}"
+                f"row {index}: cannot decode column {self.image_column!r}: {decode_error_text(error)}"
             ) from error
         if image is None:
             raise ValueError(f"row {index}: column {self.image_column!r} has no image")
@@ -357,8 +352,8 @@ def _check_headers(files: Sequence[str], medical: MedicalPreprocessing) -> None:
         try:
             with Image.open(file):
                 pass
-        except (*_DECODE_ERRORS, FileNotFoundError) as error:
-            raise ValueError(f"cannot decode image file {file}: {_decode_error_text(error)}") from error
+        except (*DECODE_ERRORS, FileNotFoundError) as error:
+            raise ValueError(f"cannot decode image file {file}: {decode_error_text(error)}") from error
 
 
 def streaming_image_classification_data(
