@@ -549,3 +549,39 @@ numpy.save({str(tmp_path / 'probs.npy')!r}, pipe(torch.from_numpy(numpy.load({st
     assert result.returncode == 0, result.stderr[-3000:]
     # the same code on the same inputs in another process (see tests/test_ecosystem_loading.py: assert_same_numbers)
     torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "probs.npy")), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_uploads_leave_out_pickles_and_name_them(saved_pipeline, monkeypatch, tmp_path):
+    """A folder written by transformers' `Trainer.save_model` holds `training_args.bin`, a pickle: neither the upload
+    nor the dry run carries it (nor any other pickle); a warning names what was left out."""
+    folder = tmp_path / "model"
+    shutil.copytree(saved_pipeline[0], folder)
+    pickles = ["ema/model.ckpt", "optimizer.pt", "scaler.pkl", "training_args.bin", "unet/weights.pth"]
+    for name in pickles:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"pickle")
+    expected = set(folder_digest(saved_pipeline[0])) | {"README.md"}
+
+    with pytest.warns(UserWarning, match=r"not uploading the pickle file\(s\) " + re.escape(", ".join(pickles))):
+        hub.write_dry_run(folder, tmp_path / "dry", card=model_card())
+    assert set(folder_digest(tmp_path / "dry")) == expected
+
+    commits = []
+
+    class RecordingApi:
+        endpoint = "stub"
+
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, *args, **kwargs):
+            pass
+
+        def create_commit(self, repo_id, operations, **kwargs):
+            commits.append({operation.path_in_repo for operation in operations})
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "HfApi", RecordingApi)
+    with pytest.warns(UserWarning, match="training_args.bin"):
+        push_to_hub(folder, "org/tiny", card=model_card())
+    assert commits == [expected]

@@ -10,6 +10,7 @@ import math
 import numbers
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
@@ -31,6 +32,7 @@ from jinja2 import meta
 
 __all__ = [
     "METHODS",
+    "PICKLE_SUFFIXES",
     "TEMPLATES_DIR",
     "HubUploadError",
     "download",
@@ -62,6 +64,9 @@ METRIC_NAMES = {
 # a repo's Python files only when the user trusts its remote code.
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.md"]
 REMOTE_CODE_PATTERNS = ["*.py"]
+
+# Pickled files (loading one can run arbitrary code): never uploaded, since the library loads safetensors and JSON only.
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pickle", ".pkl", ".pt", ".pth")
 
 # Fields the templates may leave empty (they test them with `{% if %}`); every other field they read is required.
 MODEL_CARD_OPTIONAL = {"dataset_id", "model_description", "class_names"}
@@ -268,9 +273,18 @@ def library_name_of(local_dir: Union[str, os.PathLike]) -> str:
 
 
 def _local_files(local_dir: Path) -> List[str]:
-    """Relative paths of the files in `local_dir`, hidden ones (.git, .cache, ...) left out."""
+    """Relative paths of the files in `local_dir` to upload: hidden ones (.git, .cache, ...) left out, and pickles
+    (`PICKLE_SUFFIXES`, e.g. the `training_args.bin` of transformers' `Trainer`) left out with a warning naming them."""
     relative = (path.relative_to(local_dir) for path in local_dir.rglob("*") if path.is_file())
-    return sorted(path.as_posix() for path in relative if not any(part.startswith(".") for part in path.parts))
+    names = sorted(path.as_posix() for path in relative if not any(part.startswith(".") for part in path.parts))
+    pickles = [name for name in names if name.endswith(PICKLE_SUFFIXES)]
+    if pickles:
+        warnings.warn(
+            f"{local_dir}: not uploading the pickle file(s) {', '.join(pickles)} (loading a pickle can run arbitrary "
+            "code; the model loads from safetensors and JSON only)",
+            stacklevel=4,  # the caller of push_to_hub / write_dry_run
+        )
+    return [name for name in names if not name.endswith(PICKLE_SUFFIXES)]
 
 
 def _commit_operations(local_dir: Path, card: Optional[Union[ModelCard, DatasetCard]]) -> List[CommitOperationAdd]:
@@ -326,7 +340,8 @@ def push_to_hub(
 
     `local_dir` is a saved pipeline or transformers model folder (or, with `repo_type="dataset"`, a dataset
     folder). It is only read: the card goes to the Hub from memory, and a failed upload leaves it unchanged.
-    `revision` is an existing branch (default: main).
+    Hidden files and pickles (`PICKLE_SUFFIXES`, e.g. a `Trainer`'s `training_args.bin`) are not uploaded; a warning
+    names the pickles. `revision` is an existing branch (default: main).
 
     Raises `OfflineModeIsEnabled` when HF_HUB_OFFLINE is set, `HubUploadError` when the upload fails.
     """
@@ -351,7 +366,7 @@ def push_to_hub(
 
 def download_patterns(trust_remote_code: bool = False) -> List[str]:
     """The files `download` fetches from a Hub repo: configs, safetensors weights and cards, plus the repo's Python
-    files with `trust_remote_code`. Never pickles (.bin, .pt, .pkl, .ckpt): loading one can run arbitrary code."""
+    files with `trust_remote_code`. Never pickles (`PICKLE_SUFFIXES`): loading one can run arbitrary code."""
     return DOWNLOAD_PATTERNS + (REMOTE_CODE_PATTERNS if trust_remote_code else [])
 
 
