@@ -153,11 +153,11 @@ def test_killed_two_process_ddp_run_resumes_bitwise(tmp_path):
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def tiny_run(output_dir, dataset=None, **overrides):
-    """Train a tiny U-Net in this process (on 12 random images, or `dataset`); returns `train`'s result."""
+def tiny_run(output_dir, dataset=None, unet=None, **overrides):
+    """Train a tiny U-Net (or `unet`) in this process on 12 random images (or `dataset`); returns `train`'s result."""
     settings = dict(train_batch_size=4, max_train_steps=2, learning_rate=1e-3, lr_warmup_steps=1, checkpointing_steps=2)
     torch.manual_seed(0)
-    unet = UNet2DModel(**unet_config("tiny", 8))
+    unet = unet or UNet2DModel(**unet_config("tiny", 8))
     args = TrainingArguments(output_dir=str(output_dir), **{**settings, **overrides})
     return train(args, unet, dataset or TensorDataset(tiny_images()), DenoisingLoss(DDPMScheduler(num_train_timesteps=100)))
 
@@ -208,6 +208,35 @@ def test_a_planted_pickle_is_refused_before_anything_is_unpickled(tmp_path):
     with pytest.raises(TypeError):  # how accelerate 1.15 reads it: weights_only=False, the code runs, then it fails
         load_custom_state(torch.nn.Linear(1, 1), str(checkpoint))
     assert canary.exists()  # the poison was real
+
+
+def test_a_resume_that_changes_the_step_arithmetic_or_the_model_is_refused_naming_the_change(tmp_path):
+    tiny_run(tmp_path, max_train_steps=2)
+    resume = dict(max_train_steps=3, resume_from_checkpoint="latest")
+    smaller = dict(unet=UNet2DModel(**{**unet_config("tiny", 8), "block_out_channels": (8, 16, 16)}), **resume)
+    for changed, overrides in [
+        ("--train_batch_size 4 -> 3; --gradient_accumulation_steps 1 -> 2",
+         dict(train_batch_size=3, gradient_accumulation_steps=2)),
+        (r"training examples \(--dataset\) 12 -> 10", dict(dataset=TensorDataset(tiny_images()[:10]))),
+        (r"the model's config \(block_out_channels \[16, 32, 32\] -> \[8, 16, 16\]\)", {}),
+    ]:
+        with pytest.raises(ValueError, match=rf"differs from the one that wrote it in {changed} \(checkpoint -> now\)"):
+            tiny_run(tmp_path, **{**(smaller if not overrides else resume), **overrides})
+    (tmp_path / "checkpoint-2" / "training_run.json").unlink()  # a checkpoint of before the record: its tensors
+    with pytest.raises(ValueError, match=r"the model's tensors \(\d+ differ: conv_in.weight \[16, 1, 3, 3\] -> \[8,"):
+        tiny_run(tmp_path, **smaller)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]  # refused before training
+    _, _, summary = tiny_run(tmp_path, **resume)  # and it still resumes with what wrote it
+    assert summary.resumed_from_step == 2 and summary.global_step == 3
+
+
+@pytest.mark.slow
+def test_a_two_process_checkpoint_resumed_by_one_process_is_refused(tmp_path):
+    # accelerate steps the schedule once per process per optimizer step: alone, the run would be past its schedule
+    command = [PYTHON, "-m", "tests.test_resume", "two-then-one", str(tmp_path / "run")]
+    result = subprocess.run(command, env=python_subprocess_env(), cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode != 0 and "differs from the one that wrote it in processes 2 -> 1 (" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-1"]
 
 
 def test_resuming_with_ema_needs_the_ema_files(tmp_path):
@@ -333,6 +362,12 @@ def test_checkpoints_set_aside_by_a_killed_run_are_back_for_the_next(tmp_path):
 
 if __name__ == "__main__":
     # python -m tests.test_resume TMP_DIR KILL_AFTER FLAGS...: the DDP kill test, in a fresh interpreter
+    # python -m tests.test_resume two-then-one OUTPUT_DIR: a step of 2 processes, then the resume of 1
     from pathlib import Path
 
-    ddp_kill_and_resume(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:])
+    if sys.argv[1] == "two-then-one":
+        flags = ["--output_dir", sys.argv[2], "--train_batch_size", "2", "--max_train_steps", "1"]
+        debug_launcher(run_tiny_unet, (flags,))
+        run_tiny_unet([*flags[:-1], "2", "--resume_from_checkpoint", "latest"])
+    else:
+        ddp_kill_and_resume(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:])

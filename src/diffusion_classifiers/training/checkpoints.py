@@ -15,7 +15,9 @@ from typing import Optional
 
 from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from ..remote_code import make_weights_readable_as_umask_allows
 from .arguments import TrainingArguments
@@ -24,11 +26,14 @@ __all__ = [
     "CHECKPOINT_PATTERN",
     "EMA_CONFIG_NAME",
     "EMA_WEIGHTS_NAME",
+    "RUN_RECORD_NAME",
     "check_checkpoint_folder",
+    "check_resume_matches",
     "checkpoint_step",
     "find_latest_checkpoint",
     "load_ema",
     "resolve_resume_path",
+    "run_record",
     "save_checkpoint",
     "save_ema",
 ]
@@ -36,6 +41,14 @@ __all__ = [
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 EMA_WEIGHTS_NAME = "ema.safetensors"
 EMA_CONFIG_NAME = "ema.json"
+RUN_RECORD_NAME = "training_run.json"  # what a resume must match (`run_record`)
+# The record's entries as a person names them, in the order they are reported (then the model's config)
+RUN_RECORD_LABELS = {
+    "num_processes": "processes",
+    "train_batch_size": "--train_batch_size",
+    "gradient_accumulation_steps": "--gradient_accumulation_steps",
+    "num_examples": "training examples (--dataset)",
+}
 # What `Accelerator.save_state` writes for this loop's model, optimizer and schedule (plus the GradScaler of fp16).
 ACCELERATE_STATE_FILES = re.compile(
     r"^(model(_\d+)?\.safetensors|optimizer(_\d+)?\.bin|scheduler(_\d+)?\.bin|random_states_\d+\.pkl|scaler\.pt)$"
@@ -73,22 +86,91 @@ def resolve_resume_path(args: TrainingArguments) -> Optional[str]:
     return path
 
 
-def check_checkpoint_folder(path: str, num_processes: int, use_ema: bool) -> None:
-    """Refuse a checkpoint folder with a file this library never writes, or without one that resuming needs."""
+def _model_config(model: nn.Module) -> Optional[dict]:
+    """The config a diffusers or transformers model was built from (public keys, as JSON would read them), or None."""
+    config = getattr(model, "config", None)
+    config = config.to_dict() if hasattr(config, "to_dict") else config
+    if not isinstance(config, dict):
+        return None
+    public = {key: value for key, value in config.items() if not key.startswith("_") and not key.endswith("_version")}
+    return json.loads(json.dumps(public, default=str))
+
+
+def run_record(args: TrainingArguments, num_processes: int, num_examples: int, model: nn.Module) -> dict:
+    """What a resume must match, saved with every checkpoint as `RUN_RECORD_NAME`: what defines the step arithmetic
+    (the learning-rate schedule, which accelerate steps once per process per optimizer step; the epoch and batch a
+    step falls in) and the model's config."""
+    return {
+        "num_processes": num_processes,
+        "train_batch_size": args.train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "num_examples": num_examples,
+        "model_config": _model_config(model),
+    }
+
+
+def _record_changes(saved: dict, record: dict) -> list:
+    changes = [
+        f"{label} {saved[key]} -> {record[key]}"
+        for key, label in RUN_RECORD_LABELS.items()
+        if key in saved and saved[key] != record[key]
+    ]
+    before, now = saved.get("model_config") or {}, record["model_config"] or {}
+    keys = sorted(key for key in {*before, *now} if before.get(key) != now.get(key))
+    config = [f"{key} {before.get(key)} -> {now.get(key)}" for key in keys]
+    return changes + ([f"the model's config ({', '.join(config)})"] if config else [])
+
+
+def _model_changes(path: str, model: nn.Module) -> list:
+    """How `model`'s tensors differ from those saved in `path`/model.safetensors (read from its header only)."""
+    if not os.path.isfile(os.path.join(path, "model.safetensors")):
+        return []  # refused as a file resuming needs
+    with safe_open(os.path.join(path, "model.safetensors"), framework="pt") as saved:
+        saved_shapes = {name: list(saved.get_slice(name).get_shape()) for name in saved.keys()}
+    shapes = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+    reshaped = [name for name, shape in shapes.items() if saved_shapes.get(name, shape) != shape]
+    differences = [
+        *(f"{name} {saved_shapes[name]} -> {shapes[name]}" for name in reshaped),
+        *(f"{name} new" for name in sorted(set(shapes) - set(saved_shapes))),
+        *(f"{name} gone" for name in sorted(set(saved_shapes) - set(shapes))),
+    ]
+    shown = ", ".join(differences[:3]) + (", ..." if len(differences) > 3 else "")
+    return [f"the model's tensors ({len(differences)} differ: {shown})"] if differences else []
+
+
+def check_checkpoint_folder(path: str, record: dict, model: nn.Module, use_ema: bool) -> None:
+    """Refuse a checkpoint folder with a file this library never writes, one written by a run whose `run_record` or
+    model differs from this one's (its schedule position, data order and weights hold only for those; a checkpoint
+    written before the record was kept is checked on its model's tensors only), or one without a file that resuming
+    needs."""
     for name in sorted(os.listdir(path)):
-        if not (ACCELERATE_STATE_FILES.match(name) or name in (EMA_WEIGHTS_NAME, EMA_CONFIG_NAME)):
+        if not (ACCELERATE_STATE_FILES.match(name) or name in (EMA_WEIGHTS_NAME, EMA_CONFIG_NAME, RUN_RECORD_NAME)):
             raise ValueError(
                 f"checkpoint folder {path} contains {name!r}, which this library never writes; refusing to resume "
                 "from it (accelerate would unpickle such a file, which can run arbitrary code)"
             )
+    changes = []
+    if os.path.isfile(os.path.join(path, RUN_RECORD_NAME)):
+        with open(os.path.join(path, RUN_RECORD_NAME)) as f:
+            changes = _record_changes(json.load(f), record)
+    if not any(change.startswith("the model's config") for change in changes):  # else that says why tensors differ
+        changes += _model_changes(path, model)
+    if changes:
+        raise ValueError(
+            f"cannot resume from {path}: this run differs from the one that wrote it in {'; '.join(changes)} "
+            "(checkpoint -> now); resume with the settings it was written with, or start a new run "
+            "(--overwrite_output_dir, or another --output_dir)"
+        )
+    num_processes = record["num_processes"]
     required = ["model.safetensors", "optimizer.bin", "scheduler.bin"]
     required += [f"random_states_{i}.pkl" for i in range(num_processes)]  # else accelerate silently keeps the RNG
     required += [EMA_WEIGHTS_NAME, EMA_CONFIG_NAME] if use_ema else []
     for name in required:
         if not os.path.isfile(os.path.join(path, name)):
+            written_by = len([n for n in os.listdir(path) if re.match(r"^random_states_\d+\.pkl$", n)])
             raise FileNotFoundError(
                 f"checkpoint folder {path} has no {name!r}, which resuming {num_processes} process(es)"
-                f"{' with --use_ema' if use_ema else ''} needs"
+                f"{' with --use_ema' if use_ema else ''} needs (it was written by {written_by} process(es))"
             )
 
 
@@ -122,15 +204,20 @@ def save_checkpoint(
     step: int,
     ema: Optional[EMAModel] = None,
     parameter_names: Optional[list] = None,
+    record: Optional[dict] = None,
 ) -> None:
     """Write `checkpoint-step` through `checkpoint-step.partial`, renamed by the main process once every process has
     written its part, so an interrupted save never leaves a half checkpoint; then prune the oldest ones beyond
-    `checkpoints_total_limit`. Every process calls this and returns when the checkpoint is complete."""
+    `checkpoints_total_limit`. `record` (`run_record`) is saved in it as `RUN_RECORD_NAME`. Every process calls this
+    and returns when the checkpoint is complete."""
     final = os.path.join(args.output_dir, f"checkpoint-{step}")
     partial = final + ".partial"
     accelerator.save_state(partial)
     if ema is not None and accelerator.is_main_process:
         save_ema(ema, parameter_names, partial)
+    if record is not None and accelerator.is_main_process:
+        with open(os.path.join(partial, RUN_RECORD_NAME), "w") as f:
+            json.dump(record, f, indent=2)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         make_weights_readable_as_umask_allows([partial])  # resumable by the other users of a shared folder

@@ -40,6 +40,7 @@ from .checkpoints import (
     find_latest_checkpoint,
     load_ema,
     resolve_resume_path,
+    run_record,
     save_checkpoint,
 )
 from .launch import check_world_size
@@ -191,17 +192,20 @@ def _claim_output_dir(accelerator: Accelerator, args: TrainingArguments) -> Iter
             lock.release()
 
 
-def _resume(accelerator: Accelerator, args: TrainingArguments, ema: Optional[EMAModel], parameter_names: list) -> int:
-    """Load the checkpoint `--resume_from_checkpoint` names, once `check_checkpoint_folder` accepts it; returns the
-    optimizer steps it had made (0 when there is none to resume from)."""
+def _resume(
+    accelerator: Accelerator, args: TrainingArguments, record: dict, model: nn.Module, ema: Optional[EMAModel]
+) -> int:
+    """Load the checkpoint `--resume_from_checkpoint` names into the unwrapped `model` (prepared) and `ema`, once
+    `check_checkpoint_folder` accepts it for this run's `record`; returns the optimizer steps it had made (0 when
+    there is none to resume from)."""
     path = resolve_resume_path(args)
     if path is None:
         return 0
-    check_checkpoint_folder(path, accelerator.num_processes, use_ema=ema is not None)
+    check_checkpoint_folder(path, record, model, use_ema=ema is not None)
     accelerator.print(f"Resuming from {path}")
     accelerator.load_state(path)  # model, optimizer, schedule, accumulation step, every process's RNG states
     if ema is not None:
-        load_ema(ema, parameter_names, path)
+        load_ema(ema, [name for name, _ in model.named_parameters()], path)
         ema.to(accelerator.device)
     return checkpoint_step(path)
 
@@ -355,8 +359,9 @@ def _train(
     unwrapped = accelerator.unwrap_model(model)
     parameter_names = [name for name, _ in unwrapped.named_parameters()]
     ema = _build_ema(args, unwrapped, accelerator.device) if args.use_ema else None
+    record = run_record(args, num_processes, num_examples, unwrapped)
 
-    global_step = resumed_from_step = _resume(accelerator, args, ema, parameter_names)
+    global_step = resumed_from_step = _resume(accelerator, args, record, unwrapped, ema)
     restore_step_rates(lr_scheduler)
     schedule_clock = _schedule_clock(args, lr_scheduler, max_train_steps, num_processes)
     budget_used = 0.0
@@ -412,7 +417,7 @@ def _train(
                 accelerator.log({"train_loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
             out_of_time = global_step < max_train_steps and budget_used >= 1.0
             if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps or out_of_time:
-                save_checkpoint(accelerator, args, global_step, ema, parameter_names)
+                save_checkpoint(accelerator, args, global_step, ema, parameter_names, record)
                 if accelerator.is_main_process:
                     _show_progress(
                         accelerator, args, (history, monitor_history), sample_grid, monitor, unwrapped, ema, global_step
