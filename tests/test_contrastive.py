@@ -194,6 +194,22 @@ def test_dino_loss_updates_teacher_once_per_optimizer_step(digits):
     assert model.center.abs().sum() > 0
 
 
+def test_a_resumed_dino_run_is_bitwise_the_uninterrupted_one(digits, tmp_path):
+    # the teacher's momentum step at the first batch after a resume was skipped: one update lost per resume
+    def run(output_dir, steps, **resume):
+        model = DINOModel(tiny_encoder(), out_dim=16, hidden_dim=16, bottleneck_dim=8)
+        loss = DINOLoss(build_augmentation(SIZE, 1), total_steps=4, update_every=2, teacher_momentum=0.9)
+        settings = dict(train_batch_size=16, gradient_accumulation_steps=2, lr_scheduler="constant", checkpointing_steps=2)
+        return train(args_for(output_dir, steps, **settings, **resume), model, TensorDataset(digits[:64]), loss)[0]
+
+    straight = run(tmp_path / "straight", 4)
+    run(tmp_path / "resumed", 2)
+    resumed = run(tmp_path / "resumed", 4, resume_from_checkpoint="latest")
+    assert int(straight.teacher_updates) == int(resumed.teacher_updates) == 3
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def test_cosine_teacher_momentum_schedule():
     assert cosine_teacher_momentum(0, 100, 0.996) == pytest.approx(0.996)
     assert cosine_teacher_momentum(50, 100, 0.996) == pytest.approx(0.998)

@@ -327,7 +327,10 @@ class DINOLoss:
 
     def maybe_update_teacher(self, dino: DINOModel) -> None:
         """The momentum step of the teacher, once per optimizer step (see the class docstring)."""
-        if dino.training and self.calls > 0 and self.calls % self.update_every == 0:
+        # at the first batch of every optimizer step but the run's first: `center_initialized` (saved in checkpoints
+        # with the weights, unlike `calls`) is set by the first batch, so a run resumed from a checkpoint updates the
+        # teacher at its first batch as the uninterrupted run does
+        if dino.training and self.calls % self.update_every == 0 and dino.center_initialized:
             step = int(dino.teacher_updates)
             dino.update_teacher(cosine_teacher_momentum(step, self.total_steps, self.teacher_momentum))
         self.calls += int(dino.training)
