@@ -67,7 +67,8 @@ def test_model_card_yaml_carries_eval_results_and_body_the_commands(method):
     body = text.split("---\n", 2)[2]
     for expected in (
         "--dataset digits --output_dir out", "--model_dir out --split test", "BSD-3-Clause", "not a diagnostic device",
-        'from_pretrained("org/tiny", trust_remote_code=True)', "| Accuracy | 0.8125 |", "@inproceedings",
+        'from_pretrained("org/tiny", trust_remote_code=True, use_safetensors=True)', "| Accuracy | 0.8125 |",
+        "@inproceedings",
     ):
         assert expected in body
     assert "{{" not in body and "{%" not in body
@@ -585,3 +586,26 @@ def test_uploads_leave_out_pickles_and_name_them(saved_pipeline, monkeypatch, tm
     with pytest.warns(UserWarning, match="training_args.bin"):
         push_to_hub(folder, "org/tiny", card=model_card())
     assert commits == [expected]
+
+
+def test_card_usage_snippet_runs_and_never_loads_pickled_weights(saved_pipeline, tmp_path):
+    """The card's snippet, run as written on a saved folder, loads it; on a folder whose U-Net weights are only a
+    pickle (`diffusion_pytorch_model.bin`), diffusers' generic loader would fall back to it: the snippet refuses it."""
+    pipe_dir, images, expected = saved_pipeline
+    pickled = tmp_path / "pickled"
+    shutil.copytree(pipe_dir, pickled)
+    weights = pickled / "unet" / "diffusion_pytorch_model.safetensors"
+    from safetensors.torch import load_file
+
+    torch.save(load_file(weights), weights.with_suffix(".bin"))
+    weights.unlink()
+    for folder in (pipe_dir, pickled):
+        card = str(model_card(repo_id=str(folder)))
+        snippet = re.search(r"```python\n(.*?)```", card, flags=re.DOTALL).group(1)
+        namespace = {"images": torch.from_numpy(np.load(images))}
+        if folder == pickled:
+            with pytest.raises(OSError, match="no file named diffusion_pytorch_model.safetensors"):
+                exec(snippet, namespace)
+        else:
+            exec(snippet, namespace)
+            torch.testing.assert_close(namespace["out"].probs, expected, rtol=0, atol=0)
