@@ -18,7 +18,7 @@ LAYERS = {
     "data": 1, "models": 1, "likelihood": 1,
     "features": 2, "probing": 2,
     "training": 3, "pipelines": 3, "configuration_diffusion_classifier": 3, "image_processing_diffusion_classifier": 3,
-    "modeling_diffusion_classifier": 3, "transformers_registration": 3, "plots": 3, "hub": 3,
+    "modeling_diffusion_classifier": 3, "transformers_registration": 3, "transformers_pipeline": 3, "plots": 3, "hub": 3,
     "evaluation": 4, "unet_feature_study": 4, "prediction": 4,
     "cli": 5,
 }  # fmt: skip

@@ -27,6 +27,7 @@ _EXPORTS = {
     "DiffusionClassifierConfig": "configuration_diffusion_classifier",
     "DiffusionClassifierImageProcessor": "image_processing_diffusion_classifier",
     "DiffusionFeaturesForImageClassification": "modeling_diffusion_classifier",
+    "DiffusionClassifierImageClassificationPipeline": "transformers_pipeline",
     "export_unet_feature_pipeline": "modeling_diffusion_classifier",
     "export_rc_dit_pipeline": "modeling_diffusion_classifier",
     # models: components, sizes and builders
@@ -105,6 +106,7 @@ register_when_transformers_loads()
 if TYPE_CHECKING:  # static analysers and IDEs see the lazy names
     from .configuration_diffusion_classifier import DiffusionClassifierConfig  # noqa: F401
     from .image_processing_diffusion_classifier import DiffusionClassifierImageProcessor  # noqa: F401
+    from .transformers_pipeline import DiffusionClassifierImageClassificationPipeline  # noqa: F401
     from .modeling_diffusion_classifier import *  # noqa: F401,F403
     from .models import *  # noqa: F401,F403
     from .pipelines import *  # noqa: F401,F403

@@ -1,0 +1,54 @@
+"""transformers' image-classification pipeline, reading files as this package's models were trained on them.
+
+`pipeline("image-classification", ...)` opens every path and PIL image with `load_image`, which converts it to 8-bit
+RGB before the model's image processor sees it: a 16-bit PNG / TIFF is clipped (every value above 255 white) and a
+DICOM file is not an image to PIL. [`DiffusionClassifierImageClassificationPipeline`] hands local files and 16-bit /
+float PIL images to the image processor as they are, which reads them through the model's saved preprocessing
+(DICOM windows, bit depth), exactly as `pipe(paths)` and `diffusion-classifiers predict` do.
+"""
+
+import os
+
+from PIL import Image
+from transformers import ImageClassificationPipeline
+
+__all__ = ["DiffusionClassifierImageClassificationPipeline"]
+
+# PIL modes that `load_image`'s conversion to 8-bit RGB would clip or rescale
+_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+class DiffusionClassifierImageClassificationPipeline(ImageClassificationPipeline):
+    """
+    `transformers.ImageClassificationPipeline` whose inputs keep their bit depth: pass it as `pipeline_class`.
+
+    ```py
+    >>> from transformers import pipeline
+    >>> from diffusion_classifiers import DiffusionClassifierImageClassificationPipeline
+
+    >>> classify = pipeline("image-classification", model="path/to/export",
+    ...                     pipeline_class=DiffusionClassifierImageClassificationPipeline)
+    >>> classify(["scan/CT000010.dcm", "xray_16bit.png"])
+    ```
+
+    Local file paths (DICOM included) and PIL images of modes I, I;16 and F go to the image processor unconverted;
+    URLs, base64 strings and 8-bit PIL images are read by `load_image` as usual. A DICOM file of several frames is
+    refused (one image per input): `diffusion-classifiers predict` writes one row per frame.
+    """
+
+    def preprocess(self, image, timeout=None):
+        if not _keeps_its_depth(image):
+            return super().preprocess(image, timeout=timeout)
+        model_inputs = self.image_processor(images=image, return_tensors="pt")
+        if len(model_inputs["pixel_values"]) != 1:
+            raise ValueError(
+                f"{image}: {len(model_inputs['pixel_values'])} frames; expected one image per input (a multi-frame "
+                "DICOM file: `diffusion-classifiers predict` classifies each frame)"
+            )
+        return model_inputs.to(self.dtype)
+
+
+def _keeps_its_depth(image) -> bool:
+    if isinstance(image, Image.Image):
+        return image.mode in _WIDE_MODES
+    return isinstance(image, (str, os.PathLike)) and os.path.isfile(image)
