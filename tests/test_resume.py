@@ -344,10 +344,25 @@ def test_a_replacing_run_that_fails_loses_nothing_of_the_run_it_replaces(tmp_pat
         # one fetched ahead: the third fails after step 1)
         tiny_run(tmp_path, dataset=UnreadableAfter(10), overwrite_output_dir=True, checkpointing_steps=1, max_train_steps=3)
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1"]
-    assert sorted(p.name for p in (tmp_path / REPLACED_CHECKPOINTS).iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    replaced = sorted(p.name for p in (tmp_path / REPLACED_CHECKPOINTS).glob("checkpoint-*"))
+    assert replaced == ["checkpoint-2", "checkpoint-4"]
     assert "stay in" in caplog.text
     tiny_run(tmp_path, max_train_steps=3, resume_from_checkpoint="latest")  # the failed run, resumed, ends well
     assert not (tmp_path / REPLACED_CHECKPOINTS).exists()
+
+
+def test_resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside(tmp_path, caplog):
+    tiny_run(tmp_path, max_train_steps=6)  # checkpoints 2, 4, 6
+    with pytest.raises(ValueError, match="zz_trunc.png"):  # the rewind fails before a checkpoint of its own
+        tiny_run(tmp_path, dataset=UnreadableAfter(0), max_train_steps=4, resume_from_checkpoint="checkpoint-2")
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    _, _, summary = tiny_run(tmp_path, max_train_steps=3, checkpointing_steps=1, resume_from_checkpoint="checkpoint-2")
+    assert summary.global_step == 3 and "checkpoint-4, checkpoint-6 moved into" in caplog.text
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert not (tmp_path / REPLACED_CHECKPOINTS).exists()  # the rewound run ended well: the old timeline is gone
+    assert json.loads((tmp_path / "loss_history.json").read_text())["steps"] == [1, 2, 3]
+    _, _, summary = tiny_run(tmp_path, max_train_steps=4, checkpointing_steps=1, resume_from_checkpoint="latest")
+    assert summary.resumed_from_step == 3  # not 6, of the run rewound
 
 
 def test_checkpoints_set_aside_by_a_killed_run_are_back_for_the_next(tmp_path):

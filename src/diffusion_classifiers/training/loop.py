@@ -52,7 +52,7 @@ from .monitoring import (
     remove_samples_after,
     write_sample_grid,
 )
-from .output_dir import OutputDirLock, check_output_dir, settle_replaced_checkpoints
+from .output_dir import OutputDirLock, check_output_dir, set_aside_checkpoints_after, settle_replaced_checkpoints
 from .sampling import EpochSeededSampler
 from .time_budget import ScheduleOnTheClock, TrainingBudget, restore_step_rates
 
@@ -166,15 +166,19 @@ def allow_mixed_precision(mixed_precision: str) -> None:
 
 @contextmanager
 def _claim_output_dir(accelerator: Accelerator, args: TrainingArguments) -> Iterator[None]:
-    """The main process locks `output_dir` and checks it (`check_output_dir`) before anything is written there, and
-    at the end, also on errors, settles the checkpoints of a run it replaces (`settle_replaced_checkpoints`) and
-    releases the lock. A refusal is raised on every process."""
+    """The main process locks `output_dir` and checks it (`check_output_dir`; a run resumed from an earlier checkpoint
+    than the latest sets the later ones aside) before anything is written there, and at the end, also on errors,
+    settles the checkpoints of a run it replaces (`settle_replaced_checkpoints`) and releases the lock. A refusal is
+    raised on every process."""
     lock = OutputDirLock(args.output_dir) if accelerator.is_main_process else None
     refusal = [None]
     if lock is not None:
         try:
             lock.acquire()
             check_output_dir(args.output_dir, args.resume_from_checkpoint is not None, args.overwrite_output_dir)
+            resume_path = resolve_resume_path(args)
+            if resume_path is not None:
+                set_aside_checkpoints_after(args.output_dir, checkpoint_step(resume_path))
         except Exception as error:  # noqa: BLE001 - raised below, on every process: none may wait for the others
             lock.release()
             refusal = [error]

@@ -19,13 +19,14 @@ from .checkpoints import CHECKPOINT_PATTERN
 
 __all__ = [
     "LOCK_NAME", "REPLACED_CHECKPOINTS", "OutputDirInUseError", "OutputDirLock", "check_output_dir", "previous_run_files",
-    "settle_replaced_checkpoints",
+    "set_aside_checkpoints_after", "settle_replaced_checkpoints",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".training.lock"
 REPLACED_CHECKPOINTS = ".replaced_checkpoints"  # a replaced run's checkpoints, until the run replacing them ends
+REPLACING_RUN_NAME = "replacing_run.json"  # in it: the step the run replacing them started from
 # Written at the end of a run: the summary of `training.train`, a `save_pretrained` pipeline or model.
 FINISHED_RUN_FILES = ("training_summary.json", "model_index.json", "config.json")
 
@@ -147,35 +148,66 @@ def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> None:
             f"{' and no checkpoint-N to resume from' if resume else ''}; pass {advice}--overwrite_output_dir to "
             "replace it"
         )
-    if not checkpoints:
-        return
+    if checkpoints:
+        _set_aside(output_dir, checkpoints, 0, f"--overwrite_output_dir: the previous run in {output_dir}")
+
+
+def set_aside_checkpoints_after(output_dir: str, step: int) -> None:
+    """A run resumed from step `step`, earlier than the folder's latest checkpoint, leaves the timeline of the later
+    ones: they are set aside as `check_output_dir` sets aside a replaced run's, so that `--resume_from_checkpoint
+    latest` does not go back to them; call with the lock held."""
+    later = sorted(
+        (name for name in os.listdir(output_dir) if (m := CHECKPOINT_PATTERN.match(name)) and int(m.group(1)) > step),
+        key=_step_of,
+    )
+    if later:
+        _set_aside(output_dir, later, step, f"resuming from step {step}: the later steps of the run it rewinds")
+
+
+def _step_of(name: str) -> int:
+    return int(CHECKPOINT_PATTERN.match(name).group(1))
+
+
+def _set_aside(output_dir: str, checkpoints: list, from_step: int, whose: str) -> None:
+    """Move `checkpoints` (`whose` they are) into `REPLACED_CHECKPOINTS`, with the step the run replacing them starts
+    from."""
     aside = os.path.join(output_dir, REPLACED_CHECKPOINTS)
     if os.path.isdir(aside):  # set aside by a replacing run that failed after its own first checkpoint
-        logger.warning(f"--overwrite_output_dir: deleting {aside}, the checkpoints an earlier replaced run left")
+        logger.warning(f"deleting {aside}, the checkpoints an earlier replaced run left")
         shutil.rmtree(aside)
     logger.warning(
-        f"--overwrite_output_dir: {', '.join(checkpoints)} of the previous run in {output_dir} moved into "
-        f"{REPLACED_CHECKPOINTS}/, deleted when this run ends"
+        f"{whose}: {', '.join(checkpoints)} moved into {aside}, deleted when this run ends well, moved back if it "
+        "fails before a checkpoint of its own"
     )
     os.makedirs(aside)
+    with open(os.path.join(aside, REPLACING_RUN_NAME), "w") as f:
+        json.dump({"from_step": from_step}, f)
     for name in checkpoints:
         os.replace(os.path.join(output_dir, name), os.path.join(aside, name))
 
 
 def settle_replaced_checkpoints(output_dir: str, succeeded: bool) -> None:
-    """At the end of a run: delete the checkpoints `check_output_dir` set aside when the run `succeeded`; when it
-    failed before writing a checkpoint of its own, move them back, so the folder is as the replaced run left it
-    (after a checkpoint of the failed run they stay aside: two runs' checkpoints in one folder would let
-    `--resume_from_checkpoint latest` pick the wrong one). The next run in the folder calls it too, before anything
-    else, for a run that was killed (SIGKILL, SIGTERM) before its end could."""
+    """At the end of a run: delete the checkpoints `check_output_dir` or `set_aside_checkpoints_after` set aside when
+    the run `succeeded`; when it failed before writing a checkpoint of its own (after the step it started from), move
+    them back, so the folder is as the replaced run left it (after a checkpoint of the failed run they stay aside:
+    two runs' checkpoints in one folder would let `--resume_from_checkpoint latest` pick the wrong one). The next run
+    in the folder calls it too, before anything else, for a run that was killed (SIGKILL, SIGTERM) before its end
+    could."""
     aside = os.path.join(output_dir, REPLACED_CHECKPOINTS)
     if not os.path.isdir(aside):
         return
     if succeeded:
         shutil.rmtree(aside)
-    elif any(CHECKPOINT_PATTERN.match(name) for name in os.listdir(output_dir)):
+        return
+    record = os.path.join(aside, REPLACING_RUN_NAME)
+    from_step = 0  # what a run of before the record set aside
+    if os.path.isfile(record):
+        with open(record) as f:
+            from_step = json.load(f)["from_step"]
+    if any(_step_of(name) > from_step for name in os.listdir(output_dir) if CHECKPOINT_PATTERN.match(name)):
         logger.warning(f"the replaced run's checkpoints stay in {aside}: the run replacing it failed after its first checkpoint")
-    else:
-        for name in os.listdir(aside):
+        return
+    for name in os.listdir(aside):
+        if name != REPLACING_RUN_NAME:
             os.replace(os.path.join(aside, name), os.path.join(output_dir, name))
-        os.rmdir(aside)
+    shutil.rmtree(aside)
