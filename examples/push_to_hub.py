@@ -7,13 +7,15 @@
         --training_command "accelerate launch examples/unet_features_train.py --dataset ... --output_dir ..." \
         --evaluation_command "python examples/evaluate.py --model_dir outputs/unet-pneumonia ..."
 
-The card carries the test metrics of `--metrics_json` (the demo's or an evaluation's `metrics.json`) as
-model-index results. The model folder is only read; a failed upload leaves it unchanged. `--dry_run` writes the
-folder as it would be uploaded (with its card as README.md) to `--output_dir` instead, without any network.
+The card carries the metrics of `--metrics_json` (the demo's or an evaluation's `metrics.json`) as model-index
+results, under the split that file records (`--dataset_split` for a file that records none). The model folder is
+only read; a failed upload leaves it unchanged. `--dry_run` writes the folder as it would be uploaded (with its card
+as README.md) to `--output_dir` instead, without any network.
 """
 
 import argparse
 import sys
+from typing import Optional
 
 from huggingface_hub.errors import OfflineModeIsEnabled
 
@@ -22,10 +24,14 @@ from diffusion_classifiers.hub import (
     HubUploadError,
     library_name_of,
     load_eval_metrics,
+    load_eval_split,
     push_to_hub,
     render_model_card,
     write_dry_run,
 )
+
+# Names of one split ("val" and "validation": `diffusion-classifiers evaluate` reads them alike).
+SPLIT_ALIASES = {"validation": "val"}
 
 
 def parse_args(argv=None):
@@ -38,7 +44,11 @@ def parse_args(argv=None):
     parser.add_argument("--dataset_license", required=True, help="the training data's licence, e.g. 'CC BY 4.0'")
     parser.add_argument("--training_command", required=True, help="the exact command that trained the model")
     parser.add_argument("--evaluation_command", required=True, help="the exact command that wrote --metrics_json")
-    parser.add_argument("--dataset_split", default="test", help="the split --metrics_json was measured on")
+    parser.add_argument(
+        "--dataset_split", default=None,
+        help="the split --metrics_json was measured on (default: the split it records: an evaluation's 'split', "
+        "'test' for the demo's); required for a metrics.json that records none; one it contradicts is refused",
+    )  # fmt: skip
     parser.add_argument("--dataset_id", default=None, help="the dataset's Hub id, if it has one")
     parser.add_argument("--model_name", default=None, help="the model-index name (default: the repository name)")
     parser.add_argument("--license", default="apache-2.0", help="the model's licence (a Hub licence id)")
@@ -72,7 +82,7 @@ def publish(args):
         repo_id=args.repo_id,
         dataset_name=args.dataset_name,
         dataset_id=args.dataset_id,
-        dataset_split=args.dataset_split,
+        dataset_split=dataset_split(args.metrics_json, args.dataset_split),
         dataset_license=args.dataset_license,
         metrics=load_eval_metrics(args.metrics_json),
         training_command=args.training_command,
@@ -90,6 +100,25 @@ def publish(args):
         args.model_dir, args.repo_id, card=card, token=args.token, private=args.private, revision=args.revision
     )
     print(f"pushed {args.model_dir} to {info.commit_url}")
+
+
+def dataset_split(metrics_json: str, given: Optional[str]) -> str:
+    """The split the card names: the one `metrics_json` records, else `given` (--dataset_split); they must agree."""
+    recorded = load_eval_split(metrics_json)
+    if recorded is None and given is None:
+        raise ValueError(
+            f"{metrics_json} does not record the split its metrics were measured on; pass --dataset_split (e.g. test)"
+        )
+    if recorded is not None and given is not None and _same_split(given) != _same_split(recorded):
+        raise ValueError(
+            f"--dataset_split {given!r} contradicts {metrics_json}, whose metrics were measured on the {recorded!r} "
+            "split; leave --dataset_split out to use the recorded one"
+        )
+    return given or recorded
+
+
+def _same_split(name: str) -> str:
+    return SPLIT_ALIASES.get(name, name)
 
 
 if __name__ == "__main__":

@@ -154,3 +154,23 @@ def test_a_saved_datasetdict_answers_to_val_and_validation_alike(tmp_path):
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"label": [0]})}).save_to_disk(str(tmp_path / "train_only"))
     with pytest.raises(ValueError, match=r"split 'test': the DatasetDict saved in .*train_only has no such split; it has \['train'\]"):
         load_evaluation_split(str(tmp_path / "train_only"), "test")
+
+
+def test_metrics_json_records_the_split_and_the_dataset(fitted, tmp_path, capsys):
+    """`evaluate --split val` wrote metrics.json without its split, so a model card published its numbers as the test
+    split's: the split and the dataset, as given, are recorded, and the Hub reads the split back."""
+    from diffusion_classifiers.cli import main
+    from diffusion_classifiers.hub import load_eval_split
+
+    pipe, root, test = fitted
+    main(["evaluate", "--model_dir", str(root / "pipeline"), "--dataset", "digits", "--split", "val", "--output_dir", str(tmp_path / "cli")])
+    written = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert (written["split"], written["dataset"]) == ("val", "digits")
+    assert load_eval_split(tmp_path / "cli" / "metrics.json") == "val"
+    evaluate_classifier(pipe, test, tmp_path / "api", split="test", dataset_name="digits/test.arrow")
+    assert load_eval_split(tmp_path / "api" / "metrics.json") == "test"
+    evaluate_classifier(pipe, test, tmp_path / "unnamed")
+    assert "split" not in json.loads((tmp_path / "unnamed" / "metrics.json").read_text())
+    assert load_eval_split(tmp_path / "unnamed" / "metrics.json") is None
+    with pytest.raises(ValueError, match="split: expected a non-empty string or None, got ''"):
+        evaluate_classifier(pipe, test, tmp_path / "bad", split="")

@@ -129,6 +129,13 @@ def test_load_eval_metrics_reads_demo_and_flat_layouts(tmp_path):
         load_eval_metrics(tmp_path / "empty.json")
 
 
+def test_load_eval_split_reads_the_recorded_split(tmp_path):
+    layouts = {"evaluation": {"split": "val", **METRICS}, "demo": {"summary": {}, "test": METRICS}, "flat": METRICS}
+    for name, data in layouts.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    assert [hub.load_eval_split(tmp_path / f"{name}.json") for name in layouts] == ["val", "test", None]
+
+
 # --- a loopback stub of the Hub ------------------------------------------------------------------------------------
 
 REPO = r"(?P<repo>[^/]+/[^/]+)"
@@ -609,3 +616,31 @@ def test_card_usage_snippet_runs_and_never_loads_pickled_weights(saved_pipeline,
         else:
             exec(snippet, namespace)
             torch.testing.assert_close(namespace["out"].probs, expected, rtol=0, atol=0)
+
+
+def test_cli_card_names_the_split_its_metrics_file_records(saved_pipeline, monkeypatch, tmp_path):
+    """Validation metrics were published as the test split's: the card now names the split metrics.json records, a
+    contradicting --dataset_split is refused naming both, and a file that records none needs --dataset_split."""
+    pipe_dir, _, _ = saved_pipeline
+
+    def publish(name, metrics, *extra):
+        argv = push_script_argv(pipe_dir, tmp_path, "--dry_run", "--output_dir", str(tmp_path / name), *extra)
+        (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+        run_push_script(monkeypatch, argv)
+        return (tmp_path / name / "README.md").read_text()
+
+    for name, metrics, extra, split in (
+        ("val", {"split": "val", **METRICS}, [], "val"),
+        ("validation", {"split": "val", **METRICS}, ["--dataset_split", "validation"], "validation"),
+        ("demo", {"test": METRICS}, [], "test"),
+        ("flat", METRICS, ["--dataset_split", "val"], "val"),
+    ):
+        card = publish(name, metrics, *extra)
+        assert front_matter(card)["model-index"][0]["results"][0]["dataset"]["split"] == split, name
+        assert f"Results on the `{split}` split" in card, name
+    with pytest.raises(SystemExit, match=r"--dataset_split 'test' contradicts .*metrics.json, whose metrics were "
+                       r"measured on the 'val' split"):
+        publish("contradiction", {"split": "val", **METRICS}, "--dataset_split", "test")
+    with pytest.raises(SystemExit, match="metrics.json does not record the split .*; pass --dataset_split"):
+        publish("unrecorded", METRICS)
+    assert not (tmp_path / "contradiction").exists() and not (tmp_path / "unrecorded").exists()

@@ -159,7 +159,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     title = f"{os.path.basename(os.path.normpath(args.model_dir))} on {os.path.basename(os.path.normpath(args.dataset))} ({args.split})"
     metrics = evaluate_classifier(
         classifier, dataset, args.output_dir, batch_size=args.batch_size, positive_class=args.positive_class, title=title,
-        num_workers=args.dataloader_num_workers,
+        num_workers=args.dataloader_num_workers, split=args.split, dataset_name=args.dataset,
     )  # fmt: skip
     headline = {k: metrics.get(k) for k in ("accuracy", "macro_f1", "balanced_accuracy", "auc", "positive_class", "sensitivity", "specificity")}
     print(json.dumps({k: v for k, v in headline.items() if v is not None or k == "auc"} | {"ece": metrics["calibration"]["ece"]}))

@@ -209,6 +209,8 @@ def evaluate_classifier(
     positive_class: Optional[str] = None,
     title: Optional[str] = None,
     num_workers: int = 0,
+    split: Optional[str] = None,
+    dataset_name: Optional[str] = None,
 ) -> dict:
     r"""
     Score `classifier` on a `datasets.Dataset` with an Image and a ClassLabel column, on [`LabeledImages`] or on
@@ -235,11 +237,18 @@ def evaluate_classifier(
         title (`str`, *optional*): the report's and the plots' title; defaults to the model's class.
         num_workers (`int`, *optional*, defaults to 0): `DataLoader` worker processes that decode a
             `datasets.Dataset` or [`StreamingImages`].
+        split (`str`, *optional*): the name of the split `dataset` is ("test", "val", ...), recorded in `metrics.json`
+            as `"split"` (`hub.load_eval_split` reads it, so a model card names the split its numbers come from).
+        dataset_name (`str`, *optional*): the dataset as the caller gave it (a path, "digits", ...), recorded in
+            `metrics.json` as `"dataset"`.
 
     Returns:
         `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`.
     """
     check_evaluation_args(output_dir, batch_size)
+    for name, value in (("split", split), ("dataset_name", dataset_name)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ValueError(f"{name}: expected a non-empty string or None, got {value!r}")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers: expected an integer >= 0, got {num_workers!r}")
     if isinstance(classifier, (str, os.PathLike)):
@@ -261,7 +270,8 @@ def evaluate_classifier(
     )
     metrics["calibration"] = calibration_metrics(y_true, probs)
     if output_dir is not None:
-        write_evaluation(metrics, model_names, output_dir, y_true, probs, title or f"{type(classifier).__name__} evaluation")
+        title = title or f"{type(classifier).__name__} evaluation"
+        write_evaluation(metrics, model_names, output_dir, y_true, probs, title, split=split, dataset_name=dataset_name)
     return metrics
 
 
@@ -277,14 +287,25 @@ def _in_stated_range(images: torch.Tensor, input_range: str) -> torch.Tensor:
     return (images + 1.0) / 2.0 if input_range == "[0, 1]" else images
 
 
-def write_evaluation(metrics: dict, class_names: List[str], output_dir: str, y_true, probs, title: str = "Evaluation") -> None:
+def write_evaluation(
+    metrics: dict,
+    class_names: List[str],
+    output_dir: str,
+    y_true,
+    probs,
+    title: str = "Evaluation",
+    split: Optional[str] = None,
+    dataset_name: Optional[str] = None,
+) -> None:
     """Write `metrics.json`, `report.md`, `confusion_matrix.png`, `reliability.png` and (binary tasks with both
-    classes present) `roc_pr.png` for the labels `y_true` and class probabilities `probs` the metrics came from."""
+    classes present) `roc_pr.png` for the labels `y_true` and class probabilities `probs` the metrics came from.
+    `metrics.json` records the `split` and the dataset (`dataset_name`) the metrics were measured on, when given."""
     from .plots import plot_classification_figures
 
     os.makedirs(output_dir, exist_ok=True)
+    measured_on = {key: value for key, value in (("split", split), ("dataset", dataset_name)) if value is not None}
     with open(os.path.join(output_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+        json.dump({**measured_on, **metrics}, f, indent=2)
     titles = {"confusion_matrix": f"{title}: confusion matrix", "reliability": f"{title}: reliability", "roc_pr": title}
     plots = plot_classification_figures(output_dir, metrics, class_names, y_true, probs, titles)
     with open(os.path.join(output_dir, "report.md"), "w") as f:

@@ -39,6 +39,7 @@ __all__ = [
     "download_patterns",
     "library_name_of",
     "load_eval_metrics",
+    "load_eval_split",
     "push_to_hub",
     "render_dataset_card",
     "render_model_card",
@@ -252,15 +253,29 @@ def render_dataset_card(
     return DatasetCard(text)
 
 
+def _read_json(path: Union[str, os.PathLike]) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
 def load_eval_metrics(path: Union[str, os.PathLike]) -> Dict[str, float]:
     """The scalar test metrics (`METRIC_NAMES` keys) of a `metrics.json`: the demo's (under "test") or a flat one."""
-    with open(path) as f:
-        data = json.load(f)
+    data = _read_json(path)
     data = data.get("test", data)
     metrics = {key: data[key] for key in METRIC_NAMES if data.get(key) is not None}
     if not metrics:
         raise ValueError(f"{path}: expected metrics {sorted(METRIC_NAMES)} at the top level or under 'test', found none")
     return metrics
+
+
+def load_eval_split(path: Union[str, os.PathLike]) -> Optional[str]:
+    """The split the metrics of a `metrics.json` were measured on, as it records it: an evaluation's `"split"`
+    (`evaluate_classifier(..., split=...)`, `diffusion-classifiers evaluate --split`), "test" for the demo's (its
+    metrics under "test"); `None` when it records none."""
+    data = _read_json(path)
+    if data.get("split") is not None:
+        return str(data["split"])
+    return "test" if isinstance(data.get("test"), dict) else None
 
 
 def library_name_of(local_dir: Union[str, os.PathLike]) -> str:
