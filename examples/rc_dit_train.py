@@ -12,9 +12,11 @@ ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --num_machi
 """
 
 import argparse
+import logging
 
 from accelerate import PartialState
 from diffusers import AutoencoderKL
+from tqdm.auto import tqdm
 
 from diffusion_classifiers.data import add_data_args, load_data_from_args, streaming_data_from_args
 from diffusion_classifiers.models import (
@@ -133,6 +135,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    _show_representation_diagnostics()
     training_args = training_args_from_namespace(args)
     train = (streaming_data_from_args if args.streaming else load_data_from_args)(args)["train"]
     images = train if args.streaming else train.images
@@ -161,6 +164,23 @@ def main(argv=None):
     if PartialState().is_main_process:
         pipe = RepresentationConditionedDiTPipeline(encoder, transformer, scheduler, vae=vae, preprocessing=train.preprocessing)
         pipe.save_pretrained(args.output_dir)
+
+
+class _ProgressBarSafeHandler(logging.Handler):
+    """Log lines printed above the training's progress bar, not appended to it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record))
+
+
+def _show_representation_diagnostics() -> None:
+    """At every checkpoint, the spread of r and the denoising error with own, shuffled and null r on the console."""
+    handler = _ProgressBarSafeHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    diagnostics = logging.getLogger("diffusion_classifiers.training.rc_dit_diagnostics")
+    if not diagnostics.handlers:
+        diagnostics.addHandler(handler)
+    diagnostics.setLevel(logging.INFO)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from diffusion_classifiers.training import (
 )
 from diffusion_classifiers.training.loop import build_optimizer
 from diffusion_classifiers.training.monitoring import MONITOR_HISTORY_NAME
+from diffusion_classifiers.training.rc_dit_diagnostics import DIAGNOSTIC_TIMESTEP
 
 SIZE, DIM = 16, 24
 
@@ -138,6 +139,28 @@ def test_diagnostics_tell_a_denoiser_that_reads_r_from_one_that_does_not():
     ignores = representation_diagnostics(model, transformer(), scheduler, x)  # zero init: predicts 0 for every r
     assert ignores["own_vs_shuffled_gap"] == 0
     assert ignores["denoising_error_own"] == ignores["denoising_error_null"]
+
+
+@pytest.mark.parametrize("masked_target", ["pixels", "normalized_patches"])
+def test_diagnostics_of_a_dit_that_redraws_hidden_patches_score_that_task(masked_target, caplog):
+    """A DiT trained with hidden patches (train_rc_dit's default) is scored on hidden patches with the loss's target
+    there; it was scored on whole images, inputs it never saw in training."""
+    from diffusion_classifiers.training.patch_masks import hide_patches, random_patch_mask
+
+    model, scheduler, x, dit = encoder(), DDPMScheduler(), images(8), transformer()  # zero init: predicts 0
+    masked = representation_diagnostics(model, dit, scheduler, x, seed=3, mask_ratio=0.5, masked_target=masked_target)
+    generator = torch.Generator().manual_seed(3)
+    noise = torch.randn(x.shape, generator=generator)
+    hidden = random_patch_mask(x.shape, dit.config.patch_size, 0.5, "cpu", generator)
+    noisy = scheduler.add_noise(x, noise, torch.full((8,), DIAGNOSTIC_TIMESTEP))
+    _, target = hide_patches(noisy, noise, x, hidden, masked_target, dit.config.patch_size)
+    assert masked["denoising_error_own"] == pytest.approx(target.square().mean().item(), rel=1e-6)
+    assert masked["diagnostic_mask_ratio"] == 0.5
+    whole = representation_diagnostics(model, dit, scheduler, x, seed=3)
+    assert whole["denoising_error_own"] == pytest.approx(noise.square().mean().item(), rel=1e-6)
+    with caplog.at_level(logging.INFO, logger="diffusion_classifiers.training.rc_dit_diagnostics"):
+        rc_dit_monitor(x, scheduler, mask_ratio=0.5, masked_target=masked_target)(RCDiTJointModel(model, dit))
+    assert "r: relative spread" in caplog.text and "with the own r" in caplog.text
 
 
 def test_monitor_warns_when_r_has_collapsed(caplog):

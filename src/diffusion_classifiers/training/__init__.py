@@ -43,7 +43,7 @@ _EXPORTS = {
     "LOSS_WEIGHTINGS": "denoising",
     "DEFAULT_DENOISER_MASK_RATIO": "rc_dit",
     "DEFAULT_MASKED_TARGET": "rc_dit",
-    "MASKED_TARGETS": "rc_dit",
+    "MASKED_TARGETS": "patch_masks",
     "RCDiTJointModel": "rc_dit",
     "RCDiTLoss": "rc_dit",
     "redraw_hidden_patches": "rc_dit",

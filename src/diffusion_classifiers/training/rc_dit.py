@@ -19,13 +19,13 @@ from .arguments import TrainingArguments
 from .denoising import DenoisingLoss
 from .loop import TrainingSummary, train
 from .monitoring import SampleGridFunction, image_grid
+from .patch_masks import MASKED_TARGETS, hide_patches, random_patch_mask, standardize_patches
 from .rc_dit_diagnostics import rc_dit_monitor, recompute_representation_statistics
 from .unet import TrainingImages, first_image, images_at, training_dataset
 
 __all__ = [
     "DEFAULT_DENOISER_MASK_RATIO",
     "DEFAULT_MASKED_TARGET",
-    "MASKED_TARGETS",
     "RCDiTJointModel",
     "RCDiTLoss",
     "rc_dit_sample_grid",
@@ -34,8 +34,6 @@ __all__ = [
     "train_rc_dit",
 ]
 
-# What a hidden patch of x_t is reconstructed as (`RCDiTLoss`)
-MASKED_TARGETS = ("pixels", "normalized_patches")
 # `train_rc_dit`'s recipe (why: its docstring)
 DEFAULT_DENOISER_MASK_RATIO = 0.9
 DEFAULT_MASKED_TARGET = "normalized_patches"
@@ -143,39 +141,11 @@ class RCDiTLoss(DenoisingLoss):
             return super().denoiser_input_and_target(noisy, noise, clean)
         hidden = random_patch_mask(noisy.shape, self.mask_patch_size, self.denoiser_mask_ratio, noisy.device)
         masked_images = torch.rand(noisy.shape[0], 1, 1, 1, device=noisy.device) < self.denoiser_mask_probability
-        hidden = hidden & masked_images
-        if self.masked_target == "normalized_patches":
-            clean = standardize_patches(clean, self.mask_patch_size)
-        return noisy.masked_fill(hidden, 0.0), torch.where(hidden, clean, noise)
+        return hide_patches(noisy, noise, clean, hidden & masked_images, self.masked_target, self.mask_patch_size)
 
     def predict_noise(self, model: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, batch: tuple) -> torch.Tensor:
         images = batch[0] if self.encoder_view is None else self.encoder_view(batch[0])
         return model(noisy, timesteps, images)  # conditioned on the clean image's representation
-
-
-def standardize_patches(images: torch.Tensor, patch_size: int, eps: float = 1e-6) -> torch.Tensor:
-    """Images `[N, C, H, W]` with each `patch_size` x `patch_size` patch (over its channels) shifted to mean 0 and
-    scaled to variance 1 (`eps` added to the variance, as MAE's target does)."""
-    n, c, height, width = images.shape
-    patches = images.reshape(n, c, height // patch_size, patch_size, width // patch_size, patch_size)
-    mean = patches.mean(dim=(1, 3, 5), keepdim=True)
-    variance = patches.var(dim=(1, 3, 5), keepdim=True, unbiased=False)
-    return ((patches - mean) / (variance + eps).sqrt()).reshape(n, c, height, width)
-
-
-def random_patch_mask(shape: torch.Size, patch_size: int, ratio: float, device, generator=None) -> torch.Tensor:
-    """A boolean mask (N, 1, H, W) for images of `shape` (N, C, H, W) that hides `round(ratio * tokens)` of each
-    image's `patch_size` x `patch_size` patches, drawn uniformly (with the CPU `generator` if given); it broadcasts
-    over the channels."""
-    n, _, height, width = shape
-    rows, columns = height // patch_size, width // patch_size
-    if generator is None:
-        draws = torch.rand(n, rows * columns, device=device)
-    else:
-        draws = torch.rand(n, rows * columns, generator=generator).to(device)
-    ranks = draws.argsort(1).argsort(1)
-    hidden = (ranks < round(ratio * rows * columns)).view(n, 1, rows, columns)
-    return hidden.repeat_interleave(patch_size, 2).repeat_interleave(patch_size, 3)
 
 
 @torch.no_grad()
@@ -378,7 +348,9 @@ def train_rc_dit(
         denoiser_mask_ratio=denoiser_mask_ratio, mask_patch_size=config["patch_size"],
         denoiser_mask_probability=denoiser_mask_probability, masked_target=masked_target,
     )  # fmt: skip
-    monitor = rc_dit_monitor(dataset, scheduler, vae, seed=args.seed)
+    monitor = rc_dit_monitor(
+        dataset, scheduler, vae, seed=args.seed, mask_ratio=denoiser_mask_ratio, masked_target=masked_target
+    )
     model, accelerator, summary = train(args, model, dataset, loss, sample_grid=grid, monitor=monitor)
     recompute_representation_statistics(model.encoder, model.transformer, dataset, device=accelerator.device)
     return model.encoder, model.transformer, scheduler, summary

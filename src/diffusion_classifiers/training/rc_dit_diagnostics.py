@@ -25,6 +25,7 @@ from torch import nn
 from ..models.encoders import encode_representation
 from ..models.rc_dit import RepresentationConditionedDiTModel
 from ..models.vae_latents import encode_latents
+from .patch_masks import hide_patches, random_patch_mask
 from .unet import TrainingImages, images_at
 
 __all__ = [
@@ -67,9 +68,16 @@ def representation_diagnostics(
     timestep: int = DIAGNOSTIC_TIMESTEP,
     seed: int = 0,
     vae=None,
+    mask_ratio: float = 0.0,
+    masked_target: str = "pixels",
 ) -> dict:
     """The spread of r and the denoising error with own, shuffled and null r on `images` `[N, C, H, W]` in [-1, 1]
-    (N >= 2), noised to `timestep` with noise drawn from `seed`. Runs as the models are (call in eval mode)."""
+    (N >= 2), noised to `timestep` with noise drawn from `seed`. Runs as the models are (call in eval mode).
+
+    A DiT trained to redraw hidden patches (`RCDiTLoss(denoiser_mask_ratio=...)`, `train_rc_dit`'s default) is
+    scored on the task it learned: `mask_ratio` of each image's patches hidden (drawn from `seed` too) and the loss's
+    target there (`masked_target`). Scored on whole images instead, such a DiT reads r on inputs it never saw, and
+    the gap came out negative (own r worse than a shuffled one) for a DiT that used r."""
     if images.shape[0] < 2:
         raise ValueError(f"expected at least 2 images to compare own and shuffled r, got {images.shape[0]}")
     device, config = transformer.device, transformer.config
@@ -77,14 +85,18 @@ def representation_diagnostics(
     raw = encode_representation(encoder, images, config.representation_readout, config.encoder_preprocessing).float()
     spread, relative_spread = representation_spread(raw)
     clean = images if vae is None else encode_latents(vae.to(device), images)
-    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed)).to(device, clean.dtype)
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(clean.shape, generator=generator).to(device, clean.dtype)
     timesteps = torch.full((clean.shape[0],), timestep, device=device, dtype=torch.long)
-    noisy = scheduler.add_noise(clean, noise, timesteps)
+    noisy, target = scheduler.add_noise(clean, noise, timesteps), noise
+    if mask_ratio > 0:
+        hidden = random_patch_mask(clean.shape, config.patch_size, mask_ratio, device, generator)
+        noisy, target = hide_patches(noisy, noise, clean, hidden, masked_target, config.patch_size)
     own = _batch_standardized(raw, transformer)
 
     def error(representation: Optional[torch.Tensor]) -> float:
         prediction = transformer(noisy, timesteps, representation).sample.float()
-        return F.mse_loss(prediction, noise.float()).item()
+        return F.mse_loss(prediction, target.float()).item()
 
     errors = {"own": error(own), "shuffled": error(own.roll(1, dims=0)), "null": error(None)}
     return {
@@ -95,19 +107,29 @@ def representation_diagnostics(
         "denoising_error_null": errors["null"],
         "own_vs_shuffled_gap": errors["shuffled"] - errors["own"],
         "diagnostic_timestep": timestep,
+        "diagnostic_mask_ratio": mask_ratio,
     }
 
 
 def rc_dit_monitor(
-    images: TrainingImages, scheduler: DDPMScheduler, vae=None, num_images: int = 256, seed: int = 0
+    images: TrainingImages, scheduler: DDPMScheduler, vae=None, num_images: int = 256, seed: int = 0,
+    mask_ratio: float = 0.0, masked_target: str = "pixels",
 ) -> Callable[[nn.Module], dict]:
     """`joint model -> diagnostics` for `training.train(monitor=...)`: `representation_diagnostics` on the first
-    `num_images` training images (the same images and noise at every checkpoint); logs a warning when r has
-    collapsed (relative spread under `COLLAPSED_RELATIVE_SPREAD`)."""
+    `num_images` training images (the same images, noise and hidden patches at every checkpoint), logged (INFO);
+    logs a warning when r has collapsed (relative spread under `COLLAPSED_RELATIVE_SPREAD`)."""
     fixed = images_at(images, range(min(num_images, len(images)))).float()
 
     def monitor(model: nn.Module) -> dict:
-        diagnostics = representation_diagnostics(model.encoder, model.transformer, scheduler, fixed, seed=seed, vae=vae)
+        diagnostics = representation_diagnostics(
+            model.encoder, model.transformer, scheduler, fixed, seed=seed, vae=vae, mask_ratio=mask_ratio,
+            masked_target=masked_target,
+        )  # fmt: skip
+        logger.info(
+            "r: relative spread %.3g; denoising error at t = %d with the own r %.4f, a shuffled r %.4f, the null r %.4f",
+            diagnostics["representation_relative_spread"], diagnostics["diagnostic_timestep"],
+            diagnostics["denoising_error_own"], diagnostics["denoising_error_shuffled"], diagnostics["denoising_error_null"],
+        )  # fmt: skip
         if diagnostics["representation_relative_spread"] < COLLAPSED_RELATIVE_SPREAD:
             logger.warning(
                 "the representation r has collapsed: its relative spread across images is %.2g (< %g) and the "
