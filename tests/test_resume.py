@@ -83,6 +83,8 @@ def check_killed_after(output_dir, kill_after):
 
 def check_resumed_bitwise(tmp_path, kill_after):
     assert json.loads((tmp_path / "killed" / "training_summary.json").read_text())["resumed_from_step"] == kill_after
+    history = [json.loads((tmp_path / run / "loss_history.json").read_text()) for run in ("straight", "killed")]
+    assert history[0] == history[1]  # killed before it was written beside the checkpoint: read from inside it
     reference, resumed = load_file(tmp_path / "straight.safetensors"), load_file(tmp_path / "killed.safetensors")
     assert reference.keys() == resumed.keys()
     for name in reference:
@@ -237,6 +239,25 @@ def test_a_two_process_checkpoint_resumed_by_one_process_is_refused(tmp_path):
     result = subprocess.run(command, env=python_subprocess_env(), cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode != 0 and "differs from the one that wrote it in processes 2 -> 1 (" in result.stderr
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-1"]
+
+
+def test_a_run_stopped_as_its_checkpoint_appears_keeps_its_loss_history(tmp_path, monkeypatch):
+    tiny_run(tmp_path / "straight", max_train_steps=4)
+    save_checkpoint = loop.save_checkpoint
+
+    def save_then_stop(accelerator, args, step, *rest):
+        save_checkpoint(accelerator, args, step, *rest)
+        if step == 2:  # visible, the loss files beside it not written yet
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_run(tmp_path / "stopped", max_train_steps=4)
+    assert not (tmp_path / "stopped" / "loss_history.json").exists()
+    monkeypatch.undo()
+    tiny_run(tmp_path / "stopped", max_train_steps=4, resume_from_checkpoint="latest")
+    history = [json.loads((tmp_path / run / "loss_history.json").read_text()) for run in ("straight", "stopped")]
+    assert history[0] == history[1] and history[1]["steps"] == [1, 2, 3, 4]
 
 
 def test_resuming_with_ema_needs_the_ema_files(tmp_path):

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..remote_code import make_weights_readable_as_umask_allows
 from .arguments import TrainingArguments
+from .monitoring import LOSS_HISTORY_NAME, MONITOR_HISTORY_NAME
 
 __all__ = [
     "CHECKPOINT_PATTERN",
@@ -42,6 +43,7 @@ CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 EMA_WEIGHTS_NAME = "ema.safetensors"
 EMA_CONFIG_NAME = "ema.json"
 RUN_RECORD_NAME = "training_run.json"  # what a resume must match (`run_record`)
+JSON_RECORDS = (RUN_RECORD_NAME, LOSS_HISTORY_NAME, MONITOR_HISTORY_NAME)  # what `save_checkpoint` may add
 # The record's entries as a person names them, in the order they are reported (then the model's config)
 RUN_RECORD_LABELS = {
     "num_processes": "processes",
@@ -144,7 +146,7 @@ def check_checkpoint_folder(path: str, record: dict, model: nn.Module, use_ema: 
     written before the record was kept is checked on its model's tensors only), or one without a file that resuming
     needs."""
     for name in sorted(os.listdir(path)):
-        if not (ACCELERATE_STATE_FILES.match(name) or name in (EMA_WEIGHTS_NAME, EMA_CONFIG_NAME, RUN_RECORD_NAME)):
+        if not (ACCELERATE_STATE_FILES.match(name) or name in (EMA_WEIGHTS_NAME, EMA_CONFIG_NAME, *JSON_RECORDS)):
             raise ValueError(
                 f"checkpoint folder {path} contains {name!r}, which this library never writes; refusing to resume "
                 "from it (accelerate would unpickle such a file, which can run arbitrary code)"
@@ -204,20 +206,23 @@ def save_checkpoint(
     step: int,
     ema: Optional[EMAModel] = None,
     parameter_names: Optional[list] = None,
-    record: Optional[dict] = None,
+    records: Optional[dict] = None,
 ) -> None:
     """Write `checkpoint-step` through `checkpoint-step.partial`, renamed by the main process once every process has
     written its part, so an interrupted save never leaves a half checkpoint; then prune the oldest ones beyond
-    `checkpoints_total_limit`. `record` (`run_record`) is saved in it as `RUN_RECORD_NAME`. Every process calls this
-    and returns when the checkpoint is complete."""
+    `checkpoints_total_limit`. `records` (`{name: value}`, names of `JSON_RECORDS`: the `run_record`, the loss and
+    monitor histories up to `step`) are saved in it as JSON, so that they are there whenever it is. Every process
+    calls this and returns when the checkpoint is complete."""
     final = os.path.join(args.output_dir, f"checkpoint-{step}")
     partial = final + ".partial"
     accelerator.save_state(partial)
     if ema is not None and accelerator.is_main_process:
         save_ema(ema, parameter_names, partial)
-    if record is not None and accelerator.is_main_process:
-        with open(os.path.join(partial, RUN_RECORD_NAME), "w") as f:
-            json.dump(record, f, indent=2)
+    for name, value in (records or {}).items() if accelerator.is_main_process else ():
+        if name not in JSON_RECORDS:
+            raise ValueError(f"expected a checkpoint record named one of {list(JSON_RECORDS)}, got {name!r}")
+        with open(os.path.join(partial, name), "w") as f:
+            json.dump(value, f)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         make_weights_readable_as_umask_allows([partial])  # resumable by the other users of a shared folder

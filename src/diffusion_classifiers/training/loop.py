@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from .arguments import TrainingArguments
 from .checkpoints import (
+    RUN_RECORD_NAME,
     check_checkpoint_folder,
     checkpoint_step,
     find_latest_checkpoint,
@@ -45,6 +46,8 @@ from .checkpoints import (
 )
 from .launch import check_world_size
 from .monitoring import (
+    LOSS_HISTORY_NAME,
+    MONITOR_HISTORY_NAME,
     LossHistory,
     MonitorFunction,
     MonitorHistory,
@@ -198,20 +201,20 @@ def _claim_output_dir(accelerator: Accelerator, args: TrainingArguments) -> Iter
 
 def _resume(
     accelerator: Accelerator, args: TrainingArguments, record: dict, model: nn.Module, ema: Optional[EMAModel]
-) -> int:
+) -> Optional[str]:
     """Load the checkpoint `--resume_from_checkpoint` names into the unwrapped `model` (prepared) and `ema`, once
-    `check_checkpoint_folder` accepts it for this run's `record`; returns the optimizer steps it had made (0 when
-    there is none to resume from)."""
+    `check_checkpoint_folder` accepts it for this run's `record`; returns its path (None when there is none to resume
+    from)."""
     path = resolve_resume_path(args)
     if path is None:
-        return 0
+        return None
     check_checkpoint_folder(path, record, model, use_ema=ema is not None)
     accelerator.print(f"Resuming from {path}")
     accelerator.load_state(path)  # model, optimizer, schedule, accumulation step, every process's RNG states
     if ema is not None:
         load_ema(ema, [name for name, _ in model.named_parameters()], path)
         ema.to(accelerator.device)
-    return checkpoint_step(path)
+    return path
 
 
 def _build_dataloader(args: TrainingArguments, dataset: Dataset, sampler: Sampler, accelerator: Accelerator):
@@ -305,24 +308,33 @@ def _schedule_clock(
     return ScheduleOnTheClock(lr_scheduler, max_train_steps * num_processes, args.lr_warmup_steps * num_processes)
 
 
-def _show_progress(
+def _checkpoint_with_progress(
     accelerator: Accelerator,
     args: TrainingArguments,
     histories: tuple[LossHistory, MonitorHistory],
+    record: dict,
     sample_grid: Optional[SampleGridFunction],
     monitor: Optional[MonitorFunction],
     model: nn.Module,
     ema: Optional[EMAModel],
     step: int,
 ) -> None:
-    """The loss files and curve, the sample grid and the monitor's measures of the model at `step` (main process
-    only)."""
+    """`checkpoint-step` with the run's `record` and its loss and monitor histories up to `step` inside, so that any
+    checkpoint a run resumes from has them; on the main process the sample grid and the monitor's measures of the
+    model before, and after it the loss files and curve and the monitor history in `output_dir`."""
     loss_history, monitor_history = histories
-    loss_history.save(args.output_dir)
-    if sample_grid is not None:
+    measures = {}
+    if accelerator.is_main_process and sample_grid is not None:
         write_sample_grid(sample_grid, model, ema, args.output_dir, step)
-    if monitor is not None:
+    if accelerator.is_main_process and monitor is not None:
         measures = monitor_history.measure(monitor, model, ema, step)
+    records = {RUN_RECORD_NAME: record, LOSS_HISTORY_NAME: loss_history.to_json()}
+    records |= {MONITOR_HISTORY_NAME: monitor_history.records} if monitor is not None else {}
+    save_checkpoint(accelerator, args, step, ema, [name for name, _ in model.named_parameters()], records)
+    if not accelerator.is_main_process:
+        return
+    loss_history.save(args.output_dir)
+    if monitor is not None:
         monitor_history.save(args.output_dir)
         if args.report_to:
             accelerator.log(measures, step=step)
@@ -361,16 +373,16 @@ def _train(
     if len(dataloader) != expected_batches:  # the epoch arithmetic of resuming would misplace the data
         raise RuntimeError(f"the loader yields {len(dataloader)} batches per epoch, expected {expected_batches}")
     unwrapped = accelerator.unwrap_model(model)
-    parameter_names = [name for name, _ in unwrapped.named_parameters()]
     ema = _build_ema(args, unwrapped, accelerator.device) if args.use_ema else None
     record = run_record(args, num_processes, num_examples, unwrapped)
 
-    global_step = resumed_from_step = _resume(accelerator, args, record, unwrapped, ema)
+    resume_path = _resume(accelerator, args, record, unwrapped, ema)
+    global_step = resumed_from_step = checkpoint_step(resume_path) if resume_path else 0
     restore_step_rates(lr_scheduler)
     schedule_clock = _schedule_clock(args, lr_scheduler, max_train_steps, num_processes)
     budget_used = 0.0
-    history = LossHistory.resume(args.output_dir, resumed_from_step)
-    monitor_history = MonitorHistory.resume(args.output_dir, resumed_from_step)
+    history = LossHistory.resume(args.output_dir, resumed_from_step, resume_path)
+    monitor_history = MonitorHistory.resume(args.output_dir, resumed_from_step, resume_path)
     if accelerator.is_main_process:
         remove_samples_after(args.output_dir, resumed_from_step)
     if accelerator.is_main_process and args.report_to:
@@ -421,11 +433,10 @@ def _train(
                 accelerator.log({"train_loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
             out_of_time = global_step < max_train_steps and budget_used >= 1.0
             if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps or out_of_time:
-                save_checkpoint(accelerator, args, global_step, ema, parameter_names, record)
-                if accelerator.is_main_process:
-                    _show_progress(
-                        accelerator, args, (history, monitor_history), sample_grid, monitor, unwrapped, ema, global_step
-                    )
+                _checkpoint_with_progress(
+                    accelerator, args, (history, monitor_history), record, sample_grid, monitor, unwrapped, ema,
+                    global_step,
+                )
             if global_step >= max_train_steps or out_of_time:
                 if out_of_time:
                     accelerator.print(f"--max_train_minutes {args.max_train_minutes} ran out at step {global_step}")

@@ -1,7 +1,8 @@
 """What a training run shows without a tracker: the loss curve and sample grids, written into `--output_dir`.
 
 - `LossHistory`: the loss of every optimizer step, saved at each checkpoint and at the end as `loss_history.json`,
-  `loss_history.csv` and `loss_curve.png`; a resumed run continues the history of the checkpoint it resumed from.
+  `loss_history.csv` and `loss_curve.png`; a resumed run continues the history of the checkpoint it resumed from
+  (each checkpoint holds its `loss_history.json` and `monitor_history.json`).
 - `write_sample_grid`: calls a trainer's `SampleGridFunction` on the model (its EMA weights when there are some) and
   saves the grid as `samples/step_<N>.png`, leaving the weights, the train mode and every random state as they were.
 - `MonitorHistory`: what a trainer's `MonitorFunction` measured on the model at each checkpoint (the same
@@ -51,10 +52,12 @@ SampleGridFunction = Callable[[nn.Module], PIL.Image.Image]
 MonitorFunction = Callable[[nn.Module], Dict[str, float]]
 
 
-def _saved_for_resume(output_dir: str, name: str, up_to_step: int):
-    """The JSON a run saved as `name` in `output_dir`, when resuming (`up_to_step` > 0) and it exists; else None."""
-    path = os.path.join(output_dir, name)
-    if up_to_step == 0 or not os.path.isfile(path):
+def _saved_for_resume(output_dir: str, name: str, up_to_step: int, checkpoint: Optional[str]):
+    """The JSON a run saved as `name` in the `checkpoint` folder it resumes from (`up_to_step` > 0), or in
+    `output_dir` for a checkpoint written before checkpoints held it; None for a fresh run or when there is none."""
+    paths = [os.path.join(folder, name) for folder in (checkpoint, output_dir) if folder is not None]
+    path = next((path for path in paths if os.path.isfile(path)), None)
+    if up_to_step == 0 or path is None:
         return None
     with open(path) as f:
         return json.load(f)
@@ -74,9 +77,10 @@ class LossHistory:
         self.steps, self.losses = list(steps or []), list(losses or [])
 
     @classmethod
-    def resume(cls, output_dir: str, up_to_step: int) -> "LossHistory":
-        """The history saved in `output_dir` up to `up_to_step` (the step resumed from); empty for a fresh run."""
-        saved = _saved_for_resume(output_dir, LOSS_HISTORY_NAME, up_to_step)
+    def resume(cls, output_dir: str, up_to_step: int, checkpoint: Optional[str] = None) -> "LossHistory":
+        """The history saved in the `checkpoint` folder resumed from (else in `output_dir`) up to `up_to_step`, the
+        step resumed from; empty for a fresh run."""
+        saved = _saved_for_resume(output_dir, LOSS_HISTORY_NAME, up_to_step, checkpoint)
         if saved is None:
             return cls()
         kept = [(s, v) for s, v in zip(saved["steps"], saved["losses"]) if s <= up_to_step]
@@ -86,11 +90,15 @@ class LossHistory:
         self.steps.append(step)
         self.losses.append(loss)
 
+    def to_json(self) -> dict:
+        """What `loss_history.json` holds (a checkpoint holds it too)."""
+        return {"steps": self.steps, "losses": self.losses}
+
     def save(self, output_dir: str) -> None:
         """`loss_history.json` (written whole, then renamed), `loss_history.csv` and `loss_curve.png`."""
         from ..plots import plot_loss_curve
 
-        _write_json(os.path.join(output_dir, LOSS_HISTORY_NAME), {"steps": self.steps, "losses": self.losses})
+        _write_json(os.path.join(output_dir, LOSS_HISTORY_NAME), self.to_json())
         with open(os.path.join(output_dir, "loss_history.csv"), "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["step", "loss"])
@@ -170,8 +178,8 @@ class MonitorHistory:
         self.records = list(records or [])
 
     @classmethod
-    def resume(cls, output_dir: str, up_to_step: int) -> "MonitorHistory":
-        saved = _saved_for_resume(output_dir, MONITOR_HISTORY_NAME, up_to_step)
+    def resume(cls, output_dir: str, up_to_step: int, checkpoint: Optional[str] = None) -> "MonitorHistory":
+        saved = _saved_for_resume(output_dir, MONITOR_HISTORY_NAME, up_to_step, checkpoint)
         return cls([record for record in saved or [] if record["step"] <= up_to_step])
 
     def measure(self, monitor: MonitorFunction, model: nn.Module, ema: Optional[EMAModel], step: int) -> dict:
