@@ -245,3 +245,14 @@ def test_rc_dit_sample_grid_shows_references_above_their_variations(tmp_path):
     top_left = torch.tensor(np.asarray(grid.convert("L")))[0:64:4, 0:64:4]
     assert torch.equal(top_left, ((images[index[0], 0] + 1) / 2 * 255).round().to(torch.uint8))
     assert np.array_equal(np.asarray(grid), np.asarray(sample_grid(model)))  # the same references and noise each time
+
+
+def test_a_tracker_whose_package_is_missing_is_refused(monkeypatch):
+    """accelerate drops such a tracker silently: a run with --report_to tensorboard logged nowhere, without a word."""
+    import accelerate.tracking
+
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [])
+    with pytest.raises(ValueError, match=r"--report_to tensorboard: its package is not installed.*\(none installed\)"):
+        TrainingArguments(output_dir="unused", max_train_steps=1, report_to="tensorboard")
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [accelerate.utils.LoggerType.TENSORBOARD])
+    assert TrainingArguments(output_dir="unused", max_train_steps=1, report_to="tensorboard").report_to == "tensorboard"

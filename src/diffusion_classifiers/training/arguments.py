@@ -98,9 +98,10 @@ class TrainingArguments:
     )
     overwrite_output_dir: bool = _flag(
         False,
-        "Train into an `--output_dir` that holds another run's checkpoints or model: its `checkpoint-N` folders are "
-        "deleted first, its other files replaced as this run writes them. Without it (or `--resume_from_checkpoint`) "
-        "such a folder is refused; an empty or new one is always fine.",
+        "Train into an `--output_dir` that holds another run's checkpoints or model: its `checkpoint-N` folders and "
+        "sample grids are set aside in `.replaced_checkpoints/`, deleted when this run ends well and moved back if it "
+        "fails before its first checkpoint; its other files are replaced as this run writes them. Without it (or "
+        "`--resume_from_checkpoint`) such a folder is refused; an empty or new one is always fine.",
     )
     seed: int = _flag(0, "Seed of the initial weights, the data order, noise and timesteps.")
     report_to: Optional[str] = _flag(None, 'An accelerate tracker to log to ("tensorboard", "wandb", ...).')
@@ -145,6 +146,7 @@ class TrainingArguments:
                 raise ValueError(f"expected --{name} to be {expected}, got {getattr(self, name)!r}")
         if self.max_train_steps is None and self.num_epochs is None:
             raise ValueError("expected --max_train_steps or --num_epochs, got neither")
+        _check_tracker_installed(self.report_to)
         if self.replays_cuda_graphs and self.gradient_accumulation_steps > 1:
             # the gradients live in graph memory that the next micro-batch overwrites (pytorch#169545)
             raise ValueError(
@@ -156,6 +158,21 @@ class TrainingArguments:
     def replays_cuda_graphs(self) -> bool:
         """Whether `--torch_compile` compiles in a mode that replays CUDA graphs."""
         return self.torch_compile and self.torch_compile_mode in CUDA_GRAPH_COMPILE_MODES
+
+
+def _check_tracker_installed(report_to: Optional[str]) -> None:
+    """accelerate leaves out a named tracker whose package is missing without a word: the run would log nowhere."""
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    if report_to is None or report_to == "all" or report_to not in LoggerType.list():
+        return  # accelerate itself refuses a name it does not know
+    installed = [str(tracker) for tracker in get_available_trackers()]
+    if report_to not in installed:
+        raise ValueError(
+            f"--report_to {report_to}: its package is not installed, so nothing would be logged; install it "
+            f"(pip install {report_to}) or choose an installed tracker ({installed or 'none installed'})"
+        )
 
 
 def _flag_type(annotation) -> type:
