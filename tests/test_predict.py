@@ -330,6 +330,11 @@ def test_bad_flags_are_refused_before_the_model_loads(tmp_path):
             main(base + extra)
     with pytest.raises(FileNotFoundError, match="input .*missing: not found"):
         main(base[:-1] + [str(tmp_path / "missing")])
+    (tmp_path / "exported").mkdir()
+    (tmp_path / "exported" / "config.json").write_text('{"model_type": "diffusion-classifier"}')
+    with pytest.raises(ValueError, match=r"--model_dir .*exported: a transformers model folder \(config.json\); "
+                                         r"predict reads a pipeline folder"):  # fmt: skip
+        main(["predict", "--model_dir", str(tmp_path / "exported"), "--input", str(tmp_path)])
 
 
 def test_hub_id_applies_the_windows_saved_in_the_repo(models, tmp_path, monkeypatch):

@@ -314,6 +314,7 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     check_input_exists(args.input)
     # a Hub id is read from its snapshot (configs, safetensors, cards): the saved windows come from there too
     model_dir = download(args.model_dir)
+    _check_pipeline_folder(model_dir, args.model_dir)
     saved = read_saved_preprocessing(model_dir)
     medical = saved.medical_or_default
     if windows is not None:
@@ -339,6 +340,17 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
             f"{summary.errors}"
         )
     return summary
+
+
+def _check_pipeline_folder(model_dir: str, given: str) -> None:
+    """A transformers export (`config.json`, no `model_index.json`) is named as such, with where to turn."""
+    folder = Path(model_dir)
+    if not (folder / "model_index.json").is_file() and (folder / "config.json").is_file():
+        raise ValueError(
+            f"--model_dir {given}: a transformers model folder (config.json); predict reads a pipeline folder "
+            "(model_index.json): the one it was exported from, or classify with transformers' pipeline() and "
+            "pipeline_class=DiffusionClassifierImageClassificationPipeline"
+        )
 
 
 def read_saved_preprocessing(model_dir: str | os.PathLike) -> Any:
