@@ -2,15 +2,16 @@
 """Publish a saved classifier (a pipeline or a transformers model folder) on the Hub, with its model card.
 
     python examples/push_to_hub.py --model_dir outputs/unet-pneumonia --repo_id my-org/unet-pneumonia \
-        --method unet_features --metrics_json outputs/unet-pneumonia/metrics.json \
+        --metrics_json outputs/unet-pneumonia/metrics.json \
         --dataset_name PneumoniaMNIST --dataset_license "CC BY 4.0" \
         --training_command "accelerate launch examples/unet_features_train.py --dataset ... --output_dir ..." \
         --evaluation_command "python examples/evaluate.py --model_dir outputs/unet-pneumonia ..."
 
-The card carries the metrics of `--metrics_json` (the demo's or an evaluation's `metrics.json`) as model-index
-results, under the split that file records (`--dataset_split` for a file that records none). The model folder is
-only read; a failed upload leaves it unchanged. `--dry_run` writes the folder as it would be uploaded (with its card
-as README.md) to `--output_dir` instead, without any network.
+The card is the one of the folder's method (read from its model_index.json or config.json), lists the model's
+class names, and carries the metrics of `--metrics_json` (the demo's or an evaluation's `metrics.json`) as
+model-index results, under the split that file records (`--dataset_split` for a file that records none). The model
+folder is only read; a failed upload leaves it unchanged. `--dry_run` writes the folder as it would be uploaded (with
+its card as README.md) to `--output_dir` instead, without any network.
 """
 
 import argparse
@@ -22,9 +23,13 @@ from huggingface_hub.errors import OfflineModeIsEnabled
 from diffusion_classifiers.hub import (
     METHODS,
     HubUploadError,
+    class_names_of,
     library_name_of,
     load_eval_metrics,
+    load_eval_positive_class,
     load_eval_split,
+    method_of,
+    positive_class_of,
     push_to_hub,
     render_model_card,
     write_dry_run,
@@ -38,7 +43,11 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", required=True, help="a saved pipeline or transformers model folder")
     parser.add_argument("--repo_id", required=True, help="the Hub repository, e.g. my-org/unet-pneumonia")
-    parser.add_argument("--method", required=True, choices=METHODS)
+    parser.add_argument(
+        "--method", default=None, choices=METHODS,
+        help="the folder's method (default: read from its model_index.json or config.json); one it contradicts is "
+        "refused",
+    )  # fmt: skip
     parser.add_argument("--metrics_json", required=True, help="metrics.json written by the demo or an evaluation")
     parser.add_argument("--dataset_name", required=True)
     parser.add_argument("--dataset_license", required=True, help="the training data's licence, e.g. 'CC BY 4.0'")
@@ -77,7 +86,7 @@ def main(argv=None):
 
 def publish(args):
     card = render_model_card(
-        args.method,
+        method(args.model_dir, args.method),
         model_name=args.model_name or args.repo_id.split("/")[-1],
         repo_id=args.repo_id,
         dataset_name=args.dataset_name,
@@ -87,6 +96,8 @@ def publish(args):
         metrics=load_eval_metrics(args.metrics_json),
         training_command=args.training_command,
         evaluation_command=args.evaluation_command,
+        class_names=class_names_of(args.model_dir),
+        positive_class=load_eval_positive_class(args.metrics_json) or positive_class_of(args.model_dir),
         license=args.license,
         library_name=library_name_of(args.model_dir),
         medical=args.medical,
@@ -100,6 +111,17 @@ def publish(args):
         args.model_dir, args.repo_id, card=card, token=args.token, private=args.private, revision=args.revision
     )
     print(f"pushed {args.model_dir} to {info.commit_url}")
+
+
+def method(model_dir: str, given: Optional[str]) -> str:
+    """The card's method: the folder's (`hub.method_of`); a given --method must be the same."""
+    inferred = method_of(model_dir)
+    if given is not None and given != inferred:
+        raise ValueError(
+            f"--method {given!r} contradicts {model_dir}, a {inferred!r} model (by its model_index.json or "
+            "config.json); leave --method out to use the folder's"
+        )
+    return inferred
 
 
 def dataset_split(metrics_json: str, given: Optional[str]) -> str:

@@ -136,6 +136,42 @@ def test_load_eval_split_reads_the_recorded_split(tmp_path):
     assert [hub.load_eval_split(tmp_path / f"{name}.json") for name in layouts] == ["val", "test", None]
 
 
+def write_json(path, data) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path.parent
+
+
+def test_method_and_labels_are_read_from_the_folder(saved_pipeline, tmp_path):
+    assert (hub.method_of(saved_pipeline[0]), hub.class_names_of(saved_pipeline[0])) == ("unet_features", ["a", "b", "c"])
+    assert hub.positive_class_of(saved_pipeline[0]) is None
+    pipelines = {  # model_index.json `_class_name`, as saved now (["module", "Class"]) and by v0.1.0 ("Class")
+        "ScoreSDEClassifierPipeline": "score_sde", "RepresentationConditionedDiTPipeline": "rc_dit",
+        "RepresentationConditionedDiTImageVariationPipeline": "rc_dit", "UNetFeatureClassifierPipeline": "unet_features",
+    }  # fmt: skip
+    for class_name, method in pipelines.items():
+        for saved_name in (class_name, ["pipeline_module", class_name]):
+            index = {"_class_name": saved_name, "head": [None, None]}
+            assert hub.method_of(write_json(tmp_path / class_name / "model_index.json", index)) == method
+    assert hub.class_names_of(tmp_path / "RepresentationConditionedDiTImageVariationPipeline") is None  # no head
+    score_sde = write_json(tmp_path / "sde" / "model_index.json", {
+        "_class_name": "ScoreSDEClassifierPipeline", "class_names": ["normal", "pneumonia"], "positive_class": "pneumonia"
+    })  # fmt: skip
+    assert (hub.class_names_of(score_sde), hub.positive_class_of(score_sde)) == (["normal", "pneumonia"], "pneumonia")
+    unnamed = write_json(tmp_path / "unnamed" / "head" / "config.json", {"num_classes": 2, "class_names": None}).parent
+    write_json(unnamed / "model_index.json", {"_class_name": "UNetFeatureClassifierPipeline", "head": ["m", "Head"]})
+    assert hub.class_names_of(unnamed) == ["0", "1"]  # what the pipeline predicts
+    for backbone_type, method in (("unet", "unet_features"), ("encoder", "rc_dit")):
+        config = {"model_type": "diffusion-classifier", "backbone_type": backbone_type,
+                  "id2label": {str(i): f"c{i}" for i in range(11)}}  # fmt: skip
+        exported = write_json(tmp_path / backbone_type / "config.json", config)
+        assert (hub.method_of(exported), hub.class_names_of(exported)) == (method, [f"c{i}" for i in range(11)])
+    with pytest.raises(ValueError, match=r"pipeline 'StableDiffusionPipeline' is not a classifier of this library"):
+        hub.method_of(write_json(tmp_path / "sd" / "model_index.json", {"_class_name": "StableDiffusionPipeline"}))
+    with pytest.raises(ValueError, match=r"expected an exported diffusion classifier .* got model_type 'vit'"):
+        hub.method_of(write_json(tmp_path / "vit" / "config.json", {"model_type": "vit"}))
+
+
 # --- a loopback stub of the Hub ------------------------------------------------------------------------------------
 
 REPO = r"(?P<repo>[^/]+/[^/]+)"
@@ -644,3 +680,38 @@ def test_cli_card_names_the_split_its_metrics_file_records(saved_pipeline, monke
     with pytest.raises(SystemExit, match="metrics.json does not record the split .*; pass --dataset_split"):
         publish("unrecorded", METRICS)
     assert not (tmp_path / "contradiction").exists() and not (tmp_path / "unrecorded").exists()
+
+
+def test_cli_card_is_the_folders_method_and_lists_its_labels(saved_pipeline, monkeypatch, tmp_path):
+    """--method score_sde on a U-Net-feature folder gave it the Score-SDE card: the method is now read from the folder
+    (--method may be left out) and a contradicting one is refused; the card lists the labels and, for a binary model,
+    names the positive class its sensitivity and specificity take."""
+    pipe_dir, _, _ = saved_pipeline
+    argv = push_script_argv(pipe_dir, tmp_path, "--dry_run", "--output_dir", str(tmp_path / "inferred"))
+    without_method = argv[:5] + argv[7:]
+    assert argv[5:7] == ["--method", "unet_features"] and "--method" not in without_method
+    run_push_script(monkeypatch, without_method)
+    card = (tmp_path / "inferred" / "README.md").read_text()
+    assert "unet_features" in front_matter(card)["tags"] and "frozen DDPM U-Net features" in card
+    assert "Labels (in label-id order): a, b, c." in card and "positive class" not in card
+    wrong = argv[:6] + ["score_sde"] + argv[7:-1] + [str(tmp_path / "wrong")]
+    with pytest.raises(SystemExit, match=r"--method 'score_sde' contradicts .*, a 'unet_features' model"):
+        run_push_script(monkeypatch, wrong)
+    assert not (tmp_path / "wrong").exists()
+
+    binary = write_json(tmp_path / "binary" / "config.json", {
+        "model_type": "diffusion-classifier", "backbone_type": "encoder", "id2label": {"0": "normal", "1": "pneumonia"},
+        "positive_class": "pneumonia",
+    })  # fmt: skip
+    argv = push_script_argv(binary, tmp_path, "--dry_run", "--output_dir", str(tmp_path / "binary-card"))
+    (tmp_path / "metrics.json").write_text(json.dumps({"split": "test", "sensitivity": 0.9, "specificity": 0.8}))
+    run_push_script(monkeypatch, argv[:5] + argv[7:])
+    card = (tmp_path / "binary-card" / "README.md").read_text()
+    assert "rc_dit" in front_matter(card)["tags"] and "Labels (in label-id order): normal, pneumonia." in card
+    assert "Sensitivity and specificity take **pneumonia** as the positive class." in card
+    # the metrics' own positive class (evaluate --positive_class normal) is the one their numbers refer to
+    (tmp_path / "metrics.json").write_text(json.dumps({"split": "test", "sensitivity": 0.8, "positive_class": "normal"}))
+    run_push_script(monkeypatch, argv[:5] + argv[7:-1] + [str(tmp_path / "normal-card")])
+    assert "take **normal** as the positive class" in (tmp_path / "normal-card" / "README.md").read_text()
+    with pytest.raises(ValueError, match=r"positive_class: expected one of the class names \['a', 'b', 'c'\], got 'cat'"):
+        model_card(positive_class="cat")

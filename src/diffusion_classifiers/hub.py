@@ -35,11 +35,15 @@ __all__ = [
     "PICKLE_SUFFIXES",
     "TEMPLATES_DIR",
     "HubUploadError",
+    "class_names_of",
     "download",
     "download_patterns",
     "library_name_of",
     "load_eval_metrics",
+    "load_eval_positive_class",
     "load_eval_split",
+    "method_of",
+    "positive_class_of",
     "push_to_hub",
     "render_dataset_card",
     "render_model_card",
@@ -47,6 +51,16 @@ __all__ = [
 ]
 
 METHODS = ("unet_features", "score_sde", "rc_dit")
+
+# The method of a saved pipeline (model_index.json `_class_name`) and of an exported transformers model (config.json
+# `backbone_type`, written by `export_unet_feature_pipeline` / `export_rc_dit_pipeline`).
+PIPELINE_METHODS = {
+    "UNetFeatureClassifierPipeline": "unet_features",
+    "ScoreSDEClassifierPipeline": "score_sde",
+    "RepresentationConditionedDiTPipeline": "rc_dit",
+    "RepresentationConditionedDiTImageVariationPipeline": "rc_dit",
+}
+BACKBONE_METHODS = {"unet": "unet_features", "encoder": "rc_dit"}
 
 # The card templates, shipped inside the package (one model card per method, the shared base, the dataset card).
 TEMPLATES_DIR = Path(__file__).parent / "hub_cards"
@@ -70,7 +84,7 @@ REMOTE_CODE_PATTERNS = ["*.py"]
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pickle", ".pkl", ".pt", ".pth")
 
 # Fields the templates may leave empty (they test them with `{% if %}`); every other field they read is required.
-MODEL_CARD_OPTIONAL = {"dataset_id", "model_description", "class_names"}
+MODEL_CARD_OPTIONAL = {"dataset_id", "model_description", "class_names", "positive_class"}
 DATASET_CARD_OPTIONAL = {"citation"}
 
 
@@ -150,6 +164,7 @@ def render_model_card(
     license: str = "apache-2.0",
     library_name: str = "diffusers",
     class_names: Optional[List[str]] = None,
+    positive_class: Optional[str] = None,
     model_description: Optional[str] = None,
     medical: bool = False,
     template_path: Optional[Union[str, Path]] = None,
@@ -162,6 +177,9 @@ def render_model_card(
             `dataset_id` (a Hub dataset id, optional) links it and is the model-index dataset type.
         metrics: `{metric: value}` measured on `dataset_split`, e.g. `load_eval_metrics("metrics.json")`.
         training_command, evaluation_command: the exact commands that produced the weights and the metrics.
+        class_names: the model's label names, in label-id order (`class_names_of`): the card lists them.
+        positive_class: the class the sensitivity and specificity in `metrics` refer to (`load_eval_positive_class`):
+            the card names it beside them.
         license: the model's licence (a Hub licence id). `library_name`: "diffusers" for a saved pipeline,
             "transformers" for an exported transformers model (see `library_name_of`); the usage snippet loads it
             with that library (`trust_remote_code=True` runs the code saved with it, or the installed package's).
@@ -174,6 +192,8 @@ def render_model_card(
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     if not metrics:
         raise ValueError("cannot render a model card: missing required field(s) metrics")
+    if positive_class is not None and class_names and positive_class not in class_names:
+        raise ValueError(f"positive_class: expected one of the class names {class_names}, got {positive_class!r}")
     eval_results = _eval_results(metrics, dataset_name, dataset_id or dataset_name, dataset_split)
     card_data = ModelCardData(
         model_name=model_name,
@@ -200,6 +220,7 @@ def render_model_card(
         training_command=training_command,
         evaluation_command=evaluation_command,
         class_names=class_names,
+        positive_class=positive_class,
         model_description=model_description,
         medical=medical,
     )
@@ -268,6 +289,13 @@ def load_eval_metrics(path: Union[str, os.PathLike]) -> Dict[str, float]:
     return metrics
 
 
+def load_eval_positive_class(path: Union[str, os.PathLike]) -> Optional[str]:
+    """The class the sensitivity and specificity of a `metrics.json` refer to (its "positive_class", under "test" for
+    the demo's); `None` when it records none (not a binary task)."""
+    data = _read_json(path)
+    return data.get("test", data).get("positive_class")
+
+
 def load_eval_split(path: Union[str, os.PathLike]) -> Optional[str]:
     """The split the metrics of a `metrics.json` were measured on, as it records it: an evaluation's `"split"`
     (`evaluate_classifier(..., split=...)`, `diffusion-classifiers evaluate --split`), "test" for the demo's (its
@@ -285,6 +313,59 @@ def library_name_of(local_dir: Union[str, os.PathLike]) -> str:
     if (Path(local_dir) / "config.json").is_file():
         return "transformers"
     raise ValueError(f"{local_dir}: expected a saved pipeline (model_index.json) or transformers model (config.json)")
+
+
+def method_of(local_dir: Union[str, os.PathLike]) -> str:
+    """The method (one of `METHODS`) of a saved pipeline, by its model_index.json `_class_name`, or of an exported
+    transformers model, by its config.json `backbone_type`."""
+    local_dir = Path(local_dir)
+    if library_name_of(local_dir) == "diffusers":
+        class_name = _read_json(local_dir / "model_index.json").get("_class_name")
+        class_name = class_name[-1] if isinstance(class_name, list) else class_name  # ["module", "Class"] or "Class"
+        if class_name not in PIPELINE_METHODS:
+            raise ValueError(
+                f"{local_dir}/model_index.json: pipeline {class_name!r} is not a classifier of this library; expected "
+                f"one of {sorted(PIPELINE_METHODS)}"
+            )
+        return PIPELINE_METHODS[class_name]
+    from .configuration_diffusion_classifier import DiffusionClassifierConfig
+
+    config = _read_json(local_dir / "config.json")
+    model_type, backbone_type = config.get("model_type"), config.get("backbone_type")
+    if model_type != DiffusionClassifierConfig.model_type or backbone_type not in BACKBONE_METHODS:
+        raise ValueError(
+            f"{local_dir}/config.json: expected an exported diffusion classifier (model_type "
+            f"{DiffusionClassifierConfig.model_type!r}, backbone_type one of {sorted(BACKBONE_METHODS)}), got "
+            f"model_type {model_type!r}, backbone_type {backbone_type!r}"
+        )
+    return BACKBONE_METHODS[backbone_type]
+
+
+def _saved_config(local_dir: Path) -> dict:
+    """A saved pipeline's model_index.json or a transformers model's config.json."""
+    return _read_json(local_dir / ("model_index.json" if library_name_of(local_dir) == "diffusers" else "config.json"))
+
+
+def class_names_of(local_dir: Union[str, os.PathLike]) -> Optional[List[str]]:
+    """The class names, in label-id order, of a saved classifier: a transformers model's `id2label`, a Score-SDE
+    pipeline's `class_names`, another pipeline's head's (label ids as names when it has none, as the pipeline names
+    them); `None` for a pipeline without a head (the image-variation pipeline)."""
+    local_dir = Path(local_dir)
+    config = _saved_config(local_dir)
+    if "id2label" in config:
+        return [config["id2label"][key] for key in sorted(config["id2label"], key=int)]
+    if config.get("class_names"):
+        return list(config["class_names"])
+    head_config = local_dir / "head" / "config.json"
+    if not (isinstance(config.get("head"), list) and config["head"][0] and head_config.is_file()):
+        return None
+    head = _read_json(head_config)
+    return list(head.get("class_names") or [str(i) for i in range(head["num_classes"])])
+
+
+def positive_class_of(local_dir: Union[str, os.PathLike]) -> Optional[str]:
+    """The positive class a saved binary classifier was saved with (`positive_class`), or `None`."""
+    return _saved_config(Path(local_dir)).get("positive_class")
 
 
 def _local_files(local_dir: Path) -> List[str]:
