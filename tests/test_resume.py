@@ -357,16 +357,25 @@ def test_resuming_latest_over_a_model_without_checkpoints_is_refused_and_a_new_f
 
 def test_a_replacing_run_that_fails_loses_nothing_of_the_run_it_replaces(tmp_path, caplog):
     tiny_run(tmp_path, max_train_steps=4)
+    (tmp_path / "samples").mkdir()
+    for step in (2, 4):  # the sample grids of a trainer that draws them
+        (tmp_path / "samples" / f"step_{step}.png").write_bytes(b"a grid of the replaced run")
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(ValueError, match="zz_trunc.png"):  # fails at its first batch
         tiny_run(tmp_path, dataset=UnreadableAfter(0), overwrite_output_dir=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # the checkpoints are back, nothing set aside
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step_2.png", "step_4.png"]  # and the grids
+    help_text = add_training_args(argparse.ArgumentParser()).format_help()
+    help_text = " ".join(help_text.split())
+    assert "are set aside in `.replaced_checkpoints/`" in help_text and "deleted first" not in help_text
     with pytest.raises(ValueError, match="zz_trunc.png"):  # fails after a checkpoint of its own (batches of 4 images,
         # one fetched ahead: the third fails after step 1)
         tiny_run(tmp_path, dataset=UnreadableAfter(10), overwrite_output_dir=True, checkpointing_steps=1, max_train_steps=3)
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1"]
     replaced = sorted(p.name for p in (tmp_path / REPLACED_CHECKPOINTS).glob("checkpoint-*"))
     assert replaced == ["checkpoint-2", "checkpoint-4"]
+    grids = sorted(p.name for p in (tmp_path / REPLACED_CHECKPOINTS / "samples").iterdir())
+    assert grids == ["step_2.png", "step_4.png"]
     assert "stay in" in caplog.text
     tiny_run(tmp_path, max_train_steps=3, resume_from_checkpoint="latest")  # the failed run, resumed, ends well
     assert not (tmp_path / REPLACED_CHECKPOINTS).exists()

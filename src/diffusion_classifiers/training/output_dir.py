@@ -16,6 +16,7 @@ import socket
 from datetime import datetime, timezone
 
 from .checkpoints import CHECKPOINT_PATTERN
+from .monitoring import SAMPLE_PATTERN, SAMPLES_DIR, remove_samples_after
 
 __all__ = [
     "LOCK_NAME", "REPLACED_CHECKPOINTS", "OutputDirInUseError", "OutputDirLock", "check_output_dir", "previous_run_files",
@@ -148,8 +149,7 @@ def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> None:
             f"{' and no checkpoint-N to resume from' if resume else ''}; pass {advice}--overwrite_output_dir to "
             "replace it"
         )
-    if checkpoints:
-        _set_aside(output_dir, checkpoints, 0, f"--overwrite_output_dir: the previous run in {output_dir}")
+    _set_aside(output_dir, checkpoints, 0, f"--overwrite_output_dir: the previous run in {output_dir}")
 
 
 def set_aside_checkpoints_after(output_dir: str, step: int) -> None:
@@ -169,21 +169,28 @@ def _step_of(name: str) -> int:
 
 
 def _set_aside(output_dir: str, checkpoints: list, from_step: int, whose: str) -> None:
-    """Move `checkpoints` (`whose` they are) into `REPLACED_CHECKPOINTS`, with the step the run replacing them starts
-    from."""
+    """Move `checkpoints` (`whose` they are) and the sample grids after `from_step`, the step the run replacing them
+    starts from, into `REPLACED_CHECKPOINTS`, with that step."""
+    samples_dir = os.path.join(output_dir, SAMPLES_DIR)
+    names = os.listdir(samples_dir) if os.path.isdir(samples_dir) else []
+    samples = [name for name in names if (m := SAMPLE_PATTERN.match(name)) and int(m.group(1)) > from_step]
+    if not (checkpoints or samples):
+        return
     aside = os.path.join(output_dir, REPLACED_CHECKPOINTS)
     if os.path.isdir(aside):  # set aside by a replacing run that failed after its own first checkpoint
         logger.warning(f"deleting {aside}, the checkpoints an earlier replaced run left")
         shutil.rmtree(aside)
     logger.warning(
-        f"{whose}: {', '.join(checkpoints)} moved into {aside}, deleted when this run ends well, moved back if it "
-        "fails before a checkpoint of its own"
+        f"{whose}: {', '.join(checkpoints + [f'{SAMPLES_DIR}/{name}' for name in samples])} moved into {aside}, "
+        "deleted when this run ends well, moved back if it fails before a checkpoint of its own"
     )
-    os.makedirs(aside)
+    os.makedirs(os.path.join(aside, SAMPLES_DIR))
     with open(os.path.join(aside, REPLACING_RUN_NAME), "w") as f:
         json.dump({"from_step": from_step}, f)
     for name in checkpoints:
         os.replace(os.path.join(output_dir, name), os.path.join(aside, name))
+    for name in samples:
+        os.replace(os.path.join(samples_dir, name), os.path.join(aside, SAMPLES_DIR, name))
 
 
 def settle_replaced_checkpoints(output_dir: str, succeeded: bool) -> None:
@@ -208,6 +215,11 @@ def settle_replaced_checkpoints(output_dir: str, succeeded: bool) -> None:
         logger.warning(f"the replaced run's checkpoints stay in {aside}: the run replacing it failed after its first checkpoint")
         return
     for name in os.listdir(aside):
-        if name != REPLACING_RUN_NAME:
+        if CHECKPOINT_PATTERN.match(name):
             os.replace(os.path.join(aside, name), os.path.join(output_dir, name))
+    if os.path.isdir(os.path.join(aside, SAMPLES_DIR)):
+        remove_samples_after(output_dir, from_step)  # the failed run's, of a step it made no checkpoint of
+        os.makedirs(os.path.join(output_dir, SAMPLES_DIR), exist_ok=True)
+        for name in os.listdir(os.path.join(aside, SAMPLES_DIR)):
+            os.replace(os.path.join(aside, SAMPLES_DIR, name), os.path.join(output_dir, SAMPLES_DIR, name))
     shutil.rmtree(aside)
