@@ -673,7 +673,7 @@ def test_cli_card_names_the_split_its_metrics_file_records(saved_pipeline, monke
     ):
         card = publish(name, metrics, *extra)
         assert front_matter(card)["model-index"][0]["results"][0]["dataset"]["split"] == split, name
-        assert f"Results on the `{split}` split" in card, name
+        assert f"Results on the `{split}` split" in card and f"come from one split (`{split}`)" in card, name
     with pytest.raises(SystemExit, match=r"--dataset_split 'test' contradicts .*metrics.json, whose metrics were "
                        r"measured on the 'val' split"):
         publish("contradiction", {"split": "val", **METRICS}, "--dataset_split", "test")
