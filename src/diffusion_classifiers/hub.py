@@ -30,6 +30,8 @@ from huggingface_hub import (
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError
 from jinja2 import meta
 
+from .validation import PICKLE_SUFFIXES
+
 __all__ = [
     "METHODS",
     "PICKLE_SUFFIXES",
@@ -80,8 +82,6 @@ METRIC_NAMES = {
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.md"]
 REMOTE_CODE_PATTERNS = ["*.py"]
 
-# Pickled files (loading one can run arbitrary code): never uploaded, since the library loads safetensors and JSON only.
-PICKLE_SUFFIXES = (".bin", ".ckpt", ".pickle", ".pkl", ".pt", ".pth")
 
 # Fields the templates may leave empty (they test them with `{% if %}`); every other field they read is required.
 MODEL_CARD_OPTIONAL = {"dataset_id", "model_description", "class_names", "positive_class"}

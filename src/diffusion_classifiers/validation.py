@@ -11,7 +11,12 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+# Files that are pickles: loading one can run arbitrary code, so the library never loads nor uploads them (it loads
+# safetensors and JSON only).
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pickle", ".pkl", ".pt", ".pth")
+
 __all__ = [
+    "PICKLE_SUFFIXES",
     "as_feature_matrix",
     "as_inverse_regularisations",
     "as_labels",

@@ -18,6 +18,7 @@ from diffusion_classifiers.remote_code import (
     make_weights_readable_as_umask_allows,
     write_remote_code,
 )
+from diffusion_classifiers.validation import PICKLE_SUFFIXES
 
 __all__ = [
     "LEGACY_PREPROCESSING",
@@ -31,8 +32,6 @@ __all__ = [
     "read_model_index",
 ]
 
-# Weight files that are pickles: loading one can run arbitrary code, so they are never loaded.
-_PICKLE_SUFFIXES = (".bin", ".ckpt", ".pickle", ".pkl", ".pt", ".pth")
 # The contract of a pipeline saved before the preprocessing was saved with it: the float range guessed (once per call).
 LEGACY_PREPROCESSING = {"input_range": "auto"}
 
@@ -248,7 +247,7 @@ class DiffusionClassifierPipeline(SavedWithCodeMixin, SavedPreprocessingMixin, D
                     "the pipeline folder must hold it"
                 )
             files = os.listdir(folder)
-            pickles = sorted(f for f in files if f.endswith(_PICKLE_SUFFIXES))
+            pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
             if pickles and not any(f.endswith(".safetensors") for f in files):
                 raise ValueError(
                     f"{os.path.join(folder, pickles[0])}: pickled weights are refused (loading a pickle can run "
