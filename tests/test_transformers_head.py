@@ -68,6 +68,9 @@ def test_trainer_fine_tunes_the_head_with_frozen_backbone(exported, tmp_path):
     keep = digits.labels < 3
     images, labels = digits.images[keep][:60], digits.labels[keep][:60]
     model = DiffusionFeaturesForImageClassification.from_pretrained(exported)
+    # loaded frozen: only the head counts as trainable (Trainer's count), as when built
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.classifier.parameters())
     with torch.no_grad():  # a fresh head on standardised features, as a probe would start
         features = model.features(images)
         model.feature_mean.copy_(features.mean(0))

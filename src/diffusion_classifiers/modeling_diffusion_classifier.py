@@ -78,7 +78,10 @@ class DiffusionFeaturesForImageClassification(DiffusionClassifierPreTrainedModel
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         _check_saved_labels(pretrained_model_name_or_path, kwargs.get("config"))
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        # transformers' loading sets `requires_grad` on every parameter: a frozen backbone would count as trainable
+        model.backbone.requires_grad_(not model.config.freeze_backbone)
+        return model
 
     def __init__(self, config: DiffusionClassifierConfig):
         super().__init__(config)
@@ -108,8 +111,7 @@ class DiffusionFeaturesForImageClassification(DiffusionClassifierPreTrainedModel
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         config = self.config
-        # A frozen backbone runs without autograd: no activations are kept and `Trainer` cannot update it, even
-        # though transformers' loading re-enables `requires_grad` on every parameter.
+        # A frozen backbone runs without autograd: no activations are kept and `Trainer` cannot update it.
         with torch.set_grad_enabled(torch.is_grad_enabled() and not config.freeze_backbone):
             if config.backbone_type == "encoder":
                 return encode_representation(
