@@ -50,6 +50,23 @@ def test_pipeline_and_exported_model_score_the_same(fitted, tmp_path):
     assert f"| accuracy | {100 * written['accuracy']:.2f}% |" in (tmp_path / "a" / "report.md").read_text()
 
 
+def test_a_hub_id_evaluates_like_its_folder(fitted, tmp_path, monkeypatch):
+    """`evaluate_classifier("org/name")` (and `evaluate --model_dir org/name`) reads the repo's snapshot, a pipeline
+    or a transformers export, as `predict` does; it was refused as no such folder."""
+    from diffusion_classifiers import hub
+
+    from .test_hub import fake_snapshot_download
+
+    pipe, root, test = fitted
+    for kind in ("pipeline", "transformers"):
+        calls = []
+        monkeypatch.setattr(hub, "snapshot_download", lambda repo_id, cache_dir=None, **kwargs: fake_snapshot_download(
+            root / kind, calls)(repo_id, cache_dir=tmp_path / "cache" / kind, **kwargs))  # fmt: skip
+        from_hub = evaluate_classifier(f"org/{kind}", test)
+        assert calls[0]["repo_id"] == f"org/{kind}"
+        assert from_hub["confusion_matrix"] == evaluate_classifier(str(root / kind), test)["confusion_matrix"]
+
+
 def test_labels_are_matched_by_name(fitted, tmp_path):
     pipe, _, test = fitted
     names = test.features["label"].names

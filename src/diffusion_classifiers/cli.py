@@ -122,7 +122,11 @@ def add_probe_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model_dir", required=True, help="a saved pipeline (model_index.json) or transformers model (config.json)")
+    parser.add_argument(
+        "--model_dir", required=True,
+        help="a saved pipeline (model_index.json) or transformers model (config.json): a folder or a Hub repo id "
+        "'org/name' (its configs and safetensors are downloaded)",
+    )  # fmt: skip
     parser.add_argument(
         "--dataset", default="digits",
         help="what data.load_image_classification_data reads (with the model's saved preprocessing), or a saved "

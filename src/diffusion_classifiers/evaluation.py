@@ -69,7 +69,11 @@ def evaluate_compatible_transformers() -> Iterator[None]:
 
 
 def load_classifier(path: str):
-    """A saved diffusers pipeline folder (`model_index.json`) or transformers model folder (`config.json`)."""
+    """A saved diffusers pipeline folder (`model_index.json`) or transformers model folder (`config.json`), or a Hub
+    repo id of either (its configs and safetensors downloaded, as `hub.download` fetches them)."""
+    from .hub import download
+
+    path = download(path)
     if os.path.isfile(os.path.join(path, "model_index.json")):
         from diffusion_classifiers.pipelines import DiffusionClassifierPipeline
 
