@@ -256,3 +256,11 @@ def test_a_tracker_whose_package_is_missing_is_refused(monkeypatch):
         TrainingArguments(output_dir="unused", max_train_steps=1, report_to="tensorboard")
     monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [accelerate.utils.LoggerType.TENSORBOARD])
     assert TrainingArguments(output_dir="unused", max_train_steps=1, report_to="tensorboard").report_to == "tensorboard"
+
+
+def test_fp16_on_a_cpu_is_refused_before_training(tmp_path):
+    """accelerate trains `fp16` on a CPU in float32 without a word (the checkpoints were bitwise those of `no`)."""
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), max_train_steps=1, mixed_precision="fp16", train_batch_size=2)
+    with pytest.raises(ValueError, match="--mixed_precision fp16 needs a GPU"):
+        train_ddpm_unet(args, tiny_images(4), preset="tiny")
+    assert not (tmp_path / "run").exists()

@@ -60,7 +60,8 @@ class TrainingArguments:
     max_grad_norm: float = _flag(1.0, "Gradients are clipped to this norm.")
     gradient_accumulation_steps: int = _flag(1, "Batches accumulated per optimizer step.")
     mixed_precision: str = _flag(
-        "no", 'Mixed precision: "no", "fp16" or "bf16" (autocast of the model\'s forward; "bf16" is the fast choice on GPUs).'
+        "no", 'Mixed precision: "no", "fp16" (GPUs only) or "bf16" (autocast of the model\'s forward; "bf16" is the fast '
+        "choice on GPUs).",
     )
     allow_tf32: bool = _flag(
         True, "Let float32 matmuls and convolutions use TF32 tensor cores on CUDA (Ampere and newer; ignored elsewhere)."

@@ -153,8 +153,18 @@ def train(
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
     )
     check_world_size(accelerator)
+    _check_precision_runs_here(args.mixed_precision, accelerator.device)
     with _claim_output_dir(accelerator, args), cuda_math(args, accelerator.device):
         return _train(accelerator, args, model, dataset, loss_fn, sampler, sample_grid, monitor, budget)
+
+
+def _check_precision_runs_here(mixed_precision: str, device: torch.device) -> None:
+    """accelerate runs `fp16` on a CPU in float32 without a word: the run would not be the one asked for."""
+    if mixed_precision == "fp16" and device.type == "cpu":
+        raise ValueError(
+            "--mixed_precision fp16 needs a GPU: on this CPU accelerate would train in float32 instead; pass bf16 "
+            "(autocast on CPU too) or no"
+        )
 
 
 def allow_mixed_precision(mixed_precision: str) -> None:
