@@ -424,6 +424,19 @@ def test_a_large_split_is_scored_on_a_seeded_subsample_of_the_same_rows_for_ever
         select_clustering_without_labels({("a", 0): x, ("b", 0): x[:300]}, [3], 3)
 
 
+def test_k_is_chosen_among_exactly_the_candidates_given():
+    x, y = make_blobs(300, n_features=8, centers=10, cluster_std=0.6, random_state=0)
+    features = {("x", 0): x}
+    choice = select_clustering_without_labels(features, [3, 4, 5], 10)  # 10 blobs: K = 10 would win were it scored
+    assert choice["num_clusters"] in (3, 4, 5) and set(choice["silhouette_by_num_clusters"]) == {3, 4, 5}
+    assert label_free_kmeans(features, features, y, 10, candidate_num_clusters=[3, 4, 5])["num_clusters"] in (3, 4, 5)
+    assert list(select_clustering_without_labels(features, None, 10)["silhouette_by_num_clusters"]) == [10]
+    assert label_free_kmeans(features, features, y, 10)["num_clusters"] == 10
+    for bad in ([], [2.5], [0, 3], 3, "3"):
+        with pytest.raises(ValueError, match=r"candidate_num_clusters: expected None \(K = 10\) or a non-empty seq"):
+            select_clustering_without_labels(features, bad, 10)
+
+
 def test_the_label_free_kmeans_choice_does_not_depend_on_the_labels():
     x, y = _directional_classes()
     noise = np.random.default_rng(1).normal(size=x.shape)

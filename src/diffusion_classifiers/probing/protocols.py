@@ -166,7 +166,7 @@ def clustering_stability(features, num_clusters: int, seed: int = 0, num_resampl
 
 def select_clustering_without_labels(
     features: Dict[tuple, object],
-    candidate_num_clusters: Sequence[int],
+    candidate_num_clusters: Optional[Sequence[int]],
     default_num_clusters: int,
     seed: int = 0,
     standardize: bool = True,
@@ -197,8 +197,9 @@ def select_clustering_without_labels(
         features: `key -> [N, D]` features of one split, keyed e.g. `(block, timestep)` as
             `DiffusionFeatureExtractor.extract` returns them; no labels are read. The more images the steadier the
             choice: `unet_feature_study` passes the (unlabeled) train split.
-        candidate_num_clusters: the K to choose from, each at most N.
-        default_num_clusters: the K the candidates are compared at (the number of classes when it is known).
+        candidate_num_clusters: the K to choose from, exactly these, each at most N; `None`: `default_num_clusters`.
+        default_num_clusters: the K the (feature, normalisation) candidates are compared at (the number of classes
+            when it is known), whether or not it is among `candidate_num_clusters`.
         n_init: k-means restarts per fit (`random_state=seed`).
         normalizations: the normalisations to choose from (of `"standardize"`, `"l2"`, `"pca_whiten"`, `"none"`);
             default: only `"standardize"` (or `"none"` when `standardize=False`), as before normalisations were chosen.
@@ -225,7 +226,7 @@ def select_clustering_without_labels(
         raise ValueError(f"normalizations: expected a non-empty list of distinct names, got {normalizations}")
     for name in normalizations:
         _check_normalization(name)
-    candidates = sorted({int(k) for k in candidate_num_clusters} | {int(default_num_clusters)})
+    candidates = _candidate_num_clusters(candidate_num_clusters, default_num_clusters)
     checked = {pair: _checked_clustering_features(value) for pair, value in features.items()}
     checked = _selection_rows(checked, max_images, seed)
     num_images = len(next(iter(checked.values())))
@@ -276,12 +277,12 @@ def label_free_kmeans(
     normalizations: Sequence[str] = NORMALIZATIONS,
 ) -> dict:
     """k-means on the test split with every choice made on `selection_features` (another split, e.g. the unlabeled
-    train images) without labels: the feature key, the normalisation (of `normalizations`) and K (`num_classes` unless
-    `candidate_num_clusters` are given) by [`select_clustering_without_labels`] with `criterion`; the test labels only
-    score the result. Returns the clustering metrics with `feature` (the key joined by "/"), `normalization`,
-    `num_clusters` and `selection` (the scores it chose by)."""
+    train images) without labels: the feature key, the normalisation (of `normalizations`) and K (one of exactly
+    `candidate_num_clusters` when given, else `num_classes`) by [`select_clustering_without_labels`] with
+    `criterion`; the test labels only score the result. Returns the clustering metrics with `feature` (the key joined
+    by "/"), `normalization`, `num_clusters` and `selection` (the scores it chose by)."""
     selection = select_clustering_without_labels(
-        selection_features, candidate_num_clusters or [num_classes], num_classes, seed=seed,
+        selection_features, candidate_num_clusters, num_classes, seed=seed,
         normalizations=normalizations, criterion=criterion,
     )  # fmt: skip
     key = tuple(selection["pair"])
@@ -292,6 +293,22 @@ def label_free_kmeans(
     metrics.pop("clusters")
     chosen = {name: selection[name] for name in ("normalization", "num_clusters")}
     return {**metrics, "feature": "/".join(map(str, key)), **chosen, "selection": selection}
+
+
+def _candidate_num_clusters(candidates: Optional[Sequence[int]], default_num_clusters: int) -> List[int]:
+    """The K to choose from: exactly `candidates` (sorted, repeats dropped), or `[default_num_clusters]` when `None`."""
+    if candidates is None:
+        return [default_num_clusters]
+    is_sequence = isinstance(candidates, Sequence) or (isinstance(candidates, np.ndarray) and candidates.ndim == 1)
+    integers = is_sequence and not isinstance(candidates, str) and all(
+        isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1 for k in candidates
+    )
+    if not integers or len(candidates) == 0:
+        raise ValueError(
+            f"candidate_num_clusters: expected None (K = {default_num_clusters}) or a non-empty sequence of integers "
+            f"K >= 1, got {candidates!r}"
+        )
+    return sorted({int(k) for k in candidates})
 
 
 def _selection_rows(features: Dict[tuple, np.ndarray], max_images: Optional[int], seed: int) -> Dict[tuple, np.ndarray]:
