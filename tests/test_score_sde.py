@@ -11,7 +11,7 @@ from PIL import Image
 
 from diffusion_classifiers import DiffusionClassifierPipeline, ScoreSDEClassifierPipeline
 from diffusion_classifiers.data import load_image_classification_data, preprocess_images
-from diffusion_classifiers.likelihood import probability_flow_log_likelihood
+from diffusion_classifiers.likelihood import content_seeds, denoising_error_scores, probability_flow_log_likelihood
 from diffusion_classifiers.models import unet_config
 from diffusion_classifiers.training import TrainingArguments, train_score_sde_unet
 
@@ -238,3 +238,32 @@ def test_log_likelihood_ratio_is_positive_versus_negative_class():
     flipped = pipe(images, num_timesteps=4)
     torch.testing.assert_close(flipped.log_likelihood_ratio, out.log_likelihoods[:, 0] - out.log_likelihoods[:, 1])
     assert torch.equal(flipped.probs, out.probs)  # the posterior does not depend on which class is positive
+
+
+def test_the_ratio_of_a_pruned_run_weighs_the_timesteps_both_classes_got():
+    """With pruning, the kept class's mean error covered 20 timesteps and the pruned one's 5: their difference was
+    17x the ratio (the ELBO weights of the timesteps only one got). It is now taken over the 5 both classes got,
+    which are the exhaustive run's first 5 (the pruned run scores a prefix of the same draws)."""
+    pipe = random_pipeline(num_class_embeds=2, class_names=["benign", "malignant"])
+    pipe.set_progress_bar_config(disable=True)
+    images = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    exhaustive = denoising_error_scores(
+        pipe.unet, pipe.preprocess(images), 2, num_timesteps=20, weighting="elbo",
+        seed=content_seeds(pipe.preprocess(images), 0), sde=pipe.sde, progress_bar={"disable": True},
+    )  # fmt: skip
+    shared = -exhaustive.errors[:, :, :5].double().mean(2)
+    pruned = pipe(images, num_timesteps=20, pruning=[(5, 1), (15, 1)])
+    # float32 errors of magnitude ~100 summed 5 at a time: round-off near 5 * 100 * 6e-8 = 3e-5
+    torch.testing.assert_close(pruned.log_likelihood_ratio, shared[:, 1] - shared[:, 0], rtol=1e-5, atol=1e-4)
+    unpruned = pipe(images, num_timesteps=20)
+    torch.testing.assert_close(unpruned.log_likelihood_ratio, unpruned.log_likelihoods[:, 1] - unpruned.log_likelihoods[:, 0])
+
+
+def test_a_zero_prior_is_refused_where_pruning_could_keep_only_such_classes():
+    pipe = random_pipeline(num_class_embeds=3, class_names=["a", "b", "c"])
+    pipe.set_progress_bar_config(disable=True)
+    images = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with pytest.raises(ValueError, match=r"priors: classes \['a'\] have prior 0, which pruning and the early stop"):
+        pipe(images, num_timesteps=4, pruning=[(2, 1), (2, 1)], priors=[0.0, 0.5, 0.5])
+    assert pipe(images, num_timesteps=4, priors=[0.0, 0.5, 0.5]).probs[:, 0].eq(0).all()  # without pruning: fine
+

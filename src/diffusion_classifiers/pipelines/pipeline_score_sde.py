@@ -1,5 +1,6 @@
 """Classify with one class-conditional score model by Bayes' rule on per-class log-likelihoods (VP-SDE)."""
 
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -34,8 +35,9 @@ class ScoreSDEClassifierOutput(ClassifierPipelineOutput):
             `weighting="elbo"` the log-likelihood lower bound up to a constant per image (which cancels in `probs`),
             with `weighting="uniform"` a score only. `-inf` for classes pruned early.
         log_likelihood_ratio: `[N]` for binary tasks (`None` otherwise): `log p(x | positive) - log p(x | negative)`,
-            the positive class being the pipeline's `positive_class` (class 1 when unset), from the scores of both
-            classes before pruning (`DenoisingScoreResult.partial_scores`): the continuous score of ROC curves.
+            the positive class being the pipeline's `positive_class` (class 1 when unset): the continuous score of ROC
+            curves. `method="elbo"`: over the timesteps both classes were scored at (all of them unless pruning or
+            the early stop dropped a class: then those before), so the two means weigh the same timesteps.
         nfe_per_image: `[N]` network function evaluations (one image, one class, one time = 1).
         bits_per_dim: `[N, K]` bits per dimension of each class density (`method="likelihood"` only, else `None`).
     """
@@ -232,6 +234,8 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         if seed_by not in SEED_BY:
             raise ValueError(f"expected seed_by in {SEED_BY}, got {seed_by!r}")
         log_prior = self.check_priors(priors)
+        if method == "elbo" and (pruning or early_stop_confidence is not None):
+            _check_no_zero_prior(log_prior, self.class_names)
         class_ids = list(range(len(self.class_names)))
         pixels = self.preprocess(images, input_data_format)
         seed = self.seeds_from(generator, seed, len(pixels))
@@ -253,7 +257,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
                 timesteps_per_check=timesteps_per_check, timestep_strata=timestep_strata, seed=seed,
                 max_batch_size=batch_size, sde=self.sde, progress_bar=self.progress_bar_config,
             )
-            log_likelihoods, before_pruning, bits_per_dim = result.scores, result.partial_scores, None
+            log_likelihoods, before_pruning, bits_per_dim = result.scores, scores_on_shared_timesteps(result.errors), None
 
         # Bayes' rule: p(c | x) = softmax_c(log p(x | c) + log prior(c))
         output = self.posterior(log_likelihoods, log_prior, before_pruning)
@@ -276,3 +280,22 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
             ratio = None
         return dict(base, log_likelihoods=log_likelihoods, log_likelihood_ratio=ratio)
 
+
+def scores_on_shared_timesteps(errors: torch.Tensor) -> torch.Tensor:
+    """`[N, K]` minus the mean weighted error of each class over the timesteps every class was scored at (`errors`
+    `[N, K, T]`, NaN where a pruned class was not scored): the means of a pruned and a kept class over other timestep
+    sets differ by the weights of the timesteps only one of them got (with `weighting="elbo"`, 17x the ratio)."""
+    shared = ~errors.isnan().any(1, keepdim=True)
+    return -(errors.nan_to_num() * shared).sum(2) / shared.sum(2).clamp_min(1)
+
+
+def _check_no_zero_prior(log_prior: Optional[torch.Tensor], class_names: List[str]) -> None:
+    """Pruning and the early stop rank classes by their bound alone: they could keep only classes of prior 0, whose
+    posterior is then 0 / 0."""
+    if log_prior is None or not bool(torch.isinf(log_prior).any()):
+        return
+    zero = [name for name, value in zip(class_names, log_prior.tolist()) if math.isinf(value)]
+    raise ValueError(
+        f"priors: classes {zero} have prior 0, which pruning and the early stop cannot use (they rank classes by "
+        "the bound alone and could keep only those); give every class a positive prior, or score without pruning"
+    )
