@@ -128,3 +128,19 @@ def test_clustering_matches_a_hand_computed_case():
     assert result["accuracy"] == pytest.approx(5 / 6)
     assert result["purity"] == pytest.approx(5 / 6)
     assert result["cluster_to_class"] == [1, 0]
+
+
+def test_recall_of_a_class_without_images_is_undefined_not_zero():
+    """A test set without positives (a batch of normal scans) has no sensitivity: sklearn's 0 read as a classifier
+    that misses every positive, and gave LR+ = 0."""
+    from diffusion_classifiers.evaluation import render_evaluation_report
+
+    metrics = classification_metrics([0, 0, 0], [0, 0, 1], num_classes=2, class_names=["normal", "bleed"])
+    assert metrics["sensitivity"] is None and metrics["specificity"] == pytest.approx(2 / 3)
+    assert metrics["positive_likelihood_ratio"] is None and metrics["negative_likelihood_ratio"] is None
+    metrics["calibration"] = {"ece": 0.0}
+    assert "| sensitivity (recall of bleed) | n/a |" in render_evaluation_report(metrics, "t", [])
+    no_negatives = classification_metrics([1, 1], [1, 0], num_classes=2)
+    assert no_negatives["specificity"] is None and no_negatives["sensitivity"] == 0.5
+    both = classification_metrics([0, 1, 1, 0], [0, 1, 0, 1], num_classes=2)
+    assert both["positive_likelihood_ratio"] == pytest.approx(1.0) and both["negative_likelihood_ratio"] == pytest.approx(1.0)

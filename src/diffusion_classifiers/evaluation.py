@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from .data import ImagePreprocessing, LabeledImages, load_image_classification_data
 from .data.streaming import StreamingImages, streaming_classification_split, streaming_image_classification_data
-from .metrics import calibration_metrics, classification_metrics, resolve_positive_label
+from .metrics import calibration_metrics, classification_metrics, percent, resolve_positive_label
 from .validation import check_writable_dir
 
 __all__ = [
@@ -327,8 +327,8 @@ def render_evaluation_report(metrics: dict, title: str, plots: List[str]) -> str
         positive = metrics["positive_class"]
         lines[2] = f"{metrics['num_samples']} images; positive class: **{positive}**."
         lines += [
-            f"| sensitivity (recall of {positive}) | {100 * metrics['sensitivity']:.2f}% |",
-            f"| specificity | {100 * metrics['specificity']:.2f}% |",
+            f"| sensitivity (recall of {positive}) | {percent(metrics['sensitivity'])} |",
+            f"| specificity | {percent(metrics['specificity'])} |",
             f"| F1 of {positive} | {100 * metrics['positive_f1']:.2f}% |",
         ]
     lines += ["", "| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]

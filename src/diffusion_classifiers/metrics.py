@@ -12,6 +12,7 @@ __all__ = [
     "calibration_metrics",
     "classification_metrics",
     "clustering_metrics",
+    "percent",
     "hungarian_match",
     "resolve_positive_label",
 ]
@@ -47,11 +48,13 @@ def resolve_positive_label(positive_class, class_names: Optional[Sequence[str]],
     return names.index(str(positive_class))
 
 
-def _binary_metrics(names: Sequence[str], positive_label: int, precision, recall, f1) -> Dict[str, object]:
+def _binary_metrics(names: Sequence[str], positive_label: int, precision, recall, f1, support) -> Dict[str, object]:
     """Sensitivity, specificity, the positive class's precision and F1, and the likelihood ratios, all of
-    `positive_label` (the other class is the negative one)."""
+    `positive_label` (the other class is the negative one). A recall of a class with no image is undefined: None
+    (sklearn's 0 would read as a classifier that misses every positive), and so are the ratios that use it."""
     negative = 1 - positive_label
-    sensitivity, specificity = float(recall[positive_label]), float(recall[negative])
+    sensitivity, specificity = (float(recall[k]) if support[k] > 0 else None for k in (positive_label, negative))
+    defined = sensitivity is not None and specificity is not None
     return {
         "positive_class": names[positive_label],
         "sensitivity": sensitivity,
@@ -59,9 +62,14 @@ def _binary_metrics(names: Sequence[str], positive_label: int, precision, recall
         "positive_precision": float(precision[positive_label]),
         "positive_f1": float(f1[positive_label]),
         # LR+ = sensitivity / (1 - specificity), LR- = (1 - sensitivity) / specificity; None where undefined.
-        "positive_likelihood_ratio": sensitivity / (1 - specificity) if specificity < 1 else None,
-        "negative_likelihood_ratio": (1 - sensitivity) / specificity if specificity > 0 else None,
+        "positive_likelihood_ratio": sensitivity / (1 - specificity) if defined and specificity < 1 else None,
+        "negative_likelihood_ratio": (1 - sensitivity) / specificity if defined and specificity > 0 else None,
     }
+
+
+def percent(value: Optional[float]) -> str:
+    """A fraction as a report shows it: `"97.50%"`, or `"n/a"` for an undefined metric (None)."""
+    return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
 def classification_metrics(
@@ -116,7 +124,7 @@ def classification_metrics(
         "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
     if num_classes == 2:
-        result.update(_binary_metrics(names, positive_label, precision, recall, f1))
+        result.update(_binary_metrics(names, positive_label, precision, recall, f1, support))
     if probs is not None:
         probs = np.asarray(probs.detach().cpu() if hasattr(probs, "detach") else probs, dtype=np.float64)
         if probs.shape != (len(y_true), num_classes):

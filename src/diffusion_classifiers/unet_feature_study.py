@@ -13,7 +13,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from .data import LabeledImages
 from .features import DiffusionFeatureExtractor, block_label, with_hypercolumns
-from .metrics import calibration_metrics, classification_metrics, resolve_positive_label
+from .metrics import calibration_metrics, classification_metrics, percent, resolve_positive_label
 from .pipelines import UNetFeatureClassifierPipeline
 from .models.unet_presets import DEFAULT_TIMESTEPS
 from .probing import ProbeGridResult, fit_probe_grid, kmeans_evaluate, label_free_kmeans
@@ -252,8 +252,8 @@ def _positive_class_rows(summary: dict) -> List[str]:
     positive = summary["test_positive_class"]
     return [
         f"| positive class | {positive} |",
-        f"| sensitivity (recall of {positive}) | {100 * summary['test_sensitivity']:.2f}% |",
-        f"| specificity | {100 * summary['test_specificity']:.2f}% |",
+        f"| sensitivity (recall of {positive}) | {percent(summary['test_sensitivity'])} |",
+        f"| specificity | {percent(summary['test_specificity'])} |",
         f"| F1 of {positive} | {100 * summary['test_positive_f1']:.2f}% |",
     ]
 
