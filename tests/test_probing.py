@@ -198,6 +198,7 @@ def test_several_C_each_head_keeps_its_best_on_val(blob_grid):
     # (val accuracy 0.68 against 0.63 at C = 0.03: 5 of 100 images)
     assert chosen.C[("down_blocks.1", 10)] == 0.03 and chosen.C[("mid_block", 50)] == 1.0
     assert [row["C"] for row in chosen.to_table()] == [chosen.C[p] for p in train]
+    assert fit_probe_grid(train, y_train, val, y_val, C=np.array(Cs), device="cpu").C == chosen.C  # any 1-D array
 
 
 def test_the_compact_inverse_hessian_is_the_bfgs_update_of_the_last_kept_pairs():

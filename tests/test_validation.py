@@ -4,6 +4,7 @@ import torch
 
 from diffusion_classifiers.validation import (
     as_feature_matrix,
+    as_inverse_regularisations,
     as_labels,
     check_finite_rows,
     check_label_range,
@@ -47,3 +48,30 @@ def test_label_checks():
         resolve_num_classes(3, ["a", "b"])
     with pytest.raises(ValueError, match=r"images: image 1 has values in \[0, 255\]; expected images scaled to \[-1, 1\]"):
         check_unit_range(torch.stack([torch.zeros(2, 2), torch.tensor([[0.0, 255.0], [1.0, 2.0]])]))
+
+
+@pytest.mark.parametrize(
+    "C, expected",
+    [
+        (2, (2.0,)),
+        (np.float32(0.5), (0.5,)),
+        ([1, 1.0, 0.1], (1.0, 0.1)),  # repeats dropped, the order kept
+        (np.logspace(-1, 1, 3), (0.1, 1.0, 10.0)),
+        (torch.tensor([0.5, 2.0]), (0.5, 2.0)),
+        (range(1, 3), (1.0, 2.0)),
+        (torch.tensor(4.0), (4.0,)),
+    ],
+)
+def test_inverse_regularisations_take_a_number_or_any_1d_sequence(C, expected):
+    assert as_inverse_regularisations(C) == expected
+
+
+@pytest.mark.parametrize(
+    "C, shown",
+    [(0.0, "0.0"), ([], r"\[\]"), ([1.0, float("nan")], r"\[1.0, nan\]"), ("1", "'1'"), (True, "True"),
+     (np.ones((2, 2)), "array"), ({1.0}, r"\{1.0\}"), ([1, [2]], r"\[1, \[2\]\]"), (None, "None")],
+)
+def test_inverse_regularisations_refuse_anything_else_naming_the_input(C, shown):
+    expected = rf"^expected --C as a number or a non-empty sequence of numbers with 0 < C < inf, got --C={shown}"
+    with pytest.raises(ValueError, match=expected):
+        as_inverse_regularisations(C, "--C")

@@ -41,12 +41,18 @@ def as_labels(values, name: str) -> np.ndarray:
 
 
 def as_inverse_regularisations(C, name: str = "C") -> Tuple[float, ...]:
-    """`C` (scikit-learn's inverse regularisation strength: a number or several) as a tuple of distinct values, each
-    checked `0 < C < inf`."""
-    values = tuple(dict.fromkeys(float(c) for c in (C if isinstance(C, (list, tuple)) else [C])))
-    if not values or not all(0 < c < math.inf for c in values):
-        raise ValueError(f"expected {name} as a number or a non-empty sequence of numbers with 0 < C < inf, got {name}={C}")
-    return values
+    """`C` (scikit-learn's inverse regularisation strength: a number, or several as any 1-D sequence, array, tensor or
+    `range`) as a tuple of distinct values in the order given, each checked `0 < C < inf`."""
+    try:
+        values = np.asarray(C.detach().cpu() if isinstance(C, torch.Tensor) else C)
+    except (TypeError, ValueError):  # e.g. a ragged list
+        values = np.asarray(None)
+    numbers = np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)
+    if not numbers or values.ndim > 1 or values.size == 0 or not np.all((values > 0) & (values < math.inf)):
+        raise ValueError(
+            f"expected {name} as a number or a non-empty sequence of numbers with 0 < C < inf, got {name}={C!r}"
+        )
+    return tuple(dict.fromkeys(float(c) for c in values.reshape(-1)))
 
 
 def check_label_range(labels, name: str, num_classes: int) -> None:
