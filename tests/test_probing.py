@@ -30,6 +30,7 @@ from diffusion_classifiers.probing.probe_grid import (
     _empty_history,
     _inverse_hessian_times,
 )
+from diffusion_classifiers.probing import protocols
 from diffusion_classifiers.probing.protocols import _selection_rows
 
 
@@ -540,6 +541,29 @@ def test_evaluate_protocols_reports_the_kmeans_space_chosen_with_val_labels_besi
         evaluate_protocols(*train, *test, val_features=val[0], val_labels=val[1] + 5, num_classes=2, **options)
     with pytest.raises(ValueError, match="val_features have 3 columns, train_features have 22"):
         evaluate_protocols(*train, *test, val_features=val[0][:, :3], val_labels=val[1], **options)
+
+
+def test_without_val_the_linear_probe_refuses_a_C_grid_and_early_stopping_and_reports_its_C(separable, monkeypatch):
+    x_train, y_train, x_test, y_test = separable
+    options = {"shots": (1,), "num_episodes": 1, "kmeans_normalizations": ("standardize",)}
+    single = evaluate_protocols(x_train, y_train, x_test, y_test, probe_kwargs={"C": [0.5, 0.5]}, **options)
+    assert single["linear_probe"]["C"] == 0.5 and "val_accuracy" not in single["linear_probe"]
+    key, val = ("features", 0), (x_test[:40], y_test[:40])
+    chosen = evaluate_protocols(
+        x_train, y_train, x_test, y_test, val_features=val[0], val_labels=val[1],
+        probe_kwargs={"C": np.array([1e-4, 1.0]), "early_stopping": True}, **options,
+    )["linear_probe"]  # fmt: skip
+    fit = fit_probe_grid({key: x_train}, y_train, {key: val[0]}, val[1], C=[1e-4, 1.0], early_stopping=True, pool=None)
+    assert chosen["C"] == fit.C[key] and chosen["val_accuracy"] == fit.metrics[key]["val"]["accuracy"]
+    monkeypatch.setattr(protocols, "_label_free", lambda *args: pytest.fail("k-means ran before the refusal"))
+    refused = [
+        ({"C": [0.1, 10.0]}, r"probe_kwargs\['C'\]: expected a single C without val_features, got \[0.1, 10.0\]"),
+        ({"C": np.logspace(-1, 1, 3)}, r"a single C without val_features, got array\(\[ 0.1,  1. , 10. \]\)"),
+        ({"early_stopping": True}, r"probe_kwargs\['early_stopping'\]: expected False without val_features"),
+    ]
+    for probe_kwargs, message in refused:
+        with pytest.raises(ValueError, match=message + ".*pass val_features and val_labels"):
+            evaluate_protocols(x_train, y_train, x_test, y_test, probe_kwargs=probe_kwargs, **options)
 
 
 def test_evaluate_protocols_averages_over_episodes():

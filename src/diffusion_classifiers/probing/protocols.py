@@ -13,7 +13,14 @@ from tqdm.auto import tqdm
 
 from ..metrics import classification_metrics, clustering_metrics
 from ..models.prototype_head import fit_prototypes
-from ..validation import as_feature_matrix, as_labels, check_finite_rows, check_label_range, resolve_num_classes
+from ..validation import (
+    as_feature_matrix,
+    as_inverse_regularisations,
+    as_labels,
+    check_finite_rows,
+    check_label_range,
+    resolve_num_classes,
+)
 from .probe_grid import fit_probe_grid
 
 __all__ = [
@@ -531,7 +538,8 @@ def evaluate_protocols(
       "all" case uses every train sample in a single episode. Reported: mean and (population) std over episodes of
       accuracy, macro-F1 and balanced accuracy, and the per-episode values.
     - `linear_probe` (unless `linear_probe=False`): [`fit_probe_grid`] on all train labels with `probe_kwargs`
-      (e.g. `C`), scored on the test split (and on val if given; without val the train split stands in for it).
+      (e.g. `C`), scored on the test split and on val if given; `C` is the strength kept. Several `C` (the best on
+      val is kept) and `early_stopping` need val: without it they are refused, as they would be chosen on train.
 
     Args:
         train_features, test_features, val_features: `[N, D]` tensors or arrays, or dicts with a single
@@ -563,7 +571,7 @@ def evaluate_protocols(
                              "macro_f1_mean", ..., "balanced_accuracy_mean", ...}, ..., "all": {...}},
          "knn": {"1": {..., "k": 1}, ...},
          "linear_probe": {"accuracy", "macro_f1", "balanced_accuracy", "val_accuracy", "val_macro_f1",
-                          "val_balanced_accuracy", "converged", "n_iter"}}
+                          "val_balanced_accuracy", "C", "converged", "n_iter"}}
         ```
     """
     train_features, pair = _single_feature(train_features, "train_features")
@@ -579,6 +587,8 @@ def evaluate_protocols(
     num_classes = resolve_num_classes(num_classes, None, y_train, y_test)
     check_label_range(y_test, "test_labels", num_classes)
     x_train, y_train, x_test, _ = _check_pair(train_features, y_train, test_features, num_classes, len(y_test))
+    if linear_probe and val_features is None:
+        _check_probe_without_val(probe_kwargs or {})
 
     num_steps = 1 + sum(1 if name == "all" else num_episodes for name in names) + bool(linear_probe)
     bar = tqdm(**{"total": num_steps, "desc": "Evaluation protocols", "unit": "step", **(progress_bar or {})})
@@ -663,9 +673,25 @@ def _checked_val(val_features, val_labels, num_columns: int, num_classes: int):
     return x, y
 
 
+def _check_probe_without_val(probe_kwargs: dict) -> None:
+    """Without val, `_linear_probe` hands `fit_probe_grid` the train split as val: it would choose among several C, or
+    stop early, on the data it fits."""
+    if "C" in probe_kwargs and len(as_inverse_regularisations(probe_kwargs["C"], "probe_kwargs['C']")) > 1:
+        raise ValueError(
+            f"probe_kwargs['C']: expected a single C without val_features, got {probe_kwargs['C']!r}: several would be "
+            "chosen on the train split; pass val_features and val_labels to choose C on val, or a single C"
+        )
+    early_stopping = probe_kwargs.get("early_stopping")
+    if early_stopping:
+        raise ValueError(
+            f"probe_kwargs['early_stopping']: expected False without val_features, got {early_stopping!r}: it would "
+            "stop on the train loss; pass val_features and val_labels to stop on the val loss, or leave it off"
+        )
+
+
 def _linear_probe(x_train, y_train, x_test, y_test, val, num_classes, probe_kwargs) -> dict:
-    """`fit_probe_grid` on one feature; val (`(features, labels)` or `None`: the train split stands in) selects nothing
-    (one pair) but is scored and usable for early stopping."""
+    """`fit_probe_grid` on one feature; val (`(features, labels)`, or `None`: the train split fills the argument, with
+    one C and no early stopping, see `_check_probe_without_val`) selects the C, stops early and is scored."""
     key = ("features", 0)
     x_val, y_val = (x_train, y_train) if val is None else val
     fit = fit_probe_grid(
@@ -676,4 +702,4 @@ def _linear_probe(x_train, y_train, x_test, y_test, val, num_classes, probe_kwar
     out = dict(metrics["test"])
     if val is not None:
         out.update({f"val_{name}": value for name, value in metrics["val"].items()})
-    return {**out, "converged": bool(fit.converged[key]), "n_iter": int(fit.n_iter[key])}
+    return {**out, "C": fit.C[key], "converged": bool(fit.converged[key]), "n_iter": int(fit.n_iter[key])}
