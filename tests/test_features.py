@@ -207,3 +207,48 @@ def test_unknown_views_and_dihedral_views_of_non_square_images_are_refused(unet,
     wide = DiffusionFeatureExtractor(UNet2DModel(**{**unet.config, "sample_size": (16, 8)}), extractor.scheduler)
     with pytest.raises(ValueError, match=r"views 'dihedral' rotates images by 90 degrees: expected square images, got size \(16, 8\)"):
         wide.extract(images[..., :8], ["mid_block"], [10], views="dihedral")
+
+
+def _bars_of(call, monkeypatch) -> tuple:
+    """`(desc, disable)` of every tqdm bar that `call()` creates, as the caller asked for it (the suite's
+    TQDM_DISABLE=1 hides every bar not asked for with disable=False, so what is shown cannot be read from the output),
+    and what `call()` returned."""
+    import tqdm
+
+    bars, init = [], tqdm.std.tqdm.__init__
+
+    def spy(self, *args, **kwargs):
+        bars.append((kwargs.get("desc"), kwargs.get("disable", False)))
+        init(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tqdm.std.tqdm, "__init__", spy)
+        result = call()
+    return bars, result
+
+
+def test_a_study_without_progress_shows_no_bar(unet, monkeypatch):
+    from diffusion_classifiers.data import LabeledImages
+    from diffusion_classifiers.unet_feature_study import run_unet_feature_study
+
+    generator = torch.Generator().manual_seed(0)
+    splits = {
+        name: LabeledImages(torch.rand(n, 1, 16, 16, generator=generator) * 2 - 1, torch.arange(n) % 2, ["a", "b"])
+        for name, n in (("train", 12), ("val", 6), ("test", 6))
+    }
+    scheduler = DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS)
+
+    def study(show_progress, probe_kwargs=None):
+        return lambda: run_unet_feature_study(
+            unet, scheduler, splits, ["mid_block"], [10], show_progress=show_progress, probe_kwargs=probe_kwargs
+        )
+
+    shown, _ = _bars_of(study(True), monkeypatch)
+    titles = [desc for desc, _ in shown]
+    # the three splits' extraction, the probe fit, the test pass through the pipeline ("U-Net features")
+    assert {"U-Net features (train)", "Fitting probes"} <= set(titles) and titles.count("U-Net features") == 1
+    hidden, result = _bars_of(study(False), monkeypatch)
+    assert len(hidden) == len(shown) and all(disable for _, disable in hidden), hidden
+    assert result.pipeline.progress_bar_config == {"disable": False}  # the pipeline handed back shows its bar
+    own_bar, _ = _bars_of(study(False, {"progress_bar": {}}), monkeypatch)  # probe_kwargs' own progress_bar wins
+    assert [disable for desc, disable in own_bar if desc == "Fitting probes"] == [False]

@@ -119,6 +119,7 @@ def study_from_features(
     candidate_num_clusters: Optional[Sequence[int]] = None,
     hypercolumns: bool = False,
     views: Optional[str] = None,
+    show_progress: bool = True,
 ) -> UNetFeatureStudy:
     """Fit the probe grid on the train features (only rows `train_index` when given: few-label studies; with
     `hypercolumns`, also a probe per timestep on every block's feature concatenated, `features.with_hypercolumns`,
@@ -129,15 +130,17 @@ def study_from_features(
     (`label_free_kmeans`; K chosen among `candidate_num_clusters` when given, else the number of classes). Binary
     tasks are scored for `positive_class` (a class name; default class 1), which the pipeline also keeps when it
     supports `set_positive_class`. `views` is how `features` were extracted (`extract_study_features`), recorded in
-    the heads so that the pipeline reads new images the same way."""
+    the heads so that the pipeline reads new images the same way. `show_progress=False` hides the probe fit's bar
+    (unless `probe_kwargs` sets its `progress_bar`) and the test pass's; the returned pipeline keeps its own bar."""
     train, val, test = (splits[name] for name in SPLITS)
     index = torch.arange(len(train)) if train_index is None else torch.as_tensor(train_index)
     probed = {name: with_hypercolumns(x) if hypercolumns else x for name, x in features.items()}
+    hidden = {} if show_progress else {"progress_bar": {"disable": True}}
     probe = fit_probe_grid(
         {pair: x[index] for pair, x in probed["train"].items()}, train.labels[index],
         probed["val"], val.labels, probed["test"], test.labels,
         num_classes=train.num_classes, class_names=train.class_names, pool=pool, noise_seed=noise_seed, views=views,
-        **(probe_kwargs or {}),
+        **{**hidden, **(probe_kwargs or {})},
     )  # fmt: skip
     positive_label = resolve_positive_label(positive_class, train.class_names, train.num_classes)
     pipeline = UNetFeatureClassifierPipeline(
@@ -145,7 +148,7 @@ def study_from_features(
     )  # saved with the contract the data were read with: `pipe(...)` and `evaluate` read new images the same way
     if positive_class is not None and hasattr(pipeline, "set_positive_class"):
         pipeline.set_positive_class(positive_class)
-    output = pipeline(test.images, batch_size=batch_size)
+    output = _classify(pipeline, test.images, batch_size, show_progress)
     test_metrics = classification_metrics(
         test.labels, output.label_ids, probs=output.probs, num_classes=train.num_classes, class_names=train.class_names,
         positive_label=positive_label,
@@ -167,6 +170,18 @@ def study_from_features(
     )  # fmt: skip
 
 
+def _classify(pipeline: UNetFeatureClassifierPipeline, images: torch.Tensor, batch_size: int, show_progress: bool):
+    """`pipeline(images)`, its bar hidden unless `show_progress`; the pipeline's bar setting is restored after."""
+    if show_progress:
+        return pipeline(images, batch_size=batch_size)
+    config = dict(getattr(pipeline, "_progress_bar_config", {}))
+    pipeline.set_progress_bar_config(**{**config, "disable": True})
+    try:
+        return pipeline(images, batch_size=batch_size)
+    finally:
+        pipeline.set_progress_bar_config(**config)
+
+
 def run_unet_feature_study(
     unet: UNet2DModel,
     scheduler: DDPMScheduler,
@@ -185,7 +200,7 @@ def run_unet_feature_study(
     views: Optional[str] = None,
 ) -> UNetFeatureStudy:
     """Extract every (block, t) feature of the train/val/test splits (averaged over `views`), then
-    `study_from_features`."""
+    `study_from_features`; `show_progress=False` hides every progress bar of both."""
     train = splits.get("train")
     if train is not None:  # a wrong name fails before the features are extracted
         resolve_positive_label(positive_class, train.class_names, train.num_classes)
@@ -196,6 +211,7 @@ def run_unet_feature_study(
         unet, scheduler, splits, features, pool=pool, noise_seed=noise_seed, batch_size=batch_size,
         probe_kwargs=probe_kwargs, seed=seed, positive_class=positive_class,
         candidate_num_clusters=candidate_num_clusters, hypercolumns=hypercolumns, views=views,
+        show_progress=show_progress,
     )  # fmt: skip
 
 
