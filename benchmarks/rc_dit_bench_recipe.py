@@ -5,7 +5,9 @@ unlabeled train images, for the same optimizer steps; only the recipe differs (h
 and normalised). Scored on val only (this benchmark chooses the default; test stays for `rc_dit_accuracy.py`):
 
 - the spread of r across images (raw encoder output; relative to its size) and the DiT's denoising error at
-  t = 100 with each image's own r, another image's r (shuffled) and the null r (`representation_diagnostics`);
+  t = 100 with each image's own r, another image's r (shuffled) and the null r (`representation_diagnostics`; a
+  variant trained on hidden patches is scored on hidden patches, as it was trained; results recorded before
+  2026-12-04 23:00 UTC scored every variant on whole images);
 - label-free: k-means with K = number of classes on standardised r, Hungarian accuracy;
 - 10-shot: nearest prototype on standardised r, 10 labelled train images per class, mean over 5 draws;
 - of each, also balanced accuracy and macro-F1, the figures that count on a binary, imbalanced set
@@ -234,7 +236,10 @@ def run_variant(name: str, args, splits: dict, seed: int) -> dict:
         )
         seconds = time.perf_counter() - start
     result = scores(features_of(lambda x: representation_of(encoder, transformer, x), splits), splits, seed)
-    diagnostics = representation_diagnostics(encoder, transformer, scheduler, splits["val"].images[:512], seed=seed)
+    diagnostics = representation_diagnostics(
+        encoder, transformer, scheduler, splits["val"].images[:512], seed=seed,
+        mask_ratio=recipe["denoiser_mask_ratio"], masked_target=recipe["masked_target"],
+    )  # fmt: skip
     return {**result, **diagnostics, "final_loss": summary.final_loss, "train_seconds": round(seconds, 1)}
 
 
