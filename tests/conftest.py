@@ -15,8 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf-home-"))
-# No progress bars in the suite's output unless a test asks for one (tqdm >= 4.66 reads TQDM_* defaults; an explicit
-# `disable=False`, as diffusers' `progress_bar` passes on the main process, still shows its bar).
+# No progress bars in the output of the subprocesses tests start (tqdm >= 4.66 reads TQDM_* defaults when it is
+# imported, which `import torch` above has already done in this process, whose bars pytest captures).
 os.environ.setdefault("TQDM_DISABLE", "1")
 # One thread: with two, a second busy process on a 2-core machine makes torch spin-wait 10-50x slower.
 torch.set_num_threads(1)
