@@ -228,6 +228,11 @@ def test_a_resume_that_changes_the_step_arithmetic_or_the_model_is_refused_namin
     with pytest.raises(ValueError, match=r"the model's tensors \(\d+ differ: conv_in.weight \[16, 1, 3, 3\] -> \[8,"):
         tiny_run(tmp_path, **smaller)
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]  # refused before training
+    # and on the number of processes, one random state each: as if two had written it
+    shutil.copyfile(tmp_path / "checkpoint-2" / "random_states_0.pkl", tmp_path / "checkpoint-2" / "random_states_1.pkl")
+    with pytest.raises(ValueError, match=r"differs from the one that wrote it in processes 2 -> 1 \(checkpoint -> now\)"):
+        tiny_run(tmp_path, **resume)
+    (tmp_path / "checkpoint-2" / "random_states_1.pkl").unlink()
     _, _, summary = tiny_run(tmp_path, **resume)  # and it still resumes with what wrote it
     assert summary.resumed_from_step == 2 and summary.global_step == 3
 

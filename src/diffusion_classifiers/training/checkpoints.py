@@ -155,6 +155,8 @@ def check_checkpoint_folder(path: str, record: dict, model: nn.Module, use_ema: 
     if os.path.isfile(os.path.join(path, RUN_RECORD_NAME)):
         with open(os.path.join(path, RUN_RECORD_NAME)) as f:
             changes = _record_changes(json.load(f), record)
+    elif _processes_that_wrote(path) != record["num_processes"]:  # a checkpoint of before the record
+        changes = [f"{RUN_RECORD_LABELS['num_processes']} {_processes_that_wrote(path)} -> {record['num_processes']}"]
     if not any(change.startswith("the model's config") for change in changes):  # else that says why tensors differ
         changes += _model_changes(path, model)
     if changes:
@@ -169,11 +171,16 @@ def check_checkpoint_folder(path: str, record: dict, model: nn.Module, use_ema: 
     required += [EMA_WEIGHTS_NAME, EMA_CONFIG_NAME] if use_ema else []
     for name in required:
         if not os.path.isfile(os.path.join(path, name)):
-            written_by = len([n for n in os.listdir(path) if re.match(r"^random_states_\d+\.pkl$", n)])
             raise FileNotFoundError(
                 f"checkpoint folder {path} has no {name!r}, which resuming {num_processes} process(es)"
-                f"{' with --use_ema' if use_ema else ''} needs (it was written by {written_by} process(es))"
+                f"{' with --use_ema' if use_ema else ''} needs (it was written by {_processes_that_wrote(path)} "
+                "process(es))"
             )
+
+
+def _processes_that_wrote(path: str) -> int:
+    """The number of processes that wrote a checkpoint: accelerate saves one random state per process."""
+    return len([name for name in os.listdir(path) if re.match(r"^random_states_\d+\.pkl$", name)])
 
 
 def save_ema(ema: EMAModel, parameter_names: list, folder: str) -> None:
