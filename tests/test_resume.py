@@ -421,3 +421,30 @@ if __name__ == "__main__":
         run_tiny_unet([*flags[:-1], "2", "--resume_from_checkpoint", "latest"])
     else:
         ddp_kill_and_resume(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:])
+
+
+def test_a_model_of_models_records_their_configs_and_an_added_config_key_is_no_change(tmp_path):
+    """The RC-DiT's joint module has no config of its own: its encoder's and DiT's are recorded (a resume with another
+    head count or readout, the tensors' shapes unchanged, was accepted); a key the record lacks (a library upgrade
+    adds one with its default) is left to the tensors, not refused."""
+    from diffusion_classifiers.models import build_vit_encoder
+    from diffusion_classifiers.training import train_rc_dit
+
+    images = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+    def run(steps, heads, readout, **kwargs):
+        torch.manual_seed(0)
+        encoder = build_vit_encoder(16, 1, 16, num_layers=1, num_heads=heads, patch_size=4)
+        args = TrainingArguments(output_dir=str(tmp_path), train_batch_size=4, max_train_steps=steps,
+                                 checkpointing_steps=1, num_sample_images=0, **kwargs)  # fmt: skip
+        return train_rc_dit(args, images, encoder, "tiny", representation_readout=readout)[-1]
+
+    run(1, 2, "mean_patch")
+    changed = r"encoder.num_attention_heads 2 -> 4, transformer.representation_readout mean_patch -> cls"
+    with pytest.raises(ValueError, match=rf"the model's config \({changed}\)"):
+        run(2, 4, "cls", resume_from_checkpoint="latest")
+    record_path = tmp_path / "checkpoint-1" / "training_run.json"
+    record = json.loads(record_path.read_text())
+    del record["model_config"]["encoder.num_attention_heads"]  # as written by a library without that key
+    record_path.write_text(json.dumps(record))
+    assert run(2, 2, "mean_patch", resume_from_checkpoint="latest").resumed_from_step == 1

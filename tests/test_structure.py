@@ -178,3 +178,17 @@ def test_every_public_module_declares_all():
         if (path.name == "__init__.py" or not path.name.startswith("_")) and "__all__" not in path.read_text()
     ]  # fmt: skip
     assert not without, f"public modules without __all__: {without}"
+
+
+def test_every_name_a_module_exports_exists():
+    """`from module import *` fails on a name in `__all__` that the module does not define."""
+    import importlib
+    import pkgutil
+
+    import diffusion_classifiers
+
+    missing = []
+    for info in pkgutil.walk_packages(diffusion_classifiers.__path__, prefix=f"{PACKAGE}."):
+        module = importlib.import_module(info.name)
+        missing += [f"{info.name}.{name}" for name in getattr(module, "__all__", []) if not hasattr(module, name)]
+    assert not missing, f"names in __all__ that the module does not define: {missing}"

@@ -29,7 +29,6 @@ __all__ = [
     "EMA_WEIGHTS_NAME",
     "RUN_RECORD_NAME",
     "check_checkpoint_folder",
-    "check_resume_matches",
     "checkpoint_step",
     "find_latest_checkpoint",
     "load_ema",
@@ -89,7 +88,18 @@ def resolve_resume_path(args: TrainingArguments) -> Optional[str]:
 
 
 def _model_config(model: nn.Module) -> Optional[dict]:
-    """The config a diffusers or transformers model was built from (public keys, as JSON would read them), or None."""
+    """The config a diffusers or transformers model was built from (public keys, as JSON would read them); for a
+    module without one that holds such models (the RC-DiT's encoder and DiT, a contrastive encoder with its heads),
+    theirs, flattened as `child.key`; None when there is none."""
+    own = _config_of(model)
+    if own is not None:
+        return own
+    children = {name: _config_of(child) for name, child in model.named_children()}
+    flat = {f"{name}.{key}": value for name, config in children.items() if config for key, value in config.items()}
+    return flat or None
+
+
+def _config_of(model: nn.Module) -> Optional[dict]:
     config = getattr(model, "config", None)
     config = config.to_dict() if hasattr(config, "to_dict") else config
     if not isinstance(config, dict):
@@ -118,7 +128,8 @@ def _record_changes(saved: dict, record: dict) -> list:
         if key in saved and saved[key] != record[key]
     ]
     before, now = saved.get("model_config") or {}, record["model_config"] or {}
-    keys = sorted(key for key in {*before, *now} if before.get(key) != now.get(key))
+    # keys in both only: a library upgrade may add a key with its default (the tensors then decide)
+    keys = sorted(key for key in before.keys() & now.keys() if before[key] != now[key])
     config = [f"{key} {before.get(key)} -> {now.get(key)}" for key in keys]
     return changes + ([f"the model's config ({', '.join(config)})"] if config else [])
 
