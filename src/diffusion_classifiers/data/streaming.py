@@ -207,14 +207,7 @@ class StreamingImages(torch.utils.data.Dataset):
     def verify(self, num_workers: int = 0, progress_bar: bool = True) -> None:
         """Read every image once ([`unreadable_images`]) and refuse the dataset, naming the images that fail, before
         any long computation."""
-        failures = self.unreadable_images(num_workers, progress_bar)
-        if failures:
-            shown = "; ".join(reason if path in reason else f"{path}: {reason}" for path, reason in failures[:_VERIFY_SHOWN])
-            more = f"; and {len(failures) - _VERIFY_SHOWN} more" if len(failures) > _VERIFY_SHOWN else ""
-            raise ValueError(
-                f"{len(failures)} of {len(self)} images cannot be read ({shown}{more}); expected every image to decode: "
-                "remove or replace these files (StreamingImages.unreadable_images() lists them all)"
-            )
+        _refuse_unreadable(self.unreadable_images(num_workers, progress_bar), len(self))
 
     def _path(self, index: int) -> str:
         value = self.dataset[int(index)][self.image_column]
@@ -469,19 +462,33 @@ def streaming_data_from_args(args: Any) -> dict[str, StreamingImages]:
         **fit_from_args(args),
     )
     if not args.no_verify_images:
-        _verify_on_the_main_process(splits["train"], getattr(args, "dataloader_num_workers", 0))
+        _verify_across_processes(splits["train"], getattr(args, "dataloader_num_workers", 0))
     return splits
 
 
-def _verify_on_the_main_process(images: StreamingImages, num_workers: int) -> None:
-    """[`StreamingImages.verify`] once, not once per process; the others wait (if it refuses, the launcher stops
-    them). The process state is made as the `Accelerator` the trainer makes next will find it: a `PartialState()`
-    without the `ACCELERATE_USE_CPU` flag that `Accelerator` reads would be one process on a CPU machine, and every
-    `Accelerator` after it too."""
+def _verify_across_processes(images: StreamingImages, num_workers: int) -> None:
+    """[`StreamingImages.verify`] with the reading shared: each process reads every n-th image, then all refuse the
+    same failures (one process reading them all while the others wait could outlast the process group's timeout on
+    large data). The process state is made as the `Accelerator` the trainer makes next will find it: a
+    `PartialState()` without the `ACCELERATE_USE_CPU` flag that `Accelerator` reads would be one process on a CPU
+    machine, and every `Accelerator` after it too."""
     from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
+    from accelerate.utils import gather_object, parse_flag_from_env
 
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    if state.is_main_process:
-        images.verify(num_workers)
-    state.wait_for_everyone()
+    share = images.subset(np.arange(state.process_index, len(images), state.num_processes))
+    failures = share.unreadable_images(num_workers, progress_bar=state.is_main_process)
+    if state.num_processes > 1:
+        failures = gather_object(failures)
+    _refuse_unreadable(sorted(failures), len(images))
+
+
+def _refuse_unreadable(failures: list[tuple[str, str]], total: int) -> None:
+    if not failures:
+        return
+    shown = "; ".join(reason if path in reason else f"{path}: {reason}" for path, reason in failures[:_VERIFY_SHOWN])
+    more = f"; and {len(failures) - _VERIFY_SHOWN} more" if len(failures) > _VERIFY_SHOWN else ""
+    raise ValueError(
+        f"{len(failures)} of {total} images cannot be read ({shown}{more}); expected every image to decode: "
+        "remove or replace these files (StreamingImages.unreadable_images() lists them all)"
+    )
