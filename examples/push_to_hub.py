@@ -20,6 +20,7 @@ from typing import Optional
 
 from huggingface_hub.errors import OfflineModeIsEnabled
 
+from diffusion_classifiers.data import canonical_split_name
 from diffusion_classifiers.hub import (
     METHODS,
     HubUploadError,
@@ -34,9 +35,6 @@ from diffusion_classifiers.hub import (
     render_model_card,
     write_dry_run,
 )
-
-# Names of one split ("val" and "validation": `diffusion-classifiers evaluate` reads them alike).
-SPLIT_ALIASES = {"validation": "val"}
 
 
 def parse_args(argv=None):
@@ -131,16 +129,12 @@ def dataset_split(metrics_json: str, given: Optional[str]) -> str:
         raise ValueError(
             f"{metrics_json} does not record the split its metrics were measured on; pass --dataset_split (e.g. test)"
         )
-    if recorded is not None and given is not None and _same_split(given) != _same_split(recorded):
+    if recorded is not None and given is not None and canonical_split_name(given) != canonical_split_name(recorded):
         raise ValueError(
             f"--dataset_split {given!r} contradicts {metrics_json}, whose metrics were measured on the {recorded!r} "
             "split; leave --dataset_split out to use the recorded one"
         )
     return given or recorded
-
-
-def _same_split(name: str) -> str:
-    return SPLIT_ALIASES.get(name, name)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .data import ImagePreprocessing, LabeledImages, load_image_classification_data
+from .data import ImagePreprocessing, LabeledImages, canonical_split_name, load_image_classification_data
 from .data.streaming import StreamingImages, streaming_classification_split, streaming_image_classification_data
 from .metrics import calibration_metrics, classification_metrics, percent, resolve_positive_label
 from .validation import check_writable_dir
@@ -196,8 +196,8 @@ def load_evaluation_split(
 
 def _saved_split(splits, split: str, where: str):
     """`split` of a saved `DatasetDict`, 'val' and 'validation' one name (`to_datasets` writes 'validation')."""
-    for name in (split, *{"val": ("validation",), "validation": ("val",)}.get(split, ())):
-        if name in splits:
+    for name in splits:
+        if canonical_split_name(name) == canonical_split_name(split):
             return splits[name]
     raise ValueError(f"split {split!r}: the DatasetDict saved in {where} has no such split; it has {sorted(splits)}")
 

@@ -32,6 +32,7 @@ _EXPORTS = {
     "WINDOW_PRESETS": "dicom",
     "Window": "dicom",
     "add_data_args": "arguments",
+    "canonical_split_name": "readers",
     "few_label_indices": "splits",
     "is_dicom_file": "dicom",
     "load_data_from_args": "readers",

@@ -802,6 +802,11 @@ def _list_csv(
 _HF_SPLIT_NAMES = {"train": "train", "validation": "val", "val": "val", "test": "test"}
 
 
+def canonical_split_name(name: str) -> str:
+    """`"val"` for `"validation"` (the Hub's name for it, which `to_datasets` writes); any other name as it is."""
+    return _HF_SPLIT_NAMES.get(name, name)
+
+
 def _hf_splits(source: Any, image_column: str | None, label_column: str | None) -> tuple[dict, str, str, Any]:
     """The splits of a `datasets.Dataset` (train only) or `DatasetDict`, checked: known split names, one Image and one
     ClassLabel column (found or named), the same label feature in every split. Returns `(splits, image column,

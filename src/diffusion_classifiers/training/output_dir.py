@@ -15,7 +15,7 @@ import shutil
 import socket
 from datetime import datetime, timezone
 
-from .checkpoints import CHECKPOINT_PATTERN
+from .checkpoints import CHECKPOINT_PATTERN, checkpoint_step
 from .monitoring import SAMPLE_PATTERN, SAMPLES_DIR, remove_samples_after
 
 __all__ = [
@@ -158,14 +158,10 @@ def set_aside_checkpoints_after(output_dir: str, step: int) -> None:
     latest` does not go back to them; call with the lock held."""
     later = sorted(
         (name for name in os.listdir(output_dir) if (m := CHECKPOINT_PATTERN.match(name)) and int(m.group(1)) > step),
-        key=_step_of,
+        key=checkpoint_step,
     )
     if later:
         _set_aside(output_dir, later, step, f"resuming from step {step}: the later steps of the run it rewinds")
-
-
-def _step_of(name: str) -> int:
-    return int(CHECKPOINT_PATTERN.match(name).group(1))
 
 
 def _set_aside(output_dir: str, checkpoints: list, from_step: int, whose: str) -> None:
@@ -211,7 +207,7 @@ def settle_replaced_checkpoints(output_dir: str, succeeded: bool) -> None:
     if os.path.isfile(record):
         with open(record) as f:
             from_step = json.load(f)["from_step"]
-    if any(_step_of(name) > from_step for name in os.listdir(output_dir) if CHECKPOINT_PATTERN.match(name)):
+    if any(checkpoint_step(name) > from_step for name in os.listdir(output_dir) if CHECKPOINT_PATTERN.match(name)):
         logger.warning(f"the replaced run's checkpoints stay in {aside}: the run replacing it failed after its first checkpoint")
         return
     for name in os.listdir(aside):
