@@ -184,6 +184,9 @@ def test_metrics_json_records_the_split_and_the_dataset(fitted, tmp_path, capsys
     written = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     assert (written["split"], written["dataset"]) == ("val", "digits")
     assert load_eval_split(tmp_path / "cli" / "metrics.json") == "val"
+    datasets.DatasetDict({"test": test}).save_to_disk(str(tmp_path / "local" / "digits-dd"))
+    main(["evaluate", "--model_dir", str(root / "pipeline"), "--dataset", str(tmp_path / "local" / "digits-dd"), "--output_dir", str(tmp_path / "path")])
+    assert json.loads((tmp_path / "path" / "metrics.json").read_text())["dataset"] == "digits-dd"  # its name, not its path
     evaluate_classifier(pipe, test, tmp_path / "api", split="test", dataset_name="digits/test.arrow")
     assert load_eval_split(tmp_path / "api" / "metrics.json") == "test"
     evaluate_classifier(pipe, test, tmp_path / "unnamed")

@@ -160,10 +160,12 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
     classifier = load_classifier(args.model_dir)
     dataset = load_evaluation_split(args.dataset, args.split, args.seed, saved_preprocessing(classifier), args.streaming)
-    title = f"{os.path.basename(os.path.normpath(args.model_dir))} on {os.path.basename(os.path.normpath(args.dataset))} ({args.split})"
+    # the data's name, not its local path: metrics.json may be published with the model
+    dataset_name = os.path.basename(os.path.normpath(args.dataset))
+    title = f"{os.path.basename(os.path.normpath(args.model_dir))} on {dataset_name} ({args.split})"
     metrics = evaluate_classifier(
         classifier, dataset, args.output_dir, batch_size=args.batch_size, positive_class=args.positive_class, title=title,
-        num_workers=args.dataloader_num_workers, split=args.split, dataset_name=args.dataset,
+        num_workers=args.dataloader_num_workers, split=args.split, dataset_name=dataset_name,
     )  # fmt: skip
     headline = {k: metrics.get(k) for k in ("accuracy", "macro_f1", "balanced_accuracy", "auc", "positive_class", "sensitivity", "specificity")}
     print(json.dumps({k: v for k, v in headline.items() if v is not None or k == "auc"} | {"ece": metrics["calibration"]["ece"]}))
