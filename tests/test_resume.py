@@ -448,3 +448,20 @@ def test_a_model_of_models_records_their_configs_and_an_added_config_key_is_no_c
     del record["model_config"]["encoder.num_attention_heads"]  # as written by a library without that key
     record_path.write_text(json.dumps(record))
     assert run(2, 2, "mean_patch", resume_from_checkpoint="latest").resumed_from_step == 1
+
+
+def test_a_second_failed_rewind_gives_back_what_the_first_had_set_aside(tmp_path):
+    """Rewind B fails after a checkpoint of its own (the first run's later checkpoints stay set aside); rewind C from
+    the same step fails before one: the folder is as B left it. C's set-aside deleted the first run's checkpoints."""
+    checkpoints = lambda folder: sorted(p.name for p in folder.glob("checkpoint-*"))  # noqa: E731
+    aside = tmp_path / ".replaced_checkpoints"
+    tiny_run(tmp_path, max_train_steps=6)  # checkpoints 2, 4, 6
+    rewind = dict(max_train_steps=6, resume_from_checkpoint="checkpoint-2")
+    with pytest.raises(ValueError, match="cannot decode"):
+        tiny_run(tmp_path, dataset=UnreadableAfter(10), checkpointing_steps=1, **rewind)  # writes checkpoint-3, fails
+    assert (checkpoints(tmp_path), checkpoints(aside)) == (["checkpoint-2", "checkpoint-3"], ["checkpoint-4", "checkpoint-6"])
+    with pytest.raises(ValueError, match="cannot decode"):
+        tiny_run(tmp_path, dataset=UnreadableAfter(0), **rewind)  # sets checkpoint-3 aside, fails before a checkpoint
+    assert (checkpoints(tmp_path), checkpoints(aside)) == (["checkpoint-2", "checkpoint-3"], ["checkpoint-4", "checkpoint-6"])
+    _, _, summary = tiny_run(tmp_path, **rewind)  # a rewind that ends well: everything set aside is deleted
+    assert summary.global_step == 6 and not aside.exists()

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 LOCK_NAME = ".training.lock"
 REPLACED_CHECKPOINTS = ".replaced_checkpoints"  # a replaced run's checkpoints, until the run replacing them ends
 REPLACING_RUN_NAME = "replacing_run.json"  # in it: the step the run replacing them started from
+EARLIER_SET_ASIDE = "earlier"  # in it: what was set aside before, by a replacing run that failed after a checkpoint
 # Written at the end of a run: the summary of `training.train`, a `save_pretrained` pipeline or model.
 FINISHED_RUN_FILES = ("training_summary.json", "model_index.json", "config.json")
 
@@ -173,14 +174,16 @@ def _set_aside(output_dir: str, checkpoints: list, from_step: int, whose: str) -
     if not (checkpoints or samples):
         return
     aside = os.path.join(output_dir, REPLACED_CHECKPOINTS)
-    if os.path.isdir(aside):  # set aside by a replacing run that failed after its own first checkpoint
-        logger.warning(f"deleting {aside}, the checkpoints an earlier replaced run left")
-        shutil.rmtree(aside)
+    earlier = aside + ".earlier"
+    if os.path.isdir(aside):  # set aside by a replacing run that failed after its own first checkpoint: kept within
+        os.replace(aside, earlier)
     logger.warning(
         f"{whose}: {', '.join(checkpoints + [f'{SAMPLES_DIR}/{name}' for name in samples])} moved into {aside}, "
         "deleted when this run ends well, moved back if it fails before a checkpoint of its own"
     )
     os.makedirs(os.path.join(aside, SAMPLES_DIR))
+    if os.path.isdir(earlier):
+        os.replace(earlier, os.path.join(aside, EARLIER_SET_ASIDE))
     with open(os.path.join(aside, REPLACING_RUN_NAME), "w") as f:
         json.dump({"from_step": from_step}, f)
     for name in checkpoints:
@@ -218,4 +221,17 @@ def settle_replaced_checkpoints(output_dir: str, succeeded: bool) -> None:
         os.makedirs(os.path.join(output_dir, SAMPLES_DIR), exist_ok=True)
         for name in os.listdir(os.path.join(aside, SAMPLES_DIR)):
             os.replace(os.path.join(aside, SAMPLES_DIR, name), os.path.join(output_dir, SAMPLES_DIR, name))
+    _restore_earlier_set_aside(aside)
+
+
+def _restore_earlier_set_aside(aside: str) -> None:
+    """Remove the emptied `aside`; what an earlier replacing run had set aside there (kept within it) is set aside
+    again, as that run left it."""
+    earlier = os.path.join(aside, EARLIER_SET_ASIDE)
+    if not os.path.isdir(earlier):
+        shutil.rmtree(aside)
+        return
+    parked = aside + ".earlier"
+    os.replace(earlier, parked)
     shutil.rmtree(aside)
+    os.replace(parked, aside)
