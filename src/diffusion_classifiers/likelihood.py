@@ -692,6 +692,13 @@ class DenoisingScoreResult:
     nfe_per_image: torch.Tensor
     strata: torch.Tensor
 
+    def shared_scores(self) -> torch.Tensor:
+        """`[N, K]` minus the mean weighted error of each class over the timesteps every class was scored at (all of
+        them unless a class was pruned or stopped early): scores whose differences weigh the same timesteps, where
+        `partial_scores` of a pruned and a kept class differ by the weights of the timesteps only one of them got."""
+        shared = ~self.errors.isnan().any(1, keepdim=True)
+        return -(self.errors.nan_to_num() * shared).sum(2) / shared.sum(2).clamp_min(1)
+
 
 def _spread_order(n: int) -> List[int]:
     """Strata `0..n-1` in the order the van der Corput sequence (base 2) first visits them, so every prefix is

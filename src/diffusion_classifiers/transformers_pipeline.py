@@ -12,10 +12,12 @@ import os
 from PIL import Image
 from transformers import ImageClassificationPipeline
 
+from .data.dicom import _PIL_16BIT_MODES
+
 __all__ = ["DiffusionClassifierImageClassificationPipeline"]
 
 # PIL modes that `load_image`'s conversion to 8-bit RGB would clip or rescale
-_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+_WIDE_MODES = _PIL_16BIT_MODES | {"F"}
 
 
 class DiffusionClassifierImageClassificationPipeline(ImageClassificationPipeline):

@@ -8,8 +8,9 @@ decompression bomb (PIL's warning too) is refused like a corrupt file.
 
 from __future__ import annotations
 
+import os
 import warnings
-from typing import IO, Any
+from typing import IO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -21,7 +22,7 @@ DECODE_ERRORS = (
 )
 
 
-def open_image(source: str | Any | IO[bytes]) -> Image.Image:
+def open_image(source: str | os.PathLike | IO[bytes]) -> Image.Image:
     """The decoded image of a file path or binary file object, its EXIF Orientation applied (and its tag removed).
     Raises one of `DECODE_ERRORS`."""
     with warnings.catch_warnings():

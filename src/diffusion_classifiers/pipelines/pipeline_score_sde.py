@@ -257,7 +257,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
                 timesteps_per_check=timesteps_per_check, timestep_strata=timestep_strata, seed=seed,
                 max_batch_size=batch_size, sde=self.sde, progress_bar=self.progress_bar_config,
             )
-            log_likelihoods, before_pruning, bits_per_dim = result.scores, scores_on_shared_timesteps(result.errors), None
+            log_likelihoods, before_pruning, bits_per_dim = result.scores, result.shared_scores(), None
 
         # Bayes' rule: p(c | x) = softmax_c(log p(x | c) + log prior(c))
         output = self.posterior(log_likelihoods, log_prior, before_pruning)
@@ -279,14 +279,6 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         else:
             ratio = None
         return dict(base, log_likelihoods=log_likelihoods, log_likelihood_ratio=ratio)
-
-
-def scores_on_shared_timesteps(errors: torch.Tensor) -> torch.Tensor:
-    """`[N, K]` minus the mean weighted error of each class over the timesteps every class was scored at (`errors`
-    `[N, K, T]`, NaN where a pruned class was not scored): the means of a pruned and a kept class over other timestep
-    sets differ by the weights of the timesteps only one of them got (with `weighting="elbo"`, 17x the ratio)."""
-    shared = ~errors.isnan().any(1, keepdim=True)
-    return -(errors.nan_to_num() * shared).sum(2) / shared.sum(2).clamp_min(1)
 
 
 def _check_no_zero_prior(log_prior: Optional[torch.Tensor], class_names: List[str]) -> None:
