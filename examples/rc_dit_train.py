@@ -35,6 +35,7 @@ from diffusion_classifiers.training import (
     add_encoder_args,
     add_training_args,
     build_vit_encoder_from_args,
+    check_run_can_start,
     encoder_preprocessing_from_args,
     train_rc_dit,
     training_args_from_namespace,
@@ -137,6 +138,7 @@ def main(argv=None):
     args = parse_args(argv)
     _show_representation_diagnostics()
     training_args = training_args_from_namespace(args)
+    check_run_can_start(training_args)  # before the data is read
     train = (streaming_data_from_args if args.streaming else load_data_from_args)(args)["train"]
     images = train if args.streaming else train.images
     encoder = build_vit_encoder_from_args(args, images)

@@ -20,6 +20,7 @@ from diffusion_classifiers.training import (
     add_encoder_args,
     add_training_args,
     build_vit_encoder_from_args,
+    check_run_can_start,
     train_contrastive_encoder,
     training_args_from_namespace,
 )
@@ -95,6 +96,7 @@ def objective_kwargs(args) -> dict:
 def main(argv=None):
     args = parse_args(argv)
     training_args = training_args_from_namespace(args)
+    check_run_can_start(training_args)  # before the data is read
     images = load_data_from_args(args)["train"].images
     encoder = build_vit_encoder_from_args(args, images)  # seeded: the same initial encoder as rc_dit_train.py
     encoder = train_contrastive_encoder(training_args, images, encoder, method=args.method, **objective_kwargs(args))

@@ -22,6 +22,7 @@ from diffusion_classifiers.pipelines import ScoreSDEClassifierPipeline
 from diffusion_classifiers.training import (
     add_diffusion_args,
     add_training_args,
+    check_run_can_start,
     train_score_sde_unet,
     training_args_from_namespace,
 )
@@ -48,6 +49,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     training_args = training_args_from_namespace(args)
+    check_run_can_start(training_args)  # before the data is read
     train = (streaming_data_from_args if args.streaming else load_data_from_args)(args)["train"]
     check_two_classes_at_least(train.class_names, f"--dataset {args.dataset}", "a class-conditional score model")
     images, labels = (train, None) if args.streaming else (train.images, train.labels)  # a dataset carries its labels

@@ -20,6 +20,7 @@ from diffusion_classifiers.pipelines import UNetFeatureClassifierPipeline
 from diffusion_classifiers.training import (
     add_diffusion_args,
     add_training_args,
+    check_run_can_start,
     train_ddpm_unet,
     training_args_from_namespace,
 )
@@ -36,6 +37,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     training_args = training_args_from_namespace(args)
+    check_run_can_start(training_args)  # before the data is read
     train = (streaming_data_from_args if args.streaming else load_data_from_args)(args)["train"]
     unet, scheduler, _ = train_ddpm_unet(
         training_args, train if args.streaming else train.images, preset=args.unet_preset,

@@ -441,3 +441,33 @@ def test_verify_names_every_image_damaged_past_its_header_before_any_training(tm
     assert not (tmp_path / "out").exists()  # refused before training began
     with pytest.raises(ValueError, match="cannot decode image file"):  # unchecked: found when its batch is read
         example["main"](flags + ["--no_verify_images"])
+
+
+@pytest.mark.parametrize("script", ["unet_features_train.py", "score_sde_train.py", "rc_dit_train.py"])
+def test_scripts_refuse_a_wrong_output_dir_or_checkpoint_before_reading_every_image(tmp_path, script):
+    import runpy
+
+    from .conftest import REPO_ROOT
+
+    root = _image_folder_of_two_classes(tmp_path / "data")
+    unreadable = root / "a" / "0.png"
+    unreadable.write_bytes(unreadable.read_bytes()[:60])  # the image check would refuse this, after reading them all
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "model_index.json").write_text("{}")
+    example = runpy.run_path(str(REPO_ROOT / "examples" / script), run_name="example")
+    flags = ["--dataset", str(root), "--streaming", "--num_channels", "1", "--image_size", "8",
+             "--max_train_steps", "1", "--val_fraction", "0.2", "--test_fraction", "0.2"]  # fmt: skip
+    reads = []
+    original = StreamingImages.unreadable_images
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(StreamingImages, "unreadable_images", lambda *a, **k: reads.append(1) or original(*a, **k))
+        with pytest.raises(FileExistsError, match="already holds another run's model_index.json"):
+            example["main"](flags + ["--output_dir", str(taken)])
+        with pytest.raises(FileNotFoundError, match="no checkpoint folder 'checkpoint-7'"):
+            example["main"](flags + ["--output_dir", str(tmp_path / "new"), "--resume_from_checkpoint", "checkpoint-7"])
+        assert reads == []
+        with pytest.raises(ValueError, match="images cannot be read"):  # the flags are right: then the images
+            example["main"](flags + ["--output_dir", str(tmp_path / "new")])
+    assert reads
+    assert (taken / "model_index.json").read_text() == "{}"

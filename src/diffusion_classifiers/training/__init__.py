@@ -32,6 +32,7 @@ _EXPORTS = {
     "add_training_args": "arguments",
     "build_vit_encoder_from_args": "arguments",
     "encoder_preprocessing_from_args": "arguments",
+    "check_run_can_start": "loop",
     "check_world_size": "launch",
     "find_latest_checkpoint": "loop",
     "optimizer_steps_per_epoch": "loop",

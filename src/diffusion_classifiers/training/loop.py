@@ -25,8 +25,8 @@ from typing import Callable, Iterator, Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, parse_flag_from_env, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch import nn
@@ -55,7 +55,13 @@ from .monitoring import (
     remove_samples_after,
     write_sample_grid,
 )
-from .output_dir import OutputDirLock, check_output_dir, set_aside_checkpoints_after, settle_replaced_checkpoints
+from .output_dir import (
+    OutputDirLock,
+    check_output_dir,
+    refuse_another_runs_output_dir,
+    set_aside_checkpoints_after,
+    settle_replaced_checkpoints,
+)
 from .sampling import EpochSeededSampler
 from .time_budget import ScheduleOnTheClock, TrainingBudget, restore_step_rates
 
@@ -63,6 +69,7 @@ __all__ = [
     "LossFunction",
     "TrainingSummary",
     "build_optimizer",
+    "check_run_can_start",
     "cuda_math",
     "find_latest_checkpoint",
     "optimizer_steps_per_epoch",
@@ -156,6 +163,17 @@ def train(
     _check_precision_runs_here(args.mixed_precision, accelerator.device)
     with _claim_output_dir(accelerator, args), cuda_math(args, accelerator.device):
         return _train(accelerator, args, model, dataset, loss_fn, sampler, sample_grid, monitor, budget)
+
+
+def check_run_can_start(args: TrainingArguments) -> None:
+    """The refusals of `train` that need neither the data nor the model, without its changes to `output_dir`: a
+    folder holding another run, a `--resume_from_checkpoint` folder that is not there, fp16 on a CPU. The scripts
+    call it before they read their data (`--streaming` reads every image first), so a wrong flag is refused in
+    seconds; `train` checks again, with the folder locked."""
+    if os.path.isdir(args.output_dir):
+        refuse_another_runs_output_dir(args.output_dir, args.resume_from_checkpoint is not None, args.overwrite_output_dir)
+    resolve_resume_path(args)
+    _check_precision_runs_here(args.mixed_precision, PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device)
 
 
 def _check_precision_runs_here(mixed_precision: str, device: torch.device) -> None:

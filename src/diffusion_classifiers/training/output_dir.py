@@ -20,7 +20,7 @@ from .monitoring import SAMPLE_PATTERN, SAMPLES_DIR, remove_samples_after
 
 __all__ = [
     "LOCK_NAME", "REPLACED_CHECKPOINTS", "OutputDirInUseError", "OutputDirLock", "check_output_dir", "previous_run_files",
-    "set_aside_checkpoints_after", "settle_replaced_checkpoints",
+    "refuse_another_runs_output_dir", "set_aside_checkpoints_after", "settle_replaced_checkpoints",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -139,18 +139,26 @@ def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> None:
         if name.endswith(".partial") and CHECKPOINT_PATTERN.match(name[: -len(".partial")]):
             shutil.rmtree(os.path.join(output_dir, name))
     settle_replaced_checkpoints(output_dir, succeeded=False)  # a replacing run killed before it could settle them
+    refuse_another_runs_output_dir(output_dir, resume, overwrite)
     previous = previous_run_files(output_dir)
     checkpoints = [name for name in previous if CHECKPOINT_PATTERN.match(name)]
-    if not previous or (resume and checkpoints):
+    if previous and overwrite and not (resume and checkpoints):
+        _set_aside(output_dir, checkpoints, 0, f"--overwrite_output_dir: the previous run in {output_dir}")
+
+
+def refuse_another_runs_output_dir(output_dir: str, resume: bool, overwrite: bool) -> None:
+    """The refusal of `check_output_dir`, without its changes to the folder: `output_dir` holds another run's files
+    and neither `overwrite` nor (with `resume`) a `checkpoint-N` to continue from lets this run in."""
+    previous = previous_run_files(output_dir)
+    resumable = resume and any(CHECKPOINT_PATTERN.match(name) for name in previous)
+    if not previous or resumable or overwrite:
         return
-    if not overwrite:
-        advice = "--resume_from_checkpoint latest to continue that run or " if not resume else ""
-        raise FileExistsError(
-            f"--output_dir {output_dir} already holds another run's {', '.join(previous)}"
-            f"{' and no checkpoint-N to resume from' if resume else ''}; pass {advice}--overwrite_output_dir to "
-            "replace it"
-        )
-    _set_aside(output_dir, checkpoints, 0, f"--overwrite_output_dir: the previous run in {output_dir}")
+    advice = "--resume_from_checkpoint latest to continue that run or " if not resume else ""
+    raise FileExistsError(
+        f"--output_dir {output_dir} already holds another run's {', '.join(previous)}"
+        f"{' and no checkpoint-N to resume from' if resume else ''}; pass {advice}--overwrite_output_dir to "
+        "replace it"
+    )
 
 
 def set_aside_checkpoints_after(output_dir: str, step: int) -> None:
