@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence
 import torch
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from diffusion_classifiers.validation import as_inverse_regularisations, check_writable_dir
+from diffusion_classifiers.validation import as_inverse_regularisations, check_writable_dir, check_writable_file
 
 if TYPE_CHECKING:  # imported where used: the speed benchmarks need no trainer
     from diffusion_classifiers.training import TrainingArguments
@@ -247,6 +247,8 @@ def setup(args: argparse.Namespace) -> torch.device:
     """Apply the common flags and check, before any long work, that a full run can write its results (the folder of
     `--output`, where figures go too); returns the device to run on."""
     if not args.quick:
+        if args.output:
+            check_writable_file(args.output, "--output")
         check_writable_dir(Path(args.output).parent if args.output else RESULTS_DIR, "--output folder")
     if args.num_threads:
         torch.set_num_threads(args.num_threads)

@@ -225,7 +225,11 @@ def test_a_full_run_checks_its_results_folder_before_any_work(tmp_path):
     assert (tmp_path / "new").is_dir()
     (tmp_path / "a-file").write_text("not a folder")
     args = _common.base_parser("test").parse_args(["--output", str(tmp_path / "a-file" / "run.json")])
-    with pytest.raises(ValueError, match=r"--output folder '.*a-file': expected a writable folder"):
+    with pytest.raises(ValueError, match=r"--output .*a-file/run\.json: its folder cannot be created, .*a-file is a file"):
+        _common.setup(args)
+    (tmp_path / "results").mkdir()  # a folder given for the file: the run would fail when it writes its JSON
+    args = _common.base_parser("test").parse_args(["--output", str(tmp_path / "results")])
+    with pytest.raises(ValueError, match=r"--output .*results: expected a file, it is a folder"):
         _common.setup(args)
 
 

@@ -6,6 +6,7 @@ Each raises a `ValueError` that names the input and the first bad item, before a
 import math
 import os
 import tempfile
+from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -24,6 +25,7 @@ __all__ = [
     "check_label_range",
     "check_unit_range",
     "check_writable_dir",
+    "check_writable_file",
     "resolve_num_classes",
 ]
 
@@ -145,3 +147,18 @@ def check_writable_dir(path, name: str = "output_dir") -> None:
             pass
     except OSError as error:
         raise ValueError(f"{name} {str(path)!r}: expected a writable folder, got {error.strerror or error}") from error
+
+
+def check_writable_file(path, name: str) -> None:
+    """A file could be written at `path` at the end of a run, checked before it starts and without creating anything:
+    not a folder in its place, no file where a folder of its path must be, a folder this user may write into."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{name} {path}: expected a file, it is a folder")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"{name} {path}: its folder cannot be created, {folder} is a file")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {path}: this user may not write into {folder}")

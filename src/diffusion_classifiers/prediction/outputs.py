@@ -215,20 +215,8 @@ def check_output_args(output_path: Any, errors_path: Any, batch_size: int) -> Ou
         raise ValueError(f"errors {errors}: expected a .csv file other than the output {output}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
-    _check_creatable(output, "output")
-    _check_creatable(errors, "errors")
+    from ..validation import check_writable_file  # imports torch: here, not at module level
+
+    check_writable_file(output, "output")
+    check_writable_file(errors, "errors")
     return OutputFiles(output, errors)
-
-
-def _check_creatable(path: Path, role: str) -> None:
-    """Refuse a file that could not be written after the run: a folder in its place, a file where a folder of its
-    path must be, or a folder this user may not write into."""
-    if path.is_dir():
-        raise ValueError(f"{role} {path}: expected a file, it is a folder")
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise ValueError(f"{role} {path}: its folder cannot be created, {folder} is a file")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"{role} {path}: this user may not write into {folder}")
