@@ -3,7 +3,9 @@ unreadable files listed, never fatal; outputs of another run never overwritten; 
 
 import csv
 import json
+import os
 import shutil
+import socket
 import subprocess
 
 import numpy as np
@@ -17,6 +19,7 @@ from diffusion_classifiers import DiffusionClassifierPipeline, ScoreSDEClassifie
 from diffusion_classifiers.cli import main
 from diffusion_classifiers.models import LinearProbeHead
 from diffusion_classifiers.prediction import list_inputs, parse_windows, predict_files
+from diffusion_classifiers.run_lock import RunInUseError
 
 from .conftest import PYTHON, python_subprocess_env, shared_data
 from .test_readme import small_unet
@@ -177,6 +180,23 @@ def test_another_model_is_refused_and_nothing_written_is_lost(models, tmp_path):
     with pytest.raises(ValueError, match="foreign.csv.* not written by this prediction"):
         main(args[:-1] + [str(foreign), "--model_dir", str(models / "unet")])
     assert foreign.read_text() == "my own file\n"
+
+
+def test_a_second_prediction_into_an_output_in_use_is_refused_and_a_stale_lock_taken_over(models, tmp_path, caplog):
+    write_images(tmp_path / "images", ["x.png", "y.png"])
+    output = tmp_path / "out" / "predictions.csv"
+    args = ["predict", "--input", str(tmp_path / "images"), "--output", str(output), "--model_dir", str(models / "unet")]
+    lock = tmp_path / "out" / "predictions.csv.lock"
+    lock.parent.mkdir()
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "2026-12-04T00:00:00"}))
+    in_use = rf"--output {output} is in use by another prediction \(pid {os.getpid()} on host {socket.gethostname()}"
+    with pytest.raises(RunInUseError, match=in_use):
+        main(args)
+    assert sorted(path.name for path in lock.parent.iterdir()) == [lock.name]  # nothing written, the lock kept
+    gone = subprocess.run([PYTHON, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(json.dumps({"pid": int(gone.stdout), "host": socket.gethostname()}))
+    main(args)
+    assert "Taking over the lock" in caplog.text and len(read_rows(output)) == 2 and not lock.exists()
 
 
 def test_two_outputs_in_one_folder_each_have_their_errors_and_a_rerun_counts_earlier_ones(models, tmp_path, capsys):

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from .inputs import WINDOW_NAMES, PredictionInput, check_input_exists, check_labels, list_inputs, parse_windows
 from .outputs import (
@@ -173,8 +174,10 @@ def predict_files(
     `<output>.json` records the model, its classes, the columns and `run_info`: a rerun that differs is refused
     unless `overwrite=True`, which deletes the earlier output, errors file and parts first. It also records the
     errors file, which a rerun without `errors_path` keeps (an output written before each had its own errors file
-    keeps the shared `errors.csv` beside it). A file that cannot be read or that the pipeline's preprocessing
-    refuses is a row `path, reason` of the errors file; to retry such files, delete their rows (or the errors file).
+    keeps the shared `errors.csv` beside it). While it runs, `<output>.lock` refuses a second prediction into the
+    same output (a lock left by a process of this host that is gone is taken over). A file that cannot be read or
+    that the pipeline's preprocessing refuses is a row `path, reason` of the errors file; to retry such files, delete
+    their rows (or the errors file).
 
     Args:
         pipeline (`DiffusionClassifierPipeline`): a loaded classifier pipeline (on the device it should run on);
@@ -201,35 +204,63 @@ def predict_files(
 
     files = check_output_args(output_path, errors_path, batch_size)
     _check_inputs(inputs)
-    is_main, wait = _process_roles(accelerator)
     columns = output_columns(pipeline, any(item.label is not None for item in inputs))
     check_labels(inputs, pipeline.class_names)
-    run = {"run": run_info or {}, "class_names": list(pipeline.class_names), "columns": columns}
-    if errors_path is None:
-        files = errors_file_of_resumed_run(files, overwrite)
-    prepare_output_files(files, run, overwrite, is_main)
-    wait()
-    done = done_paths(files)
-    remaining = [item for item in inputs if item.path not in done]
-    mine = _share(remaining, accelerator)
-    order = {item.path: i for i, item in enumerate(inputs)}
-    writer = _BatchWriter(pipeline, files, columns, order, seed)
-    pipeline.set_progress_bar_config(disable=True)  # one bar, over the files
-    hidden = {} if progress_bar and is_main else {"disable": True}  # shown: TQDM_DISABLE=1 still silences it
-    for item in tqdm(mine, desc="predict", unit="file", **hidden):
-        writer.add(item)
-        if len(writer.images) >= batch_size:
-            writer.commit()
-    writer.commit()
-    failed = _sum_over_processes(writer.failed, accelerator)
-    wait()
-    rows, unreadable = merge_parts(files, columns, order) if is_main else (0, 0)
-    wait()
-    return PredictionSummary(
-        output=str(files.output), errors=str(files.errors), rows=rows, predicted=len(remaining) - failed,
-        skipped=len(inputs) - len(remaining), failed=failed,
-        processes=1 if accelerator is None else accelerator.num_processes, unreadable=unreadable,
-    )  # fmt: skip
+    with _one_prediction_at_a_time(files, accelerator):
+        is_main, wait = _process_roles(accelerator)
+        run = {"run": run_info or {}, "class_names": list(pipeline.class_names), "columns": columns}
+        if errors_path is None:
+            files = errors_file_of_resumed_run(files, overwrite)
+        prepare_output_files(files, run, overwrite, is_main)
+        wait()
+        done = done_paths(files)
+        remaining = [item for item in inputs if item.path not in done]
+        mine = _share(remaining, accelerator)
+        order = {item.path: i for i, item in enumerate(inputs)}
+        writer = _BatchWriter(pipeline, files, columns, order, seed)
+        pipeline.set_progress_bar_config(disable=True)  # one bar, over the files
+        hidden = {} if progress_bar and is_main else {"disable": True}  # shown: TQDM_DISABLE=1 still silences it
+        for item in tqdm(mine, desc="predict", unit="file", **hidden):
+            writer.add(item)
+            if len(writer.images) >= batch_size:
+                writer.commit()
+        writer.commit()
+        failed = _sum_over_processes(writer.failed, accelerator)
+        wait()
+        rows, unreadable = merge_parts(files, columns, order) if is_main else (0, 0)
+        wait()
+        return PredictionSummary(
+            output=str(files.output), errors=str(files.errors), rows=rows, predicted=len(remaining) - failed,
+            skipped=len(inputs) - len(remaining), failed=failed,
+            processes=1 if accelerator is None else accelerator.num_processes, unreadable=unreadable,
+        )  # fmt: skip
+
+
+@contextmanager
+def _one_prediction_at_a_time(files: OutputFiles, accelerator: Any) -> Iterator[None]:
+    """The main process holds `files.lock` while the prediction runs (another one writing into the same output would
+    merge and delete the parts this one is writing); a refusal is raised on every process."""
+    from ..run_lock import RunLock
+
+    is_main = accelerator is None or accelerator.is_main_process
+    lock = RunLock(str(files.lock), f"--output {files.output}", "--output", "prediction") if is_main else None
+    refusal = [None]
+    if lock is not None:
+        try:
+            lock.acquire()
+        except Exception as error:  # noqa: BLE001 - raised below, on every process: none may wait for the others
+            refusal = [error]
+    if accelerator is not None and accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(refusal)
+    if refusal[0] is not None:
+        raise refusal[0]
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _check_inputs(inputs: Sequence[PredictionInput]) -> None:

@@ -12,9 +12,8 @@ import json
 import logging
 import os
 import shutil
-import socket
-from datetime import datetime, timezone
 
+from ..run_lock import RunInUseError, RunLock
 from .checkpoints import CHECKPOINT_PATTERN, checkpoint_step
 from .monitoring import SAMPLE_PATTERN, SAMPLES_DIR, remove_samples_after
 
@@ -33,21 +32,11 @@ EARLIER_SET_ASIDE = "earlier"  # in it: what was set aside before, by a replacin
 FINISHED_RUN_FILES = ("training_summary.json", "model_index.json", "config.json")
 
 
-class OutputDirInUseError(RuntimeError):
+class OutputDirInUseError(RunInUseError):
     """Another training run holds the `--output_dir`."""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-class OutputDirLock:
+class OutputDirLock(RunLock):
     r"""
     The lock of one training run on `output_dir` (created if missing): `acquire()` before anything is written,
     `release()` at the end, also on errors; or `with OutputDirLock(output_dir):`.
@@ -57,66 +46,11 @@ class OutputDirLock:
     """
 
     def __init__(self, output_dir: str):
+        super().__init__(
+            os.path.join(output_dir, LOCK_NAME), f"--output_dir {output_dir}", "--output_dir", "training run",
+            OutputDirInUseError,
+        )  # fmt: skip
         self.output_dir = output_dir
-        self.path = os.path.join(output_dir, LOCK_NAME)
-        self.owner = None
-        self._created_dir = False
-
-    def acquire(self) -> None:
-        self._created_dir = not os.path.isdir(self.output_dir)
-        os.makedirs(self.output_dir, exist_ok=True)
-        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now(timezone.utc).isoformat()}
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            self._remove_if_stale()
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        with os.fdopen(fd, "w") as f:
-            json.dump(owner, f)
-        self.owner = owner
-
-    def _remove_if_stale(self) -> None:
-        """Remove the lock of a process of this host that is gone; refuse any other."""
-        try:
-            with open(self.path) as f:
-                holder = json.load(f)
-            pid, host = int(holder["pid"]), str(holder["host"])
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise OutputDirInUseError(
-                f"--output_dir {self.output_dir} has an unreadable lock {self.path} ({error}); delete it if no "
-                "training run uses this folder"
-            ) from error
-        if host == socket.gethostname() and not _pid_alive(pid):
-            logger.warning(f"Taking over the lock of {self.output_dir}: its owner (pid {pid} on {host}) is gone")
-            os.remove(self.path)
-            return
-        raise OutputDirInUseError(
-            f"--output_dir {self.output_dir} is in use by another training run (pid {pid} on host {host}, started "
-            f"{holder.get('started', '?')}); wait for it, choose another --output_dir, or delete {self.path} if that "
-            "run is gone"
-        )
-
-    def release(self) -> None:
-        """Remove the lock if it is still this run's, and the folder if this run created it and left it empty."""
-        if self.owner is None:
-            return
-        try:
-            with open(self.path) as f:
-                mine = json.load(f) == self.owner
-        except (OSError, ValueError):
-            mine = False
-        if mine:
-            os.remove(self.path)
-        self.owner = None
-        if self._created_dir and not os.listdir(self.output_dir):
-            os.rmdir(self.output_dir)
-
-    def __enter__(self) -> "OutputDirLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.release()
 
 
 def previous_run_files(output_dir: str) -> list:

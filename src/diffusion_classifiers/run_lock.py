@@ -1,0 +1,108 @@
+"""One run at a time on the files a run writes: a lock file, JSON with the owner's pid, host and start time, created
+atomically. A second run fails at once, naming the owner; a lock left by a dead process on this host is taken over.
+Training locks its `--output_dir` (`training.output_dir.OutputDirLock`), `predict` its `--output`.
+
+Only the standard library is imported (the `predict` command's parser stays fast).
+"""
+
+import json
+import logging
+import os
+import socket
+from datetime import datetime, timezone
+
+__all__ = ["RunInUseError", "RunLock"]
+
+logger = logging.getLogger(__name__)
+
+
+class RunInUseError(RuntimeError):
+    """Another run holds the lock."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+class RunLock:
+    r"""
+    The lock of one run: `acquire()` before anything is written, `release()` at the end, also on errors; or `with
+    RunLock(...):`. The lock file's folder is created if missing, and removed at the release if the lock made it and
+    it is left empty.
+
+    Args:
+        path (`str`): the lock file.
+        locked (`str`): what the lock protects, as the errors name it (`"--output_dir out"`).
+        flag (`str`): the option a user changes to write elsewhere (`"--output_dir"`).
+        kind (`str`): the kind of run (`"training run"`).
+        error (`type`, *optional*, defaults to `RunInUseError`): the error raised when another run holds the lock.
+    """
+
+    def __init__(self, path: str, locked: str, flag: str, kind: str, error: type = RunInUseError):
+        self.path = path
+        self.locked, self.flag, self.kind, self.error = locked, flag, kind, error
+        self.owner = None
+        self._created_dir = False
+
+    def acquire(self) -> None:
+        folder = os.path.dirname(self.path) or "."
+        self._created_dir = not os.path.isdir(folder)
+        os.makedirs(folder, exist_ok=True)
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now(timezone.utc).isoformat()}
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            self._remove_if_stale()
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as f:
+            json.dump(owner, f)
+        self.owner = owner
+
+    def _remove_if_stale(self) -> None:
+        """Remove the lock of a process of this host that is gone; refuse any other."""
+        try:
+            with open(self.path) as f:
+                holder = json.load(f)
+            pid, host = int(holder["pid"]), str(holder["host"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise self.error(
+                f"{self.locked} has an unreadable lock {self.path} ({error}); delete it if no {self.kind} uses it"
+            ) from error
+        if host == socket.gethostname() and not _pid_alive(pid):
+            logger.warning(f"Taking over the lock of {self.locked}: its owner (pid {pid} on {host}) is gone")
+            os.remove(self.path)
+            return
+        raise self.error(
+            f"{self.locked} is in use by another {self.kind} (pid {pid} on host {host}, started "
+            f"{holder.get('started', '?')}); wait for it, choose another {self.flag}, or delete {self.path} if that "
+            f"{self.kind} is gone"
+        )
+
+    def release(self) -> None:
+        """Remove the lock if it is still this run's, and its folder if the lock made it and it is empty."""
+        if self.owner is None:
+            return
+        try:
+            with open(self.path) as f:
+                mine = json.load(f) == self.owner
+        except (OSError, ValueError):
+            mine = False
+        if mine:
+            os.remove(self.path)
+        self.owner = None
+        folder = os.path.dirname(self.path) or "."
+        if self._created_dir and not os.listdir(folder):
+            os.rmdir(folder)
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
