@@ -336,6 +336,23 @@ def test_16bit_image_filling_little_of_the_range_warns(tmp_path):
         read_16bit_image(tmp_path / "eight.png")
 
 
+def test_a_folder_of_16bit_images_reads_each_file_once(tmp_path, monkeypatch):
+    import PIL.Image
+
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            values = np.zeros((8, 8), dtype=np.uint16)
+            values[:, 4:] = 1000 * (i + 1)  # a range the reader does not warn about
+            PIL.Image.fromarray(values).save(tmp_path / label / f"{i}.png")
+    opened, open_file = [], PIL.Image.open
+    monkeypatch.setattr(PIL.Image, "open", lambda path, *a, **k: opened.append(str(path)) or open_file(path, *a, **k))
+    data = load_image_classification_data(tmp_path, image_size=8, medical=MedicalPreprocessing(bits_stored=12))
+    assert sorted(opened) == sorted(str(path) for path in tmp_path.glob("*/*.png"))
+    read = sorted(round(float(v), 4) for split in data.values() for v in (split.images.flatten(1).mean(1) + 1) / 2)
+    assert read == sorted(round(500 * (i + 1) / 4095, 4) for i in range(3) for _ in range(2))
+
+
 # --------------------------------------------------------------------------------------------------
 # DICOM class folders and CSV sources, patient-level splits
 # --------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from PIL import Image
 
 from .image_files import DECODE_ERRORS, decode_error_text, open_image
 
@@ -36,6 +37,7 @@ __all__ = [
     "is_dicom_file",
     "parse_windows",
     "read_16bit_image",
+    "scale_16bit_image",
     "read_dicom",
     "read_dicom_folder",
     "read_dicom_header",
@@ -522,24 +524,30 @@ def read_16bit_image(path: str | Path, bits_stored: int | None = None) -> np.nda
         image = open_image(path)
     except DECODE_ERRORS as error:
         raise ValueError(f"cannot decode image file {path}: {decode_error_text(error)}") from error
+    return scale_16bit_image(image, bits_stored, path)
+
+
+def scale_16bit_image(image: Image.Image, bits_stored: int | None = None, name: Any = "image") -> np.ndarray:
+    """[`read_16bit_image`] of an opened 16-bit greyscale `image` (errors and warnings name it `name`)."""
+    _check_bits_stored(bits_stored)
     mode, values = image.mode, np.asarray(image).astype(np.int64)
     if mode not in _PIL_16BIT_MODES:
-        raise ValueError(f"{path}: PIL mode {mode}; expected a 16-bit greyscale image (I;16 or I)")
+        raise ValueError(f"{name}: PIL mode {mode}; expected a 16-bit greyscale image (I;16 or I)")
     low, high = int(values.min()), int(values.max())
     if low < 0 or high > 65535:
-        raise ValueError(f"{path}: values span [{low}, {high}]; expected 0..65535")
+        raise ValueError(f"{name}: values span [{low}, {high}]; expected 0..65535")
     if bits_stored is None:
         bits_stored = max(high.bit_length(), 1)
         logger.info("%s: scaled by %d bits stored (its maximum %d rounded up); pass bits_stored= to state it",
-                    path, bits_stored, high)
+                    name, bits_stored, high)
     elif high >= 2**bits_stored:
         raise ValueError(
-            f"{path}: maximum value {high} does not fit bits_stored={bits_stored} (max {2**bits_stored - 1})"
+            f"{name}: maximum value {high} does not fit bits_stored={bits_stored} (max {2**bits_stored - 1})"
         )
     scale = 2**bits_stored - 1
     if (high - low) < LOW_RANGE_FILL * scale:
         warnings.warn(
-            f"{path}: values span [{low}, {high}], {100 * (high - low) / scale:.2f}% of the {bits_stored}-bit range "
+            f"{name}: values span [{low}, {high}], {100 * (high - low) / scale:.2f}% of the {bits_stored}-bit range "
             f"(< {100 * LOW_RANGE_FILL:.0f}%); the image will have little contrast. Check bits_stored or window it",
             UserWarning,
             stacklevel=2,

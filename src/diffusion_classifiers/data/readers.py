@@ -34,9 +34,9 @@ from .dicom import (
     check_same_slice_size,
     is_dicom_file,
     parse_windows,
-    read_16bit_image,
     read_dicom,
     read_dicom_header,
+    scale_16bit_image,
     window_channels,
 )
 from .image_files import DECODE_ERRORS, decode_error_text, open_image
@@ -674,7 +674,7 @@ def _decode_image_file(path: Path, bits_stored: int | None = None) -> Image.Imag
         raise ValueError(f"cannot decode image file {path}: {decode_error_text(error)}") from error
     if image.mode not in _PIL_16BIT_MODES:
         return image
-    return read_16bit_image(path, bits_stored)[None, None]
+    return scale_16bit_image(image, bits_stored, path)[None, None]
 
 
 def _decode_files(
