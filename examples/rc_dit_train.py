@@ -18,7 +18,7 @@ from accelerate import PartialState
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
-from diffusion_classifiers.data import add_data_args, load_data_from_args, streaming_data_from_args
+from diffusion_classifiers.data import add_data_args, load_data_from_args, save_split_record, streaming_data_from_args
 from diffusion_classifiers.models import (
     RC_DIT_SIZES,
     REPRESENTATION_INJECTIONS,
@@ -166,6 +166,7 @@ def main(argv=None):
     if PartialState().is_main_process:
         pipe = RepresentationConditionedDiTPipeline(encoder, transformer, scheduler, vae=vae, preprocessing=train.preprocessing)
         pipe.save_pretrained(args.output_dir)
+        save_split_record(args.output_dir, args.val_fraction, args.test_fraction, args.seed)  # for probe / evaluate
 
 
 class _ProgressBarSafeHandler(logging.Handler):

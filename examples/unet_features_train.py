@@ -15,7 +15,7 @@ import argparse
 
 from accelerate import PartialState
 
-from diffusion_classifiers.data import add_data_args, load_data_from_args, streaming_data_from_args
+from diffusion_classifiers.data import add_data_args, load_data_from_args, save_split_record, streaming_data_from_args
 from diffusion_classifiers.pipelines import UNetFeatureClassifierPipeline
 from diffusion_classifiers.training import (
     add_diffusion_args,
@@ -46,6 +46,7 @@ def main(argv=None):
     if PartialState().is_main_process:
         pipeline = UNetFeatureClassifierPipeline(unet=unet, scheduler=scheduler, preprocessing=train.preprocessing)
         pipeline.save_pretrained(args.output_dir)
+        save_split_record(args.output_dir, args.val_fraction, args.test_fraction, args.seed)  # for probe / evaluate
 
 
 if __name__ == "__main__":

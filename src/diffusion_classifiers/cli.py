@@ -78,7 +78,8 @@ def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def add_probe_args(parser: argparse.ArgumentParser) -> None:
-    from .data.arguments import add_class_names_arg
+    from .data.arguments import add_class_names_arg, add_split_args
+    from .data.split_record import SPLIT_RECORD_NAME
     from .models import DEFAULT_TIMESTEPS
 
     parser.add_argument(
@@ -117,11 +118,19 @@ def add_probe_args(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--output_dir", default="outputs/probe", help="where report.md, metrics.json, the PNGs and pipeline/ go")
     add_overwrite_arg(parser)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the splits carved when the data has none and of the probes")
+    add_split_args(parser, from_model=True)
+    parser.add_argument(
+        "--seed", type=int, default=None,
+        help=f"seed of the splits carved when the data has none and of the probes (default: as the U-Net's "
+        f"{SPLIT_RECORD_NAME} records, else 0)",
+    )  # fmt: skip
     add_positive_class_arg(parser)
 
 
 def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
+    from .data.arguments import add_split_args
+    from .data.split_record import SPLIT_RECORD_NAME
+
     parser.add_argument(
         "--model_dir", required=True,
         help="a saved pipeline (model_index.json) or transformers model (config.json): a folder or a Hub repo id "
@@ -136,7 +145,12 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output_dir", default="outputs/evaluation", help="where metrics.json, report.md and the PNGs go")
     add_overwrite_arg(parser)
     parser.add_argument("--batch_size", type=int, default=64, help="images per model call")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the val split carved from train when the data has none")
+    add_split_args(parser, from_model=True)
+    parser.add_argument(
+        "--seed", type=int, default=None,
+        help=f"seed of the splits carved when the data has none (default: as the model's {SPLIT_RECORD_NAME} "
+        "records, else 0)",
+    )  # fmt: skip
     parser.add_argument(
         "--streaming", action="store_true",
         help="an image folder or CSV of paths larger than memory: decode each image only when its batch is scored "
@@ -154,12 +168,18 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         load_evaluation_split,
         saved_preprocessing,
     )
+    from .data.split_record import resolve_split_args
+    from .hub import download
     from .validation import check_no_earlier_report
 
     check_evaluation_args(args.output_dir, args.batch_size)  # before the model and the data are loaded
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
     classifier = load_classifier(args.model_dir)
-    dataset = load_evaluation_split(args.dataset, args.split, args.seed, saved_preprocessing(classifier), args.streaming)
+    carving = resolve_split_args(args, download(args.model_dir))  # as the model's data was carved
+    dataset = load_evaluation_split(
+        args.dataset, args.split, carving["seed"], saved_preprocessing(classifier), args.streaming,
+        val_fraction=carving["val_fraction"], test_fraction=carving["test_fraction"],
+    )  # fmt: skip
     # the data's name, not its local path: metrics.json may be published with the model
     dataset_name = os.path.basename(os.path.normpath(args.dataset))
     title = f"{os.path.basename(os.path.normpath(args.model_dir))} on {dataset_name} ({args.split})"
@@ -207,17 +227,21 @@ def run_demo(args: argparse.Namespace) -> dict:
         unet, scheduler, splits, timesteps=args.timesteps, pool=args.pool, seed=args.seed, positive_class=args.positive_class
     )
     timing = {"train_seconds": round(trained_at - started, 1), "total_seconds": round(time.time() - started, 1)}
-    metrics = save_study(study, args, timing)
+    carving = {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction, "seed": args.seed}
+    metrics = save_study(study, args, timing, carving)
     print(f"and {args.output_dir}/unet_training/ (loss_curve.png, samples/)")
     return metrics
 
 
-def save_study(study, args: argparse.Namespace, timing: dict) -> dict:
-    """Save the study's fitted pipeline and its report into `args.output_dir`; print the headline."""
+def save_study(study, args: argparse.Namespace, timing: dict, carving: dict) -> dict:
+    """Save the study's fitted pipeline, with the `carving` of its data (`data.save_split_record`), and its report
+    into `args.output_dir`; print the headline."""
+    from .data.split_record import save_split_record
     from .features import block_label
     from .unet_feature_study import summary_table, write_study_report
 
     study.pipeline.save_pretrained(os.path.join(args.output_dir, "pipeline"))
+    save_split_record(os.path.join(args.output_dir, "pipeline"), **carving)
     command = "diffusion-classifiers " + shlex.join(sys.argv[1:])
     metrics = write_study_report(study, args.output_dir, f"Frozen DDPM U-Net features on {args.dataset}", command, extra=timing)
     print(summary_table(study))
@@ -240,7 +264,9 @@ def save_study(study, args: argparse.Namespace, timing: dict) -> dict:
 def run_probe(args: argparse.Namespace) -> dict:
     """A trained U-Net + a labeled dataset -> the probe grid, the chosen (block, t), k-means and a fitted pipeline."""
     from .data import load_image_classification_data
+    from .data.split_record import resolve_split_args
     from .features import _check_timesteps
+    from .hub import download
     from .metrics import resolve_positive_label
     from .pipelines import UNetFeatureClassifierPipeline
     from .unet_feature_study import run_unet_feature_study
@@ -253,18 +279,19 @@ def run_probe(args: argparse.Namespace) -> dict:
     trained = UNetFeatureClassifierPipeline.from_pretrained(args.unet_dir)
     _check_timesteps(args.timesteps, trained.scheduler.config.num_train_timesteps)
     unet_config, contract = trained.unet.config, trained.preprocessing
+    carving = resolve_split_args(args, download(args.unet_dir))  # the U-Net's test images stay its test
     splits = load_image_classification_data(  # read as the U-Net was trained: windows, resize mode, background
-        args.dataset, image_size=unet_config.sample_size, num_channels=unet_config.in_channels, seed=args.seed,
-        class_names=args.class_names, medical=contract.medical, **contract.fit,
+        args.dataset, image_size=unet_config.sample_size, num_channels=unet_config.in_channels,
+        class_names=args.class_names, medical=contract.medical, **carving, **contract.fit,
     )  # fmt: skip
     check_two_classes_at_least(splits["train"].class_names, f"--dataset {args.dataset}", "a probe")
     resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)
     study = run_unet_feature_study(
-        trained.unet, trained.scheduler, splits, timesteps=args.timesteps, pool=args.pool, seed=args.seed,
+        trained.unet, trained.scheduler, splits, timesteps=args.timesteps, pool=args.pool, seed=carving["seed"],
         positive_class=args.positive_class, hypercolumns=args.hypercolumns, views=args.views,
         probe_kwargs={"C": args.C, "class_weight": args.class_weight},
     )  # fmt: skip
-    return save_study(study, args, {"total_seconds": round(time.time() - started, 1)})
+    return save_study(study, args, {"total_seconds": round(time.time() - started, 1)}, carving)
 
 
 def main(argv=None) -> None:

@@ -11,6 +11,8 @@
   files listed in a `datasets.Dataset` and decoded on the fly (in `DataLoader` workers) through the same preprocessing.
 - [`stratified_split`], [`stratified_group_split`], [`stratified_subset_indices`], [`long_tailed_indices`],
   [`few_label_indices`] (`splits.py`): seeded subsets.
+- [`save_split_record`], [`read_split_record`] (`split_record.py`): how a model's data was carved, saved beside the
+  model, so `probe` and `evaluate` carve the same splits.
 """
 
 from ..lazy_exports import lazy_exports
@@ -26,12 +28,14 @@ _EXPORTS = {
     "ImagePreprocessing": "preprocessing",
     "PNEUMONIAMNIST_CLASSES": "readers",
     "SPLITS": "readers",
+    "SPLIT_RECORD_NAME": "split_record",
     "StreamingImages": "streaming",
     "LabeledImages": "readers",
     "MedicalPreprocessing": "dicom",
     "WINDOW_PRESETS": "dicom",
     "Window": "dicom",
     "add_data_args": "arguments",
+    "add_split_args": "arguments",
     "canonical_split_name": "readers",
     "few_label_indices": "splits",
     "is_dicom_file": "dicom",
@@ -41,9 +45,13 @@ _EXPORTS = {
     "preprocess_images": "preprocessing",
     "read_16bit_image": "dicom",
     "read_classification_split": "readers",
+    "read_split_record": "split_record",
     "read_dicom": "dicom",
     "read_dicom_folder": "dicom",
     "read_idx": "readers",
+    "resolve_split_args": "split_record",
+    "save_split_record": "split_record",
+    "scale_16bit_image": "dicom",
     "stratified_group_split": "splits",
     "stratified_split": "splits",
     "stratified_subset_indices": "splits",

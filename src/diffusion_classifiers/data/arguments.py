@@ -8,8 +8,9 @@ Kept apart from the readers, which import torch, so that a script's `--help` ans
 from typing import Any
 
 from .dicom import WINDOW_NAMES
+from .split_record import SPLIT_DEFAULTS, SPLIT_RECORD_NAME
 
-__all__ = ["add_class_names_arg", "add_data_args"]
+__all__ = ["add_class_names_arg", "add_data_args", "add_split_args"]
 
 
 def add_class_names_arg(parser: Any) -> None:
@@ -48,15 +49,7 @@ def add_data_args(parser: Any, image_size: int | None = None, streaming: bool = 
         help="16-bit PNG / TIFF: the bit depth of the stored values (e.g. 12), the same for every file; saved with the "
         "model (default: %(default)s, each file's maximum rounded up to whole bits)",
     )  # fmt: skip
-    parser.add_argument(
-        "--val_fraction", type=float, default=0.1,
-        help="the share of the images carved for val when the data has no val split, patients kept on one side "
-        "(default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--test_fraction", type=float, default=0.2,
-        help="the same for test (default: %(default)s); a small cohort of P patients needs fractions of at least 1 / P",
-    )  # fmt: skip
+    add_split_args(parser)
     parser.add_argument(
         "--resize_mode", default="stretch",
         help="how images meet --image_size: 'stretch', 'pad' (aspect ratio kept, padded with --pad_value: elongated "
@@ -86,3 +79,25 @@ def add_data_args(parser: Any, image_size: int | None = None, streaming: bool = 
             "resume on data read before): a file damaged past its header then stops the run when its batch is read",
         )  # fmt: skip
     return parser
+
+
+def add_split_args(parser: Any, from_model: bool = False) -> None:
+    """`--val_fraction` and `--test_fraction`, the splits carved when the data has none (with `--seed`). With
+    `from_model` (the commands that read a trained model) they default to the model's record (`data_splits.json`), so
+    its test images are none it was trained on."""
+    def default(name: str) -> tuple[float | None, str]:
+        if from_model:
+            return None, f"as the model's {SPLIT_RECORD_NAME} records, else {SPLIT_DEFAULTS[name]}"
+        return SPLIT_DEFAULTS[name], "%(default)s"
+
+    val_default, val_shown = default("val_fraction")
+    test_default, test_shown = default("test_fraction")
+    parser.add_argument(
+        "--val_fraction", type=float, default=val_default,
+        help=f"the share of the images carved for val when the data has no val split, patients kept on one side "
+        f"(default: {val_shown})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--test_fraction", type=float, default=test_default,
+        help=f"the same for test (default: {test_shown}); a small cohort of P patients needs fractions of at least 1 / P",
+    )  # fmt: skip
