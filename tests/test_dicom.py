@@ -170,6 +170,48 @@ def test_multiframe_file_is_split_into_frames():
         window_channels(image, ["file"])
 
 
+def functional_group(**tags):
+    item = pydicom.Dataset()
+    for keyword, value in tags.items():
+        setattr(item, keyword, value)
+    return pydicom.Sequence([item])
+
+
+def test_enhanced_ct_rescale_and_window_come_from_its_functional_groups(tmp_path):
+    # Enhanced CT keeps RescaleSlope / Intercept and its window in the functional groups, none at the top level
+    path = pydicom_file("eCT_Supplemental.dcm")
+    dataset = pydicom.dcmread(path)
+    assert "RescaleIntercept" not in dataset and "WindowCenter" not in dataset
+    stored = raw_pixels(dataset, "<u2")
+    image = read_dicom(path)
+    hu = stored * 1.0 - 1024.0  # the Shared Functional Groups' Pixel Value Transformation: slope 1, intercept -1024
+    np.testing.assert_array_equal(image.values, hu)
+    assert image.values.min() == -1024.0 and image.windows == (Window(49.0, 102.0),) and not image.frame_windows
+    assert image.stored_range == (-1024.0, 2**16 - 1 - 1024.0)
+    np.testing.assert_allclose(window_channels(image, ["file"])[:, 0], hand_window(hu, 49, 102), rtol=0,
+                               atol=WINDOW_TOLERANCE)
+    np.testing.assert_allclose(window_channels(image, ["brain"])[:, 0], hand_window(hu, 40, 80), rtol=0,
+                               atol=WINDOW_TOLERANCE)
+    # the second frame's own Per-frame Functional Groups override the shared ones, for that frame only
+    frame = dataset.PerFrameFunctionalGroupsSequence[1]
+    frame.PixelValueTransformationSequence = functional_group(RescaleSlope=2, RescaleIntercept=-2048, RescaleType="HU")
+    frame.FrameVOILUTSequence = functional_group(WindowCenter=100, WindowWidth=400)
+    path = write_dicom(dataset, tmp_path / "per_frame.dcm")
+    image = read_dicom(path)
+    np.testing.assert_array_equal(image.values[0], hu[0])
+    np.testing.assert_array_equal(image.values[1], stored[1] * 2.0 - 2048.0)
+    assert image.frame_windows == ((Window(49.0, 102.0),), (Window(100.0, 400.0),))
+    channels = window_channels(image, ["file"])
+    np.testing.assert_allclose(channels[0, 0], hand_window(hu[0], 49, 102), rtol=0, atol=WINDOW_TOLERANCE)
+    np.testing.assert_allclose(channels[1, 0], hand_window(image.values[1], 100, 400), rtol=0, atol=WINDOW_TOLERANCE)
+    (second,) = read_dicom(path, frame=1).values
+    np.testing.assert_array_equal(second, image.values[1])
+    assert read_dicom(path, frame=1).windows == (Window(100.0, 400.0),)
+    header = read_dicom_header(path)
+    assert header.frame_windows == image.frame_windows
+    assert header.stored_range == image.stored_range == (-2048.0, 2 * (2**16 - 1) - 2048.0)
+
+
 def test_padding_range_limit_is_masked_to_the_stated_fill(tmp_path):
     dataset = pydicom.dcmread(pydicom_file("CT_small.dcm"))
     stored = raw_pixels(dataset, "<i2")

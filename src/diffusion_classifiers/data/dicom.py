@@ -59,6 +59,11 @@ _INSTALL_HINT = 'pip install "diffusion-classifiers[medical]"'
 _JPEG_PLUGIN = "pylibjpeg pylibjpeg-libjpeg"
 _JPEG2000_PLUGIN = "pylibjpeg pylibjpeg-openjpeg"
 _GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
+# An enhanced multi-frame file (Enhanced CT / MR / XA, PS3.3 C.7.6.16) keeps its rescale and window in these
+# functional-group macros, shared by all frames or per frame, not at the top level where pydicom's
+# apply_modality_lut looks: the keywords read from them.
+_FRAME_LUT_SEQUENCES = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
+_LUT_KEYWORDS = ("RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth")
 _PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # 16-bit data spanning less than this share of their scale keep fewer than 0.05 * 255 ~ 13 grey levels once stored or
 # shown at 8 bits: too little contrast to be a deliberate choice, so read_16bit_image warns.
@@ -210,12 +215,19 @@ class DicomImage:
             stored (MONOCHROME1 is not inverted here).
         padding (`np.ndarray`): bool `[F, H, W]`, True where the stored value is PixelPaddingValue (or between it
             and PixelPaddingRangeLimit, both included).
-        windows (`Tuple[Window, ...]`): the file's own windows (WindowCenter / WindowWidth), maybe none.
+        windows (`Tuple[Window, ...]`): the file's own windows (WindowCenter / WindowWidth), maybe none: those of
+            its first frame read.
         stored_range (`Tuple[float, float]`): the modality values of the smallest and largest storable value
-            (BitsStored, PixelRepresentation).
+            (BitsStored, PixelRepresentation), over all frames read.
         monochrome1 (`bool`): whether the lowest value is displayed white.
         metadata (`Dict[str, Any]`): PatientID, StudyInstanceUID, SeriesInstanceUID (`str` or None) and
             InstanceNumber (`int` or None).
+        frame_windows (`Tuple[Tuple[Window, ...], ...]`, *optional*): each frame's own windows, when the frames do
+            not share one (an enhanced multi-frame file's Per-frame Functional Groups); empty: every frame has
+            `windows`.
+
+    An enhanced multi-frame file's rescale and windows are read from its functional groups (the frame's own, else the
+    shared ones), where such files keep them.
     """
 
     path: str
@@ -225,6 +237,7 @@ class DicomImage:
     stored_range: tuple[float, float]
     monochrome1: bool
     metadata: dict[str, Any] = field(default_factory=dict)
+    frame_windows: tuple[tuple[Window, ...], ...] = ()
 
     @property
     def num_frames(self) -> int:
@@ -236,7 +249,8 @@ def read_dicom(path: str | Path, frame: int | None = None) -> DicomImage:
     Read a DICOM file's pixels as modality values (Hounsfield units for CT), frames first.
 
     The stored values go through pydicom's Modality LUT (RescaleSlope / RescaleIntercept, or a Modality LUT
-    Sequence); a multi-frame file gives `[F, H, W]`, a single frame `[1, H, W]`.
+    Sequence; an enhanced multi-frame file's from its functional groups, frame by frame); a multi-frame file gives
+    `[F, H, W]`, a single frame `[1, H, W]`.
 
     Args:
         path (`str` or `os.PathLike`): the file.
@@ -248,19 +262,20 @@ def read_dicom(path: str | Path, frame: int | None = None) -> DicomImage:
         `ImportError`: pydicom is not installed, or no decoder for the file's compressed transfer syntax is; the
             message names the package to install.
     """
-    pydicom = _import_pydicom()
     path = Path(path)
     dataset = _open_image_dataset(path)
     stored = _decode_pixels(dataset, path, frame)
-    values = np.asarray(pydicom.pixels.apply_modality_lut(stored, dataset), dtype=np.float32)
+    frames = _frame_luts(dataset, range(_num_frames(dataset)) if frame is None else [int(frame)])
+    windows = [Window.from_tags(lut) for lut in frames]
     return DicomImage(
         path=str(path),
-        values=values,
+        values=_modality_values(stored, frames),
         padding=_padding_mask(dataset, stored),
-        windows=Window.from_tags(dataset),
-        stored_range=_stored_range(dataset),
+        windows=windows[0],
+        stored_range=_stored_range(frames, dataset),
         monochrome1=dataset.PhotometricInterpretation == "MONOCHROME1",
         metadata=_metadata(dataset),
+        frame_windows=tuple(windows) if len(set(windows)) > 1 else (),
     )
 
 
@@ -273,7 +288,7 @@ class DicomHeader:
         path (`str`): the file.
         num_frames (`int`): its frames (NumberOfFrames, 1 when absent).
         size (`Tuple[int, int]`): (Rows, Columns).
-        windows, stored_range, metadata: as in [`DicomImage`].
+        windows, stored_range, metadata, frame_windows: as in [`DicomImage`], of all its frames.
     """
 
     path: str
@@ -282,6 +297,7 @@ class DicomHeader:
     windows: tuple[Window, ...]
     stored_range: tuple[float, float]
     metadata: dict[str, Any] = field(default_factory=dict)
+    frame_windows: tuple[tuple[Window, ...], ...] = ()
 
 
 def read_dicom_header(path: str | Path) -> DicomHeader:
@@ -291,13 +307,16 @@ def read_dicom_header(path: str | Path) -> DicomHeader:
     path = Path(path)
     dataset = _open_image_dataset(path, defer_size="64 KB")
     _check_decoder(dataset, path)
+    frames = _frame_luts(dataset, range(_num_frames(dataset)))
+    windows = [Window.from_tags(lut) for lut in frames]
     return DicomHeader(
         path=str(path),
-        num_frames=_num_frames(dataset),
+        num_frames=len(frames),
         size=(int(dataset.Rows), int(dataset.Columns)),
-        windows=Window.from_tags(dataset),
-        stored_range=_stored_range(dataset),
+        windows=windows[0],
+        stored_range=_stored_range(frames, dataset),
         metadata=_metadata(dataset),
+        frame_windows=tuple(windows) if len(set(windows)) > 1 else (),
     )
 
 
@@ -372,6 +391,46 @@ def _decoder_packages(syntax: Any, decoder: Any) -> str:
     return "; ".join(decoder.missing_dependencies) or "a pydicom pixel-data plugin"
 
 
+def _frame_luts(dataset: Any, frames: Sequence[int]) -> list[Any]:
+    """For each of `frames`, a dataset holding its Modality / VOI LUT attributes: `dataset` itself, unless it has
+    functional groups that hold them (an enhanced multi-frame file keeps them only there, and pydicom's
+    `apply_modality_lut` reads the top level alone); then the top level's, replaced by the Shared Functional Groups',
+    replaced by the frame's Per-frame Functional Groups' (PS3.3 C.7.6.16)."""
+    from pydicom.dataset import Dataset
+
+    shared = _first_item(dataset, "SharedFunctionalGroupsSequence")
+    per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or []
+    luts = []
+    for frame in frames:
+        groups = [shared, per_frame[frame] if frame < len(per_frame) else None]
+        items = [_first_item(group, name) for group in groups if group is not None for name in _FRAME_LUT_SEQUENCES]
+        items = [item for item in items if item is not None]
+        if not items:
+            luts.append(dataset)
+            continue
+        lut = Dataset()
+        for source in (dataset, *items):
+            for keyword in _LUT_KEYWORDS:
+                if keyword in source:
+                    lut.add(source[keyword])
+        luts.append(lut)
+    return luts
+
+
+def _first_item(dataset: Any, keyword: str) -> Any:
+    sequence = dataset.get(keyword)
+    return sequence[0] if sequence else None
+
+
+def _modality_values(stored: np.ndarray, frames: Sequence[Any]) -> np.ndarray:
+    """The stored values `[F, H, W]` through each frame's Modality LUT (`frames`: from [`_frame_luts`]), float32."""
+    from pydicom.pixels import apply_modality_lut
+
+    if all(lut is frames[0] for lut in frames):  # one LUT for the file: one call
+        return np.asarray(apply_modality_lut(stored, frames[0]), dtype=np.float32)
+    return np.stack([np.asarray(apply_modality_lut(values, lut), dtype=np.float32) for values, lut in zip(stored, frames)])
+
+
 def _padding_mask(dataset: Any, stored: np.ndarray) -> np.ndarray:
     padding_value = dataset.get("PixelPaddingValue")
     if padding_value is None:
@@ -381,12 +440,14 @@ def _padding_mask(dataset: Any, stored: np.ndarray) -> np.ndarray:
     return (stored >= low) & (stored <= high)
 
 
-def _stored_range(dataset: Any) -> tuple[float, float]:
+def _stored_range(frames: Sequence[Any], dataset: Any) -> tuple[float, float]:
+    """The modality values of the smallest and largest storable value, over the frames' LUTs (see [`_frame_luts`])."""
     pydicom = _import_pydicom()
     bits = int(dataset.get("BitsStored") or dataset.BitsAllocated)
     signed = int(dataset.get("PixelRepresentation", 0)) == 1
     low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-    rescaled = pydicom.pixels.apply_modality_lut(np.array([low, high]), dataset)
+    luts = {id(lut): lut for lut in frames}.values()  # one call per distinct LUT
+    rescaled = [pydicom.pixels.apply_modality_lut(np.array([low, high]), lut) for lut in luts]
     return float(np.min(rescaled)), float(np.max(rescaled))
 
 
@@ -454,7 +515,8 @@ def window_channels(
     Args:
         image ([`DicomImage`]): from [`read_dicom`].
         windows (`Sequence`, *optional*, defaults to `("file",)`): each a [`Window`], a preset name (`"brain"`,
-            `"subdural"`, `"bone"`), `"file"` (the file's first WindowCenter / WindowWidth) or `"full"` (the whole
+            `"subdural"`, `"bone"`), `"file"` (the file's first WindowCenter / WindowWidth; each frame's own when
+            an enhanced multi-frame file gives its frames their own) or `"full"` (the whole
             storable range, from BitsStored through the rescale). Brain / subdural / bone as 3 channels is the usual
             input for haemorrhage detection.
         padding_fill (`float`, *optional*, defaults to 0.0): the value of padding pixels (PixelPaddingValue) in
@@ -463,32 +525,37 @@ def window_channels(
     MONOCHROME1 is inverted after windowing (`1 - y`), as the Presentation LUT does, so the modality values and the
     file's own window tags keep their meaning.
     """
-    resolved = resolve_windows(image, windows)
-    channels = np.stack([window.apply(image.values) for window in resolved], axis=1)  # (F, C, H, W)
+    frames = [resolve_windows(image, windows, frame) for frame in range(image.num_frames)]
+    channels = np.stack([
+        np.stack([window.apply(values) for window in resolved]) for values, resolved in zip(image.values, frames)
+    ])  # (F, C, H, W)
     if image.monochrome1:
         channels = 1.0 - channels
     channels[np.broadcast_to(image.padding[:, None], channels.shape)] = padding_fill
     return channels
 
 
-def resolve_windows(image: DicomImage | DicomHeader, windows: Sequence[Window | str]) -> tuple[Window, ...]:
-    """`windows` (see [`window_channels`]) as [`Window`]s for `image` (or its header: a window it cannot resolve, such
-    as `"file"` for a file without window tags, is then refused before any pixel is decoded)."""
+def resolve_windows(
+    image: DicomImage | DicomHeader, windows: Sequence[Window | str], frame: int = 0
+) -> tuple[Window, ...]:
+    """`windows` (see [`window_channels`]) as [`Window`]s for `image`'s frame `frame` (or its header: a window it
+    cannot resolve, such as `"file"` for a file without window tags, is then refused before any pixel is decoded)."""
     if not windows:
         raise ValueError("windows: expected at least one window")
-    return tuple(_resolve_window(spec, image) for spec in windows)
+    own = image.frame_windows[frame] if image.frame_windows else image.windows
+    return tuple(_resolve_window(spec, image, own) for spec in windows)
 
 
-def _resolve_window(spec: Window | str, image: DicomImage | DicomHeader) -> Window:
+def _resolve_window(spec: Window | str, image: DicomImage | DicomHeader, own: tuple[Window, ...]) -> Window:
     if isinstance(spec, Window):
         return spec
     if spec == "file":
-        if not image.windows:
+        if not own:
             raise ValueError(
                 f"DICOM file {image.path} has no WindowCenter / WindowWidth; expected a window for 'file'. "
                 f"Name one ({sorted(WINDOW_PRESETS)}, Window(center, width)) or 'full'"
             )
-        return image.windows[0]
+        return own[0]
     if spec == "full":
         low, high = image.stored_range
         return Window((low + high) / 2, high - low)
