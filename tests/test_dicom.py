@@ -296,6 +296,28 @@ def test_window_width_not_positive_is_refused(width):
         Window(40, width)
 
 
+@pytest.mark.parametrize(
+    "center, width, values",
+    [("40", "0", "WindowCenter 40 and WindowWidth 0"), ("40", "-80", "WindowCenter 40 and WindowWidth -80"),
+     (["40", "400"], "80", r"WindowCenter \[40, 400\] and WindowWidth 80")],
+)
+def test_bad_window_tags_refuse_only_the_files_own_window_naming_file_and_values(tmp_path, center, width, values):
+    dataset = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    path = write_dicom(dataset, tmp_path / "odd_window.dcm", WindowCenter=center, WindowWidth=width)
+    hu = raw_pixels(dataset, "<i2") * float(dataset.RescaleSlope) + float(dataset.RescaleIntercept)
+    three = MedicalPreprocessing(windows=("brain", "subdural", Window(600, 2800)))
+    channels = three.read(path)  # the presets need nothing of the file's own window tags
+    for channel, (c, w) in enumerate([(40, 80), (80, 200), (600, 2800)]):
+        np.testing.assert_allclose(channels[0, channel], hand_window(hu[0], c, w), rtol=0, atol=WINDOW_TOLERANCE)
+    streaming_headers_pass = StreamingImages.from_files([path], image_size=8, num_channels=3, medical=three)
+    assert len(streaming_headers_pass) == 1
+    own = rf"DICOM file .*odd_window.dcm: bad window tags {values}: expected .*; its own window \('file'\) cannot be used"
+    with pytest.raises(ValueError, match=own):
+        window_channels(read_dicom(path), ["file"])
+    with pytest.raises(ValueError, match=own):  # refused when files are listed, before any pixel is decoded
+        StreamingImages.from_files([path], image_size=8, num_channels=1)
+
+
 def test_unknown_window_names_and_bad_options_are_refused():
     with pytest.raises(ValueError, match=r"'lung' is not a window; expected a Window or one of \['bone', 'brain'"):
         MedicalPreprocessing(windows=("brain", "lung"))

@@ -117,15 +117,19 @@ class Window:
     @classmethod
     def from_tags(cls, dataset: Any) -> tuple[Window, ...]:
         """The windows a pydicom dataset names in WindowCenter / WindowWidth (one or several values each); `()` if
-        it names none."""
+        it names none. The error for tags that are no windows names their values."""
         centers, widths = dataset.get("WindowCenter"), dataset.get("WindowWidth")
-        if centers is None or widths is None:
+        if centers in (None, "") or widths in (None, ""):
             return ()
-        centers, widths = _as_float_list(centers), _as_float_list(widths)
+        tags = f"WindowCenter {centers} and WindowWidth {widths}"
+        try:
+            centers, widths = _as_float_list(centers), _as_float_list(widths)
+        except ValueError:
+            raise ValueError(f"{tags}: expected numbers") from None
         if len(centers) != len(widths):
-            raise ValueError(
-                f"WindowCenter {centers} and WindowWidth {widths}: expected as many centres as widths"
-            )
+            raise ValueError(f"{tags}: expected as many centres as widths")
+        if not all(math.isfinite(value) for value in centers + widths) or min(widths) <= 0:
+            raise ValueError(f"{tags}: expected finite centres and widths > 0")
         return tuple(cls(center, width) for center, width in zip(centers, widths))
 
     def apply(self, values: np.ndarray) -> np.ndarray:
@@ -225,6 +229,9 @@ class DicomImage:
         frame_windows (`Tuple[Tuple[Window, ...], ...]`, *optional*): each frame's own windows, when the frames do
             not share one (an enhanced multi-frame file's Per-frame Functional Groups); empty: every frame has
             `windows`.
+        window_error (`str`, *optional*): why the file's window tags are no window (a width of 0, two centres for
+            one width), naming the file and the values; `windows` is then empty. Such a file is read with the other
+            windows, and refused only where its own one (`"file"`) is asked for.
 
     An enhanced multi-frame file's rescale and windows are read from its functional groups (the frame's own, else the
     shared ones), where such files keep them.
@@ -238,6 +245,7 @@ class DicomImage:
     monochrome1: bool
     metadata: dict[str, Any] = field(default_factory=dict)
     frame_windows: tuple[tuple[Window, ...], ...] = ()
+    window_error: str | None = None
 
     @property
     def num_frames(self) -> int:
@@ -266,7 +274,7 @@ def read_dicom(path: str | Path, frame: int | None = None) -> DicomImage:
     dataset = _open_image_dataset(path)
     stored = _decode_pixels(dataset, path, frame)
     frames = _frame_luts(dataset, range(_num_frames(dataset)) if frame is None else [int(frame)])
-    windows = [Window.from_tags(lut) for lut in frames]
+    windows, window_error = _own_windows(frames, path)
     return DicomImage(
         path=str(path),
         values=_modality_values(stored, frames),
@@ -276,6 +284,7 @@ def read_dicom(path: str | Path, frame: int | None = None) -> DicomImage:
         monochrome1=dataset.PhotometricInterpretation == "MONOCHROME1",
         metadata=_metadata(dataset),
         frame_windows=tuple(windows) if len(set(windows)) > 1 else (),
+        window_error=window_error,
     )
 
 
@@ -288,7 +297,7 @@ class DicomHeader:
         path (`str`): the file.
         num_frames (`int`): its frames (NumberOfFrames, 1 when absent).
         size (`Tuple[int, int]`): (Rows, Columns).
-        windows, stored_range, metadata, frame_windows: as in [`DicomImage`], of all its frames.
+        windows, stored_range, metadata, frame_windows, window_error: as in [`DicomImage`], of all its frames.
     """
 
     path: str
@@ -298,6 +307,7 @@ class DicomHeader:
     stored_range: tuple[float, float]
     metadata: dict[str, Any] = field(default_factory=dict)
     frame_windows: tuple[tuple[Window, ...], ...] = ()
+    window_error: str | None = None
 
 
 def read_dicom_header(path: str | Path) -> DicomHeader:
@@ -308,7 +318,7 @@ def read_dicom_header(path: str | Path) -> DicomHeader:
     dataset = _open_image_dataset(path, defer_size="64 KB")
     _check_decoder(dataset, path)
     frames = _frame_luts(dataset, range(_num_frames(dataset)))
-    windows = [Window.from_tags(lut) for lut in frames]
+    windows, window_error = _own_windows(frames, path)
     return DicomHeader(
         path=str(path),
         num_frames=len(frames),
@@ -317,6 +327,7 @@ def read_dicom_header(path: str | Path) -> DicomHeader:
         stored_range=_stored_range(frames, dataset),
         metadata=_metadata(dataset),
         frame_windows=tuple(windows) if len(set(windows)) > 1 else (),
+        window_error=window_error,
     )
 
 
@@ -415,6 +426,19 @@ def _frame_luts(dataset: Any, frames: Sequence[int]) -> list[Any]:
                     lut.add(source[keyword])
         luts.append(lut)
     return luts
+
+
+def _own_windows(frames: Sequence[Any], path: Path) -> tuple[list[tuple[Window, ...]], str | None]:
+    """Each frame's own windows (`frames`: from [`_frame_luts`]), and why they are not windows when a frame's tags
+    are none (see `DicomImage.window_error`): a file is not refused for tags that only `"file"` reads."""
+    windows, error = [], None
+    for lut in frames:
+        try:
+            windows.append(Window.from_tags(lut))
+        except ValueError as bad:
+            windows.append(())
+            error = error or f"DICOM file {path}: bad window tags {bad}"
+    return windows, error
 
 
 def _first_item(dataset: Any, keyword: str) -> Any:
@@ -550,6 +574,9 @@ def _resolve_window(spec: Window | str, image: DicomImage | DicomHeader, own: tu
     if isinstance(spec, Window):
         return spec
     if spec == "file":
+        if image.window_error:
+            raise ValueError(f"{image.window_error}; its own window ('file') cannot be used. Name another "
+                             f"({sorted(WINDOW_PRESETS)}, Window(center, width)) or 'full'")
         if not own:
             raise ValueError(
                 f"DICOM file {image.path} has no WindowCenter / WindowWidth; expected a window for 'file'. "
