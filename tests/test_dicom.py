@@ -720,6 +720,51 @@ def test_is_dicom_file_by_extension_or_by_the_header_of_suffix_less_files(tmp_pa
         assert not is_dicom_file(tmp_path / name), name
 
 
+def test_dicom_with_other_extensions_is_read_and_other_files_are_not_opened(tmp_path, monkeypatch):
+    from diffusion_classifiers.data import dicom, is_dicom_file
+    from diffusion_classifiers.prediction.inputs import list_inputs
+
+    dicom_bytes = Path(pydicom_file("CT_small.dcm")).read_bytes()
+    names = ["CT.0001.IMA", "s2.dic", "s3.DICOM", "s4.img"]  # Siemens, two more extensions, one DICOM never used
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for name in names:
+            (tmp_path / label / name).write_bytes(dicom_bytes)
+        for name in ("notes.txt", "table.csv", "meta.json"):  # text and data files, never read even holding DICOM
+            (tmp_path / label / name).write_bytes(dicom_bytes)
+        Image.new("L", (4, 4)).save(tmp_path / label / "scout.png")
+    sniffed, sniff = [], dicom._has_dicom_magic
+    monkeypatch.setattr(dicom, "_has_dicom_magic", lambda path: sniffed.append(Path(path).name) or sniff(path))
+    assert [is_dicom_file(tmp_path / "a" / name) for name in [*names, "notes.txt", "scout.png"]] == [True] * 4 + [False] * 2
+    assert sniffed == ["s4.img"]  # the known extensions, DICOM or not, are told apart without opening the file
+    inputs = list_inputs(tmp_path, windows=["full"])
+    assert [item.path for item in inputs] == sorted(f"{label}/{name}" for label in "ab" for name in [*names, "scout.png"])
+    expected = window_channels(read_dicom(pydicom_file("CT_small.dcm")), ["full"])[0]
+    for item in inputs:
+        if not item.path.endswith(".png"):
+            np.testing.assert_array_equal(item.read()[0], expected)
+    for label in ("a", "b"):
+        (tmp_path / label / "scout.png").unlink()
+    from diffusion_classifiers.data import readers
+
+    files, labels, _ = readers._list_image_folder(tmp_path)  # training lists them too
+    assert [path.name for path in files] == sorted(names) * 2 and labels["train"].tolist() == [0] * 4 + [1] * 4
+
+
+def test_listing_a_folder_of_images_opens_no_file_to_look_for_dicom(tmp_path, monkeypatch):
+    from diffusion_classifiers.data import dicom
+    from diffusion_classifiers.prediction.inputs import list_inputs
+
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            Image.new("L", (4, 4), 40 * i).save(tmp_path / label / f"{i}.png")
+        (tmp_path / label / "labels.csv").write_text("path,label\n")
+    monkeypatch.setattr(dicom, "_has_dicom_magic", pytest.fail)
+    assert len(list_inputs(tmp_path)) == 6
+    assert sum(len(split) for split in load_image_classification_data(tmp_path, image_size=4).values()) == 6
+
+
 def test_class_folders_of_extension_less_dicom_read_as_the_same_files_named_dcm(tmp_path):
     make_patients(tmp_path / "named", num_patients=8, slices=2)
     bare = strip_extensions(tmp_path / "named", tmp_path / "bare")

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from .image_files import DECODE_ERRORS, decode_error_text, open_image
+from .image_files import DECODE_ERRORS, IMAGE_EXTENSIONS, decode_error_text, open_image
 
 
 __all__ = [
@@ -47,11 +47,19 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DICOM_EXTENSIONS = {".dcm", ".dicom"}
+DICOM_EXTENSIONS = {".dcm", ".dicom", ".dic", ".ima"}  # .ima: Siemens exports
 # A DICOM Part 10 file starts with a 128-byte preamble and then this magic (PS3.10 7.1).
 _DICOM_MAGIC, _DICOM_MAGIC_OFFSET = b"DICM", 128
+# Files that are never DICOM, so never opened to look for the magic: images and the text and data files that sit
+# beside them (a folder of PNG lists at the speed of its directory entries).
+_NOT_DICOM_EXTENSIONS = IMAGE_EXTENSIONS | {
+    ".arrow", ".csv", ".gz", ".htm", ".html", ".json", ".jsonl", ".log", ".md", ".npy", ".npz", ".parquet", ".pdf",
+    ".py", ".tar", ".tsv", ".txt", ".xml", ".yaml", ".yml", ".zip",
+}
 # Appended to the errors that list the accepted extensions.
-_EXTENSIONLESS_DICOM_NOTE = "extension-less DICOM files are recognised by their 'DICM' header"
+_DICOM_HEADER_NOTE = (
+    "extension-less DICOM files are recognised by their 'DICM' header, as are those with other extensions"
+)
 # PIL modes of 16-bit greyscale images (`data.preprocessing` reads them through here too).
 _PIL_16BIT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
 _INSTALL_HINT = 'pip install "diffusion-classifiers[medical]"'
@@ -186,17 +194,17 @@ def _as_float_list(value: Any) -> list[float]:
 
 
 def is_dicom_file(path: str | Path) -> bool:
-    """Whether `path` is read as DICOM: its extension is `.dcm` or `.dicom` (any case), or it has no extension (or a
-    numeric one, as in a file named by its SOP Instance UID, `1.2.840.113619.2.55.3`) and holds the DICOM Part 10
-    header (`b"DICM"` after the 128-byte preamble), as PACS exports name files (`IM_P00_0`, `I0000123`). Only such a
-    file is opened, and only its first 132 bytes are read; a file with another extension (`.txt`, `.png`) is never
-    opened here. A media export's `DICOMDIR` (a directory of the files, no image) is not one."""
+    """Whether `path` is read as DICOM: its extension is one of `DICOM_EXTENSIONS` (`.dcm`, `.dicom`, `.dic`, `.ima`;
+    any case), or it has another or no extension (PACS exports name files `IM_P00_0`, `I0000123`, or by their SOP
+    Instance UID, `1.2.840.113619.2.55.3`) and holds the DICOM Part 10 header (`b"DICM"` after the 128-byte preamble).
+    Only such a file is opened, and only its first 132 bytes are read; an image (`.png`) or a text or data file
+    (`.txt`, `.csv`, `.json`) is never opened here. A media export's `DICOMDIR` (a directory of the files, no image)
+    is not one."""
     path = Path(path)
-    if path.name.upper() == "DICOMDIR":
+    suffix = path.suffix.lower()
+    if path.name.upper() == "DICOMDIR" or suffix in _NOT_DICOM_EXTENSIONS:
         return False
-    if path.suffix and not path.suffix[1:].isdigit():
-        return path.suffix.lower() in DICOM_EXTENSIONS
-    return _has_dicom_magic(path)
+    return suffix in DICOM_EXTENSIONS or _has_dicom_magic(path)
 
 
 def _has_dicom_magic(path: Path) -> bool:
@@ -508,14 +516,15 @@ def check_same_slice_size(images: Sequence[tuple[str, tuple[int, int]]], where: 
 
 
 def read_dicom_folder(folder: str | Path) -> list[DicomImage]:
-    """The DICOM files (`*.dcm`, `*.dicom`, or without an extension: see [`is_dicom_file`]) directly in `folder`,
+    """The DICOM files (`*.dcm`, `*.dicom`, `*.dic`, `*.ima`, or others holding the 'DICM' header: see
+    [`is_dicom_file`]) directly in `folder`,
     ordered by (SeriesInstanceUID, InstanceNumber, file name); all slices must have one size (see
     [`check_same_slice_size`])."""
     folder = Path(folder)
     paths = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and is_dicom_file(p))
     if not paths:
         raise ValueError(f"DICOM folder {folder}: no DICOM files found (extensions {sorted(DICOM_EXTENSIONS)}; "
-                         f"{_EXTENSIONLESS_DICOM_NOTE})")
+                         f"{_DICOM_HEADER_NOTE})")
     images = [read_dicom(path) for path in paths]
     check_same_slice_size([(image.path, image.values.shape[1:]) for image in images], f"DICOM folder {folder}")
     return sorted(images, key=_slice_order)

@@ -14,7 +14,10 @@ from typing import IO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["DECODE_ERRORS", "decode_error_text", "open_image"]
+__all__ = ["DECODE_ERRORS", "IMAGE_EXTENSIONS", "decode_error_text", "open_image"]
+
+# What folder listings read as images (PIL decodes them).
+IMAGE_EXTENSIONS = {".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"}
 
 # What opening an image may raise.
 DECODE_ERRORS = (

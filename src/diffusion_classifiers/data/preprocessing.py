@@ -83,10 +83,10 @@ class ImagePreprocessing:
             `[0, 1]`, decided once per call). A float image outside the range raises `ValueError` naming it.
         resample (`str`, *optional*, defaults to `"bilinear"`): `"bilinear"`, `"bicubic"` (both antialiased when
             downsizing, as PIL does) or `"nearest"`.
-        medical ([`MedicalPreprocessing`] or `dict`, *optional*): how DICOM files (`.dcm`, `.dicom`, or no
-            extension and a 'DICM' header) and 16-bit PNG / TIFF given as paths are read: the DICOM windows (one
-            channel each) and the bit depth. `None`: `MedicalPreprocessing()` (each DICOM's own window, 16-bit images
-            by their maximum's bit depth).
+        medical ([`MedicalPreprocessing`] or `dict`, *optional*): how DICOM files (`.dcm`, `.dicom`, `.dic`, `.ima`,
+            or another or no extension and a 'DICM' header) and 16-bit PNG / TIFF given as paths are read: the DICOM
+            windows (one channel each) and the bit depth. `None`: `MedicalPreprocessing()` (each DICOM's own window,
+            16-bit images by their maximum's bit depth).
         resize_mode (`str`, *optional*, defaults to `"stretch"`): how an image meets `image_size`: `"stretch"` to it
             (the aspect ratio is not kept), `"pad"` (scaled to fit inside it keeping the aspect ratio, centred, the
             rest filled with `pad_value`) or `"crop"` (scaled to cover it keeping the aspect ratio, centre-cropped).
@@ -196,7 +196,7 @@ def preprocess_images(
 
     | input | read as | channels |
     | --- | --- | --- |
-    | file path (`str`, `os.PathLike`) | DICOM (`.dcm`, `.dicom` or no extension and a 'DICM' header, one image per frame) and 16-bit PNG / TIFF through `preprocessing.medical`, other files by PIL | DICOM: one per window |
+    | file path (`str`, `os.PathLike`) | DICOM (`.dcm`, `.dicom`, `.dic`, `.ima`, or another or no extension and a 'DICM' header, one image per frame) and 16-bit PNG / TIFF through `preprocessing.medical`, other files by PIL | DICOM: one per window |
     | PIL image | one image | its mode: `1`/`L`/`LA`/`I`/`I;16*`/`F` give 1, every other mode is converted to `RGB` |
     | 2-D array or tensor | one image `[H, W]` | 1 |
     | 3-D array or tensor | one image `[C, H, W]` or `[H, W, C]`, never several images | C = 1 or 3 |

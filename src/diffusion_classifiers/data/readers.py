@@ -28,7 +28,7 @@ from PIL import Image
 
 from ..validation import check_finite_rows
 from .dicom import (
-    _EXTENSIONLESS_DICOM_NOTE,
+    _DICOM_HEADER_NOTE,
     DICOM_EXTENSIONS,
     MedicalPreprocessing,
     check_same_slice_size,
@@ -39,7 +39,7 @@ from .dicom import (
     scale_16bit_image,
     window_channels,
 )
-from .image_files import DECODE_ERRORS, decode_error_text, open_image
+from .image_files import DECODE_ERRORS, IMAGE_EXTENSIONS, decode_error_text, open_image
 from .preprocessing import _PIL_16BIT_MODES, ImagePreprocessing, _describe, fit_options, preprocess_images
 from .splits import _check_fraction, stratified_group_split, stratified_split
 
@@ -65,9 +65,8 @@ FASHION_MNIST_CLASSES = [
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
 PNEUMONIAMNIST_CLASSES = ["normal", "pneumonia"]
-IMAGE_EXTENSIONS = {".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"}
 # What a listing reads, for its errors.
-_ACCEPTED_FILES = f"extensions {sorted(IMAGE_EXTENSIONS | DICOM_EXTENSIONS)}; {_EXTENSIONLESS_DICOM_NOTE}"
+_ACCEPTED_FILES = f"extensions {sorted(IMAGE_EXTENSIONS | DICOM_EXTENSIONS)}; {_DICOM_HEADER_NOTE}"
 DEFAULT_DIGITS_SIZE = 32
 DEFAULT_FOLDER_SIZE = 32
 
@@ -196,7 +195,8 @@ def load_image_classification_data(
               (lines `relative/path label`, paths relative to the class folders' parent) and the names
               from `splits/classes.txt` when present.
               Images are resized to 32 px by default; 3 channels if any image is color, else 1.
-              DICOM files (`.dcm`, `.dicom`, or no extension and the 'DICM' header, as PACS exports name them)
+              DICOM files (`.dcm`, `.dicom`, `.dic`, `.ima`, or another or no extension and the 'DICM' header, as
+              PACS exports name them)
               and 16-bit PNG / TIFF are read as `medical` says; a multi-frame DICOM gives one image per frame, all
               with its label; the DICOM files of one folder must share one size (a scout or second series mixed in
               is refused). When DICOM files name a PatientID, the carved splits keep each patient on one side
@@ -634,7 +634,7 @@ def _class_images(folder: Path) -> list[Path]:
 
 def _is_image_or_dicom_file(path: Path) -> bool:
     """Whether a folder listing reads `path`: an image extension (`IMAGE_EXTENSIONS`) or a DICOM file (see
-    [`is_dicom_file`]); only a suffix-less file is opened to tell."""
+    [`is_dicom_file`]); only a file with another extension (not a text or data file's) or none is opened to tell."""
     return path.suffix.lower() in IMAGE_EXTENSIONS or is_dicom_file(path)
 
 

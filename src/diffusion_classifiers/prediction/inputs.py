@@ -51,10 +51,10 @@ def list_inputs(
     Args:
         source (`str` or `os.PathLike`): one of
 
-            * a folder: every image (`data.IMAGE_EXTENSIONS`) and DICOM file (`.dcm`, `.dicom`, or no extension
-              and the 'DICM' header: `data.is_dicom_file`) in it and its subfolders, sorted by path; hidden files
-              and folders (names starting with ".") and other files are skipped. A saved `datasets` folder (with
-              `dataset_info.json` or `dataset_dict.json`) is read as one.
+            * a folder: every image (`data.IMAGE_EXTENSIONS`) and DICOM file (`.dcm`, `.dicom`, `.dic`, `.ima`, or
+              another or no extension and the 'DICM' header: `data.is_dicom_file`) in it and its subfolders, sorted
+              by path; hidden files and folders (names starting with ".") and other files are skipped. A saved
+              `datasets` folder (with `dataset_info.json` or `dataset_dict.json`) is read as one.
             * a `.csv` file with a header and a `path` column (relative to the CSV's folder, or absolute); a `label`
               column, when present, is carried to the output as `true_label`. A file the CSV names but that does not
               exist becomes a row of the errors file, like an unreadable one.
