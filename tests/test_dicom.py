@@ -265,6 +265,22 @@ def test_file_that_is_not_dicom_is_named(tmp_path):
         read_dicom(path)
 
 
+def test_truncated_dicom_is_named_truncated_or_corrupt(tmp_path):
+    # cut inside its encapsulated (JPEG) pixel data, pydicom reads an empty dataset and only warns
+    data = Path(pydicom_file("JPEG-LL.dcm")).read_bytes()
+    cut = tmp_path / "cut_jpeg.dcm"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    truncated = r"cannot read DICOM file .*cut_jpeg.dcm: truncated or corrupt \(End of file reached before delimiter"
+    with pytest.raises(ValueError, match=truncated):
+        read_dicom(cut)
+    with pytest.raises(ValueError, match=truncated):  # when data are listed
+        read_dicom_header(cut)
+    # cut inside its header: an image storage file without pixel data says it may be truncated
+    cut.write_bytes(Path(pydicom_file("CT_small.dcm")).read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"has no pixel data \(CT Image Storage.*may be truncated or corrupt"):
+        read_dicom(cut)
+
+
 @pytest.mark.parametrize(
     "path, plugin",
     [

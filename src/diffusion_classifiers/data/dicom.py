@@ -340,12 +340,21 @@ def read_dicom_header(path: str | Path) -> DicomHeader:
 
 
 def _open_image_dataset(path: Path, defer_size: str | None = None) -> Any:
-    """The pydicom dataset of a greyscale DICOM image file; `ValueError` naming the file otherwise."""
+    """The pydicom dataset of a greyscale DICOM image file; `ValueError` naming the file otherwise. A file cut short
+    inside encapsulated (compressed) pixel data reads as an empty dataset with only a warning: it is refused as
+    truncated, and pydicom's warnings are the reason given."""
     pydicom = _import_pydicom()
-    try:
-        dataset = pydicom.dcmread(path, defer_size=defer_size)
-    except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError) as error:
-        raise ValueError(f"cannot read DICOM file {path}: {error}") from error
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            dataset = pydicom.dcmread(path, defer_size=defer_size)
+        except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError) as error:
+            raise ValueError(f"cannot read DICOM file {path}: {error}") from error
+    if len(dataset) == 0:
+        reason = "; ".join(str(warning.message) for warning in caught) or "no data elements after its file meta"
+        raise ValueError(f"cannot read DICOM file {path}: truncated or corrupt ({reason})")
+    for warning in caught:  # a dataset read despite them: the user still sees them
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     _check_has_grey_pixels(dataset, path)
     return dataset
 
@@ -357,9 +366,13 @@ def _num_frames(dataset: Any) -> int:
 def _check_has_grey_pixels(dataset: Any, path: Path) -> None:
     if not any(tag in dataset for tag in _PIXEL_DATA_TAGS):
         kind = getattr(dataset.get("SOPClassUID"), "name", None) or "unknown SOP class"
+        why = (
+            "the file may be truncated or corrupt" if kind.endswith("Image Storage")
+            else "a structured report or presentation state holds no pixels"
+        )  # fmt: skip
         raise ValueError(
             f"DICOM file {path} has no pixel data ({kind}, modality {dataset.get('Modality', '?')}); expected an "
-            "image (a structured report or presentation state holds no pixels)"
+            f"image ({why})"
         )
     photometric = dataset.get("PhotometricInterpretation")
     if photometric not in _GREY_PHOTOMETRICS:
