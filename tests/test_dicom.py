@@ -365,6 +365,20 @@ def test_three_windows_into_one_channel_are_refused_before_any_file_is_read(tmp_
         assert ImagePreprocessing.from_dict(json.loads(json.dumps(contract.to_dict()))) == contract
 
 
+def test_dicom_mixed_with_other_images_is_refused_naming_one_of_each_before_any_is_decoded(tmp_path, monkeypatch):
+    # a PNG screenshot beside the slices: with 3 windows its grey would be copied into the 3 windows' channels
+    make_patients(tmp_path, num_patients=12, slices=1)
+    Image.new("L", (128, 128), 90).save(tmp_path / "bleed" / "screenshot.png")
+    three = MedicalPreprocessing(windows=("brain", "subdural", "bone"))
+    monkeypatch.setattr("diffusion_classifiers.data.readers.read_dicom", pytest.fail)
+    monkeypatch.setattr("diffusion_classifiers.data.readers.read_dicom_header", pytest.fail)
+    mixed = r"DICOM and other image files mixed: .*bleed/p\d+_0.dcm is DICOM but .*bleed/screenshot.png is not"
+    with pytest.raises(ValueError, match=mixed):
+        load_image_classification_data(tmp_path, image_size=16, medical=three)
+    with pytest.raises(ValueError, match=mixed):
+        streaming_image_classification_data(tmp_path, num_channels=3, image_size=16, medical=three)
+
+
 def test_mixed_slice_sizes_in_one_folder_name_two_files(tmp_path):
     folder = tmp_path / "series"
     folder.mkdir()

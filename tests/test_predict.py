@@ -413,6 +413,31 @@ def test_two_processes_write_one_output_in_input_order(models, tmp_path):
     assert json.loads((tmp_path / "out" / "predictions.csv.json").read_text())["columns"][-1] == "prob_fox"
 
 
+def three_window_model(folder):
+    """A 3-class U-Net-feature pipeline (16 px, 3 channels) trained on the brain, subdural and bone windows, saved."""
+    unet = UNet2DModel(**{**dict(small_unet(16).config), "in_channels": 3, "out_channels": 3})
+    head = LinearProbeHead(16, 3, class_names=CLASSES, block="mid_block", timestep=50)
+    windows = {"medical": {"windows": ["brain", "subdural", "bone"]}}
+    UNetFeatureClassifierPipeline(unet=unet, scheduler=DDPMScheduler(), head=head, preprocessing=windows).save_pretrained(
+        folder
+    )
+    return folder
+
+
+def test_an_image_file_given_to_a_model_of_several_dicom_windows_is_an_error_row(tmp_path):
+    # the model reads 3 windows of Hounsfield units; a PNG's grey would be copied into all 3 channels: not predicted
+    model = three_window_model(tmp_path / "ct")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(shared_data("cq500_dicom_sample", "CQ500-CT-1", "CT000000.dcm"), folder / "scan.dcm")
+    write_images(folder, ["screenshot.png"])
+    main(["predict", "--model_dir", str(model), "--input", str(folder), "--output", str(tmp_path / "p.csv")])
+    assert [row["path"] for row in read_rows(tmp_path / "p.csv")] == ["scan.dcm"]
+    (error,) = read_rows(tmp_path / "p.csv.errors.csv")
+    assert error["path"] == "screenshot.png"
+    assert "screenshot.png: not a DICOM file, but the model reads DICOM files through 3 windows" in error["reason"]
+
+
 def test_windows_the_model_cannot_read_are_refused(models, tmp_path):
     # 3 windows for a grey model would blend into one channel; 1 window for a model trained on 3 would be repeated
     # into its 3 channels: refused before any file is read, naming the model
@@ -420,12 +445,7 @@ def test_windows_the_model_cannot_read_are_refused(models, tmp_path):
     args = ["predict", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out" / "p.csv"), "--window"]
     with pytest.raises(ValueError, match=r"--window: 3 windows, but .*unet reads 1 channel: they would blend"):
         main(args + ["brain", "subdural", "bone", "--model_dir", str(models / "unet")])
-    unet = UNet2DModel(**{**dict(small_unet(16).config), "in_channels": 3, "out_channels": 3})
-    head = LinearProbeHead(16, 3, class_names=CLASSES, block="mid_block", timestep=50)
-    windows = {"medical": {"windows": ["brain", "subdural", "bone"]}}
-    UNetFeatureClassifierPipeline(unet=unet, scheduler=DDPMScheduler(), head=head, preprocessing=windows).save_pretrained(
-        tmp_path / "ct"
-    )
+    three_window_model(tmp_path / "ct")
     with pytest.raises(ValueError, match=r"--window: 1 window, but .*ct was trained on 3 \(\['brain', 'subdural', 'bone'\]\)"):
         main(args + ["bone", "--model_dir", str(tmp_path / "ct")])
     assert not (tmp_path / "out").exists()

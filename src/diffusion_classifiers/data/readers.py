@@ -686,8 +686,8 @@ def _decode_files(
     """Decode `files` (listed split by split); a multi-frame DICOM gives one image per frame. Returns the images and
     the labels per split and group ids of [`_expand_frames`]."""
     images, patients, dicom_sizes = [], [], []
-    for path in files:
-        if is_dicom_file(path):
+    for path, is_dicom in zip(files, _dicom_or_not(files)):
+        if is_dicom:
             dicom = read_dicom(path)
             images.append(window_channels(dicom, medical.windows, medical.padding_fill))
             patients.append(dicom.metadata["PatientID"])
@@ -706,13 +706,28 @@ def _list_frames(
     """What [`_decode_files`] gives, from the DICOM headers alone (no pixel decoded; `data.streaming` reads the images
     lazily): one row per image, the file and its frame (`None` for a non-DICOM file), and [`_expand_frames`]'s labels
     and group ids. DICOM files that cannot be decoded (no pixel data, no decoder installed) are refused now."""
-    headers = {path: read_dicom_header(path) for path in files if is_dicom_file(path)}
+    headers = {path: read_dicom_header(path) for path, is_dicom in zip(files, _dicom_or_not(files)) if is_dicom}
     _check_dicom_sizes_per_folder([(path, header.size) for path, header in headers.items()])
     frames = [headers[path].num_frames if path in headers else 1 for path in files]
     patients = [headers[path].metadata["PatientID"] if path in headers else None for path in files]
     rows = [path for path, count in zip(files, frames) for _ in range(count)]
     frame_of_row = [frame if path in headers else None for path, count in zip(files, frames) for frame in range(count)]
     return rows, frame_of_row, *_expand_frames(files, labels_per_split, frames, patient_ids or patients)
+
+
+def _dicom_or_not(files: list[Path]) -> list[bool]:
+    """Whether each file is DICOM (see [`is_dicom_file`]), all or none: a PNG beside the slices (a screenshot, an
+    export) has no Hounsfield units for the DICOM windows, so its grey would be copied into every window's channel
+    and learnt as one more slice. The error names one file of each kind, before any is decoded."""
+    kinds = [is_dicom_file(path) for path in files]
+    if any(kinds) and not all(kinds):
+        dicom, other = files[kinds.index(True)], files[kinds.index(False)]
+        raise ValueError(
+            f"images: DICOM and other image files mixed: {dicom} is DICOM but {other} is not; expected DICOM files "
+            "only (the DICOM windows read Hounsfield units, which an image file has not) or none. Move the other "
+            "files out, or convert them all to one kind"
+        )
+    return kinds
 
 
 def _expand_frames(

@@ -151,12 +151,20 @@ def _read_listed_file(folder: Path, name: str, read: Callable) -> list:
 
 def _read_file(path: Path, medical: Any) -> list:
     """An image file as `[PIL image]` or `[array [1, H, W]]` (16-bit), a DICOM file as one `[C, H, W]` array per
-    frame, all in `[0, 1]`; `ValueError` when it cannot be decoded."""
+    frame, all in `[0, 1]`; `ValueError` when it cannot be decoded, or when it is not DICOM but `medical` has several
+    windows: such a model reads one window of Hounsfield units per channel, and an image file's grey, copied into
+    every channel, would be classified as no scan looks."""
     from ..data.dicom import is_dicom_file
     from ..data.readers import _decode_image_file
 
     if is_dicom_file(path):
         return list(medical.read(path))
+    if len(medical.windows) > 1:
+        raise ValueError(
+            f"{path}: not a DICOM file, but the model reads DICOM files through {len(medical.windows)} windows "
+            f"{medical.to_dict()['windows']}, one channel each; an image file has no Hounsfield units to window "
+            "(its grey would be copied into every channel). Expected a DICOM file"
+        )
     image = _decode_image_file(path, medical.bits_stored)
     return [image[0]] if hasattr(image, "shape") else [image]
 
