@@ -331,6 +331,30 @@ def test_dicom_folder_gives_one_row_per_frame(models, tmp_path):
     assert "cine.dcm has no WindowCenter / WindowWidth" in read_rows(tmp_path / "q" / "q.csv.errors.csv")[0]["reason"]
 
 
+def test_dicom_without_its_decoder_is_refused_before_any_prediction(models, tmp_path, monkeypatch):
+    import pydicom
+
+    folder = tmp_path / "in"
+    (folder / "series").mkdir(parents=True)
+    write_images(folder, ["a.png"])
+    shutil.copy(shared_data("cq500_dicom_sample", "CQ500-CT-1", "CT000000.dcm"), folder / "series" / "1.dcm")
+    shutil.copy(shared_data("cq500_dicom_sample", "CQ500-CT-0", "CT000010.dcm"), folder / "series" / "2.dcm")
+    (folder / "series" / "3.dcm").write_text("not DICOM: an errors-file row, as before")
+    syntax = pydicom.dcmread(folder / "series" / "2.dcm", stop_before_pixels=True).file_meta.TransferSyntaxUID
+    monkeypatch.setattr(pydicom.pixels.get_decoder(syntax), "_available", {})  # as if no JPEG plugin were installed
+    monkeypatch.setattr(DiffusionClassifierPipeline, "from_pretrained", pytest.fail)  # refused before the model loads
+    refused = r"DICOM file .*series/2.dcm: .*compressed as JPEG Lossless.*1.2.840.10008.1.2.4.70.*pip install pylibjpeg pylibjpeg-libjpeg"
+    with pytest.raises(ValueError, match=refused):
+        main(["predict", "--model_dir", str(models / "unet"), "--input", str(folder), "--output", str(tmp_path / "p.csv"),
+              "--window", "brain", "--batch_size", "1"])  # fmt: skip
+    assert not (tmp_path / "p.csv.parts").exists() and not (tmp_path / "p.csv").exists()
+    write_csv(tmp_path / "list.csv", [["in/series/2.dcm", "cat"]])
+    for source in (tmp_path / "list.csv", folder / "series" / "2.dcm"):
+        with pytest.raises(ValueError, match=refused):
+            list_inputs(source)
+    assert [item.path for item in list_inputs(folder / "series" / "1.dcm")] == ["1.dcm"]  # uncompressed: read
+
+
 def test_bad_flags_are_refused_before_the_model_loads(tmp_path):
     write_images(tmp_path, ["x.png"])
     (tmp_path / "folder.csv").mkdir()

@@ -16,7 +16,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -33,6 +33,7 @@ __all__ = [
     "WINDOW_NAMES",
     "WINDOW_PRESETS",
     "Window",
+    "check_decoders",
     "check_same_slice_size",
     "is_dicom_file",
     "parse_windows",
@@ -384,20 +385,49 @@ def _check_has_grey_pixels(dataset: Any, path: Path) -> None:
 
 def _check_decoder(dataset: Any, path: Path) -> None:
     """A decoder for the file's transfer syntax is installed; the error names the package to install."""
-    from pydicom.pixels import get_decoder
-
     syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
     if syntax is None:
         raise ValueError(f"DICOM file {path}: no TransferSyntaxUID in its file meta; expected a DICOM Part 10 file")
+    error = _decoder_error(syntax, path)
+    if error is not None:
+        raise error
+
+
+def _decoder_error(syntax: Any, path: Path) -> Exception | None:
+    """Why the pixel data of `path`, in transfer syntax `syntax`, cannot be decoded here (`ValueError`: pydicom
+    knows no decoder for it; `ImportError`: the plugin is not installed, named), or None."""
+    from pydicom.pixels import get_decoder
+
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError as error:
-        raise ValueError(f"DICOM file {path}: unsupported transfer syntax {syntax.name}: {error}") from error
-    if not decoder.is_available:
-        raise ImportError(
-            f"DICOM file {path}: its pixel data are compressed as {syntax.name} and no decoder for it is installed. "
-            f"Install one: pip install {_decoder_packages(syntax, decoder)} (or {_INSTALL_HINT})"
-        )
+        return ValueError(f"DICOM file {path}: unsupported transfer syntax {syntax.name}: {error}")
+    if decoder.is_available:
+        return None
+    return ImportError(
+        f"DICOM file {path}: its pixel data are compressed as {syntax.name} ({syntax}) and no decoder for it is "
+        f"installed. Install one: pip install {_decoder_packages(syntax, decoder)} (or {_INSTALL_HINT})"
+    )
+
+
+def check_decoders(paths: Iterable[str | Path]) -> None:
+    """Every transfer syntax of the DICOM files `paths` can be decoded here, so a run over them is refused before its
+    first batch, not stopped midway by the first file without its plugin: `ValueError` naming one file, its transfer
+    syntax and the pip packages to install. Only each file's file meta is read (its first few hundred bytes) and each
+    syntax looked up once; a file whose file meta cannot be read is left to fail where it is read, as such files do."""
+    pydicom = _import_pydicom()
+    checked = set()
+    for path in paths:
+        try:
+            syntax = pydicom.filereader.read_file_meta_info(path).get("TransferSyntaxUID")
+        except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError):
+            continue
+        if syntax is None or syntax in checked:
+            continue
+        checked.add(syntax)
+        error = _decoder_error(syntax, Path(path))
+        if error is not None:
+            raise ValueError(str(error)) from error
 
 
 def _decode_pixels(dataset: Any, path: Path, frame: int | None = None) -> np.ndarray:

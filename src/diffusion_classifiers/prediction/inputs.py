@@ -72,7 +72,8 @@ def list_inputs(
 
     Raises:
         `FileNotFoundError`: `source` does not exist. `ValueError`: nothing to classify, a CSV without a `path`
-        column or naming a file twice, a missing split, or a bad window.
+        column or naming a file twice, a missing split, a bad window, or a DICOM file compressed in a transfer syntax
+        no installed plugin decodes (named with the packages to install).
     """
     from ..data.dicom import MedicalPreprocessing
     from ..data.readers import _ACCEPTED_FILES, _is_image_or_dicom_file
@@ -91,6 +92,7 @@ def list_inputs(
     if source.suffix.lower() == ".csv":
         return _csv_inputs(source, read)
     if _is_image_or_dicom_file(source):
+        _check_dicom_decoders([source])
         return [PredictionInput(source.name, partial(read, source))]
     raise ValueError(
         f"input {source}: expected an image folder, a .csv file of paths, a saved datasets folder or an image / DICOM "
@@ -118,6 +120,7 @@ def _folder_inputs(folder: Path, read: Callable) -> list[PredictionInput]:
     )  # fmt: skip
     if not files:
         raise ValueError(f"input folder {folder}: no image or DICOM files found ({_ACCEPTED_FILES})")
+    _check_dicom_decoders(files)
     return [PredictionInput(path.relative_to(folder).as_posix(), partial(read, path)) for path in files]
 
 
@@ -139,7 +142,17 @@ def _csv_inputs(path: Path, read: Callable) -> list[PredictionInput]:
         first_line[name] = line
         label = row.get("label") or None
         inputs.append(PredictionInput(name, partial(_read_listed_file, path.parent, name, read), label))
+    _check_dicom_decoders([path.parent / name for name in first_line if name])
     return inputs
+
+
+def _check_dicom_decoders(files: Sequence[Path]) -> None:
+    """Refuse now, before any prediction, DICOM files compressed in a transfer syntax that no installed plugin decodes
+    (`data.dicom.check_decoders`): the run would stop at the first of them, after committing earlier batches. Files
+    that do not exist or are not DICOM are left to their errors-file rows."""
+    from ..data.dicom import check_decoders, is_dicom_file
+
+    check_decoders(path for path in files if path.is_file() and is_dicom_file(path))
 
 
 def _read_listed_file(folder: Path, name: str, read: Callable) -> list:
