@@ -308,8 +308,9 @@ def add_predict_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     )  # fmt: skip
     parser.add_argument(
         "--input", required=True,
-        help="an image folder (recursive; PNG/JPEG/TIFF/... and DICOM .dcm), a .csv with a 'path' column (relative to "
-        "the CSV; a 'label' column is carried as true_label), a saved datasets folder, or one image file",
+        help="an image folder (recursive; PNG/JPEG/TIFF/... and DICOM: .dcm/.dicom/.dic/.ima or any file with the 'DICM' "
+        "header), a .csv with a 'path' column (relative to the CSV; a 'label' column is carried as true_label), a saved "
+        "datasets folder, or one image file",
     )  # fmt: skip
     parser.add_argument("--output", default="predictions.csv", help="the predictions file, .csv or .parquet")
     parser.add_argument(
