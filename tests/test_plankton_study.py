@@ -7,6 +7,7 @@ import torch
 
 from diffusion_classifiers.data import ImagePreprocessing, preprocess_images
 from diffusion_classifiers.data.splits import stratified_train_val_test_split
+from diffusion_classifiers.models import unet_config
 from diffusion_classifiers.probing import kmeans_evaluate
 from diffusion_classifiers.probing.protocols import select_clustering_without_labels
 from diffusion_classifiers.training import TrainingArguments, train_ddpm_unet
@@ -162,3 +163,6 @@ def test_a_resolution_the_unet_cannot_take_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"sample_size divisible by 4 for preset 'tiny', got 30.*28 or 32 px"):
         train_ddpm_unet(args, torch.zeros(2, 1, 30, 30), preset="tiny")
     assert not (tmp_path / "run").exists()  # nothing written
+    for size in (0, -8, 2):  # too small: no size near it would do
+        with pytest.raises(ValueError, match=rf"sample_size an integer of at least 4 for preset 'tiny', got {size}: "):
+            unet_config("tiny", size)

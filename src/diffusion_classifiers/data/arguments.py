@@ -58,7 +58,8 @@ def add_data_args(parser: Any, image_size: int | None = None, streaming: bool = 
     )  # fmt: skip
     parser.add_argument(
         "--pad_value", type=float, default=-1.0,
-        help="the fill of --resize_mode pad on the [-1, 1] scale: -1 black, 1 white (default: %(default)s)",
+        help="the fill of --resize_mode pad on the [-1, 1] scale: -1 black (X-rays, CT), 1 white (bright-field "
+        "images: plankton on a light field; the default would frame them in black bars) (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument(
         "--normalize_background", action="store_true",

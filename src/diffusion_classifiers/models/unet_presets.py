@@ -37,10 +37,15 @@ def unet_config(
     config = dict(UNET_PRESETS[preset])
     levels = len(config["block_out_channels"])
     factor = 2 ** (levels - 1)  # each level halves the resolution: the deepest must be whole
-    if isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size < factor or sample_size % factor:
-        nearest = sorted({max(factor, sample_size // factor * factor), (sample_size // factor + 1) * factor}) if isinstance(sample_size, int) else [factor]
+    if isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size < factor:
         raise ValueError(
-            f"expected sample_size divisible by {factor} for preset {preset!r}, got {sample_size!r}: its {levels} "
+            f"expected sample_size an integer of at least {factor} for preset {preset!r}, got {sample_size!r}: its "
+            f"{levels} levels halve the image {levels - 1} times"
+        )
+    if sample_size % factor:
+        nearest = (sample_size // factor * factor, (sample_size // factor + 1) * factor)
+        raise ValueError(
+            f"expected sample_size divisible by {factor} for preset {preset!r}, got {sample_size}: its {levels} "
             f"levels halve the image {levels - 1} times; use e.g. {' or '.join(map(str, nearest))} px"
         )
     resolutions = [sample_size // 2**level for level in range(levels)]
