@@ -283,17 +283,14 @@ def read_dicom(path: str | Path, frame: int | None = None) -> DicomImage:
     dataset = _open_image_dataset(path)
     stored = _decode_pixels(dataset, path, frame)
     frames = _frame_luts(dataset, range(_num_frames(dataset)) if frame is None else [int(frame)])
-    windows, window_error = _own_windows(frames, path)
     return DicomImage(
         path=str(path),
         values=_modality_values(stored, frames),
         padding=_padding_mask(dataset, stored),
-        windows=windows[0],
         stored_range=_stored_range(frames, dataset),
         monochrome1=dataset.PhotometricInterpretation == "MONOCHROME1",
         metadata=_metadata(dataset),
-        frame_windows=tuple(windows) if len(set(windows)) > 1 else (),
-        window_error=window_error,
+        **_own_windows(frames, path),
     )
 
 
@@ -327,16 +324,13 @@ def read_dicom_header(path: str | Path) -> DicomHeader:
     dataset = _open_image_dataset(path, defer_size="64 KB")
     _check_decoder(dataset, path)
     frames = _frame_luts(dataset, range(_num_frames(dataset)))
-    windows, window_error = _own_windows(frames, path)
     return DicomHeader(
         path=str(path),
         num_frames=len(frames),
         size=(int(dataset.Rows), int(dataset.Columns)),
-        windows=windows[0],
         stored_range=_stored_range(frames, dataset),
         metadata=_metadata(dataset),
-        frame_windows=tuple(windows) if len(set(windows)) > 1 else (),
-        window_error=window_error,
+        **_own_windows(frames, path),
     )
 
 
@@ -479,9 +473,10 @@ def _frame_luts(dataset: Any, frames: Sequence[int]) -> list[Any]:
     return luts
 
 
-def _own_windows(frames: Sequence[Any], path: Path) -> tuple[list[tuple[Window, ...]], str | None]:
-    """Each frame's own windows (`frames`: from [`_frame_luts`]), and why they are not windows when a frame's tags
-    are none (see `DicomImage.window_error`): a file is not refused for tags that only `"file"` reads."""
+def _own_windows(frames: Sequence[Any], path: Path) -> dict[str, Any]:
+    """The file's own windows as [`DicomImage`] holds them (`windows`, `frame_windows`, `window_error`), from its
+    frames' LUTs (see [`_frame_luts`]). Tags that are no window are kept as an error, not raised: a file is refused
+    for them only where its own window (`"file"`) is asked for."""
     windows, error = [], None
     for lut in frames:
         try:
@@ -489,7 +484,8 @@ def _own_windows(frames: Sequence[Any], path: Path) -> tuple[list[tuple[Window, 
         except ValueError as bad:
             windows.append(())
             error = error or f"DICOM file {path}: bad window tags {bad}"
-    return windows, error
+    frame_windows = tuple(windows) if len(set(windows)) > 1 else ()
+    return {"windows": windows[0], "frame_windows": frame_windows, "window_error": error}
 
 
 def _first_item(dataset: Any, keyword: str) -> Any:
@@ -503,7 +499,9 @@ def _modality_values(stored: np.ndarray, frames: Sequence[Any]) -> np.ndarray:
 
     if all(lut is frames[0] for lut in frames):  # one LUT for the file: one call
         return np.asarray(apply_modality_lut(stored, frames[0]), dtype=np.float32)
-    return np.stack([np.asarray(apply_modality_lut(values, lut), dtype=np.float32) for values, lut in zip(stored, frames)])
+    return np.stack([
+        np.asarray(apply_modality_lut(values, lut), dtype=np.float32) for values, lut in zip(stored, frames)
+    ])
 
 
 def _padding_mask(dataset: Any, stored: np.ndarray) -> np.ndarray:
