@@ -221,6 +221,30 @@ def test_two_outputs_in_one_folder_each_have_their_errors_and_a_rerun_counts_ear
     assert (summary.rows, summary.predicted, summary.skipped, summary.failed, summary.unreadable) == (6, 0, 8, 0, 2)
 
 
+def test_a_rerun_on_another_folder_is_refused_and_rows_of_removed_files_are_counted(models, tmp_path, capsys):
+    """Instruments restart their file names in every sample's folder: an output is tied to its input, else a rerun on
+    the next folder skipped every name done before and kept the first folder's predictions."""
+    for day in ("day_a", "day_b"):
+        write_images(tmp_path / day, ["1.png", "2.png", "3.png"], seed=len(day) + (day == "day_b"))
+    output = tmp_path / "out" / "days.csv"
+    args = ["predict", "--model_dir", str(models / "unet"), "--output", str(output), "--no_progress_bar"]
+    main(args + ["--input", str(tmp_path / "day_a")])
+    written = output.read_bytes()
+    with pytest.raises(ValueError, match=rf"written by another prediction \(input: '{tmp_path / 'day_a'}' then, '{tmp_path / 'day_b'}' now"):
+        main(args + ["--input", str(tmp_path / "day_b")])
+    assert output.read_bytes() == written
+    sidecar = json.loads(output.with_name("days.csv.json").read_text())
+    del sidecar["run"]["input"]  # as written before the input was recorded: resumes
+    output.with_name("days.csv.json").write_text(json.dumps(sidecar))
+    (tmp_path / "day_a" / "2.png").unlink()
+    capsys.readouterr()
+    main(args + ["--input", str(tmp_path / "day_a")])
+    printed = capsys.readouterr().out
+    assert "3 rows (0 inputs predicted now on 1 process(es), 2 done before)" in printed
+    assert f"1 rows of {output} are of files no longer in {tmp_path / 'day_a'}" in printed
+    assert output.read_bytes() == written  # nothing new to merge: the removed file's row kept where it was
+
+
 def test_an_output_written_with_the_shared_errors_csv_resumes_with_it(models, tmp_path):
     """Before each output had its own errors file, the default was `errors.csv` beside the output: such an output,
     whose sidecar records no errors file, keeps adding to it; another output of that folder never does."""
@@ -407,7 +431,7 @@ def test_hub_id_applies_the_windows_saved_in_the_repo(models, tmp_path, monkeypa
     own_window = load(models, "unet")([scan])  # the file's own window, what ignoring the saved contract would give
     assert not torch.equal(own_window.probs, expected.probs)
     sidecar = json.loads((tmp_path / "hub.csv.json").read_text())["run"]
-    assert sidecar == {"model_dir": "org/ct", "windows": ["bone"]}
+    assert sidecar == {"model_dir": "org/ct", "windows": ["bone"], "input": str(tmp_path / "scans")}
 
 
 @pytest.mark.slow

@@ -73,10 +73,9 @@ def prepare_output_files(files: OutputFiles, run: dict, overwrite: bool, is_main
                 "this prediction: refusing to add to them. Pass --overwrite (overwrite=True) to replace them, or "
                 "choose another --output / --errors"
             )
-        recorded = json.loads(files.sidecar.read_text())
-        changed = sorted(key for key in run if recorded.get(key) != run[key])
+        changed = _changes(json.loads(files.sidecar.read_text()), run)
         if changed:
-            details = "; ".join(f"{key}: {recorded.get(key)!r} then, {run[key]!r} now" for key in changed)
+            details = "; ".join(f"{key}: {then!r} then, {now!r} now" for key, then, now in changed)
             raise ValueError(
                 f"{files.output} was written by another prediction ({details}); refusing to mix their rows. Pass "
                 "--overwrite (overwrite=True) to replace it, or choose another --output"
@@ -90,6 +89,15 @@ def prepare_output_files(files: OutputFiles, run: dict, overwrite: bool, is_main
     files.errors.parent.mkdir(parents=True, exist_ok=True)
     recorded = {**run, _ERRORS_KEY: Path(os.path.relpath(files.errors, files.output.parent)).as_posix()}
     _write_atomically(files.sidecar, lambda handle: handle.write(json.dumps(recorded, indent=2) + "\n"))
+
+
+def _changes(recorded: dict, run: dict) -> list[tuple[str, Any, Any]]:
+    """`(key, then, now)` for each setting of `run` that differs from the sidecar's; of the caller's `run_info` (under
+    "run") only the keys the sidecar has are compared: an output written before a key was recorded resumes."""
+    changes = [(key, recorded.get(key), run[key]) for key in sorted(run) if key != "run" and recorded.get(key) != run[key]]
+    then, now = recorded.get("run") or {}, run.get("run") or {}
+    changes += [(key, then[key], now.get(key)) for key in sorted(then) if then[key] != now.get(key)]
+    return changes
 
 
 def errors_file_of_resumed_run(files: OutputFiles, overwrite: bool) -> OutputFiles:
@@ -177,28 +185,29 @@ def done_paths(files: OutputFiles) -> set[str]:
     return {row[0] for path in tables for row in _read_table(path)[1]}
 
 
-def merge_parts(files: OutputFiles, columns: Sequence[str], order: dict[str, int]) -> tuple[int, int]:
+def merge_parts(files: OutputFiles, columns: Sequence[str], order: dict[str, int]) -> tuple[int, int, int]:
     """Merge the committed parts into the output and the errors file, in input order, then delete them; returns the
-    number of rows of the output and of the errors file (the unreadable files of this run and of earlier ones)."""
+    number of rows of the output, of them those of paths no longer in the input (kept, after the others: an earlier
+    run's results of files since removed), and the rows of the errors file (the unreadable files of this run and of
+    earlier ones)."""
     rows = _merge_one(files.output, columns, _part_files(files, "rows"), order)
     unreadable = _merge_one(files.errors, ERROR_COLUMNS, _part_files(files, "errors"), order)
     shutil.rmtree(files.parts, ignore_errors=True)
-    return rows, unreadable
+    return len(rows), sum(row[0] not in order for row in rows), len(unreadable)
 
 
-def _merge_one(path: Path, columns: Sequence[str], parts: list[Path], order: dict[str, int]) -> int:
+def _merge_one(path: Path, columns: Sequence[str], parts: list[Path], order: dict[str, int]) -> list[list]:
     rows = _read_table(path)[1] if path.exists() else []
     if not parts and path.exists():
-        return len(rows)
+        return rows
     # keyed by (path, frame): a run killed after writing the output but before deleting the parts merges them again
     key_size = 2 if "frame" in columns else 1
     unique: dict[tuple, list] = {}
     for row in rows + [row for part in parts for row in _read_csv(part)[1]]:
         unique.setdefault(tuple(row[:key_size]), row)
-    # rows of paths no longer in the input (a changed CSV) are kept, after the others
     merged = sorted(unique.values(), key=lambda row: (order.get(row[0], len(order)), *row[:key_size]))
     _write_table(path, columns, merged)
-    return len(merged)
+    return merged
 
 
 def default_errors_path(output: Path) -> Path:

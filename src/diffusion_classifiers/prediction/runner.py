@@ -48,6 +48,8 @@ class PredictionSummary:
         processes (`int`): the processes that shared the work.
         unreadable (`int`): rows of the errors file now, those of this call and of earlier runs; 0 on processes other
             than the main one.
+        not_in_input (`int`): rows of the output whose path is not among the inputs (an earlier run's, of files
+            since removed: kept, after the others); 0 on processes other than the main one.
     """
 
     output: str
@@ -58,6 +60,7 @@ class PredictionSummary:
     failed: int
     processes: int
     unreadable: int
+    not_in_input: int = 0
 
 
 def output_columns(pipeline: Any, with_true_labels: bool) -> list[str]:
@@ -227,12 +230,13 @@ def predict_files(
         writer.commit()
         failed = _sum_over_processes(writer.failed, accelerator)
         wait()
-        rows, unreadable = merge_parts(files, columns, order) if is_main else (0, 0)
+        rows, not_in_input, unreadable = merge_parts(files, columns, order) if is_main else (0, 0, 0)
         wait()
         return PredictionSummary(
             output=str(files.output), errors=str(files.errors), rows=rows, predicted=len(remaining) - failed,
             skipped=len(inputs) - len(remaining), failed=failed,
             processes=1 if accelerator is None else accelerator.num_processes, unreadable=unreadable,
+            not_in_input=not_in_input,
         )  # fmt: skip
 
 
@@ -358,7 +362,8 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     check_world_size(accelerator)
     pipeline = DiffusionClassifierPipeline.from_pretrained(model_dir).to(accelerator.device)
     model_name = str(Path(args.model_dir).resolve()) if Path(args.model_dir).is_dir() else str(args.model_dir)
-    run_info = {"model_dir": model_name, "windows": _windows_json(medical.windows)}
+    # the input too: file names restart in every folder of an instrument's samples, and a rerun skips the names done
+    run_info = {"model_dir": model_name, "windows": _windows_json(medical.windows), "input": str(Path(args.input).resolve())}
     summary = predict_files(
         pipeline, inputs, args.output, args.errors, batch_size=args.batch_size, run_info=run_info,
         overwrite=args.overwrite, seed=args.seed, accelerator=accelerator, progress_bar=not args.no_progress_bar,
@@ -371,6 +376,11 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
             f"process(es), {summary.skipped} done before); {summary.unreadable} unreadable ({summary.failed} new) -> "
             f"{summary.errors}"
         )
+        if summary.not_in_input:
+            print(
+                f"{summary.not_in_input} rows of {summary.output} are of files no longer in {args.input} (an earlier "
+                "run's, kept after the others; --overwrite predicts the input afresh)"
+            )
     return summary
 
 
