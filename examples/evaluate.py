@@ -18,4 +18,5 @@ import sys
 from diffusion_classifiers.cli import main
 
 if __name__ == "__main__":
-    main(["evaluate", *sys.argv[1:]])
+    sys.argv.insert(1, "evaluate")
+    main()  # as from a shell: an input refused by name is one line, without Python's traceback

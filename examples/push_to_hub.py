@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Publish a saved classifier (a pipeline or a transformers model folder) on the Hub, with its model card.
+r"""Publish a saved classifier (a pipeline or a transformers model folder) on the Hub, with its model card.
 
-    python examples/push_to_hub.py --model_dir outputs/unet-pneumonia --repo_id my-org/unet-pneumonia \
-        --metrics_json outputs/unet-pneumonia/metrics.json \
+    python examples/push_to_hub.py --model_dir outputs/pneumonia-probe/pipeline --repo_id my-org/unet-pneumonia \
+        --metrics_json outputs/pneumonia-probe/metrics.json \
         --dataset_name PneumoniaMNIST --dataset_license "CC BY 4.0" \
-        --training_command "accelerate launch examples/unet_features_train.py --dataset ... --output_dir ..." \
-        --evaluation_command "python examples/evaluate.py --model_dir outputs/unet-pneumonia ..."
+        --training_command "accelerate launch examples/unet_features_train.py ...; diffusion-classifiers probe ..." \
+        --evaluation_command "diffusion-classifiers probe --unet_dir outputs/unet-pneumonia ..."
 
 The card is the one of the folder's method (read from its model_index.json or config.json), lists the model's
 class names, and carries the metrics of `--metrics_json` (the demo's or an evaluation's `metrics.json`) as

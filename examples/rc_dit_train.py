@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train a ViT encoder and a representation-conditioned DiT together on unlabeled images; save a
+r"""Train a ViT encoder and a representation-conditioned DiT together on unlabeled images; save a
 `RepresentationConditionedDiTPipeline` (no head yet: fit one on `pipe.encode` features).
 
     accelerate launch examples/rc_dit_train.py --dataset ../shared/data/medmnist_pneumonia/pneumoniamnist.npz \

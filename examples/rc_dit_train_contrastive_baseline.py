@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train the RC-DiT's ViT encoder alone with a contrastive (SimCLR) or self-distillation (DINO) objective on the
+r"""Train the RC-DiT's ViT encoder alone with a contrastive (SimCLR) or self-distillation (DINO) objective on the
 same unlabeled images, for the same number of optimizer steps: the baseline of the RC-DiT representation. Saves the
 encoder with `save_pretrained` to `--output_dir` (load it with `transformers.ViTModel.from_pretrained`).
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train a class-conditional score model (VP-SDE, epsilon prediction) on labeled images; save a
+r"""Train a class-conditional score model (VP-SDE, epsilon prediction) on labeled images; save a
 `ScoreSDEClassifierPipeline` whose `model_index.json` carries the class names.
 
     accelerate launch examples/score_sde_train.py --dataset ../shared/data/medmnist_pneumonia/pneumoniamnist.npz \

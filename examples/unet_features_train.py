@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train an unconditional DDPM U-Net on unlabeled images; save a `UNetFeatureClassifierPipeline` (no head yet).
+r"""Train an unconditional DDPM U-Net on unlabeled images; save a `UNetFeatureClassifierPipeline` (no head yet).
 
     accelerate launch examples/unet_features_train.py --dataset ../shared/data/medmnist_pneumonia/pneumoniamnist.npz \
         --output_dir outputs/unet-pneumonia --max_train_steps 5000 --use_ema

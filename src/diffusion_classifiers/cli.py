@@ -27,13 +27,22 @@ COMMANDS = {
 }
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends each flag's "(default: X)" unless its help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser(commands=tuple(COMMANDS)) -> argparse.ArgumentParser:
     """The console script's parser, with the flags of `commands` only: a command's flags import the libraries that
     define them (torch among them), so `diffusion-classifiers --help` builds none and answers at once."""
     parser = argparse.ArgumentParser(prog="diffusion-classifiers")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, help_text in COMMANDS.items():
-        command = subparsers.add_parser(name, help=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        command = subparsers.add_parser(name, help=help_text, formatter_class=_DefaultsHelpFormatter)
         if name in commands:
             ADD_ARGS[name](command)
     return parser
@@ -58,15 +67,17 @@ def add_demo_args(parser: argparse.ArgumentParser) -> None:
         use_ema=True,
         ema_max_decay=0.999,
     )
-    add_positive_class_arg(parser)
+    add_positive_class_arg(parser, saved_model=False)
 
 
-def add_positive_class_arg(parser: argparse.ArgumentParser) -> None:
+def add_positive_class_arg(parser: argparse.ArgumentParser, saved_model: bool = True) -> None:
+    """`--positive_class`; `saved_model`: the command reads a model, which may have saved one."""
+    default = "the model's saved positive_class, else class 1" if saved_model else "class 1"
     parser.add_argument(
         "--positive_class",
         default=None,
         help="binary tasks: the class name sensitivity, specificity, positive-class F1, ROC and PR refer to "
-        "(e.g. malignant); default: the model's saved positive_class, else class 1",
+        f"(e.g. malignant); default: {default}",
     )
 
 
