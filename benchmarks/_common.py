@@ -231,15 +231,29 @@ def subsample_splits(splits: dict, sizes: Dict[str, int], seed: int) -> dict:
     return subsets
 
 
-def few_label_subsets(labels: torch.Tensor, fractions: Sequence[float], min_per_class: int, seed: int) -> dict:
+def few_label_subsets(
+    labels: torch.Tensor, fractions: Sequence[float], min_per_class: int, seed: int,
+    min_per_class_flag: Optional[str] = "--min_labels_per_class",
+) -> dict:  # fmt: skip
     """`{"all": every index, "1%": ..., ...}`: for each fraction, that share of every class, at least `min_per_class`
-    images of each (all of a smaller class); one seed, so a smaller regime is contained in a larger one."""
+    images of each (all of a smaller class); one seed, so a smaller regime is contained in a larger one. A regime
+    that selects the same images as another (or as "all") is refused before any training: its results would repeat
+    the other's under a few-label name. `min_per_class_flag` is the option that sets `min_per_class` (None: fixed)."""
     from diffusion_classifiers.data import few_label_indices
 
     subsets = {"all": torch.arange(len(labels))}
     for fraction in fractions:
-        index = few_label_indices(labels, fraction=fraction, seed=seed, min_per_class=min_per_class)
-        subsets[f"{100 * fraction:g}%"] = torch.from_numpy(index)
+        regime = f"{100 * fraction:g}%"
+        index = torch.from_numpy(few_label_indices(labels, fraction=fraction, seed=seed, min_per_class=min_per_class))
+        same = next((other for other, rows in subsets.items() if other == regime or torch.equal(rows, index)), None)
+        if same is not None:
+            floor = f"lower {min_per_class_flag} (now {min_per_class}: every class keeps at least that many) or "
+            raise ValueError(
+                f"--label_fractions {list(fractions)}: the '{regime}' regime selects the same {len(index)} train labels "
+                f"as the '{same}' regime; expected each regime to select other images (its results would repeat the "
+                f"other's): {floor if min_per_class_flag else ''}give --label_fractions that select other numbers of images"
+            )
+        subsets[regime] = index
     return subsets
 
 

@@ -363,12 +363,17 @@ def read_images(images, labels: np.ndarray, names: list, contract: ImagePreproce
     return LabeledImages(contract(inputs), torch.from_numpy(labels), names, contract)
 
 
-def load_splits(args) -> Tuple[Dict[str, LabeledImages], torch.Tensor]:
-    """The seeded stratified splits (the error names a class too small for them before any image is decoded) and the
-    indices of the class-balanced test subset."""
+def load_splits(args) -> Tuple[Dict[str, LabeledImages], torch.Tensor, Dict[str, torch.Tensor]]:
+    """The seeded stratified splits, the indices of the class-balanced test subset and the train rows of each label
+    regime (`"all"` first). A class too small for the splits, or a regime selecting the same images as another, is
+    refused before any image is decoded."""
     images, labels, names = list_images(args.data, args.budget.images_per_class)
     index = stratified_train_val_test_split(
         labels, args.val_fraction, args.test_fraction, seed=args.seed, min_per_class=2, class_names=names
+    )
+    train_labels = torch.from_numpy(labels[index["train"]])
+    subsets = few_label_subsets(
+        train_labels, sorted(args.label_fractions), min_per_class=1, seed=args.seed, min_per_class_flag=None
     )
     contract = preprocessing(args.budget)
     take = (lambda rows: images[rows]) if isinstance(images, np.ndarray) else (lambda rows: [images[i] for i in rows])
@@ -376,7 +381,7 @@ def load_splits(args) -> Tuple[Dict[str, LabeledImages], torch.Tensor]:
     test_labels = splits["test"].labels
     rarest = int(torch.bincount(test_labels, minlength=len(names)).min())
     balanced = torch.from_numpy(few_label_indices(test_labels, n_per_class=rarest, seed=args.seed))
-    return splits, balanced
+    return splits, balanced, subsets
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -1223,11 +1228,10 @@ def main():
     output = Path(args.output or _common.RESULTS_DIR / f"{name}.json")
     partial = PartialResults(None if args.quick else output)
     with timed(walls, "read_images"):
-        splits, balanced = load_splits(args)
+        splits, balanced, subsets = load_splits(args)
         shift_files, shift_labels, shift_names = list_class_folders(args.shift_data)
         shift = read_images(shift_files, shift_labels, shift_names, preprocessing(budget))
     train, val, test = (splits[name] for name in SPLITS)
-    subsets = few_label_subsets(train.labels, sorted(args.label_fractions), min_per_class=1, seed=args.seed)
     data = RunData(splits, balanced, subsets, shift)
     grid_regime, grid_rows = data.grid_regime, subsets[data.grid_regime]
     regimes = {name: {"num_train_labels": len(rows)} for name, rows in subsets.items()}

@@ -228,7 +228,7 @@ def run_regimes(args, splits: dict, subsets: dict, device, walls: dict, work_dir
     if "cnn" in args.parts:
         for regime, index in subsets.items():
             with timed(walls, f"cnn_{regime}"):
-                regimes[regime]["cnn"] = cnn_figures(args, splits, index, f"{work_dir}/cnn_{len(index)}", device)
+                regimes[regime]["cnn"] = cnn_figures(args, splits, index, f"{work_dir}/cnn/{regime}", device)
     return regimes, unet, trained
 
 

@@ -15,6 +15,7 @@ from .conftest import REPO_ROOT
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import _common  # noqa: E402
 import targets_table  # noqa: E402
+import unet_features_accuracy  # noqa: E402
 
 sys.path.remove(str(REPO_ROOT / "benchmarks"))
 
@@ -87,6 +88,47 @@ def test_one_percent_keeps_at_least_k_images_of_every_class():
 def test_fraction_names_keep_their_digits():
     labels = torch.arange(1000) % 2
     assert list(_common.few_label_subsets(labels, [0.005, 0.25], 1, seed=0)) == ["all", "0.5%", "25%"]
+
+
+def test_regimes_selecting_the_same_images_are_refused_naming_them_the_labels_and_the_flag():
+    """Two fractions lifted to the --min_labels_per_class floor select the same images (the run crashed after all
+    the U-Net work when their CNNs shared a folder); a floor above every class's size turns a few-label regime into
+    all the labels (reported as a few-label result). Both are refused before any training."""
+    labels = torch.repeat_interleave(torch.arange(3), torch.tensor([30, 20, 3]))
+    with pytest.raises(ValueError) as error:
+        _common.few_label_subsets(labels, [0.01, 0.02], min_per_class=5, seed=0)
+    assert str(error.value) == (
+        "--label_fractions [0.01, 0.02]: the '2%' regime selects the same 13 train labels as the '1%' regime; expected "
+        "each regime to select other images (its results would repeat the other's): lower --min_labels_per_class "
+        "(now 5: every class keeps at least that many) or give --label_fractions that select other numbers of images"
+    )
+    with pytest.raises(ValueError, match=r"the '1%' regime selects the same 53 train labels as the 'all' regime; .*"
+                       r"lower --min_labels_per_class \(now 50"):  # fmt: skip
+        _common.few_label_subsets(labels, [0.01], min_per_class=50, seed=0)
+    with pytest.raises(ValueError, match=r"the '10%' regime selects the same \d+ train labels as the '10%' regime"):
+        _common.few_label_subsets(labels, [0.1, 0.1], min_per_class=1, seed=0)
+    with pytest.raises(ValueError, match=r"other's\): give --label_fractions"):  # a fixed floor: no flag to lower
+        _common.few_label_subsets(labels, [0.01, 0.02], min_per_class=1, seed=0, min_per_class_flag=None)
+
+
+def test_the_unet_features_benchmark_refuses_regimes_of_the_same_images_before_any_training(monkeypatch):
+    """The QA's command: `--quick --data digits --label_fractions 0.01 0.02` (both at the floor of 5 a class)."""
+    argv = ["unet_features_accuracy.py", "--quick", "--data", "digits", "--label_fractions", "0.01", "0.02"]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(unet_features_accuracy, "run_regimes", lambda *args: pytest.fail("trained"))
+    with pytest.raises(ValueError, match="the '2%' regime selects the same 50 train labels as the '1%' regime"):
+        unet_features_accuracy.main()
+
+
+def test_each_regimes_cnn_trains_in_its_own_folder_named_by_the_regime(monkeypatch):
+    """Two regimes of one size (other images) shared the folder `cnn_<size>`: the second CNN refused it."""
+    folders = []
+    record = lambda args, splits, index, work_dir, device: folders.append(work_dir)  # noqa: E731
+    monkeypatch.setattr(unet_features_accuracy, "cnn_figures", record)
+    subsets = {"all": torch.arange(8), "1%": torch.tensor([0, 1]), "2%": torch.tensor([2, 3])}
+    args = argparse.Namespace(parts=["cnn"])
+    unet_features_accuracy.run_regimes(args, {}, subsets, "cpu", {}, "/work")
+    assert folders == ["/work/cnn/all", "/work/cnn/1%", "/work/cnn/2%"]
 
 
 def test_few_label_indices_min_per_class():

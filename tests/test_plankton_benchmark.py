@@ -62,6 +62,30 @@ def test_packed_images_read_as_the_png_files_they_replace(tmp_path):
     assert len(packed) == 5 * len(names)  # at most 5 a class, evenly spaced, as from the folders
 
 
+def image_folder(root, counts: dict) -> "Path":
+    """`counts[name]` small PNGs in each class folder `root/<name>` (dark squares on white)."""
+    from PIL import Image
+
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            Image.new("L", (12, 10), 255).save(root / name / f"{i:03d}.png")
+    return root
+
+
+def test_two_regimes_of_the_same_images_are_refused_before_any_image_is_decoded(tmp_path, monkeypatch):
+    """With one image of each class at least, 1% and 2% of 6 images a class are both that one image."""
+    root = image_folder(tmp_path / "data", {"a": 6, "b": 6})
+    budget = dataclasses.replace(plankton_accuracy.PRESETS["quick"], images_per_class=None)
+    args = types.SimpleNamespace(
+        data=root, budget=budget, val_fraction=0.2, test_fraction=0.3, seed=0, label_fractions=[0.02, 0.01]
+    )  # fmt: skip
+    monkeypatch.setattr(plankton_accuracy, "read_images", lambda *args: pytest.fail("decoded"))
+    with pytest.raises(ValueError, match=r"the '2%' regime selects the same 2 train labels as the '1%' regime; .*"
+                       r"other's\): give --label_fractions"):  # fmt: skip
+        plankton_accuracy.load_splits(args)
+
+
 def test_the_cnn_trains_for_its_epochs_but_never_fewer_than_its_minimum_steps():
     cpu = plankton_accuracy.PRESETS["cpu"]
     assert cpu.cnn_steps_for(21_824) == 6_820  # 20 passes over all labels, batch 64
