@@ -94,7 +94,9 @@ from _common import (
     trained_or_loaded_ddpm,
     training_arguments,
 )
-from diffusion_classifiers.data import IMAGE_EXTENSIONS, ImagePreprocessing, LabeledImages, few_label_indices
+from diffusion_classifiers.data import ImagePreprocessing, LabeledImages, few_label_indices
+# the library's own folder listing (not yet public), so that this run reads the images training reads
+from diffusion_classifiers.data.readers import _labels_and_names, _list_image_folder
 from diffusion_classifiers.data.splits import stratified_train_val_test_split
 from diffusion_classifiers.features import DiffusionFeatureExtractor, feature_blocks, hypercolumn, with_hypercolumns
 from diffusion_classifiers.metrics import classification_metrics
@@ -217,12 +219,14 @@ def parse_args():
     )
     parser.add_argument(
         "--data", default=None,
-        help="class folders <root>/<class>/<image>, or the .npz of benchmarks/gpu_carry_plankton.py pack (images "
-        "already at the preset's size); default NDSB 2015's train folder",
+        help="an image folder as the library reads it (<root>/<class>/<image>, or images/ with splits/*.txt, the "
+        "splits pooled), or the .npz of benchmarks/gpu_carry_plankton.py pack (images already at the preset's size); "
+        "default NDSB 2015's train folder",
     )  # fmt: skip
     parser.add_argument(
-        "--shift_data", default=None, help="class folders of the shifted set; default the FlowCam demo's images folder"
-    )
+        "--shift_data", default=None,
+        help="the shifted set's image folder, read as --data's; default the FlowCam demo's images folder",
+    )  # fmt: skip
     parser.add_argument("--image_size", type=int, default=None, help="square side in px; default: the preset's")
     parser.add_argument("--unet_preset", default=None, help="tiny, small or base; default: the preset's")
     parser.add_argument("--max_train_steps", type=int, default=None, help="DDPM and SimCLR steps; default: the preset's")
@@ -298,8 +302,9 @@ def check_args(parser, args) -> None:
         parser.error(f"--data: expected a folder of class folders or a packed .npz, got {args.data}")
     if not args.shift_data.is_dir():
         parser.error(f"--shift_data: expected a folder of class folders, got {args.shift_data}")
-    if args.shift_data.resolve() == args.data.resolve():
-        parser.error(f"--shift_data: {args.shift_data} is --data itself; the shift is measured on other images")
+    image_roots = lambda root: {root.resolve(), (root / "images").resolve()}  # noqa: E731 (`images/` + `splits/`)
+    if image_roots(args.shift_data) & image_roots(args.data):
+        parser.error(f"--shift_data: {args.shift_data} holds --data's images; the shift is measured on other images")
     check_checkpoint_options(parser, args)
 
 
@@ -315,17 +320,15 @@ def preprocessing(budget: Preset) -> ImagePreprocessing:
 
 
 def list_class_folders(root: Path, images_per_class: Optional[int] = None) -> Tuple[list, np.ndarray, list]:
-    """The image files of `<root>/<class>/<image>` (sorted; at most `images_per_class` of each, evenly spaced), their
-    labels and the class names (the sorted folder names)."""
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    per_class = [sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS) for d in class_dirs]
-    empty = [d.name for d, files in zip(class_dirs, per_class) if not files]
-    if not class_dirs or empty:
-        raise ValueError(f"{root}: expected class folders with images in each, got {len(class_dirs)} (empty: {empty})")
-    files = [f for class_files in per_class for f in class_files]
-    labels = np.repeat(np.arange(len(per_class)), [len(class_files) for class_files in per_class])
-    kept = evenly_spaced_per_class(labels, images_per_class)
-    return [files[i] for i in kept], labels[kept], [d.name for d in class_dirs]
+    """The image files the library reads of the image folder `root` (`<root>/<class>/<image>`, or `images/` with
+    `splits/*.txt`, its splits pooled: this run carves its own), class by class (at most `images_per_class` of each,
+    evenly spaced), their labels and the class names; refused with the library's errors (an empty class folder, a
+    nested folder, a split file naming a missing image)."""
+    files, labels_per_split, names = _list_image_folder(root)
+    labels, names, _ = _labels_and_names(labels_per_split, names, f"image folder {root}")
+    order = np.argsort(labels, kind="stable")  # split files list the classes mixed
+    kept = order[evenly_spaced_per_class(labels[order], images_per_class)]
+    return [files[i] for i in kept], labels[kept], names
 
 
 def evenly_spaced_per_class(labels: np.ndarray, images_per_class: Optional[int]) -> np.ndarray:

@@ -73,6 +73,46 @@ def image_folder(root, counts: dict) -> "Path":
     return root
 
 
+def library_listing(root):
+    """What the library's training loader reads of a folder (every split pooled), as sorted (file, class name) pairs."""
+    from diffusion_classifiers.data import streaming_image_classification_data
+
+    splits = streaming_image_classification_data(root, num_channels=1, image_size=8, check_files=False)
+    return sorted(
+        (row["image"]["path"], split.class_names[row["label"]]) for split in splits.values() for row in split.dataset
+    )
+
+
+def benchmark_listing(root):
+    files, labels, names = plankton_accuracy.list_class_folders(root)
+    assert list(labels) == sorted(labels)  # class by class, as evenly_spaced_per_class reads them
+    return sorted((str(f), names[label]) for f, label in zip(files, labels))
+
+
+def test_the_benchmark_reads_the_image_folder_the_library_reads(tmp_path):
+    """The QA's trees: a macOS AppleDouble `._x.jpg` crashed the run (the library skips dot-files), images in a
+    nested folder were silently dropped (the library refuses them), and the FlowCam demo's root (`images/` +
+    `splits/`, which the library reads) was refused."""
+    junk = image_folder(tmp_path / "junk", {"a": 3, "b": 2})
+    (junk / "a" / "._000.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    (junk / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (junk / "b" / "notes.txt").write_text("not an image")
+    assert benchmark_listing(junk) == library_listing(junk)
+    assert len(benchmark_listing(junk)) == 5
+
+    nested = image_folder(tmp_path / "nested", {"a": 3, "b": 2})
+    image_folder(nested / "a", {"2024-06": 2})
+    with pytest.raises(ValueError, match=r"class folder .*nested/a contains the folder '2024-06'; expected image files"):
+        plankton_accuracy.list_class_folders(nested)
+
+    flowcam = shared_data("plankton_flowcam_demo")
+    listed = benchmark_listing(flowcam)
+    assert listed == library_listing(flowcam) and len(listed) == 105  # every split's images, pooled
+    files, labels, names = plankton_accuracy.list_class_folders(flowcam, images_per_class=2)
+    assert names == (flowcam / "splits" / "classes.txt").read_text().split()
+    assert list(labels) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]  # class by class, at most 2 of each
+
+
 def test_two_regimes_of_the_same_images_are_refused_before_any_image_is_decoded(tmp_path, monkeypatch):
     """With one image of each class at least, 1% and 2% of 6 images a class are both that one image."""
     root = image_folder(tmp_path / "data", {"a": 6, "b": 6})
