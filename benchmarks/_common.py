@@ -28,6 +28,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from diffusion_classifiers.validation import as_inverse_regularisations, check_writable_dir, check_writable_file
 
 if TYPE_CHECKING:  # imported where used: the speed benchmarks need no trainer
+    from diffusion_classifiers.data import ImagePreprocessing
     from diffusion_classifiers.training import TrainingArguments
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -118,7 +119,8 @@ def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--unet_dir", default=None, metavar="DIR",
-        help="a model saved by --keep_checkpoint on the same data: used instead of training one",
+        help="a model saved by --keep_checkpoint or examples/unet_features_train.py, used instead of training one; "
+        "refused unless its saved preprocessing (size, channels, resize mode, padding, background) is this run's",
     )  # fmt: skip
 
 
@@ -160,32 +162,63 @@ def check_checkpoint_options(parser: argparse.ArgumentParser, args: argparse.Nam
         parser.error("--keep_checkpoint and --unet_dir: expected at most one (a reused model is already kept)")
 
 
-def trained_or_loaded_ddpm(args: argparse.Namespace, images: torch.Tensor, train: Callable[[], tuple]) -> tuple:
-    """The DDPM U-Net and scheduler saved in `--unet_dir` (refused unless made for images of the shape of `images`)
-    with final loss None; else `train()`'s `(unet, scheduler, final_loss)`, kept in `--keep_checkpoint` as a
-    `DDPMPipeline` when given."""
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+# What a reused U-Net must have been trained on as this run reads its images: the same size, channels, resize,
+# padding and background.
+REUSED_UNET_CONTRACT = ("image_size", "num_channels", "resize_mode", "pad_value", "normalize_background")
 
-    if getattr(args, "unet_dir", None):  # a DDPMPipeline or a trainer's pipeline folder: both hold unet/ and scheduler/
-        saved = DDPMPipeline(
-            unet=UNet2DModel.from_pretrained(args.unet_dir, subfolder="unet"),
-            scheduler=DDPMScheduler.from_pretrained(args.unet_dir, subfolder="scheduler"),
+
+def check_unet_dir(unet_dir: str, preprocessing: "ImagePreprocessing") -> None:
+    """Refuse a `--unet_dir` U-Net (a folder `check_checkpoint_options` accepted) that is class-conditional, or whose
+    pipeline's saved preprocessing contract (`model_index.json`) differs from the run's `preprocessing` in a
+    `REUSED_UNET_CONTRACT` field (the error names each one); reads two JSON files, no weights."""
+    from diffusion_classifiers.data import ImagePreprocessing
+
+    folder = Path(unet_dir)
+    if json.loads((folder / "unet" / "config.json").read_text()).get("num_class_embeds") is not None:
+        raise ValueError(
+            f"--unet_dir: {unet_dir} holds a class-conditional U-Net (Score-SDE's); expected an unconditional "
+            "DDPM U-Net (examples/unet_features_train.py, or --keep_checkpoint)"
         )
-        if saved.unet.config.num_class_embeds is not None:
-            raise ValueError(
-                f"--unet_dir: {args.unet_dir} holds a class-conditional U-Net (Score-SDE's); expected an unconditional "
-                "DDPM U-Net (examples/unet_features_train.py, or --keep_checkpoint)"
-            )
-        expected = (saved.unet.config.in_channels, saved.unet.config.sample_size)
-        if (images.shape[1], images.shape[-1]) != expected:
-            raise ValueError(
-                f"--unet_dir: {args.unet_dir} holds a U-Net for {expected[0]}-channel {expected[1]} px images; the "
-                f"data are {images.shape[1]}-channel {images.shape[-1]} px"
-            )
-        return saved.unet.eval(), saved.scheduler, None
+    saved = json.loads((folder / "model_index.json").read_text()).get("preprocessing")
+    if saved is None:
+        raise ValueError(
+            f"--unet_dir: {unet_dir} records no preprocessing contract (its model_index.json has no 'preprocessing': "
+            "a DDPMPipeline kept by an earlier --keep_checkpoint); expected a folder saved by --keep_checkpoint or "
+            "examples/unet_features_train.py, which record how their images were read. Train the U-Net again"
+        )
+    saved = ImagePreprocessing.from_dict(saved)
+    differing = [
+        f"{field} {getattr(saved, field)!r} (this run: {getattr(preprocessing, field)!r})"
+        for field in REUSED_UNET_CONTRACT
+        if getattr(saved, field) != getattr(preprocessing, field)
+    ]
+    if differing:
+        raise ValueError(
+            f"--unet_dir: {unet_dir} holds a U-Net trained on images read otherwise than this run reads them: "
+            f"{'; '.join(differing)}; expected the same preprocessing: run with the options it was trained with, "
+            "or train a U-Net for these"
+        )
+
+
+def trained_or_loaded_ddpm(
+    args: argparse.Namespace, preprocessing: "ImagePreprocessing", train: Callable[[], tuple]
+) -> tuple:
+    """The DDPM U-Net and scheduler saved in `--unet_dir` (refused by `check_unet_dir` unless trained on images read
+    as `preprocessing`, the run's contract, reads them) with final loss None; else `train()`'s `(unet, scheduler,
+    final_loss)`, kept in `--keep_checkpoint` as a `UNetFeatureClassifierPipeline` without a head, which saves the
+    contract."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from diffusion_classifiers import UNetFeatureClassifierPipeline
+
+    if getattr(args, "unet_dir", None):  # a kept pipeline or a trainer's pipeline folder: both hold unet/ and scheduler/
+        check_unet_dir(args.unet_dir, preprocessing)
+        unet = UNet2DModel.from_pretrained(args.unet_dir, subfolder="unet")
+        return unet.eval(), DDPMScheduler.from_pretrained(args.unet_dir, subfolder="scheduler"), None
     unet, scheduler, final_loss = train()
     if getattr(args, "keep_checkpoint", None):
-        DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(args.keep_checkpoint)
+        kept = UNetFeatureClassifierPipeline(unet=unet, scheduler=scheduler, preprocessing=preprocessing)
+        kept.save_pretrained(args.keep_checkpoint)
     return unet, scheduler, final_loss
 
 

@@ -82,6 +82,7 @@ from _common import (
     add_checkpoint_options,
     base_parser,
     check_checkpoint_options,
+    check_unet_dir,
     data_path,
     dataset_name,
     few_label_subsets,
@@ -306,6 +307,11 @@ def check_args(parser, args) -> None:
     if image_roots(args.shift_data) & image_roots(args.data):
         parser.error(f"--shift_data: {args.shift_data} holds --data's images; the shift is measured on other images")
     check_checkpoint_options(parser, args)
+    if args.unet_dir:  # here, not in the U-Net arm: a worker's failure comes only after the other parts' work
+        try:
+            check_unet_dir(args.unet_dir, preprocessing(args.budget))
+        except ValueError as error:
+            parser.error(str(error))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -761,9 +767,10 @@ class SimCLRFeatures:
         return self.cache[(name, views)]
 
 
-def train_unet(args, images: torch.Tensor, work_dir: str):
-    """The DDPM U-Net (EMA) trained on `images` without labels (for at most `train_minutes`), or the one in
-    `--unet_dir`; kept in `--keep_checkpoint`. Returns the U-Net, its scheduler, the final training loss and the
+def train_unet(args, train_split: LabeledImages, work_dir: str):
+    """The DDPM U-Net (EMA) trained on the images of `train_split` without labels (for at most `train_minutes`), or
+    the one in `--unet_dir` (refused unless trained on images read as these are); kept in `--keep_checkpoint` with
+    their preprocessing contract. Returns the U-Net, its scheduler, the final training loss and the
     optimizer steps trained (both None when loaded)."""
     budget, trained_steps = args.budget, {}
 
@@ -775,11 +782,11 @@ def train_unet(args, images: torch.Tensor, work_dir: str):
         training = dataclasses.replace(
             training, mixed_precision=budget.mixed_precision, num_sample_images=0, max_train_minutes=budget.train_minutes
         )
-        unet, scheduler, summary = train_ddpm_unet(training, images, preset=budget.unet_preset)
+        unet, scheduler, summary = train_ddpm_unet(training, train_split.images, preset=budget.unet_preset)
         trained_steps["ddpm"] = summary.global_step
         return unet, scheduler, summary.final_loss
 
-    return (*trained_or_loaded_ddpm(args, images, train), trained_steps.get("ddpm"))
+    return (*trained_or_loaded_ddpm(args, train_split.preprocessing, train), trained_steps.get("ddpm"))
 
 
 def encoder_parameters(unet) -> int:
@@ -1004,7 +1011,7 @@ def unet_arm(args, data: RunData, work_dir: str) -> dict:
     budget, splits, subsets, walls = args.budget, data.splits, data.subsets, {}
     val, scorer, grid_regime = splits["val"], Scorer(splits, data.balanced), data.grid_regime
     with timed(walls, "ddpm_training"):
-        unet, scheduler, final_loss, steps_trained = train_unet(args, splits["train"].images, work_dir)
+        unet, scheduler, final_loss, steps_trained = train_unet(args, splits["train"], work_dir)
     features = UNetFeatures(unet.to(args.device), scheduler, budget, args.seed)
     with timed(walls, "grid_extraction"):
         grid_images = splits["train"].images[subsets[grid_regime]]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_classifiers.data import LabeledImages, few_label_indices
+from diffusion_classifiers.data import ImagePreprocessing, LabeledImages, few_label_indices
 
 from .conftest import REPO_ROOT
 
@@ -178,37 +178,74 @@ def test_bad_options_are_refused_naming_the_flag(tmp_path, capsys, argv, message
     assert message.format(tmp=tmp_path) in capsys.readouterr().err
 
 
-def test_a_kept_diffusion_model_is_reloaded_instead_of_trained_and_refused_for_other_images(tmp_path):
-    from diffusers import DDPMScheduler, UNet2DModel
+def tiny_unet(**config):
+    from diffusers import UNet2DModel
 
     torch.manual_seed(0)
-    unet = UNet2DModel(
+    return UNet2DModel(
         sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1, norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), **config,
     )  # fmt: skip
-    images, folder = torch.zeros(2, 1, 8, 8), str(tmp_path / "kept")
+
+
+def test_a_kept_diffusion_model_is_reloaded_instead_of_trained_and_refused_for_other_images(tmp_path):
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    from diffusion_classifiers import UNetFeatureClassifierPipeline
+
+    unet, folder = tiny_unet(), str(tmp_path / "kept")
+    contract = ImagePreprocessing(8, 1)
     keep = argparse.Namespace(keep_checkpoint=folder, unet_dir=None)
-    trained = _common.trained_or_loaded_ddpm(keep, images, lambda: (unet, DDPMScheduler(num_train_timesteps=10), 0.5))
+    trained = _common.trained_or_loaded_ddpm(keep, contract, lambda: (unet, DDPMScheduler(num_train_timesteps=10), 0.5))
     assert trained[2] == 0.5
     reuse = argparse.Namespace(keep_checkpoint=None, unet_dir=folder)
-    loaded, scheduler, final_loss = _common.trained_or_loaded_ddpm(reuse, images, lambda: pytest.fail("trained again"))
+    loaded, scheduler, final_loss = _common.trained_or_loaded_ddpm(reuse, contract, lambda: pytest.fail("trained again"))
     assert final_loss is None and scheduler.config.num_train_timesteps == 10
     for name, tensor in unet.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
-    with pytest.raises(ValueError, match="--unet_dir: .* holds a U-Net for 1-channel 8 px images; the data are 3-channel 8 px"):
-        _common.trained_or_loaded_ddpm(reuse, torch.zeros(2, 3, 8, 8), lambda: pytest.fail("trained"))
+    with pytest.raises(ValueError, match=r"--unet_dir: .*kept holds a U-Net trained on images read otherwise .*: "
+                       r"num_channels 1 \(this run: 3\); expected the same preprocessing"):  # fmt: skip
+        _common.trained_or_loaded_ddpm(reuse, ImagePreprocessing(8, 3), lambda: pytest.fail("trained"))
     # what examples/unet_features_train.py saves (a classifier pipeline without a head) is read the same way
-    from diffusion_classifiers import UNetFeatureClassifierPipeline
-
-    UNetFeatureClassifierPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=10)).save_pretrained(tmp_path / "trained")
+    trainer_saved = UNetFeatureClassifierPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=10), preprocessing=contract)
+    trainer_saved.save_pretrained(tmp_path / "trained")
     reuse.unet_dir = str(tmp_path / "trained")
-    loaded, scheduler, _ = _common.trained_or_loaded_ddpm(reuse, images, lambda: pytest.fail("trained again"))
+    loaded, scheduler, _ = _common.trained_or_loaded_ddpm(reuse, contract, lambda: pytest.fail("trained again"))
     assert all(torch.equal(loaded.state_dict()[name], tensor) for name, tensor in unet.state_dict().items())
-    conditional = UNet2DModel(**{**dict(unet.config), "num_class_embeds": 2})  # what the Score-SDE trainer saves
+    conditional = tiny_unet(num_class_embeds=2)  # what the Score-SDE trainer saves
     UNetFeatureClassifierPipeline(unet=conditional, scheduler=DDPMScheduler(num_train_timesteps=10)).save_pretrained(tmp_path / "sde")
     reuse.unet_dir = str(tmp_path / "sde")
     with pytest.raises(ValueError, match="sde holds a class-conditional U-Net"):
-        _common.trained_or_loaded_ddpm(reuse, images, lambda: pytest.fail("trained"))
+        _common.trained_or_loaded_ddpm(reuse, contract, lambda: pytest.fail("trained"))
+    # a DDPMPipeline (what --keep_checkpoint kept before) records no contract: it cannot be checked
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=10)).save_pretrained(tmp_path / "ddpm")
+    reuse.unet_dir = str(tmp_path / "ddpm")
+    with pytest.raises(ValueError, match=r"ddpm records no preprocessing contract .*Train the U-Net again"):
+        _common.trained_or_loaded_ddpm(reuse, contract, lambda: pytest.fail("trained"))
+
+
+def test_a_reused_unet_trained_on_images_read_otherwise_is_refused_naming_each_field(tmp_path):
+    """The QA's case: a U-Net trained on black-padded images without background normalisation, reused for images
+    padded white with the background normalised (the plankton contract), was accepted: only size and channels were
+    compared."""
+    from diffusers import DDPMScheduler
+
+    from diffusion_classifiers import UNetFeatureClassifierPipeline
+
+    black = ImagePreprocessing(8, 1, resize_mode="pad", pad_value=-1.0)
+    scheduler = DDPMScheduler(num_train_timesteps=10)
+    UNetFeatureClassifierPipeline(unet=tiny_unet(), scheduler=scheduler, preprocessing=black).save_pretrained(tmp_path / "black")
+    white = ImagePreprocessing(8, 1, resize_mode="pad", pad_value=1.0, normalize_background=True)
+    with pytest.raises(ValueError) as error:
+        _common.check_unet_dir(str(tmp_path / "black"), white)
+    message = str(error.value)
+    assert "pad_value -1.0 (this run: 1.0); normalize_background False (this run: True)" in message
+    assert "resize_mode" not in message and "image_size" not in message
+    stretched = ImagePreprocessing(16, 3)  # every field but the background differs
+    with pytest.raises(ValueError, match=r"image_size 8 \(this run: 16\); num_channels 1 \(this run: 3\); "
+                       r"resize_mode 'pad' \(this run: 'stretch'\)"):  # fmt: skip
+        _common.check_unet_dir(str(tmp_path / "black"), stretched)
+    _common.check_unet_dir(str(tmp_path / "black"), ImagePreprocessing(8, 1, resize_mode="pad"))  # the same: accepted
 
 
 def test_the_plankton_benchmark_refuses_a_folder_without_a_kept_model(tmp_path, capsys, monkeypatch):

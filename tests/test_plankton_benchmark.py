@@ -126,6 +126,23 @@ def test_two_regimes_of_the_same_images_are_refused_before_any_image_is_decoded(
         plankton_accuracy.load_splits(args)
 
 
+def test_a_reused_unet_trained_on_images_read_otherwise_is_refused_before_any_image_is_read(tmp_path, monkeypatch, capsys):
+    """The QA's case: a U-Net trained with black padding and no background normalisation, reused for this run's
+    white-padded, background-normalised images."""
+    from diffusion_classifiers import UNetFeatureClassifierPipeline
+    from diffusion_classifiers.data import ImagePreprocessing
+
+    unet = UNet2DModel(**unet_config("tiny", 16))
+    black = ImagePreprocessing(16, 1, resize_mode="pad", pad_value=-1.0)
+    UNetFeatureClassifierPipeline(unet=unet, scheduler=DDPMScheduler(), preprocessing=black).save_pretrained(tmp_path / "u")
+    data, shift = image_folder(tmp_path / "data", {"a": 1}), image_folder(tmp_path / "shift", {"a": 1})
+    argv = ["plankton_accuracy.py", "--quick", "--data", str(data), "--shift_data", str(shift), "--unet_dir", str(tmp_path / "u")]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit):
+        plankton_accuracy.parse_args()
+    assert "pad_value -1.0 (this run: 1.0); normalize_background False (this run: True)" in capsys.readouterr().err
+
+
 def test_the_cnn_trains_for_its_epochs_but_never_fewer_than_its_minimum_steps():
     cpu = plankton_accuracy.PRESETS["cpu"]
     assert cpu.cnn_steps_for(21_824) == 6_820  # 20 passes over all labels, batch 64
