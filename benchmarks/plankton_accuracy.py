@@ -95,9 +95,7 @@ from _common import (
     trained_or_loaded_ddpm,
     training_arguments,
 )
-from diffusion_classifiers.data import ImagePreprocessing, LabeledImages, few_label_indices
-# the library's own folder listing (not yet public), so that this run reads the images training reads
-from diffusion_classifiers.data.readers import _labels_and_names, _list_image_folder
+from diffusion_classifiers.data import ImagePreprocessing, LabeledImages, few_label_indices, list_image_folder
 from diffusion_classifiers.data.splits import stratified_train_val_test_split
 from diffusion_classifiers.features import DiffusionFeatureExtractor, feature_blocks, hypercolumn, with_hypercolumns
 from diffusion_classifiers.metrics import classification_metrics
@@ -330,8 +328,7 @@ def list_class_folders(root: Path, images_per_class: Optional[int] = None) -> Tu
     `splits/*.txt`, its splits pooled: this run carves its own), class by class (at most `images_per_class` of each,
     evenly spaced), their labels and the class names; refused with the library's errors (an empty class folder, a
     nested folder, a split file naming a missing image)."""
-    files, labels_per_split, names = _list_image_folder(root)
-    labels, names, _ = _labels_and_names(labels_per_split, names, f"image folder {root}")
+    files, labels, names, _ = list_image_folder(root)  # the files training reads
     order = np.argsort(labels, kind="stable")  # split files list the classes mixed
     kept = order[evenly_spaced_per_class(labels[order], images_per_class)]
     return [files[i] for i in kept], labels[kept], names

@@ -41,6 +41,7 @@ _EXPORTS = {
     "check_decoders": "dicom",
     "few_label_indices": "splits",
     "is_dicom_file": "dicom",
+    "list_image_folder": "readers",
     "load_data_from_args": "readers",
     "load_image_classification_data": "readers",
     "long_tailed_indices": "splits",

@@ -51,6 +51,7 @@ __all__ = [
     "LabeledImages",
     "PNEUMONIAMNIST_CLASSES",
     "SPLITS",
+    "list_image_folder",
     "load_data_from_args",
     "load_image_classification_data",
     "read_classification_split",
@@ -560,6 +561,16 @@ def _read_image_folder(root: Path, medical: MedicalPreprocessing) -> _RawData:
     images, labels_per_split, groups = _decode_files(files, labels_per_split, medical)
     labels, names, splits = _labels_and_names(labels_per_split, names, f"image folder {root}")
     return _RawData(images, labels, names, splits, DEFAULT_FOLDER_SIZE, groups)
+
+
+def list_image_folder(root: str | os.PathLike) -> tuple[list[Path], np.ndarray, list[str], dict[str, np.ndarray]]:
+    """The image files of an image folder as the readers list them (class folders, or `images/` with `splits/*.txt`;
+    hidden files skipped, a nested or empty class folder refused by name), their integer labels, the class names and
+    each split the folder defines (indices into the files); nothing is decoded. For a tool that reads the folder
+    itself and must see the images training sees."""
+    files, labels_per_split, names = _list_image_folder(Path(root))
+    labels, names, splits = _labels_and_names(labels_per_split, names, f"image folder {root}")
+    return files, labels, names, splits
 
 
 def _list_image_folder(root: Path) -> tuple[list[Path], dict[str, np.ndarray], list[str]]:
