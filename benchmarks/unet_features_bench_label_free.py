@@ -14,8 +14,10 @@ candidates (a diagnostic: no choice reads it). Target: the default rule's label-
     python benchmarks/unet_features_bench_label_free.py --unet_dir DIR --data ../shared/data/medmnist_pneumonia/pneumoniamnist.npz
     python benchmarks/unet_features_bench_label_free.py --quick   # a random-init tiny U-Net on 200 digits, < 60 s
 
-`--unet_dir`: any saved pipeline with `unet/` and `scheduler/` (the demo's `pipeline/`, a `DDPMPipeline` kept by
-`unet_features_accuracy.py --keep_checkpoint`).
+`--unet_dir`: any saved pipeline with `unet/` and `scheduler/` (the demo's `pipeline/`, the head-less
+`UNetFeatureClassifierPipeline` kept by `unet_features_accuracy.py --keep_checkpoint`, or the `DDPMPipeline` it kept
+before 2026-12-04). The data are read at the U-Net's size with the default preprocessing (stretched, no background
+normalisation): a U-Net trained on images read otherwise is not checked for here.
 """
 
 import time
