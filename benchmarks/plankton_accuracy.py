@@ -298,9 +298,13 @@ def check_args(parser, args) -> None:
     args.data = Path(args.data) if args.data else data_path("ndsb2015_plankton", "train")
     args.shift_data = Path(args.shift_data) if args.shift_data else data_path("plankton_flowcam_demo", "images")
     if not (args.data.is_dir() or (args.data.suffix == ".npz" and args.data.is_file())):
-        parser.error(f"--data: expected a folder of class folders or a packed .npz, got {args.data}")
+        parser.error(
+            f"--data: expected an image folder (class folders, or images/ with splits/) or a packed .npz, got {args.data}"
+        )
     if not args.shift_data.is_dir():
-        parser.error(f"--shift_data: expected a folder of class folders, got {args.shift_data}")
+        parser.error(
+            f"--shift_data: expected an image folder (class folders, or images/ with splits/), got {args.shift_data}"
+        )
     image_roots = lambda root: {root.resolve(), (root / "images").resolve()}  # noqa: E731 (`images/` + `splits/`)
     if image_roots(args.shift_data) & image_roots(args.data):
         parser.error(f"--shift_data: {args.shift_data} holds --data's images; the shift is measured on other images")
