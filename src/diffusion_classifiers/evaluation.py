@@ -92,9 +92,10 @@ def load_classifier(path: str):
     raise FileNotFoundError(f"{path}: expected a pipeline folder (model_index.json) or a transformers model (config.json)")
 
 
-def _predictor(classifier, image_processor=None) -> Tuple[Callable[[list], torch.Tensor], List[str]]:
-    """`(images -> probs [N, K], class names)` for a pipeline or a transformers model; `images` a list of PIL images
-    or a `[N, C, H, W]` tensor."""
+def _predictor(classifier, image_processor=None) -> Tuple[Callable[[list], Tuple[torch.Tensor, torch.Tensor]], List[str]]:
+    """`(images -> (probs [N, K], ranking scores [N, K]), class names)` for a pipeline or a transformers model;
+    `images` a list of PIL images or a `[N, C, H, W]` tensor. The ranking scores order the images for ROC curves: a
+    pipeline's `log_odds` when it gives them (Score-SDE: its probs saturate at 0 and 1), else the probs."""
     from transformers import PreTrainedModel
 
     if isinstance(classifier, PreTrainedModel):
@@ -107,14 +108,21 @@ def _predictor(classifier, image_processor=None) -> Tuple[Callable[[list], torch
         def predict(images):
             with torch.no_grad():
                 inputs = processor(images, return_tensors="pt", input_data_format=_layout(images)).to(classifier.device)
-                return classifier(**inputs).logits.float().softmax(-1).cpu()
+                probs = classifier(**inputs).logits.float().softmax(-1).cpu()
+                return probs, probs
 
         return predict, names
     from diffusion_classifiers.pipelines import DiffusionClassifierPipeline
 
     if not isinstance(classifier, DiffusionClassifierPipeline):
         raise TypeError(f"expected a classifier pipeline or a transformers model, got {type(classifier).__name__}")
-    return (lambda images: classifier(images, input_data_format=_layout(images)).probs.cpu()), classifier.class_names
+
+    def predict(images):
+        output = classifier(images, input_data_format=_layout(images))
+        ranking = getattr(output, "log_odds", None)
+        return output.probs.cpu(), (output.probs if ranking is None else ranking).cpu()
+
+    return predict, classifier.class_names
 
 
 def _layout(images) -> Optional[str]:
@@ -271,14 +279,17 @@ def evaluate_classifier(
         images, dataset_labels, dataset_names = streaming_classification_split(dataset, image_column, label_column)
         batches = DataLoader(images, batch_size=batch_size, num_workers=num_workers, collate_fn=list)  # PIL lists
     y_true = map_labels_by_name(dataset_names, model_names)[dataset_labels]  # before any image is decoded
-    probs = torch.cat([predict(images) for images in batches])
+    probs, ranking = (torch.cat(parts) for parts in zip(*(predict(images) for images in batches)))
     metrics = classification_metrics(
-        y_true, probs.argmax(-1), probs=probs, class_names=model_names, positive_label=positive_label
+        y_true, probs.argmax(-1), probs=ranking, class_names=model_names, positive_label=positive_label
     )
     metrics["calibration"] = calibration_metrics(y_true, probs)
     if output_dir is not None:
         title = title or f"{type(classifier).__name__} evaluation"
-        write_evaluation(metrics, model_names, output_dir, y_true, probs, title, split=split, dataset_name=dataset_name)
+        write_evaluation(
+            metrics, model_names, output_dir, y_true, probs, title, split=split, dataset_name=dataset_name,
+            ranking_scores=ranking,
+        )  # fmt: skip
     return metrics
 
 
@@ -303,10 +314,12 @@ def write_evaluation(
     title: str = "Evaluation",
     split: Optional[str] = None,
     dataset_name: Optional[str] = None,
+    ranking_scores=None,
 ) -> None:
     """Write `metrics.json`, `report.md`, `confusion_matrix.png`, `reliability.png` and (binary tasks with both
-    classes present) `roc_pr.png` for the labels `y_true` and class probabilities `probs` the metrics came from.
-    `metrics.json` records the `split` and the dataset (`dataset_name`) the metrics were measured on, when given."""
+    classes present) `roc_pr.png` for the labels `y_true` and class probabilities `probs` the metrics came from (the
+    ROC and PR curves ranking by `ranking_scores`, default `probs`). `metrics.json` records the `split` and the
+    dataset (`dataset_name`) the metrics were measured on, when given."""
     from .plots import plot_classification_figures
 
     os.makedirs(output_dir, exist_ok=True)
@@ -314,7 +327,7 @@ def write_evaluation(
     with open(os.path.join(output_dir, "metrics.json"), "w") as f:
         json.dump({**measured_on, **metrics}, f, indent=2)
     titles = {"confusion_matrix": f"{title}: confusion matrix", "reliability": f"{title}: reliability", "roc_pr": title}
-    plots = plot_classification_figures(output_dir, metrics, class_names, y_true, probs, titles)
+    plots = plot_classification_figures(output_dir, metrics, class_names, y_true, probs, titles, ranking_scores)
     with open(os.path.join(output_dir, "report.md"), "w") as f:
         f.write(render_evaluation_report(metrics, title, plots))
 

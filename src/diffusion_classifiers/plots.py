@@ -176,15 +176,18 @@ def plot_roc_pr(
 
 
 def plot_classification_figures(
-    output_dir: str, metrics: dict, class_names: Sequence[str], y_true, probs, titles: Mapping[str, str]
-) -> List[str]:
+    output_dir: str, metrics: dict, class_names: Sequence[str], y_true, probs, titles: Mapping[str, str],
+    ranking_scores=None,
+) -> List[str]:  # fmt: skip
     """
     `confusion_matrix.png`, `reliability.png` and, when `metrics` (of `classification_metrics`) name a positive class
-    and an AUC, `roc_pr.png` into `output_dir`, each titled by `titles["confusion_matrix"]`, `["reliability"]`,
-    `["roc_pr"]`. An earlier report's `roc_pr.png` left there is removed otherwise, so no curve of another run stays
-    beside these figures. Returns the file names written.
+    and an AUC, `roc_pr.png` (ranking by `ranking_scores`, default `probs`: scores that do not saturate, as a
+    Score-SDE pipeline's `log_odds`) into `output_dir`, each titled by `titles["confusion_matrix"]`,
+    `["reliability"]`, `["roc_pr"]`. An earlier report's `roc_pr.png` left there is removed otherwise, so no curve of
+    another run stays beside these figures. Returns the file names written.
     """
     probs = np.asarray(probs, dtype=np.float64)
+    ranking_scores = probs if ranking_scores is None else np.asarray(ranking_scores, dtype=np.float64)
     plot_confusion_matrix(
         metrics["confusion_matrix"], class_names, os.path.join(output_dir, "confusion_matrix.png"),
         title=titles["confusion_matrix"],
@@ -195,7 +198,7 @@ def plot_classification_figures(
     if "positive_class" in metrics and metrics.get("auc") is not None:
         positive_label = list(class_names).index(metrics["positive_class"])
         plot_roc_pr(
-            y_true, probs.argmax(-1), probs[:, positive_label], roc_pr_path,
+            y_true, probs.argmax(-1), ranking_scores[:, positive_label], roc_pr_path,
             positive_label=positive_label, class_names=class_names, title=titles["roc_pr"],
         )  # fmt: skip
         written.append("roc_pr.png")

@@ -40,12 +40,17 @@ class ScoreSDEClassifierOutput(ClassifierPipelineOutput):
             the early stop dropped a class: then those before), so the two means weigh the same timesteps.
         nfe_per_image: `[N]` network function evaluations (one image, one class, one time = 1).
         bits_per_dim: `[N, K]` bits per dimension of each class density (`method="likelihood"` only, else `None`).
+        log_odds: `[N, K]` float64, `log p(c | x) - log(1 - p(c | x))` for each class (binary: the log-likelihood
+            ratio plus the priors' log-ratio): the ranking score of one-vs-rest ROC curves and AUCs. `probs` round to
+            exactly 0 or 1 where classes differ by more than about 100 nats, common for density models, and such
+            images would tie; their log-odds do not. `evaluate_classifier` ranks by them.
     """
 
     log_likelihoods: torch.Tensor
     log_likelihood_ratio: Optional[torch.Tensor]
     nfe_per_image: torch.Tensor
     bits_per_dim: Optional[torch.Tensor] = None
+    log_odds: Optional[torch.Tensor] = None
 
 
 class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
@@ -272,13 +277,21 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         logits = log_likelihoods if log_prior is None else log_likelihoods + log_prior
         logits = logits - logits.max(1, keepdim=True).values  # in float64: build_output's softmax runs in float32
         base = self.build_output(logits, self.class_names)
-        if len(self.class_names) == 2:
-            both = log_likelihoods if before_pruning is None else before_pruning
-            positive = 1 if self.positive_class is None else self.class_names.index(self.positive_class)
-            ratio = both[:, positive] - both[:, 1 - positive]
-        else:
-            ratio = None
-        return dict(base, log_likelihoods=log_likelihoods, log_likelihood_ratio=ratio)
+        if len(self.class_names) != 2:
+            return dict(base, log_likelihoods=log_likelihoods, log_likelihood_ratio=None, log_odds=_log_odds(logits))
+        both = log_likelihoods if before_pruning is None else before_pruning
+        positive = 1 if self.positive_class is None else self.class_names.index(self.positive_class)
+        ratio = both[:, positive] - both[:, 1 - positive]
+        positive_odds = ratio if log_prior is None else ratio + (log_prior[positive] - log_prior[1 - positive])
+        odds = torch.stack([-positive_odds, positive_odds] if positive == 1 else [positive_odds, -positive_odds], 1)
+        return dict(base, log_likelihoods=log_likelihoods, log_likelihood_ratio=ratio, log_odds=odds)
+
+
+def _log_odds(logits: torch.Tensor) -> torch.Tensor:
+    """`logits[:, c] - logsumexp(logits of the other classes)`: the log-odds of each class's posterior, float64."""
+    own = torch.eye(logits.shape[1], dtype=torch.bool, device=logits.device)
+    others = logits.unsqueeze(1).expand(-1, logits.shape[1], -1).masked_fill(own, -math.inf)
+    return logits - torch.logsumexp(others, dim=-1)
 
 
 def _check_no_zero_prior(log_prior: Optional[torch.Tensor], class_names: List[str]) -> None:
