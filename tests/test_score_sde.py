@@ -227,6 +227,14 @@ def test_bad_method_and_solver_tolerance_are_refused(trained):
         pipe(test.images, method="likelihood", solver="dopri5", atol=-1e-5)
     with pytest.raises(ValueError, match="method in"):
         pipe(test.images, method="exact")
+    # the other method's arguments were ignored without a word: an early stop that stopped nothing
+    with pytest.raises(ValueError, match=r"early_stop_confidence=0.99: argument\(s\) of method='elbo', which method='likelihood'"):
+        pipe(test.images, method="likelihood", early_stop_confidence=0.99)
+    with pytest.raises(ValueError, match=r"num_steps=8, num_probes=2: argument\(s\) of method='likelihood'"):
+        pipe(test.images, num_steps=8, num_probes=2)
+    pipe(test.images[:1], method="likelihood", num_timesteps=100, **{k: v for k, v in FAST_ODE.items() if k != "method"})
+    with pytest.raises(ValueError, match=r"images: image 0 has values in \[\d+, 255\]; expected images scaled to \[-1, 1\]"):
+        denoising_error_scores(pipe.unet, (test.images[:2] + 1) * 127.5, 2, num_timesteps=2)  # the scorers as the pipeline
 
 
 def test_log_likelihood_ratio_is_positive_versus_negative_class():

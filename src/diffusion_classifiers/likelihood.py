@@ -41,7 +41,7 @@ import torch
 from scipy import stats
 from tqdm.auto import tqdm
 
-from .validation import check_finite_rows
+from .validation import check_finite_rows, check_unit_range
 
 __all__ = [
     "PIXEL_BIN_WIDTH",
@@ -199,6 +199,8 @@ def _prepare_images(images: torch.Tensor, model) -> torch.Tensor:
                 "preprocess_images, or ScoreSDEClassifierPipeline, which resizes)"
             )
     check_finite_rows(images, "input", item="image")
+    if size is not None:  # a diffusers model trained on [-1, 1] pixels (a callable may model any density)
+        check_unit_range(images, "images")
     device = next(model.parameters(), images).device if isinstance(model, torch.nn.Module) else images.device
     return images.to(device, images.dtype if images.is_floating_point() else torch.float32)
 

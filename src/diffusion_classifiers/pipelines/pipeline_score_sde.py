@@ -1,5 +1,6 @@
 """Classify with one class-conditional score model by Bayes' rule on per-class log-likelihoods (VP-SDE)."""
 
+import inspect
 import math
 import numbers
 from dataclasses import dataclass
@@ -21,6 +22,12 @@ from .pipeline_utils import ClassifierPipelineOutput, DiffusionClassifierPipelin
 __all__ = ["ScoreSDEClassifierOutput", "ScoreSDEClassifierPipeline"]
 
 METHODS = ("elbo", "likelihood")
+# The arguments only one method reads: given (other than their defaults) with the other, they are refused.
+METHOD_ARGUMENTS = {
+    "elbo": ("num_timesteps", "timestep_spacing", "weighting", "pruning", "early_stop_confidence",
+             "timesteps_per_check", "timestep_strata"),
+    "likelihood": ("solver", "num_steps", "step_spacing", "rtol", "atol", "num_probes"),
+}  # fmt: skip
 SEED_BY = ("position", "content")
 
 
@@ -236,6 +243,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         """
         if method not in METHODS:
             raise ValueError(f"expected method in {METHODS}, got {method!r}")
+        _check_method_arguments(method, locals())
         if seed_by not in SEED_BY:
             raise ValueError(f"expected seed_by in {SEED_BY}, got {seed_by!r}")
         log_prior = self.check_priors(priors)
@@ -292,6 +300,28 @@ def _log_odds(logits: torch.Tensor) -> torch.Tensor:
     own = torch.eye(logits.shape[1], dtype=torch.bool, device=logits.device)
     others = logits.unsqueeze(1).expand(-1, logits.shape[1], -1).masked_fill(own, -math.inf)
     return logits - torch.logsumexp(others, dim=-1)
+
+
+def _check_method_arguments(method: str, arguments: Dict[str, Any]) -> None:
+    """Refuse the other method's arguments given other than their defaults: they would be ignored without a word (an
+    `early_stop_confidence` with `method="likelihood"` stops nothing)."""
+    defaults = inspect.signature(ScoreSDEClassifierPipeline.__call__).parameters
+    other = next(name for name in METHODS if name != method)
+    ignored = [name for name in METHOD_ARGUMENTS[other] if not _is_default(arguments[name], defaults[name].default)]
+    if ignored:
+        raise ValueError(
+            f"{', '.join(f'{name}={arguments[name]!r}' for name in ignored)}: argument(s) of method={other!r}, which "
+            f'method={method!r} does not read; drop them or pass method="{other}"'
+        )
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    if default is None:
+        return value is None
+    try:
+        return bool(value == default)
+    except (TypeError, ValueError, RuntimeError):  # an array of several values: not a default
+        return False
 
 
 def _check_no_zero_prior(log_prior: Optional[torch.Tensor], class_names: List[str]) -> None:
