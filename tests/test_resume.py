@@ -320,8 +320,7 @@ def test_a_folder_in_use_is_refused_at_once(tmp_path):
 
 
 def test_a_stale_lock_is_taken_over_and_the_lock_released(tmp_path, caplog):
-    finished = subprocess.run([PYTHON, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    write_lock(tmp_path, int(finished.stdout))  # that process is gone
+    write_lock(tmp_path, int(open("/proc/sys/kernel/pid_max").read()) + 1)  # no process can have that pid
     _, _, summary = tiny_run(tmp_path)
     assert summary.global_step == 2 and "Taking over the lock" in caplog.text
     assert not (tmp_path / LOCK_NAME).exists()
@@ -465,3 +464,22 @@ def test_a_second_failed_rewind_gives_back_what_the_first_had_set_aside(tmp_path
     assert (checkpoints(tmp_path), checkpoints(aside)) == (["checkpoint-2", "checkpoint-3"], ["checkpoint-4", "checkpoint-6"])
     _, _, summary = tiny_run(tmp_path, **rewind)  # a rewind that ends well: everything set aside is deleted
     assert summary.global_step == 6 and not aside.exists()
+
+
+def test_the_scripts_early_check_leaves_a_killed_replacing_runs_checkpoints_to_train(tmp_path):
+    """A run that replaced another (--overwrite_output_dir) and was killed before its first checkpoint left the old
+    run's checkpoints aside; `train` moves them back and resumes from them, so the scripts' early check must not
+    refuse the folder as one holding a model and no checkpoint."""
+    from dataclasses import replace
+
+    from diffusion_classifiers.training import check_run_can_start
+
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "model_index.json").write_text("{}")
+    check_output_dir(str(tmp_path), resume=False, overwrite=True)  # the replacing run sets checkpoint-2 aside ...
+    assert (tmp_path / REPLACED_CHECKPOINTS / "checkpoint-2").is_dir()  # ... and is killed
+    args = TrainingArguments(output_dir=str(tmp_path), max_train_steps=1, resume_from_checkpoint="latest")
+    check_run_can_start(args)
+    check_run_can_start(replace(args, resume_from_checkpoint="checkpoint-2"))
+    check_output_dir(str(tmp_path), resume=True, overwrite=False)  # what train does first: moved back, accepted
+    assert (tmp_path / "checkpoint-2").is_dir()

@@ -10,8 +10,9 @@ import logging
 import os
 import socket
 from datetime import datetime, timezone
+from typing import Any, Callable, Optional
 
-__all__ = ["RunInUseError", "RunLock"]
+__all__ = ["RunInUseError", "RunLock", "claim_on_main_process"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,13 @@ class RunLock:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             self._remove_if_stale()
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                raise self.error(
+                    f"{self.locked}: another {self.kind} took its stale lock {self.path} over at the same time; wait "
+                    f"for it or choose another {self.flag}"
+                ) from None
         with os.fdopen(fd, "w") as f:
             json.dump(owner, f)
         self.owner = owner
@@ -106,3 +113,23 @@ class RunLock:
 
     def __exit__(self, *exc_info) -> None:
         self.release()
+
+
+def claim_on_main_process(lock: Optional[RunLock], accelerator: Any, check: Callable[[], None] = lambda: None) -> None:
+    """Acquire `lock` and run `check()` on the main process (`lock` is None on the others); a refusal of either (the
+    lock then released) is raised on every process of `accelerator` (None: this process alone), so none waits for
+    the others."""
+    refusal = [None]
+    if lock is not None:
+        try:
+            lock.acquire()
+            check()
+        except Exception as error:  # noqa: BLE001 - raised below, on every process
+            lock.release()
+            refusal = [error]
+    if accelerator is not None and accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(refusal)
+    if refusal[0] is not None:
+        raise refusal[0]

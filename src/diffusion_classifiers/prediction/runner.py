@@ -244,22 +244,11 @@ def predict_files(
 def _one_prediction_at_a_time(files: OutputFiles, accelerator: Any) -> Iterator[None]:
     """The main process holds `files.lock` while the prediction runs (another one writing into the same output would
     merge and delete the parts this one is writing); a refusal is raised on every process."""
-    from ..run_lock import RunLock
+    from ..run_lock import RunLock, claim_on_main_process
 
     is_main = accelerator is None or accelerator.is_main_process
     lock = RunLock(str(files.lock), f"--output {files.output}", "--output", "prediction") if is_main else None
-    refusal = [None]
-    if lock is not None:
-        try:
-            lock.acquire()
-        except Exception as error:  # noqa: BLE001 - raised below, on every process: none may wait for the others
-            refusal = [error]
-    if accelerator is not None and accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        broadcast_object_list(refusal)
-    if refusal[0] is not None:
-        raise refusal[0]
+    claim_on_main_process(lock, accelerator)
     try:
         yield
     finally:

@@ -26,13 +26,14 @@ from typing import Callable, Iterator, Optional
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, parse_flag_from_env, set_seed
+from accelerate.utils import ProjectConfiguration, parse_flag_from_env, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from tqdm.auto import tqdm
 
+from ..run_lock import claim_on_main_process
 from .arguments import TrainingArguments
 from .checkpoints import (
     RUN_RECORD_NAME,
@@ -56,6 +57,7 @@ from .monitoring import (
     write_sample_grid,
 )
 from .output_dir import (
+    REPLACED_CHECKPOINTS,
     OutputDirLock,
     check_output_dir,
     refuse_another_runs_output_dir,
@@ -170,10 +172,12 @@ def check_run_can_start(args: TrainingArguments) -> None:
     folder holding another run, a `--resume_from_checkpoint` folder that is not there, fp16 on a CPU. The scripts
     call it before they read their data (`--streaming` reads every image first), so a wrong flag is refused in
     seconds; `train` checks again, with the folder locked."""
+    _check_precision_runs_here(args.mixed_precision, PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device)
+    if os.path.isdir(os.path.join(args.output_dir, REPLACED_CHECKPOINTS)):
+        return  # a replacing run killed before it settled them: `train` moves them back first, then decides
     if os.path.isdir(args.output_dir):
         refuse_another_runs_output_dir(args.output_dir, args.resume_from_checkpoint is not None, args.overwrite_output_dir)
     resolve_resume_path(args)
-    _check_precision_runs_here(args.mixed_precision, PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device)
 
 
 def _check_precision_runs_here(mixed_precision: str, device: torch.device) -> None:
@@ -202,21 +206,7 @@ def _claim_output_dir(accelerator: Accelerator, args: TrainingArguments) -> Iter
     settles the checkpoints of a run it replaces (`settle_replaced_checkpoints`) and releases the lock. A refusal is
     raised on every process."""
     lock = OutputDirLock(args.output_dir) if accelerator.is_main_process else None
-    refusal = [None]
-    if lock is not None:
-        try:
-            lock.acquire()
-            check_output_dir(args.output_dir, args.resume_from_checkpoint is not None, args.overwrite_output_dir)
-            resume_path = resolve_resume_path(args)
-            if resume_path is not None:
-                set_aside_checkpoints_after(args.output_dir, checkpoint_step(resume_path))
-        except Exception as error:  # noqa: BLE001 - raised below, on every process: none may wait for the others
-            lock.release()
-            refusal = [error]
-    if accelerator.num_processes > 1:
-        broadcast_object_list(refusal)
-    if refusal[0] is not None:
-        raise refusal[0]
+    claim_on_main_process(lock, accelerator, lambda: _check_output_dir(args))
     succeeded = False
     try:
         yield
@@ -225,6 +215,14 @@ def _claim_output_dir(accelerator: Accelerator, args: TrainingArguments) -> Iter
         if lock is not None:
             settle_replaced_checkpoints(args.output_dir, succeeded)
             lock.release()
+
+
+def _check_output_dir(args: TrainingArguments) -> None:
+    """`check_output_dir`; a run resumed from an earlier checkpoint than the latest sets the later ones aside."""
+    check_output_dir(args.output_dir, args.resume_from_checkpoint is not None, args.overwrite_output_dir)
+    resume_path = resolve_resume_path(args)
+    if resume_path is not None:
+        set_aside_checkpoints_after(args.output_dir, checkpoint_step(resume_path))
 
 
 def _resume(
