@@ -17,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,22 +172,13 @@ def check_unet_dir(unet_dir: str, preprocessing: "ImagePreprocessing") -> None:
     """Refuse a `--unet_dir` U-Net (a folder `check_checkpoint_options` accepted) that is class-conditional, or whose
     pipeline's saved preprocessing contract (`model_index.json`) differs from the run's `preprocessing` in a
     `REUSED_UNET_CONTRACT` field (the error names each one); reads two JSON files, no weights."""
-    from diffusion_classifiers.data import ImagePreprocessing
-
     folder = Path(unet_dir)
     if json.loads((folder / "unet" / "config.json").read_text()).get("num_class_embeds") is not None:
         raise ValueError(
             f"--unet_dir: {unet_dir} holds a class-conditional U-Net (Score-SDE's); expected an unconditional "
             "DDPM U-Net (examples/unet_features_train.py, or --keep_checkpoint)"
         )
-    saved = json.loads((folder / "model_index.json").read_text()).get("preprocessing")
-    if saved is None:
-        raise ValueError(
-            f"--unet_dir: {unet_dir} records no preprocessing contract (its model_index.json has no 'preprocessing': "
-            "a DDPMPipeline kept by an earlier --keep_checkpoint); expected a folder saved by --keep_checkpoint or "
-            "examples/unet_features_train.py, which record how their images were read. Train the U-Net again"
-        )
-    saved = ImagePreprocessing.from_dict(saved)
+    saved = _saved_unet_contract(folder)
     differing = [
         f"{field} {getattr(saved, field)!r} (this run: {getattr(preprocessing, field)!r})"
         for field in REUSED_UNET_CONTRACT
@@ -198,6 +190,23 @@ def check_unet_dir(unet_dir: str, preprocessing: "ImagePreprocessing") -> None:
             f"{'; '.join(differing)}; expected the same preprocessing: run with the options it was trained with, "
             "or train a U-Net for these"
         )
+
+
+def _saved_unet_contract(folder: Path) -> "ImagePreprocessing":
+    """The preprocessing contract saved with the U-Net of `folder`; for a folder saved before contracts were recorded
+    (a v0.1.0 trainer's pipeline, a `DDPMPipeline` an earlier `--keep_checkpoint` kept) the one its pipeline loads
+    with: the U-Net's size and channels, every other field at its default (with a warning)."""
+    from diffusion_classifiers.data import ImagePreprocessing
+
+    saved = json.loads((folder / "model_index.json").read_text()).get("preprocessing")
+    if saved is not None:
+        return ImagePreprocessing.from_dict(saved)
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    warnings.warn(
+        f"--unet_dir: {folder} records no preprocessing contract (saved before contracts were); assumed "
+        "stretched resizing, padding -1 and no background normalisation, as its pipeline loads it"
+    )
+    return ImagePreprocessing(image_size=config["sample_size"], num_channels=config["in_channels"])
 
 
 def trained_or_loaded_ddpm(

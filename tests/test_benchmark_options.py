@@ -2,6 +2,7 @@
 few-label regimes with at least k images of every class, class names and the positive class. No training."""
 
 import argparse
+import json
 import sys
 
 import numpy as np
@@ -217,11 +218,24 @@ def test_a_kept_diffusion_model_is_reloaded_instead_of_trained_and_refused_for_o
     reuse.unet_dir = str(tmp_path / "sde")
     with pytest.raises(ValueError, match="sde holds a class-conditional U-Net"):
         _common.trained_or_loaded_ddpm(reuse, contract, lambda: pytest.fail("trained"))
-    # a DDPMPipeline (what --keep_checkpoint kept before) records no contract: it cannot be checked
+    # a DDPMPipeline (what --keep_checkpoint kept before), as a v0.1.0 trainer's folder, records no contract: the
+    # one its pipeline loads with is assumed (the U-Net's size and channels, stretched, black padding), with a warning
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=10)).save_pretrained(tmp_path / "ddpm")
     reuse.unet_dir = str(tmp_path / "ddpm")
-    with pytest.raises(ValueError, match=r"ddpm records no preprocessing contract .*Train the U-Net again"):
-        _common.trained_or_loaded_ddpm(reuse, contract, lambda: pytest.fail("trained"))
+    with pytest.warns(UserWarning, match=r"ddpm records no preprocessing contract \(saved before contracts were\)"):
+        loaded, _, _ = _common.trained_or_loaded_ddpm(reuse, contract, lambda: pytest.fail("trained again"))
+    assert all(torch.equal(loaded.state_dict()[name], tensor) for name, tensor in unet.state_dict().items())
+    with pytest.raises(ValueError, match=r"ddpm holds a U-Net trained on images read otherwise .*: pad_value -1.0 \(this run: 1.0\)"):
+        with pytest.warns(UserWarning, match="records no preprocessing contract"):
+            _common.trained_or_loaded_ddpm(reuse, ImagePreprocessing(8, 1, pad_value=1.0), lambda: pytest.fail("trained"))
+    v010 = REPO_ROOT / "tests" / "fixtures" / "v0.1.0" / "unet_features"  # a v0.1.0 trainer's folder
+    with pytest.warns(UserWarning, match="records no preprocessing contract"):
+        _common.check_unet_dir(str(v010), ImagePreprocessing(**_v010_size_and_channels(v010)))
+
+
+def _v010_size_and_channels(folder):
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    return {"image_size": config["sample_size"], "num_channels": config["in_channels"]}
 
 
 def test_a_reused_unet_trained_on_images_read_otherwise_is_refused_naming_each_field(tmp_path):
