@@ -212,6 +212,33 @@ def test_enhanced_ct_rescale_and_window_come_from_its_functional_groups(tmp_path
     assert header.stored_range == image.stored_range == (-2048.0, 2 * (2**16 - 1) - 2048.0)
 
 
+
+def test_a_frame_read_alone_equals_that_frame_of_the_whole_file_when_frames_have_their_own_rescale(tmp_path):
+    # streaming training reads one frame at a time, predict and in-memory training the whole file: "full" spans the
+    # file's storable range over every frame's rescale either way, so both give one tensor per frame
+    dataset = pydicom.dcmread(pydicom_file("eCT_Supplemental.dcm"))
+    frame = dataset.PerFrameFunctionalGroupsSequence[1]
+    frame.PixelValueTransformationSequence = functional_group(RescaleSlope=2, RescaleIntercept=-2048, RescaleType="HU")
+    frame.FrameVOILUTSequence = functional_group(WindowCenter=100, WindowWidth=400)
+    path = write_dicom(dataset, tmp_path / "per_frame.dcm")
+    file_range = (-2048.0, 2 * (2**16 - 1) - 2048.0)
+    assert read_dicom(path).stored_range == file_range
+    for windows in [("full",), ("file",), ("full", "file", "brain")]:
+        medical = MedicalPreprocessing(windows)
+        whole = medical.read(path)
+        for k in range(len(whole)):
+            assert read_dicom(path, frame=k).stored_range == file_range
+            np.testing.assert_array_equal(medical.read(path, frame=k), whole[k : k + 1])
+    # the frames' own windows differ: each frame read alone has its own, as in the whole file
+    assert [read_dicom(path, frame=k).windows for k in range(2)] == [(Window(49.0, 102.0),), (Window(100.0, 400.0),)]
+    # tags that are no window in one frame refuse the file's own window whichever frame is read, as for the whole file
+    frame.FrameVOILUTSequence = functional_group(WindowCenter=100, WindowWidth=0)
+    path = write_dicom(dataset, tmp_path / "bad_frame_window.dcm")
+    for k in (None, 0, 1):
+        with pytest.raises(ValueError, match=r"bad_frame_window.dcm: bad window tags WindowCenter 100.0 and WindowWidth 0.0"):
+            MedicalPreprocessing(("file",)).read(path, frame=k)
+
+
 def test_padding_range_limit_is_masked_to_the_stated_fill(tmp_path):
     dataset = pydicom.dcmread(pydicom_file("CT_small.dcm"))
     stored = raw_pixels(dataset, "<i2")

@@ -231,16 +231,18 @@ class DicomImage:
         windows (`Tuple[Window, ...]`): the file's own windows (WindowCenter / WindowWidth), maybe none: those of
             its first frame read.
         stored_range (`Tuple[float, float]`): the modality values of the smallest and largest storable value
-            (BitsStored, PixelRepresentation), over all frames read.
+            (BitsStored, PixelRepresentation), over all the file's frames (also when one frame is read: the `"full"`
+            window of a frame is the same whether the frame is read alone or with the others).
         monochrome1 (`bool`): whether the lowest value is displayed white.
         metadata (`Dict[str, Any]`): PatientID, StudyInstanceUID, SeriesInstanceUID (`str` or None) and
             InstanceNumber (`int` or None).
         frame_windows (`Tuple[Tuple[Window, ...], ...]`, *optional*): each frame's own windows, when the frames do
             not share one (an enhanced multi-frame file's Per-frame Functional Groups); empty: every frame has
             `windows`.
-        window_error (`str`, *optional*): why the file's window tags are no window (a width of 0, two centres for
-            one width), naming the file and the values; `windows` is then empty. Such a file is read with the other
-            windows, and refused only where its own one (`"file"`) is asked for.
+        window_error (`str`, *optional*): why the file's window tags (any frame's, also when one frame is read) are
+            no window (a width of 0, two centres for one width), naming the file and the values; that frame's windows
+            are then empty. Such a file is read with the other windows, and refused only where its own one (`"file"`)
+            is asked for.
 
     An enhanced multi-frame file's rescale and windows are read from its functional groups (the frame's own, else the
     shared ones), where such files keep them.
@@ -282,15 +284,16 @@ def read_dicom(path: str | Path, frame: int | None = None) -> DicomImage:
     path = Path(path)
     dataset = _open_image_dataset(path)
     stored = _decode_pixels(dataset, path, frame)
-    frames = _frame_luts(dataset, range(_num_frames(dataset)) if frame is None else [int(frame)])
+    luts = _frame_luts(dataset, range(_num_frames(dataset)))  # all frames': the stored range is the file's
+    frames = luts if frame is None else [luts[int(frame)]]
     return DicomImage(
         path=str(path),
         values=_modality_values(stored, frames),
         padding=_padding_mask(dataset, stored),
-        stored_range=_stored_range(frames, dataset),
+        stored_range=_stored_range(luts, dataset),
         monochrome1=dataset.PhotometricInterpretation == "MONOCHROME1",
         metadata=_metadata(dataset),
-        **_own_windows(frames, path),
+        **_own_windows(luts, path, frame),
     )
 
 
@@ -473,10 +476,11 @@ def _frame_luts(dataset: Any, frames: Sequence[int]) -> list[Any]:
     return luts
 
 
-def _own_windows(frames: Sequence[Any], path: Path) -> dict[str, Any]:
+def _own_windows(frames: Sequence[Any], path: Path, frame: int | None = None) -> dict[str, Any]:
     """The file's own windows as [`DicomImage`] holds them (`windows`, `frame_windows`, `window_error`), from its
-    frames' LUTs (see [`_frame_luts`]). Tags that are no window are kept as an error, not raised: a file is refused
-    for them only where its own window (`"file"`) is asked for."""
+    frames' LUTs (see [`_frame_luts`]); with `frame`, those of that frame read alone (its windows, and the error of
+    any frame's tags, as a read of every frame has). Tags that are no window are kept as an error, not raised: a file
+    is refused for them only where its own window (`"file"`) is asked for."""
     windows, error = [], None
     for lut in frames:
         try:
@@ -484,6 +488,8 @@ def _own_windows(frames: Sequence[Any], path: Path) -> dict[str, Any]:
         except ValueError as bad:
             windows.append(())
             error = error or f"DICOM file {path}: bad window tags {bad}"
+    if frame is not None:
+        return {"windows": windows[int(frame)], "frame_windows": (), "window_error": error}
     frame_windows = tuple(windows) if len(set(windows)) > 1 else ()
     return {"windows": windows[0], "frame_windows": frame_windows, "window_error": error}
 
@@ -519,9 +525,17 @@ def _stored_range(frames: Sequence[Any], dataset: Any) -> tuple[float, float]:
     bits = int(dataset.get("BitsStored") or dataset.BitsAllocated)
     signed = int(dataset.get("PixelRepresentation", 0)) == 1
     low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-    luts = {id(lut): lut for lut in frames}.values()  # one call per distinct LUT
+    luts = {_lut_key(lut): lut for lut in frames}.values()  # one call per distinct LUT
     rescaled = [pydicom.pixels.apply_modality_lut(np.array([low, high]), lut) for lut in luts]
     return float(np.min(rescaled)), float(np.max(rescaled))
+
+
+def _lut_key(lut: Any) -> Any:
+    """What `apply_modality_lut` reads of `lut`: its rescale's values (frames that share a rescale share a key), or
+    the dataset itself when it holds a Modality LUT Sequence."""
+    if lut.get("ModalityLUTSequence"):
+        return id(lut)
+    return str(lut.get("RescaleSlope")), str(lut.get("RescaleIntercept"))
 
 
 def _metadata(dataset: Any) -> dict[str, Any]:
