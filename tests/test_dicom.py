@@ -327,6 +327,33 @@ def test_compressed_file_without_decoder_names_the_plugin(monkeypatch, path, plu
         read_dicom_header(path)
 
 
+
+def video_clip(path):
+    """CT_small.dcm as if it were a DICOM video clip (MPEG2: a transfer syntax pydicom has no decoder for)."""
+    from pydicom.encaps import encapsulate
+
+    dataset = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    dataset.file_meta.TransferSyntaxUID = pydicom.uid.UID("1.2.840.10008.1.2.4.100")  # MPEG2 Main Profile
+    dataset.PixelData = encapsulate([b"\x00" * 16])
+    dataset["PixelData"].VR = "OB"
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_check_decoders_refuses_a_missing_plugin_but_leaves_a_syntax_nothing_decodes_to_its_file(tmp_path, monkeypatch):
+    from diffusion_classifiers.data.dicom import check_decoders
+
+    clip = video_clip(tmp_path / "clip.dcm")
+    jpeg = cq500("CQ500-CT-0", "CT000010.dcm")
+    check_decoders([clip, jpeg, pydicom_file("CT_small.dcm")])  # installing nothing would decode the clip: no refusal
+    with pytest.raises(ValueError, match=r"clip.dcm: unsupported transfer syntax MPEG2"):  # where the file is read
+        read_dicom(clip)
+    syntax = pydicom.dcmread(jpeg, stop_before_pixels=True).file_meta.TransferSyntaxUID
+    monkeypatch.setattr(pydicom.pixels.get_decoder(syntax), "_available", {})  # as if no JPEG plugin were installed
+    with pytest.raises(ValueError, match=r"CT000010.dcm: .*compressed as JPEG Lossless.*pip install pylibjpeg"):
+        check_decoders([clip, jpeg])
+
+
 def test_missing_pydicom_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "pydicom", None)
     with pytest.raises(ImportError, match=r'pip install "diffusion-classifiers\[medical\]"'):

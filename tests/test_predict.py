@@ -497,3 +497,25 @@ def test_windows_the_model_cannot_read_are_refused(models, tmp_path):
     with pytest.raises(ValueError, match=r"--window: 1 window, but .*ct was trained on 3 \(\['brain', 'subdural', 'bone'\]\)"):
         main(args + ["bone", "--model_dir", str(tmp_path / "ct")])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_dicom_video_clip_nothing_decodes_is_an_error_row_and_the_rest_is_predicted(models, tmp_path):
+    # PACS exports hold MPEG2 / H.264 clips beside the slices: no plugin decodes them, so installing one would not let
+    # the run through; the clip is an errors-file row, as any unreadable file, and the slices are predicted
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.encaps import encapsulate
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(shared_data("cq500_dicom_sample", "CQ500-CT-1", "CT000000.dcm"), folder / "slice.dcm")
+    clip = pydicom.dcmread(folder / "slice.dcm")
+    clip.file_meta.TransferSyntaxUID = pydicom.uid.UID("1.2.840.10008.1.2.4.100")  # MPEG2 Main Profile / Main Level
+    clip.PixelData = encapsulate([b"\x00" * 16])
+    clip["PixelData"].VR = "OB"
+    clip.save_as(folder / "clip.dcm", enforce_file_format=True)
+    assert [item.path for item in list_inputs(folder, ["brain"])] == ["clip.dcm", "slice.dcm"]
+    main(["predict", "--model_dir", str(models / "unet"), "--input", str(folder), "--output", str(tmp_path / "p.csv"),
+          "--window", "brain"])  # fmt: skip
+    assert [row["path"] for row in read_rows(tmp_path / "p.csv")] == ["slice.dcm"]
+    (error,) = read_rows(tmp_path / "p.csv.errors.csv")
+    assert error["path"] == "clip.dcm" and "unsupported transfer syntax MPEG2" in error["reason"]

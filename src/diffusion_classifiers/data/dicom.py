@@ -408,10 +408,12 @@ def _decoder_error(syntax: Any, path: Path) -> Exception | None:
 
 
 def check_decoders(paths: Iterable[str | Path]) -> None:
-    """Every transfer syntax of the DICOM files `paths` can be decoded here, so a run over them is refused before its
-    first batch, not stopped midway by the first file without its plugin: `ValueError` naming one file, its transfer
-    syntax and the pip packages to install. Only each file's file meta is read (its first few hundred bytes) and each
-    syntax looked up once; a file whose file meta cannot be read is left to fail where it is read, as such files do."""
+    """No DICOM file of `paths` is compressed in a transfer syntax whose pydicom decoder lacks its plugin, so a run
+    over them is refused before its first batch, not stopped midway by the first such file: `ValueError` naming one
+    file, its transfer syntax and the pip packages to install (installing them lets the whole run through). A transfer
+    syntax that nothing decodes (MPEG2 / H.264 video clips in a PACS export) is no reason to refuse the others: such a
+    file is left to fail where it is read, naming the syntax, as a file whose file meta cannot be read is. Only each
+    file's file meta is read (its first few hundred bytes) and each syntax looked up once."""
     pydicom = _import_pydicom()
     checked = set()
     for path in paths:
@@ -423,7 +425,7 @@ def check_decoders(paths: Iterable[str | Path]) -> None:
             continue
         checked.add(syntax)
         error = _decoder_error(syntax, Path(path))
-        if error is not None:
+        if isinstance(error, ImportError):  # a plugin to install; a ValueError: no decoder exists, the file's own error
             raise ValueError(str(error)) from error
 
 

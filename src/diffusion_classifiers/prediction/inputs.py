@@ -73,7 +73,8 @@ def list_inputs(
     Raises:
         `FileNotFoundError`: `source` does not exist. `ValueError`: nothing to classify, a CSV without a `path`
         column or naming a file twice, a missing split, a bad window, or a DICOM file compressed in a transfer syntax
-        no installed plugin decodes (named with the packages to install).
+        whose decoder plugin is not installed (named with the packages to install; a syntax nothing decodes, such as
+        a video clip's, is that file's errors-file row when it is read).
     """
     from ..data.dicom import MedicalPreprocessing
     from ..data.readers import _ACCEPTED_FILES, _is_image_or_dicom_file
@@ -147,9 +148,10 @@ def _csv_inputs(path: Path, read: Callable) -> list[PredictionInput]:
 
 
 def _check_dicom_decoders(files: Sequence[Path]) -> None:
-    """Refuse now, before any prediction, DICOM files compressed in a transfer syntax that no installed plugin decodes
-    (`data.dicom.check_decoders`): the run would stop at the first of them, after committing earlier batches. Files
-    that do not exist or are not DICOM are left to their errors-file rows."""
+    """Refuse now, before any prediction, DICOM files compressed in a transfer syntax whose decoder plugin is not
+    installed (`data.dicom.check_decoders`): the run would stop at the first of them, after committing earlier batches,
+    and installing the plugin lets it through. Files that do not exist, are not DICOM, or are in a transfer syntax
+    nothing decodes (a video clip) are left to their errors-file rows."""
     from ..data.dicom import check_decoders, is_dicom_file
 
     check_decoders(path for path in files if path.is_file() and is_dicom_file(path))
