@@ -166,7 +166,9 @@ def main(argv=None):
     if PartialState().is_main_process:
         pipe = RepresentationConditionedDiTPipeline(encoder, transformer, scheduler, vae=vae, preprocessing=train.preprocessing)
         pipe.save_pretrained(args.output_dir)
-        save_split_record(args.output_dir, args.val_fraction, args.test_fraction, args.seed)  # for probe / evaluate
+        save_split_record(
+            args.output_dir, args.val_fraction, args.test_fraction, args.seed, args.class_names
+        )  # for probe and evaluate
 
 
 class _ProgressBarSafeHandler(logging.Handler):

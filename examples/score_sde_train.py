@@ -63,7 +63,9 @@ def main(argv=None):
             unet=unet, scheduler=scheduler, class_names=train.class_names, preprocessing=train.preprocessing
         )
         pipeline.save_pretrained(args.output_dir)
-        save_split_record(args.output_dir, args.val_fraction, args.test_fraction, args.seed)  # for probe / evaluate
+        save_split_record(
+            args.output_dir, args.val_fraction, args.test_fraction, args.seed, args.class_names
+        )  # for probe and evaluate
 
 
 if __name__ == "__main__":

@@ -46,7 +46,9 @@ def main(argv=None):
     if PartialState().is_main_process:
         pipeline = UNetFeatureClassifierPipeline(unet=unet, scheduler=scheduler, preprocessing=train.preprocessing)
         pipeline.save_pretrained(args.output_dir)
-        save_split_record(args.output_dir, args.val_fraction, args.test_fraction, args.seed)  # for probe / evaluate
+        save_split_record(
+            args.output_dir, args.val_fraction, args.test_fraction, args.seed, args.class_names
+        )  # for probe and evaluate
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
     main([
         "demo", "--output_dir", str(tmp_path), "--image_size", "8", "--unet_preset", "tiny", "--max_train_steps", "6",
         "--lr_warmup_steps", "1", "--timesteps", "10", "100", "--val_fraction", "0.15", "--test_fraction", "0.25",
+        "--seed", "3",
     ])  # fmt: skip
     for name in ("report.md", "metrics.json", "probe_heatmap.png", "confusion_matrix.png"):
         assert (tmp_path / name).stat().st_size > 0, name
@@ -29,7 +30,8 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
     printed = capsys.readouterr().out
     assert "chosen" in printed and "| block |" in printed
     num_train, _, num_test = map(int, re.search(r"data: digits: train (\d+), val (\d+), test (\d+)", printed).groups())
-    carving = {"val_fraction": 0.15, "test_fraction": 0.25, "seed": 0}  # saved with the model: probe and evaluate reuse it
+    # saved with the model: probe and evaluate carve the same splits (their test the demo's test)
+    carving = {"val_fraction": 0.15, "test_fraction": 0.25, "seed": 3, "class_names": None}
     assert json.loads((tmp_path / "pipeline" / "data_splits.json").read_text()) == carving
     for name in ("kmeans_label_free_test", "kmeans_raw_pixels_test"):  # chosen on every train image, without labels
         assert metrics[name]["selection"]["num_images"] == num_train and metrics[name]["selection"]["criterion"] == "stability"
@@ -46,6 +48,7 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
     main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--output_dir", str(probe_dir), "--timesteps", "50", "--C", "0.01", "1"])
     probed = json.loads((probe_dir / "metrics.json").read_text())
     assert json.loads((probe_dir / "pipeline" / "data_splits.json").read_text()) == carving
+    assert probed["test"]["num_samples"] == metrics["test"]["num_samples"] == num_test
     with pytest.raises(ValueError, match=r"probe' holds an earlier report \(metrics.json\); .* --overwrite_output_dir"):
         main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--output_dir", str(probe_dir)])
     (tmp_path / "one_class" / "copepod").mkdir(parents=True)  # a folder of one class: refused once read, not after extraction
@@ -79,7 +82,8 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert printed["accuracy"] == written["accuracy"] and "positive_class" not in written  # 10 classes: none
-    assert written["num_samples"] == num_test  # the demo's test split, carved as recorded
+    # the demo's test split, carved as recorded (seed 3): its pipeline scores there as the demo's report says
+    assert written["num_samples"] == num_test and written["confusion_matrix"] == metrics["test"]["confusion_matrix"]
     with pytest.warns(UserWarning, match=r"data_splits.json\); --test_fraction 0.2 carve\(s\) other splits"):
         main(["evaluate", "--model_dir", str(tmp_path / "pipeline"), "--output_dir", str(tmp_path / "eval_other"),
               "--test_fraction", "0.2"])  # fmt: skip

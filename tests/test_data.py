@@ -652,3 +652,23 @@ def test_an_image_with_an_exif_orientation_reads_upright_through_every_path(tmp_
                                            features=datasets.Features({"image": datasets.Image(decode=False)}))
     torch.testing.assert_close(StreamingImages(with_bytes, size, 1, label_column=False)[0][0][0], expected,
                                rtol=0, atol=1e-6)  # fmt: skip
+
+
+def test_a_split_record_is_read_checked_and_flags_that_contradict_it_warn(tmp_path):
+    from diffusion_classifiers.data import read_split_record, resolve_split_args, save_split_record
+
+    assert read_split_record(tmp_path) is None
+    assert resolve_split_args(tmp_path, seed=None) == {"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0, "class_names": None}
+    save_split_record(tmp_path, 0.15, 0.25, 3, ("b", "a"))
+    recorded = {"val_fraction": 0.15, "test_fraction": 0.25, "seed": 3, "class_names": ["b", "a"]}
+    assert read_split_record(tmp_path) == resolve_split_args(tmp_path, val_fraction=None, seed=None) == recorded
+    with pytest.warns(UserWarning, match=r"--seed 4 carve\(s\) other splits where the data has none of its own"):
+        assert resolve_split_args(tmp_path, seed=4)["seed"] == 4
+    (tmp_path / "data_splits.json").write_text('{"val_fraction": 0.15, "test_fraction": 0.25, "seed": 3}')
+    assert read_split_record(tmp_path)["class_names"] is None  # a record without class names: found in the data
+    (tmp_path / "data_splits.json").write_text('{"val_fraction": 0.15}')
+    with pytest.raises(ValueError, match=r"data_splits.json: expected the keys \['class_names', 'seed', "):
+        read_split_record(tmp_path)
+    (tmp_path / "data_splits.json").write_text("{not json")
+    with pytest.raises(ValueError, match="data_splits.json is not valid JSON"):
+        read_split_record(tmp_path)

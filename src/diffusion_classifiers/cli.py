@@ -132,8 +132,9 @@ def add_probe_args(parser: argparse.ArgumentParser) -> None:
     add_split_args(parser, from_model=True)
     parser.add_argument(
         "--seed", type=int, default=None,
-        help=f"seed of the splits carved when the data has none and of the probes (default: as the U-Net's "
-        f"{SPLIT_RECORD_NAME} records, else 0)",
+        help=f"seed of the probes, and of the splits carved when the data has none if the U-Net records no seed of "
+        f"its own ({SPLIT_RECORD_NAME}: its seed carves them, so its test images stay its test) (default: the split "
+        "seed, else 0)",
     )  # fmt: skip
     add_positive_class_arg(parser)
 
@@ -186,10 +187,12 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     check_evaluation_args(args.output_dir, args.batch_size)  # before the model and the data are loaded
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
     classifier = load_classifier(args.model_dir)
-    carving = resolve_split_args(args, download(args.model_dir))  # as the model's data was carved
+    carving = resolve_split_args(  # as the model's data was carved
+        download(args.model_dir), val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed
+    )
     dataset = load_evaluation_split(
         args.dataset, args.split, carving["seed"], saved_preprocessing(classifier), args.streaming,
-        val_fraction=carving["val_fraction"], test_fraction=carving["test_fraction"],
+        val_fraction=carving["val_fraction"], test_fraction=carving["test_fraction"], class_names=carving["class_names"],
     )  # fmt: skip
     # the data's name, not its local path: metrics.json may be published with the model
     dataset_name = os.path.basename(os.path.normpath(args.dataset))
@@ -221,6 +224,7 @@ def check_demo_args(args: argparse.Namespace):
 
 def run_demo(args: argparse.Namespace) -> dict:
     from .data import load_data_from_args
+    from .data.split_record import SPLIT_DEFAULTS
     from .metrics import resolve_positive_label
     from .training import train_ddpm_unet
     from .unet_feature_study import run_unet_feature_study
@@ -238,7 +242,7 @@ def run_demo(args: argparse.Namespace) -> dict:
         unet, scheduler, splits, timesteps=args.timesteps, pool=args.pool, seed=args.seed, positive_class=args.positive_class
     )
     timing = {"train_seconds": round(trained_at - started, 1), "total_seconds": round(time.time() - started, 1)}
-    carving = {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction, "seed": args.seed}
+    carving = {name: getattr(args, name) for name in SPLIT_DEFAULTS}
     metrics = save_study(study, args, timing, carving)
     print(f"and {args.output_dir}/unet_training/ (loss_curve.png, samples/)")
     return metrics
@@ -275,7 +279,7 @@ def save_study(study, args: argparse.Namespace, timing: dict, carving: dict) -> 
 def run_probe(args: argparse.Namespace) -> dict:
     """A trained U-Net + a labeled dataset -> the probe grid, the chosen (block, t), k-means and a fitted pipeline."""
     from .data import load_image_classification_data
-    from .data.split_record import resolve_split_args
+    from .data.split_record import read_split_record, resolve_split_args
     from .features import _check_timesteps
     from .hub import download
     from .metrics import resolve_positive_label
@@ -290,15 +294,22 @@ def run_probe(args: argparse.Namespace) -> dict:
     trained = UNetFeatureClassifierPipeline.from_pretrained(args.unet_dir)
     _check_timesteps(args.timesteps, trained.scheduler.config.num_train_timesteps)
     unet_config, contract = trained.unet.config, trained.preprocessing
-    carving = resolve_split_args(args, download(args.unet_dir))  # the U-Net's test images stay its test
+    folder = download(args.unet_dir)
+    # the U-Net's test images stay its test: carved with its recorded seed (--seed then seeds the probes only)
+    split_seed = None if read_split_record(folder) else args.seed
+    carving = resolve_split_args(
+        folder, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=split_seed,
+        class_names=args.class_names,
+    )  # fmt: skip
     splits = load_image_classification_data(  # read as the U-Net was trained: windows, resize mode, background
         args.dataset, image_size=unet_config.sample_size, num_channels=unet_config.in_channels,
-        class_names=args.class_names, medical=contract.medical, **carving, **contract.fit,
+        medical=contract.medical, **carving, **contract.fit,
     )  # fmt: skip
     check_two_classes_at_least(splits["train"].class_names, f"--dataset {args.dataset}", "a probe")
     resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)
     study = run_unet_feature_study(
-        trained.unet, trained.scheduler, splits, timesteps=args.timesteps, pool=args.pool, seed=carving["seed"],
+        trained.unet, trained.scheduler, splits, timesteps=args.timesteps, pool=args.pool,
+        seed=carving["seed"] if args.seed is None else args.seed,
         positive_class=args.positive_class, hypercolumns=args.hypercolumns, views=args.views,
         probe_kwargs={"C": args.C, "class_weight": args.class_weight},
     )  # fmt: skip

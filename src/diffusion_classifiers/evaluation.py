@@ -12,7 +12,7 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -175,11 +175,12 @@ def load_evaluation_split(
     streaming: bool = False,
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
+    class_names: Optional[Sequence[str]] = None,
 ):
     """The `split` of `dataset`: a folder saved with `DatasetDict.save_to_disk` gives a (memory-mapped)
     `datasets.Dataset`; what `data.load_image_classification_data` reads (digits, a MedMNIST .npz, IDX files, an image
-    folder, ...), whose splits are carved with `val_fraction`, `test_fraction` and `seed` when the data has none (as
-    the model's were: `data.read_split_record`), gives its
+    folder, ...), whose splits are carved with `val_fraction`, `test_fraction`, `seed` and `class_names` when the
+    data has none (as the model's were: `data.read_split_record`), gives its
     [`LabeledImages`], read at the size, channels and medical reading of `preprocessing` (a model's saved contract):
     the very tensors a model trained on that data was trained and reported on, with no round trip through 8-bit
     images. With `streaming`, an image folder or CSV of paths gives the same split as [`StreamingImages`] instead
@@ -195,12 +196,12 @@ def load_evaluation_split(
     if streaming:
         splits = streaming_image_classification_data(
             dataset, num_channels=contract.num_channels, image_size=contract.image_size, val_fraction=val_fraction,
-            test_fraction=test_fraction, seed=seed, medical=contract.medical, **contract.fit,
+            test_fraction=test_fraction, seed=seed, class_names=class_names, medical=contract.medical, **contract.fit,
         )  # fmt: skip
     else:
         splits = load_image_classification_data(
             dataset, image_size=contract.image_size, num_channels=contract.num_channels, val_fraction=val_fraction,
-            test_fraction=test_fraction, seed=seed, medical=contract.medical, **contract.fit,
+            test_fraction=test_fraction, seed=seed, class_names=class_names, medical=contract.medical, **contract.fit,
         )  # fmt: skip
     return splits["val" if split == "validation" else split]
 
