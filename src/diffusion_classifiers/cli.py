@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -28,10 +29,10 @@ COMMANDS = {
 
 
 class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends each flag's "(default: X)" unless its help already says what the default is."""
+    """Appends each optional flag's "(default: X)" unless its help already says what the default is."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if "default" in (action.help or ""):
+        if action.required or re.search(r"\(default|; default|default:", action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
