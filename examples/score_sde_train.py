@@ -17,7 +17,9 @@ import argparse
 
 from accelerate import PartialState
 
+from diffusion_classifiers.cli import add_positive_class_arg
 from diffusion_classifiers.data import add_data_args, load_data_from_args, save_split_record, streaming_data_from_args
+from diffusion_classifiers.metrics import resolve_positive_label
 from diffusion_classifiers.pipelines import ScoreSDEClassifierPipeline
 from diffusion_classifiers.training import (
     add_diffusion_args,
@@ -42,6 +44,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--class_balanced", action="store_true", help="Draw every class equally often (default: %(default)s)."
     )
+    add_positive_class_arg(parser, saved_model=False)
     add_training_args(parser)
     return parser.parse_args(argv)
 
@@ -52,6 +55,7 @@ def main(argv=None):
     check_run_can_start(training_args)  # before the data is read
     train = (streaming_data_from_args if args.streaming else load_data_from_args)(args)["train"]
     check_two_classes_at_least(train.class_names, f"--dataset {args.dataset}", "a class-conditional score model")
+    resolve_positive_label(args.positive_class, train.class_names, train.num_classes)  # before training
     images, labels = (train, None) if args.streaming else (train.images, train.labels)  # a dataset carries its labels
     unet, scheduler, _ = train_score_sde_unet(
         training_args, images, labels, num_classes=train.num_classes, preset=args.unet_preset,
@@ -62,6 +66,7 @@ def main(argv=None):
         pipeline = ScoreSDEClassifierPipeline(
             unet=unet, scheduler=scheduler, class_names=train.class_names, preprocessing=train.preprocessing
         )
+        pipeline.set_positive_class(args.positive_class)  # the log-likelihood ratio's numerator, saved
         pipeline.save_pretrained(args.output_dir)
         save_split_record(
             args.output_dir, args.val_fraction, args.test_fraction, args.seed, args.class_names

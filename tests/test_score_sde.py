@@ -41,7 +41,7 @@ def trained(tmp_path_factory):
     TRAIN_SCRIPT["main"]([
         "--dataset", str(data), "--image_size", "8", "--unet_preset", "tiny", "--output_dir", str(root / "model"),
         "--max_train_steps", "200", "--train_batch_size", "32", "--learning_rate", "1e-2", "--lr_warmup_steps", "5",
-        "--checkpointing_steps", "1000", "--num_sample_images", "0",
+        "--checkpointing_steps", "1000", "--num_sample_images", "0", "--positive_class", "dark",
     ])  # fmt: skip
     test = load_image_classification_data(str(data), image_size=8)["test"]
     return DiffusionClassifierPipeline.from_pretrained(str(root / "model")), test, root
@@ -61,6 +61,7 @@ def test_training_script_saves_class_names_with_the_weights(trained):
     assert isinstance(pipe, ScoreSDEClassifierPipeline)
     assert json.loads((root / "model" / "model_index.json").read_text())["class_names"] == ["bright", "dark"]
     assert pipe.class_names == ["bright", "dark"] and pipe.unet.config.num_class_embeds == 3  # + the null class
+    assert pipe.positive_class == "dark"  # --positive_class: the log-likelihood ratio's numerator, saved
 
 
 def test_training_script_refuses_labels_outside_the_classes_before_writing(tmp_path):
@@ -68,6 +69,11 @@ def test_training_script_refuses_labels_outside_the_classes_before_writing(tmp_p
     np.savez(path, train_images=np.zeros((4, 8, 8), np.uint8), train_labels=np.array([0, 1, -1, 1]))
     with pytest.raises(ValueError, match=r"label -1 is outside 0\.\.K-1 for K=2"):
         TRAIN_SCRIPT["main"](["--dataset", str(path), "--output_dir", str(tmp_path / "out"), "--max_train_steps", "2"])
+    assert not (tmp_path / "out").exists()
+    data = write_bright_and_dark_images(tmp_path / "data")
+    with pytest.raises(ValueError, match=r"positive_class: expected one of .*'bright', 'dark'.*, got 'grey'"):
+        TRAIN_SCRIPT["main"](["--dataset", str(data), "--output_dir", str(tmp_path / "out"), "--max_train_steps", "2",
+                              "--positive_class", "grey"])  # fmt: skip
     assert not (tmp_path / "out").exists()
 
 
