@@ -200,7 +200,8 @@ def load_image_classification_data(
               PACS exports name them)
               and 16-bit PNG / TIFF are read as `medical` says; a multi-frame DICOM gives one image per frame, all
               with its label; the DICOM files of one folder must share one size (a scout or second series mixed in
-              is refused). When DICOM files name a PatientID, the carved splits keep each patient on one side
+              is refused); DICOM and other image files are read together through one window only (several windows
+              refuse the mix: an image file has no Hounsfield units to window). When DICOM files name a PatientID, the carved splits keep each patient on one side
               (images without one are their own group).
             * a `.csv` file with a header and the columns `path` (relative to the CSV's folder), `label` (a class
               name) and optionally a patient id column (`patient_id`, or the one `patient_id_column` names): images
@@ -697,7 +698,7 @@ def _decode_files(
     """Decode `files` (listed split by split); a multi-frame DICOM gives one image per frame. Returns the images and
     the labels per split and group ids of [`_expand_frames`]."""
     images, patients, dicom_sizes = [], [], []
-    for path, is_dicom in zip(files, _dicom_or_not(files)):
+    for path, is_dicom in zip(files, _dicom_or_not(files, medical)):
         if is_dicom:
             dicom = read_dicom(path)
             images.append(window_channels(dicom, medical.windows, medical.padding_fill))
@@ -712,12 +713,18 @@ def _decode_files(
 
 
 def _list_frames(
-    files: list[Path], labels_per_split: dict[str, np.ndarray], patient_ids: list[str] | None = None
+    files: list[Path],
+    labels_per_split: dict[str, np.ndarray],
+    patient_ids: list[str] | None = None,
+    medical: MedicalPreprocessing | None = None,
 ) -> tuple[list[Path], list[int | None], dict[str, np.ndarray], np.ndarray | None]:
     """What [`_decode_files`] gives, from the DICOM headers alone (no pixel decoded; `data.streaming` reads the images
     lazily): one row per image, the file and its frame (`None` for a non-DICOM file), and [`_expand_frames`]'s labels
-    and group ids. DICOM files that cannot be decoded (no pixel data, no decoder installed) are refused now."""
-    headers = {path: read_dicom_header(path) for path, is_dicom in zip(files, _dicom_or_not(files)) if is_dicom}
+    and group ids. DICOM files that cannot be decoded (no pixel data, no decoder installed) are refused now, as is
+    DICOM mixed with other image files for `medical`'s windows (see [`_dicom_or_not`]; None: windows not known, a mix
+    refused)."""
+    kinds = _dicom_or_not(files, medical)
+    headers = {path: read_dicom_header(path) for path, is_dicom in zip(files, kinds) if is_dicom}
     _check_dicom_sizes_per_folder([(path, header.size) for path, header in headers.items()])
     frames = [headers[path].num_frames if path in headers else 1 for path in files]
     patients = [headers[path].metadata["PatientID"] if path in headers else None for path in files]
@@ -726,17 +733,23 @@ def _list_frames(
     return rows, frame_of_row, *_expand_frames(files, labels_per_split, frames, patient_ids or patients)
 
 
-def _dicom_or_not(files: list[Path]) -> list[bool]:
-    """Whether each file is DICOM (see [`is_dicom_file`]), all or none: a PNG beside the slices (a screenshot, an
-    export) has no Hounsfield units for the DICOM windows, so its grey would be copied into every window's channel
-    and learnt as one more slice. The error names one file of each kind, before any is decoded."""
+def _dicom_or_not(files: list[Path], medical: MedicalPreprocessing | None = None) -> list[bool]:
+    """Whether each file is DICOM (see [`is_dicom_file`]). DICOM and other image files are read together through one
+    window (X-rays as DICOM beside 16-bit PNG: one grey channel each), but not through several (`medical`'s windows;
+    None: not known, so refused): a PNG beside the slices (a screenshot, an export) has no Hounsfield units to window
+    into several channels, so its grey would be copied into each and learnt as one more slice. `predict` applies the
+    same rule file by file (such an image file is an errors-file row). The error names one file of each kind, before
+    any is decoded."""
     kinds = [is_dicom_file(path) for path in files]
-    if any(kinds) and not all(kinds):
+    windows = None if medical is None else medical.to_dict()["windows"]
+    if any(kinds) and not all(kinds) and (windows is None or len(windows) > 1):
         dicom, other = files[kinds.index(True)], files[kinds.index(False)]
+        read = "several DICOM windows" if windows is None else f"{len(windows)} DICOM windows {windows}"
         raise ValueError(
-            f"images: DICOM and other image files mixed: {dicom} is DICOM but {other} is not; expected DICOM files "
-            "only (the DICOM windows read Hounsfield units, which an image file has not) or none. Move the other "
-            "files out, or convert them all to one kind"
+            f"images: DICOM and other image files mixed, read through {read}: {dicom} is DICOM but {other} is not; "
+            "an image file has no Hounsfield units to window into several channels (its grey would be copied into "
+            "each). Expected DICOM files only, or one window (--window). Move the other files out, or convert them "
+            "all to one kind"
         )
     return kinds
 
