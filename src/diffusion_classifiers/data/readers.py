@@ -744,7 +744,10 @@ def _dicom_or_not(files: list[Path], medical: MedicalPreprocessing | None = None
     windows = None if medical is None else medical.to_dict()["windows"]
     if any(kinds) and not all(kinds) and (windows is None or len(windows) > 1):
         dicom, other = files[kinds.index(True)], files[kinds.index(False)]
-        read = "several DICOM windows" if windows is None else f"{len(windows)} DICOM windows {windows}"
+        read = (
+            "DICOM windows this listing is not told (refused as for several)" if windows is None
+            else f"{len(windows)} DICOM windows {windows}"
+        )
         raise ValueError(
             f"images: DICOM and other image files mixed, read through {read}: {dicom} is DICOM but {other} is not; "
             "an image file has no Hounsfield units to window into several channels (its grey would be copied into "
