@@ -458,6 +458,11 @@ def test_dicom_beside_16bit_images_is_read_through_one_window_as_predict_reads_t
     assert readers._list_frames(files, labels, medical=one)[1] == [None if i in pngs else 0 for i in range(14)]
     splits = load_image_classification_data(tmp_path, image_size=16, val_fraction=0.25, test_fraction=0.25, medical=one)
     assert sum(len(split.labels) for split in splits.values()) == 14
+    streamed = streaming_image_classification_data(  # streaming training lists the folder alike
+        tmp_path, num_channels=1, image_size=16, val_fraction=0.25, test_fraction=0.25, medical=one
+    )  # fmt: skip
+    for name, split in splits.items():
+        torch.testing.assert_close(torch.stack([streamed[name][i][0] for i in range(len(split))]), split.images)
 
 
 def test_mixed_slice_sizes_in_one_folder_name_two_files(tmp_path):

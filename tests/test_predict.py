@@ -484,6 +484,9 @@ def test_an_image_file_given_to_a_model_of_several_dicom_windows_is_an_error_row
     (error,) = read_rows(tmp_path / "p.csv.errors.csv")
     assert error["path"] == "screenshot.png"
     assert "screenshot.png: not a DICOM file, but the model reads DICOM files through 3 windows" in error["reason"]
+    pipe = DiffusionClassifierPipeline.from_pretrained(str(model))  # the pipeline given the file refuses it too
+    with pytest.raises(ValueError, match=r"item 0, .*screenshot.png, is not DICOM; expected DICOM files, read through the contract's 3"):
+        pipe([str(folder / "screenshot.png")])
 
 
 def test_windows_the_model_cannot_read_are_refused(models, tmp_path):

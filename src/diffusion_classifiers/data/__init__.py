@@ -7,7 +7,7 @@
 - [`read_dicom`], [`Window`], [`window_channels`], [`read_16bit_image`], [`MedicalPreprocessing`] (`dicom.py`):
   DICOM to Hounsfield units to windowed channels, 16-bit PNG / TIFF at their bit depth (pydicom is optional);
   [`is_dicom_file`] tells DICOM files by extension (`.dcm`, `.dicom`, `.dic`, `.ima`), or by their 'DICM' header;
-  [`check_decoders`] refuses, before any is read, DICOM files whose compression no installed plugin decodes.
+  [`check_decoders`] refuses, before any is read, DICOM files whose compression needs a plugin not installed.
 - [`StreamingImages`], [`streaming_image_classification_data`] (`streaming.py`): the same data larger than memory,
   files listed in a `datasets.Dataset` and decoded on the fly (in `DataLoader` workers) through the same preprocessing.
 - [`stratified_split`], [`stratified_group_split`], [`stratified_subset_indices`], [`long_tailed_indices`],

@@ -326,6 +326,12 @@ def _read_path(path: Any, position: int, contract: ImagePreprocessing) -> Any:
     path = Path(path)
     if is_dicom_file(path):
         return contract.medical_or_default.read(path)
+    windows = contract.medical_or_default.windows
+    if len(windows) > 1:  # as predict and the training readers: a picture has no Hounsfield units to window
+        raise ValueError(
+            f"preprocess_images: item {position}, {path}, is not DICOM; expected DICOM files, read through the "
+            f"contract's {len(windows)} DICOM windows (an image file's grey would be copied into each)"
+        )
     try:
         image = open_image(path)
     except DECODE_ERRORS as error:

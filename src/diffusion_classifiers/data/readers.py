@@ -715,14 +715,13 @@ def _decode_files(
 def _list_frames(
     files: list[Path],
     labels_per_split: dict[str, np.ndarray],
+    medical: MedicalPreprocessing,
     patient_ids: list[str] | None = None,
-    medical: MedicalPreprocessing | None = None,
 ) -> tuple[list[Path], list[int | None], dict[str, np.ndarray], np.ndarray | None]:
     """What [`_decode_files`] gives, from the DICOM headers alone (no pixel decoded; `data.streaming` reads the images
     lazily): one row per image, the file and its frame (`None` for a non-DICOM file), and [`_expand_frames`]'s labels
     and group ids. DICOM files that cannot be decoded (no pixel data, no decoder installed) are refused now, as is
-    DICOM mixed with other image files for `medical`'s windows (see [`_dicom_or_not`]; None: windows not known, a mix
-    refused)."""
+    DICOM mixed with other image files for `medical`'s windows (see [`_dicom_or_not`])."""
     kinds = _dicom_or_not(files, medical)
     headers = {path: read_dicom_header(path) for path, is_dicom in zip(files, kinds) if is_dicom}
     _check_dicom_sizes_per_folder([(path, header.size) for path, header in headers.items()])
@@ -733,23 +732,20 @@ def _list_frames(
     return rows, frame_of_row, *_expand_frames(files, labels_per_split, frames, patient_ids or patients)
 
 
-def _dicom_or_not(files: list[Path], medical: MedicalPreprocessing | None = None) -> list[bool]:
+def _dicom_or_not(files: list[Path], medical: MedicalPreprocessing) -> list[bool]:
     """Whether each file is DICOM (see [`is_dicom_file`]). DICOM and other image files are read together through one
-    window (X-rays as DICOM beside 16-bit PNG: one grey channel each), but not through several (`medical`'s windows;
-    None: not known, so refused): a PNG beside the slices (a screenshot, an export) has no Hounsfield units to window
+    window (X-rays as DICOM beside 16-bit PNG: one grey channel each), but not through several (`medical`'s windows):
+    a PNG beside the slices (a screenshot, an export) has no Hounsfield units to window
     into several channels, so its grey would be copied into each and learnt as one more slice. `predict` applies the
     same rule file by file (such an image file is an errors-file row). The error names one file of each kind, before
     any is decoded."""
     kinds = [is_dicom_file(path) for path in files]
-    windows = None if medical is None else medical.to_dict()["windows"]
-    if any(kinds) and not all(kinds) and (windows is None or len(windows) > 1):
+    windows = medical.to_dict()["windows"]
+    if any(kinds) and not all(kinds) and len(windows) > 1:
         dicom, other = files[kinds.index(True)], files[kinds.index(False)]
-        read = (
-            "DICOM windows this listing is not told (refused as for several)" if windows is None
-            else f"{len(windows)} DICOM windows {windows}"
-        )
         raise ValueError(
-            f"images: DICOM and other image files mixed, read through {read}: {dicom} is DICOM but {other} is not; "
+            f"images: DICOM and other image files mixed, read through {len(windows)} DICOM windows {windows}: {dicom} "
+            f"is DICOM but {other} is not; "
             "an image file has no Hounsfield units to window into several channels (its grey would be copied into "
             "each). Expected DICOM files only, or one window (--window). Move the other files out, or convert them "
             "all to one kind"

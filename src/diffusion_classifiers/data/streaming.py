@@ -400,7 +400,7 @@ def streaming_image_classification_data(
         dataset, raw = _hf_rows(source, image_column, label_column)
         full = StreamingImages(dataset, image_size, num_channels, image_column=_IMAGE, label_column=_LABEL, **fit)
     else:
-        files, frames, raw = _file_rows(source, class_names, patient_id_column)
+        files, frames, raw = _file_rows(source, class_names, patient_id_column, medical or MedicalPreprocessing())
         full = StreamingImages.from_files(
             files, raw.labels, raw.class_names, image_size, num_channels, check_files, frames=frames, medical=medical,
             **fit,
@@ -414,9 +414,11 @@ def is_saved_dataset(folder: Path) -> bool:
     return (folder / "dataset_info.json").is_file() or (folder / "dataset_dict.json").is_file()
 
 
-def _file_rows(source: Any, class_names: Sequence[str] | None, patient_id_column: str | None):
-    """The images of an image folder or CSV (a file and its DICOM frame, or None, per image), and their labels, names,
-    official splits and groups (as `_RawData`)."""
+def _file_rows(
+    source: Any, class_names: Sequence[str] | None, patient_id_column: str | None, medical: MedicalPreprocessing
+):
+    """The images of an image folder or CSV (a file and its DICOM frame, or None, per image; DICOM mixed with other
+    files as `medical`'s windows allow), and their labels, names, official splits and groups (as `_RawData`)."""
     path = Path(source)
     if not path.exists():
         raise ValueError(f"source: {str(path)!r} does not exist; expected an image folder, a .csv file or a dataset")
@@ -430,7 +432,7 @@ def _file_rows(source: Any, class_names: Sequence[str] | None, patient_id_column
         where, patients = f"image folder {path}", None
     else:
         raise ValueError(f"source: {str(path)!r} is a file; expected an image folder, a .csv file or a dataset")
-    files, frames, labels_per_split, groups = _list_frames(files, labels_per_split, patients)
+    files, frames, labels_per_split, groups = _list_frames(files, labels_per_split, medical, patients)
     labels, names, splits = _labels_and_names(labels_per_split, names, where)
     return files, frames, _RawData(None, labels, names, splits, groups=groups)
 
