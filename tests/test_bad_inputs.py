@@ -119,6 +119,7 @@ def run_evaluate_example(monkeypatch, argv):
     monkeypatch.setattr(diffusion_classifiers.evaluation, "load_classifier", too_late)
     monkeypatch.setattr(diffusion_classifiers.evaluation, "load_evaluation_split", too_late)
     monkeypatch.setattr(sys, "argv", ["evaluate.py", *argv])
+    monkeypatch.setenv("DIFFUSION_CLASSIFIERS_TRACEBACK", "1")  # the error itself, not its one line from a shell
     runpy.run_path(str(REPO_ROOT / "examples" / "evaluate.py"), run_name="__main__")
 
 
