@@ -113,3 +113,14 @@ def test_from_a_shell_a_refused_input_is_one_line_without_a_traceback(tmp_path, 
     monkeypatch.setenv("DIFFUSION_CLASSIFIERS_TRACEBACK", "1")
     with pytest.raises(FileNotFoundError, match="missing: not found"):
         main()
+
+
+def test_examples_evaluate_refuses_an_input_in_one_line_as_the_command_does(tmp_path, monkeypatch):
+    import runpy
+
+    from .conftest import REPO_ROOT
+
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", "--model_dir", str(tmp_path / "none"), "--output_dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(str(REPO_ROOT / "examples" / "evaluate.py"), run_name="__main__")
+    assert str(exited.value.code).startswith(f"diffusion-classifiers evaluate: error: {tmp_path / 'none'}: no such folder")
