@@ -197,6 +197,12 @@ def test_a_second_prediction_into_an_output_in_use_is_refused_and_a_stale_lock_t
     lock.write_text(json.dumps({"pid": gone, "host": socket.gethostname()}))
     main(args)
     assert "Taking over the lock" in caplog.text and len(read_rows(output)) == 2 and not lock.exists()
+    # two outputs given one --errors file would each rewrite it without the other's rows: its lock refuses the second
+    shared = tmp_path / "out" / "errors.csv"
+    (tmp_path / "out" / "errors.csv.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    with pytest.raises(RunInUseError, match=rf"--errors {shared} is in use by another prediction"):
+        main(args[:4] + [str(tmp_path / "out" / "other.csv"), *args[5:], "--errors", str(shared)])
+    assert not (tmp_path / "out" / "other.csv.lock").exists() and not (tmp_path / "out" / "other.csv").exists()
 
 
 def test_two_outputs_in_one_folder_each_have_their_errors_and_a_rerun_counts_earlier_ones(models, tmp_path, capsys):

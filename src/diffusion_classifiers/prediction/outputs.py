@@ -52,11 +52,6 @@ class OutputFiles:
         """The batches committed but not yet merged into the output."""
         return self.output.with_name(self.output.name + ".parts")
 
-    @property
-    def lock(self) -> Path:
-        """Held while a prediction writes these files: a second one into the same output is refused."""
-        return self.output.with_name(self.output.name + ".lock")
-
     def existing(self) -> list[Path]:
         return [path for path in (self.output, self.errors, self.parts) if path.exists()]
 

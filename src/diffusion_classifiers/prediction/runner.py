@@ -177,8 +177,8 @@ def predict_files(
     `<output>.json` records the model, its classes, the columns and `run_info`: a rerun that differs is refused
     unless `overwrite=True`, which deletes the earlier output, errors file and parts first. It also records the
     errors file, which a rerun without `errors_path` keeps (an output written before each had its own errors file
-    keeps the shared `errors.csv` beside it). While it runs, `<output>.lock` refuses a second prediction into the
-    same output (a lock left by a process of this host that is gone is taken over). A file that cannot be read or
+    keeps the shared `errors.csv` beside it). While it runs, `<output>.lock` and `<errors>.lock` refuse a second
+    prediction into the same output or errors file (a lock left by a process of this host that is gone is taken over). A file that cannot be read or
     that the pipeline's preprocessing refuses is a row `path, reason` of the errors file; to retry such files, delete
     their rows (or the errors file).
 
@@ -242,18 +242,23 @@ def predict_files(
 
 @contextmanager
 def _one_prediction_at_a_time(files: OutputFiles, accelerator: Any) -> Iterator[None]:
-    """The main process holds `files.lock` while the prediction runs (another one writing into the same output would
-    merge and delete the parts this one is writing); a refusal is raised on every process."""
+    """The main process holds the locks of the output and of the errors file while the prediction runs (another one
+    writing into the same output would merge and delete the parts this one is writing; two outputs given one
+    `--errors` would each rewrite it without the other's rows); a refusal is raised on every process."""
     from ..run_lock import RunLock, claim_on_main_process
 
     is_main = accelerator is None or accelerator.is_main_process
-    lock = RunLock(str(files.lock), f"--output {files.output}", "--output", "prediction") if is_main else None
-    claim_on_main_process(lock, accelerator)
+    locks = [
+        RunLock(str(path.with_name(path.name + ".lock")), f"{flag} {path}", flag, "prediction")
+        for path, flag in ((files.output, "--output"), (files.errors, "--errors"))
+    ] if is_main else [None, None]  # fmt: skip
+    claim_on_main_process(locks[0], accelerator, lambda: locks[1].acquire())
     try:
         yield
     finally:
-        if lock is not None:
-            lock.release()
+        for lock in reversed(locks):
+            if lock is not None:
+                lock.release()
 
 
 def _check_inputs(inputs: Sequence[PredictionInput]) -> None:
