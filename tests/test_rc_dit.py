@@ -404,6 +404,12 @@ def test_variation_pipeline_shares_the_classifiers_models_and_is_not_a_classifie
         DiffusionClassifierPipeline.from_pretrained(tmp_path)  # generation is not classification
 
 
+def test_a_variation_pipeline_keeps_the_progress_bar_settings_of_the_pipeline_it_is_made_from():
+    classifier = tiny_pipeline()
+    classifier.set_progress_bar_config(disable=True)
+    assert variation_of(classifier)._progress_bar_config == {"disable": True}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # DiT block features and prototype classification
 # ---------------------------------------------------------------------------------------------------------------

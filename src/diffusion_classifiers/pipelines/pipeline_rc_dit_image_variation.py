@@ -82,12 +82,15 @@ class RepresentationConditionedDiTImageVariationPipeline(SavedWithCodeMixin, Sav
 
     @classmethod
     def from_pipe(cls, pipeline, **kwargs):
-        """The pipeline on `pipeline`'s encoder, transformer, scheduler and vae (shared, not copied), in their dtype."""
+        """The pipeline on `pipeline`'s encoder, transformer, scheduler and vae (shared, not copied), in their dtype,
+        with its progress-bar settings."""
         # diffusers casts the new pipeline to `dtype`, float32 by default: the shared models of a half-precision
         # classifier pipeline would change dtype under it.
         if "dtype" not in kwargs and "torch_dtype" not in kwargs:
             kwargs["dtype"] = pipeline.transformer.dtype
-        return super().from_pipe(pipeline, **kwargs)
+        variation = super().from_pipe(pipeline, **kwargs)
+        variation.set_progress_bar_config(**getattr(pipeline, "_progress_bar_config", {}))
+        return variation
 
     def check_inputs(
         self, reference_images, guidance_scale, num_inference_steps, output_type, generator, input_data_format=None
