@@ -487,6 +487,48 @@ def test_dit_features_reject_bad_arguments():
     assert calls == []  # every bad argument fails before any forward
 
 
+def tiny_dinov2_encoder(num_channels=3, image_size=8, hidden_size=DIM):
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    return Dinov2Model(Dinov2Config(
+        image_size=image_size, patch_size=4, num_channels=num_channels, hidden_size=hidden_size, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=32,
+    )).eval()  # fmt: skip
+
+
+IMAGENET_PREPROCESSING = {"image_size": [8, 8], "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+
+
+@pytest.mark.parametrize("latent", [False, True])
+def test_dit_features_read_the_dits_input_for_an_encoder_with_a_processors_preprocessing(digits, latent):
+    """An encoder started from an RGB DINOv2 (`encoder_preprocessing`) reads the DiT's 1-channel images, as
+    `pipe.preprocess` and `pipe.encode` do: dit_features checked them against the encoder's 3 channels."""
+    from diffusion_classifiers.features import make_noise
+
+    vae = tiny_vae() if latent else None
+    size, channels = (SIZE // 2, 4) if latent else (SIZE, 1)
+    torch.manual_seed(0)
+    transformer = RepresentationConditionedDiTModel(
+        **rc_dit_config("tiny", size, channels, DIM), encoder_preprocessing=IMAGENET_PREPROCESSING
+    )
+    with torch.no_grad():
+        for parameter in transformer.parameters():
+            parameter.normal_(0, 0.2)
+    transformer.eval()
+    pipe = RepresentationConditionedDiTPipeline(tiny_dinov2_encoder(), transformer, DDPMScheduler(), vae=vae)
+    images = digits["test"].images[:3]  # (3, 1, 16, 16)
+    assert tuple(pipe.preprocess(images).shape) == (3, 1, SIZE, SIZE)
+    got = pipe.dit_features(images, timesteps=(200,), block_indices=[1], noise_seed=5)[("transformer_blocks.1", 200)]
+    x0 = pipe.dit_feature_extractor.to_transformer_space(images)
+    x_t = pipe.scheduler.add_noise(x0, make_noise(1, x0.shape[1:], 5).expand_as(x0), torch.full((3,), 200))
+    with torch.no_grad():
+        out = pipe.transformer(x_t, 200, pipe.encode(images), output_hidden_states=True)
+    torch.testing.assert_close(got, out.hidden_states[1].mean(dim=1))
+    with pytest.raises(ValueError, match=r"expected 1 channels, got 3 .*the (DiT|VAE)'s"):
+        pipe.dit_feature_extractor.extract(torch.zeros(2, 3, SIZE, SIZE))
+
+
 def test_dit_features_pool_the_patch_grid_like_the_unet_features(digits):
     """"2x2" averages each quadrant of the 4x4 patch grid, channel-major as for the U-Net; eval mode inside."""
     pipe = RepresentationConditionedDiTPipeline(

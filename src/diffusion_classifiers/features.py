@@ -23,7 +23,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from diffusion_classifiers.models import RepresentationConditionedDiTModel, encode_latents, representation_of
+from diffusion_classifiers.models import (
+    RepresentationConditionedDiTModel,
+    encode_latents,
+    input_image_size_and_channels,
+    representation_of,
+)
 from diffusion_classifiers.views import check_views, image_views
 
 __all__ = [
@@ -175,7 +180,7 @@ def _check_images(images, num_channels: int, size: Tuple[int, int], size_source:
     if images.ndim != 4 or len(images) == 0:
         raise ValueError(f"expected images of shape [N, {', '.join(map(str, expected))}] with N >= 1, got {shape}")
     if images.shape[1] != num_channels:
-        raise ValueError(f"expected {num_channels} channels, got {shape[1]} (images of shape {shape})")
+        raise ValueError(f"expected {num_channels} channels, got {shape[1]} (images of shape {shape}; {size_source})")
     if shape[2:] != expected[1:]:
         raise ValueError(f"expected images of spatial size {expected[1:]} ({size_source}), got {shape[2:]}")
     flat = images.detach().flatten(1).float()
@@ -424,7 +429,7 @@ class DiffusionFeatureExtractor:
         with _eval_mode(self.unet):
             return _extract_in_batches(
                 images, batch_size, num_workers,
-                check=lambda batch: _check_images(batch, config.in_channels, size, "unet sample_size"),
+                check=lambda batch: _check_images(batch, config.in_channels, size, "the unet's sample_size and in_channels"),
                 features_of=lambda batch: self.features_for_batch(
                     batch, blocks, timesteps, pool, noise, early_stop, views
                 ),
@@ -587,7 +592,9 @@ class DiTFeatureExtractor:
 
         Args:
             images (`torch.Tensor` of shape `[N, C, H, W]`, or a `torch.utils.data.Dataset`): clean images scaled to
-                [-1, 1], with the encoder's `num_channels` and `image_size`; or a dataset of such images (or of
+                [-1, 1], of the size and channels the pipelines read (`models.input_image_size_and_channels`: the
+                encoder's `image_size` and `num_channels`; for an encoder with `encoder_preprocessing`, such as one
+                started from DINOv2, the DiT's input, or through the `vae` its input); or a dataset of such images (or of
                 `(image, label)` items, e.g. `data.StreamingImages`), read in order by a `DataLoader`, as in
                 [`DiffusionFeatureExtractor.extract`]. The same images give the same features either way.
             timesteps (`Sequence[int]`): integers in `[0, scheduler.config.num_train_timesteps)`.
@@ -615,18 +622,27 @@ class DiTFeatureExtractor:
         if representation not in ("encoder", "null"):
             raise ValueError(f"expected representation 'encoder' or 'null', got {representation!r}")
         _check_pool_and_sizes(pool, batch_size=batch_size)
-        channels, size = self.encoder.config.num_channels, _as_hw(self.encoder.config.image_size)
+        size, channels = input_image_size_and_channels(self.encoder, self.transformer, self.vae)
+        size, source = _as_hw(size), self._input_source()
         noise = make_noise(1, (config.in_channels, config.sample_size, config.sample_size), noise_seed)
         with _eval_mode(self.encoder, self.transformer, self.vae):
             return _extract_in_batches(
                 images, batch_size, num_workers,
-                check=lambda batch: _check_images(batch, channels, size, "encoder image_size"),
+                check=lambda batch: _check_images(batch, channels, size, source),
                 features_of=lambda batch: self.features_for_batch(
                     batch, timesteps, block_indices, representation, pool, noise
                 ),
                 max_memory_bytes=max_memory_bytes, feature_dir=feature_dir, progress_bar=progress_bar,
                 desc="DiT features",
             )  # fmt: skip
+
+    def _input_source(self) -> str:
+        """Where the input size and channels `extract` checks come from (`models.input_image_size_and_channels`)."""
+        if self.transformer.config.encoder_preprocessing is None:
+            return "the encoder's image_size and num_channels"
+        if self.vae is None:
+            return "the DiT's sample_size and in_channels; the encoder's preprocessing converts them for it"
+        return "the VAE's input: the DiT's sample_size times the VAE's scale factor, the VAE's in_channels"
 
     def features_for_batch(
         self,
