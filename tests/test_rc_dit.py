@@ -255,6 +255,77 @@ def test_train_script_takes_an_rgb_dinov2_with_its_processor_over_grayscale_imag
     assert pipe.encode(digits["test"].images[:2]).shape == (2, 16)
 
 
+def test_train_script_refuses_an_encoder_folder_without_its_processor_that_cannot_read_the_data(tmp_path):
+    """Without preprocessor_config.json the encoder reads the images as they are: a 32 px RGB DINOv2 over 16 px
+    data trained every step and failed at the save (and a resume was refused); now nothing is trained."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    encoder_dir = tmp_path / "dinov2-noproc"
+    Dinov2Model(Dinov2Config(
+        image_size=32, patch_size=8, num_channels=3, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32,
+    )).save_pretrained(encoder_dir)  # fmt: skip
+    rc_dit_train = rc_dit_train_script()
+    args = ["--dataset", "digits", "--image_size", str(SIZE), "--dit_size", "tiny", "--max_train_steps", "1",
+            "--train_batch_size", "8", "--encoder_name_or_path", str(encoder_dir)]  # fmt: skip
+    expected = (
+        rf"encoder '{encoder_dir}' has no preprocessor_config.json \(its image processor\), so it would read the images "
+        r"as they are, but it reads 32 px images, the data has 16 px: pass --image_size 32, or add the image processor"
+    )
+    with pytest.raises(ValueError, match=expected):
+        rc_dit_train.main([*args, "--num_channels", "3", "--output_dir", str(tmp_path / "run")])
+    with pytest.raises(ValueError, match="reads 3-channel images, the data has 1; it reads 32 px images, the data has "
+                                         "16 px: pass --num_channels 3 --image_size 32"):
+        rc_dit_train.main([*args, "--output_dir", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())  # before any step
+    # its image processor makes it read the same data
+    from transformers import BitImageProcessor
+
+    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(encoder_dir)
+    rc_dit_train.main([*args, "--output_dir", str(tmp_path / "run")])
+    assert RepresentationConditionedDiTPipeline.from_pretrained(str(tmp_path / "run")).preprocessing.image_size == SIZE
+
+
+def test_train_script_refuses_an_unreadable_processor_file(tmp_path):
+    from diffusion_classifiers.training import encoder_preprocessing_from_args
+    from transformers import Dinov2Config
+
+    encoder_dir = tmp_path / "dinov2"
+    Dinov2Config(image_size=16, patch_size=4, num_channels=1, hidden_size=16).save_pretrained(encoder_dir)
+    (encoder_dir / "preprocessor_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=rf"--encoder_name_or_path {encoder_dir}: cannot read its preprocessor_config.json"):
+        encoder_preprocessing_from_args(type("Args", (), {"encoder_name_or_path": str(encoder_dir)})())
+
+
+@pytest.mark.parametrize("architecture", ["resnet", "bert"])
+def test_train_scripts_refuse_an_encoder_of_another_architecture(tmp_path, architecture):
+    from transformers import BertConfig, ResNetConfig
+
+    config = {"resnet": ResNetConfig, "bert": BertConfig}[architecture]()
+    config.save_pretrained(tmp_path / architecture)
+    expected = (
+        rf"--encoder_name_or_path {tmp_path / architecture}: a '{architecture}' model \({type(config).__name__}\), not an "
+        r"image encoder this trainer supports; expected one of ViT \('vit'\), DINOv2 \('dinov2'\), DINOv2 with "
+        r"registers \('dinov2_with_registers'\)"
+    )
+    args = ["--dataset", "digits", "--image_size", str(SIZE), "--max_train_steps", "1", "--train_batch_size", "8",
+            "--encoder_name_or_path", str(tmp_path / architecture), "--output_dir", str(tmp_path / "run")]  # fmt: skip
+    with pytest.raises(ValueError, match=expected):
+        rc_dit_train_script().main([*args, "--dit_size", "tiny"])
+    with pytest.raises(ValueError, match=expected):
+        contrastive_baseline_script().main(args)
+
+
+def contrastive_baseline_script():
+    """`examples/rc_dit_train_contrastive_baseline.py` as a module."""
+    sys.path.insert(0, str(REPO_ROOT / "examples"))
+    try:
+        import rc_dit_train_contrastive_baseline
+    finally:
+        sys.path.pop(0)
+    return rc_dit_train_contrastive_baseline
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Pipeline
 # ---------------------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ __all__ = [
     "add_encoder_args",
     "add_training_args",
     "build_vit_encoder_from_args",
+    "encoder_preprocessing_from_args",
     "training_args_from_namespace",
 ]
 
@@ -259,12 +260,37 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     return parser
 
 
+# the transformers vision models `--encoder_name_or_path` may hold: their `model_type` and name
+SUPPORTED_ENCODER_TYPES = {"vit": "ViT", "dinov2": "DINOv2", "dinov2_with_registers": "DINOv2 with registers"}
+PROCESSOR_FILE = "preprocessor_config.json"
+
+
+def _check_pretrained_encoder_type(path_or_hub_id: str):
+    """The `AutoConfig` of `--encoder_name_or_path`, refused unless it is a ViT, DINOv2 or DINOv2-with-registers model
+    (the encoders whose tokens and pooler `models.encode_representation` reads)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path_or_hub_id)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_ENCODER_TYPES:
+        supported = ", ".join(f"{name} ({key!r})" for key, name in SUPPORTED_ENCODER_TYPES.items())
+        raise ValueError(
+            f"--encoder_name_or_path {path_or_hub_id}: a {model_type!r} model ({type(config).__name__}), not an image "
+            f"encoder this trainer supports; expected one of {supported}"
+        )
+    return config
+
+
 def build_vit_encoder_from_args(args: argparse.Namespace, images):
     """The encoder the flags of `add_encoder_args` ask for, for training images `[N, C, H, H]` (a tensor, or a
-    dataset of `(image [C, H, H], ...)` items): loaded with `AutoModel` from `--encoder_name_or_path` (it must read
-    C-channel images, unless it has an image processor, whose preprocessing converts them), else a new
+    dataset of `(image [C, H, H], ...)` items): loaded with `AutoModel` from `--encoder_name_or_path`, else a new
     `build_vit_encoder` whose initial weights are seeded with `args.seed` (so the RC-DiT and contrastive trainers
-    start from the same one)."""
+    start from the same one).
+
+    A pretrained encoder must be a ViT, DINOv2 or DINOv2 with registers (`SUPPORTED_ENCODER_TYPES`). With its image
+    processor (`preprocessor_config.json`, `encoder_preprocessing_from_args`) it reads images of any size and 1 or 3
+    channels, converted as that processor's size, mean and std say; without one it reads them as they are, so it
+    must take the data's channels and size (`image_size`). Everything is checked here, before any training step."""
     import torch
     from transformers import AutoModel
 
@@ -275,13 +301,11 @@ def build_vit_encoder_from_args(args: argparse.Namespace, images):
         raise ValueError(f"expected square training images, got shape {shape}: pass --image_size")
     image_size, num_channels = shape[-1], shape[1]
     if args.encoder_name_or_path:
-        encoder = AutoModel.from_pretrained(args.encoder_name_or_path)
-        if encoder.config.num_channels != num_channels and encoder_preprocessing_from_args(args) is None:
-            raise ValueError(
-                f"encoder {args.encoder_name_or_path!r} reads {encoder.config.num_channels}-channel images, the data "
-                f"has {num_channels}: pass --num_channels {encoder.config.num_channels}"
-            )
-        return encoder
+        path = args.encoder_name_or_path
+        config = _check_pretrained_encoder_type(path)
+        if encoder_preprocessing_from_args(args) is None:
+            _check_reads_data_as_it_is(path, config, num_channels, image_size)
+        return AutoModel.from_pretrained(path)
     torch.manual_seed(args.seed)
     return build_vit_encoder(
         image_size,
@@ -293,15 +317,45 @@ def build_vit_encoder_from_args(args: argparse.Namespace, images):
     )
 
 
+def _check_reads_data_as_it_is(path: str, config, num_channels: int, image_size: int) -> None:
+    """An encoder without an image processor reads the images as they are: it must take their channels and size
+    (else the run would fail at its save, after every step, or the encoder would be fed what it never read)."""
+    encoder_size = config.image_size if isinstance(config.image_size, int) else tuple(config.image_size)
+    problems, flags = [], []
+    if config.num_channels != num_channels:
+        problems.append(f"reads {config.num_channels}-channel images, the data has {num_channels}")
+        flags.append(f"--num_channels {config.num_channels}")
+    if encoder_size not in (image_size, (image_size, image_size)):
+        problems.append(f"reads {encoder_size} px images, the data has {image_size} px")
+        flags.append(f"--image_size {encoder_size}")
+    if problems:
+        raise ValueError(
+            f"encoder {path!r} has no {PROCESSOR_FILE} (its image processor), so it would read the images as they are, "
+            f"but it {'; it '.join(problems)}: pass {' '.join(flags)}, or add the image processor of the model it "
+            f"was trained from to the folder (AutoImageProcessor.from_pretrained(<that model>).save_pretrained({path!r}))"
+        )
+
+
 def encoder_preprocessing_from_args(args: argparse.Namespace):
     """`models.pretrained_preprocessing` of `--encoder_name_or_path` when it has an image processor (DINOv2 and
     other pretrained models: their input size and ImageNet mean and std), else `None` (a new ViT, or a model saved
-    without one, reads the images as they are)."""
+    without one, such as a contrastive baseline's encoder, reads the images as they are). A folder's
+    `preprocessor_config.json` that cannot be read is an error, not `None`."""
     if not args.encoder_name_or_path:
         return None
+    import os
+
     from ..models.encoders import pretrained_preprocessing
 
+    path = args.encoder_name_or_path
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, PROCESSOR_FILE)):
+            return None
+        try:
+            return pretrained_preprocessing(path)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"--encoder_name_or_path {path}: cannot read its {PROCESSOR_FILE}: {error}") from error
     try:
-        return pretrained_preprocessing(args.encoder_name_or_path)
-    except OSError:  # no preprocessor_config.json
+        return pretrained_preprocessing(path)
+    except OSError:  # a Hub repository without preprocessor_config.json
         return None
