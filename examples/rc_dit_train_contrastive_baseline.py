@@ -1,7 +1,11 @@
 #!/usr/bin/env python
 r"""Train the RC-DiT's ViT encoder alone with a contrastive (SimCLR) or self-distillation (DINO) objective on the
 same unlabeled images, for the same number of optimizer steps: the baseline of the RC-DiT representation. Saves the
-encoder with `save_pretrained` to `--output_dir` (load it with `transformers.ViTModel.from_pretrained`).
+encoder with `save_pretrained` to `--output_dir` (load it with `transformers.AutoModel.from_pretrained`).
+
+With `--encoder_name_or_path` (a DINOv2 folder with its preprocessor_config.json) the encoder reads the images
+exactly as `rc_dit_train.py`'s does: the same 1- or 3-channel data, made RGB, resized to the processor's crop size and
+normalised by its mean and std (`encoder_preprocessing_from_args`); its image processor is saved beside it.
 
     accelerate launch examples/rc_dit_train_contrastive_baseline.py --dataset ../shared/data/medmnist_pneumonia/pneumoniamnist.npz \
         --output_dir outputs/simclr-pneumonia --method simclr --encoder_hidden_size 192 --max_train_steps 20000
@@ -13,6 +17,7 @@ On a CPU-only machine, real multi-process DDP needs: ACCELERATE_USE_CPU=1 accele
 import argparse
 
 from accelerate import PartialState
+from transformers import AutoImageProcessor
 
 from diffusion_classifiers.data import add_data_args, load_data_from_args
 from diffusion_classifiers.training import (
@@ -21,6 +26,7 @@ from diffusion_classifiers.training import (
     add_training_args,
     build_vit_encoder_from_args,
     check_run_can_start,
+    encoder_preprocessing_from_args,
     train_contrastive_encoder,
     training_args_from_namespace,
 )
@@ -99,9 +105,15 @@ def main(argv=None):
     check_run_can_start(training_args)  # before the data is read
     images = load_data_from_args(args)["train"].images
     encoder = build_vit_encoder_from_args(args, images)  # seeded: the same initial encoder as rc_dit_train.py
-    encoder = train_contrastive_encoder(training_args, images, encoder, method=args.method, **objective_kwargs(args))
+    # a pretrained encoder's input prepared as rc_dit_train.py prepares it (its processor's size, mean and std)
+    preprocessing = encoder_preprocessing_from_args(args)
+    encoder = train_contrastive_encoder(
+        training_args, images, encoder, method=args.method, preprocessing=preprocessing, **objective_kwargs(args)
+    )
     if PartialState().is_main_process:
         encoder.save_pretrained(args.output_dir)
+        if preprocessing is not None:  # whoever loads the encoder reads the images through the same processor
+            AutoImageProcessor.from_pretrained(args.encoder_name_or_path).save_pretrained(args.output_dir)
 
 
 if __name__ == "__main__":

@@ -386,3 +386,59 @@ def test_a_pretrained_dinov2_is_adapted_by_dino_through_its_processor(tiny_dinov
         features = encode_representation(adapted, digits[:4], preprocessing=preprocessing)
     assert features.shape == initial.shape == (4, 32)
     assert not torch.allclose(features, initial)
+
+
+def _example_script(name):
+    import importlib.util
+
+    from .conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "examples" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def _first_encoder_input(script, argv, monkeypatch):
+    """The `pixel_values` the encoder that `script.main(argv)` trains is given at its first call (the first step)."""
+    seen = []
+    build = script.build_vit_encoder_from_args
+
+    def build_and_watch(args, images):
+        encoder = build(args, images)
+        encoder.register_forward_pre_hook(lambda _, a, kw: seen.append(kw["pixel_values"].detach().clone()), with_kwargs=True)
+        return encoder
+
+    monkeypatch.setattr(script, "build_vit_encoder_from_args", build_and_watch)
+    script.main(argv)
+    return seen[0]
+
+
+@pytest.mark.parametrize("num_channels", [1, 3])
+def test_the_baseline_script_feeds_a_dinov2_encoder_what_rc_dit_train_feeds_it(tiny_dinov2_dir, tmp_path, monkeypatch, num_channels):
+    """`--encoder_name_or_path <DINOv2>`: the baseline refused 1-channel data that rc_dit_train.py takes, and fed
+    3-channel data raw, without the processor's resizing and ImageNet normalisation that RC-DiT training applies.
+    With the augmentations made the identity, both scripts give the encoder the same tensor for the same batch."""
+    from torch import nn
+
+    from diffusion_classifiers.training import contrastive
+
+    common = ["--dataset", "digits", "--image_size", "16", "--num_channels", str(num_channels), "--max_train_steps", "1",
+              "--train_batch_size", "8", "--encoder_name_or_path", str(tiny_dinov2_dir), "--num_sample_images", "0",
+              "--checkpointing_steps", "100"]  # fmt: skip
+    def identity_views(image_size, num_channels, strength=1.0, crop_scale=(0.25, 1.0), flip_p=0.5, blur_p=0.5):
+        return nn.Identity()  # build_augmentation's signature: the options are routed by its parameter names
+
+    monkeypatch.setattr(contrastive, "build_augmentation", identity_views)
+    baseline = _first_encoder_input(
+        _example_script("rc_dit_train_contrastive_baseline"), [*common, "--output_dir", str(tmp_path / "simclr")], monkeypatch
+    )
+    rc_dit = _first_encoder_input(
+        _example_script("rc_dit_train"), [*common, "--dit_size", "tiny", "--output_dir", str(tmp_path / "rc")], monkeypatch
+    )
+    assert rc_dit.shape == (8, 3, 28, 28)  # made RGB, resized to the processor's crop size
+    assert baseline.shape == (16, 3, 28, 28)  # SimCLR's two views of the batch
+    torch.testing.assert_close(baseline[:8], rc_dit, rtol=0, atol=0)
+    torch.testing.assert_close(baseline[8:], rc_dit, rtol=0, atol=0)
+    assert rc_dit.mean(dim=(0, 2, 3)).max() < 0.5 and rc_dit.min() < -1.5  # ImageNet-normalised, not [-1, 1]
+    assert (tmp_path / "simclr" / "preprocessor_config.json").is_file()  # the encoder is saved with its processor
