@@ -116,6 +116,10 @@ def test_evaluate_script_end_to_end(fitted, tmp_path, capsys, monkeypatch):
     runpy.run_path(str(REPO_ROOT / "examples" / "evaluate.py"), run_name="__main__")
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["accuracy"] == json.loads((tmp_path / "metrics.json").read_text())["accuracy"]
+    from diffusion_classifiers.evaluation import load_evaluation_split  # every kind of --dataset named when missing
+
+    with pytest.raises(ValueError, match=r"does not exist; expected .*a \.csv of paths.*DatasetDict\.save_to_disk"):
+        load_evaluation_split(str(tmp_path / "missing"))
 
 
 @pytest.fixture(scope="module")

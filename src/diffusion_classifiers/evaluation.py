@@ -188,6 +188,11 @@ def load_evaluation_split(
     memory."""
     if split not in ("train", "val", "validation", "test"):
         raise ValueError(f"split: expected 'train', 'val', 'validation' or 'test', got {split!r}")
+    if dataset != "digits" and not os.path.exists(dataset):
+        raise ValueError(
+            f"dataset {dataset!r} does not exist; expected 'digits', a .npz file, a .csv of paths, an IDX directory, an "
+            "image folder or a folder saved with DatasetDict.save_to_disk"
+        )
     if os.path.isfile(os.path.join(dataset, "dataset_dict.json")):
         from datasets import load_from_disk
 

@@ -316,7 +316,8 @@ def _source_kind(source: Any) -> str:
     path = Path(source)
     if not path.exists():
         raise ValueError(
-            f"source: {str(path)!r} does not exist; expected 'digits', a .npz file, an IDX directory or an image folder"
+            f"source: {str(path)!r} does not exist; expected 'digits', a .npz file, a .csv of paths, an IDX directory "
+            "or an image folder"
         )
     if path.is_file():
         if path.suffix not in (".npz", ".csv"):
