@@ -314,18 +314,25 @@ def test_score_sde_parquet_has_the_log_likelihood_ratio(models, tmp_path):
     assert rewritten["log_likelihood_ratio"][0] == alone.log_likelihood_ratio.item()
 
 
-def test_dataset_folder_rows_are_named_by_index(models, tmp_path):
+def test_dataset_folder_rows_are_named_by_index(models, tmp_path, capsys):
     datasets = pytest.importorskip("datasets")
     rng = np.random.default_rng(1)
     images = [Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)) for _ in range(3)]
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["fox", "cat"])})
-    datasets.DatasetDict({"test": datasets.Dataset.from_dict({"image": images, "label": [0, 1, 1]}, features=features)}).save_to_disk(tmp_path / "data")
+    split = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 1]}, features=features)
+    datasets.DatasetDict({"test": split, "val": split}).save_to_disk(tmp_path / "data")
+    # the CLI names the split it reads, and a rerun on another split (rows named 0, 1, 2 again) is refused
+    args = ["predict", "--model_dir", str(models / "unet"), "--input", str(tmp_path / "data"), "--output", str(tmp_path / "cli.csv")]
+    main(args)
+    assert f"{tmp_path / 'data'}: the 'test' split of a saved DatasetDict" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"written by another prediction \(split: 'test' then, 'val' now"):
+        main(args + ["--split", "val"])
     pipe = load(models, "unet")
     summary = predict_files(pipe, list_inputs(tmp_path / "data"), tmp_path / "predictions.csv")
     rows = read_rows(summary.output)
     assert [(row["path"], row["true_label"]) for row in rows] == [("0", "fox"), ("1", "cat"), ("2", "cat")]
     assert [row["label"] for row in rows] == pipe(images).labels
-    with pytest.raises(ValueError, match=r"no split 'train'; expected one of \['test'\]"):
+    with pytest.raises(ValueError, match=r"no split 'train'; expected one of \['test', 'val'\]"):
         list_inputs(tmp_path / "data", split="train")
 
 

@@ -357,7 +357,12 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     pipeline = DiffusionClassifierPipeline.from_pretrained(model_dir).to(accelerator.device)
     model_name = str(Path(args.model_dir).resolve()) if Path(args.model_dir).is_dir() else str(args.model_dir)
     # the input too: file names restart in every folder of an instrument's samples, and a rerun skips the names done
+    # (a DatasetDict's rows are named by index in every split: its split too)
     run_info = {"model_dir": model_name, "windows": _windows_json(medical.windows), "input": str(Path(args.input).resolve())}
+    if (Path(args.input) / "dataset_dict.json").is_file():
+        run_info["split"] = args.split
+        if accelerator.is_main_process:
+            print(f"{args.input}: the {args.split!r} split of a saved DatasetDict (--split chooses another)")
     summary = predict_files(
         pipeline, inputs, args.output, args.errors, batch_size=args.batch_size, run_info=run_info,
         overwrite=args.overwrite, seed=args.seed, accelerator=accelerator, progress_bar=not args.no_progress_bar,
