@@ -59,6 +59,21 @@ def test_many_class_confusion_matrix_grows_with_the_classes(tmp_path):
     assert opened(path).shape == (round(size * DPI), round((size + 1) * DPI))
 
 
+def test_a_confusion_matrix_of_121_classes_shows_colours_only_at_a_readable_size(tmp_path, monkeypatch):
+    """The plankton study's 121 classes: 14,641 annotated cells made a 7,105 px image whose labels ran into each
+    other; beyond ANNOTATED_CLASSES the cells are colours only and the names smaller and upright."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    plotted = []
+    original = ConfusionMatrixDisplay.plot
+    monkeypatch.setattr(ConfusionMatrixDisplay, "plot", lambda self, **kw: plotted.append(kw) or original(self, **kw))
+    path = tmp_path / "cm121.png"
+    plot_confusion_matrix(np.eye(121, dtype=int) * 2, [f"plankton class {k}" for k in range(121)], str(path))
+    assert plotted[0]["include_values"] is False and plotted[0]["xticks_rotation"] == 90
+    size = 0.16 * 121 + 3.5
+    assert opened(path).shape == (round(size * DPI), round((size + 1) * DPI))
+
+
 def test_roc_and_precision_recall_of_the_positive_class(tmp_path, binary_case):
     y_true, probs = binary_case
     path = tmp_path / "roc_pr.png"

@@ -42,6 +42,7 @@ __all__ = [
 
 DPI = 100
 CONFUSION_NORMALIZE = ("true", "pred", "all", None)
+ANNOTATED_CLASSES = 30  # a confusion matrix of more classes shows colours only
 
 
 def _wrap(title: str, width: int) -> str:
@@ -101,7 +102,8 @@ def plot_confusion_matrix(
     Args:
         normalize (`str`, *optional*, defaults to `"true"`): what the colours and percentages are normalised over,
             as in scikit-learn: `"true"` (rows: each cell is a recall), `"pred"` (columns), `"all"`, or `None` (raw
-            counts). Every cell also shows its count; the title says which normalisation was used.
+            counts). Every cell also shows its count, up to `ANNOTATED_CLASSES` classes (beyond, colours only, the
+            names smaller and upright: the 121 plankton classes); the title says which normalisation was used.
     """
     if normalize not in CONFUSION_NORMALIZE:
         raise ValueError(f"normalize: expected one of {CONFUSION_NORMALIZE}, got {normalize!r}")
@@ -111,11 +113,15 @@ def plot_confusion_matrix(
         raise ValueError(f"expected a {k} x {k} matrix (one row per class name), got {counts.shape}")
     axis = {"true": 1, "pred": 0, "all": None}.get(normalize)
     shown = counts if normalize is None else counts / np.maximum(counts.sum(axis=axis, keepdims=axis is not None), 1)
-    size = max(5.0, 0.55 * len(class_names) + 3.5)
+    many = len(class_names) > ANNOTATED_CLASSES  # then colours only: numbers in 10,000 cells are unreadable
+    size = max(5.0, (0.16 if many else 0.55) * len(class_names) + 3.5)
     fig, ax = plt.subplots(figsize=(size + 1, size), layout="constrained")
     display = ConfusionMatrixDisplay(shown, display_labels=list(class_names))
-    display.plot(ax=ax, cmap="Blues", colorbar=True, xticks_rotation=45 if len(class_names) > 4 else "horizontal")
-    for (row, col), text in np.ndenumerate(display.text_):
+    rotation = 90 if many else 45 if len(class_names) > 4 else "horizontal"
+    display.plot(ax=ax, cmap="Blues", colorbar=True, xticks_rotation=rotation, include_values=not many)
+    if many:
+        ax.tick_params(labelsize=6)
+    for (row, col), text in np.ndenumerate(display.text_ if not many else np.empty((0, 0))):
         count = counts[row, col]
         text.set_text(str(count) if normalize is None else f"{count}\n{100 * shown[row, col]:.1f}%")
         text.set_fontsize(8 if len(class_names) > 6 else 10)
