@@ -679,6 +679,36 @@ def test_latent_training_denoises_vae_latents_and_the_pipeline_round_trips(digit
     torch.testing.assert_close(again, generated)
 
 
+@pytest.mark.parametrize("pretrained", [False, True])
+def test_train_rc_dit_refuses_a_vae_of_other_channels_than_the_images_before_any_step(tmp_path, pretrained):
+    """A 1-channel VAE over RGB images failed at the first step with a torch RuntimeError (DINOv2 encoder) or blamed
+    the encoder (a new ViT)."""
+    from diffusion_classifiers.training import train_rc_dit
+
+    images = torch.rand(8, 3, SIZE, SIZE) * 2 - 1
+    encoder = tiny_dinov2_encoder() if pretrained else build_vit_encoder(SIZE, 3, DIM, num_layers=1, num_heads=2)
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), train_batch_size=8, max_train_steps=1)
+    preprocessing = IMAGENET_PREPROCESSING if pretrained else None
+    with pytest.raises(ValueError, match=r"the vae \(--vae\) reads 1-channel images \(its in_channels\), the training "
+                                         r"images are 3-channel: pass --num_channels 1, or a VAE of 3 input channels"):
+        train_rc_dit(args, images, encoder, dit_size="tiny", patch_size=2, vae=tiny_vae(), encoder_preprocessing=preprocessing)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_rc_dit_names_the_patch_size_and_the_vaes_factor_when_the_patches_do_not_tile(tmp_path):
+    from diffusion_classifiers.training import train_rc_dit
+
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), train_batch_size=8, max_train_steps=1)
+    images = torch.rand(8, 1, SIZE, SIZE) * 2 - 1
+    with pytest.raises(ValueError, match=r"^--patch_size 3 does not divide the DiT's input of 8 px \(16 px images / the "
+                                         r"VAE's factor 2\); use --patch_size 1, 2, 4 or 8$"):
+        train_rc_dit(args, images, tiny_encoder(), dit_size="tiny", patch_size=3, vae=tiny_vae())
+    with pytest.raises(ValueError, match=r"^--patch_size 4 \(the default of --dit_size tiny\) does not divide the DiT's "
+                                         r"input of 10 px \(10 px images\); use --patch_size 1, 2, 5 or 10$"):
+        train_rc_dit(args, torch.rand(8, 1, 10, 10) * 2 - 1, build_vit_encoder(10, 1, DIM, 1, 2, patch_size=5), dit_size="tiny")
+    assert not (tmp_path / "run").exists()
+
+
 def test_vae_whose_latent_channels_differ_from_the_transformer_fails():
     with pytest.raises(ValueError, match="vae latent_channels 4 does not match the transformer's in_channels 1"):
         RepresentationConditionedDiTPipeline(tiny_encoder(), tiny_transformer(), DDPMScheduler(), vae=tiny_vae())

@@ -225,6 +225,18 @@ def rc_dit_sample_grid(
     return sample_grid
 
 
+def _check_patch_size(patch_size: int, sample_size: int, where: str, default_of: Optional[str]) -> None:
+    """The DiT's patches must tile its input (`sample_size` px: `where` says how it follows from the images)."""
+    if patch_size >= 1 and sample_size % patch_size == 0:
+        return
+    divisors = [str(d) for d in range(1, sample_size + 1) if sample_size % d == 0]
+    choices = divisors[0] if len(divisors) == 1 else f"{', '.join(divisors[:-1])} or {divisors[-1]}"
+    flag = f"--patch_size {patch_size}" + ("" if default_of is None else f" (the default of --dit_size {default_of})")
+    raise ValueError(
+        f"{flag} does not divide the DiT's input of {sample_size} px ({where}); use --patch_size {choices}"
+    )
+
+
 def train_rc_dit(
     args: TrainingArguments,
     images: TrainingImages,
@@ -319,15 +331,24 @@ def train_rc_dit(
         `TrainingSummary`.
     """
     dataset = training_dataset(images)
-    in_channels, _, sample_size = first_image(dataset).shape
+    in_channels, _, image_size = first_image(dataset).shape
+    sample_size, where = image_size, f"{image_size} px images"
     if vae is not None:
         factor = vae_scale_factor(vae)
+        if vae.config.in_channels != in_channels:
+            raise ValueError(
+                f"the vae (--vae) reads {vae.config.in_channels}-channel images (its in_channels), the training images "
+                f"are {in_channels}-channel: pass --num_channels {vae.config.in_channels}, or a VAE of "
+                f"{in_channels} input channels"
+            )
         if sample_size % factor:
             raise ValueError(f"expected an image size divisible by the vae's scale factor {factor}, got {sample_size}")
         sample_size, in_channels = sample_size // factor, vae.config.latent_channels
+        where = f"{image_size} px images / the VAE's factor {factor}"
         vae.requires_grad_(False).eval()
     torch.manual_seed(args.seed)
     config = rc_dit_config(dit_size, sample_size, in_channels, representation_size(encoder), patch_size=patch_size)
+    _check_patch_size(config["patch_size"], sample_size, where, dit_size if patch_size is None else None)
     transformer = RepresentationConditionedDiTModel(
         **config, rep_dropout=rep_dropout, representation_readout=representation_readout,
         representation_norm=representation_norm, encoder_preprocessing=encoder_preprocessing,
