@@ -37,7 +37,10 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
         assert metrics[name]["selection"]["num_images"] == num_train and metrics[name]["selection"]["criterion"] == "stability"
     for name in ("reliability.png", "unet_training/loss_curve.png", "unet_training/samples/step_6.png"):
         assert Image.open(tmp_path / name).size[0] > 0, name
-    assert "![reliability](reliability.png)" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "![reliability](reliability.png)" in report
+    per_class = metrics["test"]["per_class"]["3"]  # the per-class table, as evaluate's report has it
+    assert f"| 3 | {100 * per_class['precision']:.2f}% | {100 * per_class['recall']:.2f}% |" in report
 
     # `probe`: the demo's U-Net probed again, at other timesteps, into its own folder
     probe_dir = tmp_path / "probe"

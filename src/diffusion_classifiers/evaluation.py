@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from .data import ImagePreprocessing, LabeledImages, canonical_split_name, load_image_classification_data
 from .data.streaming import StreamingImages, streaming_classification_split, streaming_image_classification_data
-from .metrics import calibration_metrics, classification_metrics, percent, resolve_positive_label
+from .metrics import calibration_metrics, classification_metrics, per_class_table, percent, resolve_positive_label
 from .validation import check_writable_dir
 
 __all__ = [
@@ -92,7 +92,10 @@ def load_classifier(path: str):
     raise FileNotFoundError(f"{path}: expected a pipeline folder (model_index.json) or a transformers model (config.json)")
 
 
-def _predictor(classifier, image_processor=None) -> Tuple[Callable[[list], Tuple[torch.Tensor, torch.Tensor]], List[str]]:
+Predictor = Callable[[list], Tuple[torch.Tensor, torch.Tensor]]  # images -> (probs, ranking scores)
+
+
+def _predictor(classifier, image_processor=None) -> Tuple[Predictor, List[str]]:
     """`(images -> (probs [N, K], ranking scores [N, K]), class names)` for a pipeline or a transformers model;
     `images` a list of PIL images or a `[N, C, H, W]` tensor. The ranking scores order the images for ROC curves: a
     pipeline's `log_odds` when it gives them (Score-SDE: its probs saturate at 0 and 1), else the probs."""
@@ -190,8 +193,8 @@ def load_evaluation_split(
         raise ValueError(f"split: expected 'train', 'val', 'validation' or 'test', got {split!r}")
     if dataset != "digits" and not os.path.exists(dataset):
         raise ValueError(
-            f"dataset {dataset!r} does not exist; expected 'digits', a .npz file, a .csv of paths, an IDX directory, an "
-            "image folder or a folder saved with DatasetDict.save_to_disk"
+            f"dataset {dataset!r} does not exist; expected 'digits', a .npz file, a .csv of paths, an IDX directory, "
+            "an image folder or a folder saved with DatasetDict.save_to_disk"
         )
     if os.path.isfile(os.path.join(dataset, "dataset_dict.json")):
         from datasets import load_from_disk
@@ -353,8 +356,6 @@ def render_evaluation_report(metrics: dict, title: str, plots: List[str]) -> str
             f"| specificity | {percent(metrics['specificity'])} |",
             f"| F1 of {positive} | {100 * metrics['positive_f1']:.2f}% |",
         ]
-    lines += ["", "| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
-    for name, row in metrics["per_class"].items():
-        lines.append(f"| {name} | {100 * row['precision']:.2f}% | {100 * row['recall']:.2f}% | {100 * row['f1']:.2f}% | {row['support']} |")
+    lines += ["", *per_class_table(metrics["per_class"])]
     lines += ["", " ".join(f"![{name[:-4].replace('_', ' ')}]({name})" for name in plots)]
     return "\n".join(lines) + "\n"

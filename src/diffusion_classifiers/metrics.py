@@ -1,6 +1,6 @@
 """Classification and clustering metrics in numpy / scikit-learn (no Hub access), returned as plain Python values."""
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -13,6 +13,7 @@ __all__ = [
     "classification_metrics",
     "clustering_metrics",
     "percent",
+    "per_class_table",
     "hungarian_match",
     "resolve_positive_label",
 ]
@@ -70,6 +71,17 @@ def _binary_metrics(names: Sequence[str], positive_label: int, precision, recall
 def percent(value: Optional[float]) -> str:
     """A fraction as a report shows it: `"97.50%"`, or `"n/a"` for an undefined metric (None)."""
     return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def per_class_table(per_class: Dict[str, dict]) -> List[str]:
+    """The Markdown rows of a report's per-class table (`classification_metrics`' "per_class"): precision, recall,
+    F1 and support of each class, as the reports of `evaluate` and `probe` show them (the tail of a long-tailed set
+    included)."""
+    rows = ["| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
+    for name, row in per_class.items():
+        scores = " | ".join(percent(row[key]) for key in ("precision", "recall", "f1"))
+        rows.append(f"| {name} | {scores} | {row['support']} |")
+    return rows
 
 
 def classification_metrics(

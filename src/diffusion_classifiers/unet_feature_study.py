@@ -13,7 +13,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from .data import LabeledImages
 from .features import DiffusionFeatureExtractor, block_label, with_hypercolumns
-from .metrics import calibration_metrics, classification_metrics, percent, resolve_positive_label
+from .metrics import calibration_metrics, classification_metrics, per_class_table, percent, resolve_positive_label
 from .pipelines import UNetFeatureClassifierPipeline
 from .models.unet_presets import DEFAULT_TIMESTEPS
 from .probing import ProbeGridResult, fit_probe_grid, kmeans_evaluate, label_free_kmeans
@@ -323,6 +323,10 @@ def render_report(study: UNetFeatureStudy, title: str, command: str, extra: Opti
         f"| AUC | {auc} |",
         *_positive_class_rows(s),
         f"| ECE (calibration) | {study.test_metrics['calibration']['ece']:.4f} |",
+        "",
+        "Per class, on test:",
+        "",
+        *per_class_table(study.test_metrics["per_class"]),
         "",
         *_kmeans_rows(study),
         "",
