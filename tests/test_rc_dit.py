@@ -709,6 +709,31 @@ def test_train_rc_dit_names_the_patch_size_and_the_vaes_factor_when_the_patches_
     assert not (tmp_path / "run").exists()
 
 
+def test_latents_apply_the_vaes_shift_factor_when_it_has_one():
+    """SD3 / Flux VAEs: latents = (mode - shift_factor) * scaling_factor, decoded from latents / scale + shift;
+    a VAE without a shift_factor only scales, as before."""
+    from diffusers import AutoencoderKL
+
+    from diffusion_classifiers.models import decode_latents, encode_latents
+
+    images = torch.rand(2, 1, SIZE, SIZE) * 2 - 1
+    plain = tiny_vae()
+    assert plain.config.get("shift_factor") is None
+    mode = plain.encode(images).latent_dist.mode()
+    torch.testing.assert_close(encode_latents(plain, images, sample=False), mode * plain.config.scaling_factor, rtol=0, atol=0)
+    torch.testing.assert_close(decode_latents(plain, mode), plain.decode(mode / plain.config.scaling_factor).sample, rtol=0, atol=0)
+
+    shifted = AutoencoderKL.from_config(plain.config, scaling_factor=0.7, shift_factor=0.5)
+    shifted.load_state_dict(plain.state_dict())
+    shifted.eval()
+    assert (shifted.config.scaling_factor, shifted.config.shift_factor) == (0.7, 0.5)
+    torch.testing.assert_close(encode_latents(shifted, images, sample=False), (mode - 0.5) * 0.7)
+    latents = torch.randn(2, 4, SIZE // 2, SIZE // 2)
+    with torch.no_grad():
+        expected = shifted.decode(latents / 0.7 + 0.5).sample
+    torch.testing.assert_close(decode_latents(shifted, latents), expected)
+
+
 def test_vae_whose_latent_channels_differ_from_the_transformer_fails():
     with pytest.raises(ValueError, match="vae latent_channels 4 does not match the transformer's in_channels 1"):
         RepresentationConditionedDiTPipeline(tiny_encoder(), tiny_transformer(), DDPMScheduler(), vae=tiny_vae())
