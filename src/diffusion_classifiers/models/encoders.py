@@ -4,8 +4,17 @@ Two ways to turn library images (`[N, C, H, W]` in [-1, 1]) into one vector per 
 
 - `encode_representation(encoder, images)`: r, the representation a (trainable) ViT or DINOv2 encoder gives the
   RC-DiT and the contrastive baselines; differentiable, the images read as they are (C = the encoder's channels).
-- `load_pretrained_encoder(path_or_hub_id)`: a frozen pretrained RGB backbone with its image processor's
-  preprocessing (grayscale to RGB, resize, ImageNet normalisation), giving CLS-token features.
+- `load_pretrained_encoder(path_or_hub_id)`: a frozen pretrained RGB backbone read through its image processor's
+  size, mean and std (`pretrained_pixel_values`: grayscale to RGB, the whole image resized to the processor's crop
+  size, ImageNet normalisation), giving CLS-token features.
+
+The pretrained preprocessing (`pretrained_preprocessing`, `pretrained_pixel_values`) is not the processor's own
+call: a DINOv2 `BitImageProcessor` resizes the shortest edge to its `size` (256) and then centre-crops `crop_size`
+(224), cutting 6.25% off every side; here the whole field of view is resized straight to the crop size (bicubic,
+antialiased) and normalised by the processor's mean and std. Nothing at the border is lost (a lesion at the edge of
+a medical image stays in view), at the price of a framing about 12% wider than the one DINOv2 was trained on
+(objects 224/256 of the size the processor would show). Saved pipelines record only that size, mean and std
+(`RepresentationConditionedDiTModel.config.encoder_preprocessing`) and are read this way.
 """
 
 from dataclasses import dataclass
@@ -86,7 +95,9 @@ def encode_representation(
 
     The images are read as they are, resized (bilinear, antialiased) to the encoder's `image_size`; with
     `preprocessing` (`pretrained_preprocessing` of a pretrained encoder: its image processor's `image_size`,
-    `image_mean`, `image_std`) as that processor prepares them, like `load_pretrained_encoder`. With `"pooler"`
+    `image_mean`, `image_std`) by `pretrained_pixel_values`, like `load_pretrained_encoder`: the whole image resized
+    to that size and normalised by that mean and std, without the processor's centre crop (see the module
+    docstring). With `"pooler"`
     every encoder parameter takes part; the other readouts leave a ViT's pooler unused (see `RCDiTJointModel`).
     """
     if readout not in REPRESENTATION_READOUTS:
@@ -127,8 +138,10 @@ def encoder_pixel_values(encoder: nn.Module, images: torch.Tensor, preprocessing
 
 
 def pretrained_preprocessing(path_or_hub_id: str) -> dict:
-    """How a pretrained vision model's `AutoImageProcessor` prepares its input: `{"image_size": [h, w],
-    "image_mean": [...], "image_std": [...]}` (mean 0 and std 1 when it does not normalise)."""
+    """The input size, mean and std of a pretrained vision model's `AutoImageProcessor`: `{"image_size": [h, w],
+    "image_mean": [...], "image_std": [...]}` (mean 0 and std 1 when it does not normalise). `image_size` is the size
+    the model is fed (the processor's crop size, else its resize size, else the model's); `pretrained_pixel_values`
+    resizes the whole image to it and does not repeat the processor's resize-then-centre-crop (module docstring)."""
     processor = AutoImageProcessor.from_pretrained(path_or_hub_id)
     normalize = getattr(processor, "do_normalize", True)
     config = AutoConfig.from_pretrained(path_or_hub_id)
@@ -150,7 +163,8 @@ def representation_size(encoder: nn.Module) -> int:
 
 
 def _processor_size(processor, model_config) -> tuple[int, int]:
-    """The (height, width) the processor feeds the model: its crop size, else its resize size, else the model's."""
+    """The (height, width) the processor feeds the model: its crop size, else its resize size, else the model's
+    (`pretrained_pixel_values` resizes the whole image to it, without a crop)."""
     for name in ("crop_size", "size"):
         size = getattr(processor, name, None)
         if size is None:
@@ -173,7 +187,9 @@ def pretrained_pixel_values(
     image_std: Sequence[float],
 ) -> torch.Tensor:
     """Library images [N, C, H, W] in [-1, 1] (C = 1 or 3) to a pretrained RGB model's input: grayscale repeated to
-    3 channels, resized (bicubic, antialiased) to `image_size`, rescaled to [0, 1], normalised by mean and std."""
+    3 channels, the whole image resized (bicubic, antialiased) to `image_size`, rescaled to [0, 1], normalised by
+    mean and std. No shortest-edge resize and centre crop as a DINOv2 processor does: the whole field of view is
+    kept, the framing is wider than in pretraining (see the module docstring)."""
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"expected images [N, 1 or 3, H, W] in [-1, 1], got {tuple(images.shape)}")
     unit = ((images.float() + 1) / 2).expand(-1, 3, -1, -1)  # (N, 3, H, W) in [0, 1]
@@ -186,7 +202,8 @@ def pretrained_pixel_values(
 
 @dataclass
 class PretrainedImageEncoder:
-    """A pretrained transformers vision backbone with the preprocessing of its image processor.
+    """A pretrained transformers vision backbone read with its image processor's size, mean and std
+    (`pretrained_pixel_values`: the whole image resized to that size, no centre crop).
 
     `encode(images)` maps library images [N, C, H, W] in [-1, 1] (C = 1 or 3) to CLS-token features [N, D]:
     the final (layer-normed) hidden state of the first token; for convolutional backbones, the pooled output.
@@ -226,7 +243,8 @@ def load_pretrained_encoder(
 ) -> PretrainedImageEncoder:
     r"""
     Load a transformers vision backbone (`AutoModel`) and read its `AutoImageProcessor` config (input size,
-    ImageNet mean and std), in eval mode without gradients.
+    ImageNet mean and std), in eval mode without gradients. Images are read by `pretrained_pixel_values`: the whole
+    image resized to the processor's crop size, not its shortest-edge resize and centre crop.
 
     Args:
         path_or_hub_id (`str`): a local directory or Hub id, e.g. `"facebook/dinov2-small"`.

@@ -133,8 +133,10 @@ class RepresentationConditionedDiTModel(ModelMixin, ConfigMixin):
             as it is. Applied by `normalize_representation` (`representation_of`), not by `forward`: the
             representation `forward` takes is the normalised one.
         encoder_preprocessing (`dict`, *optional*): how the encoder's input is prepared, for an encoder started
-            from a pretrained model (`models.pretrained_preprocessing`: its image processor's size, mean and std),
-            so it reads images as it was trained to and as the frozen baseline does; `None`: images as they are.
+            from a pretrained model (`models.pretrained_preprocessing`: its image processor's size, mean and std):
+            grayscale made RGB, the whole image resized to that size (no centre crop) and normalised by that mean
+            and std (`models.pretrained_pixel_values`), as the frozen baseline reads them; `None`: images as they
+            are.
         representation_injection (`str`, *optional*, defaults to `"adaln"`): where r enters the denoiser.
             `"adaln"`: c = t_emb + proj(r) modulates every block and the output layer; `"adaln_per_block"`: each
             block and the output layer get their own projection, c_i = t_emb + proj_i(r); `"token"`: proj(r) is
@@ -374,7 +376,7 @@ def check_encoder_matches(encoder: nn.Module, transformer: RepresentationConditi
 
 def input_image_size_and_channels(encoder: nn.Module, transformer: RepresentationConditionedDiTModel, vae=None) -> tuple:
     """(image_size, num_channels) of the images an RC-DiT's pipelines read: the encoder's own; for an encoder with
-    `encoder_preprocessing` (it resizes, converts and normalises what it is given, as its image processor does)
+    `encoder_preprocessing` (it resizes, converts and normalises what it is given, `models.pretrained_pixel_values`)
     those the DiT works on, `sample_size` x `in_channels`, or through the `vae` its input images."""
     if transformer.config.encoder_preprocessing is None:
         return encoder.config.image_size, encoder.config.num_channels

@@ -289,7 +289,8 @@ def build_vit_encoder_from_args(args: argparse.Namespace, images):
 
     A pretrained encoder must be a ViT, DINOv2 or DINOv2 with registers (`SUPPORTED_ENCODER_TYPES`). With its image
     processor (`preprocessor_config.json`, `encoder_preprocessing_from_args`) it reads images of any size and 1 or 3
-    channels, converted as that processor's size, mean and std say; without one it reads them as they are, so it
+    channels, made RGB, resized whole to that processor's crop size (no centre crop) and normalised by its mean and
+    std (`models.pretrained_pixel_values`); without one it reads them as they are, so it
     must take the data's channels and size (`image_size`). Everything is checked here, before any training step."""
     import torch
     from transformers import AutoModel

@@ -291,7 +291,8 @@ def train_rc_dit(
         loss_weighting (`str`, *optional*, defaults to `"epsilon"`): the weighting of the loss over timesteps
             (`DenoisingLoss`): `"epsilon"`, `"min_snr"` (gamma 5) or `"truncated_snr"`.
         encoder_preprocessing (`dict`, *optional*): for a pretrained encoder, `models.pretrained_preprocessing` of
-            it, so it reads its inputs as its image processor prepares them (ImageNet normalisation for DINOv2).
+            it: its inputs made RGB, resized whole to the processor's crop size (no centre crop) and normalised by
+            its mean and std (ImageNet's for DINOv2; `models.pretrained_pixel_values`).
         representation_injection (`str`, *optional*, defaults to `"adaln"`): where r enters the DiT
             (`RepresentationConditionedDiTModel`): one projection into every block's adaLN, one per block, or a token.
         denoiser_mask_ratio (`float`, *optional*, defaults to 0.9): the fraction of the DiT's patches hidden from it
