@@ -1,4 +1,5 @@
 import json
+import re
 import sys
 
 import numpy as np
@@ -269,7 +270,7 @@ def test_train_script_refuses_an_encoder_folder_without_its_processor_that_canno
     args = ["--dataset", "digits", "--image_size", str(SIZE), "--dit_size", "tiny", "--max_train_steps", "1",
             "--train_batch_size", "8", "--encoder_name_or_path", str(encoder_dir)]  # fmt: skip
     expected = (
-        rf"encoder '{encoder_dir}' has no preprocessor_config.json \(its image processor\), so it would read the images "
+        rf"encoder '{re.escape(str(encoder_dir))}' has no preprocessor_config.json \(its image processor\), so it would read the images "
         r"as they are, but it reads 32 px images, the data has 16 px: pass --image_size 32, or add the image processor"
     )
     with pytest.raises(ValueError, match=expected):
@@ -293,7 +294,7 @@ def test_train_script_refuses_an_unreadable_processor_file(tmp_path):
     encoder_dir = tmp_path / "dinov2"
     Dinov2Config(image_size=16, patch_size=4, num_channels=1, hidden_size=16).save_pretrained(encoder_dir)
     (encoder_dir / "preprocessor_config.json").write_text("{not json")
-    with pytest.raises(ValueError, match=rf"--encoder_name_or_path {encoder_dir}: cannot read its preprocessor_config.json"):
+    with pytest.raises(ValueError, match=rf"--encoder_name_or_path {re.escape(str(encoder_dir))}: cannot read its preprocessor_config.json"):
         encoder_preprocessing_from_args(type("Args", (), {"encoder_name_or_path": str(encoder_dir)})())
 
 
@@ -304,7 +305,7 @@ def test_train_scripts_refuse_an_encoder_of_another_architecture(tmp_path, archi
     config = {"resnet": ResNetConfig, "bert": BertConfig}[architecture]()
     config.save_pretrained(tmp_path / architecture)
     expected = (
-        rf"--encoder_name_or_path {tmp_path / architecture}: a '{architecture}' model \({type(config).__name__}\), not an "
+        rf"--encoder_name_or_path {re.escape(str(tmp_path / architecture))}: a '{architecture}' model \({type(config).__name__}\), not an "
         r"image encoder this trainer supports; expected one of ViT \('vit'\), DINOv2 \('dinov2'\), DINOv2 with "
         r"registers \('dinov2_with_registers'\)"
     )
