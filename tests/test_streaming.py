@@ -180,7 +180,15 @@ def test_features_beyond_the_memory_budget_go_to_float16_memory_maps(image_folde
     num_bytes = 4 * len(images) * sum(value.shape[1] for value in in_memory.values())
     assert all(isinstance(v, torch.Tensor) for v in extractor.extract(images, BLOCKS, TIMESTEPS, max_memory_bytes=num_bytes).values())
     on_disk = extractor.extract(images, BLOCKS, TIMESTEPS, batch_size=4, max_memory_bytes=num_bytes - 1, feature_dir=tmp_path)
-    assert len(list(tmp_path.glob("*.float16"))) == len(on_disk) == 4
+    assert len(list(tmp_path.glob("diffusion-features-*/*.float16"))) == len(on_disk) == 4
+    # one feature_dir for two extractions (a study's val and test): the second writes beside the first, not over it
+    written = {key: np.array(value) for key, value in on_disk.items()}
+    other = extractor.extract(images[:3], BLOCKS, TIMESTEPS, max_memory_bytes=0, feature_dir=tmp_path)
+    assert all(np.array_equal(on_disk[key], value) for key, value in written.items())
+    assert len(list(tmp_path.glob("diffusion-features-*/*.float16"))) == 8 and len(other[BLOCKS[0], TIMESTEPS[0]]) == 3
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ValueError, match=r"feature_dir '.*a-file': expected a writable folder"):
+        extractor.extract(images, BLOCKS, TIMESTEPS, max_memory_bytes=0, feature_dir=tmp_path / "a-file")
     for key, value in on_disk.items():
         assert isinstance(value, np.memmap) and value.dtype == np.float16 and value.shape == in_memory[key].shape
         # float16 rounds to nearest: a relative error of at most 2^-11 for normal values (|x| >= 2^-14), and at most

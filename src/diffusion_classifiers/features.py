@@ -29,6 +29,7 @@ from diffusion_classifiers.models import (
     input_image_size_and_channels,
     representation_of,
 )
+from diffusion_classifiers.validation import check_writable_dir
 from diffusion_classifiers.views import check_views, image_views
 
 __all__ = [
@@ -257,12 +258,16 @@ def _image_of(item) -> torch.Tensor:
 
 class _FeatureSink:
     """Collects `(block, t) -> [N, D]` rows batch by batch into float32 tensors, or, when N x sum(D) float32 values
-    exceed `max_memory_bytes`, into float16 `numpy.memmap` files in `feature_dir` (a temporary folder by default,
-    whose files are unlinked at once: the maps keep them alive until they are garbage collected; POSIX only)."""
+    exceed `max_memory_bytes`, into float16 `numpy.memmap` files: in a new folder of `feature_dir` for each extraction
+    (one `feature_dir` for every split: the val features of a study are not overwritten by its test features), or in
+    a temporary folder whose files are unlinked at once (the maps keep them alive until they are garbage collected;
+    POSIX only)."""
 
     def __init__(self, num_images: int, max_memory_bytes: Optional[int], feature_dir: Optional[str]):
         if max_memory_bytes is not None and (not isinstance(max_memory_bytes, numbers.Integral) or max_memory_bytes < 0):
             raise ValueError(f"expected max_memory_bytes to be None or an integer >= 0, got {max_memory_bytes!r}")
+        if feature_dir is not None:
+            check_writable_dir(feature_dir, "feature_dir")  # before the first batch is extracted
         self.num_images, self.max_memory_bytes, self.feature_dir = num_images, max_memory_bytes, feature_dir
         self.arrays: Dict[FeatureKey, Features] = {}
         self.offset = 0
@@ -272,8 +277,7 @@ class _FeatureSink:
         if self.max_memory_bytes is None or total_bytes <= self.max_memory_bytes:
             self.arrays = {key: torch.empty(self.num_images, v.shape[1]) for key, v in batch.items()}
             return
-        folder = self.feature_dir or tempfile.mkdtemp(prefix="diffusion-features-")
-        os.makedirs(folder, exist_ok=True)
+        folder = tempfile.mkdtemp(prefix="diffusion-features-", dir=self.feature_dir)
         for i, (key, value) in enumerate(batch.items()):
             path = os.path.join(folder, f"{i:03d}_{key[0]}_t{key[1]}.float16")
             self.arrays[key] = np.memmap(path, dtype=np.float16, mode="w+", shape=(self.num_images, value.shape[1]))
@@ -409,8 +413,9 @@ class DiffusionFeatureExtractor:
             max_memory_bytes (`int`, *optional*): when the features (N x the sum of the pairs' D, as float32) exceed
                 this many bytes, they are written to float16 `numpy.memmap` files instead (relative error at most
                 2^-11 per value); `None` keeps them in memory.
-            feature_dir (`str`, *optional*): the folder of those files; default a temporary one, removed when the
-                maps are garbage collected.
+            feature_dir (`str`, *optional*): the folder of those files, kept there (each extraction in a new
+                `diffusion-features-*` folder of it, so the extractions of several splits never overwrite each
+                other); default a temporary one, removed when the maps are garbage collected.
             views (`str`, *optional*): `"dihedral"` averages each feature over the image's 8 rotations and mirror
                 images (`image_views`; square `sample_size`; 8 times the work), each noised with the same `eps`: the
                 feature no longer depends on the image's orientation. `None` (default) reads the image as it is.
