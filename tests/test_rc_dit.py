@@ -1,3 +1,4 @@
+import importlib
 import json
 import re
 import sys
@@ -191,14 +192,17 @@ def test_frozen_encoder_does_not_change(tmp_path):
     assert changed and not any(k.startswith("encoder.") for k in changed)
 
 
-def rc_dit_train_script():
-    """`examples/rc_dit_train.py` as a module, so its `main(argv)` runs in this process."""
+def example_script(name: str):
+    """`examples/<name>.py` as a module, so its `main(argv)` runs in this process."""
     sys.path.insert(0, str(REPO_ROOT / "examples"))
     try:
-        import rc_dit_train
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
-    return rc_dit_train
+
+
+def rc_dit_train_script():
+    return example_script("rc_dit_train")
 
 
 def test_train_script_saves_a_loadable_pipeline(tmp_path, digits):
@@ -318,13 +322,7 @@ def test_train_scripts_refuse_an_encoder_of_another_architecture(tmp_path, archi
 
 
 def contrastive_baseline_script():
-    """`examples/rc_dit_train_contrastive_baseline.py` as a module."""
-    sys.path.insert(0, str(REPO_ROOT / "examples"))
-    try:
-        import rc_dit_train_contrastive_baseline
-    finally:
-        sys.path.pop(0)
-    return rc_dit_train_contrastive_baseline
+    return example_script("rc_dit_train_contrastive_baseline")
 
 
 # ---------------------------------------------------------------------------------------------------------------
