@@ -483,3 +483,28 @@ def test_the_scripts_early_check_leaves_a_killed_replacing_runs_checkpoints_to_t
     check_run_can_start(replace(args, resume_from_checkpoint="checkpoint-2"))
     check_output_dir(str(tmp_path), resume=True, overwrite=False)  # what train does first: moved back, accepted
     assert (tmp_path / "checkpoint-2").is_dir()
+
+
+def test_a_stale_lock_taken_over_by_another_run_meanwhile_is_not_removed(tmp_path, monkeypatch):
+    """Two runs find the same stale lock: the first takes it over; the second, which read the stale owner before,
+    must not delete the first's live lock (it did: read, then remove), and is refused as the lock is in use."""
+    from diffusion_classifiers.run_lock import RunInUseError, RunLock
+
+    gone = int(open("/proc/sys/kernel/pid_max").read()) + 1
+    path = tmp_path / "run.lock"
+    path.write_text(json.dumps({"pid": gone, "host": socket.gethostname()}))
+    first, second = RunLock(str(path), "x", "--x", "run"), RunLock(str(path), "x", "--x", "run")
+    stale_owner_read = RunLock._remove_stale
+
+    def first_takes_over_meanwhile(self, holder):  # the second run is between its read and its removal
+        if self is second:
+            first.acquire()
+        stale_owner_read(self, holder)
+
+    monkeypatch.setattr(RunLock, "_remove_stale", first_takes_over_meanwhile)
+    with pytest.raises(RunInUseError, match="took its stale lock .* over at the same time"):
+        second.acquire()
+    assert json.loads(path.read_text()) == first.owner  # the first run's lock is still there
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.lock"]
+    first.release()
+    assert not path.exists()

@@ -83,13 +83,33 @@ class RunLock:
             ) from error
         if host == socket.gethostname() and not _pid_alive(pid):
             logger.warning(f"Taking over the lock of {self.locked}: its owner (pid {pid} on {host}) is gone")
-            os.remove(self.path)
+            self._remove_stale(holder)
             return
         raise self.error(
             f"{self.locked} is in use by another {self.kind} (pid {pid} on host {host}, started "
             f"{holder.get('started', '?')}); wait for it, choose another {self.flag}, or delete {self.path} if that "
             f"{self.kind} is gone"
         )
+
+    def _remove_stale(self, holder: dict) -> None:
+        """Remove the lock file, if it still is `holder`'s: it is moved aside in one step and read there, so a run
+        that took the stale lock over meanwhile keeps its own (put back, then refused as in use by `acquire`)."""
+        aside = f"{self.path}.stale-{os.getpid()}"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:  # another run removed it first
+            return
+        try:
+            with open(aside) as f:
+                moved = json.load(f)
+        except (OSError, ValueError):
+            moved = None
+        if moved != holder:  # a live run's lock: back where it was, unless yet another run took the place
+            try:
+                os.link(aside, self.path)
+            except FileExistsError:
+                pass
+        os.remove(aside)
 
     def release(self) -> None:
         """Remove the lock if it is still this run's, and its folder if the lock made it and it is empty."""
