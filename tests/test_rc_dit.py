@@ -676,6 +676,9 @@ def test_latent_training_denoises_vae_latents_and_the_pipeline_round_trips(digit
     assert loaded.vae is not None
     again = loaded(images, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
     torch.testing.assert_close(again, generated)
+    pipe.register_modules(vae=tiny_vae(latent_channels=3))  # swapped in after the pipeline was built
+    with pytest.raises(ValueError, match="vae latent_channels 3 does not match the transformer's in_channels 4"):
+        pipe.dit_features(images, timesteps=[10], block_indices=[0])
 
 
 @pytest.mark.parametrize("pretrained", [False, True])

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from diffusion_classifiers.models import (
     RepresentationConditionedDiTModel,
+    check_encoder_matches,
     encode_latents,
     input_image_size_and_channels,
     representation_of,
@@ -561,6 +562,7 @@ class DiTFeatureExtractor:
         if not isinstance(transformer, RepresentationConditionedDiTModel):
             raise TypeError(f"expected a RepresentationConditionedDiTModel, got {type(transformer).__name__}")
         _check_scheduler(scheduler)
+        check_encoder_matches(encoder, transformer, vae)  # a model swapped into a pipeline since it was built too
         self.transformer, self.scheduler, self.encoder, self.vae = transformer, scheduler, encoder, vae
 
     @property
