@@ -144,3 +144,15 @@ def test_recall_of_a_class_without_images_is_undefined_not_zero():
     assert no_negatives["specificity"] is None and no_negatives["sensitivity"] == 0.5
     both = classification_metrics([0, 1, 1, 0], [0, 1, 0, 1], num_classes=2)
     assert both["positive_likelihood_ratio"] == pytest.approx(1.0) and both["negative_likelihood_ratio"] == pytest.approx(1.0)
+
+
+def test_a_clusterings_accuracy_by_chance_is_reported_beside_it():
+    """With two test images per class (121 plankton classes) random clusters of the same sizes already match half
+    the images to a class: the Hungarian accuracy must be read against that, not against 1 / K."""
+    from diffusion_classifiers.metrics import clustering_metrics
+
+    pairs = np.repeat(np.arange(121), 2)
+    perfect = clustering_metrics(pairs, pairs, 121)
+    assert perfect["accuracy"] == 1.0 and 0.4 < perfect["accuracy_by_chance"] < 0.6  # seeded: the same every run
+    many = np.repeat(np.arange(10), 200)  # many images per cluster: chance near 1 / K
+    assert 0.1 <= clustering_metrics(many, many, 10)["accuracy_by_chance"] < 0.15

@@ -8,6 +8,9 @@ from sklearn import metrics as skm
 
 from .validation import as_labels, check_finite_rows, check_label_range, resolve_num_classes
 
+# Random clusterings averaged for a clustering's accuracy by chance.
+CHANCE_DRAWS = 10
+
 __all__ = [
     "calibration_metrics",
     "classification_metrics",
@@ -180,7 +183,9 @@ def clustering_metrics(y_true, clusters, num_classes: int) -> dict:
     r"""
     Label-free grouping quality: `nmi`, `ari`, Hungarian-matched `accuracy`, `macro_f1` and `balanced_accuracy`, and
     `purity` (each cluster counted as its majority class). Also returns `cluster_to_class`, the Hungarian mapping as
-    a list.
+    a list, and `accuracy_by_chance`: the Hungarian accuracy of clusters of the same sizes drawn at random (the mean
+    over `CHANCE_DRAWS` seeded shuffles), which is far from 1 / K with few images per cluster (121 plankton classes of
+    2 test images each: many clusters match a class by luck).
     """
     mapping = hungarian_match(y_true, clusters, num_classes)
     y_true, clusters = as_labels(y_true, "y_true"), as_labels(clusters, "clusters")
@@ -190,11 +195,21 @@ def clustering_metrics(y_true, clusters, num_classes: int) -> dict:
         "nmi": float(skm.normalized_mutual_info_score(y_true, clusters)),
         "ari": float(skm.adjusted_rand_score(y_true, clusters)),
         "accuracy": float(np.mean(matched == y_true)),
+        "accuracy_by_chance": _hungarian_accuracy_by_chance(y_true, clusters, num_classes),
         "purity": float(_contingency(y_true, clusters, num_classes).max(axis=1).sum() / len(y_true)),
         "macro_f1": float(skm.f1_score(y_true, matched, labels=present, average="macro", zero_division=0)),
         "balanced_accuracy": float(skm.recall_score(y_true, matched, labels=present, average="macro", zero_division=0)),
         "cluster_to_class": mapping.tolist(),
     }
+
+
+def _hungarian_accuracy_by_chance(y_true: np.ndarray, clusters: np.ndarray, num_classes: int) -> float:
+    rng = np.random.default_rng(0)
+    accuracies = []
+    for _ in range(CHANCE_DRAWS):
+        shuffled = rng.permutation(clusters)
+        accuracies.append(np.mean(hungarian_match(y_true, shuffled, num_classes)[shuffled] == y_true))
+    return float(np.mean(accuracies))
 
 
 def calibration_metrics(y_true, probs, num_bins: int = 10) -> dict:
