@@ -6,6 +6,7 @@ import dataclasses
 import json
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,7 +63,7 @@ def test_packed_images_read_as_the_png_files_they_replace(tmp_path):
     assert len(packed) == 5 * len(names)  # at most 5 a class, evenly spaced, as from the folders
 
 
-def image_folder(root, counts: dict) -> "Path":
+def image_folder(root, counts: dict) -> Path:
     """`counts[name]` small PNGs in each class folder `root/<name>` (dark squares on white)."""
     from PIL import Image
 
