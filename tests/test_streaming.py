@@ -172,6 +172,14 @@ def test_study_features_of_streamed_splits_go_to_disk_and_equal_the_in_memory_on
         for key, value in features.items():
             assert isinstance(on_disk[split][key], np.memmap)
             assert np.array_equal(on_disk[split][key], value.numpy().astype(np.float16))
+    # the study probes the train features where they are (indexing a memmap with every row copied it into memory)
+    import diffusion_classifiers.unet_feature_study as study_module
+
+    probed, fit = [], study_module.fit_probe_grid
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(study_module, "fit_probe_grid", lambda train, *a, **k: probed.append(train) or fit(train, *a, **k))
+        study_module.study_from_features(extractor.unet, extractor.scheduler, loaded, on_disk, show_progress=False)
+    assert all(isinstance(x, np.memmap) for x in probed[0].values())
 
 
 def test_features_beyond_the_memory_budget_go_to_float16_memory_maps(image_folder, extractor, tmp_path):

@@ -134,12 +134,14 @@ def study_from_features(
     the heads so that the pipeline reads new images the same way. `show_progress=False` hides the probe fit's bar
     (unless `probe_kwargs` sets its `progress_bar`) and the test pass's; the returned pipeline keeps its own bar."""
     train, val, test = (splits[name] for name in SPLITS)
-    index = torch.arange(len(train)) if train_index is None else torch.as_tensor(train_index)
     probed = {name: with_hypercolumns(x) if hypercolumns else x for name, x in features.items()}
+    train_features, train_labels = probed["train"], train.labels  # as they are: features on disk stay there
+    if train_index is not None:
+        index = torch.as_tensor(train_index)
+        train_features, train_labels = {pair: x[index] for pair, x in train_features.items()}, train_labels[index]
     hidden = {} if show_progress else {"progress_bar": {"disable": True}}
     probe = fit_probe_grid(
-        {pair: x[index] for pair, x in probed["train"].items()}, train.labels[index],
-        probed["val"], val.labels, probed["test"], test.labels,
+        train_features, train_labels, probed["val"], val.labels, probed["test"], test.labels,
         num_classes=train.num_classes, class_names=train.class_names, pool=pool, noise_seed=noise_seed, views=views,
         **{**hidden, **(probe_kwargs or {})},
     )  # fmt: skip
