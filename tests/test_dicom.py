@@ -437,6 +437,8 @@ def test_dicom_mixed_with_other_images_is_refused_naming_one_of_each_before_any_
         readers._list_frames(files, labels, medical=three)
     with pytest.raises(ValueError, match=r"DICOM and other image files mixed, read through .*bleed/screenshot.png"):
         streaming_image_classification_data(tmp_path, num_channels=3, image_size=16, medical=three)
+    with pytest.raises(ValueError, match=mixed):  # a list of files given directly, as the listing gives them
+        StreamingImages.from_files(files, num_channels=3, image_size=16, medical=three)
 
 
 def test_dicom_beside_16bit_images_is_read_through_one_window_as_predict_reads_them(tmp_path):

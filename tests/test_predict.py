@@ -497,6 +497,10 @@ def test_an_image_file_given_to_a_model_of_several_dicom_windows_is_an_error_row
     (error,) = read_rows(tmp_path / "p.csv.errors.csv")
     assert error["path"] == "screenshot.png"
     assert "screenshot.png: not a DICOM file, but the model reads DICOM files through 3 windows" in error["reason"]
+    datasets = pytest.importorskip("datasets")  # nor the pictures of a saved datasets folder
+    datasets.Dataset.from_dict({"image": [Image.new("L", (8, 8))]}).save_to_disk(tmp_path / "pictures")
+    with pytest.raises(ValueError, match=r"pictures: a saved datasets folder holds pictures, but the model reads DICOM"):
+        main(["predict", "--model_dir", str(model), "--input", str(tmp_path / "pictures"), "--output", str(tmp_path / "q.csv")])
     pipe = DiffusionClassifierPipeline.from_pretrained(str(model))  # the pipeline given the file refuses it too
     with pytest.raises(ValueError, match=r"item 0, .*screenshot.png, is not DICOM; expected DICOM files, read through the contract's 3"):
         pipe([str(folder / "screenshot.png")])

@@ -33,6 +33,7 @@ from .readers import (
     SPLITS,
     _carve_splits,
     _decode_image_file,
+    _dicom_or_not,
     _hf_splits,
     _find_column,
     _labels_and_names,
@@ -337,9 +338,11 @@ def streaming_classification_split(
 
 def _check_headers(files: Sequence[str], medical: MedicalPreprocessing) -> None:
     """Every file exists and PIL (or pydicom) recognises its header (cheap: no pixel data is decoded); every DICOM file
-    has what `medical`'s windows need (its own window tags for `"file"`)."""
-    for file in dict.fromkeys(files):  # a multi-frame DICOM is listed once per frame
-        if is_dicom_file(file):
+    has what `medical`'s windows need (its own window tags for `"file"`), and DICOM is mixed with other image files
+    only as `medical`'s windows allow (see `readers._dicom_or_not`)."""
+    unique = list(dict.fromkeys(files))  # a multi-frame DICOM is listed once per frame
+    for file, is_dicom in zip(unique, _dicom_or_not([Path(file) for file in unique], medical)):
+        if is_dicom:
             resolve_windows(read_dicom_header(file), medical.windows)
             continue
         try:

@@ -87,6 +87,11 @@ def list_inputs(
         medical.check_channels(None)  # 1 or 3 windows
     read = partial(_read_file, medical=medical)
     if source.is_dir() and is_saved_dataset(source):
+        if len(medical.windows) > 1:  # its images are pictures (PNG, JPEG): no Hounsfield units to window
+            raise ValueError(
+                f"input {source}: a saved datasets folder holds pictures, but the model reads DICOM files through "
+                f"{len(medical.windows)} windows {medical.to_dict()['windows']}; expected a folder or CSV of DICOM files"
+            )
         return _dataset_inputs(source, split, image_column)
     if source.is_dir():
         return _folder_inputs(source, read)
