@@ -18,6 +18,7 @@ from accelerate import PartialState
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
+from diffusion_classifiers.cli import run_from_shell
 from diffusion_classifiers.data import add_data_args, load_data_from_args, save_split_record, streaming_data_from_args
 from diffusion_classifiers.models import (
     RC_DIT_SIZES,
@@ -189,4 +190,4 @@ def _show_representation_diagnostics() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_from_shell("rc_dit_train.py", main)  # a refused input: one line, no traceback

@@ -19,6 +19,7 @@ import argparse
 from accelerate import PartialState
 from transformers import AutoImageProcessor
 
+from diffusion_classifiers.cli import run_from_shell
 from diffusion_classifiers.data import add_data_args, load_data_from_args
 from diffusion_classifiers.training import (
     METHODS,
@@ -117,4 +118,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_from_shell("rc_dit_train_contrastive_baseline.py", main)  # a refused input: one line, no traceback

@@ -17,7 +17,7 @@ import argparse
 
 from accelerate import PartialState
 
-from diffusion_classifiers.cli import add_positive_class_arg
+from diffusion_classifiers.cli import add_positive_class_arg, run_from_shell
 from diffusion_classifiers.data import add_data_args, load_data_from_args, save_split_record, streaming_data_from_args
 from diffusion_classifiers.metrics import resolve_positive_label
 from diffusion_classifiers.pipelines import ScoreSDEClassifierPipeline
@@ -74,4 +74,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_from_shell("score_sde_train.py", main)  # a refused input: one line, no traceback

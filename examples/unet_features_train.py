@@ -15,6 +15,7 @@ import argparse
 
 from accelerate import PartialState
 
+from diffusion_classifiers.cli import run_from_shell
 from diffusion_classifiers.data import add_data_args, load_data_from_args, save_split_record, streaming_data_from_args
 from diffusion_classifiers.pipelines import UNetFeatureClassifierPipeline
 from diffusion_classifiers.training import (
@@ -52,4 +53,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_from_shell("unet_features_train.py", main)  # a refused input: one line, no traceback

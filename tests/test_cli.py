@@ -127,3 +127,16 @@ def test_examples_evaluate_refuses_an_input_in_one_line_as_the_command_does(tmp_
     with pytest.raises(SystemExit) as exited:
         runpy.run_path(str(REPO_ROOT / "examples" / "evaluate.py"), run_name="__main__")
     assert str(exited.value.code).startswith(f"diffusion-classifiers evaluate: error: {tmp_path / 'none'}: no such folder")
+
+
+@pytest.mark.parametrize("script", ["unet_features_train.py", "score_sde_train.py", "rc_dit_train.py"])
+def test_the_training_scripts_refuse_an_input_in_one_line_from_a_shell(tmp_path, monkeypatch, script):
+    import runpy
+
+    from .conftest import REPO_ROOT
+
+    missing = tmp_path / "missing.npz"
+    monkeypatch.setattr(sys, "argv", [script, "--dataset", str(missing), "--output_dir", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(str(REPO_ROOT / "examples" / script), run_name="__main__")
+    assert str(exited.value.code).startswith(f"{script}: error: source: {str(missing)!r} does not exist")

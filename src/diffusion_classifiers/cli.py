@@ -7,6 +7,7 @@ import re
 import shlex
 import sys
 import time
+from typing import Any, Callable
 
 __all__ = ["main"]
 
@@ -325,12 +326,22 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     chosen = [arg for arg in argv if arg in COMMANDS][:1]  # the first word naming a command (options have dashes)
     args = build_parser(chosen).parse_args(argv)
-    try:
+    if not from_shell:
         RUN[args.command](args)
+        return
+    run_from_shell(f"diffusion-classifiers {args.command}", lambda: RUN[args.command](args))
+
+
+def run_from_shell(name: str, run: Callable[[], Any]) -> None:
+    """`run()` as a shell command `name` (the CLI's, the example scripts'): an input refused by name (`ValueError`,
+    `FileNotFoundError`, `FileExistsError`) prints `name: error: ...` and exits with status 1, without Python's
+    traceback (`DIFFUSION_CLASSIFIERS_TRACEBACK=1` keeps it)."""
+    try:
+        run()
     except (ValueError, FileNotFoundError, FileExistsError) as error:
-        if not from_shell or os.environ.get("DIFFUSION_CLASSIFIERS_TRACEBACK"):
+        if os.environ.get("DIFFUSION_CLASSIFIERS_TRACEBACK"):
             raise
-        sys.exit(f"diffusion-classifiers {args.command}: error: {error}")
+        sys.exit(f"{name}: error: {error}")
 
 
 def add_predict_args(parser: argparse.ArgumentParser) -> None:
