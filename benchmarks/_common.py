@@ -173,12 +173,13 @@ def check_unet_dir(unet_dir: str, preprocessing: "ImagePreprocessing") -> None:
     pipeline's saved preprocessing contract (`model_index.json`) differs from the run's `preprocessing` in a
     `REUSED_UNET_CONTRACT` field (the error names each one); reads two JSON files, no weights."""
     folder = Path(unet_dir)
-    if json.loads((folder / "unet" / "config.json").read_text()).get("num_class_embeds") is not None:
+    unet_config = json.loads((folder / "unet" / "config.json").read_text())
+    if unet_config.get("num_class_embeds") is not None:
         raise ValueError(
             f"--unet_dir: {unet_dir} holds a class-conditional U-Net (Score-SDE's); expected an unconditional "
             "DDPM U-Net (examples/unet_features_train.py, or --keep_checkpoint)"
         )
-    saved = _saved_unet_contract(folder)
+    saved = _saved_unet_contract(folder, unet_config)
     differing = [
         f"{field} {getattr(saved, field)!r} (this run: {getattr(preprocessing, field)!r})"
         for field in REUSED_UNET_CONTRACT
@@ -192,7 +193,7 @@ def check_unet_dir(unet_dir: str, preprocessing: "ImagePreprocessing") -> None:
         )
 
 
-def _saved_unet_contract(folder: Path) -> "ImagePreprocessing":
+def _saved_unet_contract(folder: Path, unet_config: dict) -> "ImagePreprocessing":
     """The preprocessing contract saved with the U-Net of `folder`; for a folder saved before contracts were recorded
     (a v0.1.0 trainer's pipeline, a `DDPMPipeline` an earlier `--keep_checkpoint` kept) the one its pipeline loads
     with: the U-Net's size and channels, every other field at its default (with a warning)."""
@@ -201,12 +202,11 @@ def _saved_unet_contract(folder: Path) -> "ImagePreprocessing":
     saved = json.loads((folder / "model_index.json").read_text()).get("preprocessing")
     if saved is not None:
         return ImagePreprocessing.from_dict(saved)
-    config = json.loads((folder / "unet" / "config.json").read_text())
     warnings.warn(
         f"--unet_dir: {folder} records no preprocessing contract (saved before contracts were); assumed "
         "stretched resizing, padding -1 and no background normalisation, as its pipeline loads it"
     )
-    return ImagePreprocessing(image_size=config["sample_size"], num_channels=config["in_channels"])
+    return ImagePreprocessing(image_size=unet_config["sample_size"], num_channels=unet_config["in_channels"])
 
 
 def trained_or_loaded_ddpm(

@@ -457,25 +457,34 @@ def _frame_luts(dataset: Any, frames: Sequence[int]) -> list[Any]:
     functional groups that hold them (an enhanced multi-frame file keeps them only there, and pydicom's
     `apply_modality_lut` reads the top level alone); then the top level's, replaced by the Shared Functional Groups',
     replaced by the frame's Per-frame Functional Groups' (PS3.3 C.7.6.16)."""
+    shared = _lut_items(_first_item(dataset, "SharedFunctionalGroupsSequence"))
+    per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or []
+    shared_lut = _lut_of(dataset, shared)  # one object for every frame without its own: one call reads them all
+    return [
+        _lut_of(dataset, shared + own) if (own := _lut_items(per_frame[frame] if frame < len(per_frame) else None))
+        else shared_lut
+        for frame in frames
+    ]
+
+
+def _lut_items(group: Any) -> list:
+    """The LUT macros (`_FRAME_LUT_SEQUENCES`) a functional group holds."""
+    items = [_first_item(group, name) for name in _FRAME_LUT_SEQUENCES] if group is not None else []
+    return [item for item in items if item is not None]
+
+
+def _lut_of(dataset: Any, items: list) -> Any:
+    """`dataset` when `items` is empty, else a dataset of its LUT attributes, replaced by each item's in turn."""
+    if not items:
+        return dataset
     from pydicom.dataset import Dataset
 
-    shared = _first_item(dataset, "SharedFunctionalGroupsSequence")
-    per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or []
-    luts = []
-    for frame in frames:
-        groups = [shared, per_frame[frame] if frame < len(per_frame) else None]
-        items = [_first_item(group, name) for group in groups if group is not None for name in _FRAME_LUT_SEQUENCES]
-        items = [item for item in items if item is not None]
-        if not items:
-            luts.append(dataset)
-            continue
-        lut = Dataset()
-        for source in (dataset, *items):
-            for keyword in _LUT_KEYWORDS:
-                if keyword in source:
-                    lut.add(source[keyword])
-        luts.append(lut)
-    return luts
+    lut = Dataset()
+    for source in (dataset, *items):
+        for keyword in _LUT_KEYWORDS:
+            if keyword in source:
+                lut.add(source[keyword])
+    return lut
 
 
 def _own_windows(frames: Sequence[Any], path: Path, frame: int | None = None) -> dict[str, Any]:
