@@ -1349,9 +1349,8 @@ def main():
         "and the hypercolumn on the grid subset's), of each CNN's probabilities by val macro-F1; the raw-pixel probe "
         "and the label-free k-means stay upright; every probe's inverse regularisation C (grid, U-Net, hypercolumn, SimCLR, "
         f"class-weighted) of {list(budget.probe_C)}, the raw-pixel probe's of {list(budget.raw_pixel_Cs)}, by val "
-        "accuracy (ties: macro-F1, then the smaller C), except FlowCam's few-shot probes (no val: C = 1); FlowCam's "
-        "feature, views and space (standardised or PCA-whitened) of each method by val few-shot prototype accuracy; "
-        "test is used only for reporting",
+        "accuracy (ties: macro-F1, then the smaller C), except FlowCam's few-shot probes (no val: C = 1); test is used "
+        "only for reporting",
         "budget": {
             "preset": "quick" if args.quick else args.preset, **dataclasses.asdict(budget),
             "ddpm_learning_rate": args.learning_rate, "simclr_learning_rate": args.simclr_learning_rate,
