@@ -27,8 +27,7 @@ One run, every choice made on val, test only reported:
 5. shift: the 105 FlowCam images (6 classes, another instrument and sea) classified few-shot from each method's
    frozen features (nearest prototype and linear probe, k = 1, 5, all per class, 5-fold cross-validation); the
    U-Net's feature for it is the grid feature or hypercolumn that classifies NDSB val best by nearest prototype (the
-   shift's protocol), beside the probe's choice; each method's views for it by the same val score, and the space
-   its protocols run in (standardised, or PCA-whitened by a whitening fitted on its unlabeled train features).
+   shift's protocol), beside the probe's choice; each method's views for it by the same val score.
 
 Presets (`--preset`): `cpu` is sized for the issue's 60 minutes on one CPU thread but took 117-148 with each probe's C
 chosen on val (2026-12-03; 55 at C = 1 on a machine that ran faster) (32 px, the tiny U-Net, 350 optimizer steps of
@@ -103,7 +102,7 @@ from diffusion_classifiers.metrics import classification_metrics
 from diffusion_classifiers.models import SupervisedCNN, build_vit_encoder, count_parameters, encode_representation
 from diffusion_classifiers.models.unet_presets import unet_config
 from diffusion_classifiers.plots import plot_label_efficiency
-from diffusion_classifiers.probing import few_shot_indices, fit_normalization, fit_probe_grid, kmeans_evaluate, prototype_classify
+from diffusion_classifiers.probing import few_shot_indices, fit_probe_grid, kmeans_evaluate, prototype_classify
 from diffusion_classifiers.probing import NORMALIZATIONS, select_clustering_without_labels
 from diffusion_classifiers.training import (
     checkpoint_weights,
@@ -874,31 +873,6 @@ def choose_shift_views(val_features_of, val_labels: torch.Tensor, num_episodes: 
     return choose_views(scores.__getitem__) if scores else (None, {})
 
 
-def shift_transfer(features_of, data: "RunData", num_episodes: int, seed: int) -> Tuple[dict, dict]:
-    """`few_shot_transfer` of one method's features of the shifted images, `features_of(name, images)`, in the space
-    with the best `shift_val_scores` on its NDSB val features: standardised, the protocols' own (the prototypes
-    standardise with the labelled images' statistics), or PCA-whitened by a whitening fitted on its features of the
-    grid subset's train images (read without labels), then the same protocols: nearest class means in a whitened space
-    weigh every direction of variation alike, not the few that carry most of the variance. Returns the transfer and
-    what was chosen: the space, each space's val score and, when whitening won, the standardised space's transfer
-    (the protocol before this choice). Standardised when the val scores cannot be computed (quick runs)."""
-    whitening = fit_normalization(features_of("train/grid", data.grid_train_images), "pca_whiten")
-    in_space = {
-        "standardize": lambda x: x,
-        "pca_whiten": lambda x: torch.as_tensor(whitening.transform(x.double().numpy()), dtype=torch.float32),
-    }
-    val = data.splits["val"]
-    val_features = features_of("val", val.images)
-    scores = shift_val_scores({space: to(val_features) for space, to in in_space.items()}, val.labels, num_episodes, seed)
-    space = max(scores, key=scores.get) if scores else "standardize"
-    shifted = features_of("shift", data.shift.images)
-    transfer = few_shot_transfer(in_space[space](shifted), data.shift.labels, num_episodes, seed)
-    choice = {"space": space, "val_prototype_accuracy": scores}
-    if space != "standardize":
-        choice["standardized_mean_accuracy"] = few_shot_transfer(shifted, data.shift.labels, num_episodes, seed)["mean_accuracy"]
-    return transfer, choice
-
-
 def classify(protocol: str, train_x, train_y, test_x, num_classes: int) -> np.ndarray:
     if protocol == "prototype":
         return prototype_classify(train_x, train_y, test_x, num_classes, standardize=True)[0]
@@ -930,11 +904,6 @@ class RunData:
     def grid_regime(self) -> str:
         """The largest few-label regime: the probe grid is fitted on its labels."""
         return max((r for r in self.subsets if r != "all"), key=lambda r: float(r.rstrip("%")))
-
-    @property
-    def grid_train_images(self) -> torch.Tensor:
-        """The train images of the grid's label subset."""
-        return self.splits["train"].images[self.subsets[self.grid_regime]]
 
     def choice_regime(self, regime: str) -> str:
         """The labels a regime's choices (feature, views) are made with: its own, or the grid's for `"all"`."""
@@ -1046,7 +1015,8 @@ def unet_arm(args, data: RunData, work_dir: str) -> dict:
         unet, scheduler, final_loss, steps_trained = train_unet(args, splits["train"], work_dir)
     features = UNetFeatures(unet.to(args.device), scheduler, budget, args.seed)
     with timed(walls, "grid_extraction"):
-        grid = {"train": features.grid("train", data.grid_train_images), "val": features.grid("val", val.images)}
+        grid_images = splits["train"].images[subsets[grid_regime]]
+        grid = {"train": features.grid("train", grid_images), "val": features.grid("val", val.images)}
     regimes, feature_choices, fits = {}, {}, {}  # 'all' reuses the grid subset's choices and fits
     for regime in subsets:
         choice_regime = data.choice_regime(regime)
@@ -1084,13 +1054,13 @@ def unet_arm(args, data: RunData, work_dir: str) -> dict:
         shift_key, shift_choice = choose_shift_feature(grid_with_hypercolumns(grid["val"]), val.labels, budget.num_episodes, args.seed)
         shift_key = shift_key or key
         shift_views = choose_shift_views(lambda v: features.of("val", val.images, shift_key, v), val.labels, budget.num_episodes, args.seed)
-        shift, spaces = {}, {}
-        for method, (k, v) in {"unet": (shift_key, shift_views[0]), "unet_probe_chosen_feature": (key, views)}.items():
-            features_of = lambda name, images, k=k, v=v: features.of(name, images, k, v)  # noqa: E731
-            shift[method], spaces[method] = shift_transfer(features_of, data, budget.num_episodes, args.seed)
+        shift_features = {
+            "unet": features.of("shift", data.shift.images, shift_key, shift_views[0]),
+            "unet_probe_chosen_feature": features.of("shift", data.shift.images, key, views),
+        }
+        shift = {m: few_shot_transfer(x, data.shift.labels, budget.num_episodes, args.seed) for m, x in shift_features.items()}
     return {
         "regimes": regimes, "kmeans_test": kmeans, "flowcam_shift": shift, "flowcam_shift_views": {"unet": shift_views},
-        "flowcam_shift_space": spaces,
         "flowcam_shift_unet_feature": {
             "chosen": feature_name(shift_key, shift_views[0]), "probe_chosen": feature_name(key, views),
             "rule": "the grid feature or hypercolumn with the best val few-shot accuracy (nearest prototype, k = 1 and "
@@ -1135,10 +1105,10 @@ def simclr_arm(args, data: RunData, work_dir: str) -> dict:
         kmeans = kmeans_evaluate(features.of("test", test.images), test.labels, test.num_classes, seed=args.seed)
     with timed(walls, "simclr_flowcam_shift"):
         shift_views = choose_shift_views(lambda v: features.of("val", val.images, v), val.labels, budget.num_episodes, args.seed)
-        shift, space = shift_transfer(lambda name, images: features.of(name, images, shift_views[0]), data, budget.num_episodes, args.seed)
+        shift_features = features.of("shift", data.shift.images, shift_views[0])
+        shift = {"simclr": few_shot_transfer(shift_features, data.shift.labels, budget.num_episodes, args.seed)}
     return {
-        "regimes": regimes, "flowcam_shift": {"simclr": shift}, "flowcam_shift_views": {"simclr": shift_views},
-        "flowcam_shift_space": {"simclr": space},
+        "regimes": regimes, "flowcam_shift": shift, "flowcam_shift_views": {"simclr": shift_views},
         "kmeans_test": {"simclr_label_free_k_equals_classes": {m: kmeans[m] for m in ("nmi", "ari", "accuracy", "purity")}},
         "parameters": {"simclr_vit": count_parameters(features.encoder)}, "wall_seconds": walls,
     }  # fmt: skip
@@ -1152,11 +1122,8 @@ def raw_pixel_arm(args, data: RunData) -> dict:
         predictions, pixel_val = probe(pixels, splits, data.subsets["all"], budget.raw_pixel_Cs)
         probe_scores = {**Scorer(splits, data.balanced)(predictions), "val": pixel_val}
     with timed(walls, "raw_pixel_flowcam_shift"):
-        shift, space = shift_transfer(lambda name, images: images.flatten(1), data, budget.num_episodes, args.seed)
-    return {
-        "regimes": {"all": {"raw_pixel_probe": probe_scores}}, "flowcam_shift": {"raw_pixels": shift},
-        "flowcam_shift_space": {"raw_pixels": space}, "wall_seconds": walls,
-    }  # fmt: skip
+        shift = few_shot_transfer(data.shift.images.flatten(1), data.shift.labels, budget.num_episodes, args.seed)
+    return {"regimes": {"all": {"raw_pixel_probe": probe_scores}}, "flowcam_shift": {"raw_pixels": shift}, "wall_seconds": walls}
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -1309,14 +1276,11 @@ def main():
                 cnn_all = cnn
         with timed(walls, "cnn_flowcam_shift"):
             cnn_views = choose_shift_views(lambda v: cnn_features(cnn_all, val.images, v), val.labels, budget.num_episodes, args.seed)
-            cnn_shift, cnn_space = shift_transfer(
-                lambda name, images: cnn_features(cnn_all, images, cnn_views[0]), data, budget.num_episodes, args.seed
-            )
+            cnn_shift = few_shot_transfer(cnn_features(cnn_all, shift.images, cnn_views[0]), shift.labels, budget.num_episodes, args.seed)
     walls["total"] = round(time.perf_counter() - start, 1)
     unet, simclr, pixels = arms["unet"], arms["simclr"], arms["raw_pixels"]
     shift_results = {**unet["flowcam_shift"], "cnn": cnn_shift, **simclr["flowcam_shift"], **pixels["flowcam_shift"]}
     shift_views = {**unet["flowcam_shift_views"], "cnn": cnn_views, **simclr["flowcam_shift_views"]}
-    shift_spaces = {**unet["flowcam_shift_space"], "cnn": cnn_space, **simclr["flowcam_shift_space"], **pixels["flowcam_shift_space"]}
 
     figure_dir = Path(tempfile.mkdtemp()) if args.quick else output.parent
     plot = figure_dir / f"{output.stem}_label_efficiency.png"  # named after its results file: seeds never overwrite
@@ -1373,12 +1337,6 @@ def main():
         "flowcam_shift_unet_feature": unet["flowcam_shift_unet_feature"],
         "flowcam_shift_views": {
             m: {"views": views_label(v), "val_prototype_accuracy": scores} for m, (v, scores) in shift_views.items()
-        },
-        "flowcam_shift_space": {
-            "rule": "each method's few-shot protocols run standardised (their own) or PCA-whitened (fitted on its features "
-            "of the grid subset's train images, no label read), whichever scores the better val few-shot accuracy "
-            "(nearest prototype, k = 1 and all); standardized_mean_accuracy: the standardised transfer when whitening won",
-            **shift_spaces,
         },
         "label_efficiency_plot": str(plot) if args.quick else plot.name,
         "targets": targets(regimes, shift_results, walls["total"], budget_seconds),

@@ -42,31 +42,6 @@ def test_no_shift_feature_is_chosen_when_no_two_val_classes_have_two_images():
     assert plankton_accuracy.choose_shift_feature(grid, labels, num_episodes=1, seed=0) == (None, {})
 
 
-def nuisance_heavy_features(num_per_class: int, seed: int):
-    """4 classes apart in 2 dimensions, and one nuisance copied into 20 more: standardised, the copies outweigh the
-    classes in every cosine; whitened, the nuisance is one direction of 3."""
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.arange(4).repeat_interleave(num_per_class)
-    means = 3.0 * torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
-    nuisance = torch.randn(len(labels), 1, generator=generator).expand(-1, 20)
-    features = torch.cat([means[labels], nuisance], dim=1)
-    return features + 0.1 * torch.randn(features.shape, generator=generator), labels
-
-
-def test_the_shift_runs_whitened_when_whitening_classifies_val_better_and_records_the_standardised_transfer():
-    (source, _), (val, val_labels), (shifted, shifted_labels) = (nuisance_heavy_features(10, s) for s in range(3))
-    placeholder = lambda labels: LabeledImages(torch.zeros(len(labels), 1, 4, 4), labels, list("abcd"))  # noqa: E731
-    data = plankton_accuracy.RunData(
-        {"train": placeholder(val_labels), "val": placeholder(val_labels)}, torch.arange(4),
-        {"all": torch.arange(40), "10%": torch.arange(40)}, placeholder(shifted_labels),
-    )  # fmt: skip
-    features = {"train/grid": source, "val": val, "shift": shifted}
-    transfer, choice = plankton_accuracy.shift_transfer(lambda name, images: features[name], data, 1, seed=0)
-    assert choice["space"] == "pca_whiten"
-    assert choice["val_prototype_accuracy"]["pca_whiten"] > choice["val_prototype_accuracy"]["standardize"] + 0.3
-    assert transfer["mean_accuracy"] > choice["standardized_mean_accuracy"] + 0.15  # 0.88 vs 0.61: the probes gain less
-
-
 def test_packed_images_read_as_the_png_files_they_replace(tmp_path):
     """The GPU suite reads NDSB packed (`gpu_carry_plankton.py pack`) instead of writing and decoding 30,000 PNGs:
     the images, labels and class names must be those the PNG class folders would give."""

@@ -15,7 +15,6 @@ from diffusion_classifiers.probing import (
     clustering_stability,
     evaluate_protocols,
     few_shot_indices,
-    fit_normalization,
     fit_probe_grid,
     kmeans_evaluate,
     knn_classify,
@@ -679,13 +678,3 @@ def test_evaluate_protocols_rejects_bad_input(separable, change, message):
     change(arguments)
     with pytest.raises(ValueError, match=message):
         evaluate_protocols(**arguments)
-
-
-@pytest.mark.parametrize("normalization", [*NORMALIZATIONS, "none"])
-def test_a_fitted_normalization_gives_normalize_features_space_on_its_own_features_and_applies_to_others(normalization):
-    x, _ = make_blobs(300, n_features=6, centers=4, cluster_std=0.5, random_state=1)
-    transform = fit_normalization(torch.tensor(x[:200]), normalization)
-    np.testing.assert_allclose(transform.transform(x[:200]), normalize_features(x[:200], normalization), atol=1e-9)
-    assert transform.transform(x[200:]).shape[0] == 100  # fitted on the first images, applied to new ones
-    with pytest.raises(ValueError, match="normalization: expected one of"):
-        fit_normalization(x, "whiten")

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
-from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
+from sklearn.preprocessing import Normalizer, StandardScaler
 from tqdm.auto import tqdm
 
 from ..metrics import classification_metrics, clustering_metrics
@@ -32,7 +32,6 @@ __all__ = [
     "clustering_stability",
     "evaluate_protocols",
     "few_shot_indices",
-    "fit_normalization",
     "kmeans_evaluate",
     "knn_classify",
     "label_free_kmeans",
@@ -77,34 +76,20 @@ def normalize_features(features, normalization: str = "standardize") -> np.ndarr
     """
     _check_normalization(normalization)
     x = _checked_clustering_features(features)
-    return _unfitted_normalization(x, normalization).fit_transform(x)
-
-
-def fit_normalization(features, normalization: str = "standardize"):
-    r"""
-    The transform of [`normalize_features`] fitted on `features` (no labels), to apply to other features of the same
-    columns with its `transform` (e.g. fitted on unlabeled training images, applied to a new set): a fitted
-    scikit-learn `StandardScaler`, `Normalizer` or `PCA`, or `FunctionTransformer()` (identity) for `"none"`.
-
-    Raises:
-        `ValueError`: an unknown `normalization` (the message lists the allowed ones), or features that are not `[N, D]`.
-    """
-    _check_normalization(normalization)
-    x = _checked_clustering_features(features)
-    return _unfitted_normalization(x, normalization).fit(x)
-
-
-def _unfitted_normalization(x: np.ndarray, normalization: str):
-    """The scikit-learn transform of `normalization`, sized for `x` (PCA whitening's number of components)."""
     if normalization == "standardize":
-        return StandardScaler()
+        return StandardScaler().fit_transform(x)
     if normalization == "l2":
-        return Normalizer()
+        return Normalizer().fit_transform(x)
     if normalization == "pca_whiten":
-        explained = PCA(svd_solver="full").fit(x).explained_variance_ratio_
-        keep = int(np.searchsorted(np.cumsum(explained), PCA_WHITEN_VARIANCE)) + 1
-        return PCA(n_components=min(max(keep, 2), len(explained)), whiten=True, svd_solver="full")
-    return FunctionTransformer()
+        return _pca_whiten(x)
+    return x
+
+
+def _pca_whiten(x: np.ndarray) -> np.ndarray:
+    explained = PCA(svd_solver="full").fit(x).explained_variance_ratio_
+    keep = int(np.searchsorted(np.cumsum(explained), PCA_WHITEN_VARIANCE)) + 1
+    keep = min(max(keep, 2), len(explained))
+    return PCA(n_components=keep, whiten=True, svd_solver="full").fit_transform(x)
 
 
 def _check_normalization(normalization) -> None:
