@@ -729,7 +729,10 @@ def test_streaming_refuses_bad_dicom_when_listing_not_when_reading(tmp_path):
         (tmp_path / "mixed" / label).mkdir(parents=True)
         for i in range(3):
             write_dicom(dataset, tmp_path / "mixed" / label / f"{i}.dcm")
-    write_dicom(pydicom.dcmread(pydicom_file("MR_small.dcm")), tmp_path / "mixed" / "b" / "scout.dcm")
+    write_dicom(  # a scout of the same series: one series, one size
+        pydicom.dcmread(pydicom_file("MR_small.dcm")), tmp_path / "mixed" / "b" / "scout.dcm",
+        SeriesInstanceUID=dataset.SeriesInstanceUID,
+    )
     with pytest.raises(ValueError, match=r"mixed slice sizes: .*0.dcm is 128x128 but .*scout.dcm is 64x64"):
         streaming_image_classification_data(tmp_path / "mixed", num_channels=1, medical=FULL)
     no_pixels = copy.deepcopy(dataset)

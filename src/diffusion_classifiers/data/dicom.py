@@ -563,11 +563,14 @@ def _metadata(dataset: Any) -> dict[str, Any]:
     }
 
 
-def check_same_slice_size(images: Sequence[tuple[str, tuple[int, int]]], where: str) -> None:
-    """Every `(path, (height, width))` has the first one's size; the error names two files and their sizes.
+def check_same_slice_size(
+    images: Sequence[tuple[str, tuple[int, int]]], where: str, unit: str = "folder"
+) -> None:
+    """Every `(path, (height, width))` has the first one's size; the error names two files and their sizes, and
+    `unit` what should have one size (`"folder"`, `"series"`).
 
-    Mixed sizes in one folder usually mean a scout / localiser or a second series among the slices, so they are
-    refused rather than silently resized.
+    Mixed sizes among the slices of one volume usually mean a scout / localiser or a second series mixed in, so they
+    are refused rather than silently resized.
     """
     if not images:
         return
@@ -576,7 +579,7 @@ def check_same_slice_size(images: Sequence[tuple[str, tuple[int, int]]], where: 
         if tuple(size) != tuple(first_size):
             raise ValueError(
                 f"{where}: mixed slice sizes: {first_path} is {first_size[0]}x{first_size[1]} but {path} is "
-                f"{size[0]}x{size[1]} (height x width); expected one size per folder (a scout or a second series "
+                f"{size[0]}x{size[1]} (height x width); expected one size per {unit} (a scout or a second series "
                 "mixed in?). Move the odd files out, or resample them to one size first"
             )
 

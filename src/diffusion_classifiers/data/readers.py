@@ -199,8 +199,8 @@ def load_image_classification_data(
               DICOM files (`.dcm`, `.dicom`, `.dic`, `.ima`, or another or no extension and the 'DICM' header, as
               PACS exports name them)
               and 16-bit PNG / TIFF are read as `medical` says; a multi-frame DICOM gives one image per frame, all
-              with its label; the DICOM files of one folder must share one size (a scout or second series mixed in
-              is refused); DICOM and other image files are read together through one window only (several windows
+              with its label; the DICOM files of one series (SeriesInstanceUID) in one folder must share one size (a
+              scout mixed into the slices is refused; independent images of different series may differ); DICOM and other image files are read together through one window only (several windows
               refuse the mix: an image file has no Hounsfield units to window). When DICOM files name a PatientID, the carved splits keep each patient on one side
               (images without one are their own group).
             * a `.csv` file with a header and the columns `path` (relative to the CSV's folder), `label` (a class
@@ -698,17 +698,16 @@ def _decode_files(
 ) -> tuple[list, dict[str, np.ndarray], np.ndarray | None]:
     """Decode `files` (listed split by split); a multi-frame DICOM gives one image per frame. Returns the images and
     the labels per split and group ids of [`_expand_frames`]."""
-    images, patients, dicom_sizes = [], [], []
+    images, patients, sizes = [], [], _SeriesSizes()
     for path, is_dicom in zip(files, _dicom_or_not(files, medical)):
         if is_dicom:
             dicom = read_dicom(path)
             images.append(window_channels(dicom, medical.windows, medical.padding_fill))
             patients.append(dicom.metadata["PatientID"])
-            dicom_sizes.append((path, images[-1].shape[-2:]))
+            sizes.add(path, images[-1].shape[-2:], dicom.metadata["SeriesInstanceUID"])
         else:
             images.append(_decode_image_file(path, medical.bits_stored))
             patients.append(None)
-    _check_dicom_sizes_per_folder(dicom_sizes)
     frames = [len(image) if isinstance(image, np.ndarray) else 1 for image in images]
     return images, *_expand_frames(files, labels_per_split, frames, patient_ids or patients)
 
@@ -725,7 +724,9 @@ def _list_frames(
     DICOM mixed with other image files for `medical`'s windows (see [`_dicom_or_not`])."""
     kinds = _dicom_or_not(files, medical)
     headers = {path: read_dicom_header(path) for path, is_dicom in zip(files, kinds) if is_dicom}
-    _check_dicom_sizes_per_folder([(path, header.size) for path, header in headers.items()])
+    _check_dicom_sizes_per_folder(
+        [(path, header.size, header.metadata["SeriesInstanceUID"]) for path, header in headers.items()]
+    )
     frames = [headers[path].num_frames if path in headers else 1 for path in files]
     patients = [headers[path].metadata["PatientID"] if path in headers else None for path in files]
     rows = [path for path, count in zip(files, frames) for _ in range(count)]
@@ -772,13 +773,28 @@ def _expand_frames(
     return labels_per_split, np.repeat(np.asarray(ids, dtype=object), frames)
 
 
-def _check_dicom_sizes_per_folder(sizes: list[tuple[Path, tuple[int, int]]]) -> None:
-    """The DICOM files `(path, (height, width))` have one size per folder (see `check_same_slice_size`)."""
-    by_folder: dict[Path, list] = {}
-    for path, size in sizes:
-        by_folder.setdefault(path.parent, []).append((str(path), tuple(size)))
-    for folder, folder_sizes in by_folder.items():
-        check_same_slice_size(folder_sizes, f"folder {folder}")
+class _SeriesSizes:
+    """The slices of one volume share a size: DICOM files of one folder and one SeriesInstanceUID (files without one:
+    those of the folder together) must have the first such file's size (see `check_same_slice_size`), checked file by
+    file as they are read, from sizes recorded then. Files of different series may differ: independent 2D images
+    (mammograms or radiographs from different detectors, each its own series) are resized like any image."""
+
+    def __init__(self) -> None:
+        self._first: dict[tuple[Path, str | None], tuple[str, tuple[int, int]]] = {}
+
+    def add(self, path: Path, size: tuple[int, int], series: str | None) -> None:
+        key, size = (path.parent, series), tuple(int(side) for side in size)
+        first = self._first.setdefault(key, (str(path), size))
+        where = f"folder {path.parent}, series {series}" if series else f"folder {path.parent} (no SeriesInstanceUID)"
+        check_same_slice_size([first, (str(path), size)], where, unit="series")
+
+
+def _check_dicom_sizes_per_folder(sizes: list[tuple[Path, tuple[int, int], str | None]]) -> None:
+    """The DICOM files `(path, (height, width), SeriesInstanceUID)` have one size per series of a folder (see
+    [`_SeriesSizes`])."""
+    check = _SeriesSizes()
+    for path, size, series in sizes:
+        check.add(path, size, series)
 
 
 # --- CSV of paths -----------------------------------------------------------------------------------
