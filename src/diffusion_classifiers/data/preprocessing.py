@@ -8,6 +8,7 @@ and applied by [`preprocess_images`] in training, `pipe(...)`, evaluation and pr
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..validation import check_finite_rows
-from .dicom import _PIL_16BIT_MODES, MedicalPreprocessing, is_dicom_file
+from .dicom import _PIL_16BIT_MODES, MedicalPreprocessing, is_dicom_file, scale_16bit_image
 from .image_files import DECODE_ERRORS, decode_error_text, open_image
 
 __all__ = ["INPUT_RANGES", "RESAMPLE_MODES", "RESIZE_MODES", "ImagePreprocessing", "preprocess_images"]
@@ -212,8 +213,9 @@ def preprocess_images(
     Args:
         images (`str`, `os.PathLike`, `PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a `list` of them):
             one image or a batch, or a list of them (each may have its own size and type), read as in the table
-            above. PIL modes: `I`/`I;16*` are scaled from `[0, 65535]`, `F` is one float channel; alpha is
-            discarded, not composited. Values: `uint8` is scaled from `[0, 255]`, `uint16` from `[0, 65535]`,
+            above. PIL modes: `I`/`I;16*` are read as their 16-bit PNG / TIFF file is (by `preprocessing.medical`'s
+            bit depth), `F` is one float channel; alpha is discarded, not composited. Values: `uint8` is scaled
+            from `[0, 255]`, `uint16` from `[0, 65535]` (with a warning where the contract reads medical files),
             `bool` from `{0, 1}`, float data by the contract's `input_range` (see [`ImagePreprocessing`]). Float
             values outside that range, other integer dtypes, NaN and inf raise `ValueError`.
         image_size (`int` or `Tuple[int, int]`, *optional*), num_channels (`int`, *optional*):
@@ -297,17 +299,23 @@ def _as_item_list(images: Any) -> list:
 
 def _to_unit_batches(items: list, data_format: str | None, contract: ImagePreprocessing) -> list[torch.Tensor]:
     """Each item -> float32 [n, C, H, W] in [-1, 1], validated (layout, dtype, NaN/inf, range)."""
-    batches, ranges, offset = [], [], 0
+    batches, ranges, offset, wide_arrays = [], [], 0, []
     for position, item in enumerate(items):
         value_range, item_format = contract.input_range, data_format
         if isinstance(item, (str, os.PathLike)):  # read as [F, C, H, W] (or a PIL image), whatever the arrays' layout
             item, value_range, item_format = _read_path(item, position, contract), _FILE_RANGE, "channels_first"
+        if isinstance(item, Image.Image) and item.mode in _PIL_16BIT_MODES:  # as its file would be read
+            item, value_range, item_format = _read_16bit_picture(item, f"item {position}", contract), _FILE_RANGE, "channels_first"
         batch = _item_to_nchw(item, position, offset, item_format)
         if batch.shape[0] == 0 or batch.shape[2] == 0 or batch.shape[3] == 0:
             raise ValueError(f"preprocess_images: item {position} is empty (shape {tuple(batch.shape)})")
+        if batch.dtype == torch.uint16:
+            wide_arrays.append(position)
         batches.append(_check_dtype(batch, offset))
         ranges.append(value_range)
         offset += len(batch)
+    if wide_arrays and contract.medical is not None:
+        _warn_wide_arrays(wide_arrays, contract.medical)
     if "auto" in ranges:
         guessed = [batch for batch, r in zip(batches, ranges) if r == "auto" and batch.is_floating_point()]
         signed = any(bool(batch.min() < 0) for batch in guessed)
@@ -326,12 +334,7 @@ def _read_path(path: Any, position: int, contract: ImagePreprocessing) -> Any:
     path = Path(path)
     if is_dicom_file(path):
         return contract.medical_or_default.read(path)
-    windows = contract.medical_or_default.windows
-    if len(windows) > 1:  # as predict and the training readers: a picture has no Hounsfield units to window
-        raise ValueError(
-            f"preprocess_images: item {position}, {path}, is not DICOM; expected DICOM files, read through the "
-            f"contract's {len(windows)} DICOM windows (an image file's grey would be copied into each)"
-        )
+    _check_picture_windows(f"item {position}, {path},", contract)
     try:
         image = open_image(path)
     except DECODE_ERRORS as error:
@@ -339,6 +342,34 @@ def _read_path(path: Any, position: int, contract: ImagePreprocessing) -> Any:
             f"preprocess_images: cannot decode image file {path} (item {position}): {decode_error_text(error)}"
         ) from error
     return image if image.mode not in _PIL_16BIT_MODES else contract.medical_or_default.read(path)
+
+
+def _check_picture_windows(what: str, contract: ImagePreprocessing) -> None:
+    """As predict and the training readers: a picture has no Hounsfield units to window."""
+    windows = contract.medical_or_default.windows
+    if len(windows) > 1:
+        raise ValueError(
+            f"preprocess_images: {what} is not DICOM; expected DICOM files, read through the contract's "
+            f"{len(windows)} DICOM windows (an image file's grey would be copied into each)"
+        )
+
+
+def _read_16bit_picture(image: Image.Image, name: str, contract: ImagePreprocessing) -> np.ndarray:
+    """A 16-bit greyscale PIL image as its PNG / TIFF file is read (`medical.bits_stored`): `[1, 1, H, W]` in [0, 1]."""
+    _check_picture_windows(f"{name}, a PIL image of mode {image.mode},", contract)
+    return scale_16bit_image(image, contract.medical_or_default.bits_stored, name)[None, None]
+
+
+def _warn_wide_arrays(positions: list[int], medical: MedicalPreprocessing) -> None:
+    shown = ", ".join(map(str, positions[:5])) + (f" and {len(positions) - 5} more" if len(positions) > 5 else "")
+    warnings.warn(
+        f"preprocess_images: item(s) {shown} are uint16 arrays, scaled from [0, 65535]; this model reads its image "
+        f"files through {medical} (DICOM windows, the bit depth of 16-bit PNG / TIFF), which an array of pixel values "
+        "bypasses (a DICOM's rescale, window and MONOCHROME1 inversion, a 12-bit image's depth): pass the file paths "
+        "to read them as the model's training images were",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 def _item_to_nchw(item: Any, position: int, offset: int, data_format: str | None) -> torch.Tensor:
@@ -390,12 +421,7 @@ def _is_channels_last(batch: torch.Tensor, ndim: int, offset: int, data_format: 
 
 
 def _pil_to_array(image: Image.Image) -> np.ndarray:
-    if image.mode in _PIL_16BIT_MODES:
-        array = np.asarray(image).astype(np.int64)
-        if array.size and (array.min() < 0 or array.max() > 65535):
-            raise ValueError(f"PIL image of mode {image.mode}: expected values in [0, 65535], got "
-                             f"[{array.min()}, {array.max()}]")
-        return array.astype(np.uint16)
+    """An 8-bit or float PIL image as an array (16-bit ones are read as their files: `_read_16bit_picture`)."""
     if image.mode == "F":
         return np.asarray(image, dtype=np.float32)
     if image.mode in _PIL_PALETTE_MODES:
