@@ -168,8 +168,9 @@ def main(argv=None):
         pipe = RepresentationConditionedDiTPipeline(encoder, transformer, scheduler, vae=vae, preprocessing=train.preprocessing)
         pipe.save_pretrained(args.output_dir)
         save_split_record(
-            args.output_dir, args.val_fraction, args.test_fraction, args.seed, args.class_names
-        )  # for probe and evaluate
+            args.output_dir, args.val_fraction, args.test_fraction, args.seed, args.class_names,
+            train_images=None if args.streaming else train.images,  # a streamed train split is not at hand
+        )  # for probe and evaluate: the carving, and the train images' fingerprints to check theirs against
 
 
 class _ProgressBarSafeHandler(logging.Handler):

@@ -69,8 +69,9 @@ def main(argv=None):
         pipeline.set_positive_class(args.positive_class)  # the log-likelihood ratio's numerator, saved
         pipeline.save_pretrained(args.output_dir)
         save_split_record(
-            args.output_dir, args.val_fraction, args.test_fraction, args.seed, args.class_names
-        )  # for probe and evaluate
+            args.output_dir, args.val_fraction, args.test_fraction, args.seed, args.class_names,
+            train_images=None if args.streaming else train.images,  # a streamed train split is not at hand
+        )  # for probe and evaluate: the carving, and the train images' fingerprints to check theirs against
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
     num_train, _, num_test = map(int, re.search(r"data: digits: train (\d+), val (\d+), test (\d+)", printed).groups())
     # saved with the model: probe and evaluate carve the same splits (their test the demo's test)
     carving = {"val_fraction": 0.15, "test_fraction": 0.25, "seed": 3, "class_names": None}
-    assert json.loads((tmp_path / "pipeline" / "data_splits.json").read_text()) == carving
+    recorded = json.loads((tmp_path / "pipeline" / "data_splits.json").read_text())
+    assert len(recorded.pop("train_fingerprints").split()) == num_train and recorded == carving  # its train images too
     for name in ("kmeans_label_free_test", "kmeans_raw_pixels_test"):  # chosen on every train image, without labels
         assert metrics[name]["selection"]["num_images"] == num_train and metrics[name]["selection"]["criterion"] == "stability"
     for name in ("reliability.png", "unet_training/loss_curve.png", "unet_training/samples/step_6.png"):
@@ -50,7 +51,8 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
         main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--output_dir", str(probe_dir), "--C", "1", "0"])
     main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--output_dir", str(probe_dir), "--timesteps", "50", "--C", "0.01", "1"])
     probed = json.loads((probe_dir / "metrics.json").read_text())
-    assert json.loads((probe_dir / "pipeline" / "data_splits.json").read_text()) == carving
+    probe_record = json.loads((probe_dir / "pipeline" / "data_splits.json").read_text())
+    assert len(probe_record.pop("train_fingerprints").split()) == num_train and probe_record == carving
     assert probed["test"]["num_samples"] == metrics["test"]["num_samples"] == num_test
     with pytest.raises(ValueError, match=r"probe' holds an earlier report \(metrics.json\); .* --overwrite_output_dir"):
         main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--output_dir", str(probe_dir)])

@@ -171,6 +171,12 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
         "(a saved DatasetDict folder is always read this way)",
     )  # fmt: skip
     parser.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes that decode the images")
+    parser.add_argument(
+        "--drop_training_images", action="store_true",
+        help=f"score only the images the model was not trained on (by content: the train_fingerprints of its "
+        f"{SPLIT_RECORD_NAME}) instead of refusing a split that holds some (a folder that grew or was re-exported); "
+        "metrics.json records how many were dropped",
+    )  # fmt: skip
     add_positive_class_arg(parser)
 
 
@@ -182,16 +188,24 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         load_evaluation_split,
         saved_preprocessing,
     )
-    from .data.split_record import resolve_split_args
+    from .data.split_record import recorded_train_fingerprints, resolve_split_args
     from .hub import download
     from .validation import check_no_earlier_report
 
     check_evaluation_args(args.output_dir, args.batch_size)  # before the model and the data are loaded
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
     classifier = load_classifier(args.model_dir)
+    folder = download(args.model_dir)
     carving = resolve_split_args(  # as the model's data was carved
-        download(args.model_dir), val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed
+        folder, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed
     )
+    train_fingerprints = None if args.split == "train" else recorded_train_fingerprints(folder)
+    if train_fingerprints is None and args.split != "train":
+        print(
+            f"note: {args.model_dir} records no fingerprints of its training images (saved by an earlier version, or "
+            f"trained with --streaming): evaluate cannot check that the {args.split} images are none it was trained on",
+            file=sys.stderr,
+        )
     dataset = load_evaluation_split(
         args.dataset, args.split, carving["seed"], saved_preprocessing(classifier), args.streaming,
         val_fraction=carving["val_fraction"], test_fraction=carving["test_fraction"], class_names=carving["class_names"],
@@ -202,6 +216,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     metrics = evaluate_classifier(
         classifier, dataset, args.output_dir, batch_size=args.batch_size, positive_class=args.positive_class, title=title,
         num_workers=args.dataloader_num_workers, split=args.split, dataset_name=dataset_name,
+        train_fingerprints=train_fingerprints, drop_training_images=args.drop_training_images,
     )  # fmt: skip
     headline = {k: metrics.get(k) for k in ("accuracy", "macro_f1", "balanced_accuracy", "auc", "positive_class", "sensitivity", "specificity")}
     print(json.dumps({k: v for k, v in headline.items() if v is not None or k == "auc"} | {"ece": metrics["calibration"]["ece"]}))
@@ -245,20 +260,23 @@ def run_demo(args: argparse.Namespace) -> dict:
     )
     timing = {"train_seconds": round(trained_at - started, 1), "total_seconds": round(time.time() - started, 1)}
     carving = {name: getattr(args, name) for name in SPLIT_DEFAULTS}
-    metrics = save_study(study, args, timing, carving)
+    metrics = save_study(study, args, timing, carving, splits["train"].images)
     print(f"and {args.output_dir}/unet_training/ (loss_curve.png, samples/)")
     return metrics
 
 
-def save_study(study, args: argparse.Namespace, timing: dict, carving: dict) -> dict:
-    """Save the study's fitted pipeline, with the `carving` of its data (`data.save_split_record`), and its report
-    into `args.output_dir`; print the headline."""
+def save_study(study, args: argparse.Namespace, timing: dict, carving: dict, train_images, train_fingerprints=None) -> dict:
+    """Save the study's fitted pipeline, with the `carving` of its data and the fingerprints of its `train_images` and
+    any other `train_fingerprints` (`data.save_split_record`), and its report into `args.output_dir`; print the
+    headline."""
     from .data.split_record import save_split_record
     from .features import block_label
     from .unet_feature_study import summary_table, write_study_report
 
     study.pipeline.save_pretrained(os.path.join(args.output_dir, "pipeline"))
-    save_split_record(os.path.join(args.output_dir, "pipeline"), **carving)
+    save_split_record(
+        os.path.join(args.output_dir, "pipeline"), **carving, train_images=train_images, train_fingerprints=train_fingerprints
+    )
     command = "diffusion-classifiers " + shlex.join(sys.argv[1:])
     metrics = write_study_report(study, args.output_dir, f"Frozen DDPM U-Net features on {args.dataset}", command, extra=timing)
     print(summary_table(study))
@@ -281,7 +299,8 @@ def save_study(study, args: argparse.Namespace, timing: dict, carving: dict) -> 
 def run_probe(args: argparse.Namespace) -> dict:
     """A trained U-Net + a labeled dataset -> the probe grid, the chosen (block, t), k-means and a fitted pipeline."""
     from .data import load_image_classification_data
-    from .data.split_record import read_split_record, resolve_split_args
+    from .data.split_record import read_split_record, recorded_train_fingerprints, resolve_split_args
+    from .evaluation import check_training_overlap
     from .features import _check_timesteps
     from .hub import download
     from .metrics import resolve_positive_label
@@ -308,6 +327,16 @@ def run_probe(args: argparse.Namespace) -> dict:
         medical=contract.medical, **carving, **contract.fit,
     )  # fmt: skip
     check_two_classes_at_least(splits["train"].class_names, f"--dataset {args.dataset}", "a probe")
+    unet_fingerprints = recorded_train_fingerprints(folder)
+    if unet_fingerprints is None:
+        print(
+            f"note: {args.unet_dir} records no fingerprints of its training images (saved by an earlier version, or "
+            "trained with --streaming): probe cannot check that its val and test images are none the U-Net was trained on",
+            file=sys.stderr,
+        )
+    else:  # the U-Net's own held-out images only: the probe chooses on val and reports on test
+        for name in ("val", "test"):
+            check_training_overlap(splits[name], unet_fingerprints, where=f"the {name} split of {args.dataset}")
     resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)
     study = run_unet_feature_study(
         trained.unet, trained.scheduler, splits, timesteps=args.timesteps, pool=args.pool,
@@ -315,7 +344,8 @@ def run_probe(args: argparse.Namespace) -> dict:
         positive_class=args.positive_class, hypercolumns=args.hypercolumns, views=args.views,
         probe_kwargs={"C": args.C, "class_weight": args.class_weight},
     )  # fmt: skip
-    return save_study(study, args, {"total_seconds": round(time.time() - started, 1)}, carving)
+    timing = {"total_seconds": round(time.time() - started, 1)}
+    return save_study(study, args, timing, carving, splits["train"].images, unet_fingerprints)
 
 
 def main(argv=None) -> None:

@@ -12,13 +12,14 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Collection, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from .data import ImagePreprocessing, LabeledImages, canonical_split_name, load_image_classification_data
+from .data.split_record import image_fingerprint_variants
 from .data.streaming import StreamingImages, streaming_classification_split, streaming_image_classification_data
 from .metrics import calibration_metrics, classification_metrics, per_class_table, percent, resolve_positive_label
 from .validation import check_writable_dir
@@ -26,6 +27,7 @@ from .validation import check_writable_dir
 __all__ = [
     "METRIC_MODULE",
     "check_evaluation_args",
+    "check_training_overlap",
     "evaluate_classifier",
     "evaluate_compatible_transformers",
     "load_classifier",
@@ -214,6 +216,36 @@ def load_evaluation_split(
     return splits["val" if split == "validation" else split]
 
 
+def check_training_overlap(
+    dataset, train_fingerprints: Collection[str], drop: bool = False, where: str = "the split", num_workers: int = 0
+):
+    """`(dataset, number dropped)`: [`LabeledImages`] or [`StreamingImages`] checked, by content
+    (`data.split_record.image_fingerprint_variants`), against a model's recorded `train_fingerprints`. Images the
+    model was trained on are refused with a `ValueError` (how many of how many, a few file names where known), or
+    left out with `drop`. A [`StreamingImages`] split is read once for this, before any image is scored."""
+    if isinstance(dataset, LabeledImages):
+        variants = image_fingerprint_variants(dataset.images)
+    else:
+        variants = image_fingerprint_variants(_tensor_batches(dataset, 64, num_workers))
+    train_fingerprints = set(train_fingerprints)
+    seen = np.array([any(f in train_fingerprints for f in v) for v in variants], dtype=bool)
+    num_seen = int(seen.sum())
+    if num_seen == 0:
+        return dataset, 0
+    if not drop:
+        indices = np.flatnonzero(seen)[:5]
+        names = [dataset._path(i) for i in indices] if isinstance(dataset, StreamingImages) else [f"#{i}" for i in indices]
+        raise ValueError(
+            f"{num_seen} of {len(seen)} images of {where} are images the model was trained on (by content: its "
+            f"data_splits.json train_fingerprints), e.g. {', '.join(names)}{', ...' if num_seen > len(names) else ''}: "
+            "the data differs from the model's (a folder that grew or lost files, or the same images re-exported), so "
+            "carving it with the model's recorded seed and fractions no longer gives the model's own held-out images, "
+            "and scoring them would overstate the model. Evaluate on the data the model was trained from, or pass "
+            f"--drop_training_images (drop_training_images=True) to score the other {len(seen) - num_seen} only"
+        )
+    return dataset.subset(np.flatnonzero(~seen)), num_seen
+
+
 def _saved_split(splits, split: str, where: str):
     """`split` of a saved `DatasetDict`, 'val' and 'validation' one name (`to_datasets` writes 'validation')."""
     for name in splits:
@@ -235,6 +267,8 @@ def evaluate_classifier(
     num_workers: int = 0,
     split: Optional[str] = None,
     dataset_name: Optional[str] = None,
+    train_fingerprints: Optional[Collection[str]] = None,
+    drop_training_images: bool = False,
 ) -> dict:
     r"""
     Score `classifier` on a `datasets.Dataset` with an Image and a ClassLabel column, on [`LabeledImages`] or on
@@ -265,6 +299,12 @@ def evaluate_classifier(
             as `"split"` (`hub.load_eval_split` reads it, so a model card names the split its numbers come from).
         dataset_name (`str`, *optional*): the dataset as the caller gave it (a path, "digits", ...), recorded in
             `metrics.json` as `"dataset"`.
+        train_fingerprints (*optional*): the fingerprints of the model's training images
+            (`data.split_record.recorded_train_fingerprints`): [`LabeledImages`] and [`StreamingImages`] holding any
+            of them are refused before any image is scored (`check_training_overlap`); `metrics.json` records
+            `"training_images_checked"`.
+        drop_training_images (`bool`, *optional*, defaults to False): with `train_fingerprints`, score the images
+            the model was not trained on instead of refusing; `metrics.json` records `"training_images_dropped"`.
 
     Returns:
         `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`.
@@ -280,6 +320,15 @@ def evaluate_classifier(
     predict, model_names = _predictor(classifier, image_processor)
     positive_class = positive_class if positive_class is not None else saved_positive_class(classifier)
     positive_label = resolve_positive_label(positive_class, model_names, len(model_names))  # before any image is read
+    checked = {}
+    if train_fingerprints is not None and isinstance(dataset, (LabeledImages, StreamingImages)):
+        where = f"the {split or 'evaluated'} split" + (f" of {dataset_name}" if dataset_name else "")
+        dataset, dropped = check_training_overlap(dataset, train_fingerprints, drop_training_images, where, num_workers)
+        checked = {"training_images_checked": True} | ({"training_images_dropped": dropped} if drop_training_images else {})
+        if len(dataset) == 0:
+            raise ValueError(f"{where}: every image is one the model was trained on; nothing is left to score")
+    elif train_fingerprints is not None:
+        checked = {"training_images_checked": False}  # a datasets.Dataset: its own split, not carved by the model's record
     if isinstance(dataset, (LabeledImages, StreamingImages)):
         input_range = saved_preprocessing(classifier, image_processor).input_range
         batches = (_in_stated_range(images, input_range) for images in _tensor_batches(dataset, batch_size, num_workers))
@@ -293,6 +342,7 @@ def evaluate_classifier(
         y_true, probs.argmax(-1), probs=ranking, class_names=model_names, positive_label=positive_label
     )
     metrics["calibration"] = calibration_metrics(y_true, probs)
+    metrics.update(checked)
     if output_dir is not None:
         title = title or f"{type(classifier).__name__} evaluation"
         write_evaluation(

@@ -3,19 +3,79 @@
 
 A data set with splits of its own (a MedMNIST `.npz`, IDX test files, `train/val/test.txt`) keeps them; the record
 matters where the splits are carved (an image folder, a CSV).
+
+The record also names the training images by content (`train_fingerprints`, where the trainer had them in memory), so
+`evaluate` and `probe` can refuse a test split that holds training images: a folder that grew, or the same images
+re-exported (DICOM to PNG), carves other splits from the same seed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
-__all__ = ["SPLIT_DEFAULTS", "SPLIT_RECORD_NAME", "read_split_record", "resolve_split_args", "save_split_record"]
+import torch
+
+__all__ = [
+    "SPLIT_DEFAULTS",
+    "SPLIT_RECORD_NAME",
+    "image_fingerprint_variants",
+    "image_fingerprints",
+    "read_split_record",
+    "recorded_train_fingerprints",
+    "resolve_split_args",
+    "save_split_record",
+]
 
 SPLIT_RECORD_NAME = "data_splits.json"
 SPLIT_DEFAULTS = {"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0, "class_names": None}
+# Optional keys: "train_fingerprints" (absent in records of earlier versions, and for a streamed training set).
+SPLIT_OPTIONAL = ("train_fingerprints",)
+FINGERPRINT_LENGTH = 16  # hex digits of sha256 kept: 64 bits, no chance collision among millions of images
+# A level within this much (in 1/255 steps, about 4e-7 of [0, 1]) of a rounding boundary may have rounded the other way
+# in another reading of the same image; `image_fingerprint_variants` tries both ways, for at most 8 such pixels.
+BOUNDARY_TOLERANCE, MAX_BOUNDARY_PIXELS = 1e-4, 8
+
+
+def image_fingerprints(images: torch.Tensor | Iterable[torch.Tensor]) -> list[str]:
+    """One short content fingerprint per preprocessed image (`[N, C, H, W]` in `[-1, 1]`, or an iterable of such
+    batches): the first 16 hex digits of the sha256 of its shape and its pixels quantised to 1/255 steps of `[0, 1]`.
+
+    The quantisation makes the fingerprint the image's, not the file's: the same scan read from its DICOM or from a
+    16-bit PNG export differs by about 1e-7 after preprocessing, far below a step, so both give one fingerprint unless
+    a pixel lies within 1e-7 of a step boundary (`image_fingerprint_variants`, which the checks use, tries those both
+    ways); 256 levels are what any 8-bit export keeps, while two different images differ by many steps."""
+    return [variants[0] for variants in image_fingerprint_variants(images, boundary_tolerance=0.0)]
+
+
+def image_fingerprint_variants(
+    images: torch.Tensor | Iterable[torch.Tensor], boundary_tolerance: float = BOUNDARY_TOLERANCE
+) -> list[list[str]]:
+    """Per image, its `image_fingerprints` fingerprint first, then those it would have had if its pixels lying within
+    `boundary_tolerance` steps of a rounding boundary (at most 8 of them) had rounded the other way: what another
+    reading of the same image (a PNG re-export of a DICOM) may have been fingerprinted as."""
+    batches = [images] if isinstance(images, torch.Tensor) else images
+    fingerprints = []
+    for batch in batches:
+        scaled = (batch.detach().double().cpu().clamp(-1, 1) + 1) * 127.5  # [0, 1] in 1/255 steps
+        for image in scaled:
+            levels = torch.round(image).to(torch.uint8)
+            near = torch.nonzero(((image - image.floor()) - 0.5).abs().flatten() < boundary_tolerance).flatten()
+            near = near if len(near) <= MAX_BOUNDARY_PIXELS else near[:0]
+            variants = []
+            for flips in range(2 ** len(near)):
+                varied = levels.flatten().clone()
+                for bit, index in enumerate(near.tolist()):
+                    if flips >> bit & 1:
+                        value = image.flatten()[index]
+                        varied[index] = int(value.floor()) if varied[index] > value else int(value.ceil())
+                digest = hashlib.sha256(str(tuple(image.shape)).encode() + varied.numpy().tobytes())
+                variants.append(digest.hexdigest()[:FINGERPRINT_LENGTH])
+            fingerprints.append(variants)
+    return fingerprints
 
 
 def save_split_record(
@@ -24,14 +84,22 @@ def save_split_record(
     test_fraction: float,
     seed: int,
     class_names: Optional[Sequence[str]] = None,
+    train_images: Optional[torch.Tensor] = None,
+    train_fingerprints: Optional[Iterable[str]] = None,
 ) -> None:
     """Record in `folder` (a saved model's) how its data was carved: the fractions, the seed and the `class_names`
     the data was read with (their order numbers the classes, and the carving draws class by class), None when the
-    names were found in the data."""
+    names were found in the data; and, given the preprocessed `train_images` (`[N, C, H, W]` in `[-1, 1]`), their
+    sorted `image_fingerprints` as one space-separated string (17 bytes an image), which `evaluate` and `probe` check
+    their test and val images against, with any other `train_fingerprints` (e.g. those of the U-Net a probe's head
+    sits on). A streamed training set (not in memory) records none."""
     record = {
         "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
         "class_names": None if class_names is None else list(class_names),
     }  # fmt: skip
+    if train_images is not None or train_fingerprints is not None:
+        fingerprints = set(train_fingerprints or ()) | set(() if train_images is None else image_fingerprints(train_images))
+        record["train_fingerprints"] = " ".join(sorted(fingerprints))
     with open(os.path.join(folder, SPLIT_RECORD_NAME), "w") as f:
         json.dump(record, f, indent=2)
         f.write("\n")
@@ -47,9 +115,23 @@ def read_split_record(folder: str | os.PathLike) -> Optional[dict]:
             record = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from error
-    if not isinstance(record, dict) or not set(SPLIT_DEFAULTS) - {"class_names"} <= set(record) <= set(SPLIT_DEFAULTS):
-        raise ValueError(f"{path}: expected the keys {sorted(SPLIT_DEFAULTS)}, got {record!r}")
+    allowed = set(SPLIT_DEFAULTS) | set(SPLIT_OPTIONAL)
+    if not isinstance(record, dict) or not set(SPLIT_DEFAULTS) - {"class_names"} <= set(record) <= allowed:
+        shown = record if not isinstance(record, dict) else {k: v for k, v in record.items() if k != "train_fingerprints"}
+        raise ValueError(f"{path}: expected the keys {sorted(SPLIT_DEFAULTS)} (and optionally {list(SPLIT_OPTIONAL)}), got {shown!r}")
+    fingerprints = record.get("train_fingerprints")
+    if fingerprints is not None and not isinstance(fingerprints, str):
+        raise ValueError(f"{path}: train_fingerprints: expected a string of space-separated hex digests, got {type(fingerprints).__name__}")
     return {**SPLIT_DEFAULTS, **record}
+
+
+def recorded_train_fingerprints(folder: str | os.PathLike) -> Optional[frozenset]:
+    """The fingerprints (`image_fingerprints`) of the training images recorded in `folder`'s `data_splits.json`, or
+    None where none were recorded (no record, a record of an earlier version, a streamed training set)."""
+    record = read_split_record(folder)
+    if record is None or record.get("train_fingerprints") is None:
+        return None
+    return frozenset(record["train_fingerprints"].split())
 
 
 def resolve_split_args(model_dir: str | os.PathLike, **given: Any) -> dict:

@@ -1,0 +1,108 @@
+"""The training images' fingerprints in data_splits.json, and evaluate / probe refusing test images the model was
+trained on (QA: a folder grown by two patients, or re-exported as PNG, re-carved 12 of 12 / 7 of 10 test images out
+of the training set, and evaluate scored them silently)."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from diffusion_classifiers import UNetFeatureClassifierPipeline
+from diffusion_classifiers.cli import main
+from diffusion_classifiers.data import load_image_classification_data
+from diffusion_classifiers.data.split_record import (
+    image_fingerprint_variants,
+    image_fingerprints,
+    read_split_record,
+    recorded_train_fingerprints,
+    save_split_record,
+)
+from diffusion_classifiers.models import unet_config
+from diffusion_classifiers.probing import fit_probe_grid
+
+
+def test_fingerprints_survive_a_re_export_and_tell_images_apart(tmp_path):
+    torch.manual_seed(0)
+    images = torch.rand(200, 1, 16, 16) * 2 - 1
+    images[0, 0, 0, 0] = (2 * 100.5 / 255) - 1  # exactly on a rounding boundary: another reading may round it down
+    re_exported = (images + torch.empty_like(images).uniform_(-2e-7, 2e-7)).clamp(-1, 1)  # a 16-bit PNG round trip
+    re_exported[0, 0, 0, 0] = images[0, 0, 0, 0] - 2e-7
+    original = image_fingerprints(images)
+    assert len(set(original)) == 200 and all(len(f) == 16 for f in original)
+    assert all(f in variants for f, variants in zip(original, image_fingerprint_variants(re_exported)))
+    other = images.clone()
+    other[:, 0, 5, 5] = -other[:, 0, 5, 5]  # one pixel of each image changed well past a step: another image
+    assert not set(image_fingerprints(other)) & set(original)
+    save_split_record(tmp_path, 0.1, 0.2, 0, None, train_images=images)
+    assert recorded_train_fingerprints(tmp_path) == set(original)
+    assert (tmp_path / "data_splits.json").stat().st_size < 200 * 17 + 200  # about 17 bytes an image
+    # a record of an earlier version (no fingerprints) still reads, and records none
+    (tmp_path / "data_splits.json").write_text('{"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0, "class_names": null}')
+    assert read_split_record(tmp_path)["seed"] == 0 and recorded_train_fingerprints(tmp_path) is None
+
+
+def _digit_folder(root, digits, rows):
+    for index in rows:
+        label = ["zero", "one"][digits.target[index]]
+        (root / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((digits.images[index] * 16).astype(np.uint8)).save(root / label / f"{index:04d}.png")
+
+
+@pytest.fixture(scope="module")
+def model_and_data(tmp_path_factory):
+    """A binary U-Net feature classifier saved as a training script saves it (the train split's fingerprints in its
+    data_splits.json), its image folder, and the same folder grown by a few images."""
+    digits = load_digits()
+    rows = np.flatnonzero(digits.target <= 1)
+    root = tmp_path_factory.mktemp("leak")
+    _digit_folder(root / "data", digits, rows[:60])
+    _digit_folder(root / "grown", digits, rows[:70])
+    splits = load_image_classification_data(str(root / "data"), image_size=8, seed=0)
+    torch.manual_seed(0)
+    pipe = UNetFeatureClassifierPipeline(
+        unet=UNet2DModel(**unet_config("tiny", 8)), scheduler=DDPMScheduler(), preprocessing=splits["train"].preprocessing
+    )
+    feats = {name: pipe.extract_features(splits[name].images, ["mid_block"], [20]) for name in ("train", "val")}
+    probe = fit_probe_grid(feats["train"], splits["train"].labels, feats["val"], splits["val"].labels, class_names=splits["train"].class_names)
+    pipe.register_modules(head=probe.head)
+    pipe.save_pretrained(root / "model")
+    save_split_record(root / "model", 0.1, 0.2, 0, None, train_images=splits["train"].images)
+    return root, splits
+
+
+def test_evaluate_refuses_a_grown_folder_whose_test_holds_training_images(model_and_data, tmp_path, capsys):
+    root, splits = model_and_data
+    main(["evaluate", "--model_dir", str(root / "model"), "--dataset", str(root / "data"), "--output_dir", str(tmp_path / "own")])
+    own = json.loads((tmp_path / "own" / "metrics.json").read_text())
+    assert own["training_images_checked"] is True and own["num_samples"] == len(splits["test"])
+    grown = load_image_classification_data(str(root / "grown"), image_size=8, seed=0)
+    train = set(image_fingerprints(splits["train"].images))
+    leaked = sum(f in train for f in image_fingerprints(grown["test"].images))
+    assert leaked > 0  # the premise: the grown folder re-carves training images into its test split
+    with pytest.raises(ValueError, match=rf"{leaked} of {len(grown['test'])} images of the test split of grown are images "
+                       r"the model was trained on .*a folder that grew.*--drop_training_images"):
+        main(["evaluate", "--model_dir", str(root / "model"), "--dataset", str(root / "grown"), "--output_dir", str(tmp_path / "grown")])
+    assert not (tmp_path / "grown" / "metrics.json").exists()  # refused before scoring
+    main(["evaluate", "--model_dir", str(root / "model"), "--dataset", str(root / "grown"), "--output_dir", str(tmp_path / "dropped"),
+          "--drop_training_images"])  # fmt: skip
+    dropped = json.loads((tmp_path / "dropped" / "metrics.json").read_text())
+    assert dropped["training_images_dropped"] == leaked and dropped["num_samples"] == len(grown["test"]) - leaked
+    # --streaming reads the same images: the same refusal, naming files
+    with pytest.raises(ValueError, match=rf"{leaked} of {len(grown['test'])} images .* e\.g\. .*\.png"):
+        main(["evaluate", "--model_dir", str(root / "model"), "--dataset", str(root / "grown"), "--output_dir", str(tmp_path / "s"),
+              "--streaming"])  # fmt: skip
+
+
+def test_a_model_of_an_earlier_version_is_evaluated_with_a_note(model_and_data, tmp_path, capsys):
+    root, _ = model_and_data
+    old = tmp_path / "old"
+    UNetFeatureClassifierPipeline.from_pretrained(str(root / "model")).save_pretrained(old)
+    (old / "data_splits.json").write_text('{"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0, "class_names": null}')
+    main(["evaluate", "--model_dir", str(old), "--dataset", str(root / "grown"), "--output_dir", str(tmp_path / "out")])
+    assert capsys.readouterr().err.count("cannot check that the test images are none it was trained on") == 1
+    assert "training_images_checked" not in json.loads((tmp_path / "out" / "metrics.json").read_text())
