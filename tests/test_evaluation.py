@@ -198,3 +198,19 @@ def test_metrics_json_records_the_split_and_the_dataset(fitted, tmp_path, capsys
     assert load_eval_split(tmp_path / "unnamed" / "metrics.json") is None
     with pytest.raises(ValueError, match="split: expected a non-empty string or None, got ''"):
         evaluate_classifier(pipe, test, tmp_path / "bad", split="")
+
+
+def test_a_split_without_a_class_is_flagged_not_read_as_perfect(binary, tmp_path):
+    """QA: a test split with malignant images only read accuracy 1.0, macro-F1 1.0, AUC null, without a word."""
+    pipe, test, _ = binary
+    only_malignant = test.subset(np.flatnonzero(test.labels.numpy() == 0))
+    with pytest.warns(UserWarning, match=r"the evaluated test has no image of the model's class\(es\) benign .*AUC is undefined"):
+        metrics = evaluate_classifier(pipe, only_malignant, tmp_path, positive_class="malignant", split="test")
+    assert metrics["absent_classes"] == ["benign"] and metrics["auc"] is None
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["absent_classes"] == ["benign"] and written["auc_undefined"] == "no image of class benign in the split"
+    report = (tmp_path / "report.md").read_text()
+    assert "**Warning: the split has no image of class benign.**" in report
+    assert "| AUC | undefined (no image of class benign in the split) |" in report
+    complete = evaluate_classifier(pipe, test)  # both classes: no flag
+    assert "absent_classes" not in complete and complete["auc"] is not None

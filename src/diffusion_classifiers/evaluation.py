@@ -10,6 +10,7 @@ unless another is given).
 
 import json
 import os
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Collection, Iterator, List, Optional, Sequence, Tuple
@@ -343,6 +344,17 @@ def evaluate_classifier(
     )
     metrics["calibration"] = calibration_metrics(y_true, probs)
     metrics.update(checked)
+    absent = [name for label, name in enumerate(model_names) if not np.any(y_true == label)]
+    if absent:  # a split without a class reads as perfect on the rest: say so, loudly and in the record
+        metrics["absent_classes"] = absent
+        metrics["auc"] = None
+        metrics["auc_undefined"] = f"no image of class {', '.join(absent)} in the split"
+        warnings.warn(
+            f"the evaluated {split or 'split'} has no image of the model's class(es) {', '.join(absent)} "
+            f"({len(y_true)} images): its accuracy and macro-F1 say nothing about them, and AUC is undefined",
+            UserWarning,
+            stacklevel=2,
+        )
     if output_dir is not None:
         title = title or f"{type(classifier).__name__} evaluation"
         write_evaluation(
@@ -394,7 +406,15 @@ def write_evaluation(
 def render_evaluation_report(metrics: dict, title: str, plots: List[str]) -> str:
     """Markdown: the headline metrics (the positive class named for binary tasks), per-class table, the plots."""
     auc = "n/a" if metrics.get("auc") is None else f"{metrics['auc']:.4f}"
+    if metrics.get("auc_undefined"):
+        auc = f"undefined ({metrics['auc_undefined']})"
     lines = [f"# {title}", "", f"{metrics['num_samples']} images.", "", "| metric | value |", "| --- | ---: |"]
+    if metrics.get("absent_classes"):
+        lines[3:3] = [
+            f"**Warning: the split has no image of class {', '.join(metrics['absent_classes'])}.** The metrics below "
+            "describe the other classes only; AUC is undefined.",
+            "",
+        ]
     lines += [f"| accuracy | {100 * metrics['accuracy']:.2f}% |", f"| macro-F1 | {100 * metrics['macro_f1']:.2f}% |"]
     lines += [f"| balanced accuracy | {100 * metrics['balanced_accuracy']:.2f}% |", f"| AUC | {auc} |"]
     lines += [f"| ECE | {metrics['calibration']['ece']:.4f} |"]
