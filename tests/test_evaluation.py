@@ -214,3 +214,26 @@ def test_a_split_without_a_class_is_flagged_not_read_as_perfect(binary, tmp_path
     assert "| AUC | undefined (no image of class benign in the split) |" in report
     complete = evaluate_classifier(pipe, test)  # both classes: no flag
     assert "absent_classes" not in complete and complete["auc"] is not None
+
+
+def test_metrics_json_records_the_pipeline_call_settings(tmp_path):
+    """QA: metrics.json did not say which method, number of timesteps, priors or seed a Score-SDE model was scored with."""
+    from diffusion_classifiers import ScoreSDEClassifierPipeline
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(**unet_config("tiny", 8, num_class_embeds=2))
+    pipe = ScoreSDEClassifierPipeline(unet, DDPMScheduler(), class_names=["a", "b"])
+    data = LabeledImages(torch.rand(4, 1, 8, 8) * 2 - 1, torch.tensor([0, 1, 0, 1]), ["a", "b"])
+    metrics = evaluate_classifier(pipe, data, tmp_path / "default")
+    call = json.loads((tmp_path / "default" / "metrics.json").read_text())["pipeline_call"]
+    assert metrics["pipeline_call"] == call
+    assert (call["method"], call["num_timesteps"], call["priors"], call["seed"]) == ("elbo", 100, None, 0)
+    given = {"num_timesteps": 4, "seed": 7, "priors": [0.3, 0.7]}
+    evaluate_classifier(pipe, data, tmp_path / "given", pipeline_kwargs=given)
+    call = json.loads((tmp_path / "given" / "metrics.json").read_text())["pipeline_call"]
+    assert {k: call[k] for k in given} == given and call["method"] == "elbo"
+    direct = pipe(data.images, num_timesteps=4, seed=7, priors=[0.3, 0.7], input_data_format="channels_first").probs
+    scored = evaluate_classifier(pipe, data, pipeline_kwargs=given)  # the settings are the ones scored with
+    assert scored["accuracy"] == pytest.approx(float((direct.argmax(-1) == data.labels).float().mean()))
+    with pytest.raises(ValueError, match=r"pipeline_kwargs: unknown \['num_steps_typo'\] for ScoreSDEClassifierPipeline"):
+        evaluate_classifier(pipe, data, pipeline_kwargs={"num_steps_typo": 3})

@@ -177,6 +177,11 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
         f"{SPLIT_RECORD_NAME}) instead of refusing a split that holds some (a folder that grew or was re-exported); "
         "metrics.json records how many were dropped",
     )  # fmt: skip
+    parser.add_argument(
+        "--pipeline_kwargs", type=json.loads, default=None,
+        help="arguments of the pipeline call as JSON, e.g. '{\"method\": \"elbo\", \"num_timesteps\": 300, \"seed\": 1}' "
+        "for Score-SDE; metrics.json records every setting the call ran with (default: the pipeline's defaults)",
+    )  # fmt: skip
     add_positive_class_arg(parser)
 
 
@@ -193,6 +198,8 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     from .validation import check_no_earlier_report
 
     check_evaluation_args(args.output_dir, args.batch_size)  # before the model and the data are loaded
+    if args.pipeline_kwargs is not None and not isinstance(args.pipeline_kwargs, dict):
+        raise ValueError(f"--pipeline_kwargs: expected a JSON object, got {args.pipeline_kwargs!r}")
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
     classifier = load_classifier(args.model_dir)
     folder = download(args.model_dir)
@@ -217,6 +224,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         classifier, dataset, args.output_dir, batch_size=args.batch_size, positive_class=args.positive_class, title=title,
         num_workers=args.dataloader_num_workers, split=args.split, dataset_name=dataset_name,
         train_fingerprints=train_fingerprints, drop_training_images=args.drop_training_images,
+        pipeline_kwargs=args.pipeline_kwargs,
     )  # fmt: skip
     headline = {k: metrics.get(k) for k in ("accuracy", "macro_f1", "balanced_accuracy", "auc", "positive_class", "sensitivity", "specificity")}
     print(json.dumps({k: v for k, v in headline.items() if v is not None or k == "auc"} | {"ece": metrics["calibration"]["ece"]}))

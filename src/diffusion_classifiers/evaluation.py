@@ -35,6 +35,7 @@ __all__ = [
     "load_evaluation_split",
     "load_metric",
     "map_labels_by_name",
+    "pipeline_call_settings",
     "render_evaluation_report",
     "saved_positive_class",
     "saved_preprocessing",
@@ -98,7 +99,34 @@ def load_classifier(path: str):
 Predictor = Callable[[list], Tuple[torch.Tensor, torch.Tensor]]  # images -> (probs, ranking scores)
 
 
-def _predictor(classifier, image_processor=None) -> Tuple[Predictor, List[str]]:
+# Arguments of a pipeline's `__call__` that do not change what is scored (or are the images themselves).
+_NOT_SETTINGS = {"self", "images", "image", "return_dict", "input_data_format", "generator", "batch_size", "output_type"}
+
+
+def pipeline_call_settings(classifier, pipeline_kwargs: Optional[dict] = None) -> Optional[dict]:
+    """The settings a pipeline's `__call__` runs with: its defaults (Score-SDE: `method`, `num_timesteps`, `priors`,
+    `seed`, ...) overridden by `pipeline_kwargs`, whose unknown names are refused; None for a transformers model."""
+    import inspect
+
+    from transformers import PreTrainedModel
+
+    if isinstance(classifier, PreTrainedModel):
+        if pipeline_kwargs:
+            raise ValueError(f"pipeline_kwargs: a transformers model takes none, got {sorted(pipeline_kwargs)}")
+        return None
+    parameters = inspect.signature(classifier.__call__).parameters
+    settings = {
+        name: p.default for name, p in parameters.items()
+        if name not in _NOT_SETTINGS and p.default is not inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD
+    }  # fmt: skip
+    unknown = sorted(set(pipeline_kwargs or {}) - set(settings))
+    if unknown:
+        raise ValueError(f"pipeline_kwargs: unknown {unknown} for {type(classifier).__name__}; expected some of {sorted(settings)}")
+    settings.update(pipeline_kwargs or {})
+    return json.loads(json.dumps(settings, default=list))  # as metrics.json records them (tuples as lists)
+
+
+def _predictor(classifier, image_processor=None, pipeline_kwargs: Optional[dict] = None) -> Tuple[Predictor, List[str]]:
     """`(images -> (probs [N, K], ranking scores [N, K]), class names)` for a pipeline or a transformers model;
     `images` a list of PIL images or a `[N, C, H, W]` tensor. The ranking scores order the images for ROC curves: a
     pipeline's `log_odds` when it gives them (Score-SDE: its probs saturate at 0 and 1), else the probs."""
@@ -124,7 +152,7 @@ def _predictor(classifier, image_processor=None) -> Tuple[Predictor, List[str]]:
         raise TypeError(f"expected a classifier pipeline or a transformers model, got {type(classifier).__name__}")
 
     def predict(images):
-        output = classifier(images, input_data_format=_layout(images))
+        output = classifier(images, input_data_format=_layout(images), **(pipeline_kwargs or {}))
         ranking = getattr(output, "log_odds", None)
         return output.probs.cpu(), (output.probs if ranking is None else ranking).cpu()
 
@@ -270,6 +298,7 @@ def evaluate_classifier(
     dataset_name: Optional[str] = None,
     train_fingerprints: Optional[Collection[str]] = None,
     drop_training_images: bool = False,
+    pipeline_kwargs: Optional[dict] = None,
 ) -> dict:
     r"""
     Score `classifier` on a `datasets.Dataset` with an Image and a ClassLabel column, on [`LabeledImages`] or on
@@ -306,6 +335,9 @@ def evaluate_classifier(
             `"training_images_checked"`.
         drop_training_images (`bool`, *optional*, defaults to False): with `train_fingerprints`, score the images
             the model was not trained on instead of refusing; `metrics.json` records `"training_images_dropped"`.
+        pipeline_kwargs (`dict`, *optional*): arguments of the pipeline's `__call__` (Score-SDE: `method`,
+            `num_timesteps`, `seed`, ...); `metrics.json` records every setting the call ran with as
+            `"pipeline_call"` (`pipeline_call_settings`: the defaults where not given).
 
     Returns:
         `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`.
@@ -318,7 +350,8 @@ def evaluate_classifier(
         raise ValueError(f"num_workers: expected an integer >= 0, got {num_workers!r}")
     if isinstance(classifier, (str, os.PathLike)):
         classifier = load_classifier(str(classifier))
-    predict, model_names = _predictor(classifier, image_processor)
+    settings = pipeline_call_settings(classifier, pipeline_kwargs)  # unknown names refused before any image is read
+    predict, model_names = _predictor(classifier, image_processor, pipeline_kwargs)
     positive_class = positive_class if positive_class is not None else saved_positive_class(classifier)
     positive_label = resolve_positive_label(positive_class, model_names, len(model_names))  # before any image is read
     checked = {}
@@ -344,6 +377,8 @@ def evaluate_classifier(
     )
     metrics["calibration"] = calibration_metrics(y_true, probs)
     metrics.update(checked)
+    if settings is not None:
+        metrics["pipeline_call"] = settings
     absent = [name for label, name in enumerate(model_names) if not np.any(y_true == label)]
     if absent:  # a split without a class reads as perfect on the rest: say so, loudly and in the record
         metrics["absent_classes"] = absent
