@@ -6,6 +6,7 @@ The DICOM files are built here with pydicom (12-bit mammography-like images, MON
 """
 
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -92,3 +93,79 @@ def test_mixed_sizes_within_one_series_are_still_refused(tmp_path):
         load_image_classification_data(tmp_path, image_size=16, medical=FULL)
     with pytest.raises(ValueError, match=match):
         streaming_image_classification_data(tmp_path, num_channels=1, image_size=16, medical=FULL)
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory: each image preprocessed as it is decoded
+# --------------------------------------------------------------------------------------------------
+
+
+def mixed_folder(root):
+    """Two classes of DICOM (MONOCHROME1 and 2, two sizes), 16-bit PNG, 8-bit grey and RGB PNG files."""
+    folders = class_folders(root, ["a", "b"])
+    rng = np.random.default_rng(0)
+    for k, folder in enumerate(folders.values()):
+        for i in range(4):
+            write_mammogram(folder / f"m{i}.dcm", (40, 32) if i % 2 else (36, 44), seed=10 * k + i,
+                            patient=f"p{k}{i}", monochrome1=i % 2 == 0)  # fmt: skip
+        Image.fromarray(rng.integers(0, 4096, (30, 26), dtype=np.uint16)).save(folder / "x16.png")
+        Image.fromarray(rng.integers(0, 256, (28, 34), dtype=np.uint8)).save(folder / "grey.png")
+    Image.fromarray(rng.integers(0, 256, (33, 29, 3), dtype=np.uint8)).save(folders["b"] / "rgb.png")
+    return folders
+
+
+@pytest.mark.parametrize("options", [
+    {"resize_mode": "stretch"},
+    {"resize_mode": "pad", "pad_value": 0.5},
+    {"resize_mode": "crop", "num_channels": 1},
+    {"normalize_background": True, "num_channels": 3},
+])  # fmt: skip
+def test_decoding_file_by_file_gives_the_tensors_of_preprocessing_them_all_at_once(tmp_path, options):
+    mixed_folder(tmp_path)
+    options = dict(options)
+    num_channels = options.pop("num_channels", None)
+    if options.get("normalize_background"):  # a bright field: every image's border bright
+        for path in tmp_path.rglob("*.png"):
+            image = np.asarray(Image.open(path)).copy()
+            image[:2], image[-2:], image[:, :2], image[:, -2:] = (image.max(),) * 4
+            Image.fromarray(image).save(path)
+        for path in tmp_path.rglob("*.dcm"):
+            path.unlink()
+    medical = MedicalPreprocessing(windows=("full",), bits_stored=12)
+    reading = readers.ImagePreprocessing(20, num_channels, input_range="[0, 1]", medical=medical, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        decoded = readers._read_image_folder(tmp_path, medical)  # every image decoded first, as before
+        expected = preprocess_images(decoded.images, preprocessing=reading)
+        streamed = readers._read_image_folder(tmp_path, medical, reading)
+        splits = load_image_classification_data(tmp_path, 20, num_channels, medical=medical, val_fraction=0.25,
+                                                test_fraction=0.25, **options)  # fmt: skip
+    assert streamed.preprocessed and expected.shape == (len(decoded.labels), num_channels or 3, 20, 20)
+    assert torch.equal(streamed.images, expected)  # bit-identical
+    np.testing.assert_array_equal(streamed.labels, decoded.labels)
+    np.testing.assert_array_equal(streamed.groups, decoded.groups)
+    raw = readers._RawData(expected, decoded.labels, decoded.class_names, decoded.splits, groups=decoded.groups)
+    carved = readers._carve_splits(raw, 0.25, 0.25, 0)
+    for name, split in splits.items():
+        assert torch.equal(split.images, expected[torch.from_numpy(carved[name])])
+
+
+def test_at_most_one_full_size_image_is_held_while_reading(tmp_path, monkeypatch):
+    mixed_folder(tmp_path)
+    alive, most = [], []
+
+    def tracked(function):
+        def wrapper(*args, **kwargs):
+            most.append(sum(ref() is not None for ref in alive))  # full-size images still held when decoding the next
+            result = function(*args, **kwargs)
+            alive.append(weakref.ref(result))
+            return result
+        return wrapper
+
+    monkeypatch.setattr(readers, "window_channels", tracked(readers.window_channels))
+    monkeypatch.setattr(readers, "_decode_image_file", tracked(readers._decode_image_file))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        splits = load_image_classification_data(tmp_path, 16, medical=FULL, val_fraction=0.25, test_fraction=0.25)
+    assert len(most) == sum(len(split) for split in splits.values()) == 13
+    assert max(most) == 0, most  # before: every decoded image held until all were read ([0, 1, 2, ..., 12])

@@ -272,15 +272,17 @@ def load_image_classification_data(
         raw = _read_npz(Path(source), class_names)
     elif kind == "idx":
         raw = _read_idx_directory(Path(source), class_names)
-    elif kind == "folder":
-        raw = _read_image_folder(Path(source), medical)
-    elif kind == "csv":
-        raw = _read_csv(Path(source), class_names, patient_id_column, medical)
+    elif kind in ("folder", "csv"):  # each file preprocessed as it is decoded: one full-size image held at a time
+        files_reading = reading if image_size is not None else replace(reading, image_size=DEFAULT_FOLDER_SIZE)
+        if kind == "folder":
+            raw = _read_image_folder(Path(source), medical, files_reading)
+        else:
+            raw = _read_csv(Path(source), class_names, patient_id_column, medical, files_reading)
     else:
         raw = _read_hf_dataset(source, image_column, label_column)
     if image_size is None:
         reading = replace(reading, image_size=raw.default_image_size)
-    images = preprocess_images(raw.images, preprocessing=reading)
+    images = raw.images if raw.preprocessed else preprocess_images(raw.images, preprocessing=reading)
     splits = _assemble(images, raw, val_fraction, test_fraction, seed)
     # What a model trained on these tensors is saved with: the same steps, for files and [-1, 1] tensors alike.
     contract = ImagePreprocessing(tuple(images.shape[-2:]), images.shape[1], medical=medical, **fit)
@@ -299,6 +301,7 @@ class _RawData:
     splits: dict[str, np.ndarray]  # split name -> indices into images; "train" always present
     default_image_size: int | None = None
     groups: np.ndarray | None = None  # a patient id per image: carved splits keep each group on one side
+    preprocessed: bool = False  # images already a float32 [N, C, H, W] tensor in [-1, 1] (read with a contract)
 
 
 def _source_kind(source: Any) -> str:
@@ -558,11 +561,15 @@ def _find_idx_file(root: Path, stem: str) -> Path | None:
 # --- image folder -----------------------------------------------------------------------------------
 
 
-def _read_image_folder(root: Path, medical: MedicalPreprocessing) -> _RawData:
+def _read_image_folder(
+    root: Path, medical: MedicalPreprocessing, reading: ImagePreprocessing | None = None
+) -> _RawData:
+    """An image folder's images (preprocessed by `reading` as they are decoded, when given: see [`_decode_files`]),
+    labels, class names, splits and groups."""
     files, labels_per_split, names = _list_image_folder(root)
-    images, labels_per_split, groups = _decode_files(files, labels_per_split, medical)
+    images, labels_per_split, groups = _decode_files(files, labels_per_split, medical, reading=reading)
     labels, names, splits = _labels_and_names(labels_per_split, names, f"image folder {root}")
-    return _RawData(images, labels, names, splits, DEFAULT_FOLDER_SIZE, groups)
+    return _RawData(images, labels, names, splits, DEFAULT_FOLDER_SIZE, groups, preprocessed=reading is not None)
 
 
 def list_image_folder(root: str | os.PathLike) -> tuple[list[Path], np.ndarray, list[str], dict[str, np.ndarray]]:
@@ -695,21 +702,51 @@ def _decode_files(
     labels_per_split: dict[str, np.ndarray],
     medical: MedicalPreprocessing,
     patient_ids: list[str] | None = None,
-) -> tuple[list, dict[str, np.ndarray], np.ndarray | None]:
+    reading: ImagePreprocessing | None = None,
+) -> tuple[list | torch.Tensor, dict[str, np.ndarray], np.ndarray | None]:
     """Decode `files` (listed split by split); a multi-frame DICOM gives one image per frame. Returns the images and
-    the labels per split and group ids of [`_expand_frames`]."""
+    the labels per split and group ids of [`_expand_frames`].
+
+    With `reading` (a contract with an `image_size`), each file is preprocessed as soon as it is decoded, so only one
+    full-size image is held at a time (a 2048x1664 mammogram is 13 MB as float32, its 32x32 result 4 KB), and the
+    images come back as one float32 `[N, C, H, W]` tensor in `[-1, 1]`, equal to
+    `preprocess_images(<every decoded image>, preprocessing=reading)`: with `num_channels=None`, grey images are
+    repeated to 3 channels after their resize when any image is colour (the same values: each channel is resized
+    alone). Without `reading`, the decoded images themselves (a list)."""
     images, patients, sizes = [], [], _SeriesSizes()
     for path, is_dicom in zip(files, _dicom_or_not(files, medical)):
         if is_dicom:
             dicom = read_dicom(path)
-            images.append(window_channels(dicom, medical.windows, medical.padding_fill))
-            patients.append(dicom.metadata["PatientID"])
-            sizes.add(path, images[-1].shape[-2:], dicom.metadata["SeriesInstanceUID"])
+            image = window_channels(dicom, medical.windows, medical.padding_fill)
+            patient = dicom.metadata["PatientID"]
+            sizes.add(path, image.shape[-2:], dicom.metadata["SeriesInstanceUID"])
+            del dicom  # its modality values are as large as the image
         else:
-            images.append(_decode_image_file(path, medical.bits_stored))
-            patients.append(None)
-    frames = [len(image) if isinstance(image, np.ndarray) else 1 for image in images]
+            image, patient = _decode_image_file(path, medical.bits_stored), None
+        images.append(image if reading is None else _preprocess_file(image, path, reading))
+        patients.append(patient)
+        del image
+    frames = [1 if isinstance(image, Image.Image) else len(image) for image in images]
+    if reading is not None:
+        images = _same_channels(images, reading)
     return images, *_expand_frames(files, labels_per_split, frames, patient_ids or patients)
+
+
+def _preprocess_file(image: Any, path: Path, reading: ImagePreprocessing) -> torch.Tensor:
+    """One decoded file's images through `reading` (its own channels when `reading.num_channels` is None: see
+    [`_same_channels`]); an error names the file."""
+    try:
+        return preprocess_images(image, preprocessing=reading)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
+
+
+def _same_channels(images: list[torch.Tensor], reading: ImagePreprocessing) -> torch.Tensor:
+    """Files preprocessed one by one, as one tensor: with `num_channels=None`, 3 channels if any file is colour (a
+    grey image's channel repeated), else 1, as [`preprocess_images`] decides for a whole batch."""
+    if reading.num_channels is None and any(image.shape[1] == 3 for image in images):
+        images = [image.repeat(1, 3, 1, 1) if image.shape[1] == 1 else image for image in images]
+    return torch.cat(images)
 
 
 def _list_frames(
@@ -806,13 +843,18 @@ def _label_order(name: str) -> tuple:
 
 
 def _read_csv(
-    path: Path, class_names: Sequence[str] | None, patient_id_column: str | None, medical: MedicalPreprocessing
+    path: Path,
+    class_names: Sequence[str] | None,
+    patient_id_column: str | None,
+    medical: MedicalPreprocessing,
+    reading: ImagePreprocessing | None = None,
 ) -> _RawData:
-    """A CSV with the columns `path` (relative to the CSV), `label` (a class name) and optionally patient ids."""
+    """A CSV with the columns `path` (relative to the CSV), `label` (a class name) and optionally patient ids; the
+    images preprocessed by `reading` as they are decoded, when given (see [`_decode_files`])."""
     files, labels, names, patients = _list_csv(path, class_names, patient_id_column)
-    images, labels_per_split, groups = _decode_files(files, {"train": labels}, medical, patients)
+    images, labels_per_split, groups = _decode_files(files, {"train": labels}, medical, patients, reading)
     labels, names, splits = _labels_and_names(labels_per_split, names, f"CSV {path}")
-    return _RawData(images, labels, names, splits, DEFAULT_FOLDER_SIZE, groups)
+    return _RawData(images, labels, names, splits, DEFAULT_FOLDER_SIZE, groups, preprocessed=reading is not None)
 
 
 def _list_csv(
