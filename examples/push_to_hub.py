@@ -15,7 +15,9 @@ its card as README.md) to `--output_dir` instead, without any network.
 """
 
 import argparse
+import json
 import sys
+import warnings
 from typing import Optional
 
 from huggingface_hub.errors import OfflineModeIsEnabled
@@ -26,10 +28,12 @@ from diffusion_classifiers.hub import (
     HubUploadError,
     class_names_of,
     library_name_of,
+    load_eval_counts,
     load_eval_metrics,
     load_eval_positive_class,
     load_eval_split,
     method_of,
+    model_fingerprint,
     positive_class_of,
     push_to_hub,
     render_model_card,
@@ -83,8 +87,15 @@ def main(argv=None):
 
 
 def publish(args):
+    check_metrics_are_the_models(args.metrics_json, args.model_dir)
+    class_names = class_names_of(args.model_dir)
+    with open(args.metrics_json) as f:
+        recorded = json.load(f)
+    pruning = (recorded.get("pipeline_call") or {}).get("pruning") is not None and len(class_names or []) > 2
     card = render_model_card(
         method(args.model_dir, args.method),
+        **load_eval_counts(args.metrics_json),
+        pruning=pruning,
         model_name=args.model_name or args.repo_id.split("/")[-1],
         repo_id=args.repo_id,
         dataset_name=args.dataset_name,
@@ -94,7 +105,7 @@ def publish(args):
         metrics=load_eval_metrics(args.metrics_json),
         training_command=args.training_command,
         evaluation_command=args.evaluation_command,
-        class_names=class_names_of(args.model_dir),
+        class_names=class_names,
         positive_class=load_eval_positive_class(args.metrics_json) or positive_class_of(args.model_dir),
         license=args.license,
         library_name=library_name_of(args.model_dir),
@@ -109,6 +120,29 @@ def publish(args):
         args.model_dir, args.repo_id, card=card, token=args.token, private=args.private, revision=args.revision
     )
     print(f"pushed {args.model_dir} to {info.commit_url}")
+
+
+def check_metrics_are_the_models(metrics_json: str, model_dir: str) -> None:
+    """The metrics of `metrics_json` were measured on the model in `model_dir`: the `model_sha256` that `evaluate`
+    recorded must be the folder's (`hub.model_fingerprint`); a metrics.json of an earlier version, without one, is
+    published with a warning."""
+    with open(metrics_json) as f:
+        recorded = json.load(f).get("model_sha256")
+    if recorded is None:
+        warnings.warn(
+            f"{metrics_json} does not record which model it was measured on (written by an earlier version): check "
+            f"that its metrics are those of {model_dir}",
+            UserWarning,
+            stacklevel=2,
+        )
+        return
+    actual = model_fingerprint(model_dir)
+    if recorded != actual:
+        raise ValueError(
+            f"{metrics_json} was measured on another model (model_sha256 {recorded[:12]}...) than {model_dir} "
+            f"({actual[:12]}...): its metrics would be published on the wrong model's card; evaluate {model_dir} and "
+            "pass that metrics.json"
+        )
 
 
 def method(model_dir: str, given: Optional[str]) -> str:

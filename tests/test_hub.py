@@ -715,3 +715,41 @@ def test_cli_card_is_the_folders_method_and_lists_its_labels(saved_pipeline, mon
     assert "take **normal** as the positive class" in (tmp_path / "normal-card" / "README.md").read_text()
     with pytest.raises(ValueError, match=r"positive_class: expected one of the class names \['a', 'b', 'c'\], got 'cat'"):
         model_card(positive_class="cat")
+
+
+def test_a_card_publishes_only_its_own_models_metrics_truthfully(saved_pipeline, monkeypatch, tmp_path):
+    """QA: --metrics_json of model B published B's AUC on model A's card; the card claimed a public research dataset
+    and class pruning whatever the data and method; it did not say how many images the metrics came from."""
+    from diffusion_classifiers.evaluation import evaluate_classifier
+
+    pipe_dir, images, _ = saved_pipeline
+    from diffusion_classifiers.data import LabeledImages
+
+    data = LabeledImages(torch.as_tensor(np.load(images)), torch.tensor([0, 1, 2, 0, 1, 2]), ["a", "b", "c"])
+    evaluate_classifier(str(pipe_dir), data, tmp_path / "eval", split="test")
+    recorded = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert recorded["model_sha256"] == hub.model_fingerprint(pipe_dir) and recorded["num_samples"] == 6
+    argv = push_script_argv(pipe_dir, tmp_path, "--dry_run", "--medical", "--output_dir", str(tmp_path / "own"))
+    argv[argv.index("--metrics_json") + 1] = str(tmp_path / "eval" / "metrics.json")
+    run_push_script(monkeypatch, argv)
+    card = (tmp_path / "own" / "README.md").read_text()
+    assert "one public\nresearch dataset" not in card and "measured on scikit-learn digits\nonly" in card
+    assert "split of scikit-learn digits (6 images):" in card
+    other = tmp_path / "other"  # another model: the same files, other weights
+    shutil.copytree(pipe_dir, other)
+    weights = next(other.rglob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1] + bytes([weights.read_bytes()[-1] ^ 1]))
+    argv = push_script_argv(other, tmp_path, "--dry_run", "--output_dir", str(tmp_path / "wrong"))
+    argv[argv.index("--metrics_json") + 1] = str(tmp_path / "eval" / "metrics.json")
+    with pytest.raises(SystemExit, match=r"metrics.json was measured on another model .* than .*other"):
+        run_push_script(monkeypatch, argv)
+    with pytest.warns(UserWarning, match="does not record which model it was measured on"):  # an earlier metrics.json
+        run_push_script(monkeypatch, push_script_argv(pipe_dir, tmp_path, "--dry_run", "--output_dir", str(tmp_path / "old")))
+    # Score-SDE: pruning is claimed only where it was used, on more than two classes; binary cards count positives
+    common = dict(model_name="m", dataset_name="in-house", dataset_license="private", metrics={"accuracy": 0.9},
+                  training_command="t", evaluation_command="e")  # fmt: skip
+    plain = str(hub.render_model_card("score_sde", class_names=["a", "b"], **common))
+    assert "pruned early" not in plain
+    assert "pruned early" in str(hub.render_model_card("score_sde", class_names=["a", "b", "c"], pruning=True, **common))
+    binary = str(hub.render_model_card("score_sde", class_names=["n", "m"], positive_class="m", num_images=10, num_positives=2, **common))
+    assert "(10 images, 2 of them m):" in binary

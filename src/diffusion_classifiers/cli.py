@@ -194,7 +194,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         saved_preprocessing,
     )
     from .data.split_record import recorded_train_fingerprints, resolve_split_args
-    from .hub import download
+    from .hub import download, model_fingerprint
     from .validation import check_no_earlier_report
 
     check_evaluation_args(args.output_dir, args.batch_size)  # before the model and the data are loaded
@@ -224,7 +224,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         classifier, dataset, args.output_dir, batch_size=args.batch_size, positive_class=args.positive_class, title=title,
         num_workers=args.dataloader_num_workers, split=args.split, dataset_name=dataset_name,
         train_fingerprints=train_fingerprints, drop_training_images=args.drop_training_images,
-        pipeline_kwargs=args.pipeline_kwargs,
+        pipeline_kwargs=args.pipeline_kwargs, model_sha256=model_fingerprint(folder),
     )  # fmt: skip
     headline = {k: metrics.get(k) for k in ("accuracy", "macro_f1", "balanced_accuracy", "auc", "positive_class", "sensitivity", "specificity")}
     print(json.dumps({k: v for k, v in headline.items() if v is not None or k == "auc"} | {"ece": metrics["calibration"]["ece"]}))

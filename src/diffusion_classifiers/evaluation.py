@@ -299,6 +299,7 @@ def evaluate_classifier(
     train_fingerprints: Optional[Collection[str]] = None,
     drop_training_images: bool = False,
     pipeline_kwargs: Optional[dict] = None,
+    model_sha256: Optional[str] = None,
 ) -> dict:
     r"""
     Score `classifier` on a `datasets.Dataset` with an Image and a ClassLabel column, on [`LabeledImages`] or on
@@ -338,6 +339,8 @@ def evaluate_classifier(
         pipeline_kwargs (`dict`, *optional*): arguments of the pipeline's `__call__` (Score-SDE: `method`,
             `num_timesteps`, `seed`, ...); `metrics.json` records every setting the call ran with as
             `"pipeline_call"` (`pipeline_call_settings`: the defaults where not given).
+        model_sha256 (`str`, *optional*): the evaluated model's `hub.model_fingerprint`, recorded in `metrics.json`
+            (computed here when `classifier` is a local folder), so `push_to_hub` can refuse another model's metrics.
 
     Returns:
         `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`.
@@ -349,6 +352,10 @@ def evaluate_classifier(
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers: expected an integer >= 0, got {num_workers!r}")
     if isinstance(classifier, (str, os.PathLike)):
+        if model_sha256 is None and os.path.isdir(classifier):
+            from .hub import model_fingerprint
+
+            model_sha256 = model_fingerprint(classifier)
         classifier = load_classifier(str(classifier))
     settings = pipeline_call_settings(classifier, pipeline_kwargs)  # unknown names refused before any image is read
     predict, model_names = _predictor(classifier, image_processor, pipeline_kwargs)
@@ -377,6 +384,10 @@ def evaluate_classifier(
     )
     metrics["calibration"] = calibration_metrics(y_true, probs)
     metrics.update(checked)
+    if positive_label is not None:
+        metrics["num_positives"] = int(np.sum(y_true == positive_label))
+    if model_sha256 is not None:
+        metrics["model_sha256"] = model_sha256
     if settings is not None:
         metrics["pipeline_call"] = settings
     absent = [name for label, name in enumerate(model_names) if not np.any(y_true == label)]

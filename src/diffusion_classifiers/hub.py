@@ -5,6 +5,7 @@ dataset card); their YAML front matter is `ModelCardData` / `DatasetCardData` wi
 `EvalResult`s, so the Hub shows them in the model index.
 """
 
+import hashlib
 import json
 import math
 import numbers
@@ -41,9 +42,11 @@ __all__ = [
     "download",
     "download_patterns",
     "library_name_of",
+    "load_eval_counts",
     "load_eval_metrics",
     "load_eval_positive_class",
     "load_eval_split",
+    "model_fingerprint",
     "method_of",
     "positive_class_of",
     "push_to_hub",
@@ -84,7 +87,9 @@ REMOTE_CODE_PATTERNS = ["*.py"]
 
 
 # Fields the templates may leave empty (they test them with `{% if %}`); every other field they read is required.
-MODEL_CARD_OPTIONAL = {"dataset_id", "model_description", "class_names", "positive_class"}
+MODEL_CARD_OPTIONAL = {
+    "dataset_id", "model_description", "class_names", "positive_class", "num_images", "num_positives", "pruning",
+}  # fmt: skip
 DATASET_CARD_OPTIONAL = {"citation"}
 
 
@@ -168,6 +173,9 @@ def render_model_card(
     model_description: Optional[str] = None,
     medical: bool = False,
     template_path: Optional[Union[str, Path]] = None,
+    num_images: Optional[int] = None,
+    num_positives: Optional[int] = None,
+    pruning: bool = False,
 ) -> ModelCard:
     """The model card of a classifier trained with `method` (one of `METHODS`).
 
@@ -185,6 +193,9 @@ def render_model_card(
             with that library (`trust_remote_code=True` runs the code saved with it, or the installed package's).
         medical: add the "not a diagnostic device" warning and the "medical" tag (set it for medical imaging data).
         template_path: a custom Jinja template (default: `hub_cards/model_card_<method>.md`).
+        num_images, num_positives: how many images the metrics were measured on, and of them of `positive_class`
+            (`load_eval_counts`); the card states them.
+        pruning: the metrics were measured with class pruning (Score-SDE, more than 2 classes); the card says so.
 
     Raises `ValueError` naming every required field that is missing or empty.
     """
@@ -223,6 +234,9 @@ def render_model_card(
         positive_class=positive_class,
         model_description=model_description,
         medical=medical,
+        num_images=num_images,
+        num_positives=num_positives,
+        pruning=pruning,
     )
     return ModelCard(text)
 
@@ -294,6 +308,39 @@ def load_eval_positive_class(path: Union[str, os.PathLike]) -> Optional[str]:
     the demo's); `None` when it records none (not a binary task)."""
     data = _read_json(path)
     return data.get("test", data).get("positive_class")
+
+
+def load_eval_counts(path: Union[str, os.PathLike]) -> Dict[str, Optional[int]]:
+    """`{"num_images", "num_positives"}` of a `metrics.json` (under "test" for the demo's): the images its metrics were
+    measured on, and of them of its positive class (binary tasks; from the per-class support where not recorded)."""
+    data = _read_json(path)
+    data = data.get("test", data)
+    positives = data.get("num_positives")
+    if positives is None and data.get("positive_class") in data.get("per_class", {}):
+        positives = data["per_class"][data["positive_class"]].get("support")
+    return {"num_images": data.get("num_samples"), "num_positives": positives}
+
+
+def model_fingerprint(local_dir: Union[str, os.PathLike]) -> str:
+    """sha256 over a saved model's `model_index.json` / `config.json` files and `*.safetensors` weights (their paths
+    and bytes, training checkpoints and hidden folders left out): what `evaluate` records in metrics.json as
+    `"model_sha256"`, so a card publishes only the metrics of its own model. Cheap and stable: the same files, loaded
+    from a folder or a Hub snapshot, give the same digest."""
+    local_dir = Path(local_dir)
+    digest = hashlib.sha256()
+    files = sorted(
+        path for path in local_dir.rglob("*")
+        if path.is_file() and (path.suffix == ".safetensors" or path.name in ("model_index.json", "config.json"))
+        and not any(part.startswith((".", "checkpoint-")) for part in path.relative_to(local_dir).parts)
+    )  # fmt: skip
+    if not files:
+        raise ValueError(f"{local_dir}: expected a saved model (model_index.json or config.json, safetensors weights)")
+    for path in files:
+        digest.update(path.relative_to(local_dir).as_posix().encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def load_eval_split(path: Union[str, os.PathLike]) -> Optional[str]:
