@@ -169,3 +169,49 @@ def test_at_most_one_full_size_image_is_held_while_reading(tmp_path, monkeypatch
         splits = load_image_classification_data(tmp_path, 16, medical=FULL, val_fraction=0.25, test_fraction=0.25)
     assert len(most) == sum(len(split) for split in splits.values()) == 13
     assert max(most) == 0, most  # before: every decoded image held until all were read ([0, 1, 2, ..., 12])
+
+
+# --------------------------------------------------------------------------------------------------
+# Every unreadable file named at once
+# --------------------------------------------------------------------------------------------------
+
+
+def test_every_unreadable_file_of_a_folder_is_named_in_one_error(tmp_path):
+    folders = class_folders(tmp_path, ["a", "b"])
+    for k, folder in enumerate(folders.values()):
+        for i in range(3):
+            write_mammogram(folder / f"ok{i}.dcm", seed=10 * k + i, patient=f"p{k}{i}")
+    no_pixels = pydicom.dcmread(folders["a"] / "ok0.dcm")
+    del no_pixels.PixelData
+    no_pixels.save_as(folders["a"] / "report.dcm")
+    colour = pydicom.dcmread(folders["a"] / "ok1.dcm")
+    colour.PhotometricInterpretation = "RGB"
+    colour.save_as(folders["a"] / "screen.dcm")
+    data = (folders["a"] / "ok2.dcm").read_bytes()
+    (folders["a"] / "cut.dcm").write_bytes(data[: len(data) // 3])
+    (folders["b"] / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    for i in range(19):
+        (folders["b"] / f"zz{i:02d}.dcm").write_bytes(b"not DICOM" * 20)
+    with pytest.raises(ValueError) as caught:
+        load_image_classification_data(tmp_path, 16, medical=FULL)
+    message = str(caught.value)
+    assert message.startswith("23 of 29 image files cannot be read: ")
+    for name in ("report.dcm has no pixel data", "screen.dcm: PhotometricInterpretation 'RGB'", "cut.dcm",
+                 "broken.png", "zz00.dcm", "zz15.dcm"):  # fmt: skip
+        assert name in message
+    assert "zz16.dcm" not in message and message.count("cannot read DICOM file") == 16  # zz00..zz15: 20 named in all
+    assert "; and 3 more. Expected every file to be a readable image" in message
+    one = tmp_path / "one"
+    class_folders(one, ["a", "b"])
+    for k, name in enumerate(("a", "b")):
+        for i in range(3):
+            write_mammogram(one / name / f"ok{i}.dcm", seed=i + 3 * k, patient=f"q{k}{i}")
+    (one / "b" / "report.dcm").write_bytes((folders["a"] / "report.dcm").read_bytes())
+    with pytest.raises(ValueError, match=r"^DICOM file .*report.dcm has no pixel data"):  # one: its own error
+        load_image_classification_data(one, 16, medical=FULL)
+    (one / "a" / "screen.dcm").write_bytes((folders["a"] / "screen.dcm").read_bytes())
+    match = r"^2 of 8 image files cannot be read: .*screen.dcm: PhotometricInterpretation 'RGB'.*; DICOM file .*report.dcm has no pixel data"
+    with pytest.raises(ValueError, match=match):
+        load_image_classification_data(one, 16, medical=FULL)
+    with pytest.raises(ValueError, match=match):  # streaming lists the headers alike
+        streaming_image_classification_data(one, num_channels=1, image_size=16, medical=FULL)

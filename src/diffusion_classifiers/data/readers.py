@@ -712,24 +712,57 @@ def _decode_files(
     images come back as one float32 `[N, C, H, W]` tensor in `[-1, 1]`, equal to
     `preprocess_images(<every decoded image>, preprocessing=reading)`: with `num_channels=None`, grey images are
     repeated to 3 channels after their resize when any image is colour (the same values: each channel is resized
-    alone). Without `reading`, the decoded images themselves (a list)."""
-    images, patients, sizes = [], [], _SeriesSizes()
+    alone). Without `reading`, the decoded images themselves (a list).
+
+    Every file is tried: the files that cannot be read (decode errors, no pixel data, a colour DICOM, a truncated
+    file, a slice of another size in its series, ...) are refused together (see [`_refuse_unreadable_files`])."""
+    images, patients, failures, sizes = [], [], [], _SeriesSizes()
     for path, is_dicom in zip(files, _dicom_or_not(files, medical)):
-        if is_dicom:
-            dicom = read_dicom(path)
-            image = window_channels(dicom, medical.windows, medical.padding_fill)
-            patient = dicom.metadata["PatientID"]
-            sizes.add(path, image.shape[-2:], dicom.metadata["SeriesInstanceUID"])
-            del dicom  # its modality values are as large as the image
-        else:
-            image, patient = _decode_image_file(path, medical.bits_stored), None
-        images.append(image if reading is None else _preprocess_file(image, path, reading))
+        try:
+            image, patient = _decode_file(path, is_dicom, medical, sizes)
+            images.append(image if reading is None else _preprocess_file(image, path, reading))
+        except ValueError as error:
+            failures.append(error if not failures else str(error))  # no traceback kept: it holds the image
+            continue
+        finally:
+            image = None  # the full-size image is freed before the next file is decoded
         patients.append(patient)
-        del image
+    _refuse_unreadable_files(failures, len(files))
     frames = [1 if isinstance(image, Image.Image) else len(image) for image in images]
     if reading is not None:
         images = _same_channels(images, reading)
     return images, *_expand_frames(files, labels_per_split, frames, patient_ids or patients)
+
+
+def _decode_file(
+    path: Path, is_dicom: bool, medical: MedicalPreprocessing, sizes: _SeriesSizes
+) -> tuple[Image.Image | np.ndarray, str | None]:
+    """One file decoded (a DICOM windowed by `medical`, its size checked against its series in `sizes`) and its
+    PatientID (None for a non-DICOM file)."""
+    if not is_dicom:
+        return _decode_image_file(path, medical.bits_stored), None
+    dicom = read_dicom(path)
+    sizes.add(path, dicom.values.shape[-2:], dicom.metadata["SeriesInstanceUID"])
+    return window_channels(dicom, medical.windows, medical.padding_fill), dicom.metadata["PatientID"]
+
+
+# Unreadable files named in one error; the rest are counted.
+_FAILURES_SHOWN = 20
+
+
+def _refuse_unreadable_files(failures: list[ValueError | str], total: int) -> None:
+    """Refuse the files that cannot be read, all at once (`failures`: the first error, then the others' messages):
+    one failure raises its own error; several, one error naming the first `_FAILURES_SHOWN` (each message names its
+    file) and counting the rest."""
+    if len(failures) == 1:
+        raise failures[0]
+    if failures:
+        shown = "; ".join(str(error) for error in failures[:_FAILURES_SHOWN])
+        more = f"; and {len(failures) - _FAILURES_SHOWN} more" if len(failures) > _FAILURES_SHOWN else ""
+        raise ValueError(
+            f"{len(failures)} of {total} image files cannot be read: {shown}{more}. Expected every file to be a "
+            "readable image: remove or replace these files"
+        )
 
 
 def _preprocess_file(image: Any, path: Path, reading: ImagePreprocessing) -> torch.Tensor:
@@ -760,7 +793,14 @@ def _list_frames(
     and group ids. DICOM files that cannot be decoded (no pixel data, no decoder installed) are refused now, as is
     DICOM mixed with other image files for `medical`'s windows (see [`_dicom_or_not`])."""
     kinds = _dicom_or_not(files, medical)
-    headers = {path: read_dicom_header(path) for path, is_dicom in zip(files, kinds) if is_dicom}
+    headers, failures = {}, []
+    for path, is_dicom in zip(files, kinds):
+        if is_dicom:
+            try:
+                headers[path] = read_dicom_header(path)
+            except ValueError as error:
+                failures.append(error if not failures else str(error))
+    _refuse_unreadable_files(failures, len(files))
     _check_dicom_sizes_per_folder(
         [(path, header.size, header.metadata["SeriesInstanceUID"]) for path, header in headers.items()]
     )
