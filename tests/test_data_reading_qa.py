@@ -215,3 +215,44 @@ def test_every_unreadable_file_of_a_folder_is_named_in_one_error(tmp_path):
         load_image_classification_data(one, 16, medical=FULL)
     with pytest.raises(ValueError, match=match):  # streaming lists the headers alike
         streaming_image_classification_data(one, num_channels=1, image_size=16, medical=FULL)
+
+
+# --------------------------------------------------------------------------------------------------
+# 16-bit images scaled by different bit depths
+# --------------------------------------------------------------------------------------------------
+
+
+def sixteen_bit_folder(root, fatty=2):
+    """12-bit detector PNGs (maximum above 2047); `fatty` of class a's halved (maximum below 2048: 11 bits guessed)."""
+    folders = class_folders(root, ["a", "b"])
+    rng = np.random.default_rng(0)
+    for k, folder in enumerate(folders.values()):
+        for i in range(4):
+            values = rng.integers(0, 4096, (20, 16), dtype=np.uint16)
+            values[0, 0] = 4000
+            if k == 0 and i < fatty:
+                values //= 2
+            Image.fromarray(values).save(folder / f"{i}.png")
+    return folders
+
+
+def test_16bit_images_scaled_by_different_guessed_bit_depths_warn_once(tmp_path):
+    folders = sixteen_bit_folder(tmp_path)
+    with pytest.warns(UserWarning, match="different bit depths") as caught:
+        splits = load_image_classification_data(tmp_path, 8, val_fraction=0.25, test_fraction=0.25)
+    depth_warnings = [w for w in caught if "different bit depths" in str(w.message)]
+    assert len(depth_warnings) == 1
+    message = str(depth_warnings[0].message)
+    assert f"2 at 11 bits (e.g. {folders['a'] / '0.png'})" in message
+    assert f"6 at 12 bits (e.g. {folders['a'] / '2.png'})" in message
+    assert "MedicalPreprocessing(bits_stored=12)" in message and "--bits_stored 12" in message
+    assert splits["train"].preprocessing.medical.bits_stored is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # stated: one depth, no warning
+        load_image_classification_data(tmp_path, 8, val_fraction=0.25, test_fraction=0.25,
+                                       medical=MedicalPreprocessing(bits_stored=12))  # fmt: skip
+    uniform = tmp_path / "uniform"
+    sixteen_bit_folder(uniform, fatty=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every image guessed at 12 bits: nothing to say
+        load_image_classification_data(uniform, 8, val_fraction=0.25, test_fraction=0.25)

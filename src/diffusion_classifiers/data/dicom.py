@@ -701,6 +701,12 @@ def read_16bit_image(path: str | Path, bits_stored: int | None = None) -> np.nda
 
 def scale_16bit_image(image: Image.Image, bits_stored: int | None = None, name: Any = "image") -> np.ndarray:
     """[`read_16bit_image`] of an opened 16-bit greyscale `image` (errors and warnings name it `name`)."""
+    return _scale_16bit(image, bits_stored, name)[0]
+
+
+def _scale_16bit(image: Image.Image, bits_stored: int | None, name: Any) -> tuple[np.ndarray, int]:
+    """[`scale_16bit_image`] and the bit depth it scaled by (`bits_stored`, or the one guessed from the maximum):
+    readers compare those of a data set's images."""
     _check_bits_stored(bits_stored)
     mode, values = image.mode, np.asarray(image).astype(np.int64)
     if mode not in _PIL_16BIT_MODES:
@@ -724,7 +730,7 @@ def scale_16bit_image(image: Image.Image, bits_stored: int | None = None, name: 
             UserWarning,
             stacklevel=2,
         )
-    return (values / scale).astype(np.float32)
+    return (values / scale).astype(np.float32), bits_stored
 
 
 def _check_bits_stored(bits_stored: Any) -> None:

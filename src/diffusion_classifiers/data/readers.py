@@ -36,7 +36,7 @@ from .dicom import (
     parse_windows,
     read_dicom,
     read_dicom_header,
-    scale_16bit_image,
+    _scale_16bit,
     window_channels,
 )
 from .image_files import DECODE_ERRORS, IMAGE_EXTENSIONS, decode_error_text, open_image
@@ -231,7 +231,8 @@ def load_image_classification_data(
             column names for `datasets` sources; default: the one `Image` and the one `ClassLabel` column.
         medical ([`MedicalPreprocessing`], *optional*):
             how DICOM files are windowed (one channel per window) and 16-bit PNG / TIFF scaled; default
-            `MedicalPreprocessing()`: each DICOM's own window, 16-bit images by their maximum's bit depth.
+            `MedicalPreprocessing()`: each DICOM's own window, 16-bit images by their maximum's bit depth (a
+            `UserWarning` when the images of the data set get different ones: state `bits_stored`).
         patient_id_column (`str`, *optional*):
             for a CSV source, the column of patient (group) ids; it must exist. Default: `patient_id` if present.
         resize_mode (`str`, *optional*, defaults to `"stretch"`), pad_value (`float`, *optional*, defaults to -1.0),
@@ -685,16 +686,53 @@ def _nonempty_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def _decode_image_file(path: Path, bits_stored: int | None = None) -> Image.Image | np.ndarray:
+def _decode_image_file(
+    path: Path, bits_stored: int | None = None, depths: _BitDepths | None = None
+) -> Image.Image | np.ndarray:
     """Open and fully decode an image file (so truncation is caught now, not mid-training); a 16-bit greyscale image
-    comes back as float32 `[1, 1, H, W]` in `[0, 1]`, scaled by its bit depth (see [`read_16bit_image`])."""
+    comes back as float32 `[1, 1, H, W]` in `[0, 1]`, scaled by its bit depth (see [`read_16bit_image`]), which
+    `depths` records when given."""
     try:
         image = open_image(path)
     except DECODE_ERRORS as error:
         raise ValueError(f"cannot decode image file {path}: {decode_error_text(error)}") from error
     if image.mode not in _PIL_16BIT_MODES:
         return image
-    return scale_16bit_image(image, bits_stored, path)[None, None]
+    values, bits = _scale_16bit(image, bits_stored, path)
+    if depths is not None:
+        depths.add(path, bits)
+    return values[None, None]
+
+
+class _BitDepths:
+    """The bit depths the 16-bit PNG / TIFF of one data set were scaled by (each image's own maximum's when
+    `bits_stored` is unset): a set read at different depths gets one warning (see [`warn`])."""
+
+    def __init__(self) -> None:
+        self._counts: dict[int, int] = {}
+        self._examples: dict[int, Path] = {}  # the first file of each depth
+
+    def add(self, path: Path, bits: int) -> None:
+        self._counts[bits] = self._counts.get(bits, 0) + 1
+        self._examples.setdefault(bits, path)
+
+    def warn(self) -> None:
+        """Warn (once for the data set) when its images were scaled by more than one bit depth."""
+        if len(self._counts) < 2:
+            return
+        found = ", ".join(
+            f"{count} at {bits} bits (e.g. {self._examples[bits]})" for bits, count in sorted(self._counts.items())
+        )
+        deepest = max(self._counts)
+        warnings.warn(
+            f"16-bit images scaled by different bit depths, each guessed from its own maximum: {found}. The same "
+            "stored value then reads darker or brighter from image to image (one pixel above 2047 doubles a 12-bit "
+            f"image's scale). State the data's bit depth: MedicalPreprocessing(bits_stored={deepest}) (the scripts' "
+            f"--bits_stored {deepest}, e.g. 12 for 12-bit detectors); it is saved with the model (medical.bits_stored) "
+            "and applied to new images alike",
+            UserWarning,
+            stacklevel=5,
+        )
 
 
 def _decode_files(
@@ -716,10 +754,10 @@ def _decode_files(
 
     Every file is tried: the files that cannot be read (decode errors, no pixel data, a colour DICOM, a truncated
     file, a slice of another size in its series, ...) are refused together (see [`_refuse_unreadable_files`])."""
-    images, patients, failures, sizes = [], [], [], _SeriesSizes()
+    images, patients, failures, sizes, depths = [], [], [], _SeriesSizes(), _BitDepths()
     for path, is_dicom in zip(files, _dicom_or_not(files, medical)):
         try:
-            image, patient = _decode_file(path, is_dicom, medical, sizes)
+            image, patient = _decode_file(path, is_dicom, medical, sizes, depths)
             images.append(image if reading is None else _preprocess_file(image, path, reading))
         except ValueError as error:
             failures.append(error if not failures else str(error))  # no traceback kept: it holds the image
@@ -728,6 +766,7 @@ def _decode_files(
             image = None  # the full-size image is freed before the next file is decoded
         patients.append(patient)
     _refuse_unreadable_files(failures, len(files))
+    depths.warn()
     frames = [1 if isinstance(image, Image.Image) else len(image) for image in images]
     if reading is not None:
         images = _same_channels(images, reading)
@@ -735,12 +774,12 @@ def _decode_files(
 
 
 def _decode_file(
-    path: Path, is_dicom: bool, medical: MedicalPreprocessing, sizes: _SeriesSizes
+    path: Path, is_dicom: bool, medical: MedicalPreprocessing, sizes: _SeriesSizes, depths: _BitDepths
 ) -> tuple[Image.Image | np.ndarray, str | None]:
-    """One file decoded (a DICOM windowed by `medical`, its size checked against its series in `sizes`) and its
-    PatientID (None for a non-DICOM file)."""
+    """One file decoded (a DICOM windowed by `medical`, its size checked against its series in `sizes`; a 16-bit
+    image's bit depth recorded in `depths`) and its PatientID (None for a non-DICOM file)."""
     if not is_dicom:
-        return _decode_image_file(path, medical.bits_stored), None
+        return _decode_image_file(path, medical.bits_stored, depths), None
     dicom = read_dicom(path)
     sizes.add(path, dicom.values.shape[-2:], dicom.metadata["SeriesInstanceUID"])
     return window_channels(dicom, medical.windows, medical.padding_fill), dicom.metadata["PatientID"]
