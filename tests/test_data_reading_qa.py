@@ -210,7 +210,8 @@ def test_every_unreadable_file_of_a_folder_is_named_in_one_error(tmp_path):
     with pytest.raises(ValueError, match=r"^DICOM file .*report.dcm has no pixel data"):  # one: its own error
         load_image_classification_data(one, 16, medical=FULL)
     (one / "a" / "screen.dcm").write_bytes((folders["a"] / "screen.dcm").read_bytes())
-    match = r"^2 of 8 image files cannot be read: .*screen.dcm: PhotometricInterpretation 'RGB'.*; DICOM file .*report.dcm has no pixel data"
+    match = (r"^2 of 8 image files cannot be read: .*screen.dcm: PhotometricInterpretation 'RGB'.*; "
+             r"DICOM file .*report.dcm has no pixel data")
     with pytest.raises(ValueError, match=match):
         load_image_classification_data(one, 16, medical=FULL)
     with pytest.raises(ValueError, match=match):  # streaming lists the headers alike
@@ -256,3 +257,34 @@ def test_16bit_images_scaled_by_different_guessed_bit_depths_warn_once(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every image guessed at 12 bits: nothing to say
         load_image_classification_data(uniform, 8, val_fraction=0.25, test_fraction=0.25)
+
+
+# --------------------------------------------------------------------------------------------------
+# Grey and colour images mixed
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_colour_image_among_grey_ones_warns_when_the_channels_are_inferred(tmp_path):
+    folders = mixed_folder(tmp_path)  # 12 grey files (DICOM, 16-bit and 8-bit PNG) and b/rgb.png
+    with pytest.warns(UserWarning, match=r"1 of 13 images are colour \(.*rgb.png\), the others grey") as caught:
+        splits = load_image_classification_data(tmp_path, 16, medical=FULL, val_fraction=0.25, test_fraction=0.25)
+    assert splits["train"].images.shape[1] == 3  # still read as before
+    message = next(str(w.message) for w in caught if "are colour" in str(w.message))
+    assert str(folders["b"] / "rgb.png") in message and "num_channels=1" in message and "--num_channels 1" in message
+    for channels in (1, 3):  # stated: no warning
+        with warnings.catch_warnings(record=True) as stated:
+            warnings.simplefilter("always")
+            splits = load_image_classification_data(tmp_path, 16, channels, medical=FULL, val_fraction=0.25,
+                                                    test_fraction=0.25)  # fmt: skip
+        assert not [w for w in stated if "are colour" in str(w.message)] and splits["val"].images.shape[1] == channels
+
+
+def test_a_colour_row_among_grey_rows_of_a_dataset_warns(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)) for _ in range(9)]
+    images.append(Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)))
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["x", "y"])})
+    dataset = datasets.Dataset.from_dict({"image": images, "label": [0, 1] * 5}, features=features)
+    with pytest.warns(UserWarning, match=r"1 of 10 images are colour \(row 9\)"):
+        load_image_classification_data(dataset, 8, val_fraction=0.25, test_fraction=0.25)

@@ -195,14 +195,16 @@ def load_image_classification_data(
               If `<root>/splits/train.txt` exists, the splits come from `splits/{train,val,test}.txt`
               (lines `relative/path label`, paths relative to the class folders' parent) and the names
               from `splits/classes.txt` when present.
-              Images are resized to 32 px by default; 3 channels if any image is color, else 1.
+              Images are resized to 32 px by default; 3 channels if any image is color (with a warning
+              naming the colour files when grey ones are mixed in), else 1.
               DICOM files (`.dcm`, `.dicom`, `.dic`, `.ima`, or another or no extension and the 'DICM' header, as
               PACS exports name them)
               and 16-bit PNG / TIFF are read as `medical` says; a multi-frame DICOM gives one image per frame, all
               with its label; the DICOM files of one series (SeriesInstanceUID) in one folder must share one size (a
-              scout mixed into the slices is refused; independent images of different series may differ); DICOM and other image files are read together through one window only (several windows
-              refuse the mix: an image file has no Hounsfield units to window). When DICOM files name a PatientID, the carved splits keep each patient on one side
-              (images without one are their own group).
+              scout mixed into the slices is refused; independent images of different series may differ); DICOM and
+              other image files are read together through one window only (several windows refuse the mix: an image
+              file has no Hounsfield units to window). When DICOM files name a PatientID, the carved splits keep each
+              patient on one side (images without one are their own group).
             * a `.csv` file with a header and the columns `path` (relative to the CSV's folder), `label` (a class
               name) and optionally a patient id column (`patient_id`, or the one `patient_id_column` names): images
               read as in an image folder; classes are `class_names` or the sorted labels (numerically if all are
@@ -283,6 +285,9 @@ def load_image_classification_data(
         raw = _read_hf_dataset(source, image_column, label_column)
     if image_size is None:
         reading = replace(reading, image_size=raw.default_image_size)
+    if kind == "datasets" and num_channels is None:
+        rows = [f"row {i}" for i in range(len(raw.images))]
+        _warn_mixed_channels([_pil_channels(image) for image in raw.images], rows, stacklevel=3)
     images = raw.images if raw.preprocessed else preprocess_images(raw.images, preprocessing=reading)
     splits = _assemble(images, raw, val_fraction, test_fraction, seed)
     # What a model trained on these tensors is saved with: the same steps, for files and [-1, 1] tensors alike.
@@ -726,10 +731,10 @@ class _BitDepths:
         deepest = max(self._counts)
         warnings.warn(
             f"16-bit images scaled by different bit depths, each guessed from its own maximum: {found}. The same "
-            "stored value then reads darker or brighter from image to image (one pixel above 2047 doubles a 12-bit "
-            f"image's scale). State the data's bit depth: MedicalPreprocessing(bits_stored={deepest}) (the scripts' "
-            f"--bits_stored {deepest}, e.g. 12 for 12-bit detectors); it is saved with the model (medical.bits_stored) "
-            "and applied to new images alike",
+            "stored value then reads darker or brighter from image to image (a 12-bit image whose maximum is below "
+            "2048 reads twice as bright). State the data's bit depth: "
+            f"MedicalPreprocessing(bits_stored={deepest}) (the scripts' --bits_stored {deepest}, e.g. 12 for 12-bit "
+            "detectors); it is saved with the model (medical.bits_stored) and applied to new images alike",
             UserWarning,
             stacklevel=5,
         )
@@ -769,7 +774,7 @@ def _decode_files(
     depths.warn()
     frames = [1 if isinstance(image, Image.Image) else len(image) for image in images]
     if reading is not None:
-        images = _same_channels(images, reading)
+        images = _same_channels(images, reading, files)
     return images, *_expand_frames(files, labels_per_split, frames, patient_ids or patients)
 
 
@@ -813,12 +818,37 @@ def _preprocess_file(image: Any, path: Path, reading: ImagePreprocessing) -> tor
         raise ValueError(f"{path}: {error}") from error
 
 
-def _same_channels(images: list[torch.Tensor], reading: ImagePreprocessing) -> torch.Tensor:
-    """Files preprocessed one by one, as one tensor: with `num_channels=None`, 3 channels if any file is colour (a
-    grey image's channel repeated), else 1, as [`preprocess_images`] decides for a whole batch."""
+def _same_channels(images: list[torch.Tensor], reading: ImagePreprocessing, files: list[Path]) -> torch.Tensor:
+    """`files` preprocessed one by one (`images`), as one tensor: with `num_channels=None`, 3 channels if any file is
+    colour (a grey image's channel repeated; with a warning naming the colour files, see [`_warn_mixed_channels`]),
+    else 1, as [`preprocess_images`] decides for a whole batch."""
     if reading.num_channels is None and any(image.shape[1] == 3 for image in images):
+        _warn_mixed_channels([image.shape[1] for image in images], [str(path) for path in files])
         images = [image.repeat(1, 3, 1, 1) if image.shape[1] == 1 else image for image in images]
     return torch.cat(images)
+
+
+# Colour files named in the warning about grey and colour images mixed.
+_COLOUR_SHOWN = 5
+
+
+def _warn_mixed_channels(channels: list[int], names: list[str], stacklevel: int = 6) -> None:
+    """Warn when grey (1-channel) and colour (3-channel) images are mixed and the channel count is inferred: one
+    colour image (a screenshot among greyscale scans) makes the whole data set, and the model, 3-channel."""
+    colour = [name for name, count in zip(names, channels) if count == 3]
+    if not colour or len(colour) == len(names):
+        return
+    more = len(colour) - _COLOUR_SHOWN
+    shown = ", ".join(colour[:_COLOUR_SHOWN]) + (f" and {more} more" if more > 0 else "")
+    warnings.warn(
+        f"{len(colour)} of {len(names)} images are colour ({shown}), the others grey: with the channel count inferred "
+        "(num_channels=None) every image is read as 3 channels (a grey image's channel repeated) and the model is "
+        "3-channel. If the colour images are strays (screenshots, exports), remove them; state the channels to "
+        "silence this: num_channels=1 (the scripts' --num_channels 1) reads them all as grey, num_channels=3 keeps "
+        "colour",
+        UserWarning,
+        stacklevel=stacklevel,  # the caller of load_image_classification_data
+    )
 
 
 def _list_frames(
@@ -1017,6 +1047,14 @@ def _read_hf_dataset(source: Any, image_column: str | None, label_column: str | 
         labels[_HF_SPLIT_NAMES[name]] = np.asarray(part[label_column], dtype=np.int64)
     all_labels, names, splits = _labels_and_names(labels, label_feature.names, "dataset")
     return _RawData(images, all_labels, names, splits)
+
+
+def _pil_channels(image: Image.Image) -> int:
+    """The channels [`preprocess_images`] reads a PIL image as: 1 for grey modes (16-bit and float included), else 3."""
+    return 1 if image.mode in _GREY_PIL_MODES else 3
+
+
+_GREY_PIL_MODES = {"1", "L", "LA", "La", "F"} | _PIL_16BIT_MODES
 
 
 def split_columns(dataset: Any, image_column: str | None, label_column: str | None) -> tuple[str, str]:
