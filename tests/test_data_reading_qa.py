@@ -288,3 +288,64 @@ def test_a_colour_row_among_grey_rows_of_a_dataset_warns(tmp_path):
     dataset = datasets.Dataset.from_dict({"image": images, "label": [0, 1] * 5}, features=features)
     with pytest.warns(UserWarning, match=r"1 of 10 images are colour \(row 9\)"):
         load_image_classification_data(dataset, 8, val_fraction=0.25, test_fraction=0.25)
+
+
+# --------------------------------------------------------------------------------------------------
+# Carved splits without an image of a class
+# --------------------------------------------------------------------------------------------------
+
+
+def mammography_cohort():
+    """40 benign images of 20 patients and 8 malignant of 4 (two views each), as the QA's mammography set."""
+    labels = np.array([0] * 40 + [1] * 8)
+    groups = np.array([f"B{i // 2:03d}" for i in range(40)] + [f"M{i // 2:03d}" for i in range(8)], dtype=object)
+    return labels, groups
+
+
+def sklearn_split(labels, groups, fraction, seed):
+    """The grouped split as it was carved before: scikit-learn's first fold of round(1 / fraction)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folds = StratifiedGroupKFold(n_splits=round(1 / fraction), shuffle=True, random_state=seed)
+        kept, split = next(folds.split(np.zeros(len(labels)), labels, groups))
+    return np.sort(kept), np.sort(split)
+
+
+def test_a_carved_split_without_a_class_is_named_in_the_library_s_words(tmp_path):
+    labels, groups = mammography_cohort()
+    raw = readers._RawData(None, labels, ["benign", "malignant"], {"train": np.arange(48)}, groups=groups)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        splits = readers._carve_splits(raw, 0.1, 0.2, 0)
+    messages = [str(w.message) for w in caught]
+    assert not any("least populated" in message for message in messages), messages
+    assert len(messages) == 1 and messages[0].startswith(
+        "the carved 'val' split holds no image of class 'malignant' (label 1), which has 8 images of 4 patients "
+        "(groups); 6 images of 3 patients (groups) were left for 'val' after 'test': too few for val_fraction=0.1"
+    ), messages
+    assert "--val_fraction" in messages[0]
+    # the carving is unchanged: scikit-learn's folds, test first, then val from the rest
+    kept, test = sklearn_split(labels, groups, 0.2, 0)
+    train, val = sklearn_split(labels[kept], groups[kept], 0.1, 0)
+    np.testing.assert_array_equal(splits["test"], test)
+    np.testing.assert_array_equal(splits["val"], kept[val])
+    np.testing.assert_array_equal(splits["train"], kept[train])
+    assert (labels[splits["val"]] == 1).sum() == 0
+    # called directly, the grouped split words scikit-learn's warning as the library's, and splits as scikit-learn
+    with pytest.warns(UserWarning, match=r"stratified_group_split: class 1: 6 images in 3 groups; fewer than the 10 "
+                                         r"folds") as direct:  # fmt: skip
+        kept_direct, split_direct = readers.stratified_group_split(labels[kept], groups[kept], 0.1, 0)
+    assert not any("least populated" in str(w.message) for w in direct)
+    np.testing.assert_array_equal(split_direct, val)
+    np.testing.assert_array_equal(kept_direct, train)
+
+
+def test_a_carved_split_holding_every_class_says_nothing():
+    labels, groups = mammography_cohort()
+    raw = readers._RawData(None, labels, ["benign", "malignant"], {"train": np.arange(48)}, groups=groups)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        splits = readers._carve_splits(raw, 0.25, 0.25, 0)
+    assert all((labels[splits[name]] == 1).any() for name in ("train", "val", "test"))

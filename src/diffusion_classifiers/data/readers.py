@@ -41,7 +41,7 @@ from .dicom import (
 )
 from .image_files import DECODE_ERRORS, IMAGE_EXTENSIONS, decode_error_text, open_image
 from .preprocessing import _PIL_16BIT_MODES, ImagePreprocessing, _describe, fit_options, preprocess_images
-from .splits import _check_fraction, stratified_group_split, stratified_split
+from .splits import _check_fraction, _FewImagesWarning, stratified_group_split, stratified_split
 
 __all__ = [
     "DEFAULT_DIGITS_SIZE",
@@ -351,24 +351,51 @@ def _assemble(
 
 def _carve_splits(raw: _RawData, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
     """The indices of every split in `SPLITS`: the source's own, and stratified, seeded ones carved for the rest
-    (keeping each group on one side when `raw.groups` is known); an empty split is refused."""
+    (keeping each group on one side when `raw.groups` is known); an empty split is refused, and a carved split without
+    an image of a class its pool has is warned about (see [`_warn_missing_classes`])."""
     splits = dict(raw.splits)
 
-    def carve(pool: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    def carve(pool: np.ndarray, fraction: float, name: str) -> tuple[np.ndarray, np.ndarray]:
         if raw.groups is None:
             kept, split = stratified_split(raw.labels[pool], fraction, seed)
         else:
-            kept, split = stratified_group_split(raw.labels[pool], raw.groups[pool], fraction, seed)
+            with warnings.catch_warnings():  # said below by split and class name
+                warnings.simplefilter("ignore", _FewImagesWarning)
+                kept, split = stratified_group_split(raw.labels[pool], raw.groups[pool], fraction, seed)
+        _warn_missing_classes(raw, pool, pool[split], name, fraction)
         return pool[kept], pool[split]
 
     if "test" not in splits:
-        splits["train"], splits["test"] = carve(splits["train"], test_fraction)
+        splits["train"], splits["test"] = carve(splits["train"], test_fraction, "test")
     if "val" not in splits:
-        splits["train"], splits["val"] = carve(splits["train"], val_fraction)
+        splits["train"], splits["val"] = carve(splits["train"], val_fraction, "val")
     for name in SPLITS:
         if len(splits[name]) == 0:
             raise ValueError(f"split {name!r} is empty; the dataset is too small for the requested fractions")
     return splits
+
+
+def _warn_missing_classes(raw: _RawData, pool: np.ndarray, split: np.ndarray, name: str, fraction: float) -> None:
+    """Warn, naming the split and each class with its image (and patient) counts, when the `split` carved from `pool`
+    holds no image of a class the pool has (a class of few patients: a grouped split is cut into round(1 / fraction)
+    folds of whole patients); its metrics then say nothing of that class."""
+    missing = sorted(set(np.unique(raw.labels[pool]).tolist()) - set(np.unique(raw.labels[split]).tolist()))
+
+    def count(indices: np.ndarray) -> str:
+        patients = f" of {len(np.unique(raw.groups[indices]))} patients (groups)" if raw.groups is not None else ""
+        return f"{len(indices)} image{'s' if len(indices) != 1 else ''}{patients}"
+
+    for label in missing:
+        members, left = np.flatnonzero(raw.labels == label), pool[raw.labels[pool] == label]
+        carved_from = "" if len(left) == len(members) else f"; {count(left)} were left for {name!r} after 'test'"
+        warnings.warn(
+            f"the carved {name!r} split holds no image of class {raw.class_names[label]!r} (label {label}), which has "
+            f"{count(members)}{carved_from}: too few for {name}_fraction={fraction}, so the {name!r} metrics cannot "
+            f"measure it. Give more images{' and patients' if raw.groups is not None else ''} of it, or a larger "
+            f"{name}_fraction (the scripts' --{name}_fraction)",
+            UserWarning,
+            stacklevel=6,  # the caller of load_image_classification_data / streaming_image_classification_data
+        )
 
 
 def _labels_and_names(

@@ -5,6 +5,7 @@ Every helper takes integer labels and returns sorted index arrays; the same call
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,13 @@ __all__ = [
 
 # Where a grouped split's fraction is set, for its errors.
 _FRACTION_OPTIONS = "(val_fraction / test_fraction; the scripts' --val_fraction / --test_fraction)"
+# The start of scikit-learn's warning for a class with fewer members than folds, replaced by `_FewImagesWarning`.
+_SKLEARN_FEW_MEMBERS = "The least populated class in y has only"
+
+
+class _FewImagesWarning(UserWarning):
+    """A grouped split's classes with fewer images than folds (scikit-learn's "least populated class" warning, in this
+    library's words); the loaders replace it by the split and class that got no image (`readers._carve_splits`)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -157,8 +165,31 @@ def stratified_group_split(labels: Any, groups: Any, fraction: float, seed: int 
             f"{_FRACTION_OPTIONS}"
         )
     folds = StratifiedGroupKFold(n_splits=num_folds, shuffle=True, random_state=seed)
-    kept, split = next(folds.split(np.zeros(len(labels)), labels, groups))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kept, split = next(folds.split(np.zeros(len(labels)), labels, groups))
+    for warning in caught:
+        if str(warning.message).startswith(_SKLEARN_FEW_MEMBERS):
+            _warn_few_images(labels, groups, fraction, num_folds)
+        else:  # any other warning reaches the user as it was
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return np.sort(kept).astype(np.int64), np.sort(split).astype(np.int64)
+
+
+def _warn_few_images(labels: np.ndarray, groups: np.ndarray, fraction: float, num_folds: int) -> None:
+    """The classes with fewer images than the grouped split's folds, with their image and group counts: the split
+    (one fold) may get none of them."""
+    few = [
+        f"class {c}: {count} images in {len(np.unique(groups[labels == c]))} groups"
+        for c, count in enumerate(np.bincount(labels)) if 0 < count < num_folds
+    ]  # fmt: skip
+    warnings.warn(
+        f"stratified_group_split: {'; '.join(few)}; fewer than the {num_folds} folds a grouped split of fraction "
+        f"{fraction} is cut from, so the split may hold no image of such a class. Give more patients of it or a "
+        f"larger fraction {_FRACTION_OPTIONS}",
+        _FewImagesWarning,
+        stacklevel=3,
+    )
 
 
 def stratified_subset_indices(labels: Any, size: int, seed: int = 0) -> np.ndarray:
