@@ -111,6 +111,33 @@ def test_bad_training_arguments_fail_early(tmp_path):
         train(tiny_args(tmp_path, resume_from_checkpoint="checkpoint-99"), UNet2DModel(**unet_config("tiny", 8)), TensorDataset(tiny_images()), DenoisingLoss(DDPMScheduler()))
 
 
+def test_num_epochs_or_max_train_steps_sets_the_length_from_the_shell():
+    """`--num_epochs` given alone sets the run's length (no default step count overrides it), `--max_train_steps` alone
+    too, both are refused, neither is 1000 steps (the demo's own default: 600)."""
+    from diffusion_classifiers.cli import build_parser
+    from diffusion_classifiers.training import total_optimizer_steps
+
+    def parsed(*flags, parser=None, command=()):
+        parser = parser or add_training_args(argparse.ArgumentParser())
+        return training_args_from_namespace(parser.parse_args([*command, "--output_dir", "x", *flags]))
+
+    epochs = parsed("--num_epochs", "1", "--train_batch_size", "8")
+    assert (epochs.max_train_steps, epochs.num_epochs) == (None, 1)
+    assert total_optimizer_steps(epochs, num_examples=24, num_processes=1) == 3  # one pass over 24 examples, not 1000
+    assert total_optimizer_steps(parsed("--max_train_steps", "7"), 24, 1) == 7
+    assert total_optimizer_steps(parsed(), 24, 1) == 1000
+    with pytest.raises(ValueError, match="expected --max_train_steps or --num_epochs, not both"):
+        parsed("--max_train_steps", "7", "--num_epochs", "1")
+    with pytest.raises(ValueError, match="not both"):
+        TrainingArguments(output_dir="x", max_train_steps=7, num_epochs=1)
+    assert TrainingArguments(output_dir="x", num_epochs=2).max_train_steps is None  # the Python API alike
+    helps = {action.dest: action.help for action in add_training_args(argparse.ArgumentParser())._actions}
+    assert "not both (default: 1000 when `--num_epochs` is not given)" in helps["max_train_steps"]
+    demo = build_parser(["demo"])
+    assert parsed(parser=demo, command=["demo"]).max_train_steps == 600
+    assert parsed("--num_epochs", "2", parser=demo, command=["demo"]).num_epochs == 2
+
+
 def test_scheduler_names_are_diffusers_own():
     from diffusers.optimization import SchedulerType
 

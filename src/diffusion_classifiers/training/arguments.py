@@ -31,6 +31,12 @@ SCHEDULER_NAMES = (
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")  # the modes that replay CUDA graphs
 
+# the length of a run given neither `--max_train_steps` nor `--num_epochs`
+DEFAULT_MAX_TRAIN_STEPS = 1000
+# where `add_training_args(parser, max_train_steps=N)` keeps N: `--max_train_steps` itself defaults to None, so that
+# `--num_epochs` given alone is not met by a default step count (argparse cannot tell a default from a given value)
+_DEFAULT_STEPS_DEST = "_default_max_train_steps"
+
 
 def _none_or_positive(value: Optional[int]) -> bool:
     return value is None or value >= 1
@@ -47,8 +53,13 @@ class TrainingArguments:
 
     output_dir: str = field(metadata={"help": "Where checkpoints, the training summary and the trained model go."})
     train_batch_size: int = _flag(64, "Batch size per process for the training dataloader.")
-    max_train_steps: Optional[int] = _flag(1000, "Total optimizer steps; overrides `--num_epochs` when set.")
-    num_epochs: Optional[int] = _flag(None, "Epochs to train when `--max_train_steps` is not set.")
+    max_train_steps: Optional[int] = _flag(
+        None,
+        f"Total optimizer steps; give it or `--num_epochs`, not both; with neither, {DEFAULT_MAX_TRAIN_STEPS} steps.",
+    )
+    num_epochs: Optional[int] = _flag(
+        None, "Epochs to train (passes over the training data); give it or `--max_train_steps`, not both."
+    )
     learning_rate: float = _flag(2e-4, "Peak learning rate of AdamW, after warmup.")
     lr_scheduler: str = _flag(
         "cosine", 'Learning-rate schedule after warmup, a diffusers `get_scheduler` name ("cosine", "constant", ...).'
@@ -146,8 +157,13 @@ class TrainingArguments:
         for name, expected, ok in expectations:
             if not ok:
                 raise ValueError(f"expected --{name} to be {expected}, got {getattr(self, name)!r}")
+        if self.max_train_steps is not None and self.num_epochs is not None:
+            raise ValueError(
+                f"expected --max_train_steps or --num_epochs, not both: got --max_train_steps {self.max_train_steps} and "
+                f"--num_epochs {self.num_epochs}; give the one that sets the run's length"
+            )
         if self.max_train_steps is None and self.num_epochs is None:
-            raise ValueError("expected --max_train_steps or --num_epochs, got neither")
+            self.max_train_steps = DEFAULT_MAX_TRAIN_STEPS
         _check_tracker_installed(self.report_to)
         if self.replays_cuda_graphs and self.gradient_accumulation_steps > 1:
             # the gradients live in graph memory that the next micro-batch overwrites (pytorch#169545)
@@ -185,11 +201,22 @@ def _flag_type(annotation) -> type:
 
 
 def add_training_args(parser: argparse.ArgumentParser, **defaults) -> argparse.ArgumentParser:
-    """Add every `TrainingArguments` field as a `--flag`; `defaults` overrides the dataclass defaults."""
+    """Add every `TrainingArguments` field as a `--flag`; `defaults` overrides the dataclass defaults. A default
+    `max_train_steps` is the length of a run given neither `--max_train_steps` nor `--num_epochs` (the flag itself
+    defaults to None, so that `--num_epochs` given alone sets the length)."""
     for arg in fields(TrainingArguments):
         flag, kind, help = f"--{arg.name}", _flag_type(arg.type), arg.metadata["help"]
         if arg.name == "output_dir" and "output_dir" not in defaults:
             parser.add_argument(flag, type=str, required=True, help=help)
+            continue
+        if arg.name == "max_train_steps":
+            steps = defaults.get("max_train_steps") or DEFAULT_MAX_TRAIN_STEPS
+            parser.set_defaults(**{_DEFAULT_STEPS_DEST: steps})
+            help = (
+                "Total optimizer steps; give it or `--num_epochs`, not both (default: "
+                f"{steps} when `--num_epochs` is not given)."
+            )
+            parser.add_argument(flag, type=kind, default=None, help=help)
             continue
         default = defaults.get(arg.name, arg.default)
         help = help.rstrip(".") + " (default: %(default)s)."
@@ -203,7 +230,10 @@ def add_training_args(parser: argparse.ArgumentParser, **defaults) -> argparse.A
 def training_args_from_namespace(namespace: argparse.Namespace) -> TrainingArguments:
     """The `TrainingArguments` of parsed flags (the other flags are ignored)."""
     names = {arg.name for arg in fields(TrainingArguments)}
-    return TrainingArguments(**{k: v for k, v in vars(namespace).items() if k in names})
+    values = {k: v for k, v in vars(namespace).items() if k in names}
+    if values.get("max_train_steps") is None and values.get("num_epochs") is None:
+        values["max_train_steps"] = getattr(namespace, _DEFAULT_STEPS_DEST, None)  # None: DEFAULT_MAX_TRAIN_STEPS
+    return TrainingArguments(**values)
 
 
 # ------------------------------------------------------------------------------------------------------------------

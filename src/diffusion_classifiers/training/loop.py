@@ -116,8 +116,11 @@ def optimizer_steps_per_epoch(args: TrainingArguments, num_examples: int, num_pr
 
 
 def total_optimizer_steps(args: TrainingArguments, num_examples: int, num_processes: int) -> int:
-    """The optimizer steps `train` makes: `max_train_steps`, else `num_epochs` epochs of `num_examples`."""
-    return args.max_train_steps or args.num_epochs * optimizer_steps_per_epoch(args, num_examples, num_processes)
+    """The optimizer steps `train` makes: `max_train_steps`, else `num_epochs` epochs of `num_examples` (the arguments
+    hold one of the two)."""
+    if args.max_train_steps is not None:
+        return args.max_train_steps
+    return args.num_epochs * optimizer_steps_per_epoch(args, num_examples, num_processes)
 
 
 LossFunction = Callable[[nn.Module, tuple], torch.Tensor]  # loss_fn(model, batch) -> a scalar loss
