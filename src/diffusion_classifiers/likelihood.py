@@ -490,15 +490,24 @@ def _time_grid(sde: VPSDE, num_steps: int, spacing: str, like: torch.Tensor) -> 
     if spacing != "log_snr":
         s = torch.linspace(0, 1, num_steps + 1, dtype=like.dtype, device=like.device)
         return sde.t_min + (1 - sde.t_min) * (s if spacing == "uniform" else s**2)
-    # uniform in lambda = log(alpha^2 / sigma^2); back to t by -2 log alpha = softplus(-lambda) = a t^2 + b t
-    ends = torch.tensor([sde.t_min, 1.0], dtype=torch.float64)
-    log_snr = 2 * sde.log_alpha(ends) - torch.log(-torch.expm1(2 * sde.log_alpha(ends)))
-    c = torch.nn.functional.softplus(-torch.linspace(float(log_snr[0]), float(log_snr[1]), num_steps + 1,
-                                                     dtype=torch.float64))
-    a, b = (sde.beta_max - sde.beta_min) / 2, sde.beta_min
-    grid = 2 * c / (b + torch.sqrt(b**2 + 4 * a * c))  # the positive root, written without cancellation
+    # uniform in lambda = log(alpha^2 / sigma^2)
+    log_snr = _log_snr_ends(sde)
+    grid = _time_of_log_snr(sde, torch.linspace(float(log_snr[0]), float(log_snr[1]), num_steps + 1, dtype=torch.float64))
     grid[0], grid[-1] = sde.t_min, 1.0
     return grid.to(like)
+
+
+def _log_snr_ends(sde: VPSDE) -> torch.Tensor:
+    """`lambda = log(alpha^2 / sigma^2)` at `t_min` and at 1 (float64; decreasing in t)."""
+    ends = torch.tensor([sde.t_min, 1.0], dtype=torch.float64)
+    return 2 * sde.log_alpha(ends) - torch.log(-torch.expm1(2 * sde.log_alpha(ends)))
+
+
+def _time_of_log_snr(sde: VPSDE, log_snr: torch.Tensor) -> torch.Tensor:
+    """The t of each float64 `log_snr`: `-2 log alpha = softplus(-lambda) = a t^2 + b t`, solved for t."""
+    c = torch.nn.functional.softplus(-log_snr)
+    a, b = (sde.beta_max - sde.beta_min) / 2, sde.beta_min
+    return 2 * c / (b + torch.sqrt(b**2 + 4 * a * c))  # the positive root, written without cancellation
 
 
 def _check_solver_args(solver, num_steps, step_spacing, rtol, atol, num_probes, batch_size) -> None:
@@ -667,7 +676,7 @@ def _solve_augmented_state(eps_fn, sde, x, labels, probes, solver, num_steps, st
 # Denoising-error bound (ELBO) with shared noise, class pruning and a binary early stop
 # ---------------------------------------------------------------------------------------------------------------
 
-TIMESTEP_SPACINGS = ("even", "stratified")
+TIMESTEP_SPACINGS = ("even", "stratified", "log_snr")
 WEIGHTINGS = ("uniform", "elbo")
 
 
@@ -733,13 +742,17 @@ def _strata_and_draw_keys(num_timesteps: int, timestep_strata: Optional[Sequence
 
 def _denoising_timesteps(streams, num_timesteps: int, strata, draw_keys, spacing: str, sde: VPSDE) -> torch.Tensor:
     """`[N, len(strata)]`: `t = t_min + (s + u) (1 - t_min) / T` for the strata `s`; `u = 1/2` ("even", midpoints)
-    or uniform per image and stratum ("stratified")."""
-    if spacing == "even":
-        offsets = torch.full((len(streams), len(strata)), 0.5, dtype=torch.float64)
-    else:
+    or uniform per image and stratum ("stratified"); "log_snr": the midpoints of `T` equal strata of log-SNR."""
+    if spacing == "stratified":
         offsets = torch.stack([torch.rand(num_timesteps, generator=_generator(s, 0), dtype=torch.float64)
                                for s in streams])[:, draw_keys]
-    return sde.t_min + (torch.tensor(strata, dtype=torch.float64) + offsets) * (1 - sde.t_min) / num_timesteps
+    else:
+        offsets = torch.full((len(streams), len(strata)), 0.5, dtype=torch.float64)
+    fractions = (torch.tensor(strata, dtype=torch.float64) + offsets) / num_timesteps
+    if spacing == "log_snr":
+        first, last = _log_snr_ends(sde)
+        return _time_of_log_snr(sde, first + fractions * (last - first))
+    return sde.t_min + fractions * (1 - sde.t_min)
 
 
 def _stages(num_timesteps, num_classes, pruning, early_stop_confidence, timesteps_per_check) -> List[Tuple[int, int]]:
@@ -777,7 +790,7 @@ def _pruning_stages(pruning, num_classes) -> List[Tuple[int, int]]:
     return [(int(count), int(keep)) for count, keep in pruning]
 
 
-def _fill_errors(eps_fn, sde, images, class_ids, timesteps, draw_keys, streams, errors, rows, weighting,
+def _fill_errors(eps_fn, sde, images, class_ids, timesteps, draw_keys, streams, errors, rows, weighting, spacing,
                  max_batch_size, bar):
     r"""
     `errors[i, k, p] = w(t) ||eps - eps_fn(alpha(t) x_i + sigma(t) eps, t, c_k)||^2` for each row `(i, p, k)`, with
@@ -795,12 +808,21 @@ def _fill_errors(eps_fn, sde, images, class_ids, timesteps, draw_keys, streams, 
         t = timesteps[i, p].to(images)
         x_t = _as_column(sde.alpha(t), noise) * images[i] + _as_column(sde.sigma(t), noise) * noise
         squared = (noise - eps_fn(x_t, t, class_ids[k])).pow(2).flatten(1).sum(1)
-        errors[i, k, p] = (squared * _weight(sde, t, weighting)).to(errors)
+        errors[i, k, p] = (squared * _weight(sde, t, weighting, spacing)).to(errors)
         bar.update(len(chunk))
 
 
-def _weight(sde: VPSDE, t: torch.Tensor, weighting: str) -> torch.Tensor:
-    """1 ("uniform") or `(1 - t_min) beta(t) / (2 sigma(t)^2)` ("elbo")."""
+def _weight(sde: VPSDE, t: torch.Tensor, weighting: str, spacing: str = "even") -> torch.Tensor:
+    """1 ("uniform") or `(1 - t_min) beta(t) / (2 sigma(t)^2)` ("elbo"), times, for timesteps spread in log-SNR,
+    the density of uniform t over theirs, `(lambda(t_min) - lambda(1)) sigma(t)^2 / ((1 - t_min) beta(t))`
+    (`d lambda / dt = -beta / sigma^2`), so every spacing estimates the same integral over t; with "elbo" the
+    product is the constant `(lambda(t_min) - lambda(1)) / 2`."""
+    if spacing == "log_snr":
+        first, last = _log_snr_ends(sde)
+        span = float(first - last)
+        if weighting == "elbo":
+            return torch.full_like(t, span / 2)
+        return span * sde.sigma(t) ** 2 / ((1 - sde.t_min) * sde.beta(t))
     if weighting == "uniform":
         return torch.ones_like(t)
     return (1 - sde.t_min) * sde.beta(t) / (2 * sde.sigma(t) ** 2)
@@ -877,7 +899,10 @@ def denoising_error_scores(
     shared by every class (so class differences are not swamped by noise differences). Score = minus the mean.
 
     Timesteps: `[t_min, 1]` is cut into `T` strata, each used once: at its midpoint (`"even"`) or at a uniform point
-    per image (`"stratified"`). Strata are evaluated in van der Corput order, so every stage below sees timesteps
+    per image (`"stratified"`); or log-SNR `lambda = log(alpha^2 / sigma^2)` is cut into `T` equal strata, each used
+    at its midpoint (`"log_snr"`), the errors weighted by the density ratio, so that it estimates the same integral
+    (importance sampling: with `"elbo"` every timestep then weighs the same, where in t the weight grows as `1 / t`
+    towards `t_min` and a few low-noise timesteps dominate the estimate and its noise). Strata are evaluated in van der Corput order, so every stage below sees timesteps
     spread over the whole range; or only the strata of `timestep_strata`, in its order (e.g. the most informative
     first, ranked on validation images by [`rank_timestep_strata`]). A stratum's point and noise do not depend on
     the order or subset: a run with `timestep_strata` evaluates a subset of the exhaustive run's errors.
@@ -948,7 +973,7 @@ def denoising_error_scores(
     with _progress_bar(progress_bar, total=planned, desc="Denoising-error scores", unit="NFE") as bar:
         def fill(rows):
             _fill_errors(eps_fn, sde, images, class_ids, timesteps, draw_keys, streams, errors, rows, weighting,
-                         max_batch_size, bar)
+                         timestep_spacing, max_batch_size, bar)
 
         alive, partial_scores = _run_stages(fill, errors, stages, early_stop_confidence)
         bar.total = bar.n  # fewer than planned after an early stop

@@ -200,7 +200,10 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
             num_timesteps, timestep_spacing, weighting, pruning, early_stop_confidence, timesteps_per_check,
                 timestep_strata: the ELBO estimator (`method="elbo"`), passed to [`denoising_error_scores`]; a
                 stopping rule and the timesteps to evaluate are best chosen on labeled validation images with
-                [`replay_stopping_rule`] and [`rank_timestep_strata`].
+                [`replay_stopping_rule`] and [`rank_timestep_strata`]. With `weighting="elbo"`,
+                `timestep_spacing="log_snr"` gives every timestep the same weight (importance sampling), which
+                lowers the estimate's noise: on a small mammography model (400 steps, 48 images, 100 timesteps)
+                0-3 of 48 decisions changed with the noise seed against 9-11 with `"even"`.
             solver, num_steps, step_spacing, rtol, atol, num_probes: the ODE solver and divergence estimator
                 (`method="likelihood"`), passed to [`probability_flow_log_likelihood`]. The defaults, RK4 with 32
                 steps uniform in log-SNR (`step_spacing="log_snr"`) and one Hutchinson probe, stayed within 0.011
