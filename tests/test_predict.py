@@ -137,6 +137,19 @@ def write_csv(path, rows, columns=("path", "label")):
     return path
 
 
+def test_inputs_no_process_predicted_fail_the_run_naming_their_count(models, tmp_path, monkeypatch):
+    """After the merge every input must be in the output or the errors file (or done before): a share that left
+    inputs out fails loudly instead of reporting success."""
+    from diffusion_classifiers.prediction import runner
+
+    monkeypatch.setattr(runner, "_share", lambda items, accelerator: items[:-2])  # two inputs nobody predicts
+    with pytest.raises(RuntimeError, match=r"predict: 2 of 7 inputs are neither in .*predictions.csv .*first: 'b/broken.png', 'c.png'"):
+        predict_files(load(models, "unet"), list_inputs(image_folder(tmp_path)), tmp_path / "predictions.csv", batch_size=2)
+    monkeypatch.undo()  # a rerun predicts them
+    rerun = predict_files(load(models, "unet"), list_inputs(tmp_path / "images"), tmp_path / "predictions.csv", batch_size=2)
+    assert (rerun.predicted, rerun.skipped, rerun.failed, rerun.rows) == (1, 5, 1, 6)
+
+
 def test_csv_with_a_missing_file_lists_it_in_errors(models, tmp_path):
     write_images(tmp_path, ["x.png", "y.png"])
     table = write_csv(tmp_path / "list.csv", [("x.png", "dog"), ("gone.png", "cat"), ("y.png", "")])
@@ -447,15 +460,33 @@ def test_hub_id_applies_the_windows_saved_in_the_repo(models, tmp_path, monkeypa
     assert sidecar == {"model_dir": "org/ct", "windows": ["bone"], "input": str(tmp_path / "scans")}
 
 
+# `predict` with process 1 slow to start (a busy node): were it to list the inputs done itself, it would see the parts
+# process 0 has committed meanwhile and split another list than process 0 (inputs left out, the run "succeeding")
+LATE_SECOND_PROCESS = """
+import os, sys, time
+from diffusion_classifiers.cli import main
+from diffusion_classifiers.prediction import runner
+
+listed = runner.done_paths
+def listed_late(files):
+    if os.environ.get("RANK") == "1":
+        time.sleep(3)
+    return listed(files)
+runner.done_paths = listed_late
+main(["predict", *sys.argv[1:]])
+"""
+
+
 @pytest.mark.slow
 def test_two_processes_write_one_output_in_input_order(models, tmp_path):
     names = [f"img{i:02d}.png" for i in range(9)]
     write_images(tmp_path / "images", names)
     (tmp_path / "images" / "img04.png").write_bytes(b"broken")
+    (tmp_path / "late.py").write_text(LATE_SECOND_PROCESS)
     command = [
         PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-        "-m", "diffusion_classifiers.cli", "predict", "--model_dir", str(models / "unet"),
+        str(tmp_path / "late.py"), "--model_dir", str(models / "unet"),
         "--input", str(tmp_path / "images"), "--output", str(tmp_path / "out" / "predictions.csv"), "--batch_size", "2",
     ]  # fmt: skip
     result = subprocess.run(command, env=python_subprocess_env() | {"ACCELERATE_USE_CPU": "1"}, capture_output=True,

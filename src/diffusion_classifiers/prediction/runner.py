@@ -216,8 +216,10 @@ def predict_files(
             files = errors_file_of_resumed_run(files, overwrite)
         prepare_output_files(files, run, overwrite, is_main)
         wait()
-        done = done_paths(files)
-        remaining = [item for item in inputs if item.path not in done]
+        # listed by the main process alone and sent to the others: a process listing them later would see the parts
+        # another one has committed since, and the processes would split different lists (inputs left out)
+        remaining_indices = _on_main_process(lambda: _remaining_indices(inputs, done_paths(files)), accelerator)
+        remaining = [inputs[i] for i in remaining_indices]
         mine = _share(remaining, accelerator)
         order = {item.path: i for i, item in enumerate(inputs)}
         writer = _BatchWriter(pipeline, files, columns, order, seed)
@@ -231,7 +233,14 @@ def predict_files(
         failed = _sum_over_processes(writer.failed, accelerator)
         wait()
         rows, not_in_input, unreadable = merge_parts(files, columns, order) if is_main else (0, 0, 0)
-        wait()
+        missing = _on_main_process(lambda: _remaining_indices(inputs, done_paths(files)), accelerator)
+        if missing:
+            first = ", ".join(repr(inputs[i].path) for i in missing[:5])
+            raise RuntimeError(
+                f"predict: {len(missing)} of {len(inputs)} inputs are neither in {files.output} nor in {files.errors} "
+                f"after every process finished (first: {first}); rerun the same command to predict them (the inputs "
+                "done are skipped)"
+            )
         return PredictionSummary(
             output=str(files.output), errors=str(files.errors), rows=rows, predicted=len(remaining) - failed,
             skipped=len(inputs) - len(remaining), failed=failed,
@@ -274,6 +283,21 @@ def _process_roles(accelerator: Any) -> tuple[bool, Callable[[], None]]:
     if accelerator is None:
         return True, lambda: None
     return accelerator.is_main_process, accelerator.wait_for_everyone
+
+
+def _remaining_indices(inputs: Sequence[PredictionInput], done: set[str]) -> list[int]:
+    return [i for i, item in enumerate(inputs) if item.path not in done]
+
+
+def _on_main_process(compute: Callable[[], Any], accelerator: Any) -> Any:
+    """`compute()` on the main process, its value sent to every other process (which waits for it)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return compute()
+    from accelerate.utils import broadcast_object_list
+
+    value = [compute() if accelerator.is_main_process else None]
+    broadcast_object_list(value)
+    return value[0]
 
 
 def _share(items: list, accelerator: Any) -> list:
