@@ -325,7 +325,7 @@ def test_a_carved_split_without_a_class_is_named_in_the_library_s_words(tmp_path
         "the carved 'val' split holds no image of class 'malignant' (label 1), which has 8 images of 4 patients "
         "(groups); 6 images of 3 patients (groups) were left for 'val' after 'test': too few for val_fraction=0.1"
     ), messages
-    assert "--val_fraction" in messages[0]
+    assert "Give more images and patients of it, or a larger val_fraction (the scripts' --val_fraction)" in messages[0]
     # the carving is unchanged: scikit-learn's folds, test first, then val from the rest
     kept, test = sklearn_split(labels, groups, 0.2, 0)
     train, val = sklearn_split(labels[kept], groups[kept], 0.1, 0)
@@ -349,3 +349,22 @@ def test_a_carved_split_holding_every_class_says_nothing():
         warnings.simplefilter("error")
         splits = readers._carve_splits(raw, 0.25, 0.25, 0)
     assert all((labels[splits[name]] == 1).any() for name in ("train", "val", "test"))
+
+
+def test_a_class_carved_out_of_train_entirely_is_named():
+    labels = np.array([0] * 12 + [1])  # one image of one patient: the grouped split may carve it out of train
+    groups = np.array([f"B{i // 2}" for i in range(12)] + ["M0"], dtype=object)
+    raw = readers._RawData(None, labels, ["benign", "malignant"], {"train": np.arange(13)}, groups=groups)
+    for seed in range(20):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            splits = readers._carve_splits(raw, 0.25, 0.25, seed)
+        if (labels[splits["train"]] == 1).any():
+            continue
+        where = "'val'" if (labels[splits["val"]] == 1).any() else "'test'"
+        expected = (f"the 'train' split holds no image of class 'malignant' (label 1), which has 1 image of 1 patient "
+                    f"(groups), all carved into {where}: the model cannot learn it")  # fmt: skip
+        assert any(str(w.message).startswith(expected) for w in caught), [str(w.message) for w in caught]
+        break
+    else:
+        pytest.fail("no seed carved the malignant patient out of train")

@@ -369,6 +369,8 @@ def _carve_splits(raw: _RawData, val_fraction: float, test_fraction: float, seed
         splits["train"], splits["test"] = carve(splits["train"], test_fraction, "test")
     if "val" not in splits:
         splits["train"], splits["val"] = carve(splits["train"], val_fraction, "val")
+    if len(splits) > len(raw.splits):
+        _warn_untrained_classes(raw, splits)
     for name in SPLITS:
         if len(splits[name]) == 0:
             raise ValueError(f"split {name!r} is empty; the dataset is too small for the requested fractions")
@@ -381,20 +383,40 @@ def _warn_missing_classes(raw: _RawData, pool: np.ndarray, split: np.ndarray, na
     folds of whole patients); its metrics then say nothing of that class."""
     missing = sorted(set(np.unique(raw.labels[pool]).tolist()) - set(np.unique(raw.labels[split]).tolist()))
 
-    def count(indices: np.ndarray) -> str:
-        patients = f" of {len(np.unique(raw.groups[indices]))} patients (groups)" if raw.groups is not None else ""
-        return f"{len(indices)} image{'s' if len(indices) != 1 else ''}{patients}"
-
     for label in missing:
         members, left = np.flatnonzero(raw.labels == label), pool[raw.labels[pool] == label]
-        carved_from = "" if len(left) == len(members) else f"; {count(left)} were left for {name!r} after 'test'"
+        carved_from = "" if len(left) == len(members) else f"; {_count(raw, left)} were left for {name!r} after 'test'"
         warnings.warn(
             f"the carved {name!r} split holds no image of class {raw.class_names[label]!r} (label {label}), which has "
-            f"{count(members)}{carved_from}: too few for {name}_fraction={fraction}, so the {name!r} metrics cannot "
-            f"measure it. Give more images{' and patients' if raw.groups is not None else ''} of it, or a larger "
+            f"{_count(raw, members)}{carved_from}: too few for {name}_fraction={fraction}, so the {name!r} metrics "
+            f"cannot measure it. Give more images{' and patients' if raw.groups is not None else ''} of it, or a larger "
             f"{name}_fraction (the scripts' --{name}_fraction)",
             UserWarning,
             stacklevel=6,  # the caller of load_image_classification_data / streaming_image_classification_data
+        )
+
+
+def _count(raw: _RawData, indices: np.ndarray) -> str:
+    """`"8 images of 4 patients (groups)"`: the images at `indices` and their groups, when known."""
+    def plural(number: int, noun: str) -> str:
+        return f"{number} {noun}{'s' if number != 1 else ''}"
+
+    if raw.groups is None:
+        return plural(len(indices), "image")
+    return f"{plural(len(indices), 'image')} of {plural(len(np.unique(raw.groups[indices])), 'patient')} (groups)"
+
+
+def _warn_untrained_classes(raw: _RawData, splits: dict[str, np.ndarray]) -> None:
+    """Warn when carving left `train` without any image of a class (a class of one patient, carved into val or
+    test): the model cannot learn it."""
+    for label in sorted(set(raw.labels.tolist()) - set(raw.labels[splits["train"]].tolist())):
+        where = [name for name in ("val", "test") if (raw.labels[splits[name]] == label).any()]
+        warnings.warn(
+            f"the 'train' split holds no image of class {raw.class_names[label]!r} (label {label}), which has "
+            f"{_count(raw, np.flatnonzero(raw.labels == label))}, all carved into {' and '.join(map(repr, where))}: "
+            "the model cannot learn it. Give more images (patients) of it, or smaller val_fraction / test_fraction",
+            UserWarning,
+            stacklevel=5,  # the caller of load_image_classification_data / streaming_image_classification_data
         )
 
 
