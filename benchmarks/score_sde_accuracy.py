@@ -6,9 +6,10 @@ pipeline an earlier run kept (`--keep_checkpoint DIR`, then `--unet_dir DIR`), a
 the U-Net's parameter count on the same train split (checkpoint chosen on val, argmax decision). A binary dataset
 gets the binary protocol, scored for `--positive_class` (default class 1), the U-Net trained with class-balanced
 sampling; classify test through `ScoreSDEClassifierPipeline` with
-- the ELBO (denoising-error bound, shared noise, binary early stop): the weighting ("uniform" or "elbo") is the one
-  with the best AUC on a stratified val subset, and the decision threshold on the log-likelihood ratio (passed to
-  the pipeline as class priors) is the one with the best balanced accuracy on that val subset;
+- the ELBO (denoising-error bound, shared noise, binary early stop): the weighting ("uniform" or "elbo") and the
+  timestep spacing ("even" in t or "log_snr") are the pair with the best AUC on a stratified val subset, and the
+  decision threshold on the log-likelihood ratio (passed to the pipeline as class priors) is the one with the best
+  balanced accuracy on that val subset;
 - the exact likelihood (probability-flow ODE, fixed-step RK4, Hutchinson): too slow on a CPU for all test images, so
   it scores a fixed stratified test subset, its threshold chosen the same way on a val subset.
 AUC is computed from the log-likelihood ratio (CNN: from its positive-class probability). A dataset of more classes
@@ -101,6 +102,10 @@ def parse_args():
     parser.add_argument("--timesteps_per_check", type=int, default=10)
     parser.add_argument("--early_stop_confidence", type=float, default=0.99)
     parser.add_argument("--weightings", nargs="+", default=["uniform", "elbo"], help="ELBO weightings tried on val")
+    parser.add_argument(
+        "--timestep_spacings", nargs="+", default=["even", "log_snr"],
+        help="ELBO timestep spacings tried on val with each weighting (before 2026-12-05: even only)",
+    )  # fmt: skip
     parser.add_argument("--elbo_val_images", type=int, help="stratified val subset for the ELBO choices (200)")
     parser.add_argument("--likelihood_val_images", type=int, help="stratified val subset, exact likelihood (80)")
     parser.add_argument("--likelihood_test_images", type=int, help="stratified test subset, exact likelihood (120)")
@@ -254,22 +259,29 @@ def binary_protocol(args, splits: dict, device, work_dir: str) -> dict:
     elbo_args = dict(method="elbo", num_timesteps=args.elbo_timesteps, early_stop_confidence=args.early_stop_confidence,
                      timesteps_per_check=args.timesteps_per_check, seed=args.seed, batch_size=args.batch_size)
 
-    # ELBO: weighting and threshold (as priors) chosen on a stratified val subset.
+    # ELBO: weighting, timestep spacing and threshold (as priors) chosen on a stratified val subset.
     val_elbo = val.subset(stratified_subset_indices(val.labels, args.elbo_val_images, args.seed))
-    val_auc = {}
+    candidates = [(w, spacing) for w in args.weightings for spacing in args.timestep_spacings]
     with timed(walls, "elbo_val_selection"):
-        val_outputs = {w: pipe(val_elbo.images, weighting=w, **elbo_args) for w in args.weightings}
-    for weighting, out in val_outputs.items():
-        val_auc[weighting] = auc_of(val_elbo.labels, out.log_likelihood_ratio, positive)
-    weighting = max(args.weightings, key=lambda w: val_auc[w])  # ties: the first listed
-    tau, priors, val_balanced = choose_threshold(val_outputs[weighting].log_likelihood_ratio, val_elbo.labels, positive)
+        val_outputs = {
+            (w, spacing): pipe(val_elbo.images, weighting=w, timestep_spacing=spacing, **elbo_args)
+            for w, spacing in candidates
+        }  # fmt: skip
+    val_auc = {pair: auc_of(val_elbo.labels, out.log_likelihood_ratio, positive) for pair, out in val_outputs.items()}
+    weighting, spacing = max(candidates, key=lambda pair: val_auc[pair])  # ties: the first listed
+    chosen_val = val_outputs[(weighting, spacing)]
+    tau, priors, val_balanced = choose_threshold(chosen_val.log_likelihood_ratio, val_elbo.labels, positive)
     start = time.perf_counter()
-    out = pipe(test.images, weighting=weighting, priors=priors, **elbo_args)
+    out = pipe(test.images, weighting=weighting, timestep_spacing=spacing, priors=priors, **elbo_args)
     seconds = time.perf_counter() - start
     walls["elbo_test"] = round(seconds, 1)
     elbo = generative_metrics(out, test.labels, names, seconds, positive)
     elbo["selection"] = {
-        "val_images": len(val_elbo), "val_auc_by_weighting": val_auc, "weighting": weighting,
+        "val_images": len(val_elbo), "weighting": weighting, "timestep_spacing": spacing,
+        "val_auc_by_weighting_and_spacing": {f"{w}/{sp}": v for (w, sp), v in val_auc.items()},
+        "val_nfe_per_image_by_weighting_and_spacing": {
+            f"{w}/{sp}": float(o.nfe_per_image.float().mean()) for (w, sp), o in val_outputs.items()
+        },
         "threshold_on_llr": tau, "priors": priors, "val_balanced_accuracy": val_balanced,
     }  # fmt: skip
     elbo_llr = out.log_likelihood_ratio
@@ -437,7 +449,7 @@ def main():
     total = round(time.perf_counter() - start, 1)
     figures = {
         **results,
-        "selection": "every choice (ELBO weighting, decision thresholds as priors, CNN checkpoints) is made on val "
+        "selection": "every choice (ELBO weighting and timestep spacing, decision thresholds as priors, CNN checkpoints) is made on val "
         "splits; test images are used only for reporting",
         "targets": targets(results, total),
         "wall_seconds_total": total,
