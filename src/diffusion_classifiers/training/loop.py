@@ -16,6 +16,7 @@ On CPU each of these measured no faster (`benchmarks/training_speed.py`), so the
 the model, as at the last step; the learning-rate schedule is fitted to the budget (`time_budget.py`).
 """
 
+import atexit
 import json
 import math
 import os
@@ -369,6 +370,28 @@ def _checkpoint_with_progress(
             accelerator.log(measures, step=step)
 
 
+def _end_trackers(accelerator: Accelerator) -> None:
+    """What `accelerator.end_training()` does but destroy the process group (accelerate 1.15 destroys it there): the
+    script goes on with its processes (`wait_for_everyone` before its save, a second `train`). The group is destroyed
+    at the interpreter's exit instead (left to the interpreter's teardown, gloo's threads can abort a finished
+    process)."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    accelerator.trackers = []
+    global _destroy_registered
+    if accelerator.num_processes > 1 and not _destroy_registered:
+        atexit.register(_destroy_process_group)
+        _destroy_registered = True
+
+
+_destroy_registered = False
+
+
+def _destroy_process_group() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def _train(
     accelerator: Accelerator,
     args: TrainingArguments,
@@ -484,7 +507,7 @@ def _train(
     if args.replays_cuda_graphs:  # its next call would overwrite the outputs of the last (feature hooks, a sampler's steps)
         unwrapped.__dict__.pop("_compiled_call_impl", None)  # what `nn.Module.compile` set
     unwrapped.eval()
-    accelerator.end_training()
+    _end_trackers(accelerator)
     summary = TrainingSummary(
         global_step, resumed_from_step, accelerator.num_processes, samples_per_process, loss_value, out_of_time
     )
