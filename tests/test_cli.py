@@ -120,6 +120,28 @@ def test_from_a_shell_a_refused_input_is_one_line_without_a_traceback(tmp_path, 
         main()
 
 
+@pytest.mark.parametrize("command", ["probe", "evaluate"])
+def test_probe_and_evaluate_on_several_processes_are_refused_before_any_work(tmp_path, monkeypatch, command):
+    """Started by `accelerate launch --num_processes 2`, every process would run the whole job into the same files."""
+    model_flag = "--unet_dir" if command == "probe" else "--model_dir"
+    argv = ["diffusion-classifiers", command, model_flag, str(tmp_path / "none"), "--output_dir", str(tmp_path / "out")]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun (accelerate launch --multi_gpu) tells each process
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == (
+        f"diffusion-classifiers {command}: error: {command} runs as one process, but accelerate launch started 2: "
+        f"each would run the whole job and write the same files; run it as one process (python / "
+        f"diffusion-classifiers {command} ..., or accelerate launch --num_processes 1); predict is the command that "
+        "splits its work across processes"
+    )
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(SystemExit) as exited:  # one process: the missing model is what is refused
+        main()
+    assert "none" in str(exited.value.code) and "one process" not in str(exited.value.code)
+
+
 def test_examples_evaluate_refuses_an_input_in_one_line_as_the_command_does(tmp_path, monkeypatch):
     import runpy
 

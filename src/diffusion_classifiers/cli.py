@@ -195,8 +195,10 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     )
     from .data.split_record import recorded_train_fingerprints, resolve_split_args
     from .hub import download, model_fingerprint
+    from .training.launch import check_one_process
     from .validation import check_no_earlier_report
 
+    check_one_process("evaluate")  # several processes would each score the whole split into the same files
     check_evaluation_args(args.output_dir, args.batch_size)  # before the model and the data are loaded
     if args.pipeline_kwargs is not None and not isinstance(args.pipeline_kwargs, dict):
         raise ValueError(f"--pipeline_kwargs: expected a JSON object, got {args.pipeline_kwargs!r}")
@@ -313,9 +315,11 @@ def run_probe(args: argparse.Namespace) -> dict:
     from .hub import download
     from .metrics import resolve_positive_label
     from .pipelines import UNetFeatureClassifierPipeline
+    from .training.launch import check_one_process
     from .unet_feature_study import run_unet_feature_study
     from .validation import as_inverse_regularisations, check_no_earlier_report, check_two_classes_at_least, check_writable_dir
 
+    check_one_process("probe")  # several processes would each run the whole study into the same files
     started = time.time()
     check_writable_dir(args.output_dir, "--output_dir")
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 from accelerate import Accelerator
 
-__all__ = ["check_world_size", "launcher_requested_processes"]
+__all__ = ["check_one_process", "check_world_size", "launcher_requested_processes"]
 
 _NUM_PROCESSES_FLAGS = ("--num_processes", "--num-processes")
 
@@ -24,6 +24,18 @@ def check_world_size(accelerator: Accelerator) -> None:
             f"accelerate launch was asked for {requested} processes but {accelerator.num_processes} runs (the "
             "simple launcher starts one process without --multi_gpu); on a CPU machine use ACCELERATE_USE_CPU=1 "
             f"accelerate launch --multi_gpu --num_processes {requested} --num_machines 1"
+        )
+
+
+def check_one_process(command: str) -> None:
+    """Refuse a command that runs as one process (`probe`, `evaluate`) when `accelerate launch` started several: each
+    would run the whole job and write the same output files. Read from the launcher's environment, before any work."""
+    requested = _requested_processes()
+    if requested is not None and requested > 1:
+        raise ValueError(
+            f"{command} runs as one process, but accelerate launch started {requested}: each would run the whole job "
+            f"and write the same files; run it as one process (python / diffusion-classifiers {command} ..., or "
+            "accelerate launch --num_processes 1); predict is the command that splits its work across processes"
         )
 
 
