@@ -362,7 +362,8 @@ def run_probe(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> None:
     """The `diffusion-classifiers` command. From a shell (`argv` None) an input refused by name (`ValueError`,
-    `FileNotFoundError`, `FileExistsError`) prints that one line and exits with status 1, without Python's traceback
+    `FileNotFoundError`, `FileExistsError`) or an output in use by another run (`RunInUseError`) prints that one line
+    and exits with status 1, without Python's traceback
     (`DIFFUSION_CLASSIFIERS_TRACEBACK=1` keeps it); called with `argv`, it raises."""
     from_shell = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -376,11 +377,13 @@ def main(argv=None) -> None:
 
 def run_from_shell(name: str, run: Callable[[], Any]) -> None:
     """`run()` as a shell command `name` (the CLI's, the example scripts'): an input refused by name (`ValueError`,
-    `FileNotFoundError`, `FileExistsError`) prints `name: error: ...` and exits with status 1, without Python's
-    traceback (`DIFFUSION_CLASSIFIERS_TRACEBACK=1` keeps it)."""
+    `FileNotFoundError`, `FileExistsError`) or an output another run holds (`RunInUseError`) prints `name: error: ...`
+    and exits with status 1, without Python's traceback (`DIFFUSION_CLASSIFIERS_TRACEBACK=1` keeps it)."""
+    from .run_lock import RunInUseError  # the standard library only
+
     try:
         run()
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, RunInUseError) as error:
         if os.environ.get("DIFFUSION_CLASSIFIERS_TRACEBACK"):
             raise
         sys.exit(f"{name}: error: {error}")

@@ -7,24 +7,36 @@ process, so the request is read from the launcher's own command line (Linux `/pr
 """
 
 import os
-from typing import List, Optional
+from typing import List, Optional, Union
 
+import torch
 from accelerate import Accelerator
+from accelerate.state import PartialState
+from accelerate.utils import parse_flag_from_env
 
 __all__ = ["check_one_process", "check_world_size", "launcher_requested_processes"]
 
 _NUM_PROCESSES_FLAGS = ("--num_processes", "--num-processes")
 
 
-def check_world_size(accelerator: Accelerator) -> None:
-    """Fail before training when the launcher was asked for another number of processes than accelerate runs."""
+def check_world_size(state: Union[Accelerator, PartialState]) -> None:
+    """Fail before training when the launcher was asked for another number of processes than accelerate runs
+    (`state`: the `Accelerator`, or the `PartialState` a script makes before reading its data). A `ValueError`, so
+    that a shell command prints it in one line (`cli.run_from_shell`)."""
     requested = _requested_processes()
-    if requested is not None and requested != accelerator.num_processes:
-        raise RuntimeError(
-            f"accelerate launch was asked for {requested} processes but {accelerator.num_processes} runs (the "
-            "simple launcher starts one process without --multi_gpu); on a CPU machine use ACCELERATE_USE_CPU=1 "
-            f"accelerate launch --multi_gpu --num_processes {requested} --num_machines 1"
-        )
+    if requested is None or requested == state.num_processes:
+        return
+    usage = f"ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {requested} --num_machines 1"
+    if "WORLD_SIZE" not in os.environ:  # the simple launcher
+        cause = "the simple launcher starts one process without --multi_gpu"
+    elif not parse_flag_from_env("ACCELERATE_USE_CPU") and not torch.cuda.is_available():
+        cause = "--multi_gpu on a machine without a GPU: without ACCELERATE_USE_CPU=1 each process trains alone"
+    else:
+        cause = f"torchrun started {requested} processes (WORLD_SIZE), accelerate joined {state.num_processes}"
+    raise ValueError(
+        f"accelerate launch was asked for {requested} processes but {state.num_processes} runs ({cause}); on a CPU "
+        f"machine use {usage}"
+    )
 
 
 def check_one_process(command: str) -> None:

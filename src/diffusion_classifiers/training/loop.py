@@ -173,15 +173,42 @@ def train(
 
 def check_run_can_start(args: TrainingArguments) -> None:
     """The refusals of `train` that need neither the data nor the model, without its changes to `output_dir`: a
-    folder holding another run, a `--resume_from_checkpoint` folder that is not there, fp16 on a CPU. The scripts
-    call it before they read their data (`--streaming` reads every image first), so a wrong flag is refused in
-    seconds; `train` checks again, with the folder locked."""
-    _check_precision_runs_here(args.mixed_precision, PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device)
+    launch that runs another number of processes than it was asked for, a folder holding another run, a
+    `--resume_from_checkpoint` folder that is not there or was written by another number of processes, fp16 on a CPU.
+    The scripts call it before they read their data (`--streaming` reads every image first), so a wrong flag is
+    refused in seconds, each a `ValueError` (one line from a shell); `train` checks again, with the folder locked."""
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    check_world_size(state)
+    _check_precision_runs_here(args.mixed_precision, state.device)
     if os.path.isdir(os.path.join(args.output_dir, REPLACED_CHECKPOINTS)):
         return  # a replacing run killed before it settled them: `train` moves them back first, then decides
     if os.path.isdir(args.output_dir):
         refuse_another_runs_output_dir(args.output_dir, args.resume_from_checkpoint is not None, args.overwrite_output_dir)
-    resolve_resume_path(args)
+    resume_path = resolve_resume_path(args)
+    if resume_path is not None:
+        _check_resumed_by_as_many_processes(resume_path, state.num_processes)
+
+
+def _check_resumed_by_as_many_processes(path: str, num_processes: int) -> None:
+    """A checkpoint resumes only on the number of processes that wrote it (its schedule position and data order hold
+    for those): its `training_run.json`, or for one written before that record, its random states (one per
+    process). `check_checkpoint_folder` checks the rest once the model is built."""
+    record_path = os.path.join(path, RUN_RECORD_NAME)
+    written_by = None
+    if os.path.isfile(record_path):
+        try:
+            with open(record_path) as f:
+                written_by = json.load(f).get("num_processes")
+        except (OSError, ValueError, AttributeError):
+            return  # `check_checkpoint_folder` names what is wrong with it
+    elif os.path.isdir(path):
+        written_by = sum(name.startswith("random_states_") and name.endswith(".pkl") for name in os.listdir(path))
+    if isinstance(written_by, int) and written_by > 0 and written_by != num_processes:
+        raise ValueError(
+            f"cannot resume from {path}: it was written by {written_by} process(es), this run has {num_processes}; "
+            f"resume with accelerate launch --num_processes {written_by} (its schedule position and data order hold "
+            "for that many), or start a new run (--overwrite_output_dir, or another --output_dir)"
+        )
 
 
 def _check_precision_runs_here(mixed_precision: str, device: torch.device) -> None:
