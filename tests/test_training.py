@@ -205,7 +205,9 @@ def test_every_training_flag_has_help_showing_its_default():
     parser = add_training_args(argparse.ArgumentParser())
     for action in parser._actions[1:]:  # after -h
         assert action.help, action.dest
-        assert action.required or "(default: %(default)s)" in action.help, action.dest
+        # --max_train_steps: its default (None) gives way to --num_epochs, so its help states the length it falls back to
+        shown = "(default: 1000 when `--num_epochs` is not given)" if action.dest == "max_train_steps" else "(default: %(default)s)"
+        assert action.required or shown in action.help, action.dest
     help_text = parser.format_help()
     assert "(default: 64)" in help_text and "(default: cosine)" in help_text
 
