@@ -383,6 +383,7 @@ def test_evaluating_a_datasets_split_decodes_batch_by_batch_as_the_pipeline_woul
     labels = np.asarray(test["label"])
     expected = classification_metrics(labels, probs.argmax(-1), probs=probs, class_names=["ant", "bee", "cat"])
     expected["calibration"] = calibration_metrics(labels, probs)
+    expected["pipeline_call"] = {}  # the pipeline called with its defaults
 
     reads = []
     read = DecodedImages.__getitem__

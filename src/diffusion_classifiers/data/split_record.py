@@ -15,9 +15,10 @@ import hashlib
 import json
 import os
 import warnings
-from typing import Any, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
-import torch
+if TYPE_CHECKING:  # torch is imported where fingerprints are taken: the commands' flags read this module's defaults
+    import torch
 
 __all__ = [
     "SPLIT_DEFAULTS",
@@ -57,6 +58,8 @@ def image_fingerprint_variants(
     """Per image, its `image_fingerprints` fingerprint first, then those it would have had if its pixels lying within
     `boundary_tolerance` steps of a rounding boundary (at most 8 of them) had rounded the other way: what another
     reading of the same image (a PNG re-export of a DICOM) may have been fingerprinted as."""
+    import torch
+
     batches = [images] if isinstance(images, torch.Tensor) else images
     fingerprints = []
     for batch in batches:
