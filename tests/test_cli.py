@@ -9,6 +9,7 @@ from PIL import Image
 
 from diffusion_classifiers import DiffusionClassifierPipeline
 from diffusion_classifiers.cli import build_parser, main
+from diffusion_classifiers.hub import model_fingerprint
 
 
 def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, capsys):
@@ -21,6 +22,7 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
         assert (tmp_path / name).stat().st_size > 0, name
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert len(metrics["probe_grid"]) == 7 * 2  # every block x every timestep
+    assert metrics["model_sha256"] == model_fingerprint(tmp_path / "pipeline")  # push_to_hub checks the card's model
     summary = metrics["summary"]
     assert (summary["best_block"], summary["best_timestep"]) in {(r["block"], r["timestep"]) for r in metrics["probe_grid"]}
     assert 0.0 <= summary["kmeans_nmi"] <= 1.0 and summary["test_accuracy"] > 0.3  # 10 classes: chance is 0.1

@@ -281,6 +281,7 @@ def save_study(study, args: argparse.Namespace, timing: dict, carving: dict, tra
     headline."""
     from .data.split_record import save_split_record
     from .features import block_label
+    from .hub import model_fingerprint
     from .unet_feature_study import summary_table, write_study_report
 
     study.pipeline.save_pretrained(os.path.join(args.output_dir, "pipeline"))
@@ -288,7 +289,10 @@ def save_study(study, args: argparse.Namespace, timing: dict, carving: dict, tra
         os.path.join(args.output_dir, "pipeline"), **carving, train_images=train_images, train_fingerprints=train_fingerprints
     )
     command = "diffusion-classifiers " + shlex.join(sys.argv[1:])
-    metrics = write_study_report(study, args.output_dir, f"Frozen DDPM U-Net features on {args.dataset}", command, extra=timing)
+    identity = {"model_sha256": model_fingerprint(os.path.join(args.output_dir, "pipeline"))}  # push_to_hub checks it
+    metrics = write_study_report(
+        study, args.output_dir, f"Frozen DDPM U-Net features on {args.dataset}", command, extra={**timing, **identity}
+    )
     print(summary_table(study))
     summary = metrics["summary"]
     print(
