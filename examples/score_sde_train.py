@@ -6,7 +6,10 @@ r"""Train a class-conditional score model (VP-SDE, epsilon prediction) on labele
         --output_dir outputs/score-sde-pneumonia --max_train_steps 20000 --use_ema --class_balanced
 
 `--label_dropout p` (default 0.1) replaces that fraction of labels by a null class (id K), so the same U-Net also
-learns the unconditional score; the classifier never scores the null class. Data larger than memory (an image or
+learns the unconditional score; the classifier never scores the null class. The val split carved from data
+without splits of its own (`--val_fraction`) is not trained on: it is kept for choosing how to score, e.g.
+`diffusion-classifiers evaluate --split val --pipeline_kwargs '{"weighting": "elbo", "timestep_spacing": "log_snr"}'`
+against the defaults, before the test split is read. Data larger than memory (an image or
 DICOM folder, a CSV of paths, a saved datasets folder): `--streaming --num_channels 1 --dataloader_num_workers 4`.
 On a CPU-only machine, real
 multi-process DDP needs: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --num_machines 1
