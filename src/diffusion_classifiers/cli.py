@@ -163,7 +163,7 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=None,
         help=f"seed of the splits carved when the data has none (default: as the model's {SPLIT_RECORD_NAME} "
-        "records, else 0)",
+        "records, else 0); not the scoring noise's (predict's --seed): pass that as --pipeline_kwargs '{\"seed\": N}'",
     )  # fmt: skip
     parser.add_argument(
         "--streaming", action="store_true",
