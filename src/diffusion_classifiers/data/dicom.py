@@ -657,8 +657,9 @@ def _resolve_window(spec: Window | str, image: DicomImage | DicomHeader, own: tu
                              f"({sorted(WINDOW_PRESETS)}, Window(center, width)) or 'full'")
         if not own:
             raise ValueError(
-                f"DICOM file {image.path} has no WindowCenter / WindowWidth; expected a window for 'file'. "
-                f"Name one ({sorted(WINDOW_PRESETS)}, Window(center, width)) or 'full'"
+                f"DICOM file {image.path} has no WindowCenter / WindowWidth; expected a window for 'file' (a VOI LUT "
+                f"Sequence is not read: windows are linear). Name one ({sorted(WINDOW_PRESETS)}, "
+                "Window(center, width)) or 'full'"
             )
         return own[0]
     if spec == "full":
