@@ -48,8 +48,10 @@ def test_16_bit_files_and_dicom_keep_their_depth(exported, tmp_path):
         scores = {row["label"]: row["score"] for row in classify(str(path))}
         # one image against a batch of 5: other float32 kernels, a few ulps (6e-8 each) of probabilities below 1
         np.testing.assert_allclose([scores["normal"], scores["bleed"]], probs.numpy(), rtol=0, atol=1e-6)
-    wide = Image.open(paths[0])  # mode I;16 given as a PIL image: read as its file is, by its bit depth, unclipped
-    assert {r["label"]: r["score"] for r in classify(wide)}["bleed"] == pytest.approx(float(expected[0, 1]), abs=1e-6)
+    wide = Image.open(paths[0])  # mode I;16 given as a PIL image: pixel data at its natural scale, 0..65535, unclipped
+    with torch.no_grad():
+        expected_wide = model(**processor(wide)).logits.softmax(-1)[0, 1]
+    assert {r["label"]: r["score"] for r in classify(wide)}["bleed"] == pytest.approx(float(expected_wide), abs=1e-6)
 
     plain = pipeline("image-classification", model=str(exported))  # transformers' own: 8-bit RGB, values clipped
     clipped = [{r["label"]: r["score"] for r in plain(str(p))}["bleed"] for p in paths[:4]]

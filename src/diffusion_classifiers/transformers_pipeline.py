@@ -3,8 +3,9 @@
 `pipeline("image-classification", ...)` opens every path and PIL image with `load_image`, which converts it to 8-bit
 RGB before the model's image processor sees it: a 16-bit PNG / TIFF is clipped (every value above 255 white) and a
 DICOM file is not an image to PIL. [`DiffusionClassifierImageClassificationPipeline`] hands local files and 16-bit /
-float PIL images to the image processor as they are, which reads them through the model's saved preprocessing
-(DICOM windows, bit depth), exactly as `pipe(paths)` and `diffusion-classifiers predict` do.
+float PIL images to the image processor as they are: files are read through the model's saved preprocessing (DICOM
+windows, bit depth), exactly as `pipe(paths)` and `diffusion-classifiers predict` do; a 16-bit PIL image keeps its
+16 bits, scaled from [0, 65535] as every in-memory image is.
 """
 
 import os

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..validation import check_finite_rows
-from .dicom import _PIL_16BIT_MODES, MedicalPreprocessing, is_dicom_file, scale_16bit_image
+from .dicom import _PIL_16BIT_MODES, MedicalPreprocessing, is_dicom_file
 from .image_files import DECODE_ERRORS, decode_error_text, open_image
 
 __all__ = ["INPUT_RANGES", "RESAMPLE_MODES", "RESIZE_MODES", "ImagePreprocessing", "preprocess_images"]
@@ -213,9 +213,10 @@ def preprocess_images(
     Args:
         images (`str`, `os.PathLike`, `PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a `list` of them):
             one image or a batch, or a list of them (each may have its own size and type), read as in the table
-            above. PIL modes: `I`/`I;16*` are read as their 16-bit PNG / TIFF file is (by `preprocessing.medical`'s
-            bit depth), `F` is one float channel; alpha is discarded, not composited. Values: `uint8` is scaled
-            from `[0, 255]`, `uint16` from `[0, 65535]` (with a warning where the contract reads medical files),
+            above. PIL modes: `I`/`I;16*` are scaled from `[0, 65535]` (a 16-bit file given as a path is read by
+            `preprocessing.medical`'s bit depth instead), `F` is one float channel; alpha is discarded, not
+            composited. Values: `uint8` is scaled from `[0, 255]`, `uint16` from `[0, 65535]` (with a warning where
+            the contract reads medical files),
             `bool` from `{0, 1}`, float data by the contract's `input_range` (see [`ImagePreprocessing`]). Float
             values outside that range, other integer dtypes, NaN and inf raise `ValueError`.
         image_size (`int` or `Tuple[int, int]`, *optional*), num_channels (`int`, *optional*):
@@ -304,12 +305,10 @@ def _to_unit_batches(items: list, data_format: str | None, contract: ImagePrepro
         value_range, item_format = contract.input_range, data_format
         if isinstance(item, (str, os.PathLike)):  # read as [F, C, H, W] (or a PIL image), whatever the arrays' layout
             item, value_range, item_format = _read_path(item, position, contract), _FILE_RANGE, "channels_first"
-        if isinstance(item, Image.Image) and item.mode in _PIL_16BIT_MODES:  # as its file would be read
-            item, value_range, item_format = _read_16bit_picture(item, f"item {position}", contract), _FILE_RANGE, "channels_first"
         batch = _item_to_nchw(item, position, offset, item_format)
         if batch.shape[0] == 0 or batch.shape[2] == 0 or batch.shape[3] == 0:
             raise ValueError(f"preprocess_images: item {position} is empty (shape {tuple(batch.shape)})")
-        if batch.dtype == torch.uint16:
+        if batch.dtype == torch.uint16 and not isinstance(item, Image.Image):  # a PIL image may be a datasets row
             wide_arrays.append(position)
         batches.append(_check_dtype(batch, offset))
         ranges.append(value_range)
@@ -334,7 +333,12 @@ def _read_path(path: Any, position: int, contract: ImagePreprocessing) -> Any:
     path = Path(path)
     if is_dicom_file(path):
         return contract.medical_or_default.read(path)
-    _check_picture_windows(f"item {position}, {path},", contract)
+    windows = contract.medical_or_default.windows
+    if len(windows) > 1:  # as predict and the training readers: a picture has no Hounsfield units to window
+        raise ValueError(
+            f"preprocess_images: item {position}, {path}, is not DICOM; expected DICOM files, read through the "
+            f"contract's {len(windows)} DICOM windows (an image file's grey would be copied into each)"
+        )
     try:
         image = open_image(path)
     except DECODE_ERRORS as error:
@@ -342,22 +346,6 @@ def _read_path(path: Any, position: int, contract: ImagePreprocessing) -> Any:
             f"preprocess_images: cannot decode image file {path} (item {position}): {decode_error_text(error)}"
         ) from error
     return image if image.mode not in _PIL_16BIT_MODES else contract.medical_or_default.read(path)
-
-
-def _check_picture_windows(what: str, contract: ImagePreprocessing) -> None:
-    """As predict and the training readers: a picture has no Hounsfield units to window."""
-    windows = contract.medical_or_default.windows
-    if len(windows) > 1:
-        raise ValueError(
-            f"preprocess_images: {what} is not DICOM; expected DICOM files, read through the contract's "
-            f"{len(windows)} DICOM windows (an image file's grey would be copied into each)"
-        )
-
-
-def _read_16bit_picture(image: Image.Image, name: str, contract: ImagePreprocessing) -> np.ndarray:
-    """A 16-bit greyscale PIL image as its PNG / TIFF file is read (`medical.bits_stored`): `[1, 1, H, W]` in [0, 1]."""
-    _check_picture_windows(f"{name}, a PIL image of mode {image.mode},", contract)
-    return scale_16bit_image(image, contract.medical_or_default.bits_stored, name)[None, None]
 
 
 def _warn_wide_arrays(positions: list[int], medical: MedicalPreprocessing) -> None:
@@ -421,7 +409,12 @@ def _is_channels_last(batch: torch.Tensor, ndim: int, offset: int, data_format: 
 
 
 def _pil_to_array(image: Image.Image) -> np.ndarray:
-    """An 8-bit or float PIL image as an array (16-bit ones are read as their files: `_read_16bit_picture`)."""
+    if image.mode in _PIL_16BIT_MODES:
+        array = np.asarray(image).astype(np.int64)
+        if array.size and (array.min() < 0 or array.max() > 65535):
+            raise ValueError(f"PIL image of mode {image.mode}: expected values in [0, 65535], got "
+                             f"[{array.min()}, {array.max()}]")
+        return array.astype(np.uint16)
     if image.mode == "F":
         return np.asarray(image, dtype=np.float32)
     if image.mode in _PIL_PALETTE_MODES:
