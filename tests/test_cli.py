@@ -142,6 +142,13 @@ def test_probe_and_evaluate_on_several_processes_are_refused_before_any_work(tmp
     with pytest.raises(SystemExit) as exited:  # one process: the missing model is what is refused
         main()
     assert "none" in str(exited.value.code) and "one process" not in str(exited.value.code)
+    monkeypatch.delenv("WORLD_SIZE")  # the simple launcher asked for 2 (--num_processes 2 without --multi_gpu) runs one
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setattr("diffusion_classifiers.training.launch._parent_command_line",
+                        lambda: ["accelerate", "launch", "--num_processes", "2", "-m", "diffusion_classifiers.cli"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert "none" in str(exited.value.code) and "one process" not in str(exited.value.code)
 
 
 def test_examples_evaluate_refuses_an_input_in_one_line_as_the_command_does(tmp_path, monkeypatch):

@@ -41,11 +41,12 @@ def check_world_size(state: Union[Accelerator, PartialState]) -> None:
 
 def check_one_process(command: str) -> None:
     """Refuse a command that runs as one process (`probe`, `evaluate`) when `accelerate launch` started several: each
-    would run the whole job and write the same output files. Read from the launcher's environment, before any work."""
-    requested = _requested_processes()
-    if requested is not None and requested > 1:
+    would run the whole job and write the same output files. Read from torchrun's `WORLD_SIZE`, before any work: the
+    simple launcher asked for several processes starts one, which may run."""
+    started = int(os.environ.get("WORLD_SIZE", "1"))
+    if started > 1:
         raise ValueError(
-            f"{command} runs as one process, but accelerate launch started {requested}: each would run the whole job "
+            f"{command} runs as one process, but accelerate launch started {started}: each would run the whole job "
             f"and write the same files; run it as one process (python / diffusion-classifiers {command} ..., or "
             "accelerate launch --num_processes 1); predict is the command that splits its work across processes"
         )
