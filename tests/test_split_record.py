@@ -106,3 +106,62 @@ def test_a_model_of_an_earlier_version_is_evaluated_with_a_note(model_and_data, 
     main(["evaluate", "--model_dir", str(old), "--dataset", str(root / "grown"), "--output_dir", str(tmp_path / "out")])
     assert capsys.readouterr().err.count("cannot check that the test images are none it was trained on") == 1
     assert "training_images_checked" not in json.loads((tmp_path / "out" / "metrics.json").read_text())
+
+
+def test_duplicates_within_the_data_are_not_refused(model_and_data, tmp_path):
+    """Real data holds exact duplicates (PneumoniaMNIST: 8 val images byte-identical to train images): a copy, in a
+    carved val or test split, of an image the data itself puts in train is no leak; the model's own data passes."""
+    root, _ = model_and_data
+    digits = load_digits()
+    rows = np.flatnonzero(digits.target <= 1)[:60]
+    data = tmp_path / "dups"
+    _digit_folder(data, digits, rows)
+    for index in rows[:20]:  # 20 images twice, under another name
+        label = ["zero", "one"][digits.target[index]]
+        (data / label / f"copy{index:04d}.png").write_bytes((data / label / f"{index:04d}.png").read_bytes())
+    splits = load_image_classification_data(str(data), image_size=8, seed=0)
+    train = set(image_fingerprints(splits["train"].images))
+    for name in ("val", "test"):
+        assert set(image_fingerprints(splits[name].images)) & train, name  # the premise: copies across the carving
+    model = tmp_path / "model"
+    UNetFeatureClassifierPipeline.from_pretrained(str(root / "model")).save_pretrained(model)
+    save_split_record(model, 0.1, 0.2, 0, None, train_images=splits["train"].images)
+    for name in ("val", "test"):
+        main(["evaluate", "--model_dir", str(model), "--dataset", str(data), "--split", name,
+              "--output_dir", str(tmp_path / name)])  # fmt: skip
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert metrics["num_samples"] == len(splits[name]) and metrics["training_images_checked"]
+    main(["evaluate", "--model_dir", str(model), "--dataset", str(data), "--output_dir", str(tmp_path / "streamed"),
+          "--streaming"])  # fmt: skip
+    main(["probe", "--unet_dir", str(model), "--dataset", str(data), "--output_dir", str(tmp_path / "probe"),
+          "--timesteps", "20", "--C", "1"])  # fmt: skip
+    probed = json.loads((tmp_path / "probe" / "metrics.json").read_text())
+    assert probed["test"]["num_samples"] == len(splits["test"])
+
+
+def test_probe_refuses_a_grown_folder_without_naming_evaluates_flag(model_and_data, tmp_path):
+    root, _ = model_and_data
+    refused = r"images of the (val|test) split of .*grown are images the model was trained on"
+    with pytest.raises(ValueError, match=refused) as error:
+        main(["probe", "--unet_dir", str(root / "model"), "--dataset", str(root / "grown"),
+              "--output_dir", str(tmp_path / "p"), "--timesteps", "20", "--C", "1"])  # fmt: skip
+    assert "drop_training_images" not in str(error.value)
+
+
+def test_a_dataset_with_its_own_splits_is_not_checked(model_and_data, tmp_path):
+    """A .npz keeps its own splits: they are the data's word, not carved by the model's record, so a test image equal
+    to a training image (a duplicate in the data) is scored."""
+    root, _ = model_and_data
+    digits = load_digits()
+    rows = np.flatnonzero(digits.target <= 1)[:60]
+    images, labels = (digits.images[rows] * 16).astype(np.uint8), digits.target[rows]
+    np.savez(tmp_path / "own.npz", train_images=images[:40], train_labels=labels[:40], val_images=images[30:50],
+             val_labels=labels[30:50], test_images=images[35:60], test_labels=labels[35:60])  # fmt: skip
+    splits = load_image_classification_data(str(tmp_path / "own.npz"), image_size=8, seed=0)
+    model = tmp_path / "model"
+    UNetFeatureClassifierPipeline.from_pretrained(str(root / "model")).save_pretrained(model)
+    save_split_record(model, 0.1, 0.2, 0, ["zero", "one"], train_images=splits["train"].images[:35])  # 35-39: test
+    main(["evaluate", "--model_dir", str(model), "--dataset", str(tmp_path / "own.npz"),
+          "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["num_samples"] == 25 and "training_images_checked" not in metrics

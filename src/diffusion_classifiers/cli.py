@@ -187,6 +187,7 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> dict:
     from .evaluation import (
+        carved_splits,
         check_evaluation_args,
         evaluate_classifier,
         load_classifier,
@@ -208,16 +209,19 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     carving = resolve_split_args(  # as the model's data was carved
         folder, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed
     )
-    train_fingerprints = None if args.split == "train" else recorded_train_fingerprints(folder)
-    if train_fingerprints is None and args.split != "train":
+    # only a carved split can hold training images where the data changed; one of the data's own is its word
+    carved = ("val" if args.split == "validation" else args.split) in carved_splits(args.dataset)
+    train_fingerprints = recorded_train_fingerprints(folder) if carved else None
+    if train_fingerprints is None and carved:
         print(
             f"note: {args.model_dir} records no fingerprints of its training images (saved by an earlier version, or "
             f"trained with --streaming): evaluate cannot check that the {args.split} images are none it was trained on",
             file=sys.stderr,
         )
-    dataset = load_evaluation_split(
+    dataset, train_split = load_evaluation_split(  # its train split tells duplicates within the data from leaks
         args.dataset, args.split, carving["seed"], saved_preprocessing(classifier), args.streaming,
         val_fraction=carving["val_fraction"], test_fraction=carving["test_fraction"], class_names=carving["class_names"],
+        with_train=True,
     )  # fmt: skip
     # the data's name, not its local path: metrics.json may be published with the model
     dataset_name = os.path.basename(os.path.normpath(args.dataset))
@@ -226,7 +230,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         classifier, dataset, args.output_dir, batch_size=args.batch_size, positive_class=args.positive_class, title=title,
         num_workers=args.dataloader_num_workers, split=args.split, dataset_name=dataset_name,
         train_fingerprints=train_fingerprints, drop_training_images=args.drop_training_images,
-        pipeline_kwargs=args.pipeline_kwargs, model_sha256=model_fingerprint(folder),
+        pipeline_kwargs=args.pipeline_kwargs, model_sha256=model_fingerprint(folder), train_split=train_split,
     )  # fmt: skip
     headline = {k: metrics.get(k) for k in ("accuracy", "macro_f1", "balanced_accuracy", "auc", "positive_class", "sensitivity", "specificity")}
     print(json.dumps({k: v for k, v in headline.items() if v is not None or k == "auc"} | {"ece": metrics["calibration"]["ece"]}))
@@ -314,7 +318,7 @@ def run_probe(args: argparse.Namespace) -> dict:
     """A trained U-Net + a labeled dataset -> the probe grid, the chosen (block, t), k-means and a fitted pipeline."""
     from .data import load_image_classification_data
     from .data.split_record import read_split_record, recorded_train_fingerprints, resolve_split_args
-    from .evaluation import check_training_overlap
+    from .evaluation import carved_splits, check_training_overlap
     from .features import _check_timesteps
     from .hub import download
     from .metrics import resolve_positive_label
@@ -344,15 +348,19 @@ def run_probe(args: argparse.Namespace) -> dict:
     )  # fmt: skip
     check_two_classes_at_least(splits["train"].class_names, f"--dataset {args.dataset}", "a probe")
     unet_fingerprints = recorded_train_fingerprints(folder)
-    if unet_fingerprints is None:
+    carved = [name for name in ("val", "test") if name in carved_splits(args.dataset)]  # the data's own: its word
+    if unet_fingerprints is None and carved:
         print(
             f"note: {args.unet_dir} records no fingerprints of its training images (saved by an earlier version, or "
             "trained with --streaming): probe cannot check that its val and test images are none the U-Net was trained on",
             file=sys.stderr,
         )
-    else:  # the U-Net's own held-out images only: the probe chooses on val and reports on test
-        for name in ("val", "test"):
-            check_training_overlap(splits[name], unet_fingerprints, where=f"the {name} split of {args.dataset}")
+    elif unet_fingerprints is not None:  # the U-Net's own held-out images: the probe chooses on val, reports on test
+        for name in carved:  # duplicates of the data's own train images pass; probe has no flag to drop the others
+            check_training_overlap(
+                splits[name], unet_fingerprints, where=f"the {name} split of {args.dataset}",
+                train_split=splits["train"], drop_hint=None,
+            )  # fmt: skip
     resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)
     study = run_unet_feature_study(
         trained.unet, trained.scheduler, splits, timesteps=args.timesteps, pool=args.pool,

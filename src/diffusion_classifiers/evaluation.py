@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import ImagePreprocessing, LabeledImages, canonical_split_name, load_image_classification_data
-from .data.split_record import image_fingerprint_variants
+from .data.split_record import image_fingerprint_variants, image_fingerprints
 from .data.streaming import StreamingImages, streaming_classification_split, streaming_image_classification_data
 from .metrics import calibration_metrics, classification_metrics, per_class_table, percent, resolve_positive_label
 from .validation import check_writable_dir
@@ -28,6 +28,7 @@ from .validation import check_writable_dir
 __all__ = [
     "METRIC_MODULE",
     "check_evaluation_args",
+    "carved_splits",
     "check_training_overlap",
     "evaluate_classifier",
     "evaluate_compatible_transformers",
@@ -210,6 +211,7 @@ def load_evaluation_split(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     class_names: Optional[Sequence[str]] = None,
+    with_train: bool = False,
 ):
     """The `split` of `dataset`: a folder saved with `DatasetDict.save_to_disk` gives a (memory-mapped)
     `datasets.Dataset`; what `data.load_image_classification_data` reads (digits, a MedMNIST .npz, IDX files, an image
@@ -219,7 +221,8 @@ def load_evaluation_split(
     the very tensors a model trained on that data was trained and reported on, with no round trip through 8-bit
     images. With `streaming`, an image folder or CSV of paths gives the same split as [`StreamingImages`] instead
     (`data.streaming_image_classification_data`: the same images, decoded only when read), for data larger than
-    memory."""
+    memory. With `with_train`, `(split, the train split carved alongside it)` (None for a saved `DatasetDict`): the
+    images `check_training_overlap` tells duplicates within the data from training images by."""
     if split not in ("train", "val", "validation", "test"):
         raise ValueError(f"split: expected 'train', 'val', 'validation' or 'test', got {split!r}")
     if dataset != "digits" and not os.path.exists(dataset):
@@ -230,7 +233,8 @@ def load_evaluation_split(
     if os.path.isfile(os.path.join(dataset, "dataset_dict.json")):
         from datasets import load_from_disk
 
-        return _saved_split(load_from_disk(dataset), split, dataset)
+        chosen = _saved_split(load_from_disk(dataset), split, dataset)
+        return (chosen, None) if with_train else chosen
     contract = preprocessing or ImagePreprocessing()
     if streaming:
         splits = streaming_image_classification_data(
@@ -242,22 +246,63 @@ def load_evaluation_split(
             dataset, image_size=contract.image_size, num_channels=contract.num_channels, val_fraction=val_fraction,
             test_fraction=test_fraction, seed=seed, class_names=class_names, medical=contract.medical, **contract.fit,
         )  # fmt: skip
-    return splits["val" if split == "validation" else split]
+    chosen = splits["val" if split == "validation" else split]
+    return (chosen, splits["train"]) if with_train else chosen
+
+
+def carved_splits(dataset) -> frozenset:
+    """The names of the splits of `dataset` (as `load_evaluation_split` takes it) that are carved by the seed and
+    fractions, not the data's own, found without reading an image: val and test of digits, of an image folder
+    without `splits/*.txt` and of a CSV; val of IDX files with a test set; those a `.npz` or `splits/` folder lacks.
+    A saved `DatasetDict` (or any other source) keeps its own: none. Only a carved split can hold training images
+    where the data changed (`check_training_overlap`); a split of the data's own is the data's word."""
+    if not isinstance(dataset, (str, os.PathLike)) or not (str(dataset) == "digits" or os.path.exists(dataset)):
+        return frozenset()
+    path = Path(dataset)
+    if str(dataset) == "digits" or path.suffix == ".csv":
+        return frozenset({"val", "test"})
+    if path.suffix == ".npz":
+        with np.load(path) as archive:  # the key names only: no array is read
+            return frozenset(name for name in ("val", "test") if f"{name}_images" not in archive.files)
+    if not path.is_dir() or (path / "dataset_dict.json").is_file():
+        return frozenset()
+    if any((path / f"{name}{gz}").is_file() for name in ("train-images-idx3-ubyte",) for gz in ("", ".gz")):
+        has_test = any((path / f"t10k-images-idx3-ubyte{gz}").is_file() for gz in ("", ".gz"))
+        return frozenset({"val"} if has_test else {"val", "test"})
+    if (path / "splits" / "train.txt").is_file():
+        return frozenset(name for name in ("val", "test") if not (path / "splits" / f"{name}.txt").is_file())
+    return frozenset({"val", "test"})
 
 
 def check_training_overlap(
-    dataset, train_fingerprints: Collection[str], drop: bool = False, where: str = "the split", num_workers: int = 0
+    dataset,
+    train_fingerprints: Collection[str],
+    drop: bool = False,
+    where: str = "the split",
+    num_workers: int = 0,
+    train_split=None,
+    drop_hint: Optional[str] = "--drop_training_images (drop_training_images=True)",
 ):
     """`(dataset, number dropped)`: [`LabeledImages`] or [`StreamingImages`] checked, by content
     (`data.split_record.image_fingerprint_variants`), against a model's recorded `train_fingerprints`. Images the
-    model was trained on are refused with a `ValueError` (how many of how many, a few file names where known), or
-    left out with `drop`. A [`StreamingImages`] split is read once for this, before any image is scored."""
+    model was trained on are refused with a `ValueError` (how many of how many, a few file names where known, and
+    `drop_hint`, the way to score the rest, where there is one), or left out with `drop`. A [`StreamingImages`]
+    split is read once for this, before any image is scored.
+
+    `train_split`, the train split carved from the same data (in memory or streamed), tells duplicates from leaks:
+    an image whose fingerprint is also one of its images' is an exact copy of an image the data itself puts in train
+    (real data sets hold such duplicates), not one carving moved out of train, and passes. It is fingerprinted only
+    where some image matches the record (a streamed train split is then read once)."""
     if isinstance(dataset, LabeledImages):
         variants = image_fingerprint_variants(dataset.images)
     else:
         variants = image_fingerprint_variants(_tensor_batches(dataset, 64, num_workers))
     train_fingerprints = set(train_fingerprints)
     seen = np.array([any(f in train_fingerprints for f in v) for v in variants], dtype=bool)
+    if seen.any() and train_split is not None:
+        batch_size = 1024 if isinstance(train_split, LabeledImages) else 64
+        in_data = set(image_fingerprints(_tensor_batches(train_split, batch_size, num_workers)))
+        seen &= np.array([not any(f in in_data for f in v) for v in variants], dtype=bool)
     num_seen = int(seen.sum())
     if num_seen == 0:
         return dataset, 0
@@ -269,8 +314,8 @@ def check_training_overlap(
             f"data_splits.json train_fingerprints), e.g. {', '.join(names)}{', ...' if num_seen > len(names) else ''}: "
             "the data differs from the model's (a folder that grew or lost files, or the same images re-exported), so "
             "carving it with the model's recorded seed and fractions no longer gives the model's own held-out images, "
-            "and scoring them would overstate the model. Evaluate on the data the model was trained from, or pass "
-            f"--drop_training_images (drop_training_images=True) to score the other {len(seen) - num_seen} only"
+            "and scoring them would overstate the model. Use the data the model was trained from"
+            + (f", or pass {drop_hint} to score the other {len(seen) - num_seen} only" if drop_hint else "")
         )
     return dataset.subset(np.flatnonzero(~seen)), num_seen
 
@@ -300,6 +345,7 @@ def evaluate_classifier(
     drop_training_images: bool = False,
     pipeline_kwargs: Optional[dict] = None,
     model_sha256: Optional[str] = None,
+    train_split=None,
 ) -> dict:
     r"""
     Score `classifier` on a `datasets.Dataset` with an Image and a ClassLabel column, on [`LabeledImages`] or on
@@ -341,6 +387,9 @@ def evaluate_classifier(
             `"pipeline_call"` (`pipeline_call_settings`: the defaults where not given).
         model_sha256 (`str`, *optional*): the evaluated model's `hub.model_fingerprint`, recorded in `metrics.json`
             (computed here when `classifier` is a local folder), so `push_to_hub` can refuse another model's metrics.
+        train_split (*optional*): with `train_fingerprints`, the train split carved from the same data as `dataset`
+            (`load_evaluation_split(..., with_train=True)`): images also in it are duplicates within the data, not
+            refused (`check_training_overlap`).
 
     Returns:
         `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`.
@@ -364,7 +413,9 @@ def evaluate_classifier(
     checked = {}
     if train_fingerprints is not None and isinstance(dataset, (LabeledImages, StreamingImages)):
         where = f"the {split or 'evaluated'} split" + (f" of {dataset_name}" if dataset_name else "")
-        dataset, dropped = check_training_overlap(dataset, train_fingerprints, drop_training_images, where, num_workers)
+        dataset, dropped = check_training_overlap(
+            dataset, train_fingerprints, drop_training_images, where, num_workers, train_split=train_split
+        )
         checked = {"training_images_checked": True} | ({"training_images_dropped": dropped} if drop_training_images else {})
         if len(dataset) == 0:
             raise ValueError(f"{where}: every image is one the model was trained on; nothing is left to score")
