@@ -93,6 +93,7 @@ def test_cq500_uncompressed_hu_and_metadata_match_tags():
         "StudyInstanceUID": dataset.StudyInstanceUID,
         "SeriesInstanceUID": dataset.SeriesInstanceUID,
         "InstanceNumber": int(dataset.InstanceNumber),
+        "ImageType": tuple(dataset.ImageType),  # ("ORIGINAL", "PRIMARY", "AXIAL")
     }
 
 
@@ -721,6 +722,21 @@ def test_streamed_cq500_slices_equal_the_saved_contract_reading_the_files():
     expected = preprocess_images([str(file) for file in files], preprocessing=streamed.preprocessing)
     torch.testing.assert_close(stacked(streamed), expected, rtol=0, atol=0)  # [2, 3, 32, 32]: a channel per window
     assert not torch.equal(expected[:, 0], expected[:, 2])
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_localizer_in_its_own_series_is_refused_naming_it(tmp_path, streaming):
+    # the per-series size check lets a scout stored as its own series through: its ImageType names it
+    dataset = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(2):
+            write_dicom(dataset, tmp_path / label / f"{i}.dcm")
+    write_dicom(pydicom.dcmread(pydicom_file("MR_small.dcm")), tmp_path / "b" / "scout.dcm",
+                SeriesInstanceUID="1.2.3.4", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    read = streaming_image_classification_data if streaming else load_image_classification_data
+    with pytest.raises(ValueError, match=r"scout.dcm is a localizer \(scout\) image \(ImageType ORIGINAL/PRIMARY/LOCALIZER\)"):
+        read(tmp_path, num_channels=1, medical=FULL)
 
 
 def test_streaming_refuses_bad_dicom_when_listing_not_when_reading(tmp_path):

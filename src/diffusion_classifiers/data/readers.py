@@ -835,6 +835,7 @@ def _decode_file(
     if not is_dicom:
         return _decode_image_file(path, medical.bits_stored, depths), None
     dicom = read_dicom(path)
+    _refuse_localizer(path, dicom.metadata)
     sizes.add(path, dicom.values.shape[-2:], dicom.metadata["SeriesInstanceUID"])
     return window_channels(dicom, medical.windows, medical.padding_fill), dicom.metadata["PatientID"]
 
@@ -916,6 +917,7 @@ def _list_frames(
         if is_dicom:
             try:
                 headers[path] = read_dicom_header(path)
+                _refuse_localizer(path, headers[path].metadata)
             except ValueError as error:
                 failures.append(error if not failures else str(error))
     _refuse_unreadable_files(failures, len(files))
@@ -982,6 +984,17 @@ class _SeriesSizes:
         first = self._first.setdefault(key, (str(path), size))
         where = f"folder {path.parent}, series {series}" if series else f"folder {path.parent} (no SeriesInstanceUID)"
         check_same_slice_size([first, (str(path), size)], where, unit="series")
+
+
+def _refuse_localizer(path: Path, metadata: dict) -> None:
+    """A scout / localiser (ImageType LOCALIZER) is not an image of its folder's class: the per-series size check no
+    longer catches one stored as its own series."""
+    image_type = metadata.get("ImageType") or ()
+    if "LOCALIZER" in image_type:
+        raise ValueError(
+            f"DICOM file {path} is a localizer (scout) image (ImageType {'/'.join(image_type)}); expected the images of "
+            "a series, read as images of their folder's class: remove it"
+        )
 
 
 def _check_dicom_sizes_per_folder(sizes: list[tuple[Path, tuple[int, int], str | None]]) -> None:
