@@ -449,8 +449,8 @@ def main():
     total = round(time.perf_counter() - start, 1)
     figures = {
         **results,
-        "selection": "every choice (ELBO weighting and timestep spacing, decision thresholds as priors, CNN checkpoints) is made on val "
-        "splits; test images are used only for reporting",
+        "selection": "every choice (ELBO weighting and timestep spacing, decision thresholds as priors, CNN "
+        "checkpoints) is made on val splits; test images are used only for reporting",
         "targets": targets(results, total),
         "wall_seconds_total": total,
         "budget": {"num_threads": torch.get_num_threads(), "parts": args.parts},

@@ -492,7 +492,8 @@ def _time_grid(sde: VPSDE, num_steps: int, spacing: str, like: torch.Tensor) -> 
         return sde.t_min + (1 - sde.t_min) * (s if spacing == "uniform" else s**2)
     # uniform in lambda = log(alpha^2 / sigma^2)
     log_snr = _log_snr_ends(sde)
-    grid = _time_of_log_snr(sde, torch.linspace(float(log_snr[0]), float(log_snr[1]), num_steps + 1, dtype=torch.float64))
+    lambdas = torch.linspace(float(log_snr[0]), float(log_snr[1]), num_steps + 1, dtype=torch.float64)
+    grid = _time_of_log_snr(sde, lambdas)
     grid[0], grid[-1] = sde.t_min, 1.0
     return grid.to(like)
 
@@ -902,10 +903,11 @@ def denoising_error_scores(
     per image (`"stratified"`); or log-SNR `lambda = log(alpha^2 / sigma^2)` is cut into `T` equal strata, each used
     at its midpoint (`"log_snr"`), the errors weighted by the density ratio, so that it estimates the same integral
     (importance sampling: with `"elbo"` every timestep then weighs the same, where in t the weight grows as `1 / t`
-    towards `t_min` and a few low-noise timesteps dominate the estimate and its noise). Strata are evaluated in van der Corput order, so every stage below sees timesteps
-    spread over the whole range; or only the strata of `timestep_strata`, in its order (e.g. the most informative
-    first, ranked on validation images by [`rank_timestep_strata`]). A stratum's point and noise do not depend on
-    the order or subset: a run with `timestep_strata` evaluates a subset of the exhaustive run's errors.
+    towards `t_min` and a few low-noise timesteps dominate the estimate and its noise). Strata are evaluated in van
+    der Corput order, so every stage below sees timesteps spread over the whole range; or only the strata of
+    `timestep_strata`, in its order (e.g. the most informative first, ranked on validation images by
+    [`rank_timestep_strata`]). A stratum's point and noise do not depend on the order or subset: a run with
+    `timestep_strata` evaluates a subset of the exhaustive run's errors.
 
     Weighting (errors are squared norms summed over the `D` values, not per-pixel means):
 
