@@ -10,8 +10,10 @@ r"""Publish a saved classifier (a pipeline or a transformers model folder) on th
 The card is the one of the folder's method (read from its model_index.json or config.json), lists the model's
 class names, and carries the metrics of `--metrics_json` (the demo's or an evaluation's `metrics.json`) as
 model-index results, under the split that file records (`--dataset_split` for a file that records none). The model
-folder is only read; a failed upload leaves it unchanged. `--dry_run` writes the folder as it would be uploaded (with
-its card as README.md) to `--output_dir` instead, without any network.
+folder is only read; a failed upload leaves it unchanged. Its `data_splits.json` is uploaded without the training
+images' fingerprints (`train_fingerprints`: anyone holding a scan could test whether the model was trained on it).
+`--dry_run` writes the folder as it would be uploaded (with its card as README.md) to `--output_dir` instead, without
+any network.
 """
 
 import argparse

@@ -552,6 +552,27 @@ def test_cli_dry_run_writes_the_folder_and_card_locally_without_network(saved_pi
     assert "not a diagnostic device" in (tmp_path / "med" / "README.md").read_text()
 
 
+def test_dry_run_publishes_data_splits_without_the_training_fingerprints(saved_pipeline, monkeypatch, tmp_path):
+    """The fingerprints of the training images would let anyone holding a scan test whether the model was trained
+    on it: the published data_splits.json keeps the carving only; the local record keeps them for evaluate/probe."""
+    import shutil
+    import warnings
+
+    pipe_dir = tmp_path / "pipe"
+    shutil.copytree(saved_pipeline[0], pipe_dir)
+    record = {"val_fraction": 0.1, "test_fraction": 0.2, "seed": 3, "class_names": None}
+    record["train_fingerprints"] = "ab12 cd34"
+    (pipe_dir / "data_splits.json").write_text(json.dumps(record))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the metrics.json names no model_sha256: an earlier version's
+        argv = push_script_argv(pipe_dir, tmp_path, "--dry_run", "--output_dir", str(tmp_path / "o"))
+        run_push_script(monkeypatch, argv)
+    published = json.loads((tmp_path / "o" / "data_splits.json").read_text())
+    assert published == {key: value for key, value in record.items() if key != "train_fingerprints"}
+    assert json.loads((pipe_dir / "data_splits.json").read_text()) == record  # the local folder is only read
+
+
 def test_cli_offline_push_fails_with_one_line(saved_pipeline, monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(SystemExit) as exit_info:

@@ -430,10 +430,31 @@ def _local_files(local_dir: Path) -> List[str]:
     return [name for name in names if not name.endswith(PICKLE_SUFFIXES)]
 
 
+def _published_split_record(path: Path) -> bytes:
+    """A `data_splits.json` as published: without its `train_fingerprints`, the other keys kept. The fingerprints of
+    the training images would let anyone holding an image (a patient's scan) test whether the model was trained on
+    it; they stay in the local folder, for `evaluate` and `probe` there."""
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:  # it may hold fingerprints: not published unread
+        raise ValueError(f"{path} is not valid JSON ({error}); expected a data_splits.json to publish without its "
+                         "train_fingerprints") from error
+    if isinstance(record, dict):
+        record.pop("train_fingerprints", None)
+    return (json.dumps(record, indent=2) + "\n").encode()
+
+
 def _commit_operations(local_dir: Path, card: Optional[Union[ModelCard, DatasetCard]]) -> List[CommitOperationAdd]:
-    """Every file of `local_dir`, with `card` (sent from memory) replacing its README.md if given."""
+    """Every file of `local_dir`, with `card` (sent from memory) replacing its README.md if given, and each
+    `data_splits.json` sent without its training images' fingerprints (`_published_split_record`)."""
+    from .data.split_record import SPLIT_RECORD_NAME
+
     operations = [
-        CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(local_dir / name))
+        CommitOperationAdd(
+            path_in_repo=name,
+            path_or_fileobj=_published_split_record(local_dir / name)
+            if Path(name).name == SPLIT_RECORD_NAME else str(local_dir / name),
+        )
         for name in _local_files(local_dir)
         if card is None or name != "README.md"
     ]
@@ -484,7 +505,8 @@ def push_to_hub(
     `local_dir` is a saved pipeline or transformers model folder (or, with `repo_type="dataset"`, a dataset
     folder). It is only read: the card goes to the Hub from memory, and a failed upload leaves it unchanged.
     Hidden files and pickles (`PICKLE_SUFFIXES`, e.g. a `Trainer`'s `training_args.bin`) are not uploaded; a warning
-    names the pickles. `revision` is an existing branch (default: main).
+    names the pickles. `data_splits.json` is uploaded without its `train_fingerprints` (a membership test on the
+    training images), its other keys kept. `revision` is an existing branch (default: main).
 
     Raises `OfflineModeIsEnabled` when HF_HUB_OFFLINE is set, `HubUploadError` when the upload fails.
     """
