@@ -88,7 +88,7 @@ def test_mixed_sizes_within_one_series_are_still_refused(tmp_path):
         write_mammogram(folders["a"] / f"{i}.dcm", (40, 32), seed=i, series=series)
         write_mammogram(folders["b"] / f"{i}.dcm", (40, 32), seed=10 + i)
     write_mammogram(folders["a"] / "scout.dcm", (24, 24), seed=5, series=series)
-    match = r"series .*: mixed slice sizes: .*0.dcm is 40x32 but .*scout.dcm is 24x24.*expected one size per series"
+    match = r"series .*: mixed slice sizes \(height x width\): 40x32: 3 files .*24x24: 1 file \(.*scout.dcm\).*expected one size per series"
     with pytest.raises(ValueError, match=match):
         load_image_classification_data(tmp_path, image_size=16, medical=FULL)
     with pytest.raises(ValueError, match=match):

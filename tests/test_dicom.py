@@ -724,6 +724,19 @@ def test_streamed_cq500_slices_equal_the_saved_contract_reading_the_files():
     assert not torch.equal(expected[:, 0], expected[:, 2])
 
 
+def test_an_odd_slice_sorting_first_is_named_as_the_odd_one(tmp_path):
+    dataset = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(1, 4):
+            write_dicom(dataset, tmp_path / label / f"{i}.dcm")
+    write_dicom(pydicom.dcmread(pydicom_file("MR_small.dcm")), tmp_path / "b" / "0.dcm",
+                SeriesInstanceUID=dataset.SeriesInstanceUID)  # read first: the good slices are not the odd ones
+    with pytest.raises(ValueError, match=r"128x128: 3 files \(.*1.dcm.*\), 64x64: 1 file \(.*b/0.dcm\)") as refused:
+        load_image_classification_data(tmp_path, num_channels=1, medical=FULL)
+    assert "cannot be read" not in str(refused.value)
+
+
 @pytest.mark.parametrize("streaming", [False, True])
 def test_a_localizer_in_its_own_series_is_refused_naming_it(tmp_path, streaming):
     # the per-series size check lets a scout stored as its own series through: its ImageType names it
@@ -749,7 +762,7 @@ def test_streaming_refuses_bad_dicom_when_listing_not_when_reading(tmp_path):
         pydicom.dcmread(pydicom_file("MR_small.dcm")), tmp_path / "mixed" / "b" / "scout.dcm",
         SeriesInstanceUID=dataset.SeriesInstanceUID,
     )
-    with pytest.raises(ValueError, match=r"mixed slice sizes: .*0.dcm is 128x128 but .*scout.dcm is 64x64"):
+    with pytest.raises(ValueError, match=r"mixed slice sizes \(height x width\): 128x128: 3 files .*64x64: 1 file \(.*scout.dcm\)"):
         streaming_image_classification_data(tmp_path / "mixed", num_channels=1, medical=FULL)
     no_pixels = copy.deepcopy(dataset)
     del no_pixels.PixelData

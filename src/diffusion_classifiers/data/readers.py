@@ -31,7 +31,6 @@ from .dicom import (
     _DICOM_HEADER_NOTE,
     DICOM_EXTENSIONS,
     MedicalPreprocessing,
-    check_same_slice_size,
     is_dicom_file,
     parse_windows,
     read_dicom,
@@ -820,6 +819,7 @@ def _decode_files(
             image = None  # the full-size image is freed before the next file is decoded
         patients.append(patient)
     _refuse_unreadable_files(failures, len(files))
+    sizes.check()
     depths.warn()
     frames = [1 if isinstance(image, Image.Image) else len(image) for image in images]
     if reading is not None:
@@ -972,18 +972,38 @@ def _expand_frames(
 
 class _SeriesSizes:
     """The slices of one volume share a size: DICOM files of one folder and one SeriesInstanceUID (files without one:
-    those of the folder together) must have the first such file's size (see `check_same_slice_size`), checked file by
-    file as they are read, from sizes recorded then. Files of different series may differ: independent 2D images
-    (mammograms or radiographs from different detectors, each its own series) are resized like any image."""
+    those of the folder together) must have one size, recorded file by file as they are read and checked once all are
+    (`check`), so that one odd slice is named as the odd one whatever the order of the files. Files of different
+    series may differ: independent 2D images (mammograms or radiographs from different detectors, each its own
+    series) are resized like any image."""
 
     def __init__(self) -> None:
-        self._first: dict[tuple[Path, str | None], tuple[str, tuple[int, int]]] = {}
+        self._paths: dict[tuple[Path, str | None], dict[tuple[int, int], list[str]]] = {}
 
     def add(self, path: Path, size: tuple[int, int], series: str | None) -> None:
-        key, size = (path.parent, series), tuple(int(side) for side in size)
-        first = self._first.setdefault(key, (str(path), size))
-        where = f"folder {path.parent}, series {series}" if series else f"folder {path.parent} (no SeriesInstanceUID)"
-        check_same_slice_size([first, (str(path), size)], where, unit="series")
+        sizes = self._paths.setdefault((path.parent, series), {})
+        sizes.setdefault(tuple(int(side) for side in size), []).append(str(path))
+
+    def check(self) -> None:
+        """Refuse every series of mixed sizes in one error: each size, its file count and up to 3 of its files, the
+        most common size first."""
+        mixed = [(key, sizes) for key, sizes in self._paths.items() if len(sizes) > 1]
+        if not mixed:
+            return
+        described = []
+        for (folder, series), sizes in mixed:
+            where = f"folder {folder}, series {series}" if series else f"folder {folder} (no SeriesInstanceUID)"
+            counts = sorted(sizes.items(), key=lambda item: -len(item[1]))
+            listed = ", ".join(
+                f"{h}x{w}: {len(paths)} file{'s' if len(paths) > 1 else ''} ({', '.join(paths[:3])}"
+                f"{', ...' if len(paths) > 3 else ''})"
+                for (h, w), paths in counts
+            )
+            described.append(f"{where}: mixed slice sizes (height x width): {listed}")
+        raise ValueError(
+            "; ".join(described) + "; expected one size per series (a scout or a second series mixed in?). Move the "
+            "odd files out, or resample them to one size first"
+        )
 
 
 def _refuse_localizer(path: Path, metadata: dict) -> None:
@@ -1003,6 +1023,7 @@ def _check_dicom_sizes_per_folder(sizes: list[tuple[Path, tuple[int, int], str |
     check = _SeriesSizes()
     for path, size, series in sizes:
         check.add(path, size, series)
+    check.check()
 
 
 # --- CSV of paths -----------------------------------------------------------------------------------
