@@ -165,3 +165,26 @@ def test_a_dataset_with_its_own_splits_is_not_checked(model_and_data, tmp_path):
           "--output_dir", str(tmp_path / "out")])  # fmt: skip
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["num_samples"] == 25 and "training_images_checked" not in metrics
+
+
+def test_fingerprinting_reads_a_large_set_in_chunks_and_bounds_the_variants():
+    """save_split_record(train_images=<the whole set>) once converted it all to float64 at once (328 MB of images:
+    962 MB more peak memory, and an out-of-memory there lost data_splits.json after the model was saved); and an
+    image with 8 pixels near a rounding step cost 256 sha256."""
+    widths = []
+
+    class Spy(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            if func is torch.Tensor.double:
+                widths.append(args[0].shape[0])
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    torch.manual_seed(0)
+    images = torch.rand(2500, 1, 4, 4) * 2 - 1
+    expected = image_fingerprints(images)
+    assert image_fingerprints(images.as_subclass(Spy)) == expected and max(widths) <= 1024 and sum(widths) == 2500
+    on_step = (2 * np.arange(100.5, 110.5) / 255) - 1  # levels exactly on a rounding boundary
+    four, five = images[:1].clone(), images[:1].clone()
+    four.view(-1)[:4], five.view(-1)[:5] = torch.tensor(on_step[:4]), torch.tensor(on_step[:5])
+    assert [len(v) for v in image_fingerprint_variants(torch.cat([four, five, images[1:2]]))] == [16, 1, 1]

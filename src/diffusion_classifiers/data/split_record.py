@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import warnings
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
@@ -37,46 +38,63 @@ SPLIT_DEFAULTS = {"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0, "class_n
 SPLIT_OPTIONAL = ("train_fingerprints",)
 FINGERPRINT_LENGTH = 16  # hex digits of sha256 kept: 64 bits, no chance collision among millions of images
 # A level within this much (in 1/255 steps, about 4e-7 of [0, 1]) of a rounding boundary may have rounded the other way
-# in another reading of the same image; `image_fingerprint_variants` tries both ways, for at most 8 such pixels.
-BOUNDARY_TOLERANCE, MAX_BOUNDARY_PIXELS = 1e-4, 8
+# in another reading of the same image; `image_fingerprint_variants` tries both ways, for at most 4 such pixels (2^4
+# sha256 an image; an image with more gets its one fingerprint only).
+BOUNDARY_TOLERANCE, MAX_BOUNDARY_PIXELS = 1e-4, 4
+CHUNK = 1024  # images converted to float64 at once: the memory of fingerprinting stays that of 1,024 images
 
 
 def image_fingerprints(images: torch.Tensor | Iterable[torch.Tensor]) -> list[str]:
     """One short content fingerprint per preprocessed image (`[N, C, H, W]` in `[-1, 1]`, or an iterable of such
     batches): the first 16 hex digits of the sha256 of its shape and its pixels quantised to 1/255 steps of `[0, 1]`.
+    Read 1,024 images at a time, whatever the size of `images`.
 
     The quantisation makes the fingerprint the image's, not the file's: the same scan read from its DICOM or from a
-    16-bit PNG export differs by about 1e-7 after preprocessing, far below a step, so both give one fingerprint unless
-    a pixel lies within 1e-7 of a step boundary (`image_fingerprint_variants`, which the checks use, tries those both
-    ways); 256 levels are what any 8-bit export keeps, while two different images differ by many steps."""
+    16-bit PNG export differs by about 1e-7 after preprocessing, far below a step, so both round to the same levels
+    except at pixels lying on a step boundary. `image_fingerprint_variants` (which the checks use) tries those both
+    ways, so a re-export matches unless more than 4 of its pixels lie within 1e-4 of a step boundary, which a large
+    image often has (levels spread evenly put 2 pixels in 10,000 that near: about 50 of a 512 x 512 scan), and the
+    check then misses it. 256 levels are what any 8-bit export keeps, while two different images differ by many
+    steps."""
     return [variants[0] for variants in image_fingerprint_variants(images, boundary_tolerance=0.0)]
+
+
+def _chunks(images: torch.Tensor | Iterable[torch.Tensor]) -> Iterable[torch.Tensor]:
+    import torch
+
+    for batch in [images] if isinstance(images, torch.Tensor) else images:
+        yield from batch.detach().split(CHUNK)
 
 
 def image_fingerprint_variants(
     images: torch.Tensor | Iterable[torch.Tensor], boundary_tolerance: float = BOUNDARY_TOLERANCE
 ) -> list[list[str]]:
     """Per image, its `image_fingerprints` fingerprint first, then those it would have had if its pixels lying within
-    `boundary_tolerance` steps of a rounding boundary (at most 8 of them) had rounded the other way: what another
-    reading of the same image (a PNG re-export of a DICOM) may have been fingerprinted as."""
+    `boundary_tolerance` steps of a rounding boundary (at most `MAX_BOUNDARY_PIXELS`, 4, of them; an image with more
+    has its one fingerprint only) had rounded the other way: what another reading of the same image (a PNG re-export
+    of a DICOM) may have been fingerprinted as. Read 1,024 images at a time (as float64), the boundary test done for
+    the whole chunk at once: the per-variant loop runs only for images with pixels near a boundary."""
     import torch
 
-    batches = [images] if isinstance(images, torch.Tensor) else images
     fingerprints = []
-    for batch in batches:
-        scaled = (batch.detach().double().cpu().clamp(-1, 1) + 1) * 127.5  # [0, 1] in 1/255 steps
-        for image in scaled:
-            levels = torch.round(image).to(torch.uint8)
-            near = torch.nonzero(((image - image.floor()) - 0.5).abs().flatten() < boundary_tolerance).flatten()
-            near = near if len(near) <= MAX_BOUNDARY_PIXELS else near[:0]
-            variants = []
-            for flips in range(2 ** len(near)):
-                varied = levels.flatten().clone()
-                for bit, index in enumerate(near.tolist()):
-                    if flips >> bit & 1:
-                        value = image.flatten()[index]
-                        varied[index] = int(value.floor()) if varied[index] > value else int(value.ceil())
-                digest = hashlib.sha256(str(tuple(image.shape)).encode() + varied.numpy().tobytes())
-                variants.append(digest.hexdigest()[:FINGERPRINT_LENGTH])
+    for chunk in _chunks(images):
+        shape = str(tuple(chunk.shape[1:])).encode()
+        scaled = ((chunk.cpu().double().clamp(-1, 1) + 1) * 127.5).flatten(1)  # [0, 1] in 1/255 steps
+        levels = torch.round(scaled).to(torch.uint8).numpy()
+        near = ((scaled - scaled.floor()) - 0.5).abs() < boundary_tolerance
+        counts = near.sum(1).tolist()
+        for row, count in enumerate(counts):
+            base = levels[row]
+            variants = [hashlib.sha256(shape + base.tobytes()).hexdigest()[:FINGERPRINT_LENGTH]]
+            if 0 < count <= MAX_BOUNDARY_PIXELS:
+                indices = torch.nonzero(near[row]).flatten().tolist()
+                values = scaled[row, indices].tolist()
+                for flips in range(1, 2**count):
+                    varied = base.copy()
+                    for bit, (index, value) in enumerate(zip(indices, values)):
+                        if flips >> bit & 1:
+                            varied[index] = math.floor(value) if varied[index] > value else math.ceil(value)
+                    variants.append(hashlib.sha256(shape + varied.tobytes()).hexdigest()[:FINGERPRINT_LENGTH])
             fingerprints.append(variants)
     return fingerprints
 
