@@ -188,3 +188,15 @@ def test_fingerprinting_reads_a_large_set_in_chunks_and_bounds_the_variants():
     four, five = images[:1].clone(), images[:1].clone()
     four.view(-1)[:4], five.view(-1)[:5] = torch.tensor(on_step[:4]), torch.tensor(on_step[:5])
     assert [len(v) for v in image_fingerprint_variants(torch.cat([four, five, images[1:2]]))] == [16, 1, 1]
+
+
+def test_a_contradicting_flag_warns_with_the_carving_only(tmp_path):
+    """The warning once printed the whole record, fingerprints included (17 kB per 1,000 training images)."""
+    from diffusion_classifiers.data.split_record import resolve_split_args
+
+    save_split_record(tmp_path, 0.1, 0.2, 0, None, train_images=torch.rand(50, 1, 4, 4) * 2 - 1)
+    assert len(read_split_record(tmp_path)["train_fingerprints"].split()) == 50
+    with pytest.warns(UserWarning, match=r"--seed 1 carve\(s\) other splits") as caught:
+        assert resolve_split_args(tmp_path, seed=1)["seed"] == 1
+    message = str(caught[0].message)
+    assert "train_fingerprints" not in message and "'val_fraction': 0.1" in message and len(message) < 500

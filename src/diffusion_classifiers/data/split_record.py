@@ -127,7 +127,8 @@ def save_split_record(
 
 
 def read_split_record(folder: str | os.PathLike) -> Optional[dict]:
-    """The carving recorded in `folder` (every key of `SPLIT_DEFAULTS`), or None for a model saved without one."""
+    """The carving recorded in `folder` (every key of `SPLIT_DEFAULTS`, and `train_fingerprints`, a string of
+    space-separated fingerprints, where the record holds them), or None for a model saved without one."""
     path = os.path.join(folder, SPLIT_RECORD_NAME)
     if not os.path.isfile(path):
         return None
@@ -166,8 +167,9 @@ def resolve_split_args(model_dir: str | os.PathLike, **given: Any) -> dict:
     if recorded is not None:
         changed = {name: value for name, value in given.items() if value is not None and value != recorded[name]}
         if changed:
+            carving = {name: recorded[name] for name in SPLIT_DEFAULTS}  # not the training images' fingerprints
             warnings.warn(
-                f"{model_dir}: its data was carved with {recorded} ({SPLIT_RECORD_NAME}); "
+                f"{model_dir}: its data was carved with {carving} ({SPLIT_RECORD_NAME}); "
                 f"{', '.join(f'--{name} {value}' for name, value in changed.items())} carve(s) other splits where the "
                 "data has none of its own, whose test and val may hold images the model was trained on",
                 UserWarning,
