@@ -200,3 +200,16 @@ def test_a_contradicting_flag_warns_with_the_carving_only(tmp_path):
         assert resolve_split_args(tmp_path, seed=1)["seed"] == 1
     message = str(caught[0].message)
     assert "train_fingerprints" not in message and "'val_fraction': 0.1" in message and len(message) < 500
+
+
+def test_evaluate_refuses_an_unknown_pipeline_kwarg_before_reading_the_split(model_and_data, tmp_path, monkeypatch):
+    import diffusion_classifiers.evaluation
+
+    def too_late(*args, **kwargs):
+        raise AssertionError("the split was read before --pipeline_kwargs was checked")
+
+    root, _ = model_and_data
+    monkeypatch.setattr(diffusion_classifiers.evaluation, "load_evaluation_split", too_late)
+    with pytest.raises(ValueError, match=r"pipeline_kwargs: unknown \['num_steps_typo'\]"):
+        main(["evaluate", "--model_dir", str(root / "model"), "--dataset", str(root / "data"),
+              "--output_dir", str(tmp_path / "out"), "--pipeline_kwargs", '{"num_steps_typo": 3}'])  # fmt: skip

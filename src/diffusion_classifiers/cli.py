@@ -192,6 +192,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         evaluate_classifier,
         load_classifier,
         load_evaluation_split,
+        pipeline_call_settings,
         saved_preprocessing,
     )
     from .data.split_record import recorded_train_fingerprints, resolve_split_args
@@ -205,6 +206,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         raise ValueError(f"--pipeline_kwargs: expected a JSON object, got {args.pipeline_kwargs!r}")
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
     classifier = load_classifier(args.model_dir)
+    pipeline_call_settings(classifier, args.pipeline_kwargs)  # unknown names refused before the split is read
     folder = download(args.model_dir)
     carving = resolve_split_args(  # as the model's data was carved
         folder, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed
