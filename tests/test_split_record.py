@@ -3,7 +3,6 @@ trained on (QA: a folder grown by two patients, or re-exported as PNG, re-carved
 of the training set, and evaluate scored them silently)."""
 
 import json
-import sys
 
 import numpy as np
 import pytest

@@ -281,7 +281,9 @@ def run_demo(args: argparse.Namespace) -> dict:
     return metrics
 
 
-def save_study(study, args: argparse.Namespace, timing: dict, carving: dict, train_images, train_fingerprints=None) -> dict:
+def save_study(
+    study, args: argparse.Namespace, timing: dict, carving: dict, train_images, train_fingerprints=None
+) -> dict:
     """Save the study's fitted pipeline, with the `carving` of its data and the fingerprints of its `train_images` and
     any other `train_fingerprints` (`data.save_split_record`), and its report into `args.output_dir`; print the
     headline."""
@@ -292,7 +294,8 @@ def save_study(study, args: argparse.Namespace, timing: dict, carving: dict, tra
 
     study.pipeline.save_pretrained(os.path.join(args.output_dir, "pipeline"))
     save_split_record(
-        os.path.join(args.output_dir, "pipeline"), **carving, train_images=train_images, train_fingerprints=train_fingerprints
+        os.path.join(args.output_dir, "pipeline"), **carving, train_images=train_images,
+        train_fingerprints=train_fingerprints,
     )
     command = "diffusion-classifiers " + shlex.join(sys.argv[1:])
     identity = {"model_sha256": model_fingerprint(os.path.join(args.output_dir, "pipeline"))}  # push_to_hub checks it

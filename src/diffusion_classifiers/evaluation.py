@@ -122,7 +122,9 @@ def pipeline_call_settings(classifier, pipeline_kwargs: Optional[dict] = None) -
     }  # fmt: skip
     unknown = sorted(set(pipeline_kwargs or {}) - set(settings))
     if unknown:
-        raise ValueError(f"pipeline_kwargs: unknown {unknown} for {type(classifier).__name__}; expected some of {sorted(settings)}")
+        raise ValueError(
+            f"pipeline_kwargs: unknown {unknown} for {type(classifier).__name__}; expected some of {sorted(settings)}"
+        )
     settings.update(pipeline_kwargs or {})
     return json.loads(json.dumps(settings, default=list))  # as metrics.json records them (tuples as lists)
 
@@ -308,7 +310,8 @@ def check_training_overlap(
         return dataset, 0
     if not drop:
         indices = np.flatnonzero(seen)[:5]
-        names = [dataset._path(i) for i in indices] if isinstance(dataset, StreamingImages) else [f"#{i}" for i in indices]
+        streamed = isinstance(dataset, StreamingImages)
+        names = [dataset._path(i) if streamed else f"#{i}" for i in indices]
         raise ValueError(
             f"{num_seen} of {len(seen)} images of {where} are images the model was trained on (by content: its "
             f"data_splits.json train_fingerprints), e.g. {', '.join(names)}{', ...' if num_seen > len(names) else ''}: "
@@ -416,7 +419,9 @@ def evaluate_classifier(
         dataset, dropped = check_training_overlap(
             dataset, train_fingerprints, drop_training_images, where, num_workers, train_split=train_split
         )
-        checked = {"training_images_checked": True} | ({"training_images_dropped": dropped} if drop_training_images else {})
+        checked = {"training_images_checked": True}
+        if drop_training_images:
+            checked["training_images_dropped"] = dropped
         if len(dataset) == 0:
             raise ValueError(f"{where}: every image is one the model was trained on; nothing is left to score")
     elif train_fingerprints is not None:

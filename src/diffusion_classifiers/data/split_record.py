@@ -119,7 +119,9 @@ def save_split_record(
         "class_names": None if class_names is None else list(class_names),
     }  # fmt: skip
     if train_images is not None or train_fingerprints is not None:
-        fingerprints = set(train_fingerprints or ()) | set(() if train_images is None else image_fingerprints(train_images))
+        fingerprints = set(train_fingerprints or ())
+        if train_images is not None:
+            fingerprints |= set(image_fingerprints(train_images))
         record["train_fingerprints"] = " ".join(sorted(fingerprints))
     with open(os.path.join(folder, SPLIT_RECORD_NAME), "w") as f:
         json.dump(record, f, indent=2)
@@ -140,10 +142,15 @@ def read_split_record(folder: str | os.PathLike) -> Optional[dict]:
     allowed = set(SPLIT_DEFAULTS) | set(SPLIT_OPTIONAL)
     if not isinstance(record, dict) or not set(SPLIT_DEFAULTS) - {"class_names"} <= set(record) <= allowed:
         shown = record if not isinstance(record, dict) else {k: v for k, v in record.items() if k != "train_fingerprints"}
-        raise ValueError(f"{path}: expected the keys {sorted(SPLIT_DEFAULTS)} (and optionally {list(SPLIT_OPTIONAL)}), got {shown!r}")
+        raise ValueError(
+            f"{path}: expected the keys {sorted(SPLIT_DEFAULTS)} (and optionally {list(SPLIT_OPTIONAL)}), got {shown!r}"
+        )
     fingerprints = record.get("train_fingerprints")
     if fingerprints is not None and not isinstance(fingerprints, str):
-        raise ValueError(f"{path}: train_fingerprints: expected a string of space-separated hex digests, got {type(fingerprints).__name__}")
+        raise ValueError(
+            f"{path}: train_fingerprints: expected a string of space-separated hex digests, got "
+            f"{type(fingerprints).__name__}"
+        )
     return {**SPLIT_DEFAULTS, **record}
 
 
