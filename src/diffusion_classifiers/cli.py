@@ -215,11 +215,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     carved = ("val" if args.split == "validation" else args.split) in carved_splits(args.dataset)
     train_fingerprints = recorded_train_fingerprints(folder) if carved else None
     if train_fingerprints is None and carved:
-        print(
-            f"note: {args.model_dir} records no fingerprints of its training images (saved by an earlier version, or "
-            f"trained with --streaming): evaluate cannot check that the {args.split} images are none it was trained on",
-            file=sys.stderr,
-        )
+        _note_unchecked(args.model_dir, "evaluate", [args.split])
     dataset, train_split = load_evaluation_split(  # its train split tells duplicates within the data from leaks
         args.dataset, args.split, carving["seed"], saved_preprocessing(classifier), args.streaming,
         val_fraction=carving["val_fraction"], test_fraction=carving["test_fraction"], class_names=carving["class_names"],
@@ -355,11 +351,7 @@ def run_probe(args: argparse.Namespace) -> dict:
     unet_fingerprints = recorded_train_fingerprints(folder)
     carved = [name for name in ("val", "test") if name in carved_splits(args.dataset)]  # the data's own: its word
     if unet_fingerprints is None and carved:
-        print(
-            f"note: {args.unet_dir} records no fingerprints of its training images (saved by an earlier version, or "
-            "trained with --streaming): probe cannot check that its val and test images are none the U-Net was trained on",
-            file=sys.stderr,
-        )
+        _note_unchecked(args.unet_dir, "probe", carved)
     elif unet_fingerprints is not None:  # the U-Net's own held-out images: the probe chooses on val, reports on test
         for name in carved:  # duplicates of the data's own train images pass; probe has no flag to drop the others
             check_training_overlap(
@@ -375,6 +367,16 @@ def run_probe(args: argparse.Namespace) -> dict:
     )  # fmt: skip
     timing = {"total_seconds": round(time.time() - started, 1)}
     return save_study(study, args, timing, carving, splits["train"].images, unet_fingerprints)
+
+
+def _note_unchecked(model_dir: str, command: str, split_names: list) -> None:
+    """Say that `command` cannot check its carved splits against a model that records no training fingerprints."""
+    print(
+        f"note: {model_dir} records no fingerprints of its training images (saved by an earlier version, or trained "
+        f"with --streaming): {command} cannot check that the {' and '.join(split_names)} images are none it was "
+        "trained on",
+        file=sys.stderr,
+    )
 
 
 def main(argv=None) -> None:

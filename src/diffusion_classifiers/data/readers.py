@@ -806,7 +806,8 @@ def _decode_files(
     alone). Without `reading`, the decoded images themselves (a list).
 
     Every file is tried: the files that cannot be read (decode errors, no pixel data, a colour DICOM, a truncated
-    file, a slice of another size in its series, ...) are refused together (see [`_refuse_unreadable_files`])."""
+    file, a localizer, ...) are refused together (see [`_refuse_unreadable_files`]), then series of mixed slice sizes
+    (see [`_SeriesSizes`])."""
     images, patients, failures, sizes, depths = [], [], [], _SeriesSizes(), _BitDepths()
     for path, is_dicom in zip(files, _dicom_or_not(files, medical)):
         try:

@@ -29,6 +29,7 @@ __all__ = [
     "EMA_WEIGHTS_NAME",
     "RUN_RECORD_NAME",
     "check_checkpoint_folder",
+    "check_resumed_by_as_many_processes",
     "checkpoint_step",
     "find_latest_checkpoint",
     "load_ema",
@@ -187,6 +188,28 @@ def check_checkpoint_folder(path: str, record: dict, model: nn.Module, use_ema: 
                 f"{' with --use_ema' if use_ema else ''} needs (it was written by {_processes_that_wrote(path)} "
                 "process(es))"
             )
+
+
+def check_resumed_by_as_many_processes(path: str, num_processes: int) -> None:
+    """A checkpoint resumes only on the number of processes that wrote it (its schedule position and data order hold
+    for those): its `training_run.json`'s, or for one written before that record, its random states' (one per
+    process). Needs neither the data nor the model (`check_run_can_start`); `check_checkpoint_folder` checks the rest
+    once the model is built, and names what is wrong with a record it cannot read."""
+    written_by = None
+    if os.path.isfile(os.path.join(path, RUN_RECORD_NAME)):
+        try:
+            with open(os.path.join(path, RUN_RECORD_NAME)) as f:
+                written_by = json.load(f).get("num_processes")
+        except (OSError, ValueError, AttributeError):
+            return
+    elif os.path.isdir(path):
+        written_by = _processes_that_wrote(path)
+    if isinstance(written_by, int) and written_by > 0 and written_by != num_processes:
+        raise ValueError(
+            f"cannot resume from {path}: it was written by {written_by} process(es), this run has {num_processes}; "
+            f"resume with accelerate launch --num_processes {written_by} (its schedule position and data order hold "
+            "for that many), or start a new run (--overwrite_output_dir, or another --output_dir)"
+        )
 
 
 def _processes_that_wrote(path: str) -> int:

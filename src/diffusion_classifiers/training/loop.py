@@ -39,6 +39,7 @@ from .arguments import TrainingArguments
 from .checkpoints import (
     RUN_RECORD_NAME,
     check_checkpoint_folder,
+    check_resumed_by_as_many_processes,
     checkpoint_step,
     find_latest_checkpoint,
     load_ema,
@@ -186,29 +187,7 @@ def check_run_can_start(args: TrainingArguments) -> None:
         refuse_another_runs_output_dir(args.output_dir, args.resume_from_checkpoint is not None, args.overwrite_output_dir)
     resume_path = resolve_resume_path(args)
     if resume_path is not None:
-        _check_resumed_by_as_many_processes(resume_path, state.num_processes)
-
-
-def _check_resumed_by_as_many_processes(path: str, num_processes: int) -> None:
-    """A checkpoint resumes only on the number of processes that wrote it (its schedule position and data order hold
-    for those): its `training_run.json`, or for one written before that record, its random states (one per
-    process). `check_checkpoint_folder` checks the rest once the model is built."""
-    record_path = os.path.join(path, RUN_RECORD_NAME)
-    written_by = None
-    if os.path.isfile(record_path):
-        try:
-            with open(record_path) as f:
-                written_by = json.load(f).get("num_processes")
-        except (OSError, ValueError, AttributeError):
-            return  # `check_checkpoint_folder` names what is wrong with it
-    elif os.path.isdir(path):
-        written_by = sum(name.startswith("random_states_") and name.endswith(".pkl") for name in os.listdir(path))
-    if isinstance(written_by, int) and written_by > 0 and written_by != num_processes:
-        raise ValueError(
-            f"cannot resume from {path}: it was written by {written_by} process(es), this run has {num_processes}; "
-            f"resume with accelerate launch --num_processes {written_by} (its schedule position and data order hold "
-            "for that many), or start a new run (--overwrite_output_dir, or another --output_dir)"
-        )
+        check_resumed_by_as_many_processes(resume_path, state.num_processes)
 
 
 def _check_precision_runs_here(mixed_precision: str, device: torch.device) -> None:
