@@ -1,0 +1,127 @@
+"""ELBO settings of a Score-SDE classifier on val: every weighting x timestep spacing, over several noise seeds.
+
+For the pipeline `score_sde_accuracy.py --keep_checkpoint DIR` kept (`--unet_dir DIR`; without it, one is trained
+here with that benchmark's defaults) and the data it was trained on: classify a stratified val subset with every
+(weighting, timestep spacing) pair at `--num_timesteps` timesteps, every class at every timestep (no pruning, no early
+stop), once per noise seed. Reported per pair: accuracy (binary data: also the AUC of the log-likelihood ratio) per
+seed and their mean, how many decisions differ from the first seed's, the median spread over seeds of each image's
+scores (binary: its log-likelihood ratio) and NFE per image. Val only: this chooses how to score a model, it does
+not report how well it classifies.
+
+    python benchmarks/score_sde_bench_elbo_settings.py --quick
+    python benchmarks/score_sde_accuracy.py --num_threads 1 --parts data --keep_checkpoint /tmp/sde
+    python benchmarks/score_sde_bench_elbo_settings.py --num_threads 1 --unet_dir /tmp/sde --output /tmp/settings.json
+"""
+
+import tempfile
+import time
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from _common import add_data_options, base_parser, check_data_options, data_path, load_benchmark_data, report, setup
+from diffusion_classifiers.data import stratified_subset_indices
+from diffusion_classifiers.likelihood import TIMESTEP_SPACINGS, WEIGHTINGS
+from diffusion_classifiers.metrics import resolve_positive_label
+from score_sde_accuracy import train_unet
+
+NAME = "score_sde_bench_elbo_settings"
+DEFAULTS = dict(image_size=16, unet_preset="small", train_steps=800, val_images=200, num_timesteps=100)
+QUICK = dict(image_size=8, unet_preset="tiny", train_steps=15, val_images=20, num_timesteps=6)
+QUICK_TRAIN_IMAGES = 300
+
+
+def parse_args():
+    parser = base_parser(__doc__.splitlines()[0])
+    add_data_options(parser, "../shared/data/medmnist_pneumonia/pneumoniamnist.npz", checkpoint=True)
+    parser.add_argument("--image_size", type=int, help="the data resized to this, as the model was trained (16; quick 8)")
+    parser.add_argument("--unet_preset", help="without --unet_dir: the U-Net trained (small; quick tiny)")
+    parser.add_argument("--train_steps", type=int, help="without --unet_dir: its steps (800; quick 15)")
+    parser.add_argument("--train_batch_size", type=int, default=64)
+    parser.add_argument("--learning_rate", type=float, default=2e-3)
+    parser.add_argument("--label_dropout", type=float, default=0.0)
+    parser.add_argument("--val_images", type=int, help="stratified val subset (200; quick 20)")
+    parser.add_argument("--num_timesteps", type=int, help="ELBO timesteps per class and image (100; quick 6)")
+    parser.add_argument("--noise_seeds", type=int, nargs="+", default=[0, 1, 2], help="one run per seed; default 0 1 2")
+    parser.add_argument("--weightings", nargs="+", default=list(WEIGHTINGS), choices=WEIGHTINGS)
+    parser.add_argument("--timestep_spacings", nargs="+", default=["even", "log_snr"], choices=TIMESTEP_SPACINGS)
+    parser.add_argument("--batch_size", type=int, default=256, help="samples per U-Net call when classifying")
+    parser.set_defaults(num_threads=1)
+    args = parser.parse_args()
+    check_data_options(parser, args)
+    for key, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    args.data = args.data or str(data_path("medmnist_pneumonia", "pneumoniamnist.npz"))
+    return args
+
+
+def model_and_val(args, work_dir: str):
+    """The pipeline (loaded from `--unet_dir`, else trained on train) and the stratified val subset."""
+    splits = load_benchmark_data(args.data, args.class_names, args.positive_class, seed=args.seed,
+                                 image_size=args.image_size)  # fmt: skip
+    train, val = splits["train"], splits["val"]
+    if args.quick:
+        train = train.subset(stratified_subset_indices(train.labels, min(QUICK_TRAIN_IMAGES, len(train)), args.seed))
+    val = val.subset(stratified_subset_indices(val.labels, min(args.val_images, len(val)), args.seed))
+    pipe, _ = train_unet(args, train, args.train_steps, train.num_classes == 2, work_dir, reusable=True)
+    if train.num_classes == 2:
+        pipe.set_positive_class(train.class_names[resolve_positive_label(args.positive_class, train.class_names, 2)])
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, val
+
+
+def scored_over_seeds(pipe, val, weighting: str, spacing: str, args) -> dict:
+    """One pair's figures: per-seed accuracy (and AUC), decisions changed against the first seed, score spread."""
+    start = time.perf_counter()
+    outputs = [
+        pipe(val.images, method="elbo", num_timesteps=args.num_timesteps, weighting=weighting, timestep_spacing=spacing,
+             seed=seed, batch_size=args.batch_size)
+        for seed in args.noise_seeds
+    ]  # fmt: skip
+    labels = val.labels.numpy()
+    decisions = np.stack([out.label_ids.numpy() for out in outputs])
+    binary = outputs[0].log_likelihood_ratio is not None
+    scores = np.stack([(out.log_likelihood_ratio if binary else out.log_likelihoods).numpy() for out in outputs])
+    accuracy = [float((d == labels).mean()) for d in decisions]
+    row = {
+        "accuracy_per_seed": accuracy, "accuracy_mean": float(np.mean(accuracy)),
+        "decisions_changed_vs_first_seed": [int((d != decisions[0]).sum()) for d in decisions[1:]],
+        "median_score_sd_over_seeds": float(np.median(scores.std(0, ddof=1))) if len(scores) > 1 else None,
+        "nfe_per_image": float(outputs[0].nfe_per_image.float().mean()),
+        "seconds": round(time.perf_counter() - start, 1),
+    }  # fmt: skip
+    if binary:
+        positive = pipe.class_names.index(pipe.positive_class or pipe.class_names[1])
+        auc = [float(roc_auc_score(labels == positive, s)) for s in scores]
+        row.update(auc_per_seed=auc, auc_mean=float(np.mean(auc)))
+    return row
+
+
+def main():
+    args = parse_args()
+    device = setup(args)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as work_dir:
+        pipe, val = model_and_val(args, work_dir)
+    pipe.to(device)
+    pairs = {f"{w}/{s}": scored_over_seeds(pipe, val, w, s, args) for w in args.weightings for s in args.timestep_spacings}
+    key = "auc_mean" if len(pipe.class_names) == 2 else "accuracy_mean"
+    figures = {
+        "setting": {
+            "data": args.data, "image_size": args.image_size, "model": args.unet_dir or "trained here",
+            "class_names": pipe.class_names, "val_images": len(val), "num_timesteps": args.num_timesteps,
+            "noise_seeds": args.noise_seeds, "stopping": "every class at every timestep",
+        },  # fmt: skip
+        "pairs": pairs,
+        "best_pair_by": key,
+        "best_pair": max(pairs, key=lambda pair: pairs[pair][key]),
+        "targets": {},
+        "wall_seconds_total": round(time.perf_counter() - start, 1),
+    }
+    report(NAME, args, device, figures)
+
+
+if __name__ == "__main__":
+    main()
