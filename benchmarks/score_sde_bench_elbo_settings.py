@@ -17,7 +17,6 @@ import tempfile
 import time
 
 import numpy as np
-import torch
 from sklearn.metrics import roc_auc_score
 
 from _common import add_data_options, base_parser, check_data_options, data_path, load_benchmark_data, report, setup
@@ -35,7 +34,7 @@ QUICK_TRAIN_IMAGES = 300
 def parse_args():
     parser = base_parser(__doc__.splitlines()[0])
     add_data_options(parser, "../shared/data/medmnist_pneumonia/pneumoniamnist.npz", checkpoint=True)
-    parser.add_argument("--image_size", type=int, help="the data resized to this, as the model was trained (16; quick 8)")
+    parser.add_argument("--image_size", type=int, help="the data resized to this, as the model saw it (16; quick 8)")
     parser.add_argument("--unet_preset", help="without --unet_dir: the U-Net trained (small; quick tiny)")
     parser.add_argument("--train_steps", type=int, help="without --unet_dir: its steps (800; quick 15)")
     parser.add_argument("--train_batch_size", type=int, default=64)
@@ -106,7 +105,10 @@ def main():
     with tempfile.TemporaryDirectory() as work_dir:
         pipe, val = model_and_val(args, work_dir)
     pipe.to(device)
-    pairs = {f"{w}/{s}": scored_over_seeds(pipe, val, w, s, args) for w in args.weightings for s in args.timestep_spacings}
+    pairs = {
+        f"{weighting}/{spacing}": scored_over_seeds(pipe, val, weighting, spacing, args)
+        for weighting in args.weightings for spacing in args.timestep_spacings
+    }
     key = "auc_mean" if len(pipe.class_names) == 2 else "accuracy_mean"
     figures = {
         "setting": {
