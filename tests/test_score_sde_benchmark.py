@@ -1,0 +1,65 @@
+"""benchmarks/score_sde_bench_elbo_settings.py: its accounting of accuracy, AUC and decisions changed by the noise seed
+(on a stand-in pipeline), and one quick run end to end on a tiny binary set."""
+
+import argparse
+import json
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from diffusion_classifiers.data import LabeledImages
+
+from .conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+import score_sde_bench_elbo_settings  # noqa: E402
+
+sys.path.remove(str(REPO_ROOT / "benchmarks"))
+
+
+class SeededRatios:
+    """A binary pipeline whose log-likelihood ratio is fixed per noise seed."""
+
+    class_names, positive_class = ["normal", "pneumonia"], "pneumonia"
+
+    def __init__(self, ratios_by_seed):
+        self.ratios_by_seed = ratios_by_seed
+
+    def __call__(self, images, seed, **kwargs):
+        ratio = torch.tensor(self.ratios_by_seed[seed], dtype=torch.float64)
+        return SimpleNamespace(
+            label_ids=(ratio > 0).long(), log_likelihood_ratio=ratio, log_likelihoods=torch.stack([-ratio, ratio], 1),
+            nfe_per_image=torch.full((len(ratio),), 2 * kwargs["num_timesteps"]),
+        )  # fmt: skip
+
+
+def test_decisions_changed_accuracy_and_auc_are_counted_per_seed():
+    val = LabeledImages(torch.zeros(4, 1, 2, 2), torch.tensor([0, 0, 1, 1]), ["normal", "pneumonia"])
+    pipe = SeededRatios({0: [-2.0, -1.0, 1.0, 2.0], 1: [-2.0, 0.5, 1.0, -0.5], 2: [1.0, -1.0, 2.0, 3.0]})
+    args = argparse.Namespace(num_timesteps=5, noise_seeds=[0, 1, 2], batch_size=8)
+    row = score_sde_bench_elbo_settings.scored_over_seeds(pipe, val, "uniform", "even", args)
+    assert row["accuracy_per_seed"] == [1.0, 0.5, 0.75]
+    assert row["decisions_changed_vs_first_seed"] == [2, 1]
+    assert row["auc_per_seed"] == [1.0, 0.75, 1.0]  # seed 1: 3 of 4 (pneumonia, normal) pairs ranked right
+    assert row["nfe_per_image"] == 10.0
+    ratios = np.array(list(pipe.ratios_by_seed.values()))
+    assert row["median_score_sd_over_seeds"] == float(np.median(ratios.std(0, ddof=1)))
+
+
+def test_a_quick_run_scores_every_pair_on_every_seed(tmp_path, monkeypatch, capsys):
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 20).astype(np.uint8)[:, None]
+    arrays = {f"{split}_{kind}": value for split in ("train", "val", "test") for kind, value in
+              (("images", rng.integers(0, 256, (40, 8, 8), dtype=np.uint8)), ("labels", labels))}  # fmt: skip
+    np.savez(tmp_path / "tiny.npz", **arrays)
+    argv = ["score_sde_bench_elbo_settings.py", "--quick", "--data", str(tmp_path / "tiny.npz"), "--noise_seeds", "3", "3"]
+    monkeypatch.setattr(sys, "argv", argv)
+    score_sde_bench_elbo_settings.main()
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["figures"]
+    assert sorted(figures["pairs"]) == ["elbo/even", "elbo/log_snr", "uniform/even", "uniform/log_snr"]
+    for row in figures["pairs"].values():  # the same seed twice: the same decisions and scores
+        assert row["decisions_changed_vs_first_seed"] == [0] and row["median_score_sd_over_seeds"] == 0.0
+        assert row["accuracy_per_seed"][0] == row["accuracy_per_seed"][1] and len(row["auc_per_seed"]) == 2
+    assert figures["setting"]["val_images"] == 20 and figures["best_pair"] in figures["pairs"]
