@@ -92,8 +92,7 @@ def scored_over_seeds(pipe, val, weighting: str, spacing: str, args) -> dict:
         "seconds": round(time.perf_counter() - start, 1),
     }  # fmt: skip
     if binary:
-        positive = pipe.class_names.index(pipe.positive_class or pipe.class_names[1])
-        auc = [float(roc_auc_score(labels == positive, s)) for s in scores]
+        auc = [float(roc_auc_score(labels == pipe.positive_index(), s)) for s in scores]
         row.update(auc_per_seed=auc, auc_mean=float(np.mean(auc)))
     return row
 

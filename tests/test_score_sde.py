@@ -255,6 +255,23 @@ def test_log_likelihood_ratio_is_positive_versus_negative_class():
     assert torch.equal(flipped.probs, out.probs)  # the posterior does not depend on which class is positive
 
 
+def test_the_ratio_comes_with_its_monte_carlo_standard_error_for_the_positive_class():
+    pipe = random_pipeline(num_class_embeds=2, class_names=["benign", "malignant"])
+    pipe.set_progress_bar_config(disable=True)
+    images = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    pixels = pipe.preprocess(images)
+    result = denoising_error_scores(pipe.unet, pixels, 2, num_timesteps=6, weighting="elbo",
+                                    seed=content_seeds(pixels, 0), sde=pipe.sde, progress_bar={"disable": True})  # fmt: skip
+    out = pipe(images, num_timesteps=6)
+    torch.testing.assert_close(out.log_likelihood_ratio_stderr, result.difference_standard_error(1, 0))
+    pipe.set_positive_class("benign")  # the same spread: the ratio only changes sign
+    torch.testing.assert_close(pipe(images, num_timesteps=6).log_likelihood_ratio_stderr, out.log_likelihood_ratio_stderr)
+    assert pipe(images, **FAST_ODE).log_likelihood_ratio_stderr is None  # the exact likelihood has no such estimate
+    three = random_pipeline(num_class_embeds=3, class_names=["a", "b", "c"])
+    three.set_progress_bar_config(disable=True)
+    assert three(images, num_timesteps=2).log_likelihood_ratio_stderr is None
+
+
 def test_log_odds_rank_images_whose_probabilities_saturate_and_evaluate_ranks_by_them(tmp_path, monkeypatch):
     """Density models' classes differ by hundreds of nats: the float32 probabilities round to 0 and 1 and tie, so an
     AUC from them was lower than the log-likelihood ratio's (QA: 0.939 against 0.958 on 48 PneumoniaMNIST images)."""

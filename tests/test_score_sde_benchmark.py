@@ -22,10 +22,13 @@ sys.path.remove(str(REPO_ROOT / "benchmarks"))
 class SeededRatios:
     """A binary pipeline whose log-likelihood ratio is fixed per noise seed."""
 
-    class_names, positive_class = ["normal", "pneumonia"], "pneumonia"
+    class_names = ["normal", "pneumonia"]
 
     def __init__(self, ratios_by_seed):
         self.ratios_by_seed = ratios_by_seed
+
+    def positive_index(self):
+        return 1
 
     def __call__(self, images, seed, **kwargs):
         ratio = torch.tensor(self.ratios_by_seed[seed], dtype=torch.float64)

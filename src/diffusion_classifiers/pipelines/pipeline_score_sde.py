@@ -51,6 +51,10 @@ class ScoreSDEClassifierOutput(ClassifierPipelineOutput):
             ratio plus the priors' log-ratio): the ranking score of one-vs-rest ROC curves and AUCs. `probs` round to
             exactly 0 or 1 where classes differ by more than about 100 nats, common for density models, and such
             images would tie; their log-odds do not. `evaluate_classifier` ranks by them.
+        log_likelihood_ratio_stderr: `[N]` for binary tasks with `method="elbo"` (`None` otherwise): the Monte-Carlo
+            standard error of `log_likelihood_ratio`, how far other noise draws (another `seed`) would move it
+            ([`DenoisingScoreResult.difference_standard_error`]); a decision whose ratio is within about 2 of them
+            of the decision threshold could go the other way with another seed.
     """
 
     log_likelihoods: torch.Tensor
@@ -58,6 +62,7 @@ class ScoreSDEClassifierOutput(ClassifierPipelineOutput):
     nfe_per_image: torch.Tensor
     bits_per_dim: Optional[torch.Tensor] = None
     log_odds: Optional[torch.Tensor] = None
+    log_likelihood_ratio_stderr: Optional[torch.Tensor] = None
 
 
 class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
@@ -277,12 +282,21 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
                 max_batch_size=batch_size, sde=self.sde, progress_bar=self.progress_bar_config,
             )
             log_likelihoods, before_pruning, bits_per_dim = result.scores, result.shared_scores(), None
+        stderr = None
+        if method == "elbo" and len(class_ids) == 2:
+            positive = self.positive_index()
+            stderr = result.difference_standard_error(positive, 1 - positive)
 
         # Bayes' rule: p(c | x) = softmax_c(log p(x | c) + log prior(c))
         output = self.posterior(log_likelihoods, log_prior, before_pruning)
-        output = ScoreSDEClassifierOutput(**output, nfe_per_image=result.nfe_per_image, bits_per_dim=bits_per_dim)
+        output = ScoreSDEClassifierOutput(**output, nfe_per_image=result.nfe_per_image, bits_per_dim=bits_per_dim,
+                                          log_likelihood_ratio_stderr=stderr)  # fmt: skip
         self.maybe_free_model_hooks()
         return output if return_dict else output.to_tuple()
+
+    def positive_index(self) -> int:
+        """The index of `positive_class` among the class names (class 1 when unset)."""
+        return 1 if self.positive_class is None else self.class_names.index(self.positive_class)
 
     def posterior(self, log_likelihoods: torch.Tensor, log_prior: Optional[torch.Tensor],
                   before_pruning: Optional[torch.Tensor] = None) -> dict:
@@ -294,7 +308,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         if len(self.class_names) != 2:
             return dict(base, log_likelihoods=log_likelihoods, log_likelihood_ratio=None, log_odds=_log_odds(logits))
         both = log_likelihoods if before_pruning is None else before_pruning
-        positive = 1 if self.positive_class is None else self.class_names.index(self.positive_class)
+        positive = self.positive_index()
         ratio = both[:, positive] - both[:, 1 - positive]
         positive_odds = ratio if log_prior is None else ratio + (log_prior[positive] - log_prior[1 - positive])
         odds = torch.stack([-positive_odds, positive_odds] if positive == 1 else [positive_odds, -positive_odds], 1)
