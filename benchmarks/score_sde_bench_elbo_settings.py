@@ -5,8 +5,8 @@ here with that benchmark's defaults) and the data it was trained on: classify a 
 (weighting, timestep spacing) pair at `--num_timesteps` timesteps, every class at every timestep (no pruning, no early
 stop), once per noise seed. Reported per pair: accuracy (binary data: also the AUC of the log-likelihood ratio) per
 seed and their mean, how many decisions differ from the first seed's, the median spread over seeds of each image's
-scores (binary: its log-likelihood ratio) and NFE per image. Val only: this chooses how to score a model, it does
-not report how well it classifies.
+scores (binary: its log-likelihood ratio, and how its Monte-Carlo standard error compares with that spread) and NFE
+per image. Val only: this chooses how to score a model, it does not report how well it classifies.
 
     python benchmarks/score_sde_bench_elbo_settings.py --quick
     python benchmarks/score_sde_accuracy.py --num_threads 1 --parts data --keep_checkpoint /tmp/sde
@@ -94,6 +94,10 @@ def scored_over_seeds(pipe, val, weighting: str, spacing: str, args) -> dict:
     if binary:
         auc = [float(roc_auc_score(labels == pipe.positive_index(), s)) for s in scores]
         row.update(auc_per_seed=auc, auc_mean=float(np.mean(auc)))
+        spread = scores.std(0, ddof=1) if len(scores) > 1 else np.zeros(scores.shape[1])
+        moved = spread > 0  # the ratio's Monte-Carlo standard error against its spread over the seeds, per image
+        stderr = np.stack([out.log_likelihood_ratio_stderr.numpy() for out in outputs]).mean(0)
+        row["median_stderr_over_seed_spread"] = float(np.median(stderr[moved] / spread[moved])) if moved.any() else None
     return row
 
 
