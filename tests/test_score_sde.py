@@ -265,6 +265,7 @@ def test_the_ratio_comes_with_its_monte_carlo_standard_error_for_the_positive_cl
     out = pipe(images, num_timesteps=6)
     torch.testing.assert_close(out.log_likelihood_ratio_stderr, result.difference_standard_error(1, 0))
     pipe.set_positive_class("benign")  # the same spread: the ratio only changes sign
+    assert pipe.positive_index() == 0
     torch.testing.assert_close(pipe(images, num_timesteps=6).log_likelihood_ratio_stderr, out.log_likelihood_ratio_stderr)
     assert pipe(images, **FAST_ODE).log_likelihood_ratio_stderr is None  # the exact likelihood has no such estimate
     three = random_pipeline(num_class_embeds=3, class_names=["a", "b", "c"])

@@ -7,6 +7,7 @@ import sys
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 from diffusion_classifiers.data import LabeledImages
@@ -50,7 +51,7 @@ def test_decisions_changed_accuracy_and_auc_are_counted_per_seed():
     assert row["nfe_per_image"] == 10.0
     ratios = np.array(list(pipe.ratios_by_seed.values()))
     assert row["median_score_sd_over_seeds"] == float(np.median(ratios.std(0, ddof=1)))
-    assert row["median_stderr_over_seed_spread"] == float(np.median(0.5 / ratios.std(0, ddof=1)))
+    assert row["stderr_over_seed_spread"] == pytest.approx(0.5 / np.sqrt(ratios.var(0, ddof=1).mean()))
 
 
 def test_a_quick_run_scores_every_pair_on_every_seed(tmp_path, monkeypatch, capsys):
@@ -66,6 +67,6 @@ def test_a_quick_run_scores_every_pair_on_every_seed(tmp_path, monkeypatch, caps
     assert sorted(figures["pairs"]) == ["elbo/even", "elbo/log_snr", "uniform/even", "uniform/log_snr"]
     for row in figures["pairs"].values():  # the same seed twice: the same decisions and scores
         assert row["decisions_changed_vs_first_seed"] == [0] and row["median_score_sd_over_seeds"] == 0.0
-        assert row["median_stderr_over_seed_spread"] is None  # no spread to compare with
+        assert row["stderr_over_seed_spread"] is None  # no spread to compare with
         assert row["accuracy_per_seed"][0] == row["accuracy_per_seed"][1] and len(row["auc_per_seed"]) == 2
     assert figures["setting"]["val_images"] == 20 and figures["best_pair"] in figures["pairs"]
