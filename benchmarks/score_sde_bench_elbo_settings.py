@@ -1,14 +1,14 @@
 """ELBO settings of a Score-SDE classifier on val: every weighting x timestep spacing, over several noise seeds.
 
-For the pipeline `score_sde_accuracy.py --keep_checkpoint DIR` kept (`--unet_dir DIR`; without it, one is
-trained here with that benchmark's data-part defaults) and the data it was trained on: classify a stratified val
-subset with every (weighting, timestep spacing) pair at `--num_timesteps` timesteps, every class at every timestep
-(no pruning, no early stop), once per noise seed. Reported per pair: accuracy (binary data: also the AUC of the log-likelihood ratio) per
+For the pipeline `score_sde_accuracy.py --keep_checkpoint DIR` kept (`--unet_dir DIR`; without it, one is trained here
+with that benchmark's data-part defaults) and the data it was trained on: classify a stratified val subset with every
+(weighting, timestep spacing) pair at `--num_timesteps` timesteps, every class at every timestep (no pruning, no early
+stop), once per noise seed. Reported per pair: accuracy (binary data: also the AUC of the log-likelihood ratio) per
 seed and their mean, how many decisions differ from the first seed's, the median spread over seeds of each image's
-log-likelihood ratio (binary; and how its Monte-Carlo standard error compares with that spread) or of its class
-scores less their mean (K > 2), and NFE per image. Val only: this chooses how to score a model, it does not report
-how well it classifies. Without `--unet_dir` the model is trained on the whole train split (`score_sde_accuracy`'s
-multi-class protocol trains on a subset); `--keep_checkpoint DIR` keeps it.
+log-likelihood ratio (binary; and how its Monte-Carlo standard error compares with that spread) or of its class scores
+less their mean (K > 2), and NFE per image. Val only: this chooses how to score a model, it does not report how well
+it classifies. Without `--unet_dir` the model is trained on the whole train split (`score_sde_accuracy`'s multi-class
+protocol trains on a subset); `--keep_checkpoint DIR` keeps it.
 
     python benchmarks/score_sde_bench_elbo_settings.py --quick
     python benchmarks/score_sde_accuracy.py --num_threads 1 --parts data --keep_checkpoint /tmp/sde
