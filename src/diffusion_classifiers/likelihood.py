@@ -927,8 +927,8 @@ def denoising_error_scores(
     at its midpoint (`"log_snr"`), the errors weighted by the density ratio, so that it estimates the same integral
     (importance sampling: with `"elbo"` every timestep then weighs the same, where in t the weight grows as `1 / t`
     towards `t_min` and a few low-noise timesteps dominate the estimate and its noise; but about half of the log-SNR
-    timesteps fall below t = 0.1, where classes differ little: on PneumoniaMNIST it lowered the noise, on
-    Fashion-MNIST it cost 10 points of accuracy, see `ScoreSDEClassifierPipeline.__call__`). Strata are evaluated in
+    timesteps fall below t = 0.1, where classes differ little: with "elbo" it lowered the noise on PneumoniaMNIST and
+    cost 10 points of accuracy on Fashion-MNIST, see `ScoreSDEClassifierPipeline.__call__`). Strata are evaluated in
     van der Corput order, so every stage below sees timesteps spread over the whole range; or only the strata of
     `timestep_strata`, in its order (e.g. the most informative first, ranked on validation images by
     [`rank_timestep_strata`]). A stratum's point and noise do not depend on the order or subset: a run with
