@@ -36,6 +36,8 @@ HEADLINE_RESULTS = (
     "score_sde_bench_elbo",
     "score_sde_accuracy",
     "score_sde_accuracy_3x_steps",
+    "score_sde_bench_elbo_settings_pneumoniamnist",
+    "score_sde_bench_elbo_settings_fashion_mnist",
     "rc_dit_bench_recipe_1500_steps_3_seeds",
     "rc_dit_bench_recipe_1500_steps_3_seeds_pneumoniamnist",
     "rc_dit_accuracy_pneumoniamnist_3_seeds",

@@ -70,3 +70,18 @@ def test_a_quick_run_scores_every_pair_on_every_seed(tmp_path, monkeypatch, caps
         assert row["stderr_over_seed_spread"] is None  # no spread to compare with
         assert row["accuracy_per_seed"][0] == row["accuracy_per_seed"][1] and len(row["auc_per_seed"]) == 2
     assert figures["setting"]["val_images"] == 20 and figures["best_pair"] in figures["pairs"]
+
+
+def test_targets_read_the_default_pair_against_the_best_and_the_worst_standard_error_factor():
+    pairs = {
+        "uniform/even": {"auc_mean": 0.990, "stderr_over_seed_spread": 0.5},
+        "elbo/even": {"auc_mean": 0.975, "stderr_over_seed_spread": 1.2},
+    }
+    targets = score_sde_bench_elbo_settings.targets(pairs, "auc_mean")
+    assert targets["default_pair_auc_mean_loss_vs_best_points"]["value"] == pytest.approx(1.5)
+    assert targets["default_pair_auc_mean_loss_vs_best_points"]["met"] is False
+    assert targets["stderr_worst_factor_from_seed_spread"] == {
+        "value": 2.0, "target": 1.5, "met": False, "higher_is_better": False,
+    }  # fmt: skip
+    multiclass = score_sde_bench_elbo_settings.targets({"elbo/even": {"accuracy_mean": 0.8}}, "accuracy_mean")
+    assert list(multiclass) == ["default_pair_accuracy_mean_loss_vs_best_points"]  # no standard error for K > 2
