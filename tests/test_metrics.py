@@ -3,7 +3,13 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from diffusion_classifiers.metrics import classification_metrics, clustering_metrics, hungarian_match, resolve_positive_label
+from diffusion_classifiers.metrics import (
+    classification_metrics,
+    clustering_metrics,
+    hungarian_match,
+    resolve_positive_label,
+    seed_sensitivity_metrics,
+)
 
 # Confusion matrix (rows true, columns predicted): [[2, 1, 0], [0, 2, 0], [1, 0, 3]]
 Y_TRUE = [0, 0, 0, 1, 1, 2, 2, 2, 2]
@@ -156,3 +162,9 @@ def test_a_clusterings_accuracy_by_chance_is_reported_beside_it():
     assert perfect["accuracy"] == 1.0 and 0.4 < perfect["accuracy_by_chance"] < 0.6  # seeded: the same every run
     many = np.repeat(np.arange(10), 200)  # many images per cluster: chance near 1 / K
     assert 0.1 <= clustering_metrics(many, many, 10)["accuracy_by_chance"] < 0.15
+
+
+def test_seed_sensitivity_refuses_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"margins and stderr of shape \[3\], got \(3,\), \(3,\) and \(2,\)"):
+        seed_sensitivity_metrics([0, 1, 1], [0, 1, 0], [0.5, -1.0, 2.0], [0.1, 0.2])
+    assert seed_sensitivity_metrics([0, 1], [0, 1], [3.0, -0.1], [1.0, 1.0])["decisions_within"] == 1

@@ -187,7 +187,7 @@ def test_another_model_is_refused_and_nothing_written_is_lost(models, tmp_path):
         main(args + ["--model_dir", str(models / "unet"), "--window", "bone"])  # other settings, same model
     assert output.read_bytes() == written
     main(args + ["--model_dir", str(models / "sde"), "--overwrite"])
-    assert list(read_rows(output)[0])[-1] == "log_likelihood_ratio"
+    assert list(read_rows(output)[0])[-2:] == ["log_likelihood_ratio", "log_likelihood_ratio_stderr"]
     foreign = tmp_path / "foreign.csv"
     foreign.write_text("my own file\n")
     with pytest.raises(ValueError, match="foreign.csv.* not written by this prediction"):
@@ -299,16 +299,19 @@ def test_an_output_written_with_the_shared_errors_csv_resumes_with_it(models, tm
     assert [row["path"] for row in read_rows(legacy)] == ["0-broken.png", "5-broken.png"]
 
 
-def test_score_sde_parquet_has_the_log_likelihood_ratio(models, tmp_path):
+def test_score_sde_parquet_has_the_log_likelihood_ratio_and_its_stderr(models, tmp_path):
     pipe = load(models, "sde")
     write_images(tmp_path, ["p.png", "q.png", "r.png"])
     table = write_csv(tmp_path / "list.csv", [("p.png", "normal"), ("q.png", "pneumonia"), ("r.png", "normal")])
     summary = predict_files(pipe, list_inputs(table), tmp_path / "predictions.parquet", batch_size=8, seed=3)
     written = pq.read_table(summary.output).to_pydict()
-    assert list(written) == ["path", "frame", "true_label", "label", "score", "prob_normal", "prob_pneumonia", "log_likelihood_ratio"]
+    assert list(written) == ["path", "frame", "true_label", "label", "score", "prob_normal", "prob_pneumonia",
+                             "log_likelihood_ratio", "log_likelihood_ratio_stderr"]  # fmt: skip
     direct = pipe([Image.open(tmp_path / name) for name in ("p.png", "q.png", "r.png")], seed=3, seed_by="content")
     assert written["true_label"] == ["normal", "pneumonia", "normal"] and written["label"] == direct.labels
     assert written["log_likelihood_ratio"] == direct.log_likelihood_ratio.tolist()
+    assert written["log_likelihood_ratio_stderr"] == direct.log_likelihood_ratio_stderr.tolist()
+    assert all(value > 0 for value in written["log_likelihood_ratio_stderr"])
     assert written["prob_pneumonia"] == direct.probs[:, 1].tolist()
     # the ratio is log p(x | pneumonia) - log p(x | normal), the posterior's log-odds under uniform priors; the
     # softmax ran in float32 on log-likelihoods of this size, so they are exact to within a float32 ulp of them
@@ -325,6 +328,31 @@ def test_score_sde_parquet_has_the_log_likelihood_ratio(models, tmp_path):
     assert {key: values[1:] for key, values in rewritten.items()} == written
     alone = pipe([Image.open(tmp_path / "o.png")], seed=3, seed_by="content")
     assert rewritten["log_likelihood_ratio"][0] == alone.log_likelihood_ratio.item()
+
+
+def test_an_output_written_before_the_stderr_column_resumes_with_its_columns(models, tmp_path):
+    pipe = load(models, "sde")
+    write_images(tmp_path / "images", ["p.png", "q.png"])
+    output = tmp_path / "predictions.csv"
+    predict_files(pipe, list_inputs(tmp_path / "images"), output, batch_size=8, progress_bar=False)
+    # as the version before the column wrote it: the CSV and the sidecar's columns without it
+    rows = read_rows(output)
+    old_columns = [column for column in rows[0] if column != "log_likelihood_ratio_stderr"]
+    with open(output, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, old_columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    sidecar = output.with_name("predictions.csv.json")
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "columns": old_columns}))
+    write_images(tmp_path / "images", ["r.png"], seed=5)
+    resumed = predict_files(pipe, list_inputs(tmp_path / "images"), output, batch_size=8, progress_bar=False)
+    assert (resumed.predicted, resumed.skipped, resumed.rows) == (1, 2, 3)
+    assert list(read_rows(output)[0]) == old_columns and json.loads(sidecar.read_text())["columns"] == old_columns
+    assert [row["path"] for row in read_rows(output)] == ["p.png", "q.png", "r.png"]
+    another = {**json.loads(sidecar.read_text()), "columns": old_columns[:-1]}  # any other difference is still refused
+    sidecar.write_text(json.dumps(another))
+    with pytest.raises(ValueError, match="written by another prediction"):
+        predict_files(pipe, list_inputs(tmp_path / "images"), output, batch_size=8, progress_bar=False)
 
 
 def test_dataset_folder_rows_are_named_by_index(models, tmp_path, capsys):

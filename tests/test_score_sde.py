@@ -307,6 +307,33 @@ def test_log_odds_rank_images_whose_probabilities_saturate_and_evaluate_ranks_by
     assert (tmp_path / "roc_pr.png").stat().st_size > 0
 
 
+def test_evaluate_counts_the_decisions_another_noise_seed_could_flip(tmp_path, monkeypatch):
+    import json
+
+    from diffusion_classifiers.data import LabeledImages
+    from diffusion_classifiers.evaluation import evaluate_classifier
+
+    pipe = random_pipeline(num_class_embeds=2, class_names=["benign", "malignant"])
+    ratio = torch.tensor([-3.0, -0.5, 0.2, 4.0], dtype=torch.float64)
+    stderr = torch.tensor([1.0, 1.0, 0.05, float("nan")], dtype=torch.float64)  # beyond, within, beyond, within (NaN)
+    scored = pipe.posterior(torch.stack([torch.zeros_like(ratio), ratio], 1), None)
+    monkeypatch.setattr(
+        ScoreSDEClassifierPipeline, "__call__",
+        lambda self, images, **kwargs: ScoreSDEClassifierOutput(
+            **scored, nfe_per_image=torch.ones(len(images)), log_likelihood_ratio_stderr=stderr
+        ),
+    )  # fmt: skip
+    data = LabeledImages(torch.zeros(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]), ["benign", "malignant"])
+    metrics = evaluate_classifier(pipe, data, output_dir=str(tmp_path), positive_class="malignant")
+    # decided benign, benign, malignant, malignant: of the two beyond the band the first is right, the third wrong
+    expected = {"num_stderr": 2.0, "decisions_within": 2, "fraction_within": 0.5, "accuracy_beyond": 0.5, "median_stderr": 1.0}
+    assert metrics["seed_sensitivity"] == expected
+    assert json.loads((tmp_path / "metrics.json").read_text())["seed_sensitivity"] == expected
+    report = (tmp_path / "report.md").read_text()
+    assert "| decisions another noise seed could flip (within 2 standard errors of the threshold) | 2 (50.0%) |" in report
+    assert "| accuracy of the other decisions | 50.00% |" in report
+
+
 def test_the_ratio_of_a_pruned_run_weighs_the_timesteps_both_classes_got():
     """With pruning, the kept class's mean error covered 20 timesteps and the pruned one's 5: their difference was
     17x the ratio (the ELBO weights of the timesteps only one got). It is now taken over the 5 both classes got,

@@ -22,7 +22,14 @@ from torch.utils.data import DataLoader
 from .data import ImagePreprocessing, LabeledImages, canonical_split_name, load_image_classification_data
 from .data.split_record import image_fingerprint_variants, image_fingerprints
 from .data.streaming import StreamingImages, streaming_classification_split, streaming_image_classification_data
-from .metrics import calibration_metrics, classification_metrics, per_class_table, percent, resolve_positive_label
+from .metrics import (
+    calibration_metrics,
+    classification_metrics,
+    per_class_table,
+    percent,
+    resolve_positive_label,
+    seed_sensitivity_metrics,
+)
 from .validation import check_writable_dir
 
 __all__ = [
@@ -97,7 +104,8 @@ def load_classifier(path: str):
     raise FileNotFoundError(f"{path}: expected a pipeline folder (model_index.json) or a transformers model (config.json)")
 
 
-Predictor = Callable[[list], Tuple[torch.Tensor, torch.Tensor]]  # images -> (probs, ranking scores)
+# images -> (probs, ranking scores, the binary ELBO ratio's standard error or None)
+Predictor = Callable[[list], Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]
 
 
 # Arguments of a pipeline's `__call__` that do not change what is scored (or are the images themselves).
@@ -130,9 +138,10 @@ def pipeline_call_settings(classifier, pipeline_kwargs: Optional[dict] = None) -
 
 
 def _predictor(classifier, image_processor=None, pipeline_kwargs: Optional[dict] = None) -> Tuple[Predictor, List[str]]:
-    """`(images -> (probs [N, K], ranking scores [N, K]), class names)` for a pipeline or a transformers model;
-    `images` a list of PIL images or a `[N, C, H, W]` tensor. The ranking scores order the images for ROC curves: a
-    pipeline's `log_odds` when it gives them (Score-SDE: its probs saturate at 0 and 1), else the probs."""
+    """`(images -> (probs [N, K], ranking scores [N, K], stderr [N] or None), class names)` for a pipeline or a
+    transformers model; `images` a list of PIL images or a `[N, C, H, W]` tensor. The ranking scores order the images
+    for ROC curves: a pipeline's `log_odds` when it gives them (Score-SDE: its probs saturate at 0 and 1), else the
+    probs. `stderr`: a binary Score-SDE ELBO's `log_likelihood_ratio_stderr`, the standard error of its log-odds."""
     from transformers import PreTrainedModel
 
     if isinstance(classifier, PreTrainedModel):
@@ -146,7 +155,7 @@ def _predictor(classifier, image_processor=None, pipeline_kwargs: Optional[dict]
             with torch.no_grad():
                 inputs = processor(images, return_tensors="pt", input_data_format=_layout(images)).to(classifier.device)
                 probs = classifier(**inputs).logits.float().softmax(-1).cpu()
-                return probs, probs
+                return probs, probs, None
 
         return predict, names
     from diffusion_classifiers.pipelines import DiffusionClassifierPipeline
@@ -156,8 +165,8 @@ def _predictor(classifier, image_processor=None, pipeline_kwargs: Optional[dict]
 
     def predict(images):
         output = classifier(images, input_data_format=_layout(images), **(pipeline_kwargs or {}))
-        ranking = getattr(output, "log_odds", None)
-        return output.probs.cpu(), (output.probs if ranking is None else ranking).cpu()
+        ranking, stderr = getattr(output, "log_odds", None), getattr(output, "log_likelihood_ratio_stderr", None)
+        return output.probs.cpu(), (output.probs if ranking is None else ranking).cpu(), stderr if stderr is None else stderr.cpu()
 
     return predict, classifier.class_names
 
@@ -434,11 +443,14 @@ def evaluate_classifier(
         images, dataset_labels, dataset_names = streaming_classification_split(dataset, image_column, label_column)
         batches = DataLoader(images, batch_size=batch_size, num_workers=num_workers, collate_fn=list)  # PIL lists
     y_true = map_labels_by_name(dataset_names, model_names)[dataset_labels]  # before any image is decoded
-    probs, ranking = (torch.cat(parts) for parts in zip(*(predict(images) for images in batches)))
+    probs, ranking, stderr = zip(*(predict(images) for images in batches))
+    probs, ranking = torch.cat(probs), torch.cat(ranking)
     metrics = classification_metrics(
         y_true, probs.argmax(-1), probs=ranking, class_names=model_names, positive_label=positive_label
     )
     metrics["calibration"] = calibration_metrics(y_true, probs)
+    if all(part is not None for part in stderr):  # binary: either class's log-odds, 0 at the threshold
+        metrics["seed_sensitivity"] = seed_sensitivity_metrics(y_true, probs.argmax(-1), ranking[:, 0], torch.cat(stderr))
     metrics.update(checked)
     if positive_label is not None:
         metrics["num_positives"] = int(np.sum(y_true == positive_label))
@@ -528,6 +540,18 @@ def render_evaluation_report(metrics: dict, title: str, plots: List[str]) -> str
             f"| specificity | {percent(metrics['specificity'])} |",
             f"| F1 of {positive} | {100 * metrics['positive_f1']:.2f}% |",
         ]
+    if "seed_sensitivity" in metrics:
+        lines += seed_sensitivity_rows(metrics["seed_sensitivity"])
     lines += ["", *per_class_table(metrics["per_class"])]
     lines += ["", " ".join(f"![{name[:-4].replace('_', ' ')}]({name})" for name in plots)]
     return "\n".join(lines) + "\n"
+
+
+def seed_sensitivity_rows(sensitivity: dict) -> List[str]:
+    """The report's rows of `seed_sensitivity_metrics`: the decisions another noise seed could flip, and the others."""
+    within = f"{sensitivity['num_stderr']:g} standard errors"
+    return [
+        f"| decisions another noise seed could flip (within {within} of the threshold) | "
+        f"{sensitivity['decisions_within']} ({100 * sensitivity['fraction_within']:.1f}%) |",
+        f"| accuracy of the other decisions | {percent(sensitivity['accuracy_beyond'])} |",
+    ]

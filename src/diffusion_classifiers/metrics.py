@@ -19,6 +19,7 @@ __all__ = [
     "per_class_table",
     "hungarian_match",
     "resolve_positive_label",
+    "seed_sensitivity_metrics",
 ]
 
 
@@ -237,3 +238,31 @@ def calibration_metrics(y_true, probs, num_bins: int = 10) -> dict:
             ece += count / len(y_true) * abs(accuracy - mean_confidence)
         bins.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": count, "confidence": mean_confidence, "accuracy": accuracy})
     return {"ece": float(ece), "bins": bins}
+
+
+def seed_sensitivity_metrics(y_true, y_pred, margins, stderr, num_stderr: float = 2.0) -> dict:
+    r"""
+    The decisions `y_pred` of a Monte-Carlo classifier that another noise seed could flip: those whose decision
+    margin (its distance from the threshold; a binary Score-SDE ELBO: the log-odds, and `log_likelihood_ratio_stderr`)
+    is within `num_stderr` standard errors of the threshold, and the accuracy of the others. A NaN standard error
+    (fewer than two timesteps scored) counts as within.
+
+    Returns:
+        `dict`: `num_stderr`, `decisions_within` (a count), `fraction_within`, `accuracy_beyond` (of the decisions
+        beyond the band; None when there are none) and `median_stderr`.
+    """
+    y_true, y_pred = as_labels(y_true, "y_true"), as_labels(y_pred, "y_pred")
+    margins, stderr = (np.asarray(v.detach().cpu() if hasattr(v, "detach") else v, dtype=np.float64) for v in (margins, stderr))
+    if y_pred.shape != y_true.shape or margins.shape != y_true.shape or stderr.shape != y_true.shape:
+        raise ValueError(
+            f"expected y_pred, margins and stderr of shape [{len(y_true)}], got {y_pred.shape}, {margins.shape} and "
+            f"{stderr.shape}"
+        )
+    beyond = np.abs(margins) >= num_stderr * stderr  # NaN compares False: within
+    return {
+        "num_stderr": float(num_stderr),
+        "decisions_within": int((~beyond).sum()),
+        "fraction_within": float((~beyond).mean()),
+        "accuracy_beyond": float((y_pred == y_true)[beyond].mean()) if beyond.any() else None,
+        "median_stderr": float(np.nanmedian(stderr)) if np.isfinite(stderr).any() else None,
+    }

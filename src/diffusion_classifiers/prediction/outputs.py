@@ -19,6 +19,7 @@ __all__ = [
     "OUTPUT_SUFFIXES",
     "OutputFiles",
     "check_output_args",
+    "columns_of_resumed_run",
     "default_errors_path",
     "done_paths",
     "errors_file_of_resumed_run",
@@ -32,6 +33,8 @@ ERROR_COLUMNS = ("path", "reason")
 _TEXT_COLUMNS = {"path", "true_label", "label", "reason"}
 _INT_COLUMNS = {"frame"}
 LEGACY_ERRORS_NAME = "errors.csv"  # the default errors file before each output had its own, shared by a folder
+# output columns added after outputs were first written: an output without them is resumed with its own columns
+COLUMNS_ADDED_LATER = ("log_likelihood_ratio_stderr",)
 _ERRORS_KEY = "errors_file"  # in the sidecar, beside the run: the errors file, relative to the output's folder
 
 
@@ -109,6 +112,16 @@ def errors_file_of_resumed_run(files: OutputFiles, overwrite: bool) -> OutputFil
     if legacy.is_file() and legacy.resolve() != files.output.resolve():
         return replace(files, errors=legacy)
     return files
+
+
+def columns_of_resumed_run(files: OutputFiles, columns: list[str], overwrite: bool) -> list[str]:
+    """The columns a rerun writes: `columns`, or the ones the output's sidecar records when they are `columns` less
+    `COLUMNS_ADDED_LATER` (an output written before those were added is resumed as it was, not refused). Called
+    before [`prepare_output_files`], which refuses a rerun whose settings differ."""
+    if overwrite or not files.sidecar.is_file():
+        return columns
+    recorded = json.loads(files.sidecar.read_text()).get("columns")
+    return recorded if recorded == [c for c in columns if c not in COLUMNS_ADDED_LATER] else columns
 
 
 def _write_atomically(path: Path, write: Callable[[Any], Any], mode: str = "w") -> None:

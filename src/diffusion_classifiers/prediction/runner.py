@@ -18,6 +18,7 @@ from .outputs import (
     ERROR_COLUMNS,
     OutputFiles,
     check_output_args,
+    columns_of_resumed_run,
     done_paths,
     errors_file_of_resumed_run,
     merge_parts,
@@ -64,13 +65,14 @@ class PredictionSummary:
 
 
 def output_columns(pipeline: Any, with_true_labels: bool) -> list[str]:
-    """`path, frame, [true_label,] label, score, prob_<class>..., [log_likelihood_ratio]` for `pipeline`."""
+    """`path, frame, [true_label,] label, score, prob_<class>..., [log_likelihood_ratio, log_likelihood_ratio_stderr]`
+    for `pipeline` (the last two for a binary Score-SDE pipeline, which `predict` calls with `method="elbo"`)."""
     from ..pipelines import ScoreSDEClassifierPipeline
 
     columns = ["path", "frame"] + (["true_label"] if with_true_labels else []) + ["label", "score"]
     columns += [f"prob_{name}" for name in pipeline.class_names]
     if isinstance(pipeline, ScoreSDEClassifierPipeline) and len(pipeline.class_names) == 2:
-        columns.append("log_likelihood_ratio")
+        columns += ["log_likelihood_ratio", "log_likelihood_ratio_stderr"]
     return columns
 
 
@@ -83,9 +85,10 @@ def _classify(pipeline: Any, images: list, seed: int) -> dict[str, list]:
     output = pipeline(images, **kwargs)
     columns = {"label": list(output.labels), "score": output.scores.tolist()}
     columns.update({f"prob_{name}": output.probs[:, k].tolist() for k, name in enumerate(pipeline.class_names)})
-    ratio = getattr(output, "log_likelihood_ratio", None)
-    if ratio is not None:
-        columns["log_likelihood_ratio"] = ratio.tolist()
+    for name in ("log_likelihood_ratio", "log_likelihood_ratio_stderr"):
+        values = getattr(output, name, None)
+        if values is not None:
+            columns[name] = values.tolist()
     return columns
 
 
@@ -170,7 +173,10 @@ def predict_files(
 
     Columns: `path`, `frame` (0 for single images), `true_label` (when the inputs carry labels), `label` (the
     predicted class), `score` (its probability), `prob_<class>` for every class, and for a binary Score-SDE pipeline
-    `log_likelihood_ratio` (`log p(x | positive) - log p(x | negative)`). Rows follow the input order.
+    `log_likelihood_ratio` (`log p(x | positive) - log p(x | negative)`) and `log_likelihood_ratio_stderr` (its
+    Monte-Carlo standard error: a row whose ratio is within about two of them of 0 (`predict`'s priors are uniform)
+    could be decided the other way with another `seed`). Rows follow the input order; an output written before a column
+    was added keeps its columns when resumed.
 
     Resumable: the results of finished batches are kept in `<output>.parts/` until the end, when they are merged
     into the output and the errors file; a rerun skips every path already in the output, the errors file or a part.
@@ -211,9 +217,10 @@ def predict_files(
     check_labels(inputs, pipeline.class_names)
     with _one_prediction_at_a_time(files, accelerator):
         is_main, wait = _process_roles(accelerator)
-        run = {"run": run_info or {}, "class_names": list(pipeline.class_names), "columns": columns}
         if errors_path is None:
             files = errors_file_of_resumed_run(files, overwrite)
+        columns = columns_of_resumed_run(files, columns, overwrite)
+        run = {"run": run_info or {}, "class_names": list(pipeline.class_names), "columns": columns}
         prepare_output_files(files, run, overwrite, is_main)
         wait()
         # listed by the main process alone and sent to the others: a process listing them later would see the parts
