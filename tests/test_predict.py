@@ -330,6 +330,37 @@ def test_score_sde_parquet_has_the_log_likelihood_ratio_and_its_stderr(models, t
     assert rewritten["log_likelihood_ratio"][0] == alone.log_likelihood_ratio.item()
 
 
+def test_pipeline_kwargs_are_the_call_settings_recorded_and_checked_on_a_rerun(models, tmp_path):
+    pipe = load(models, "sde")
+    write_images(tmp_path / "images", ["p.png", "q.png"])
+    inputs, output = list_inputs(tmp_path / "images"), tmp_path / "predictions.csv"
+    settings = {"weighting": "uniform", "num_timesteps": 4}
+    predict_files(pipe, inputs, output, seed=2, pipeline_kwargs=settings, progress_bar=False)
+    direct = pipe([Image.open(tmp_path / "images" / name) for name in ("p.png", "q.png")], **settings, seed=2, seed_by="content")
+    rows = read_rows(output)
+    assert [float(row["log_likelihood_ratio"]) for row in rows] == direct.log_likelihood_ratio.tolist()
+    assert [float(row["log_likelihood_ratio_stderr"]) for row in rows] == direct.log_likelihood_ratio_stderr.tolist()
+    recorded = json.loads(output.with_name("predictions.csv.json").read_text())["run"]["pipeline_call"]
+    assert {key: recorded[key] for key in ("weighting", "num_timesteps", "seed", "seed_by", "method")} == {
+        **settings, "seed": 2, "seed_by": "content", "method": "elbo"}  # fmt: skip
+    written = output.read_bytes()
+    for other in ({"seed": 3, "pipeline_kwargs": settings}, {"seed": 2}):  # another seed, the default settings
+        with pytest.raises(ValueError, match="written by another prediction.*pipeline_call"):
+            predict_files(pipe, inputs, output, progress_bar=False, **other)
+    assert output.read_bytes() == written
+    with pytest.raises(ValueError, match="seed not taken: the noise seed is predict's own"):
+        predict_files(pipe, inputs, tmp_path / "other.csv", pipeline_kwargs={"seed": 1})
+    with pytest.raises(ValueError, match=r"unknown \['steps'\]"):
+        predict_files(pipe, inputs, tmp_path / "other.csv", pipeline_kwargs={"steps": 1})
+    with pytest.raises(ValueError, match="--pipeline_kwargs|pipeline_kwargs: expected a dict"):
+        main(["predict", "--model_dir", str(models / "sde"), "--input", str(tmp_path / "images"), "--output",
+              str(tmp_path / "other.csv"), "--pipeline_kwargs", "[1]"])  # fmt: skip
+    assert not (tmp_path / "other.csv").exists()
+    exact = {"method": "likelihood", "solver": "rk4", "num_steps": 2, "num_probes": 1}
+    predict_files(pipe, inputs, tmp_path / "exact.csv", pipeline_kwargs=exact, progress_bar=False)
+    assert list(read_rows(tmp_path / "exact.csv")[0])[-1] == "log_likelihood_ratio"  # no standard error to give
+
+
 def test_an_output_written_before_the_stderr_column_resumes_with_its_columns(models, tmp_path):
     pipe = load(models, "sde")
     write_images(tmp_path / "images", ["p.png", "q.png"])
@@ -485,7 +516,7 @@ def test_hub_id_applies_the_windows_saved_in_the_repo(models, tmp_path, monkeypa
     own_window = load(models, "unet")([scan])  # the file's own window, what ignoring the saved contract would give
     assert not torch.equal(own_window.probs, expected.probs)
     sidecar = json.loads((tmp_path / "hub.csv.json").read_text())["run"]
-    assert sidecar == {"model_dir": "org/ct", "windows": ["bone"], "input": str(tmp_path / "scans")}
+    assert sidecar == {"model_dir": "org/ct", "windows": ["bone"], "input": str(tmp_path / "scans"), "pipeline_call": {}}
 
 
 # `predict` with process 1 slow to start (a busy node): were it to list the inputs done itself, it would see the parts

@@ -7,6 +7,7 @@ Only the standard library is imported at module level (see the package docstring
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -64,25 +65,48 @@ class PredictionSummary:
     not_in_input: int = 0
 
 
-def output_columns(pipeline: Any, with_true_labels: bool) -> list[str]:
+def output_columns(pipeline: Any, with_true_labels: bool, call_kwargs: Optional[dict] = None) -> list[str]:
     """`path, frame, [true_label,] label, score, prob_<class>..., [log_likelihood_ratio, log_likelihood_ratio_stderr]`
-    for `pipeline` (the last two for a binary Score-SDE pipeline, which `predict` calls with `method="elbo"`)."""
+    for `pipeline` called with `call_kwargs`: the ratio for a binary Score-SDE pipeline, its standard error when the
+    call's `method` is `"elbo"` (the default)."""
     from ..pipelines import ScoreSDEClassifierPipeline
 
     columns = ["path", "frame"] + (["true_label"] if with_true_labels else []) + ["label", "score"]
     columns += [f"prob_{name}" for name in pipeline.class_names]
     if isinstance(pipeline, ScoreSDEClassifierPipeline) and len(pipeline.class_names) == 2:
-        columns += ["log_likelihood_ratio", "log_likelihood_ratio_stderr"]
+        columns.append("log_likelihood_ratio")
+        if (call_kwargs or {}).get("method", "elbo") == "elbo":
+            columns.append("log_likelihood_ratio_stderr")
     return columns
 
 
-def _classify(pipeline: Any, images: list, seed: int) -> dict[str, list]:
-    """The pipeline's output for `images` as columns. Score-SDE draws its noise from each image's pixels
-    (`seed_by="content"`), so an image's result does not depend on its batch, process or whether the run resumed."""
+def prediction_call_kwargs(pipeline: Any, pipeline_kwargs: Optional[dict], seed: int) -> dict:
+    """What `predict` calls `pipeline` with: `pipeline_kwargs` and, for Score-SDE, `seed` with `seed_by="content"`
+    (each image's noise drawn from the seed and its pixels, so its result does not depend on its batch, process or
+    whether the run resumed). The noise seed is `seed`, not a `pipeline_kwargs` entry."""
     from ..pipelines import ScoreSDEClassifierPipeline
 
-    kwargs = {"seed": seed, "seed_by": "content"} if isinstance(pipeline, ScoreSDEClassifierPipeline) else {}
-    output = pipeline(images, **kwargs)
+    _check_pipeline_kwargs(pipeline_kwargs)
+    kwargs = dict(pipeline_kwargs or {})
+    if isinstance(pipeline, ScoreSDEClassifierPipeline):
+        kwargs.update(seed=seed, seed_by="content")
+    return kwargs
+
+
+def _check_pipeline_kwargs(pipeline_kwargs: Optional[dict]) -> None:
+    if pipeline_kwargs is not None and not isinstance(pipeline_kwargs, dict):
+        raise ValueError(f"pipeline_kwargs: expected a dict (a JSON object), got {pipeline_kwargs!r}")
+    given = sorted({"seed", "seed_by"} & set(pipeline_kwargs or {}))
+    if given:
+        raise ValueError(
+            f"pipeline_kwargs: {', '.join(given)} not taken: the noise seed is predict's own (--seed, seed=...), "
+            "combined with each image's pixels"
+        )
+
+
+def _classify(pipeline: Any, images: list, call_kwargs: dict) -> dict[str, list]:
+    """The pipeline's output for `images` (called with `call_kwargs`) as columns."""
+    output = pipeline(images, **call_kwargs)
     columns = {"label": list(output.labels), "score": output.scores.tolist()}
     columns.update({f"prob_{name}": output.probs[:, k].tolist() for k, name in enumerate(pipeline.class_names)})
     for name in ("log_likelihood_ratio", "log_likelihood_ratio_stderr"):
@@ -115,8 +139,9 @@ def _in_stated_range(image: Any, input_range: str) -> Any:
 class _BatchWriter:
     """Reads, classifies and commits one batch at a time as part files named by the batch's first input index."""
 
-    def __init__(self, pipeline: Any, files: OutputFiles, columns: list[str], order: dict[str, int], seed: int):
-        self.pipeline, self.files, self.columns, self.order, self.seed = pipeline, files, columns, order, seed
+    def __init__(self, pipeline: Any, files: OutputFiles, columns: list[str], order: dict[str, int], call_kwargs: dict):
+        self.pipeline, self.files, self.columns, self.order = pipeline, files, columns, order
+        self.call_kwargs = call_kwargs
         self.items, self.images, self.errors = [], [], []
         self.failed = 0
 
@@ -145,7 +170,7 @@ class _BatchWriter:
         self.items, self.images, self.errors = [], [], []
 
     def _rows(self) -> list[list]:
-        predicted = _classify(self.pipeline, self.images, self.seed)
+        predicted = _classify(self.pipeline, self.images, self.call_kwargs)
         rows, position = [], 0
         for item, num_frames in self.items:
             for frame in range(num_frames):
@@ -167,6 +192,7 @@ def predict_files(
     seed: int = 0,
     accelerator: Any = None,
     progress_bar: bool = True,
+    pipeline_kwargs: Optional[dict] = None,
 ) -> PredictionSummary:
     r"""
     Classify `inputs` with `pipeline`, writing one row per image (per frame of a multi-frame DICOM) to `output_path`.
@@ -180,7 +206,8 @@ def predict_files(
 
     Resumable: the results of finished batches are kept in `<output>.parts/` until the end, when they are merged
     into the output and the errors file; a rerun skips every path already in the output, the errors file or a part.
-    `<output>.json` records the model, its classes, the columns and `run_info`: a rerun that differs is refused
+    `<output>.json` records the model, its classes, the columns, `run_info` and every setting of the pipeline call
+    (`"pipeline_call"` in its `"run"`: the defaults where `pipeline_kwargs` gives none, the seed): a rerun that differs is refused
     unless `overwrite=True`, which deletes the earlier output, errors file and parts first. It also records the
     errors file, which a rerun without `errors_path` keeps (an output written before each had its own errors file
     keeps the shared `errors.csv` beside it). While it runs, `<output>.lock` and `<errors>.lock` refuse a second
@@ -205,22 +232,31 @@ def predict_files(
         accelerator (`accelerate.Accelerator`, *optional*): split the work across its processes; each must call
             this function with the same arguments. Default: this process alone.
         progress_bar (`bool`, *optional*, defaults to `True`): a tqdm bar over the inputs, on the main process.
+        pipeline_kwargs (`dict`, *optional*): arguments of the pipeline's `__call__` (Score-SDE: `method`,
+            `num_timesteps`, `weighting`, `priors`, ...; not `seed`), as `evaluate_classifier` takes them: predict with
+            the settings a model was evaluated with. Unknown names are refused before any file is read.
 
     Returns:
         [`PredictionSummary`]
     """
     from tqdm.auto import tqdm
 
+    from ..evaluation import pipeline_call_settings
+
     files = check_output_args(output_path, errors_path, batch_size)
     _check_inputs(inputs)
-    columns = output_columns(pipeline, any(item.label is not None for item in inputs))
+    call_kwargs = prediction_call_kwargs(pipeline, pipeline_kwargs, seed)
+    settings = pipeline_call_settings(pipeline, call_kwargs)  # unknown names refused here
+    columns = output_columns(pipeline, any(item.label is not None for item in inputs), call_kwargs)
     check_labels(inputs, pipeline.class_names)
     with _one_prediction_at_a_time(files, accelerator):
         is_main, wait = _process_roles(accelerator)
         if errors_path is None:
             files = errors_file_of_resumed_run(files, overwrite)
         columns = columns_of_resumed_run(files, columns, overwrite)
-        run = {"run": run_info or {}, "class_names": list(pipeline.class_names), "columns": columns}
+        # the settings under "run", whose keys a sidecar lacks are not compared: outputs of earlier versions resume
+        run = {"run": {**(run_info or {}), "pipeline_call": settings}, "class_names": list(pipeline.class_names),
+               "columns": columns}  # fmt: skip
         prepare_output_files(files, run, overwrite, is_main)
         wait()
         # listed by the main process alone and sent to the others: a process listing them later would see the parts
@@ -229,7 +265,7 @@ def predict_files(
         remaining = [inputs[i] for i in remaining_indices]
         mine = _share(remaining, accelerator)
         order = {item.path: i for i, item in enumerate(inputs)}
-        writer = _BatchWriter(pipeline, files, columns, order, seed)
+        writer = _BatchWriter(pipeline, files, columns, order, call_kwargs)
         pipeline.set_progress_bar_config(disable=True)  # one bar, over the files
         hidden = {} if progress_bar and is_main else {"disable": True}  # shown: TQDM_DISABLE=1 still silences it
         for item in tqdm(mine, desc="predict", unit="file", **hidden):
@@ -357,6 +393,11 @@ def add_predict_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--split", default="test", help="the split to read when --input is a saved DatasetDict")
     parser.add_argument("--image_column", default=None, help="a dataset's image column; None: its one Image column")
     parser.add_argument("--seed", type=int, default=0, help="Score-SDE pipelines: the seed of their noise, combined with each image's pixels")
+    parser.add_argument(
+        "--pipeline_kwargs", type=json.loads, default=None,
+        help="arguments of the pipeline call as JSON, as evaluate takes them, e.g. '{\"weighting\": \"uniform\", "
+        "\"num_timesteps\": 300}' for Score-SDE (not the seed: --seed); the output's .json records every setting",
+    )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace an output written by another model or settings instead of refusing")
     parser.add_argument("--no_progress_bar", action="store_true", help="no tqdm bar")
     return parser
@@ -372,6 +413,7 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
 
     windows = parse_windows(args.window) if args.window is not None else None
     check_output_args(args.output, args.errors, args.batch_size)
+    _check_pipeline_kwargs(args.pipeline_kwargs)  # its names are checked against the pipeline once it is loaded
     check_input_exists(args.input)
     # a Hub id is read from its snapshot (configs, safetensors, cards): the saved windows come from there too
     model_dir = download(args.model_dir)
@@ -397,6 +439,7 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     summary = predict_files(
         pipeline, inputs, args.output, args.errors, batch_size=args.batch_size, run_info=run_info,
         overwrite=args.overwrite, seed=args.seed, accelerator=accelerator, progress_bar=not args.no_progress_bar,
+        pipeline_kwargs=args.pipeline_kwargs,
     )  # fmt: skip
     # destroys the process group: left to interpreter exit, gloo's threads can abort a finished process (SIGABRT)
     accelerator.end_training()
