@@ -773,4 +773,10 @@ def test_a_card_publishes_only_its_own_models_metrics_truthfully(saved_pipeline,
     assert "pruned early" not in plain
     assert "pruned early" in str(hub.render_model_card("score_sde", class_names=["a", "b", "c"], pruning=True, **common))
     binary = str(hub.render_model_card("score_sde", class_names=["n", "m"], positive_class="m", num_images=10, num_positives=2, **common))
-    assert "(10 images, 2 of them m):" in binary
+    assert "(10 images, 2 of them m):" in binary and "standard errors" not in binary
+    sensitivity = {"num_stderr": 2.0, "decisions_within": 3, "fraction_within": 0.3, "accuracy_beyond": 0.875, "median_stderr": 1.2}
+    flagged = str(hub.render_model_card("score_sde", class_names=["n", "m"], seed_sensitivity=sensitivity, num_images=10, **common))
+    assert " ".join(flagged.split()).count(
+        "On the `test` split, 3 of 10 decisions (30.0%) were within 2 Monte-Carlo standard errors of the decision threshold: "
+        "another noise seed could flip them; the others were 87.5% accurate."
+    ) == 1  # fmt: skip

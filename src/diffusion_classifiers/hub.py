@@ -45,6 +45,7 @@ __all__ = [
     "load_eval_counts",
     "load_eval_metrics",
     "load_eval_positive_class",
+    "load_eval_seed_sensitivity",
     "load_eval_split",
     "model_fingerprint",
     "method_of",
@@ -89,6 +90,7 @@ REMOTE_CODE_PATTERNS = ["*.py"]
 # Fields the templates may leave empty (they test them with `{% if %}`); every other field they read is required.
 MODEL_CARD_OPTIONAL = {
     "dataset_id", "model_description", "class_names", "positive_class", "num_images", "num_positives", "pruning",
+    "seed_sensitivity",
 }  # fmt: skip
 DATASET_CARD_OPTIONAL = {"citation"}
 
@@ -176,6 +178,7 @@ def render_model_card(
     num_images: Optional[int] = None,
     num_positives: Optional[int] = None,
     pruning: bool = False,
+    seed_sensitivity: Optional[dict] = None,
 ) -> ModelCard:
     """The model card of a classifier trained with `method` (one of `METHODS`).
 
@@ -196,6 +199,8 @@ def render_model_card(
         num_images, num_positives: how many images the metrics were measured on, and of them of `positive_class`
             (`load_eval_counts`); the card states them.
         pruning: the metrics were measured with class pruning (Score-SDE, more than 2 classes); the card says so.
+        seed_sensitivity: a binary Score-SDE ELBO's decisions another noise seed could flip, as `evaluate` records
+            them (`load_eval_seed_sensitivity`); the card states how many, and the accuracy of the others.
 
     Raises `ValueError` naming every required field that is missing or empty.
     """
@@ -237,6 +242,7 @@ def render_model_card(
         num_images=num_images,
         num_positives=num_positives,
         pruning=pruning,
+        seed_sensitivity=seed_sensitivity,
     )
     return ModelCard(text)
 
@@ -319,6 +325,13 @@ def load_eval_counts(path: Union[str, os.PathLike]) -> Dict[str, Optional[int]]:
     if positives is None and data.get("positive_class") in data.get("per_class", {}):
         positives = data["per_class"][data["positive_class"]].get("support")
     return {"num_images": data.get("num_samples"), "num_positives": positives}
+
+
+def load_eval_seed_sensitivity(path: Union[str, os.PathLike]) -> Optional[dict]:
+    """The `"seed_sensitivity"` of a `metrics.json` (a binary Score-SDE ELBO's, see `evaluate_classifier`; under
+    "test" for the demo's), `None` when it records none."""
+    data = _read_json(path)
+    return data.get("test", data).get("seed_sensitivity")
 
 
 def model_fingerprint(local_dir: Union[str, os.PathLike]) -> str:
