@@ -199,21 +199,21 @@ def predict_files(
 
     Columns: `path`, `frame` (0 for single images), `true_label` (when the inputs carry labels), `label` (the
     predicted class), `score` (its probability), `prob_<class>` for every class, and for a binary Score-SDE pipeline
-    `log_likelihood_ratio` (`log p(x | positive) - log p(x | negative)`) and `log_likelihood_ratio_stderr` (its
-    Monte-Carlo standard error: a row whose ratio is within about two of them of 0 (`predict`'s priors are uniform)
-    could be decided the other way with another `seed`). Rows follow the input order; an output written before a column
-    was added keeps its columns when resumed.
+    `log_likelihood_ratio` (`log p(x | positive) - log p(x | negative)`) and, with the ELBO,
+    `log_likelihood_ratio_stderr` (its Monte-Carlo standard error: a row whose ratio, plus the priors' log-ratio if
+    `pipeline_kwargs` gives priors, is within about two of them of 0 could be decided the other way with another
+    `seed`). Rows follow the input order; an output written before a column was added keeps its columns when resumed.
 
-    Resumable: the results of finished batches are kept in `<output>.parts/` until the end, when they are merged
-    into the output and the errors file; a rerun skips every path already in the output, the errors file or a part.
+    Resumable: the results of finished batches are kept in `<output>.parts/` until the end, when they are merged into
+    the output and the errors file; a rerun skips every path already in the output, the errors file or a part.
     `<output>.json` records the model, its classes, the columns, `run_info` and every setting of the pipeline call
-    (`"pipeline_call"` in its `"run"`: the defaults where `pipeline_kwargs` gives none, the seed): a rerun that differs is refused
-    unless `overwrite=True`, which deletes the earlier output, errors file and parts first. It also records the
-    errors file, which a rerun without `errors_path` keeps (an output written before each had its own errors file
-    keeps the shared `errors.csv` beside it). While it runs, `<output>.lock` and `<errors>.lock` refuse a second
-    prediction into the same output or errors file (a lock left by a process of this host that is gone is taken over). A file that cannot be read or
-    that the pipeline's preprocessing refuses is a row `path, reason` of the errors file; to retry such files, delete
-    their rows (or the errors file).
+    (`"pipeline_call"` in its `"run"`: the seed, and the defaults where `pipeline_kwargs` gives none): a rerun that
+    differs is refused unless `overwrite=True`, which deletes the earlier output, errors file and parts first. It also
+    records the errors file, which a rerun without `errors_path` keeps (an output written before each had its own
+    errors file keeps the shared `errors.csv` beside it). While it runs, `<output>.lock` and `<errors>.lock` refuse a
+    second prediction into the same output or errors file (a lock left by a process of this host that is gone is taken
+    over). A file that cannot be read or that the pipeline's preprocessing refuses is a row `path, reason` of the
+    errors file; to retry such files, delete their rows (or the errors file).
 
     Args:
         pipeline (`DiffusionClassifierPipeline`): a loaded classifier pipeline (on the device it should run on);
