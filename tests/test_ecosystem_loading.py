@@ -373,3 +373,12 @@ def test_only_a_linear_head_exports_and_the_positive_class_travels(saved):
     pipe.fit_prototypes(torch.rand(6, 1, SIZE, SIZE) * 2 - 1, [0, 1, 2, 0, 1, 2], class_names=CLASS_NAMES)
     with pytest.raises(ValueError, match="expected a fitted LinearProbeHead to export .* got PrototypeHead"):
         export_rc_dit_pipeline(pipe)
+
+
+def test_a_pipeline_of_another_method_is_refused_by_name():
+    """QA: a Score-SDE pipeline given to export_unet_feature_pipeline raised AttributeError: ... no attribute 'head'."""
+    built = pipelines()
+    with pytest.raises(TypeError, match="expected a UNetFeatureClassifierPipeline, got ScoreSDEClassifierPipeline: "):
+        export_unet_feature_pipeline(built["score_sde"])
+    with pytest.raises(TypeError, match="expected a RepresentationConditionedDiTPipeline, got UNetFeatureClassifierPipeline"):
+        export_rc_dit_pipeline(built["unet_features"])

@@ -344,9 +344,11 @@ def test_pipeline_kwargs_are_the_call_settings_recorded_and_checked_on_a_rerun(m
     assert {key: recorded[key] for key in ("weighting", "num_timesteps", "seed", "seed_by", "method")} == {
         **settings, "seed": 2, "seed_by": "content", "method": "elbo"}  # fmt: skip
     written = output.read_bytes()
-    for other in ({"seed": 3, "pipeline_kwargs": settings}, {"seed": 2}):  # another seed, the default settings
-        with pytest.raises(ValueError, match="written by another prediction.*pipeline_call"):
-            predict_files(pipe, inputs, output, progress_bar=False, **other)
+    with pytest.raises(ValueError, match=r"another prediction \(pipeline_call.seed: 2 then, 3 now\); refusing"):
+        predict_files(pipe, inputs, output, seed=3, pipeline_kwargs=settings, progress_bar=False)
+    with pytest.raises(ValueError, match=r"\(pipeline_call.num_timesteps: 4 then, 100 now; pipeline_call.weighting: "
+                       r"'uniform' then, 'elbo' now\)"):  # the defaults  # fmt: skip
+        predict_files(pipe, inputs, output, seed=2, progress_bar=False)
     assert output.read_bytes() == written
     with pytest.raises(ValueError, match="seed not taken: the noise seed is predict's own"):
         predict_files(pipe, inputs, tmp_path / "other.csv", pipeline_kwargs={"seed": 1})

@@ -206,9 +206,20 @@ def _published_config(config: dict) -> dict:
     return {key: value for key, value in config.items() if key != "_name_or_path"}
 
 
+def _check_exportable(pipeline, components: tuple, expected: str) -> None:
+    """Refuse a pipeline of another method (by its components: this module sits below the pipelines)."""
+    if not all(hasattr(pipeline, name) for name in components):
+        raise TypeError(
+            f"expected a {expected}, got {type(pipeline).__name__}: export_unet_feature_pipeline exports U-Net-feature "
+            "pipelines and export_rc_dit_pipeline RC-DiT ones; a Score-SDE pipeline has no transformers export (it "
+            "classifies by likelihoods, not by a head over features)"
+        )
+
+
 def export_unet_feature_pipeline(pipeline, save_directory: Optional[Union[str, os.PathLike]] = None):
     """Turn a fitted `UNetFeatureClassifierPipeline` into a transformers model (and image processor) that gives
     identical predictions; saved to `save_directory` when given. Returns `(model, image_processor)`."""
+    _check_exportable(pipeline, ("unet", "head"), "UNetFeatureClassifierPipeline")
     unet, head_config = pipeline.unet, getattr(pipeline.head, "config", None)
     if head_config is None:
         raise ValueError("the pipeline has no fitted `head` to export")
@@ -233,6 +244,7 @@ def export_rc_dit_pipeline(pipeline, save_directory: Optional[Union[str, os.Path
     """Turn a `RepresentationConditionedDiTPipeline` with a fitted `LinearProbeHead` into a transformers model (and
     image processor) over its encoder's representation r, with the pipeline's predictions; saved to
     `save_directory` when given. Returns `(model, image_processor)`."""
+    _check_exportable(pipeline, ("encoder", "transformer", "head"), "RepresentationConditionedDiTPipeline")
     encoder, transformer = pipeline.encoder, pipeline.transformer
     if representation_size(encoder) != getattr(getattr(pipeline.head, "config", None), "in_features", None):
         raise ValueError("expected a fitted head over the encoder's representation (pipeline.head.in_features = D)")

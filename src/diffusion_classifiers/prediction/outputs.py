@@ -94,7 +94,13 @@ def _changes(recorded: dict, run: dict) -> list[tuple[str, Any, Any]]:
     "run") only the keys the sidecar has are compared: an output written before a key was recorded resumes."""
     changes = [(key, recorded.get(key), run[key]) for key in sorted(run) if key != "run" and recorded.get(key) != run[key]]
     then, now = recorded.get("run") or {}, run.get("run") or {}
-    changes += [(key, then[key], now.get(key)) for key in sorted(then) if then[key] != now.get(key)]
+    for key in sorted(then):
+        if isinstance(then[key], dict) and isinstance(now.get(key), dict):  # the pipeline call: the settings that differ
+            inner = sorted(set(then[key]) | set(now[key]))
+            changes += [(f"{key}.{name}", then[key].get(name), now[key].get(name)) for name in inner
+                        if then[key].get(name) != now[key].get(name)]  # fmt: skip
+        elif then[key] != now.get(key):
+            changes.append((key, then[key], now.get(key)))
     return changes
 
 
