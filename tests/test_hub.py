@@ -616,19 +616,23 @@ numpy.save({str(tmp_path / 'probs.npy')!r}, pipe(torch.from_numpy(numpy.load({st
     torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "probs.npy")), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_uploads_leave_out_pickles_and_name_them(saved_pipeline, monkeypatch, tmp_path):
+def test_uploads_leave_out_pickles_and_checkpoints_and_name_them(saved_pipeline, monkeypatch, tmp_path):
     """A folder written by transformers' `Trainer.save_model` holds `training_args.bin`, a pickle: neither the upload
-    nor the dry run carries it (nor any other pickle); a warning names what was left out."""
+    nor the dry run carries it (nor any other pickle); a warning names what was left out. So are the checkpoint
+    folders a training run writes beside its model (QA: a dry run of a training output carried two of them)."""
     folder = tmp_path / "model"
     shutil.copytree(saved_pipeline[0], folder)
     pickles = ["ema/model.ckpt", "optimizer.pt", "scaler.pkl", "training_args.bin", "unet/weights.pth"]
-    for name in pickles:
+    for name in pickles + ["checkpoint-150/model.safetensors", "checkpoint-300/training_run.json"]:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(b"pickle")
     expected = set(folder_digest(saved_pipeline[0])) | {"README.md"}
 
-    with pytest.warns(UserWarning, match=r"not uploading the pickle file\(s\) " + re.escape(", ".join(pickles))):
+    with pytest.warns(UserWarning) as warned:
         hub.write_dry_run(folder, tmp_path / "dry", card=model_card())
+    messages = [str(warning.message) for warning in warned]
+    assert any(re.search(r"not uploading the pickle file\(s\) " + re.escape(", ".join(pickles)), m) for m in messages)
+    assert any("not uploading the training checkpoint folder(s) checkpoint-150, checkpoint-300" in m for m in messages)
     assert set(folder_digest(tmp_path / "dry")) == expected
 
     commits = []

@@ -429,10 +429,20 @@ def positive_class_of(local_dir: Union[str, os.PathLike]) -> Optional[str]:
 
 
 def _local_files(local_dir: Path) -> List[str]:
-    """Relative paths of the files in `local_dir` to upload: hidden ones (.git, .cache, ...) left out, and pickles
-    (`PICKLE_SUFFIXES`, e.g. the `training_args.bin` of transformers' `Trainer`) left out with a warning naming them."""
+    """Relative paths of the files in `local_dir` to upload: hidden ones (.git, .cache, ...) left out, and with a
+    warning naming them the training checkpoints (`checkpoint-*/`: state to resume training, not the model, and
+    left out of its `model_fingerprint` too) and pickles (`PICKLE_SUFFIXES`, e.g. the `training_args.bin` of
+    transformers' `Trainer`)."""
     relative = (path.relative_to(local_dir) for path in local_dir.rglob("*") if path.is_file())
     names = sorted(path.as_posix() for path in relative if not any(part.startswith(".") for part in path.parts))
+    checkpoints = sorted({name.split("/")[0] for name in names if "/" in name and name.startswith("checkpoint-")})
+    if checkpoints:
+        warnings.warn(
+            f"{local_dir}: not uploading the training checkpoint folder(s) {', '.join(checkpoints)} (the state to "
+            "resume training from; the model is the folder's top level)",
+            stacklevel=4,  # the caller of push_to_hub / write_dry_run
+        )
+        names = [name for name in names if name.split("/")[0] not in checkpoints]
     pickles = [name for name in names if name.endswith(PICKLE_SUFFIXES)]
     if pickles:
         warnings.warn(
@@ -517,8 +527,8 @@ def push_to_hub(
 
     `local_dir` is a saved pipeline or transformers model folder (or, with `repo_type="dataset"`, a dataset
     folder). It is only read: the card goes to the Hub from memory, and a failed upload leaves it unchanged.
-    Hidden files and pickles (`PICKLE_SUFFIXES`, e.g. a `Trainer`'s `training_args.bin`) are not uploaded; a warning
-    names the pickles. `data_splits.json` is uploaded without its `train_fingerprints` (a membership test on the
+    Hidden files, training checkpoints (`checkpoint-*/`) and pickles (`PICKLE_SUFFIXES`, e.g. a `Trainer`'s
+    `training_args.bin`) are not uploaded; a warning names the checkpoints and the pickles. `data_splits.json` is uploaded without its `train_fingerprints` (a membership test on the
     training images), its other keys kept. `revision` is an existing branch (default: main).
 
     Raises `OfflineModeIsEnabled` when HF_HUB_OFFLINE is set, `HubUploadError` when the upload fails.
