@@ -24,7 +24,9 @@ from typing import Optional
 
 from huggingface_hub.errors import OfflineModeIsEnabled
 
+from diffusion_classifiers import pipelines
 from diffusion_classifiers.data import canonical_split_name
+from diffusion_classifiers.evaluation import pipeline_call_settings
 from diffusion_classifiers.hub import (
     METHODS,
     HubUploadError,
@@ -37,6 +39,7 @@ from diffusion_classifiers.hub import (
     load_eval_split,
     method_of,
     model_fingerprint,
+    pipeline_class_name_of,
     positive_class_of,
     push_to_hub,
     render_model_card,
@@ -100,6 +103,7 @@ def publish(args):
         **load_eval_counts(args.metrics_json),
         pruning=pruning,
         seed_sensitivity=load_eval_seed_sensitivity(args.metrics_json),
+        call_arguments=call_arguments(recorded.get("pipeline_call"), args.model_dir),
         model_name=args.model_name or args.repo_id.split("/")[-1],
         repo_id=args.repo_id,
         dataset_name=args.dataset_name,
@@ -147,6 +151,18 @@ def check_metrics_are_the_models(metrics_json: str, model_dir: str) -> None:
             f"({actual[:12]}...): its metrics would be published on the wrong model's card; evaluate {model_dir} and "
             "pass that metrics.json"
         )
+
+
+def call_arguments(pipeline_call: Optional[dict], model_dir: str) -> Optional[dict]:
+    """The settings of the pipeline call the metrics were measured with (`metrics.json`'s "pipeline_call") that
+    differ from the defaults of the folder's pipeline class: what the card's snippet must pass to score as they were."""
+    if not pipeline_call or library_name_of(model_dir) != "diffusers":
+        return None
+    pipeline_class = getattr(pipelines, pipeline_class_name_of(model_dir) or "", None)
+    if pipeline_class is None:
+        return None
+    defaults = pipeline_call_settings(pipeline_class)
+    return {name: value for name, value in pipeline_call.items() if name in defaults and value != defaults[name]}
 
 
 def method(model_dir: str, given: Optional[str]) -> str:

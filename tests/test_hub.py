@@ -784,3 +784,22 @@ def test_a_card_publishes_only_its_own_models_metrics_truthfully(saved_pipeline,
         "On the `test` split, 3 of 10 decisions (30.0%) were within 2 Monte-Carlo standard errors of the decision threshold: "
         "another noise seed could flip them; the others were 87.5% accurate."
     ) == 1  # fmt: skip
+
+
+def test_the_card_scores_as_its_metrics_were_scored(monkeypatch, tmp_path):
+    """QA: metrics.json recorded num_timesteps=20 but the card's snippet, `pipe(images)`, scores with the default 100:
+    the card now passes the settings that differ from the defaults and names them beside its results."""
+    model = REPO_ROOT / "tests" / "fixtures" / "v0.1.0" / "score_sde"
+    metrics = {"accuracy": 0.9, "split": "test", "num_samples": 8, "model_sha256": hub.model_fingerprint(model),
+               "pipeline_call": {"method": "elbo", "num_timesteps": 20, "seed": 0, "weighting": "uniform"}}  # fmt: skip
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    argv = push_script_argv(model, tmp_path, "--dry_run", "--output_dir", str(tmp_path / "card"))
+    argv[argv.index("--method") : argv.index("--method") + 2] = []
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))  # push_script_argv wrote its own
+    run_push_script(monkeypatch, argv)
+    card = (tmp_path / "card" / "README.md").read_text()
+    assert "out = pipe(images, num_timesteps=20, weighting='uniform')  #" in card
+    assert "(8 images), scored with `pipe(images, num_timesteps=20, weighting='uniform')`:" in card
+    plain = str(hub.render_model_card("score_sde", model_name="m", dataset_name="d", dataset_license="l",
+                                      metrics={"accuracy": 0.9}, training_command="t", evaluation_command="e"))  # fmt: skip
+    assert "out = pipe(images)  #" in plain and "scored with" not in plain

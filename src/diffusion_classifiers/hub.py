@@ -49,6 +49,7 @@ __all__ = [
     "load_eval_split",
     "model_fingerprint",
     "method_of",
+    "pipeline_class_name_of",
     "positive_class_of",
     "push_to_hub",
     "render_dataset_card",
@@ -90,7 +91,7 @@ REMOTE_CODE_PATTERNS = ["*.py"]
 # Fields the templates may leave empty (they test them with `{% if %}`); every other field they read is required.
 MODEL_CARD_OPTIONAL = {
     "dataset_id", "model_description", "class_names", "positive_class", "num_images", "num_positives", "pruning",
-    "seed_sensitivity",
+    "seed_sensitivity", "call_arguments",
 }  # fmt: skip
 DATASET_CARD_OPTIONAL = {"citation"}
 
@@ -179,6 +180,7 @@ def render_model_card(
     num_positives: Optional[int] = None,
     pruning: bool = False,
     seed_sensitivity: Optional[dict] = None,
+    call_arguments: Optional[Dict[str, object]] = None,
 ) -> ModelCard:
     """The model card of a classifier trained with `method` (one of `METHODS`).
 
@@ -201,6 +203,9 @@ def render_model_card(
         pruning: the metrics were measured with class pruning (Score-SDE, more than 2 classes); the card says so.
         seed_sensitivity: a binary Score-SDE ELBO's decisions another noise seed could flip, as `evaluate` records
             them (`load_eval_seed_sensitivity`); the card states how many, and the accuracy of the others.
+        call_arguments: the arguments of the pipeline call the metrics were measured with where they differ from
+            its defaults (e.g. `{"num_timesteps": 20}`, from `metrics.json`'s "pipeline_call"): the usage snippet
+            passes them and the results name them, so `pipe(images)` scores as the reported numbers were scored.
 
     Raises `ValueError` naming every required field that is missing or empty.
     """
@@ -243,6 +248,7 @@ def render_model_card(
         num_positives=num_positives,
         pruning=pruning,
         seed_sensitivity=seed_sensitivity,
+        call_arguments=", ".join(f"{name}={value!r}" for name, value in (call_arguments or {}).items()),
     )
     return ModelCard(text)
 
@@ -375,13 +381,19 @@ def library_name_of(local_dir: Union[str, os.PathLike]) -> str:
     raise ValueError(f"{local_dir}: expected a saved pipeline (model_index.json) or transformers model (config.json)")
 
 
+def pipeline_class_name_of(local_dir: Union[str, os.PathLike]) -> Optional[str]:
+    """The pipeline class of a saved pipeline folder, by its model_index.json `_class_name` ("Class", or
+    ["module", "Class"] when saved with its code)."""
+    class_name = _read_json(Path(local_dir) / "model_index.json").get("_class_name")
+    return class_name[-1] if isinstance(class_name, list) else class_name
+
+
 def method_of(local_dir: Union[str, os.PathLike]) -> str:
     """The method (one of `METHODS`) of a saved pipeline, by its model_index.json `_class_name`, or of an exported
     transformers model, by its config.json `backbone_type`."""
     local_dir = Path(local_dir)
     if library_name_of(local_dir) == "diffusers":
-        class_name = _read_json(local_dir / "model_index.json").get("_class_name")
-        class_name = class_name[-1] if isinstance(class_name, list) else class_name  # ["module", "Class"] or "Class"
+        class_name = pipeline_class_name_of(local_dir)
         if class_name not in PIPELINE_METHODS:
             raise ValueError(
                 f"{local_dir}/model_index.json: pipeline {class_name!r} is not a classifier of this library; expected "
