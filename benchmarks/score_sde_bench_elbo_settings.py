@@ -11,8 +11,9 @@ it classifies. Without `--unet_dir` the model is trained on the whole train spli
 protocol trains on a subset); `--keep_checkpoint DIR` keeps it.
 
 Targets: the pipeline's default (weighting "elbo", spacing "even") within 1 point (of accuracy, or of AUC x 100 on
-binary data) of the best pair on val; binary: the ratio's standard error within 1.5x of its spread over the seeds
-(either way) for every pair.
+binary data) of the best pair on val; binary, for every pair: the ratio's standard error within 1.5x of its spread
+over the seeds (either way), and at least 90% of the changes between two seeds' ratios within twice the standard error
+of their difference (0.954 if calibrated; fewer would mean `evaluate`'s band misses decisions another seed flips).
 
     python benchmarks/score_sde_bench_elbo_settings.py --quick
     python benchmarks/score_sde_accuracy.py --num_threads 1 --parts data --keep_checkpoint /tmp/sde
@@ -47,6 +48,7 @@ QUICK_TRAIN_IMAGES = 300
 PIPELINE_DEFAULT_PAIR = "elbo/even"  # ScoreSDEClassifierPipeline's weighting and timestep_spacing
 MAX_DEFAULT_LOSS_POINTS = 1.0  # the default within 1 point of the best pair (issue 15's "<= 1 point" bar)
 MAX_STDERR_FACTOR = 1.5  # the ratio's standard error within 1.5x of its seed-to-seed spread, either way
+MIN_TWO_SIGMA_COVERAGE = 0.90  # of seed-to-seed changes within 2 standard errors (0.954 if calibrated): few missed
 
 
 def parse_args():
@@ -120,7 +122,19 @@ def scored_over_seeds(pipe, val, weighting: str, spacing: str, args) -> dict:
         variance = scores.var(0, ddof=1).mean() if len(scores) > 1 else 0.0
         stderr = np.stack([out.log_likelihood_ratio_stderr.numpy() for out in outputs])
         row["stderr_over_seed_spread"] = float(np.sqrt((stderr**2).mean() / variance)) if variance > 0 else None
+        row["stderr_two_sigma_coverage"] = two_sigma_coverage(scores, stderr)
     return row
+
+
+def two_sigma_coverage(ratios: np.ndarray, stderr: np.ndarray):
+    """Of every image and pair of seeds `[S, N]`, the fraction whose two ratios differ by less than twice the standard
+    error of their difference, `sqrt(se_a^2 + se_b^2)` (0.954 for a calibrated normal estimate): how well the band
+    `evaluate` flags holds the changes another seed makes. None with one seed."""
+    pairs = [(a, b) for a in range(len(ratios)) for b in range(a + 1, len(ratios))]
+    if not pairs:
+        return None
+    inside = [np.abs(ratios[a] - ratios[b]) < 2 * np.sqrt(stderr[a] ** 2 + stderr[b] ** 2) for a, b in pairs]
+    return float(np.mean(inside))
 
 
 def targets(pairs: dict, key: str) -> dict:
@@ -135,6 +149,9 @@ def targets(pairs: dict, key: str) -> dict:
     if quotients:
         worst = max(max(q, 1 / q) for q in quotients)
         entries["stderr_worst_factor_from_seed_spread"] = target_entry(worst, MAX_STDERR_FACTOR, False)
+    coverages = [row["stderr_two_sigma_coverage"] for row in pairs.values() if row.get("stderr_two_sigma_coverage") is not None]
+    if coverages:
+        entries["stderr_worst_two_sigma_coverage"] = target_entry(min(coverages), MIN_TWO_SIGMA_COVERAGE, True)
     return entries
 
 

@@ -52,6 +52,9 @@ def test_decisions_changed_accuracy_and_auc_are_counted_per_seed():
     ratios = np.array(list(pipe.ratios_by_seed.values()))
     assert row["median_score_sd_over_seeds"] == float(np.median(ratios.std(0, ddof=1)))
     assert row["stderr_over_seed_spread"] == pytest.approx(0.5 / np.sqrt(ratios.var(0, ddof=1).mean()))
+    # seed pairs (0, 1), (0, 2), (1, 2) change the ratios by [0, 1.5, 0, 2.5], [3, 0, 1, 1], [3, 1.5, 1, 3.5]: 6 of 12
+    # within 2 sqrt(0.5^2 + 0.5^2) = 1.41
+    assert row["stderr_two_sigma_coverage"] == 0.5
 
 
 def test_a_quick_run_scores_every_pair_on_every_seed(tmp_path, monkeypatch, capsys):
@@ -68,14 +71,15 @@ def test_a_quick_run_scores_every_pair_on_every_seed(tmp_path, monkeypatch, caps
     for row in figures["pairs"].values():  # the same seed twice: the same decisions and scores
         assert row["decisions_changed_vs_first_seed"] == [0] and row["median_score_sd_over_seeds"] == 0.0
         assert row["stderr_over_seed_spread"] is None  # no spread to compare with
+        assert row["stderr_two_sigma_coverage"] == 1.0  # no change at all
         assert row["accuracy_per_seed"][0] == row["accuracy_per_seed"][1] and len(row["auc_per_seed"]) == 2
     assert figures["setting"]["val_images"] == 20 and figures["best_pair"] in figures["pairs"]
 
 
-def test_targets_read_the_default_pair_against_the_best_and_the_worst_standard_error_factor():
+def test_targets_read_the_default_pair_against_the_best_and_the_worst_standard_error_factor_and_coverage():
     pairs = {
-        "uniform/even": {"auc_mean": 0.990, "stderr_over_seed_spread": 0.5},
-        "elbo/even": {"auc_mean": 0.975, "stderr_over_seed_spread": 1.2},
+        "uniform/even": {"auc_mean": 0.990, "stderr_over_seed_spread": 0.5, "stderr_two_sigma_coverage": 0.97},
+        "elbo/even": {"auc_mean": 0.975, "stderr_over_seed_spread": 1.2, "stderr_two_sigma_coverage": 0.85},
     }
     targets = score_sde_bench_elbo_settings.targets(pairs, "auc_mean")
     assert targets["default_pair_auc_mean_loss_vs_best_points"]["value"] == pytest.approx(1.5)
@@ -83,5 +87,6 @@ def test_targets_read_the_default_pair_against_the_best_and_the_worst_standard_e
     assert targets["stderr_worst_factor_from_seed_spread"] == {
         "value": 2.0, "target": 1.5, "met": False, "higher_is_better": False,
     }  # fmt: skip
+    assert targets["stderr_worst_two_sigma_coverage"] == {"value": 0.85, "target": 0.9, "met": False, "higher_is_better": True}
     multiclass = score_sde_bench_elbo_settings.targets({"elbo/even": {"accuracy_mean": 0.8}}, "accuracy_mean")
     assert list(multiclass) == ["default_pair_accuracy_mean_loss_vs_best_points"]  # no standard error for K > 2
