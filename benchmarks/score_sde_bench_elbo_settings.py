@@ -22,6 +22,7 @@ of their difference (0.954 if calibrated; fewer would mean `evaluate`'s band mis
 
 import tempfile
 import time
+from typing import Optional
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -126,20 +127,21 @@ def scored_over_seeds(pipe, val, weighting: str, spacing: str, args) -> dict:
     return row
 
 
-def two_sigma_coverage(ratios: np.ndarray, stderr: np.ndarray):
+def two_sigma_coverage(ratios: np.ndarray, stderr: np.ndarray) -> Optional[float]:
     """Of every image and pair of seeds `[S, N]`, the fraction whose two ratios differ by less than twice the standard
     error of their difference, `sqrt(se_a^2 + se_b^2)` (0.954 for a calibrated normal estimate): how well the band
-    `evaluate` flags holds the changes another seed makes. None with one seed."""
+    `evaluate` flags holds the changes another seed makes (a NaN standard error counts as holding it, as `evaluate`
+    counts it within the band). None with one seed."""
     pairs = [(a, b) for a in range(len(ratios)) for b in range(a + 1, len(ratios))]
     if not pairs:
         return None
-    inside = [np.abs(ratios[a] - ratios[b]) < 2 * np.sqrt(stderr[a] ** 2 + stderr[b] ** 2) for a, b in pairs]
-    return float(np.mean(inside))
+    outside = [np.abs(ratios[a] - ratios[b]) >= 2 * np.sqrt(stderr[a] ** 2 + stderr[b] ** 2) for a, b in pairs]
+    return 1.0 - float(np.mean(outside))
 
 
 def targets(pairs: dict, key: str) -> dict:
     """The pipeline's default pair against the best on val (points of `key`); binary: the worst factor between the
-    ratio's standard error and its spread over the seeds, over the pairs."""
+    ratio's standard error and its spread over the seeds, and the lowest two-sigma coverage, over the pairs."""
     entries = {}
     if PIPELINE_DEFAULT_PAIR in pairs:
         best = max(row[key] for row in pairs.values())
@@ -149,7 +151,8 @@ def targets(pairs: dict, key: str) -> dict:
     if quotients:
         worst = max(max(q, 1 / q) for q in quotients)
         entries["stderr_worst_factor_from_seed_spread"] = target_entry(worst, MAX_STDERR_FACTOR, False)
-    coverages = [row["stderr_two_sigma_coverage"] for row in pairs.values() if row.get("stderr_two_sigma_coverage") is not None]
+    coverages = [row.get("stderr_two_sigma_coverage") for row in pairs.values()]
+    coverages = [coverage for coverage in coverages if coverage is not None]
     if coverages:
         entries["stderr_worst_two_sigma_coverage"] = target_entry(min(coverages), MIN_TWO_SIGMA_COVERAGE, True)
     return entries

@@ -155,7 +155,7 @@ def check_metrics_are_the_models(metrics_json: str, model_dir: str) -> None:
 
 def call_arguments(pipeline_call: Optional[dict], model_dir: str) -> Optional[dict]:
     """The settings of the pipeline call the metrics were measured with (`metrics.json`'s "pipeline_call") that
-    differ from the defaults of the folder's pipeline class: what the card's snippet must pass to score as they were."""
+    differ from the defaults of the folder's pipeline class: what the card's snippet passes to score as they were."""
     if not pipeline_call or library_name_of(model_dir) != "diffusers":
         return None
     pipeline_class = getattr(pipelines, pipeline_class_name_of(model_dir) or "", None)

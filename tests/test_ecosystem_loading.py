@@ -378,7 +378,7 @@ def test_only_a_linear_head_exports_and_the_positive_class_travels(saved):
 def test_a_pipeline_of_another_method_is_refused_by_name():
     """QA: a Score-SDE pipeline given to export_unet_feature_pipeline raised AttributeError: ... no attribute 'head'."""
     built = pipelines()
-    with pytest.raises(TypeError, match="expected a UNetFeatureClassifierPipeline, got ScoreSDEClassifierPipeline: "):
+    with pytest.raises(TypeError, match=r"a UNetFeatureClassifierPipeline, got ScoreSDEClassifierPipeline \(it classifies"):
         export_unet_feature_pipeline(built["score_sde"])
     with pytest.raises(TypeError, match="expected a RepresentationConditionedDiTPipeline, got UNetFeatureClassifierPipeline"):
         export_rc_dit_pipeline(built["unet_features"])

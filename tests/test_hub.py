@@ -623,7 +623,7 @@ def test_uploads_leave_out_pickles_and_checkpoints_and_name_them(saved_pipeline,
     folder = tmp_path / "model"
     shutil.copytree(saved_pipeline[0], folder)
     pickles = ["ema/model.ckpt", "optimizer.pt", "scaler.pkl", "training_args.bin", "unet/weights.pth"]
-    for name in pickles + ["checkpoint-150/model.safetensors", "checkpoint-300/training_run.json"]:
+    for name in pickles + ["checkpoint-150/model.safetensors", "checkpoint-300/training_run.json", "unet/checkpoint-5/x.json"]:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(b"pickle")
     expected = set(folder_digest(saved_pipeline[0])) | {"README.md"}
@@ -632,7 +632,8 @@ def test_uploads_leave_out_pickles_and_checkpoints_and_name_them(saved_pipeline,
         hub.write_dry_run(folder, tmp_path / "dry", card=model_card())
     messages = [str(warning.message) for warning in warned]
     assert any(re.search(r"not uploading the pickle file\(s\) " + re.escape(", ".join(pickles)), m) for m in messages)
-    assert any("not uploading the training checkpoint folder(s) checkpoint-150, checkpoint-300" in m for m in messages)
+    checkpoints = "checkpoint-150, checkpoint-300, unet/checkpoint-5"
+    assert any(f"not uploading the training checkpoint folder(s) {checkpoints} (" in m for m in messages)
     assert set(folder_digest(tmp_path / "dry")) == expected
 
     commits = []
@@ -791,8 +792,9 @@ def test_the_card_scores_as_its_metrics_were_scored(monkeypatch, tmp_path):
     the card now passes the settings that differ from the defaults and names them beside its results."""
     model = REPO_ROOT / "tests" / "fixtures" / "v0.1.0" / "score_sde"
     metrics = {"accuracy": 0.9, "split": "test", "num_samples": 8, "model_sha256": hub.model_fingerprint(model),
-               "pipeline_call": {"method": "elbo", "num_timesteps": 20, "seed": 0, "weighting": "uniform"}}  # fmt: skip
-    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+               "pipeline_call": {"method": "elbo", "num_timesteps": 20, "seed": 0, "weighting": "uniform"},
+               "seed_sensitivity": {"num_stderr": 2.0, "decisions_within": 2, "fraction_within": 0.25,
+                                    "accuracy_beyond": 1.0, "median_stderr": 3.0}}  # fmt: skip
     argv = push_script_argv(model, tmp_path, "--dry_run", "--output_dir", str(tmp_path / "card"))
     argv[argv.index("--method") : argv.index("--method") + 2] = []
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))  # push_script_argv wrote its own
@@ -800,6 +802,9 @@ def test_the_card_scores_as_its_metrics_were_scored(monkeypatch, tmp_path):
     card = (tmp_path / "card" / "README.md").read_text()
     assert "out = pipe(images, num_timesteps=20, weighting='uniform')  #" in card
     assert "(8 images), scored with `pipe(images, num_timesteps=20, weighting='uniform')`:" in card
+    assert "On the `test` split, 2 of 8 decisions (25.0%) were within 2 Monte-Carlo" in " ".join(card.split())
+    (tmp_path / "demo.json").write_text(json.dumps({"test": metrics}))  # the demo's layout
+    assert hub.load_eval_seed_sensitivity(tmp_path / "demo.json") == metrics["seed_sensitivity"]
     plain = str(hub.render_model_card("score_sde", model_name="m", dataset_name="d", dataset_license="l",
                                       metrics={"accuracy": 0.9}, training_command="t", evaluation_command="e"))  # fmt: skip
     assert "out = pipe(images)  #" in plain and "scored with" not in plain

@@ -376,8 +376,12 @@ def test_an_output_written_before_the_stderr_column_resumes_with_its_columns(mod
         writer.writeheader()
         writer.writerows(rows)
     sidecar = output.with_name("predictions.csv.json")
-    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "columns": old_columns}))
+    recorded = json.loads(sidecar.read_text())
+    del recorded["run"]["pipeline_call"]  # nor did it record the settings of the call
+    sidecar.write_text(json.dumps({**recorded, "columns": old_columns}))
     write_images(tmp_path / "images", ["r.png"], seed=5)
+    with pytest.raises(ValueError, match="written before predict recorded its settings.* other num_timesteps: rerun"):
+        predict_files(pipe, list_inputs(tmp_path / "images"), output, pipeline_kwargs={"num_timesteps": 4})
     resumed = predict_files(pipe, list_inputs(tmp_path / "images"), output, batch_size=8, progress_bar=False)
     assert (resumed.predicted, resumed.skipped, resumed.rows) == (1, 2, 3)
     assert list(read_rows(output)[0]) == old_columns and json.loads(sidecar.read_text())["columns"] == old_columns

@@ -308,8 +308,6 @@ def test_log_odds_rank_images_whose_probabilities_saturate_and_evaluate_ranks_by
 
 
 def test_evaluate_counts_the_decisions_another_noise_seed_could_flip(tmp_path, monkeypatch):
-    import json
-
     from diffusion_classifiers.data import LabeledImages
     from diffusion_classifiers.evaluation import evaluate_classifier
 
@@ -317,12 +315,10 @@ def test_evaluate_counts_the_decisions_another_noise_seed_could_flip(tmp_path, m
     ratio = torch.tensor([-3.0, -0.5, 0.2, 4.0], dtype=torch.float64)
     stderr = torch.tensor([1.0, 1.0, 0.05, float("nan")], dtype=torch.float64)  # beyond, within, beyond, within (NaN)
     scored = pipe.posterior(torch.stack([torch.zeros_like(ratio), ratio], 1), None)
-    monkeypatch.setattr(
-        ScoreSDEClassifierPipeline, "__call__",
-        lambda self, images, **kwargs: ScoreSDEClassifierOutput(
-            **scored, nfe_per_image=torch.ones(len(images)), log_likelihood_ratio_stderr=stderr
-        ),
-    )  # fmt: skip
+    def scored_call(self, images, early_stop_confidence=None, priors=None, **kwargs):  # the settings evaluate records
+        return ScoreSDEClassifierOutput(**scored, nfe_per_image=torch.ones(len(images)), log_likelihood_ratio_stderr=stderr)
+
+    monkeypatch.setattr(ScoreSDEClassifierPipeline, "__call__", scored_call)
     data = LabeledImages(torch.zeros(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]), ["benign", "malignant"])
     metrics = evaluate_classifier(pipe, data, output_dir=str(tmp_path), positive_class="malignant")
     # decided benign, benign, malignant, malignant: of the two beyond the band the first is right, the third wrong
@@ -332,6 +328,12 @@ def test_evaluate_counts_the_decisions_another_noise_seed_could_flip(tmp_path, m
     report = (tmp_path / "report.md").read_text()
     assert "| decisions another noise seed could flip (within 2 standard errors of the threshold) | 2 (50.0%) |" in report
     assert "| accuracy of the other decisions | 50.00% |" in report
+    # after an early stop the standard error rests on the timesteps the stop kept and reads low: not counted
+    early = evaluate_classifier(pipe, data, pipeline_kwargs={"early_stop_confidence": 0.99})
+    assert "seed_sensitivity" not in early and early["pipeline_call"]["early_stop_confidence"] == 0.99
+    # priors as a float32 array are recorded as a list (json.dumps refused numpy scalars)
+    priors = evaluate_classifier(pipe, data, pipeline_kwargs={"priors": np.array([0.25, 0.75], dtype=np.float32)})
+    assert priors["pipeline_call"]["priors"] == [0.25, 0.75]
 
 
 def test_the_ratio_of_a_pruned_run_weighs_the_timesteps_both_classes_got():

@@ -231,7 +231,8 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         pipeline_kwargs=args.pipeline_kwargs, model_sha256=model_fingerprint(folder), train_split=train_split,
     )  # fmt: skip
     headline = {k: metrics.get(k) for k in ("accuracy", "macro_f1", "balanced_accuracy", "auc", "positive_class", "sensitivity", "specificity")}
-    headline = {k: v for k, v in headline.items() if v is not None or k == "auc"} | {"ece": metrics["calibration"]["ece"]}
+    headline = {k: v for k, v in headline.items() if v is not None or k == "auc"}
+    headline["ece"] = metrics["calibration"]["ece"]
     if "seed_sensitivity" in metrics:  # a binary Score-SDE ELBO: the decisions another --seed could flip
         headline["decisions_within_2_stderr"] = metrics["seed_sensitivity"]["decisions_within"]
     print(json.dumps(headline))

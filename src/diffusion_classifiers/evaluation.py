@@ -134,7 +134,9 @@ def pipeline_call_settings(classifier, pipeline_kwargs: Optional[dict] = None) -
             f"pipeline_kwargs: unknown {unknown} for {type(classifier).__name__}; expected some of {sorted(settings)}"
         )
     settings.update(pipeline_kwargs or {})
-    return json.loads(json.dumps(settings, default=list))  # as metrics.json records them (tuples as lists)
+    # as metrics.json records them: tuples, arrays and tensors as lists
+    as_list = lambda value: value.tolist() if hasattr(value, "tolist") else list(value)  # noqa: E731
+    return json.loads(json.dumps(settings, default=as_list))
 
 
 def _predictor(classifier, image_processor=None, pipeline_kwargs: Optional[dict] = None) -> Tuple[Predictor, List[str]]:
@@ -166,7 +168,8 @@ def _predictor(classifier, image_processor=None, pipeline_kwargs: Optional[dict]
     def predict(images):
         output = classifier(images, input_data_format=_layout(images), **(pipeline_kwargs or {}))
         ranking, stderr = getattr(output, "log_odds", None), getattr(output, "log_likelihood_ratio_stderr", None)
-        return output.probs.cpu(), (output.probs if ranking is None else ranking).cpu(), stderr if stderr is None else stderr.cpu()
+        stderr = None if stderr is None else stderr.cpu()
+        return output.probs.cpu(), (output.probs if ranking is None else ranking).cpu(), stderr
 
     return predict, classifier.class_names
 
@@ -449,8 +452,10 @@ def evaluate_classifier(
         y_true, probs.argmax(-1), probs=ranking, class_names=model_names, positive_label=positive_label
     )
     metrics["calibration"] = calibration_metrics(y_true, probs)
-    if all(part is not None for part in stderr):  # binary: either class's log-odds, 0 at the threshold
-        metrics["seed_sensitivity"] = seed_sensitivity_metrics(y_true, probs.argmax(-1), ranking[:, 0], torch.cat(stderr))
+    # binary: either class's log-odds, 0 at the threshold; not after an early stop, whose standard error reads low
+    if all(part is not None for part in stderr) and not (settings or {}).get("early_stop_confidence"):
+        margins = ranking[:, 0]
+        metrics["seed_sensitivity"] = seed_sensitivity_metrics(y_true, probs.argmax(-1), margins, torch.cat(stderr))
     metrics.update(checked)
     if positive_label is not None:
         metrics["num_positives"] = int(np.sum(y_true == positive_label))

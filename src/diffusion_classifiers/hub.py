@@ -340,6 +340,22 @@ def load_eval_seed_sensitivity(path: Union[str, os.PathLike]) -> Optional[dict]:
     return data.get("test", data).get("seed_sensitivity")
 
 
+def _hidden_or_checkpoint(relative: Path) -> bool:
+    """Whether a path of a model folder is hidden (.git, .cache, ...) or in a training checkpoint (`checkpoint-*/`,
+    the state to resume training from): neither part of the model's fingerprint nor of its upload."""
+    return any(part.startswith((".", "checkpoint-")) for part in relative.parts)
+
+
+def _checkpoint_folder(relative: Path) -> Optional[str]:
+    """The training checkpoint folder (`checkpoint-*`, not hidden) a file of a model folder lies in, or None."""
+    for depth, part in enumerate(relative.parts[:-1]):
+        if part.startswith("."):
+            return None
+        if part.startswith("checkpoint-"):
+            return "/".join(relative.parts[: depth + 1])
+    return None
+
+
 def model_fingerprint(local_dir: Union[str, os.PathLike]) -> str:
     """sha256 over a saved model's `model_index.json` / `config.json` files and `*.safetensors` weights (their paths
     and bytes, training checkpoints and hidden folders left out): what `evaluate` records in metrics.json as
@@ -350,7 +366,7 @@ def model_fingerprint(local_dir: Union[str, os.PathLike]) -> str:
     files = sorted(
         path for path in local_dir.rglob("*")
         if path.is_file() and (path.suffix == ".safetensors" or path.name in ("model_index.json", "config.json"))
-        and not any(part.startswith((".", "checkpoint-")) for part in path.relative_to(local_dir).parts)
+        and not _hidden_or_checkpoint(path.relative_to(local_dir))
     )  # fmt: skip
     if not files:
         raise ValueError(f"{local_dir}: expected a saved model (model_index.json or config.json, safetensors weights)")
@@ -445,16 +461,15 @@ def _local_files(local_dir: Path) -> List[str]:
     warning naming them the training checkpoints (`checkpoint-*/`: state to resume training, not the model, and
     left out of its `model_fingerprint` too) and pickles (`PICKLE_SUFFIXES`, e.g. the `training_args.bin` of
     transformers' `Trainer`)."""
-    relative = (path.relative_to(local_dir) for path in local_dir.rglob("*") if path.is_file())
-    names = sorted(path.as_posix() for path in relative if not any(part.startswith(".") for part in path.parts))
-    checkpoints = sorted({name.split("/")[0] for name in names if "/" in name and name.startswith("checkpoint-")})
+    relative = [path.relative_to(local_dir) for path in local_dir.rglob("*") if path.is_file()]
+    names = sorted(path.as_posix() for path in relative if not _hidden_or_checkpoint(path))
+    checkpoints = sorted({folder for folder in map(_checkpoint_folder, relative) if folder is not None})
     if checkpoints:
         warnings.warn(
             f"{local_dir}: not uploading the training checkpoint folder(s) {', '.join(checkpoints)} (the state to "
-            "resume training from; the model is the folder's top level)",
+            "resume training from, not the model)",
             stacklevel=4,  # the caller of push_to_hub / write_dry_run
         )
-        names = [name for name in names if name.split("/")[0] not in checkpoints]
     pickles = [name for name in names if name.endswith(PICKLE_SUFFIXES)]
     if pickles:
         warnings.warn(
@@ -540,8 +555,9 @@ def push_to_hub(
     `local_dir` is a saved pipeline or transformers model folder (or, with `repo_type="dataset"`, a dataset
     folder). It is only read: the card goes to the Hub from memory, and a failed upload leaves it unchanged.
     Hidden files, training checkpoints (`checkpoint-*/`) and pickles (`PICKLE_SUFFIXES`, e.g. a `Trainer`'s
-    `training_args.bin`) are not uploaded; a warning names the checkpoints and the pickles. `data_splits.json` is uploaded without its `train_fingerprints` (a membership test on the
-    training images), its other keys kept. `revision` is an existing branch (default: main).
+    `training_args.bin`) are not uploaded; a warning names the checkpoints and the pickles. `data_splits.json` is
+    uploaded without its `train_fingerprints` (a membership test on the training images), its other keys kept.
+    `revision` is an existing branch (default: main).
 
     Raises `OfflineModeIsEnabled` when HF_HUB_OFFLINE is set, `HubUploadError` when the upload fails.
     """

@@ -719,15 +719,15 @@ class DenoisingScoreResult:
         the successive differences of the `d` in time order, which leave out the smooth change of `d` with t:
         `(sum_p (d_{p+1} - d_p)^2 / 2 + ((d_2 - d_1)^2 + (d_n - d_{n-1})^2) / 4) / n^2` (the end terms give the first
         and last timestep their share; with `"elbo"` weighting and even spacing the lowest one carries most of it).
-        An approximation that errs wide: the first difference counts the steep change of `d` between the lowest
-        timesteps as noise, so with `"elbo"` weighting it read 1.15-1.2x the spread over noise seeds on a
-        PneumoniaMNIST model at 100 timesteps (1.4x at 20) and 1.5x (2.7x at 20) on one trained for 300 steps; resting
-        on few effective degrees of freedom (the lowest timesteps carry most of the variance), its two-sigma intervals
-        held 94-99% of the changes between two seeds' ratios (95.4% if calibrated). With `"uniform"` weighting or
-        log-SNR spacing: 1.0-1.2x, 95-97.5%. Second differences with the ELBO weights divided out, which remove the
-        trend, read 0.7-1.1x but held only 74-89%. `benchmarks/score_sde_bench_elbo_settings.py` measures both on a
-        kept pipeline. After an early stop it rests on few timesteps, chosen because they looked settled, and reads
-        low. NaN with fewer than 2 shared timesteps."""
+        An approximation that errs wide on weakly trained models: the first difference counts the steep change of `d`
+        between the lowest timesteps as noise. With `"elbo"` weighting it read 1.15-1.2x the spread over noise seeds
+        on a PneumoniaMNIST model at 100 timesteps (1.4x at 20) and 1.5x (2.7x at 20) on one trained for 300 steps;
+        resting on few effective degrees of freedom (the lowest timesteps carry most of the variance), its two-sigma
+        intervals held 93.8-99% of the changes between two seeds' ratios (95.4% if calibrated). With `"uniform"`
+        weighting or log-SNR spacing: 1.0-1.2x, 93.7-97.5%. Second differences with the ELBO weights divided out,
+        which remove the trend, read 0.7-1.1x but held only 74-89%. `benchmarks/score_sde_bench_elbo_settings.py`
+        measures both on a kept pipeline. After an early stop it rests on few timesteps, chosen because they looked
+        settled, and reads low. NaN with fewer than 2 shared timesteps."""
         differences = (self.errors[:, second] - self.errors[:, first]).gather(1, self.timesteps.argsort(1))
         if differences.shape[1] < 2:
             return torch.full(differences.shape[:1], float("nan"), dtype=differences.dtype)

@@ -252,7 +252,7 @@ def seed_sensitivity_metrics(y_true, y_pred, margins, stderr, num_stderr: float 
         beyond the band; None when there are none) and `median_stderr`.
     """
     y_true, y_pred = as_labels(y_true, "y_true"), as_labels(y_pred, "y_pred")
-    margins, stderr = (np.asarray(v.detach().cpu() if hasattr(v, "detach") else v, dtype=np.float64) for v in (margins, stderr))
+    margins, stderr = (np.asarray(v.cpu() if hasattr(v, "cpu") else v, dtype=np.float64) for v in (margins, stderr))
     if y_pred.shape != y_true.shape or margins.shape != y_true.shape or stderr.shape != y_true.shape:
         raise ValueError(
             f"expected y_pred, margins and stderr of shape [{len(y_true)}], got {y_pred.shape}, {margins.shape} and "

@@ -209,10 +209,11 @@ def _published_config(config: dict) -> dict:
 def _check_exportable(pipeline, components: tuple, expected: str) -> None:
     """Refuse a pipeline of another method (by its components: this module sits below the pipelines)."""
     if not all(hasattr(pipeline, name) for name in components):
+        no_export = " (it classifies by likelihoods, not by a head over features)" if hasattr(pipeline, "sde") else ""
         raise TypeError(
-            f"expected a {expected}, got {type(pipeline).__name__}: export_unet_feature_pipeline exports U-Net-feature "
-            "pipelines and export_rc_dit_pipeline RC-DiT ones; a Score-SDE pipeline has no transformers export (it "
-            "classifies by likelihoods, not by a head over features)"
+            f"expected a {expected}, got {type(pipeline).__name__}{no_export}: export_unet_feature_pipeline exports "
+            "U-Net-feature pipelines, export_rc_dit_pipeline RC-DiT ones; Score-SDE pipelines have no transformers "
+            "export"
         )
 
 

@@ -12,7 +12,7 @@ import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 __all__ = [
     "ERROR_COLUMNS",
@@ -20,6 +20,7 @@ __all__ = [
     "OutputFiles",
     "check_output_args",
     "columns_of_resumed_run",
+    "recorded_run_info",
     "default_errors_path",
     "done_paths",
     "errors_file_of_resumed_run",
@@ -91,14 +92,14 @@ def prepare_output_files(files: OutputFiles, run: dict, overwrite: bool, is_main
 
 def _changes(recorded: dict, run: dict) -> list[tuple[str, Any, Any]]:
     """`(key, then, now)` for each setting of `run` that differs from the sidecar's; of the caller's `run_info` (under
-    "run") only the keys the sidecar has are compared: an output written before a key was recorded resumes."""
+    "run", and within its dicts) only the keys the sidecar has are compared: an output written before a key was
+    recorded resumes."""
     changes = [(key, recorded.get(key), run[key]) for key in sorted(run) if key != "run" and recorded.get(key) != run[key]]
     then, now = recorded.get("run") or {}, run.get("run") or {}
     for key in sorted(then):
-        if isinstance(then[key], dict) and isinstance(now.get(key), dict):  # the pipeline call: the settings that differ
-            inner = sorted(set(then[key]) | set(now[key]))
-            changes += [(f"{key}.{name}", then[key].get(name), now[key].get(name)) for name in inner
-                        if then[key].get(name) != now[key].get(name)]  # fmt: skip
+        if isinstance(then[key], dict) and isinstance(now.get(key), dict):  # the pipeline call: settings that differ
+            changes += [(f"{key}.{name}", value, now[key].get(name)) for name, value in sorted(then[key].items())
+                        if value != now[key].get(name)]  # fmt: skip
         elif then[key] != now.get(key):
             changes.append((key, then[key], now.get(key)))
     return changes
@@ -118,6 +119,11 @@ def errors_file_of_resumed_run(files: OutputFiles, overwrite: bool) -> OutputFil
     if legacy.is_file() and legacy.resolve() != files.output.resolve():
         return replace(files, errors=legacy)
     return files
+
+
+def recorded_run_info(files: OutputFiles) -> Optional[dict]:
+    """The `run_info` (`"run"`) the output's sidecar records; None without a sidecar."""
+    return (json.loads(files.sidecar.read_text()).get("run") or {}) if files.sidecar.is_file() else None
 
 
 def columns_of_resumed_run(files: OutputFiles, columns: list[str], overwrite: bool) -> list[str]:

@@ -24,6 +24,7 @@ from .outputs import (
     errors_file_of_resumed_run,
     merge_parts,
     prepare_output_files,
+    recorded_run_info,
     write_csv,
 )
 
@@ -65,17 +66,18 @@ class PredictionSummary:
     not_in_input: int = 0
 
 
-def output_columns(pipeline: Any, with_true_labels: bool, call_kwargs: Optional[dict] = None) -> list[str]:
+def output_columns(pipeline: Any, with_true_labels: bool, settings: Optional[dict] = None) -> list[str]:
     """`path, frame, [true_label,] label, score, prob_<class>..., [log_likelihood_ratio, log_likelihood_ratio_stderr]`
-    for `pipeline` called with `call_kwargs`: the ratio for a binary Score-SDE pipeline, its standard error when the
-    call's `method` is `"elbo"` (the default)."""
+    for `pipeline` called with `settings` (`evaluation.pipeline_call_settings`; default: its defaults): the ratio for
+    a binary Score-SDE pipeline, its standard error when the call's `method` is `"elbo"`."""
+    from ..evaluation import pipeline_call_settings
     from ..pipelines import ScoreSDEClassifierPipeline
 
     columns = ["path", "frame"] + (["true_label"] if with_true_labels else []) + ["label", "score"]
     columns += [f"prob_{name}" for name in pipeline.class_names]
     if isinstance(pipeline, ScoreSDEClassifierPipeline) and len(pipeline.class_names) == 2:
         columns.append("log_likelihood_ratio")
-        if (call_kwargs or {}).get("method", "elbo") == "elbo":
+        if (settings or pipeline_call_settings(pipeline))["method"] == "elbo":
             columns.append("log_likelihood_ratio_stderr")
     return columns
 
@@ -91,6 +93,24 @@ def prediction_call_kwargs(pipeline: Any, pipeline_kwargs: Optional[dict], seed:
     if isinstance(pipeline, ScoreSDEClassifierPipeline):
         kwargs.update(seed=seed, seed_by="content")
     return kwargs
+
+
+def _check_settings_of_unrecorded_run(files: OutputFiles, pipeline: Any, settings: dict, seed: int, overwrite: bool):
+    """An output written before the pipeline call's settings were recorded was scored with the pipeline's defaults
+    (and an unrecorded seed): refuse to add rows scored otherwise."""
+    recorded = None if overwrite else recorded_run_info(files)
+    if recorded is None or "pipeline_call" in recorded:
+        return
+    from ..evaluation import pipeline_call_settings
+
+    defaults = pipeline_call_settings(pipeline, prediction_call_kwargs(pipeline, None, seed))
+    changed = sorted(name for name in settings if settings[name] != defaults.get(name))
+    if changed:
+        raise ValueError(
+            f"{files.output} was written before predict recorded its settings, with the pipeline's defaults; refusing "
+            f"to add rows scored with other {', '.join(changed)}: rerun without pipeline_kwargs (--pipeline_kwargs) "
+            "and with the seed it was written with, or pass --overwrite (overwrite=True) to replace it"
+        )
 
 
 def _check_pipeline_kwargs(pipeline_kwargs: Optional[dict]) -> None:
@@ -139,9 +159,8 @@ def _in_stated_range(image: Any, input_range: str) -> Any:
 class _BatchWriter:
     """Reads, classifies and commits one batch at a time as part files named by the batch's first input index."""
 
-    def __init__(self, pipeline: Any, files: OutputFiles, columns: list[str], order: dict[str, int], call_kwargs: dict):
-        self.pipeline, self.files, self.columns, self.order = pipeline, files, columns, order
-        self.call_kwargs = call_kwargs
+    def __init__(self, pipeline: Any, files: OutputFiles, columns: list[str], order: dict[str, int], kwargs: dict):
+        self.pipeline, self.files, self.columns, self.order, self.call_kwargs = pipeline, files, columns, order, kwargs
         self.items, self.images, self.errors = [], [], []
         self.failed = 0
 
@@ -247,13 +266,14 @@ def predict_files(
     _check_inputs(inputs)
     call_kwargs = prediction_call_kwargs(pipeline, pipeline_kwargs, seed)
     settings = pipeline_call_settings(pipeline, call_kwargs)  # unknown names refused here
-    columns = output_columns(pipeline, any(item.label is not None for item in inputs), call_kwargs)
+    columns = output_columns(pipeline, any(item.label is not None for item in inputs), settings)
     check_labels(inputs, pipeline.class_names)
     with _one_prediction_at_a_time(files, accelerator):
         is_main, wait = _process_roles(accelerator)
         if errors_path is None:
             files = errors_file_of_resumed_run(files, overwrite)
         columns = columns_of_resumed_run(files, columns, overwrite)
+        _check_settings_of_unrecorded_run(files, pipeline, settings, seed, overwrite)
         # the settings under "run", whose keys a sidecar lacks are not compared: outputs of earlier versions resume
         run = {"run": {**(run_info or {}), "pipeline_call": settings}, "class_names": list(pipeline.class_names),
                "columns": columns}  # fmt: skip
