@@ -68,7 +68,10 @@ def parse_args(argv=None):
     )  # fmt: skip
     parser.add_argument("--dataset_id", default=None, help="the dataset's Hub id, if it has one")
     parser.add_argument("--model_name", default=None, help="the model-index name (default: the repository name)")
-    parser.add_argument("--license", default="apache-2.0", help="the model's licence (a Hub licence id)")
+    parser.add_argument(
+        "--license", default="apache-2.0",
+        help="the model's licence (a Hub licence id; default: apache-2.0): choose one the training data's licence allows",
+    )  # fmt: skip
     parser.add_argument("--medical", action=argparse.BooleanOptionalAction, default=False,
                         help="medical imaging data: add the 'not a diagnostic device' warning and tag (default: off)")
     parser.add_argument("--dry_run", action="store_true",
@@ -177,7 +180,8 @@ def method(model_dir: str, given: Optional[str]) -> str:
 
 
 def dataset_split(metrics_json: str, given: Optional[str]) -> str:
-    """The split the card names: the one `metrics_json` records, else `given` (--dataset_split); they must agree."""
+    """The split the card names: the one `metrics_json` records, else `given` (--dataset_split); they must agree, and
+    the train split is refused (the model was fitted on it)."""
     recorded = load_eval_split(metrics_json)
     if recorded is None and given is None:
         raise ValueError(
@@ -188,7 +192,13 @@ def dataset_split(metrics_json: str, given: Optional[str]) -> str:
             f"--dataset_split {given!r} contradicts {metrics_json}, whose metrics were measured on the {recorded!r} "
             "split; leave --dataset_split out to use the recorded one"
         )
-    return given or recorded
+    split = given or recorded
+    if canonical_split_name(split) == "train":  # the images the model (its head, its U-Net) was fitted on
+        raise ValueError(
+            f"{metrics_json}: its metrics were measured on the train split, the images the model was fitted on: a card "
+            "must carry held-out figures; evaluate the test (or val) split and pass that metrics.json"
+        )
+    return split
 
 
 if __name__ == "__main__":

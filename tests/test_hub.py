@@ -808,3 +808,12 @@ def test_the_card_scores_as_its_metrics_were_scored(monkeypatch, tmp_path):
     plain = str(hub.render_model_card("score_sde", model_name="m", dataset_name="d", dataset_license="l",
                                       metrics={"accuracy": 0.9}, training_command="t", evaluation_command="e"))  # fmt: skip
     assert "out = pipe(images)  #" in plain and "scored with" not in plain
+
+
+def test_a_card_of_train_split_metrics_is_refused(saved_pipeline, monkeypatch, tmp_path):
+    """QA: `evaluate --split train` then the push script published the head's own training images' accuracy."""
+    argv = push_script_argv(saved_pipeline[0], tmp_path, "--dry_run", "--output_dir", str(tmp_path / "card"))
+    (tmp_path / "metrics.json").write_text(json.dumps({"split": "train", **METRICS}))
+    with pytest.raises(SystemExit, match="measured on the train split, the images the model was fitted on"):
+        run_push_script(monkeypatch, argv)
+    assert not (tmp_path / "card").exists()

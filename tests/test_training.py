@@ -88,6 +88,12 @@ def test_ema_weights_are_returned(tmp_path):
     assert any(not torch.allclose(a, b) for a, b in zip(raw.parameters(), ema.parameters()))
 
 
+def test_a_warmup_as_long_as_the_run_is_said(tmp_path):
+    """QA: --max_train_steps 30 with the default 100 warmup steps ended at 30% of the learning rate, silently."""
+    with pytest.warns(UserWarning, match=r"--lr_warmup_steps 100 >= --max_train_steps 30: .*\(it ends near 0.0003\)"):
+        tiny_args(tmp_path, max_train_steps=30, lr_warmup_steps=100)
+
+
 def test_bad_training_arguments_fail_early(tmp_path):
     with pytest.raises(ValueError, match="train_batch_size"):
         tiny_args(tmp_path, train_batch_size=0)

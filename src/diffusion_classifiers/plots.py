@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 from sklearn.calibration import CalibrationDisplay  # noqa: E402
 from sklearn.metrics import (  # noqa: E402
     ConfusionMatrixDisplay,
@@ -119,6 +119,8 @@ def plot_confusion_matrix(
     display = ConfusionMatrixDisplay(shown, display_labels=list(class_names))
     rotation = 90 if many else 45 if len(class_names) > 4 else "horizontal"
     display.plot(ax=ax, cmap="Blues", colorbar=True, xticks_rotation=rotation, include_values=not many)
+    if rotation == 45:  # each slanted label ends under its column (centred, long class names ran into each other)
+        plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
     if many:
         ax.tick_params(labelsize=6)
     for (row, col), text in np.ndenumerate(display.text_ if not many else np.empty((0, 0))):
@@ -239,6 +241,7 @@ def plot_reliability(y_true, probs, path: str, num_bins: int = 10, title: str = 
     count_ax.bar_label(bars, fontsize=7)
     count_ax.set(xlabel="confidence (top-class probability)", ylabel="samples per bin", xlim=(0, 1))
     count_ax.set_ylim(0, max(counts) * 1.25 + 1)
+    count_ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 2.5-sample ticks
     _save(fig, path)
 
 

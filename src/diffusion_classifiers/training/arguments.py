@@ -6,6 +6,7 @@
 """
 
 import argparse
+import warnings
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
@@ -164,6 +165,14 @@ class TrainingArguments:
             )
         if self.max_train_steps is None and self.num_epochs is None:
             self.max_train_steps = DEFAULT_MAX_TRAIN_STEPS
+        if self.max_train_steps is not None and self.lr_warmup_steps >= self.max_train_steps:
+            warnings.warn(
+                f"--lr_warmup_steps {self.lr_warmup_steps} >= --max_train_steps {self.max_train_steps}: the learning rate "
+                f"never reaches --learning_rate {self.learning_rate:g} (it ends near "
+                f"{self.learning_rate * self.max_train_steps / max(self.lr_warmup_steps, 1):.2g}); lower --lr_warmup_steps",
+                UserWarning,
+                stacklevel=3,
+            )
         _check_tracker_installed(self.report_to)
         if self.replays_cuda_graphs and self.gradient_accumulation_steps > 1:
             # the gradients live in graph memory that the next micro-batch overwrites (pytorch#169545)
