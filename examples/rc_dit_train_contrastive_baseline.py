@@ -115,6 +115,7 @@ def main(argv=None):
         encoder.save_pretrained(args.output_dir)
         if preprocessing is not None:  # whoever loads the encoder reads the images through the same processor
             AutoImageProcessor.from_pretrained(args.encoder_name_or_path).save_pretrained(args.output_dir)
+        print(f"saved the encoder to {args.output_dir} (load it with transformers.AutoModel.from_pretrained)")
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ def main(argv=None):
             args.output_dir, args.val_fraction, args.test_fraction, args.seed, args.class_names,
             train_images=None if args.streaming else train.images,  # a streamed train split is not at hand
         )  # for probe and evaluate: the carving, and the train images' fingerprints to check theirs against
+        print(f"saved the pipeline to {args.output_dir} (load it with DiffusionClassifierPipeline.from_pretrained)")
 
 
 if __name__ == "__main__":

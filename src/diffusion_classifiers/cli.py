@@ -233,6 +233,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     headline = {k: metrics.get(k) for k in ("accuracy", "macro_f1", "balanced_accuracy", "auc", "positive_class", "sensitivity", "specificity")}
     headline = {k: v for k, v in headline.items() if v is not None or k == "auc"}
     headline["ece"] = metrics["calibration"]["ece"]
+    print(f"wrote metrics.json, report.md and its plots to {args.output_dir}")
     if "seed_sensitivity" in metrics:  # a binary Score-SDE ELBO: the decisions another --seed could flip
         headline["decisions_within_2_stderr"] = metrics["seed_sensitivity"]["decisions_within"]
     print(json.dumps(headline))
