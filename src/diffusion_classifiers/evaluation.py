@@ -134,9 +134,12 @@ def pipeline_call_settings(classifier, pipeline_kwargs: Optional[dict] = None) -
             f"pipeline_kwargs: unknown {unknown} for {type(classifier).__name__}; expected some of {sorted(settings)}"
         )
     settings.update(pipeline_kwargs or {})
-    # as metrics.json records them: tuples, arrays and tensors as lists
-    as_list = lambda value: value.tolist() if hasattr(value, "tolist") else list(value)  # noqa: E731
-    return json.loads(json.dumps(settings, default=as_list))
+    return json.loads(json.dumps(settings, default=_as_list))  # as metrics.json records them
+
+
+def _as_list(value) -> list:
+    """A tuple, array or tensor setting (priors) as the list JSON holds."""
+    return value.tolist() if hasattr(value, "tolist") else list(value)
 
 
 def _predictor(classifier, image_processor=None, pipeline_kwargs: Optional[dict] = None) -> Tuple[Predictor, List[str]]:
