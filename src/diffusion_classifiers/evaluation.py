@@ -185,8 +185,9 @@ def map_labels_by_name(dataset_names: List[str], model_names: List[str]) -> np.n
     """`mapping[dataset_id] = model_id`, matching class names; a clear error listing both when they differ."""
     if sorted(dataset_names) != sorted(model_names):
         raise ValueError(
-            f"the dataset's label names {dataset_names} differ from the model's {model_names}; rename or cast the "
-            "dataset's ClassLabel so the same class names appear (their order may differ)"
+            f"the dataset's label names {dataset_names} differ from the model's {model_names}; give the data the "
+            "model's class names (their order may differ): an image folder's class subfolders, a CSV's label column "
+            "or a datasets ClassLabel (rename or cast it)"
         )
     return np.array([model_names.index(name) for name in dataset_names])
 
