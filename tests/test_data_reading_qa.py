@@ -279,6 +279,30 @@ def test_a_colour_image_among_grey_ones_warns_when_the_channels_are_inferred(tmp
         assert not [w for w in stated if "are colour" in str(w.message)] and splits["val"].images.shape[1] == channels
 
 
+def test_grey_images_stored_as_colour_warn_when_the_channels_are_inferred(tmp_path):
+    """QA: NDSB's grey JPEGs are stored as RGB: the model became 3-channel, silently (its loss 3.5x higher at step 200
+    than with --num_channels 1 on a toy copy)."""
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(6):
+            grey = rng.integers(0, 256, (12, 12), dtype=np.uint8)
+            Image.fromarray(np.stack([grey] * 3, -1)).save(tmp_path / name / f"{i}.jpg", quality=90)
+    with pytest.warns(UserWarning, match=r"all 12 images are grey stored as colour \(their three channels equal\)"):
+        splits = load_image_classification_data(tmp_path, 8, val_fraction=0.25, test_fraction=0.25)
+    assert splits["train"].images.shape[1] == 3  # still read as before
+    for channels in (1, 3):  # stated: no warning
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            load_image_classification_data(tmp_path, 8, channels, val_fraction=0.25, test_fraction=0.25)
+    colour = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    Image.fromarray(colour).save(tmp_path / "b" / "0.jpg", quality=90)  # one real colour image: grey no longer
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_image_classification_data(tmp_path, 8, val_fraction=0.25, test_fraction=0.25)
+    assert not [w for w in caught if "grey stored as colour" in str(w.message)]
+
+
 def test_a_colour_row_among_grey_rows_of_a_dataset_warns(tmp_path):
     datasets = pytest.importorskip("datasets")
     rng = np.random.default_rng(0)

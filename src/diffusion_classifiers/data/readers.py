@@ -875,8 +875,31 @@ def _same_channels(images: list[torch.Tensor], reading: ImagePreprocessing, file
     else 1, as [`preprocess_images`] decides for a whole batch."""
     if reading.num_channels is None and any(image.shape[1] == 3 for image in images):
         _warn_mixed_channels([image.shape[1] for image in images], [str(path) for path in files])
+        _warn_grey_stored_as_colour(images)
         images = [image.repeat(1, 3, 1, 1) if image.shape[1] == 1 else image for image in images]
     return torch.cat(images)
+
+
+# Channels closer than this (on [-1, 1], 2 levels of 8 bits) are equal: JPEG's chroma rounding of a grey image.
+_GREY_TOLERANCE = 4 / 255
+
+
+def _warn_grey_stored_as_colour(images: list[torch.Tensor], stacklevel: int = 6) -> None:
+    """Warn when every image is colour but grey (its three channels equal, as NDSB's RGB JPEGs): with the channel
+    count inferred the model becomes 3-channel for grey data, and reads another instrument's colour images as colour
+    it never saw."""
+    if not all(image.shape[1] == 3 for image in images):
+        return
+    if any((image - image.mean(1, keepdim=True)).abs().amax() > _GREY_TOLERANCE for image in images):
+        return
+    warnings.warn(
+        f"all {len(images)} images are grey stored as colour (their three channels equal): with the channel count "
+        "inferred (num_channels=None) they are read, and the model trained, as 3 channels. State the channels to "
+        "silence this: num_channels=1 (the scripts' --num_channels 1) reads them as grey, the model then reads any "
+        "image as grey; num_channels=3 keeps 3 channels",
+        UserWarning,
+        stacklevel=stacklevel,  # the caller of load_image_classification_data
+    )
 
 
 # Colour files named in the warning about grey and colour images mixed.
