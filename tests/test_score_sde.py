@@ -315,12 +315,18 @@ def test_evaluate_counts_the_decisions_another_noise_seed_could_flip(tmp_path, m
     ratio = torch.tensor([-3.0, -0.5, 0.2, 4.0], dtype=torch.float64)
     stderr = torch.tensor([1.0, 1.0, 0.05, float("nan")], dtype=torch.float64)  # beyond, within, beyond, within (NaN)
     scored = pipe.posterior(torch.stack([torch.zeros_like(ratio), ratio], 1), None)
+    bars_hidden = []
+
     def scored_call(self, images, early_stop_confidence=None, priors=None, **kwargs):  # the settings evaluate records
+        bars_hidden.append(self.progress_bar_config["disable"])
         return ScoreSDEClassifierOutput(**scored, nfe_per_image=torch.ones(len(images)), log_likelihood_ratio_stderr=stderr)
 
     monkeypatch.setattr(ScoreSDEClassifierPipeline, "__call__", scored_call)
     data = LabeledImages(torch.zeros(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]), ["benign", "malignant"])
+    pipe.set_progress_bar_config(leave=False)
     metrics = evaluate_classifier(pipe, data, output_dir=str(tmp_path), positive_class="malignant")
+    # one bar over the images: the pipeline's own (one per call) hidden during the evaluation, its setting kept
+    assert bars_hidden == [True] and pipe._progress_bar_config == {"leave": False}
     # decided benign, benign, malignant, malignant: of the two beyond the band the first is right, the third wrong
     expected = {"num_stderr": 2.0, "decisions_within": 2, "fraction_within": 0.5, "accuracy_beyond": 0.5, "median_stderr": 1.0}
     assert metrics["seed_sensitivity"] == expected

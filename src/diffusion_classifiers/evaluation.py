@@ -11,9 +11,9 @@ unless another is given).
 import json
 import os
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, Collection, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Collection, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -450,7 +450,7 @@ def evaluate_classifier(
         images, dataset_labels, dataset_names = streaming_classification_split(dataset, image_column, label_column)
         batches = DataLoader(images, batch_size=batch_size, num_workers=num_workers, collate_fn=list)  # PIL lists
     y_true = map_labels_by_name(dataset_names, model_names)[dataset_labels]  # before any image is decoded
-    probs, ranking, stderr = zip(*(predict(images) for images in batches))
+    probs, ranking, stderr = zip(*_predict_with_one_bar(classifier, predict, batches, len(y_true)))
     probs, ranking = torch.cat(probs), torch.cat(ranking)
     metrics = classification_metrics(
         y_true, probs.argmax(-1), probs=ranking, class_names=model_names, positive_label=positive_label
@@ -485,6 +485,21 @@ def evaluate_classifier(
             ranking_scores=ranking,
         )  # fmt: skip
     return metrics
+
+
+def _predict_with_one_bar(classifier, predict: Predictor, batches: Iterable, num_images: int) -> list:
+    """`predict` of every batch under one tqdm bar over the images, a pipeline's own bars (one per call) hidden."""
+    from tqdm.auto import tqdm
+
+    from .pipelines import DiffusionClassifierPipeline
+
+    quiet = classifier.progress_bars_off() if isinstance(classifier, DiffusionClassifierPipeline) else nullcontext()
+    outputs = []
+    with quiet, tqdm(total=num_images, desc="evaluate", unit="image") as bar:
+        for images in batches:
+            outputs.append(predict(images))
+            bar.update(len(outputs[-1][0]))
+    return outputs
 
 
 def _tensor_batches(dataset, batch_size: int, num_workers: int) -> Iterator[torch.Tensor]:

@@ -177,12 +177,8 @@ def _classify(pipeline: UNetFeatureClassifierPipeline, images: torch.Tensor, bat
     """`pipeline(images)`, its bar hidden unless `show_progress`; the pipeline's bar setting is restored after."""
     if show_progress:
         return pipeline(images, batch_size=batch_size)
-    config = dict(getattr(pipeline, "_progress_bar_config", {}))
-    pipeline.set_progress_bar_config(**{**config, "disable": True})
-    try:
+    with pipeline.progress_bars_off():
         return pipeline(images, batch_size=batch_size)
-    finally:
-        pipeline.set_progress_bar_config(**config)
 
 
 def run_unet_feature_study(

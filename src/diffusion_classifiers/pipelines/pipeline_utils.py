@@ -2,8 +2,9 @@
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Set, Type, Union
+from typing import Any, Dict, Iterator, List, Optional, Set, Type, Union
 
 import torch
 from diffusers import DiffusionPipeline
@@ -289,6 +290,16 @@ class DiffusionClassifierPipeline(SavedWithCodeMixin, SavedPreprocessingMixin, D
         config = dict(getattr(self, "_progress_bar_config", {}))
         config.setdefault("disable", not is_torch_dist_rank_zero())
         return config
+
+    @contextmanager
+    def progress_bars_off(self) -> Iterator["DiffusionClassifierPipeline"]:
+        """Hide the pipeline's own bars while a caller shows one bar over many calls; the setting is restored after."""
+        config = dict(getattr(self, "_progress_bar_config", {}))
+        self.set_progress_bar_config(**{**config, "disable": True})
+        try:
+            yield self
+        finally:
+            self.set_progress_bar_config(**config)
 
     @staticmethod
     def build_output(logits: torch.Tensor, class_names: List[str], return_dict: bool = True):
