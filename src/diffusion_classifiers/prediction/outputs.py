@@ -20,12 +20,12 @@ __all__ = [
     "OutputFiles",
     "check_output_args",
     "columns_of_resumed_run",
-    "recorded_run_info",
     "default_errors_path",
     "done_paths",
     "errors_file_of_resumed_run",
     "merge_parts",
     "prepare_output_files",
+    "recorded_run_info",
     "write_csv",
 ]
 
@@ -59,6 +59,10 @@ class OutputFiles:
     def existing(self) -> list[Path]:
         return [path for path in (self.output, self.errors, self.parts) if path.exists()]
 
+    def recorded(self) -> Optional[dict]:
+        """What the sidecar records; None without one."""
+        return json.loads(self.sidecar.read_text()) if self.sidecar.is_file() else None
+
 
 def prepare_output_files(files: OutputFiles, run: dict, overwrite: bool, is_main: bool) -> None:
     """Refuse to mix results of another run into existing files (every process checks, so all fail alike); with
@@ -72,7 +76,7 @@ def prepare_output_files(files: OutputFiles, run: dict, overwrite: bool, is_main
                 "this prediction: refusing to add to them. Pass --overwrite (overwrite=True) to replace them, or "
                 "choose another --output / --errors"
             )
-        changed = _changes(json.loads(files.sidecar.read_text()), run)
+        changed = _changes(files.recorded(), run)
         if changed:
             details = "; ".join(f"{key}: {then!r} then, {now!r} now" for key, then, now in changed)
             raise ValueError(
@@ -110,9 +114,10 @@ def errors_file_of_resumed_run(files: OutputFiles, overwrite: bool) -> OutputFil
     one the output's sidecar records, or, for a sidecar written before outputs had their own errors file (it records
     none), the folder's shared `errors.csv` when there is one. A first run, or one with `overwrite`, keeps
     `<output>.errors.csv`. Called before [`prepare_output_files`], which refuses a rerun whose settings differ."""
-    if overwrite or files.errors.exists() or not files.sidecar.is_file():
+    sidecar = None if overwrite or files.errors.exists() else files.recorded()
+    if sidecar is None:
         return files
-    recorded = json.loads(files.sidecar.read_text()).get(_ERRORS_KEY)
+    recorded = sidecar.get(_ERRORS_KEY)
     if recorded is not None:
         return replace(files, errors=files.output.parent / recorded)
     legacy = files.output.with_name(LEGACY_ERRORS_NAME)
@@ -123,17 +128,17 @@ def errors_file_of_resumed_run(files: OutputFiles, overwrite: bool) -> OutputFil
 
 def recorded_run_info(files: OutputFiles) -> Optional[dict]:
     """The `run_info` (`"run"`) the output's sidecar records; None without a sidecar."""
-    return (json.loads(files.sidecar.read_text()).get("run") or {}) if files.sidecar.is_file() else None
+    recorded = files.recorded()
+    return None if recorded is None else recorded.get("run") or {}
 
 
 def columns_of_resumed_run(files: OutputFiles, columns: list[str], overwrite: bool) -> list[str]:
     """The columns a rerun writes: `columns`, or the ones the output's sidecar records when they are `columns` less
     `COLUMNS_ADDED_LATER` (an output written before those were added is resumed as it was, not refused). Called
     before [`prepare_output_files`], which refuses a rerun whose settings differ."""
-    if overwrite or not files.sidecar.is_file():
-        return columns
-    recorded = json.loads(files.sidecar.read_text()).get("columns")
-    return recorded if recorded == [c for c in columns if c not in COLUMNS_ADDED_LATER] else columns
+    recorded = None if overwrite else files.recorded()
+    earlier = [column for column in columns if column not in COLUMNS_ADDED_LATER]
+    return earlier if recorded is not None and recorded.get("columns") == earlier else columns
 
 
 def _write_atomically(path: Path, write: Callable[[Any], Any], mode: str = "w") -> None:

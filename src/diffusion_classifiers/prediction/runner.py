@@ -275,6 +275,7 @@ def predict_files(
         columns = columns_of_resumed_run(files, columns, overwrite)
         _check_settings_of_unrecorded_run(files, pipeline, settings, seed, overwrite)
         # the settings under "run", whose keys a sidecar lacks are not compared: outputs of earlier versions resume
+        # (with the pipeline's defaults: `_check_settings_of_unrecorded_run`)
         run = {"run": {**(run_info or {}), "pipeline_call": settings}, "class_names": list(pipeline.class_names),
                "columns": columns}  # fmt: skip
         prepare_output_files(files, run, overwrite, is_main)
