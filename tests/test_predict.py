@@ -92,10 +92,13 @@ class CountingPipeline:
 
 def test_folder_rows_equal_the_pipeline_and_a_killed_run_resumes(models, tmp_path):
     pipe, folder = load(models, "unet"), image_folder(tmp_path)
-    inputs = list_inputs(folder)
+    with pytest.warns(UserWarning, match=r"skipped 1 of its files, neither images nor DICOM \(e.g. notes.txt\)"):
+        inputs = list_inputs(folder)  # not the hidden folder's image
     assert [item.path for item in inputs] == ["a/1.png", "a/2.png", "b/3.png", "b/4.png", "b/5.png", "b/broken.png", "c.png"]
 
+    pipe.set_progress_bar_config(disable=True, desc="mine")
     clean = predict_files(pipe, inputs, tmp_path / "clean" / "predictions.csv", batch_size=2)
+    assert pipe.progress_bar_config == {"disable": True, "desc": "mine"}  # hidden while it ran, then restored
     rows = read_rows(clean.output)
     assert list(rows[0]) == ["path", "frame", "label", "score", "prob_cat", "prob_dog", "prob_fox"]
     assert [row["path"] for row in rows] == [name for name in IMAGES] and {row["frame"] for row in rows} == {"0"}

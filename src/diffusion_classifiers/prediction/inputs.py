@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -53,7 +54,8 @@ def list_inputs(
 
             * a folder: every image (`data.IMAGE_EXTENSIONS`) and DICOM file (`.dcm`, `.dicom`, `.dic`, `.ima`, or
               another or no extension and the 'DICM' header: `data.is_dicom_file`) in it and its subfolders, sorted
-              by path; hidden files and folders (names starting with ".") and other files are skipped. A saved
+              by path; hidden files and folders (names starting with ".") are skipped, other files too, with a warning
+              that counts them. A saved
               `datasets` folder (with `dataset_info.json` or `dataset_dict.json`) is read as one.
             * a `.csv` file with a header and a `path` column (relative to the CSV's folder, or absolute); a `label`
               column, when present, is carried to the output as `true_label`. A file the CSV names but that does not
@@ -119,15 +121,31 @@ def check_input_exists(source: str | os.PathLike) -> Path:
 def _folder_inputs(folder: Path, read: Callable) -> list[PredictionInput]:
     from ..data.readers import _ACCEPTED_FILES, _is_image_or_dicom_file
 
-    files = sorted(
+    visible = sorted(
         path for path in folder.rglob("*")
         if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-        and _is_image_or_dicom_file(path)
     )  # fmt: skip
+    files = [path for path in visible if _is_image_or_dicom_file(path)]
     if not files:
         raise ValueError(f"input folder {folder}: no image or DICOM files found ({_ACCEPTED_FILES})")
+    listed = set(files)
+    _warn_other_files_skipped(folder, [path for path in visible if path not in listed])
     _check_dicom_decoders(files)
     return [PredictionInput(path.relative_to(folder).as_posix(), partial(read, path)) for path in files]
+
+
+def _warn_other_files_skipped(folder: Path, others: list[Path]) -> None:
+    """Files of the folder that are neither images nor DICOM get no row, in neither output: say how many, and which."""
+    from ..data.readers import _ACCEPTED_FILES
+
+    if others:
+        shown = ", ".join(path.relative_to(folder).as_posix() for path in others[:3])
+        warnings.warn(
+            f"input folder {folder}: skipped {len(others)} of its files, neither images nor DICOM (e.g. {shown}); "
+            f"read are {_ACCEPTED_FILES}",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _csv_inputs(path: Path, read: Callable) -> list[PredictionInput]:

@@ -236,7 +236,7 @@ def predict_files(
 
     Args:
         pipeline (`DiffusionClassifierPipeline`): a loaded classifier pipeline (on the device it should run on);
-            its own progress bars are turned off (`set_progress_bar_config(disable=True)`), one bar counts the files.
+            its own progress bars are hidden while it runs (and its setting restored), one bar counts the files.
         inputs (`Sequence[PredictionInput]`): from [`list_inputs`]; their paths must be unique.
         output_path (`str` or `os.PathLike`): a `.csv` or `.parquet` file.
         errors_path (`str` or `os.PathLike`, *optional*): a `.csv` file; default `<output_path>.errors.csv`
@@ -287,13 +287,13 @@ def predict_files(
         mine = _share(remaining, accelerator)
         order = {item.path: i for i, item in enumerate(inputs)}
         writer = _BatchWriter(pipeline, files, columns, order, call_kwargs)
-        pipeline.set_progress_bar_config(disable=True)  # one bar, over the files
         hidden = {} if progress_bar and is_main else {"disable": True}  # shown: TQDM_DISABLE=1 still silences it
-        for item in tqdm(mine, desc="predict", unit="file", **hidden):
-            writer.add(item)
-            if len(writer.images) >= batch_size:
-                writer.commit()
-        writer.commit()
+        with pipeline.progress_bars_off():  # one bar, over the files
+            for item in tqdm(mine, desc="predict", unit="file", **hidden):
+                writer.add(item)
+                if len(writer.images) >= batch_size:
+                    writer.commit()
+            writer.commit()
         failed = _sum_over_processes(writer.failed, accelerator)
         wait()
         rows, not_in_input, unreadable = merge_parts(files, columns, order) if is_main else (0, 0, 0)
