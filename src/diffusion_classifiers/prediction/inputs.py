@@ -55,8 +55,8 @@ def list_inputs(
             * a folder: every image (`data.IMAGE_EXTENSIONS`) and DICOM file (`.dcm`, `.dicom`, `.dic`, `.ima`, or
               another or no extension and the 'DICM' header: `data.is_dicom_file`) in it and its subfolders, sorted
               by path; hidden files and folders (names starting with ".") are skipped, other files too, with a warning
-              that counts them. A saved
-              `datasets` folder (with `dataset_info.json` or `dataset_dict.json`) is read as one.
+              that counts them. A saved `datasets` folder (with `dataset_info.json` or `dataset_dict.json`) is read as
+              one.
             * a `.csv` file with a header and a `path` column (relative to the CSV's folder, or absolute); a `label`
               column, when present, is carried to the output as `true_label`. A file the CSV names but that does not
               exist becomes a row of the errors file, like an unreadable one.
