@@ -233,6 +233,7 @@ def plot_reliability(y_true, probs, path: str, num_bins: int = 10, title: str = 
     )
     display.plot(ax=curve_ax)
     curve_ax.set(xlabel="", ylabel="accuracy (fraction correct)", xlim=(0, 1), ylim=(0, 1))
+    display.line_.set_clip_on(False)  # a bin at (1, 1), the confident and right ones, shows its whole marker
     curve_ax.set_title(_wrap(f"{title} (ECE {calibration['ece']:.3f}, {len(probs)} samples)", 55))
     curve_ax.legend(loc="upper left", fontsize=8)
     bins = calibration["bins"]
