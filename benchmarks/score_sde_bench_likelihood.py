@@ -47,12 +47,12 @@ from _common import base_parser, data_path, median_seconds, report, setup, targe
 from diffusion_classifiers.data import load_image_classification_data, stratified_subset_indices
 from diffusion_classifiers.likelihood import (
     VPSDE,
-    _image_seeds,
-    _rademacher,
     as_eps_model,
     bits_per_dim,
     probability_flow_log_likelihood,
 )
+from diffusion_classifiers.likelihood.probability_flow import _rademacher
+from diffusion_classifiers.likelihood.scorer_inputs import image_seeds
 from diffusion_classifiers.models import unet_config
 from diffusion_classifiers.training import train_score_sde_unet
 
@@ -162,7 +162,7 @@ def speed_part(args, device) -> dict:
     # Stage 2, the test images: every arm once, round-robin, with the same probes.
     images = splits["test"].images[: args.num_images].to(device)
     eps_fn = as_eps_model(unet, sde)
-    probes = _rademacher(_image_seeds(args.seed, len(images)), 1, images)  # the probes ours draws for seed=args.seed
+    probes = _rademacher(image_seeds(args.seed, len(images)), 1, images)  # the probes ours draws for seed=args.seed
     common |= dict(batch_size=len(images))
     results = {}
 

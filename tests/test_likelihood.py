@@ -1,4 +1,4 @@
-"""likelihood.py against closed forms (Gaussian classes have an exact VP-SDE epsilon-predictor and likelihood), and
+"""The likelihood package against closed forms (Gaussian classes have an exact VP-SDE epsilon-predictor and likelihood), and
 its fixed-step ODE grids against a tight adaptive solve on a trained U-Net (whose score, unlike a Gaussian's, is stiff
 near t_min)."""
 
@@ -16,16 +16,18 @@ from diffusion_classifiers.likelihood import (
     STEP_SPACINGS,
     DenoisingScoreResult,
     VPSDE,
-    _composite_weights,
-    _exp_moments,
-    _lagrange_integrals,
-    _time_grid,
     as_eps_model,
     bits_per_dim,
     denoising_error_scores,
     probability_flow_log_likelihood,
     rank_timestep_strata,
     replay_stopping_rule,
+)
+from diffusion_classifiers.likelihood.probability_flow import (
+    _composite_weights,
+    _exp_moments,
+    _lagrange_integrals,
+    _time_grid,
 )
 
 SDE = VPSDE()

@@ -1,0 +1,90 @@
+"""What both scorers share: checked images and class ids, one random stream per image (so results do not depend on
+batch sizes or on the other images), and the progress bar."""
+
+import hashlib
+import numbers
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..validation import check_finite_rows, check_unit_range
+
+__all__ = ["content_seeds"]
+
+Classes = Union[int, Sequence[int]]
+Seed = Union[int, Sequence[int]]
+
+
+def checked_images(images: torch.Tensor, model) -> torch.Tensor:
+    """Checked, floating-point images on the model's device (a callable's: the images' own device)."""
+    if not isinstance(images, torch.Tensor) or images.ndim < 2 or len(images) == 0:
+        raise ValueError(f"expected a non-empty tensor of images [N, ...], got {getattr(images, 'shape', images)}")
+    config = getattr(model, "config", None) if isinstance(model, torch.nn.Module) else None
+    size, channels = (config.get("sample_size"), config.get("in_channels")) if hasattr(config, "get") else (None, None)
+    if size is not None and channels is not None:  # a diffusers model: refuse a size it was not trained at
+        expected = (channels, *((size, size) if isinstance(size, int) else size))
+        if tuple(images.shape[1:]) != expected:
+            raise ValueError(
+                f"expected images of shape [N, {', '.join(map(str, expected))}] (the model's in_channels and "
+                f"sample_size), got {list(images.shape)}; resize them first (diffusion_classifiers.data."
+                "preprocess_images, or ScoreSDEClassifierPipeline, which resizes)"
+            )
+    check_finite_rows(images, "input", item="image")
+    if size is not None:  # a diffusers model trained on [-1, 1] pixels (a callable may model any density)
+        check_unit_range(images, "images")
+    device = next(model.parameters(), images).device if isinstance(model, torch.nn.Module) else images.device
+    return images.to(device, images.dtype if images.is_floating_point() else torch.float32)
+
+
+def checked_class_ids(classes: Classes, model, device) -> torch.Tensor:
+    ids = list(range(classes)) if isinstance(classes, numbers.Integral) else [int(c) for c in classes]
+    config = getattr(model, "config", None)
+    num_embeds = config.get("num_class_embeds") if hasattr(config, "get") else None
+    if not ids or len(set(ids)) != len(ids) or min(ids) < 0 or (num_embeds and max(ids) >= num_embeds):
+        expected = f"0..{num_embeds - 1}" if num_embeds else "0..K-1"
+        raise ValueError(f"expected at least one class, distinct class ids in {expected}, got {ids}")
+    return torch.tensor(ids, device=device)
+
+
+def is_count(value) -> bool:
+    return isinstance(value, numbers.Integral) and value >= 1
+
+
+def image_seeds(seed: Seed, num_images: int) -> List[np.random.SeedSequence]:
+    """One seed stream per image: `seed` int -> `SeedSequence(seed, spawn_key=(i,))`; a sequence -> one per image."""
+    if isinstance(seed, numbers.Integral):
+        return [np.random.SeedSequence(seed, spawn_key=(i,)) for i in range(num_images)]
+    if len(seed) != num_images:
+        raise ValueError(f"expected one seed per image ({num_images}), got {len(seed)}")
+    return [np.random.SeedSequence(int(s)) for s in seed]
+
+
+def content_seeds(images: torch.Tensor, seed: int = 0) -> List[int]:
+    """One seed per image from `seed` and the SHA-256 of the image's values (as float32), for the scorers' `seed`:
+    an image then gets the same probes, timesteps and noise alone, in any batch and at any position (identical
+    images get identical draws)."""
+    if not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed: expected an int, got {seed!r}")
+    prefix = f"{int(seed)}:".encode()
+    return [
+        int.from_bytes(hashlib.sha256(prefix + image.detach().float().cpu().numpy().tobytes()).digest()[:8], "little")
+        >> 1
+        for image in images
+    ]
+
+
+def open_progress_bar(config: Optional[dict], **defaults) -> tqdm:
+    """A `tqdm.auto` bar from the `defaults` overridden by the caller's `config` (tqdm arguments)."""
+    return tqdm(**{**defaults, **(config or {})})
+
+
+def stream_generator(stream: np.random.SeedSequence, *key: int) -> torch.Generator:
+    child = np.random.SeedSequence(stream.entropy, spawn_key=stream.spawn_key + key)
+    return torch.Generator().manual_seed(int(child.generate_state(1, np.uint64)[0]) >> 1)
+
+
+def as_column(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`[B]` -> `[B, 1, 1, ...]` to broadcast against `like` `[B, ...]`."""
+    return values.view(-1, *[1] * (like.ndim - 1))
