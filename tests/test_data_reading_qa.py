@@ -19,7 +19,8 @@ from diffusion_classifiers.data import (
     preprocess_images,
     streaming_image_classification_data,
 )
-from diffusion_classifiers.data import readers
+from diffusion_classifiers.data import file_decoding, readers
+from diffusion_classifiers.data.labeled_images import RawData
 
 pydicom = pytest.importorskip("pydicom")
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
@@ -144,8 +145,8 @@ def test_decoding_file_by_file_gives_the_tensors_of_preprocessing_them_all_at_on
     assert torch.equal(streamed.images, expected)  # bit-identical
     np.testing.assert_array_equal(streamed.labels, decoded.labels)
     np.testing.assert_array_equal(streamed.groups, decoded.groups)
-    raw = readers._RawData(expected, decoded.labels, decoded.class_names, decoded.splits, groups=decoded.groups)
-    carved = readers._carve_splits(raw, 0.25, 0.25, 0)
+    raw = RawData(expected, decoded.labels, decoded.class_names, decoded.splits, groups=decoded.groups)
+    carved = readers.carve_splits(raw, 0.25, 0.25, 0)
     for name, split in splits.items():
         assert torch.equal(split.images, expected[torch.from_numpy(carved[name])])
 
@@ -162,8 +163,8 @@ def test_at_most_one_full_size_image_is_held_while_reading(tmp_path, monkeypatch
             return result
         return wrapper
 
-    monkeypatch.setattr(readers, "window_channels", tracked(readers.window_channels))
-    monkeypatch.setattr(readers, "_decode_image_file", tracked(readers._decode_image_file))
+    monkeypatch.setattr(file_decoding, "window_channels", tracked(file_decoding.window_channels))
+    monkeypatch.setattr(file_decoding, "decode_image_file", tracked(file_decoding.decode_image_file))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         splits = load_image_classification_data(tmp_path, 16, medical=FULL, val_fraction=0.25, test_fraction=0.25)
@@ -339,10 +340,10 @@ def sklearn_split(labels, groups, fraction, seed):
 
 def test_a_carved_split_without_a_class_is_named_in_the_library_s_words(tmp_path):
     labels, groups = mammography_cohort()
-    raw = readers._RawData(None, labels, ["benign", "malignant"], {"train": np.arange(48)}, groups=groups)
+    raw = RawData(None, labels, ["benign", "malignant"], {"train": np.arange(48)}, groups=groups)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        splits = readers._carve_splits(raw, 0.1, 0.2, 0)
+        splits = readers.carve_splits(raw, 0.1, 0.2, 0)
     messages = [str(w.message) for w in caught]
     assert not any("least populated" in message for message in messages), messages
     assert len(messages) == 1 and messages[0].startswith(
@@ -368,21 +369,21 @@ def test_a_carved_split_without_a_class_is_named_in_the_library_s_words(tmp_path
 
 def test_a_carved_split_holding_every_class_says_nothing():
     labels, groups = mammography_cohort()
-    raw = readers._RawData(None, labels, ["benign", "malignant"], {"train": np.arange(48)}, groups=groups)
+    raw = RawData(None, labels, ["benign", "malignant"], {"train": np.arange(48)}, groups=groups)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        splits = readers._carve_splits(raw, 0.25, 0.25, 0)
+        splits = readers.carve_splits(raw, 0.25, 0.25, 0)
     assert all((labels[splits[name]] == 1).any() for name in ("train", "val", "test"))
 
 
 def test_a_class_carved_out_of_train_entirely_is_named():
     labels = np.array([0] * 12 + [1])  # one image of one patient: the grouped split may carve it out of train
     groups = np.array([f"B{i // 2}" for i in range(12)] + ["M0"], dtype=object)
-    raw = readers._RawData(None, labels, ["benign", "malignant"], {"train": np.arange(13)}, groups=groups)
+    raw = RawData(None, labels, ["benign", "malignant"], {"train": np.arange(13)}, groups=groups)
     for seed in range(20):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            splits = readers._carve_splits(raw, 0.25, 0.25, seed)
+            splits = readers.carve_splits(raw, 0.25, 0.25, seed)
         if (labels[splits["train"]] == 1).any():
             continue
         where = "'val'" if (labels[splits["val"]] == 1).any() else "'test'"

@@ -422,20 +422,20 @@ def test_three_windows_into_one_channel_are_refused_before_any_file_is_read(tmp_
 
 def test_dicom_mixed_with_other_images_is_refused_naming_one_of_each_before_any_is_decoded(tmp_path, monkeypatch):
     # a PNG screenshot beside the slices: with 3 windows its grey would be copied into the 3 windows' channels
-    from diffusion_classifiers.data import readers
+    from diffusion_classifiers.data import file_decoding, image_listing
 
     make_patients(tmp_path, num_patients=12, slices=1)
     Image.new("L", (128, 128), 90).save(tmp_path / "bleed" / "screenshot.png")
     three = MedicalPreprocessing(windows=("brain", "subdural", "bone"))
-    monkeypatch.setattr("diffusion_classifiers.data.readers.read_dicom", pytest.fail)
-    monkeypatch.setattr("diffusion_classifiers.data.readers.read_dicom_header", pytest.fail)
+    monkeypatch.setattr("diffusion_classifiers.data.file_decoding.read_dicom", pytest.fail)
+    monkeypatch.setattr("diffusion_classifiers.data.file_decoding.read_dicom_header", pytest.fail)
     mixed = (r"DICOM and other image files mixed, read through 3 DICOM windows \['brain', 'subdural', 'bone'\]: "
              r".*bleed/p\d+_0.dcm is DICOM but .*bleed/screenshot.png is not; an image file has no Hounsfield units")
     with pytest.raises(ValueError, match=mixed):
         load_image_classification_data(tmp_path, image_size=16, medical=three)
-    files, labels, _ = readers._list_image_folder(tmp_path)
+    files, labels, _ = image_listing.list_folder_files(tmp_path)
     with pytest.raises(ValueError, match=mixed):  # the streaming listing, told the windows
-        readers._list_frames(files, labels, medical=three)
+        file_decoding.list_frames(files, labels, medical=three)
     with pytest.raises(ValueError, match=r"DICOM and other image files mixed, read through .*bleed/screenshot.png"):
         streaming_image_classification_data(tmp_path, num_channels=3, image_size=16, medical=three)
     with pytest.raises(ValueError, match=mixed):  # a list of files given directly, as the listing gives them
@@ -445,7 +445,7 @@ def test_dicom_mixed_with_other_images_is_refused_naming_one_of_each_before_any_
 def test_dicom_beside_16bit_images_is_read_through_one_window_as_predict_reads_them(tmp_path):
     # DICOM X-rays beside 16-bit PNG X-rays, one grey channel each: read together, as predict reads such a folder;
     # only several windows refuse the mix (an image file has no Hounsfield units to window into several channels)
-    from diffusion_classifiers.data import readers
+    from diffusion_classifiers.data import file_decoding, image_listing, readers
 
     make_patients(tmp_path, num_patients=12, slices=1)
     for label in ("bleed", "healthy"):
@@ -454,11 +454,11 @@ def test_dicom_beside_16bit_images_is_read_through_one_window_as_predict_reads_t
     one = MedicalPreprocessing(windows=("full",), bits_stored=12)
     raw = readers._read_image_folder(tmp_path, one)
     assert len(raw.images) == 14 and all(image.shape == (1, 1, 128, 128) for image in raw.images)
-    files, labels, _ = readers._list_image_folder(tmp_path)
+    files, labels, _ = image_listing.list_folder_files(tmp_path)
     pngs = [i for i, path in enumerate(files) if path.suffix == ".png"]
     for i in pngs:  # the PNG at its bit depth, the DICOM slices through the window
         np.testing.assert_array_equal(raw.images[i][0, 0], read_16bit_image(files[i], bits_stored=12))
-    assert readers._list_frames(files, labels, medical=one)[1] == [None if i in pngs else 0 for i in range(14)]
+    assert file_decoding.list_frames(files, labels, medical=one)[1] == [None if i in pngs else 0 for i in range(14)]
     splits = load_image_classification_data(tmp_path, image_size=16, val_fraction=0.25, test_fraction=0.25, medical=one)
     assert sum(len(split.labels) for split in splits.values()) == 14
     streamed = streaming_image_classification_data(  # streaming training lists the folder alike
@@ -896,9 +896,9 @@ def test_dicom_with_other_extensions_is_read_and_other_files_are_not_opened(tmp_
             np.testing.assert_array_equal(item.read()[0], expected)
     for label in ("a", "b"):
         (tmp_path / label / "scout.png").unlink()
-    from diffusion_classifiers.data import readers
+    from diffusion_classifiers.data import image_listing
 
-    files, labels, _ = readers._list_image_folder(tmp_path)  # training lists them too
+    files, labels, _ = image_listing.list_folder_files(tmp_path)  # training lists them too
     assert [path.name for path in files] == sorted(names) * 2 and labels["train"].tolist() == [0] * 4 + [1] * 4
 
 

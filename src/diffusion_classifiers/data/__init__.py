@@ -2,8 +2,9 @@
 
 - [`ImagePreprocessing`], [`preprocess_images`] (`preprocessing.py`): the one preprocessing contract, saved with every
   model and shared by training and inference.
-- [`load_image_classification_data`] and the readers (`readers.py`): digits, `.npz`, IDX, image folders, CSV files of
-  paths, `datasets`, into [`LabeledImages`] (images, integer labels and class names, validated together).
+- [`load_image_classification_data`] (`readers.py`) and the readers it calls (`array_files.py`: digits, `.npz`, IDX;
+  `image_listing.py` and `file_decoding.py`: image folders and CSV files of paths; `hf_datasets.py`: `datasets`), into
+  [`LabeledImages`] (`labeled_images.py`: images, integer labels and class names, validated together).
 - [`read_dicom`], [`Window`], [`window_channels`], [`read_16bit_image`], [`MedicalPreprocessing`] (`dicom.py`):
   DICOM to Hounsfield units to windowed channels, 16-bit PNG / TIFF at their bit depth (pydicom is optional);
   [`is_dicom_file`] tells DICOM files by extension (`.dcm`, `.dicom`, `.dic`, `.ima`), or by their 'DICM' header;
@@ -20,38 +21,38 @@ from ..lazy_exports import lazy_exports
 
 # public name -> the module that defines it, imported on first use
 _EXPORTS = {
-    "DEFAULT_DIGITS_SIZE": "readers",
+    "DEFAULT_DIGITS_SIZE": "array_files",
     "DEFAULT_FOLDER_SIZE": "readers",
     "DICOM_EXTENSIONS": "dicom",
     "DicomImage": "dicom",
-    "FASHION_MNIST_CLASSES": "readers",
-    "IMAGE_EXTENSIONS": "readers",
+    "FASHION_MNIST_CLASSES": "array_files",
+    "IMAGE_EXTENSIONS": "image_files",
     "ImagePreprocessing": "preprocessing",
-    "PNEUMONIAMNIST_CLASSES": "readers",
-    "SPLITS": "readers",
+    "PNEUMONIAMNIST_CLASSES": "array_files",
+    "SPLITS": "labeled_images",
     "SPLIT_RECORD_NAME": "split_record",
     "StreamingImages": "streaming",
-    "LabeledImages": "readers",
+    "LabeledImages": "labeled_images",
     "MedicalPreprocessing": "dicom",
     "WINDOW_PRESETS": "dicom",
     "Window": "dicom",
     "add_data_args": "arguments",
     "add_split_args": "arguments",
-    "canonical_split_name": "readers",
+    "canonical_split_name": "hf_datasets",
     "check_decoders": "dicom",
     "few_label_indices": "splits",
     "is_dicom_file": "dicom",
-    "list_image_folder": "readers",
+    "list_image_folder": "image_listing",
     "load_data_from_args": "readers",
     "load_image_classification_data": "readers",
     "long_tailed_indices": "splits",
     "preprocess_images": "preprocessing",
     "read_16bit_image": "dicom",
-    "read_classification_split": "readers",
+    "read_classification_split": "hf_datasets",
     "read_split_record": "split_record",
     "read_dicom": "dicom",
     "read_dicom_folder": "dicom",
-    "read_idx": "readers",
+    "read_idx": "array_files",
     "resolve_split_args": "split_record",
     "save_split_record": "split_record",
     "scale_16bit_image": "dicom",

@@ -28,7 +28,7 @@ _SKLEARN_FEW_MEMBERS = "The least populated class in y has only"
 
 class _FewImagesWarning(UserWarning):
     """A grouped split's classes with fewer images than folds (scikit-learn's "least populated class" warning, in this
-    library's words); the loaders replace it by the split and class that got no image (`readers._carve_splits`)."""
+    library's words); the loaders replace it by the split and class that got no image (`readers.carve_splits`)."""
 
 
 # --------------------------------------------------------------------------------------------------

@@ -27,25 +27,11 @@ from PIL import Image
 from .dicom import MedicalPreprocessing, is_dicom_file, read_dicom_header, resolve_windows
 from .image_files import DECODE_ERRORS, decode_error_text, open_image
 from .preprocessing import ImagePreprocessing, _describe, fit_options, preprocess_images
-from .readers import (
-    _HF_SPLIT_NAMES,
-    DEFAULT_FOLDER_SIZE,
-    SPLITS,
-    _carve_splits,
-    _decode_image_file,
-    _dicom_or_not,
-    _hf_splits,
-    _find_column,
-    _labels_and_names,
-    _list_csv,
-    _list_frames,
-    _list_image_folder,
-    _medical_from_args,
-    fit_from_args,
-    splits_from_args,
-    _RawData,
-    split_columns,
-)
+from .file_decoding import decode_image_file, dicom_or_not, list_frames
+from .hf_datasets import HF_SPLIT_NAMES, find_column, hf_splits, split_columns
+from .image_listing import list_csv, list_folder_files
+from .labeled_images import SPLITS, RawData, labels_and_names
+from .readers import DEFAULT_FOLDER_SIZE, carve_splits, fit_from_args, medical_from_args, splits_from_args
 from .splits import _check_fraction
 
 __all__ = [
@@ -75,7 +61,7 @@ def _decode(item: dict, medical: MedicalPreprocessing, frame: int | None = None)
             raise ValueError("an image row has neither bytes nor a path")
         if is_dicom_file(path):
             return _read_dicom_frame(path, medical, frame)
-        return _decode_image_file(Path(path), medical.bits_stored)
+        return decode_image_file(Path(path), medical.bits_stored)
     try:  # decoded as datasets.Image decodes bytes, so a streamed image equals the in-memory one
         return open_image(io.BytesIO(item["bytes"]))
     except DECODE_ERRORS as error:
@@ -146,9 +132,9 @@ class StreamingImages(torch.utils.data.Dataset):
             )
         if image_size is None:
             raise ValueError("image_size: expected an int or (height, width) (streamed images are resized on the fly)")
-        self.image_column = _find_column(dataset.features, image_column, datasets.Image, "image")
+        self.image_column = find_column(dataset.features, image_column, datasets.Image, "image")
         self.label_column = (
-            None if label_column is False else _find_column(dataset.features, label_column, datasets.ClassLabel, "label")
+            None if label_column is False else find_column(dataset.features, label_column, datasets.ClassLabel, "label")
         )
         self.image_size, self.num_channels = image_size, num_channels
         self.medical = medical if medical is not None else MedicalPreprocessing()
@@ -339,9 +325,9 @@ def streaming_classification_split(
 def _check_headers(files: Sequence[str], medical: MedicalPreprocessing) -> None:
     """Every file exists and PIL (or pydicom) recognises its header (cheap: no pixel data is decoded); every DICOM file
     has what `medical`'s windows need (its own window tags for `"file"`), and DICOM is mixed with other image files
-    only as `medical`'s windows allow (see `readers._dicom_or_not`)."""
+    only as `medical`'s windows allow (see `file_decoding.dicom_or_not`)."""
     unique = list(dict.fromkeys(files))  # a multi-frame DICOM is listed once per frame
-    for file, is_dicom in zip(unique, _dicom_or_not([Path(file) for file in unique], medical)):
+    for file, is_dicom in zip(unique, dicom_or_not([Path(file) for file in unique], medical)):
         if is_dicom:
             resolve_windows(read_dicom_header(file), medical.windows)
             continue
@@ -408,7 +394,7 @@ def streaming_image_classification_data(
             files, raw.labels, raw.class_names, image_size, num_channels, check_files, frames=frames, medical=medical,
             **fit,
         )
-    splits = _carve_splits(raw, val_fraction, test_fraction, seed)
+    splits = carve_splits(raw, val_fraction, test_fraction, seed)
     return {name: full.subset(splits[name]) for name in SPLITS}
 
 
@@ -421,38 +407,38 @@ def _file_rows(
     source: Any, class_names: Sequence[str] | None, patient_id_column: str | None, medical: MedicalPreprocessing
 ):
     """The images of an image folder or CSV (a file and its DICOM frame, or None, per image; DICOM mixed with other
-    files as `medical`'s windows allow), and their labels, names, official splits and groups (as `_RawData`)."""
+    files as `medical`'s windows allow), and their labels, names, official splits and groups (as `RawData`)."""
     path = Path(source)
     if not path.exists():
         raise ValueError(f"source: {str(path)!r} does not exist; expected an image folder, a .csv file or a dataset")
     if path.is_file() and path.suffix == ".csv":
-        files, labels, names, patients = _list_csv(path, class_names, patient_id_column)
+        files, labels, names, patients = list_csv(path, class_names, patient_id_column)
         labels_per_split, where = {"train": labels}, f"CSV {path}"
     elif path.is_dir():
         if class_names is not None or patient_id_column is not None:
             raise ValueError("class_names / patient_id_column apply to CSV sources only, not to an image folder")
-        files, labels_per_split, names = _list_image_folder(path)
+        files, labels_per_split, names = list_folder_files(path)
         where, patients = f"image folder {path}", None
     else:
         raise ValueError(f"source: {str(path)!r} is a file; expected an image folder, a .csv file or a dataset")
-    files, frames, labels_per_split, groups = _list_frames(files, labels_per_split, medical, patients)
-    labels, names, splits = _labels_and_names(labels_per_split, names, where)
-    return files, frames, _RawData(None, labels, names, splits, groups=groups)
+    files, frames, labels_per_split, groups = list_frames(files, labels_per_split, medical, patients)
+    labels, names, splits = labels_and_names(labels_per_split, names, where)
+    return files, frames, RawData(None, labels, names, splits, groups=groups)
 
 
 def _hf_rows(source: Any, image_column: str | None, label_column: str | None):
-    """One table of every split's (undecoded) images and labels, and its `_RawData` (labels, names, splits)."""
+    """One table of every split's (undecoded) images and labels, and its `RawData` (labels, names, splits)."""
     import datasets
 
-    parts, image_column, label_column, label_feature = _hf_splits(source, image_column, label_column)
+    parts, image_column, label_column, label_feature = hf_splits(source, image_column, label_column)
     tables, labels = [], {}
     for name, part in parts.items():
         part = part.select_columns([image_column, label_column]).cast_column(image_column, datasets.Image(decode=False))
         renames = {old: new for old, new in ((image_column, _IMAGE), (label_column, _LABEL)) if old != new}
         tables.append(part.rename_columns(renames))
-        labels[_HF_SPLIT_NAMES[name]] = np.asarray(part[label_column], dtype=np.int64)
-    all_labels, names, splits = _labels_and_names(labels, label_feature.names, "dataset")
-    return datasets.concatenate_datasets(tables), _RawData(None, all_labels, names, splits)
+        labels[HF_SPLIT_NAMES[name]] = np.asarray(part[label_column], dtype=np.int64)
+    all_labels, names, splits = labels_and_names(labels, label_feature.names, "dataset")
+    return datasets.concatenate_datasets(tables), RawData(None, all_labels, names, splits)
 
 
 def streaming_data_from_args(args: Any) -> dict[str, StreamingImages]:
@@ -463,7 +449,7 @@ def streaming_data_from_args(args: Any) -> dict[str, StreamingImages]:
         raise ValueError("--streaming needs --num_channels (1 or 3): streamed images are not all looked at first")
     image_size = args.image_size if args.image_size is not None else DEFAULT_FOLDER_SIZE
     splits = streaming_image_classification_data(
-        args.dataset, args.num_channels, image_size, medical=_medical_from_args(args), **splits_from_args(args),
+        args.dataset, args.num_channels, image_size, medical=medical_from_args(args), **splits_from_args(args),
         **fit_from_args(args),
     )
     if not args.no_verify_images:

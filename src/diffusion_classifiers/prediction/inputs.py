@@ -79,7 +79,7 @@ def list_inputs(
         a video clip's, is that file's errors-file row when it is read).
     """
     from ..data.dicom import MedicalPreprocessing
-    from ..data.readers import _ACCEPTED_FILES, _is_image_or_dicom_file
+    from ..data.image_listing import ACCEPTED_FILES, is_image_or_dicom_file
     from ..data.streaming import is_saved_dataset
 
     source = check_input_exists(source)
@@ -99,12 +99,12 @@ def list_inputs(
         return _folder_inputs(source, read)
     if source.suffix.lower() == ".csv":
         return _csv_inputs(source, read)
-    if _is_image_or_dicom_file(source):
+    if is_image_or_dicom_file(source):
         _check_dicom_decoders([source])
         return [PredictionInput(source.name, partial(read, source))]
     raise ValueError(
         f"input {source}: expected an image folder, a .csv file of paths, a saved datasets folder or an image / DICOM "
-        f"file, got a {source.suffix or 'suffix-less'} file ({_ACCEPTED_FILES})"
+        f"file, got a {source.suffix or 'suffix-less'} file ({ACCEPTED_FILES})"
     )
 
 
@@ -119,15 +119,15 @@ def check_input_exists(source: str | os.PathLike) -> Path:
 
 
 def _folder_inputs(folder: Path, read: Callable) -> list[PredictionInput]:
-    from ..data.readers import _ACCEPTED_FILES, _is_image_or_dicom_file
+    from ..data.image_listing import ACCEPTED_FILES, is_image_or_dicom_file
 
     visible = sorted(
         path for path in folder.rglob("*")
         if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
     )  # fmt: skip
-    files = [path for path in visible if _is_image_or_dicom_file(path)]
+    files = [path for path in visible if is_image_or_dicom_file(path)]
     if not files:
-        raise ValueError(f"input folder {folder}: no image or DICOM files found ({_ACCEPTED_FILES})")
+        raise ValueError(f"input folder {folder}: no image or DICOM files found ({ACCEPTED_FILES})")
     listed = set(files)
     _warn_other_files_skipped(folder, [path for path in visible if path not in listed])
     _check_dicom_decoders(files)
@@ -136,13 +136,13 @@ def _folder_inputs(folder: Path, read: Callable) -> list[PredictionInput]:
 
 def _warn_other_files_skipped(folder: Path, others: list[Path]) -> None:
     """Files of the folder that are neither images nor DICOM get no row, in neither output: say how many, and which."""
-    from ..data.readers import _ACCEPTED_FILES
+    from ..data.image_listing import ACCEPTED_FILES
 
     if others:
         shown = ", ".join(path.relative_to(folder).as_posix() for path in others[:3])
         warnings.warn(
             f"input folder {folder}: skipped {len(others)} of its files, neither images nor DICOM (e.g. {shown}); "
-            f"read are {_ACCEPTED_FILES}",
+            f"read are {ACCEPTED_FILES}",
             UserWarning,
             stacklevel=4,
         )
@@ -193,7 +193,7 @@ def _read_file(path: Path, medical: Any) -> list:
     windows: such a model reads one window of Hounsfield units per channel, and an image file's grey, copied into
     every channel, would be classified as no scan looks."""
     from ..data.dicom import is_dicom_file
-    from ..data.readers import _decode_image_file
+    from ..data.file_decoding import decode_image_file
 
     if is_dicom_file(path):
         return list(medical.read(path))
@@ -203,14 +203,14 @@ def _read_file(path: Path, medical: Any) -> list:
             f"{medical.to_dict()['windows']}, one channel each; an image file has no Hounsfield units to window "
             "(its grey would be copied into every channel). Expected a DICOM file"
         )
-    image = _decode_image_file(path, medical.bits_stored)
+    image = decode_image_file(path, medical.bits_stored)
     return [image[0]] if hasattr(image, "shape") else [image]
 
 
 def _dataset_inputs(folder: Path, split: str, image_column: Optional[str]) -> list[PredictionInput]:
     import datasets
 
-    from ..data.readers import _find_column
+    from ..data.hf_datasets import find_column
 
     dataset = datasets.load_from_disk(str(folder))
     if isinstance(dataset, datasets.DatasetDict):
@@ -219,7 +219,7 @@ def _dataset_inputs(folder: Path, split: str, image_column: Optional[str]) -> li
         dataset = dataset[split]
     if len(dataset) == 0:
         raise ValueError(f"dataset {folder}: no rows; expected one row per image")
-    image_column = _find_column(dataset.features, image_column, datasets.Image, "image")
+    image_column = find_column(dataset.features, image_column, datasets.Image, "image")
     labels = _dataset_labels(dataset)
     images = dataset.select_columns([image_column])
     return [

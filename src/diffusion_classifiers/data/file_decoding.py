@@ -1,0 +1,338 @@
+"""Listed files decoded into the images the preprocessing reads: PNG / JPEG / 16-bit files and DICOM frames (a
+multi-frame file expanded into its frames), unreadable files refused together, grey and colour files checked."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .dicom import (
+    MedicalPreprocessing,
+    _scale_16bit,
+    is_dicom_file,
+    read_dicom,
+    read_dicom_header,
+    window_channels,
+)
+from .image_files import DECODE_ERRORS, decode_error_text, open_image
+from .preprocessing import ImagePreprocessing, _PIL_16BIT_MODES, preprocess_images
+
+__all__ = [
+    "decode_image_file",
+    "list_frames",
+]
+
+def decode_image_file(
+    path: Path, bits_stored: int | None = None, depths: _BitDepths | None = None
+) -> Image.Image | np.ndarray:
+    """Open and fully decode an image file (so truncation is caught now, not mid-training); a 16-bit greyscale image
+    comes back as float32 `[1, 1, H, W]` in `[0, 1]`, scaled by its bit depth (see [`read_16bit_image`]), which
+    `depths` records when given."""
+    try:
+        image = open_image(path)
+    except DECODE_ERRORS as error:
+        raise ValueError(f"cannot decode image file {path}: {decode_error_text(error)}") from error
+    if image.mode not in _PIL_16BIT_MODES:
+        return image
+    values, bits = _scale_16bit(image, bits_stored, path)
+    if depths is not None:
+        depths.add(path, bits)
+    return values[None, None]
+
+
+class _BitDepths:
+    """The bit depths the 16-bit PNG / TIFF of one data set were scaled by (each image's own maximum's when
+    `bits_stored` is unset): a set read at different depths gets one warning (see [`warn`])."""
+
+    def __init__(self) -> None:
+        self._counts: dict[int, int] = {}
+        self._examples: dict[int, Path] = {}  # the first file of each depth
+
+    def add(self, path: Path, bits: int) -> None:
+        self._counts[bits] = self._counts.get(bits, 0) + 1
+        self._examples.setdefault(bits, path)
+
+    def warn(self) -> None:
+        """Warn (once for the data set) when its images were scaled by more than one bit depth."""
+        if len(self._counts) < 2:
+            return
+        found = ", ".join(
+            f"{count} at {bits} bits (e.g. {self._examples[bits]})" for bits, count in sorted(self._counts.items())
+        )
+        deepest = max(self._counts)
+        warnings.warn(
+            f"16-bit images scaled by different bit depths, each guessed from its own maximum: {found}. The same "
+            "stored value then reads darker or brighter from image to image (a 12-bit image whose maximum is below "
+            "2048 reads twice as bright). State the data's bit depth: "
+            f"MedicalPreprocessing(bits_stored={deepest}) (the scripts' --bits_stored {deepest}, e.g. 12 for 12-bit "
+            "detectors); it is saved with the model (medical.bits_stored) and applied to new images alike",
+            UserWarning,
+            stacklevel=5,
+        )
+
+
+def decode_files(
+    files: list[Path],
+    labels_per_split: dict[str, np.ndarray],
+    medical: MedicalPreprocessing,
+    patient_ids: list[str] | None = None,
+    reading: ImagePreprocessing | None = None,
+) -> tuple[list | torch.Tensor, dict[str, np.ndarray], np.ndarray | None]:
+    """Decode `files` (listed split by split); a multi-frame DICOM gives one image per frame. Returns the images and
+    the labels per split and group ids of [`_expand_frames`].
+
+    With `reading` (a contract with an `image_size`), each file is preprocessed as soon as it is decoded, so only one
+    full-size image is held at a time (a 2048x1664 mammogram is 13 MB as float32, its 32x32 result 4 KB), and the
+    images come back as one float32 `[N, C, H, W]` tensor in `[-1, 1]`, equal to
+    `preprocess_images(<every decoded image>, preprocessing=reading)`: with `num_channels=None`, grey images are
+    repeated to 3 channels after their resize when any image is colour (the same values: each channel is resized
+    alone). Without `reading`, the decoded images themselves (a list).
+
+    Every file is tried: the files that cannot be read (decode errors, no pixel data, a colour DICOM, a truncated
+    file, a localizer, ...) are refused together (see [`_refuse_unreadable_files`]), then series of mixed slice sizes
+    (see [`_SeriesSizes`])."""
+    images, patients, failures, sizes, depths = [], [], [], _SeriesSizes(), _BitDepths()
+    for path, is_dicom in zip(files, dicom_or_not(files, medical)):
+        try:
+            image, patient = _decode_file(path, is_dicom, medical, sizes, depths)
+            images.append(image if reading is None else _preprocess_file(image, path, reading))
+        except ValueError as error:
+            failures.append(error if not failures else str(error))  # no traceback kept: it holds the image
+            continue
+        finally:
+            image = None  # the full-size image is freed before the next file is decoded
+        patients.append(patient)
+    _refuse_unreadable_files(failures, len(files))
+    sizes.check()
+    depths.warn()
+    frames = [1 if isinstance(image, Image.Image) else len(image) for image in images]
+    if reading is not None:
+        images = _same_channels(images, reading, files)
+    return images, *_expand_frames(files, labels_per_split, frames, patient_ids or patients)
+
+
+def _decode_file(
+    path: Path, is_dicom: bool, medical: MedicalPreprocessing, sizes: _SeriesSizes, depths: _BitDepths
+) -> tuple[Image.Image | np.ndarray, str | None]:
+    """One file decoded (a DICOM windowed by `medical`, its size checked against its series in `sizes`; a 16-bit
+    image's bit depth recorded in `depths`) and its PatientID (None for a non-DICOM file)."""
+    if not is_dicom:
+        return decode_image_file(path, medical.bits_stored, depths), None
+    dicom = read_dicom(path)
+    _refuse_localizer(path, dicom.metadata)
+    sizes.add(path, dicom.values.shape[-2:], dicom.metadata["SeriesInstanceUID"])
+    return window_channels(dicom, medical.windows, medical.padding_fill), dicom.metadata["PatientID"]
+
+
+# Unreadable files named in one error; the rest are counted.
+_FAILURES_SHOWN = 20
+
+
+def _refuse_unreadable_files(failures: list[ValueError | str], total: int) -> None:
+    """Refuse the files that cannot be read, all at once (`failures`: the first error, then the others' messages):
+    one failure raises its own error; several, one error naming the first `_FAILURES_SHOWN` (each message names its
+    file) and counting the rest."""
+    if len(failures) == 1:
+        raise failures[0]
+    if failures:
+        shown = "; ".join(str(error) for error in failures[:_FAILURES_SHOWN])
+        more = f"; and {len(failures) - _FAILURES_SHOWN} more" if len(failures) > _FAILURES_SHOWN else ""
+        raise ValueError(
+            f"{len(failures)} of {total} image files cannot be read: {shown}{more}. Expected every file to be a "
+            "readable image: remove or replace these files"
+        )
+
+
+def _preprocess_file(image: Any, path: Path, reading: ImagePreprocessing) -> torch.Tensor:
+    """One decoded file's images through `reading` (its own channels when `reading.num_channels` is None: see
+    [`_same_channels`]); an error names the file."""
+    try:
+        return preprocess_images(image, preprocessing=reading)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
+
+
+def _same_channels(images: list[torch.Tensor], reading: ImagePreprocessing, files: list[Path]) -> torch.Tensor:
+    """`files` preprocessed one by one (`images`), as one tensor: with `num_channels=None`, 3 channels if any file is
+    colour (a grey image's channel repeated; with a warning naming the colour files, see [`warn_mixed_channels`]),
+    else 1, as [`preprocess_images`] decides for a whole batch."""
+    if reading.num_channels is None and any(image.shape[1] == 3 for image in images):
+        warn_mixed_channels([image.shape[1] for image in images], [str(path) for path in files])
+        _warn_grey_stored_as_colour(images)
+        images = [image.repeat(1, 3, 1, 1) if image.shape[1] == 1 else image for image in images]
+    return torch.cat(images)
+
+
+# Channels closer than this (on [-1, 1], 2 levels of 8 bits) are equal: JPEG's chroma rounding of a grey image.
+_GREY_TOLERANCE = 4 / 255
+
+
+def _warn_grey_stored_as_colour(images: list[torch.Tensor], stacklevel: int = 6) -> None:
+    """Warn when every image is colour but grey (its three channels equal, as NDSB's RGB JPEGs): with the channel
+    count inferred the model becomes 3-channel for grey data, and reads another instrument's colour images as colour
+    it never saw."""
+    if not all(image.shape[1] == 3 for image in images):
+        return
+    if any((image - image.mean(1, keepdim=True)).abs().amax() > _GREY_TOLERANCE for image in images):
+        return
+    warnings.warn(
+        f"all {len(images)} images are grey stored as colour (their three channels equal): with the channel count "
+        "inferred (num_channels=None) they are read, and the model trained, as 3 channels. State the channels to "
+        "silence this: num_channels=1 (the scripts' --num_channels 1) reads them as grey, the model then reads any "
+        "image as grey; num_channels=3 keeps 3 channels",
+        UserWarning,
+        stacklevel=stacklevel,  # the caller of load_image_classification_data
+    )
+
+
+# Colour files named in the warning about grey and colour images mixed.
+_COLOUR_SHOWN = 5
+
+
+def warn_mixed_channels(channels: list[int], names: list[str], stacklevel: int = 6) -> None:
+    """Warn when grey (1-channel) and colour (3-channel) images are mixed and the channel count is inferred: one
+    colour image (a screenshot among greyscale scans) makes the whole data set, and the model, 3-channel."""
+    colour = [name for name, count in zip(names, channels) if count == 3]
+    if not colour or len(colour) == len(names):
+        return
+    more = len(colour) - _COLOUR_SHOWN
+    shown = ", ".join(colour[:_COLOUR_SHOWN]) + (f" and {more} more" if more > 0 else "")
+    warnings.warn(
+        f"{len(colour)} of {len(names)} images are colour ({shown}), the others grey: with the channel count inferred "
+        "(num_channels=None) every image is read as 3 channels (a grey image's channel repeated) and the model is "
+        "3-channel. If the colour images are strays (screenshots, exports), remove them; state the channels to "
+        "silence this: num_channels=1 (the scripts' --num_channels 1) reads them all as grey, num_channels=3 keeps "
+        "colour",
+        UserWarning,
+        stacklevel=stacklevel,  # the caller of load_image_classification_data
+    )
+
+
+def list_frames(
+    files: list[Path],
+    labels_per_split: dict[str, np.ndarray],
+    medical: MedicalPreprocessing,
+    patient_ids: list[str] | None = None,
+) -> tuple[list[Path], list[int | None], dict[str, np.ndarray], np.ndarray | None]:
+    """What [`decode_files`] gives, from the DICOM headers alone (no pixel decoded; `data.streaming` reads the images
+    lazily): one row per image, the file and its frame (`None` for a non-DICOM file), and [`_expand_frames`]'s labels
+    and group ids. DICOM files that cannot be decoded (no pixel data, no decoder installed) are refused now, as is
+    DICOM mixed with other image files for `medical`'s windows (see [`dicom_or_not`])."""
+    kinds = dicom_or_not(files, medical)
+    headers, failures = {}, []
+    for path, is_dicom in zip(files, kinds):
+        if is_dicom:
+            try:
+                headers[path] = read_dicom_header(path)
+                _refuse_localizer(path, headers[path].metadata)
+            except ValueError as error:
+                failures.append(error if not failures else str(error))
+    _refuse_unreadable_files(failures, len(files))
+    _check_dicom_sizes_per_folder(
+        [(path, header.size, header.metadata["SeriesInstanceUID"]) for path, header in headers.items()]
+    )
+    frames = [headers[path].num_frames if path in headers else 1 for path in files]
+    patients = [headers[path].metadata["PatientID"] if path in headers else None for path in files]
+    rows = [path for path, count in zip(files, frames) for _ in range(count)]
+    frame_of_row = [frame if path in headers else None for path, count in zip(files, frames) for frame in range(count)]
+    return rows, frame_of_row, *_expand_frames(files, labels_per_split, frames, patient_ids or patients)
+
+
+def dicom_or_not(files: list[Path], medical: MedicalPreprocessing) -> list[bool]:
+    """Whether each file is DICOM (see [`is_dicom_file`]). DICOM and other image files are read together through one
+    window (X-rays as DICOM beside 16-bit PNG: one grey channel each), but not through several (`medical`'s windows):
+    a PNG beside the slices (a screenshot, an export) has no Hounsfield units to window
+    into several channels, so its grey would be copied into each and learnt as one more slice. `predict` applies the
+    same rule file by file (such an image file is an errors-file row). The error names one file of each kind, before
+    any is decoded."""
+    kinds = [is_dicom_file(path) for path in files]
+    windows = medical.to_dict()["windows"]
+    if any(kinds) and not all(kinds) and len(windows) > 1:
+        dicom, other = files[kinds.index(True)], files[kinds.index(False)]
+        raise ValueError(
+            f"images: DICOM and other image files mixed, read through {len(windows)} DICOM windows {windows}: {dicom} "
+            f"is DICOM but {other} is not; "
+            "an image file has no Hounsfield units to window into several channels (its grey would be copied into "
+            "each). Expected DICOM files only, or one window (--window). Move the other files out, or convert them "
+            "all to one kind"
+        )
+    return kinds
+
+
+def _expand_frames(
+    files: list[Path], labels_per_split: dict[str, np.ndarray], frames: list[int], patients: list[str | None]
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The labels per split repeated per frame (each frame of a multi-frame DICOM has its file's label), and a group
+    id per image: `patients` (one per file: the CSV's column, else the DICOM PatientID; a file without one is its own
+    group), or None when no file names one."""
+    frames = np.asarray(frames)
+    bounds = np.cumsum([0] + [len(labels) for labels in labels_per_split.values()])
+    labels_per_split = {
+        split: np.repeat(labels, frames[bounds[i]: bounds[i + 1]])
+        for i, (split, labels) in enumerate(labels_per_split.items())
+    }
+    if all(patient is None for patient in patients):
+        return labels_per_split, None
+    ids = [patient if patient is not None else f"file:{path}" for path, patient in zip(files, patients)]
+    return labels_per_split, np.repeat(np.asarray(ids, dtype=object), frames)
+
+
+class _SeriesSizes:
+    """The slices of one volume share a size: DICOM files of one folder and one SeriesInstanceUID (files without one:
+    those of the folder together) must have one size, recorded file by file as they are read and checked once all are
+    (`check`), so that one odd slice is named as the odd one whatever the order of the files. Files of different
+    series may differ: independent 2D images (mammograms or radiographs from different detectors, each its own
+    series) are resized like any image."""
+
+    def __init__(self) -> None:
+        self._paths: dict[tuple[Path, str | None], dict[tuple[int, int], list[str]]] = {}
+
+    def add(self, path: Path, size: tuple[int, int], series: str | None) -> None:
+        sizes = self._paths.setdefault((path.parent, series), {})
+        sizes.setdefault(tuple(int(side) for side in size), []).append(str(path))
+
+    def check(self) -> None:
+        """Refuse every series of mixed sizes in one error: each size, its file count and up to 3 of its files, the
+        most common size first."""
+        mixed = [(key, sizes) for key, sizes in self._paths.items() if len(sizes) > 1]
+        if not mixed:
+            return
+        described = []
+        for (folder, series), sizes in mixed:
+            where = f"folder {folder}, series {series}" if series else f"folder {folder} (no SeriesInstanceUID)"
+            counts = sorted(sizes.items(), key=lambda item: -len(item[1]))
+            listed = ", ".join(
+                f"{h}x{w}: {len(paths)} file{'s' if len(paths) > 1 else ''} ({', '.join(paths[:3])}"
+                f"{', ...' if len(paths) > 3 else ''})"
+                for (h, w), paths in counts
+            )
+            described.append(f"{where}: mixed slice sizes (height x width): {listed}")
+        raise ValueError(
+            "; ".join(described) + "; expected one size per series (a scout or a second series mixed in?). Move the "
+            "odd files out, or resample them to one size first"
+        )
+
+
+def _refuse_localizer(path: Path, metadata: dict) -> None:
+    """A scout / localiser (ImageType LOCALIZER) is not an image of its folder's class: the per-series size check no
+    longer catches one stored as its own series."""
+    image_type = metadata.get("ImageType") or ()
+    if "LOCALIZER" in image_type:
+        raise ValueError(
+            f"DICOM file {path} is a localizer (scout) image (ImageType {'/'.join(image_type)}); expected the images of "
+            "a series, read as images of their folder's class: remove it"
+        )
+
+
+def _check_dicom_sizes_per_folder(sizes: list[tuple[Path, tuple[int, int], str | None]]) -> None:
+    """The DICOM files `(path, (height, width), SeriesInstanceUID)` have one size per series of a folder (see
+    [`_SeriesSizes`])."""
+    check = _SeriesSizes()
+    for path, size, series in sizes:
+        check.add(path, size, series)
+    check.check()

@@ -1,0 +1,129 @@
+"""`datasets.Dataset` / `DatasetDict` sources: their splits, image and label columns, decoded."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .image_files import DECODE_ERRORS, decode_error_text
+from .labeled_images import RawData, labels_and_names
+from .preprocessing import _PIL_16BIT_MODES
+
+__all__ = [
+    "canonical_split_name",
+    "read_classification_split",
+    "split_columns",
+]
+
+HF_SPLIT_NAMES = {"train": "train", "validation": "val", "val": "val", "test": "test"}
+
+
+def canonical_split_name(name: str) -> str:
+    """`"val"` for `"validation"` (the Hub's name for it, which `to_datasets` writes); any other name as it is."""
+    return HF_SPLIT_NAMES.get(name, name)
+
+
+def hf_splits(source: Any, image_column: str | None, label_column: str | None) -> tuple[dict, str, str, Any]:
+    """The splits of a `datasets.Dataset` (train only) or `DatasetDict`, checked: known split names, one Image and one
+    ClassLabel column (found or named), the same label feature in every split. Returns `(splits, image column,
+    label column, label feature)`."""
+    import datasets
+
+    parts = {"train": source} if isinstance(source, datasets.Dataset) else dict(source)
+    unknown = [name for name in parts if name not in HF_SPLIT_NAMES]
+    if unknown or "train" not in parts or ("val" in parts and "validation" in parts):
+        raise ValueError(
+            f"DatasetDict splits {sorted(parts)}: expected 'train' and optionally one of 'validation'/'val', and 'test'"
+        )
+    features = parts["train"].features
+    image_column = find_column(features, image_column, datasets.Image, "image")
+    label_column = find_column(features, label_column, datasets.ClassLabel, "label")
+    for name, part in parts.items():
+        if part.features.get(label_column) != features[label_column]:
+            raise ValueError(
+                f"split {name!r}: label column {label_column!r} is {part.features.get(label_column)!r}; "
+                f"expected {features[label_column]!r} as in 'train'"
+            )
+    return parts, image_column, label_column, features[label_column]
+
+
+def read_hf_dataset(source: Any, image_column: str | None, label_column: str | None) -> RawData:
+    import datasets
+
+    parts, image_column, label_column, label_feature = hf_splits(source, image_column, label_column)
+    images, labels = [], {}
+    for name, part in parts.items():
+        images += _decode_column(part.cast_column(image_column, datasets.Image(decode=True)), image_column, name)
+        labels[HF_SPLIT_NAMES[name]] = np.asarray(part[label_column], dtype=np.int64)
+    all_labels, names, splits = labels_and_names(labels, label_feature.names, "dataset")
+    return RawData(images, all_labels, names, splits)
+
+
+def pil_channels(image: Image.Image) -> int:
+    """The channels [`preprocess_images`] reads a PIL image as: 1 for grey modes (16-bit and float included), else 3."""
+    return 1 if image.mode in _GREY_PIL_MODES else 3
+
+
+_GREY_PIL_MODES = {"1", "L", "LA", "La", "F"} | _PIL_16BIT_MODES
+
+
+def split_columns(dataset: Any, image_column: str | None, label_column: str | None) -> tuple[str, str]:
+    """The image and label columns of one non-empty `datasets.Dataset` split, found by feature type unless named."""
+    import datasets
+
+    if not isinstance(dataset, datasets.Dataset):
+        raise TypeError(f"expected a datasets.Dataset split, got {type(dataset).__name__}")
+    if len(dataset) == 0:
+        raise ValueError("expected a non-empty dataset, got 0 rows")
+    image_column = find_column(dataset.features, image_column, datasets.Image, "image")
+    return image_column, find_column(dataset.features, label_column, datasets.ClassLabel, "label")
+
+
+def read_classification_split(
+    dataset: Any, image_column: str | None = None, label_column: str | None = None
+) -> tuple[list[Image.Image], np.ndarray, list[str]]:
+    """One `datasets.Dataset` split as (decoded PIL images, integer labels, ClassLabel names), with the image and
+    label columns found by feature type as in [`load_image_classification_data`]."""
+    import datasets
+
+    image_column, label_column = split_columns(dataset, image_column, label_column)
+    images = _decode_column(dataset.cast_column(image_column, datasets.Image(decode=True)), image_column, "evaluation")
+    return images, np.asarray(dataset[label_column], dtype=np.int64), list(dataset.features[label_column].names)
+
+
+def find_column(features: Any, name: str | None, feature_type: type, role: str) -> str:
+    columns = {column: repr(feature) for column, feature in features.items()}
+    expected = feature_type.__name__
+    if name is not None:
+        if name not in features:
+            raise ValueError(f"{role} column {name!r} not found; columns: {columns}")
+        if not isinstance(features[name], feature_type):
+            raise ValueError(f"{role} column {name!r} has type {features[name]!r}; expected {expected}")
+        return name
+    matches = [column for column, feature in features.items() if isinstance(feature, feature_type)]
+    if len(matches) != 1:
+        found = "no" if not matches else f"several ({matches})"
+        raise ValueError(
+            f"{found} {expected} column for the {role}s; columns: {columns}. Pass {role}_column= naming "
+            f"one {expected} column (cast an integer column with dataset.cast_column(name, ClassLabel(names=...)))"
+        )
+    return matches[0]
+
+
+def _decode_column(dataset: Any, column: str, split: str) -> list[Image.Image]:
+    images = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            for example in dataset.select_columns([column]):
+                if example[column] is None:
+                    raise ValueError(f"split {split!r} row {len(images)}: column {column!r} has no image")
+                images.append(example[column])
+    except DECODE_ERRORS as error:
+        raise ValueError(
+            f"split {split!r} row {len(images)}: cannot decode column {column!r}: {decode_error_text(error)}"
+        ) from error
+    return images

@@ -1,0 +1,179 @@
+"""The files an image folder or a CSV of paths holds: class folders or split files, labels and patient ids, and
+which files a listing reads (images and DICOM)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .dicom import _DICOM_HEADER_NOTE, DICOM_EXTENSIONS, is_dicom_file
+from .image_files import IMAGE_EXTENSIONS
+from .labeled_images import labels_and_names
+
+__all__ = [
+    "ACCEPTED_FILES",
+    "list_image_folder",
+]
+
+# What a listing reads, for its errors.
+ACCEPTED_FILES = f"extensions {sorted(IMAGE_EXTENSIONS | DICOM_EXTENSIONS)}; {_DICOM_HEADER_NOTE}"
+
+
+def list_image_folder(root: str | os.PathLike) -> tuple[list[Path], np.ndarray, list[str], dict[str, np.ndarray]]:
+    """The image files of an image folder as the readers list them (class folders, or `images/` with `splits/*.txt`;
+    hidden files skipped, a nested or empty class folder refused by name), their integer labels, the class names and
+    each split the folder defines (indices into the files); nothing is decoded. For a tool that reads the folder
+    itself and must see the images training sees."""
+    files, labels_per_split, names = list_folder_files(Path(root))
+    labels, names, splits = labels_and_names(labels_per_split, names, f"image folder {root}")
+    return files, labels, names, splits
+
+
+def list_folder_files(root: Path) -> tuple[list[Path], dict[str, np.ndarray], list[str]]:
+    """The image files of an image folder (listed split by split), their labels per split and the class names;
+    nothing is decoded (`data.streaming` reads the files lazily)."""
+    image_root = root / "images" if (root / "images").is_dir() else root
+    class_dirs = sorted(
+        p for p in image_root.iterdir() if p.is_dir() and p.name != "splits" and not p.name.startswith(".")
+    )
+    if (root / "splits" / "train.txt").is_file():
+        files, labels_per_split, names = _read_split_files(root / "splits", image_root, class_dirs)
+    else:
+        files, labels_per_split, names = _read_class_folders(class_dirs)
+        _warn_unlabelled_images(image_root)
+    if not files:
+        raise ValueError(
+            f"image folder {root}: no images found; expected class subfolders <root>/<class>/*.jpg "
+            f"({ACCEPTED_FILES})"
+        )
+    return files, labels_per_split, names
+
+
+def _warn_unlabelled_images(image_root: Path) -> None:
+    """Image files beside the class folders have no class: they are not read, and a user who meant them to be
+    should hear it."""
+    stray = sorted(p.name for p in image_root.iterdir() if p.is_file() and is_image_or_dicom_file(p)
+                   and not p.name.startswith("."))  # fmt: skip
+    if stray:
+        warnings.warn(
+            f"image folder {image_root}: {len(stray)} image file(s) directly in it (first: {stray[0]!r}) are not read; "
+            "an image's class is the folder it is in (<root>/<class>/<image>)",
+            stacklevel=4,
+        )
+
+
+def _read_class_folders(class_dirs: list[Path]) -> tuple[list[Path], dict[str, np.ndarray], list[str]]:
+    """The images of each class folder, labelled by its position; an empty class folder is refused (unless all are
+    empty: then the caller reports that no images were found), and so are two class folders that are one folder."""
+    folders: dict[str, Path] = {}
+    for folder in class_dirs:
+        real = os.path.realpath(folder)
+        if real in folders:
+            raise ValueError(
+                f"class folders {folders[real]} and {folder} are the same folder {real} (a symlink); expected one "
+                "folder per class"
+            )
+        folders[real] = folder
+    per_class = [_class_images(folder) for folder in class_dirs]
+    empty = [folder for folder, paths in zip(class_dirs, per_class) if not paths]
+    if empty and len(empty) < len(class_dirs):
+        raise ValueError(
+            f"class folder {empty[0]} holds no image files ({ACCEPTED_FILES}); expected at least one image per "
+            "class: remove the folder or add its images"
+        )
+    files = [path for paths in per_class for path in paths]
+    labels = np.repeat(np.arange(len(per_class)), [len(paths) for paths in per_class])
+    return files, {"train": labels}, [folder.name for folder in class_dirs]
+
+
+def _class_images(folder: Path) -> list[Path]:
+    """The image files directly inside a class folder, sorted; names starting with "." are skipped and other files
+    ignored. A folder inside it (a nested layout such as `train/<class>/`, or a symlink loop) is refused."""
+    entries = sorted(path for path in folder.iterdir() if not path.name.startswith("."))
+    nested = [path for path in entries if path.is_dir()]
+    if nested:
+        raise ValueError(
+            f"class folder {folder} contains the folder {nested[0].name!r}; expected image files directly in each "
+            "class folder (<root>/<class>/<image>): nested folders are not read"
+        )
+    return [path for path in entries if is_image_or_dicom_file(path)]
+
+
+def is_image_or_dicom_file(path: Path) -> bool:
+    """Whether a folder listing reads `path`: an image extension (`IMAGE_EXTENSIONS`) or a DICOM file (see
+    [`is_dicom_file`]); only a file with another extension (not a text or data file's) or none is opened to tell."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS or is_dicom_file(path)
+
+
+def _read_split_files(
+    splits_dir: Path, image_root: Path, class_dirs: list[Path]
+) -> tuple[list[Path], dict[str, np.ndarray], list[str]]:
+    classes_file = splits_dir / "classes.txt"
+    names = _nonempty_lines(classes_file) if classes_file.is_file() else [d.name for d in class_dirs]
+    files, labels_per_split = [], {}
+    for split, filename in (("train", "train.txt"), ("val", "val.txt"), ("test", "test.txt")):
+        if not (splits_dir / filename).is_file():
+            continue
+        labels = []
+        for number, line in enumerate(_nonempty_lines(splits_dir / filename), start=1):
+            relative, _, label = line.rpartition(" ")
+            path = image_root / relative.strip()
+            if not relative or not label.lstrip("-").isdigit():
+                raise ValueError(f"{splits_dir / filename}:{number}: expected 'relative/path label', got {line!r}")
+            if not path.is_file():
+                raise ValueError(f"{splits_dir / filename}:{number}: image file {path} does not exist")
+            files.append(path)
+            labels.append(int(label))
+        labels_per_split[split] = np.asarray(labels, dtype=np.int64)
+    return files, labels_per_split, names
+
+
+def _nonempty_lines(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _label_order(name: str) -> tuple:
+    """Integers numerically ("2" before "10"), then names alphabetically."""
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
+def list_csv(
+    path: Path, class_names: Sequence[str] | None, patient_id_column: str | None
+) -> tuple[list[Path], np.ndarray, list[str], list[str] | None]:
+    """The image files a CSV names, their labels, the class names and the patient ids (None without that column);
+    nothing is decoded (`data.streaming` reads the files lazily)."""
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = list(reader.fieldnames or [])
+        rows = list(reader)
+    missing = [column for column in ("path", "label") if column not in columns]
+    if missing:
+        raise ValueError(f"CSV {path}: missing column(s) {missing}; expected a header with path,label[,patient_id], "
+                         f"got {columns}")
+    if patient_id_column is not None and patient_id_column not in columns:
+        raise ValueError(f"CSV {path}: patient_id_column {patient_id_column!r} is not a column; columns: {columns}")
+    if patient_id_column is None and "patient_id" in columns:
+        patient_id_column = "patient_id"
+    if not rows:
+        raise ValueError(f"CSV {path}: no rows; expected one row per image")
+    found = sorted({row["label"] for row in rows}, key=_label_order)
+    names = list(class_names) if class_names is not None else found
+    ids = {name: i for i, name in enumerate(names)}
+    files, labels, patients = [], [], []
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        file = path.parent / (row["path"] or "")
+        if not row["path"] or not file.is_file():
+            raise ValueError(f"CSV {path}:{line}: image file {file} does not exist")
+        if row["label"] not in ids:
+            raise ValueError(f"CSV {path}:{line}: label {row['label']!r} is not one of the classes {names}")
+        if patient_id_column is not None and not row[patient_id_column]:
+            raise ValueError(f"CSV {path}:{line}: empty {patient_id_column!r}; expected a patient id on every row")
+        files.append(file)
+        labels.append(ids[row["label"]])
+        patients.append(row[patient_id_column] if patient_id_column is not None else None)
+    return files, np.asarray(labels, dtype=np.int64), names, patients if patient_id_column else None
