@@ -587,6 +587,25 @@ def test_dicom_class_folders_keep_each_patient_on_one_side(tmp_path):
         assert split.labels.tolist() == [0 if p % 2 else 1 for p in patients_in(split)]
 
 
+def test_anonymised_files_without_a_patient_id_keep_each_study_on_one_side_with_a_warning(tmp_path):
+    # anonymisation often blanks PatientID: split slice by slice, one scan's slices would land in train and test
+    make_patients(tmp_path, num_patients=12, slices=2)
+    for path in tmp_path.rglob("*.dcm"):
+        patient = int(path.name[1:3])
+        write_dicom(pydicom.dcmread(path), path, PatientID="  ", StudyInstanceUID=f"1.2.826.0.1.{patient}")
+    anonymised = r"24 of 24 DICOM files have no PatientID \(anonymised\?\): grouped by their StudyInstanceUID \(24\)"
+    with pytest.warns(UserWarning, match=anonymised):
+        splits = load_image_classification_data(
+            tmp_path, image_size=16, val_fraction=0.25, test_fraction=0.25, seed=3, medical=FULL
+        )
+    check_patient_split(splits, num_patients=12, slices=2)
+    with pytest.warns(UserWarning, match=anonymised):  # the streaming listing groups them alike
+        streamed = streaming_image_classification_data(
+            tmp_path, num_channels=1, image_size=16, val_fraction=0.25, test_fraction=0.25, seed=3, medical=FULL
+        )
+    assert {name: len(split) for name, split in streamed.items()} == {name: len(split) for name, split in splits.items()}
+
+
 def test_a_small_cohort_splits_with_the_fractions_the_script_flags_give(tmp_path):
     # 8 patients, 2 held out for test: the other 6 cannot give a grouped val split of 10%; the error says what would
     import argparse
@@ -669,6 +688,18 @@ def test_csv_unknown_label_is_named(tmp_path):
     parser.add_argument("--seed", type=int, default=0)
     with pytest.raises(ValueError, match="label 'bleeed' is not one of the classes"):  # the scripts' --class_names
         load_data_from_args(parser.parse_args(["--dataset", str(path), "--class_names", "normal", "bleed"]))
+
+
+def test_csv_empty_label_is_refused_and_labels_differing_by_spaces_are_warned_about(tmp_path):
+    write_dicom(pydicom.dcmread(pydicom_file("CT_small.dcm")), tmp_path / "a.dcm")
+    path = write_csv(tmp_path / "labels.csv", ["path", "label"], [["a.dcm", "ich"], ["a.dcm", " "]])
+    with pytest.raises(ValueError, match=r"labels.csv:3: empty label; expected a class name on every row"):
+        load_image_classification_data(path)  # not a class named ' '
+    path = write_csv(tmp_path / "labels.csv", ["path", "label"], [["a.dcm", "ich"], ["a.dcm", "ich "], ["a.dcm", "no"]])
+    from diffusion_classifiers.data.image_listing import list_csv
+
+    with pytest.warns(UserWarning, match=r"differ only by surrounding spaces are different classes: 'ich' and 'ich '"):
+        assert list_csv(path, None, None)[2] == ["ich", "ich ", "no"]
 
 
 def test_csv_absent_patient_column_is_refused(tmp_path):

@@ -553,7 +553,7 @@ def _lut_key(lut: Any) -> Any:
 def _metadata(dataset: Any) -> dict[str, Any]:
     def text(keyword: str) -> str | None:
         value = dataset.get(keyword)
-        return str(value) if value not in (None, "") else None
+        return str(value).strip() or None if value is not None else None  # anonymised files leave ids blank
 
     instance, image_type = dataset.get("InstanceNumber"), dataset.get("ImageType")
     return {

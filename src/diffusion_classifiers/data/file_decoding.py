@@ -96,37 +96,63 @@ def decode_files(
     Every file is tried: the files that cannot be read (decode errors, no pixel data, a colour DICOM, a truncated
     file, a localizer, ...) are refused together (see [`_refuse_unreadable_files`]), then series of mixed slice sizes
     (see [`_SeriesSizes`])."""
-    images, patients, failures, sizes, depths = [], [], [], _SeriesSizes(), _BitDepths()
+    images, metadata, failures, sizes, depths = [], [], [], _SeriesSizes(), _BitDepths()
     for path, is_dicom in zip(files, dicom_or_not(files, medical)):
         try:
-            image, patient = _decode_file(path, is_dicom, medical, sizes, depths)
+            image, file_metadata = _decode_file(path, is_dicom, medical, sizes, depths)
             images.append(image if reading is None else _preprocess_file(image, path, reading))
         except ValueError as error:
             failures.append(error if not failures else str(error))  # no traceback kept: it holds the image
             continue
         finally:
             image = None  # the full-size image is freed before the next file is decoded
-        patients.append(patient)
+        metadata.append(file_metadata)
     _refuse_unreadable_files(failures, len(files))
     sizes.check()
     depths.warn()
     frames = [1 if isinstance(image, Image.Image) else len(image) for image in images]
     if reading is not None:
         images = _same_channels(images, reading, files)
-    return images, *_expand_frames(files, labels_per_split, frames, patient_ids or patients)
+    return images, *_expand_frames(files, labels_per_split, frames, patient_ids or _dicom_groups(metadata))
 
 
 def _decode_file(
     path: Path, is_dicom: bool, medical: MedicalPreprocessing, sizes: _SeriesSizes, depths: _BitDepths
 ) -> tuple[Image.Image | np.ndarray, str | None]:
     """One file decoded (a DICOM windowed by `medical`, its size checked against its series in `sizes`; a 16-bit
-    image's bit depth recorded in `depths`) and its PatientID (None for a non-DICOM file)."""
+    image's bit depth recorded in `depths`) and its DICOM metadata (None for a non-DICOM file)."""
     if not is_dicom:
         return decode_image_file(path, medical.bits_stored, depths), None
     dicom = read_dicom(path)
     _refuse_localizer(path, dicom.metadata)
     sizes.add(path, dicom.values.shape[-2:], dicom.metadata["SeriesInstanceUID"])
-    return window_channels(dicom, medical.windows, medical.padding_fill), dicom.metadata["PatientID"]
+    return window_channels(dicom, medical.windows, medical.padding_fill), dicom.metadata
+
+
+def _dicom_groups(metadata: list[dict | None], stacklevel: int = 5) -> list[str | None]:
+    """The group each file's images are split with (None for a non-DICOM file): its PatientID; a DICOM file without
+    one (anonymised) is grouped by its StudyInstanceUID, else its SeriesInstanceUID, so the slices of one scan stay in
+    one split, with a warning that counts them; a file naming none of them is its own group."""
+    groups, fallbacks = [], {"StudyInstanceUID": 0, "SeriesInstanceUID": 0, "none": 0}
+    for file_metadata in metadata:
+        if file_metadata is None or file_metadata["PatientID"]:
+            groups.append(None if file_metadata is None else file_metadata["PatientID"])
+            continue
+        key = next((key for key in ("StudyInstanceUID", "SeriesInstanceUID") if file_metadata[key]), "none")
+        fallbacks[key] += 1
+        groups.append(None if key == "none" else f"{key} {file_metadata[key]}")
+    if any(fallbacks.values()):
+        dicom_files = sum(file_metadata is not None for file_metadata in metadata)
+        warnings.warn(
+            f"{sum(fallbacks.values())} of {dicom_files} DICOM files have no PatientID (anonymised?): grouped by their "
+            f"StudyInstanceUID ({fallbacks['StudyInstanceUID']}), else their SeriesInstanceUID "
+            f"({fallbacks['SeriesInstanceUID']}), else each file alone ({fallbacks['none']}), so that the slices of one "
+            "scan stay in one split; two scans of one patient can still land in train and test. To split by patient, "
+            "list the files in a CSV with a patient_id column",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+    return groups
 
 
 # Unreadable files named in one error; the rest are counted.
@@ -237,10 +263,10 @@ def list_frames(
         [(path, header.size, header.metadata["SeriesInstanceUID"]) for path, header in headers.items()]
     )
     frames = [headers[path].num_frames if path in headers else 1 for path in files]
-    patients = [headers[path].metadata["PatientID"] if path in headers else None for path in files]
+    groups = patient_ids or _dicom_groups([headers[path].metadata if path in headers else None for path in files])
     rows = [path for path, count in zip(files, frames) for _ in range(count)]
     frame_of_row = [frame if path in headers else None for path, count in zip(files, frames) for frame in range(count)]
-    return rows, frame_of_row, *_expand_frames(files, labels_per_split, frames, patient_ids or patients)
+    return rows, frame_of_row, *_expand_frames(files, labels_per_split, frames, groups)
 
 
 def dicom_or_not(files: list[Path], medical: MedicalPreprocessing) -> list[bool]:
@@ -268,8 +294,8 @@ def _expand_frames(
     files: list[Path], labels_per_split: dict[str, np.ndarray], frames: list[int], patients: list[str | None]
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """The labels per split repeated per frame (each frame of a multi-frame DICOM has its file's label), and a group
-    id per image: `patients` (one per file: the CSV's column, else the DICOM PatientID; a file without one is its own
-    group), or None when no file names one."""
+    id per image: `patients` (one per file: the CSV's column, else the DICOM group of [`_dicom_groups`]; a file
+    without one is its own group), or None when no file names one."""
     frames = np.asarray(frames)
     bounds = np.cumsum([0] + [len(labels) for labels in labels_per_split.values()])
     labels_per_split = {

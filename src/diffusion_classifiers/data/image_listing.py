@@ -161,6 +161,7 @@ def list_csv(
         patient_id_column = "patient_id"
     if not rows:
         raise ValueError(f"CSV {path}: no rows; expected one row per image")
+    _check_labels_named(path, rows)
     found = sorted({row["label"] for row in rows}, key=_label_order)
     names = list(class_names) if class_names is not None else found
     ids = {name: i for i, name in enumerate(names)}
@@ -177,3 +178,22 @@ def list_csv(
         labels.append(ids[row["label"]])
         patients.append(row[patient_id_column] if patient_id_column is not None else None)
     return files, np.asarray(labels, dtype=np.int64), names, patients if patient_id_column else None
+
+
+def _check_labels_named(path: Path, rows: list[dict]) -> None:
+    """Every row names a class: an empty cell would become a class named ''; labels that differ only by surrounding
+    spaces (`'ich '` and `'ich'`) would become two classes, which is warned about."""
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        if not (row["label"] or "").strip():
+            raise ValueError(f"CSV {path}:{line}: empty label; expected a class name on every row")
+    by_stripped: dict[str, set[str]] = {}
+    for row in rows:
+        by_stripped.setdefault(row["label"].strip(), set()).add(row["label"])
+    variants = [sorted(labels) for labels in by_stripped.values() if len(labels) > 1]
+    if variants:
+        warnings.warn(
+            f"CSV {path}: labels that differ only by surrounding spaces are different classes: "
+            f"{', '.join(' and '.join(map(repr, labels)) for labels in variants)}; correct the CSV if they are one class",
+            UserWarning,
+            stacklevel=6,
+        )

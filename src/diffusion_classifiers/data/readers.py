@@ -94,7 +94,8 @@ def load_image_classification_data(
               scout mixed into the slices is refused; independent images of different series may differ); DICOM and
               other image files are read together through one window only (several windows refuse the mix: an image
               file has no Hounsfield units to window). When DICOM files name a PatientID, the carved splits keep each
-              patient on one side (images without one are their own group).
+              patient on one side (a file without one, anonymised, is grouped by its StudyInstanceUID, else its
+              SeriesInstanceUID, with a warning; images naming none of them are their own group).
             * a `.csv` file with a header and the columns `path` (relative to the CSV's folder), `label` (a class
               name) and optionally a patient id column (`patient_id`, or the one `patient_id_column` names): images
               read as in an image folder; classes are `class_names` or the sorted labels (numerically if all are
