@@ -97,6 +97,17 @@ def test_evaluate_refuses_a_grown_folder_whose_test_holds_training_images(model_
               "--streaming"])  # fmt: skip
 
 
+def test_a_pipeline_re_saved_from_python_keeps_its_record(model_and_data, tmp_path):
+    # QA: a pipeline loaded, given a new head and saved again lost data_splits.json: evaluate then scored 8 training
+    # images of 16 in its test split, with a note blaming an earlier version
+    root, _ = model_and_data
+    UNetFeatureClassifierPipeline.from_pretrained(str(root / "model")).save_pretrained(tmp_path / "re_saved")
+    assert read_split_record(tmp_path / "re_saved") == read_split_record(root / "model")
+    with pytest.raises(ValueError, match=r"images of the test split of grown are images the model was trained on"):
+        main(["evaluate", "--model_dir", str(tmp_path / "re_saved"), "--dataset", str(root / "grown"),
+              "--output_dir", str(tmp_path / "grown")])  # fmt: skip
+
+
 def test_a_model_of_an_earlier_version_is_evaluated_with_a_note(model_and_data, tmp_path, capsys):
     root, _ = model_and_data
     old = tmp_path / "old"

@@ -377,8 +377,8 @@ def run_probe(args: argparse.Namespace) -> dict:
 def _note_unchecked(model_dir: str, command: str, split_names: list) -> None:
     """Say that `command` cannot check its carved splits against a model that records no training fingerprints."""
     print(
-        f"note: {model_dir} records no fingerprints of its training images (saved by an earlier version, or trained "
-        f"with --streaming): {command} cannot check that the {' and '.join(split_names)} images are none it was "
+        f"note: {model_dir} records no fingerprints of its training images (saved by an earlier version, saved from "
+        f"Python without a data_splits.json, or trained with --streaming): {command} cannot check that the {' and '.join(split_names)} images are none it was "
         "trained on",
         file=sys.stderr,
     )

@@ -12,6 +12,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.distributed_utils import is_torch_dist_rank_zero
 
 from diffusion_classifiers.data import ImagePreprocessing, preprocess_images
+from diffusion_classifiers.data.split_record import SPLIT_DEFAULTS, read_split_record, save_split_record
 from diffusion_classifiers.hub import download
 from diffusion_classifiers.models import LinearProbeHead, PrototypeHead, RepresentationConditionedDiTModel
 from diffusion_classifiers.remote_code import (
@@ -191,9 +192,14 @@ class DiffusionClassifierPipeline(SavedWithCodeMixin, SavedPreprocessingMixin, D
     and returns the concrete pipeline registered under that name. Before diffusers reads a weight, every component
     that `model_index.json` names must have its folder, and weights load from safetensors only: a pickled
     `.bin` / `.pt` / `.pkl` is refused, never unpickled.
+
+    A loaded pipeline keeps its folder's `data_splits.json` (`split_record`: how the model's data was carved and
+    which images it was trained on) and `save_pretrained` writes it again, so a pipeline re-saved after a new head was
+    fitted still tells `evaluate` and `probe` which images are its training images.
     """
 
     _registry: Dict[str, Type["DiffusionClassifierPipeline"]] = {}
+    split_record: Optional[dict] = None  # `data.read_split_record` of the folder it was loaded from
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -216,7 +222,18 @@ class DiffusionClassifierPipeline(SavedWithCodeMixin, SavedPreprocessingMixin, D
         if kwargs.pop("use_safetensors", True) is not True:
             raise ValueError("use_safetensors: expected True; weights load from safetensors only (a pickle can run code)")
         cls.check_saved_components(path, index, passed=set(kwargs))
-        return super().from_pretrained(path, use_safetensors=True, **kwargs)
+        pipeline = super().from_pretrained(path, use_safetensors=True, **kwargs)
+        pipeline.split_record = read_split_record(path)
+        return pipeline
+
+    def save_config(self, save_directory, push_to_hub: bool = False, **kwargs):
+        super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
+        if self.split_record is not None:  # written before any upload, which publishes it without the fingerprints
+            fingerprints = self.split_record.get("train_fingerprints")
+            save_split_record(
+                save_directory, **{name: self.split_record[name] for name in SPLIT_DEFAULTS},
+                train_fingerprints=None if fingerprints is None else fingerprints.split(),
+            )  # fmt: skip
 
     @classmethod
     def _check_saved_class(cls, class_name: Optional[str], where: Any) -> None:
