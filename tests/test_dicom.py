@@ -635,12 +635,30 @@ def test_folder_reader_reports_dicom_patient_ids(tmp_path):
     assert all(image.shape == (1, 3, 128, 128) for image in raw.images)
 
 
-def test_multiframe_dicom_in_a_class_folder_gives_one_image_per_frame(tmp_path):
+# Two copies of one 10-frame cine, without the ids that group files (its frames are then split one by one).
+UNGROUPED = r"2 of 2 DICOM files have no PatientID .*else each file alone \(2\)"
+
+
+def without_group_ids(dataset):
+    """A copy of `dataset` without the ids its images are grouped by in a carved split (each file its own group)."""
+    dataset = copy.deepcopy(dataset)
+    for keyword in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID"):
+        delattr(dataset, keyword)
+    return dataset
+
+
+def write_ungrouped_cines(root):
+    cine = without_group_ids(pydicom.dcmread(pydicom_file("emri_small.dcm")))
     for label in ("a", "b"):
-        (tmp_path / label).mkdir()
-        write_dicom(pydicom.dcmread(pydicom_file("emri_small.dcm")), tmp_path / label / "cine.dcm")
-    splits = load_image_classification_data(tmp_path, image_size=8, test_fraction=0.2, val_fraction=0.25,
-                                            medical=MedicalPreprocessing(windows=("full",)))
+        (root / label).mkdir()
+        write_dicom(cine, root / label / "cine.dcm")
+
+
+def test_multiframe_dicom_in_a_class_folder_gives_one_image_per_frame(tmp_path):
+    write_ungrouped_cines(tmp_path)
+    with pytest.warns(UserWarning, match=UNGROUPED):
+        splits = load_image_classification_data(tmp_path, image_size=8, test_fraction=0.2, val_fraction=0.25,
+                                                medical=MedicalPreprocessing(windows=("full",)))
     labels = np.concatenate([splits[name].labels.numpy() for name in ("train", "val", "test")])
     assert len(labels) == 20 and np.bincount(labels).tolist() == [10, 10]
 
@@ -738,10 +756,11 @@ def test_streamed_dicom_folder_equals_in_memory_and_keeps_patients_apart(tmp_pat
 
 
 def test_streamed_multiframe_dicom_gives_one_row_per_frame(tmp_path):
-    for label in ("a", "b"):
-        (tmp_path / label).mkdir()
-        write_dicom(pydicom.dcmread(pydicom_file("emri_small.dcm")), tmp_path / label / "cine.dcm")
-    streamed = check_streamed_equals_in_memory(tmp_path, image_size=8, test_fraction=0.2, val_fraction=0.25, medical=FULL)
+    write_ungrouped_cines(tmp_path)
+    with pytest.warns(UserWarning, match=UNGROUPED):
+        streamed = check_streamed_equals_in_memory(
+            tmp_path, image_size=8, test_fraction=0.2, val_fraction=0.25, medical=FULL
+        )
     assert sum(len(streamed[name]) for name in SPLITS) == 20
 
 
@@ -840,11 +859,11 @@ def test_unet_example_trains_on_a_streamed_dicom_folder_and_saves_how_it_read_it
 
     from .conftest import REPO_ROOT
 
-    dataset = pydicom.dcmread(pydicom_file("CT_small.dcm"))
-    for label in ("bleed", "healthy"):  # no PatientID: a per-image split (a grouped one needs >= 10 patients a class)
+    dataset = without_group_ids(pydicom.dcmread(pydicom_file("CT_small.dcm")))
+    for label in ("bleed", "healthy"):  # no group ids: a per-image split (a grouped one needs >= 10 patients a class)
         (tmp_path / "data" / label).mkdir(parents=True)
         for i in range(6):
-            write_dicom(dataset, tmp_path / "data" / label / f"{i}.dcm", PatientID="", InstanceNumber=i + 1)
+            write_dicom(dataset, tmp_path / "data" / label / f"{i}.dcm", InstanceNumber=i + 1)
     example = runpy.run_path(str(REPO_ROOT / "examples" / "unet_features_train.py"), run_name="example")
     example["main"]([
         "--dataset", str(tmp_path / "data"), "--streaming", "--num_channels", "1", "--image_size", "8", "--window", "40", "400",

@@ -162,6 +162,11 @@ def test_setting_one_key_keeps_the_rest_of_the_contract(tmp_path):
     assert pipe.preprocessing == dataclasses.replace(before, input_range="[0, 1]")
     pipe.set_preprocessing({"medical": {"bits_stored": 16}})  # the windows stay
     assert pipe.preprocessing.medical == dataclasses.replace(before.medical, bits_stored=16)
+    # QA: one window given to a model of three ran, reading that window three times, as predict's --window refuses
+    with pytest.raises(ValueError, match=r"preprocessing: 1 window, but the model was trained on 3 \(\['brain'"):
+        pipe.set_preprocessing({"medical": {"windows": ["brain"]}})
+    with pytest.warns(UserWarning, match=r"\['bone', 'brain', 'subdural'\] are those the model was trained with in"):
+        pipe.set_preprocessing({"medical": {"windows": ["bone", "brain", "subdural"]}})
     pipe.set_preprocessing(None)
     assert pipe.preprocessing == pipe.default_preprocessing()
 

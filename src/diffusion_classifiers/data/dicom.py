@@ -798,6 +798,23 @@ class MedicalPreprocessing:
                 "one grey; give 1 window or 3 channels"
             )
 
+    def check_replaces(self, trained: MedicalPreprocessing, num_channels: int, where: str, model: str) -> None:
+        """These windows, given in place of those `model` was `trained` with (it reads `num_channels` channels): not 1
+        for a model of 3 (it would read that one repeated), nor 3 for a grey model (blended into one grey); the same 3
+        in another order read each channel through a window the model did not learn it with, which is warned about."""
+        given, saved = self.to_dict()["windows"], trained.to_dict()["windows"]
+        if len(given) == 1 and len(saved) == 3:
+            raise ValueError(f"{where}: 1 window, but {model} was trained on 3 ({saved}), one channel each; give 3")
+        if len(given) == 3 and num_channels == 1:
+            raise ValueError(f"{where}: 3 windows, but {model} reads 1 channel: they would blend into one grey; give 1")
+        if given != saved and sorted(map(str, given)) == sorted(map(str, saved)):
+            warnings.warn(
+                f"{where}: the windows {given} are those {model} was trained with in another order ({saved}): each "
+                "channel is read through a window the model did not learn it with; give them in the trained order",
+                UserWarning,
+                stacklevel=3,
+            )
+
     def to_dict(self) -> dict[str, Any]:
         windows = [{"center": w.center, "width": w.width} if isinstance(w, Window) else w for w in self.windows]
         return {"windows": windows, "padding_fill": self.padding_fill, "bits_stored": self.bits_stored}

@@ -152,7 +152,8 @@ class SavedPreprocessingMixin:
         the keys to change (`{"input_range": "[0, 1]"}` keeps the DICOM windows, size and everything else set, and
         `{"medical": {"bits_stored": 12}}` the windows; when the pipeline is built, the missing keys take
         `default_preprocessing()`'s values), or None for the default.
-        Its size and channels must be the model's."""
+        Its size and channels must be the model's, and its DICOM windows fit those set before (see
+        `MedicalPreprocessing.check_replaces`; None, the reset, is not checked)."""
         default = self.default_preprocessing()
         if preprocessing is None:
             contract = default
@@ -170,6 +171,10 @@ class SavedPreprocessingMixin:
                     f"preprocessing: {field} {getattr(contract, field)!r} differs from the model's "
                     f"{getattr(default, field)!r}; expected the size and channels the model reads"
                 )
+        if preprocessing is not None and "preprocessing" in self.config:  # the windows it was trained with (or set since)
+            contract.medical_or_default.check_replaces(
+                self.preprocessing.medical_or_default, default.num_channels, "preprocessing", "the model"
+            )
         self.register_to_config(preprocessing=contract.to_dict())
 
     def preprocess(self, images, input_data_format: Optional[str] = None) -> torch.Tensor:

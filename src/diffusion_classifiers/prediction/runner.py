@@ -442,8 +442,8 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     saved = read_saved_preprocessing(model_dir)
     medical = saved.medical_or_default
     if windows is not None:
-        _check_windows_fit_the_model(windows, saved, args.model_dir)
         medical = replace(medical, windows=windows)
+        medical.check_replaces(saved.medical_or_default, saved.num_channels, "--window", args.model_dir)
     inputs = list_inputs(args.input, split=args.split, image_column=args.image_column, medical=medical)
     _check_inputs(inputs)
     accelerator = Accelerator()
@@ -496,21 +496,6 @@ def read_saved_preprocessing(model_dir: str | os.PathLike) -> Any:
     from ..pipelines.pipeline_utils import LEGACY_PREPROCESSING, read_model_index
 
     return ImagePreprocessing.from_dict(read_model_index(str(model_dir)).get("preprocessing", LEGACY_PREPROCESSING))
-
-
-def _check_windows_fit_the_model(windows: Sequence[Any], saved: Any, model_dir: str) -> None:
-    """`--window` must not hand a model trained on 3 windows one window repeated, nor blend 3 windows into the one
-    channel of a grey model (`saved`: its preprocessing contract)."""
-    trained = saved.medical_or_default.windows
-    if len(windows) == 1 and len(trained) == 3:
-        raise ValueError(
-            f"--window: 1 window, but {model_dir} was trained on 3 ({_windows_json(trained)}), one channel each; "
-            "give 3"
-        )
-    if len(windows) == 3 and saved.num_channels == 1:
-        raise ValueError(
-            f"--window: 3 windows, but {model_dir} reads 1 channel: they would blend into one grey; give 1"
-        )
 
 
 def _windows_json(windows: Sequence[Any]) -> list:
