@@ -108,6 +108,7 @@ def test_cq500_jpeg_lossless_hu_and_three_windows_match_hand_computation():
     np.testing.assert_array_equal(image.values[0], hu)
     channels = window_channels(image, ["brain", "subdural", "bone"])
     assert channels.shape == (1, 3, 512, 512) and channels.dtype == np.float32
+    np.testing.assert_array_equal(window_channels(image, "brain")[:, 0], channels[:, 0])  # one window given alone
     padding = stored == dataset.PixelPaddingValue
     assert padding.sum() > 0
     for channel, (center, width) in enumerate([(40, 80), (80, 200), (600, 2800)]):

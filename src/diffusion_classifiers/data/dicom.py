@@ -646,7 +646,10 @@ def resolve_windows(
     image: DicomImage | DicomHeader, windows: Sequence[Window | str], frame: int = 0
 ) -> tuple[Window, ...]:
     """`windows` (see [`window_channels`]) as [`Window`]s for `image`'s frame `frame` (or its header: a window it
-    cannot resolve, such as `"file"` for a file without window tags, is then refused before any pixel is decoded)."""
+    cannot resolve, such as `"file"` for a file without window tags, is then refused before any pixel is decoded).
+    One window may be given alone (`"brain"`), as `MedicalPreprocessing` takes it."""
+    if isinstance(windows, (str, Window)):  # not its letters, one window each
+        windows = (windows,)
     if not windows:
         raise ValueError("windows: expected at least one window")
     own = image.frame_windows[frame] if image.frame_windows else image.windows
