@@ -646,6 +646,25 @@ def test_prototype_head_equals_a_hand_computation():
     torch.testing.assert_close(standardised.similarities(query), F.normalize(z, dim=1) @ standardised.prototypes.T)
 
 
+def test_prototype_temperature_fitted_on_val_minimises_its_log_loss():
+    # QA: the fixed temperature 0.1 put every test image of a weak few-shot head above 0.9 confidence (ECE 0.33)
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 2
+    features = torch.eye(2)[labels] + 0.8 * torch.randn(200, 2, generator=generator)  # overlapping: errors on val
+    head = fit_prototypes(features[:100], labels[:100], val_features=features[100:], val_labels=labels[100:])
+    fitted = head.config.temperature
+
+    def val_log_loss(temperature):
+        return float(F.cross_entropy(head.similarities(features[100:]) / temperature, labels[100:]))
+
+    assert val_log_loss(fitted) <= min(val_log_loss(fitted * 0.9), val_log_loss(fitted * 1.1), val_log_loss(0.1))
+    default = fit_prototypes(features[:100], labels[:100])
+    assert default.config.temperature == 0.1 and fitted != 0.1
+    assert torch.equal(head(features[100:]).argmax(1), default(features[100:]).argmax(1))  # the same decisions
+    with pytest.raises(ValueError, match="val_features and val_labels: expected both or neither"):
+        fit_prototypes(features[:100], labels[:100], val_features=features[100:])
+
+
 def test_prototype_head_rejects_bad_input():
     with pytest.raises(ValueError, match="class 2 has no labelled sample"):
         fit_prototypes(torch.ones(3, 2), [0, 1, 1], num_classes=3)

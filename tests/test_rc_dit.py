@@ -350,12 +350,13 @@ def test_classification_needs_a_head():
 
 def test_save_and_load_gives_identical_outputs(digits, tmp_path):
     pipe = tiny_pipeline()
+    train, val = digits["train"], digits["val"]
+    head = pipe.fit_linear_probe(train.images, train.labels, val.images, val.labels, class_names=train.class_names)
     features = {split: {REPRESENTATION_FEATURE: pipe.encode(digits[split].images)} for split in ("train", "val")}
-    probe = fit_probe_grid(
-        features["train"], digits["train"].labels, features["val"], digits["val"].labels,
-        class_names=digits["train"].class_names, pool=None,
-    )  # fmt: skip
-    pipe.register_modules(head=probe.head)
+    probe = fit_probe_grid(  # what fit_linear_probe runs
+        features["train"], train.labels, features["val"], val.labels, class_names=train.class_names, pool=None
+    )
+    assert pipe.head is head and torch.equal(head.linear.weight, probe.head.linear.weight)
     assert pipe.class_names == [str(i) for i in range(10)]
     test_images = digits["test"].images[:16]
     out = pipe(test_images)
@@ -638,6 +639,11 @@ def test_prototype_head_classifies_and_survives_save_and_load(digits, tmp_path):
     assert isinstance(reloaded.head, PrototypeHead) and reloaded.class_names == names
     assert torch.equal(reloaded(test_images).probs, out.probs) and reloaded.head.config.temperature == 0.05
     # (a fresh process loads a PrototypeHead pipeline in test_save_and_load_in_fresh_process_gives_identical_outputs)
+    val = digits["val"]
+    calibrated = pipe.fit_prototypes(train.images[:300], train.labels[:300], class_names=names,
+                                     val_images=val.images[:100], val_labels=val.labels[:100])  # fmt: skip
+    assert calibrated.config.temperature != 0.1 and torch.equal(calibrated.prototypes, head.prototypes)
+    assert pipe(test_images).labels == out.labels  # the temperature changes the probabilities, not the decisions
 
 
 # ---------------------------------------------------------------------------------------------------------------

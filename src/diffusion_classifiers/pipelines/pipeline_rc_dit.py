@@ -16,6 +16,7 @@ from diffusion_classifiers.models import (
     input_image_size_and_channels,
     representation_of,
 )
+from diffusion_classifiers.probing.probe_grid import fit_probe_grid
 
 from .pipeline_utils import DiffusionClassifierPipeline
 
@@ -33,10 +34,9 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
     - `encode(images)`: r, the encoder's representation as the transformer is conditioned on it
       (`representation_of`: the transformer's readout and normalisation), `[N, D]`.
     - `__call__(images)`: classify with `head` over r: a `LinearProbeHead` or a `PrototypeHead`.
-      - linear probe: `probing.fit_probe_grid({REPRESENTATION_FEATURE: pipe.encode(train_images)}, train_labels,
-        {REPRESENTATION_FEATURE: pipe.encode(val_images)}, val_labels, class_names=..., pool=None)` and
-        `pipe.register_modules(head=result.head)`; its `block`/`timestep` config fields are then "encoder"/0 and
-        `pool`, `noise_seed`, `num_noise_draws` are unused.
+      - linear probe: `pipe.fit_linear_probe(train_images, train_labels, val_images, val_labels, class_names)`
+        registers a `LinearProbeHead` (`probing.fit_probe_grid` on `{REPRESENTATION_FEATURE: r}`; its
+        `block`/`timestep` config fields are "encoder"/0), the head `export_rc_dit_pipeline` exports.
       - prototypes (few-shot): `pipe.fit_prototypes(labelled_images, labels, class_names)` registers a
         `PrototypeHead` (cosine similarity to the class means of r).
       Label-free and few-shot evaluation (`probing.evaluate_protocols`) use `encode` directly.
@@ -121,17 +121,47 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         standardize: bool = False,
         batch_size: int = 64,
         input_data_format: Optional[str] = None,
+        val_images=None,
+        val_labels=None,
     ) -> PrototypeHead:
         """Fit a `PrototypeHead` on the representations of labelled `images` (e.g. a few per class), register it as
         this pipeline's `head` and return it. `labels`: integer class ids; `class_names` fixes the number of classes
-        (else the largest label + 1), and every class needs at least one image."""
+        (else the largest label + 1), and every class needs at least one image. With labelled `val_images` (others
+        than `images`) the softmax temperature is fitted on them, so the probabilities are calibrated; without, it is
+        `temperature`, whose probabilities are not (see `models.fit_prototypes`)."""
         features = self.encode(images, batch_size=batch_size, input_data_format=input_data_format)
+        val_features = None if val_images is None else self.encode(val_images, batch_size, input_data_format)
         head = fit_prototypes(
             features, labels, class_names=class_names, temperature=temperature, standardize=standardize,
-            block=REPRESENTATION_FEATURE[0], timestep=REPRESENTATION_FEATURE[1],
+            block=REPRESENTATION_FEATURE[0], timestep=REPRESENTATION_FEATURE[1], val_features=val_features,
+            val_labels=val_labels,
         )  # fmt: skip
         self.register_modules(head=head.to(self.encoder.device))
         return head
+
+    def fit_linear_probe(
+        self,
+        images,
+        labels,
+        val_images,
+        val_labels,
+        class_names: Optional[Sequence[str]] = None,
+        batch_size: int = 64,
+        input_data_format: Optional[str] = None,
+        **probe_kwargs,
+    ) -> LinearProbeHead:
+        """Fit a linear probe (scikit-learn's logistic regression, `probing.fit_probe_grid`) on the representations
+        of labelled `images`, its strength (`C=[...]`) and early stop chosen on the labelled `val_images`; register it
+        as this pipeline's `head` and return it. `probe_kwargs`: `C`, `class_weight`, `early_stopping`, ... of
+        `fit_probe_grid`."""
+        encode = dict(batch_size=batch_size, input_data_format=input_data_format)
+        result = fit_probe_grid(
+            {REPRESENTATION_FEATURE: self.encode(images, **encode)}, labels,
+            {REPRESENTATION_FEATURE: self.encode(val_images, **encode)}, val_labels, class_names=class_names,
+            pool=None, **probe_kwargs,
+        )  # fmt: skip
+        self.register_modules(head=result.head.to(self.encoder.device))
+        return result.head
 
     def dit_features(
         self,
@@ -199,9 +229,8 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         """
         if self.head is None:
             raise ValueError(
-                "this pipeline has no `head`: fit one with `pipe.fit_prototypes(images, labels)`, or fit a linear "
-                "probe on `encode` features (diffusion_classifiers.probing.fit_probe_grid) and register it with "
-                "`pipe.register_modules(head=...)` first"
+                "this pipeline has no `head`: fit one first, with `pipe.fit_prototypes(images, labels)` or "
+                "`pipe.fit_linear_probe(images, labels, val_images, val_labels)`"
             )
         if self.head.config.block != REPRESENTATION_FEATURE[0]:
             raise ValueError(f"expected a head fitted on block {REPRESENTATION_FEATURE[0]!r}, got {self.head.config.block!r}")
