@@ -132,6 +132,22 @@ def test_folder_rows_equal_the_pipeline_and_a_killed_run_resumes(models, tmp_pat
     assert output.read_bytes() == (tmp_path / "clean" / "predictions.csv").read_bytes() and not parts.exists()
 
 
+def test_a_repaired_file_is_predicted_again_with_retry_errors(models, tmp_path):
+    # QA: a file listed as unreadable and repaired since was never predicted again short of --overwrite (redo all)
+    pipe, folder = load(models, "unet"), image_folder(tmp_path)
+    with pytest.warns(UserWarning, match="neither images nor DICOM"):
+        inputs = list_inputs(folder)
+    output = tmp_path / "out" / "predictions.csv"
+    first = predict_files(pipe, inputs, output, batch_size=2)
+    assert [row["path"] for row in read_rows(first.errors)] == ["b/broken.png"]
+    write_images(folder, ["b/broken.png"])  # repaired
+    assert predict_files(pipe, inputs, output, batch_size=2).predicted == 0  # a plain rerun skips it
+    retried = predict_files(pipe, inputs, output, batch_size=2, retry_errors=True)
+    assert (retried.retried, retried.predicted, retried.failed, retried.unreadable) == (1, 1, 0, 0)
+    assert [row["path"] for row in read_rows(output)] == IMAGES[:5] + ["b/broken.png", "c.png"]  # in input order
+    assert read_rows(first.errors) == []
+
+
 def write_csv(path, rows, columns=("path", "label")):
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -237,7 +253,11 @@ def test_two_outputs_in_one_folder_each_have_their_errors_and_a_rerun_counts_ear
     assert [row["path"] for row in read_rows(errors)] == ["b/broken.png", "d/broken.png"]
     assert capsys.readouterr().out.endswith(
         "6 rows (0 inputs predicted now on 1 process(es), 7 done before); 2 unreadable (1 new) -> " f"{errors}\n"
+        f"to predict the files of {errors} again (repaired since), rerun with --retry_errors\n"
     )
+    main(args + ["--output", str(tmp_path / "out" / "a.csv"), "--no_progress_bar", "--retry_errors"])  # still broken
+    assert capsys.readouterr().out.endswith(f"2 unreadable (2 new) -> {errors}; 2 earlier errors tried again\n")
+    assert [row["path"] for row in read_rows(errors)] == ["b/broken.png", "d/broken.png"]
     run_info = json.loads((tmp_path / "out" / "a.csv.json").read_text())["run"]  # the model folder and windows
     summary = predict_files(load(models, "unet"), list_inputs(folder), tmp_path / "out" / "a.csv", run_info=run_info)
     assert (summary.rows, summary.predicted, summary.skipped, summary.failed, summary.unreadable) == (6, 0, 8, 0, 2)

@@ -210,6 +210,20 @@ def done_paths(files: OutputFiles) -> set[str]:
     return {row[0] for path in tables for row in _read_table(path)[1]}
 
 
+def forget_errors(files: OutputFiles, paths: set[str]) -> int:
+    """Remove the rows of `paths` from the errors file and its committed parts, so a rerun tries those files again
+    (repaired since); rows of other paths stay (an errors file shared by outputs of earlier versions keeps theirs).
+    Returns the number of rows removed."""
+    removed = 0
+    for table in [files.errors] * files.errors.exists() + _part_files(files, "errors"):
+        columns, rows = _read_table(table)
+        kept = [row for row in rows if row[0] not in paths]
+        if len(kept) < len(rows):
+            removed += len(rows) - len(kept)
+            _write_table(table, columns, kept)
+    return removed
+
+
 def merge_parts(files: OutputFiles, columns: Sequence[str], order: dict[str, int]) -> tuple[int, int, int]:
     """Merge the committed parts into the output and the errors file, in input order, then delete them; returns the
     number of rows of the output, of them those of paths no longer in the input (kept, after the others: an earlier

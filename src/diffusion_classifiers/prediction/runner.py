@@ -22,6 +22,7 @@ from .outputs import (
     columns_of_resumed_run,
     done_paths,
     errors_file_of_resumed_run,
+    forget_errors,
     merge_parts,
     prepare_output_files,
     recorded_run_info,
@@ -53,6 +54,8 @@ class PredictionSummary:
             than the main one.
         not_in_input (`int`): rows of the output whose path is not among the inputs (an earlier run's, of files
             since removed: kept, after the others); 0 on processes other than the main one.
+        retried (`int`): inputs of earlier errors rows tried again (`retry_errors`); 0 on processes other than the
+            main one.
     """
 
     output: str
@@ -64,6 +67,7 @@ class PredictionSummary:
     processes: int
     unreadable: int
     not_in_input: int = 0
+    retried: int = 0
 
 
 def output_columns(pipeline: Any, with_true_labels: bool, settings: Optional[dict] = None) -> list[str]:
@@ -212,6 +216,7 @@ def predict_files(
     accelerator: Any = None,
     progress_bar: bool = True,
     pipeline_kwargs: Optional[dict] = None,
+    retry_errors: bool = False,
 ) -> PredictionSummary:
     r"""
     Classify `inputs` with `pipeline`, writing one row per image (per frame of a multi-frame DICOM) to `output_path`.
@@ -232,7 +237,7 @@ def predict_files(
     errors file keeps the shared `errors.csv` beside it). While it runs, `<output>.lock` and `<errors>.lock` refuse a
     second prediction into the same output or errors file (a lock left by a process of this host that is gone is taken
     over). A file that cannot be read or that the pipeline's preprocessing refuses is a row `path, reason` of the
-    errors file; to retry such files, delete their rows (or the errors file).
+    errors file; `retry_errors=True` tries such files again (repaired since), their rows removed first.
 
     Args:
         pipeline (`DiffusionClassifierPipeline`): a loaded classifier pipeline (on the device it should run on);
@@ -254,6 +259,7 @@ def predict_files(
         pipeline_kwargs (`dict`, *optional*): arguments of the pipeline's `__call__` (Score-SDE: `method`,
             `num_timesteps`, `weighting`, `priors`, ...; not `seed`), as `evaluate_classifier` takes them: predict with
             the settings a model was evaluated with. Unknown names are refused before any file is read.
+        retry_errors (`bool`, *optional*, defaults to `False`): predict again the inputs the errors file lists.
 
     Returns:
         [`PredictionSummary`]
@@ -279,6 +285,7 @@ def predict_files(
         run = {"run": {**(run_info or {}), "pipeline_call": settings}, "class_names": list(pipeline.class_names),
                "columns": columns}  # fmt: skip
         prepare_output_files(files, run, overwrite, is_main)
+        retried = forget_errors(files, {item.path for item in inputs}) if retry_errors and is_main else 0
         wait()
         # listed by the main process alone and sent to the others: a process listing them later would see the parts
         # another one has committed since, and the processes would split different lists (inputs left out)
@@ -309,7 +316,7 @@ def predict_files(
             output=str(files.output), errors=str(files.errors), rows=rows, predicted=len(remaining) - failed,
             skipped=len(inputs) - len(remaining), failed=failed,
             processes=1 if accelerator is None else accelerator.num_processes, unreadable=unreadable,
-            not_in_input=not_in_input,
+            not_in_input=not_in_input, retried=retried,
         )  # fmt: skip
 
 
@@ -420,6 +427,10 @@ def add_predict_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "\"num_timesteps\": 300}' for Score-SDE (not the seed: --seed); the output's .json records every setting",
     )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace an output written by another model or settings instead of refusing")
+    parser.add_argument(
+        "--retry_errors", action="store_true",
+        help="predict again the inputs the errors file lists (files repaired since), their rows removed first",
+    )  # fmt: skip
     parser.add_argument("--no_progress_bar", action="store_true", help="no tqdm bar")
     return parser
 
@@ -460,7 +471,7 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     summary = predict_files(
         pipeline, inputs, args.output, args.errors, batch_size=args.batch_size, run_info=run_info,
         overwrite=args.overwrite, seed=args.seed, accelerator=accelerator, progress_bar=not args.no_progress_bar,
-        pipeline_kwargs=args.pipeline_kwargs,
+        pipeline_kwargs=args.pipeline_kwargs, retry_errors=args.retry_errors,
     )  # fmt: skip
     # destroys the process group: left to interpreter exit, gloo's threads can abort a finished process (SIGABRT)
     accelerator.end_training()
@@ -468,8 +479,10 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
         print(
             f"{summary.output}: {summary.rows} rows ({summary.predicted} inputs predicted now on {summary.processes} "
             f"process(es), {summary.skipped} done before); {summary.unreadable} unreadable ({summary.failed} new) -> "
-            f"{summary.errors}"
+            f"{summary.errors}" + (f"; {summary.retried} earlier errors tried again" if args.retry_errors else "")
         )
+        if summary.unreadable and not args.retry_errors:
+            print(f"to predict the files of {summary.errors} again (repaired since), rerun with --retry_errors")
         if summary.not_in_input:
             print(
                 f"{summary.not_in_input} rows of {summary.output} are of files no longer in {args.input} (an earlier "
