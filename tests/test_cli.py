@@ -51,7 +51,9 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
         main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--output_dir", str(probe_dir), "--timesteps", "1000"])
     with pytest.raises(ValueError, match=r"expected --C as a number .* 0 < C < inf, got --C=\[1.0, 0.0\]"):
         main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--output_dir", str(probe_dir), "--C", "1", "0"])
+    capsys.readouterr()
     main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--output_dir", str(probe_dir), "--timesteps", "50", "--C", "0.01", "1"])
+    assert "note: --dataset not given: probe on scikit-learn's digits, the demo's data" in capsys.readouterr().err
     probed = json.loads((probe_dir / "metrics.json").read_text())
     probe_record = json.loads((probe_dir / "pipeline" / "data_splits.json").read_text())
     assert len(probe_record.pop("train_fingerprints").split()) == num_train and probe_record == carving
@@ -120,6 +122,27 @@ def test_from_a_shell_a_refused_input_is_one_line_without_a_traceback(tmp_path, 
     monkeypatch.setenv("DIFFUSION_CLASSIFIERS_TRACEBACK", "1")
     with pytest.raises(FileNotFoundError, match="missing: not found"):
         main()
+
+
+@pytest.mark.parametrize("command", ["probe", "evaluate"])
+def test_a_dicom_model_without_dataset_is_refused_not_run_on_the_demo_digits(tmp_path, command):
+    # QA: probe on a CT model without --dataset ran 83 s on digits and wrote a 10-class pipeline with the CT windows
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from diffusion_classifiers import UNetFeatureClassifierPipeline
+    from diffusion_classifiers.models import LinearProbeHead, unet_config
+
+    medical = {"windows": ["brain", "subdural", "bone"]}
+    head = LinearProbeHead(16, 2, class_names=["healthy", "bleed"], block="mid_block", timestep=50)
+    UNetFeatureClassifierPipeline(
+        unet=UNet2DModel(**unet_config("tiny", 8, in_channels=3)), scheduler=DDPMScheduler(), head=head,
+        preprocessing={"medical": medical},
+    ).save_pretrained(tmp_path / "ct")
+    flag = "--unet_dir" if command == "probe" else "--model_dir"
+    with pytest.raises(ValueError, match=r"--dataset: not given, and the model reads DICOM through the windows "
+                                         r"\['brain', 'subdural', 'bone'\]; give the data"):  # fmt: skip
+        main([command, flag, str(tmp_path / "ct"), "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out" / "metrics.json").exists()
 
 
 @pytest.mark.parametrize("command", ["probe", "evaluate"])

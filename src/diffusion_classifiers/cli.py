@@ -7,7 +7,7 @@ import re
 import shlex
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 __all__ = ["main"]
 
@@ -17,6 +17,8 @@ __all__ = ["main"]
 DEMO_DEFAULTS = {"image_size": 16, "unet_preset": "small", "max_train_steps": 600, "pool": "2x2"}
 # Diffusion steps of the demo's DDPM scheduler: `--timesteps` must lie in [0, DEMO_NUM_TRAIN_TIMESTEPS).
 DEMO_NUM_TRAIN_TIMESTEPS = 1000
+# What probe and evaluate read when --dataset is not given.
+DEMO_DATASET_HELP = "scikit-learn's digits, the demo's data, with a note; refused for a model of DICOM windows"
 
 
 COMMANDS = {
@@ -101,10 +103,10 @@ def add_probe_args(parser: argparse.ArgumentParser) -> None:
         "scheduler/)",
     )  # fmt: skip
     parser.add_argument(
-        "--dataset", default="digits",
+        "--dataset", default=None,
         help="what data.load_image_classification_data reads ('digits', a MedMNIST .npz, IDX files, an image folder, a "
         "CSV of path,label); read as the U-Net's saved preprocessing says (size, channels, DICOM windows, resize "
-        "mode, background)",
+        f"mode, background) (default: {DEMO_DATASET_HELP})",
     )  # fmt: skip
     add_class_names_arg(parser)
     parser.add_argument("--timesteps", type=int, nargs="+", default=list(DEFAULT_TIMESTEPS), help="timesteps probed")
@@ -151,9 +153,9 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
         "'org/name' (its configs and safetensors are downloaded)",
     )  # fmt: skip
     parser.add_argument(
-        "--dataset", default="digits",
+        "--dataset", default=None,
         help="what data.load_image_classification_data reads (with the model's saved preprocessing), or a saved "
-        "DatasetDict folder",
+        f"DatasetDict folder (default: {DEMO_DATASET_HELP})",
     )  # fmt: skip
     parser.add_argument("--split", default="test", choices=["train", "val", "validation", "test"], help="the split scored")
     parser.add_argument("--output_dir", default="outputs/evaluation", help="where metrics.json, report.md and the PNGs go")
@@ -206,6 +208,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         raise ValueError(f"--pipeline_kwargs: expected a JSON object, got {args.pipeline_kwargs!r}")
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
     classifier = load_classifier(args.model_dir)
+    args.dataset = _dataset_or_demo_digits(args.dataset, saved_preprocessing(classifier), "evaluate")
     pipeline_call_settings(classifier, args.pipeline_kwargs)  # unknown names refused before the split is read
     folder = download(args.model_dir)
     carving = resolve_split_args(  # as the model's data was carved
@@ -341,6 +344,7 @@ def run_probe(args: argparse.Namespace) -> dict:
     trained = UNetFeatureClassifierPipeline.from_pretrained(args.unet_dir)
     _check_timesteps(args.timesteps, trained.scheduler.config.num_train_timesteps)
     unet_config, contract = trained.unet.config, trained.preprocessing
+    args.dataset = _dataset_or_demo_digits(args.dataset, contract, "probe")
     folder = download(args.unet_dir)
     # the U-Net's test images stay its test: carved with its recorded seed (--seed then seeds the probes only)
     split_seed = None if read_split_record(folder) else args.seed
@@ -372,6 +376,20 @@ def run_probe(args: argparse.Namespace) -> dict:
     )  # fmt: skip
     timing = {"total_seconds": round(time.time() - started, 1)}
     return save_study(study, args, timing, carving, splits["train"].images, unet_fingerprints)
+
+
+def _dataset_or_demo_digits(dataset: Optional[str], contract: Any, command: str) -> str:
+    """`--dataset`, or the demo's digits when it is not given: refused for a model reading DICOM through windows
+    chosen for it (QA: a CT model was probed on digits for 83 s without a word), else noted."""
+    if dataset is not None:
+        return dataset
+    if contract is not None and contract.medical_or_default.windows != ("file",):  # windows chosen for DICOM data
+        raise ValueError(
+            f"--dataset: not given, and the model reads DICOM through the windows {contract.medical.to_dict()['windows']}; "
+            f"give the data to {command} it on (the default, scikit-learn's digits, is the demo's)"
+        )
+    print(f"note: --dataset not given: {command} on scikit-learn's digits, the demo's data", file=sys.stderr)
+    return "digits"
 
 
 def _note_unchecked(model_dir: str, command: str, split_names: list) -> None:
