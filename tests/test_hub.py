@@ -22,6 +22,7 @@ from diffusion_classifiers import DiffusionClassifierPipeline, LinearProbeHead, 
 from diffusion_classifiers import hub
 from diffusion_classifiers.hub import (
     METHODS, download, library_name_of, load_eval_metrics, push_to_hub, render_dataset_card, render_model_card,
+    write_dry_run,
 )
 from diffusion_classifiers.models import unet_config
 
@@ -424,6 +425,18 @@ def test_offline_push_and_download_say_so(saved_pipeline, monkeypatch, tmp_path)
         download(tmp_path / "missing" / "pipe")
 
 
+@pytest.mark.parametrize("fixture", ["score_sde", "transformers_unet_features"])
+def test_a_folder_saved_without_its_code_is_refused_naming_the_re_save(tmp_path, fixture):
+    # QA: a v0.1.0 folder was published with a card whose snippet (trust_remote_code=True) cannot load it
+    folder = REPO_ROOT / "tests" / "fixtures" / "v0.1.0" / fixture
+    refused = r"saved by an earlier version, without the code .* save it again with this version first: "
+    with pytest.raises(ValueError, match=refused):
+        write_dry_run(folder, tmp_path / "dry")
+    with pytest.raises(ValueError, match=refused):
+        push_to_hub(folder, "org/tiny")  # before any network call
+    assert not (tmp_path / "dry").exists()
+
+
 def test_push_accepts_pipelines_and_transformers_models_only(saved_pipeline, tmp_path):
     assert library_name_of(saved_pipeline[0]) == "diffusers"
     (tmp_path / "weights.bin").write_bytes(b"0")
@@ -727,7 +740,7 @@ def test_cli_card_is_the_folders_method_and_lists_its_labels(saved_pipeline, mon
 
     binary = write_json(tmp_path / "binary" / "config.json", {
         "model_type": "diffusion-classifier", "backbone_type": "encoder", "id2label": {"0": "normal", "1": "pneumonia"},
-        "positive_class": "pneumonia",
+        "positive_class": "pneumonia", "auto_map": {"AutoModelForImageClassification": "modeling.Model"},
     })  # fmt: skip
     argv = push_script_argv(binary, tmp_path, "--dry_run", "--output_dir", str(tmp_path / "binary-card"))
     (tmp_path / "metrics.json").write_text(json.dumps({"split": "test", "sensitivity": 0.9, "specificity": 0.8}))
@@ -790,7 +803,8 @@ def test_a_card_publishes_only_its_own_models_metrics_truthfully(saved_pipeline,
 def test_the_card_scores_as_its_metrics_were_scored(monkeypatch, tmp_path):
     """QA: metrics.json recorded num_timesteps=20 but the card's snippet, `pipe(images)`, scores with the default 100:
     the card now passes the settings that differ from the defaults and names them beside its results."""
-    model = REPO_ROOT / "tests" / "fixtures" / "v0.1.0" / "score_sde"
+    model = tmp_path / "score_sde"  # a binary Score-SDE pipeline, saved with its code
+    DiffusionClassifierPipeline.from_pretrained(REPO_ROOT / "tests" / "fixtures" / "v0.1.0" / "score_sde").save_pretrained(model)
     metrics = {"accuracy": 0.9, "split": "test", "num_samples": 8, "model_sha256": hub.model_fingerprint(model),
                "pipeline_call": {"method": "elbo", "num_timesteps": 20, "seed": 0, "weighting": "uniform"},
                "seed_sensitivity": {"num_stderr": 2.0, "decisions_within": 2, "fraction_within": 0.25,

@@ -397,6 +397,25 @@ def library_name_of(local_dir: Union[str, os.PathLike]) -> str:
     raise ValueError(f"{local_dir}: expected a saved pipeline (model_index.json) or transformers model (config.json)")
 
 
+def check_publishable_model(local_dir: Union[str, os.PathLike]) -> None:
+    """A folder the published card's snippet loads: a saved pipeline or transformers model carrying its code (saved
+    by this version's `save_pretrained`); one saved by an earlier version without it is refused, naming the re-save
+    that adds it (the snippet, `trust_remote_code=True`, would fail on it with or without the package)."""
+    local_dir = Path(local_dir)
+    if library_name_of(local_dir) == "diffusers":
+        carries_code = isinstance(_read_json(local_dir / "model_index.json").get("_class_name"), list)
+        resave = "DiffusionClassifierPipeline.from_pretrained(folder).save_pretrained(new_folder)"
+    else:
+        carries_code = "auto_map" in _read_json(local_dir / "config.json")
+        resave = ("AutoModelForImageClassification and AutoImageProcessor .from_pretrained(folder), then "
+                  ".save_pretrained(new_folder), with diffusion_classifiers imported")  # fmt: skip
+    if not carries_code:
+        raise ValueError(
+            f"{local_dir}: saved by an earlier version, without the code that loads it where the package is not "
+            f"installed (its card's usage snippet would fail); save it again with this version first: {resave}"
+        )
+
+
 def pipeline_class_name_of(local_dir: Union[str, os.PathLike]) -> Optional[str]:
     """The pipeline class of a saved pipeline folder, by its model_index.json `_class_name` ("Class", or
     ["module", "Class"] when saved with its code)."""
@@ -524,7 +543,7 @@ def write_dry_run(
     README.md, without any network. `output_dir` must be new or empty and outside `local_dir`, which is only read."""
     local_dir, output_dir = Path(local_dir), Path(output_dir)
     if repo_type == "model":
-        library_name_of(local_dir)
+        check_publishable_model(local_dir)
     if output_dir.resolve().is_relative_to(local_dir.resolve()):
         raise ValueError(f"{output_dir}: expected a dry-run folder outside the model folder {local_dir}")
     if output_dir.exists() and any(output_dir.iterdir()):
@@ -563,7 +582,7 @@ def push_to_hub(
     """
     local_dir = Path(local_dir)
     if repo_type == "model":
-        library_name_of(local_dir)  # fails early on a folder that is neither a pipeline nor a transformers model
+        check_publishable_model(local_dir)  # before anything is sent
     if constants.is_offline_mode():
         raise OfflineModeIsEnabled(f"cannot push {local_dir} to the Hub: HF_HUB_OFFLINE=1 is set; unset it to upload")
     operations = _commit_operations(local_dir, card)
