@@ -237,3 +237,32 @@ def test_metrics_json_records_the_pipeline_call_settings(tmp_path):
     assert scored["accuracy"] == pytest.approx(float((direct.argmax(-1) == data.labels).float().mean()))
     with pytest.raises(ValueError, match=r"pipeline_kwargs: unknown \['num_steps_typo'\] for ScoreSDEClassifierPipeline"):
         evaluate_classifier(pipe, data, pipeline_kwargs={"num_steps_typo": 3})
+
+
+def test_an_unsaved_exported_model_needs_its_image_processor(fitted, tmp_path):
+    """QA: evaluating the model `export_unet_feature_pipeline(pipe)` returns (not saved) failed with a Hub error about
+    the repo id '' (its empty name_or_path)."""
+    pipe, _, test = fitted
+    model, processor = export_unet_feature_pipeline(pipe)
+    refused = r"image_processor: expected one .* \(empty name_or_path\).* return \(model, image_processor\)"
+    with pytest.raises(ValueError, match=refused):
+        evaluate_classifier(model, test)
+    small = test.select(range(20))
+    expected = evaluate_classifier(pipe, small)["accuracy"]
+    assert evaluate_classifier(model, small, image_processor=processor)["accuracy"] == expected
+
+
+def test_the_shipped_metric_refuses_probabilities_for_class_ids():
+    """QA: `compute(predictions=[0.7, 1.2], references=[0, 1])` truncated them and gave accuracy 1.0."""
+    metric = load_metric()
+    refused = r"predictions: expected integer class ids, got 0.7 at index 0 .* not probabilities"
+    with pytest.raises(ValueError, match=refused):
+        metric.compute(predictions=[0.7, 1.2], references=[0, 1])
+    with pytest.raises(ValueError, match=r"references: expected integer class ids, got 0.0 at index 0"):
+        metric.compute(predictions=[0, 1], references=np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"expected a 1-D list of integer class ids, got shape \(2, 2\)"):
+        metric.compute(predictions=torch.tensor([[0.3, 0.7], [0.9, 0.1]]), references=[1, 0])
+    with pytest.raises(ValueError, match="prediction: expected integer class ids, got 0.7"):
+        metric.add(prediction=0.7, reference=1)
+    scores = metric.compute(predictions=np.array([0, 1, 1]), references=torch.tensor([0, 1, 0]))
+    assert scores["accuracy"] == pytest.approx(2 / 3)

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
+from PIL import Image
 
 from diffusion_classifiers import (
     DiffusionClassifierConfig,
@@ -201,3 +202,96 @@ def test_exported_config_carries_no_local_path(pipe, tmp_path):
         assert "_name_or_path" not in config_text and str(tmp_path) not in config_text, name
         assert json.loads(config_text)["backbone_type"] == name
         AutoModelForImageClassification.from_pretrained(tmp_path / name / "exported")
+
+
+def test_a_new_label_set_is_put_on_with_ignore_mismatched_sizes(exported):
+    """QA: `num_labels=2, ignore_mismatched_sizes=True` (transformers' way to put a new label set on a model) was
+    refused, the check reading the overridden config as if it were the saved one."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageClassification
+
+    saved = load_file(exported / "model.safetensors")
+    model = AutoModelForImageClassification.from_pretrained(exported, num_labels=2, ignore_mismatched_sizes=True)
+    assert model.config.id2label == {0: "LABEL_0", 1: "LABEL_1"} and model.classifier.weight.shape == (2, 32)
+    for name in ("feature_mean", "feature_std"):  # the standardisation is kept, only the head is new
+        assert torch.equal(getattr(model, name), saved[name]), name
+    assert torch.equal(model.backbone.conv_in.weight, saved["backbone.conv_in.weight"])
+    renamed = AutoModelForImageClassification.from_pretrained(
+        exported, id2label={0: "even", 1: "odd"}, ignore_mismatched_sizes=True
+    )
+    assert renamed.config.id2label == {0: "even", 1: "odd"} and renamed.config.label2id == {"even": 0, "odd": 1}
+    assert renamed(torch.zeros(1, 1, 16, 16)).logits.shape == (1, 2)
+
+
+@pytest.fixture(scope="module")
+def binary_export(tmp_path_factory):
+    torch.manual_seed(0)
+    head = LinearProbeHead(32, 2, block="down_blocks.1", timestep=50, class_names=["normal", "pneumonia"])
+    unet = UNet2DModel(**unet_config("tiny", 16))
+    pipe = UNetFeatureClassifierPipeline(unet=unet, scheduler=DDPMScheduler(), head=head)
+    pipe.set_positive_class("pneumonia")
+    path = tmp_path_factory.mktemp("binary")
+    export_unet_feature_pipeline(pipe, path)
+    return path
+
+
+def test_a_positive_class_renamed_away_is_dropped_with_a_warning_not_saved_stale(binary_export, tmp_path):
+    """QA: renaming a binary model's labels kept positive_class "pneumonia", which save_pretrained wrote and reloading
+    refused; `AutoConfig.from_pretrained(folder, num_labels=3)` was refused."""
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    names = {"id2label": {0: "healthy", 1: "sick"}, "label2id": {"healthy": 0, "sick": 1}}
+    with pytest.warns(UserWarning, match=r"positive_class 'pneumonia' is not one of the labels \['healthy', 'sick'\]"):
+        model = AutoModelForImageClassification.from_pretrained(binary_export, **names)
+    assert model.config.positive_class is None
+    model.save_pretrained(tmp_path / "renamed")
+    assert json.loads((tmp_path / "renamed" / "config.json").read_text()).get("positive_class") is None
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "renamed")
+    assert reloaded.config.id2label == {0: "healthy", 1: "sick"}
+    with pytest.warns(UserWarning, match="positive_class 'pneumonia'"):
+        assert AutoConfig.from_pretrained(binary_export, num_labels=3).positive_class is None
+    assert AutoConfig.from_pretrained(binary_export).positive_class == "pneumonia"
+    assert AutoConfig.from_pretrained(binary_export, positive_class="sick", **names).positive_class == "sick"
+    not_a_label = r"positive_class: expected one of the labels \['normal', 'pneumonia'\], got 'x'"
+    with pytest.raises(ValueError, match=not_a_label):
+        AutoConfig.from_pretrained(binary_export, positive_class="x")
+    config = AutoConfig.from_pretrained(binary_export)
+    config.id2label = {0: "a", 1: "b"}  # renamed after loading: not written stale either
+    with pytest.warns(UserWarning, match="positive_class 'pneumonia'"):
+        config.save_pretrained(tmp_path / "config")
+    assert json.loads((tmp_path / "config" / "config.json").read_text()).get("positive_class") is None
+
+
+def test_pickled_weights_are_refused_before_loading(exported, tmp_path):
+    """QA: a folder whose model.safetensors was replaced by a pytorch_model.bin loaded it (unpickled)."""
+    import shutil
+
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageClassification, pipeline
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(exported, pickled)
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    refused = r"pytorch_model.bin: pickled weights are refused .* expected model.safetensors"
+    with pytest.raises(ValueError, match=refused):
+        AutoModelForImageClassification.from_pretrained(pickled)
+    with pytest.raises(ValueError, match=refused):
+        pipeline("image-classification", model=str(pickled))
+    with pytest.raises(ValueError, match="use_safetensors: expected True, got False"):
+        DiffusionFeaturesForImageClassification.from_pretrained(exported, use_safetensors=False)
+
+
+def test_the_image_processor_refuses_arguments_it_would_ignore(exported):
+    """QA: `size=`, `do_resize=False` and unknown keywords were silently ignored (the model's size came back)."""
+    from transformers import AutoImageProcessor, pipeline
+
+    processor = AutoImageProcessor.from_pretrained(exported)
+    image = torch.rand(1, 16, 16)
+    for kwargs in ({"size": {"height": 64, "width": 64}}, {"do_resize": False}, {"bogus": 1}):
+        refused = rf"unsupported keyword arguments \['{next(iter(kwargs))}'\].* fixes size \(16\)"
+        with pytest.raises(ValueError, match=refused):
+            processor(image, **kwargs)
+    inputs = processor(image, return_tensors="pt", input_data_format="channels_first")
+    assert inputs["pixel_values"].shape == (1, 1, 16, 16)
+    assert len(pipeline("image-classification", model=str(exported))(Image.new("L", (20, 20)), top_k=3)) == 3

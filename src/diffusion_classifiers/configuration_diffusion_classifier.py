@@ -1,5 +1,6 @@
 """transformers configuration of the diffusion-feature image classifier."""
 
+import warnings
 from typing import List, Optional, Union
 
 from transformers import PretrainedConfig
@@ -80,7 +81,45 @@ class DiffusionClassifierConfig(PretrainedConfig):
         self.encoder_preprocessing = encoder_preprocessing
         self.input_shape = None if input_shape is None else list(input_shape)
         super().__init__(**kwargs)
+        self.positive_class = self._checked_positive_class(positive_class)
+
+    def _checked_positive_class(self, positive_class: Optional[str]) -> Optional[str]:
         if positive_class is not None and positive_class not in self.id2label.values():
             labels = list(self.id2label.values())
             raise ValueError(f"positive_class: expected one of the labels {labels}, got {positive_class!r}")
-        self.positive_class = positive_class
+        return positive_class
+
+    def drop_stale_positive_class(self) -> None:
+        """Set `positive_class` to None, with a warning naming it, when it is no longer one of the labels (after
+        `id2label` or `num_labels` changed)."""
+        if self.positive_class is not None and self.positive_class not in self.id2label.values():
+            warnings.warn(
+                f"positive_class {self.positive_class!r} is not one of the labels {list(self.id2label.values())}: "
+                "dropped (set to None); set config.positive_class to one of them for a binary task"
+            )
+            self.positive_class = None
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """transformers' `from_dict`, with `positive_class` checked against the labels that the overrides in `kwargs`
+        (`num_labels`, `id2label`) leave: a saved one that is no longer a label is dropped with a warning, one passed
+        in `kwargs` must be a label."""
+        config_dict = dict(config_dict)
+        saved = config_dict.pop("positive_class", None)
+        given = "positive_class" in kwargs
+        positive_class = kwargs.pop("positive_class", None)
+        loaded = super().from_dict(config_dict, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        if "id2label" in kwargs and "label2id" not in kwargs:  # else the saved names would stay in label2id
+            config.label2id = {name: int(i) for i, name in config.id2label.items()}
+        if given:
+            config.positive_class = config._checked_positive_class(positive_class)
+        else:
+            config.positive_class = saved
+            config.drop_stale_positive_class()
+        return loaded
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        # labels renamed on the loaded config (`config.id2label = ...`) must not leave a stale positive class behind
+        self.drop_stale_positive_class()
+        return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)

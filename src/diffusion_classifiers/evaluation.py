@@ -150,9 +150,9 @@ def _predictor(classifier, image_processor=None, pipeline_kwargs: Optional[dict]
     from transformers import PreTrainedModel
 
     if isinstance(classifier, PreTrainedModel):
-        from transformers import AutoImageProcessor
+        from diffusion_classifiers.modeling_diffusion_classifier import saved_image_processor
 
-        processor = image_processor or AutoImageProcessor.from_pretrained(classifier.name_or_path)
+        processor = image_processor or saved_image_processor(classifier)
         names = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
         classifier.eval()
 
@@ -213,9 +213,9 @@ def saved_preprocessing(classifier, image_processor=None) -> ImagePreprocessing:
     from transformers import PreTrainedModel
 
     if isinstance(classifier, PreTrainedModel):
-        from transformers import AutoImageProcessor
+        from diffusion_classifiers.modeling_diffusion_classifier import saved_image_processor
 
-        processor = image_processor or AutoImageProcessor.from_pretrained(classifier.name_or_path)
+        processor = image_processor or saved_image_processor(classifier)
         return ImagePreprocessing.from_dict(processor.preprocessing)
     return classifier.preprocessing
 

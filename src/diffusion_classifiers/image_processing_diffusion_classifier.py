@@ -6,7 +6,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_backends import PilBackend
 
 from .data.preprocessing import ImagePreprocessing, preprocess_images
-from .remote_code import write_remote_code
+from .remote_code import transformers_copies_no_code, write_remote_code
 
 __all__ = ["DiffusionClassifierImageProcessor"]
 
@@ -60,8 +60,9 @@ class DiffusionClassifierImageProcessor(PilBackend):
         `config.json`, see `DiffusionClassifierPreTrainedModel.save_pretrained`)."""
         if push_to_hub:  # transformers would upload only the files its own save writes, not the code
             raise ValueError("push_to_hub=True: call `processor.push_to_hub(repo_id)`, which uploads the code too")
-        saved = super().save_pretrained(save_directory, **kwargs)
-        write_remote_code(save_directory, [type(self)])
+        with transformers_copies_no_code([type(self)]):
+            saved = super().save_pretrained(save_directory, **kwargs)
+        write_remote_code(save_directory, [type(self)], allow_bundled=True)
         return saved
 
     def preprocess(
@@ -70,6 +71,13 @@ class DiffusionClassifierImageProcessor(PilBackend):
         """`pixel_values` `[N, C, H, W]` of `images` (file paths, PIL images, arrays or tensors, one or a list) by the
         saved `preprocessing` contract. `input_data_format` (`"channels_first"`, `"channels_last"` or a
         `ChannelDimension`) is the layout of 3-D and 4-D arrays and tensors; `None` infers it when unambiguous and
-        refuses the rest (see `preprocess_images`)."""
+        refuses the rest (see `preprocess_images`). Other keyword arguments (`size`, `do_resize`, ...) are refused:
+        the contract fixes the size, channels and value range the model was trained with."""
+        if kwargs:
+            raise ValueError(
+                f"{type(self).__name__}: unsupported keyword arguments {sorted(kwargs)}; the saved preprocessing "
+                f"contract fixes size ({self.image_size}), channels ({self.num_channels}) and value range, so "
+                "expected only images, return_tensors and input_data_format"
+            )
         pixel_values = preprocess_images(images, input_data_format=input_data_format, preprocessing=self.preprocessing)
         return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)

@@ -13,13 +13,20 @@ from .configuration_diffusion_classifier import DiffusionClassifierConfig
 from .features import DiffusionFeatureExtractor, feature_blocks, hypercolumn, make_noise
 from .image_processing_diffusion_classifier import DiffusionClassifierImageProcessor
 from .models.encoders import encode_representation, representation_size
-from .remote_code import entry_module_name, make_weights_readable_as_umask_allows, write_remote_code
+from .remote_code import (
+    entry_module_name,
+    make_weights_readable_as_umask_allows,
+    transformers_copies_no_code,
+    write_remote_code,
+)
+from .validation import PICKLE_SUFFIXES
 
 __all__ = [
     "DiffusionClassifierPreTrainedModel",
     "DiffusionFeaturesForImageClassification",
     "export_rc_dit_pipeline",
     "export_unet_feature_pipeline",
+    "saved_image_processor",
 ]
 
 
@@ -40,7 +47,7 @@ class DiffusionClassifierPreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory: Union[str, os.PathLike], push_to_hub: bool = False, **kwargs):
         """transformers' `save_pretrained`, plus `auto_map` and the code that
         `AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True)` needs without this package
-        (`remote_code.write_remote_code`)."""
+        (`remote_code.write_remote_code`; a model loaded from that code, without this package, saves a copy of it)."""
         if push_to_hub:  # transformers would upload only the files its own save writes, not the code
             raise ValueError("push_to_hub=True: call `model.push_to_hub(repo_id)`, which uploads the code too")
         classes = {
@@ -49,8 +56,10 @@ class DiffusionClassifierPreTrainedModel(PreTrainedModel):
             "AutoImageProcessor": DiffusionClassifierImageProcessor,
         }
         self.config.auto_map = {auto: f"{entry_module_name(cls)}.{cls.__name__}" for auto, cls in classes.items()}
-        saved = super().save_pretrained(save_directory, **kwargs)
-        write_remote_code(save_directory, list(classes.values()))
+        with transformers_copies_no_code(list(classes.values())):
+            saved = super().save_pretrained(save_directory, **kwargs)
+        # loaded from the code saved with a model (no package installed): that code is copied again
+        write_remote_code(save_directory, list(classes.values()), allow_bundled=True)
         make_weights_readable_as_umask_allows([save_directory])
         return saved
 
@@ -77,7 +86,16 @@ class DiffusionFeaturesForImageClassification(DiffusionClassifierPreTrainedModel
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        _check_saved_labels(pretrained_model_name_or_path, kwargs.get("config"))
+        """transformers' `from_pretrained`, from safetensors only: `use_safetensors=False` and a folder that holds
+        pickled weights (`pytorch_model.bin`) without safetensors are refused, never unpickled."""
+        if kwargs.setdefault("use_safetensors", True) is not True:
+            raise ValueError(
+                f"use_safetensors: expected True, got {kwargs['use_safetensors']!r}; weights load from safetensors "
+                "only (a pickle can run code)"
+            )
+        _check_no_pickles_only(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
+        if not kwargs.get("ignore_mismatched_sizes", False):  # else transformers initialises a new head
+            _check_saved_labels(pretrained_model_name_or_path)
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         # transformers' loading sets `requires_grad` on every parameter: a frozen backbone would count as trainable
         model.backbone.requires_grad_(not model.config.freeze_backbone)
@@ -150,14 +168,30 @@ class DiffusionFeaturesForImageClassification(DiffusionClassifierPreTrainedModel
         return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states)
 
 
-def _check_saved_labels(path, config: Optional[DiffusionClassifierConfig] = None) -> None:
-    """Fail before loading when a local folder's `id2label` does not match its saved classifier's outputs."""
+def _check_no_pickles_only(path, subfolder: str = "") -> None:
+    """Fail before loading when a local folder holds pickled weights and no safetensors."""
+    folder = os.path.join(str(path), subfolder)
+    if not os.path.isdir(folder):
+        return  # a Hub id: `use_safetensors=True` downloads safetensors only
+    files = os.listdir(folder)
+    # a Trainer output's training_args.bin holds its arguments, not weights
+    pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES) and f != "training_args.bin")
+    if pickles and not any(f.endswith(".safetensors") for f in files):
+        raise ValueError(
+            f"{os.path.join(folder, pickles[0])}: pickled weights are refused (loading a pickle can run arbitrary "
+            "code); expected model.safetensors (save with save_pretrained, which writes it)"
+        )
+
+
+def _check_saved_labels(path) -> None:
+    """Fail before loading when a local folder's saved `config.json` (not the overrides passed to `from_pretrained`)
+    has an `id2label` that does not match its saved classifier's outputs."""
     weights = os.path.join(str(path), "model.safetensors")
     if not os.path.isfile(weights):
         return  # a Hub id or sharded weights: transformers' own size check applies
     from safetensors import safe_open
 
-    config = config or DiffusionClassifierConfig.from_pretrained(path)
+    config = DiffusionClassifierConfig.from_pretrained(path)
     with safe_open(weights, framework="pt") as f:
         outputs = f.get_slice("classifier.weight").get_shape()[0] if "classifier.weight" in f.keys() else config.num_labels
     if outputs != config.num_labels:
@@ -165,6 +199,20 @@ def _check_saved_labels(path, config: Optional[DiffusionClassifierConfig] = None
             f"{path}: config.json's id2label has {config.num_labels} labels {list(config.id2label.values())} but the "
             f"saved classifier has {outputs} outputs; expected one label per output"
         )
+
+
+def saved_image_processor(model: PreTrainedModel):
+    """The image processor saved beside `model` (`AutoImageProcessor` on the folder it was loaded from); a clear error
+    for a model that was not loaded from a folder (`name_or_path` empty), such as the one an export returns."""
+    if not model.name_or_path:
+        raise ValueError(
+            f"image_processor: expected one for this {type(model).__name__}, which was not loaded from a folder "
+            "(empty name_or_path), so no saved processor can be found; pass the processor that was built with it "
+            "(export_unet_feature_pipeline and export_rc_dit_pipeline return (model, image_processor))"
+        )
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(model.name_or_path)
 
 
 def _export(pipeline, backbone: nn.Module, input_shape: tuple, save_directory, feature_affine=None, **config_kwargs):
@@ -175,7 +223,10 @@ def _export(pipeline, backbone: nn.Module, input_shape: tuple, save_directory, f
     if head is None:
         raise ValueError("the pipeline has no fitted `head` to export")
     if not hasattr(head, "linear"):
-        raise ValueError(f"expected a fitted LinearProbeHead to export as a linear layer, got {type(head).__name__}")
+        raise ValueError(
+            f"expected a fitted LinearProbeHead to export as a linear layer, got {type(head).__name__}; fit one first "
+            "(an RC-DiT pipeline: pipe.fit_linear_probe(images, labels, val_images, val_labels))"
+        )
     config = DiffusionClassifierConfig(
         feature_size=head.config.in_features,
         id2label=head.id2label,

@@ -11,13 +11,19 @@ model needs:
 - one entry file per class, named after the class's module (`pipeline_unet_features.py`,
   `modeling_diffusion_classifier.py`), that imports the class from the installed package when there is one and from
   the bundled copy otherwise.
+
+A class loaded from such a copy (with `trust_remote_code=True`, without this package) has no package to write from:
+with `allow_bundled=True` its bundled modules are copied again as they are, beside new entry files.
 """
 
 import ast
 import os
+import re
+import sys
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 __all__ = [
     "INSTALL_HINT",
@@ -25,6 +31,8 @@ __all__ = [
     "bundled_module_name",
     "entry_module_name",
     "make_weights_readable_as_umask_allows",
+    "package_module",
+    "transformers_copies_no_code",
     "write_remote_code",
 ]
 
@@ -45,6 +53,9 @@ except ModuleNotFoundError as error:
 __all__ = ["{name}"]
 '''
 
+_HEADER = "# Bundled copy of {module} (diffusion-classifiers {version}), written by save_pretrained.\n"
+_HEADER_PATTERN = re.compile(rf"# Bundled copy of ({PACKAGE}(?:\.\w+)*) \(")
+
 # The root entry imports every bundled module itself: diffusers copies to its module cache only the files that the
 # loaded file imports directly.
 _ROOT_FALLBACK = "    from .{module} import {name}{noqa}\n"
@@ -61,8 +72,29 @@ def bundled_module_name(module: str) -> str:
 
 
 def entry_module_name(cls: type) -> str:
-    """The module name (file name without `.py`) of `cls`'s entry file: the last part of its module's name."""
-    return cls.__module__.rsplit(".", 1)[-1]
+    """The module name (file name without `.py`) of `cls`'s entry file: the last part of its package module's name."""
+    return package_module(cls).rsplit(".", 1)[-1]
+
+
+def _loaded_file(cls: type) -> Optional[Path]:
+    path = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    return None if path is None else Path(path)
+
+
+def package_module(cls: type) -> str:
+    """The package module defining `cls`: its own module for a class of the installed package, else the module whose
+    bundled copy (saved with a model, loaded with `trust_remote_code=True`) defines it, read from the copy's header."""
+    if _in_package(cls.__module__):
+        return cls.__module__
+    path = _loaded_file(cls)
+    first_line = path.read_text(encoding="utf-8").partition("\n")[0] if path is not None and path.is_file() else ""
+    match = _HEADER_PATTERN.match(first_line)
+    if match is None:
+        raise ValueError(
+            f"{cls.__name__} comes from {cls.__module__}: expected a class of the {PACKAGE} package or of the code "
+            "its save_pretrained saves with a model"
+        )
+    return match.group(1)
 
 
 def _source_path(module: str) -> Path:
@@ -164,9 +196,9 @@ def _check_installed(cls: type) -> None:
 
 
 def _write_bundle(folder: Path, modules: Sequence[str]) -> Dict[str, str]:
-    """Write the flat copies of `modules` and of every package module they import. Returns `{bundled module: a name
-    another bundled module imports from it}` ("" for a module nothing imports)."""
-    header = f"# Bundled copy of {{}} (diffusion-classifiers {_package_version()}), written by save_pretrained.\n"
+    """Write the flat copies of `modules` and of every package module they import. Returns `{bundled module name: a
+    name another bundled module imports from it}` ("" for a module nothing imports)."""
+    header = _HEADER.format(module="{}", version=_package_version())
     written, first_name, pending = set(), {}, list(modules)
     while pending:
         module = pending.pop()
@@ -178,13 +210,45 @@ def _write_bundle(folder: Path, modules: Sequence[str]) -> Dict[str, str]:
         for dependency, name in imported.items():
             first_name.setdefault(dependency, name)
             pending.append(dependency)
-    return {module: first_name.get(module, "") for module in written}
+    return {bundled_module_name(module): first_name.get(module, "") for module in written}
+
+
+def _bundle_sources(files: Sequence[Path]) -> Dict[Path, str]:
+    """The text of the bundled modules `files` (loaded from a saved model's code) and of every bundled module they
+    import (flat `from .module import name`, resolved beside the importing file), all read before anything is
+    written."""
+    sources: Dict[Path, str] = {}
+    pending = list(files)
+    while pending:
+        path = pending.pop()
+        if path in sources:
+            continue
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: expected the bundled module saved with the model to be loaded")
+        sources[path] = path.read_text(encoding="utf-8")
+        for node in ast.walk(ast.parse(sources[path])):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                pending.append(path.parent / f"{node.module}.py")
+    return sources
+
+
+def _copy_bundle(folder: Path, files: Sequence[Path]) -> Dict[str, str]:
+    """Copy the bundled modules `files` and the bundled modules they import, as they are. Returns what `_write_bundle`
+    returns."""
+    sources = _bundle_sources(files)
+    first_name = {path.stem: "" for path in sources}
+    for path, source in sources.items():
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module and not first_name[node.module]:
+                first_name[node.module] = node.names[0].name
+        (folder / path.name).write_text(source, encoding="utf-8")
+    return first_name
 
 
 def _entry_text(cls: type, fallback: str) -> str:
     return _ENTRY.format(
         name=cls.__name__,
-        installed_module=cls.__module__,
+        installed_module=package_module(cls),
         package=PACKAGE,
         install_hint=INSTALL_HINT,
         fallback=fallback,
@@ -192,27 +256,57 @@ def _entry_text(cls: type, fallback: str) -> str:
 
 
 def write_remote_code(
-    save_directory: Union[str, os.PathLike], classes: Sequence[type], components: Optional[Mapping[str, type]] = None
+    save_directory: Union[str, os.PathLike],
+    classes: Sequence[type],
+    components: Optional[Mapping[str, type]] = None,
+    allow_bundled: bool = False,
 ) -> None:
     """Write into `save_directory` what loading `classes` with `trust_remote_code=True` needs without this package:
     the bundled closure of their modules and an entry file `<entry_module_name(cls)>.py` for each. `components`
     (`{subfolder: class}`, diffusers' custom components) get an entry file in their subfolder, which reads the
-    bundled code the root entry loaded."""
+    bundled code the root entry loaded. Classes loaded from a saved model's bundled code (this package not installed)
+    are refused, unless `allow_bundled`: then the bundled modules they were loaded from are copied as they are."""
     folder = Path(save_directory)
     components = dict(components or {})
-    for cls in [*classes, *components.values()]:
-        _check_installed(cls)
-    bundled = _write_bundle(folder, [cls.__module__ for cls in [*classes, *components.values()]])
+    everything = [*classes, *components.values()]
+    if allow_bundled and not all(_in_package(cls.__module__) for cls in everything):
+        files = [_loaded_file(cls) for cls in everything]
+        for cls in everything:
+            package_module(cls)  # a class of neither the package nor its bundled code is refused here
+        bundled = _copy_bundle(folder, files)
+    else:
+        for cls in everything:
+            _check_installed(cls)
+        bundled = _write_bundle(folder, [cls.__module__ for cls in everything])
     for cls in classes:
-        first_names = {module: name for module, name in bundled.items() if module != cls.__module__ and name}
+        own = bundled_module_name(package_module(cls))
+        first_names = {module: name for module, name in bundled.items() if module != own and name}
         fallback = "".join(
-            _ROOT_FALLBACK.format(module=bundled_module_name(module), name=name, noqa="  # noqa: F401")
+            _ROOT_FALLBACK.format(module=module, name=name, noqa="  # noqa: F401")
             for module, name in sorted(first_names.items())
-        ) + _ROOT_FALLBACK.format(module=bundled_module_name(cls.__module__), name=cls.__name__, noqa="")
+        ) + _ROOT_FALLBACK.format(module=own, name=cls.__name__, noqa="")
         (folder / f"{entry_module_name(cls)}.py").write_text(_entry_text(cls, fallback), encoding="utf-8")
     for subfolder, cls in components.items():
-        fallback = _COMPONENT_FALLBACK.format(module=bundled_module_name(cls.__module__), name=cls.__name__)
+        fallback = _COMPONENT_FALLBACK.format(module=bundled_module_name(package_module(cls)), name=cls.__name__)
         (folder / subfolder / f"{entry_module_name(cls)}.py").write_text(_entry_text(cls, fallback), encoding="utf-8")
+
+
+@contextmanager
+def transformers_copies_no_code(classes: Sequence[type]) -> Iterator[None]:
+    """While saving, keep transformers from copying the module files of `classes` loaded through an Auto class with
+    `trust_remote_code=True` and pointing `auto_map` at them (`custom_object_save`): `write_remote_code` writes the
+    code, and `auto_map` names its entry files, which prefer the installed package."""
+    previous = [(cls, "_auto_class" in vars(cls), getattr(cls, "_auto_class", None)) for cls in classes]
+    for cls, _, _ in previous:
+        cls._auto_class = None
+    try:
+        yield
+    finally:
+        for cls, own, auto_class in previous:
+            if own:
+                cls._auto_class = auto_class
+            else:
+                del cls._auto_class
 
 
 def _umask() -> int:

@@ -3,6 +3,7 @@ because `evaluate.load("accuracy")` needs the Hub. It delegates to `diffusion_cl
 
 import datasets
 import evaluate
+import numpy as np
 
 from diffusion_classifiers.metrics import classification_metrics
 
@@ -25,6 +26,37 @@ class DiffusionClassifierMetrics(evaluate.Metric):
             features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
         )
 
+    # datasets casts each value to int64, truncating probabilities passed by mistake (0.7 -> 0): checked before
+    def add_batch(self, *, predictions=None, references=None, **kwargs):
+        """evaluate's `add_batch`; `predictions` and `references` must be integer class ids."""
+        _check_class_ids("predictions", predictions)
+        _check_class_ids("references", references)
+        return super().add_batch(predictions=predictions, references=references, **kwargs)
+
+    def add(self, *, prediction=None, reference=None, **kwargs):
+        """evaluate's `add`; `prediction` and `reference` must be integer class ids."""
+        _check_class_ids("prediction", None if prediction is None else [prediction])
+        _check_class_ids("reference", None if reference is None else [reference])
+        return super().add(prediction=prediction, reference=reference, **kwargs)
+
     def _compute(self, predictions, references):
         metrics = classification_metrics(references, predictions)
         return {name: metrics[name] for name in ("accuracy", "macro_f1", "balanced_accuracy")}
+
+
+def _check_class_ids(name: str, values) -> None:
+    """`values` (a list, array or tensor; None when not given) must be integer class ids."""
+    if values is None:
+        return
+    array = np.asarray(values.cpu() if hasattr(values, "cpu") else values)
+    if array.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D list of integer class ids, got shape {array.shape}")
+    if array.dtype.kind in "iu":
+        return
+    bad = [i for i, value in enumerate(array.tolist()) if isinstance(value, bool) or not isinstance(value, int)]
+    if bad:
+        raise ValueError(
+            f"{name}: expected integer class ids, got {array.tolist()[bad[0]]!r} at index {bad[0]} (of type "
+            f"{type(array.tolist()[bad[0]]).__name__}); pass the predicted class ids (probs.argmax(-1)), not "
+            "probabilities or scores"
+        )

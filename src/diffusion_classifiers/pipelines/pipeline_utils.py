@@ -18,6 +18,7 @@ from diffusion_classifiers.models import LinearProbeHead, PrototypeHead, Represe
 from diffusion_classifiers.remote_code import (
     entry_module_name,
     make_weights_readable_as_umask_allows,
+    package_module,
     write_remote_code,
 )
 from diffusion_classifiers.validation import PICKLE_SUFFIXES
@@ -112,12 +113,14 @@ class SavedWithCodeMixin:
         components = {  # "_head" and the like: components `from_pipe` left unused, recorded but not saved
             name: type(getattr(self, name))
             for name, entry in index.items()
-            if not name.startswith("_") and isinstance(entry, list) and str(entry[0]).startswith("diffusion_classifiers.")
+            if not name.startswith("_") and isinstance(entry, list) and None not in entry
+            and _is_package_class(type(getattr(self, name)))
         }
         index.update({name: [entry_module_name(cls), cls.__name__] for name, cls in components.items()})
         index["_class_name"] = [entry_module_name(type(self)), type(self).__name__]
         index.pop("_name_or_path", None)  # where it was loaded from: a local path, not for a published folder
-        write_remote_code(save_directory, [type(self)], components)
+        # a pipeline loaded from its saved code without this package saves a copy of that code
+        write_remote_code(save_directory, [type(self)], components, allow_bundled=True)
         with open(index_file, "w", encoding="utf-8") as f:
             f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
         folders = [name for name, entry in index.items() if isinstance(entry, list) and not name.startswith("_")]
@@ -129,6 +132,15 @@ class SavedWithCodeMixin:
         config = loaded[0] if isinstance(loaded, tuple) else loaded
         config.update(installed_index(config))
         return loaded
+
+
+def _is_package_class(cls: type) -> bool:
+    """A class of this package, installed or loaded from the code saved with a model (`remote_code`)."""
+    try:
+        package_module(cls)
+    except ValueError:
+        return False
+    return True
 
 
 class SavedPreprocessingMixin:
