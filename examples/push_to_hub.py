@@ -18,6 +18,7 @@ any network.
 
 import argparse
 import json
+import re
 import sys
 import warnings
 from typing import Optional
@@ -35,6 +36,7 @@ from diffusion_classifiers.hub import (
     load_eval_counts,
     load_eval_metrics,
     load_eval_positive_class,
+    input_description_of,
     load_eval_seed_sensitivity,
     load_eval_split,
     method_of,
@@ -69,8 +71,9 @@ def parse_args(argv=None):
     parser.add_argument("--dataset_id", default=None, help="the dataset's Hub id, if it has one")
     parser.add_argument("--model_name", default=None, help="the model-index name (default: the repository name)")
     parser.add_argument(
-        "--license", default="apache-2.0",
-        help="the model's licence (a Hub licence id; default: apache-2.0): choose one the training data's licence allows",
+        "--license", default=None,
+        help="the model's licence (a Hub licence id; default: apache-2.0, unless --dataset_license is non-commercial, "
+        "share-alike or no-derivatives, which must be stated): choose one the training data's licence allows",
     )  # fmt: skip
     parser.add_argument("--medical", action=argparse.BooleanOptionalAction, default=False,
                         help="medical imaging data: add the 'not a diagnostic device' warning and tag (default: off)")
@@ -118,9 +121,10 @@ def publish(args):
         evaluation_command=args.evaluation_command,
         class_names=class_names,
         positive_class=load_eval_positive_class(args.metrics_json) or positive_class_of(args.model_dir),
-        license=args.license,
+        license=model_license(args.license, args.dataset_license),
         library_name=library_name_of(args.model_dir),
         medical=args.medical,
+        input_description=input_description_of(args.model_dir),
     )
     if args.dry_run:
         output_dir = args.output_dir or f"{args.model_dir.rstrip('/')}-dry-run"
@@ -131,6 +135,21 @@ def publish(args):
         args.model_dir, args.repo_id, card=card, token=args.token, private=args.private, revision=args.revision
     )
     print(f"pushed {args.model_dir} to {info.commit_url}")
+
+
+def model_license(license: Optional[str], dataset_license: str) -> str:
+    """`--license`, else apache-2.0; not given, a training-data licence with terms the weights may inherit
+    (non-commercial, share-alike, no-derivatives: CC BY-NC-SA 4.0) is refused, so the choice is the user's."""
+    if license is not None:
+        return license
+    terms = {"nc": "non-commercial", "sa": "share-alike", "nd": "no-derivatives"}
+    found = [terms[token] for token in re.split(r"[\s_-]+", dataset_license.lower()) if token in terms]
+    if found:
+        raise ValueError(
+            f"--license: not given, and --dataset_license {dataset_license!r} is {', '.join(found)}: the default "
+            "apache-2.0 may not be what it allows for a model trained on it; state the model's licence (--license)"
+        )
+    return "apache-2.0"
 
 
 def check_metrics_are_the_models(metrics_json: str, model_dir: str) -> None:

@@ -544,6 +544,26 @@ def run_push_script(monkeypatch, argv):
     runpy.run_path(str(REPO_ROOT / "examples" / "push_to_hub.py"), run_name="__main__")
 
 
+def test_a_dicom_models_card_says_how_it_reads_and_restrictive_data_licences_need_a_license(monkeypatch, tmp_path):
+    # QA: a CT model's card said `pipe(images)  # PIL images, arrays or tensors` and apache-2.0 for CC BY-NC-SA data
+    head = LinearProbeHead(in_features=32, num_classes=2, block="mid_block", timestep=10, class_names=["healthy", "ich"])
+    UNetFeatureClassifierPipeline(
+        unet=UNet2DModel(**unet_config("tiny", 16, in_channels=3)), scheduler=DDPMScheduler(), head=head,
+        preprocessing={"medical": {"windows": ["brain", "subdural", "bone"]}},
+    ).save_pretrained(tmp_path / "ct")
+    argv = push_script_argv(tmp_path / "ct", tmp_path, "--dry_run", "--output_dir", str(tmp_path / "card"))
+    argv[argv.index("--dataset_license") + 1] = "CC BY-NC-SA 4.0"
+    with pytest.raises(SystemExit, match=r"--license: not given, and --dataset_license 'CC BY-NC-SA 4.0' is "
+                                         r"non-commercial, share-alike: the default apache-2.0 may not"):  # fmt: skip
+        run_push_script(monkeypatch, argv)
+    assert not (tmp_path / "card").exists()
+    run_push_script(monkeypatch, argv + ["--license", "cc-by-nc-sa-4.0", "--medical"])
+    card = (tmp_path / "card" / "README.md").read_text()
+    assert front_matter(card)["license"] == "cc-by-nc-sa-4.0"
+    assert ("The model reads every image resized to 16 px (stretch), 3 channels. Give it DICOM files by path: they are "
+            "read through the DICOM windows ['brain', 'subdural', 'bone'], as in training") in " ".join(card.split())
+
+
 def test_cli_dry_run_writes_the_folder_and_card_locally_without_network(saved_pipeline, monkeypatch, tmp_path, capsys):
     pipe_dir, _, _ = saved_pipeline
     before = folder_digest(pipe_dir)

@@ -91,7 +91,7 @@ REMOTE_CODE_PATTERNS = ["*.py"]
 # Fields the templates may leave empty (they test them with `{% if %}`); every other field they read is required.
 MODEL_CARD_OPTIONAL = {
     "dataset_id", "model_description", "class_names", "positive_class", "num_images", "num_positives", "pruning",
-    "seed_sensitivity", "call_arguments",
+    "seed_sensitivity", "call_arguments", "input_description",
 }  # fmt: skip
 DATASET_CARD_OPTIONAL = {"citation"}
 
@@ -181,6 +181,7 @@ def render_model_card(
     pruning: bool = False,
     seed_sensitivity: Optional[dict] = None,
     call_arguments: Optional[Dict[str, object]] = None,
+    input_description: Optional[str] = None,
 ) -> ModelCard:
     """The model card of a classifier trained with `method` (one of `METHODS`).
 
@@ -206,6 +207,7 @@ def render_model_card(
         call_arguments: the arguments of the pipeline call the metrics were measured with where they differ from
             its defaults (e.g. `{"num_timesteps": 20}`, from `metrics.json`'s "pipeline_call"): the usage snippet
             passes them and the results name them, so `pipe(images)` scores as the reported numbers were scored.
+        input_description: how the model reads its images (`input_description_of`), stated under the usage snippet.
 
     Raises `ValueError` naming every required field that is missing or empty.
     """
@@ -249,6 +251,7 @@ def render_model_card(
         pruning=pruning,
         seed_sensitivity=seed_sensitivity,
         call_arguments=", ".join(f"{name}={value!r}" for name, value in (call_arguments or {}).items()),
+        input_description=input_description,
     )
     return ModelCard(text)
 
@@ -414,6 +417,39 @@ def check_publishable_model(local_dir: Union[str, os.PathLike]) -> None:
             f"{local_dir}: saved by an earlier version, without the code that loads it where the package is not "
             f"installed (its card's usage snippet would fail); save it again with this version first: {resave}"
         )
+
+
+def input_description_of(local_dir: Union[str, os.PathLike]) -> Optional[str]:
+    """How a saved model reads images, from the preprocessing contract it was saved with (a pipeline's
+    `model_index.json`, an export's `preprocessor_config.json`), for its card: size, channels, and for a model of
+    DICOM windows or a stated bit depth what to give it; None for a folder without a contract."""
+    from .data import ImagePreprocessing
+
+    local_dir = Path(local_dir)
+    saved = _read_json(local_dir / "model_index.json") if library_name_of(local_dir) == "diffusers" else (
+        _read_json(local_dir / "preprocessor_config.json") if (local_dir / "preprocessor_config.json").is_file() else {}
+    )  # fmt: skip
+    if "preprocessing" not in saved:
+        return None
+    contract = ImagePreprocessing.from_dict(saved["preprocessing"])
+    size = contract.image_size if isinstance(contract.image_size, int) else "x".join(map(str, contract.image_size))
+    channels = {1: "1 channel (grey)", 3: "3 channels"}.get(contract.num_channels, "the images' own channels")
+    text = f"The model reads every image resized to {size} px ({contract.resize_mode}), {channels}."
+    medical = contract.medical_or_default
+    windows = medical.to_dict()["windows"]
+    if windows != ["file"] or medical.bits_stored is not None:
+        text += (
+            f" Give it DICOM files by path: they are read through the DICOM windows {windows}"
+            + (f" and 16-bit files at {medical.bits_stored} bits" if medical.bits_stored is not None else "")
+            + ", as in training; an array of raw pixel values (a DICOM's `pixel_array`) is not windowed."
+        )
+        if library_name_of(local_dir) == "transformers":
+            text += (
+                " transformers' plain `pipeline()` reads every file as 8-bit RGB and cannot open DICOM: with "
+                "`diffusion-classifiers` installed, pass `pipeline_class=diffusion_classifiers."
+                "DiffusionClassifierImageClassificationPipeline`."
+            )
+    return text
 
 
 def pipeline_class_name_of(local_dir: Union[str, os.PathLike]) -> Optional[str]:
