@@ -619,12 +619,38 @@ def test_a_small_cohort_splits_with_the_fractions_the_script_flags_give(tmp_path
     parser = add_data_args(argparse.ArgumentParser())
     parser.add_argument("--seed", type=int, default=0)
     flags = ["--dataset", str(tmp_path), "--image_size", "16", "--window", "full", "--bits_stored", "12"]
-    with pytest.raises(ValueError, match=r"6 distinct groups .* at least 10 .* a fraction of at least 1 / 6 .*--val_fraction"):
+    with pytest.raises(ValueError, match=r"carving the 'val' split from the patients left after the 'test' split: "
+                                         r"groups: 6 distinct groups .* at least 10 .* a fraction of at least 1 / 6"):
         load_data_from_args(parser.parse_args(flags))
+    with pytest.raises(ValueError, match=r"groups: 1 distinct group \(patient\); a grouped split needs at least 2"):
+        stratified_group_split(np.repeat([0, 1], 4), np.zeros(8), fraction=0.5)
     args = parser.parse_args(flags + ["--val_fraction", "0.25", "--test_fraction", "0.25"])
     splits = load_data_from_args(args)
     check_patient_split(splits, num_patients=8, slices=2)
     assert splits["train"].preprocessing.medical == MedicalPreprocessing(windows=("full",), bits_stored=12)
+
+
+def test_too_few_patients_for_every_carved_split_is_refused_before_carving(tmp_path):
+    # QA: 2 patients; the advice "a fraction of at least 1 / 2" followed, the val split then found 1 patient left
+    make_patients(tmp_path, num_patients=2, slices=2)
+    with pytest.raises(ValueError, match=r"2 distinct patients \(groups\); carving test and val splits with each "
+                                         r"patient on one side needs at least 3"):  # fmt: skip
+        load_image_classification_data(tmp_path, image_size=16, val_fraction=0.5, test_fraction=0.5, medical=FULL)
+
+
+def test_files_own_windows_that_differ_by_class_are_warned_about(tmp_path):
+    # QA: two sites' series, one per class, windowed 30/80 and 30/300 and read with their own window: no word
+    make_patients(tmp_path, num_patients=12, slices=1)
+    for path in tmp_path.rglob("*.dcm"):
+        width = 80 if path.parent.name == "bleed" else 300
+        write_dicom(pydicom.dcmread(path), path, WindowCenter=30, WindowWidth=width)
+    differ = (r"DICOM files read with their own window \('file', the default\) carry 2 different ones, center/width: "
+              r"30/80 \(6 files; bleed: 6\); 30/300 \(6 files; healthy: 6\)")  # fmt: skip
+    with pytest.warns(UserWarning, match=differ):
+        load_image_classification_data(tmp_path, image_size=16, val_fraction=0.25, test_fraction=0.25)
+    with pytest.warns(UserWarning, match=r"carry 2 different ones, center/width: 30/80 \(6 files; 0: 6\)"):
+        streaming_image_classification_data(tmp_path, num_channels=1, image_size=16, val_fraction=0.25,
+                                            test_fraction=0.25)  # fmt: skip
 
 
 def test_folder_reader_reports_dicom_patient_ids(tmp_path):

@@ -201,6 +201,19 @@ def check_evaluation_args(output_dir: Optional[str], batch_size: int) -> None:
         check_writable_dir(output_dir)
 
 
+def _warn_default_positive_class(class_names: List[str]) -> None:
+    """A binary model saved without a positive class is scored for class 1, which for class folders is the later name
+    in alphabetical order: say so (QA: folders ich/normal made 'normal' the class whose sensitivity was reported)."""
+    warnings.warn(
+        f"positive_class: not given and not saved with the model: sensitivity, specificity and the ROC take class 1, "
+        f"{class_names[1]!r} (class ids follow the data's class order, alphabetical for class folders), not "
+        f"{class_names[0]!r}; pass positive_class (--positive_class) to choose, or save one with the model "
+        "(pipe.set_positive_class)",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 def saved_positive_class(classifier) -> Optional[str]:
     """The positive class a pipeline (`pipe.positive_class`) or a transformers model (`config.positive_class`) was
     saved with, or None."""
@@ -429,6 +442,8 @@ def evaluate_classifier(
     predict, model_names = _predictor(classifier, image_processor, pipeline_kwargs)
     positive_class = positive_class if positive_class is not None else saved_positive_class(classifier)
     positive_label = resolve_positive_label(positive_class, model_names, len(model_names))  # before any image is read
+    if positive_class is None and positive_label is not None:
+        _warn_default_positive_class(model_names)
     checked = {}
     if train_fingerprints is not None and isinstance(dataset, (LabeledImages, StreamingImages)):
         where = f"the {split or 'evaluated'} split" + (f" of {dataset_name}" if dataset_name else "")

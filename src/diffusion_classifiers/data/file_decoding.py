@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -76,15 +76,53 @@ class _BitDepths:
         )
 
 
+class _OwnWindows:
+    """The windows DICOM files read with their own window (`"file"`) were read through, per class: warned about when
+    they differ (QA: CT series of two sites, one per class, windowed 30/80 and 30/300: the contrast alone then tells
+    the classes, and the model can learn the window instead of the finding)."""
+
+    def __init__(self, medical: MedicalPreprocessing, labels: np.ndarray, class_names: Sequence[str] | None = None):
+        self.active = "file" in medical.windows
+        self.labels, self.class_names = labels, class_names
+        self.files: dict[tuple, list[int]] = {}  # (center, width) -> the positions of the files read through it
+
+    def add(self, position: int, own: Sequence[Any]) -> None:
+        """The file at `position` has its own windows `own` (maybe none)."""
+        if self.active and own:
+            self.files.setdefault((own[0].center, own[0].width), []).append(position)
+
+    def warn(self, stacklevel: int = 5) -> None:
+        if len(self.files) < 2:
+            return
+        def described(window: tuple, positions: list[int]) -> str:
+            counts = np.bincount(self.labels[positions])
+            classes = ", ".join(
+                f"{self.class_names[k] if self.class_names else k}: {count}" for k, count in enumerate(counts) if count
+            )
+            return f"{window[0]:g}/{window[1]:g} ({len(positions)} files; {classes})"
+
+        shown = "; ".join(described(window, positions) for window, positions in sorted(self.files.items())[:5])
+        warnings.warn(
+            f"DICOM files read with their own window ('file', the default) carry {len(self.files)} different ones, "
+            f"center/width: {shown}. The same tissue then looks different from file to file, and where the windows "
+            "follow the classes the model can learn the window instead of the finding: state the windows to read "
+            "every file through (--window brain, or --window 40 80; MedicalPreprocessing(windows=...))",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+
+
 def decode_files(
     files: list[Path],
     labels_per_split: dict[str, np.ndarray],
     medical: MedicalPreprocessing,
     patient_ids: list[str] | None = None,
     reading: ImagePreprocessing | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> tuple[list | torch.Tensor, dict[str, np.ndarray], np.ndarray | None]:
     """Decode `files` (listed split by split); a multi-frame DICOM gives one image per frame. Returns the images and
-    the labels per split and group ids of [`_expand_frames`].
+    the labels per split and group ids of [`_expand_frames`]. DICOM files read with their own windows that differ are
+    warned about, per class (`class_names`: the labels' names, for the warning; see [`_OwnWindows`]).
 
     With `reading` (a contract with an `image_size`), each file is preprocessed as soon as it is decoded, so only one
     full-size image is held at a time (a 2048x1664 mammogram is 13 MB as float32, its 32x32 result 4 KB), and the
@@ -97,9 +135,12 @@ def decode_files(
     file, a localizer, ...) are refused together (see [`_refuse_unreadable_files`]), then series of mixed slice sizes
     (see [`_SeriesSizes`])."""
     images, metadata, failures, sizes, depths = [], [], [], _SeriesSizes(), _BitDepths()
-    for path, is_dicom in zip(files, dicom_or_not(files, medical)):
+    own_windows = _OwnWindows(medical, np.concatenate(list(labels_per_split.values())), class_names)
+    for position, (path, is_dicom) in enumerate(zip(files, dicom_or_not(files, medical))):
         try:
             image, file_metadata = _decode_file(path, is_dicom, medical, sizes, depths)
+            if file_metadata is not None:
+                own_windows.add(position, file_metadata["own_windows"])
             images.append(image if reading is None else _preprocess_file(image, path, reading))
         except ValueError as error:
             failures.append(error if not failures else str(error))  # no traceback kept: it holds the image
@@ -110,6 +151,7 @@ def decode_files(
     _refuse_unreadable_files(failures, len(files))
     sizes.check()
     depths.warn()
+    own_windows.warn()
     frames = [1 if isinstance(image, Image.Image) else len(image) for image in images]
     if reading is not None:
         images = _same_channels(images, reading, files)
@@ -126,7 +168,8 @@ def _decode_file(
     dicom = read_dicom(path)
     _refuse_localizer(path, dicom.metadata)
     sizes.add(path, dicom.values.shape[-2:], dicom.metadata["SeriesInstanceUID"])
-    return window_channels(dicom, medical.windows, medical.padding_fill), dicom.metadata
+    own_windows = dicom.frame_windows[0] if dicom.frame_windows else dicom.windows
+    return window_channels(dicom, medical.windows, medical.padding_fill), {**dicom.metadata, "own_windows": own_windows}
 
 
 def _dicom_groups(metadata: list[dict | None], stacklevel: int = 5) -> list[str | None]:
@@ -251,14 +294,19 @@ def list_frames(
     DICOM mixed with other image files for `medical`'s windows (see [`dicom_or_not`])."""
     kinds = dicom_or_not(files, medical)
     headers, failures = {}, []
-    for path, is_dicom in zip(files, kinds):
+    own_windows = _OwnWindows(medical, np.concatenate(list(labels_per_split.values())))
+    for position, (path, is_dicom) in enumerate(zip(files, kinds)):
         if is_dicom:
             try:
                 headers[path] = read_dicom_header(path)
                 _refuse_localizer(path, headers[path].metadata)
             except ValueError as error:
                 failures.append(error if not failures else str(error))
+                continue
+            header = headers[path]
+            own_windows.add(position, header.frame_windows[0] if header.frame_windows else header.windows)
     _refuse_unreadable_files(failures, len(files))
+    own_windows.warn()
     _check_dicom_sizes_per_folder(
         [(path, header.size, header.metadata["SeriesInstanceUID"]) for path, header in headers.items()]
     )

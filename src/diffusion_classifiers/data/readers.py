@@ -239,10 +239,15 @@ def carve_splits(raw: RawData, val_fraction: float, test_fraction: float, seed: 
         else:
             with warnings.catch_warnings():  # said below by split and class name
                 warnings.simplefilter("ignore", _FewImagesWarning)
-                kept, split = stratified_group_split(raw.labels[pool], raw.groups[pool], fraction, seed)
+                try:
+                    kept, split = stratified_group_split(raw.labels[pool], raw.groups[pool], fraction, seed)
+                except ValueError as error:
+                    left = " left after the 'test' split" if name == "val" and "test" not in raw.splits else ""
+                    raise ValueError(f"carving the {name!r} split from the patients{left}: {error}") from error
         _warn_missing_classes(raw, pool, pool[split], name, fraction)
         return pool[kept], pool[split]
 
+    _check_patients_for_carving(raw, [name for name in ("test", "val") if name not in splits])
     if "test" not in splits:
         splits["train"], splits["test"] = carve(splits["train"], test_fraction, "test")
     if "val" not in splits:
@@ -253,6 +258,21 @@ def carve_splits(raw: RawData, val_fraction: float, test_fraction: float, seed: 
         if len(splits[name]) == 0:
             raise ValueError(f"split {name!r} is empty; the dataset is too small for the requested fractions")
     return splits
+
+
+def _check_patients_for_carving(raw: RawData, carved: list[str]) -> None:
+    """Each carved split keeps its patients to itself, as train does: too few patients is refused before any carving,
+    not after the first split took what the second needed."""
+    if raw.groups is None or not carved:
+        return
+    needed = len(carved) + 1
+    patients = len(np.unique(raw.groups[raw.splits["train"]]))
+    if patients < needed:
+        raise ValueError(
+            f"groups: {patients} distinct patients (groups); carving {' and '.join(carved)} splits with each patient on "
+            f"one side needs at least {needed} (one for train and one for each carved split); give more patients, or "
+            "splits of your own (an image folder with splits/{train,val,test}.txt)"
+        )
 
 
 def _warn_missing_classes(raw: RawData, pool: np.ndarray, split: np.ndarray, name: str, fraction: float) -> None:
@@ -304,7 +324,7 @@ def _read_image_folder(
     """An image folder's images (preprocessed by `reading` as they are decoded, when given: see [`decode_files`]),
     labels, class names, splits and groups."""
     files, labels_per_split, names = list_folder_files(root)
-    images, labels_per_split, groups = decode_files(files, labels_per_split, medical, reading=reading)
+    images, labels_per_split, groups = decode_files(files, labels_per_split, medical, reading=reading, class_names=names)
     labels, names, splits = labels_and_names(labels_per_split, names, f"image folder {root}")
     return RawData(images, labels, names, splits, DEFAULT_FOLDER_SIZE, groups, preprocessed=reading is not None)
 
@@ -319,7 +339,7 @@ def _read_csv(
     """A CSV with the columns `path` (relative to the CSV), `label` (a class name) and optionally patient ids; the
     images preprocessed by `reading` as they are decoded, when given (see [`decode_files`])."""
     files, labels, names, patients = list_csv(path, class_names, patient_id_column)
-    images, labels_per_split, groups = decode_files(files, {"train": labels}, medical, patients, reading)
+    images, labels_per_split, groups = decode_files(files, {"train": labels}, medical, patients, reading, names)
     labels, names, splits = labels_and_names(labels_per_split, names, f"CSV {path}")
     return RawData(images, labels, names, splits, DEFAULT_FOLDER_SIZE, groups, preprocessed=reading is not None)
 

@@ -151,6 +151,11 @@ def stratified_group_split(labels: Any, groups: Any, fraction: float, seed: int 
     num_groups = len(np.unique(groups))
     if num_folds < 2:
         raise ValueError(f"fraction: expected at most 0.5 for a grouped split, got {fraction!r}")
+    if num_groups < 2:
+        raise ValueError(
+            f"groups: {num_groups} distinct group (patient); a grouped split needs at least 2, one for each side; give "
+            "more patients"
+        )
     if num_groups < num_folds:
         raise ValueError(
             f"groups: {num_groups} distinct groups (patients); a grouped split of fraction {fraction} needs at least "
