@@ -250,13 +250,21 @@ def write_study_report(study: UNetFeatureStudy, output_dir: str, title: str, com
 
 
 def summary_table(study: UNetFeatureStudy, top: int = 8) -> str:
-    """Markdown table of the probe grid, best val accuracy first."""
-    lines = ["| block | t | C | val acc | val macro-F1 | test acc |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for row in study.probe.to_table(sort_by="val_accuracy")[:top]:
+    """Markdown table of the probe grid in the order the pair is chosen in: val accuracy, then val macro-F1, then val
+    log-loss (lower first)."""
+    lines = [
+        "| block | t | C | val acc | val macro-F1 | val log-loss | test acc |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    rows = sorted(
+        study.probe.to_table(), key=lambda row: (-row["val_accuracy"], -row["val_macro_f1"], row["val_log_loss"])
+    )
+    for row in rows[:top]:
         mark = " (chosen)" if row["best"] else ""
         lines.append(
             f"| {block_label(row['block'])}{mark} | {row['timestep']} | {row['C']:g} | {100 * row['val_accuracy']:.2f} | "
-            f"{100 * row['val_macro_f1']:.2f} | {100 * row.get('test_accuracy', float('nan')):.2f} |"
+            f"{100 * row['val_macro_f1']:.2f} | {row['val_log_loss']:.4f} | "
+            f"{100 * row.get('test_accuracy', float('nan')):.2f} |"
         )
     return "\n".join(lines)
 

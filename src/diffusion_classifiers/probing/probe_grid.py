@@ -50,9 +50,10 @@ class ProbeGridResult:
     Outcome of [`fit_probe_grid`].
 
     Args:
-        metrics: `pair -> split ("train", "val", "test") -> {"accuracy", "macro_f1", "balanced_accuracy"}` of each
-            head's kept weights.
-        best_pair: the pair with the best val accuracy (ties: val macro-F1, then the earlier pair in the grid).
+        metrics: `pair -> split ("train", "val", "test") -> {"accuracy", "macro_f1", "balanced_accuracy",
+            "log_loss"}` of each head's kept weights (log-loss: the mean cross-entropy of the true class).
+        best_pair: the pair with the best val accuracy (ties: val macro-F1, then the smaller val log-loss, then the
+            earlier pair in the grid).
         head: the [`LinearProbeHead`] of `best_pair`, standardising with its train mean/std.
         heads: a head for every pair.
         n_iter: the L-BFGS iterations each head ran.
@@ -61,7 +62,7 @@ class ProbeGridResult:
         kept_iter: the iteration whose weights each head kept: its last one, or with `early_stopping` its
             lowest-val-loss one.
         C: the inverse regularisation strength each head kept (with several `C` given: its best on val).
-        val_by_C: `pair -> C -> {"accuracy", "macro_f1", "balanced_accuracy"}` on val of every `C` tried.
+        val_by_C: `pair -> C -> {"accuracy", "macro_f1", "balanced_accuracy", "log_loss"}` on val of every `C` tried.
         class_weight: the loss weight of each class (`None`: unweighted), from `fit_probe_grid(class_weight=...)`.
     """
 
@@ -182,9 +183,9 @@ class _StackedFeatures:
         """Samples 0, step, 2 step, ... as [P, D_max, n]."""
         return self.x[:, :, ::step]
 
-    def predictions(self, weight, bias) -> torch.Tensor:
-        """The predicted class of each head and sample, [P, N]."""
-        return torch.baddbmm(bias[:, :, None], weight, self.x).argmax(dim=1)
+    def predictions(self, weight, bias, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The predicted class of each head and sample [P, N], and each head's summed log-loss of `labels` [P]."""
+        return _predictions_and_log_loss(torch.baddbmm(bias[:, :, None], weight, self.x), labels)
 
 
 class _ChunkedFeatures:
@@ -261,8 +262,16 @@ class _ChunkedFeatures:
     def columns(self, step: int) -> torch.Tensor:
         return self._raw(slice(0, self.shape[2], step)).sub_(self.mean[:, :, None]).div_(self.std[:, :, None])
 
-    def predictions(self, weight, bias) -> torch.Tensor:
-        return torch.cat([torch.baddbmm(bias[:, :, None], weight, x).argmax(dim=1) for x, *_ in self.chunks()], dim=1)
+    def predictions(self, weight, bias, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        predicted, log_loss = [], 0
+        for rows in self._slices():
+            x = self._raw(rows).sub_(self.mean[:, :, None]).div_(self.std[:, :, None])
+            chunk_predicted, chunk_log_loss = _predictions_and_log_loss(
+                torch.baddbmm(bias[:, :, None], weight, x), labels[rows]
+            )
+            predicted.append(chunk_predicted)
+            log_loss = log_loss + chunk_log_loss
+        return torch.cat(predicted, dim=1), log_loss
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -511,10 +520,19 @@ def _fit_heads(x, num_rows, l2, tol, max_iter, val=None, patience=None, progress
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _head_scores(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> List[Dict[str, float]]:
-    """Per-head accuracy, macro-F1 and balanced accuracy from predicted classes [P, N], as scikit-learn computes them:
-    macro-F1 averages over the classes present in the labels or the predictions, balanced accuracy (the mean recall)
-    over the classes present in the labels."""
+def _predictions_and_log_loss(logits: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """From logits [P, K, N]: the predicted classes [P, N] and each head's summed cross-entropy of `labels` [P]."""
+    log_probs = logits.log_softmax(dim=1)
+    taken = log_probs.gather(1, labels.expand(len(logits), 1, -1)).squeeze(1)
+    return logits.argmax(dim=1), -taken.double().sum(dim=1)
+
+
+def _head_scores(
+    pred: torch.Tensor, log_loss_sum: torch.Tensor, y: torch.Tensor, num_classes: int
+) -> List[Dict[str, float]]:
+    """Per-head accuracy, macro-F1 and balanced accuracy from predicted classes [P, N], as scikit-learn computes them
+    (macro-F1 averages over the classes present in the labels or the predictions, balanced accuracy, the mean recall,
+    over the classes present in the labels), and the mean log-loss (cross-entropy) from its sum [P]."""
     accuracy = (pred == y).double().mean(dim=1)
     pred_onehot = F.one_hot(pred, num_classes).double()
     true_onehot = F.one_hot(y, num_classes).double().expand_as(pred_onehot)
@@ -523,8 +541,9 @@ def _head_scores(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> List[
     f1 = torch.where(denominator > 0, 2 * tp / denominator.clamp(min=1), 0.0)
     macro_f1 = f1.sum(dim=1) / (denominator > 0).sum(dim=1)
     balanced_accuracy = (tp / true_counts.clamp(min=1)).sum(dim=1) / (true_counts > 0).sum(dim=1)
-    return [{"accuracy": a, "macro_f1": f, "balanced_accuracy": b}
-            for a, f, b in zip(accuracy.tolist(), macro_f1.tolist(), balanced_accuracy.tolist())]
+    log_loss = log_loss_sum / y.numel()
+    return [{"accuracy": a, "macro_f1": f, "balanced_accuracy": b, "log_loss": c}
+            for a, f, b, c in zip(accuracy.tolist(), macro_f1.tolist(), balanced_accuracy.tolist(), log_loss.tolist())]
 
 
 def _split_features(features: Dict, pairs, labels, num_classes, device, mean=None, std=None, sample_weight=None):
@@ -719,8 +738,11 @@ def fit_probe_grid(
     _warn_unconverged(fits, pairs, max_iter, tol)
 
     metrics = {pair: k["scores"] for pair, k in zip(pairs, kept)}
-    val_scores = [(m["val"]["accuracy"], m["val"]["macro_f1"], -i) for i, m in enumerate(metrics.values())]
-    best = val_scores.index(max(val_scores))  # ties: macro-F1, then the earlier pair
+    # ties: macro-F1, then the smaller log-loss (QA: 12 of 21 pairs at 100% on 8 val images), then the earlier pair
+    val_scores = [
+        (m["val"]["accuracy"], m["val"]["macro_f1"], -m["val"]["log_loss"], -i) for i, m in enumerate(metrics.values())
+    ]
+    best = val_scores.index(max(val_scores))
     config = dict(
         num_classes=num_classes, class_names=class_names, pool=pool, noise_seed=noise_seed,
         num_noise_draws=num_noise_draws, views=views,
@@ -795,5 +817,7 @@ def _fit_and_score(x, y, num_classes, l2, tol, max_iter, early_stopping, patienc
     if binary:  # logit z of class 1 -> logits [-z/2, z/2]: the same softmax probabilities
         weight, bias = torch.cat([-weight, weight], dim=1) / 2, torch.cat([-bias, bias], dim=1) / 2
     with torch.no_grad():
-        scores = {split: _head_scores(x[split].predictions(weight, bias), y[split], num_classes) for split in x}
+        scores = {
+            split: _head_scores(*x[split].predictions(weight, bias, y[split]), y[split], num_classes) for split in x
+        }
     return _Fit(weight, bias, list(n_iter), list(converged), list(kept_iter), scores)
