@@ -290,8 +290,9 @@ def test_dicom_without_pixel_data_is_refused(tmp_path):
 def test_file_that_is_not_dicom_is_named(tmp_path):
     path = tmp_path / "scan.dcm"
     path.write_bytes(b"not a DICOM file" * 20)
-    with pytest.raises(ValueError, match=r"cannot read DICOM file .*scan.dcm"):
+    with pytest.raises(ValueError, match=r"cannot read DICOM file .*scan.dcm: .*'DICM' prefix") as refused:
         read_dicom(path)
+    assert "force=True" not in str(refused.value)  # pydicom's advice, for its own API
 
 
 def test_truncated_dicom_is_named_truncated_or_corrupt(tmp_path):
@@ -651,6 +652,22 @@ def test_files_own_windows_that_differ_by_class_are_warned_about(tmp_path):
     with pytest.warns(UserWarning, match=r"carry 2 different ones, center/width: 30/80 \(6 files; 0: 6\)"):
         streaming_image_classification_data(tmp_path, num_channels=1, image_size=16, val_fraction=0.25,
                                             test_fraction=0.25)  # fmt: skip
+
+
+def test_streaming_three_windows_need_no_num_channels(tmp_path):
+    # QA: --streaming demanded --num_channels although 3 windows give 3 channels
+    import argparse
+
+    from diffusion_classifiers.data import add_data_args, streaming_data_from_args
+
+    make_patients(tmp_path, num_patients=12, slices=1)
+    parser = add_data_args(argparse.ArgumentParser(), streaming=True)
+    parser.add_argument("--seed", type=int, default=0)
+    flags = ["--dataset", str(tmp_path), "--image_size", "8", "--val_fraction", "0.25", "--test_fraction", "0.25"]
+    splits = streaming_data_from_args(parser.parse_args(flags + ["--window", "brain", "subdural", "bone"]))
+    assert splits["train"].preprocessing.num_channels == 3
+    with pytest.raises(ValueError, match=r"--streaming needs --num_channels \(1 or 3\)"):  # one window: grey or not
+        streaming_data_from_args(parser.parse_args(flags + ["--window", "brain"]))
 
 
 def test_folder_reader_reports_dicom_patient_ids(tmp_path):

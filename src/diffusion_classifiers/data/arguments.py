@@ -70,8 +70,9 @@ def add_data_args(parser: Any, image_size: int | None = None, streaming: bool = 
         parser.add_argument(
             "--streaming", action="store_true",
             help="decode the images of an image folder, CSV or saved datasets folder only when a batch needs them "
-            "(data larger than memory; --dataloader_num_workers decode in parallel); needs --num_channels; "
-            "--image_size defaults to 32 (default: %(default)s, every image decoded into memory first)",
+            "(data larger than memory; --dataloader_num_workers decode in parallel); needs --num_channels (3 "
+            "windows given with --window: 3); --image_size defaults to 32 (default: %(default)s, every image decoded "
+            "into memory first)",
         )  # fmt: skip
         parser.add_argument(
             "--no_verify_images", action="store_true",

@@ -348,7 +348,9 @@ def _open_image_dataset(path: Path, defer_size: str | None = None) -> Any:
         try:
             dataset = pydicom.dcmread(path, defer_size=defer_size)
         except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError) as error:
-            raise ValueError(f"cannot read DICOM file {path}: {error}") from error
+            # pydicom's advice to pass force=True is for its own API, not something a user of this one can do
+            reason = str(error).replace(" Use force=True to force reading.", "")
+            raise ValueError(f"cannot read DICOM file {path}: {reason}") from error
     if len(dataset) == 0:
         reason = "; ".join(str(warning.message) for warning in caught) or "no data elements after its file meta"
         raise ValueError(f"cannot read DICOM file {path}: truncated or corrupt ({reason})")

@@ -445,12 +445,15 @@ def streaming_data_from_args(args: Any) -> dict[str, StreamingImages]:
     """[`streaming_image_classification_data`] from the flags of `add_data_args(parser, streaming=True)` (and
     `--seed`, `--dataloader_num_workers`): the scripts' `--streaming` counterpart of `load_data_from_args`. Unless
     `--no_verify_images`, every train image is read once first, so a damaged file is refused before training."""
-    if args.num_channels is None:
+    medical = medical_from_args(args)
+    num_channels = args.num_channels
+    if num_channels is None and len(medical.windows) == 3:  # 3 DICOM windows give 3 channels, one each
+        num_channels = 3
+    if num_channels is None:
         raise ValueError("--streaming needs --num_channels (1 or 3): streamed images are not all looked at first")
     image_size = args.image_size if args.image_size is not None else DEFAULT_FOLDER_SIZE
     splits = streaming_image_classification_data(
-        args.dataset, args.num_channels, image_size, medical=medical_from_args(args), **splits_from_args(args),
-        **fit_from_args(args),
+        args.dataset, num_channels, image_size, medical=medical, **splits_from_args(args), **fit_from_args(args),
     )
     if not args.no_verify_images:
         _verify_across_processes(splits["train"], getattr(args, "dataloader_num_workers", 0))
