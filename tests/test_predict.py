@@ -251,10 +251,12 @@ def test_two_outputs_in_one_folder_each_have_their_errors_and_a_rerun_counts_ear
     main(args + ["--output", str(tmp_path / "out" / "a.csv"), "--no_progress_bar"])  # the one new file is unreadable
     errors = tmp_path / "out" / "a.csv.errors.csv"
     assert [row["path"] for row in read_rows(errors)] == ["b/broken.png", "d/broken.png"]
-    assert capsys.readouterr().out.endswith(
+    printed = capsys.readouterr()
+    assert printed.out.endswith(
         "6 rows (0 inputs predicted now on 1 process(es), 7 done before); 2 unreadable (1 new) -> " f"{errors}\n"
         f"to predict the files of {errors} again (repaired since), rerun with --retry_errors\n"
     )
+    assert "Loading pipeline components" not in printed.err  # --no_progress_bar: diffusers' loading bar too
     main(args + ["--output", str(tmp_path / "out" / "a.csv"), "--no_progress_bar", "--retry_errors"])  # still broken
     assert capsys.readouterr().out.endswith(f"2 unreadable (2 new) -> {errors}; 2 earlier errors tried again\n")
     assert [row["path"] for row in read_rows(errors)] == ["b/broken.png", "d/broken.png"]

@@ -459,7 +459,8 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     _check_inputs(inputs)
     accelerator = Accelerator()
     check_world_size(accelerator)
-    pipeline = DiffusionClassifierPipeline.from_pretrained(model_dir).to(accelerator.device)
+    with _diffusers_bars(shown=not args.no_progress_bar):  # its "Loading pipeline components" bar
+        pipeline = DiffusionClassifierPipeline.from_pretrained(model_dir).to(accelerator.device)
     model_name = str(Path(args.model_dir).resolve()) if Path(args.model_dir).is_dir() else str(args.model_dir)
     # the input too: file names restart in every folder of an instrument's samples, and a rerun skips the names done
     # (a DatasetDict's rows are named by index in every split: its split too)
@@ -489,6 +490,20 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
                 "run's, kept after the others; --overwrite predicts the input afresh)"
             )
     return summary
+
+
+@contextmanager
+def _diffusers_bars(shown: bool) -> Iterator[None]:
+    """diffusers' own progress bars shown or not while the block runs, its setting restored after."""
+    from diffusers.utils import logging as diffusers_logging
+
+    was_shown = diffusers_logging.is_progress_bar_enabled()
+    if not shown:
+        diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        (diffusers_logging.enable_progress_bar if was_shown else diffusers_logging.disable_progress_bar)()
 
 
 def _check_pipeline_folder(model_dir: str, given: str) -> None:
