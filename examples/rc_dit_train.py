@@ -19,7 +19,7 @@ from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
 from diffusion_classifiers.cli import run_from_shell
-from diffusion_classifiers.data import add_data_args, load_data_from_args, save_split_record, streaming_data_from_args
+from diffusion_classifiers.data import add_data_args, save_split_record, training_data_from_args
 from diffusion_classifiers.models import (
     RC_DIT_SIZES,
     REPRESENTATION_INJECTIONS,
@@ -140,7 +140,7 @@ def main(argv=None):
     _show_representation_diagnostics()
     training_args = training_args_from_namespace(args)
     check_run_can_start(training_args)  # before the data is read
-    train = (streaming_data_from_args if args.streaming else load_data_from_args)(args)["train"]
+    train = training_data_from_args(args)["train"]
     images = train if args.streaming else train.images
     encoder = build_vit_encoder_from_args(args, images)
     vae = None if args.vae is None else AutoencoderKL.from_pretrained(args.vae, subfolder=args.vae_subfolder)

@@ -20,7 +20,7 @@ from accelerate import PartialState
 from transformers import AutoImageProcessor
 
 from diffusion_classifiers.cli import run_from_shell
-from diffusion_classifiers.data import add_data_args, load_data_from_args
+from diffusion_classifiers.data import add_data_args, training_data_from_args
 from diffusion_classifiers.training import (
     METHODS,
     add_encoder_args,
@@ -104,7 +104,7 @@ def main(argv=None):
     args = parse_args(argv)
     training_args = training_args_from_namespace(args)
     check_run_can_start(training_args)  # before the data is read
-    images = load_data_from_args(args)["train"].images
+    images = training_data_from_args(args)["train"].images
     encoder = build_vit_encoder_from_args(args, images)  # seeded: the same initial encoder as rc_dit_train.py
     # a pretrained encoder's input prepared as rc_dit_train.py prepares it (its processor's size, mean and std)
     preprocessing = encoder_preprocessing_from_args(args)

@@ -21,7 +21,7 @@ import argparse
 from accelerate import PartialState
 
 from diffusion_classifiers.cli import add_positive_class_arg, run_from_shell
-from diffusion_classifiers.data import add_data_args, load_data_from_args, save_split_record, streaming_data_from_args
+from diffusion_classifiers.data import add_data_args, save_split_record, training_data_from_args
 from diffusion_classifiers.metrics import resolve_positive_label
 from diffusion_classifiers.pipelines import ScoreSDEClassifierPipeline
 from diffusion_classifiers.training import (
@@ -56,7 +56,7 @@ def main(argv=None):
     args = parse_args(argv)
     training_args = training_args_from_namespace(args)
     check_run_can_start(training_args)  # before the data is read
-    train = (streaming_data_from_args if args.streaming else load_data_from_args)(args)["train"]
+    train = training_data_from_args(args)["train"]
     check_two_classes_at_least(train.class_names, f"--dataset {args.dataset}", "a class-conditional score model")
     resolve_positive_label(args.positive_class, train.class_names, train.num_classes)  # before training
     images, labels = (train, None) if args.streaming else (train.images, train.labels)  # a dataset carries its labels

@@ -16,7 +16,7 @@ import argparse
 from accelerate import PartialState
 
 from diffusion_classifiers.cli import run_from_shell
-from diffusion_classifiers.data import add_data_args, load_data_from_args, save_split_record, streaming_data_from_args
+from diffusion_classifiers.data import add_data_args, save_split_record, training_data_from_args
 from diffusion_classifiers.pipelines import UNetFeatureClassifierPipeline
 from diffusion_classifiers.training import (
     add_diffusion_args,
@@ -39,7 +39,7 @@ def main(argv=None):
     args = parse_args(argv)
     training_args = training_args_from_namespace(args)
     check_run_can_start(training_args)  # before the data is read
-    train = (streaming_data_from_args if args.streaming else load_data_from_args)(args)["train"]
+    train = training_data_from_args(args)["train"]
     unet, scheduler, _ = train_ddpm_unet(
         training_args, train if args.streaming else train.images, preset=args.unet_preset,
         num_train_timesteps=args.num_train_timesteps,

@@ -260,7 +260,7 @@ def check_demo_args(args: argparse.Namespace):
 
 
 def run_demo(args: argparse.Namespace) -> dict:
-    from .data import load_data_from_args
+    from .data import describe_splits, load_data_from_args
     from .data.split_record import SPLIT_DEFAULTS
     from .metrics import resolve_positive_label
     from .training import train_ddpm_unet
@@ -269,7 +269,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     started = time.time()
     training_args = check_demo_args(args)
     splits = load_data_from_args(args)
-    print(f"data: {args.dataset}: " + ", ".join(f"{name} {len(split)}" for name, split in splits.items()) + f", {splits['train'].num_classes} classes")
+    print(describe_splits(splits, args.dataset))
     resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)  # before training
     unet, scheduler, _ = train_ddpm_unet(
         training_args, splits["train"].images, preset=args.unet_preset, num_train_timesteps=DEMO_NUM_TRAIN_TIMESTEPS

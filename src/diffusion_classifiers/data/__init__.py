@@ -40,6 +40,7 @@ _EXPORTS = {
     "add_split_args": "arguments",
     "canonical_split_name": "hf_datasets",
     "check_decoders": "dicom",
+    "describe_splits": "readers",
     "few_label_indices": "splits",
     "is_dicom_file": "dicom",
     "list_image_folder": "image_listing",
@@ -63,6 +64,7 @@ _EXPORTS = {
     "streaming_data_from_args": "streaming",
     "streaming_image_classification_data": "streaming",
     "to_datasets": "readers",
+    "training_data_from_args": "streaming",
     "window_channels": "dicom",
 }
 

@@ -37,6 +37,7 @@ from .splits import _FewImagesWarning, _check_fraction, stratified_group_split, 
 
 __all__ = [
     "DEFAULT_FOLDER_SIZE",
+    "describe_splits",
     "load_data_from_args",
     "load_image_classification_data",
     "to_datasets",
@@ -269,9 +270,9 @@ def _check_patients_for_carving(raw: RawData, carved: list[str]) -> None:
     patients = len(np.unique(raw.groups[raw.splits["train"]]))
     if patients < needed:
         raise ValueError(
-            f"groups: {patients} distinct patients (groups); carving {' and '.join(carved)} splits with each patient on "
-            f"one side needs at least {needed} (one for train and one for each carved split); give more patients, or "
-            "splits of your own (an image folder with splits/{train,val,test}.txt)"
+            f"groups: {patients} distinct patients (groups); carving {' and '.join(carved)} splits with each patient "
+            f"on one side needs at least {needed} (one for train and one for each carved split); give more patients, "
+            "or splits of your own (an image folder with splits/{train,val,test}.txt)"
         )
 
 
@@ -324,7 +325,9 @@ def _read_image_folder(
     """An image folder's images (preprocessed by `reading` as they are decoded, when given: see [`decode_files`]),
     labels, class names, splits and groups."""
     files, labels_per_split, names = list_folder_files(root)
-    images, labels_per_split, groups = decode_files(files, labels_per_split, medical, reading=reading, class_names=names)
+    images, labels_per_split, groups = decode_files(
+        files, labels_per_split, medical, reading=reading, class_names=names
+    )
     labels, names, splits = labels_and_names(labels_per_split, names, f"image folder {root}")
     return RawData(images, labels, names, splits, DEFAULT_FOLDER_SIZE, groups, preprocessed=reading is not None)
 
@@ -342,6 +345,21 @@ def _read_csv(
     images, labels_per_split, groups = decode_files(files, {"train": labels}, medical, patients, reading, names)
     labels, names, splits = labels_and_names(labels_per_split, names, f"CSV {path}")
     return RawData(images, labels, names, splits, DEFAULT_FOLDER_SIZE, groups, preprocessed=reading is not None)
+
+
+def describe_splits(splits: dict[str, Any], source: Any) -> str:
+    """One line on what was loaded from `source` (the scripts print it before training): the images of each split,
+    the classes (named when at most 10), and how the images are read (size, channels, DICOM windows where chosen).
+    `splits`: [`LabeledImages`] or `StreamingImages` by split name."""
+    train = splits["train"]
+    contract = train.preprocessing
+    counts = ", ".join(f"{name} {len(split)}" for name, split in splits.items())
+    names = f" ({', '.join(train.class_names)})" if len(train.class_names) <= 10 else ""
+    size = contract.image_size if isinstance(contract.image_size, int) else "x".join(map(str, contract.image_size))
+    reading = f"read at {size} px, {contract.num_channels} channel(s)"
+    windows = contract.medical_or_default.to_dict()["windows"]
+    reading += f", DICOM windows {windows}" if windows != ["file"] else ""
+    return f"data: {source}: {counts}, {train.num_classes} classes{names}; {reading}"
 
 
 def to_datasets(labeled: dict[str, LabeledImages]) -> Any:

@@ -31,7 +31,15 @@ from .file_decoding import decode_image_file, dicom_or_not, list_frames
 from .hf_datasets import HF_SPLIT_NAMES, find_column, hf_splits, split_columns
 from .image_listing import list_csv, list_folder_files
 from .labeled_images import SPLITS, RawData, labels_and_names
-from .readers import DEFAULT_FOLDER_SIZE, carve_splits, fit_from_args, medical_from_args, splits_from_args
+from .readers import (
+    DEFAULT_FOLDER_SIZE,
+    carve_splits,
+    describe_splits,
+    fit_from_args,
+    load_data_from_args,
+    medical_from_args,
+    splits_from_args,
+)
 from .splits import _check_fraction
 
 __all__ = [
@@ -41,6 +49,7 @@ __all__ = [
     "streaming_classification_split",
     "streaming_data_from_args",
     "streaming_image_classification_data",
+    "training_data_from_args",
 ]
 
 _IMAGE, _LABEL, _FRAME = "image", "label", "frame"  # the columns of a table built from files (frame: of a DICOM)
@@ -460,16 +469,32 @@ def streaming_data_from_args(args: Any) -> dict[str, StreamingImages]:
     return splits
 
 
+def training_data_from_args(args: Any) -> dict[str, Any]:
+    """The splits a training script reads: streamed with `--streaming` ([`streaming_data_from_args`]), else decoded
+    into memory (`load_data_from_args`); the main process prints what was read (`describe_splits`)."""
+    splits = (streaming_data_from_args if getattr(args, "streaming", False) else load_data_from_args)(args)
+    if _process_state().is_main_process:
+        print(describe_splits(splits, args.dataset))
+    return splits
+
+
+def _process_state() -> Any:
+    """The process state as the `Accelerator` a trainer makes next will find it: a `PartialState()` without the
+    `ACCELERATE_USE_CPU` flag that `Accelerator` reads would be one process on a CPU machine, and every
+    `Accelerator` after it too."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def _verify_across_processes(images: StreamingImages, num_workers: int) -> None:
     """[`StreamingImages.verify`] with the reading shared: each process reads every n-th image, then all refuse the
     same failures (one process reading them all while the others wait could outlast the process group's timeout on
-    large data). The process state is made as the `Accelerator` the trainer makes next will find it: a
-    `PartialState()` without the `ACCELERATE_USE_CPU` flag that `Accelerator` reads would be one process on a CPU
-    machine, and every `Accelerator` after it too."""
-    from accelerate import PartialState
-    from accelerate.utils import gather_object, parse_flag_from_env
+    large data)."""
+    from accelerate.utils import gather_object
 
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    state = _process_state()
     share = images.subset(np.arange(state.process_index, len(images), state.num_processes))
     failures = share.unreadable_images(num_workers, progress_bar=state.is_main_process)
     if state.num_processes > 1:
