@@ -94,6 +94,7 @@ class _OwnWindows:
     def warn(self, stacklevel: int = 5) -> None:
         if len(self.files) < 2:
             return
+
         def described(window: tuple, positions: list[int]) -> str:
             counts = np.bincount(self.labels[positions])
             classes = ", ".join(
