@@ -152,7 +152,11 @@ def test_binary_evaluation_reports_the_positive_class(binary, tmp_path):
     assert metrics["specificity"] == pytest.approx(np.mean(predicted[~malignant] == 1))
     assert metrics["sensitivity"] == metrics["per_class"]["malignant"]["recall"] != metrics["per_class"]["benign"]["recall"]
     assert json.loads((tmp_path / "metrics.json").read_text())["positive_class"] == "malignant"
-    assert "positive class: **malignant**" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "positive class: **malignant**" in report
+    # how the images were read, recorded and said (QA: a CT report named neither the size nor the windows)
+    assert metrics["preprocessing"] == pipe.preprocessing.to_dict()
+    assert f"images, read at {pipe.preprocessing.summary()}; positive class" in report
     assert Image.open(tmp_path / "roc_pr.png").size == (1000, 500)
     with pytest.warns(UserWarning, match=r"not saved with the model: sensitivity, specificity and the ROC take class 1, "
                                          r"'benign' .* not 'malignant'"):  # fmt: skip

@@ -482,6 +482,7 @@ def evaluate_classifier(
         metrics["model_sha256"] = model_sha256
     if settings is not None:
         metrics["pipeline_call"] = settings
+    metrics["preprocessing"] = saved_preprocessing(classifier, image_processor).to_dict()  # how the images were read
     absent = [name for label, name in enumerate(model_names) if not np.any(y_true == label)]
     if absent:  # a split without a class reads as perfect on the rest: say so, loudly and in the record
         metrics["absent_classes"] = absent
@@ -561,7 +562,10 @@ def render_evaluation_report(metrics: dict, title: str, plots: List[str]) -> str
     auc = "n/a" if metrics.get("auc") is None else f"{metrics['auc']:.4f}"
     if metrics.get("auc_undefined"):
         auc = f"undefined ({metrics['auc_undefined']})"
-    lines = [f"# {title}", "", f"{metrics['num_samples']} images.", "", "| metric | value |", "| --- | ---: |"]
+    read = ""  # metrics of earlier versions record no preprocessing
+    if "preprocessing" in metrics:
+        read = f", read at {ImagePreprocessing.from_dict(metrics['preprocessing']).summary()}"
+    lines = [f"# {title}", "", f"{metrics['num_samples']} images{read}.", "", "| metric | value |", "| --- | ---: |"]
     if metrics.get("absent_classes"):
         lines[3:3] = [
             f"**Warning: the split has no image of class {', '.join(metrics['absent_classes'])}.** The metrics below "
@@ -573,7 +577,7 @@ def render_evaluation_report(metrics: dict, title: str, plots: List[str]) -> str
     lines += [f"| ECE | {metrics['calibration']['ece']:.4f} |"]
     if "positive_class" in metrics:
         positive = metrics["positive_class"]
-        lines[2] = f"{metrics['num_samples']} images; positive class: **{positive}**."
+        lines[2] = f"{metrics['num_samples']} images{read}; positive class: **{positive}**."
         lines += [
             f"| sensitivity (recall of {positive}) | {percent(metrics['sensitivity'])} |",
             f"| specificity | {percent(metrics['specificity'])} |",

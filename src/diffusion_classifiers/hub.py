@@ -432,16 +432,12 @@ def input_description_of(local_dir: Union[str, os.PathLike]) -> Optional[str]:
     if "preprocessing" not in saved:
         return None
     contract = ImagePreprocessing.from_dict(saved["preprocessing"])
-    size = contract.image_size if isinstance(contract.image_size, int) else "x".join(map(str, contract.image_size))
-    channels = {1: "1 channel (grey)", 3: "3 channels"}.get(contract.num_channels, "the images' own channels")
-    text = f"The model reads every image resized to {size} px ({contract.resize_mode}), {channels}."
+    text = f"The model reads every image at {contract.summary()}."
     medical = contract.medical_or_default
-    windows = medical.to_dict()["windows"]
-    if windows != ["file"] or medical.bits_stored is not None:
+    if medical.to_dict()["windows"] != ["file"] or medical.bits_stored is not None:
         text += (
-            f" Give it DICOM files by path: they are read through the DICOM windows {windows}"
-            + (f" and 16-bit files at {medical.bits_stored} bits" if medical.bits_stored is not None else "")
-            + ", as in training; an array of raw pixel values (a DICOM's `pixel_array`) is not windowed."
+            " Give it its DICOM and 16-bit files by path, to be read as in training: an array of raw pixel values (a "
+            "DICOM's `pixel_array`) is neither windowed nor scaled by the bit depth."
         )
         if library_name_of(local_dir) == "transformers":
             text += (

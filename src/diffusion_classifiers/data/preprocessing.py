@@ -162,6 +162,21 @@ class ImagePreprocessing:
         this contract does."""
         return {name: getattr(self, name) for name in ("resize_mode", "pad_value", "normalize_background")}
 
+    def summary(self) -> str:
+        """How images are read, in words, for reports, cards and logs: `32 px (pad), 3 channels, DICOM windows
+        ['brain', 'subdural', 'bone']` (the windows and the bit depth where stated)."""
+        if self.image_size is None:
+            size = "each image's own size"
+        else:
+            side = self.image_size if isinstance(self.image_size, int) else "x".join(map(str, self.image_size))
+            size = f"{side} px ({self.resize_mode})"
+        channels = {1: "1 channel", 3: "3 channels"}.get(self.num_channels, "each image's own channels")
+        medical = self.medical_or_default
+        windows = medical.to_dict()["windows"]
+        stated = [f"DICOM windows {windows}"] if windows != ["file"] else []
+        stated += [f"16-bit files at {medical.bits_stored} bits"] if medical.bits_stored is not None else []
+        return ", ".join([size, channels, *stated])
+
     @property
     def medical_or_default(self) -> MedicalPreprocessing:
         """`medical`, or `MedicalPreprocessing()` when unset."""

@@ -352,14 +352,9 @@ def describe_splits(splits: dict[str, Any], source: Any) -> str:
     the classes (named when at most 10), and how the images are read (size, channels, DICOM windows where chosen).
     `splits`: [`LabeledImages`] or `StreamingImages` by split name."""
     train = splits["train"]
-    contract = train.preprocessing
     counts = ", ".join(f"{name} {len(split)}" for name, split in splits.items())
     names = f" ({', '.join(train.class_names)})" if len(train.class_names) <= 10 else ""
-    size = contract.image_size if isinstance(contract.image_size, int) else "x".join(map(str, contract.image_size))
-    reading = f"read at {size} px, {contract.num_channels} channel(s)"
-    windows = contract.medical_or_default.to_dict()["windows"]
-    reading += f", DICOM windows {windows}" if windows != ["file"] else ""
-    return f"data: {source}: {counts}, {train.num_classes} classes{names}; {reading}"
+    return f"data: {source}: {counts}, {train.num_classes} classes{names}; read at {train.preprocessing.summary()}"
 
 
 def to_datasets(labeled: dict[str, LabeledImages]) -> Any:
