@@ -417,6 +417,28 @@ def test_an_output_written_before_the_stderr_column_resumes_with_its_columns(mod
         predict_files(pipe, list_inputs(tmp_path / "images"), output, batch_size=8, progress_bar=False)
 
 
+def test_an_output_written_before_the_dicom_id_columns_resumes_with_its_columns(models, tmp_path):
+    cq500 = shared_data("cq500_dicom_sample")
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    for name in ("a.dcm", "b.dcm"):  # the sample's one uncompressed slice, twice
+        shutil.copy(cq500 / "CQ500-CT-1" / "CT000000.dcm", folder / name)
+    pipe, output = load(models, "unet"), tmp_path / "predictions.csv"
+    predict_files(pipe, list_inputs(folder), output, progress_bar=False)
+    rows = read_rows(output)
+    old_columns = [column for column in rows[0] if column not in ("patient_id", "study_uid", "series_uid")]
+    with open(output, "w", newline="") as handle:  # as the version before the ids wrote it
+        writer = csv.DictWriter(handle, old_columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    sidecar = output.with_name("predictions.csv.json")
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "columns": old_columns}))
+    shutil.copy(cq500 / "CQ500-CT-1" / "CT000000.dcm", folder / "c.dcm")
+    resumed = predict_files(pipe, list_inputs(folder), output, progress_bar=False)
+    assert (resumed.predicted, resumed.skipped, resumed.rows) == (1, 2, 3)
+    assert list(read_rows(output)[0]) == old_columns
+
+
 def test_dataset_folder_rows_are_named_by_index(models, tmp_path, capsys):
     datasets = pytest.importorskip("datasets")
     rng = np.random.default_rng(1)
@@ -440,6 +462,7 @@ def test_dataset_folder_rows_are_named_by_index(models, tmp_path, capsys):
 
 
 def test_dicom_folder_gives_one_row_per_frame(models, tmp_path):
+    import pydicom
     from pydicom.data import get_testdata_file
 
     cq500 = shared_data("cq500_dicom_sample")
@@ -457,6 +480,12 @@ def test_dicom_folder_gives_one_row_per_frame(models, tmp_path):
     rows = read_rows(tmp_path / "p.csv")
     assert [(row["path"], row["frame"]) for row in rows] == [("cine.dcm", str(f)) for f in range(10)] + [
         ("series/CQ500-CT-0_CT000010.dcm", "0"), ("series/CQ500-CT-1_CT000000.dcm", "0")]
+    # each row names its file's patient, study and series, so slice results can be combined per scan
+    assert list(rows[0])[:5] == ["path", "frame", "patient_id", "study_uid", "series_uid"]
+    for row in rows[10:]:
+        header = pydicom.dcmread(folder / row["path"], stop_before_pixels=True)
+        ids = (header.PatientID, header.StudyInstanceUID, header.SeriesInstanceUID)
+        assert (row["patient_id"], row["study_uid"], row["series_uid"]) == ids
     frames = list_inputs(folder, parse_windows(["brain", "80", "200", "bone"]))[1].read()
     assert frames[0].shape == (3, 512, 512) and frames[0].dtype == np.float32
     # the row is the pipeline's own reading of the file, with the window given

@@ -16,7 +16,16 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..data.dicom import WINDOW_NAMES
 
-__all__ = ["WINDOW_NAMES", "PredictionInput", "check_input_exists", "check_labels", "list_inputs", "parse_windows"]
+__all__ = [
+    "DICOM_ID_COLUMNS",
+    "WINDOW_NAMES",
+    "PredictionInput",
+    "check_input_exists",
+    "check_labels",
+    "dicom_ids",
+    "list_inputs",
+    "parse_windows",
+]
 
 
 
@@ -32,11 +41,37 @@ class PredictionInput:
         read (`Callable[[], list]`): reads it as a list of images (one per frame: a multi-frame DICOM gives several);
             raises `ValueError` or `OSError` when the file cannot be read.
         label (`str`, *optional*): its true label, carried to the output's `true_label` column.
+        dicom_file (`Path`, *optional*): the DICOM file it is, whose patient, study and series ids go to the output
+            (`dicom_ids`), so slice results can be combined per scan.
     """
 
     path: str
     read: Callable[[], list] = field(repr=False, compare=False)
     label: Optional[str] = None
+    dicom_file: Optional[Path] = field(default=None, repr=False, compare=False)
+
+
+# The output columns of a DICOM input's ids, and the metadata keys they come from.
+DICOM_ID_COLUMNS = {"patient_id": "PatientID", "study_uid": "StudyInstanceUID", "series_uid": "SeriesInstanceUID"}
+
+
+def dicom_ids(item: PredictionInput) -> dict[str, Optional[str]]:
+    """The patient, study and series ids of a DICOM input (`DICOM_ID_COLUMNS`; None where the file names none), read
+    from its header; all None for another input."""
+    if item.dicom_file is None:
+        return dict.fromkeys(DICOM_ID_COLUMNS)
+    from ..data.dicom import read_dicom_header
+
+    metadata = read_dicom_header(item.dicom_file).metadata
+    return {column: metadata[key] for column, key in DICOM_ID_COLUMNS.items()}
+
+
+def _input_of_file(path: Path, name: str, read: Callable, label: Optional[str] = None) -> PredictionInput:
+    """The input of an image or DICOM file (one that does not exist reads as a missing file: an errors-file row)."""
+    from ..data.dicom import is_dicom_file
+
+    dicom = path.is_file() and is_dicom_file(path)
+    return PredictionInput(name, partial(_read_listed_file, path, read), label, path if dicom else None)
 
 
 def list_inputs(
@@ -101,7 +136,7 @@ def list_inputs(
         return _csv_inputs(source, read)
     if is_image_or_dicom_file(source):
         _check_dicom_decoders([source])
-        return [PredictionInput(source.name, partial(read, source))]
+        return [_input_of_file(source, source.name, read)]
     raise ValueError(
         f"input {source}: expected an image folder, a .csv file of paths, a saved datasets folder or an image / DICOM "
         f"file, got a {source.suffix or 'suffix-less'} file ({ACCEPTED_FILES})"
@@ -131,7 +166,7 @@ def _folder_inputs(folder: Path, read: Callable) -> list[PredictionInput]:
     listed = set(files)
     _warn_other_files_skipped(folder, [path for path in visible if path not in listed])
     _check_dicom_decoders(files)
-    return [PredictionInput(path.relative_to(folder).as_posix(), partial(read, path)) for path in files]
+    return [_input_of_file(path, path.relative_to(folder).as_posix(), read) for path in files]
 
 
 def _warn_other_files_skipped(folder: Path, others: list[Path]) -> None:
@@ -165,7 +200,7 @@ def _csv_inputs(path: Path, read: Callable) -> list[PredictionInput]:
             raise ValueError(f"CSV {path}:{line}: {name!r} is also on line {first_line[name]}; expected each file once")
         first_line[name] = line
         label = row.get("label") or None
-        inputs.append(PredictionInput(name, partial(_read_listed_file, path.parent, name, read), label))
+        inputs.append(_input_of_file(path.parent / name, name, read, label))
     _check_dicom_decoders([path.parent / name for name in first_line if name])
     return inputs
 
@@ -180,9 +215,8 @@ def _check_dicom_decoders(files: Sequence[Path]) -> None:
     check_decoders(path for path in files if path.is_file() and is_dicom_file(path))
 
 
-def _read_listed_file(folder: Path, name: str, read: Callable) -> list:
-    file = folder / name
-    if not name or not file.is_file():
+def _read_listed_file(file: Path, read: Callable) -> list:
+    if not file.is_file():
         raise FileNotFoundError(f"file not found: {file}")
     return read(file)
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
+from .inputs import DICOM_ID_COLUMNS
+
 __all__ = [
     "ERROR_COLUMNS",
     "OUTPUT_SUFFIXES",
@@ -31,11 +33,11 @@ __all__ = [
 
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 ERROR_COLUMNS = ("path", "reason")
-_TEXT_COLUMNS = {"path", "true_label", "label", "reason"}
+_TEXT_COLUMNS = {"path", "true_label", "label", "reason", *DICOM_ID_COLUMNS}
 _INT_COLUMNS = {"frame"}
 LEGACY_ERRORS_NAME = "errors.csv"  # the default errors file before each output had its own, shared by a folder
 # output columns added after outputs were first written: an output without them is resumed with its own columns
-COLUMNS_ADDED_LATER = ("log_likelihood_ratio_stderr",)
+COLUMNS_ADDED_LATER = ("log_likelihood_ratio_stderr", *DICOM_ID_COLUMNS)
 _ERRORS_KEY = "errors_file"  # in the sidecar, beside the run: the errors file, relative to the output's folder
 
 
@@ -134,11 +136,15 @@ def recorded_run_info(files: OutputFiles) -> Optional[dict]:
 
 def columns_of_resumed_run(files: OutputFiles, columns: list[str], overwrite: bool) -> list[str]:
     """The columns a rerun writes: `columns`, or the ones the output's sidecar records when they are `columns` less
-    `COLUMNS_ADDED_LATER` (an output written before those were added is resumed as it was, not refused). Called
+    some of `COLUMNS_ADDED_LATER` (an output written before those were added is resumed as it was, not refused). Called
     before [`prepare_output_files`], which refuses a rerun whose settings differ."""
     recorded = None if overwrite else files.recorded()
-    earlier = [column for column in columns if column not in COLUMNS_ADDED_LATER]
-    return earlier if recorded is not None and recorded.get("columns") == earlier else columns
+    if recorded is None or not isinstance(recorded.get("columns"), list):
+        return columns
+    # an output may predate some of the added columns only (the stderr column, not the DICOM ids)
+    missing = {column for column in columns if column not in recorded["columns"]}
+    earlier = [column for column in columns if column not in missing]
+    return earlier if missing <= set(COLUMNS_ADDED_LATER) and recorded["columns"] == earlier else columns
 
 
 def _write_atomically(path: Path, write: Callable[[Any], Any], mode: str = "w") -> None:

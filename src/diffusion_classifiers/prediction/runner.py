@@ -14,7 +14,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-from .inputs import WINDOW_NAMES, PredictionInput, check_input_exists, check_labels, list_inputs, parse_windows
+from .inputs import (
+    DICOM_ID_COLUMNS,
+    WINDOW_NAMES,
+    PredictionInput,
+    check_input_exists,
+    check_labels,
+    dicom_ids,
+    list_inputs,
+    parse_windows,
+)
 from .outputs import (
     ERROR_COLUMNS,
     OutputFiles,
@@ -70,14 +79,19 @@ class PredictionSummary:
     retried: int = 0
 
 
-def output_columns(pipeline: Any, with_true_labels: bool, settings: Optional[dict] = None) -> list[str]:
-    """`path, frame, [true_label,] label, score, prob_<class>..., [log_likelihood_ratio, log_likelihood_ratio_stderr]`
-    for `pipeline` called with `settings` (`evaluation.pipeline_call_settings`; default: its defaults): the ratio for
-    a binary Score-SDE pipeline, its standard error when the call's `method` is `"elbo"`."""
+def output_columns(
+    pipeline: Any, with_true_labels: bool, settings: Optional[dict] = None, with_dicom_ids: bool = False
+) -> list[str]:
+    """`path, frame, [true_label,] [patient_id, study_uid, series_uid,] label, score, prob_<class>...,
+    [log_likelihood_ratio, log_likelihood_ratio_stderr]` for `pipeline` called with `settings`
+    (`evaluation.pipeline_call_settings`; default: its defaults): the DICOM ids when inputs are DICOM files, the ratio
+    for a binary Score-SDE pipeline, its standard error when the call's `method` is `"elbo"`."""
     from ..evaluation import pipeline_call_settings
     from ..pipelines import ScoreSDEClassifierPipeline
 
-    columns = ["path", "frame"] + (["true_label"] if with_true_labels else []) + ["label", "score"]
+    columns = ["path", "frame"] + (["true_label"] if with_true_labels else [])
+    columns += list(DICOM_ID_COLUMNS) if with_dicom_ids else []
+    columns += ["label", "score"]
     columns += [f"prob_{name}" for name in pipeline.class_names]
     if isinstance(pipeline, ScoreSDEClassifierPipeline) and len(pipeline.class_names) == 2:
         columns.append("log_likelihood_ratio")
@@ -171,18 +185,19 @@ class _BatchWriter:
     def add(self, item: PredictionInput) -> None:
         try:
             images = _read_checked(item, self.pipeline)
+            ids = dicom_ids(item)
         except (ValueError, OSError) as error:
             self.errors.append([item.path, str(error)])
             self.failed += 1
             return
-        self.items.append((item, len(images)))
+        self.items.append((item, len(images), ids))
         self.images += images
 
     def commit(self) -> None:
         """Classify the batch and commit it: the errors part first, so a kill in between only redoes the batch."""
         if not self.items and not self.errors:
             return
-        paths = [item.path for item, _ in self.items] + [path for path, _ in self.errors]
+        paths = [item.path for item, *_ in self.items] + [path for path, _ in self.errors]
         first = min(self.order[path] for path in paths)
         self.files.parts.mkdir(parents=True, exist_ok=True)
         rows = self._rows() if self.images else []
@@ -195,9 +210,9 @@ class _BatchWriter:
     def _rows(self) -> list[list]:
         predicted = _classify(self.pipeline, self.images, self.call_kwargs)
         rows, position = [], 0
-        for item, num_frames in self.items:
+        for item, num_frames, ids in self.items:
             for frame in range(num_frames):
-                values = {"path": item.path, "frame": frame, "true_label": item.label}
+                values = {"path": item.path, "frame": frame, "true_label": item.label, **ids}
                 values.update({column: predicted[column][position] for column in predicted})
                 rows.append([values[column] for column in self.columns])
                 position += 1
@@ -221,7 +236,8 @@ def predict_files(
     r"""
     Classify `inputs` with `pipeline`, writing one row per image (per frame of a multi-frame DICOM) to `output_path`.
 
-    Columns: `path`, `frame` (0 for single images), `true_label` (when the inputs carry labels), `label` (the
+    Columns: `path`, `frame` (0 for single images), `true_label` (when the inputs carry labels), for DICOM inputs
+    `patient_id`, `study_uid` and `series_uid` (from each file's header, to combine slices per scan), `label` (the
     predicted class), `score` (its probability), `prob_<class>` for every class, and for a binary Score-SDE pipeline
     `log_likelihood_ratio` (`log p(x | positive) - log p(x | negative)`) and, with the ELBO,
     `log_likelihood_ratio_stderr` (its Monte-Carlo standard error: a row whose ratio, plus the priors' log-ratio if
@@ -272,7 +288,10 @@ def predict_files(
     _check_inputs(inputs)
     call_kwargs = prediction_call_kwargs(pipeline, pipeline_kwargs, seed)
     settings = pipeline_call_settings(pipeline, call_kwargs)  # unknown names refused here
-    columns = output_columns(pipeline, any(item.label is not None for item in inputs), settings)
+    columns = output_columns(
+        pipeline, any(item.label is not None for item in inputs), settings,
+        with_dicom_ids=any(item.dicom_file is not None for item in inputs),
+    )  # fmt: skip
     check_labels(inputs, pipeline.class_names)
     with _one_prediction_at_a_time(files, accelerator):
         is_main, wait = _process_roles(accelerator)
