@@ -108,6 +108,43 @@ def test_a_pipeline_re_saved_from_python_keeps_its_record(model_and_data, tmp_pa
               "--output_dir", str(tmp_path / "grown")])  # fmt: skip
 
 
+def test_a_head_registered_in_python_drops_the_fingerprints_it_cannot_vouch_for(model_and_data, tmp_path, capsys):
+    # review: a head fitted on test images and registered kept the old record, and evaluate's check passed silently
+    root, splits = model_and_data
+    pipe = UNetFeatureClassifierPipeline.from_pretrained(str(root / "model"))
+    pipe.register_modules(head=pipe.head)  # any head registered after loading: the images it was fitted on unknown
+    pipe.save_pretrained(tmp_path / "new_head")
+    record = read_split_record(tmp_path / "new_head")
+    assert "train_fingerprints" not in record and record["seed"] == read_split_record(root / "model")["seed"]
+    main(["evaluate", "--model_dir", str(tmp_path / "new_head"), "--dataset", str(root / "grown"),
+          "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    assert "cannot check that the test images are none it was trained on" in capsys.readouterr().err
+    # a head fitted by the pipeline's own method adds the images it was fitted on (register_fitted_head)
+    pipe = UNetFeatureClassifierPipeline.from_pretrained(str(root / "model"))
+    pipe.register_fitted_head(pipe.head, splits["test"].images)
+    expected = recorded_train_fingerprints(root / "model") | set(image_fingerprints(splits["test"].images))
+    pipe.save_pretrained(tmp_path / "fitted")
+    assert recorded_train_fingerprints(tmp_path / "fitted") == expected
+
+
+def test_diffusers_push_to_hub_sends_the_record_without_its_fingerprints(model_and_data, tmp_path, monkeypatch):
+    # review: DiffusionPipeline.push_to_hub uploaded the folder as saved, the training images' fingerprints included
+    from huggingface_hub import HfApi
+
+    from diffusers.utils import hub_utils
+    from huggingface_hub import ModelCard, RepoUrl
+
+    root, _ = model_and_data
+    sent = {}
+    monkeypatch.setattr(hub_utils, "create_repo", lambda repo_id, **kwargs: RepoUrl(f"https://hf.co/{repo_id}"))
+    monkeypatch.setattr(hub_utils, "load_or_create_model_card", lambda *args, **kwargs: ModelCard("---\n---\n"))
+    monkeypatch.setattr(HfApi, "create_commit", lambda self, repo_id, operations, **kwargs: sent.update(
+        {op.path_in_repo: op.path_or_fileobj for op in operations}))  # fmt: skip
+    UNetFeatureClassifierPipeline.from_pretrained(str(root / "model")).push_to_hub("me/model")
+    record = json.loads(sent["data_splits.json"])
+    assert "train_fingerprints" not in record and record["seed"] == 0 and "model_index.json" in sent
+
+
 def test_a_model_of_an_earlier_version_is_evaluated_with_a_note(model_and_data, tmp_path, capsys):
     root, _ = model_and_data
     old = tmp_path / "old"

@@ -395,8 +395,8 @@ def _dataset_or_demo_digits(dataset: Optional[str], contract: Any, command: str)
 def _note_unchecked(model_dir: str, command: str, split_names: list) -> None:
     """Say that `command` cannot check its carved splits against a model that records no training fingerprints."""
     print(
-        f"note: {model_dir} records no fingerprints of its training images (saved by an earlier version, saved from "
-        f"Python without a data_splits.json, or trained with --streaming): {command} cannot check that the {' and '.join(split_names)} images are none it was "
+        f"note: {model_dir} records no fingerprints of its training images (saved by an earlier version, given a head "
+        f"or saved in Python without them, or trained with --streaming): {command} cannot check that the {' and '.join(split_names)} images are none it was "
         "trained on",
         file=sys.stderr,
     )

@@ -38,9 +38,12 @@ __all__ = [
     "PICKLE_SUFFIXES",
     "TEMPLATES_DIR",
     "HubUploadError",
+    "check_publishable_model",
     "class_names_of",
+    "commit_operations",
     "download",
     "download_patterns",
+    "input_description_of",
     "library_name_of",
     "load_eval_counts",
     "load_eval_metrics",
@@ -545,7 +548,7 @@ def _published_split_record(path: Path) -> bytes:
     return (json.dumps(record, indent=2) + "\n").encode()
 
 
-def _commit_operations(local_dir: Path, card: Optional[Union[ModelCard, DatasetCard]]) -> List[CommitOperationAdd]:
+def commit_operations(local_dir: Path, card: Optional[Union[ModelCard, DatasetCard]]) -> List[CommitOperationAdd]:
     """Every file of `local_dir`, with `card` (sent from memory) replacing its README.md if given, and each
     `data_splits.json` sent without its training images' fingerprints (`_published_split_record`)."""
     from .data.split_record import SPLIT_RECORD_NAME
@@ -580,7 +583,7 @@ def write_dry_run(
         raise ValueError(f"{output_dir}: expected a dry-run folder outside the model folder {local_dir}")
     if output_dir.exists() and any(output_dir.iterdir()):
         raise FileExistsError(f"{output_dir}: expected a new or empty folder for the dry run, found files in it")
-    for operation in _commit_operations(local_dir, card):
+    for operation in commit_operations(local_dir, card):
         target = output_dir / operation.path_in_repo
         target.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(operation.path_or_fileobj, bytes):
@@ -617,7 +620,7 @@ def push_to_hub(
         check_publishable_model(local_dir)  # before anything is sent
     if constants.is_offline_mode():
         raise OfflineModeIsEnabled(f"cannot push {local_dir} to the Hub: HF_HUB_OFFLINE=1 is set; unset it to upload")
-    operations = _commit_operations(local_dir, card)
+    operations = commit_operations(local_dir, card)
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=private, repo_type=repo_type, exist_ok=True)

@@ -129,14 +129,15 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         (else the largest label + 1), and every class needs at least one image. With labelled `val_images` (others
         than `images`) the softmax temperature is fitted on them, so the probabilities are calibrated; without, it is
         `temperature`, whose probabilities are not (see `models.fit_prototypes`)."""
-        features = self.encode(images, batch_size=batch_size, input_data_format=input_data_format)
-        val_features = None if val_images is None else self.encode(val_images, batch_size, input_data_format)
+        encode = dict(batch_size=batch_size, input_data_format=input_data_format)
         head = fit_prototypes(
-            features, labels, class_names=class_names, temperature=temperature, standardize=standardize,
-            block=REPRESENTATION_FEATURE[0], timestep=REPRESENTATION_FEATURE[1], val_features=val_features,
-            val_labels=val_labels,
+            self.encode(images, **encode), labels, class_names=class_names, temperature=temperature,
+            standardize=standardize, block=REPRESENTATION_FEATURE[0], timestep=REPRESENTATION_FEATURE[1],
+            val_features=None if val_images is None else self.encode(val_images, **encode), val_labels=val_labels,
         )  # fmt: skip
-        self.register_modules(head=head.to(self.encoder.device))
+        fitted_on = [images] + ([] if val_images is None else [val_images])
+        pixels = (self.preprocess(x, input_data_format) for x in fitted_on)  # their fingerprints join the record
+        self.register_fitted_head(head.to(self.encoder.device), *pixels)
         return head
 
     def fit_linear_probe(
@@ -158,9 +159,10 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         result = fit_probe_grid(
             {REPRESENTATION_FEATURE: self.encode(images, **encode)}, labels,
             {REPRESENTATION_FEATURE: self.encode(val_images, **encode)}, val_labels, class_names=class_names,
-            pool=None, **probe_kwargs,
+            **{**probe_kwargs, "pool": None},  # r is a vector: nothing to pool
         )  # fmt: skip
-        self.register_modules(head=result.head.to(self.encoder.device))
+        fitted_on = (self.preprocess(x, input_data_format) for x in (images, val_images))
+        self.register_fitted_head(result.head.to(self.encoder.device), *fitted_on)
         return result.head
 
     def dit_features(

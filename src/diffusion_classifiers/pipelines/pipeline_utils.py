@@ -4,6 +4,7 @@ import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set, Type, Union
 
 import torch
@@ -12,8 +13,13 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.distributed_utils import is_torch_dist_rank_zero
 
 from diffusion_classifiers.data import ImagePreprocessing, preprocess_images
-from diffusion_classifiers.data.split_record import SPLIT_DEFAULTS, read_split_record, save_split_record
-from diffusion_classifiers.hub import download
+from diffusion_classifiers.data.split_record import (
+    SPLIT_DEFAULTS,
+    image_fingerprints,
+    read_split_record,
+    save_split_record,
+)
+from diffusion_classifiers.hub import commit_operations, download
 from diffusion_classifiers.models import LinearProbeHead, PrototypeHead, RepresentationConditionedDiTModel
 from diffusion_classifiers.remote_code import (
     entry_module_name,
@@ -183,7 +189,7 @@ class SavedPreprocessingMixin:
                     f"preprocessing: {field} {getattr(contract, field)!r} differs from the model's "
                     f"{getattr(default, field)!r}; expected the size and channels the model reads"
                 )
-        if preprocessing is not None and "preprocessing" in self.config:  # the windows it was trained with (or set since)
+        if preprocessing is not None and "preprocessing" in self.config:  # the windows it was trained with, or set
             contract.medical_or_default.check_replaces(
                 self.preprocessing.medical_or_default, default.num_channels, "preprocessing", "the model"
             )
@@ -202,21 +208,64 @@ def keep_legacy_preprocessing(index: dict, kwargs: dict) -> None:
         kwargs.setdefault("preprocessing", LEGACY_PREPROCESSING)
 
 
-class DiffusionClassifierPipeline(SavedWithCodeMixin, SavedPreprocessingMixin, DiffusionPipeline):
+class SplitRecordMixin:
+    """The `data_splits.json` of the folder a pipeline was loaded from (`split_record`: how the model's data was
+    carved and which images it was trained on), written again by `save_pretrained`, so `evaluate` and `probe` still
+    know the images a re-saved pipeline was trained on. A head fitted by one of the pipeline's `fit_*` methods adds
+    its images (`register_fitted_head`); a head registered otherwise, on images unknown, drops the fingerprints, so
+    `evaluate` says it cannot check instead of checking against the wrong images. diffusers' uploads (`push_to_hub`,
+    `save_pretrained(push_to_hub=True)`) send what `hub.push_to_hub` sends: the record without its fingerprints,
+    pickles and training checkpoints left out."""
+
+    split_record: Optional[dict] = None  # `data.read_split_record` of the folder it was loaded from
+
+    def register_modules(self, **kwargs):
+        super().register_modules(**kwargs)
+        if "head" in kwargs and (self.split_record or {}).get("train_fingerprints") is not None:
+            self.split_record = {key: value for key, value in self.split_record.items() if key != "train_fingerprints"}
+
+    def register_fitted_head(self, head: torch.nn.Module, *fitted_on: torch.Tensor) -> None:
+        """Register `head`, fitted (and chosen or calibrated) on the preprocessed images `fitted_on`: their
+        fingerprints join those the record holds."""
+        previous = self.split_record
+        self.register_modules(head=head)
+        if previous is not None and previous.get("train_fingerprints") is not None:
+            fingerprints = set(previous["train_fingerprints"].split())
+            for images in fitted_on:
+                fingerprints |= set(image_fingerprints(images))
+            self.split_record = {**previous, "train_fingerprints": " ".join(sorted(fingerprints))}
+
+    def save_config(self, save_directory, push_to_hub: bool = False, **kwargs):
+        super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
+        if self.split_record is not None:
+            fingerprints = self.split_record.get("train_fingerprints")
+            save_split_record(
+                save_directory, **{name: self.split_record[name] for name in SPLIT_DEFAULTS},
+                train_fingerprints=None if fingerprints is None else fingerprints.split(),
+            )  # fmt: skip
+
+    def _upload_folder(self, working_dir, repo_id, token=None, commit_message=None, create_pr=False, subfolder=None):
+        from huggingface_hub import CommitOperationAdd, HfApi
+
+        operations = [
+            CommitOperationAdd(path_in_repo=f"{subfolder}/{op.path_in_repo}" if subfolder else op.path_in_repo,
+                               path_or_fileobj=op.path_or_fileobj)
+            for op in commit_operations(Path(working_dir), card=None)
+        ]  # fmt: skip
+        message = commit_message or f"Upload {type(self).__name__}"
+        return HfApi(token=token).create_commit(repo_id, operations, commit_message=message, create_pr=create_pr)
+
+
+class DiffusionClassifierPipeline(SplitRecordMixin, SavedWithCodeMixin, SavedPreprocessingMixin, DiffusionPipeline):
     """Base class of the classifier pipelines and the one entry point to load any of them.
 
     `DiffusionClassifierPipeline.from_pretrained(path_or_hub_id)` reads `_class_name` in `model_index.json`
     and returns the concrete pipeline registered under that name. Before diffusers reads a weight, every component
     that `model_index.json` names must have its folder, and weights load from safetensors only: a pickled
     `.bin` / `.pt` / `.pkl` is refused, never unpickled.
-
-    A loaded pipeline keeps its folder's `data_splits.json` (`split_record`: how the model's data was carved and
-    which images it was trained on) and `save_pretrained` writes it again, so a pipeline re-saved after a new head was
-    fitted still tells `evaluate` and `probe` which images are its training images.
     """
 
     _registry: Dict[str, Type["DiffusionClassifierPipeline"]] = {}
-    split_record: Optional[dict] = None  # `data.read_split_record` of the folder it was loaded from
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -242,15 +291,6 @@ class DiffusionClassifierPipeline(SavedWithCodeMixin, SavedPreprocessingMixin, D
         pipeline = super().from_pretrained(path, use_safetensors=True, **kwargs)
         pipeline.split_record = read_split_record(path)
         return pipeline
-
-    def save_config(self, save_directory, push_to_hub: bool = False, **kwargs):
-        super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
-        if self.split_record is not None:  # written before any upload, which publishes it without the fingerprints
-            fingerprints = self.split_record.get("train_fingerprints")
-            save_split_record(
-                save_directory, **{name: self.split_record[name] for name in SPLIT_DEFAULTS},
-                train_fingerprints=None if fingerprints is None else fingerprints.split(),
-            )  # fmt: skip
 
     @classmethod
     def _check_saved_class(cls, class_name: Optional[str], where: Any) -> None:
