@@ -703,6 +703,12 @@ def test_prototype_temperature_fitted_on_val_minimises_its_log_loss():
     assert torch.equal(head(features[100:]).argmax(1), default(features[100:]).argmax(1))  # the same decisions
     with pytest.raises(ValueError, match="val_features and val_labels: expected both or neither"):
         fit_prototypes(features[:100], labels[:100], val_features=features[100:])
+    # review: val images all classified right name no temperature (the log-loss falls towards 0): the given one stays
+    separated = torch.eye(2)[labels] * 5 + 0.1 * torch.randn(200, 2, generator=generator)
+    with pytest.warns(UserWarning, match=r"classifies all 100 labelled images correctly.* kept 0.2"):
+        kept = fit_prototypes(separated[:100], labels[:100], temperature=0.2, val_features=separated[100:],
+                              val_labels=labels[100:])  # fmt: skip
+    assert kept.config.temperature == 0.2
 
 
 def test_prototype_head_rejects_bad_input():

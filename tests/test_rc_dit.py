@@ -642,7 +642,13 @@ def test_prototype_head_classifies_and_survives_save_and_load(digits, tmp_path):
     val = digits["val"]
     calibrated = pipe.fit_prototypes(train.images[:300], train.labels[:300], class_names=names,
                                      val_images=val.images[:100], val_labels=val.labels[:100])  # fmt: skip
-    assert calibrated.config.temperature != 0.1 and torch.equal(calibrated.prototypes, head.prototypes)
+    assert torch.equal(calibrated.prototypes, head.prototypes)
+    similarities = calibrated.similarities(pipe.encode(val.images[:100]))
+
+    def val_log_loss(temperature):
+        return float(torch.nn.functional.cross_entropy(similarities / temperature, val.labels[:100]))
+
+    assert val_log_loss(calibrated.config.temperature) < val_log_loss(0.1)  # fitted on the val images given
     assert pipe(test_images).labels == out.labels  # the temperature changes the probabilities, not the decisions
 
 

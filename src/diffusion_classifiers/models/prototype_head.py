@@ -1,6 +1,7 @@
 """The nearest-prototype head: cosine similarity to per-class mean features, saved as a pipeline component."""
 
 import math
+import warnings
 from typing import List, Optional, Sequence
 
 import torch
@@ -69,8 +70,9 @@ class PrototypeHead(FeatureHeadMixin, ModelMixin, ConfigMixin):
     def calibrate_temperature(self, features, labels) -> float:
         """Set the temperature to the one under which the softmax probabilities of labelled `features` (held out
         from the prototypes: validation images) have the smallest negative log-likelihood (temperature scaling, Guo
-        et al. 2017), and return it; the predicted classes do not change. Bounded to `[1e-3, 1e2]`: features the
-        prototypes separate perfectly push it to the lower bound, as confident as the head gets."""
+        et al. 2017), within `[1e-3, 1e2]`, and return it; the predicted classes do not change. When the head
+        classifies every one of `features` correctly, the log-likelihood only grows as the temperature falls to 0
+        and names no temperature: the current one is kept, with a warning."""
         from scipy.optimize import minimize_scalar
 
         y = as_labels(labels, "labels")
@@ -79,6 +81,15 @@ class PrototypeHead(FeatureHeadMixin, ModelMixin, ConfigMixin):
         with torch.no_grad():
             similarities = self.similarities(x).double().cpu()
         targets = torch.as_tensor(y)
+        if torch.equal(similarities.argmax(1), targets):
+            warnings.warn(
+                f"calibrate_temperature: the head classifies all {len(targets)} labelled images correctly, so their "
+                f"log-likelihood names no temperature (it grows as the temperature falls to 0); kept "
+                f"{self.config.temperature}. Calibrate on more, or harder, held-out images",
+                UserWarning,
+                stacklevel=2,
+            )
+            return float(self.config.temperature)
 
         def negative_log_likelihood(log_inverse_temperature: float) -> float:
             return float(F.cross_entropy(similarities * math.exp(log_inverse_temperature), targets))
