@@ -139,8 +139,9 @@ def test_a_dicom_model_without_dataset_is_refused_not_run_on_the_demo_digits(tmp
         preprocessing={"medical": medical},
     ).save_pretrained(tmp_path / "ct")
     flag = "--unet_dir" if command == "probe" else "--model_dir"
-    with pytest.raises(ValueError, match=r"--dataset: not given, and the model reads DICOM through the windows "
-                                         r"\['brain', 'subdural', 'bone'\]; give the data"):  # fmt: skip
+    with pytest.raises(ValueError, match=r"--dataset: not given, and the model reads medical images \(8 px "
+                                         r"\(stretch\), 3 channels, DICOM windows \['brain', 'subdural', 'bone'\]\); "
+                                         r"give the data"):  # fmt: skip
         main([command, flag, str(tmp_path / "ct"), "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out" / "metrics.json").exists()
 

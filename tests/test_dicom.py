@@ -10,6 +10,7 @@ import copy
 import csv
 import json
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -645,13 +646,20 @@ def test_files_own_windows_that_differ_by_class_are_warned_about(tmp_path):
     for path in tmp_path.rglob("*.dcm"):
         width = 80 if path.parent.name == "bleed" else 300
         write_dicom(pydicom.dcmread(path), path, WindowCenter=30, WindowWidth=width)
-    differ = (r"DICOM files read with their own window \('file', the default\) carry 2 different ones, center/width: "
-              r"30/80 \(6 files; bleed: 6\); 30/300 \(6 files; healthy: 6\)")  # fmt: skip
-    with pytest.warns(UserWarning, match=differ):
+    follow = (r"DICOM files read with their own window \('file', the default\) carry windows that follow the classes "
+              r"\(center/width: files per class\): 30/80: bleed 6; 30/300: healthy 6")  # fmt: skip
+    with pytest.warns(UserWarning, match=follow):
         load_image_classification_data(tmp_path, image_size=16, val_fraction=0.25, test_fraction=0.25)
-    with pytest.warns(UserWarning, match=r"carry 2 different ones, center/width: 30/80 \(6 files; 0: 6\)"):
+    with pytest.warns(UserWarning, match=follow):
         streaming_image_classification_data(tmp_path, num_channels=1, image_size=16, val_fraction=0.25,
                                             test_fraction=0.25)  # fmt: skip
+    # windows that do not follow the classes (a site per patient, both classes at each) are not warned about
+    for path in tmp_path.rglob("*.dcm"):
+        write_dicom(pydicom.dcmread(path), path, WindowWidth=80 if int(path.name[1:3]) < 6 else 300)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_image_classification_data(tmp_path, image_size=16, val_fraction=0.25, test_fraction=0.25)
+    assert not any("follow the classes" in str(warning.message) for warning in caught)
 
 
 def test_streaming_three_windows_need_no_num_channels(tmp_path):

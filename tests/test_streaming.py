@@ -384,6 +384,7 @@ def test_evaluating_a_datasets_split_decodes_batch_by_batch_as_the_pipeline_woul
     expected = classification_metrics(labels, probs.argmax(-1), probs=probs, class_names=["ant", "bee", "cat"])
     expected["calibration"] = calibration_metrics(labels, probs)
     expected["pipeline_call"] = {}  # the pipeline called with its defaults
+    expected["preprocessing"] = unet_pipeline.preprocessing.to_dict()  # how its images were read
 
     reads = []
     read = DecodedImages.__getitem__

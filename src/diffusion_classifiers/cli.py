@@ -18,7 +18,9 @@ DEMO_DEFAULTS = {"image_size": 16, "unet_preset": "small", "max_train_steps": 60
 # Diffusion steps of the demo's DDPM scheduler: `--timesteps` must lie in [0, DEMO_NUM_TRAIN_TIMESTEPS).
 DEMO_NUM_TRAIN_TIMESTEPS = 1000
 # What probe and evaluate read when --dataset is not given.
-DEMO_DATASET_HELP = "scikit-learn's digits, the demo's data, with a note; refused for a model of DICOM windows"
+DEMO_DATASET_HELP = (
+    "scikit-learn's digits, the demo's data, with a note; refused for a model of DICOM windows or a bit depth"
+)
 
 
 COMMANDS = {
@@ -379,14 +381,15 @@ def run_probe(args: argparse.Namespace) -> dict:
 
 
 def _dataset_or_demo_digits(dataset: Optional[str], contract: Any, command: str) -> str:
-    """`--dataset`, or the demo's digits when it is not given: refused for a model reading DICOM through windows
-    chosen for it (QA: a CT model was probed on digits for 83 s without a word), else noted."""
+    """`--dataset`, or the demo's digits when it is not given: refused for a model reading DICOM through windows, or
+    16-bit files at a bit depth, chosen for it (QA: a CT model was probed on digits for 83 s without a word), else
+    noted."""
     if dataset is not None:
         return dataset
-    if contract is not None and contract.medical_or_default.windows != ("file",):  # windows chosen for DICOM data
+    if contract is not None and contract.medical_or_default.stated:  # windows or a bit depth chosen for its data
         raise ValueError(
-            f"--dataset: not given, and the model reads DICOM through the windows {contract.medical.to_dict()['windows']}; "
-            f"give the data to {command} it on (the default, scikit-learn's digits, is the demo's)"
+            f"--dataset: not given, and the model reads medical images ({contract.summary()}); give the data to "
+            f"{command} it on (the default, scikit-learn's digits, is the demo's)"
         )
     print(f"note: --dataset not given: {command} on scikit-learn's digits, the demo's data", file=sys.stderr)
     return "digits"

@@ -201,16 +201,19 @@ def check_evaluation_args(output_dir: Optional[str], batch_size: int) -> None:
         check_writable_dir(output_dir)
 
 
-def _warn_default_positive_class(class_names: List[str]) -> None:
+def _warn_default_positive_class(class_names: List[str], classifier) -> None:
     """A binary model saved without a positive class is scored for class 1, which for class folders is the later name
     in alphabetical order: say so (QA: folders ich/normal made 'normal' the class whose sensitivity was reported)."""
+    from transformers import PreTrainedModel
+
+    setter = "model.config.positive_class = ..." if isinstance(classifier, PreTrainedModel) else "pipe.set_positive_class"
     warnings.warn(
         f"positive_class: not given and not saved with the model: sensitivity, specificity and the ROC take class 1, "
         f"{class_names[1]!r} (class ids follow the data's class order, alphabetical for class folders), not "
         f"{class_names[0]!r}; pass positive_class (--positive_class) to choose, or save one with the model "
-        "(pipe.set_positive_class)",
+        f"({setter})",
         UserWarning,
-        stacklevel=3,
+        stacklevel=3,  # the caller of evaluate_classifier
     )
 
 
@@ -443,7 +446,7 @@ def evaluate_classifier(
     positive_class = positive_class if positive_class is not None else saved_positive_class(classifier)
     positive_label = resolve_positive_label(positive_class, model_names, len(model_names))  # before any image is read
     if positive_class is None and positive_label is not None:
-        _warn_default_positive_class(model_names)
+        _warn_default_positive_class(model_names, classifier)
     checked = {}
     if train_fingerprints is not None and isinstance(dataset, (LabeledImages, StreamingImages)):
         where = f"the {split or 'evaluated'} split" + (f" of {dataset_name}" if dataset_name else "")

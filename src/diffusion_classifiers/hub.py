@@ -436,8 +436,7 @@ def input_description_of(local_dir: Union[str, os.PathLike]) -> Optional[str]:
         return None
     contract = ImagePreprocessing.from_dict(saved["preprocessing"])
     text = f"The model reads every image at {contract.summary()}."
-    medical = contract.medical_or_default
-    if medical.to_dict()["windows"] != ["file"] or medical.bits_stored is not None:
+    if contract.medical_or_default.stated:
         text += (
             " Give it its DICOM and 16-bit files by path, to be read as in training: an array of raw pixel values (a "
             "DICOM's `pixel_array`) is neither windowed nor scaled by the bit depth."

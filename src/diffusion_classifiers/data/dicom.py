@@ -790,6 +790,11 @@ class MedicalPreprocessing:
         """Channels of a windowed DICOM image: one per window."""
         return len(self.windows)
 
+    @property
+    def stated(self) -> bool:
+        """Windows or a bit depth chosen for the data, not the defaults (each file's own window and bit depth)."""
+        return tuple(self.windows) != ("file",) or self.bits_stored is not None
+
     def check_channels(self, num_channels: int | None) -> None:
         """What reading images for a model needs of the windows, checked where images are read for training or
         prediction (a saved contract loads as it was saved): 1 or 3 windows, one channel each, and not 3 windows

@@ -76,10 +76,19 @@ class _BitDepths:
         )
 
 
+# A window the files read with their own ("file") share counts when this many files carry it.
+_COMMON_WINDOW_FILES = 5
+# The windows follow the classes when telling the class by the window is right for this share of those files.
+_WINDOW_SHORTCUT = 0.9
+
+
 class _OwnWindows:
     """The windows DICOM files read with their own window (`"file"`) were read through, per class: warned about when
-    they differ (QA: CT series of two sites, one per class, windowed 30/80 and 30/300: the contrast alone then tells
-    the classes, and the model can learn the window instead of the finding)."""
+    the windows follow the classes (QA: CT series of two sites, one per class, windowed 30/80 and 30/300: the contrast
+    alone then tells the classes, and the model can learn the window instead of the finding). They do when, among
+    the files of windows at least `_COMMON_WINDOW_FILES` files share, each window's commonest class is the class of
+    at least `_WINDOW_SHORTCUT` of them while no class is that common overall; windows that vary from image to image
+    (auto-windowed MR or radiographs) are not warned about."""
 
     def __init__(self, medical: MedicalPreprocessing, labels: np.ndarray, class_names: Sequence[str] | None = None):
         self.active = "file" in medical.windows
@@ -92,22 +101,27 @@ class _OwnWindows:
             self.files.setdefault((own[0].center, own[0].width), []).append(position)
 
     def warn(self, stacklevel: int = 5) -> None:
-        if len(self.files) < 2:
+        num_classes = int(self.labels.max()) + 1 if len(self.labels) else 0
+        counts = {
+            window: np.bincount(self.labels[positions], minlength=num_classes)
+            for window, positions in self.files.items() if len(positions) >= _COMMON_WINDOW_FILES
+        }  # fmt: skip
+        if len(counts) < 2:
             return
-
-        def described(window: tuple, positions: list[int]) -> str:
-            counts = np.bincount(self.labels[positions])
-            classes = ", ".join(
-                f"{self.class_names[k] if self.class_names else k}: {count}" for k, count in enumerate(counts) if count
-            )
-            return f"{window[0]:g}/{window[1]:g} ({len(positions)} files; {classes})"
-
-        shown = "; ".join(described(window, positions) for window, positions in sorted(self.files.items())[:5])
+        total = sum(counts.values())
+        told_by_window = sum(count.max() for count in counts.values()) / total.sum()
+        if told_by_window < _WINDOW_SHORTCUT or total.max() / total.sum() >= _WINDOW_SHORTCUT:
+            return
+        name = (lambda k: self.class_names[k]) if self.class_names else str
+        shown = "; ".join(
+            f"{window[0]:g}/{window[1]:g}: " + ", ".join(f"{name(k)} {n}" for k, n in enumerate(count) if n)
+            for window, count in sorted(counts.items())[:5]
+        )
         warnings.warn(
-            f"DICOM files read with their own window ('file', the default) carry {len(self.files)} different ones, "
-            f"center/width: {shown}. The same tissue then looks different from file to file, and where the windows "
-            "follow the classes the model can learn the window instead of the finding: state the windows to read "
-            "every file through (--window brain, or --window 40 80; MedicalPreprocessing(windows=...))",
+            f"DICOM files read with their own window ('file', the default) carry windows that follow the classes "
+            f"(center/width: files per class): {shown}. The contrast then tells the classes apart, and the model can "
+            "learn the window instead of the finding: state the windows to read every file through (--window; CT: "
+            "a preset such as brain, or CENTER WIDTH; MedicalPreprocessing(windows=...))",
             UserWarning,
             stacklevel=stacklevel,
         )
@@ -170,7 +184,8 @@ def _decode_file(
     _refuse_localizer(path, dicom.metadata)
     sizes.add(path, dicom.values.shape[-2:], dicom.metadata["SeriesInstanceUID"])
     own_windows = dicom.frame_windows[0] if dicom.frame_windows else dicom.windows
-    return window_channels(dicom, medical.windows, medical.padding_fill), {**dicom.metadata, "own_windows": own_windows}
+    metadata = {**dicom.metadata, "own_windows": own_windows}
+    return window_channels(dicom, medical.windows, medical.padding_fill), metadata
 
 
 def _dicom_groups(metadata: list[dict | None], stacklevel: int = 5) -> list[str | None]:
@@ -188,11 +203,11 @@ def _dicom_groups(metadata: list[dict | None], stacklevel: int = 5) -> list[str 
     if any(fallbacks.values()):
         dicom_files = sum(file_metadata is not None for file_metadata in metadata)
         warnings.warn(
-            f"{sum(fallbacks.values())} of {dicom_files} DICOM files have no PatientID (anonymised?): grouped by their "
-            f"StudyInstanceUID ({fallbacks['StudyInstanceUID']}), else their SeriesInstanceUID "
-            f"({fallbacks['SeriesInstanceUID']}), else each file alone ({fallbacks['none']}), so that the slices of one "
-            "scan stay in one split; two scans of one patient can still land in train and test. To split by patient, "
-            "list the files in a CSV with a patient_id column",
+            f"{sum(fallbacks.values())} of {dicom_files} DICOM files have no PatientID (anonymised?): grouped by "
+            f"their StudyInstanceUID ({fallbacks['StudyInstanceUID']}), else their SeriesInstanceUID "
+            f"({fallbacks['SeriesInstanceUID']}), else each file alone ({fallbacks['none']}), so that the slices of "
+            "one scan stay in one split; two scans of one patient can still land in train and test. To split by "
+            "patient, list the files in a CSV with a patient_id column",
             UserWarning,
             stacklevel=stacklevel,
         )
@@ -288,6 +303,7 @@ def list_frames(
     labels_per_split: dict[str, np.ndarray],
     medical: MedicalPreprocessing,
     patient_ids: list[str] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> tuple[list[Path], list[int | None], dict[str, np.ndarray], np.ndarray | None]:
     """What [`decode_files`] gives, from the DICOM headers alone (no pixel decoded; `data.streaming` reads the images
     lazily): one row per image, the file and its frame (`None` for a non-DICOM file), and [`_expand_frames`]'s labels
@@ -295,7 +311,7 @@ def list_frames(
     DICOM mixed with other image files for `medical`'s windows (see [`dicom_or_not`])."""
     kinds = dicom_or_not(files, medical)
     headers, failures = {}, []
-    own_windows = _OwnWindows(medical, np.concatenate(list(labels_per_split.values())))
+    own_windows = _OwnWindows(medical, np.concatenate(list(labels_per_split.values())), class_names)
     for position, (path, is_dicom) in enumerate(zip(files, kinds)):
         if is_dicom:
             try:

@@ -195,5 +195,5 @@ def _check_labels_named(path: Path, rows: list[dict]) -> None:
             f"CSV {path}: labels that differ only by surrounding spaces are different classes: "
             f"{', '.join(' and '.join(map(repr, labels)) for labels in variants)}; correct the CSV if they are one class",
             UserWarning,
-            stacklevel=6,
+            stacklevel=5,  # the caller of load_image_classification_data
         )

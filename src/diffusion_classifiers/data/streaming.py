@@ -430,7 +430,7 @@ def _file_rows(
         where, patients = f"image folder {path}", None
     else:
         raise ValueError(f"source: {str(path)!r} is a file; expected an image folder, a .csv file or a dataset")
-    files, frames, labels_per_split, groups = list_frames(files, labels_per_split, medical, patients)
+    files, frames, labels_per_split, groups = list_frames(files, labels_per_split, medical, patients, names)
     labels, names, splits = labels_and_names(labels_per_split, names, where)
     return files, frames, RawData(None, labels, names, splits, groups=groups)
 
