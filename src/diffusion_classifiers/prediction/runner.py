@@ -63,8 +63,8 @@ class PredictionSummary:
             than the main one.
         not_in_input (`int`): rows of the output whose path is not among the inputs (an earlier run's, of files
             since removed: kept, after the others); 0 on processes other than the main one.
-        retried (`int`): inputs of earlier errors rows tried again (`retry_errors`); 0 on processes other than the
-            main one.
+        retried (`int`): rows of the errors file removed to try their inputs again (`retry_errors`); 0 on processes
+            other than the main one.
     """
 
     output: str

@@ -242,9 +242,11 @@ class _ChunkedFeatures:
     def chunks(self):
         """`(standardised x [P, D_max, n], targets, loss weights or None)` of those samples, chunk by chunk."""
         for rows in self._slices():
-            x = self._raw(rows).sub_(self.mean[:, :, None]).div_(self.std[:, :, None])
             sample_weight = None if self.sample_weight is None else self.sample_weight[rows]
-            yield x, _targets(self.labels[rows], self.num_classes), sample_weight
+            yield self._standardised(rows), _targets(self.labels[rows], self.num_classes), sample_weight
+
+    def _standardised(self, rows: slice) -> torch.Tensor:
+        return self._raw(rows).sub_(self.mean[:, :, None]).div_(self.std[:, :, None])
 
     def loss_and_grad(self, weight, bias, need_grad: bool = True):
         """`_data_loss_and_grad` of all samples: the chunks' means weighted by their share of the samples."""
@@ -260,14 +262,13 @@ class _ChunkedFeatures:
         return (loss, grad_weight, grad_bias) if need_grad else (loss, None, None)
 
     def columns(self, step: int) -> torch.Tensor:
-        return self._raw(slice(0, self.shape[2], step)).sub_(self.mean[:, :, None]).div_(self.std[:, :, None])
+        return self._standardised(slice(0, self.shape[2], step))
 
     def predictions(self, weight, bias, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         predicted, log_loss = [], 0
         for rows in self._slices():
-            x = self._raw(rows).sub_(self.mean[:, :, None]).div_(self.std[:, :, None])
             chunk_predicted, chunk_log_loss = _predictions_and_log_loss(
-                torch.baddbmm(bias[:, :, None], weight, x), labels[rows]
+                torch.baddbmm(bias[:, :, None], weight, self._standardised(rows)), labels[rows]
             )
             predicted.append(chunk_predicted)
             log_loss = log_loss + chunk_log_loss
