@@ -161,6 +161,20 @@ def check_checkpoint_options(parser: argparse.ArgumentParser, args: argparse.Nam
         )
     if unet_dir is not None and getattr(args, "keep_checkpoint", None) is not None:
         parser.error("--keep_checkpoint and --unet_dir: expected at most one (a reused model is already kept)")
+    if getattr(args, "keep_checkpoint", None) is not None:
+        _check_new_folder(parser, args.keep_checkpoint, "--keep_checkpoint")
+
+
+def _check_new_folder(parser: argparse.ArgumentParser, folder: str, flag: str) -> None:
+    """A folder a run will create and fill, checked before the run trains: new or empty (a model kept earlier is
+    never replaced), under a folder this user may write in."""
+    path = Path(folder)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        parser.error(f"{flag}: {folder} exists and is not an empty folder; expected a new or empty one (a kept model "
+                     "is never replaced)")  # fmt: skip
+    existing = next(parent for parent in path.absolute().parents if parent.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        parser.error(f"{flag}: {folder} cannot be created ({existing} is not a folder this user may write in)")
 
 
 # What a reused U-Net must have been trained on as this run reads its images: the same size, channels, resize,
@@ -469,9 +483,19 @@ def environment(device: torch.device) -> dict:
     }
 
 
+def results_path(name: str, args: argparse.Namespace) -> Path:
+    """Where a full run writes its results (and its figures, beside): `--output`, else `results/<name>.json`, or with
+    `--data` (your own data) `results/<name>_<dataset name>.json`, so a run on other data never replaces the result
+    recorded for the benchmark's own."""
+    if args.output:
+        return Path(args.output)
+    data = getattr(args, "data", None)
+    return RESULTS_DIR / (f"{name}_{dataset_name(data)}.json" if data else f"{name}.json")
+
+
 def report(name: str, args: argparse.Namespace, device: torch.device, figures: dict) -> dict:
-    """Print the record as the last line; on a full run also write it atomically to `args.output`, by default
-    `results/<name>.json`."""
+    """Print the record as the last line; on a full run also write it atomically to `results_path(name, args)`,
+    readable as the umask allows (a temporary file is created owner-only)."""
     record = {
         "benchmark": name,
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
@@ -480,10 +504,13 @@ def report(name: str, args: argparse.Namespace, device: torch.device, figures: d
         "figures": figures,
     }
     if not args.quick:
-        output = Path(args.output or RESULTS_DIR / f"{name}.json")
+        output = results_path(name, args)
         output.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=output.parent, suffix=".tmp", delete=False) as f:
             json.dump(record, f, indent=2)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(f.name, 0o666 & ~umask)
         os.replace(f.name, output)  # never leaves a half-written result behind
     print(json.dumps(record), flush=True)
     return record

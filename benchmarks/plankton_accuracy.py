@@ -1236,7 +1236,7 @@ def main():
     args.device = str(setup(args))
     budget, walls, start = args.budget, {}, time.perf_counter()
     name = NAME if args.quick or args.preset == "cpu" else f"{NAME}_{args.preset}"
-    output = Path(args.output or _common.RESULTS_DIR / f"{name}.json")
+    output = _common.results_path(name, args)
     partial = PartialResults(None if args.quick else output)
     with timed(walls, "read_images"):
         splits, balanced, subsets = load_splits(args)

@@ -79,6 +79,7 @@ from _common import (  # noqa: E402
 from rc_dit_bench_recipe import BASELINES as RECIPE_BASELINES  # noqa: E402
 from rc_dit_bench_recipe import baseline_readout  # noqa: E402
 
+from diffusion_classifiers.data import stratified_subset_indices  # noqa: E402
 from diffusion_classifiers.models import (  # noqa: E402
     encode_representation,
     load_pretrained_encoder,
@@ -394,7 +395,9 @@ def run_dataset(name: str, path: Path, args, device, figure_prefix: Path) -> dic
             score(source, encoded(function))
     with timed(walls, "sample_grid"):
         grid_path = figure_prefix.with_name(f"{figure_prefix.name}_samples_{name}.png")
-        references = splits["test"].images[: args.num_samples]
+        test = splits["test"]  # every class shown, about in its share (the carved splits are sorted by class)
+        shown = stratified_subset_indices(test.labels, args.num_samples, args.seed)[: args.num_samples]
+        references = test.images[shown]
         sample_grid(pipe, references, args.sample_steps, args.seed, grid_path, f"RC-DiT {args.dit_size}, {name}")
 
     efficiency_path = figure_prefix.with_name(f"{figure_prefix.name}_label_efficiency_{name}.png")
@@ -481,7 +484,7 @@ def main():
     if args.merge:
         report(NAME, args, device, merge_runs(args.merge))
         return
-    output = Path(args.output or _common.RESULTS_DIR / f"{NAME}.json")
+    output = _common.results_path(NAME, args)
     output_dir = Path(tempfile.mkdtemp()) if args.quick else output.parent
     output_dir.mkdir(parents=True, exist_ok=True)
     figure_prefix = output_dir / output.stem  # the PNGs are named after their results file

@@ -244,7 +244,7 @@ def main():
     with tempfile.TemporaryDirectory() as work_dir:
         regimes, unet, trained = run_regimes(args, splits, subsets, device, walls, work_dir)
     walls["total"] = round(time.perf_counter() - start, 1)
-    output = Path(args.output or _common.RESULTS_DIR / f"{NAME}.json")
+    output = _common.results_path(NAME, args)
     figure_dir = Path(tempfile.mkdtemp()) if args.quick else output.parent
     efficiency_plot = figure_dir / f"{output.stem}_label_efficiency.png"  # beside its results file, named after it
     compared = " vs a supervised CNN" if "cnn" in args.parts else ""

@@ -308,6 +308,28 @@ def test_results_are_keyed_by_the_dataset_name():
     assert _common.dataset_name("../shared/data/medmnist_pneumonia/pneumoniamnist.npz") == "pneumoniamnist"
     assert _common.dataset_name("/data/fashion_mnist") == "fashion_mnist"
     assert _common.dataset_name("/tmp/Blood-MNIST.v2.npz") == "blood_mnist"
+    # QA: a full run on one's own --data replaced the benchmark's recorded result file
+    own = argparse.Namespace(output=None, data="/tmp/plank6")
+    expected = _common.RESULTS_DIR / "unet_features_accuracy_plank6.json"
+    assert _common.results_path("unet_features_accuracy", own) == expected
+    recorded = argparse.Namespace(output=None, data=None)
+    assert _common.results_path("unet_features_accuracy", recorded) == _common.RESULTS_DIR / "unet_features_accuracy.json"
+
+
+def test_a_kept_model_folder_is_checked_before_training(tmp_path, capsys):
+    # QA: --keep_checkpoint replaced a Score-SDE model without a word, and a path under a file failed after training
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model_index.json").write_text("{}")
+    (tmp_path / "labels.csv").write_text("path,label\n")
+    for folder, message in [
+        (tmp_path / "model", "exists and is not an empty folder; expected a new or empty one"),
+        (tmp_path / "labels.csv" / "sub", "cannot be created"),
+    ]:
+        with pytest.raises(SystemExit):
+            parse(["--keep_checkpoint", str(folder)], checkpoint=True)
+        error = capsys.readouterr().err
+        assert f"--keep_checkpoint: {folder}" in error and message in error
+    assert parse(["--keep_checkpoint", str(tmp_path / "new")], checkpoint=True).keep_checkpoint == str(tmp_path / "new")
 
 
 def test_a_full_run_checks_its_results_folder_before_any_work(tmp_path):

@@ -108,6 +108,10 @@ def test_label_efficiency_from_evaluate_protocols(tmp_path):
     pixels = opened(path)
     assert pixels.shape == (round(4.5 * DPI), 10 * DPI)
     assert_title_fits(pixels)
+    # QA: regimes of 1.80 and 2.01 labels per class both read "2"
+    from diffusion_classifiers.plots import _label_count
+
+    assert [_label_count(n) for n in (1.8, 2.01, 5.0, 23.4, 2354.0, 0.5)] == ["1.8", "2.01", "5", "23.4", "2354", "0.5"]
     with pytest.raises(ValueError, match="'prototype' or 'knn'"):
         label_efficiency_curve(protocols, "linear_probe")
     with pytest.raises(ValueError, match="at least one method"):

@@ -261,6 +261,12 @@ def label_efficiency_curve(protocol_result: dict, protocol: str = "prototype") -
     }  # fmt: skip
 
 
+def _label_count(value: float, _position=None) -> str:
+    """A tick of labels per class: whole numbers and large ones plainly ("5", "2354"), others to 3 digits ("1.8",
+    "2.01": two regimes near 2 must not both read "2")."""
+    return f"{value:.0f}" if value >= 100 or float(value).is_integer() else f"{value:.3g}"
+
+
 def plot_label_efficiency(
     curves: Mapping[str, Mapping[float, Mapping[str, float]]],
     path: str,
@@ -287,7 +293,7 @@ def plot_label_efficiency(
         # ticks at the measured label counts, written plainly ("5" and "2354", not "5x10^0" or "2.35e+03"; no
         # crowded minor labels)
         ax.set_xticks(sorted({n for points in curves.values() for n in points}))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.0f}" if value >= 1 else f"{value:.2g}"))
+        ax.xaxis.set_major_formatter(FuncFormatter(_label_count))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set(xlabel="labelled samples per class (log scale)", ylabel=f"test {label} (%)")
         ax.set_title(f"{label} vs labels per class")
