@@ -21,7 +21,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence
 
 import torch
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -103,6 +103,7 @@ def add_data_options(
             "--min_labels_per_class", type=int, default=MIN_LABELS_PER_CLASS,
             help=f"each few-label regime keeps at least this many images of every class; default {MIN_LABELS_PER_CLASS}",
         )  # fmt: skip
+    add_reading_options(parser)
     if checkpoint:
         add_checkpoint_options(parser)
     if parts is not None:
@@ -110,6 +111,33 @@ def add_data_options(
             "--parts", nargs="+", default=list(parts), choices=list(parts), help=f"parts to run; default all: {list(parts)}"
         )
     return parser
+
+
+def add_reading_options(parser: argparse.ArgumentParser) -> None:
+    """How the images are read (`reading_options`), as the library's training scripts take it: plankton and other
+    grey images stored as colour, elongated organisms padded rather than stretched, bright-field backgrounds."""
+    parser.add_argument(
+        "--num_channels", type=int, choices=(1, 3), default=None,
+        help="read the images as 1 (grey) or 3 channels; default: the data's own",
+    )  # fmt: skip
+    parser.add_argument(
+        "--resize_mode", choices=("stretch", "pad", "crop"), default="stretch",
+        help="how an image meets the size: stretched, padded keeping its aspect ratio, or centre-cropped; "
+        "default stretch",
+    )  # fmt: skip
+    parser.add_argument("--pad_value", type=float, default=-1.0, help="the fill of --resize_mode pad, -1 black .. 1 white")
+    parser.add_argument(
+        "--normalize_background", action="store_true",
+        help="divide each image by its border's level (bright-field images: dark organisms on a light background)",
+    )  # fmt: skip
+
+
+def reading_options(args: argparse.Namespace) -> dict:
+    """The keywords of `load_image_classification_data` the reading flags give (`add_reading_options`)."""
+    return {
+        "num_channels": args.num_channels, "resize_mode": args.resize_mode, "pad_value": args.pad_value,
+        "normalize_background": args.normalize_background,
+    }  # fmt: skip
 
 
 def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
@@ -254,10 +282,11 @@ def dataset_name(source: str) -> str:
 
 def load_benchmark_data(
     source: str, class_names: Sequence[str] | None = None, positive_class: str | None = None, seed: int = 0,
-    image_size: int | None = None,
+    image_size: int | None = None, **reading: Any,
 ) -> dict:  # fmt: skip
-    """`load_image_classification_data` of `source` (a saved `datasets` folder read with `load_from_disk`), with the
-    positive class checked against the class names at once, before any training."""
+    """`load_image_classification_data` of `source` (a saved `datasets` folder read with `load_from_disk`), read as
+    `reading` (`reading_options`) says, with the positive class checked against the class names at once, before any
+    training."""
     from diffusion_classifiers.data import load_image_classification_data
     from diffusion_classifiers.metrics import resolve_positive_label
 
@@ -266,7 +295,9 @@ def load_benchmark_data(
         import datasets
 
         source = datasets.load_from_disk(str(path))
-    splits = load_image_classification_data(source, image_size=image_size, seed=seed, class_names=class_names)
+    splits = load_image_classification_data(
+        source, image_size=image_size, seed=seed, class_names=class_names, **reading
+    )
     train = splits["train"]
     resolve_positive_label(positive_class, train.class_names, train.num_classes)  # raises naming positive_class
     return splits

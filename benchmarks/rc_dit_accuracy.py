@@ -69,6 +69,7 @@ from _common import (  # noqa: E402
     load_benchmark_data,
     over_seeds,
     read_seed_runs,
+    reading_options,
     report,
     setup,
     subsample_splits,
@@ -173,7 +174,9 @@ def parse_args():
 
 def load_splits(path: Path, args) -> dict:
     """Stratified subsets of the splits, of about the sizes asked for (a split no larger is kept whole)."""
-    splits = load_benchmark_data(str(path), args.class_names if args.data else None, seed=args.seed)
+    splits = load_benchmark_data(
+        str(path), args.class_names if args.data else None, seed=args.seed, **reading_options(args)
+    )
     sizes = QUICK_SIZES if args.quick else {"train": args.max_train_images, "val": args.max_eval_images,
                                            "test": args.max_eval_images}  # fmt: skip
     splits = subsample_splits(splits, sizes, args.seed)

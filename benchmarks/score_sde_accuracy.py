@@ -47,6 +47,7 @@ from _common import (
     data_path,
     dataset_name,
     load_benchmark_data,
+    reading_options,
     report,
     setup,
     subsample_splits,
@@ -242,7 +243,10 @@ def auc_of(labels, llr, positive: int) -> float:
 
 
 def load_part_data(args, source: str) -> dict:
-    return load_benchmark_data(source, args.class_names, args.positive_class, seed=args.seed, image_size=args.image_size)
+    return load_benchmark_data(
+        source, args.class_names, args.positive_class, seed=args.seed, image_size=args.image_size,
+        **reading_options(args),
+    )  # fmt: skip
 
 
 def binary_protocol(args, splits: dict, device, work_dir: str) -> dict:

@@ -33,6 +33,7 @@ from _common import (
     check_data_options,
     data_path,
     load_benchmark_data,
+    reading_options,
     report,
     setup,
     target_entry,
@@ -80,7 +81,7 @@ def parse_args():
 def model_and_val(args, work_dir: str):
     """The pipeline (loaded from `--unet_dir`, else trained on train) and the stratified val subset."""
     splits = load_benchmark_data(args.data, args.class_names, args.positive_class, seed=args.seed,
-                                 image_size=args.image_size)  # fmt: skip
+                                 image_size=args.image_size, **reading_options(args))  # fmt: skip
     train, val = splits["train"], splits["val"]
     if args.quick:
         train = train.subset(stratified_subset_indices(train.labels, min(QUICK_TRAIN_IMAGES, len(train)), args.seed))

@@ -37,6 +37,7 @@ from _common import (
     dataset_name,
     few_label_subsets,
     load_benchmark_data,
+    reading_options,
     report,
     setup,
     subsample_splits,
@@ -75,6 +76,7 @@ def parse_args():
         parser, "../shared/data/medmnist_pneumonia/pneumoniamnist.npz", label_fractions=[0.01], checkpoint=True,
         parts=PARTS,
     )  # fmt: skip
+    parser.add_argument("--image_size", type=int, default=None, help="square side in px; default: the data's (folders 32)")
     parser.add_argument("--unet_preset", default=None, help="default: tiny with --quick, else small")
     parser.add_argument("--max_train_steps", type=int, default=None, help="DDPM steps; default 10 with --quick, else 1000")
     parser.add_argument("--train_batch_size", type=int, default=None, help="DDPM and CNN batch size; default 32 with --quick, else 64")
@@ -107,7 +109,10 @@ def parse_args():
 
 def load_splits(args) -> dict:
     """The train/val/test splits (official or carved); with --quick a stratified subsample of each."""
-    splits = load_benchmark_data(args.data, args.class_names, args.positive_class, seed=args.seed)
+    splits = load_benchmark_data(
+        args.data, args.class_names, args.positive_class, seed=args.seed, image_size=args.image_size,
+        **reading_options(args),
+    )  # fmt: skip
     return subsample_splits(splits, QUICK_SIZES, args.seed) if args.quick else splits
 
 
