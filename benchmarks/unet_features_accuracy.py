@@ -20,11 +20,14 @@ reaches at least raw-pixel k-means' Hungarian accuracy; the whole run takes at m
         --keep_checkpoint /tmp/unet --output /tmp/my.json
 """
 
+import json
+import math
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from diffusers import UNet2DModel
 
 import _common
 from _common import (
@@ -49,7 +52,7 @@ from _common import (
 from diffusion_classifiers.data import LabeledImages
 from diffusion_classifiers.features import POOLS
 from diffusion_classifiers.metrics import classification_metrics, resolve_positive_label
-from diffusion_classifiers.models import count_parameters
+from diffusion_classifiers.models import count_parameters, unet_config
 from diffusion_classifiers.plots import plot_label_efficiency
 from diffusion_classifiers.training import train_ddpm_unet
 from diffusion_classifiers.unet_feature_study import (
@@ -103,6 +106,7 @@ def parse_args():
     args.train_batch_size = args.train_batch_size or (32 if args.quick else 64)
     args.timesteps = args.timesteps or list(QUICK_TIMESTEPS if args.quick else DEFAULT_TIMESTEPS)
     args.cnn_steps = args.cnn_steps or (20 if args.quick else 1500)
+    args.cnn_widths_given = args.cnn_widths is not None  # else matched to the U-Net, a loaded one's once loaded
     args.cnn_widths = tuple(args.cnn_widths or CNN_WIDTHS[args.unet_preset])
     return args
 
@@ -130,6 +134,24 @@ def train_unet(args, train_split: LabeledImages, work_dir: str):
         return unet, scheduler, summary.final_loss
 
     return trained_or_loaded_ddpm(args, train_split.preprocessing, train)
+
+
+def loaded_unet_facts(args, unet) -> dict:
+    """What a `--unet_dir` model is, for the record in place of this run's training flags (QA: the record named the
+    run's preset, steps and EMA for a model trained otherwise), and the CNN widths of the preset whose encoder is
+    nearest the loaded one's in size, unless `--cnn_widths` was given (the CNN is meant to be about its size)."""
+    size, channels = unet.config.sample_size, unet.config.in_channels
+    preset_sizes = {
+        preset: encoder_parameters(UNet2DModel(**unet_config(preset, size, channels))) for preset in CNN_WIDTHS
+    }
+    loaded = encoder_parameters(unet)
+    nearest = min(preset_sizes, key=lambda preset: abs(math.log(preset_sizes[preset] / loaded)))
+    if not args.cnn_widths_given:
+        args.cnn_widths = CNN_WIDTHS[nearest]
+    args.unet_preset, args.max_train_steps, args.learning_rate = f"loaded (nearest preset by size: {nearest})", None, None
+    summary_path = Path(args.unet_dir) / "training_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    return {"loaded_block_out_channels": list(unet.config.block_out_channels), "loaded_training_summary": summary}
 
 
 def encoder_parameters(unet) -> int:
@@ -217,6 +239,8 @@ def run_regimes(args, splits: dict, subsets: dict, device, walls: dict, work_dir
         with timed(walls, "ddpm_training"):
             unet, scheduler, final_loss = train_unet(args, splits["train"], f"{work_dir}/unet")
         trained = {"ddpm_final_loss": final_loss, "loaded_from": args.unet_dir, "kept_in": args.keep_checkpoint}
+        if args.unet_dir:
+            trained.update(loaded_unet_facts(args, unet))
         unet.to(device)
         with timed(walls, "feature_extraction"):
             features = extract_study_features(
@@ -275,7 +299,8 @@ def main():
         "budget": {
             "parts": args.parts, "unet_preset": args.unet_preset, "image_size": train.images.shape[-1],
             "ddpm_steps": args.max_train_steps, "train_batch_size": args.train_batch_size,
-            "ddpm_learning_rate": args.learning_rate, "use_ema": True, **trained, "timesteps": args.timesteps,
+            "ddpm_learning_rate": args.learning_rate, "use_ema": None if args.unet_dir else True, **trained,
+            "timesteps": args.timesteps,
             "pool": args.pool, "probe_C": args.probe_C,
             "cnn_steps": args.cnn_steps, "cnn_learning_rate": args.cnn_learning_rate, "cnn_widths": list(args.cnn_widths),
             "cnn_augment": args.cnn_augment, "num_threads": torch.get_num_threads(),
