@@ -1,6 +1,7 @@
 """One preprocessing contract (`data.ImagePreprocessing`), stated, saved with every model and applied alike by
 `pipe(...)`, the transformers image processor, evaluation and prediction."""
 
+import csv
 import dataclasses
 import json
 import warnings
@@ -247,6 +248,11 @@ def test_a_uint16_array_given_to_a_model_that_reads_medical_files_warns_to_pass_
         ImagePreprocessing()(values)  # no medical files in the contract: uint16 is read from [0, 65535] as documented
 
 
+def first_score(output) -> float:
+    with open(output, newline="") as handle:
+        return float(next(csv.DictReader(handle))["score"])
+
+
 def test_predict_uses_the_saved_windows_unless_told_otherwise(tmp_path):
     path = shared_data(*CT_SLICE)
     unet_pipeline(preprocessing={"medical": {"windows": ["bone"]}}).save_pretrained(tmp_path / "model")
@@ -257,8 +263,7 @@ def test_predict_uses_the_saved_windows_unless_told_otherwise(tmp_path):
     main(run + ["--output", str(tmp_path / "brain" / "brain.csv"), "--window", "brain"])
     assert json.loads((tmp_path / "saved.csv.json").read_text())["run"]["windows"] == ["bone"]
     assert json.loads((tmp_path / "brain" / "brain.csv.json").read_text())["run"]["windows"] == ["brain"]
-    bone = float((tmp_path / "saved.csv").read_text().splitlines()[1].split(",")[3])
-    brain = float((tmp_path / "brain" / "brain.csv").read_text().splitlines()[1].split(",")[3])
+    bone, brain = (first_score(output) for output in (tmp_path / "saved.csv", tmp_path / "brain" / "brain.csv"))
     assert bone == pipe([path]).scores[0].item()
     pipe.set_preprocessing({"medical": {"windows": ["brain"]}})
     assert brain == pipe([path]).scores[0].item() and brain != bone
