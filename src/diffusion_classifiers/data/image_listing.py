@@ -18,6 +18,7 @@ from .labeled_images import labels_and_names
 __all__ = [
     "ACCEPTED_FILES",
     "list_image_folder",
+    "warn_other_files_skipped",
 ]
 
 # What a listing reads, for its errors.
@@ -46,12 +47,27 @@ def list_folder_files(root: Path) -> tuple[list[Path], dict[str, np.ndarray], li
     else:
         files, labels_per_split, names = _read_class_folders(class_dirs)
         _warn_unlabelled_images(image_root)
+        others = [path for folder in class_dirs for path in _other_files(folder)]
+        warn_other_files_skipped(f"image folder {root}", image_root, others, 4)
     if not files:
         raise ValueError(
             f"image folder {root}: no images found; expected class subfolders <root>/<class>/*.jpg "
             f"({ACCEPTED_FILES})"
         )
     return files, labels_per_split, names
+
+
+def warn_other_files_skipped(where: str, folder: Path, others: list[Path], stacklevel: int) -> None:
+    """Files of a folder that are neither images nor DICOM are not read (a predict row, a training image): say how
+    many, and which (`where`: the folder as the message names it)."""
+    if others:
+        shown = ", ".join(path.relative_to(folder).as_posix() for path in others[:3])
+        warnings.warn(
+            f"{where}: skipped {len(others)} of its files, neither images nor DICOM (e.g. {shown}); read are "
+            f"{ACCEPTED_FILES}",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
 
 
 def _warn_unlabelled_images(image_root: Path) -> None:
@@ -102,6 +118,14 @@ def _class_images(folder: Path) -> list[Path]:
             "class folder (<root>/<class>/<image>): nested folders are not read"
         )
     return [path for path in entries if is_image_or_dicom_file(path)]
+
+
+def _other_files(folder: Path) -> list[Path]:
+    """The files of a class folder that are not read: neither images nor DICOM (hidden ones aside)."""
+    return sorted(
+        path for path in folder.iterdir()
+        if path.is_file() and not path.name.startswith(".") and not is_image_or_dicom_file(path)
+    )  # fmt: skip
 
 
 def is_image_or_dicom_file(path: Path) -> bool:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import os
-import warnings
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -154,7 +153,7 @@ def check_input_exists(source: str | os.PathLike) -> Path:
 
 
 def _folder_inputs(folder: Path, read: Callable) -> list[PredictionInput]:
-    from ..data.image_listing import ACCEPTED_FILES, is_image_or_dicom_file
+    from ..data.image_listing import ACCEPTED_FILES, is_image_or_dicom_file, warn_other_files_skipped
 
     visible = sorted(
         path for path in folder.rglob("*")
@@ -164,23 +163,9 @@ def _folder_inputs(folder: Path, read: Callable) -> list[PredictionInput]:
     if not files:
         raise ValueError(f"input folder {folder}: no image or DICOM files found ({ACCEPTED_FILES})")
     listed = set(files)
-    _warn_other_files_skipped(folder, [path for path in visible if path not in listed])
+    warn_other_files_skipped(f"input folder {folder}", folder, [path for path in visible if path not in listed], 4)
     _check_dicom_decoders(files)
     return [_input_of_file(path, path.relative_to(folder).as_posix(), read) for path in files]
-
-
-def _warn_other_files_skipped(folder: Path, others: list[Path]) -> None:
-    """Files of the folder that are neither images nor DICOM get no row, in neither output: say how many, and which."""
-    from ..data.image_listing import ACCEPTED_FILES
-
-    if others:
-        shown = ", ".join(path.relative_to(folder).as_posix() for path in others[:3])
-        warnings.warn(
-            f"input folder {folder}: skipped {len(others)} of its files, neither images nor DICOM (e.g. {shown}); "
-            f"read are {ACCEPTED_FILES}",
-            UserWarning,
-            stacklevel=4,
-        )
 
 
 def _csv_inputs(path: Path, read: Callable) -> list[PredictionInput]:
