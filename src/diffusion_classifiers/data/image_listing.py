@@ -108,8 +108,9 @@ def _read_class_folders(class_dirs: list[Path]) -> tuple[list[Path], dict[str, n
 
 
 def _class_images(folder: Path) -> list[Path]:
-    """The image files directly inside a class folder, sorted; names starting with "." are skipped and other files
-    ignored. A folder inside it (a nested layout such as `train/<class>/`, or a symlink loop) is refused."""
+    """The image files directly inside a class folder, sorted; names starting with "." are skipped, other files left
+    to `_other_files` (counted in a warning). A folder inside it (a nested layout such as `train/<class>/`, or a
+    symlink loop) is refused."""
     entries = sorted(path for path in folder.iterdir() if not path.name.startswith("."))
     nested = [path for path in entries if path.is_dir()]
     if nested:
