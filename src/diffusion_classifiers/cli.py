@@ -210,7 +210,8 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         raise ValueError(f"--pipeline_kwargs: expected a JSON object, got {args.pipeline_kwargs!r}")
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
     classifier = load_classifier(args.model_dir)
-    args.dataset = _dataset_or_demo_digits(args.dataset, saved_preprocessing(classifier), "evaluate")
+    contract = saved_preprocessing(classifier)
+    args.dataset = _dataset_or_demo_digits(args.dataset, contract, "evaluate")
     pipeline_call_settings(classifier, args.pipeline_kwargs)  # unknown names refused before the split is read
     folder = download(args.model_dir)
     carving = resolve_split_args(  # as the model's data was carved
@@ -222,7 +223,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     if train_fingerprints is None and carved:
         _note_unchecked(args.model_dir, "evaluate", [args.split])
     dataset, train_split = load_evaluation_split(  # its train split tells duplicates within the data from leaks
-        args.dataset, args.split, carving["seed"], saved_preprocessing(classifier), args.streaming,
+        args.dataset, args.split, carving["seed"], contract, args.streaming,
         val_fraction=carving["val_fraction"], test_fraction=carving["test_fraction"], class_names=carving["class_names"],
         with_train=True,
     )  # fmt: skip
@@ -399,8 +400,8 @@ def _note_unchecked(model_dir: str, command: str, split_names: list) -> None:
     """Say that `command` cannot check its carved splits against a model that records no training fingerprints."""
     print(
         f"note: {model_dir} records no fingerprints of its training images (saved by an earlier version, given a head "
-        f"or saved in Python without them, or trained with --streaming): {command} cannot check that the {' and '.join(split_names)} images are none it was "
-        "trained on",
+        f"or saved in Python without them, or trained with --streaming): {command} cannot check that the "
+        f"{' and '.join(split_names)} images are none it was trained on",
         file=sys.stderr,
     )
 

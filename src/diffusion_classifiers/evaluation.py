@@ -443,6 +443,7 @@ def evaluate_classifier(
         classifier = load_classifier(str(classifier))
     settings = pipeline_call_settings(classifier, pipeline_kwargs)  # unknown names refused before any image is read
     predict, model_names = _predictor(classifier, image_processor, pipeline_kwargs)
+    contract = saved_preprocessing(classifier, image_processor)
     positive_class = positive_class if positive_class is not None else saved_positive_class(classifier)
     positive_label = resolve_positive_label(positive_class, model_names, len(model_names))  # before any image is read
     if positive_class is None and positive_label is not None:
@@ -461,7 +462,7 @@ def evaluate_classifier(
     elif train_fingerprints is not None:
         checked = {"training_images_checked": False}  # a datasets.Dataset: its own split, not carved by the model's record
     if isinstance(dataset, (LabeledImages, StreamingImages)):
-        input_range = saved_preprocessing(classifier, image_processor).input_range
+        input_range = contract.input_range
         batches = (_in_stated_range(images, input_range) for images in _tensor_batches(dataset, batch_size, num_workers))
         dataset_labels, dataset_names = dataset.labels.numpy(), dataset.class_names
     else:
@@ -485,7 +486,7 @@ def evaluate_classifier(
         metrics["model_sha256"] = model_sha256
     if settings is not None:
         metrics["pipeline_call"] = settings
-    metrics["preprocessing"] = saved_preprocessing(classifier, image_processor).to_dict()  # how the images were read
+    metrics["preprocessing"] = contract.to_dict()  # how the images were read
     absent = [name for label, name in enumerate(model_names) if not np.any(y_true == label)]
     if absent:  # a split without a class reads as perfect on the rest: say so, loudly and in the record
         metrics["absent_classes"] = absent

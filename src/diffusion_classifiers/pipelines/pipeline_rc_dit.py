@@ -104,7 +104,10 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
     def encode(self, images, batch_size: int = 64, input_data_format: Optional[str] = None) -> torch.Tensor:
         """The representation r of `images` (one or a list of file paths, PIL images, arrays or tensors): float32
         `[N, D]`, CPU. `input_data_format` is the layout of 3-D / 4-D arrays and tensors (see `preprocess_images`)."""
-        pixels = self.preprocess(images, input_data_format)
+        return self._represent(self.preprocess(images, input_data_format), batch_size)
+
+    def _represent(self, pixels: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """`encode` of preprocessed `pixels`."""
         representations = []
         with self.progress_bar(total=len(pixels)) as progress_bar:
             for chunk in pixels.split(batch_size):
@@ -129,15 +132,14 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         (else the largest label + 1), and every class needs at least one image. With labelled `val_images` (others
         than `images`) the softmax temperature is fitted on them, so the probabilities are calibrated; without, it is
         `temperature`, whose probabilities are not (see `models.fit_prototypes`)."""
-        encode = dict(batch_size=batch_size, input_data_format=input_data_format)
+        labelled = [images] + ([] if val_images is None else [val_images])
+        pixels = [self.preprocess(x, input_data_format) for x in labelled]
         head = fit_prototypes(
-            self.encode(images, **encode), labels, class_names=class_names, temperature=temperature,
+            self._represent(pixels[0], batch_size), labels, class_names=class_names, temperature=temperature,
             standardize=standardize, block=REPRESENTATION_FEATURE[0], timestep=REPRESENTATION_FEATURE[1],
-            val_features=None if val_images is None else self.encode(val_images, **encode), val_labels=val_labels,
+            val_features=self._represent(pixels[1], batch_size) if len(pixels) > 1 else None, val_labels=val_labels,
         )  # fmt: skip
-        fitted_on = [images] + ([] if val_images is None else [val_images])
-        pixels = (self.preprocess(x, input_data_format) for x in fitted_on)  # their fingerprints join the record
-        self.register_fitted_head(head.to(self.encoder.device), *pixels)
+        self.register_fitted_head(head.to(self.encoder.device), *pixels)  # their fingerprints join the record
         return head
 
     def fit_linear_probe(
@@ -155,14 +157,13 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         of labelled `images`, its strength (`C=[...]`) and early stop chosen on the labelled `val_images`; register it
         as this pipeline's `head` and return it. `probe_kwargs`: `C`, `class_weight`, `early_stopping`, ... of
         `fit_probe_grid`."""
-        encode = dict(batch_size=batch_size, input_data_format=input_data_format)
+        pixels, val_pixels = (self.preprocess(x, input_data_format) for x in (images, val_images))
         result = fit_probe_grid(
-            {REPRESENTATION_FEATURE: self.encode(images, **encode)}, labels,
-            {REPRESENTATION_FEATURE: self.encode(val_images, **encode)}, val_labels, class_names=class_names,
+            {REPRESENTATION_FEATURE: self._represent(pixels, batch_size)}, labels,
+            {REPRESENTATION_FEATURE: self._represent(val_pixels, batch_size)}, val_labels, class_names=class_names,
             **{**probe_kwargs, "pool": None},  # r is a vector: nothing to pool
         )  # fmt: skip
-        fitted_on = (self.preprocess(x, input_data_format) for x in (images, val_images))
-        self.register_fitted_head(result.head.to(self.encoder.device), *fitted_on)
+        self.register_fitted_head(result.head.to(self.encoder.device), pixels, val_pixels)
         return result.head
 
     def dit_features(
