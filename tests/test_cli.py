@@ -33,7 +33,8 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
     assert "chosen" in printed and "| block |" in printed
     num_train, _, num_test = map(int, re.search(r"data: digits: train (\d+), val (\d+), test (\d+)", printed).groups())
     # saved with the model: probe and evaluate carve the same splits (their test the demo's test)
-    carving = {"val_fraction": 0.15, "test_fraction": 0.25, "seed": 3, "class_names": None}
+    carving = {"val_fraction": 0.15, "test_fraction": 0.25, "seed": 3, "class_names": None,
+               "anonymised_dicom_groups": "study_or_series"}  # fmt: skip
     recorded = json.loads((tmp_path / "pipeline" / "data_splits.json").read_text())
     assert len(recorded.pop("train_fingerprints").split()) == num_train and recorded == carving  # its train images too
     for name in ("kmeans_label_free_test", "kmeans_raw_pixels_test"):  # chosen on every train image, without labels

@@ -659,9 +659,13 @@ def test_a_split_record_is_read_checked_and_flags_that_contradict_it_warn(tmp_pa
     from diffusion_classifiers.data import read_split_record, resolve_split_args, save_split_record
 
     assert read_split_record(tmp_path) is None
-    assert resolve_split_args(tmp_path, seed=None) == {"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0, "class_names": None}
+    assert resolve_split_args(tmp_path, seed=None) == {
+        "val_fraction": 0.1, "test_fraction": 0.2, "seed": 0, "class_names": None,
+        "anonymised_dicom_groups": "study_or_series",
+    }  # fmt: skip
     save_split_record(tmp_path, 0.15, 0.25, 3, ("b", "a"))
-    recorded = {"val_fraction": 0.15, "test_fraction": 0.25, "seed": 3, "class_names": ["b", "a"]}
+    recorded = {"val_fraction": 0.15, "test_fraction": 0.25, "seed": 3, "class_names": ["b", "a"],
+                "anonymised_dicom_groups": "study_or_series"}  # fmt: skip
     assert read_split_record(tmp_path) == resolve_split_args(tmp_path, val_fraction=None, seed=None) == recorded
     with pytest.warns(UserWarning, match=r"--seed 4 carve\(s\) other splits where the data has none of its own"):
         assert resolve_split_args(tmp_path, seed=4)["seed"] == 4

@@ -9,6 +9,7 @@ are float32 in [0, 1]: rounding to float32 moves them by at most half an ulp bel
 import copy
 import csv
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -607,6 +608,145 @@ def test_anonymised_files_without_a_patient_id_keep_each_study_on_one_side_with_
             tmp_path, num_channels=1, image_size=16, val_fraction=0.25, test_fraction=0.25, seed=3, medical=FULL
         )
     assert {name: len(split) for name, split in streamed.items()} == {name: len(split) for name, split in splits.items()}
+
+
+# Stored value of slice j of study p (anonymised, see make_anonymised_studies): every image its own, 1.2 windowed
+# 8-bit levels (FULL) or more from any other, so the training images' fingerprints tell each apart.
+STUDY_STEP, SLICE_STEP = 1000, 300
+EARLIER_VERSION = (r"36 of 36 DICOM files have no PatientID \(anonymised\?\): split file by file \(slice by slice\), "
+                   r"as the model was trained: it was saved by an earlier version .*Retraining the model groups them "
+                   r"by their StudyInstanceUID")  # fmt: skip
+ANONYMISED = r"DICOM files have no PatientID \(anonymised\?\): grouped by their StudyInstanceUID"
+
+
+def make_anonymised_studies(root, num_studies=12, slices=3):
+    """`root/<class>/p<ii>_<j>.dcm` (see make_patients) with PatientID blank, as anonymisation leaves it, one
+    StudyInstanceUID per study and slice j of study p stored as `p * STUDY_STEP + j * SLICE_STEP`."""
+    make_patients(root, num_patients=num_studies, slices=slices)
+    for path in root.rglob("*.dcm"):
+        study, j = int(path.name[1:3]), int(path.stem.split("_")[1])
+        dataset = pydicom.dcmread(path)
+        pixels = np.full((dataset.Rows, dataset.Columns), study * STUDY_STEP + j * SLICE_STEP, dtype="<i2").tobytes()
+        write_dicom(dataset, path, PatientID="", StudyInstanceUID=f"1.2.826.0.1.{study}", PixelData=pixels)
+
+
+def slices_in(images):
+    """`(study, slice)` of each image of make_anonymised_studies (constant images in [-1, 1], windowed by FULL)."""
+    stored = ((torch.as_tensor(images).flatten(1).mean(1).double() + 1) / 2 * 65535 - 32768).round().long()
+    return [(value // STUDY_STEP, value % STUDY_STEP // SLICE_STEP) for value in stored.tolist()]
+
+
+def file_by_file_splits(root, **carving):
+    """The `(study, slice)` of each split's images as carved with each file its own group (groups=None), as versions
+    before anonymised files were grouped by study carved them."""
+    import dataclasses
+
+    from diffusion_classifiers.data import readers
+    from diffusion_classifiers.data.image_listing import list_folder_files
+
+    with pytest.warns(UserWarning, match=ANONYMISED):
+        raw = readers._read_image_folder(root, FULL)
+    files = list_folder_files(root)[0]
+    ids = [(int(path.name[1:3]), int(path.stem.split("_")[1])) for path in files]
+    splits = readers.carve_splits(dataclasses.replace(raw, groups=None), **carving)
+    return {name: [ids[index] for index in indices] for name, indices in splits.items()}
+
+
+def test_a_record_of_an_earlier_version_splits_anonymised_files_file_by_file_as_its_model_was_trained(tmp_path):
+    # regression: earlier versions split anonymised DICOM file by file; carved by study now, the test split of a model
+    # they trained held images it was trained on
+    from diffusion_classifiers.data import resolve_split_args, save_split_record
+
+    data, old, new = tmp_path / "data", tmp_path / "old", tmp_path / "new"
+    make_anonymised_studies(data)
+    old.mkdir(), new.mkdir()
+    (old / "data_splits.json").write_text('{"val_fraction": 0.25, "test_fraction": 0.25, "seed": 3}')  # an earlier one
+    save_split_record(new, 0.25, 0.25, 3)
+    expected = file_by_file_splits(data, val_fraction=0.25, test_fraction=0.25, seed=3)
+    assert {study for study, _ in expected["train"]} & {study for study, _ in expected["test"]}  # the premise
+    carving = resolve_split_args(old)
+    assert carving["anonymised_dicom_groups"] == "file"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        splits = load_image_classification_data(data, image_size=16, medical=FULL, **carving)
+        streamed = streaming_image_classification_data(data, 1, 16, medical=FULL, **carving)
+    messages = [str(warning.message) for warning in caught if issubclass(warning.category, UserWarning)]
+    assert len([m for m in messages if re.search(EARLIER_VERSION, m)]) == 2, messages
+    assert not any(re.search(ANONYMISED, message) for message in messages)  # the current rule's warning: not applied
+    for name in SPLITS:
+        assert slices_in(splits[name].images) == expected[name], name
+        read = torch.stack([streamed[name][index][0] for index in range(len(streamed[name]))])
+        assert slices_in(read) == expected[name], name
+    # a record of this version groups them by study, as training did
+    with pytest.warns(UserWarning, match=ANONYMISED):
+        grouped = load_image_classification_data(data, image_size=16, medical=FULL, **resolve_split_args(new))
+    sides = {name: {study for study, _ in slices_in(split.images)} for name, split in grouped.items()}
+    assert not sides["train"] & sides["test"] and not sides["train"] & sides["val"]
+    assert not sides["val"] & sides["test"]
+
+
+def test_data_without_anonymised_dicom_splits_alike_by_either_rule_without_a_word(tmp_path):
+    from diffusion_classifiers.data import resolve_split_args
+
+    make_patients(tmp_path / "data", num_patients=12, slices=2)  # every file names its PatientID
+    (tmp_path / "data_splits.json").write_text('{"val_fraction": 0.25, "test_fraction": 0.25, "seed": 3}')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # not a word
+        earlier = load_image_classification_data(tmp_path / "data", image_size=16, medical=FULL,
+                                                 **resolve_split_args(tmp_path))  # fmt: skip
+        current = load_image_classification_data(tmp_path / "data", image_size=16, medical=FULL, val_fraction=0.25,
+                                                 test_fraction=0.25, seed=3)  # fmt: skip
+    for name in SPLITS:
+        assert torch.equal(earlier[name].images, current[name].images), name
+
+
+def test_evaluate_and_probe_carve_a_model_of_an_earlier_version_as_it_was_trained(tmp_path):
+    # regression: evaluate re-carved an earlier version's model's anonymised DICOM by study: its test split then held
+    # images it was trained on (refused here, where the record holds the training images' fingerprints; scored
+    # silently where it holds none)
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from diffusion_classifiers import UNetFeatureClassifierPipeline
+    from diffusion_classifiers.cli import main
+    from diffusion_classifiers.data import read_split_record, save_split_record
+    from diffusion_classifiers.data.split_record import image_fingerprints
+    from diffusion_classifiers.models import unet_config
+    from diffusion_classifiers.probing import fit_probe_grid
+
+    data, model = tmp_path / "data", tmp_path / "model"
+    make_anonymised_studies(data)
+    carving = {"val_fraction": 0.25, "test_fraction": 0.25, "seed": 3}
+    with pytest.warns(UserWarning, match=EARLIER_VERSION):  # as the earlier version read it
+        splits = load_image_classification_data(data, image_size=16, medical=FULL, anonymised_dicom_groups="file",
+                                                 **carving)  # fmt: skip
+    torch.manual_seed(0)
+    pipe = UNetFeatureClassifierPipeline(unet=UNet2DModel(**unet_config("tiny", 16)), scheduler=DDPMScheduler(),
+                                         preprocessing=splits["train"].preprocessing)  # fmt: skip
+    feats = {name: pipe.extract_features(splits[name].images, ["mid_block"], [20]) for name in ("train", "val")}
+    pipe.register_modules(head=fit_probe_grid(feats["train"], splits["train"].labels, feats["val"],
+                                              splits["val"].labels, class_names=splits["train"].class_names).head)
+    pipe.save_pretrained(model)
+    save_split_record(model, **carving, train_images=splits["train"].images)
+    record = json.loads((model / "data_splits.json").read_text())
+    assert record.pop("anonymised_dicom_groups") == "study_or_series"
+    (model / "data_splits.json").write_text(json.dumps(record))  # as an earlier version wrote it
+    with pytest.warns(UserWarning, match=ANONYMISED):
+        by_study = load_image_classification_data(data, image_size=16, medical=FULL, **carving)
+    trained_on = set(image_fingerprints(splits["train"].images))
+    assert any(f in trained_on for f in image_fingerprints(by_study["test"].images))  # the premise: it would leak
+    for flags in ([], ["--streaming"]):
+        output = tmp_path / f"evaluate{len(flags)}"
+        with pytest.warns(UserWarning, match=EARLIER_VERSION):
+            main(["evaluate", "--model_dir", str(model), "--dataset", str(data), "--output_dir", str(output),
+                  "--positive_class", "bleed", *flags])  # fmt: skip
+        metrics = json.loads((output / "metrics.json").read_text())
+        assert metrics["training_images_checked"] is True and metrics["num_samples"] == len(splits["test"])
+    # a probe on that U-Net carves alike, and records the rule its splits were carved by
+    with pytest.warns(UserWarning, match=EARLIER_VERSION):
+        main(["probe", "--unet_dir", str(model), "--dataset", str(data), "--output_dir", str(tmp_path / "probe"),
+              "--timesteps", "20", "--C", "1"])  # fmt: skip
+    assert json.loads((tmp_path / "probe" / "metrics.json").read_text())["test"]["num_samples"] == len(splits["test"])
+    assert read_split_record(tmp_path / "probe" / "pipeline")["anonymised_dicom_groups"] == "file"
 
 
 def test_a_small_cohort_splits_with_the_fractions_the_script_flags_give(tmp_path):

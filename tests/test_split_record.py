@@ -260,3 +260,36 @@ def test_evaluate_refuses_an_unknown_pipeline_kwarg_before_reading_the_split(mod
     with pytest.raises(ValueError, match=r"pipeline_kwargs: unknown \['num_steps_typo'\]"):
         main(["evaluate", "--model_dir", str(root / "model"), "--dataset", str(root / "data"),
               "--output_dir", str(tmp_path / "out"), "--pipeline_kwargs", '{"num_steps_typo": 3}'])  # fmt: skip
+
+
+def test_the_record_names_how_anonymised_dicom_files_were_grouped(tmp_path):
+    """Earlier versions split DICOM files without a PatientID file by file, this one by study: a record says which
+    rule its model's splits were carved by; one without the key is an earlier version's (see tests/test_dicom.py)."""
+    from diffusion_classifiers.data.split_record import resolve_split_args
+
+    assert resolve_split_args(tmp_path)["anonymised_dicom_groups"] == "study_or_series"  # no record: this version's
+    save_split_record(tmp_path, 0.1, 0.2, 0)
+    assert json.loads((tmp_path / "data_splits.json").read_text())["anonymised_dicom_groups"] == "study_or_series"
+    assert resolve_split_args(tmp_path)["anonymised_dicom_groups"] == "study_or_series"
+    (tmp_path / "data_splits.json").write_text('{"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0}')
+    assert read_split_record(tmp_path)["anonymised_dicom_groups"] == "file"  # an earlier version's: file by file
+    assert resolve_split_args(tmp_path, seed=0)["anonymised_dicom_groups"] == "file"
+    (tmp_path / "data_splits.json").write_text('{"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0, '
+                                               '"anonymised_dicom_groups": "patient"}')  # fmt: skip
+    with pytest.raises(ValueError, match=r"data_splits.json: anonymised_dicom_groups: expected one of "
+                                         r"\['study_or_series', 'file'\] .*got 'patient'"):  # fmt: skip
+        read_split_record(tmp_path)
+    with pytest.raises(ValueError, match=r"anonymised_dicom_groups: expected one of"):
+        save_split_record(tmp_path, 0.1, 0.2, 0, anonymised_dicom_groups=None)
+    with pytest.raises(ValueError, match=r"anonymised_dicom_groups: expected one of"):  # before any file is read
+        load_image_classification_data(str(tmp_path / "missing"), anonymised_dicom_groups="study")
+
+
+def test_a_pipeline_of_an_earlier_version_re_saved_keeps_its_rule(model_and_data, tmp_path):
+    # re-saved with this version's rule, its anonymised DICOM would be carved by study: images it trained on in test
+    root, _ = model_and_data
+    old = tmp_path / "old"
+    UNetFeatureClassifierPipeline.from_pretrained(str(root / "model")).save_pretrained(old)
+    (old / "data_splits.json").write_text('{"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0}')
+    UNetFeatureClassifierPipeline.from_pretrained(str(old)).save_pretrained(tmp_path / "re_saved")
+    assert json.loads((tmp_path / "re_saved" / "data_splits.json").read_text())["anonymised_dicom_groups"] == "file"

@@ -214,7 +214,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     args.dataset = _dataset_or_demo_digits(args.dataset, contract, "evaluate")
     pipeline_call_settings(classifier, args.pipeline_kwargs)  # unknown names refused before the split is read
     folder = download(args.model_dir)
-    carving = resolve_split_args(  # as the model's data was carved
+    carving = resolve_split_args(  # as the model's data was carved, anonymised DICOM grouped by its rule included
         folder, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed
     )
     # only a carved split can hold training images where the data changed; one of the data's own is its word
@@ -223,10 +223,8 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     if train_fingerprints is None and carved:
         _note_unchecked(args.model_dir, "evaluate", [args.split])
     dataset, train_split = load_evaluation_split(  # its train split tells duplicates within the data from leaks
-        args.dataset, args.split, carving["seed"], contract, args.streaming,
-        val_fraction=carving["val_fraction"], test_fraction=carving["test_fraction"], class_names=carving["class_names"],
-        with_train=True,
-    )  # fmt: skip
+        args.dataset, args.split, preprocessing=contract, streaming=args.streaming, with_train=True, **carving
+    )
     # the data's name, not its local path: metrics.json may be published with the model
     dataset_name = os.path.basename(os.path.normpath(args.dataset))
     title = f"{os.path.basename(os.path.normpath(args.model_dir))} on {dataset_name} ({args.split})"

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import ImagePreprocessing, LabeledImages, canonical_split_name, load_image_classification_data
-from .data.split_record import image_fingerprint_variants, image_fingerprints
+from .data.split_record import ANONYMISED_DICOM_RULE, image_fingerprint_variants, image_fingerprints
 from .data.streaming import StreamingImages, streaming_classification_split, streaming_image_classification_data
 from .metrics import (
     calibration_metrics,
@@ -246,11 +246,12 @@ def load_evaluation_split(
     test_fraction: float = 0.2,
     class_names: Optional[Sequence[str]] = None,
     with_train: bool = False,
+    anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
 ):
     """The `split` of `dataset`: a folder saved with `DatasetDict.save_to_disk` gives a (memory-mapped)
     `datasets.Dataset`; what `data.load_image_classification_data` reads (digits, a MedMNIST .npz, IDX files, an image
-    folder, ...), whose splits are carved with `val_fraction`, `test_fraction`, `seed` and `class_names` when the
-    data has none (as the model's were: `data.read_split_record`), gives its
+    folder, ...), whose splits are carved with `val_fraction`, `test_fraction`, `seed`, `class_names` and
+    `anonymised_dicom_groups` when the data has none (as the model's were: `data.resolve_split_args`), gives its
     [`LabeledImages`], read at the size, channels and medical reading of `preprocessing` (a model's saved contract):
     the very tensors a model trained on that data was trained and reported on, with no round trip through 8-bit
     images. With `streaming`, an image folder or CSV of paths gives the same split as [`StreamingImages`] instead
@@ -274,11 +275,13 @@ def load_evaluation_split(
         splits = streaming_image_classification_data(
             dataset, num_channels=contract.num_channels, image_size=contract.image_size, val_fraction=val_fraction,
             test_fraction=test_fraction, seed=seed, class_names=class_names, medical=contract.medical, **contract.fit,
+            anonymised_dicom_groups=anonymised_dicom_groups,
         )  # fmt: skip
     else:
         splits = load_image_classification_data(
             dataset, image_size=contract.image_size, num_channels=contract.num_channels, val_fraction=val_fraction,
             test_fraction=test_fraction, seed=seed, class_names=class_names, medical=contract.medical, **contract.fit,
+            anonymised_dicom_groups=anonymised_dicom_groups,
         )  # fmt: skip
     chosen = splits["val" if split == "validation" else split]
     return (chosen, splits["train"]) if with_train else chosen

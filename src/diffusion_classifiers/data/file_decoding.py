@@ -21,6 +21,7 @@ from .dicom import (
 )
 from .image_files import DECODE_ERRORS, decode_error_text, open_image
 from .preprocessing import ImagePreprocessing, _PIL_16BIT_MODES, preprocess_images
+from .split_record import ANONYMISED_DICOM_RULE, EARLIER_ANONYMISED_DICOM_RULE, SPLIT_RECORD_NAME
 
 __all__ = [
     "decode_image_file",
@@ -134,9 +135,11 @@ def decode_files(
     patient_ids: list[str] | None = None,
     reading: ImagePreprocessing | None = None,
     class_names: Sequence[str] | None = None,
+    anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
 ) -> tuple[list | torch.Tensor, dict[str, np.ndarray], np.ndarray | None]:
     """Decode `files` (listed split by split); a multi-frame DICOM gives one image per frame. Returns the images and
-    the labels per split and group ids of [`_expand_frames`]. DICOM files read with their own windows that differ are
+    the labels per split and group ids of [`_expand_frames`] (DICOM files without a PatientID grouped by the rule
+    `anonymised_dicom_groups`, see [`_dicom_groups`]). DICOM files read with their own windows that differ are
     warned about, per class (`class_names`: the labels' names, for the warning; see [`_OwnWindows`]).
 
     With `reading` (a contract with an `image_size`), each file is preprocessed as soon as it is decoded, so only one
@@ -170,7 +173,8 @@ def decode_files(
     frames = [1 if isinstance(image, Image.Image) else len(image) for image in images]
     if reading is not None:
         images = _same_channels(images, reading, files)
-    return images, *_expand_frames(files, labels_per_split, frames, patient_ids or _dicom_groups(metadata))
+    groups = patient_ids or _dicom_groups(metadata, anonymised_dicom_groups)
+    return images, *_expand_frames(files, labels_per_split, frames, groups)
 
 
 def _decode_file(
@@ -188,10 +192,16 @@ def _decode_file(
     return window_channels(dicom, medical.windows, medical.padding_fill), metadata
 
 
-def _dicom_groups(metadata: list[dict | None], stacklevel: int = 5) -> list[str | None]:
+def _dicom_groups(
+    metadata: list[dict | None], anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE, stacklevel: int = 5
+) -> list[str | None]:
     """The group each file's images are split with (None for a non-DICOM file): its PatientID; a DICOM file without
     one (anonymised) is grouped by its StudyInstanceUID, else its SeriesInstanceUID, so the slices of one scan stay in
-    one split, with a warning that counts them; a file naming none of them is its own group."""
+    one split, with a warning that counts them; a file naming none of them is its own group. With the earlier
+    versions' rule (`anonymised_dicom_groups="file"`, a model whose record predates it) each anonymised file is its
+    own group, see [`_earlier_dicom_groups`]."""
+    if anonymised_dicom_groups == EARLIER_ANONYMISED_DICOM_RULE:
+        return _earlier_dicom_groups(metadata, stacklevel + 1)
     groups, fallbacks = [], {"StudyInstanceUID": 0, "SeriesInstanceUID": 0, "none": 0}
     for file_metadata in metadata:
         if file_metadata is None or file_metadata["PatientID"]:
@@ -208,6 +218,26 @@ def _dicom_groups(metadata: list[dict | None], stacklevel: int = 5) -> list[str 
             f"({fallbacks['SeriesInstanceUID']}), else each file alone ({fallbacks['none']}), so that the slices of "
             "one scan stay in one split; two scans of one patient can still land in train and test. To split by "
             "patient, list the files in a CSV with a patient_id column",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+    return groups
+
+
+def _earlier_dicom_groups(metadata: list[dict | None], stacklevel: int) -> list[str | None]:
+    """The groups of the versions before anonymised files were grouped by study: a DICOM file's PatientID, None (its
+    own group) for one without, so a model trained then is tested on the splits it was trained with (none of its test
+    images among its training images), not on those this version's rule carves; warned about when a file has none."""
+    groups = [None if file_metadata is None else file_metadata["PatientID"] for file_metadata in metadata]
+    anonymised = sum(file_metadata is not None and not file_metadata["PatientID"] for file_metadata in metadata)
+    if anonymised:
+        dicom_files = sum(file_metadata is not None for file_metadata in metadata)
+        warnings.warn(
+            f"{anonymised} of {dicom_files} DICOM files have no PatientID (anonymised?): split file by file (slice by "
+            f"slice), as the model was trained: it was saved by an earlier version ({SPLIT_RECORD_NAME} without "
+            f"anonymised_dicom_groups, or '{EARLIER_ANONYMISED_DICOM_RULE}'), which split them so, and splitting them "
+            "by study now would put images it was trained on in its test split. Retraining the model groups them by "
+            "their StudyInstanceUID, else their SeriesInstanceUID, so that one scan's slices stay in one split",
             UserWarning,
             stacklevel=stacklevel,
         )
@@ -304,6 +334,7 @@ def list_frames(
     medical: MedicalPreprocessing,
     patient_ids: list[str] | None = None,
     class_names: Sequence[str] | None = None,
+    anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
 ) -> tuple[list[Path], list[int | None], dict[str, np.ndarray], np.ndarray | None]:
     """What [`decode_files`] gives, from the DICOM headers alone (no pixel decoded; `data.streaming` reads the images
     lazily): one row per image, the file and its frame (`None` for a non-DICOM file), and [`_expand_frames`]'s labels
@@ -328,7 +359,8 @@ def list_frames(
         [(path, header.size, header.metadata["SeriesInstanceUID"]) for path, header in headers.items()]
     )
     frames = [headers[path].num_frames if path in headers else 1 for path in files]
-    groups = patient_ids or _dicom_groups([headers[path].metadata if path in headers else None for path in files])
+    metadata = [headers[path].metadata if path in headers else None for path in files]
+    groups = patient_ids or _dicom_groups(metadata, anonymised_dicom_groups)
     rows = [path for path, count in zip(files, frames) for _ in range(count)]
     frame_of_row = [frame if path in headers else None for path, count in zip(files, frames) for frame in range(count)]
     return rows, frame_of_row, *_expand_frames(files, labels_per_split, frames, groups)

@@ -33,6 +33,7 @@ from .hf_datasets import pil_channels, read_hf_dataset
 from .image_listing import list_csv, list_folder_files
 from .labeled_images import SPLITS, LabeledImages, RawData, labels_and_names
 from .preprocessing import ImagePreprocessing, _describe, fit_options, preprocess_images
+from .split_record import ANONYMISED_DICOM_RULE, check_anonymised_dicom_groups
 from .splits import _FewImagesWarning, _check_fraction, stratified_group_split, stratified_split
 
 __all__ = [
@@ -62,6 +63,7 @@ def load_image_classification_data(
     resize_mode: str = "stretch",
     pad_value: float = -1.0,
     normalize_background: bool = False,
+    anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
 ) -> dict[str, LabeledImages]:
     r"""
     Load an image-classification dataset as `{"train", "val", "test"}` [`LabeledImages`].
@@ -133,6 +135,10 @@ def load_image_classification_data(
         normalize_background (`bool`, *optional*, defaults to `False`):
             how images meet `image_size` and whether their bright-field background is made white (see
             [`ImagePreprocessing`]); saved in the splits' contract, so a model trained on them applies the same.
+        anonymised_dicom_groups (`str`, *optional*, defaults to `"study_or_series"`):
+            how DICOM files without a PatientID are grouped in the carved splits: `"study_or_series"` (by study, else
+            series), or `"file"` (each file alone, with a warning), as versions before it was recorded did: the rule
+            of a model whose `data_splits.json` lacks it, given by `data.resolve_split_args`.
 
     Returns:
         `Dict[str, LabeledImages]`: the `"train"`, `"val"` and `"test"` splits, each with the `preprocessing`
@@ -147,6 +153,7 @@ def load_image_classification_data(
     """
     _check_fraction(val_fraction, "val_fraction")
     _check_fraction(test_fraction, "test_fraction")
+    check_anonymised_dicom_groups(anonymised_dicom_groups)
     kind = _source_kind(source)
     if class_names is not None and kind not in ("digits", "npz", "idx", "csv"):
         raise ValueError(
@@ -170,9 +177,11 @@ def load_image_classification_data(
     elif kind in ("folder", "csv"):  # each file preprocessed as it is decoded: one full-size image held at a time
         files_reading = reading if image_size is not None else replace(reading, image_size=DEFAULT_FOLDER_SIZE)
         if kind == "folder":
-            raw = _read_image_folder(Path(source), medical, files_reading)
+            raw = _read_image_folder(Path(source), medical, files_reading, anonymised_dicom_groups)
         else:
-            raw = _read_csv(Path(source), class_names, patient_id_column, medical, files_reading)
+            raw = _read_csv(
+                Path(source), class_names, patient_id_column, medical, files_reading, anonymised_dicom_groups
+            )
     else:
         raw = read_hf_dataset(source, image_column, label_column)
     if image_size is None:
@@ -320,14 +329,18 @@ def _warn_untrained_classes(raw: RawData, splits: dict[str, np.ndarray]) -> None
 
 
 def _read_image_folder(
-    root: Path, medical: MedicalPreprocessing, reading: ImagePreprocessing | None = None
+    root: Path,
+    medical: MedicalPreprocessing,
+    reading: ImagePreprocessing | None = None,
+    anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
 ) -> RawData:
     """An image folder's images (preprocessed by `reading` as they are decoded, when given: see [`decode_files`]),
-    labels, class names, splits and groups."""
+    labels, class names, splits and groups (anonymised DICOM files grouped by `anonymised_dicom_groups`)."""
     files, labels_per_split, names = list_folder_files(root)
     images, labels_per_split, groups = decode_files(
-        files, labels_per_split, medical, reading=reading, class_names=names
-    )
+        files, labels_per_split, medical, reading=reading, class_names=names,
+        anonymised_dicom_groups=anonymised_dicom_groups,
+    )  # fmt: skip
     labels, names, splits = labels_and_names(labels_per_split, names, f"image folder {root}")
     return RawData(images, labels, names, splits, DEFAULT_FOLDER_SIZE, groups, preprocessed=reading is not None)
 
@@ -338,11 +351,15 @@ def _read_csv(
     patient_id_column: str | None,
     medical: MedicalPreprocessing,
     reading: ImagePreprocessing | None = None,
+    anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
 ) -> RawData:
     """A CSV with the columns `path` (relative to the CSV), `label` (a class name) and optionally patient ids; the
-    images preprocessed by `reading` as they are decoded, when given (see [`decode_files`])."""
+    images preprocessed by `reading` as they are decoded, when given (see [`decode_files`]); without patient ids,
+    anonymised DICOM files grouped by `anonymised_dicom_groups`."""
     files, labels, names, patients = list_csv(path, class_names, patient_id_column)
-    images, labels_per_split, groups = decode_files(files, {"train": labels}, medical, patients, reading, names)
+    images, labels_per_split, groups = decode_files(
+        files, {"train": labels}, medical, patients, reading, names, anonymised_dicom_groups
+    )
     labels, names, splits = labels_and_names(labels_per_split, names, f"CSV {path}")
     return RawData(images, labels, names, splits, DEFAULT_FOLDER_SIZE, groups, preprocessed=reading is not None)
 

@@ -7,6 +7,11 @@ matters where the splits are carved (an image folder, a CSV).
 The record also names the training images by content (`train_fingerprints`, where the trainer had them in memory), so
 `evaluate` and `probe` can refuse a test split that holds training images: a folder that grew, or the same images
 re-exported (DICOM to PNG), carves other splits from the same seed.
+
+It also names how DICOM files without a PatientID (anonymised) were grouped (`anonymised_dicom_groups`, one of
+`ANONYMISED_DICOM_RULES`): earlier versions split them file by file, this one by study, so the same seed carves other
+splits from such data. A record of an earlier version (without the key) is carved file by file, as its model was
+trained, with a warning; a model without any record, and every model trained now, by study.
 """
 
 from __future__ import annotations
@@ -22,8 +27,12 @@ if TYPE_CHECKING:  # torch is imported where fingerprints are taken: the command
     import torch
 
 __all__ = [
+    "ANONYMISED_DICOM_RULE",
+    "ANONYMISED_DICOM_RULES",
+    "EARLIER_ANONYMISED_DICOM_RULE",
     "SPLIT_DEFAULTS",
     "SPLIT_RECORD_NAME",
+    "check_anonymised_dicom_groups",
     "image_fingerprint_variants",
     "image_fingerprints",
     "read_split_record",
@@ -34,8 +43,15 @@ __all__ = [
 
 SPLIT_RECORD_NAME = "data_splits.json"
 SPLIT_DEFAULTS = {"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0, "class_names": None}
-# Optional keys: "train_fingerprints" (absent in records of earlier versions, and for a streamed training set).
-SPLIT_OPTIONAL = ("train_fingerprints",)
+# Optional keys: "train_fingerprints" (absent in records of earlier versions, and for a streamed training set) and
+# "anonymised_dicom_groups" (absent in records of earlier versions: `EARLIER_ANONYMISED_DICOM_RULE` then).
+SPLIT_OPTIONAL = ("train_fingerprints", "anonymised_dicom_groups")
+# How the carving groups DICOM files without a PatientID (anonymised), applied by `file_decoding._dicom_groups`:
+# "study_or_series", by their StudyInstanceUID, else their SeriesInstanceUID, so one scan's slices stay on one side
+# (this version's rule, `ANONYMISED_DICOM_RULE`, which training records); "file", each file its own group, slice by
+# slice (`EARLIER_ANONYMISED_DICOM_RULE`: the rule of the versions that recorded none, kept for their models).
+ANONYMISED_DICOM_RULES = ("study_or_series", "file")
+ANONYMISED_DICOM_RULE, EARLIER_ANONYMISED_DICOM_RULE = ANONYMISED_DICOM_RULES
 FINGERPRINT_LENGTH = 16  # hex digits of sha256 kept: 64 bits, no chance collision among millions of images
 # A level within this much (in 1/255 steps, about 4e-7 of [0, 1]) of a rounding boundary may have rounded the other way
 # in another reading of the same image; `image_fingerprint_variants` tries both ways, for at most 4 such pixels (2^4
@@ -107,16 +123,20 @@ def save_split_record(
     class_names: Optional[Sequence[str]] = None,
     train_images: Optional[torch.Tensor] = None,
     train_fingerprints: Optional[Iterable[str]] = None,
+    anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
 ) -> None:
     """Record in `folder` (a saved model's) how its data was carved: the fractions, the seed and the `class_names`
     the data was read with (their order numbers the classes, and the carving draws class by class), None when the
-    names were found in the data; and, given the preprocessed `train_images` (`[N, C, H, W]` in `[-1, 1]`), their
-    sorted `image_fingerprints` as one space-separated string (17 bytes an image), which `evaluate` and `probe` check
-    their test and val images against, with any other `train_fingerprints` (e.g. those of the U-Net a probe's head
-    sits on). A streamed training set (not in memory) records none."""
+    names were found in the data; how anonymised DICOM files were grouped (`anonymised_dicom_groups`: this
+    version's rule, unless the carving followed an earlier model's record); and, given the preprocessed
+    `train_images` (`[N, C, H, W]` in `[-1, 1]`), their sorted `image_fingerprints` as one space-separated string (17
+    bytes an image), which `evaluate` and `probe` check their test and val images against, with any other
+    `train_fingerprints` (e.g. those of the U-Net a probe's head sits on). A streamed training set (not in memory)
+    records none."""
     record = {
         "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
         "class_names": None if class_names is None else list(class_names),
+        "anonymised_dicom_groups": check_anonymised_dicom_groups(anonymised_dicom_groups),
     }  # fmt: skip
     if train_images is not None or train_fingerprints is not None:
         fingerprints = set(train_fingerprints or ())
@@ -129,8 +149,9 @@ def save_split_record(
 
 
 def read_split_record(folder: str | os.PathLike) -> Optional[dict]:
-    """The carving recorded in `folder` (every key of `SPLIT_DEFAULTS`, and `train_fingerprints`, a string of
-    space-separated fingerprints, where the record holds them), or None for a model saved without one."""
+    """The carving recorded in `folder` (every key of `SPLIT_DEFAULTS`; `anonymised_dicom_groups`, the earlier
+    versions' rule `"file"` for a record without it; and `train_fingerprints`, a string of space-separated
+    fingerprints, where the record holds them), or None for a model saved without one."""
     path = os.path.join(folder, SPLIT_RECORD_NAME)
     if not os.path.isfile(path):
         return None
@@ -151,7 +172,20 @@ def read_split_record(folder: str | os.PathLike) -> Optional[dict]:
             f"{path}: train_fingerprints: expected a string of space-separated hex digests, got "
             f"{type(fingerprints).__name__}"
         )
-    return {**SPLIT_DEFAULTS, **record}
+    record = {**SPLIT_DEFAULTS, "anonymised_dicom_groups": EARLIER_ANONYMISED_DICOM_RULE, **record}
+    check_anonymised_dicom_groups(record["anonymised_dicom_groups"], f"{path}: anonymised_dicom_groups")
+    return record
+
+
+def check_anonymised_dicom_groups(rule: Any, where: str = "anonymised_dicom_groups") -> str:
+    """`rule`, one of `ANONYMISED_DICOM_RULES`; refused otherwise (a record of a newer version, or edited), since
+    carving by another rule gives other splits."""
+    if not isinstance(rule, str) or rule not in ANONYMISED_DICOM_RULES:
+        raise ValueError(
+            f"{where}: expected one of {list(ANONYMISED_DICOM_RULES)} (how DICOM files without a PatientID are "
+            f"grouped: by study or series, or file by file), got {rule!r}"
+        )
+    return rule
 
 
 def recorded_train_fingerprints(folder: str | os.PathLike) -> Optional[frozenset]:
@@ -165,8 +199,9 @@ def recorded_train_fingerprints(folder: str | os.PathLike) -> Optional[frozenset
 
 def resolve_split_args(model_dir: str | os.PathLike, **given: Any) -> dict:
     """The carving (`SPLIT_DEFAULTS`' keys) of the data of the model in `model_dir`: each value `given` (not None),
-    else the model's record, else `SPLIT_DEFAULTS`. A given value that contradicts the record is kept, with a
-    warning: where the data has no splits of its own, its test split may hold images the model was trained on."""
+    else the model's record, else `SPLIT_DEFAULTS`; and `anonymised_dicom_groups`, the record's (`"file"` for a
+    record of an earlier version), else this version's rule. A given value that contradicts the record is kept, with
+    a warning: where the data has no splits of its own, its test split may hold images the model was trained on."""
     unknown = set(given) - set(SPLIT_DEFAULTS)
     if unknown:
         raise TypeError(f"resolve_split_args: unknown keys {sorted(unknown)}; expected some of {sorted(SPLIT_DEFAULTS)}")
@@ -182,5 +217,6 @@ def resolve_split_args(model_dir: str | os.PathLike, **given: Any) -> dict:
                 UserWarning,
                 stacklevel=2,
             )
-    fallback = recorded or SPLIT_DEFAULTS
-    return {name: given.get(name) if given.get(name) is not None else fallback[name] for name in SPLIT_DEFAULTS}
+    fallback = recorded or {**SPLIT_DEFAULTS, "anonymised_dicom_groups": ANONYMISED_DICOM_RULE}
+    carving = {name: given.get(name) if given.get(name) is not None else fallback[name] for name in SPLIT_DEFAULTS}
+    return {**carving, "anonymised_dicom_groups": fallback["anonymised_dicom_groups"]}

@@ -40,6 +40,7 @@ from .readers import (
     medical_from_args,
     splits_from_args,
 )
+from .split_record import ANONYMISED_DICOM_RULE, check_anonymised_dicom_groups
 from .splits import _check_fraction
 
 __all__ = [
@@ -364,6 +365,7 @@ def streaming_image_classification_data(
     resize_mode: str = "stretch",
     pad_value: float = -1.0,
     normalize_background: bool = False,
+    anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
 ) -> dict[str, StreamingImages]:
     r"""
     [`load_image_classification_data`] for data larger than memory: `{"train", "val", "test"}` [`StreamingImages`]
@@ -378,8 +380,8 @@ def streaming_image_classification_data(
         num_channels (`int`): 1 or 3 (required: the in-memory default looks at every image first).
         image_size (`int` or `Tuple[int, int]`, *optional*, defaults to 32): every image is resized to it.
         val_fraction, test_fraction, seed, class_names, image_column, label_column, patient_id_column, medical,
-            resize_mode, pad_value, normalize_background: as in [`load_image_classification_data`] (DICOM PatientIDs
-            keep each patient on one side there too).
+            resize_mode, pad_value, normalize_background, anonymised_dicom_groups: as in
+            [`load_image_classification_data`] (DICOM PatientIDs keep each patient on one side there too).
         check_files (`bool`, *optional*, defaults to `True`): read every file's header now (see
             [`StreamingImages.from_files`]).
 
@@ -389,6 +391,7 @@ def streaming_image_classification_data(
     """
     _check_fraction(val_fraction, "val_fraction")
     _check_fraction(test_fraction, "test_fraction")
+    check_anonymised_dicom_groups(anonymised_dicom_groups)
     fit = fit_options(resize_mode, pad_value, normalize_background)
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir() and is_saved_dataset(Path(source)):
         import datasets
@@ -398,7 +401,9 @@ def streaming_image_classification_data(
         dataset, raw = _hf_rows(source, image_column, label_column)
         full = StreamingImages(dataset, image_size, num_channels, image_column=_IMAGE, label_column=_LABEL, **fit)
     else:
-        files, frames, raw = _file_rows(source, class_names, patient_id_column, medical or MedicalPreprocessing())
+        files, frames, raw = _file_rows(
+            source, class_names, patient_id_column, medical or MedicalPreprocessing(), anonymised_dicom_groups
+        )
         full = StreamingImages.from_files(
             files, raw.labels, raw.class_names, image_size, num_channels, check_files, frames=frames, medical=medical,
             **fit,
@@ -413,10 +418,15 @@ def is_saved_dataset(folder: Path) -> bool:
 
 
 def _file_rows(
-    source: Any, class_names: Sequence[str] | None, patient_id_column: str | None, medical: MedicalPreprocessing
+    source: Any,
+    class_names: Sequence[str] | None,
+    patient_id_column: str | None,
+    medical: MedicalPreprocessing,
+    anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
 ):
     """The images of an image folder or CSV (a file and its DICOM frame, or None, per image; DICOM mixed with other
-    files as `medical`'s windows allow), and their labels, names, official splits and groups (as `RawData`)."""
+    files as `medical`'s windows allow), and their labels, names, official splits and groups (as `RawData`; anonymised
+    DICOM files grouped by `anonymised_dicom_groups`)."""
     path = Path(source)
     if not path.exists():
         raise ValueError(f"source: {str(path)!r} does not exist; expected an image folder, a .csv file or a dataset")
@@ -430,7 +440,9 @@ def _file_rows(
         where, patients = f"image folder {path}", None
     else:
         raise ValueError(f"source: {str(path)!r} is a file; expected an image folder, a .csv file or a dataset")
-    files, frames, labels_per_split, groups = list_frames(files, labels_per_split, medical, patients, names)
+    files, frames, labels_per_split, groups = list_frames(
+        files, labels_per_split, medical, patients, names, anonymised_dicom_groups
+    )
     labels, names, splits = labels_and_names(labels_per_split, names, where)
     return files, frames, RawData(None, labels, names, splits, groups=groups)
 
