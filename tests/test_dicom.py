@@ -912,8 +912,12 @@ def test_csv_empty_label_is_refused_and_labels_differing_by_spaces_are_warned_ab
         assert list_csv(path, None, None)[2] == ["ich", "ich ", "no"]
 
 
-def test_csv_absent_patient_column_is_refused(tmp_path):
+def test_csv_absent_or_blank_patient_ids_are_refused(tmp_path):
     write_dicom(pydicom.dcmread(pydicom_file("CT_small.dcm")), tmp_path / "a.dcm")
+    rows = [["a.dcm", "x", "P1"], ["a.dcm", "y", " "]]
+    path = write_csv(tmp_path / "labels.csv", ["path", "label", "patient_id"], rows)
+    with pytest.raises(ValueError, match=r"labels.csv:3: empty 'patient_id'; expected a patient id on every row"):
+        load_image_classification_data(path)  # not one patient ' ' holding every blank row
     path = write_csv(tmp_path / "labels.csv", ["path", "label"], [["a.dcm", "x"]])
     with pytest.raises(ValueError, match=r"patient_id_column 'PatientID' is not a column; columns: \['path', 'label"):
         load_image_classification_data(path, patient_id_column="PatientID")

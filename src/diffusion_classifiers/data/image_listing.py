@@ -197,7 +197,7 @@ def list_csv(
             raise ValueError(f"CSV {path}:{line}: image file {file} does not exist")
         if row["label"] not in ids:
             raise ValueError(f"CSV {path}:{line}: label {row['label']!r} is not one of the classes {names}")
-        if patient_id_column is not None and not row[patient_id_column]:
+        if patient_id_column is not None and not row[patient_id_column].strip():  # blanks would be one patient
             raise ValueError(f"CSV {path}:{line}: empty {patient_id_column!r}; expected a patient id on every row")
         files.append(file)
         labels.append(ids[row["label"]])
