@@ -10,6 +10,7 @@ Its targets are `figures["targets"] = {name: {"value": x, "target": y, "met": bo
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import shlex
@@ -273,6 +274,36 @@ def trained_or_loaded_ddpm(
     return unet, scheduler, final_loss
 
 
+def encoder_parameters(unet) -> int:
+    """Parameters of a U-Net's encoder path: conv_in, time embedding, down blocks and mid block."""
+    from diffusion_classifiers.models import count_parameters
+
+    return sum(count_parameters(m) for m in (unet.conv_in, unet.time_embedding, unet.down_blocks, unet.mid_block))
+
+
+def loaded_unet_facts(unet_dir: str, unet, presets: Sequence[str]) -> dict:
+    """What the U-Net loaded from `--unet_dir` is, for the record in place of the run's training flags (QA: records
+    named the run's preset and steps for a model trained otherwise): `nearest_preset`, the one of `presets` whose
+    encoder is nearest its in size (`encoder_parameters`), its block widths and the training summary saved with it
+    (None when it has none)."""
+    from diffusers import UNet2DModel
+
+    from diffusion_classifiers.models import unet_config
+
+    size, channels = unet.config.sample_size, unet.config.in_channels
+    preset_sizes = {
+        preset: encoder_parameters(UNet2DModel(**unet_config(preset, size, channels))) for preset in presets
+    }
+    loaded = encoder_parameters(unet)
+    nearest = min(preset_sizes, key=lambda preset: abs(math.log(preset_sizes[preset] / loaded)))
+    summary_path = Path(unet_dir) / "training_summary.json"
+    return {
+        "nearest_preset": nearest,
+        "loaded_block_out_channels": list(unet.config.block_out_channels),
+        "loaded_training_summary": json.loads(summary_path.read_text()) if summary_path.is_file() else None,
+    }
+
+
 def dataset_name(source: str) -> str:
     """The name results are keyed by: the file or folder name without extension, lower case, `_` for other than
     letters and digits (`pneumoniamnist.npz` -> `pneumoniamnist`)."""
@@ -404,6 +435,15 @@ def cnn_baseline(
     start = time.perf_counter()
     probs = predict_proba(model.to(device), test.images)
     return CNNBaseline(probs, info, train_seconds, time.perf_counter() - start)
+
+
+QUICK_FIGURE_MARK = "(quick mode: tiny budget, not a result)"
+
+
+def figure_title(title: str, quick: bool) -> str:
+    """The title of a PNG a benchmark writes, marked `QUICK_FIGURE_MARK` first on a `--quick` run (QA: a quick run's
+    plot could be taken for a result)."""
+    return f"{QUICK_FIGURE_MARK} {title}" if quick else title
 
 
 def target_entry(value: float, target: float, higher_is_better: bool = True) -> dict:

@@ -85,7 +85,10 @@ from _common import (
     check_unet_dir,
     data_path,
     dataset_name,
+    encoder_parameters,
     few_label_subsets,
+    figure_title,
+    loaded_unet_facts,
     over_seeds,
     read_seed_runs,
     report,
@@ -204,6 +207,8 @@ PRESETS["cpu_1h"] = dataclasses.replace(
     workers=2,
 )
 BUDGET_SECONDS = {"cpu": 60 * 60, "cpu_1h": 60 * 60, "gpu": 10 * 60}
+# the U-Net presets of the run presets: a U-Net read from --unet_dir is recorded by the one nearest it in size
+RUN_UNET_PRESETS = tuple(dict.fromkeys(preset.unet_preset for preset in PRESETS.values()))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -790,11 +795,6 @@ def train_unet(args, train_split: LabeledImages, work_dir: str):
     return (*trained_or_loaded_ddpm(args, train_split.preprocessing, train), trained_steps.get("ddpm"))
 
 
-def encoder_parameters(unet) -> int:
-    """Parameters of the U-Net's encoder path: conv_in, time embedding, down blocks and mid block."""
-    return sum(count_parameters(m) for m in (unet.conv_in, unet.time_embedding, unet.down_blocks, unet.mid_block))
-
-
 # ------------------------------------------------------------------------------------------------------------------
 # Shift: few-shot on FlowCam
 # ------------------------------------------------------------------------------------------------------------------
@@ -1070,6 +1070,7 @@ def unet_arm(args, data: RunData, work_dir: str) -> dict:
             "val_prototype_accuracy": shift_choice,
         },
         "ddpm_final_loss": final_loss, "ddpm_steps": steps_trained, "parameters": {"unet_total": count_parameters(unet), "unet_encoder": encoder_parameters(unet)},
+        "loaded_unet": loaded_unet_facts(args.unet_dir, unet, RUN_UNET_PRESETS) if args.unet_dir else None,
         "wall_seconds": walls,
     }  # fmt: skip
 
@@ -1155,6 +1156,18 @@ def targets(regimes: dict, shift: dict, total_seconds: float, budget_seconds: fl
     return out  # fmt: skip
 
 
+def loaded_unet_budget(loaded: Optional[dict]) -> dict:
+    """For a U-Net read from `--unet_dir` (`loaded`: its `_common.loaded_unet_facts`), the budget entries that describe
+    it in place of this run's DDPM flags (QA: the record gave the run's U-Net preset, learning rate and time cap for a
+    model trained otherwise); nothing for a U-Net trained here. The steps stay: SimCLR trains them."""
+    if loaded is None:
+        return {}
+    return {
+        "unet_preset": f"loaded (nearest preset by size: {loaded['nearest_preset']})", "ddpm_learning_rate": None,
+        "train_minutes": None, **{k: v for k, v in loaded.items() if k != "nearest_preset"},
+    }  # fmt: skip
+
+
 def label_efficiency_curves(regimes: dict, num_classes: int) -> dict:
     methods = {"U-Net features + linear probe": "unet_probe", "supervised CNN": "cnn", "SimCLR ViT + linear probe": "simclr_probe"}
     return {
@@ -1173,7 +1186,9 @@ def label_efficiency_curves(regimes: dict, num_classes: int) -> dict:
 # ------------------------------------------------------------------------------------------------------------------
 
 # What differs between runs of one configuration, so `--merge` does not compare it.
-RUN_SPECIFIC_BUDGET = ("ddpm_final_loss", "ddpm_steps_trained", "unet_loaded_from", "unet_kept_in")
+RUN_SPECIFIC_BUDGET = (
+    "ddpm_final_loss", "ddpm_steps_trained", "unet_loaded_from", "unet_kept_in", "loaded_training_summary"
+)
 
 
 def comparable_budget(record: dict) -> dict:
@@ -1287,13 +1302,16 @@ def main():
     regime_names = [regime for regime in regimes if regime != "all"] + ["100%"]
     plot_label_efficiency(
         label_efficiency_curves(regimes, train.num_classes), str(plot),
-        title=f"{args.data_label}, {train.num_classes} classes, long-tailed test ({len(test)} images): "
-        f"mean labelled train images per class ({', '.join(regime_names)} of the labels)",
+        title=figure_title(
+            f"{args.data_label}, {train.num_classes} classes, long-tailed test ({len(test)} images): "
+            f"mean labelled train images per class ({', '.join(regime_names)} of the labels)", args.quick,
+        ),
     )  # fmt: skip
     budget_seconds = BUDGET_SECONDS[args.preset] if not args.quick else 60
     train_counts = torch.bincount(train.labels, minlength=train.num_classes)
     steps = ddpm_steps(unet, budget)
-    capped = f", the DDPM capped at {budget.train_minutes:g} min" if budget.train_minutes else ""
+    capped = f", the DDPM capped at {budget.train_minutes:g} min" if budget.train_minutes and not args.unet_dir else ""
+    trained = "SimCLR trains (the DDPM loaded from --unet_dir)" if args.unet_dir else "DDPM and SimCLR train"
     figures = {
         "seed": args.seed,
         "dataset": {
@@ -1321,8 +1339,9 @@ def main():
             "cnn_learning_rate": args.cnn_learning_rate, "ddpm_final_loss": unet["ddpm_final_loss"],
             "ddpm_steps_trained": unet["ddpm_steps"],
             "unet_loaded_from": args.unet_dir, "unet_kept_in": args.keep_checkpoint,
+            **loaded_unet_budget(unet["loaded_unet"]),
             "unlabeled_training_images": len(train),
-            "subsampling": f"DDPM and SimCLR train on all {len(train)} train images for {steps} steps "
+            "subsampling": f"{trained} on all {len(train)} train images for {steps} steps "
             f"(about {steps * budget.train_batch_size / len(train):.1f} epochs{capped}); the probe grid is fitted "
             f"on {len(grid_rows)} train images ({grid_regime}) x {len(budget.timesteps)} timesteps x {len(budget.pools)} poolings",
             "num_threads": torch.get_num_threads(),

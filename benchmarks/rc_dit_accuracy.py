@@ -43,8 +43,10 @@ label-free accuracy >= baseline + 6 points and macro-F1 >= baseline + 13 points;
     python benchmarks/rc_dit_accuracy.py --seed 0 --reuse_baseline_features features_seed0 --output after.json
 """
 
+import argparse
 import json
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import Optional
@@ -66,6 +68,7 @@ from _common import (  # noqa: E402
     check_data_options,
     data_path,
     dataset_name,
+    figure_title,
     load_benchmark_data,
     over_seeds,
     read_seed_runs,
@@ -120,6 +123,9 @@ FLOORS = ("raw_pixels", "random_encoder")
 # 3 seeds) with BatchNorm in its head's MLP (44.9% vs 33.5% without, Fashion-MNIST, 28 px, 1,500 steps)
 RECIPE_BASELINE_OF = {"simclr": "simclr", "dino": "dino_cls_bn"}
 BASELINES = {baseline: RECIPE_BASELINES[recipe] for baseline, recipe in RECIPE_BASELINE_OF.items()}
+# the new ViT's sizes where their flags are not given: a full run's, a --quick run's
+ENCODER_SIZES = {"encoder_hidden_size": 128, "encoder_num_layers": 4, "encoder_num_heads": 4}
+QUICK_ENCODER_SIZES = {"encoder_hidden_size": 32, "encoder_num_layers": 2, "encoder_num_heads": 2}
 
 
 def parse_args():
@@ -159,16 +165,21 @@ def parse_args():
         "--merge", nargs="+", default=None,
         help="results files of full runs with the same budget and other --seed: their mean and spread, train nothing",
     )  # fmt: skip
-    parser.set_defaults(num_threads=1, encoder_hidden_size=128, encoder_num_layers=4, encoder_num_heads=4)
-    args = parser.parse_args()
+    parser.set_defaults(num_threads=1, **ENCODER_SIZES)  # what --help shows
+    quick_sizes = ", ".join(f"--{flag} {size}" for flag, size in QUICK_ENCODER_SIZES.items())
+    parser.epilog = f"--quick: the ViT's sizes not given are {quick_sizes}"
+    # argparse sets a default only where the namespace has no value: these stay None unless given, so that --quick
+    # keeps the sizes given (QA: it replaced them without a word)
+    args = parser.parse_args(namespace=argparse.Namespace(**dict.fromkeys(ENCODER_SIZES)))
     check_data_options(parser, args)
     if args.class_names and not args.data:
         parser.error("--class_names: expected with --data (the shared data sets carry their own names)")
     args.dit_size = args.dit_size or ("tiny" if args.quick else "XS")
     args.max_train_steps = args.max_train_steps or (20 if args.quick else 1500)
     args.sample_steps = args.sample_steps or (5 if args.quick else 100)
-    if args.quick:
-        args.encoder_hidden_size, args.encoder_num_layers, args.encoder_num_heads = 32, 2, 2
+    for flag, size in (QUICK_ENCODER_SIZES if args.quick else ENCODER_SIZES).items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, size)
     return args
 
 
@@ -293,7 +304,7 @@ def sample_grid(pipe, references: torch.Tensor, num_steps: int, seed: int, path:
             ax.imshow(images[i].clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([]), ax.set_yticks([])
         axes[row, 0].set_ylabel(label, fontsize=8)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(textwrap.fill(title, 16 * n), fontsize=9)  # about 16 characters fit over each image
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -401,11 +412,13 @@ def run_dataset(name: str, path: Path, args, device, figure_prefix: Path) -> dic
         test = splits["test"]  # every class shown, about in its share (the carved splits are sorted by class)
         shown = stratified_subset_indices(test.labels, args.num_samples, args.seed)[: args.num_samples]
         references = test.images[shown]
-        sample_grid(pipe, references, args.sample_steps, args.seed, grid_path, f"RC-DiT {args.dit_size}, {name}")
+        title = figure_title(f"RC-DiT {args.dit_size}, {name}", args.quick)
+        sample_grid(pipe, references, args.sample_steps, args.seed, grid_path, title)
 
     efficiency_path = figure_prefix.with_name(f"{figure_prefix.name}_label_efficiency_{name}.png")
     curves = {source: label_efficiency_curve(result, "prototype") for source, result in sources.items()}
-    plot_label_efficiency(curves, str(efficiency_path), title=f"Prototype classifier on {name}: labels per class")
+    title = figure_title(f"Prototype classifier on {name}: labels per class", args.quick)
+    plot_label_efficiency(curves, str(efficiency_path), title=title)
 
     headlines = {source: headline(result) for source, result in sources.items()}
     return {

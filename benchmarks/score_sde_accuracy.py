@@ -125,6 +125,11 @@ def parse_args():
     parser.set_defaults(num_threads=1)  # small convolutions on a loaded 2-core CPU: 1 thread is fastest
     args = parser.parse_args()
     check_data_options(parser, args)
+    if args.keep_checkpoint and "data" not in args.parts:  # the reference part's model is never kept
+        parser.error(
+            "--keep_checkpoint: keeps the data part's diffusion model, which --parts reference does not train; "
+            "expected with the data part, or without --keep_checkpoint"
+        )
     for key, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -453,8 +458,11 @@ def main():
     total = round(time.perf_counter() - start, 1)
     figures = {
         **results,
-        "selection": "every choice (ELBO weighting and timestep spacing, decision thresholds as priors, CNN "
-        "checkpoints) is made on val splits; test images are used only for reporting",
+        "selection": "binary data: the ELBO's weighting and timestep spacing (best AUC) and the ELBO's and the exact "
+        "likelihood's decision thresholds (as priors, best balanced accuracy) chosen on stratified val subsets; "
+        "multi-class data (the reference part's too): the ELBO's settings fixed in advance, val not used; every "
+        "CNN's checkpoint chosen on val (multi-class data: a stratified val subset); test images are used only for "
+        "reporting",
         "targets": targets(results, total),
         "wall_seconds_total": total,
         "budget": {"num_threads": torch.get_num_threads(), "parts": args.parts},

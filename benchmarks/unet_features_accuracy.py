@@ -20,14 +20,11 @@ reaches at least raw-pixel k-means' Hungarian accuracy; the whole run takes at m
         --keep_checkpoint /tmp/unet --output /tmp/my.json
 """
 
-import json
-import math
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from diffusers import UNet2DModel
 
 import _common
 from _common import (
@@ -38,8 +35,11 @@ from _common import (
     cnn_baseline,
     data_path,
     dataset_name,
+    encoder_parameters,
     few_label_subsets,
+    figure_title,
     load_benchmark_data,
+    loaded_unet_facts,
     reading_options,
     report,
     setup,
@@ -52,7 +52,7 @@ from _common import (
 from diffusion_classifiers.data import LabeledImages
 from diffusion_classifiers.features import POOLS
 from diffusion_classifiers.metrics import classification_metrics, resolve_positive_label
-from diffusion_classifiers.models import count_parameters, unet_config
+from diffusion_classifiers.models import count_parameters
 from diffusion_classifiers.plots import plot_label_efficiency
 from diffusion_classifiers.training import train_ddpm_unet
 from diffusion_classifiers.unet_feature_study import (
@@ -100,6 +100,11 @@ def parse_args():
     parser.set_defaults(num_threads=1)
     args = parser.parse_args()
     check_data_options(parser, args)
+    if args.keep_checkpoint and "unet_features" not in args.parts:  # QA: accepted, and nothing was kept
+        parser.error(
+            "--keep_checkpoint: keeps the diffusion model, which --parts cnn does not train; expected with the "
+            "unet_features part, or without --keep_checkpoint"
+        )
     args.data = args.data or str(data_path("medmnist_pneumonia", "pneumoniamnist.npz"))
     args.unet_preset = args.unet_preset or ("tiny" if args.quick else "small")
     args.max_train_steps = args.max_train_steps or (10 if args.quick else 1000)
@@ -136,27 +141,16 @@ def train_unet(args, train_split: LabeledImages, work_dir: str):
     return trained_or_loaded_ddpm(args, train_split.preprocessing, train)
 
 
-def loaded_unet_facts(args, unet) -> dict:
-    """What a `--unet_dir` model is, for the record in place of this run's training flags (QA: the record named the
-    run's preset, steps and EMA for a model trained otherwise), and the CNN widths of the preset whose encoder is
-    nearest the loaded one's in size, unless `--cnn_widths` was given (the CNN is meant to be about its size)."""
-    size, channels = unet.config.sample_size, unet.config.in_channels
-    preset_sizes = {
-        preset: encoder_parameters(UNet2DModel(**unet_config(preset, size, channels))) for preset in CNN_WIDTHS
-    }
-    loaded = encoder_parameters(unet)
-    nearest = min(preset_sizes, key=lambda preset: abs(math.log(preset_sizes[preset] / loaded)))
+def record_loaded_unet(args, unet) -> dict:
+    """What a `--unet_dir` model is (`_common.loaded_unet_facts`), for the record in place of this run's training
+    flags, and the CNN widths of the preset whose encoder is nearest the loaded one's in size, unless `--cnn_widths`
+    was given (the CNN is meant to be about its size)."""
+    facts = loaded_unet_facts(args.unet_dir, unet, CNN_WIDTHS)
+    nearest = facts.pop("nearest_preset")
     if not args.cnn_widths_given:
         args.cnn_widths = CNN_WIDTHS[nearest]
     args.unet_preset, args.max_train_steps, args.learning_rate = f"loaded (nearest preset by size: {nearest})", None, None
-    summary_path = Path(args.unet_dir) / "training_summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-    return {"loaded_block_out_channels": list(unet.config.block_out_channels), "loaded_training_summary": summary}
-
-
-def encoder_parameters(unet) -> int:
-    """Parameters of the U-Net's encoder path: conv_in, time embedding, down blocks and mid block."""
-    return sum(count_parameters(m) for m in (unet.conv_in, unet.time_embedding, unet.down_blocks, unet.mid_block))
+    return facts
 
 
 def cnn_figures(args, splits: dict, train_index, work_dir: str, device) -> dict:
@@ -240,7 +234,7 @@ def run_regimes(args, splits: dict, subsets: dict, device, walls: dict, work_dir
             unet, scheduler, final_loss = train_unet(args, splits["train"], f"{work_dir}/unet")
         trained = {"ddpm_final_loss": final_loss, "loaded_from": args.unet_dir, "kept_in": args.keep_checkpoint}
         if args.unet_dir:
-            trained.update(loaded_unet_facts(args, unet))
+            trained.update(record_loaded_unet(args, unet))
         unet.to(device)
         with timed(walls, "feature_extraction"):
             features = extract_study_features(
@@ -279,7 +273,7 @@ def main():
     compared = " vs a supervised CNN" if "cnn" in args.parts else ""
     plot_label_efficiency(
         label_efficiency_curves(regimes, train.num_classes), str(efficiency_plot),
-        title=f"Frozen U-Net features{compared} on {Path(args.data).name}: labels per class",
+        title=figure_title(f"Frozen U-Net features{compared} on {Path(args.data).name}: labels per class", args.quick),
     )
     parameters = {"cnn": regimes["all"]["cnn"]["num_parameters"]} if "cnn" in args.parts else {}
     if unet is not None:

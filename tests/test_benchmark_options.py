@@ -276,6 +276,43 @@ def test_the_plankton_benchmark_refuses_a_folder_without_a_kept_model(tmp_path, 
     assert expected in capsys.readouterr().err
 
 
+def test_keep_checkpoint_without_the_part_that_trains_the_diffusion_model_is_refused(tmp_path, capsys, monkeypatch):
+    """QA: `--parts cnn --keep_checkpoint DIR` was accepted and kept nothing (no diffusion model is trained)."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        import score_sde_accuracy
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    kept = str(tmp_path / "kept")
+    for module, parts, message in [
+        (unet_features_accuracy, "cnn", "--keep_checkpoint: keeps the diffusion model, which --parts cnn does not"),
+        (score_sde_accuracy, "reference", "which --parts reference does not train"),
+    ]:
+        monkeypatch.setattr(sys, "argv", ["benchmark.py", "--parts", parts, "--keep_checkpoint", kept])
+        with pytest.raises(SystemExit):
+            module.parse_args()
+        assert message in capsys.readouterr().err
+    data = write_npz(tmp_path / "my_data.npz")
+    argv = ["benchmark.py", "--data", data, "--parts", "unet_features", "--keep_checkpoint", kept]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert unet_features_accuracy.parse_args().keep_checkpoint == kept
+
+
+def test_a_loaded_unet_is_recorded_by_its_own_facts_and_the_preset_nearest_it_in_size(tmp_path):
+    """QA: a run reusing a U-Net (`--unet_dir`) recorded this run's preset and steps as if they described it."""
+    unet = tiny_unet()
+    assert _common.loaded_unet_facts(str(tmp_path), unet, ["tiny", "small"]) == {
+        "nearest_preset": "tiny", "loaded_block_out_channels": [8, 8], "loaded_training_summary": None,
+    }  # fmt: skip
+    (tmp_path / "training_summary.json").write_text(json.dumps({"global_step": 7}))
+    assert _common.loaded_unet_facts(str(tmp_path), unet, ["small"])["loaded_training_summary"] == {"global_step": 7}
+
+
+def test_quick_figures_are_marked_as_not_a_result():
+    assert _common.figure_title("Label efficiency", quick=False) == "Label efficiency"
+    assert _common.figure_title("Label efficiency", quick=True) == f"{_common.QUICK_FIGURE_MARK} Label efficiency"
+
+
 def test_probe_C_defaults_to_the_shared_grid_and_refuses_a_bad_strength(capsys):
     def parse_probe_C(argv):
         parser = _common.add_data_options(_common.base_parser("test"), "default.npz")

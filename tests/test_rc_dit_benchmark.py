@@ -85,3 +85,13 @@ def test_reused_baseline_features_must_record_the_baselines_objective(tmp_path):
         rc_dit_accuracy.reused_baseline_features(str(tmp_path), "data", ["dino"], splits)
     with pytest.raises(ValueError, match="data_simclr.safetensors records no objective"):
         rc_dit_accuracy.reused_baseline_features(str(tmp_path), "data", ["simclr"], splits)
+
+
+def test_quick_keeps_the_encoder_sizes_given(monkeypatch):
+    """QA: --quick replaced the encoder sizes given without a word; only those not given take quick's."""
+    monkeypatch.setattr(sys, "argv", ["rc_dit_accuracy.py", "--quick", "--encoder_hidden_size", "48"])
+    args = rc_dit_accuracy.parse_args()
+    assert (args.encoder_hidden_size, args.encoder_num_layers, args.encoder_num_heads) == (48, 2, 2)
+    monkeypatch.setattr(sys, "argv", ["rc_dit_accuracy.py", "--encoder_num_layers", "6"])
+    args = rc_dit_accuracy.parse_args()
+    assert (args.encoder_hidden_size, args.encoder_num_layers, args.encoder_num_heads) == (128, 6, 4)
