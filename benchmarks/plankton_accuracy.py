@@ -300,18 +300,19 @@ def check_args(parser, args) -> None:
     if not all(0 < f < 1 for f in args.label_fractions):
         parser.error(f"--label_fractions: expected numbers strictly between 0 and 1, got {args.label_fractions}")
     args.data_label = dataset_name(args.data) if args.data else "NDSB plankton"  # the plots' name of the data
-    args.data = Path(args.data) if args.data else data_path("ndsb2015_plankton", "train")
+    # args.data stays as given: without it, the results keep the benchmark's own name (_common.results_path)
+    args.data_path = Path(args.data) if args.data else data_path("ndsb2015_plankton", "train")
     args.shift_data = Path(args.shift_data) if args.shift_data else data_path("plankton_flowcam_demo", "images")
-    if not (args.data.is_dir() or (args.data.suffix == ".npz" and args.data.is_file())):
+    if not (args.data_path.is_dir() or (args.data_path.suffix == ".npz" and args.data_path.is_file())):
         parser.error(
-            f"--data: expected an image folder (class folders, or images/ with splits/) or a packed .npz, got {args.data}"
+            f"--data: expected an image folder (class folders, or images/ with splits/) or a packed .npz, got {args.data_path}"
         )
     if not args.shift_data.is_dir():
         parser.error(
             f"--shift_data: expected an image folder (class folders, or images/ with splits/), got {args.shift_data}"
         )
     image_roots = lambda root: {root.resolve(), (root / "images").resolve()}  # noqa: E731 (`images/` + `splits/`)
-    if image_roots(args.shift_data) & image_roots(args.data):
+    if image_roots(args.shift_data) & image_roots(args.data_path):
         parser.error(f"--shift_data: {args.shift_data} holds --data's images; the shift is measured on other images")
     check_checkpoint_options(parser, args)
     if args.unet_dir:  # here, not in the U-Net arm: a worker's failure comes only after the other parts' work
@@ -382,7 +383,7 @@ def load_splits(args) -> Tuple[Dict[str, LabeledImages], torch.Tensor, Dict[str,
     """The seeded stratified splits, the indices of the class-balanced test subset and the train rows of each label
     regime (`"all"` first). A class too small for the splits, or a regime selecting the same images as another, is
     refused before any image is decoded."""
-    images, labels, names = list_images(args.data, args.budget.images_per_class)
+    images, labels, names = list_images(args.data_path, args.budget.images_per_class)
     index = stratified_train_val_test_split(
         labels, args.val_fraction, args.test_fraction, seed=args.seed, min_per_class=2, class_names=names
     )
@@ -1315,7 +1316,7 @@ def main():
     figures = {
         "seed": args.seed,
         "dataset": {
-            "path": str(args.data), "num_classes": train.num_classes, **{f"num_{n}": len(s) for n, s in splits.items()},
+            "path": str(args.data_path), "num_classes": train.num_classes, **{f"num_{n}": len(s) for n, s in splits.items()},
             "num_balanced_test": len(balanced), "balanced_test_per_class": len(balanced) // train.num_classes,
             "train_images_per_class": {"max": int(train_counts.max()), "median": float(train_counts.median()), "min": int(train_counts.min())},
             "tail_classes": f"{len(scorer.tail)} classes with fewer than {TAIL_TRAIN_IMAGES} train images",

@@ -119,7 +119,7 @@ def test_two_regimes_of_the_same_images_are_refused_before_any_image_is_decoded(
     root = image_folder(tmp_path / "data", {"a": 6, "b": 6})
     budget = dataclasses.replace(plankton_accuracy.PRESETS["quick"], images_per_class=None)
     args = types.SimpleNamespace(
-        data=root, budget=budget, val_fraction=0.2, test_fraction=0.3, seed=0, label_fractions=[0.02, 0.01]
+        data_path=root, budget=budget, val_fraction=0.2, test_fraction=0.3, seed=0, label_fractions=[0.02, 0.01]
     )  # fmt: skip
     monkeypatch.setattr(plankton_accuracy, "read_images", lambda *args: pytest.fail("decoded"))
     with pytest.raises(ValueError, match=r"the '2%' regime selects the same 2 train labels as the '1%' regime; .*"
