@@ -10,8 +10,13 @@ one torch state on the model's device, with
 - "default": the library default, 32 RK4 steps uniform in log-SNR (128 evaluations per class),
 - "fast": the exponential multistep predictor-corrector in log-SNR (`solver="dpm3m"`, one evaluation per step),
   its step count chosen on TRAINING images (part "speed", stage "selection": the fewest of `--selection_steps`
-  whose max |delta bits/dim| against our dopri5 at rtol = atol = 1e-5 is within `SELECTION_BOUND`, 3/4 of the
-  target: the max over the 4x as many test rows is larger), never on the test images reported.
+  from which on every count's max |delta bits/dim| against our dopri5 at rtol = atol = 1e-5 is within
+  `SELECTION_BOUND`, 3/4 of the target: the max over the 4x as many test rows is larger), never on the test images
+  reported. "From which on": the error is not monotonic in the steps. A trained U-Net's noise prediction is a
+  staircase in its timestep (steps of period 2 pi timesteps, from the highest frequency of its sinusoidal timestep
+  embedding; measured on the tiny U-Net, and on one trained at continuous timesteps too), which a grid of 40-60
+  nodes samples at a phase that depends on the count: on the model here 40 steps were within 0.0074 and 48 steps
+  0.0146 (results/score_sde_bench_likelihood.json), so the fewest count within the bound can be a lucky one.
 
 All integrate the same ODE with the same model, images, class labels and probes, so |delta bits/dim| against the
 reference measures solver error only. Targets: fast >= 50x the reference's images/s at max |delta bpd| <= 0.01;
@@ -64,7 +69,7 @@ SELECTION_BOUND = 0.75 * DELTA_BPD_TARGET
 
 # Full-run defaults, then --quick ones (< 60 s on one idle core).
 DEFAULTS = dict(num_images=16, train_steps=1000, rtol=1e-5, num_classes=None, selection_images=4, selection_rtol=1e-5,
-                selection_steps=[16, 24, 32, 40, 48],
+                selection_steps=[16, 24, 32, 40, 48, 56, 64, 80],
                 pneumonia_train_steps=300, pneumonia_test_images=96)
 QUICK = dict(num_images=1, train_steps=0, rtol=1e-2, num_classes=2, selection_images=1, selection_rtol=1e-2,
              selection_steps=[16, 48],
@@ -130,9 +135,9 @@ def abs_delta(bpd: torch.Tensor, reference: torch.Tensor) -> dict:
 
 
 def select_fast_steps(unet, images, num_classes: int, common: dict, bound: float, rtol: float, candidates):
-    """The fewest of the `candidates` steps of the fast solver within `bound` max |delta bits/dim| of our dopri5
-    at rtol = atol = `rtol` on `images` (training images); the most steps if none is. Returns the steps and the
-    measured table."""
+    """The fewest of the `candidates` steps of the fast solver from which on every candidate is within `bound` max
+    |delta bits/dim| of our dopri5 at rtol = atol = `rtol` on `images` (training images); the most accurate if the
+    most steps are not within it. Returns the steps and the measured table."""
     reference = probability_flow_log_likelihood(unet, images, num_classes, solver="dopri5", rtol=rtol, atol=rtol,
                                                 **common).bits_per_dim
     table = {}
@@ -140,8 +145,15 @@ def select_fast_steps(unet, images, num_classes: int, common: dict, bound: float
         result = probability_flow_log_likelihood(unet, images, num_classes, solver=FAST_SOLVER, num_steps=steps,
                                                  step_spacing="log_snr", **common)
         table[steps] = abs_delta(result.bits_per_dim, reference) | {"nfe_per_image": int(result.nfe_per_image[0])}
-    within = [steps for steps, row in table.items() if row["max"] <= bound]
-    return (min(within) if within else max(candidates)), table
+    return settled_steps(table, bound), table
+
+
+def settled_steps(table: dict, bound: float) -> int:
+    """The fewest steps of `table` (`{steps: {"max": max |delta bpd|, ...}}`) from which on every count's max is
+    within `bound`; the most accurate count if the most steps are not within it."""
+    steps = sorted(table)
+    settled = [n for i, n in enumerate(steps) if all(table[m]["max"] <= bound for m in steps[i:])]
+    return settled[0] if settled else min(steps, key=lambda n: table[n]["max"])
 
 
 def speed_part(args, device) -> dict:
@@ -292,7 +304,7 @@ def main():
     parser.add_argument("--atol", type=float, default=None, help="default: rtol")
     parser.add_argument("--num_classes", type=int, help="classes scored (the first K); default all 10 (quick 2)")
     parser.add_argument("--selection_images", type=int, help="training images the fast steps are chosen on (4)")
-    parser.add_argument("--selection_steps", type=int, nargs="+", help="fast-mode step counts tried (16 .. 48)")
+    parser.add_argument("--selection_steps", type=int, nargs="+", help="fast-mode step counts tried (16 .. 80)")
     parser.add_argument("--selection_rtol", type=float, help="tolerance of their dopri5 reference (1e-5; quick 1e-2)")
     parser.add_argument("--fast_steps", type=int, default=None,
                         help="fast-mode steps without the selection stage (parts without 'speed'); default 40")

@@ -16,6 +16,7 @@ from .conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import score_sde_bench_elbo_settings  # noqa: E402
+import score_sde_bench_likelihood  # noqa: E402
 
 sys.path.remove(str(REPO_ROOT / "benchmarks"))
 
@@ -90,3 +91,13 @@ def test_targets_read_the_default_pair_against_the_best_and_the_worst_standard_e
     assert targets["stderr_worst_two_sigma_coverage"] == {"value": 0.85, "target": 0.9, "met": False, "higher_is_better": True}
     multiclass = score_sde_bench_elbo_settings.targets({"elbo/even": {"accuracy_mean": 0.8}}, "accuracy_mean")
     assert list(multiclass) == ["default_pair_accuracy_mean_loss_vs_best_points"]  # no standard error for K > 2
+
+
+def test_fast_steps_are_the_fewest_from_which_on_every_count_is_within_the_bound():
+    # the errors measured on the tiny U-Net (results/score_sde_bench_likelihood.json): 40 steps within 0.0075 by
+    # luck, 48 not; the fewest count within the bound would pick 40
+    errors = {16: 0.035, 24: 0.019, 32: 0.0092, 40: 0.0074, 48: 0.0144, 56: 0.006, 64: 0.005, 80: 0.004}
+    table = {steps: {"max": error} for steps, error in errors.items()}
+    assert score_sde_bench_likelihood.settled_steps(table, 0.0075) == 56
+    table[80]["max"] = 0.008  # the most steps off: the most accurate count
+    assert score_sde_bench_likelihood.settled_steps(table, 0.0075) == 64
