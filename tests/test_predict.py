@@ -214,6 +214,36 @@ def test_another_model_is_refused_and_nothing_written_is_lost(models, tmp_path):
     assert foreign.read_text() == "my own file\n"
 
 
+def test_a_model_retrained_in_place_or_with_another_positive_class_is_refused(models, tmp_path, capsys):
+    model = tmp_path / "sde"
+    shutil.copytree(models / "sde", model)
+    write_images(tmp_path / "images", ["x.png", "y.png"])
+    output = tmp_path / "predictions.csv"
+    args = ["predict", "--input", str(tmp_path / "images"), "--output", str(output), "--model_dir", str(model)]
+    main(args)
+    assert "log_likelihood_ratio = log p(x | pneumonia) - log p(x | normal)\n" in capsys.readouterr().out
+    written, sidecar = output.read_bytes(), output.with_name("predictions.csv.json")
+    recorded = json.loads(sidecar.read_text())["run"]
+    assert recorded["log_likelihood_ratio"] == "log p(x | pneumonia) - log p(x | normal)"
+    pipe = load(models, "sde")
+    pipe.set_positive_class("normal")  # the same weights: the ratio's sign flips
+    pipe.save_pretrained(model)
+    with pytest.raises(ValueError, match=r"\(log_likelihood_ratio: 'log p\(x \| pneumonia\) - log p\(x \| normal\)' then"):
+        main(args)
+    pipe.set_positive_class("pneumonia")
+    torch.nn.init.normal_(pipe.unet.conv_out.weight)  # retrained in place: other weights in the same folder
+    pipe.save_pretrained(model)
+    with pytest.raises(ValueError, match=r"\(model_sha256: '[0-9a-f]{64}' then, '[0-9a-f]{64}' now\)"):
+        main(args)
+    assert output.read_bytes() == written
+    # an output of a version that recorded neither resumes: they are compared only where the sidecar has them
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "run": {
+        key: value for key, value in recorded.items() if key not in ("model_sha256", "log_likelihood_ratio")}}))
+    write_images(tmp_path / "images", ["z.png"], seed=3)
+    main(args)
+    assert [row["path"] for row in read_rows(output)] == ["x.png", "y.png", "z.png"]
+
+
 def test_a_second_prediction_into_an_output_in_use_is_refused_and_a_stale_lock_taken_over(models, tmp_path, caplog):
     write_images(tmp_path / "images", ["x.png", "y.png"])
     output = tmp_path / "out" / "predictions.csv"
@@ -576,7 +606,8 @@ def test_hub_id_applies_the_windows_saved_in_the_repo(models, tmp_path, monkeypa
     own_window = load(models, "unet")([scan])  # the file's own window, what ignoring the saved contract would give
     assert not torch.equal(own_window.probs, expected.probs)
     sidecar = json.loads((tmp_path / "hub.csv.json").read_text())["run"]
-    assert sidecar == {"model_dir": "org/ct", "windows": ["bone"], "input": str(tmp_path / "scans"), "pipeline_call": {}}
+    assert sidecar == {"model_dir": "org/ct", "model_sha256": hub.model_fingerprint(hub.download("org/ct")),
+                       "windows": ["bone"], "input": str(tmp_path / "scans"), "pipeline_call": {}}
 
 
 # `predict` with process 1 slow to start (a busy node): were it to list the inputs done itself, it would see the parts

@@ -100,6 +100,16 @@ def output_columns(
     return columns
 
 
+def _ratio_direction(pipeline: Any, columns: list[str]) -> dict:
+    """`{"log_likelihood_ratio": "log p(x | positive) - log p(x | negative)"}` where the output has that column: a
+    rerun by a pipeline whose positive class changed would write the other sign into the same column."""
+    if "log_likelihood_ratio" not in columns:
+        return {}
+    positive = pipeline.class_names[pipeline.positive_index()]
+    negative = next(name for name in pipeline.class_names if name != positive)
+    return {"log_likelihood_ratio": f"log p(x | {positive}) - log p(x | {negative})"}
+
+
 def prediction_call_kwargs(pipeline: Any, pipeline_kwargs: Optional[dict], seed: int) -> dict:
     """What `predict` calls `pipeline` with: `pipeline_kwargs` and, for Score-SDE, `seed` with `seed_by="content"`
     (each image's noise drawn from the seed and its pixels, so its result does not depend on its batch, process or
@@ -246,7 +256,8 @@ def predict_files(
 
     Resumable: the results of finished batches are kept in `<output>.parts/` until the end, when they are merged into
     the output and the errors file; a rerun skips every path already in the output, the errors file or a part.
-    `<output>.json` records the model, its classes, the columns, `run_info` and every setting of the pipeline call
+    `<output>.json` records the model, its classes, the columns, `run_info` (the CLI's: the model folder and the
+    sha256 of its files, the windows, the input), the binary ratio's direction and every setting of the pipeline call
     (`"pipeline_call"` in its `"run"`: the seed, and the defaults where `pipeline_kwargs` gives none): a rerun that
     differs is refused unless `overwrite=True`, which deletes the earlier output, errors file and parts first. It also
     records the errors file, which a rerun without `errors_path` keeps (an output written before each had its own
@@ -264,8 +275,8 @@ def predict_files(
             (`out/a.csv.errors.csv`), so outputs in one folder each have their own.
         batch_size (`int`, *optional*, defaults to 64): images per pipeline call and per committed batch (a
             multi-frame file is never split, so a batch may hold more).
-        run_info (`dict`, *optional*): JSON-serialisable facts a rerun must match (the CLI records the model folder
-            and the DICOM windows).
+        run_info (`dict`, *optional*): JSON-serialisable facts a rerun must match (the CLI records the model folder,
+            its `hub.model_fingerprint`, the DICOM windows and the input).
         overwrite (`bool`, *optional*, defaults to `False`): replace an output written by another prediction.
         seed (`int`, *optional*, defaults to 0): the Score-SDE pipeline's seed (its draws come from the seed and each
             image's pixels).
@@ -301,8 +312,8 @@ def predict_files(
         _check_settings_of_unrecorded_run(files, pipeline, settings, seed, overwrite)
         # the settings under "run", whose keys a sidecar lacks are not compared: outputs of earlier versions resume
         # (with the pipeline's defaults: `_check_settings_of_unrecorded_run`)
-        run = {"run": {**(run_info or {}), "pipeline_call": settings}, "class_names": list(pipeline.class_names),
-               "columns": columns}  # fmt: skip
+        run = {"run": {**(run_info or {}), **_ratio_direction(pipeline, columns), "pipeline_call": settings},
+               "class_names": list(pipeline.class_names), "columns": columns}  # fmt: skip
         prepare_output_files(files, run, overwrite, is_main)
         retried = forget_errors(files, {item.path for item in inputs}) if retry_errors and is_main else 0
         wait()
@@ -458,7 +469,7 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     """`diffusion-classifiers predict`: every flag checked and the inputs listed before the model is loaded."""
     from accelerate import Accelerator
 
-    from ..hub import download
+    from ..hub import download, model_fingerprint
     from ..pipelines import DiffusionClassifierPipeline
     from ..training.launch import check_world_size
 
@@ -483,7 +494,9 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     model_name = str(Path(args.model_dir).resolve()) if Path(args.model_dir).is_dir() else str(args.model_dir)
     # the input too: file names restart in every folder of an instrument's samples, and a rerun skips the names done
     # (a DatasetDict's rows are named by index in every split: its split too)
-    run_info = {"model_dir": model_name, "windows": _windows_json(medical.windows), "input": str(Path(args.input).resolve())}
+    # and the weights: a model retrained in place (same folder) must not add its rows to the earlier model's
+    run_info = {"model_dir": model_name, "model_sha256": model_fingerprint(model_dir),
+                "windows": _windows_json(medical.windows), "input": str(Path(args.input).resolve())}  # fmt: skip
     if (Path(args.input) / "dataset_dict.json").is_file():
         run_info["split"] = args.split
         if accelerator.is_main_process:
@@ -501,6 +514,7 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
             f"process(es), {summary.skipped} done before); {summary.unreadable} unreadable ({summary.failed} new) -> "
             f"{summary.errors}" + (f"; {summary.retried} earlier errors tried again" if args.retry_errors else "")
         )
+        _note_ratio_direction(pipeline, summary.output)
         if summary.unreadable and not args.retry_errors:
             print(f"to predict the files of {summary.errors} again (repaired since), rerun with --retry_errors")
         if summary.not_in_input:
@@ -509,6 +523,20 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
                 "run's, kept after the others; --overwrite predicts the input afresh)"
             )
     return summary
+
+
+def _note_ratio_direction(pipeline: Any, output: Any) -> None:
+    """Which way the binary Score-SDE ratio column points, and how its positive class was chosen."""
+    from ..pipelines import ScoreSDEClassifierPipeline
+
+    if not isinstance(pipeline, ScoreSDEClassifierPipeline) or len(pipeline.class_names) != 2:
+        return
+    chosen = "" if pipeline.positive_class is not None else (
+        " (its positive class is class 1 of the model's class names, not set at training: "
+        "`pipe.set_positive_class(name)` then `save_pretrained` states it)"
+    )  # fmt: skip
+    direction = _ratio_direction(pipeline, ["log_likelihood_ratio"])["log_likelihood_ratio"]
+    print(f"{output}: log_likelihood_ratio = {direction}{chosen}")
 
 
 @contextmanager
