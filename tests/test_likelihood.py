@@ -215,6 +215,33 @@ def test_dpm3m_converges_at_third_order_and_counts_nfe():  # float64, exact trac
     assert errors[0] / errors[1] > 8 and errors[1] < 1e-4
 
 
+def two_images():
+    return torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+@pytest.mark.parametrize("solver", ["rk4", "dopri5", "dpm3m"])
+def test_several_probes_give_each_probe_s_log_likelihood_on_one_solution(solver):
+    unet = tiny_unet(num_class_embeds=2)  # random weights: each class its own Jacobian
+    args = dict(solver=solver, num_steps=4, rtol=1e-2, atol=1e-2)
+    result = probability_flow_log_likelihood(unet, two_images(), 2, num_probes=4, **args)
+    assert result.log_likelihood_per_probe.shape == (2, 2, 4)
+    # the same solution of the ODE: the estimate is the probes' mean (to float32 round-off of ~100 nats)
+    assert torch.allclose(result.log_likelihood_per_probe.mean(-1), result.log_likelihood, atol=1e-3)
+    assert result.log_likelihood_per_probe.std(-1).min() > 1e-2  # the probes differ
+    single = probability_flow_log_likelihood(unet, two_images(), 2, num_probes=1, **args)
+    assert single.log_likelihood_per_probe is None and single.difference_standard_error(1, 0) is None
+
+
+def test_the_ratio_s_standard_error_is_the_spread_over_other_probes():
+    unet, images, args = tiny_unet(num_class_embeds=2), two_images(), dict(solver="rk4", num_steps=2, num_probes=8)
+    stderr = probability_flow_log_likelihood(unet, images, 2, **args).difference_standard_error(1, 0)
+    # against the spread of the ratio over 10 other seeds' probes: within a factor 2 (the spread of 10 draws is
+    # 0.55-1.45x the true one at 2 sigma, a stderr of 8 probes 0.5-1.5x)
+    ratios = torch.stack([probability_flow_log_likelihood(unet, images, 2, seed=seed, **args)
+                          .log_likelihood.diff(dim=1)[:, 0] for seed in range(1, 11)])
+    assert ((stderr / ratios.std(0)) - 1).abs().max() < 1.0, (stderr, ratios.std(0))
+
+
 @pytest.mark.numerics
 def test_hutchinson_is_unbiased_and_shared_across_classes():
     model, num_images = gaussian_classes(3, separation=0.7), 64

@@ -416,6 +416,10 @@ def test_pipeline_kwargs_are_the_call_settings_recorded_and_checked_on_a_rerun(m
     exact = {"method": "likelihood", "solver": "rk4", "num_steps": 2, "num_probes": 1}
     predict_files(pipe, inputs, tmp_path / "exact.csv", pipeline_kwargs=exact, progress_bar=False)
     assert list(read_rows(tmp_path / "exact.csv")[0])[-1] == "log_likelihood_ratio"  # no standard error to give
+    predict_files(pipe, inputs, tmp_path / "probes.csv", pipeline_kwargs={**exact, "num_probes": 2}, progress_bar=False)
+    rows = read_rows(tmp_path / "probes.csv")  # the spread of two probes' ratios
+    assert list(rows[0])[-2:] == ["log_likelihood_ratio", "log_likelihood_ratio_stderr"]
+    assert all(float(row["log_likelihood_ratio_stderr"]) > 0 for row in rows)
 
 
 def test_an_output_written_before_the_stderr_column_resumes_with_its_columns(models, tmp_path):

@@ -39,28 +39,49 @@ class LikelihoodResult:
         bits_per_dim: `[N, K]` from [`bits_per_dim`] (8-bit images scaled to [-1, 1]).
         nfe_per_image: `[N]` network function evaluations per image: ODE right-hand-side evaluations of its batch
             times `K` (each also costs `num_probes`, or `D` with the exact trace, vector-Jacobian products).
+        log_likelihood_per_probe: `[N, K, P]` with `num_probes = P >= 2`: the log-likelihood each Hutchinson probe
+            alone gives (on the same solution of the ODE; `log_likelihood` is their mean), whose spread is the
+            estimator's noise; None with one probe or the exact trace.
     """
 
     log_likelihood: torch.Tensor
     bits_per_dim: torch.Tensor
     nfe_per_image: torch.Tensor
+    log_likelihood_per_probe: Optional[torch.Tensor] = None
+
+    def difference_standard_error(self, first: int, second: int) -> Optional[torch.Tensor]:
+        """`[N]` the Monte-Carlo standard error of `log_likelihood[:, first] - log_likelihood[:, second]` from the
+        spread of that difference over the probes (`std / sqrt(P)`; each image's probes are shared by its classes,
+        so much of their noise cancels in the difference): how far other probes (another `seed`) would move it.
+        None without per-probe results (one probe, or the exact trace, whose difference has no such noise)."""
+        if self.log_likelihood_per_probe is None:
+            return None
+        differences = self.log_likelihood_per_probe[:, first] - self.log_likelihood_per_probe[:, second]
+        return differences.std(1) / math.sqrt(differences.shape[1])
 
 
 def _jacobian_trace(eps: torch.Tensor, x: torch.Tensor, probes: Optional[torch.Tensor]) -> torch.Tensor:
-    """`tr(d eps / d x)` per row: exactly (one VJP per dimension) if `probes` is None, else the Hutchinson mean of
-    `z^T (d eps / d x) z` over the probes `[B, P, D]`."""
+    """`tr(d eps / d x)` per row, `[B, C]`: exactly (one VJP per dimension) if `probes` is None, else the Hutchinson
+    mean of `z^T (d eps / d x) z` over the probes `[B, P, D]`, then with `P >= 2` each probe's own (`C = 1 + P`)."""
     def vjp(v):
         return torch.autograd.grad(eps, x, v, retain_graph=True)[0].flatten(1)
 
     if probes is None:
         basis = torch.eye(eps.shape[1], dtype=eps.dtype, device=eps.device)
-        return sum(vjp(e.expand_as(eps))[:, d] for d, e in enumerate(basis))
-    return torch.stack([(vjp(z) * z).sum(1) for z in probes.unbind(1)]).mean(0)
+        return sum(vjp(e.expand_as(eps))[:, d] for d, e in enumerate(basis))[:, None]
+    per_probe = torch.stack([(vjp(z) * z).sum(1) for z in probes.unbind(1)])  # [P, B]
+    mean = per_probe.mean(0)[:, None]
+    return mean if len(per_probe) == 1 else torch.cat([mean, per_probe.T], 1)
+
+
+def _trace_columns(probes: Optional[torch.Tensor]) -> int:
+    """The columns of [`_jacobian_trace`]: the estimate, then each probe's own where there are several."""
+    return 1 if probes is None or probes.shape[1] == 1 else 1 + probes.shape[1]
 
 
 def _probability_flow(eps_fn: EpsFn, sde: VPSDE, shape, labels, probes) -> Callable:
     r"""
-    The augmented ODE `y = [x, delta]` (rows `[B, D + 1]`) with
+    The augmented ODE `y = [x, delta]` (rows `[B, D + C]`, `delta` one column per [`_jacobian_trace`] column) with
 
     - `dx/dt = f(x, t) - 1/2 g(t)^2 score = -1/2 beta(t) (x - eps(x, t, c) / sigma(t))`,
     - `d delta/dt = div_x(dx/dt) = -1/2 beta(t) (D - tr(d eps / d x) / sigma(t))`,
@@ -71,17 +92,17 @@ def _probability_flow(eps_fn: EpsFn, sde: VPSDE, shape, labels, probes) -> Calla
     num_dims = math.prod(shape[1:])
 
     def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        eps, trace = _eps_and_trace(eps_fn, y[:, :-1], t, shape, labels, probes)
+        eps, trace = _eps_and_trace(eps_fn, y[:, :num_dims], t, shape, labels, probes)
         beta, sigma = sde.beta(t), sde.sigma(t)
-        drift = -0.5 * beta * (y[:, :-1] - eps / sigma)
+        drift = -0.5 * beta * (y[:, :num_dims] - eps / sigma)
         divergence = -0.5 * beta * (num_dims - trace / sigma)
-        return torch.cat([drift, divergence[:, None]], 1)
+        return torch.cat([drift, divergence], 1)
 
     return field
 
 
 def _eps_and_trace(eps_fn: EpsFn, x_rows: torch.Tensor, t: torch.Tensor, shape, labels, probes):
-    """`eps` `[B, D]` at the rows `x_rows` `[B, D]` and time `t` (a scalar tensor), and `tr(d eps / d x)` `[B]`
+    """`eps` `[B, D]` at the rows `x_rows` `[B, D]` and time `t` (a scalar tensor), and `tr(d eps / d x)` `[B, C]`
     from the same model call (see `_jacobian_trace`)."""
     with torch.enable_grad():
         x = x_rows.reshape(shape).detach().requires_grad_(True)
@@ -160,7 +181,8 @@ def _solve_multistep(eps_and_trace, x: torch.Tensor, sde: VPSDE, grid: torch.Ten
       stays bounded near the data (where `tr / sigma`, the integrand in `t`, grows like `1 / t`); it is integrated
       by composite cubic interpolation of its values at the nodes, the trace coming with each node's model call.
 
-    Returns the final `x` `[B, D]`, `int div dt` `[B]` and the number of model calls (`len(grid)`).
+    Returns the final `x` `[B, D]`, `int div dt` `[B, C]` (a column per trace column) and the number of model calls
+    (`len(grid)`).
     """
     lam = sde.half_log_snr(grid)
     log_alpha = sde.log_alpha(grid.double())
@@ -202,15 +224,16 @@ _DP_A = [
 _DP_E = [71 / 57600, 0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40]
 
 
-def _error_norm(err, y0, y1, rtol, atol) -> torch.Tensor:
-    """max over rows of max(RMS of the scaled error of x, scaled error of delta); scale = atol + rtol max(|y0|, |y1|).
-    Every (image, class) row meets the tolerance, and its log-density term is controlled on its own."""
+def _error_norm(err, y0, y1, rtol, atol, num_dims) -> torch.Tensor:
+    """max over rows of max(RMS of the scaled error of x (the first `num_dims` columns), scaled error of delta (the
+    next: the estimate; each probe's own, after it, rides on its steps); scale = atol + rtol max(|y0|, |y1|). Every
+    (image, class) row meets the tolerance, and its log-density term is controlled on its own."""
     ratio = err.abs() / (atol + rtol * torch.maximum(y0.abs(), y1.abs()))
-    return torch.maximum(ratio[:, :-1].pow(2).mean(1).sqrt(), ratio[:, -1]).max()
+    return torch.maximum(ratio[:, :num_dims].pow(2).mean(1).sqrt(), ratio[:, num_dims]).max()
 
 
 def _solve_dopri5(
-    f, y: torch.Tensor, t0: float, t1: float, rtol: float, atol: float, on_step: Callable[[float], None]
+    f, y: torch.Tensor, t0: float, t1: float, rtol: float, atol: float, on_step: Callable[[float], None], num_dims: int
 ) -> torch.Tensor:
     """Adaptive Dormand-Prince RK45 with the standard controller `h *= clip(0.9 err^-1/5, 0.2, 10)`, the first step
     from Hairer, Norsett & Wanner (1993, II.4), first-same-as-last (6 evaluations per attempted step);
@@ -219,9 +242,12 @@ def _solve_dopri5(
         return torch.tensor(s, dtype=y.dtype, device=y.device)
 
     k1 = f(time(t0), y)
-    d0, d1 = float(_error_norm(y, y, y, rtol, atol)), float(_error_norm(k1, y, y, rtol, atol))
+    def norm(err, y0, y1):
+        return float(_error_norm(err, y0, y1, rtol, atol, num_dims))
+
+    d0, d1 = norm(y, y, y), norm(k1, y, y)
     h0 = 0.01 * d0 / d1 if min(d0, d1) > 1e-5 else 1e-6
-    d2 = float(_error_norm(f(time(t0 + h0), y + h0 * k1) - k1, y, y, rtol, atol)) / h0
+    d2 = norm(f(time(t0 + h0), y + h0 * k1) - k1, y, y) / h0
     h = min(100 * h0, (0.01 / max(d1, d2)) ** 0.2 if max(d1, d2) > 1e-15 else max(1e-6, h0 * 1e-3))
     t = t0
     while t < t1:
@@ -232,7 +258,7 @@ def _solve_dopri5(
         for c, a in zip(_DP_C[1:], _DP_A[1:]):
             ks.append(f(time(t + c * h), y + h * sum(a_j * k for a_j, k in zip(a, ks))))
         y_new = y + h * sum(a_j * k for a_j, k in zip(_DP_A[-1], ks))
-        error = float(_error_norm(h * sum(e * k for e, k in zip(_DP_E, ks)), y, y_new, rtol, atol))
+        error = norm(h * sum(e * k for e, k in zip(_DP_E, ks)), y, y_new)
         if not math.isfinite(error):
             raise RuntimeError(f"dopri5 got a non-finite state at t={t}: check the model's output")
         if error <= 1:
@@ -366,11 +392,13 @@ def probability_flow_log_likelihood(
 
             log_p, evaluations = _solve_log_likelihood(eps_fn, sde, batch, class_ids, probes, solver, num_steps,
                                                        step_spacing, rtol, atol, on_step)
-            log_likelihood.append(log_p.view(len(batch), num_classes))
+            log_likelihood.append(log_p.view(len(batch), num_classes, -1))
             nfe += [evaluations * num_classes] * len(batch)
             bar.set_postfix(nfe_per_image=nfe[-1], refresh=False)
-    log_likelihood = torch.cat(log_likelihood).cpu()
-    return LikelihoodResult(log_likelihood, bits_per_dim(log_likelihood, images[0].numel()), torch.tensor(nfe))
+    columns = torch.cat(log_likelihood).cpu()  # the estimate, then each probe's own where there are several
+    log_likelihood, per_probe = columns[..., 0], columns[..., 1:] if columns.shape[-1] > 1 else None
+    return LikelihoodResult(log_likelihood, bits_per_dim(log_likelihood, images[0].numel()), torch.tensor(nfe),
+                            per_probe)
 
 
 def _rademacher(streams, num_probes: int, batch: torch.Tensor) -> torch.Tensor:
@@ -381,8 +409,9 @@ def _rademacher(streams, num_probes: int, batch: torch.Tensor) -> torch.Tensor:
 
 def _solve_log_likelihood(eps_fn, sde, batch, class_ids, probes, solver, num_steps, step_spacing, rtol, atol,
                           on_step):
-    """Solve one batch (rows image-major: row `i K + k` is image `i`, class `k`); returns `log p` `[B K]` and the
-    number of right-hand-side evaluations; `on_step(fraction done)` after every solver step."""
+    """Solve one batch (rows image-major: row `i K + k` is image `i`, class `k`); returns `log p` `[B K, C]` (the
+    estimate, then each probe's own where there are several) and the number of right-hand-side evaluations;
+    `on_step(fraction done)` after every solver step."""
     num_classes = len(class_ids)
     x = batch.repeat_interleave(num_classes, 0)
     labels = class_ids.repeat(len(batch))
@@ -397,12 +426,12 @@ def _solve_log_likelihood(eps_fn, sde, batch, class_ids, probes, solver, num_ste
         x1, delta, evaluations = _solve_augmented_state(eps_fn, sde, x, labels, probes, solver, num_steps,
                                                         step_spacing, rtol, atol, on_step)
     prior = -0.5 * (x1.pow(2).sum(1) + x1.shape[1] * math.log(2 * math.pi))
-    return prior + delta, evaluations
+    return prior[:, None] + delta, evaluations
 
 
 def _solve_augmented_state(eps_fn, sde, x, labels, probes, solver, num_steps, step_spacing, rtol, atol, on_step):
-    """The Runge-Kutta solvers on the state `[x, int div]`: returns the final x, the divergence integral and the
-    number of right-hand-side evaluations."""
+    """The Runge-Kutta solvers on the state `[x, int div]`: returns the final x, the divergence integral (a column
+    per trace column, see [`_jacobian_trace`]) and the number of right-hand-side evaluations."""
     field = _probability_flow(eps_fn, sde, x.shape, labels, probes)
     evaluations = 0
 
@@ -411,9 +440,10 @@ def _solve_augmented_state(eps_fn, sde, x, labels, probes, solver, num_steps, st
         evaluations += 1
         return field(t, y)
 
-    y = torch.cat([x.flatten(1), x.new_zeros(len(x), 1)], 1)
+    num_dims = math.prod(x.shape[1:])
+    y = torch.cat([x.flatten(1), x.new_zeros(len(x), _trace_columns(probes))], 1)
     if solver == "dopri5":
-        y = _solve_dopri5(counted, y, sde.t_min, 1.0, rtol, atol, on_step)
+        y = _solve_dopri5(counted, y, sde.t_min, 1.0, rtol, atol, on_step, num_dims)
     else:
         y = _solve_fixed(counted, y, _time_grid(sde, num_steps, step_spacing, y), solver, on_step)
-    return y[:, :-1], y[:, -1], evaluations
+    return y[:, :num_dims], y[:, num_dims:], evaluations

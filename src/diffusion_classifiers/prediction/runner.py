@@ -85,7 +85,8 @@ def output_columns(
     """`path, frame, [true_label,] [patient_id, study_uid, series_uid,] label, score, prob_<class>...,
     [log_likelihood_ratio, log_likelihood_ratio_stderr]` for `pipeline` called with `settings`
     (`evaluation.pipeline_call_settings`; default: its defaults): the DICOM ids when inputs are DICOM files, the ratio
-    for a binary Score-SDE pipeline, its standard error when the call's `method` is `"elbo"`."""
+    for a binary Score-SDE pipeline, its standard error when the call gives one (`method="elbo"`, or the likelihood
+    with `num_probes >= 2`)."""
     from ..evaluation import pipeline_call_settings
     from ..pipelines import ScoreSDEClassifierPipeline
 
@@ -95,7 +96,8 @@ def output_columns(
     columns += [f"prob_{name}" for name in pipeline.class_names]
     if isinstance(pipeline, ScoreSDEClassifierPipeline) and len(pipeline.class_names) == 2:
         columns.append("log_likelihood_ratio")
-        if (settings or pipeline_call_settings(pipeline))["method"] == "elbo":
+        settings = settings or pipeline_call_settings(pipeline)
+        if settings["method"] == "elbo" or settings["num_probes"] >= 2:
             columns.append("log_likelihood_ratio_stderr")
     return columns
 
