@@ -2,7 +2,9 @@
 an exponential multistep solver in log-SNR and adaptive Dormand-Prince, every image paired with every class in one
 state."""
 
+import inspect
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -293,6 +295,23 @@ def _check_solver_args(solver, num_steps, step_spacing, rtol, atol, num_probes, 
     for name, value in (("num_probes", num_probes), ("batch_size", batch_size)):
         if not is_count(value):
             raise ValueError(f"expected {name} >= 1, got {value}")
+    _warn_unused_solver_args(solver, num_steps=num_steps, step_spacing=step_spacing, rtol=rtol, atol=atol)
+
+
+def _warn_unused_solver_args(solver: str, **given) -> None:
+    """A setting the solver does not read, given other than its default, is warned about: the adaptive dopri5 sets
+    its own steps from rtol / atol, the fixed-step solvers take no tolerances."""
+    unused = ("num_steps", "step_spacing") if solver == "dopri5" else ("rtol", "atol")
+    defaults = inspect.signature(probability_flow_log_likelihood).parameters
+    ignored = [f"{name}={given[name]!r}" for name in unused if given[name] != defaults[name].default]
+    if ignored:
+        warnings.warn(
+            f"{', '.join(ignored)}: not used by solver={solver!r} ("
+            + ("adaptive: rtol and atol set its steps" if solver == "dopri5" else "fixed steps: num_steps sets them")
+            + ")",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 @torch.no_grad()
