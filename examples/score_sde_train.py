@@ -20,7 +20,7 @@ import argparse
 
 from accelerate import PartialState
 
-from diffusion_classifiers.cli import add_positive_class_arg, run_from_shell
+from diffusion_classifiers.cli import add_positive_class_arg, note_default_positive_class, run_from_shell
 from diffusion_classifiers.data import add_data_args, save_split_record, training_data_from_args
 from diffusion_classifiers.metrics import resolve_positive_label
 from diffusion_classifiers.pipelines import ScoreSDEClassifierPipeline
@@ -59,11 +59,13 @@ def main(argv=None):
     train = training_data_from_args(args)["train"]
     check_two_classes_at_least(train.class_names, f"--dataset {args.dataset}", "a class-conditional score model")
     resolve_positive_label(args.positive_class, train.class_names, train.num_classes)  # before training
+    if PartialState().is_main_process:
+        note_default_positive_class(args.positive_class, train.class_names)
     images, labels = (train, None) if args.streaming else (train.images, train.labels)  # a dataset carries its labels
     unet, scheduler, _ = train_score_sde_unet(
         training_args, images, labels, num_classes=train.num_classes, preset=args.unet_preset,
         num_train_timesteps=args.num_train_timesteps, label_dropout=args.label_dropout,
-        class_balanced=args.class_balanced,
+        class_balanced=args.class_balanced, class_names=train.class_names,
     )
     if PartialState().is_main_process:
         pipeline = ScoreSDEClassifierPipeline(

@@ -198,3 +198,59 @@ def test_the_training_scripts_refuse_an_input_in_one_line_from_a_shell(tmp_path,
     with pytest.raises(SystemExit) as exited:
         runpy.run_path(str(REPO_ROOT / "examples" / script), run_name="__main__")
     assert str(exited.value.code).startswith(f"{script}: error: source: {str(missing)!r} does not exist")
+
+
+def test_evaluate_without_dataset_refuses_a_model_of_other_classes_than_the_digits(tmp_path):
+    """QA: a benign / malignant model was evaluated on the digits by default and failed on label 2 after reading
+    them."""
+    from .conftest import REPO_ROOT
+
+    model = REPO_ROOT / "tests" / "fixtures" / "v0.1.0" / "score_sde"  # classes zero, one, two
+    with pytest.raises(ValueError, match=r"--dataset: not given, and the model's classes \['zero', 'one', 'two'\] are "
+                                         r"not the digits' '0'..'9'; give the data to evaluate it on"):  # fmt: skip
+        main(["evaluate", "--model_dir", str(model), "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_refuses_a_bad_flag_before_reading_the_data(tmp_path, monkeypatch, capsys):
+    """QA: `--pipeline_kwargs "{method: 'likelihood'}"` said "invalid loads value"; a wrong --positive_class was
+    refused only after every image was decoded."""
+    from diffusers import DDPMScheduler
+
+    import diffusion_classifiers.evaluation
+    from diffusion_classifiers import ScoreSDEClassifierPipeline
+
+    from .test_readme import small_unet
+
+    model = tmp_path / "model"
+    pipe = ScoreSDEClassifierPipeline(small_unet(8, 3), DDPMScheduler(), class_names=["benign", "malignant"])
+    pipe.save_pretrained(model)
+    monkeypatch.setattr(diffusion_classifiers.evaluation, "load_evaluation_split", pytest.fail)
+    argv = ["evaluate", "--model_dir", str(model), "--dataset", "digits", "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit):
+        main(argv + ["--pipeline_kwargs", "{method: 'likelihood'}"])
+    err = capsys.readouterr().err
+    assert "argument --pipeline_kwargs: \"{method: 'likelihood'}\" is not valid JSON (Expecting property name" in err
+    assert """expected a JSON object, e.g. '{"method": "likelihood"}'""" in err
+    with pytest.raises(SystemExit):
+        main(argv + ["--pipeline_kwargs", "[1]"])
+    assert "--pipeline_kwargs: expected a JSON object" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"positive_class: expected one of the class names \['benign', 'malignant'\], "
+                                         r"got 'cancer'"):  # fmt: skip
+        main(argv + ["--positive_class", "cancer"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_defaulted_positive_class_is_noted_at_training_time(capsys):
+    """QA: folders cancer/ and normal/ made 'normal' the positive class without a word."""
+    from diffusion_classifiers.cli import note_default_positive_class
+
+    note_default_positive_class(None, ["cancer", "normal"])
+    assert capsys.readouterr().err == (
+        "note: --positive_class not given: the positive class (of sensitivity, the ROC, the log-likelihood ratio) is "
+        "class 1, 'normal', of ['cancer', 'normal'] (the data's class order, alphabetical for class folders); pass "
+        "--positive_class cancer to choose the other\n"
+    )
+    for given, names in (("cancer", ["cancer", "normal"]), (None, ["a", "b", "c"])):
+        note_default_positive_class(given, names)
+        assert capsys.readouterr().err == ""

@@ -260,6 +260,42 @@ def test_16bit_images_scaled_by_different_guessed_bit_depths_warn_once(tmp_path)
         load_image_classification_data(uniform, 8, val_fraction=0.25, test_fraction=0.25)
 
 
+def test_one_guessed_bit_depth_of_the_training_files_is_recorded_in_the_contract(tmp_path):
+    uniform = tmp_path / "uniform"
+    sixteen_bit_folder(uniform, fatty=0)  # every image guessed at 12 bits
+    splits = load_image_classification_data(uniform, 8, val_fraction=0.25, test_fraction=0.25)
+    medical = splits["train"].preprocessing.medical
+    assert (medical.bits_stored, medical.guessed_bits_stored) == (None, 12)  # recorded, not stated: nothing refused
+    assert medical.to_dict()["guessed_bits_stored"] == 12
+    sixteen_bit_folder(tmp_path / "mixed")  # 11 and 12 bits: warned about as they are read, nothing recorded
+    with pytest.warns(UserWarning, match="different bit depths"):
+        splits = load_image_classification_data(tmp_path / "mixed", 8, val_fraction=0.25, test_fraction=0.25)
+    assert splits["train"].preprocessing.medical.guessed_bits_stored is None
+    assert "guessed_bits_stored" not in splits["train"].preprocessing.to_dict()["medical"]  # saved as before
+    stated = MedicalPreprocessing(bits_stored=12)
+    splits = load_image_classification_data(uniform, 8, val_fraction=0.25, test_fraction=0.25, medical=stated)
+    assert splits["train"].preprocessing.medical == stated
+
+
+def test_files_read_for_a_model_at_another_guessed_depth_than_its_training_files_warn_once(tmp_path):
+    sixteen_bit_folder(tmp_path, fatty=2)  # class a's 0.png and 1.png at 11 bits, the rest at 12
+    recorded = MedicalPreprocessing(guessed_bits_stored=12)  # a model trained on 12-bit files: evaluate reads so
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        splits = load_image_classification_data(tmp_path, 8, val_fraction=0.25, test_fraction=0.25, medical=recorded)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1, messages  # this one, not also the data set's "different bit depths"
+    assert messages[0].startswith("2 of 8 16-bit images were scaled by another bit depth than the model's training")
+    assert f"{tmp_path / 'a' / '0.png'} at 11 bits" in messages[0] and "all read at 12 bits" in messages[0]
+    assert "--bits_stored 12" in messages[0] and "'bits_stored': 12" in messages[0]
+    assert caught[0].filename == __file__  # blamed on the loader's caller
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        unrecorded = load_image_classification_data(tmp_path, 8, val_fraction=0.25, test_fraction=0.25)
+    for split in ("train", "val", "test"):  # only warned: the pixels are those read without the record
+        assert torch.equal(splits[split].images, unrecorded[split].images)
+
+
 # --------------------------------------------------------------------------------------------------
 # Grey and colour images mixed
 # --------------------------------------------------------------------------------------------------

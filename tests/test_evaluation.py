@@ -272,3 +272,18 @@ def test_the_shipped_metric_refuses_probabilities_for_class_ids():
         metric.add(prediction=0.7, reference=1)
     scores = metric.compute(predictions=np.array([0, 1, 1]), references=torch.tensor([0, 1, 0]))
     assert scores["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_a_component_folder_of_a_pipeline_is_named_with_its_pipeline(tmp_path):
+    """QA: `evaluate --model_dir out/sde/unet` said "unknown model_type None": it is the pipeline's unet/ component."""
+    from diffusion_classifiers import DiffusionClassifierPipeline
+    from diffusion_classifiers.cli import main
+
+    pipeline = REPO_ROOT / "tests" / "fixtures" / "v0.1.0" / "score_sde"
+    with pytest.raises(ValueError, match=rf"unet: a component of a diffusers pipeline, not a classifier; pass the "
+                                         rf"pipeline folder {pipeline}$"):  # fmt: skip
+        main(["evaluate", "--model_dir", str(pipeline / "unet"), "--dataset", "digits",
+              "--output_dir", str(tmp_path / "e")])  # fmt: skip
+    assert not (tmp_path / "e").exists()  # a refused run leaves no empty folder behind
+    with pytest.raises(FileNotFoundError, match=rf"unet is a component of the pipeline {pipeline}: pass that folder"):
+        DiffusionClassifierPipeline.from_pretrained(str(pipeline / "unet"))

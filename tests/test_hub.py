@@ -851,3 +851,21 @@ def test_a_card_of_train_split_metrics_is_refused(saved_pipeline, monkeypatch, t
     with pytest.raises(SystemExit, match="measured on the train split, the images the model was fitted on"):
         run_push_script(monkeypatch, argv)
     assert not (tmp_path / "card").exists()
+
+
+def test_the_card_counts_the_training_images_dropped(tmp_path):
+    """QA: `evaluate --drop_training_images` recorded the dropped images in metrics.json only: the card said "38
+    images"."""
+    (tmp_path / "metrics.json").write_text(json.dumps({
+        "accuracy": 0.5, "num_samples": 38, "positive_class": "malignant", "num_positives": 20,
+        "training_images_dropped": 35,
+    }))  # fmt: skip
+    counts = hub.load_eval_counts(tmp_path / "metrics.json")
+    assert counts == {"num_images": 38, "num_positives": 20, "num_dropped": 35}
+    common = dict(model_name="m", dataset_name="mammo", dataset_license="private", metrics={"accuracy": 0.5},
+                  training_command="t", evaluation_command="e", class_names=["benign", "malignant"])  # fmt: skip
+    card = str(hub.render_model_card("score_sde", positive_class="malignant", **counts, **common))
+    assert "(38 images, 20 of them malignant: the split's 73 less the 35 the model was trained on):" in card
+    plain = str(hub.render_model_card("score_sde", positive_class="malignant", num_images=38, num_positives=20,
+                                      **common))  # fmt: skip
+    assert "(38 images, 20 of them malignant):" in plain

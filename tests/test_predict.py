@@ -3,6 +3,7 @@ unreadable files listed, never fatal; outputs of another run never overwritten; 
 
 import csv
 import json
+from datetime import datetime, timezone
 import os
 import shutil
 import socket
@@ -100,7 +101,11 @@ def test_folder_rows_equal_the_pipeline_and_a_killed_run_resumes(models, tmp_pat
     clean = predict_files(pipe, inputs, tmp_path / "clean" / "predictions.csv", batch_size=2)
     assert pipe.progress_bar_config == {"disable": True, "desc": "mine"}  # hidden while it ran, then restored
     rows = read_rows(clean.output)
-    assert list(rows[0]) == ["path", "frame", "label", "score", "prob_cat", "prob_dog", "prob_fox"]
+    assert list(rows[0]) == ["path", "frame", "file_bytes", "file_modified", "label", "score", "prob_cat", "prob_dog",
+                             "prob_fox"]  # fmt: skip
+    stat = (folder / "a" / "1.png").stat()
+    assert (int(rows[0]["file_bytes"]), rows[0]["file_modified"]) == (stat.st_size, datetime.fromtimestamp(
+        stat.st_mtime_ns / 1e9, timezone.utc).isoformat(timespec="microseconds"))  # fmt: skip
     assert [row["path"] for row in rows] == [name for name in IMAGES] and {row["frame"] for row in rows} == {"0"}
     # the same batches as the run made: [1, 2], [3, 4], [5, broken (an error row), c]
     images = [Image.open(folder / name) for name in IMAGES]
@@ -244,6 +249,29 @@ def test_a_model_retrained_in_place_or_with_another_positive_class_is_refused(mo
     assert [row["path"] for row in read_rows(output)] == ["x.png", "y.png", "z.png"]
 
 
+def test_files_replaced_under_the_same_names_are_predicted_again(models, tmp_path, capsys):
+    folder, output = tmp_path / "new_week", tmp_path / "weekly.csv"
+    args = ["predict", "--model_dir", str(models / "unet"), "--input", str(folder), "--output", str(output)]
+    write_images(folder, ["IMG_0.png", "IMG_1.png", "IMG_2.png"], seed=0)
+    main(args)
+    first = {row["path"]: row for row in read_rows(output)}
+    for path in folder.iterdir():  # next week: the folder emptied and refilled, the instrument's names restarting
+        path.unlink()
+    write_images(folder, ["IMG_0.png", "IMG_1.png"], seed=7)
+    main(args)
+    printed = capsys.readouterr().out
+    assert "(2 inputs predicted now on 1 process(es), 0 done before)" in printed
+    assert "2 inputs changed since they were predicted" in printed
+    rows = {row["path"]: row for row in read_rows(output)}
+    fresh = predict_files(load(models, "unet"), list_inputs(folder), tmp_path / "fresh.csv", progress_bar=False)
+    for row in read_rows(fresh.output):
+        assert rows[row["path"]] == row  # this week's images' predictions, not last week's
+    assert rows["IMG_2.png"] == first["IMG_2.png"]  # a file since removed keeps its row, as before
+    main(args)
+    printed = capsys.readouterr().out
+    assert "(0 inputs predicted now on 1 process(es), 2 done before)" in printed and "changed since" not in printed
+
+
 def test_a_second_prediction_into_an_output_in_use_is_refused_and_a_stale_lock_taken_over(models, tmp_path, caplog):
     write_images(tmp_path / "images", ["x.png", "y.png"])
     output = tmp_path / "out" / "predictions.csv"
@@ -360,7 +388,8 @@ def test_score_sde_parquet_has_the_log_likelihood_ratio_and_its_stderr(models, t
     table = write_csv(tmp_path / "list.csv", [("p.png", "normal"), ("q.png", "pneumonia"), ("r.png", "normal")])
     summary = predict_files(pipe, list_inputs(table), tmp_path / "predictions.parquet", batch_size=8, seed=3)
     written = pq.read_table(summary.output).to_pydict()
-    assert list(written) == ["path", "frame", "true_label", "label", "score", "prob_normal", "prob_pneumonia",
+    assert list(written) == ["path", "frame", "true_label", "file_bytes", "file_modified", "label", "score",
+                             "prob_normal", "prob_pneumonia",
                              "log_likelihood_ratio", "log_likelihood_ratio_stderr"]  # fmt: skip
     direct = pipe([Image.open(tmp_path / name) for name in ("p.png", "q.png", "r.png")], seed=3, seed_by="content")
     assert written["true_label"] == ["normal", "pneumonia", "normal"] and written["label"] == direct.labels
@@ -385,7 +414,7 @@ def test_score_sde_parquet_has_the_log_likelihood_ratio_and_its_stderr(models, t
     assert rewritten["log_likelihood_ratio"][0] == alone.log_likelihood_ratio.item()
 
 
-def test_pipeline_kwargs_are_the_call_settings_recorded_and_checked_on_a_rerun(models, tmp_path):
+def test_pipeline_kwargs_are_the_call_settings_recorded_and_checked_on_a_rerun(models, tmp_path, capsys):
     pipe = load(models, "sde")
     write_images(tmp_path / "images", ["p.png", "q.png"])
     inputs, output = list_inputs(tmp_path / "images"), tmp_path / "predictions.csv"
@@ -409,9 +438,10 @@ def test_pipeline_kwargs_are_the_call_settings_recorded_and_checked_on_a_rerun(m
         predict_files(pipe, inputs, tmp_path / "other.csv", pipeline_kwargs={"seed": 1})
     with pytest.raises(ValueError, match=r"unknown \['steps'\]"):
         predict_files(pipe, inputs, tmp_path / "other.csv", pipeline_kwargs={"steps": 1})
-    with pytest.raises(ValueError, match="--pipeline_kwargs|pipeline_kwargs: expected a dict"):
+    with pytest.raises(SystemExit):
         main(["predict", "--model_dir", str(models / "sde"), "--input", str(tmp_path / "images"), "--output",
               str(tmp_path / "other.csv"), "--pipeline_kwargs", "[1]"])  # fmt: skip
+    assert "--pipeline_kwargs: expected a JSON object, e.g. '{\"method\": \"likelihood\"}'" in capsys.readouterr().err
     assert not (tmp_path / "other.csv").exists()
     exact = {"method": "likelihood", "solver": "rk4", "num_steps": 2, "num_probes": 1}
     predict_files(pipe, inputs, tmp_path / "exact.csv", pipeline_kwargs=exact, progress_bar=False)
@@ -724,3 +754,15 @@ def test_a_dicom_video_clip_nothing_decodes_is_an_error_row_and_the_rest_is_pred
     assert [row["path"] for row in read_rows(tmp_path / "p.csv")] == ["slice.dcm"]
     (error,) = read_rows(tmp_path / "p.csv.errors.csv")
     assert error["path"] == "clip.dcm" and "unsupported transfer syntax MPEG2" in error["reason"]
+
+
+def test_a_component_folder_of_a_pipeline_is_named_with_its_pipeline(tmp_path):
+    """QA: `--model_dir out/sde/unet` was called a transformers model folder; it is the pipeline's unet/ component."""
+    from .conftest import REPO_ROOT
+
+    pipeline = REPO_ROOT / "tests" / "fixtures" / "v0.1.0" / "score_sde"
+    write_images(tmp_path, ["x.png"])
+    for component in ("unet", "scheduler"):
+        with pytest.raises(ValueError, match=rf"--model_dir .*{component}: a component of a diffusers pipeline, not "
+                                             rf"one; pass the pipeline folder {pipeline}$"):  # fmt: skip
+            main(["predict", "--model_dir", str(pipeline / component), "--input", str(tmp_path)])

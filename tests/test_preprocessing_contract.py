@@ -270,6 +270,103 @@ def test_predict_uses_the_saved_windows_unless_told_otherwise(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
+# 16-bit files at another guessed bit depth than the training images'
+# --------------------------------------------------------------------------------------------------
+
+# The medical contract of a model trained on 16-bit files that were all guessed at 12 bits, and as saved before the
+# record existed.
+RECORDED_12 = {"windows": ["file"], "padding_fill": 0.0, "bits_stored": None, "guessed_bits_stored": 12}
+EARLIER = {"windows": ["file"], "padding_fill": 0.0, "bits_stored": None}
+
+
+def scans(folder):
+    """A 12-bit scan (maximum 4000: read at 12 bits) and the same scan at half dose (maximum 2000: 11 bits)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    values = np.random.default_rng(0).integers(0, 4001, (20, 16)).astype(np.uint16)
+    values[0, 0] = 4000
+    Image.fromarray(values).save(folder / "full_dose.png")
+    Image.fromarray(values // 2).save(folder / "half_dose.png")
+    return folder / "full_dose.png", folder / "half_dose.png"
+
+
+def recorded_and_earlier(folder):
+    """One tiny model saved twice: with the record (`model`), and as saved before the record existed (`earlier`)."""
+    import shutil
+
+    unet_pipeline(preprocessing={"medical": RECORDED_12}).save_pretrained(folder / "model")
+    shutil.copytree(folder / "model", folder / "earlier")
+    index = json.loads((folder / "earlier" / "model_index.json").read_text())
+    index["preprocessing"]["medical"] = EARLIER
+    (folder / "earlier" / "model_index.json").write_text(json.dumps(index))
+    return folder / "model", folder / "earlier"
+
+
+def depth_warnings(caught) -> list[str]:
+    return [str(w.message) for w in caught if "another bit depth than the model's training" in str(w.message)]
+
+
+def test_the_recorded_bit_depth_round_trips_and_an_earlier_contract_loads_as_saved():
+    contract = ImagePreprocessing(8, 1, medical=RECORDED_12)
+    assert contract.medical == MedicalPreprocessing(guessed_bits_stored=12)
+    assert ImagePreprocessing.from_dict(json.loads(json.dumps(contract.to_dict()))) == contract
+    earlier = ImagePreprocessing.from_dict({"image_size": 8, "num_channels": 1, "medical": EARLIER})
+    assert earlier.medical.guessed_bits_stored is None
+    assert earlier.to_dict()["medical"] == EARLIER  # written back as it was saved
+    with pytest.raises(ValueError, match="guessed_bits_stored: expected an integer in 1..16 or None, got 17"):
+        MedicalPreprocessing(guessed_bits_stored=17)
+
+
+def test_pipe_warns_once_about_paths_read_at_another_guessed_depth_than_its_training_files(tmp_path):
+    from PIL import Image
+
+    full, half = scans(tmp_path / "scans")
+    model, earlier = recorded_and_earlier(tmp_path)
+    pipe, earlier = (DiffusionClassifierPipeline.from_pretrained(str(folder)) for folder in (model, earlier))
+    pipe.set_progress_bar_config(disable=True)
+    earlier.set_progress_bar_config(disable=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        probs = pipe([str(full), str(half), str(half)]).probs
+    (message,) = depth_warnings(caught)  # one for the call
+    assert message.startswith("2 of 3 16-bit images were scaled by another bit depth than the model's training "
+                              "images, all read at 12 bits")  # fmt: skip
+    assert f"{half} at 11 bits" in message and str(full) not in message and "--bits_stored 12" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe([str(full)])  # read at the training images' depth: nothing to say
+    with pytest.warns(UserWarning, match=r"item 0 \(a 16-bit PIL image\) at 16 bits"):
+        pipe(Image.open(full))  # read from [0, 65535]: 16 bits
+    assert earlier.preprocessing.medical.guessed_bits_stored is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no record, nothing to compare with
+        assert torch.equal(earlier([str(full), str(half), str(half)]).probs, probs)  # the same pixels: only warned
+    stated = unet_pipeline(preprocessing={"medical": {**RECORDED_12, "bits_stored": 12}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the depth stated: every file read at 12 bits
+        stated([str(full), str(half)])
+
+
+def test_predict_warns_once_about_the_files_read_at_another_guessed_depth(tmp_path):
+    full, half = scans(tmp_path / "scans")
+    model, earlier = recorded_and_earlier(tmp_path)
+    run = ["predict", "--model_dir", str(model), "--input", str(tmp_path / "scans"), "--no_progress_bar",
+           "--batch_size", "1"]  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(run + ["--output", str(tmp_path / "recorded.csv")])
+    (message,) = depth_warnings(caught)  # one for the run, each file counted once
+    assert message.startswith("1 of 2 16-bit images were scaled by another bit depth")
+    assert f"{half} at 11 bits" in message and str(full) not in message
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(run[:2] + [str(earlier)] + run[3:] + ["--output", str(tmp_path / "earlier.csv")])
+    assert depth_warnings(caught) == []
+    assert (tmp_path / "recorded.csv").read_text() == (tmp_path / "earlier.csv").read_text()  # the same scores
+
+
+# --------------------------------------------------------------------------------------------------
 # Evaluation sees the demo's pixels
 # --------------------------------------------------------------------------------------------------
 

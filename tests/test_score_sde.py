@@ -77,6 +77,22 @@ def test_training_script_refuses_labels_outside_the_classes_before_writing(tmp_p
     assert not (tmp_path / "out").exists()
 
 
+def test_training_script_notes_a_defaulted_positive_class_and_titles_its_samples(tmp_path, capsys):
+    """QA: a binary model trained without --positive_class took class 1 ('normal' of cancer/normal) without a word,
+    and its sample grid did not say which column is which class."""
+    data = write_bright_and_dark_images(tmp_path / "data", per_class=10)
+    TRAIN_SCRIPT["main"](["--dataset", str(data), "--image_size", "8", "--unet_preset", "tiny", "--output_dir",
+                          str(tmp_path / "out"), "--max_train_steps", "1", "--lr_warmup_steps", "0",
+                          "--num_sample_images", "2", "--sample_inference_steps", "1"])  # fmt: skip
+    noted = "the positive class (of sensitivity, the ROC, the log-likelihood ratio) is class 1, 'dark', of ['bright', "
+    noted += "'dark'] (the data's class order, alphabetical for class folders); pass --positive_class bright"
+    assert noted in capsys.readouterr().err
+    grid = np.asarray(Image.open(tmp_path / "out" / "samples" / "step_1.png").convert("L"))
+    assert grid.shape[0] > 64 and grid.shape[1] == 2 * 64  # a band of titles above one row of two 64 px tiles
+    band = grid[: grid.shape[0] - 64]
+    assert (band[:, :64] < 128).any() and (band[:, 64:] < 128).any()  # a title over each column
+
+
 def test_training_refuses_the_null_class_id_as_a_label(tmp_path):
     """With label dropout, id K is the null class: a training label K is outside 0..K-1, refused before training."""
     images, labels = torch.zeros(4, 1, 8, 8), torch.tensor([0, 1, 2, 1])

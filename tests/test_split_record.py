@@ -3,6 +3,7 @@ trained on (QA: a folder grown by two patients, or re-exported as PNG, re-carved
 of the training set, and evaluate scored them silently)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -293,3 +294,62 @@ def test_a_pipeline_of_an_earlier_version_re_saved_keeps_its_rule(model_and_data
     (old / "data_splits.json").write_text('{"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0}')
     UNetFeatureClassifierPipeline.from_pretrained(str(old)).save_pretrained(tmp_path / "re_saved")
     assert json.loads((tmp_path / "re_saved" / "data_splits.json").read_text())["anonymised_dicom_groups"] == "file"
+
+
+def test_a_model_trained_from_a_csv_evaluates_on_its_class_folder(model_and_data, tmp_path, monkeypatch):
+    """QA: a model trained from a CSV records its class_names; evaluate on the same images as a class folder failed
+    ("a folder source carries its own") and left an empty --output_dir behind. The folder's names are checked against
+    the record instead, in any order (labels are matched to the model's by name)."""
+    import diffusion_classifiers.data.readers as readers
+
+    root, splits = model_and_data
+    model = tmp_path / "model"
+    UNetFeatureClassifierPipeline.from_pretrained(str(root / "model")).save_pretrained(model)
+    for names in (["one", "zero"], ["zero", "one"]):  # the folder's order, and another
+        save_split_record(model, 0.1, 0.2, 0, names, train_images=splits["train"].images)
+        out = tmp_path / f"out_{names[0]}"
+        main(["evaluate", "--model_dir", str(model), "--dataset", str(root / "data"), "--output_dir", str(out)])
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["num_samples"] == len(splits["test"]) and metrics["per_class"]["one"]["support"] == int(
+            (splits["test"].labels == splits["test"].class_names.index("one")).sum()
+        )
+    save_split_record(model, 0.1, 0.2, 0, ["cat", "dog"], train_images=splits["train"].images)
+    monkeypatch.setattr(readers, "decode_files", lambda *args, **kwargs: pytest.fail("decoded before the check"))
+    argv = ["evaluate", "--model_dir", str(model), "--dataset", str(root / "data"), "--output_dir"]
+    with pytest.raises(ValueError, match=r"data: its classes \['one', 'zero'\] are not the model's \['cat', 'dog'\]"):
+        main(argv + [str(tmp_path / "e")])
+    assert not (tmp_path / "e").exists()  # created to check it is writable, removed with the refusal
+    (tmp_path / "mine").mkdir()  # a folder of the user's own stays, even empty
+    with pytest.raises(ValueError, match="are not the model's"):
+        main(argv + [str(tmp_path / "mine")])
+    assert (tmp_path / "mine").is_dir()
+
+
+def test_a_seed_other_than_the_records_is_named_as_the_cause_of_training_images(model_and_data, tmp_path):
+    """QA: the refusal blamed a folder that changed and named images #0, #1, ...; the cause was --seed 1."""
+    root, splits = model_and_data
+    reseeded = load_image_classification_data(str(root / "data"), image_size=8, seed=1)["test"]
+    train = set(image_fingerprints(splits["train"].images))
+    assert any(f in train for f in image_fingerprints(reseeded.images))  # the premise: seed 1 carves training images
+    argv = ["evaluate", "--model_dir", str(root / "model"), "--dataset", str(root / "data"), "--seed", "1"]
+    with pytest.warns(UserWarning, match=r"--seed 1 carve\(s\) other splits"):
+        with pytest.raises(ValueError) as refused:
+            main(argv + ["--output_dir", str(tmp_path / "a")])
+    message = str(refused.value)
+    assert re.search(r"e\.g\. #\d+.* \(positions in the split; an image folder or CSV read with --streaming", message)
+    assert "most likely because --seed 1 (recorded: 0) differs from the carving" in message
+    assert message.index("--seed 1") < message.index("a folder that grew") and "Leave --seed out" in message
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"e\.g\. \S+\.png.* most likely because --seed 1"):
+        main(argv + ["--output_dir", str(tmp_path / "b"), "--streaming"])  # read from files: named by file
+
+
+def test_the_report_counts_the_training_images_dropped(model_and_data, tmp_path):
+    """QA: only metrics.json said that training images were dropped; report.md said "38 images"."""
+    root, _ = model_and_data
+    main(["evaluate", "--model_dir", str(root / "model"), "--dataset", str(root / "grown"),
+          "--output_dir", str(tmp_path), "--drop_training_images"])  # fmt: skip
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    scored, dropped = metrics["num_samples"], metrics["training_images_dropped"]
+    assert dropped > 0
+    expected = f"{scored} images (the split's {scored + dropped} less the {dropped} the model was trained on), read at"
+    assert expected in (tmp_path / "report.md").read_text()

@@ -155,7 +155,8 @@ def test_public_face_exports_what_users_call():
     assert len(set(diffusion_classifiers.__all__)) == len(diffusion_classifiers.__all__)
     for name in ["DiffusionFeatureExtractor", "fit_probe_grid", "evaluate_protocols", "load_image_classification_data",
                  "stratified_split", "probability_flow_log_likelihood", "train_ddpm_unet", "train_rc_dit",
-                 "ClassifierPipelineOutput"]:  # fmt: skip
+                 "ClassifierPipelineOutput", "denoising_error_scores", "DenoisingScoreResult", "replay_stopping_rule",
+                 "rank_timestep_strata"]:  # fmt: skip
         assert name in diffusion_classifiers.__all__, name
     with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
         diffusion_classifiers.not_a_name

@@ -175,7 +175,8 @@ def test_conditional_training_checks_labels_and_balances_classes(tmp_path):
     assert abs(drawn.float().mean().item() - 0.5) < 0.05  # minority class 1 is 1/6 of the data, half of the draws
     unet, _, summary = train_score_sde_unet(tiny_args(tmp_path, max_train_steps=2), images, labels, preset="tiny", class_balanced=True, label_dropout=0.1)
     assert unet.config.num_class_embeds == 3 and summary.global_step == 2  # 2 classes + the null class
-    assert Image.open(tmp_path / "samples" / "step_2.png").size == (2 * 64, 4 * 64)  # a column per class, 8 images
+    width, height = Image.open(tmp_path / "samples" / "step_2.png").size
+    assert width == 2 * 64 and 4 * 64 < height < 5 * 64  # a column per class, 8 images, their titles above
 
 
 def test_trainers_refuse_bad_images_before_writing(tmp_path):
@@ -262,6 +263,14 @@ def test_image_grid_enlarges_small_tiles_and_keeps_their_pixels():
     assert torch.equal(tile, expected)
     with pytest.raises(ValueError, match="multiple of rows=4"):
         image_grid(images, rows=4)
+    # the class-conditional grid's columns are titled (QA: which column is which class?), in a band above the tiles
+    titled = np.asarray(image_grid(images, column_titles=["benign", "a very long class name", "c"]).convert("L"))
+    band = titled.shape[0] - 2 * 64
+    assert titled.shape[1] == 3 * 64 and band > 0 and np.array_equal(titled[band:], np.asarray(grid.convert("L")))
+    assert all((titled[:band, 64 * k : 64 * (k + 1)] < 128).any() for k in range(3))  # dark text over each column
+    assert (titled[:band, [0, 63, 64, 127]] == 255).all()  # the long name cut short, within its column
+    with pytest.raises(ValueError, match=r"column_titles: expected one per column \(3\), got 2"):
+        image_grid(images, column_titles=["a", "b"])
 
 
 def test_rc_dit_sample_grid_shows_references_above_their_variations(tmp_path):

@@ -78,6 +78,9 @@ _EXPORTS = {
     "VPSDE": "likelihood",
     "probability_flow_log_likelihood": "likelihood",
     "denoising_error_scores": "likelihood",
+    "DenoisingScoreResult": "likelihood",
+    "replay_stopping_rule": "likelihood",
+    "rank_timestep_strata": "likelihood",
     # trainers
     "TrainingArguments": "training",
     "TrainingSummary": "training",

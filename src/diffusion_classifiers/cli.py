@@ -7,7 +7,7 @@ import re
 import shlex
 import sys
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 __all__ = ["main"]
 
@@ -87,6 +87,18 @@ def add_positive_class_arg(parser: argparse.ArgumentParser, saved_model: bool = 
     )
 
 
+def note_default_positive_class(positive_class: Optional[str], class_names: Sequence[str]) -> None:
+    """At training time, one line naming the positive class a binary task defaults to (class 1: the later class folder
+    in alphabetical order) when `--positive_class` was not given, and the flag to change it."""
+    if positive_class is None and len(class_names) == 2:
+        print(
+            f"note: --positive_class not given: the positive class (of sensitivity, the ROC, the log-likelihood "
+            f"ratio) is class 1, {class_names[1]!r}, of {list(class_names)} (the data's class order, alphabetical "
+            f"for class folders); pass --positive_class {class_names[0]} to choose the other",
+            file=sys.stderr,
+        )
+
+
 def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite_output_dir", action="store_true",
@@ -146,7 +158,7 @@ def add_probe_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
-    from .data.arguments import add_split_args
+    from .data.arguments import add_split_args, json_object_arg
     from .data.split_record import SPLIT_RECORD_NAME
 
     parser.add_argument(
@@ -182,7 +194,7 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
         "metrics.json records how many were dropped",
     )  # fmt: skip
     parser.add_argument(
-        "--pipeline_kwargs", type=json.loads, default=None,
+        "--pipeline_kwargs", type=json_object_arg, default=None,
         help="arguments of the pipeline call as JSON, e.g. '{\"method\": \"elbo\", \"num_timesteps\": 300, \"seed\": 1}' "
         "for Score-SDE; metrics.json records every setting the call ran with (default: the pipeline's defaults)",
     )  # fmt: skip
@@ -190,6 +202,13 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> dict:
+    from .validation import removed_if_left_empty
+
+    with removed_if_left_empty(args.output_dir):  # a refused run leaves no empty --output_dir behind
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> dict:
     from .evaluation import (
         carved_splits,
         check_evaluation_args,
@@ -199,8 +218,9 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         pipeline_call_settings,
         saved_preprocessing,
     )
-    from .data.split_record import recorded_train_fingerprints, resolve_split_args
-    from .hub import download, model_fingerprint
+    from .data.split_record import changed_split_args, recorded_train_fingerprints, resolve_split_args
+    from .hub import class_names_of, download, model_fingerprint
+    from .metrics import resolve_positive_label
     from .training.launch import check_one_process
     from .validation import check_no_earlier_report
 
@@ -211,12 +231,15 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
     classifier = load_classifier(args.model_dir)
     contract = saved_preprocessing(classifier)
-    args.dataset = _dataset_or_demo_digits(args.dataset, contract, "evaluate")
-    pipeline_call_settings(classifier, args.pipeline_kwargs)  # unknown names refused before the split is read
     folder = download(args.model_dir)
-    carving = resolve_split_args(  # as the model's data was carved, anonymised DICOM grouped by its rule included
-        folder, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed
-    )
+    class_names = class_names_of(folder)
+    if args.positive_class is not None and class_names is not None:  # before the data is read
+        resolve_positive_label(args.positive_class, class_names, len(class_names))
+    args.dataset = _dataset_or_demo_digits(args.dataset, contract, "evaluate", class_names)
+    pipeline_call_settings(classifier, args.pipeline_kwargs)  # unknown names refused before the split is read
+    given = {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction, "seed": args.seed}
+    # as the model's data was carved, anonymised DICOM grouped by its rule included
+    carving = resolve_split_args(folder, **given)
     # only a carved split can hold training images where the data changed; one of the data's own is its word
     carved = ("val" if args.split == "validation" else args.split) in carved_splits(args.dataset)
     train_fingerprints = recorded_train_fingerprints(folder) if carved else None
@@ -233,6 +256,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         num_workers=args.dataloader_num_workers, split=args.split, dataset_name=dataset_name,
         train_fingerprints=train_fingerprints, drop_training_images=args.drop_training_images,
         pipeline_kwargs=args.pipeline_kwargs, model_sha256=model_fingerprint(folder), train_split=train_split,
+        changed_split_args=changed_split_args(folder, **given),
     )  # fmt: skip
     headline = {k: metrics.get(k) for k in ("accuracy", "macro_f1", "balanced_accuracy", "auc", "positive_class", "sensitivity", "specificity")}
     headline = {k: v for k, v in headline.items() if v is not None or k == "auc"}
@@ -272,6 +296,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     splits = load_data_from_args(args)
     print(describe_splits(splits, args.dataset))
     resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)  # before training
+    note_default_positive_class(args.positive_class, splits["train"].class_names)
     unet, scheduler, _ = train_ddpm_unet(
         training_args, splits["train"].images, preset=args.unet_preset, num_train_timesteps=DEMO_NUM_TRAIN_TIMESTEPS
     )
@@ -327,7 +352,12 @@ def save_study(
 def run_probe(args: argparse.Namespace) -> dict:
     """A trained U-Net + a labeled dataset -> the probe grid, the chosen (block, t), k-means and a fitted pipeline."""
     from .data import load_image_classification_data
-    from .data.split_record import read_split_record, recorded_train_fingerprints, resolve_split_args
+    from .data.split_record import (
+        changed_split_args,
+        read_split_record,
+        recorded_train_fingerprints,
+        resolve_split_args,
+    )
     from .evaluation import carved_splits, check_training_overlap
     from .features import _check_timesteps
     from .hub import download
@@ -349,10 +379,11 @@ def run_probe(args: argparse.Namespace) -> dict:
     folder = download(args.unet_dir)
     # the U-Net's test images stay its test: carved with its recorded seed (--seed then seeds the probes only)
     split_seed = None if read_split_record(folder) else args.seed
-    carving = resolve_split_args(
-        folder, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=split_seed,
-        class_names=args.class_names,
-    )  # fmt: skip
+    given = {
+        "val_fraction": args.val_fraction, "test_fraction": args.test_fraction, "seed": split_seed,
+        "class_names": args.class_names,
+    }  # fmt: skip
+    carving = resolve_split_args(folder, **given)
     splits = load_image_classification_data(  # read as the U-Net was trained: windows, resize mode, background
         args.dataset, image_size=unet_config.sample_size, num_channels=unet_config.in_channels,
         medical=contract.medical, **carving, **contract.fit,
@@ -366,9 +397,11 @@ def run_probe(args: argparse.Namespace) -> dict:
         for name in carved:  # duplicates of the data's own train images pass; probe has no flag to drop the others
             check_training_overlap(
                 splits[name], unet_fingerprints, where=f"the {name} split of {args.dataset}",
-                train_split=splits["train"], drop_hint=None,
+                train_split=splits["train"], drop_hint=None, changed_split_args=changed_split_args(folder, **given),
+                streaming_hint=None,
             )  # fmt: skip
     resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)
+    note_default_positive_class(args.positive_class, splits["train"].class_names)
     study = run_unet_feature_study(
         trained.unet, trained.scheduler, splits, timesteps=args.timesteps, pool=args.pool,
         seed=carving["seed"] if args.seed is None else args.seed,
@@ -379,16 +412,24 @@ def run_probe(args: argparse.Namespace) -> dict:
     return save_study(study, args, timing, carving, splits["train"].images, unet_fingerprints)
 
 
-def _dataset_or_demo_digits(dataset: Optional[str], contract: Any, command: str) -> str:
+def _dataset_or_demo_digits(
+    dataset: Optional[str], contract: Any, command: str, class_names: Optional[Sequence[str]] = None
+) -> str:
     """`--dataset`, or the demo's digits when it is not given: refused for a model reading DICOM through windows, or
-    16-bit files at a bit depth, chosen for it (QA: a CT model was probed on digits for 83 s without a word), else
-    noted."""
+    16-bit files at a bit depth, chosen for it (QA: a CT model was probed on digits for 83 s without a word), and for
+    a model whose `class_names` are not the digits' '0'..'9' (QA: a benign / malignant model failed on digit label 2
+    after reading them); else noted."""
     if dataset is not None:
         return dataset
     if contract is not None and contract.medical_or_default.stated:  # windows or a bit depth chosen for its data
         raise ValueError(
             f"--dataset: not given, and the model reads medical images ({contract.summary()}); give the data to "
             f"{command} it on (the default, scikit-learn's digits, is the demo's)"
+        )
+    if class_names is not None and sorted(class_names) != sorted(str(digit) for digit in range(10)):
+        raise ValueError(
+            f"--dataset: not given, and the model's classes {list(class_names)} are not the digits' '0'..'9'; give "
+            f"the data to {command} it on (the default, scikit-learn's digits, is the demo's)"
         )
     print(f"note: --dataset not given: {command} on scikit-learn's digits, the demo's data", file=sys.stderr)
     return "digits"

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import ImagePreprocessing, LabeledImages, canonical_split_name, load_image_classification_data
+from .data.image_listing import list_image_folder
 from .data.split_record import ANONYMISED_DICOM_RULE, image_fingerprint_variants, image_fingerprints
 from .data.streaming import StreamingImages, streaming_classification_split, streaming_image_classification_data
 from .metrics import (
@@ -90,6 +91,13 @@ def load_classifier(path: str):
         from diffusion_classifiers.pipelines import DiffusionClassifierPipeline
 
         return DiffusionClassifierPipeline.from_pretrained(path)
+    from diffusion_classifiers.pipelines.pipeline_utils import pipeline_of_component
+
+    parent = pipeline_of_component(path)
+    if parent is not None:
+        raise ValueError(
+            f"{path}: a component of a diffusers pipeline, not a classifier; pass the pipeline folder {parent}"
+        )
     if os.path.isfile(os.path.join(path, "config.json")):
         from transformers import CONFIG_MAPPING, AutoModelForImageClassification
 
@@ -257,7 +265,13 @@ def load_evaluation_split(
     images. With `streaming`, an image folder or CSV of paths gives the same split as [`StreamingImages`] instead
     (`data.streaming_image_classification_data`: the same images, decoded only when read), for data larger than
     memory. With `with_train`, `(split, the train split carved alongside it)` (None for a saved `DatasetDict`): the
-    images `check_training_overlap` tells duplicates within the data from training images by."""
+    images `check_training_overlap` tells duplicates within the data from training images by.
+
+    `class_names` (a model's recorded ones) name the label ids of a source that stores ids or labels (digits, `.npz`,
+    IDX, CSV). An image folder carries its own (its class subfolders) and a saved `DatasetDict` its ClassLabel: theirs
+    are read instead, an image folder's checked against `class_names` before any image is decoded (other classes are
+    refused, naming both lists). Their order may differ: `evaluate_classifier` matches labels to the model's by name,
+    so the scored label ids are the model's whatever the data's order."""
     if split not in ("train", "val", "validation", "test"):
         raise ValueError(f"split: expected 'train', 'val', 'validation' or 'test', got {split!r}")
     if dataset != "digits" and not os.path.exists(dataset):
@@ -270,6 +284,10 @@ def load_evaluation_split(
 
         chosen = _saved_split(load_from_disk(dataset), split, dataset)
         return (chosen, None) if with_train else chosen
+    own_names = _own_class_names(dataset)
+    if own_names is not None and class_names is not None:  # the folder's names stand, checked against the model's
+        _check_same_classes(own_names, class_names, dataset)
+        class_names = None
     contract = preprocessing or ImagePreprocessing()
     if streaming:
         splits = streaming_image_classification_data(
@@ -285,6 +303,27 @@ def load_evaluation_split(
         )  # fmt: skip
     chosen = splits["val" if split == "validation" else split]
     return (chosen, splits["train"]) if with_train else chosen
+
+
+def _own_class_names(dataset: str) -> Optional[List[str]]:
+    """The class names an image folder carries (its class subfolders, or `splits/classes.txt`), listed without
+    decoding an image; None for a source whose label ids `class_names` name (digits, `.npz`, a CSV, IDX files)."""
+    path = Path(dataset)
+    if not path.is_dir() or any((path / f"train-images-idx3-ubyte{gz}").exists() for gz in ("", ".gz")):
+        return None
+    with warnings.catch_warnings():  # the reader warns about the folder (files skipped, ...) when it reads it
+        warnings.simplefilter("ignore")
+        return list_image_folder(path)[2]
+
+
+def _check_same_classes(own_names: List[str], recorded: Sequence[str], dataset: str) -> None:
+    """The classes of `dataset` are the model's recorded `class_names` (in any order), else a `ValueError` naming
+    both lists."""
+    if sorted(own_names) != sorted(recorded):
+        raise ValueError(
+            f"{dataset}: its classes {own_names} are not the model's {list(recorded)} (the class_names of its "
+            "data_splits.json); evaluate it on images of the model's classes, in class folders named as they are"
+        )
 
 
 def carved_splits(dataset) -> frozenset:
@@ -319,12 +358,16 @@ def check_training_overlap(
     num_workers: int = 0,
     train_split=None,
     drop_hint: Optional[str] = "--drop_training_images (drop_training_images=True)",
+    changed_split_args: Optional[dict] = None,
+    streaming_hint: Optional[str] = "--streaming (streaming=True)",
 ):
     """`(dataset, number dropped)`: [`LabeledImages`] or [`StreamingImages`] checked, by content
     (`data.split_record.image_fingerprint_variants`), against a model's recorded `train_fingerprints`. Images the
-    model was trained on are refused with a `ValueError` (how many of how many, a few file names where known, and
-    `drop_hint`, the way to score the rest, where there is one), or left out with `drop`. A [`StreamingImages`]
-    split is read once for this, before any image is scored.
+    model was trained on are refused with a `ValueError` (how many of how many; a few file names where known, else
+    their positions and `streaming_hint`, the way to read the split with its file names; and `drop_hint`, the way to
+    score the rest, where there is one), or left out with `drop`. A [`StreamingImages`] split is read once for this,
+    before any image is scored. `changed_split_args` (`data.split_record.changed_split_args`: the carving values
+    given that differ from the model's record, `{name: (given, recorded)}`) are named first as the likely cause.
 
     `train_split`, the train split carved from the same data (in memory or streamed), tells duplicates from leaks:
     an image whose fingerprint is also one of its images' is an exact copy of an image the data itself puts in train
@@ -344,18 +387,43 @@ def check_training_overlap(
     if num_seen == 0:
         return dataset, 0
     if not drop:
-        indices = np.flatnonzero(seen)[:5]
-        streamed = isinstance(dataset, StreamingImages)
-        names = [dataset._path(i) if streamed else f"#{i}" for i in indices]
         raise ValueError(
             f"{num_seen} of {len(seen)} images of {where} are images the model was trained on (by content: its "
-            f"data_splits.json train_fingerprints), e.g. {', '.join(names)}{', ...' if num_seen > len(names) else ''}: "
-            "the data differs from the model's (a folder that grew or lost files, or the same images re-exported), so "
-            "carving it with the model's recorded seed and fractions no longer gives the model's own held-out images, "
-            "and scoring them would overstate the model. Use the data the model was trained from"
+            f"data_splits.json train_fingerprints), e.g. {_first_images(dataset, seen, streaming_hint)}: "
+            + _likely_cause(changed_split_args)
             + (f", or pass {drop_hint} to score the other {len(seen) - num_seen} only" if drop_hint else "")
         )
     return dataset.subset(np.flatnonzero(~seen)), num_seen
+
+
+def _first_images(dataset, seen: np.ndarray, streaming_hint: Optional[str]) -> str:
+    """The first 5 images `seen`: their files (a [`StreamingImages`] split), else their positions in the split and
+    `streaming_hint`, how to read it with its file names."""
+    indices = np.flatnonzero(seen)[:5]
+    more = ", ..." if seen.sum() > len(indices) else ""
+    if isinstance(dataset, StreamingImages):
+        return ", ".join(dataset._path(i) for i in indices) + more
+    listing = f"; an image folder or CSV read with {streaming_hint} names their files" if streaming_hint else ""
+    return f"{', '.join(f'#{i}' for i in indices)}{more} (positions in the split{listing})"
+
+
+def _likely_cause(changed_split_args: Optional[dict]) -> str:
+    """Why a carved split holds training images: a carving value given that differs from the model's record (named
+    first), else data that differs from the model's; and what to do."""
+    data_differs = "a folder that grew or lost files, or the same images re-exported"
+    if changed_split_args:
+        given = ", ".join(f"--{name} {value} (recorded: {old})" for name, (value, old) in changed_split_args.items())
+        flags = " ".join(f"--{name}" for name in changed_split_args)
+        return (
+            f"most likely because {given} differs from the carving the model's data_splits.json records: other values "
+            f"carve other splits from the same data (else the data differs from the model's: {data_differs}), and "
+            f"scoring them would overstate the model. Leave {flags} out to score the model's own held-out images"
+        )
+    return (
+        f"the data differs from the model's ({data_differs}), so carving it with the model's recorded seed and "
+        "fractions no longer gives the model's own held-out images, and scoring them would overstate the model. Use "
+        "the data the model was trained from"
+    )
 
 
 def _saved_split(splits, split: str, where: str):
@@ -384,6 +452,7 @@ def evaluate_classifier(
     pipeline_kwargs: Optional[dict] = None,
     model_sha256: Optional[str] = None,
     train_split=None,
+    changed_split_args: Optional[dict] = None,
 ) -> dict:
     r"""
     Score `classifier` on a `datasets.Dataset` with an Image and a ClassLabel column, on [`LabeledImages`] or on
@@ -428,6 +497,8 @@ def evaluate_classifier(
         train_split (*optional*): with `train_fingerprints`, the train split carved from the same data as `dataset`
             (`load_evaluation_split(..., with_train=True)`): images also in it are duplicates within the data, not
             refused (`check_training_overlap`).
+        changed_split_args (`dict`, *optional*): the carving values given that differ from the model's record
+            (`data.split_record.changed_split_args`), named first as the likely cause when training images are found.
 
     Returns:
         `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`.
@@ -455,8 +526,9 @@ def evaluate_classifier(
     if train_fingerprints is not None and isinstance(dataset, (LabeledImages, StreamingImages)):
         where = f"the {split or 'evaluated'} split" + (f" of {dataset_name}" if dataset_name else "")
         dataset, dropped = check_training_overlap(
-            dataset, train_fingerprints, drop_training_images, where, num_workers, train_split=train_split
-        )
+            dataset, train_fingerprints, drop_training_images, where, num_workers, train_split=train_split,
+            changed_split_args=changed_split_args,
+        )  # fmt: skip
         checked = {"training_images_checked": True}
         if drop_training_images:
             checked["training_images_dropped"] = dropped
@@ -572,7 +644,7 @@ def render_evaluation_report(metrics: dict, title: str, plots: List[str]) -> str
     read = ""  # metrics of earlier versions record no preprocessing
     if "preprocessing" in metrics:
         read = f", read at {ImagePreprocessing.from_dict(metrics['preprocessing']).summary()}"
-    lines = [f"# {title}", "", f"{metrics['num_samples']} images{read}.", "", "| metric | value |", "| --- | ---: |"]
+    lines = [f"# {title}", "", f"{_images_scored(metrics)}{read}.", "", "| metric | value |", "| --- | ---: |"]
     if metrics.get("absent_classes"):
         lines[3:3] = [
             f"**Warning: the split has no image of class {', '.join(metrics['absent_classes'])}.** The metrics below "
@@ -584,7 +656,7 @@ def render_evaluation_report(metrics: dict, title: str, plots: List[str]) -> str
     lines += [f"| ECE | {metrics['calibration']['ece']:.4f} |"]
     if "positive_class" in metrics:
         positive = metrics["positive_class"]
-        lines[2] = f"{metrics['num_samples']} images{read}; positive class: **{positive}**."
+        lines[2] = f"{_images_scored(metrics)}{read}; positive class: **{positive}**."
         lines += [
             f"| sensitivity (recall of {positive}) | {percent(metrics['sensitivity'])} |",
             f"| specificity | {percent(metrics['specificity'])} |",
@@ -595,6 +667,15 @@ def render_evaluation_report(metrics: dict, title: str, plots: List[str]) -> str
     lines += ["", *per_class_table(metrics["per_class"])]
     lines += ["", " ".join(f"![{name[:-4].replace('_', ' ')}]({name})" for name in plots)]
     return "\n".join(lines) + "\n"
+
+
+def _images_scored(metrics: dict) -> str:
+    """"38 images"; with training images dropped (`training_images_dropped`), "38 images (the split's 73 less the 35
+    the model was trained on)"."""
+    scored, dropped = metrics["num_samples"], metrics.get("training_images_dropped")
+    if not dropped:
+        return f"{scored} images"
+    return f"{scored} images (the split's {scored + dropped} less the {dropped} the model was trained on)"
 
 
 def seed_sensitivity_rows(sensitivity: dict) -> List[str]:

@@ -94,7 +94,7 @@ REMOTE_CODE_PATTERNS = ["*.py"]
 # Fields the templates may leave empty (they test them with `{% if %}`); every other field they read is required.
 MODEL_CARD_OPTIONAL = {
     "dataset_id", "model_description", "class_names", "positive_class", "num_images", "num_positives", "pruning",
-    "seed_sensitivity", "call_arguments", "input_description",
+    "seed_sensitivity", "call_arguments", "input_description", "num_dropped",
 }  # fmt: skip
 DATASET_CARD_OPTIONAL = {"citation"}
 
@@ -181,6 +181,7 @@ def render_model_card(
     template_path: Optional[Union[str, Path]] = None,
     num_images: Optional[int] = None,
     num_positives: Optional[int] = None,
+    num_dropped: Optional[int] = None,
     pruning: bool = False,
     seed_sensitivity: Optional[dict] = None,
     call_arguments: Optional[Dict[str, object]] = None,
@@ -204,6 +205,8 @@ def render_model_card(
         template_path: a custom Jinja template (default: `hub_cards/model_card_<method>.md`).
         num_images, num_positives: how many images the metrics were measured on, and of them of `positive_class`
             (`load_eval_counts`); the card states them.
+        num_dropped: how many images of the split were left out as images the model was trained on (`evaluate
+            --drop_training_images`, `load_eval_counts`); the card states them beside `num_images`.
         pruning: the metrics were measured with class pruning (Score-SDE, more than 2 classes); the card says so.
         seed_sensitivity: a binary Score-SDE ELBO's decisions another noise seed could flip, as `evaluate` records
             them (`load_eval_seed_sensitivity`); the card states how many, and the accuracy of the others.
@@ -251,6 +254,7 @@ def render_model_card(
         medical=medical,
         num_images=num_images,
         num_positives=num_positives,
+        num_dropped=num_dropped,
         pruning=pruning,
         seed_sensitivity=seed_sensitivity,
         call_arguments=", ".join(f"{name}={value!r}" for name, value in (call_arguments or {}).items()),
@@ -329,14 +333,16 @@ def load_eval_positive_class(path: Union[str, os.PathLike]) -> Optional[str]:
 
 
 def load_eval_counts(path: Union[str, os.PathLike]) -> Dict[str, Optional[int]]:
-    """`{"num_images", "num_positives"}` of a `metrics.json` (under "test" for the demo's): the images its metrics were
-    measured on, and of them of its positive class (binary tasks; from the per-class support where not recorded)."""
+    """`{"num_images", "num_positives", "num_dropped"}` of a `metrics.json` (under "test" for the demo's): the images
+    its metrics were measured on, of them of its positive class (binary tasks; from the per-class support where not
+    recorded), and the images of the split left out as training images (`evaluate --drop_training_images`)."""
     data = _read_json(path)
     data = data.get("test", data)
     positives = data.get("num_positives")
     if positives is None and data.get("positive_class") in data.get("per_class", {}):
         positives = data["per_class"][data["positive_class"]].get("support")
-    return {"num_images": data.get("num_samples"), "num_positives": positives}
+    dropped = data.get("training_images_dropped")
+    return {"num_images": data.get("num_samples"), "num_positives": positives, "num_dropped": dropped}
 
 
 def load_eval_seed_sensitivity(path: Union[str, os.PathLike]) -> Optional[dict]:

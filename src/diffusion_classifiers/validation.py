@@ -6,8 +6,9 @@ Each raises a `ValueError` that names the input and the first bad item, before a
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ __all__ = [
     "check_unit_range",
     "check_writable_dir",
     "check_writable_file",
+    "removed_if_left_empty",
     "resolve_num_classes",
 ]
 
@@ -147,6 +149,20 @@ def check_writable_dir(path, name: str = "output_dir") -> None:
             pass
     except OSError as error:
         raise ValueError(f"{name} {str(path)!r}: expected a writable folder, got {error.strerror or error}") from error
+
+
+@contextmanager
+def removed_if_left_empty(path) -> Iterator[None]:
+    """A block that may create the folder `path` (`check_writable_dir`) and then fail: if it raises, `path` is removed
+    when it did not exist before the block and is still empty, so a refused run leaves no empty folder behind; a
+    folder that existed before is never touched."""
+    existed = os.path.lexists(path)
+    try:
+        yield
+    except BaseException:
+        if not existed and os.path.isdir(path) and not os.listdir(path):
+            os.rmdir(path)
+        raise
 
 
 def check_writable_file(path, name: str) -> None:

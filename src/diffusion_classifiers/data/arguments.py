@@ -1,16 +1,18 @@
 """The data flags every script shares (`--dataset`, `--class_names`, `--image_size`, `--num_channels`, `--window`,
 `--bits_stored`, `--val_fraction`, `--test_fraction`, `--resize_mode`, `--pad_value`, `--normalize_background`,
-`--streaming`, `--no_verify_images`).
+`--streaming`, `--no_verify_images`), and `json_object_arg`, the type of the commands' `--pipeline_kwargs`.
 
 Kept apart from the readers, which import torch, so that a script's `--help` answers at once.
 """
 
+import argparse
+import json
 from typing import Any
 
 from .dicom import WINDOW_NAMES
 from .split_record import SPLIT_DEFAULTS, SPLIT_RECORD_NAME
 
-__all__ = ["add_class_names_arg", "add_data_args", "add_split_args"]
+__all__ = ["add_class_names_arg", "add_data_args", "add_split_args", "json_object_arg"]
 
 
 def add_class_names_arg(parser: Any) -> None:
@@ -103,3 +105,18 @@ def add_split_args(parser: Any, from_model: bool = False) -> None:
         "--test_fraction", type=float, default=test_default,
         help=f"the same for test (default: {test_shown}); a small cohort of P patients needs fractions of at least 1 / P",
     )  # fmt: skip
+
+
+def json_object_arg(text: str) -> dict:
+    """An argparse `type`: `text` read as a JSON object; anything else refused (argparse names the flag) with an
+    example of the form, so `{method: 'likelihood'}` reads as what it is, not as "invalid loads value"."""
+    example = """'{"method": "likelihood"}' (names and strings in double quotes, the whole in single quotes)"""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not valid JSON ({error}); expected a JSON object, e.g. {example}"
+        ) from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, e.g. {example}, got {text!r}")
+    return value

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+import weakref
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -702,12 +704,17 @@ def read_16bit_image(path: str | Path, bits_stored: int | None = None) -> np.nda
         `ValueError`: not a 16-bit greyscale image, values above `2^bits_stored - 1` or negative, or a bad
             `bits_stored`; each names the file.
     """
+    return _read_16bit(path, bits_stored)[0]
+
+
+def _read_16bit(path: str | Path, bits_stored: int | None) -> tuple[np.ndarray, int]:
+    """[`read_16bit_image`] and the bit depth it scaled by (see [`_scale_16bit`])."""
     _check_bits_stored(bits_stored)
     try:
         image = open_image(path)
     except DECODE_ERRORS as error:
         raise ValueError(f"cannot decode image file {path}: {decode_error_text(error)}") from error
-    return scale_16bit_image(image, bits_stored, path)
+    return _scale_16bit(image, bits_stored, path)
 
 
 def scale_16bit_image(image: Image.Image, bits_stored: int | None = None, name: Any = "image") -> np.ndarray:
@@ -744,9 +751,97 @@ def _scale_16bit(image: Image.Image, bits_stored: int | None, name: Any) -> tupl
     return (values / scale).astype(np.float32), bits_stored
 
 
-def _check_bits_stored(bits_stored: Any) -> None:
+def _check_bits_stored(bits_stored: Any, name: str = "bits_stored") -> None:
     if bits_stored is not None and (isinstance(bits_stored, bool) or bits_stored not in range(1, 17)):
-        raise ValueError(f"bits_stored: expected an integer in 1..16 or None, got {bits_stored!r}")
+        raise ValueError(f"{name}: expected an integer in 1..16 or None, got {bits_stored!r}")
+
+
+# The images named in the warning about bit depths other than the training images'; the rest are counted.
+_OTHER_DEPTHS_SHOWN = 5
+# The bit depth check of the run being read, if any (see [`check_bit_depths`]).
+_DEPTH_CHECK: ContextVar[_BitDepthCheck | None] = ContextVar("diffusion_classifiers_bit_depth_check", default=None)
+
+
+def check_bit_depths(medical: MedicalPreprocessing | None, stacklevel: int = 1) -> _BitDepthCheck:
+    """A context manager: while it is open, the 16-bit images read (see [`note_bit_depth`]) are compared with the bit
+    depth `medical` records for the model's training images (`guessed_bits_stored`); on leaving, one warning names
+    those scaled by another (`stacklevel` 1 blames the function holding the `with`). It checks nothing when `medical`
+    states `bits_stored` or records no depth, and inside another open check the images join that one (one warning
+    for a whole prediction run). No pixel value changes."""
+    return _BitDepthCheck(medical, stacklevel)
+
+
+def note_bit_depth(name: Any, bits: int, image: Any = None) -> None:
+    """Tell the open [`check_bit_depths`], if any, that the 16-bit image `name` was scaled by `bits` bits (`image`:
+    the PIL image itself, counted once however often it is preprocessed)."""
+    check = _DEPTH_CHECK.get()
+    if check is not None:
+        check.add(name, bits, image)
+
+
+class _BitDepthCheck:
+    """The 16-bit images of one run (a `pipe(...)` call, a prediction, an evaluated data set) whose guessed bit depth
+    (`bits_stored` unset: each image's maximum's) is not the one the model's training images all had (`trained`,
+    None: nothing to check): the same stored value then reads brighter or darker than in training, which is warned
+    about once for the run. Keeps counts and the first few names: flat memory however many images are read."""
+
+    def __init__(self, medical: MedicalPreprocessing | None, stacklevel: int = 1) -> None:
+        unset = medical is None or medical.bits_stored is not None
+        self.trained = None if unset else medical.guessed_bits_stored
+        self.stacklevel, self.total, self._token = stacklevel, 0, None
+        self.counts: dict[int, int] = {}  # bit depth other than the trained one -> images
+        self.shown: list[str] = []
+        self._seen: dict[int, weakref.ref] = {}  # PIL images counted, by id
+
+    def __enter__(self) -> _BitDepthCheck:
+        if self.trained is not None and _DEPTH_CHECK.get() is None:
+            self._token = _DEPTH_CHECK.set(self)
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        if self._token is None:
+            return
+        _DEPTH_CHECK.reset(self._token)
+        self._token = None
+        if kind is None:
+            self.warn(self.stacklevel + 1)  # 1: __exit__'s caller, the function holding the `with`
+
+    def add(self, name: Any, bits: int, image: Any = None) -> None:
+        if image is not None:  # a PIL image preprocessed twice (checked, then classified) is one image
+            seen = self._seen.get(id(image))
+            if seen is not None and seen() is image:
+                return
+            self._seen[id(image)] = weakref.ref(image, lambda _, key=id(image): self._seen.pop(key, None))
+        self.total += 1
+        if bits == self.trained:
+            return
+        self.counts[bits] = self.counts.get(bits, 0) + 1
+        if len(self.shown) < _OTHER_DEPTHS_SHOWN:
+            self.shown.append(f"{name} at {bits} bits")
+
+    def warn(self, stacklevel: int = 1) -> None:
+        """One warning when any image was scaled by a depth other than the training images' (`stacklevel` 1 blames
+        the caller)."""
+        other = sum(self.counts.values())
+        if not other:
+            return
+        more = f" and {other - len(self.shown)} more" if other > len(self.shown) else ""
+        depths = ", ".join(f"{count} at {bits} bits" for bits, count in sorted(self.counts.items()))
+        trained = self.trained
+        warnings.warn(
+            f"{other} of {self.total} 16-bit images were scaled by another bit depth than the model's training "
+            f"images, all read at {trained} bits (its preprocessing's medical.guessed_bits_stored): "
+            f"{'; '.join(self.shown)}{more} ({depths}). No bits_stored was stated, so each 16-bit PNG / TIFF is "
+            "scaled by its own maximum rounded up to whole bits (a 16-bit PIL image from [0, 65535], 16 bits): a "
+            "stored value reads twice as bright as in training per bit fewer (a dark or half-dose 12-bit scan, "
+            "maximum below 2048, reads at 11 bits) and half as bright per bit more. The images are read as before; "
+            f"to read them as the training images were, state the depth: train with --bits_stored {trained} "
+            f"(MedicalPreprocessing(bits_stored={trained})), or set it on this model: "
+            f"pipe.set_preprocessing({{'medical': {{'bits_stored': {trained}}}}}) and save it (save_pretrained; "
+            "predict reads the saved folder)",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -766,11 +861,16 @@ class MedicalPreprocessing:
             [`window_channels`]): [`Window`]s, preset names, `"file"` or `"full"`.
         padding_fill (`float`, *optional*, defaults to 0.0): the value in `[0, 1]` of padding pixels.
         bits_stored (`int`, *optional*): the bit depth of 16-bit PNG / TIFF values (see [`read_16bit_image`]).
+        guessed_bits_stored (`int`, *optional*): informational, recorded by the loaders: the one bit depth every
+            16-bit PNG / TIFF of the training data was scaled by, guessed from each image's maximum (`bits_stored`
+            unset; none when they got different ones, which is warned about). It changes no pixel: images read later
+            at another guessed depth are warned about (see [`check_bit_depths`]). Saved only when set.
     """
 
     windows: tuple[Window | str, ...] = ("file",)
     padding_fill: float = 0.0
     bits_stored: int | None = None
+    guessed_bits_stored: int | None = None
 
     def __post_init__(self) -> None:
         windows = (self.windows,) if isinstance(self.windows, (str, Window)) else tuple(self.windows)
@@ -784,6 +884,7 @@ class MedicalPreprocessing:
         if not 0.0 <= self.padding_fill <= 1.0:
             raise ValueError(f"padding_fill: expected a number in [0, 1], got {self.padding_fill!r}")
         _check_bits_stored(self.bits_stored)
+        _check_bits_stored(self.guessed_bits_stored, "guessed_bits_stored")
 
     @property
     def num_channels(self) -> int:
@@ -827,22 +928,29 @@ class MedicalPreprocessing:
 
     def to_dict(self) -> dict[str, Any]:
         windows = [{"center": w.center, "width": w.width} if isinstance(w, Window) else w for w in self.windows]
-        return {"windows": windows, "padding_fill": self.padding_fill, "bits_stored": self.bits_stored}
+        config = {"windows": windows, "padding_fill": self.padding_fill, "bits_stored": self.bits_stored}
+        if self.guessed_bits_stored is not None:  # saved as before the record existed when there is none
+            config["guessed_bits_stored"] = self.guessed_bits_stored
+        return config
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> MedicalPreprocessing:
-        unknown = sorted(set(config) - {"windows", "padding_fill", "bits_stored"})
+        unknown = sorted(set(config) - {"windows", "padding_fill", "bits_stored", "guessed_bits_stored"})
         if unknown:
             raise ValueError(
-                f"MedicalPreprocessing: unknown keys {unknown}; expected windows, padding_fill, bits_stored"
+                f"MedicalPreprocessing: unknown keys {unknown}; expected windows, padding_fill, bits_stored, "
+                "guessed_bits_stored"
             )
         windows = tuple(Window(**w) if isinstance(w, dict) else w for w in config.get("windows", ("file",)))
-        return cls(windows, float(config.get("padding_fill", 0.0)), config.get("bits_stored"))
+        padding_fill, bits_stored = float(config.get("padding_fill", 0.0)), config.get("bits_stored")
+        return cls(windows, padding_fill, bits_stored, config.get("guessed_bits_stored"))
 
     def read(self, path: str | Path, frame: int | None = None) -> np.ndarray:
         """One file as float32 `[F, C, H, W]` in `[0, 1]`: a DICOM file (see [`is_dicom_file`]) windowed into
         `len(windows)` channels (only its frame `frame` when given: `[1, C, H, W]`), else a 16-bit greyscale PNG / TIFF
-        as `[1, 1, H, W]`."""
+        as `[1, 1, H, W]` (its bit depth told to an open [`check_bit_depths`])."""
         if is_dicom_file(path):
             return window_channels(read_dicom(path, frame), self.windows, self.padding_fill)
-        return read_16bit_image(path, self.bits_stored)[None, None]
+        values, bits = _read_16bit(path, self.bits_stored)
+        note_bit_depth(path, bits)
+        return values[None, None]

@@ -14,7 +14,9 @@ from PIL import Image
 from .dicom import (
     MedicalPreprocessing,
     _scale_16bit,
+    check_bit_depths,
     is_dicom_file,
+    note_bit_depth,
     read_dicom,
     read_dicom_header,
     window_channels,
@@ -33,7 +35,7 @@ def decode_image_file(
 ) -> Image.Image | np.ndarray:
     """Open and fully decode an image file (so truncation is caught now, not mid-training); a 16-bit greyscale image
     comes back as float32 `[1, 1, H, W]` in `[0, 1]`, scaled by its bit depth (see [`read_16bit_image`]), which
-    `depths` records when given."""
+    `depths` records when given and an open [`check_bit_depths`] is told."""
     try:
         image = open_image(path)
     except DECODE_ERRORS as error:
@@ -43,6 +45,7 @@ def decode_image_file(
     values, bits = _scale_16bit(image, bits_stored, path)
     if depths is not None:
         depths.add(path, bits)
+    note_bit_depth(path, bits)
     return values[None, None]
 
 
@@ -57,6 +60,11 @@ class _BitDepths:
     def add(self, path: Path, bits: int) -> None:
         self._counts[bits] = self._counts.get(bits, 0) + 1
         self._examples.setdefault(bits, path)
+
+    @property
+    def single(self) -> int | None:
+        """The one bit depth every 16-bit image was scaled by; None when there were none, or several depths."""
+        return next(iter(self._counts)) if len(self._counts) == 1 else None
 
     def warn(self) -> None:
         """Warn (once for the data set) when its images were scaled by more than one bit depth."""
@@ -136,11 +144,17 @@ def decode_files(
     reading: ImagePreprocessing | None = None,
     class_names: Sequence[str] | None = None,
     anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
+    depths: _BitDepths | None = None,
 ) -> tuple[list | torch.Tensor, dict[str, np.ndarray], np.ndarray | None]:
     """Decode `files` (listed split by split); a multi-frame DICOM gives one image per frame. Returns the images and
     the labels per split and group ids of [`_expand_frames`] (DICOM files without a PatientID grouped by the rule
     `anonymised_dicom_groups`, see [`_dicom_groups`]). DICOM files read with their own windows that differ are
     warned about, per class (`class_names`: the labels' names, for the warning; see [`_OwnWindows`]).
+
+    The bit depths the 16-bit PNG / TIFF are scaled by are recorded in `depths` (a new [`_BitDepths`] when not
+    given; the loaders save its `single` depth with the model): different ones are warned about, unless `medical`
+    records the depth a model's training images were read at (`guessed_bits_stored`, read for evaluation): then the
+    images read at another one are (see [`check_bit_depths`]).
 
     With `reading` (a contract with an `image_size`), each file is preprocessed as soon as it is decoded, so only one
     full-size image is held at a time (a 2048x1664 mammogram is 13 MB as float32, its 32x32 result 4 KB), and the
@@ -152,23 +166,26 @@ def decode_files(
     Every file is tried: the files that cannot be read (decode errors, no pixel data, a colour DICOM, a truncated
     file, a localizer, ...) are refused together (see [`_refuse_unreadable_files`]), then series of mixed slice sizes
     (see [`_SeriesSizes`])."""
-    images, metadata, failures, sizes, depths = [], [], [], _SeriesSizes(), _BitDepths()
+    images, metadata, failures, sizes = [], [], [], _SeriesSizes()
+    depths = _BitDepths() if depths is None else depths
     own_windows = _OwnWindows(medical, np.concatenate(list(labels_per_split.values())), class_names)
-    for position, (path, is_dicom) in enumerate(zip(files, dicom_or_not(files, medical))):
-        try:
-            image, file_metadata = _decode_file(path, is_dicom, medical, sizes, depths)
-            if file_metadata is not None:
-                own_windows.add(position, file_metadata["own_windows"])
-            images.append(image if reading is None else _preprocess_file(image, path, reading))
-        except ValueError as error:
-            failures.append(error if not failures else str(error))  # no traceback kept: it holds the image
-            continue
-        finally:
-            image = None  # the full-size image is freed before the next file is decoded
-        metadata.append(file_metadata)
-    _refuse_unreadable_files(failures, len(files))
-    sizes.check()
-    depths.warn()
+    with check_bit_depths(medical, stacklevel=4) as trained_depth:  # 4: the caller of the loader
+        for position, (path, is_dicom) in enumerate(zip(files, dicom_or_not(files, medical))):
+            try:
+                image, file_metadata = _decode_file(path, is_dicom, medical, sizes, depths)
+                if file_metadata is not None:
+                    own_windows.add(position, file_metadata["own_windows"])
+                images.append(image if reading is None else _preprocess_file(image, path, reading))
+            except ValueError as error:
+                failures.append(error if not failures else str(error))  # no traceback kept: it holds the image
+                continue
+            finally:
+                image = None  # the full-size image is freed before the next file is decoded
+            metadata.append(file_metadata)
+        _refuse_unreadable_files(failures, len(files))
+        sizes.check()
+    if trained_depth.trained is None:  # else the images at another depth than the training images' were warned about
+        depths.warn()
     own_windows.warn()
     frames = [1 if isinstance(image, Image.Image) else len(image) for image in images]
     if reading is not None:

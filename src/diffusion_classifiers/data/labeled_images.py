@@ -106,6 +106,7 @@ class RawData:
     default_image_size: int | None = None
     groups: np.ndarray | None = None  # a patient id per image: carved splits keep each group on one side
     preprocessed: bool = False  # images already a float32 [N, C, H, W] tensor in [-1, 1] (read with a contract)
+    guessed_bits_stored: int | None = None  # the one depth every 16-bit file was scaled by, guessed from its maximum
 
 
 def labels_and_names(

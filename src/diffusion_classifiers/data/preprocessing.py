@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..validation import check_finite_rows
-from .dicom import _PIL_16BIT_MODES, MedicalPreprocessing, is_dicom_file
+from .dicom import _PIL_16BIT_MODES, MedicalPreprocessing, check_bit_depths, is_dicom_file, note_bit_depth
 from .image_files import DECODE_ERRORS, decode_error_text, open_image
 
 __all__ = ["INPUT_RANGES", "RESAMPLE_MODES", "RESIZE_MODES", "ImagePreprocessing", "preprocess_images"]
@@ -87,7 +87,9 @@ class ImagePreprocessing:
         medical ([`MedicalPreprocessing`] or `dict`, *optional*): how DICOM files (`.dcm`, `.dicom`, `.dic`, `.ima`,
             or another or no extension and a 'DICM' header) and 16-bit PNG / TIFF given as paths are read: the DICOM
             windows (one channel each) and the bit depth. `None`: `MedicalPreprocessing()` (each DICOM's own window,
-            16-bit images by their maximum's bit depth).
+            16-bit images by their maximum's bit depth). Without a stated `bits_stored`, 16-bit images (files, and
+            PIL images, read from `[0, 65535]`) scaled by a depth other than the one recorded for the training images
+            (`guessed_bits_stored`) get one `UserWarning` per call; their values are unchanged.
         resize_mode (`str`, *optional*, defaults to `"stretch"`): how an image meets `image_size`: `"stretch"` to it
             (the aspect ratio is not kept), `"pad"` (scaled to fit inside it keeping the aspect ratio, centred, the
             rest filled with `pad_value`) or `"crop"` (scaled to cover it keeping the aspect ratio, centre-cropped).
@@ -255,7 +257,8 @@ def preprocess_images(
     contract = _resolve_contract(preprocessing, image_size, num_channels)
     data_format = _check_data_format(input_data_format)
     items = _as_item_list(images)
-    batches = _to_unit_batches(items, data_format, contract)
+    with check_bit_depths(contract.medical, stacklevel=2):  # 16-bit images read unlike the training images: warned
+        batches = _to_unit_batches(items, data_format, contract)
     offsets = np.cumsum([0] + [len(batch) for batch in batches])
     for batch, offset in zip(batches, offsets):
         if batch.shape[1] not in _CHANNEL_COUNTS:
@@ -325,6 +328,8 @@ def _to_unit_batches(items: list, data_format: str | None, contract: ImagePrepro
             raise ValueError(f"preprocess_images: item {position} is empty (shape {tuple(batch.shape)})")
         if batch.dtype == torch.uint16 and not isinstance(item, Image.Image):  # a PIL image may be a datasets row
             wide_arrays.append(position)
+        elif isinstance(item, Image.Image) and item.mode in _PIL_16BIT_MODES:  # read from [0, 65535]: 16 bits
+            note_bit_depth(f"item {position} (a 16-bit PIL image)", 16, item)
         batches.append(_check_dtype(batch, offset))
         ranges.append(value_range)
         offset += len(batch)

@@ -28,7 +28,7 @@ from PIL import Image
 
 from .array_files import read_digits, read_idx_directory, read_npz
 from .dicom import MedicalPreprocessing, parse_windows
-from .file_decoding import decode_files, warn_mixed_channels
+from .file_decoding import _BitDepths, decode_files, warn_mixed_channels
 from .hf_datasets import pil_channels, read_hf_dataset
 from .image_listing import list_csv, list_folder_files
 from .labeled_images import SPLITS, LabeledImages, RawData, labels_and_names
@@ -128,7 +128,9 @@ def load_image_classification_data(
         medical ([`MedicalPreprocessing`], *optional*):
             how DICOM files are windowed (one channel per window) and 16-bit PNG / TIFF scaled; default
             `MedicalPreprocessing()`: each DICOM's own window, 16-bit images by their maximum's bit depth (a
-            `UserWarning` when the images of the data set get different ones: state `bits_stored`).
+            `UserWarning` when the images of the data set get different ones: state `bits_stored`; when they all get
+            one, the splits' contract records it as `medical.guessed_bits_stored`, so that images read later at
+            another guessed depth are warned about).
         patient_id_column (`str`, *optional*):
             for a CSV source, the column of patient (group) ids; it must exist. Default: `patient_id` if present.
         resize_mode (`str`, *optional*, defaults to `"stretch"`), pad_value (`float`, *optional*, defaults to -1.0),
@@ -192,10 +194,20 @@ def load_image_classification_data(
     images = raw.images if raw.preprocessed else preprocess_images(raw.images, preprocessing=reading)
     splits = _assemble(images, raw, val_fraction, test_fraction, seed)
     # What a model trained on these tensors is saved with: the same steps, for files and [-1, 1] tensors alike.
-    contract = ImagePreprocessing(tuple(images.shape[-2:]), images.shape[1], medical=medical, **fit)
+    contract = ImagePreprocessing(tuple(images.shape[-2:]), images.shape[1], medical=_recorded(medical, raw), **fit)
     for split in splits.values():
         split.preprocessing = contract
     return splits
+
+
+def _recorded(medical: MedicalPreprocessing, raw: RawData) -> MedicalPreprocessing:
+    """`medical` with the bit depth its 16-bit files were all scaled by, guessed from their maxima (`bits_stored`
+    unset), recorded as `guessed_bits_stored`: informational, it changes no pixel, but images read later at another
+    guessed depth are warned about (see `dicom.check_bit_depths`). Nothing is recorded for files of different depths
+    (warned about as they are read) or without 16-bit files."""
+    if medical.bits_stored is not None:
+        return medical
+    return replace(medical, guessed_bits_stored=raw.guessed_bits_stored)
 
 
 def _source_kind(source: Any) -> str:
@@ -337,12 +349,16 @@ def _read_image_folder(
     """An image folder's images (preprocessed by `reading` as they are decoded, when given: see [`decode_files`]),
     labels, class names, splits and groups (anonymised DICOM files grouped by `anonymised_dicom_groups`)."""
     files, labels_per_split, names = list_folder_files(root)
+    depths = _BitDepths()
     images, labels_per_split, groups = decode_files(
         files, labels_per_split, medical, reading=reading, class_names=names,
-        anonymised_dicom_groups=anonymised_dicom_groups,
+        anonymised_dicom_groups=anonymised_dicom_groups, depths=depths,
     )  # fmt: skip
     labels, names, splits = labels_and_names(labels_per_split, names, f"image folder {root}")
-    return RawData(images, labels, names, splits, DEFAULT_FOLDER_SIZE, groups, preprocessed=reading is not None)
+    return RawData(
+        images, labels, names, splits, DEFAULT_FOLDER_SIZE, groups, preprocessed=reading is not None,
+        guessed_bits_stored=depths.single,
+    )  # fmt: skip
 
 
 def _read_csv(
@@ -357,11 +373,15 @@ def _read_csv(
     images preprocessed by `reading` as they are decoded, when given (see [`decode_files`]); without patient ids,
     anonymised DICOM files grouped by `anonymised_dicom_groups`."""
     files, labels, names, patients = list_csv(path, class_names, patient_id_column)
+    depths = _BitDepths()
     images, labels_per_split, groups = decode_files(
-        files, {"train": labels}, medical, patients, reading, names, anonymised_dicom_groups
+        files, {"train": labels}, medical, patients, reading, names, anonymised_dicom_groups, depths
     )
     labels, names, splits = labels_and_names(labels_per_split, names, f"CSV {path}")
-    return RawData(images, labels, names, splits, DEFAULT_FOLDER_SIZE, groups, preprocessed=reading is not None)
+    return RawData(
+        images, labels, names, splits, DEFAULT_FOLDER_SIZE, groups, preprocessed=reading is not None,
+        guessed_bits_stored=depths.single,
+    )  # fmt: skip
 
 
 def describe_splits(splits: dict[str, Any], source: Any) -> str:

@@ -32,6 +32,7 @@ __all__ = [
     "EARLIER_ANONYMISED_DICOM_RULE",
     "SPLIT_DEFAULTS",
     "SPLIT_RECORD_NAME",
+    "changed_split_args",
     "check_anonymised_dicom_groups",
     "image_fingerprint_variants",
     "image_fingerprints",
@@ -197,26 +198,35 @@ def recorded_train_fingerprints(folder: str | os.PathLike) -> Optional[frozenset
     return frozenset(record["train_fingerprints"].split())
 
 
+def changed_split_args(model_dir: str | os.PathLike, **given: Any) -> dict:
+    """`{name: (given value, recorded value)}` for each value `given` (not None; keys of `SPLIT_DEFAULTS`) that
+    differs from the carving the model in `model_dir` records (`data_splits.json`); empty for a model without one."""
+    unknown = set(given) - set(SPLIT_DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown split arguments {sorted(unknown)}; expected some of {sorted(SPLIT_DEFAULTS)}")
+    recorded = read_split_record(model_dir)
+    if recorded is None:
+        return {}
+    given = {name: value for name, value in given.items() if value is not None}
+    return {name: (value, recorded[name]) for name, value in given.items() if value != recorded[name]}
+
+
 def resolve_split_args(model_dir: str | os.PathLike, **given: Any) -> dict:
     """The carving (`SPLIT_DEFAULTS`' keys) of the data of the model in `model_dir`: each value `given` (not None),
     else the model's record, else `SPLIT_DEFAULTS`; and `anonymised_dicom_groups`, the record's (`"file"` for a
     record of an earlier version), else this version's rule. A given value that contradicts the record is kept, with
     a warning: where the data has no splits of its own, its test split may hold images the model was trained on."""
-    unknown = set(given) - set(SPLIT_DEFAULTS)
-    if unknown:
-        raise TypeError(f"resolve_split_args: unknown keys {sorted(unknown)}; expected some of {sorted(SPLIT_DEFAULTS)}")
     recorded = read_split_record(model_dir)
-    if recorded is not None:
-        changed = {name: value for name, value in given.items() if value is not None and value != recorded[name]}
-        if changed:
-            carving = {name: recorded[name] for name in SPLIT_DEFAULTS}  # not the training images' fingerprints
-            warnings.warn(
-                f"{model_dir}: its data was carved with {carving} ({SPLIT_RECORD_NAME}); "
-                f"{', '.join(f'--{name} {value}' for name, value in changed.items())} carve(s) other splits where the "
-                "data has none of its own, whose test and val may hold images the model was trained on",
-                UserWarning,
-                stacklevel=2,
-            )
+    changed = changed_split_args(model_dir, **given)
+    if changed:
+        carving = {name: recorded[name] for name in SPLIT_DEFAULTS}  # not the training images' fingerprints
+        warnings.warn(
+            f"{model_dir}: its data was carved with {carving} ({SPLIT_RECORD_NAME}); "
+            f"{', '.join(f'--{name} {value}' for name, (value, _) in changed.items())} carve(s) other splits where "
+            "the data has none of its own, whose test and val may hold images the model was trained on",
+            UserWarning,
+            stacklevel=2,
+        )
     fallback = recorded or {**SPLIT_DEFAULTS, "anonymised_dicom_groups": ANONYMISED_DICOM_RULE}
     carving = {name: given.get(name) if given.get(name) is not None else fallback[name] for name in SPLIT_DEFAULTS}
     return {**carving, "anonymised_dicom_groups": fallback["anonymised_dicom_groups"]}

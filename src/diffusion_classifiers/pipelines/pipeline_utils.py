@@ -38,6 +38,7 @@ __all__ = [
     "installed_index",
     "keep_legacy_preprocessing",
     "local_snapshot",
+    "pipeline_of_component",
     "read_model_index",
 ]
 
@@ -69,15 +70,37 @@ def local_snapshot(pretrained_model_name_or_path, kwargs: dict) -> str:
 
 
 def read_model_index(path: str) -> dict:
-    """The `model_index.json` of a saved pipeline folder; a clear error when it is missing or not JSON."""
+    """The `model_index.json` of a saved pipeline folder; a clear error when it is missing (naming the pipeline folder
+    when `path` is one of its components) or not JSON."""
     index_file = os.path.join(path, "model_index.json")
     if not os.path.isfile(index_file):
-        raise FileNotFoundError(f"{index_file} not found; expected a pipeline folder written by save_pretrained")
+        parent = pipeline_of_component(path)
+        component = f" ({path} is a component of the pipeline {parent}: pass that folder)" if parent else ""
+        raise FileNotFoundError(
+            f"{index_file} not found; expected a pipeline folder written by save_pretrained{component}"
+        )
     try:
         with open(index_file) as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{index_file} is not valid JSON: {error}") from error
+
+
+def pipeline_of_component(path: Union[str, os.PathLike]) -> Optional[str]:
+    """The pipeline folder that holds `path` when `path` is one of its diffusers components (`unet/`, `scheduler/`,
+    ...: a `config.json` or `scheduler_config.json` with diffusers' `_class_name` or `_diffusers_version`, and a
+    `model_index.json` in the folder above), else None: the folder to name to a user who passed the component."""
+    folder = Path(os.path.normpath(path))
+    parent = folder.parent if folder.parent != Path(".") else folder.resolve().parent
+    if (folder / "model_index.json").is_file() or not (parent / "model_index.json").is_file():
+        return None
+    configs = [folder / name for name in ("config.json", "scheduler_config.json") if (folder / name).is_file()]
+    config = configs[0] if configs else None
+    try:
+        saved = json.loads(config.read_text()) if config is not None else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return str(parent) if isinstance(saved, dict) and {"_class_name", "_diffusers_version"} & set(saved) else None
 
 
 # The package's classes that pipelines save as diffusers custom components (in `model_index.json`).

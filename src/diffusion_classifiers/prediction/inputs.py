@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -17,11 +18,13 @@ from ..data.dicom import WINDOW_NAMES
 
 __all__ = [
     "DICOM_ID_COLUMNS",
+    "FILE_STAMP_COLUMNS",
     "WINDOW_NAMES",
     "PredictionInput",
     "check_input_exists",
     "check_labels",
     "dicom_ids",
+    "file_stamp",
     "list_inputs",
     "parse_windows",
 ]
@@ -42,16 +45,21 @@ class PredictionInput:
         label (`str`, *optional*): its true label, carried to the output's `true_label` column.
         dicom_file (`Path`, *optional*): the DICOM file it is, whose patient, study and series ids go to the output
             (`dicom_ids`), so slice results can be combined per scan.
+        file (`Path`, *optional*): the file it is read from, whose size and modification time go to the output
+            (`file_stamp`), so a rerun tells a file replaced under the same name from one done.
     """
 
     path: str
     read: Callable[[], list] = field(repr=False, compare=False)
     label: Optional[str] = None
     dicom_file: Optional[Path] = field(default=None, repr=False, compare=False)
+    file: Optional[Path] = field(default=None, repr=False, compare=False)
 
 
 # The output columns of a DICOM input's ids, and the metadata keys they come from.
 DICOM_ID_COLUMNS = {"patient_id": "PatientID", "study_uid": "StudyInstanceUID", "series_uid": "SeriesInstanceUID"}
+# The output columns of the file an input was read from (see `file_stamp`).
+FILE_STAMP_COLUMNS = ("file_bytes", "file_modified")
 
 
 def dicom_ids(item: PredictionInput) -> dict[str, Optional[str]]:
@@ -70,7 +78,20 @@ def _input_of_file(path: Path, name: str, read: Callable, label: Optional[str] =
     from ..data.dicom import is_dicom_file
 
     dicom = path.is_file() and is_dicom_file(path)
-    return PredictionInput(name, partial(_read_listed_file, path, read), label, path if dicom else None)
+    return PredictionInput(name, partial(_read_listed_file, path, read), label, path if dicom else None, path)
+
+
+def file_stamp(item: PredictionInput) -> dict[str, Any]:
+    """The size in bytes and the modification time (UTC, ISO 8601) of the file an input is read from
+    (`FILE_STAMP_COLUMNS`); None for a dataset row or a file that cannot be read."""
+    try:
+        stat = item.file.stat() if item.file is not None else None
+    except OSError:
+        stat = None
+    if stat is None:
+        return dict.fromkeys(FILE_STAMP_COLUMNS)
+    modified = datetime.fromtimestamp(stat.st_mtime_ns / 1e9, timezone.utc).isoformat(timespec="microseconds")
+    return {"file_bytes": stat.st_size, "file_modified": modified}
 
 
 def list_inputs(

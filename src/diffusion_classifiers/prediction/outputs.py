@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from .inputs import DICOM_ID_COLUMNS
+from .inputs import DICOM_ID_COLUMNS, FILE_STAMP_COLUMNS
 
 __all__ = [
     "ERROR_COLUMNS",
@@ -25,19 +25,21 @@ __all__ = [
     "default_errors_path",
     "done_paths",
     "errors_file_of_resumed_run",
+    "forget_rows",
     "merge_parts",
     "prepare_output_files",
+    "recorded_file_stamps",
     "recorded_run_info",
     "write_csv",
 ]
 
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 ERROR_COLUMNS = ("path", "reason")
-_TEXT_COLUMNS = {"path", "true_label", "label", "reason", *DICOM_ID_COLUMNS}
-_INT_COLUMNS = {"frame"}
+_TEXT_COLUMNS = {"path", "true_label", "label", "reason", "file_modified", *DICOM_ID_COLUMNS}
+_INT_COLUMNS = {"frame", "file_bytes"}
 LEGACY_ERRORS_NAME = "errors.csv"  # the default errors file before each output had its own, shared by a folder
 # output columns added after outputs were first written: an output without them is resumed with its own columns
-COLUMNS_ADDED_LATER = ("log_likelihood_ratio_stderr", *DICOM_ID_COLUMNS)
+COLUMNS_ADDED_LATER = ("log_likelihood_ratio_stderr", *DICOM_ID_COLUMNS, *FILE_STAMP_COLUMNS)
 _ERRORS_KEY = "errors_file"  # in the sidecar, beside the run: the errors file, relative to the output's folder
 
 
@@ -220,8 +222,30 @@ def forget_errors(files: OutputFiles, paths: set[str]) -> int:
     """Remove the rows of `paths` from the errors file and its committed parts, so a rerun tries those files again
     (repaired since); rows of other paths stay (an errors file shared by outputs of earlier versions keeps theirs).
     Returns the number of rows removed."""
+    return _forget([files.errors] * files.errors.exists() + _part_files(files, "errors"), paths)
+
+
+def forget_rows(files: OutputFiles, paths: set[str]) -> int:
+    """Remove the rows of `paths` from the output and its committed parts, so a rerun predicts those files again
+    (replaced since under the same name). Returns the number of rows removed."""
+    return _forget([files.output] * files.output.exists() + _part_files(files, "rows"), paths)
+
+
+def recorded_file_stamps(files: OutputFiles) -> dict[str, tuple]:
+    """`path -> (file_bytes, file_modified)` of the rows of the output and its committed parts that record them (an
+    output written before they were recorded has none)."""
+    stamps = {}
+    for table in [files.output] * files.output.exists() + _part_files(files, "rows"):
+        columns, rows = _read_table(table)
+        if set(FILE_STAMP_COLUMNS) <= set(columns):
+            where = [columns.index(column) for column in FILE_STAMP_COLUMNS]
+            stamps.update({row[0]: tuple(row[i] for i in where) for row in rows})
+    return stamps
+
+
+def _forget(tables: list[Path], paths: set[str]) -> int:
     removed = 0
-    for table in [files.errors] * files.errors.exists() + _part_files(files, "errors"):
+    for table in tables:
         columns, rows = _read_table(table)
         kept = [row for row in rows if row[0] not in paths]
         if len(kept) < len(rows):

@@ -7,20 +7,22 @@ Only the standard library is imported at module level (see the package docstring
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
+from ..data.arguments import json_object_arg
 from .inputs import (
     DICOM_ID_COLUMNS,
+    FILE_STAMP_COLUMNS,
     WINDOW_NAMES,
     PredictionInput,
     check_input_exists,
     check_labels,
     dicom_ids,
+    file_stamp,
     list_inputs,
     parse_windows,
 )
@@ -32,8 +34,10 @@ from .outputs import (
     done_paths,
     errors_file_of_resumed_run,
     forget_errors,
+    forget_rows,
     merge_parts,
     prepare_output_files,
+    recorded_file_stamps,
     recorded_run_info,
     write_csv,
 )
@@ -65,6 +69,9 @@ class PredictionSummary:
             since removed: kept, after the others); 0 on processes other than the main one.
         retried (`int`): rows of the errors file removed to try their inputs again (`retry_errors`); 0 on processes
             other than the main one.
+        replaced (`int`): inputs predicted before whose file has changed since (another size or modification time:
+            a file replaced under the same name), their rows removed and predicted again; 0 on processes other than
+            the main one.
     """
 
     output: str
@@ -77,14 +84,18 @@ class PredictionSummary:
     unreadable: int
     not_in_input: int = 0
     retried: int = 0
+    replaced: int = 0
 
 
 def output_columns(
-    pipeline: Any, with_true_labels: bool, settings: Optional[dict] = None, with_dicom_ids: bool = False
+    pipeline: Any, with_true_labels: bool, settings: Optional[dict] = None, with_dicom_ids: bool = False,
+    with_files: bool = False,
 ) -> list[str]:
-    """`path, frame, [true_label,] [patient_id, study_uid, series_uid,] label, score, prob_<class>...,
+    """`path, frame, [true_label,] [patient_id, study_uid, series_uid,] [file_bytes, file_modified,] label, score,
+    prob_<class>...,
     [log_likelihood_ratio, log_likelihood_ratio_stderr]` for `pipeline` called with `settings`
-    (`evaluation.pipeline_call_settings`; default: its defaults): the DICOM ids when inputs are DICOM files, the ratio
+    (`evaluation.pipeline_call_settings`; default: its defaults): the DICOM ids when inputs are DICOM files, the size
+    and modification time of the file read when inputs are files, the ratio
     for a binary Score-SDE pipeline, its standard error when the call gives one (`method="elbo"`, or the likelihood
     with `num_probes >= 2`)."""
     from ..evaluation import pipeline_call_settings
@@ -92,6 +103,7 @@ def output_columns(
 
     columns = ["path", "frame"] + (["true_label"] if with_true_labels else [])
     columns += list(DICOM_ID_COLUMNS) if with_dicom_ids else []
+    columns += list(FILE_STAMP_COLUMNS) if with_files else []
     columns += ["label", "score"]
     columns += [f"prob_{name}" for name in pipeline.class_names]
     if isinstance(pipeline, ScoreSDEClassifierPipeline) and len(pipeline.class_names) == 2:
@@ -195,6 +207,7 @@ class _BatchWriter:
         self.failed = 0
 
     def add(self, item: PredictionInput) -> None:
+        stamp = file_stamp(item)  # before reading: a file replaced while it is read is read again next time
         try:
             images = _read_checked(item, self.pipeline)
             ids = dicom_ids(item)
@@ -202,7 +215,7 @@ class _BatchWriter:
             self.errors.append([item.path, str(error)])
             self.failed += 1
             return
-        self.items.append((item, len(images), ids))
+        self.items.append((item, len(images), {**ids, **stamp}))
         self.images += images
 
     def commit(self) -> None:
@@ -295,6 +308,7 @@ def predict_files(
     """
     from tqdm.auto import tqdm
 
+    from ..data.dicom import check_bit_depths
     from ..evaluation import pipeline_call_settings
 
     files = check_output_args(output_path, errors_path, batch_size)
@@ -304,6 +318,7 @@ def predict_files(
     columns = output_columns(
         pipeline, any(item.label is not None for item in inputs), settings,
         with_dicom_ids=any(item.dicom_file is not None for item in inputs),
+        with_files=any(item.file is not None for item in inputs),
     )  # fmt: skip
     check_labels(inputs, pipeline.class_names)
     with _one_prediction_at_a_time(files, accelerator):
@@ -318,6 +333,7 @@ def predict_files(
                "class_names": list(pipeline.class_names), "columns": columns}  # fmt: skip
         prepare_output_files(files, run, overwrite, is_main)
         retried = forget_errors(files, {item.path for item in inputs}) if retry_errors and is_main else 0
+        replaced = _forget_replaced_files(files, inputs) if is_main and FILE_STAMP_COLUMNS[0] in columns else 0
         wait()
         # listed by the main process alone and sent to the others: a process listing them later would see the parts
         # another one has committed since, and the processes would split different lists (inputs left out)
@@ -327,7 +343,9 @@ def predict_files(
         order = {item.path: i for i, item in enumerate(inputs)}
         writer = _BatchWriter(pipeline, files, columns, order, call_kwargs)
         hidden = {} if progress_bar and is_main else {"disable": True}  # shown: TQDM_DISABLE=1 still silences it
-        with pipeline.progress_bars_off():  # one bar, over the files
+        # one bar, over the files; one warning for the 16-bit files read at another guessed bit depth than the
+        # training images' (`data.dicom.check_bit_depths`)
+        with pipeline.progress_bars_off(), check_bit_depths(pipeline.preprocessing.medical, stacklevel=2):
             for item in tqdm(mine, desc="predict", unit="file", **hidden):
                 writer.add(item)
                 if len(writer.images) >= batch_size:
@@ -348,7 +366,7 @@ def predict_files(
             output=str(files.output), errors=str(files.errors), rows=rows, predicted=len(remaining) - failed,
             skipped=len(inputs) - len(remaining), failed=failed,
             processes=1 if accelerator is None else accelerator.num_processes, unreadable=unreadable,
-            not_in_input=not_in_input, retried=retried,
+            not_in_input=not_in_input, retried=retried, replaced=replaced,
         )  # fmt: skip
 
 
@@ -386,6 +404,19 @@ def _process_roles(accelerator: Any) -> tuple[bool, Callable[[], None]]:
     if accelerator is None:
         return True, lambda: None
     return accelerator.is_main_process, accelerator.wait_for_everyone
+
+
+def _forget_replaced_files(files: OutputFiles, inputs: Sequence[PredictionInput]) -> int:
+    """Remove the rows of the inputs whose file changed since its rows were written (a weekly folder refilled with
+    new images under the names of last week's), so they are predicted again; returns how many inputs that is."""
+    recorded = recorded_file_stamps(files)
+    replaced = {
+        item.path for item in inputs
+        if item.path in recorded and recorded[item.path] != tuple(file_stamp(item)[c] for c in FILE_STAMP_COLUMNS)
+    }  # fmt: skip
+    if replaced:
+        forget_rows(files, replaced)
+    return len(replaced)
 
 
 def _remaining_indices(inputs: Sequence[PredictionInput], done: set[str]) -> list[int]:
@@ -454,7 +485,7 @@ def add_predict_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--image_column", default=None, help="a dataset's image column; None: its one Image column")
     parser.add_argument("--seed", type=int, default=0, help="Score-SDE pipelines: the seed of their noise, combined with each image's pixels")
     parser.add_argument(
-        "--pipeline_kwargs", type=json.loads, default=None,
+        "--pipeline_kwargs", type=json_object_arg, default=None,
         help="arguments of the pipeline call as JSON, as evaluate takes them, e.g. '{\"weighting\": \"uniform\", "
         "\"num_timesteps\": 300}' for Score-SDE (not the seed: --seed); the output's .json records every setting",
     )  # fmt: skip
@@ -517,6 +548,11 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
             f"{summary.errors}" + (f"; {summary.retried} earlier errors tried again" if args.retry_errors else "")
         )
         _note_ratio_direction(pipeline, summary.output)
+        if summary.replaced:
+            print(
+                f"{summary.replaced} inputs changed since they were predicted (another size or modification time: "
+                "files replaced under the same name): their rows were replaced"
+            )
         if summary.unreadable and not args.retry_errors:
             print(f"to predict the files of {summary.errors} again (repaired since), rerun with --retry_errors")
         if summary.not_in_input:
@@ -556,8 +592,16 @@ def _diffusers_bars(shown: bool) -> Iterator[None]:
 
 
 def _check_pipeline_folder(model_dir: str, given: str) -> None:
-    """A transformers export (`config.json`, no `model_index.json`) is named as such, with where to turn."""
+    """A component of a pipeline (`unet/`: a diffusers `config.json`, `model_index.json` above it) and a transformers
+    export (`config.json`, no `model_index.json`) are named as such, with where to turn."""
+    from ..pipelines.pipeline_utils import pipeline_of_component
+
     folder = Path(model_dir)
+    parent = pipeline_of_component(folder)
+    if parent is not None:
+        raise ValueError(
+            f"--model_dir {given}: a component of a diffusers pipeline, not one; pass the pipeline folder {parent}"
+        )
     if not (folder / "model_index.json").is_file() and (folder / "config.json").is_file():
         raise ValueError(
             f"--model_dir {given}: a transformers model folder (config.json); predict reads a pipeline folder "

@@ -15,10 +15,12 @@ import json
 import os
 import re
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import PIL.Image
+import PIL.ImageDraw
+import PIL.ImageFont
 import torch
 from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
@@ -107,19 +109,46 @@ class LossHistory:
             plot_loss_curve(self.steps, self.losses, os.path.join(output_dir, LOSS_CURVE_NAME))
 
 
-def image_grid(images: torch.Tensor, rows: Optional[int] = None) -> PIL.Image.Image:
+def image_grid(
+    images: torch.Tensor, rows: Optional[int] = None, column_titles: Optional[Sequence[str]] = None
+) -> PIL.Image.Image:
     """A `rows`-row grid of images `[N, C, H, W]` in [0, 1] (C = 1 or 3; N a multiple of `rows`), each tile enlarged
     by an integer factor to at least `MIN_TILE_SIDE` pixels. `rows` defaults to the largest divisor of N that is at
-    most sqrt(N) (8 images: 2 rows of 4)."""
+    most sqrt(N) (8 images: 2 rows of 4). `column_titles` (one per column: class names) are written in a white band
+    above the grid, each cut to its column's width."""
     if rows is None:
         rows = max(r for r in range(1, int(len(images) ** 0.5) + 1) if len(images) % r == 0)
     if images.ndim != 4 or images.shape[1] not in (1, 3) or len(images) % rows:
         raise ValueError(f"expected images [N, 1 or 3, H, W] with N a multiple of rows={rows}, got {tuple(images.shape)}")
+    if column_titles is not None and len(column_titles) != len(images) // rows:
+        raise ValueError(f"column_titles: expected one per column ({len(images) // rows}), got {len(column_titles)}")
     scale = max(1, -(-MIN_TILE_SIDE // min(images.shape[-2:])))
     array = (images.detach().float().clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     tiles = [PIL.Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in array]
     tiles = [tile.resize((tile.width * scale, tile.height * scale), PIL.Image.NEAREST) for tile in tiles]
-    return make_image_grid(tiles, rows=rows, cols=len(tiles) // rows)
+    grid = make_image_grid(tiles, rows=rows, cols=len(tiles) // rows)
+    if column_titles is None:
+        return grid
+    return _with_column_titles(grid, [str(title) for title in column_titles], tiles[0].width)
+
+
+def _with_column_titles(grid: PIL.Image.Image, titles: List[str], tile_width: int) -> PIL.Image.Image:
+    """`grid` below a white band with `titles` centred over its columns of `tile_width` pixels, a title too wide for
+    its column cut short with ".."."""
+    font = PIL.ImageFont.load_default(size=max(11, min(24, tile_width // 5)))
+    band = round(font.size * 1.6) if hasattr(font, "size") else 16  # the bitmap font (no FreeType) is 11 px high
+    titled = PIL.Image.new(grid.mode, (grid.width, grid.height + band), "white")
+    titled.paste(grid, (0, band))
+    draw = PIL.ImageDraw.Draw(titled)
+    for column, title in enumerate(titles):
+        text = title
+        while len(text) > 1 and draw.textlength(text, font=font) > tile_width - 4:
+            text = text[:-1]
+        text = text if text == title else text[:-2].rstrip() + ".."
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        x = column * tile_width + (tile_width - (right - left)) / 2 - left
+        draw.text((x, (band - (bottom - top)) / 2 - top), text, fill="black", font=font)
+    return titled
 
 
 def remove_samples_after(output_dir: str, step: int) -> None:

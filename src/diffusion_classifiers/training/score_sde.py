@@ -4,7 +4,7 @@ dropout) for the unconditional score, and class-balanced sampling for imbalanced
 
 import math
 from functools import partial
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
@@ -22,12 +22,19 @@ __all__ = ["class_balanced_sampler", "class_conditional_sample_grid", "train_sco
 
 
 def class_conditional_sample_grid(
-    scheduler: DDPMScheduler, num_classes: int, num_images: int = 8, num_inference_steps: int = 25, seed: int = 0
+    scheduler: DDPMScheduler,
+    num_classes: int,
+    num_images: int = 8,
+    num_inference_steps: int = 25,
+    seed: int = 0,
+    class_names: Optional[Sequence[str]] = None,
 ) -> SampleGridFunction:
-    """`unet -> grid` of class-conditional samples, one column per class (`ceil(num_images / num_classes)` rows):
-    `num_inference_steps` strided ancestral steps of a copy of `scheduler`, the same noise at every call (`seed`)."""
+    """`unet -> grid` of class-conditional samples, one column per class (`ceil(num_images / num_classes)` rows) under
+    its name (`class_names`, default the class ids): `num_inference_steps` strided ancestral steps of a copy of
+    `scheduler`, the same noise at every call (`seed`)."""
     sampling_scheduler = DDPMScheduler.from_config(scheduler.config)
     rows = math.ceil(num_images / num_classes)
+    titles = list(class_names) if class_names is not None else [f"class {k}" for k in range(num_classes)]
 
     def sample_grid(unet: UNet2DModel):
         labels = torch.arange(num_classes, device=unet.device).repeat(rows)  # row-major: class k in column k
@@ -42,7 +49,7 @@ def class_conditional_sample_grid(
             noise_pred = unet(sample, t, class_labels=labels).sample
             # compute previous image: x_t -> x_t-1
             sample = sampling_scheduler.step(noise_pred, t, sample, generator=generator).prev_sample
-        return image_grid((sample / 2 + 0.5).clamp(0, 1), rows=rows)
+        return image_grid((sample / 2 + 0.5).clamp(0, 1), rows=rows, column_titles=titles)
 
     return sample_grid
 
@@ -64,6 +71,7 @@ def train_score_sde_unet(
     num_train_timesteps: int = 1000,
     label_dropout: float = 0.0,
     class_balanced: bool = False,
+    class_names: Optional[Sequence[str]] = None,
 ) -> tuple[UNet2DModel, DDPMScheduler, TrainingSummary]:
     r"""
     Train a class-conditional `UNet2DModel` (epsilon prediction, `DDPMScheduler` linear betas, class embedding),
@@ -82,9 +90,12 @@ def train_score_sde_unet(
         label_dropout (`float`, *optional*, defaults to 0.0): fraction of labels replaced by a null class (id K, one
             more class embedding), so the same U-Net also learns the unconditional score.
         class_balanced (`bool`, *optional*, defaults to `False`): draw every class equally often.
+        class_names (`Sequence[str]`, *optional*): the classes' names, written above their columns of the sample
+            grids; default "class 0", "class 1", ...
 
-    At every checkpoint and at the end, class-conditional samples (one column per class, `args.num_sample_images`
-    in all, rounded up to whole rows) go to `samples/step_N.png` in `args.output_dir`, beside `loss_curve.png`.
+    At every checkpoint and at the end, class-conditional samples (one column per class, under its name,
+    `args.num_sample_images` in all, rounded up to whole rows) go to `samples/step_N.png` in `args.output_dir`, beside
+    `loss_curve.png`.
 
     Returns:
         The trained U-Net (EMA weights when `args.use_ema`, eval mode), the scheduler and the `TrainingSummary`.
@@ -101,7 +112,7 @@ def train_score_sde_unet(
     labels = torch.from_numpy(as_labels(images.labels if streaming else labels, "labels")).long()
     if len(labels) != len(images):
         raise ValueError(f"expected one label per image ({len(images)}), got {len(labels)} labels")
-    num_classes = resolve_num_classes(num_classes, None, labels.numpy())
+    num_classes = resolve_num_classes(num_classes, class_names, labels.numpy())
     check_label_range(labels, "labels", num_classes)  # id K is the null class, never a training label
     sampler = class_balanced_sampler(labels, num_classes, args.seed) if class_balanced else None
     null_class = num_classes if label_dropout > 0 else None
@@ -109,7 +120,7 @@ def train_score_sde_unet(
     dataset = training_dataset(images, None if streaming else labels)
     sample_grid = partial(
         class_conditional_sample_grid, num_classes=num_classes, num_images=args.num_sample_images,
-        num_inference_steps=args.sample_inference_steps, seed=args.seed,
+        num_inference_steps=args.sample_inference_steps, seed=args.seed, class_names=class_names,
     )  # fmt: skip
     return _train_unet(
         args, dataset, preset, num_train_timesteps, num_class_embeds, label_dropout, null_class, sampler, sample_grid
