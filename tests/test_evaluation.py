@@ -1,6 +1,7 @@
 import json
 import runpy
 import sys
+import unicodedata
 
 import datasets
 import numpy as np
@@ -77,8 +78,20 @@ def test_labels_are_matched_by_name(fitted, tmp_path):
 
 
 def test_label_names_that_differ_are_refused_listing_both():
-    with pytest.raises(ValueError, match=r"\['cat', 'dog'\] differ from the model's \['normal', 'pneumonia'\]"):
+    with pytest.raises(ValueError, match=r"\['cat', 'dog'\] are not among the model's classes \['normal', 'pneumonia'\]"):
         map_labels_by_name(["cat", "dog"], ["normal", "pneumonia"])
+
+
+def test_some_of_the_models_classes_are_matched_by_name():
+    assert map_labels_by_name(["fox", "cat"], ["cat", "dog", "fox"]).tolist() == [2, 0]
+    with pytest.raises(ValueError, match=r"\['owl'\] are not among the model's classes"):
+        map_labels_by_name(["cat", "owl"], ["cat", "dog", "fox"])
+
+
+def test_a_name_that_differs_only_in_unicode_normalisation_is_named_so():
+    nfd, nfc = unicodedata.normalize("NFD", "détritus"), unicodedata.normalize("NFC", "détritus")
+    with pytest.raises(ValueError, match=r"only in Unicode normalisation \(NFD vs NFC\)"):
+        map_labels_by_name([nfd, "copepod"], [nfc, "copepod"])
 
 
 def test_calibration_of_a_known_case():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import f1_score, roc_auc_score
 
 from diffusion_classifiers.metrics import (
     classification_metrics,
@@ -35,6 +35,17 @@ def test_classification_metrics_on_a_known_confusion_matrix():
     assert result["per_class"]["fox"]["f1"] == pytest.approx(6 / 7)
     assert "sensitivity" not in result and "auc" not in result
     assert _plain(result)
+
+
+def test_macro_averages_are_over_the_classes_present_in_y_true():
+    # 5 classes, images of 0 and 1 only; class 3 is predicted (wrongly): it counts in no average
+    y_true, y_pred = [0, 0, 1, 1], [0, 3, 1, 1]
+    result = classification_metrics(y_true, y_pred, num_classes=5)
+    assert result["macro_f1"] == pytest.approx((2 / 3 + 1.0) / 2)
+    assert result["balanced_accuracy"] == pytest.approx((1 / 2 + 1.0) / 2)
+    assert result["per_class"]["3"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    every_class = classification_metrics(Y_TRUE, Y_PRED)  # every class present: scikit-learn's macro-F1
+    assert every_class["macro_f1"] == pytest.approx(f1_score(Y_TRUE, Y_PRED, average="macro"))
 
 
 def test_binary_sensitivity_specificity_and_auc():

@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import unicodedata
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -174,6 +175,32 @@ def test_inputs_no_process_predicted_fail_the_run_naming_their_count(models, tmp
     assert (rerun.predicted, rerun.skipped, rerun.failed, rerun.rows) == (1, 5, 1, 6)
 
 
+def test_ctrl_c_prints_one_line_exits_130_and_the_same_command_resumes(models, tmp_path, monkeypatch, capsys):
+    """QA: Ctrl-C on predict printed a KeyboardInterrupt traceback."""
+    folder, output = image_folder(tmp_path), tmp_path / "out" / "predictions.csv"
+    argv = ["predict", "--model_dir", str(models / "unet"), "--input", str(folder), "--output", str(output),
+            "--batch_size", "2", "--no_progress_bar"]  # fmt: skip
+    call, calls = UNetFeatureClassifierPipeline.__call__, []
+
+    def interrupted_on_the_second_batch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(UNetFeatureClassifierPipeline, "__call__", interrupted_on_the_second_batch)
+    with pytest.warns(UserWarning, match="skipped 1 of its files"), pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 130
+    err = capsys.readouterr().err
+    assert "interrupted; the batches committed so far are kept" in err and "Traceback" not in err
+    assert [part.name for part in output.with_name("predictions.csv.parts").iterdir()] == ["rows-000000000.csv"]
+    monkeypatch.setattr(UNetFeatureClassifierPipeline, "__call__", call)
+    with pytest.warns(UserWarning, match="skipped 1 of its files"):
+        main(argv)
+    assert [row["path"] for row in read_rows(output)] == list(IMAGES)
+
+
 def test_csv_with_a_missing_file_lists_it_in_errors(models, tmp_path):
     write_images(tmp_path, ["x.png", "y.png"])
     table = write_csv(tmp_path / "list.csv", [("x.png", "dog"), ("gone.png", "cat"), ("y.png", "")])
@@ -190,6 +217,18 @@ def test_csv_with_an_unknown_label_is_refused_before_any_work(models, tmp_path):
     with pytest.raises(ValueError, match=r"labels \['Cat', 'wolf'\] are not among the model's classes \['cat', 'dog', 'fox'\]"):
         predict_files(load(models, "unet"), list_inputs(table), tmp_path / "out" / "predictions.csv")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_label_that_differs_only_in_unicode_normalisation_is_named_so(tmp_path):
+    """QA: a CSV's 'détritus' (NFD) against the model's (NFC) read as "labels ['détritus'] are not among the model's
+    classes [..., 'détritus', ...]"; the error says why (and nothing is normalised silently)."""
+    from diffusion_classifiers.prediction.inputs import check_labels
+
+    nfd, nfc = unicodedata.normalize("NFD", "détritus"), unicodedata.normalize("NFC", "détritus")
+    write_images(tmp_path, ["x.png"])
+    inputs = list_inputs(write_csv(tmp_path / "list.csv", [("x.png", nfd)]))
+    with pytest.raises(ValueError, match=rf"{nfd!r} differs from {nfc!r} only in Unicode normalisation \(NFD vs NFC\)"):
+        check_labels(inputs, [nfc, "copepod"])
 
 
 def test_csv_without_a_path_column_or_with_a_file_twice_is_refused(tmp_path):

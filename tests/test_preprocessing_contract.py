@@ -140,6 +140,14 @@ def test_the_contract_round_trips_through_json():
     assert ImagePreprocessing.from_dict(json.loads(json.dumps(contract.to_dict()))) == contract
 
 
+def test_the_summary_names_the_pad_fill_and_the_background_normalisation():
+    """QA: a plankton contract read "32 px (pad), 1 channel" in the card, the data line and the report, without its
+    white fill and background normalisation."""
+    assert ImagePreprocessing(32, 1, resize_mode="pad").summary() == "32 px (pad), 1 channel"
+    plankton = ImagePreprocessing(32, 1, resize_mode="pad", pad_value=1.0, normalize_background=True)
+    assert plankton.summary() == "32 px (pad, fill 1.0), 1 channel, background normalised to white"
+
+
 def test_a_pipeline_saves_and_loads_its_contract(tmp_path):
     pipe = unet_pipeline(preprocessing={"input_range": "[0, 1]", "medical": {"windows": ["brain"], "bits_stored": 12}})
     pipe.save_pretrained(tmp_path)

@@ -3,7 +3,9 @@ trained on (QA: a folder grown by two patients, or re-exported as PNG, re-carved
 of the training set, and evaluate scored them silently)."""
 
 import json
+import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -194,6 +196,20 @@ def test_probe_refuses_a_grown_folder_without_naming_evaluates_flag(model_and_da
         main(["probe", "--unet_dir", str(root / "model"), "--dataset", str(root / "grown"),
               "--output_dir", str(tmp_path / "p"), "--timesteps", "20", "--C", "1"])  # fmt: skip
     assert "drop_training_images" not in str(error.value)
+    assert not (tmp_path / "p").exists()  # created to check it is writable, removed with the refusal
+
+
+def test_a_unet_trained_from_a_csv_probes_a_class_folder(model_and_data, tmp_path):
+    """QA: probe gave a folder source the class_names recorded by a CSV-trained U-Net and was refused ("a folder
+    source carries its own"); the head is trained on the folder's own classes."""
+    root, splits = model_and_data
+    model = tmp_path / "model"
+    UNetFeatureClassifierPipeline.from_pretrained(str(root / "model")).save_pretrained(model)
+    save_split_record(model, 0.1, 0.2, 0, ["cat", "dog", "fox"], train_images=splits["train"].images)
+    main(["probe", "--unet_dir", str(model), "--dataset", str(root / "data"), "--output_dir", str(tmp_path / "p"),
+          "--timesteps", "20", "--C", "1"])  # fmt: skip
+    saved = UNetFeatureClassifierPipeline.from_pretrained(str(tmp_path / "p" / "pipeline"))
+    assert saved.head.config.class_names == ["one", "zero"]
 
 
 def test_a_dataset_with_its_own_splits_is_not_checked(model_and_data, tmp_path):
@@ -299,7 +315,7 @@ def test_a_pipeline_of_an_earlier_version_re_saved_keeps_its_rule(model_and_data
 def test_a_model_trained_from_a_csv_evaluates_on_its_class_folder(model_and_data, tmp_path, monkeypatch):
     """QA: a model trained from a CSV records its class_names; evaluate on the same images as a class folder failed
     ("a folder source carries its own") and left an empty --output_dir behind. The folder's names are checked against
-    the record instead, in any order (labels are matched to the model's by name)."""
+    the model's classes instead (all or some), in any order (labels are matched to the model's by name)."""
     import diffusion_classifiers.data.readers as readers
 
     root, splits = model_and_data
@@ -313,16 +329,35 @@ def test_a_model_trained_from_a_csv_evaluates_on_its_class_folder(model_and_data
         assert metrics["num_samples"] == len(splits["test"]) and metrics["per_class"]["one"]["support"] == int(
             (splits["test"].labels == splits["test"].class_names.index("one")).sum()
         )
-    save_split_record(model, 0.1, 0.2, 0, ["cat", "dog"], train_images=splits["train"].images)
+    shutil.copytree(root / "data", tmp_path / "data")
+    (tmp_path / "data" / "zero").rename(tmp_path / "data" / "cat")
     monkeypatch.setattr(readers, "decode_files", lambda *args, **kwargs: pytest.fail("decoded before the check"))
-    argv = ["evaluate", "--model_dir", str(model), "--dataset", str(root / "data"), "--output_dir"]
-    with pytest.raises(ValueError, match=r"data: its classes \['one', 'zero'\] are not the model's \['cat', 'dog'\]"):
+    argv = ["evaluate", "--model_dir", str(model), "--dataset", str(tmp_path / "data"), "--output_dir"]
+    with pytest.raises(ValueError, match=r"data: its classes \['cat'\] are not among the model's classes \['one', 'zero'\]"):
         main(argv + [str(tmp_path / "e")])
     assert not (tmp_path / "e").exists()  # created to check it is writable, removed with the refusal
     (tmp_path / "mine").mkdir()  # a folder of the user's own stays, even empty
-    with pytest.raises(ValueError, match="are not the model's"):
+    with pytest.raises(ValueError, match="are not among the model's classes"):
         main(argv + [str(tmp_path / "mine")])
     assert (tmp_path / "mine").is_dir()
+
+
+def test_evaluate_scores_a_folder_of_some_of_the_models_classes(model_and_data, tmp_path):
+    """QA: a labelled batch of 3 of a model's 30 classes was refused ("label names differ from the model's"). Its
+    classes are matched by name, the others reported absent; a class the model does not know is refused by name."""
+    root, _ = model_and_data
+    digits = load_digits()
+    unseen_ones = [row for row in np.flatnonzero(digits.target <= 1)[60:] if digits.target[row] == 1]
+    _digit_folder(tmp_path / "ones", digits, unseen_ones)
+    main(["evaluate", "--model_dir", str(root / "model"), "--dataset", str(tmp_path / "ones"), "--output_dir",
+          str(tmp_path / "out")])  # fmt: skip
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["absent_classes"] == ["zero"] and metrics["per_class"]["one"]["support"] == metrics["num_samples"]
+    (tmp_path / "ones" / "two").mkdir()
+    (tmp_path / "ones" / "one" / sorted(os.listdir(tmp_path / "ones" / "one"))[0]).rename(tmp_path / "ones" / "two" / "a.png")
+    with pytest.raises(ValueError, match=r"ones: its classes \['two'\] are not among the model's classes"):
+        main(["evaluate", "--model_dir", str(root / "model"), "--dataset", str(tmp_path / "ones"), "--output_dir",
+              str(tmp_path / "refused")])  # fmt: skip
 
 
 def test_a_seed_other_than_the_records_is_named_as_the_cause_of_training_images(model_and_data, tmp_path):

@@ -3,6 +3,7 @@ give the same numbers on either, features beyond a memory budget go to float16 m
 reads, and bad data is refused naming the file."""
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -454,11 +455,39 @@ def test_verify_names_every_image_damaged_past_its_header_before_any_training(tm
     flags = ["--dataset", str(root), "--streaming", "--num_channels", "1", "--image_size", "8", "--unet_preset", "tiny",
              "--output_dir", str(tmp_path / "out"), "--max_train_steps", "1", "--num_sample_images", "0",
              "--val_fraction", "0.2", "--test_fraction", "0.2"]  # fmt: skip
-    with pytest.raises(ValueError, match=rf"2 of {len(splits['train'])} images cannot be read"):
+    total = sum(len(part) for part in splits.values())
+    with pytest.raises(ValueError, match=rf"2 of {total} images cannot be read"):
         example["main"](flags)
     assert not (tmp_path / "out").exists()  # refused before training began
     with pytest.raises(ValueError, match="cannot decode image file"):  # unchecked: found when its batch is read
         example["main"](flags + ["--no_verify_images"])
+
+
+def test_training_refuses_a_test_image_damaged_past_its_header_and_names_every_unreadable_file(tmp_path):
+    """QA: only the train split was read before training, so a truncated JPEG carved into test failed at probe time;
+    deleting it re-carved every split (training images into test, uncatchable for a streamed run). And the header
+    check stopped at the first bad file: every one is named at once now."""
+    import runpy
+
+    from .conftest import REPO_ROOT
+
+    root = _image_folder_of_two_classes(tmp_path / "data")
+    fractions = {"val_fraction": 0.2, "test_fraction": 0.2}
+    splits = streaming_image_classification_data(root, num_channels=1, image_size=8, **fractions)
+    victim = splits["test"]._path(0)
+    Path(victim).write_bytes(Path(victim).read_bytes()[:60])  # the header still reads
+    example = runpy.run_path(str(REPO_ROOT / "examples" / "unet_features_train.py"), run_name="example")
+    flags = ["--dataset", str(root), "--streaming", "--num_channels", "1", "--image_size", "8", "--unet_preset", "tiny",
+             "--output_dir", str(tmp_path / "out"), "--max_train_steps", "1", "--num_sample_images", "0",
+             "--val_fraction", "0.2", "--test_fraction", "0.2"]  # fmt: skip
+    with pytest.raises(ValueError, match=rf"1 of 12 images cannot be read \(cannot decode image file {re.escape(victim)}"):
+        example["main"](flags)
+    assert not (tmp_path / "out").exists()
+    for name in ("a/1.png", "b/2.png", "b/4.png"):
+        (root / name).write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"3 of 12 image files cannot be read: cannot decode image file .*a/1\.png.*"
+                                         r"b/2\.png.*b/4\.png"):  # fmt: skip
+        streaming_image_classification_data(root, num_channels=1, image_size=8, **fractions)
 
 
 @pytest.mark.parametrize("script", ["unet_features_train.py", "score_sde_train.py", "rc_dit_train.py"])

@@ -246,7 +246,8 @@ def _evaluate(args: argparse.Namespace) -> dict:
     if train_fingerprints is None and carved:
         _note_unchecked(args.model_dir, "evaluate", [args.split])
     dataset, train_split = load_evaluation_split(  # its train split tells duplicates within the data from leaks
-        args.dataset, args.split, preprocessing=contract, streaming=args.streaming, with_train=True, **carving
+        args.dataset, args.split, preprocessing=contract, streaming=args.streaming, with_train=True, **carving,
+        model_class_names=class_names,
     )
     # the data's name, not its local path: metrics.json may be published with the model
     dataset_name = os.path.basename(os.path.normpath(args.dataset))
@@ -351,6 +352,13 @@ def save_study(
 
 def run_probe(args: argparse.Namespace) -> dict:
     """A trained U-Net + a labeled dataset -> the probe grid, the chosen (block, t), k-means and a fitted pipeline."""
+    from .validation import removed_if_left_empty
+
+    with removed_if_left_empty(args.output_dir):  # a refused run leaves no empty --output_dir behind
+        return _probe(args)
+
+
+def _probe(args: argparse.Namespace) -> dict:
     from .data import load_image_classification_data
     from .data.split_record import (
         changed_split_args,
@@ -358,7 +366,7 @@ def run_probe(args: argparse.Namespace) -> dict:
         recorded_train_fingerprints,
         resolve_split_args,
     )
-    from .evaluation import carved_splits, check_training_overlap
+    from .evaluation import _own_class_names, carved_splits, check_training_overlap
     from .features import _check_timesteps
     from .hub import download
     from .metrics import resolve_positive_label
@@ -384,6 +392,8 @@ def run_probe(args: argparse.Namespace) -> dict:
         "class_names": args.class_names,
     }  # fmt: skip
     carving = resolve_split_args(folder, **given)
+    if args.class_names is None and _own_class_names(args.dataset) is not None:
+        carving["class_names"] = None  # an image folder's classes are its own: the head is trained on them
     splits = load_image_classification_data(  # read as the U-Net was trained: windows, resize mode, background
         args.dataset, image_size=unet_config.sample_size, num_channels=unet_config.in_channels,
         medical=contract.medical, **carving, **contract.fit,
@@ -481,9 +491,19 @@ def add_predict_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> None:
+    """`predict`; on Ctrl-C, one line instead of a traceback, and exit status 130: the batches committed so far stay in
+    OUTPUT.parts/, and the same command resumes after them."""
     from .prediction import run_predict as run
 
-    run(args)
+    try:
+        run(args)
+    except KeyboardInterrupt:
+        print(
+            f"\ndiffusion-classifiers predict: interrupted; the batches committed so far are kept "
+            f"({args.output}.parts/): rerun the same command to resume after them",
+            file=sys.stderr,
+        )
+        sys.exit(130)
 
 
 ADD_ARGS = {"demo": add_demo_args, "evaluate": add_evaluate_args, "probe": add_probe_args, "predict": add_predict_args}

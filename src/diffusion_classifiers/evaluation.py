@@ -31,7 +31,7 @@ from .metrics import (
     resolve_positive_label,
     seed_sensitivity_metrics,
 )
-from .validation import check_writable_dir
+from .validation import check_writable_dir, unicode_normalisation_note
 
 __all__ = [
     "METRIC_MODULE",
@@ -190,14 +190,23 @@ def _layout(images) -> Optional[str]:
 
 
 def map_labels_by_name(dataset_names: List[str], model_names: List[str]) -> np.ndarray:
-    """`mapping[dataset_id] = model_id`, matching class names; a clear error listing both when they differ."""
-    if sorted(dataset_names) != sorted(model_names):
+    """`mapping[dataset_id] = model_id`, matching class names: the dataset may name some of the model's classes only
+    (`evaluate_classifier` reports the others as `absent_classes`); names the model does not know are refused."""
+    check_known_class_names(dataset_names, model_names, "the dataset's label names")
+    return np.array([list(model_names).index(name) for name in dataset_names])
+
+
+def check_known_class_names(names: Sequence[str], model_names: Sequence[str], where: str) -> None:
+    """Every name of `names` (the data's classes, `where` says whose) is one of the model's `model_names`, else a
+    `ValueError` naming those that are not, and those that differ only in Unicode normalisation."""
+    unknown = [name for name in names if name not in model_names]
+    if unknown:
         raise ValueError(
-            f"the dataset's label names {dataset_names} differ from the model's {model_names}; give the data the "
-            "model's class names (their order may differ): an image folder's class subfolders, a CSV's label column "
-            "or a datasets ClassLabel (rename or cast it)"
+            f"{where} {unknown} are not among the model's classes {list(model_names)}"
+            f"{unicode_normalisation_note(unknown, model_names)}; give the data the model's class names (all or "
+            "some of them, in any order): an image folder's class subfolders, a CSV's label column or a datasets "
+            "ClassLabel (rename or cast it)"
         )
-    return np.array([model_names.index(name) for name in dataset_names])
 
 
 def check_evaluation_args(output_dir: Optional[str], batch_size: int) -> None:
@@ -255,6 +264,7 @@ def load_evaluation_split(
     class_names: Optional[Sequence[str]] = None,
     with_train: bool = False,
     anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
+    model_class_names: Optional[Sequence[str]] = None,
 ):
     """The `split` of `dataset`: a folder saved with `DatasetDict.save_to_disk` gives a (memory-mapped)
     `datasets.Dataset`; what `data.load_image_classification_data` reads (digits, a MedMNIST .npz, IDX files, an image
@@ -269,9 +279,11 @@ def load_evaluation_split(
 
     `class_names` (a model's recorded ones) name the label ids of a source that stores ids or labels (digits, `.npz`,
     IDX, CSV). An image folder carries its own (its class subfolders) and a saved `DatasetDict` its ClassLabel: theirs
-    are read instead, an image folder's checked against `class_names` before any image is decoded (other classes are
-    refused, naming both lists). Their order may differ: `evaluate_classifier` matches labels to the model's by name,
-    so the scored label ids are the model's whatever the data's order."""
+    are read instead, an image folder's checked against `class_names` before any image is decoded (classes the model
+    does not know are refused, by name; some of the model's classes only are fine), or against `model_class_names`
+    (the model's classes, `hub.class_names_of`) when given. Their order may differ:
+    `evaluate_classifier` matches labels to the model's by name, so the scored label ids are the model's whatever the
+    data's order, and reports the model's classes the data lacks as `absent_classes`."""
     if split not in ("train", "val", "validation", "test"):
         raise ValueError(f"split: expected 'train', 'val', 'validation' or 'test', got {split!r}")
     if dataset != "digits" and not os.path.exists(dataset):
@@ -285,22 +297,16 @@ def load_evaluation_split(
         chosen = _saved_split(load_from_disk(dataset), split, dataset)
         return (chosen, None) if with_train else chosen
     own_names = _own_class_names(dataset)
-    if own_names is not None and class_names is not None:  # the folder's names stand, checked against the model's
-        _check_same_classes(own_names, class_names, dataset)
-        class_names = None
+    known = model_class_names if model_class_names is not None else class_names
+    if own_names is not None and known is not None:  # the folder's names stand, checked against the model's
+        check_known_class_names(own_names, known, f"{dataset}: its classes")
+    class_names = None if own_names is not None else class_names
     contract = preprocessing or ImagePreprocessing()
-    if streaming:
-        splits = streaming_image_classification_data(
-            dataset, num_channels=contract.num_channels, image_size=contract.image_size, val_fraction=val_fraction,
-            test_fraction=test_fraction, seed=seed, class_names=class_names, medical=contract.medical, **contract.fit,
-            anonymised_dicom_groups=anonymised_dicom_groups,
-        )  # fmt: skip
-    else:
-        splits = load_image_classification_data(
-            dataset, image_size=contract.image_size, num_channels=contract.num_channels, val_fraction=val_fraction,
-            test_fraction=test_fraction, seed=seed, class_names=class_names, medical=contract.medical, **contract.fit,
-            anonymised_dicom_groups=anonymised_dicom_groups,
-        )  # fmt: skip
+    load = streaming_image_classification_data if streaming else load_image_classification_data
+    splits = load(
+        dataset, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, class_names=class_names,
+        anonymised_dicom_groups=anonymised_dicom_groups, **contract.loader_kwargs,
+    )  # fmt: skip
     chosen = splits["val" if split == "validation" else split]
     return (chosen, splits["train"]) if with_train else chosen
 
@@ -314,16 +320,6 @@ def _own_class_names(dataset: str) -> Optional[List[str]]:
     with warnings.catch_warnings():  # the reader warns about the folder (files skipped, ...) when it reads it
         warnings.simplefilter("ignore")
         return list_image_folder(path)[2]
-
-
-def _check_same_classes(own_names: List[str], recorded: Sequence[str], dataset: str) -> None:
-    """The classes of `dataset` are the model's recorded `class_names` (in any order), else a `ValueError` naming
-    both lists."""
-    if sorted(own_names) != sorted(recorded):
-        raise ValueError(
-            f"{dataset}: its classes {own_names} are not the model's {list(recorded)} (the class_names of its "
-            "data_splits.json); evaluate it on images of the model's classes, in class folders named as they are"
-        )
 
 
 def carved_splits(dataset) -> frozenset:
@@ -467,8 +463,8 @@ def evaluate_classifier(
 
     Args:
         classifier: a classifier pipeline, a transformers image-classification model, or a saved folder of either.
-        dataset (`datasets.Dataset` or [`LabeledImages`]): the split to score; its label names must be the model's
-            (any order).
+        dataset (`datasets.Dataset` or [`LabeledImages`]): the split to score; its label names must be the model's,
+            all or some of them, in any order (the model's classes it lacks are reported as `absent_classes`).
         output_dir (`str`, *optional*): where to write `metrics.json`, `report.md`, `confusion_matrix.png`,
             `reliability.png` and, for binary tasks, `roc_pr.png`.
         image_column, label_column (`str`, *optional*): default to the dataset's Image and ClassLabel columns.

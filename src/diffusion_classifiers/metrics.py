@@ -111,10 +111,11 @@ def classification_metrics(
 
     Returns:
         `dict` of plain Python numbers and lists. `macro_f1` and `balanced_accuracy` average over the classes present
-        in `y_true` or `y_pred` (respectively `y_true`), as scikit-learn does. Binary problems also get
-        `positive_class` (its name), `sensitivity` (recall of the positive class), `specificity` (recall of the other),
-        `positive_precision`, `positive_f1` and the likelihood ratios `positive_likelihood_ratio` (LR+) and
-        `negative_likelihood_ratio` (LR-), all of the positive class.
+        in `y_true` (a class without an image, predicted or not, counts in neither: the metrics describe the classes
+        the data holds; with every class present, `macro_f1` is scikit-learn's); `per_class` lists every class.
+        Binary problems also get `positive_class` (its name), `sensitivity` (recall of the positive class),
+        `specificity` (recall of the other), `positive_precision`, `positive_f1` and the likelihood ratios
+        `positive_likelihood_ratio` (LR+) and `negative_likelihood_ratio` (LR-), all of the positive class.
     """
     y_true, y_pred = as_labels(y_true, "y_true"), as_labels(y_pred, "y_pred")
     if len(y_true) != len(y_pred):
@@ -131,7 +132,7 @@ def classification_metrics(
     result = {
         "num_samples": len(y_true),
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "macro_f1": float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "macro_f1": float(f1[support > 0].mean()),  # over the classes present in y_true
         "balanced_accuracy": float(recall[support > 0].mean()),  # = sklearn's, without its warnings
         "per_class": {
             name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}

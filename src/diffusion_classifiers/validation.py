@@ -6,6 +6,7 @@ Each raises a `ValueError` that names the input and the first bad item, before a
 import math
 import os
 import tempfile
+import unicodedata
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Tuple
@@ -29,6 +30,7 @@ __all__ = [
     "check_writable_file",
     "removed_if_left_empty",
     "resolve_num_classes",
+    "unicode_normalisation_note",
 ]
 
 
@@ -149,6 +151,27 @@ def check_writable_dir(path, name: str = "output_dir") -> None:
             pass
     except OSError as error:
         raise ValueError(f"{name} {str(path)!r}: expected a writable folder, got {error.strerror or error}") from error
+
+
+def _normal_form(name: str) -> str:
+    return next((form for form in ("NFC", "NFD") if unicodedata.is_normalized(form, name)), "neither NFC nor NFD")
+
+
+def unicode_normalisation_note(unknown: Sequence[str], known: Sequence[str]) -> str:
+    """For the names in `unknown` that match a name of `known` once both are in NFC (identical-looking: `détritus`
+    written with a combining accent, NFD, vs one precomposed character, NFC), the words that say so, to append to the
+    error that refuses them; `""` for none. Names are never normalised silently: the error says which to rewrite."""
+    by_nfc = {unicodedata.normalize("NFC", name): name for name in known}
+    pairs = [(name, by_nfc.get(unicodedata.normalize("NFC", name))) for name in unknown]
+    pairs = [(name, match) for name, match in pairs if match is not None and match != name]
+    if not pairs:
+        return ""
+    notes = ", ".join(
+        f"{name!r} differs from {match!r} only in Unicode normalisation "
+        f"({_normal_form(name)} vs {_normal_form(match)})"
+        for name, match in pairs[:5]
+    )
+    return f" ({notes}{', ...' if len(pairs) > 5 else ''}; write them as the model does)"
 
 
 @contextmanager

@@ -164,18 +164,29 @@ class ImagePreprocessing:
         this contract does."""
         return {name: getattr(self, name) for name in ("resize_mode", "pad_value", "normalize_background")}
 
+    @property
+    def loader_kwargs(self) -> dict[str, Any]:
+        """The keywords `load_image_classification_data` and `streaming_image_classification_data` take to read data
+        as this contract does (size, channels, DICOM reading and `fit`):
+        `load_image_classification_data(folder, **pipe.preprocessing.loader_kwargs)` gives the tensors a model with
+        this contract was trained on."""
+        return {"image_size": self.image_size, "num_channels": self.num_channels, "medical": self.medical, **self.fit}
+
     def summary(self) -> str:
         """How images are read, in words, for reports, cards and logs: `32 px (pad), 3 channels, DICOM windows
-        ['brain', 'subdural', 'bone']` (the windows and the bit depth where stated)."""
+        ['brain', 'subdural', 'bone']`; the pad fill where not -1 (`32 px (pad, fill 1.0)`), the background
+        normalisation, the windows and the bit depth where stated."""
         if self.image_size is None:
             size = "each image's own size"
         else:
             side = self.image_size if isinstance(self.image_size, int) else "x".join(map(str, self.image_size))
-            size = f"{side} px ({self.resize_mode})"
+            fill = f", fill {float(self.pad_value)}" if self.resize_mode == "pad" and self.pad_value != -1.0 else ""
+            size = f"{side} px ({self.resize_mode}{fill})"
         channels = {1: "1 channel", 3: "3 channels"}.get(self.num_channels, "each image's own channels")
+        stated = ["background normalised to white"] if self.normalize_background else []
         medical = self.medical_or_default
         windows = medical.to_dict()["windows"]
-        stated = [f"DICOM windows {windows}"] if windows != ["file"] else []
+        stated += [f"DICOM windows {windows}"] if windows != ["file"] else []
         stated += [f"16-bit files at {medical.bits_stored} bits"] if medical.bits_stored is not None else []
         return ", ".join([size, channels, *stated])
 

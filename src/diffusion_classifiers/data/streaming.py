@@ -27,7 +27,7 @@ from PIL import Image
 from .dicom import MedicalPreprocessing, is_dicom_file, read_dicom_header, resolve_windows
 from .image_files import DECODE_ERRORS, decode_error_text, open_image
 from .preprocessing import ImagePreprocessing, _describe, fit_options, preprocess_images
-from .file_decoding import decode_image_file, dicom_or_not, list_frames
+from .file_decoding import _refuse_unreadable_files, decode_image_file, dicom_or_not, list_frames
 from .hf_datasets import HF_SPLIT_NAMES, find_column, hf_splits, split_columns
 from .image_listing import list_csv, list_folder_files
 from .labeled_images import SPLITS, RawData, labels_and_names
@@ -337,15 +337,24 @@ def _check_headers(files: Sequence[str], medical: MedicalPreprocessing) -> None:
     has what `medical`'s windows need (its own window tags for `"file"`), and DICOM is mixed with other image files
     only as `medical`'s windows allow (see `file_decoding.dicom_or_not`)."""
     unique = list(dict.fromkeys(files))  # a multi-frame DICOM is listed once per frame
+    failures = []  # every file is tried, then those that fail are refused together, as the in-memory reader does
     for file, is_dicom in zip(unique, dicom_or_not([Path(file) for file in unique], medical)):
-        if is_dicom:
-            resolve_windows(read_dicom_header(file), medical.windows)
-            continue
         try:
-            with Image.open(file):
-                pass
-        except (*DECODE_ERRORS, FileNotFoundError) as error:
-            raise ValueError(f"cannot decode image file {file}: {decode_error_text(error)}") from error
+            _check_header(file, is_dicom, medical)
+        except ValueError as error:
+            failures.append(error if not failures else str(error))
+    _refuse_unreadable_files(failures, len(unique))
+
+
+def _check_header(file: str, is_dicom: bool, medical: MedicalPreprocessing) -> None:
+    if is_dicom:
+        resolve_windows(read_dicom_header(file), medical.windows)
+        return
+    try:
+        with Image.open(file):
+            pass
+    except (*DECODE_ERRORS, FileNotFoundError) as error:
+        raise ValueError(f"cannot decode image file {file}: {decode_error_text(error)}") from error
 
 
 def streaming_image_classification_data(
@@ -465,7 +474,9 @@ def _hf_rows(source: Any, image_column: str | None, label_column: str | None):
 def streaming_data_from_args(args: Any) -> dict[str, StreamingImages]:
     """[`streaming_image_classification_data`] from the flags of `add_data_args(parser, streaming=True)` (and
     `--seed`, `--dataloader_num_workers`): the scripts' `--streaming` counterpart of `load_data_from_args`. Unless
-    `--no_verify_images`, every train image is read once first, so a damaged file is refused before training."""
+    `--no_verify_images`, every image of every split is read once first, so a damaged file is refused before
+    training: one found in val or test later (by a probe), once deleted, would re-carve every split and move images
+    the model was trained on into them, which a streamed run, recording no fingerprints, cannot catch."""
     medical = medical_from_args(args)
     num_channels = args.num_channels
     if num_channels is None and len(medical.windows) == 3:  # 3 DICOM windows give 3 channels, one each
@@ -477,7 +488,7 @@ def streaming_data_from_args(args: Any) -> dict[str, StreamingImages]:
         args.dataset, num_channels, image_size, medical=medical, **splits_from_args(args), **fit_from_args(args),
     )
     if not args.no_verify_images:
-        _verify_across_processes(splits["train"], getattr(args, "dataloader_num_workers", 0))
+        _verify_across_processes([splits[name] for name in SPLITS], getattr(args, "dataloader_num_workers", 0))
     return splits
 
 
@@ -500,18 +511,20 @@ def _process_state() -> Any:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
-def _verify_across_processes(images: StreamingImages, num_workers: int) -> None:
-    """[`StreamingImages.verify`] with the reading shared: each process reads every n-th image, then all refuse the
-    same failures (one process reading them all while the others wait could outlast the process group's timeout on
-    large data)."""
+def _verify_across_processes(parts: list[StreamingImages], num_workers: int) -> None:
+    """[`StreamingImages.verify`] of every split of `parts` with the reading shared: each process reads every n-th
+    image of each, then all refuse the same failures, together (one process reading them all while the others wait
+    could outlast the process group's timeout on large data)."""
     from accelerate.utils import gather_object
 
     state = _process_state()
-    share = images.subset(np.arange(state.process_index, len(images), state.num_processes))
-    failures = share.unreadable_images(num_workers, progress_bar=state.is_main_process)
+    failures = []
+    for images in parts:
+        share = images.subset(np.arange(state.process_index, len(images), state.num_processes))
+        failures += share.unreadable_images(num_workers, progress_bar=state.is_main_process)
     if state.num_processes > 1:
         failures = gather_object(failures)
-    _refuse_unreadable(sorted(failures), len(images))
+    _refuse_unreadable(sorted(failures), sum(len(images) for images in parts))
 
 
 def _refuse_unreadable(failures: list[tuple[str, str]], total: int) -> None:
