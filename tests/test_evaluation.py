@@ -82,6 +82,23 @@ def test_label_names_that_differ_are_refused_listing_both():
         map_labels_by_name(["cat", "dog"], ["normal", "pneumonia"])
 
 
+def test_only_an_image_folder_has_class_names_of_its_own_to_check(tmp_path):
+    import datasets
+    from PIL import Image
+
+    from diffusion_classifiers.evaluation import _own_class_names
+
+    for name in ("cat", "dog"):
+        (tmp_path / "folder" / name).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(tmp_path / "folder" / name / "a.png")
+    assert _own_class_names(str(tmp_path / "folder")) == ["cat", "dog"]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])})
+    saved = datasets.Dataset.from_dict({"image": [Image.new("L", (8, 8))] * 2, "label": [0, 1]}, features=features)
+    saved.save_to_disk(str(tmp_path / "saved"))  # a saved Dataset (not a DatasetDict) is not an image folder
+    assert _own_class_names(str(tmp_path / "saved")) is None
+    assert _own_class_names("digits") is None and _own_class_names(str(tmp_path / "missing")) is None
+
+
 def test_some_of_the_models_classes_are_matched_by_name():
     assert map_labels_by_name(["fox", "cat"], ["cat", "dog", "fox"]).tolist() == [2, 0]
     with pytest.raises(ValueError, match=r"\['owl'\] are not among the model's classes"):

@@ -321,6 +321,16 @@ def test_pairs_tied_on_val_accuracy_and_macro_f1_are_told_apart_by_val_log_loss(
     assert result.best_pair == ("mid_block", 10)
 
 
+def test_the_grid_s_macro_f1_is_over_the_classes_the_labels_hold_as_the_reports():
+    from diffusion_classifiers.metrics import classification_metrics
+    from diffusion_classifiers.probing.probe_grid import _head_scores
+
+    y, pred = torch.tensor([0, 0, 1, 1]), torch.tensor([[0, 2, 1, 1]])  # class 2 only predicted (a wrong guess)
+    (scores,) = _head_scores(pred, torch.zeros(1), y, 3)
+    reported = classification_metrics(y.numpy(), pred[0].numpy(), num_classes=3)
+    assert scores["macro_f1"] == pytest.approx(reported["macro_f1"]) == pytest.approx((2 / 3 + 1) / 2)
+
+
 def test_macro_f1_ignores_classes_absent_from_labels_and_predictions():
     # Class 2 exists (num_classes=3) but never appears: macro-F1 and balanced accuracy average classes 0 and 1, as
     # sklearn does.

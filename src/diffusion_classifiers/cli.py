@@ -263,7 +263,7 @@ def _evaluate(args: argparse.Namespace) -> dict:
     headline = {k: v for k, v in headline.items() if v is not None or k == "auc"}
     headline["ece"] = metrics["calibration"]["ece"]
     print(f"wrote metrics.json, report.md and its plots to {args.output_dir}")
-    if "seed_sensitivity" in metrics:  # a binary Score-SDE ELBO: the decisions another --seed could flip
+    if "seed_sensitivity" in metrics:  # a binary Score-SDE ELBO (likelihood, P probes): what another --seed could flip
         headline["decisions_within_2_stderr"] = metrics["seed_sensitivity"]["decisions_within"]
     print(json.dumps(headline))
     return metrics

@@ -22,7 +22,12 @@ from torch.utils.data import DataLoader
 from .data import ImagePreprocessing, LabeledImages, canonical_split_name, load_image_classification_data
 from .data.image_listing import list_image_folder
 from .data.split_record import ANONYMISED_DICOM_RULE, image_fingerprint_variants, image_fingerprints
-from .data.streaming import StreamingImages, streaming_classification_split, streaming_image_classification_data
+from .data.streaming import (
+    StreamingImages,
+    is_saved_dataset,
+    streaming_classification_split,
+    streaming_image_classification_data,
+)
 from .metrics import (
     calibration_metrics,
     classification_metrics,
@@ -112,7 +117,7 @@ def load_classifier(path: str):
     raise FileNotFoundError(f"{path}: expected a pipeline folder (model_index.json) or a transformers model (config.json)")
 
 
-# images -> (probs, ranking scores, the binary ELBO ratio's standard error or None)
+# images -> (probs, ranking scores, the binary Score-SDE ratio's standard error or None)
 Predictor = Callable[[list], Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]
 
 
@@ -154,7 +159,8 @@ def _predictor(classifier, image_processor=None, pipeline_kwargs: Optional[dict]
     """`(images -> (probs [N, K], ranking scores [N, K], stderr [N] or None), class names)` for a pipeline or a
     transformers model; `images` a list of PIL images or a `[N, C, H, W]` tensor. The ranking scores order the images
     for ROC curves: a pipeline's `log_odds` when it gives them (Score-SDE: its probs saturate at 0 and 1), else the
-    probs. `stderr`: a binary Score-SDE ELBO's `log_likelihood_ratio_stderr`, the standard error of its log-odds."""
+    probs. `stderr`: a binary Score-SDE pipeline's `log_likelihood_ratio_stderr` (the ELBO's, or the likelihood's
+    with `num_probes >= 2`), the standard error of its log-odds."""
     from transformers import PreTrainedModel
 
     if isinstance(classifier, PreTrainedModel):
@@ -314,8 +320,12 @@ def load_evaluation_split(
 def _own_class_names(dataset: str) -> Optional[List[str]]:
     """The class names an image folder carries (its class subfolders, or `splits/classes.txt`), listed without
     decoding an image; None for a source whose label ids `class_names` name (digits, `.npz`, a CSV, IDX files)."""
+    from .data.readers import _source_kind
+
+    if not isinstance(dataset, (str, os.PathLike)) or not os.path.exists(dataset) or str(dataset) == "digits":
+        return None
     path = Path(dataset)
-    if not path.is_dir() or any((path / f"train-images-idx3-ubyte{gz}").exists() for gz in ("", ".gz")):
+    if _source_kind(dataset) != "folder" or is_saved_dataset(path):  # a saved Dataset carries a ClassLabel
         return None
     with warnings.catch_warnings():  # the reader warns about the folder (files skipped, ...) when it reads it
         warnings.simplefilter("ignore")

@@ -208,8 +208,9 @@ def render_model_card(
         num_dropped: how many images of the split were left out as images the model was trained on (`evaluate
             --drop_training_images`, `load_eval_counts`); the card states them beside `num_images`.
         pruning: the metrics were measured with class pruning (Score-SDE, more than 2 classes); the card says so.
-        seed_sensitivity: a binary Score-SDE ELBO's decisions another noise seed could flip, as `evaluate` records
-            them (`load_eval_seed_sensitivity`); the card states how many, and the accuracy of the others.
+        seed_sensitivity: a binary Score-SDE ELBO's (or likelihood's with several probes) decisions another noise
+            seed could flip, as `evaluate` records them (`load_eval_seed_sensitivity`); the card states how many,
+            and the accuracy of the others.
         call_arguments: the arguments of the pipeline call the metrics were measured with where they differ from
             its defaults (e.g. `{"num_timesteps": 20}`, from `metrics.json`'s "pipeline_call"): the usage snippet
             passes them and the results name them, so `pipe(images)` scores as the reported numbers were scored.
@@ -346,8 +347,8 @@ def load_eval_counts(path: Union[str, os.PathLike]) -> Dict[str, Optional[int]]:
 
 
 def load_eval_seed_sensitivity(path: Union[str, os.PathLike]) -> Optional[dict]:
-    """The `"seed_sensitivity"` of a `metrics.json` (a binary Score-SDE ELBO's, see `evaluate_classifier`; under
-    "test" for the demo's), `None` when it records none."""
+    """The `"seed_sensitivity"` of a `metrics.json` (a binary Score-SDE ELBO's or several-probe likelihood's, see
+    `evaluate_classifier`; under "test" for the demo's), `None` when it records none."""
     data = _read_json(path)
     return data.get("test", data).get("seed_sensitivity")
 

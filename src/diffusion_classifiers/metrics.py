@@ -244,7 +244,8 @@ def calibration_metrics(y_true, probs, num_bins: int = 10) -> dict:
 def seed_sensitivity_metrics(y_true, y_pred, margins, stderr, num_stderr: float = 2.0) -> dict:
     r"""
     The decisions `y_pred` of a Monte-Carlo classifier that another noise seed could flip: those whose decision
-    margin (its distance from the threshold; a binary Score-SDE ELBO: the log-odds, and `log_likelihood_ratio_stderr`)
+    margin (its distance from the threshold; a binary Score-SDE ELBO or several-probe likelihood: the log-odds, and
+    `log_likelihood_ratio_stderr`)
     is within `num_stderr` standard errors of the threshold, and the accuracy of the others. A NaN standard error
     (fewer than two timesteps scored) counts as within.
 

@@ -254,7 +254,9 @@ def _earlier_dicom_groups(metadata: list[dict | None], stacklevel: int) -> list[
             f"slice), as the model was trained: it was saved by an earlier version ({SPLIT_RECORD_NAME} without "
             f"anonymised_dicom_groups, or '{EARLIER_ANONYMISED_DICOM_RULE}'), which split them so, and splitting them "
             "by study now would put images it was trained on in its test split. Retraining the model groups them by "
-            "their StudyInstanceUID, else their SeriesInstanceUID, so that one scan's slices stay in one split",
+            "their StudyInstanceUID, else their SeriesInstanceUID, so that one scan's slices stay in one split. (A "
+            "model saved by the version of 2026-12-05 that first grouped them by study recorded no rule either: for "
+            f"it, add \"anonymised_dicom_groups\": \"study_or_series\" to its {SPLIT_RECORD_NAME}.)",
             UserWarning,
             stacklevel=stacklevel,
         )

@@ -310,7 +310,7 @@ def _warn_unused_solver_args(solver: str, **given) -> None:
             + ("adaptive: rtol and atol set its steps" if solver == "dopri5" else "fixed steps: num_steps sets them")
             + ")",
             UserWarning,
-            stacklevel=4,
+            stacklevel=5,  # the caller of probability_flow_log_likelihood (under its torch.no_grad wrapper)
         )
 
 

@@ -14,6 +14,7 @@ from diffusers.utils.distributed_utils import is_torch_dist_rank_zero
 
 from diffusion_classifiers.data import ImagePreprocessing, preprocess_images
 from diffusion_classifiers.data.split_record import (
+    EARLIER_ANONYMISED_DICOM_RULE,
     SPLIT_DEFAULTS,
     image_fingerprints,
     read_split_record,
@@ -262,10 +263,12 @@ class SplitRecordMixin:
         super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
         if self.split_record is not None:
             fingerprints = self.split_record.get("train_fingerprints")
+            # the rule it was trained with; a record set by hand without it is read as one of an earlier version
+            rule = self.split_record.get("anonymised_dicom_groups", EARLIER_ANONYMISED_DICOM_RULE)
             save_split_record(
                 save_directory, **{name: self.split_record[name] for name in SPLIT_DEFAULTS},
                 train_fingerprints=None if fingerprints is None else fingerprints.split(),
-                anonymised_dicom_groups=self.split_record["anonymised_dicom_groups"],  # the rule it was trained with
+                anonymised_dicom_groups=rule,
             )  # fmt: skip
 
     def _upload_folder(self, working_dir, repo_id, token=None, commit_message=None, create_pr=False, subfolder=None):

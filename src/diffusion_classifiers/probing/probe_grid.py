@@ -531,16 +531,16 @@ def _predictions_and_log_loss(logits: torch.Tensor, labels: torch.Tensor) -> Tup
 def _head_scores(
     pred: torch.Tensor, log_loss_sum: torch.Tensor, y: torch.Tensor, num_classes: int
 ) -> List[Dict[str, float]]:
-    """Per-head accuracy, macro-F1 and balanced accuracy from predicted classes [P, N], as scikit-learn computes them
-    (macro-F1 averages over the classes present in the labels or the predictions, balanced accuracy, the mean recall,
-    over the classes present in the labels), and the mean log-loss (cross-entropy) from its sum [P]."""
+    """Per-head accuracy, macro-F1 and balanced accuracy from predicted classes [P, N], as `metrics.classification_
+    metrics` computes them (both averaged over the classes present in the labels: with every class present, macro-F1
+    is scikit-learn's), and the mean log-loss (cross-entropy) from its sum [P]."""
     accuracy = (pred == y).double().mean(dim=1)
     pred_onehot = F.one_hot(pred, num_classes).double()
     true_onehot = F.one_hot(y, num_classes).double().expand_as(pred_onehot)
     tp, true_counts = (pred_onehot * true_onehot).sum(dim=1), true_onehot.sum(dim=1)
     denominator = pred_onehot.sum(dim=1) + true_counts  # 2tp + fp + fn
     f1 = torch.where(denominator > 0, 2 * tp / denominator.clamp(min=1), 0.0)
-    macro_f1 = f1.sum(dim=1) / (denominator > 0).sum(dim=1)
+    macro_f1 = (f1 * (true_counts > 0)).sum(dim=1) / (true_counts > 0).sum(dim=1)
     balanced_accuracy = (tp / true_counts.clamp(min=1)).sum(dim=1) / (true_counts > 0).sum(dim=1)
     log_loss = log_loss_sum / y.numel()
     return [{"accuracy": a, "macro_f1": f, "balanced_accuracy": b, "log_loss": c}

@@ -135,7 +135,10 @@ def image_grid(
 def _with_column_titles(grid: PIL.Image.Image, titles: List[str], tile_width: int) -> PIL.Image.Image:
     """`grid` below a white band with `titles` centred over its columns of `tile_width` pixels, a title too wide for
     its column cut short with ".."."""
-    font = PIL.ImageFont.load_default(size=max(11, min(24, tile_width // 5)))
+    try:
+        font = PIL.ImageFont.load_default(size=max(11, min(24, tile_width // 5)))
+    except TypeError:  # Pillow < 10.1 takes no size: its bitmap font
+        font = PIL.ImageFont.load_default()
     band = round(font.size * 1.6) if hasattr(font, "size") else 16  # the bitmap font (no FreeType) is 11 px high
     titled = PIL.Image.new(grid.mode, (grid.width, grid.height + band), "white")
     titled.paste(grid, (0, band))
