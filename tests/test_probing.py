@@ -16,6 +16,7 @@ from diffusion_classifiers.probing import (
     evaluate_protocols,
     few_shot_indices,
     fit_probe_grid,
+    kmeans_clusters,
     kmeans_evaluate,
     knn_classify,
     label_free_kmeans,
@@ -383,6 +384,10 @@ def test_kmeans_evaluate_recovers_separated_blobs_and_is_seeded():
     assert np.array_equal(kmeans_evaluate(x, y, 4, seed=0)["clusters"], result["clusters"])
     with pytest.raises(ValueError, match="features row 3 contains NaN"):
         kmeans_evaluate(np.where(np.arange(300)[:, None] == 3, np.nan, x), y, 4)
+    # the same groups without labels (unlabeled images)
+    assert np.array_equal(kmeans_clusters(x, 4, seed=0), result["clusters"])
+    with pytest.raises(ValueError, match="number of clusters K: expected an integer >= 1, got 0"):
+        kmeans_clusters(x, 0)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -69,6 +69,7 @@ _EXPORTS = {
     "hypercolumn": "features",
     "ProbeGridResult": "probing",
     "fit_probe_grid": "probing",
+    "kmeans_clusters": "probing",
     "kmeans_evaluate": "probing",
     "evaluate_protocols": "probing",
     "few_shot_indices": "probing",

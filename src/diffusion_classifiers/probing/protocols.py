@@ -32,6 +32,7 @@ __all__ = [
     "clustering_stability",
     "evaluate_protocols",
     "few_shot_indices",
+    "kmeans_clusters",
     "kmeans_evaluate",
     "knn_classify",
     "label_free_kmeans",
@@ -124,15 +125,27 @@ def kmeans_evaluate(
         row per label.
     """
     normalization = _resolve_normalization(normalization, standardize)
-    x = _checked_clustering_features(features)
-    y = as_labels(labels, "labels")
-    num_clusters = num_classes if num_clusters is None else num_clusters
+    x, y = _checked_clustering_features(features), as_labels(labels, "labels")
     if len(x) != len(y):
         raise ValueError(f"expected features [N, D] with one row per label, got {x.shape} for {len(y)} labels")
-    _check_num_clusters(num_clusters, len(x))
-    x = normalize_features(x, normalization)
-    clusters = KMeans(n_clusters=num_clusters, n_init=10, random_state=seed).fit_predict(x)
+    num_clusters = num_classes if num_clusters is None else num_clusters
+    clusters = kmeans_clusters(x, num_clusters, seed=seed, normalization=normalization)
     return {**clustering_metrics(y, clusters, num_classes), "clusters": clusters}
+
+
+def kmeans_clusters(features, num_clusters: int, seed: int = 0, normalization: str = "standardize") -> np.ndarray:
+    """The k-means cluster id of each image (`[N]`, ids `0..num_clusters-1`), no labels needed: k-means with
+    `n_init=10`, `random_state=seed` on `features` `[N, D]` after `normalization` (see [`normalize_features`]), as
+    [`kmeans_evaluate`] runs it. To group unlabeled images: their features at the (block, t) and normalisation
+    [`select_clustering_without_labels`] chose, e.g. `kmeans_clusters(features[pair], k, normalization=norm)`.
+
+    Raises:
+        `ValueError`: more clusters than images, an unknown normalisation, or features that are not `[N, D]`.
+    """
+    _check_normalization(normalization)
+    x = _checked_clustering_features(features)
+    _check_num_clusters(num_clusters, len(x))
+    return KMeans(n_clusters=num_clusters, n_init=10, random_state=seed).fit_predict(normalize_features(x, normalization))
 
 
 def _resolve_normalization(normalization: Optional[str], standardize: bool) -> str:
