@@ -145,7 +145,8 @@ def kmeans_clusters(features, num_clusters: int, seed: int = 0, normalization: s
     _check_normalization(normalization)
     x = _checked_clustering_features(features)
     _check_num_clusters(num_clusters, len(x))
-    return KMeans(n_clusters=num_clusters, n_init=10, random_state=seed).fit_predict(normalize_features(x, normalization))
+    kmeans = KMeans(n_clusters=num_clusters, n_init=10, random_state=seed)
+    return kmeans.fit_predict(normalize_features(x, normalization))
 
 
 def _resolve_normalization(normalization: Optional[str], standardize: bool) -> str:
