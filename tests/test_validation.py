@@ -9,6 +9,7 @@ from diffusion_classifiers.validation import (
     check_finite_rows,
     check_label_range,
     check_unit_range,
+    removed_if_left_empty,
     resolve_num_classes,
 )
 
@@ -75,3 +76,17 @@ def test_inverse_regularisations_refuse_anything_else_naming_the_input(C, shown)
     expected = rf"^expected --C as a number or a non-empty sequence of numbers with 0 < C < inf, got --C={shown}"
     with pytest.raises(ValueError, match=expected):
         as_inverse_regularisations(C, "--C")
+
+
+def test_a_failed_block_removes_the_empty_folders_it_may_have_created_and_no_other(tmp_path):
+    (tmp_path / "kept").mkdir()
+    for path in (tmp_path / "new" / "a" / "b", tmp_path / "kept" / "c"):  # --output_dir new/a/b leaves no new/a
+        with pytest.raises(RuntimeError), removed_if_left_empty(path):
+            path.mkdir(parents=True)
+            raise RuntimeError("refused")
+        assert not (tmp_path / "new").exists() and (tmp_path / "kept").is_dir() and not path.exists()
+    with pytest.raises(RuntimeError), removed_if_left_empty(tmp_path / "new" / "d"):
+        (tmp_path / "new" / "d").mkdir(parents=True)
+        (tmp_path / "new" / "note.txt").write_text("written")  # a folder holding a file stays, with its path
+        raise RuntimeError("refused")
+    assert (tmp_path / "new" / "note.txt").is_file() and not (tmp_path / "new" / "d").exists()

@@ -176,15 +176,21 @@ def unicode_normalisation_note(unknown: Sequence[str], known: Sequence[str]) -> 
 
 @contextmanager
 def removed_if_left_empty(path) -> Iterator[None]:
-    """A block that may create the folder `path` (`check_writable_dir`) and then fail: if it raises, `path` is removed
-    when it did not exist before the block and is still empty, so a refused run leaves no empty folder behind; a
-    folder that existed before is never touched."""
-    existed = os.path.lexists(path)
+    """A block that may create the folder `path` (`check_writable_dir`, with its missing parents) and then fail: if it
+    raises, the folders of `path` that did not exist before the block and are still empty are removed, deepest first,
+    so a refused run leaves no empty folder behind; a folder that existed before is never touched."""
+    created = []  # path and its missing parents, deepest first
+    folder = Path(os.path.abspath(path))
+    while not os.path.lexists(folder) and folder != folder.parent:
+        created.append(folder)
+        folder = folder.parent
     try:
         yield
     except BaseException:
-        if not existed and os.path.isdir(path) and not os.listdir(path):
-            os.rmdir(path)
+        for folder in created:
+            if not os.path.isdir(folder) or os.listdir(folder):
+                break
+            os.rmdir(folder)
         raise
 
 
