@@ -1,6 +1,7 @@
 """`diffusion-classifiers` console script."""
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -201,14 +202,21 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     add_positive_class_arg(parser)
 
 
+def _leaves_no_empty_output_dir(command: Callable[[argparse.Namespace], dict]) -> Callable[[argparse.Namespace], dict]:
+    """`command`, whose `--output_dir` it created is removed again if it is refused before writing anything."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> dict:
+        from .validation import removed_if_left_empty
+
+        with removed_if_left_empty(args.output_dir):
+            return command(args)
+
+    return run
+
+
+@_leaves_no_empty_output_dir
 def run_evaluate(args: argparse.Namespace) -> dict:
-    from .validation import removed_if_left_empty
-
-    with removed_if_left_empty(args.output_dir):  # a refused run leaves no empty --output_dir behind
-        return _evaluate(args)
-
-
-def _evaluate(args: argparse.Namespace) -> dict:
     from .evaluation import (
         carved_splits,
         check_evaluation_args,
@@ -350,15 +358,9 @@ def save_study(
     return metrics
 
 
+@_leaves_no_empty_output_dir
 def run_probe(args: argparse.Namespace) -> dict:
     """A trained U-Net + a labeled dataset -> the probe grid, the chosen (block, t), k-means and a fitted pipeline."""
-    from .validation import removed_if_left_empty
-
-    with removed_if_left_empty(args.output_dir):  # a refused run leaves no empty --output_dir behind
-        return _probe(args)
-
-
-def _probe(args: argparse.Namespace) -> dict:
     from .data import load_image_classification_data
     from .data.split_record import (
         changed_split_args,

@@ -114,14 +114,12 @@ def output_columns(
     return columns
 
 
-def _ratio_direction(pipeline: Any, columns: list[str]) -> dict:
-    """`{"log_likelihood_ratio": "log p(x | positive) - log p(x | negative)"}` where the output has that column: a
+def _ratio_direction(pipeline: Any) -> str:
+    """`"log p(x | positive) - log p(x | negative)"`, what a binary Score-SDE pipeline's `log_likelihood_ratio` is: a
     rerun by a pipeline whose positive class changed would write the other sign into the same column."""
-    if "log_likelihood_ratio" not in columns:
-        return {}
     positive = pipeline.class_names[pipeline.positive_index()]
     negative = next(name for name in pipeline.class_names if name != positive)
-    return {"log_likelihood_ratio": f"log p(x | {positive}) - log p(x | {negative})"}
+    return f"log p(x | {positive}) - log p(x | {negative})"
 
 
 def prediction_call_kwargs(pipeline: Any, pipeline_kwargs: Optional[dict], seed: int) -> dict:
@@ -329,7 +327,8 @@ def predict_files(
         _check_settings_of_unrecorded_run(files, pipeline, settings, seed, overwrite)
         # the settings under "run", whose keys a sidecar lacks are not compared: outputs of earlier versions resume
         # (with the pipeline's defaults: `_check_settings_of_unrecorded_run`)
-        run = {"run": {**(run_info or {}), **_ratio_direction(pipeline, columns), "pipeline_call": settings},
+        direction = {"log_likelihood_ratio": _ratio_direction(pipeline)} if "log_likelihood_ratio" in columns else {}
+        run = {"run": {**(run_info or {}), **direction, "pipeline_call": settings},
                "class_names": list(pipeline.class_names), "columns": columns}  # fmt: skip
         prepare_output_files(files, run, overwrite, is_main)
         retried = forget_errors(files, {item.path for item in inputs}) if retry_errors and is_main else 0
@@ -573,8 +572,7 @@ def _note_ratio_direction(pipeline: Any, output: Any) -> None:
         " (its positive class is class 1 of the model's class names, not set at training: "
         "`pipe.set_positive_class(name)` then `save_pretrained` states it)"
     )  # fmt: skip
-    direction = _ratio_direction(pipeline, ["log_likelihood_ratio"])["log_likelihood_ratio"]
-    print(f"{output}: log_likelihood_ratio = {direction}{chosen}")
+    print(f"{output}: log_likelihood_ratio = {_ratio_direction(pipeline)}{chosen}")
 
 
 @contextmanager
