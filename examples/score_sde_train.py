@@ -21,7 +21,7 @@ import argparse
 from accelerate import PartialState
 
 from diffusion_classifiers.cli import add_positive_class_arg, note_default_positive_class, run_from_shell
-from diffusion_classifiers.data import add_data_args, save_split_record, training_data_from_args
+from diffusion_classifiers.data import add_data_args, save_training_split_record, training_data_from_args
 from diffusion_classifiers.metrics import resolve_positive_label
 from diffusion_classifiers.pipelines import ScoreSDEClassifierPipeline
 from diffusion_classifiers.training import (
@@ -73,10 +73,7 @@ def main(argv=None):
         )
         pipeline.set_positive_class(args.positive_class)  # the log-likelihood ratio's numerator, saved
         pipeline.save_pretrained(args.output_dir)
-        save_split_record(
-            args.output_dir, args.val_fraction, args.test_fraction, args.seed, args.class_names,
-            train_images=None if args.streaming else train.images,  # a streamed train split is not at hand
-        )  # for probe and evaluate: the carving, and the train images' fingerprints to check theirs against
+        save_training_split_record(args, train)  # for probe and evaluate: the carving, the training images
         print(f"saved the pipeline to {args.output_dir} (load it with DiffusionClassifierPipeline.from_pretrained)")
 
 

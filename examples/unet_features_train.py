@@ -16,7 +16,7 @@ import argparse
 from accelerate import PartialState
 
 from diffusion_classifiers.cli import run_from_shell
-from diffusion_classifiers.data import add_data_args, save_split_record, training_data_from_args
+from diffusion_classifiers.data import add_data_args, save_training_split_record, training_data_from_args
 from diffusion_classifiers.pipelines import UNetFeatureClassifierPipeline
 from diffusion_classifiers.training import (
     add_diffusion_args,
@@ -47,10 +47,7 @@ def main(argv=None):
     if PartialState().is_main_process:
         pipeline = UNetFeatureClassifierPipeline(unet=unet, scheduler=scheduler, preprocessing=train.preprocessing)
         pipeline.save_pretrained(args.output_dir)
-        save_split_record(
-            args.output_dir, args.val_fraction, args.test_fraction, args.seed, args.class_names,
-            train_images=None if args.streaming else train.images,  # a streamed train split is not at hand
-        )  # for probe and evaluate: the carving, and the train images' fingerprints to check theirs against
+        save_training_split_record(args, train)  # for probe and evaluate: the carving, the training images
         print(f"saved the pipeline to {args.output_dir} (load it with DiffusionClassifierPipeline.from_pretrained)")
 
 

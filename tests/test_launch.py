@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from diffusion_classifiers.data import load_image_classification_data
+from diffusion_classifiers.data.split_record import image_fingerprints, recorded_train_fingerprints
 from diffusion_classifiers.training.launch import launcher_requested_processes
 
 from .conftest import PYTHON, REPO_ROOT, python_subprocess_env
@@ -42,8 +44,8 @@ def test_cpu_launch_asked_for_two_processes_refuses_to_train_alone(tmp_path):
 @pytest.mark.slow
 def test_two_cpu_processes_train_on_streamed_images_read_once_beforehand(tmp_path):
     """The images are read once before training, each process reading its share, with the process group the trainer
-    then joins: a healthy folder trains on 2 processes; a folder with a damaged file is refused by both (the failure
-    found by either), before anything is written."""
+    then joins: a healthy folder trains on 2 processes and records every training image's fingerprint; a folder with
+    a damaged file is refused by both (the failure found by either), before anything is written."""
     for label in ("a", "b"):
         (tmp_path / "data" / label).mkdir(parents=True)
         for i in range(8):
@@ -64,6 +66,9 @@ def test_two_cpu_processes_train_on_streamed_images_read_once_beforehand(tmp_pat
     result = launch(tmp_path / "healthy")
     assert result.returncode == 0, result.stderr[-3000:]
     assert '"num_processes": 2' in (tmp_path / "healthy" / "training_summary.json").read_text()
+    train = load_image_classification_data(str(tmp_path / "data"), image_size=8, num_channels=1)["train"]
+    # each process fingerprinted its share: the record holds the whole train split's
+    assert recorded_train_fingerprints(tmp_path / "healthy") == set(image_fingerprints(train.images))
     damaged = tmp_path / "data" / "b" / "3.png"
     damaged.write_bytes(damaged.read_bytes()[:60])
     result = launch(tmp_path / "damaged")

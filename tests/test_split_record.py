@@ -199,6 +199,26 @@ def test_probe_refuses_a_grown_folder_without_naming_evaluates_flag(model_and_da
     assert not (tmp_path / "p").exists()  # created to check it is writable, removed with the refusal
 
 
+def test_a_streamed_training_run_records_the_fingerprints_an_in_memory_run_records(model_and_data, tmp_path):
+    """A --streaming run recorded no fingerprints, so probe and evaluate could not catch a grown folder's re-carved
+    test split; the pass that reads every image before training now fingerprints what it reads."""
+    import runpy
+
+    from .conftest import REPO_ROOT
+
+    root, splits = model_and_data
+    example = runpy.run_path(str(REPO_ROOT / "examples" / "unet_features_train.py"), run_name="example")
+    flags = ["--dataset", str(root / "data"), "--streaming", "--num_channels", "1", "--image_size", "8",
+             "--unet_preset", "tiny", "--max_train_steps", "1", "--num_sample_images", "0"]  # fmt: skip
+    example["main"](flags + ["--output_dir", str(tmp_path / "streamed")])
+    assert recorded_train_fingerprints(tmp_path / "streamed") == set(image_fingerprints(splits["train"].images))
+    with pytest.raises(ValueError, match=r"images of the (val|test) split of .*grown are images the model was trained"):
+        main(["probe", "--unet_dir", str(tmp_path / "streamed"), "--dataset", str(root / "grown"),
+              "--output_dir", str(tmp_path / "p"), "--timesteps", "20", "--C", "1"])  # fmt: skip
+    example["main"](flags + ["--output_dir", str(tmp_path / "unread"), "--no_verify_images"])
+    assert recorded_train_fingerprints(tmp_path / "unread") is None  # nothing read before training: nothing known
+
+
 def test_a_unet_trained_from_a_csv_probes_a_class_folder(model_and_data, tmp_path):
     """QA: probe gave a folder source the class_names recorded by a CSV-trained U-Net and was refused ("a folder
     source carries its own"); the head is trained on the folder's own classes."""

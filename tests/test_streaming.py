@@ -506,9 +506,9 @@ def test_scripts_refuse_a_wrong_output_dir_or_checkpoint_before_reading_every_im
     flags = ["--dataset", str(root), "--streaming", "--num_channels", "1", "--image_size", "8",
              "--max_train_steps", "1", "--val_fraction", "0.2", "--test_fraction", "0.2"]  # fmt: skip
     reads = []
-    original = StreamingImages.unreadable_images
+    original = StreamingImages.read_every_image
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(StreamingImages, "unreadable_images", lambda *a, **k: reads.append(1) or original(*a, **k))
+        patch.setattr(StreamingImages, "read_every_image", lambda *a, **k: reads.append(1) or original(*a, **k))
         with pytest.raises(FileExistsError, match="already holds another run's model_index.json"):
             example["main"](flags + ["--output_dir", str(taken)])
         with pytest.raises(FileNotFoundError, match="no checkpoint folder 'checkpoint-7'"):

@@ -56,6 +56,7 @@ _EXPORTS = {
     "read_idx": "array_files",
     "resolve_split_args": "split_record",
     "save_split_record": "split_record",
+    "save_training_split_record": "streaming",
     "scale_16bit_image": "dicom",
     "stratified_group_split": "splits",
     "stratified_split": "splits",

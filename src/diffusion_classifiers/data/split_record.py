@@ -44,7 +44,8 @@ __all__ = [
 
 SPLIT_RECORD_NAME = "data_splits.json"
 SPLIT_DEFAULTS = {"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0, "class_names": None}
-# Optional keys: "train_fingerprints" (absent in records of earlier versions, and for a streamed training set) and
+# Optional keys: "train_fingerprints" (absent in records of earlier versions, and for a streamed training set read
+# without verifying its images first) and
 # "anonymised_dicom_groups" (absent in records of earlier versions: `EARLIER_ANONYMISED_DICOM_RULE` then).
 SPLIT_OPTIONAL = ("train_fingerprints", "anonymised_dicom_groups")
 # How the carving groups DICOM files without a PatientID (anonymised), applied by `file_decoding._dicom_groups`:
@@ -132,8 +133,8 @@ def save_split_record(
     version's rule, unless the carving followed an earlier model's record); and, given the preprocessed
     `train_images` (`[N, C, H, W]` in `[-1, 1]`), their sorted `image_fingerprints` as one space-separated string (17
     bytes an image), which `evaluate` and `probe` check their test and val images against, with any other
-    `train_fingerprints` (e.g. those of the U-Net a probe's head sits on). A streamed training set (not in memory)
-    records none."""
+    `train_fingerprints` (e.g. those of the U-Net a probe's head sits on, or those a streamed training set's
+    `verify` took: `data.save_training_split_record`)."""
     record = {
         "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
         "class_names": None if class_names is None else list(class_names),
@@ -191,7 +192,8 @@ def check_anonymised_dicom_groups(rule: Any, where: str = "anonymised_dicom_grou
 
 def recorded_train_fingerprints(folder: str | os.PathLike) -> Optional[frozenset]:
     """The fingerprints (`image_fingerprints`) of the training images recorded in `folder`'s `data_splits.json`, or
-    None where none were recorded (no record, a record of an earlier version, a streamed training set)."""
+    None where none were recorded (no record, a record of an earlier version, a streamed training set whose images
+    were not read first)."""
     record = read_split_record(folder)
     if record is None or record.get("train_fingerprints") is None:
         return None

@@ -40,13 +40,14 @@ from .readers import (
     medical_from_args,
     splits_from_args,
 )
-from .split_record import ANONYMISED_DICOM_RULE, check_anonymised_dicom_groups
+from .split_record import ANONYMISED_DICOM_RULE, check_anonymised_dicom_groups, image_fingerprints, save_split_record
 from .splits import _check_fraction
 
 __all__ = [
     "DecodedImages",
     "StreamingImages",
     "is_saved_dataset",
+    "save_training_split_record",
     "streaming_classification_split",
     "streaming_data_from_args",
     "streaming_image_classification_data",
@@ -159,6 +160,8 @@ class StreamingImages(torch.utils.data.Dataset):
             reading=reading,
         )  # fmt: skip
         self._rows = self.dataset.with_transform(transform)
+        # the content fingerprints (`image_fingerprints`) of the images, in no set order, once `verify` read them all
+        self.fingerprints: list[str] | None = None
 
     @property
     def preprocessing(self) -> ImagePreprocessing:
@@ -192,19 +195,35 @@ class StreamingImages(torch.utils.data.Dataset):
         """`(path, reason)` of every image that cannot be read as training reads it (decoded and preprocessed, in
         `num_workers` `DataLoader` processes): a file damaged past its header (a truncated PNG or JPEG, corrupt DICOM
         pixel data) passes the header check of [`from_files`] and is otherwise found only when its batch is read."""
+        return self.read_every_image(num_workers, progress_bar)[0]
+
+    def read_every_image(
+        self, num_workers: int = 0, progress_bar: bool = True
+    ) -> tuple[list[tuple[str, str]], list[str]]:
+        """Read every image once as training reads it: `(failures, fingerprints)`, the `(path, reason)` of each image
+        that cannot be read ([`unreadable_images`]) and the content fingerprints (`image_fingerprints`) of those
+        read, which a model's `data_splits.json` records so that `evaluate` and `probe` can refuse test images it was
+        trained on, as for images held in memory."""
         from tqdm.auto import tqdm
 
         loader = torch.utils.data.DataLoader(
-            _ReadOrReason(self), batch_size=_VERIFY_BATCH, num_workers=num_workers, collate_fn=_failures_only
+            _ReadOnce(self), batch_size=_VERIFY_BATCH, num_workers=num_workers, collate_fn=list
         )  # fmt: skip
         bar = tqdm(loader, desc="Reading every image", unit="batch", disable=not progress_bar)
-        failures = [failure for batch in bar for failure in batch]
-        return [(self._path(index), reason) for index, reason in failures]
+        failures, fingerprints = [], []
+        for index, reason, fingerprint in (item for batch in bar for item in batch):
+            if reason is None:
+                fingerprints.append(fingerprint)
+            else:
+                failures.append((self._path(index), reason))
+        return failures, fingerprints
 
     def verify(self, num_workers: int = 0, progress_bar: bool = True) -> None:
-        """Read every image once ([`unreadable_images`]) and refuse the dataset, naming the images that fail, before
-        any long computation."""
-        _refuse_unreadable(self.unreadable_images(num_workers, progress_bar), len(self))
+        """Read every image once ([`read_every_image`]) and refuse the dataset, naming the images that fail, before
+        any long computation; keep the images' content fingerprints (`fingerprints`)."""
+        failures, fingerprints = self.read_every_image(num_workers, progress_bar)
+        _refuse_unreadable(failures, len(self))
+        self.fingerprints = fingerprints
 
     def _path(self, index: int) -> str:
         value = self.dataset[int(index)][self.image_column]
@@ -267,8 +286,9 @@ class StreamingImages(torch.utils.data.Dataset):
 _VERIFY_BATCH, _VERIFY_SHOWN = 64, 10
 
 
-class _ReadOrReason(torch.utils.data.Dataset):
-    """Each image of a [`StreamingImages`] read as training reads it: `None`, or `(index, why it cannot be read)`."""
+class _ReadOnce(torch.utils.data.Dataset):
+    """Each image of a [`StreamingImages`] read as training reads it: `(index, None, its content fingerprint)`, or
+    `(index, why it cannot be read, None)`."""
 
     def __init__(self, images: StreamingImages):
         self.images = images
@@ -276,16 +296,12 @@ class _ReadOrReason(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[int, str] | None:
+    def __getitem__(self, index: int) -> tuple[int, str | None, str | None]:
         try:
-            self.images[index]
+            image, _ = self.images[index]
         except (ValueError, OSError) as error:
-            return index, str(error)
-        return None
-
-
-def _failures_only(batch: list) -> list:
-    return [item for item in batch if item is not None]
+            return index, str(error), None
+        return index, None, image_fingerprints(image[None])[0]
 
 
 class DecodedImages(torch.utils.data.Dataset):
@@ -475,8 +491,9 @@ def streaming_data_from_args(args: Any) -> dict[str, StreamingImages]:
     """[`streaming_image_classification_data`] from the flags of `add_data_args(parser, streaming=True)` (and
     `--seed`, `--dataloader_num_workers`): the scripts' `--streaming` counterpart of `load_data_from_args`. Unless
     `--no_verify_images`, every image of every split is read once first, so a damaged file is refused before
-    training: one found in val or test later (by a probe), once deleted, would re-carve every split and move images
-    the model was trained on into them, which a streamed run, recording no fingerprints, cannot catch."""
+    training (one found in val or test later, by a probe, once deleted, would re-carve every split and move images
+    the model was trained on into them), and the splits keep their images' content fingerprints (`fingerprints`),
+    which [`save_training_split_record`] records as an in-memory run records them."""
     medical = medical_from_args(args)
     num_channels = args.num_channels
     if num_channels is None and len(medical.windows) == 3:  # 3 DICOM windows give 3 channels, one each
@@ -501,6 +518,18 @@ def training_data_from_args(args: Any) -> dict[str, Any]:
     return splits
 
 
+def save_training_split_record(args: Any, train: Any) -> None:
+    """A training script's `data_splits.json` in `args.output_dir` (`save_split_record`): its carving flags and the
+    content fingerprints of its `train` split, computed now from the images in memory, or, for a streamed split
+    (`--streaming`), those read when every image was verified; none with `--no_verify_images`, and `evaluate` and
+    `probe` then say they cannot check their images against the training images."""
+    streamed = isinstance(train, StreamingImages)
+    save_split_record(
+        args.output_dir, args.val_fraction, args.test_fraction, args.seed, args.class_names,
+        train_images=None if streamed else train.images, train_fingerprints=train.fingerprints if streamed else None,
+    )  # fmt: skip
+
+
 def _process_state() -> Any:
     """The process state as the `Accelerator` a trainer makes next will find it: a `PartialState()` without the
     `ACCELERATE_USE_CPU` flag that `Accelerator` reads would be one process on a CPU machine, and every
@@ -514,17 +543,22 @@ def _process_state() -> Any:
 def _verify_across_processes(parts: list[StreamingImages], num_workers: int) -> None:
     """[`StreamingImages.verify`] of every split of `parts` with the reading shared: each process reads every n-th
     image of each, then all refuse the same failures, together (one process reading them all while the others wait
-    could outlast the process group's timeout on large data)."""
+    could outlast the process group's timeout on large data), and every process keeps each split's fingerprints."""
     from accelerate.utils import gather_object
 
     state = _process_state()
-    failures = []
+    failures, fingerprints = [], []
     for images in parts:
         share = images.subset(np.arange(state.process_index, len(images), state.num_processes))
-        failures += share.unreadable_images(num_workers, progress_bar=state.is_main_process)
+        share_failures, share_fingerprints = share.read_every_image(num_workers, progress_bar=state.is_main_process)
+        failures += share_failures
+        fingerprints.append(share_fingerprints)
     if state.num_processes > 1:
         failures = gather_object(failures)
+        fingerprints = [gather_object(part) for part in fingerprints]
     _refuse_unreadable(sorted(failures), sum(len(images) for images in parts))
+    for images, part in zip(parts, fingerprints):
+        images.fingerprints = list(part)
 
 
 def _refuse_unreadable(failures: list[tuple[str, str]], total: int) -> None:
