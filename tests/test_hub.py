@@ -794,6 +794,7 @@ def test_a_card_publishes_only_its_own_models_metrics_truthfully(saved_pipeline,
     card = (tmp_path / "own" / "README.md").read_text()
     assert "one public\nresearch dataset" not in card and "measured on scikit-learn digits\nonly" in card
     assert "split of scikit-learn digits (6 images):" in card
+    assert "| class | precision | recall | F1 | support |" in card and "\n| a | " in card  # the per-class table
     other = tmp_path / "other"  # another model: the same files, other weights
     shutil.copytree(pipe_dir, other)
     weights = next(other.rglob("*.safetensors"))
@@ -869,3 +870,70 @@ def test_the_card_counts_the_training_images_dropped(tmp_path):
     plain = str(hub.render_model_card("score_sde", positive_class="malignant", num_images=38, num_positives=20,
                                       **common))  # fmt: skip
     assert "(38 images, 20 of them malignant):" in plain
+
+
+# --- per-class metrics on the card ----------------------------------------------------------------------------------
+
+
+def per_class_metrics(num_classes: int, absent: int = 0) -> dict:
+    """An `evaluate`-shaped metrics.json (`classification_metrics`) of `num_classes` classes, the last `absent` of them
+    without an image: a long tail, every third image of class k mistaken for class k+1."""
+    from diffusion_classifiers.metrics import classification_metrics
+
+    sizes = [max(1, 30 // (k + 1)) if k < num_classes - absent else 0 for k in range(num_classes)]
+    y_true = np.repeat(np.arange(num_classes), sizes)
+    y_pred = np.where(np.arange(len(y_true)) % 3 == 0, (y_true + 1) % num_classes, y_true)
+    names = [f"class_{k:02d}" for k in range(num_classes)]
+    return {"split": "test", **classification_metrics(y_true, y_pred, num_classes=num_classes, class_names=names)}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_card_shows_the_per_class_table_as_evaluates_report_does(method, tmp_path):
+    """A plankton lab (121 classes, most rare): the card's accuracy hid that the rare classes fail; it now carries the
+    per-class precision, recall, F1 and support of metrics.json, formatted as the report formats them; the model index
+    keeps its shape."""
+    from diffusion_classifiers.evaluation import render_evaluation_report
+
+    metrics = per_class_metrics(3)
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "demo.json").write_text(json.dumps({"summary": {}, "test": metrics}))
+    per_class = hub.load_eval_per_class(tmp_path / "metrics.json")
+    assert per_class == metrics["per_class"] == hub.load_eval_per_class(tmp_path / "demo.json")
+    card = str(model_card(method, per_class=per_class))
+    assert metrics["per_class"]["class_02"]["f1"] == pytest.approx(4 / 7)  # 6 of 10 found, 6 of 11 predicted right
+    assert "| class_02 | 54.55% | 60.00% | 57.14% | 10 |" in card
+    report = render_evaluation_report({**metrics, "calibration": {"ece": 0.0}}, "t", [])
+    table = "\n".join(line for line in report.splitlines() if line.startswith("| class_"))
+    assert "Per class:\n\n| class | precision | recall | F1 | support |\n" in card and table in card
+    assert card.index("| Accuracy |") < card.index("| class_00 |") < card.index("Reproduce them with")
+    assert "<details>" not in card and "had no image" not in card
+    assert front_matter(card) == front_matter(str(model_card(method)))  # the model index: unchanged
+
+
+def test_a_card_from_an_earlier_metrics_json_without_per_class_renders(tmp_path):
+    """metrics.json of earlier versions (flat, or the demo's under "test") records no "per_class": no table, no
+    crash."""
+    for name, data in (("flat", {"split": "test", **METRICS}), ("demo", {"summary": {}, "test": METRICS})):
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+        assert hub.load_eval_per_class(tmp_path / f"{name}.json") is None
+        card = str(model_card(per_class=hub.load_eval_per_class(tmp_path / f"{name}.json")))
+        assert "| Accuracy | 0.8125 |" in card and "| class |" not in card and "Per class" not in card
+    with pytest.raises(ValueError, match=r"per_class: expected \['f1', 'precision', 'recall', 'support'\] for every "
+                       "class, not for b"):  # fmt: skip
+        model_card(per_class={"a": {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}, "b": {"f1": 0.5}})
+
+
+def test_a_card_of_many_classes_collapses_its_per_class_table_and_counts_the_classes_without_images():
+    """More than `PER_CLASS_OPEN_MAX` (20) classes: the table is in a collapsed <details> block (the Hub renders it),
+    in the order metrics.json lists the classes; the classes without a test image are counted outside it."""
+    metrics = per_class_metrics(25, absent=2)
+    card = str(model_card(per_class=metrics["per_class"], class_names=None))
+    start = "<details>\n<summary>Per-class metrics (25 classes)</summary>\n\n| class | precision | recall | F1 |"
+    assert card.count(start) == 1 and card.count("\n</details>\n") == 1
+    rows = [line.split(" | ")[0][2:] for line in card.splitlines() if line.startswith("| class_")]
+    assert rows == list(metrics["per_class"]) and "| class_24 | 0.00% | 0.00% | 0.00% | 0 |" in card
+    outside = card.split("</details>")[1]
+    assert "2 of the 25 classes had no image in the `test` split (support 0):" in outside
+    assert "Per class:" not in card
+    twenty = str(model_card(per_class=per_class_metrics(hub.PER_CLASS_OPEN_MAX)["per_class"], class_names=None))
+    assert "<details>" not in twenty and "Per class:" in twenty and "| class_19 |" in twenty

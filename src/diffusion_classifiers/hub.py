@@ -2,7 +2,8 @@
 
 Cards are Jinja templates in `hub_cards/` (one model card per method, sharing `model_card_base.md`, and a
 dataset card); their YAML front matter is `ModelCardData` / `DatasetCardData` with the test results as
-`EvalResult`s, so the Hub shows them in the model index.
+`EvalResult`s, so the Hub shows them in the model index. A model card's evaluation also carries the per-class table of
+`evaluate`'s report (Markdown only, not in the model index).
 """
 
 import hashlib
@@ -31,6 +32,7 @@ from huggingface_hub import (
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError
 from jinja2 import meta
 
+from .metrics import per_class_table
 from .validation import PICKLE_SUFFIXES
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "library_name_of",
     "load_eval_counts",
     "load_eval_metrics",
+    "load_eval_per_class",
     "load_eval_positive_class",
     "load_eval_seed_sensitivity",
     "load_eval_split",
@@ -85,6 +88,10 @@ METRIC_NAMES = {
     "specificity": ("specificity", "Specificity"),
 }
 
+# A card's per-class table of more classes than this is collapsed (a `<details>` block, which the Hub renders): open,
+# the 121 rows of a plankton model would push its usage, limitations and citation far down the page.
+PER_CLASS_OPEN_MAX = 20
+
 # What `download` fetches from a Hub repo (fnmatch patterns, `*` crosses folders): configs, safetensors, cards;
 # a repo's Python files only when the user trusts its remote code.
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.md"]
@@ -94,7 +101,7 @@ REMOTE_CODE_PATTERNS = ["*.py"]
 # Fields the templates may leave empty (they test them with `{% if %}`); every other field they read is required.
 MODEL_CARD_OPTIONAL = {
     "dataset_id", "model_description", "class_names", "positive_class", "num_images", "num_positives", "pruning",
-    "seed_sensitivity", "call_arguments", "input_description", "num_dropped",
+    "seed_sensitivity", "call_arguments", "input_description", "num_dropped", "per_class_section",
 }  # fmt: skip
 DATASET_CARD_OPTIONAL = {"citation"}
 
@@ -160,6 +167,25 @@ def _eval_results(metrics: Dict[str, float], dataset_name: str, dataset_type: st
     return results
 
 
+def _per_class_section(per_class: Optional[Dict[str, dict]]) -> Optional[dict]:
+    """What a card shows of `metrics.json`'s "per_class" (`load_eval_per_class`): the rows of `per_class_table` (as
+    `evaluate`'s report shows them, in the order recorded), the number of classes and of those without an image in
+    the split (support 0), and whether the table is collapsed (more than `PER_CLASS_OPEN_MAX` classes); None without
+    per-class metrics (a metrics.json of an earlier version)."""
+    if not per_class:
+        return None
+    keys = {"precision", "recall", "f1", "support"}
+    malformed = [name for name, row in per_class.items() if not isinstance(row, dict) or not keys <= row.keys()]
+    if malformed:
+        raise ValueError(f"per_class: expected {sorted(keys)} for every class, not for {', '.join(malformed)}")
+    return {
+        "rows": per_class_table(per_class),
+        "num_classes": len(per_class),
+        "num_without_images": sum(row["support"] == 0 for row in per_class.values()),
+        "collapsed": len(per_class) > PER_CLASS_OPEN_MAX,
+    }
+
+
 def render_model_card(
     method: str,
     *,
@@ -186,6 +212,7 @@ def render_model_card(
     seed_sensitivity: Optional[dict] = None,
     call_arguments: Optional[Dict[str, object]] = None,
     input_description: Optional[str] = None,
+    per_class: Optional[Dict[str, dict]] = None,
 ) -> ModelCard:
     """The model card of a classifier trained with `method` (one of `METHODS`).
 
@@ -215,6 +242,10 @@ def render_model_card(
             its defaults (e.g. `{"num_timesteps": 20}`, from `metrics.json`'s "pipeline_call"): the usage snippet
             passes them and the results name them, so `pipe(images)` scores as the reported numbers were scored.
         input_description: how the model reads its images (`input_description_of`), stated under the usage snippet.
+        per_class: the per-class precision, recall, F1 and support of `metrics.json` (`load_eval_per_class`): the
+            evaluation shows them as `evaluate`'s report does (`per_class_table`), in a collapsed block for more than
+            `PER_CLASS_OPEN_MAX` classes, and says how many classes had no image in the split. Markdown only: the
+            model index keeps `metrics`.
 
     Raises `ValueError` naming every required field that is missing or empty.
     """
@@ -260,6 +291,7 @@ def render_model_card(
         seed_sensitivity=seed_sensitivity,
         call_arguments=", ".join(f"{name}={value!r}" for name, value in (call_arguments or {}).items()),
         input_description=input_description,
+        per_class_section=_per_class_section(per_class),
     )
     return ModelCard(text)
 
@@ -344,6 +376,13 @@ def load_eval_counts(path: Union[str, os.PathLike]) -> Dict[str, Optional[int]]:
         positives = data["per_class"][data["positive_class"]].get("support")
     dropped = data.get("training_images_dropped")
     return {"num_images": data.get("num_samples"), "num_positives": positives, "num_dropped": dropped}
+
+
+def load_eval_per_class(path: Union[str, os.PathLike]) -> Optional[Dict[str, dict]]:
+    """The `"per_class"` metrics of a `metrics.json` (`{class name: {"precision", "recall", "f1", "support"}}`, in the
+    order it lists them; under "test" for the demo's), `None` when it records none (a file of an earlier version)."""
+    data = _read_json(path)
+    return data.get("test", data).get("per_class") or None
 
 
 def load_eval_seed_sensitivity(path: Union[str, os.PathLike]) -> Optional[dict]:
