@@ -45,7 +45,7 @@ from diffusion_classifiers.training import (
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_args(parser, streaming=True)
+    add_data_args(parser, streaming=True, unlabeled=True)
     parser.add_argument(
         "--dit_size", default="S", choices=sorted(RC_DIT_SIZES), help="DiT width and depth (default: %(default)s)."
     )

@@ -35,7 +35,7 @@ from diffusion_classifiers.training import (
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_args(parser)
+    add_data_args(parser, unlabeled=True)
     parser.add_argument(
         "--method", default="simclr", choices=METHODS, help="The label-free objective (default: %(default)s)."
     )

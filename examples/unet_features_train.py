@@ -29,7 +29,7 @@ from diffusion_classifiers.training import (
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_args(parser, streaming=True)
+    add_data_args(parser, streaming=True, unlabeled=True)
     add_diffusion_args(parser)
     add_training_args(parser)
     return parser.parse_args(argv)

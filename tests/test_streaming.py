@@ -518,3 +518,42 @@ def test_scripts_refuse_a_wrong_output_dir_or_checkpoint_before_reading_every_im
             example["main"](flags + ["--output_dir", str(tmp_path / "new")])
     assert reads
     assert (taken / "model_index.json").read_text() == "{}"
+
+
+def test_an_unlabeled_folder_at_any_depth_is_read_whole_for_label_free_training(tmp_path):
+    """A pool of unlabeled images, flat or in dated subfolders, was refused ("expected class subfolders"); put in one
+    class folder, it lost 30% to val and test, which the U-Net trainer never reads. `--unlabeled` reads it whole."""
+    import runpy
+
+    from diffusion_classifiers.data.split_record import image_fingerprints, recorded_train_fingerprints
+
+    from .conftest import REPO_ROOT
+
+    root = tmp_path / "pool"
+    for index, name in enumerate(["a.png", "2026-01/b.png", "2026-01/deep/c.png", ".hidden/d.png"]):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.random.default_rng(index).integers(0, 256, (12, 10), dtype=np.uint8)).save(root / name)
+    (root / "notes.txt").write_text("not an image")
+    with pytest.warns(UserWarning, match=r"image folder .*pool: skipped 1 of its files, neither images nor DICOM"):
+        in_memory = load_image_classification_data(str(root), image_size=8, unlabeled=True)
+    assert set(in_memory) == {"train"} and len(in_memory["train"]) == 3  # the hidden folder's image skipped
+    with pytest.warns(UserWarning, match="skipped 1 of its files"):
+        streamed = streaming_image_classification_data(root, num_channels=1, image_size=8, unlabeled=True)["train"]
+    torch.testing.assert_close(torch.stack([streamed[i][0] for i in range(3)]), in_memory["train"].images, rtol=0, atol=0)
+    (tmp_path / "list.csv").write_text("path,label\npool/a.png,x\n")
+    for source in ("digits", str(tmp_path / "list.csv")):
+        with pytest.raises(ValueError, match=r"unlabeled: expected an image folder"):
+            load_image_classification_data(source, unlabeled=True)
+        with pytest.raises(ValueError, match=r"unlabeled: expected an image folder"):
+            streaming_image_classification_data(source, num_channels=1, unlabeled=True)
+    with pytest.raises(ValueError, match=r"image folder .*empty: no image or DICOM files found"):
+        (tmp_path / "empty" / "sub").mkdir(parents=True)
+        load_image_classification_data(str(tmp_path / "empty"), unlabeled=True)
+
+    example = runpy.run_path(str(REPO_ROOT / "examples" / "unet_features_train.py"), run_name="example")
+    flags = ["--dataset", str(root), "--unlabeled", "--image_size", "8", "--unet_preset", "tiny", "--max_train_steps", "1",
+             "--num_sample_images", "0"]  # fmt: skip
+    for streaming in ([], ["--streaming", "--num_channels", "1"]):
+        output_dir = tmp_path / f"unet{len(streaming)}"
+        example["main"](flags + streaming + ["--output_dir", str(output_dir)])
+        assert recorded_train_fingerprints(output_dir) == set(image_fingerprints(in_memory["train"].images))

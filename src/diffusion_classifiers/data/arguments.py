@@ -1,6 +1,6 @@
 """The data flags every script shares (`--dataset`, `--class_names`, `--image_size`, `--num_channels`, `--window`,
 `--bits_stored`, `--val_fraction`, `--test_fraction`, `--resize_mode`, `--pad_value`, `--normalize_background`,
-`--streaming`, `--no_verify_images`), and `json_object_arg`, the type of the commands' `--pipeline_kwargs`.
+`--streaming`, `--no_verify_images`, `--unlabeled`), and `json_object_arg`, the type of the commands' `--pipeline_kwargs`.
 
 Kept apart from the readers, which import torch, so that a script's `--help` answers at once.
 """
@@ -23,11 +23,11 @@ def add_class_names_arg(parser: Any) -> None:
     )  # fmt: skip
 
 
-def add_data_args(parser: Any, image_size: int | None = None, streaming: bool = False) -> Any:
+def add_data_args(parser: Any, image_size: int | None = None, streaming: bool = False, unlabeled: bool = False) -> Any:
     """The `--dataset`, `--class_names`, `--image_size`, `--num_channels`, `--window`, `--bits_stored`, `--val_fraction`,
     `--test_fraction`, `--resize_mode`, `--pad_value` and `--normalize_background` flags every script shares (read
-    by [`load_data_from_args`]), and with `streaming` the `--streaming` flag (read by `data.streaming_data_from_args`)
-    of scripts whose trainer takes a dataset."""
+    by [`load_data_from_args`]), with `streaming` the `--streaming` flag (read by `data.streaming_data_from_args`)
+    of scripts whose trainer takes a dataset, and with `unlabeled` the `--unlabeled` flag of label-free trainers."""
     saved_datasets = " or (with --streaming) a saved datasets folder" if streaming else ""
     parser.add_argument(
         "--dataset", default="digits",
@@ -52,6 +52,14 @@ def add_data_args(parser: Any, image_size: int | None = None, streaming: bool = 
         "model (default: %(default)s, each file's maximum rounded up to whole bits)",
     )  # fmt: skip
     add_split_args(parser)
+    if unlabeled:
+        parser.add_argument(
+            "--unlabeled", action="store_true",
+            help="--dataset is an image folder of unlabeled images: every image file in it and its subfolders (class "
+            "folders or not) is read and trained on, none carved for val or test (a probe or evaluation then reads "
+            "labelled data of its own, checked against these images' fingerprints) (default: %(default)s, class "
+            "folders, carved into train / val / test)",
+        )  # fmt: skip
     parser.add_argument(
         "--resize_mode", default="stretch",
         help="how images meet --image_size: 'stretch', 'pad' (aspect ratio kept, padded with --pad_value: elongated "

@@ -18,6 +18,7 @@ from .labeled_images import labels_and_names
 __all__ = [
     "ACCEPTED_FILES",
     "list_image_folder",
+    "list_unlabeled_folder",
     "warn_other_files_skipped",
 ]
 
@@ -55,6 +56,23 @@ def list_folder_files(root: Path) -> tuple[list[Path], dict[str, np.ndarray], li
             f"({ACCEPTED_FILES})"
         )
     return files, labels_per_split, names
+
+
+def list_unlabeled_folder(root: Path, where: str, stacklevel: int = 4) -> list[Path]:
+    """Every image and DICOM file in `root` and its subfolders at any depth, sorted by path, class folders or not
+    (no labels read); hidden files and folders (names starting with ".") skipped, other files counted in a warning
+    (`where`: the folder as the messages name it; `stacklevel`: as `warnings.warn`'s would be in the function that
+    calls this one). Refused when there is none."""
+    visible = sorted(
+        path for path in root.rglob("*")
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts)
+    )  # fmt: skip
+    files = [path for path in visible if is_image_or_dicom_file(path)]
+    if not files:
+        raise ValueError(f"{where}: no image or DICOM files found ({ACCEPTED_FILES})")
+    listed = set(files)
+    warn_other_files_skipped(where, root, [path for path in visible if path not in listed], stacklevel + 1)
+    return files
 
 
 def warn_other_files_skipped(where: str, folder: Path, others: list[Path], stacklevel: int) -> None:

@@ -30,7 +30,7 @@ from .array_files import read_digits, read_idx_directory, read_npz
 from .dicom import MedicalPreprocessing, parse_windows
 from .file_decoding import _BitDepths, decode_files, warn_mixed_channels
 from .hf_datasets import pil_channels, read_hf_dataset
-from .image_listing import list_csv, list_folder_files
+from .image_listing import list_csv, list_folder_files, list_unlabeled_folder
 from .labeled_images import SPLITS, LabeledImages, RawData, labels_and_names
 from .preprocessing import ImagePreprocessing, _describe, fit_options, preprocess_images
 from .split_record import ANONYMISED_DICOM_RULE, check_anonymised_dicom_groups
@@ -38,6 +38,7 @@ from .splits import _FewImagesWarning, _check_fraction, stratified_group_split, 
 
 __all__ = [
     "DEFAULT_FOLDER_SIZE",
+    "UNLABELED",
     "describe_splits",
     "load_data_from_args",
     "load_image_classification_data",
@@ -45,6 +46,7 @@ __all__ = [
 ]
 
 DEFAULT_FOLDER_SIZE = 32
+UNLABELED = "unlabeled"  # the one class of an unlabeled folder's images (`load_image_classification_data(unlabeled=)`)
 
 
 def load_image_classification_data(
@@ -64,9 +66,11 @@ def load_image_classification_data(
     pad_value: float = -1.0,
     normalize_background: bool = False,
     anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
+    unlabeled: bool = False,
 ) -> dict[str, LabeledImages]:
     r"""
-    Load an image-classification dataset as `{"train", "val", "test"}` [`LabeledImages`].
+    Load an image-classification dataset as `{"train", "val", "test"}` [`LabeledImages`] (an unlabeled folder:
+    `{"train"}`).
 
     Args:
         source (`str`, `os.PathLike`, `datasets.Dataset` or `datasets.DatasetDict`, *optional*, defaults to `"digits"`):
@@ -142,6 +146,11 @@ def load_image_classification_data(
             series), or `"file"` (each file alone, with a warning), as versions before it was recorded did: the rule
             of a model whose `data_splits.json` lacks it, given by `data.resolve_split_args`.
 
+        unlabeled (`bool`, *optional*, defaults to `False`):
+            read every image and DICOM file of the image folder `source` and its subfolders at any depth, class
+            folders or not, without labels ([`list_unlabeled_folder`]), all of them into `"train"` (no val or test
+            carved; one class, `"unlabeled"`): the pool of a label-free trainer (the DDPM U-Net, RC-DiT).
+
     Returns:
         `Dict[str, LabeledImages]`: the `"train"`, `"val"` and `"test"` splits, each with the `preprocessing`
         contract a model trained on them is saved with (the resulting size and channels, `medical`).
@@ -161,6 +170,8 @@ def load_image_classification_data(
         raise ValueError(
             f"class_names: only digits, .npz, IDX and CSV sources take class_names; a {kind} source carries its own"
         )
+    if unlabeled and kind != "folder":
+        raise ValueError(f"unlabeled: expected an image folder (its images read without labels), got a {kind} source")
     if patient_id_column is not None and kind != "csv":
         raise ValueError(f"patient_id_column applies to CSV sources only, not to a {kind} source")
     medical = MedicalPreprocessing() if medical is None else medical
@@ -178,7 +189,9 @@ def load_image_classification_data(
         raw = read_idx_directory(Path(source), class_names)
     elif kind in ("folder", "csv"):  # each file preprocessed as it is decoded: one full-size image held at a time
         files_reading = reading if image_size is not None else replace(reading, image_size=DEFAULT_FOLDER_SIZE)
-        if kind == "folder":
+        if unlabeled:
+            raw = _read_unlabeled_folder(Path(source), medical, files_reading)
+        elif kind == "folder":
             raw = _read_image_folder(Path(source), medical, files_reading, anonymised_dicom_groups)
         else:
             raw = _read_csv(
@@ -192,7 +205,10 @@ def load_image_classification_data(
         rows = [f"row {i}" for i in range(len(raw.images))]
         warn_mixed_channels([pil_channels(image) for image in raw.images], rows, stacklevel=3)
     images = raw.images if raw.preprocessed else preprocess_images(raw.images, preprocessing=reading)
-    splits = _assemble(images, raw, val_fraction, test_fraction, seed)
+    if unlabeled:
+        splits = {"train": LabeledImages(images, raw.labels, raw.class_names)}
+    else:
+        splits = _assemble(images, raw, val_fraction, test_fraction, seed)
     # What a model trained on these tensors is saved with: the same steps, for files and [-1, 1] tensors alike.
     contract = ImagePreprocessing(tuple(images.shape[-2:]), images.shape[1], medical=_recorded(medical, raw), **fit)
     for split in splits.values():
@@ -361,6 +377,20 @@ def _read_image_folder(
     )  # fmt: skip
 
 
+def _read_unlabeled_folder(root: Path, medical: MedicalPreprocessing, reading: ImagePreprocessing) -> RawData:
+    """Every image of `root` and its subfolders ([`list_unlabeled_folder`]), preprocessed by `reading` as decoded, all
+    of them in `"train"` with the one label of `UNLABELED`."""
+    files = list_unlabeled_folder(root, f"image folder {root}", stacklevel=3)  # 3: the caller of the loader
+    depths = _BitDepths()
+    unlabeled = {"train": np.zeros(len(files), dtype=np.int64)}
+    images, labels_per_split, _ = decode_files(files, unlabeled, medical, reading=reading, depths=depths)
+    labels = labels_per_split["train"]  # one per image, a multi-frame DICOM's frames each
+    return RawData(
+        images, labels, [UNLABELED], {"train": np.arange(len(labels))}, DEFAULT_FOLDER_SIZE, preprocessed=True,
+        guessed_bits_stored=depths.single,
+    )  # fmt: skip
+
+
 def _read_csv(
     path: Path,
     class_names: Sequence[str] | None,
@@ -389,6 +419,8 @@ def describe_splits(splits: dict[str, Any], source: Any) -> str:
     the classes (named when at most 10), and how the images are read (size, channels, DICOM windows where chosen).
     `splits`: [`LabeledImages`] or `StreamingImages` by split name."""
     train = splits["train"]
+    if set(splits) == {"train"}:  # an unlabeled folder, every image trained on
+        return f"data: {source}: {len(train)} unlabeled images, all for training; read at {train.preprocessing.summary()}"
     counts = ", ".join(f"{name} {len(split)}" for name, split in splits.items())
     names = f" ({', '.join(train.class_names)})" if len(train.class_names) <= 10 else ""
     return f"data: {source}: {counts}, {train.num_classes} classes{names}; read at {train.preprocessing.summary()}"
@@ -418,7 +450,7 @@ def load_data_from_args(args: Any) -> dict[str, LabeledImages]:
     """[`load_image_classification_data`] from the flags of [`add_data_args`] (and `--seed`)."""
     return load_image_classification_data(
         args.dataset, image_size=args.image_size, num_channels=args.num_channels, medical=medical_from_args(args),
-        **splits_from_args(args), **fit_from_args(args),
+        unlabeled=getattr(args, "unlabeled", False), **splits_from_args(args), **fit_from_args(args),
     )  # fmt: skip
 
 

@@ -29,10 +29,11 @@ from .image_files import DECODE_ERRORS, decode_error_text, open_image
 from .preprocessing import ImagePreprocessing, _describe, fit_options, preprocess_images
 from .file_decoding import _refuse_unreadable_files, decode_image_file, dicom_or_not, list_frames
 from .hf_datasets import HF_SPLIT_NAMES, find_column, hf_splits, split_columns
-from .image_listing import list_csv, list_folder_files
+from .image_listing import list_csv, list_folder_files, list_unlabeled_folder
 from .labeled_images import SPLITS, RawData, labels_and_names
 from .readers import (
     DEFAULT_FOLDER_SIZE,
+    UNLABELED,
     carve_splits,
     describe_splits,
     fit_from_args,
@@ -391,10 +392,12 @@ def streaming_image_classification_data(
     pad_value: float = -1.0,
     normalize_background: bool = False,
     anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
+    unlabeled: bool = False,
 ) -> dict[str, StreamingImages]:
     r"""
     [`load_image_classification_data`] for data larger than memory: `{"train", "val", "test"}` [`StreamingImages`]
-    with the same images, labels, class names and seeded splits (the images decoded only when read).
+    with the same images, labels, class names and seeded splits (the images decoded only when read); an unlabeled
+    folder (`unlabeled=True`): `{"train"}`, every image of it, without a label column.
 
     Args:
         source: an image folder (`<root>/<class>/<image>`, `splits/*.txt` honoured), a `.csv` file of
@@ -405,7 +408,7 @@ def streaming_image_classification_data(
         num_channels (`int`): 1 or 3 (required: the in-memory default looks at every image first).
         image_size (`int` or `Tuple[int, int]`, *optional*, defaults to 32): every image is resized to it.
         val_fraction, test_fraction, seed, class_names, image_column, label_column, patient_id_column, medical,
-            resize_mode, pad_value, normalize_background, anonymised_dicom_groups: as in
+            resize_mode, pad_value, normalize_background, anonymised_dicom_groups, unlabeled: as in
             [`load_image_classification_data`] (DICOM PatientIDs keep each patient on one side there too).
         check_files (`bool`, *optional*, defaults to `True`): read every file's header now (see
             [`StreamingImages.from_files`]).
@@ -418,6 +421,12 @@ def streaming_image_classification_data(
     _check_fraction(test_fraction, "test_fraction")
     check_anonymised_dicom_groups(anonymised_dicom_groups)
     fit = fit_options(resize_mode, pad_value, normalize_background)
+    if unlabeled:
+        medical = medical or MedicalPreprocessing()
+        files, frames = _unlabeled_rows(source, medical)
+        return {"train": StreamingImages.from_files(
+            files, None, None, image_size, num_channels, check_files, frames=frames, medical=medical, **fit
+        )}  # fmt: skip
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir() and is_saved_dataset(Path(source)):
         import datasets
 
@@ -472,6 +481,18 @@ def _file_rows(
     return files, frames, RawData(None, labels, names, splits, groups=groups)
 
 
+def _unlabeled_rows(source: Any, medical: MedicalPreprocessing) -> tuple[list[Path], list[int | None]]:
+    """Every image of the image folder `source` and its subfolders ([`list_unlabeled_folder`]): a file and its DICOM
+    frame (or None) per image."""
+    path = Path(source) if isinstance(source, (str, os.PathLike)) else None
+    if path is None or not path.is_dir() or is_saved_dataset(path):
+        raise ValueError(f"unlabeled: expected an image folder (its images read without labels), got {source!r}")
+    files = list_unlabeled_folder(path, f"image folder {path}", stacklevel=3)  # 3: the caller of the loader
+    unlabeled = {"train": np.zeros(len(files), dtype=np.int64)}
+    files, frames, _, _ = list_frames(files, unlabeled, medical, None, [UNLABELED])
+    return files, frames
+
+
 def _hf_rows(source: Any, image_column: str | None, label_column: str | None):
     """One table of every split's (undecoded) images and labels, and its `RawData` (labels, names, splits)."""
     import datasets
@@ -502,10 +523,11 @@ def streaming_data_from_args(args: Any) -> dict[str, StreamingImages]:
         raise ValueError("--streaming needs --num_channels (1 or 3): streamed images are not all looked at first")
     image_size = args.image_size if args.image_size is not None else DEFAULT_FOLDER_SIZE
     splits = streaming_image_classification_data(
-        args.dataset, num_channels, image_size, medical=medical, **splits_from_args(args), **fit_from_args(args),
+        args.dataset, num_channels, image_size, medical=medical, unlabeled=getattr(args, "unlabeled", False),
+        **splits_from_args(args), **fit_from_args(args),
     )
     if not args.no_verify_images:
-        _verify_across_processes([splits[name] for name in SPLITS], getattr(args, "dataloader_num_workers", 0))
+        _verify_across_processes(list(splits.values()), getattr(args, "dataloader_num_workers", 0))
     return splits
 
 

@@ -174,17 +174,9 @@ def check_input_exists(source: str | os.PathLike) -> Path:
 
 
 def _folder_inputs(folder: Path, read: Callable) -> list[PredictionInput]:
-    from ..data.image_listing import ACCEPTED_FILES, is_image_or_dicom_file, warn_other_files_skipped
+    from ..data.image_listing import list_unlabeled_folder
 
-    visible = sorted(
-        path for path in folder.rglob("*")
-        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )  # fmt: skip
-    files = [path for path in visible if is_image_or_dicom_file(path)]
-    if not files:
-        raise ValueError(f"input folder {folder}: no image or DICOM files found ({ACCEPTED_FILES})")
-    listed = set(files)
-    warn_other_files_skipped(f"input folder {folder}", folder, [path for path in visible if path not in listed], 4)
+    files = list_unlabeled_folder(folder, f"input folder {folder}")
     _check_dicom_decoders(files)
     return [_input_of_file(path, path.relative_to(folder).as_posix(), read) for path in files]
 
