@@ -34,6 +34,19 @@ def shared_data(*parts) -> Path:
     return path
 
 
+def digit_folder(root: Path, rows) -> None:
+    """The digits 0 and 1 at `rows` of scikit-learn's digits as an image folder (zero/, one/) of 8x8 PNGs."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for index in rows:
+        label = ["zero", "one"][digits.target[index]]
+        (root / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((digits.images[index] * 15).astype(np.uint8)).save(root / label / f"{index:04d}.png")
+
+
 def python_subprocess_env() -> dict:
     """Environment for a fresh interpreter: offline, with this session's private HF_HOME."""
     return dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")

@@ -2,6 +2,7 @@ import json
 import runpy
 import sys
 import unicodedata
+import warnings
 
 import datasets
 import numpy as np
@@ -9,15 +10,17 @@ import pytest
 import torch
 from PIL import Image
 from diffusers import DDPMScheduler, UNet2DModel
+from sklearn.datasets import load_digits
 
 from diffusion_classifiers import UNetFeatureClassifierPipeline, export_unet_feature_pipeline
-from diffusion_classifiers.data import LabeledImages, load_image_classification_data, to_datasets
+from diffusion_classifiers.data import ImagePreprocessing, LabeledImages, load_image_classification_data, to_datasets
+from diffusion_classifiers.data.split_record import image_fingerprints, save_split_record
 from diffusion_classifiers.evaluation import evaluate_classifier, evaluate_compatible_transformers, load_metric, map_labels_by_name
 from diffusion_classifiers.metrics import calibration_metrics
 from diffusion_classifiers.models import unet_config
 from diffusion_classifiers.probing import fit_probe_grid
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, digit_folder
 
 BINARY_NAMES = ["malignant", "benign"]  # label 0 is the finding: sensitivity must be its recall, not label 1's
 
@@ -234,6 +237,150 @@ def test_metrics_json_records_the_split_and_the_dataset(fitted, tmp_path, capsys
     assert load_eval_split(tmp_path / "unnamed" / "metrics.json") is None
     with pytest.raises(ValueError, match="split: expected a non-empty string or None, got ''"):
         evaluate_classifier(pipe, test, tmp_path / "bad", split="")
+
+
+@pytest.fixture(scope="module")
+def external(tmp_path_factory):
+    """A binary U-Net feature classifier trained on an image folder of 60 digits (its train split's fingerprints in
+    its data_splits.json, as the training scripts save them), and an external folder of 30 digits it never saw."""
+    rows = np.flatnonzero(load_digits().target <= 1)
+    root = tmp_path_factory.mktemp("external")
+    digit_folder(root / "data", rows[:60])
+    digit_folder(root / "external", rows[60:90])
+    splits = load_image_classification_data(str(root / "data"), image_size=8, seed=0)
+    train, val = splits["train"], splits["val"]
+    torch.manual_seed(0)
+    unet = UNet2DModel(**unet_config("tiny", 8))
+    pipe = UNetFeatureClassifierPipeline(unet=unet, scheduler=DDPMScheduler(), preprocessing=train.preprocessing)
+    feats = {name: pipe.extract_features(splits[name].images, ["mid_block"], [20]) for name in ("train", "val")}
+    probe = fit_probe_grid(feats["train"], train.labels, feats["val"], val.labels, class_names=train.class_names)
+    pipe.register_modules(head=probe.head)
+    pipe.set_positive_class("one")
+    pipe.save_pretrained(root / "model")
+    save_split_record(root / "model", 0.1, 0.2, 0, None, train_images=train.images)
+    return root, splits
+
+
+def _evaluate(model, dataset, output_dir, *flags) -> dict:
+    from diffusion_classifiers.cli import main
+
+    main(["evaluate", "--model_dir", str(model), "--dataset", str(dataset), "--output_dir", str(output_dir), *flags])
+    return json.loads((output_dir / "metrics.json").read_text())
+
+
+def test_split_all_scores_every_image_of_an_external_folder(external, tmp_path):
+    """A lab scoring a model on another instrument's labelled folder had its test split carved (a fifth of it) and
+    scored: `--split all` scores every image, once, as one set, in memory and streamed."""
+    root, _ = external
+    carved = _evaluate(root / "model", root / "external", tmp_path / "test")
+    whole = _evaluate(root / "model", root / "external", tmp_path / "all", "--split", "all")
+    assert carved["num_samples"] < whole["num_samples"] == 30
+    assert (whole["split"], whole["dataset"], whole["training_images_checked"]) == ("all", "external", True)
+    report = (tmp_path / "all" / "report.md").read_text()
+    assert report.startswith("# model on external (all)\n\n30 images, every image of the data set, read at 8 px")
+    # the reference: the saved pipeline called on the 30 files themselves
+    pipe = UNetFeatureClassifierPipeline.from_pretrained(str(root / "model"))
+    files = sorted((root / "external").glob("*/*.png"))
+    predicted = pipe([Image.open(file) for file in files]).labels
+    right = [label == file.parent.name for label, file in zip(predicted, files)]
+    assert whole["accuracy"] == pytest.approx(np.mean(right))
+    streamed = _evaluate(root / "model", root / "external", tmp_path / "streamed", "--split", "all", "--streaming")
+    assert streamed["num_samples"] == 30 and streamed["confusion_matrix"] == whole["confusion_matrix"]
+
+
+def test_split_all_refuses_the_carving_flags_before_loading_the_model(external, tmp_path, monkeypatch):
+    import diffusion_classifiers.evaluation
+    from diffusion_classifiers.cli import main
+
+    root, _ = external
+    monkeypatch.setattr(diffusion_classifiers.evaluation, "load_classifier", pytest.fail)
+    argv = ["evaluate", "--model_dir", str(root / "model"), "--dataset", str(root / "external")]
+    argv += ["--output_dir", str(tmp_path / "out")]
+    refused = r"--split all scores every image of --dataset and carves no split: {} only choose\(s\) how splits are "
+    refused += r"carved; leave them out"
+    noise = r" \(the scoring noise's seed is --pipeline_kwargs '\{\"seed\": N\}'\)$"
+    with pytest.raises(ValueError, match=refused.format("--seed 3") + noise):
+        main(argv + ["--split", "all", "--seed", "3"])
+    with pytest.raises(ValueError, match=refused.format("--val_fraction 0.2 --test_fraction 0.3") + "$"):
+        main(argv + ["--split", "all", "--val_fraction", "0.2", "--test_fraction", "0.3"])
+    with pytest.raises(ValueError, match=r"split: expected one of \['train', 'validation', 'val', 'test', 'all'\] "
+                                         r".*, got 'everything'"):  # fmt: skip
+        main(argv + ["--split", "everything"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_split_all_checks_every_image_against_the_training_fingerprints(external, tmp_path, capsys):
+    """An external set that secretly holds the model's training images is refused (or they are dropped), whichever
+    split the data would have put them in; a model that records no fingerprints is scored with a note."""
+    root, splits = external
+    model, leaky = root / "model", tmp_path / "leaky"
+    digit_folder(leaky, np.flatnonzero(load_digits().target <= 1)[:90])  # the training folder and 30 more
+    leaked = len(splits["train"])
+    with pytest.raises(ValueError, match=rf"^{leaked} of 90 images of the data set leaky are images the model was "
+                                         r"trained on .*: the data set holds images the model was trained on .*Leave "
+                                         r"them out of the data, or pass --drop_training_images .* to score the other "
+                                         rf"{90 - leaked} only$"):  # fmt: skip
+        _evaluate(model, leaky, tmp_path / "refused", "--split", "all")
+    assert not (tmp_path / "refused").exists()  # refused before scoring
+    with pytest.raises(ValueError, match=rf"^{leaked} of 90 images .* e\.g\. .*leaky/(zero|one)/\d+\.png"):
+        _evaluate(model, leaky, tmp_path / "streamed", "--split", "all", "--streaming")
+    dropped = _evaluate(model, leaky, tmp_path / "dropped", "--split", "all", "--drop_training_images")
+    assert (dropped["num_samples"], dropped["training_images_dropped"]) == (90 - leaked, leaked)
+    expected = f"{90 - leaked} images (the data set's 90 less the {leaked} the model was trained on)"
+    assert expected in (tmp_path / "dropped" / "report.md").read_text()
+    old = tmp_path / "old"  # a model of an earlier version: no fingerprints
+    UNetFeatureClassifierPipeline.from_pretrained(str(model)).save_pretrained(old)
+    (old / "data_splits.json").write_text('{"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0}')
+    capsys.readouterr()
+    unchecked = _evaluate(old, leaky, tmp_path / "unchecked", "--split", "all")
+    assert unchecked["num_samples"] == 90 and "training_images_checked" not in unchecked
+    assert capsys.readouterr().err.count("cannot check that the leaky images are none it was trained on") == 1
+
+
+def test_split_all_of_a_saved_datasetdict_is_its_splits_together_checked(external, tmp_path):
+    """A saved DatasetDict's splits are scored together as its own test split would score them, and checked too."""
+    root, splits = external
+    external_splits = to_datasets(load_image_classification_data(str(root / "external"), image_size=8, seed=0))
+    external_splits.save_to_disk(str(tmp_path / "dd"))
+    one_split = datasets.concatenate_datasets([external_splits[name] for name in ("train", "validation", "test")])
+    datasets.DatasetDict({"test": one_split}).save_to_disk(str(tmp_path / "dd_test"))
+    whole = _evaluate(root / "model", tmp_path / "dd", tmp_path / "all", "--split", "all")
+    as_test = _evaluate(root / "model", tmp_path / "dd_test", tmp_path / "test")
+    assert whole["num_samples"] == as_test["num_samples"] == 30 and whole["training_images_checked"] is True
+    assert whole["confusion_matrix"] == as_test["confusion_matrix"] and whole["auc"] == pytest.approx(as_test["auc"])
+    to_datasets({"train": splits["train"]}).save_to_disk(str(tmp_path / "training"))
+    num_train = len(splits["train"])
+    with pytest.raises(ValueError, match=rf"^{num_train} of {num_train} images of the data set training are images "
+                                         r"the model was trained on"):  # fmt: skip
+        _evaluate(root / "model", tmp_path / "training", tmp_path / "refused", "--split", "all")
+
+
+def test_load_evaluation_split_all_is_every_split_once_without_carving_warnings(tmp_path):
+    from diffusion_classifiers.evaluation import load_evaluation_split
+
+    digits = load_digits()
+    images, labels = (digits.images[:30] * 15).astype(np.uint8), digits.target[:30] % 2
+    np.savez(tmp_path / "own.npz", train_images=images[:20], train_labels=labels[:20], test_images=images[20:],
+             test_labels=labels[20:])  # fmt: skip
+    whole, train = load_evaluation_split(str(tmp_path / "own.npz"), "all", with_train=True)
+    parts = [load_evaluation_split(str(tmp_path / "own.npz"), name) for name in ("train", "val", "test")]
+    assert train is None and whole.labels.tolist() == labels.tolist()  # the data's own order: its train, its test
+    carved = image_fingerprints(torch.cat([part.images for part in parts]))
+    assert sorted(image_fingerprints(whole.images)) == sorted(carved)  # each image once
+    rows = np.flatnonzero(digits.target <= 1)
+    digit_folder(tmp_path / "few", [*rows[digits.target[rows] == 0][:10], *rows[digits.target[rows] == 1][:2]])
+    with pytest.warns(UserWarning, match=r"the carved 'val' split holds no image of class 'one'"):
+        load_evaluation_split(str(tmp_path / "few"), "test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # carving only reads the data: nothing to say about it
+        assert len(load_evaluation_split(str(tmp_path / "few"), "all")) == 12
+    digit_folder(tmp_path / "tiny", [rows[digits.target[rows] == 0][0], rows[digits.target[rows] == 1][0]])
+    with pytest.raises(ValueError, match="split '(val|test)' is empty"):  # too small to carve
+        load_evaluation_split(str(tmp_path / "tiny"), "test")
+    for streaming in (False, True):  # but scored whole: nothing carved
+        contract = ImagePreprocessing(image_size=8, num_channels=1)
+        tiny = load_evaluation_split(str(tmp_path / "tiny"), "all", preprocessing=contract, streaming=streaming)
+        assert len(tiny) == 2
 
 
 def test_a_split_without_a_class_is_flagged_not_read_as_perfect(binary, tmp_path):

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
-from PIL import Image
 from sklearn.datasets import load_digits
 
 from diffusion_classifiers import UNetFeatureClassifierPipeline
@@ -26,6 +25,8 @@ from diffusion_classifiers.data.split_record import (
 )
 from diffusion_classifiers.models import unet_config
 from diffusion_classifiers.probing import fit_probe_grid
+
+from .conftest import digit_folder
 
 
 def test_fingerprints_survive_a_re_export_and_tell_images_apart(tmp_path):
@@ -48,13 +49,6 @@ def test_fingerprints_survive_a_re_export_and_tell_images_apart(tmp_path):
     assert read_split_record(tmp_path)["seed"] == 0 and recorded_train_fingerprints(tmp_path) is None
 
 
-def _digit_folder(root, digits, rows):
-    for index in rows:
-        label = ["zero", "one"][digits.target[index]]
-        (root / label).mkdir(parents=True, exist_ok=True)
-        Image.fromarray((digits.images[index] * 16).astype(np.uint8)).save(root / label / f"{index:04d}.png")
-
-
 @pytest.fixture(scope="module")
 def model_and_data(tmp_path_factory):
     """A binary U-Net feature classifier saved as a training script saves it (the train split's fingerprints in its
@@ -62,8 +56,8 @@ def model_and_data(tmp_path_factory):
     digits = load_digits()
     rows = np.flatnonzero(digits.target <= 1)
     root = tmp_path_factory.mktemp("leak")
-    _digit_folder(root / "data", digits, rows[:60])
-    _digit_folder(root / "grown", digits, rows[:70])
+    digit_folder(root / "data", rows[:60])
+    digit_folder(root / "grown", rows[:70])
     splits = load_image_classification_data(str(root / "data"), image_size=8, seed=0)
     torch.manual_seed(0)
     pipe = UNetFeatureClassifierPipeline(
@@ -165,7 +159,7 @@ def test_duplicates_within_the_data_are_not_refused(model_and_data, tmp_path):
     digits = load_digits()
     rows = np.flatnonzero(digits.target <= 1)[:60]
     data = tmp_path / "dups"
-    _digit_folder(data, digits, rows)
+    digit_folder(data, rows)
     for index in rows[:20]:  # 20 images twice, under another name
         label = ["zero", "one"][digits.target[index]]
         (data / label / f"copy{index:04d}.png").write_bytes((data / label / f"{index:04d}.png").read_bytes())
@@ -368,7 +362,7 @@ def test_evaluate_scores_a_folder_of_some_of_the_models_classes(model_and_data, 
     root, _ = model_and_data
     digits = load_digits()
     unseen_ones = [row for row in np.flatnonzero(digits.target <= 1)[60:] if digits.target[row] == 1]
-    _digit_folder(tmp_path / "ones", digits, unseen_ones)
+    digit_folder(tmp_path / "ones", unseen_ones)
     main(["evaluate", "--model_dir", str(root / "model"), "--dataset", str(tmp_path / "ones"), "--output_dir",
           str(tmp_path / "out")])  # fmt: skip
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())

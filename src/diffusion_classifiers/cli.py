@@ -172,7 +172,12 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
         help="what data.load_image_classification_data reads (with the model's saved preprocessing), or a saved "
         f"DatasetDict folder (default: {DEMO_DATASET_HELP})",
     )  # fmt: skip
-    parser.add_argument("--split", default="test", choices=["train", "val", "validation", "test"], help="the split scored")
+    parser.add_argument(
+        "--split", default="test",
+        help="the split scored: train, val (or validation), test, or all: every image of --dataset once, as one set "
+        "(its splits together; a folder or CSV without splits whole, nothing carved), each checked against the "
+        f"training images the model's {SPLIT_RECORD_NAME} records",
+    )  # fmt: skip
     parser.add_argument("--output_dir", default="outputs/evaluation", help="where metrics.json, report.md and the PNGs go")
     add_overwrite_arg(parser)
     parser.add_argument("--batch_size", type=int, default=64, help="images per model call")
@@ -180,7 +185,8 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=None,
         help=f"seed of the splits carved when the data has none (default: as the model's {SPLIT_RECORD_NAME} "
-        "records, else 0); not the scoring noise's (predict's --seed): pass that as --pipeline_kwargs '{\"seed\": N}'",
+        "records, else 0; refused with --split all, as are --val_fraction and --test_fraction); not the scoring "
+        "noise's (predict's --seed): pass that as --pipeline_kwargs '{\"seed\": N}'",
     )  # fmt: skip
     parser.add_argument(
         "--streaming", action="store_true",
@@ -218,8 +224,10 @@ def _leaves_no_empty_output_dir(command: Callable[[argparse.Namespace], dict]) -
 @_leaves_no_empty_output_dir
 def run_evaluate(args: argparse.Namespace) -> dict:
     from .evaluation import (
+        ALL_SPLITS,
         carved_splits,
         check_evaluation_args,
+        check_evaluation_split,
         evaluate_classifier,
         load_classifier,
         load_evaluation_split,
@@ -234,6 +242,16 @@ def run_evaluate(args: argparse.Namespace) -> dict:
 
     check_one_process("evaluate")  # several processes would each score the whole split into the same files
     check_evaluation_args(args.output_dir, args.batch_size)  # before the model and the data are loaded
+    check_evaluation_split(args.split)
+    given = {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction, "seed": args.seed}
+    whole = args.split == ALL_SPLITS  # every image of the data, none carved
+    carving_flags = [f"--{name} {value}" for name, value in given.items() if value is not None]
+    if whole and carving_flags:
+        noise = " (the scoring noise's seed is --pipeline_kwargs '{\"seed\": N}')" if args.seed is not None else ""
+        raise ValueError(
+            f"--split {ALL_SPLITS} scores every image of --dataset and carves no split: {' '.join(carving_flags)} "
+            f"only choose(s) how splits are carved; leave them out{noise}"
+        )
     if args.pipeline_kwargs is not None and not isinstance(args.pipeline_kwargs, dict):
         raise ValueError(f"--pipeline_kwargs: expected a JSON object, got {args.pipeline_kwargs!r}")
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
@@ -245,20 +263,21 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         resolve_positive_label(args.positive_class, class_names, len(class_names))
     args.dataset = _dataset_or_demo_digits(args.dataset, contract, "evaluate", class_names)
     pipeline_call_settings(classifier, args.pipeline_kwargs)  # unknown names refused before the split is read
-    given = {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction, "seed": args.seed}
-    # as the model's data was carved, anonymised DICOM grouped by its rule included
+    # as the model's data was carved, anonymised DICOM grouped by its rule included (with all: its class names only)
     carving = resolve_split_args(folder, **given)
-    # only a carved split can hold training images where the data changed; one of the data's own is its word
-    carved = ("val" if args.split == "validation" else args.split) in carved_splits(args.dataset)
-    train_fingerprints = recorded_train_fingerprints(folder) if carved else None
-    if train_fingerprints is None and carved:
-        _note_unchecked(args.model_dir, "evaluate", [args.split])
-    dataset, train_split = load_evaluation_split(  # its train split tells duplicates within the data from leaks
+    # the data's name, not its local path: metrics.json may be published with the model
+    dataset_name = os.path.basename(os.path.normpath(args.dataset))
+    # only a carved split can hold training images where the data changed; one of the data's own is its word; all of
+    # the data (an external set) is checked whole
+    checked = whole or ("val" if args.split == "validation" else args.split) in carved_splits(args.dataset)
+    train_fingerprints = recorded_train_fingerprints(folder) if checked else None
+    if train_fingerprints is None and checked:
+        _note_unchecked(args.model_dir, "evaluate", [dataset_name if whole else args.split])
+    # its train split tells duplicates within the data from leaks (none with all: every image is the set scored)
+    dataset, train_split = load_evaluation_split(
         args.dataset, args.split, preprocessing=contract, streaming=args.streaming, with_train=True, **carving,
         model_class_names=class_names,
     )
-    # the data's name, not its local path: metrics.json may be published with the model
-    dataset_name = os.path.basename(os.path.normpath(args.dataset))
     title = f"{os.path.basename(os.path.normpath(args.model_dir))} on {dataset_name} ({args.split})"
     metrics = evaluate_classifier(
         classifier, dataset, args.output_dir, batch_size=args.batch_size, positive_class=args.positive_class, title=title,

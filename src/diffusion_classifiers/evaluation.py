@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .data import ImagePreprocessing, LabeledImages, canonical_split_name, load_image_classification_data
+from .data import ONE_SET, ImagePreprocessing, LabeledImages, canonical_split_name, load_image_classification_data
+from .data.hf_datasets import HF_SPLIT_NAMES
 from .data.image_listing import list_image_folder
 from .data.split_record import ANONYMISED_DICOM_RULE, image_fingerprint_variants, image_fingerprints
 from .data.streaming import (
@@ -39,8 +40,11 @@ from .metrics import (
 from .validation import check_writable_dir, unicode_normalisation_note
 
 __all__ = [
+    "ALL_SPLITS",
+    "EVALUATION_SPLITS",
     "METRIC_MODULE",
     "check_evaluation_args",
+    "check_evaluation_split",
     "carved_splits",
     "check_training_overlap",
     "evaluate_classifier",
@@ -57,6 +61,10 @@ __all__ = [
 ]
 
 METRIC_MODULE = str(Path(__file__).parent / "evaluate_metrics" / "diffusion_classifier_metrics.py")
+# The splits `load_evaluation_split` (and `diffusion-classifiers evaluate --split`) reads: one of the data's ("val" and
+# "validation" one name), or `ALL_SPLITS`, every image of the data set as one set (its splits together, none carved).
+ALL_SPLITS = ONE_SET
+EVALUATION_SPLITS = (*HF_SPLIT_NAMES, ALL_SPLITS)
 
 
 def load_metric():
@@ -215,6 +223,16 @@ def check_known_class_names(names: Sequence[str], model_names: Sequence[str], wh
         )
 
 
+def check_evaluation_split(split: str) -> None:
+    """`split` is one of `EVALUATION_SPLITS`, else a `ValueError` listing them; cheap, so callers check it before a
+    model or an image is read."""
+    if split not in EVALUATION_SPLITS:
+        raise ValueError(
+            f"split: expected one of {list(EVALUATION_SPLITS)} ({ALL_SPLITS!r}: every image of the data set, its "
+            f"splits together), got {split!r}"
+        )
+
+
 def check_evaluation_args(output_dir: Optional[str], batch_size: int) -> None:
     """What must hold before a model is loaded or an image classified: a positive `batch_size`, and an `output_dir`
     (when given) that is a writable folder."""
@@ -272,16 +290,23 @@ def load_evaluation_split(
     anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
     model_class_names: Optional[Sequence[str]] = None,
 ):
-    """The `split` of `dataset`: a folder saved with `DatasetDict.save_to_disk` gives a (memory-mapped)
-    `datasets.Dataset`; what `data.load_image_classification_data` reads (digits, a MedMNIST .npz, IDX files, an image
-    folder, ...), whose splits are carved with `val_fraction`, `test_fraction`, `seed`, `class_names` and
-    `anonymised_dicom_groups` when the data has none (as the model's were: `data.resolve_split_args`), gives its
-    [`LabeledImages`], read at the size, channels and medical reading of `preprocessing` (a model's saved contract):
-    the very tensors a model trained on that data was trained and reported on, with no round trip through 8-bit
-    images. With `streaming`, an image folder or CSV of paths gives the same split as [`StreamingImages`] instead
-    (`data.streaming_image_classification_data`: the same images, decoded only when read), for data larger than
-    memory. With `with_train`, `(split, the train split carved alongside it)` (None for a saved `DatasetDict`): the
-    images `check_training_overlap` tells duplicates within the data from training images by.
+    """The `split` of `dataset` (one of `EVALUATION_SPLITS`): a folder saved with `DatasetDict.save_to_disk` gives a
+    (memory-mapped) `datasets.Dataset`; what `data.load_image_classification_data` reads (digits, a MedMNIST .npz,
+    IDX files, an image folder, ...), whose splits are carved with `val_fraction`, `test_fraction`, `seed`,
+    `class_names` and `anonymised_dicom_groups` when the data has none (as the model's were:
+    `data.resolve_split_args`), gives its [`LabeledImages`], read at the size, channels and medical reading of
+    `preprocessing` (a model's saved contract): the very tensors a model trained on that data was trained and
+    reported on, with no round trip through 8-bit images. With `streaming`, an image folder or CSV of paths gives the
+    same split as [`StreamingImages`] instead (`data.streaming_image_classification_data`: the same images, decoded
+    only when read), for data larger than memory. With `with_train`, `(split, the train split carved alongside it)`
+    (None for a saved `DatasetDict`): the images `check_training_overlap` tells duplicates within the data from
+    training images by.
+
+    `split="all"` (`ALL_SPLITS`) gives every image of `dataset` once, as one set: its own splits joined, none carved
+    (the loaders' `one_set=True`; the train split returned with `with_train` is None, as every image is the set
+    scored). A saved `DatasetDict`'s splits are then
+    read as one [`StreamingImages`] through `preprocessing` when given (so that its images, like any other source's,
+    can be checked against a model's training fingerprints), else as one `datasets.Dataset`.
 
     `class_names` (a model's recorded ones) name the label ids of a source that stores ids or labels (digits, `.npz`,
     IDX, CSV). An image folder carries its own (its class subfolders) and a saved `DatasetDict` its ClassLabel: theirs
@@ -290,8 +315,7 @@ def load_evaluation_split(
     (the model's classes, `hub.class_names_of`) when given. Their order may differ:
     `evaluate_classifier` matches labels to the model's by name, so the scored label ids are the model's whatever the
     data's order, and reports the model's classes the data lacks as `absent_classes`."""
-    if split not in ("train", "val", "validation", "test"):
-        raise ValueError(f"split: expected 'train', 'val', 'validation' or 'test', got {split!r}")
+    check_evaluation_split(split)
     if dataset != "digits" and not os.path.exists(dataset):
         raise ValueError(
             f"dataset {dataset!r} does not exist; expected 'digits', a .npz file, a .csv of paths, an IDX directory, "
@@ -300,7 +324,11 @@ def load_evaluation_split(
     if os.path.isfile(os.path.join(dataset, "dataset_dict.json")):
         from datasets import load_from_disk
 
-        chosen = _saved_split(load_from_disk(dataset), split, dataset)
+        saved = load_from_disk(dataset)
+        if split == ALL_SPLITS:
+            chosen = _every_saved_image(saved, dataset, preprocessing)
+        else:
+            chosen = _saved_split(saved, split, dataset)
         return (chosen, None) if with_train else chosen
     own_names = _own_class_names(dataset)
     known = model_class_names if model_class_names is not None else class_names
@@ -311,10 +339,27 @@ def load_evaluation_split(
     load = streaming_image_classification_data if streaming else load_image_classification_data
     splits = load(
         dataset, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, class_names=class_names,
-        anonymised_dicom_groups=anonymised_dicom_groups, **contract.loader_kwargs,
+        anonymised_dicom_groups=anonymised_dicom_groups, one_set=split == ALL_SPLITS, **contract.loader_kwargs,
     )  # fmt: skip
-    chosen = splits["val" if split == "validation" else split]
+    if split == ALL_SPLITS:
+        return (splits[ONE_SET], None) if with_train else splits[ONE_SET]
+    chosen = splits[canonical_split_name(split)]
     return (chosen, splits["train"]) if with_train else chosen
+
+
+def _every_saved_image(splits, where: str, preprocessing: Optional[ImagePreprocessing]):
+    """Every split of a saved `DatasetDict` as one set: [`StreamingImages`] read through `preprocessing` (a model's
+    contract) when given, else one `datasets.Dataset`."""
+    import datasets
+
+    columns = {name: dict(part.features) for name, part in splits.items()}
+    if len({repr(features) for features in columns.values()}) > 1:
+        raise ValueError(
+            f"split {ALL_SPLITS!r}: the splits of the DatasetDict saved in {where} differ in their columns {columns}; "
+            "expected the same columns (and class names) in every split, to score them as one set"
+        )
+    every = datasets.concatenate_datasets(list(splits.values()))
+    return every if preprocessing is None else StreamingImages(every, **preprocessing.loader_kwargs)
 
 
 def _own_class_names(dataset: str) -> Optional[List[str]]:
@@ -366,6 +411,7 @@ def check_training_overlap(
     drop_hint: Optional[str] = "--drop_training_images (drop_training_images=True)",
     changed_split_args: Optional[dict] = None,
     streaming_hint: Optional[str] = "--streaming (streaming=True)",
+    whole_data_set: bool = False,
 ):
     """`(dataset, number dropped)`: [`LabeledImages`] or [`StreamingImages`] checked, by content
     (`data.split_record.image_fingerprint_variants`), against a model's recorded `train_fingerprints`. Images the
@@ -373,7 +419,8 @@ def check_training_overlap(
     their positions and `streaming_hint`, the way to read the split with its file names; and `drop_hint`, the way to
     score the rest, where there is one), or left out with `drop`. A [`StreamingImages`] split is read once for this,
     before any image is scored. `changed_split_args` (`data.split_record.changed_split_args`: the carving values
-    given that differ from the model's record, `{name: (given, recorded)}`) are named first as the likely cause.
+    given that differ from the model's record, `{name: (given, recorded)}`) are named first as the likely cause;
+    with `whole_data_set` (`dataset` is every image of a data set, none carved: `ALL_SPLITS`), the data itself.
 
     `train_split`, the train split carved from the same data (in memory or streamed), tells duplicates from leaks:
     an image whose fingerprint is also one of its images' is an exact copy of an image the data itself puts in train
@@ -396,7 +443,7 @@ def check_training_overlap(
         raise ValueError(
             f"{num_seen} of {len(seen)} images of {where} are images the model was trained on (by content: its "
             f"data_splits.json train_fingerprints), e.g. {_first_images(dataset, seen, streaming_hint)}: "
-            + _likely_cause(changed_split_args)
+            + (_WHOLE_DATA_SET_CAUSE if whole_data_set else _likely_cause(changed_split_args))
             + (f", or pass {drop_hint} to score the other {len(seen) - num_seen} only" if drop_hint else "")
         )
     return dataset.subset(np.flatnonzero(~seen)), num_seen
@@ -411,6 +458,13 @@ def _first_images(dataset, seen: np.ndarray, streaming_hint: Optional[str]) -> s
         return ", ".join(dataset._path(i) for i in indices) + more
     listing = f"; an image folder or CSV read with {streaming_hint} names their files" if streaming_hint else ""
     return f"{', '.join(f'#{i}' for i in indices)}{more} (positions in the split{listing})"
+
+
+# Why every image of a data set (`ALL_SPLITS`: none carved) holds training images, and what to do.
+_WHOLE_DATA_SET_CAUSE = (
+    "the data set holds images the model was trained on (its training data, or a set that shares images with it), "
+    "and scoring them would overstate the model. Leave them out of the data"
+)
 
 
 def _likely_cause(changed_split_args: Optional[dict]) -> str:
@@ -485,8 +539,9 @@ def evaluate_classifier(
         title (`str`, *optional*): the report's and the plots' title; defaults to the model's class.
         num_workers (`int`, *optional*, defaults to 0): `DataLoader` worker processes that decode a
             `datasets.Dataset` or [`StreamingImages`].
-        split (`str`, *optional*): the name of the split `dataset` is ("test", "val", ...), recorded in `metrics.json`
-            as `"split"` (`hub.load_eval_split` reads it, so a model card names the split its numbers come from).
+        split (`str`, *optional*): the name of the split `dataset` is ("test", "val", ..., or "all": every image of
+            the data set, `load_evaluation_split(..., "all")`), recorded in `metrics.json` as `"split"`
+            (`hub.load_eval_split` reads it, so a model card names the split its numbers come from).
         dataset_name (`str`, *optional*): the dataset as the caller gave it (a path, "digits", ...), recorded in
             `metrics.json` as `"dataset"`.
         train_fingerprints (*optional*): the fingerprints of the model's training images
@@ -530,10 +585,10 @@ def evaluate_classifier(
         _warn_default_positive_class(model_names, classifier)
     checked = {}
     if train_fingerprints is not None and isinstance(dataset, (LabeledImages, StreamingImages)):
-        where = f"the {split or 'evaluated'} split" + (f" of {dataset_name}" if dataset_name else "")
+        where = _images_named(split, dataset_name)
         dataset, dropped = check_training_overlap(
             dataset, train_fingerprints, drop_training_images, where, num_workers, train_split=train_split,
-            changed_split_args=changed_split_args,
+            changed_split_args=changed_split_args, whole_data_set=split == ALL_SPLITS,
         )  # fmt: skip
         checked = {"training_images_checked": True}
         if drop_training_images:
@@ -572,9 +627,10 @@ def evaluate_classifier(
     if absent:  # a split without a class reads as perfect on the rest: say so, loudly and in the record
         metrics["absent_classes"] = absent
         metrics["auc"] = None
-        metrics["auc_undefined"] = f"no image of class {', '.join(absent)} in the split"
+        metrics["auc_undefined"] = f"no image of class {', '.join(absent)} in the {_scored_set(split)}"
+        evaluated = _scored_set(split) if split in (None, ALL_SPLITS) else split
         warnings.warn(
-            f"the evaluated {split or 'split'} has no image of the model's class(es) {', '.join(absent)} "
+            f"the evaluated {evaluated} has no image of the model's class(es) {', '.join(absent)} "
             f"({len(y_true)} images): its accuracy and macro-F1 say nothing about them, and AUC is undefined",
             UserWarning,
             stacklevel=2,
@@ -586,6 +642,18 @@ def evaluate_classifier(
             ranking_scores=ranking,
         )  # fmt: skip
     return metrics
+
+
+def _images_named(split: Optional[str], dataset_name: Optional[str]) -> str:
+    """The images scored, as messages name them: "the test split of digits"; "the data set flowcam" (`ALL_SPLITS`)."""
+    if split == ALL_SPLITS:
+        return "the data set" + (f" {dataset_name}" if dataset_name else "")
+    return f"the {split or 'evaluated'} split" + (f" of {dataset_name}" if dataset_name else "")
+
+
+def _scored_set(split: Optional[str]) -> str:
+    """"data set" for every image of one (`ALL_SPLITS`), else "split"."""
+    return "data set" if split == ALL_SPLITS else "split"
 
 
 def _predict_with_one_bar(classifier, predict: Predictor, batches: Iterable, num_images: int) -> list:
@@ -639,22 +707,24 @@ def write_evaluation(
     titles = {"confusion_matrix": f"{title}: confusion matrix", "reliability": f"{title}: reliability", "roc_pr": title}
     plots = plot_classification_figures(output_dir, metrics, class_names, y_true, probs, titles, ranking_scores)
     with open(os.path.join(output_dir, "report.md"), "w") as f:
-        f.write(render_evaluation_report(metrics, title, plots))
+        f.write(render_evaluation_report(metrics, title, plots, split))
 
 
-def render_evaluation_report(metrics: dict, title: str, plots: List[str]) -> str:
-    """Markdown: the headline metrics (the positive class named for binary tasks), per-class table, the plots."""
+def render_evaluation_report(metrics: dict, title: str, plots: List[str], split: Optional[str] = None) -> str:
+    """Markdown: the headline metrics (the positive class named for binary tasks), per-class table, the plots; the
+    images scored counted, as every image of the data set for `split="all"`."""
     auc = "n/a" if metrics.get("auc") is None else f"{metrics['auc']:.4f}"
     if metrics.get("auc_undefined"):
         auc = f"undefined ({metrics['auc_undefined']})"
     read = ""  # metrics of earlier versions record no preprocessing
     if "preprocessing" in metrics:
         read = f", read at {ImagePreprocessing.from_dict(metrics['preprocessing']).summary()}"
-    lines = [f"# {title}", "", f"{_images_scored(metrics)}{read}.", "", "| metric | value |", "| --- | ---: |"]
+    scored = _images_scored(metrics, split)
+    lines = [f"# {title}", "", f"{scored}{read}.", "", "| metric | value |", "| --- | ---: |"]
     if metrics.get("absent_classes"):
         lines[3:3] = [
-            f"**Warning: the split has no image of class {', '.join(metrics['absent_classes'])}.** The metrics below "
-            "describe the other classes only; AUC is undefined.",
+            f"**Warning: the {_scored_set(split)} has no image of class {', '.join(metrics['absent_classes'])}.** "
+            "The metrics below describe the other classes only; AUC is undefined.",
             "",
         ]
     lines += [f"| accuracy | {100 * metrics['accuracy']:.2f}% |", f"| macro-F1 | {100 * metrics['macro_f1']:.2f}% |"]
@@ -662,7 +732,7 @@ def render_evaluation_report(metrics: dict, title: str, plots: List[str]) -> str
     lines += [f"| ECE | {metrics['calibration']['ece']:.4f} |"]
     if "positive_class" in metrics:
         positive = metrics["positive_class"]
-        lines[2] = f"{_images_scored(metrics)}{read}; positive class: **{positive}**."
+        lines[2] = f"{scored}{read}; positive class: **{positive}**."
         lines += [
             f"| sensitivity (recall of {positive}) | {percent(metrics['sensitivity'])} |",
             f"| specificity | {percent(metrics['specificity'])} |",
@@ -675,13 +745,15 @@ def render_evaluation_report(metrics: dict, title: str, plots: List[str]) -> str
     return "\n".join(lines) + "\n"
 
 
-def _images_scored(metrics: dict) -> str:
+def _images_scored(metrics: dict, split: Optional[str] = None) -> str:
     """"38 images"; with training images dropped (`training_images_dropped`), "38 images (the split's 73 less the 35
-    the model was trained on)"."""
+    the model was trained on)"; for `split="all"`, "73 images, every image of the data set" (or "the data set's 73
+    less ...")."""
     scored, dropped = metrics["num_samples"], metrics.get("training_images_dropped")
-    if not dropped:
-        return f"{scored} images"
-    return f"{scored} images (the split's {scored + dropped} less the {dropped} the model was trained on)"
+    if dropped:
+        owner = "the data set's" if split == ALL_SPLITS else "the split's"
+        return f"{scored} images ({owner} {scored + dropped} less the {dropped} the model was trained on)"
+    return f"{scored} images" + (", every image of the data set" if split == ALL_SPLITS else "")
 
 
 def seed_sensitivity_rows(sensitivity: dict) -> List[str]:

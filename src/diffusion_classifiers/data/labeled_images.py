@@ -14,12 +14,14 @@ from ..validation import check_finite_rows
 from .preprocessing import ImagePreprocessing, _describe
 
 __all__ = [
+    "ONE_SET",
     "SPLITS",
     "LabeledImages",
     "RawData",
 ]
 
 SPLITS = ("train", "val", "test")
+ONE_SET = "all"  # every image of a data set as one set, none carved (the loaders' `one_set=True`)
 
 
 @dataclass

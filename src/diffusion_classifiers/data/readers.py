@@ -31,7 +31,7 @@ from .dicom import MedicalPreprocessing, parse_windows
 from .file_decoding import _BitDepths, decode_files, warn_mixed_channels
 from .hf_datasets import pil_channels, read_hf_dataset
 from .image_listing import list_csv, list_folder_files, list_unlabeled_folder
-from .labeled_images import SPLITS, LabeledImages, RawData, labels_and_names
+from .labeled_images import ONE_SET, SPLITS, LabeledImages, RawData, labels_and_names
 from .preprocessing import ImagePreprocessing, _describe, fit_options, preprocess_images
 from .split_record import ANONYMISED_DICOM_RULE, check_anonymised_dicom_groups
 from .splits import _FewImagesWarning, _check_fraction, stratified_group_split, stratified_split
@@ -67,10 +67,11 @@ def load_image_classification_data(
     normalize_background: bool = False,
     anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
     unlabeled: bool = False,
+    one_set: bool = False,
 ) -> dict[str, LabeledImages]:
     r"""
     Load an image-classification dataset as `{"train", "val", "test"}` [`LabeledImages`] (an unlabeled folder:
-    `{"train"}`).
+    `{"train"}`; `one_set`: `{"all"}`).
 
     Args:
         source (`str`, `os.PathLike`, `datasets.Dataset` or `datasets.DatasetDict`, *optional*, defaults to `"digits"`):
@@ -150,6 +151,10 @@ def load_image_classification_data(
             read every image and DICOM file of the image folder `source` and its subfolders at any depth, class
             folders or not, without labels ([`list_unlabeled_folder`]), all of them into `"train"` (no val or test
             carved; one class, `"unlabeled"`): the pool of a label-free trainer (the DDPM U-Net, RC-DiT).
+        one_set (`bool`, *optional*, defaults to `False`):
+            every image of the source as one set, `{"all": ...}` (`ONE_SET`): its own splits joined in their order,
+            none carved (`val_fraction`, `test_fraction` and `seed` unused): an external test set scored whole
+            (`diffusion-classifiers evaluate --split all`).
 
     Returns:
         `Dict[str, LabeledImages]`: the `"train"`, `"val"` and `"test"` splits, each with the `preprocessing`
@@ -205,8 +210,8 @@ def load_image_classification_data(
         rows = [f"row {i}" for i in range(len(raw.images))]
         warn_mixed_channels([pil_channels(image) for image in raw.images], rows, stacklevel=3)
     images = raw.images if raw.preprocessed else preprocess_images(raw.images, preprocessing=reading)
-    if unlabeled:
-        splits = {"train": LabeledImages(images, raw.labels, raw.class_names)}
+    if unlabeled or one_set:
+        splits = {"train" if unlabeled else ONE_SET: LabeledImages(images, raw.labels, raw.class_names)}
     else:
         splits = _assemble(images, raw, val_fraction, test_fraction, seed)
     # What a model trained on these tensors is saved with: the same steps, for files and [-1, 1] tensors alike.

@@ -30,7 +30,7 @@ from .preprocessing import ImagePreprocessing, _describe, fit_options, preproces
 from .file_decoding import _refuse_unreadable_files, decode_image_file, dicom_or_not, list_frames
 from .hf_datasets import HF_SPLIT_NAMES, find_column, hf_splits, split_columns
 from .image_listing import list_csv, list_folder_files, list_unlabeled_folder
-from .labeled_images import SPLITS, RawData, labels_and_names
+from .labeled_images import ONE_SET, SPLITS, RawData, labels_and_names
 from .readers import (
     DEFAULT_FOLDER_SIZE,
     UNLABELED,
@@ -393,11 +393,12 @@ def streaming_image_classification_data(
     normalize_background: bool = False,
     anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
     unlabeled: bool = False,
+    one_set: bool = False,
 ) -> dict[str, StreamingImages]:
     r"""
     [`load_image_classification_data`] for data larger than memory: `{"train", "val", "test"}` [`StreamingImages`]
     with the same images, labels, class names and seeded splits (the images decoded only when read); an unlabeled
-    folder (`unlabeled=True`): `{"train"}`, every image of it, without a label column.
+    folder (`unlabeled=True`): `{"train"}`, every image of it, without a label column; `one_set`: `{"all"}`.
 
     Args:
         source: an image folder (`<root>/<class>/<image>`, `splits/*.txt` honoured), a `.csv` file of
@@ -408,7 +409,7 @@ def streaming_image_classification_data(
         num_channels (`int`): 1 or 3 (required: the in-memory default looks at every image first).
         image_size (`int` or `Tuple[int, int]`, *optional*, defaults to 32): every image is resized to it.
         val_fraction, test_fraction, seed, class_names, image_column, label_column, patient_id_column, medical,
-            resize_mode, pad_value, normalize_background, anonymised_dicom_groups, unlabeled: as in
+            resize_mode, pad_value, normalize_background, anonymised_dicom_groups, unlabeled, one_set: as in
             [`load_image_classification_data`] (DICOM PatientIDs keep each patient on one side there too).
         check_files (`bool`, *optional*, defaults to `True`): read every file's header now (see
             [`StreamingImages.from_files`]).
@@ -442,6 +443,8 @@ def streaming_image_classification_data(
             files, raw.labels, raw.class_names, image_size, num_channels, check_files, frames=frames, medical=medical,
             **fit,
         )
+    if one_set:
+        return {ONE_SET: full}
     splits = carve_splits(raw, val_fraction, test_fraction, seed)
     return {name: full.subset(splits[name]) for name in SPLITS}
 
