@@ -173,7 +173,8 @@ class UnreadableAfter(torch.utils.data.Dataset):
     does when its batch comes."""
 
     def __init__(self, readable: int):
-        self.images, self.readable = tiny_images(), readable
+        self.images = tiny_images()
+        self.readable = readable + len(self.images)  # a run first reads each (up to 64) to recognise its data
 
     def __len__(self):
         return len(self.images)
@@ -220,6 +221,9 @@ def test_a_resume_that_changes_the_step_arithmetic_or_the_model_is_refused_namin
         ("--train_batch_size 4 -> 3; --gradient_accumulation_steps 1 -> 2",
          dict(train_batch_size=3, gradient_accumulation_steps=2)),
         (r"training examples \(--dataset\) 12 -> 10", dict(dataset=TensorDataset(tiny_images()[:10]))),
+        # QA: the same number of other images (another pool, other DICOM windows) resumed silently
+        (r"the training images \(other images, or the same read otherwise: --dataset, --window[^)]*\)",
+         dict(dataset=TensorDataset(tiny_images().flip(0)))),
         (r"the model's config \(block_out_channels \[16, 32, 32\] -> \[8, 16, 16\]\)", {}),
     ]:
         with pytest.raises(ValueError, match=rf"differs from the one that wrote it in {changed} \(checkpoint -> now\)"):

@@ -525,7 +525,14 @@ def test_an_unlabeled_folder_at_any_depth_is_read_whole_for_label_free_training(
     class folder, it lost 30% to val and test, which the U-Net trainer never reads. `--unlabeled` reads it whole."""
     import runpy
 
-    from diffusion_classifiers.data.split_record import image_fingerprints, recorded_train_fingerprints
+    from diffusion_classifiers import UNetFeatureClassifierPipeline
+    from diffusion_classifiers.data.split_record import (
+        changed_split_args,
+        image_fingerprints,
+        read_split_record,
+        recorded_train_fingerprints,
+        resolve_split_args,
+    )
 
     from .conftest import REPO_ROOT
 
@@ -557,3 +564,10 @@ def test_an_unlabeled_folder_at_any_depth_is_read_whole_for_label_free_training(
         output_dir = tmp_path / f"unet{len(streaming)}"
         example["main"](flags + streaming + ["--output_dir", str(output_dir)])
         assert recorded_train_fingerprints(output_dir) == set(image_fingerprints(in_memory["train"].images))
+    # QA: its record claimed a carving (0.1 / 0.2) that never happened, and a probe's --val_fraction was warned about
+    assert read_split_record(output_dir)["unlabeled"] is True
+    assert changed_split_args(output_dir, val_fraction=0.25) == {}
+    carving = resolve_split_args(output_dir, val_fraction=0.25)
+    assert (carving["val_fraction"], carving["test_fraction"]) == (0.25, 0.2)
+    UNetFeatureClassifierPipeline.from_pretrained(output_dir).save_pretrained(tmp_path / "re_saved")
+    assert read_split_record(tmp_path / "re_saved") == read_split_record(output_dir)

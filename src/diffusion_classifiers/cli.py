@@ -234,7 +234,12 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         pipeline_call_settings,
         saved_preprocessing,
     )
-    from .data.split_record import changed_split_args, recorded_train_fingerprints, resolve_split_args
+    from .data.split_record import (
+        changed_split_args,
+        read_split_record,
+        recorded_train_fingerprints,
+        resolve_split_args,
+    )
     from .hub import class_names_of, download, model_fingerprint
     from .metrics import resolve_positive_label
     from .training.launch import check_one_process
@@ -285,6 +290,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         train_fingerprints=train_fingerprints, drop_training_images=args.drop_training_images,
         pipeline_kwargs=args.pipeline_kwargs, model_sha256=model_fingerprint(folder), train_split=train_split,
         changed_split_args=changed_split_args(folder, **given),
+        unlabeled_pool=bool((read_split_record(folder) or {}).get("unlabeled")),
     )  # fmt: skip
     headline = {k: metrics.get(k) for k in ("accuracy", "macro_f1", "balanced_accuracy", "auc", "positive_class", "sensitivity", "specificity")}
     headline = {k: v for k, v in headline.items() if v is not None or k == "auc"}
@@ -407,7 +413,8 @@ def run_probe(args: argparse.Namespace) -> dict:
     args.dataset = _dataset_or_demo_digits(args.dataset, contract, "probe")
     folder = download(args.unet_dir)
     # the U-Net's test images stay its test: carved with its recorded seed (--seed then seeds the probes only)
-    split_seed = None if read_split_record(folder) else args.seed
+    record = read_split_record(folder)
+    split_seed = None if record else args.seed
     given = {
         "val_fraction": args.val_fraction, "test_fraction": args.test_fraction, "seed": split_seed,
         "class_names": args.class_names,
@@ -429,7 +436,7 @@ def run_probe(args: argparse.Namespace) -> dict:
             check_training_overlap(
                 splits[name], unet_fingerprints, where=f"the {name} split of {args.dataset}",
                 train_split=splits["train"], drop_hint=None, changed_split_args=changed_split_args(folder, **given),
-                streaming_hint=None,
+                streaming_hint=None, unlabeled_pool=bool(record.get("unlabeled")),
             )  # fmt: skip
     resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)
     note_default_positive_class(args.positive_class, splits["train"].class_names)

@@ -412,6 +412,7 @@ def check_training_overlap(
     changed_split_args: Optional[dict] = None,
     streaming_hint: Optional[str] = "--streaming (streaming=True)",
     whole_data_set: bool = False,
+    unlabeled_pool: bool = False,
 ):
     """`(dataset, number dropped)`: [`LabeledImages`] or [`StreamingImages`] checked, by content
     (`data.split_record.image_fingerprint_variants`), against a model's recorded `train_fingerprints`. Images the
@@ -420,7 +421,8 @@ def check_training_overlap(
     score the rest, where there is one), or left out with `drop`. A [`StreamingImages`] split is read once for this,
     before any image is scored. `changed_split_args` (`data.split_record.changed_split_args`: the carving values
     given that differ from the model's record, `{name: (given, recorded)}`) are named first as the likely cause;
-    with `whole_data_set` (`dataset` is every image of a data set, none carved: `ALL_SPLITS`), the data itself.
+    with `whole_data_set` (`dataset` is every image of a data set, none carved: `ALL_SPLITS`) or `unlabeled_pool`
+    (the model was trained on every image of an unlabeled folder, `--unlabeled`), the data itself.
 
     `train_split`, the train split carved from the same data (in memory or streamed), tells duplicates from leaks:
     an image whose fingerprint is also one of its images' is an exact copy of an image the data itself puts in train
@@ -443,7 +445,7 @@ def check_training_overlap(
         raise ValueError(
             f"{num_seen} of {len(seen)} images of {where} are images the model was trained on (by content: its "
             f"data_splits.json train_fingerprints), e.g. {_first_images(dataset, seen, streaming_hint)}: "
-            + (_WHOLE_DATA_SET_CAUSE if whole_data_set else _likely_cause(changed_split_args))
+            + (_SHARED_IMAGES_CAUSE if whole_data_set or unlabeled_pool else _likely_cause(changed_split_args))
             + (f", or pass {drop_hint} to score the other {len(seen) - num_seen} only" if drop_hint else "")
         )
     return dataset.subset(np.flatnonzero(~seen)), num_seen
@@ -460,10 +462,12 @@ def _first_images(dataset, seen: np.ndarray, streaming_hint: Optional[str]) -> s
     return f"{', '.join(f'#{i}' for i in indices)}{more} (positions in the split{listing})"
 
 
-# Why every image of a data set (`ALL_SPLITS`: none carved) holds training images, and what to do.
-_WHOLE_DATA_SET_CAUSE = (
-    "the data set holds images the model was trained on (its training data, or a set that shares images with it), "
-    "and scoring them would overstate the model. Leave them out of the data"
+# Why images not carved from the model's own data (every image of a data set, `ALL_SPLITS`; or any data scored by a
+# model trained on an unlabeled pool) are training images, and what to do.
+_SHARED_IMAGES_CAUSE = (
+    "the data holds images the model was trained on (its training data, the unlabeled pool it was trained on with "
+    "--unlabeled, or a set that shares images with them), and scoring them would overstate the model. Leave them out "
+    "of the data (or out of the pool)"
 )
 
 
@@ -513,6 +517,7 @@ def evaluate_classifier(
     model_sha256: Optional[str] = None,
     train_split=None,
     changed_split_args: Optional[dict] = None,
+    unlabeled_pool: bool = False,
 ) -> dict:
     r"""
     Score `classifier` on a `datasets.Dataset` with an Image and a ClassLabel column, on [`LabeledImages`] or on
@@ -560,6 +565,8 @@ def evaluate_classifier(
             refused (`check_training_overlap`).
         changed_split_args (`dict`, *optional*): the carving values given that differ from the model's record
             (`data.split_record.changed_split_args`), named first as the likely cause when training images are found.
+        unlabeled_pool (`bool`, *optional*, defaults to `False`): the model was trained on an unlabeled pool (its
+            record's `"unlabeled"`): training images found are named as images the data shares with the pool.
 
     Returns:
         `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`.
@@ -588,7 +595,7 @@ def evaluate_classifier(
         where = _images_named(split, dataset_name)
         dataset, dropped = check_training_overlap(
             dataset, train_fingerprints, drop_training_images, where, num_workers, train_split=train_split,
-            changed_split_args=changed_split_args, whole_data_set=split == ALL_SPLITS,
+            changed_split_args=changed_split_args, whole_data_set=split == ALL_SPLITS, unlabeled_pool=unlabeled_pool,
         )  # fmt: skip
         checked = {"training_images_checked": True}
         if drop_training_images:

@@ -44,10 +44,11 @@ __all__ = [
 
 SPLIT_RECORD_NAME = "data_splits.json"
 SPLIT_DEFAULTS = {"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0, "class_names": None}
-# Optional keys: "train_fingerprints" (absent in records of earlier versions, and for a streamed training set read
-# without verifying its images first) and
+# Optional keys: "unlabeled" (true for a model trained on every image of an unlabeled folder, `--unlabeled`: nothing
+# carved, its fractions and seed unused), "train_fingerprints" (absent in records of earlier versions, and for a
+# streamed training set read without verifying its images first) and
 # "anonymised_dicom_groups" (absent in records of earlier versions: `EARLIER_ANONYMISED_DICOM_RULE` then).
-SPLIT_OPTIONAL = ("train_fingerprints", "anonymised_dicom_groups")
+SPLIT_OPTIONAL = ("train_fingerprints", "anonymised_dicom_groups", "unlabeled")
 # How the carving groups DICOM files without a PatientID (anonymised), applied by `file_decoding._dicom_groups`:
 # "study_or_series", by their StudyInstanceUID, else their SeriesInstanceUID, so one scan's slices stay on one side
 # (this version's rule, `ANONYMISED_DICOM_RULE`, which training records); "file", each file its own group, slice by
@@ -126,6 +127,7 @@ def save_split_record(
     train_images: Optional[torch.Tensor] = None,
     train_fingerprints: Optional[Iterable[str]] = None,
     anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
+    unlabeled: bool = False,
 ) -> None:
     """Record in `folder` (a saved model's) how its data was carved: the fractions, the seed and the `class_names`
     the data was read with (their order numbers the classes, and the carving draws class by class), None when the
@@ -134,12 +136,15 @@ def save_split_record(
     `train_images` (`[N, C, H, W]` in `[-1, 1]`), their sorted `image_fingerprints` as one space-separated string (17
     bytes an image), which `evaluate` and `probe` check their test and val images against, with any other
     `train_fingerprints` (e.g. those of the U-Net a probe's head sits on, or those a streamed training set's
-    `verify` took: `data.save_training_split_record`)."""
+    `verify` took: `data.save_training_split_record`). `unlabeled`: the model was trained on every image of an
+    unlabeled folder (none carved), so there is no carving for a later command's flags to contradict."""
     record = {
         "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
         "class_names": None if class_names is None else list(class_names),
         "anonymised_dicom_groups": check_anonymised_dicom_groups(anonymised_dicom_groups),
     }  # fmt: skip
+    if unlabeled:
+        record["unlabeled"] = True
     if train_images is not None or train_fingerprints is not None:
         fingerprints = set(train_fingerprints or ())
         if train_images is not None:
@@ -207,7 +212,7 @@ def changed_split_args(model_dir: str | os.PathLike, **given: Any) -> dict:
     if unknown:
         raise TypeError(f"unknown split arguments {sorted(unknown)}; expected some of {sorted(SPLIT_DEFAULTS)}")
     recorded = read_split_record(model_dir)
-    if recorded is None:
+    if recorded is None or recorded.get("unlabeled"):  # nothing carved: nothing to contradict
         return {}
     given = {name: value for name, value in given.items() if value is not None}
     return {name: (value, recorded[name]) for name, value in given.items() if value != recorded[name]}
@@ -215,8 +220,8 @@ def changed_split_args(model_dir: str | os.PathLike, **given: Any) -> dict:
 
 def resolve_split_args(model_dir: str | os.PathLike, **given: Any) -> dict:
     """The carving (`SPLIT_DEFAULTS`' keys) of the data of the model in `model_dir`: each value `given` (not None),
-    else the model's record, else `SPLIT_DEFAULTS`; and `anonymised_dicom_groups`, the record's (`"file"` for a
-    record of an earlier version), else this version's rule. A given value that contradicts the record is kept, with
+    else the model's record (unless it was trained on an unlabeled folder), else `SPLIT_DEFAULTS`; and
+    `anonymised_dicom_groups`, the record's (`"file"` for a record of an earlier version), else this version's rule. A given value that contradicts the record is kept, with
     a warning: where the data has no splits of its own, its test split may hold images the model was trained on."""
     recorded = read_split_record(model_dir)
     changed = changed_split_args(model_dir, **given)
@@ -230,5 +235,7 @@ def resolve_split_args(model_dir: str | os.PathLike, **given: Any) -> dict:
             stacklevel=2,
         )
     fallback = recorded or {**SPLIT_DEFAULTS, "anonymised_dicom_groups": ANONYMISED_DICOM_RULE}
+    if fallback.get("unlabeled"):  # trained on an unlabeled folder: labelled data is carved as any other
+        fallback = {**SPLIT_DEFAULTS, "anonymised_dicom_groups": ANONYMISED_DICOM_RULE}
     carving = {name: given.get(name) if given.get(name) is not None else fallback[name] for name in SPLIT_DEFAULTS}
     return {**carving, "anonymised_dicom_groups": fallback["anonymised_dicom_groups"]}

@@ -13,11 +13,15 @@ import re
 import shutil
 from typing import Optional
 
+import numpy as np
+import torch
+
 from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.data import Dataset
 
 from ..remote_code import make_weights_readable_as_umask_allows
 from .arguments import TrainingArguments
@@ -31,6 +35,7 @@ __all__ = [
     "check_checkpoint_folder",
     "check_resumed_by_as_many_processes",
     "checkpoint_step",
+    "data_identity",
     "find_latest_checkpoint",
     "load_ema",
     "resolve_resume_path",
@@ -51,6 +56,8 @@ RUN_RECORD_LABELS = {
     "gradient_accumulation_steps": "--gradient_accumulation_steps",
     "num_examples": "training examples (--dataset)",
 }
+SAMPLED_ITEMS = 64  # the items read to recognise a run's training data (`data_identity`)
+IDENTITY_TOLERANCE = 1e-4  # of a sampled image's mean pixel value in [-1, 1]: another reading of it differs by ~1e-7
 # What `Accelerator.save_state` writes for this loop's model, optimizer and schedule (plus the GradScaler of fp16).
 ACCELERATE_STATE_FILES = re.compile(
     r"^(model(_\d+)?\.safetensors|optimizer(_\d+)?\.bin|scheduler(_\d+)?\.bin|random_states_\d+\.pkl|scaler\.pt)$"
@@ -109,16 +116,33 @@ def _config_of(model: nn.Module) -> Optional[dict]:
     return json.loads(json.dumps(public, default=str))
 
 
-def run_record(args: TrainingArguments, num_processes: int, num_examples: int, model: nn.Module) -> dict:
+def run_record(
+    args: TrainingArguments, num_processes: int, num_examples: int, model: nn.Module, dataset: Optional[Dataset] = None
+) -> dict:
     """What a resume must match, saved with every checkpoint as `RUN_RECORD_NAME`: what defines the step arithmetic
     (the learning-rate schedule, which accelerate steps once per process per optimizer step; the epoch and batch a
-    step falls in) and the model's config."""
-    return {
+    step falls in), the model's config and the training data (`data_identity` of `dataset`)."""
+    record = {
         "num_processes": num_processes,
         "train_batch_size": args.train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "num_examples": num_examples,
         "model_config": _model_config(model),
+    }
+    return record if dataset is None else {**record, "data_identity": data_identity(dataset)}
+
+
+def data_identity(dataset: Dataset) -> dict:
+    """What recognises a run's training data when it resumes (the same number of images from another pool, or the
+    same files read through other DICOM windows, would otherwise train on silently): the mean pixel value and the
+    label of `SAMPLED_ITEMS` evenly spaced items (a streamed dataset decodes those), compared within
+    `IDENTITY_TOLERANCE` (`_data_changes`), so the same files read on another machine still match."""
+    positions = np.unique(np.linspace(0, len(dataset) - 1, min(SAMPLED_ITEMS, len(dataset))).round().astype(int))
+    items = [dataset[int(i)] for i in positions]
+    labels = [item[1] for item in items if len(item) > 1 and isinstance(item[1], (int, np.integer, torch.Tensor))]
+    return {
+        "image_means": [round(float(item[0].double().mean()), 7) for item in items],
+        "labels": [int(label) for label in labels],
     }
 
 
@@ -128,11 +152,29 @@ def _record_changes(saved: dict, record: dict) -> list:
         for key, label in RUN_RECORD_LABELS.items()
         if key in saved and saved[key] != record[key]
     ]
+    if saved.get("num_examples", record["num_examples"]) == record["num_examples"]:  # else that says it
+        changes += _data_changes(saved.get("data_identity"), record.get("data_identity"))
     before, now = saved.get("model_config") or {}, record["model_config"] or {}
     # keys in both only: a library upgrade may add a key with its default (the tensors then decide)
     keys = sorted(key for key in before.keys() & now.keys() if before[key] != now[key])
     config = [f"{key} {before.get(key)} -> {now.get(key)}" for key in keys]
     return changes + ([f"the model's config ({', '.join(config)})"] if config else [])
+
+
+def _data_changes(saved: Optional[dict], now: Optional[dict]) -> list:
+    """How the training data differs from the checkpoint's (`data_identity`); nothing for a checkpoint written before
+    it was recorded."""
+    if saved is None or now is None:
+        return []
+    before, after = np.asarray(saved["image_means"]), np.asarray(now["image_means"])
+    differ = saved["labels"] != now["labels"] or before.shape != after.shape
+    differ = differ or bool(np.abs(before - after).max(initial=0.0) > IDENTITY_TOLERANCE)
+    if not differ:
+        return []
+    return [
+        "the training images (other images, or the same read otherwise: --dataset, --window, --image_size, "
+        "--resize_mode, --pad_value, --normalize_background, --bits_stored)"
+    ]
 
 
 def _model_changes(path: str, model: nn.Module) -> list:

@@ -432,7 +432,7 @@ def _train(
         raise RuntimeError(f"the loader yields {len(dataloader)} batches per epoch, expected {expected_batches}")
     unwrapped = accelerator.unwrap_model(model)
     ema = _build_ema(args, unwrapped, accelerator.device) if args.use_ema else None
-    record = run_record(args, num_processes, num_examples, unwrapped)
+    record = run_record(args, num_processes, num_examples, unwrapped, dataset)
 
     resume_path = _resume(accelerator, args, record, unwrapped, ema)
     global_step = resumed_from_step = checkpoint_step(resume_path) if resume_path else 0
