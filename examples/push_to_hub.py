@@ -18,6 +18,7 @@ any network.
 
 import argparse
 import json
+import os
 import re
 import sys
 import warnings
@@ -46,6 +47,7 @@ from diffusion_classifiers.hub import (
     positive_class_of,
     push_to_hub,
     render_model_card,
+    trained_on_unlabeled_pool,
     write_dry_run,
 )
 
@@ -70,6 +72,11 @@ def parse_args(argv=None):
         "'test' for the demo's); required for a metrics.json that records none; one it contradicts is refused",
     )  # fmt: skip
     parser.add_argument("--dataset_id", default=None, help="the dataset's Hub id, if it has one")
+    parser.add_argument(
+        "--dataset_citation", default=None,
+        help="how the data's providers ask to be cited, shown under the card's training data: the text (e.g. a "
+        "BibTeX entry) or a file holding it (default: none)",
+    )  # fmt: skip
     parser.add_argument("--model_name", default=None, help="the model-index name (default: the repository name)")
     parser.add_argument(
         "--license", default=None,
@@ -86,6 +93,14 @@ def parse_args(argv=None):
     parser.add_argument("--token", default=None, help="a Hub token (default: the saved login or HF_TOKEN)")
     parser.add_argument("--revision", default=None, help="an existing branch to commit to (default: main)")
     return parser.parse_args(argv)
+
+
+def dataset_citation(given):
+    """`--dataset_citation`: the text of the file it names, else itself."""
+    if given is not None and os.path.isfile(given):
+        with open(given, encoding="utf-8") as f:
+            return f.read()
+    return given
 
 
 def main(argv=None):
@@ -127,6 +142,8 @@ def publish(args):
         library_name=library_name_of(args.model_dir),
         medical=args.medical,
         input_description=input_description_of(args.model_dir),
+        unlabeled_pool=trained_on_unlabeled_pool(args.model_dir),
+        dataset_citation=dataset_citation(args.dataset_citation),
     )
     if args.dry_run:
         output_dir = args.output_dir or f"{args.model_dir.rstrip('/')}-dry-run"

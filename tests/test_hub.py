@@ -937,3 +937,25 @@ def test_a_card_of_many_classes_collapses_its_per_class_table_and_counts_the_cla
     assert "Per class:" not in card
     twenty = str(model_card(per_class=per_class_metrics(hub.PER_CLASS_OPEN_MAX)["per_class"], class_names=None))
     assert "<details>" not in twenty and "Per class:" in twenty and "| class_19 |" in twenty
+
+
+def test_a_card_credits_the_data_says_an_unlabeled_pool_and_an_external_set(saved_pipeline, monkeypatch, tmp_path):
+    """QA (a head-CT group): the card could not cite the data as its providers ask, nor say that the diffusion model
+    was trained on an unlabeled pool; and metrics of `evaluate --split all` read as "the `all` split"."""
+    from diffusion_classifiers.data.split_record import save_split_record
+
+    pipe_dir, _, _ = saved_pipeline
+    pool_model = tmp_path / "pool_model"
+    shutil.copytree(pipe_dir, pool_model)
+    save_split_record(pool_model, 0.1, 0.2, 0, None, unlabeled=True)
+    (tmp_path / "data.bib").write_text("@article{cq500,\n  title = {Deep learning algorithms for head CT}\n}\n")
+    argv = push_script_argv(pool_model, tmp_path, "--dry_run", "--output_dir", str(tmp_path / "out"),
+                            "--dataset_citation", str(tmp_path / "data.bib"))  # fmt: skip
+    run_push_script(monkeypatch, argv)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "```\n@article{cq500,\n  title = {Deep learning algorithms for head CT}\n}\n```" in card
+    assert "trained without labels on every image of an unlabeled folder" in " ".join(card.split())
+    plain = str(model_card())
+    assert "unlabeled folder" not in plain and "Cite the data" not in plain
+    external = " ".join(str(model_card(dataset_split="all", num_images=30)).split())
+    assert "Results on every image of scikit-learn digits, none carved out (30 images)" in external

@@ -60,6 +60,7 @@ __all__ = [
     "push_to_hub",
     "render_dataset_card",
     "render_model_card",
+    "trained_on_unlabeled_pool",
     "write_dry_run",
 ]
 
@@ -101,7 +102,8 @@ REMOTE_CODE_PATTERNS = ["*.py"]
 # Fields the templates may leave empty (they test them with `{% if %}`); every other field they read is required.
 MODEL_CARD_OPTIONAL = {
     "dataset_id", "model_description", "class_names", "positive_class", "num_images", "num_positives", "pruning",
-    "seed_sensitivity", "call_arguments", "input_description", "num_dropped", "per_class_section",
+    "seed_sensitivity", "call_arguments", "input_description", "num_dropped", "per_class_section", "unlabeled_pool",
+    "dataset_citation",
 }  # fmt: skip
 DATASET_CARD_OPTIONAL = {"citation"}
 
@@ -213,6 +215,8 @@ def render_model_card(
     call_arguments: Optional[Dict[str, object]] = None,
     input_description: Optional[str] = None,
     per_class: Optional[Dict[str, dict]] = None,
+    unlabeled_pool: bool = False,
+    dataset_citation: Optional[str] = None,
 ) -> ModelCard:
     """The model card of a classifier trained with `method` (one of `METHODS`).
 
@@ -246,6 +250,10 @@ def render_model_card(
             evaluation shows them as `evaluate`'s report does (`per_class_table`), in a collapsed block for more than
             `PER_CLASS_OPEN_MAX` classes, and says how many classes had no image in the split. Markdown only: the
             model index keeps `metrics`.
+        unlabeled_pool: the diffusion model was trained on every image of an unlabeled folder (`--unlabeled`; its
+            `data_splits.json` says so: `trained_on_unlabeled_pool`); the card's training data says so.
+        dataset_citation: how the data's providers ask to be cited (e.g. a BibTeX entry), shown under the training
+            data.
 
     Raises `ValueError` naming every required field that is missing or empty.
     """
@@ -292,8 +300,18 @@ def render_model_card(
         call_arguments=", ".join(f"{name}={value!r}" for name, value in (call_arguments or {}).items()),
         input_description=input_description,
         per_class_section=_per_class_section(per_class),
+        unlabeled_pool=unlabeled_pool,
+        dataset_citation=(dataset_citation or "").strip() or None,
     )
     return ModelCard(text)
+
+
+def trained_on_unlabeled_pool(model_dir: Union[str, os.PathLike]) -> bool:
+    """Whether the model in `model_dir` was trained on every image of an unlabeled folder (`--unlabeled`), as its
+    `data_splits.json` records."""
+    from .data.split_record import read_split_record
+
+    return bool((read_split_record(model_dir) or {}).get("unlabeled"))
 
 
 def render_dataset_card(
