@@ -4,6 +4,7 @@
 import csv
 import dataclasses
 import json
+import re
 import warnings
 
 import numpy as np
@@ -254,6 +255,65 @@ def test_a_uint16_array_given_to_a_model_that_reads_medical_files_warns_to_pass_
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ImagePreprocessing()(values)  # no medical files in the contract: uint16 is read from [0, 65535] as documented
+
+
+HEAD_CT = {"medical": {"windows": ["brain", "subdural", "bone"]}}  # a head-CT model's contract: 3 DICOM windows
+
+
+def test_pictures_given_to_a_model_of_several_dicom_windows_warn_that_they_have_no_hounsfield_units():
+    """QA (head CT): `pipe(["x.png"])` was refused, but `pipe(Image.open("x.png"))` and uint8 arrays were scored
+    silently, through the transformers image processor too."""
+    from PIL import Image
+
+    from diffusion_classifiers import export_unet_feature_pipeline
+
+    pipe = unet_pipeline(in_channels=3, preprocessing=HEAD_CT)
+    grey, pixels = Image.new("L", (32, 32)), np.zeros((32, 32, 3), dtype=np.uint8)
+    expected = (
+        r"item\(s\) 0 \(a PIL image of mode L\) are pictures, not DICOM: a picture has no Hounsfield units to "
+        r"window, so it is read as it is \(a grey one copied into every channel\), but this model reads DICOM files "
+        r"through the contract's 3 DICOM windows \['brain', 'subdural', 'bone'\], one channel each. Pass the DICOM "
+        r"file paths, or window them in memory: `window_channels\(read_dicom\(path\), \['brain', 'subdural', "
+        r"'bone'\]\) \* 2 - 1`"
+    )
+    with pytest.warns(UserWarning, match=expected):
+        probs = pipe(grey).probs
+    with pytest.warns(UserWarning, match=r"item\(s\) 0 \(a PIL .*\), 1 \(a uint8 ndarray\), 2 \(a bool Tensor\) are"):
+        torch.testing.assert_close(pipe([grey, pixels, torch.zeros(32, 32, dtype=torch.bool)]).probs[0], probs[0])
+    _, processor = export_unet_feature_pipeline(pipe)
+    with pytest.warns(UserWarning, match=r"item\(s\) 0 \(a PIL image of mode RGB\) are pictures, not DICOM"):
+        processor(Image.new("RGB", (32, 32)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe(torch.zeros(1, 3, 16, 16))  # floats: windowed values, the library's own tensors
+        for contract in ({}, {"medical": {"windows": ["brain"]}}):  # one window reads pictures, as training does
+            ImagePreprocessing(**contract)([grey, pixels[..., 0]])
+
+
+def test_a_dicom_pixel_array_names_hounsfield_units_and_how_to_window_it():
+    """QA (head CT): `pipe(pydicom.dcmread(path).pixel_array)`, int16, was told to cast to uint8, which wraps the
+    stored values; HU floats (`read_dicom(path).values`) were told the same."""
+    pipe = unet_pipeline(in_channels=3, preprocessing=HEAD_CT)
+    stored = np.array([[-2000, 0], [40, 1200]], dtype=np.int16)
+    code = r"`window_channels\(read_dicom\(path\), \['brain', 'subdural', 'bone'\]\) \* 2 - 1`"
+    with pytest.raises(ValueError, match=(
+        r"^unsupported dtype torch.int16 in image 0 of batch; expected uint8, uint16, bool or a float dtype. A "
+        r"DICOM's pixel_array holds stored values, not Hounsfield units \(its RescaleSlope / RescaleIntercept are not "
+        r"applied, nor the windows\), and casting it to uint8 would wrap them. Pass the DICOM file path, which this "
+        r"model reads through the contract's 3 DICOM windows \['brain', 'subdural', 'bone'\], or window it in "
+        rf"memory: {code}; cast 0..255 picture data to uint8$"
+    )):  # fmt: skip
+        pipe(stored)
+    with pytest.raises(ValueError, match=r"int32 .* not Hounsfield units .* each file's own window \(its WindowCen"):
+        ImagePreprocessing()(stored.astype(np.int32))  # every contract reads DICOM files: the default its own window
+    with pytest.raises(ValueError, match=rf"spans \[-2000, 1200\] .*; for Hounsfield units .* in memory: {code}$"):
+        pipe(stored.astype(np.float32))
+    path = shared_data(*CT_SLICE)
+    (advice,) = re.findall(r"`(.*)`", str(pytest.raises(ValueError, pipe, stored).value))
+    windowed = eval(advice, {"window_channels": window_channels, "read_dicom": read_dicom, "path": path})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(pipe(windowed).probs, pipe([path]).probs, rtol=0, atol=0)  # the advice is right
 
 
 def first_score(output) -> float:

@@ -45,6 +45,9 @@ _INPUT_DATA_FORMATS = ("channels_first", "channels_last")
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
 # Integer dtypes and the value that maps to +1.
 _INTEGER_MAX = {torch.uint8: 255.0, torch.uint16: 65535.0, torch.bool: 1.0}
+# The signed dtypes of a DICOM's pixel_array (PixelRepresentation 1): stored values, before any rescale to Hounsfield
+# units.
+_PIXEL_ARRAY_DTYPES = (torch.int8, torch.int16, torch.int32)
 # Float inputs may overshoot their stated range by this much (rounding); the result is clamped.
 _FLOAT_RANGE_TOLERANCE = 1e-3
 _PIL_GRAY_MODES = {"1", "L", "LA", "La"}
@@ -246,7 +249,9 @@ def preprocess_images(
             composited. Values: `uint8` is scaled from `[0, 255]`, `uint16` from `[0, 65535]` (with a warning where
             the contract reads medical files),
             `bool` from `{0, 1}`, float data by the contract's `input_range` (see [`ImagePreprocessing`]). Float
-            values outside that range, other integer dtypes, NaN and inf raise `ValueError`.
+            values outside that range, other integer dtypes (int16: a DICOM's `pixel_array`, not Hounsfield units),
+            NaN and inf raise `ValueError`. A contract of several DICOM windows warns about pictures (PIL images,
+            `uint8` / `bool` arrays and tensors): they have no Hounsfield units to window, and are read as given.
         image_size (`int` or `Tuple[int, int]`, *optional*), num_channels (`int`, *optional*):
             shorthand for `preprocessing=ImagePreprocessing(image_size, num_channels, input_range="auto")`, the
             rule of earlier versions; not together with `preprocessing`.
@@ -329,7 +334,8 @@ def _as_item_list(images: Any) -> list:
 
 def _to_unit_batches(items: list, data_format: str | None, contract: ImagePreprocessing) -> list[torch.Tensor]:
     """Each item -> float32 [n, C, H, W] in [-1, 1], validated (layout, dtype, NaN/inf, range)."""
-    batches, ranges, offset, wide_arrays = [], [], 0, []
+    batches, ranges, offset, wide_arrays, pictures = [], [], 0, [], []
+    windowed = len(contract.medical_or_default.windows) > 1  # as `_read_path`: image files are refused there
     for position, item in enumerate(items):
         value_range, item_format = contract.input_range, data_format
         if isinstance(item, (str, os.PathLike)):  # read as [F, C, H, W] (or a PIL image), whatever the arrays' layout
@@ -341,17 +347,22 @@ def _to_unit_batches(items: list, data_format: str | None, contract: ImagePrepro
             wide_arrays.append(position)
         elif isinstance(item, Image.Image) and item.mode in _PIL_16BIT_MODES:  # read from [0, 65535]: 16 bits
             note_bit_depth(f"item {position} (a 16-bit PIL image)", 16, item)
-        batches.append(_check_dtype(batch, offset))
+        if windowed and (kind := _picture_kind(item, batch)) is not None:
+            pictures.append(f"{position} ({kind})")
+        batches.append(_check_dtype(batch, offset, contract))
         ranges.append(value_range)
         offset += len(batch)
     if wide_arrays and contract.medical is not None:
         _warn_wide_arrays(wide_arrays, contract.medical)
+    if pictures:
+        _warn_pictures(pictures, contract)
     if "auto" in ranges:
         guessed = [batch for batch, r in zip(batches, ranges) if r == "auto" and batch.is_floating_point()]
         signed = any(bool(batch.min() < 0) for batch in guessed)
         ranges = [("[-1, 1]" if signed else "[0, 1]") if r == "auto" else r for r in ranges]
     offsets = np.cumsum([0] + [len(batch) for batch in batches])
-    return [_scale_to_unit_range(batch, offset, r) for batch, offset, r in zip(batches, offsets, ranges)]
+    hint = _hounsfield_hint(contract)
+    return [_scale_to_unit_range(batch, offset, r, hint) for batch, offset, r in zip(batches, offsets, ranges)]
 
 
 def _read_path(path: Any, position: int, contract: ImagePreprocessing) -> Any:
@@ -388,6 +399,58 @@ def _warn_wide_arrays(positions: list[int], medical: MedicalPreprocessing) -> No
         "to read them as the model's training images were",
         UserWarning,
         stacklevel=4,
+    )
+
+
+def _picture_kind(item: Any, batch: torch.Tensor) -> str | None:
+    """What `item` is, when it is a picture (8- or 16-bit PIL image, uint8 or bool array or tensor): pixel values
+    with no Hounsfield units; None for float data (windowed values, the library's own tensors) and uint16 arrays
+    (warned about by `_warn_wide_arrays`)."""
+    if isinstance(item, Image.Image):
+        return f"a PIL image of mode {item.mode}" if item.mode != "F" else None
+    if batch.dtype in (torch.uint8, torch.bool):
+        return f"a {str(batch.dtype).removeprefix('torch.')} {type(item).__name__}"
+    return None
+
+
+def _warn_pictures(pictures: list[str], contract: ImagePreprocessing) -> None:
+    """Pictures given to a contract of several DICOM windows: warned, not refused (as a file path is), since they may
+    be slices already windowed into channels, or datasets rows read so in training too."""
+    shown = ", ".join(pictures[:5]) + (f" and {len(pictures) - 5} more" if len(pictures) > 5 else "")
+    warnings.warn(
+        f"preprocess_images: item(s) {shown} are pictures, not DICOM: a picture has no Hounsfield units to window, "
+        f"so it is read as it is (a grey one copied into every channel), but this model reads DICOM files through "
+        f"{_windows_text(contract.medical_or_default)}, one channel each. Pass the DICOM file paths, or window them "
+        f"in memory: {_windowing_code(contract)}. Pictures already windowed so (one window per channel, in this "
+        "order) are read as intended",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
+def _windows_text(medical: MedicalPreprocessing) -> str:
+    """How `medical` reads a DICOM file, for messages."""
+    windows = medical.to_dict()["windows"]
+    if windows == ["file"]:
+        return "each file's own window (its WindowCenter / WindowWidth)"
+    return f"the contract's {len(windows)} DICOM window{'s' if len(windows) > 1 else ''} {windows}"
+
+
+def _windowing_code(contract: ImagePreprocessing) -> str:
+    """The in-memory equivalent of reading a DICOM file at `path` by `contract` (functions of the package root)."""
+    medical = contract.medical_or_default
+    fill = f", padding_fill={medical.padding_fill}" if medical.padding_fill != 0.0 else ""
+    scale = " * 2 - 1" if contract.input_range == "[-1, 1]" else ""  # window_channels gives [0, 1]
+    return f"`window_channels(read_dicom(path), {list(medical.windows)}{fill}){scale}`"
+
+
+def _hounsfield_hint(contract: ImagePreprocessing) -> str:
+    """The end of the out-of-range error for a contract of named DICOM windows: Hounsfield units are not windowed."""
+    if contract.medical_or_default.to_dict()["windows"] == ["file"]:
+        return ""
+    return (
+        "; for Hounsfield units (`read_dicom(path).values`), pass the DICOM file paths, which this model windows, or "
+        f"window them in memory: {_windowing_code(contract)}"
     )
 
 
@@ -459,20 +522,27 @@ def _numpy_to_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array) if array.flags.writeable else array.copy())
 
 
-def _check_dtype(batch: torch.Tensor, offset: int) -> torch.Tensor:
+def _check_dtype(batch: torch.Tensor, offset: int, contract: ImagePreprocessing) -> torch.Tensor:
     if batch.dtype not in _INTEGER_MAX and not batch.dtype.is_floating_point:
-        raise ValueError(
-            f"unsupported dtype {batch.dtype} in image {offset} of batch; expected uint8, uint16, bool "
-            "or a float dtype (cast 0..255 integer data to uint8)"
-        )
+        unsupported = f"unsupported dtype {batch.dtype} in image {offset} of batch; expected uint8, uint16, bool "
+        if batch.dtype in _PIXEL_ARRAY_DTYPES:  # int16: a CT's pydicom pixel_array
+            raise ValueError(
+                f"{unsupported}or a float dtype. A DICOM's pixel_array holds stored values, not Hounsfield units "
+                "(its RescaleSlope / RescaleIntercept are not applied, nor the windows), and casting it to uint8 "
+                "would wrap them. Pass the DICOM file path, which this model reads through "
+                f"{_windows_text(contract.medical_or_default)}, or window it in memory: "
+                f"{_windowing_code(contract)}; cast 0..255 picture data to uint8"
+            )
+        raise ValueError(f"{unsupported}or a float dtype (cast 0..255 integer data to uint8)")
     if batch.dtype.is_floating_point:
         batch = batch.to(torch.float32)
         check_finite_rows(batch, "preprocess_images: input", item="image", start=offset)
     return batch
 
 
-def _scale_to_unit_range(batch: torch.Tensor, offset: int, value_range: str) -> torch.Tensor:
-    """uint8 / uint16 / bool by their natural scale, float from the stated `value_range`, to float32 in [-1, 1]."""
+def _scale_to_unit_range(batch: torch.Tensor, offset: int, value_range: str, hint: str = "") -> torch.Tensor:
+    """uint8 / uint16 / bool by their natural scale, float from the stated `value_range`, to float32 in [-1, 1];
+    `hint` ends the out-of-range error."""
     if batch.dtype in _INTEGER_MAX:
         return batch.to(torch.float32) * (2.0 / _INTEGER_MAX[batch.dtype]) - 1.0
     low = -1.0 if value_range == "[-1, 1]" else 0.0
@@ -484,6 +554,7 @@ def _scale_to_unit_range(batch: torch.Tensor, offset: int, value_range: str) -> 
         raise ValueError(
             f"float values must lie in {value_range} (the stated input_range); image {offset + i} of batch spans "
             f"[{per_image_min[i]:.4g}, {per_image_max[i]:.4g}] (pass uint8 for 0..255 data, or state input_range)"
+            f"{hint}"
         )
     return batch if low < 0 else batch * 2.0 - 1.0
 
