@@ -313,6 +313,30 @@ def test_truncated_dicom_is_named_truncated_or_corrupt(tmp_path):
         read_dicom(cut)
 
 
+def test_the_readme_quotes_what_a_truncated_dicom_is_refused_with(tmp_path):
+    from .conftest import REPO_ROOT
+
+    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    sentence = readme[readme.index("a truncated or corrupt DICOM (") :]
+    quoted = re.findall(r'"([^"]+)"', sentence[: sentence.index("), a compressed file")])
+    jpeg = Path(pydicom_file("JPEG-LL.dcm")).read_bytes()
+    cuts = {  # cut in its header, in uncompressed pixel data (a 512x512 CT slice cut to 5,000 bytes), in compressed
+        "header.dcm": Path(pydicom_file("CT_small.dcm")).read_bytes()[:1000],
+        "CT999.dcm": Path(cq500("CQ500-CT-1", "CT000000.dcm")).read_bytes()[:5000],
+        "jpeg.dcm": jpeg[: int(len(jpeg) * 0.6)],
+    }
+    messages = []
+    for name, data in cuts.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError) as refused:
+            read_dicom(tmp_path / name)
+        messages.append(str(refused.value))
+    patterns = [".*".join(re.escape(part) for part in quote.split("...")) for quote in quoted]
+    assert len(patterns) == len(messages)
+    for pattern, message in zip(patterns, messages):  # in the order the README lists the cuts
+        assert re.search(pattern, message), (pattern, message)
+
+
 @pytest.mark.parametrize(
     "path, plugin",
     [
@@ -994,8 +1018,11 @@ def test_a_localizer_in_its_own_series_is_refused_naming_it(tmp_path, streaming)
     write_dicom(pydicom.dcmread(pydicom_file("MR_small.dcm")), tmp_path / "b" / "scout.dcm",
                 SeriesInstanceUID="1.2.3.4", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
     read = streaming_image_classification_data if streaming else load_image_classification_data
-    with pytest.raises(ValueError, match=r"scout.dcm is a localizer \(scout\) image \(ImageType ORIGINAL/PRIMARY/LOCALIZER\)"):
-        read(tmp_path, num_channels=1, medical=FULL)
+    expected = (r"scout.dcm is a localizer \(scout\) image \(ImageType ORIGINAL/PRIMARY/LOCALIZER\); expected the "
+                r"images of a series: remove it \(a localizer is not a slice\)$")
+    for unlabeled in (False, True):  # a folder's class or an unlabeled pool: the message names no class
+        with pytest.raises(ValueError, match=expected):
+            read(tmp_path, num_channels=1, medical=FULL, unlabeled=unlabeled)
 
 
 def test_streaming_refuses_bad_dicom_when_listing_not_when_reading(tmp_path):

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,32 @@ def test_pipeline_without_head_can_extract_but_not_classify(digits):
     assert features[("mid_block", 5)].shape == (4, 32)
     with pytest.raises(ValueError, match="no `head`"):
         pipe(digits["val"].images[:4])
+
+
+def test_a_pipeline_without_head_says_what_fits_one_for_its_kind(tmp_path):
+    from .test_rc_dit import tiny_pipeline
+
+    unet = UNetFeatureClassifierPipeline(unet=UNet2DModel(**unet_config("tiny", 16)), scheduler=DDPMScheduler())
+    with pytest.raises(ValueError, match=r"the UNetFeatureClassifierPipeline has no `head`.*diffusion-classifiers "
+                                         r"probe --unet_dir DIR.*fit_probe_grid") as refused:
+        unet.class_names
+    assert "fit_prototypes" not in str(refused.value)  # a U-Net feature pipeline has no such method
+    rc_dit = tiny_pipeline()
+    rc_dit.save_pretrained(tmp_path)  # as `predict --model_dir` and `evaluate` load it: the message names the folder
+    rc_dit = DiffusionClassifierPipeline.from_pretrained(str(tmp_path))
+    expected = rf"the RepresentationConditionedDiTPipeline {re.escape(str(tmp_path))} has no `head`"
+    with pytest.raises(ValueError, match=expected) as refused:
+        rc_dit.class_names
+    message = str(refused.value)
+    assert "pipe.fit_prototypes(images, labels" in message and "pipe.fit_linear_probe(images, labels" in message
+    assert "--unet_dir" not in message  # `probe --unet_dir` refuses an RC-DiT pipeline
+    assert all(hasattr(rc_dit, method) for method in ("fit_prototypes", "fit_linear_probe"))
+    # a Score-SDE pipeline's classes are its class embeddings: it needs no head, so the message cannot occur
+    from diffusion_classifiers import ScoreSDEClassifierPipeline
+
+    score_unet = UNet2DModel(**unet_config("tiny", 8, num_class_embeds=2))
+    score_sde = ScoreSDEClassifierPipeline(score_unet, DDPMScheduler(), class_names=["benign", "malignant"])
+    assert getattr(score_sde, "head", None) is None and score_sde.class_names == ["benign", "malignant"]
 
 
 def test_pipeline_rejects_bad_images(fitted_pipeline):

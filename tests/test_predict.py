@@ -299,7 +299,7 @@ def test_files_replaced_under_the_same_names_are_predicted_again(models, tmp_pat
     write_images(folder, ["IMG_0.png", "IMG_1.png"], seed=7)
     main(args)
     printed = capsys.readouterr().out
-    assert "(2 inputs predicted now on 1 process(es), 0 done before)" in printed
+    assert "(2 inputs predicted now on 1 process(es), 0 predicted before)" in printed
     assert "2 inputs changed since they were predicted" in printed
     rows = {row["path"]: row for row in read_rows(output)}
     fresh = predict_files(load(models, "unet"), list_inputs(folder), tmp_path / "fresh.csv", progress_bar=False)
@@ -308,7 +308,7 @@ def test_files_replaced_under_the_same_names_are_predicted_again(models, tmp_pat
     assert rows["IMG_2.png"] == first["IMG_2.png"]  # a file since removed keeps its row, as before
     main(args)
     printed = capsys.readouterr().out
-    assert "(0 inputs predicted now on 1 process(es), 2 done before)" in printed and "changed since" not in printed
+    assert "(0 inputs predicted now on 1 process(es), 2 predicted before)" in printed and "changed since" not in printed
 
 
 def test_a_second_prediction_into_an_output_in_use_is_refused_and_a_stale_lock_taken_over(models, tmp_path, caplog):
@@ -350,16 +350,47 @@ def test_two_outputs_in_one_folder_each_have_their_errors_and_a_rerun_counts_ear
     assert [row["path"] for row in read_rows(errors)] == ["b/broken.png", "d/broken.png"]
     printed = capsys.readouterr()
     assert printed.out.endswith(
-        "6 rows (0 inputs predicted now on 1 process(es), 7 done before); 2 unreadable (1 new) -> " f"{errors}\n"
-        f"to predict the files of {errors} again (repaired since), rerun with --retry_errors\n"
+        "6 rows (0 inputs predicted now on 1 process(es), 6 predicted before); 2 unreadable (1 new, 1 listed before, "
+        f"skipped) -> {errors}\nto predict the files of {errors} again (repaired since), rerun with --retry_errors\n"
     )
     assert "Loading pipeline components" not in printed.err  # --no_progress_bar: diffusers' loading bar too
     main(args + ["--output", str(tmp_path / "out" / "a.csv"), "--no_progress_bar", "--retry_errors"])  # still broken
-    assert capsys.readouterr().out.endswith(f"2 unreadable (2 new) -> {errors}; 2 earlier errors tried again\n")
+    assert capsys.readouterr().out.endswith(
+        f"2 unreadable (0 new, 2 tried again and still unreadable) -> {errors}; 2 earlier errors tried again (0 now "
+        "predicted)\n"
+    )
     assert [row["path"] for row in read_rows(errors)] == ["b/broken.png", "d/broken.png"]
     run_info = json.loads((tmp_path / "out" / "a.csv.json").read_text())["run"]  # the model folder and windows
     summary = predict_files(load(models, "unet"), list_inputs(folder), tmp_path / "out" / "a.csv", run_info=run_info)
     assert (summary.rows, summary.predicted, summary.skipped, summary.failed, summary.unreadable) == (6, 0, 8, 0, 2)
+    assert (summary.predicted_before, summary.skipped_unreadable, summary.new_unreadable) == (6, 2, 0)
+
+
+def test_the_summary_tells_rows_predicted_before_from_errors_and_new_errors_from_retried_ones(models, tmp_path, capsys):
+    # QA: "7 done before" counted an error row; --retry_errors called a still-broken earlier error "1 new"
+    folder, output = image_folder(tmp_path), tmp_path / "out" / "predictions.csv"
+    errors = tmp_path / "out" / "predictions.csv.errors.csv"
+    args = ["predict", "--model_dir", str(models / "unet"), "--input", str(folder), "--output", str(output),
+            "--no_progress_bar"]  # fmt: skip
+    main(args)  # 6 rows, b/broken.png unreadable
+    write_images(folder, ["d.png"], seed=5)
+    capsys.readouterr()
+    main(args)
+    assert capsys.readouterr().out.startswith(
+        f"{output}: 7 rows (1 inputs predicted now on 1 process(es), 6 predicted before); 1 unreadable (0 new, 1 "
+        f"listed before, skipped) -> {errors}\n"
+    )
+    main(args + ["--retry_errors"])  # still broken
+    assert capsys.readouterr().out.startswith(
+        f"{output}: 7 rows (0 inputs predicted now on 1 process(es), 7 predicted before); 1 unreadable (0 new, 1 "
+        f"tried again and still unreadable) -> {errors}; 1 earlier errors tried again (0 now predicted)\n"
+    )
+    (folder / "e.png").write_bytes(b"broken too")
+    write_images(folder, ["b/broken.png"], seed=6)  # repaired
+    run_info = json.loads(output.with_name("predictions.csv.json").read_text())["run"]
+    summary = predict_files(load(models, "unet"), list_inputs(folder), output, run_info=run_info, retry_errors=True)
+    assert (summary.predicted, summary.retried, summary.failed, summary.failed_again) == (1, 1, 1, 0)
+    assert (summary.new_unreadable, summary.predicted_before, summary.skipped_unreadable) == (1, 7, 0)
 
 
 def test_a_rerun_on_another_folder_is_refused_and_rows_of_removed_files_are_counted(models, tmp_path, capsys):
@@ -381,7 +412,7 @@ def test_a_rerun_on_another_folder_is_refused_and_rows_of_removed_files_are_coun
     capsys.readouterr()
     main(args + ["--input", str(tmp_path / "day_a")])
     printed = capsys.readouterr().out
-    assert "3 rows (0 inputs predicted now on 1 process(es), 2 done before)" in printed
+    assert "3 rows (0 inputs predicted now on 1 process(es), 2 predicted before)" in printed
     assert f"1 rows of {output} are of files no longer in {tmp_path / 'day_a'}" in printed
     assert output.read_bytes() == written  # nothing new to merge: the removed file's row kept where it was
 
@@ -715,7 +746,8 @@ def test_two_processes_write_one_output_in_input_order(models, tmp_path):
     result = subprocess.run(command, env=python_subprocess_env() | {"ACCELERATE_USE_CPU": "1"}, capture_output=True,
                             text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "predictions.csv: 8 rows (8 inputs predicted now on 2 process(es), 0 done before); 1 unreadable" in result.stdout
+    summary = "predictions.csv: 8 rows (8 inputs predicted now on 2 process(es), 0 predicted before); 1 unreadable (1 new)"
+    assert summary in result.stdout
     rows = read_rows(tmp_path / "out" / "predictions.csv")
     assert [row["path"] for row in rows] == [name for name in names if name != "img04.png"]
     assert [row["path"] for row in read_rows(tmp_path / "out" / "predictions.csv.errors.csv")] == ["img04.png"]

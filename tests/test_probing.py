@@ -656,6 +656,37 @@ def test_few_shot_indices_draw_n_per_class_deterministically():
             few_shot_indices(y, bad)
 
 
+def test_evaluate_protocols_refuses_shots_a_class_lacks_before_any_work(monkeypatch):
+    from diffusion_classifiers.probing import protocols
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("k-means ran before the shots were checked")
+
+    monkeypatch.setattr(protocols, "_label_free", no_work)
+    x, y = make_blobs(60, n_features=4, centers=3, random_state=0)
+    keep = np.concatenate([np.flatnonzero(y == 0)[:4], np.flatnonzero(y != 0)])  # class 0: 4 labelled samples
+    train, test = (x[keep[:-12]], y[keep[:-12]]), (x[keep[-12:]], y[keep[-12:]])
+    assert np.bincount(train[1]).min() == 4 and np.bincount(train[1]).argmin() == 0
+    names = ["haemorrhage", "ischaemia", "normal"]
+    with pytest.raises(ValueError, match=r"shots=\(1, 5, 10, None\): 5-shot and 10-shot episodes need that many labelled "
+                                         r"train samples in every class, but class 'haemorrhage' has 4; pass "
+                                         r"shots=\(1, None\) \(integers up to 4 fit"):
+        evaluate_protocols(*train, *test, class_names=names)
+    with pytest.raises(ValueError, match=r"but class 0 has 4 \(pass class_names=train.class_names to name the "
+                                         r"classes\); pass shots=\(1, 'all'\)"):
+        evaluate_protocols(*train, *test, shots=(1, 5, "all"))
+    with pytest.raises(ValueError, match=r"shots=\(6,\).*pass shots=\(4,\)"):
+        evaluate_protocols(*train, *test, shots=(6,))
+    with pytest.raises(ValueError, match=r"train_labels: class 'haemorrhage' has 0 labelled samples; expected every "
+                                         r"one of the 3 classes in the train split"):
+        evaluate_protocols(train[0][train[1] != 0], train[1][train[1] != 0], *test, shots=(1,), class_names=names)
+    with pytest.raises(ValueError, match=r"expected 3 class_names, got 2"):
+        evaluate_protocols(*train, *test, num_classes=3, shots=(1,), class_names=names[:2])
+    monkeypatch.undo()
+    fitting = evaluate_protocols(*train, *test, shots=(1, 4, None), num_episodes=1, linear_probe=False, class_names=names)
+    assert list(fitting["prototype"]) == ["1", "4", "all"]
+
+
 def test_one_shot_knn_is_brute_force_nearest_neighbour():
     rng = np.random.default_rng(0)
     train, test = rng.normal(size=(5, 6)), rng.normal(size=(40, 6))
@@ -747,7 +778,7 @@ def test_prototype_head_rejects_bad_input():
         (lambda a: a.update(test_features=a["test_features"][:, :3]), "test_features have 3 columns, train_features have 8"),
         (lambda a: a.update(shots=(0,)), "shots_per_class as an integer >= 1, None or 'all', got 0"),
         (lambda a: a.update(shots=(1, 1)), "distinct shots"),
-        (lambda a: a.update(shots=(70,)), "fewer than shots_per_class=70"),
+        (lambda a: a.update(shots=(70,)), r"shots=\(70,\): 70-shot episodes need that many labelled train samples"),
         (lambda a: a.update(num_episodes=0), "num_episodes as an integer >= 1, got 0"),
         (lambda a: a.update(val_labels=np.zeros(3, dtype=int)), "val_features and val_labels together"),
         (lambda a: a.update(train_features={("a", 1): a["train_features"], ("b", 2): a["train_features"]}), r"one \(block, timestep\) pair, got 2"),

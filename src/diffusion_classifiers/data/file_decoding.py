@@ -461,13 +461,13 @@ class _SeriesSizes:
 
 
 def _refuse_localizer(path: Path, metadata: dict) -> None:
-    """A scout / localiser (ImageType LOCALIZER) is not an image of its folder's class: the per-series size check no
-    longer catches one stored as its own series."""
+    """A scout / localiser (ImageType LOCALIZER) is not a slice, of a folder's class or of an unlabeled pool: the
+    per-series size check no longer catches one stored as its own series."""
     image_type = metadata.get("ImageType") or ()
     if "LOCALIZER" in image_type:
         raise ValueError(
             f"DICOM file {path} is a localizer (scout) image (ImageType {'/'.join(image_type)}); expected the images of "
-            "a series, read as images of their folder's class: remove it"
+            "a series: remove it (a localizer is not a slice)"
         )
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "done_paths",
     "errors_file_of_resumed_run",
     "forget_rows",
+    "listed_errors",
     "merge_parts",
     "prepare_output_files",
     "recorded_file_stamps",
@@ -216,6 +217,12 @@ def done_paths(files: OutputFiles) -> set[str]:
     tables = [path for path in (files.output, files.errors) if path.exists()]
     tables += _part_files(files, "rows") + _part_files(files, "errors")
     return {row[0] for path in tables for row in _read_table(path)[1]}
+
+
+def listed_errors(files: OutputFiles) -> set[str]:
+    """The paths the errors file and its committed parts list (the rows `forget_errors` may remove)."""
+    tables = [files.errors] * files.errors.exists() + _part_files(files, "errors")
+    return {row[0] for table in tables for row in _read_table(table)[1]}
 
 
 def forget_errors(files: OutputFiles, paths: set[str]) -> int:

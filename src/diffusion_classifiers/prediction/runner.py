@@ -35,6 +35,7 @@ from .outputs import (
     errors_file_of_resumed_run,
     forget_errors,
     forget_rows,
+    listed_errors,
     merge_parts,
     prepare_output_files,
     recorded_file_stamps,
@@ -60,8 +61,10 @@ class PredictionSummary:
     Args:
         output (`str`): the predictions file. errors (`str`): the errors file.
         rows (`int`): rows of the output now (one per image or DICOM frame); 0 on processes other than the main one.
-        predicted (`int`): inputs classified by this call (all processes); skipped (`int`): inputs done before.
-        failed (`int`): inputs of this call listed in the errors file.
+        predicted (`int`): inputs classified by this call (all processes); skipped (`int`): inputs done before, those
+            predicted and those listed as unreadable (`skipped_unreadable`); `predicted_before` is the first.
+        failed (`int`): inputs of this call listed in the errors file, those tried again with `retry_errors`
+            (`failed_again`) included; `new_unreadable` is the others.
         processes (`int`): the processes that shared the work.
         unreadable (`int`): rows of the errors file now, those of this call and of earlier runs; 0 on processes other
             than the main one.
@@ -72,6 +75,10 @@ class PredictionSummary:
         replaced (`int`): inputs predicted before whose file has changed since (another size or modification time:
             a file replaced under the same name), their rows removed and predicted again; 0 on processes other than
             the main one.
+        skipped_unreadable (`int`): of `skipped`, the inputs an earlier run listed in the errors file (not tried
+            again without `retry_errors`); 0 on processes other than the main one.
+        failed_again (`int`): of `failed`, the inputs tried again (`retry_errors`) and still unreadable; 0 on
+            processes other than the main one.
     """
 
     output: str
@@ -85,6 +92,18 @@ class PredictionSummary:
     not_in_input: int = 0
     retried: int = 0
     replaced: int = 0
+    skipped_unreadable: int = 0
+    failed_again: int = 0
+
+    @property
+    def predicted_before(self) -> int:
+        """Inputs skipped because an earlier run predicted them (their rows are in the output)."""
+        return self.skipped - self.skipped_unreadable
+
+    @property
+    def new_unreadable(self) -> int:
+        """Inputs of this call listed in the errors file for the first time (not tried again with `retry_errors`)."""
+        return self.failed - self.failed_again
 
 
 def output_columns(
@@ -331,6 +350,7 @@ def predict_files(
         run = {"run": {**(run_info or {}), **direction, "pipeline_call": settings},
                "class_names": list(pipeline.class_names), "columns": columns}  # fmt: skip
         prepare_output_files(files, run, overwrite, is_main)
+        listed = listed_errors(files) & {item.path for item in inputs} if is_main else set()
         retried = forget_errors(files, {item.path for item in inputs}) if retry_errors and is_main else 0
         replaced = _forget_replaced_files(files, inputs) if is_main and FILE_STAMP_COLUMNS[0] in columns else 0
         wait()
@@ -353,6 +373,10 @@ def predict_files(
         failed = _sum_over_processes(writer.failed, accelerator)
         wait()
         rows, not_in_input, unreadable = merge_parts(files, columns, order) if is_main else (0, 0, 0)
+        # the errors file lists the inputs tried again only if they failed again: they were removed from it first
+        failed_again = len(listed_errors(files) & listed) if retry_errors and is_main else 0
+        skipped = {item.path for item in inputs} - {item.path for item in remaining}
+        skipped_unreadable = 0 if retry_errors else len(skipped & listed)
         missing = _on_main_process(lambda: _remaining_indices(inputs, done_paths(files)), accelerator)
         if missing:
             first = ", ".join(repr(inputs[i].path) for i in missing[:5])
@@ -365,7 +389,8 @@ def predict_files(
             output=str(files.output), errors=str(files.errors), rows=rows, predicted=len(remaining) - failed,
             skipped=len(inputs) - len(remaining), failed=failed,
             processes=1 if accelerator is None else accelerator.num_processes, unreadable=unreadable,
-            not_in_input=not_in_input, retried=retried, replaced=replaced,
+            not_in_input=not_in_input, retried=retried, replaced=replaced, skipped_unreadable=skipped_unreadable,
+            failed_again=failed_again,
         )  # fmt: skip
 
 
@@ -541,11 +566,7 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     # destroys the process group: left to interpreter exit, gloo's threads can abort a finished process (SIGABRT)
     accelerator.end_training()
     if accelerator.is_main_process:
-        print(
-            f"{summary.output}: {summary.rows} rows ({summary.predicted} inputs predicted now on {summary.processes} "
-            f"process(es), {summary.skipped} done before); {summary.unreadable} unreadable ({summary.failed} new) -> "
-            f"{summary.errors}" + (f"; {summary.retried} earlier errors tried again" if args.retry_errors else "")
-        )
+        print(_summary_line(summary, args.retry_errors))
         _note_ratio_direction(pipeline, summary.output)
         if summary.replaced:
             print(
@@ -560,6 +581,27 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
                 "run's, kept after the others; --overwrite predicts the input afresh)"
             )
     return summary
+
+
+def _summary_line(summary: PredictionSummary, retry_errors: bool) -> str:
+    """What `predict` did: rows predicted now and before; the errors file's rows, new, tried again or skipped."""
+    accounted = summary.new_unreadable + summary.failed_again + summary.skipped_unreadable
+    unreadable = [f"{summary.new_unreadable} new"]
+    if retry_errors:
+        unreadable.append(f"{summary.failed_again} tried again and still unreadable")
+    if summary.skipped_unreadable:
+        unreadable.append(f"{summary.skipped_unreadable} listed before, skipped")
+    if summary.unreadable > accounted:  # a removed file's, or another output's in a shared errors file
+        unreadable.append(f"{summary.unreadable - accounted} of files not in this input")
+    line = (
+        f"{summary.output}: {summary.rows} rows ({summary.predicted} inputs predicted now on {summary.processes} "
+        f"process(es), {summary.predicted_before} predicted before); {summary.unreadable} unreadable "
+        f"({', '.join(unreadable)}) -> {summary.errors}"
+    )
+    if retry_errors:
+        now_predicted = summary.retried - summary.failed_again
+        line += f"; {summary.retried} earlier errors tried again ({now_predicted} now predicted)"
+    return line
 
 
 def _note_ratio_direction(pipeline: Any, output: Any) -> None:

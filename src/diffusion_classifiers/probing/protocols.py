@@ -415,6 +415,43 @@ def few_shot_indices(labels, shots_per_class: Shots, seed: int = 0, num_classes:
     return np.sort(np.concatenate(chosen))
 
 
+def _check_shots_fit(
+    shots: Sequence[Shots], names: List[str], y_train: np.ndarray, num_classes: int, class_names=None
+) -> None:
+    """Every class has a labelled train sample, and as many as each count of `shots`: checked before any protocol
+    runs, naming the classes short of them (by `class_names` when given) and the `shots` that fit."""
+    counts = np.bincount(y_train, minlength=num_classes)
+    fewest = int(counts.min())
+    too_many = [int(n) for n, name in zip(shots, names) if name != "all" and int(n) > fewest]
+    if fewest > 0 and not too_many:
+        return
+    short = np.flatnonzero(counts < (1 if fewest == 0 else max(too_many)))
+    listed = _and([f"class {_class_label(k, class_names)} has {counts[k]}" for k in short[:5]])
+    listed += f" (and {len(short) - 5} more classes)" if len(short) > 5 else ""
+    naming = "" if class_names is not None else " (pass class_names=train.class_names to name the classes)"
+    if fewest == 0:
+        raise ValueError(
+            f"train_labels: {listed} labelled samples{naming}; expected every one of the {num_classes} classes in "
+            "the train split: prototypes, k-NN and the linear probe need a labelled sample of each"
+        )
+    fitting = [n if name == "all" else int(n) for n, name in zip(shots, names) if name == "all" or int(n) <= fewest]
+    given = tuple(n if name == "all" else int(n) for n, name in zip(shots, names))
+    raise ValueError(
+        f"shots={given}: {_and([f'{n}-shot' for n in too_many])} episodes need that many labelled train samples in "
+        f"every class, but {listed}{naming}; pass shots={tuple(fitting or [fewest])} (integers up to {fewest} fit, "
+        "None is the whole train split), or label more train images"
+    )
+
+
+def _class_label(k: int, class_names) -> str:
+    return repr(str(class_names[k])) if class_names is not None else str(int(k))
+
+
+def _and(items: List[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
 def _check_pair(train_features, train_labels, test_features, num_classes, num_test: Optional[int] = None):
     """Validated float32 train / test matrices, train labels and the number of classes."""
     y = as_labels(train_labels, "train_labels")
@@ -534,6 +571,7 @@ def evaluate_protocols(
     linear_probe: bool = True,
     probe_kwargs: Optional[dict] = None,
     progress_bar: Optional[dict] = None,
+    class_names: Optional[Sequence[str]] = None,
 ) -> dict:
     r"""
     Score one feature source with every protocol, the same way for every method (U-Net features, the RC-DiT
@@ -565,8 +603,10 @@ def evaluate_protocols(
             `(block, timestep)` pair (as `DiffusionFeatureExtractor.extract` or the RC-DiT pipeline's `dit_features`
             return); the pair is recorded as `feature`.
         train_labels, test_labels, val_labels: integer labels in `[0, num_classes)`.
-        num_classes: defaults to the largest train or test label + 1.
-        shots: labelled samples per class: integers >= 1, and `None` or "all" for the whole train split.
+        num_classes: defaults to `len(class_names)`, else the largest train or test label + 1.
+        shots: labelled samples per class: integers >= 1, and `None` or "all" for the whole train split. Every
+            class of the train split must hold at least the largest integer: checked before any protocol runs, a
+            count some class lacks is refused, naming that class and the `shots` that fit (e.g. `(1, None)`).
         num_episodes: >= 1 draws of each few-shot labelled set.
         standardize: prototypes and k-NN standardise with the labelled set's statistics before the cosine.
         kmeans_normalizations: the spaces the label-free k-means chooses from (of `NORMALIZATIONS` and `"none"`);
@@ -574,6 +614,8 @@ def evaluate_protocols(
         progress_bar: `tqdm` arguments for the bar over the protocols' steps (k-means, each episode, the linear
             probe, whose own bar over iterations it also sets unless `probe_kwargs` does); `{"disable": True}` hides
             both.
+        class_names: the names of the classes `0 .. K-1` (e.g. `train.class_names`), used to name a class in the
+            messages; default: its label id.
 
     Returns:
         a JSON-serialisable `dict`:
@@ -603,9 +645,10 @@ def evaluate_protocols(
     if not names or len(set(names)) != len(names):
         raise ValueError(f"expected a non-empty list of distinct shots, got {list(shots)}")
     y_train, y_test = as_labels(train_labels, "train_labels"), as_labels(test_labels, "test_labels")
-    num_classes = resolve_num_classes(num_classes, None, y_train, y_test)
+    num_classes = resolve_num_classes(num_classes, class_names, y_train, y_test)
     check_label_range(y_test, "test_labels", num_classes)
     x_train, y_train, x_test, _ = _check_pair(train_features, y_train, test_features, num_classes, len(y_test))
+    _check_shots_fit(shots, names, y_train, num_classes, class_names)
     if linear_probe and val_features is None:
         _check_probe_without_val(probe_kwargs or {})
 
