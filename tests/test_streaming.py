@@ -526,6 +526,8 @@ def test_an_unlabeled_folder_at_any_depth_is_read_whole_for_label_free_training(
     import runpy
 
     from diffusion_classifiers import UNetFeatureClassifierPipeline
+    from diffusion_classifiers.cli import main
+    from diffusion_classifiers.hub import trained_on_unlabeled_pool
     from diffusion_classifiers.data.split_record import (
         changed_split_args,
         image_fingerprints,
@@ -571,3 +573,11 @@ def test_an_unlabeled_folder_at_any_depth_is_read_whole_for_label_free_training(
     assert (carving["val_fraction"], carving["test_fraction"]) == (0.25, 0.2)
     UNetFeatureClassifierPipeline.from_pretrained(output_dir).save_pretrained(tmp_path / "re_saved")
     assert read_split_record(tmp_path / "re_saved") == read_split_record(output_dir)
+    # QA (plankton lab): the probe's pipeline, the one published, did not say its U-Net saw an unlabeled pool, and
+    # --seed did not carve the labelled data (the pool's record carved nothing)
+    labelled = _image_folder_of_two_classes(tmp_path / "labelled")
+    main(["probe", "--unet_dir", str(output_dir), "--dataset", str(labelled), "--timesteps", "20", "--C", "1",
+          "--seed", "3", "--val_fraction", "0.2", "--test_fraction", "0.2", "--output_dir", str(tmp_path / "probe")])
+    probed = read_split_record(tmp_path / "probe" / "pipeline")
+    assert probed["unlabeled_pool"] is True and "unlabeled" not in probed and probed["seed"] == 3
+    assert trained_on_unlabeled_pool(tmp_path / "probe" / "pipeline") and not trained_on_unlabeled_pool(labelled)

@@ -234,13 +234,8 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         pipeline_call_settings,
         saved_preprocessing,
     )
-    from .data.split_record import (
-        changed_split_args,
-        read_split_record,
-        recorded_train_fingerprints,
-        resolve_split_args,
-    )
-    from .hub import class_names_of, download, model_fingerprint
+    from .data.split_record import changed_split_args, recorded_train_fingerprints, resolve_split_args
+    from .hub import class_names_of, download, model_fingerprint, trained_on_unlabeled_pool
     from .metrics import resolve_positive_label
     from .training.launch import check_one_process
     from .validation import check_no_earlier_report
@@ -290,7 +285,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         train_fingerprints=train_fingerprints, drop_training_images=args.drop_training_images,
         pipeline_kwargs=args.pipeline_kwargs, model_sha256=model_fingerprint(folder), train_split=train_split,
         changed_split_args=changed_split_args(folder, **given),
-        unlabeled_pool=bool((read_split_record(folder) or {}).get("unlabeled")),
+        unlabeled_pool=trained_on_unlabeled_pool(folder),
     )  # fmt: skip
     headline = {k: metrics.get(k) for k in ("accuracy", "macro_f1", "balanced_accuracy", "auc", "positive_class", "sensitivity", "specificity")}
     headline = {k: v for k, v in headline.items() if v is not None or k == "auc"}
@@ -346,11 +341,12 @@ def run_demo(args: argparse.Namespace) -> dict:
 
 
 def save_study(
-    study, args: argparse.Namespace, timing: dict, carving: dict, train_images, train_fingerprints=None
+    study, args: argparse.Namespace, timing: dict, carving: dict, train_images, train_fingerprints=None,
+    unlabeled_pool: bool = False,
 ) -> dict:
-    """Save the study's fitted pipeline, with the `carving` of its data and the fingerprints of its `train_images` and
-    any other `train_fingerprints` (`data.save_split_record`), and its report into `args.output_dir`; print the
-    headline."""
+    """Save the study's fitted pipeline, with the `carving` of its data, the fingerprints of its `train_images` and
+    any other `train_fingerprints`, and whether its U-Net was trained on an unlabeled pool (`data.save_split_record`),
+    and its report into `args.output_dir`; print the headline."""
     from .data.split_record import save_split_record
     from .features import block_label
     from .hub import model_fingerprint
@@ -359,7 +355,7 @@ def save_study(
     study.pipeline.save_pretrained(os.path.join(args.output_dir, "pipeline"))
     save_split_record(
         os.path.join(args.output_dir, "pipeline"), **carving, train_images=train_images,
-        train_fingerprints=train_fingerprints,
+        train_fingerprints=train_fingerprints, unlabeled_pool=unlabeled_pool,
     )
     command = "diffusion-classifiers " + shlex.join(sys.argv[1:])
     identity = {"model_sha256": model_fingerprint(os.path.join(args.output_dir, "pipeline"))}  # push_to_hub checks it
@@ -395,7 +391,7 @@ def run_probe(args: argparse.Namespace) -> dict:
     )
     from .evaluation import _own_class_names, carved_splits, check_training_overlap
     from .features import _check_timesteps
-    from .hub import download
+    from .hub import download, trained_on_unlabeled_pool
     from .metrics import resolve_positive_label
     from .pipelines import UNetFeatureClassifierPipeline
     from .training.launch import check_one_process
@@ -413,8 +409,9 @@ def run_probe(args: argparse.Namespace) -> dict:
     args.dataset = _dataset_or_demo_digits(args.dataset, contract, "probe")
     folder = download(args.unet_dir)
     # the U-Net's test images stay its test: carved with its recorded seed (--seed then seeds the probes only)
-    record = read_split_record(folder)
-    split_seed = None if record else args.seed
+    record = read_split_record(folder) or {}
+    # a U-Net trained on an unlabeled pool carved nothing: --seed carves the labelled data
+    split_seed = None if record and not record.get("unlabeled") else args.seed
     given = {
         "val_fraction": args.val_fraction, "test_fraction": args.test_fraction, "seed": split_seed,
         "class_names": args.class_names,
@@ -436,7 +433,7 @@ def run_probe(args: argparse.Namespace) -> dict:
             check_training_overlap(
                 splits[name], unet_fingerprints, where=f"the {name} split of {args.dataset}",
                 train_split=splits["train"], drop_hint=None, changed_split_args=changed_split_args(folder, **given),
-                streaming_hint=None, unlabeled_pool=bool(record.get("unlabeled")),
+                streaming_hint=None, unlabeled_pool=trained_on_unlabeled_pool(folder),
             )  # fmt: skip
     resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)
     note_default_positive_class(args.positive_class, splits["train"].class_names)
@@ -447,7 +444,8 @@ def run_probe(args: argparse.Namespace) -> dict:
         probe_kwargs={"C": args.C, "class_weight": args.class_weight},
     )  # fmt: skip
     timing = {"total_seconds": round(time.time() - started, 1)}
-    return save_study(study, args, timing, carving, splits["train"].images, unet_fingerprints)
+    pool = trained_on_unlabeled_pool(folder)
+    return save_study(study, args, timing, carving, splits["train"].images, unet_fingerprints, unlabeled_pool=pool)
 
 
 def _dataset_or_demo_digits(

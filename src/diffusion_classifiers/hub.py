@@ -307,11 +307,12 @@ def render_model_card(
 
 
 def trained_on_unlabeled_pool(model_dir: Union[str, os.PathLike]) -> bool:
-    """Whether the model in `model_dir` was trained on every image of an unlabeled folder (`--unlabeled`), as its
-    `data_splits.json` records."""
+    """Whether the diffusion model in `model_dir` was trained on every image of an unlabeled folder (`--unlabeled`),
+    as its `data_splits.json` records (`"unlabeled"`; `"unlabeled_pool"` once `probe` fitted a head on it)."""
     from .data.split_record import read_split_record
 
-    return bool((read_split_record(model_dir) or {}).get("unlabeled"))
+    record = read_split_record(model_dir) or {}
+    return bool(record.get("unlabeled") or record.get("unlabeled_pool"))
 
 
 def render_dataset_card(

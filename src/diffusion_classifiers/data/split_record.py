@@ -45,10 +45,11 @@ __all__ = [
 SPLIT_RECORD_NAME = "data_splits.json"
 SPLIT_DEFAULTS = {"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0, "class_names": None}
 # Optional keys: "unlabeled" (true for a model trained on every image of an unlabeled folder, `--unlabeled`: nothing
-# carved, its fractions and seed unused), "train_fingerprints" (absent in records of earlier versions, and for a
+# carved, its fractions and seed unused), "unlabeled_pool" (true for a model whose head was fitted on carved labelled
+# data on top of a diffusion model trained so: `probe` on such a U-Net), "train_fingerprints" (absent in records of earlier versions, and for a
 # streamed training set read without verifying its images first) and
 # "anonymised_dicom_groups" (absent in records of earlier versions: `EARLIER_ANONYMISED_DICOM_RULE` then).
-SPLIT_OPTIONAL = ("train_fingerprints", "anonymised_dicom_groups", "unlabeled")
+SPLIT_OPTIONAL = ("train_fingerprints", "anonymised_dicom_groups", "unlabeled", "unlabeled_pool")
 # How the carving groups DICOM files without a PatientID (anonymised), applied by `file_decoding._dicom_groups`:
 # "study_or_series", by their StudyInstanceUID, else their SeriesInstanceUID, so one scan's slices stay on one side
 # (this version's rule, `ANONYMISED_DICOM_RULE`, which training records); "file", each file its own group, slice by
@@ -128,6 +129,7 @@ def save_split_record(
     train_fingerprints: Optional[Iterable[str]] = None,
     anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
     unlabeled: bool = False,
+    unlabeled_pool: bool = False,
 ) -> None:
     """Record in `folder` (a saved model's) how its data was carved: the fractions, the seed and the `class_names`
     the data was read with (their order numbers the classes, and the carving draws class by class), None when the
@@ -137,14 +139,14 @@ def save_split_record(
     bytes an image), which `evaluate` and `probe` check their test and val images against, with any other
     `train_fingerprints` (e.g. those of the U-Net a probe's head sits on, or those a streamed training set's
     `verify` took: `data.save_training_split_record`). `unlabeled`: the model was trained on every image of an
-    unlabeled folder (none carved), so there is no carving for a later command's flags to contradict."""
+    unlabeled folder (none carved), so there is no carving for a later command's flags to contradict;
+    `unlabeled_pool`: its head was fitted on the carving recorded, over a diffusion model trained so."""
     record = {
         "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
         "class_names": None if class_names is None else list(class_names),
         "anonymised_dicom_groups": check_anonymised_dicom_groups(anonymised_dicom_groups),
     }  # fmt: skip
-    if unlabeled:
-        record["unlabeled"] = True
+    record.update({key: True for key, value in (("unlabeled", unlabeled), ("unlabeled_pool", unlabeled_pool)) if value})
     if train_images is not None or train_fingerprints is not None:
         fingerprints = set(train_fingerprints or ())
         if train_images is not None:

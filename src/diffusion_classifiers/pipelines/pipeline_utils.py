@@ -283,6 +283,7 @@ class SplitRecordMixin:
                 save_directory, **{name: self.split_record[name] for name in SPLIT_DEFAULTS},
                 train_fingerprints=None if fingerprints is None else fingerprints.split(),
                 anonymised_dicom_groups=rule, unlabeled=bool(self.split_record.get("unlabeled")),
+                unlabeled_pool=bool(self.split_record.get("unlabeled_pool")),
             )  # fmt: skip
 
     def _upload_folder(self, working_dir, repo_id, token=None, commit_message=None, create_pr=False, subfolder=None):
