@@ -27,7 +27,7 @@ from typing import Optional
 from huggingface_hub.errors import OfflineModeIsEnabled
 
 from diffusion_classifiers import pipelines
-from diffusion_classifiers.data import canonical_split_name
+from diffusion_classifiers.data import ONE_SET, canonical_split_name
 from diffusion_classifiers.evaluation import pipeline_call_settings
 from diffusion_classifiers.hub import (
     METHODS,
@@ -72,6 +72,12 @@ def parse_args(argv=None):
         "'test' for the demo's); required for a metrics.json that records none; one it contradicts is refused",
     )  # fmt: skip
     parser.add_argument("--dataset_id", default=None, help="the dataset's Hub id, if it has one")
+    parser.add_argument(
+        "--eval_dataset_name", default=None,
+        help="the data --metrics_json was measured on, when it is not the training data (an external set scored with "
+        "evaluate --split all); default: --dataset_name, or for a --split all evaluation the data set its "
+        "metrics.json names",
+    )  # fmt: skip
     parser.add_argument(
         "--dataset_citation", default=None,
         help="how the data's providers ask to be cited, shown under the card's training data: the text (e.g. a "
@@ -120,6 +126,7 @@ def publish(args):
     with open(args.metrics_json) as f:
         recorded = json.load(f)
     pruning = (recorded.get("pipeline_call") or {}).get("pruning") is not None and len(class_names or []) > 2
+    split = dataset_split(args.metrics_json, args.dataset_split)
     card = render_model_card(
         method(args.model_dir, args.method),
         **load_eval_counts(args.metrics_json),
@@ -130,7 +137,8 @@ def publish(args):
         repo_id=args.repo_id,
         dataset_name=args.dataset_name,
         dataset_id=args.dataset_id,
-        dataset_split=dataset_split(args.metrics_json, args.dataset_split),
+        dataset_split=split,
+        eval_dataset_name=eval_dataset_name(args, recorded, split),
         dataset_license=args.dataset_license,
         metrics=load_eval_metrics(args.metrics_json),
         per_class=load_eval_per_class(args.metrics_json),
@@ -215,6 +223,22 @@ def method(model_dir: str, given: Optional[str]) -> str:
             "config.json); leave --method out to use the folder's"
         )
     return inferred
+
+
+def eval_dataset_name(args, recorded: dict, split: str) -> str:
+    """The data the card's results name: `--eval_dataset_name`; else, for metrics of every image of a data set
+    (`evaluate --split all`: an external set, never the training data), the one `metrics.json` names; else
+    `--dataset_name`."""
+    if args.eval_dataset_name is not None:
+        return args.eval_dataset_name
+    if split == ONE_SET:
+        if not recorded.get("dataset"):
+            raise ValueError(
+                f"{args.metrics_json} scores every image of a data set (evaluate --split all), not the training data, "
+                "and does not name it; pass --eval_dataset_name"
+            )
+        return recorded["dataset"]
+    return args.dataset_name
 
 
 def dataset_split(metrics_json: str, given: Optional[str]) -> str:

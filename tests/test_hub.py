@@ -931,7 +931,7 @@ def test_a_card_of_many_classes_collapses_its_per_class_table_and_counts_the_cla
     start = "<details>\n<summary>Per-class metrics (25 classes)</summary>\n\n| class | precision | recall | F1 |"
     assert card.count(start) == 1 and card.count("\n</details>\n") == 1
     rows = [line.split(" | ")[0][2:] for line in card.splitlines() if line.startswith("| class_")]
-    assert rows == list(metrics["per_class"]) and "| class_24 | 0.00% | 0.00% | 0.00% | 0 |" in card
+    assert rows == list(metrics["per_class"]) and "| class_24 | 0.00% | n/a | n/a | 0 |" in card
     outside = card.split("</details>")[1]
     assert "2 of the 25 classes had no image in the `test` split (support 0):" in outside
     assert "Per class:" not in card
@@ -957,5 +957,14 @@ def test_a_card_credits_the_data_says_an_unlabeled_pool_and_an_external_set(save
     assert "trained without labels on every image of an unlabeled folder" in " ".join(card.split())
     plain = str(model_card())
     assert "unlabeled folder" not in plain and "Cite the data" not in plain
-    external = " ".join(str(model_card(dataset_split="all", num_images=30)).split())
-    assert "Results on every image of scikit-learn digits, none carved out (30 images)" in external
+    # QA (plankton lab): an external set's results were credited to the training data, in the model index too
+    argv = push_script_argv(pool_model, tmp_path, "--dry_run", "--output_dir", str(tmp_path / "ext"))
+    (tmp_path / "metrics.json").write_text(json.dumps({"split": "all", "dataset": "flowcam", **METRICS}))
+    run_push_script(monkeypatch, argv)
+    external = (tmp_path / "ext" / "README.md").read_text()
+    assert "Results on every image of flowcam, none carved out" in external
+    assert "Trained on scikit-learn digits and evaluated on flowcam only" in " ".join(external.split())
+    assert "name: flowcam" in external.split("---")[1] and "split: all" in external.split("---")[1]
+    dropped = " ".join(str(model_card(dataset_split="all", num_images=30, num_dropped=5)).split())
+    assert "Results on the images of scikit-learn digits the model was not trained on (30 images: the data set's 35 " \
+        "less the 5 the model was trained on)" in dropped

@@ -32,6 +32,7 @@ from huggingface_hub import (
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError
 from jinja2 import meta
 
+from .data.labeled_images import ONE_SET
 from .metrics import per_class_table
 from .validation import PICKLE_SUFFIXES
 
@@ -103,7 +104,7 @@ REMOTE_CODE_PATTERNS = ["*.py"]
 MODEL_CARD_OPTIONAL = {
     "dataset_id", "model_description", "class_names", "positive_class", "num_images", "num_positives", "pruning",
     "seed_sensitivity", "call_arguments", "input_description", "num_dropped", "per_class_section", "unlabeled_pool",
-    "dataset_citation",
+    "dataset_citation", "whole_data_set",
 }  # fmt: skip
 DATASET_CARD_OPTIONAL = {"citation"}
 
@@ -217,6 +218,7 @@ def render_model_card(
     per_class: Optional[Dict[str, dict]] = None,
     unlabeled_pool: bool = False,
     dataset_citation: Optional[str] = None,
+    eval_dataset_name: Optional[str] = None,
 ) -> ModelCard:
     """The model card of a classifier trained with `method` (one of `METHODS`).
 
@@ -254,6 +256,8 @@ def render_model_card(
             `data_splits.json` says so: `trained_on_unlabeled_pool`); the card's training data says so.
         dataset_citation: how the data's providers ask to be cited (e.g. a BibTeX entry), shown under the training
             data.
+        eval_dataset_name: the data `metrics` were measured on when it is not the training data (an external set
+            scored whole, `evaluate --split all`); default `dataset_name`. The results and the model index name it.
 
     Raises `ValueError` naming every required field that is missing or empty.
     """
@@ -263,7 +267,9 @@ def render_model_card(
         raise ValueError("cannot render a model card: missing required field(s) metrics")
     if positive_class is not None and class_names and positive_class not in class_names:
         raise ValueError(f"positive_class: expected one of the class names {class_names}, got {positive_class!r}")
-    eval_results = _eval_results(metrics, dataset_name, dataset_id or dataset_name, dataset_split)
+    external = eval_dataset_name not in (None, dataset_name)
+    eval_name = eval_dataset_name if external else dataset_name
+    eval_results = _eval_results(metrics, eval_name, eval_name if external else dataset_id or dataset_name, dataset_split)
     card_data = ModelCardData(
         model_name=model_name,
         license=license,
@@ -282,6 +288,8 @@ def render_model_card(
         model_id=repo_id or model_name,
         library_name=library_name,
         dataset_name=dataset_name,
+        eval_dataset_name=eval_name,
+        whole_data_set=dataset_split == ONE_SET,
         dataset_id=dataset_id,
         dataset_license=dataset_license,
         dataset_split=dataset_split,

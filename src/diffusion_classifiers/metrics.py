@@ -80,10 +80,12 @@ def percent(value: Optional[float]) -> str:
 def per_class_table(per_class: Dict[str, dict]) -> List[str]:
     """The Markdown rows of a report's per-class table (`classification_metrics`' "per_class"): precision, recall,
     F1 and support of each class, as the reports of `evaluate` and `probe` show them (the tail of a long-tailed set
-    included)."""
+    included). A class without an image in the split (support 0) has no recall or F1 to measure: "n/a", not the
+    0.00% scikit-learn's `zero_division=0` records."""
     rows = ["| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
     for name, row in per_class.items():
-        scores = " | ".join(percent(row[key]) for key in ("precision", "recall", "f1"))
+        measured = ("precision",) if row["support"] == 0 else ("precision", "recall", "f1")
+        scores = " | ".join(percent(row[key]) if key in measured else "n/a" for key in ("precision", "recall", "f1"))
         rows.append(f"| {name} | {scores} | {row['support']} |")
     return rows
 
