@@ -581,3 +581,23 @@ def test_an_unlabeled_folder_at_any_depth_is_read_whole_for_label_free_training(
     probed = read_split_record(tmp_path / "probe" / "pipeline")
     assert probed["unlabeled_pool"] is True and "unlabeled" not in probed and probed["seed"] == 3
     assert trained_on_unlabeled_pool(tmp_path / "probe" / "pipeline") and not trained_on_unlabeled_pool(labelled)
+
+
+def test_a_streamed_resume_that_reads_the_files_otherwise_is_refused_naming_how(tmp_path):
+    """QA: resuming on other images, or the same read through other windows or another resize mode, trained on
+    silently; a streamed run names how its files were read."""
+    import runpy
+
+    from .conftest import REPO_ROOT
+
+    root = _image_folder_of_two_classes(tmp_path / "data")
+    example = runpy.run_path(str(REPO_ROOT / "examples" / "unet_features_train.py"), run_name="example")
+    flags = ["--dataset", str(root), "--streaming", "--num_channels", "1", "--image_size", "8", "--unet_preset", "tiny",
+             "--num_sample_images", "0", "--checkpointing_steps", "1", "--output_dir", str(tmp_path / "out"),
+             "--val_fraction", "0.2", "--test_fraction", "0.2"]  # fmt: skip
+    example["main"](flags + ["--max_train_steps", "1"])
+    resume = flags + ["--max_train_steps", "2", "--resume_from_checkpoint", "latest"]
+    with pytest.raises(ValueError, match=r"in how the training images are read \(8 px \(stretch\), 1 channel -> 8 px "
+                                         r"\(stretch\), 1 channel, background normalised to white\) \(checkpoint"):
+        example["main"](resume + ["--normalize_background"])
+    example["main"](resume)  # read as before: it resumes

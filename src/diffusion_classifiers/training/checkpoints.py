@@ -136,14 +136,17 @@ def data_identity(dataset: Dataset) -> dict:
     """What recognises a run's training data when it resumes (the same number of images from another pool, or the
     same files read through other DICOM windows, would otherwise train on silently): the mean pixel value and the
     label of `SAMPLED_ITEMS` evenly spaced items (a streamed dataset decodes those), compared within
-    `IDENTITY_TOLERANCE` (`_data_changes`), so the same files read on another machine still match."""
+    `IDENTITY_TOLERANCE` (`_data_changes`), so the same files read on another machine still match; and how a dataset
+    with a `preprocessing` contract (`data.StreamingImages`) reads its files, which a refusal names."""
     positions = np.unique(np.linspace(0, len(dataset) - 1, min(SAMPLED_ITEMS, len(dataset))).round().astype(int))
     items = [dataset[int(i)] for i in positions]
     labels = [item[1] for item in items if len(item) > 1 and isinstance(item[1], (int, np.integer, torch.Tensor))]
-    return {
+    identity = {
         "image_means": [round(float(item[0].double().mean()), 7) for item in items],
         "labels": [int(label) for label in labels],
     }
+    reading = getattr(dataset, "preprocessing", None)  # a streamed dataset's contract names how files are read
+    return identity if reading is None else {**identity, "reading": reading.summary()}
 
 
 def _record_changes(saved: dict, record: dict) -> list:
@@ -171,6 +174,8 @@ def _data_changes(saved: Optional[dict], now: Optional[dict]) -> list:
     differ = differ or bool(np.abs(before - after).max(initial=0.0) > IDENTITY_TOLERANCE)
     if not differ:
         return []
+    if "reading" in saved and "reading" in now and saved["reading"] != now["reading"]:
+        return [f"how the training images are read ({saved['reading']} -> {now['reading']})"]
     return [
         "the training images (other images, or the same read otherwise: --dataset, --window, --image_size, "
         "--resize_mode, --pad_value, --normalize_background, --bits_stored)"
