@@ -318,7 +318,7 @@ def test_split_all_checks_every_image_against_the_training_fingerprints(external
     leaked = len(splits["train"])
     with pytest.raises(ValueError, match=rf"^{leaked} of 90 images of the data set leaky are images the model was "
                                          r"trained on .*: the data holds images the model was trained on .*Leave "
-                                         r"them out of the data \(or out of the pool\), or pass --drop_training_images "
+                                         r"them out of the data, or pass --drop_training_images "
                                          r".* to score the other "
                                          rf"{90 - leaked} only$"):  # fmt: skip
         _evaluate(model, leaky, tmp_path / "refused", "--split", "all")

@@ -183,14 +183,74 @@ def test_duplicates_within_the_data_are_not_refused(model_and_data, tmp_path):
     assert probed["test"]["num_samples"] == len(splits["test"])
 
 
-def test_probe_refuses_a_grown_folder_without_naming_evaluates_flag(model_and_data, tmp_path):
-    root, _ = model_and_data
-    refused = r"images of the (val|test) split of .*grown are images the model was trained on"
-    with pytest.raises(ValueError, match=refused) as error:
+def _leaked(splits, folder: str) -> dict:
+    """The number of val and test images of `folder`, carved as the model's data was, that are its training images."""
+    train = set(image_fingerprints(splits["train"].images))
+    carved = load_image_classification_data(folder, image_size=8, seed=0)
+    return {name: sum(f in train for f in image_fingerprints(carved[name].images)) for name in ("val", "test")}
+
+
+def test_probe_refuses_a_grown_folder_naming_val_and_test_and_their_files(model_and_data, tmp_path):
+    """QA (plankton lab): probe named positions ("#0, #1, #5 (positions in the split)"), which no user can find, and
+    refused at val although test held training images too (fixed, rerun, refused again). Both are counted and their
+    files named, listed from the same carving (the README's claim checked: it reads the images the loader reads)."""
+    from diffusion_classifiers.data import streaming_image_classification_data
+
+    root, splits = model_and_data
+    grown = load_image_classification_data(str(root / "grown"), image_size=8, seed=0)
+    listed = streaming_image_classification_data(root / "grown", 1, 8, seed=0, check_files=False)
+    for name in ("val", "test"):  # the listing probe names files by is the split it read
+        read = torch.stack([image for image, _ in listed[name]])
+        torch.testing.assert_close(read, grown[name].images, rtol=0, atol=0)
+    leaked = _leaked(splits, str(root / "grown"))
+    assert leaked["val"] > 0 and leaked["test"] > 0  # the premise: both re-carved splits hold training images
+    with pytest.raises(ValueError) as error:
         main(["probe", "--unet_dir", str(root / "model"), "--dataset", str(root / "grown"),
               "--output_dir", str(tmp_path / "p"), "--timesteps", "20", "--C", "1"])  # fmt: skip
-    assert "drop_training_images" not in str(error.value)
+    message = str(error.value)
+    counted = (f"{leaked['val']} of {len(grown['val'])} images of the val split and {leaked['test']} of "
+               f"{len(grown['test'])} images of the test split of {root / 'grown'} are images the model was trained")
+    assert message.startswith(counted) and "drop_training_images" not in message and "positions" not in message
+    named = re.search(r"e\.g\. val: (.*); test: (.*): the data differs from the model's", message)
+    data = streaming_image_classification_data(root / "data", 1, 8, seed=0, check_files=False)["train"]
+    trained = {os.path.relpath(data._path(i), root / "data") for i in range(len(data))}
+    for name, files in zip(("val", "test"), named.groups()):
+        files = files.removesuffix(", ...").split(", ")
+        assert len(files) == min(5, leaked[name]) and all(file.endswith(".png") for file in files)
+        assert all(os.path.relpath(file, root / "grown") in trained for file in files)  # the images trained on
     assert not (tmp_path / "p").exists()  # created to check it is writable, removed with the refusal
+
+
+def test_probe_on_a_unet_of_an_unlabeled_pool_says_to_clean_the_pool_or_the_labelled_data(model_and_data, tmp_path):
+    """QA (plankton lab): labelled images copied into the pool a U-Net was trained on (--unlabeled) were refused with
+    "leave them out of the data (or out of the pool)": out of the pool means retraining, and out of the labelled data
+    re-carves it. Data without files (a .npz) is named by positions, in both splits."""
+    from diffusion_classifiers.evaluation import check_training_overlap
+
+    root, splits = model_and_data
+    pooled = tmp_path / "pooled"
+    shutil.copytree(root / "model", pooled)
+    save_split_record(pooled, 0.1, 0.2, 0, None, train_images=splits["train"].images, unlabeled=True)
+    advice = (r"the data shares these images with the unlabeled pool the model was trained on \(--unlabeled\), and "
+              r"scoring them would overstate the model\. Remove them from the pool and retrain the model on it, or ")
+    leaked = _leaked(splits, str(root / "grown"))
+    with pytest.raises(ValueError, match=rf"^{leaked['val']} of .* val split and {leaked['test']} of .* test split of "
+                                         rf".*e\.g\. val: \S+\.png.*; test: \S+\.png.*: {advice}remove them from the "
+                                         r"labelled data \(which re-carves its splits: check again\)$"):  # fmt: skip
+        main(["probe", "--unet_dir", str(pooled), "--dataset", str(root / "grown"),
+              "--output_dir", str(tmp_path / "p"), "--timesteps", "20", "--C", "1"])  # fmt: skip
+    digits = load_digits()
+    rows = np.flatnonzero(digits.target <= 1)[:70]  # the grown folder's images, in a .npz: no files to name
+    np.savez(tmp_path / "grown.npz", train_images=(digits.images[rows] * 15).astype(np.uint8),
+             train_labels=digits.target[rows])  # fmt: skip
+    with pytest.raises(ValueError, match=r"e\.g\. val: #\d+.*; test: #\d+.* \(positions in the splits\): "):
+        main(["probe", "--unet_dir", str(pooled), "--dataset", str(tmp_path / "grown.npz"),
+              "--output_dir", str(tmp_path / "p"), "--timesteps", "20", "--C", "1"])  # fmt: skip
+    whole = load_image_classification_data(str(root / "grown"), image_size=8, one_set=True)["all"]
+    with pytest.raises(ValueError, match=rf": {advice}leave them out of the data, or pass --drop"):  # --split all
+        check_training_overlap(whole, recorded_train_fingerprints(pooled), whole_data_set=True, unlabeled_pool=True)
+    with pytest.raises(ValueError, match=r"e\.g\. #\d+, .* \(positions in the split; "):  # where a file is not known
+        check_training_overlap(whole, recorded_train_fingerprints(pooled), paths=lambda index: None)
 
 
 def test_a_streamed_training_run_records_the_fingerprints_an_in_memory_run_records(model_and_data, tmp_path):

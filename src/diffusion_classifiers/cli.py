@@ -8,6 +8,8 @@ import re
 import shlex
 import sys
 import time
+import warnings
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 __all__ = ["main"]
@@ -429,12 +431,13 @@ def run_probe(args: argparse.Namespace) -> dict:
     if unet_fingerprints is None and carved:
         _note_unchecked(args.unet_dir, "probe", carved)
     elif unet_fingerprints is not None:  # the U-Net's own held-out images: the probe chooses on val, reports on test
-        for name in carved:  # duplicates of the data's own train images pass; probe has no flag to drop the others
-            check_training_overlap(
-                splits[name], unet_fingerprints, where=f"the {name} split of {args.dataset}",
-                train_split=splits["train"], drop_hint=None, changed_split_args=changed_split_args(folder, **given),
-                streaming_hint=None, unlabeled_pool=trained_on_unlabeled_pool(folder),
-            )  # fmt: skip
+        # val and test refused together; duplicates of the data's own train images pass; probe has no flag to drop
+        check_training_overlap(
+            {name: splits[name] for name in carved}, unet_fingerprints, where=args.dataset, train_split=splits["train"],
+            drop_hint=None, changed_split_args=changed_split_args(folder, **given), streaming_hint=None,
+            unlabeled_pool=trained_on_unlabeled_pool(folder),
+            paths=_files_of_splits(args.dataset, {name: splits[name] for name in carved}, carving, trained),
+        )  # fmt: skip
     resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)
     note_default_positive_class(args.positive_class, splits["train"].class_names)
     study = run_unet_feature_study(
@@ -446,6 +449,36 @@ def run_probe(args: argparse.Namespace) -> dict:
     timing = {"total_seconds": round(time.time() - started, 1)}
     pool = trained_on_unlabeled_pool(folder)
     return save_study(study, args, timing, carving, splits["train"].images, unet_fingerprints, unlabeled_pool=pool)
+
+
+def _files_of_splits(dataset: str, splits: dict, carving: dict, trained) -> Optional[dict]:
+    """For an image folder or CSV read into memory (`splits`, carved by `carving` and read as the pipeline `trained`
+    reads), the file of each image of each split, by index, from a listing of the same carving that decodes nothing,
+    made only when asked (a refusal names a few files); None per image where the listing is not the split read, and
+    None for data without files."""
+    from .data import streaming_image_classification_data
+    from .data.readers import _source_kind
+    from .data.streaming import is_saved_dataset
+
+    if _source_kind(dataset) not in ("folder", "csv") or is_saved_dataset(Path(dataset)):
+        return None
+    config, contract = trained.unet.config, trained.preprocessing
+
+    @functools.lru_cache(maxsize=None)
+    def listing() -> dict:
+        with warnings.catch_warnings():  # what the data was warned about when it was read
+            warnings.simplefilter("ignore")
+            return streaming_image_classification_data(
+                dataset, config.in_channels, config.sample_size, medical=contract.medical, check_files=False,
+                **carving, **contract.fit,
+            )  # fmt: skip
+
+    def file_of(name: str, index: int) -> Optional[str]:
+        listed = listing()[name]
+        same = len(listed) == len(splits[name]) and listed.labels.equal(splits[name].labels)
+        return listed._path(index) if same else None
+
+    return {name: functools.partial(file_of, name) for name in splits}
 
 
 def _dataset_or_demo_digits(

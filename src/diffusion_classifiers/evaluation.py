@@ -413,6 +413,7 @@ def check_training_overlap(
     streaming_hint: Optional[str] = "--streaming (streaming=True)",
     whole_data_set: bool = False,
     unlabeled_pool: bool = False,
+    paths=None,
 ):
     """`(dataset, number dropped)`: [`LabeledImages`] or [`StreamingImages`] checked, by content
     (`data.split_record.image_fingerprint_variants`), against a model's recorded `train_fingerprints`. Images the
@@ -424,56 +425,98 @@ def check_training_overlap(
     with `whole_data_set` (`dataset` is every image of a data set, none carved: `ALL_SPLITS`) or `unlabeled_pool`
     (the model was trained on every image of an unlabeled folder, `--unlabeled`), the data itself.
 
+    `dataset` may be a dict of splits by name (`{"val": ..., "test": ...}`, `where` then naming the data they are
+    splits of): every split is checked and refused once, naming the count of each; it gives `(dict of the splits,
+    dict of the numbers dropped)`. `paths` names the files of [`LabeledImages`] read from files: the file of each
+    image of the split, as a sequence or a callable of the index (called for the few images named only; None where
+    the file is not known); a dict of them by name with a dict of splits.
+
     `train_split`, the train split carved from the same data (in memory or streamed), tells duplicates from leaks:
     an image whose fingerprint is also one of its images' is an exact copy of an image the data itself puts in train
     (real data sets hold such duplicates), not one carving moved out of train, and passes. It is fingerprinted only
     where some image matches the record (a streamed train split is then read once)."""
-    if isinstance(dataset, LabeledImages):
-        variants = image_fingerprint_variants(dataset.images)
-    else:
-        variants = image_fingerprint_variants(_tensor_batches(dataset, 64, num_workers))
-    train_fingerprints = set(train_fingerprints)
-    seen = np.array([any(f in train_fingerprints for f in v) for v in variants], dtype=bool)
-    if seen.any() and train_split is not None:
-        batch_size = 1024 if isinstance(train_split, LabeledImages) else 64
-        in_data = set(image_fingerprints(_tensor_batches(train_split, batch_size, num_workers)))
-        seen &= np.array([not any(f in in_data for f in v) for v in variants], dtype=bool)
-    num_seen = int(seen.sum())
-    if num_seen == 0:
-        return dataset, 0
-    if not drop:
+    named = isinstance(dataset, dict)
+    splits, paths = (dataset, paths or {}) if named else ({None: dataset}, {None: paths})
+    train_fingerprints, in_data, seen = set(train_fingerprints), None, {}
+    for name, split in splits.items():
+        images = split.images if isinstance(split, LabeledImages) else _tensor_batches(split, 64, num_workers)
+        variants = image_fingerprint_variants(images)
+        seen[name] = np.array([any(f in train_fingerprints for f in v) for v in variants], dtype=bool)
+        if seen[name].any() and train_split is not None:
+            if in_data is None:  # fingerprinted once, for every split
+                batch_size = 1024 if isinstance(train_split, LabeledImages) else 64
+                in_data = set(image_fingerprints(_tensor_batches(train_split, batch_size, num_workers)))
+            seen[name] &= np.array([not any(f in in_data for f in v) for v in variants], dtype=bool)
+    counts = {name: int(found.sum()) for name, found in seen.items()}
+    num_seen, num_images = sum(counts.values()), sum(len(found) for found in seen.values())
+    if num_seen and not drop:
+        counted = " and ".join(f"{counts[name]} of {len(seen[name])} images of the {name} split" for name in splits)
         raise ValueError(
-            f"{num_seen} of {len(seen)} images of {where} are images the model was trained on (by content: its "
-            f"data_splits.json train_fingerprints), e.g. {_first_images(dataset, seen, streaming_hint)}: "
-            + (_SHARED_IMAGES_CAUSE if whole_data_set or unlabeled_pool else _likely_cause(changed_split_args))
-            + (f", or pass {drop_hint} to score the other {len(seen) - num_seen} only" if drop_hint else "")
+            (f"{counted} of {where}" if named else f"{num_seen} of {num_images} images of {where}")
+            + " are images the model was trained on (by content: its data_splits.json train_fingerprints), e.g. "
+            + f"{_first_images(splits, seen, paths, streaming_hint)}: "
+            + _likely_cause(changed_split_args, whole_data_set, unlabeled_pool)
+            + (f", or pass {drop_hint} to score the other {num_images - num_seen} only" if drop_hint else "")
         )
-    return dataset.subset(np.flatnonzero(~seen)), num_seen
+    kept = {
+        name: split.subset(np.flatnonzero(~seen[name])) if counts[name] else split for name, split in splits.items()
+    }
+    return (kept, counts) if named else (kept[None], num_seen)
 
 
-def _first_images(dataset, seen: np.ndarray, streaming_hint: Optional[str]) -> str:
-    """The first 5 images `seen`: their files (a [`StreamingImages`] split), else their positions in the split and
-    `streaming_hint`, how to read it with its file names."""
-    indices = np.flatnonzero(seen)[:5]
-    more = ", ..." if seen.sum() > len(indices) else ""
-    if isinstance(dataset, StreamingImages):
-        return ", ".join(dataset._path(i) for i in indices) + more
+def _first_images(splits: dict, seen: dict, paths: dict, streaming_hint: Optional[str]) -> str:
+    """The first 5 images `seen` of each split of `splits` that has some (named before them where it has a name):
+    their files (a [`StreamingImages`] split, or its `paths`: a sequence or a callable of the index), else their
+    positions in the split and `streaming_hint`, how to read it with its file names."""
+    shown, by_position = [], False
+    for name, split in splits.items():
+        indices = [int(i) for i in np.flatnonzero(seen[name])[:5]]
+        if not indices:
+            continue
+        files = paths.get(name)
+        if isinstance(split, StreamingImages):
+            files = [split._path(i) for i in indices]
+        elif files is not None:
+            files = [files(i) if callable(files) else str(files[i]) for i in indices]
+        if files is None or None in files:
+            files, by_position = [f"#{i}" for i in indices], True
+        more = ", ..." if seen[name].sum() > len(indices) else ""
+        shown.append(("" if name is None else f"{name}: ") + ", ".join(files) + more)
     listing = f"; an image folder or CSV read with {streaming_hint} names their files" if streaming_hint else ""
-    return f"{', '.join(f'#{i}' for i in indices)}{more} (positions in the split{listing})"
+    where = "split" if len(shown) == 1 else "splits"
+    return "; ".join(shown) + (f" (positions in the {where}{listing})" if by_position else "")
 
 
-# Why images not carved from the model's own data (every image of a data set, `ALL_SPLITS`; or any data scored by a
-# model trained on an unlabeled pool) are training images, and what to do.
-_SHARED_IMAGES_CAUSE = (
-    "the data holds images the model was trained on (its training data, the unlabeled pool it was trained on with "
-    "--unlabeled, or a set that shares images with them), and scoring them would overstate the model. Leave them out "
-    "of the data (or out of the pool)"
-)
+# Why images the model's own carving did not put in its held-out splits are training images, and what to do: every
+# image of a data set (`ALL_SPLITS`) holds some of its training data ("data set"); the data scored by a model trained
+# on an unlabeled pool (`--unlabeled`) shares images with the pool ("pool", followed by the way to leave them out of
+# the data).
+_SHARED_IMAGES_CAUSE = {
+    "data set": (
+        "the data holds images the model was trained on (its training data, or a set that shares images with it), "
+        "and scoring them would overstate the model. Leave them out of the data"
+    ),
+    "pool": (
+        "the data shares these images with the unlabeled pool the model was trained on (--unlabeled), and scoring "
+        "them would overstate the model. Remove them from the pool and retrain the model on it, or "
+    ),
+}
 
 
-def _likely_cause(changed_split_args: Optional[dict]) -> str:
-    """Why a carved split holds training images: a carving value given that differs from the model's record (named
-    first), else data that differs from the model's; and what to do."""
+def _likely_cause(
+    changed_split_args: Optional[dict], whole_data_set: bool = False, unlabeled_pool: bool = False
+) -> str:
+    """Why the images checked hold training images, and what to do: images shared with the unlabeled pool the model
+    was trained on (`unlabeled_pool`; leaving them out of carved data re-carves it); every image of a data set
+    (`whole_data_set`) holding training images; else a carving value given that differs from the model's record
+    (named first), else data that differs from the model's."""
+    if unlabeled_pool:
+        leave = "leave them out of the data" if whole_data_set else (
+            "remove them from the labelled data (which re-carves its splits: check again)"
+        )  # fmt: skip
+        return _SHARED_IMAGES_CAUSE["pool"] + leave
+    if whole_data_set:
+        return _SHARED_IMAGES_CAUSE["data set"]
     data_differs = "a folder that grew or lost files, or the same images re-exported"
     if changed_split_args:
         given = ", ".join(f"--{name} {value} (recorded: {old})" for name, (value, old) in changed_split_args.items())
