@@ -174,7 +174,8 @@ class UnreadableAfter(torch.utils.data.Dataset):
 
     def __init__(self, readable: int):
         self.images = tiny_images()
-        self.readable = readable + len(self.images)  # a run first reads each (up to 64) to recognise its data
+        self.readable = readable + len(self.images) + 1  # a run first reads each (up to 64), and one again, to
+        # recognise its data
 
     def __len__(self):
         return len(self.images)
@@ -238,6 +239,23 @@ def test_a_resume_that_changes_the_step_arithmetic_or_the_model_is_refused_namin
         tiny_run(tmp_path, **resume)
     (tmp_path / "checkpoint-2" / "random_states_1.pkl").unlink()
     _, _, summary = tiny_run(tmp_path, **resume)  # and it still resumes with what wrote it
+    assert summary.resumed_from_step == 2 and summary.global_step == 3
+
+
+def test_a_dataset_that_augments_on_read_resumes_though_it_cannot_be_recognised(tmp_path):
+    """A user's dataset may change its items from one read to the next (augmentation): the run's data identity is
+    then not recorded, rather than refusing every resume."""
+
+    class Augmenting(torch.utils.data.Dataset):
+        def __len__(self):
+            return 12
+
+        def __getitem__(self, index):
+            return (tiny_images()[index] * torch.empty(()).uniform_(0.5, 1.0),)
+
+    tiny_run(tmp_path, dataset=Augmenting())
+    assert "data_identity" not in json.loads((tmp_path / "checkpoint-2" / "training_run.json").read_text())
+    _, _, summary = tiny_run(tmp_path, dataset=Augmenting(), max_train_steps=3, resume_from_checkpoint="latest")
     assert summary.resumed_from_step == 2 and summary.global_step == 3
 
 

@@ -129,17 +129,22 @@ def run_record(
         "num_examples": num_examples,
         "model_config": _model_config(model),
     }
-    return record if dataset is None else {**record, "data_identity": data_identity(dataset)}
+    identity = None if dataset is None else data_identity(dataset)
+    return record if identity is None else {**record, "data_identity": identity}
 
 
-def data_identity(dataset: Dataset) -> dict:
+def data_identity(dataset: Dataset) -> Optional[dict]:
     """What recognises a run's training data when it resumes (the same number of images from another pool, or the
     same files read through other DICOM windows, would otherwise train on silently): the mean pixel value and the
     label of `SAMPLED_ITEMS` evenly spaced items (a streamed dataset decodes those), compared within
     `IDENTITY_TOLERANCE` (`_data_changes`), so the same files read on another machine still match; and how a dataset
-    with a `preprocessing` contract (`data.StreamingImages`) reads its files, which a refusal names."""
+    with a `preprocessing` contract (`data.StreamingImages`) reads its files, which a refusal names. None for a
+    dataset whose items change from one read to the next (a user's dataset that augments on read): nothing to
+    recognise it by."""
     positions = np.unique(np.linspace(0, len(dataset) - 1, min(SAMPLED_ITEMS, len(dataset))).round().astype(int))
     items = [dataset[int(i)] for i in positions]
+    if not torch.equal(torch.as_tensor(dataset[int(positions[0])][0]), torch.as_tensor(items[0][0])):
+        return None
     labels = [item[1] for item in items if len(item) > 1 and isinstance(item[1], (int, np.integer, torch.Tensor))]
     identity = {
         "image_means": [round(float(item[0].double().mean()), 7) for item in items],
