@@ -445,7 +445,7 @@ def test_a_seed_other_than_the_records_is_named_as_the_cause_of_training_images(
         with pytest.raises(ValueError) as refused:
             main(argv + ["--output_dir", str(tmp_path / "a")])
     message = str(refused.value)
-    assert re.search(r"e\.g\. #\d+.* \(positions in the split; an image folder or CSV read with --streaming", message)
+    assert re.search(r"e\.g\. \S+\.png", message)  # in memory too, the files of a folder are named (QA, head CT)
     assert "most likely because --seed 1 (recorded: 0) differs from the carving" in message
     assert message.index("--seed 1") < message.index("a folder that grew") and "Leave --seed out" in message
     with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"e\.g\. \S+\.png.* most likely because --seed 1"):

@@ -8,8 +8,6 @@ import re
 import shlex
 import sys
 import time
-import warnings
-from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 __all__ = ["main"]
@@ -231,6 +229,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         check_evaluation_args,
         check_evaluation_split,
         evaluate_classifier,
+        files_of_splits,
         load_classifier,
         load_evaluation_split,
         pipeline_call_settings,
@@ -280,6 +279,8 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         args.dataset, args.split, preprocessing=contract, streaming=args.streaming, with_train=True, **carving,
         model_class_names=class_names,
     )
+    # in memory, a refusal names the files of a folder or CSV from a listing of the same carving
+    paths = None if args.streaming else files_of_splits(args.dataset, {args.split: dataset}, carving, contract, whole)
     title = f"{os.path.basename(os.path.normpath(args.model_dir))} on {dataset_name} ({args.split})"
     metrics = evaluate_classifier(
         classifier, dataset, args.output_dir, batch_size=args.batch_size, positive_class=args.positive_class, title=title,
@@ -287,7 +288,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         train_fingerprints=train_fingerprints, drop_training_images=args.drop_training_images,
         pipeline_kwargs=args.pipeline_kwargs, model_sha256=model_fingerprint(folder), train_split=train_split,
         changed_split_args=changed_split_args(folder, **given),
-        unlabeled_pool=trained_on_unlabeled_pool(folder),
+        unlabeled_pool=trained_on_unlabeled_pool(folder), paths=None if paths is None else paths[args.split],
     )  # fmt: skip
     headline = {k: metrics.get(k) for k in ("accuracy", "macro_f1", "balanced_accuracy", "auc", "positive_class", "sensitivity", "specificity")}
     headline = {k: v for k, v in headline.items() if v is not None or k == "auc"}
@@ -391,7 +392,7 @@ def run_probe(args: argparse.Namespace) -> dict:
         recorded_train_fingerprints,
         resolve_split_args,
     )
-    from .evaluation import _own_class_names, carved_splits, check_training_overlap
+    from .evaluation import _own_class_names, carved_splits, check_training_overlap, files_of_splits
     from .features import _check_timesteps
     from .hub import download, trained_on_unlabeled_pool
     from .metrics import resolve_positive_label
@@ -436,7 +437,7 @@ def run_probe(args: argparse.Namespace) -> dict:
             {name: splits[name] for name in carved}, unet_fingerprints, where=args.dataset, train_split=splits["train"],
             drop_hint=None, changed_split_args=changed_split_args(folder, **given), streaming_hint=None,
             unlabeled_pool=trained_on_unlabeled_pool(folder),
-            paths=_files_of_splits(args.dataset, {name: splits[name] for name in carved}, carving, trained),
+            paths=files_of_splits(args.dataset, {name: splits[name] for name in carved}, carving, contract),
         )  # fmt: skip
     resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)
     note_default_positive_class(args.positive_class, splits["train"].class_names)
@@ -449,36 +450,6 @@ def run_probe(args: argparse.Namespace) -> dict:
     timing = {"total_seconds": round(time.time() - started, 1)}
     pool = trained_on_unlabeled_pool(folder)
     return save_study(study, args, timing, carving, splits["train"].images, unet_fingerprints, unlabeled_pool=pool)
-
-
-def _files_of_splits(dataset: str, splits: dict, carving: dict, trained) -> Optional[dict]:
-    """For an image folder or CSV read into memory (`splits`, carved by `carving` and read as the pipeline `trained`
-    reads), the file of each image of each split, by index, from a listing of the same carving that decodes nothing,
-    made only when asked (a refusal names a few files); None per image where the listing is not the split read, and
-    None for data without files."""
-    from .data import streaming_image_classification_data
-    from .data.readers import _source_kind
-    from .data.streaming import is_saved_dataset
-
-    if _source_kind(dataset) not in ("folder", "csv") or is_saved_dataset(Path(dataset)):
-        return None
-    config, contract = trained.unet.config, trained.preprocessing
-
-    @functools.lru_cache(maxsize=None)
-    def listing() -> dict:
-        with warnings.catch_warnings():  # what the data was warned about when it was read
-            warnings.simplefilter("ignore")
-            return streaming_image_classification_data(
-                dataset, config.in_channels, config.sample_size, medical=contract.medical, check_files=False,
-                **carving, **contract.fit,
-            )  # fmt: skip
-
-    def file_of(name: str, index: int) -> Optional[str]:
-        listed = listing()[name]
-        same = len(listed) == len(splits[name]) and listed.labels.equal(splits[name].labels)
-        return listed._path(index) if same else None
-
-    return {name: functools.partial(file_of, name) for name in splits}
 
 
 def _dataset_or_demo_digits(

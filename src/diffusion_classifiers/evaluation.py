@@ -8,6 +8,7 @@ with, so a training run's report and `evaluate` on the same split give the same 
 unless another is given).
 """
 
+import functools
 import json
 import os
 import warnings
@@ -48,6 +49,7 @@ __all__ = [
     "carved_splits",
     "check_training_overlap",
     "evaluate_classifier",
+    "files_of_splits",
     "evaluate_compatible_transformers",
     "load_classifier",
     "load_evaluation_split",
@@ -464,6 +466,41 @@ def check_training_overlap(
     return (kept, counts) if named else (kept[None], num_seen)
 
 
+def files_of_splits(
+    dataset, splits: dict, carving: dict, reading: ImagePreprocessing, one_set: bool = False
+) -> Optional[dict]:
+    """For splits of an image folder or CSV read into memory (`splits` by name, carved by `carving`, read as `reading`
+    reads; with `one_set`, every image as one set), the file of each of their images, by index (`{name: index ->
+    path}`), from a listing of the same carving that decodes nothing, made only when a file is asked for (a refusal
+    names a few): None for an image where the listing is not the split read, and for data without files."""
+    if not isinstance(dataset, (str, os.PathLike)) or str(dataset) == "digits" or not os.path.exists(dataset):
+        return None
+    if Path(dataset).suffix != ".csv" and (not Path(dataset).is_dir() or is_saved_dataset(Path(dataset))):
+        return None
+
+    @functools.lru_cache(maxsize=None)
+    def listing() -> dict:
+        with warnings.catch_warnings():  # what the data was warned about when it was read
+            warnings.simplefilter("ignore")
+            # only the files' order matters: any size and channels the listing accepts
+            channels = reading.num_channels or (3 if len(reading.medical.windows) == 3 else 1)
+            kwargs = {**reading.loader_kwargs, "num_channels": channels, "image_size": reading.image_size or 8}
+            names = None if Path(dataset).is_dir() else carving.get("class_names")  # a folder carries its own
+            return streaming_image_classification_data(
+                dataset, check_files=False, one_set=one_set, **{**carving, "class_names": names}, **kwargs
+            )
+
+    def file_of(name: str, index: int) -> Optional[str]:
+        try:
+            listed = listing()[canonical_split_name(name)]
+        except ValueError:  # read otherwise than the split was (another class order): positions then
+            return None
+        same = len(listed) == len(splits[name]) and listed.labels.equal(splits[name].labels)
+        return listed._path(index) if same else None
+
+    return {name: functools.partial(file_of, name) for name in splits}
+
+
 def _first_images(splits: dict, seen: dict, paths: dict, streaming_hint: Optional[str]) -> str:
     """The first 5 images `seen` of each split of `splits` that has some (named before them where it has a name):
     their files (a [`StreamingImages`] split, or its `paths`: a sequence or a callable of the index), else their
@@ -561,6 +598,7 @@ def evaluate_classifier(
     train_split=None,
     changed_split_args: Optional[dict] = None,
     unlabeled_pool: bool = False,
+    paths=None,
 ) -> dict:
     r"""
     Score `classifier` on a `datasets.Dataset` with an Image and a ClassLabel column, on [`LabeledImages`] or on
@@ -610,6 +648,8 @@ def evaluate_classifier(
             (`data.split_record.changed_split_args`), named first as the likely cause when training images are found.
         unlabeled_pool (`bool`, *optional*, defaults to `False`): the model was trained on an unlabeled pool (its
             record's `"unlabeled"`): training images found are named as images the data shares with the pool.
+        paths (*optional*): the file of each image of [`LabeledImages`] read from files (a sequence, or a callable
+            of the index: `files_of_splits`), named when training images are found.
 
     Returns:
         `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`.
@@ -639,6 +679,7 @@ def evaluate_classifier(
         dataset, dropped = check_training_overlap(
             dataset, train_fingerprints, drop_training_images, where, num_workers, train_split=train_split,
             changed_split_args=changed_split_args, whole_data_set=split == ALL_SPLITS, unlabeled_pool=unlabeled_pool,
+            paths=paths,
         )  # fmt: skip
         checked = {"training_images_checked": True}
         if drop_training_images:
