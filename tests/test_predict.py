@@ -620,6 +620,12 @@ def test_dicom_folder_gives_one_row_per_frame(models, tmp_path):
         header = pydicom.dcmread(folder / row["path"], stop_before_pixels=True)
         ids = (header.PatientID, header.StudyInstanceUID, header.SeriesInstanceUID)
         assert (row["patient_id"], row["study_uid"], row["series_uid"]) == ids
+    # and per scan: the 10 frames of the cine are one study, the two CT slices one each
+    main(["aggregate", "--predictions", str(tmp_path / "p.csv"), "--rule", "mean"])
+    scans = read_rows(tmp_path / "p.by_study_uid.csv")
+    assert [int(row["num_images"]) for row in scans] == [10, 1, 1]
+    with pytest.raises(ValueError, match=r"rule 'max' takes binary predictions .* has 3 classes"):
+        main(["aggregate", "--predictions", str(tmp_path / "p.csv"), "--output", str(tmp_path / "max.csv")])
     frames = list_inputs(folder, parse_windows(["brain", "80", "200", "bone"]))[1].read()
     assert frames[0].shape == (3, 512, 512) and frames[0].dtype == np.float32
     # the row is the pipeline's own reading of the file, with the window given
@@ -837,3 +843,58 @@ def test_a_component_folder_of_a_pipeline_is_named_with_its_pipeline(tmp_path):
         with pytest.raises(ValueError, match=rf"--model_dir .*{component}: a component of a diffusers pipeline, not "
                                              rf"one; pass the pipeline folder {pipeline}$"):  # fmt: skip
             main(["predict", "--model_dir", str(pipeline / component), "--input", str(tmp_path)])
+
+
+def _slice_predictions(path, with_truth=True):
+    """A predict output of 5 slices of two scans (study_uid), binary, with their true labels."""
+    from diffusion_classifiers.prediction.outputs import write_csv
+
+    columns = ["path", "frame", *(["true_label"] if with_truth else []), "patient_id", "study_uid", "series_uid",
+               "label", "score", "prob_normal", "prob_bleed"]  # fmt: skip
+    slices = [("a1", "bleed", "s1", 0.9, 0.1), ("a2", "bleed", "s1", 0.3, 0.7), ("a3", "bleed", "s1", 0.8, 0.2),
+              ("b1", "normal", "s2", 0.6, 0.4), ("b2", "normal", "s2", 0.7, 0.3)]  # fmt: skip
+    rows = [[name, 0, *([truth] if with_truth else []), "p", study, "x", "bleed" if bleed >= 0.5 else "normal",
+             max(normal, bleed), normal, bleed] for name, truth, study, normal, bleed in slices]  # fmt: skip
+    write_csv(path, columns, rows)
+
+
+def test_aggregate_gathers_slices_per_scan_with_the_any_slice_rule_and_scores_scans(tmp_path):
+    """QA (a head-CT group): CQ500 reads haemorrhage per scan, predict gave slice rows only."""
+    from diffusion_classifiers.prediction.aggregate import aggregate_predictions
+
+    _slice_predictions(tmp_path / "p.csv")
+    columns, rows, metrics = aggregate_predictions(tmp_path / "p.csv", by="study_uid", rule="max")
+    assert columns == ["study_uid", "num_images", "true_label", "label", "prob_normal", "prob_bleed"]
+    assert rows == [["s1", 3, "bleed", "bleed", pytest.approx(0.3), 0.7], ["s2", 2, "normal", "normal", 0.6, 0.4]]
+    assert metrics["num_groups"] == 2 and metrics["accuracy"] == 1.0 and metrics["grouped_by"] == "study_uid"
+    _, mean_rows, _ = aggregate_predictions(tmp_path / "p.csv", rule="mean")
+    assert mean_rows[0][3] == "normal" and mean_rows[0][5] == pytest.approx(1.0 / 3)  # the mean misses one slice
+    _, strict, _ = aggregate_predictions(tmp_path / "p.csv", rule="max", threshold=0.75)
+    assert [row[3] for row in strict] == ["normal", "normal"]
+    main(["aggregate", "--predictions", str(tmp_path / "p.csv")])
+    assert read_rows(tmp_path / "p.by_study_uid.csv")[0]["label"] == "bleed"
+    recorded = json.loads((tmp_path / "p.by_study_uid.metrics.json").read_text())
+    assert recorded["rule"] == "max" and recorded["per_class"]["bleed"]["support"] == 1
+
+
+def test_aggregate_refuses_what_it_cannot_group_before_writing(tmp_path):
+    from diffusion_classifiers.prediction.aggregate import aggregate_predictions
+
+    _slice_predictions(tmp_path / "p.csv")
+    with pytest.raises(ValueError, match=r"no column 'accession' to group by; .* \(its DICOM ids: \['patient_id', "):
+        aggregate_predictions(tmp_path / "p.csv", by="accession")
+    with pytest.raises(ValueError, match=r"the rows of patient_id 'p' have the true labels \['bleed', 'normal'\]"):
+        aggregate_predictions(tmp_path / "p.csv", by="patient_id")
+    with pytest.raises(ValueError, match=r"positive_class: expected one of \['normal', 'bleed'\], got 'blood'"):
+        aggregate_predictions(tmp_path / "p.csv", positive_class="blood")
+    rows = read_rows(tmp_path / "p.csv")
+    rows[1]["study_uid"] = ""
+    with open(tmp_path / "blank.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(ValueError, match=r"1 of 5 rows have no study_uid \(e\.g\. \['a2'\]\)"):
+        aggregate_predictions(tmp_path / "blank.csv")
+    with pytest.raises(FileNotFoundError, match=r"--predictions .*missing\.csv: expected a \.csv or \.parquet file"):
+        main(["aggregate", "--predictions", str(tmp_path / "missing.csv")])
+    assert not (tmp_path / "p.by_accession.csv").exists()

@@ -31,6 +31,8 @@ COMMANDS = {
     "a fitted classifier pipeline",
     "predict": "classify an image / DICOM folder, a CSV of paths or a datasets folder with a saved pipeline: "
     "predictions.csv or .parquet and its .errors.csv; resumable; accelerate launch splits it across processes",
+    "aggregate": "gather predict's rows per scan, series or patient (DICOM ids): positive if any slice is (max rule), "
+    "or mean probabilities; with true labels, the metrics per group",
 }
 
 
@@ -536,8 +538,23 @@ def run_predict(args: argparse.Namespace) -> None:
         sys.exit(130)
 
 
-ADD_ARGS = {"demo": add_demo_args, "evaluate": add_evaluate_args, "probe": add_probe_args, "predict": add_predict_args}
-RUN = {"demo": run_demo, "evaluate": run_evaluate, "probe": run_probe, "predict": run_predict}
+def add_aggregate_args(parser: argparse.ArgumentParser) -> None:
+    from .prediction.aggregate import add_aggregate_args as add_args
+
+    add_args(parser)
+
+
+def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
+    from .prediction.aggregate import run_aggregate as run
+
+    return run(args)
+
+
+ADD_ARGS = {
+    "demo": add_demo_args, "evaluate": add_evaluate_args, "probe": add_probe_args, "predict": add_predict_args,
+    "aggregate": add_aggregate_args,
+}  # fmt: skip
+RUN = {"demo": run_demo, "evaluate": run_evaluate, "probe": run_probe, "predict": run_predict, "aggregate": run_aggregate}
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ __all__ = [
     "listed_errors",
     "merge_parts",
     "prepare_output_files",
+    "read_predictions",
     "recorded_file_stamps",
     "recorded_run_info",
     "write_csv",
@@ -183,6 +184,11 @@ def _typed(column: str, cell: str) -> Any:
     if column in _INT_COLUMNS:
         return int(cell)
     return cell if column in _TEXT_COLUMNS else float(cell)
+
+
+def read_predictions(path: str | os.PathLike) -> tuple[list[str], list[list]]:
+    """The columns and rows of a `.csv` or `.parquet` output `predict` wrote, each cell typed as its column."""
+    return _read_table(Path(path))
 
 
 def _read_table(path: Path) -> tuple[list[str], list[list]]:
