@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -191,6 +192,9 @@ def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
         predictions, by=args.by, rule=args.rule, positive_class=args.positive_class, threshold=args.threshold
     )
     write_csv(output, columns, rows)
+    if args.rule == "max" and args.positive_class is None:
+        positive = [column for column in columns if column.startswith("prob_")][1][len("prob_"):]
+        print(f"note: --positive_class not given: the max rule's class is class 1, {positive!r}", file=sys.stderr)
     print(f"{output}: {len(rows)} groups by {args.by} ({args.rule} rule) of {sum(row[1] for row in rows)} rows")
     if metrics is not None:
         with open(output.with_suffix(".metrics.json"), "w") as handle:
