@@ -28,6 +28,7 @@ from huggingface_hub.errors import OfflineModeIsEnabled
 
 from diffusion_classifiers import pipelines
 from diffusion_classifiers.data import ONE_SET, canonical_split_name
+from diffusion_classifiers.data.split_record import trained_on_unlabeled_pool
 from diffusion_classifiers.evaluation import pipeline_call_settings
 from diffusion_classifiers.hub import (
     METHODS,
@@ -47,7 +48,6 @@ from diffusion_classifiers.hub import (
     positive_class_of,
     push_to_hub,
     render_model_card,
-    trained_on_unlabeled_pool,
     write_dry_run,
 )
 
@@ -227,8 +227,14 @@ def method(model_dir: str, given: Optional[str]) -> str:
 
 def eval_dataset_name(args, recorded: dict, split: str) -> str:
     """The data the card's results name: `--eval_dataset_name`; else, for metrics of every image of a data set
-    (`evaluate --split all`: an external set, never the training data), the one `metrics.json` names; else
-    `--dataset_name`."""
+    (`evaluate --split all`: an external set, never the training data, refused unless its images were checked
+    against the training images), the one `metrics.json` names; else `--dataset_name`."""
+    if split == ONE_SET and recorded.get("training_images_checked") is not True:
+        raise ValueError(
+            f"{args.metrics_json} scores every image of a data set (evaluate --split all), but could not check them "
+            "against the model's training images (it records none): such figures may include them; evaluate a model "
+            "that records its training images' fingerprints, or a held-out split"
+        )
     if args.eval_dataset_name is not None:
         return args.eval_dataset_name
     if split == ONE_SET:

@@ -960,6 +960,10 @@ def test_a_card_credits_the_data_says_an_unlabeled_pool_and_an_external_set(save
     # QA (plankton lab): an external set's results were credited to the training data, in the model index too
     argv = push_script_argv(pool_model, tmp_path, "--dry_run", "--output_dir", str(tmp_path / "ext"))
     (tmp_path / "metrics.json").write_text(json.dumps({"split": "all", "dataset": "flowcam", **METRICS}))
+    with pytest.raises(SystemExit, match=r"scores every image of a data set .* could not check them against the "):
+        run_push_script(monkeypatch, argv)  # review: figures that may include training images, unsaid
+    checked = {"split": "all", "dataset": "flowcam", "training_images_checked": True, **METRICS}
+    (tmp_path / "metrics.json").write_text(json.dumps(checked))
     run_push_script(monkeypatch, argv)
     external = (tmp_path / "ext" / "README.md").read_text()
     assert "Results on every image of flowcam, none carved out" in external

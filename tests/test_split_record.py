@@ -246,6 +246,15 @@ def test_probe_on_a_unet_of_an_unlabeled_pool_says_to_clean_the_pool_or_the_labe
     with pytest.raises(ValueError, match=r"e\.g\. val: #\d+.*; test: #\d+.* \(positions in the splits\): "):
         main(["probe", "--unet_dir", str(pooled), "--dataset", str(tmp_path / "grown.npz"),
               "--output_dir", str(tmp_path / "p"), "--timesteps", "20", "--C", "1"])  # fmt: skip
+    # review: a data set's own splits were never checked, though a pool may hold any image: now they are
+    train_rows, test_rows = rows[:10], rows[:70]  # its own test split holds the U-Net's training images
+    np.savez(tmp_path / "own.npz", train_images=(digits.images[train_rows] * 15).astype(np.uint8),
+             train_labels=digits.target[train_rows], test_images=(digits.images[test_rows] * 15).astype(np.uint8),
+             test_labels=digits.target[test_rows])  # fmt: skip
+    probe = ["probe", "--dataset", str(tmp_path / "own.npz"), "--timesteps", "20", "--C", "1"]
+    with pytest.raises(ValueError, match=r" of \d+ images of the test split of .*own\.npz are images the model was"):
+        main(probe + ["--unet_dir", str(pooled), "--output_dir", str(tmp_path / "p")])
+    main(probe + ["--unet_dir", str(root / "model"), "--output_dir", str(tmp_path / "own")])  # its own word: not checked
     whole = load_image_classification_data(str(root / "grown"), image_size=8, one_set=True)["all"]
     with pytest.raises(ValueError, match=rf": {advice}leave them out of the data, or pass --drop"):  # --split all
         check_training_overlap(whole, recorded_train_fingerprints(pooled), whole_data_set=True, unlabeled_pool=True)

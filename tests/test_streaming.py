@@ -527,13 +527,13 @@ def test_an_unlabeled_folder_at_any_depth_is_read_whole_for_label_free_training(
 
     from diffusion_classifiers import UNetFeatureClassifierPipeline
     from diffusion_classifiers.cli import main
-    from diffusion_classifiers.hub import trained_on_unlabeled_pool
     from diffusion_classifiers.data.split_record import (
         changed_split_args,
         image_fingerprints,
         read_split_record,
         recorded_train_fingerprints,
         resolve_split_args,
+        trained_on_unlabeled_pool,
     )
 
     from .conftest import REPO_ROOT

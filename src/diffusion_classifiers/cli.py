@@ -225,8 +225,8 @@ def _leaves_no_empty_output_dir(command: Callable[[argparse.Namespace], dict]) -
 
 @_leaves_no_empty_output_dir
 def run_evaluate(args: argparse.Namespace) -> dict:
+    from .data import ONE_SET
     from .evaluation import (
-        ALL_SPLITS,
         carved_splits,
         check_evaluation_args,
         check_evaluation_split,
@@ -237,8 +237,13 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         pipeline_call_settings,
         saved_preprocessing,
     )
-    from .data.split_record import changed_split_args, recorded_train_fingerprints, resolve_split_args
-    from .hub import class_names_of, download, model_fingerprint, trained_on_unlabeled_pool
+    from .data.split_record import (
+        changed_split_args,
+        recorded_train_fingerprints,
+        resolve_split_args,
+        trained_on_unlabeled_pool,
+    )
+    from .hub import class_names_of, download, model_fingerprint
     from .metrics import resolve_positive_label
     from .training.launch import check_one_process
     from .validation import check_no_earlier_report
@@ -247,12 +252,12 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     check_evaluation_args(args.output_dir, args.batch_size)  # before the model and the data are loaded
     check_evaluation_split(args.split)
     given = {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction, "seed": args.seed}
-    whole = args.split == ALL_SPLITS  # every image of the data, none carved
+    whole = args.split == ONE_SET  # every image of the data, none carved
     carving_flags = [f"--{name} {value}" for name, value in given.items() if value is not None]
     if whole and carving_flags:
         noise = " (the scoring noise's seed is --pipeline_kwargs '{\"seed\": N}')" if args.seed is not None else ""
         raise ValueError(
-            f"--split {ALL_SPLITS} scores every image of --dataset and carves no split: {' '.join(carving_flags)} "
+            f"--split {ONE_SET} scores every image of --dataset and carves no split: {' '.join(carving_flags)} "
             f"only choose(s) how splits are carved; leave them out{noise}"
         )
     if args.pipeline_kwargs is not None and not isinstance(args.pipeline_kwargs, dict):
@@ -270,9 +275,11 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     carving = resolve_split_args(folder, **given)
     # the data's name, not its local path: metrics.json may be published with the model
     dataset_name = os.path.basename(os.path.normpath(args.dataset))
-    # only a carved split can hold training images where the data changed; one of the data's own is its word; all of
-    # the data (an external set) is checked whole
-    checked = whole or ("val" if args.split == "validation" else args.split) in carved_splits(args.dataset)
+    # only a carved split can hold training images where the data changed; one of the data's own is its word (about
+    # its own train split only: a model trained on an unlabeled pool may have seen any image); all of the data (an
+    # external set) is checked whole
+    pool, split_name = trained_on_unlabeled_pool(folder), "val" if args.split == "validation" else args.split
+    checked = whole or split_name in carved_splits(args.dataset) or (pool and split_name != "train")
     train_fingerprints = recorded_train_fingerprints(folder) if checked else None
     if train_fingerprints is None and checked:
         _note_unchecked(args.model_dir, "evaluate", [dataset_name if whole else args.split])
@@ -288,9 +295,9 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         classifier, dataset, args.output_dir, batch_size=args.batch_size, positive_class=args.positive_class, title=title,
         num_workers=args.dataloader_num_workers, split=args.split, dataset_name=dataset_name,
         train_fingerprints=train_fingerprints, drop_training_images=args.drop_training_images,
-        pipeline_kwargs=args.pipeline_kwargs, model_sha256=model_fingerprint(folder), train_split=train_split,
-        changed_split_args=changed_split_args(folder, **given),
-        unlabeled_pool=trained_on_unlabeled_pool(folder), paths=None if paths is None else paths[args.split],
+        pipeline_kwargs=args.pipeline_kwargs, model_sha256=model_fingerprint(folder),
+        train_split=None if pool else train_split, changed_split_args=changed_split_args(folder, **given),
+        unlabeled_pool=pool, paths=None if paths is None else paths[args.split],
     )  # fmt: skip
     headline = {k: metrics.get(k) for k in ("accuracy", "macro_f1", "balanced_accuracy", "auc", "positive_class", "sensitivity", "specificity")}
     headline = {k: v for k, v in headline.items() if v is not None or k == "auc"}
@@ -393,10 +400,11 @@ def run_probe(args: argparse.Namespace) -> dict:
         read_split_record,
         recorded_train_fingerprints,
         resolve_split_args,
+        trained_on_unlabeled_pool,
     )
     from .evaluation import _own_class_names, carved_splits, check_training_overlap, files_of_splits
     from .features import _check_timesteps
-    from .hub import download, trained_on_unlabeled_pool
+    from .hub import download
     from .metrics import resolve_positive_label
     from .pipelines import UNetFeatureClassifierPipeline
     from .training.launch import check_one_process
@@ -429,17 +437,19 @@ def run_probe(args: argparse.Namespace) -> dict:
         medical=contract.medical, **carving, **contract.fit,
     )  # fmt: skip
     check_two_classes_at_least(splits["train"].class_names, f"--dataset {args.dataset}", "a probe")
-    unet_fingerprints = recorded_train_fingerprints(folder)
-    carved = [name for name in ("val", "test") if name in carved_splits(args.dataset)]  # the data's own: its word
-    if unet_fingerprints is None and carved:
-        _note_unchecked(args.unet_dir, "probe", carved)
+    unet_fingerprints, pool = recorded_train_fingerprints(folder), trained_on_unlabeled_pool(folder)
+    # the data's own splits are its word about its own train split; a U-Net trained on an unlabeled pool may have
+    # seen any image: then both are checked, and no duplicate of the data's train split is excused
+    checked = ["val", "test"] if pool else [name for name in ("val", "test") if name in carved_splits(args.dataset)]
+    if unet_fingerprints is None and checked:
+        _note_unchecked(args.unet_dir, "probe", checked)
     elif unet_fingerprints is not None:  # the U-Net's own held-out images: the probe chooses on val, reports on test
-        # val and test refused together; duplicates of the data's own train images pass; probe has no flag to drop
+        # val and test refused together; probe has no flag to drop the images found
         check_training_overlap(
-            {name: splits[name] for name in carved}, unet_fingerprints, where=args.dataset, train_split=splits["train"],
-            drop_hint=None, changed_split_args=changed_split_args(folder, **given), streaming_hint=None,
-            unlabeled_pool=trained_on_unlabeled_pool(folder),
-            paths=files_of_splits(args.dataset, {name: splits[name] for name in carved}, carving, contract),
+            {name: splits[name] for name in checked}, unet_fingerprints, where=args.dataset,
+            train_split=None if pool else splits["train"], drop_hint=None,
+            changed_split_args=changed_split_args(folder, **given), streaming_hint=None, unlabeled_pool=pool,
+            paths=files_of_splits(args.dataset, {name: splits[name] for name in checked}, carving, contract),
         )  # fmt: skip
     resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)
     note_default_positive_class(args.positive_class, splits["train"].class_names)
@@ -450,7 +460,6 @@ def run_probe(args: argparse.Namespace) -> dict:
         probe_kwargs={"C": args.C, "class_weight": args.class_weight},
     )  # fmt: skip
     timing = {"total_seconds": round(time.time() - started, 1)}
-    pool = trained_on_unlabeled_pool(folder)
     return save_study(study, args, timing, carving, splits["train"].images, unet_fingerprints, unlabeled_pool=pool)
 
 
@@ -481,8 +490,8 @@ def _note_unchecked(model_dir: str, command: str, split_names: list) -> None:
     """Say that `command` cannot check its carved splits against a model that records no training fingerprints."""
     print(
         f"note: {model_dir} records no fingerprints of its training images (saved by an earlier version, given a head "
-        f"or saved in Python without them, or trained with --streaming): {command} cannot check that the "
-        f"{' and '.join(split_names)} images are none it was trained on",
+        f"or saved in Python without them, or trained with --streaming --no_verify_images): {command} cannot check "
+        f"that the {' and '.join(split_names)} images are none it was trained on",
         file=sys.stderr,
     )
 

@@ -41,7 +41,6 @@ from .metrics import (
 from .validation import check_writable_dir, unicode_normalisation_note
 
 __all__ = [
-    "ALL_SPLITS",
     "EVALUATION_SPLITS",
     "METRIC_MODULE",
     "check_evaluation_args",
@@ -64,9 +63,9 @@ __all__ = [
 
 METRIC_MODULE = str(Path(__file__).parent / "evaluate_metrics" / "diffusion_classifier_metrics.py")
 # The splits `load_evaluation_split` (and `diffusion-classifiers evaluate --split`) reads: one of the data's ("val" and
-# "validation" one name), or `ALL_SPLITS`, every image of the data set as one set (its splits together, none carved).
-ALL_SPLITS = ONE_SET
-EVALUATION_SPLITS = (*HF_SPLIT_NAMES, ALL_SPLITS)
+# "validation" one name), or `ONE_SET` ("all"), every image of the data set as one set (its splits together, none
+# carved).
+EVALUATION_SPLITS = (*HF_SPLIT_NAMES, ONE_SET)
 
 
 def load_metric():
@@ -230,7 +229,7 @@ def check_evaluation_split(split: str) -> None:
     model or an image is read."""
     if split not in EVALUATION_SPLITS:
         raise ValueError(
-            f"split: expected one of {list(EVALUATION_SPLITS)} ({ALL_SPLITS!r}: every image of the data set, its "
+            f"split: expected one of {list(EVALUATION_SPLITS)} ({ONE_SET!r}: every image of the data set, its "
             f"splits together), got {split!r}"
         )
 
@@ -304,7 +303,7 @@ def load_evaluation_split(
     (None for a saved `DatasetDict`): the images `check_training_overlap` tells duplicates within the data from
     training images by.
 
-    `split="all"` (`ALL_SPLITS`) gives every image of `dataset` once, as one set: its own splits joined, none carved
+    `split="all"` (`ONE_SET`) gives every image of `dataset` once, as one set: its own splits joined, none carved
     (the loaders' `one_set=True`; the train split returned with `with_train` is None, as every image is the set
     scored). A saved `DatasetDict`'s splits are then
     read as one [`StreamingImages`] through `preprocessing` when given (so that its images, like any other source's,
@@ -327,7 +326,7 @@ def load_evaluation_split(
         from datasets import load_from_disk
 
         saved = load_from_disk(dataset)
-        if split == ALL_SPLITS:
+        if split == ONE_SET:
             chosen = _every_saved_image(saved, dataset, preprocessing)
         else:
             chosen = _saved_split(saved, split, dataset)
@@ -341,9 +340,9 @@ def load_evaluation_split(
     load = streaming_image_classification_data if streaming else load_image_classification_data
     splits = load(
         dataset, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, class_names=class_names,
-        anonymised_dicom_groups=anonymised_dicom_groups, one_set=split == ALL_SPLITS, **contract.loader_kwargs,
+        anonymised_dicom_groups=anonymised_dicom_groups, one_set=split == ONE_SET, **contract.loader_kwargs,
     )  # fmt: skip
-    if split == ALL_SPLITS:
+    if split == ONE_SET:
         return (splits[ONE_SET], None) if with_train else splits[ONE_SET]
     chosen = splits[canonical_split_name(split)]
     return (chosen, splits["train"]) if with_train else chosen
@@ -357,7 +356,7 @@ def _every_saved_image(splits, where: str, preprocessing: Optional[ImagePreproce
     columns = {name: dict(part.features) for name, part in splits.items()}
     if len({repr(features) for features in columns.values()}) > 1:
         raise ValueError(
-            f"split {ALL_SPLITS!r}: the splits of the DatasetDict saved in {where} differ in their columns {columns}; "
+            f"split {ONE_SET!r}: the splits of the DatasetDict saved in {where} differ in their columns {columns}; "
             "expected the same columns (and class names) in every split, to score them as one set"
         )
     every = datasets.concatenate_datasets(list(splits.values()))
@@ -424,7 +423,7 @@ def check_training_overlap(
     score the rest, where there is one), or left out with `drop`. A [`StreamingImages`] split is read once for this,
     before any image is scored. `changed_split_args` (`data.split_record.changed_split_args`: the carving values
     given that differ from the model's record, `{name: (given, recorded)}`) are named first as the likely cause;
-    with `whole_data_set` (`dataset` is every image of a data set, none carved: `ALL_SPLITS`) or `unlabeled_pool`
+    with `whole_data_set` (`dataset` is every image of a data set, none carved: `ONE_SET`) or `unlabeled_pool`
     (the model was trained on every image of an unlabeled folder, `--unlabeled`), the data itself.
 
     `dataset` may be a dict of splits by name (`{"val": ..., "test": ...}`, `where` then naming the data they are
@@ -483,7 +482,7 @@ def files_of_splits(
         with warnings.catch_warnings():  # what the data was warned about when it was read
             warnings.simplefilter("ignore")
             # only the files' order matters: any size and channels the listing accepts
-            channels = reading.num_channels or (3 if len(reading.medical.windows) == 3 else 1)
+            channels = reading.num_channels or (3 if len(reading.medical_or_default.windows) == 3 else 1)
             kwargs = {**reading.loader_kwargs, "num_channels": channels, "image_size": reading.image_size or 8}
             names = None if Path(dataset).is_dir() else carving.get("class_names")  # a folder carries its own
             return streaming_image_classification_data(
@@ -493,7 +492,7 @@ def files_of_splits(
     def file_of(name: str, index: int) -> Optional[str]:
         try:
             listed = listing()[canonical_split_name(name)]
-        except ValueError:  # read otherwise than the split was (another class order): positions then
+        except (ValueError, OSError):  # listed otherwise than the split was read (a file gone since): positions
             return None
         same = len(listed) == len(splits[name]) and listed.labels.equal(splits[name].labels)
         return listed._path(index) if same else None
@@ -525,7 +524,7 @@ def _first_images(splits: dict, seen: dict, paths: dict, streaming_hint: Optiona
 
 
 # Why images the model's own carving did not put in its held-out splits are training images, and what to do: every
-# image of a data set (`ALL_SPLITS`) holds some of its training data ("data set"); the data scored by a model trained
+# image of a data set (`ONE_SET`) holds some of its training data ("data set"); the data scored by a model trained
 # on an unlabeled pool (`--unlabeled`) shares images with the pool ("pool", followed by the way to leave them out of
 # the data).
 _SHARED_IMAGES_CAUSE = {
@@ -678,7 +677,7 @@ def evaluate_classifier(
         where = _images_named(split, dataset_name)
         dataset, dropped = check_training_overlap(
             dataset, train_fingerprints, drop_training_images, where, num_workers, train_split=train_split,
-            changed_split_args=changed_split_args, whole_data_set=split == ALL_SPLITS, unlabeled_pool=unlabeled_pool,
+            changed_split_args=changed_split_args, whole_data_set=split == ONE_SET, unlabeled_pool=unlabeled_pool,
             paths=paths,
         )  # fmt: skip
         checked = {"training_images_checked": True}
@@ -719,7 +718,7 @@ def evaluate_classifier(
         metrics["absent_classes"] = absent
         metrics["auc"] = None
         metrics["auc_undefined"] = f"no image of class {', '.join(absent)} in the {_scored_set(split)}"
-        evaluated = _scored_set(split) if split in (None, ALL_SPLITS) else split
+        evaluated = _scored_set(split) if split in (None, ONE_SET) else split
         warnings.warn(
             f"the evaluated {evaluated} has no image of the model's class(es) {', '.join(absent)} "
             f"({len(y_true)} images): its accuracy and macro-F1 say nothing about them, and AUC is undefined",
@@ -736,15 +735,15 @@ def evaluate_classifier(
 
 
 def _images_named(split: Optional[str], dataset_name: Optional[str]) -> str:
-    """The images scored, as messages name them: "the test split of digits"; "the data set flowcam" (`ALL_SPLITS`)."""
-    if split == ALL_SPLITS:
+    """The images scored, as messages name them: "the test split of digits"; "the data set flowcam" (`ONE_SET`)."""
+    if split == ONE_SET:
         return "the data set" + (f" {dataset_name}" if dataset_name else "")
     return f"the {split or 'evaluated'} split" + (f" of {dataset_name}" if dataset_name else "")
 
 
 def _scored_set(split: Optional[str]) -> str:
-    """"data set" for every image of one (`ALL_SPLITS`), else "split"."""
-    return "data set" if split == ALL_SPLITS else "split"
+    """"data set" for every image of one (`ONE_SET`), else "split"."""
+    return "data set" if split == ONE_SET else "split"
 
 
 def _predict_with_one_bar(classifier, predict: Predictor, batches: Iterable, num_images: int) -> list:
@@ -842,9 +841,9 @@ def _images_scored(metrics: dict, split: Optional[str] = None) -> str:
     less ...")."""
     scored, dropped = metrics["num_samples"], metrics.get("training_images_dropped")
     if dropped:
-        owner = "the data set's" if split == ALL_SPLITS else "the split's"
+        owner = "the data set's" if split == ONE_SET else "the split's"
         return f"{scored} images ({owner} {scored + dropped} less the {dropped} the model was trained on)"
-    return f"{scored} images" + (", every image of the data set" if split == ALL_SPLITS else "")
+    return f"{scored} images" + (", every image of the data set" if split == ONE_SET else "")
 
 
 def seed_sensitivity_rows(sensitivity: dict) -> List[str]:

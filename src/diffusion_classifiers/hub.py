@@ -61,7 +61,6 @@ __all__ = [
     "push_to_hub",
     "render_dataset_card",
     "render_model_card",
-    "trained_on_unlabeled_pool",
     "write_dry_run",
 ]
 
@@ -253,7 +252,7 @@ def render_model_card(
             `PER_CLASS_OPEN_MAX` classes, and says how many classes had no image in the split. Markdown only: the
             model index keeps `metrics`.
         unlabeled_pool: the diffusion model was trained on every image of an unlabeled folder (`--unlabeled`; its
-            `data_splits.json` says so: `trained_on_unlabeled_pool`); the card's training data says so.
+            `data_splits.json` says so: `data.split_record.trained_on_unlabeled_pool`); the card's training data says so.
         dataset_citation: how the data's providers ask to be cited (e.g. a BibTeX entry), shown under the training
             data.
         eval_dataset_name: the data `metrics` were measured on when it is not the training data (an external set
@@ -312,15 +311,6 @@ def render_model_card(
         dataset_citation=(dataset_citation or "").strip() or None,
     )
     return ModelCard(text)
-
-
-def trained_on_unlabeled_pool(model_dir: Union[str, os.PathLike]) -> bool:
-    """Whether the diffusion model in `model_dir` was trained on every image of an unlabeled folder (`--unlabeled`),
-    as its `data_splits.json` records (`"unlabeled"`; `"unlabeled_pool"` once `probe` fitted a head on it)."""
-    from .data.split_record import read_split_record
-
-    record = read_split_record(model_dir) or {}
-    return bool(record.get("unlabeled") or record.get("unlabeled_pool"))
 
 
 def render_dataset_card(

@@ -87,10 +87,10 @@ def add_data_args(parser: Any, image_size: int | None = None, streaming: bool = 
         parser.add_argument(
             "--no_verify_images", action="store_true",
             help="with --streaming, do not read every image (train, val and test) once before training (each process "
-            "its share, by --dataloader_num_workers workers; about one epoch's decoding, again on every resume: pass "
-            "this flag to resume on data read before): a file damaged past its header then stops the run when its "
-            "batch is read, and the model records no fingerprints of its training images (evaluate and probe then "
-            "cannot check their test images against them)",
+            "its share, by --dataloader_num_workers workers; about one epoch's decoding, again on every resume): a "
+            "file damaged past its header then stops the run when its batch is read, and the model records no "
+            "fingerprints of its training images (evaluate and probe then cannot check their test images against "
+            "them), also when only its resume skips the reading",
         )  # fmt: skip
     return parser
 

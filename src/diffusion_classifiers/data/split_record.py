@@ -40,6 +40,7 @@ __all__ = [
     "recorded_train_fingerprints",
     "resolve_split_args",
     "save_split_record",
+    "trained_on_unlabeled_pool",
 ]
 
 SPLIT_RECORD_NAME = "data_splits.json"
@@ -205,6 +206,13 @@ def recorded_train_fingerprints(folder: str | os.PathLike) -> Optional[frozenset
     if record is None or record.get("train_fingerprints") is None:
         return None
     return frozenset(record["train_fingerprints"].split())
+
+
+def trained_on_unlabeled_pool(model_dir: str | os.PathLike) -> bool:
+    """Whether the diffusion model in `model_dir` was trained on every image of an unlabeled folder (`--unlabeled`),
+    as its `data_splits.json` records (`"unlabeled"`; `"unlabeled_pool"` once `probe` fitted a head on it)."""
+    record = read_split_record(model_dir) or {}
+    return bool(record.get("unlabeled") or record.get("unlabeled_pool"))
 
 
 def changed_split_args(model_dir: str | os.PathLike, **given: Any) -> dict:

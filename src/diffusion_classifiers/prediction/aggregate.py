@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .inputs import DICOM_ID_COLUMNS
-from .outputs import OUTPUT_SUFFIXES, read_predictions, write_csv
+from .outputs import (
+    OUTPUT_SUFFIXES,
+    OutputFiles,
+    default_errors_path,
+    errors_file_of_resumed_run,
+    listed_errors,
+    read_predictions,
+    write_csv,
+)
 
 __all__ = ["AGGREGATION_RULES", "add_aggregate_args", "aggregate_predictions", "run_aggregate"]
 
@@ -176,29 +184,55 @@ def add_aggregate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=0.5, help="the max rule's decision threshold")
     parser.add_argument(
         "--output", default=None,
-        help="the grouped predictions, a .csv (default: <predictions>.by_<by>.csv); with a true_label column also "
-        "<output>.metrics.json",
+        help="the grouped predictions, a .csv (default: <predictions>.<rule>_by_<by>.csv); with a true_label column "
+        "also <output>.metrics.json",
     )  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier --output (default: refuse it)")
 
 
 def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
     predictions = Path(args.predictions)
     if not predictions.is_file() or predictions.suffix.lower() not in OUTPUT_SUFFIXES:
         raise FileNotFoundError(f"--predictions {predictions}: expected a .csv or .parquet file predict wrote")
-    output = Path(args.output) if args.output else predictions.with_name(f"{predictions.stem}.by_{args.by}.csv")
+    default = predictions.with_name(f"{predictions.stem}.{args.rule}_by_{args.by}.csv")
+    output = Path(args.output) if args.output else default
     if output.suffix.lower() != ".csv" or output.resolve() == predictions.resolve():
         raise ValueError(f"--output {output}: expected a new .csv file, not the predictions")
+    if output.exists() and not args.overwrite:
+        raise FileExistsError(f"--output {output} exists (an earlier aggregation): pass --overwrite to replace it")
+    unreadable = _check_predict_run_finished(predictions)
     columns, rows, metrics = aggregate_predictions(
         predictions, by=args.by, rule=args.rule, positive_class=args.positive_class, threshold=args.threshold
     )
     write_csv(output, columns, rows)
+    scores = output.with_suffix(".metrics.json")
+    if metrics is None and scores.exists():  # an earlier labelled aggregation's: not these groups'
+        scores.unlink()
+    if unreadable:
+        print(
+            f"note: {unreadable} inputs of {predictions} are in its errors file (unreadable): their groups lack them "
+            "(under the max rule, a scan whose positive slice could not be read reads negative)",
+            file=sys.stderr,
+        )
     if args.rule == "max" and args.positive_class is None:
         positive = [column for column in columns if column.startswith("prob_")][1][len("prob_"):]
         print(f"note: --positive_class not given: the max rule's class is class 1, {positive!r}", file=sys.stderr)
     print(f"{output}: {len(rows)} groups by {args.by} ({args.rule} rule) of {sum(row[1] for row in rows)} rows")
     if metrics is not None:
-        with open(output.with_suffix(".metrics.json"), "w") as handle:
+        with open(scores, "w") as handle:
             json.dump(metrics, handle, indent=2)
         headline = {key: metrics.get(key) for key in ("num_groups", "accuracy", "macro_f1", "auc", "sensitivity")}
         print(json.dumps({key: value for key, value in headline.items() if value is not None}))
     return metrics
+
+
+def _check_predict_run_finished(predictions: Path) -> int:
+    """Refuse the output of a predict run that has not merged its committed batches (killed, or still running); the
+    number of inputs its errors file lists."""
+    files = errors_file_of_resumed_run(OutputFiles(predictions, default_errors_path(predictions)), overwrite=False)
+    if files.parts.is_dir():
+        raise ValueError(
+            f"--predictions {predictions}: its predict run has not finished ({files.parts} holds committed batches "
+            "not yet merged into it): rerun the same predict command to finish it first"
+        )
+    return len(listed_errors(files))

@@ -143,11 +143,14 @@ def data_identity(dataset: Dataset) -> Optional[dict]:
     recognise it by."""
     positions = np.unique(np.linspace(0, len(dataset) - 1, min(SAMPLED_ITEMS, len(dataset))).round().astype(int))
     items = [dataset[int(i)] for i in positions]
-    if not torch.equal(torch.as_tensor(dataset[int(positions[0])][0]), torch.as_tensor(items[0][0])):
+    if not all(isinstance(item, (tuple, list)) for item in items):  # not (image, ...) items: nothing known to read
+        return None
+    images = [torch.as_tensor(item[0]) for item in items]  # numpy arrays too
+    if not torch.equal(torch.as_tensor(dataset[int(positions[0])][0]), images[0]):
         return None
     labels = [item[1] for item in items if len(item) > 1 and isinstance(item[1], (int, np.integer, torch.Tensor))]
     identity = {
-        "image_means": [round(float(item[0].double().mean()), 7) for item in items],
+        "image_means": [round(float(image.double().mean()), 7) for image in images],
         "labels": [int(label) for label in labels],
     }
     reading = getattr(dataset, "preprocessing", None)  # a streamed dataset's contract names how files are read
