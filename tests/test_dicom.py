@@ -470,6 +470,22 @@ def test_dicom_mixed_with_other_images_is_refused_naming_one_of_each_before_any_
         StreamingImages.from_files(files, num_channels=3, image_size=16, medical=three)
 
 
+def test_image_files_only_through_several_dicom_windows_are_refused(tmp_path):
+    """Review: a PNG folder read with --window brain subdural bone was read (each grey copied into 3 channels), and
+    the model saved with those windows then refused its own kind of files at predict."""
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for index in range(3):
+            Image.new("L", (16, 16), 40 * index).save(tmp_path / label / f"{index}.png")
+    three = MedicalPreprocessing(windows=("brain", "subdural", "bone"))
+    refused = r"images: none of the 6 files is DICOM \(e\.g\. .*\.png\), but they are read through 3 DICOM windows"
+    with pytest.raises(ValueError, match=refused):
+        load_image_classification_data(tmp_path, image_size=8, medical=three)
+    with pytest.raises(ValueError, match=refused):
+        streaming_image_classification_data(tmp_path, num_channels=3, image_size=8, medical=three)
+    assert len(load_image_classification_data(tmp_path, image_size=8)["train"]) > 0  # without windows: read
+
+
 def test_dicom_beside_16bit_images_is_read_through_one_window_as_predict_reads_them(tmp_path):
     # DICOM X-rays beside 16-bit PNG X-rays, one grey channel each: read together, as predict reads such a folder;
     # only several windows refuse the mix (an image file has no Hounsfield units to window into several channels)
