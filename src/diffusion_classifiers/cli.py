@@ -227,7 +227,6 @@ def _leaves_no_empty_output_dir(command: Callable[[argparse.Namespace], dict]) -
 def run_evaluate(args: argparse.Namespace) -> dict:
     from .data import ONE_SET
     from .evaluation import (
-        carved_splits,
         check_evaluation_args,
         check_evaluation_split,
         evaluate_classifier,
@@ -253,15 +252,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     check_evaluation_split(args.split)
     given = {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction, "seed": args.seed}
     whole = args.split == ONE_SET  # every image of the data, none carved
-    carving_flags = [f"--{name} {value}" for name, value in given.items() if value is not None]
-    if whole and carving_flags:
-        noise = " (the scoring noise's seed is --pipeline_kwargs '{\"seed\": N}')" if args.seed is not None else ""
-        raise ValueError(
-            f"--split {ONE_SET} scores every image of --dataset and carves no split: {' '.join(carving_flags)} "
-            f"only choose(s) how splits are carved; leave them out{noise}"
-        )
-    if args.pipeline_kwargs is not None and not isinstance(args.pipeline_kwargs, dict):
-        raise ValueError(f"--pipeline_kwargs: expected a JSON object, got {args.pipeline_kwargs!r}")
+    _check_evaluate_flags(args, given, whole)
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
     classifier = load_classifier(args.model_dir)
     contract = saved_preprocessing(classifier)
@@ -275,14 +266,12 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     carving = resolve_split_args(folder, **given)
     # the data's name, not its local path: metrics.json may be published with the model
     dataset_name = os.path.basename(os.path.normpath(args.dataset))
-    # only a carved split can hold training images where the data changed; one of the data's own is its word (about
-    # its own train split only: a model trained on an unlabeled pool may have seen any image); all of the data (an
-    # external set) is checked whole
-    pool, split_name = trained_on_unlabeled_pool(folder), "val" if args.split == "validation" else args.split
-    checked = whole or split_name in carved_splits(args.dataset) or (pool and split_name != "train")
-    train_fingerprints = recorded_train_fingerprints(folder) if checked else None
-    if train_fingerprints is None and checked:
-        _note_unchecked(args.model_dir, "evaluate", [dataset_name if whole else args.split])
+    pool = trained_on_unlabeled_pool(folder)
+    train_fingerprints = None
+    if _split_is_checked(args.split, args.dataset, pool):
+        train_fingerprints = recorded_train_fingerprints(folder)
+        if train_fingerprints is None:
+            _note_unchecked(args.model_dir, "evaluate", [dataset_name if whole else args.split])
     # its train split tells duplicates within the data from leaks (none with all: every image is the set scored)
     dataset, train_split = load_evaluation_split(
         args.dataset, args.split, preprocessing=contract, streaming=args.streaming, with_train=True, **carving,
@@ -299,14 +288,47 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         train_split=None if pool else train_split, changed_split_args=changed_split_args(folder, **given),
         unlabeled_pool=pool, paths=None if paths is None else paths[args.split],
     )  # fmt: skip
-    headline = {k: metrics.get(k) for k in ("accuracy", "macro_f1", "balanced_accuracy", "auc", "positive_class", "sensitivity", "specificity")}
-    headline = {k: v for k, v in headline.items() if v is not None or k == "auc"}
-    headline["ece"] = metrics["calibration"]["ece"]
     print(f"wrote metrics.json, report.md and its plots to {args.output_dir}")
-    if "seed_sensitivity" in metrics:  # a binary Score-SDE ELBO (likelihood, P probes): what another --seed could flip
-        headline["decisions_within_2_stderr"] = metrics["seed_sensitivity"]["decisions_within"]
-    print(json.dumps(headline))
+    print(json.dumps(_evaluation_headline(metrics)))
     return metrics
+
+
+def _check_evaluate_flags(args: argparse.Namespace, given: dict, whole: bool) -> None:
+    """The flags `evaluate` refuses before any work: carving flags with `--split all` (nothing is carved), and
+    `--pipeline_kwargs` that are not a JSON object."""
+    from .data import ONE_SET
+
+    carving_flags = [f"--{name} {value}" for name, value in given.items() if value is not None]
+    if whole and carving_flags:
+        noise = " (the scoring noise's seed is --pipeline_kwargs '{\"seed\": N}')" if args.seed is not None else ""
+        raise ValueError(
+            f"--split {ONE_SET} scores every image of --dataset and carves no split: {' '.join(carving_flags)} "
+            f"only choose(s) how splits are carved; leave them out{noise}"
+        )
+    if args.pipeline_kwargs is not None and not isinstance(args.pipeline_kwargs, dict):
+        raise ValueError(f"--pipeline_kwargs: expected a JSON object, got {args.pipeline_kwargs!r}")
+
+
+def _split_is_checked(split: str, dataset: str, unlabeled_pool: bool) -> bool:
+    """Whether `evaluate` checks `split` of `dataset` against the model's training images: a carved split can hold
+    them where the data changed; one of the data's own is its word (about its own train split only: a model trained
+    on an unlabeled pool may have seen any image); every image of the data (`ONE_SET`, an external set) is checked."""
+    from .data import ONE_SET
+    from .evaluation import carved_splits
+
+    name = "val" if split == "validation" else split
+    return name == ONE_SET or name in carved_splits(dataset) or (unlabeled_pool and name != "train")
+
+
+def _evaluation_headline(metrics: dict) -> dict:
+    """The line `evaluate` prints: the headline metrics (AUC even when undefined), calibration, and for a binary
+    Score-SDE ELBO (likelihood, P probes) the decisions another `--seed` could flip."""
+    names = ("accuracy", "macro_f1", "balanced_accuracy", "auc", "positive_class", "sensitivity", "specificity")
+    headline = {name: metrics.get(name) for name in names if metrics.get(name) is not None or name == "auc"}
+    headline["ece"] = metrics["calibration"]["ece"]
+    if "seed_sensitivity" in metrics:
+        headline["decisions_within_2_stderr"] = metrics["seed_sensitivity"]["decisions_within"]
+    return headline
 
 
 def check_demo_args(args: argparse.Namespace):

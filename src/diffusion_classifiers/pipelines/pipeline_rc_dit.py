@@ -67,6 +67,12 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
             missing keys too (see `set_preprocessing`).
     """
 
+    how_to_fit_a_head = (
+        "in Python (`diffusion-classifiers probe` reads U-Net pipelines only): `pipe.fit_prototypes(images, labels, "
+        "class_names=...)` or `pipe.fit_linear_probe(images, labels, val_images, val_labels, class_names=...)`, then "
+        "`pipe.save_pretrained(DIR)`"
+    )
+
     model_cpu_offload_seq = "encoder->transformer->vae->head"
     _optional_components = ["vae", "head"]
 

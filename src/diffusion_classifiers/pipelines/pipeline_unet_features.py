@@ -33,6 +33,12 @@ class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
             missing keys too (see `set_preprocessing`).
     """
 
+    how_to_fit_a_head = (
+        "with `diffusion-classifiers probe --unet_dir DIR` (it writes OUTPUT_DIR/pipeline/, this U-Net with a "
+        "head), or in Python with `diffusion_classifiers.probing.fit_probe_grid` and "
+        "`pipe.register_modules(head=result.head)`"
+    )
+
     model_cpu_offload_seq = "unet->head"
     _optional_components = ["head"]
 
@@ -114,7 +120,7 @@ class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
             `return_dict=False`.
         """
         if self.head is None:
-            raise ValueError("this pipeline has no `head`: fit one (diffusion_classifiers.probing.fit_probe_grid) first")
+            raise ValueError(f"this pipeline has no `head`: fit one {self.how_to_fit_a_head}")
         config = self.head.config
         features = self.extract_features(
             images,

@@ -43,20 +43,6 @@ __all__ = [
     "read_model_index",
 ]
 
-# What fits a head, by pipeline class (the classes live in their own modules; a Score-SDE pipeline needs no head).
-_HOW_TO_FIT_A_HEAD = {
-    "UNetFeatureClassifierPipeline": (
-        "with `diffusion-classifiers probe --unet_dir DIR` (it writes OUTPUT_DIR/pipeline/, this U-Net with a "
-        "head), or in Python with `diffusion_classifiers.probing.fit_probe_grid` and "
-        "`pipe.register_modules(head=result.head)`"
-    ),
-    "RepresentationConditionedDiTPipeline": (
-        "in Python (`diffusion-classifiers probe` reads U-Net pipelines only): `pipe.fit_prototypes(images, labels, "
-        "class_names=...)` or `pipe.fit_linear_probe(images, labels, val_images, val_labels, class_names=...)`, then "
-        "`pipe.save_pretrained(DIR)`"
-    ),
-}
-
 # The contract of a pipeline saved before the preprocessing was saved with it: the float range guessed (once per call).
 LEGACY_PREPROCESSING = {"input_range": "auto"}
 
@@ -308,6 +294,8 @@ class DiffusionClassifierPipeline(SplitRecordMixin, SavedWithCodeMixin, SavedPre
     """
 
     _registry: Dict[str, Type["DiffusionClassifierPipeline"]] = {}
+    # what fits a head, said when a pipeline without one is asked for its classes (each method's pipeline says its own)
+    how_to_fit_a_head = "and register it as the pipeline's `head` (`pipe.register_modules(head=head)`)"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -379,17 +367,9 @@ class DiffusionClassifierPipeline(SplitRecordMixin, SavedWithCodeMixin, SavedPre
             saved_in = f" {self.name_or_path}" if getattr(self, "name_or_path", None) else ""
             raise ValueError(
                 f"the {type(self).__name__}{saved_in} has no `head`, so no classes yet: fit one "
-                f"{self._how_to_fit_a_head()}"
+                f"{self.how_to_fit_a_head}"
             )
         return self.class_names_from(head.config.num_classes, head.config.class_names)
-
-    @classmethod
-    def _how_to_fit_a_head(cls) -> str:
-        """What fits a head for this pipeline class (the nearest of its classes that `_HOW_TO_FIT_A_HEAD` names)."""
-        for klass in cls.__mro__:
-            if klass.__name__ in _HOW_TO_FIT_A_HEAD:
-                return _HOW_TO_FIT_A_HEAD[klass.__name__]
-        return "and register it as the pipeline's `head` (`pipe.register_modules(head=head)`)"
 
     @staticmethod
     def class_names_from(num_classes: int, class_names: Optional[List[str]]) -> List[str]:
