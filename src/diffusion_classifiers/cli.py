@@ -374,6 +374,50 @@ def run_demo(args: argparse.Namespace) -> dict:
     return metrics
 
 
+def _probe_carving(args: argparse.Namespace, folder: str) -> tuple[dict, dict]:
+    """`(given, carving)`: the carving flags given to `probe` and the carving of its data: the U-Net's test images stay
+    its test, carved with its recorded seed (`--seed` then seeds the probes only), unless the U-Net was trained on an
+    unlabeled pool, which carved nothing (`--seed` then carves the labelled data); an image folder's classes are its
+    own (the head is trained on them)."""
+    from .data.split_record import read_split_record, resolve_split_args
+    from .evaluation import _own_class_names
+
+    record = read_split_record(folder) or {}
+    split_seed = None if record and not record.get("unlabeled") else args.seed
+    given = {
+        "val_fraction": args.val_fraction, "test_fraction": args.test_fraction, "seed": split_seed,
+        "class_names": args.class_names,
+    }  # fmt: skip
+    carving = resolve_split_args(folder, **given)
+    if args.class_names is None and _own_class_names(args.dataset) is not None:
+        carving["class_names"] = None
+    return given, carving
+
+
+def _check_probe_splits(
+    args: argparse.Namespace, folder: str, splits: dict, unet_fingerprints, given: dict, carving: dict, contract
+) -> None:
+    """Refuse val / test images the U-Net was trained on (the probe chooses on val, reports on test), val and test
+    together, naming files where the data has them; or say they cannot be checked. The data's own splits are its word
+    about its own train split; a U-Net trained on an unlabeled pool may have seen any image: then both are checked,
+    and no duplicate of the data's train split is excused. Probe has no flag to drop the images found."""
+    from .data.split_record import changed_split_args, trained_on_unlabeled_pool
+    from .evaluation import carved_splits, check_training_overlap, files_of_splits
+
+    pool = trained_on_unlabeled_pool(folder)
+    checked = ["val", "test"] if pool else [name for name in ("val", "test") if name in carved_splits(args.dataset)]
+    if unet_fingerprints is None:
+        if checked:
+            _note_unchecked(args.unet_dir, "probe", checked)
+        return
+    check_training_overlap(
+        {name: splits[name] for name in checked}, unet_fingerprints, where=args.dataset,
+        train_split=None if pool else splits["train"], drop_hint=None,
+        changed_split_args=changed_split_args(folder, **given), streaming_hint=None, unlabeled_pool=pool,
+        paths=files_of_splits(args.dataset, {name: splits[name] for name in checked}, carving, contract),
+    )  # fmt: skip
+
+
 def save_study(
     study, args: argparse.Namespace, timing: dict, carving: dict, train_images, train_fingerprints=None,
     unlabeled_pool: bool = False,
@@ -417,14 +461,7 @@ def save_study(
 def run_probe(args: argparse.Namespace) -> dict:
     """A trained U-Net + a labeled dataset -> the probe grid, the chosen (block, t), k-means and a fitted pipeline."""
     from .data import load_image_classification_data
-    from .data.split_record import (
-        changed_split_args,
-        read_split_record,
-        recorded_train_fingerprints,
-        resolve_split_args,
-        trained_on_unlabeled_pool,
-    )
-    from .evaluation import _own_class_names, carved_splits, check_training_overlap, files_of_splits
+    from .data.split_record import recorded_train_fingerprints, trained_on_unlabeled_pool
     from .features import _check_timesteps
     from .hub import download
     from .metrics import resolve_positive_label
@@ -443,36 +480,14 @@ def run_probe(args: argparse.Namespace) -> dict:
     unet_config, contract = trained.unet.config, trained.preprocessing
     args.dataset = _dataset_or_demo_digits(args.dataset, contract, "probe")
     folder = download(args.unet_dir)
-    # the U-Net's test images stay its test: carved with its recorded seed (--seed then seeds the probes only)
-    record = read_split_record(folder) or {}
-    # a U-Net trained on an unlabeled pool carved nothing: --seed carves the labelled data
-    split_seed = None if record and not record.get("unlabeled") else args.seed
-    given = {
-        "val_fraction": args.val_fraction, "test_fraction": args.test_fraction, "seed": split_seed,
-        "class_names": args.class_names,
-    }  # fmt: skip
-    carving = resolve_split_args(folder, **given)
-    if args.class_names is None and _own_class_names(args.dataset) is not None:
-        carving["class_names"] = None  # an image folder's classes are its own: the head is trained on them
+    given, carving = _probe_carving(args, folder)
     splits = load_image_classification_data(  # read as the U-Net was trained: windows, resize mode, background
         args.dataset, image_size=unet_config.sample_size, num_channels=unet_config.in_channels,
         medical=contract.medical, **carving, **contract.fit,
     )  # fmt: skip
     check_two_classes_at_least(splits["train"].class_names, f"--dataset {args.dataset}", "a probe")
     unet_fingerprints, pool = recorded_train_fingerprints(folder), trained_on_unlabeled_pool(folder)
-    # the data's own splits are its word about its own train split; a U-Net trained on an unlabeled pool may have
-    # seen any image: then both are checked, and no duplicate of the data's train split is excused
-    checked = ["val", "test"] if pool else [name for name in ("val", "test") if name in carved_splits(args.dataset)]
-    if unet_fingerprints is None and checked:
-        _note_unchecked(args.unet_dir, "probe", checked)
-    elif unet_fingerprints is not None:  # the U-Net's own held-out images: the probe chooses on val, reports on test
-        # val and test refused together; probe has no flag to drop the images found
-        check_training_overlap(
-            {name: splits[name] for name in checked}, unet_fingerprints, where=args.dataset,
-            train_split=None if pool else splits["train"], drop_hint=None,
-            changed_split_args=changed_split_args(folder, **given), streaming_hint=None, unlabeled_pool=pool,
-            paths=files_of_splits(args.dataset, {name: splits[name] for name in checked}, carving, contract),
-        )  # fmt: skip
+    _check_probe_splits(args, folder, splits, unet_fingerprints, given, carving, contract)
     resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)
     note_default_positive_class(args.positive_class, splits["train"].class_names)
     study = run_unet_feature_study(
