@@ -867,8 +867,9 @@ def test_aggregate_gathers_slices_per_scan_with_the_any_slice_rule_and_scores_sc
     assert columns == ["study_uid", "num_images", "true_label", "label", "prob_normal", "prob_bleed"]
     assert rows == [["s1", 3, "bleed", "bleed", pytest.approx(0.3), 0.7], ["s2", 2, "normal", "normal", 0.6, 0.4]]
     assert metrics["num_groups"] == 2 and metrics["accuracy"] == 1.0 and metrics["grouped_by"] == "study_uid"
-    _, mean_rows, _ = aggregate_predictions(tmp_path / "p.csv", rule="mean")
+    _, mean_rows, mean_metrics = aggregate_predictions(tmp_path / "p.csv", rule="mean", positive_class="normal")
     assert mean_rows[0][3] == "normal" and mean_rows[0][5] == pytest.approx(1.0 / 3)  # the mean misses one slice
+    assert metrics["positive_class"] == "bleed" and mean_metrics["positive_class"] == "normal"
     _, strict, _ = aggregate_predictions(tmp_path / "p.csv", rule="max", threshold=0.75)
     assert [row[3] for row in strict] == ["normal", "normal"]
     main(["aggregate", "--predictions", str(tmp_path / "p.csv")])

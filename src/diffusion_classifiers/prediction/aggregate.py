@@ -52,8 +52,8 @@ def aggregate_predictions(
         rule (`str`, *optional*, defaults to `"max"`): `"max"`, the positive class's probability of a group is the
             largest of its rows' (binary predictions; the label is the positive class at `threshold` or above), or
             `"mean"`, each class's probability is the mean of its rows' (the label: the most probable class).
-        positive_class (`str`, *optional*): the "max" rule's class; default: the second class of the file (class 1,
-            as everywhere in this library).
+        positive_class (`str`, *optional*): binary predictions: the "max" rule's class and the one the metrics'
+            sensitivity refers to; default: the second class of the file (class 1, as everywhere in this library).
         threshold (`float`, *optional*, defaults to 0.5): the "max" rule's decision threshold on that probability.
 
     Returns:
@@ -88,7 +88,7 @@ def aggregate_predictions(
         y_pred = [class_names.index(row[out_columns.index("label")]) for row in out_rows]
         metrics = classification_metrics(
             y_true, y_pred, np.array(probs), num_classes=len(class_names), class_names=class_names,
-            positive_label=positive if len(class_names) == 2 else None,
+            positive_label=positive,
         )  # fmt: skip
         metrics = {"grouped_by": by, "rule": rule, "num_groups": len(out_rows), **metrics}
     return out_columns, out_rows, metrics
@@ -97,7 +97,8 @@ def aggregate_predictions(
 def _check_aggregation(
     predictions, columns: list, class_names: list, by: str, rule: str, positive_class: Optional[str], threshold: float
 ) -> Optional[int]:
-    """Every argument checked before a row is gathered; the positive class's index for the "max" rule."""
+    """Every argument checked before a row is gathered; the positive class's index for binary predictions (the "max"
+    rule's class, and the one the metrics' sensitivity refers to), None for more classes."""
     if rule not in AGGREGATION_RULES:
         raise ValueError(f"rule: expected one of {list(AGGREGATION_RULES)}, got {rule!r}")
     if by not in columns:
@@ -108,15 +109,15 @@ def _check_aggregation(
         raise ValueError(f"{predictions}: expected prob_<class> columns of a predict output, got {columns}")
     if not 0 < threshold < 1:
         raise ValueError(f"threshold: expected a probability strictly between 0 and 1, got {threshold!r}")
-    if rule != "max":
-        return None
-    if len(class_names) != 2:
+    if rule == "max" and len(class_names) != 2:
         raise ValueError(
             f"rule 'max' takes binary predictions (is the positive class in any image of the group?); {predictions} "
             f"has {len(class_names)} classes {class_names}: use rule 'mean'"
         )
     if positive_class is not None and positive_class not in class_names:
         raise ValueError(f"positive_class: expected one of {class_names}, got {positive_class!r}")
+    if len(class_names) != 2:
+        return None
     return class_names.index(positive_class) if positive_class is not None else 1
 
 
