@@ -395,16 +395,16 @@ def _probe_carving(args: argparse.Namespace, folder: str) -> tuple[dict, dict]:
 
 
 def _check_probe_splits(
-    args: argparse.Namespace, folder: str, splits: dict, unet_fingerprints, given: dict, carving: dict, contract
+    args: argparse.Namespace, folder: str, splits: dict, unet_fingerprints, pool: bool, given: dict, carving: dict,
+    contract,
 ) -> None:
     """Refuse val / test images the U-Net was trained on (the probe chooses on val, reports on test), val and test
     together, naming files where the data has them; or say they cannot be checked. The data's own splits are its word
     about its own train split; a U-Net trained on an unlabeled pool may have seen any image: then both are checked,
-    and no duplicate of the data's train split is excused. Probe has no flag to drop the images found."""
-    from .data.split_record import changed_split_args, trained_on_unlabeled_pool
+    and no duplicate of the data's train split is excused (`pool`). Probe has no flag to drop the images found."""
+    from .data.split_record import changed_split_args
     from .evaluation import carved_splits, check_training_overlap, files_of_splits
 
-    pool = trained_on_unlabeled_pool(folder)
     checked = ["val", "test"] if pool else [name for name in ("val", "test") if name in carved_splits(args.dataset)]
     if unet_fingerprints is None:
         if checked:
@@ -487,7 +487,7 @@ def run_probe(args: argparse.Namespace) -> dict:
     )  # fmt: skip
     check_two_classes_at_least(splits["train"].class_names, f"--dataset {args.dataset}", "a probe")
     unet_fingerprints, pool = recorded_train_fingerprints(folder), trained_on_unlabeled_pool(folder)
-    _check_probe_splits(args, folder, splits, unet_fingerprints, given, carving, contract)
+    _check_probe_splits(args, folder, splits, unet_fingerprints, pool, given, carving, contract)
     resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)
     note_default_positive_class(args.positive_class, splits["train"].class_names)
     study = run_unet_feature_study(

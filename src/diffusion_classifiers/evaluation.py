@@ -428,9 +428,9 @@ def check_training_overlap(
 
     `dataset` may be a dict of splits by name (`{"val": ..., "test": ...}`, `where` then naming the data they are
     splits of): every split is checked and refused once, naming the count of each; it gives `(dict of the splits,
-    dict of the numbers dropped)`. `paths` names the files of [`LabeledImages`] read from files: the file of each
-    image of the split, as a sequence or a callable of the index (called for the few images named only; None where
-    the file is not known); a dict of them by name with a dict of splits.
+    dict of the numbers dropped)`. `paths` names the files of [`LabeledImages`] read from files: a callable giving
+    the file of the split's image at an index (called for the few images named only; None where the file is not
+    known: `files_of_splits`); a dict of them by name with a dict of splits.
 
     `train_split`, the train split carved from the same data (in memory or streamed), tells duplicates from leaks:
     an image whose fingerprint is also one of its images' is an exact copy of an image the data itself puts in train
@@ -502,8 +502,8 @@ def files_of_splits(
 
 def _first_images(splits: dict, seen: dict, paths: dict, streaming_hint: Optional[str]) -> str:
     """The first 5 images `seen` of each split of `splits` that has some (named before them where it has a name):
-    their files (a [`StreamingImages`] split, or its `paths`: a sequence or a callable of the index), else their
-    positions in the split and `streaming_hint`, how to read it with its file names."""
+    their files (a [`StreamingImages`] split, or its `paths`: a callable of the index), else their positions in the
+    split and `streaming_hint`, how to read it with its file names."""
     shown, by_position = [], False
     for name, split in splits.items():
         indices = [int(i) for i in np.flatnonzero(seen[name])[:5]]
@@ -513,7 +513,7 @@ def _first_images(splits: dict, seen: dict, paths: dict, streaming_hint: Optiona
         if isinstance(split, StreamingImages):
             files = [split._path(i) for i in indices]
         elif files is not None:
-            files = [files(i) if callable(files) else str(files[i]) for i in indices]
+            files = [files(i) for i in indices]
         if files is None or None in files:
             files, by_position = [f"#{i}" for i in indices], True
         more = ", ..." if seen[name].sum() > len(indices) else ""
@@ -647,8 +647,8 @@ def evaluate_classifier(
             (`data.split_record.changed_split_args`), named first as the likely cause when training images are found.
         unlabeled_pool (`bool`, *optional*, defaults to `False`): the model was trained on an unlabeled pool (its
             record's `"unlabeled"`): training images found are named as images the data shares with the pool.
-        paths (*optional*): the file of each image of [`LabeledImages`] read from files (a sequence, or a callable
-            of the index: `files_of_splits`), named when training images are found.
+        paths (*optional*): for [`LabeledImages`] read from files, a callable giving the file of the image at an
+            index (`files_of_splits`), named when training images are found.
 
     Returns:
         `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`.

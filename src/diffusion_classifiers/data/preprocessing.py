@@ -361,8 +361,7 @@ def _to_unit_batches(items: list, data_format: str | None, contract: ImagePrepro
         signed = any(bool(batch.min() < 0) for batch in guessed)
         ranges = [("[-1, 1]" if signed else "[0, 1]") if r == "auto" else r for r in ranges]
     offsets = np.cumsum([0] + [len(batch) for batch in batches])
-    hint = _hounsfield_hint(contract)
-    return [_scale_to_unit_range(batch, offset, r, hint) for batch, offset, r in zip(batches, offsets, ranges)]
+    return [_scale_to_unit_range(batch, offset, r, contract) for batch, offset, r in zip(batches, offsets, ranges)]
 
 
 def _read_path(path: Any, position: int, contract: ImagePreprocessing) -> Any:
@@ -540,9 +539,11 @@ def _check_dtype(batch: torch.Tensor, offset: int, contract: ImagePreprocessing)
     return batch
 
 
-def _scale_to_unit_range(batch: torch.Tensor, offset: int, value_range: str, hint: str = "") -> torch.Tensor:
-    """uint8 / uint16 / bool by their natural scale, float from the stated `value_range`, to float32 in [-1, 1];
-    `hint` ends the out-of-range error."""
+def _scale_to_unit_range(
+    batch: torch.Tensor, offset: int, value_range: str, contract: ImagePreprocessing
+) -> torch.Tensor:
+    """uint8 / uint16 / bool by their natural scale, float from the stated `value_range`, to float32 in [-1, 1]; the
+    out-of-range error ends with `contract`'s Hounsfield-units hint (`_hounsfield_hint`)."""
     if batch.dtype in _INTEGER_MAX:
         return batch.to(torch.float32) * (2.0 / _INTEGER_MAX[batch.dtype]) - 1.0
     low = -1.0 if value_range == "[-1, 1]" else 0.0
@@ -554,7 +555,7 @@ def _scale_to_unit_range(batch: torch.Tensor, offset: int, value_range: str, hin
         raise ValueError(
             f"float values must lie in {value_range} (the stated input_range); image {offset + i} of batch spans "
             f"[{per_image_min[i]:.4g}, {per_image_max[i]:.4g}] (pass uint8 for 0..255 data, or state input_range)"
-            f"{hint}"
+            f"{_hounsfield_hint(contract)}"
         )
     return batch if low < 0 else batch * 2.0 - 1.0
 

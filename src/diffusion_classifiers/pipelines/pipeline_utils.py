@@ -96,9 +96,10 @@ def pipeline_of_component(path: Union[str, os.PathLike]) -> Optional[str]:
     if (folder / "model_index.json").is_file() or not (parent / "model_index.json").is_file():
         return None
     configs = [folder / name for name in ("config.json", "scheduler_config.json") if (folder / name).is_file()]
-    config = configs[0] if configs else None
+    if not configs:
+        return None
     try:
-        saved = json.loads(config.read_text()) if config is not None else None
+        saved = json.loads(configs[0].read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     return str(parent) if isinstance(saved, dict) and {"_class_name", "_diffusers_version"} & set(saved) else None

@@ -218,37 +218,45 @@ def _part_files(files: OutputFiles, kind: str) -> list[Path]:
     return sorted(files.parts.glob(f"{kind}-*.csv")) if files.parts.is_dir() else []
 
 
+def _tables(files: OutputFiles, kind: str) -> list[Path]:
+    """The output's tables of `kind`: "rows" (the output and its committed row parts) or "errors" (the errors file
+    and its committed error parts), those that exist."""
+    table = files.output if kind == "rows" else files.errors
+    return [table] * table.exists() + _part_files(files, kind)
+
+
+def _first_column(tables: list[Path]) -> set[str]:
+    return {row[0] for table in tables for row in _read_table(table)[1]}
+
+
 def done_paths(files: OutputFiles) -> set[str]:
     """Paths already predicted or listed as errors, in the output, the errors file or a committed part."""
-    tables = [path for path in (files.output, files.errors) if path.exists()]
-    tables += _part_files(files, "rows") + _part_files(files, "errors")
-    return {row[0] for path in tables for row in _read_table(path)[1]}
+    return _first_column(_tables(files, "rows")) | listed_errors(files)
 
 
 def listed_errors(files: OutputFiles) -> set[str]:
     """The paths the errors file and its committed parts list (the rows `forget_errors` may remove)."""
-    tables = [files.errors] * files.errors.exists() + _part_files(files, "errors")
-    return {row[0] for table in tables for row in _read_table(table)[1]}
+    return _first_column(_tables(files, "errors"))
 
 
 def forget_errors(files: OutputFiles, paths: set[str]) -> int:
     """Remove the rows of `paths` from the errors file and its committed parts, so a rerun tries those files again
     (repaired since); rows of other paths stay (an errors file shared by outputs of earlier versions keeps theirs).
     Returns the number of rows removed."""
-    return _forget([files.errors] * files.errors.exists() + _part_files(files, "errors"), paths)
+    return _forget(_tables(files, "errors"), paths)
 
 
 def forget_rows(files: OutputFiles, paths: set[str]) -> int:
     """Remove the rows of `paths` from the output and its committed parts, so a rerun predicts those files again
     (replaced since under the same name). Returns the number of rows removed."""
-    return _forget([files.output] * files.output.exists() + _part_files(files, "rows"), paths)
+    return _forget(_tables(files, "rows"), paths)
 
 
 def recorded_file_stamps(files: OutputFiles) -> dict[str, tuple]:
     """`path -> (file_bytes, file_modified)` of the rows of the output and its committed parts that record them (an
     output written before they were recorded has none)."""
     stamps = {}
-    for table in [files.output] * files.output.exists() + _part_files(files, "rows"):
+    for table in _tables(files, "rows"):
         columns, rows = _read_table(table)
         if set(FILE_STAMP_COLUMNS) <= set(columns):
             where = [columns.index(column) for column in FILE_STAMP_COLUMNS]

@@ -350,8 +350,9 @@ def predict_files(
         run = {"run": {**(run_info or {}), **direction, "pipeline_call": settings},
                "class_names": list(pipeline.class_names), "columns": columns}  # fmt: skip
         prepare_output_files(files, run, overwrite, is_main)
-        listed = listed_errors(files) & {item.path for item in inputs} if is_main else set()
-        retried = forget_errors(files, {item.path for item in inputs}) if retry_errors and is_main else 0
+        input_paths = {item.path for item in inputs}
+        listed = listed_errors(files) & input_paths if is_main else set()
+        retried = forget_errors(files, input_paths) if retry_errors and is_main else 0
         replaced = _forget_replaced_files(files, inputs) if is_main and FILE_STAMP_COLUMNS[0] in columns else 0
         wait()
         # listed by the main process alone and sent to the others: a process listing them later would see the parts
@@ -375,8 +376,8 @@ def predict_files(
         rows, not_in_input, unreadable = merge_parts(files, columns, order) if is_main else (0, 0, 0)
         # the errors file lists the inputs tried again only if they failed again: they were removed from it first
         failed_again = len(listed_errors(files) & listed) if retry_errors and is_main else 0
-        skipped = {item.path for item in inputs} - {item.path for item in remaining}
-        skipped_unreadable = 0 if retry_errors else len(skipped & listed)
+        # without retry_errors, the inputs the errors file listed are done: skipped
+        skipped_unreadable = 0 if retry_errors else len(listed)
         missing = _on_main_process(lambda: _remaining_indices(inputs, done_paths(files)), accelerator)
         if missing:
             first = ", ".join(repr(inputs[i].path) for i in missing[:5])
