@@ -160,6 +160,46 @@ def test_rg1_monochrome1_is_inverted_after_windowing():
     assert channels[:, 0][darkest_stored] == channels.max()  # the lowest value shows white
 
 
+def test_sigmoid_voi_lut_function_of_a_radiograph_matches_pydicom_then_is_inverted(tmp_path):
+    # digital mammography files often name VOILUTFunction SIGMOID: read as linear, the tails would be clipped flat
+    dataset = pydicom.dcmread(pydicom_file("RG1_UNCI.dcm"))  # CR, MONOCHROME1, 15 bits stored, no rescale
+    stored = raw_pixels(dataset, "<u2")
+    center, width = float(np.median(stored)), float(np.subtract(*np.percentile(stored, [75, 25])))
+    path = write_dicom(dataset, tmp_path / "sigmoid.dcm", WindowCenter=center, WindowWidth=width,
+                       VOILUTFunction="SIGMOID")
+    image = read_dicom(path)
+    assert image.windows == (Window(center, width, "SIGMOID"),) and read_dicom_header(path).windows == image.windows
+    reference = pydicom.pixels.apply_windowing(stored[0].astype(np.float64), pydicom.dcmread(path))
+    assert image.stored_range == (0.0, 2.0**15 - 1)  # pydicom's sigmoid spans the storable range: bring it to [0, 1]
+    channel = window_channels(image, ["file"])[0, 0]
+    np.testing.assert_allclose(channel, 1.0 - reference / (2**15 - 1), rtol=0, atol=WINDOW_TOLERANCE)
+    linear = 1.0 - hand_window(stored[0], center, width)
+    assert np.abs(channel - linear).max() > 0.1  # not the linear window
+    tails = (stored[0] < center - width / 2) | (stored[0] > center + width / 2)
+    assert tails.mean() > 0.2 and len(np.unique(channel[tails])) > 100  # the tails keep their grey levels
+
+
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", ""])
+def test_linear_voi_lut_functions_read_as_linear_exact(tmp_path, function):
+    dataset = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    path = write_dicom(dataset, tmp_path / "linear.dcm", WindowCenter=40, WindowWidth=80, VOILUTFunction=function)
+    assert read_dicom(path).windows == (Window(40.0, 80.0),)
+
+
+def test_a_sigmoid_window_is_saved_with_its_function_and_a_linear_one_as_before():
+    medical = MedicalPreprocessing(windows=(Window(2047.0, 4096.0, "SIGMOID"), "brain", Window(40.0, 80.0)))
+    config = medical.to_dict()
+    assert config["windows"] == [{"center": 2047.0, "width": 4096.0, "function": "SIGMOID"}, "brain",
+                                 {"center": 40.0, "width": 80.0}]
+    assert MedicalPreprocessing.from_dict(json.loads(json.dumps(config))) == medical
+    assert repr(Window(40.0, 80.0)) == "Window(center=40.0, width=80.0)"
+    values = np.array([2047.0 - 4096.0, 2047.0, 2047.0 + 4096.0])
+    np.testing.assert_allclose(Window(2047.0, 4096.0, "SIGMOID").apply(values), 1 / (1 + np.exp([4.0, 0.0, -4.0])),
+                               rtol=0, atol=WINDOW_TOLERANCE)
+    with pytest.raises(ValueError, match=r"Window function 'GAMMA': expected one of \['LINEAR_EXACT', 'SIGMOID'\]"):
+        Window(40.0, 80.0, "GAMMA")
+
+
 def test_multiframe_file_is_split_into_frames():
     path = pydicom_file("emri_small.dcm")
     dataset = pydicom.dcmread(path)
@@ -415,6 +455,16 @@ def test_bad_window_tags_refuse_only_the_files_own_window_naming_file_and_values
         window_channels(read_dicom(path), ["file"])
     with pytest.raises(ValueError, match=own):  # refused when files are listed, before any pixel is decoded
         StreamingImages.from_files([path], image_size=8, num_channels=1)
+
+
+def test_an_unknown_voi_lut_function_refuses_only_the_files_own_window(tmp_path):
+    dataset = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    path = write_dicom(dataset, tmp_path / "gamma.dcm", WindowCenter=40, WindowWidth=80, VOILUTFunction="GAMMA")
+    assert MedicalPreprocessing(windows=("brain",)).read(path).shape == (1, 1, 128, 128)
+    message = (r"gamma.dcm: bad window tags VOILUTFunction 'GAMMA': expected LINEAR, LINEAR_EXACT or SIGMOID; its own "
+               r"window \('file'\) cannot be used")
+    with pytest.raises(ValueError, match=message):
+        window_channels(read_dicom(path), ["file"])
 
 
 def test_unknown_window_names_and_bad_options_are_refused():

@@ -74,7 +74,7 @@ _GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
 # functional-group macros, shared by all frames or per frame, not at the top level where pydicom's
 # apply_modality_lut looks: the keywords read from them.
 _FRAME_LUT_SEQUENCES = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
-_LUT_KEYWORDS = ("RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth")
+_LUT_KEYWORDS = ("RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth", "VOILUTFunction")
 _PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # 16-bit data spanning less than this share of their scale keep fewer than 0.05 * 255 ~ 13 grey levels once stored or
 # shown at 8 bits: too little contrast to be a deliberate choice, so read_16bit_image warns.
@@ -99,24 +99,36 @@ class Window:
     r"""
     A VOI window: modality values (Hounsfield units for CT) -> `[0, 1]`.
 
-    The mapping is DICOM PS3.3 C.11.2.1.3.2 `LINEAR_EXACT` with `y_min = 0`, `y_max = 1`:
-    `y = clip((x - center) / width + 0.5, 0, 1)`, so `center - width / 2` maps to 0 and `center + width / 2` to 1.
-    (The older `LINEAR` variant of C.11.2.1.2.1 shifts by 0.5 and divides by `width - 1`; it differs by at most
-    `1 / width` and needs `width >= 1`.) A file's `VOILUTFunction` is not read: every window is `LINEAR_EXACT`.
+    The mapping is a VOI LUT Function of DICOM PS3.3 C.11.2.1.3 with `y_min = 0`, `y_max = 1`:
+
+    - `"LINEAR_EXACT"`: `y = clip((x - center) / width + 0.5, 0, 1)`, so `center - width / 2` maps to 0 and
+      `center + width / 2` to 1. (The older `LINEAR` of C.11.2.1.2.1, the standard's default when a file names no
+      function, shifts by 0.5 and divides by `width - 1`; it differs by at most `1 / width` and needs `width >= 1`.
+      A file's `LINEAR` window is read as `LINEAR_EXACT`.)
+    - `"SIGMOID"`: `y = 1 / (1 + exp(-4 (x - center) / width))`, the function many digital mammography systems name
+      in their files (`VOILUTFunction`): read as linear, their images would be clipped where the sigmoid is not.
 
     Args:
         center (`float`): the window centre (WindowCenter), in modality units.
         width (`float`): the window width (WindowWidth), > 0.
+        function (`str`, *optional*, defaults to `"LINEAR_EXACT"`): `"LINEAR_EXACT"` or `"SIGMOID"`.
     """
 
     center: float
     width: float
+    function: str = "LINEAR_EXACT"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.center) and math.isfinite(self.width)) or self.width <= 0:
             raise ValueError(
                 f"Window(center={self.center!r}, width={self.width!r}): expected a finite center and a finite width > 0"
             )
+        if self.function not in VOI_LUT_FUNCTIONS:
+            raise ValueError(f"Window function {self.function!r}: expected one of {list(VOI_LUT_FUNCTIONS)}")
+
+    def __repr__(self) -> str:
+        function = "" if self.function == "LINEAR_EXACT" else f", function={self.function!r}"
+        return f"Window(center={self.center!r}, width={self.width!r}{function})"
 
     @classmethod
     def preset(cls, name: str) -> Window:
@@ -141,12 +153,40 @@ class Window:
             raise ValueError(f"{tags}: expected as many centres as widths")
         if not all(math.isfinite(value) for value in centers + widths) or min(widths) <= 0:
             raise ValueError(f"{tags}: expected finite centres and widths > 0")
-        return tuple(cls(center, width) for center, width in zip(centers, widths))
+        function = _voi_lut_function(dataset.get("VOILUTFunction"))
+        return tuple(cls(center, width, function) for center, width in zip(centers, widths))
 
     def apply(self, values: np.ndarray) -> np.ndarray:
         """Map modality values to float32 in `[0, 1]` (see the class docstring)."""
-        scaled = (np.asarray(values, dtype=np.float64) - self.center) / self.width + 0.5
-        return np.clip(scaled, 0.0, 1.0).astype(np.float32)
+        offset = (np.asarray(values, dtype=np.float64) - self.center) / self.width
+        if self.function == "SIGMOID":
+            return (0.5 + 0.5 * np.tanh(2.0 * offset)).astype(np.float32)  # 1 / (1 + exp(-4 offset)), no overflow
+        return np.clip(offset + 0.5, 0.0, 1.0).astype(np.float32)
+
+    def describe(self) -> str:
+        """`center/width`, and the function when not linear: `40/80`, `2047/4096 SIGMOID`."""
+        function = "" if self.function == "LINEAR_EXACT" else f" {self.function}"
+        return f"{self.center:g}/{self.width:g}{function}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """As saved in a [`MedicalPreprocessing`] config (`Window(**config)` reads it back); a linear window without
+        its function, as saved before windows had one."""
+        config = {"center": self.center, "width": self.width}
+        return config if self.function == "LINEAR_EXACT" else {**config, "function": self.function}
+
+
+# The VOI LUT Functions a window applies, and how a file's VOILUTFunction names each (none: LINEAR, the default).
+VOI_LUT_FUNCTIONS = ("LINEAR_EXACT", "SIGMOID")
+_FILE_VOI_LUT_FUNCTIONS = {"": "LINEAR_EXACT", "LINEAR": "LINEAR_EXACT", "LINEAR_EXACT": "LINEAR_EXACT",
+                           "SIGMOID": "SIGMOID"}
+
+
+def _voi_lut_function(value: Any) -> str:
+    """The [`Window`] function of a file's VOILUTFunction value (None when absent)."""
+    name = "" if value is None else str(value).strip().upper()
+    if name not in _FILE_VOI_LUT_FUNCTIONS:
+        raise ValueError(f"VOILUTFunction {value!r}: expected LINEAR, LINEAR_EXACT or SIGMOID")
+    return _FILE_VOI_LUT_FUNCTIONS[name]
 
 
 WINDOW_PRESETS = {
@@ -626,8 +666,8 @@ def window_channels(
     Args:
         image ([`DicomImage`]): from [`read_dicom`].
         windows (`Sequence`, *optional*, defaults to `("file",)`): each a [`Window`], a preset name (`"brain"`,
-            `"subdural"`, `"bone"`), `"file"` (the file's first WindowCenter / WindowWidth; each frame's own when
-            an enhanced multi-frame file gives its frames their own) or `"full"` (the whole
+            `"subdural"`, `"bone"`), `"file"` (the file's first WindowCenter / WindowWidth, through its VOILUTFunction;
+            each frame's own when an enhanced multi-frame file gives its frames their own) or `"full"` (the whole
             storable range, from BitsStored through the rescale). Brain / subdural / bone as 3 channels is the usual
             input for haemorrhage detection.
         padding_fill (`float`, *optional*, defaults to 0.0): the value of padding pixels (PixelPaddingValue) in
@@ -670,7 +710,7 @@ def _resolve_window(spec: Window | str, image: DicomImage | DicomHeader, own: tu
         if not own:
             raise ValueError(
                 f"DICOM file {image.path} has no WindowCenter / WindowWidth; expected a window for 'file' (a VOI LUT "
-                f"Sequence is not read: windows are linear). Name one ({sorted(WINDOW_PRESETS)}, "
+                f"Sequence is not read: windows are linear or sigmoid). Name one ({sorted(WINDOW_PRESETS)}, "
                 "Window(center, width)) or 'full'"
             )
         return own[0]
@@ -927,7 +967,7 @@ class MedicalPreprocessing:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        windows = [{"center": w.center, "width": w.width} if isinstance(w, Window) else w for w in self.windows]
+        windows = [w.to_dict() if isinstance(w, Window) else w for w in self.windows]
         config = {"windows": windows, "padding_fill": self.padding_fill, "bits_stored": self.bits_stored}
         if self.guessed_bits_stored is not None:  # saved as before the record existed when there is none
             config["guessed_bits_stored"] = self.guessed_bits_stored

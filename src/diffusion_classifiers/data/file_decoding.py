@@ -4,6 +4,7 @@ multi-frame file expanded into its frames), unreadable files refused together, g
 from __future__ import annotations
 
 import warnings
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,6 +14,7 @@ from PIL import Image
 
 from .dicom import (
     MedicalPreprocessing,
+    Window,
     _scale_16bit,
     check_bit_depths,
     is_dicom_file,
@@ -102,12 +104,12 @@ class _OwnWindows:
     def __init__(self, medical: MedicalPreprocessing, labels: np.ndarray, class_names: Sequence[str] | None = None):
         self.active = "file" in medical.windows
         self.labels, self.class_names = labels, class_names
-        self.files: dict[tuple, list[int]] = {}  # (center, width) -> the positions of the files read through it
+        self.files: dict[Window, list[int]] = {}  # a window -> the positions of the files read through it
 
     def add(self, position: int, own: Sequence[Any]) -> None:
         """The file at `position` has its own windows `own` (maybe none)."""
         if self.active and own:
-            self.files.setdefault((own[0].center, own[0].width), []).append(position)
+            self.files.setdefault(own[0], []).append(position)
 
     def warn(self, stacklevel: int = 5) -> None:
         num_classes = int(self.labels.max()) + 1 if len(self.labels) else 0
@@ -123,8 +125,8 @@ class _OwnWindows:
             return
         name = (lambda k: self.class_names[k]) if self.class_names else str
         shown = "; ".join(
-            f"{window[0]:g}/{window[1]:g}: " + ", ".join(f"{name(k)} {n}" for k, n in enumerate(count) if n)
-            for window, count in sorted(counts.items())[:5]
+            f"{window.describe()}: " + ", ".join(f"{name(k)} {n}" for k, n in enumerate(count) if n)
+            for window, count in sorted(counts.items(), key=lambda item: astuple(item[0]))[:5]
         )
         warnings.warn(
             f"DICOM files read with their own window ('file', the default) carry windows that follow the classes "
