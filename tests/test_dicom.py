@@ -25,6 +25,7 @@ from diffusion_classifiers.data import (
     ImagePreprocessing,
     MedicalPreprocessing,
     StreamingImages,
+    VoiTable,
     Window,
     load_image_classification_data,
     preprocess_images,
@@ -177,6 +178,30 @@ def test_sigmoid_voi_lut_function_of_a_radiograph_matches_pydicom_then_is_invert
     assert np.abs(channel - linear).max() > 0.1  # not the linear window
     tails = (stored[0] < center - width / 2) | (stored[0] > center + width / 2)
     assert tails.mean() > 0.2 and len(np.unique(channel[tails])) > 100  # the tails keep their grey levels
+
+
+def test_a_voi_lut_sequence_is_the_files_own_window_without_window_tags(tmp_path):
+    dataset = pydicom.dcmread(pydicom_file("vlut_04.dcm"))  # 8-bit, a 256-entry VOI LUT of 16 bits, no window tags
+    dataset.VOILUTSequence[0].LUTData = [round(65535 * (k / 255) ** 2) for k in range(256)]  # its own: a gamma curve
+    path = write_dicom(dataset, tmp_path / "table.dcm")
+    dataset = pydicom.dcmread(path)
+    image = read_dicom(path)
+    (table,) = image.windows
+    assert isinstance(table, VoiTable) and read_dicom_header(path).windows == image.windows
+    assert table.describe() == "VOI LUT of 256 entries from 0"
+    reference = pydicom.pixels.apply_voi(dataset.pixel_array, dataset) / (2**16 - 1)
+    channel = MedicalPreprocessing(windows=("file",)).read(path)[0, 0]
+    np.testing.assert_allclose(channel, reference, rtol=0, atol=WINDOW_TOLERANCE)
+    assert np.abs(channel - dataset.pixel_array / 255.0).max() > 0.1  # not the stored values scaled
+    # window tags, when a file has both, are its own window, as before tables were read
+    both = write_dicom(dataset, tmp_path / "both.dcm", WindowCenter=128, WindowWidth=256)
+    assert read_dicom(both).windows == (Window(128.0, 256.0),)
+    # a table whose entries exceed its stated bit depth refuses only the file's own window
+    dataset.VOILUTSequence[0].LUTDescriptor = [256, 0, 8]
+    bad = write_dicom(dataset, tmp_path / "bad_table.dcm")
+    assert MedicalPreprocessing(windows=("full",)).read(bad).shape == (1, 1, 512, 512)
+    with pytest.raises(ValueError, match=r"bad_table.dcm: bad window tags VOI LUT Sequence item 0: .*its own window"):
+        window_channels(read_dicom(bad), ["file"])
 
 
 @pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", ""])
@@ -1110,7 +1135,8 @@ def test_streaming_refuses_bad_dicom_when_listing_not_when_reading(tmp_path):
     with pytest.raises(ValueError, match=r"report.dcm has no pixel data"):
         streaming_image_classification_data(tmp_path / "mixed", num_channels=1, medical=FULL)
     cine = write_dicom(pydicom.dcmread(pydicom_file("emri_small.dcm")), tmp_path / "cine.dcm")
-    with pytest.raises(ValueError, match=r"cine.dcm has no WindowCenter / WindowWidth; expected a window for 'file'"):
+    with pytest.raises(ValueError, match=r"cine.dcm has no WindowCenter / WindowWidth nor VOI LUT Sequence; expected a "
+                                         r"window for 'file'"):
         StreamingImages.from_files([cine], image_size=8, num_channels=1)  # refused before any pixel is decoded
     with pytest.raises(ValueError, match=r"cine.dcm has 10 frames; expected one image per row"):
         StreamingImages.from_files([cine], image_size=8, num_channels=1, medical=FULL)[0]

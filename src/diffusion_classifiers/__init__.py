@@ -57,6 +57,7 @@ _EXPORTS = {
     # medical images: DICOM, windows, 16-bit files
     "DicomImage": "data",
     "MedicalPreprocessing": "data",
+    "VoiTable": "data",
     "WINDOW_PRESETS": "data",
     "Window": "data",
     "read_16bit_image": "data",

@@ -5,7 +5,7 @@
 - [`load_image_classification_data`] (`readers.py`) and the readers it calls (`array_files.py`: digits, `.npz`, IDX;
   `image_listing.py` and `file_decoding.py`: image folders and CSV files of paths; `hf_datasets.py`: `datasets`), into
   [`LabeledImages`] (`labeled_images.py`: images, integer labels and class names, validated together).
-- [`read_dicom`], [`Window`], [`window_channels`], [`read_16bit_image`], [`MedicalPreprocessing`] (`dicom.py`):
+- [`read_dicom`], [`Window`], [`VoiTable`], [`window_channels`], [`read_16bit_image`], [`MedicalPreprocessing`] (`dicom.py`):
   DICOM to Hounsfield units to windowed channels, 16-bit PNG / TIFF at their bit depth (pydicom is optional);
   [`is_dicom_file`] tells DICOM files by extension (`.dcm`, `.dicom`, `.dic`, `.ima`), or by their 'DICM' header;
   [`check_decoders`] refuses, before any is read, DICOM files whose compression needs a plugin not installed.
@@ -35,6 +35,7 @@ _EXPORTS = {
     "StreamingImages": "streaming",
     "LabeledImages": "labeled_images",
     "MedicalPreprocessing": "dicom",
+    "VoiTable": "dicom",
     "WINDOW_PRESETS": "dicom",
     "Window": "dicom",
     "add_data_args": "arguments",

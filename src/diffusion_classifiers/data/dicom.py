@@ -34,6 +34,7 @@ __all__ = [
     "MedicalPreprocessing",
     "WINDOW_NAMES",
     "WINDOW_PRESETS",
+    "VoiTable",
     "Window",
     "check_decoders",
     "check_same_slice_size",
@@ -175,6 +176,60 @@ class Window:
         return config if self.function == "LINEAR_EXACT" else {**config, "function": self.function}
 
 
+@dataclass(frozen=True)
+class VoiTable:
+    r"""
+    A file's own VOI LUT table (an item of its VOI LUT Sequence, PS3.3 C.11.2.1.1), its window (`"file"`) when it
+    has no WindowCenter / WindowWidth: modality value `x` -> the table's entry `x - first_mapped` (values below the
+    first mapped one take the first entry, values past the last the last), divided by `2^bits - 1`. Never saved: each
+    file brings its own.
+
+    Args:
+        first_mapped (`int`): the first modality value the table maps (the LUTDescriptor's second value).
+        entries (`bytes`): the table's entries, uint16 in this machine's byte order.
+        bits (`int`): the entries' bit depth (the LUTDescriptor's third value).
+    """
+
+    first_mapped: int
+    entries: bytes
+    bits: int
+
+    @classmethod
+    def from_tags(cls, dataset: Any) -> tuple[VoiTable, ...]:
+        """The tables of `dataset`'s VOI LUT Sequence, read by pydicom (the data's VR and byte order); `()` if it has
+        none. A table pydicom cannot read, or whose entries exceed its bit depth, is refused naming its values."""
+        from pydicom.pixels import apply_voi
+
+        tables = []
+        for index, item in enumerate(dataset.get("VOILUTSequence") or []):
+            try:
+                count, first, bits = _lut_descriptor(item)
+                entries = apply_voi(np.arange(first, first + count), dataset, index)
+            except (AttributeError, IndexError, KeyError, NotImplementedError, OverflowError, TypeError, ValueError) as error:
+                raise ValueError(f"VOI LUT Sequence item {index}: {error}") from None
+            if entries.max() > 2**bits - 1:
+                raise ValueError(f"VOI LUT Sequence item {index}: entries up to {entries.max()} exceed its "
+                                 f"LUTDescriptor's {bits} bits per entry")
+            tables.append(cls(first, entries.astype(np.uint16).tobytes(), bits))
+        return tuple(tables)
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        """Map modality values to float32 in `[0, 1]` (see the class docstring)."""
+        table = np.frombuffer(self.entries, dtype=np.uint16)
+        offsets = np.rint(np.asarray(values, dtype=np.float64)) - self.first_mapped
+        return (table[np.clip(offsets, 0, len(table) - 1).astype(np.int64)] / (2.0**self.bits - 1)).astype(np.float32)
+
+    def describe(self) -> str:
+        """The table in words: `VOI LUT of 4096 entries from 0`."""
+        return f"VOI LUT of {len(self.entries) // 2} entries from {self.first_mapped}"
+
+
+def _lut_descriptor(item: Any) -> tuple[int, int, int]:
+    """A VOI LUT item's (number of entries, first mapped value, bits per entry); 0 entries means 2^16."""
+    count, first, bits = (int(value) for value in item.LUTDescriptor)
+    return count or 2**16, first, bits
+
+
 # The VOI LUT Functions a window applies, and how a file's VOILUTFunction names each (none: LINEAR, the default).
 VOI_LUT_FUNCTIONS = ("LINEAR_EXACT", "SIGMOID")
 _FILE_VOI_LUT_FUNCTIONS = {"": "LINEAR_EXACT", "LINEAR": "LINEAR_EXACT", "LINEAR_EXACT": "LINEAR_EXACT",
@@ -270,8 +325,9 @@ class DicomImage:
             stored (MONOCHROME1 is not inverted here).
         padding (`np.ndarray`): bool `[F, H, W]`, True where the stored value is PixelPaddingValue (or between it
             and PixelPaddingRangeLimit, both included).
-        windows (`Tuple[Window, ...]`): the file's own windows (WindowCenter / WindowWidth), maybe none: those of
-            its first frame read.
+        windows (`Tuple[Window | VoiTable, ...]`): the file's own windows (WindowCenter / WindowWidth, through its
+            VOILUTFunction; without them, the tables of its VOI LUT Sequence), maybe none: those of its first frame
+            read.
         stored_range (`Tuple[float, float]`): the modality values of the smallest and largest storable value
             (BitsStored, PixelRepresentation), over all the file's frames (also when one frame is read: the `"full"`
             window of a frame is the same whether the frame is read alone or with the others).
@@ -294,11 +350,11 @@ class DicomImage:
     path: str
     values: np.ndarray
     padding: np.ndarray
-    windows: tuple[Window, ...]
+    windows: tuple[Window | VoiTable, ...]
     stored_range: tuple[float, float]
     monochrome1: bool
     metadata: dict[str, Any] = field(default_factory=dict)
-    frame_windows: tuple[tuple[Window, ...], ...] = ()
+    frame_windows: tuple[tuple[Window | VoiTable, ...], ...] = ()
     window_error: str | None = None
 
     @property
@@ -355,10 +411,10 @@ class DicomHeader:
     path: str
     num_frames: int
     size: tuple[int, int]
-    windows: tuple[Window, ...]
+    windows: tuple[Window | VoiTable, ...]
     stored_range: tuple[float, float]
     metadata: dict[str, Any] = field(default_factory=dict)
-    frame_windows: tuple[tuple[Window, ...], ...] = ()
+    frame_windows: tuple[tuple[Window | VoiTable, ...], ...] = ()
     window_error: str | None = None
 
 
@@ -540,7 +596,7 @@ def _own_windows(frames: Sequence[Any], path: Path, frame: int | None = None) ->
     windows, error = [], None
     for lut in frames:
         try:
-            windows.append(Window.from_tags(lut))
+            windows.append(Window.from_tags(lut) or VoiTable.from_tags(lut))
         except ValueError as bad:
             windows.append(())
             error = error or f"DICOM file {path}: bad window tags {bad}"
@@ -666,8 +722,9 @@ def window_channels(
     Args:
         image ([`DicomImage`]): from [`read_dicom`].
         windows (`Sequence`, *optional*, defaults to `("file",)`): each a [`Window`], a preset name (`"brain"`,
-            `"subdural"`, `"bone"`), `"file"` (the file's first WindowCenter / WindowWidth, through its VOILUTFunction;
-            each frame's own when an enhanced multi-frame file gives its frames their own) or `"full"` (the whole
+            `"subdural"`, `"bone"`), `"file"` (the file's first WindowCenter / WindowWidth, through its VOILUTFunction,
+            else the first table of its VOI LUT Sequence; each frame's own when an enhanced multi-frame file gives its
+            frames their own) or `"full"` (the whole
             storable range, from BitsStored through the rescale). Brain / subdural / bone as 3 channels is the usual
             input for haemorrhage detection.
         padding_fill (`float`, *optional*, defaults to 0.0): the value of padding pixels (PixelPaddingValue) in
@@ -688,8 +745,8 @@ def window_channels(
 
 def resolve_windows(
     image: DicomImage | DicomHeader, windows: Sequence[Window | str], frame: int = 0
-) -> tuple[Window, ...]:
-    """`windows` (see [`window_channels`]) as [`Window`]s for `image`'s frame `frame` (or its header: a window it
+) -> tuple[Window | VoiTable, ...]:
+    """`windows` (see [`window_channels`]) as [`Window`]s (or a file's [`VoiTable`]) for `image`'s frame `frame` (or its header: a window it
     cannot resolve, such as `"file"` for a file without window tags, is then refused before any pixel is decoded).
     One window may be given alone (`"brain"`), as `MedicalPreprocessing` takes it."""
     if isinstance(windows, (str, Window)):  # not its letters, one window each
@@ -700,7 +757,9 @@ def resolve_windows(
     return tuple(_resolve_window(spec, image, own) for spec in windows)
 
 
-def _resolve_window(spec: Window | str, image: DicomImage | DicomHeader, own: tuple[Window, ...]) -> Window:
+def _resolve_window(
+    spec: Window | str, image: DicomImage | DicomHeader, own: tuple[Window | VoiTable, ...]
+) -> Window | VoiTable:
     if isinstance(spec, Window):
         return spec
     if spec == "file":
@@ -709,8 +768,8 @@ def _resolve_window(spec: Window | str, image: DicomImage | DicomHeader, own: tu
                              f"({sorted(WINDOW_PRESETS)}, Window(center, width)) or 'full'")
         if not own:
             raise ValueError(
-                f"DICOM file {image.path} has no WindowCenter / WindowWidth; expected a window for 'file' (a VOI LUT "
-                f"Sequence is not read: windows are linear or sigmoid). Name one ({sorted(WINDOW_PRESETS)}, "
+                f"DICOM file {image.path} has no WindowCenter / WindowWidth nor VOI LUT Sequence; expected a window "
+                f"for 'file'. Name one ({sorted(WINDOW_PRESETS)}, "
                 "Window(center, width)) or 'full'"
             )
         return own[0]

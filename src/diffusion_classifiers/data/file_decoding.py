@@ -4,7 +4,6 @@ multi-frame file expanded into its frames), unreadable files refused together, g
 from __future__ import annotations
 
 import warnings
-from dataclasses import astuple
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -14,6 +13,7 @@ from PIL import Image
 
 from .dicom import (
     MedicalPreprocessing,
+    VoiTable,
     Window,
     _scale_16bit,
     check_bit_depths,
@@ -104,7 +104,7 @@ class _OwnWindows:
     def __init__(self, medical: MedicalPreprocessing, labels: np.ndarray, class_names: Sequence[str] | None = None):
         self.active = "file" in medical.windows
         self.labels, self.class_names = labels, class_names
-        self.files: dict[Window, list[int]] = {}  # a window -> the positions of the files read through it
+        self.files: dict[Window | VoiTable, list[int]] = {}  # a window -> the positions of the files read through it
 
     def add(self, position: int, own: Sequence[Any]) -> None:
         """The file at `position` has its own windows `own` (maybe none)."""
@@ -126,7 +126,7 @@ class _OwnWindows:
         name = (lambda k: self.class_names[k]) if self.class_names else str
         shown = "; ".join(
             f"{window.describe()}: " + ", ".join(f"{name(k)} {n}" for k, n in enumerate(count) if n)
-            for window, count in sorted(counts.items(), key=lambda item: astuple(item[0]))[:5]
+            for window, count in sorted(counts.items(), key=lambda item: -item[1].sum())[:5]  # the commonest first
         )
         warnings.warn(
             f"DICOM files read with their own window ('file', the default) carry windows that follow the classes "
