@@ -238,6 +238,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     )
     from .data.split_record import (
         changed_split_args,
+        read_split_record,
         recorded_train_fingerprints,
         resolve_split_args,
         trained_on_unlabeled_pool,
@@ -262,14 +263,15 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         resolve_positive_label(args.positive_class, class_names, len(class_names))
     args.dataset = _dataset_or_demo_digits(args.dataset, contract, "evaluate", class_names)
     pipeline_call_settings(classifier, args.pipeline_kwargs)  # unknown names refused before the split is read
+    record = read_split_record(folder)
     # as the model's data was carved, anonymised DICOM grouped by its rule included (with all: its class names only)
-    carving = resolve_split_args(folder, **given)
+    carving = resolve_split_args(folder, record=record, **given)
     # the data's name, not its local path: metrics.json may be published with the model
     dataset_name = os.path.basename(os.path.normpath(args.dataset))
-    pool = trained_on_unlabeled_pool(folder)
+    pool = trained_on_unlabeled_pool(folder, record=record)
     train_fingerprints = None
     if _split_is_checked(args.split, args.dataset, pool):
-        train_fingerprints = recorded_train_fingerprints(folder)
+        train_fingerprints = recorded_train_fingerprints(folder, record=record)
         if train_fingerprints is None:
             _note_unchecked(args.model_dir, "evaluate", [dataset_name if whole else args.split])
     # its train split tells duplicates within the data from leaks (none with all: every image is the set scored)
@@ -285,8 +287,9 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         num_workers=args.dataloader_num_workers, split=args.split, dataset_name=dataset_name,
         train_fingerprints=train_fingerprints, drop_training_images=args.drop_training_images,
         pipeline_kwargs=args.pipeline_kwargs, model_sha256=model_fingerprint(folder),
-        train_split=None if pool else train_split, changed_split_args=changed_split_args(folder, **given),
-        unlabeled_pool=pool, paths=None if paths is None else paths[args.split],
+        train_split=None if pool else train_split, unlabeled_pool=pool,
+        changed_split_args=changed_split_args(folder, record=record, **given),
+        paths=None if paths is None else paths[args.split],
     )  # fmt: skip
     print(f"wrote metrics.json, report.md and its plots to {args.output_dir}")
     print(json.dumps(_evaluation_headline(metrics)))
@@ -374,35 +377,33 @@ def run_demo(args: argparse.Namespace) -> dict:
     return metrics
 
 
-def _probe_carving(args: argparse.Namespace, folder: str) -> tuple[dict, dict]:
-    """`(given, carving)`: the carving flags given to `probe` and the carving of its data: the U-Net's test images stay
-    its test, carved with its recorded seed (`--seed` then seeds the probes only), unless the U-Net was trained on an
-    unlabeled pool, which carved nothing (`--seed` then carves the labelled data); an image folder's classes are its
-    own (the head is trained on them)."""
-    from .data.split_record import read_split_record, resolve_split_args
+def _probe_carving(args: argparse.Namespace, folder: str, record: Optional[dict]) -> tuple[dict, dict]:
+    """`(given, carving)`: the carving flags given to `probe` and the carving of its data (`record`: the U-Net
+    folder's `read_split_record`): the U-Net's test images stay its test, carved with its recorded seed (`--seed` then
+    seeds the probes only), unless the U-Net was trained on an unlabeled pool, which carved nothing (`--seed` then
+    carves the labelled data); an image folder's classes are its own (the head is trained on them)."""
+    from .data.split_record import resolve_split_args
     from .evaluation import _own_class_names
 
-    record = read_split_record(folder) or {}
     split_seed = None if record and not record.get("unlabeled") else args.seed
     given = {
         "val_fraction": args.val_fraction, "test_fraction": args.test_fraction, "seed": split_seed,
         "class_names": args.class_names,
     }  # fmt: skip
-    carving = resolve_split_args(folder, **given)
+    carving = resolve_split_args(folder, record=record, **given)
     if args.class_names is None and _own_class_names(args.dataset) is not None:
         carving["class_names"] = None
     return given, carving
 
 
 def _check_probe_splits(
-    args: argparse.Namespace, folder: str, splits: dict, unet_fingerprints, pool: bool, given: dict, carving: dict,
-    contract,
+    args: argparse.Namespace, splits: dict, unet_fingerprints, pool: bool, changed: dict, carving: dict, contract
 ) -> None:
     """Refuse val / test images the U-Net was trained on (the probe chooses on val, reports on test), val and test
     together, naming files where the data has them; or say they cannot be checked. The data's own splits are its word
     about its own train split; a U-Net trained on an unlabeled pool may have seen any image: then both are checked,
-    and no duplicate of the data's train split is excused (`pool`). Probe has no flag to drop the images found."""
-    from .data.split_record import changed_split_args
+    and no duplicate of the data's train split is excused (`pool`). Probe has no flag to drop the images found.
+    `changed`: the carving flags that differ from the U-Net's record (`changed_split_args`)."""
     from .evaluation import carved_splits, check_training_overlap, files_of_splits
 
     checked = ["val", "test"] if pool else [name for name in ("val", "test") if name in carved_splits(args.dataset)]
@@ -413,7 +414,7 @@ def _check_probe_splits(
     check_training_overlap(
         {name: splits[name] for name in checked}, unet_fingerprints, where=args.dataset,
         train_split=None if pool else splits["train"], drop_hint=None,
-        changed_split_args=changed_split_args(folder, **given), streaming_hint=None, unlabeled_pool=pool,
+        changed_split_args=changed, streaming_hint=None, unlabeled_pool=pool,
         paths=files_of_splits(args.dataset, {name: splits[name] for name in checked}, carving, contract),
     )  # fmt: skip
 
@@ -461,7 +462,12 @@ def save_study(
 def run_probe(args: argparse.Namespace) -> dict:
     """A trained U-Net + a labeled dataset -> the probe grid, the chosen (block, t), k-means and a fitted pipeline."""
     from .data import load_image_classification_data
-    from .data.split_record import recorded_train_fingerprints, trained_on_unlabeled_pool
+    from .data.split_record import (
+        changed_split_args,
+        read_split_record,
+        recorded_train_fingerprints,
+        trained_on_unlabeled_pool,
+    )
     from .features import _check_timesteps
     from .hub import download
     from .metrics import resolve_positive_label
@@ -480,14 +486,17 @@ def run_probe(args: argparse.Namespace) -> dict:
     unet_config, contract = trained.unet.config, trained.preprocessing
     args.dataset = _dataset_or_demo_digits(args.dataset, contract, "probe")
     folder = download(args.unet_dir)
-    given, carving = _probe_carving(args, folder)
+    record = read_split_record(folder)
+    given, carving = _probe_carving(args, folder, record)
     splits = load_image_classification_data(  # read as the U-Net was trained: windows, resize mode, background
         args.dataset, image_size=unet_config.sample_size, num_channels=unet_config.in_channels,
         medical=contract.medical, **carving, **contract.fit,
     )  # fmt: skip
     check_two_classes_at_least(splits["train"].class_names, f"--dataset {args.dataset}", "a probe")
-    unet_fingerprints, pool = recorded_train_fingerprints(folder), trained_on_unlabeled_pool(folder)
-    _check_probe_splits(args, folder, splits, unet_fingerprints, pool, given, carving, contract)
+    unet_fingerprints = recorded_train_fingerprints(folder, record=record)
+    pool = trained_on_unlabeled_pool(folder, record=record)
+    changed = changed_split_args(folder, record=record, **given)
+    _check_probe_splits(args, splits, unet_fingerprints, pool, changed, carving, contract)
     resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)
     note_default_positive_class(args.positive_class, splits["train"].class_names)
     study = run_unet_feature_study(

@@ -75,6 +75,14 @@ def list_unlabeled_folder(root: Path, where: str, stacklevel: int = 4) -> list[P
     return files
 
 
+def list_unlabeled_images(root: Path, stacklevel: int) -> tuple[list[Path], dict[str, np.ndarray]]:
+    """The files of the unlabeled image folder `root` as the loaders read it ([`list_unlabeled_folder`]), and their
+    labels per split: every one in `"train"`, labelled 0 (`stacklevel`: as `warnings.warn`'s would be in the function
+    that calls this one)."""
+    files = list_unlabeled_folder(root, f"image folder {root}", stacklevel + 1)
+    return files, {"train": np.zeros(len(files), dtype=np.int64)}
+
+
 def warn_other_files_skipped(where: str, folder: Path, others: list[Path], stacklevel: int) -> None:
     """Files of a folder that are neither images nor DICOM are not read (a predict row, a training image): say how
     many, and which (`where`: the folder as the message names it)."""

@@ -30,11 +30,11 @@ from .array_files import read_digits, read_idx_directory, read_npz
 from .dicom import MedicalPreprocessing, parse_windows
 from .file_decoding import _BitDepths, decode_files, warn_mixed_channels
 from .hf_datasets import pil_channels, read_hf_dataset
-from .image_listing import list_csv, list_folder_files, list_unlabeled_folder
+from .image_listing import list_csv, list_folder_files, list_unlabeled_images
 from .labeled_images import ONE_SET, SPLITS, LabeledImages, RawData, labels_and_names
 from .preprocessing import ImagePreprocessing, _describe, fit_options, preprocess_images
 from .split_record import ANONYMISED_DICOM_RULE, check_anonymised_dicom_groups
-from .splits import _FewImagesWarning, _check_fraction, stratified_group_split, stratified_split
+from .splits import _FewImagesWarning, check_split_fractions, stratified_group_split, stratified_split
 
 __all__ = [
     "DEFAULT_FOLDER_SIZE",
@@ -167,8 +167,7 @@ def load_image_classification_data(
             NaN/inf, or an empty split; each names the file, key or folder, and all but NaN/inf are raised before
             preprocessing.
     """
-    _check_fraction(val_fraction, "val_fraction")
-    _check_fraction(test_fraction, "test_fraction")
+    check_split_fractions(val_fraction, test_fraction, carved=not unlabeled)
     check_anonymised_dicom_groups(anonymised_dicom_groups)
     kind = _source_kind(source)
     if class_names is not None and kind not in ("digits", "npz", "idx", "csv"):
@@ -385,9 +384,8 @@ def _read_image_folder(
 def _read_unlabeled_folder(root: Path, medical: MedicalPreprocessing, reading: ImagePreprocessing) -> RawData:
     """Every image of `root` and its subfolders ([`list_unlabeled_folder`]), preprocessed by `reading` as decoded, all
     of them in `"train"` with the one label of `UNLABELED`."""
-    files = list_unlabeled_folder(root, f"image folder {root}", stacklevel=3)  # 3: the caller of the loader
+    files, unlabeled = list_unlabeled_images(root, stacklevel=3)  # 3: the caller of the loader
     depths = _BitDepths()
-    unlabeled = {"train": np.zeros(len(files), dtype=np.int64)}
     images, labels_per_split, _ = decode_files(files, unlabeled, medical, reading=reading, depths=depths)
     labels = labels_per_split["train"]  # one per image, a multi-frame DICOM's frames each
     return RawData(

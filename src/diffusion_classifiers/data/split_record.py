@@ -63,6 +63,7 @@ FINGERPRINT_LENGTH = 16  # hex digits of sha256 kept: 64 bits, no chance collisi
 # sha256 an image; an image with more gets its one fingerprint only).
 BOUNDARY_TOLERANCE, MAX_BOUNDARY_PIXELS = 1e-4, 4
 CHUNK = 1024  # images converted to float64 at once: the memory of fingerprinting stays that of 1,024 images
+_UNREAD: Any = object()  # the default `record` of the functions that read one: not given, so read (None: none saved)
 
 
 def image_fingerprints(images: torch.Tensor | Iterable[torch.Tensor]) -> list[str]:
@@ -187,6 +188,11 @@ def read_split_record(folder: str | os.PathLike) -> Optional[dict]:
     return record
 
 
+def _record_of(folder: str | os.PathLike, record: Any) -> Optional[dict]:
+    """The `read_split_record` of `folder`: `record`, the one a caller already made, unless not given."""
+    return read_split_record(folder) if record is _UNREAD else record
+
+
 def check_anonymised_dicom_groups(rule: Any, where: str = "anonymised_dicom_groups") -> str:
     """`rule`, one of `ANONYMISED_DICOM_RULES`; refused otherwise (a record of a newer version, or edited), since
     carving by another rule gives other splits."""
@@ -198,43 +204,46 @@ def check_anonymised_dicom_groups(rule: Any, where: str = "anonymised_dicom_grou
     return rule
 
 
-def recorded_train_fingerprints(folder: str | os.PathLike) -> Optional[frozenset]:
+def recorded_train_fingerprints(folder: str | os.PathLike, *, record: Any = _UNREAD) -> Optional[frozenset]:
     """The fingerprints (`image_fingerprints`) of the training images recorded in `folder`'s `data_splits.json`, or
     None where none were recorded (no record, a record of an earlier version, a streamed training set whose images
-    were not read first)."""
-    record = read_split_record(folder)
+    were not read first). `record`: the folder's `read_split_record`, where already read."""
+    record = _record_of(folder, record)
     if record is None or record.get("train_fingerprints") is None:
         return None
     return frozenset(record["train_fingerprints"].split())
 
 
-def trained_on_unlabeled_pool(model_dir: str | os.PathLike) -> bool:
+def trained_on_unlabeled_pool(model_dir: str | os.PathLike, *, record: Any = _UNREAD) -> bool:
     """Whether the diffusion model in `model_dir` was trained on every image of an unlabeled folder (`--unlabeled`),
-    as its `data_splits.json` records (`"unlabeled"`; `"unlabeled_pool"` once `probe` fitted a head on it)."""
-    record = read_split_record(model_dir) or {}
+    as its `data_splits.json` records (`"unlabeled"`; `"unlabeled_pool"` once `probe` fitted a head on it). `record`:
+    the folder's `read_split_record`, where already read."""
+    record = _record_of(model_dir, record) or {}
     return bool(record.get("unlabeled") or record.get("unlabeled_pool"))
 
 
-def changed_split_args(model_dir: str | os.PathLike, **given: Any) -> dict:
+def changed_split_args(model_dir: str | os.PathLike, *, record: Any = _UNREAD, **given: Any) -> dict:
     """`{name: (given value, recorded value)}` for each value `given` (not None; keys of `SPLIT_DEFAULTS`) that
-    differs from the carving the model in `model_dir` records (`data_splits.json`); empty for a model without one."""
+    differs from the carving the model in `model_dir` records (`data_splits.json`; `record`: its `read_split_record`,
+    where already read); empty for a model without one."""
     unknown = set(given) - set(SPLIT_DEFAULTS)
     if unknown:
         raise TypeError(f"unknown split arguments {sorted(unknown)}; expected some of {sorted(SPLIT_DEFAULTS)}")
-    recorded = read_split_record(model_dir)
+    recorded = _record_of(model_dir, record)
     if recorded is None or recorded.get("unlabeled"):  # nothing carved: nothing to contradict
         return {}
     given = {name: value for name, value in given.items() if value is not None}
     return {name: (value, recorded[name]) for name, value in given.items() if value != recorded[name]}
 
 
-def resolve_split_args(model_dir: str | os.PathLike, **given: Any) -> dict:
+def resolve_split_args(model_dir: str | os.PathLike, *, record: Any = _UNREAD, **given: Any) -> dict:
     """The carving (`SPLIT_DEFAULTS`' keys) of the data of the model in `model_dir`: each value `given` (not None),
-    else the model's record (unless it was trained on an unlabeled folder), else `SPLIT_DEFAULTS`; and
-    `anonymised_dicom_groups`, the record's (`"file"` for a record of an earlier version), else this version's rule. A given value that contradicts the record is kept, with
-    a warning: where the data has no splits of its own, its test split may hold images the model was trained on."""
-    recorded = read_split_record(model_dir)
-    changed = changed_split_args(model_dir, **given)
+    else the model's record (`record`: its `read_split_record`, where already read; unless it was trained on an
+    unlabeled folder), else `SPLIT_DEFAULTS`; and `anonymised_dicom_groups`, the record's (`"file"` for a record of an
+    earlier version), else this version's rule. A given value that contradicts the record is kept, with a warning:
+    where the data has no splits of its own, its test split may hold images the model was trained on."""
+    recorded = _record_of(model_dir, record)
+    changed = changed_split_args(model_dir, record=recorded, **given)
     if changed:
         carving = {name: recorded[name] for name in SPLIT_DEFAULTS}  # not the training images' fingerprints
         warnings.warn(

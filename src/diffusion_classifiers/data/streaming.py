@@ -29,7 +29,7 @@ from .image_files import DECODE_ERRORS, decode_error_text, open_image
 from .preprocessing import ImagePreprocessing, _describe, fit_options, preprocess_images
 from .file_decoding import _refuse_unreadable_files, decode_image_file, dicom_or_not, list_frames
 from .hf_datasets import HF_SPLIT_NAMES, find_column, hf_splits, split_columns
-from .image_listing import list_csv, list_folder_files, list_unlabeled_folder
+from .image_listing import list_csv, list_folder_files, list_unlabeled_images
 from .labeled_images import ONE_SET, SPLITS, RawData, labels_and_names
 from .readers import (
     DEFAULT_FOLDER_SIZE,
@@ -42,7 +42,7 @@ from .readers import (
     splits_from_args,
 )
 from .split_record import ANONYMISED_DICOM_RULE, check_anonymised_dicom_groups, image_fingerprints, save_split_record
-from .splits import _check_fraction
+from .splits import check_split_fractions
 
 __all__ = [
     "DecodedImages",
@@ -418,8 +418,7 @@ def streaming_image_classification_data(
         `ValueError`: as [`load_image_classification_data`] for the listing (empty folder, missing file, bad CSV,
             label problems), and a file PIL cannot read, named, before anything is decoded.
     """
-    _check_fraction(val_fraction, "val_fraction")
-    _check_fraction(test_fraction, "test_fraction")
+    check_split_fractions(val_fraction, test_fraction, carved=not unlabeled)
     check_anonymised_dicom_groups(anonymised_dicom_groups)
     fit = fit_options(resize_mode, pad_value, normalize_background)
     if unlabeled:
@@ -490,8 +489,7 @@ def _unlabeled_rows(source: Any, medical: MedicalPreprocessing) -> tuple[list[Pa
     path = Path(source) if isinstance(source, (str, os.PathLike)) else None
     if path is None or not path.is_dir() or is_saved_dataset(path):
         raise ValueError(f"unlabeled: expected an image folder (its images read without labels), got {source!r}")
-    files = list_unlabeled_folder(path, f"image folder {path}", stacklevel=3)  # 3: the caller of the loader
-    unlabeled = {"train": np.zeros(len(files), dtype=np.int64)}
+    files, unlabeled = list_unlabeled_images(path, stacklevel=3)  # 3: the caller of the loader
     files, frames, _, _ = list_frames(files, unlabeled, medical, None, [UNLABELED])
     return files, frames
 

@@ -275,15 +275,15 @@ def _forget(tables: list[Path], paths: set[str]) -> int:
     return removed
 
 
-def merge_parts(files: OutputFiles, columns: Sequence[str], order: dict[str, int]) -> tuple[int, int, int]:
+def merge_parts(files: OutputFiles, columns: Sequence[str], order: dict[str, int]) -> tuple[list[list], list[list]]:
     """Merge the committed parts into the output and the errors file, in input order, then delete them; returns the
-    number of rows of the output, of them those of paths no longer in the input (kept, after the others: an earlier
-    run's results of files since removed), and the rows of the errors file (the unreadable files of this run and of
-    earlier ones)."""
+    rows of the output as written (those of paths no longer in the input kept, after the others: an earlier run's
+    results of files since removed) and those of the errors file (the unreadable files of this run and of earlier
+    ones), so what was merged need not be read again."""
     rows = _merge_one(files.output, columns, _part_files(files, "rows"), order)
     unreadable = _merge_one(files.errors, ERROR_COLUMNS, _part_files(files, "errors"), order)
     shutil.rmtree(files.parts, ignore_errors=True)
-    return len(rows), sum(row[0] not in order for row in rows), len(unreadable)
+    return rows, unreadable
 
 
 def _merge_one(path: Path, columns: Sequence[str], parts: list[Path], order: dict[str, int]) -> list[list]:

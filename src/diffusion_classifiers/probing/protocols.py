@@ -76,7 +76,11 @@ def normalize_features(features, normalization: str = "standardize") -> np.ndarr
         `ValueError`: an unknown `normalization` (the message lists the allowed ones), or features that are not `[N, D]`.
     """
     _check_normalization(normalization)
-    x = _checked_clustering_features(features)
+    return _normalized(_checked_clustering_features(features), normalization)
+
+
+def _normalized(x: np.ndarray, normalization: str) -> np.ndarray:
+    """[`normalize_features`] of features and a normalisation already checked."""
     if normalization == "standardize":
         return StandardScaler().fit_transform(x)
     if normalization == "l2":
@@ -129,7 +133,8 @@ def kmeans_evaluate(
     if len(x) != len(y):
         raise ValueError(f"expected features [N, D] with one row per label, got {x.shape} for {len(y)} labels")
     num_clusters = num_classes if num_clusters is None else num_clusters
-    clusters = kmeans_clusters(x, num_clusters, seed=seed, normalization=normalization)
+    _check_num_clusters(num_clusters, len(x))
+    clusters = _kmeans(x, num_clusters, seed, normalization)
     return {**clustering_metrics(y, clusters, num_classes), "clusters": clusters}
 
 
@@ -145,8 +150,13 @@ def kmeans_clusters(features, num_clusters: int, seed: int = 0, normalization: s
     _check_normalization(normalization)
     x = _checked_clustering_features(features)
     _check_num_clusters(num_clusters, len(x))
+    return _kmeans(x, num_clusters, seed, normalization)
+
+
+def _kmeans(x: np.ndarray, num_clusters: int, seed: int, normalization: str) -> np.ndarray:
+    """[`kmeans_clusters`] of features and arguments already checked."""
     kmeans = KMeans(n_clusters=num_clusters, n_init=10, random_state=seed)
-    return kmeans.fit_predict(normalize_features(x, normalization))
+    return kmeans.fit_predict(_normalized(x, normalization))
 
 
 def _resolve_normalization(normalization: Optional[str], standardize: bool) -> str:
