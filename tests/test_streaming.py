@@ -558,6 +558,12 @@ def test_an_unlabeled_folder_at_any_depth_is_read_whole_for_label_free_training(
     with pytest.raises(ValueError, match=r"image folder .*empty: no image or DICOM files found"):
         (tmp_path / "empty" / "sub").mkdir(parents=True)
         load_image_classification_data(str(tmp_path / "empty"), unlabeled=True)
+    # fractions would carve nothing from a pool trained on whole: refused before any file is listed, not ignored
+    carving = r"unlabeled: every image of the folder is trained on .*: val_fraction 0.3 only choose\(s\) how splits"
+    with pytest.raises(ValueError, match=carving):
+        load_image_classification_data(str(tmp_path / "no_such_folder"), unlabeled=True, val_fraction=0.3)
+    with pytest.raises(ValueError, match=carving):
+        streaming_image_classification_data(root, num_channels=1, unlabeled=True, val_fraction=0.3)
 
     example = runpy.run_path(str(REPO_ROOT / "examples" / "unet_features_train.py"), run_name="example")
     flags = ["--dataset", str(root), "--unlabeled", "--image_size", "8", "--unet_preset", "tiny", "--max_train_steps", "1",

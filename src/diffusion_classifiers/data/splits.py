@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .split_record import SPLIT_DEFAULTS
+
 __all__ = [
     "few_label_indices",
     "long_tailed_indices",
@@ -302,6 +304,20 @@ def _class_members(labels: np.ndarray) -> list[np.ndarray]:
 def _round_half_up(x: float) -> int:
     """`round(x)` with halves rounded up (numpy's `round` rounds halves to even)."""
     return int(np.floor(x + 0.5))
+
+
+def check_split_fractions(val_fraction: float, test_fraction: float, carved: bool = True) -> None:
+    """The loaders' `val_fraction` and `test_fraction`: strictly between 0 and 1; where nothing is carved (`carved`
+    False: an unlabeled folder, trained on whole), only their defaults, since any other value would be ignored."""
+    _check_fraction(val_fraction, "val_fraction")
+    _check_fraction(test_fraction, "test_fraction")
+    given = {"val_fraction": val_fraction, "test_fraction": test_fraction}
+    stated = [f"{name} {value:g}" for name, value in given.items() if value != SPLIT_DEFAULTS[name]]
+    if not carved and stated:
+        raise ValueError(
+            f"unlabeled: every image of the folder is trained on and none carved for val or test: {', '.join(stated)} "
+            "only choose(s) how splits are carved; leave them out"
+        )
 
 
 def _check_fraction(fraction: float, name: str) -> None:

@@ -373,12 +373,13 @@ def predict_files(
             writer.commit()
         failed = _sum_over_processes(writer.failed, accelerator)
         wait()
-        rows, not_in_input, unreadable = merge_parts(files, columns, order) if is_main else (0, 0, 0)
+        rows, unreadable = merge_parts(files, columns, order) if is_main else ([], [])
         # the errors file lists the inputs tried again only if they failed again: they were removed from it first
-        failed_again = len(listed_errors(files) & listed) if retry_errors and is_main else 0
+        failed_again = len({row[0] for row in unreadable} & listed) if retry_errors and is_main else 0
         # without retry_errors, the inputs the errors file listed are done: skipped
         skipped_unreadable = 0 if retry_errors else len(listed)
-        missing = _on_main_process(lambda: _remaining_indices(inputs, done_paths(files)), accelerator)
+        done = {row[0] for row in rows + unreadable}  # what the output and the errors file hold once merged
+        missing = _on_main_process(lambda: _remaining_indices(inputs, done), accelerator)
         if missing:
             first = ", ".join(repr(inputs[i].path) for i in missing[:5])
             raise RuntimeError(
@@ -387,11 +388,11 @@ def predict_files(
                 "done are skipped)"
             )
         return PredictionSummary(
-            output=str(files.output), errors=str(files.errors), rows=rows, predicted=len(remaining) - failed,
+            output=str(files.output), errors=str(files.errors), rows=len(rows), predicted=len(remaining) - failed,
             skipped=len(inputs) - len(remaining), failed=failed,
-            processes=1 if accelerator is None else accelerator.num_processes, unreadable=unreadable,
-            not_in_input=not_in_input, retried=retried, replaced=replaced, skipped_unreadable=skipped_unreadable,
-            failed_again=failed_again,
+            processes=1 if accelerator is None else accelerator.num_processes, unreadable=len(unreadable),
+            not_in_input=sum(row[0] not in order for row in rows), retried=retried, replaced=replaced,
+            skipped_unreadable=skipped_unreadable, failed_again=failed_again,
         )  # fmt: skip
 
 
@@ -661,4 +662,6 @@ def read_saved_preprocessing(model_dir: str | os.PathLike) -> Any:
 
 
 def _windows_json(windows: Sequence[Any]) -> list:
-    return [window if isinstance(window, str) else [window.center, window.width] for window in windows]
+    """The windows as a run's identity records them: a name, or `[center, width]` (and the function, when not
+    linear: outputs of linear windows resume as recorded before windows had one)."""
+    return [window if isinstance(window, str) else list(window.to_dict().values()) for window in windows]
