@@ -991,6 +991,13 @@ class MedicalPreprocessing:
         return len(self.windows)
 
     @property
+    def reads_dicom_only(self) -> bool:
+        """Several windows: only DICOM files are read through them, one channel each. An image file (PNG, JPEG) has
+        no Hounsfield units to window, and its grey copied into every channel would look like no scan: the training
+        readers, predict and `preprocess_images` refuse one (pictures given in memory are warned about)."""
+        return len(self.windows) > 1
+
+    @property
     def stated(self) -> bool:
         """Windows or a bit depth chosen for the data, not the defaults (each file's own window and bit depth)."""
         return tuple(self.windows) != ("file",) or self.bits_stored is not None

@@ -396,14 +396,14 @@ def dicom_or_not(files: list[Path], medical: MedicalPreprocessing) -> list[bool]
     any is decoded."""
     kinds = [is_dicom_file(path) for path in files]
     windows = medical.to_dict()["windows"]
-    if kinds and not any(kinds) and len(windows) > 1:  # a model saved with these windows would refuse these files
+    if kinds and not any(kinds) and medical.reads_dicom_only:  # a model saved with these windows would refuse them
         raise ValueError(
             f"images: none of the {len(files)} files is DICOM (e.g. {files[0]}), but they are read through "
             f"{len(windows)} DICOM windows {windows}: an image file has no Hounsfield units to window (its grey would "
             "be copied into each channel, and a model saved with these windows reads DICOM files only). Leave --window "
             "out (or give one), or give the DICOM files"
         )
-    if any(kinds) and not all(kinds) and len(windows) > 1:
+    if any(kinds) and not all(kinds) and medical.reads_dicom_only:
         dicom, other = files[kinds.index(True)], files[kinds.index(False)]
         raise ValueError(
             f"images: DICOM and other image files mixed, read through {len(windows)} DICOM windows {windows}: {dicom} "

@@ -335,7 +335,7 @@ def _as_item_list(images: Any) -> list:
 def _to_unit_batches(items: list, data_format: str | None, contract: ImagePreprocessing) -> list[torch.Tensor]:
     """Each item -> float32 [n, C, H, W] in [-1, 1], validated (layout, dtype, NaN/inf, range)."""
     batches, ranges, offset, wide_arrays, pictures = [], [], 0, [], []
-    windowed = len(contract.medical_or_default.windows) > 1  # as `_read_path`: image files are refused there
+    windowed = contract.medical_or_default.reads_dicom_only  # as `_read_path`: image files are refused there
     for position, item in enumerate(items):
         value_range, item_format = contract.input_range, data_format
         if isinstance(item, (str, os.PathLike)):  # read as [F, C, H, W] (or a PIL image), whatever the arrays' layout
@@ -375,7 +375,7 @@ def _read_path(path: Any, position: int, contract: ImagePreprocessing) -> Any:
     if is_dicom_file(path):
         return contract.medical_or_default.read(path)
     windows = contract.medical_or_default.windows
-    if len(windows) > 1:  # as predict and the training readers: a picture has no Hounsfield units to window
+    if contract.medical_or_default.reads_dicom_only:
         raise ValueError(
             f"preprocess_images: item {position}, {path}, is not DICOM; expected DICOM files, read through the "
             f"contract's {len(windows)} DICOM windows (an image file's grey would be copied into each)"

@@ -144,7 +144,7 @@ def list_inputs(
         medical.check_channels(None)  # 1 or 3 windows
     read = partial(_read_file, medical=medical)
     if source.is_dir() and is_saved_dataset(source):
-        if len(medical.windows) > 1:  # its images are pictures (PNG, JPEG): no Hounsfield units to window
+        if medical.reads_dicom_only:  # its images are pictures (PNG, JPEG)
             raise ValueError(
                 f"input {source}: a saved datasets folder holds pictures, but the model reads DICOM files through "
                 f"{len(medical.windows)} windows {medical.to_dict()['windows']}; expected a folder or CSV of DICOM files"
@@ -229,7 +229,7 @@ def _read_file(path: Path, medical: Any) -> list:
 
     if is_dicom_file(path):
         return list(medical.read(path))
-    if len(medical.windows) > 1:
+    if medical.reads_dicom_only:
         raise ValueError(
             f"{path}: not a DICOM file, but the model reads DICOM files through {len(medical.windows)} windows "
             f"{medical.to_dict()['windows']}, one channel each; an image file has no Hounsfield units to window "
