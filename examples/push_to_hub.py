@@ -149,7 +149,7 @@ def publish(args):
         license=model_license(args.license, args.dataset_license),
         library_name=library_name_of(args.model_dir),
         medical=args.medical,
-        input_description=input_description_of(args.model_dir),
+        input_description=input_description_of(args.model_dir, medical=args.medical),
         unlabeled_pool=trained_on_unlabeled_pool(args.model_dir),
         dataset_citation=dataset_citation(args.dataset_citation),
     )

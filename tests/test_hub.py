@@ -582,7 +582,12 @@ def test_cli_dry_run_writes_the_folder_and_card_locally_without_network(saved_pi
         run_push_script(monkeypatch, push_script_argv(pipe_dir, tmp_path, *dry_run))
     medical = ["--dry_run", "--medical", "--output_dir", str(tmp_path / "med")]
     run_push_script(monkeypatch, push_script_argv(pipe_dir, tmp_path, *medical))
-    assert "not a diagnostic device" in (tmp_path / "med" / "README.md").read_text()
+    card = " ".join((tmp_path / "med" / "README.md").read_text().split())
+    assert "not a diagnostic device" in card
+    # QA (mammography): a medical model of the default windows said nothing of DICOM; its pixel_array scored far off
+    assert ("DICOM files are read through each file's own window (its WindowCenter / WindowWidth and VOILUTFunction, "
+            "else its VOI LUT Sequence; MONOCHROME1 inverted) and 16-bit PNG / TIFF by each file's bit depth. Give it "
+            "its DICOM and 16-bit files by path") in card
 
 
 def test_dry_run_publishes_data_splits_without_the_training_fingerprints(saved_pipeline, monkeypatch, tmp_path):

@@ -485,10 +485,12 @@ def check_publishable_model(local_dir: Union[str, os.PathLike]) -> None:
         )
 
 
-def input_description_of(local_dir: Union[str, os.PathLike]) -> Optional[str]:
+def input_description_of(local_dir: Union[str, os.PathLike], medical: bool = False) -> Optional[str]:
     """How a saved model reads images, from the preprocessing contract it was saved with (a pipeline's
     `model_index.json`, an export's `preprocessor_config.json`), for its card: size, channels, and for a model of
-    DICOM windows or a stated bit depth what to give it; None for a folder without a contract."""
+    DICOM windows or a stated bit depth, or any model of `medical` data (its DICOM read through each file's own
+    window by default: QA, a mammography model's card said nothing of DICOM, and its `pixel_array` scored far from
+    its file), what to give it; None for a folder without a contract."""
     from .data import ImagePreprocessing
 
     local_dir = Path(local_dir)
@@ -499,7 +501,12 @@ def input_description_of(local_dir: Union[str, os.PathLike]) -> Optional[str]:
         return None
     contract = ImagePreprocessing.from_dict(saved["preprocessing"])
     text = f"The model reads every image at {contract.summary()}."
-    if contract.medical_or_default.stated:
+    if not contract.medical_or_default.stated and medical:
+        text += (
+            " DICOM files are read through each file's own window (its WindowCenter / WindowWidth and VOILUTFunction,"
+            " else its VOI LUT Sequence; MONOCHROME1 inverted) and 16-bit PNG / TIFF by each file's bit depth."
+        )
+    if contract.medical_or_default.stated or medical:
         text += (
             " Give it its DICOM and 16-bit files by path, to be read as in training: an array of raw pixel values (a "
             "DICOM's `pixel_array`) is neither windowed nor scaled by the bit depth."
