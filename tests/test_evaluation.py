@@ -416,6 +416,10 @@ def test_metrics_json_records_the_pipeline_call_settings(tmp_path):
     evaluate_classifier(pipe, data, tmp_path / "given", pipeline_kwargs=given)
     call = json.loads((tmp_path / "given" / "metrics.json").read_text())["pipeline_call"]
     assert {k: call[k] for k in given} == given and call["method"] == "elbo"
+    # QA: the report of one setting read as the report of another, but for the numbers
+    report = (tmp_path / "given" / "report.md").read_text()
+    assert "Scored by the pipeline called with `method='elbo', priors=[0.3, 0.7], num_timesteps=4, " in report
+    assert " seed=7, " in report
     direct = pipe(data.images, num_timesteps=4, seed=7, priors=[0.3, 0.7], input_data_format="channels_first").probs
     scored = evaluate_classifier(pipe, data, pipeline_kwargs=given)  # the settings are the ones scored with
     assert scored["accuracy"] == pytest.approx(float((direct.argmax(-1) == data.labels).float().mean()))
