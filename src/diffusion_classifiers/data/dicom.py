@@ -251,6 +251,11 @@ WINDOW_PRESETS = {
 }
 
 WINDOW_NAMES = (*WINDOW_PRESETS, "file", "full")  # what a window may be called (`--window` flags)
+# The windows a file without a usable one of its own can be read through (CT presets mean nothing for a mammogram).
+_OTHER_WINDOWS = (
+    f"Window(center, width) in the file's modality values (--window CENTER WIDTH), 'full' (its whole stored range), "
+    f"or for CT a preset in Hounsfield units {sorted(WINDOW_PRESETS)}"
+)
 
 
 def parse_windows(tokens: Sequence[str]) -> tuple[Window | str, ...]:
@@ -764,13 +769,12 @@ def _resolve_window(
         return spec
     if spec == "file":
         if image.window_error:
-            raise ValueError(f"{image.window_error}; its own window ('file') cannot be used. Name another "
-                             f"({sorted(WINDOW_PRESETS)}, Window(center, width)) or 'full'")
+            raise ValueError(f"{image.window_error}; its own window ('file') cannot be used. Name another: "
+                             f"{_OTHER_WINDOWS}")
         if not own:
             raise ValueError(
                 f"DICOM file {image.path} has no WindowCenter / WindowWidth nor VOI LUT Sequence; expected a window "
-                f"for 'file'. Name one ({sorted(WINDOW_PRESETS)}, "
-                "Window(center, width)) or 'full'"
+                f"for 'file'. Name one: {_OTHER_WINDOWS}"
             )
         return own[0]
     if spec == "full":
