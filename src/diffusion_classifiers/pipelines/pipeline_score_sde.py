@@ -3,6 +3,7 @@
 import inspect
 import math
 import numbers
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -287,6 +288,9 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
                 max_batch_size=batch_size, sde=self.sde, progress_bar=self.progress_bar_config,
             )
             log_likelihoods, before_pruning, bits_per_dim = result.scores, result.shared_scores(), None
+            if early_stop_confidence is not None and not pruning:
+                budget = len(class_ids) * (num_timesteps if timestep_strata is None else len(timestep_strata))
+                _warn_if_none_stopped(result.nfe_per_image, budget, early_stop_confidence)
         stderr = None
         if len(class_ids) == 2:  # None for the likelihood with one probe: its spread needs several
             positive = self.positive_index()
@@ -318,6 +322,19 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         positive_odds = ratio if log_prior is None else ratio + (log_prior[positive] - log_prior[1 - positive])
         odds = torch.stack([-positive_odds, positive_odds] if positive == 1 else [positive_odds, -positive_odds], 1)
         return dict(base, log_likelihoods=log_likelihoods, log_likelihood_ratio=ratio, log_odds=odds)
+
+
+def _warn_if_none_stopped(nfe_per_image: torch.Tensor, budget: int, confidence: float) -> None:
+    """Say so when the early stop stopped no image before its last timestep (QA: the README's example did not stop
+    one image of a weakly trained model, silently): the scores are too noisy for `confidence` at these settings."""
+    if len(nfe_per_image) and bool((nfe_per_image >= budget).all()):
+        warnings.warn(
+            f"early_stop_confidence={confidence}: no image of this call stopped before its last timestep (each took "
+            "every network call): the scores are too noisy to settle at this confidence. With weighting='elbo', "
+            "timestep_spacing='log_snr' or weighting='uniform' give steadier scores; a lower confidence stops sooner",
+            UserWarning,
+            stacklevel=4,  # the caller of the pipeline (its __call__ runs under torch.no_grad)
+        )
 
 
 def _log_odds(logits: torch.Tensor) -> torch.Tensor:
