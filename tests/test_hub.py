@@ -126,6 +126,11 @@ def test_load_eval_metrics_reads_demo_and_flat_layouts(tmp_path):
     (tmp_path / "empty.json").write_text(json.dumps({"summary": {"test_accuracy": 1.0}}))
     assert load_eval_metrics(tmp_path / "demo.json") == METRICS
     assert load_eval_metrics(tmp_path / "flat.json") == {"accuracy": 0.8125, "macro_f1": 0.75}
+    # QA: an ELBO model 99.9% confident on average at 91.6% accuracy; its card did not say how calibrated it is
+    (tmp_path / "calibrated.json").write_text(json.dumps({**METRICS, "calibration": {"ece": 0.088, "bins": []}}))
+    assert load_eval_metrics(tmp_path / "calibrated.json") == {**METRICS, "ece": 0.088}
+    card = model_card(metrics=load_eval_metrics(tmp_path / "calibrated.json"))
+    assert "| Expected calibration error (10 bins) | 0.0880 |" in str(card)
     with pytest.raises(ValueError, match="empty.json: expected metrics .* at the top level or under .test."):
         load_eval_metrics(tmp_path / "empty.json")
 

@@ -87,6 +87,7 @@ METRIC_NAMES = {
     "auc": ("roc_auc", "ROC AUC"),
     "sensitivity": ("recall", "Sensitivity"),
     "specificity": ("specificity", "Specificity"),
+    "ece": ("ece", "Expected calibration error (10 bins)"),  # from "calibration": how far confidence is from accuracy
 }
 
 # A card's per-class table of more classes than this is collapsed (a `<details>` block, which the Hub renders): open,
@@ -369,6 +370,7 @@ def load_eval_metrics(path: Union[str, os.PathLike]) -> Dict[str, float]:
     """The scalar test metrics (`METRIC_NAMES` keys) of a `metrics.json`: the demo's (under "test") or a flat one."""
     data = _read_json(path)
     data = data.get("test", data)
+    data = {**data, "ece": (data.get("calibration") or {}).get("ece")}  # QA: an over-confident model's card hid it
     metrics = {key: data[key] for key in METRIC_NAMES if data.get(key) is not None}
     if not metrics:
         raise ValueError(f"{path}: expected metrics {sorted(METRIC_NAMES)} at the top level or under 'test', found none")
