@@ -864,14 +864,18 @@ def test_aggregate_gathers_slices_per_scan_with_the_any_slice_rule_and_scores_sc
 
     _slice_predictions(tmp_path / "p.csv")
     columns, rows, metrics = aggregate_predictions(tmp_path / "p.csv", by="study_uid", rule="max")
-    assert columns == ["study_uid", "num_images", "true_label", "label", "prob_normal", "prob_bleed"]
-    assert rows == [["s1", 3, "bleed", "bleed", pytest.approx(0.3), 0.7], ["s2", 2, "normal", "normal", 0.6, 0.4]]
+    # the ids with one value in every scan are carried over (here one patient, one series name)
+    assert columns == ["study_uid", "patient_id", "series_uid", "num_images", "true_label", "label", "prob_normal",
+                       "prob_bleed"]  # fmt: skip
+    assert rows == [["s1", "p", "x", 3, "bleed", "bleed", pytest.approx(0.3), 0.7],
+                    ["s2", "p", "x", 2, "normal", "normal", 0.6, 0.4]]  # fmt: skip
     assert metrics["num_groups"] == 2 and metrics["accuracy"] == 1.0 and metrics["grouped_by"] == "study_uid"
+    assert metrics["ranked_by"] == "prob_bleed"  # no log_likelihood_ratio column: the probabilities rank
     _, mean_rows, mean_metrics = aggregate_predictions(tmp_path / "p.csv", rule="mean", positive_class="normal")
-    assert mean_rows[0][3] == "normal" and mean_rows[0][5] == pytest.approx(1.0 / 3)  # the mean misses one slice
+    assert mean_rows[0][5] == "normal" and mean_rows[0][7] == pytest.approx(1.0 / 3)  # the mean misses one slice
     assert metrics["positive_class"] == "bleed" and mean_metrics["positive_class"] == "normal"
     _, strict, _ = aggregate_predictions(tmp_path / "p.csv", rule="max", threshold=0.75)
-    assert [row[3] for row in strict] == ["normal", "normal"]
+    assert [row[5] for row in strict] == ["normal", "normal"]
     main(["aggregate", "--predictions", str(tmp_path / "p.csv")])
     assert read_rows(tmp_path / "p.max_by_study_uid.csv")[0]["label"] == "bleed"
     recorded = json.loads((tmp_path / "p.max_by_study_uid.metrics.json").read_text())
@@ -912,3 +916,152 @@ def test_aggregate_refuses_what_it_cannot_group_before_writing(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"--predictions .*missing\.csv: expected a \.csv or \.parquet file"):
         main(["aggregate", "--predictions", str(tmp_path / "missing.csv")])
     assert not (tmp_path / "p.max_by_accession.csv").exists()
+
+
+def test_aggregate_takes_the_positive_class_predict_recorded_and_warns_when_another_is_given(models, tmp_path, capsys):
+    """QA (a mammography group): a model saved with positive_class 'benign' (class 0): predict's ratio pointed to
+    benign, aggregate took class 1."""
+    from sklearn.metrics import roc_auc_score
+
+    model, output = tmp_path / "sde", tmp_path / "p.csv"
+    pipe = load(models, "sde")
+    pipe.set_positive_class("normal")  # class 0
+    pipe.save_pretrained(model)
+    write_images(tmp_path, ["p.png", "q.png", "r.png", "s.png"])
+    table = write_csv(tmp_path / "list.csv", [("p.png", "normal"), ("q.png", "pneumonia"), ("r.png", "normal"),
+                                              ("s.png", "pneumonia")])  # fmt: skip
+    main(["predict", "--model_dir", str(model), "--input", str(table), "--output", str(output), "--no_progress_bar"])
+    assert "log_likelihood_ratio = log p(x | normal) - log p(x | pneumonia)" in capsys.readouterr().out
+    sidecar = output.with_name("p.csv.json")
+    recorded = json.loads(sidecar.read_text())
+    assert recorded["run"]["positive_class"] == "normal"
+    predicted = read_rows(output)
+    ratios = [float(row["log_likelihood_ratio"]) for row in predicted]
+    aggregate = ["aggregate", "--predictions", str(output), "--by", "path", "--overwrite"]  # one image per group
+    main(aggregate)
+    assert "the max rule's class is 'normal', the model's positive class, recorded by its predict run in" in (
+        capsys.readouterr().err)
+    grouped, metrics_file = read_rows(tmp_path / "p.max_by_path.csv"), tmp_path / "p.max_by_path.metrics.json"
+    assert [float(row["prob_normal"]) for row in grouped] == [float(row["prob_normal"]) for row in predicted]
+    assert [row["label"] for row in grouped] == [
+        "normal" if float(row["prob_normal"]) >= 0.5 else "pneumonia" for row in predicted]
+    assert [float(row["log_likelihood_ratio"]) for row in grouped] == ratios
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics["positive_class"] == "normal" and metrics["ranked_by"] == "log_likelihood_ratio"
+    truth = [row["true_label"] == "normal" for row in predicted]
+    assert metrics["auc"] == pytest.approx(roc_auc_score(truth, ratios))
+    # another class given: kept, with a warning; the ratio turned toward it
+    with pytest.warns(UserWarning, match=r"positive_class 'pneumonia' \(--positive_class\) contradicts 'normal', "):
+        main(aggregate + ["--positive_class", "pneumonia"])
+    assert [float(row["log_likelihood_ratio"]) for row in read_rows(tmp_path / "p.max_by_path.csv")] == [
+        -ratio for ratio in ratios]
+    assert json.loads(metrics_file.read_text())["positive_class"] == "pneumonia"
+    # an earlier version recorded the ratio's direction only: its positive class is the ratio's
+    run = {key: value for key, value in recorded["run"].items() if key != "positive_class"}
+    sidecar.write_text(json.dumps({**recorded, "run": run}))
+    main(aggregate)
+    assert "class is 'normal', the class of its log_likelihood_ratio (log p(x | normal) - log p(x | pneumonia))" in (
+        capsys.readouterr().err)
+    # one that recorded neither: class 1 as before, and the ratio of unknown direction left out
+    run.pop("log_likelihood_ratio")
+    sidecar.write_text(json.dumps({**recorded, "run": run}))
+    main(aggregate)
+    err = capsys.readouterr().err
+    assert "note: --positive_class not given: the max rule's class is class 1, 'pneumonia'" in err
+    assert "does not record which class the log_likelihood_ratio of" in err
+    assert "log_likelihood_ratio" not in read_rows(tmp_path / "p.max_by_path.csv")[0]
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics["positive_class"] == "pneumonia" and metrics["ranked_by"] == "prob_pneumonia"
+
+
+def _saturated_predictions(path, run=None):
+    """A Score-SDE predict output of 8 slices of 4 scans whose probabilities are 0 or 1, its ratio pointing to
+    'normal'; the sidecar records `run` (default: positive class normal and the ratio's direction)."""
+    from diffusion_classifiers.prediction.outputs import write_csv
+
+    columns = ["path", "frame", "true_label", "patient_id", "study_uid", "series_uid", "label", "score", "prob_normal",
+               "prob_bleed", "log_likelihood_ratio"]  # fmt: skip
+    slices = [("a1", "bleed", "P1", "s1", "x1", 1.0, -30.0), ("a2", "bleed", "P1", "s1", "x2", 1.0, -80.0),
+              ("b1", "normal", "P1", "s2", "y", 1.0, -20.0), ("b2", "normal", "P1", "s2", "y", 0.0, 50.0),
+              ("c1", "bleed", "P2", "s3", "z", 0.0, 10.0), ("c2", "bleed", "P2", "s3", "z", 1.0, -40.0),
+              ("d1", "normal", "P2", "s4", "w", 0.0, 30.0), ("d2", "normal", "P2", "s4", "w", 0.0, 60.0)]  # fmt: skip
+    rows = [[name, 0, truth, patient, study, series, "bleed" if bleed else "normal", 1.0, 1.0 - bleed, bleed, ratio]
+            for name, truth, patient, study, series, bleed, ratio in slices]  # fmt: skip
+    write_csv(path, columns, rows)
+    run = run if run is not None else {
+        "positive_class": "normal", "log_likelihood_ratio": "log p(x | normal) - log p(x | bleed)"}
+    sidecar = {"run": run, "class_names": ["normal", "bleed"], "columns": columns}
+    path.with_name(path.name + ".json").write_text(json.dumps(sidecar))
+
+
+def test_aggregate_ranks_groups_by_the_ratio_where_probabilities_saturate(tmp_path, capsys):
+    """QA: 42 of 80 images had probability 0 or 1, 18 of 40 patients a max of 1.0: the group AUC ranked ties."""
+    import warnings
+
+    from diffusion_classifiers.prediction.aggregate import aggregate_predictions
+
+    predictions = tmp_path / "p.csv"
+    _saturated_predictions(predictions)
+    with pytest.warns(UserWarning, match=r"positive_class 'bleed' \(--positive_class\) contradicts 'normal'"):
+        columns, rows, metrics = aggregate_predictions(predictions, positive_class="bleed")
+    # each scan's largest ratio toward bleed (the file's points to normal), and the patient each scan is of
+    assert columns == ["study_uid", "patient_id", "num_images", "true_label", "label", "prob_normal", "prob_bleed",
+                       "log_likelihood_ratio"]  # fmt: skip
+    assert [row[1] for row in rows] == ["P1", "P1", "P2", "P2"]
+    assert [row[-2:] for row in rows] == [[1.0, 80.0], [1.0, 20.0], [1.0, 40.0], [0.0, -30.0]]
+    assert [row[4] for row in rows] == ["bleed", "bleed", "bleed", "normal"]  # the decision: probability >= 0.5
+    # three scans tie at probability 1: ranked by it the AUC is 0.75; by the ratio, 1.0
+    assert metrics["auc"] == 1.0 and metrics["ranked_by"] == "log_likelihood_ratio"
+    assert metrics["log_likelihood_ratio"] == "the largest of their images' log p(x | bleed) - log p(x | normal)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the recorded class: no warning
+        _, by_normal, normal_metrics = aggregate_predictions(predictions)
+        _, mean_rows, _ = aggregate_predictions(predictions, rule="mean", positive_class="normal")
+    assert [row[-1] for row in by_normal] == [-30.0, 50.0, 10.0, 60.0] and normal_metrics["positive_class"] == "normal"
+    assert normal_metrics["auc"] == 1.0  # the normal scans' largest (50, 60) above the bleed scans' (-30, 10)
+    assert [row[-1] for row in mean_rows] == [-55.0, 15.0, -15.0, 45.0]
+    # per series: the study and patient of each series carried over
+    columns, series, _ = aggregate_predictions(predictions, by="series_uid", positive_class="normal")
+    assert columns[:4] == ["series_uid", "patient_id", "study_uid", "num_images"]
+    assert series[0][:4] == ["x1", "P1", "s1", 1]
+    # the CLI: the note says what the ratio column is, metrics.json which score ranked
+    main(["aggregate", "--predictions", str(predictions)])
+    direction = "the largest of their images' log p(x | normal) - log p(x | bleed)"
+    assert f"note: the groups' log_likelihood_ratio = {direction}" in capsys.readouterr().err
+    recorded = json.loads((tmp_path / "p.max_by_study_uid.metrics.json").read_text())
+    assert recorded["ranked_by"] == "log_likelihood_ratio" and recorded["auc"] == normal_metrics["auc"]
+    # without the direction recorded (an earlier version's sidecar) the probabilities rank, ties and all
+    _saturated_predictions(predictions, run={})
+    columns, _, metrics = aggregate_predictions(predictions)
+    assert "log_likelihood_ratio" not in columns
+    assert metrics["ranked_by"] == "prob_bleed" and metrics["auc"] == 0.75
+
+
+def test_aggregate_refuses_a_sidecar_or_ratio_it_cannot_read(tmp_path):
+    from diffusion_classifiers.prediction.aggregate import aggregate_predictions
+
+    predictions = tmp_path / "p.csv"
+    _saturated_predictions(predictions, run={"positive_class": "blood"})
+    with pytest.raises(ValueError, match=r"p\.csv\.json: records positive_class 'blood'; expected one of the "):
+        aggregate_predictions(predictions)
+    _saturated_predictions(predictions, run={"log_likelihood_ratio": "log p(x | a) - log p(x | b)"})
+    with pytest.raises(ValueError, match=r"records log_likelihood_ratio 'log p\(x \| a\) - log p\(x \| b\)'; "):
+        aggregate_predictions(predictions)
+    predictions.with_name("p.csv.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"p\.csv\.json: expected the JSON predict wrote beside .*p\.csv"):
+        aggregate_predictions(predictions)
+    _saturated_predictions(predictions)
+    rows = read_rows(predictions)
+    rows[2]["log_likelihood_ratio"] = ""
+    with open(predictions, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(ValueError, match=r"1 of 8 rows have no finite log_likelihood_ratio \(e\.g\. \['b1'\]\)"):
+        aggregate_predictions(predictions)
+
+
+def test_aggregate_help_names_the_output_by_the_predictions_stem(capsys):
+    with pytest.raises(SystemExit):
+        main(["aggregate", "--help"])
+    assert "predictions.csv -> predictions.max_by_study_uid.csv" in " ".join(capsys.readouterr().out.split())

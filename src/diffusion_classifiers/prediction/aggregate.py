@@ -1,10 +1,13 @@
 """Predictions of slices or frames gathered per scan, series or patient (`diffusion-classifiers aggregate`).
 
 `predict` gives one row per image (a CT slice, a DICOM frame) with its DICOM ids (`patient_id`, `study_uid`,
-`series_uid`); a reader decides per scan. [`aggregate_predictions`] gathers the rows of each group: the positive class's
-probability of a group is the largest of its images' under the "max" rule (a scan holds a haemorrhage if any slice
-shows one), the mean under "mean" (every class, the label the most probable class). With the `true_label` column of
-a labelled run, each group's images must share one label, and the group-level metrics are those of `evaluate`
+`series_uid`); a reader decides per scan. [`aggregate_predictions`] gathers the rows of each group: the positive
+class's probability of a group is the largest of its images' under the "max" rule (a scan holds a haemorrhage if any
+slice shows one), the mean under "mean" (every class, the label the most probable class). The positive class is the one
+the predict run recorded in the file's `.json` sidecar (the model's saved `positive_class`) unless one is given.
+A binary Score-SDE file's `log_likelihood_ratio` is gathered the same way (largest or mean), turned toward the
+positive class: its probabilities saturate at 0 and 1, so the groups are ranked by it. With the `true_label` column
+of a labelled run, each group's images must share one label, and the group-level metrics are those of `evaluate`
 (`metrics.classification_metrics`).
 """
 
@@ -12,19 +15,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .inputs import DICOM_ID_COLUMNS
 from .outputs import (
     OUTPUT_SUFFIXES,
+    POSITIVE_CLASS_KEY,
+    RATIO_KEY,
     OutputFiles,
     default_errors_path,
     errors_file_of_resumed_run,
     listed_errors,
+    ratio_direction,
+    ratio_positive_class,
     read_predictions,
+    recorded_run_info,
     write_csv,
 )
 
@@ -53,57 +64,96 @@ def aggregate_predictions(
             largest of its rows' (binary predictions; the label is the positive class at `threshold` or above), or
             `"mean"`, each class's probability is the mean of its rows' (the label: the most probable class).
         positive_class (`str`, *optional*): binary predictions: the "max" rule's class and the one the metrics'
-            sensitivity refers to; default: the second class of the file (class 1, as everywhere in this library).
+            sensitivity and AUC refer to; default: the one the predict run recorded in `<predictions>.json` (the
+            model's saved `positive_class`), else the second class of the file (class 1, as everywhere in this
+            library). One that contradicts the recorded one is used, with a `UserWarning`.
         threshold (`float`, *optional*, defaults to 0.5): the "max" rule's decision threshold on that probability.
 
     Returns:
-        `columns`: `<by>, num_images, [true_label,] label, prob_<class>...`; `rows`, one per group in the order the
-        groups first appear; `metrics`: with a `true_label` column (each group's rows must share one),
-        `metrics.classification_metrics` of the groups, else None.
+        `columns`: `<by>, [patient_id, study_uid, series_uid,] num_images, [true_label,] label, prob_<class>...,
+        [log_likelihood_ratio]`: the DICOM ids of the file that take one value in every group (a study's patient),
+        and, for a binary Score-SDE file whose sidecar records the ratio's direction, the group's largest ("max") or
+        mean ("mean") `log p(x | positive) - log p(x | other)`. `rows`, one per group in the order the groups first
+        appear. `metrics`: with a `true_label` column (each group's rows must share one),
+        `metrics.classification_metrics` of the groups, the AUC ranking them by that ratio when there is one, else by
+        the probabilities (`"ranked_by"` names the column); else None.
     """
-    import numpy as np
+    aggregation = _aggregate(predictions, by, rule, positive_class, threshold)
+    return aggregation.columns, aggregation.rows, aggregation.metrics
 
-    from ..metrics import classification_metrics
 
+@dataclass
+class _Aggregation:
+    """The grouped predictions, and the notes `run_aggregate` prints (where the positive class came from, ...)."""
+
+    columns: list[str]
+    rows: list[list]
+    metrics: Optional[dict]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What is gathered per group, found by name among the predictions file's `columns`."""
+
+    columns: list[str]
+    by: str
+    ids: list[str]  # the DICOM id columns carried over: those with one value in every group
+    class_names: list[str]
+    ratio_sign: Optional[float]  # turns log_likelihood_ratio toward the positive class; None: not gathered
+
+    @property
+    def truth(self) -> Optional[int]:
+        return self.columns.index("true_label") if "true_label" in self.columns else None
+
+    def out_columns(self) -> list[str]:
+        truth = ["true_label"] if self.truth is not None else []
+        ratio = [RATIO_KEY] if self.ratio_sign is not None else []
+        probabilities = [f"prob_{name}" for name in self.class_names]
+        return [self.by, *self.ids, "num_images", *truth, "label", *probabilities, *ratio]
+
+
+@dataclass(frozen=True)
+class _Group:
+    """One group's row of the grouped file, and what the metrics read of it."""
+
+    row: list
+    truth: Optional[str]
+    label: int
+    probs: list[float]
+    score: Optional[float]  # the gathered log_likelihood_ratio, toward the positive class
+
+
+def _aggregate(predictions, by: str, rule: str, positive_class: Optional[str], threshold: float) -> _Aggregation:
     columns, rows = read_predictions(predictions)
     class_names = [column[len("prob_"):] for column in columns if column.startswith("prob_")]
-    positive = _check_aggregation(predictions, columns, class_names, by, rule, positive_class, threshold)
+    _check_aggregation(predictions, columns, class_names, by, rule, positive_class, threshold)
+    sidecar, run = _recorded_run(predictions)
+    positive, notes = _positive_label(class_names, positive_class, sidecar, run, rule)
+    sign, ratio_notes = _ratio_sign(predictions, columns, class_names, positive, sidecar, run, rule)
+    if sign is not None:
+        _check_ratios(predictions, columns, rows)
     groups = _group_rows(predictions, columns, rows, by)
-    probability_columns = [columns.index(f"prob_{name}") for name in class_names]
-    true_column = columns.index("true_label") if "true_label" in columns else None
-    out_rows, truths, probs = [], [], []
-    for group, members in groups.items():
-        probabilities = np.array([[row[i] for i in probability_columns] for row in members], dtype=np.float64)
-        combined = _combine(probabilities, rule, positive)
-        label = _label(combined, rule, positive, threshold)
-        truth = None if true_column is None else _group_truth(predictions, by, group, members, true_column)
-        out_rows.append([group, len(members), *([truth] if truth is not None else []), class_names[label], *combined])
-        truths.append(truth)
-        probs.append(combined)
-    out_columns = [by, "num_images", *(["true_label"] if true_column is not None else []), "label"]
-    out_columns += [f"prob_{name}" for name in class_names]
+    layout = _Layout(columns, by, _constant_ids(columns, groups, by), class_names, sign)
+    gathered = [_gather(predictions, layout, group, members, rule, positive, threshold)
+                for group, members in groups.items()]  # fmt: skip
     metrics = None
-    if true_column is not None:
-        y_true = [_class_index(predictions, class_names, truth) for truth in truths]
-        y_pred = [class_names.index(row[out_columns.index("label")]) for row in out_rows]
-        metrics = classification_metrics(
-            y_true, y_pred, np.array(probs), num_classes=len(class_names), class_names=class_names,
-            positive_label=positive,
-        )  # fmt: skip
-        metrics = {"grouped_by": by, "rule": rule, "num_groups": len(out_rows), **metrics}
-    return out_columns, out_rows, metrics
+    if layout.truth is not None:
+        metrics = {"grouped_by": by, "rule": rule, "num_groups": len(gathered),
+                   **_group_metrics(predictions, layout, gathered, positive, rule)}  # fmt: skip
+    return _Aggregation(layout.out_columns(), [group.row for group in gathered], metrics, notes + ratio_notes)
 
 
 def _check_aggregation(
     predictions, columns: list, class_names: list, by: str, rule: str, positive_class: Optional[str], threshold: float
-) -> Optional[int]:
-    """Every argument checked before a row is gathered; the positive class's index for binary predictions (the "max"
-    rule's class, and the one the metrics' sensitivity refers to), None for more classes."""
+) -> None:
+    """Every argument checked before a row is gathered."""
     if rule not in AGGREGATION_RULES:
         raise ValueError(f"rule: expected one of {list(AGGREGATION_RULES)}, got {rule!r}")
     if by not in columns:
         dicom = [name for name in DICOM_ID_COLUMNS if name in columns]
-        hint = f" (its DICOM ids: {dicom})" if dicom else " (predict writes patient_id, study_uid, series_uid for DICOM)"
+        hint = " (predict writes patient_id, study_uid, series_uid for DICOM)"
+        hint = f" (its DICOM ids: {dicom})" if dicom else hint
         raise ValueError(f"{predictions}: no column {by!r} to group by; it has {columns}{hint}")
     if len(class_names) < 2:
         raise ValueError(f"{predictions}: expected prob_<class> columns of a predict output, got {columns}")
@@ -116,9 +166,89 @@ def _check_aggregation(
         )
     if positive_class is not None and positive_class not in class_names:
         raise ValueError(f"positive_class: expected one of {class_names}, got {positive_class!r}")
+
+
+def _recorded_run(predictions) -> tuple[Path, dict]:
+    """The `.json` sidecar of a predictions file and the "run" it records (empty without one: a file copied alone)."""
+    files = OutputFiles(Path(predictions), default_errors_path(Path(predictions)))
+    try:
+        run = recorded_run_info(files)
+    except ValueError as error:  # not JSON
+        raise ValueError(f"{files.sidecar}: expected the JSON predict wrote beside {predictions}; {error}") from error
+    if run is not None and not isinstance(run, dict):
+        raise ValueError(f"{files.sidecar}: expected its \"run\" to be a JSON object, got {run!r}")
+    return files.sidecar, run or {}
+
+
+def _positive_label(
+    class_names: list, given: Optional[str], sidecar: Path, run: dict, rule: str
+) -> tuple[Optional[int], list[str]]:
+    """The positive class's index for binary predictions (None for more classes): `given`, else the one the predict
+    run recorded, else class 1; with the note saying which when it was not given (the max rule's)."""
     if len(class_names) != 2:
-        return None
-    return class_names.index(positive_class) if positive_class is not None else 1
+        return None, []
+    recorded, how = _recorded_positive(class_names, sidecar, run)
+    if given is not None:
+        if recorded is not None and recorded != given:
+            warnings.warn(
+                f"positive_class {given!r} (--positive_class) contradicts {recorded!r}, {how}: the max rule and the "
+                f"group metrics take {given!r}, as given",
+                UserWarning,
+                stacklevel=4,
+            )
+        return class_names.index(given), []
+    positive = 1 if recorded is None else class_names.index(recorded)
+    which = f"class 1, {class_names[1]!r}" if recorded is None else f"{recorded!r}, {how}"
+    return positive, [f"note: --positive_class not given: the max rule's class is {which}"] * (rule == "max")
+
+
+def _recorded_positive(class_names: list, sidecar: Path, run: dict) -> tuple[Optional[str], str]:
+    """The positive class the predict run recorded, and where; None when it recorded none (a model that saved none,
+    or an earlier version of predict, which recorded only the direction of a Score-SDE ratio, if that)."""
+    if POSITIVE_CLASS_KEY in run:
+        recorded = run[POSITIVE_CLASS_KEY]
+        if recorded is not None and recorded not in class_names:
+            raise ValueError(
+                f"{sidecar}: records {POSITIVE_CLASS_KEY} {recorded!r}; expected one of the predictions' classes "
+                f"{class_names} (is it the sidecar of another output?)"
+            )
+        return recorded, f"the model's positive class, recorded by its predict run in {sidecar}"
+    pointed = ratio_positive_class(run, class_names, sidecar)
+    return pointed, f"the class of its {RATIO_KEY} ({run.get(RATIO_KEY)}), recorded by its predict run in {sidecar}"
+
+
+def _ratio_sign(
+    predictions, columns: list, class_names: list, positive: Optional[int], sidecar: Path, run: dict, rule: str
+) -> tuple[Optional[float], list[str]]:
+    """1 or -1, what turns a binary Score-SDE file's log_likelihood_ratio toward the positive class (its sidecar says
+    which way it points), with a note naming what the gathered ratio is; None without the column, or, with a note,
+    when the sidecar does not say (an earlier version of predict's): the groups are then ranked by probability."""
+    if RATIO_KEY not in columns or positive is None:
+        return None, []
+    pointed = ratio_positive_class(run, class_names, sidecar)
+    if pointed is None:
+        return None, [
+            f"note: {sidecar} does not record which class the {RATIO_KEY} of {predictions} points to (an earlier "
+            f"version of predict, or no sidecar): the column is left out, and groups are ranked by "
+            f"prob_{class_names[positive]}, which ties where probabilities saturate at 0 or 1"
+        ]
+    direction = _gathered_ratio(class_names, positive, rule)
+    return (1.0 if pointed == class_names[positive] else -1.0), [f"note: the groups' {RATIO_KEY} = {direction}"]
+
+
+def _gathered_ratio(class_names: list, positive: int, rule: str) -> str:
+    gathered = "the largest" if rule == "max" else "the mean"
+    return f"{gathered} of their images' {ratio_direction(class_names[positive], class_names[1 - positive])}"
+
+
+def _check_ratios(predictions, columns: list, rows: list) -> None:
+    index = columns.index(RATIO_KEY)
+    bad = [row[0] for row in rows if not isinstance(row[index], (int, float)) or not math.isfinite(row[index])]
+    if bad:
+        raise ValueError(
+            f"{predictions}: {len(bad)} of {len(rows)} rows have no finite {RATIO_KEY} (e.g. {bad[:3]}); expected a "
+            "number in every row of a binary Score-SDE output"
+        )
 
 
 def _group_rows(predictions, columns: list, rows: list, by: str) -> dict:
@@ -134,6 +264,58 @@ def _group_rows(predictions, columns: list, rows: list, by: str) -> dict:
     for row in rows:
         groups.setdefault(row[key], []).append(row)
     return groups
+
+
+def _constant_ids(columns: list, groups: dict, by: str) -> list[str]:
+    """The DICOM id columns other than `by` that take one value in every group (a study's patient_id), carried over."""
+    present = [name for name in DICOM_ID_COLUMNS if name != by and name in columns]
+    return [name for name in present if all(_one_value(members, columns.index(name)) for members in groups.values())]
+
+
+def _one_value(members: list, index: int) -> bool:
+    values = {row[index] for row in members}
+    return len(values) == 1 and values.isdisjoint({None, ""})
+
+
+def _gather(predictions, layout: _Layout, group: Any, members: list, rule: str, positive, threshold) -> _Group:
+    """A group's row: its carried ids, size, true label, label, class probabilities and (when gathered) ratio."""
+    import numpy as np
+
+    where = layout.columns.index
+    probabilities = np.array(
+        [[row[where(f"prob_{name}")] for name in layout.class_names] for row in members], dtype=np.float64
+    )
+    probs = _combine(probabilities, rule, positive)
+    label = _label(probs, rule, positive, threshold)
+    truth = None if layout.truth is None else _group_truth(predictions, layout.by, group, members, layout.truth)
+    score = None
+    if layout.ratio_sign is not None:
+        ratios = [layout.ratio_sign * row[where(RATIO_KEY)] for row in members]
+        score = max(ratios) if rule == "max" else float(np.mean(ratios))
+    row = [group, *(members[0][where(name)] for name in layout.ids), len(members)]
+    row += [*([truth] if truth is not None else []), layout.class_names[label], *probs]
+    return _Group(row + ([score] if score is not None else []), truth, label, probs, score)
+
+
+def _group_metrics(predictions, layout: _Layout, groups: list[_Group], positive: Optional[int], rule: str) -> dict:
+    """`metrics.classification_metrics` of the groups, their AUC ranking them by the gathered ratio when there is one
+    (Score-SDE's probabilities saturate: many groups tie at 1), else by the probabilities; `ranked_by` says which."""
+    import numpy as np
+
+    from ..metrics import classification_metrics
+
+    names = layout.class_names
+    ranking = np.array([group.probs for group in groups])
+    ranked_by = {"ranked_by": "prob_<class>" if positive is None else f"prob_{names[positive]}"}
+    if layout.ratio_sign is not None:
+        scores = np.array([group.score for group in groups])
+        ranking = np.stack([-scores, scores] if positive == 1 else [scores, -scores], axis=1)
+        ranked_by = {"ranked_by": RATIO_KEY, RATIO_KEY: _gathered_ratio(names, positive, rule)}
+    metrics = classification_metrics(
+        [_class_index(predictions, names, group.truth) for group in groups], [group.label for group in groups],
+        ranking, num_classes=len(names), class_names=names, positive_label=positive,
+    )  # fmt: skip
+    return {**ranked_by, **metrics}
 
 
 def _combine(probabilities: Any, rule: str, positive: Optional[int]) -> list[float]:
@@ -180,13 +362,17 @@ def add_aggregate_args(parser: argparse.ArgumentParser) -> None:
         "mean: every class's probability is its images' mean",
     )  # fmt: skip
     parser.add_argument(
-        "--positive_class", default=None, help="the max rule's class (default: the file's second class, class 1)"
-    )
+        "--positive_class", default=None,
+        help="binary: the max rule's class, and the one the group metrics' sensitivity and AUC refer to (default: the "
+        "positive class the predict run recorded in <predictions>.json, the model's saved one, else class 1, the "
+        "file's second class)",
+    )  # fmt: skip
     parser.add_argument("--threshold", type=float, default=0.5, help="the max rule's decision threshold")
     parser.add_argument(
         "--output", default=None,
-        help="the grouped predictions, a .csv (default: <predictions>.<rule>_by_<by>.csv); with a true_label column "
-        "also <output>.metrics.json",
+        help="the grouped predictions, a .csv (default: beside the predictions, named by their stem: "
+        "<stem>.<rule>_by_<by>.csv, e.g. predictions.csv -> predictions.max_by_study_uid.csv); with a true_label "
+        "column also <output stem>.metrics.json (predictions.max_by_study_uid.metrics.json)",
     )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier --output (default: refuse it)")
 
@@ -202,9 +388,8 @@ def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
     if output.exists() and not args.overwrite:
         raise FileExistsError(f"--output {output} exists (an earlier aggregation): pass --overwrite to replace it")
     unreadable = _check_predict_run_finished(predictions)
-    columns, rows, metrics = aggregate_predictions(
-        predictions, by=args.by, rule=args.rule, positive_class=args.positive_class, threshold=args.threshold
-    )
+    aggregation = _aggregate(predictions, args.by, args.rule, args.positive_class, args.threshold)
+    columns, rows, metrics = aggregation.columns, aggregation.rows, aggregation.metrics
     write_csv(output, columns, rows)
     scores = output.with_suffix(".metrics.json")
     if metrics is None and scores.exists():  # an earlier labelled aggregation's: not these groups'
@@ -215,14 +400,15 @@ def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
             "(under the max rule, a scan whose positive slice could not be read reads negative)",
             file=sys.stderr,
         )
-    if args.rule == "max" and args.positive_class is None:
-        positive = [column for column in columns if column.startswith("prob_")][1][len("prob_"):]
-        print(f"note: --positive_class not given: the max rule's class is class 1, {positive!r}", file=sys.stderr)
-    print(f"{output}: {len(rows)} groups by {args.by} ({args.rule} rule) of {sum(row[1] for row in rows)} rows")
+    for note in aggregation.notes:
+        print(note, file=sys.stderr)
+    num_images = sum(row[columns.index("num_images")] for row in rows)
+    print(f"{output}: {len(rows)} groups by {args.by} ({args.rule} rule) of {num_images} rows")
     if metrics is not None:
         with open(scores, "w") as handle:
             json.dump(metrics, handle, indent=2)
-        headline = {key: metrics.get(key) for key in ("num_groups", "accuracy", "macro_f1", "auc", "sensitivity")}
+        names = ("num_groups", "accuracy", "macro_f1", "auc", "ranked_by", "sensitivity")
+        headline = {key: metrics.get(key) for key in names}
         print(json.dumps({key: value for key, value in headline.items() if value is not None}))
     return metrics
 

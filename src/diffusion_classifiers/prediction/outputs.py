@@ -20,6 +20,8 @@ __all__ = [
     "ERROR_COLUMNS",
     "OUTPUT_SUFFIXES",
     "OutputFiles",
+    "POSITIVE_CLASS_KEY",
+    "RATIO_KEY",
     "check_output_args",
     "columns_of_resumed_run",
     "default_errors_path",
@@ -29,6 +31,8 @@ __all__ = [
     "listed_errors",
     "merge_parts",
     "prepare_output_files",
+    "ratio_direction",
+    "ratio_positive_class",
     "read_predictions",
     "recorded_file_stamps",
     "recorded_run_info",
@@ -43,6 +47,9 @@ LEGACY_ERRORS_NAME = "errors.csv"  # the default errors file before each output 
 # output columns added after outputs were first written: an output without them is resumed with its own columns
 COLUMNS_ADDED_LATER = ("log_likelihood_ratio_stderr", *DICOM_ID_COLUMNS, *FILE_STAMP_COLUMNS)
 _ERRORS_KEY = "errors_file"  # in the sidecar, beside the run: the errors file, relative to the output's folder
+# in the sidecar's "run" (whose keys an earlier version's sidecar lacks are not compared on a rerun, so it resumes):
+POSITIVE_CLASS_KEY = "positive_class"  # binary: the model's saved positive class, null when it saved none
+RATIO_KEY = "log_likelihood_ratio"  # binary Score-SDE: which way the log_likelihood_ratio column points
 
 
 @dataclass(frozen=True)
@@ -136,6 +143,28 @@ def recorded_run_info(files: OutputFiles) -> Optional[dict]:
     """The `run_info` (`"run"`) the output's sidecar records; None without a sidecar."""
     recorded = files.recorded()
     return None if recorded is None else recorded.get("run") or {}
+
+
+def ratio_direction(positive: str, negative: str) -> str:
+    """What a binary Score-SDE `log_likelihood_ratio` column is, as the sidecar records it under `RATIO_KEY`."""
+    return f"log p(x | {positive}) - log p(x | {negative})"
+
+
+def ratio_positive_class(run: dict, class_names: Sequence[str], sidecar: Any) -> Optional[str]:
+    """The class a binary `log_likelihood_ratio` column points to (its first term), as `run` (the "run" of the
+    `sidecar`) records it; None when it records no direction (no sidecar, or one of an earlier version)."""
+    direction = run.get(RATIO_KEY)
+    if direction is None or len(class_names) != 2:
+        return None
+    first, second = class_names
+    for positive, negative in ((first, second), (second, first)):
+        if direction == ratio_direction(positive, negative):
+            return positive
+    raise ValueError(
+        f"{sidecar}: records {RATIO_KEY} {direction!r}; expected {ratio_direction(first, second)!r} or "
+        f"{ratio_direction(second, first)!r} of the predictions' classes {list(class_names)} (is it the sidecar of "
+        "another output?)"
+    )
 
 
 def columns_of_resumed_run(files: OutputFiles, columns: list[str], overwrite: bool) -> list[str]:

@@ -28,6 +28,8 @@ from .inputs import (
 )
 from .outputs import (
     ERROR_COLUMNS,
+    POSITIVE_CLASS_KEY,
+    RATIO_KEY,
     OutputFiles,
     check_output_args,
     columns_of_resumed_run,
@@ -38,6 +40,7 @@ from .outputs import (
     listed_errors,
     merge_parts,
     prepare_output_files,
+    ratio_direction,
     recorded_file_stamps,
     recorded_run_info,
     write_csv,
@@ -137,8 +140,16 @@ def _ratio_direction(pipeline: Any) -> str:
     """`"log p(x | positive) - log p(x | negative)"`, what a binary Score-SDE pipeline's `log_likelihood_ratio` is: a
     rerun by a pipeline whose positive class changed would write the other sign into the same column."""
     positive = pipeline.class_names[pipeline.positive_index()]
-    negative = next(name for name in pipeline.class_names if name != positive)
-    return f"log p(x | {positive}) - log p(x | {negative})"
+    return ratio_direction(positive, next(name for name in pipeline.class_names if name != positive))
+
+
+def _binary_classes(pipeline: Any, columns: list[str]) -> dict:
+    """What the sidecar records of a binary pipeline's classes (under "run"): the positive class saved with the model
+    (None when it saved none: `aggregate` then takes class 1) and, for Score-SDE, which way its ratio column points."""
+    if len(pipeline.class_names) != 2:
+        return {}
+    recorded = {POSITIVE_CLASS_KEY: getattr(pipeline, "positive_class", None)}
+    return {**recorded, RATIO_KEY: _ratio_direction(pipeline)} if RATIO_KEY in columns else recorded
 
 
 def prediction_call_kwargs(pipeline: Any, pipeline_kwargs: Optional[dict], seed: int) -> dict:
@@ -289,14 +300,15 @@ def predict_files(
     Resumable: the results of finished batches are kept in `<output>.parts/` until the end, when they are merged into
     the output and the errors file; a rerun skips every path already in the output, the errors file or a part.
     `<output>.json` records the model, its classes, the columns, `run_info` (the CLI's: the model folder and the
-    sha256 of its files, the windows, the input), the binary ratio's direction and every setting of the pipeline call
-    (`"pipeline_call"` in its `"run"`: the seed, and the defaults where `pipeline_kwargs` gives none): a rerun that
-    differs is refused unless `overwrite=True`, which deletes the earlier output, errors file and parts first. It also
-    records the errors file, which a rerun without `errors_path` keeps (an output written before each had its own
-    errors file keeps the shared `errors.csv` beside it). While it runs, `<output>.lock` and `<errors>.lock` refuse a
-    second prediction into the same output or errors file (a lock left by a process of this host that is gone is taken
-    over). A file that cannot be read or that the pipeline's preprocessing refuses is a row `path, reason` of the
-    errors file; `retry_errors=True` tries such files again (repaired since), their rows removed first.
+    sha256 of its files, the windows, the input), a binary model's saved positive class (`aggregate`'s default), the
+    binary ratio's direction and every setting of the pipeline call (`"pipeline_call"` in its `"run"`: the seed, and
+    the defaults where `pipeline_kwargs` gives none): a rerun that differs is refused unless `overwrite=True`, which
+    deletes the earlier output, errors file and parts first. It also records the errors file, which a rerun without
+    `errors_path` keeps (an output written before each had its own errors file keeps the shared `errors.csv` beside
+    it). While it runs, `<output>.lock` and `<errors>.lock` refuse a second prediction into the same output or errors
+    file (a lock left by a process of this host that is gone is taken over). A file that cannot be read or that the
+    pipeline's preprocessing refuses is a row `path, reason` of the errors file; `retry_errors=True` tries such files
+    again (repaired since), their rows removed first.
 
     Args:
         pipeline (`DiffusionClassifierPipeline`): a loaded classifier pipeline (on the device it should run on);
@@ -346,8 +358,7 @@ def predict_files(
         _check_settings_of_unrecorded_run(files, pipeline, settings, seed, overwrite)
         # the settings under "run", whose keys a sidecar lacks are not compared: outputs of earlier versions resume
         # (with the pipeline's defaults: `_check_settings_of_unrecorded_run`)
-        direction = {"log_likelihood_ratio": _ratio_direction(pipeline)} if "log_likelihood_ratio" in columns else {}
-        run = {"run": {**(run_info or {}), **direction, "pipeline_call": settings},
+        run = {"run": {**(run_info or {}), **_binary_classes(pipeline, columns), "pipeline_call": settings},
                "class_names": list(pipeline.class_names), "columns": columns}  # fmt: skip
         prepare_output_files(files, run, overwrite, is_main)
         input_paths = {item.path for item in inputs}
