@@ -280,7 +280,8 @@ def test_image_folder_without_splits(tmp_path):
             size = (6 + i, 8 + c)
             Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
     (tmp_path / "ant" / "notes.txt").write_text("not an image")
-    with pytest.warns(UserWarning, match=r"skipped 1 of its files, neither images nor DICOM \(e.g. ant/notes.txt\)"):
+    skipped = r"skipped 1 of its files, neither images nor DICOM images \(e.g. ant/notes.txt\)"
+    with pytest.warns(UserWarning, match=skipped):
         data = load_image_classification_data(tmp_path, image_size=8, test_fraction=0.2, val_fraction=0.25)
     assert data["train"].class_names == ["ant", "zebra"]
     assert {k: len(v) for k, v in data.items()} == {"train": 12, "val": 4, "test": 4}

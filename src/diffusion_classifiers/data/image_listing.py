@@ -89,7 +89,7 @@ def warn_other_files_skipped(where: str, folder: Path, others: list[Path], stack
     if others:
         shown = ", ".join(path.relative_to(folder).as_posix() for path in others[:3])
         warnings.warn(
-            f"{where}: skipped {len(others)} of its files, neither images nor DICOM (e.g. {shown}); read are "
+            f"{where}: skipped {len(others)} of its files, neither images nor DICOM images (e.g. {shown}); read are "
             f"{ACCEPTED_FILES}",
             UserWarning,
             stacklevel=stacklevel + 1,
