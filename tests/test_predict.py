@@ -896,6 +896,45 @@ def test_aggregate_gathers_slices_per_scan_with_the_any_slice_rule_and_scores_sc
     assert not (tmp_path / "p.max_by_study_uid.metrics.json").exists()  # the labelled run's, not these groups'
 
 
+def test_mammograms_are_read_per_breast_from_their_views(tmp_path, capsys):
+    """QA (a mammography group): findings are per breast, read from its CC and MLO views: predict writes each file's
+    laterality and view, and aggregate gathers a study's breast from several columns."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from diffusion_classifiers.prediction.inputs import dicom_ids
+    from diffusion_classifiers.prediction.outputs import write_csv
+
+    source = get_testdata_file("CT_small.dcm")
+    if source is None:
+        pytest.skip("CT_small.dcm not found: install pydicom-data (the [test] extra)")
+    dataset = pydicom.dcmread(source)
+    dataset.ImageLaterality, dataset.ViewPosition, dataset.Laterality = "L", "MLO", "R"
+    dataset.save_as(tmp_path / "view.dcm")
+    del dataset.ImageLaterality  # the series' Laterality where the image names none
+    dataset.save_as(tmp_path / "series.dcm")
+    ids = [dicom_ids(item) for item in list_inputs(tmp_path)]
+    assert [(i["laterality"], i["view_position"]) for i in ids] == [("R", "MLO"), ("L", "MLO")]
+    columns = ["path", "frame", "true_label", "patient_id", "study_uid", "series_uid", "laterality", "view_position",
+               "label", "score", "prob_benign", "prob_malignant"]  # fmt: skip
+    views = [("l_cc", "L", "CC", "malignant", 0.3), ("l_mlo", "L", "MLO", "malignant", 0.8),
+             ("r_cc", "R", "CC", "benign", 0.2), ("r_mlo", "R", "MLO", "benign", 0.1)]  # fmt: skip
+    write_csv(tmp_path / "p.csv", columns, [
+        [name, 0, truth, "p1", "s1", f"x{k}", side, view, "malignant" if m >= 0.5 else "benign", max(m, 1 - m), 1 - m, m]
+        for k, (name, side, view, truth, m) in enumerate(views)
+    ])  # fmt: skip
+    main(["aggregate", "--predictions", str(tmp_path / "p.csv"), "--by", "study_uid", "laterality"])
+    breasts = read_rows(tmp_path / "p.max_by_study_uid_laterality.csv")
+    assert list(breasts[0])[:4] == ["study_uid", "laterality", "patient_id", "num_images"]
+    assert [(b["laterality"], b["num_images"], b["label"]) for b in breasts] == [("L", "2", "malignant"),
+                                                                                 ("R", "2", "benign")]
+    recorded = json.loads((tmp_path / "p.max_by_study_uid_laterality.metrics.json").read_text())
+    assert recorded["grouped_by"] == ["study_uid", "laterality"] and recorded["accuracy"] == 1.0
+    assert "2 groups by study_uid + laterality" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"the rows of study_uid 's1' view_position 'CC' have the true labels"):
+        main(["aggregate", "--predictions", str(tmp_path / "p.csv"), "--by", "study_uid", "view_position"])
+
+
 def test_aggregate_refuses_what_it_cannot_group_before_writing(tmp_path):
     from diffusion_classifiers.prediction.aggregate import aggregate_predictions
 

@@ -337,9 +337,10 @@ class DicomImage:
             (BitsStored, PixelRepresentation), over all the file's frames (also when one frame is read: the `"full"`
             window of a frame is the same whether the frame is read alone or with the others).
         monochrome1 (`bool`): whether the lowest value is displayed white.
-        metadata (`Dict[str, Any]`): PatientID, StudyInstanceUID, SeriesInstanceUID (`str` or None),
-            InstanceNumber (`int` or None) and ImageType (a tuple of its values, e.g. `("ORIGINAL", "PRIMARY",
-            "LOCALIZER")` for a scout, or None).
+        metadata (`Dict[str, Any]`): PatientID, StudyInstanceUID, SeriesInstanceUID, Laterality (the image's
+            ImageLaterality, else the series' Laterality: `"L"`, `"R"`, `"B"` or `"U"`) and ViewPosition (`"CC"`,
+            `"MLO"`, ...: mammography's views) (`str` or None), InstanceNumber (`int` or None) and ImageType (a tuple
+            of its values, e.g. `("ORIGINAL", "PRIMARY", "LOCALIZER")` for a scout, or None).
         frame_windows (`Tuple[Tuple[Window, ...], ...]`, *optional*): each frame's own windows, when the frames do
             not share one (an enhanced multi-frame file's Per-frame Functional Groups); empty: every frame has
             `windows`.
@@ -665,6 +666,8 @@ def _metadata(dataset: Any) -> dict[str, Any]:
         "PatientID": text("PatientID"),
         "StudyInstanceUID": text("StudyInstanceUID"),
         "SeriesInstanceUID": text("SeriesInstanceUID"),
+        "Laterality": text("ImageLaterality") or text("Laterality"),  # a mammogram's breast: its findings are per breast
+        "ViewPosition": text("ViewPosition"),
         "InstanceNumber": int(instance) if instance not in (None, "") else None,
         "ImageType": None if image_type in (None, "") else tuple(
             str(v) for v in (image_type if isinstance(image_type, Sequence) and not isinstance(image_type, str)

@@ -47,7 +47,7 @@ AGGREGATION_RULES = ("max", "mean")
 
 def aggregate_predictions(
     predictions: str | os.PathLike,
-    by: str = "study_uid",
+    by: str | Sequence[str] = "study_uid",
     rule: str = "max",
     positive_class: Optional[str] = None,
     threshold: float = 0.5,
@@ -57,9 +57,11 @@ def aggregate_predictions(
 
     Args:
         predictions (`str` or `os.PathLike`): a `.csv` or `.parquet` file `predict` wrote.
-        by (`str`, *optional*, defaults to `"study_uid"`): the column whose value names a row's group (one of
-            `patient_id`, `study_uid`, `series_uid`, which `predict` writes for DICOM inputs, or any other column
-            of the file); a row without one is refused, naming it.
+        by (`str` or `Sequence[str]`, *optional*, defaults to `"study_uid"`): the column whose value names a row's
+            group (one of `patient_id`, `study_uid`, `series_uid`, `laterality`, `view_position`, which `predict`
+            writes for DICOM inputs, or any other column of the file), or several, whose values together do
+            (`["study_uid", "laterality"]`: a mammography exam's breast, its views together); a row without one is
+            refused, naming it.
         rule (`str`, *optional*, defaults to `"max"`): `"max"`, the positive class's probability of a group is the
             largest of its rows' (binary predictions; the label is the positive class at `threshold` or above), or
             `"mean"`, each class's probability is the mean of its rows' (the label: the most probable class).
@@ -70,7 +72,7 @@ def aggregate_predictions(
         threshold (`float`, *optional*, defaults to 0.5): the "max" rule's decision threshold on that probability.
 
     Returns:
-        `columns`: `<by>, [patient_id, study_uid, series_uid,] num_images, [true_label,] label, prob_<class>...,
+        `columns`: `<by>..., [the other DICOM ids,] num_images, [true_label,] label, prob_<class>...,
         [log_likelihood_ratio]`: the DICOM ids of the file that take one value in every group (a study's patient),
         and, for a binary Score-SDE file whose sidecar records the ratio's direction, the group's largest ("max") or
         mean ("mean") `log p(x | positive) - log p(x | other)`. `rows`, one per group in the order the groups first
@@ -97,7 +99,7 @@ class _Layout:
     """What is gathered per group, found by name among the predictions file's `columns`."""
 
     columns: list[str]
-    by: str
+    by: tuple[str, ...]
     ids: list[str]  # the DICOM id columns carried over: those with one value in every group
     class_names: list[str]
     ratio_sign: Optional[float]  # turns log_likelihood_ratio toward the positive class; None: not gathered
@@ -110,7 +112,7 @@ class _Layout:
         truth = ["true_label"] if self.truth is not None else []
         ratio = [RATIO_KEY] if self.ratio_sign is not None else []
         probabilities = [f"prob_{name}" for name in self.class_names]
-        return [self.by, *self.ids, "num_images", *truth, "label", *probabilities, *ratio]
+        return [*self.by, *self.ids, "num_images", *truth, "label", *probabilities, *ratio]
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,10 @@ class _Group:
     score: Optional[float]  # the gathered log_likelihood_ratio, toward the positive class
 
 
-def _aggregate(predictions, by: str, rule: str, positive_class: Optional[str], threshold: float) -> _Aggregation:
+def _aggregate(
+    predictions, by: str | Sequence[str], rule: str, positive_class: Optional[str], threshold: float
+) -> _Aggregation:
+    by = (by,) if isinstance(by, str) else tuple(by)
     columns, rows = read_predictions(predictions)
     class_names = [column[len("prob_"):] for column in columns if column.startswith("prob_")]
     _check_aggregation(predictions, columns, class_names, by, rule, positive_class, threshold)
@@ -139,22 +144,26 @@ def _aggregate(predictions, by: str, rule: str, positive_class: Optional[str], t
                 for group, members in groups.items()]  # fmt: skip
     metrics = None
     if layout.truth is not None:
-        metrics = {"grouped_by": by, "rule": rule, "num_groups": len(gathered),
+        metrics = {"grouped_by": by[0] if len(by) == 1 else list(by), "rule": rule, "num_groups": len(gathered),
                    **_group_metrics(predictions, layout, gathered, positive, rule)}  # fmt: skip
     return _Aggregation(layout.out_columns(), [group.row for group in gathered], metrics, notes + ratio_notes)
 
 
 def _check_aggregation(
-    predictions, columns: list, class_names: list, by: str, rule: str, positive_class: Optional[str], threshold: float
+    predictions, columns: list, class_names: list, by: tuple, rule: str, positive_class: Optional[str],
+    threshold: float,
 ) -> None:
     """Every argument checked before a row is gathered."""
     if rule not in AGGREGATION_RULES:
         raise ValueError(f"rule: expected one of {list(AGGREGATION_RULES)}, got {rule!r}")
-    if by not in columns:
-        dicom = [name for name in DICOM_ID_COLUMNS if name in columns]
-        hint = " (predict writes patient_id, study_uid, series_uid for DICOM)"
-        hint = f" (its DICOM ids: {dicom})" if dicom else hint
-        raise ValueError(f"{predictions}: no column {by!r} to group by; it has {columns}{hint}")
+    for name in by:
+        if name not in columns:
+            dicom = [column for column in DICOM_ID_COLUMNS if column in columns]
+            hint = f" (predict writes {', '.join(DICOM_ID_COLUMNS)} for DICOM)"
+            hint = f" (its DICOM ids: {dicom})" if dicom else hint
+            raise ValueError(f"{predictions}: no column {name!r} to group by; it has {columns}{hint}")
+    if not by or len(set(by)) != len(by):
+        raise ValueError(f"by: expected one or more different columns, got {list(by)}")
     if len(class_names) < 2:
         raise ValueError(f"{predictions}: expected prob_<class> columns of a predict output, got {columns}")
     if not 0 < threshold < 1:
@@ -251,24 +260,26 @@ def _check_ratios(predictions, columns: list, rows: list) -> None:
         )
 
 
-def _group_rows(predictions, columns: list, rows: list, by: str) -> dict:
-    """The rows of each value of column `by`, in the order the values first appear; a row without one refused."""
-    key = columns.index(by)
-    missing = [row[0] for row in rows if row[key] in (None, "")]
-    if missing:
-        raise ValueError(
-            f"{predictions}: {len(missing)} of {len(rows)} rows have no {by} (e.g. {missing[:3]}); expected every "
-            f"row to name its group (an image that is not DICOM has no DICOM ids: group by another column)"
-        )
+def _group_rows(predictions, columns: list, rows: list, by: tuple) -> dict:
+    """The rows of each value of the columns `by` (a tuple of values), in the order the values first appear; a row
+    without one refused."""
+    keys = [columns.index(name) for name in by]
+    for name, key in zip(by, keys):
+        missing = [row[0] for row in rows if row[key] in (None, "")]
+        if missing:
+            raise ValueError(
+                f"{predictions}: {len(missing)} of {len(rows)} rows have no {name} (e.g. {missing[:3]}); expected "
+                f"every row to name its group (an image that is not DICOM has no DICOM ids: group by another column)"
+            )
     groups: dict = {}
     for row in rows:
-        groups.setdefault(row[key], []).append(row)
+        groups.setdefault(tuple(row[key] for key in keys), []).append(row)
     return groups
 
 
-def _constant_ids(columns: list, groups: dict, by: str) -> list[str]:
+def _constant_ids(columns: list, groups: dict, by: tuple) -> list[str]:
     """The DICOM id columns other than `by` that take one value in every group (a study's patient_id), carried over."""
-    present = [name for name in DICOM_ID_COLUMNS if name != by and name in columns]
+    present = [name for name in DICOM_ID_COLUMNS if name not in by and name in columns]
     return [name for name in present if all(_one_value(members, columns.index(name)) for members in groups.values())]
 
 
@@ -292,7 +303,7 @@ def _gather(predictions, layout: _Layout, group: Any, members: list, rule: str, 
     if layout.ratio_sign is not None:
         ratios = [layout.ratio_sign * row[where(RATIO_KEY)] for row in members]
         score = max(ratios) if rule == "max" else float(np.mean(ratios))
-    row = [group, *(members[0][where(name)] for name in layout.ids), len(members)]
+    row = [*group, *(members[0][where(name)] for name in layout.ids), len(members)]
     row += [*([truth] if truth is not None else []), layout.class_names[label], *probs]
     return _Group(row + ([score] if score is not None else []), truth, label, probs, score)
 
@@ -332,12 +343,13 @@ def _label(combined: list[float], rule: str, positive: Optional[int], threshold:
     return max(range(len(combined)), key=combined.__getitem__)
 
 
-def _group_truth(predictions, by: str, group: Any, members: list, true_column: int) -> Any:
+def _group_truth(predictions, by: tuple, group: tuple, members: list, true_column: int) -> Any:
     """The one true label of a group's rows; a group whose rows disagree is refused, naming it."""
     labels = sorted({str(row[true_column]) for row in members})
     if len(labels) != 1:
+        named = " ".join(f"{name} {value!r}" for name, value in zip(by, group))
         raise ValueError(
-            f"{predictions}: the rows of {by} {group!r} have the true labels {labels}; expected one per group (a scan "
+            f"{predictions}: the rows of {named} have the true labels {labels}; expected one per group (a scan "
             "is labelled as a whole): group by a column whose groups share a label"
         )
     return labels[0]
@@ -352,9 +364,10 @@ def _class_index(predictions, class_names: Sequence[str], truth: str) -> int:
 def add_aggregate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--predictions", required=True, help="a .csv or .parquet file predict wrote")
     parser.add_argument(
-        "--by", default="study_uid",
-        help="the column naming each row's group: study_uid (a scan), series_uid, patient_id (DICOM inputs), or any "
-        "other column of the file",
+        "--by", nargs="+", default=["study_uid"],
+        help="the column(s) naming each row's group: study_uid (a scan), series_uid, patient_id (DICOM inputs), "
+        "study_uid laterality (a mammography exam's breast: its views together), or any other column(s) of the file "
+        "(default: %(default)s)",
     )  # fmt: skip
     parser.add_argument(
         "--rule", default="max", choices=AGGREGATION_RULES,
@@ -381,7 +394,7 @@ def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
     predictions = Path(args.predictions)
     if not predictions.is_file() or predictions.suffix.lower() not in OUTPUT_SUFFIXES:
         raise FileNotFoundError(f"--predictions {predictions}: expected a .csv or .parquet file predict wrote")
-    default = predictions.with_name(f"{predictions.stem}.{args.rule}_by_{args.by}.csv")
+    default = predictions.with_name(f"{predictions.stem}.{args.rule}_by_{'_'.join(args.by)}.csv")
     output = Path(args.output) if args.output else default
     if output.suffix.lower() != ".csv" or output.resolve() == predictions.resolve():
         raise ValueError(f"--output {output}: expected a new .csv file, not the predictions")
@@ -403,7 +416,7 @@ def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
     for note in aggregation.notes:
         print(note, file=sys.stderr)
     num_images = sum(row[columns.index("num_images")] for row in rows)
-    print(f"{output}: {len(rows)} groups by {args.by} ({args.rule} rule) of {num_images} rows")
+    print(f"{output}: {len(rows)} groups by {' + '.join(args.by)} ({args.rule} rule) of {num_images} rows")
     if metrics is not None:
         with open(scores, "w") as handle:
             json.dump(metrics, handle, indent=2)
