@@ -95,6 +95,8 @@ def test_cq500_uncompressed_hu_and_metadata_match_tags():
         "PatientID": "CQ500-CT-1",
         "StudyInstanceUID": dataset.StudyInstanceUID,
         "SeriesInstanceUID": dataset.SeriesInstanceUID,
+        "Laterality": None,  # a head CT names no ImageLaterality nor Laterality
+        "ViewPosition": None,
         "InstanceNumber": int(dataset.InstanceNumber),
         "ImageType": tuple(dataset.ImageType),  # ("ORIGINAL", "PRIMARY", "AXIAL")
     }
@@ -1140,6 +1142,65 @@ def test_streaming_refuses_bad_dicom_when_listing_not_when_reading(tmp_path):
         StreamingImages.from_files([cine], image_size=8, num_channels=1)  # refused before any pixel is decoded
     with pytest.raises(ValueError, match=r"cine.dcm has 10 frames; expected one image per row"):
         StreamingImages.from_files([cine], image_size=8, num_channels=1, medical=FULL)[0]
+
+
+def write_folder_with_four_bad_files(root):
+    """QA: `root/{a,b}/` of 6 readable windowed CT slices each, and in `a` four files each refused at another stage
+    before: an RGB secondary capture (no extension), a file without window tags read with its own window ('file', the
+    default), one of WindowWidth 0, and one cut short in its pixel data (its header reads). Returns the three files
+    refused by their headers, and the cut one."""
+    big = np.zeros((256, 256), dtype="<i2").tobytes()  # deferred when a header is read: only decoding finds the cut
+    dataset = without_group_ids(pydicom.dcmread(pydicom_file("CT_small.dcm")))
+    dataset.Rows, dataset.Columns, dataset.PixelData = 256, 256, big
+    dataset.WindowCenter, dataset.WindowWidth = 40, 400
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(6):
+            write_dicom(dataset, root / label / f"{i}.dcm", InstanceNumber=i + 1)
+    no_window = copy.deepcopy(dataset)
+    del no_window.WindowCenter, no_window.WindowWidth
+    bad = [
+        write_dicom(dataset, root / "a" / "SC_0001", PhotometricInterpretation="RGB"),
+        write_dicom(no_window, root / "a" / "no_window.dcm"),
+        write_dicom(dataset, root / "a" / "sigmoid_ww0.dcm", WindowWidth=0),
+    ]
+    truncated = write_dicom(dataset, root / "a" / "truncated.dcm")
+    truncated.write_bytes(truncated.read_bytes()[: -len(big) // 2])
+    return bad, truncated
+
+
+def test_streaming_names_every_bad_dicom_at_once_reading_each_header_once(tmp_path, monkeypatch):
+    """QA: a streamed folder with four bad files took three runs, each naming what one stage found: the listing (the
+    RGB file alone), the header check (the windows), then the reading of every image (the truncated file)."""
+    import runpy
+
+    from .conftest import REPO_ROOT
+
+    bad, truncated = write_folder_with_four_bad_files(tmp_path / "data")
+    headers = re.escape("3 of 16 image files cannot be read: ")
+    named = (r"DICOM file .*SC_0001: PhotometricInterpretation 'RGB'.*; .*no_window.dcm has no WindowCenter / "
+             r"WindowWidth.*; .*sigmoid_ww0.dcm: bad window tags WindowCenter 40.0 and WindowWidth 0.0")
+    reads, read = [], pydicom.dcmread
+    monkeypatch.setattr(pydicom, "dcmread", lambda path, *a, **kw: reads.append(str(path)) or read(path, *a, **kw))
+    with pytest.raises(ValueError, match=rf"^{headers}{named}.*Expected every file to be a readable image"):
+        streaming_image_classification_data(tmp_path / "data", num_channels=1, image_size=8)
+    assert sorted(reads) == sorted(str(path) for path in (tmp_path / "data").glob("*/*"))  # each header read once
+    with pytest.raises(ValueError, match=rf"^{headers}{named}"):  # the public check alike
+        StreamingImages.from_files(sorted((tmp_path / "data").glob("*/*")), image_size=8, num_channels=1)
+
+    example = runpy.run_path(str(REPO_ROOT / "examples" / "score_sde_train.py"), run_name="example")
+    flags = ["--dataset", str(tmp_path / "data"), "--streaming", "--num_channels", "1", "--image_size", "8",
+             "--output_dir", str(tmp_path / "out"), "--max_train_steps", "1", "--lr_warmup_steps", "0"]  # fmt: skip
+    with pytest.raises(ValueError, match=rf"^{headers}{named}"):  # no reading: the headers refused before training
+        example["main"](flags + ["--no_verify_images"])
+    with pytest.raises(ValueError) as refused:  # every image read first: one message names all four
+        example["main"](flags)
+    message = str(refused.value)
+    assert message.startswith("4 of 16 images cannot be read (")
+    for path in [*bad, truncated]:
+        assert str(path) in message
+    assert f"cannot decode the pixel data of DICOM file {truncated}" in message
+    assert not (tmp_path / "out").exists()
 
 
 def test_image_variation_pipeline_saves_and_reads_the_classifiers_dicom_contract(tmp_path):

@@ -490,6 +490,40 @@ def test_training_refuses_a_test_image_damaged_past_its_header_and_names_every_u
         streaming_image_classification_data(root, num_channels=1, image_size=8, **fractions)
 
 
+def test_verifying_names_the_files_refused_when_listed_with_those_that_fail_to_decode(tmp_path):
+    """QA: a file PIL cannot open was refused when the folder was listed, and a file damaged past its header only by
+    the next run, which read every image: when every image is read, one message names both, labeled or unlabeled;
+    without the reading (--no_verify_images) the listing still refuses what it finds, before any training."""
+    import argparse
+
+    from diffusion_classifiers.data import add_data_args, streaming_data_from_args
+
+    root = _image_folder_of_two_classes(tmp_path / "data")
+    (root / "a" / "junk.png").write_bytes(b"not an image")
+    cut = root / "b" / "3.png"
+    cut.write_bytes(cut.read_bytes()[:60])  # the header still reads
+    parser = add_data_args(argparse.ArgumentParser(), streaming=True, unlabeled=True)
+    parser.add_argument("--seed", type=int, default=0)
+    flags = ["--dataset", str(root), "--num_channels", "1", "--image_size", "8"]
+    both = (r"^2 of 13 images cannot be read \(cannot decode image file .*a/junk\.png: .*; "
+            r"cannot decode image file .*b/3\.png")
+    for unlabeled in ([], ["--unlabeled"]):
+        with pytest.raises(ValueError, match=both):
+            streaming_data_from_args(parser.parse_args(flags + unlabeled))
+        with pytest.raises(ValueError, match=r"^cannot decode image file .*a/junk\.png"):  # one file: its own error
+            streaming_data_from_args(parser.parse_args(flags + unlabeled + ["--no_verify_images"]))
+    # the files refused when listed are left out of splits carved as if they could be read
+    unreadable = []
+    splits = streaming_image_classification_data(root, 1, 8, unreadable=unreadable)
+    assert [path for path, _ in unreadable] == [str(root / "a" / "junk.png")]
+    (root / "a" / "junk.png").write_bytes((root / "a" / "0.png").read_bytes())
+    readable = streaming_image_classification_data(root, 1, 8)
+    for name in splits:
+        assert [splits[name]._path(i) for i in range(len(splits[name]))] == [
+            readable[name]._path(i) for i in range(len(readable[name])) if "junk" not in readable[name]._path(i)
+        ]
+
+
 @pytest.mark.parametrize("script", ["unet_features_train.py", "score_sde_train.py", "rc_dit_train.py"])
 def test_scripts_refuse_a_wrong_output_dir_or_checkpoint_before_reading_every_image(tmp_path, script):
     import runpy

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from .dicom import (
+    DicomHeader,
     MedicalPreprocessing,
     VoiTable,
     Window,
@@ -21,6 +22,7 @@ from .dicom import (
     note_bit_depth,
     read_dicom,
     read_dicom_header,
+    resolve_windows,
     window_channels,
 )
 from .image_files import DECODE_ERRORS, decode_error_text, open_image
@@ -28,6 +30,8 @@ from .preprocessing import ImagePreprocessing, _PIL_16BIT_MODES, preprocess_imag
 from .split_record import ANONYMISED_DICOM_RULE, EARLIER_ANONYMISED_DICOM_RULE, SPLIT_RECORD_NAME
 
 __all__ = [
+    "check_file_header",
+    "check_file_headers",
     "decode_image_file",
     "list_frames",
 ]
@@ -356,25 +360,26 @@ def list_frames(
     patient_ids: list[str] | None = None,
     class_names: Sequence[str] | None = None,
     anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
+    *,
+    open_images: bool = True,
+    unreadable: list[tuple[str, str]] | None = None,
 ) -> tuple[list[Path], list[int | None], dict[str, np.ndarray], np.ndarray | None]:
     """What [`decode_files`] gives, from the DICOM headers alone (no pixel decoded; `data.streaming` reads the images
     lazily): one row per image, the file and its frame (`None` for a non-DICOM file), and [`_expand_frames`]'s labels
-    and group ids. DICOM files that cannot be decoded (no pixel data, no decoder installed) are refused now, as is
-    DICOM mixed with other image files for `medical`'s windows (see [`dicom_or_not`])."""
-    kinds = dicom_or_not(files, medical)
-    headers, failures = {}, []
+    and group ids. Every file is checked once, as far as it can be without decoding its pixels
+    ([`check_file_headers`]; other image files opened only with `open_images`), DICOM mixed with other image files as
+    `medical`'s windows allow. The files that cannot be read are refused together; given an `unreadable` list, they are
+    appended to it as `(path, reason)` instead, and listed as one row each (frame `None`), for the caller to leave
+    out and refuse with the images that fail to decode when every image is read."""
+    headers, failures = check_file_headers(files, medical, open_images)
+    if unreadable is None:
+        _refuse_unreadable_files(list(failures.values()), len(set(files)))
+    else:
+        unreadable += [(str(path), str(reason)) for path, reason in failures.items()]
     own_windows = _OwnWindows(medical, np.concatenate(list(labels_per_split.values())), class_names)
-    for position, (path, is_dicom) in enumerate(zip(files, kinds)):
-        if is_dicom:
-            try:
-                headers[path] = read_dicom_header(path)
-                _refuse_localizer(path, headers[path].metadata)
-            except ValueError as error:
-                failures.append(error if not failures else str(error))
-                continue
-            header = headers[path]
+    for position, header in enumerate(headers.get(path) for path in files):
+        if header is not None:
             own_windows.add(position, header.frame_windows[0] if header.frame_windows else header.windows)
-    _refuse_unreadable_files(failures, len(files))
     own_windows.warn()
     _check_dicom_sizes_per_folder(
         [(path, header.size, header.metadata["SeriesInstanceUID"]) for path, header in headers.items()]
@@ -385,6 +390,52 @@ def list_frames(
     rows = [path for path, count in zip(files, frames) for _ in range(count)]
     frame_of_row = [frame if path in headers else None for path, count in zip(files, frames) for frame in range(count)]
     return rows, frame_of_row, *_expand_frames(files, labels_per_split, frames, groups)
+
+
+def check_file_headers(
+    files: Sequence[Path], medical: MedicalPreprocessing, open_images: bool = True
+) -> tuple[dict[Path, DicomHeader], dict[Path, ValueError | str]]:
+    """[`check_file_header`] of every one of `files` (a file listed twice is checked once; DICOM mixed with other
+    image files only as `medical`'s windows allow, see [`dicom_or_not`]): the headers of the DICOM files that pass,
+    and the files that fail, each with its error (the first) or its message (the others: no traceback kept), for
+    [`_refuse_unreadable_files`] to refuse together."""
+    unique = list(dict.fromkeys(files))
+    headers, failures = {}, {}
+    for path, is_dicom in zip(unique, dicom_or_not(unique, medical)):
+        try:
+            header = check_file_header(path, is_dicom, medical, open_images)
+        except ValueError as error:
+            failures[path] = error if not failures else str(error)
+            continue
+        if header is not None:
+            headers[path] = header
+    return headers, failures
+
+
+def check_file_header(
+    path: Path, is_dicom: bool, medical: MedicalPreprocessing, open_images: bool = True
+) -> DicomHeader | None:
+    """One file checked as far as it can be without decoding its pixels (cheap: headers only), the one check of the
+    streaming listing and `StreamingImages.from_files`: a DICOM file's header read ([`read_dicom_header`]: pixel data,
+    greyscale, a decoder installed), not a localizer, and `medical`'s windows resolved for it (its own window tags for
+    `"file"`); another image file (with `open_images`) recognised by PIL. Returns the DICOM header (None for another
+    file); a `ValueError` naming the file when it cannot be read."""
+    if not is_dicom:
+        if open_images:
+            _check_image_header(path)
+        return None
+    header = read_dicom_header(path)
+    _refuse_localizer(path, header.metadata)
+    resolve_windows(header, medical.windows)
+    return header
+
+
+def _check_image_header(path: Path) -> None:
+    try:
+        with Image.open(path):
+            pass
+    except (*DECODE_ERRORS, FileNotFoundError) as error:
+        raise ValueError(f"cannot decode image file {path}: {decode_error_text(error)}") from error
 
 
 def dicom_or_not(files: list[Path], medical: MedicalPreprocessing) -> list[bool]:

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .dicom import MedicalPreprocessing, is_dicom_file, read_dicom_header, resolve_windows
+from .dicom import MedicalPreprocessing, is_dicom_file
 from .image_files import DECODE_ERRORS, decode_error_text, open_image
 from .preprocessing import ImagePreprocessing, _describe, fit_options, preprocess_images
-from .file_decoding import _refuse_unreadable_files, decode_image_file, dicom_or_not, list_frames
+from .file_decoding import _refuse_unreadable_files, check_file_headers, decode_image_file, list_frames
 from .hf_datasets import HF_SPLIT_NAMES, find_column, hf_splits, split_columns
 from .image_listing import list_csv, list_folder_files, list_unlabeled_images
 from .labeled_images import ONE_SET, SPLITS, RawData, labels_and_names
@@ -254,8 +254,10 @@ class StreamingImages(torch.utils.data.Dataset):
         **fit: Any,
     ) -> StreamingImages:
         """Image files (and their integer labels in `0..len(class_names)-1`) as a streaming dataset. With
-        `check_files`, every file's header is read now, so a missing or unreadable file is refused (named) before
-        any long computation; a file whose pixel data is corrupt fails when it is read, again naming the file.
+        `check_files`, every file's header is read now, as the streaming listing checks it (a DICOM file's windows
+        resolved, a localizer refused: `file_decoding.check_file_header`), so missing or unreadable files are refused,
+        all named at once, before any long computation; a file whose pixel data is corrupt fails when it is read, again
+        naming the file.
         `frames` names the frame of each row of a multi-frame DICOM (a file listed once per frame, `None` for other
         files); `medical` is how DICOM and 16-bit files are read, `fit` the `resize_mode`, `pad_value` and
         `normalize_background` (see the class)."""
@@ -268,7 +270,7 @@ class StreamingImages(torch.utils.data.Dataset):
             raise ValueError("expected labels and class_names together, got only one of them")
         medical = medical if medical is not None else MedicalPreprocessing()
         if check_files:
-            _check_headers(files, medical)
+            _check_files([Path(file) for file in files], medical)
         columns = {_IMAGE: [{"path": file, "bytes": None} for file in files]}
         features = {_IMAGE: datasets.Image(decode=False)}
         if frames is not None and any(frame is not None for frame in frames):
@@ -349,29 +351,10 @@ def streaming_classification_split(
     return DecodedImages(dataset, image_column), labels, list(dataset.features[label_column].names)
 
 
-def _check_headers(files: Sequence[str], medical: MedicalPreprocessing) -> None:
-    """Every file exists and PIL (or pydicom) recognises its header (cheap: no pixel data is decoded); every DICOM file
-    has what `medical`'s windows need (its own window tags for `"file"`), and DICOM is mixed with other image files
-    only as `medical`'s windows allow (see `file_decoding.dicom_or_not`)."""
-    unique = list(dict.fromkeys(files))  # a multi-frame DICOM is listed once per frame
-    failures = []  # every file is tried, then those that fail are refused together, as the in-memory reader does
-    for file, is_dicom in zip(unique, dicom_or_not([Path(file) for file in unique], medical)):
-        try:
-            _check_header(file, is_dicom, medical)
-        except ValueError as error:
-            failures.append(error if not failures else str(error))
-    _refuse_unreadable_files(failures, len(unique))
-
-
-def _check_header(file: str, is_dicom: bool, medical: MedicalPreprocessing) -> None:
-    if is_dicom:
-        resolve_windows(read_dicom_header(file), medical.windows)
-        return
-    try:
-        with Image.open(file):
-            pass
-    except (*DECODE_ERRORS, FileNotFoundError) as error:
-        raise ValueError(f"cannot decode image file {file}: {decode_error_text(error)}") from error
+def _check_files(files: list[Path], medical: MedicalPreprocessing) -> None:
+    """Every file is checked as the streaming listing checks it (`file_decoding.check_file_headers`: its header read,
+    no pixel data decoded), then those that fail are refused together, as the in-memory reader does."""
+    _refuse_unreadable_files(list(check_file_headers(files, medical)[1].values()), len(set(files)))
 
 
 def streaming_image_classification_data(
@@ -394,6 +377,7 @@ def streaming_image_classification_data(
     anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
     unlabeled: bool = False,
     one_set: bool = False,
+    unreadable: list[tuple[str, str]] | None = None,
 ) -> dict[str, StreamingImages]:
     r"""
     [`load_image_classification_data`] for data larger than memory: `{"train", "val", "test"}` [`StreamingImages`]
@@ -411,8 +395,12 @@ def streaming_image_classification_data(
         val_fraction, test_fraction, seed, class_names, image_column, label_column, patient_id_column, medical,
             resize_mode, pad_value, normalize_background, anonymised_dicom_groups, unlabeled, one_set: as in
             [`load_image_classification_data`] (DICOM PatientIDs keep each patient on one side there too).
-        check_files (`bool`, *optional*, defaults to `True`): read every file's header now (see
-            [`StreamingImages.from_files`]).
+        check_files (`bool`, *optional*, defaults to `True`): open every image file now, as DICOM headers are read
+            (see [`StreamingImages.from_files`]).
+        unreadable (`list`, *optional*): the files found unreadable when listed are refused now, all named at once;
+            given a list, they are appended to it as `(path, reason)` instead and left out of the splits (which are
+            carved as if they could be read), for the caller to refuse together with the images that fail to decode
+            when every image is read ([`streaming_data_from_args`]).
 
     Raises:
         `ValueError`: as [`load_image_classification_data`] for the listing (empty folder, missing file, bad CSV,
@@ -421,12 +409,14 @@ def streaming_image_classification_data(
     check_split_fractions(val_fraction, test_fraction, carved=not unlabeled)
     check_anonymised_dicom_groups(anonymised_dicom_groups)
     fit = fit_options(resize_mode, pad_value, normalize_background)
+    listing = {"open_images": check_files, "unreadable": unreadable}  # each file checked once, when it is listed
     if unlabeled:
         medical = medical or MedicalPreprocessing()
-        files, frames = _unlabeled_rows(source, medical)
-        return {"train": StreamingImages.from_files(
-            files, None, None, image_size, num_channels, check_files, frames=frames, medical=medical, **fit
-        )}  # fmt: skip
+        files, frames = _unlabeled_rows(source, medical, **listing)
+        full = StreamingImages.from_files(
+            files, None, None, image_size, num_channels, False, frames=frames, medical=medical, **fit
+        )  # fmt: skip
+        return _leave_out({"train": full}, unreadable)
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir() and is_saved_dataset(Path(source)):
         import datasets
 
@@ -436,16 +426,32 @@ def streaming_image_classification_data(
         full = StreamingImages(dataset, image_size, num_channels, image_column=_IMAGE, label_column=_LABEL, **fit)
     else:
         files, frames, raw = _file_rows(
-            source, class_names, patient_id_column, medical or MedicalPreprocessing(), anonymised_dicom_groups
+            source, class_names, patient_id_column, medical or MedicalPreprocessing(), anonymised_dicom_groups,
+            **listing,
         )
         full = StreamingImages.from_files(
-            files, raw.labels, raw.class_names, image_size, num_channels, check_files, frames=frames, medical=medical,
+            files, raw.labels, raw.class_names, image_size, num_channels, False, frames=frames, medical=medical,
             **fit,
         )
     if one_set:
-        return {ONE_SET: full}
+        return _leave_out({ONE_SET: full}, unreadable)
     splits = carve_splits(raw, val_fraction, test_fraction, seed)
-    return {name: full.subset(splits[name]) for name in SPLITS}
+    return _leave_out({name: full.subset(splits[name]) for name in SPLITS}, unreadable)
+
+
+def _leave_out(
+    parts: dict[str, StreamingImages], unreadable: list[tuple[str, str]] | None
+) -> dict[str, StreamingImages]:
+    """`parts` without the rows of the files `unreadable` names: listed, one row each (see `list_frames`), so that
+    the splits are carved as if they could be read, then left out."""
+    paths = {path for path, _ in unreadable or ()}
+    if not paths:
+        return parts
+    return {name: images.subset(_rows_not_of(images, paths)) for name, images in parts.items()}
+
+
+def _rows_not_of(images: StreamingImages, paths: set[str]) -> list[int]:
+    return [row for row, image in enumerate(images.dataset[images.image_column]) if image["path"] not in paths]
 
 
 def is_saved_dataset(folder: Path) -> bool:
@@ -459,10 +465,11 @@ def _file_rows(
     patient_id_column: str | None,
     medical: MedicalPreprocessing,
     anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
+    **listing: Any,
 ):
     """The images of an image folder or CSV (a file and its DICOM frame, or None, per image; DICOM mixed with other
     files as `medical`'s windows allow), and their labels, names, official splits and groups (as `RawData`; anonymised
-    DICOM files grouped by `anonymised_dicom_groups`)."""
+    DICOM files grouped by `anonymised_dicom_groups`); every file checked as `listing` says (see `list_frames`)."""
     path = Path(source)
     if not path.exists():
         raise ValueError(f"source: {str(path)!r} does not exist; expected an image folder, a .csv file or a dataset")
@@ -477,20 +484,20 @@ def _file_rows(
     else:
         raise ValueError(f"source: {str(path)!r} is a file; expected an image folder, a .csv file or a dataset")
     files, frames, labels_per_split, groups = list_frames(
-        files, labels_per_split, medical, patients, names, anonymised_dicom_groups
+        files, labels_per_split, medical, patients, names, anonymised_dicom_groups, **listing
     )
     labels, names, splits = labels_and_names(labels_per_split, names, where)
     return files, frames, RawData(None, labels, names, splits, groups=groups)
 
 
-def _unlabeled_rows(source: Any, medical: MedicalPreprocessing) -> tuple[list[Path], list[int | None]]:
+def _unlabeled_rows(source: Any, medical: MedicalPreprocessing, **listing: Any) -> tuple[list[Path], list[int | None]]:
     """Every image of the image folder `source` and its subfolders ([`list_unlabeled_folder`]): a file and its DICOM
-    frame (or None) per image."""
+    frame (or None) per image, every file checked as `listing` says (see `list_frames`)."""
     path = Path(source) if isinstance(source, (str, os.PathLike)) else None
     if path is None or not path.is_dir() or is_saved_dataset(path):
         raise ValueError(f"unlabeled: expected an image folder (its images read without labels), got {source!r}")
     files, unlabeled = list_unlabeled_images(path, stacklevel=3)  # 3: the caller of the loader
-    files, frames, _, _ = list_frames(files, unlabeled, medical, None, [UNLABELED])
+    files, frames, _, _ = list_frames(files, unlabeled, medical, None, [UNLABELED], **listing)
     return files, frames
 
 
@@ -514,8 +521,9 @@ def streaming_data_from_args(args: Any) -> dict[str, StreamingImages]:
     `--seed`, `--dataloader_num_workers`): the scripts' `--streaming` counterpart of `load_data_from_args`. Unless
     `--no_verify_images`, every image of every split is read once first, so a damaged file is refused before
     training (one found in val or test later, by a probe, once deleted, would re-carve every split and move images
-    the model was trained on into them), and the splits keep their images' content fingerprints (`fingerprints`),
-    which [`save_training_split_record`] records as an in-memory run records them."""
+    the model was trained on into them), named in one message with the files the listing found unreadable (with
+    `--no_verify_images`, those are refused when listed), and the splits keep their images' content fingerprints
+    (`fingerprints`), which [`save_training_split_record`] records as an in-memory run records them."""
     medical = medical_from_args(args)
     num_channels = args.num_channels
     if num_channels is None and len(medical.windows) == 3:  # 3 DICOM windows give 3 channels, one each
@@ -523,12 +531,13 @@ def streaming_data_from_args(args: Any) -> dict[str, StreamingImages]:
     if num_channels is None:
         raise ValueError("--streaming needs --num_channels (1 or 3): streamed images are not all looked at first")
     image_size = args.image_size if args.image_size is not None else DEFAULT_FOLDER_SIZE
+    unreadable = None if args.no_verify_images else []  # else refused now, before training, as they are listed
     splits = streaming_image_classification_data(
         args.dataset, num_channels, image_size, medical=medical, unlabeled=getattr(args, "unlabeled", False),
-        **splits_from_args(args), **fit_from_args(args),
+        unreadable=unreadable, **splits_from_args(args), **fit_from_args(args),
     )
-    if not args.no_verify_images:
-        _verify_across_processes(list(splits.values()), getattr(args, "dataloader_num_workers", 0))
+    if unreadable is not None:
+        _verify_across_processes(list(splits.values()), getattr(args, "dataloader_num_workers", 0), unreadable)
     return splits
 
 
@@ -565,10 +574,13 @@ def _process_state() -> Any:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
-def _verify_across_processes(parts: list[StreamingImages], num_workers: int) -> None:
+def _verify_across_processes(
+    parts: list[StreamingImages], num_workers: int, unreadable: Sequence[tuple[str, str]] = ()
+) -> None:
     """[`StreamingImages.verify`] of every split of `parts` with the reading shared: each process reads every n-th
     image of each, then all refuse the same failures, together (one process reading them all while the others wait
-    could outlast the process group's timeout on large data), and every process keeps each split's fingerprints."""
+    could outlast the process group's timeout on large data), with the files `unreadable` when listed (left out of
+    `parts`, each one image), and every process keeps each split's fingerprints."""
     from accelerate.utils import gather_object
 
     state = _process_state()
@@ -581,7 +593,7 @@ def _verify_across_processes(parts: list[StreamingImages], num_workers: int) -> 
     if state.num_processes > 1:
         failures = gather_object(failures)
         fingerprints = [gather_object(part) for part in fingerprints]
-    _refuse_unreadable(sorted(failures), sum(len(images) for images in parts))
+    _refuse_unreadable(sorted([*failures, *unreadable]), sum(len(images) for images in parts) + len(unreadable))
     for images, part in zip(parts, fingerprints):
         images.fingerprints = list(part)
 
