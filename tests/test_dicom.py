@@ -42,7 +42,8 @@ from .conftest import shared_data
 pydicom = pytest.importorskip("pydicom")
 from pydicom.data import get_testdata_file  # noqa: E402
 
-from diffusion_classifiers.data.dicom import parse_windows, read_dicom_header  # noqa: E402
+from diffusion_classifiers.data.dicom import read_dicom_header  # noqa: E402
+from diffusion_classifiers.data.windows import parse_windows  # noqa: E402
 
 WINDOW_TOLERANCE = 2.0**-24
 
@@ -621,7 +622,7 @@ def test_16bit_image_read_at_its_bit_depth(tmp_path, suffix, caplog):
     values = np.array([[0, 1000], [4095, 2048]], dtype=np.uint16)  # 12-bit data in a 16-bit file
     path = tmp_path / f"scan{suffix}"
     Image.fromarray(values).save(path)
-    with caplog.at_level("INFO", logger="diffusion_classifiers.data.dicom"):
+    with caplog.at_level("INFO", logger="diffusion_classifiers.data.sixteen_bit"):
         read = read_16bit_image(path)
     assert "scaled by 12 bits stored" in caplog.text
     np.testing.assert_allclose(read, values / 4095.0, rtol=0, atol=WINDOW_TOLERANCE)

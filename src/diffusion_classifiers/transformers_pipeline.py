@@ -13,7 +13,7 @@ import os
 from PIL import Image
 from transformers import ImageClassificationPipeline
 
-from .data.dicom import _PIL_16BIT_MODES
+from .data.sixteen_bit import _PIL_16BIT_MODES
 
 __all__ = ["DiffusionClassifierImageClassificationPipeline"]
 

@@ -5,8 +5,9 @@
 - [`load_image_classification_data`] (`readers.py`) and the readers it calls (`array_files.py`: digits, `.npz`, IDX;
   `image_listing.py` and `file_decoding.py`: image folders and CSV files of paths; `hf_datasets.py`: `datasets`), into
   [`LabeledImages`] (`labeled_images.py`: images, integer labels and class names, validated together).
-- [`read_dicom`], [`Window`], [`VoiTable`], [`window_channels`], [`read_16bit_image`], [`MedicalPreprocessing`] (`dicom.py`):
-  DICOM to Hounsfield units to windowed channels, 16-bit PNG / TIFF at their bit depth (pydicom is optional);
+- [`read_dicom`], [`window_channels`], [`MedicalPreprocessing`] (`dicom.py`): DICOM to Hounsfield units to windowed
+  channels, through [`Window`]s and a file's [`VoiTable`] (`windows.py`), and 16-bit PNG / TIFF at their bit depth
+  ([`read_16bit_image`], `sixteen_bit.py`) (pydicom is optional);
   [`is_dicom_file`] tells DICOM files by extension (`.dcm`, `.dicom`, `.dic`, `.ima`), or by their 'DICM' header;
   [`check_decoders`] refuses, before any is read, DICOM files whose compression needs a plugin not installed.
 - [`StreamingImages`], [`streaming_image_classification_data`] (`streaming.py`): the same data larger than memory,
@@ -35,9 +36,9 @@ _EXPORTS = {
     "StreamingImages": "streaming",
     "LabeledImages": "labeled_images",
     "MedicalPreprocessing": "dicom",
-    "VoiTable": "dicom",
-    "WINDOW_PRESETS": "dicom",
-    "Window": "dicom",
+    "VoiTable": "windows",
+    "WINDOW_PRESETS": "windows",
+    "Window": "windows",
     "add_data_args": "arguments",
     "add_split_args": "arguments",
     "canonical_split_name": "hf_datasets",
@@ -51,7 +52,7 @@ _EXPORTS = {
     "load_image_classification_data": "readers",
     "long_tailed_indices": "splits",
     "preprocess_images": "preprocessing",
-    "read_16bit_image": "dicom",
+    "read_16bit_image": "sixteen_bit",
     "read_classification_split": "hf_datasets",
     "read_split_record": "split_record",
     "read_dicom": "dicom",
@@ -60,7 +61,7 @@ _EXPORTS = {
     "resolve_split_args": "split_record",
     "save_split_record": "split_record",
     "save_training_split_record": "streaming",
-    "scale_16bit_image": "dicom",
+    "scale_16bit_image": "sixteen_bit",
     "stratified_group_split": "splits",
     "stratified_split": "splits",
     "stratified_subset_indices": "splits",

@@ -9,7 +9,7 @@ import argparse
 import json
 from typing import Any
 
-from .dicom import WINDOW_NAMES
+from .windows import WINDOW_NAMES
 from .split_record import SPLIT_DEFAULTS, SPLIT_RECORD_NAME
 
 __all__ = ["add_class_names_arg", "add_data_args", "add_split_args", "json_object_arg"]

@@ -12,36 +12,26 @@ pydicom and the JPEG decoders are optional: `pip install "diffusion-classifiers[
 from __future__ import annotations
 
 import logging
-import math
 import warnings
-import weakref
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from PIL import Image
 
-from .image_files import DECODE_ERRORS, IMAGE_EXTENSIONS, decode_error_text, open_image
+from .image_files import IMAGE_EXTENSIONS
+from .sixteen_bit import _check_bits_stored, _read_16bit, note_bit_depth
+from .windows import _OTHER_WINDOWS, WINDOW_NAMES, WINDOW_PRESETS, VoiTable, Window
 
 
 __all__ = [
     "DICOM_EXTENSIONS",
     "DicomHeader",
     "DicomImage",
-    "LOW_RANGE_FILL",
     "MedicalPreprocessing",
-    "WINDOW_NAMES",
-    "WINDOW_PRESETS",
-    "VoiTable",
-    "Window",
     "check_decoders",
     "check_same_slice_size",
     "is_dicom_file",
-    "parse_windows",
-    "read_16bit_image",
-    "scale_16bit_image",
     "read_dicom",
     "read_dicom_folder",
     "read_dicom_header",
@@ -64,8 +54,6 @@ _NOT_DICOM_EXTENSIONS = IMAGE_EXTENSIONS | {
 _DICOM_HEADER_NOTE = (
     "extension-less DICOM files are recognised by their 'DICM' header, as are those with other extensions"
 )
-# PIL modes of 16-bit greyscale images (`data.preprocessing` reads them through here too).
-_PIL_16BIT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
 _INSTALL_HINT = 'pip install "diffusion-classifiers[medical]"'
 # The pip packages that decode each compressed transfer-syntax family (the [medical] extra installs them).
 _JPEG_PLUGIN = "pylibjpeg pylibjpeg-libjpeg"
@@ -77,9 +65,6 @@ _GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
 _FRAME_LUT_SEQUENCES = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
 _LUT_KEYWORDS = ("RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth", "VOILUTFunction")
 _PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-# 16-bit data spanning less than this share of their scale keep fewer than 0.05 * 255 ~ 13 grey levels once stored or
-# shown at 8 bits: too little contrast to be a deliberate choice, so read_16bit_image warns.
-LOW_RANGE_FILL = 0.05
 
 
 def _import_pydicom() -> Any:
@@ -88,207 +73,6 @@ def _import_pydicom() -> Any:
     except ImportError as error:
         raise ImportError(f"reading DICOM files needs pydicom: {_INSTALL_HINT}") from error
     return pydicom
-
-
-# --------------------------------------------------------------------------------------------------
-# Windows (VOI LUT)
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Window:
-    r"""
-    A VOI window: modality values (Hounsfield units for CT) -> `[0, 1]`.
-
-    The mapping is a VOI LUT Function of DICOM PS3.3 C.11.2.1.3 with `y_min = 0`, `y_max = 1`:
-
-    - `"LINEAR_EXACT"`: `y = clip((x - center) / width + 0.5, 0, 1)`, so `center - width / 2` maps to 0 and
-      `center + width / 2` to 1. (The older `LINEAR` of C.11.2.1.2.1, the standard's default when a file names no
-      function, shifts by 0.5 and divides by `width - 1`; it differs by at most `1 / width` and needs `width >= 1`.
-      A file's `LINEAR` window is read as `LINEAR_EXACT`.)
-    - `"SIGMOID"`: `y = 1 / (1 + exp(-4 (x - center) / width))`, the function many digital mammography systems name
-      in their files (`VOILUTFunction`): read as linear, their images would be clipped where the sigmoid is not.
-
-    Args:
-        center (`float`): the window centre (WindowCenter), in modality units.
-        width (`float`): the window width (WindowWidth), > 0.
-        function (`str`, *optional*, defaults to `"LINEAR_EXACT"`): `"LINEAR_EXACT"` or `"SIGMOID"`.
-    """
-
-    center: float
-    width: float
-    function: str = "LINEAR_EXACT"
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.center) and math.isfinite(self.width)) or self.width <= 0:
-            raise ValueError(
-                f"Window(center={self.center!r}, width={self.width!r}): expected a finite center and a finite width > 0"
-            )
-        if self.function not in VOI_LUT_FUNCTIONS:
-            raise ValueError(f"Window function {self.function!r}: expected one of {list(VOI_LUT_FUNCTIONS)}")
-
-    def __repr__(self) -> str:
-        function = "" if self.function == "LINEAR_EXACT" else f", function={self.function!r}"
-        return f"Window(center={self.center!r}, width={self.width!r}{function})"
-
-    @classmethod
-    def preset(cls, name: str) -> Window:
-        """The named window: `brain` 40/80, `subdural` 80/200 or `bone` 600/2800 (centre/width in HU)."""
-        if name not in WINDOW_PRESETS:
-            raise ValueError(f"window {name!r}: expected one of the presets {sorted(WINDOW_PRESETS)}")
-        return WINDOW_PRESETS[name]
-
-    @classmethod
-    def from_tags(cls, dataset: Any) -> tuple[Window, ...]:
-        """The windows a pydicom dataset names in WindowCenter / WindowWidth (one or several values each); `()` if
-        it names none. The error for tags that are no windows names their values."""
-        centers, widths = dataset.get("WindowCenter"), dataset.get("WindowWidth")
-        if centers in (None, "") or widths in (None, ""):
-            return ()
-        tags = f"WindowCenter {centers} and WindowWidth {widths}"
-        try:
-            centers, widths = _as_float_list(centers), _as_float_list(widths)
-        except ValueError:
-            raise ValueError(f"{tags}: expected numbers") from None
-        if len(centers) != len(widths):
-            raise ValueError(f"{tags}: expected as many centres as widths")
-        if not all(math.isfinite(value) for value in centers + widths) or min(widths) <= 0:
-            raise ValueError(f"{tags}: expected finite centres and widths > 0")
-        function = _voi_lut_function(dataset.get("VOILUTFunction"))
-        return tuple(cls(center, width, function) for center, width in zip(centers, widths))
-
-    def apply(self, values: np.ndarray) -> np.ndarray:
-        """Map modality values to float32 in `[0, 1]` (see the class docstring)."""
-        offset = (np.asarray(values, dtype=np.float64) - self.center) / self.width
-        if self.function == "SIGMOID":
-            return (0.5 + 0.5 * np.tanh(2.0 * offset)).astype(np.float32)  # 1 / (1 + exp(-4 offset)), no overflow
-        return np.clip(offset + 0.5, 0.0, 1.0).astype(np.float32)
-
-    def describe(self) -> str:
-        """`center/width`, and the function when not linear: `40/80`, `2047/4096 SIGMOID`."""
-        function = "" if self.function == "LINEAR_EXACT" else f" {self.function}"
-        return f"{self.center:g}/{self.width:g}{function}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """As saved in a [`MedicalPreprocessing`] config (`Window(**config)` reads it back); a linear window without
-        its function, as saved before windows had one."""
-        config = {"center": self.center, "width": self.width}
-        return config if self.function == "LINEAR_EXACT" else {**config, "function": self.function}
-
-
-@dataclass(frozen=True)
-class VoiTable:
-    r"""
-    A file's own VOI LUT table (an item of its VOI LUT Sequence, PS3.3 C.11.2.1.1), its window (`"file"`) when it
-    has no WindowCenter / WindowWidth: modality value `x` -> the table's entry `x - first_mapped` (values below the
-    first mapped one take the first entry, values past the last the last), divided by `2^bits - 1`. Never saved: each
-    file brings its own.
-
-    Args:
-        first_mapped (`int`): the first modality value the table maps (the LUTDescriptor's second value).
-        entries (`bytes`): the table's entries, uint16 in this machine's byte order.
-        bits (`int`): the entries' bit depth (the LUTDescriptor's third value).
-    """
-
-    first_mapped: int
-    entries: bytes
-    bits: int
-
-    @classmethod
-    def from_tags(cls, dataset: Any) -> tuple[VoiTable, ...]:
-        """The tables of `dataset`'s VOI LUT Sequence, read by pydicom (the data's VR and byte order); `()` if it has
-        none. A table pydicom cannot read, or whose entries exceed its bit depth, is refused naming its values."""
-        from pydicom.pixels import apply_voi
-
-        tables = []
-        for index, item in enumerate(dataset.get("VOILUTSequence") or []):
-            try:
-                count, first, bits = _lut_descriptor(item)
-                entries = apply_voi(np.arange(first, first + count), dataset, index)
-            except (AttributeError, IndexError, KeyError, NotImplementedError, OverflowError, TypeError, ValueError) as error:
-                raise ValueError(f"VOI LUT Sequence item {index}: {error}") from None
-            if entries.max() > 2**bits - 1:
-                raise ValueError(f"VOI LUT Sequence item {index}: entries up to {entries.max()} exceed its "
-                                 f"LUTDescriptor's {bits} bits per entry")
-            tables.append(cls(first, entries.astype(np.uint16).tobytes(), bits))
-        return tuple(tables)
-
-    def apply(self, values: np.ndarray) -> np.ndarray:
-        """Map modality values to float32 in `[0, 1]` (see the class docstring)."""
-        table = np.frombuffer(self.entries, dtype=np.uint16)
-        offsets = np.rint(np.asarray(values, dtype=np.float64)) - self.first_mapped
-        return (table[np.clip(offsets, 0, len(table) - 1).astype(np.int64)] / (2.0**self.bits - 1)).astype(np.float32)
-
-    def describe(self) -> str:
-        """The table in words: `VOI LUT of 4096 entries from 0`."""
-        return f"VOI LUT of {len(self.entries) // 2} entries from {self.first_mapped}"
-
-
-def _lut_descriptor(item: Any) -> tuple[int, int, int]:
-    """A VOI LUT item's (number of entries, first mapped value, bits per entry); 0 entries means 2^16."""
-    count, first, bits = (int(value) for value in item.LUTDescriptor)
-    return count or 2**16, first, bits
-
-
-# The VOI LUT Functions a window applies, and how a file's VOILUTFunction names each (none: LINEAR, the default).
-VOI_LUT_FUNCTIONS = ("LINEAR_EXACT", "SIGMOID")
-_FILE_VOI_LUT_FUNCTIONS = {"": "LINEAR_EXACT", "LINEAR": "LINEAR_EXACT", "LINEAR_EXACT": "LINEAR_EXACT",
-                           "SIGMOID": "SIGMOID"}
-
-
-def _voi_lut_function(value: Any) -> str:
-    """The [`Window`] function of a file's VOILUTFunction value (None when absent)."""
-    name = "" if value is None else str(value).strip().upper()
-    if name not in _FILE_VOI_LUT_FUNCTIONS:
-        raise ValueError(f"VOILUTFunction {value!r}: expected LINEAR, LINEAR_EXACT or SIGMOID")
-    return _FILE_VOI_LUT_FUNCTIONS[name]
-
-
-WINDOW_PRESETS = {
-    "brain": Window(40.0, 80.0),
-    "subdural": Window(80.0, 200.0),
-    "bone": Window(600.0, 2800.0),
-}
-
-WINDOW_NAMES = (*WINDOW_PRESETS, "file", "full")  # what a window may be called (`--window` flags)
-# The windows a file without a usable one of its own can be read through (CT presets mean nothing for a mammogram).
-_OTHER_WINDOWS = (
-    f"Window(center, width) in the file's modality values (--window CENTER WIDTH), 'full' (its whole stored range), "
-    f"or for CT a preset in Hounsfield units {sorted(WINDOW_PRESETS)}"
-)
-
-
-def parse_windows(tokens: Sequence[str]) -> tuple[Window | str, ...]:
-    """`--window` tokens as windows: names stay names, two numbers in a row (centre, width in HU) become a
-    [`Window`]: `["brain", "80", "200", "bone"]` -> `("brain", Window(80.0, 200.0), "bone")`."""
-    windows, numbers = [], []
-    tokens = [part for token in tokens for part in str(token).split()]  # a quoted pair, '40 80', is two tokens
-    for token in tokens:
-        if token in WINDOW_NAMES:
-            if numbers:
-                break  # a centre without its width
-            windows.append(token)
-            continue
-        try:
-            numbers.append(float(token))
-        except ValueError:
-            raise ValueError(
-                f"--window {' '.join(tokens)}: {token!r} is neither a window name {list(WINDOW_NAMES)} nor a number"
-            ) from None
-        if len(numbers) == 2:
-            windows.append(Window(*numbers))
-            numbers = []
-    if numbers:
-        raise ValueError(
-            f"--window {' '.join(tokens)}: centre {numbers[0]:g} has no width; expected numbers in pairs "
-            "(--window 40 80)"
-        )
-    return tuple(windows)
-
-
-def _as_float_list(value: Any) -> list[float]:
-    values = value if isinstance(value, Sequence) and not isinstance(value, str) else [value]  # MultiValue or one
-    return [float(v) for v in values]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -786,168 +570,6 @@ def _resolve_window(
     if spec not in WINDOW_PRESETS:
         raise ValueError(f"window {spec!r}: expected a Window(center, width) or one of {list(WINDOW_NAMES)}")
     return WINDOW_PRESETS[spec]
-
-
-# --------------------------------------------------------------------------------------------------
-# 16-bit PNG / TIFF
-# --------------------------------------------------------------------------------------------------
-
-
-def read_16bit_image(path: str | Path, bits_stored: int | None = None) -> np.ndarray:
-    r"""
-    Read a 16-bit greyscale PNG / TIFF (PIL mode `I;16*` or `I`) as float32 `[H, W]` in `[0, 1]`: value / (2^bits - 1).
-
-    Args:
-        path (`str` or `os.PathLike`): the file.
-        bits_stored (`int`, *optional*): the bit depth the values use (1..16, e.g. 12 for most CT and radiographs).
-            Default: the image's maximum rounded up to a whole number of bits (logged), decided per image: pass it to
-            scale a data set alike.
-
-    A `UserWarning` is issued when the values span less than 5 % of the scale (`LOW_RANGE_FILL`): at 8 bits that
-    is fewer than 13 grey levels.
-
-    Raises:
-        `ValueError`: not a 16-bit greyscale image, values above `2^bits_stored - 1` or negative, or a bad
-            `bits_stored`; each names the file.
-    """
-    return _read_16bit(path, bits_stored)[0]
-
-
-def _read_16bit(path: str | Path, bits_stored: int | None) -> tuple[np.ndarray, int]:
-    """[`read_16bit_image`] and the bit depth it scaled by (see [`_scale_16bit`])."""
-    _check_bits_stored(bits_stored)
-    try:
-        image = open_image(path)
-    except DECODE_ERRORS as error:
-        raise ValueError(f"cannot decode image file {path}: {decode_error_text(error)}") from error
-    return _scale_16bit(image, bits_stored, path)
-
-
-def scale_16bit_image(image: Image.Image, bits_stored: int | None = None, name: Any = "image") -> np.ndarray:
-    """[`read_16bit_image`] of an opened 16-bit greyscale `image` (errors and warnings name it `name`)."""
-    return _scale_16bit(image, bits_stored, name)[0]
-
-
-def _scale_16bit(image: Image.Image, bits_stored: int | None, name: Any) -> tuple[np.ndarray, int]:
-    """[`scale_16bit_image`] and the bit depth it scaled by (`bits_stored`, or the one guessed from the maximum):
-    readers compare those of a data set's images."""
-    _check_bits_stored(bits_stored)
-    mode, values = image.mode, np.asarray(image).astype(np.int64)
-    if mode not in _PIL_16BIT_MODES:
-        raise ValueError(f"{name}: PIL mode {mode}; expected a 16-bit greyscale image (I;16 or I)")
-    low, high = int(values.min()), int(values.max())
-    if low < 0 or high > 65535:
-        raise ValueError(f"{name}: values span [{low}, {high}]; expected 0..65535")
-    if bits_stored is None:
-        bits_stored = max(high.bit_length(), 1)
-        logger.info("%s: scaled by %d bits stored (its maximum %d rounded up); pass bits_stored= to state it",
-                    name, bits_stored, high)
-    elif high >= 2**bits_stored:
-        raise ValueError(
-            f"{name}: maximum value {high} does not fit bits_stored={bits_stored} (max {2**bits_stored - 1})"
-        )
-    scale = 2**bits_stored - 1
-    if (high - low) < LOW_RANGE_FILL * scale:
-        warnings.warn(
-            f"{name}: values span [{low}, {high}], {100 * (high - low) / scale:.2f}% of the {bits_stored}-bit range "
-            f"(< {100 * LOW_RANGE_FILL:.0f}%); the image will have little contrast. Check bits_stored or window it",
-            UserWarning,
-            stacklevel=2,
-        )
-    return (values / scale).astype(np.float32), bits_stored
-
-
-def _check_bits_stored(bits_stored: Any, name: str = "bits_stored") -> None:
-    if bits_stored is not None and (isinstance(bits_stored, bool) or bits_stored not in range(1, 17)):
-        raise ValueError(f"{name}: expected an integer in 1..16 or None, got {bits_stored!r}")
-
-
-# The images named in the warning about bit depths other than the training images'; the rest are counted.
-_OTHER_DEPTHS_SHOWN = 5
-# The bit depth check of the run being read, if any (see [`check_bit_depths`]).
-_DEPTH_CHECK: ContextVar[_BitDepthCheck | None] = ContextVar("diffusion_classifiers_bit_depth_check", default=None)
-
-
-def check_bit_depths(medical: MedicalPreprocessing | None, stacklevel: int = 1) -> _BitDepthCheck:
-    """A context manager: while it is open, the 16-bit images read (see [`note_bit_depth`]) are compared with the bit
-    depth `medical` records for the model's training images (`guessed_bits_stored`); on leaving, one warning names
-    those scaled by another (`stacklevel` 1 blames the function holding the `with`). It checks nothing when `medical`
-    states `bits_stored` or records no depth, and inside another open check the images join that one (one warning
-    for a whole prediction run). No pixel value changes."""
-    return _BitDepthCheck(medical, stacklevel)
-
-
-def note_bit_depth(name: Any, bits: int, image: Any = None) -> None:
-    """Tell the open [`check_bit_depths`], if any, that the 16-bit image `name` was scaled by `bits` bits (`image`:
-    the PIL image itself, counted once however often it is preprocessed)."""
-    check = _DEPTH_CHECK.get()
-    if check is not None:
-        check.add(name, bits, image)
-
-
-class _BitDepthCheck:
-    """The 16-bit images of one run (a `pipe(...)` call, a prediction, an evaluated data set) whose guessed bit depth
-    (`bits_stored` unset: each image's maximum's) is not the one the model's training images all had (`trained`,
-    None: nothing to check): the same stored value then reads brighter or darker than in training, which is warned
-    about once for the run. Keeps counts and the first few names: flat memory however many images are read."""
-
-    def __init__(self, medical: MedicalPreprocessing | None, stacklevel: int = 1) -> None:
-        unset = medical is None or medical.bits_stored is not None
-        self.trained = None if unset else medical.guessed_bits_stored
-        self.stacklevel, self.total, self._token = stacklevel, 0, None
-        self.counts: dict[int, int] = {}  # bit depth other than the trained one -> images
-        self.shown: list[str] = []
-        self._seen: dict[int, weakref.ref] = {}  # PIL images counted, by id
-
-    def __enter__(self) -> _BitDepthCheck:
-        if self.trained is not None and _DEPTH_CHECK.get() is None:
-            self._token = _DEPTH_CHECK.set(self)
-        return self
-
-    def __exit__(self, kind: Any, *_: Any) -> None:
-        if self._token is None:
-            return
-        _DEPTH_CHECK.reset(self._token)
-        self._token = None
-        if kind is None:
-            self.warn(self.stacklevel + 1)  # 1: __exit__'s caller, the function holding the `with`
-
-    def add(self, name: Any, bits: int, image: Any = None) -> None:
-        if image is not None:  # a PIL image preprocessed twice (checked, then classified) is one image
-            seen = self._seen.get(id(image))
-            if seen is not None and seen() is image:
-                return
-            self._seen[id(image)] = weakref.ref(image, lambda _, key=id(image): self._seen.pop(key, None))
-        self.total += 1
-        if bits == self.trained:
-            return
-        self.counts[bits] = self.counts.get(bits, 0) + 1
-        if len(self.shown) < _OTHER_DEPTHS_SHOWN:
-            self.shown.append(f"{name} at {bits} bits")
-
-    def warn(self, stacklevel: int = 1) -> None:
-        """One warning when any image was scaled by a depth other than the training images' (`stacklevel` 1 blames
-        the caller)."""
-        other = sum(self.counts.values())
-        if not other:
-            return
-        more = f" and {other - len(self.shown)} more" if other > len(self.shown) else ""
-        depths = ", ".join(f"{count} at {bits} bits" for bits, count in sorted(self.counts.items()))
-        trained = self.trained
-        warnings.warn(
-            f"{other} of {self.total} 16-bit images were scaled by another bit depth than the model's training "
-            f"images, all read at {trained} bits (its preprocessing's medical.guessed_bits_stored): "
-            f"{'; '.join(self.shown)}{more} ({depths}). No bits_stored was stated, so each 16-bit PNG / TIFF is "
-            "scaled by its own maximum rounded up to whole bits (a 16-bit PIL image from [0, 65535], 16 bits): a "
-            "stored value reads twice as bright as in training per bit fewer (a dark or half-dose 12-bit scan, "
-            "maximum below 2048, reads at 11 bits) and half as bright per bit more. The images are read as before; "
-            f"to read them as the training images were, state the depth: train with --bits_stored {trained} "
-            f"(MedicalPreprocessing(bits_stored={trained})), or set it on this model: "
-            f"pipe.set_preprocessing({{'medical': {{'bits_stored': {trained}}}}}) and save it (save_pretrained; "
-            "predict reads the saved folder)",
-            UserWarning,
-            stacklevel=stacklevel + 1,
-        )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -14,19 +14,16 @@ from PIL import Image
 from .dicom import (
     DicomHeader,
     MedicalPreprocessing,
-    VoiTable,
-    Window,
-    _scale_16bit,
-    check_bit_depths,
     is_dicom_file,
-    note_bit_depth,
     read_dicom,
     read_dicom_header,
     resolve_windows,
     window_channels,
 )
 from .image_files import DECODE_ERRORS, decode_error_text, open_image
-from .preprocessing import ImagePreprocessing, _PIL_16BIT_MODES, preprocess_images
+from .preprocessing import ImagePreprocessing, preprocess_images
+from .sixteen_bit import _PIL_16BIT_MODES, _scale_16bit, check_bit_depths, note_bit_depth
+from .windows import VoiTable, Window
 from .split_record import ANONYMISED_DICOM_RULE, EARLIER_ANONYMISED_DICOM_RULE, SPLIT_RECORD_NAME
 
 __all__ = [

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..validation import check_finite_rows
-from .dicom import _PIL_16BIT_MODES, MedicalPreprocessing, check_bit_depths, is_dicom_file, note_bit_depth
+from .dicom import MedicalPreprocessing, is_dicom_file
+from .sixteen_bit import _PIL_16BIT_MODES, check_bit_depths, note_bit_depth
 from .image_files import DECODE_ERRORS, decode_error_text, open_image
 
 __all__ = ["INPUT_RANGES", "RESAMPLE_MODES", "RESIZE_MODES", "ImagePreprocessing", "preprocess_images"]

@@ -27,7 +27,8 @@ import torch
 from PIL import Image
 
 from .array_files import read_digits, read_idx_directory, read_npz
-from .dicom import MedicalPreprocessing, parse_windows
+from .dicom import MedicalPreprocessing
+from .windows import parse_windows
 from .file_decoding import _BitDepths, decode_files, warn_mixed_channels
 from .hf_datasets import pil_channels, read_hf_dataset
 from .image_listing import list_csv, list_folder_files, list_unlabeled_images
@@ -223,7 +224,7 @@ def load_image_classification_data(
 def _recorded(medical: MedicalPreprocessing, raw: RawData) -> MedicalPreprocessing:
     """`medical` with the bit depth its 16-bit files were all scaled by, guessed from their maxima (`bits_stored`
     unset), recorded as `guessed_bits_stored`: informational, it changes no pixel, but images read later at another
-    guessed depth are warned about (see `dicom.check_bit_depths`). Nothing is recorded for files of different depths
+    guessed depth are warned about (see `sixteen_bit.check_bit_depths`). Nothing is recorded for files of different depths
     (warned about as they are read) or without 16-bit files."""
     if medical.bits_stored is not None:
         return medical

@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from ..data.dicom import WINDOW_NAMES
+from ..data.windows import WINDOW_NAMES
 
 __all__ = [
     "DICOM_ID_COLUMNS",
@@ -299,9 +299,9 @@ def check_labels(inputs: Sequence[PredictionInput], class_names: Sequence[str]) 
 
 
 def parse_windows(tokens: Sequence[str]) -> tuple:
-    """`--window` tokens as 1 or 3 windows (see `data.dicom.parse_windows`)."""
+    """`--window` tokens as 1 or 3 windows (see `data.windows.parse_windows`)."""
     from ..data.dicom import MedicalPreprocessing
-    from ..data.dicom import parse_windows as parse
+    from ..data.windows import parse_windows as parse
 
     medical = MedicalPreprocessing(windows=parse(tokens))
     medical.check_channels(None)  # 1 or 3

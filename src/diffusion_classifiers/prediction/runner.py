@@ -337,7 +337,7 @@ def predict_files(
     """
     from tqdm.auto import tqdm
 
-    from ..data.dicom import check_bit_depths
+    from ..data.sixteen_bit import check_bit_depths
     from ..evaluation import pipeline_call_settings
 
     files = check_output_args(output_path, errors_path, batch_size)
@@ -375,7 +375,7 @@ def predict_files(
         writer = _BatchWriter(pipeline, files, columns, order, call_kwargs)
         hidden = {} if progress_bar and is_main else {"disable": True}  # shown: TQDM_DISABLE=1 still silences it
         # one bar, over the files; one warning for the 16-bit files read at another guessed bit depth than the
-        # training images' (`data.dicom.check_bit_depths`)
+        # training images' (`data.sixteen_bit.check_bit_depths`)
         with pipeline.progress_bars_off(), check_bit_depths(pipeline.preprocessing.medical, stacklevel=2):
             for item in tqdm(mine, desc="predict", unit="file", **hidden):
                 writer.add(item)
