@@ -199,6 +199,25 @@ def test_a_voi_lut_sequence_is_the_files_own_window_without_window_tags(tmp_path
     # window tags, when a file has both, are its own window, as before tables were read
     both = write_dicom(dataset, tmp_path / "both.dcm", WindowCenter=128, WindowWidth=256)
     assert read_dicom(both).windows == (Window(128.0, 256.0),)
+    # QA: an 8-bit table of more than 256 entries (pydicom's apply_voi indexes it in 8 bits: it wrapped, near black)
+    radiograph = pydicom.dcmread(pydicom_file("RG1_UNCI.dcm"))  # MONOCHROME1, made 12 bits stored below
+    stored = raw_pixels(radiograph, "<u2")[0] >> 3
+    radiograph.PixelData, radiograph.BitsStored, radiograph.HighBit = stored.astype("<u2").tobytes(), 12, 11
+    del radiograph.WindowCenter, radiograph.WindowWidth
+    item = pydicom.Dataset()
+    item.add_new("LUTDescriptor", "US", [4096, 0, 8])
+    item.add_new("LUTData", "US", [k // 16 for k in range(4096)])
+    radiograph.VOILUTSequence = pydicom.Sequence([item])
+    lut8 = write_dicom(radiograph, tmp_path / "lut8.dcm")
+    assert stored.max() > 2048  # indices far past 256
+    np.testing.assert_allclose(MedicalPreprocessing(windows=("file",)).read(lut8)[0, 0], 1.0 - (stored // 16) / 255.0,
+                               rtol=0, atol=WINDOW_TOLERANCE)
+    # a table stated 16 bits whose entries span 12 (some devices state the storage size): read at 12, not near black
+    item.LUTDescriptor, item.LUTData = [4096, 0, 16], list(range(4096))
+    wide = write_dicom(radiograph, tmp_path / "stated16.dcm")
+    assert read_dicom(wide).windows[0].bits == 12
+    np.testing.assert_allclose(MedicalPreprocessing(windows=("file",)).read(wide)[0, 0], 1.0 - stored / 4095.0,
+                               rtol=0, atol=WINDOW_TOLERANCE)
     # a table whose entries exceed its stated bit depth refuses only the file's own window
     dataset.VOILUTSequence[0].LUTDescriptor = [256, 0, 8]
     bad = write_dicom(dataset, tmp_path / "bad_table.dcm")

@@ -107,7 +107,9 @@ class VoiTable:
     Args:
         first_mapped (`int`): the first modality value the table maps (the LUTDescriptor's second value).
         entries (`bytes`): the table's entries, uint16 in this machine's byte order.
-        bits (`int`): the entries' bit depth (the LUTDescriptor's third value).
+        bits (`int`): the entries' bit depth: the LUTDescriptor's third value, or fewer where the entries need fewer
+            (some devices state the bits a table is stored in, 16, for entries of 12: read at 16 bits such an image
+            would be nearly black; viewers such as Horos and Cornerstone read the entries' own range the same way).
     """
 
     first_mapped: int
@@ -116,22 +118,32 @@ class VoiTable:
 
     @classmethod
     def from_tags(cls, dataset: Any) -> tuple[VoiTable, ...]:
-        """The tables of `dataset`'s VOI LUT Sequence, read by pydicom (the data's VR and byte order); `()` if it has
-        none. A table pydicom cannot read, or whose entries exceed its bit depth, is refused naming its values."""
-        from pydicom.pixels import apply_voi
-
+        """The tables of `dataset`'s VOI LUT Sequence; `()` if it has none. A table that cannot be read (a descriptor
+        that is none, fewer entries than it says) or whose entries exceed its bit depth is refused, naming its values.
+        (Not through pydicom's `apply_voi`, which indexes an 8-bit table in 8 bits: the entries past the 256th wrap
+        around, and a mammogram with a 4096-entry 8-bit table read nearly black.)"""
         tables = []
         for index, item in enumerate(dataset.get("VOILUTSequence") or []):
             try:
-                count, first, bits = _lut_descriptor(item)
-                entries = apply_voi(np.arange(first, first + count), dataset, index)
-            except (AttributeError, IndexError, KeyError, NotImplementedError, OverflowError, TypeError, ValueError) as error:
+                tables.append(cls._from_item(item, dataset))
+            except (AttributeError, KeyError, TypeError, ValueError) as error:
                 raise ValueError(f"VOI LUT Sequence item {index}: {error}") from None
-            if entries.max() > 2**bits - 1:
-                raise ValueError(f"VOI LUT Sequence item {index}: entries up to {entries.max()} exceed its "
-                                 f"LUTDescriptor's {bits} bits per entry")
-            tables.append(cls(first, entries.astype(np.uint16).tobytes(), bits))
         return tuple(tables)
+
+    @classmethod
+    def _from_item(cls, item: Any, dataset: Any) -> VoiTable:
+        count, first, bits = _lut_descriptor(item)
+        entries = _lut_data(item, dataset)
+        if len(entries) < count:
+            raise ValueError(f"{len(entries)} entries in LUTData, fewer than its LUTDescriptor's {count}")
+        entries = entries[:count]
+        if entries.min() < 0 or entries.max() > 2**bits - 1:
+            raise ValueError(
+                f"entries from {entries.min()} to {entries.max()} outside its LUTDescriptor's {bits} bits per entry "
+                f"(0..{2**bits - 1})"
+            )
+        needed = max(int(entries.max()).bit_length(), 1)
+        return cls(first, entries.astype(np.uint16).tobytes(), min(bits, needed))
 
     def apply(self, values: np.ndarray) -> np.ndarray:
         """Map modality values to float32 in `[0, 1]` (see the class docstring)."""
@@ -147,7 +159,27 @@ class VoiTable:
 def _lut_descriptor(item: Any) -> tuple[int, int, int]:
     """A VOI LUT item's (number of entries, first mapped value, bits per entry); 0 entries means 2^16."""
     count, first, bits = (int(value) for value in item.LUTDescriptor)
+    if not 1 <= bits <= 16:
+        raise ValueError(f"LUTDescriptor {list(item.LUTDescriptor)}: expected 1 to 16 bits per entry")
     return count or 2**16, first, bits
+
+
+def _lut_data(item: Any, dataset: Any) -> np.ndarray:
+    """A VOI LUT item's LUTData as integers: its values (VR US), or its 16-bit words (OW) in the file's byte order."""
+    value = item["LUTData"].value
+    if isinstance(value, (bytes, bytearray)):
+        return np.frombuffer(value, dtype="<u2" if _little_endian(dataset) else ">u2").astype(np.int64)
+    return np.atleast_1d(np.asarray(value, dtype=np.int64))
+
+
+def _little_endian(dataset: Any) -> bool:
+    """Whether `dataset` was stored little-endian (its transfer syntax, else how pydicom read it; little by default,
+    as nearly every file is)."""
+    syntax = getattr(dataset, "file_meta", {}).get("TransferSyntaxUID")
+    if syntax is not None:
+        return bool(syntax.is_little_endian)
+    encoding = getattr(dataset, "original_encoding", None)
+    return True if not encoding or encoding[1] is None else bool(encoding[1])
 
 
 # The VOI LUT Functions a window applies, and how a file's VOILUTFunction names each (none: LINEAR, the default).
