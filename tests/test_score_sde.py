@@ -145,10 +145,13 @@ def test_early_stop_and_pruning_save_evaluations(trained):
         assert torch.equal(out.label_ids, test.labels)
     assert early[0].nfe_per_image.tolist() == [2 * 5] * len(test)
     assert (early[1].nfe_per_image < 2 * 40).all() and (early[1].nfe_per_image % 10 == 0).all()
-    # QA: an early stop that stopped nothing (here no check comes before the last timestep) says so
-    with pytest.warns(UserWarning, match=r"early_stop_confidence=0.9: no image of this call stopped before its last"):
-        unstopped = pipe(test.images, num_timesteps=4, weighting="uniform", early_stop_confidence=0.9)
+    # QA: an early stop that stopped nothing says so (here one look, at 2 timesteps: too few to settle at 0.999999)
+    with pytest.warns(UserWarning, match=r"early_stop_confidence=0.999999: no image of this call stopped before its"):
+        unstopped = pipe(test.images, num_timesteps=4, early_stop_confidence=0.999999, timesteps_per_check=2)
     assert unstopped.nfe_per_image.tolist() == [2 * 4] * len(test)
+    # and one whose first look would come after the last timestep is refused before any network call
+    with pytest.raises(ValueError, match=r"the first look comes after timesteps_per_check=10 timesteps, and 4 are"):
+        pipe(test.images, num_timesteps=4, early_stop_confidence=0.9)
     assert pruned.nfe_per_image.tolist() == [2 * 10 + 10] * len(test)
     assert torch.isfinite(pruned.log_likelihood_ratio).all()  # from both classes' scores before pruning
     assert (torch.isinf(pruned.log_likelihoods).sum(1) == 1).all()

@@ -266,6 +266,9 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         log_prior = self.check_priors(priors)
         if method == "elbo" and (pruning or early_stop_confidence is not None):
             _check_no_zero_prior(log_prior, self.class_names)
+        num_scored = num_timesteps if timestep_strata is None else len(timestep_strata)
+        if method == "elbo" and early_stop_confidence is not None and not pruning:
+            _check_a_stop_can_come_early(num_scored, timesteps_per_check)
         class_ids = list(range(len(self.class_names)))
         pixels = self.preprocess(images, input_data_format)
         seed = self.seeds_from(generator, seed, len(pixels))
@@ -289,8 +292,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
             )
             log_likelihoods, before_pruning, bits_per_dim = result.scores, result.shared_scores(), None
             if early_stop_confidence is not None and not pruning:
-                budget = len(class_ids) * (num_timesteps if timestep_strata is None else len(timestep_strata))
-                _warn_if_none_stopped(result.nfe_per_image, budget, early_stop_confidence)
+                _warn_if_none_stopped(result.nfe_per_image, len(class_ids) * num_scored, early_stop_confidence)
         stderr = None
         if len(class_ids) == 2:  # None for the likelihood with one probe: its spread needs several
             positive = self.positive_index()
@@ -322,6 +324,17 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         positive_odds = ratio if log_prior is None else ratio + (log_prior[positive] - log_prior[1 - positive])
         odds = torch.stack([-positive_odds, positive_odds] if positive == 1 else [positive_odds, -positive_odds], 1)
         return dict(base, log_likelihoods=log_likelihoods, log_likelihood_ratio=ratio, log_odds=odds)
+
+
+def _check_a_stop_can_come_early(num_scored: int, timesteps_per_check: int) -> None:
+    """An early stop looks every `timesteps_per_check` timesteps: with no look before the last timestep, no image can
+    stop (QA: the warning then blamed noisy scores)."""
+    if isinstance(timesteps_per_check, int) and timesteps_per_check >= num_scored:
+        raise ValueError(
+            f"early_stop_confidence: the first look comes after timesteps_per_check={timesteps_per_check} timesteps, "
+            f"and {num_scored} are scored: no image could stop early. Give timesteps_per_check < {num_scored} (or "
+            "more timesteps), or leave early_stop_confidence out"
+        )
 
 
 def _warn_if_none_stopped(nfe_per_image: torch.Tensor, budget: int, confidence: float) -> None:
