@@ -610,8 +610,10 @@ def test_dicom_folder_gives_one_row_per_frame(models, tmp_path):
         pytest.skip("emri_small.dcm not found: install pydicom-data (the [test] extra)")
     shutil.copy(cine, folder / "cine.dcm")
     pipe = load(models, "unet")
-    main(["predict", "--model_dir", str(models / "unet"), "--input", str(folder), "--output", str(tmp_path / "p.csv"),
-          "--window", "80", "200", "--batch_size", "4"])  # fmt: skip
+    other = r"--window \[\{'center': 80.0, 'width': 200.0\}\]: .*unet was trained reading DICOM files through \['file'\]"
+    with pytest.warns(UserWarning, match=other):  # QA: another window than the model's, silently
+        main(["predict", "--model_dir", str(models / "unet"), "--input", str(folder), "--output",
+              str(tmp_path / "p.csv"), "--window", "80", "200", "--batch_size", "4"])  # fmt: skip
     rows = read_rows(tmp_path / "p.csv")
     assert [(row["path"], row["frame"]) for row in rows] == [("cine.dcm", str(f)) for f in range(10)] + [
         ("series/CQ500-CT-0_CT000010.dcm", "0"), ("series/CQ500-CT-1_CT000000.dcm", "0")]
@@ -933,6 +935,15 @@ def test_mammograms_are_read_per_breast_from_their_views(tmp_path, capsys):
     assert "2 groups by study_uid + laterality" in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"the rows of study_uid 's1' view_position 'CC' have the true labels"):
         main(["aggregate", "--predictions", str(tmp_path / "p.csv"), "--by", "study_uid", "view_position"])
+    # QA: a file without the tag is DICOM all the same; an output of an earlier predict lacks the column
+    rows = [[name, 0, truth, "p1", "s1", "x", None, view, "benign", 0.9, 0.9, 0.1] for name, _, view, truth, _ in views]
+    write_csv(tmp_path / "untagged.csv", columns, rows)
+    with pytest.raises(ValueError, match=r"4 of 4 rows have no laterality .* \(a DICOM file without Laterality or an "):
+        main(["aggregate", "--predictions", str(tmp_path / "untagged.csv"), "--by", "study_uid", "laterality"])
+    earlier = [column for column in columns if column not in ("laterality", "view_position")]
+    write_csv(tmp_path / "earlier.csv", earlier, [row[:6] + row[8:] for row in rows])
+    with pytest.raises(ValueError, match=r"predict writes laterality since a later version: run it again with --over"):
+        main(["aggregate", "--predictions", str(tmp_path / "earlier.csv"), "--by", "study_uid", "laterality"])
 
 
 def test_aggregate_refuses_what_it_cannot_group_before_writing(tmp_path):

@@ -43,8 +43,8 @@ def add_data_args(parser: Any, image_size: int | None = None, streaming: bool = 
     parser.add_argument(
         "--window", nargs="+", default=None, metavar="WINDOW",
         help=f"DICOM files: 1 or 3 windows, one channel each, each a name ({', '.join(WINDOW_NAMES)}) or a pair "
-        "CENTER WIDTH in HU (--window brain subdural bone; --window 40 80); saved with the model (default: "
-        "%(default)s, each file's own WindowCenter/Width, 'file')",
+        "CENTER WIDTH in the files' modality values, HU for CT (--window brain subdural bone; --window 40 80); saved "
+        "with the model (default: %(default)s, each file's own WindowCenter/Width, 'file')",
     )  # fmt: skip
     parser.add_argument(
         "--bits_stored", type=int, default=None,

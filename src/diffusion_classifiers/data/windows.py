@@ -211,8 +211,8 @@ _OTHER_WINDOWS = (
 
 
 def parse_windows(tokens: Sequence[str]) -> tuple[Window | str, ...]:
-    """`--window` tokens as windows: names stay names, two numbers in a row (centre, width in HU) become a
-    [`Window`]: `["brain", "80", "200", "bone"]` -> `("brain", Window(80.0, 200.0), "bone")`."""
+    """`--window` tokens as windows: names stay names, two numbers in a row (centre, width in modality values: HU for
+    CT) become a [`Window`]: `["brain", "80", "200", "bone"]` -> `("brain", Window(80.0, 200.0), "bone")`."""
     windows, numbers = [], []
     tokens = [part for token in tokens for part in str(token).split()]  # a quoted pair, '40 80', is two tokens
     for token in tokens:

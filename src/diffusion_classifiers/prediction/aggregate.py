@@ -161,6 +161,9 @@ def _check_aggregation(
             dicom = [column for column in DICOM_ID_COLUMNS if column in columns]
             hint = f" (predict writes {', '.join(DICOM_ID_COLUMNS)} for DICOM)"
             hint = f" (its DICOM ids: {dicom})" if dicom else hint
+            if dicom and name in DICOM_ID_COLUMNS:  # an output of a version of predict that did not write it yet
+                hint = f" (its DICOM ids: {dicom}; predict writes {name} since a later version: run it again with "
+                hint += "--overwrite to add the column)"
             raise ValueError(f"{predictions}: no column {name!r} to group by; it has {columns}{hint}")
     if not by or len(set(by)) != len(by):
         raise ValueError(f"by: expected one or more different columns, got {list(by)}")
@@ -267,9 +270,10 @@ def _group_rows(predictions, columns: list, rows: list, by: tuple) -> dict:
     for name, key in zip(by, keys):
         missing = [row[0] for row in rows if row[key] in (None, "")]
         if missing:
+            tag = f"a DICOM file without {DICOM_ID_COLUMNS[name]} or " if name in DICOM_ID_COLUMNS else ""
             raise ValueError(
                 f"{predictions}: {len(missing)} of {len(rows)} rows have no {name} (e.g. {missing[:3]}); expected "
-                f"every row to name its group (an image that is not DICOM has no DICOM ids: group by another column)"
+                f"every row to name its group ({tag}an image that is not DICOM has none: group by another column)"
             )
     groups: dict = {}
     for row in rows:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -515,8 +516,9 @@ def add_predict_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument(
         "--window", nargs="+", default=None, metavar="WINDOW",
         help=f"DICOM input: 1 or 3 windows, one channel each, each a name ({', '.join(WINDOW_NAMES)}; 'file' is the "
-        "file's own WindowCenter/Width, 'full' its whole stored range) or a pair 'CENTER WIDTH' in HU (--window 40 80); "
-        "overrides the windows saved with the model (None: those, recorded in the output's .json)",
+        "file's own WindowCenter/Width, 'full' its whole stored range) or a pair 'CENTER WIDTH' in the files' modality "
+        "values, HU for CT (--window 40 80); overrides the windows saved with the model (None: those, recorded in the "
+        "output's .json)",
     )  # fmt: skip
     parser.add_argument("--split", default="test", help="the split to read when --input is a saved DatasetDict")
     parser.add_argument("--image_column", default=None, help="a dataset's image column; None: its one Image column")
@@ -555,6 +557,7 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     if windows is not None:
         medical = replace(medical, windows=windows)
         medical.check_replaces(saved.medical_or_default, saved.num_channels, "--window", args.model_dir)
+        _warn_other_windows(medical, saved.medical_or_default, args.model_dir)
     inputs = list_inputs(args.input, split=args.split, image_column=args.image_column, medical=medical)
     _check_inputs(inputs)
     accelerator = Accelerator()
@@ -670,6 +673,20 @@ def read_saved_preprocessing(model_dir: str | os.PathLike) -> Any:
     from ..pipelines.pipeline_utils import LEGACY_PREPROCESSING, read_model_index
 
     return ImagePreprocessing.from_dict(read_model_index(str(model_dir)).get("preprocessing", LEGACY_PREPROCESSING))
+
+
+def _warn_other_windows(given: Any, trained: Any, model: str) -> None:
+    """`--window` windows other than the model's, not merely reordered (`check_replaces` warns of that): the model
+    learnt its classes through its own, and its scores through others may not hold (QA: one file read through 'full'
+    instead of its own window went from benign at 0.99 to malignant at 1.0)."""
+    given_windows, trained_windows = given.to_dict()["windows"], trained.to_dict()["windows"]
+    if sorted(map(str, given_windows)) != sorted(map(str, trained_windows)):
+        warnings.warn(
+            f"--window {given_windows}: {model} was trained reading DICOM files through {trained_windows}; its "
+            "scores through other windows may not hold (leave --window out to read them as in training)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _windows_json(windows: Sequence[Any]) -> list:
