@@ -247,10 +247,11 @@ class _BatchWriter:
         self.items.append((item, len(images), {**ids, **stamp}))
         self.images += images
 
-    def commit(self) -> None:
-        """Classify the batch and commit it: the errors part first, so a kill in between only redoes the batch."""
+    def commit(self) -> int:
+        """Classify the batch and commit it: the errors part first, so a kill in between only redoes the batch.
+        Returns the number of inputs committed (predicted or listed as errors)."""
         if not self.items and not self.errors:
-            return
+            return 0
         paths = [item.path for item, *_ in self.items] + [path for path, _ in self.errors]
         first = min(self.order[path] for path in paths)
         self.files.parts.mkdir(parents=True, exist_ok=True)
@@ -260,6 +261,7 @@ class _BatchWriter:
         if rows:
             write_csv(self.files.parts / f"rows-{first:09d}.csv", self.columns, rows)
         self.items, self.images, self.errors = [], [], []
+        return len(paths)
 
     def _rows(self) -> list[list]:
         predicted = _classify(self.pipeline, self.images, self.call_kwargs)
@@ -377,12 +379,14 @@ def predict_files(
         hidden = {} if progress_bar and is_main else {"disable": True}  # shown: TQDM_DISABLE=1 still silences it
         # one bar, over the files; one warning for the 16-bit files read at another guessed bit depth than the
         # training images' (`data.sixteen_bit.check_bit_depths`)
-        with pipeline.progress_bars_off(), check_bit_depths(pipeline.preprocessing.medical, stacklevel=2):
-            for item in tqdm(mine, desc="predict", unit="file", **hidden):
+        # the bar counts the files committed, not those read: a batch is read fast, then classified at once
+        bar = tqdm(total=len(mine), desc="predict", unit="file", **hidden)
+        with pipeline.progress_bars_off(), check_bit_depths(pipeline.preprocessing.medical, stacklevel=2), bar:
+            for item in mine:
                 writer.add(item)
                 if len(writer.images) >= batch_size:
-                    writer.commit()
-            writer.commit()
+                    bar.update(writer.commit())
+            bar.update(writer.commit())
         failed = _sum_over_processes(writer.failed, accelerator)
         wait()
         rows, unreadable = merge_parts(files, columns, order) if is_main else ([], [])
