@@ -226,6 +226,36 @@ def test_a_voi_lut_sequence_is_the_files_own_window_without_window_tags(tmp_path
         window_channels(read_dicom(bad), ["file"])
 
 
+@pytest.mark.parametrize("syntax", ["ExplicitVRLittleEndian", "ImplicitVRLittleEndian"])
+def test_a_voi_table_of_signed_values_written_as_words_is_read_as_written(tmp_path, syntax):
+    # review: LUTData as OW words in the file's byte order; a first mapped value of -1024 for signed pixels written
+    # as US (64512) would have mapped every pixel below the table, one grey
+    dataset = pydicom.dcmread(pydicom_file("CT_small.dcm"))  # signed pixels
+    for keyword in ("WindowCenter", "WindowWidth"):
+        if keyword in dataset:
+            delattr(dataset, keyword)
+    dataset.file_meta.TransferSyntaxUID = getattr(pydicom.uid, syntax)
+    item = pydicom.Dataset()
+    item.add_new("LUTDescriptor", "US", [4096, 2**16 - 1024, 12])
+    item.add_new("LUTData", "OW", np.arange(4096, dtype="<u2")[::-1].tobytes())  # an inverting ramp
+    dataset.VOILUTSequence = pydicom.Sequence([item])
+    image = read_dicom(write_dicom(dataset, tmp_path / "table.dcm"))
+    assert image.windows[0].first_mapped == -1024
+    expected = (4095 - np.clip(np.rint(image.values[0]) + 1024, 0, 4095)) / 4095
+    np.testing.assert_allclose(window_channels(image, ["file"])[0, 0], expected, rtol=0, atol=WINDOW_TOLERANCE)
+    assert read_dicom(tmp_path / "table.dcm").windows[0] is image.windows[0]  # equal tables are one object
+    # a big-endian file's words (its transfer syntax says so)
+    big = pydicom.Dataset()
+    big.file_meta = pydicom.dataset.FileMetaDataset()
+    big.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRBigEndian
+    words = pydicom.Dataset()
+    words.add_new("LUTDescriptor", "US", [4, 0, 16])
+    words.add_new("LUTData", "OW", np.array([1, 2, 300, 65535], ">u2").tobytes())
+    big.VOILUTSequence = pydicom.Sequence([words])
+    (table,) = VoiTable.from_tags(big)
+    assert np.frombuffer(table.entries, np.uint16).tolist() == [1, 2, 300, 65535]
+
+
 @pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", ""])
 def test_linear_voi_lut_functions_read_as_linear_exact(tmp_path, function):
     dataset = pydicom.dcmread(pydicom_file("CT_small.dcm"))
@@ -302,6 +332,14 @@ def test_enhanced_ct_rescale_and_window_come_from_its_functional_groups(tmp_path
     assert header.frame_windows == image.frame_windows
     assert header.stored_range == image.stored_range == (-2048.0, 2 * (2**16 - 1) - 2048.0)
 
+
+
+def test_a_tomosynthesis_volume_names_its_breast_in_its_frames_anatomy(tmp_path):
+    # review: breast tomosynthesis (enhanced multi-frame) keeps laterality in its Frame Anatomy functional group
+    dataset = pydicom.dcmread(pydicom_file("eCT_Supplemental.dcm"))
+    assert read_dicom_header(pydicom_file("eCT_Supplemental.dcm")).metadata["Laterality"] == "U"  # unpaired
+    dataset.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = functional_group(FrameLaterality="R")
+    assert read_dicom_header(write_dicom(dataset, tmp_path / "volume.dcm")).metadata["Laterality"] == "R"
 
 
 def test_a_frame_read_alone_equals_that_frame_of_the_whole_file_when_frames_have_their_own_rescale(tmp_path):

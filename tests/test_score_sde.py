@@ -12,6 +12,7 @@ from PIL import Image
 from diffusion_classifiers import DiffusionClassifierPipeline, ScoreSDEClassifierPipeline
 from diffusion_classifiers.pipelines.pipeline_score_sde import ScoreSDEClassifierOutput
 from diffusion_classifiers.data import load_image_classification_data, preprocess_images
+from diffusion_classifiers.evaluation import pipeline_call_settings
 from diffusion_classifiers.likelihood import content_seeds, denoising_error_scores, probability_flow_log_likelihood
 from diffusion_classifiers.models import unet_config
 from diffusion_classifiers.training import TrainingArguments, train_score_sde_unet
@@ -149,9 +150,15 @@ def test_early_stop_and_pruning_save_evaluations(trained):
     with pytest.warns(UserWarning, match=r"early_stop_confidence=0.999999: no image of this call stopped before its"):
         unstopped = pipe(test.images, num_timesteps=4, early_stop_confidence=0.999999, timesteps_per_check=2)
     assert unstopped.nfe_per_image.tolist() == [2 * 4] * len(test)
-    # and one whose first look would come after the last timestep is refused before any network call
-    with pytest.raises(ValueError, match=r"the first look comes after timesteps_per_check=10 timesteps, and 4 are"):
+    # and one whose first look would come after the last timestep is refused before any network call, by evaluate
+    # and predict before any image is read (a look needs 2 timesteps: 1 per look over 2 timesteps cannot stop either)
+    too_late = r"the first look comes after max\(2, timesteps_per_check={}\) timesteps, and {} are scored"
+    with pytest.raises(ValueError, match=too_late.format(10, 4)):
         pipe(test.images, num_timesteps=4, early_stop_confidence=0.9)
+    with pytest.raises(ValueError, match=too_late.format(1, 2)):
+        pipe(test.images, num_timesteps=2, early_stop_confidence=0.9, timesteps_per_check=1)
+    with pytest.raises(ValueError, match=too_late.format(10, 4)):
+        pipeline_call_settings(pipe, {"num_timesteps": 4, "early_stop_confidence": 0.9})
     assert pruned.nfe_per_image.tolist() == [2 * 10 + 10] * len(test)
     assert torch.isfinite(pruned.log_likelihood_ratio).all()  # from both classes' scores before pruning
     assert (torch.isinf(pruned.log_likelihoods).sum(1) == 1).all()

@@ -156,6 +156,8 @@ def pipeline_call_settings(classifier, pipeline_kwargs: Optional[dict] = None) -
             f"pipeline_kwargs: unknown {unknown} for {type(classifier).__name__}; expected some of {sorted(settings)}"
         )
     settings.update(pipeline_kwargs or {})
+    if hasattr(classifier, "check_call_settings"):  # what the call would refuse, before any image is read
+        classifier.check_call_settings(settings)
     return json.loads(json.dumps(settings, default=_as_list))  # as metrics.json records them
 
 

@@ -63,7 +63,10 @@ _GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
 # functional-group macros, shared by all frames or per frame, not at the top level where pydicom's
 # apply_modality_lut looks: the keywords read from them.
 _FRAME_LUT_SEQUENCES = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
-_LUT_KEYWORDS = ("RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth", "VOILUTFunction")
+_LUT_KEYWORDS = (
+    "RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth", "VOILUTFunction",
+    "VOILUTSequence",
+)  # fmt: skip
 _PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
@@ -450,7 +453,8 @@ def _metadata(dataset: Any) -> dict[str, Any]:
         "PatientID": text("PatientID"),
         "StudyInstanceUID": text("StudyInstanceUID"),
         "SeriesInstanceUID": text("SeriesInstanceUID"),
-        "Laterality": text("ImageLaterality") or text("Laterality"),  # a mammogram's breast: its findings are per breast
+        # a mammogram's breast (findings are per breast); a tomosynthesis volume's is its frames' (FrameLaterality)
+        "Laterality": text("ImageLaterality") or text("Laterality") or _frame_laterality(dataset),
         "ViewPosition": text("ViewPosition"),
         "InstanceNumber": int(instance) if instance not in (None, "") else None,
         "ImageType": None if image_type in (None, "") else tuple(
@@ -458,6 +462,18 @@ def _metadata(dataset: Any) -> dict[str, Any]:
                              else [image_type])
         ),
     }
+
+
+def _frame_laterality(dataset: Any) -> str | None:
+    """The FrameLaterality an enhanced multi-frame file (breast tomosynthesis) gives its frames in its Frame Anatomy
+    functional group, shared or the first frame's."""
+    for name in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        group = _first_item(dataset, name)
+        anatomy = _first_item(group, "FrameAnatomySequence") if group is not None else None
+        value = anatomy.get("FrameLaterality") if anatomy is not None else None
+        if value not in (None, "") and str(value).strip():
+            return str(value).strip()
+    return None
 
 
 def check_same_slice_size(
@@ -538,9 +554,9 @@ def window_channels(
 def resolve_windows(
     image: DicomImage | DicomHeader, windows: Sequence[Window | str], frame: int = 0
 ) -> tuple[Window | VoiTable, ...]:
-    """`windows` (see [`window_channels`]) as [`Window`]s (or a file's [`VoiTable`]) for `image`'s frame `frame` (or its header: a window it
-    cannot resolve, such as `"file"` for a file without window tags, is then refused before any pixel is decoded).
-    One window may be given alone (`"brain"`), as `MedicalPreprocessing` takes it."""
+    """`windows` (see [`window_channels`]) as [`Window`]s (or a file's [`VoiTable`]) for `image`'s frame `frame` (or
+    its header: a window it cannot resolve, such as `"file"` for a file without window tags, is then refused before
+    any pixel is decoded). One window may be given alone (`"brain"`), as `MedicalPreprocessing` takes it."""
     if isinstance(windows, (str, Window)):  # not its letters, one window each
         windows = (windows,)
     if not windows:

@@ -118,21 +118,23 @@ class VoiTable:
 
     @classmethod
     def from_tags(cls, dataset: Any) -> tuple[VoiTable, ...]:
-        """The tables of `dataset`'s VOI LUT Sequence; `()` if it has none. A table that cannot be read (a descriptor
-        that is none, fewer entries than it says) or whose entries exceed its bit depth is refused, naming its values.
-        (Not through pydicom's `apply_voi`, which indexes an 8-bit table in 8 bits: the entries past the 256th wrap
-        around, and a mammogram with a 4096-entry 8-bit table read nearly black.)"""
-        tables = []
-        for index, item in enumerate(dataset.get("VOILUTSequence") or []):
-            try:
-                tables.append(cls._from_item(item, dataset))
-            except (AttributeError, KeyError, TypeError, ValueError) as error:
-                raise ValueError(f"VOI LUT Sequence item {index}: {error}") from None
-        return tuple(tables)
+        """The first table of `dataset`'s VOI LUT Sequence (the one `"file"` reads; the others are alternative views),
+        as a tuple; `()` if it has none. A table that cannot be read (a descriptor that is none, fewer entries than it
+        says) or whose entries exceed its bit depth is refused, naming its values. (Not through pydicom's
+        `apply_voi`, which indexes an 8-bit table in 8 bits: the entries past the 256th wrap around, and a mammogram
+        with a 4096-entry 8-bit table read nearly black.) Equal tables are one object: a device writes the same few
+        tables into every file, and a folder's headers are held together while it is listed."""
+        items = dataset.get("VOILUTSequence") or []
+        if not items:
+            return ()
+        try:
+            return (_interned(cls._from_item(items[0], dataset)),)
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"VOI LUT Sequence item 0: {error}") from None
 
     @classmethod
     def _from_item(cls, item: Any, dataset: Any) -> VoiTable:
-        count, first, bits = _lut_descriptor(item)
+        count, first, bits = _lut_descriptor(item, dataset)
         entries = _lut_data(item, dataset)
         if len(entries) < count:
             raise ValueError(f"{len(entries)} entries in LUTData, fewer than its LUTDescriptor's {count}")
@@ -156,12 +158,23 @@ class VoiTable:
         return f"VOI LUT of {len(self.entries) // 2} entries from {self.first_mapped}"
 
 
-def _lut_descriptor(item: Any) -> tuple[int, int, int]:
-    """A VOI LUT item's (number of entries, first mapped value, bits per entry); 0 entries means 2^16."""
-    count, first, bits = (int(value) for value in item.LUTDescriptor)
+_TABLES: dict[VoiTable, VoiTable] = {}  # every distinct table read, itself (see `VoiTable.from_tags`)
+
+
+def _interned(table: VoiTable) -> VoiTable:
+    return _TABLES.setdefault(table, table)
+
+
+def _lut_descriptor(item: Any, dataset: Any) -> tuple[int, int, int]:
+    """A VOI LUT item's (number of entries, first mapped value, bits per entry); 0 entries means 2^16. The values are
+    16-bit words whatever VR they were read with (pydicom reads them as SS for signed pixels, where a count of 2^15 or
+    more would turn negative); the first mapped value is signed where the modality values can be negative (signed
+    pixels, or a negative rescale intercept) though written as US."""
+    count, first, bits = (int(value) & 0xFFFF for value in item.LUTDescriptor)
     if not 1 <= bits <= 16:
         raise ValueError(f"LUTDescriptor {list(item.LUTDescriptor)}: expected 1 to 16 bits per entry")
-    return count or 2**16, first, bits
+    signed = dataset.get("PixelRepresentation") == 1 or float(dataset.get("RescaleIntercept") or 0) < 0
+    return count or 2**16, first - 2**16 if signed and first >= 2**15 else first, bits
 
 
 def _lut_data(item: Any, dataset: Any) -> np.ndarray:

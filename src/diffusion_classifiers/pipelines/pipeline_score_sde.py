@@ -266,9 +266,8 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         log_prior = self.check_priors(priors)
         if method == "elbo" and (pruning or early_stop_confidence is not None):
             _check_no_zero_prior(log_prior, self.class_names)
+        self.check_call_settings(locals())
         num_scored = num_timesteps if timestep_strata is None else len(timestep_strata)
-        if method == "elbo" and early_stop_confidence is not None and not pruning:
-            _check_a_stop_can_come_early(num_scored, timesteps_per_check)
         class_ids = list(range(len(self.class_names)))
         pixels = self.preprocess(images, input_data_format)
         seed = self.seeds_from(generator, seed, len(pixels))
@@ -305,6 +304,27 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         self.maybe_free_model_hooks()
         return output if return_dict else output.to_tuple()
 
+    @staticmethod
+    def check_call_settings(settings: Dict[str, Any]) -> None:
+        """What a call with these settings (names of `__call__`'s parameters; `evaluate.pipeline_call_settings` gives
+        them all) would refuse that no image is needed to tell: called by the pipeline, and by `evaluate` and
+        `predict` before any image is read. An ELBO early stop with no look before the last timestep is one (a look
+        needs 2 timesteps at least, and comes every `timesteps_per_check`): no image could stop (QA: the warning then
+        blamed noisy scores)."""
+        if settings.get("method", "elbo") != "elbo" or settings.get("early_stop_confidence") is None:
+            return
+        strata, every = settings.get("timestep_strata"), settings.get("timesteps_per_check", 10)
+        scored = settings.get("num_timesteps", 100) if strata is None else len(strata)
+        counts = isinstance(every, numbers.Integral) and isinstance(scored, numbers.Integral)
+        if settings.get("pruning") or not counts:
+            return  # pruning stages look too; values that are no counts are refused by the scorer
+        if max(every, 2) >= scored:
+            raise ValueError(
+                f"early_stop_confidence: the first look comes after max(2, timesteps_per_check={every}) timesteps, "
+                f"and {scored} are scored: no image could stop early. Give more timesteps or a smaller "
+                "timesteps_per_check, or leave early_stop_confidence out"
+            )
+
     def positive_index(self) -> int:
         """The index of `positive_class` among the class names (class 1 when unset)."""
         return 1 if self.positive_class is None else self.class_names.index(self.positive_class)
@@ -324,17 +344,6 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         positive_odds = ratio if log_prior is None else ratio + (log_prior[positive] - log_prior[1 - positive])
         odds = torch.stack([-positive_odds, positive_odds] if positive == 1 else [positive_odds, -positive_odds], 1)
         return dict(base, log_likelihoods=log_likelihoods, log_likelihood_ratio=ratio, log_odds=odds)
-
-
-def _check_a_stop_can_come_early(num_scored: int, timesteps_per_check: int) -> None:
-    """An early stop looks every `timesteps_per_check` timesteps: with no look before the last timestep, no image can
-    stop (QA: the warning then blamed noisy scores)."""
-    if isinstance(timesteps_per_check, int) and timesteps_per_check >= num_scored:
-        raise ValueError(
-            f"early_stop_confidence: the first look comes after timesteps_per_check={timesteps_per_check} timesteps, "
-            f"and {num_scored} are scored: no image could stop early. Give timesteps_per_check < {num_scored} (or "
-            "more timesteps), or leave early_stop_confidence out"
-        )
 
 
 def _warn_if_none_stopped(nfe_per_image: torch.Tensor, budget: int, confidence: float) -> None:
