@@ -962,7 +962,7 @@ def test_files_own_windows_that_differ_by_class_are_warned_about(tmp_path):
         width = 80 if path.parent.name == "bleed" else 300
         write_dicom(pydicom.dcmread(path), path, WindowCenter=30, WindowWidth=width)
     follow = (r"DICOM files read with their own window \('file', the default\) carry windows that follow the classes "
-              r"\(center/width: files per class\): 30/80: bleed 6; 30/300: healthy 6")  # fmt: skip
+              r"\(window: files per class\): 30/80: bleed 6; 30/300: healthy 6")  # fmt: skip
     with pytest.warns(UserWarning, match=follow):
         load_image_classification_data(tmp_path, image_size=16, val_fraction=0.25, test_fraction=0.25)
     with pytest.warns(UserWarning, match=follow):
@@ -1220,7 +1220,7 @@ def write_folder_with_four_bad_files(root):
     bad = [
         write_dicom(dataset, root / "a" / "SC_0001", PhotometricInterpretation="RGB"),
         write_dicom(no_window, root / "a" / "no_window.dcm"),
-        write_dicom(dataset, root / "a" / "sigmoid_ww0.dcm", WindowWidth=0),
+        write_dicom(dataset, root / "a" / "zero_width.dcm", WindowWidth=0),
     ]
     truncated = write_dicom(dataset, root / "a" / "truncated.dcm")
     truncated.write_bytes(truncated.read_bytes()[: -len(big) // 2])
@@ -1237,7 +1237,7 @@ def test_streaming_names_every_bad_dicom_at_once_reading_each_header_once(tmp_pa
     bad, truncated = write_folder_with_four_bad_files(tmp_path / "data")
     headers = re.escape("3 of 16 image files cannot be read: ")
     named = (r"DICOM file .*SC_0001: PhotometricInterpretation 'RGB'.*; .*no_window.dcm has no WindowCenter / "
-             r"WindowWidth.*; .*sigmoid_ww0.dcm: bad window tags WindowCenter 40.0 and WindowWidth 0.0")
+             r"WindowWidth.*; .*zero_width.dcm: bad window tags WindowCenter 40.0 and WindowWidth 0.0")
     reads, read = [], pydicom.dcmread
     monkeypatch.setattr(pydicom, "dcmread", lambda path, *a, **kw: reads.append(str(path)) or read(path, *a, **kw))
     with pytest.raises(ValueError, match=rf"^{headers}{named}.*Expected every file to be a readable image"):

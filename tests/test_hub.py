@@ -591,7 +591,8 @@ def test_cli_dry_run_writes_the_folder_and_card_locally_without_network(saved_pi
     assert "not a diagnostic device" in card
     # QA (mammography): a medical model of the default windows said nothing of DICOM; its pixel_array scored far off
     assert ("DICOM files are read through each file's own window (its WindowCenter / WindowWidth and VOILUTFunction, "
-            "else its VOI LUT Sequence; MONOCHROME1 inverted) and 16-bit PNG / TIFF by each file's bit depth. Give it "
+            "else its VOI LUT Sequence; MONOCHROME1 inverted) and 16-bit PNG / TIFF by each file's maximum, rounded up to "
+            "whole bits. Give it "
             "its DICOM and 16-bit files by path") in card
 
 

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import unicodedata
+import warnings
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -552,7 +553,9 @@ def test_an_output_written_before_the_stderr_column_resumes_with_its_columns(mod
         predict_files(pipe, list_inputs(tmp_path / "images"), output, batch_size=8, progress_bar=False)
 
 
-def test_an_output_written_before_the_dicom_id_columns_resumes_with_its_columns(models, tmp_path):
+@pytest.mark.parametrize("added", [("patient_id", "study_uid", "series_uid", "laterality", "view_position"),
+                                   ("laterality", "view_position")])  # before the ids; before laterality and view
+def test_an_output_written_before_the_dicom_id_columns_resumes_with_its_columns(models, tmp_path, added):
     cq500 = shared_data("cq500_dicom_sample")
     folder = tmp_path / "dicom"
     folder.mkdir()
@@ -561,7 +564,7 @@ def test_an_output_written_before_the_dicom_id_columns_resumes_with_its_columns(
     pipe, output = load(models, "unet"), tmp_path / "predictions.csv"
     predict_files(pipe, list_inputs(folder), output, progress_bar=False)
     rows = read_rows(output)
-    old_columns = [column for column in rows[0] if column not in ("patient_id", "study_uid", "series_uid")]
+    old_columns = [column for column in rows[0] if column not in added]
     with open(output, "w", newline="") as handle:  # as the version before the ids wrote it
         writer = csv.DictWriter(handle, old_columns, extrasaction="ignore")
         writer.writeheader()
@@ -610,7 +613,7 @@ def test_dicom_folder_gives_one_row_per_frame(models, tmp_path):
         pytest.skip("emri_small.dcm not found: install pydicom-data (the [test] extra)")
     shutil.copy(cine, folder / "cine.dcm")
     pipe = load(models, "unet")
-    other = r"--window \[\{'center': 80.0, 'width': 200.0\}\]: .*unet was trained reading DICOM files through \['file'\]"
+    other = r"--window \[\{'center': 80.0, 'width': 200.0\}\]: .*unet was saved with the windows \['file'\] \(each file"
     with pytest.warns(UserWarning, match=other):  # QA: another window than the model's, silently
         main(["predict", "--model_dir", str(models / "unet"), "--input", str(folder), "--output",
               str(tmp_path / "p.csv"), "--window", "80", "200", "--batch_size", "4"])  # fmt: skip
@@ -812,6 +815,15 @@ def test_windows_the_model_cannot_read_are_refused(models, tmp_path):
     with pytest.raises(ValueError, match=r"--window: 1 window, but .*ct was trained on 3 \(\['brain', 'subdural', 'bone'\]\)"):
         main(args + ["bone", "--model_dir", str(tmp_path / "ct")])
     assert not (tmp_path / "out").exists()
+    from diffusion_classifiers.data import MedicalPreprocessing
+    from diffusion_classifiers.prediction.runner import _warn_other_windows
+
+    trained = MedicalPreprocessing(windows=("brain", "subdural", "bone"))
+    with warnings.catch_warnings():  # review: the presets' own centre / width are the same windows
+        warnings.simplefilter("error")
+        _warn_other_windows(MedicalPreprocessing(parse_windows("40 80 80 200 600 2800".split())), trained, "ct")
+    with pytest.warns(UserWarning, match=r"ct was saved with the windows \['brain', 'subdural', 'bone'\];"):
+        _warn_other_windows(MedicalPreprocessing(parse_windows(["brain", "subdural", "full"])), trained, "ct")
 
 
 def test_a_dicom_video_clip_nothing_decodes_is_an_error_row_and_the_rest_is_predicted(models, tmp_path):

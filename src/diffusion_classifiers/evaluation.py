@@ -832,7 +832,7 @@ def render_evaluation_report(metrics: dict, title: str, plots: List[str], split:
         ]
     if metrics.get("pipeline_call"):  # QA: an ELBO report and a likelihood report read alike but for the numbers
         call = ", ".join(f"{name}={value!r}" for name, value in metrics["pipeline_call"].items())
-        lines[3:3] = ["", f"Scored by the pipeline called with `{call}`."]
+        lines[3:3] = ["", f"Scored by the pipeline called with `{call}`.", ""]  # its own paragraph
     if "seed_sensitivity" in metrics:
         lines += seed_sensitivity_rows(metrics["seed_sensitivity"])
     lines += ["", *per_class_table(metrics["per_class"])]

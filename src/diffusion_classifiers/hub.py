@@ -506,7 +506,8 @@ def input_description_of(local_dir: Union[str, os.PathLike], medical: bool = Fal
     if not contract.medical_or_default.stated and medical:
         text += (
             " DICOM files are read through each file's own window (its WindowCenter / WindowWidth and VOILUTFunction,"
-            " else its VOI LUT Sequence; MONOCHROME1 inverted) and 16-bit PNG / TIFF by each file's bit depth."
+            " else its VOI LUT Sequence; MONOCHROME1 inverted) and 16-bit PNG / TIFF by each file's maximum, rounded"
+            " up to whole bits."
         )
     if contract.medical_or_default.stated or medical:
         text += (

@@ -20,14 +20,26 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .image_files import IMAGE_EXTENSIONS
-from .sixteen_bit import _check_bits_stored, _read_16bit, note_bit_depth
-from .windows import _OTHER_WINDOWS, WINDOW_NAMES, WINDOW_PRESETS, VoiTable, Window
+from .sixteen_bit import LOW_RANGE_FILL, _check_bits_stored, _read_16bit, check_bit_depths, note_bit_depth
+from .sixteen_bit import read_16bit_image, scale_16bit_image
+from .windows import _OTHER_WINDOWS, WINDOW_NAMES, WINDOW_PRESETS, VoiTable, Window, parse_windows
 
 
 __all__ = [
     "DICOM_EXTENSIONS",
     "DicomHeader",
     "DicomImage",
+    # moved to windows.py and sixteen_bit.py (2026-12-05); importable from here as before
+    "LOW_RANGE_FILL",
+    "WINDOW_NAMES",
+    "WINDOW_PRESETS",
+    "VoiTable",
+    "Window",
+    "check_bit_depths",
+    "parse_windows",
+    "read_16bit_image",
+    "scale_16bit_image",
+    # this module's own
     "MedicalPreprocessing",
     "check_decoders",
     "check_same_slice_size",

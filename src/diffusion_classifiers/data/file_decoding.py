@@ -131,7 +131,7 @@ class _OwnWindows:
         )
         warnings.warn(
             f"DICOM files read with their own window ('file', the default) carry windows that follow the classes "
-            f"(center/width: files per class): {shown}. The contrast then tells the classes apart, and the model can "
+            f"(window: files per class): {shown}. The contrast then tells the classes apart, and the model can "
             "learn the window instead of the finding: state the windows to read every file through (--window; CT: "
             "a preset such as brain, or CENTER WIDTH; MedicalPreprocessing(windows=...))",
             UserWarning,

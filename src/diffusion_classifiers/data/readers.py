@@ -224,8 +224,8 @@ def load_image_classification_data(
 def _recorded(medical: MedicalPreprocessing, raw: RawData) -> MedicalPreprocessing:
     """`medical` with the bit depth its 16-bit files were all scaled by, guessed from their maxima (`bits_stored`
     unset), recorded as `guessed_bits_stored`: informational, it changes no pixel, but images read later at another
-    guessed depth are warned about (see `sixteen_bit.check_bit_depths`). Nothing is recorded for files of different depths
-    (warned about as they are read) or without 16-bit files."""
+    guessed depth are warned about (see `sixteen_bit.check_bit_depths`). Nothing is recorded for files of different
+    depths (warned about as they are read) or without 16-bit files."""
     if medical.bits_stored is not None:
         return medical
     return replace(medical, guessed_bits_stored=raw.guessed_bits_stored)

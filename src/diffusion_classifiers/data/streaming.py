@@ -605,5 +605,6 @@ def _refuse_unreadable(failures: list[tuple[str, str]], total: int) -> None:
     more = f"; and {len(failures) - _VERIFY_SHOWN} more" if len(failures) > _VERIFY_SHOWN else ""
     raise ValueError(
         f"{len(failures)} of {total} images cannot be read ({shown}{more}); expected every image to decode: "
-        "remove or replace these files (StreamingImages.unreadable_images() lists them all)"
+        "remove or replace these files (in Python, StreamingImages.unreadable_images() lists those that fail to "
+        "decode)"
     )

@@ -1,7 +1,8 @@
 """Predictions of slices or frames gathered per scan, series or patient (`diffusion-classifiers aggregate`).
 
-`predict` gives one row per image (a CT slice, a DICOM frame) with its DICOM ids (`patient_id`, `study_uid`,
-`series_uid`); a reader decides per scan. [`aggregate_predictions`] gathers the rows of each group: the positive
+`predict` gives one row per image (a CT slice, a DICOM frame, a mammogram's view) with its DICOM ids (`patient_id`,
+`study_uid`, `series_uid`, `laterality`, `view_position`); a reader decides per scan, or per breast (several columns
+together: `study_uid` and `laterality`). [`aggregate_predictions`] gathers the rows of each group: the positive
 class's probability of a group is the largest of its images' under the "max" rule (a scan holds a haemorrhage if any
 slice shows one), the mean under "mean" (every class, the label the most probable class). The positive class is the one
 the predict run recorded in the file's `.json` sidecar (the model's saved `positive_class`) unless one is given.

@@ -114,10 +114,10 @@ def output_columns(
     pipeline: Any, with_true_labels: bool, settings: Optional[dict] = None, with_dicom_ids: bool = False,
     with_files: bool = False,
 ) -> list[str]:
-    """`path, frame, [true_label,] [patient_id, study_uid, series_uid,] [file_bytes, file_modified,] label, score,
-    prob_<class>...,
-    [log_likelihood_ratio, log_likelihood_ratio_stderr]` for `pipeline` called with `settings`
-    (`evaluation.pipeline_call_settings`; default: its defaults): the DICOM ids when inputs are DICOM files, the size
+    """`path, frame, [true_label,] [patient_id, study_uid, series_uid, laterality, view_position,] [file_bytes,
+    file_modified,] label, score, prob_<class>..., [log_likelihood_ratio, log_likelihood_ratio_stderr]` for
+    `pipeline` called with `settings` (`evaluation.pipeline_call_settings`; default: its defaults): the DICOM ids
+    (`DICOM_ID_COLUMNS`) when inputs are DICOM files, the size
     and modification time of the file read when inputs are files, the ratio
     for a binary Score-SDE pipeline, its standard error when the call gives one (`method="elbo"`, or the likelihood
     with `num_probes >= 2`)."""
@@ -680,17 +680,27 @@ def read_saved_preprocessing(model_dir: str | os.PathLike) -> Any:
 
 
 def _warn_other_windows(given: Any, trained: Any, model: str) -> None:
-    """`--window` windows other than the model's, not merely reordered (`check_replaces` warns of that): the model
-    learnt its classes through its own, and its scores through others may not hold (QA: one file read through 'full'
-    instead of its own window went from benign at 0.99 to malignant at 1.0)."""
-    given_windows, trained_windows = given.to_dict()["windows"], trained.to_dict()["windows"]
-    if sorted(map(str, given_windows)) != sorted(map(str, trained_windows)):
-        warnings.warn(
-            f"--window {given_windows}: {model} was trained reading DICOM files through {trained_windows}; its "
-            "scores through other windows may not hold (leave --window out to read them as in training)",
-            UserWarning,
-            stacklevel=3,
-        )
+    """`--window` windows other than the model's (presets compared as the windows they name; merely reordered ones
+    are warned about by `check_replaces`): the model learnt its classes through its own, and its scores through
+    others may not hold (QA: one file read through 'full' instead of its own window went from benign at 0.99 to
+    malignant at 1.0)."""
+    if sorted(map(repr, _named_windows(given.windows))) == sorted(map(repr, _named_windows(trained.windows))):
+        return
+    saved = trained.to_dict()["windows"]
+    own = " (each file's own)" if saved == ["file"] else ""
+    warnings.warn(
+        f"--window {given.to_dict()['windows']}: {model} was saved with the windows {saved}{own}; its scores through "
+        "other windows may not hold (leave --window out to read files as in training)",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _named_windows(windows: Sequence[Any]) -> list:
+    """The windows with preset names as the windows they name (`"brain"` is `Window(40, 80)`)."""
+    from ..data.windows import WINDOW_PRESETS
+
+    return [WINDOW_PRESETS.get(window, window) if isinstance(window, str) else window for window in windows]
 
 
 def _windows_json(windows: Sequence[Any]) -> list:
