@@ -944,7 +944,7 @@ def test_a_small_cohort_splits_with_the_fractions_the_script_flags_give(tmp_path
     args = parser.parse_args(flags + ["--val_fraction", "0.25", "--test_fraction", "0.25"])
     splits = load_data_from_args(args)
     check_patient_split(splits, num_patients=8, slices=2)
-    assert splits["train"].preprocessing.medical == MedicalPreprocessing(windows=("full",), bits_stored=12)
+    assert splits["train"].preprocessing.medical == MedicalPreprocessing(("full",), bits_stored=12, dicom_files=True)
 
 
 def test_too_few_patients_for_every_carved_split_is_refused_before_carving(tmp_path):
@@ -953,6 +953,28 @@ def test_too_few_patients_for_every_carved_split_is_refused_before_carving(tmp_p
     with pytest.raises(ValueError, match=r"2 distinct patients \(groups\); carving test and val splits with each "
                                          r"patient on one side needs at least 3"):  # fmt: skip
         load_image_classification_data(tmp_path, image_size=16, val_fraction=0.5, test_fraction=0.5, medical=FULL)
+
+
+def test_a_model_of_dicom_files_records_it_in_its_contract(tmp_path):
+    # QA: a model trained on DICOM through each file's own window (the default) stated nothing of DICOM, so its card
+    # did not say to give files by path
+    make_patients(tmp_path / "ct", num_patients=16, slices=1)
+    for path in (tmp_path / "ct").rglob("*.dcm"):
+        write_dicom(pydicom.dcmread(path), path, WindowCenter=30, WindowWidth=80)
+    in_memory = load_image_classification_data(tmp_path / "ct", image_size=8, val_fraction=0.25, test_fraction=0.25)
+    streamed = streaming_image_classification_data(tmp_path / "ct", num_channels=1, image_size=8, val_fraction=0.25,
+                                                   test_fraction=0.25)  # fmt: skip
+    for splits in (in_memory, streamed):
+        medical = splits["train"].preprocessing.medical
+        assert medical.dicom_files and medical.to_dict()["dicom_files"] is True
+        assert splits["train"].preprocessing.summary().endswith(", DICOM files through each file's own window")
+    assert MedicalPreprocessing.from_dict(medical.to_dict()) == medical
+    for name in ("a", "b"):  # pictures only: nothing recorded, saved as before
+        (tmp_path / "png" / name).mkdir(parents=True)
+        for k in range(4):
+            Image.fromarray(np.full((6, 6), 40 * k, np.uint8)).save(tmp_path / "png" / name / f"{k}.png")
+    pictures = load_image_classification_data(tmp_path / "png", image_size=8, val_fraction=0.25, test_fraction=0.25)
+    assert "dicom_files" not in pictures["train"].preprocessing.medical.to_dict()
 
 
 def test_files_own_windows_that_differ_by_class_are_warned_about(tmp_path):

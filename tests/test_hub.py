@@ -590,10 +590,21 @@ def test_cli_dry_run_writes_the_folder_and_card_locally_without_network(saved_pi
     card = " ".join((tmp_path / "med" / "README.md").read_text().split())
     assert "not a diagnostic device" in card
     # QA (mammography): a medical model of the default windows said nothing of DICOM; its pixel_array scored far off
-    assert ("DICOM files are read through each file's own window (its WindowCenter / WindowWidth and VOILUTFunction, "
-            "else its VOI LUT Sequence; MONOCHROME1 inverted) and 16-bit PNG / TIFF by each file's maximum, rounded up to "
-            "whole bits. Give it "
-            "its DICOM and 16-bit files by path") in card
+    assert ("DICOM files are read through each file's own window: its WindowCenter / WindowWidth and VOILUTFunction, "
+            "else its VOI LUT Sequence (MONOCHROME1 inverted); 16-bit PNG / TIFF are scaled by each file's maximum, "
+            "rounded up to whole bits. Give it its DICOM and 16-bit files by path") in card
+    # QA: without --medical, a model trained on DICOM files says so too (its contract records dicom_files)
+    import shutil
+
+    shutil.copytree(pipe_dir, tmp_path / "dicom_model")
+    index = json.loads((tmp_path / "dicom_model" / "model_index.json").read_text())
+    index["preprocessing"]["medical"] = {**(index["preprocessing"].get("medical") or {}), "dicom_files": True}
+    (tmp_path / "dicom_model" / "model_index.json").write_text(json.dumps(index))
+    run_push_script(monkeypatch, push_script_argv(tmp_path / "dicom_model", tmp_path, "--dry_run", "--output_dir",
+                                                  str(tmp_path / "dicom_card")))  # fmt: skip
+    card = " ".join((tmp_path / "dicom_card" / "README.md").read_text().split())
+    assert ", DICOM files through each file's own window. A file's own window is its WindowCenter" in card
+    assert "Give it its DICOM and 16-bit files by path" in card and "diagnostic" not in card
 
 
 def test_dry_run_publishes_data_splits_without_the_training_fingerprints(saved_pipeline, monkeypatch, tmp_path):

@@ -490,9 +490,9 @@ def check_publishable_model(local_dir: Union[str, os.PathLike]) -> None:
 def input_description_of(local_dir: Union[str, os.PathLike], medical: bool = False) -> Optional[str]:
     """How a saved model reads images, from the preprocessing contract it was saved with (a pipeline's
     `model_index.json`, an export's `preprocessor_config.json`), for its card: size, channels, and for a model of
-    DICOM windows or a stated bit depth, or any model of `medical` data (its DICOM read through each file's own
-    window by default: QA, a mammography model's card said nothing of DICOM, and its `pixel_array` scored far from
-    its file), what to give it; None for a folder without a contract."""
+    DICOM windows or a stated bit depth, trained on DICOM files (`medical.dicom_files`) or of `medical` data (DICOM
+    read through each file's own window by default: QA, a mammography model's card said nothing of DICOM, and its
+    `pixel_array` scored far from its file), what to give it; None for a folder without a contract."""
     from .data import ImagePreprocessing
 
     local_dir = Path(local_dir)
@@ -503,13 +503,15 @@ def input_description_of(local_dir: Union[str, os.PathLike], medical: bool = Fal
         return None
     contract = ImagePreprocessing.from_dict(saved["preprocessing"])
     text = f"The model reads every image at {contract.summary()}."
-    if not contract.medical_or_default.stated and medical:
+    dicom = contract.medical_or_default.dicom_files  # recorded at training: its data held DICOM files
+    if not contract.medical_or_default.stated and (medical or dicom):
+        # the summary already says "DICOM files through each file's own window" for a model trained on them
+        subject = " A file's own window is" if dicom else " DICOM files are read through each file's own window:"
         text += (
-            " DICOM files are read through each file's own window (its WindowCenter / WindowWidth and VOILUTFunction,"
-            " else its VOI LUT Sequence; MONOCHROME1 inverted) and 16-bit PNG / TIFF by each file's maximum, rounded"
-            " up to whole bits."
+            f"{subject} its WindowCenter / WindowWidth and VOILUTFunction, else its VOI LUT Sequence (MONOCHROME1"
+            " inverted); 16-bit PNG / TIFF are scaled by each file's maximum, rounded up to whole bits."
         )
-    if contract.medical_or_default.stated or medical:
+    if contract.medical_or_default.stated or medical or dicom:
         text += (
             " Give it its DICOM and 16-bit files by path, to be read as in training: an array of raw pixel values (a "
             "DICOM's `pixel_array`) is neither windowed nor scaled by the bit depth."

@@ -621,12 +621,16 @@ class MedicalPreprocessing:
             16-bit PNG / TIFF of the training data was scaled by, guessed from each image's maximum (`bits_stored`
             unset; none when they got different ones, which is warned about). It changes no pixel: images read later
             at another guessed depth are warned about (see [`check_bit_depths`]). Saved only when set.
+        dicom_files (`bool`, *optional*, defaults to `False`): informational, recorded by the loaders: the training
+            data held DICOM files, so the model is given DICOM files by path (its card and reading summary say so,
+            also for each file's own window, the default, which states nothing). Saved only when set.
     """
 
     windows: tuple[Window | str, ...] = ("file",)
     padding_fill: float = 0.0
     bits_stored: int | None = None
     guessed_bits_stored: int | None = None
+    dicom_files: bool = False
 
     def __post_init__(self) -> None:
         windows = (self.windows,) if isinstance(self.windows, (str, Window)) else tuple(self.windows)
@@ -694,19 +698,20 @@ class MedicalPreprocessing:
         config = {"windows": windows, "padding_fill": self.padding_fill, "bits_stored": self.bits_stored}
         if self.guessed_bits_stored is not None:  # saved as before the record existed when there is none
             config["guessed_bits_stored"] = self.guessed_bits_stored
+        if self.dicom_files:  # the same
+            config["dicom_files"] = True
         return config
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> MedicalPreprocessing:
-        unknown = sorted(set(config) - {"windows", "padding_fill", "bits_stored", "guessed_bits_stored"})
+        known = ("windows", "padding_fill", "bits_stored", "guessed_bits_stored", "dicom_files")
+        unknown = sorted(set(config) - set(known))
         if unknown:
-            raise ValueError(
-                f"MedicalPreprocessing: unknown keys {unknown}; expected windows, padding_fill, bits_stored, "
-                "guessed_bits_stored"
-            )
+            raise ValueError(f"MedicalPreprocessing: unknown keys {unknown}; expected {', '.join(known)}")
         windows = tuple(Window(**w) if isinstance(w, dict) else w for w in config.get("windows", ("file",)))
         padding_fill, bits_stored = float(config.get("padding_fill", 0.0)), config.get("bits_stored")
-        return cls(windows, padding_fill, bits_stored, config.get("guessed_bits_stored"))
+        guessed, dicom_files = config.get("guessed_bits_stored"), bool(config.get("dicom_files", False))
+        return cls(windows, padding_fill, bits_stored, guessed, dicom_files)
 
     def read(self, path: str | Path, frame: int | None = None) -> np.ndarray:
         """One file as float32 `[F, C, H, W]` in `[0, 1]`: a DICOM file (see [`is_dicom_file`]) windowed into

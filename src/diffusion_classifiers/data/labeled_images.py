@@ -109,6 +109,7 @@ class RawData:
     groups: np.ndarray | None = None  # a patient id per image: carved splits keep each group on one side
     preprocessed: bool = False  # images already a float32 [N, C, H, W] tensor in [-1, 1] (read with a contract)
     guessed_bits_stored: int | None = None  # the one depth every 16-bit file was scaled by, guessed from its maximum
+    dicom_files: bool = False  # some of the images were read from DICOM files
 
 
 def labels_and_names(

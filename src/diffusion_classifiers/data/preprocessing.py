@@ -191,6 +191,7 @@ class ImagePreprocessing:
         medical = self.medical_or_default
         windows = medical.to_dict()["windows"]
         stated += [f"DICOM windows {windows}"] if windows != ["file"] else []
+        stated += ["DICOM files through each file's own window"] if windows == ["file"] and medical.dicom_files else []
         stated += [f"16-bit files at {medical.bits_stored} bits"] if medical.bits_stored is not None else []
         return ", ".join([size, channels, *stated])
 

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from .array_files import read_digits, read_idx_directory, read_npz
-from .dicom import MedicalPreprocessing
+from .dicom import MedicalPreprocessing, is_dicom_file
 from .windows import parse_windows
 from .file_decoding import _BitDepths, decode_files, warn_mixed_channels
 from .hf_datasets import pil_channels, read_hf_dataset
@@ -222,10 +222,12 @@ def load_image_classification_data(
 
 
 def _recorded(medical: MedicalPreprocessing, raw: RawData) -> MedicalPreprocessing:
-    """`medical` with the bit depth its 16-bit files were all scaled by, guessed from their maxima (`bits_stored`
-    unset), recorded as `guessed_bits_stored`: informational, it changes no pixel, but images read later at another
-    guessed depth are warned about (see `sixteen_bit.check_bit_depths`). Nothing is recorded for files of different
-    depths (warned about as they are read) or without 16-bit files."""
+    """`medical` with whether the data held DICOM files (`dicom_files`), and the bit depth its 16-bit files were all
+    scaled by, guessed from their maxima (`bits_stored` unset), recorded as `guessed_bits_stored`: informational, it
+    changes no pixel, but images read later at another guessed depth are warned about (see
+    `sixteen_bit.check_bit_depths`). No depth is recorded for files of different depths (warned about as they are
+    read) or without 16-bit files."""
+    medical = replace(medical, dicom_files=raw.dicom_files)
     if medical.bits_stored is not None:
         return medical
     return replace(medical, guessed_bits_stored=raw.guessed_bits_stored)
@@ -378,7 +380,7 @@ def _read_image_folder(
     labels, names, splits = labels_and_names(labels_per_split, names, f"image folder {root}")
     return RawData(
         images, labels, names, splits, DEFAULT_FOLDER_SIZE, groups, preprocessed=reading is not None,
-        guessed_bits_stored=depths.single,
+        guessed_bits_stored=depths.single, dicom_files=_any_dicom(files),
     )  # fmt: skip
 
 
@@ -391,7 +393,7 @@ def _read_unlabeled_folder(root: Path, medical: MedicalPreprocessing, reading: I
     labels = labels_per_split["train"]  # one per image, a multi-frame DICOM's frames each
     return RawData(
         images, labels, [UNLABELED], {"train": np.arange(len(labels))}, DEFAULT_FOLDER_SIZE, preprocessed=True,
-        guessed_bits_stored=depths.single,
+        guessed_bits_stored=depths.single, dicom_files=_any_dicom(files),
     )  # fmt: skip
 
 
@@ -414,8 +416,13 @@ def _read_csv(
     labels, names, splits = labels_and_names(labels_per_split, names, f"CSV {path}")
     return RawData(
         images, labels, names, splits, DEFAULT_FOLDER_SIZE, groups, preprocessed=reading is not None,
-        guessed_bits_stored=depths.single,
+        guessed_bits_stored=depths.single, dicom_files=_any_dicom(files),
     )  # fmt: skip
+
+
+def _any_dicom(files: Sequence[Path]) -> bool:
+    """Whether some of `files` are DICOM (by extension, or the header of a file without one: read when listed)."""
+    return any(is_dicom_file(path) for path in files)
 
 
 def describe_splits(splits: dict[str, Any], source: Any) -> str:

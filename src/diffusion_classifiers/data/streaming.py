@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
@@ -414,7 +415,8 @@ def streaming_image_classification_data(
         medical = medical or MedicalPreprocessing()
         files, frames = _unlabeled_rows(source, medical, **listing)
         full = StreamingImages.from_files(
-            files, None, None, image_size, num_channels, False, frames=frames, medical=medical, **fit
+            files, None, None, image_size, num_channels, False, frames=frames, medical=_noting_dicom(medical, frames),
+            **fit,
         )  # fmt: skip
         return _leave_out({"train": full}, unreadable)
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir() and is_saved_dataset(Path(source)):
@@ -430,13 +432,21 @@ def streaming_image_classification_data(
             **listing,
         )
         full = StreamingImages.from_files(
-            files, raw.labels, raw.class_names, image_size, num_channels, False, frames=frames, medical=medical,
-            **fit,
-        )
+            files, raw.labels, raw.class_names, image_size, num_channels, False, frames=frames,
+            medical=_noting_dicom(medical, frames), **fit,
+        )  # fmt: skip
     if one_set:
         return _leave_out({ONE_SET: full}, unreadable)
     splits = carve_splits(raw, val_fraction, test_fraction, seed)
     return _leave_out({name: full.subset(splits[name]) for name in SPLITS}, unreadable)
+
+
+def _noting_dicom(medical: MedicalPreprocessing | None, frames: Sequence[int | None]) -> MedicalPreprocessing | None:
+    """`medical` recording that the data hold DICOM files (`dicom_files`) where they do (a DICOM row has a frame), as
+    the in-memory loader records it."""
+    if all(frame is None for frame in frames):
+        return medical
+    return replace(medical or MedicalPreprocessing(), dicom_files=True)
 
 
 def _leave_out(
