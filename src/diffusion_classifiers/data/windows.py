@@ -5,6 +5,7 @@ function: linear or sigmoid), a file's own table ([`VoiTable`], its VOI LUT Sequ
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -128,24 +129,9 @@ class VoiTable:
         if not items:
             return ()
         try:
-            return (_interned(cls._from_item(items[0], dataset)),)
+            return (_table_of(items[0], dataset),)
         except (AttributeError, KeyError, TypeError, ValueError) as error:
             raise ValueError(f"VOI LUT Sequence item 0: {error}") from None
-
-    @classmethod
-    def _from_item(cls, item: Any, dataset: Any) -> VoiTable:
-        count, first, bits = _lut_descriptor(item, dataset)
-        entries = _lut_data(item, dataset)
-        if len(entries) < count:
-            raise ValueError(f"{len(entries)} entries in LUTData, fewer than its LUTDescriptor's {count}")
-        entries = entries[:count]
-        if entries.min() < 0 or entries.max() > 2**bits - 1:
-            raise ValueError(
-                f"entries from {entries.min()} to {entries.max()} outside its LUTDescriptor's {bits} bits per entry "
-                f"(0..{2**bits - 1})"
-            )
-        needed = max(int(entries.max()).bit_length(), 1)
-        return cls(first, entries.astype(np.uint16).tobytes(), min(bits, needed))
 
     def apply(self, values: np.ndarray) -> np.ndarray:
         """Map modality values to float32 in `[0, 1]` (see the class docstring)."""
@@ -158,11 +144,26 @@ class VoiTable:
         return f"VOI LUT of {len(self.entries) // 2} entries from {self.first_mapped}"
 
 
-_TABLES: dict[VoiTable, VoiTable] = {}  # every distinct table read, itself (see `VoiTable.from_tags`)
+def _table_of(item: Any, dataset: Any) -> VoiTable:
+    """The [`VoiTable`] of a VOI LUT Sequence item of `dataset`, checked (see [`VoiTable.from_tags`])."""
+    count, first, bits = _lut_descriptor(item, dataset)
+    entries = _lut_data(item, dataset)
+    if len(entries) < count:
+        raise ValueError(f"{len(entries)} entries in LUTData, fewer than its LUTDescriptor's {count}")
+    entries = entries[:count]
+    if entries.max() > 2**bits - 1:
+        raise ValueError(
+            f"entries from {entries.min()} to {entries.max()} outside its LUTDescriptor's {bits} bits per entry "
+            f"(0..{2**bits - 1})"
+        )
+    needed = max(int(entries.max()).bit_length(), 1)
+    return _interned_table(first, entries.astype(np.uint16).tobytes(), min(bits, needed))
 
 
-def _interned(table: VoiTable) -> VoiTable:
-    return _TABLES.setdefault(table, table)
+@functools.lru_cache(maxsize=64)
+def _interned_table(first_mapped: int, entries: bytes, bits: int) -> VoiTable:
+    """One object per distinct table among the last 64 read (see [`VoiTable.from_tags`])."""
+    return VoiTable(first_mapped, entries, bits)
 
 
 def _lut_descriptor(item: Any, dataset: Any) -> tuple[int, int, int]:
@@ -182,7 +183,7 @@ def _lut_data(item: Any, dataset: Any) -> np.ndarray:
     value = item["LUTData"].value
     if isinstance(value, (bytes, bytearray)):
         return np.frombuffer(value, dtype="<u2" if _little_endian(dataset) else ">u2").astype(np.int64)
-    return np.atleast_1d(np.asarray(value, dtype=np.int64))
+    return np.atleast_1d(np.asarray(value, dtype=np.int64)) & 0xFFFF  # words, also where pydicom read them as SS
 
 
 def _little_endian(dataset: Any) -> bool:
