@@ -566,7 +566,8 @@ def test_a_dicom_models_card_says_how_it_reads_and_restrictive_data_licences_nee
     card = (tmp_path / "card" / "README.md").read_text()
     assert front_matter(card)["license"] == "cc-by-nc-sa-4.0"
     assert ("The model reads every image at 16 px (stretch), 3 channels, DICOM windows ['brain', 'subdural', 'bone']. "
-            "Give it its DICOM and 16-bit files by path") in " ".join(card.split())
+            "Give it its DICOM files by path, to be read through these windows as in training: image files are refused "
+            "(they have no Hounsfield units to window)") in " ".join(card.split())  # QA: not "16-bit files"
 
 
 def test_cli_dry_run_writes_the_folder_and_card_locally_without_network(saved_pipeline, monkeypatch, tmp_path, capsys):

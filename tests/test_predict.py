@@ -958,6 +958,23 @@ def test_mammograms_are_read_per_breast_from_their_views(tmp_path, capsys):
         main(["aggregate", "--predictions", str(tmp_path / "earlier.csv"), "--by", "study_uid", "laterality"])
 
 
+def test_head_ct_reruns_and_aggregations_qa(tmp_path):
+    """QA (a head-CT group, after the mammography changes): a rerun with the presets' centre / width is the same run;
+    aggregate of a first predict run killed before any merge says to finish it; grouping by a gathered column refused."""
+    from diffusion_classifiers.prediction.outputs import _changes
+
+    recorded = {"run": {"windows": ["brain", "subdural", "bone"]}}
+    assert _changes(recorded, {"run": {"windows": [[40.0, 80.0], [80.0, 200.0], [600.0, 2800.0]]}}) == []
+    assert _changes(recorded, {"run": {"windows": [[40.0, 80.0], [80.0, 200.0], "full"]}}) != []
+    (tmp_path / "killed.csv.parts").mkdir()  # committed batches, no merged output yet
+    with pytest.raises(ValueError, match=r"killed.csv: its predict run has not finished .* rerun the same predict"):
+        main(["aggregate", "--predictions", str(tmp_path / "killed.csv")])
+    _slice_predictions(tmp_path / "p.csv")
+    for gathered in ("label", "true_label", "prob_bleed"):
+        with pytest.raises(ValueError, match=rf"by: \['{gathered}'\] are columns aggregate writes per group"):
+            main(["aggregate", "--predictions", str(tmp_path / "p.csv"), "--by", gathered])
+
+
 def test_aggregate_refuses_what_it_cannot_group_before_writing(tmp_path):
     from diffusion_classifiers.prediction.aggregate import aggregate_predictions
 

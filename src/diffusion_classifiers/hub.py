@@ -511,7 +511,13 @@ def input_description_of(local_dir: Union[str, os.PathLike], medical: bool = Fal
             f"{subject} its WindowCenter / WindowWidth and VOILUTFunction, else its VOI LUT Sequence (MONOCHROME1"
             " inverted); 16-bit PNG / TIFF are scaled by each file's maximum, rounded up to whole bits."
         )
-    if contract.medical_or_default.stated or medical or dicom:
+    if contract.medical_or_default.reads_dicom_only:  # QA: a CT model of 3 windows refuses 16-bit files and int16
+        text += (
+            " Give it its DICOM files by path, to be read through these windows as in training: image files are "
+            "refused (they have no Hounsfield units to window), and an array of raw pixel values (a DICOM's "
+            "`pixel_array`) is not windowed (int16 arrays are refused, others warned about)."
+        )
+    elif contract.medical_or_default.stated or medical or dicom:
         text += (
             " Give it its DICOM and 16-bit files by path, to be read as in training: an array of raw pixel values (a "
             "DICOM's `pixel_array`) is neither windowed nor scaled by the bit depth."

@@ -150,6 +150,10 @@ def _aggregate(
     return _Aggregation(layout.out_columns(), [group.row for group in gathered], metrics, notes + ratio_notes)
 
 
+# The columns gathered per group, which `by` cannot name.
+_GATHERED = ("num_images", "true_label", "label", "score", RATIO_KEY, f"{RATIO_KEY}_stderr")
+
+
 def _check_aggregation(
     predictions, columns: list, class_names: list, by: tuple, rule: str, positive_class: Optional[str],
     threshold: float,
@@ -168,6 +172,12 @@ def _check_aggregation(
             raise ValueError(f"{predictions}: no column {name!r} to group by; it has {columns}{hint}")
     if not by or len(set(by)) != len(by):
         raise ValueError(f"by: expected one or more different columns, got {list(by)}")
+    written = [name for name in by if name in _GATHERED or name.startswith("prob_")]
+    if written:  # QA: --by label wrote two columns named label
+        raise ValueError(
+            f"by: {written} are columns aggregate writes per group ({', '.join(_GATHERED)}, prob_<class>); expected "
+            "columns that name the groups (DICOM ids, path, or another column of the file)"
+        )
     if len(class_names) < 2:
         raise ValueError(f"{predictions}: expected prob_<class> columns of a predict output, got {columns}")
     if not 0 < threshold < 1:
@@ -397,7 +407,10 @@ def add_aggregate_args(parser: argparse.ArgumentParser) -> None:
 
 def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
     predictions = Path(args.predictions)
-    if not predictions.is_file() or predictions.suffix.lower() not in OUTPUT_SUFFIXES:
+    if predictions.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise FileNotFoundError(f"--predictions {predictions}: expected a .csv or .parquet file predict wrote")
+    unreadable = _check_predict_run_finished(predictions)  # first: a first run killed has parts, no output yet (QA)
+    if not predictions.is_file():
         raise FileNotFoundError(f"--predictions {predictions}: expected a .csv or .parquet file predict wrote")
     default = predictions.with_name(f"{predictions.stem}.{args.rule}_by_{'_'.join(args.by)}.csv")
     output = Path(args.output) if args.output else default
@@ -405,7 +418,6 @@ def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
         raise ValueError(f"--output {output}: expected a new .csv file, not the predictions")
     if output.exists() and not args.overwrite:
         raise FileExistsError(f"--output {output} exists (an earlier aggregation): pass --overwrite to replace it")
-    unreadable = _check_predict_run_finished(predictions)
     aggregation = _aggregate(predictions, args.by, args.rule, args.positive_class, args.threshold)
     columns, rows, metrics = aggregation.columns, aggregation.rows, aggregation.metrics
     write_csv(output, columns, rows)

@@ -117,9 +117,21 @@ def _changes(recorded: dict, run: dict) -> list[tuple[str, Any, Any]]:
         if isinstance(then[key], dict) and isinstance(now.get(key), dict):  # the pipeline call: settings that differ
             changes += [(f"{key}.{name}", value, now[key].get(name)) for name, value in sorted(then[key].items())
                         if value != now[key].get(name)]  # fmt: skip
-        elif then[key] != now.get(key):
+        elif then[key] != now.get(key) and not (key == "windows" and _same_windows(then[key], now.get(key))):
             changes.append((key, then[key], now.get(key)))
     return changes
+
+
+def _same_windows(then: Any, now: Any) -> bool:
+    """Whether two runs' recorded windows are the same, presets compared as the centre / width they name (QA: a rerun
+    with `--window 40 80 80 200 600 2800` was refused against the model's brain, subdural and bone)."""
+    from ..data.windows import WINDOW_PRESETS
+
+    def values(windows: Any) -> list:
+        named = [WINDOW_PRESETS.get(w) if isinstance(w, str) else None for w in windows or []]
+        return [list(n.to_dict().values()) if n is not None else w for n, w in zip(named, windows or [])]
+
+    return isinstance(then, list) and isinstance(now, list) and values(then) == values(now)
 
 
 def errors_file_of_resumed_run(files: OutputFiles, overwrite: bool) -> OutputFiles:
