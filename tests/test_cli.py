@@ -254,3 +254,18 @@ def test_a_defaulted_positive_class_is_noted_at_training_time(capsys):
     for given, names in (("cancer", ["cancer", "normal"]), (None, ["a", "b", "c"])):
         note_default_positive_class(given, names)
         assert capsys.readouterr().err == ""
+
+
+def test_a_shell_command_prints_warnings_as_one_line_each():
+    """QA: every warning of a command ended in the source line of this package that issued it."""
+    import subprocess
+
+    from .conftest import PYTHON, python_subprocess_env
+
+    code = ("import warnings; from diffusion_classifiers.cli import run_from_shell; "
+            "run_from_shell('tool', lambda: warnings.warn('look here', UserWarning))")  # fmt: skip
+    shell = subprocess.run([PYTHON, "-c", code], env=python_subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert shell.returncode == 0 and shell.stderr == "tool: warning: look here\n"
+    kept = python_subprocess_env() | {"DIFFUSION_CLASSIFIERS_TRACEBACK": "1"}  # the source line, for developers
+    traced = subprocess.run([PYTHON, "-c", code], env=kept, capture_output=True, text=True, timeout=120)
+    assert "UserWarning: look here" in traced.stderr and "tool: warning" not in traced.stderr
