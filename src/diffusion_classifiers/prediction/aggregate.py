@@ -161,6 +161,22 @@ def _check_aggregation(
     """Every argument checked before a row is gathered."""
     if rule not in AGGREGATION_RULES:
         raise ValueError(f"rule: expected one of {list(AGGREGATION_RULES)}, got {rule!r}")
+    _check_group_columns(predictions, columns, by)
+    if len(class_names) < 2:
+        raise ValueError(f"{predictions}: expected prob_<class> columns of a predict output, got {columns}")
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold: expected a probability strictly between 0 and 1, got {threshold!r}")
+    if rule == "max" and len(class_names) != 2:
+        raise ValueError(
+            f"rule 'max' takes binary predictions (is the positive class in any image of the group?); {predictions} "
+            f"has {len(class_names)} classes {class_names}: use rule 'mean'"
+        )
+    if positive_class is not None and positive_class not in class_names:
+        raise ValueError(f"positive_class: expected one of {class_names}, got {positive_class!r}")
+
+
+def _check_group_columns(predictions, columns: list, by: tuple) -> None:
+    """The columns `by` names: in the file, different, and none of those aggregate writes per group."""
     for name in by:
         if name not in columns:
             dicom = [column for column in DICOM_ID_COLUMNS if column in columns]
@@ -178,17 +194,6 @@ def _check_aggregation(
             f"by: {written} are columns aggregate writes per group ({', '.join(_GATHERED)}, prob_<class>); expected "
             "columns that name the groups (DICOM ids, path, or another column of the file)"
         )
-    if len(class_names) < 2:
-        raise ValueError(f"{predictions}: expected prob_<class> columns of a predict output, got {columns}")
-    if not 0 < threshold < 1:
-        raise ValueError(f"threshold: expected a probability strictly between 0 and 1, got {threshold!r}")
-    if rule == "max" and len(class_names) != 2:
-        raise ValueError(
-            f"rule 'max' takes binary predictions (is the positive class in any image of the group?); {predictions} "
-            f"has {len(class_names)} classes {class_names}: use rule 'mean'"
-        )
-    if positive_class is not None and positive_class not in class_names:
-        raise ValueError(f"positive_class: expected one of {class_names}, got {positive_class!r}")
 
 
 def _recorded_run(predictions) -> tuple[Path, dict]:
