@@ -22,7 +22,7 @@ import numpy as np
 from .image_files import IMAGE_EXTENSIONS
 from .sixteen_bit import LOW_RANGE_FILL, _check_bits_stored, _read_16bit, check_bit_depths, note_bit_depth
 from .sixteen_bit import read_16bit_image, scale_16bit_image
-from .windows import _OTHER_WINDOWS, WINDOW_NAMES, WINDOW_PRESETS, VoiTable, Window, parse_windows
+from .windows import _OTHER_WINDOWS, WINDOW_NAMES, WINDOW_PRESETS, VoiTable, Window, named_windows, parse_windows
 
 
 __all__ = [
@@ -685,7 +685,8 @@ class MedicalPreprocessing:
             raise ValueError(f"{where}: 1 window, but {model} was trained on 3 ({saved}), one channel each; give 3")
         if len(given) == 3 and num_channels == 1:
             raise ValueError(f"{where}: 3 windows, but {model} reads 1 channel: they would blend into one grey; give 1")
-        if given != saved and sorted(map(str, given)) == sorted(map(str, saved)):
+        named, trained_named = (list(map(repr, named_windows(m.windows))) for m in (self, trained))
+        if named != trained_named and sorted(named) == sorted(trained_named):
             warnings.warn(
                 f"{where}: the windows {given} are those {model} was trained with in another order ({saved}): each "
                 "channel is read through a window the model did not learn it with; give them in the trained order",

@@ -13,7 +13,9 @@ from typing import Any, Sequence
 import numpy as np
 
 
-__all__ = ["VOI_LUT_FUNCTIONS", "VoiTable", "WINDOW_NAMES", "WINDOW_PRESETS", "Window", "parse_windows"]
+__all__ = [
+    "VOI_LUT_FUNCTIONS", "VoiTable", "WINDOW_NAMES", "WINDOW_PRESETS", "Window", "named_windows", "parse_windows",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,12 @@ _OTHER_WINDOWS = (
     f"Window(center, width) in the file's modality values (--window CENTER WIDTH), 'full' (its whole stored range), "
     f"or for CT a preset in Hounsfield units {sorted(WINDOW_PRESETS)}"
 )
+
+
+def named_windows(windows: Sequence[Any]) -> list:
+    """`windows` with each preset name as the [`Window`] it names (`"brain"` is `Window(40, 80)`), so that windows
+    written either way compare equal; other names (`"file"`, `"full"`) and values as they are."""
+    return [WINDOW_PRESETS.get(window, window) if isinstance(window, str) else window for window in windows]
 
 
 def parse_windows(tokens: Sequence[str]) -> tuple[Window | str, ...]:

@@ -35,6 +35,14 @@ __all__ = [
 
 TIMESTEP_SPACINGS = ("even", "stratified", "log_snr")
 WEIGHTINGS = ("uniform", "elbo")
+# The early stop's paired t-test needs this many timesteps' error differences before it can settle a class.
+MIN_TIMESTEPS_TO_SETTLE = 2
+
+
+def first_early_stop_look(timesteps_per_check: int) -> int:
+    """The timesteps scored when the early stop (without pruning) can first stop an image: looks come every
+    `timesteps_per_check` timesteps, and one settles nothing before `MIN_TIMESTEPS_TO_SETTLE`."""
+    return timesteps_per_check * math.ceil(MIN_TIMESTEPS_TO_SETTLE / timesteps_per_check)
 
 
 @dataclass
@@ -219,7 +227,7 @@ def _settled_worse(differences: torch.Tensor, confidence: float) -> torch.Tensor
     """`[N, K]`: the paired t-statistic `mean(d) / (std(d) / sqrt(n))` of the error differences `d = e_k - e_leader`
     `[N, K, n]` exceeds Student's t quantile `t_{n-1}(confidence)` (False where any `d` is NaN)."""
     n = differences.shape[2]
-    if n < 2:
+    if n < MIN_TIMESTEPS_TO_SETTLE:
         return torch.zeros(differences.shape[:2], dtype=torch.bool)
     z = differences.mean(2) / (differences.std(2) / math.sqrt(n))
     return z > stats.t.ppf(confidence, n - 1)

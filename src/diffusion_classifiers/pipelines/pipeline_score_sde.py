@@ -17,6 +17,7 @@ from diffusion_classifiers.likelihood import (
     denoising_error_scores,
     probability_flow_log_likelihood,
 )
+from diffusion_classifiers.likelihood.denoising_error import MIN_TIMESTEPS_TO_SETTLE, first_early_stop_look
 
 from .pipeline_utils import ClassifierPipelineOutput, DiffusionClassifierPipeline
 
@@ -308,9 +309,9 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
     def check_call_settings(settings: Dict[str, Any]) -> None:
         """What a call with these settings (names of `__call__`'s parameters; `evaluate.pipeline_call_settings` gives
         them all) would refuse that no image is needed to tell: called by the pipeline, and by `evaluate` and
-        `predict` before any image is read. An ELBO early stop with no look before the last timestep is one (a look
-        needs 2 timesteps at least, and comes every `timesteps_per_check`): no image could stop (QA: the warning then
-        blamed noisy scores)."""
+        `predict` before any image is read. An ELBO early stop with no look that can stop an image before the last
+        timestep is one (`denoising_error.first_early_stop_look`): no image could stop (QA: the warning then blamed
+        noisy scores)."""
         if settings.get("method", "elbo") != "elbo" or settings.get("early_stop_confidence") is None:
             return
         strata, every = settings.get("timestep_strata"), settings.get("timesteps_per_check", 10)
@@ -318,11 +319,11 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         counts = isinstance(every, numbers.Integral) and isinstance(scored, numbers.Integral)
         if settings.get("pruning") or not counts:
             return  # pruning stages look too; values that are no counts are refused by the scorer
-        if max(every, 2) >= scored:
+        if first_early_stop_look(every) >= scored:
             raise ValueError(
-                f"early_stop_confidence: the first look comes after max(2, timesteps_per_check={every}) timesteps, "
-                f"and {scored} are scored: no image could stop early. Give more timesteps or a smaller "
-                "timesteps_per_check, or leave early_stop_confidence out"
+                f"early_stop_confidence: the first look comes after max({MIN_TIMESTEPS_TO_SETTLE}, "
+                f"timesteps_per_check={every}) timesteps, and {scored} are scored: no image could stop early. Give "
+                "more timesteps or a smaller timesteps_per_check, or leave early_stop_confidence out"
             )
 
     def positive_index(self) -> int:

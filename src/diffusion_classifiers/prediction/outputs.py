@@ -36,6 +36,7 @@ __all__ = [
     "read_predictions",
     "recorded_file_stamps",
     "recorded_run_info",
+    "windows_json",
     "write_csv",
 ]
 
@@ -122,16 +123,22 @@ def _changes(recorded: dict, run: dict) -> list[tuple[str, Any, Any]]:
     return changes
 
 
+def windows_json(windows: Sequence[Any]) -> list:
+    """Windows as a run's identity records them: a name, or `[center, width]` (and the function, when not linear:
+    outputs of linear windows resume as recorded before windows had one); recorded ones stay as they are."""
+    from ..data.windows import Window
+
+    return [list(window.to_dict().values()) if isinstance(window, Window) else window for window in windows]
+
+
 def _same_windows(then: Any, now: Any) -> bool:
     """Whether two runs' recorded windows are the same, presets compared as the centre / width they name (QA: a rerun
     with `--window 40 80 80 200 600 2800` was refused against the model's brain, subdural and bone)."""
-    from ..data.windows import WINDOW_PRESETS
+    from ..data.windows import named_windows
 
-    def values(windows: Any) -> list:
-        named = [WINDOW_PRESETS.get(w) if isinstance(w, str) else None for w in windows or []]
-        return [list(n.to_dict().values()) if n is not None else w for n, w in zip(named, windows or [])]
-
-    return isinstance(then, list) and isinstance(now, list) and values(then) == values(now)
+    if not (isinstance(then, list) and isinstance(now, list)):
+        return False
+    return windows_json(named_windows(then)) == windows_json(named_windows(now))
 
 
 def errors_file_of_resumed_run(files: OutputFiles, overwrite: bool) -> OutputFiles:

@@ -44,6 +44,7 @@ from .outputs import (
     ratio_direction,
     recorded_file_stamps,
     recorded_run_info,
+    windows_json,
     write_csv,
 )
 
@@ -573,7 +574,7 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     # (a DatasetDict's rows are named by index in every split: its split too)
     # and the weights: a model retrained in place (same folder) must not add its rows to the earlier model's
     run_info = {"model_dir": model_name, "model_sha256": model_fingerprint(model_dir),
-                "windows": _windows_json(medical.windows), "input": str(Path(args.input).resolve())}  # fmt: skip
+                "windows": windows_json(medical.windows), "input": str(Path(args.input).resolve())}  # fmt: skip
     if (Path(args.input) / "dataset_dict.json").is_file():
         run_info["split"] = args.split
         if accelerator.is_main_process:
@@ -684,7 +685,9 @@ def _warn_other_windows(given: Any, trained: Any, model: str) -> None:
     are warned about by `check_replaces`): the model learnt its classes through its own, and its scores through
     others may not hold (QA: one file read through 'full' instead of its own window went from benign at 0.99 to
     malignant at 1.0)."""
-    if sorted(map(repr, _named_windows(given.windows))) == sorted(map(repr, _named_windows(trained.windows))):
+    from ..data.windows import named_windows
+
+    if sorted(map(repr, named_windows(given.windows))) == sorted(map(repr, named_windows(trained.windows))):
         return
     saved = trained.to_dict()["windows"]
     own = " (each file's own)" if saved == ["file"] else ""
@@ -694,16 +697,3 @@ def _warn_other_windows(given: Any, trained: Any, model: str) -> None:
         UserWarning,
         stacklevel=3,
     )
-
-
-def _named_windows(windows: Sequence[Any]) -> list:
-    """The windows with preset names as the windows they name (`"brain"` is `Window(40, 80)`)."""
-    from ..data.windows import WINDOW_PRESETS
-
-    return [WINDOW_PRESETS.get(window, window) if isinstance(window, str) else window for window in windows]
-
-
-def _windows_json(windows: Sequence[Any]) -> list:
-    """The windows as a run's identity records them: a name, or `[center, width]` (and the function, when not
-    linear: outputs of linear windows resume as recorded before windows had one)."""
-    return [window if isinstance(window, str) else list(window.to_dict().values()) for window in windows]
