@@ -211,9 +211,23 @@ def test_a_saved_datasetdict_answers_to_val_and_validation_alike(tmp_path):
     to_datasets(splits).save_to_disk(str(tmp_path / "digits"))  # written as 'validation'
     for name in ("val", "validation"):
         assert load_evaluation_split(str(tmp_path / "digits"), name)["label"] == splits["val"].labels.tolist()
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"label": [0]})}).save_to_disk(str(tmp_path / "train_only"))
-    with pytest.raises(ValueError, match=r"split 'test': the DatasetDict saved in .*train_only has no such split; it has \['train'\]"):
-        load_evaluation_split(str(tmp_path / "train_only"), "test")
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict({"label": [0]})}).save_to_disk(str(tmp_path / "test_only"))
+    with pytest.raises(ValueError, match=r"split 'val': the DatasetDict saved in .*test_only has no such split; it has \['test'\]"):
+        load_evaluation_split(str(tmp_path / "test_only"), "val")
+
+
+def test_a_split_a_saved_datasetdict_lacks_is_carved_from_its_train_split_as_in_training(tmp_path):
+    """Training on a saved DatasetDict of train and test carves val from train; evaluate --split val said the folder
+    had no such split. It reads the folder as training did (the model's recorded fractions and seed)."""
+    from diffusion_classifiers.evaluation import load_evaluation_split
+
+    splits = load_image_classification_data("digits")
+    to_datasets({"train": splits["train"], "test": splits["test"]}).save_to_disk(str(tmp_path / "no_val"))
+    trained_on = load_image_classification_data(tmp_path / "no_val", val_fraction=0.2, seed=3)  # the folder, in memory
+    val, train = load_evaluation_split(str(tmp_path / "no_val"), "val", val_fraction=0.2, seed=3, with_train=True)
+    assert torch.equal(val.images, trained_on["val"].images) and torch.equal(val.labels, trained_on["val"].labels)
+    assert torch.equal(train.images, trained_on["train"].images)
+    assert load_evaluation_split(str(tmp_path / "no_val"), "test")["label"] == splits["test"].labels.tolist()
 
 
 def test_metrics_json_records_the_split_and_the_dataset(fitted, tmp_path, capsys):

@@ -65,9 +65,12 @@ def test_csv_and_datasets_sources_stream_the_same_images(image_folder, tmp_path)
     import datasets
 
     in_memory = load_image_classification_data(datasets.load_from_disk(str(saved)), image_size=SIZE, num_channels=3)
+    by_folder = load_image_classification_data(saved, image_size=SIZE, num_channels=3)  # the folder, not streamed
     for split in ("train", "val", "test"):
         assert torch.equal(_all_images(from_disk[split]), in_memory[split].images)
         assert torch.equal(from_disk[split].labels, in_memory[split].labels)
+        assert torch.equal(by_folder[split].images, in_memory[split].images)
+        assert torch.equal(by_folder[split].labels, in_memory[split].labels)
 
 
 def test_dataloader_workers_read_the_same_batches(image_folder):

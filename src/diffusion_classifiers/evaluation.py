@@ -21,12 +21,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import ONE_SET, ImagePreprocessing, LabeledImages, canonical_split_name, load_image_classification_data
-from .data.hf_datasets import HF_SPLIT_NAMES
+from .data.hf_datasets import HF_SPLIT_NAMES, is_saved_dataset
 from .data.image_listing import list_image_folder
 from .data.split_record import ANONYMISED_DICOM_RULE, image_fingerprint_variants, image_fingerprints
 from .data.streaming import (
     StreamingImages,
-    is_saved_dataset,
     streaming_classification_split,
     streaming_image_classification_data,
 )
@@ -332,12 +331,14 @@ def load_evaluation_split(
             chosen = _every_saved_image(saved, dataset, preprocessing)
         else:
             chosen = _saved_split(saved, split, dataset)
-        return (chosen, None) if with_train else chosen
+        if chosen is not None:
+            return (chosen, None) if with_train else chosen
     own_names = _own_class_names(dataset)
     known = model_class_names if model_class_names is not None else class_names
     if own_names is not None and known is not None:  # the folder's names stand, checked against the model's
         check_known_class_names(own_names, known, f"{dataset}: its classes")
-    class_names = None if own_names is not None else class_names
+    carries_names = own_names is not None or is_saved_dataset(Path(dataset))  # a saved Dataset: its ClassLabel
+    class_names = None if carries_names else class_names
     contract = preprocessing or ImagePreprocessing()
     load = streaming_image_classification_data if streaming else load_image_classification_data
     splits = load(
@@ -572,10 +573,13 @@ def _likely_cause(
 
 
 def _saved_split(splits, split: str, where: str):
-    """`split` of a saved `DatasetDict`, 'val' and 'validation' one name (`to_datasets` writes 'validation')."""
+    """`split` of a saved `DatasetDict`, 'val' and 'validation' one name (`to_datasets` writes 'validation'); None
+    when it has no such split but a train split, from which the loaders carve it (as they did for the model)."""
     for name in splits:
         if canonical_split_name(name) == canonical_split_name(split):
             return splits[name]
+    if "train" in splits:
+        return None
     raise ValueError(f"split {split!r}: the DatasetDict saved in {where} has no such split; it has {sorted(splits)}")
 
 

@@ -28,11 +28,10 @@ def add_data_args(parser: Any, image_size: int | None = None, streaming: bool = 
     `--test_fraction`, `--resize_mode`, `--pad_value` and `--normalize_background` flags every script shares (read
     by [`load_data_from_args`]), with `streaming` the `--streaming` flag (read by `data.streaming_data_from_args`)
     of scripts whose trainer takes a dataset, and with `unlabeled` the `--unlabeled` flag of label-free trainers."""
-    saved_datasets = " or (with --streaming) a saved datasets folder" if streaming else ""
     parser.add_argument(
         "--dataset", default="digits",
         help="'digits', a MedMNIST .npz, an IDX folder, an image folder (DICOM included), a .csv of "
-        f"path,label[,patient_id]{saved_datasets} (default: %(default)s)",
+        "path,label[,patient_id] or a folder a datasets Dataset / DatasetDict was saved to (default: %(default)s)",
     )  # fmt: skip
     add_class_names_arg(parser)
     size_default = "%(default)s" if image_size is not None else "%(default)s, the dataset's"

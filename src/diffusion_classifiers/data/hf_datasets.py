@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,8 @@ from .preprocessing import _PIL_16BIT_MODES
 
 __all__ = [
     "canonical_split_name",
+    "is_saved_dataset",
+    "open_saved_dataset",
     "read_classification_split",
     "split_columns",
 ]
@@ -24,6 +28,21 @@ HF_SPLIT_NAMES = {"train": "train", "validation": "val", "val": "val", "test": "
 def canonical_split_name(name: str) -> str:
     """`"val"` for `"validation"` (the Hub's name for it, which `to_datasets` writes); any other name as it is."""
     return HF_SPLIT_NAMES.get(name, name)
+
+
+def is_saved_dataset(folder: Path) -> bool:
+    """Whether `folder` holds a `datasets.Dataset` or `DatasetDict` written by `save_to_disk`."""
+    return (folder / "dataset_info.json").is_file() or (folder / "dataset_dict.json").is_file()
+
+
+def open_saved_dataset(source: Any) -> Any:
+    """`source` opened with `datasets.load_from_disk` (memory-mapped) when it is a folder written by `save_to_disk`,
+    else `source` as it is."""
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir() and is_saved_dataset(Path(source)):
+        import datasets  # imported lazily: it is only needed for datasets sources
+
+        return datasets.load_from_disk(str(source))
+    return source
 
 
 def hf_splits(source: Any, image_column: str | None, label_column: str | None) -> tuple[dict, str, str, Any]:

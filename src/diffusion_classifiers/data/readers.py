@@ -30,7 +30,7 @@ from .array_files import read_digits, read_idx_directory, read_npz
 from .dicom import MedicalPreprocessing, is_dicom_file
 from .windows import parse_windows
 from .file_decoding import _BitDepths, decode_files, warn_mixed_channels
-from .hf_datasets import pil_channels, read_hf_dataset
+from .hf_datasets import open_saved_dataset, pil_channels, read_hf_dataset
 from .image_listing import list_csv, list_folder_files, list_unlabeled_images
 from .labeled_images import ONE_SET, SPLITS, LabeledImages, RawData, labels_and_names
 from .preprocessing import ImagePreprocessing, _describe, fit_options, preprocess_images
@@ -111,7 +111,8 @@ def load_image_classification_data(
               integers); with patient ids, the carved splits keep each patient on one side.
             * a `datasets.Dataset` or `datasets.DatasetDict` with an `Image` column and a
               `ClassLabel` column (found by feature type, or named by `image_column` /
-              `label_column`); splits `train`, `validation` or `val`, `test`.
+              `label_column`); splits `train`, `validation` or `val`, `test`; or a folder one was saved to
+              (`save_to_disk`).
         image_size (`int` or `Tuple[int, int]`, *optional*):
             resize to this size (see [`preprocess_images`]); default: the native size, except 32 for digits and
             image folders. Float image arrays (digits, `.npz`, windowed DICOM, 16-bit files) are read as `[0, 1]`.
@@ -170,6 +171,7 @@ def load_image_classification_data(
     """
     check_split_fractions(val_fraction, test_fraction, carved=not unlabeled)
     check_anonymised_dicom_groups(anonymised_dicom_groups)
+    source = open_saved_dataset(source)
     kind = _source_kind(source)
     if class_names is not None and kind not in ("digits", "npz", "idx", "csv"):
         raise ValueError(

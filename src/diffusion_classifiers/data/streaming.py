@@ -29,7 +29,7 @@ from .dicom import MedicalPreprocessing, is_dicom_file
 from .image_files import DECODE_ERRORS, decode_error_text, open_image
 from .preprocessing import ImagePreprocessing, _describe, fit_options, preprocess_images
 from .file_decoding import _refuse_unreadable_files, check_file_headers, decode_image_file, list_frames
-from .hf_datasets import HF_SPLIT_NAMES, find_column, hf_splits, split_columns
+from .hf_datasets import HF_SPLIT_NAMES, find_column, hf_splits, is_saved_dataset, open_saved_dataset, split_columns
 from .image_listing import list_csv, list_folder_files, list_unlabeled_images
 from .labeled_images import ONE_SET, SPLITS, RawData, labels_and_names
 from .readers import (
@@ -419,10 +419,7 @@ def streaming_image_classification_data(
             **fit,
         )  # fmt: skip
         return _leave_out({"train": full}, unreadable)
-    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir() and is_saved_dataset(Path(source)):
-        import datasets
-
-        source = datasets.load_from_disk(str(source))
+    source = open_saved_dataset(source)
     if type(source).__module__.startswith("datasets"):
         dataset, raw = _hf_rows(source, image_column, label_column)
         full = StreamingImages(dataset, image_size, num_channels, image_column=_IMAGE, label_column=_LABEL, **fit)
@@ -462,11 +459,6 @@ def _leave_out(
 
 def _rows_not_of(images: StreamingImages, paths: set[str]) -> list[int]:
     return [row for row, image in enumerate(images.dataset[images.image_column]) if image["path"] not in paths]
-
-
-def is_saved_dataset(folder: Path) -> bool:
-    """Whether `folder` holds a `datasets.Dataset` or `DatasetDict` written by `save_to_disk`."""
-    return (folder / "dataset_info.json").is_file() or (folder / "dataset_dict.json").is_file()
 
 
 def _file_rows(

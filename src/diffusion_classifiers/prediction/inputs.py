@@ -137,8 +137,8 @@ def list_inputs(
         a video clip's, is that file's errors-file row when it is read).
     """
     from ..data.dicom import MedicalPreprocessing
+    from ..data.hf_datasets import is_saved_dataset
     from ..data.image_listing import ACCEPTED_FILES, is_image_or_dicom_file
-    from ..data.streaming import is_saved_dataset
 
     source = check_input_exists(source)
     medical = medical if medical is not None else MedicalPreprocessing()
