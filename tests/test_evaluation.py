@@ -151,8 +151,10 @@ def test_evaluate_script_end_to_end(fitted, tmp_path, capsys, monkeypatch):
     assert printed["accuracy"] == json.loads((tmp_path / "metrics.json").read_text())["accuracy"]
     from diffusion_classifiers.evaluation import load_evaluation_split  # every kind of --dataset named when missing
 
-    with pytest.raises(ValueError, match=r"does not exist; expected .*a \.csv of paths.*DatasetDict\.save_to_disk"):
+    with pytest.raises(ValueError, match=r"does not exist; expected .*a \.csv of paths.*Dataset / DatasetDict was saved to$"):
         load_evaluation_split(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match=r"save it once with datasets.load_dataset\('org/plankton'\).save_to_disk\(DIR\)"):
+        load_evaluation_split("org/plankton")  # a Hub id: said how to read it here, not just missing
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from .data import ONE_SET, ImagePreprocessing, LabeledImages, canonical_split_name, load_image_classification_data
 from .data.hf_datasets import HF_SPLIT_NAMES, is_saved_dataset
 from .data.image_listing import list_image_folder
+from .data.readers import check_source_exists
 from .data.split_record import ANONYMISED_DICOM_RULE, image_fingerprint_variants, image_fingerprints
 from .data.streaming import (
     StreamingImages,
@@ -318,11 +319,8 @@ def load_evaluation_split(
     `evaluate_classifier` matches labels to the model's by name, so the scored label ids are the model's whatever the
     data's order, and reports the model's classes the data lacks as `absent_classes`."""
     check_evaluation_split(split)
-    if dataset != "digits" and not os.path.exists(dataset):
-        raise ValueError(
-            f"dataset {dataset!r} does not exist; expected 'digits', a .npz file, a .csv of paths, an IDX directory, "
-            "an image folder or a folder saved with DatasetDict.save_to_disk"
-        )
+    if dataset != "digits":
+        check_source_exists(dataset, name="dataset")
     if os.path.isfile(os.path.join(dataset, "dataset_dict.json")):
         from datasets import load_from_disk
 

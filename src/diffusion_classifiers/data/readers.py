@@ -235,6 +235,24 @@ def _recorded(medical: MedicalPreprocessing, raw: RawData) -> MedicalPreprocessi
     return replace(medical, guessed_bits_stored=raw.guessed_bits_stored)
 
 
+def check_source_exists(source: str | os.PathLike, name: str = "source") -> Path:
+    """`source` as a `Path`, refused with what the loaders read when nothing is there (a Hub dataset id too: they
+    read local data only, so the message says how to save one locally)."""
+    path = Path(source)
+    if path.exists():
+        return path
+    hub_hint = ""
+    if str(source).count("/") == 1 and not str(source).startswith((".", "/")):
+        hub_hint = (
+            "; a Hub dataset is not downloaded here: save it once with "
+            f"datasets.load_dataset({str(source)!r}).save_to_disk(DIR) and pass DIR"
+        )
+    raise ValueError(
+        f"{name}: {str(source)!r} does not exist; expected 'digits', a .npz file, a .csv of paths, an IDX directory, an "
+        f"image folder or a folder a datasets Dataset / DatasetDict was saved to{hub_hint}"
+    )
+
+
 def _source_kind(source: Any) -> str:
     if isinstance(source, str) and source == "digits":
         return "digits"
@@ -247,12 +265,7 @@ def _source_kind(source: Any) -> str:
         raise ValueError(
             f"source: expected 'digits', a path or a datasets.Dataset/DatasetDict, got {_describe(source)}"
         )
-    path = Path(source)
-    if not path.exists():
-        raise ValueError(
-            f"source: {str(path)!r} does not exist; expected 'digits', a .npz file, a .csv of paths, an IDX directory "
-            "or an image folder"
-        )
+    path = check_source_exists(source)
     if path.is_file():
         if path.suffix not in (".npz", ".csv"):
             raise ValueError(f"source: {str(path)!r} is a file; expected a .npz or .csv file or a directory")

@@ -36,6 +36,7 @@ from .readers import (
     DEFAULT_FOLDER_SIZE,
     UNLABELED,
     carve_splits,
+    check_source_exists,
     describe_splits,
     fit_from_args,
     load_data_from_args,
@@ -472,9 +473,7 @@ def _file_rows(
     """The images of an image folder or CSV (a file and its DICOM frame, or None, per image; DICOM mixed with other
     files as `medical`'s windows allow), and their labels, names, official splits and groups (as `RawData`; anonymised
     DICOM files grouped by `anonymised_dicom_groups`); every file checked as `listing` says (see `list_frames`)."""
-    path = Path(source)
-    if not path.exists():
-        raise ValueError(f"source: {str(path)!r} does not exist; expected an image folder, a .csv file or a dataset")
+    path = check_source_exists(source)
     if path.is_file() and path.suffix == ".csv":
         files, labels, names, patients = list_csv(path, class_names, patient_id_column)
         labels_per_split, where = {"train": labels}, f"CSV {path}"
