@@ -119,7 +119,7 @@ def test_from_a_shell_a_refused_input_is_one_line_without_a_traceback(tmp_path, 
     with pytest.raises(SystemExit) as exited:
         main()
     assert exited.value.code == f"diffusion-classifiers predict: error: input {tmp_path / 'missing'}: not found; " \
-        "expected an image folder, a .csv file or a datasets folder"
+        "expected an image folder, a .csv file of paths, a saved datasets folder or an image / DICOM file"
     monkeypatch.setenv("DIFFUSION_CLASSIFIERS_TRACEBACK", "1")
     with pytest.raises(FileNotFoundError, match="missing: not found"):
         main()

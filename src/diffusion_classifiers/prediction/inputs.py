@@ -171,7 +171,8 @@ def check_input_exists(source: str | os.PathLike) -> Path:
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(
-            f"input {source}: not found; expected an image folder, a .csv file or a datasets folder"
+            f"input {source}: not found; expected an image folder, a .csv file of paths, a saved datasets folder or "
+            "an image / DICOM file"
         )
     return source
 
