@@ -147,7 +147,7 @@ def test_a_dicom_model_without_dataset_is_refused_not_run_on_the_demo_digits(tmp
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
-@pytest.mark.parametrize("command", ["probe", "evaluate"])
+@pytest.mark.parametrize("command", ["probe", "evaluate", "fit-head"])
 def test_probe_and_evaluate_on_several_processes_are_refused_before_any_work(tmp_path, monkeypatch, command):
     """Started by `accelerate launch --num_processes 2`, every process would run the whole job into the same files."""
     model_flag = "--unet_dir" if command == "probe" else "--model_dir"
@@ -269,3 +269,61 @@ def test_a_shell_command_prints_warnings_as_one_line_each():
     kept = python_subprocess_env() | {"DIFFUSION_CLASSIFIERS_TRACEBACK": "1"}  # the source line, for developers
     traced = subprocess.run([PYTHON, "-c", code], env=kept, capture_output=True, text=True, timeout=120)
     assert "UserWarning: look here" in traced.stderr and "tool: warning" not in traced.stderr
+
+
+def _saved_rc_dit(folder):
+    from .test_rc_dit import tiny_pipeline
+
+    tiny_pipeline().save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("head, flags", [("prototypes", ["--shots", "5"]), ("linear_probe", ["--C", "0.1", "10"])])
+def test_fit_head_gives_an_rc_dit_a_head_chosen_on_val_that_evaluate_scores_alike(tmp_path, capsys, head, flags):
+    """An RC-DiT had no command to fit a head (only Python): fit-head reads labelled data as the model's saved
+    preprocessing says, fits the head (on --shots per class), saves the pipeline with the data's carving and its
+    train images' fingerprints, and scores test as `evaluate` then does on the saved pipeline."""
+    from diffusion_classifiers.models import LinearProbeHead, PrototypeHead
+
+    model, out = _saved_rc_dit(tmp_path / "rc"), tmp_path / "head"
+    main(["fit-head", "--model_dir", model, "--dataset", "digits", "--head", head, *flags, "--seed", "2",
+          "--test_fraction", "0.3", "--output_dir", str(out)])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert ("on 50 labelled images (5 per class)" if head == "prototypes" else "(every train image)") in printed
+    pipe = DiffusionClassifierPipeline.from_pretrained(str(out / "pipeline"))
+    assert isinstance(pipe.head, PrototypeHead if head == "prototypes" else LinearProbeHead)
+    assert pipe.class_names == [str(i) for i in range(10)]
+    record = json.loads((out / "pipeline" / "data_splits.json").read_text())
+    assert (record["test_fraction"], record["seed"]) == (0.3, 2)  # how the labelled data was carved
+    fitted = json.loads((out / "metrics.json").read_text())
+    assert fitted["split"] == "test" and fitted["model_sha256"] == model_fingerprint(out / "pipeline")
+    main(["evaluate", "--model_dir", str(out / "pipeline"), "--dataset", "digits", "--output_dir", str(tmp_path / "e")])
+    evaluated = json.loads((tmp_path / "e" / "metrics.json").read_text())  # the record carves the same test split
+    assert (evaluated["num_samples"], evaluated["accuracy"]) == (fitted["num_samples"], fitted["accuracy"])
+    assert evaluated["accuracy"] > 0.15  # 10 classes: chance is 0.1
+
+
+def test_fit_head_refuses_other_models_and_bad_flags_before_writing(tmp_path):
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from diffusion_classifiers import ScoreSDEClassifierPipeline, UNetFeatureClassifierPipeline
+    from diffusion_classifiers.models import unet_config
+
+    UNetFeatureClassifierPipeline(UNet2DModel(**unet_config("tiny", 8)), DDPMScheduler()).save_pretrained(tmp_path / "u")
+    ScoreSDEClassifierPipeline(
+        UNet2DModel(**unet_config("tiny", 8, num_class_embeds=2)), DDPMScheduler(), class_names=["a", "b"]
+    ).save_pretrained(tmp_path / "s")
+    model, out = _saved_rc_dit(tmp_path / "rc"), str(tmp_path / "out")
+    refusals = {
+        (str(tmp_path / "u"),): r"a UNetFeatureClassifierPipeline, not an RC-DiT; fit its head with `diffusion-classifiers probe",
+        (str(tmp_path / "s"),): r"a ScoreSDEClassifierPipeline, not an RC-DiT; it classifies by its class-conditional "
+        r"likelihoods and needs no head",
+        (model, "--head", "prototypes", "--C", "3"): r"--C: options of a linear probe; --head prototypes has no",
+        (model, "--shots", "0"): r"--shots: expected an integer >= 1",
+        (model, "--shots", "200"): r"--shots 200: in the train split, class '\d' has 1\d\d labelled samples, fewer than "
+        r"shots_per_class=200 \(up to 1\d\d fit\)",
+    }  # fmt: skip
+    for (model_dir, *flags), message in refusals.items():
+        with pytest.raises(ValueError, match=message):
+            main(["fit-head", "--model_dir", model_dir, "--dataset", "digits", *flags, "--output_dir", out])
+        assert not (tmp_path / "out").exists()

@@ -20,6 +20,10 @@ __all__ = ["main"]
 DEMO_DEFAULTS = {"image_size": 16, "unet_preset": "small", "max_train_steps": 600, "pool": "2x2"}
 # Diffusion steps of the demo's DDPM scheduler: `--timesteps` must lie in [0, DEMO_NUM_TRAIN_TIMESTEPS).
 DEMO_NUM_TRAIN_TIMESTEPS = 1000
+# The linear probes' inverse regularisation strength when --C is not given: scikit-learn's default.
+DEFAULT_C = [1.0]
+# The heads fit-head fits on an RC-DiT's representation.
+HEAD_KINDS = ("linear_probe", "prototypes")
 # What probe and evaluate read when --dataset is not given.
 DEMO_DATASET_HELP = (
     "scikit-learn's digits, the demo's data, with a note; refused for a model of DICOM windows or a bit depth"
@@ -31,6 +35,8 @@ COMMANDS = {
     "evaluate": "score a saved pipeline or transformers model on a labeled split: metrics.json, report.md, plots",
     "probe": "probe every (block, timestep) of a trained U-Net on a labeled dataset, choose on val, k-means, report: "
     "a fitted classifier pipeline",
+    "fit-head": "fit a head on a trained RC-DiT's representation from labelled data (a linear probe, or prototypes "
+    "from a few labels per class), chosen on val, scored on test: a classifier pipeline",
     "predict": "classify an image / DICOM folder, a CSV of paths or a datasets folder with a saved pipeline: "
     "predictions.csv or .parquet and its .errors.csv; resumable; accelerate launch splits it across processes",
     "aggregate": "gather predict's rows per scan, series or patient (DICOM ids): positive if any slice is (max rule), "
@@ -113,7 +119,6 @@ def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
 
 def add_probe_args(parser: argparse.ArgumentParser) -> None:
     from .data.arguments import add_class_names_arg, add_split_args
-    from .data.split_record import SPLIT_RECORD_NAME
     from .models import DEFAULT_TIMESTEPS
 
     parser.add_argument(
@@ -140,8 +145,18 @@ def add_probe_args(parser: argparse.ArgumentParser) -> None:
         help="average every feature over the image's 8 rotations and mirror images (data with no natural orientation: "
         "plankton, cells; 8 times the extraction); saved in the head, so the pipeline classifies new images the same way",
     )  # fmt: skip
+    add_linear_probe_args(parser)
+    parser.add_argument("--output_dir", default="outputs/probe", help="where report.md, metrics.json, the PNGs and pipeline/ go")
+    add_overwrite_arg(parser)
+    add_split_args(parser, from_model=True)
+    add_head_seed_arg(parser, "the U-Net", "probes")
+    add_positive_class_arg(parser)
+
+
+def add_linear_probe_args(parser: argparse.ArgumentParser) -> None:
+    """`--C` and `--class_weight` of a linear probe (`probing.fit_probe_grid`)."""
     parser.add_argument(
-        "--C", type=float, nargs="+", default=[1.0],
+        "--C", type=float, nargs="+", default=None,
         help="inverse regularisation strength of the probes (scikit-learn's C), or several: each probe keeps its best "
         "on val (e.g. --C 0.1 0.3 1 3 10 30 100: the best strength grows with the number of labels); default 1",
     )  # fmt: skip
@@ -150,15 +165,55 @@ def add_probe_args(parser: argparse.ArgumentParser) -> None:
         help="weigh each class's loss by N / (K n_k), as scikit-learn's class_weight='balanced', so rare classes count "
         "as much as common ones (long-tailed data); default: every image counts once",
     )  # fmt: skip
-    parser.add_argument("--output_dir", default="outputs/probe", help="where report.md, metrics.json, the PNGs and pipeline/ go")
-    add_overwrite_arg(parser)
-    add_split_args(parser, from_model=True)
+
+
+def add_head_seed_arg(parser: argparse.ArgumentParser, model: str, draws: str) -> None:
+    """`--seed` of a command fitting a head on a saved `model`, seeding its `draws`."""
+    from .data.split_record import SPLIT_RECORD_NAME
+
     parser.add_argument(
         "--seed", type=int, default=None,
-        help=f"seed of the probes, and of the splits carved when the data has none if the U-Net records no seed of "
+        help=f"seed of the {draws}, and of the splits carved when the data has none if {model} records no seed of "
         f"its own ({SPLIT_RECORD_NAME}: its seed carves them, so its test images stay its test) (default: the split "
         "seed, else 0)",
     )  # fmt: skip
+
+
+def add_fit_head_args(parser: argparse.ArgumentParser) -> None:
+    from .data.arguments import add_class_names_arg, add_split_args
+
+    parser.add_argument(
+        "--model_dir", required=True,
+        help="a trained RC-DiT: the output folder of examples/rc_dit_train.py (a saved pipeline with encoder/ and "
+        "transformer/), or a Hub repo id 'org/name'",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dataset", default=None,
+        help="labelled data, what data.load_image_classification_data reads ('digits', a MedMNIST .npz, IDX files, an "
+        "image folder, a CSV of path,label, a saved datasets folder); read as the model's saved preprocessing says "
+        f"(size, channels, DICOM windows, resize mode, background) (default: {DEMO_DATASET_HELP})",
+    )  # fmt: skip
+    add_class_names_arg(parser)
+    parser.add_argument(
+        "--head", default="linear_probe", choices=list(HEAD_KINDS),
+        help="linear_probe: logistic regression on r (its strength --C chosen on val); prototypes: one per class, "
+        "the mean r of its labelled images, classifying by cosine similarity (suited to a few labels per class; its "
+        "softmax temperature fitted on val, so its probabilities are calibrated)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--shots", type=int, default=None,
+        help="label only this many train images of each class (drawn with --seed), as a team with few labels would "
+        "(the val split, on which the temperature or C is chosen, stays whole); default: every train image",
+    )  # fmt: skip
+    add_linear_probe_args(parser)
+    parser.add_argument("--batch_size", type=int, default=64, help="images per encoder call")
+    parser.add_argument(
+        "--output_dir", default="outputs/fit_head", help="where pipeline/ (the RC-DiT with its head) and the test "
+        "split's metrics.json, report.md and plots go",
+    )  # fmt: skip
+    add_overwrite_arg(parser)
+    add_split_args(parser, from_model=True)
+    add_head_seed_arg(parser, "the RC-DiT", "shots drawn")
     add_positive_class_arg(parser)
 
 
@@ -398,23 +453,25 @@ def _probe_carving(args: argparse.Namespace, folder: str, record: Optional[dict]
     return given, carving
 
 
-def _check_probe_splits(
-    args: argparse.Namespace, splits: dict, unet_fingerprints, pool: bool, changed: dict, carving: dict, contract
+def _check_head_splits(
+    args: argparse.Namespace, model_dir: str, splits: dict, model_fingerprints, pool: bool, changed: dict,
+    carving: dict, contract,
 ) -> None:
-    """Refuse val / test images the U-Net was trained on (the probe chooses on val, reports on test), val and test
-    together, naming files where the data has them; or say they cannot be checked. The data's own splits are its word
-    about its own train split; a U-Net trained on an unlabeled pool may have seen any image: then both are checked,
-    and no duplicate of the data's train split is excused (`pool`). Probe has no flag to drop the images found.
-    `changed`: the carving flags that differ from the U-Net's record (`changed_split_args`)."""
+    """Refuse val / test images the model in `model_dir` was trained on (a head is chosen on val and reported on
+    test), val and test together, naming files where the data has them; or say they cannot be checked. The data's own
+    splits are its word about its own train split; a model trained on an unlabeled pool may have seen any image: then
+    both are checked, and no duplicate of the data's train split is excused (`pool`). `probe` and `fit-head` have no
+    flag to drop the images found. `changed`: the carving flags that differ from the model's record
+    (`changed_split_args`)."""
     from .evaluation import carved_splits, check_training_overlap, files_of_splits
 
     checked = ["val", "test"] if pool else [name for name in ("val", "test") if name in carved_splits(args.dataset)]
-    if unet_fingerprints is None:
+    if model_fingerprints is None:
         if checked:
-            _note_unchecked(args.unet_dir, "probe", checked)
+            _note_unchecked(model_dir, args.command, checked)
         return
     check_training_overlap(
-        {name: splits[name] for name in checked}, unet_fingerprints, where=args.dataset,
+        {name: splits[name] for name in checked}, model_fingerprints, where=args.dataset,
         train_split=None if pool else splits["train"], drop_hint=None,
         changed_split_args=changed, streaming_hint=None, unlabeled_pool=pool,
         paths=files_of_splits(args.dataset, {name: splits[name] for name in checked}, carving, contract),
@@ -482,6 +539,7 @@ def run_probe(args: argparse.Namespace) -> dict:
     started = time.time()
     check_writable_dir(args.output_dir, "--output_dir")
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
+    args.C = DEFAULT_C if args.C is None else args.C
     as_inverse_regularisations(args.C, "--C")
     trained = UNetFeatureClassifierPipeline.from_pretrained(args.unet_dir)
     _check_timesteps(args.timesteps, trained.scheduler.config.num_train_timesteps)
@@ -498,7 +556,7 @@ def run_probe(args: argparse.Namespace) -> dict:
     unet_fingerprints = recorded_train_fingerprints(folder, record=record)
     pool = trained_on_unlabeled_pool(folder, record=record)
     changed = changed_split_args(folder, record=record, **given)
-    _check_probe_splits(args, splits, unet_fingerprints, pool, changed, carving, contract)
+    _check_head_splits(args, args.unet_dir, splits, unet_fingerprints, pool, changed, carving, contract)
     resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)
     note_default_positive_class(args.positive_class, splits["train"].class_names)
     study = run_unet_feature_study(
@@ -509,6 +567,130 @@ def run_probe(args: argparse.Namespace) -> dict:
     )  # fmt: skip
     timing = {"total_seconds": round(time.time() - started, 1)}
     return save_study(study, args, timing, carving, splits["train"].images, unet_fingerprints, unlabeled_pool=pool)
+
+
+@_leaves_no_empty_output_dir
+def run_fit_head(args: argparse.Namespace) -> dict:
+    """A trained RC-DiT + labelled data -> a head on its representation (fitted on train, or `--shots` of it per
+    class; its strength or temperature chosen on val), the pipeline with it, and its evaluation on test."""
+    from .data import load_image_classification_data
+    from .data.split_record import (
+        changed_split_args,
+        read_split_record,
+        recorded_train_fingerprints,
+        save_split_record,
+        trained_on_unlabeled_pool,
+    )
+    from .evaluation import evaluate_classifier
+    from .hub import download, model_fingerprint
+    from .metrics import resolve_positive_label
+    from .probing import few_shot_indices
+    from .training.launch import check_one_process
+    from .validation import check_no_earlier_report, check_two_classes_at_least, check_writable_dir
+
+    check_one_process("fit-head")  # several processes would each fit and write the same files
+    check_writable_dir(args.output_dir, "--output_dir")
+    check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
+    probe_kwargs = _fit_head_probe_kwargs(args)
+    folder = download(args.model_dir)
+    pipe = _rc_dit_pipeline(folder, args.model_dir)
+    contract = pipe.preprocessing
+    args.dataset = _dataset_or_demo_digits(args.dataset, contract, "fit-head")
+    record = read_split_record(folder)
+    given, carving = _probe_carving(args, folder, record)
+    splits = load_image_classification_data(args.dataset, **carving, **contract.loader_kwargs)  # as it was trained
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    check_two_classes_at_least(train.class_names, f"--dataset {args.dataset}", "a head")
+    model_fingerprints = recorded_train_fingerprints(folder, record=record)
+    pool = trained_on_unlabeled_pool(folder, record=record)
+    changed = changed_split_args(folder, record=record, **given)
+    _check_head_splits(args, args.model_dir, splits, model_fingerprints, pool, changed, carving, contract)
+    resolve_positive_label(args.positive_class, train.class_names, train.num_classes)
+    note_default_positive_class(args.positive_class, train.class_names)
+    positive_class = args.positive_class
+    if positive_class is None and train.num_classes == 2:  # the default, noted: evaluate need not warn again
+        positive_class = train.class_names[1]
+    seed = carving["seed"] if args.seed is None else args.seed
+    labelled = train
+    if args.shots is not None:
+        try:
+            drawn = few_shot_indices(train.labels, args.shots, seed, train.num_classes, train.class_names)
+        except ValueError as error:
+            raise ValueError(f"--shots {args.shots}: in the train split, {error}") from None
+        labelled = train.subset(drawn)
+    started = time.time()
+    with pipe.progress_bars_off():
+        if args.head == "prototypes":
+            pipe.fit_prototypes(
+                labelled.images, labelled.labels, train.class_names, batch_size=args.batch_size,
+                val_images=val.images, val_labels=val.labels,
+            )  # fmt: skip
+        else:
+            pipe.fit_linear_probe(
+                labelled.images, labelled.labels, val.images, val.labels, train.class_names,
+                batch_size=args.batch_size, **probe_kwargs,
+            )  # fmt: skip
+    if args.positive_class is not None:
+        pipe.set_positive_class(args.positive_class)
+    pipe.split_record = None  # the record written below: this data's carving, the model's and these train images
+    saved = os.path.join(args.output_dir, "pipeline")
+    pipe.save_pretrained(saved)
+    save_split_record(
+        saved, **carving, train_images=train.images, train_fingerprints=model_fingerprints, unlabeled_pool=pool
+    )
+    dataset_name = os.path.basename(os.path.normpath(args.dataset))
+    labels_used = f"{args.shots} per class" if args.shots is not None else "every train image"
+    metrics = evaluate_classifier(
+        pipe, test, args.output_dir, batch_size=args.batch_size, positive_class=positive_class,
+        title=f"RC-DiT {args.head} head ({labels_used}) on {dataset_name} (test)", split="test",
+        dataset_name=dataset_name, model_sha256=model_fingerprint(saved),
+    )  # fmt: skip
+    temperature = f"softmax temperature {pipe.head.config.temperature:.3g}" if args.head == "prototypes" else None
+    chosen = temperature or f"C among {probe_kwargs['C']}"
+    print(
+        f"fitted a {args.head} head on {len(labelled)} labelled images ({labels_used}), {chosen} chosen on {len(val)} "
+        f"val images, in {time.time() - started:.0f} s; test accuracy {100 * metrics['accuracy']:.2f}%, macro-F1 "
+        f"{100 * metrics['macro_f1']:.2f}%"
+    )
+    print(
+        f"wrote {saved}/ (load it with DiffusionClassifierPipeline.from_pretrained) and {args.output_dir}/"
+        "metrics.json, report.md and its plots"
+    )
+    return metrics
+
+
+def _fit_head_probe_kwargs(args: argparse.Namespace) -> dict:
+    """The linear probe's `--C` and `--class_weight`, checked; refused for prototypes, which take neither."""
+    from .validation import as_inverse_regularisations
+
+    if args.shots is not None and args.shots < 1:
+        raise ValueError(f"--shots: expected an integer >= 1 (labelled images per class), got {args.shots}")
+    given = [f"--{name}" for name in ("C", "class_weight") if getattr(args, name) is not None]
+    if args.head == "prototypes" and given:
+        raise ValueError(
+            f"{' and '.join(given)}: options of a linear probe; --head prototypes has no regularisation or class "
+            "weights (its temperature is fitted on val)"
+        )
+    C = DEFAULT_C if args.C is None else args.C
+    as_inverse_regularisations(C, "--C")
+    return {"C": C, "class_weight": args.class_weight}
+
+
+def _rc_dit_pipeline(folder: str, model_dir: str):
+    """The `RepresentationConditionedDiTPipeline` saved in `folder`; another kind of model is refused, naming what
+    gives it a head."""
+    from .pipelines import DiffusionClassifierPipeline, RepresentationConditionedDiTPipeline, ScoreSDEClassifierPipeline
+
+    if not os.path.isfile(os.path.join(folder, "model_index.json")):
+        raise ValueError(f"--model_dir {model_dir}: expected a saved RC-DiT pipeline (model_index.json), found none")
+    pipe = DiffusionClassifierPipeline.from_pretrained(folder)
+    if isinstance(pipe, RepresentationConditionedDiTPipeline):
+        return pipe
+    if isinstance(pipe, ScoreSDEClassifierPipeline):
+        advice = "it classifies by its class-conditional likelihoods and needs no head: evaluate or predict with it"
+    else:
+        advice = f"fit its head {pipe.how_to_fit_a_head}"
+    raise ValueError(f"--model_dir {model_dir}: a {type(pipe).__name__}, not an RC-DiT; {advice}")
 
 
 def _dataset_or_demo_digits(
@@ -625,10 +807,13 @@ def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
 
 
 ADD_ARGS = {
-    "demo": add_demo_args, "evaluate": add_evaluate_args, "probe": add_probe_args, "predict": add_predict_args,
-    "aggregate": add_aggregate_args,
+    "demo": add_demo_args, "evaluate": add_evaluate_args, "probe": add_probe_args, "fit-head": add_fit_head_args,
+    "predict": add_predict_args, "aggregate": add_aggregate_args,
 }  # fmt: skip
-RUN = {"demo": run_demo, "evaluate": run_evaluate, "probe": run_probe, "predict": run_predict, "aggregate": run_aggregate}
+RUN = {
+    "demo": run_demo, "evaluate": run_evaluate, "probe": run_probe, "fit-head": run_fit_head, "predict": run_predict,
+    "aggregate": run_aggregate,
+}  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -68,7 +68,8 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
     """
 
     how_to_fit_a_head = (
-        "in Python (`diffusion-classifiers probe` reads U-Net pipelines only): `pipe.fit_prototypes(images, labels, "
+        "with `diffusion-classifiers fit-head --model_dir DIR --dataset DATA` (a linear probe; `--head prototypes "
+        "--shots K` for K labelled images per class), or in Python: `pipe.fit_prototypes(images, labels, "
         "class_names=...)` or `pipe.fit_linear_probe(images, labels, val_images, val_labels, class_names=...)`, then "
         "`pipe.save_pretrained(DIR)`"
     )

@@ -394,7 +394,9 @@ def _shots_name(shots: Shots) -> str:
     return str(int(shots))
 
 
-def few_shot_indices(labels, shots_per_class: Shots, seed: int = 0, num_classes: Optional[int] = None) -> np.ndarray:
+def few_shot_indices(
+    labels, shots_per_class: Shots, seed: int = 0, num_classes: Optional[int] = None, class_names=None
+) -> np.ndarray:
     r"""
     The indices of a labelled subset with `shots_per_class` samples of every class, drawn without replacement.
 
@@ -404,6 +406,7 @@ def few_shot_indices(labels, shots_per_class: Shots, seed: int = 0, num_classes:
         seed (`int`, *optional*, defaults to 0): the draw is a function of `(labels, shots_per_class, seed)` only.
         num_classes (`int`, *optional*): the classes `0 .. num_classes - 1` must all be present; default: the largest
             label + 1.
+        class_names (`Sequence[str]`, *optional*): the classes' names, by which a class short of samples is named.
 
     Returns:
         `np.ndarray`: sorted, `n * num_classes` indices (all indices for `"all"`).
@@ -415,10 +418,11 @@ def few_shot_indices(labels, shots_per_class: Shots, seed: int = 0, num_classes:
     num_classes = resolve_num_classes(num_classes, None, y)
     check_label_range(y, "labels", num_classes)
     counts = np.bincount(y, minlength=num_classes)
-    short = np.flatnonzero(counts < shots_per_class)
-    if len(short):
+    if counts.min() < shots_per_class:
+        fewest = int(counts.argmin())
         raise ValueError(
-            f"class {short[0]} has {counts[short[0]]} labelled samples, fewer than shots_per_class={shots_per_class}"
+            f"class {_class_label(fewest, class_names)} has {counts[fewest]} labelled samples, fewer than "
+            f"shots_per_class={shots_per_class} (up to {counts[fewest]} fit)"
         )
     rng = np.random.default_rng(seed)
     chosen = [rng.choice(np.flatnonzero(y == k), int(shots_per_class), replace=False) for k in range(num_classes)]
