@@ -117,8 +117,21 @@ def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def add_labelled_dataset_args(parser: argparse.ArgumentParser, model: str) -> None:
+    """`--dataset` and `--class_names` of the labelled data a head is fitted on over `model`."""
+    from .data.arguments import add_class_names_arg
+
+    parser.add_argument(
+        "--dataset", default=None,
+        help="labelled data, what data.load_image_classification_data reads ('digits', a MedMNIST .npz, IDX files, an "
+        f"image folder, a CSV of path,label, a saved datasets folder); read as {model}'s saved preprocessing says "
+        f"(size, channels, DICOM windows, resize mode, background) (default: {DEMO_DATASET_HELP})",
+    )  # fmt: skip
+    add_class_names_arg(parser)
+
+
 def add_probe_args(parser: argparse.ArgumentParser) -> None:
-    from .data.arguments import add_class_names_arg, add_split_args
+    from .data.arguments import add_split_args
     from .models import DEFAULT_TIMESTEPS
 
     parser.add_argument(
@@ -126,13 +139,7 @@ def add_probe_args(parser: argparse.ArgumentParser) -> None:
         help="a trained U-Net: the output folder of examples/unet_features_train.py (a saved pipeline with unet/ and "
         "scheduler/)",
     )  # fmt: skip
-    parser.add_argument(
-        "--dataset", default=None,
-        help="what data.load_image_classification_data reads ('digits', a MedMNIST .npz, IDX files, an image folder, a "
-        "CSV of path,label); read as the U-Net's saved preprocessing says (size, channels, DICOM windows, resize "
-        f"mode, background) (default: {DEMO_DATASET_HELP})",
-    )  # fmt: skip
-    add_class_names_arg(parser)
+    add_labelled_dataset_args(parser, "the U-Net")
     parser.add_argument("--timesteps", type=int, nargs="+", default=list(DEFAULT_TIMESTEPS), help="timesteps probed")
     parser.add_argument("--pool", default="mean", choices=["mean", "2x2"], help="spatial pooling of the features")
     parser.add_argument(
@@ -180,20 +187,14 @@ def add_head_seed_arg(parser: argparse.ArgumentParser, model: str, draws: str) -
 
 
 def add_fit_head_args(parser: argparse.ArgumentParser) -> None:
-    from .data.arguments import add_class_names_arg, add_split_args
+    from .data.arguments import add_split_args
 
     parser.add_argument(
         "--model_dir", required=True,
         help="a trained RC-DiT: the output folder of examples/rc_dit_train.py (a saved pipeline with encoder/ and "
         "transformer/), or a Hub repo id 'org/name'",
     )  # fmt: skip
-    parser.add_argument(
-        "--dataset", default=None,
-        help="labelled data, what data.load_image_classification_data reads ('digits', a MedMNIST .npz, IDX files, an "
-        "image folder, a CSV of path,label, a saved datasets folder); read as the model's saved preprocessing says "
-        f"(size, channels, DICOM windows, resize mode, background) (default: {DEMO_DATASET_HELP})",
-    )  # fmt: skip
-    add_class_names_arg(parser)
+    add_labelled_dataset_args(parser, "the RC-DiT")
     parser.add_argument(
         "--head", default="linear_probe", choices=list(HEAD_KINDS),
         help="linear_probe: logistic regression on r (its strength --C chosen on val); prototypes: one per class, "
