@@ -327,3 +327,27 @@ def test_fit_head_refuses_other_models_and_bad_flags_before_writing(tmp_path):
         with pytest.raises(ValueError, match=message):
             main(["fit-head", "--model_dir", model_dir, "--dataset", "digits", *flags, "--output_dir", out])
         assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "probe", "fit-head"])
+def test_a_second_run_into_the_same_output_dir_is_refused_naming_the_first(tmp_path, command):
+    """QA: two evaluate (or probe) runs into one --output_dir both said they wrote their report; one report was left,
+    of one of them. The folder is locked while a run writes into it, as training's and predict's outputs are."""
+    import os
+    import socket
+
+    from diffusion_classifiers.run_lock import COMMAND_LOCK_NAME, RunInUseError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = {"pid": os.getppid(), "host": socket.gethostname(), "started": "2026-12-05T20:00:00+00:00"}  # alive
+    (out / COMMAND_LOCK_NAME).write_text(json.dumps(holder))
+    model_flag = "--unet_dir" if command == "probe" else "--model_dir"
+    with pytest.raises(RunInUseError, match=rf"--output_dir {re.escape(str(out))} is in use by another {command} run "
+                                            rf"\(pid {os.getppid()} on host"):  # fmt: skip
+        main([command, model_flag, str(tmp_path / "none"), "--output_dir", str(out)])
+    assert sorted(path.name for path in out.iterdir()) == [COMMAND_LOCK_NAME]  # the other run's lock, untouched
+    (out / COMMAND_LOCK_NAME).unlink()
+    with pytest.raises((ValueError, FileNotFoundError), match="none"):  # free: the missing model is what is refused
+        main([command, model_flag, str(tmp_path / "none"), "--output_dir", str(out)])
+    assert list(out.iterdir()) == []  # its own lock released

@@ -268,20 +268,30 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     add_positive_class_arg(parser)
 
 
-def _leaves_no_empty_output_dir(command: Callable[[argparse.Namespace], dict]) -> Callable[[argparse.Namespace], dict]:
-    """`command`, whose `--output_dir` it created is removed again if it is refused before writing anything."""
+def _one_run_in_output_dir(name: str) -> Callable:
+    """The command `name`, run as one process, alone in its `--output_dir` (a writable folder, locked while it runs:
+    a second run into it is refused, naming this one); the folder, if it created it, is removed again when the command
+    is refused before writing anything."""
 
-    @functools.wraps(command)
-    def run(args: argparse.Namespace) -> dict:
-        from .validation import removed_if_left_empty
+    def wrap(command: Callable[[argparse.Namespace], dict]) -> Callable[[argparse.Namespace], dict]:
+        @functools.wraps(command)
+        def run(args: argparse.Namespace) -> dict:
+            from .run_lock import output_dir_lock
+            from .training.launch import check_one_process
+            from .validation import check_writable_dir, removed_if_left_empty
 
-        with removed_if_left_empty(args.output_dir):
-            return command(args)
+            check_one_process(name)  # several processes would each run the whole job into the same files
+            with removed_if_left_empty(args.output_dir):
+                check_writable_dir(args.output_dir, "--output_dir")
+                with output_dir_lock(args.output_dir, name):
+                    return command(args)
 
-    return run
+        return run
+
+    return wrap
 
 
-@_leaves_no_empty_output_dir
+@_one_run_in_output_dir("evaluate")
 def run_evaluate(args: argparse.Namespace) -> dict:
     from .data import ONE_SET
     from .evaluation import (
@@ -303,10 +313,8 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     )
     from .hub import class_names_of, download, model_fingerprint
     from .metrics import resolve_positive_label
-    from .training.launch import check_one_process
     from .validation import check_no_earlier_report
 
-    check_one_process("evaluate")  # several processes would each score the whole split into the same files
     check_evaluation_args(args.output_dir, args.batch_size)  # before the model and the data are loaded
     check_evaluation_split(args.split)
     given = {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction, "seed": args.seed}
@@ -518,7 +526,7 @@ def save_study(
     return metrics
 
 
-@_leaves_no_empty_output_dir
+@_one_run_in_output_dir("probe")
 def run_probe(args: argparse.Namespace) -> dict:
     """A trained U-Net + a labeled dataset -> the probe grid, the chosen (block, t), k-means and a fitted pipeline."""
     from .data import load_image_classification_data
@@ -532,13 +540,10 @@ def run_probe(args: argparse.Namespace) -> dict:
     from .hub import download
     from .metrics import resolve_positive_label
     from .pipelines import UNetFeatureClassifierPipeline
-    from .training.launch import check_one_process
     from .unet_feature_study import run_unet_feature_study
-    from .validation import as_inverse_regularisations, check_no_earlier_report, check_two_classes_at_least, check_writable_dir
+    from .validation import as_inverse_regularisations, check_no_earlier_report, check_two_classes_at_least
 
-    check_one_process("probe")  # several processes would each run the whole study into the same files
     started = time.time()
-    check_writable_dir(args.output_dir, "--output_dir")
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
     args.C = DEFAULT_C if args.C is None else args.C
     as_inverse_regularisations(args.C, "--C")
@@ -570,7 +575,7 @@ def run_probe(args: argparse.Namespace) -> dict:
     return save_study(study, args, timing, carving, splits["train"].images, unet_fingerprints, unlabeled_pool=pool)
 
 
-@_leaves_no_empty_output_dir
+@_one_run_in_output_dir("fit-head")
 def run_fit_head(args: argparse.Namespace) -> dict:
     """A trained RC-DiT + labelled data -> a head on its representation (fitted on train, or `--shots` of it per
     class; its strength or temperature chosen on val), the pipeline with it, and its evaluation on test."""
@@ -586,11 +591,8 @@ def run_fit_head(args: argparse.Namespace) -> dict:
     from .hub import download, model_fingerprint
     from .metrics import resolve_positive_label
     from .probing import few_shot_indices
-    from .training.launch import check_one_process
-    from .validation import check_no_earlier_report, check_two_classes_at_least, check_writable_dir
+    from .validation import check_no_earlier_report, check_two_classes_at_least
 
-    check_one_process("fit-head")  # several processes would each fit and write the same files
-    check_writable_dir(args.output_dir, "--output_dir")
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
     probe_kwargs = _fit_head_probe_kwargs(args)
     folder = download(args.model_dir)

@@ -1,6 +1,7 @@
 """One run at a time on the files a run writes: a lock file, JSON with the owner's pid, host and start time, created
 atomically. A second run fails at once, naming the owner; a lock left by a dead process on this host is taken over.
-Training locks its `--output_dir` (`training.output_dir.OutputDirLock`), `predict` its `--output`.
+Training locks its `--output_dir` (`training.output_dir.OutputDirLock`), `predict` its `--output`, the commands
+writing a report theirs (`output_dir_lock`).
 
 Only the standard library is imported (the `predict` command's parser stays fast).
 """
@@ -12,7 +13,10 @@ import socket
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
-__all__ = ["RunInUseError", "RunLock", "claim_on_main_process"]
+__all__ = ["COMMAND_LOCK_NAME", "RunInUseError", "RunLock", "claim_on_main_process", "output_dir_lock"]
+
+# The lock file of a command writing its report into an --output_dir (evaluate, probe, fit-head, demo).
+COMMAND_LOCK_NAME = ".run.lock"
 
 logger = logging.getLogger(__name__)
 
@@ -153,3 +157,11 @@ def claim_on_main_process(lock: Optional[RunLock], accelerator: Any, check: Call
         broadcast_object_list(refusal)
     if refusal[0] is not None:
         raise refusal[0]
+
+
+def output_dir_lock(output_dir: str, command: str) -> RunLock:
+    """The lock of a `command` run (evaluate, probe, ...) on the `--output_dir` it writes its report into: two runs
+    into one folder would leave one report, plots of both or a pipeline of the other."""
+    return RunLock(
+        os.path.join(output_dir, COMMAND_LOCK_NAME), f"--output_dir {output_dir}", "--output_dir", f"{command} run"
+    )
