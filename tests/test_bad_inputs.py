@@ -6,6 +6,7 @@ image classified: the long steps are replaced by functions that fail the test if
 """
 
 import os
+import re
 import runpy
 import shutil
 import sys
@@ -20,12 +21,14 @@ from diffusion_classifiers import (
     DiffusionClassifierConfig,
     DiffusionClassifierImageProcessor,
     DiffusionClassifierPipeline,
+    RepresentationConditionedDiTModel,
+    RepresentationConditionedDiTPipeline,
     UNetFeatureClassifierPipeline,
 )
 from diffusion_classifiers.cli import main as cli_main
 from diffusion_classifiers.data import load_image_classification_data, preprocess_images
 from diffusion_classifiers.evaluation import evaluate_classifier
-from diffusion_classifiers.models import LinearProbeHead, unet_config
+from diffusion_classifiers.models import LinearProbeHead, build_vit_encoder, rc_dit_config, unet_config
 
 from .conftest import REPO_ROOT
 
@@ -391,3 +394,36 @@ def test_a_component_passed_to_from_pretrained_needs_no_folder(request, tmp_path
     head = LinearProbeHead(in_features=32, num_classes=3, block="mid_block", timestep=10, class_names=list("abc"))
     pipe = DiffusionClassifierPipeline.from_pretrained(path, head=head)
     assert pipe.head is head and pipe(torch.zeros(2, 1, 16, 16)).probs.shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    "kind, missing",
+    [
+        ("unet_features", "scheduler/scheduler_config.json"),
+        ("unet_features", "unet/config.json"),
+        ("unet_features", "unet/diffusion_pytorch_model.safetensors"),
+        ("unet_features", "head/config.json"),
+        ("unet_features", "head/diffusion_pytorch_model.safetensors"),
+        ("rc_dit", "encoder/config.json"),
+        ("rc_dit", "encoder/model.safetensors"),
+        ("rc_dit", "transformer/diffusion_pytorch_model.safetensors"),
+    ],
+)
+def test_a_component_folder_missing_a_file_is_refused_naming_it(kind, missing, tmp_path):
+    """QA: one file deleted inside a component folder gave diffusers' or transformers' OSError traceback."""
+    torch.manual_seed(0)
+    if kind == "unet_features":
+        head = LinearProbeHead(in_features=32, num_classes=2, block="mid_block", timestep=10)
+        pipe = UNetFeatureClassifierPipeline(UNet2DModel(**unet_config("tiny", 8)), DDPMScheduler(), head=head)
+    else:
+        encoder = build_vit_encoder(8, 1, 16, num_layers=1, num_heads=2, patch_size=4)
+        config = rc_dit_config("tiny", 8, 1, 16, hidden_size=16, num_layers=1)
+        transformer = RepresentationConditionedDiTModel(**config)
+        head = LinearProbeHead(16, 2, block="encoder", timestep=0, pool=None)
+        pipe = RepresentationConditionedDiTPipeline(encoder, transformer, DDPMScheduler(), head=head)
+    pipe.save_pretrained(tmp_path / "pipe")
+    (tmp_path / "pipe" / missing).unlink()
+    component = missing.split("/")[0]
+    pattern = re.escape(f"pipe/{missing}: not found; component '{component}' (")
+    with pytest.raises(FileNotFoundError, match=pattern + r".*model_index\.json needs its (config|weights)"):
+        DiffusionClassifierPipeline.from_pretrained(tmp_path / "pipe")

@@ -5,7 +5,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Set, Type, Union
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple, Type, Union
 
 import torch
 from diffusers import DiffusionPipeline
@@ -285,6 +285,37 @@ class SplitRecordMixin:
         return HfApi(token=token).create_commit(repo_id, operations, commit_message=message, create_pr=create_pr)
 
 
+def component_files(entry: List[str]) -> Tuple[str, Optional[str]]:
+    """The config and weights files `save_pretrained` writes for a component saved as `entry` (`[library, class]` in
+    `model_index.json`): a scheduler writes its config only; a transformers model `config.json` and
+    `model.safetensors`; a diffusers model (this package's heads included) `config.json` and
+    `diffusion_pytorch_model.safetensors`."""
+    library, class_name = entry[0], entry[-1]
+    if class_name.endswith("Scheduler"):
+        return "scheduler_config.json", None
+    if str(library).split(".")[0] == "transformers":
+        return "config.json", "model.safetensors"
+    return "config.json", "diffusion_pytorch_model.safetensors"
+
+
+def check_component_files(folder: str, name: str, entry: List[str], index_file: str) -> None:
+    """`folder` (component `name` of the pipeline whose `model_index.json` is `index_file`) holds its config and, for a
+    model, safetensors weights: under any name (a variant such as `.fp16`, or shards with their
+    `*.safetensors.index.json`), since diffusers and transformers pick the file. Else a `FileNotFoundError` that
+    names the missing file, before diffusers or transformers fail on it with a traceback."""
+    config_name, weights_name = component_files(entry)
+    if not os.path.isfile(os.path.join(folder, config_name)):
+        missing, needs = config_name, "its config"
+    elif weights_name and not any(f.endswith((".safetensors", ".safetensors.index.json")) for f in os.listdir(folder)):
+        missing, needs = weights_name, "its weights (a *.safetensors file, or shards with their index)"
+    else:
+        return
+    raise FileNotFoundError(
+        f"{os.path.join(folder, missing)}: not found; component {name!r} ({entry[-1]}) of {index_file} needs "
+        f"{needs}; re-save the pipeline with save_pretrained or copy the whole folder"
+    )
+
+
 class DiffusionClassifierPipeline(SplitRecordMixin, SavedWithCodeMixin, SavedPreprocessingMixin, DiffusionPipeline):
     """Base class of the classifier pipelines and the one entry point to load any of them.
 
@@ -337,8 +368,9 @@ class DiffusionClassifierPipeline(SplitRecordMixin, SavedWithCodeMixin, SavedPre
 
     @classmethod
     def check_saved_components(cls, path: str, index: dict, passed: Set[str] = frozenset()) -> None:
-        """Every component of this pipeline that `index` (its `model_index.json`) names has its folder in `path`, and
-        no folder holds pickled weights without safetensors; components `passed` to `from_pretrained` are not read."""
+        """Every component of this pipeline that `index` (its `model_index.json`) names has its folder in `path` with
+        the files `save_pretrained` writes (`check_component_files`), and no folder holds pickled weights without
+        safetensors; components `passed` to `from_pretrained` are not read."""
         components, _ = cls._get_signature_keys(cls)
         for name in sorted(set(components) - set(passed)):
             entry = index.get(name)
@@ -359,6 +391,7 @@ class DiffusionClassifierPipeline(SplitRecordMixin, SavedWithCodeMixin, SavedPre
                     f"{os.path.join(folder, pickles[0])}: pickled weights are refused (loading a pickle can run "
                     f"arbitrary code); expected {name}/*.safetensors (save with save_pretrained, which writes them)"
                 )
+            check_component_files(folder, name, entry, os.path.join(path, "model_index.json"))
 
     @property
     def class_names(self) -> List[str]:
