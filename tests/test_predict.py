@@ -1145,3 +1145,48 @@ def test_aggregate_help_names_the_output_by_the_predictions_stem(capsys):
     with pytest.raises(SystemExit):
         main(["aggregate", "--help"])
     assert "predictions.csv -> predictions.max_by_study_uid.csv" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_copy_of_the_model_at_another_path_resumes_and_other_weights_are_refused(models, tmp_path, capsys):
+    """QA: the same model mounted at another path on a shared drive was refused; its content identifies it."""
+    write_images(tmp_path / "images", ["x.png", "y.png"])
+    output = tmp_path / "predictions.csv"
+    args = ["predict", "--input", str(tmp_path / "images"), "--output", str(output), "--no_progress_bar"]
+    main(args + ["--model_dir", str(models / "unet")])
+    copy = tmp_path / "mounted" / "unet"
+    shutil.copytree(models / "unet", copy)
+    write_images(tmp_path / "images", ["z.png"], seed=3)
+    capsys.readouterr()
+    main(args + ["--model_dir", str(copy)])
+    out = capsys.readouterr().out
+    assert f"note: the model at {copy} has the same content (model_sha256) as the one {output} was predicted " in out
+    assert "(1 inputs predicted now on 1 process(es), 2 predicted before)" in out
+    assert [row["path"] for row in read_rows(output)] == ["x.png", "y.png", "z.png"]
+    written = output.read_bytes()
+    pipe = load(models, "unet")
+    torch.nn.init.normal_(pipe.head.linear.weight)  # other weights at the path the output now records
+    pipe.save_pretrained(copy)
+    with pytest.raises(ValueError, match=r"written by another prediction \(model_sha256: '[0-9a-f]{64}' then, "):
+        main(args + ["--model_dir", str(copy)])
+    with pytest.raises(ValueError, match=rf"\(model_dir: '{copy}' then, '{tmp_path / 'other'}' now; model_sha256: "):
+        main(args + ["--model_dir", str(shutil.copytree(copy, tmp_path / "other"))])
+    assert output.read_bytes() == written
+
+
+def test_aggregate_refuses_a_read_only_folder_before_any_work(tmp_path, monkeypatch):
+    """QA: with the predictions on a read-only share and no --output, aggregate crashed writing its result."""
+    import diffusion_classifiers.prediction.aggregate as aggregate
+
+    predictions = tmp_path / "ro_preds" / "p.csv"
+    predictions.parent.mkdir()
+    _saturated_predictions(predictions)
+    access = os.access  # chmod stops no write of root, who runs the tests: the folder reads as read-only instead
+    monkeypatch.setattr(os, "access", lambda path, mode: path != predictions.parent and access(path, mode))
+    monkeypatch.setattr(aggregate, "_aggregate", lambda *args: pytest.fail("aggregated before the output's check"))
+    args = ["aggregate", "--predictions", str(predictions), "--by", "study_uid", "--rule", "mean"]
+    with pytest.raises(ValueError, match=rf"^output \(default: beside --predictions\) .*p\.mean_by_study_uid\.csv: "
+                       rf"this user may not write into {predictions.parent}; pass --output to write the grouped "):
+        main(args)
+    with pytest.raises(ValueError, match=rf"^--output .*g\.csv: this user may not write into {predictions.parent}$"):
+        main(args + ["--output", str(predictions.with_name("g.csv"))])
+    assert sorted(os.listdir(predictions.parent)) == ["p.csv", "p.csv.json"]

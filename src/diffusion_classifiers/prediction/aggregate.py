@@ -423,8 +423,10 @@ def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
         raise ValueError(f"--output {output}: expected a new .csv file, not the predictions")
     if output.exists() and not args.overwrite:
         raise FileExistsError(f"--output {output} exists (an earlier aggregation): pass --overwrite to replace it")
+    _check_output_writable(output, given=bool(args.output))
     aggregation = _aggregate(predictions, args.by, args.rule, args.positive_class, args.threshold)
     columns, rows, metrics = aggregation.columns, aggregation.rows, aggregation.metrics
+    output.parent.mkdir(parents=True, exist_ok=True)
     write_csv(output, columns, rows)
     scores = output.with_suffix(".metrics.json")
     if metrics is None and scores.exists():  # an earlier labelled aggregation's: not these groups'
@@ -446,6 +448,19 @@ def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
         headline = {key: metrics.get(key) for key in names}
         print(json.dumps({key: value for key, value in headline.items() if value is not None}))
     return metrics
+
+
+def _check_output_writable(output: Path, given: bool) -> None:
+    """Refuse, before any work, an output (and its metrics.json) this user could not write; the default one, beside
+    the predictions (a read-only share, QA), with the hint to choose another."""
+    from ..validation import check_writable_file  # imports torch: here, so the command's flags stay fast
+
+    try:
+        check_writable_file(output, "--output" if given else "output (default: beside --predictions)")
+    except ValueError as error:
+        if given:
+            raise
+        raise ValueError(f"{error}; pass --output to write the grouped predictions elsewhere") from None
 
 
 def _check_predict_run_finished(predictions: Path) -> int:

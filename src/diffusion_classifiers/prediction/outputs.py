@@ -30,6 +30,7 @@ __all__ = [
     "forget_rows",
     "listed_errors",
     "merge_parts",
+    "model_moved",
     "prepare_output_files",
     "ratio_direction",
     "ratio_positive_class",
@@ -51,6 +52,9 @@ _ERRORS_KEY = "errors_file"  # in the sidecar, beside the run: the errors file, 
 # in the sidecar's "run" (whose keys an earlier version's sidecar lacks are not compared on a rerun, so it resumes):
 POSITIVE_CLASS_KEY = "positive_class"  # binary: the model's saved positive class, null when it saved none
 RATIO_KEY = "log_likelihood_ratio"  # binary Score-SDE: which way the log_likelihood_ratio column points
+# the CLI's model: its folder (or Hub id), kept for information, and its content (`hub.model_fingerprint`), which
+# identifies it: the same model mounted at another path, or a copy of its folder, resumes
+MODEL_PATH_KEY, MODEL_CONTENT_KEY = "model_dir", "model_sha256"
 
 
 @dataclass(frozen=True)
@@ -115,12 +119,28 @@ def _changes(recorded: dict, run: dict) -> list[tuple[str, Any, Any]]:
     changes = [(key, recorded.get(key), run[key]) for key in sorted(run) if key != "run" and recorded.get(key) != run[key]]
     then, now = recorded.get("run") or {}, run.get("run") or {}
     for key in sorted(then):
+        if key == MODEL_PATH_KEY and _same_model_content(then, now):
+            continue
         if isinstance(then[key], dict) and isinstance(now.get(key), dict):  # the pipeline call: settings that differ
             changes += [(f"{key}.{name}", value, now[key].get(name)) for name, value in sorted(then[key].items())
                         if value != now[key].get(name)]  # fmt: skip
         elif then[key] != now.get(key) and not (key == "windows" and _same_windows(then[key], now.get(key))):
             changes.append((key, then[key], now.get(key)))
     return changes
+
+
+def _same_model_content(then: dict, now: dict) -> bool:
+    """Whether two runs record the same model fingerprint; False when the earlier one records none (an output of a
+    version that recorded the path alone is compared by its path)."""
+    return then.get(MODEL_CONTENT_KEY) is not None and then.get(MODEL_CONTENT_KEY) == now.get(MODEL_CONTENT_KEY)
+
+
+def model_moved(files: OutputFiles, run_info: dict) -> Optional[str]:
+    """The model path the output's sidecar records when `run_info` gives the model at another path with the same
+    fingerprint (a copy, or the folder mounted elsewhere: the rerun resumes); None otherwise."""
+    recorded = recorded_run_info(files) or {}
+    moved = recorded.get(MODEL_PATH_KEY) not in (None, run_info.get(MODEL_PATH_KEY))
+    return recorded.get(MODEL_PATH_KEY) if moved and _same_model_content(recorded, run_info) else None
 
 
 def windows_json(windows: Sequence[Any]) -> list:

@@ -40,6 +40,7 @@ from .outputs import (
     forget_rows,
     listed_errors,
     merge_parts,
+    model_moved,
     prepare_output_files,
     ratio_direction,
     recorded_file_stamps,
@@ -324,7 +325,8 @@ def predict_files(
         batch_size (`int`, *optional*, defaults to 64): images per pipeline call and per committed batch (a
             multi-frame file is never split, so a batch may hold more).
         run_info (`dict`, *optional*): JSON-serialisable facts a rerun must match (the CLI records the model folder,
-            its `hub.model_fingerprint`, the DICOM windows and the input).
+            its `hub.model_fingerprint`, the DICOM windows and the input; where both runs record the fingerprint, the
+            folder is not compared: a copy of the model, or its folder at another path, resumes).
         overwrite (`bool`, *optional*, defaults to `False`): replace an output written by another prediction.
         seed (`int`, *optional*, defaults to 0): the Score-SDE pipeline's seed (its draws come from the seed and each
             image's pixels).
@@ -551,7 +553,7 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     from ..training.launch import check_world_size
 
     windows = parse_windows(args.window) if args.window is not None else None
-    check_output_args(args.output, args.errors, args.batch_size)
+    files = check_output_args(args.output, args.errors, args.batch_size)
     _check_pipeline_kwargs(args.pipeline_kwargs)  # its names are checked against the pipeline once it is loaded
     check_input_exists(args.input)
     # a Hub id is read from its snapshot (configs, safetensors, cards): the saved windows come from there too
@@ -579,6 +581,12 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
         run_info["split"] = args.split
         if accelerator.is_main_process:
             print(f"{args.input}: the {args.split!r} split of a saved DatasetDict (--split chooses another)")
+    moved = None if args.overwrite else model_moved(files, run_info)
+    if moved is not None and accelerator.is_main_process:
+        print(
+            f"note: the model at {model_name} has the same content (model_sha256) as the one {files.output} was "
+            f"predicted with, at {moved}: taken as the same model"
+        )
     summary = predict_files(
         pipeline, inputs, args.output, args.errors, batch_size=args.batch_size, run_info=run_info,
         overwrite=args.overwrite, seed=args.seed, accelerator=accelerator, progress_bar=not args.no_progress_bar,
