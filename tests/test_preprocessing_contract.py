@@ -90,11 +90,34 @@ def test_a_pipeline_reads_a_list_and_a_batch_alike():
 def test_stated_ranges_scale_floats_and_leave_integers_alone():
     unit = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(2))
     assert torch.equal(ImagePreprocessing(input_range="[0, 1]")(unit), unit * 2.0 - 1.0)
-    assert torch.equal(ImagePreprocessing(input_range="[-1, 1]")(unit), unit)  # the same data, another statement
+    with pytest.warns(UserWarning, match=r"float images with no negative value \(all in \[0\.\d+, 0\.\d+\]\) are read"):
+        assert torch.equal(ImagePreprocessing(input_range="[-1, 1]")(unit), unit)  # the same data, another statement
     pixels = np.random.default_rng(0).integers(0, 256, (6, 6), dtype=np.uint8)
     expected = torch.from_numpy(pixels).float()[None, None] * (2.0 / 255.0) - 1.0
     for input_range in ("[0, 1]", "[-1, 1]", "auto"):
         assert torch.equal(ImagePreprocessing(input_range=input_range)(pixels), expected), input_range
+
+
+def test_unit_range_floats_given_to_a_signed_model_are_warned_about_once_per_call(tmp_path):
+    """QA: arrays divided by 255, given to a model reading floats as [-1, 1], were read brighter than they are and 27%
+    of its decisions changed, without a word. Floats of a call none of which is negative are warned about (signed
+    ones, integers, a stated [0, 1] are not), and the model card says how floats are read."""
+    from diffusion_classifiers.hub import input_description_of
+
+    unit = [np.random.default_rng(i).random((6, 6), dtype=np.float32) for i in range(3)]
+    signed = ImagePreprocessing(input_range="[-1, 1]")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        signed(unit)
+        signed([image * 2 - 1 for image in unit])  # a negative value: the library's own range
+        signed([(image * 255).astype(np.uint8) for image in unit])
+        ImagePreprocessing(input_range="[0, 1]")(unit)
+        signed([np.zeros((6, 6), np.float32)])  # constant: nothing to tell by
+    assert [str(w.message)[:60] for w in caught] == ["preprocess_images: float images with no negative value (all "]
+    UNetFeatureClassifierPipeline(unet=small_unet(8), scheduler=DDPMScheduler()).save_pretrained(tmp_path / "model")
+    assert "Float arrays and tensors are read as values in [-1, 1] (0 is mid-grey); give 0..255 pictures as uint8" in (
+        input_description_of(tmp_path / "model")
+    )
 
 
 def test_floats_outside_the_stated_range_name_the_image_and_the_range():
