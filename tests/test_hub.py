@@ -424,7 +424,11 @@ def test_offline_push_and_download_say_so(saved_pipeline, monkeypatch, tmp_path)
     with pytest.raises(OfflineModeIsEnabled, match="cannot push .* to the Hub: HF_HUB_OFFLINE=1 is set"):
         push_to_hub(pipe_dir, "org/tiny", card=model_card())
     with pytest.raises(FileNotFoundError, match="org/tiny: no such folder, and no Hub repo of that id .*HF_HUB_OFFLINE"):
-        download("org/tiny", cache_dir=tmp_path)  # also what a mistyped local folder 'outputs/clasifier' meets
+        download("org/tiny", cache_dir=tmp_path)  # a Hub id: no folder 'org' here
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs" / "classifier").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"^outputs/clasifier: no such folder \(outputs holds classifier\)$"):
+        download("outputs/clasifier", cache_dir=tmp_path)  # QA: a mistyped relative folder was told to go online
     assert download(pipe_dir) == str(pipe_dir)
     with pytest.raises(FileNotFoundError, match="no such folder .expected a saved folder or a Hub repo id"):
         download(tmp_path / "missing" / "pipe")

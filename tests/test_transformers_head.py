@@ -295,3 +295,12 @@ def test_the_image_processor_refuses_arguments_it_would_ignore(exported):
     inputs = processor(image, return_tensors="pt", input_data_format="channels_first")
     assert inputs["pixel_values"].shape == (1, 1, 16, 16)
     assert len(pipeline("image-classification", model=str(exported))(Image.new("L", (20, 20)), top_k=3)) == 3
+
+
+def test_the_pipeline_class_given_an_export_says_it_is_a_transformers_model(exported):
+    """QA: `DiffusionClassifierPipeline.from_pretrained` on an export said only that model_index.json was missing."""
+    from diffusion_classifiers import DiffusionClassifierPipeline
+
+    with pytest.raises(FileNotFoundError, match=r"model_index.json not found; .* holds a transformers model, config.json: "
+                                                r"load it with transformers' AutoModelForImageClassification"):  # fmt: skip
+        DiffusionClassifierPipeline.from_pretrained(str(exported))

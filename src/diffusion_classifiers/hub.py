@@ -760,7 +760,22 @@ def download(
             allow_patterns=download_patterns(trust_remote_code),
         )
     except (HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError) as error:  # a mistyped folder, mostly
+        local = _local_typo(Path(name_or_path))
+        if local is not None:  # QA: offline, a mistyped relative folder was told to go online
+            raise FileNotFoundError(f"{name_or_path}: no such folder ({local})") from error
         reason = str(error).strip().splitlines()[0]
         raise FileNotFoundError(
             f"{name_or_path}: no such folder, and no Hub repo of that id could be read ({type(error).__name__}: {reason})"
         ) from error
+
+
+def _local_typo(path: Path) -> Optional[str]:
+    """What the folder `path` names a mistyped neighbour of, when its parent is a folder here: the closest names it
+    holds, or that it holds none alike; None when the parent is not a local folder (a Hub id)."""
+    import difflib
+
+    if not path.parent.is_dir():
+        return None
+    names = sorted(entry.name for entry in path.parent.iterdir() if entry.is_dir())
+    close = difflib.get_close_matches(path.name, names, n=3)
+    return f"{path.parent} holds {', '.join(close)}" if close else f"{path.parent} holds no folder of a name alike"

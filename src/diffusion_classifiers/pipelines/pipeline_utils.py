@@ -76,10 +76,17 @@ def read_model_index(path: str) -> dict:
     index_file = os.path.join(path, "model_index.json")
     if not os.path.isfile(index_file):
         parent = pipeline_of_component(path)
-        component = f" ({path} is a component of the pipeline {parent}: pass that folder)" if parent else ""
-        raise FileNotFoundError(
-            f"{index_file} not found; expected a pipeline folder written by save_pretrained{component}"
-        )
+        if parent:
+            hint = f" ({path} is a component of the pipeline {parent}: pass that folder)"
+        elif os.path.isfile(os.path.join(path, "config.json")):  # QA: an export was said to be no pipeline, only
+            hint = (
+                f" ({path} holds a transformers model, config.json: load it with transformers' "
+                "AutoModelForImageClassification or pipeline('image-classification'); diffusion-classifiers evaluate "
+                "takes either)"
+            )
+        else:
+            hint = ""
+        raise FileNotFoundError(f"{index_file} not found; expected a pipeline folder written by save_pretrained{hint}")
     try:
         with open(index_file) as f:
             return json.load(f)
