@@ -370,15 +370,16 @@ def _to_unit_batches(items: list, data_format: str | None, contract: ImagePrepro
 def _warn_unsigned_floats(floats: list[torch.Tensor]) -> None:
     """Float images read as [-1, 1] none of which holds a negative value: most likely [0, 1] images (an array / 255),
     which would be read brighter than they are (QA: 27% of a model's decisions changed), so say how to pass them.
-    Such images in [-1, 1] are all brighter than mid-grey, which real batches rarely are."""
+    Such images in [-1, 1] are all brighter than mid-grey, which real batches rarely are. The message is the same
+    for every call, so Python's warning filter shows it once, not once per batch of a long evaluation."""
     if not floats:
         return
     low, high = min(float(batch.min()) for batch in floats), max(float(batch.max()) for batch in floats)
     if low < 0 or high == low:
         return
     warnings.warn(
-        f"preprocess_images: float images with no negative value (all in [{low:.3g}, {high:.3g}]) are read as "
-        "[-1, 1], this model's input_range, so 0 is mid-grey, not black. If they are [0, 1] images (e.g. an array "
+        "preprocess_images: float images with no negative value are read as [-1, 1], this model's input_range, "
+        "so 0 is mid-grey, not black. If they are [0, 1] images (e.g. an array "
         "divided by 255), pass them as uint8 arrays or PIL images, or state the range: "
         "pipe.set_preprocessing({'input_range': '[0, 1]'}) (a transformers image processor: "
         "processor.preprocessing['input_range'] = '[0, 1]'); if they are [-1, 1] images all brighter than mid-grey, "
