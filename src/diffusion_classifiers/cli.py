@@ -10,7 +10,7 @@ import sys
 import time
 import warnings
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 __all__ = ["main"]
 
@@ -529,19 +529,10 @@ def save_study(
 @_one_run_in_output_dir("probe")
 def run_probe(args: argparse.Namespace) -> dict:
     """A trained U-Net + a labeled dataset -> the probe grid, the chosen (block, t), k-means and a fitted pipeline."""
-    from .data import load_image_classification_data
-    from .data.split_record import (
-        changed_split_args,
-        read_split_record,
-        recorded_train_fingerprints,
-        trained_on_unlabeled_pool,
-    )
     from .features import _check_timesteps
-    from .hub import download
-    from .metrics import resolve_positive_label
     from .pipelines import UNetFeatureClassifierPipeline
     from .unet_feature_study import run_unet_feature_study
-    from .validation import as_inverse_regularisations, check_no_earlier_report, check_two_classes_at_least
+    from .validation import as_inverse_regularisations, check_no_earlier_report
 
     started = time.time()
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
@@ -551,105 +542,94 @@ def run_probe(args: argparse.Namespace) -> dict:
     _check_timesteps(args.timesteps, trained.scheduler.config.num_train_timesteps)
     unet_config, contract = trained.unet.config, trained.preprocessing
     args.dataset = _dataset_or_demo_digits(args.dataset, contract, "probe")
-    folder = download(args.unet_dir)
-    record = read_split_record(folder)
-    given, carving = _probe_carving(args, folder, record)
-    splits = load_image_classification_data(  # read as the U-Net was trained: windows, resize mode, background
-        args.dataset, image_size=unet_config.sample_size, num_channels=unet_config.in_channels,
-        medical=contract.medical, **carving, **contract.fit,
-    )  # fmt: skip
-    check_two_classes_at_least(splits["train"].class_names, f"--dataset {args.dataset}", "a probe")
-    unet_fingerprints = recorded_train_fingerprints(folder, record=record)
-    pool = trained_on_unlabeled_pool(folder, record=record)
-    changed = changed_split_args(folder, record=record, **given)
-    _check_head_splits(args, args.unet_dir, splits, unet_fingerprints, pool, changed, carving, contract)
-    resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)
-    note_default_positive_class(args.positive_class, splits["train"].class_names)
+    # read as the U-Net was trained: windows, resize mode, background
+    reading = {"image_size": unet_config.sample_size, "num_channels": unet_config.in_channels,
+               "medical": contract.medical, **contract.fit}  # fmt: skip
+    data = _labelled_data(args, args.unet_dir, contract, reading, "a probe")
+    splits = data.splits
     study = run_unet_feature_study(
         trained.unet, trained.scheduler, splits, timesteps=args.timesteps, pool=args.pool,
-        seed=carving["seed"] if args.seed is None else args.seed,
+        seed=data.carving["seed"] if args.seed is None else args.seed,
         positive_class=args.positive_class, hypercolumns=args.hypercolumns, views=args.views,
         probe_kwargs={"C": args.C, "class_weight": args.class_weight},
     )  # fmt: skip
     timing = {"total_seconds": round(time.time() - started, 1)}
-    return save_study(study, args, timing, carving, splits["train"].images, unet_fingerprints, unlabeled_pool=pool)
+    return save_study(
+        study, args, timing, data.carving, splits["train"].images, data.model_fingerprints, unlabeled_pool=data.pool
+    )
+
+
+class _LabelledData(NamedTuple):
+    """The labelled data a head is fitted on over a saved model: its splits, their carving, the model's training
+    fingerprints and whether it was trained on an unlabeled pool."""
+
+    splits: dict
+    carving: dict
+    model_fingerprints: Any
+    pool: bool
+
+
+def _labelled_data(args: argparse.Namespace, model_dir: str, contract, reading: dict, task: str) -> _LabelledData:
+    """`--dataset` read through `reading` (the loaders' size, channels, windows, fit) and carved as the model in
+    `model_dir` records (`_probe_carving`); at least two classes for `task`, val and test checked against the model's
+    training images (`_check_head_splits`), and the positive class resolved and noted."""
+    from .data import load_image_classification_data
+    from .data.split_record import (
+        changed_split_args,
+        read_split_record,
+        recorded_train_fingerprints,
+        trained_on_unlabeled_pool,
+    )
+    from .hub import download
+    from .metrics import resolve_positive_label
+    from .validation import check_two_classes_at_least
+
+    folder = download(model_dir)
+    record = read_split_record(folder)
+    given, carving = _probe_carving(args, folder, record)
+    splits = load_image_classification_data(args.dataset, **carving, **reading)
+    train = splits["train"]
+    check_two_classes_at_least(train.class_names, f"--dataset {args.dataset}", task)
+    fingerprints = recorded_train_fingerprints(folder, record=record)
+    pool = trained_on_unlabeled_pool(folder, record=record)
+    changed = changed_split_args(folder, record=record, **given)
+    _check_head_splits(args, model_dir, splits, fingerprints, pool, changed, carving, contract)
+    resolve_positive_label(args.positive_class, train.class_names, train.num_classes)
+    note_default_positive_class(args.positive_class, train.class_names)
+    return _LabelledData(splits, carving, fingerprints, pool)
 
 
 @_one_run_in_output_dir("fit-head")
 def run_fit_head(args: argparse.Namespace) -> dict:
     """A trained RC-DiT + labelled data -> a head on its representation (fitted on train, or `--shots` of it per
     class; its strength or temperature chosen on val), the pipeline with it, and its evaluation on test."""
-    from .data import load_image_classification_data
-    from .data.split_record import (
-        changed_split_args,
-        read_split_record,
-        recorded_train_fingerprints,
-        save_split_record,
-        trained_on_unlabeled_pool,
-    )
     from .evaluation import evaluate_classifier
     from .hub import download, model_fingerprint
-    from .metrics import resolve_positive_label
-    from .probing import few_shot_indices
-    from .validation import check_no_earlier_report, check_two_classes_at_least
+    from .validation import check_no_earlier_report
 
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
     probe_kwargs = _fit_head_probe_kwargs(args)
-    folder = download(args.model_dir)
-    pipe = _rc_dit_pipeline(folder, args.model_dir)
-    contract = pipe.preprocessing
-    args.dataset = _dataset_or_demo_digits(args.dataset, contract, "fit-head")
-    record = read_split_record(folder)
-    given, carving = _probe_carving(args, folder, record)
-    splits = load_image_classification_data(args.dataset, **carving, **contract.loader_kwargs)  # as it was trained
-    train, val, test = splits["train"], splits["val"], splits["test"]
-    check_two_classes_at_least(train.class_names, f"--dataset {args.dataset}", "a head")
-    model_fingerprints = recorded_train_fingerprints(folder, record=record)
-    pool = trained_on_unlabeled_pool(folder, record=record)
-    changed = changed_split_args(folder, record=record, **given)
-    _check_head_splits(args, args.model_dir, splits, model_fingerprints, pool, changed, carving, contract)
-    resolve_positive_label(args.positive_class, train.class_names, train.num_classes)
-    note_default_positive_class(args.positive_class, train.class_names)
-    positive_class = args.positive_class
-    if positive_class is None and train.num_classes == 2:  # the default, noted: evaluate need not warn again
-        positive_class = train.class_names[1]
-    seed = carving["seed"] if args.seed is None else args.seed
-    labelled = train
-    if args.shots is not None:
-        try:
-            drawn = few_shot_indices(train.labels, args.shots, seed, train.num_classes, train.class_names)
-        except ValueError as error:
-            raise ValueError(f"--shots {args.shots}: in the train split, {error}") from None
-        labelled = train.subset(drawn)
+    pipe = _rc_dit_pipeline(download(args.model_dir), args.model_dir)
+    args.dataset = _dataset_or_demo_digits(args.dataset, pipe.preprocessing, "fit-head")
+    data = _labelled_data(args, args.model_dir, pipe.preprocessing, pipe.preprocessing.loader_kwargs, "a head")
+    train, val, test = data.splits["train"], data.splits["val"], data.splits["test"]
+    labelled = _shots_of(train, args.shots, data.carving["seed"] if args.seed is None else args.seed)
     started = time.time()
-    with pipe.progress_bars_off():
-        if args.head == "prototypes":
-            pipe.fit_prototypes(
-                labelled.images, labelled.labels, train.class_names, batch_size=args.batch_size,
-                val_images=val.images, val_labels=val.labels,
-            )  # fmt: skip
-        else:
-            pipe.fit_linear_probe(
-                labelled.images, labelled.labels, val.images, val.labels, train.class_names,
-                batch_size=args.batch_size, **probe_kwargs,
-            )  # fmt: skip
+    _fit_head(pipe, args.head, labelled, val, train.class_names, args.batch_size, probe_kwargs)
     if args.positive_class is not None:
         pipe.set_positive_class(args.positive_class)
-    pipe.split_record = None  # the record written below: this data's carving, the model's and these train images
     saved = os.path.join(args.output_dir, "pipeline")
-    pipe.save_pretrained(saved)
-    save_split_record(
-        saved, **carving, train_images=train.images, train_fingerprints=model_fingerprints, unlabeled_pool=pool
-    )
+    _save_with_carving(pipe, saved, data)
     dataset_name = os.path.basename(os.path.normpath(args.dataset))
     labels_used = f"{args.shots} per class" if args.shots is not None else "every train image"
     metrics = evaluate_classifier(
-        pipe, test, args.output_dir, batch_size=args.batch_size, positive_class=positive_class,
+        pipe, test, args.output_dir, batch_size=args.batch_size, positive_class=_scored_positive_class(args, train),
         title=f"RC-DiT {args.head} head ({labels_used}) on {dataset_name} (test)", split="test",
         dataset_name=dataset_name, model_sha256=model_fingerprint(saved),
     )  # fmt: skip
-    temperature = f"softmax temperature {pipe.head.config.temperature:.3g}" if args.head == "prototypes" else None
-    chosen = temperature or f"C among {probe_kwargs['C']}"
+    chosen = f"softmax temperature {pipe.head.config.temperature:.3g}" if args.head == "prototypes" else (
+        f"C among {probe_kwargs['C']}"
+    )  # fmt: skip
     print(
         f"fitted a {args.head} head on {len(labelled)} labelled images ({labels_used}), {chosen} chosen on {len(val)} "
         f"val images, in {time.time() - started:.0f} s; test accuracy {100 * metrics['accuracy']:.2f}%, macro-F1 "
@@ -660,6 +640,55 @@ def run_fit_head(args: argparse.Namespace) -> dict:
         "metrics.json, report.md and its plots"
     )
     return metrics
+
+
+def _shots_of(train, shots: Optional[int], seed: int):
+    """`train`, or `shots` images of each of its classes drawn with `seed`, as a team with few labels has."""
+    from .probing import few_shot_indices
+
+    if shots is None:
+        return train
+    try:
+        drawn = few_shot_indices(train.labels, shots, seed, train.num_classes, train.class_names)
+    except ValueError as error:
+        raise ValueError(f"--shots {shots}: in the train split, {error}") from None
+    return train.subset(drawn)
+
+
+def _fit_head(pipe, head: str, labelled, val, class_names, batch_size: int, probe_kwargs: dict) -> None:
+    """Fit and register the `head` kind on the representations of `labelled`, its temperature or C chosen on `val`."""
+    with pipe.progress_bars_off():
+        if head == "prototypes":
+            pipe.fit_prototypes(
+                labelled.images, labelled.labels, class_names, batch_size=batch_size, val_images=val.images,
+                val_labels=val.labels,
+            )  # fmt: skip
+        else:
+            pipe.fit_linear_probe(
+                labelled.images, labelled.labels, val.images, val.labels, class_names, batch_size=batch_size,
+                **probe_kwargs,
+            )  # fmt: skip
+
+
+def _save_with_carving(pipe, saved: str, data: _LabelledData) -> None:
+    """Save `pipe` with the record of the labelled data's carving, its train images and the model's own training
+    images (in place of the record it was loaded with), so evaluate and predict read and check it as a probed U-Net."""
+    from .data.split_record import save_split_record
+
+    pipe.split_record = None
+    pipe.save_pretrained(saved)
+    save_split_record(
+        saved, **data.carving, train_images=data.splits["train"].images, train_fingerprints=data.model_fingerprints,
+        unlabeled_pool=data.pool,
+    )  # fmt: skip
+
+
+def _scored_positive_class(args: argparse.Namespace, train) -> Optional[str]:
+    """The positive class the test split is scored for: `--positive_class`, or a binary task's class 1, already noted
+    (`note_default_positive_class`), so that evaluate does not warn of it again."""
+    if args.positive_class is None and train.num_classes == 2:
+        return train.class_names[1]
+    return args.positive_class
 
 
 def _fit_head_probe_kwargs(args: argparse.Namespace) -> dict:
