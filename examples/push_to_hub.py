@@ -8,7 +8,8 @@ r"""Publish a saved classifier (a pipeline or a transformers model folder) on th
         --evaluation_command "diffusion-classifiers probe --unet_dir outputs/unet-pneumonia ..."
 
 The card is the one of the folder's method (read from its model_index.json or config.json), lists the model's
-class names, and carries the metrics of `--metrics_json` (the demo's or an evaluation's `metrics.json`) as
+class names, and carries the metrics of `--metrics_json` (the demo's or an evaluation's `metrics.json`, or the
+`<name>.metrics.json` of `diffusion-classifiers aggregate`, whose counts the card names as the groups they are) as
 model-index results, under the split that file records (`--dataset_split` for a file that records none). The model
 folder is only read; a failed upload leaves it unchanged. Its `data_splits.json` is uploaded without the training
 images' fingerprints (`train_fingerprints`: anyone holding a scan could test whether the model was trained on it).
@@ -37,6 +38,7 @@ from diffusion_classifiers.hub import (
     input_description_of,
     library_name_of,
     load_eval_counts,
+    load_eval_grouping,
     load_eval_metrics,
     load_eval_per_class,
     load_eval_positive_class,
@@ -130,6 +132,7 @@ def publish(args):
     card = render_model_card(
         method(args.model_dir, args.method),
         **load_eval_counts(args.metrics_json),
+        grouping=load_eval_grouping(args.metrics_json),
         pruning=pruning,
         seed_sensitivity=load_eval_seed_sensitivity(args.metrics_json),
         call_arguments=call_arguments(recorded.get("pipeline_call"), args.model_dir),
@@ -181,14 +184,16 @@ def model_license(license: Optional[str], dataset_license: str) -> str:
 
 def check_metrics_are_the_models(metrics_json: str, model_dir: str) -> None:
     """The metrics of `metrics_json` were measured on the model in `model_dir`: the `model_sha256` that `evaluate`
-    recorded must be the folder's (`hub.model_fingerprint`); a metrics.json of an earlier version, without one, is
-    published with a warning."""
+    recorded (or `aggregate` carried over from its predictions' sidecar) must be the folder's
+    (`hub.model_fingerprint`); a metrics.json without one (of an earlier version, or aggregated from predictions
+    without their sidecar) is published with a warning."""
     with open(metrics_json) as f:
         recorded = json.load(f).get("model_sha256")
     if recorded is None:
         warnings.warn(
-            f"{metrics_json} does not record which model it was measured on (written by an earlier version): check "
-            f"that its metrics are those of {model_dir}",
+            f"{metrics_json} does not record which model it was measured on (written by an earlier version, or "
+            f"aggregated from predictions without their .json sidecar): check that its metrics are those of "
+            f"{model_dir}",
             UserWarning,
             stacklevel=2,
         )

@@ -999,3 +999,47 @@ def test_a_card_credits_the_data_says_an_unlabeled_pool_and_an_external_set(save
     dropped = " ".join(str(model_card(dataset_split="all", num_images=30, num_dropped=5)).split())
     assert "Results on the images of scikit-learn digits the model was not trained on (30 images: the data set's 35 " \
         "less the 5 the model was trained on)" in dropped
+
+
+def test_a_card_of_aggregated_metrics_counts_the_studies_and_their_rule(monkeypatch, tmp_path):
+    """QA (a head-CT group): a card of aggregate's metrics.json said "(6 images, 3 of them bleed)" of 6 studies scored
+    by the max rule over their slices, and warned that the file recorded no model (and needed --dataset_split)."""
+    import warnings
+
+    from diffusion_classifiers.cli import main
+    from diffusion_classifiers.prediction.outputs import write_csv
+
+    model = tmp_path / "ct"
+    classes = ["normal", "bleed"]
+    head = LinearProbeHead(in_features=32, num_classes=2, block="mid_block", timestep=10, class_names=classes)
+    UNetFeatureClassifierPipeline(
+        unet=UNet2DModel(**unet_config("tiny", 16)), scheduler=DDPMScheduler(), head=head
+    ).save_pretrained(model)
+    # two slices a study; the first three studies bleed, the last reads bleed on one slice (0.6)
+    bleed = [0.9, 0.2, 0.7, 0.1, 0.3, 0.8, 0.1, 0.4, 0.2, 0.3, 0.6, 0.1]
+    columns = ["path", "frame", "true_label", "study_uid", "label", "score", "prob_normal", "prob_bleed"]
+    rows = [[f"{i}.dcm", 0, "bleed" if i < 6 else "normal", f"s{i // 2}", "bleed" if p >= 0.5 else "normal",
+             max(p, 1 - p), 1 - p, p] for i, p in enumerate(bleed)]  # fmt: skip
+    write_csv(tmp_path / "p.csv", columns, rows)
+    run = {"model_dir": str(model), "model_sha256": hub.model_fingerprint(model), "split": "test",
+           "positive_class": "bleed"}  # fmt: skip
+    (tmp_path / "p.csv.json").write_text(json.dumps({"run": run, "class_names": classes, "columns": columns}))
+    main(["aggregate", "--predictions", str(tmp_path / "p.csv")])
+    argv = push_script_argv(model, tmp_path, "--dry_run", "--output_dir", str(tmp_path / "card"))
+    argv[argv.index("--metrics_json") + 1] = str(tmp_path / "p.max_by_study_uid.metrics.json")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_push_script(monkeypatch, argv)  # no --dataset_split: the split predict recorded
+    assert not [str(w.message) for w in caught if "does not record which model" in str(w.message)]
+    card = (tmp_path / "card" / "README.md").read_text()
+    assert ("Results on the `test` split of scikit-learn digits (6 studies by study_uid of 12 images, each bleed if "
+            "any of its images is (max rule at threshold 0.5), 3 of them bleed):") in card
+    assert "6 images" not in card
+    results = front_matter(card)["model-index"][0]["results"]
+    assert {result["dataset"]["split"] for result in results} == {"test"}
+    accuracy = {"type": "accuracy", "value": pytest.approx(5 / 6), "name": "Accuracy"}
+    assert accuracy in [result["metrics"][0] for result in results]
+    mean = {"grouped_by": ["study_uid", "laterality"], "rule": "mean", "threshold": None, "num_images": None}
+    card = str(model_card(num_images=4, grouping=mean))
+    rule = "each labelled by its images' mean class probabilities (mean rule)"
+    assert f"(4 groups by study_uid + laterality, {rule}):" in card

@@ -1190,3 +1190,26 @@ def test_aggregate_refuses_a_read_only_folder_before_any_work(tmp_path, monkeypa
     with pytest.raises(ValueError, match=rf"^--output .*g\.csv: this user may not write into {predictions.parent}$"):
         main(args + ["--output", str(predictions.with_name("g.csv"))])
     assert sorted(os.listdir(predictions.parent)) == ["p.csv", "p.csv.json"]
+
+
+def test_aggregate_metrics_say_what_the_groups_are_and_carry_the_model_predict_recorded(tmp_path):
+    """QA (a head-CT group): a card of aggregate's metrics.json said "6 images" of 6 scans scored by the max rule, and
+    warned that the file (recording no model_sha256, nor split) was an earlier version's."""
+    predictions, call = tmp_path / "p.csv", {"method": "elbo", "num_timesteps": 20, "seed": 0}
+    run = {"model_dir": "/models/ct", "model_sha256": "ab" * 32, "split": "test", "positive_class": "normal",
+           "log_likelihood_ratio": "log p(x | normal) - log p(x | bleed)", "pipeline_call": call}  # fmt: skip
+    _saturated_predictions(predictions, run=run)
+    main(["aggregate", "--predictions", str(predictions), "--threshold", "0.75"])
+    recorded = json.loads((tmp_path / "p.max_by_study_uid.metrics.json").read_text())
+    grouping = ("grouped_by", "rule", "threshold", "num_groups", "num_images", "num_samples")
+    assert {key: recorded[key] for key in grouping} == {"grouped_by": "study_uid", "rule": "max", "threshold": 0.75,
+                                                       "num_groups": 4, "num_images": 8, "num_samples": 4}
+    assert recorded["model_sha256"] == "ab" * 32 and recorded["split"] == "test" and recorded["pipeline_call"] == call
+    assert recorded["ranked_by"] == "log_likelihood_ratio" and recorded["positive_class"] == "normal"  # kept
+    # the mean rule has no threshold; predictions without their sidecar record no model, split or call
+    _slice_predictions(tmp_path / "q.csv")
+    main(["aggregate", "--predictions", str(tmp_path / "q.csv"), "--rule", "mean", "--by", "study_uid", "series_uid"])
+    mean = json.loads((tmp_path / "q.mean_by_study_uid_series_uid.metrics.json").read_text())
+    assert mean["grouped_by"] == ["study_uid", "series_uid"] and mean["rule"] == "mean" and "threshold" not in mean
+    assert mean["num_groups"] == mean["num_samples"] == 2 and mean["num_images"] == 5
+    assert not {"model_sha256", "split", "pipeline_call"} & set(mean)

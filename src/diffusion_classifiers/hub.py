@@ -14,7 +14,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import jinja2
 from huggingface_hub import (
@@ -49,6 +49,7 @@ __all__ = [
     "input_description_of",
     "library_name_of",
     "load_eval_counts",
+    "load_eval_grouping",
     "load_eval_metrics",
     "load_eval_per_class",
     "load_eval_positive_class",
@@ -90,6 +91,9 @@ METRIC_NAMES = {
     "ece": ("ece", "Expected calibration error (10 bins)"),  # from "calibration": how far confidence is from accuracy
 }
 
+# What a card calls the groups of an `aggregate` metrics.json, by the column naming them (other columns: "groups").
+GROUP_UNITS = {"study_uid": "studies", "series_uid": "series", "patient_id": "patients"}
+
 # A card's per-class table of more classes than this is collapsed (a `<details>` block, which the Hub renders): open,
 # the 121 rows of a plankton model would push its usage, limitations and citation far down the page.
 PER_CLASS_OPEN_MAX = 20
@@ -104,7 +108,7 @@ REMOTE_CODE_PATTERNS = ["*.py"]
 MODEL_CARD_OPTIONAL = {
     "dataset_id", "model_description", "class_names", "positive_class", "num_images", "num_positives", "pruning",
     "seed_sensitivity", "call_arguments", "input_description", "num_dropped", "per_class_section", "unlabeled_pool",
-    "dataset_citation", "whole_data_set",
+    "dataset_citation", "whole_data_set", "grouping_rule",
 }  # fmt: skip
 DATASET_CARD_OPTIONAL = {"citation"}
 
@@ -189,6 +193,28 @@ def _per_class_section(per_class: Optional[Dict[str, dict]]) -> Optional[dict]:
     }
 
 
+def _counted_units(grouping: Optional[dict], positive_class: Optional[str]) -> Tuple[str, Optional[str]]:
+    """What a card's count of the scored samples names, and how the groups of an `aggregate` metrics.json were scored
+    (`load_eval_grouping`; None for images): ("images", None), or ("studies by study_uid of 40 images", "each bleed
+    if any of its images is (max rule at threshold 0.5)")."""
+    if grouping is None:
+        return "images", None
+    by, rule = grouping.get("grouped_by"), grouping.get("rule")
+    by = [by] if isinstance(by, str) else by
+    if not by or not all(isinstance(name, str) for name in by) or rule not in ("max", "mean"):
+        raise ValueError(
+            f"grouping: expected the 'grouped_by' column(s) and 'rule' ('max' or 'mean') that aggregate records, got "
+            f"{grouping!r}"
+        )
+    units = f"{GROUP_UNITS.get(by[0], 'groups') if len(by) == 1 else 'groups'} by {' + '.join(by)}"
+    if grouping.get("num_images"):
+        units += f" of {grouping['num_images']} images"
+    if rule == "mean":
+        return units, "each labelled by its images' mean class probabilities (mean rule)"
+    threshold = f" at threshold {grouping['threshold']:g}" if grouping.get("threshold") is not None else ""
+    return units, f"each {positive_class or 'positive'} if any of its images is (max rule{threshold})"
+
+
 def render_model_card(
     method: str,
     *,
@@ -219,6 +245,7 @@ def render_model_card(
     unlabeled_pool: bool = False,
     dataset_citation: Optional[str] = None,
     eval_dataset_name: Optional[str] = None,
+    grouping: Optional[dict] = None,
 ) -> ModelCard:
     """The model card of a classifier trained with `method` (one of `METHODS`).
 
@@ -258,6 +285,9 @@ def render_model_card(
             data.
         eval_dataset_name: the data `metrics` were measured on when it is not the training data (an external set
             scored whole, `evaluate --split all`); default `dataset_name`. The results and the model index name it.
+        grouping: for metrics of groups of images (`diffusion-classifiers aggregate`: `num_images` counts groups, scans
+            say), how they were grouped and scored (`load_eval_grouping`): the card counts "6 studies by study_uid
+            of 40 images, each bleed if any of its images is (max rule at threshold 0.5)" instead of "6 images".
 
     Raises `ValueError` naming every required field that is missing or empty.
     """
@@ -270,6 +300,7 @@ def render_model_card(
     external = eval_dataset_name not in (None, dataset_name)
     eval_name = eval_dataset_name if external else dataset_name
     eval_results = _eval_results(metrics, eval_name, eval_name if external else dataset_id or dataset_name, dataset_split)
+    counted_units, grouping_rule = _counted_units(grouping, positive_class)
     card_data = ModelCardData(
         model_name=model_name,
         license=license,
@@ -301,6 +332,8 @@ def render_model_card(
         model_description=model_description,
         medical=medical,
         num_images=num_images,
+        counted_units=counted_units,
+        grouping_rule=grouping_rule,
         num_positives=num_positives,
         num_dropped=num_dropped,
         pruning=pruning,
@@ -395,6 +428,17 @@ def load_eval_counts(path: Union[str, os.PathLike]) -> Dict[str, Optional[int]]:
         positives = data["per_class"][data["positive_class"]].get("support")
     dropped = data.get("training_images_dropped")
     return {"num_images": data.get("num_samples"), "num_positives": positives, "num_dropped": dropped}
+
+
+def load_eval_grouping(path: Union[str, os.PathLike]) -> Optional[dict]:
+    """How the samples of an `aggregate` metrics.json were grouped and scored: `{"grouped_by", "rule", "threshold",
+    "num_images"}` (the column(s) naming the groups, the rule, the max rule's threshold, the images they gather; the
+    last two None where not recorded); None for a metrics.json of images (`evaluate`'s, the demo's)."""
+    data = _read_json(path)
+    data = data.get("test", data)
+    if data.get("grouped_by") is None:
+        return None
+    return {key: data.get(key) for key in ("grouped_by", "rule", "threshold", "num_images")}
 
 
 def load_eval_per_class(path: Union[str, os.PathLike]) -> Optional[Dict[str, dict]]:

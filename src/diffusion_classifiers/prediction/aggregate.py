@@ -26,6 +26,7 @@ from typing import Any, Optional, Sequence
 
 from .inputs import DICOM_ID_COLUMNS
 from .outputs import (
+    MODEL_CONTENT_KEY,
     OUTPUT_SUFFIXES,
     POSITIVE_CLASS_KEY,
     RATIO_KEY,
@@ -78,8 +79,11 @@ def aggregate_predictions(
         and, for a binary Score-SDE file whose sidecar records the ratio's direction, the group's largest ("max") or
         mean ("mean") `log p(x | positive) - log p(x | other)`. `rows`, one per group in the order the groups first
         appear. `metrics`: with a `true_label` column (each group's rows must share one),
-        `metrics.classification_metrics` of the groups, the AUC ranking them by that ratio when there is one, else by
-        the probabilities (`"ranked_by"` names the column); else None.
+        `metrics.classification_metrics` of the groups (its `num_samples` counts them), the AUC ranking them by that
+        ratio when there is one, else by the probabilities (`"ranked_by"` names the column), with what the groups are
+        (`grouped_by`, `rule`, the max rule's `threshold`, `num_groups`, and the `num_images` they gather) and what
+        the predict run recorded in the sidecar of what they were measured with (`model_sha256`, a saved
+        DatasetDict's `split`, `pipeline_call`), as `evaluate` records them; else None.
     """
     aggregation = _aggregate(predictions, by, rule, positive_class, threshold)
     return aggregation.columns, aggregation.rows, aggregation.metrics
@@ -145,9 +149,28 @@ def _aggregate(
                 for group, members in groups.items()]  # fmt: skip
     metrics = None
     if layout.truth is not None:
-        metrics = {"grouped_by": by[0] if len(by) == 1 else list(by), "rule": rule, "num_groups": len(gathered),
-                   **_group_metrics(predictions, layout, gathered, positive, rule)}  # fmt: skip
+        scores = _group_metrics(predictions, layout, gathered, positive, rule)
+        metrics = {**_grouping(by, rule, threshold, groups), **scores, **_measured_with(run)}
     return _Aggregation(layout.out_columns(), [group.row for group in gathered], metrics, notes + ratio_notes)
+
+
+def _grouping(by: tuple, rule: str, threshold: float, groups: dict) -> dict:
+    """What the counts of metrics.json are (its `num_samples` are the groups): the columns naming the groups, the rule
+    that scored them (with the max rule's threshold), and how many images they gather."""
+    scored = {"rule": rule, **({"threshold": threshold} if rule == "max" else {})}
+    grouped_by = by[0] if len(by) == 1 else list(by)
+    num_images = sum(len(members) for members in groups.values())
+    return {"grouped_by": grouped_by, **scored, "num_groups": len(groups), "num_images": num_images}
+
+
+# What the predict run recorded (the sidecar's "run") of what the groups' metrics were measured with, carried into
+# metrics.json under the keys `evaluate` writes: `push_to_hub.py` checks a card's metrics are its model's by
+# `model_sha256`, names their split (a saved DatasetDict's) and passes the call's settings in the card's snippet.
+_MEASURED_WITH = (MODEL_CONTENT_KEY, "split", "pipeline_call")
+
+
+def _measured_with(run: dict) -> dict:
+    return {key: run[key] for key in _MEASURED_WITH if run.get(key) is not None}
 
 
 # The columns gathered per group, which `by` cannot name.
