@@ -142,7 +142,7 @@ def test_a_dicom_model_without_dataset_is_refused_not_run_on_the_demo_digits(tmp
     flag = "--unet_dir" if command == "probe" else "--model_dir"
     with pytest.raises(ValueError, match=r"--dataset: not given, and the model reads medical images \(8 px "
                                          r"\(stretch\), 3 channels, DICOM windows \['brain', 'subdural', 'bone'\]\); "
-                                         r"give the data"):  # fmt: skip
+                                         r"give \w+ its data with --dataset"):  # fmt: skip
         main([command, flag, str(tmp_path / "ct"), "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out" / "metrics.json").exists()
 
@@ -207,7 +207,7 @@ def test_evaluate_without_dataset_refuses_a_model_of_other_classes_than_the_digi
 
     model = REPO_ROOT / "tests" / "fixtures" / "v0.1.0" / "score_sde"  # classes zero, one, two
     with pytest.raises(ValueError, match=r"--dataset: not given, and the model's classes \['zero', 'one', 'two'\] are "
-                                         r"not the digits' '0'..'9'; give the data to evaluate it on"):  # fmt: skip
+                                         r"not the digits' '0'..'9'; give evaluate its data with --dataset"):  # fmt: skip
         main(["evaluate", "--model_dir", str(model), "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 
@@ -289,14 +289,20 @@ def test_fit_head_gives_an_rc_dit_a_head_chosen_on_val_that_evaluate_scores_alik
     main(["fit-head", "--model_dir", model, "--dataset", "digits", "--head", head, *flags, "--seed", "2",
           "--test_fraction", "0.3", "--output_dir", str(out)])  # fmt: skip
     printed = capsys.readouterr().out
-    assert ("on 50 labelled images (5 per class)" if head == "prototypes" else "(every train image)") in printed
+    assert ("on 50 labelled images (5 per class, drawn with seed 2)" if head == "prototypes" else "(every train image)"
+            ) in printed
     pipe = DiffusionClassifierPipeline.from_pretrained(str(out / "pipeline"))
     assert isinstance(pipe.head, PrototypeHead if head == "prototypes" else LinearProbeHead)
     assert pipe.class_names == [str(i) for i in range(10)]
     record = json.loads((out / "pipeline" / "data_splits.json").read_text())
-    assert (record["test_fraction"], record["seed"]) == (0.3, 2)  # how the labelled data was carved
+    # how the labelled data was carved: --seed draws the shots only, the carving seed is the model's (none: 0)
+    assert (record["test_fraction"], record["seed"]) == (0.3, 0)
     fitted = json.loads((out / "metrics.json").read_text())
     assert fitted["split"] == "test" and fitted["model_sha256"] == model_fingerprint(out / "pipeline")
+    recorded = fitted["head"]  # QA: the C kept, the temperature, the labels used were nowhere but the title
+    assert recorded["kind"] == head and recorded["val_images"] > 0
+    assert (recorded["temperature"] > 0) if head == "prototypes" else recorded["C"] in (0.1, 10)
+    assert f"Head: {recorded['summary']}." in (out / "report.md").read_text()
     main(["evaluate", "--model_dir", str(out / "pipeline"), "--dataset", "digits", "--output_dir", str(tmp_path / "e")])
     evaluated = json.loads((tmp_path / "e" / "metrics.json").read_text())  # the record carves the same test split
     assert (evaluated["num_samples"], evaluated["accuracy"]) == (fitted["num_samples"], fitted["accuracy"])
@@ -320,8 +326,8 @@ def test_fit_head_refuses_other_models_and_bad_flags_before_writing(tmp_path):
         r"likelihoods and needs no head",
         (model, "--head", "prototypes", "--C", "3"): r"--C: options of a linear probe; --head prototypes has no",
         (model, "--shots", "0"): r"--shots: expected an integer >= 1",
-        (model, "--shots", "200"): r"--shots 200: in the train split, class '\d' has 1\d\d labelled samples, fewer than "
-        r"shots_per_class=200 \(up to 1\d\d fit\)",
+        (model, "--shots", "200"): r"--shots 200: class '\d' has 1\d\d train images; pass --shots 1\d\d or fewer, or "
+        r"label more images of it",
     }  # fmt: skip
     for (model_dir, *flags), message in refusals.items():
         with pytest.raises(ValueError, match=message):

@@ -256,7 +256,9 @@ def test_probe_on_a_unet_of_an_unlabeled_pool_says_to_clean_the_pool_or_the_labe
         main(probe + ["--unet_dir", str(pooled), "--output_dir", str(tmp_path / "p")])
     main(probe + ["--unet_dir", str(root / "model"), "--output_dir", str(tmp_path / "own")])  # its own word: not checked
     whole = load_image_classification_data(str(root / "grown"), image_size=8, one_set=True)["all"]
-    with pytest.raises(ValueError, match=rf": {advice}leave them out of the data, or pass --drop"):  # --split all
+    pool_data_set = (r"the data holds images the model or its head was trained on \(images of the unlabeled pool the "
+                     r"model was trained on, --unlabeled, or the labelled images its head was fitted on\)")
+    with pytest.raises(ValueError, match=rf": {pool_data_set}, and .* Leave them out of the data, or pass --drop"):
         check_training_overlap(whole, recorded_train_fingerprints(pooled), whole_data_set=True, unlabeled_pool=True)
     with pytest.raises(ValueError, match=r"e\.g\. #\d+, .* \(positions in the split; "):  # where a file is not known
         check_training_overlap(whole, recorded_train_fingerprints(pooled), paths=lambda index: None)

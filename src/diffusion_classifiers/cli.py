@@ -132,6 +132,7 @@ def add_labelled_dataset_args(parser: argparse.ArgumentParser, model: str) -> No
 
 def add_probe_args(parser: argparse.ArgumentParser) -> None:
     from .data.arguments import add_split_args
+    from .data.split_record import SPLIT_RECORD_NAME
     from .models import DEFAULT_TIMESTEPS
 
     parser.add_argument(
@@ -156,7 +157,12 @@ def add_probe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output_dir", default="outputs/probe", help="where report.md, metrics.json, the PNGs and pipeline/ go")
     add_overwrite_arg(parser)
     add_split_args(parser, from_model=True)
-    add_head_seed_arg(parser, "the U-Net", "probes")
+    parser.add_argument(
+        "--seed", type=int, default=None,
+        help=f"seed of the probes, and of the splits carved when the data has none if the U-Net records no seed of "
+        f"its own ({SPLIT_RECORD_NAME}: its seed carves them, so its test images stay its test; a U-Net of an "
+        "unlabeled pool carved nothing: --seed carves the labelled data) (default: the split seed, else 0)",
+    )  # fmt: skip
     add_positive_class_arg(parser)
 
 
@@ -174,16 +180,6 @@ def add_linear_probe_args(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def add_head_seed_arg(parser: argparse.ArgumentParser, model: str, draws: str) -> None:
-    """`--seed` of a command fitting a head on a saved `model`, seeding its `draws`."""
-    from .data.split_record import SPLIT_RECORD_NAME
-
-    parser.add_argument(
-        "--seed", type=int, default=None,
-        help=f"seed of the {draws}, and of the splits carved when the data has none if {model} records no seed of "
-        f"its own ({SPLIT_RECORD_NAME}: its seed carves them, so its test images stay its test) (default: the split "
-        "seed, else 0)",
-    )  # fmt: skip
 
 
 def add_fit_head_args(parser: argparse.ArgumentParser) -> None:
@@ -214,7 +210,13 @@ def add_fit_head_args(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     add_overwrite_arg(parser)
     add_split_args(parser, from_model=True)
-    add_head_seed_arg(parser, "the RC-DiT", "shots drawn")
+    parser.add_argument(
+        "--seed", type=int, default=None,
+        help="seed of the --shots drawn; the labelled data is carved with the seed the RC-DiT's data_splits.json "
+        "records (its own data's test images stay its test; a model of an unlabeled pool or without a record: its "
+        "recorded or the default seed), so the shots of several seeds are scored on one test split (default: the "
+        "carving's seed)",
+    )  # fmt: skip
     add_positive_class_arg(parser)
 
 
@@ -443,15 +445,20 @@ def run_demo(args: argparse.Namespace) -> dict:
     return metrics
 
 
-def _probe_carving(args: argparse.Namespace, folder: str, record: Optional[dict]) -> tuple[dict, dict]:
-    """`(given, carving)`: the carving flags given to `probe` and the carving of its data (`record`: the U-Net
-    folder's `read_split_record`): the U-Net's test images stay its test, carved with its recorded seed (`--seed` then
-    seeds the probes only), unless the U-Net was trained on an unlabeled pool, which carved nothing (`--seed` then
-    carves the labelled data); an image folder's classes are its own (the head is trained on them)."""
+def _probe_carving(
+    args: argparse.Namespace, folder: str, record: Optional[dict], seed_carves_pool_data: bool = True
+) -> tuple[dict, dict]:
+    """`(given, carving)`: the carving flags given to `probe` / `fit-head` and the carving of its data (`record`: the
+    model folder's `read_split_record`): the model's test images stay its test, carved with its recorded seed
+    (`--seed` then seeds the probes or shots only), unless the model was trained on an unlabeled pool, which carved
+    nothing: `--seed` then carves the labelled data too, where `seed_carves_pool_data` (probe), else the recorded seed
+    does (fit-head: a few-shot study over `--seed` keeps one test split); an image folder's classes are its own (the
+    head is trained on them)."""
     from .data.split_record import resolve_split_args
     from .evaluation import _own_class_names
 
-    split_seed = None if record and not record.get("unlabeled") else args.seed
+    pool = record is not None and bool(record.get("unlabeled"))
+    split_seed = args.seed if (record is None or pool) and seed_carves_pool_data else None
     given = {
         "val_fraction": args.val_fraction, "test_fraction": args.test_fraction, "seed": split_seed,
         "class_names": args.class_names,
@@ -569,11 +576,13 @@ class _LabelledData(NamedTuple):
     pool: bool
 
 
-def _labelled_data(args: argparse.Namespace, model_dir: str, contract, reading: dict, task: str) -> _LabelledData:
+def _labelled_data(
+    args: argparse.Namespace, model_dir: str, contract, reading: dict, task: str, seed_carves_pool_data: bool = True
+) -> _LabelledData:
     """`--dataset` read through `reading` (the loaders' size, channels, windows, fit) and carved as the model in
-    `model_dir` records (`_probe_carving`); at least two classes for `task`, val and test checked against the model's
-    training images (`_check_head_splits`), and the positive class resolved and noted."""
-    from .data import load_image_classification_data
+    `model_dir` records (`_probe_carving`), its data line printed; at least two classes for `task`, val and test
+    checked against the model's training images (`_check_head_splits`), and the positive class resolved and noted."""
+    from .data import describe_splits, load_image_classification_data
     from .data.split_record import (
         changed_split_args,
         read_split_record,
@@ -586,8 +595,9 @@ def _labelled_data(args: argparse.Namespace, model_dir: str, contract, reading: 
 
     folder = download(model_dir)
     record = read_split_record(folder)
-    given, carving = _probe_carving(args, folder, record)
+    given, carving = _probe_carving(args, folder, record, seed_carves_pool_data)
     splits = load_image_classification_data(args.dataset, **carving, **reading)
+    print(describe_splits(splits, args.dataset))
     train = splits["train"]
     check_two_classes_at_least(train.class_names, f"--dataset {args.dataset}", task)
     fingerprints = recorded_train_fingerprints(folder, record=record)
@@ -611,30 +621,27 @@ def run_fit_head(args: argparse.Namespace) -> dict:
     probe_kwargs = _fit_head_probe_kwargs(args)
     pipe = _rc_dit_pipeline(download(args.model_dir), args.model_dir)
     args.dataset = _dataset_or_demo_digits(args.dataset, pipe.preprocessing, "fit-head")
-    data = _labelled_data(args, args.model_dir, pipe.preprocessing, pipe.preprocessing.loader_kwargs, "a head")
+    data = _labelled_data(
+        args, args.model_dir, pipe.preprocessing, pipe.preprocessing.loader_kwargs, "a head", seed_carves_pool_data=False
+    )  # fmt: skip
     train, val, test = data.splits["train"], data.splits["val"], data.splits["test"]
-    labelled = _shots_of(train, args.shots, data.carving["seed"] if args.seed is None else args.seed)
+    shots_seed = data.carving["seed"] if args.seed is None else args.seed
+    labelled = _shots_of(train, args.shots, shots_seed)
     started = time.time()
-    _fit_head(pipe, args.head, labelled, val, train.class_names, args.batch_size, probe_kwargs)
+    chosen = _fit_head(pipe, args.head, labelled, val, train.class_names, args.batch_size, probe_kwargs)
+    head = _head_record(args, len(labelled), len(val), shots_seed, chosen)
+    print(f"fitted {head['summary']}, in {time.time() - started:.0f} s")
     if args.positive_class is not None:
         pipe.set_positive_class(args.positive_class)
     saved = os.path.join(args.output_dir, "pipeline")
     _save_with_carving(pipe, saved, data)
     dataset_name = os.path.basename(os.path.normpath(args.dataset))
-    labels_used = f"{args.shots} per class" if args.shots is not None else "every train image"
     metrics = evaluate_classifier(
         pipe, test, args.output_dir, batch_size=args.batch_size, positive_class=_scored_positive_class(args, train),
-        title=f"RC-DiT {args.head} head ({labels_used}) on {dataset_name} (test)", split="test",
-        dataset_name=dataset_name, model_sha256=model_fingerprint(saved),
+        title=f"RC-DiT {args.head} head on {dataset_name} (test)", split="test", dataset_name=dataset_name,
+        model_sha256=model_fingerprint(saved), head=head,
     )  # fmt: skip
-    chosen = f"softmax temperature {pipe.head.config.temperature:.3g}" if args.head == "prototypes" else (
-        f"C among {probe_kwargs['C']}"
-    )  # fmt: skip
-    print(
-        f"fitted a {args.head} head on {len(labelled)} labelled images ({labels_used}), {chosen} chosen on {len(val)} "
-        f"val images, in {time.time() - started:.0f} s; test accuracy {100 * metrics['accuracy']:.2f}%, macro-F1 "
-        f"{100 * metrics['macro_f1']:.2f}%"
-    )
+    print(f"test accuracy {100 * metrics['accuracy']:.2f}%, macro-F1 {100 * metrics['macro_f1']:.2f}%")
     print(
         f"wrote {saved}/ (load it with DiffusionClassifierPipeline.from_pretrained) and {args.output_dir}/"
         "metrics.json, report.md and its plots"
@@ -644,30 +651,56 @@ def run_fit_head(args: argparse.Namespace) -> dict:
 
 def _shots_of(train, shots: Optional[int], seed: int):
     """`train`, or `shots` images of each of its classes drawn with `seed`, as a team with few labels has."""
+    import torch
+
     from .probing import few_shot_indices
 
     if shots is None:
         return train
-    try:
-        drawn = few_shot_indices(train.labels, shots, seed, train.num_classes, train.class_names)
-    except ValueError as error:
-        raise ValueError(f"--shots {shots}: in the train split, {error}") from None
-    return train.subset(drawn)
+    counts = torch.bincount(train.labels, minlength=train.num_classes)
+    if shots > counts.min():
+        fewest = int(counts.argmin())
+        raise ValueError(
+            f"--shots {shots}: class {train.class_names[fewest]!r} has {int(counts[fewest])} train images; pass "
+            f"--shots {int(counts[fewest])} or fewer, or label more images of it"
+        )
+    return train.subset(few_shot_indices(train.labels, shots, seed, train.num_classes, train.class_names))
 
 
-def _fit_head(pipe, head: str, labelled, val, class_names, batch_size: int, probe_kwargs: dict) -> None:
-    """Fit and register the `head` kind on the representations of `labelled`, its temperature or C chosen on `val`."""
+def _fit_head(pipe, head: str, labelled, val, class_names, batch_size: int, probe_kwargs: dict) -> dict:
+    """Fit and register the `head` kind on the representations of `labelled`, its temperature or C chosen on `val`;
+    returns what was chosen (`{"temperature": t}` or `{"C": c}`)."""
     with pipe.progress_bars_off():
         if head == "prototypes":
-            pipe.fit_prototypes(
+            fitted = pipe.fit_prototypes(
                 labelled.images, labelled.labels, class_names, batch_size=batch_size, val_images=val.images,
                 val_labels=val.labels,
             )  # fmt: skip
-        else:
-            pipe.fit_linear_probe(
-                labelled.images, labelled.labels, val.images, val.labels, class_names, batch_size=batch_size,
-                **probe_kwargs,
-            )  # fmt: skip
+            return {"temperature": fitted.config.temperature}
+        fit = pipe.fit_linear_probe(
+            labelled.images, labelled.labels, val.images, val.labels, class_names, batch_size=batch_size,
+            return_fit=True, **probe_kwargs,
+        )  # fmt: skip
+        return {"C": fit.C[fit.best_pair]}
+
+
+def _head_record(args: argparse.Namespace, num_labelled: int, num_val: int, shots_seed: int, chosen: dict) -> dict:
+    """How the head was fitted, for metrics.json and the report: its kind, the labelled images (and shots), the val
+    images its temperature or C was chosen on, and a summary sentence."""
+    from .models.prototype_head import TEMPERATURE_RANGE
+
+    labels = f"{args.shots} per class, drawn with seed {shots_seed}" if args.shots is not None else "every train image"
+    if "temperature" in chosen:
+        choice = f"softmax temperature {chosen['temperature']:.3g}"
+        if chosen["temperature"] >= 0.99 * TEMPERATURE_RANGE[1]:  # the probabilities are then near uniform
+            choice += " (the largest tried: the prototypes hardly tell val's classes apart)"
+    else:
+        choice = f"C = {chosen['C']:g} (of {', '.join(f'{c:g}' for c in args.C or DEFAULT_C)})"
+    return {
+        "kind": args.head, "labelled_images": num_labelled, "shots": args.shots,
+        "shots_seed": shots_seed if args.shots is not None else None, "val_images": num_val, **chosen,
+        "summary": f"{args.head} on {num_labelled} labelled images ({labels}); {choice} chosen on {num_val} val images",
+    }  # fmt: skip
 
 
 def _save_with_carving(pipe, saved: str, data: _LabelledData) -> None:
@@ -736,13 +769,13 @@ def _dataset_or_demo_digits(
         return dataset
     if contract is not None and contract.medical_or_default.stated:  # windows or a bit depth chosen for its data
         raise ValueError(
-            f"--dataset: not given, and the model reads medical images ({contract.summary()}); give the data to "
-            f"{command} it on (the default, scikit-learn's digits, is the demo's)"
+            f"--dataset: not given, and the model reads medical images ({contract.summary()}); give {command} its "
+            "data with --dataset (the default, scikit-learn's digits, is the demo's)"
         )
     if class_names is not None and sorted(class_names) != sorted(str(digit) for digit in range(10)):
         raise ValueError(
             f"--dataset: not given, and the model's classes {list(class_names)} are not the digits' '0'..'9'; give "
-            f"the data to {command} it on (the default, scikit-learn's digits, is the demo's)"
+            f"{command} its data with --dataset (the default, scikit-learn's digits, is the demo's)"
         )
     print(f"note: --dataset not given: {command} on scikit-learn's digits, the demo's data", file=sys.stderr)
     return "digits"

@@ -535,7 +535,14 @@ _SHARED_IMAGES_CAUSE = {
     ),
     "pool": (
         "the data shares these images with the unlabeled pool the model was trained on (--unlabeled), and scoring "
-        "them would overstate the model. Remove them from the pool and retrain the model on it, or "
+        "them would overstate the model. Remove them from the pool and retrain the model on it, or remove them from "
+        "the labelled data (which re-carves its splits: check again)"
+    ),
+    # every image of a data set checked against a pool model's record, which also holds its head's train images
+    "pool data set": (
+        "the data holds images the model or its head was trained on (images of the unlabeled pool the model was "
+        "trained on, --unlabeled, or the labelled images its head was fitted on), and scoring them would overstate "
+        "the model. Leave them out of the data"
     ),
 }
 
@@ -543,17 +550,14 @@ _SHARED_IMAGES_CAUSE = {
 def _likely_cause(
     changed_split_args: Optional[dict], whole_data_set: bool = False, unlabeled_pool: bool = False
 ) -> str:
-    """Why the images checked hold training images, and what to do: images shared with the unlabeled pool the model
-    was trained on (`unlabeled_pool`; leaving them out of carved data re-carves it); every image of a data set
-    (`whole_data_set`) holding training images; else a carving value given that differs from the model's record
+    """Why the images checked hold training images, and what to do: every image of a data set (`whole_data_set`)
+    holding training images (of a model trained on an unlabeled pool, `unlabeled_pool`: the pool's or its head's);
+    images shared with the pool (leaving them out of carved data re-carves it); else a carving value given that differs from the model's record
     (named first), else data that differs from the model's."""
-    if unlabeled_pool:
-        leave = "leave them out of the data" if whole_data_set else (
-            "remove them from the labelled data (which re-carves its splits: check again)"
-        )  # fmt: skip
-        return _SHARED_IMAGES_CAUSE["pool"] + leave
     if whole_data_set:
-        return _SHARED_IMAGES_CAUSE["data set"]
+        return _SHARED_IMAGES_CAUSE["pool data set" if unlabeled_pool else "data set"]
+    if unlabeled_pool:
+        return _SHARED_IMAGES_CAUSE["pool"]
     data_differs = "a folder that grew or lost files, or the same images re-exported"
     if changed_split_args:
         given = ", ".join(f"--{name} {value} (recorded: {old})" for name, (value, old) in changed_split_args.items())
@@ -602,6 +606,7 @@ def evaluate_classifier(
     changed_split_args: Optional[dict] = None,
     unlabeled_pool: bool = False,
     paths=None,
+    head: Optional[dict] = None,
 ) -> dict:
     r"""
     Score `classifier` on a `datasets.Dataset` with an Image and a ClassLabel column, on [`LabeledImages`] or on
@@ -653,6 +658,9 @@ def evaluate_classifier(
             record's `"unlabeled"`): training images found are named as images the data shares with the pool.
         paths (*optional*): for [`LabeledImages`] read from files, a callable giving the file of the image at an
             index (`files_of_splits`), named when training images are found.
+        head (`dict`, *optional*): how the classifier's head was fitted (`diffusion-classifiers fit-head`: its kind,
+            labelled and val images, the C or temperature chosen, and a `"summary"` sentence), recorded in
+            `metrics.json` as `"head"` and said in `report.md`.
 
     Returns:
         `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`.
@@ -717,6 +725,8 @@ def evaluate_classifier(
     if settings is not None:
         metrics["pipeline_call"] = settings
     metrics["preprocessing"] = contract.to_dict()  # how the images were read
+    if head is not None:
+        metrics["head"] = head
     absent = [name for label, name in enumerate(model_names) if not np.any(y_true == label)]
     if absent:  # a split without a class reads as perfect on the rest: say so, loudly and in the record
         metrics["absent_classes"] = absent
@@ -815,6 +825,8 @@ def render_evaluation_report(metrics: dict, title: str, plots: List[str], split:
         read = f", read at {ImagePreprocessing.from_dict(metrics['preprocessing']).summary()}"
     scored = _images_scored(metrics, split)
     lines = [f"# {title}", "", f"{scored}{read}.", "", "| metric | value |", "| --- | ---: |"]
+    if "head" in metrics:
+        lines[3:3] = ["", f"Head: {metrics['head']['summary']}."]
     if metrics.get("absent_classes"):
         lines[3:3] = [
             f"**Warning: the {_scored_set(split)} has no image of class {', '.join(metrics['absent_classes'])}.** "

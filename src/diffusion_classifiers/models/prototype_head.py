@@ -12,7 +12,11 @@ from diffusers.models.modeling_utils import ModelMixin
 from ..validation import as_feature_matrix, as_labels, check_label_range, resolve_num_classes
 from .linear_probe_head import FeatureHeadMixin
 
-__all__ = ["PrototypeHead", "fit_prototypes"]
+__all__ = ["TEMPERATURE_RANGE", "PrototypeHead", "fit_prototypes"]
+
+# The softmax temperatures `PrototypeHead.calibrate_temperature` searches: at the top the probabilities of cosine
+# similarities in [-1, 1] are near uniform.
+TEMPERATURE_RANGE = (1e-3, 1e2)
 
 
 class PrototypeHead(FeatureHeadMixin, ModelMixin, ConfigMixin):
@@ -70,7 +74,7 @@ class PrototypeHead(FeatureHeadMixin, ModelMixin, ConfigMixin):
     def calibrate_temperature(self, features, labels) -> float:
         """Set the temperature to the one under which the softmax probabilities of labelled `features` (held out
         from the prototypes: validation images) have the smallest negative log-likelihood (temperature scaling, Guo
-        et al. 2017), within `[1e-3, 1e2]`, and return it; the predicted classes do not change. When the head
+        et al. 2017), within `TEMPERATURE_RANGE`, and return it; the predicted classes do not change. When the head
         classifies every one of `features` correctly, the log-likelihood only grows as the temperature falls to 0
         and names no temperature: the current one is kept, with a warning."""
         from scipy.optimize import minimize_scalar
@@ -94,7 +98,9 @@ class PrototypeHead(FeatureHeadMixin, ModelMixin, ConfigMixin):
         def negative_log_likelihood(log_inverse_temperature: float) -> float:
             return float(F.cross_entropy(similarities * math.exp(log_inverse_temperature), targets))
 
-        best = minimize_scalar(negative_log_likelihood, bounds=(math.log(1e-2), math.log(1e3)), method="bounded")
+        lowest, highest = TEMPERATURE_RANGE
+        bounds = (-math.log(highest), -math.log(lowest))  # of the inverse temperature's log
+        best = minimize_scalar(negative_log_likelihood, bounds=bounds, method="bounded")
         temperature = float(math.exp(-best.x))
         self.register_to_config(temperature=temperature)
         return temperature
