@@ -677,3 +677,21 @@ def test_denoising_on_a_class_conditional_unet():
     result = denoising_error_scores(tiny_unet(), torch.rand(2, 1, 8, 8) * 2 - 1, 3, num_timesteps=4, max_batch_size=5)
     assert result.scores.shape == (2, 3) and torch.isfinite(result.scores).all()
     assert result.nfe_per_image.tolist() == [12, 12]
+
+
+def test_a_half_precision_model_gets_its_timesteps_unrounded():
+    """Review: the continuous time's model timestep k = N t - 1 was cast to the model's dtype: in bfloat16 998.7 became
+    1000, outside the trained 0..999, and 150.3 became 150. It is passed in float32."""
+    from diffusion_classifiers.likelihood.vp_sde import VPSDE, as_eps_model
+    from diffusion_classifiers.models import unet_config
+
+    torch.manual_seed(0)
+    model = UNet2DModel(**unet_config("tiny", 8, num_class_embeds=2)).eval()
+    seen = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(args[1]), with_kwargs=True)
+    eps_fn = as_eps_model(model.to(torch.bfloat16))
+    t = torch.tensor([0.9987, 0.1513])
+    with torch.no_grad():
+        out = eps_fn(torch.zeros(2, 1, 8, 8), t, torch.tensor([0, 1]))
+    assert out.dtype == torch.float32 and seen[0].dtype == torch.float32
+    assert torch.allclose(seen[0], VPSDE().discrete_timestep(t))

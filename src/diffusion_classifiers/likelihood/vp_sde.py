@@ -102,8 +102,8 @@ def as_eps_model(model, sde: Optional[VPSDE] = None) -> EpsFn:
     The epsilon-predictor `eps_fn(x_t, t, class_labels) -> eps` with continuous `t` (`[B]`) that the scorers call.
 
     - A diffusers model (`UNet2DModel(num_class_embeds=K)`, or any `ModelMixin` taking `class_labels`) is called as
-      `model(x_t, sde.discrete_timestep(t), class_labels=labels).sample` in its own dtype; the result comes back in
-      the dtype of `x_t`. It must have a class embedding, and must not mix samples in a batch (eval mode).
+      `model(x_t, sde.discrete_timestep(t), class_labels=labels).sample` in its own dtype (the timesteps in float32);
+      the result comes back in the dtype of `x_t`. It must have a class embedding, and must not mix samples in a batch (eval mode).
     - Any other callable is returned unchanged: it must already take continuous `t`.
     """
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
@@ -119,7 +119,9 @@ def as_eps_model(model, sde: Optional[VPSDE] = None) -> EpsFn:
     dtype = next(model.parameters()).dtype
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
-        out = model(x.to(dtype), sde.discrete_timestep(t).to(dtype), class_labels=class_labels)
+        # the timesteps stay float32: in bfloat16 998.7 rounds to 1000, outside the trained 0..999 (diffusers' time
+        # projection casts its embedding to the model's dtype itself)
+        out = model(x.to(dtype), sde.discrete_timestep(t).float(), class_labels=class_labels)
         return getattr(out, "sample", out).to(x.dtype)
 
     return eps_fn
