@@ -9,7 +9,7 @@ Two scorers share one VP-SDE and one model interface:
 - [`denoising_error_scores`]: the weighted denoising error (the diffusion term of the ELBO), with the same noise
   and timesteps for every class, adaptive class pruning (Li et al. 2023) and a sequential early stop that drops
   each class once a paired test settles it below the leader (for two classes: the sign of the log-likelihood
-  ratio); [`replay_stopping_rule`] replays such rules on an exhaustive run, to choose one on validation images,
+  ratio, plus the log prior ratio when given); [`replay_stopping_rule`] replays such rules on an exhaustive run, to choose one on validation images,
   and [`rank_timestep_strata`] orders the timesteps by how well each one alone separates the classes there.
 
 Modules: `vp_sde` (the SDE, the model interface, bits per dimension), `scorer_inputs` (what both scorers share:

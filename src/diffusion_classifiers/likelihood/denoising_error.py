@@ -223,34 +223,41 @@ def _weight(sde: VPSDE, t: torch.Tensor, weighting: str, spacing: str = "even") 
     return (1 - sde.t_min) * sde.beta(t) / (2 * sde.sigma(t) ** 2)
 
 
-def _settled_worse(differences: torch.Tensor, confidence: float) -> torch.Tensor:
-    """`[N, K]`: the paired t-statistic `mean(d) / (std(d) / sqrt(n))` of the error differences `d = e_k - e_leader`
-    `[N, K, n]` exceeds Student's t quantile `t_{n-1}(confidence)` (False where any `d` is NaN)."""
+def _settled_worse(differences: torch.Tensor, prior_gaps: torch.Tensor, confidence: float) -> torch.Tensor:
+    """`[N, K]`: the leader's margin over class `k` in the decision, `mean(d) - prior_gaps`, is settled positive: the
+    paired t-statistic `(mean(d) - prior_gaps) / (std(d) / sqrt(n))` of the error differences `d = e_k - e_leader`
+    `[N, K, n]` exceeds Student's t quantile `t_{n-1}(confidence)` (False where any `d` is NaN). `prior_gaps` `[N, K]`
+    is `log prior(k) - log prior(leader)` (zeros: uniform): `mean(d)` is the leader's score minus class `k`'s."""
     n = differences.shape[2]
     if n < MIN_TIMESTEPS_TO_SETTLE:
         return torch.zeros(differences.shape[:2], dtype=torch.bool)
-    z = differences.mean(2) / (differences.std(2) / math.sqrt(n))
+    z = (differences.mean(2) - prior_gaps) / (differences.std(2) / math.sqrt(n))
     return z > stats.t.ppf(confidence, n - 1)
 
 
-def _eliminate(errors, scores, alive, active, confidence):
-    """One look of the early stop: every class alive whose errors are settled above the leader's is eliminated; an
-    image whose rivals are all settled stops, keeping the classes of this last look alive (all evaluated on the
-    same timesteps, so their scores stay comparable: with 2 classes, the log-likelihood ratio)."""
-    leader = scores.masked_fill(~alive, -math.inf).argmax(1)
+def _eliminate(errors, decided, log_prior, alive, active, confidence):
+    """One look of the early stop: the leader is the class alive with the best `decided` score (score + log prior),
+    and every class alive that the leader's margin in it is settled over is eliminated; an image whose rivals are all
+    settled stops, keeping the classes of this last look alive (all evaluated on the same timesteps, so their scores
+    stay comparable: with 2 classes, the log-likelihood ratio)."""
+    rows = torch.arange(len(alive))
+    leader = decided.masked_fill(~alive, -math.inf).argmax(1)
     rivals = alive.clone()
-    rivals[torch.arange(len(alive)), leader] = False
-    differences = errors - errors[torch.arange(len(errors)), leader][:, None]
-    settled = _settled_worse(differences, confidence) & rivals & active[:, None]
+    rivals[rows, leader] = False
+    differences = errors - errors[rows, leader][:, None]
+    prior_gaps = log_prior[None, :] - log_prior[leader][:, None]
+    settled = _settled_worse(differences, prior_gaps, confidence) & rivals & active[:, None]
     stops = active & (settled == rivals).all(1)
     return alive & ~(settled & ~stops[:, None]), active & ~stops
 
 
-def _run_stages(fill, errors, stages, early_stop_confidence):
+def _run_stages(fill, errors, stages, early_stop_confidence, log_prior=None):
     """Evaluate the stages on `errors` `[N, K, T]` (NaN = not evaluated) by `fill(rows)` for rows `(image, timestep
-    position, class)`; returns the classes alive `[N, K]` and the mean score so far of every class `[N, K]`."""
+    position, class)`, ranking and settling classes by score + `log_prior` `[K]` (None: uniform); returns the classes
+    alive `[N, K]` and the mean score so far of every class `[N, K]`."""
     alive = torch.ones(errors.shape[:2], dtype=torch.bool)
     active = torch.ones(len(errors), dtype=torch.bool)
+    prior = torch.zeros(errors.shape[1], dtype=errors.dtype) if log_prior is None else log_prior
     done = 0
     for count, keep in stages:
         todo = torch.zeros(errors.shape[0], errors.shape[2], errors.shape[1], dtype=torch.bool)
@@ -258,11 +265,22 @@ def _run_stages(fill, errors, stages, early_stop_confidence):
         fill(todo.nonzero())
         done += count
         partial_scores = -errors.nanmean(2)
-        rank = partial_scores.masked_fill(~alive, -math.inf).argsort(1, descending=True).argsort(1)
+        decided = partial_scores if log_prior is None else partial_scores + log_prior
+        rank = decided.masked_fill(~alive, -math.inf).argsort(1, descending=True).argsort(1)
         alive &= (rank < keep) | ~active[:, None]  # stopped images keep the classes they stopped with
         if early_stop_confidence is not None:
-            alive, active = _eliminate(errors[:, :, :done], partial_scores, alive, active, early_stop_confidence)
+            alive, active = _eliminate(errors[:, :, :done], decided, prior, alive, active, early_stop_confidence)
     return alive, partial_scores
+
+
+def _checked_log_prior(log_prior, num_classes: int) -> Optional[torch.Tensor]:
+    if log_prior is None:
+        return None
+    log_prior = torch.as_tensor(log_prior, dtype=torch.float64).cpu()
+    if log_prior.shape != (num_classes,) or not torch.isfinite(log_prior).all():
+        raise ValueError(f"log_prior: expected {num_classes} finite values (one per class; a class of prior 0 cannot "
+                         f"be ranked), got {log_prior.tolist()}")
+    return None if bool((log_prior == log_prior[0]).all()) else log_prior  # uniform: rank exactly as without
 
 
 def _result(errors, timesteps, strata, alive, partial_scores) -> "DenoisingScoreResult":
@@ -287,6 +305,7 @@ def denoising_error_scores(
     max_batch_size: int = 256,
     sde: Optional[VPSDE] = None,
     progress_bar: Optional[dict] = None,
+    log_prior: Optional[torch.Tensor] = None,
 ) -> DenoisingScoreResult:
     r"""
     Class scores from the weighted denoising error `E_{t, eps} [w(t) ||eps - eps_theta(x_t, t, c)||^2]`,
@@ -319,17 +338,20 @@ def denoising_error_scores(
 
     - exhaustive (default): every class at every timestep; `NFE = K T`.
     - `pruning=[(T_1, k_1), (T_2, k_2), ...]` (`sum T_s = T`, `K >= k_1 >= k_2 >= ...`): stage `s` evaluates `T_s`
-      new timesteps for the classes still alive, then keeps the `k_s` classes with the best mean score so far
-      (Li et al. 2023); the others score `-inf` (their `partial_scores` stay). `NFE = sum_s T_s k_{s-1}`, `k_0 = K`.
+      new timesteps for the classes still alive, then keeps the `k_s` classes with the best mean score so far plus
+      `log_prior` (Li et al. 2023); the others score `-inf` (their `partial_scores` stay). `NFE = sum_s T_s k_{s-1}`,
+      `k_0 = K`.
     - `early_stop_confidence=q` (any number of classes; after the `pruning` stages if given, whose timesteps then
       sum to at most `T`): the remaining timesteps come in chunks of `timesteps_per_check`; after every stage, each
-      class alive is compared with the image's leader (the best mean score) by the paired t-test of its error
-      differences `d_p = e_kp - e_leader,p` over the timesteps evaluated, and eliminated (score `-inf`) once its
-      errors are settled higher (`t > t_{n-1}(q)`, a one-sided level `1 - q` per look, no multiplicity
-      correction). An image stops when every rival is settled (the classes of that last look keep their scores,
-      so with 2 classes the log-likelihood ratio stays finite) or when `T` timesteps are used. With 2 classes this
-      is the sequential test of the sign of the log-likelihood ratio; with more, successive elimination. `NFE` =
-      the evaluations made; choose `q` and the stages on validation images with [`replay_stopping_rule`].
+      class `k` alive is compared with the image's leader (the best mean score plus `log_prior`: the decision's) by
+      the paired t-test of its error differences `d_p = e_kp - e_leader,p` over the `n` timesteps evaluated, and
+      eliminated (score `-inf`) once the leader's margin in the decision, `mean(d) - (log_prior_k - log_prior_leader)`,
+      is settled positive (`t = (mean(d) - (log_prior_k - log_prior_leader)) / (std(d) / sqrt(n)) > t_{n-1}(q)`, a
+      one-sided level `1 - q` per look, no multiplicity correction). An image stops when every rival is settled (the
+      classes of that last look keep their scores, so with 2 classes the log-likelihood ratio stays finite) or when
+      `T` timesteps are used. With 2 classes this is the sequential test of the sign of the log posterior odds (the
+      log-likelihood ratio plus the log prior ratio); with more, successive elimination. `NFE` = the evaluations
+      made; choose `q` and the stages on validation images with [`replay_stopping_rule`].
 
     With `timestep_strata`, `T` above is the number of strata evaluated (`len(timestep_strata)`).
 
@@ -347,6 +369,9 @@ def denoising_error_scores(
         sde: the [`VPSDE`] (default: `DDPMScheduler`'s default schedule).
         progress_bar: `tqdm` arguments for the bar over network function evaluations, advanced at every model
             call (its total is the NFE without early stop); `{"disable": True}` hides it.
+        log_prior: `[K]` finite log prior probabilities of the classes (up to a constant), for a decision
+            `argmax(score + log_prior)`: pruning and the early stop then rank and settle classes by it (else they
+            keep a class the decision would not take). Default `None`: uniform. The scores never include it.
 
     Returns:
         [`DenoisingScoreResult`].
@@ -363,6 +388,7 @@ def denoising_error_scores(
         raise ValueError(f"expected num_timesteps >= 1, got {num_timesteps}")
     strata, draw_keys = _strata_and_draw_keys(num_timesteps, timestep_strata)
     stages = _stages(len(strata), len(class_ids), pruning, early_stop_confidence, timesteps_per_check)
+    log_prior = _checked_log_prior(log_prior, len(class_ids))
     streams = image_seeds(seed, len(images))
     timesteps = _denoising_timesteps(streams, num_timesteps, strata, draw_keys, timestep_spacing, sde)
     errors = torch.full((len(images), len(class_ids), len(strata)), math.nan, dtype=torch.float64)
@@ -373,7 +399,7 @@ def denoising_error_scores(
             _fill_errors(eps_fn, sde, images, class_ids, timesteps, draw_keys, streams, errors, rows, weighting,
                          timestep_spacing, max_batch_size, bar)
 
-        alive, partial_scores = _run_stages(fill, errors, stages, early_stop_confidence)
+        alive, partial_scores = _run_stages(fill, errors, stages, early_stop_confidence, log_prior)
         bar.total = bar.n  # fewer than planned after an early stop
     return _result(errors, timesteps, strata, alive, partial_scores)
 
@@ -384,31 +410,34 @@ def replay_stopping_rule(
     early_stop_confidence: Optional[float] = None,
     timesteps_per_check: int = 10,
     timestep_strata: Optional[Sequence[int]] = None,
+    log_prior: Optional[torch.Tensor] = None,
 ) -> DenoisingScoreResult:
     """
     What [`denoising_error_scores`] returns with a stopping rule (`pruning`, `early_stop_confidence`,
-    `timesteps_per_check`, `timestep_strata`), computed without a network call from an exhaustive run with the same
-    images, classes, `num_timesteps`, spacing, weighting and seed: a rule draws the same timesteps and noise, so its
-    errors are a subset of the exhaustive ones. Use it to choose a rule on validation images: one exhaustive run,
-    then any number of rules replayed in milliseconds.
+    `timesteps_per_check`, `timestep_strata`, `log_prior`), computed without a network call from an exhaustive run
+    with the same images, classes, `num_timesteps`, spacing, weighting and seed: a rule draws the same timesteps and
+    noise, so its errors are a subset of the exhaustive ones. Use it to choose a rule on validation images: one
+    exhaustive run, then any number of rules replayed in milliseconds.
 
     Args:
         exhaustive: a [`DenoisingScoreResult`] with every error evaluated (no stopping rule).
-        pruning, early_stop_confidence, timesteps_per_check, timestep_strata: as in [`denoising_error_scores`]
-            (`timestep_strata` among the strata of `exhaustive`; default its columns, in its order).
+        pruning, early_stop_confidence, timesteps_per_check, timestep_strata, log_prior: as in
+            [`denoising_error_scores`] (`timestep_strata` among the strata of `exhaustive`; default its columns, in
+            its order; `log_prior` the priors the decision will use).
     """
     _check_exhaustive(exhaustive)
     columns = _columns_of_strata(exhaustive, timestep_strata)
     source, timesteps = exhaustive.errors[:, :, columns], exhaustive.timesteps[:, columns]
     num_images, num_classes, num_timesteps = source.shape
     stages = _stages(num_timesteps, num_classes, pruning, early_stop_confidence, timesteps_per_check)
+    log_prior = _checked_log_prior(log_prior, num_classes)
     errors = torch.full_like(source, math.nan)
 
     def fill(rows):
         i, p, k = rows.unbind(1)
         errors[i, k, p] = source[i, k, p]
 
-    alive, partial_scores = _run_stages(fill, errors, stages, early_stop_confidence)
+    alive, partial_scores = _run_stages(fill, errors, stages, early_stop_confidence, log_prior)
     return _result(errors, timesteps, exhaustive.strata[columns], alive, partial_scores)
 
 

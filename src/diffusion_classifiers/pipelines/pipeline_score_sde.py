@@ -52,7 +52,10 @@ class ScoreSDEClassifierOutput(ClassifierPipelineOutput):
         log_odds: `[N, K]` float64, `log p(c | x) - log(1 - p(c | x))` for each class (binary: the log-likelihood
             ratio plus the priors' log-ratio): the ranking score of one-vs-rest ROC curves and AUCs. `probs` round to
             exactly 0 or 1 where classes differ by more than about 100 nats, common for density models, and such
-            images would tie; their log-odds do not. `evaluate_classifier` ranks by them.
+            images would tie; their log-odds do not. `evaluate_classifier` ranks by them. Binary with a class
+            pruned (scored `-inf`): `labels` and `probs` (1 for the class chosen) follow the sign of these
+            log-odds, over the timesteps both classes got, so they never contradict them; pruning keeps the class
+            they favour anyway (it ranks by bound + log prior), up to round-off at a tie.
         log_likelihood_ratio_stderr: `[N]` for binary tasks with `method="elbo"`, or `method="likelihood"` with
             `num_probes >= 2` (`None` otherwise): the Monte-Carlo standard error of `log_likelihood_ratio`, how far
             other noise draws or probes (another `seed`) would move it
@@ -208,7 +211,8 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
                 [`denoising_error_scores`]) or `"likelihood"` (exact probability-flow ODE,
                 [`probability_flow_log_likelihood`]).
             priors (`Sequence[float]`, *optional*): `K` class probabilities (non-negative, summing to 1); default
-                uniform. Pruning and the early stop rank classes by the bound alone; the prior is added after.
+                uniform. Pruning and the early stop rank and settle classes by bound + log prior, the decision's
+                (so they take positive priors only).
             num_timesteps, timestep_spacing, weighting, pruning, early_stop_confidence, timesteps_per_check,
                 timestep_strata: the ELBO estimator (`method="elbo"`), passed to [`denoising_error_scores`]; a
                 stopping rule and the timesteps to evaluate are best chosen on labeled validation images with
@@ -265,7 +269,8 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         if seed_by not in SEED_BY:
             raise ValueError(f"expected seed_by in {SEED_BY}, got {seed_by!r}")
         log_prior = self.check_priors(priors)
-        if method == "elbo" and (pruning or early_stop_confidence is not None):
+        stopping_rule = method == "elbo" and (bool(pruning) or early_stop_confidence is not None)
+        if stopping_rule:
             _check_no_zero_prior(log_prior, self.class_names)
         self.check_call_settings(locals())
         num_scored = num_timesteps if timestep_strata is None else len(timestep_strata)
@@ -289,6 +294,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
                 weighting=weighting, pruning=pruning, early_stop_confidence=early_stop_confidence,
                 timesteps_per_check=timesteps_per_check, timestep_strata=timestep_strata, seed=seed,
                 max_batch_size=batch_size, sde=self.sde, progress_bar=self.progress_bar_config,
+                log_prior=log_prior if stopping_rule else None,  # it steers the stopping rule only
             )
             log_likelihoods, before_pruning, bits_per_dim = result.scores, result.shared_scores(), None
             if early_stop_confidence is not None and not pruning:
@@ -333,17 +339,22 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
     def posterior(self, log_likelihoods: torch.Tensor, log_prior: Optional[torch.Tensor],
                   before_pruning: Optional[torch.Tensor] = None) -> dict:
         """Bayes' rule: the base output of `log_likelihoods + log_prior`, with the log-likelihoods and (K = 2) the
-        ratio `log p(x | positive) - log p(x | negative)`."""
+        ratio `log p(x | positive) - log p(x | negative)` over `before_pruning` (the scores over the timesteps both
+        classes got) and the log-odds it gives with the prior. K = 2 with a class pruned (`-inf`): the label and
+        probs (0 / 1) follow the sign of those log-odds, so the two never contradict each other."""
         logits = log_likelihoods if log_prior is None else log_likelihoods + log_prior
         logits = logits - logits.max(1, keepdim=True).values  # in float64: build_output's softmax runs in float32
-        base = self.build_output(logits, self.class_names)
         if len(self.class_names) != 2:
+            base = self.build_output(logits, self.class_names)
             return dict(base, log_likelihoods=log_likelihoods, log_likelihood_ratio=None, log_odds=_log_odds(logits))
         both = log_likelihoods if before_pruning is None else before_pruning
         positive = self.positive_index()
         ratio = both[:, positive] - both[:, 1 - positive]
         positive_odds = ratio if log_prior is None else ratio + (log_prior[positive] - log_prior[1 - positive])
         odds = torch.stack([-positive_odds, positive_odds] if positive == 1 else [positive_odds, -positive_odds], 1)
+        if before_pruning is not None:
+            logits = _decided_by_odds(logits, odds, torch.isinf(log_likelihoods).any(1))
+        base = self.build_output(logits, self.class_names)
         return dict(base, log_likelihoods=log_likelihoods, log_likelihood_ratio=ratio, log_odds=odds)
 
 
@@ -358,6 +369,14 @@ def _warn_if_none_stopped(nfe_per_image: torch.Tensor, budget: int, confidence: 
             UserWarning,
             stacklevel=4,  # the caller of the pipeline (its __call__ runs under torch.no_grad)
         )
+
+
+def _decided_by_odds(logits: torch.Tensor, odds: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+    """Binary `logits` whose `dropped` rows (a class pruned) become `0` for the class of positive `odds` and `-inf`
+    for the other (both `0` at a tie): the pruned run's one-hot decision, taken from the log-odds it reports so that
+    round-off cannot make them disagree."""
+    chosen = torch.where(odds >= 0, torch.zeros_like(odds), torch.full_like(odds, -math.inf))
+    return torch.where(dropped[:, None], chosen, logits)
 
 
 def _log_odds(logits: torch.Tensor) -> torch.Tensor:
@@ -390,12 +409,11 @@ def _is_default(value: Any, default: Any) -> bool:
 
 
 def _check_no_zero_prior(log_prior: Optional[torch.Tensor], class_names: List[str]) -> None:
-    """Pruning and the early stop rank classes by their bound alone: they could keep only classes of prior 0, whose
-    posterior is then 0 / 0."""
+    """Pruning and the early stop rank classes by bound + log prior, which a prior of 0 leaves undefined (`-inf`)."""
     if log_prior is None or not bool(torch.isinf(log_prior).any()):
         return
     zero = [name for name, value in zip(class_names, log_prior.tolist()) if math.isinf(value)]
     raise ValueError(
         f"priors: classes {zero} have prior 0, which pruning and the early stop cannot use (they rank classes by "
-        "the bound alone and could keep only those); give every class a positive prior, or score without pruning"
+        "bound + log prior, -inf for those); give every class a positive prior, or score without pruning"
     )
