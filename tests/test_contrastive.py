@@ -442,3 +442,37 @@ def test_the_baseline_script_feeds_a_dinov2_encoder_what_rc_dit_train_feeds_it(t
     torch.testing.assert_close(baseline[8:], rc_dit, rtol=0, atol=0)
     assert rc_dit.mean(dim=(0, 2, 3)).max() < 0.5 and rc_dit.min() < -1.5  # ImageNet-normalised, not [-1, 1]
     assert (tmp_path / "simclr" / "preprocessor_config.json").is_file()  # the encoder is saved with its processor
+
+
+def test_dino_teacher_follows_the_optimizer_steps_at_epoch_ends_and_across_a_resume(digits, tmp_path):
+    # 3 batches per epoch, accumulation 2: accelerate also steps at each epoch's last batch, which counting the loss's
+    # calls missed (4 teacher updates in 6 steps); and a resume restarted that count
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    optimizer_steps, seen = [0], []
+
+    def run(output_dir, steps, **resume):
+        model = DINOModel(tiny_encoder(), out_dim=16, hidden_dim=16, bottleneck_dim=8)
+        loss = DINOLoss(build_augmentation(SIZE, 1), total_steps=6, update_every=2, teacher_momentum=0.9)
+
+        def recorded_loss(prepared, batch):  # the teacher updates before each batch, with the optimizer steps taken
+            value = loss(prepared, batch)
+            seen.append((int(model.teacher_updates), optimizer_steps[0]))
+            return value
+
+        optimizer_steps[0] = 3 if resume else 0
+        settings = dict(train_batch_size=16, gradient_accumulation_steps=2, lr_scheduler="constant")
+        args = args_for(output_dir, steps, checkpointing_steps=3, **settings, **resume)
+        return train(args, model, TensorDataset(digits[:56]), recorded_loss)
+
+    handle = register_optimizer_step_post_hook(lambda *_: optimizer_steps.__setitem__(0, optimizer_steps[0] + 1))
+    try:
+        straight, _, summary = run(tmp_path / "straight", 6)
+        run(tmp_path / "resumed", 3)
+        resumed = run(tmp_path / "resumed", 6, resume_from_checkpoint="latest")[0]
+    finally:
+        handle.remove()
+    assert summary.global_step == 6 and int(straight.teacher_updates) == int(resumed.teacher_updates) == 5
+    assert len(seen) == 9 + 5 + 4 and all(updates == steps for updates, steps in seen)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name

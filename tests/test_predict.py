@@ -319,8 +319,9 @@ def test_a_second_prediction_into_an_output_in_use_is_refused_and_a_stale_lock_t
     args = ["predict", "--input", str(tmp_path / "images"), "--output", str(output), "--model_dir", str(models / "unet")]
     lock = tmp_path / "out" / "predictions.csv.lock"
     lock.parent.mkdir()
-    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "2026-12-04T00:00:00"}))
-    in_use = rf"--output {output} is in use by another prediction \(pid {os.getpid()} on host {socket.gethostname()}"
+    # another live process (this one's own pid, not holding the lock, would be a stale lock of an earlier process)
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started": "2026-12-04T00:00:00"}))
+    in_use = rf"--output {output} is in use by another prediction \(pid {os.getppid()} on host {socket.gethostname()}"
     with pytest.raises(RunInUseError, match=in_use):
         main(args)
     assert sorted(path.name for path in lock.parent.iterdir()) == [lock.name]  # nothing written, the lock kept
@@ -330,7 +331,7 @@ def test_a_second_prediction_into_an_output_in_use_is_refused_and_a_stale_lock_t
     assert "Taking over the lock" in caplog.text and len(read_rows(output)) == 2 and not lock.exists()
     # two outputs given one --errors file would each rewrite it without the other's rows: its lock refuses the second
     shared = tmp_path / "out" / "errors.csv"
-    (tmp_path / "out" / "errors.csv.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    (tmp_path / "out" / "errors.csv.lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
     with pytest.raises(RunInUseError, match=rf"--errors {shared} is in use by another prediction"):
         main(args[:4] + [str(tmp_path / "out" / "other.csv"), *args[5:], "--errors", str(shared)])
     assert not (tmp_path / "out" / "other.csv.lock").exists() and not (tmp_path / "out" / "other.csv").exists()

@@ -308,3 +308,31 @@ def test_fp16_on_a_cpu_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="--mixed_precision fp16 needs a GPU"):
         train_ddpm_unet(args, tiny_images(4), preset="tiny")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_lock_left_by_an_earlier_process_with_this_pid_is_taken_over(tmp_path, caplog):
+    """A container restarted in its pod has the same hostname and often the same pid (1): its earlier lock names this
+    very process, alive, and refused the restarted run. A lock this process holds is still refused."""
+    import os
+
+    from diffusion_classifiers.run_lock import RunInUseError, RunLock
+
+    path = tmp_path / "run.lock"
+    path.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "2024-01-01T00:00:00"}))
+    lock = RunLock(str(path), "x", "--x", "run")
+    lock.acquire()
+    assert "Taking over the lock of x" in caplog.text and json.loads(path.read_text()) == lock.owner
+    with pytest.raises(RunInUseError, match=rf"x is in use by another run \(pid {os.getpid()} on host"):
+        RunLock(str(path), "x", "--x", "run").acquire()  # a second lock of this process: the first holds it
+    lock.release()
+    assert not path.exists()
+    # a live process of this host whose start is not the recorded one: the owner's pid, reused
+    parent = {"pid": os.getppid(), "host": socket.gethostname()}
+    path.write_text(json.dumps(parent))
+    with pytest.raises(RunInUseError, match=rf"pid {os.getppid()} on host"):
+        lock.acquire()
+    if lock.owner is None and os.path.exists(f"/proc/{os.getppid()}/stat"):
+        path.write_text(json.dumps({**parent, "pid_start": 0}))  # no process of this host started at boot's tick 0
+        lock.acquire()
+        lock.release()
+        assert not path.exists()

@@ -1,5 +1,7 @@
 """One run at a time on the files a run writes: a lock file, JSON with the owner's pid, host and start time, created
-atomically. A second run fails at once, naming the owner; a lock left by a dead process on this host is taken over.
+atomically. A second run fails at once, naming the owner; a lock left by a process of this host that is gone is taken
+over: its pid is free, or is this process's (a container restarted in its pod: same hostname, same pids) while this
+process holds no such lock, or (on Linux) is a process started at another time than the owner.
 Training locks its `--output_dir` (`training.output_dir.OutputDirLock`), `predict` its `--output`, the commands
 writing a report theirs (`output_dir_lock`).
 
@@ -20,6 +22,9 @@ COMMAND_LOCK_NAME = ".run.lock"
 
 logger = logging.getLogger(__name__)
 
+# The lock files this process holds (real paths): one with this process's pid that is not here is an earlier process's
+_held_here: set[str] = set()
+
 
 class RunInUseError(RuntimeError):
     """Another run holds the lock."""
@@ -33,6 +38,15 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # alive, another user's
         return True
     return True
+
+
+def _process_start(pid: int) -> Optional[int]:
+    """When process `pid` started, in clock ticks since boot (Linux's /proc); None where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])  # field 22; the name before ")" may hold spaces
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class RunLock:
@@ -60,6 +74,7 @@ class RunLock:
         self._created_dir = not os.path.isdir(folder)
         os.makedirs(folder, exist_ok=True)
         owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now(timezone.utc).isoformat()}
+        owner["pid_start"] = _process_start(os.getpid())  # tells a reused pid from the owner's; null off Linux
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
@@ -74,9 +89,10 @@ class RunLock:
         with os.fdopen(fd, "w") as f:
             json.dump(owner, f)
         self.owner = owner
+        _held_here.add(os.path.realpath(self.path))
 
     def _remove_if_stale(self) -> None:
-        """Remove the lock of a process of this host that is gone; refuse any other."""
+        """Remove the lock of a process of this host that is gone (`_owner_gone`); refuse any other."""
         try:
             with open(self.path) as f:
                 holder = json.load(f)
@@ -85,7 +101,7 @@ class RunLock:
             raise self.error(
                 f"{self.locked} has an unreadable lock {self.path} ({error}); delete it if no {self.kind} uses it"
             ) from error
-        if host == socket.gethostname() and not _pid_alive(pid):
+        if host == socket.gethostname() and self._owner_gone(pid, holder.get("pid_start")):
             logger.warning(f"Taking over the lock of {self.locked}: its owner (pid {pid} on {host}) is gone")
             self._remove_stale(holder)
             return
@@ -94,6 +110,14 @@ class RunLock:
             f"{holder.get('started', '?')}); wait for it, choose another {self.flag}, or delete {self.path} if that "
             f"{self.kind} is gone"
         )
+
+    def _owner_gone(self, pid: int, pid_start: Optional[int]) -> bool:
+        """Whether the process of this host that wrote the lock has ended (see the module's docstring)."""
+        if pid == os.getpid():
+            return os.path.realpath(self.path) not in _held_here
+        if not _pid_alive(pid):
+            return True
+        return pid_start is not None and _process_start(pid) not in (None, pid_start)
 
     def _remove_stale(self, holder: dict) -> None:
         """Remove the lock file, if it still is `holder`'s: it is moved aside in one step and read there, so a run
@@ -127,6 +151,7 @@ class RunLock:
         if mine:
             os.remove(self.path)
         self.owner = None
+        _held_here.discard(os.path.realpath(self.path))
         folder = os.path.dirname(self.path) or "."
         if self._created_dir and not os.listdir(folder):
             os.rmdir(folder)

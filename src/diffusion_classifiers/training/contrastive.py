@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from accelerate import PartialState
+from accelerate.state import GradientState
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -269,14 +270,15 @@ class DINOLoss:
     """DINO's self-distillation loss for a `DINOModel` under `training.train`: batches are `(images,)` or
     `(images, labels)` (labels ignored), images in [-1, 1].
 
-    Each call: (1) every `update_every` calls after the first (set it to `gradient_accumulation_steps`, so once per
-    optimizer step) the teacher takes a momentum step towards the student, momentum following
-    `cosine_teacher_momentum(model.teacher_updates, total_steps, teacher_momentum)`; (2) two global views (and
-    `num_local_views` local ones) are drawn; (3) the loss is the mean over view pairs (teacher view a, student
-    view b, a != b) of the cross-entropy between softmax((teacher - center) / teacher_temperature) and
-    softmax(student / student_temperature); (4) the center moves towards the teacher's batch mean
-    (`center_momentum`). The teacher temperature rises linearly from `warmup_teacher_temperature` over
-    `warmup_teacher_temperature_steps` teacher updates.
+    Each call: (1) at the first batch after each optimizer step the teacher takes a momentum step towards the
+    student, momentum following `cosine_teacher_momentum(model.teacher_updates, total_steps, teacher_momentum)`. Under
+    `training.train` the optimizer steps are accelerate's (`sync_gradients`: every `gradient_accumulation_steps`
+    batches and at each epoch's last batch); given a model accelerate did not prepare, every `update_every` calls
+    (set it to the accumulation steps); (2) two global views (and `num_local_views` local ones) are drawn; (3) the
+    loss is the mean over view pairs (teacher view a, student view b, a != b) of the cross-entropy between
+    softmax((teacher - center) / teacher_temperature) and softmax(student / student_temperature); (4) the center moves
+    towards the teacher's batch mean (`center_momentum`). The teacher temperature rises linearly from
+    `warmup_teacher_temperature` over `warmup_teacher_temperature_steps` teacher updates.
     """
 
     def __init__(
@@ -318,6 +320,9 @@ class DINOLoss:
         self.total_steps = total_steps
         self.update_every = update_every
         self.calls = 0
+        # whether the optimizer stepped after the last training call; True at the start, for a run resumed from a
+        # checkpoint (always taken at an optimizer step); a fresh run's first batch waits for `center_initialized`
+        self.optimizer_stepped = True
 
     def teacher_temperature_at(self, step: int) -> float:
         if step >= self.warmup_teacher_temperature_steps:
@@ -325,21 +330,23 @@ class DINOLoss:
         fraction = step / self.warmup_teacher_temperature_steps
         return self.warmup_teacher_temperature + fraction * (self.teacher_temperature - self.warmup_teacher_temperature)
 
-    def maybe_update_teacher(self, dino: DINOModel) -> None:
-        """The momentum step of the teacher, once per optimizer step (see the class docstring)."""
-        # at the first batch of every optimizer step but the run's first: `center_initialized` (saved in checkpoints
-        # with the weights, unlike `calls`) is set by the first batch, so a run resumed from a checkpoint updates the
-        # teacher at its first batch as the uninterrupted run does
-        if dino.training and self.calls % self.update_every == 0 and dino.center_initialized:
+    def maybe_update_teacher(self, dino: DINOModel, prepared: bool = False) -> None:
+        """The momentum step of the teacher, once per optimizer step (see the class docstring); `prepared`: the model
+        is accelerate's, trained in its loop."""
+        if not dino.training:
+            return
+        if self.optimizer_stepped and dino.center_initialized:
             step = int(dino.teacher_updates)
             dino.update_teacher(cosine_teacher_momentum(step, self.total_steps, self.teacher_momentum))
-        self.calls += int(dino.training)
+        self.calls += 1
+        # accelerate's `accumulate` sets `sync_gradients` for the batch as it is entered, before the loss is called
+        self.optimizer_stepped = GradientState().sync_gradients if prepared else self.calls % self.update_every == 0
 
     def __call__(self, model: nn.Module, batch: tuple) -> torch.Tensor:
         dino = _unwrap(model)
         if not isinstance(dino, DINOModel):
             raise TypeError(f"expected a DINOModel for DINOLoss, got {type(dino).__name__}")
-        self.maybe_update_teacher(dino)
+        self.maybe_update_teacher(dino, prepared=getattr(model, "_is_accelerate_prepared", False))
         images = batch[0]
         global_views = torch.cat([self.augmentation(images), self.augmentation(images)])
         views = [global_views] + [self.local_augmentation(images) for _ in range(self.num_local_views)]
