@@ -288,7 +288,8 @@ def test_a_run_stopped_as_its_checkpoint_appears_keeps_its_loss_history(tmp_path
 
 
 def test_resuming_with_ema_needs_the_ema_files(tmp_path):
-    tiny_run(tmp_path)
+    tiny_run(tmp_path, use_ema=True)  # a run without EMA resumed with it is refused as --use_ema False -> True
+    (tmp_path / "checkpoint-2" / "ema.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="has no 'ema.safetensors'"):
         tiny_run(tmp_path, use_ema=True, max_train_steps=4, resume_from_checkpoint="latest")
 
@@ -330,8 +331,8 @@ def write_lock(output_dir, pid, host=None):
 
 
 def test_a_folder_in_use_is_refused_at_once(tmp_path):
-    owner = write_lock(tmp_path, os.getpid())  # a live process on this host
-    in_use = rf"{tmp_path} is in use by another training run \(pid {os.getpid()} on host {socket.gethostname()}"
+    owner = write_lock(tmp_path, os.getppid())  # another live process on this host
+    in_use = rf"{tmp_path} is in use by another training run \(pid {os.getppid()} on host {socket.gethostname()}"
     with pytest.raises(OutputDirInUseError, match=in_use):
         tiny_run(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == [LOCK_NAME]  # nothing written, the owner's lock untouched
@@ -530,3 +531,78 @@ def test_a_stale_lock_taken_over_by_another_run_meanwhile_is_not_removed(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.lock"]
     first.release()
     assert not path.exists()
+
+
+NEW_RUN = (
+    r"\(checkpoint -> now\); resume with the settings it was written with, or, to train with other settings, start a "
+    r"new run \(--overwrite_output_dir, or another --output_dir\)"
+)
+
+
+def test_a_resume_with_other_optimizer_schedule_ema_or_seed_flags_is_refused_naming_them(tmp_path):
+    """QA: the checkpoint's optimizer, schedule and EMA were restored over new flags without a word (resumed with
+    --learning_rate 1e-5 it trained at 1e-3; without --use_ema it returned the raw weights); another --seed changed
+    the data order. The run's length, its checkpoints and its budget stay free to change."""
+    from diffusion_classifiers.training import check_run_can_start
+    from diffusion_classifiers.training.checkpoints import EMA_SETTINGS, RESUMED_SETTINGS
+
+    tiny_run(tmp_path, use_ema=True)
+    resume = dict(use_ema=True, max_train_steps=3, resume_from_checkpoint="latest")
+    for changed, overrides in [
+        (r"--learning_rate 0\.001 -> 1e-05", dict(learning_rate=1e-5)),
+        (r"--use_ema True -> False", dict(use_ema=False)),
+        (r"--seed 0 -> 1; --adam_beta2 0\.999 -> 0\.99; --ema_max_decay 0\.9999 -> 0\.5",
+         dict(seed=1, adam_beta2=0.99, ema_max_decay=0.5)),
+    ]:
+        with pytest.raises(ValueError, match=rf"differs from the one that wrote it in {changed} {NEW_RUN}"):
+            tiny_run(tmp_path, **{**resume, **overrides})
+    early = TrainingArguments(str(tmp_path), learning_rate=1e-3, lr_warmup_steps=1, lr_scheduler="constant", **resume)
+    with pytest.raises(ValueError, match=r"in --lr_scheduler cosine -> constant \(checkpoint"):
+        check_run_can_start(early)  # what the scripts check before they read the data
+    _, _, summary = tiny_run(tmp_path, **resume, checkpointing_steps=1, max_train_minutes=60)
+    assert (summary.resumed_from_step, summary.global_step) == (2, 3)
+    record_path = tmp_path / "checkpoint-3" / "training_run.json"
+    record = json.loads(record_path.read_text())
+    assert (record["learning_rate"], record["use_ema"], record["ema_max_decay"]) == (1e-3, True, 0.9999)
+    new_keys = (*RESUMED_SETTINGS, *EMA_SETTINGS)
+    record_path.write_text(json.dumps({key: value for key, value in record.items() if key not in new_keys}))
+    with pytest.raises(ValueError, match=r"in --use_ema True -> False \(checkpoint"):  # told by its EMA files
+        tiny_run(tmp_path, **{**resume, "use_ema": False, "max_train_steps": 4})
+    _, _, summary = tiny_run(tmp_path, **{**resume, "max_train_steps": 4})  # a record of before: still resumes
+    assert (summary.resumed_from_step, summary.global_step) == (3, 4)
+
+
+def test_rerunning_a_finished_run_keeps_its_final_loss_in_strict_json(tmp_path):
+    """QA: a requeued job reran a finished run with --resume_from_checkpoint latest: no step was left to make, and the
+    summary's final_loss became NaN (not JSON)."""
+    _, _, first = tiny_run(tmp_path, resume_from_checkpoint="latest")
+    _, _, again = tiny_run(tmp_path, resume_from_checkpoint="latest")
+    summary_path = tmp_path / "training_summary.json"
+    strict = json.loads(summary_path.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in the summary"))
+    assert (strict["resumed_from_step"], strict["global_step"]) == (2, 2)
+    assert strict["final_loss"] == again.final_loss == first.final_loss
+    for history in (tmp_path / "loss_history.json", tmp_path / "checkpoint-2" / "loss_history.json"):
+        history.unlink()  # a checkpoint of before the histories were kept: the loss is not known
+    _, _, unknown = tiny_run(tmp_path, resume_from_checkpoint="latest")
+    assert unknown.final_loss is None and json.loads(summary_path.read_text())["final_loss"] is None
+
+
+def test_a_damaged_checkpoint_is_named_with_the_checkpoint_to_resume_from_instead(tmp_path):
+    """QA: a checkpoint truncated by a crash failed the resume with `EOFError:` or `SafetensorError: header too
+    small`, naming no file."""
+    import re
+
+    tiny_run(tmp_path, max_train_steps=4)  # checkpoints 2 and 4
+    optimizer = tmp_path / "checkpoint-4" / "optimizer.bin"
+    os.truncate(optimizer, optimizer.stat().st_size // 2)
+    damaged = (
+        rf"^cannot resume from {re.escape(str(tmp_path))}/checkpoint-4: its optimizer\.bin is damaged or truncated "
+        r"\(RuntimeError: [^)]*\); resume from the checkpoint before it with --resume_from_checkpoint checkpoint-2$"
+    )
+    with pytest.raises(ValueError, match=damaged):
+        tiny_run(tmp_path, max_train_steps=4, resume_from_checkpoint="latest")
+    (tmp_path / "checkpoint-2" / "random_states_0.pkl").write_bytes(b"")  # accelerate would skip it without a word
+    empty = r"checkpoint-2: its random_states_0\.pkl is damaged or truncated \(EOFError: the file is empty\); start"
+    with pytest.raises(ValueError, match=rf"{empty} a new run \(--overwrite_output_dir, or another --output_dir\)$"):
+        tiny_run(tmp_path, max_train_steps=4, resume_from_checkpoint="checkpoint-2")
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]  # all kept

@@ -9,16 +9,19 @@ would unpickle as it is) is refused before anything is read.
 
 import json
 import os
+import pickle
 import re
 import shutil
-from typing import Optional
+import zipfile
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
 
 from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Dataset
@@ -34,14 +37,17 @@ __all__ = [
     "RUN_RECORD_NAME",
     "check_checkpoint_folder",
     "check_resumed_by_as_many_processes",
+    "check_resumed_with_the_same_settings",
     "checkpoint_step",
     "data_identity",
     "find_latest_checkpoint",
     "load_ema",
+    "reading_checkpoint",
     "resolve_resume_path",
     "run_record",
     "save_checkpoint",
     "save_ema",
+    "training_settings",
 ]
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -49,13 +55,25 @@ EMA_WEIGHTS_NAME = "ema.safetensors"
 EMA_CONFIG_NAME = "ema.json"
 RUN_RECORD_NAME = "training_run.json"  # what a resume must match (`run_record`)
 JSON_RECORDS = (RUN_RECORD_NAME, LOSS_HISTORY_NAME, MONITOR_HISTORY_NAME)  # what `save_checkpoint` may add
+# The flags a resume must keep (`training_settings`): the optimizer, schedule and EMA that `load_state` and `load_ema`
+# restore over new values without a word, and the seed of the data order
+RESUMED_SETTINGS = (
+    "seed", "learning_rate", "lr_scheduler", "lr_warmup_steps", "adam_beta1", "adam_beta2", "adam_weight_decay",
+    "adam_epsilon", "use_ema",
+)  # fmt: skip
+EMA_SETTINGS = ("ema_max_decay", "ema_inv_gamma", "ema_power")  # recorded with --use_ema only
+MODEL_SETTINGS = ("encoder_learning_rate_scale",)  # attributes of a model (`RCDiTJointModel`) `build_optimizer` reads
 # The record's entries as a person names them, in the order they are reported (then the model's config)
 RUN_RECORD_LABELS = {
     "num_processes": "processes",
     "train_batch_size": "--train_batch_size",
     "gradient_accumulation_steps": "--gradient_accumulation_steps",
     "num_examples": "training examples (--dataset)",
+    **{name: f"--{name}" for name in (*RESUMED_SETTINGS, *EMA_SETTINGS, *MODEL_SETTINGS)},
 }
+# What a damaged file raises when accelerate, safetensors or json reads it (a truncated zip, pickle or header)
+UNDECODABLE = (EOFError, pickle.UnpicklingError, zipfile.BadZipFile, SafetensorError, json.JSONDecodeError)
+READ_ERRORS = (*UNDECODABLE, OSError, RuntimeError)
 SAMPLED_ITEMS = 64  # the items read to recognise a run's training data (`data_identity`)
 IDENTITY_TOLERANCE = 1e-4  # of a sampled image's mean pixel value in [-1, 1]: another reading of it differs by ~1e-7
 # What `Accelerator.save_state` writes for this loop's model, optimizer and schedule (plus the GradScaler of fp16).
@@ -127,10 +145,20 @@ def run_record(
         "train_batch_size": args.train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "num_examples": num_examples,
+        **training_settings(args, model),
         "model_config": _model_config(model),
     }
     identity = None if dataset is None else data_identity(dataset)
     return record if identity is None else {**record, "data_identity": identity}
+
+
+def training_settings(args: TrainingArguments, model: Optional[nn.Module] = None) -> dict:
+    """The flags a resume must keep, part of the `run_record`: the optimizer's, the schedule's and the EMA's, which
+    the checkpoint's state would override, and the seed of the data order; with `model`, its `MODEL_SETTINGS`."""
+    names = RESUMED_SETTINGS + (EMA_SETTINGS if args.use_ema else ())
+    settings = {name: getattr(args, name) for name in names}
+    model_settings = {name: getattr(model, name) for name in MODEL_SETTINGS if hasattr(model, name)}
+    return {**settings, **model_settings}
 
 
 def data_identity(dataset: Dataset) -> Optional[dict]:
@@ -157,12 +185,18 @@ def data_identity(dataset: Dataset) -> Optional[dict]:
     return identity if reading is None else {**identity, "reading": reading.summary()}
 
 
-def _record_changes(saved: dict, record: dict) -> list:
-    changes = [
+def _setting_changes(saved: dict, record: dict) -> list:
+    """The `RUN_RECORD_LABELS` entries recorded in both that differ (a checkpoint written before an entry was recorded
+    is not refused for it)."""
+    return [
         f"{label} {saved[key]} -> {record[key]}"
         for key, label in RUN_RECORD_LABELS.items()
-        if key in saved and saved[key] != record[key]
+        if key in saved and key in record and saved[key] != record[key]
     ]
+
+
+def _record_changes(saved: dict, record: dict) -> list:
+    changes = _setting_changes(saved, record)
     if saved.get("num_examples", record["num_examples"]) == record["num_examples"]:  # else that says it
         changes += _data_changes(saved.get("data_identity"), record.get("data_identity"))
     before, now = saved.get("model_config") or {}, record["model_config"] or {}
@@ -186,7 +220,8 @@ def _data_changes(saved: Optional[dict], now: Optional[dict]) -> list:
         return [f"how the training images are read ({saved['reading']} -> {now['reading']})"]
     return [
         "the training images (other images, or the same read otherwise: --dataset, --window, --image_size, "
-        "--resize_mode, --pad_value, --normalize_background, --bits_stored)"
+        "--resize_mode, --pad_value, --normalize_background, --bits_stored, or other splits carved by --seed, "
+        "--val_fraction, --test_fraction)"
     ]
 
 
@@ -219,19 +254,15 @@ def check_checkpoint_folder(path: str, record: dict, model: nn.Module, use_ema: 
                 "from it (accelerate would unpickle such a file, which can run arbitrary code)"
             )
     changes = []
-    if os.path.isfile(os.path.join(path, RUN_RECORD_NAME)):
-        with open(os.path.join(path, RUN_RECORD_NAME)) as f:
-            changes = _record_changes(json.load(f), record)
+    saved = _saved_record(path)
+    if saved is not None:
+        changes = _record_changes(saved, record)
     elif _processes_that_wrote(path) != record["num_processes"]:  # a checkpoint of before the record
         changes = [f"{RUN_RECORD_LABELS['num_processes']} {_processes_that_wrote(path)} -> {record['num_processes']}"]
     if not any(change.startswith("the model's config") for change in changes):  # else that says why tensors differ
         changes += _model_changes(path, model)
     if changes:
-        raise ValueError(
-            f"cannot resume from {path}: this run differs from the one that wrote it in {'; '.join(changes)} "
-            "(checkpoint -> now); resume with the settings it was written with, or start a new run "
-            "(--overwrite_output_dir, or another --output_dir)"
-        )
+        raise _changed_run_error(path, changes)
     num_processes = record["num_processes"]
     required = ["model.safetensors", "optimizer.bin", "scheduler.bin"]
     required += [f"random_states_{i}.pkl" for i in range(num_processes)]  # else accelerate silently keeps the RNG
@@ -243,6 +274,41 @@ def check_checkpoint_folder(path: str, record: dict, model: nn.Module, use_ema: 
                 f"{' with --use_ema' if use_ema else ''} needs (it was written by {_processes_that_wrote(path)} "
                 "process(es))"
             )
+    for i in range(num_processes):  # accelerate skips one it cannot read without a word: the RNG would not resume
+        _read_whole(os.path.join(path, f"random_states_{i}.pkl"))
+
+
+def _saved_record(path: str) -> Optional[dict]:
+    """The `run_record` a checkpoint was written with, None for one written before it was kept. A record written
+    before `use_ema` was recorded has it from the EMA files, which a run writes with it only."""
+    if not os.path.isfile(os.path.join(path, RUN_RECORD_NAME)):
+        return None
+    with open(os.path.join(path, RUN_RECORD_NAME)) as f:
+        saved = json.load(f)
+    if isinstance(saved, dict):
+        saved.setdefault("use_ema", os.path.isfile(os.path.join(path, EMA_WEIGHTS_NAME)))
+    return saved
+
+
+def _changed_run_error(path: str, changes: list) -> ValueError:
+    return ValueError(
+        f"cannot resume from {path}: this run differs from the one that wrote it in {'; '.join(changes)} "
+        "(checkpoint -> now); resume with the settings it was written with, or, to train with other settings, start "
+        "a new run (--overwrite_output_dir, or another --output_dir)"
+    )
+
+
+def check_resumed_with_the_same_settings(path: str, args: TrainingArguments) -> None:
+    """Refuse a resume with other `training_settings` than the checkpoint's (the optimizer, schedule and EMA states it
+    restores would silently override them), before the data is read (`check_run_can_start`); `check_checkpoint_folder`
+    checks the whole record once the model is built, and names what is wrong with a record it cannot read."""
+    try:
+        saved = _saved_record(path)
+    except (OSError, ValueError):
+        return
+    changes = _setting_changes(saved, training_settings(args)) if isinstance(saved, dict) else []
+    if changes:
+        raise _changed_run_error(path, changes)
 
 
 def check_resumed_by_as_many_processes(path: str, num_processes: int) -> None:
@@ -265,6 +331,74 @@ def check_resumed_by_as_many_processes(path: str, num_processes: int) -> None:
             f"resume with accelerate launch --num_processes {written_by} (its schedule position and data order hold "
             "for that many), or start a new run (--overwrite_output_dir, or another --output_dir)"
         )
+
+
+@contextmanager
+def reading_checkpoint(path: str, output_dir: str) -> Iterator[None]:
+    """Turn a failure to read checkpoint `path` that a damaged file explains (truncated or cut short: a node that
+    crashed before its writes reached the disk) into a `ValueError` naming the folder, the file when one is found to
+    be damaged, and the earlier checkpoint to resume from instead; other errors pass unchanged."""
+    try:
+        yield
+    except READ_ERRORS as error:
+        damaged = _damaged_file(path)
+        if damaged is None and not isinstance(error, UNDECODABLE):
+            raise
+        raise ValueError(_damaged_checkpoint_message(path, damaged, error, output_dir)) from error
+
+
+def _damaged_checkpoint_message(path: str, damaged: Optional[str], error: Exception, output_dir: str) -> str:
+    first_sentence = " ".join(str(error).split()).split(". ")[0]  # torch's goes on with advice for its own API
+    reason = f"{type(error).__name__}: {first_sentence}" if first_sentence else type(error).__name__
+    what = f"its {damaged} is damaged or truncated" if damaged else "one of its files is damaged or truncated"
+    previous = _previous_checkpoint(path)
+    if previous is None:
+        instead = "start a new run (--overwrite_output_dir, or another --output_dir)"
+    else:
+        in_output_dir = os.path.abspath(os.path.dirname(previous)) == os.path.abspath(output_dir)
+        instead = (
+            f"resume from the checkpoint before it with --resume_from_checkpoint "
+            f"{os.path.basename(previous) if in_output_dir else previous}"
+        )
+    return f"cannot resume from {path}: {what} ({reason}); {instead}"
+
+
+def _damaged_file(path: str) -> Optional[str]:
+    """The first file of checkpoint folder `path` that does not read whole, or None."""
+    for name in sorted(name for name in os.listdir(path) if os.path.isfile(os.path.join(path, name))):
+        try:
+            _read_whole(os.path.join(path, name))
+        except (*UNDECODABLE, UnicodeDecodeError):
+            return name
+        except OSError:  # unreadable whole (permissions): the error itself names it
+            continue
+    return None
+
+
+def _read_whole(file: str) -> None:
+    """Raise if `file` is empty, a safetensors file whose header or data is cut short, JSON that does not parse, or
+    a `torch.save` zip archive (what accelerate writes) whose directory or checksums fail."""
+    if os.path.getsize(file) == 0:
+        raise EOFError("the file is empty")
+    if file.endswith(".safetensors"):
+        with safe_open(file, framework="pt") as weights:
+            weights.keys()
+    elif file.endswith(".json"):
+        with open(file) as f:
+            json.load(f)
+    else:
+        with zipfile.ZipFile(file) as archive:
+            failing = archive.testzip()
+        if failing is not None:
+            raise EOFError(f"its {failing} fails its CRC check")
+
+
+def _previous_checkpoint(path: str) -> Optional[str]:
+    """The `checkpoint-M` folder beside `path` with the largest M below its N, or None."""
+    folder, step = os.path.dirname(os.path.normpath(path)), checkpoint_step(path)
+    earlier = [int(m.group(1)) for name in os.listdir(folder) if (m := CHECKPOINT_PATTERN.match(name))]
+    earlier = [m for m in earlier if m < step]
+    return os.path.join(folder, f"checkpoint-{max(earlier)}") if earlier else None
 
 
 def _processes_that_wrote(path: str) -> int:

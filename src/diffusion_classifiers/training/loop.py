@@ -40,9 +40,11 @@ from .checkpoints import (
     RUN_RECORD_NAME,
     check_checkpoint_folder,
     check_resumed_by_as_many_processes,
+    check_resumed_with_the_same_settings,
     checkpoint_step,
     find_latest_checkpoint,
     load_ema,
+    reading_checkpoint,
     resolve_resume_path,
     run_record,
     save_checkpoint,
@@ -87,20 +89,21 @@ __all__ = [
 @dataclass
 class TrainingSummary:
     """What a `train` call did, saved as `training_summary.json` in `output_dir`: the optimizer steps reached, the
-    step it resumed from (0 for a fresh start), the processes, the samples each process saw, the last loss, and
-    whether `--max_train_minutes` ran out before `max_train_steps`."""
+    step it resumed from (0 for a fresh start), the processes, the samples each process saw, the loss of the last
+    step (of the run resumed when no step was left to make; None when it is not known), and whether
+    `--max_train_minutes` ran out before `max_train_steps`."""
 
     global_step: int
     resumed_from_step: int
     num_processes: int
     samples_per_process: list
-    final_loss: float
+    final_loss: Optional[float]
     stopped_by_time_budget: bool = False
 
     def save(self, output_dir: str) -> None:
         path = os.path.join(output_dir, "training_summary.json")
         with open(path + ".tmp", "w") as f:
-            json.dump(asdict(self), f, indent=2)
+            json.dump(asdict(self), f, indent=2, allow_nan=False)  # strict JSON
         os.replace(path + ".tmp", path)
 
 
@@ -175,7 +178,8 @@ def train(
 def check_run_can_start(args: TrainingArguments) -> None:
     """The refusals of `train` that need neither the data nor the model, without its changes to `output_dir`: a
     launch that runs another number of processes than it was asked for, a folder holding another run, a
-    `--resume_from_checkpoint` folder that is not there or was written by another number of processes, fp16 on a CPU.
+    `--resume_from_checkpoint` folder that is not there or was written by another number of processes or with other
+    optimizer, schedule, EMA or seed flags, fp16 on a CPU.
     The scripts call it before they read their data (`--streaming` reads every image first), so a wrong flag is
     refused in seconds, each a `ValueError` (one line from a shell); `train` checks again, with the folder locked."""
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
@@ -188,6 +192,7 @@ def check_run_can_start(args: TrainingArguments) -> None:
     resume_path = resolve_resume_path(args)
     if resume_path is not None:
         check_resumed_by_as_many_processes(resume_path, state.num_processes)
+        check_resumed_with_the_same_settings(resume_path, args)
 
 
 def _check_precision_runs_here(mixed_precision: str, device: torch.device) -> None:
@@ -240,15 +245,17 @@ def _resume(
 ) -> Optional[str]:
     """Load the checkpoint `--resume_from_checkpoint` names into the unwrapped `model` (prepared) and `ema`, once
     `check_checkpoint_folder` accepts it for this run's `record`; returns its path (None when there is none to resume
-    from)."""
+    from). A file that cannot be read is named with the folder (`reading_checkpoint`)."""
     path = resolve_resume_path(args)
     if path is None:
         return None
-    check_checkpoint_folder(path, record, model, use_ema=ema is not None)
-    accelerator.print(f"Resuming from {path}")
-    accelerator.load_state(path)  # model, optimizer, schedule, accumulation step, every process's RNG states
+    with reading_checkpoint(path, args.output_dir):
+        check_checkpoint_folder(path, record, model, use_ema=ema is not None)
+        accelerator.print(f"Resuming from {path}")
+        accelerator.load_state(path)  # model, optimizer, schedule, accumulation step, every process's RNG states
+        if ema is not None:
+            load_ema(ema, [name for name, _ in model.named_parameters()], path)
     if ema is not None:
-        load_ema(ema, [name for name, _ in model.named_parameters()], path)
         ema.to(accelerator.device)
     return path
 
@@ -450,7 +457,6 @@ def _train(
     hidden = {} if accelerator.is_local_main_process else {"disable": True}
     progress = tqdm(total=max_train_steps, initial=global_step, desc="train", **hidden)
     samples_seen = torch.zeros((), dtype=torch.long, device=accelerator.device)
-    loss_value = float("nan")
     out_of_time = False
     epoch, steps_into_epoch = divmod(global_step, updates_per_epoch)
     batches_to_skip = steps_into_epoch * args.gradient_accumulation_steps
@@ -466,7 +472,11 @@ def _train(
             with accelerator.accumulate(model):
                 loss = loss_fn(model, batch)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training loss became {loss.item()} at step {global_step}; lower --learning_rate")
+                    raise FloatingPointError(
+                        f"training loss became {loss.item()} at step {global_step}; train a new run with a lower "
+                        "--learning_rate (--overwrite_output_dir, or another --output_dir): a resume must keep the "
+                        "rate its checkpoint was written with"
+                    )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -514,8 +524,9 @@ def _train(
         unwrapped.__dict__.pop("_compiled_call_impl", None)  # what `nn.Module.compile` set
     unwrapped.eval()
     _end_trackers(accelerator)
+    final_loss = history.losses[-1] if history.losses else None  # the resumed one's when no step was left to make
     summary = TrainingSummary(
-        global_step, resumed_from_step, accelerator.num_processes, samples_per_process, loss_value, out_of_time
+        global_step, resumed_from_step, accelerator.num_processes, samples_per_process, final_loss, out_of_time
     )
     if accelerator.is_main_process:
         summary.save(args.output_dir)
