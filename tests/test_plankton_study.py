@@ -166,3 +166,38 @@ def test_a_resolution_the_unet_cannot_take_fails_before_training(tmp_path):
     for size in (0, -8, 2):  # too small: no size near it would do
         with pytest.raises(ValueError, match=rf"sample_size an integer of at least 4 for preset 'tiny', got {size}: "):
             unet_config("tiny", size)
+
+
+def test_the_study_and_evaluate_read_the_loaders_tensors_without_normalising_their_background_again():
+    """Review: the study's test metrics and `evaluate_classifier` gave the loaders' preprocessed test images to the
+    pipeline, whose contract normalised their background a second time (not idempotent: 78.75% where the same head on
+    the files scored 80.0%). They are read as they are: the study's test probabilities are the pipeline's on the raw
+    images, and evaluate scores the same."""
+    from diffusers import DDPMScheduler, UNet2DModel
+    from sklearn.datasets import load_digits
+
+    from diffusion_classifiers.data import ImagePreprocessing, LabeledImages
+    from diffusion_classifiers.evaluation import evaluate_classifier
+    from diffusion_classifiers.models import unet_config
+    from diffusion_classifiers.unet_feature_study import run_unet_feature_study
+
+    digits = load_digits()
+    generator = torch.Generator().manual_seed(0)
+    ink = torch.nn.functional.interpolate(torch.tensor(digits.images[:120], dtype=torch.float32)[:, None] / 16, (40, 40))
+    field = 0.5 + 0.4 * torch.rand(120, 1, 1, 1, generator=generator)  # a grey-to-white field per image
+    raw = (field * (1 - 0.8 * ink) + 0.03 * torch.randn(120, 1, 40, 40, generator=generator)).clamp(0, 1) * 2 - 1
+    contract = ImagePreprocessing(16, 1, normalize_background=True)
+    once = contract(raw)
+    assert (contract(once) - once).abs().max() > 0.01  # a second pass changes them: what the study must not do
+    labels, names = torch.tensor(digits.target[:120]), [str(i) for i in range(10)]
+    splits = {name: LabeledImages(once[rows], labels[rows], names, preprocessing=contract)
+              for name, rows in (("train", slice(0, 60)), ("val", slice(60, 90)), ("test", slice(90, 120)))}  # fmt: skip
+    torch.manual_seed(0)
+    unet = UNet2DModel(**unet_config("tiny", 16)).eval()
+    study = run_unet_feature_study(
+        unet, DDPMScheduler(), splits, blocks=["mid_block"], timesteps=[50], show_progress=False
+    )  # fmt: skip
+    with study.pipeline.progress_bars_off():
+        on_files = study.pipeline(raw[90:]).probs  # the raw test images, read once as in training
+    assert torch.allclose(on_files, study.test_probs, atol=1e-5)
+    assert evaluate_classifier(study.pipeline, splits["test"])["accuracy"] == study.test_metrics["accuracy"]

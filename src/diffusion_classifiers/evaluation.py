@@ -8,6 +8,7 @@ with, so a training run's report and `evaluate` on the same split give the same 
 unless another is given).
 """
 
+import copy
 import functools
 import json
 import os
@@ -166,9 +167,12 @@ def _as_list(value) -> list:
     return value.tolist() if hasattr(value, "tolist") else list(value)
 
 
-def _predictor(classifier, image_processor=None, pipeline_kwargs: Optional[dict] = None) -> Tuple[Predictor, List[str]]:
+def _predictor(
+    classifier, image_processor=None, pipeline_kwargs: Optional[dict] = None, preprocessed: bool = False
+) -> Tuple[Predictor, List[str]]:
     """`(images -> (probs [N, K], ranking scores [N, K], stderr [N] or None), class names)` for a pipeline or a
-    transformers model; `images` a list of PIL images or a `[N, C, H, W]` tensor. The ranking scores order the images
+    transformers model; `images` a list of PIL images or a `[N, C, H, W]` tensor (`preprocessed`: the output of the
+    model's own preprocessing, read as it is, `ImagePreprocessing.for_its_output`). The ranking scores order the images
     for ROC curves: a pipeline's `log_odds` when it gives them (Score-SDE: its probs saturate at 0 and 1), else the
     probs. `stderr`: a binary Score-SDE pipeline's `log_likelihood_ratio_stderr` (the ELBO's, or the likelihood's
     with `num_probes >= 2`), the standard error of its log-odds."""
@@ -178,6 +182,8 @@ def _predictor(classifier, image_processor=None, pipeline_kwargs: Optional[dict]
         from diffusion_classifiers.modeling_diffusion_classifier import saved_image_processor
 
         processor = image_processor or saved_image_processor(classifier)
+        if preprocessed:
+            processor = _reading_its_output(processor)
         names = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
         classifier.eval()
 
@@ -194,12 +200,23 @@ def _predictor(classifier, image_processor=None, pipeline_kwargs: Optional[dict]
         raise TypeError(f"expected a classifier pipeline or a transformers model, got {type(classifier).__name__}")
 
     def predict(images):
-        output = classifier(images, input_data_format=_layout(images), **(pipeline_kwargs or {}))
+        with classifier.reading_preprocessed_images() if preprocessed else nullcontext():
+            output = classifier(images, input_data_format=_layout(images), **(pipeline_kwargs or {}))
         ranking, stderr = getattr(output, "log_odds", None), getattr(output, "log_likelihood_ratio_stderr", None)
         stderr = None if stderr is None else stderr.cpu()
         return output.probs.cpu(), (output.probs if ranking is None else ranking).cpu(), stderr
 
     return predict, classifier.class_names
+
+
+def _reading_its_output(processor):
+    """A copy of a transformers `processor` (this package's, with a `preprocessing` contract) that reads the output
+    of its own contract unchanged (`ImagePreprocessing.for_its_output`); another kind of processor as it is."""
+    if not isinstance(getattr(processor, "preprocessing", None), dict):
+        return processor
+    reading = copy.copy(processor)
+    reading.preprocessing = ImagePreprocessing.from_dict(processor.preprocessing).for_its_output().to_dict()
+    return reading
 
 
 def _layout(images) -> Optional[str]:
@@ -678,7 +695,8 @@ def evaluate_classifier(
             model_sha256 = model_fingerprint(classifier)
         classifier = load_classifier(str(classifier))
     settings = pipeline_call_settings(classifier, pipeline_kwargs)  # unknown names refused before any image is read
-    predict, model_names = _predictor(classifier, image_processor, pipeline_kwargs)
+    preprocessed = isinstance(dataset, (LabeledImages, StreamingImages))  # the loaders' output, read as it is
+    predict, model_names = _predictor(classifier, image_processor, pipeline_kwargs, preprocessed)
     contract = saved_preprocessing(classifier, image_processor)
     positive_class = positive_class if positive_class is not None else saved_positive_class(classifier)
     positive_label = resolve_positive_label(positive_class, model_names, len(model_names))  # before any image is read

@@ -174,11 +174,13 @@ def study_from_features(
 
 
 def _classify(pipeline: UNetFeatureClassifierPipeline, images: torch.Tensor, batch_size: int, show_progress: bool):
-    """`pipeline(images)`, its bar hidden unless `show_progress`; the pipeline's bar setting is restored after."""
-    if show_progress:
-        return pipeline(images, batch_size=batch_size)
-    with pipeline.progress_bars_off():
-        return pipeline(images, batch_size=batch_size)
+    """`pipeline(images)` of the loaders' preprocessed `images` (read as they are), its bar hidden unless
+    `show_progress`; the pipeline's bar setting is restored after."""
+    with pipeline.reading_preprocessed_images():
+        if show_progress:
+            return pipeline(images, batch_size=batch_size)
+        with pipeline.progress_bars_off():
+            return pipeline(images, batch_size=batch_size)
 
 
 def run_unet_feature_study(

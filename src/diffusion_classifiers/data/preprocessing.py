@@ -168,6 +168,12 @@ class ImagePreprocessing:
         this contract does."""
         return {name: getattr(self, name) for name in ("resize_mode", "pad_value", "normalize_background")}
 
+    def for_its_output(self) -> "ImagePreprocessing":
+        """The contract that reads this contract's own output (`[-1, 1]` tensors at its size and channels, as the
+        loaders give them) unchanged: the same without the background normalisation, which is not idempotent (a
+        second pass divides by the border median of the already normalised image, below 1, again)."""
+        return replace(self, normalize_background=False)
+
     @property
     def loader_kwargs(self) -> dict[str, Any]:
         """The keywords `load_image_classification_data` and `streaming_image_classification_data` take to read data

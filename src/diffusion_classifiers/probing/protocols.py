@@ -262,8 +262,9 @@ def select_clustering_without_labels(
     for name in normalizations:
         _check_normalization(name)
     candidates = _candidate_num_clusters(candidate_num_clusters, default_num_clusters)
-    checked = {pair: _checked_clustering_features(value) for pair, value in features.items()}
-    checked = _selection_rows(checked, max_images, seed)
+    # the rows first, then float64: the features may be float16 memory maps larger than memory
+    chosen = _selection_rows(features, max_images, seed)
+    checked = {pair: _checked_clustering_features(value) for pair, value in chosen.items()}
     num_images = len(next(iter(checked.values())))
     for k in candidates:
         _check_num_clusters(k, num_images)
