@@ -213,6 +213,8 @@ def test_a_new_label_set_is_put_on_with_ignore_mismatched_sizes(exported):
     saved = load_file(exported / "model.safetensors")
     model = AutoModelForImageClassification.from_pretrained(exported, num_labels=2, ignore_mismatched_sizes=True)
     assert model.config.id2label == {0: "LABEL_0", 1: "LABEL_1"} and model.classifier.weight.shape == (2, 32)
+    # review: the new classifier alone was left as uninitialised memory (logits near 1e29): it starts at zero
+    assert not model.classifier.weight.any() and not model.classifier.bias.any()
     for name in ("feature_mean", "feature_std"):  # the standardisation is kept, only the head is new
         assert torch.equal(getattr(model, name), saved[name]), name
     assert torch.equal(model.backbone.conv_in.weight, saved["backbone.conv_in.weight"])

@@ -37,8 +37,14 @@ class DiffusionClassifierPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
 
     def _init_weights(self, module):
-        # The backbone keeps its library's own initialisation (and is normally loaded from a checkpoint).
-        if isinstance(module, DiffusionFeaturesForImageClassification):
+        # The backbone keeps its library's own initialisation (and is normally loaded from a checkpoint); the head
+        # starts at zero, also when transformers re-initialises the classifier alone (a new label set put on with
+        # `ignore_mismatched_sizes=True` reaches here with the `nn.Linear` only: it kept uninitialised memory, logits
+        # near 1e29)
+        if module is getattr(self, "classifier", None):
+            nn.init.zeros_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, DiffusionFeaturesForImageClassification):
             nn.init.zeros_(module.classifier.weight)
             nn.init.zeros_(module.classifier.bias)
             module.feature_mean.zero_()
