@@ -679,7 +679,7 @@ def _fit_head(pipe, head: str, labelled, val, class_names, batch_size: int, prob
             return {"temperature": fitted.config.temperature}
         fit = pipe.fit_linear_probe(
             labelled.images, labelled.labels, val.images, val.labels, class_names, batch_size=batch_size,
-            return_fit=True, **probe_kwargs,
+            return_fit=True, progress_bar={"disable": True}, **probe_kwargs,  # one fit per C: no bar each
         )  # fmt: skip
         return {"C": fit.C[fit.best_pair]}
 
