@@ -317,7 +317,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     from .metrics import resolve_positive_label
     from .validation import check_no_earlier_report
 
-    check_evaluation_args(args.output_dir, args.batch_size)  # before the model and the data are loaded
+    check_evaluation_args(None, args.batch_size)  # before the model and the data are loaded (the folder: checked)
     check_evaluation_split(args.split)
     given = {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction, "seed": args.seed}
     whole = args.split == ONE_SET  # every image of the data, none carved
@@ -537,6 +537,7 @@ def save_study(
 def run_probe(args: argparse.Namespace) -> dict:
     """A trained U-Net + a labeled dataset -> the probe grid, the chosen (block, t), k-means and a fitted pipeline."""
     from .features import _check_timesteps
+    from .hub import download
     from .pipelines import UNetFeatureClassifierPipeline
     from .unet_feature_study import run_unet_feature_study
     from .validation import as_inverse_regularisations, check_no_earlier_report
@@ -552,7 +553,7 @@ def run_probe(args: argparse.Namespace) -> dict:
     # read as the U-Net was trained: windows, resize mode, background
     reading = {"image_size": unet_config.sample_size, "num_channels": unet_config.in_channels,
                "medical": contract.medical, **contract.fit}  # fmt: skip
-    data = _labelled_data(args, args.unet_dir, contract, reading, "a probe")
+    data = _labelled_data(args, args.unet_dir, download(args.unet_dir), contract, reading, "a probe")
     splits = data.splits
     study = run_unet_feature_study(
         trained.unet, trained.scheduler, splits, timesteps=args.timesteps, pool=args.pool,
@@ -577,10 +578,11 @@ class _LabelledData(NamedTuple):
 
 
 def _labelled_data(
-    args: argparse.Namespace, model_dir: str, contract, reading: dict, task: str, seed_carves_pool_data: bool = True
+    args: argparse.Namespace, model_dir: str, folder: str, contract, reading: dict, task: str,
+    seed_carves_pool_data: bool = True,
 ) -> _LabelledData:
     """`--dataset` read through `reading` (the loaders' size, channels, windows, fit) and carved as the model in
-    `model_dir` records (`_probe_carving`), its data line printed; at least two classes for `task`, val and test
+    `model_dir` (its local `folder`, `hub.download`) records (`_probe_carving`), its data line printed; at least two classes for `task`, val and test
     checked against the model's training images (`_check_head_splits`), and the positive class resolved and noted."""
     from .data import describe_splits, load_image_classification_data
     from .data.split_record import (
@@ -589,11 +591,9 @@ def _labelled_data(
         recorded_train_fingerprints,
         trained_on_unlabeled_pool,
     )
-    from .hub import download
     from .metrics import resolve_positive_label
     from .validation import check_two_classes_at_least
 
-    folder = download(model_dir)
     record = read_split_record(folder)
     given, carving = _probe_carving(args, folder, record, seed_carves_pool_data)
     splits = load_image_classification_data(args.dataset, **carving, **reading)
@@ -619,10 +619,12 @@ def run_fit_head(args: argparse.Namespace) -> dict:
 
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
     probe_kwargs = _fit_head_probe_kwargs(args)
-    pipe = _rc_dit_pipeline(download(args.model_dir), args.model_dir)
+    folder = download(args.model_dir)
+    pipe = _rc_dit_pipeline(folder, args.model_dir)
     args.dataset = _dataset_or_demo_digits(args.dataset, pipe.preprocessing, "fit-head")
+    contract = pipe.preprocessing
     data = _labelled_data(
-        args, args.model_dir, pipe.preprocessing, pipe.preprocessing.loader_kwargs, "a head", seed_carves_pool_data=False
+        args, args.model_dir, folder, contract, contract.loader_kwargs, "a head", seed_carves_pool_data=False
     )  # fmt: skip
     train, val, test = data.splits["train"], data.splits["val"], data.splits["test"]
     shots_seed = data.carving["seed"] if args.seed is None else args.seed
@@ -695,7 +697,7 @@ def _head_record(args: argparse.Namespace, num_labelled: int, num_val: int, shot
         if chosen["temperature"] >= 0.99 * TEMPERATURE_RANGE[1]:  # the probabilities are then near uniform
             choice += " (the largest tried: the prototypes hardly tell val's classes apart)"
     else:
-        choice = f"C = {chosen['C']:g} (of {', '.join(f'{c:g}' for c in args.C or DEFAULT_C)})"
+        choice = f"C = {chosen['C']:g} (of {', '.join(f'{c:g}' for c in args.C)})"
     return {
         "kind": args.head, "labelled_images": num_labelled, "shots": args.shots,
         "shots_seed": shots_seed if args.shots is not None else None, "val_images": num_val, **chosen,
@@ -725,7 +727,8 @@ def _scored_positive_class(args: argparse.Namespace, train) -> Optional[str]:
 
 
 def _fit_head_probe_kwargs(args: argparse.Namespace) -> dict:
-    """The linear probe's `--C` and `--class_weight`, checked; refused for prototypes, which take neither."""
+    """The linear probe's `--C` (its default set in `args.C`) and `--class_weight`, checked; refused for prototypes,
+    which take neither."""
     from .validation import as_inverse_regularisations
 
     if args.shots is not None and args.shots < 1:
@@ -736,9 +739,9 @@ def _fit_head_probe_kwargs(args: argparse.Namespace) -> dict:
             f"{' and '.join(given)}: options of a linear probe; --head prototypes has no regularisation or class "
             "weights (its temperature is fitted on val)"
         )
-    C = DEFAULT_C if args.C is None else args.C
-    as_inverse_regularisations(C, "--C")
-    return {"C": C, "class_weight": args.class_weight}
+    args.C = DEFAULT_C if args.C is None else args.C
+    as_inverse_regularisations(args.C, "--C")
+    return {"C": args.C, "class_weight": args.class_weight}
 
 
 def _rc_dit_pipeline(folder: str, model_dir: str):

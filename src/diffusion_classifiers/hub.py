@@ -533,13 +533,10 @@ def check_publishable_model(local_dir: Union[str, os.PathLike]) -> None:
 
 # How a card says float arrays and tensors are read, by the contract's input_range (QA: [0, 1] arrays were read as
 # [-1, 1], brighter, and 27% of a model's decisions changed, while the card said "arrays or tensors").
-FLOAT_INPUTS = {
-    "[-1, 1]": "Float arrays and tensors are read as values in [-1, 1] (0 is mid-grey); give 0..255 pictures as uint8 "
-    "arrays or PIL images.",
-    "[0, 1]": "Float arrays and tensors are read as values in [0, 1]; give 0..255 pictures as uint8 arrays or PIL "
-    "images.",
-    "auto": "Float arrays and tensors are read as values in [-1, 1] when any value of a call is negative, else in "
-    "[0, 1]; give 0..255 pictures as uint8 arrays or PIL images.",
+FLOAT_RANGES = {
+    "[-1, 1]": "in [-1, 1] (0 is mid-grey)",
+    "[0, 1]": "in [0, 1]",
+    "auto": "in [-1, 1] when any value of a call is negative, else in [0, 1]",
 }
 
 
@@ -584,7 +581,8 @@ def input_description_of(local_dir: Union[str, os.PathLike], medical: bool = Fal
                 "`diffusion-classifiers` installed, pass `pipeline_class=diffusion_classifiers."
                 "DiffusionClassifierImageClassificationPipeline`."
             )
-    return f"{text} {FLOAT_INPUTS[contract.input_range]}"
+    floats = f"Float arrays and tensors are read as values {FLOAT_RANGES[contract.input_range]}"
+    return f"{text} {floats}; give 0..255 pictures as uint8 arrays or PIL images."
 
 
 def pipeline_class_name_of(local_dir: Union[str, os.PathLike]) -> Optional[str]:
