@@ -12,7 +12,10 @@ pydicom and the JPEG decoders are optional: `pip install "diffusion-classifiers[
 from __future__ import annotations
 
 import logging
+import math
+import struct
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -80,6 +83,12 @@ _LUT_KEYWORDS = (
     "VOILUTSequence",
 )  # fmt: skip
 _PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# The Image Pixel module elements pydicom needs to decode each kind of pixel data (PS3.3 C.7.6.3).
+_FLOAT_PIXEL_ELEMENTS = ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated")
+_PIXEL_ELEMENTS = (*_FLOAT_PIXEL_ELEMENTS, "BitsStored", "PixelRepresentation")
+# What pydicom raises for a corrupt file while its header is read or a value parsed (pydicom parses an element when
+# it is first used, so also after dcmread): an unknown VR, a value cut short, a number that is none.
+_HEADER_ERRORS = (EOFError, NotImplementedError, OSError, ValueError, struct.error)
 
 
 def _import_pydicom() -> Any:
@@ -171,9 +180,10 @@ def read_dicom(path: str | Path, frame: int | None = None) -> DicomImage:
     r"""
     Read a DICOM file's pixels as modality values (Hounsfield units for CT), frames first.
 
-    The stored values go through pydicom's Modality LUT (RescaleSlope / RescaleIntercept, or a Modality LUT
-    Sequence; an enhanced multi-frame file's from its functional groups, frame by frame); a multi-frame file gives
-    `[F, H, W]`, a single frame `[1, H, W]`.
+    The stored values go through pydicom's Modality LUT (RescaleSlope / RescaleIntercept, the one missing or empty
+    taken as the identity's, or a Modality LUT Sequence; an enhanced multi-frame file's from its functional groups,
+    frame by frame); a multi-frame file gives `[F, H, W]`, a single frame `[1, H, W]`. A file without the Part 10
+    header (no 'DICM' nor file meta) is read as the uncompressed data set it holds.
 
     Args:
         path (`str` or `os.PathLike`): the file.
@@ -181,24 +191,26 @@ def read_dicom(path: str | Path, frame: int | None = None) -> DicomImage:
 
     Raises:
         `ValueError`: the file is not DICOM, has no pixel data (a structured report, a presentation state), is not
-            greyscale (MONOCHROME1/2), has no frame `frame`, or its pixel data cannot be decoded; each names the file.
+            greyscale (MONOCHROME1/2), has no frame `frame`, a header value that is none (a rescale, a frame count), or
+            its pixel data cannot be decoded; each names the file.
         `ImportError`: pydicom is not installed, or no decoder for the file's compressed transfer syntax is; the
             message names the package to install.
     """
     path = Path(path)
-    dataset = _open_image_dataset(path)
-    stored = _decode_pixels(dataset, path, frame)
-    luts = _frame_luts(dataset, range(_num_frames(dataset)))  # all frames': the stored range is the file's
-    frames = luts if frame is None else [luts[int(frame)]]
-    return DicomImage(
-        path=str(path),
-        values=_modality_values(stored, frames),
-        padding=_padding_mask(dataset, stored),
-        stored_range=_stored_range(luts, dataset),
-        monochrome1=dataset.PhotometricInterpretation == "MONOCHROME1",
-        metadata=_metadata(dataset),
-        **_own_windows(luts, path, frame),
-    )
+    with _naming_the_file(path):
+        dataset = _open_image_dataset(path)
+        stored = _decode_pixels(dataset, path, frame)
+        luts = _frame_luts(dataset, range(_num_frames(dataset)))  # all frames': the stored range is the file's
+        frames = luts if frame is None else [luts[int(frame)]]
+        return DicomImage(
+            path=str(path),
+            values=_modality_values(stored, frames),
+            padding=_padding_mask(dataset, stored),
+            stored_range=_stored_range(luts, dataset),
+            monochrome1=dataset.PhotometricInterpretation == "MONOCHROME1",
+            metadata=_metadata(dataset),
+            **_own_windows(luts, path, frame),
+        )
 
 
 @dataclass(frozen=True)
@@ -225,35 +237,54 @@ class DicomHeader:
 
 def read_dicom_header(path: str | Path) -> DicomHeader:
     """The frames, size and metadata of a DICOM image file, its pixel data left undecoded (and unread: large values
-    are deferred), after the checks [`read_dicom`] makes before decoding: so a file without pixel data, a colour image or
-    a compressed one with no decoder installed is refused when data are listed, not hours into training."""
+    are deferred), after the checks [`read_dicom`] makes before decoding: so a file without pixel data (or without an
+    Image Pixel element), a colour image or a compressed one with no decoder installed is refused when data are listed,
+    not hours into training."""
     path = Path(path)
-    dataset = _open_image_dataset(path, defer_size="64 KB")
-    _check_decoder(dataset, path)
-    frames = _frame_luts(dataset, range(_num_frames(dataset)))
-    return DicomHeader(
-        path=str(path),
-        num_frames=len(frames),
-        size=(int(dataset.Rows), int(dataset.Columns)),
-        stored_range=_stored_range(frames, dataset),
-        metadata=_metadata(dataset),
-        **_own_windows(frames, path),
-    )
+    with _naming_the_file(path):
+        dataset = _open_image_dataset(path, defer_size="64 KB")
+        _check_decoder(dataset, path)
+        frames = _frame_luts(dataset, range(_num_frames(dataset)))
+        return DicomHeader(
+            path=str(path),
+            num_frames=len(frames),
+            size=(int(dataset.Rows), int(dataset.Columns)),
+            stored_range=_stored_range(frames, dataset),
+            metadata=_metadata(dataset),
+            **_own_windows(frames, path),
+        )
+
+
+@contextmanager
+def _naming_the_file(path: Path) -> Any:
+    """Errors raised while `path` is read (a header value that is none, an element of a corrupt file) as a
+    `ValueError` naming the file, as the readers' callers expect of a file that cannot be read; errors that already
+    name it pass as they are."""
+    try:
+        yield
+    except _HEADER_ERRORS as error:
+        if isinstance(error, ValueError) and str(path) in str(error):
+            raise
+        reason = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+        raise ValueError(f"cannot read DICOM file {path}: {reason}") from error
 
 
 def _open_image_dataset(path: Path, defer_size: str | None = None) -> Any:
     """The pydicom dataset of a greyscale DICOM image file; `ValueError` naming the file otherwise. A file cut short
     inside encapsulated (compressed) pixel data reads as an empty dataset with only a warning: it is refused as
-    truncated, and pydicom's warnings are the reason given."""
+    truncated, and pydicom's warnings are the reason given. A file without the Part 10 header is read as a bare data
+    set (see [`_bare_dataset`])."""
     pydicom = _import_pydicom()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             dataset = pydicom.dcmread(path, defer_size=defer_size)
-        except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError) as error:
-            # pydicom's advice to pass force=True is for its own API, not something a user of this one can do
-            reason = str(error).replace(" Use force=True to force reading.", "")
-            raise ValueError(f"cannot read DICOM file {path}: {reason}") from error
+        except (pydicom.errors.InvalidDicomError, *_HEADER_ERRORS) as error:  # struct.error: cut short in its meta
+            dataset = _bare_dataset(path, defer_size) if isinstance(error, pydicom.errors.InvalidDicomError) else None
+            if dataset is None:
+                # pydicom's advice to pass force=True is for its own API, not something a user of this one can do
+                reason = str(error).replace(" Use force=True to force reading.", "")
+                raise ValueError(f"cannot read DICOM file {path}: {reason}") from error
     if len(dataset) == 0:
         reason = "; ".join(str(warning.message) for warning in caught) or "no data elements after its file meta"
         raise ValueError(f"cannot read DICOM file {path}: truncated or corrupt ({reason})")
@@ -263,8 +294,42 @@ def _open_image_dataset(path: Path, defer_size: str | None = None) -> Any:
     return dataset
 
 
+# A bare data set's transfer syntax from how pydicom read its first elements: (implicit VR, little endian).
+_BARE_SYNTAXES = {(True, True): "1.2.840.10008.1.2", (False, True): "1.2.840.10008.1.2.1",
+                  (False, False): "1.2.840.10008.1.2.2"}
+
+
+def _bare_dataset(path: Path, defer_size: str | None) -> Any:
+    """A DICOM file without the Part 10 header (no preamble, 'DICM' nor file meta: ACR-NEMA-era and some PACS
+    exports), read as dcmtk and pydicom's `force=True` read one, its uncompressed transfer syntax told by its first
+    elements; None unless that gives native (not encapsulated) pixel data."""
+    pydicom = _import_pydicom()
+    try:
+        dataset = pydicom.dcmread(path, defer_size=defer_size, force=True)
+        syntax = _BARE_SYNTAXES.get(tuple(dataset.original_encoding))
+        native = "PixelData" in dataset and not dataset["PixelData"].is_undefined_length
+    except (*_HEADER_ERRORS, AttributeError, KeyError, TypeError):  # not DICOM at all: read as garbage
+        return None
+    if syntax is None or not native or dataset.file_meta.get("TransferSyntaxUID") is not None:
+        return None
+    dataset.file_meta.TransferSyntaxUID = syntax
+    return dataset
+
+
 def _num_frames(dataset: Any) -> int:
-    return int(dataset.get("NumberOfFrames") or 1)
+    return _integer(dataset, "NumberOfFrames") or 1
+
+
+def _integer(dataset: Any, keyword: str) -> int | None:
+    """An integer tag's value (None when absent or empty); `ValueError` naming the tag and its value when it is no
+    integer (pydicom keeps an invalid IS value as its text)."""
+    value = dataset.get(keyword)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{keyword} {str(value)!r}: expected an integer") from None
 
 
 def _check_has_grey_pixels(dataset: Any, path: Path) -> None:
@@ -277,6 +342,19 @@ def _check_has_grey_pixels(dataset: Any, path: Path) -> None:
         raise ValueError(
             f"DICOM file {path} has no pixel data ({kind}, modality {dataset.get('Modality', '?')}); expected an "
             f"image ({why})"
+        )
+    required = _PIXEL_ELEMENTS if "PixelData" in dataset else _FLOAT_PIXEL_ELEMENTS
+    missing = [keyword for keyword in required if dataset.get(keyword) in (None, "")]
+    if missing:
+        raise ValueError(
+            f"DICOM file {path}: no {', '.join(missing)} beside its pixel data; expected the Image Pixel module's "
+            f"{', '.join(required)} (the file may be corrupt)"
+        )
+    bits_stored, bits_allocated = _integer(dataset, "BitsStored"), _integer(dataset, "BitsAllocated")
+    if bits_stored is not None and not 1 <= bits_stored <= bits_allocated:
+        raise ValueError(
+            f"DICOM file {path}: BitsStored {bits_stored}; expected 1 to its BitsAllocated, {bits_allocated} (the "
+            "file may be corrupt)"
         )
     photometric = dataset.get("PhotometricInterpretation")
     if photometric not in _GREY_PHOTOMETRICS:
@@ -331,7 +409,8 @@ def check_decoders(paths: Iterable[str | Path]) -> None:
             continue
         checked.add(syntax)
         error = _decoder_error(syntax, Path(path))
-        if isinstance(error, ImportError):  # a plugin to install; a ValueError: no decoder exists, the file's own error
+        # a plugin to install; a ValueError: no decoder exists, the file's own error
+        if isinstance(error, ImportError):
             raise ValueError(str(error)) from error
 
 
@@ -365,12 +444,49 @@ def _frame_luts(dataset: Any, frames: Sequence[int]) -> list[Any]:
     replaced by the frame's Per-frame Functional Groups' (PS3.3 C.7.6.16)."""
     shared = _lut_items(_first_item(dataset, "SharedFunctionalGroupsSequence"))
     per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or []
-    shared_lut = _lut_of(dataset, shared)  # one object for every frame without its own: one call reads them all
+    # one object for every frame without its own: one call reads them all
+    shared_lut = _with_rescale(_lut_of(dataset, shared))
     return [
-        _lut_of(dataset, shared + own) if (own := _lut_items(per_frame[frame] if frame < len(per_frame) else None))
-        else shared_lut
+        _with_rescale(_lut_of(dataset, shared + own))
+        if (own := _lut_items(per_frame[frame] if frame < len(per_frame) else None)) else shared_lut
         for frame in frames
     ]
+
+
+_RESCALE_IDENTITY = {"RescaleSlope": 1, "RescaleIntercept": 0}
+
+
+def _with_rescale(lut: Any) -> Any:
+    """`lut` with both rescale tags or neither: pydicom's `apply_modality_lut` skips a rescale missing either (an
+    intercept of -1024 alone left every CT value 1024 HU too high) and fails on an empty one, so the one missing or
+    empty is the identity's (slope 1, intercept 0), as dcmtk and GDCM read it. A value that is no number, or a slope
+    of 0, is refused naming it. A Modality LUT Sequence replaces the rescale: `lut` is then left as it is."""
+    if lut.get("ModalityLUTSequence"):
+        return lut
+    given = {keyword: _rescale_value(lut, keyword) for keyword in _RESCALE_IDENTITY}
+    for keyword, value in given.items():
+        if value is not None:
+            continue
+        if all(other is None for other in given.values()):
+            if keyword in lut:  # empty: no rescale
+                del lut[keyword]
+        else:
+            setattr(lut, keyword, _RESCALE_IDENTITY[keyword])
+    return lut
+
+
+def _rescale_value(lut: Any, keyword: str) -> float | None:
+    value = lut.get(keyword)
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):  # text pydicom kept as it is, or several values
+        number = math.nan
+    if not math.isfinite(number) or (keyword == "RescaleSlope" and number == 0):
+        slope = ", not 0" if keyword == "RescaleSlope" else ""
+        raise ValueError(f"{keyword} {str(value)!r}: expected a finite number{slope}")
+    return number
 
 
 def _lut_items(group: Any) -> list:
@@ -432,8 +548,20 @@ def _padding_mask(dataset: Any, stored: np.ndarray) -> np.ndarray:
     if padding_value is None:
         return np.zeros(stored.shape, dtype=bool)
     limit = dataset.get("PixelPaddingRangeLimit", padding_value)
-    low, high = min(padding_value, limit), max(padding_value, limit)
+    low, high = sorted(_as_stored_value(dataset, value) for value in (padding_value, limit))
     return (stored >= low) & (stored <= high)
+
+
+def _as_stored_value(dataset: Any, value: Any) -> int:
+    """A PixelPaddingValue (or range limit) as the stored value it stands for. It takes the pixels' VR (SS for
+    signed pixels); written US, its bits are the two's complement of the stored value (63536 for -2000), read so."""
+    value = int(value)
+    if int(dataset.get("PixelRepresentation") or 0) != 1:
+        return value
+    for bits in (int(dataset.get("BitsStored") or dataset.BitsAllocated), int(dataset.BitsAllocated)):
+        if 2 ** (bits - 1) <= value < 2**bits:
+            return value - 2**bits
+    return value
 
 
 def _stored_range(frames: Sequence[Any], dataset: Any) -> tuple[float, float]:
@@ -460,7 +588,7 @@ def _metadata(dataset: Any) -> dict[str, Any]:
         value = dataset.get(keyword)
         return str(value).strip() or None if value is not None else None  # anonymised files leave ids blank
 
-    instance, image_type = dataset.get("InstanceNumber"), dataset.get("ImageType")
+    instance, image_type = _integer(dataset, "InstanceNumber"), dataset.get("ImageType")
     return {
         "PatientID": text("PatientID"),
         "StudyInstanceUID": text("StudyInstanceUID"),
@@ -468,7 +596,7 @@ def _metadata(dataset: Any) -> dict[str, Any]:
         # a mammogram's breast (findings are per breast); a tomosynthesis volume's is its frames' (FrameLaterality)
         "Laterality": text("ImageLaterality") or text("Laterality") or _frame_laterality(dataset),
         "ViewPosition": text("ViewPosition"),
-        "InstanceNumber": int(instance) if instance not in (None, "") else None,
+        "InstanceNumber": instance,
         "ImageType": None if image_type in (None, "") else tuple(
             str(v) for v in (image_type if isinstance(image_type, Sequence) and not isinstance(image_type, str)
                              else [image_type])
@@ -684,7 +812,9 @@ class MedicalPreprocessing:
         if len(given) == 1 and len(saved) == 3:
             raise ValueError(f"{where}: 1 window, but {model} was trained on 3 ({saved}), one channel each; give 3")
         if len(given) == 3 and num_channels == 1:
-            raise ValueError(f"{where}: 3 windows, but {model} reads 1 channel: they would blend into one grey; give 1")
+            raise ValueError(
+                f"{where}: 3 windows, but {model} reads 1 channel: they would blend into one grey; give 1"
+            )
         named, trained_named = (list(map(repr, named_windows(m.windows))) for m in (self, trained))
         if named != trained_named and sorted(named) == sorted(trained_named):
             warnings.warn(
