@@ -159,7 +159,7 @@ def list_inputs(
         return _csv_inputs(source, read)
     if is_image_or_dicom_file(source):
         _check_dicom_decoders([source])
-        return [_input_of_file(source, source.name, read)]
+        return [_input_of_file(source, _output_name(Path(source.name)), read)]
     raise ValueError(
         f"input {source}: expected an image folder, a .csv file of paths, a saved datasets folder or an image / DICOM "
         f"file, got a {source.suffix or 'suffix-less'} file ({ACCEPTED_FILES})"
@@ -182,14 +182,30 @@ def _folder_inputs(folder: Path, read: Callable) -> list[PredictionInput]:
 
     files = list_unlabeled_folder(folder, f"input folder {folder}")
     _check_dicom_decoders(files)
-    return [_input_of_file(path, path.relative_to(folder).as_posix(), read) for path in files]
+    return [_input_of_file(path, _output_name(path.relative_to(folder)), read) for path in files]
+
+
+def _output_name(relative: Path) -> str:
+    """A file's name as the output's `path` cell: its name, or, for a name that is not UTF-8 (Latin-1 bytes from an
+    old share: Python holds them as surrogates, which no UTF-8 file can be written with), with its other bytes
+    escaped as `\\xe9`, so one such file neither stops the run nor makes the output unreadable."""
+    name = relative.as_posix()
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+    return name
 
 
 def _csv_inputs(path: Path, read: Callable) -> list[PredictionInput]:
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = list(reader.fieldnames or [])
-        rows = list(reader)
+    # utf-8-sig: the byte-order mark Excel writes ("CSV UTF-8") is not part of the first column's name
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = list(reader.fieldnames or [])
+            rows = list(reader)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"CSV {path}: not UTF-8 ({error}); expected a UTF-8 file (save it as 'CSV UTF-8')") from None
     if "path" not in columns:
         raise ValueError(f"CSV {path}: no 'path' column; expected a header with path[,label], got {columns}")
     if not rows:

@@ -31,6 +31,7 @@ __all__ = [
     "listed_errors",
     "merge_parts",
     "model_moved",
+    "new_part",
     "prepare_output_files",
     "ratio_direction",
     "ratio_positive_class",
@@ -45,6 +46,7 @@ OUTPUT_SUFFIXES = (".csv", ".parquet")
 ERROR_COLUMNS = ("path", "reason")
 _TEXT_COLUMNS = {"path", "true_label", "label", "reason", "file_modified", *DICOM_ID_COLUMNS}
 _INT_COLUMNS = {"frame", "file_bytes"}
+_FLOAT_COLUMNS = {"score", "log_likelihood_ratio", "log_likelihood_ratio_stderr"}  # and prob_<class>
 LEGACY_ERRORS_NAME = "errors.csv"  # the default errors file before each output had its own, shared by a folder
 # output columns added after outputs were first written: an output without them is resumed with its own columns
 COLUMNS_ADDED_LATER = ("log_likelihood_ratio_stderr", *DICOM_ID_COLUMNS, *FILE_STAMP_COLUMNS)
@@ -222,10 +224,14 @@ def columns_of_resumed_run(files: OutputFiles, columns: list[str], overwrite: bo
 def _write_atomically(path: Path, write: Callable[[Any], Any], mode: str = "w") -> None:
     """Write `path` through a temporary file renamed over it: a kill leaves the old file or the new one, never half."""
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, mode, **({"newline": ""} if mode == "w" else {})) as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with open(temporary, mode, **({"newline": "", "encoding": "utf-8"} if mode == "w" else {})) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     os.replace(temporary, path)
 
 
@@ -240,10 +246,13 @@ def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence]) -> N
 
 def _read_csv(path: Path) -> tuple[list[str], list[list]]:
     """Header and rows of a CSV this module wrote, each cell typed as its column (text, frame int, numbers float)."""
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         columns = next(reader)
-        return columns, [[_typed(column, cell) for column, cell in zip(columns, row)] for row in reader]
+        try:
+            return columns, [[_typed(column, cell) for column, cell in zip(columns, row)] for row in reader]
+        except ValueError as error:  # an edited file: a word in a number column
+            raise ValueError(f"{path}:{reader.line_num}: {error}; expected the numbers predict wrote") from error
 
 
 def _typed(column: str, cell: str) -> Any:
@@ -251,7 +260,12 @@ def _typed(column: str, cell: str) -> Any:
         return None
     if column in _INT_COLUMNS:
         return int(cell)
-    return cell if column in _TEXT_COLUMNS else float(cell)
+    # a column added to the file after predict (a plankton sample, a site) is text: its "007" stays "007"
+    return float(cell) if _is_number_column(column) else cell
+
+
+def _is_number_column(column: str) -> bool:
+    return column in _FLOAT_COLUMNS or column.startswith("prob_")
 
 
 def read_predictions(path: str | os.PathLike) -> tuple[list[str], list[list]]:
@@ -280,6 +294,17 @@ def _write_table(path: Path, columns: Sequence[str], rows: list[list]) -> None:
                         for c in columns])  # fmt: skip
     table = pa.table({c: [row[i] for row in rows] for i, c in enumerate(columns)}, schema=schema)
     _write_atomically(path, lambda handle: pq.write_table(table, handle), mode="wb")
+
+
+def new_part(files: OutputFiles, kind: str, first: int) -> Path:
+    """A part file of `kind` ("rows" or "errors") for a batch whose first input is number `first`, one that does not
+    exist yet: after a kill, a rerun that tries again an input of an earlier part (`--retry_errors`, a replaced
+    file) starts a batch at that part's number, and must not overwrite the other inputs that part holds."""
+    path = files.parts / f"{kind}-{first:09d}.csv"
+    again = 1
+    while path.exists():
+        path, again = files.parts / f"{kind}-{first:09d}-{again}.csv", again + 1
+    return path
 
 
 def _part_files(files: OutputFiles, kind: str) -> list[Path]:

@@ -41,6 +41,7 @@ from .outputs import (
     listed_errors,
     merge_parts,
     model_moved,
+    new_part,
     prepare_output_files,
     ratio_direction,
     recorded_file_stamps,
@@ -259,9 +260,9 @@ class _BatchWriter:
         self.files.parts.mkdir(parents=True, exist_ok=True)
         rows = self._rows() if self.images else []
         if self.errors:
-            write_csv(self.files.parts / f"errors-{first:09d}.csv", ERROR_COLUMNS, self.errors)
+            write_csv(new_part(self.files, "errors", first), ERROR_COLUMNS, self.errors)
         if rows:
-            write_csv(self.files.parts / f"rows-{first:09d}.csv", self.columns, rows)
+            write_csv(new_part(self.files, "rows", first), self.columns, rows)
         self.items, self.images, self.errors = [], [], []
         return len(paths)
 
@@ -455,13 +456,17 @@ def _forget_replaced_files(files: OutputFiles, inputs: Sequence[PredictionInput]
     """Remove the rows of the inputs whose file changed since its rows were written (a weekly folder refilled with
     new images under the names of last week's), so they are predicted again; returns how many inputs that is."""
     recorded = recorded_file_stamps(files)
-    replaced = {
-        item.path for item in inputs
-        if item.path in recorded and recorded[item.path] != tuple(file_stamp(item)[c] for c in FILE_STAMP_COLUMNS)
-    }  # fmt: skip
+    replaced = {item.path for item in inputs if item.path in recorded and _replaced(item, recorded[item.path])}
     if replaced:
         forget_rows(files, replaced)
     return len(replaced)
+
+
+def _replaced(item: PredictionInput, recorded: tuple) -> bool:
+    """Whether the file of `item` is another than the one its rows were predicted from; not when it cannot be read now
+    (moved to an archive, a share not mounted): its rows stay, as those of files removed from a folder do."""
+    now = file_stamp(item)
+    return now[FILE_STAMP_COLUMNS[0]] is not None and recorded != tuple(now[column] for column in FILE_STAMP_COLUMNS)
 
 
 def _remaining_indices(inputs: Sequence[PredictionInput], done: set[str]) -> list[int]:
