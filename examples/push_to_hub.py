@@ -97,7 +97,9 @@ def parse_args(argv=None):
                         help="write the folder and card that would be uploaded to --output_dir; upload nothing")
     parser.add_argument("--output_dir", default=None,
                         help="where --dry_run writes (a new or empty folder; default: <model_dir>-dry-run)")
-    parser.add_argument("--private", action="store_true", help="create the repository as private (default: public)")
+    parser.add_argument("--private", action="store_true",
+                        help="create the repository as private; an existing public one is refused (default: the Hub's "
+                        "default visibility)")
     parser.add_argument("--token", default=None, help="a Hub token (default: the saved login or HF_TOKEN)")
     parser.add_argument("--revision", default=None, help="an existing branch to commit to (default: main)")
     return parser.parse_args(argv)

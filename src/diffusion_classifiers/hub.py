@@ -29,7 +29,13 @@ from huggingface_hub import (
     constants,
     snapshot_download,
 )
-from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+)
 from jinja2 import meta
 
 from .data.labeled_images import ONE_SET
@@ -102,6 +108,13 @@ PER_CLASS_OPEN_MAX = 20
 # a repo's Python files only when the user trusts its remote code.
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.md"]
 REMOTE_CODE_PATTERNS = ["*.py"]
+
+# What a model upload sends: the files a model loads from (configs, safetensors, its code, cards), the download's
+# patterns. Anything else in the folder (a training run's samples and logs, predictions, feature caches, the user's
+# DICOM or image files) is left out, with a warning: QA, a CT model's folder held its patients' predictions and scans.
+MODEL_UPLOAD_SUFFIXES = (".json", ".safetensors", ".md", ".py")
+# How many of the files left out a warning names (a folder of scans may hold thousands).
+MAX_NAMED_FILES = 10
 
 
 # Fields the templates may leave empty (they test them with `{% if %}`); every other field they read is required.
@@ -186,7 +199,8 @@ def _per_class_section(per_class: Optional[Dict[str, dict]]) -> Optional[dict]:
     if malformed:
         raise ValueError(f"per_class: expected {sorted(keys)} for every class, not for {', '.join(malformed)}")
     return {
-        "rows": per_class_table(per_class),
+        # a "|" in a class name ("bleed|yes") would split its row into more cells than the header's
+        "rows": per_class_table({name.replace("|", "\\|"): row for name, row in per_class.items()}),
         "num_classes": len(per_class),
         "num_without_images": sum(row["support"] == 0 for row in per_class.values()),
         "collapsed": len(per_class) > PER_CLASS_OPEN_MAX,
@@ -321,6 +335,9 @@ def render_model_card(
         dataset_name=dataset_name,
         eval_dataset_name=eval_name,
         whole_data_set=dataset_split == ONE_SET,
+        # its (block, timestep) was picked on val (`canonical_split_name`'s names for it: not imported, so that the
+        # code saved with every model stays as it is)
+        chosen_on_eval_split=method == "unet_features" and dataset_split in ("val", "validation"),
         dataset_id=dataset_id,
         dataset_license=dataset_license,
         dataset_split=dataset_split,
@@ -644,11 +661,17 @@ def positive_class_of(local_dir: Union[str, os.PathLike]) -> Optional[str]:
     return _saved_config(Path(local_dir)).get("positive_class")
 
 
-def _local_files(local_dir: Path) -> List[str]:
+def _named(names: List[str]) -> str:
+    """`names` joined, the first `MAX_NAMED_FILES` of them and a count of the others."""
+    more = len(names) - MAX_NAMED_FILES
+    return ", ".join(names[:MAX_NAMED_FILES]) + (f" and {more} more" if more > 0 else "")
+
+
+def _local_files(local_dir: Path, repo_type: str = "model") -> List[str]:
     """Relative paths of the files in `local_dir` to upload: hidden ones (.git, .cache, ...) left out, and with a
     warning naming them the training checkpoints (`checkpoint-*/`: state to resume training, not the model, and
-    left out of its `model_fingerprint` too) and pickles (`PICKLE_SUFFIXES`, e.g. the `training_args.bin` of
-    transformers' `Trainer`)."""
+    left out of its `model_fingerprint` too), pickles (`PICKLE_SUFFIXES`, e.g. the `training_args.bin` of
+    transformers' `Trainer`) and, for a model, every file it does not load from (`MODEL_UPLOAD_SUFFIXES`)."""
     relative = [path.relative_to(local_dir) for path in local_dir.rglob("*") if path.is_file()]
     names = sorted(path.as_posix() for path in relative if not _hidden_or_checkpoint(path))
     checkpoints = sorted({folder for folder in map(_checkpoint_folder, relative) if folder is not None})
@@ -665,7 +688,18 @@ def _local_files(local_dir: Path) -> List[str]:
             "code; the model loads from safetensors and JSON only)",
             stacklevel=4,  # the caller of push_to_hub / write_dry_run
         )
-    return [name for name in names if not name.endswith(PICKLE_SUFFIXES)]
+    names = [name for name in names if not name.endswith(PICKLE_SUFFIXES)]
+    if repo_type != "model":  # a dataset's files are its data
+        return names
+    others = [name for name in names if not name.endswith(MODEL_UPLOAD_SUFFIXES)]
+    if others:
+        warnings.warn(
+            f"{local_dir}: not uploading {len(others)} file(s) the model does not load from: {_named(others)} (a "
+            f"model upload sends {', '.join('*' + suffix for suffix in MODEL_UPLOAD_SUFFIXES)} only; data, "
+            "predictions, logs and samples stay local)",
+            stacklevel=4,  # the caller of push_to_hub / write_dry_run
+        )
+    return [name for name in names if name.endswith(MODEL_UPLOAD_SUFFIXES)]
 
 
 def _published_split_record(path: Path) -> bytes:
@@ -682,9 +716,11 @@ def _published_split_record(path: Path) -> bytes:
     return (json.dumps(record, indent=2) + "\n").encode()
 
 
-def commit_operations(local_dir: Path, card: Optional[Union[ModelCard, DatasetCard]]) -> List[CommitOperationAdd]:
-    """Every file of `local_dir`, with `card` (sent from memory) replacing its README.md if given, and each
-    `data_splits.json` sent without its training images' fingerprints (`_published_split_record`)."""
+def commit_operations(
+    local_dir: Path, card: Optional[Union[ModelCard, DatasetCard]], repo_type: str = "model"
+) -> List[CommitOperationAdd]:
+    """The files of `local_dir` to upload (`_local_files`), with `card` (sent from memory) replacing its README.md if
+    given, and each `data_splits.json` sent without its training images' fingerprints (`_published_split_record`)."""
     from .data.split_record import SPLIT_RECORD_NAME
 
     operations = [
@@ -693,7 +729,7 @@ def commit_operations(local_dir: Path, card: Optional[Union[ModelCard, DatasetCa
             path_or_fileobj=_published_split_record(local_dir / name)
             if Path(name).name == SPLIT_RECORD_NAME else str(local_dir / name),
         )
-        for name in _local_files(local_dir)
+        for name in _local_files(local_dir, repo_type)
         if card is None or name != "README.md"
     ]
     if card is not None:
@@ -717,7 +753,7 @@ def write_dry_run(
         raise ValueError(f"{output_dir}: expected a dry-run folder outside the model folder {local_dir}")
     if output_dir.exists() and any(output_dir.iterdir()):
         raise FileExistsError(f"{output_dir}: expected a new or empty folder for the dry run, found files in it")
-    for operation in commit_operations(local_dir, card):
+    for operation in commit_operations(local_dir, card, repo_type):
         target = output_dir / operation.path_in_repo
         target.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(operation.path_or_fileobj, bytes):
@@ -745,7 +781,9 @@ def push_to_hub(
     Hidden files, training checkpoints (`checkpoint-*/`) and pickles (`PICKLE_SUFFIXES`, e.g. a `Trainer`'s
     `training_args.bin`) are not uploaded; a warning names the checkpoints and the pickles. `data_splits.json` is
     uploaded without its `train_fingerprints` (a membership test on the training images), its other keys kept.
-    `revision` is an existing branch (default: main).
+    `revision` is an existing branch (default: main). `private=True` creates the repo private and refuses an existing
+    public one (the Hub keeps a repo's visibility); `private=False` leaves a new repo as the Hub makes it (public, or
+    private where its organisation makes new repos private).
 
     Raises `OfflineModeIsEnabled` when HF_HUB_OFFLINE is set, `HubUploadError` when the upload fails.
     """
@@ -754,10 +792,10 @@ def push_to_hub(
         check_publishable_model(local_dir)  # before anything is sent
     if constants.is_offline_mode():
         raise OfflineModeIsEnabled(f"cannot push {local_dir} to the Hub: HF_HUB_OFFLINE=1 is set; unset it to upload")
-    operations = commit_operations(local_dir, card)
+    operations = commit_operations(local_dir, card, repo_type)
     api = HfApi(token=token)
     try:
-        api.create_repo(repo_id, private=private, repo_type=repo_type, exist_ok=True)
+        _create_repo(api, repo_id, private, repo_type)
         return api.create_commit(
             repo_id, operations, commit_message=commit_message, revision=revision, repo_type=repo_type
         )
@@ -766,6 +804,29 @@ def push_to_hub(
             f"upload of {local_dir} to {api.endpoint}/{repo_id} failed: {err}\n"
             f"The local folder {local_dir} is unchanged."
         ) from err
+
+
+def _create_repo(api: HfApi, repo_id: str, private: bool, repo_type: str) -> None:
+    """Create `repo_id` (private if `private`, else as the Hub makes it: `private=False` would make a repo public
+    where its organisation makes new ones private), or keep the one that exists; an existing public repo is refused
+    when `private` was asked, since the Hub ignores `private` for a repo that exists."""
+    try:
+        api.create_repo(repo_id, private=True if private else None, repo_type=repo_type)
+        return
+    except HfHubHTTPError as error:
+        # 409: it exists; 401 / 402 / 403: no right to create it, which it may (as `create_repo(exist_ok=True)`)
+        if getattr(error.response, "status_code", None) not in (401, 402, 403, 409):
+            raise
+        try:
+            existing = api.repo_info(repo_id, repo_type=repo_type)
+        except HfHubHTTPError:
+            raise error from None
+    if private and existing.private is not True:
+        raise ValueError(
+            f"{repo_id} exists and is public, and a private upload was asked (--private): the Hub keeps an existing "
+            "repo's visibility; make it private first (its settings page, or HfApi().update_repo_settings(repo_id, "
+            "private=True)), or push without --private"
+        )
 
 
 def download_patterns(trust_remote_code: bool = False) -> List[str]:
