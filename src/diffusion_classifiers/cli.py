@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import sys
 import time
 import warnings
@@ -812,7 +813,8 @@ def main(argv=None) -> None:
 def run_from_shell(name: str, run: Callable[[], Any]) -> None:
     """`run()` as a shell command `name` (the CLI's, the example scripts'): an input refused by name (`ValueError`,
     `FileNotFoundError`, `FileExistsError`) or an output another run holds (`RunInUseError`) prints `name: error: ...`
-    and exits with status 1, without Python's traceback (`DIFFUSION_CLASSIFIERS_TRACEBACK=1` keeps it)."""
+    and exits with status 1, without Python's traceback (`DIFFUSION_CLASSIFIERS_TRACEBACK=1` keeps it). A training run
+    that SIGTERM stopped exits with status 143 once its model is saved."""
     from .run_lock import RunInUseError  # the standard library only
 
     try:
@@ -822,6 +824,19 @@ def run_from_shell(name: str, run: Callable[[], Any]) -> None:
         if os.environ.get("DIFFUSION_CLASSIFIERS_TRACEBACK"):
             raise
         sys.exit(f"{name}: error: {error}")
+    _exit_as_stopped_training()
+
+
+def _exit_as_stopped_training() -> None:
+    """A training run that SIGTERM stopped saved what it had, and the command then ends with the status of a process
+    that signal terminated (128 + 15), so that a shell's `&&` or a job scheduler does not take the run for finished."""
+    if "diffusion_classifiers.training.stop_signal" not in sys.modules:
+        return  # the command trained nothing
+    from .training.stop_signal import pop_signal_that_stopped_training
+
+    stopped_by = pop_signal_that_stopped_training()
+    if stopped_by is not None:
+        sys.exit(128 + signal.Signals[stopped_by].value)
 
 
 @contextmanager

@@ -13,7 +13,8 @@ fused AdamW and multi-tensor (foreach) EMA updates; bf16 autocast is `--mixed_pr
 and the returned model is no longer compiled). diffusers' attention already runs PyTorch's SDPA (`AttnProcessor2_0`).
 On CPU each of these measured no faster (`benchmarks/training_speed.py`), so the CPU path is the plain one.
 `--max_train_minutes` stops a run cleanly when its wall-clock budget runs out: a final checkpoint, the loss files and
-the model, as at the last step; the learning-rate schedule is fitted to the budget (`time_budget.py`).
+the model, as at the last step; the learning-rate schedule is fitted to the budget (`time_budget.py`). SIGTERM (a
+scheduler's time limit or preemption) stops it the same way (`stop_signal.py`).
 """
 
 import atexit
@@ -69,6 +70,7 @@ from .output_dir import (
     settle_replaced_checkpoints,
 )
 from .sampling import EpochSeededSampler
+from .stop_signal import StopSignal
 from .time_budget import ScheduleOnTheClock, TrainingBudget, restore_step_rates
 
 __all__ = [
@@ -90,8 +92,8 @@ __all__ = [
 class TrainingSummary:
     """What a `train` call did, saved as `training_summary.json` in `output_dir`: the optimizer steps reached, the
     step it resumed from (0 for a fresh start), the processes, the samples each process saw, the loss of the last
-    step (of the run resumed when no step was left to make; None when it is not known), and whether
-    `--max_train_minutes` ran out before `max_train_steps`."""
+    step (of the run resumed when no step was left to make; None when it is not known), whether
+    `--max_train_minutes` ran out before `max_train_steps`, and the signal that stopped it before (SIGTERM; None)."""
 
     global_step: int
     resumed_from_step: int
@@ -99,6 +101,7 @@ class TrainingSummary:
     samples_per_process: list
     final_loss: Optional[float]
     stopped_by_time_budget: bool = False
+    stopped_by_signal: Optional[str] = None
 
     def save(self, output_dir: str) -> None:
         path = os.path.join(output_dir, "training_summary.json")
@@ -161,7 +164,7 @@ def train(
         sampler = RandomSampler(dataset, generator=torch.Generator())
     if not hasattr(sampler, "set_epoch"):
         sampler = EpochSeededSampler(sampler, args.seed)
-    budget = TrainingBudget(args.max_train_minutes)
+    budget, stop_signal = TrainingBudget(args.max_train_minutes), StopSignal()
     allow_mixed_precision(args.mixed_precision)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -171,8 +174,9 @@ def train(
     )
     check_world_size(accelerator)
     _check_precision_runs_here(args.mixed_precision, accelerator.device)
-    with _claim_output_dir(accelerator, args), cuda_math(args, accelerator.device):
-        return _train(accelerator, args, model, dataset, loss_fn, sampler, sample_grid, monitor, budget)
+    with _claim_output_dir(accelerator, args), cuda_math(args, accelerator.device), stop_signal.listening():
+        stop_conditions = (budget, stop_signal)
+        return _train(accelerator, args, model, dataset, loss_fn, sampler, sample_grid, monitor, stop_conditions)
 
 
 def check_run_can_start(args: TrainingArguments) -> None:
@@ -260,10 +264,13 @@ def _resume(
     return path
 
 
-def _build_dataloader(args: TrainingArguments, dataset: Dataset, sampler: Sampler, accelerator: Accelerator):
+def _build_dataloader(
+    args: TrainingArguments, dataset: Dataset, sampler: Sampler, accelerator: Accelerator, stop_signal: StopSignal
+):
     """The loader of `train` and the generator of its workers' base seed (reseeded every epoch). The sampler draws
     the indices in the main process, so worker processes change where items are decoded, never which are drawn;
-    the base seed comes from this generator, never from the global RNG the loss draws its noise from."""
+    the base seed comes from this generator, never from the global RNG the loss draws its noise from. Its workers
+    leave SIGTERM to the main process while it trains (`stop_signal`)."""
     generator = torch.Generator()
     dataloader = DataLoader(
         dataset,
@@ -274,6 +281,7 @@ def _build_dataloader(args: TrainingArguments, dataset: Dataset, sampler: Sample
         persistent_workers=args.dataloader_num_workers > 0,
         pin_memory=args.dataloader_pin_memory and accelerator.device.type == "cuda",
         generator=generator,
+        worker_init_fn=stop_signal.worker_init_fn,
     )
     return dataloader, generator
 
@@ -414,11 +422,12 @@ def _train(
     sampler: Sampler,
     sample_grid: Optional[SampleGridFunction],
     monitor: Optional[MonitorFunction],
-    budget: TrainingBudget,
+    stop_conditions: tuple[TrainingBudget, StopSignal],
 ) -> tuple[nn.Module, Accelerator, TrainingSummary]:
+    budget, stop_signal = stop_conditions
     set_seed(args.seed, device_specific=True)
     num_examples, num_processes = len(sampler), accelerator.num_processes
-    dataloader, loader_generator = _build_dataloader(args, dataset, sampler, accelerator)
+    dataloader, loader_generator = _build_dataloader(args, dataset, sampler, accelerator, stop_signal)
     if num_processes > 1 and accelerator.device.type == "cuda":
         # batch statistics (an RC-DiT's representation_norm) over every process's batch; torch's SyncBatchNorm
         # runs on GPUs only, so processes on CPUs keep their own batch's statistics
@@ -457,11 +466,11 @@ def _train(
     hidden = {} if accelerator.is_local_main_process else {"disable": True}
     progress = tqdm(total=max_train_steps, initial=global_step, desc="train", **hidden)
     samples_seen = torch.zeros((), dtype=torch.long, device=accelerator.device)
-    out_of_time = False
+    out_of_time = stopped_by_signal = False
     epoch, steps_into_epoch = divmod(global_step, updates_per_epoch)
     batches_to_skip = steps_into_epoch * args.gradient_accumulation_steps
     model.train()
-    while global_step < max_train_steps and not out_of_time:
+    while global_step < max_train_steps and not (out_of_time or stopped_by_signal):
         dataloader.set_epoch(epoch)  # the sampler's order of this epoch: a function of (seed, epoch)
         loader_generator.manual_seed(args.seed + epoch)
         epoch_loader = accelerator.skip_first_batches(dataloader, batches_to_skip) if batches_to_skip else dataloader
@@ -500,14 +509,21 @@ def _train(
             if args.report_to:
                 accelerator.log({"train_loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
             out_of_time = global_step < max_train_steps and budget_used >= 1.0
-            if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps or out_of_time:
+            stopped_by_signal = global_step < max_train_steps and stop_signal.received_anywhere(accelerator)
+            stopping_early = out_of_time or stopped_by_signal
+            if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps or stopping_early:
                 _checkpoint_with_progress(
                     accelerator, args, (history, monitor_history), record, sample_grid, monitor, unwrapped, ema,
                     global_step,
                 )
-            if global_step >= max_train_steps or out_of_time:
+            if global_step >= max_train_steps or stopping_early:
                 if out_of_time:
                     accelerator.print(f"--max_train_minutes {args.max_train_minutes} ran out at step {global_step}")
+                if stopped_by_signal:
+                    accelerator.print(
+                        f"stopped by SIGTERM at step {global_step}, with checkpoint-{global_step}: "
+                        "--resume_from_checkpoint latest continues the run"
+                    )
                 break
         epoch += 1
     progress.close()
@@ -526,7 +542,8 @@ def _train(
     _end_trackers(accelerator)
     final_loss = history.losses[-1] if history.losses else None  # the resumed one's when no step was left to make
     summary = TrainingSummary(
-        global_step, resumed_from_step, accelerator.num_processes, samples_per_process, final_loss, out_of_time
+        global_step, resumed_from_step, accelerator.num_processes, samples_per_process, final_loss, out_of_time,
+        stop_signal.record_stop() if stopped_by_signal else None,
     )
     if accelerator.is_main_process:
         summary.save(args.output_dir)

@@ -1,0 +1,150 @@
+"""SIGTERM (a scheduler's time limit or preemption) stops a training run after its step with a final checkpoint, the
+loss files and the model, on every process at the same step, and the command then exits with status 143."""
+
+import json
+import multiprocessing
+import os
+import signal
+import time
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset, get_worker_info
+
+from diffusion_classifiers.cli import run_from_shell
+from diffusion_classifiers.training import TrainingArguments, train
+from diffusion_classifiers.training.stop_signal import StopSignal
+
+from .test_multiprocess_qa import launch_two
+
+
+def args_for(output_dir, **overrides):
+    defaults = dict(
+        output_dir=str(output_dir), train_batch_size=4, max_train_steps=10, learning_rate=1e-3, lr_warmup_steps=0,
+        checkpointing_steps=100, num_sample_images=0,
+    )  # fmt: skip
+    return TrainingArguments(**{**defaults, **overrides})
+
+
+def dataset(n=16):
+    return TensorDataset(torch.randn(n, 1, generator=torch.Generator().manual_seed(0)))
+
+
+def signalled_at(step):
+    """A loss that sends this process SIGTERM during its `step`-th call, as a scheduler would."""
+    calls = []
+
+    def loss(model, batch):
+        calls.append(1)
+        if len(calls) == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return model(batch[0]).pow(2).mean()
+
+    return loss
+
+
+def test_sigterm_stops_after_the_step_with_a_final_checkpoint_and_the_run_resumes(tmp_path):
+    handler_before = signal.getsignal(signal.SIGTERM)
+    model, _, summary = train(args_for(tmp_path / "run"), nn.Linear(1, 1), dataset(), signalled_at(3))
+
+    assert (summary.global_step, summary.stopped_by_signal, summary.stopped_by_time_budget) == (3, "SIGTERM", False)
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-3"]
+    assert json.loads((run / "training_summary.json").read_text())["stopped_by_signal"] == "SIGTERM"
+    assert len(json.loads((run / "loss_history.json").read_text())["steps"]) == 3
+    assert not (run / ".run.lock").exists()
+    assert signal.getsignal(signal.SIGTERM) is handler_before
+
+    resumed_args = args_for(run, resume_from_checkpoint="latest")
+    _, _, resumed = train(resumed_args, nn.Linear(1, 1), dataset(), lambda model, batch: model(batch[0]).pow(2).mean())
+    assert (resumed.resumed_from_step, resumed.global_step, resumed.stopped_by_signal) == (3, 10, None)
+
+
+def test_a_command_whose_training_sigterm_stopped_exits_143_after_saving(tmp_path):
+    saved = tmp_path / "saved.txt"
+
+    def command():
+        model, _, _ = train(args_for(tmp_path / "run"), nn.Linear(1, 1), dataset(), signalled_at(2))
+        saved.write_text("model saved")  # what a training script does once `train` returns
+
+    with pytest.raises(SystemExit) as exited:
+        run_from_shell("train.py", command)
+    assert exited.value.code == 143 and saved.read_text() == "model saved"
+
+    run_from_shell("train.py", lambda: None)  # a later command that trains nothing ends normally
+
+
+class SelfSignallingImages(Dataset):
+    """Each item a loader worker reads sends it SIGTERM, as when a scheduler signals the whole process group."""
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, index):
+        if get_worker_info() is not None:  # not in the main process (the run's record reads an item)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return (torch.full((1,), float(index)),)
+
+
+@pytest.mark.slow
+def test_loader_workers_leave_sigterm_to_the_main_process(tmp_path):
+    args = args_for(tmp_path / "run", dataloader_num_workers=1)
+    _, _, summary = train(args, nn.Linear(1, 1), SelfSignallingImages(), signalled_at(2))
+    assert (summary.global_step, summary.stopped_by_signal) == (2, "SIGTERM")
+
+
+def _wait_as_a_loader_worker(stop_signal, ready):
+    stop_signal.worker_init_fn(0)
+    ready.set()
+    time.sleep(60)
+
+
+def test_a_loader_worker_ignores_sigterm_only_while_its_process_trains():
+    """After training, SIGTERM ends a worker again: `multiprocessing` terminates its daemon processes at exit and
+    waits for them, so a worker that still ignored it would hang the exit of a script whose loader outlived `train`."""
+    stop_signal, ready = StopSignal(), multiprocessing.Event()
+    stop_signal.listening_now.value = True
+    worker = multiprocessing.Process(target=_wait_as_a_loader_worker, args=(stop_signal, ready), daemon=True)
+    worker.start()
+    assert ready.wait(timeout=30)
+    os.kill(worker.pid, signal.SIGTERM)
+    worker.join(timeout=1.0)
+    assert worker.is_alive()  # left to the main process while it trains
+
+    stop_signal.listening_now.value = False
+    worker.terminate()  # what multiprocessing's exit does
+    worker.join(timeout=30)
+    assert not worker.is_alive() and worker.exitcode == -signal.SIGTERM
+
+
+# process 1 alone is signalled during its second step; both must stop after it with the same checkpoint
+SIGNAL_ONE_PROCESS = """
+import os, signal, sys, torch
+from torch import nn
+from torch.utils.data import TensorDataset
+from diffusion_classifiers.training import TrainingArguments, train
+from diffusion_classifiers.training.stop_signal import StopSignal
+
+calls = []
+def loss(model, batch):
+    calls.append(1)
+    if len(calls) == 2 and os.environ["RANK"] == "1":
+        os.kill(os.getpid(), signal.SIGTERM)
+    return model(batch[0]).pow(2).mean()
+
+args = TrainingArguments(output_dir=sys.argv[1], train_batch_size=2, max_train_steps=10, lr_warmup_steps=0,
+                         checkpointing_steps=100, num_sample_images=0)
+model, accelerator, summary = train(args, nn.Linear(1, 1), TensorDataset(torch.randn(16, 1)), loss)
+print(f"process {accelerator.process_index}: step {summary.global_step}, {summary.stopped_by_signal}", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_stops_every_process_at_the_same_step(tmp_path):
+    (tmp_path / "signal_one.py").write_text(SIGNAL_ONE_PROCESS)
+    result = launch_two(str(tmp_path / "signal_one.py"), str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    for process in range(2):
+        assert f"process {process}: step 2, SIGTERM" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2"]
