@@ -553,6 +553,7 @@ def test_a_resume_with_other_optimizer_schedule_ema_or_seed_flags_is_refused_nam
         (r"--use_ema True -> False", dict(use_ema=False)),
         (r"--seed 0 -> 1; --adam_beta2 0\.999 -> 0\.99; --ema_max_decay 0\.9999 -> 0\.5",
          dict(seed=1, adam_beta2=0.99, ema_max_decay=0.5)),
+        (r"--max_grad_norm 1\.0 -> 0\.5; --mixed_precision no -> bf16", dict(max_grad_norm=0.5, mixed_precision="bf16")),
     ]:
         with pytest.raises(ValueError, match=rf"differs from the one that wrote it in {changed} {NEW_RUN}"):
             tiny_run(tmp_path, **{**resume, **overrides})

@@ -59,7 +59,7 @@ JSON_RECORDS = (RUN_RECORD_NAME, LOSS_HISTORY_NAME, MONITOR_HISTORY_NAME)  # wha
 # restore over new values without a word, and the seed of the data order
 RESUMED_SETTINGS = (
     "seed", "learning_rate", "lr_scheduler", "lr_warmup_steps", "adam_beta1", "adam_beta2", "adam_weight_decay",
-    "adam_epsilon", "use_ema",
+    "adam_epsilon", "use_ema", "max_grad_norm", "mixed_precision",
 )  # fmt: skip
 EMA_SETTINGS = ("ema_max_decay", "ema_inv_gamma", "ema_power")  # recorded with --use_ema only
 MODEL_SETTINGS = ("encoder_learning_rate_scale",)  # attributes of a model (`RCDiTJointModel`) `build_optimizer` reads
@@ -154,7 +154,9 @@ def run_record(
 
 def training_settings(args: TrainingArguments, model: Optional[nn.Module] = None) -> dict:
     """The flags a resume must keep, part of the `run_record`: the optimizer's, the schedule's and the EMA's, which
-    the checkpoint's state would override, and the seed of the data order; with `model`, its `MODEL_SETTINGS`."""
+    the checkpoint's state would override, the seed of the data order, and the gradient clipping and mixed precision
+    (with others the resumed run would not end with the weights of the uninterrupted one); with `model`, its
+    `MODEL_SETTINGS`."""
     names = RESUMED_SETTINGS + (EMA_SETTINGS if args.use_ema else ())
     settings = {name: getattr(args, name) for name in names}
     model_settings = {name: getattr(model, name) for name in MODEL_SETTINGS if hasattr(model, name)}

@@ -183,7 +183,7 @@ def check_run_can_start(args: TrainingArguments) -> None:
     """The refusals of `train` that need neither the data nor the model, without its changes to `output_dir`: a
     launch that runs another number of processes than it was asked for, a folder holding another run, a
     `--resume_from_checkpoint` folder that is not there or was written by another number of processes or with other
-    optimizer, schedule, EMA or seed flags, fp16 on a CPU.
+    optimizer, schedule, EMA, seed, clipping or precision flags, fp16 on a CPU.
     The scripts call it before they read their data (`--streaming` reads every image first), so a wrong flag is
     refused in seconds, each a `ValueError` (one line from a shell); `train` checks again, with the folder locked."""
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
