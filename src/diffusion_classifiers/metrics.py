@@ -10,6 +10,8 @@ from .validation import as_labels, check_finite_rows, check_label_range, resolve
 
 # Random clusterings averaged for a clustering's accuracy by chance.
 CHANCE_DRAWS = 10
+# How far above 1 a probability may round (a float32 softmax: a few units of its 2 ** -23 last place).
+PROBABILITY_SLACK = 1e-6
 
 __all__ = [
     "calibration_metrics",
@@ -23,7 +25,26 @@ __all__ = [
 ]
 
 
+def float_array(values) -> np.ndarray:
+    """A tensor (of any dtype, bfloat16 included, which numpy lacks) or an array-like as a float64 array."""
+    return np.asarray(values.detach().cpu().double() if hasattr(values, "detach") else values, dtype=np.float64)
+
+
+def finite_ranking(scores: np.ndarray) -> np.ndarray:
+    """`scores` `[N, K]` with each column's `+inf` / `-inf` replaced by the next float above / below its finite
+    values: the same order, which scikit-learn's curves and AUC accept (a Score-SDE class pruned, or of prior 0, has
+    log-odds `-inf`; the class left alone `+inf`)."""
+    if np.isfinite(scores).all():
+        return scores
+    finite = np.isfinite(scores)
+    high, low = np.where(finite, scores, -np.inf).max(0), np.where(finite, scores, np.inf).min(0)
+    high, low = np.where(np.isfinite(high), high, 0.0), np.where(np.isfinite(low), low, 0.0)  # no finite score
+    scores = np.where(scores == np.inf, np.nextafter(high, np.inf), scores)
+    return np.where(scores == -np.inf, np.nextafter(low, -np.inf), scores)
+
+
 def _auc(y_true: np.ndarray, probs: np.ndarray, positive_label: Optional[int]) -> Dict[str, object]:
+    probs = finite_ranking(probs)
     present = np.unique(y_true)
     if len(present) < 2:
         return {"auc": None, "auc_unavailable_reason": f"only class {present[0]} is present in y_true"}
@@ -103,9 +124,10 @@ def classification_metrics(
 
     Args:
         y_true, y_pred: integer labels in `[0, num_classes)`, same length.
-        probs (`[N, K]`, *optional*): class probabilities or scores. Binary AUC uses `probs[:, positive_label]`; multiclass AUC
-            is one-vs-rest macro over the classes present in `y_true`. With one class present, `auc` is `None` and
-            `auc_unavailable_reason` says why.
+        probs (`[N, K]`, *optional*): class probabilities or scores. Binary AUC uses `probs[:, positive_label]`;
+            multiclass AUC is one-vs-rest macro over the classes present in `y_true`. With one class present, `auc`
+            is `None` and `auc_unavailable_reason` says why. Scores of `+inf` / `-inf` rank first / last; NaN is
+            refused.
         num_classes (`int`, *optional*): defaults to `len(class_names)`, else the largest label + 1.
         class_names (`Sequence[str]`, *optional*): keys of `per_class`; defaults to `"0"`, `"1"`, ...
         positive_label (`int`, *optional*): binary tasks only: the id of the positive class (the finding, e.g.
@@ -145,10 +167,10 @@ def classification_metrics(
     if num_classes == 2:
         result.update(_binary_metrics(names, positive_label, precision, recall, f1, support))
     if probs is not None:
-        probs = np.asarray(probs.detach().cpu() if hasattr(probs, "detach") else probs, dtype=np.float64)
+        probs = float_array(probs)
         if probs.shape != (len(y_true), num_classes):
             raise ValueError(f"expected probs of shape {(len(y_true), num_classes)}, got {probs.shape}")
-        check_finite_rows(probs, "probs")
+        check_finite_rows(np.nan_to_num(probs, nan=np.nan, posinf=0.0, neginf=0.0), "probs")  # +-inf: extreme ranks
         result.update(_auc(y_true, probs, positive_label))
     return result
 
@@ -202,7 +224,9 @@ def clustering_metrics(y_true, clusters, num_classes: int) -> dict:
         "accuracy_by_chance": _hungarian_accuracy_by_chance(y_true, clusters, num_classes),
         "purity": float(_contingency(y_true, clusters, num_classes).max(axis=1).sum() / len(y_true)),
         "macro_f1": float(skm.f1_score(y_true, matched, labels=present, average="macro", zero_division=0)),
-        "balanced_accuracy": float(skm.recall_score(y_true, matched, labels=present, average="macro", zero_division=0)),
+        "balanced_accuracy": float(
+            skm.recall_score(y_true, matched, labels=present, average="macro", zero_division=0)
+        ),
         "cluster_to_class": mapping.tolist(),
     }
 
@@ -218,16 +242,23 @@ def _hungarian_accuracy_by_chance(y_true: np.ndarray, clusters: np.ndarray, num_
 
 def calibration_metrics(y_true, probs, num_bins: int = 10) -> dict:
     r"""
-    Expected calibration error of the top-class confidence, with the per-bin table of a reliability diagram.
+    Expected calibration error of the top-class confidence, with the per-bin table of a reliability diagram. `probs`
+    must be probabilities (in [0, 1], finite), `y_true` class ids among their columns and `num_bins` at least 1.
 
     Returns:
         `dict` with `ece` and `bins`: one entry per equal-width confidence bin (`lower`, `upper`, `count`,
         `confidence` = mean top probability, `accuracy` = fraction correct; `None` for empty bins).
     """
-    y_true = as_labels(y_true, "y_true")
-    probs = np.asarray(probs.detach().cpu() if hasattr(probs, "detach") else probs, dtype=np.float64)
+    y_true, probs = as_labels(y_true, "y_true"), float_array(probs)
     if probs.ndim != 2 or len(probs) != len(y_true):
         raise ValueError(f"expected probs of shape [{len(y_true)}, K], got {probs.shape}")
+    if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins < 1:
+        raise ValueError(f"num_bins: expected an integer >= 1, got {num_bins!r}")
+    check_label_range(y_true, "y_true", probs.shape[1])
+    check_finite_rows(probs, "probs")
+    outside = np.flatnonzero(((probs < 0) | (probs > 1 + PROBABILITY_SLACK)).any(1))
+    if len(outside):  # logits or log-probabilities would give an ECE above 1, or any number
+        raise ValueError(f"probs row {outside[0]} = {probs[outside[0]].tolist()} is not probabilities in [0, 1]")
     confidence, correct = probs.max(1), probs.argmax(1) == y_true
     edges = np.linspace(0.0, 1.0, num_bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, num_bins - 1)
@@ -239,7 +270,10 @@ def calibration_metrics(y_true, probs, num_bins: int = 10) -> dict:
         accuracy = float(correct[members].mean()) if count else None
         if count:
             ece += count / len(y_true) * abs(accuracy - mean_confidence)
-        bins.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": count, "confidence": mean_confidence, "accuracy": accuracy})
+        bins.append({
+            "lower": float(edges[b]), "upper": float(edges[b + 1]), "count": count, "confidence": mean_confidence,
+            "accuracy": accuracy,
+        })  # fmt: skip
     return {"ece": float(ece), "bins": bins}
 
 

@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 from sklearn.calibration import CalibrationDisplay  # noqa: E402
@@ -26,7 +27,7 @@ from sklearn.metrics import (  # noqa: E402
     recall_score,
 )
 
-from .metrics import calibration_metrics  # noqa: E402
+from .metrics import calibration_metrics, finite_ranking, float_array  # noqa: E402
 
 __all__ = [
     "DPI",
@@ -68,7 +69,8 @@ def plot_probe_heatmap(
     for (block, t), value in scores.items():
         grid[blocks.index(block), timesteps.index(t)] = value
     label_inches = 0.08 * max(0, max(len(str(block)) for block in blocks) - 14)  # long names (hypercolumns) need room
-    fig, ax = plt.subplots(figsize=(1.1 * len(timesteps) + 3 + label_inches, 0.5 * len(blocks) + 2), layout="constrained")
+    figsize = (1.1 * len(timesteps) + 3 + label_inches, 0.5 * len(blocks) + 2)
+    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
     low, high = 100 * np.nanmin(grid), 100 * np.nanmax(grid)
     if low == high:  # one value everywhere: a unit band around it, inside [0, 100]
         low, high = max(0.0, low - 1), min(100.0, high + 1)
@@ -123,11 +125,14 @@ def plot_confusion_matrix(
         plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
     if many:
         ax.tick_params(labelsize=6)
+    display.im_.set_clim(0, None if normalize is None else 1)
+    # scikit-learn chose each text's colour for the limits before these: white on pale cells, unreadable
+    on_dark, on_light = display.im_.cmap(0.0), display.im_.cmap(1.0)
     for (row, col), text in np.ndenumerate(display.text_ if not many else np.empty((0, 0))):
         count = counts[row, col]
         text.set_text(str(count) if normalize is None else f"{count}\n{100 * shown[row, col]:.1f}%")
         text.set_fontsize(8 if len(class_names) > 6 else 10)
-    display.im_.set_clim(0, None if normalize is None else 1)
+        text.set_color(on_dark if display.im_.norm(shown[row, col]) >= 0.5 else on_light)
     over = {"true": "each true class", "pred": "each predicted class", "all": "all samples"}.get(normalize)
     how = "counts" if normalize is None else f"counts, colours normalised over {over}"
     ax.set_title(_wrap(f"{title} ({how})", int(9 * size)))
@@ -153,7 +158,8 @@ def plot_roc_pr(
         positive_label (`int`, *optional*, defaults to 1): the id of the positive class, which the curves rank.
         class_names: the two class names; the positive one is named in the titles.
     """
-    y_true, y_pred, scores = (np.asarray(v).reshape(-1) for v in (y_true, y_pred, positive_scores))
+    y_true, y_pred = (np.asarray(v).reshape(-1) for v in (y_true, y_pred))
+    scores = finite_ranking(float_array(positive_scores).reshape(-1))
     if not len(y_true) == len(y_pred) == len(scores):
         lengths = f"{len(y_true)}, {len(y_pred)}, {len(scores)}"
         raise ValueError(f"expected y_true, y_pred and positive_scores of one length, got {lengths}")
@@ -168,16 +174,23 @@ def plot_roc_pr(
     marker = dict(marker="o", color="C3", markersize=8, linestyle="", clip_on=False)
 
     RocCurveDisplay.from_predictions(y_true, scores, ax=roc_ax, **curve)
-    roc_ax.plot(1 - specificity, sensitivity, label=f"operating point (sens. {sensitivity:.2f}, spec. {specificity:.2f})", **marker)
+    point = f"operating point (sens. {sensitivity:.2f}, spec. {specificity:.2f})"
+    roc_ax.plot(1 - specificity, sensitivity, label=point, **marker)
     roc_ax.set(xlabel="1 - specificity (false positive rate)", ylabel=f"sensitivity (recall of {positive})")
     roc_ax.set_title(_wrap(f"ROC, positive class: {positive}", 45))
     roc_ax.legend(loc="lower right", fontsize=8)
 
     PrecisionRecallDisplay.from_predictions(y_true, scores, ax=pr_ax, **curve)
-    pr_ax.plot(sensitivity, precision, label=f"operating point (recall {sensitivity:.2f}, precision {precision:.2f})", **marker)
+    handles, labels = pr_ax.get_legend_handles_labels()
+    if (y_pred == positive_label).any():
+        point = f"operating point (recall {sensitivity:.2f}, precision {precision:.2f})"
+        handles.append(pr_ax.plot(sensitivity, precision, **marker)[0])
+    else:  # no precision to plot: scikit-learn's 0 drew a point below the curve, as if every call were wrong
+        point = f"operating point: nothing called {positive} (precision undefined)"
+        handles.append(Line2D([], [], **{**marker, "clip_on": True}))  # the legend's only
     pr_ax.set(xlabel=f"recall of {positive} (sensitivity)", ylabel=f"precision of {positive}")
     pr_ax.set_title(_wrap(f"Precision-recall, positive class: {positive}", 45))
-    pr_ax.legend(loc="lower left", fontsize=8)
+    pr_ax.legend(handles, [*labels, point], loc="lower left", fontsize=8)
     if title:
         fig.suptitle(_wrap(title, 90))
     _save(fig, path)
@@ -194,8 +207,8 @@ def plot_classification_figures(
     `["reliability"]`, `["roc_pr"]`. An earlier report's `roc_pr.png` left there is removed otherwise, so no curve of
     another run stays beside these figures. Returns the file names written.
     """
-    probs = np.asarray(probs, dtype=np.float64)
-    ranking_scores = probs if ranking_scores is None else np.asarray(ranking_scores, dtype=np.float64)
+    probs = float_array(probs)
+    ranking_scores = probs if ranking_scores is None else float_array(ranking_scores)
     plot_confusion_matrix(
         metrics["confusion_matrix"], class_names, os.path.join(output_dir, "confusion_matrix.png"),
         title=titles["confusion_matrix"],
@@ -219,7 +232,7 @@ def plot_reliability(y_true, probs, path: str, num_bins: int = 10, title: str = 
     """Top-class confidence vs accuracy per confidence bin (a `CalibrationDisplay`, the diagonal being perfect
     calibration), the ECE in the title, and the count of samples per bin below; the bins are those of
     `metrics.calibration_metrics`, as in metrics.json."""
-    probs = np.asarray(probs.detach().cpu() if hasattr(probs, "detach") else probs, dtype=np.float64)
+    probs = float_array(probs)
     calibration = calibration_metrics(y_true, probs, num_bins=num_bins)
     filled = [b for b in calibration["bins"] if b["count"]]
     fig, (curve_ax, count_ax) = plt.subplots(
@@ -307,7 +320,9 @@ def plot_loss_curve(steps: Sequence[int], losses: Sequence[float], path: str, ti
     """The loss at every optimizer step and its moving average (a window of ~2% of the steps), log y axis."""
     steps, losses = np.asarray(steps), np.asarray(losses, dtype=np.float64)
     if len(steps) == 0 or len(steps) != len(losses):
-        raise ValueError(f"expected one loss per step and at least one, got {len(steps)} steps and {len(losses)} losses")
+        raise ValueError(
+            f"expected one loss per step and at least one, got {len(steps)} steps and {len(losses)} losses"
+        )
     fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
     ax.plot(steps, losses, color="C0", alpha=0.35, linewidth=0.8, label="loss per step")
     window = max(1, len(losses) // 50)

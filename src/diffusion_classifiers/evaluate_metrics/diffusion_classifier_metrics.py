@@ -13,7 +13,8 @@ Args:
     predictions (`list` of `int`): predicted class ids.
     references (`list` of `int`): true class ids.
 Returns:
-    accuracy, macro_f1, balanced_accuracy (`float`).
+    accuracy, macro_f1, balanced_accuracy (`float`): macro_f1 and balanced_accuracy average over the classes present
+    in `references` (a class only predicted counts in neither, unlike scikit-learn's default macro-F1).
 """
 
 
@@ -23,7 +24,9 @@ class DiffusionClassifierMetrics(evaluate.Metric):
             description=_DESCRIPTION,
             citation="",
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
+            features=datasets.Features(
+                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
+            ),
         )
 
     # datasets casts each value to int64, truncating probabilities passed by mistake (0.7 -> 0): checked before
@@ -40,7 +43,9 @@ class DiffusionClassifierMetrics(evaluate.Metric):
         return super().add(prediction=prediction, reference=reference, **kwargs)
 
     def _compute(self, predictions, references):
-        metrics = classification_metrics(references, predictions)
+        # at least 2 classes: a batch of class 0 alone (all normal scans, all predicted so) is scored, not refused
+        num_classes = max(2, int(np.max(references)) + 1, int(np.max(predictions)) + 1)
+        metrics = classification_metrics(references, predictions, num_classes=num_classes)
         return {name: metrics[name] for name in ("accuracy", "macro_f1", "balanced_accuracy")}
 
 
