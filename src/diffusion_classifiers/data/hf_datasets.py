@@ -23,6 +23,13 @@ __all__ = [
 ]
 
 HF_SPLIT_NAMES = {"train": "train", "validation": "val", "val": "val", "test": "test"}
+# How a column of another type becomes the one `find_column` looks for, by its role.
+_CAST_HINTS = {
+    "image": "cast a column of encoded images or file paths with dataset.cast_column(name, Image()); arrays of "
+    "pixels: save them in a .npz file",
+    "label": "cast an integer column with dataset.cast_column(name, ClassLabel(names=...)), or number a column of "
+    "class names with dataset.class_encode_column(name)",
+}
 
 
 def canonical_split_name(name: str) -> str:
@@ -76,9 +83,23 @@ def read_hf_dataset(source: Any, image_column: str | None, label_column: str | N
     images, labels = [], {}
     for name, part in parts.items():
         images += _decode_column(part.cast_column(image_column, datasets.Image(decode=True)), image_column, name)
-        labels[HF_SPLIT_NAMES[name]] = np.asarray(part[label_column], dtype=np.int64)
+        labels[HF_SPLIT_NAMES[name]] = split_labels(part, label_column, name)
     all_labels, names, splits = labels_and_names(labels, label_feature.names, "dataset")
     return RawData(images, all_labels, names, splits)
+
+
+def split_labels(part: Any, label_column: str, name: str) -> np.ndarray:
+    """The int64 labels of one split; a row labelled -1, ClassLabel's "no label" (a Hub test split whose labels are
+    withheld), is refused naming the split and how to read the rest, before any image is decoded."""
+    labels = np.asarray(part[label_column], dtype=np.int64)
+    unlabelled = int((labels < 0).sum())
+    if unlabelled:
+        raise ValueError(
+            f"split {name!r}: {unlabelled} of its {len(labels)} rows have label {int(labels.min())} in column "
+            f"{label_column!r} (ClassLabel's 'no label', as in a test split whose labels are withheld); expected a "
+            "class on every row: leave the split out (then a test split is carved from 'train') or drop those rows"
+        )
+    return labels
 
 
 def pil_channels(image: Image.Image) -> int:
@@ -127,7 +148,7 @@ def find_column(features: Any, name: str | None, feature_type: type, role: str) 
         found = "no" if not matches else f"several ({matches})"
         raise ValueError(
             f"{found} {expected} column for the {role}s; columns: {columns}. Pass {role}_column= naming "
-            f"one {expected} column (cast an integer column with dataset.cast_column(name, ClassLabel(names=...)))"
+            f"one {expected} column ({_CAST_HINTS.get(role, '')})"
         )
     return matches[0]
 

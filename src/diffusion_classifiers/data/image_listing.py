@@ -181,7 +181,33 @@ def _read_split_files(
             files.append(path)
             labels.append(int(label))
         labels_per_split[split] = np.asarray(labels, dtype=np.int64)
+    _warn_files_in_several_splits(splits_dir, files, labels_per_split)
     return files, labels_per_split, names
+
+
+def _warn_files_in_several_splits(
+    splits_dir: Path, files: list[Path], labels_per_split: dict[str, np.ndarray]
+) -> None:
+    """An image listed in two split files (train and test) is read in both, as listed; its test metrics are then
+    those of an image trained on, which nothing later can tell (a split of the data's own is not checked against the
+    training images), so it is said here."""
+    bounds = np.cumsum([0] + [len(labels) for labels in labels_per_split.values()])
+    split_of: dict[Path, str] = {}
+    shared: dict[tuple[str, str], list[Path]] = {}
+    for split, start, stop in zip(labels_per_split, bounds[:-1], bounds[1:]):
+        for path in dict.fromkeys(files[start:stop]):  # a file listed twice in one split is that split's business
+            if path in split_of:
+                shared.setdefault((split_of[path], split), []).append(path)
+            else:
+                split_of[path] = split
+    for (first, second), paths in shared.items():
+        warnings.warn(
+            f"{splits_dir}: {len(paths)} image(s) are listed in both {first}.txt and {second}.txt (first: "
+            f"{paths[0]}); each is read in both splits, so the {second!r} metrics include images of {first!r}: list "
+            "each image in one split file",
+            UserWarning,
+            stacklevel=6,  # the caller of load_image_classification_data
+        )
 
 
 def _nonempty_lines(path: Path) -> list[str]:
@@ -228,6 +254,9 @@ def list_csv(
         files.append(file)
         labels.append(ids[row["label"]])
         patients.append(row[patient_id_column] if patient_id_column is not None else None)
+    if patient_id_column is not None:
+        meaning = "patients, whom a carved split may put on both sides"
+        _warn_spaced_variants(path, patients, patient_id_column, meaning, stacklevel=5)
     return files, np.asarray(labels, dtype=np.int64), names, patients if patient_id_column else None
 
 
@@ -237,14 +266,23 @@ def _check_labels_named(path: Path, rows: list[dict]) -> None:
     for line, row in enumerate(rows, start=2):  # line 1 is the header
         if not (row["label"] or "").strip():
             raise ValueError(f"CSV {path}:{line}: empty label; expected a class name on every row")
+    _warn_spaced_variants(path, [row["label"] for row in rows], "label", "classes", stacklevel=6)
+
+
+def _warn_spaced_variants(path: Path, values: list[str], column: str, meaning: str, stacklevel: int) -> None:
+    """Values of a CSV column that differ only by surrounding spaces (`'ich '` and `'ich'`, a patient `'P7 '` and
+    `'P7'`) are told apart, as they always were (the carving stays the same), which is warned about: two classes, or
+    one patient on both sides of a split (`stacklevel`: the caller of the loader, as `warnings.warn` counts)."""
     by_stripped: dict[str, set[str]] = {}
-    for row in rows:
-        by_stripped.setdefault(row["label"].strip(), set()).add(row["label"])
-    variants = [sorted(labels) for labels in by_stripped.values() if len(labels) > 1]
+    for value in values:
+        by_stripped.setdefault(value.strip(), set()).add(value)
+    variants = [sorted(group) for group in by_stripped.values() if len(group) > 1]
     if variants:
+        shown = ", ".join(" and ".join(map(repr, group)) for group in variants[:5])
+        more = f" (and {len(variants) - 5} more)" if len(variants) > 5 else ""
         warnings.warn(
-            f"CSV {path}: labels that differ only by surrounding spaces are different classes: "
-            f"{', '.join(' and '.join(map(repr, labels)) for labels in variants)}; correct the CSV if they are one class",
+            f"CSV {path}: {column} values that differ only by surrounding spaces are different {meaning}: {shown}"
+            f"{more}; correct the CSV if they are one",
             UserWarning,
-            stacklevel=5,  # the caller of load_image_classification_data
+            stacklevel=stacklevel,
         )

@@ -29,7 +29,15 @@ from .dicom import MedicalPreprocessing, is_dicom_file
 from .image_files import DECODE_ERRORS, decode_error_text, open_image
 from .preprocessing import ImagePreprocessing, _describe, fit_options, preprocess_images
 from .file_decoding import _refuse_unreadable_files, check_file_headers, decode_image_file, list_frames
-from .hf_datasets import HF_SPLIT_NAMES, find_column, hf_splits, is_saved_dataset, open_saved_dataset, split_columns
+from .hf_datasets import (
+    HF_SPLIT_NAMES,
+    find_column,
+    hf_splits,
+    is_saved_dataset,
+    open_saved_dataset,
+    split_columns,
+    split_labels,
+)
 from .image_listing import list_csv, list_folder_files, list_unlabeled_images
 from .labeled_images import ONE_SET, SPLITS, RawData, labels_and_names
 from .readers import (
@@ -268,6 +276,7 @@ class StreamingImages(torch.utils.data.Dataset):
         files = [str(file) for file in files]
         if not files:
             raise ValueError("files: expected at least one image file, got none")
+        _check_utf8_names(files, "files")
         if (labels is None) != (class_names is None):
             raise ValueError("expected labels and class_names together, got only one of them")
         medical = medical if medical is not None else MedicalPreprocessing()
@@ -411,6 +420,8 @@ def streaming_image_classification_data(
     check_split_fractions(val_fraction, test_fraction, carved=not unlabeled)
     check_anonymised_dicom_groups(anonymised_dicom_groups)
     fit = fit_options(resize_mode, pad_value, normalize_background)
+    _check_reading(num_channels, image_size, medical, fit)  # before every file's header is read
+    _check_source_options(source, unlabeled, class_names, patient_id_column, image_column, label_column)
     listing = {"open_images": check_files, "unreadable": unreadable}  # each file checked once, when it is listed
     if unlabeled:
         medical = medical or MedicalPreprocessing()
@@ -421,9 +432,11 @@ def streaming_image_classification_data(
         )  # fmt: skip
         return _leave_out({"train": full}, unreadable)
     source = open_saved_dataset(source)
-    if type(source).__module__.startswith("datasets"):
+    if _is_datasets_object(source):
         dataset, raw = _hf_rows(source, image_column, label_column)
-        full = StreamingImages(dataset, image_size, num_channels, image_column=_IMAGE, label_column=_LABEL, **fit)
+        full = StreamingImages(
+            dataset, image_size, num_channels, image_column=_IMAGE, label_column=_LABEL, medical=medical, **fit
+        )
     else:
         files, frames, raw = _file_rows(
             source, class_names, patient_id_column, medical or MedicalPreprocessing(), anonymised_dicom_groups,
@@ -437,6 +450,66 @@ def streaming_image_classification_data(
         return _leave_out({ONE_SET: full}, unreadable)
     splits = carve_splits(raw, val_fraction, test_fraction, seed)
     return _leave_out({name: full.subset(splits[name]) for name in SPLITS}, unreadable)
+
+
+def _is_datasets_object(source: Any) -> bool:
+    return type(source).__module__.startswith("datasets")
+
+
+def _check_reading(
+    num_channels: Any, image_size: Any, medical: MedicalPreprocessing | None, fit: dict[str, Any]
+) -> None:
+    """How the images will be read, checked as `StreamingImages` checks it, but before a large folder is listed."""
+    if num_channels not in (1, 3):
+        raise ValueError(
+            f"num_channels: expected 1 or 3 (streaming cannot look at every image first), got {num_channels!r}"
+        )
+    if image_size is None:
+        raise ValueError("image_size: expected an int or (height, width) (streamed images are resized on the fly)")
+    medical = medical if medical is not None else MedicalPreprocessing()
+    medical.check_channels(num_channels)
+    ImagePreprocessing(image_size, num_channels, input_range="[0, 1]", medical=medical, **fit)
+
+
+def _check_source_options(
+    source: Any,
+    unlabeled: bool,
+    class_names: Sequence[str] | None,
+    patient_id_column: str | None,
+    image_column: str | None,
+    label_column: str | None,
+) -> None:
+    """The options a source of another kind would silently ignore are refused, as the in-memory loader refuses
+    them: `class_names` and `patient_id_column` name a CSV's classes and patients, `image_column` / `label_column` a
+    dataset's columns (a dataset's ClassLabel carries its class names and their order)."""
+    path = Path(source) if isinstance(source, (str, os.PathLike)) else None
+    is_dataset = _is_datasets_object(source) or (path is not None and path.is_dir() and is_saved_dataset(path))
+    is_csv = path is not None and path.suffix == ".csv"
+    kind = "a dataset" if is_dataset else "a CSV" if is_csv else "an image folder"
+    if (class_names is not None or patient_id_column is not None) and (unlabeled or not is_csv):
+        kind = "an unlabeled folder" if unlabeled else kind
+        raise ValueError(f"class_names / patient_id_column apply to CSV sources only, not to {kind}")
+    if (image_column is not None or label_column is not None) and not is_dataset:
+        raise ValueError(f"image_column / label_column apply to datasets sources only, not to {kind}")
+
+
+def _check_utf8_names(files: Sequence[str | os.PathLike], where: str) -> None:
+    """A streamed file's path is stored in an Arrow table, which holds UTF-8 text only: a name in another encoding
+    (a Latin-1 name from an older system) is refused by name before any file is read, not halfway with a bare
+    UnicodeEncodeError."""
+    bad = []
+    for file in files:
+        try:
+            os.fspath(file).encode("utf-8")
+        except UnicodeEncodeError:
+            bad.append(os.fsencode(file))
+    if bad:
+        shown = ", ".join(repr(name) for name in bad[:3])
+        raise ValueError(
+            f"{where}: {len(bad)} file name(s) are not valid UTF-8 ({shown}); expected UTF-8 names, since streamed "
+            "images are listed by path in an Arrow table: rename them (e.g. convmv -f latin1 -t utf8), or read the "
+            "data into memory (without --streaming), which reads such names"
+        )
 
 
 def _noting_dicom(medical: MedicalPreprocessing | None, frames: Sequence[int | None]) -> MedicalPreprocessing | None:
@@ -477,13 +550,12 @@ def _file_rows(
     if path.is_file() and path.suffix == ".csv":
         files, labels, names, patients = list_csv(path, class_names, patient_id_column)
         labels_per_split, where = {"train": labels}, f"CSV {path}"
-    elif path.is_dir():
-        if class_names is not None or patient_id_column is not None:
-            raise ValueError("class_names / patient_id_column apply to CSV sources only, not to an image folder")
+    elif path.is_dir():  # class_names / patient_id_column refused before (`_check_source_options`)
         files, labels_per_split, names = list_folder_files(path)
         where, patients = f"image folder {path}", None
     else:
         raise ValueError(f"source: {str(path)!r} is a file; expected an image folder, a .csv file or a dataset")
+    _check_utf8_names(files, where)
     files, frames, labels_per_split, groups = list_frames(
         files, labels_per_split, medical, patients, names, anonymised_dicom_groups, **listing
     )
@@ -498,6 +570,7 @@ def _unlabeled_rows(source: Any, medical: MedicalPreprocessing, **listing: Any) 
     if path is None or not path.is_dir() or is_saved_dataset(path):
         raise ValueError(f"unlabeled: expected an image folder (its images read without labels), got {source!r}")
     files, unlabeled = list_unlabeled_images(path, stacklevel=3)  # 3: the caller of the loader
+    _check_utf8_names(files, f"image folder {path}")
     files, frames, _, _ = list_frames(files, unlabeled, medical, None, [UNLABELED], **listing)
     return files, frames
 
@@ -512,7 +585,7 @@ def _hf_rows(source: Any, image_column: str | None, label_column: str | None):
         part = part.select_columns([image_column, label_column]).cast_column(image_column, datasets.Image(decode=False))
         renames = {old: new for old, new in ((image_column, _IMAGE), (label_column, _LABEL)) if old != new}
         tables.append(part.rename_columns(renames))
-        labels[HF_SPLIT_NAMES[name]] = np.asarray(part[label_column], dtype=np.int64)
+        labels[HF_SPLIT_NAMES[name]] = split_labels(part, label_column, name)
     all_labels, names, splits = labels_and_names(labels, label_feature.names, "dataset")
     return datasets.concatenate_datasets(tables), RawData(None, all_labels, names, splits)
 
