@@ -31,7 +31,9 @@ def test_classification_metrics_on_a_known_confusion_matrix():
     assert result["accuracy"] == pytest.approx(7 / 9)
     assert result["balanced_accuracy"] == pytest.approx((2 / 3 + 1 + 3 / 4) / 3)
     assert result["macro_f1"] == pytest.approx((2 / 3 + 4 / 5 + 6 / 7) / 3)
-    assert result["per_class"]["dog"] == pytest.approx({"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2})
+    assert result["per_class"]["dog"] == pytest.approx(
+        {"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2, "predicted": 3}
+    )
     assert result["per_class"]["fox"]["f1"] == pytest.approx(6 / 7)
     assert "sensitivity" not in result and "auc" not in result
     assert _plain(result)
@@ -43,7 +45,7 @@ def test_macro_averages_are_over_the_classes_present_in_y_true():
     result = classification_metrics(y_true, y_pred, num_classes=5)
     assert result["macro_f1"] == pytest.approx((2 / 3 + 1.0) / 2)
     assert result["balanced_accuracy"] == pytest.approx((1 / 2 + 1.0) / 2)
-    assert result["per_class"]["3"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert result["per_class"]["3"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0, "predicted": 1}
     every_class = classification_metrics(Y_TRUE, Y_PRED)  # every class present: scikit-learn's macro-F1
     assert every_class["macro_f1"] == pytest.approx(f1_score(Y_TRUE, Y_PRED, average="macro"))
 

@@ -130,3 +130,17 @@ def test_the_shipped_metric_scores_a_batch_of_one_class():
     result = load_metric().compute(predictions=[0, 0, 0], references=[0, 0, 0])
     assert result["accuracy"] == accuracy_score([0, 0, 0], [0, 0, 0])
     assert result == {"accuracy": 1.0, "macro_f1": 1.0, "balanced_accuracy": 1.0}
+
+
+def test_the_per_class_table_shows_no_precision_for_a_class_never_predicted_and_escapes_a_pipe():
+    """Reviewed: a class never predicted showed precision 0.00% (scikit-learn's zero_division), which reads as every
+    call wrong; a "|" in a class name split the row of evaluate's report."""
+    from diffusion_classifiers.metrics import per_class_table
+
+    result = classification_metrics([0, 0, 1, 1], [0, 0, 0, 0], class_names=["normal", "bleed|yes"])
+    assert result["per_class"]["bleed|yes"]["predicted"] == 0 and result["per_class"]["normal"]["predicted"] == 4
+    rows = per_class_table(result["per_class"])
+    assert rows[2] == "| normal | 50.00% | 100.00% | 66.67% | 2 |"
+    assert rows[3] == "| bleed\\|yes | n/a | 0.00% | 0.00% | 2 |"
+    old = {name: {k: v for k, v in row.items() if k != "predicted"} for name, row in result["per_class"].items()}
+    assert per_class_table(old)[3] == "| bleed\\|yes | 0.00% | 0.00% | 0.00% | 2 |"  # a metrics.json of before

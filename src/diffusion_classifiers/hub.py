@@ -199,8 +199,7 @@ def _per_class_section(per_class: Optional[Dict[str, dict]]) -> Optional[dict]:
     if malformed:
         raise ValueError(f"per_class: expected {sorted(keys)} for every class, not for {', '.join(malformed)}")
     return {
-        # a "|" in a class name ("bleed|yes") would split its row into more cells than the header's
-        "rows": per_class_table({name.replace("|", "\\|"): row for name, row in per_class.items()}),
+        "rows": per_class_table(per_class),
         "num_classes": len(per_class),
         "num_without_images": sum(row["support"] == 0 for row in per_class.values()),
         "collapsed": len(per_class) > PER_CLASS_OPEN_MAX,

@@ -101,13 +101,16 @@ def percent(value: Optional[float]) -> str:
 def per_class_table(per_class: Dict[str, dict]) -> List[str]:
     """The Markdown rows of a report's per-class table (`classification_metrics`' "per_class"): precision, recall,
     F1 and support of each class, as the reports of `evaluate` and `probe` show them (the tail of a long-tailed set
-    included). A class without an image in the split (support 0) has no recall or F1 to measure: "n/a", not the
-    0.00% scikit-learn's `zero_division=0` records."""
+    included). A class without an image in the split (support 0) has no recall or F1 to measure, and a class never
+    predicted no precision: "n/a", not the 0.00% scikit-learn's `zero_division=0` records (which would read as every
+    call wrong). A "|" in a class name is escaped, so its row keeps its cells."""
     rows = ["| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
     for name, row in per_class.items():
-        measured = ("precision",) if row["support"] == 0 else ("precision", "recall", "f1")
+        measured = {"recall", "f1"} if row["support"] else set()
+        if row.get("predicted", 1):  # metrics of earlier versions do not count the predictions
+            measured.add("precision")
         scores = " | ".join(percent(row[key]) if key in measured else "n/a" for key in ("precision", "recall", "f1"))
-        rows.append(f"| {name} | {scores} | {row['support']} |")
+        rows.append(f"| {name.replace('|', chr(92) + '|')} | {scores} | {row['support']} |")
     return rows
 
 
@@ -136,7 +139,9 @@ def classification_metrics(
     Returns:
         `dict` of plain Python numbers and lists. `macro_f1` and `balanced_accuracy` average over the classes present
         in `y_true` (a class without an image, predicted or not, counts in neither: the metrics describe the classes
-        the data holds; with every class present, `macro_f1` is scikit-learn's); `per_class` lists every class.
+        the data holds; with every class present, `macro_f1` is scikit-learn's); `per_class` lists every class: its
+        precision, recall, F1 (0 where undefined, as scikit-learn's `zero_division=0`), support and how many images
+        were `predicted` as it.
         Binary problems also get `positive_class` (its name), `sensitivity` (recall of the positive class),
         `specificity` (recall of the other), `positive_precision`, `positive_f1` and the likelihood ratios
         `positive_likelihood_ratio` (LR+) and `negative_likelihood_ratio` (LR-), all of the positive class.
@@ -153,14 +158,15 @@ def classification_metrics(
     precision, recall, f1, support = skm.precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
     )
+    predicted = np.bincount(y_pred, minlength=num_classes)
     result = {
         "num_samples": len(y_true),
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1[support > 0].mean()),  # over the classes present in y_true
         "balanced_accuracy": float(recall[support > 0].mean()),  # = sklearn's, without its warnings
         "per_class": {
-            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for name, p, r, f, s in zip(names, precision, recall, f1, support)
+            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s), "predicted": int(n)}
+            for name, p, r, f, s, n in zip(names, precision, recall, f1, support, predicted)
         },
         "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }

@@ -1,7 +1,7 @@
-"""SIGTERM: a scheduler's notice that a training run must end (SLURM's time limit or preemption, `scancel`, a Kubernetes
-eviction, `kill`). The run stops after its current step with a final `checkpoint-N`, the loss files and the model, as
-when `--max_train_minutes` runs out, and `--resume_from_checkpoint latest` continues it. Schedulers send SIGKILL a
-grace period later (SLURM's KillWait, 30 s by default; Kubernetes' terminationGracePeriodSeconds): the step and the
+"""SIGTERM: a scheduler's notice that a training run must end (SLURM's time limit or preemption, `scancel`, a
+Kubernetes eviction, `kill`). The run stops after its current step with a final `checkpoint-N`, the loss files and the
+model, as when `--max_train_minutes` runs out, and `--resume_from_checkpoint latest` continues it. Schedulers send
+SIGKILL a grace period later (SLURM's KillWait, 30 s by default; Kubernetes' terminationGracePeriodSeconds): the step and the
 checkpoint have to fit in it. A second SIGTERM acts as it would without this (the process ends at once).
 
 Every process of a distributed run stops at the same step: a signal received by any of them stops all. DataLoader
