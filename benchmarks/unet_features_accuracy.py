@@ -6,7 +6,8 @@ DIR`, then `--unet_dir DIR`); (2) extract every (block, t) feature of train/val/
 all train labels and with each `--label_fractions` subset (stratified, at least `--min_labels_per_class` images of
 every class), each probe at every `--probe_C`, choose the pair and its C on val, classify test through
 `UNetFeatureClassifierPipeline`, run k-means on the test split three ways (on the label-chosen pair; on the pair,
-normalisation and K chosen on val without labels; on raw pixels, normalisation chosen on val without labels); (4)
+normalisation and (given candidates) K chosen without labels on the train images, by split-half stability; on raw
+pixels, normalisation chosen the same way), each k-means and its standardisation or whitening fitted on the test images it groups; (4)
 train a `SupervisedCNN` of about the U-Net encoder's size on the same labels, checkpoint chosen on val (`--parts`
 skips either method). In every regime the selection uses the labels of the whole val split (the label-free k-means
 reads none); test is used only for reporting.
