@@ -193,3 +193,26 @@ def test_the_carving_does_not_depend_on_the_order_the_filesystem_lists_files(tmp
 
     monkeypatch.setattr(Path, "iterdir", shuffled)
     assert carved() == listed
+
+
+def test_a_csv_or_npz_with_an_upper_case_suffix_is_read_and_its_carved_splits_are_known(tmp_path):
+    """Reviewed: `images.CSV` (as Windows tools name files) was refused as 'a file; expected a .npz or .csv file', and
+    evaluate would have taken it for data with splits of its own, skipping the check of its test split against the
+    training images."""
+    from diffusion_classifiers.evaluation import carved_splits
+
+    folder = _image_folder(tmp_path / "images")
+    listed = tmp_path / "images.CSV"
+    listed.write_text("path,label\n" + "".join(
+        f"{path.relative_to(tmp_path).as_posix()},{path.parent.name}\n" for path in sorted(folder.rglob("*.png"))
+    ))  # fmt: skip
+    for read in (load_image_classification_data, streaming_image_classification_data):
+        data = read(str(listed), image_size=8, num_channels=1, val_fraction=0.25, test_fraction=0.25)
+        assert sum(len(data[name]) for name in ("train", "val", "test")) == 12
+    assert carved_splits(listed) == {"val", "test"}
+
+    archive = tmp_path / "pixels.NPZ"
+    with open(archive, "wb") as handle:  # np.savez would add .npz to the name
+        np.savez(handle, train_images=np.zeros((8, 8, 8), np.uint8), train_labels=np.arange(8) % 2)
+    assert len(load_image_classification_data(str(archive), val_fraction=0.25, test_fraction=0.25)["train"]) == 4
+    assert carved_splits(archive) == {"val", "test"}

@@ -405,9 +405,9 @@ def carved_splits(dataset) -> frozenset:
     if not isinstance(dataset, (str, os.PathLike)) or not (str(dataset) == "digits" or os.path.exists(dataset)):
         return frozenset()
     path = Path(dataset)
-    if str(dataset) == "digits" or path.suffix == ".csv":
+    if str(dataset) == "digits" or path.suffix.lower() == ".csv":
         return frozenset({"val", "test"})
-    if path.suffix == ".npz":
+    if path.suffix.lower() == ".npz":
         with np.load(path) as archive:  # the key names only: no array is read
             return frozenset(name for name in ("val", "test") if f"{name}_images" not in archive.files)
     if not path.is_dir() or (path / "dataset_dict.json").is_file():
@@ -492,7 +492,7 @@ def files_of_splits(
     names a few): None for an image where the listing is not the split read, and for data without files."""
     if not isinstance(dataset, (str, os.PathLike)) or str(dataset) == "digits" or not os.path.exists(dataset):
         return None
-    if Path(dataset).suffix != ".csv" and (not Path(dataset).is_dir() or is_saved_dataset(Path(dataset))):
+    if Path(dataset).suffix.lower() != ".csv" and (not Path(dataset).is_dir() or is_saved_dataset(Path(dataset))):
         return None
 
     @functools.lru_cache(maxsize=None)

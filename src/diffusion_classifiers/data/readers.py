@@ -267,9 +267,9 @@ def _source_kind(source: Any) -> str:
         )
     path = check_source_exists(source)
     if path.is_file():
-        if path.suffix not in (".npz", ".csv"):
+        if path.suffix.lower() not in (".npz", ".csv"):  # .CSV and .NPZ too, as Windows tools name them
             raise ValueError(f"source: {str(path)!r} is a file; expected a .npz or .csv file or a directory")
-        return path.suffix[1:]
+        return path.suffix[1:].lower()
     if any((path / name).exists() for name in ("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz")):
         return "idx"
     return "folder"

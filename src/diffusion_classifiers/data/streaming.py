@@ -484,7 +484,7 @@ def _check_source_options(
     dataset's columns (a dataset's ClassLabel carries its class names and their order)."""
     path = Path(source) if isinstance(source, (str, os.PathLike)) else None
     is_dataset = _is_datasets_object(source) or (path is not None and path.is_dir() and is_saved_dataset(path))
-    is_csv = path is not None and path.suffix == ".csv"
+    is_csv = path is not None and path.suffix.lower() == ".csv"
     kind = "a dataset" if is_dataset else "a CSV" if is_csv else "an image folder"
     if (class_names is not None or patient_id_column is not None) and (unlabeled or not is_csv):
         kind = "an unlabeled folder" if unlabeled else kind
@@ -547,7 +547,7 @@ def _file_rows(
     files as `medical`'s windows allow), and their labels, names, official splits and groups (as `RawData`; anonymised
     DICOM files grouped by `anonymised_dicom_groups`); every file checked as `listing` says (see `list_frames`)."""
     path = check_source_exists(source)
-    if path.is_file() and path.suffix == ".csv":
+    if path.is_file() and path.suffix.lower() == ".csv":
         files, labels, names, patients = list_csv(path, class_names, patient_id_column)
         labels_per_split, where = {"train": labels}, f"CSV {path}"
     elif path.is_dir():  # class_names / patient_id_column refused before (`_check_source_options`)
