@@ -147,6 +147,8 @@ def test_card_metadata_round_trips_through_huggingface_hubs_parser(tmp_path):
         ("CQ500: head CT 'x'", "test", "image-classification")
     }
     assert json.dumps(loaded.data.to_dict())  # plain types only
+    # reviewed: the macro F1 was an `f1` without arguments, which the Hub compares with a binary one
+    assert {r.metric_type: r.metric_args for r in loaded.data.eval_results}["f1"] == {"average": "macro"}
 
 
 def test_a_class_name_with_a_pipe_keeps_its_per_class_row_in_five_cells():

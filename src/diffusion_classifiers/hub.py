@@ -96,6 +96,8 @@ METRIC_NAMES = {
     "specificity": ("specificity", "Specificity"),
     "ece": ("ece", "Expected calibration error (10 bins)"),  # from "calibration": how far confidence is from accuracy
 }
+# The model-index `args` of a metric whose type alone is ambiguous (an `f1` could be the positive class's)
+METRIC_ARGS = {"macro_f1": {"average": "macro"}}
 
 # What a card calls the groups of an `aggregate` metrics.json, by the column naming them (other columns: "groups").
 GROUP_UNITS = {"study_uid": "studies", "series_uid": "series", "patient_id": "patients"}
@@ -182,6 +184,7 @@ def _eval_results(metrics: Dict[str, float], dataset_name: str, dataset_type: st
                 metric_type=metric_type,
                 metric_name=metric_name,
                 metric_value=float(value),
+                metric_args=METRIC_ARGS.get(key),
             )
         )
     return results
