@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from diffusion_classifiers.data import load_image_classification_data
-from diffusion_classifiers.data import split_record, streaming
+from diffusion_classifiers import atomic_files
+from diffusion_classifiers.data import streaming
 from diffusion_classifiers.data.dicom import MedicalPreprocessing
 from diffusion_classifiers.data.split_record import SPLIT_RECORD_NAME, read_split_record, save_split_record
 from diffusion_classifiers.data.streaming import streaming_image_classification_data
@@ -168,7 +169,7 @@ def test_an_interrupted_write_of_the_split_record_keeps_the_earlier_one(tmp_path
         open(path, mode, *args, **kwargs).close()  # opening for writing truncates, as on a full disk
         return DiskFull()
 
-    monkeypatch.setattr(split_record, "open", open_full_disk, raising=False)
+    monkeypatch.setattr(atomic_files, "open", open_full_disk, raising=False)
     with pytest.raises(OSError, match="No space left"):
         save_split_record(tmp_path, 0.3, 0.3, 5, train_fingerprints=["11" * 8])
     monkeypatch.undo()

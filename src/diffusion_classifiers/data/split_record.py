@@ -23,6 +23,8 @@ import os
 import warnings
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
+from ..atomic_files import write_atomically
+
 if TYPE_CHECKING:  # torch is imported where fingerprints are taken: the commands' flags read this module's defaults
     import torch
 
@@ -154,22 +156,8 @@ def save_split_record(
         if train_images is not None:
             fingerprints |= set(image_fingerprints(train_images))
         record["train_fingerprints"] = " ".join(sorted(fingerprints))
-    _write_atomically(os.path.join(folder, SPLIT_RECORD_NAME), json.dumps(record, indent=2) + "\n")
-
-
-def _write_atomically(path: str, text: str) -> None:
-    """`text` to `path` through a temporary file beside it, renamed over it once complete: a run stopped while writing
-    (a full disk, a killed job) leaves the earlier record whole, not a truncated one that no later command can read."""
-    temporary = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(temporary, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    text = json.dumps(record, indent=2) + "\n"
+    write_atomically(os.path.join(folder, SPLIT_RECORD_NAME), lambda handle: handle.write(text))
 
 
 def read_split_record(folder: str | os.PathLike) -> Optional[dict]:

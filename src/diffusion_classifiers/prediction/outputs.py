@@ -12,8 +12,9 @@ import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
+from ..atomic_files import write_atomically
 from .inputs import DICOM_ID_COLUMNS, FILE_STAMP_COLUMNS
 
 __all__ = [
@@ -111,7 +112,7 @@ def prepare_output_files(files: OutputFiles, run: dict, overwrite: bool, is_main
     files.output.parent.mkdir(parents=True, exist_ok=True)
     files.errors.parent.mkdir(parents=True, exist_ok=True)
     recorded = {**run, _ERRORS_KEY: Path(os.path.relpath(files.errors, files.output.parent)).as_posix()}
-    _write_atomically(files.sidecar, lambda handle: handle.write(json.dumps(recorded, indent=2) + "\n"))
+    write_atomically(files.sidecar, lambda handle: handle.write(json.dumps(recorded, indent=2) + "\n"))
 
 
 def _changes(recorded: dict, run: dict) -> list[tuple[str, Any, Any]]:
@@ -221,27 +222,13 @@ def columns_of_resumed_run(files: OutputFiles, columns: list[str], overwrite: bo
     return earlier if missing <= set(COLUMNS_ADDED_LATER) and recorded["columns"] == earlier else columns
 
 
-def _write_atomically(path: Path, write: Callable[[Any], Any], mode: str = "w") -> None:
-    """Write `path` through a temporary file renamed over it: a kill leaves the old file or the new one, never half."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, mode, **({"newline": "", "encoding": "utf-8"} if mode == "w" else {})) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    os.replace(temporary, path)
-
-
 def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence]) -> None:
     def write(handle):
         writer = csv.writer(handle)
         writer.writerow(columns)
         writer.writerows(["" if value is None else value for value in row] for row in rows)
 
-    _write_atomically(path, write)
+    write_atomically(path, write)
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[list]]:
@@ -293,7 +280,7 @@ def _write_table(path: Path, columns: Sequence[str], rows: list[list]) -> None:
     schema = pa.schema([(c, pa.string() if c in _TEXT_COLUMNS else pa.int64() if c in _INT_COLUMNS else pa.float64())
                         for c in columns])  # fmt: skip
     table = pa.table({c: [row[i] for row in rows] for i, c in enumerate(columns)}, schema=schema)
-    _write_atomically(path, lambda handle: pq.write_table(table, handle), mode="wb")
+    write_atomically(path, lambda handle: pq.write_table(table, handle), mode="wb")
 
 
 def new_part(files: OutputFiles, kind: str, first: int) -> Path:

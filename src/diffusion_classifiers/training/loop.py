@@ -18,7 +18,6 @@ scheduler's time limit or preemption) stops it the same way (`stop_signal.py`).
 """
 
 import atexit
-import json
 import math
 import os
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from tqdm.auto import tqdm
 
+from ..atomic_files import write_json_atomically
 from ..run_lock import claim_on_main_process
 from .arguments import TrainingArguments
 from .checkpoints import (
@@ -105,9 +105,7 @@ class TrainingSummary:
 
     def save(self, output_dir: str) -> None:
         path = os.path.join(output_dir, "training_summary.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(asdict(self), f, indent=2, allow_nan=False)  # strict JSON
-        os.replace(path + ".tmp", path)
+        write_json_atomically(path, asdict(self), indent=2, allow_nan=False)  # strict JSON
 
 
 def _batches_per_epoch(args: TrainingArguments, num_examples: int, num_processes: int) -> int:

@@ -26,6 +26,8 @@ from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
 from torch import nn
 
+from ..atomic_files import write_json_atomically
+
 __all__ = [
     "LOSS_CURVE_NAME",
     "LOSS_HISTORY_NAME",
@@ -65,13 +67,6 @@ def _saved_for_resume(output_dir: str, name: str, up_to_step: int, checkpoint: O
         return json.load(f)
 
 
-def _write_json(path: str, value) -> None:
-    """Written whole, then renamed: a reader never sees half a file."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f)
-    os.replace(path + ".tmp", path)
-
-
 class LossHistory:
     """The training loss at each optimizer step (the main process's batch), and the files that show it."""
 
@@ -100,7 +95,7 @@ class LossHistory:
         """`loss_history.json` (written whole, then renamed), `loss_history.csv` and `loss_curve.png`."""
         from ..plots import plot_loss_curve
 
-        _write_json(os.path.join(output_dir, LOSS_HISTORY_NAME), self.to_json())
+        write_json_atomically(os.path.join(output_dir, LOSS_HISTORY_NAME), self.to_json())
         with open(os.path.join(output_dir, "loss_history.csv"), "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["step", "loss"])
@@ -222,4 +217,4 @@ class MonitorHistory:
         return values
 
     def save(self, output_dir: str) -> None:
-        _write_json(os.path.join(output_dir, MONITOR_HISTORY_NAME), self.records)
+        write_json_atomically(os.path.join(output_dir, MONITOR_HISTORY_NAME), self.records)

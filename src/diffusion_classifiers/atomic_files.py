@@ -1,0 +1,31 @@
+"""Files written whole or not at all: through a temporary file beside the target, renamed over it once complete, so a
+process stopped mid-write (a full disk, a scheduler's SIGKILL) leaves the earlier file or the new one, never half of
+one that no later command can read. The standard library only."""
+
+import json
+import os
+from pathlib import Path
+from typing import IO, Any, Callable, Union
+
+__all__ = ["write_atomically", "write_json_atomically"]
+
+
+def write_atomically(path: Union[str, os.PathLike], write: Callable[[IO], Any], mode: str = "w") -> None:
+    """`write(handle)` into a hidden temporary file beside `path` (UTF-8 text, or bytes with `mode="wb"`), flushed to
+    the disk, then renamed over `path`; the temporary file is removed when writing fails."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    text = {} if "b" in mode else {"newline": "", "encoding": "utf-8"}
+    try:
+        with open(temporary, mode, **text) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_json_atomically(path: Union[str, os.PathLike], value: Any, **dump_options: Any) -> None:
+    """`value` as JSON (`json.dump`'s `dump_options`), written whole or not at all."""
+    write_atomically(path, lambda handle: json.dump(value, handle, **dump_options))
