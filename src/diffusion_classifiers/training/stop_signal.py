@@ -43,6 +43,8 @@ class StopSignal:
             yield
             return
         previous = signal.getsignal(signal.SIGTERM)
+        if previous is None:  # a handler set outside Python, which Python cannot set back: the default's
+            previous = signal.SIG_DFL
 
         def record(signum, frame):  # no output here: the interrupted code may be writing to the same stream
             self.received = signal.Signals(signum).name
