@@ -40,12 +40,14 @@ PACKAGE = "diffusion_classifiers"
 PACKAGE_DIR = Path(__file__).resolve().parent
 INSTALL_HINT = "pip install diffusion-classifiers"
 
+# The installed package's import shares its line with `try:`: diffusers' `check_imports` takes a line that starts with
+# `from <package> import` for a requirement, and without the package would warn on every load that it "might require"
+# diffusion_classifiers, although the bundled copy serves.
 _ENTRY = '''\
 """`{name}` for `trust_remote_code=True` loading: the installed diffusion-classifiers package's class when there
 is one ({install_hint}), else the copy of its code saved with this model. Written by `save_pretrained`."""
 
-try:
-    from {installed_module} import {name}
+try: from {installed_module} import {name}  # noqa: E701
 except ModuleNotFoundError as error:
     if error.name != "{package}":
         raise

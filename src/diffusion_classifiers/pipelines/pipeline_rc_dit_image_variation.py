@@ -19,6 +19,7 @@ from diffusion_classifiers.models import (
 from .pipeline_utils import (
     SavedPreprocessingMixin,
     SavedWithCodeMixin,
+    installed_index,
     keep_legacy_preprocessing,
     local_snapshot,
     read_model_index,
@@ -77,8 +78,21 @@ class RepresentationConditionedDiTImageVariationPipeline(SavedWithCodeMixin, Sav
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         path = local_snapshot(pretrained_model_name_or_path, kwargs)
-        keep_legacy_preprocessing(read_model_index(path), kwargs)
+        index = installed_index(read_model_index(path))
+        keep_legacy_preprocessing(index, kwargs)
+        cls.safetensors_only(path, index, kwargs)
         return super().from_pretrained(path, **kwargs)
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        loaded = super().load_config(*args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        # a classifier's folder: its head and settings are left out, else diffusers warns of a faulty model_index.json
+        if config.get("_class_name") != cls.__name__:
+            known = set().union(*cls._get_signature_keys(cls))
+            for name in [name for name in config if not name.startswith("_") and name not in known]:
+                config.pop(name)
+        return loaded
 
     @classmethod
     def from_pipe(cls, pipeline, **kwargs):

@@ -19,7 +19,7 @@ from diffusion_classifiers.likelihood import (
 )
 from diffusion_classifiers.likelihood.denoising_error import MIN_TIMESTEPS_TO_SETTLE, first_early_stop_look
 
-from .pipeline_utils import ClassifierPipelineOutput, DiffusionClassifierPipeline
+from .pipeline_utils import ClassifierPipelineOutput, DiffusionClassifierPipeline, check_batch_size
 
 __all__ = ["ScoreSDEClassifierOutput", "ScoreSDEClassifierPipeline"]
 
@@ -268,6 +268,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         _check_method_arguments(method, locals())
         if seed_by not in SEED_BY:
             raise ValueError(f"expected seed_by in {SEED_BY}, got {seed_by!r}")
+        check_batch_size(batch_size)
         log_prior = self.check_priors(priors)
         stopping_rule = method == "elbo" and (bool(pruning) or early_stop_confidence is not None)
         if stopping_rule:

@@ -1,6 +1,7 @@
 """What every classifier pipeline shares: the output type, class names, and `from_pretrained` dispatch."""
 
 import json
+import numbers
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = [
     "DiffusionClassifierPipeline",
     "SavedPreprocessingMixin",
     "SavedWithCodeMixin",
+    "check_batch_size",
     "installed_index",
     "keep_legacy_preprocessing",
     "local_snapshot",
@@ -56,6 +58,12 @@ class ClassifierPipelineOutput(BaseOutput):
     label_ids: torch.Tensor
     scores: torch.Tensor
     probs: torch.Tensor
+
+
+def check_batch_size(batch_size) -> None:
+    """A pipeline's `batch_size`: a positive integer, else refused by name (not by torch, deep in the call)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
 
 
 def local_snapshot(pretrained_model_name_or_path, kwargs: dict) -> str:
@@ -140,7 +148,8 @@ class SavedWithCodeMixin:
     "RepresentationConditionedDiTPipeline"]`, `"head": ["linear_probe_head", "LinearProbeHead"]`) with the code beside
     it (`remote_code.write_remote_code`), so `diffusers.DiffusionPipeline.from_pretrained(folder,
     trust_remote_code=True)` loads it with or without this package installed. This class's own `from_pretrained` reads
-    those entries as the installed classes (`installed_index`): no code from the folder runs.
+    those entries as the installed classes (`installed_index`): no code from the folder runs, and with
+    `safetensors_only` no pickle is read.
     """
 
     def save_config(self, save_directory, push_to_hub: bool = False, **kwargs):
@@ -170,6 +179,45 @@ class SavedWithCodeMixin:
         config = loaded[0] if isinstance(loaded, tuple) else loaded
         config.update(installed_index(config))
         return loaded
+
+    @classmethod
+    def safetensors_only(cls, path: str, index: dict, kwargs: dict) -> None:
+        """Make `from_pretrained(path, **kwargs)` read safetensors only: `use_safetensors` other than True is refused,
+        every component is checked first (`check_saved_components`), and `kwargs` get `use_safetensors=True`, so
+        diffusers never falls back to a pickle."""
+        if kwargs.pop("use_safetensors", True) is not True:
+            raise ValueError(
+                "use_safetensors: expected True; weights load from safetensors only (a pickle can run code)"
+            )
+        cls.check_saved_components(path, index, passed=set(kwargs))
+        kwargs["use_safetensors"] = True
+
+    @classmethod
+    def check_saved_components(cls, path: str, index: dict, passed: Set[str] = frozenset()) -> None:
+        """Every component of this pipeline that `index` (its `model_index.json`) names has its folder in `path` with
+        the files `save_pretrained` writes (`check_component_files`), and no folder holds pickled weights without
+        safetensors; components `passed` to `from_pretrained` are not read."""
+        components, _ = cls._get_signature_keys(cls)
+        for name in sorted(set(components) - set(passed)):
+            entry = index.get(name)
+            if entry is None and name not in cls._optional_components:
+                raise ValueError(f"{path}/model_index.json: no {name!r} component; {cls.__name__} needs one")
+            if not isinstance(entry, list) or None in entry:  # an optional component saved as None
+                continue
+            folder = os.path.join(path, name)
+            if not os.path.isdir(folder):
+                raise FileNotFoundError(
+                    f"{folder}: folder not found; model_index.json names component {name!r} ({entry[-1]}), so "
+                    "the pipeline folder must hold it"
+                )
+            files = os.listdir(folder)
+            pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
+            if pickles and not any(f.endswith(".safetensors") for f in files):
+                raise ValueError(
+                    f"{os.path.join(folder, pickles[0])}: pickled weights are refused (loading a pickle can run "
+                    f"arbitrary code); expected {name}/*.safetensors (save with save_pretrained, which writes them)"
+                )
+            check_component_files(folder, name, entry, os.path.join(path, "model_index.json"))
 
 
 def _is_package_class(cls: type) -> bool:
@@ -370,10 +418,8 @@ class DiffusionClassifierPipeline(SplitRecordMixin, SavedWithCodeMixin, SavedPre
             return cls._registry[class_name].from_pretrained(path, **kwargs)
         cls._check_saved_class(index.get("_class_name"), pretrained_model_name_or_path)
         keep_legacy_preprocessing(index, kwargs)
-        if kwargs.pop("use_safetensors", True) is not True:
-            raise ValueError("use_safetensors: expected True; weights load from safetensors only (a pickle can run code)")
-        cls.check_saved_components(path, index, passed=set(kwargs))
-        pipeline = super().from_pretrained(path, use_safetensors=True, **kwargs)
+        cls.safetensors_only(path, index, kwargs)
+        pipeline = super().from_pretrained(path, **kwargs)
         pipeline.split_record = read_split_record(path)
         return pipeline
 
@@ -388,33 +434,6 @@ class DiffusionClassifierPipeline(SplitRecordMixin, SavedWithCodeMixin, SavedPre
                 f"{where}: model_index.json names pipeline {class_name}, not a {cls.__name__}; load it with "
                 f"{class_name}.from_pretrained or DiffusionClassifierPipeline.from_pretrained (which reads the name)"
             )
-
-    @classmethod
-    def check_saved_components(cls, path: str, index: dict, passed: Set[str] = frozenset()) -> None:
-        """Every component of this pipeline that `index` (its `model_index.json`) names has its folder in `path` with
-        the files `save_pretrained` writes (`check_component_files`), and no folder holds pickled weights without
-        safetensors; components `passed` to `from_pretrained` are not read."""
-        components, _ = cls._get_signature_keys(cls)
-        for name in sorted(set(components) - set(passed)):
-            entry = index.get(name)
-            if entry is None and name not in cls._optional_components:
-                raise ValueError(f"{path}/model_index.json: no {name!r} component; {cls.__name__} needs one")
-            if not isinstance(entry, list) or None in entry:  # an optional component saved as None
-                continue
-            folder = os.path.join(path, name)
-            if not os.path.isdir(folder):
-                raise FileNotFoundError(
-                    f"{folder}: folder not found; model_index.json names component {name!r} ({entry[-1]}), so "
-                    "the pipeline folder must hold it"
-                )
-            files = os.listdir(folder)
-            pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
-            if pickles and not any(f.endswith(".safetensors") for f in files):
-                raise ValueError(
-                    f"{os.path.join(folder, pickles[0])}: pickled weights are refused (loading a pickle can run "
-                    f"arbitrary code); expected {name}/*.safetensors (save with save_pretrained, which writes them)"
-                )
-            check_component_files(folder, name, entry, os.path.join(path, "model_index.json"))
 
     @property
     def class_names(self) -> List[str]:
