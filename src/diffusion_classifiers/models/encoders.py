@@ -11,12 +11,14 @@ Two ways to turn library images (`[N, C, H, W]` in [-1, 1]) into one vector per 
 The pretrained preprocessing (`pretrained_preprocessing`, `pretrained_pixel_values`) is not the processor's own
 call: a DINOv2 `BitImageProcessor` resizes the shortest edge to its `size` (256) and then centre-crops `crop_size`
 (224), cutting 6.25% off every side; here the whole field of view is resized straight to the crop size (bicubic,
-antialiased) and normalised by the processor's mean and std. Nothing at the border is lost (a lesion at the edge of
-a medical image stays in view), at the price of a framing about 12% wider than the one DINOv2 was trained on
-(objects 224/256 of the size the processor would show). Saved pipelines record only that size, mean and std
-(`RepresentationConditionedDiTModel.config.encoder_preprocessing`) and are read this way.
+antialiased; bilinear for a processor that resamples bilinearly, as ViT's does) and normalised by the processor's
+mean and std. Nothing at the border is lost (a lesion at the edge of a medical image stays in view), at the price of
+a framing about 12% wider than the one DINOv2 was trained on (objects 224/256 of the size the processor would show).
+Saved pipelines record that size, mean and std, and `"resample": "bilinear"` where it applies
+(`RepresentationConditionedDiTModel.config.encoder_preprocessing`), and are read this way.
 """
 
+import os
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -126,30 +128,64 @@ def encoder_pixel_values(encoder: nn.Module, images: torch.Tensor, preprocessing
     config = encoder.config
     if preprocessing is not None:
         pixel_values = pretrained_pixel_values(
-            images, preprocessing["image_size"], preprocessing["image_mean"], preprocessing["image_std"]
+            images,
+            preprocessing["image_size"],
+            preprocessing["image_mean"],
+            preprocessing["image_std"],
+            preprocessing.get("resample", "bicubic"),  # saved before it was recorded: bicubic
         )
-        return pixel_values[:, : config.num_channels] if config.num_channels == 1 else pixel_values
+        return _model_channels(pixel_values, config.num_channels)
     if images.ndim != 4 or images.shape[1] != config.num_channels:
         raise ValueError(f"expected images [N, {config.num_channels}, H, W] for the encoder, got {tuple(images.shape)}")
     size = config.image_size
-    if tuple(images.shape[-2:]) != (size, size):
-        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    size = (size, size) if isinstance(size, int) else tuple(size)  # ViTConfig also takes (height, width)
+    if tuple(images.shape[-2:]) != size:
+        images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
     return images
+
+
+def _model_channels(pixel_values: torch.Tensor, num_channels: int) -> torch.Tensor:
+    """The RGB `pretrained_pixel_values` for a model of `num_channels`: a 1-channel model reads the first."""
+    return pixel_values[:, :1] if num_channels == 1 else pixel_values
 
 
 def pretrained_preprocessing(path_or_hub_id: str) -> dict:
     """The input size, mean and std of a pretrained vision model's `AutoImageProcessor`: `{"image_size": [h, w],
-    "image_mean": [...], "image_std": [...]}` (mean 0 and std 1 when it does not normalise). `image_size` is the size
-    the model is fed (the processor's crop size, else its resize size, else the model's); `pretrained_pixel_values`
-    resizes the whole image to it and does not repeat the processor's resize-then-centre-crop (module docstring)."""
-    processor = AutoImageProcessor.from_pretrained(path_or_hub_id)
+    "image_mean": [...], "image_std": [...]}` (mean 0 and std 1 when it does not normalise), plus `"resample":
+    "bilinear"` for a processor that resizes bilinearly (ViT's; bicubic, DINOv2's, is the default and not recorded).
+    `image_size` is the size the model is fed (the processor's crop size when it centre-crops, else its resize size,
+    else the model's); `pretrained_pixel_values` resizes the whole image to it and does not repeat the processor's
+    resize-then-centre-crop (module docstring). A local folder without `preprocessor_config.json` is an error
+    (`FileNotFoundError`): nothing else tells the size, mean and std the model was trained with."""
+    processor = _load_image_processor(path_or_hub_id)
     normalize = getattr(processor, "do_normalize", True)
     config = AutoConfig.from_pretrained(path_or_hub_id)
-    return {
+    preprocessing = {
         "image_size": list(_processor_size(processor, config)),
         "image_mean": list(processor.image_mean) if normalize else [0.0, 0.0, 0.0],
         "image_std": list(processor.image_std) if normalize else [1.0, 1.0, 1.0],
     }
+    if getattr(processor, "resample", None) == PIL_BILINEAR:
+        preprocessing["resample"] = "bilinear"
+    return preprocessing
+
+
+PROCESSOR_FILE = "preprocessor_config.json"
+PIL_BILINEAR = 2  # PIL.Image.Resampling.BILINEAR, as image processors record it
+RESAMPLE_MODES = ("bicubic", "bilinear")
+
+
+def _load_image_processor(path_or_hub_id: str):
+    try:
+        return AutoImageProcessor.from_pretrained(path_or_hub_id)
+    except OSError as error:
+        if not os.path.isdir(path_or_hub_id) or os.path.isfile(os.path.join(path_or_hub_id, PROCESSOR_FILE)):
+            raise
+        raise FileNotFoundError(
+            f"pretrained encoder {path_or_hub_id!r} has no {PROCESSOR_FILE} (its image processor), so its input size, "
+            f"mean and std are unknown: save the image processor of the model it comes from beside it "
+            f"(AutoImageProcessor.from_pretrained(<that model>).save_pretrained({path_or_hub_id!r}))"
+        ) from error
 
 
 def representation_size(encoder: nn.Module) -> int:
@@ -167,8 +203,8 @@ def _processor_size(processor, model_config) -> tuple[int, int]:
     (`pretrained_pixel_values` resizes the whole image to it, without a crop)."""
     for name in ("crop_size", "size"):
         size = getattr(processor, name, None)
-        if size is None:
-            continue
+        if size is None or (name == "crop_size" and not getattr(processor, "do_center_crop", True)):
+            continue  # a processor that does not crop feeds the model its resize size
         get = size.get if isinstance(size, dict) else lambda key, s=size: getattr(s, key, None)
         if get("height") and get("width"):
             return int(get("height")), int(get("width"))
@@ -185,16 +221,20 @@ def pretrained_pixel_values(
     image_size: tuple[int, int],
     image_mean: Sequence[float],
     image_std: Sequence[float],
+    resample: str = "bicubic",
 ) -> torch.Tensor:
     """Library images [N, C, H, W] in [-1, 1] (C = 1 or 3) to a pretrained RGB model's input: grayscale repeated to
-    3 channels, the whole image resized (bicubic, antialiased) to `image_size`, rescaled to [0, 1], normalised by
-    mean and std. No shortest-edge resize and centre crop as a DINOv2 processor does: the whole field of view is
-    kept, the framing is wider than in pretraining (see the module docstring)."""
+    3 channels, the whole image resized (`resample`: bicubic or bilinear, antialiased) to `image_size`, rescaled to
+    [0, 1], normalised by mean and std. No shortest-edge resize and centre crop as a DINOv2 processor does: the
+    whole field of view is kept, the framing is wider than in pretraining (see the module docstring)."""
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"expected images [N, 1 or 3, H, W] in [-1, 1], got {tuple(images.shape)}")
+    if resample not in RESAMPLE_MODES:
+        raise ValueError(f"expected a resample in {RESAMPLE_MODES}, got {resample!r}")
     unit = ((images.float() + 1) / 2).expand(-1, 3, -1, -1)  # (N, 3, H, W) in [0, 1]
     if tuple(unit.shape[-2:]) != tuple(image_size):
-        unit = F.interpolate(unit, size=tuple(image_size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+        unit = F.interpolate(unit, size=tuple(image_size), mode=resample, antialias=True, align_corners=False)
+        unit = unit.clamp(0, 1)
     mean = torch.tensor(image_mean, dtype=unit.dtype, device=unit.device).view(1, -1, 1, 1)
     std = torch.tensor(image_std, dtype=unit.dtype, device=unit.device).view(1, -1, 1, 1)
     return (unit - mean) / std
@@ -213,9 +253,11 @@ class PretrainedImageEncoder:
     image_size: tuple[int, int]
     image_mean: tuple[float, ...]
     image_std: tuple[float, ...]
+    resample: str = "bicubic"
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        return pretrained_pixel_values(images, self.image_size, self.image_mean, self.image_std)
+        pixel_values = pretrained_pixel_values(images, self.image_size, self.image_mean, self.image_std, self.resample)
+        return _model_channels(pixel_values, getattr(self.model.config, "num_channels", 3))
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
@@ -244,7 +286,8 @@ def load_pretrained_encoder(
     r"""
     Load a transformers vision backbone (`AutoModel`) and read its `AutoImageProcessor` config (input size,
     ImageNet mean and std), in eval mode without gradients. Images are read by `pretrained_pixel_values`: the whole
-    image resized to the processor's crop size, not its shortest-edge resize and centre crop.
+    image resized to the processor's crop size, not its shortest-edge resize and centre crop. A local folder
+    without `preprocessor_config.json` raises `FileNotFoundError` before the weights are loaded.
 
     Args:
         path_or_hub_id (`str`): a local directory or Hub id, e.g. `"facebook/dinov2-small"`.
@@ -257,5 +300,9 @@ def load_pretrained_encoder(
     if device is not None:
         model.to(device)
     return PretrainedImageEncoder(
-        model, tuple(preprocessing["image_size"]), tuple(preprocessing["image_mean"]), tuple(preprocessing["image_std"])
+        model,
+        tuple(preprocessing["image_size"]),
+        tuple(preprocessing["image_mean"]),
+        tuple(preprocessing["image_std"]),
+        preprocessing.get("resample", "bicubic"),
     )

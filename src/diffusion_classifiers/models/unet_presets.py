@@ -1,6 +1,7 @@
 """U-Net sizes for small images (28-32 px), instead of diffusers' 6-level 256 px default, and the timesteps whose
 features the U-Net-feature method probes by default."""
 
+import numbers
 from typing import Optional
 
 __all__ = ["DEFAULT_TIMESTEPS", "UNET_PRESETS", "unet_config"]
@@ -37,6 +38,8 @@ def unet_config(
     config = dict(UNET_PRESETS[preset])
     levels = len(config["block_out_channels"])
     factor = 2 ** (levels - 1)  # each level halves the resolution: the deepest must be whole
+    if isinstance(sample_size, numbers.Integral) and not isinstance(sample_size, bool):
+        sample_size = int(sample_size)  # numpy integers too (an image size read from an array's shape)
     if isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size < factor:
         raise ValueError(
             f"expected sample_size an integer of at least {factor} for preset {preset!r}, got {sample_size!r}: its "

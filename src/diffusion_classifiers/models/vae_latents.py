@@ -23,7 +23,14 @@ def _shift_factor(vae):
 @torch.no_grad()
 def encode_latents(vae, images: torch.Tensor, sample: bool = True) -> torch.Tensor:
     """Scaled latents of images `[N, C, H, W]` in [-1, 1]: a draw from the VAE's posterior (`sample=True`, training)
-    or its mode (deterministic features), minus `shift_factor` (when set), times `scaling_factor`."""
+    or its mode (deterministic features), minus `shift_factor` (when set), times `scaling_factor`. Height and width
+    must be multiples of `vae_scale_factor(vae)`: the VAE would floor them, and decode images of another size."""
+    factor = vae_scale_factor(vae)
+    if images.ndim != 4 or images.shape[-2] % factor or images.shape[-1] % factor:
+        raise ValueError(
+            f"expected images [N, C, H, W] with H and W multiples of the VAE's scale factor {factor}, got "
+            f"{tuple(images.shape)}"
+        )
     posterior = vae.encode(images.to(device=vae.device, dtype=vae.dtype)).latent_dist
     latents = posterior.sample() if sample else posterior.mode()
     shift = _shift_factor(vae)
