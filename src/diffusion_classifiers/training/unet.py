@@ -108,8 +108,9 @@ def train_ddpm_unet(
         preset (`str`, *optional*, defaults to `"small"`): a `models.UNET_PRESETS` size.
         num_train_timesteps (`int`, *optional*, defaults to 1000): diffusion steps of the scheduler.
 
-    At every checkpoint and at the end, `args.num_sample_images` samples (DDIM, `args.sample_inference_steps` steps)
-    go to `samples/step_N.png` in `args.output_dir`, beside `loss_curve.png`.
+    At every checkpoint and at the end, `args.num_sample_images` samples (`args.sample_inference_steps` strided
+    ancestral DDPM steps, `ddpm_sample_grid`) go to `samples/step_N.png` in `args.output_dir`, beside
+    `loss_curve.png`.
 
     Returns:
         The trained U-Net (EMA weights when `args.use_ema`, eval mode), the scheduler and the `TrainingSummary`.
