@@ -232,16 +232,17 @@ def test_masked_patches_of_x_t_are_hidden_from_the_denoiser_and_reconstructed():
     clean, noise = images(6, seed=1), images(6, seed=2)
     noisy = clean + 10  # no pixel of it is 0
     loss = RCDiTLoss(DDPMScheduler(), denoiser_mask_ratio=0.75, mask_patch_size=4)
-    masked, target = loss.denoiser_input_and_target(noisy, noise, clean)
+    masked, target, target_is_noise = loss.denoiser_input_and_target(noisy, noise, clean)
     hidden = masked == 0
+    assert torch.equal(target_is_noise.expand_as(hidden), ~hidden)
     assert (hidden[:, :, ::4, ::4].flatten(1).sum(1) == 12).all()  # 0.75 of 16 patches
     assert torch.equal(masked[~hidden], noisy[~hidden])
     assert torch.equal(target[hidden], clean[hidden]) and torch.equal(target[~hidden], noise[~hidden])
-    assert RCDiTLoss(DDPMScheduler()).denoiser_input_and_target(noisy, noise, clean) == (noisy, noise)
+    assert RCDiTLoss(DDPMScheduler()).denoiser_input_and_target(noisy, noise, clean) == (noisy, noise, None)
     torch.manual_seed(0)
     half = RCDiTLoss(DDPMScheduler(), denoiser_mask_ratio=0.5, mask_patch_size=4, denoiser_mask_probability=0.5)
     many_clean, many_noise = clean.repeat(20, 1, 1, 1), noise.repeat(20, 1, 1, 1)
-    masked, _ = half.denoiser_input_and_target(many_clean + 10, many_noise, many_clean)
+    masked, _, _ = half.denoiser_input_and_target(many_clean + 10, many_noise, many_clean)
     hidden_patches = (masked == 0)[:, 0, ::4, ::4].flatten(1).sum(1)
     assert set(hidden_patches.tolist()) == {0, 8} and 0 < (hidden_patches == 8).sum() < 120  # whole images unmasked
     with pytest.raises(ValueError, match="denoiser_mask_ratio"):
@@ -264,7 +265,7 @@ def test_hidden_patches_can_be_reconstructed_standardised_per_patch():
     assert torch.equal(standardized[0, :, :4, :4], torch.zeros(1, 4, 4))
     noise = images(3, seed=2)
     loss = RCDiTLoss(DDPMScheduler(), denoiser_mask_ratio=0.5, mask_patch_size=4, masked_target="normalized_patches")
-    masked, target = loss.denoiser_input_and_target(clean + 10, noise, clean)
+    masked, target, _ = loss.denoiser_input_and_target(clean + 10, noise, clean)
     hidden = masked == 0
     assert torch.equal(target[hidden], standardized[hidden]) and torch.equal(target[~hidden], noise[~hidden])
     with pytest.raises(ValueError, match="masked_target"):

@@ -12,6 +12,7 @@ from diffusion_classifiers.training import (
     DenoisingLoss,
     DINOLoss,
     DINOModel,
+    RCDiTLoss,
     class_balanced_sampler,
     nt_xent_loss,
 )
@@ -156,3 +157,19 @@ def test_normalized_patch_targets_are_standardised_per_patch_over_its_channels()
     mean, variance = columns.mean(1, keepdim=True), columns.var(1, keepdim=True, unbiased=False)
     expected = F.fold((columns - mean) / (variance + 1e-6).sqrt(), (8, 8), 4, stride=4)
     torch.testing.assert_close(standardize_patches(images, 4), expected)
+
+
+def test_snr_weights_apply_to_noise_errors_and_hidden_patches_weigh_one():
+    """Reviewed: with masking, truncated-SNR multiplied the hidden patches' errors against the clean image by a noise
+    error's weight, up to ~25,000 at t = 999."""
+    loss = RCDiTLoss(DDPMScheduler(), loss_weighting="truncated_snr", denoiser_mask_ratio=0.5, mask_patch_size=4)
+    timesteps = torch.tensor([999, 10])
+    target_is_noise = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    target_is_noise[:, :, :4] = True
+    weights = loss.error_weights(timesteps, target_is_noise)
+    noise_weights = loss.snr_weights(timesteps)
+    assert noise_weights[0] > 1000 and noise_weights[1] == 1.0
+    assert weights.shape == (2, 1, 8, 8)
+    assert torch.equal(weights[:, :, 4:], torch.ones(2, 1, 4, 8))
+    assert torch.equal(weights[:, :, :4], noise_weights.view(2, 1, 1, 1).expand(2, 1, 4, 8))
+    assert torch.equal(loss.error_weights(timesteps, None), noise_weights.view(2, 1, 1, 1))

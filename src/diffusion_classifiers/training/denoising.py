@@ -48,6 +48,8 @@ class DenoisingLoss:
             `"truncated_snr"` max(1, 1 / SNR) (Salimans & Ho 2022): the noise error where SNR > 1, the error of the
             implied x0 where SNR < 1. Under the plain noise loss a high-noise image weighs SNR x its x0 error,
             about 0, so a condition that tells what the image shows barely lowers it; with `"truncated_snr"` it does.
+            These weights are those of noise errors: an error against another target (a subclass's hidden patches,
+            scored against the clean image) weighs 1, as under `"epsilon"`.
         snr_gamma (`float`, *optional*, defaults to 5.0): the gamma of `"min_snr"`.
     """
 
@@ -82,17 +84,24 @@ class DenoisingLoss:
         noise = torch.randn_like(images)
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (images.shape[0],), device=images.device)
         noisy = self.scheduler.add_noise(images, noise, timesteps)
-        noisy, target = self.denoiser_input_and_target(noisy, noise, images)
+        noisy, target, target_is_noise = self.denoiser_input_and_target(noisy, noise, images)
         prediction = self.predict_noise(model, noisy, timesteps, batch)
         if self.loss_weighting == "epsilon":
             return nn.functional.mse_loss(prediction.float(), target.float())
-        errors = (prediction.float() - target.float()).pow(2).flatten(1).mean(1)  # (N,)
-        return (errors * self.snr_weights(timesteps)).mean()
+        squared_errors = (prediction.float() - target.float()).pow(2)
+        return (squared_errors * self.error_weights(timesteps, target_is_noise)).mean()
 
     def denoiser_input_and_target(self, noisy: torch.Tensor, noise: torch.Tensor, clean: torch.Tensor) -> tuple:
-        """What the model reads and what its output is compared with: x_t and the noise here; subclasses may hide
-        part of x_t and ask for something else there."""
-        return noisy, noise
+        """What the model reads, what its output is compared with, and where that target is the noise (a boolean
+        mask broadcastable to the images; None: everywhere): x_t and the noise here; subclasses may hide part of x_t
+        and ask for something else there."""
+        return noisy, noise, None
+
+    def error_weights(self, timesteps: torch.Tensor, target_is_noise: Optional[torch.Tensor]) -> torch.Tensor:
+        """The weight of each squared error, broadcastable to the images: `snr_weights` where the target is the
+        noise, 1 elsewhere (with truncated-SNR a noise weight reaches ~25,000 at t = 999 of 1,000 linear betas)."""
+        weights = self.snr_weights(timesteps).view(-1, 1, 1, 1)
+        return weights if target_is_noise is None else torch.where(target_is_noise, weights, torch.ones_like(weights))
 
     def snr_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
         """The weight of each image's noise error under `loss_weighting` ("min_snr" or "truncated_snr"), [N]."""

@@ -141,7 +141,8 @@ class RCDiTLoss(DenoisingLoss):
             return super().denoiser_input_and_target(noisy, noise, clean)
         hidden = random_patch_mask(noisy.shape, self.mask_patch_size, self.denoiser_mask_ratio, noisy.device)
         masked_images = torch.rand(noisy.shape[0], 1, 1, 1, device=noisy.device) < self.denoiser_mask_probability
-        return hide_patches(noisy, noise, clean, hidden & masked_images, self.masked_target, self.mask_patch_size)
+        hidden &= masked_images
+        return (*hide_patches(noisy, noise, clean, hidden, self.masked_target, self.mask_patch_size), ~hidden)
 
     def predict_noise(self, model: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, batch: tuple) -> torch.Tensor:
         images = batch[0] if self.encoder_view is None else self.encoder_view(batch[0])
@@ -289,7 +290,8 @@ def train_rc_dit(
         encoder_learning_rate_scale (`float`, *optional*, defaults to 1.0): the encoder's learning rate over the
             DiT's (`args.learning_rate`).
         loss_weighting (`str`, *optional*, defaults to `"epsilon"`): the weighting of the loss over timesteps
-            (`DenoisingLoss`): `"epsilon"`, `"min_snr"` (gamma 5) or `"truncated_snr"`.
+            (`DenoisingLoss`): `"epsilon"`, `"min_snr"` (gamma 5) or `"truncated_snr"`; with masking they weight the
+            visible patches' noise errors, a hidden patch's error against the clean image weighs 1.
         encoder_preprocessing (`dict`, *optional*): for a pretrained encoder, `models.pretrained_preprocessing` of
             it: its inputs made RGB, resized whole to the processor's crop size (no centre crop) and normalised by
             its mean and std (ImageNet's for DINOv2; `models.pretrained_pixel_values`).
