@@ -318,13 +318,18 @@ def run_against(server, tmp_path, script, **env_overrides):
     return subprocess.run([PYTHON, "-c", script], env=env, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
 
 
-@pytest.fixture(scope="module")
-def saved_pipeline(tmp_path_factory):
-    """A tiny saved UNetFeatureClassifierPipeline, test images and its probabilities on them."""
+def tiny_unet_feature_pipeline() -> UNetFeatureClassifierPipeline:
+    """A 3-class UNetFeatureClassifierPipeline of a tiny U-Net at 16 px, seeded."""
     torch.manual_seed(0)
     head = LinearProbeHead(in_features=32, num_classes=3, block="mid_block", timestep=10, class_names=["a", "b", "c"])
     unet = UNet2DModel(**unet_config("tiny", 16))
-    pipe = UNetFeatureClassifierPipeline(unet=unet, scheduler=DDPMScheduler(), head=head)
+    return UNetFeatureClassifierPipeline(unet=unet, scheduler=DDPMScheduler(), head=head)
+
+
+@pytest.fixture(scope="module")
+def saved_pipeline(tmp_path_factory):
+    """A tiny saved UNetFeatureClassifierPipeline, test images and its probabilities on them."""
+    pipe = tiny_unet_feature_pipeline()
     folder = tmp_path_factory.mktemp("saved")
     pipe.save_pretrained(folder / "pipe")
     images = torch.rand(6, 1, 16, 16) * 2 - 1

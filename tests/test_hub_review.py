@@ -5,15 +5,13 @@ import shutil
 from types import SimpleNamespace
 
 import pytest
-import torch
 import yaml
-from diffusers import DDPMScheduler, UNet2DModel
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError
 
-from diffusion_classifiers import LinearProbeHead, UNetFeatureClassifierPipeline
 from diffusion_classifiers import hub
-from diffusion_classifiers.models import unet_config
+
+from .test_hub import tiny_unet_feature_pipeline
 
 COMMON = dict(model_name="m", dataset_name="d", dataset_license="l", metrics={"accuracy": 0.9},
               training_command="t", evaluation_command="e")  # fmt: skip
@@ -26,12 +24,8 @@ STRAY_FILES = [
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
-    torch.manual_seed(0)
-    head = LinearProbeHead(in_features=32, num_classes=3, block="mid_block", timestep=10, class_names=["a", "b", "c"])
-    unet = UNet2DModel(**unet_config("tiny", 16))
-    pipe = UNetFeatureClassifierPipeline(unet=unet, scheduler=DDPMScheduler(), head=head)
     folder = tmp_path_factory.mktemp("saved") / "pipe"
-    pipe.save_pretrained(folder)
+    tiny_unet_feature_pipeline().save_pretrained(folder)
     return folder
 
 

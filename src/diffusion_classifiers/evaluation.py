@@ -39,7 +39,7 @@ from .metrics import (
     resolve_positive_label,
     seed_sensitivity_metrics,
 )
-from .validation import check_writable_dir, unicode_normalisation_note
+from .validation import check_positive_integer, check_writable_dir, unicode_normalisation_note
 
 __all__ = [
     "EVALUATION_SPLITS",
@@ -256,8 +256,7 @@ def check_evaluation_split(split: str) -> None:
 def check_evaluation_args(output_dir: Optional[str], batch_size: int) -> None:
     """What must hold before a model is loaded or an image classified: a positive `batch_size`, and an `output_dir`
     (when given) that is a writable folder."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    check_positive_integer(batch_size, "batch_size")
     if output_dir is not None:
         check_writable_dir(output_dir)
 

@@ -34,9 +34,9 @@ def finite_ranking(scores: np.ndarray) -> np.ndarray:
     """`scores` `[N, K]` with each column's `+inf` / `-inf` replaced by the next float above / below its finite
     values: the same order, which scikit-learn's curves and AUC accept (a Score-SDE class pruned, or of prior 0, has
     log-odds `-inf`; the class left alone `+inf`)."""
-    if np.isfinite(scores).all():
-        return scores
     finite = np.isfinite(scores)
+    if finite.all():
+        return scores
     high, low = np.where(finite, scores, -np.inf).max(0), np.where(finite, scores, np.inf).min(0)
     high, low = np.where(np.isfinite(high), high, 0.0), np.where(np.isfinite(low), low, 0.0)  # no finite score
     scores = np.where(scores == np.inf, np.nextafter(high, np.inf), scores)

@@ -4,6 +4,7 @@ Each raises a `ValueError` that names the input and the first bad item, before a
 """
 
 import math
+import numbers
 import os
 import tempfile
 import unicodedata
@@ -25,6 +26,7 @@ __all__ = [
     "as_labels",
     "check_finite_rows",
     "check_label_range",
+    "check_positive_integer",
     "check_unit_range",
     "check_writable_dir",
     "check_writable_file",
@@ -59,6 +61,12 @@ def as_inverse_regularisations(C, name: str = "C") -> Tuple[float, ...]:
             f"expected {name} as a number or a non-empty sequence of numbers with 0 < C < inf, got {name}={C!r}"
         )
     return tuple(dict.fromkeys(float(c) for c in values.reshape(-1)))
+
+
+def check_positive_integer(value, name: str) -> None:
+    """`value` is an integer >= 1 (a batch size): else refused by `name`, not by torch deep in the call."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
 
 
 def check_label_range(labels, name: str, num_classes: int) -> None:

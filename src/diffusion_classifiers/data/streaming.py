@@ -148,22 +148,14 @@ class StreamingImages(torch.utils.data.Dataset):
 
         if not isinstance(dataset, datasets.Dataset):
             raise TypeError(f"expected a datasets.Dataset, got {_describe(dataset)}")
-        if num_channels not in (1, 3):
-            raise ValueError(
-                f"num_channels: expected 1 or 3 (streaming cannot look at every image first), got {num_channels!r}"
-            )
-        if image_size is None:
-            raise ValueError("image_size: expected an int or (height, width) (streamed images are resized on the fly)")
+        self.medical = medical if medical is not None else MedicalPreprocessing()
+        self.fit = fit_options(resize_mode, pad_value, normalize_background)
+        reading = _checked_reading(num_channels, image_size, self.medical, self.fit)
         self.image_column = find_column(dataset.features, image_column, datasets.Image, "image")
         self.label_column = (
             None if label_column is False else find_column(dataset.features, label_column, datasets.ClassLabel, "label")
         )
         self.image_size, self.num_channels = image_size, num_channels
-        self.medical = medical if medical is not None else MedicalPreprocessing()
-        self.medical.check_channels(num_channels)
-        self.fit = fit_options(resize_mode, pad_value, normalize_background)
-        # files are read as the in-memory loader reads them: float data (windowed DICOM, 16-bit) in [0, 1]
-        reading = ImagePreprocessing(image_size, num_channels, input_range="[0, 1]", medical=self.medical, **self.fit)
         self.dataset = dataset.cast_column(self.image_column, datasets.Image(decode=False))
         self.class_names = list(dataset.features[self.label_column].names) if self.label_column else []
         transform = partial(
@@ -420,7 +412,7 @@ def streaming_image_classification_data(
     check_split_fractions(val_fraction, test_fraction, carved=not unlabeled)
     check_anonymised_dicom_groups(anonymised_dicom_groups)
     fit = fit_options(resize_mode, pad_value, normalize_background)
-    _check_reading(num_channels, image_size, medical, fit)  # before every file's header is read
+    _checked_reading(num_channels, image_size, medical or MedicalPreprocessing(), fit)  # before files are listed
     _check_source_options(source, unlabeled, class_names, patient_id_column, image_column, label_column)
     listing = {"open_images": check_files, "unreadable": unreadable}  # each file checked once, when it is listed
     if unlabeled:
@@ -456,19 +448,19 @@ def _is_datasets_object(source: Any) -> bool:
     return type(source).__module__.startswith("datasets")
 
 
-def _check_reading(
-    num_channels: Any, image_size: Any, medical: MedicalPreprocessing | None, fit: dict[str, Any]
-) -> None:
-    """How the images will be read, checked as `StreamingImages` checks it, but before a large folder is listed."""
+def _checked_reading(
+    num_channels: Any, image_size: Any, medical: MedicalPreprocessing, fit: dict[str, Any]
+) -> ImagePreprocessing:
+    """How streamed files are read, as the in-memory loader reads them (float data, windowed DICOM and 16-bit, in
+    [0, 1]), once its options are checked: by `StreamingImages`, and by the loader before a large folder is listed."""
     if num_channels not in (1, 3):
         raise ValueError(
             f"num_channels: expected 1 or 3 (streaming cannot look at every image first), got {num_channels!r}"
         )
     if image_size is None:
         raise ValueError("image_size: expected an int or (height, width) (streamed images are resized on the fly)")
-    medical = medical if medical is not None else MedicalPreprocessing()
     medical.check_channels(num_channels)
-    ImagePreprocessing(image_size, num_channels, input_range="[0, 1]", medical=medical, **fit)
+    return ImagePreprocessing(image_size, num_channels, input_range="[0, 1]", medical=medical, **fit)
 
 
 def _check_source_options(

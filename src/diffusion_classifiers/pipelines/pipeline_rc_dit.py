@@ -17,8 +17,9 @@ from diffusion_classifiers.models import (
     representation_of,
 )
 from diffusion_classifiers.probing.probe_grid import ProbeGridResult, fit_probe_grid
+from diffusion_classifiers.validation import check_positive_integer
 
-from .pipeline_utils import DiffusionClassifierPipeline, check_batch_size
+from .pipeline_utils import DiffusionClassifierPipeline
 
 __all__ = ["REPRESENTATION_FEATURE", "RepresentationConditionedDiTPipeline", "dit_block_name"]
 
@@ -116,7 +117,7 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
     def _represent(self, pixels: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """`encode` of preprocessed `pixels`, without autograd (QA: fitting a head kept every batch's graph, 7.8 GB
         and 8x the time on PneumoniaMNIST's train split)."""
-        check_batch_size(batch_size)
+        check_positive_integer(batch_size, "batch_size")
         representations = []
         with self.progress_bar(total=len(pixels)) as progress_bar:
             for chunk in pixels.split(batch_size):

@@ -18,8 +18,9 @@ from diffusion_classifiers.likelihood import (
     probability_flow_log_likelihood,
 )
 from diffusion_classifiers.likelihood.denoising_error import MIN_TIMESTEPS_TO_SETTLE, first_early_stop_look
+from diffusion_classifiers.validation import check_positive_integer
 
-from .pipeline_utils import ClassifierPipelineOutput, DiffusionClassifierPipeline, check_batch_size
+from .pipeline_utils import ClassifierPipelineOutput, DiffusionClassifierPipeline
 
 __all__ = ["ScoreSDEClassifierOutput", "ScoreSDEClassifierPipeline"]
 
@@ -268,7 +269,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         _check_method_arguments(method, locals())
         if seed_by not in SEED_BY:
             raise ValueError(f"expected seed_by in {SEED_BY}, got {seed_by!r}")
-        check_batch_size(batch_size)
+        check_positive_integer(batch_size, "batch_size")
         log_prior = self.check_priors(priors)
         stopping_rule = method == "elbo" and (bool(pruning) or early_stop_confidence is not None)
         if stopping_rule:

@@ -1,7 +1,6 @@
 """What every classifier pipeline shares: the output type, class names, and `from_pretrained` dispatch."""
 
 import json
-import numbers
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,7 +36,6 @@ __all__ = [
     "DiffusionClassifierPipeline",
     "SavedPreprocessingMixin",
     "SavedWithCodeMixin",
-    "check_batch_size",
     "installed_index",
     "keep_legacy_preprocessing",
     "local_snapshot",
@@ -58,12 +56,6 @@ class ClassifierPipelineOutput(BaseOutput):
     label_ids: torch.Tensor
     scores: torch.Tensor
     probs: torch.Tensor
-
-
-def check_batch_size(batch_size) -> None:
-    """A pipeline's `batch_size`: a positive integer, else refused by name (not by torch, deep in the call)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
 
 
 def local_snapshot(pretrained_model_name_or_path, kwargs: dict) -> str:

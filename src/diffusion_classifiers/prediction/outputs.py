@@ -397,9 +397,9 @@ def check_output_args(output_path: Any, errors_path: Any, batch_size: int) -> Ou
     errors = Path(errors_path) if errors_path is not None else default_errors_path(output)
     if errors.suffix.lower() != ".csv" or errors.resolve() == output.resolve():
         raise ValueError(f"errors {errors}: expected a .csv file other than the output {output}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
-    from ..validation import check_writable_file  # imports torch: here, not at module level
+    from ..validation import check_positive_integer, check_writable_file  # imports torch: here, not at module level
+
+    check_positive_integer(batch_size, "batch_size")
 
     check_writable_file(output, "output")
     check_writable_file(errors, "errors")
