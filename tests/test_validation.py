@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from diffusion_classifiers.validation import (
+    first_and_more,
     as_feature_matrix,
     as_inverse_regularisations,
     as_labels,
@@ -90,3 +91,15 @@ def test_a_failed_block_removes_the_empty_folders_it_may_have_created_and_no_oth
         (tmp_path / "new" / "note.txt").write_text("written")  # a folder holding a file stays, with its path
         raise RuntimeError("refused")
     assert (tmp_path / "new" / "note.txt").is_file() and not (tmp_path / "new" / "d").exists()
+
+
+@pytest.mark.parametrize(
+    "texts, separator, expected",
+    [
+        (["a", "b"], ", ", "a, b"),
+        (["a", "b", "c", "d"], ", ", "a, b and 2 more"),
+        (["x: bad, truncated", "y: bad", "z: bad"], "; ", "x: bad, truncated; y: bad; and 1 more"),
+    ],
+)
+def test_a_long_list_in_a_message_names_its_first_items_and_counts_the_rest(texts, separator, expected):
+    assert first_and_more(texts, 2, separator=separator) == expected

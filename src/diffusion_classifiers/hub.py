@@ -40,7 +40,7 @@ from jinja2 import meta
 
 from .data.labeled_images import ONE_SET
 from .metrics import per_class_table
-from .validation import PICKLE_SUFFIXES
+from .validation import PICKLE_SUFFIXES, first_and_more
 
 __all__ = [
     "METHODS",
@@ -665,8 +665,7 @@ def positive_class_of(local_dir: Union[str, os.PathLike]) -> Optional[str]:
 
 def _named(names: List[str]) -> str:
     """`names` joined, the first `MAX_NAMED_FILES` of them and a count of the others."""
-    more = len(names) - MAX_NAMED_FILES
-    return ", ".join(names[:MAX_NAMED_FILES]) + (f" and {more} more" if more > 0 else "")
+    return first_and_more(names, MAX_NAMED_FILES)
 
 
 def _local_files(local_dir: Path, repo_type: str = "model") -> List[str]:

@@ -69,6 +69,16 @@ def check_positive_integer(value, name: str) -> None:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
 
 
+def first_and_more(texts: Sequence[str], limit: int, separator: str = ", ") -> str:
+    """The first `limit` of `texts` joined by `separator`, then a count of the rest: "a, b and 3 more", or with "; "
+    (texts that hold commas themselves, such as error messages) "a; b; and 3 more"."""
+    left_out = len(texts) - limit
+    if left_out <= 0:
+        return separator.join(texts)
+    before_and = "" if separator == ", " else separator.rstrip()
+    return f"{separator.join(texts[:limit])}{before_and} and {left_out} more"
+
+
 def check_label_range(labels, name: str, num_classes: int) -> None:
     """Every label in `[0, num_classes)`; the error names the first one outside."""
     array = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels)

@@ -25,6 +25,7 @@ from .preprocessing import ImagePreprocessing, preprocess_images
 from .sixteen_bit import _PIL_16BIT_MODES, _scale_16bit, check_bit_depths, note_bit_depth
 from .windows import VoiTable, Window
 from .split_record import ANONYMISED_DICOM_RULE, EARLIER_ANONYMISED_DICOM_RULE, SPLIT_RECORD_NAME
+from ..validation import first_and_more
 
 __all__ = [
     "check_file_header",
@@ -277,10 +278,9 @@ def _refuse_unreadable_files(failures: list[ValueError | str], total: int) -> No
     if len(failures) == 1:
         raise failures[0]
     if failures:
-        shown = "; ".join(str(error) for error in failures[:_FAILURES_SHOWN])
-        more = f"; and {len(failures) - _FAILURES_SHOWN} more" if len(failures) > _FAILURES_SHOWN else ""
+        shown = first_and_more([str(error) for error in failures], _FAILURES_SHOWN, separator="; ")
         raise ValueError(
-            f"{len(failures)} of {total} image files cannot be read: {shown}{more}. Expected every file to be a "
+            f"{len(failures)} of {total} image files cannot be read: {shown}. Expected every file to be a "
             "readable image: remove or replace these files"
         )
 
@@ -337,8 +337,7 @@ def warn_mixed_channels(channels: list[int], names: list[str], stacklevel: int =
     colour = [name for name, count in zip(names, channels) if count == 3]
     if not colour or len(colour) == len(names):
         return
-    more = len(colour) - _COLOUR_SHOWN
-    shown = ", ".join(colour[:_COLOUR_SHOWN]) + (f" and {more} more" if more > 0 else "")
+    shown = first_and_more(colour, _COLOUR_SHOWN)
     warnings.warn(
         f"{len(colour)} of {len(names)} images are colour ({shown}), the others grey: with the channel count inferred "
         "(num_channels=None) every image is read as 3 channels (a grey image's channel repeated) and the model is "

@@ -14,6 +14,7 @@ import numpy as np
 from .dicom import _DICOM_HEADER_NOTE, DICOM_EXTENSIONS, is_dicom_file
 from .image_files import IMAGE_EXTENSIONS
 from .labeled_images import labels_and_names
+from ..validation import first_and_more
 
 __all__ = [
     "ACCEPTED_FILES",
@@ -278,11 +279,10 @@ def _warn_spaced_variants(path: Path, values: list[str], column: str, meaning: s
         by_stripped.setdefault(value.strip(), set()).add(value)
     variants = [sorted(group) for group in by_stripped.values() if len(group) > 1]
     if variants:
-        shown = ", ".join(" and ".join(map(repr, group)) for group in variants[:5])
-        more = f" (and {len(variants) - 5} more)" if len(variants) > 5 else ""
+        shown = first_and_more([" and ".join(map(repr, group)) for group in variants], 5, separator="; ")
         warnings.warn(
             f"CSV {path}: {column} values that differ only by surrounding spaces are different {meaning}: {shown}"
-            f"{more}; correct the CSV if they are one",
+            f"; correct the CSV if they are one",
             UserWarning,
             stacklevel=stacklevel,
         )

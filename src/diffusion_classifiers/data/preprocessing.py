@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..validation import check_finite_rows
+from ..validation import check_finite_rows, first_and_more
 from .dicom import MedicalPreprocessing, is_dicom_file
 from .sixteen_bit import _PIL_16BIT_MODES, check_bit_depths, note_bit_depth
 from .image_files import DECODE_ERRORS, decode_error_text, open_image
@@ -421,7 +421,7 @@ def _read_path(path: Any, position: int, contract: ImagePreprocessing) -> Any:
 
 
 def _warn_wide_arrays(positions: list[int], medical: MedicalPreprocessing) -> None:
-    shown = ", ".join(map(str, positions[:5])) + (f" and {len(positions) - 5} more" if len(positions) > 5 else "")
+    shown = first_and_more([str(position) for position in positions], 5)
     warnings.warn(
         f"preprocess_images: item(s) {shown} are uint16 arrays, scaled from [0, 65535]; this model reads its image "
         f"files through {medical} (DICOM windows, the bit depth of 16-bit PNG / TIFF), which an array of pixel values "
@@ -446,7 +446,7 @@ def _picture_kind(item: Any, batch: torch.Tensor) -> str | None:
 def _warn_pictures(pictures: list[str], contract: ImagePreprocessing) -> None:
     """Pictures given to a contract of several DICOM windows: warned, not refused (as a file path is), since they may
     be slices already windowed into channels, or datasets rows read so in training too."""
-    shown = ", ".join(pictures[:5]) + (f" and {len(pictures) - 5} more" if len(pictures) > 5 else "")
+    shown = first_and_more(pictures, 5)
     warnings.warn(
         f"preprocess_images: item(s) {shown} are pictures, not DICOM: a picture has no Hounsfield units to window, "
         f"so it is read as it is (a grey one copied into every channel), but this model reads DICOM files through "

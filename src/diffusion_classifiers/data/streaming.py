@@ -53,6 +53,7 @@ from .readers import (
 )
 from .split_record import ANONYMISED_DICOM_RULE, check_anonymised_dicom_groups, image_fingerprints, save_split_record
 from .splits import check_split_fractions
+from ..validation import first_and_more
 
 __all__ = [
     "DecodedImages",
@@ -667,10 +668,10 @@ def _verify_across_processes(
 def _refuse_unreadable(failures: list[tuple[str, str]], total: int) -> None:
     if not failures:
         return
-    shown = "; ".join(reason if path in reason else f"{path}: {reason}" for path, reason in failures[:_VERIFY_SHOWN])
-    more = f"; and {len(failures) - _VERIFY_SHOWN} more" if len(failures) > _VERIFY_SHOWN else ""
+    reasons = [reason if path in reason else f"{path}: {reason}" for path, reason in failures]
+    shown = first_and_more(reasons, _VERIFY_SHOWN, separator="; ")
     raise ValueError(
-        f"{len(failures)} of {total} images cannot be read ({shown}{more}); expected every image to decode: "
+        f"{len(failures)} of {total} images cannot be read ({shown}); expected every image to decode: "
         "remove or replace these files (in Python, StreamingImages.unreadable_images() lists those that fail to "
         "decode)"
     )
