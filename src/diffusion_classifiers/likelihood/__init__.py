@@ -9,8 +9,9 @@ Two scorers share one VP-SDE and one model interface:
 - [`denoising_error_scores`]: the weighted denoising error (the diffusion term of the ELBO), with the same noise
   and timesteps for every class, adaptive class pruning (Li et al. 2023) and a sequential early stop that drops
   each class once a paired test settles it below the leader (for two classes: the sign of the log-likelihood
-  ratio, plus the log prior ratio when given); [`replay_stopping_rule`] replays such rules on an exhaustive run, to choose one on validation images,
-  and [`rank_timestep_strata`] orders the timesteps by how well each one alone separates the classes there.
+  ratio, plus the log prior ratio when given; for more, Bonferroni over the rivals alive at each look);
+  [`replay_stopping_rule`] replays such rules on an exhaustive run, to choose one on validation images, and
+  [`rank_timestep_strata`] orders the timesteps by how well each one alone separates the classes there.
 
 Modules: `vp_sde` (the SDE, the model interface, bits per dimension), `scorer_inputs` (what both scorers share:
 checked inputs, one random stream per image), `probability_flow` and `denoising_error` (one scorer each); everything
@@ -20,7 +21,8 @@ Conventions:
 
 - Time: continuous `t` in `[t_min, 1]`. A diffusers model trained with `DDPMScheduler` (linear betas from
   `beta_start` to `beta_end` over `N` steps) is called at the float timestep `k = N t - 1` (see [`VPSDE`]).
-- Images: tensors `[N, C, H, W]` (any `[N, ...]` for plain callables) scaled to `[-1, 1]`; `D` = values per image.
+- Images: tensors `[N, C, H, W]` (any `[N, ...]` for plain callables) scaled to `[-1, 1]`; `D` = values per image;
+  scored in float32 (float64 images: float64), whatever their dtype and the model's.
   For a diffusers model they must already have its `in_channels` and `sample_size`: other sizes are refused, not
   resized (a convolutional U-Net would run on them, but its likelihood would be that of an untrained resolution).
   [`ScoreSDEClassifierPipeline`] resizes its inputs to the model's size first.

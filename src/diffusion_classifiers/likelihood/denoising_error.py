@@ -14,6 +14,7 @@ from .scorer_inputs import (
     Classes,
     Seed,
     as_column,
+    check_finite_output,
     checked_class_ids,
     checked_images,
     image_seeds,
@@ -203,6 +204,7 @@ def _fill_errors(eps_fn, sde, images, class_ids, timesteps, draw_keys, streams, 
         t = timesteps[i, p].to(images)
         x_t = as_column(sde.alpha(t), noise) * images[i] + as_column(sde.sigma(t), noise) * noise
         squared = (noise - eps_fn(x_t, t, class_ids[k])).pow(2).flatten(1).sum(1)
+        check_finite_output(squared, i, class_ids[k], t)  # NaN marks an error not evaluated: a NaN output would hide
         errors[i, k, p] = (squared * _weight(sde, t, weighting, spacing)).to(errors)
         bar.update(len(chunk))
 
@@ -223,16 +225,21 @@ def _weight(sde: VPSDE, t: torch.Tensor, weighting: str, spacing: str = "even") 
     return (1 - sde.t_min) * sde.beta(t) / (2 * sde.sigma(t) ** 2)
 
 
-def _settled_worse(differences: torch.Tensor, prior_gaps: torch.Tensor, confidence: float) -> torch.Tensor:
+def _settled_worse(differences: torch.Tensor, prior_gaps: torch.Tensor, confidence: float,
+                   num_rivals: torch.Tensor) -> torch.Tensor:
     """`[N, K]`: the leader's margin over class `k` in the decision, `mean(d) - prior_gaps`, is settled positive: the
     paired t-statistic `(mean(d) - prior_gaps) / (std(d) / sqrt(n))` of the error differences `d = e_k - e_leader`
-    `[N, K, n]` exceeds Student's t quantile `t_{n-1}(confidence)` (False where any `d` is NaN). `prior_gaps` `[N, K]`
-    is `log prior(k) - log prior(leader)` (zeros: uniform): `mean(d)` is the leader's score minus class `k`'s."""
+    `[N, K, n]` exceeds Student's t quantile `t_{n-1}(1 - (1 - confidence) / num_rivals)` (False where any `d` is
+    NaN). `prior_gaps` `[N, K]` is `log prior(k) - log prior(leader)` (zeros: uniform): `mean(d)` is the leader's
+    score minus class `k`'s. `num_rivals` `[N]`: the classes the leader is compared with at this look (Bonferroni:
+    the leader is the best of them on the same data, so the best class is eliminated with probability at most
+    `1 - confidence` per look, not up to `num_rivals` times that; 1 for two classes)."""
     n = differences.shape[2]
     if n < MIN_TIMESTEPS_TO_SETTLE:
         return torch.zeros(differences.shape[:2], dtype=torch.bool)
     z = (differences.mean(2) - prior_gaps) / (differences.std(2) / math.sqrt(n))
-    return z > stats.t.ppf(confidence, n - 1)
+    level = (1 - confidence) / num_rivals.clamp_min(1).double()
+    return z > torch.from_numpy(stats.t.ppf(1 - level.numpy(), n - 1))[:, None]
 
 
 def _eliminate(errors, decided, log_prior, alive, active, confidence):
@@ -246,7 +253,7 @@ def _eliminate(errors, decided, log_prior, alive, active, confidence):
     rivals[rows, leader] = False
     differences = errors - errors[rows, leader][:, None]
     prior_gaps = log_prior[None, :] - log_prior[leader][:, None]
-    settled = _settled_worse(differences, prior_gaps, confidence) & rivals & active[:, None]
+    settled = _settled_worse(differences, prior_gaps, confidence, rivals.sum(1)) & rivals & active[:, None]
     stops = active & (settled == rivals).all(1)
     return alive & ~(settled & ~stops[:, None]), active & ~stops
 
@@ -346,8 +353,10 @@ def denoising_error_scores(
       class `k` alive is compared with the image's leader (the best mean score plus `log_prior`: the decision's) by
       the paired t-test of its error differences `d_p = e_kp - e_leader,p` over the `n` timesteps evaluated, and
       eliminated (score `-inf`) once the leader's margin in the decision, `mean(d) - (log_prior_k - log_prior_leader)`,
-      is settled positive (`t = (mean(d) - (log_prior_k - log_prior_leader)) / (std(d) / sqrt(n)) > t_{n-1}(q)`, a
-      one-sided level `1 - q` per look, no multiplicity correction). An image stops when every rival is settled (the
+      is settled positive (`t = (mean(d) - (log_prior_k - log_prior_leader)) / (std(d) / sqrt(n)) > t_{n-1}(1 - (1 -
+      q) / m)` with `m` the rivals alive: Bonferroni, so that a look eliminates the best class with probability at
+      most `1 - q` although the leader is chosen on the same data; without it, a look at 10 timesteps of 10 classes
+      dropped it 3.5x as often; no correction over the looks). An image stops when every rival is settled (the
       classes of that last look keep their scores, so with 2 classes the log-likelihood ratio stays finite) or when
       `T` timesteps are used. With 2 classes this is the sequential test of the sign of the log posterior odds (the
       log-likelihood ratio plus the log prior ratio); with more, successive elimination. `NFE` = the evaluations

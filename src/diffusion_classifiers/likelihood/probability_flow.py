@@ -14,6 +14,7 @@ import torch
 from .scorer_inputs import (
     Classes,
     Seed,
+    check_finite_output,
     checked_class_ids,
     checked_images,
     image_seeds,
@@ -37,7 +38,8 @@ class LikelihoodResult:
 
     Args:
         log_likelihood: `[N, K]` `log p(x | c)` in nats, the continuous density of the image as given (no
-            dequantisation noise added), column `k` for the `k`-th requested class; on CPU, in the images' dtype.
+            dequantisation noise added), column `k` for the `k`-th requested class; on CPU, float64 for float64
+            images, else float32.
         bits_per_dim: `[N, K]` from [`bits_per_dim`] (8-bit images scaled to [-1, 1]).
         nfe_per_image: `[N]` network function evaluations per image: ODE right-hand-side evaluations of its batch
             times `K` (each also costs `num_probes`, or `D` with the exact trace, vector-Jacobian products).
@@ -127,7 +129,8 @@ def _heun_step(f, t, y, h):
     return y + h / 2 * (k1 + k2)
 
 
-def _solve_fixed(f, y: torch.Tensor, grid: torch.Tensor, solver: str, on_step: Callable[[float], None]) -> torch.Tensor:
+def _solve_fixed(f, y: torch.Tensor, grid: torch.Tensor, solver: str,
+                 on_step: Callable[[float], None]) -> torch.Tensor:
     """Steps along `grid`; `on_step(fraction of the steps done)` after each."""
     step = _rk4_step if solver == "rk4" else _heun_step
     for i, (t0, t1) in enumerate(zip(grid[:-1], grid[1:])):
@@ -173,11 +176,11 @@ def _solve_multistep(eps_and_trace, x: torch.Tensor, sde: VPSDE, grid: torch.Ten
 
     - State: with `y = x / alpha`, the flow is `dy/dlambda = -e^-lambda eps(alpha y, lambda)` (its linear part
       solved exactly). A step `i -> i + 1` (`lambda` decreasing, `h = lambda_{i+1} - lambda_i < 0`) integrates
-      `e^-lambda P(lambda)` exactly for the polynomial `P` through eps at the nodes `i, i-1, ..`: `x_{i+1} = alpha_{i+1}
-      / alpha_i (x_i - sigma_i sum_m w_m eps_m)`, `w_m = int_0^h e^-s L_m(s) ds` (`L_m`: Lagrange basis in
-      `s = lambda - lambda_i`). Predictor: the last `order` nodes (the first steps: those there are); once eps at
-      `i + 1` is evaluated (at the predicted `x_{i+1}`), the corrector redoes the step with `order + 1` nodes,
-      `i + 1` included, at no extra model call.
+      `e^-lambda P(lambda)` exactly for the polynomial `P` through eps at the nodes `i, i-1, ..`:
+      `x_{i+1} = alpha_{i+1} / alpha_i (x_i - sigma_i sum_m w_m eps_m)`, `w_m = int_0^h e^-s L_m(s) ds` (`L_m`:
+      Lagrange basis in `s = lambda - lambda_i`). Predictor: the last `order` nodes (the first steps: those there
+      are); once eps at `i + 1` is evaluated (at the predicted `x_{i+1}`), the corrector redoes the step with
+      `order + 1` nodes, `i + 1` included, at no extra model call.
     - Divergence: `dx/dlambda = (dlog alpha/dlambda) x - sigma eps`, so `int_{t_min}^1 div(dx/dt) dt = D (log
       alpha(1) - log alpha(t_min)) + int_{lambda(1)}^{lambda(t_min)} sigma tr(d eps / d x) dlambda`. The integrand
       stays bounded near the data (where `tr / sigma`, the integrand in `t`, grows like `1 / t`); it is integrated
@@ -190,7 +193,7 @@ def _solve_multistep(eps_and_trace, x: torch.Tensor, sde: VPSDE, grid: torch.Ten
     log_alpha = sde.log_alpha(grid.double())
     alpha, sigma = log_alpha.exp().tolist(), (log_alpha - lam).exp().tolist()
     lam = lam.tolist()
-    eps, integrand = {}, []
+    eps, integrand, x_previous = {}, [], x  # x_previous: x at the node before, for the corrector
 
     def advance(x_i: torch.Tensor, i: int, nodes: range) -> torch.Tensor:
         """x at node `i + 1` from x at node `i` and eps at the `nodes`."""
@@ -346,8 +349,8 @@ def probability_flow_log_likelihood(
     Args:
         eps_model: a class-conditional diffusers model or a callable `eps_fn(x, t, labels)` (see [`as_eps_model`]).
         images: `[N, ...]` in [-1, 1], moved to the model's device (a callable: the images' device); the ODE runs
-            in the images' floating dtype. For a diffusers model `[N, in_channels, sample_size, sample_size]`:
-            other sizes are refused, not resized.
+            in float64 for float64 images, else in float32 (half precision overflows; the model keeps its own dtype).
+            For a diffusers model `[N, in_channels, sample_size, sample_size]`: other sizes are refused, not resized.
         classes: `K` (classes `0..K-1`) or the class ids to score, in column order.
         solver: `"rk4"` (4 evaluations per step) or `"heun"` (2) on a fixed grid of `num_steps` steps from `t_min`
             to 1; `"dpm3m"` on the same grid, 1 evaluation per step (`num_steps + 1` in all): a third-order
@@ -411,6 +414,8 @@ def probability_flow_log_likelihood(
 
             log_p, evaluations = _solve_log_likelihood(eps_fn, sde, batch, class_ids, probes, solver, num_steps,
                                                        step_spacing, rtol, atol, on_step)
+            rows = torch.arange(len(log_p))  # image-major: row i K + k is image start + i, class k
+            check_finite_output(log_p, start + rows // num_classes, class_ids[rows % num_classes])
             log_likelihood.append(log_p.view(len(batch), num_classes, -1))
             nfe += [evaluations * num_classes] * len(batch)
             bar.set_postfix(nfe_per_image=nfe[-1], refresh=False)

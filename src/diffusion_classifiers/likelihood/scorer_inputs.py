@@ -18,7 +18,10 @@ Seed = Union[int, Sequence[int]]
 
 
 def checked_images(images: torch.Tensor, model) -> torch.Tensor:
-    """Checked, floating-point images on the model's device (a callable's: the images' own device)."""
+    """Checked images on the model's device (a callable's: the images' own device), in the scorers' dtype: float64
+    images stay float64, all others become float32. Half precision is too coarse for the scores, whatever the model's
+    dtype: the ODE's divergence (`tr / sigma`, about `1e3 D` near `t_min`) overflows float16, and bfloat16 rounds a
+    log-likelihood of a few thousand nats to 16 or 32 (review: `-inf` and ties on 32x32 images)."""
     if not isinstance(images, torch.Tensor) or images.ndim < 2 or len(images) == 0:
         raise ValueError(f"expected a non-empty tensor of images [N, ...], got {getattr(images, 'shape', images)}")
     config = getattr(model, "config", None) if isinstance(model, torch.nn.Module) else None
@@ -35,7 +38,7 @@ def checked_images(images: torch.Tensor, model) -> torch.Tensor:
     if size is not None:  # a diffusers model trained on [-1, 1] pixels (a callable may model any density)
         check_unit_range(images, "images")
     device = next(model.parameters(), images).device if isinstance(model, torch.nn.Module) else images.device
-    return images.to(device, images.dtype if images.is_floating_point() else torch.float32)
+    return images.to(device, torch.float64 if images.dtype == torch.float64 else torch.float32)
 
 
 def checked_class_ids(classes: Classes, model, device) -> torch.Tensor:
@@ -52,13 +55,36 @@ def is_count(value) -> bool:
     return isinstance(value, numbers.Integral) and value >= 1
 
 
+def is_seed(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
+
+
 def image_seeds(seed: Seed, num_images: int) -> List[np.random.SeedSequence]:
-    """One seed stream per image: `seed` int -> `SeedSequence(seed, spawn_key=(i,))`; a sequence -> one per image."""
-    if isinstance(seed, numbers.Integral):
-        return [np.random.SeedSequence(seed, spawn_key=(i,)) for i in range(num_images)]
-    if len(seed) != num_images:
-        raise ValueError(f"expected one seed per image ({num_images}), got {len(seed)}")
-    return [np.random.SeedSequence(int(s)) for s in seed]
+    """One seed stream per image: `seed` int -> `SeedSequence(seed, spawn_key=(i,))`; a sequence (list, array,
+    tensor) -> one per image. Seeds are non-negative integers: others are refused, not rounded."""
+    seeds = seed.tolist() if hasattr(seed, "tolist") else seed  # arrays and tensors, 0-d ones included
+    if is_seed(seeds):
+        return [np.random.SeedSequence(int(seeds), spawn_key=(i,)) for i in range(num_images)]
+    if not isinstance(seeds, Sequence) or isinstance(seeds, str) or not all(is_seed(s) for s in seeds):
+        raise ValueError(f"seed: expected a non-negative int or one per image ({num_images}), got {seed!r}")
+    if len(seeds) != num_images:
+        raise ValueError(f"expected one seed per image ({num_images}), got {len(seeds)}")
+    return [np.random.SeedSequence(int(s)) for s in seeds]
+
+
+def check_finite_output(values: torch.Tensor, image_ids, class_ids, times: Optional[torch.Tensor] = None) -> None:
+    """Refuse NaN or inf in `values` `[R, ...]`, computed from the model's predictions of image `image_ids[r]` under
+    class `class_ids[r]` (at time `times[r]`; without it: somewhere along the ODE), naming the first bad row: the ELBO
+    would otherwise read it as a timestep not evaluated and the ODE return NaN or -inf, both without a word."""
+    finite = torch.isfinite(values.reshape(len(values), -1)).all(1)
+    if bool(finite.all()):
+        return
+    row = int((~finite).nonzero()[0])
+    when = "along the probability-flow ODE" if times is None else f"at t={float(times[row]):.4g}"
+    raise RuntimeError(
+        f"the model's noise prediction for image {int(image_ids[row])}, class {int(class_ids[row])} {when} gave NaN "
+        "or inf; expected finite predictions (a half-precision model that overflows? run it in float32)"
+    )
 
 
 def content_seeds(images: torch.Tensor, seed: int = 0) -> List[int]:

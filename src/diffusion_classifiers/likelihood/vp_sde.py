@@ -103,7 +103,8 @@ def as_eps_model(model, sde: Optional[VPSDE] = None) -> EpsFn:
 
     - A diffusers model (`UNet2DModel(num_class_embeds=K)`, or any `ModelMixin` taking `class_labels`) is called as
       `model(x_t, sde.discrete_timestep(t), class_labels=labels).sample` in its own dtype (the timesteps in float32);
-      the result comes back in the dtype of `x_t`. It must have a class embedding, and must not mix samples in a batch (eval mode).
+      the result comes back in the dtype of `x_t`. It must have a class embedding, and must not mix samples in a
+      batch or draw random numbers: a model in training mode with dropout or batch norm is refused (`model.eval()`).
     - Any other callable is returned unchanged: it must already take continuous `t`.
     """
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
@@ -115,6 +116,7 @@ def as_eps_model(model, sde: Optional[VPSDE] = None) -> EpsFn:
             f"expected a class-conditional model (UNet2DModel(num_class_embeds=K)), got {type(model).__name__} "
             "without a class embedding"
         )
+    _check_deterministic(model)
     sde = sde or VPSDE()
     dtype = next(model.parameters()).dtype
 
@@ -125,6 +127,24 @@ def as_eps_model(model, sde: Optional[VPSDE] = None) -> EpsFn:
         return getattr(out, "sample", out).to(x.dtype)
 
     return eps_fn
+
+
+def _check_deterministic(model: torch.nn.Module) -> None:
+    """Refuse a model whose layers behave as in training: dropout draws from torch's global generator (the scores
+    would change from call to call, whatever `seed`) and batch norm mixes the images and classes of a batch."""
+    training = [
+        name or type(model).__name__
+        for name, module in model.named_modules()
+        if module.training
+        and (isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+             or (isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0))
+    ]
+    if training:
+        raise ValueError(
+            f"expected a model in eval mode, got {type(model).__name__} in training mode with {len(training)} dropout "
+            f"or batch-norm layers active (e.g. {training[0]!r}), which make the scores random and batch-dependent; "
+            "call model.eval() first"
+        )
 
 
 def bits_per_dim(log_likelihood: torch.Tensor, num_dims: int) -> torch.Tensor:
