@@ -5,9 +5,9 @@ one that no later command can read. The standard library only."""
 import json
 import os
 from pathlib import Path
-from typing import IO, Any, Callable, Union
+from typing import IO, Any, Callable, Dict, Union
 
-__all__ = ["write_atomically", "write_json_atomically"]
+__all__ = ["write_atomically", "write_json_atomically", "write_texts_atomically"]
 
 
 def write_atomically(path: Union[str, os.PathLike], write: Callable[[IO], Any], mode: str = "w") -> None:
@@ -29,3 +29,10 @@ def write_atomically(path: Union[str, os.PathLike], write: Callable[[IO], Any], 
 def write_json_atomically(path: Union[str, os.PathLike], value: Any, **dump_options: Any) -> None:
     """`value` as JSON (`json.dump`'s `dump_options`), written whole or not at all."""
     write_atomically(path, lambda handle: json.dump(value, handle, **dump_options))
+
+
+def write_texts_atomically(folder: Union[str, os.PathLike], texts: Dict[str, str]) -> None:
+    """Each `{file name: text}` of `texts` into `folder`, each written whole or not at all; render every text before
+    calling, so a failure to render leaves every earlier file as it was."""
+    for name, text in texts.items():
+        write_atomically(Path(folder) / name, lambda handle, text=text: handle.write(text))

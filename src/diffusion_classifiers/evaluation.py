@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .atomic_files import write_texts_atomically
 from .data import ONE_SET, ImagePreprocessing, LabeledImages, canonical_split_name, load_image_classification_data
 from .data.hf_datasets import HF_SPLIT_NAMES, is_saved_dataset
 from .data.image_listing import list_image_folder
@@ -44,8 +45,10 @@ from .validation import check_positive_integer, check_writable_dir, unicode_norm
 __all__ = [
     "EVALUATION_SPLITS",
     "METRIC_MODULE",
+    "check_dataset_labels",
     "check_evaluation_args",
     "check_evaluation_split",
+    "check_head_record",
     "carved_splits",
     "check_training_overlap",
     "evaluate_classifier",
@@ -241,6 +244,31 @@ def check_known_class_names(names: Sequence[str], model_names: Sequence[str], wh
             "some of them, in any order): an image folder's class subfolders, a CSV's label column or a datasets "
             "ClassLabel (rename or cast it)"
         )
+
+
+def check_dataset_labels(labels: np.ndarray, names: Sequence[str], label_column: Optional[str] = None) -> None:
+    """Every label of a `datasets.Dataset` split is one of its ClassLabel's ids `0..len(names)-1`, else a `ValueError`
+    counting those that are not, naming the first; a ClassLabel stores an image without a label as -1, which would
+    otherwise be scored as the last class."""
+    outside = np.flatnonzero((labels < 0) | (labels >= len(names)))
+    if len(outside):
+        column = label_column or "the ClassLabel column"
+        raise ValueError(
+            f"{column}: {len(outside)} of {len(labels)} labels are not class ids in [0, {len(names) - 1}] "
+            f"({list(names)}), e.g. row {outside[0]}: {labels[outside[0]]} (-1: an image without a label); expected "
+            "every image labelled: filter the unlabelled ones out"
+        )
+
+
+def check_head_record(head) -> None:
+    """`head` (how a classifier's head was fitted, recorded in `metrics.json` and said in `report.md`) is a dict that
+    JSON can hold, with a `"summary"` sentence, else a `ValueError`: checked before any image is scored."""
+    try:
+        json.dumps(head)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"head: expected a dict of JSON values (str, numbers, lists, dicts), got {head!r}: {error}")
+    if not isinstance(head, dict) or not isinstance(head.get("summary"), str):
+        raise ValueError(f"head: expected a dict with a 'summary' sentence (str), got {head!r}")
 
 
 def check_evaluation_split(split: str) -> None:
@@ -687,6 +715,8 @@ def evaluate_classifier(
             raise ValueError(f"{name}: expected a non-empty string or None, got {value!r}")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers: expected an integer >= 0, got {num_workers!r}")
+    if head is not None:
+        check_head_record(head)
     if isinstance(classifier, (str, os.PathLike)):
         if model_sha256 is None and os.path.isdir(classifier):
             from .hub import model_fingerprint
@@ -722,6 +752,7 @@ def evaluate_classifier(
         dataset_labels, dataset_names = dataset.labels.numpy(), dataset.class_names
     else:
         images, dataset_labels, dataset_names = streaming_classification_split(dataset, image_column, label_column)
+        check_dataset_labels(dataset_labels, dataset_names, label_column)
         batches = DataLoader(images, batch_size=batch_size, num_workers=num_workers, collate_fn=list)  # PIL lists
     y_true = map_labels_by_name(dataset_names, model_names)[dataset_labels]  # before any image is decoded
     probs, ranking, stderr = zip(*_predict_with_one_bar(classifier, predict, batches, len(y_true)))
@@ -823,12 +854,11 @@ def write_evaluation(
 
     os.makedirs(output_dir, exist_ok=True)
     measured_on = {key: value for key, value in (("split", split), ("dataset", dataset_name)) if value is not None}
-    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
-        json.dump({**measured_on, **metrics}, f, indent=2)
+    record = json.dumps({**measured_on, **metrics}, indent=2)  # what JSON cannot hold fails before a file is written
     titles = {"confusion_matrix": f"{title}: confusion matrix", "reliability": f"{title}: reliability", "roc_pr": title}
     plots = plot_classification_figures(output_dir, metrics, class_names, y_true, probs, titles, ranking_scores)
-    with open(os.path.join(output_dir, "report.md"), "w") as f:
-        f.write(render_evaluation_report(metrics, title, plots, split))
+    report = render_evaluation_report(metrics, title, plots, split)
+    write_texts_atomically(output_dir, {"metrics.json": record, "report.md": report})
 
 
 def render_evaluation_report(metrics: dict, title: str, plots: List[str], split: Optional[str] = None) -> str:

@@ -12,13 +12,27 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from .data import LabeledImages
+from .atomic_files import write_texts_atomically
 from .features import DiffusionFeatureExtractor, block_label, with_hypercolumns
 from .metrics import calibration_metrics, classification_metrics, per_class_table, percent, resolve_positive_label
 from .pipelines import UNetFeatureClassifierPipeline
 from .models.unet_presets import DEFAULT_TIMESTEPS
 from .probing import ProbeGridResult, fit_probe_grid, kmeans_evaluate, label_free_kmeans
+from .probing.protocols import MAX_SELECTION_IMAGES, checked_num_clusters
 
-__all__ = ["DEFAULT_TIMESTEPS", "UNetFeatureStudy", "extract_study_features", "render_report", "run_unet_feature_study", "study_from_features", "summary_table", "write_study_report"]
+__all__ = [
+    "DEFAULT_TIMESTEPS",
+    "UNetFeatureStudy",
+    "check_study_splits",
+    "checked_train_index",
+    "extract_study_features",
+    "labels_in_train_class_ids",
+    "render_report",
+    "run_unet_feature_study",
+    "study_from_features",
+    "summary_table",
+    "write_study_report",
+]
 
 SPLITS = ("train", "val", "test")
 
@@ -89,9 +103,7 @@ def extract_study_features(
     be `data.StreamingImages` (read by `num_workers` DataLoader workers); features beyond `max_memory_bytes` go to
     float16 memory maps (see `DiffusionFeatureExtractor.extract`), which `fit_probe_grid` reads; `views="dihedral"`
     averages every feature over the image's 8 rotations and mirror images."""
-    missing = [name for name in SPLITS if name not in splits or len(splits[name]) == 0]
-    if missing:
-        raise ValueError(f"expected non-empty splits {SPLITS}, missing or empty: {missing}")
+    _check_splits_present(splits)
     extractor = DiffusionFeatureExtractor(unet, scheduler)
     blocks = list(blocks) if blocks is not None else extractor.block_names
     return {
@@ -133,15 +145,17 @@ def study_from_features(
     supports `set_positive_class`. `views` is how `features` were extracted (`extract_study_features`), recorded in
     the heads so that the pipeline reads new images the same way. `show_progress=False` hides the probe fit's bar
     (unless `probe_kwargs` sets its `progress_bar`) and the test pass's; the returned pipeline keeps its own bar."""
-    train, val, test = (splits[name] for name in SPLITS)
+    check_study_splits(splits, candidate_num_clusters)
+    train, test = splits["train"], splits["test"]
+    labels = labels_in_train_class_ids(splits)
     probed = {name: with_hypercolumns(x) if hypercolumns else x for name, x in features.items()}
-    train_features, train_labels = probed["train"], train.labels  # as they are: features on disk stay there
+    train_features, train_labels = probed["train"], labels["train"]  # as they are: features on disk stay there
     if train_index is not None:
-        index = torch.as_tensor(train_index)
+        index = checked_train_index(train_index, len(train))
         train_features, train_labels = {pair: x[index] for pair, x in train_features.items()}, train_labels[index]
     hidden = {} if show_progress else {"progress_bar": {"disable": True}}
     probe = fit_probe_grid(
-        train_features, train_labels, probed["val"], val.labels, probed["test"], test.labels,
+        train_features, train_labels, probed["val"], labels["val"], probed["test"], labels["test"],
         num_classes=train.num_classes, class_names=train.class_names, pool=pool, noise_seed=noise_seed, views=views,
         **{**hidden, **(probe_kwargs or {})},
     )  # fmt: skip
@@ -153,24 +167,106 @@ def study_from_features(
         pipeline.set_positive_class(positive_class)
     output = _classify(pipeline, test.images, batch_size, show_progress)
     test_metrics = classification_metrics(
-        test.labels, output.label_ids, probs=output.probs, num_classes=train.num_classes, class_names=train.class_names,
+        labels["test"], output.label_ids, probs=output.probs, num_classes=train.num_classes, class_names=train.class_names,
         positive_label=positive_label,
     )  # fmt: skip
-    test_metrics["calibration"] = calibration_metrics(test.labels, output.probs)
-    kmeans = kmeans_evaluate(probed["test"][probe.best_pair], test.labels, train.num_classes, seed=seed)
+    test_metrics["calibration"] = calibration_metrics(labels["test"], output.probs)
+    kmeans = kmeans_evaluate(probed["test"][probe.best_pair], labels["test"], train.num_classes, seed=seed)
     kmeans.pop("clusters")
     # chosen on every train image: no labels are read, and the more images the steadier the choice
     label_free = label_free_kmeans(
-        features["train"], features["test"], test.labels, train.num_classes, seed, candidate_num_clusters
+        features["train"], features["test"], labels["test"], train.num_classes, seed, candidate_num_clusters
     )
     pixels = label_free_kmeans(
-        {("pixels", 0): train.images.flatten(1)}, {("pixels", 0): test.images.flatten(1)}, test.labels,
+        {("pixels", 0): train.images.flatten(1)}, {("pixels", 0): test.images.flatten(1)}, labels["test"],
         train.num_classes, seed, candidate_num_clusters,
     )  # fmt: skip
     return UNetFeatureStudy(
-        pipeline, probe, test_metrics, kmeans, list(train.class_names), test.labels, output.probs,
+        pipeline, probe, test_metrics, kmeans, list(train.class_names), labels["test"], output.probs,
         kmeans_label_free=label_free, kmeans_raw_pixels=pixels,
     )  # fmt: skip
+
+
+def _check_splits_present(splits: dict) -> None:
+    missing = [name for name in SPLITS if name not in splits or len(splits[name]) == 0]
+    if missing:
+        raise ValueError(f"expected non-empty splits {SPLITS}, missing or empty: {missing}")
+
+
+def check_study_splits(
+    splits: Dict[str, LabeledImages], candidate_num_clusters: Optional[Sequence[int]] = None
+) -> None:
+    """What the study needs of its `splits`, checked before any feature is extracted: train, val and test, none empty,
+    train and test in memory ([`LabeledImages`]); at least 2 classes; val and test classes among train's
+    (`labels_in_train_class_ids`); and every K of its k-means (each of `candidate_num_clusters`, and the number of
+    classes) at most the test images, the number of classes at most half the train images the label-free choice
+    scores (split-half stability) and every candidate at most all of them."""
+    _check_splits_present(splits)
+    train, test = splits["train"], splits["test"]
+    streamed = [name for name in ("train", "test") if not isinstance(splits[name], LabeledImages)]
+    if streamed:  # the test images go through the pipeline, the train pixels to k-means, from memory
+        raise ValueError(
+            f"the {' and '.join(streamed)} split{'s' * (len(streamed) > 1)}: expected LabeledImages (images in memory), "
+            f"got {type(splits[streamed[0]]).__name__}: the study classifies the test images and clusters the train "
+            "pixels in memory; extract_study_features reads streamed splits, then pass in-memory splits (from "
+            "load_image_classification_data) to study_from_features"
+        )
+    if train.num_classes < 2:
+        raise ValueError(f"the train split has {train.num_classes} class ({train.class_names}); expected at least 2")
+    labels_in_train_class_ids(splits)
+    candidates = checked_num_clusters(candidate_num_clusters, train.num_classes)
+    num_selected = min(len(train), MAX_SELECTION_IMAGES)  # the train images the label-free choice scores
+    selection = f"the {num_selected} train images the label-free choice scores"
+    limits = (
+        (max(candidates + [train.num_classes]), len(test), f"the {len(test)} test images"),
+        (train.num_classes, num_selected // 2, f"half of {selection} (split-half stability)"),
+        (max(candidates), num_selected, selection),
+    )
+    for k, limit, images in limits:
+        if k > limit:
+            raise ValueError(
+                f"k-means of {images}: K={k} clusters (candidate_num_clusters {candidate_num_clusters}, "
+                f"{train.num_classes} classes) is more than {limit}; expected K <= {limit}: give larger splits or fewer "
+                "clusters"
+            )
+
+
+def labels_in_train_class_ids(splits: Dict[str, LabeledImages]) -> Dict[str, torch.Tensor]:
+    """`{split: labels}` in the train split's class ids, val's and test's matched to train's by class name (a split
+    may have some of train's classes only, or list them in another order); a class train lacks is refused by name."""
+    train_names = list(splits["train"].class_names)
+    labels = {}
+    for name in SPLITS:
+        names = list(splits[name].class_names)
+        unknown = [c for c in names if c not in train_names]
+        if unknown:
+            raise ValueError(
+                f"the {name} split's classes {unknown} are not among the train split's {train_names}; expected "
+                "val and test classes among train's (any order): the probe learns train's classes only"
+            )
+        train_ids = torch.tensor([train_names.index(c) for c in names], dtype=torch.long)
+        labels[name] = train_ids[torch.as_tensor(splits[name].labels, dtype=torch.long)]
+    return labels
+
+
+def checked_train_index(train_index, num_train: int) -> torch.Tensor:
+    """`train_index` (the labelled train rows of a few-label study: distinct row numbers in `[0, num_train)`, or a
+    boolean mask of `num_train` rows) as a tensor of row numbers, else a `ValueError`: a negative row would count from
+    the end and a repeated one weigh its image twice."""
+    index = torch.as_tensor(train_index)
+    if index.dtype == torch.bool and index.shape == (num_train,):
+        index = index.nonzero().flatten()
+    if index.ndim != 1 or len(index) == 0 or index.dtype.is_floating_point or index.dtype == torch.bool:
+        raise ValueError(
+            f"train_index: expected a non-empty 1-D sequence of train row numbers or a boolean mask of {num_train} "
+            f"rows, got {index.dtype} of shape {tuple(index.shape)}"
+        )
+    outside = index[(index < 0) | (index >= num_train)]
+    if len(outside):
+        raise ValueError(f"train_index: expected row numbers in [0, {num_train - 1}], got {outside[:5].tolist()}")
+    if len(index.unique()) != len(index):
+        raise ValueError(f"train_index: expected distinct row numbers, got {len(index) - len(index.unique())} repeats")
+    return index.long()
 
 
 def _classify(pipeline: UNetFeatureClassifierPipeline, images: torch.Tensor, batch_size: int, show_progress: bool):
@@ -202,9 +298,9 @@ def run_unet_feature_study(
 ) -> UNetFeatureStudy:
     """Extract every (block, t) feature of the train/val/test splits (averaged over `views`), then
     `study_from_features`; `show_progress=False` hides every progress bar of both."""
-    train = splits.get("train")
-    if train is not None:  # a wrong name fails before the features are extracted
-        resolve_positive_label(positive_class, train.class_names, train.num_classes)
+    check_study_splits(splits, candidate_num_clusters)  # before the features are extracted
+    train = splits["train"]
+    resolve_positive_label(positive_class, train.class_names, train.num_classes)
     features = extract_study_features(
         unet, scheduler, splits, blocks, timesteps, pool, noise_seed, batch_size, show_progress, views=views
     )
@@ -244,10 +340,8 @@ def write_study_report(study: UNetFeatureStudy, output_dir: str, title: str, com
         "command": command,
         **(extra or {}),
     }
-    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2, default=str)
-    with open(os.path.join(output_dir, "report.md"), "w") as f:
-        f.write(render_report(study, title, command, extra))
+    record = json.dumps(metrics, indent=2, default=str)
+    write_texts_atomically(output_dir, {"metrics.json": record, "report.md": render_report(study, title, command, extra)})
     return metrics
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "PCA_WHITEN_VARIANCE",
     "SELECTION_CRITERIA",
     "Shots",
+    "checked_num_clusters",
     "clustering_stability",
     "evaluate_protocols",
     "few_shot_indices",
@@ -261,7 +262,7 @@ def select_clustering_without_labels(
         raise ValueError(f"normalizations: expected a non-empty list of distinct names, got {normalizations}")
     for name in normalizations:
         _check_normalization(name)
-    candidates = _candidate_num_clusters(candidate_num_clusters, default_num_clusters)
+    candidates = checked_num_clusters(candidate_num_clusters, default_num_clusters)
     # the rows first, then float64: the features may be float16 memory maps larger than memory
     chosen = _selection_rows(features, max_images, seed)
     checked = {pair: _checked_clustering_features(value) for pair, value in chosen.items()}
@@ -332,7 +333,7 @@ def label_free_kmeans(
     return {**metrics, "feature": "/".join(map(str, key)), **chosen, "selection": selection}
 
 
-def _candidate_num_clusters(candidates: Optional[Sequence[int]], default_num_clusters: int) -> List[int]:
+def checked_num_clusters(candidates: Optional[Sequence[int]], default_num_clusters: int) -> List[int]:
     """The K to choose from: exactly `candidates` (sorted, repeats dropped), or `[default_num_clusters]` when `None`."""
     if candidates is None:
         return [default_num_clusters]
