@@ -123,3 +123,23 @@ def test_one_early_stop_look_drops_the_best_of_many_classes_at_most_one_minus_co
     dropped = torch.isinf(stopped.scores[:, 0]).double().mean()
     assert dropped <= (1 - confidence) + 4 * math.sqrt(0.05 * 0.95 / num_images)
     assert torch.isinf(stopped.scores).any(1).double().mean() > 0.05  # the look does eliminate rivals
+
+
+@pytest.mark.parametrize("classes", [[0.5, 1.0], [0, True], ["0", "1"], [-1, 0]])
+def test_class_ids_other_than_non_negative_integers_are_refused(classes):
+    """Review: class ids were passed through `int()`, so class 0.5 was scored as class 0."""
+    with pytest.raises(ValueError, match="expected class ids as integers >= 0"):
+        denoising_error_scores(tiny_unet(), uniform_images(1, 8), classes, num_timesteps=2, progress_bar=QUIET)
+
+
+def test_integer_class_ids_in_tensors_are_taken():
+    result = denoising_error_scores(tiny_unet(), uniform_images(1, 8), torch.tensor([2, 0]), num_timesteps=2,
+                                    progress_bar=QUIET)
+    assert result.scores.shape == (1, 2)
+
+
+def test_a_pruning_stage_keeping_a_fraction_of_a_class_is_refused():
+    """Review: a stage keeping 1.5 classes kept 1."""
+    with pytest.raises(ValueError, match="expected pruning stage 0 to keep 1..3 classes"):
+        denoising_error_scores(tiny_unet(), uniform_images(1, 8), 3, num_timesteps=4, pruning=[(2, 1.5)],
+                               progress_bar=QUIET)

@@ -180,7 +180,7 @@ def _pruning_stages(pruning, num_classes) -> List[Tuple[int, int]]:
     for i, (count, keep) in enumerate(pruning):
         if not is_count(count):
             raise ValueError(f"expected pruning stage {i} to evaluate >= 1 timesteps, got {count}")
-        if not 1 <= keep <= previous:
+        if not is_count(keep) or keep > previous:
             raise ValueError(f"expected pruning stage {i} to keep 1..{previous} classes (those alive), got {keep}")
         previous = keep
     return [(int(count), int(keep)) for count, keep in pruning]

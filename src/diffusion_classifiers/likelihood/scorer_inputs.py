@@ -42,7 +42,12 @@ def checked_images(images: torch.Tensor, model) -> torch.Tensor:
 
 
 def checked_class_ids(classes: Classes, model, device) -> torch.Tensor:
-    ids = list(range(classes)) if isinstance(classes, numbers.Integral) else [int(c) for c in classes]
+    if isinstance(classes, numbers.Integral):
+        ids = list(range(classes))
+    else:
+        ids = classes.tolist() if hasattr(classes, "tolist") else list(classes)
+        if not all(is_non_negative_integer(c) for c in ids):  # 0.5 is not class 0
+            raise ValueError(f"expected class ids as integers >= 0, got {classes!r}")
     config = getattr(model, "config", None)
     num_embeds = config.get("num_class_embeds") if hasattr(config, "get") else None
     if not ids or len(set(ids)) != len(ids) or min(ids) < 0 or (num_embeds and max(ids) >= num_embeds):
@@ -55,7 +60,7 @@ def is_count(value) -> bool:
     return isinstance(value, numbers.Integral) and value >= 1
 
 
-def is_seed(value) -> bool:
+def is_non_negative_integer(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
 
 
@@ -63,9 +68,9 @@ def image_seeds(seed: Seed, num_images: int) -> List[np.random.SeedSequence]:
     """One seed stream per image: `seed` int -> `SeedSequence(seed, spawn_key=(i,))`; a sequence (list, array,
     tensor) -> one per image. Seeds are non-negative integers: others are refused, not rounded."""
     seeds = seed.tolist() if hasattr(seed, "tolist") else seed  # arrays and tensors, 0-d ones included
-    if is_seed(seeds):
+    if is_non_negative_integer(seeds):
         return [np.random.SeedSequence(int(seeds), spawn_key=(i,)) for i in range(num_images)]
-    if not isinstance(seeds, Sequence) or isinstance(seeds, str) or not all(is_seed(s) for s in seeds):
+    if not isinstance(seeds, Sequence) or isinstance(seeds, str) or not all(is_non_negative_integer(s) for s in seeds):
         raise ValueError(f"seed: expected a non-negative int or one per image ({num_images}), got {seed!r}")
     if len(seeds) != num_images:
         raise ValueError(f"expected one seed per image ({num_images}), got {len(seeds)}")
