@@ -1,5 +1,6 @@
 """Every report figure is written, opens as a PNG of its documented size, and keeps its title inside the image."""
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from PIL import Image
@@ -129,3 +130,21 @@ def test_loss_curve_and_probe_heatmap(tmp_path):
     pixels = opened(tmp_path / "heatmap.png")
     assert pixels.shape == (round((0.5 * 2 + 2) * DPI), round((1.1 * 2 + 3) * DPI))
     assert_title_fits(pixels)
+
+
+def test_a_figure_that_fails_mid_write_leaves_the_earlier_one_whole(tmp_path):
+    from diffusion_classifiers.plots import _save
+
+    path = tmp_path / "confusion_matrix.png"
+    path.write_bytes(b"the earlier run's figure")
+    fig = plt.figure()
+
+    def fail_half_way(handle, **kwargs):
+        handle.write(b"\x89PNG half")
+        raise OSError("No space left on device")
+
+    fig.savefig = fail_half_way
+    with pytest.raises(OSError, match="No space left"):
+        _save(fig, str(path))
+    assert path.read_bytes() == b"the earlier run's figure" and [p.name for p in tmp_path.iterdir()] == [path.name]
+    assert not plt.fignum_exists(fig.number)

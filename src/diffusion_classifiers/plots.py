@@ -27,6 +27,7 @@ from sklearn.metrics import (  # noqa: E402
     recall_score,
 )
 
+from .atomic_files import write_atomically  # noqa: E402
 from .metrics import calibration_metrics, finite_ranking, float_array  # noqa: E402
 
 __all__ = [
@@ -51,8 +52,12 @@ def _wrap(title: str, width: int) -> str:
 
 
 def _save(fig, path: str) -> None:
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    """`fig` written whole or not at all (an earlier run's figure stays until the new one is complete), then closed."""
+    image_format = os.path.splitext(path)[1].lstrip(".") or None
+    try:
+        write_atomically(path, lambda handle: fig.savefig(handle, dpi=DPI, format=image_format), mode="wb")
+    finally:
+        plt.close(fig)
 
 
 def plot_probe_heatmap(
