@@ -13,6 +13,7 @@ ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --num_machi
 
 import argparse
 import logging
+from typing import Optional
 
 from accelerate import PartialState
 from diffusers import AutoencoderKL
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 
 from diffusion_classifiers.cli import run_from_shell
 from diffusion_classifiers.data import add_data_args, save_training_split_record, training_data_from_args
+from diffusion_classifiers.data.arguments import number_in
 from diffusion_classifiers.models import (
     RC_DIT_SIZES,
     REPRESENTATION_INJECTIONS,
@@ -41,6 +43,7 @@ from diffusion_classifiers.training import (
     train_rc_dit,
     training_args_from_namespace,
 )
+from diffusion_classifiers.training.arguments import check_encoder_args
 
 
 def parse_args(argv=None):
@@ -50,11 +53,12 @@ def parse_args(argv=None):
         "--dit_size", default="S", choices=sorted(RC_DIT_SIZES), help="DiT width and depth (default: %(default)s)."
     )
     parser.add_argument(
-        "--patch_size", type=int, default=None, help="DiT patch size (default: %(default)s, the DiT size's)."
+        "--patch_size", type=number_in("[1, inf)", int), default=None,
+        help="DiT patch size (default: %(default)s, the DiT size's).",
     )
     parser.add_argument(
         "--rep_dropout",
-        type=float,
+        type=number_in("[0, 1]"),
         default=0.1,
         help="Probability of the null representation in training, for guidance (default: %(default)s).",
     )
@@ -82,7 +86,7 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--encoder_learning_rate_scale",
-        type=float,
+        type=number_in("(0, inf)"),
         default=1.0,
         help="The encoder's learning rate over the DiT's --learning_rate (default: %(default)s).",
     )
@@ -95,14 +99,14 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--denoiser_mask_ratio",
-        type=float,
+        type=number_in("[0, 1)"),
         default=DEFAULT_DENOISER_MASK_RATIO,
         help="Fraction of the DiT's patches hidden in x_t and reconstructed from r, which makes the denoiser rely on "
         "r; 0 trains a plain conditional denoiser (default: %(default)s).",
     )
     parser.add_argument(
         "--denoiser_mask_probability",
-        type=float,
+        type=number_in("(0, 1]"),
         default=1.0,
         help="Share of the images that are masked; the others train the DiT as the whole-image denoiser that "
         "sampling needs; 0.5 keeps a DiT that generates, at the cost of a worse r (default: %(default)s).",
@@ -140,10 +144,11 @@ def main(argv=None):
     _show_representation_diagnostics()
     training_args = training_args_from_namespace(args)
     check_run_can_start(training_args)  # before the data is read
+    check_encoder_args(args)
+    vae = load_vae(args.vae, args.vae_subfolder)
     train = training_data_from_args(args)["train"]
     images = train if args.streaming else train.images
     encoder = build_vit_encoder_from_args(args, images)
-    vae = None if args.vae is None else AutoencoderKL.from_pretrained(args.vae, subfolder=args.vae_subfolder)
     encoder, transformer, scheduler, _ = train_rc_dit(
         training_args,
         images,
@@ -169,6 +174,19 @@ def main(argv=None):
         pipe.save_pretrained(args.output_dir)
         save_training_split_record(args, train)  # for probe and evaluate: the carving, the training images
         print(f"saved the pipeline to {args.output_dir} (load it with DiffusionClassifierPipeline.from_pretrained)")
+
+
+def load_vae(vae: Optional[str], subfolder: Optional[str]) -> Optional[AutoencoderKL]:
+    """The `--vae` (in its `--vae_subfolder`), or None for pixel space; one that cannot be loaded is refused by name
+    before the data is read."""
+    if vae is None:
+        if subfolder is not None:
+            raise ValueError(f"--vae_subfolder {subfolder}: a subfolder of --vae, which was not given; pass --vae")
+        return None
+    try:
+        return AutoencoderKL.from_pretrained(vae, subfolder=subfolder)
+    except OSError as error:  # no such folder or Hub repository, or no AutoencoderKL in it
+        raise ValueError(f"--vae {vae}: cannot load an AutoencoderKL: {' '.join(str(error).split())}") from error
 
 
 class _ProgressBarSafeHandler(logging.Handler):

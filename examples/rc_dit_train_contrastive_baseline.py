@@ -21,6 +21,7 @@ from transformers import AutoImageProcessor
 
 from diffusion_classifiers.cli import run_from_shell
 from diffusion_classifiers.data import add_data_args, training_data_from_args
+from diffusion_classifiers.data.arguments import number_in
 from diffusion_classifiers.training import (
     METHODS,
     add_encoder_args,
@@ -31,6 +32,7 @@ from diffusion_classifiers.training import (
     train_contrastive_encoder,
     training_args_from_namespace,
 )
+from diffusion_classifiers.training.arguments import check_encoder_args
 
 
 def parse_args(argv=None):
@@ -42,39 +44,47 @@ def parse_args(argv=None):
     add_encoder_args(parser)
     parser.add_argument(
         "--augmentation_strength",
-        type=float,
+        type=number_in("[0, inf)"),
         default=1.0,
         help="Scales colour jitter and blur; 0 keeps only crop and flip (default: %(default)s).",
     )
     parser.add_argument(
-        "--min_crop_scale", type=float, default=0.25, help="Smallest random-crop area fraction (default: %(default)s)."
+        "--min_crop_scale", type=number_in("(0, 1]"), default=0.25,
+        help="Smallest random-crop area fraction (default: %(default)s).",
     )
     parser.add_argument(
-        "--flip_p", type=float, default=0.5, help="Horizontal flip probability, 0 for digits (default: %(default)s)."
+        "--flip_p", type=number_in("[0, 1]"), default=0.5,
+        help="Horizontal flip probability, 0 for digits (default: %(default)s).",
     )
     parser.add_argument(
-        "--temperature", type=float, default=0.2, help="SimCLR: NT-Xent temperature (default: %(default)s)."
+        "--temperature", type=number_in("(0, inf)"), default=0.2,
+        help="SimCLR: NT-Xent temperature (default: %(default)s).",
     )
     parser.add_argument(
-        "--projection_dim", type=int, default=128, help="SimCLR: projection head output size (default: %(default)s)."
+        "--projection_dim", type=number_in("[1, inf)", int), default=128,
+        help="SimCLR: projection head output size (default: %(default)s).",
     )
     parser.add_argument(
-        "--dino_out_dim", type=int, default=4096, help="DINO: head output size (prototypes) (default: %(default)s)."
+        "--dino_out_dim", type=number_in("[1, inf)", int), default=4096,
+        help="DINO: head output size (prototypes) (default: %(default)s).",
     )
     parser.add_argument(
-        "--teacher_temperature", type=float, default=0.04, help="DINO: teacher temperature (default: %(default)s)."
+        "--teacher_temperature", type=number_in("(0, inf)"), default=0.04,
+        help="DINO: teacher temperature (default: %(default)s).",
     )
     parser.add_argument(
-        "--student_temperature", type=float, default=0.1, help="DINO: student temperature (default: %(default)s)."
+        "--student_temperature", type=number_in("(0, inf)"), default=0.1,
+        help="DINO: student temperature (default: %(default)s).",
     )
     parser.add_argument(
         "--teacher_momentum",
-        type=float,
+        type=number_in("[0, 1]"),
         default=0.996,
         help="DINO: initial teacher EMA momentum, cosine schedule to 1 (default: %(default)s).",
     )
     parser.add_argument(
-        "--num_local_views", type=int, default=0, help="DINO: multi-crop local views per image (default: %(default)s)."
+        "--num_local_views", type=number_in("[0, inf)", int), default=0,
+        help="DINO: multi-crop local views per image (default: %(default)s).",
     )
     parser.add_argument(
         "--save_student",
@@ -104,6 +114,7 @@ def main(argv=None):
     args = parse_args(argv)
     training_args = training_args_from_namespace(args)
     check_run_can_start(training_args)  # before the data is read
+    check_encoder_args(args)
     images = training_data_from_args(args)["train"].images
     encoder = build_vit_encoder_from_args(args, images)  # seeded: the same initial encoder as rc_dit_train.py
     # a pretrained encoder's input prepared as rc_dit_train.py prepares it (its processor's size, mean and std)

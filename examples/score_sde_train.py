@@ -22,6 +22,7 @@ from accelerate import PartialState
 
 from diffusion_classifiers.cli import add_positive_class_arg, note_default_positive_class, run_from_shell
 from diffusion_classifiers.data import add_data_args, save_training_split_record, training_data_from_args
+from diffusion_classifiers.data.arguments import number_in
 from diffusion_classifiers.metrics import resolve_positive_label
 from diffusion_classifiers.pipelines import ScoreSDEClassifierPipeline
 from diffusion_classifiers.training import (
@@ -40,7 +41,7 @@ def parse_args(argv=None):
     add_diffusion_args(parser)
     parser.add_argument(
         "--label_dropout",
-        type=float,
+        type=number_in("[0, 1)"),
         default=0.1,
         help="Fraction of labels replaced by the null class, for the unconditional score (default: %(default)s).",
     )

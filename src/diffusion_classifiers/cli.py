@@ -184,7 +184,7 @@ def add_linear_probe_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_fit_head_args(parser: argparse.ArgumentParser) -> None:
-    from .data.arguments import add_split_args
+    from .data.arguments import add_split_args, number_in
 
     parser.add_argument(
         "--model_dir", required=True,
@@ -204,7 +204,7 @@ def add_fit_head_args(parser: argparse.ArgumentParser) -> None:
         "(the val split, on which the temperature or C is chosen, stays whole); default: every train image",
     )  # fmt: skip
     add_linear_probe_args(parser)
-    parser.add_argument("--batch_size", type=int, default=64, help="images per encoder call")
+    parser.add_argument("--batch_size", type=number_in("[1, inf)", int), default=64, help="images per encoder call")
     parser.add_argument(
         "--output_dir", default="outputs/fit_head", help="where pipeline/ (the RC-DiT with its head) and the test "
         "split's metrics.json, report.md and plots go",
@@ -222,7 +222,7 @@ def add_fit_head_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
-    from .data.arguments import add_split_args, json_object_arg
+    from .data.arguments import add_split_args, json_object_arg, number_in
     from .data.split_record import SPLIT_RECORD_NAME
 
     parser.add_argument(
@@ -256,7 +256,10 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
         help="an image folder or CSV of paths larger than memory: decode each image only when its batch is scored "
         "(a saved DatasetDict folder is always read this way)",
     )  # fmt: skip
-    parser.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes that decode the images")
+    parser.add_argument(
+        "--dataloader_num_workers", type=number_in("[0, inf)", int), default=0,
+        help="DataLoader worker processes that decode the images",
+    )  # fmt: skip
     parser.add_argument(
         "--drop_training_images", action="store_true",
         help=f"score only the images the model was not trained on (by content: the train_fingerprints of its "
@@ -407,15 +410,18 @@ def check_demo_args(args: argparse.Namespace):
     """Every demo flag checked before the data are read or a step trained; returns the `TrainingArguments`."""
     from .features import _check_timesteps
     from .models import unet_config
-    from .training import training_args_from_namespace
-    from .validation import check_writable_dir
+    from .training import check_run_can_start, training_args_from_namespace
+    from .validation import check_no_earlier_report, check_writable_dir
 
     training_args = training_args_from_namespace(args)  # batch size, steps, learning rate, precision
     _check_timesteps(args.timesteps, DEMO_NUM_TRAIN_TIMESTEPS)
     if args.image_size is not None:
         unet_config(args.unet_preset, args.image_size)  # the preset's levels must divide the image size
     check_writable_dir(args.output_dir, "--output_dir")
+    # a resumed demo finishes its own report; any other run would replace an earlier one without a word
+    check_no_earlier_report(args.output_dir, args.overwrite_output_dir or args.resume_from_checkpoint is not None)
     training_args.output_dir = os.path.join(args.output_dir, "unet_training")
+    check_run_can_start(training_args)  # another run's checkpoints, a checkpoint to resume: before the data is read
     return training_args
 
 
@@ -442,7 +448,8 @@ def run_demo(args: argparse.Namespace) -> dict:
     timing = {"train_seconds": round(trained_at - started, 1), "total_seconds": round(time.time() - started, 1)}
     carving = {name: getattr(args, name) for name in SPLIT_DEFAULTS}
     metrics = save_study(study, args, timing, carving, splits["train"].images)
-    print(f"and {args.output_dir}/unet_training/ (loss_curve.png, samples/)")
+    samples = ", samples/" if args.num_sample_images else ""
+    print(f"and {args.output_dir}/unet_training/ (loss_curve.png{samples})")
     return metrics
 
 

@@ -1,18 +1,22 @@
 """The data flags every script shares (`--dataset`, `--class_names`, `--image_size`, `--num_channels`, `--window`,
 `--bits_stored`, `--val_fraction`, `--test_fraction`, `--resize_mode`, `--pad_value`, `--normalize_background`,
-`--streaming`, `--no_verify_images`, `--unlabeled`), and `json_object_arg`, the type of the commands' `--pipeline_kwargs`.
+`--streaming`, `--no_verify_images`, `--unlabeled`), `json_object_arg`, the type of the commands' `--pipeline_kwargs`,
+and `number_in`, the type of a numeric flag refused at parse time when out of its range.
 
 Kept apart from the readers, which import torch, so that a script's `--help` answers at once.
 """
 
 import argparse
 import json
-from typing import Any
+from typing import Any, Callable
 
 from .windows import WINDOW_NAMES
 from .split_record import SPLIT_DEFAULTS, SPLIT_RECORD_NAME
 
-__all__ = ["add_class_names_arg", "add_data_args", "add_split_args", "json_object_arg"]
+# what `--image_size` None reads at (`data.DEFAULT_FOLDER_SIZE`, written out: the readers import torch)
+NATIVE_SIZE_UNLESS_FILES = "32 px for digits, image folders and CSVs of paths, else the data's own size"
+
+__all__ = ["add_class_names_arg", "add_data_args", "add_split_args", "json_object_arg", "number_in"]
 
 
 def add_class_names_arg(parser: Any) -> None:
@@ -34,8 +38,11 @@ def add_data_args(parser: Any, image_size: int | None = None, streaming: bool = 
         "path,label[,patient_id] or a folder a datasets Dataset / DatasetDict was saved to (default: %(default)s)",
     )  # fmt: skip
     add_class_names_arg(parser)
-    size_default = "%(default)s" if image_size is not None else "%(default)s, the dataset's"
-    parser.add_argument("--image_size", type=int, default=image_size, help=f"resize to this size (default: {size_default})")
+    size_default = "%(default)s" if image_size is not None else "%(default)s: " + NATIVE_SIZE_UNLESS_FILES
+    parser.add_argument(
+        "--image_size", type=number_in("[1, inf)", int), default=image_size,
+        help=f"resize to this size (default: {size_default})",
+    )  # fmt: skip
     parser.add_argument(
         "--num_channels", type=int, default=None, choices=[1, 3], help="1 or 3 (default: %(default)s, the dataset's)"
     )
@@ -106,13 +113,14 @@ def add_split_args(parser: Any, from_model: bool = False) -> None:
     val_default, val_shown = default("val_fraction")
     test_default, test_shown = default("test_fraction")
     parser.add_argument(
-        "--val_fraction", type=float, default=val_default,
-        help=f"the share of the images carved for val when the data has no val split, patients kept on one side "
-        f"(default: {val_shown})",
+        "--val_fraction", type=number_in("(0, 1)"), default=val_default,
+        help=f"the share of the images left after the test split that is carved for val when the data has no val "
+        f"split, patients kept on one side (default: {val_shown})",
     )  # fmt: skip
     parser.add_argument(
-        "--test_fraction", type=float, default=test_default,
-        help=f"the same for test (default: {test_shown}); a small cohort of P patients needs fractions of at least 1 / P",
+        "--test_fraction", type=number_in("(0, 1)"), default=test_default,
+        help=f"the share of all images carved for test when the data has no test split (default: {test_shown}); a "
+        "small cohort of P patients needs fractions of at least 1 / P",
     )  # fmt: skip
 
 
@@ -129,3 +137,24 @@ def json_object_arg(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object, e.g. {example}, got {text!r}")
     return value
+
+
+def number_in(interval: str, kind: type = float) -> Callable[[str], Any]:
+    """An argparse `type`: a `kind` number (float or int) in `interval`, written as in mathematics ("[0, 1)",
+    "(0, inf)", "[1, inf)"); anything else is refused while the flags are parsed, before any work (argparse names the
+    flag)."""
+    low, high = (float(bound) for bound in interval[1:-1].split(","))
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        above = value is not None and (value > low if interval[0] == "(" else value >= low)
+        below = value is not None and (value < high if interval[-1] == ")" else value <= high)
+        if not (above and below):  # NaN is neither
+            raise argparse.ArgumentTypeError(f"expected {noun} in {interval}, got {text!r}")
+        return value
+
+    return parse

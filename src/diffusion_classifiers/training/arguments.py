@@ -10,6 +10,7 @@ import warnings
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
+from ..data.arguments import number_in
 from ..models.unet_presets import UNET_PRESETS
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "add_encoder_args",
     "add_training_args",
     "build_vit_encoder_from_args",
+    "check_encoder_args",
     "encoder_preprocessing_from_args",
     "training_args_from_namespace",
 ]
@@ -257,7 +259,8 @@ def add_diffusion_args(parser: argparse.ArgumentParser, unet_preset: bool = True
             "--unet_preset", default="small", choices=sorted(UNET_PRESETS), help="U-Net size (default: %(default)s)."
         )
     parser.add_argument(
-        "--num_train_timesteps", type=int, default=1000, help="Diffusion steps of the scheduler (default: %(default)s)."
+        "--num_train_timesteps", type=number_in("[1, inf)", int), default=1000,
+        help="Diffusion steps of the scheduler (default: %(default)s).",
     )
     return parser
 
@@ -275,24 +278,25 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         help="A pretrained transformers vision model (ViTModel, Dinov2Model) directory or Hub id to start from "
         "(default: %(default)s, a new ViT of the sizes below).",
     )
+    positive_int = number_in("[1, inf)", int)
     parser.add_argument(
         "--encoder_hidden_size",
-        type=int,
+        type=positive_int,
         default=192,
         help="Width of a new ViT encoder, the size of its representation (default: %(default)s).",
     )
     parser.add_argument(
-        "--encoder_num_layers", type=int, default=6, help="Blocks of a new ViT encoder (default: %(default)s)."
+        "--encoder_num_layers", type=positive_int, default=6, help="Blocks of a new ViT encoder (default: %(default)s)."
     )
     parser.add_argument(
         "--encoder_num_heads",
-        type=int,
+        type=positive_int,
         default=3,
         help="Attention heads of a new ViT encoder; must divide its width (default: %(default)s).",
     )
     parser.add_argument(
         "--encoder_patch_size",
-        type=int,
+        type=positive_int,
         default=4,
         help="Patch side of a new ViT encoder; must divide the image size (default: %(default)s).",
     )
@@ -309,7 +313,10 @@ def _check_pretrained_encoder_type(path_or_hub_id: str):
     (the encoders whose tokens and pooler `models.encode_representation` reads)."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(path_or_hub_id)
+    try:
+        config = AutoConfig.from_pretrained(path_or_hub_id)
+    except OSError as error:  # no such folder or Hub repository, or no config.json in it
+        raise ValueError(f"--encoder_name_or_path {path_or_hub_id}: cannot read a model config: {error}") from error
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_ENCODER_TYPES:
         supported = ", ".join(f"{name} ({key!r})" for key, name in SUPPORTED_ENCODER_TYPES.items())
@@ -318,6 +325,19 @@ def _check_pretrained_encoder_type(path_or_hub_id: str):
             f"encoder this trainer supports; expected one of {supported}"
         )
     return config
+
+
+def check_encoder_args(args: argparse.Namespace) -> None:
+    """The encoder flags of `add_encoder_args`, refused before the data is read: `--encoder_name_or_path` must name a
+    supported encoder that can be read (`build_vit_encoder_from_args` then checks it against the data), and a new
+    ViT's `--encoder_num_heads` must divide its `--encoder_hidden_size`."""
+    if args.encoder_name_or_path:
+        _check_pretrained_encoder_type(args.encoder_name_or_path)
+    elif args.encoder_hidden_size % args.encoder_num_heads:
+        raise ValueError(
+            f"--encoder_num_heads {args.encoder_num_heads} does not divide --encoder_hidden_size "
+            f"{args.encoder_hidden_size}: each attention head takes an equal share of the width; choose a divisor"
+        )
 
 
 def build_vit_encoder_from_args(args: argparse.Namespace, images):
