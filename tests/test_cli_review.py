@@ -52,6 +52,21 @@ def test_demo_refuses_another_runs_checkpoints_before_reading_data(tmp_path, mon
     assert (tmp_path / "unet_training" / "checkpoint-4").is_dir()
 
 
+def test_demo_refuses_several_processes_and_a_second_run_in_its_folder_before_reading_data(tmp_path, monkeypatch):
+    """Under accelerate launch with 2 processes each ran the study and wrote the same report; two demos at once into
+    one folder wrote over each other's report."""
+    monkeypatch.setattr(diffusion_classifiers.data, "load_data_from_args", too_late)
+    demo = ["demo", "--output_dir", str(tmp_path / "demo"), "--image_size", "8", "--unet_preset", "tiny"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="demo runs as one process, but accelerate launch started 2"):
+        main(demo)
+    monkeypatch.delenv("WORLD_SIZE")
+    from diffusion_classifiers.run_lock import RunInUseError, output_dir_lock
+
+    with output_dir_lock(str(tmp_path / "demo"), "demo"), pytest.raises(RunInUseError, match="in use by another demo"):
+        main(demo)
+
+
 def test_demo_names_the_training_outputs_it_wrote(tmp_path, capsys):
     """With --num_sample_images 0 the demo still pointed the user to a samples/ folder it never wrote."""
     main([

@@ -425,6 +425,7 @@ def check_demo_args(args: argparse.Namespace):
     return training_args
 
 
+@_one_run_in_output_dir("demo")
 def run_demo(args: argparse.Namespace) -> dict:
     from .data import describe_splits, load_data_from_args
     from .data.split_record import SPLIT_DEFAULTS
