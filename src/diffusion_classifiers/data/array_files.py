@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from .labeled_images import SPLITS, RawData, labels_and_names
+from .preprocessing import _describe
 
 __all__ = [
     "DEFAULT_DIGITS_SIZE",
@@ -45,28 +47,84 @@ def read_digits(class_names: Sequence[str] | None) -> RawData:
 
 
 def read_npz(path: Path, class_names: Sequence[str] | None) -> RawData:
-    try:
-        with np.load(path) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        raise ValueError(f"cannot read {path}: {error} (truncated or corrupt?)") from error
-    found = sorted(arrays)
-    present = [s for s in SPLITS if f"{s}_images" in found or f"{s}_labels" in found]
-    incomplete = [f"{s}_{part}" for s in present for part in ("images", "labels") if f"{s}_{part}" not in found]
-    if "train" not in present or incomplete:
-        raise ValueError(
-            f"{path}: expected keys train_images, train_labels (and optionally val_*/test_*); "
-            f"missing {incomplete or ['train_images', 'train_labels']}, found {found}"
-        )
+    present, arrays = _npz_arrays(path)
     images, labels = {}, {}
     for split in present:
-        images[split] = _nhwc_to_nchw(arrays[f"{split}_images"], f"{path}[{split}_images]")
-        labels[split] = _flat_labels(arrays[f"{split}_labels"], len(images[split]), f"{path}[{split}_labels]")
+        images[split] = _pixel_array(arrays.pop(f"{split}_images"), f"{path}[{split}_images]")
+        labels[split] = _flat_labels(arrays.pop(f"{split}_labels"), len(images[split]), f"{path}[{split}_labels]")
     _check_same_image_shape(images, {split: f"{path}[{split}_images]" for split in images})
     if class_names is None and path.name == "pneumoniamnist.npz":
         class_names = PNEUMONIAMNIST_CLASSES
     all_labels, names, splits = labels_and_names(labels, class_names, str(path))
     return RawData(torch.cat(list(images.values())), all_labels, names, splits)
+
+
+_NPZ_PARTS = ("images", "labels")
+_NPZ_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _npz_arrays(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The splits an `.npz` file holds and their images and labels by key, each decoded once (other keys are not
+    decoded); a file that is no `.npz` archive, or a corrupt one, is refused naming it."""
+    try:
+        archive = np.load(path)
+    except _NPZ_READ_ERRORS as error:
+        raise ValueError(f"cannot read {path}: {error} (truncated or corrupt?)") from error
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(
+            f"{path}: a single {_describe(archive)} (an .npy file), not an .npz archive; expected the keys "
+            "train_images, train_labels (and optionally val_*/test_*): np.savez(path, train_images=..., ...)"
+        )
+    with archive:
+        present = _npz_splits(path, sorted(archive.files))
+        try:
+            return present, {f"{s}_{part}": archive[f"{s}_{part}"] for s in present for part in _NPZ_PARTS}
+        except _NPZ_READ_ERRORS as error:
+            raise ValueError(f"cannot read {path}: {error} (truncated or corrupt?)") from error
+
+
+def _npz_splits(path: Path, found: list[str]) -> list[str]:
+    """The splits an `.npz` file holds (each with its images and labels), checked before any array is decoded: a key
+    `<name>_images` / `<name>_labels` of another split name (`validation_images`) is refused rather than left unread
+    while its split is carved from train; the other keys are ignored, with a warning naming them."""
+    present = [s for s in SPLITS if any(f"{s}_{part}" in found for part in _NPZ_PARTS)]
+    incomplete = [f"{s}_{part}" for s in present for part in _NPZ_PARTS if f"{s}_{part}" not in found]
+    if "train" not in present or incomplete:
+        raise ValueError(
+            f"{path}: expected keys train_images, train_labels (and optionally val_*/test_*); "
+            f"missing {incomplete or ['train_images', 'train_labels']}, found {found}"
+        )
+    unread = [key for key in found if key not in {f"{s}_{part}" for s in present for part in _NPZ_PARTS}]
+    other_splits = [key for key in unread if key.rsplit("_", 1)[-1] in _NPZ_PARTS]
+    if other_splits:
+        raise ValueError(
+            f"{path}: keys {other_splits} name no split; expected train_*, val_* and test_* images and labels "
+            f"(rename validation_* to val_*), found {found}"
+        )
+    if unread:
+        warnings.warn(f"{path}: keys {unread} are not read; only train_*, val_* and test_* images and labels are",
+                      UserWarning, stacklevel=4)  # the caller of load_image_classification_data
+    return present
+
+
+def _pixel_array(array: np.ndarray, where: str) -> torch.Tensor:
+    """An array of images as `[N, C, H, W]`, its pixel values checked against what they are read as: uint8 from
+    `[0, 255]`, uint16 from `[0, 65535]`, bool, or float in `[0, 1]` (NaN and inf are named by `preprocess_images`)."""
+    images = _nhwc_to_nchw(array, where)
+    if array.dtype.kind == "f" and array.size:
+        low, high = np.nanmin(array), np.nanmax(array)  # all-NaN: NaN, then refused by preprocess_images
+        if low < 0 or high > 1:
+            raise ValueError(
+                f"{where}: float images span [{low:.4g}, {high:.4g}]; expected float images in [0, 1] (store 0..255 "
+                "data as uint8, or divide it by 255)"
+            )
+    elif array.dtype not in (np.uint8, np.uint16, np.bool_):
+        span = f", values from {array.min()} to {array.max()}" if array.size and array.dtype.kind in "iu" else ""
+        raise ValueError(
+            f"{where}: images of dtype {array.dtype}{span}; expected uint8 (read from 0..255), uint16 (from "
+            "0..65535), bool or float in [0, 1] (cast 0..255 data to uint8)"
+        )
+    return images
 
 
 def _nhwc_to_nchw(array: np.ndarray, where: str) -> torch.Tensor:
@@ -93,12 +151,27 @@ def _check_same_image_shape(images: dict[str, torch.Tensor], sources: dict[str, 
 def _flat_labels(labels: np.ndarray, num_images: int, where: str) -> np.ndarray:
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
+    if labels.ndim == 2 and len(labels) == num_images:
+        raise ValueError(f"{where}: {_label_matrix(labels)}")
     if labels.ndim != 1 or len(labels) != num_images or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(
             f"{where}: expected {num_images} integer labels of shape (N,) or (N, 1), "
             f"got shape {labels.shape} dtype {labels.dtype}"
         )
     return labels.astype(np.int64)
+
+
+def _label_matrix(labels: np.ndarray) -> str:
+    """Why labels of shape `(N, K)`, K > 1, are refused: one-hot labels (one 1 per row) or several labels per image
+    (ChestMNIST's 14 findings), which a single-label classifier cannot be trained on."""
+    what = f"labels of shape {labels.shape}, one column per class"
+    if np.isin(labels, (0, 1)).all() and (labels.sum(1) == 1).all():
+        return f"{what} (one-hot); expected one class id per image, shape (N,): store labels.argmax(1)"
+    return (
+        f"{what} or finding: a multi-label file (as ChestMNIST's 14 findings), several labels per image, which a "
+        "single-label classifier cannot learn; expected one class id per image, shape (N,) or (N, 1): store one "
+        "column (labels[:, k], one finding against the rest) or one class per image"
+    )
 
 
 # IDX type byte -> big-endian numpy dtype.
@@ -147,7 +220,7 @@ def read_idx_directory(root: Path, class_names: Sequence[str] | None) -> RawData
                 f"{root}: expected {prefix}-images-idx3-ubyte[.gz] and {prefix}-labels-idx1-ubyte[.gz], "
                 f"found {sorted(p.name for p in root.iterdir())}"
             )
-        images[split] = _nhwc_to_nchw(read_idx(image_file, expected_ndim=3), str(image_file))
+        images[split] = _pixel_array(read_idx(image_file, expected_ndim=3), str(image_file))
         labels[split] = _flat_labels(read_idx(label_file, expected_ndim=1), len(images[split]), str(label_file))
         sources[split] = str(image_file)
     _check_same_image_shape(images, sources)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
+import torch
 from PIL import Image
 
 from .image_files import DECODE_ERRORS, decode_error_text
+from .file_decoding import warn_mixed_channels
 from .labeled_images import RawData, labels_and_names
-from .preprocessing import _PIL_16BIT_MODES
+from .preprocessing import ImagePreprocessing, _check_same_size, preprocess_images
 
 __all__ = [
     "canonical_split_name",
@@ -76,16 +78,42 @@ def hf_splits(source: Any, image_column: str | None, label_column: str | None) -
     return parts, image_column, label_column, features[label_column]
 
 
-def read_hf_dataset(source: Any, image_column: str | None, label_column: str | None) -> RawData:
+def read_hf_dataset(
+    source: Any, image_column: str | None, label_column: str | None, reading: ImagePreprocessing
+) -> RawData:
+    """The splits of a `datasets` source, every split's labels checked before any image is decoded, then each row
+    preprocessed by `reading` as soon as it is decoded: one full-size image held at a time, as for image folders (see
+    [`decode_files`]); the result equals `preprocess_images(<every decoded row>, preprocessing=reading)`."""
     import datasets
 
     parts, image_column, label_column, label_feature = hf_splits(source, image_column, label_column)
-    images, labels = [], {}
-    for name, part in parts.items():
-        images += _decode_column(part.cast_column(image_column, datasets.Image(decode=True)), image_column, name)
-        labels[HF_SPLIT_NAMES[name]] = split_labels(part, label_column, name)
+    labels = {HF_SPLIT_NAMES[name]: split_labels(part, label_column, name) for name, part in parts.items()}
     all_labels, names, splits = labels_and_names(labels, label_feature.names, "dataset")
-    return RawData(images, all_labels, names, splits)
+    images = []
+    for name, part in parts.items():
+        decoded = _decoded_rows(part.cast_column(image_column, datasets.Image(decode=True)), image_column, name)
+        images += [_preprocess_row(image, reading, name, row) for row, image in enumerate(decoded)]
+    return RawData(_one_batch(images, reading), all_labels, names, splits, preprocessed=True)
+
+
+def _preprocess_row(image: Image.Image, reading: ImagePreprocessing, split: str, row: int) -> torch.Tensor:
+    """One decoded row through `reading` (its own channels when `reading.num_channels` is None); an error names it."""
+    try:
+        return preprocess_images(image, preprocessing=reading)
+    except ValueError as error:
+        raise ValueError(f"split {split!r} row {row}: {error}") from error
+
+
+def _one_batch(images: list[torch.Tensor], reading: ImagePreprocessing) -> torch.Tensor:
+    """The rows preprocessed one by one as one tensor, as `preprocess_images` makes of them all: one size when
+    `reading` resizes none (else refused naming the first row of another), and with `num_channels=None` 3 channels if
+    any row is colour (a grey row's channel repeated, with a warning naming the colour rows), else 1."""
+    if reading.image_size is None:
+        _check_same_size(images, np.arange(len(images)))
+    if reading.num_channels is None and any(image.shape[1] == 3 for image in images):
+        warn_mixed_channels([image.shape[1] for image in images], [f"row {i}" for i in range(len(images))], 5)
+        images = [image.repeat(1, 3, 1, 1) if image.shape[1] == 1 else image for image in images]
+    return torch.cat(images)
 
 
 def split_labels(part: Any, label_column: str, name: str) -> np.ndarray:
@@ -100,14 +128,6 @@ def split_labels(part: Any, label_column: str, name: str) -> np.ndarray:
             "class on every row: leave the split out (then a test split is carved from 'train') or drop those rows"
         )
     return labels
-
-
-def pil_channels(image: Image.Image) -> int:
-    """The channels [`preprocess_images`] reads a PIL image as: 1 for grey modes (16-bit and float included), else 3."""
-    return 1 if image.mode in _GREY_PIL_MODES else 3
-
-
-_GREY_PIL_MODES = {"1", "L", "LA", "La", "F"} | _PIL_16BIT_MODES
 
 
 def split_columns(dataset: Any, image_column: str | None, label_column: str | None) -> tuple[str, str]:
@@ -154,16 +174,21 @@ def find_column(features: Any, name: str | None, feature_type: type, role: str) 
 
 
 def _decode_column(dataset: Any, column: str, split: str) -> list[Image.Image]:
-    images = []
+    return list(_decoded_rows(dataset, column, split))
+
+
+def _decoded_rows(dataset: Any, column: str, split: str) -> Iterator[Image.Image]:
+    """The decoded images of `column`, one at a time; a row without an image or that cannot be decoded is refused
+    naming it."""
+    row = 0
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            for example in dataset.select_columns([column]):
+            for row, example in enumerate(dataset.select_columns([column])):
                 if example[column] is None:
-                    raise ValueError(f"split {split!r} row {len(images)}: column {column!r} has no image")
-                images.append(example[column])
+                    raise ValueError(f"split {split!r} row {row}: column {column!r} has no image")
+                yield example[column]
     except DECODE_ERRORS as error:
         raise ValueError(
-            f"split {split!r} row {len(images)}: cannot decode column {column!r}: {decode_error_text(error)}"
+            f"split {split!r} row {row}: cannot decode column {column!r}: {decode_error_text(error)}"
         ) from error
-    return images

@@ -29,8 +29,8 @@ from PIL import Image
 from .array_files import read_digits, read_idx_directory, read_npz
 from .dicom import MedicalPreprocessing, is_dicom_file
 from .windows import parse_windows
-from .file_decoding import _BitDepths, decode_files, warn_mixed_channels
-from .hf_datasets import open_saved_dataset, pil_channels, read_hf_dataset
+from .file_decoding import _BitDepths, decode_files
+from .hf_datasets import open_saved_dataset, read_hf_dataset
 from .image_listing import list_csv, list_folder_files, list_unlabeled_images
 from .labeled_images import ONE_SET, SPLITS, LabeledImages, RawData, labels_and_names
 from .preprocessing import ImagePreprocessing, _describe, fit_options, preprocess_images
@@ -205,12 +205,9 @@ def load_image_classification_data(
                 Path(source), class_names, patient_id_column, medical, files_reading, anonymised_dicom_groups
             )
     else:
-        raw = read_hf_dataset(source, image_column, label_column)
+        raw = read_hf_dataset(source, image_column, label_column, reading)  # each row preprocessed as decoded
     if image_size is None:
         reading = replace(reading, image_size=raw.default_image_size)
-    if kind == "datasets" and num_channels is None:
-        rows = [f"row {i}" for i in range(len(raw.images))]
-        warn_mixed_channels([pil_channels(image) for image in raw.images], rows, stacklevel=3)
     images = raw.images if raw.preprocessed else preprocess_images(raw.images, preprocessing=reading)
     if unlabeled or one_set:
         splits = {"train" if unlabeled else ONE_SET: LabeledImages(images, raw.labels, raw.class_names)}
