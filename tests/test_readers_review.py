@@ -181,3 +181,23 @@ def test_withheld_test_labels_are_refused_before_any_train_image_is_decoded():
     source = datasets.DatasetDict({"train": train, "test": test})
     with pytest.raises(ValueError, match=r"split 'test': 3 of its 3 rows have label -1"):
         load_image_classification_data(source)
+
+
+def test_sixteen_bit_arrays_and_pil_images_are_scaled_by_a_stated_bit_depth(tmp_path):
+    """Review: a stated bits_stored was recorded with the model but applied to 16-bit files only: a 12-bit .npz was
+    read from [0, 65535] (its white, 4095, at -0.875) with a warning to pass file paths, which an .npz has none of."""
+    from diffusion_classifiers.data.dicom import MedicalPreprocessing
+
+    values = np.tile(np.arange(0, 4096, 65, dtype=np.uint16)[:64].reshape(8, 8), (20, 1, 1))
+    values[:, 0, 0] = 4095
+    path = write_npz(tmp_path / "twelve.npz", train_images=values, train_labels=np.repeat([0, 1], 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        images = load_image_classification_data(path, medical=MedicalPreprocessing(bits_stored=12), one_set=True)
+    split = next(iter(images.values()))
+    expected = torch.from_numpy(values.astype(np.float32))[:, None] / 4095 * 2 - 1  # as a 12-bit PNG is read
+    assert torch.allclose(split.images, expected, atol=1e-6) and split.images.max() == 1
+    read = preprocess_images(Image.fromarray(values[0]), preprocessing=split.preprocessing)  # a datasets row, say
+    assert torch.allclose(read, expected[:1], atol=1e-6)
+    with pytest.raises(ValueError, match="item 0: maximum value 4095 does not fit bits_stored=10"):
+        load_image_classification_data(path, medical=MedicalPreprocessing(bits_stored=10), one_set=True)

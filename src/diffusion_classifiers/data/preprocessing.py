@@ -252,10 +252,10 @@ def preprocess_images(
     Args:
         images (`str`, `os.PathLike`, `PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a `list` of them):
             one image or a batch, or a list of them (each may have its own size and type), read as in the table
-            above. PIL modes: `I`/`I;16*` are scaled from `[0, 65535]` (a 16-bit file given as a path is read by
-            `preprocessing.medical`'s bit depth instead), `F` is one float channel; alpha is discarded, not
-            composited. Values: `uint8` is scaled from `[0, 255]`, `uint16` from `[0, 65535]` (with a warning where
-            the contract reads medical files),
+            above. PIL modes: `I`/`I;16*` are scaled from `[0, 65535]`, or from the stated `medical.bits_stored`
+            (a 16-bit file given as a path is read by `preprocessing.medical`'s bit depth), `F` is one float channel; alpha is discarded, not
+            composited. Values: `uint8` is scaled from `[0, 255]`, `uint16` from `[0, 65535]` (from `[0, 2^bits_stored - 1]`
+            where `medical.bits_stored` is stated, else with a warning where the contract reads medical files),
             `bool` from `{0, 1}`, float data by the contract's `input_range` (see [`ImagePreprocessing`]). Float
             values outside that range, other integer dtypes (int16: a DICOM's `pixel_array`, not Hounsfield units),
             NaN and inf raise `ValueError`. A contract of several DICOM windows warns about pictures (PIL images,
@@ -344,6 +344,7 @@ def _to_unit_batches(items: list, data_format: str | None, contract: ImagePrepro
     """Each item -> float32 [n, C, H, W] in [-1, 1], validated (layout, dtype, NaN/inf, range)."""
     batches, ranges, offset, wide_arrays, pictures = [], [], 0, [], []
     windowed = contract.medical_or_default.reads_dicom_only  # as `_read_path`: image files are refused there
+    stated_bits = contract.medical_or_default.bits_stored
     for position, item in enumerate(items):
         value_range, item_format = contract.input_range, data_format
         if isinstance(item, (str, os.PathLike)):  # read as [F, C, H, W] (or a PIL image), whatever the arrays' layout
@@ -351,7 +352,9 @@ def _to_unit_batches(items: list, data_format: str | None, contract: ImagePrepro
         batch = _item_to_nchw(item, position, offset, item_format)
         if batch.shape[0] == 0 or batch.shape[2] == 0 or batch.shape[3] == 0:
             raise ValueError(f"preprocess_images: item {position} is empty (shape {tuple(batch.shape)})")
-        if batch.dtype == torch.uint16 and not isinstance(item, Image.Image):  # a PIL image may be a datasets row
+        if batch.dtype == torch.uint16 and stated_bits is not None:  # arrays and PIL images, as 16-bit files
+            batch, value_range = _scaled_by_stated_depth(batch, stated_bits, position), "[0, 1]"
+        elif batch.dtype == torch.uint16 and not isinstance(item, Image.Image):  # a PIL image may be a datasets row
             wide_arrays.append(position)
         elif isinstance(item, Image.Image) and item.mode in _PIL_16BIT_MODES:  # read from [0, 65535]: 16 bits
             note_bit_depth(f"item {position} (a 16-bit PIL image)", 16, item)
@@ -418,6 +421,19 @@ def _read_path(path: Any, position: int, contract: ImagePreprocessing) -> Any:
             f"preprocess_images: cannot decode image file {path} (item {position}): {decode_error_text(error)}"
         ) from error
     return image if image.mode not in _PIL_16BIT_MODES else contract.medical_or_default.read(path)
+
+
+def _scaled_by_stated_depth(batch: torch.Tensor, bits_stored: int, position: int) -> torch.Tensor:
+    """16-bit values `[n, C, H, W]` as float32 in [0, 1], scaled by the stated `bits_stored` as 16-bit files are
+    (a 12-bit array's 4095 is white, not 1/16 grey); a value the depth cannot hold is refused naming the item."""
+    values = batch.to(torch.float32)  # exact: 16-bit integers fit float32's 24-bit mantissa
+    highest = int(values.max())
+    if highest >= 2**bits_stored:
+        raise ValueError(
+            f"preprocess_images: item {position}: maximum value {highest} does not fit bits_stored={bits_stored} "
+            f"(max {2**bits_stored - 1}), the stated bit depth of this contract's 16-bit images"
+        )
+    return values / (2**bits_stored - 1)
 
 
 def _warn_wide_arrays(positions: list[int], medical: MedicalPreprocessing) -> None:
