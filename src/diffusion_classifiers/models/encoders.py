@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, ViTConfig, ViTModel
+from transformers.utils import IMAGE_PROCESSOR_NAME
 
 __all__ = [
     "REPRESENTATION_READOUTS",
@@ -170,7 +171,7 @@ def pretrained_preprocessing(path_or_hub_id: str) -> dict:
     return preprocessing
 
 
-PROCESSOR_FILE = "preprocessor_config.json"
+PROCESSOR_FILE = IMAGE_PROCESSOR_NAME  # "preprocessor_config.json"
 PIL_BILINEAR = 2  # PIL.Image.Resampling.BILINEAR, as image processors record it
 RESAMPLE_MODES = ("bicubic", "bilinear")
 

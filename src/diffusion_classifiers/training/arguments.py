@@ -305,7 +305,6 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 # the transformers vision models `--encoder_name_or_path` may hold: their `model_type` and name
 SUPPORTED_ENCODER_TYPES = {"vit": "ViT", "dinov2": "DINOv2", "dinov2_with_registers": "DINOv2 with registers"}
-PROCESSOR_FILE = "preprocessor_config.json"
 
 
 def _check_pretrained_encoder_type(path_or_hub_id: str):
@@ -380,6 +379,8 @@ def build_vit_encoder_from_args(args: argparse.Namespace, images):
 def _check_reads_data_as_it_is(path: str, config, num_channels: int, image_size: int) -> None:
     """An encoder without an image processor reads the images as they are: it must take their channels and size
     (else the run would fail at its save, after every step, or the encoder would be fed what it never read)."""
+    from ..models.encoders import PROCESSOR_FILE
+
     encoder_size = config.image_size if isinstance(config.image_size, int) else tuple(config.image_size)
     problems, flags = [], []
     if config.num_channels != num_channels:
@@ -405,7 +406,7 @@ def encoder_preprocessing_from_args(args: argparse.Namespace):
         return None
     import os
 
-    from ..models.encoders import pretrained_preprocessing
+    from ..models.encoders import PROCESSOR_FILE, pretrained_preprocessing
 
     path = args.encoder_name_or_path
     if os.path.isdir(path):
