@@ -306,3 +306,20 @@ def test_the_pipeline_class_given_an_export_says_it_is_a_transformers_model(expo
     with pytest.raises(FileNotFoundError, match=r"model_index.json not found; .* holds a transformers model, config.json: "
                                                 r"load it with transformers' AutoModelForImageClassification"):  # fmt: skip
         DiffusionClassifierPipeline.from_pretrained(str(exported))
+
+
+def test_the_export_of_a_saved_pipeline_carries_its_split_record(pipe, tmp_path, capsys):
+    """QA: the export held no data_splits.json, so `evaluate` on it carved the data by the default seed, not the
+    probe's: its "test" split held images the head was fitted on (76% accuracy for the pipeline's 44%)."""
+    from diffusion_classifiers.cli import _note_unchecked
+    from diffusion_classifiers.data.split_record import read_split_record, save_split_record
+
+    pipe.save_pretrained(tmp_path / "pipeline")
+    save_split_record(tmp_path / "pipeline", 0.1, 0.2, seed=5, train_fingerprints=["0123456789abcdef"])
+    export_unet_feature_pipeline(UNetFeatureClassifierPipeline.from_pretrained(tmp_path / "pipeline"), tmp_path / "hf")
+    record = read_split_record(tmp_path / "hf")
+    assert record == read_split_record(tmp_path / "pipeline") and record["seed"] == 5
+    export_unet_feature_pipeline(pipe, tmp_path / "built_in_python")  # no folder, no record to carry
+    assert read_split_record(tmp_path / "built_in_python") is None
+    _note_unchecked(str(tmp_path / "built_in_python"), "evaluate", ["test"], no_record=True)
+    assert "has no data_splits.json" in capsys.readouterr().err

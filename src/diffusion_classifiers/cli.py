@@ -345,7 +345,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     if _split_is_checked(args.split, args.dataset, pool):
         train_fingerprints = recorded_train_fingerprints(folder, record=record)
         if train_fingerprints is None:
-            _note_unchecked(args.model_dir, "evaluate", [dataset_name if whole else args.split])
+            _note_unchecked(args.model_dir, "evaluate", [dataset_name if whole else args.split], record is None)
     # its train split tells duplicates within the data from leaks (none with all: every image is the set scored)
     dataset, train_split = load_evaluation_split(
         args.dataset, args.split, preprocessing=contract, streaming=args.streaming, with_train=True, **carving,
@@ -793,8 +793,20 @@ def _dataset_or_demo_digits(
     return "digits"
 
 
-def _note_unchecked(model_dir: str, command: str, split_names: list) -> None:
-    """Say that `command` cannot check its carved splits against a model that records no training fingerprints."""
+def _note_unchecked(model_dir: str, command: str, split_names: list, no_record: bool = False) -> None:
+    """Say that `command` cannot check its carved splits against a model that records no training fingerprints, and,
+    for one with no split record at all (`no_record`), that its carving may not be the model's."""
+    from .data.split_record import SPLIT_RECORD_NAME
+
+    if no_record:
+        print(
+            f"note: {model_dir} has no {SPLIT_RECORD_NAME} (saved in Python, by an earlier version, or a transformers "
+            "export of a pipeline not loaded from its folder): the data is carved by --seed, --val_fraction and "
+            "--test_fraction as given or by default, which may not be how the model's data was carved, so its "
+            f"{' and '.join(split_names)} images may include images it was trained on, and {command} cannot check",
+            file=sys.stderr,
+        )
+        return
     print(
         f"note: {model_dir} records no fingerprints of its training images (saved by an earlier version, given a head "
         f"or saved in Python without them, or trained with --streaming --no_verify_images): {command} cannot check "
