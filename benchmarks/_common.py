@@ -236,6 +236,37 @@ def check_unet_dir(unet_dir: str, preprocessing: "ImagePreprocessing") -> None:
         )
 
 
+def check_reused_model_saw_none_of(unet_dir: str, splits: dict) -> None:
+    """Refuse a `--unet_dir` model trained on any image of this run's val or test split, by the fingerprints its
+    `data_splits.json` records (a kept model's: `record_kept_model_training_images`; a trainer's pipeline's); where
+    it records none, say the run cannot check. A U-Net trained on the whole folder scored its own test images, with
+    every target "met" and SimCLR trained on the train split only."""
+    from diffusion_classifiers.data.split_record import recorded_train_fingerprints, trained_on_unlabeled_pool
+    from diffusion_classifiers.evaluation import check_training_overlap
+
+    fingerprints = recorded_train_fingerprints(unet_dir)
+    if fingerprints is None:
+        warnings.warn(
+            f"--unet_dir: {unet_dir} records no fingerprints of its training images (kept by an earlier version, or "
+            "saved without them): this run cannot check that its val and test images are none the model was trained on"
+        )
+        return
+    held_out = {name: splits[name] for name in ("val", "test") if name in splits}
+    check_training_overlap(
+        held_out, fingerprints, where=f"this run's data (--unet_dir {unet_dir})", train_split=splits.get("train"),
+        drop_hint=None, streaming_hint=None, unlabeled_pool=trained_on_unlabeled_pool(unet_dir),
+    )  # fmt: skip
+
+
+def record_kept_model_training_images(folder: str, train_images: torch.Tensor, unlabeled: bool) -> None:
+    """A `--keep_checkpoint` model's training images, by content, in its `data_splits.json` (`unlabeled`: a U-Net
+    trained without labels, so any labelled data carved later is checked against them), so that a run reusing it with
+    `--unet_dir` refuses val or test images it was trained on (`check_reused_model_saw_none_of`)."""
+    from diffusion_classifiers.data.split_record import SPLIT_DEFAULTS, save_split_record
+
+    save_split_record(folder, **SPLIT_DEFAULTS, train_images=train_images, unlabeled=unlabeled)
+
+
 def _saved_unet_contract(folder: Path, unet_config: dict) -> "ImagePreprocessing":
     """The preprocessing contract saved with the U-Net of `folder`; for a folder saved before contracts were recorded
     (a v0.1.0 trainer's pipeline, a `DDPMPipeline` an earlier `--keep_checkpoint` kept) the one its pipeline loads
@@ -252,25 +283,27 @@ def _saved_unet_contract(folder: Path, unet_config: dict) -> "ImagePreprocessing
     return ImagePreprocessing(image_size=unet_config["sample_size"], num_channels=unet_config["in_channels"])
 
 
-def trained_or_loaded_ddpm(
-    args: argparse.Namespace, preprocessing: "ImagePreprocessing", train: Callable[[], tuple]
-) -> tuple:
+def trained_or_loaded_ddpm(args: argparse.Namespace, splits: dict, train: Callable[[], tuple]) -> tuple:
     """The DDPM U-Net and scheduler saved in `--unet_dir` (refused by `check_unet_dir` unless trained on images read
-    as `preprocessing`, the run's contract, reads them) with final loss None; else `train()`'s `(unet, scheduler,
-    final_loss)`, kept in `--keep_checkpoint` as a `UNetFeatureClassifierPipeline` without a head, which saves the
-    contract."""
+    as the train split's contract reads them, and by `check_reused_model_saw_none_of` if trained on a val or test
+    image of `splits`) with final loss None; else `train()`'s `(unet, scheduler, final_loss)`, kept in
+    `--keep_checkpoint` as a `UNetFeatureClassifierPipeline` without a head, which saves the contract, with the
+    fingerprints of the train images."""
+    preprocessing = splits["train"].preprocessing
     from diffusers import DDPMScheduler, UNet2DModel
 
     from diffusion_classifiers import UNetFeatureClassifierPipeline
 
     if getattr(args, "unet_dir", None):  # a kept pipeline or a trainer's pipeline folder: both hold unet/ and scheduler/
         check_unet_dir(args.unet_dir, preprocessing)
+        check_reused_model_saw_none_of(args.unet_dir, splits)
         unet = UNet2DModel.from_pretrained(args.unet_dir, subfolder="unet")
         return unet.eval(), DDPMScheduler.from_pretrained(args.unet_dir, subfolder="scheduler"), None
     unet, scheduler, final_loss = train()
     if getattr(args, "keep_checkpoint", None):
         kept = UNetFeatureClassifierPipeline(unet=unet, scheduler=scheduler, preprocessing=preprocessing)
         kept.save_pretrained(args.keep_checkpoint)
+        record_kept_model_training_images(args.keep_checkpoint, splits["train"].images, unlabeled=True)
     return unet, scheduler, final_loss
 
 

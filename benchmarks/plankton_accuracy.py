@@ -774,10 +774,10 @@ class SimCLRFeatures:
         return self.cache[(name, views)]
 
 
-def train_unet(args, train_split: LabeledImages, work_dir: str):
-    """The DDPM U-Net (EMA) trained on the images of `train_split` without labels (for at most `train_minutes`), or
-    the one in `--unet_dir` (refused unless trained on images read as these are); kept in `--keep_checkpoint` with
-    their preprocessing contract. Returns the U-Net, its scheduler, the final training loss and the
+def train_unet(args, splits: dict, work_dir: str):
+    """The DDPM U-Net (EMA) trained on the train images of `splits` without labels (for at most `train_minutes`),
+    or the one in `--unet_dir` (refused unless trained on images read as these are, and on none of the val and test
+    images); kept in `--keep_checkpoint` with their preprocessing contract and fingerprints. Returns the U-Net, its scheduler, the final training loss and the
     optimizer steps trained (both None when loaded)."""
     budget, trained_steps = args.budget, {}
 
@@ -789,11 +789,11 @@ def train_unet(args, train_split: LabeledImages, work_dir: str):
         training = dataclasses.replace(
             training, mixed_precision=budget.mixed_precision, num_sample_images=0, max_train_minutes=budget.train_minutes
         )
-        unet, scheduler, summary = train_ddpm_unet(training, train_split.images, preset=budget.unet_preset)
+        unet, scheduler, summary = train_ddpm_unet(training, splits["train"].images, preset=budget.unet_preset)
         trained_steps["ddpm"] = summary.global_step
         return unet, scheduler, summary.final_loss
 
-    return (*trained_or_loaded_ddpm(args, train_split.preprocessing, train), trained_steps.get("ddpm"))
+    return (*trained_or_loaded_ddpm(args, splits, train), trained_steps.get("ddpm"))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -1013,7 +1013,7 @@ def unet_arm(args, data: RunData, work_dir: str) -> dict:
     budget, splits, subsets, walls = args.budget, data.splits, data.subsets, {}
     val, scorer, grid_regime = splits["val"], Scorer(splits, data.balanced), data.grid_regime
     with timed(walls, "ddpm_training"):
-        unet, scheduler, final_loss, steps_trained = train_unet(args, splits["train"], work_dir)
+        unet, scheduler, final_loss, steps_trained = train_unet(args, splits, work_dir)
     features = UNetFeatures(unet.to(args.device), scheduler, budget, args.seed)
     with timed(walls, "grid_extraction"):
         grid_images = splits["train"].images[subsets[grid_regime]]

@@ -43,11 +43,13 @@ from _common import (
     base_parser,
     capped_sizes,
     check_data_options,
+    check_reused_model_saw_none_of,
     cnn_baseline,
     data_path,
     dataset_name,
     load_benchmark_data,
     reading_options,
+    record_kept_model_training_images,
     report,
     setup,
     subsample_splits,
@@ -139,12 +141,16 @@ def parse_args():
     return args
 
 
-def train_unet(args, train, steps: int, class_balanced: bool, work_dir: str, reusable: bool = False):
-    """A class-conditional U-Net with EMA trained on `train`, as a `ScoreSDEClassifierPipeline`, and its final loss.
-    `reusable` (the data part): the pipeline in `--unet_dir` instead (final loss None), or the trained one kept in
-    `--keep_checkpoint`."""
+def train_unet(args, splits: dict, steps: int, class_balanced: bool, work_dir: str, reusable: bool = False):
+    """A class-conditional U-Net with EMA trained on the train split of `splits`, as a `ScoreSDEClassifierPipeline`,
+    and its final loss. `reusable` (the data part): the pipeline in `--unet_dir` instead (final loss None; refused if
+    trained on a val or test image of `splits`), or the trained one kept in `--keep_checkpoint` with the fingerprints
+    of its training images."""
+    train = splits["train"]
     if reusable and args.unet_dir:
-        return load_pipeline(args.unet_dir, train), None
+        pipe = load_pipeline(args.unet_dir, train)
+        check_reused_model_saw_none_of(args.unet_dir, splits)
+        return pipe, None
     training = training_arguments(
         work_dir, steps, args.learning_rate, steps // 20, args.seed, train_batch_size=args.train_batch_size,
         use_ema=True, num_sample_images=0 if args.quick else 8,
@@ -156,6 +162,7 @@ def train_unet(args, train, steps: int, class_balanced: bool, work_dir: str, reu
     pipe = ScoreSDEClassifierPipeline(unet.eval(), scheduler, class_names=train.class_names)
     if reusable and args.keep_checkpoint:
         pipe.save_pretrained(args.keep_checkpoint)
+        record_kept_model_training_images(args.keep_checkpoint, train.images, unlabeled=False)
     return pipe, summary.final_loss
 
 
@@ -262,7 +269,7 @@ def binary_protocol(args, splits: dict, device, work_dir: str) -> dict:
     names = train.class_names
     positive = resolve_positive_label(args.positive_class, names, 2)
     with timed(walls, "unet_training"):
-        pipe, final_loss = train_unet(args, train, args.train_steps, args.class_balanced, f"{work_dir}/unet", True)
+        pipe, final_loss = train_unet(args, splits, args.train_steps, args.class_balanced, f"{work_dir}/unet", True)
     pipe.set_positive_class(names[positive])  # log_likelihood_ratio: log p(x | positive) - log p(x | negative)
     pipe.to(device)
     elbo_args = dict(method="elbo", num_timesteps=args.elbo_timesteps, early_stop_confidence=args.early_stop_confidence,
@@ -382,7 +389,8 @@ def multiclass_protocol(args, source: str, splits: dict, device, work_dir: str, 
     )
     names = train.class_names
     with timed(walls, "unet_training"):
-        pipe, final_loss = train_unet(args, train, steps, False, f"{work_dir}/unet", reusable)
+        subsets = {"train": train, "val": val, "test": test}
+        pipe, final_loss = train_unet(args, subsets, steps, False, f"{work_dir}/unet", reusable)
     pipe.to(device)
     num_timesteps = sum(count for count, _ in args.pruning)
     start = time.perf_counter()

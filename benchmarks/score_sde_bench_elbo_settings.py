@@ -86,7 +86,8 @@ def model_and_val(args, work_dir: str):
     if args.quick:
         train = train.subset(stratified_subset_indices(train.labels, min(QUICK_TRAIN_IMAGES, len(train)), args.seed))
     val = val.subset(stratified_subset_indices(val.labels, min(args.val_images, len(val)), args.seed))
-    pipe, _ = train_unet(args, train, args.train_steps, train.num_classes == 2, work_dir, reusable=True)
+    used = {"train": train, "val": val, "test": splits["test"]}
+    pipe, _ = train_unet(args, used, args.train_steps, train.num_classes == 2, work_dir, reusable=True)
     if train.num_classes == 2:
         pipe.set_positive_class(train.class_names[resolve_positive_label(args.positive_class, train.class_names, 2)])
     pipe.set_progress_bar_config(disable=True)

@@ -50,7 +50,6 @@ from _common import (
     trained_or_loaded_ddpm,
     training_arguments,
 )
-from diffusion_classifiers.data import LabeledImages
 from diffusion_classifiers.features import POOLS
 from diffusion_classifiers.metrics import classification_metrics, resolve_positive_label
 from diffusion_classifiers.models import count_parameters
@@ -126,20 +125,20 @@ def load_splits(args) -> dict:
     return subsample_splits(splits, QUICK_SIZES, args.seed) if args.quick else splits
 
 
-def train_unet(args, train_split: LabeledImages, work_dir: str):
-    """Unconditional DDPM U-Net with EMA on the train images (labels are never passed), or the one saved in
-    `--unet_dir` (refused unless trained on images read as these are); kept in `--keep_checkpoint` with the images'
-    preprocessing contract. Returns the U-Net, its scheduler and the final training loss (None when loaded)."""
+def train_unet(args, splits: dict, work_dir: str):
+    """Unconditional DDPM U-Net with EMA on the train images of `splits` (labels are never passed), or the one saved
+    in `--unet_dir` (refused unless trained on images read as these are, and on none of the val and test images); kept
+    in `--keep_checkpoint` with the images' preprocessing contract and fingerprints. Returns the U-Net, its scheduler and the final training loss (None when loaded)."""
 
     def train():
         training = training_arguments(
             work_dir, args.max_train_steps, args.learning_rate, args.max_train_steps // 20, args.seed,
             train_batch_size=args.train_batch_size, use_ema=True, num_sample_images=0 if args.quick else 8,
         )  # fmt: skip
-        unet, scheduler, summary = train_ddpm_unet(training, train_split.images, preset=args.unet_preset)
+        unet, scheduler, summary = train_ddpm_unet(training, splits["train"].images, preset=args.unet_preset)
         return unet, scheduler, summary.final_loss
 
-    return trained_or_loaded_ddpm(args, train_split.preprocessing, train)
+    return trained_or_loaded_ddpm(args, splits, train)
 
 
 def record_loaded_unet(args, unet) -> dict:
@@ -232,7 +231,7 @@ def run_regimes(args, splits: dict, subsets: dict, device, walls: dict, work_dir
     unet, trained = None, {}
     if "unet_features" in args.parts:
         with timed(walls, "ddpm_training"):
-            unet, scheduler, final_loss = train_unet(args, splits["train"], f"{work_dir}/unet")
+            unet, scheduler, final_loss = train_unet(args, splits, f"{work_dir}/unet")
         trained = {"ddpm_final_loss": final_loss, "loaded_from": args.unet_dir, "kept_in": args.keep_checkpoint}
         if args.unet_dir:
             trained.update(record_loaded_unet(args, unet))

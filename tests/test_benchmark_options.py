@@ -189,6 +189,16 @@ def tiny_unet(**config):
     )  # fmt: skip
 
 
+def splits_read_as(contract: ImagePreprocessing, seed: int = 0) -> dict:
+    """Train, val and test splits of 6 random images each, read as `contract` reads them."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(18, contract.num_channels, contract.image_size, contract.image_size, generator=generator) * 2 - 1
+    return {
+        name: LabeledImages(images[6 * i : 6 * i + 6], torch.tensor([0, 1] * 3), ["a", "b"], preprocessing=contract)
+        for i, name in enumerate(("train", "val", "test"))
+    }
+
+
 def test_a_kept_diffusion_model_is_reloaded_instead_of_trained_and_refused_for_other_images(tmp_path):
     from diffusers import DDPMPipeline, DDPMScheduler
 
@@ -196,41 +206,59 @@ def test_a_kept_diffusion_model_is_reloaded_instead_of_trained_and_refused_for_o
 
     unet, folder = tiny_unet(), str(tmp_path / "kept")
     contract = ImagePreprocessing(8, 1)
+    splits = splits_read_as(contract)
     keep = argparse.Namespace(keep_checkpoint=folder, unet_dir=None)
-    trained = _common.trained_or_loaded_ddpm(keep, contract, lambda: (unet, DDPMScheduler(num_train_timesteps=10), 0.5))
+    trained = _common.trained_or_loaded_ddpm(keep, splits, lambda: (unet, DDPMScheduler(num_train_timesteps=10), 0.5))
     assert trained[2] == 0.5
     reuse = argparse.Namespace(keep_checkpoint=None, unet_dir=folder)
-    loaded, scheduler, final_loss = _common.trained_or_loaded_ddpm(reuse, contract, lambda: pytest.fail("trained again"))
+    loaded, scheduler, final_loss = _common.trained_or_loaded_ddpm(reuse, splits, lambda: pytest.fail("trained again"))
     assert final_loss is None and scheduler.config.num_train_timesteps == 10
     for name, tensor in unet.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
     with pytest.raises(ValueError, match=r"--unet_dir: .*kept holds a U-Net trained on images read otherwise .*: "
                        r"num_channels 1 \(this run: 3\); expected the same preprocessing"):  # fmt: skip
-        _common.trained_or_loaded_ddpm(reuse, ImagePreprocessing(8, 3), lambda: pytest.fail("trained"))
+        _common.trained_or_loaded_ddpm(reuse, splits_read_as(ImagePreprocessing(8, 3)), lambda: pytest.fail("trained"))
     # what examples/unet_features_train.py saves (a classifier pipeline without a head) is read the same way
     trainer_saved = UNetFeatureClassifierPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=10), preprocessing=contract)
     trainer_saved.save_pretrained(tmp_path / "trained")
     reuse.unet_dir = str(tmp_path / "trained")
-    loaded, scheduler, _ = _common.trained_or_loaded_ddpm(reuse, contract, lambda: pytest.fail("trained again"))
+    loaded, scheduler, _ = _common.trained_or_loaded_ddpm(reuse, splits, lambda: pytest.fail("trained again"))
     assert all(torch.equal(loaded.state_dict()[name], tensor) for name, tensor in unet.state_dict().items())
     conditional = tiny_unet(num_class_embeds=2)  # what the Score-SDE trainer saves
     UNetFeatureClassifierPipeline(unet=conditional, scheduler=DDPMScheduler(num_train_timesteps=10)).save_pretrained(tmp_path / "sde")
     reuse.unet_dir = str(tmp_path / "sde")
     with pytest.raises(ValueError, match="sde holds a class-conditional U-Net"):
-        _common.trained_or_loaded_ddpm(reuse, contract, lambda: pytest.fail("trained"))
+        _common.trained_or_loaded_ddpm(reuse, splits, lambda: pytest.fail("trained"))
     # a DDPMPipeline (what --keep_checkpoint kept before), as a v0.1.0 trainer's folder, records no contract: the
     # one its pipeline loads with is assumed (the U-Net's size and channels, stretched, black padding), with a warning
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=10)).save_pretrained(tmp_path / "ddpm")
     reuse.unet_dir = str(tmp_path / "ddpm")
     with pytest.warns(UserWarning, match=r"ddpm records no preprocessing contract \(saved before contracts were\)"):
-        loaded, _, _ = _common.trained_or_loaded_ddpm(reuse, contract, lambda: pytest.fail("trained again"))
+        loaded, _, _ = _common.trained_or_loaded_ddpm(reuse, splits, lambda: pytest.fail("trained again"))
     assert all(torch.equal(loaded.state_dict()[name], tensor) for name, tensor in unet.state_dict().items())
     with pytest.raises(ValueError, match=r"ddpm holds a U-Net trained on images read otherwise .*: pad_value -1.0 \(this run: 1.0\)"):
         with pytest.warns(UserWarning, match="records no preprocessing contract"):
-            _common.trained_or_loaded_ddpm(reuse, ImagePreprocessing(8, 1, pad_value=1.0), lambda: pytest.fail("trained"))
+            _common.trained_or_loaded_ddpm(reuse, splits_read_as(ImagePreprocessing(8, 1, pad_value=1.0)), lambda: pytest.fail("trained"))
     v010 = REPO_ROOT / "tests" / "fixtures" / "v0.1.0" / "unet_features"  # a v0.1.0 trainer's folder
     with pytest.warns(UserWarning, match="records no preprocessing contract"):
         _common.check_unet_dir(str(v010), ImagePreprocessing(**_v010_size_and_channels(v010)))
+
+
+def test_a_reused_model_trained_on_the_runs_val_or_test_images_is_refused(tmp_path):
+    """QA: a U-Net trained on every image of a folder, reused with --unet_dir, scored its own test images (every
+    target "met"); a kept model now records its training images, and a reuse is refused if it saw val or test."""
+    from diffusers import DDPMScheduler
+
+    contract = ImagePreprocessing(8, 1)
+    splits, folder = splits_read_as(contract), str(tmp_path / "kept")
+    leaky = {**splits, "train": LabeledImages(torch.cat([splits["train"].images, splits["test"].images[:2]]),
+                                              torch.tensor([0, 1] * 4), ["a", "b"], preprocessing=contract)}
+    keep = argparse.Namespace(keep_checkpoint=folder, unet_dir=None)
+    _common.trained_or_loaded_ddpm(keep, leaky, lambda: (tiny_unet(), DDPMScheduler(num_train_timesteps=10), 0.5))
+    reuse = argparse.Namespace(keep_checkpoint=None, unet_dir=folder)
+    with pytest.raises(ValueError, match=r"2 of 6 images of the test split of this run's data .* are images the model"):
+        _common.trained_or_loaded_ddpm(reuse, splits, lambda: pytest.fail("trained"))
+    _common.trained_or_loaded_ddpm(reuse, splits_read_as(contract, seed=1), lambda: pytest.fail("trained"))  # others
 
 
 def _v010_size_and_channels(folder):
