@@ -148,3 +148,25 @@ def test_a_figure_that_fails_mid_write_leaves_the_earlier_one_whole(tmp_path):
         _save(fig, str(path))
     assert path.read_bytes() == b"the earlier run's figure" and [p.name for p in tmp_path.iterdir()] == [path.name]
     assert not plt.fignum_exists(fig.number)
+
+
+@pytest.mark.parametrize("num_classes", [13, 121])
+def test_a_confusion_matrix_title_stays_clear_of_the_colour_bar_and_says_what_is_shown(monkeypatch, num_classes):
+    """QA: on 13 plankton classes with long names the title ran into the colour bar, which cut a word off; beyond
+    30 classes it promised counts the cells do not show."""
+    import diffusion_classifiers.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    names = [f"hydromedusae haliscera small sideview {i}" for i in range(num_classes)]
+    plots.plot_confusion_matrix(np.eye(num_classes, dtype=int), names, "unused.png",
+                                title="pipeline on plankton_flowcam_demo (all): confusion matrix")
+    fig = figures[0]
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)
+    title = next(text for text in [fig._suptitle, fig.axes[0].title] if text is not None and text.get_text())
+    extent, colour_bar = title.get_window_extent(renderer), fig.axes[1].get_window_extent(renderer)
+    assert not extent.overlaps(colour_bar) and fig.bbox.contains(extent.x0, extent.y0)
+    assert fig.bbox.contains(extent.x1, extent.y1)
+    assert ("counts" in title.get_text()) == (num_classes <= plots.ANNOTATED_CLASSES)
+    plt.close(fig)

@@ -139,8 +139,10 @@ def plot_confusion_matrix(
         text.set_fontsize(8 if len(class_names) > 6 else 10)
         text.set_color(on_dark if display.im_.norm(shown[row, col]) >= 0.5 else on_light)
     over = {"true": "each true class", "pred": "each predicted class", "all": "all samples"}.get(normalize)
-    how = "counts" if normalize is None else f"counts, colours normalised over {over}"
-    ax.set_title(_wrap(f"{title} ({how})", int(9 * size)))
+    colours = "colours: counts" if normalize is None else f"colours normalised over {over}"
+    how = colours if many else "counts" if normalize is None else f"counts, {colours}"
+    # over the figure, not the axes: a title wider than the matrix ran into the colour bar and was cut off
+    fig.suptitle(_wrap(f"{title} ({how})", int(9 * (size + 1))))
     _save(fig, path)
 
 
