@@ -68,12 +68,16 @@ def test_demo_refuses_several_processes_and_a_second_run_in_its_folder_before_re
 
 
 def test_demo_names_the_training_outputs_it_wrote(tmp_path, capsys):
-    """With --num_sample_images 0 the demo still pointed the user to a samples/ folder it never wrote."""
+    """With --num_sample_images 0 the demo still pointed the user to a samples/ folder it never wrote; its k-means
+    figures came without their chance level (QA: "k-means accuracy 100.00%" on 121 classes of one test image each)."""
     main([
         "demo", "--output_dir", str(tmp_path), "--image_size", "8", "--unet_preset", "tiny", "--max_train_steps", "1",
         "--lr_warmup_steps", "0", "--timesteps", "10", "--num_sample_images", "0",
     ])  # fmt: skip
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    printed = capsys.readouterr().out.strip().splitlines()
+    kmeans = [line for line in printed if "k-means" in line]
+    assert len(kmeans) == 2 and [line.count("(by chance ") for line in kmeans] == [1, 2]
+    last = printed[-1]
     assert last == f"and {tmp_path}/unet_training/ (loss_curve.png)"
     assert (tmp_path / "unet_training" / "loss_curve.png").is_file()
     assert not (tmp_path / "unet_training" / "samples").exists()
