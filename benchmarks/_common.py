@@ -8,12 +8,14 @@ Its targets are `figures["targets"] = {name: {"value": x, "target": y, "met": bo
 """
 
 import argparse
+import atexit
 import datetime
 import json
 import math
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -51,8 +53,19 @@ def data_path(*parts: str) -> Path:
     return path
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
+def figure_dir(args: argparse.Namespace, output: Path) -> Path:
+    """Where a run's figures go: beside its results file; for a `--quick` run, which writes no file, a temporary
+    folder removed when the run ends (the figures are still drawn, so quick runs test the drawing code)."""
+    if not args.quick:
+        return output.parent
+    folder = tempfile.mkdtemp(prefix="benchmark-quick-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return Path(folder)
+
+
+def base_parser(docstring: str) -> argparse.ArgumentParser:
+    """The options every benchmark shares; `--help` describes it by the first paragraph of its `docstring`."""
+    parser = argparse.ArgumentParser(description=" ".join(docstring.split("\n\n")[0].split()))
     parser.add_argument("--quick", action="store_true", help="a small run (< 60 s on 2 CPU cores); writes no file")
     parser.add_argument("--device", default=None, help="torch device; defaults to cuda when available")
     parser.add_argument("--seed", type=int, default=0)

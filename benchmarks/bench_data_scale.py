@@ -281,7 +281,7 @@ def targets(results: dict, sizes: list, workers: list) -> dict:
 
 
 def main():
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="default 1000 10000 30000; --quick 200 400")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers of the streamed path")
     parser.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES), help="the stages measured")

@@ -217,7 +217,7 @@ RUN_UNET_PRESETS = tuple(dict.fromkeys(preset.unet_preset for preset in PRESETS.
 
 
 def parse_args():
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__)
     parser.add_argument(
         "--preset", default="cpu", choices=["cpu", "cpu_1h", "gpu"], help="run sizes (see the docstring); default cpu"
     )
@@ -1298,13 +1298,13 @@ def main():
     shift_results = {**unet["flowcam_shift"], "cnn": cnn_shift, **simclr["flowcam_shift"], **pixels["flowcam_shift"]}
     shift_views = {**unet["flowcam_shift_views"], "cnn": cnn_views, **simclr["flowcam_shift_views"]}
 
-    figure_dir = Path(tempfile.mkdtemp()) if args.quick else output.parent
+    figure_dir = _common.figure_dir(args, output)
     plot = figure_dir / f"{output.stem}_label_efficiency.png"  # named after its results file: seeds never overwrite
     regime_names = [regime for regime in regimes if regime != "all"] + ["100%"]
     plot_label_efficiency(
         label_efficiency_curves(regimes, train.num_classes), str(plot),
         title=figure_title(
-            f"{args.data_label}, {train.num_classes} classes, long-tailed test ({len(test)} images): "
+            f"{args.data_label}, {train.num_classes} classes, {'' if args.quick else 'long-tailed '}test ({len(test)} images): "
             f"mean labelled train images per class ({', '.join(regime_names)} of the labels)", args.quick,
         ),
     )  # fmt: skip

@@ -129,7 +129,7 @@ QUICK_ENCODER_SIZES = {"encoder_hidden_size": 32, "encoder_num_layers": 2, "enco
 
 
 def parse_args():
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__)
     add_data_options(parser, "the --datasets", positive_class=False)
     parser.add_argument(
         "--datasets", nargs="+", default=list(SHARED_IMAGE_DATASETS), choices=list(SHARED_IMAGE_DATASETS),
@@ -502,7 +502,7 @@ def main():
         report(NAME, args, device, merge_runs(args.merge))
         return
     output = _common.results_path(NAME, args)
-    output_dir = Path(tempfile.mkdtemp()) if args.quick else output.parent
+    output_dir = _common.figure_dir(args, output)
     output_dir.mkdir(parents=True, exist_ok=True)
     figure_prefix = output_dir / output.stem  # the PNGs are named after their results file
     if args.data:

@@ -42,7 +42,7 @@ class UnconditionalDiT(nn.Module):
 
 
 def parse_args():
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__)
     parser.add_argument("--image_size", type=int, default=28)
     parser.add_argument("--num_channels", type=int, default=1)
     parser.add_argument("--dit_size", default=None, help="default: tiny with --quick, else XS")

@@ -151,7 +151,7 @@ ENCODER_VIEWS = {
 
 
 def parse_args():
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__)
     parser.add_argument(
         "--variants", nargs="*", default=None, choices=list(VARIANTS),
         help=f"recipes to train; default all, with --quick {QUICK_VARIANTS}",

@@ -84,7 +84,7 @@ QUICK = dict(
 
 
 def parse_args():
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__)
     add_data_options(parser, "../shared/data/medmnist_pneumonia/pneumoniamnist.npz", checkpoint=True, parts=PARTS)
     parser.add_argument(
         "--reference_data", "--fashion_data", help="the reference part's dataset; default ../shared/data/fashion_mnist"

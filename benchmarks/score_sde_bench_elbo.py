@@ -134,7 +134,7 @@ def paired_difference(correct_a: torch.Tensor, correct_b: torch.Tensor) -> dict:
 
 
 def main():
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__)
     parser.add_argument("--preset", default=None, help="U-Net preset; default tiny with --quick, else small")
     parser.add_argument("--image_size", type=int, default=16)
     parser.add_argument("--train_steps", type=int, default=None, help="default 20 with --quick, else 500")

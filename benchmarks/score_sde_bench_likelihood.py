@@ -296,7 +296,7 @@ def pneumonia_part(args, device, fast_setting: dict) -> dict:
 
 
 def main():
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__)
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--num_images", type=int, help="test images of the speed part (default 16; quick 1)")
     parser.add_argument("--train_steps", type=int, help="speed part U-Net steps (default 1000; quick 0 = random init)")

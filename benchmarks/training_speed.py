@@ -324,7 +324,7 @@ def model_flop_utilisation(args, device: torch.device) -> dict:
 
 
 def main():
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__)
     parser.add_argument("--models", nargs="+", choices=MODELS, default=MODELS)
     parser.add_argument("--batch_size", type=int, default=None, help="default 8 with --quick, 16 on CPU, 64 on CUDA")
     parser.add_argument("--steps", type=int, default=None, help="steps per run; default 4 with --quick, 8 on CPU, 30 on CUDA")

@@ -74,7 +74,7 @@ METRICS = ("accuracy", "macro_f1", "auc", "balanced_accuracy", "sensitivity", "s
 
 
 def parse_args():
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__)
     add_data_options(
         parser, "../shared/data/medmnist_pneumonia/pneumoniamnist.npz", label_fractions=[0.01], checkpoint=True,
         parts=PARTS,
@@ -268,7 +268,7 @@ def main():
         regimes, unet, trained = run_regimes(args, splits, subsets, device, walls, work_dir)
     walls["total"] = round(time.perf_counter() - start, 1)
     output = _common.results_path(NAME, args)
-    figure_dir = Path(tempfile.mkdtemp()) if args.quick else output.parent
+    figure_dir = _common.figure_dir(args, output)
     efficiency_plot = figure_dir / f"{output.stem}_label_efficiency.png"  # beside its results file, named after it
     compared = " vs a supervised CNN" if "cnn" in args.parts else ""
     plot_label_efficiency(

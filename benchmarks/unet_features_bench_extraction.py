@@ -57,7 +57,7 @@ def one_forward_vs_loop(extractor, images, block, timesteps, batch_size, repeats
 
 
 def main():
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__)
     parser.add_argument("--preset", default="small", help="U-Net preset of diffusion_classifiers.models.unet_config")
     parser.add_argument("--block", default="down_blocks.1")
     parser.add_argument("--num_images", type=int, default=None, help="default 32 with --quick, else 512")

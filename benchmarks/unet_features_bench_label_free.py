@@ -48,7 +48,7 @@ SCORES = ("accuracy", "balanced_accuracy", "macro_f1", "nmi")
 
 
 def parse_args():
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__)
     parser.add_argument("--unet_dir", default=None, help="a saved pipeline with unet/ and scheduler/ (required unless --quick)")
     parser.add_argument("--data", default="digits", help=DATA_HELP)
     parser.add_argument("--pool", default="mean", choices=[pool for pool in POOLS if pool], help="spatial pooling")

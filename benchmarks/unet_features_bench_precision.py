@@ -66,7 +66,7 @@ def relative_error(features: dict, reference: dict) -> float:
 
 
 def main():
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__)
     parser.add_argument("--batch_size", type=int, default=None, help="images per extraction call; default 32 quick, 128 else")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds; default 1 with --quick, else 3")
     args = parser.parse_args()

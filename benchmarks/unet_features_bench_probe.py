@@ -244,7 +244,7 @@ def targets(measured: dict) -> dict:
 
 
 def main():
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__)
     parser.add_argument("--preset", default="small", help="U-Net preset of diffusion_classifiers.models.unet_config")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=CASES[:3])
     parser.add_argument(
