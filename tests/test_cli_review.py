@@ -171,6 +171,19 @@ def test_rc_dit_train_refuses_a_vae_it_cannot_load_before_reading_data(tmp_path,
         example("rc_dit_train.py")["main"](["--output_dir", str(tmp_path / "out"), *flags])
 
 
+def test_new_vit_sizes_beside_a_pretrained_encoder_are_warned_about(tmp_path, monkeypatch):
+    """--encoder_hidden_size and the other sizes of a new ViT were silently ignored with --encoder_name_or_path."""
+    from diffusion_classifiers.models import build_vit_encoder
+
+    build_vit_encoder(8, 1, 16, num_layers=1, num_heads=2, patch_size=4).save_pretrained(tmp_path / "vit")
+    monkeypatch.setattr(diffusion_classifiers.data, "training_data_from_args", too_late)
+    flags = ["--encoder_name_or_path", str(tmp_path / "vit"), "--encoder_hidden_size", "64", "--encoder_num_layers", "2"]
+    with pytest.warns(UserWarning, match=r"--encoder_hidden_size 64, --encoder_num_layers 2: the sizes of a new ViT, "
+                      r"unused: --encoder_name_or_path .*vit keeps the pretrained model's own sizes"):  # fmt: skip
+        with pytest.raises(AssertionError, match="a long step started"):  # the data is read next
+            example("rc_dit_train.py")["main"](["--output_dir", str(tmp_path / "out"), *flags])
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # help texts that say what the flags do
 # ---------------------------------------------------------------------------------------------------------------------

@@ -329,13 +329,29 @@ def _check_pretrained_encoder_type(path_or_hub_id: str):
 def check_encoder_args(args: argparse.Namespace) -> None:
     """The encoder flags of `add_encoder_args`, refused before the data is read: `--encoder_name_or_path` must name a
     supported encoder that can be read (`build_vit_encoder_from_args` then checks it against the data), and a new
-    ViT's `--encoder_num_heads` must divide its `--encoder_hidden_size`."""
+    ViT's `--encoder_num_heads` must divide its `--encoder_hidden_size`; a new ViT's sizes given beside
+    `--encoder_name_or_path`, which keeps the pretrained model's, are warned about."""
     if args.encoder_name_or_path:
         _check_pretrained_encoder_type(args.encoder_name_or_path)
+        _warn_unused_new_vit_sizes(args)
     elif args.encoder_hidden_size % args.encoder_num_heads:
         raise ValueError(
             f"--encoder_num_heads {args.encoder_num_heads} does not divide --encoder_hidden_size "
             f"{args.encoder_hidden_size}: each attention head takes an equal share of the width; choose a divisor"
+        )
+
+
+NEW_VIT_SIZES = ("encoder_hidden_size", "encoder_num_layers", "encoder_num_heads", "encoder_patch_size")
+
+
+def _warn_unused_new_vit_sizes(args: argparse.Namespace) -> None:
+    defaults = add_encoder_args(argparse.ArgumentParser())
+    changed = [f"--{name} {getattr(args, name)}" for name in NEW_VIT_SIZES if getattr(args, name) != defaults.get_default(name)]
+    if changed:
+        warnings.warn(
+            f"{', '.join(changed)}: the sizes of a new ViT, unused: --encoder_name_or_path "
+            f"{args.encoder_name_or_path} keeps the pretrained model's own sizes",
+            stacklevel=3,
         )
 
 
