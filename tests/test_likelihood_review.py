@@ -143,3 +143,10 @@ def test_a_pruning_stage_keeping_a_fraction_of_a_class_is_refused():
     with pytest.raises(ValueError, match="expected pruning stage 0 to keep 1..3 classes"):
         denoising_error_scores(tiny_unet(), uniform_images(1, 8), 3, num_timesteps=4, pruning=[(2, 1.5)],
                                progress_bar=QUIET)
+
+
+def test_probes_asked_for_beside_the_exact_trace_are_refused():
+    """Review: exact_trace=True ignored num_probes, so a standard error over probes the user asked for never came."""
+    with pytest.raises(ValueError, match="num_probes=4 with exact_trace=True: the exact trace draws no probe"):
+        probability_flow_log_likelihood(tiny_unet(), uniform_images(1, 8), 2, num_steps=2, num_probes=4,
+                                        exact_trace=True, progress_bar=QUIET)
