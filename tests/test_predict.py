@@ -849,6 +849,28 @@ def test_a_dicom_video_clip_nothing_decodes_is_an_error_row_and_the_rest_is_pred
     assert error["path"] == "clip.dcm" and "unsupported transfer syntax MPEG2" in error["reason"]
 
 
+def test_a_scout_image_is_an_error_row_of_predict_and_refused_by_the_pipeline(models, tmp_path):
+    """QA: training and evaluate refuse a localizer (scout), but predict scored it among the study's slices, and
+    aggregate's max rule let its probability decide the study."""
+    pydicom = pytest.importorskip("pydicom")
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(shared_data("cq500_dicom_sample", "CQ500-CT-1", "CT000000.dcm"), folder / "slice.dcm")
+    scout = pydicom.dcmread(folder / "slice.dcm")
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout.save_as(folder / "scout.dcm", enforce_file_format=True)
+    main(["predict", "--model_dir", str(models / "unet"), "--input", str(folder), "--output", str(tmp_path / "p.csv"),
+          "--window", "brain"])  # fmt: skip
+    assert [row["path"] for row in read_rows(tmp_path / "p.csv")] == ["slice.dcm"]
+    (error,) = read_rows(tmp_path / "p.csv.errors.csv")
+    assert error["path"] == "scout.dcm" and "is a localizer (scout) image" in error["reason"]
+    pipe = DiffusionClassifierPipeline.from_pretrained(models / "unet")
+    pipe.set_preprocessing({"medical": {"windows": ["brain"]}})
+    with pytest.raises(ValueError, match=r"scout.dcm is a localizer \(scout\) image"):
+        pipe([str(folder / "scout.dcm")])
+
+
 def test_a_component_folder_of_a_pipeline_is_named_with_its_pipeline(tmp_path):
     """QA: `--model_dir out/sde/unet` was called a transformers model folder; it is the pipeline's unet/ component."""
     from .conftest import REPO_ROOT

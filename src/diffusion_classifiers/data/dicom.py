@@ -48,6 +48,7 @@ __all__ = [
     "check_same_slice_size",
     "is_dicom_file",
     "read_dicom",
+    "refuse_localizer",
     "read_dicom_folder",
     "read_dicom_header",
     "resolve_windows",
@@ -174,6 +175,18 @@ class DicomImage:
     @property
     def num_frames(self) -> int:
         return len(self.values)
+
+
+def refuse_localizer(path: str | Path, metadata: dict) -> None:
+    """A scout / localiser (ImageType LOCALIZER) is not a slice, of a folder's class, of an unlabeled pool or of the
+    files a model classifies (`predict` put its probability among the study's slices): refused wherever a DICOM file
+    is read. The per-series size check does not catch one stored as its own series."""
+    image_type = metadata.get("ImageType") or ()
+    if "LOCALIZER" in image_type:
+        raise ValueError(
+            f"DICOM file {path} is a localizer (scout) image (ImageType {'/'.join(image_type)}); expected the images of "
+            "a series: remove it (a localizer is not a slice)"
+        )
 
 
 def read_dicom(path: str | Path, frame: int | None = None) -> DicomImage:
@@ -849,7 +862,9 @@ class MedicalPreprocessing:
         `len(windows)` channels (only its frame `frame` when given: `[1, C, H, W]`), else a 16-bit greyscale PNG / TIFF
         as `[1, 1, H, W]` (its bit depth told to an open [`check_bit_depths`])."""
         if is_dicom_file(path):
-            return window_channels(read_dicom(path, frame), self.windows, self.padding_fill)
+            image = read_dicom(path, frame)
+            refuse_localizer(path, image.metadata)
+            return window_channels(image, self.windows, self.padding_fill)
         values, bits = _read_16bit(path, self.bits_stored)
         note_bit_depth(path, bits)
         return values[None, None]

@@ -17,6 +17,7 @@ from .dicom import (
     is_dicom_file,
     read_dicom,
     read_dicom_header,
+    refuse_localizer,
     resolve_windows,
     window_channels,
 )
@@ -206,7 +207,7 @@ def _decode_file(
     if not is_dicom:
         return decode_image_file(path, medical.bits_stored, depths), None
     dicom = read_dicom(path)
-    _refuse_localizer(path, dicom.metadata)
+    refuse_localizer(path, dicom.metadata)
     sizes.add(path, dicom.values.shape[-2:], dicom.metadata["SeriesInstanceUID"])
     own_windows = dicom.frame_windows[0] if dicom.frame_windows else dicom.windows
     metadata = {**dicom.metadata, "own_windows": own_windows}
@@ -421,7 +422,7 @@ def check_file_header(
             _check_image_header(path)
         return None
     header = read_dicom_header(path)
-    _refuse_localizer(path, header.metadata)
+    refuse_localizer(path, header.metadata)
     resolve_windows(header, medical.windows)
     return header
 
@@ -513,17 +514,6 @@ class _SeriesSizes:
         raise ValueError(
             "; ".join(described) + "; expected one size per series (a scout or a second series mixed in?). Move the "
             "odd files out, or resample them to one size first"
-        )
-
-
-def _refuse_localizer(path: Path, metadata: dict) -> None:
-    """A scout / localiser (ImageType LOCALIZER) is not a slice, of a folder's class or of an unlabeled pool: the
-    per-series size check no longer catches one stored as its own series."""
-    image_type = metadata.get("ImageType") or ()
-    if "LOCALIZER" in image_type:
-        raise ValueError(
-            f"DICOM file {path} is a localizer (scout) image (ImageType {'/'.join(image_type)}); expected the images of "
-            "a series: remove it (a localizer is not a slice)"
         )
 
 
