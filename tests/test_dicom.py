@@ -950,8 +950,9 @@ def test_a_small_cohort_splits_with_the_fractions_the_script_flags_give(tmp_path
 def test_too_few_patients_for_every_carved_split_is_refused_before_carving(tmp_path):
     # QA: 2 patients; the advice "a fraction of at least 1 / 2" followed, the val split then found 1 patient left
     make_patients(tmp_path, num_patients=2, slices=2)
-    with pytest.raises(ValueError, match=r"2 distinct patients \(groups\); carving test and val splits with each "
-                                         r"patient on one side needs at least 3"):  # fmt: skip
+    with pytest.raises(ValueError, match=r"2 distinct patients \(groups: '.*' \(2 images\), '.*' \(2 images\)\), "
+                                         r"read from .* PatientID .*; carving test and val splits with each patient on "
+                                         r"one side needs at least 3 .* a CSV of path,label,patient_id"):  # fmt: skip
         load_image_classification_data(tmp_path, image_size=16, val_fraction=0.5, test_fraction=0.5, medical=FULL)
 
 

@@ -323,12 +323,15 @@ def _check_patients_for_carving(raw: RawData, carved: list[str]) -> None:
     if raw.groups is None or not carved:
         return
     needed = len(carved) + 1
-    patients = len(np.unique(raw.groups[raw.splits["train"]]))
-    if patients < needed:
+    values, counts = np.unique(raw.groups[raw.splits["train"]], return_counts=True)
+    if len(values) < needed:
+        shared = ", ".join(f"{value!r} ({count} images)" for value, count in zip(values.tolist(), counts.tolist()))
         raise ValueError(
-            f"groups: {patients} distinct patients (groups); carving {' and '.join(carved)} splits with each patient "
-            f"on one side needs at least {needed} (one for train and one for each carved split); give more patients, "
-            "or splits of your own (an image folder with splits/{train,val,test}.txt)"
+            f"groups: {len(values)} distinct patients (groups: {shared}), read from a CSV's patient_id column or the "
+            f"DICOM files' PatientID (their StudyInstanceUID where it is empty); carving {' and '.join(carved)} splits "
+            f"with each patient on one side needs at least {needed} (one for train and one for each carved split). "
+            "Data anonymised to one PatientID for every file: give a CSV of path,label,patient_id with the true "
+            "patients; else give more patients, or splits of your own (an image folder with splits/{train,val,test}.txt)"
         )
 
 
