@@ -1236,3 +1236,17 @@ def test_aggregate_metrics_say_what_the_groups_are_and_carry_the_model_predict_r
     assert mean["grouped_by"] == ["study_uid", "series_uid"] and mean["rule"] == "mean" and "threshold" not in mean
     assert mean["num_groups"] == mean["num_samples"] == 2 and mean["num_images"] == 5
     assert not {"model_sha256", "split", "pipeline_call"} & set(mean)
+
+
+def test_the_aggregations_of_a_csv_and_a_parquet_of_one_name_do_not_clash_and_say_what_they_score(tmp_path, capsys):
+    """QA: `p.csv` and `p.parquet` both aggregated into `p.max_by_study_uid.csv`, the second refused (or, with
+    --overwrite, replacing the first's); the group metrics did not say that predict never checks for training images."""
+    import pyarrow.csv
+
+    _slice_predictions(tmp_path / "p.csv")
+    pq.write_table(pyarrow.csv.read_csv(tmp_path / "p.csv"), tmp_path / "p.parquet")
+    for name in ("p.csv", "p.parquet"):
+        main(["aggregate", "--predictions", str(tmp_path / name)])
+    assert (tmp_path / "p.max_by_study_uid.csv").is_file() and (tmp_path / "p.parquet.max_by_study_uid.csv").is_file()
+    assert read_rows(tmp_path / "p.max_by_study_uid.csv") == read_rows(tmp_path / "p.parquet.max_by_study_uid.csv")
+    assert "predict does not check its inputs against the images the model was trained on" in capsys.readouterr().err

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ..atomic_files import write_json_atomically
 from .inputs import DICOM_ID_COLUMNS
 from .outputs import (
     MODEL_CONTENT_KEY,
@@ -440,7 +441,7 @@ def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
     unreadable = _check_predict_run_finished(predictions)  # first: a first run killed has parts, no output yet (QA)
     if not predictions.is_file():
         raise FileNotFoundError(f"--predictions {predictions}: expected a .csv or .parquet file predict wrote")
-    default = predictions.with_name(f"{predictions.stem}.{args.rule}_by_{'_'.join(args.by)}.csv")
+    default = predictions.with_name(f"{_output_stem(predictions)}.{args.rule}_by_{'_'.join(args.by)}.csv")
     output = Path(args.output) if args.output else default
     if output.suffix.lower() != ".csv" or output.resolve() == predictions.resolve():
         raise ValueError(f"--output {output}: expected a new .csv file, not the predictions")
@@ -465,12 +466,23 @@ def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
     num_images = sum(row[columns.index("num_images")] for row in rows)
     print(f"{output}: {len(rows)} groups by {' + '.join(args.by)} ({args.rule} rule) of {num_images} rows")
     if metrics is not None:
-        with open(scores, "w") as handle:
-            json.dump(metrics, handle, indent=2)
+        write_json_atomically(scores, metrics, indent=2)
+        print(
+            "note: the group metrics are over every labelled row of the predictions: predict does not check its inputs "
+            "against the images the model was trained on, so scans it was trained on would overstate it; evaluate "
+            "on the same files checks them (and refuses training images)",
+            file=sys.stderr,
+        )
         names = ("num_groups", "accuracy", "macro_f1", "auc", "ranked_by", "sensitivity")
         headline = {key: metrics.get(key) for key in names}
         print(json.dumps({key: value for key, value in headline.items() if value is not None}))
     return metrics
+
+
+def _output_stem(predictions: Path) -> str:
+    """The name an aggregation of `predictions` starts with: its stem (`p.csv` -> `p`), with the suffix for a
+    parquet file (`p.parquet` -> `p.parquet`), so the aggregations of `p.csv` and `p.parquet` do not share a name."""
+    return predictions.stem if predictions.suffix.lower() == ".csv" else predictions.name
 
 
 def _check_output_writable(output: Path, given: bool) -> None:
