@@ -1249,4 +1249,34 @@ def test_the_aggregations_of_a_csv_and_a_parquet_of_one_name_do_not_clash_and_sa
         main(["aggregate", "--predictions", str(tmp_path / name)])
     assert (tmp_path / "p.max_by_study_uid.csv").is_file() and (tmp_path / "p.parquet.max_by_study_uid.csv").is_file()
     assert read_rows(tmp_path / "p.max_by_study_uid.csv") == read_rows(tmp_path / "p.parquet.max_by_study_uid.csv")
-    assert "predict does not check its inputs against the images the model was trained on" in capsys.readouterr().err
+    assert "the predictions do not say which images the model was trained on" in capsys.readouterr().err
+
+
+
+def test_labelled_predictions_flag_training_images_and_aggregate_scores_the_other_scans(models, tmp_path, capsys):
+    """QA (a head-CT group): predict scored scans the model was trained on and aggregate counted them in its group
+    metrics (6 of 12 studies; evaluate refuses such images). A model recording its training images' fingerprints
+    flags them (`training_image`), and aggregate leaves their groups out of the metrics, saying how many."""
+    import shutil as shell
+
+    from diffusion_classifiers.data.split_record import image_fingerprints, save_split_record
+
+    model = tmp_path / "model"
+    shell.copytree(models / "unet", model)
+    write_images(tmp_path, ["s1/a.png", "s1/b.png", "s2/a.png", "s3/a.png"], seed=4)
+    pipe = load(models, "unet")
+    trained = image_fingerprints(pipe.preprocess([str(tmp_path / "s1" / "b.png")]))  # one slice of study s1
+    save_split_record(model, 0.1, 0.2, 0, train_fingerprints=trained)
+    rows = [(f"{study}/a.png", "cat") for study in ("s1", "s2", "s3")] + [("s1/b.png", "cat")]
+    write_csv(tmp_path / "in.csv", rows)
+    main(["predict", "--model_dir", str(model), "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "p.csv")])
+    predicted = read_rows(tmp_path / "p.csv")
+    flags = {row["path"]: row["training_image"] for row in predicted}
+    assert flags == {"s1/a.png": "False", "s2/a.png": "False", "s3/a.png": "False", "s1/b.png": "True"}
+    study = [{**row, "study": row["path"].split("/")[0]} for row in predicted]  # a study column added by hand
+    write_csv(tmp_path / "p.csv", [list(row.values()) for row in study], columns=list(study[0]))
+    main(["aggregate", "--predictions", str(tmp_path / "p.csv"), "--by", "study", "--rule", "mean"])
+    assert "note: 1 of 3 groups hold images the model was trained on" in capsys.readouterr().err
+    metrics = json.loads((tmp_path / "p.mean_by_study.metrics.json").read_text())
+    assert metrics["num_groups"] == 2 and metrics["groups_left_out_holding_training_images"] == 1
+    assert len(read_rows(tmp_path / "p.mean_by_study.csv")) == 3  # every group is still listed

@@ -31,6 +31,7 @@ from .outputs import (
     OUTPUT_SUFFIXES,
     POSITIVE_CLASS_KEY,
     RATIO_KEY,
+    TRAINING_IMAGE_KEY,
     OutputFiles,
     default_errors_path,
     errors_file_of_resumed_run,
@@ -150,9 +151,43 @@ def _aggregate(
                 for group, members in groups.items()]  # fmt: skip
     metrics = None
     if layout.truth is not None:
-        scores = _group_metrics(predictions, layout, gathered, positive, rule)
-        metrics = {**_grouping(by, rule, threshold, groups), **scores, **_measured_with(run)}
+        scored = _without_training_images(columns, groups, gathered)
+        left_out = len(gathered) - len(scored)
+        notes += _training_images_note(columns, len(gathered), left_out)
+        if scored:
+            scores = _group_metrics(predictions, layout, list(scored.values()), positive, rule)
+            kept = {key: groups[key] for key in scored}
+            metrics = {**_grouping(by, rule, threshold, kept), **scores, **_measured_with(run)}
+            if TRAINING_IMAGE_KEY in columns:
+                metrics["groups_left_out_holding_training_images"] = left_out
     return _Aggregation(layout.out_columns(), [group.row for group in gathered], metrics, notes + ratio_notes)
+
+
+def _without_training_images(columns: list, groups: dict, gathered: list) -> dict:
+    """`{group key: gathered group}` of the groups none of whose rows is a training image (predict's `training_image`
+    column; every group without it): a scan the model was trained on would overstate it."""
+    where = columns.index(TRAINING_IMAGE_KEY) if TRAINING_IMAGE_KEY in columns else None
+    return {
+        key: group for (key, members), group in zip(groups.items(), gathered)
+        if where is None or not any(str(row[where]).lower() == "true" for row in members)
+    }
+
+
+def _training_images_note(columns: list, num_groups: int, left_out: int) -> list[str]:
+    """What the group metrics say of training images: left out (how many groups), or not known (no column)."""
+    if TRAINING_IMAGE_KEY not in columns:
+        return [
+            "note: the predictions do not say which images the model was trained on (its folder records no "
+            "fingerprints of them, or an earlier version predicted them): the group metrics are over every labelled "
+            "row, and scans it was trained on would overstate it; evaluate on the same files checks them"
+        ]
+    if not left_out:
+        return []
+    rest = f"the metrics are over the other {num_groups - left_out}" if left_out < num_groups else "no metrics"
+    return [
+        f"note: {left_out} of {num_groups} groups hold images the model was trained on (the predictions' "
+        f"{TRAINING_IMAGE_KEY} column): left out of the group metrics, which would overstate the model; {rest}"
+    ]
 
 
 def _grouping(by: tuple, rule: str, threshold: float, groups: dict) -> dict:
@@ -467,12 +502,6 @@ def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
     print(f"{output}: {len(rows)} groups by {' + '.join(args.by)} ({args.rule} rule) of {num_images} rows")
     if metrics is not None:
         write_json_atomically(scores, metrics, indent=2)
-        print(
-            "note: the group metrics are over every labelled row of the predictions: predict does not check its inputs "
-            "against the images the model was trained on, so scans it was trained on would overstate it; evaluate "
-            "on the same files checks them (and refuses training images)",
-            file=sys.stderr,
-        )
         names = ("num_groups", "accuracy", "macro_f1", "auc", "ranked_by", "sensitivity")
         headline = {key: metrics.get(key) for key in names}
         print(json.dumps({key: value for key, value in headline.items() if value is not None}))

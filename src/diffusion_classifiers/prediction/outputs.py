@@ -23,6 +23,7 @@ __all__ = [
     "OutputFiles",
     "POSITIVE_CLASS_KEY",
     "RATIO_KEY",
+    "TRAINING_IMAGE_KEY",
     "check_output_args",
     "columns_of_resumed_run",
     "default_errors_path",
@@ -55,6 +56,7 @@ _ERRORS_KEY = "errors_file"  # in the sidecar, beside the run: the errors file, 
 # in the sidecar's "run" (whose keys an earlier version's sidecar lacks are not compared on a rerun, so it resumes):
 POSITIVE_CLASS_KEY = "positive_class"  # binary: the model's saved positive class, null when it saved none
 RATIO_KEY = "log_likelihood_ratio"  # binary Score-SDE: which way the log_likelihood_ratio column points
+TRAINING_IMAGE_KEY = "training_image"  # labelled inputs: the image is, by content, one the model was trained on
 # the CLI's model: its folder (or Hub id), kept for information, and its content (`hub.model_fingerprint`), which
 # identifies it: the same model mounted at another path, or a copy of its folder, resumes
 MODEL_PATH_KEY, MODEL_CONTENT_KEY = "model_dir", "model_sha256"

@@ -12,7 +12,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Collection, Iterator, Optional, Sequence
 
 from ..data.arguments import json_object_arg
 from .inputs import (
@@ -31,6 +31,7 @@ from .outputs import (
     ERROR_COLUMNS,
     POSITIVE_CLASS_KEY,
     RATIO_KEY,
+    TRAINING_IMAGE_KEY,
     OutputFiles,
     check_output_args,
     columns_of_resumed_run,
@@ -115,19 +116,21 @@ class PredictionSummary:
 
 def output_columns(
     pipeline: Any, with_true_labels: bool, settings: Optional[dict] = None, with_dicom_ids: bool = False,
-    with_files: bool = False,
+    with_files: bool = False, with_training_flag: bool = False,
 ) -> list[str]:
-    """`path, frame, [true_label,] [patient_id, study_uid, series_uid, laterality, view_position,] [file_bytes,
-    file_modified,] label, score, prob_<class>..., [log_likelihood_ratio, log_likelihood_ratio_stderr]` for
+    """`path, frame, [true_label, [training_image,]] [patient_id, study_uid, series_uid, laterality,
+    view_position,] [file_bytes, file_modified,] label, score, prob_<class>..., [log_likelihood_ratio, log_likelihood_ratio_stderr]` for
     `pipeline` called with `settings` (`evaluation.pipeline_call_settings`; default: its defaults): the DICOM ids
     (`DICOM_ID_COLUMNS`) when inputs are DICOM files, the size
     and modification time of the file read when inputs are files, the ratio
     for a binary Score-SDE pipeline, its standard error when the call gives one (`method="elbo"`, or the likelihood
-    with `num_probes >= 2`)."""
+    with `num_probes >= 2`); `training_image` with true labels when `with_training_flag` (the model records its
+    training images' fingerprints)."""
     from ..evaluation import pipeline_call_settings
     from ..pipelines import ScoreSDEClassifierPipeline
 
     columns = ["path", "frame"] + (["true_label"] if with_true_labels else [])
+    columns += [TRAINING_IMAGE_KEY] if with_true_labels and with_training_flag else []
     columns += list(DICOM_ID_COLUMNS) if with_dicom_ids else []
     columns += list(FILE_STAMP_COLUMNS) if with_files else []
     columns += ["label", "score"]
@@ -210,15 +213,22 @@ def _classify(pipeline: Any, images: list, call_kwargs: dict) -> dict[str, list]
     return columns
 
 
-def _read_checked(item: PredictionInput, pipeline: Any) -> list:
-    """The item's images, each one accepted by the pipeline's preprocessing; `ValueError`/`OSError` otherwise."""
+def _read_checked(item: PredictionInput, pipeline: Any, train_fingerprints: Optional[frozenset] = None) -> tuple:
+    """`(images, flags)`: the item's images, each one accepted by the pipeline's preprocessing (`ValueError` /
+    `OSError` otherwise), and whether each is, by content, among `train_fingerprints` (None without them)."""
+    from ..data.split_record import image_fingerprint_variants
+
     images = [_in_stated_range(image, pipeline.preprocessing.input_range) for image in item.read()]
+    flags = [] if train_fingerprints is not None else None
     for frame, image in enumerate(images):
         try:
-            pipeline.preprocess([image])
+            preprocessed = pipeline.preprocess([image])
         except ValueError as error:
             raise ValueError(f"frame {frame}: {error}" if len(images) > 1 else str(error)) from error
-    return images
+        if flags is not None:
+            (variants,) = image_fingerprint_variants(preprocessed)
+            flags.append(not train_fingerprints.isdisjoint(variants))
+    return images, flags
 
 
 def _in_stated_range(image: Any, input_range: str) -> Any:
@@ -233,21 +243,23 @@ def _in_stated_range(image: Any, input_range: str) -> Any:
 class _BatchWriter:
     """Reads, classifies and commits one batch at a time as part files named by the batch's first input index."""
 
-    def __init__(self, pipeline: Any, files: OutputFiles, columns: list[str], order: dict[str, int], kwargs: dict):
+    def __init__(self, pipeline: Any, files: OutputFiles, columns: list[str], order: dict[str, int], kwargs: dict,
+                 train_fingerprints: Optional[frozenset] = None):
         self.pipeline, self.files, self.columns, self.order, self.call_kwargs = pipeline, files, columns, order, kwargs
+        self.train_fingerprints = train_fingerprints if TRAINING_IMAGE_KEY in columns else None
         self.items, self.images, self.errors = [], [], []
         self.failed = 0
 
     def add(self, item: PredictionInput) -> None:
         stamp = file_stamp(item)  # before reading: a file replaced while it is read is read again next time
         try:
-            images = _read_checked(item, self.pipeline)
+            images, flags = _read_checked(item, self.pipeline, self.train_fingerprints)
             ids = dicom_ids(item)
         except (ValueError, OSError) as error:
             self.errors.append([item.path, str(error)])
             self.failed += 1
             return
-        self.items.append((item, len(images), {**ids, **stamp}))
+        self.items.append((item, flags or [None] * len(images), {**ids, **stamp}))
         self.images += images
 
     def commit(self) -> int:
@@ -269,9 +281,9 @@ class _BatchWriter:
     def _rows(self) -> list[list]:
         predicted = _classify(self.pipeline, self.images, self.call_kwargs)
         rows, position = [], 0
-        for item, num_frames, ids in self.items:
-            for frame in range(num_frames):
-                values = {"path": item.path, "frame": frame, "true_label": item.label, **ids}
+        for item, flags, ids in self.items:
+            for frame, flag in enumerate(flags):
+                values = {"path": item.path, "frame": frame, "true_label": item.label, TRAINING_IMAGE_KEY: flag, **ids}
                 values.update({column: predicted[column][position] for column in predicted})
                 rows.append([values[column] for column in self.columns])
                 position += 1
@@ -291,11 +303,14 @@ def predict_files(
     progress_bar: bool = True,
     pipeline_kwargs: Optional[dict] = None,
     retry_errors: bool = False,
+    train_fingerprints: Optional[Collection[str]] = None,
 ) -> PredictionSummary:
     r"""
     Classify `inputs` with `pipeline`, writing one row per image (per frame of a multi-frame DICOM) to `output_path`.
 
-    Columns: `path`, `frame` (0 for single images), `true_label` (when the inputs carry labels), for DICOM inputs
+    Columns: `path`, `frame` (0 for single images), `true_label` (when the inputs carry labels), `training_image`
+    (with true labels and `train_fingerprints`: whether the image is, by content, one the model was trained on, which
+    `aggregate` leaves out of its metrics), for DICOM inputs
     `patient_id`, `study_uid` and `series_uid` (from each file's header, to combine slices per scan), `label` (the
     predicted class), `score` (its probability), `prob_<class>` for every class, and for a binary Score-SDE pipeline
     `log_likelihood_ratio` (`log p(x | positive) - log p(x | negative)`) and, with the ELBO,
@@ -338,6 +353,8 @@ def predict_files(
             `num_timesteps`, `weighting`, `priors`, ...; not `seed`), as `evaluate_classifier` takes them: predict with
             the settings a model was evaluated with. Unknown names are refused before any file is read.
         retry_errors (`bool`, *optional*, defaults to `False`): predict again the inputs the errors file lists.
+        train_fingerprints (`Collection[str]`, *optional*): the fingerprints of the model's training images
+            (`data.split_record.recorded_train_fingerprints` of its folder), for the `training_image` column.
 
     Returns:
         [`PredictionSummary`]
@@ -354,7 +371,7 @@ def predict_files(
     columns = output_columns(
         pipeline, any(item.label is not None for item in inputs), settings,
         with_dicom_ids=any(item.dicom_file is not None for item in inputs),
-        with_files=any(item.file is not None for item in inputs),
+        with_files=any(item.file is not None for item in inputs), with_training_flag=train_fingerprints is not None,
     )  # fmt: skip
     check_labels(inputs, pipeline.class_names)
     with _one_prediction_at_a_time(files, accelerator):
@@ -379,7 +396,8 @@ def predict_files(
         remaining = [inputs[i] for i in remaining_indices]
         mine = _share(remaining, accelerator)
         order = {item.path: i for i, item in enumerate(inputs)}
-        writer = _BatchWriter(pipeline, files, columns, order, call_kwargs)
+        fingerprints = None if train_fingerprints is None else frozenset(train_fingerprints)
+        writer = _BatchWriter(pipeline, files, columns, order, call_kwargs, fingerprints)
         hidden = {} if progress_bar and is_main else {"disable": True}  # shown: TQDM_DISABLE=1 still silences it
         # one bar, over the files; one warning for the 16-bit files read at another guessed bit depth than the
         # training images' (`data.sixteen_bit.check_bit_depths`)
@@ -553,6 +571,7 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     """`diffusion-classifiers predict`: every flag checked and the inputs listed before the model is loaded."""
     from accelerate import Accelerator
 
+    from ..data.split_record import recorded_train_fingerprints
     from ..hub import download, model_fingerprint
     from ..pipelines import DiffusionClassifierPipeline
     from ..training.launch import check_world_size
@@ -596,6 +615,7 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
         pipeline, inputs, args.output, args.errors, batch_size=args.batch_size, run_info=run_info,
         overwrite=args.overwrite, seed=args.seed, accelerator=accelerator, progress_bar=not args.no_progress_bar,
         pipeline_kwargs=args.pipeline_kwargs, retry_errors=args.retry_errors,
+        train_fingerprints=recorded_train_fingerprints(model_dir),
     )  # fmt: skip
     # destroys the process group: left to interpreter exit, gloo's threads can abort a finished process (SIGABRT)
     accelerator.end_training()
