@@ -9,7 +9,20 @@ from torch import nn
 
 from ..views import check_views
 
-__all__ = ["FeatureHeadMixin", "LinearProbeHead"]
+__all__ = ["FeatureHeadMixin", "LinearProbeHead", "column_mean_and_std"]
+
+MIN_FEATURE_STD = 1e-6  # the standardisation's floor: a constant column is divided by this, not by 0
+
+
+def column_mean_and_std(features: torch.Tensor) -> tuple:
+    """The mean and the std (population, clamped at `MIN_FEATURE_STD`) of each column of `features` `[N, D]`, summed
+    in float64, as float32 `[D]` tensors: a column constant in `features` then gets exactly its value as mean and is 0
+    once standardised. (A float32 mean misses the constant by a rounding error, which the clamped std blows up a
+    million times: a column constant on the labelled images then outweighed every other column, digits k-NN 0.945 ->
+    0.173, a probe's val accuracy 0.95 -> 0.32.)"""
+    x = features.double()
+    mean = x.mean(0)
+    return mean.float(), (x - mean).square().mean(0).sqrt().clamp(min=MIN_FEATURE_STD).float()
 
 
 class FeatureHeadMixin:

@@ -10,7 +10,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from ..validation import as_feature_matrix, as_labels, check_label_range, resolve_num_classes
-from .linear_probe_head import FeatureHeadMixin
+from .linear_probe_head import FeatureHeadMixin, column_mean_and_std
 
 __all__ = ["TEMPERATURE_RANGE", "PrototypeHead", "fit_prototypes"]
 
@@ -146,8 +146,9 @@ def fit_prototypes(
     head = PrototypeHead(x.shape[1], num_classes, temperature, block, int(timestep), names)
     with torch.no_grad():
         if standardize:
-            head.feature_mean.copy_(x.mean(0))
-            head.feature_std.copy_(x.std(0, unbiased=False).clamp(min=1e-6))
+            mean, std = column_mean_and_std(x)
+            head.feature_mean.copy_(mean)
+            head.feature_std.copy_(std)
         normed = head.normalize(x)
         sums = torch.zeros(num_classes, x.shape[1]).index_add_(0, torch.as_tensor(y), normed)
         head.prototypes.copy_(F.normalize(sums / counts[:, None], dim=1))

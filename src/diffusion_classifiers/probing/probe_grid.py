@@ -4,7 +4,6 @@
 [`ProbeGridResult`] with a [`LinearProbeHead`] per pair.
 """
 
-import math
 import mmap
 import warnings
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..models.linear_probe_head import LinearProbeHead
+from ..models.linear_probe_head import LinearProbeHead, column_mean_and_std
 from ..validation import as_feature_matrix, as_inverse_regularisations, as_labels, check_label_range, resolve_num_classes
 
 __all__ = ["FeatureKey", "ProbeGridResult", "fit_probe_grid"]
@@ -133,22 +132,28 @@ def _check_disk_features(features: np.memmap, name: str, num_rows: int) -> np.me
 
 def _stack(features: Dict, pairs, device, mean=None, std=None):
     """Standardised features in memory (float32 tensors), feature-major, as [P, D_max, N] on `device`, with the
-    [P, D_max] mean and std used (computed from these features unless given; std clamped at 1e-6). Zero padding stays
-    zero, so padded weights get no gradient. (Feature-major makes the logits [P, K, N]: on CPU their softmax and both
-    products are several times faster than in the [P, N, K] layout.)"""
+    [P, D_max] mean and std used (computed from these features unless given, in float64 as `_ChunkedFeatures`; std
+    clamped at 1e-6). Zero padding stays zero, so padded weights get no gradient. A column constant on train is exactly
+    0 there, so its weight stays 0 and its values in val and test are ignored: a float32 mean misses the constant by a
+    rounding error, which the clamped std turned into a train column of ~0.01, a weight, and val deviations of ~1e4
+    (digits with a column of 0.1 on train: val accuracy 0.95 -> 0.32). (Feature-major makes the logits [P, K, N]: on
+    CPU their softmax and both products are several times faster than in the [P, N, K] layout.)"""
     dim, num_samples = max(features[p].shape[1] for p in pairs), len(features[pairs[0]])
     out = torch.zeros(len(pairs), dim, num_samples)
     for i, pair in enumerate(pairs):
         out[i, : features[pair].shape[1]].copy_(features[pair].T)
     out = out.to(device)
     if mean is None:
-        mean = out.mean(dim=2)
-        out.sub_(mean[:, :, None])
-        std = (torch.linalg.vector_norm(out, dim=2) / math.sqrt(out.shape[2])).clamp_(min=1e-6)  # torch.var: slower
-    else:
-        out.sub_(mean[:, :, None])
-    out.div_(std[:, :, None])
+        mean, std = _column_statistics(out)
+    out.sub_(mean[:, :, None]).div_(std[:, :, None])
     return out, mean, std
+
+
+def _column_statistics(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The mean and std (clamped at 1e-6) over the samples of x [P, D, N], as float32 [P, D], summed in float64 one
+    head at a time (a float64 copy of one head's features, not of the stack)."""
+    statistics = [column_mean_and_std(head.T) for head in x]
+    return torch.stack([mean for mean, _ in statistics]), torch.stack([std for _, std in statistics])
 
 
 def _targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -533,18 +538,25 @@ def _head_scores(
 ) -> List[Dict[str, float]]:
     """Per-head accuracy, macro-F1 and balanced accuracy from predicted classes [P, N], as `metrics.classification_
     metrics` computes them (both averaged over the classes present in the labels: with every class present, macro-F1
-    is scikit-learn's), and the mean log-loss (cross-entropy) from its sum [P]."""
-    accuracy = (pred == y).double().mean(dim=1)
-    pred_onehot = F.one_hot(pred, num_classes).double()
-    true_onehot = F.one_hot(y, num_classes).double().expand_as(pred_onehot)
-    tp, true_counts = (pred_onehot * true_onehot).sum(dim=1), true_onehot.sum(dim=1)
-    denominator = pred_onehot.sum(dim=1) + true_counts  # 2tp + fp + fn
+    is scikit-learn's), and the mean log-loss (cross-entropy) from its sum [P]. Per-class counts [P, K], never one-hot
+    [P, N, K] matrices (2.4 GB for 40 pairs, 121 classes and 32,000 test images)."""
+    correct = pred == y
+    accuracy = correct.double().mean(dim=1)
+    tp = _class_counts(torch.where(correct, y, num_classes), num_classes + 1)[:, :num_classes]  # wrong: class K
+    true_counts = torch.bincount(y, minlength=num_classes).double().expand_as(tp)
+    denominator = _class_counts(pred, num_classes) + true_counts  # 2tp + fp + fn
     f1 = torch.where(denominator > 0, 2 * tp / denominator.clamp(min=1), 0.0)
     macro_f1 = (f1 * (true_counts > 0)).sum(dim=1) / (true_counts > 0).sum(dim=1)
     balanced_accuracy = (tp / true_counts.clamp(min=1)).sum(dim=1) / (true_counts > 0).sum(dim=1)
     log_loss = log_loss_sum / y.numel()
     return [{"accuracy": a, "macro_f1": f, "balanced_accuracy": b, "log_loss": c}
             for a, f, b, c in zip(accuracy.tolist(), macro_f1.tolist(), balanced_accuracy.tolist(), log_loss.tolist())]
+
+
+def _class_counts(classes: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """How many samples of each row of classes [P, N] are of each class, as float64 [P, num_classes]."""
+    counts = torch.zeros(len(classes), num_classes, dtype=torch.float64, device=classes.device)
+    return counts.scatter_add_(1, classes, torch.ones_like(classes, dtype=torch.float64))
 
 
 def _split_features(features: Dict, pairs, labels, num_classes, device, mean=None, std=None, sample_weight=None):
