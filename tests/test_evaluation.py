@@ -485,3 +485,47 @@ def test_a_component_folder_of_a_pipeline_is_named_with_its_pipeline(tmp_path):
     assert not (tmp_path / "e").exists()  # a refused run leaves no empty folder behind
     with pytest.raises(FileNotFoundError, match=rf"unet is a component of the pipeline {pipeline}: pass that folder"):
         DiffusionClassifierPipeline.from_pretrained(str(pipeline / "unet"))
+
+
+PNEUMONIA_NPZ = ("medmnist_pneumonia", "pneumoniamnist.npz")
+
+
+def test_a_model_recording_its_classes_in_another_order_reads_a_named_source_by_its_own_names():
+    """RC-DiT QA: a head fitted on a CSV of PneumoniaMNIST images listing pneumonia first recorded that order, and
+    evaluate named the .npz's label ids by it: every normal image read as pneumonia (19% accuracy for 81%)."""
+    from diffusion_classifiers.evaluation import load_evaluation_split
+
+    from .conftest import shared_data
+
+    npz = str(shared_data(*PNEUMONIA_NPZ))
+    labels = np.load(npz)["test_labels"].ravel()
+    for recorded in (["pneumonia", "normal"], ["normal", "pneumonia"], None):
+        test = load_evaluation_split(npz, "test", class_names=recorded)
+        assert test.class_names == ["normal", "pneumonia"] and test.labels.tolist() == labels.tolist()
+    renamed = load_evaluation_split(npz, "test", class_names=["healthy", "sick"])  # other names: they rename the ids
+    assert renamed.class_names == ["healthy", "sick"] and renamed.labels.tolist() == labels.tolist()
+
+
+def test_evaluate_checks_a_datas_own_test_split_against_images_a_head_was_fitted_on(tmp_path):
+    """RC-DiT QA: a head fitted on other data (a CSV of PneumoniaMNIST test images) was evaluated on the .npz's own
+    test split, which holds those images, without a word: a data set's own split is its word about its own train
+    split only."""
+    from diffusion_classifiers.cli import main
+    from diffusion_classifiers.evaluation import load_evaluation_split
+    from diffusion_classifiers.models import LinearProbeHead
+
+    from .conftest import shared_data
+
+    npz = str(shared_data(*PNEUMONIA_NPZ))
+    torch.manual_seed(0)
+    head = LinearProbeHead(16, 2, class_names=["normal", "pneumonia"], block="mid_block", timestep=50)
+    config = unet_config("tiny", 28)
+    config.update(block_out_channels=(8, 16, 16), norm_num_groups=4, attention_head_dim=4)
+    pipe = UNetFeatureClassifierPipeline(UNet2DModel(**config), DDPMScheduler(), head=head,
+                                         preprocessing=ImagePreprocessing(28, 1))  # fmt: skip
+    pipe.save_pretrained(tmp_path / "model")
+    fitted_on = load_evaluation_split(npz, "test", preprocessing=ImagePreprocessing(28, 1)).images[:5]
+    save_split_record(tmp_path / "model", 0.1, 0.2, 0, train_fingerprints=image_fingerprints(fitted_on))
+    with pytest.raises(ValueError, match=r"5 of 624 images of the test split .* are images the model was trained on"):
+        main(["evaluate", "--model_dir", str(tmp_path / "model"), "--dataset", npz, "--split", "test",
+              "--output_dir", str(tmp_path / "out")])  # fmt: skip

@@ -297,9 +297,11 @@ def test_a_unet_trained_from_a_csv_probes_a_class_folder(model_and_data, tmp_pat
     assert saved.head.config.class_names == ["one", "zero"]
 
 
-def test_a_dataset_with_its_own_splits_is_not_checked(model_and_data, tmp_path):
-    """A .npz keeps its own splits: they are the data's word, not carved by the model's record, so a test image equal
-    to a training image (a duplicate in the data) is scored."""
+def test_a_datasets_own_splits_are_checked_with_duplicates_of_its_train_split_excused(model_and_data, tmp_path):
+    """A .npz keeps its own splits: they are the data's word about its own train split, so a test image equal to a
+    training image of that split (a duplicate in the data) is scored; but not about other data the model (or a head)
+    was trained on (RC-DiT QA: a head fitted on a CSV of the .npz's test images scored them): such an image is
+    refused."""
     root, _ = model_and_data
     digits = load_digits()
     rows = np.flatnonzero(digits.target <= 1)[:60]
@@ -309,11 +311,15 @@ def test_a_dataset_with_its_own_splits_is_not_checked(model_and_data, tmp_path):
     splits = load_image_classification_data(str(tmp_path / "own.npz"), image_size=8, seed=0)
     model = tmp_path / "model"
     UNetFeatureClassifierPipeline.from_pretrained(str(root / "model")).save_pretrained(model)
-    save_split_record(model, 0.1, 0.2, 0, ["zero", "one"], train_images=splits["train"].images[:35])  # 35-39: test
-    main(["evaluate", "--model_dir", str(model), "--dataset", str(tmp_path / "own.npz"),
-          "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    save_split_record(model, 0.1, 0.2, 0, ["zero", "one"], train_images=splits["train"].images)  # 35-39: test too
+    evaluate = ["evaluate", "--model_dir", str(model), "--dataset", str(tmp_path / "own.npz")]
+    main(evaluate + ["--output_dir", str(tmp_path / "out")])
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert metrics["num_samples"] == 25 and "training_images_checked" not in metrics
+    assert metrics["num_samples"] == 25 and metrics["training_images_checked"] is True
+    other_data = torch.cat([splits["train"].images, splits["test"].images[-3:]])  # 3 test-only images, seen elsewhere
+    save_split_record(model, 0.1, 0.2, 0, ["zero", "one"], train_images=other_data)
+    with pytest.raises(ValueError, match=r"3 of 25 images of the test split .* are images the model was trained on"):
+        main(evaluate + ["--output_dir", str(tmp_path / "out2")])
 
 
 def test_fingerprinting_reads_a_large_set_in_chunks_and_bounds_the_variants():

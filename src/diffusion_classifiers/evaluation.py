@@ -380,7 +380,7 @@ def load_evaluation_split(
     if own_names is not None and known is not None:  # the folder's names stand, checked against the model's
         check_known_class_names(own_names, known, f"{dataset}: its classes")
     carries_names = own_names is not None or is_saved_dataset(Path(dataset))  # a saved Dataset: its ClassLabel
-    class_names = None if carries_names else class_names
+    class_names = None if carries_names else _names_of_label_ids(dataset, class_names)
     contract = preprocessing or ImagePreprocessing()
     load = streaming_image_classification_data if streaming else load_image_classification_data
     splits = load(
@@ -406,6 +406,20 @@ def _every_saved_image(splits, where: str, preprocessing: Optional[ImagePreproce
         )
     every = datasets.concatenate_datasets(list(splits.values()))
     return every if preprocessing is None else StreamingImages(every, **preprocessing.loader_kwargs)
+
+
+def _names_of_label_ids(dataset: str, recorded: Optional[Sequence[str]]) -> Optional[Sequence[str]]:
+    """The names to give the label ids of `dataset` (digits, `.npz`, IDX, CSV): the model's `recorded` ones, which
+    name its training data's ids, unless the data names its ids itself (`data.built_in_class_names`) with the same
+    classes: the recorded order is then another source's (RC-DiT QA: a head fitted on a CSV of PneumoniaMNIST
+    images listing pneumonia first read the .npz's normal images as pneumonia, 19% for 81%), and the data's own names
+    stand (labels are matched to the model's by name). Recorded names of other classes rename the ids."""
+    from .data.array_files import built_in_class_names
+
+    own = built_in_class_names(dataset)
+    if recorded is not None and own is not None and sorted(recorded) == sorted(own):
+        return None
+    return recorded
 
 
 def _own_class_names(dataset: str) -> Optional[List[str]]:

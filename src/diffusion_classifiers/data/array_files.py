@@ -9,7 +9,7 @@ import warnings
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from .preprocessing import _describe
 __all__ = [
     "DEFAULT_DIGITS_SIZE",
     "FASHION_MNIST_CLASSES",
+    "built_in_class_names",
     "PNEUMONIAMNIST_CLASSES",
     "read_idx",
 ]
@@ -36,12 +37,25 @@ PNEUMONIAMNIST_CLASSES = ["normal", "pneumonia"]
 DEFAULT_DIGITS_SIZE = 32
 
 
+def built_in_class_names(source: Any) -> list[str] | None:
+    """The names the readers give the label ids of a known source by themselves (scikit-learn's digits, a
+    `pneumoniamnist.npz`, a Fashion-MNIST IDX folder), or None: what names its ids when no `class_names` are given."""
+    if str(source) == "digits":
+        return [str(i) for i in range(10)]
+    path = Path(source)
+    if path.name == "pneumoniamnist.npz":
+        return list(PNEUMONIAMNIST_CLASSES)
+    if path.is_dir() and "fashion" in path.resolve().name.lower():
+        return list(FASHION_MNIST_CLASSES)
+    return None
+
+
 def read_digits(class_names: Sequence[str] | None) -> RawData:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = torch.from_numpy(digits.images / 16.0).to(torch.float32)[:, None]  # [N, 1, 8, 8] in [0, 1]
-    names = class_names if class_names is not None else [str(i) for i in range(10)]
+    names = class_names if class_names is not None else built_in_class_names("digits")
     labels, names, splits = labels_and_names({"train": digits.target}, names, "digits")
     return RawData(images, labels, names, splits, DEFAULT_DIGITS_SIZE)
 
@@ -53,8 +67,7 @@ def read_npz(path: Path, class_names: Sequence[str] | None) -> RawData:
         images[split] = _pixel_array(arrays.pop(f"{split}_images"), f"{path}[{split}_images]")
         labels[split] = _flat_labels(arrays.pop(f"{split}_labels"), len(images[split]), f"{path}[{split}_labels]")
     _check_same_image_shape(images, {split: f"{path}[{split}_images]" for split in images})
-    if class_names is None and path.name == "pneumoniamnist.npz":
-        class_names = PNEUMONIAMNIST_CLASSES
+    class_names = class_names if class_names is not None else built_in_class_names(path)
     all_labels, names, splits = labels_and_names(labels, class_names, str(path))
     return RawData(torch.cat(list(images.values())), all_labels, names, splits)
 
@@ -224,8 +237,7 @@ def read_idx_directory(root: Path, class_names: Sequence[str] | None) -> RawData
         labels[split] = _flat_labels(read_idx(label_file, expected_ndim=1), len(images[split]), str(label_file))
         sources[split] = str(image_file)
     _check_same_image_shape(images, sources)
-    if class_names is None and "fashion" in root.resolve().name.lower():
-        class_names = FASHION_MNIST_CLASSES
+    class_names = class_names if class_names is not None else built_in_class_names(root)
     all_labels, names, splits = labels_and_names(labels, class_names, str(root))
     return RawData(torch.cat(list(images.values())), all_labels, names, splits)
 
