@@ -22,6 +22,7 @@ from transformers import AutoImageProcessor
 from diffusion_classifiers.cli import run_from_shell
 from diffusion_classifiers.data import add_data_args, training_data_from_args
 from diffusion_classifiers.data.arguments import number_in
+from diffusion_classifiers.models.encoders import REPRESENTATION_READOUTS
 from diffusion_classifiers.training import (
     METHODS,
     add_encoder_args,
@@ -87,6 +88,16 @@ def parse_args(argv=None):
         help="DINO: multi-crop local views per image (default: %(default)s).",
     )
     parser.add_argument(
+        "--readout", default=None, choices=REPRESENTATION_READOUTS,
+        help="How r is read out of the ViT (default: the benchmarks' baselines', chosen on val there: the pooler for "
+        "SimCLR, the CLS token for DINO).",
+    )
+    parser.add_argument(
+        "--dino_head_batch_norm", action=argparse.BooleanOptionalAction, default=True,
+        help="DINO: BatchNorm in the head's MLP, the only DINO head that beat the random encoder in the recipe "
+        "benchmark (default: %(default)s).",
+    )
+    parser.add_argument(
         "--save_student",
         action="store_true",
         help="DINO: save the student's encoder, not the teacher's (default: %(default)s).",
@@ -96,11 +107,15 @@ def parse_args(argv=None):
 
 
 def objective_kwargs(args) -> dict:
-    common = dict(strength=args.augmentation_strength, crop_scale=(args.min_crop_scale, 1.0), flip_p=args.flip_p)
+    readout = args.readout or ("pooler" if args.method == "simclr" else "cls")
+    common = dict(
+        strength=args.augmentation_strength, crop_scale=(args.min_crop_scale, 1.0), flip_p=args.flip_p, readout=readout
+    )
     if args.method == "simclr":
         return dict(common, temperature=args.temperature, projection_dim=args.projection_dim)
     return dict(
         common,
+        use_bn=args.dino_head_batch_norm,
         out_dim=args.dino_out_dim,
         teacher_temperature=args.teacher_temperature,
         student_temperature=args.student_temperature,

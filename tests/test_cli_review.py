@@ -201,3 +201,22 @@ def test_the_data_flags_help_says_what_image_size_and_val_fraction_mean():
     assert splits["train"].images.shape[-1] == 32
     num_test, num_val = len(splits["test"]), len(splits["val"])
     assert abs(num_test - 1797 / 2) < 10 and abs(num_val - (1797 - num_test) / 2) < 10  # half of the rest, not of all
+
+
+def test_the_contrastive_baseline_script_trains_the_baselines_the_benchmarks_measure(tmp_path):
+    """RC-DiT QA: --method dino trained DINO on the tanh pooler without BatchNorm in its head, while the benchmarks'
+    DINO baseline (chosen on val in the recipe benchmark) reads the CLS token with BatchNorm."""
+    import sys
+
+    script = example("rc_dit_train_contrastive_baseline.py")
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        from rc_dit_accuracy import BASELINES
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    for method in ("simclr", "dino"):
+        kwargs = script["objective_kwargs"](script["parse_args"](["--output_dir", str(tmp_path), "--method", method]))
+        benchmark_method, benchmark_kwargs = BASELINES[method]
+        assert benchmark_method == method
+        assert {name: kwargs[name] for name in benchmark_kwargs} == benchmark_kwargs
+        assert kwargs["readout"] == benchmark_kwargs.get("readout", "pooler")
