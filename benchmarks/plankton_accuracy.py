@@ -777,8 +777,8 @@ class SimCLRFeatures:
 def train_unet(args, splits: dict, work_dir: str):
     """The DDPM U-Net (EMA) trained on the train images of `splits` without labels (for at most `train_minutes`),
     or the one in `--unet_dir` (refused unless trained on images read as these are, and on none of the val and test
-    images); kept in `--keep_checkpoint` with their preprocessing contract and fingerprints. Returns the U-Net, its scheduler, the final training loss and the
-    optimizer steps trained (both None when loaded)."""
+    images); kept in `--keep_checkpoint` with their preprocessing contract and fingerprints. Returns the U-Net, its
+    scheduler, the final training loss and the optimizer steps trained (both None when loaded)."""
     budget, trained_steps = args.budget, {}
 
     def train():
@@ -1304,7 +1304,8 @@ def main():
     plot_label_efficiency(
         label_efficiency_curves(regimes, train.num_classes), str(plot),
         title=figure_title(
-            f"{args.data_label}, {train.num_classes} classes, {'' if args.quick else 'long-tailed '}test ({len(test)} images): "
+            f"{args.data_label}, {train.num_classes} classes, {'' if args.quick else 'long-tailed '}test "
+            f"({len(test)} images): "
             f"mean labelled train images per class ({', '.join(regime_names)} of the labels)", args.quick,
         ),
     )  # fmt: skip

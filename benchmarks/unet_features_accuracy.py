@@ -128,7 +128,8 @@ def load_splits(args) -> dict:
 def train_unet(args, splits: dict, work_dir: str):
     """Unconditional DDPM U-Net with EMA on the train images of `splits` (labels are never passed), or the one saved
     in `--unet_dir` (refused unless trained on images read as these are, and on none of the val and test images); kept
-    in `--keep_checkpoint` with the images' preprocessing contract and fingerprints. Returns the U-Net, its scheduler and the final training loss (None when loaded)."""
+    in `--keep_checkpoint` with the images' preprocessing contract and fingerprints. Returns the U-Net, its scheduler
+    and the final training loss (None when loaded)."""
 
     def train():
         training = training_arguments(

@@ -167,8 +167,8 @@ def study_from_features(
         pipeline.set_positive_class(positive_class)
     output = _classify(pipeline, test.images, batch_size, show_progress)
     test_metrics = classification_metrics(
-        labels["test"], output.label_ids, probs=output.probs, num_classes=train.num_classes, class_names=train.class_names,
-        positive_label=positive_label,
+        labels["test"], output.label_ids, probs=output.probs, num_classes=train.num_classes,
+        class_names=train.class_names, positive_label=positive_label,
     )  # fmt: skip
     test_metrics["calibration"] = calibration_metrics(labels["test"], output.probs)
     kmeans = kmeans_evaluate(probed["test"][probe.best_pair], labels["test"], train.num_classes, seed=seed)
@@ -341,7 +341,8 @@ def write_study_report(study: UNetFeatureStudy, output_dir: str, title: str, com
         **(extra or {}),
     }
     record = json.dumps(metrics, indent=2, default=str)
-    write_texts_atomically(output_dir, {"metrics.json": record, "report.md": render_report(study, title, command, extra)})
+    report = render_report(study, title, command, extra)
+    write_texts_atomically(output_dir, {"metrics.json": record, "report.md": report})
     return metrics
 
 

@@ -253,9 +253,10 @@ def preprocess_images(
         images (`str`, `os.PathLike`, `PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a `list` of them):
             one image or a batch, or a list of them (each may have its own size and type), read as in the table
             above. PIL modes: `I`/`I;16*` are scaled from `[0, 65535]`, or from the stated `medical.bits_stored`
-            (a 16-bit file given as a path is read by `preprocessing.medical`'s bit depth), `F` is one float channel; alpha is discarded, not
-            composited. Values: `uint8` is scaled from `[0, 255]`, `uint16` from `[0, 65535]` (from `[0, 2^bits_stored - 1]`
-            where `medical.bits_stored` is stated, else with a warning where the contract reads medical files),
+            (a 16-bit file given as a path is read by `preprocessing.medical`'s bit depth), `F` is one float
+            channel; alpha is discarded, not composited. Values: `uint8` is scaled from `[0, 255]`, `uint16` from
+            `[0, 65535]` (from `[0, 2^bits_stored - 1]` where `medical.bits_stored` is stated, else with a warning
+            where the contract reads medical files),
             `bool` from `{0, 1}`, float data by the contract's `input_range` (see [`ImagePreprocessing`]). Float
             values outside that range, other integer dtypes (int16: a DICOM's `pixel_array`, not Hounsfield units),
             NaN and inf raise `ValueError`. A contract of several DICOM windows warns about pictures (PIL images,

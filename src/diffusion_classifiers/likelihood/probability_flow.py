@@ -400,7 +400,9 @@ def probability_flow_log_likelihood(
     """
     _check_solver_args(solver, num_steps, step_spacing, rtol, atol, num_probes, batch_size)
     if exact_trace and num_probes != 1:
-        raise ValueError(f"num_probes={num_probes} with exact_trace=True: the exact trace draws no probe; leave it at 1")
+        raise ValueError(
+            f"num_probes={num_probes} with exact_trace=True: the exact trace draws no probe; leave it at 1"
+        )
     images, sde = checked_images(images, eps_model), sde or VPSDE()
     eps_fn, class_ids = as_eps_model(eps_model, sde), checked_class_ids(classes, eps_model, images.device)
     streams, num_classes = image_seeds(seed, len(images)), len(class_ids)

@@ -346,7 +346,9 @@ NEW_VIT_SIZES = ("encoder_hidden_size", "encoder_num_layers", "encoder_num_heads
 
 def _warn_unused_new_vit_sizes(args: argparse.Namespace) -> None:
     defaults = add_encoder_args(argparse.ArgumentParser())
-    changed = [f"--{name} {getattr(args, name)}" for name in NEW_VIT_SIZES if getattr(args, name) != defaults.get_default(name)]
+    changed = [
+        f"--{name} {getattr(args, name)}" for name in NEW_VIT_SIZES if getattr(args, name) != defaults.get_default(name)
+    ]
     if changed:
         warnings.warn(
             f"{', '.join(changed)}: the sizes of a new ViT, unused: --encoder_name_or_path "
