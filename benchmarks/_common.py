@@ -271,13 +271,14 @@ def check_reused_model_saw_none_of(unet_dir: str, splits: dict) -> None:
     )  # fmt: skip
 
 
-def record_kept_model_training_images(folder: str, train_images: torch.Tensor, unlabeled: bool) -> None:
+def record_kept_model_training_images(folder: str, train_images: torch.Tensor, unlabeled: bool, seed: int) -> None:
     """A `--keep_checkpoint` model's training images, by content, in its `data_splits.json` (`unlabeled`: a U-Net
     trained without labels, so any labelled data carved later is checked against them), so that a run reusing it with
     `--unet_dir` refuses val or test images it was trained on (`check_reused_model_saw_none_of`)."""
     from diffusion_classifiers.data.split_record import SPLIT_DEFAULTS, save_split_record
 
-    save_split_record(folder, **SPLIT_DEFAULTS, train_images=train_images, unlabeled=unlabeled)
+    carving = {**SPLIT_DEFAULTS, "seed": seed}  # as `load_benchmark_data` carved the run's data
+    save_split_record(folder, **carving, train_images=train_images, unlabeled=unlabeled)
 
 
 def _saved_unet_contract(folder: Path, unet_config: dict) -> "ImagePreprocessing":
@@ -316,7 +317,7 @@ def trained_or_loaded_ddpm(args: argparse.Namespace, splits: dict, train: Callab
     if getattr(args, "keep_checkpoint", None):
         kept = UNetFeatureClassifierPipeline(unet=unet, scheduler=scheduler, preprocessing=preprocessing)
         kept.save_pretrained(args.keep_checkpoint)
-        record_kept_model_training_images(args.keep_checkpoint, splits["train"].images, unlabeled=True)
+        record_kept_model_training_images(args.keep_checkpoint, splits["train"].images, unlabeled=True, seed=args.seed)
     return unet, scheduler, final_loss
 
 

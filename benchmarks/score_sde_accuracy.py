@@ -162,7 +162,7 @@ def train_unet(args, splits: dict, steps: int, class_balanced: bool, work_dir: s
     pipe = ScoreSDEClassifierPipeline(unet.eval(), scheduler, class_names=train.class_names)
     if reusable and args.keep_checkpoint:
         pipe.save_pretrained(args.keep_checkpoint)
-        record_kept_model_training_images(args.keep_checkpoint, train.images, unlabeled=False)
+        record_kept_model_training_images(args.keep_checkpoint, train.images, unlabeled=False, seed=args.seed)
     return pipe, summary.final_loss
 
 

@@ -207,7 +207,7 @@ def test_a_kept_diffusion_model_is_reloaded_instead_of_trained_and_refused_for_o
     unet, folder = tiny_unet(), str(tmp_path / "kept")
     contract = ImagePreprocessing(8, 1)
     splits = splits_read_as(contract)
-    keep = argparse.Namespace(keep_checkpoint=folder, unet_dir=None)
+    keep = argparse.Namespace(keep_checkpoint=folder, unet_dir=None, seed=0)
     trained = _common.trained_or_loaded_ddpm(keep, splits, lambda: (unet, DDPMScheduler(num_train_timesteps=10), 0.5))
     assert trained[2] == 0.5
     reuse = argparse.Namespace(keep_checkpoint=None, unet_dir=folder)
@@ -253,7 +253,7 @@ def test_a_reused_model_trained_on_the_runs_val_or_test_images_is_refused(tmp_pa
     splits, folder = splits_read_as(contract), str(tmp_path / "kept")
     leaky = {**splits, "train": LabeledImages(torch.cat([splits["train"].images, splits["test"].images[:2]]),
                                               torch.tensor([0, 1] * 4), ["a", "b"], preprocessing=contract)}
-    keep = argparse.Namespace(keep_checkpoint=folder, unet_dir=None)
+    keep = argparse.Namespace(keep_checkpoint=folder, unet_dir=None, seed=0)
     _common.trained_or_loaded_ddpm(keep, leaky, lambda: (tiny_unet(), DDPMScheduler(num_train_timesteps=10), 0.5))
     reuse = argparse.Namespace(keep_checkpoint=None, unet_dir=folder)
     with pytest.raises(ValueError, match=r"2 of 6 images of the test split of this run's data .* are images the model"):

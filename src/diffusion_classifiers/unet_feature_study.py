@@ -145,9 +145,8 @@ def study_from_features(
     supports `set_positive_class`. `views` is how `features` were extracted (`extract_study_features`), recorded in
     the heads so that the pipeline reads new images the same way. `show_progress=False` hides the probe fit's bar
     (unless `probe_kwargs` sets its `progress_bar`) and the test pass's; the returned pipeline keeps its own bar."""
-    check_study_splits(splits, candidate_num_clusters)
+    labels = check_study_splits(splits, candidate_num_clusters)
     train, test = splits["train"], splits["test"]
-    labels = labels_in_train_class_ids(splits)
     probed = {name: with_hypercolumns(x) if hypercolumns else x for name, x in features.items()}
     train_features, train_labels = probed["train"], labels["train"]  # as they are: features on disk stay there
     if train_index is not None:
@@ -195,12 +194,13 @@ def _check_splits_present(splits: dict) -> None:
 
 def check_study_splits(
     splits: Dict[str, LabeledImages], candidate_num_clusters: Optional[Sequence[int]] = None
-) -> None:
+) -> Dict[str, torch.Tensor]:
     """What the study needs of its `splits`, checked before any feature is extracted: train, val and test, none empty,
     train and test in memory ([`LabeledImages`]); at least 2 classes; val and test classes among train's
     (`labels_in_train_class_ids`); and every K of its k-means (each of `candidate_num_clusters`, and the number of
     classes) at most the test images, the number of classes at most half the train images the label-free choice
-    scores (split-half stability) and every candidate at most all of them."""
+    scores (split-half stability) and every candidate at most all of them. Returns the splits' labels in train's class
+    ids (`labels_in_train_class_ids`)."""
     _check_splits_present(splits)
     train, test = splits["train"], splits["test"]
     streamed = [name for name in ("train", "test") if not isinstance(splits[name], LabeledImages)]
@@ -213,7 +213,7 @@ def check_study_splits(
         )
     if train.num_classes < 2:
         raise ValueError(f"the train split has {train.num_classes} class ({train.class_names}); expected at least 2")
-    labels_in_train_class_ids(splits)
+    labels = labels_in_train_class_ids(splits)
     candidates = checked_num_clusters(candidate_num_clusters, train.num_classes)
     num_selected = min(len(train), MAX_SELECTION_IMAGES)  # the train images the label-free choice scores
     selection = f"the {num_selected} train images the label-free choice scores"
@@ -229,6 +229,7 @@ def check_study_splits(
                 f"{train.num_classes} classes) is more than {limit}; expected K <= {limit}: give larger splits or fewer "
                 "clusters"
             )
+    return labels
 
 
 def labels_in_train_class_ids(splits: Dict[str, LabeledImages]) -> Dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..models.linear_probe_head import LinearProbeHead, column_mean_and_std
+from ..models.linear_probe_head import MIN_FEATURE_STD, LinearProbeHead, column_mean_and_std
 from ..validation import as_feature_matrix, as_inverse_regularisations, as_labels, check_label_range, resolve_num_classes
 
 __all__ = ["FeatureKey", "ProbeGridResult", "fit_probe_grid"]
@@ -230,7 +230,8 @@ class _ChunkedFeatures:
         return out.to(self.device)
 
     def _statistics(self):
-        """Mean and std (clamped at 1e-6, as `_stack`) of every column, in two passes accumulated in float64."""
+        """Mean and std (clamped at `MIN_FEATURE_STD`, as `_stack`) of every column, in two passes accumulated in
+        float64."""
         total = torch.zeros(self.shape[:2], dtype=torch.float64, device=self.device)
         for rows in self._slices():
             total += self._raw(rows).double().sum(dim=2)
@@ -238,7 +239,7 @@ class _ChunkedFeatures:
         squares = torch.zeros_like(total)
         for rows in self._slices():
             squares += (self._raw(rows).double() - mean[:, :, None]).square().sum(dim=2)
-        std = (squares / self.shape[2]).sqrt().clamp(min=1e-6)
+        std = (squares / self.shape[2]).sqrt().clamp(min=MIN_FEATURE_STD)
         return mean.float(), std.float()
 
     def _slices(self):
