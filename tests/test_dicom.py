@@ -98,6 +98,7 @@ def test_cq500_uncompressed_hu_and_metadata_match_tags():
         "SeriesInstanceUID": dataset.SeriesInstanceUID,
         "Laterality": None,  # a head CT names no ImageLaterality nor Laterality
         "ViewPosition": None,
+        "SOPInstanceUID": dataset.SOPInstanceUID,
         "InstanceNumber": int(dataset.InstanceNumber),
         "ImageType": tuple(dataset.ImageType),  # ("ORIGINAL", "PRIMARY", "AXIAL")
     }

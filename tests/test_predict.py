@@ -554,8 +554,9 @@ def test_an_output_written_before_the_stderr_column_resumes_with_its_columns(mod
         predict_files(pipe, list_inputs(tmp_path / "images"), output, batch_size=8, progress_bar=False)
 
 
-@pytest.mark.parametrize("added", [("patient_id", "study_uid", "series_uid", "laterality", "view_position"),
-                                   ("laterality", "view_position")])  # before the ids; before laterality and view
+@pytest.mark.parametrize("added", [("patient_id", "study_uid", "series_uid", "laterality", "view_position",
+                                    "sop_instance_uid"), ("laterality", "view_position", "sop_instance_uid"),
+                                   ("sop_instance_uid",)])  # before the ids; before laterality and view; before sop
 def test_an_output_written_before_the_dicom_id_columns_resumes_with_its_columns(models, tmp_path, added):
     cq500 = shared_data("cq500_dicom_sample")
     folder = tmp_path / "dicom"
@@ -931,6 +932,50 @@ def test_aggregate_gathers_slices_per_scan_with_the_any_slice_rule_and_scores_sc
     main(["aggregate", "--predictions", str(tmp_path / "p.csv"), "--overwrite"])
     assert "note: 1 inputs of " in capsys.readouterr().err
     assert not (tmp_path / "p.max_by_study_uid.metrics.json").exists()  # the labelled run's, not these groups'
+
+
+def test_aggregate_counts_a_dicom_image_stored_under_two_names_once(models, tmp_path, capsys):
+    """Review: one CT slice exported twice into the folder predicted weighed twice under the mean rule."""
+    from diffusion_classifiers.prediction.aggregate import aggregate_predictions
+
+    cq500 = shared_data("cq500_dicom_sample")
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    for name in ("a.dcm", "b.dcm"):
+        shutil.copy(cq500 / "CQ500-CT-1" / "CT000000.dcm", folder / name)
+    shutil.copy(cq500 / "CQ500-CT-1" / "CT000000.dcm", folder / "c.dcm")
+    import pydicom
+
+    other = pydicom.dcmread(folder / "c.dcm")
+    other.SOPInstanceUID = other.SOPInstanceUID + ".1"  # another slice of the same scan
+    other.save_as(folder / "c.dcm")
+    predict_files(load(models, "unet"), list_inputs(folder), tmp_path / "p.csv", progress_bar=False)
+    rows = read_rows(tmp_path / "p.csv")
+    assert [row["sop_instance_uid"] for row in rows] == [rows[0]["sop_instance_uid"]] * 2 + [other.SOPInstanceUID]
+    columns, scans, _ = aggregate_predictions(tmp_path / "p.csv", rule="mean")
+    assert len(scans) == 1 and scans[0][columns.index("num_images")] == 2
+    main(["aggregate", "--predictions", str(tmp_path / "p.csv"), "--rule", "mean"])
+    assert "note: 1 rows repeat a DICOM image already in their group" in capsys.readouterr().err
+    by_image = aggregate_predictions(tmp_path / "p.csv", by="path", rule="mean")[1]
+    assert [row[0] for row in by_image] == ["a.dcm", "b.dcm", "c.dcm"]  # a group per name when grouped by name
+
+
+def test_aggregate_refuses_one_dicom_image_with_two_true_labels(tmp_path):
+    from diffusion_classifiers.prediction.aggregate import aggregate_predictions
+    from diffusion_classifiers.prediction.outputs import write_csv
+
+    columns = ["path", "frame", "true_label", "study_uid", "sop_instance_uid", "label", "score", "prob_normal",
+               "prob_bleed"]  # fmt: skip
+    rows = [["a", 0, "bleed", "s1", "1.2.3", "bleed", 0.8, 0.2, 0.8], ["copy/a", 0, "normal", "s1", "1.2.3", "bleed",
+            0.8, 0.2, 0.8], ["b", 1, "bleed", "s1", "1.2.3", "bleed", 0.7, 0.3, 0.7]]  # fmt: skip
+    write_csv(tmp_path / "p.csv", columns, rows)
+    with pytest.raises(ValueError, match=r"'copy/a' and 'a' are one DICOM image \(SOPInstanceUID 1\.2\.3, frame 0\) "
+                                         r"with the true labels 'bleed' and 'normal'"):  # fmt: skip
+        aggregate_predictions(tmp_path / "p.csv")
+    rows[1][2] = "bleed"
+    write_csv(tmp_path / "p.csv", columns, rows)
+    columns, groups, metrics = aggregate_predictions(tmp_path / "p.csv")
+    assert groups[0][columns.index("num_images")] == 2 and metrics["num_images"] == 2  # frame 1 is another image
 
 
 def test_mammograms_are_read_per_breast_from_their_views(tmp_path, capsys):

@@ -1,8 +1,9 @@
 """Predictions of slices or frames gathered per scan, series or patient (`diffusion-classifiers aggregate`).
 
 `predict` gives one row per image (a CT slice, a DICOM frame, a mammogram's view) with its DICOM ids (`patient_id`,
-`study_uid`, `series_uid`, `laterality`, `view_position`); a reader decides per scan, or per breast (several columns
-together: `study_uid` and `laterality`). [`aggregate_predictions`] gathers the rows of each group: the positive
+`study_uid`, `series_uid`, `laterality`, `view_position`, `sop_instance_uid`); a reader decides per scan, or per breast
+(several columns together: `study_uid` and `laterality`). A DICOM image stored under two names (two exports of one
+scan in the folder predicted) is one image: a group counts its `sop_instance_uid` and frame once. [`aggregate_predictions`] gathers the rows of each group: the positive
 class's probability of a group is the largest of its images' under the "max" rule (a scan holds a haemorrhage if any
 slice shows one), the mean under "mean" (every class, the label the most probable class). The positive class is the one
 the predict run recorded in the file's `.json` sidecar (the model's saved `positive_class`) unless one is given.
@@ -145,7 +146,8 @@ def _aggregate(
     sign, ratio_notes = _ratio_sign(predictions, columns, class_names, positive, sidecar, run, rule)
     if sign is not None:
         _check_ratios(predictions, columns, rows)
-    groups = _group_rows(predictions, columns, rows, by)
+    groups, repeated = _without_repeated_images(predictions, columns, _group_rows(predictions, columns, rows, by))
+    notes += repeated
     layout = _Layout(columns, by, _constant_ids(columns, groups, by), class_names, sign)
     gathered = [_gather(predictions, layout, group, members, rule, positive, threshold)
                 for group, members in groups.items()]  # fmt: skip
@@ -354,6 +356,37 @@ def _group_rows(predictions, columns: list, rows: list, by: tuple) -> dict:
     for row in rows:
         groups.setdefault(tuple(row[key] for key in keys), []).append(row)
     return groups
+
+
+def _without_repeated_images(predictions, columns: list, groups: dict) -> tuple[dict, list[str]]:
+    """`groups` with each DICOM image once (a row repeating an earlier row's `sop_instance_uid` and frame in its group
+    is left out: one slice exported twice would weigh twice under the mean rule and count twice in `num_images`), and
+    the note saying how many rows were left out. A repeat whose true label differs from the first is refused."""
+    if "sop_instance_uid" not in columns:
+        return groups, []
+    uid, frame = columns.index("sop_instance_uid"), columns.index("frame")
+    truth = columns.index("true_label") if "true_label" in columns else None
+    kept_groups, repeats = {}, []
+    for key, members in groups.items():
+        first_rows, kept_groups[key] = {}, []
+        for row in members:
+            image = (row[uid], row[frame])
+            first = first_rows.setdefault(image, row) if row[uid] not in (None, "") else row
+            if first is row:
+                kept_groups[key].append(row)
+                continue
+            if truth is not None and str(row[truth]) != str(first[truth]):
+                raise ValueError(
+                    f"{predictions}: {row[0]!r} and {first[0]!r} are one DICOM image (SOPInstanceUID {row[uid]}, frame "
+                    f"{row[frame]}) with the true labels {first[truth]!r} and {row[truth]!r}; expected one label per image"
+                )
+            repeats.append((row[0], first[0]))
+    if not repeats:
+        return groups, []
+    return kept_groups, [
+        f"note: {len(repeats)} rows repeat a DICOM image already in their group (the same sop_instance_uid and frame "
+        f"under another path, e.g. {repeats[0][0]!r} repeats {repeats[0][1]!r}): each image is counted once"
+    ]
 
 
 def _constant_ids(columns: list, groups: dict, by: tuple) -> list[str]:

@@ -60,13 +60,14 @@ class PredictionInput:
 DICOM_ID_COLUMNS = {
     "patient_id": "PatientID", "study_uid": "StudyInstanceUID", "series_uid": "SeriesInstanceUID",
     "laterality": "Laterality", "view_position": "ViewPosition",  # mammography: a breast is read from its views
+    "sop_instance_uid": "SOPInstanceUID",  # the image: a file stored twice (two exports of a scan) counts once
 }  # fmt: skip
 # The output columns of the file an input was read from (see `file_stamp`).
 FILE_STAMP_COLUMNS = ("file_bytes", "file_modified")
 
 
 def dicom_ids(item: PredictionInput) -> dict[str, Optional[str]]:
-    """The patient, study and series ids, laterality and view of a DICOM input (`DICOM_ID_COLUMNS`; None where the
+    """The patient, study, series and instance ids, laterality and view of a DICOM input (`DICOM_ID_COLUMNS`; None where the
     file names none), read from its header; all None for another input."""
     if item.dicom_file is None:
         return dict.fromkeys(DICOM_ID_COLUMNS)

@@ -119,7 +119,7 @@ def output_columns(
     with_files: bool = False, with_training_flag: bool = False,
 ) -> list[str]:
     """`path, frame, [true_label, [training_image,]] [patient_id, study_uid, series_uid, laterality,
-    view_position,] [file_bytes, file_modified,] label, score, prob_<class>..., [log_likelihood_ratio,
+    view_position, sop_instance_uid,] [file_bytes, file_modified,] label, score, prob_<class>..., [log_likelihood_ratio,
     log_likelihood_ratio_stderr]` for
     `pipeline` called with `settings` (`evaluation.pipeline_call_settings`; default: its defaults): the DICOM ids
     (`DICOM_ID_COLUMNS`) when inputs are DICOM files, the size
