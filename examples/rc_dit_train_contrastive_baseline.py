@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 r"""Train the RC-DiT's ViT encoder alone with a contrastive (SimCLR) or self-distillation (DINO) objective on the
 same unlabeled images, for the same number of optimizer steps: the baseline of the RC-DiT representation. Saves the
-encoder with `save_pretrained` to `--output_dir` (load it with `transformers.AutoModel.from_pretrained`).
+encoder with `save_pretrained` to `--output_dir` (load it with `transformers.AutoModel.from_pretrained`); its
+`config.representation_readout` says how r was read out of it in training (`--readout`): with "cls" or "mean_patch"
+the saved ViT's pooler is its untrained initialisation, and its `pooler_output` not the trained representation.
 
 With `--encoder_name_or_path` (a DINOv2 folder with its preprocessor_config.json) the encoder reads the images
 exactly as `rc_dit_train.py`'s does: the same 1- or 3-channel data, made RGB, resized to the processor's crop size and
@@ -141,7 +143,12 @@ def main(argv=None):
         encoder.save_pretrained(args.output_dir)
         if preprocessing is not None:  # whoever loads the encoder reads the images through the same processor
             AutoImageProcessor.from_pretrained(args.encoder_name_or_path).save_pretrained(args.output_dir)
-        print(f"saved the encoder to {args.output_dir} (load it with transformers.AutoModel.from_pretrained)")
+        readout = encoder.config.representation_readout
+        print(
+            f"saved the encoder to {args.output_dir} (load it with transformers.AutoModel.from_pretrained; read r "
+            f"out of it as trained: encode_representation(encoder, images, readout={readout!r}), its "
+            "config.representation_readout)"
+        )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
+from .atomic_files import write_atomically
+
 __all__ = [
     "INSTALL_HINT",
     "PACKAGE",
@@ -42,14 +44,16 @@ INSTALL_HINT = "pip install diffusion-classifiers"
 
 # The installed package's import shares its line with `try:`: diffusers' `check_imports` takes a line that starts with
 # `from <package> import` for a requirement, and without the package would warn on every load that it "might require"
-# diffusion_classifiers, although the bundled copy serves.
+# diffusion_classifiers, although the bundled copy serves. An installed package without the class (an older release,
+# or another project's package of the same name) is no package to take it from: the bundled copy serves then too; an
+# import error of another library (a dependency the installed package misses) is raised.
 _ENTRY = '''\
 """`{name}` for `trust_remote_code=True` loading: the installed diffusion-classifiers package's class when there
 is one ({install_hint}), else the copy of its code saved with this model. Written by `save_pretrained`."""
 
 try: from {installed_module} import {name}  # noqa: E701
-except ModuleNotFoundError as error:
-    if error.name != "{package}":
+except ImportError as error:
+    if (error.name or "").partition(".")[0] != "{package}":
         raise
 {fallback}
 __all__ = ["{name}"]
@@ -177,7 +181,8 @@ def _bundled_source(module: str) -> Tuple[str, Dict[str, str]]:
             imported.setdefault(source, alias.name)
         indent = " " * node.col_offset
         lines[node.lineno - 1 : node.end_lineno] = [
-            f"{indent}from .{bundled_module_name(source)} import {', '.join(names)}\n" for source, names in groups.items()
+            f"{indent}from .{bundled_module_name(source)} import {', '.join(names)}\n"
+            for source, names in groups.items()
         ]
     return "".join(lines), imported
 
@@ -192,27 +197,27 @@ def _package_version() -> str:
 def _check_installed(cls: type) -> None:
     if not _in_package(cls.__module__):
         raise ValueError(
-            f"{cls.__name__} comes from {cls.__module__}, not the diffusion_classifiers package: saving a model loaded "
-            f"from bundled code writes its code again from the package, so it needs `{INSTALL_HINT}`"
+            f"{cls.__name__} comes from {cls.__module__}, not the diffusion_classifiers package: saving a model "
+            f"loaded from bundled code writes its code again from the package, so it needs `{INSTALL_HINT}`"
         )
 
 
-def _write_bundle(folder: Path, modules: Sequence[str]) -> Dict[str, str]:
-    """Write the flat copies of `modules` and of every package module they import. Returns `{bundled module name: a
-    name another bundled module imports from it}` ("" for a module nothing imports)."""
+def _bundle_texts(modules: Sequence[str]) -> Tuple[Dict[str, str], Dict[str, str]]:
+    """The flat copies of `modules` and of every package module they import (`{file name: text}`), and `{bundled
+    module name: a name another bundled module imports from it}` ("" for a module nothing imports)."""
     header = _HEADER.format(module="{}", version=_package_version())
-    written, first_name, pending = set(), {}, list(modules)
+    texts, first_name, pending = {}, {}, list(modules)
     while pending:
         module = pending.pop()
-        if module in written:
+        name = bundled_module_name(module)
+        if f"{name}.py" in texts:
             continue
-        written.add(module)
         source, imported = _bundled_source(module)
-        (folder / f"{bundled_module_name(module)}.py").write_text(header.format(module) + source, encoding="utf-8")
-        for dependency, name in imported.items():
-            first_name.setdefault(dependency, name)
+        texts[f"{name}.py"] = header.format(module) + source
+        for dependency, imported_name in imported.items():
+            first_name.setdefault(bundled_module_name(dependency), imported_name)
             pending.append(dependency)
-    return {bundled_module_name(module): first_name.get(module, "") for module in written}
+    return texts, {Path(file).stem: first_name.get(Path(file).stem, "") for file in texts}
 
 
 def _bundle_sources(files: Sequence[Path]) -> Dict[Path, str]:
@@ -234,17 +239,15 @@ def _bundle_sources(files: Sequence[Path]) -> Dict[Path, str]:
     return sources
 
 
-def _copy_bundle(folder: Path, files: Sequence[Path]) -> Dict[str, str]:
-    """Copy the bundled modules `files` and the bundled modules they import, as they are. Returns what `_write_bundle`
-    returns."""
+def _copied_bundle_texts(files: Sequence[Path]) -> Tuple[Dict[str, str], Dict[str, str]]:
+    """The bundled modules `files` and the bundled modules they import, as they are: what `_bundle_texts` returns."""
     sources = _bundle_sources(files)
     first_name = {path.stem: "" for path in sources}
-    for path, source in sources.items():
+    for source in sources.values():
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module and not first_name[node.module]:
                 first_name[node.module] = node.names[0].name
-        (folder / path.name).write_text(source, encoding="utf-8")
-    return first_name
+    return {path.name: source for path, source in sources.items()}, first_name
 
 
 def _entry_text(cls: type, fallback: str) -> str:
@@ -257,6 +260,20 @@ def _entry_text(cls: type, fallback: str) -> str:
     )
 
 
+def _check_destination(folder: Path, classes: Sequence[type], components: Mapping[str, type]) -> None:
+    """Refuse, before anything is written, what is not a class and a folder that is not there."""
+    for where, cls in [*(("classes", cls) for cls in classes), *components.items()]:
+        if not isinstance(cls, type):
+            raise TypeError(f"expected a class for {where!r} to write the remote code of, got {type(cls).__name__}")
+    for subfolder in ["", *components]:
+        if not (folder / subfolder).is_dir():
+            raise FileNotFoundError(
+                f"{folder / subfolder} is not a folder: expected the saved model's "
+                + (f"component folder {subfolder!r}" if subfolder else "folder")
+                + " to write the remote code into"
+            )
+
+
 def write_remote_code(
     save_directory: Union[str, os.PathLike],
     classes: Sequence[type],
@@ -267,19 +284,23 @@ def write_remote_code(
     the bundled closure of their modules and an entry file `<entry_module_name(cls)>.py` for each. `components`
     (`{subfolder: class}`, diffusers' custom components) get an entry file in their subfolder, which reads the
     bundled code the root entry loaded. Classes loaded from a saved model's bundled code (this package not installed)
-    are refused, unless `allow_bundled`: then the bundled modules they were loaded from are copied as they are."""
+    are refused, unless `allow_bundled`: then the bundled modules they were loaded from are copied as they are.
+
+    Every file is rendered before the first is written, and each is written whole or not at all
+    (`atomic_files.write_atomically`): a refused input or a stopped process leaves no half-written code behind."""
     folder = Path(save_directory)
     components = dict(components or {})
+    _check_destination(folder, classes, components)
     everything = [*classes, *components.values()]
     if allow_bundled and not all(_in_package(cls.__module__) for cls in everything):
         files = [_loaded_file(cls) for cls in everything]
         for cls in everything:
             package_module(cls)  # a class of neither the package nor its bundled code is refused here
-        bundled = _copy_bundle(folder, files)
+        texts, bundled = _copied_bundle_texts(files)
     else:
         for cls in everything:
             _check_installed(cls)
-        bundled = _write_bundle(folder, [cls.__module__ for cls in everything])
+        texts, bundled = _bundle_texts([cls.__module__ for cls in everything])
     for cls in classes:
         own = bundled_module_name(package_module(cls))
         first_names = {module: name for module, name in bundled.items() if module != own and name}
@@ -287,10 +308,12 @@ def write_remote_code(
             _ROOT_FALLBACK.format(module=module, name=name, noqa="  # noqa: F401")
             for module, name in sorted(first_names.items())
         ) + _ROOT_FALLBACK.format(module=own, name=cls.__name__, noqa="")
-        (folder / f"{entry_module_name(cls)}.py").write_text(_entry_text(cls, fallback), encoding="utf-8")
+        texts[f"{entry_module_name(cls)}.py"] = _entry_text(cls, fallback)
     for subfolder, cls in components.items():
         fallback = _COMPONENT_FALLBACK.format(module=bundled_module_name(package_module(cls)), name=cls.__name__)
-        (folder / subfolder / f"{entry_module_name(cls)}.py").write_text(_entry_text(cls, fallback), encoding="utf-8")
+        texts[f"{subfolder}/{entry_module_name(cls)}.py"] = _entry_text(cls, fallback)
+    for name, text in texts.items():
+        write_atomically(folder / name, lambda handle, text=text: handle.write(text))
 
 
 @contextmanager

@@ -93,6 +93,8 @@ _HEADER_ERRORS = (EOFError, NotImplementedError, OSError, ValueError, struct.err
 
 
 def _import_pydicom() -> Any:
+    """pydicom, imported here alone (inside `try`): transformers loads a Hub export's bundled copy of this file only
+    when every import outside a `try` block is installed, and pydicom is an optional dependency."""
     try:
         import pydicom
     except ImportError as error:
@@ -390,8 +392,7 @@ def _check_decoder(dataset: Any, path: Path) -> None:
 def _decoder_error(syntax: Any, path: Path) -> Exception | None:
     """Why the pixel data of `path`, in transfer syntax `syntax`, cannot be decoded here (`ValueError`: pydicom
     knows no decoder for it; `ImportError`: the plugin is not installed, named), or None."""
-    from pydicom.pixels import get_decoder
-
+    get_decoder = _import_pydicom().pixels.get_decoder
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError as error:
@@ -429,8 +430,7 @@ def check_decoders(paths: Iterable[str | Path]) -> None:
 
 def _decode_pixels(dataset: Any, path: Path, frame: int | None = None) -> np.ndarray:
     """The stored values `[F, H, W]` (`[1, H, W]` of one `frame`), after checking that a decoder is installed."""
-    from pydicom.pixels import pixel_array
-
+    pixel_array = _import_pydicom().pixels.pixel_array
     _check_decoder(dataset, path)
     frames = _num_frames(dataset)
     if frame is not None and not (isinstance(frame, (int, np.integer)) and 0 <= frame < frames):
@@ -512,9 +512,7 @@ def _lut_of(dataset: Any, items: list) -> Any:
     """`dataset` when `items` is empty, else a dataset of its LUT attributes, replaced by each item's in turn."""
     if not items:
         return dataset
-    from pydicom.dataset import Dataset
-
-    lut = Dataset()
+    lut = _import_pydicom().dataset.Dataset()
     for source in (dataset, *items):
         for keyword in _LUT_KEYWORDS:
             if keyword in source:
@@ -547,8 +545,7 @@ def _first_item(dataset: Any, keyword: str) -> Any:
 
 def _modality_values(stored: np.ndarray, frames: Sequence[Any]) -> np.ndarray:
     """The stored values `[F, H, W]` through each frame's Modality LUT (`frames`: from [`_frame_luts`]), float32."""
-    from pydicom.pixels import apply_modality_lut
-
+    apply_modality_lut = _import_pydicom().pixels.apply_modality_lut
     if all(lut is frames[0] for lut in frames):  # one LUT for the file: one call
         return np.asarray(apply_modality_lut(stored, frames[0]), dtype=np.float32)
     return np.stack([
