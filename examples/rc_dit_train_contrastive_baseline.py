@@ -146,8 +146,8 @@ def main(argv=None):
         readout = encoder.config.representation_readout
         print(
             f"saved the encoder to {args.output_dir} (load it with transformers.AutoModel.from_pretrained; read r "
-            f"out of it as trained: encode_representation(encoder, images, readout={readout!r}), its "
-            "config.representation_readout)"
+            f"out of it as trained, readout={readout!r}, its config.representation_readout, which "
+            "encode_representation(encoder, images) reads by default)"
         )
 
 

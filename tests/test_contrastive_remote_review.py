@@ -69,6 +69,7 @@ def test_a_saved_contrastive_encoder_says_how_its_representation_is_read_out(dig
         expected = encode_representation(trained, images, readout)
         recorded = encode_representation(loaded, images, loaded.config.representation_readout)
         torch.testing.assert_close(recorded, expected)
+        torch.testing.assert_close(encode_representation(loaded, images), expected)  # the default reads the record
         if readout == "cls":  # what the record saves a user from: the pooler is not the trained representation
             assert (encode_representation(loaded, images, "pooler") - expected).abs().max() > 0.1
 

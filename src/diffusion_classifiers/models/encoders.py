@@ -87,9 +87,11 @@ REPRESENTATION_READOUTS = ("pooler", "cls", "mean_patch")
 
 
 def encode_representation(
-    encoder: nn.Module, images: torch.Tensor, readout: str = "pooler", preprocessing: Optional[dict] = None
+    encoder: nn.Module, images: torch.Tensor, readout: Optional[str] = None, preprocessing: Optional[dict] = None
 ) -> torch.Tensor:
-    """r [N, D] for images [N, C, H, W] in [-1, 1], read out of the encoder's output as `readout` says:
+    """r [N, D] for images [N, C, H, W] in [-1, 1], read out of the encoder's output as `readout` says (default: the
+    readout the encoder was trained with, its `config.representation_readout`, which a contrastive baseline saves;
+    else `"pooler"`):
 
     - `"pooler"`: the `pooler_output`, for transformers' `ViTModel` tanh(Linear(CLS token)), for `Dinov2Model` the
       final-layernormed CLS token; for a model built without a pooler, the final-layernormed CLS token;
@@ -103,6 +105,7 @@ def encode_representation(
     docstring). With `"pooler"`
     every encoder parameter takes part; the other readouts leave a ViT's pooler unused (see `RCDiTJointModel`).
     """
+    readout = readout or getattr(encoder.config, "representation_readout", None) or "pooler"
     if readout not in REPRESENTATION_READOUTS:
         raise ValueError(f"expected a readout in {REPRESENTATION_READOUTS}, got {readout!r}")
     pixel_values = encoder_pixel_values(encoder, images, preprocessing)

@@ -35,9 +35,11 @@ __all__ = [
     "EMA_CONFIG_NAME",
     "EMA_WEIGHTS_NAME",
     "RUN_RECORD_NAME",
+    "check_checkpoint_files",
     "check_checkpoint_folder",
     "check_resumed_by_as_many_processes",
     "check_resumed_with_the_same_settings",
+    "check_resumed_within_the_run",
     "checkpoint_step",
     "data_identity",
     "find_latest_checkpoint",
@@ -249,32 +251,44 @@ def check_checkpoint_folder(path: str, record: dict, model: nn.Module, use_ema: 
     model differs from this one's (its schedule position, data order and weights hold only for those; a checkpoint
     written before the record was kept is checked on its model's tensors only), or one without a file that resuming
     needs."""
+    _check_only_files_written_here(path)
+    changes = []
+    saved = _saved_record(path)
+    written_by = _processes_that_wrote(path)
+    if saved is not None:
+        changes = _record_changes(saved, record)
+    elif written_by and written_by != record["num_processes"]:  # a checkpoint of before the record
+        changes = [f"{RUN_RECORD_LABELS['num_processes']} {written_by} -> {record['num_processes']}"]
+    if not any(change.startswith("the model's config") for change in changes):  # else that says why tensors differ
+        changes += _model_changes(path, model)
+    if changes:
+        raise _changed_run_error(path, changes)
+    check_checkpoint_files(path, record["num_processes"], use_ema)
+
+
+def _check_only_files_written_here(path: str) -> None:
     for name in sorted(os.listdir(path)):
         if not (ACCELERATE_STATE_FILES.match(name) or name in (EMA_WEIGHTS_NAME, EMA_CONFIG_NAME, *JSON_RECORDS)):
             raise ValueError(
                 f"checkpoint folder {path} contains {name!r}, which this library never writes; refusing to resume "
                 "from it (accelerate would unpickle such a file, which can run arbitrary code)"
             )
-    changes = []
-    saved = _saved_record(path)
-    if saved is not None:
-        changes = _record_changes(saved, record)
-    elif _processes_that_wrote(path) != record["num_processes"]:  # a checkpoint of before the record
-        changes = [f"{RUN_RECORD_LABELS['num_processes']} {_processes_that_wrote(path)} -> {record['num_processes']}"]
-    if not any(change.startswith("the model's config") for change in changes):  # else that says why tensors differ
-        changes += _model_changes(path, model)
-    if changes:
-        raise _changed_run_error(path, changes)
-    num_processes = record["num_processes"]
+
+
+def check_checkpoint_files(path: str, num_processes: int, use_ema: bool) -> None:
+    """Refuse checkpoint folder `path` when a file that resuming `num_processes` processes (with `use_ema`) needs is
+    missing (a folder emptied, or copied in part) or its random states do not read whole. Needs neither the data nor
+    the model (`check_run_can_start`)."""
     required = ["model.safetensors", "optimizer.bin", "scheduler.bin"]
     required += [f"random_states_{i}.pkl" for i in range(num_processes)]  # else accelerate silently keeps the RNG
     required += [EMA_WEIGHTS_NAME, EMA_CONFIG_NAME] if use_ema else []
+    written_by = _processes_that_wrote(path)
     for name in required:
         if not os.path.isfile(os.path.join(path, name)):
             raise FileNotFoundError(
                 f"checkpoint folder {path} has no {name!r}, which resuming {num_processes} process(es)"
-                f"{' with --use_ema' if use_ema else ''} needs (it was written by {_processes_that_wrote(path)} "
-                "process(es))"
+                f"{' with --use_ema' if use_ema else ''} needs"
+                f"{f' (it was written by {written_by} process(es))' if written_by else ''}"
             )
     for i in range(num_processes):  # accelerate skips one it cannot read without a word: the RNG would not resume
         _read_whole(os.path.join(path, f"random_states_{i}.pkl"))
@@ -332,6 +346,19 @@ def check_resumed_by_as_many_processes(path: str, num_processes: int) -> None:
             f"cannot resume from {path}: it was written by {written_by} process(es), this run has {num_processes}; "
             f"resume with accelerate launch --num_processes {written_by} (its schedule position and data order hold "
             "for that many), or start a new run (--overwrite_output_dir, or another --output_dir)"
+        )
+
+
+def check_resumed_within_the_run(path: str, max_train_steps: int) -> None:
+    """Refuse to resume from a checkpoint past the run's last step: no step would be made, and the model returned
+    (and saved by the scripts) would be that of the checkpoint's later step, not of the `max_train_steps` asked for."""
+    step = checkpoint_step(path)
+    if step > max_train_steps:
+        raise ValueError(
+            f"cannot resume from {path}: its step {step} is past this run's {max_train_steps} steps "
+            f"(--max_train_steps or --num_epochs), so the model of step {step} would be returned; resume with {step} "
+            f"steps or more, or from a checkpoint-N with N <= {max_train_steps} "
+            "(--resume_from_checkpoint checkpoint-N)"
         )
 
 
@@ -459,7 +486,7 @@ def save_checkpoint(
     if accelerator.is_main_process:
         make_weights_readable_as_umask_allows([partial])  # resumable by the other users of a shared folder
         if os.path.isdir(final):  # resumed from an earlier checkpoint: this step's is written again
-            shutil.rmtree(final)
+            _remove_checkpoint(final)
         os.replace(partial, final)
         _prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
     accelerator.wait_for_everyone()
@@ -470,4 +497,11 @@ def _prune_checkpoints(output_dir: str, limit: Optional[int]) -> None:
         return
     steps = sorted(int(m.group(1)) for name in os.listdir(output_dir) if (m := CHECKPOINT_PATTERN.match(name)))
     for old in steps[: max(0, len(steps) - limit)]:
-        shutil.rmtree(os.path.join(output_dir, f"checkpoint-{old}"))
+        _remove_checkpoint(os.path.join(output_dir, f"checkpoint-{old}"))
+
+
+def _remove_checkpoint(path: str) -> None:
+    """Delete checkpoint folder `path` under its `.partial` name: a process killed while deleting it (a scheduler's
+    SIGKILL after its grace period) leaves a folder the next run removes, never a `checkpoint-N` missing some files."""
+    os.replace(path, path + ".partial")
+    shutil.rmtree(path + ".partial")

@@ -39,9 +39,11 @@ from ..run_lock import claim_on_main_process
 from .arguments import TrainingArguments
 from .checkpoints import (
     RUN_RECORD_NAME,
+    check_checkpoint_files,
     check_checkpoint_folder,
     check_resumed_by_as_many_processes,
     check_resumed_with_the_same_settings,
+    check_resumed_within_the_run,
     checkpoint_step,
     find_latest_checkpoint,
     load_ema,
@@ -65,6 +67,7 @@ from .output_dir import (
     REPLACED_CHECKPOINTS,
     OutputDirLock,
     check_output_dir,
+    check_output_dir_is_a_folder,
     refuse_another_runs_output_dir,
     set_aside_checkpoints_after,
     settle_replaced_checkpoints,
@@ -158,6 +161,7 @@ def train(
     """
     if len(dataset) == 0:
         raise ValueError("expected a non-empty training dataset, got 0 examples")
+    check_output_dir_is_a_folder(args.output_dir)
     if sampler is None:
         sampler = RandomSampler(dataset, generator=torch.Generator())
     if not hasattr(sampler, "set_epoch"):
@@ -180,13 +184,16 @@ def train(
 def check_run_can_start(args: TrainingArguments) -> None:
     """The refusals of `train` that need neither the data nor the model, without its changes to `output_dir`: a
     launch that runs another number of processes than it was asked for, a folder holding another run, a
-    `--resume_from_checkpoint` folder that is not there or was written by another number of processes or with other
-    optimizer, schedule, EMA, seed, clipping or precision flags, fp16 on a CPU.
+    `--resume_from_checkpoint` folder that is not there, lacks a file resuming needs, is past `--max_train_steps`, or
+    was written by another number of processes or with other optimizer, schedule, EMA, seed, clipping or precision
+    flags, fp16 on a CPU, an `--output_dir` that is a file.
     The scripts call it before they read their data (`--streaming` reads every image first), so a wrong flag is
-    refused in seconds, each a `ValueError` (one line from a shell); `train` checks again, with the folder locked."""
+    refused in seconds, each a `ValueError` or `FileNotFoundError`/`FileExistsError` (one line from a shell); `train`
+    checks again, with the folder locked."""
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     check_world_size(state)
     _check_precision_runs_here(args.mixed_precision, state.device)
+    check_output_dir_is_a_folder(args.output_dir)
     if os.path.isdir(os.path.join(args.output_dir, REPLACED_CHECKPOINTS)):
         return  # a replacing run killed before it settled them: `train` moves them back first, then decides
     if os.path.isdir(args.output_dir):
@@ -195,6 +202,10 @@ def check_run_can_start(args: TrainingArguments) -> None:
     if resume_path is not None:
         check_resumed_by_as_many_processes(resume_path, state.num_processes)
         check_resumed_with_the_same_settings(resume_path, args)
+        if args.max_train_steps is not None:  # else the data sets the length
+            check_resumed_within_the_run(resume_path, args.max_train_steps)
+        with reading_checkpoint(resume_path, args.output_dir):
+            check_checkpoint_files(resume_path, state.num_processes, args.use_ema)
 
 
 def _check_precision_runs_here(mixed_precision: str, device: torch.device) -> None:
@@ -243,14 +254,21 @@ def _check_output_dir(args: TrainingArguments) -> None:
 
 
 def _resume(
-    accelerator: Accelerator, args: TrainingArguments, record: dict, model: nn.Module, ema: Optional[EMAModel]
+    accelerator: Accelerator,
+    args: TrainingArguments,
+    record: dict,
+    model: nn.Module,
+    ema: Optional[EMAModel],
+    max_train_steps: int,
 ) -> Optional[str]:
     """Load the checkpoint `--resume_from_checkpoint` names into the unwrapped `model` (prepared) and `ema`, once
-    `check_checkpoint_folder` accepts it for this run's `record`; returns its path (None when there is none to resume
-    from). A file that cannot be read is named with the folder (`reading_checkpoint`)."""
+    `check_checkpoint_folder` accepts it for this run's `record` and it is not past `max_train_steps`; returns its path
+    (None when there is none to resume from). A file that cannot be read is named with the folder
+    (`reading_checkpoint`)."""
     path = resolve_resume_path(args)
     if path is None:
         return None
+    check_resumed_within_the_run(path, max_train_steps)
     with reading_checkpoint(path, args.output_dir):
         check_checkpoint_folder(path, record, model, use_ema=ema is not None)
         accelerator.print(f"Resuming from {path}")
@@ -370,13 +388,18 @@ def _checkpoint_with_progress(
 ) -> None:
     """`checkpoint-step` with the run's `record` and its loss and monitor histories up to `step` inside, so that any
     checkpoint a run resumes from has them; on the main process the sample grid and the monitor's measures of the
-    model before, and after it the loss files and curve and the monitor history in `output_dir`."""
+    model before, and after it the loss files and curve and the monitor history in `output_dir`. An error of the
+    sample grid or the monitor is raised once the checkpoint is saved: the steps made are not lost to it."""
     loss_history, monitor_history = histories
-    measures = {}
-    if accelerator.is_main_process and sample_grid is not None:
-        write_sample_grid(sample_grid, model, ema, args.output_dir, step)
-    if accelerator.is_main_process and monitor is not None:
-        measures = monitor_history.measure(monitor, model, ema, step)
+    measures, failure = {}, None
+    if accelerator.is_main_process:
+        try:
+            if sample_grid is not None:
+                write_sample_grid(sample_grid, model, ema, args.output_dir, step)
+            if monitor is not None:
+                measures = monitor_history.measure(monitor, model, ema, step)
+        except Exception as error:  # noqa: BLE001 - raised below, after the checkpoint
+            failure = error
     records = {RUN_RECORD_NAME: record, LOSS_HISTORY_NAME: loss_history.to_json()}
     records |= {MONITOR_HISTORY_NAME: monitor_history.records} if monitor is not None else {}
     save_checkpoint(accelerator, args, step, ema, [name for name, _ in model.named_parameters()], records)
@@ -385,8 +408,24 @@ def _checkpoint_with_progress(
     loss_history.save(args.output_dir)
     if monitor is not None:
         monitor_history.save(args.output_dir)
-        if args.report_to:
+        if args.report_to and measures:
             accelerator.log(measures, step=step)
+    if failure is not None:
+        failure.add_note(
+            f"checkpoint-{step} was saved before this error: fix the sample grid or monitor, then "
+            "--resume_from_checkpoint latest continues the run"
+        )
+        raise failure
+
+
+def _diverged(what: str, value: float, step: int) -> FloatingPointError:
+    """The error of a non-finite training loss or gradient norm at optimizer step `step` (1-based, as `checkpoint-N`),
+    raised before the step changes any weight: the checkpoints written so far stay finite."""
+    return FloatingPointError(
+        f"training {what} became {value} at step {step}, before its weights were updated; train a new run with a "
+        "lower --learning_rate (--overwrite_output_dir, or another --output_dir): a resume must keep the rate its "
+        "checkpoint was written with"
+    )
 
 
 def _end_trackers(accelerator: Accelerator) -> None:
@@ -448,7 +487,7 @@ def _train(
     ema = _build_ema(args, unwrapped, accelerator.device) if args.use_ema else None
     record = run_record(args, num_processes, num_examples, unwrapped, dataset)
 
-    resume_path = _resume(accelerator, args, record, unwrapped, ema)
+    resume_path = _resume(accelerator, args, record, unwrapped, ema, max_train_steps)
     global_step = resumed_from_step = checkpoint_step(resume_path) if resume_path else 0
     restore_step_rates(lr_scheduler)
     schedule_clock = _schedule_clock(args, lr_scheduler, max_train_steps, num_processes)
@@ -467,6 +506,7 @@ def _train(
     out_of_time = stopped_by_signal = False
     epoch, steps_into_epoch = divmod(global_step, updates_per_epoch)
     batches_to_skip = steps_into_epoch * args.gradient_accumulation_steps
+    step_loss, step_batches = torch.zeros((), device=accelerator.device), 0  # summed over the step's batches
     model.train()
     while global_step < max_train_steps and not (out_of_time or stopped_by_signal):
         dataloader.set_epoch(epoch)  # the sampler's order of this epoch: a function of (seed, epoch)
@@ -479,14 +519,16 @@ def _train(
             with accelerator.accumulate(model):
                 loss = loss_fn(model, batch)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"training loss became {loss.item()} at step {global_step}; train a new run with a lower "
-                        "--learning_rate (--overwrite_output_dir, or another --output_dir): a resume must keep the "
-                        "rate its checkpoint was written with"
-                    )
+                    raise _diverged("loss", loss.item(), global_step + 1)
                 accelerator.backward(loss)
+                step_loss += loss.detach().float()
+                step_batches += 1
                 if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    # a finite loss can still back-propagate to inf/NaN gradients, which would turn every weight to
+                    # NaN in the checkpoint and the model saved next; fp16's GradScaler skips such steps itself
+                    if accelerator.scaler is None and grad_norm is not None and not torch.isfinite(grad_norm):
+                        raise _diverged("gradient norm", grad_norm.item(), global_step + 1)
                 optimizer.step()
                 lr_scheduler.step()
                 if accelerator.sync_gradients:
@@ -500,7 +542,9 @@ def _train(
             if ema is not None:
                 ema.step(unwrapped.parameters())
             global_step += 1
-            loss_value = loss.detach().item()
+            # the step's loss: the mean over its accumulated batches on every process, not the last batch's alone
+            loss_value = accelerator.gather((step_loss / step_batches).reshape(1)).mean().item()
+            step_loss, step_batches = torch.zeros((), device=accelerator.device), 0
             history.append(global_step, loss_value)
             progress.update(1)
             progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")

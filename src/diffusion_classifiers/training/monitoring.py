@@ -13,6 +13,7 @@
 import csv
 import json
 import os
+import random
 import re
 from contextlib import contextmanager
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
@@ -68,7 +69,8 @@ def _saved_for_resume(output_dir: str, name: str, up_to_step: int, checkpoint: O
 
 
 class LossHistory:
-    """The training loss at each optimizer step (the main process's batch), and the files that show it."""
+    """The training loss at each optimizer step (the mean over the step's accumulated batches on every process), and
+    the files that show it."""
 
     def __init__(self, steps: Optional[List[int]] = None, losses: Optional[List[float]] = None):
         self.steps, self.losses = list(steps or []), list(losses or [])
@@ -93,7 +95,8 @@ class LossHistory:
 
     def save(self, output_dir: str) -> None:
         """`loss_history.json` (written whole, then renamed), `loss_history.csv` and `loss_curve.png`."""
-        from ..plots import plot_loss_curve
+        with _random_states_kept():  # importing scikit-learn (by `plots`) draws from Python's global RNG
+            from ..plots import plot_loss_curve
 
         write_json_atomically(os.path.join(output_dir, LOSS_HISTORY_NAME), self.to_json())
         with open(os.path.join(output_dir, "loss_history.csv"), "w", newline="") as f:
@@ -163,22 +166,34 @@ def remove_samples_after(output_dir: str, step: int) -> None:
 @contextmanager
 def evaluation_view(model: nn.Module, ema: Optional[EMAModel]) -> Iterator[nn.Module]:
     """The model in eval mode under `torch.no_grad`, with the EMA weights swapped in when `ema` is given; on exit the
-    weights, the train/eval mode and the global random states are restored, so training continues exactly as
-    without the look."""
+    weights, the train/eval mode and the global random states (Python's, numpy's, torch's) are restored, so training
+    continues exactly as without the look."""
     was_training = model.training
-    cpu_state = torch.get_rng_state()
-    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     if ema is not None:
         ema.store(model.parameters())
         ema.copy_to(model.parameters())
     try:
-        model.eval()
-        with torch.no_grad():
-            yield model
+        with _random_states_kept():
+            model.eval()
+            with torch.no_grad():
+                yield model
     finally:
         if ema is not None:
             ema.restore(model.parameters())
         model.train(was_training)
+
+
+@contextmanager
+def _random_states_kept() -> Iterator[None]:
+    """Python's, numpy's and torch's global random states (those accelerate saves in a checkpoint, which a loss or a
+    dataset may draw from) as they were on entry, whatever the block drew."""
+    python_state, numpy_state, cpu_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
         torch.set_rng_state(cpu_state)
         if cuda_states is not None:
             torch.cuda.set_rng_state_all(cuda_states)

@@ -18,8 +18,9 @@ from .checkpoints import CHECKPOINT_PATTERN, checkpoint_step
 from .monitoring import SAMPLE_PATTERN, SAMPLES_DIR, remove_samples_after
 
 __all__ = [
-    "LOCK_NAME", "REPLACED_CHECKPOINTS", "OutputDirInUseError", "OutputDirLock", "check_output_dir", "previous_run_files",
-    "refuse_another_runs_output_dir", "set_aside_checkpoints_after", "settle_replaced_checkpoints",
+    "LOCK_NAME", "REPLACED_CHECKPOINTS", "OutputDirInUseError", "OutputDirLock", "check_output_dir",
+    "check_output_dir_is_a_folder", "previous_run_files", "refuse_another_runs_output_dir",
+    "set_aside_checkpoints_after", "settle_replaced_checkpoints",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,15 @@ def previous_run_files(output_dir: str) -> list:
     """The entries of `output_dir` that another run left: `checkpoint-N` folders, a summary, a saved model."""
     names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
     return sorted(name for name in names if CHECKPOINT_PATTERN.match(name) or name in FINISHED_RUN_FILES)
+
+
+def check_output_dir_is_a_folder(output_dir: str) -> None:
+    """Refuse an `output_dir` that exists but is not a folder (a file; creating the folder there fails later with
+    a bare `[Errno 17] File exists`)."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise FileExistsError(
+            f"--output_dir {output_dir} is a file; expected a folder, or a path that does not exist yet"
+        )
 
 
 def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> None:
