@@ -82,13 +82,18 @@ def test_mammograms_of_different_series_and_sizes_in_one_folder_are_read(tmp_pat
                                    rtol=0, atol=0)  # fmt: skip
 
 
-def test_mixed_sizes_within_one_series_are_still_refused(tmp_path):
+def test_mixed_sizes_within_one_series_of_a_volume_are_still_refused(tmp_path):
+    """A volume's series (here CT) holds one size; a mammography series may hold several (see test_dicom.py)."""
     folders = class_folders(tmp_path, ["a", "b"])
     series = generate_uid()
     for i in range(3):
         write_mammogram(folders["a"] / f"{i}.dcm", (40, 32), seed=i, series=series)
         write_mammogram(folders["b"] / f"{i}.dcm", (40, 32), seed=10 + i)
     write_mammogram(folders["a"] / "scout.dcm", (24, 24), seed=5, series=series)
+    for path in folders["a"].glob("*.dcm"):
+        dataset = pydicom.dcmread(path)
+        dataset.Modality = "CT"
+        dataset.save_as(path)
     match = r"series .*: mixed slice sizes \(height x width\): 40x32: 3 files .*24x24: 1 file \(.*scout.dcm\).*expected one size per series"
     with pytest.raises(ValueError, match=match):
         load_image_classification_data(tmp_path, image_size=16, medical=FULL)

@@ -99,6 +99,7 @@ def test_cq500_uncompressed_hu_and_metadata_match_tags():
         "Laterality": None,  # a head CT names no ImageLaterality nor Laterality
         "ViewPosition": None,
         "SOPInstanceUID": dataset.SOPInstanceUID,
+        "Modality": "CT",
         "InstanceNumber": int(dataset.InstanceNumber),
         "ImageType": tuple(dataset.ImageType),  # ("ORIGINAL", "PRIMARY", "AXIAL")
     }
@@ -1507,3 +1508,23 @@ def test_pipeline_reads_an_extension_less_dicom_path_as_the_file_named_dcm(tmp_p
     streamed = StreamingImages.from_files([tmp_path / "CT000000"], image_size=16, num_channels=1)
     expected = preprocess_images([str(files[0])], preprocessing=streamed.preprocessing)
     torch.testing.assert_close(stacked(streamed), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_mammograms_of_two_sizes_in_one_series_are_resized_not_refused(tmp_path, streaming):
+    """QA (a mammography group): a magnification view (here 64x64) in the series of 128x128 views, and files whose
+    anonymiser removed the SeriesInstanceUID, were refused as "mixed slice sizes"; projection images (Modality MG,
+    DX, CR, ...) are not slices of a volume. A CT series of two sizes is still refused."""
+    big, small = pydicom.dcmread(pydicom_file("CT_small.dcm")), pydicom.dcmread(pydicom_file("MR_small.dcm"))
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(2):
+            write_dicom(big, tmp_path / label / f"{i}.dcm", Modality="MG", SeriesInstanceUID="1.2.3")
+    write_dicom(small, tmp_path / "b" / "magnified.dcm", Modality="MG", SeriesInstanceUID="1.2.3")
+    read = streaming_image_classification_data if streaming else load_image_classification_data
+    assert len(read(tmp_path, num_channels=1, image_size=16, medical=FULL, unlabeled=True)["train"]) == 5
+    write_dicom(small, tmp_path / "b" / "magnified.dcm", Modality="CT", SeriesInstanceUID="1.2.3")
+    for path in (tmp_path / "b").glob("[01].dcm"):
+        write_dicom(big, path, Modality="CT", SeriesInstanceUID="1.2.3")
+    with pytest.raises(ValueError, match=r"mixed slice sizes \(height x width\): 128x128: 2 files .*64x64: 1 file"):
+        read(tmp_path, num_channels=1, image_size=16, medical=FULL, unlabeled=True)

@@ -607,6 +607,7 @@ def _metadata(dataset: Any) -> dict[str, Any]:
         "Laterality": text("ImageLaterality") or text("Laterality") or _frame_laterality(dataset),
         "ViewPosition": text("ViewPosition"),
         "SOPInstanceUID": text("SOPInstanceUID"),  # the image itself: one stored under two names is one image
+        "Modality": text("Modality"),
         "InstanceNumber": instance,
         "ImageType": None if image_type in (None, "") else tuple(
             str(v) for v in (image_type if isinstance(image_type, Sequence) and not isinstance(image_type, str)

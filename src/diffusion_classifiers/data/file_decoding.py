@@ -208,7 +208,7 @@ def _decode_file(
         return decode_image_file(path, medical.bits_stored, depths), None
     dicom = read_dicom(path)
     refuse_localizer(path, dicom.metadata)
-    sizes.add(path, dicom.values.shape[-2:], dicom.metadata["SeriesInstanceUID"])
+    sizes.add(path, dicom.values.shape[-2:], dicom.metadata)
     own_windows = dicom.frame_windows[0] if dicom.frame_windows else dicom.windows
     metadata = {**dicom.metadata, "own_windows": own_windows}
     return window_channels(dicom, medical.windows, medical.padding_fill), metadata
@@ -379,7 +379,7 @@ def list_frames(
             own_windows.add(position, header.frame_windows[0] if header.frame_windows else header.windows)
     own_windows.warn()
     _check_dicom_sizes_per_folder(
-        [(path, header.size, header.metadata["SeriesInstanceUID"]) for path, header in headers.items()]
+        [(path, header.size, header.metadata) for path, header in headers.items()]
     )
     frames = [headers[path].num_frames if path in headers else 1 for path in files]
     metadata = [headers[path].metadata if path in headers else None for path in files]
@@ -481,18 +481,26 @@ def _expand_frames(
     return labels_per_split, np.repeat(np.asarray(ids, dtype=object), frames)
 
 
+# Projection radiography (mammography, radiographs, fluoroscopy, angiography, intra-oral, panoramic): each file is an
+# image of its own, never a slice of a volume, so one series may hold views of several sizes (a magnification view
+# beside a CC) and an anonymiser's files without a SeriesInstanceUID may come from several detectors.
+PROJECTION_MODALITIES = frozenset({"MG", "DX", "CR", "RF", "XA", "IO", "PX", "RG"})
+
+
 class _SeriesSizes:
     """The slices of one volume share a size: DICOM files of one folder and one SeriesInstanceUID (files without one:
     those of the folder together) must have one size, recorded file by file as they are read and checked once all are
     (`check`), so that one odd slice is named as the odd one whatever the order of the files. Files of different
-    series may differ: independent 2D images (mammograms or radiographs from different detectors, each its own
-    series) are resized like any image."""
+    series may differ, and so may projection images (`PROJECTION_MODALITIES`: mammograms, radiographs), which are
+    resized like any image."""
 
     def __init__(self) -> None:
         self._paths: dict[tuple[Path, str | None], dict[tuple[int, int], list[str]]] = {}
 
-    def add(self, path: Path, size: tuple[int, int], series: str | None) -> None:
-        sizes = self._paths.setdefault((path.parent, series), {})
+    def add(self, path: Path, size: tuple[int, int], metadata: dict) -> None:
+        if metadata.get("Modality") in PROJECTION_MODALITIES:
+            return
+        sizes = self._paths.setdefault((path.parent, metadata["SeriesInstanceUID"]), {})
         sizes.setdefault(tuple(int(side) for side in size), []).append(str(path))
 
     def check(self) -> None:
@@ -517,10 +525,10 @@ class _SeriesSizes:
         )
 
 
-def _check_dicom_sizes_per_folder(sizes: list[tuple[Path, tuple[int, int], str | None]]) -> None:
-    """The DICOM files `(path, (height, width), SeriesInstanceUID)` have one size per series of a folder (see
+def _check_dicom_sizes_per_folder(sizes: list[tuple[Path, tuple[int, int], dict]]) -> None:
+    """The DICOM files `(path, (height, width), metadata)` have one size per series of a folder (see
     [`_SeriesSizes`])."""
     check = _SeriesSizes()
-    for path, size, series in sizes:
-        check.add(path, size, series)
+    for path, size, metadata in sizes:
+        check.add(path, size, metadata)
     check.check()
