@@ -1085,9 +1085,14 @@ def test_csv_missing_file_is_named(tmp_path):
         load_image_classification_data(path)
 
 
+def write_small_ct_files(folder, names):
+    for name in names:
+        write_dicom(pydicom.dcmread(pydicom_file("CT_small.dcm")), folder / name)
+
+
 def test_csv_unknown_label_is_named(tmp_path):
-    write_dicom(pydicom.dcmread(pydicom_file("CT_small.dcm")), tmp_path / "a.dcm")
-    path = write_csv(tmp_path / "labels.csv", ["path", "label"], [["a.dcm", "normal"], ["a.dcm", "bleeed"]])
+    write_small_ct_files(tmp_path, ["a.dcm", "b.dcm"])
+    path = write_csv(tmp_path / "labels.csv", ["path", "label"], [["a.dcm", "normal"], ["b.dcm", "bleeed"]])
     with pytest.raises(ValueError, match=r"labels.csv:3: label 'bleeed' is not one of the classes \['normal', 'bleed'"):
         load_image_classification_data(path, class_names=["normal", "bleed"])
     import argparse
@@ -1100,21 +1105,40 @@ def test_csv_unknown_label_is_named(tmp_path):
         load_data_from_args(parser.parse_args(["--dataset", str(path), "--class_names", "normal", "bleed"]))
 
 
-def test_csv_empty_label_is_refused_and_labels_differing_by_spaces_are_warned_about(tmp_path):
-    write_dicom(pydicom.dcmread(pydicom_file("CT_small.dcm")), tmp_path / "a.dcm")
-    path = write_csv(tmp_path / "labels.csv", ["path", "label"], [["a.dcm", "ich"], ["a.dcm", " "]])
+def test_csv_empty_label_is_refused_and_labels_differing_by_spaces_or_case_are_warned_about(tmp_path):
+    write_small_ct_files(tmp_path, ["a.dcm", "b.dcm", "c.dcm", "d.dcm"])
+    path = write_csv(tmp_path / "labels.csv", ["path", "label"], [["a.dcm", "ich"], ["b.dcm", " "]])
     with pytest.raises(ValueError, match=r"labels.csv:3: empty label; expected a class name on every row"):
         load_image_classification_data(path)  # not a class named ' '
-    path = write_csv(tmp_path / "labels.csv", ["path", "label"], [["a.dcm", "ich"], ["a.dcm", "ich "], ["a.dcm", "no"]])
+    rows = [["a.dcm", "ich"], ["b.dcm", "ich "], ["c.dcm", "no"], ["d.dcm", "No"]]
+    path = write_csv(tmp_path / "labels.csv", ["path", "label"], rows)
     from diffusion_classifiers.data.image_listing import list_csv
 
-    with pytest.warns(UserWarning, match=r"differ only by surrounding spaces are different classes: 'ich' and 'ich '"):
-        assert list_csv(path, None, None)[2] == ["ich", "ich ", "no"]
+    with pytest.warns(UserWarning, match=r"differ only by surrounding spaces or letter case are different classes: "
+                                         r"'ich' and 'ich '; 'No' and 'no'"):  # fmt: skip
+        assert list_csv(path, None, None)[2] == ["No", "ich", "ich ", "no"]
+
+
+def test_csv_listing_an_image_twice_is_refused_naming_both_lines(tmp_path):
+    """QA (a mammography group): a file listed as normal and again as cancer, and another listed twice, trained on
+    154 images of 152 files without a word (the second could land in train and test at once)."""
+    write_small_ct_files(tmp_path, ["a.dcm", "b.dcm"])
+    path = write_csv(tmp_path / "labels.csv", ["path", "label"], [["a.dcm", "normal"], ["b.dcm", "normal"],
+                                                                   ["./a.dcm", "cancer"]])  # fmt: skip
+    with pytest.raises(ValueError, match=r"labels.csv:4: image file './a.dcm' is listed on line 2 too \(labelled "
+                                         r"'normal' there, 'cancer' here\); expected each image once"):  # fmt: skip
+        load_image_classification_data(path)
+    path = write_csv(tmp_path / "labels.csv", ["path", "label"], [["a.dcm", "normal"], ["b.dcm", "cancer"],
+                                                                   ["b.dcm", "cancer"]])  # fmt: skip
+    for read in (load_image_classification_data, streaming_image_classification_data):
+        with pytest.raises(ValueError, match=r"labels.csv:4: image file 'b.dcm' is listed on line 3 too \(with the "
+                                             r"same label\)"):  # fmt: skip
+            read(path, num_channels=1)
 
 
 def test_csv_absent_or_blank_patient_ids_are_refused(tmp_path):
-    write_dicom(pydicom.dcmread(pydicom_file("CT_small.dcm")), tmp_path / "a.dcm")
-    rows = [["a.dcm", "x", "P1"], ["a.dcm", "y", " "]]
+    write_small_ct_files(tmp_path, ["a.dcm", "b.dcm"])
+    rows = [["a.dcm", "x", "P1"], ["b.dcm", "y", " "]]
     path = write_csv(tmp_path / "labels.csv", ["path", "label", "patient_id"], rows)
     with pytest.raises(ValueError, match=r"labels.csv:3: empty 'patient_id'; expected a patient id on every row"):
         load_image_classification_data(path)  # not one patient ' ' holding every blank row

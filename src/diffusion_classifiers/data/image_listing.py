@@ -243,11 +243,12 @@ def list_csv(
     found = sorted({row["label"] for row in rows}, key=_label_order)
     names = list(class_names) if class_names is not None else found
     ids = {name: i for i, name in enumerate(names)}
-    files, labels, patients = [], [], []
+    files, labels, patients, lines = [], [], [], {}
     for line, row in enumerate(rows, start=2):  # line 1 is the header
         file = path.parent / (row["path"] or "")
         if not row["path"] or not file.is_file():
             raise ValueError(f"CSV {path}:{line}: image file {file} does not exist")
+        _check_listed_once(path, line, row, rows, lines.setdefault(file.resolve(), line))
         if row["label"] not in ids:
             raise ValueError(f"CSV {path}:{line}: label {row['label']!r} is not one of the classes {names}")
         if patient_id_column is not None and not row[patient_id_column].strip():  # blanks would be one patient
@@ -261,6 +262,20 @@ def list_csv(
     return files, np.asarray(labels, dtype=np.int64), names, patients if patient_id_column else None
 
 
+def _check_listed_once(path: Path, line: int, row: dict, rows: list[dict], first_line: int) -> None:
+    """A file the CSV lists on an earlier line (`first_line`) too is refused: with another label it is two answers
+    for one image, with the same one it would weigh twice in training or sit in train and test at once."""
+    if first_line == line:
+        return
+    first = rows[first_line - 2]
+    same = first["label"] == row["label"]
+    labels = "with the same label" if same else f"labelled {first['label']!r} there, {row['label']!r} here"
+    raise ValueError(
+        f"CSV {path}:{line}: image file {row['path']!r} is listed on line {first_line} too ({labels}); expected each "
+        "image once"
+    )
+
+
 def _check_labels_named(path: Path, rows: list[dict]) -> None:
     """Every row names a class: an empty cell would become a class named ''; labels that differ only by surrounding
     spaces (`'ich '` and `'ich'`) would become two classes, which is warned about."""
@@ -271,18 +286,19 @@ def _check_labels_named(path: Path, rows: list[dict]) -> None:
 
 
 def _warn_spaced_variants(path: Path, values: list[str], column: str, meaning: str, stacklevel: int) -> None:
-    """Values of a CSV column that differ only by surrounding spaces (`'ich '` and `'ich'`, a patient `'P7 '` and
-    `'P7'`) are told apart, as they always were (the carving stays the same), which is warned about: two classes, or
-    one patient on both sides of a split (`stacklevel`: the caller of the loader, as `warnings.warn` counts)."""
+    """Values of a CSV column that differ only by surrounding spaces or letter case (`'ich '` and `'ich'`, `'Cancer'`
+    and `'cancer'`, a patient `'P7 '` and `'P7'`) are told apart, as they always were (the carving stays the same),
+    which is warned about: two classes, or one patient on both sides of a split (`stacklevel`: the caller of the
+    loader, as `warnings.warn` counts)."""
     by_stripped: dict[str, set[str]] = {}
     for value in values:
-        by_stripped.setdefault(value.strip(), set()).add(value)
+        by_stripped.setdefault(value.strip().casefold(), set()).add(value)
     variants = [sorted(group) for group in by_stripped.values() if len(group) > 1]
     if variants:
         shown = first_and_more([" and ".join(map(repr, group)) for group in variants], 5, separator="; ")
         warnings.warn(
-            f"CSV {path}: {column} values that differ only by surrounding spaces are different {meaning}: {shown}"
-            f"; correct the CSV if they are one",
+            f"CSV {path}: {column} values that differ only by surrounding spaces or letter case are different "
+            f"{meaning}: {shown}; correct the CSV if they are one",
             UserWarning,
             stacklevel=stacklevel,
         )
