@@ -8,6 +8,8 @@ The DICOM files are built here with pydicom (12-bit mammography-like images, MON
 import warnings
 import weakref
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -80,6 +82,26 @@ def test_mammograms_of_different_series_and_sizes_in_one_folder_are_read(tmp_pat
     for name, split in splits.items():
         torch.testing.assert_close(torch.stack([streamed[name][i][0] for i in range(len(split))]), split.images,
                                    rtol=0, atol=0)  # fmt: skip
+
+
+def test_raw_and_processed_mammograms_read_together_are_warned_about(tmp_path):
+    """QA (a mammography group): 'FOR PROCESSING' raw detector images were read beside 'FOR PRESENTATION' ones
+    without a word; the model would learn the kind of file."""
+    folders = class_folders(tmp_path, ["a", "b"])
+    for name, folder in folders.items():
+        for i in range(3):
+            path = write_mammogram(folder / f"{i}.dcm", seed=i + 10 * len(name), patient=f"{name}{i}")
+            dataset = pydicom.dcmread(path)
+            dataset.PresentationIntentType = "FOR PROCESSING" if (name, i) == ("b", 2) else "FOR PRESENTATION"
+            dataset.save_as(path)
+    match = (r"two PresentationIntentTypes are read together \(FOR PRESENTATION: 5 files \(e.g. .*0.dcm\); FOR "
+             r"PROCESSING: 1 files \(e.g. .*b/2.dcm\)\)")
+    with pytest.warns(UserWarning, match=match) as caught:
+        load_image_classification_data(tmp_path, image_size=16, medical=FULL, unlabeled=True)
+    assert {Path(record.filename).name for record in caught if "Presentation" in str(record.message)} == {
+        Path(__file__).name}
+    with pytest.warns(UserWarning, match=match):
+        streaming_image_classification_data(tmp_path, num_channels=1, image_size=16, medical=FULL, unlabeled=True)
 
 
 def test_mixed_sizes_within_one_series_of_a_volume_are_still_refused(tmp_path):

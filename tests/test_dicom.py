@@ -100,6 +100,7 @@ def test_cq500_uncompressed_hu_and_metadata_match_tags():
         "ViewPosition": None,
         "SOPInstanceUID": dataset.SOPInstanceUID,
         "Modality": "CT",
+        "PresentationIntentType": None,
         "InstanceNumber": int(dataset.InstanceNumber),
         "ImageType": tuple(dataset.ImageType),  # ("ORIGINAL", "PRIMARY", "AXIAL")
     }

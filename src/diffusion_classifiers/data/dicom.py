@@ -608,6 +608,8 @@ def _metadata(dataset: Any) -> dict[str, Any]:
         "ViewPosition": text("ViewPosition"),
         "SOPInstanceUID": text("SOPInstanceUID"),  # the image itself: one stored under two names is one image
         "Modality": text("Modality"),
+        # digital mammography / radiography: raw detector data or the image processed for viewing
+        "PresentationIntentType": text("PresentationIntentType"),
         "InstanceNumber": instance,
         "ImageType": None if image_type in (None, "") else tuple(
             str(v) for v in (image_type if isinstance(image_type, Sequence) and not isinstance(image_type, str)

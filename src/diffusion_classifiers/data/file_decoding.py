@@ -141,6 +141,26 @@ class _OwnWindows:
         )
 
 
+def warn_mixed_presentation_intents(files: Sequence[Path], metadata: Sequence[dict | None], stacklevel: int = 5):
+    """Warn when the DICOM files mix PresentationIntentType "FOR PROCESSING" (a detector's raw data) with "FOR
+    PRESENTATION" (the image processed for viewing, what readers see): the two look nothing alike, so a model would
+    learn the kind of file along with the finding."""
+    by_intent: dict[str, list[str]] = {}
+    for path, header in zip(files, metadata):
+        if header is not None and header.get("PresentationIntentType"):
+            by_intent.setdefault(header["PresentationIntentType"], []).append(str(path))
+    if len(by_intent) < 2:
+        return
+    shown = "; ".join(f"{intent}: {len(paths)} files (e.g. {paths[0]})" for intent, paths in sorted(by_intent.items()))
+    warnings.warn(
+        f"DICOM files of two PresentationIntentTypes are read together ({shown}); raw detector data ('FOR "
+        "PROCESSING') and images processed for viewing ('FOR PRESENTATION') look nothing alike: keep one kind (the "
+        "one the model will be given)",
+        UserWarning,
+        stacklevel=stacklevel,
+    )
+
+
 def decode_files(
     files: list[Path],
     labels_per_split: dict[str, np.ndarray],
@@ -192,6 +212,7 @@ def decode_files(
     if trained_depth.trained is None:  # else the images at another depth than the training images' were warned about
         depths.warn()
     own_windows.warn()
+    warn_mixed_presentation_intents(files, metadata)
     frames = [1 if isinstance(image, Image.Image) else len(image) for image in images]
     if reading is not None:
         images = _same_channels(images, reading, files)
@@ -383,6 +404,7 @@ def list_frames(
     )
     frames = [headers[path].num_frames if path in headers else 1 for path in files]
     metadata = [headers[path].metadata if path in headers else None for path in files]
+    warn_mixed_presentation_intents(files, metadata)
     groups = patient_ids or _dicom_groups(metadata, anonymised_dicom_groups)
     rows = [path for path, count in zip(files, frames) for _ in range(count)]
     frame_of_row = [frame if path in headers else None for path, count in zip(files, frames) for frame in range(count)]
