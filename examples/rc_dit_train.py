@@ -44,6 +44,7 @@ from diffusion_classifiers.training import (
     training_args_from_namespace,
 )
 from diffusion_classifiers.training.arguments import check_encoder_args
+from diffusion_classifiers.training.rc_dit import rc_dit_objective
 
 
 def parse_args(argv=None):
@@ -143,7 +144,11 @@ def main(argv=None):
     args = parse_args(argv)
     _show_representation_diagnostics()
     training_args = training_args_from_namespace(args)
-    check_run_can_start(training_args)  # before the data is read
+    objective = rc_dit_objective(
+        args.num_train_timesteps, args.freeze_encoder, args.loss_weighting, args.denoiser_mask_ratio,
+        args.denoiser_mask_probability, args.masked_target,
+    )  # fmt: skip
+    check_run_can_start(training_args, objective)  # before the data is read
     check_encoder_args(args)
     vae = load_vae(args.vae, args.vae_subfolder)
     train = training_data_from_args(args)["train"]

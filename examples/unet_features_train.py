@@ -25,6 +25,7 @@ from diffusion_classifiers.training import (
     train_ddpm_unet,
     training_args_from_namespace,
 )
+from diffusion_classifiers.training.unet import ddpm_objective
 
 
 def parse_args(argv=None):
@@ -38,7 +39,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     training_args = training_args_from_namespace(args)
-    check_run_can_start(training_args)  # before the data is read
+    check_run_can_start(training_args, ddpm_objective(args.num_train_timesteps))  # before the data is read
     train = training_data_from_args(args)["train"]
     unet, scheduler, _ = train_ddpm_unet(
         training_args, train if args.streaming else train.images, preset=args.unet_preset,

@@ -1,9 +1,11 @@
 """Classify with one class-conditional score model by Bayes' rule on per-class log-likelihoods (VP-SDE)."""
 
+import functools
 import inspect
 import math
 import numbers
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -144,18 +146,40 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         return ImagePreprocessing(self.unet.config.sample_size, self.unet.config.in_channels)
 
     def check_priors(self, priors) -> Optional[torch.Tensor]:
-        """`log prior` `[K]` (float64), or `None` for uniform priors; raises on a bad prior."""
+        """`log prior` `[K]` (float64), or `None` for uniform priors; raises on a bad prior (`prior_list`)."""
+        priors = self.prior_list(priors)
+        return None if priors is None else torch.tensor(priors, dtype=torch.float64).log()
+
+    def prior_list(self, priors) -> Optional[List[float]]:
+        """`priors` as `K` floats in class order (`None` stays `None`): given in class order (a sequence, array or
+        tensor) or by class name (`{"cancer": 0.01, "normal": 0.99}`, every class of `class_names` once); raises a
+        one-line `ValueError` naming what was expected otherwise."""
         if priors is None:
             return None
-        priors = torch.as_tensor(priors, dtype=torch.float64).flatten()
-        num_classes = len(self.class_names)
-        if len(priors) != num_classes:
-            raise ValueError(f"expected {num_classes} priors (one per class {self.class_names}), got {len(priors)}")
-        if not torch.isfinite(priors).all() or (priors < 0).any():
-            raise ValueError(f"expected non-negative priors, got {priors.tolist()}")
-        if abs(float(priors.sum()) - 1) > 1e-6:
-            raise ValueError(f"expected priors summing to 1, got sum {float(priors.sum()):.6g}")
-        return priors.log()
+        names, expected = self.class_names, f"one per class {self.class_names}"
+        if isinstance(priors, Mapping):
+            unknown = [key for key in priors if key not in names]
+            missing = [name for name in names if name not in priors]
+            if unknown or missing:
+                raise ValueError(
+                    f"priors: expected a prior for each class name {names}, got {sorted(map(str, priors))} (unknown: "
+                    f"{[str(key) for key in unknown]}, missing: {missing})"
+                )
+            priors = [priors[name] for name in names]
+        try:
+            values = torch.as_tensor(priors, dtype=torch.float64).flatten()
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(
+                f"priors: expected {len(names)} numbers ({expected}, in that order) or a mapping "
+                f"{{class name: prior}}, got {priors!r}"
+            ) from None
+        if len(values) != len(names):
+            raise ValueError(f"expected {len(names)} priors ({expected}), got {len(values)}")
+        if not torch.isfinite(values).all() or (values < 0).any():
+            raise ValueError(f"expected non-negative priors, got {values.tolist()}")
+        if abs(float(values.sum()) - 1) > 1e-6:
+            raise ValueError(f"expected priors summing to 1, got sum {float(values.sum()):.6g}")
+        return values.tolist()
 
     @staticmethod
     def seeds_from(generator, seed: Union[int, Sequence[int]], num_images: int):
@@ -176,7 +200,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         self,
         images,
         method: str = "elbo",
-        priors: Optional[Sequence[float]] = None,
+        priors: Optional[Union[Sequence[float], Dict[str, float]]] = None,
         num_timesteps: int = 100,
         timestep_spacing: str = "even",
         weighting: str = "elbo",
@@ -211,8 +235,9 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
             method (`str`, *optional*, defaults to `"elbo"`): `"elbo"` (denoising-error bound,
                 [`denoising_error_scores`]) or `"likelihood"` (exact probability-flow ODE,
                 [`probability_flow_log_likelihood`]).
-            priors (`Sequence[float]`, *optional*): `K` class probabilities (non-negative, summing to 1); default
-                uniform. Pruning and the early stop rank and settle classes by bound + log prior, the decision's
+            priors (`Sequence[float]` or `Dict[str, float]`, *optional*): `K` class probabilities (non-negative,
+                summing to 1) in class order, or by class name (`{"cancer": 0.01, "normal": 0.99}`); default uniform.
+                Pruning and the early stop rank and settle classes by bound + log prior, the decision's
                 (so they take positive priors only).
             num_timesteps, timestep_spacing, weighting, pruning, early_stop_confidence, timesteps_per_check,
                 timestep_strata: the ELBO estimator (`method="elbo"`), passed to [`denoising_error_scores`]; a
@@ -264,17 +289,10 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         Returns:
             [`ScoreSDEClassifierOutput`] or `tuple`.
         """
-        if method not in METHODS:
-            raise ValueError(f"expected method in {METHODS}, got {method!r}")
-        _check_method_arguments(method, locals())
-        if seed_by not in SEED_BY:
-            raise ValueError(f"expected seed_by in {SEED_BY}, got {seed_by!r}")
+        self.check_call_settings(dict(locals()))
         check_positive_integer(batch_size, "batch_size")
         log_prior = self.check_priors(priors)
         stopping_rule = method == "elbo" and (bool(pruning) or early_stop_confidence is not None)
-        if stopping_rule:
-            _check_no_zero_prior(log_prior, self.class_names)
-        self.check_call_settings(locals())
         num_scored = num_timesteps if timestep_strata is None else len(timestep_strata)
         class_ids = list(range(len(self.class_names)))
         pixels = self.preprocess(images, input_data_format)
@@ -313,13 +331,30 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         self.maybe_free_model_hooks()
         return output if return_dict else output.to_tuple()
 
-    @staticmethod
-    def check_call_settings(settings: Dict[str, Any]) -> None:
+    def check_call_settings(self, settings: Dict[str, Any]) -> None:
         """What a call with these settings (names of `__call__`'s parameters; `evaluate.pipeline_call_settings` gives
         them all) would refuse that no image is needed to tell: called by the pipeline, and by `evaluate` and
-        `predict` before any image is read. An ELBO early stop with no look that can stop an image before the last
-        timestep is one (`denoising_error.first_early_stop_look`): no image could stop (QA: the warning then blamed
-        noisy scores)."""
+        `predict` before any image is read or any output written: the method, the other method's arguments, `seed_by`,
+        the priors (`prior_list`; given, they are normalised in `settings` to the list in class order, so a record of
+        the call reads the same whichever form was given), a prior of 0 with pruning or the early stop, and an ELBO
+        early stop with no look that can stop an image before the last timestep (`denoising_error.
+        first_early_stop_look`): no image could stop (QA: the warning then blamed noisy scores)."""
+        call = {**_call_defaults(), **settings}
+        method = call["method"]
+        if method not in METHODS:
+            raise ValueError(f"expected method in {METHODS}, got {method!r}")
+        _check_method_arguments(method, call)
+        if call["seed_by"] not in SEED_BY:
+            raise ValueError(f"expected seed_by in {SEED_BY}, got {call['seed_by']!r}")
+        if settings.get("priors") is not None:
+            settings["priors"] = self.prior_list(settings["priors"])  # as recorded: the list in class order
+        log_prior = self.check_priors(settings.get("priors"))
+        if method == "elbo" and (bool(call["pruning"]) or call["early_stop_confidence"] is not None):
+            _check_no_zero_prior(log_prior, self.class_names)
+        self._check_early_stop_can_stop(call)
+
+    @staticmethod
+    def _check_early_stop_can_stop(settings: Dict[str, Any]) -> None:
         if settings.get("method", "elbo") != "elbo" or settings.get("early_stop_confidence") is None:
             return
         strata, every = settings.get("timestep_strata"), settings.get("timesteps_per_check", 10)
@@ -391,14 +426,24 @@ def _log_odds(logits: torch.Tensor) -> torch.Tensor:
 def _check_method_arguments(method: str, arguments: Dict[str, Any]) -> None:
     """Refuse the other method's arguments given other than their defaults: they would be ignored without a word (an
     `early_stop_confidence` with `method="likelihood"` stops nothing)."""
-    defaults = inspect.signature(ScoreSDEClassifierPipeline.__call__).parameters
+    defaults = _call_defaults()
     other = next(name for name in METHODS if name != method)
-    ignored = [name for name in METHOD_ARGUMENTS[other] if not _is_default(arguments[name], defaults[name].default)]
+    ignored = [name for name in METHOD_ARGUMENTS[other] if not _is_default(arguments[name], defaults[name])]
     if ignored:
         raise ValueError(
             f"{', '.join(f'{name}={arguments[name]!r}' for name in ignored)}: argument(s) of method={other!r}, which "
             f'method={method!r} does not read; drop them or pass method="{other}"'
         )
+
+
+@functools.lru_cache(maxsize=1)
+def _call_defaults() -> Dict[str, Any]:
+    """The defaults of `ScoreSDEClassifierPipeline.__call__`'s settings, read once (from the class as defined)."""
+    parameters = inspect.signature(ScoreSDEClassifierPipeline.__call__).parameters.items()
+    return {name: p.default for name, p in parameters if p.default is not inspect.Parameter.empty}
+
+
+_call_defaults()  # read now, before anything can replace `__call__`
 
 
 def _is_default(value: Any, default: Any) -> bool:

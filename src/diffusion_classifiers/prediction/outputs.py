@@ -34,6 +34,7 @@ __all__ = [
     "merge_parts",
     "model_moved",
     "new_part",
+    "predicted_nothing",
     "prepare_output_files",
     "ratio_direction",
     "ratio_positive_class",
@@ -181,6 +182,14 @@ def errors_file_of_resumed_run(files: OutputFiles, overwrite: bool) -> OutputFil
     if legacy.is_file() and legacy.resolve() != files.output.resolve():
         return replace(files, errors=legacy)
     return files
+
+
+def predicted_nothing(files: OutputFiles) -> bool:
+    """Whether the output's sidecar stands beside no result: no output, no errors file, no committed part (a run
+    that failed after recording its settings, before it predicted anything). A rerun, with other settings too, may
+    then record its own: there are no rows to mix."""
+    parts = files.parts.is_dir() and any(files.parts.iterdir())
+    return files.sidecar.is_file() and not (files.output.exists() or files.errors.exists() or parts)
 
 
 def recorded_run_info(files: OutputFiles) -> Optional[dict]:

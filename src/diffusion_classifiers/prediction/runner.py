@@ -43,6 +43,7 @@ from .outputs import (
     merge_parts,
     model_moved,
     new_part,
+    predicted_nothing,
     prepare_output_files,
     ratio_direction,
     recorded_file_stamps,
@@ -379,6 +380,7 @@ def predict_files(
         is_main, wait = _process_roles(accelerator)
         if errors_path is None:
             files = errors_file_of_resumed_run(files, overwrite)
+        overwrite = overwrite or predicted_nothing(files)  # a record of no rows: this run's settings replace it
         columns = columns_of_resumed_run(files, columns, overwrite)
         _check_settings_of_unrecorded_run(files, pipeline, settings, seed, overwrite)
         # the settings under "run", whose keys a sidecar lacks are not compared: outputs of earlier versions resume

@@ -137,32 +137,41 @@ def _config_of(model: nn.Module) -> Optional[dict]:
 
 
 def run_record(
-    args: TrainingArguments, num_processes: int, num_examples: int, model: nn.Module, dataset: Optional[Dataset] = None
+    args: TrainingArguments,
+    num_processes: int,
+    num_examples: int,
+    model: nn.Module,
+    dataset: Optional[Dataset] = None,
+    objective: Optional[dict] = None,
 ) -> dict:
     """What a resume must match, saved with every checkpoint as `RUN_RECORD_NAME`: what defines the step arithmetic
     (the learning-rate schedule, which accelerate steps once per process per optimizer step; the epoch and batch a
-    step falls in), the model's config and the training data (`data_identity` of `dataset`)."""
+    step falls in), the model's config, the training data (`data_identity` of `dataset`) and the trainer's
+    `objective` (`{flag name: value}` of what changes the loss or the data order, `_objective_changes`)."""
     record = {
         "num_processes": num_processes,
         "train_batch_size": args.train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "num_examples": num_examples,
-        **training_settings(args, model),
+        **training_settings(args, model, objective),
         "model_config": _model_config(model),
     }
     identity = None if dataset is None else data_identity(dataset)
     return record if identity is None else {**record, "data_identity": identity}
 
 
-def training_settings(args: TrainingArguments, model: Optional[nn.Module] = None) -> dict:
+def training_settings(
+    args: TrainingArguments, model: Optional[nn.Module] = None, objective: Optional[dict] = None
+) -> dict:
     """The flags a resume must keep, part of the `run_record`: the optimizer's, the schedule's and the EMA's, which
     the checkpoint's state would override, the seed of the data order, and the gradient clipping and mixed precision
     (with others the resumed run would not end with the weights of the uninterrupted one); with `model`, its
-    `MODEL_SETTINGS`."""
+    `MODEL_SETTINGS`; with `objective`, the trainer's own flags as `"objective"`."""
     names = RESUMED_SETTINGS + (EMA_SETTINGS if args.use_ema else ())
     settings = {name: getattr(args, name) for name in names}
     model_settings = {name: getattr(model, name) for name in MODEL_SETTINGS if hasattr(model, name)}
-    return {**settings, **model_settings}
+    objective_settings = {} if objective is None else {"objective": json.loads(json.dumps(objective))}  # as read back
+    return {**settings, **model_settings, **objective_settings}
 
 
 def data_identity(dataset: Dataset) -> Optional[dict]:
@@ -190,13 +199,21 @@ def data_identity(dataset: Dataset) -> Optional[dict]:
 
 
 def _setting_changes(saved: dict, record: dict) -> list:
-    """The `RUN_RECORD_LABELS` entries recorded in both that differ (a checkpoint written before an entry was recorded
-    is not refused for it)."""
-    return [
+    """The `RUN_RECORD_LABELS` entries and the `objective` flags recorded in both that differ (a checkpoint written
+    before an entry was recorded is not refused for it)."""
+    changes = [
         f"{label} {saved[key]} -> {record[key]}"
         for key, label in RUN_RECORD_LABELS.items()
         if key in saved and key in record and saved[key] != record[key]
     ]
+    return changes + _objective_changes(saved.get("objective"), record.get("objective"))
+
+
+def _objective_changes(saved: Optional[dict], now: Optional[dict]) -> list:
+    """The trainer's flags (`run_record`'s `objective`) recorded in both that differ, each named as its `--flag`."""
+    if not isinstance(saved, dict) or not isinstance(now, dict):
+        return []
+    return [f"--{name} {saved[name]} -> {now[name]}" for name in now if name in saved and saved[name] != now[name]]
 
 
 def _record_changes(saved: dict, record: dict) -> list:
@@ -314,15 +331,16 @@ def _changed_run_error(path: str, changes: list) -> ValueError:
     )
 
 
-def check_resumed_with_the_same_settings(path: str, args: TrainingArguments) -> None:
-    """Refuse a resume with other `training_settings` than the checkpoint's (the optimizer, schedule and EMA states it
-    restores would silently override them), before the data is read (`check_run_can_start`); `check_checkpoint_folder`
-    checks the whole record once the model is built, and names what is wrong with a record it cannot read."""
+def check_resumed_with_the_same_settings(path: str, args: TrainingArguments, objective: Optional[dict] = None) -> None:
+    """Refuse a resume with other `training_settings` (the trainer's `objective` included) than the checkpoint's (the
+    optimizer, schedule and EMA states it restores would silently override them), before the data is read
+    (`check_run_can_start`); `check_checkpoint_folder` checks the whole record once the model is built, and names
+    what is wrong with a record it cannot read."""
     try:
         saved = _saved_record(path)
     except (OSError, ValueError):
         return
-    changes = _setting_changes(saved, training_settings(args)) if isinstance(saved, dict) else []
+    changes = _setting_changes(saved, training_settings(args, objective=objective)) if isinstance(saved, dict) else []
     if changes:
         raise _changed_run_error(path, changes)
 

@@ -143,6 +143,7 @@ def train(
     sampler: Optional[Sampler] = None,
     sample_grid: Optional[SampleGridFunction] = None,
     monitor: Optional[MonitorFunction] = None,
+    objective: Optional[dict] = None,
 ) -> tuple[nn.Module, Accelerator, TrainingSummary]:
     """Train `model` on `dataset` minimising `loss_fn(model, batch)`.
 
@@ -155,6 +156,10 @@ def train(
     `sampler` replaces uniform shuffling; its order must be a function of the epoch, so that a resumed run replays
     it: a sampler with `set_epoch(epoch)`, or one drawing from a `torch.Generator` in its `generator` attribute (it
     is then wrapped in an `EpochSeededSampler` seeded with `args.seed`).
+
+    `objective` (`{flag name: value}`) is what the trainer's own flags make of the loss and the data order (a label
+    dropout, class-balanced sampling, the number of diffusion steps): it goes into the run record, so a resume with
+    another value is refused naming the flag.
 
     Returns the unwrapped model (EMA weights copied in when `use_ema`), the accelerator, and a summary that
     records how many samples each process saw. Only the main process should save the returned model.
@@ -178,15 +183,18 @@ def train(
     _check_precision_runs_here(args.mixed_precision, accelerator.device)
     with _claim_output_dir(accelerator, args), cuda_math(args, accelerator.device), stop_signal.listening():
         stop_conditions = (budget, stop_signal)
-        return _train(accelerator, args, model, dataset, loss_fn, sampler, sample_grid, monitor, stop_conditions)
+        return _train(
+            accelerator, args, model, dataset, loss_fn, sampler, sample_grid, monitor, stop_conditions, objective
+        )
 
 
-def check_run_can_start(args: TrainingArguments) -> None:
+def check_run_can_start(args: TrainingArguments, objective: Optional[dict] = None) -> None:
     """The refusals of `train` that need neither the data nor the model, without its changes to `output_dir`: a
     launch that runs another number of processes than it was asked for, a folder holding another run, a
     `--resume_from_checkpoint` folder that is not there, lacks a file resuming needs, is past `--max_train_steps`, or
     was written by another number of processes or with other optimizer, schedule, EMA, seed, clipping or precision
-    flags, fp16 on a CPU, an `--output_dir` that is a file.
+    flags or another `objective` (the trainer's own flags, as `train` takes them), fp16 on a CPU, an `--output_dir`
+    that is a file.
     The scripts call it before they read their data (`--streaming` reads every image first), so a wrong flag is
     refused in seconds, each a `ValueError` or `FileNotFoundError`/`FileExistsError` (one line from a shell); `train`
     checks again, with the folder locked."""
@@ -201,7 +209,7 @@ def check_run_can_start(args: TrainingArguments) -> None:
     resume_path = resolve_resume_path(args)
     if resume_path is not None:
         check_resumed_by_as_many_processes(resume_path, state.num_processes)
-        check_resumed_with_the_same_settings(resume_path, args)
+        check_resumed_with_the_same_settings(resume_path, args, objective)
         if args.max_train_steps is not None:  # else the data sets the length
             check_resumed_within_the_run(resume_path, args.max_train_steps)
         with reading_checkpoint(resume_path, args.output_dir):
@@ -460,6 +468,7 @@ def _train(
     sample_grid: Optional[SampleGridFunction],
     monitor: Optional[MonitorFunction],
     stop_conditions: tuple[TrainingBudget, StopSignal],
+    objective: Optional[dict],
 ) -> tuple[nn.Module, Accelerator, TrainingSummary]:
     budget, stop_signal = stop_conditions
     set_seed(args.seed, device_specific=True)
@@ -485,7 +494,7 @@ def _train(
         raise RuntimeError(f"the loader yields {len(dataloader)} batches per epoch, expected {expected_batches}")
     unwrapped = accelerator.unwrap_model(model)
     ema = _build_ema(args, unwrapped, accelerator.device) if args.use_ema else None
-    record = run_record(args, num_processes, num_examples, unwrapped, dataset)
+    record = run_record(args, num_processes, num_examples, unwrapped, dataset, objective)
 
     resume_path = _resume(accelerator, args, record, unwrapped, ema, max_train_steps)
     global_step = resumed_from_step = checkpoint_step(resume_path) if resume_path else 0

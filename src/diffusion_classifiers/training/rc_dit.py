@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_MASKED_TARGET",
     "RCDiTJointModel",
     "RCDiTLoss",
+    "rc_dit_objective",
     "rc_dit_sample_grid",
     "redraw_hidden_patches",
     "to_display_range",
@@ -226,6 +227,28 @@ def rc_dit_sample_grid(
     return sample_grid
 
 
+def rc_dit_objective(
+    num_train_timesteps: int = 1000,
+    freeze_encoder: bool = False,
+    loss_weighting: str = "epsilon",
+    denoiser_mask_ratio: float = DEFAULT_DENOISER_MASK_RATIO,
+    denoiser_mask_probability: float = 1.0,
+    masked_target: str = DEFAULT_MASKED_TARGET,
+) -> dict:
+    """What `train_rc_dit`'s own flags make of the loss, for the run record (`training.train`'s `objective`; the DiT's
+    sizes and conditioning are in its config, the encoder's learning rate scale in the record already): a resume with
+    another value is refused naming the flag, before the data is read when a script passes it to
+    `check_run_can_start`."""
+    return {
+        "num_train_timesteps": int(num_train_timesteps),
+        "freeze_encoder": bool(freeze_encoder),
+        "loss_weighting": str(loss_weighting),
+        "denoiser_mask_ratio": float(denoiser_mask_ratio),
+        "denoiser_mask_probability": float(denoiser_mask_probability),
+        "masked_target": str(masked_target),
+    }
+
+
 def _check_patch_size(patch_size: int, sample_size: int, where: str, default_of: Optional[str]) -> None:
     """The DiT's patches must tile its input (`sample_size` px: `where` says how it follows from the images)."""
     if patch_size >= 1 and sample_size % patch_size == 0:
@@ -375,6 +398,12 @@ def train_rc_dit(
     monitor = rc_dit_monitor(
         dataset, scheduler, vae, seed=args.seed, mask_ratio=denoiser_mask_ratio, masked_target=masked_target
     )
-    model, accelerator, summary = train(args, model, dataset, loss, sample_grid=grid, monitor=monitor)
+    objective = rc_dit_objective(
+        num_train_timesteps, freeze_encoder, loss_weighting, denoiser_mask_ratio, denoiser_mask_probability,
+        masked_target,
+    )  # fmt: skip
+    model, accelerator, summary = train(
+        args, model, dataset, loss, sample_grid=grid, monitor=monitor, objective=objective
+    )
     recompute_representation_statistics(model.encoder, model.transformer, dataset, device=accelerator.device)
     return model.encoder, model.transformer, scheduler, summary

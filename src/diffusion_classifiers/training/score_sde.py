@@ -18,7 +18,7 @@ from .monitoring import SampleGridFunction, image_grid
 from .sampling import EpochSeededSampler
 from .unet import TrainingImages, _train_unet, training_dataset
 
-__all__ = ["class_balanced_sampler", "class_conditional_sample_grid", "train_score_sde_unet"]
+__all__ = ["class_balanced_sampler", "class_conditional_sample_grid", "score_sde_objective", "train_score_sde_unet"]
 
 
 def class_conditional_sample_grid(
@@ -60,6 +60,19 @@ def class_balanced_sampler(labels: torch.Tensor, num_classes: int, seed: int = 0
     counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).double()
     weighted = WeightedRandomSampler(1.0 / counts[labels], len(labels), replacement=True, generator=torch.Generator())
     return EpochSeededSampler(weighted, seed)
+
+
+def score_sde_objective(
+    label_dropout: float = 0.0, class_balanced: bool = False, num_train_timesteps: int = 1000
+) -> dict:
+    """What `train_score_sde_unet`'s own flags make of the loss and the data order, for the run record
+    (`training.train`'s `objective`): a resume with another label dropout, sampling or number of diffusion steps is
+    refused naming the flag, before the data is read when a script passes it to `check_run_can_start`."""
+    return {
+        "label_dropout": float(label_dropout),
+        "class_balanced": bool(class_balanced),
+        "num_train_timesteps": int(num_train_timesteps),
+    }
 
 
 def train_score_sde_unet(
@@ -122,6 +135,8 @@ def train_score_sde_unet(
         class_conditional_sample_grid, num_classes=num_classes, num_images=args.num_sample_images,
         num_inference_steps=args.sample_inference_steps, seed=args.seed, class_names=class_names,
     )  # fmt: skip
+    objective = score_sde_objective(label_dropout, class_balanced, num_train_timesteps)
     return _train_unet(
-        args, dataset, preset, num_train_timesteps, num_class_embeds, label_dropout, null_class, sampler, sample_grid
-    )
+        args, dataset, preset, num_train_timesteps, num_class_embeds, label_dropout, null_class, sampler, sample_grid,
+        objective,
+    )  # fmt: skip

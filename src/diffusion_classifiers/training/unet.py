@@ -14,7 +14,7 @@ from .denoising import DenoisingLoss, check_training_images
 from .loop import TrainingSummary, train
 from .monitoring import SampleGridFunction, image_grid
 
-__all__ = ["TrainingImages", "ddpm_sample_grid", "train_ddpm_unet", "training_dataset"]
+__all__ = ["TrainingImages", "ddpm_objective", "ddpm_sample_grid", "train_ddpm_unet", "training_dataset"]
 
 # What the trainers train on: a tensor of images (small data, in memory) or a torch `Dataset` whose items are
 # `(image [C, H, W] in [-1, 1], label, ...)`, such as `data.StreamingImages` (decoded on the fly, workers in parallel).
@@ -48,6 +48,12 @@ def images_at(images: TrainingImages, indices) -> torch.Tensor:
     return torch.stack([images[int(i)][0] for i in indices])
 
 
+def ddpm_objective(num_train_timesteps: int = 1000) -> dict:
+    """What `train_ddpm_unet`'s own flags make of the loss, for the run record (`training.train`'s `objective`): a
+    resume with another value is refused, before the data is read when a script passes it to `check_run_can_start`."""
+    return {"num_train_timesteps": int(num_train_timesteps)}
+
+
 def ddpm_sample_grid(
     scheduler: DDPMScheduler, num_images: int = 8, num_inference_steps: int = 25, seed: int = 0
 ) -> SampleGridFunction:
@@ -76,10 +82,11 @@ def _train_unet(
     null_class: Optional[int] = None,
     sampler: Optional[Sampler] = None,
     sample_grid: Optional[Callable[[DDPMScheduler], SampleGridFunction]] = None,
+    objective: Optional[dict] = None,
 ) -> tuple[UNet2DModel, DDPMScheduler, TrainingSummary]:
     """Build a `UNet2DModel` of `preset` for the dataset's images (class-conditional when `num_class_embeds` is
     set), seeded with `args.seed`, and train it with `DenoisingLoss` through `training.train`; `sample_grid`, given
-    the scheduler, makes the sample-grid function of the loop."""
+    the scheduler, makes the sample-grid function of the loop; `objective` goes into the run record."""
     image = first_image(dataset)  # (C, H, H)
     torch.manual_seed(args.seed)  # the initial weights too: same seed, same model
     unet = UNet2DModel(**unet_config(preset, image.shape[-1], image.shape[0], num_class_embeds))
@@ -87,7 +94,7 @@ def _train_unet(
     conditional = num_class_embeds is not None
     loss = DenoisingLoss(scheduler, conditional=conditional, label_dropout=label_dropout, null_class=null_class)
     grid = sample_grid(scheduler) if sample_grid is not None and args.num_sample_images else None
-    unet, _, summary = train(args, unet, dataset, loss, sampler=sampler, sample_grid=grid)
+    unet, _, summary = train(args, unet, dataset, loss, sampler=sampler, sample_grid=grid, objective=objective)
     return unet, scheduler, summary
 
 
@@ -119,4 +126,5 @@ def train_ddpm_unet(
     sample_grid = partial(
         ddpm_sample_grid, num_images=args.num_sample_images, num_inference_steps=args.sample_inference_steps, seed=args.seed
     )
-    return _train_unet(args, dataset, preset, num_train_timesteps, sample_grid=sample_grid)
+    objective = ddpm_objective(num_train_timesteps)
+    return _train_unet(args, dataset, preset, num_train_timesteps, sample_grid=sample_grid, objective=objective)
