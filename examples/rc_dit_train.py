@@ -40,11 +40,11 @@ from diffusion_classifiers.training import (
     build_vit_encoder_from_args,
     check_run_can_start,
     encoder_preprocessing_from_args,
+    rc_dit_objective,
     train_rc_dit,
     training_args_from_namespace,
 )
 from diffusion_classifiers.training.arguments import check_encoder_args
-from diffusion_classifiers.training.rc_dit import rc_dit_objective
 
 
 def parse_args(argv=None):

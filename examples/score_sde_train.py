@@ -29,10 +29,10 @@ from diffusion_classifiers.training import (
     add_diffusion_args,
     add_training_args,
     check_run_can_start,
+    score_sde_objective,
     train_score_sde_unet,
     training_args_from_namespace,
 )
-from diffusion_classifiers.training.score_sde import score_sde_objective
 from diffusion_classifiers.validation import check_two_classes_at_least
 
 

@@ -22,10 +22,10 @@ from diffusion_classifiers.training import (
     add_diffusion_args,
     add_training_args,
     check_run_can_start,
+    ddpm_objective,
     train_ddpm_unet,
     training_args_from_namespace,
 )
-from diffusion_classifiers.training.unet import ddpm_objective
 
 
 def parse_args(argv=None):
