@@ -234,21 +234,25 @@ def method(model_dir: str, given: Optional[str]) -> str:
 
 def eval_dataset_name(args, recorded: dict, split: str) -> str:
     """The data the card's results name: `--eval_dataset_name`; else, for metrics of every image of a data set
-    (`evaluate --split all`: an external set, never the training data, refused unless its images were checked
-    against the training images), the one `metrics.json` names; else `--dataset_name`."""
+    (`evaluate --split all`, or `aggregate` of predictions of a folder or CSV: an external set, not a split of the
+    training data, refused unless its images were checked against the training images), the one `metrics.json`
+    names; else `--dataset_name`."""
     if split == ONE_SET and recorded.get("training_images_checked") is not True:
         raise ValueError(
-            f"{args.metrics_json} scores every image of a data set (evaluate --split all), but could not check them "
-            "against the model's training images (it records none): such figures may include them; evaluate a model "
-            "that records its training images' fingerprints, or a held-out split"
+            f"{args.metrics_json} scores every image of a data set (evaluate --split all, or aggregate of predictions "
+            "of a folder or CSV), but could not check them against the model's training images (its metrics.json "
+            "does not record that they were: a model that records none, or predictions without predict's "
+            "training_image column): such figures may include them; evaluate or predict with a model that records "
+            "its training images' fingerprints, or a held-out split"
         )
     if args.eval_dataset_name is not None:
         return args.eval_dataset_name
     if split == ONE_SET:
         if not recorded.get("dataset"):
             raise ValueError(
-                f"{args.metrics_json} scores every image of a data set (evaluate --split all), not the training data, "
-                "and does not name it; pass --eval_dataset_name"
+                f"{args.metrics_json} scores every image of a data set (evaluate --split all, or aggregate of "
+                "predictions of a folder or CSV), not the training data, and does not name it; pass "
+                "--eval_dataset_name"
             )
         return recorded["dataset"]
     return args.dataset_name

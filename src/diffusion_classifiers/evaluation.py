@@ -26,7 +26,12 @@ from .data import ONE_SET, ImagePreprocessing, LabeledImages, canonical_split_na
 from .data.hf_datasets import HF_SPLIT_NAMES, is_saved_dataset
 from .data.image_listing import list_image_folder
 from .data.readers import check_source_exists
-from .data.split_record import ANONYMISED_DICOM_RULE, image_fingerprint_variants, image_fingerprints
+from .data.split_record import (
+    ANONYMISED_DICOM_RULE,
+    image_fingerprint_variants,
+    image_fingerprints,
+    recorded_train_fingerprints,
+)
 from .data.streaming import (
     StreamingImages,
     streaming_classification_split,
@@ -160,7 +165,8 @@ def pipeline_call_settings(classifier, pipeline_kwargs: Optional[dict] = None) -
             f"pipeline_kwargs: unknown {unknown} for {type(classifier).__name__}; expected some of {sorted(settings)}"
         )
     settings.update(pipeline_kwargs or {})
-    if hasattr(classifier, "check_call_settings"):  # what the call would refuse, before any image is read
+    # what the call would refuse, before any image is read (a pipeline class: its defaults, none to refuse)
+    if hasattr(classifier, "check_call_settings") and not isinstance(classifier, type):
         classifier.check_call_settings(settings)
     return json.loads(json.dumps(settings, default=_as_list))  # as metrics.json records them
 
@@ -626,9 +632,10 @@ def _likely_cause(
             f"scoring them would overstate the model. Leave {flags} out to score the model's own held-out images"
         )
     return (
-        f"the data differs from the model's ({data_differs}), so carving it with the model's recorded seed and "
-        "fractions no longer gives the model's own held-out images, and scoring them would overstate the model. Use "
-        "the data the model was trained from"
+        f"the data differs from the model's ({data_differs}), or was carved with other fractions or seed than the "
+        "model's data_splits.json records, so it is not the model's own held-out images, and scoring them would "
+        "overstate the model. Use the data the model was trained from, carved as recorded (in Python: "
+        "load_image_classification_data(path, **pipe.loader_kwargs))"
     )
 
 
@@ -665,6 +672,7 @@ def evaluate_classifier(
     unlabeled_pool: bool = False,
     paths=None,
     head: Optional[dict] = None,
+    check_training_images: bool = True,
 ) -> dict:
     r"""
     Score `classifier` on a `datasets.Dataset` with an Image and a ClassLabel column, on [`LabeledImages`] or on
@@ -697,11 +705,14 @@ def evaluate_classifier(
         dataset_name (`str`, *optional*): the dataset as the caller gave it (a path, "digits", ...), recorded in
             `metrics.json` as `"dataset"`.
         train_fingerprints (*optional*): the fingerprints of the model's training images
-            (`data.split_record.recorded_train_fingerprints`): [`LabeledImages`] and [`StreamingImages`] holding any
-            of them are refused before any image is scored (`check_training_overlap`); `metrics.json` records
-            `"training_images_checked"`.
-        drop_training_images (`bool`, *optional*, defaults to False): with `train_fingerprints`, score the images
-            the model was not trained on instead of refusing; `metrics.json` records `"training_images_dropped"`.
+            (`data.split_record.recorded_train_fingerprints`); default: those `classifier` records (a pipeline's
+            `split_record`, a transformers model folder's `data_splits.json`), unless `split` is "train" or
+            `check_training_images` is False. [`LabeledImages`] and [`StreamingImages`] holding any of them are
+            refused before any image is scored (`check_training_overlap`); `metrics.json` records
+            `"training_images_checked"` (False for a `datasets.Dataset`, which is not checked).
+        drop_training_images (`bool`, *optional*, defaults to False): with fingerprints to check against, score the
+            images the model was not trained on instead of refusing; `metrics.json` records
+            `"training_images_dropped"`.
         pipeline_kwargs (`dict`, *optional*): arguments of the pipeline's `__call__` (Score-SDE: `method`,
             `num_timesteps`, `seed`, ...); `metrics.json` records every setting the call ran with as
             `"pipeline_call"` (`pipeline_call_settings`: the defaults where not given).
@@ -719,6 +730,9 @@ def evaluate_classifier(
         head (`dict`, *optional*): how the classifier's head was fitted (`diffusion-classifiers fit-head`: its kind,
             labelled and val images, the C or temperature chosen, and a `"summary"` sentence), recorded in
             `metrics.json` as `"head"` and said in `report.md`.
+        check_training_images (`bool`, *optional*, defaults to True): False scores `dataset` without checking it
+            against the model's training images (`metrics.json` then records no `"training_images_checked"`); not
+            with `train_fingerprints`.
 
     Returns:
         `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`.
@@ -731,12 +745,20 @@ def evaluate_classifier(
         raise ValueError(f"num_workers: expected an integer >= 0, got {num_workers!r}")
     if head is not None:
         check_head_record(head)
-    if isinstance(classifier, (str, os.PathLike)):
-        if model_sha256 is None and os.path.isdir(classifier):
+    if train_fingerprints is not None and not check_training_images:
+        raise ValueError(
+            "train_fingerprints: given with check_training_images=False; expected one of them (the fingerprints to "
+            "check against, or no check)"
+        )
+    folder = classifier if isinstance(classifier, (str, os.PathLike)) else None
+    if folder is not None:
+        if model_sha256 is None and os.path.isdir(folder):
             from .hub import model_fingerprint
 
-            model_sha256 = model_fingerprint(classifier)
-        classifier = load_classifier(str(classifier))
+            model_sha256 = model_fingerprint(folder)
+        classifier = load_classifier(str(folder))
+    if train_fingerprints is None and check_training_images and canonical_split_name(split or "") != "train":
+        train_fingerprints = _recorded_fingerprints(classifier, folder)
     settings = pipeline_call_settings(classifier, pipeline_kwargs)  # unknown names refused before any image is read
     preprocessed = isinstance(dataset, (LabeledImages, StreamingImages))  # the loaders' output, read as it is
     predict, model_names = _predictor(classifier, image_processor, pipeline_kwargs, preprocessed)
@@ -808,6 +830,18 @@ def evaluate_classifier(
             ranking_scores=ranking,
         )  # fmt: skip
     return metrics
+
+
+def _recorded_fingerprints(classifier, folder: Optional[str]) -> Optional[frozenset]:
+    """The fingerprints of the training images `classifier` records: a pipeline's `split_record` (none where a head
+    registered by hand dropped them), else (a transformers model) the `data_splits.json` of its saved `folder` or
+    `name_or_path`; None where none are recorded."""
+    if hasattr(classifier, "split_record"):
+        return recorded_train_fingerprints(folder, record=classifier.split_record)
+    folder = folder if folder is not None else getattr(classifier, "name_or_path", None)
+    if not folder or not os.path.isdir(folder):
+        return None
+    return recorded_train_fingerprints(folder)
 
 
 def _images_named(split: Optional[str], dataset_name: Optional[str]) -> str:

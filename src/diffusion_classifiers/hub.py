@@ -439,13 +439,14 @@ def load_eval_positive_class(path: Union[str, os.PathLike]) -> Optional[str]:
 def load_eval_counts(path: Union[str, os.PathLike]) -> Dict[str, Optional[int]]:
     """`{"num_images", "num_positives", "num_dropped"}` of a `metrics.json` (under "test" for the demo's): the images
     its metrics were measured on, of them of its positive class (binary tasks; from the per-class support where not
-    recorded), and the images of the split left out as training images (`evaluate --drop_training_images`)."""
+    recorded), and the images of the split left out as training images (`evaluate --drop_training_images`; of an
+    `aggregate` metrics.json, the groups left out as holding some)."""
     data = _read_json(path)
     data = data.get("test", data)
     positives = data.get("num_positives")
     if positives is None and data.get("positive_class") in data.get("per_class", {}):
         positives = data["per_class"][data["positive_class"]].get("support")
-    dropped = data.get("training_images_dropped")
+    dropped = data.get("training_images_dropped", data.get("groups_left_out_holding_training_images"))
     return {"num_images": data.get("num_samples"), "num_positives": positives, "num_dropped": dropped}
 
 

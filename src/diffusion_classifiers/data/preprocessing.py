@@ -177,9 +177,9 @@ class ImagePreprocessing:
     @property
     def loader_kwargs(self) -> dict[str, Any]:
         """The keywords `load_image_classification_data` and `streaming_image_classification_data` take to read data
-        as this contract does (size, channels, DICOM reading and `fit`):
-        `load_image_classification_data(folder, **pipe.preprocessing.loader_kwargs)` gives the tensors a model with
-        this contract was trained on."""
+        as this contract does (size, channels, DICOM reading and `fit`): how each image is read, not how the data is
+        carved into train / val / test (the loaders' defaults then, not the model's training run's: a pipeline's
+        `loader_kwargs` adds the carving its `split_record` records)."""
         return {"image_size": self.image_size, "num_channels": self.num_channels, "medical": self.medical, **self.fit}
 
     def summary(self) -> str:

@@ -18,6 +18,7 @@ from diffusion_classifiers.data.split_record import (
     SPLIT_DEFAULTS,
     image_fingerprints,
     read_split_record,
+    resolve_split_args,
     save_split_record,
 )
 from diffusion_classifiers.hub import commit_operations, download
@@ -442,6 +443,18 @@ class DiffusionClassifierPipeline(SplitRecordMixin, SavedWithCodeMixin, SavedPre
     @staticmethod
     def class_names_from(num_classes: int, class_names: Optional[List[str]]) -> List[str]:
         return list(class_names) if class_names else [str(i) for i in range(num_classes)]
+
+    @property
+    def loader_kwargs(self) -> Dict[str, Any]:
+        """The keywords `load_image_classification_data` and `streaming_image_classification_data` take to read and
+        carve data as the model's training run did: `preprocessing.loader_kwargs` (size, channels, DICOM reading,
+        fit) and the carving of `split_record` (`val_fraction`, `test_fraction`, `seed`, `class_names`, how anonymised
+        DICOM files are grouped: `data.split_record.resolve_split_args`, as `evaluate` carves). So
+        `load_image_classification_data(path, **pipe.loader_kwargs)["test"]` is the test split of the model's
+        training run on the same data, none of its training images; a pipeline without a record (built in code,
+        saved by an earlier version) gets the training scripts' defaults (`SPLIT_DEFAULTS`)."""
+        carving = resolve_split_args(self.name_or_path, record=self.split_record)
+        return {**self.preprocessing.loader_kwargs, **carving}
 
     @property
     def positive_class(self) -> Optional[str]:

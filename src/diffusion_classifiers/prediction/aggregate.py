@@ -85,8 +85,11 @@ def aggregate_predictions(
         `metrics.classification_metrics` of the groups (its `num_samples` counts them), the AUC ranking them by that
         ratio when there is one, else by the probabilities (`"ranked_by"` names the column), with what the groups are
         (`grouped_by`, `rule`, the max rule's `threshold`, `num_groups`, and the `num_images` they gather) and what
-        the predict run recorded in the sidecar of what they were measured with (`model_sha256`, a saved
-        DatasetDict's `split`, `pipeline_call`), as `evaluate` records them; else None.
+        the predict run recorded in the sidecar of what they were measured with (`model_sha256`, `pipeline_call`,
+        the input's name as `dataset` and its `split`: a saved DatasetDict's, else "all", every file of a folder or
+        CSV), and `training_images_checked` (the predictions' `training_image` column said which images the model was
+        trained on; the groups holding any, `groups_left_out_holding_training_images`, left out), as `evaluate`
+        records them; else None.
     """
     aggregation = _aggregate(predictions, by, rule, positive_class, threshold)
     return aggregation.columns, aggregation.rows, aggregation.metrics
@@ -160,8 +163,7 @@ def _aggregate(
             scores = _group_metrics(predictions, layout, list(scored.values()), positive, rule)
             kept = {key: groups[key] for key in scored}
             metrics = {**_grouping(by, rule, threshold, kept), **scores, **_measured_with(run)}
-            if TRAINING_IMAGE_KEY in columns:
-                metrics["groups_left_out_holding_training_images"] = left_out
+            metrics.update(_training_images_checked(columns, left_out))
     return _Aggregation(layout.out_columns(), [group.row for group in gathered], metrics, notes + ratio_notes)
 
 
@@ -192,6 +194,15 @@ def _training_images_note(columns: list, num_groups: int, left_out: int) -> list
     ]
 
 
+def _training_images_checked(columns: list, left_out: int) -> dict:
+    """What metrics.json records of training images, under `evaluate`'s key: `training_images_checked`, whether the
+    predictions said which images the model was trained on (predict's `training_image` column), and then how many
+    groups holding any were left out."""
+    if TRAINING_IMAGE_KEY not in columns:
+        return {"training_images_checked": False}
+    return {"training_images_checked": True, "groups_left_out_holding_training_images": left_out}
+
+
 def _grouping(by: tuple, rule: str, threshold: float, groups: dict) -> dict:
     """What the counts of metrics.json are (its `num_samples` are the groups): the columns naming the groups, the rule
     that scored them (with the max rule's threshold), and how many images they gather."""
@@ -203,12 +214,21 @@ def _grouping(by: tuple, rule: str, threshold: float, groups: dict) -> dict:
 
 # What the predict run recorded (the sidecar's "run") of what the groups' metrics were measured with, carried into
 # metrics.json under the keys `evaluate` writes: `push_to_hub.py` checks a card's metrics are its model's by
-# `model_sha256`, names their split (a saved DatasetDict's) and passes the call's settings in the card's snippet.
+# `model_sha256`, names their split and data and passes the call's settings in the card's snippet.
 _MEASURED_WITH = (MODEL_CONTENT_KEY, "split", "pipeline_call")
 
 
 def _measured_with(run: dict) -> dict:
-    return {key: run[key] for key in _MEASURED_WITH if run.get(key) is not None}
+    """The `_MEASURED_WITH` keys the run records, and the data: `"dataset"`, the name of its input (not its local
+    path, as `evaluate` records it); `"split"`, a saved DatasetDict's split, else `ONE_SET` ("all": predict read
+    every file of a folder or CSV, none carved, as `evaluate --split all` does)."""
+    from ..data.labeled_images import ONE_SET
+
+    measured = {key: run[key] for key in _MEASURED_WITH if run.get(key) is not None}
+    if run.get("input"):
+        measured["dataset"] = os.path.basename(os.path.normpath(run["input"]))
+        measured.setdefault("split", ONE_SET)
+    return measured
 
 
 # The columns gathered per group, which `by` cannot name.
