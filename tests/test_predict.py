@@ -1325,3 +1325,30 @@ def test_labelled_predictions_flag_training_images_and_aggregate_scores_the_othe
     metrics = json.loads((tmp_path / "p.mean_by_study.metrics.json").read_text())
     assert metrics["num_groups"] == 2 and metrics["groups_left_out_holding_training_images"] == 1
     assert len(read_rows(tmp_path / "p.mean_by_study.csv")) == 3  # every group is still listed
+
+
+def test_python_predict_flags_the_training_images_the_pipeline_records(models, tmp_path):
+    """QA (a mammography group): `predict_files` wrote no training_image column unless given the fingerprints by
+    hand, so `aggregate` scored groups the model was trained on; it reads the pipeline's record by default now. An
+    output written before the column resumes without it."""
+    import shutil as shell
+
+    from diffusion_classifiers.data.split_record import image_fingerprints, save_split_record
+
+    model = tmp_path / "model"
+    shell.copytree(models / "unet", model)
+    write_images(tmp_path, ["a.png", "b.png", "c.png"], seed=5)
+    trained = image_fingerprints(load(models, "unet").preprocess([str(tmp_path / "b.png")]))
+    save_split_record(model, 0.1, 0.2, 0, train_fingerprints=trained)
+    pipe = UNetFeatureClassifierPipeline.from_pretrained(model)
+    write_csv(tmp_path / "in.csv", [("a.png", "cat"), ("b.png", "cat")])
+    predict_files(pipe, list_inputs(tmp_path / "in.csv"), tmp_path / "p.csv", progress_bar=False)
+    assert [row["training_image"] for row in read_rows(tmp_path / "p.csv")] == ["False", "True"]
+    rows = read_rows(tmp_path / "p.csv")  # as an earlier version wrote it, without the column
+    old_columns = [column for column in rows[0] if column != "training_image"]
+    write_csv(tmp_path / "p.csv", [[row[c] for c in old_columns] for row in rows], columns=old_columns)
+    sidecar = tmp_path / "p.csv.json"
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "columns": old_columns}))
+    write_csv(tmp_path / "in.csv", [("a.png", "cat"), ("b.png", "cat"), ("c.png", "dog")])
+    resumed = predict_files(pipe, list_inputs(tmp_path / "in.csv"), tmp_path / "p.csv", progress_bar=False)
+    assert (resumed.predicted, resumed.skipped) == (1, 2) and list(read_rows(tmp_path / "p.csv")[0]) == old_columns

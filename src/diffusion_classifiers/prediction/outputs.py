@@ -51,13 +51,13 @@ _TEXT_COLUMNS = {"path", "true_label", "label", "reason", "file_modified", *DICO
 _INT_COLUMNS = {"frame", "file_bytes"}
 _FLOAT_COLUMNS = {"score", "log_likelihood_ratio", "log_likelihood_ratio_stderr"}  # and prob_<class>
 LEGACY_ERRORS_NAME = "errors.csv"  # the default errors file before each output had its own, shared by a folder
-# output columns added after outputs were first written: an output without them is resumed with its own columns
-COLUMNS_ADDED_LATER = ("log_likelihood_ratio_stderr", *DICOM_ID_COLUMNS, *FILE_STAMP_COLUMNS)
 _ERRORS_KEY = "errors_file"  # in the sidecar, beside the run: the errors file, relative to the output's folder
 # in the sidecar's "run" (whose keys an earlier version's sidecar lacks are not compared on a rerun, so it resumes):
 POSITIVE_CLASS_KEY = "positive_class"  # binary: the model's saved positive class, null when it saved none
 RATIO_KEY = "log_likelihood_ratio"  # binary Score-SDE: which way the log_likelihood_ratio column points
 TRAINING_IMAGE_KEY = "training_image"  # labelled inputs: the image is, by content, one the model was trained on
+# output columns added after outputs were first written: an output without them is resumed with its own columns
+COLUMNS_ADDED_LATER = ("log_likelihood_ratio_stderr", TRAINING_IMAGE_KEY, *DICOM_ID_COLUMNS, *FILE_STAMP_COLUMNS)
 # the CLI's model: its folder (or Hub id), kept for information, and its content (`hub.model_fingerprint`), which
 # identifies it: the same model mounted at another path, or a copy of its folder, resumes
 MODEL_PATH_KEY, MODEL_CONTENT_KEY = "model_dir", "model_sha256"

@@ -145,6 +145,15 @@ def output_columns(
     return columns
 
 
+def _recorded_fingerprints(pipeline: Any) -> Optional[frozenset]:
+    """The fingerprints of the training images `pipeline` records (its folder's `data_splits.json`, read when it was
+    loaded), or None."""
+    from ..data.split_record import recorded_train_fingerprints
+
+    record = getattr(pipeline, "split_record", None)
+    return None if record is None else recorded_train_fingerprints(None, record=record)
+
+
 def _ratio_direction(pipeline: Any) -> str:
     """`"log p(x | positive) - log p(x | negative)"`, what a binary Score-SDE pipeline's `log_likelihood_ratio` is: a
     rerun by a pipeline whose positive class changed would write the other sign into the same column."""
@@ -356,7 +365,8 @@ def predict_files(
             the settings a model was evaluated with. Unknown names are refused before any file is read.
         retry_errors (`bool`, *optional*, defaults to `False`): predict again the inputs the errors file lists.
         train_fingerprints (`Collection[str]`, *optional*): the fingerprints of the model's training images
-            (`data.split_record.recorded_train_fingerprints` of its folder), for the `training_image` column.
+            (`data.split_record.recorded_train_fingerprints` of its folder), for the `training_image` column;
+            default: those the pipeline records (its `split_record`, as `evaluate_classifier` reads them), if any.
 
     Returns:
         [`PredictionSummary`]
@@ -368,6 +378,8 @@ def predict_files(
 
     files = check_output_args(output_path, errors_path, batch_size)
     _check_inputs(inputs)
+    if train_fingerprints is None:
+        train_fingerprints = _recorded_fingerprints(pipeline)
     call_kwargs = prediction_call_kwargs(pipeline, pipeline_kwargs, seed)
     settings = pipeline_call_settings(pipeline, call_kwargs)  # unknown names refused here
     columns = output_columns(
