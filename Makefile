@@ -10,8 +10,9 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch first and pinned: an unpinned torch would pull several GB of CUDA wheels.
-	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
+	# torch first and pinned. PyPI's Linux wheel is the CUDA build (several GB): TORCH_INDEX=https://download.pytorch.org/whl/cpu
+	# takes the CPU build from PyTorch's index; left empty, pip's own configuration decides (a local CPU wheel here).
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,medical]"
 	touch $(STAMP)
 

@@ -92,13 +92,13 @@ PROBE_C = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 def add_data_options(
     parser: argparse.ArgumentParser, default_data: str, *, label_fractions: Sequence[float] | None = None,
-    checkpoint: bool = False, parts: Sequence[str] | None = None, positive_class: bool = True,
+    checkpoint: str | None = None, parts: Sequence[str] | None = None, positive_class: bool = True,
 ) -> argparse.ArgumentParser:  # fmt: skip
     """The options every accuracy benchmark shares (read by `check_data_options`, `load_benchmark_data`,
     `few_label_subsets`): the dataset and its class names, the positive class of a binary task (where the
     benchmark reports binary metrics: `positive_class`); with
-    `label_fractions` (their default) several few-label regimes in one run; with `checkpoint` saving and reusing the
-    trained diffusion model; with `parts` the parts of the benchmark to run (default: all)."""
+    `label_fractions` (their default) several few-label regimes in one run; with `checkpoint` (the script that trains the
+    benchmark's diffusion model) saving and reusing the trained model; with `parts` the parts of the benchmark to run (default: all)."""
     parser.add_argument("--data", default=None, help=f"the dataset: {DATA_HELP}; default {default_data}")
     parser.add_argument(
         "--class_names", nargs="+", default=None, help="names of the label ids 0..K-1 (.npz, IDX, CSV); default: the data's"
@@ -119,7 +119,7 @@ def add_data_options(
         )  # fmt: skip
     add_reading_options(parser)
     if checkpoint:
-        add_checkpoint_options(parser)
+        add_checkpoint_options(parser, checkpoint)
     if parts is not None:
         parser.add_argument(
             "--parts", nargs="+", default=list(parts), choices=list(parts), help=f"parts to run; default all: {list(parts)}"
@@ -154,15 +154,15 @@ def reading_options(args: argparse.Namespace) -> dict:
     }  # fmt: skip
 
 
-def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
-    """`--keep_checkpoint` and `--unet_dir`, checked by `check_checkpoint_options`."""
+def add_checkpoint_options(parser: argparse.ArgumentParser, trainer: str) -> None:
+    """`--keep_checkpoint` and `--unet_dir` (a model of the script `trainer`), checked by `check_checkpoint_options`."""
     parser.add_argument(
         "--keep_checkpoint", default=None, metavar="DIR",
         help="save the trained diffusion model here (save_pretrained), to rerun with --unet_dir; default: not kept",
     )  # fmt: skip
     parser.add_argument(
         "--unet_dir", default=None, metavar="DIR",
-        help="a model saved by --keep_checkpoint or examples/unet_features_train.py, used instead of training one; "
+        help=f"a model saved by --keep_checkpoint or {trainer}, used instead of training one; "
         "refused unless its saved preprocessing (size, channels, resize mode, padding, background) is this run's",
     )  # fmt: skip
 

@@ -260,7 +260,7 @@ def parse_args():
     )  # fmt: skip
     parser.add_argument("--val_fraction", type=float, default=0.1, help="of the images left after test; default 0.1")
     parser.add_argument("--test_fraction", type=float, default=0.2, help="of every class; default 0.2")
-    add_checkpoint_options(parser)
+    add_checkpoint_options(parser, "examples/unet_features_train.py")
     parser.add_argument(
         "--merge", nargs="+", default=None,
         help="results files of full runs with the same preset and other --seed: their mean and spread, train nothing",

@@ -76,8 +76,8 @@ METRICS = ("accuracy", "macro_f1", "auc", "balanced_accuracy", "sensitivity", "s
 def parse_args():
     parser = base_parser(__doc__)
     add_data_options(
-        parser, "../shared/data/medmnist_pneumonia/pneumoniamnist.npz", label_fractions=[0.01], checkpoint=True,
-        parts=PARTS,
+        parser, "../shared/data/medmnist_pneumonia/pneumoniamnist.npz", label_fractions=[0.01],
+        checkpoint="examples/unet_features_train.py", parts=PARTS,
     )  # fmt: skip
     parser.add_argument("--image_size", type=int, default=None, help="square side in px; default: the data's (folders 32)")
     parser.add_argument("--unet_preset", default=None, help="default: tiny with --quick, else small")

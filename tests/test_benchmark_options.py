@@ -153,11 +153,11 @@ def test_options_parse(tmp_path):
         ["--data", path, "--class_names", "benign", "malignant", "--positive_class", "malignant",
          "--label_fractions", "0.01", "0.1", "--min_labels_per_class", "3", "--keep_checkpoint", str(tmp_path / "k"),
          "--parts", "b"],
-        label_fractions=[0.01], checkpoint=True, parts=("a", "b"),
+        label_fractions=[0.01], checkpoint="examples/unet_features_train.py", parts=("a", "b"),
     )  # fmt: skip
     assert (args.class_names, args.positive_class) == (["benign", "malignant"], "malignant")
     assert (args.label_fractions, args.min_labels_per_class, args.parts) == ([0.01, 0.1], 3, ["b"])
-    defaults = parse([], label_fractions=[0.01], checkpoint=True, parts=("a", "b"))
+    defaults = parse([], label_fractions=[0.01], checkpoint="examples/unet_features_train.py", parts=("a", "b"))
     assert (defaults.label_fractions, defaults.min_labels_per_class) == ([0.01], _common.MIN_LABELS_PER_CLASS)
     assert (defaults.parts, defaults.unet_dir, defaults.keep_checkpoint) == (["a", "b"], None, None)
 
@@ -175,7 +175,7 @@ def test_options_parse(tmp_path):
 def test_bad_options_are_refused_naming_the_flag(tmp_path, capsys, argv, message):
     argv = [arg.format(tmp=tmp_path) for arg in argv]
     with pytest.raises(SystemExit):
-        parse(argv, label_fractions=[0.01], checkpoint=True, parts=("a", "b"))
+        parse(argv, label_fractions=[0.01], checkpoint="examples/unet_features_train.py", parts=("a", "b"))
     assert message.format(tmp=tmp_path) in capsys.readouterr().err
 
 

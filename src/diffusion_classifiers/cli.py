@@ -85,7 +85,15 @@ def add_demo_args(parser: argparse.ArgumentParser) -> None:
         use_ema=True,
         ema_max_decay=0.999,
     )
+    _set_help(parser, "--output_dir", "where report.md, metrics.json and the PNGs go, the U-Net's checkpoints and "
+              "training summary in <output_dir>/unet_training/, the classifier in <output_dir>/pipeline/")
+    _set_help(parser, "--resume_from_checkpoint", "a checkpoint-N folder of <output_dir>/unet_training/ (or a path), "
+              "or 'latest'")
     add_positive_class_arg(parser, saved_model=False)
+
+
+def _set_help(parser: argparse.ArgumentParser, flag: str, help: str) -> None:
+    next(action for action in parser._actions if flag in action.option_strings).help = help
 
 
 def add_positive_class_arg(parser: argparse.ArgumentParser, saved_model: bool = True) -> None:

@@ -515,8 +515,9 @@ def add_aggregate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=0.5, help="the max rule's decision threshold")
     parser.add_argument(
         "--output", default=None,
-        help="the grouped predictions, a .csv (default: beside the predictions, named by their stem: "
-        "<stem>.<rule>_by_<by>.csv, e.g. predictions.csv -> predictions.max_by_study_uid.csv); with a true_label "
+        help="the grouped predictions, a .csv (default: beside the predictions, named by their stem, a .parquet "
+        "file by its whole name: <stem>.<rule>_by_<by>.csv, e.g. predictions.csv -> predictions.max_by_study_uid.csv, "
+        "predictions.parquet -> predictions.parquet.max_by_study_uid.csv); with a true_label "
         "column also <output stem>.metrics.json (predictions.max_by_study_uid.metrics.json)",
     )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier --output (default: refuse it)")

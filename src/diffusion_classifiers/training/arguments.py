@@ -131,8 +131,9 @@ class TrainingArguments:
     )
     num_sample_images: int = _flag(
         8,
-        "Images the diffusion trainers (DDPM U-Net, RC-DiT) generate at every checkpoint and at the end, saved as "
-        "`samples/step_N.png` (seeded with `--seed`; RC-DiT: reference images above their variations); 0 turns it off.",
+        "Images the diffusion trainers (DDPM U-Net, Score-SDE, RC-DiT) generate at every checkpoint and at the end, "
+        "saved as `samples/step_N.png` (seeded with `--seed`; Score-SDE: a column per class; RC-DiT: reference images "
+        "above their variations); 0 turns it off.",
     )
     sample_inference_steps: int = _flag(25, "Denoising steps of those samples (the training scheduler, strided).")
 
