@@ -15,7 +15,7 @@ import os
 import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, Collection, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Collection, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -745,6 +745,7 @@ def evaluate_classifier(
         raise ValueError(f"num_workers: expected an integer >= 0, got {num_workers!r}")
     if head is not None:
         check_head_record(head)
+    _check_one_split(dataset)
     if train_fingerprints is not None and not check_training_images:
         raise ValueError(
             "train_fingerprints: given with check_training_images=False; expected one of them (the fingerprints to "
@@ -767,6 +768,8 @@ def evaluate_classifier(
     positive_label = resolve_positive_label(positive_class, model_names, len(model_names))  # before any image is read
     if positive_class is None and positive_label is not None:
         _warn_default_positive_class(model_names, classifier)
+    if preprocessed:
+        check_read_as_the_model_reads(dataset, contract)
     checked = {}
     if train_fingerprints is not None and isinstance(dataset, (LabeledImages, StreamingImages)):
         where = _images_named(split, dataset_name)
@@ -830,6 +833,49 @@ def evaluate_classifier(
             ranking_scores=ranking,
         )  # fmt: skip
     return metrics
+
+
+def _check_one_split(dataset) -> None:
+    """Refuse, naming what is expected, what is not one split the function scores (QA: the loaders' dict of splits
+    was refused as "expected a datasets.Dataset split, got dict")."""
+    import datasets
+
+    if isinstance(dataset, (LabeledImages, StreamingImages, datasets.Dataset)):
+        return
+    given = type(dataset).__name__
+    if isinstance(dataset, Mapping):
+        given = f"a {given} of splits {sorted(map(str, dataset))}: pass one of them, e.g. splits[\"test\"]"
+    raise TypeError(
+        f"dataset: expected one split, the LabeledImages or StreamingImages of a loader's split or a datasets.Dataset, "
+        f"got {given}"
+    )
+
+
+# How a loader read images, which a model's tensors must share with its contract (the range is checked per batch).
+_READING_FIELDS = ("image_size", "num_channels", "resize_mode", "pad_value", "normalize_background")
+
+
+def check_read_as_the_model_reads(dataset, contract: ImagePreprocessing) -> None:
+    """Refuse loaded images ([`LabeledImages`], [`StreamingImages`]) read otherwise than the model's saved `contract`
+    reads images (size, channels, resize mode, padding, background, DICOM windows): they are scored as they are, so
+    the metrics would be those of other images than the model is given (QA: a folder read without
+    `**pipe.loader_kwargs`, stretched where the model pads, scored 50% for 62.5%), and checked against the model's
+    training images by fingerprints they cannot match."""
+    read = getattr(dataset, "preprocessing", None)
+    if read is None:  # tensors wrapped by hand: nothing says how they were read
+        return
+    differing = [
+        f"{field} {getattr(read, field)!r} (the model's: {getattr(contract, field)!r})"
+        for field in _READING_FIELDS
+        if getattr(read, field) != getattr(contract, field)
+    ]
+    windows, saved_windows = read.medical_or_default.windows, contract.medical_or_default.windows
+    differing += [f"DICOM windows {list(windows)} (the model's: {list(saved_windows)})"] * (windows != saved_windows)
+    if differing:
+        raise ValueError(
+            f"dataset: read otherwise than the model reads images: {'; '.join(differing)}; expected the model's "
+            "reading: load_image_classification_data(path, **pipe.loader_kwargs)"
+        )
 
 
 def _recorded_fingerprints(classifier, folder: Optional[str]) -> Optional[frozenset]:

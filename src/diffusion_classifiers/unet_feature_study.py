@@ -133,6 +133,7 @@ def study_from_features(
     hypercolumns: bool = False,
     views: Optional[str] = None,
     show_progress: bool = True,
+    split_record: Optional[dict] = None,
 ) -> UNetFeatureStudy:
     """Fit the probe grid on the train features (only rows `train_index` when given: few-label studies; with
     `hypercolumns`, also a probe per timestep on every block's feature concatenated, `features.with_hypercolumns`,
@@ -144,7 +145,10 @@ def study_from_features(
     tasks are scored for `positive_class` (a class name; default class 1), which the pipeline also keeps when it
     supports `set_positive_class`. `views` is how `features` were extracted (`extract_study_features`), recorded in
     the heads so that the pipeline reads new images the same way. `show_progress=False` hides the probe fit's bar
-    (unless `probe_kwargs` sets its `progress_bar`) and the test pass's; the returned pipeline keeps its own bar."""
+    (unless `probe_kwargs` sets its `progress_bar`) and the test pass's; the returned pipeline keeps its own bar.
+    `split_record` (the U-Net's pipeline's `split_record`, when `splits` were carved by its `loader_kwargs`) goes with
+    the study's pipeline, the head's train images' fingerprints added, as `diffusion-classifiers probe` saves it:
+    `evaluate_classifier` and `pipe.loader_kwargs` then know the images it was trained on."""
     labels = check_study_splits(splits, candidate_num_clusters)
     train, test = splits["train"], splits["test"]
     probed = {name: with_hypercolumns(x) if hypercolumns else x for name, x in features.items()}
@@ -164,6 +168,9 @@ def study_from_features(
     )  # saved with the contract the data were read with: `pipe(...)` and `evaluate` read new images the same way
     if positive_class is not None and hasattr(pipeline, "set_positive_class"):
         pipeline.set_positive_class(positive_class)
+    if split_record is not None:
+        pipeline.split_record = dict(split_record)
+        pipeline.register_fitted_head(probe.head, train.images)
     output = _classify(pipeline, test.images, batch_size, show_progress)
     test_metrics = classification_metrics(
         labels["test"], output.label_ids, probs=output.probs, num_classes=train.num_classes,
@@ -296,9 +303,11 @@ def run_unet_feature_study(
     candidate_num_clusters: Optional[Sequence[int]] = None,
     hypercolumns: bool = False,
     views: Optional[str] = None,
+    split_record: Optional[dict] = None,
 ) -> UNetFeatureStudy:
     """Extract every (block, t) feature of the train/val/test splits (averaged over `views`), then
-    `study_from_features`; `show_progress=False` hides every progress bar of both."""
+    `study_from_features` (`split_record`: the U-Net's pipeline's, carried into the study's pipeline);
+    `show_progress=False` hides every progress bar of both."""
     check_study_splits(splits, candidate_num_clusters)  # before the features are extracted
     train = splits["train"]
     resolve_positive_label(positive_class, train.class_names, train.num_classes)
@@ -309,7 +318,7 @@ def run_unet_feature_study(
         unet, scheduler, splits, features, pool=pool, noise_seed=noise_seed, batch_size=batch_size,
         probe_kwargs=probe_kwargs, seed=seed, positive_class=positive_class,
         candidate_num_clusters=candidate_num_clusters, hypercolumns=hypercolumns, views=views,
-        show_progress=show_progress,
+        show_progress=show_progress, split_record=split_record,
     )  # fmt: skip
 
 
