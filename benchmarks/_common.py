@@ -96,9 +96,9 @@ def add_data_options(
 ) -> argparse.ArgumentParser:  # fmt: skip
     """The options every accuracy benchmark shares (read by `check_data_options`, `load_benchmark_data`,
     `few_label_subsets`): the dataset and its class names, the positive class of a binary task (where the
-    benchmark reports binary metrics: `positive_class`); with
-    `label_fractions` (their default) several few-label regimes in one run; with `checkpoint` (the script that trains the
-    benchmark's diffusion model) saving and reusing the trained model; with `parts` the parts of the benchmark to run (default: all)."""
+    benchmark reports binary metrics: `positive_class`); with `label_fractions` (their default) several few-label
+    regimes in one run; with `checkpoint` (the script that trains the benchmark's diffusion model) saving and reusing
+    the trained model; with `parts` the parts of the benchmark to run (default: all)."""
     parser.add_argument("--data", default=None, help=f"the dataset: {DATA_HELP}; default {default_data}")
     parser.add_argument(
         "--class_names", nargs="+", default=None, help="names of the label ids 0..K-1 (.npz, IDX, CSV); default: the data's"
@@ -155,7 +155,8 @@ def reading_options(args: argparse.Namespace) -> dict:
 
 
 def add_checkpoint_options(parser: argparse.ArgumentParser, trainer: str) -> None:
-    """`--keep_checkpoint` and `--unet_dir` (a model of the script `trainer`), checked by `check_checkpoint_options`."""
+    """`--keep_checkpoint` and `--unet_dir` (a model of the script `trainer`), checked by
+    `check_checkpoint_options`."""
     parser.add_argument(
         "--keep_checkpoint", default=None, metavar="DIR",
         help="save the trained diffusion model here (save_pretrained), to rerun with --unet_dir; default: not kept",

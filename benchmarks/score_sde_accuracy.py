@@ -85,7 +85,10 @@ QUICK = dict(
 
 def parse_args():
     parser = base_parser(__doc__)
-    add_data_options(parser, "../shared/data/medmnist_pneumonia/pneumoniamnist.npz", checkpoint="examples/score_sde_train.py", parts=PARTS)
+    add_data_options(
+        parser, "../shared/data/medmnist_pneumonia/pneumoniamnist.npz", checkpoint="examples/score_sde_train.py",
+        parts=PARTS,
+    )  # fmt: skip
     parser.add_argument(
         "--reference_data", "--fashion_data", help="the reference part's dataset; default ../shared/data/fashion_mnist"
     )

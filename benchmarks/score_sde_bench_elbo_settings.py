@@ -55,7 +55,9 @@ MIN_TWO_SIGMA_COVERAGE = 0.90  # of seed-to-seed changes within 2 standard error
 
 def parse_args():
     parser = base_parser(__doc__)
-    add_data_options(parser, "../shared/data/medmnist_pneumonia/pneumoniamnist.npz", checkpoint="examples/score_sde_train.py")
+    add_data_options(
+        parser, "../shared/data/medmnist_pneumonia/pneumoniamnist.npz", checkpoint="examples/score_sde_train.py"
+    )
     parser.add_argument("--image_size", type=int, help="the data resized to this, as the model saw it (16; quick 8)")
     parser.add_argument("--unet_preset", help="without --unet_dir: the U-Net trained (small; quick tiny)")
     parser.add_argument("--train_steps", type=int, help="without --unet_dir: its steps (800; quick 15)")

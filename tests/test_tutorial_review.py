@@ -52,7 +52,7 @@ def test_evaluate_refuses_images_read_otherwise_than_the_model_reads_them(record
                                                                         resize_mode="pad"))  # fmt: skip
     with pytest.raises(ValueError, match=r"dataset: read otherwise than the model reads images: image_size 8 \(the "
                                          r"model's: 16\); resize_mode 'pad' \(the model's: 'stretch'\); expected the "
-                                         r"model's reading: load_image_classification_data\(path, \*\*pipe"):  # fmt: skip
+                                         r"model's reading: load_image_classification_data"):  # fmt: skip
         evaluate_classifier(pipe, other)
 
 

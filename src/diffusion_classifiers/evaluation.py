@@ -54,12 +54,14 @@ __all__ = [
     "check_evaluation_args",
     "check_evaluation_split",
     "check_head_record",
+    "check_read_as_the_model_reads",
     "carved_splits",
     "check_training_overlap",
     "evaluate_classifier",
     "files_of_splits",
     "evaluate_compatible_transformers",
     "load_classifier",
+    "recorded_fingerprints_of",
     "load_evaluation_split",
     "load_metric",
     "map_labels_by_name",
@@ -759,7 +761,7 @@ def evaluate_classifier(
             model_sha256 = model_fingerprint(folder)
         classifier = load_classifier(str(folder))
     if train_fingerprints is None and check_training_images and canonical_split_name(split or "") != "train":
-        train_fingerprints = _recorded_fingerprints(classifier, folder)
+        train_fingerprints = recorded_fingerprints_of(classifier, folder)
     settings = pipeline_call_settings(classifier, pipeline_kwargs)  # unknown names refused before any image is read
     preprocessed = isinstance(dataset, (LabeledImages, StreamingImages))  # the loaders' output, read as it is
     predict, model_names = _predictor(classifier, image_processor, pipeline_kwargs, preprocessed)
@@ -846,8 +848,8 @@ def _check_one_split(dataset) -> None:
     if isinstance(dataset, Mapping):
         given = f"a {given} of splits {sorted(map(str, dataset))}: pass one of them, e.g. splits[\"test\"]"
     raise TypeError(
-        f"dataset: expected one split, the LabeledImages or StreamingImages of a loader's split or a datasets.Dataset, "
-        f"got {given}"
+        "dataset: expected one split, the LabeledImages or StreamingImages of a loader's split or a "
+        f"datasets.Dataset, got {given}"
     )
 
 
@@ -878,7 +880,7 @@ def check_read_as_the_model_reads(dataset, contract: ImagePreprocessing) -> None
         )
 
 
-def _recorded_fingerprints(classifier, folder: Optional[str]) -> Optional[frozenset]:
+def recorded_fingerprints_of(classifier, folder: Optional[str] = None) -> Optional[frozenset]:
     """The fingerprints of the training images `classifier` records: a pipeline's `split_record` (none where a head
     registered by hand dropped them), else (a transformers model) the `data_splits.json` of its saved `folder` or
     `name_or_path`; None where none are recorded."""

@@ -3,14 +3,14 @@
 `predict` gives one row per image (a CT slice, a DICOM frame, a mammogram's view) with its DICOM ids (`patient_id`,
 `study_uid`, `series_uid`, `laterality`, `view_position`, `sop_instance_uid`); a reader decides per scan, or per breast
 (several columns together: `study_uid` and `laterality`). A DICOM image stored under two names (two exports of one
-scan in the folder predicted) is one image: a group counts its `sop_instance_uid` and frame once. [`aggregate_predictions`] gathers the rows of each group: the positive
-class's probability of a group is the largest of its images' under the "max" rule (a scan holds a haemorrhage if any
-slice shows one), the mean under "mean" (every class, the label the most probable class). The positive class is the one
-the predict run recorded in the file's `.json` sidecar (the model's saved `positive_class`) unless one is given.
-A binary Score-SDE file's `log_likelihood_ratio` is gathered the same way (largest or mean), turned toward the
-positive class: its probabilities saturate at 0 and 1, so the groups are ranked by it. With the `true_label` column
-of a labelled run, each group's images must share one label, and the group-level metrics are those of `evaluate`
-(`metrics.classification_metrics`).
+scan in the folder predicted) is one image: a group counts its `sop_instance_uid` and frame once.
+[`aggregate_predictions`] gathers the rows of each group: the positive class's probability of a group is the largest
+of its images' under the "max" rule (a scan holds a haemorrhage if any slice shows one), the mean under "mean" (every
+class, the label the most probable class). The positive class is the one the predict run recorded in the file's
+`.json` sidecar (the model's saved `positive_class`) unless one is given. A binary Score-SDE file's
+`log_likelihood_ratio` is gathered the same way (largest or mean), turned toward the positive class: its probabilities
+saturate at 0 and 1, so the groups are ranked by it. With the `true_label` column of a labelled run, each group's
+images must share one label, and the group-level metrics are those of `evaluate` (`metrics.classification_metrics`).
 """
 
 from __future__ import annotations
@@ -397,8 +397,9 @@ def _without_repeated_images(predictions, columns: list, groups: dict) -> tuple[
                 continue
             if truth is not None and str(row[truth]) != str(first[truth]):
                 raise ValueError(
-                    f"{predictions}: {row[0]!r} and {first[0]!r} are one DICOM image (SOPInstanceUID {row[uid]}, frame "
-                    f"{row[frame]}) with the true labels {first[truth]!r} and {row[truth]!r}; expected one label per image"
+                    f"{predictions}: {row[0]!r} and {first[0]!r} are one DICOM image (SOPInstanceUID {row[uid]}, "
+                    f"frame {row[frame]}) with the true labels {first[truth]!r} and {row[truth]!r}; expected one "
+                    "label per image"
                 )
             repeats.append((row[0], first[0]))
     if not repeats:

@@ -67,8 +67,8 @@ FILE_STAMP_COLUMNS = ("file_bytes", "file_modified")
 
 
 def dicom_ids(item: PredictionInput) -> dict[str, Optional[str]]:
-    """The patient, study, series and instance ids, laterality and view of a DICOM input (`DICOM_ID_COLUMNS`; None where the
-    file names none), read from its header; all None for another input."""
+    """The patient, study, series and instance ids, laterality and view of a DICOM input (`DICOM_ID_COLUMNS`; None
+    where the file names none), read from its header; all None for another input."""
     if item.dicom_file is None:
         return dict.fromkeys(DICOM_ID_COLUMNS)
     from ..data.dicom import read_dicom_header

@@ -120,8 +120,8 @@ def output_columns(
     with_files: bool = False, with_training_flag: bool = False,
 ) -> list[str]:
     """`path, frame, [true_label, [training_image,]] [patient_id, study_uid, series_uid, laterality,
-    view_position, sop_instance_uid,] [file_bytes, file_modified,] label, score, prob_<class>..., [log_likelihood_ratio,
-    log_likelihood_ratio_stderr]` for
+    view_position, sop_instance_uid,] [file_bytes, file_modified,] label, score, prob_<class>...,
+    [log_likelihood_ratio, log_likelihood_ratio_stderr]` for
     `pipeline` called with `settings` (`evaluation.pipeline_call_settings`; default: its defaults): the DICOM ids
     (`DICOM_ID_COLUMNS`) when inputs are DICOM files, the size
     and modification time of the file read when inputs are files, the ratio
@@ -143,15 +143,6 @@ def output_columns(
         if settings["method"] == "elbo" or settings["num_probes"] >= 2:
             columns.append("log_likelihood_ratio_stderr")
     return columns
-
-
-def _recorded_fingerprints(pipeline: Any) -> Optional[frozenset]:
-    """The fingerprints of the training images `pipeline` records (its folder's `data_splits.json`, read when it was
-    loaded), or None."""
-    from ..data.split_record import recorded_train_fingerprints
-
-    record = getattr(pipeline, "split_record", None)
-    return None if record is None else recorded_train_fingerprints(None, record=record)
 
 
 def _ratio_direction(pipeline: Any) -> str:
@@ -374,12 +365,12 @@ def predict_files(
     from tqdm.auto import tqdm
 
     from ..data.sixteen_bit import check_bit_depths
-    from ..evaluation import pipeline_call_settings
+    from ..evaluation import pipeline_call_settings, recorded_fingerprints_of
 
     files = check_output_args(output_path, errors_path, batch_size)
     _check_inputs(inputs)
     if train_fingerprints is None:
-        train_fingerprints = _recorded_fingerprints(pipeline)
+        train_fingerprints = recorded_fingerprints_of(pipeline)
     call_kwargs = prediction_call_kwargs(pipeline, pipeline_kwargs, seed)
     settings = pipeline_call_settings(pipeline, call_kwargs)  # unknown names refused here
     columns = output_columns(
