@@ -20,7 +20,12 @@ from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
 from diffusion_classifiers.cli import run_from_shell
-from diffusion_classifiers.data import add_data_args, save_training_split_record, training_data_from_args
+from diffusion_classifiers.data import (
+    add_data_args,
+    reading_from_args,
+    save_training_split_record,
+    training_data_from_args,
+)
 from diffusion_classifiers.data.arguments import number_in
 from diffusion_classifiers.models import (
     RC_DIT_SIZES,
@@ -148,7 +153,8 @@ def main(argv=None):
         args.num_train_timesteps, args.freeze_encoder, args.loss_weighting, args.denoiser_mask_ratio,
         args.denoiser_mask_probability, args.masked_target,
     )  # fmt: skip
-    check_run_can_start(training_args, objective)  # before the data is read
+    reading = reading_from_args(args)
+    check_run_can_start(training_args, {**objective, **reading})  # before the data is read
     check_encoder_args(args)
     vae = load_vae(args.vae, args.vae_subfolder)
     train = training_data_from_args(args)["train"]
@@ -173,6 +179,7 @@ def main(argv=None):
         denoiser_mask_probability=args.denoiser_mask_probability,
         masked_target=args.masked_target,
         encoder_preprocessing=encoder_preprocessing_from_args(args),
+        reading=reading,
     )
     if PartialState().is_main_process:
         pipe = RepresentationConditionedDiTPipeline(encoder, transformer, scheduler, vae=vae, preprocessing=train.preprocessing)

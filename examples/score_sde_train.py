@@ -21,7 +21,12 @@ import argparse
 from accelerate import PartialState
 
 from diffusion_classifiers.cli import add_positive_class_arg, note_default_positive_class, run_from_shell
-from diffusion_classifiers.data import add_data_args, save_training_split_record, training_data_from_args
+from diffusion_classifiers.data import (
+    add_data_args,
+    reading_from_args,
+    save_training_split_record,
+    training_data_from_args,
+)
 from diffusion_classifiers.data.arguments import number_in
 from diffusion_classifiers.metrics import resolve_positive_label
 from diffusion_classifiers.pipelines import ScoreSDEClassifierPipeline
@@ -57,8 +62,9 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     training_args = training_args_from_namespace(args)
+    reading = reading_from_args(args)
     objective = score_sde_objective(args.label_dropout, args.class_balanced, args.num_train_timesteps)
-    check_run_can_start(training_args, objective)  # before the data is read
+    check_run_can_start(training_args, {**objective, **reading})  # before the data is read
     train = training_data_from_args(args)["train"]
     check_two_classes_at_least(train.class_names, f"--dataset {args.dataset}", "a class-conditional score model")
     resolve_positive_label(args.positive_class, train.class_names, train.num_classes)  # before training
@@ -68,7 +74,7 @@ def main(argv=None):
     unet, scheduler, _ = train_score_sde_unet(
         training_args, images, labels, num_classes=train.num_classes, preset=args.unet_preset,
         num_train_timesteps=args.num_train_timesteps, label_dropout=args.label_dropout,
-        class_balanced=args.class_balanced, class_names=train.class_names,
+        class_balanced=args.class_balanced, class_names=train.class_names, reading=reading,
     )
     if PartialState().is_main_process:
         pipeline = ScoreSDEClassifierPipeline(

@@ -16,7 +16,12 @@ import argparse
 from accelerate import PartialState
 
 from diffusion_classifiers.cli import run_from_shell
-from diffusion_classifiers.data import add_data_args, save_training_split_record, training_data_from_args
+from diffusion_classifiers.data import (
+    add_data_args,
+    reading_from_args,
+    save_training_split_record,
+    training_data_from_args,
+)
 from diffusion_classifiers.pipelines import UNetFeatureClassifierPipeline
 from diffusion_classifiers.training import (
     add_diffusion_args,
@@ -39,11 +44,12 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     training_args = training_args_from_namespace(args)
-    check_run_can_start(training_args, ddpm_objective(args.num_train_timesteps))  # before the data is read
+    reading = reading_from_args(args)
+    check_run_can_start(training_args, {**ddpm_objective(args.num_train_timesteps), **reading})  # before the data
     train = training_data_from_args(args)["train"]
     unet, scheduler, _ = train_ddpm_unet(
         training_args, train if args.streaming else train.images, preset=args.unet_preset,
-        num_train_timesteps=args.num_train_timesteps,
+        num_train_timesteps=args.num_train_timesteps, reading=reading,
     )  # fmt: skip
     if PartialState().is_main_process:
         pipeline = UNetFeatureClassifierPipeline(unet=unet, scheduler=scheduler, preprocessing=train.preprocessing)

@@ -49,6 +49,7 @@ _EXPORTS = {
     "list_image_folder": "image_listing",
     "list_unlabeled_folder": "image_listing",
     "load_data_from_args": "readers",
+    "reading_from_args": "readers",
     "load_image_classification_data": "readers",
     "long_tailed_indices": "splits",
     "preprocess_images": "preprocessing",

@@ -489,6 +489,15 @@ def splits_from_args(args: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def reading_from_args(args: Any) -> dict[str, Any]:
+    """`{flag name: value}` of the flags of [`add_data_args`] that say how each image is read (size, channels, fit,
+    DICOM windows, bit depth), as JSON: the trainers record them so that a resume reading the images otherwise is
+    refused naming the flag (a `--normalize_background` left out changed no sampled pixel mean of white-field
+    plankton images, and the resumed model was saved reading them otherwise)."""
+    names = ("image_size", "num_channels", "resize_mode", "pad_value", "normalize_background", "window", "bits_stored")
+    return {name: getattr(args, name) for name in names}
+
+
 def fit_from_args(args: Any) -> dict[str, Any]:
     """`resize_mode`, `pad_value` and `normalize_background` from the flags of [`add_data_args`], checked."""
     return fit_options(args.resize_mode, args.pad_value, args.normalize_background)

@@ -281,6 +281,7 @@ def train_rc_dit(
     denoiser_mask_ratio: float = DEFAULT_DENOISER_MASK_RATIO,
     denoiser_mask_probability: float = 1.0,
     masked_target: str = DEFAULT_MASKED_TARGET,
+    reading: Optional[dict] = None,
 ) -> tuple[nn.Module, RepresentationConditionedDiTModel, DDPMScheduler, TrainingSummary]:
     r"""
     Train `encoder` and a new `RepresentationConditionedDiTModel` of `dit_size` together on unlabeled images
@@ -327,6 +328,8 @@ def train_rc_dit(
             the others train the DiT as the whole-image denoiser that sampling needs (0.5 for a DiT that generates).
         masked_target (`str`, *optional*, defaults to `"normalized_patches"`): what a hidden patch is
             reconstructed as (`RCDiTLoss`): its clean content standardised per patch, or its `"pixels"`.
+        reading (`dict`, *optional*): how the images were read, `{flag name: value}` (`data.reading_from_args`),
+            recorded with every checkpoint: a resume reading them otherwise is refused naming the flag.
 
     Why these defaults (`benchmarks/rc_dit_bench_recipe.py`: Fashion-MNIST at 16 px, 400 steps, val, 3 seeds): with
     the tanh pooler and no normalisation r collapses (relative spread 0.015) and the denoiser's error is the same
@@ -402,6 +405,7 @@ def train_rc_dit(
         num_train_timesteps, freeze_encoder, loss_weighting, denoiser_mask_ratio, denoiser_mask_probability,
         masked_target,
     )  # fmt: skip
+    objective |= reading or {}
     model, accelerator, summary = train(
         args, model, dataset, loss, sample_grid=grid, monitor=monitor, objective=objective
     )

@@ -85,6 +85,7 @@ def train_score_sde_unet(
     label_dropout: float = 0.0,
     class_balanced: bool = False,
     class_names: Optional[Sequence[str]] = None,
+    reading: Optional[dict] = None,
 ) -> tuple[UNet2DModel, DDPMScheduler, TrainingSummary]:
     r"""
     Train a class-conditional `UNet2DModel` (epsilon prediction, `DDPMScheduler` linear betas, class embedding),
@@ -105,6 +106,8 @@ def train_score_sde_unet(
         class_balanced (`bool`, *optional*, defaults to `False`): draw every class equally often.
         class_names (`Sequence[str]`, *optional*): the classes' names, written above their columns of the sample
             grids; default "class 0", "class 1", ...
+        reading (`dict`, *optional*): how the images were read, `{flag name: value}` (`data.reading_from_args`),
+            recorded with every checkpoint: a resume reading them otherwise is refused naming the flag.
 
     At every checkpoint and at the end, class-conditional samples (one column per class, under its name,
     `args.num_sample_images` in all, rounded up to whole rows) go to `samples/step_N.png` in `args.output_dir`, beside
@@ -135,7 +138,7 @@ def train_score_sde_unet(
         class_conditional_sample_grid, num_classes=num_classes, num_images=args.num_sample_images,
         num_inference_steps=args.sample_inference_steps, seed=args.seed, class_names=class_names,
     )  # fmt: skip
-    objective = score_sde_objective(label_dropout, class_balanced, num_train_timesteps)
+    objective = {**score_sde_objective(label_dropout, class_balanced, num_train_timesteps), **(reading or {})}
     return _train_unet(
         args, dataset, preset, num_train_timesteps, num_class_embeds, label_dropout, null_class, sampler, sample_grid,
         objective,

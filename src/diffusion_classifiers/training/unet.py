@@ -103,6 +103,7 @@ def train_ddpm_unet(
     images: TrainingImages,
     preset: str = "small",
     num_train_timesteps: int = 1000,
+    reading: Optional[dict] = None,
 ) -> tuple[UNet2DModel, DDPMScheduler, TrainingSummary]:
     r"""
     Train an unconditional `UNet2DModel` (epsilon prediction, `DDPMScheduler` linear betas) on unlabeled images.
@@ -114,6 +115,8 @@ def train_ddpm_unet(
             decoded by `args.dataloader_num_workers` worker processes).
         preset (`str`, *optional*, defaults to `"small"`): a `models.UNET_PRESETS` size.
         num_train_timesteps (`int`, *optional*, defaults to 1000): diffusion steps of the scheduler.
+        reading (`dict`, *optional*): how the images were read, `{flag name: value}` (`data.reading_from_args`),
+            recorded with every checkpoint: a resume reading them otherwise is refused naming the flag.
 
     At every checkpoint and at the end, `args.num_sample_images` samples (`args.sample_inference_steps` strided
     ancestral DDPM steps, `ddpm_sample_grid`) go to `samples/step_N.png` in `args.output_dir`, beside
@@ -126,5 +129,5 @@ def train_ddpm_unet(
     sample_grid = partial(
         ddpm_sample_grid, num_images=args.num_sample_images, num_inference_steps=args.sample_inference_steps, seed=args.seed
     )
-    objective = ddpm_objective(num_train_timesteps)
+    objective = {**ddpm_objective(num_train_timesteps), **(reading or {})}
     return _train_unet(args, dataset, preset, num_train_timesteps, sample_grid=sample_grid, objective=objective)
