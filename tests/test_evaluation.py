@@ -350,7 +350,8 @@ def test_split_all_checks_every_image_against_the_training_fingerprints(external
     (old / "data_splits.json").write_text('{"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0}')
     capsys.readouterr()
     unchecked = _evaluate(old, leaky, tmp_path / "unchecked", "--split", "all")
-    assert unchecked["num_samples"] == 90 and "training_images_checked" not in unchecked
+    assert unchecked["num_samples"] == 90 and unchecked["training_images_checked"] is False  # said, not left out
+    assert "**Not checked against the model's training images**" in (tmp_path / "unchecked" / "report.md").read_text()
     assert capsys.readouterr().err.count("cannot check that the leaky images are none it was trained on") == 1
 
 

@@ -733,8 +733,9 @@ def evaluate_classifier(
             labelled and val images, the C or temperature chosen, and a `"summary"` sentence), recorded in
             `metrics.json` as `"head"` and said in `report.md`.
         check_training_images (`bool`, *optional*, defaults to True): False scores `dataset` without checking it
-            against the model's training images (`metrics.json` then records no `"training_images_checked"`); not
-            with `train_fingerprints`.
+            against the model's training images (`metrics.json` then records no `"training_images_checked"`; a model
+            that records none is scored with `"training_images_checked": false`, said in `report.md`); not with
+            `train_fingerprints`.
 
     Returns:
         `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`.
@@ -787,6 +788,8 @@ def evaluate_classifier(
             raise ValueError(f"{where}: every image is one the model was trained on; nothing is left to score")
     elif train_fingerprints is not None:
         checked = {"training_images_checked": False}  # a datasets.Dataset: its own split, not carved by the model's record
+    elif check_training_images and canonical_split_name(split or "") != "train":
+        checked = {"training_images_checked": False}  # the model records none: said, not left out
     if isinstance(dataset, (LabeledImages, StreamingImages)):
         input_range = contract.input_range
         batches = (_in_stated_range(images, input_range) for images in _tensor_batches(dataset, batch_size, num_workers))
@@ -970,6 +973,12 @@ def render_evaluation_report(metrics: dict, title: str, plots: List[str], split:
     lines = [f"# {title}", "", f"{scored}{read}.", "", "| metric | value |", "| --- | ---: |"]
     if "head" in metrics:
         lines[3:3] = ["", f"Head: {metrics['head']['summary']}."]
+    if metrics.get("training_images_checked") is False:
+        lines[3:3] = [
+            f"**Not checked against the model's training images** (the model records none, or the {_scored_set(split)} "
+            "is a `datasets` split): the figures may include images it was trained on.",
+            "",
+        ]
     if metrics.get("absent_classes"):
         lines[3:3] = [
             f"**Warning: the {_scored_set(split)} has no image of class {', '.join(metrics['absent_classes'])}.** "
