@@ -960,6 +960,21 @@ def test_aggregate_counts_a_dicom_image_stored_under_two_names_once(models, tmp_
     assert [row[0] for row in by_image] == ["a.dcm", "b.dcm", "c.dcm"]  # a group per name when grouped by name
 
 
+def test_aggregate_notes_rows_of_files_renamed_since_predict_ran(models, tmp_path, capsys):
+    """QA (a plankton lab): a weekly folder where one image was renamed was counted 501 times for 500 images, the
+    old name's row kept by predict; aggregate says so now."""
+    write_images(tmp_path / "week1", ["a.png", "b.png"], seed=6)
+    argv = ["predict", "--model_dir", str(models / "unet"), "--input", str(tmp_path / "week1"), "--output",
+            str(tmp_path / "p.csv")]  # fmt: skip
+    main(argv)
+    (tmp_path / "week1" / "b.png").rename(tmp_path / "week1" / "c.png")
+    main(argv)
+    assert [row["path"] for row in read_rows(tmp_path / "p.csv")] == ["a.png", "c.png", "b.png"]
+    main(["aggregate", "--predictions", str(tmp_path / "p.csv"), "--by", "path", "--rule", "mean"])
+    err = capsys.readouterr().err
+    assert "note: 1 rows of " in err and "are of files no longer in" in err and "(e.g. 'b.png': renamed" in err
+
+
 def test_aggregate_refuses_one_dicom_image_with_two_true_labels(tmp_path):
     from diffusion_classifiers.prediction.aggregate import aggregate_predictions
     from diffusion_classifiers.prediction.outputs import write_csv

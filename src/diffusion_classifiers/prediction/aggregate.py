@@ -146,6 +146,7 @@ def _aggregate(
     _check_aggregation(predictions, columns, class_names, by, rule, positive_class, threshold)
     sidecar, run = _recorded_run(predictions)
     positive, notes = _positive_label(class_names, positive_class, sidecar, run, rule)
+    notes += _rows_of_files_gone(predictions, rows, run)
     sign, ratio_notes = _ratio_sign(predictions, columns, class_names, positive, sidecar, run, rule)
     if sign is not None:
         _check_ratios(predictions, columns, rows)
@@ -165,6 +166,21 @@ def _aggregate(
             metrics = {**_grouping(by, rule, threshold, kept), **scores, **_measured_with(run)}
             metrics.update(_training_images_checked(columns, left_out))
     return _Aggregation(layout.out_columns(), [group.row for group in gathered], metrics, notes + ratio_notes)
+
+
+def _rows_of_files_gone(predictions, rows: list, run: dict) -> list[str]:
+    """The note on rows whose file is no longer in the folder predict read (`run["input"]`; said only where the
+    folder is there): predict keeps such rows (an earlier run's), so a file renamed since is counted twice."""
+    folder = Path(run["input"]) if isinstance(run.get("input"), str) else None
+    if folder is None or not folder.is_dir():
+        return []
+    gone = [row[0] for row in rows if not (folder / str(row[0])).exists()]
+    if not gone:
+        return []
+    return [
+        f"note: {len(gone)} rows of {predictions} are of files no longer in {folder} (e.g. {gone[0]!r}: renamed or "
+        "removed since predict ran), counted in their groups; predict --overwrite predicts the folder afresh"
+    ]
 
 
 def _without_training_images(columns: list, groups: dict, gathered: list) -> dict:
