@@ -1342,6 +1342,23 @@ def test_labelled_predictions_flag_training_images_and_aggregate_scores_the_othe
     assert len(read_rows(tmp_path / "p.mean_by_study.csv")) == 3  # every group is still listed
 
 
+def test_a_parquet_output_keeps_the_training_image_flags_for_aggregate(tmp_path):
+    """Review: parquet stored training_image as 1.0 / 0.0, which aggregate read as no training image, and scored a
+    group the model was trained on; an output of that version resumed (merged) keeps its flags."""
+    from diffusion_classifiers.prediction.aggregate import aggregate_predictions
+    from diffusion_classifiers.prediction.outputs import _write_table, read_predictions
+
+    columns = ["path", "frame", "true_label", "training_image", "study_uid", "label", "score", "prob_cat", "prob_dog"]
+    rows = [["a", 0, "cat", True, "s1", "cat", 0.9, 0.9, 0.1], ["b", 0, "dog", False, "s2", "dog", 0.8, 0.2, 0.8]]
+    _write_table(tmp_path / "p.parquet", columns, rows)
+    assert [row[3] for row in read_predictions(tmp_path / "p.parquet")[1]] == [True, False]
+    _, _, metrics = aggregate_predictions(tmp_path / "p.parquet", by="study_uid", rule="mean")
+    assert metrics["groups_left_out_holding_training_images"] == 1 and metrics["num_groups"] == 1
+    earlier = [[*row[:3], float(row[3]), *row[4:]] for row in rows]  # as the version that added the column wrote it
+    _write_table(tmp_path / "p.parquet", columns, earlier)
+    assert [row[3] for row in read_predictions(tmp_path / "p.parquet")[1]] == [True, False]
+
+
 def test_python_predict_flags_the_training_images_the_pipeline_records(models, tmp_path):
     """QA (a mammography group): `predict_files` wrote no training_image column unless given the fingerprints by
     hand, so `aggregate` scored groups the model was trained on; it reads the pipeline's record by default now. An

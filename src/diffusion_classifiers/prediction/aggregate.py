@@ -36,6 +36,7 @@ from .outputs import (
     OutputFiles,
     default_errors_path,
     errors_file_of_resumed_run,
+    is_training_image,
     listed_errors,
     ratio_direction,
     ratio_positive_class,
@@ -189,7 +190,7 @@ def _without_training_images(columns: list, groups: dict, gathered: list) -> dic
     where = columns.index(TRAINING_IMAGE_KEY) if TRAINING_IMAGE_KEY in columns else None
     return {
         key: group for (key, members), group in zip(groups.items(), gathered)
-        if where is None or not any(str(row[where]).lower() == "true" for row in members)
+        if where is None or not any(is_training_image(row[where]) for row in members)
     }
 
 

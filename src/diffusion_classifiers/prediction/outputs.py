@@ -30,6 +30,7 @@ __all__ = [
     "done_paths",
     "errors_file_of_resumed_run",
     "forget_rows",
+    "is_training_image",
     "listed_errors",
     "merge_parts",
     "model_moved",
@@ -56,6 +57,7 @@ _ERRORS_KEY = "errors_file"  # in the sidecar, beside the run: the errors file, 
 POSITIVE_CLASS_KEY = "positive_class"  # binary: the model's saved positive class, null when it saved none
 RATIO_KEY = "log_likelihood_ratio"  # binary Score-SDE: which way the log_likelihood_ratio column points
 TRAINING_IMAGE_KEY = "training_image"  # labelled inputs: the image is, by content, one the model was trained on
+_BOOL_COLUMNS = {TRAINING_IMAGE_KEY}  # "True" / "False" in a CSV, booleans in parquet
 # output columns added after outputs were first written: an output without them is resumed with its own columns
 COLUMNS_ADDED_LATER = ("log_likelihood_ratio_stderr", TRAINING_IMAGE_KEY, *DICOM_ID_COLUMNS, *FILE_STAMP_COLUMNS)
 # the CLI's model: its folder (or Hub id), kept for information, and its content (`hub.model_fingerprint`), which
@@ -258,12 +260,20 @@ def _typed(column: str, cell: str) -> Any:
         return None
     if column in _INT_COLUMNS:
         return int(cell)
+    if column in _BOOL_COLUMNS:
+        return cell.lower() == "true"
     # a column added to the file after predict (a plankton sample, a site) is text: its "007" stays "007"
     return float(cell) if _is_number_column(column) else cell
 
 
 def _is_number_column(column: str) -> bool:
     return column in _FLOAT_COLUMNS or column.startswith("prob_")
+
+
+def is_training_image(value: Any) -> bool:
+    """Whether a `training_image` cell flags a training image: True as `read_predictions` types it, or 1.0, as the
+    parquet outputs of the version that added the column stored it (and aggregate then missed it)."""
+    return value is True or (isinstance(value, (int, float)) and value == 1) or str(value).lower() == "true"
 
 
 def read_predictions(path: str | os.PathLike) -> tuple[list[str], list[list]]:
@@ -288,9 +298,13 @@ def _write_table(path: Path, columns: Sequence[str], rows: list[list]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([(c, pa.string() if c in _TEXT_COLUMNS else pa.int64() if c in _INT_COLUMNS else pa.float64())
-                        for c in columns])  # fmt: skip
-    table = pa.table({c: [row[i] for row in rows] for i, c in enumerate(columns)}, schema=schema)
+    schema = pa.schema([(c, pa.string() if c in _TEXT_COLUMNS else pa.int64() if c in _INT_COLUMNS
+                         else pa.bool_() if c in _BOOL_COLUMNS else pa.float64()) for c in columns])  # fmt: skip
+    def cells(i: int, column: str) -> list:  # an earlier version's parquet stored training_image as 1.0 / 0.0
+        values = [row[i] for row in rows]
+        return [None if v is None else is_training_image(v) for v in values] if column in _BOOL_COLUMNS else values
+
+    table = pa.table({c: cells(i, c) for i, c in enumerate(columns)}, schema=schema)
     write_atomically(path, lambda handle: pq.write_table(table, handle), mode="wb")
 
 
