@@ -29,3 +29,59 @@ def test_a_resume_reading_the_images_otherwise_is_refused_naming_the_flag(tmp_pa
         script.main(resumed)
     with pytest.raises(ValueError, match=r"--pad_value 1.0 -> 0.5"):
         script.main(resumed + ["--normalize_background", "--pad_value", "0.5"])
+
+
+def test_predict_carries_an_input_csvs_other_columns_for_aggregate(tmp_path, capsys):
+    """QA: `predict --input week2.csv` (path,sample) dropped the sample column, so `aggregate --by sample` found none;
+    a column named as one predict writes is refused; an output written before is resumed with its own columns."""
+    import csv
+    import json
+
+    from diffusion_classifiers.cli import main
+
+    from .test_predict import read_rows, write_images
+
+    model = _tiny_model(tmp_path)
+    write_images(tmp_path, ["a.png", "b.png", "c.png"], seed=7)
+    with open(tmp_path / "week.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([["path", "sample"], ["a.png", "s1"], ["b.png", "s1"], ["c.png", "007"]])
+    argv = ["predict", "--model_dir", str(model), "--input", str(tmp_path / "week.csv")]
+    main(argv + ["--output", str(tmp_path / "p.parquet")])
+    main(argv + ["--output", str(tmp_path / "p.csv")])
+    rows = read_rows(tmp_path / "p.csv")
+    assert list(rows[0])[:3] == ["path", "frame", "sample"] and [row["sample"] for row in rows] == ["s1", "s1", "007"]
+    for output in ("p.csv", "p.parquet"):
+        main(["aggregate", "--predictions", str(tmp_path / output), "--by", "sample", "--rule", "mean"])
+    assert [row["num_images"] for row in read_rows(tmp_path / "p.mean_by_sample.csv")] == ["2", "1"]
+    assert read_rows(tmp_path / "p.parquet.mean_by_sample.csv") == read_rows(tmp_path / "p.mean_by_sample.csv")
+    with open(tmp_path / "bad.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([["path", "score"], ["a.png", "1"]])
+    with pytest.raises(ValueError, match=r"inputs: CSV column\(s\) \['score'\] are named as columns predict writes"):
+        main(["predict", "--model_dir", str(model), "--input", str(tmp_path / "bad.csv"), "--output",
+              str(tmp_path / "bad_out.csv")])  # fmt: skip
+    # an output of the version that dropped the column resumes with its columns
+    old_columns = [column for column in rows[0] if column != "sample"]
+    with open(tmp_path / "p.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, old_columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows[:2])
+    sidecar = tmp_path / "p.csv.json"
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "columns": old_columns}))
+    main(argv + ["--output", str(tmp_path / "p.csv")])
+    assert list(read_rows(tmp_path / "p.csv")[0]) == old_columns and len(read_rows(tmp_path / "p.csv")) == 3
+
+
+def _tiny_model(tmp_path):
+    import torch
+    from diffusers import DDPMScheduler
+
+    from diffusion_classifiers import LinearProbeHead, UNetFeatureClassifierPipeline
+
+    from .test_readme import small_unet
+
+    torch.manual_seed(0)
+    head = LinearProbeHead(in_features=16, num_classes=2, block="mid_block", timestep=10, class_names=["cat", "dog"])
+    UNetFeatureClassifierPipeline(unet=small_unet(16), scheduler=DDPMScheduler(), head=head).save_pretrained(
+        tmp_path / "model"
+    )
+    return tmp_path / "model"

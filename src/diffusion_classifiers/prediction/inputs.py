@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from ..data.windows import WINDOW_NAMES
 
@@ -47,6 +47,8 @@ class PredictionInput:
             (`dicom_ids`), so slice results can be combined per scan.
         file (`Path`, *optional*): the file it is read from, whose size and modification time go to the output
             (`file_stamp`), so a rerun tells a file replaced under the same name from one done.
+        columns (`Mapping[str, str]`, *optional*): the other cells of its CSV row (a plankton sample, a site, a
+            date), carried to the output after `path` and `frame`, so `aggregate` can group by them.
     """
 
     path: str
@@ -54,6 +56,7 @@ class PredictionInput:
     label: Optional[str] = None
     dicom_file: Optional[Path] = field(default=None, repr=False, compare=False)
     file: Optional[Path] = field(default=None, repr=False, compare=False)
+    columns: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
 
 # The output columns of a DICOM input's ids, and the metadata keys they come from.
@@ -77,12 +80,15 @@ def dicom_ids(item: PredictionInput) -> dict[str, Optional[str]]:
     return {column: metadata[key] for column, key in DICOM_ID_COLUMNS.items()}
 
 
-def _input_of_file(path: Path, name: str, read: Callable, label: Optional[str] = None) -> PredictionInput:
+def _input_of_file(
+    path: Path, name: str, read: Callable, label: Optional[str] = None, columns: Optional[Mapping[str, str]] = None
+) -> PredictionInput:
     """The input of an image or DICOM file (one that does not exist reads as a missing file: an errors-file row)."""
     from ..data.dicom import is_dicom_file
 
     dicom = path.is_file() and is_dicom_file(path)
-    return PredictionInput(name, partial(_read_listed_file, path, read), label, path if dicom else None, path)
+    read_file = partial(_read_listed_file, path, read)
+    return PredictionInput(name, read_file, label, path if dicom else None, path, dict(columns or {}))
 
 
 def file_stamp(item: PredictionInput) -> dict[str, Any]:
@@ -117,8 +123,9 @@ def list_inputs(
               that counts them. A saved `datasets` folder (with `dataset_info.json` or `dataset_dict.json`) is read as
               one.
             * a `.csv` file with a header and a `path` column (relative to the CSV's folder, or absolute); a `label`
-              column, when present, is carried to the output as `true_label`. A file the CSV names but that does not
-              exist becomes a row of the errors file, like an unreadable one.
+              column, when present, is carried to the output as `true_label`, its other columns (a sample, a site)
+              as they are. A file the CSV names but that does not exist becomes a row of the errors file, like an
+              unreadable one.
             * a saved `datasets.Dataset` or `DatasetDict` folder (`save_to_disk`), with one `Image` column (or the one
               `image_column` names); its rows are named by index; a `ClassLabel` column, when there is exactly one,
               is carried as `true_label`.
@@ -211,6 +218,7 @@ def _csv_inputs(path: Path, read: Callable) -> list[PredictionInput]:
         raise ValueError(f"CSV {path}: no 'path' column; expected a header with path[,label], got {columns}")
     if not rows:
         raise ValueError(f"CSV {path}: no rows; expected one row per image")
+    carried = _carried_columns(columns)
     first_line: dict[str, int] = {}
     inputs = []
     for line, row in enumerate(rows, start=2):  # line 1 is the header
@@ -219,9 +227,15 @@ def _csv_inputs(path: Path, read: Callable) -> list[PredictionInput]:
             raise ValueError(f"CSV {path}:{line}: {name!r} is also on line {first_line[name]}; expected each file once")
         first_line[name] = line
         label = row.get("label") or None
-        inputs.append(_input_of_file(path.parent / name, name, read, label))
+        cells = {column: row.get(column) or "" for column in carried}
+        inputs.append(_input_of_file(path.parent / name, name, read, label, cells))
     _check_dicom_decoders([path.parent / name for name in first_line if name])
     return inputs
+
+
+def _carried_columns(columns: Sequence[str]) -> list[str]:
+    """The CSV's columns other than `path` and `label` (a plankton sample, a site), which the output carries."""
+    return [column for column in columns if column and column not in ("path", "label")]
 
 
 def _check_dicom_decoders(files: Sequence[Path]) -> None:

@@ -48,7 +48,6 @@ __all__ = [
 
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 ERROR_COLUMNS = ("path", "reason")
-_TEXT_COLUMNS = {"path", "true_label", "label", "reason", "file_modified", *DICOM_ID_COLUMNS}
 _INT_COLUMNS = {"frame", "file_bytes"}
 _FLOAT_COLUMNS = {"score", "log_likelihood_ratio", "log_likelihood_ratio_stderr"}  # and prob_<class>
 LEGACY_ERRORS_NAME = "errors.csv"  # the default errors file before each output had its own, shared by a folder
@@ -222,17 +221,20 @@ def ratio_positive_class(run: dict, class_names: Sequence[str], sidecar: Any) ->
     )
 
 
-def columns_of_resumed_run(files: OutputFiles, columns: list[str], overwrite: bool) -> list[str]:
+def columns_of_resumed_run(
+    files: OutputFiles, columns: list[str], overwrite: bool, carried: Sequence[str] = ()
+) -> list[str]:
     """The columns a rerun writes: `columns`, or the ones the output's sidecar records when they are `columns` less
-    some of `COLUMNS_ADDED_LATER` (an output written before those were added is resumed as it was, not refused). Called
-    before [`prepare_output_files`], which refuses a rerun whose settings differ."""
+    some of `COLUMNS_ADDED_LATER` and of the input CSV's `carried` columns (an output written before those were added
+    or carried is resumed as it was, not refused). Called before [`prepare_output_files`], which refuses a rerun whose
+    settings differ."""
     recorded = None if overwrite else files.recorded()
     if recorded is None or not isinstance(recorded.get("columns"), list):
         return columns
     # an output may predate some of the added columns only (the stderr column, not the DICOM ids)
     missing = {column for column in columns if column not in recorded["columns"]}
     earlier = [column for column in columns if column not in missing]
-    return earlier if missing <= set(COLUMNS_ADDED_LATER) and recorded["columns"] == earlier else columns
+    return earlier if missing <= {*COLUMNS_ADDED_LATER, *carried} and recorded["columns"] == earlier else columns
 
 
 def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence]) -> None:
@@ -298,8 +300,9 @@ def _write_table(path: Path, columns: Sequence[str], rows: list[list]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([(c, pa.string() if c in _TEXT_COLUMNS else pa.int64() if c in _INT_COLUMNS
-                         else pa.bool_() if c in _BOOL_COLUMNS else pa.float64()) for c in columns])  # fmt: skip
+    # a column of the input CSV carried through (a plankton sample, a site) is text, as `_typed` reads it back
+    schema = pa.schema([(c, pa.int64() if c in _INT_COLUMNS else pa.bool_() if c in _BOOL_COLUMNS
+                         else pa.float64() if _is_number_column(c) else pa.string()) for c in columns])  # fmt: skip
     def cells(i: int, column: str) -> list:  # an earlier version's parquet stored training_image as 1.0 / 0.0
         values = [row[i] for row in rows]
         return [None if v is None else is_training_image(v) for v in values] if column in _BOOL_COLUMNS else values

@@ -145,6 +145,19 @@ def output_columns(
     return columns
 
 
+def _carried_columns(inputs: Sequence[PredictionInput], columns: list[str]) -> list[str]:
+    """The columns of an input CSV the output carries (`PredictionInput.columns`: a plankton sample, a site), after
+    `path` and `frame`; one named as a column predict writes itself (`score`, `prob_<class>`, ...) is refused."""
+    carried = list(inputs[0].columns) if inputs else []
+    clashing = [column for column in carried if column in columns or column.startswith("prob_")]
+    if clashing:
+        raise ValueError(
+            f"inputs: CSV column(s) {clashing} are named as columns predict writes itself; expected other names for "
+            "the columns it carries to the output (rename them)"
+        )
+    return carried
+
+
 def _ratio_direction(pipeline: Any) -> str:
     """`"log p(x | positive) - log p(x | negative)"`, what a binary Score-SDE pipeline's `log_likelihood_ratio` is: a
     rerun by a pipeline whose positive class changed would write the other sign into the same column."""
@@ -286,6 +299,7 @@ class _BatchWriter:
         for item, flags, ids in self.items:
             for frame, flag in enumerate(flags):
                 values = {"path": item.path, "frame": frame, "true_label": item.label, TRAINING_IMAGE_KEY: flag, **ids}
+                values.update(item.columns)
                 values.update({column: predicted[column][position] for column in predicted})
                 rows.append([values[column] for column in self.columns])
                 position += 1
@@ -310,7 +324,8 @@ def predict_files(
     r"""
     Classify `inputs` with `pipeline`, writing one row per image (per frame of a multi-frame DICOM) to `output_path`.
 
-    Columns: `path`, `frame` (0 for single images), `true_label` (when the inputs carry labels), `training_image`
+    Columns: `path`, `frame` (0 for single images), an input CSV's other columns (a plankton sample, a site: carried
+    for `aggregate` to group by), `true_label` (when the inputs carry labels), `training_image`
     (with true labels and `train_fingerprints`: whether the image is, by content, one the model was trained on, which
     `aggregate` leaves out of its metrics), for DICOM inputs
     `patient_id`, `study_uid` and `series_uid` (from each file's header, to combine slices per scan), `label` (the
@@ -378,13 +393,15 @@ def predict_files(
         with_dicom_ids=any(item.dicom_file is not None for item in inputs),
         with_files=any(item.file is not None for item in inputs), with_training_flag=train_fingerprints is not None,
     )  # fmt: skip
+    carried = _carried_columns(inputs, columns)
+    columns[2:2] = carried
     check_labels(inputs, pipeline.class_names)
     with _one_prediction_at_a_time(files, accelerator):
         is_main, wait = _process_roles(accelerator)
         if errors_path is None:
             files = errors_file_of_resumed_run(files, overwrite)
         overwrite = overwrite or predicted_nothing(files)  # a record of no rows: this run's settings replace it
-        columns = columns_of_resumed_run(files, columns, overwrite)
+        columns = columns_of_resumed_run(files, columns, overwrite, carried)
         _check_settings_of_unrecorded_run(files, pipeline, settings, seed, overwrite)
         # the settings under "run", whose keys a sidecar lacks are not compared: outputs of earlier versions resume
         # (with the pipeline's defaults: `_check_settings_of_unrecorded_run`)
