@@ -10,7 +10,8 @@ from .conftest import REPO_ROOT, shared_data
 
 
 def unet_script():
-    spec = importlib.util.spec_from_file_location("unet_features_train", REPO_ROOT / "examples" / "unet_features_train.py")
+    path = REPO_ROOT / "examples" / "unet_features_train.py"
+    spec = importlib.util.spec_from_file_location("unet_features_train", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     return script

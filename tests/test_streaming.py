@@ -642,6 +642,7 @@ def test_a_streamed_resume_that_reads_the_files_otherwise_is_refused_naming_how(
     example["main"](flags + ["--max_train_steps", "1"])
     resume = flags + ["--max_train_steps", "2", "--resume_from_checkpoint", "latest"]
     # refused before the data is read, naming the flag (the scripts record how images are read)
-    with pytest.raises(ValueError, match=r"differs from the one that wrote it in --normalize_background False -> True"):
+    with pytest.raises(ValueError, match=r"differs from the one that wrote it in --normalize_background False -> "
+                                         r"True"):  # fmt: skip
         example["main"](resume + ["--normalize_background"])
     example["main"](resume)  # read as before: it resumes

@@ -975,8 +975,8 @@ def render_evaluation_report(metrics: dict, title: str, plots: List[str], split:
         lines[3:3] = ["", f"Head: {metrics['head']['summary']}."]
     if metrics.get("training_images_checked") is False:
         lines[3:3] = [
-            f"**Not checked against the model's training images** (the model records none, or the {_scored_set(split)} "
-            "is a `datasets` split): the figures may include images it was trained on.",
+            "**Not checked against the model's training images** (the model records none, or the "
+            f"{_scored_set(split)} is a `datasets` split): the figures may include images it was trained on.",
             "",
         ]
     if metrics.get("absent_classes"):
