@@ -53,7 +53,9 @@ def test_predict_carries_an_input_csvs_other_columns_for_aggregate(tmp_path, cap
     assert list(rows[0])[:3] == ["path", "frame", "sample"] and [row["sample"] for row in rows] == ["s1", "s1", "007"]
     for output in ("p.csv", "p.parquet"):
         main(["aggregate", "--predictions", str(tmp_path / output), "--by", "sample", "--rule", "mean"])
-    assert [row["num_images"] for row in read_rows(tmp_path / "p.mean_by_sample.csv")] == ["2", "1"]
+    samples = read_rows(tmp_path / "p.mean_by_sample.csv")
+    assert [row["num_images"] for row in samples] == ["2", "1"]
+    assert [int(row["count_cat"]) + int(row["count_dog"]) for row in samples] == [2, 1]  # each sample's census
     assert read_rows(tmp_path / "p.parquet.mean_by_sample.csv") == read_rows(tmp_path / "p.mean_by_sample.csv")
     with open(tmp_path / "bad.csv", "w", newline="") as handle:
         csv.writer(handle).writerows([["path", "score"], ["a.png", "1"]])

@@ -1179,10 +1179,11 @@ def test_aggregate_ranks_groups_by_the_ratio_where_probabilities_saturate(tmp_pa
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the recorded class: no warning
         _, by_normal, normal_metrics = aggregate_predictions(predictions)
-        _, mean_rows, _ = aggregate_predictions(predictions, rule="mean", positive_class="normal")
+        mean_columns, mean_rows, _ = aggregate_predictions(predictions, rule="mean", positive_class="normal")
     assert [row[-1] for row in by_normal] == [-30.0, 50.0, 10.0, 60.0] and normal_metrics["positive_class"] == "normal"
     assert normal_metrics["auc"] == 1.0  # the normal scans' largest (50, 60) above the bleed scans' (-30, 10)
-    assert [row[-1] for row in mean_rows] == [-55.0, 15.0, -15.0, 45.0]
+    ratio = mean_columns.index("log_likelihood_ratio")
+    assert [row[ratio] for row in mean_rows] == [-55.0, 15.0, -15.0, 45.0]
     # per series: the study and patient of each series carried over
     columns, series, _ = aggregate_predictions(predictions, by="series_uid", positive_class="normal")
     assert columns[:4] == ["series_uid", "patient_id", "study_uid", "num_images"]

@@ -117,7 +117,10 @@ def test_aggregate_groups_by_a_text_column_added_to_the_predictions(pipe, tmp_pa
     columns, groups, _ = aggregate_predictions(tmp_path / "q.csv", by="sample", rule="mean")
     assert [(group[0], group[1]) for group in groups] == [("002", 2), ("S01", 1)]
     probs = [[float(row[f"prob_{name}"]) for name in CLASSES] for row in rows[:2]]
-    assert groups[0][3:] == pytest.approx([sum(column) / 2 for column in zip(*probs)])
+    first_prob = columns.index(f"prob_{CLASSES[0]}")
+    assert groups[0][first_prob : first_prob + len(CLASSES)] == pytest.approx([sum(c) / 2 for c in zip(*probs)])
+    counts = groups[0][columns.index(f"count_{CLASSES[0]}") :]  # the mean rule's census: images predicted per class
+    assert counts == [[row["label"] for row in rows[:2]].count(name) for name in CLASSES] and sum(counts) == 2
     rows[0]["score"] = "high"
     with open(tmp_path / "r.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, list(rows[0]))

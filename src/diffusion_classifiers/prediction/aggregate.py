@@ -79,9 +79,10 @@ def aggregate_predictions(
 
     Returns:
         `columns`: `<by>..., [the other DICOM ids,] num_images, [true_label,] label, prob_<class>...,
-        [log_likelihood_ratio]`: the DICOM ids of the file that take one value in every group (a study's patient),
-        and, for a binary Score-SDE file whose sidecar records the ratio's direction, the group's largest ("max") or
-        mean ("mean") `log p(x | positive) - log p(x | other)`. `rows`, one per group in the order the groups first
+        [log_likelihood_ratio,] [count_<class>...]`: the DICOM ids of the file that take one value in every group (a
+        study's patient), under "mean" how many of the group's images were predicted as each class, and, for a
+        binary Score-SDE file whose sidecar records the ratio's direction, the group's largest ("max") or mean
+        ("mean") `log p(x | positive) - log p(x | other)`. `rows`, one per group in the order the groups first
         appear. `metrics`: with a `true_label` column (each group's rows must share one),
         `metrics.classification_metrics` of the groups (its `num_samples` counts them), the AUC ranking them by that
         ratio when there is one, else by the probabilities (`"ranked_by"` names the column), with what the groups are
@@ -115,6 +116,7 @@ class _Layout:
     ids: list[str]  # the DICOM id columns carried over: those with one value in every group
     class_names: list[str]
     ratio_sign: Optional[float]  # turns log_likelihood_ratio toward the positive class; None: not gathered
+    counts: bool = False  # the mean rule: how many of a group's images each class was predicted for (count_<class>)
 
     @property
     def truth(self) -> Optional[int]:
@@ -124,7 +126,8 @@ class _Layout:
         truth = ["true_label"] if self.truth is not None else []
         ratio = [RATIO_KEY] if self.ratio_sign is not None else []
         probabilities = [f"prob_{name}" for name in self.class_names]
-        return [*self.by, *self.ids, "num_images", *truth, "label", *probabilities, *ratio]
+        counts = [f"count_{name}" for name in self.class_names] if self.counts else []
+        return [*self.by, *self.ids, "num_images", *truth, "label", *probabilities, *ratio, *counts]
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,7 @@ def _aggregate(
         _check_ratios(predictions, columns, rows)
     groups, repeated = _without_repeated_images(predictions, columns, _group_rows(predictions, columns, rows, by))
     notes += repeated
-    layout = _Layout(columns, by, _constant_ids(columns, groups, by), class_names, sign)
+    layout = _Layout(columns, by, _constant_ids(columns, groups, by), class_names, sign, counts=rule == "mean")
     gathered = [_gather(predictions, layout, group, members, rule, positive, threshold)
                 for group, members in groups.items()]  # fmt: skip
     metrics = None
@@ -455,7 +458,11 @@ def _gather(predictions, layout: _Layout, group: Any, members: list, rule: str, 
         score = max(ratios) if rule == "max" else float(np.mean(ratios))
     row = [*group, *(members[0][where(name)] for name in layout.ids), len(members)]
     row += [*([truth] if truth is not None else []), layout.class_names[label], *probs]
-    return _Group(row + ([score] if score is not None else []), truth, label, probs, score)
+    row += [score] if score is not None else []
+    if layout.counts:  # a plankton sample's census: the images predicted as each class
+        predicted = [member[where("label")] for member in members]
+        row += [predicted.count(name) for name in layout.class_names]
+    return _Group(row, truth, label, probs, score)
 
 
 def _group_metrics(predictions, layout: _Layout, groups: list[_Group], positive: Optional[int], rule: str) -> dict:
