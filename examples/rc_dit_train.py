@@ -149,12 +149,12 @@ def main(argv=None):
     args = parse_args(argv)
     _show_representation_diagnostics()
     training_args = training_args_from_namespace(args)
+    reading = reading_from_args(args)
     objective = rc_dit_objective(
         args.num_train_timesteps, args.freeze_encoder, args.loss_weighting, args.denoiser_mask_ratio,
-        args.denoiser_mask_probability, args.masked_target,
+        args.denoiser_mask_probability, args.masked_target, reading,
     )  # fmt: skip
-    reading = reading_from_args(args)
-    check_run_can_start(training_args, {**objective, **reading})  # before the data is read
+    check_run_can_start(training_args, objective)  # before the data is read
     check_encoder_args(args)
     vae = load_vae(args.vae, args.vae_subfolder)
     train = training_data_from_args(args)["train"]

@@ -63,8 +63,8 @@ def main(argv=None):
     args = parse_args(argv)
     training_args = training_args_from_namespace(args)
     reading = reading_from_args(args)
-    objective = score_sde_objective(args.label_dropout, args.class_balanced, args.num_train_timesteps)
-    check_run_can_start(training_args, {**objective, **reading})  # before the data is read
+    objective = score_sde_objective(args.label_dropout, args.class_balanced, args.num_train_timesteps, reading)
+    check_run_can_start(training_args, objective)  # before the data is read
     train = training_data_from_args(args)["train"]
     check_two_classes_at_least(train.class_names, f"--dataset {args.dataset}", "a class-conditional score model")
     resolve_positive_label(args.positive_class, train.class_names, train.num_classes)  # before training

@@ -45,7 +45,7 @@ def main(argv=None):
     args = parse_args(argv)
     training_args = training_args_from_namespace(args)
     reading = reading_from_args(args)
-    check_run_can_start(training_args, {**ddpm_objective(args.num_train_timesteps), **reading})  # before the data
+    check_run_can_start(training_args, ddpm_objective(args.num_train_timesteps, reading))  # before the data is read
     train = training_data_from_args(args)["train"]
     unet, scheduler, _ = train_ddpm_unet(
         training_args, train if args.streaming else train.images, preset=args.unet_preset,

@@ -761,7 +761,9 @@ def evaluate_classifier(
 
             model_sha256 = model_fingerprint(folder)
         classifier = load_classifier(str(folder))
-    if train_fingerprints is None and check_training_images and canonical_split_name(split or "") != "train":
+    # the model's own training split is asked for training accuracy: not checked
+    checking = check_training_images and canonical_split_name(split or "") != "train"
+    if train_fingerprints is None and checking:
         train_fingerprints = recorded_fingerprints_of(classifier, folder)
     settings = pipeline_call_settings(classifier, pipeline_kwargs)  # unknown names refused before any image is read
     preprocessed = isinstance(dataset, (LabeledImages, StreamingImages))  # the loaders' output, read as it is
@@ -788,7 +790,7 @@ def evaluate_classifier(
             raise ValueError(f"{where}: every image is one the model was trained on; nothing is left to score")
     elif train_fingerprints is not None:
         checked = {"training_images_checked": False}  # a datasets.Dataset: its own split, not carved by the model's record
-    elif check_training_images and canonical_split_name(split or "") != "train":
+    elif checking:
         checked = {"training_images_checked": False}  # the model records none: said, not left out
     if isinstance(dataset, (LabeledImages, StreamingImages)):
         input_range = contract.input_range

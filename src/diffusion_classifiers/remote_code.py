@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .atomic_files import write_atomically
+from .atomic_files import write_texts_atomically
 
 __all__ = [
     "INSTALL_HINT",
@@ -287,7 +287,7 @@ def write_remote_code(
     are refused, unless `allow_bundled`: then the bundled modules they were loaded from are copied as they are.
 
     Every file is rendered before the first is written, and each is written whole or not at all
-    (`atomic_files.write_atomically`): a refused input or a stopped process leaves no half-written code behind."""
+    (`atomic_files.write_texts_atomically`): a refused input or a stopped process leaves no half-written code behind."""
     folder = Path(save_directory)
     components = dict(components or {})
     _check_destination(folder, classes, components)
@@ -312,8 +312,7 @@ def write_remote_code(
     for subfolder, cls in components.items():
         fallback = _COMPONENT_FALLBACK.format(module=bundled_module_name(package_module(cls)), name=cls.__name__)
         texts[f"{subfolder}/{entry_module_name(cls)}.py"] = _entry_text(cls, fallback)
-    for name, text in texts.items():
-        write_atomically(folder / name, lambda handle, text=text: handle.write(text))
+    write_texts_atomically(folder, texts)
 
 
 @contextmanager

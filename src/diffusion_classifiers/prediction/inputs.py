@@ -218,7 +218,7 @@ def _csv_inputs(path: Path, read: Callable) -> list[PredictionInput]:
         raise ValueError(f"CSV {path}: no 'path' column; expected a header with path[,label], got {columns}")
     if not rows:
         raise ValueError(f"CSV {path}: no rows; expected one row per image")
-    carried = _carried_columns(columns)
+    carried = [column for column in columns if column and column not in ("path", "label")]  # a sample, a site
     first_line: dict[str, int] = {}
     inputs = []
     for line, row in enumerate(rows, start=2):  # line 1 is the header
@@ -231,11 +231,6 @@ def _csv_inputs(path: Path, read: Callable) -> list[PredictionInput]:
         inputs.append(_input_of_file(path.parent / name, name, read, label, cells))
     _check_dicom_decoders([path.parent / name for name in first_line if name])
     return inputs
-
-
-def _carried_columns(columns: Sequence[str]) -> list[str]:
-    """The CSV's columns other than `path` and `label` (a plankton sample, a site), which the output carries."""
-    return [column for column in columns if column and column not in ("path", "label")]
 
 
 def _check_dicom_decoders(files: Sequence[Path]) -> None:

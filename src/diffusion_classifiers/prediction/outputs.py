@@ -275,7 +275,7 @@ def _is_number_column(column: str) -> bool:
 def is_training_image(value: Any) -> bool:
     """Whether a `training_image` cell flags a training image: True as `read_predictions` types it, or 1.0, as the
     parquet outputs of the version that added the column stored it (and aggregate then missed it)."""
-    return value is True or (isinstance(value, (int, float)) and value == 1) or str(value).lower() == "true"
+    return value == 1  # True == 1 too
 
 
 def read_predictions(path: str | os.PathLike) -> tuple[list[str], list[list]]:

@@ -271,10 +271,9 @@ def check_checkpoint_folder(path: str, record: dict, model: nn.Module, use_ema: 
     _check_only_files_written_here(path)
     changes = []
     saved = _saved_record(path)
-    written_by = _processes_that_wrote(path)
     if saved is not None:
         changes = _record_changes(saved, record)
-    elif written_by and written_by != record["num_processes"]:  # a checkpoint of before the record
+    elif (written_by := _processes_that_wrote(path)) and written_by != record["num_processes"]:  # before the record
         changes = [f"{RUN_RECORD_LABELS['num_processes']} {written_by} -> {record['num_processes']}"]
     if not any(change.startswith("the model's config") for change in changes):  # else that says why tensors differ
         changes += _model_changes(path, model)

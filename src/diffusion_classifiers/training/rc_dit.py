@@ -234,11 +234,12 @@ def rc_dit_objective(
     denoiser_mask_ratio: float = DEFAULT_DENOISER_MASK_RATIO,
     denoiser_mask_probability: float = 1.0,
     masked_target: str = DEFAULT_MASKED_TARGET,
+    reading: Optional[dict] = None,
 ) -> dict:
     """What `train_rc_dit`'s own flags make of the loss, for the run record (`training.train`'s `objective`; the DiT's
     sizes and conditioning are in its config, the encoder's learning rate scale in the record already): a resume with
     another value is refused naming the flag, before the data is read when a script passes it to
-    `check_run_can_start`."""
+    `check_run_can_start`; `reading` (`data.reading_from_args`: how the images were read) joins them."""
     return {
         "num_train_timesteps": int(num_train_timesteps),
         "freeze_encoder": bool(freeze_encoder),
@@ -246,6 +247,7 @@ def rc_dit_objective(
         "denoiser_mask_ratio": float(denoiser_mask_ratio),
         "denoiser_mask_probability": float(denoiser_mask_probability),
         "masked_target": str(masked_target),
+        **(reading or {}),
     }
 
 
@@ -403,9 +405,8 @@ def train_rc_dit(
     )
     objective = rc_dit_objective(
         num_train_timesteps, freeze_encoder, loss_weighting, denoiser_mask_ratio, denoiser_mask_probability,
-        masked_target,
+        masked_target, reading,
     )  # fmt: skip
-    objective |= reading or {}
     model, accelerator, summary = train(
         args, model, dataset, loss, sample_grid=grid, monitor=monitor, objective=objective
     )

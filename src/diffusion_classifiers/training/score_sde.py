@@ -63,15 +63,20 @@ def class_balanced_sampler(labels: torch.Tensor, num_classes: int, seed: int = 0
 
 
 def score_sde_objective(
-    label_dropout: float = 0.0, class_balanced: bool = False, num_train_timesteps: int = 1000
+    label_dropout: float = 0.0,
+    class_balanced: bool = False,
+    num_train_timesteps: int = 1000,
+    reading: Optional[dict] = None,
 ) -> dict:
     """What `train_score_sde_unet`'s own flags make of the loss and the data order, for the run record
     (`training.train`'s `objective`): a resume with another label dropout, sampling or number of diffusion steps is
-    refused naming the flag, before the data is read when a script passes it to `check_run_can_start`."""
+    refused naming the flag, before the data is read when a script passes it to `check_run_can_start`; `reading`
+    (`data.reading_from_args`: how the images were read) joins them."""
     return {
         "label_dropout": float(label_dropout),
         "class_balanced": bool(class_balanced),
         "num_train_timesteps": int(num_train_timesteps),
+        **(reading or {}),
     }
 
 
@@ -138,7 +143,7 @@ def train_score_sde_unet(
         class_conditional_sample_grid, num_classes=num_classes, num_images=args.num_sample_images,
         num_inference_steps=args.sample_inference_steps, seed=args.seed, class_names=class_names,
     )  # fmt: skip
-    objective = {**score_sde_objective(label_dropout, class_balanced, num_train_timesteps), **(reading or {})}
+    objective = score_sde_objective(label_dropout, class_balanced, num_train_timesteps, reading)
     return _train_unet(
         args, dataset, preset, num_train_timesteps, num_class_embeds, label_dropout, null_class, sampler, sample_grid,
         objective,

@@ -48,10 +48,11 @@ def images_at(images: TrainingImages, indices) -> torch.Tensor:
     return torch.stack([images[int(i)][0] for i in indices])
 
 
-def ddpm_objective(num_train_timesteps: int = 1000) -> dict:
+def ddpm_objective(num_train_timesteps: int = 1000, reading: Optional[dict] = None) -> dict:
     """What `train_ddpm_unet`'s own flags make of the loss, for the run record (`training.train`'s `objective`): a
-    resume with another value is refused, before the data is read when a script passes it to `check_run_can_start`."""
-    return {"num_train_timesteps": int(num_train_timesteps)}
+    resume with another value is refused, before the data is read when a script passes it to `check_run_can_start`;
+    `reading` (`data.reading_from_args`: how the images were read) joins them."""
+    return {"num_train_timesteps": int(num_train_timesteps), **(reading or {})}
 
 
 def ddpm_sample_grid(
@@ -129,5 +130,5 @@ def train_ddpm_unet(
     sample_grid = partial(
         ddpm_sample_grid, num_images=args.num_sample_images, num_inference_steps=args.sample_inference_steps, seed=args.seed
     )
-    objective = {**ddpm_objective(num_train_timesteps), **(reading or {})}
+    objective = ddpm_objective(num_train_timesteps, reading)
     return _train_unet(args, dataset, preset, num_train_timesteps, sample_grid=sample_grid, objective=objective)
