@@ -67,6 +67,7 @@ def save_readme_models(outputs) -> None:
         outputs / "demo" / "pipeline"
     )
     UNetFeatureClassifierPipeline(unet=small_unet(28), scheduler=DDPMScheduler()).save_pretrained(outputs / "unet-pneumonia")
+    UNetFeatureClassifierPipeline(unet=small_unet(16), scheduler=DDPMScheduler()).save_pretrained(outputs / "unet-plankton")
     ScoreSDEClassifierPipeline(
         small_unet(8, num_class_embeds=3), DDPMScheduler(), class_names=["normal", "pneumonia"]
     ).save_pretrained(outputs / "score-sde-pneumonia")
@@ -82,7 +83,8 @@ def save_readme_models(outputs) -> None:
 def readme_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("readme")
     write_pneumonia_excerpt(root / "shared" / "data" / PNEUMONIA[0] / PNEUMONIA[1])
-    (root / "shared" / "data" / DICOM_SAMPLE).symlink_to(shared_data(DICOM_SAMPLE), target_is_directory=True)
+    for folder in (DICOM_SAMPLE, "plankton_flowcam_demo"):
+        (root / "shared" / "data" / folder).symlink_to(shared_data(folder), target_is_directory=True)
     save_readme_models(root / "project" / "outputs")
     return root / "project"
 

@@ -42,6 +42,8 @@ COMMANDS = {
     "predictions.csv or .parquet and its .errors.csv; resumable; accelerate launch splits it across processes",
     "aggregate": "gather predict's rows per scan, series or patient (DICOM ids): positive if any slice is (max rule), "
     "or mean probabilities; with true labels, the metrics per group",
+    "cluster": "group an unlabeled image / DICOM folder or CSV of paths by a trained U-Net's or RC-DiT's features, "
+    "every choice made without labels: clusters.csv, metrics.json and each cluster's nearest images as PNGs",
 }
 
 
@@ -927,13 +929,26 @@ def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
     return run(args)
 
 
+def add_cluster_args(parser: argparse.ArgumentParser) -> None:
+    from .prediction.clustering import add_cluster_args as add_args
+
+    add_args(parser)
+
+
+@_one_run_in_output_dir("cluster")
+def run_cluster(args: argparse.Namespace) -> dict:
+    from .prediction.clustering import run_cluster as run
+
+    return run(args)
+
+
 ADD_ARGS = {
     "demo": add_demo_args, "evaluate": add_evaluate_args, "probe": add_probe_args, "fit-head": add_fit_head_args,
-    "predict": add_predict_args, "aggregate": add_aggregate_args,
+    "predict": add_predict_args, "aggregate": add_aggregate_args, "cluster": add_cluster_args,
 }  # fmt: skip
 RUN = {
     "demo": run_demo, "evaluate": run_evaluate, "probe": run_probe, "fit-head": run_fit_head, "predict": run_predict,
-    "aggregate": run_aggregate,
+    "aggregate": run_aggregate, "cluster": run_cluster,
 }  # fmt: skip
 
 

@@ -14,11 +14,16 @@
   run (that is not the data's fault).
   [`add_predict_args`] and [`run_predict`] are the `diffusion-classifiers predict` command (a local folder or a Hub
   id: its saved preprocessing, DICOM windows included, applies either way).
+- `clustering.py`: [`cluster_files`] groups the inputs without labels by a trained U-Net's or RC-DiT's features (the
+  feature, its normalisation and K chosen without labels on a sample, k-means fitted on a sample then grouping every
+  file): `clusters.csv`, `metrics.json` and each cluster's nearest images as PNGs; [`add_cluster_args`] and
+  [`run_cluster`] are the `diffusion-classifiers cluster` command.
 
 Only the standard library is imported at module level, so building the `predict` parser (`add_predict_args`) stays
 fast; the heavy imports happen when a prediction runs.
 """
 
+from .clustering import FeatureSource, add_cluster_args, cluster_files, feature_source, run_cluster
 from .inputs import WINDOW_NAMES, PredictionInput, check_labels, list_inputs, parse_windows
 from .outputs import OUTPUT_SUFFIXES, check_output_args
 from .runner import (
@@ -32,16 +37,21 @@ from .runner import (
 
 __all__ = [
     "OUTPUT_SUFFIXES",
+    "FeatureSource",
     "WINDOW_NAMES",
     "PredictionInput",
     "PredictionSummary",
+    "add_cluster_args",
     "add_predict_args",
     "check_labels",
     "check_output_args",
+    "cluster_files",
+    "feature_source",
     "list_inputs",
     "output_columns",
     "parse_windows",
     "predict_files",
     "read_saved_preprocessing",
+    "run_cluster",
     "run_predict",
 ]

@@ -12,7 +12,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterator, Optional, Sequence
+from typing import Any, Callable, Collection, Iterator, NamedTuple, Optional, Sequence
 
 from ..data.arguments import json_object_arg
 from .inputs import (
@@ -228,7 +228,7 @@ def _classify(pipeline: Any, images: list, call_kwargs: dict) -> dict[str, list]
     return columns
 
 
-def _read_checked(item: PredictionInput, pipeline: Any, train_fingerprints: Optional[frozenset] = None) -> tuple:
+def read_checked(item: PredictionInput, pipeline: Any, train_fingerprints: Optional[frozenset] = None) -> tuple:
     """`(images, flags)`: the item's images, each one accepted by the pipeline's preprocessing (`ValueError` /
     `OSError` otherwise), and whether each is, by content, among `train_fingerprints` (None without them)."""
     from ..data.split_record import image_fingerprint_variants
@@ -268,7 +268,7 @@ class _BatchWriter:
     def add(self, item: PredictionInput) -> None:
         stamp = file_stamp(item)  # before reading: a file replaced while it is read is read again next time
         try:
-            images, flags = _read_checked(item, self.pipeline, self.train_fingerprints)
+            images, flags = read_checked(item, self.pipeline, self.train_fingerprints)
             ids = dicom_ids(item)
         except (ValueError, OSError) as error:
             self.errors.append([item.path, str(error)])
@@ -383,7 +383,7 @@ def predict_files(
     from ..evaluation import pipeline_call_settings, recorded_fingerprints_of
 
     files = check_output_args(output_path, errors_path, batch_size)
-    _check_inputs(inputs)
+    check_inputs(inputs)
     if train_fingerprints is None:
         train_fingerprints = recorded_fingerprints_of(pipeline)
     call_kwargs = prediction_call_kwargs(pipeline, pipeline_kwargs, seed)
@@ -478,7 +478,8 @@ def _one_prediction_at_a_time(files: OutputFiles, accelerator: Any) -> Iterator[
                 lock.release()
 
 
-def _check_inputs(inputs: Sequence[PredictionInput]) -> None:
+def check_inputs(inputs: Sequence[PredictionInput]) -> None:
+    """At least one input, each path once."""
     if not inputs:
         raise ValueError("inputs: expected at least one input, got none")
     paths = [item.path for item in inputs]
@@ -553,12 +554,7 @@ def add_predict_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         help="a saved classifier pipeline (model_index.json), any method: a folder or a Hub repo id 'org/name' (its "
         "configs and safetensors are downloaded; its saved preprocessing, DICOM windows included, applies either way)",
     )  # fmt: skip
-    parser.add_argument(
-        "--input", required=True,
-        help="an image folder (recursive; PNG/JPEG/TIFF/... and DICOM: .dcm/.dicom/.dic/.ima or any file with the 'DICM' "
-        "header), a .csv with a 'path' column (relative to the CSV; a 'label' column is carried as true_label), a saved "
-        "datasets folder, or one image file",
-    )  # fmt: skip
+    add_input_args(parser)
     parser.add_argument("--output", default="predictions.csv", help="the predictions file, .csv or .parquet")
     parser.add_argument(
         "--errors", default=None,
@@ -566,15 +562,6 @@ def add_predict_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "(a rerun keeps the errors file its output was written with)",
     )  # fmt: skip
     parser.add_argument("--batch_size", type=int, default=64, help="images per pipeline call; a killed run loses at most one batch")
-    parser.add_argument(
-        "--window", nargs="+", default=None, metavar="WINDOW",
-        help=f"DICOM input: 1 or 3 windows, one channel each, each a name ({', '.join(WINDOW_NAMES)}; 'file' is the "
-        "file's own WindowCenter/Width, 'full' its whole stored range) or a pair 'CENTER WIDTH' in the files' modality "
-        "values, HU for CT (--window 40 80); overrides the windows saved with the model (None: those, recorded in the "
-        "output's .json)",
-    )  # fmt: skip
-    parser.add_argument("--split", default="test", help="the split to read when --input is a saved DatasetDict")
-    parser.add_argument("--image_column", default=None, help="a dataset's image column; None: its one Image column")
     parser.add_argument("--seed", type=int, default=0, help="Score-SDE pipelines: the seed of their noise, combined with each image's pixels")
     parser.add_argument(
         "--pipeline_kwargs", type=json_object_arg, default=None,
@@ -595,25 +582,13 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     from accelerate import Accelerator
 
     from ..data.split_record import recorded_train_fingerprints
-    from ..hub import download, model_fingerprint
+    from ..hub import model_fingerprint
     from ..pipelines import DiffusionClassifierPipeline
     from ..training.launch import check_world_size
 
-    windows = parse_windows(args.window) if args.window is not None else None
     files = check_output_args(args.output, args.errors, args.batch_size)
     _check_pipeline_kwargs(args.pipeline_kwargs)  # its names are checked against the pipeline once it is loaded
-    check_input_exists(args.input)
-    # a Hub id is read from its snapshot (configs, safetensors, cards): the saved windows come from there too
-    model_dir = download(args.model_dir)
-    _check_pipeline_folder(model_dir, args.model_dir)
-    saved = read_saved_preprocessing(model_dir)
-    medical = saved.medical_or_default
-    if windows is not None:
-        medical = replace(medical, windows=windows)
-        medical.check_replaces(saved.medical_or_default, saved.num_channels, "--window", args.model_dir)
-        _warn_other_windows(medical, saved.medical_or_default, args.model_dir)
-    inputs = list_inputs(args.input, split=args.split, image_column=args.image_column, medical=medical)
-    _check_inputs(inputs)
+    model_dir, windows, medical, inputs = model_and_inputs(args)
     accelerator = Accelerator()
     check_world_size(accelerator)
     with _diffusers_bars(shown=not args.no_progress_bar):  # its "Loading pipeline components" bar
@@ -658,6 +633,57 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
                 "run's, kept after the others; --overwrite predicts the input afresh)"
             )
     return summary
+
+
+def add_input_args(parser: argparse.ArgumentParser) -> None:
+    """`--input` and how it is read (`--window`, `--split`, `--image_column`): the flags [`model_and_inputs`] reads,
+    shared by `predict` and `cluster`."""
+    parser.add_argument(
+        "--input", required=True,
+        help="an image folder (recursive; PNG/JPEG/TIFF/... and DICOM: .dcm/.dicom/.dic/.ima or any file with the 'DICM' "
+        "header), a .csv with a 'path' column (relative to the CSV; a 'label' column is carried as true_label), a saved "
+        "datasets folder, or one image file",
+    )  # fmt: skip
+    parser.add_argument(
+        "--window", nargs="+", default=None, metavar="WINDOW",
+        help=f"DICOM input: 1 or 3 windows, one channel each, each a name ({', '.join(WINDOW_NAMES)}; 'file' is the "
+        "file's own WindowCenter/Width, 'full' its whole stored range) or a pair 'CENTER WIDTH' in the files' modality "
+        "values, HU for CT (--window 40 80); overrides the windows saved with the model (None: those; the windows "
+        "read through are recorded with the output)",
+    )  # fmt: skip
+    parser.add_argument("--split", default="test", help="the split to read when --input is a saved DatasetDict")
+    parser.add_argument("--image_column", default=None, help="a dataset's image column; None: its one Image column")
+
+
+class ModelInputs(NamedTuple):
+    """What [`model_and_inputs`] found: the model's local folder, the `--window` windows (None: not given), the
+    DICOM reading the inputs were listed with, and the inputs."""
+
+    model_dir: str
+    windows: Optional[tuple]
+    medical: Any
+    inputs: list[PredictionInput]
+
+
+def model_and_inputs(args: argparse.Namespace) -> ModelInputs:
+    """`--model_dir` (a folder or a Hub id, read from its snapshot: the saved windows come from there too) and the
+    inputs of `--input`, listed to be read as the model reads (its saved preprocessing, `--window` overriding its
+    windows); every flag checked before the model is loaded."""
+    from ..hub import download
+
+    windows = parse_windows(args.window) if args.window is not None else None
+    check_input_exists(args.input)
+    model_dir = download(args.model_dir)
+    _check_pipeline_folder(model_dir, args.model_dir)
+    saved = read_saved_preprocessing(model_dir)
+    medical = saved.medical_or_default
+    if windows is not None:
+        medical = replace(medical, windows=windows)
+        medical.check_replaces(saved.medical_or_default, saved.num_channels, "--window", args.model_dir)
+        _warn_other_windows(medical, saved.medical_or_default, args.model_dir)
+    inputs = list_inputs(args.input, split=args.split, image_column=args.image_column, medical=medical)
+    check_inputs(inputs)
+    return ModelInputs(model_dir, windows, medical, inputs)
 
 
 def _summary_line(summary: PredictionSummary, retry_errors: bool) -> str:

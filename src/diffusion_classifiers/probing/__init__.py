@@ -8,10 +8,12 @@
 from .probe_grid import FeatureKey, ProbeGridResult, fit_probe_grid
 from .protocols import (
     NORMALIZATIONS,
+    KMeansGrouping,
     Shots,
     clustering_stability,
     evaluate_protocols,
     few_shot_indices,
+    fit_normalizer,
     kmeans_clusters,
     kmeans_evaluate,
     knn_classify,
@@ -23,12 +25,14 @@ from .protocols import (
 
 __all__ = [
     "FeatureKey",
+    "KMeansGrouping",
     "NORMALIZATIONS",
     "ProbeGridResult",
     "Shots",
     "clustering_stability",
     "evaluate_protocols",
     "few_shot_indices",
+    "fit_normalizer",
     "fit_probe_grid",
     "kmeans_clusters",
     "kmeans_evaluate",

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
-from sklearn.preprocessing import Normalizer, StandardScaler
+from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
 from tqdm.auto import tqdm
 
 from ..metrics import classification_metrics, clustering_metrics
@@ -25,15 +25,18 @@ from ..validation import (
 from .probe_grid import fit_probe_grid
 
 __all__ = [
+    "KMeansGrouping",
     "NORMALIZATIONS",
     "MAX_SELECTION_IMAGES",
     "PCA_WHITEN_VARIANCE",
     "SELECTION_CRITERIA",
     "Shots",
+    "check_normalization",
     "checked_num_clusters",
     "clustering_stability",
     "evaluate_protocols",
     "few_shot_indices",
+    "fit_normalizer",
     "kmeans_clusters",
     "kmeans_evaluate",
     "knn_classify",
@@ -77,7 +80,7 @@ def normalize_features(features, normalization: str = "standardize") -> np.ndarr
     Raises:
         `ValueError`: an unknown `normalization` (the message lists the allowed ones), or features that are not `[N, D]`.
     """
-    _check_normalization(normalization)
+    check_normalization(normalization)
     return _normalized(_checked_clustering_features(features), normalization)
 
 
@@ -93,16 +96,35 @@ def _normalized(x: np.ndarray, normalization: str) -> np.ndarray:
 
 
 def _pca_whiten(x: np.ndarray) -> np.ndarray:
+    return PCA(n_components=_whitened_components(x), whiten=True, svd_solver="full").fit_transform(x)
+
+
+def _whitened_components(x: np.ndarray) -> int:
     explained = PCA(svd_solver="full").fit(x).explained_variance_ratio_
     keep = int(np.searchsorted(np.cumsum(explained), PCA_WHITEN_VARIANCE)) + 1
-    keep = min(max(keep, 2), len(explained))
-    return PCA(n_components=keep, whiten=True, svd_solver="full").fit_transform(x)
+    return min(max(keep, 2), len(explained))
 
 
-def _check_normalization(normalization) -> None:
+def fit_normalizer(features, normalization: str = "standardize"):
+    """The scikit-learn transformer of [`normalize_features`]' `normalization`, fitted on `features` `[N, D]`, to
+    bring other images' features into the same space (`.transform`): k-means fitted on some images then groups
+    others (`probing.KMeansGrouping`)."""
+    check_normalization(normalization)
+    x = _checked_clustering_features(features)
+    if normalization == "standardize":
+        return StandardScaler().fit(x)
+    if normalization == "l2":
+        return Normalizer().fit(x)
+    if normalization == "pca_whiten":
+        return PCA(n_components=_whitened_components(x), whiten=True, svd_solver="full").fit(x)
+    return FunctionTransformer().fit(x)
+
+
+def check_normalization(normalization, name: str = "normalization") -> None:
+    """Refuse a normalisation that is not one of `NORMALIZATIONS` or `"none"`, naming `name`."""
     allowed = (*NORMALIZATIONS, "none")
     if normalization not in allowed:
-        raise ValueError(f"normalization: expected one of {', '.join(map(repr, allowed))}, got {normalization!r}")
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, allowed))}, got {normalization!r}")
 
 
 def kmeans_evaluate(
@@ -149,10 +171,52 @@ def kmeans_clusters(features, num_clusters: int, seed: int = 0, normalization: s
     Raises:
         `ValueError`: more clusters than images, an unknown normalisation, or features that are not `[N, D]`.
     """
-    _check_normalization(normalization)
+    check_normalization(normalization)
     x = _checked_clustering_features(features)
     _check_num_clusters(num_clusters, len(x))
     return _kmeans(x, num_clusters, seed, normalization)
+
+
+class KMeansGrouping:
+    r"""
+    k-means fitted on the features of some images that groups any others, as a lab groups a folder too large to fit
+    at once: the normalisation (see [`normalize_features`]) and k-means (`n_init=10`, `random_state=seed`, as
+    [`kmeans_clusters`]) are fitted on `fit`'s features; `assign` puts each row of other features in the space of
+    the nearest centre. Fitted on every image, `assign` gives the clusters [`kmeans_clusters`] gives.
+
+    Example:
+
+    ```py
+    >>> grouping = KMeansGrouping(num_clusters=121, normalization="pca_whiten").fit(features[sample])
+    >>> clusters, distances = grouping.assign(features)
+    ```
+    """
+
+    def __init__(self, num_clusters: int, normalization: str = "standardize", seed: int = 0):
+        check_normalization(normalization)
+        _check_num_clusters(num_clusters, num_clusters)
+        self.num_clusters, self.normalization, self.seed = int(num_clusters), normalization, seed
+
+    def fit(self, features) -> "KMeansGrouping":
+        """Fit the normalisation and k-means on `features` `[N, D]` (N >= `num_clusters`); returns `self`."""
+        x = _checked_clustering_features(features)
+        _check_num_clusters(self.num_clusters, len(x))
+        self.num_features, self.normalizer = x.shape[1], fit_normalizer(x, self.normalization)
+        self.kmeans = KMeans(n_clusters=self.num_clusters, n_init=10, random_state=self.seed)
+        self.kmeans.fit(self.normalizer.transform(x))
+        return self
+
+    def assign(self, features) -> Tuple[np.ndarray, np.ndarray]:
+        """`(clusters, distances)`: each row's nearest centre `[N]` and its Euclidean distance to it `[N]`, in the
+        normalised space (a large distance: an image unlike its cluster's others, worth a look)."""
+        if not hasattr(self, "kmeans"):
+            raise ValueError("KMeansGrouping.assign: fit it first (`grouping.fit(features)`)")
+        x = _checked_clustering_features(features)
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"expected features [N, {self.num_features}], as fitted, got {list(x.shape)}")
+        distances = self.kmeans.transform(self.normalizer.transform(x))
+        clusters = distances.argmin(1)
+        return clusters, distances[np.arange(len(x)), clusters]
 
 
 def _kmeans(x: np.ndarray, num_clusters: int, seed: int, normalization: str) -> np.ndarray:
@@ -163,7 +227,7 @@ def _kmeans(x: np.ndarray, num_clusters: int, seed: int, normalization: str) -> 
 
 def _resolve_normalization(normalization: Optional[str], standardize: bool) -> str:
     normalization = ("standardize" if standardize else "none") if normalization is None else normalization
-    _check_normalization(normalization)
+    check_normalization(normalization)
     return normalization
 
 
@@ -271,7 +335,7 @@ def select_clustering_without_labels(
     if not normalizations or len(set(normalizations)) != len(normalizations):
         raise ValueError(f"normalizations: expected a non-empty list of distinct names, got {normalizations}")
     for name in normalizations:
-        _check_normalization(name)
+        check_normalization(name)
     candidates = checked_num_clusters(candidate_num_clusters, default_num_clusters)
     # the rows first, then float64: the features may be float16 memory maps larger than memory
     chosen = _selection_rows(features, max_images, seed)

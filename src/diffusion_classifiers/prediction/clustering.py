@@ -1,0 +1,471 @@
+"""Grouping many unlabeled files without labels: [`cluster_files`] and the `diffusion-classifiers cluster` command
+([`add_cluster_args`], [`run_cluster`]).
+
+A trained U-Net (its (block, timestep) features) or an RC-DiT (its representation) gives every image a feature; on a
+random sample of the files, the feature, its normalisation and the number of clusters are chosen without labels
+(`probing.select_clustering_without_labels`); k-means fitted on (a sample of) the chosen features then groups every
+file (`probing.KMeansGrouping`). Written: `clusters.csv` (each image's cluster and its distance to the cluster's
+centre), `clusters.errors.csv` (files that could not be read), `metrics.json` (every choice and its scores, the cluster
+sizes; with true labels in the input, how well the clusters follow them) and `cluster_examples_<n>.png` (the images
+nearest each centre, to name the clusters by eye).
+
+Only the standard library is imported at module level (see the package docstring).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
+
+from .inputs import PredictionInput
+from .runner import add_input_args, model_and_inputs, read_checked
+
+__all__ = ["CLUSTERS_NAME", "FeatureSource", "add_cluster_args", "cluster_files", "feature_source", "run_cluster"]
+
+CLUSTERS_NAME = "clusters.csv"
+CLUSTER_ERRORS_NAME = "clusters.errors.csv"
+EXAMPLES_NAME = "cluster_examples_{page}.png"
+# Clusters per examples figure (one column each): beyond this the figure's tiles get too small to read.
+CLUSTERS_PER_FIGURE = 16
+# The features are compared, and K chosen, on a random sample of this many files: every candidate costs k-means fits.
+DEFAULT_SELECTION_IMAGES = 2000
+# k-means is fitted on at most this many images' features, then groups every image: 10 restarts over hundreds of
+# thousands of rows would take hours on a CPU, and the centres of a large random sample barely move.
+DEFAULT_FIT_IMAGES = 20000
+
+
+def add_cluster_args(parser: argparse.ArgumentParser) -> None:
+    """The flags of `diffusion-classifiers cluster` (read by [`run_cluster`]); only the standard library is used."""
+    parser.add_argument(
+        "--model_dir", required=True,
+        help="a trained model whose features group the images: a U-Net (the output folder of "
+        "examples/unet_features_train.py, or a probe's pipeline/) or an RC-DiT pipeline (its representation); a "
+        "folder or a Hub repo id",
+    )  # fmt: skip
+    add_input_args(parser)
+    parser.add_argument(
+        "--num_clusters", type=int, required=True,
+        help="K, the number of clusters; the features and normalisations are compared at this K (the number of "
+        "classes, when it is known)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--candidate_num_clusters", type=int, nargs="+", default=None,
+        help="choose K among these by the silhouette of the chosen features (None: --num_clusters)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--timesteps", type=int, nargs="+", default=None,
+        help="U-Net: the timesteps whose features are compared (None: the probe's defaults)",
+    )  # fmt: skip
+    parser.add_argument("--pool", default="mean", choices=["mean", "2x2"], help="U-Net: the features' spatial pooling")
+    parser.add_argument(
+        "--normalizations", nargs="+", default=None,
+        help="the spaces k-means may run in, chosen without labels: of standardize, l2, pca_whiten and none (None: "
+        "the first three, probing.NORMALIZATIONS)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--selection_images", type=int, default=DEFAULT_SELECTION_IMAGES,
+        help="the features, normalisation and K are chosen on a random sample of this many files (at least 2 x K)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fit_images", type=int, default=DEFAULT_FIT_IMAGES,
+        help="k-means is fitted on at most this many images (a random sample), then groups them all",
+    )  # fmt: skip
+    parser.add_argument(
+        "--examples_per_cluster", type=int, default=8,
+        help="images shown per cluster in cluster_examples_<n>.png (those nearest its centre)",
+    )  # fmt: skip
+    parser.add_argument("--batch_size", type=int, default=64, help="images per forward pass")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the samples, the feature noise and k-means")
+    parser.add_argument("--output_dir", default="outputs/cluster", help=f"where {CLUSTERS_NAME}, metrics.json, PNGs go")
+    parser.add_argument("--overwrite_output_dir", action="store_true", help="replace an earlier run's files there")
+
+
+def run_cluster(args: argparse.Namespace) -> dict:
+    """`diffusion-classifiers cluster`: every flag checked and the inputs listed before the model is loaded."""
+    from ..hub import model_fingerprint
+    from ..pipelines import DiffusionClassifierPipeline
+    from ..validation import check_no_earlier_report
+
+    check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
+    names = ClusterRequest._fields
+    request = ClusterRequest(**{name: getattr(args, name) for name in names}).checked(flag="--")
+    model_dir, windows, _, inputs = model_and_inputs(args)
+    request.checked(len(inputs), "--", f"--input {args.input}")
+    pipeline = DiffusionClassifierPipeline.from_pretrained(model_dir)
+    features = feature_source(pipeline, args.timesteps, args.pool, args.batch_size, args.seed, args.model_dir)
+    from .outputs import windows_json
+
+    run_info = {
+        "command": "diffusion-classifiers " + shlex.join(sys.argv[1:]), "model_dir": str(args.model_dir),
+        "model_sha256": model_fingerprint(model_dir), "input": str(Path(args.input).resolve()),
+        "windows": None if windows is None else windows_json(windows),
+    }  # fmt: skip
+    metrics = cluster_files(
+        pipeline, inputs, args.output_dir, features=features, seed=args.seed, run_info=run_info, **request._asdict()
+    )
+    print(_summary_line(metrics, args.output_dir))
+    return metrics
+
+
+class ClusterRequest(NamedTuple):
+    """What [`cluster_files`] is asked: the K the features are compared at, the K to choose from, the normalisations,
+    and the sizes of its samples, figures and batches."""
+
+    num_clusters: int
+    candidate_num_clusters: Optional[Sequence[int]] = None
+    normalizations: Optional[Sequence[str]] = None
+    selection_images: int = DEFAULT_SELECTION_IMAGES
+    fit_images: int = DEFAULT_FIT_IMAGES
+    examples_per_cluster: int = 8
+    batch_size: int = 64
+
+    def checked(self, num_inputs: Optional[int] = None, flag: str = "", input_name: str = "inputs") -> "ClusterRequest":
+        """The request with its normalisations resolved (default `probing.NORMALIZATIONS`); a bad value is refused
+        naming `flag` + the argument (`"--"` for the command's flags), and with `num_inputs`, too few inputs for K."""
+        from ..probing.protocols import NORMALIZATIONS, check_normalization, checked_num_clusters
+
+        normalizations = list(NORMALIZATIONS if self.normalizations is None else self.normalizations)
+        for name in normalizations:
+            check_normalization(name, f"{flag}normalizations")
+        if not normalizations or len(set(normalizations)) != len(normalizations):
+            raise ValueError(f"{flag}normalizations: expected distinct names, got {normalizations}")
+        for name in ("examples_per_cluster", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{flag}{name}: expected an integer >= 1, got {getattr(self, name)}")
+        if isinstance(self.num_clusters, bool) or not isinstance(self.num_clusters, int) or self.num_clusters < 2:
+            raise ValueError(
+                f"{flag}num_clusters: expected K >= 2 (one cluster groups nothing), got {self.num_clusters!r}"
+            )
+        candidates = checked_num_clusters(self.candidate_num_clusters, self.num_clusters)
+        if min(candidates) < 2:
+            raise ValueError(f"{flag}candidate_num_clusters: expected every K >= 2, got {self.candidate_num_clusters}")
+        largest = max(self.num_clusters, *candidates)
+        if self.selection_images < 2 * largest:
+            raise ValueError(
+                f"{flag}selection_images {self.selection_images}: expected at least 2 x K = {2 * largest} (the "
+                "features are compared by k-means fitted on halves of the sample)"
+            )
+        if self.fit_images < largest:
+            raise ValueError(f"{flag}fit_images {self.fit_images}: expected at least K = {largest} images to fit on")
+        if num_inputs is not None and num_inputs < 2 * largest:
+            raise ValueError(
+                f"{input_name}: {num_inputs} files, expected at least 2 x K = {2 * largest} to choose the features by "
+                "(k-means is fitted on halves of them): ask for fewer clusters or group more files"
+            )
+        return self._replace(normalizations=normalizations)
+
+
+class FeatureSource:
+    """The features a model groups images by: `candidates(images)` every feature the choice compares, keyed
+    (`(block, timestep)` for a U-Net, `("representation",)` for an RC-DiT), and `chosen(images, key)` the one chosen."""
+
+    def __init__(self, candidates: Callable[[list], dict], chosen: Callable[[list, tuple], Any], description: str):
+        self.candidates, self.chosen, self.description = candidates, chosen, description
+
+
+def feature_source(
+    pipeline: Any, timesteps: Optional[Sequence[int]] = None, pool: str = "mean", batch_size: int = 64,
+    seed: int = 0, model_name: Optional[str] = None,
+) -> FeatureSource:
+    """The [`FeatureSource`] of a U-Net-feature pipeline (every block at `timesteps`, default the probe's, `pool`ed,
+    noise drawn with `seed`) or of an RC-DiT (its representation, as `pipe.encode` gives it); another pipeline is
+    refused (naming `model_name`, the folder it was loaded from, when given)."""
+    from ..features import _check_timesteps
+    from ..models import DEFAULT_TIMESTEPS
+    from ..pipelines import RepresentationConditionedDiTPipeline, UNetFeatureClassifierPipeline
+
+    if isinstance(pipeline, UNetFeatureClassifierPipeline):
+        timesteps = _check_timesteps(
+            list(DEFAULT_TIMESTEPS) if timesteps is None else timesteps, pipeline.scheduler.config.num_train_timesteps
+        )
+        blocks = pipeline.feature_extractor.block_names
+
+        def extract(images: list, blocks: list, timesteps: list) -> dict:
+            return pipeline.extract_features(
+                images, blocks=blocks, timesteps=timesteps, pool=pool, noise_seed=seed, batch_size=batch_size
+            )
+
+        return FeatureSource(
+            lambda images: extract(images, blocks, timesteps),
+            lambda images, key: extract(images, [key[0]], [key[1]])[key],
+            f"U-Net features ({len(blocks)} blocks x timesteps {timesteps}, {pool} pooled)",
+        )
+    if isinstance(pipeline, RepresentationConditionedDiTPipeline):
+        if timesteps is not None:
+            raise ValueError("--timesteps: a U-Net's option; an RC-DiT is grouped by its representation (none)")
+        encode = lambda images: pipeline.encode(images, batch_size=batch_size)  # noqa: E731
+        return FeatureSource(lambda images: {("representation",): encode(images)}, lambda images, key: encode(images),
+                             "the RC-DiT's representation")  # fmt: skip
+    named = "pipeline" if model_name is None else f"--model_dir {model_name}"
+    raise ValueError(
+        f"{named}: a {type(pipeline).__name__}, which has no image features to group by; cluster takes a U-Net "
+        "(examples/unet_features_train.py) or an RC-DiT (examples/rc_dit_train.py)"
+    )
+
+
+def cluster_files(
+    pipeline: Any,
+    inputs: Sequence[PredictionInput],
+    output_dir: str | os.PathLike,
+    num_clusters: int,
+    candidate_num_clusters: Optional[Sequence[int]] = None,
+    features: Optional[FeatureSource] = None,
+    normalizations: Optional[Sequence[str]] = None,
+    selection_images: int = DEFAULT_SELECTION_IMAGES,
+    fit_images: int = DEFAULT_FIT_IMAGES,
+    examples_per_cluster: int = 8,
+    batch_size: int = 64,
+    seed: int = 0,
+    run_info: Optional[dict] = None,
+    progress_bar: bool = True,
+) -> dict:
+    r"""
+    Group `inputs` (from [`list_inputs`]) without labels and write the result into `output_dir`.
+
+    1. On a random sample of `selection_images` inputs, the feature (of `features.candidates`; default: every block
+       of a U-Net at the probe's timesteps, or an RC-DiT's representation, see [`feature_source`]), its
+       normalisation (of `normalizations`, default `probing.NORMALIZATIONS`) and K (of `candidate_num_clusters`,
+       else `num_clusters`) are chosen by `probing.select_clustering_without_labels`: the most stable k-means
+       partition at `num_clusters`, then K by silhouette.
+    2. The chosen feature of every input is extracted in batches of `batch_size` (a multi-frame DICOM gives one row per
+       frame); k-means, with its normalisation, is fitted on a random `fit_images` of them
+       (`probing.KMeansGrouping`, `seed`) and groups them all.
+
+    Written atomically: `clusters.csv` (`path`, `frame`, an input CSV's other columns, `true_label` when the inputs
+    carry labels, `cluster`, `distance`: to the cluster's centre in the normalised space; rows in input order),
+    `clusters.errors.csv` (`path`, `reason` of each file that could not be read), `metrics.json` (`run_info`, the
+    choice and its scores, the cluster sizes; with a true label on every row, `with_true_labels`: NMI, ARI, Hungarian
+    accuracy and its chance level, purity; the labels are read only to score) and `cluster_examples_<n>.png` (per
+    cluster, the `examples_per_cluster` images nearest its centre, `CLUSTERS_PER_FIGURE` clusters a figure).
+
+    Returns:
+        `dict`: what `metrics.json` holds.
+
+    Raises:
+        `ValueError`: a bad argument, or fewer than 2 x K inputs (or readable sampled images), before any feature is
+        extracted for the whole input.
+    """
+    from ..atomic_files import write_json_atomically
+
+    request = ClusterRequest(
+        num_clusters, candidate_num_clusters, normalizations, selection_images, fit_images, examples_per_cluster,
+        batch_size,
+    ).checked(len(inputs))  # fmt: skip
+    features = feature_source(pipeline, batch_size=batch_size, seed=seed) if features is None else features
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    with pipeline.progress_bars_off():
+        selection = _choose_without_labels(pipeline, inputs, features, request, seed)
+        key, errors, rows = tuple(selection["pair"]), [], []
+        chosen = _extracted(
+            pipeline, inputs, batch_size, lambda images: {key: features.chosen(images, key)}, errors, rows,
+            progress_bar,
+        )[key]  # fmt: skip
+    clusters, distances, fitted_on = _grouped(chosen, selection, fit_images, seed)
+    _write_clusters(output_dir, rows, clusters, distances, errors)
+    figures = _write_examples(
+        output_dir, pipeline, rows, clusters, distances, selection["num_clusters"], examples_per_cluster
+    )
+    metrics = {
+        **(run_info or {}),
+        "features": features.description,
+        "feature": "/".join(map(str, key)),
+        "normalization": selection["normalization"],
+        "num_clusters": selection["num_clusters"],
+        "num_inputs": len(inputs),
+        "num_images": len(rows),
+        "num_unreadable": len(errors),
+        "fitted_on_images": fitted_on,
+        "cluster_sizes": [int((clusters == c).sum()) for c in range(selection["num_clusters"])],
+        "selection": _json_safe(selection),
+        "seed": seed,
+        "seconds": round(time.time() - started, 1),
+        "files": [CLUSTERS_NAME, CLUSTER_ERRORS_NAME, *figures],
+    }
+    labels = [item.label for item, _ in rows]
+    if rows and all(label is not None for label in labels):
+        metrics["with_true_labels"] = _scored_against_labels(labels, clusters)
+    write_json_atomically(output_dir / "metrics.json", metrics, indent=2)
+    return metrics
+
+
+def _choose_without_labels(
+    pipeline: Any, inputs: Sequence[PredictionInput], features: FeatureSource, request: ClusterRequest, seed: int
+) -> dict:
+    """`probing.select_clustering_without_labels` on every candidate feature of a seeded random sample of the inputs
+    (their unreadable files are met again, and listed, when every input is read)."""
+    import numpy as np
+
+    from ..probing.protocols import select_clustering_without_labels
+
+    rows = np.random.default_rng(seed).choice(len(inputs), min(request.selection_images, len(inputs)), replace=False)
+    sample = [inputs[i] for i in sorted(rows.tolist())]
+    candidates = _extracted(pipeline, sample, request.batch_size, features.candidates, [], None, False)
+    largest = max([request.num_clusters, *(request.candidate_num_clusters or [])])
+    readable = len(next(iter(candidates.values()))) if candidates else 0
+    if readable < 2 * largest:
+        raise ValueError(
+            f"inputs: {readable} images of the {len(sample)} files sampled to choose the features by could be read; "
+            f"expected at least 2 x K = {2 * largest} (the unreadable files are those predict lists as errors)"
+        )
+    return select_clustering_without_labels(
+        candidates, request.candidate_num_clusters, request.num_clusters, seed=seed, max_images=None,
+        normalizations=request.normalizations,
+    )  # fmt: skip
+
+
+def _grouped(chosen: Any, selection: dict, fit_images: int, seed: int) -> tuple:
+    """`(clusters, distances, fitted_on)`: k-means in the chosen normalisation, fitted on a seeded random
+    `fit_images` of the rows (all when fewer), grouping every row."""
+    import numpy as np
+
+    from ..probing.protocols import KMeansGrouping
+
+    fitted = chosen
+    if len(chosen) > fit_images:
+        fitted = chosen[np.random.default_rng(seed + 1).choice(len(chosen), fit_images, replace=False)]
+    grouping = KMeansGrouping(selection["num_clusters"], selection["normalization"], seed).fit(fitted)
+    return (*grouping.assign(chosen), len(fitted))
+
+
+def _extracted(
+    pipeline: Any, inputs: Sequence[PredictionInput], batch_size: int, extract: Callable[[list], dict],
+    errors: list, rows: Optional[list], progress_bar: bool,
+) -> dict:
+    """`extract` over every readable image of `inputs`, batch by batch, as float32 arrays `{key: [N, D]}`; a file
+    that cannot be read is appended to `errors` as `[path, reason]`; each image's `(input, frame)` to `rows`."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    parts: dict = {}
+    with tqdm(total=len(inputs), desc="cluster", unit="file", disable=not progress_bar) as bar:
+        for batch_rows, images in _read_in_batches(pipeline, inputs, batch_size, errors, bar):
+            for name, value in extract(images).items():
+                parts.setdefault(name, []).append(np.asarray(value.detach().float().cpu(), dtype=np.float32))
+            if rows is not None:
+                rows += batch_rows
+    return {name: np.concatenate(value) for name, value in parts.items()}
+
+
+def _read_in_batches(
+    pipeline: Any, inputs: Sequence[PredictionInput], batch_size: int, errors: list, bar: Any
+) -> Iterator[tuple[list, list]]:
+    """`(rows, images)` of about `batch_size` images at a time (a multi-frame file is never split), read and checked as
+    `predict` reads them; an unreadable file goes to `errors`."""
+    rows, images = [], []
+    for item in inputs:
+        try:
+            read, _ = read_checked(item, pipeline)
+        except (ValueError, OSError) as error:
+            errors.append([item.path, str(error)])
+            read = []
+        rows += [(item, frame) for frame in range(len(read))]
+        images += read
+        bar.update(1)
+        if len(images) >= batch_size:
+            yield rows, images
+            rows, images = [], []
+    if images:
+        yield rows, images
+
+
+def _write_clusters(output_dir: Path, rows: list, clusters: Any, distances: Any, errors: list) -> None:
+    from .outputs import ERROR_COLUMNS, write_csv
+
+    carried = list(dict.fromkeys(name for item, _ in rows for name in item.columns))
+    labelled = any(item.label is not None for item, _ in rows)
+    columns = ["path", "frame", *carried, *(["true_label"] if labelled else []), "cluster", "distance"]
+    table = [
+        [item.path, frame, *(item.columns.get(name) for name in carried), *([item.label] if labelled else []),
+         int(cluster), round(float(distance), 6)]
+        for (item, frame), cluster, distance in zip(rows, clusters, distances)
+    ]  # fmt: skip
+    write_csv(output_dir / CLUSTERS_NAME, columns, table)
+    write_csv(output_dir / CLUSTER_ERRORS_NAME, ERROR_COLUMNS, errors)
+
+
+def _write_examples(
+    output_dir: Path, pipeline: Any, rows: list, clusters: Any, distances: Any, num_clusters: int, per_cluster: int
+) -> list[str]:
+    """`cluster_examples_<n>.png`: a column per cluster (titled with its id and size), its `per_cluster` images
+    nearest the centre from the top, read again as the model reads them; returns the file names."""
+    import numpy as np
+    import torch
+
+    from ..atomic_files import write_atomically
+    from ..training.monitoring import image_grid
+
+    sizes = np.bincount(clusters, minlength=num_clusters)
+    names = []
+    for page, first in enumerate(range(0, len(sizes), CLUSTERS_PER_FIGURE)):
+        members = [np.flatnonzero(clusters == c) for c in range(first, min(first + CLUSTERS_PER_FIGURE, len(sizes)))]
+        nearest = [rows_of[np.argsort(distances[rows_of], kind="stable")[:per_cluster]] for rows_of in members]
+        tiles = [[_example_tile(pipeline, *rows[i]) for i in chosen] for chosen in nearest]
+        tiles = [[tile for tile in column if tile is not None] for column in tiles]
+        shown = [tile for column in tiles for tile in column]
+        if not shown:  # every file of these clusters gone since it was grouped
+            continue
+        blank = torch.ones_like(shown[0])
+        grid = torch.stack([
+            column[r] if r < len(column) else blank for r in range(per_cluster) for column in tiles
+        ])  # row by row: the r-th nearest image of every cluster  # fmt: skip
+        titles = [f"{first + c} ({sizes[first + c]})" for c in range(len(tiles))]
+        name = EXAMPLES_NAME.format(page=page + 1)
+        figure = image_grid(grid, rows=per_cluster, column_titles=titles)
+        write_atomically(output_dir / name, lambda handle: figure.save(handle, format="PNG"), mode="wb")
+        names.append(name)
+    return names
+
+
+def _example_tile(pipeline: Any, item: PredictionInput, frame: int) -> Any:
+    """The image as the model sees it, in [0, 1], one or three channels (the first channel of other counts), with a
+    white pixel right and below (the tiles of a grid abut); None for a file that can no longer be read."""
+    import torch.nn.functional as F
+
+    try:
+        image = read_checked(item, pipeline)[0][frame]
+    except (ValueError, OSError, IndexError):  # changed since it was grouped: its place in the figure left blank
+        return None
+    pixels = pipeline.preprocess([image])[0].float()
+    pixels = pixels if pixels.shape[0] in (1, 3) else pixels[:1]
+    return F.pad((pixels + 1) / 2, (0, 1, 0, 1), value=1.0)
+
+
+def _scored_against_labels(labels: list, clusters: Any) -> dict:
+    """How well the clusters follow the inputs' true labels (read only here, after every choice)."""
+    from ..metrics import clustering_metrics
+
+    names = sorted(set(labels))
+    index = {name: i for i, name in enumerate(names)}
+    scores = clustering_metrics([index[label] for label in labels], clusters, len(names))
+    keep = ("nmi", "ari", "accuracy", "accuracy_by_chance", "macro_f1", "purity")
+    return {"num_classes": len(names), **{name: float(scores[name]) for name in keep}}
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=float))
+
+
+def _summary_line(metrics: dict, output_dir: str) -> str:
+    sizes = metrics["cluster_sizes"]
+    line = (
+        f"{metrics['num_images']} images of {metrics['num_inputs']} files in {metrics['num_clusters']} clusters "
+        f"({min(sizes)}-{max(sizes)} images each) by {metrics['feature']} ({metrics['normalization']}), chosen without "
+        f"labels; {metrics['num_unreadable']} unreadable -> {output_dir}/{CLUSTERS_NAME}, {CLUSTER_ERRORS_NAME}, "
+        f"metrics.json, {', '.join(metrics['files'][2:])}"
+    )
+    scored = metrics.get("with_true_labels")
+    if scored:
+        line += (
+            f"\nagainst the inputs' true labels ({scored['num_classes']} classes): NMI {scored['nmi']:.3f}, Hungarian "
+            f"accuracy {100 * scored['accuracy']:.1f}% (by chance {100 * scored['accuracy_by_chance']:.1f}%), purity "
+            f"{100 * scored['purity']:.1f}%"
+        )
+    return line
