@@ -27,7 +27,7 @@ from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
 from torch import nn
 
-from ..atomic_files import write_json_atomically
+from ..atomic_files import write_atomically, write_json_atomically
 
 __all__ = [
     "LOSS_CURVE_NAME",
@@ -94,15 +94,17 @@ class LossHistory:
         return {"steps": self.steps, "losses": self.losses}
 
     def save(self, output_dir: str) -> None:
-        """`loss_history.json` (written whole, then renamed), `loss_history.csv` and `loss_curve.png`."""
+        """`loss_history.json`, `loss_history.csv` and `loss_curve.png`, each written whole, then renamed."""
         with _random_states_kept():  # importing scikit-learn (by `plots`) draws from Python's global RNG
             from ..plots import plot_loss_curve
 
         write_json_atomically(os.path.join(output_dir, LOSS_HISTORY_NAME), self.to_json())
-        with open(os.path.join(output_dir, "loss_history.csv"), "w", newline="") as f:
-            writer = csv.writer(f)
+        def write_csv(handle) -> None:
+            writer = csv.writer(handle)
             writer.writerow(["step", "loss"])
             writer.writerows(zip(self.steps, self.losses))
+
+        write_atomically(os.path.join(output_dir, "loss_history.csv"), write_csv)
         if self.steps:
             plot_loss_curve(self.steps, self.losses, os.path.join(output_dir, LOSS_CURVE_NAME))
 
@@ -208,7 +210,7 @@ def write_sample_grid(
         grid = sample_grid(model)
     os.makedirs(os.path.join(output_dir, SAMPLES_DIR), exist_ok=True)
     path = os.path.join(output_dir, SAMPLES_DIR, f"step_{step}.png")
-    grid.save(path)
+    write_atomically(path, lambda handle: grid.save(handle, format="PNG"), mode="wb")
     return path
 
 
