@@ -63,15 +63,27 @@ def run_loading_script(script: str) -> None:
 
 # Put on PYTHONPATH as sitecustomize.py, this makes `diffusion_classifiers` unimportable, as where it is not installed.
 HIDE_PACKAGE = """
+import importlib.util
 import sys
+
+HIDDEN = {"diffusion_classifiers"}
 
 class HidePackage:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "diffusion_classifiers":
+        if name.split(".")[0] in HIDDEN:
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 
+def find_spec(name, package=None, _find_spec=importlib.util.find_spec):
+    return None if name.split(".")[0] in HIDDEN else _find_spec(name, package)  # diffusers' availability checks
+
 sys.meta_path.insert(0, HidePackage())
+importlib.util.find_spec = find_spec
 """
+# The same, and scipy and scikit-learn too: a model loads and classifies with what diffusers and transformers need
+# (QA: a saved pipeline folder failed to load without scipy, which only its cards' metrics need).
+HIDE_PACKAGE_AND_METRICS_LIBRARIES = HIDE_PACKAGE.replace(
+    'HIDDEN = {"diffusion_classifiers"}', 'HIDDEN = {"diffusion_classifiers", "scipy", "sklearn"}'
+)
 
 # The first lines of a script run under HIDE_PACKAGE: it stops when the package is importable after all.
 PACKAGE_HIDDEN = """

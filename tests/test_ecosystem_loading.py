@@ -30,7 +30,7 @@ from diffusion_classifiers.hub import render_model_card
 from diffusion_classifiers.models import build_vit_encoder, rc_dit_config, unet_config
 from diffusion_classifiers.remote_code import INSTALL_HINT, make_weights_readable_as_umask_allows
 
-from .conftest import HIDE_PACKAGE, PACKAGE_HIDDEN, PYTHON, python_subprocess_env
+from .conftest import HIDE_PACKAGE_AND_METRICS_LIBRARIES, PACKAGE_HIDDEN, PYTHON, python_subprocess_env
 
 CLASS_NAMES = ["zero", "one", "two"]
 SIZE = 16
@@ -97,10 +97,13 @@ def saved(tmp_path_factory):
     torch.manual_seed(123)
     images = torch.rand(4, 1, SIZE, SIZE) * 2 - 1
     np.save(root / "images.npy", images.numpy())
+    png = Image.fromarray(((images[0, 0].numpy() + 1) * 127.5).round().astype(np.uint8), mode="L")
+    png.save(root / "image.png")  # the file the cards' usage snippets read
     expected = {}
     for name, pipe in pipelines().items():
         pipe.save_pretrained(root / name)
         expected[name] = pipeline_output(pipe, images)
+        expected[f"{name}_png"] = pipeline_output(pipe, [str(root / "image.png")])
         if name in ("unet_features", "rc_dit"):
             export = export_unet_feature_pipeline if name == "unet_features" else export_rc_dit_pipeline
             model, _ = export(pipe, root / f"hf_{name}")
@@ -112,7 +115,7 @@ def saved(tmp_path_factory):
             generator = torch.Generator().manual_seed(0)
             expected["rc_dit_variation"] = variation(images[:1], generator=generator, **VARIATION_CALL).images.tolist()
     (root / "hide").mkdir()
-    (root / "hide" / "sitecustomize.py").write_text(HIDE_PACKAGE)
+    (root / "hide" / "sitecustomize.py").write_text(HIDE_PACKAGE_AND_METRICS_LIBRARIES)
     return root, expected
 
 
@@ -192,7 +195,7 @@ def test_pipelines_and_transformers_models_load_without_the_package(saved):
 SCORE_SDE_CALL, VARIATION_CALL, TRUST = {SCORE_SDE_CALL!r}, {VARIATION_CALL!r}, {{"trust_remote_code": True}}
 {LOAD_AND_RUN}
 for library, snippet in {snippets!r}.items():  # the model cards' usage snippets, as they are
-    scope = {{"images": images, "image": image}}
+    scope = {{}}
     exec(snippet, scope)
     out = scope.get("out") or scope["classifier"](image)
     results["snippets"][library] = out.probs.tolist() if hasattr(out, "probs") else out
@@ -219,7 +222,7 @@ json.dump(results, open("result.json", "w"))
         assert top["label"] == CLASS_NAMES[int(np.argmax(expected[name][0]))]
         assert results["image_size"][name] == SIZE
     assert results["positive_class"]["unet_features"] == "two"
-    assert_same_numbers(results["snippets"]["diffusers"], expected["unet_features"])
+    assert_same_numbers(results["snippets"]["diffusers"], expected["unet_features_png"])
     assert results["snippets"]["transformers"][0]["label"] == CLASS_NAMES[int(np.argmax(expected["hf_rc_dit"][0]))]
     # Without the package and without trust_remote_code the libraries refuse, saying what to pass.
     assert set(results["errors"]) == {"unet_features", "hf_unet_features"}

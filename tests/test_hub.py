@@ -722,10 +722,17 @@ def test_uploads_leave_out_pickles_and_checkpoints_and_name_them(saved_pipeline,
     assert commits == [expected]
 
 
-def test_card_usage_snippet_runs_and_never_loads_pickled_weights(saved_pipeline, tmp_path):
-    """The card's snippet, run as written on a saved folder, loads it; on a folder whose U-Net weights are only a
-    pickle (`diffusion_pytorch_model.bin`), diffusers' generic loader would fall back to it: the snippet refuses it."""
-    pipe_dir, images, expected = saved_pipeline
+def test_card_usage_snippet_runs_and_never_loads_pickled_weights(saved_pipeline, tmp_path, monkeypatch):
+    """The card's snippet, run as written on a saved folder (it reads `image.png`), loads it; on a folder whose U-Net
+    weights are only a pickle (`diffusion_pytorch_model.bin`), diffusers' generic loader would fall back to it: the
+    snippet refuses it."""
+    from PIL import Image
+
+    pipe_dir, images, _ = saved_pipeline
+    first = torch.from_numpy(np.load(images))[0, 0]
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(((first + 1) * 127.5).round().to(torch.uint8).numpy(), mode="L").save("image.png")
+    expected = UNetFeatureClassifierPipeline.from_pretrained(pipe_dir)(["image.png"]).probs
     pickled = tmp_path / "pickled"
     shutil.copytree(pipe_dir, pickled)
     weights = pickled / "unet" / "diffusion_pytorch_model.safetensors"
@@ -736,7 +743,7 @@ def test_card_usage_snippet_runs_and_never_loads_pickled_weights(saved_pipeline,
     for folder in (pipe_dir, pickled):
         card = str(model_card(repo_id=str(folder)))
         snippet = re.search(r"```python\n(.*?)```", card, flags=re.DOTALL).group(1)
-        namespace = {"images": torch.from_numpy(np.load(images))}
+        namespace = {}
         if folder == pickled:
             with pytest.raises(OSError, match="no file named diffusion_pytorch_model.safetensors"):
                 exec(snippet, namespace)
@@ -867,14 +874,14 @@ def test_the_card_scores_as_its_metrics_were_scored(monkeypatch, tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))  # push_script_argv wrote its own
     run_push_script(monkeypatch, argv)
     card = (tmp_path / "card" / "README.md").read_text()
-    assert "out = pipe(images, num_timesteps=20, weighting='uniform')  #" in card
+    assert "out = pipe(images, num_timesteps=20, weighting='uniform')\n" in card
     assert "(8 images), scored with `pipe(images, num_timesteps=20, weighting='uniform')`:" in card
     assert "On the `test` split, 2 of 8 decisions (25.0%) were within 2 Monte-Carlo" in " ".join(card.split())
     (tmp_path / "demo.json").write_text(json.dumps({"test": metrics}))  # the demo's layout
     assert hub.load_eval_seed_sensitivity(tmp_path / "demo.json") == metrics["seed_sensitivity"]
     plain = str(hub.render_model_card("score_sde", model_name="m", dataset_name="d", dataset_license="l",
                                       metrics={"accuracy": 0.9}, training_command="t", evaluation_command="e"))  # fmt: skip
-    assert "out = pipe(images)  #" in plain and "scored with" not in plain
+    assert "out = pipe(images)\n" in plain and "scored with" not in plain
 
 
 def test_a_card_of_train_split_metrics_is_refused(saved_pipeline, monkeypatch, tmp_path):

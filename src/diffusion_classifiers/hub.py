@@ -39,7 +39,6 @@ from huggingface_hub.errors import (
 from jinja2 import meta
 
 from .data.labeled_images import ONE_SET
-from .metrics import per_class_table
 from .validation import PICKLE_SUFFIXES, first_and_more
 
 __all__ = [
@@ -195,6 +194,8 @@ def _per_class_section(per_class: Optional[Dict[str, dict]]) -> Optional[dict]:
     `evaluate`'s report shows them, in the order recorded), the number of classes and of those without an image in
     the split (support 0), and whether the table is collapsed (more than `PER_CLASS_OPEN_MAX` classes); None without
     per-class metrics (a metrics.json of an earlier version)."""
+    from .metrics import per_class_table  # scipy and scikit-learn: not needed to load a model from its card's folder
+
     if not per_class:
         return None
     keys = {"precision", "recall", "f1", "support"}

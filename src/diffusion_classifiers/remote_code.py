@@ -62,8 +62,11 @@ __all__ = ["{name}"]
 _HEADER = "# Bundled copy of {module} (diffusion-classifiers {version}), written by save_pretrained.\n"
 _HEADER_PATTERN = re.compile(rf"# Bundled copy of ({PACKAGE}(?:\.\w+)*) \(")
 
-# The root entry imports every bundled module itself: diffusers copies to its module cache only the files that the
-# loaded file imports directly.
+# The root entry names every bundled module itself: diffusers copies to its module cache only the files that the
+# loaded file imports directly (it reads the import lines, it does not run them). The names are under `if False:`, so
+# that loading runs only the imports the class needs: a module imported only where it is used (the metrics, which
+# need scipy and scikit-learn, for a card) must not stop a folder from loading without those libraries.
+_ROOT_NAMES = "    if False:  # for diffusers to copy these files beside this one; each is imported where it is used\n"
 _ROOT_FALLBACK = "    from .{module} import {name}{noqa}\n"
 
 # A component's entry is loaded after the pipeline's entry has put the bundled modules beside it in diffusers' module
@@ -304,10 +307,11 @@ def write_remote_code(
     for cls in classes:
         own = bundled_module_name(package_module(cls))
         first_names = {module: name for module, name in bundled.items() if module != own and name}
-        fallback = "".join(
-            _ROOT_FALLBACK.format(module=module, name=name, noqa="  # noqa: F401")
+        named = "".join(
+            "    " + _ROOT_FALLBACK.format(module=module, name=name, noqa="  # noqa: F401")
             for module, name in sorted(first_names.items())
-        ) + _ROOT_FALLBACK.format(module=own, name=cls.__name__, noqa="")
+        )
+        fallback = (_ROOT_NAMES + named if named else "") + _ROOT_FALLBACK.format(module=own, name=cls.__name__, noqa="")
         texts[f"{entry_module_name(cls)}.py"] = _entry_text(cls, fallback)
     for subfolder, cls in components.items():
         fallback = _COMPONENT_FALLBACK.format(module=bundled_module_name(package_module(cls)), name=cls.__name__)

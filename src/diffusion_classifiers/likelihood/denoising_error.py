@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-from scipy import stats
 
 from .scorer_inputs import (
     Classes,
@@ -234,6 +233,8 @@ def _settled_worse(differences: torch.Tensor, prior_gaps: torch.Tensor, confiden
     score minus class `k`'s. `num_rivals` `[N]`: the classes the leader is compared with at this look (Bonferroni:
     the leader is the best of them on the same data, so the best class is eliminated with probability at most
     `1 - confidence` per look, not up to `num_rivals` times that; 1 for two classes)."""
+    from scipy import stats  # here: a saved Score-SDE pipeline loads, and scores without the early stop, without it
+
     n = differences.shape[2]
     if n < MIN_TIMESTEPS_TO_SETTLE:
         return torch.zeros(differences.shape[:2], dtype=torch.bool)
