@@ -323,3 +323,24 @@ def test_the_export_of_a_saved_pipeline_carries_its_split_record(pipe, tmp_path,
     assert read_split_record(tmp_path / "built_in_python") is None
     _note_unchecked(str(tmp_path / "built_in_python"), "evaluate", ["test"], no_record=True)
     assert "has no data_splits.json" in capsys.readouterr().err
+
+
+def test_a_new_label_set_of_the_saved_size_keeps_the_head_with_a_warning_and_reset_classifier_zeroes_it(binary_export):
+    """QA: `id2label={0: "pneumonia", 1: "normal"}` (a new label set of the saved size) kept the trained head under
+    the new names without a word, so fine-tuning started from it (first loss 0.013, not ln 2); the README said it
+    started at zero. transformers keeps it (renaming is its rule): a warning says so, `reset_classifier` zeroes it."""
+    import warnings
+
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageClassification
+
+    saved = load_file(binary_export / "model.safetensors")
+    with pytest.warns(UserWarning, match=r"trained as \['normal', 'pneumonia'\], are kept under these names"):
+        model = AutoModelForImageClassification.from_pretrained(binary_export, id2label={0: "healthy", 1: "sick"})
+    assert torch.equal(model.classifier.weight, saved["classifier.weight"])
+    model.reset_classifier()
+    assert not model.classifier.weight.any() and not model.classifier.bias.any()
+    assert torch.equal(model.feature_mean, saved["feature_mean"])  # the standardisation stays
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the saved names again: nothing to say
+        AutoModelForImageClassification.from_pretrained(binary_export, id2label={0: "normal", 1: "pneumonia"})

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import warnings
 from typing import Optional, Union
 
 import torch
@@ -103,10 +104,18 @@ class DiffusionFeaturesForImageClassification(DiffusionClassifierPreTrainedModel
         _check_no_pickles_only(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
         if not kwargs.get("ignore_mismatched_sizes", False):  # else transformers initialises a new head
             _check_saved_labels(pretrained_model_name_or_path)
+        saved_labels = _saved_label_names(pretrained_model_name_or_path, kwargs)  # the Auto classes pass a config
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         # transformers' loading sets `requires_grad` on every parameter: a frozen backbone would count as trainable
         model.backbone.requires_grad_(not model.config.freeze_backbone)
+        _warn_kept_head_renamed(saved_labels, model)
         return model
+
+    def reset_classifier(self) -> None:
+        """Start the head afresh, at zero (the backbone and its feature statistics stay): for a new label set of as
+        many classes as the saved one, whose head transformers keeps under the new `id2label` names."""
+        nn.init.zeros_(self.classifier.weight)
+        nn.init.zeros_(self.classifier.bias)
 
     def __init__(self, config: DiffusionClassifierConfig):
         super().__init__(config)
@@ -206,6 +215,30 @@ def _check_saved_labels(path) -> None:
             f"{path}: config.json's id2label has {config.num_labels} labels {list(config.id2label.values())} but the "
             f"saved classifier has {outputs} outputs; expected one label per output"
         )
+
+
+def _saved_label_names(path, kwargs: dict) -> Optional[list]:
+    """The label names a saved model's `config.json` records, in label-id order; None where it cannot be read."""
+    try:
+        config = DiffusionClassifierConfig.from_pretrained(path, subfolder=kwargs.get("subfolder", ""))
+    except (OSError, ValueError):
+        return None
+    return [config.id2label[i] for i in sorted(config.id2label)]
+
+
+def _warn_kept_head_renamed(saved_labels: Optional[list], model: PreTrainedModel) -> None:
+    """transformers keeps a head of the saved size under a new `id2label`: say so when the names changed (QA: a new
+    label set of the same size started from the old head's weights, its first loss 0.013 instead of ln 2)."""
+    names = [model.config.id2label[i] for i in sorted(model.config.id2label)]
+    if saved_labels is None or len(saved_labels) != len(names) or saved_labels == names:
+        return
+    warnings.warn(
+        f"id2label {names}: the saved head's {len(names)} outputs, trained as {saved_labels}, are kept under these "
+        "names (transformers starts a new head only when the number of labels changes); for a new label set, start "
+        "the head at zero with `model.reset_classifier()`",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def saved_image_processor(model: PreTrainedModel):
