@@ -1,5 +1,7 @@
-"""An `evaluate` metric module shipped with diffusion-classifiers, loaded by path (`evaluate.load(<this file>)`)
-because `evaluate.load("accuracy")` needs the Hub. It delegates to `diffusion_classifiers.metrics`."""
+"""An `evaluate` metric module shipped with diffusion-classifiers, loaded by path (`evaluate.load(<this file>)`, or
+`diffusion_classifiers.evaluation.load_metric()`) because `evaluate.load("accuracy")` needs the Hub. It delegates to
+`diffusion_classifiers.metrics` (one definition of each metric), so it loads where the package is installed: copied
+elsewhere without it, `evaluate` refuses it, naming the package as a missing dependency."""
 
 import datasets
 import evaluate
