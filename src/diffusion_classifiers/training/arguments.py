@@ -34,6 +34,9 @@ SCHEDULER_NAMES = (
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")  # the modes that replay CUDA graphs
 
+# the mixed precisions the loop trains in (accelerate's "fp8" needs libraries and GPUs it was never tested with)
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+
 # the length of a run given neither `--max_train_steps` nor `--num_epochs`
 DEFAULT_MAX_TRAIN_STEPS = 1000
 # where `add_training_args(parser, max_train_steps=N)` keeps N: `--max_train_steps` itself defaults to None, so that
@@ -74,9 +77,13 @@ class TrainingArguments:
     adam_epsilon: float = _flag(1e-8, "AdamW epsilon.")
     max_grad_norm: float = _flag(1.0, "Gradients are clipped to this norm.")
     gradient_accumulation_steps: int = _flag(1, "Batches accumulated per optimizer step.")
-    mixed_precision: str = _flag(
-        "no", 'Mixed precision: "no", "fp16" (GPUs only) or "bf16" (autocast of the model\'s forward; "bf16" is the fast '
-        "choice on GPUs).",
+    mixed_precision: Optional[str] = _flag(
+        None,
+        'Mixed precision: "no", "fp16" (GPUs only) or "bf16" (autocast of the model\'s forward; "bf16" is the fast '
+        "choice on GPUs). Not given (None), the run trains in the precision of `accelerate launch --mixed_precision` "
+        "or `accelerate config` (the ACCELERATE_MIXED_PRECISION variable the launcher sets), else \"no\"; given, it "
+        "overrides the launcher's, with a warning when the two differ. The precision used is recorded in each "
+        "checkpoint's training_run.json, and a resume in another one is refused.",
     )
     allow_tf32: bool = _flag(
         True, "Let float32 matmuls and convolutions use TF32 tensor cores on CUDA (Ampere and newer; ignored elsewhere)."
@@ -146,7 +153,7 @@ class TrainingArguments:
             ("lr_warmup_steps", "0 or more", self.lr_warmup_steps >= 0),
             ("lr_scheduler", f"one of {list(SCHEDULER_NAMES)}", self.lr_scheduler in SCHEDULER_NAMES),
             ("max_grad_norm", "a positive number", self.max_grad_norm > 0),
-            ("mixed_precision", '"no", "fp16" or "bf16"', self.mixed_precision in ("no", "fp16", "bf16")),
+            ("mixed_precision", 'None, "no", "fp16" or "bf16"', self.mixed_precision in (None, *MIXED_PRECISIONS)),
             ("torch_compile_mode", f"one of {list(COMPILE_MODES)}", self.torch_compile_mode in COMPILE_MODES),
             ("max_train_minutes", "None or a positive number", self.max_train_minutes is None or self.max_train_minutes > 0),
             ("ema_max_decay", "a number in [0, 1]", 0 <= self.ema_max_decay <= 1),

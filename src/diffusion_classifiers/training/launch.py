@@ -1,9 +1,12 @@
-"""The process count `accelerate launch` was asked for, against the one that runs.
+"""The process count `accelerate launch` was asked for, against the one that runs; the mixed precision it asks for.
 
 `accelerate launch --cpu --num_processes 2 script.py` (accelerate 1.15) starts ONE process with the simple launcher:
 only `--multi_gpu` goes through torchrun. The script then trains alone and exits 0. The simple launcher tells its
 child nothing about the count except that it exports `MASTER_ADDR`/`MASTER_PORT` when asked for more than one
 process, so the request is read from the launcher's own command line (Linux `/proc/<parent>/cmdline`).
+
+`accelerate launch --mixed_precision` (or `accelerate config`'s) reaches the script as `ACCELERATE_MIXED_PRECISION`
+("no" when neither gives one); a script's own `--mixed_precision` overrides it (`resolve_mixed_precision`).
 """
 
 import os
@@ -14,7 +17,19 @@ from accelerate import Accelerator
 from accelerate.state import PartialState
 from accelerate.utils import parse_flag_from_env
 
-__all__ = ["check_one_process", "check_world_size", "launcher_requested_processes"]
+from .arguments import MIXED_PRECISIONS
+
+__all__ = [
+    "LAUNCHER_PRECISION_VARIABLE",
+    "check_one_process",
+    "check_world_size",
+    "launcher_mixed_precision",
+    "launcher_requested_processes",
+    "precision_override_warning",
+    "resolve_mixed_precision",
+]
+
+LAUNCHER_PRECISION_VARIABLE = "ACCELERATE_MIXED_PRECISION"  # what `accelerate launch` passes its precision in
 
 _NUM_PROCESSES_FLAGS = ("--num_processes", "--num-processes")
 
@@ -83,3 +98,43 @@ def _parent_command_line() -> List[str]:
             return [token.decode(errors="replace") for token in f.read().split(b"\0") if token]
     except OSError:  # not Linux, or not readable: the request cannot be known
         return []
+
+
+def launcher_mixed_precision() -> Optional[str]:
+    """The mixed precision `accelerate launch` (its `--mixed_precision`, else `accelerate config`'s, else "no") or the
+    caller's environment asks for in `ACCELERATE_MIXED_PRECISION`, lowercased as accelerate reads it; None when the
+    variable is not set (a plain `python script.py`)."""
+    value = os.environ.get(LAUNCHER_PRECISION_VARIABLE, "").strip().lower()
+    return value or None
+
+
+def resolve_mixed_precision(requested: Optional[str]) -> str:
+    """The precision a run trains in: the script's `--mixed_precision` when given (`requested`), else the launcher's
+    (`launcher_mixed_precision`), else "no" (what accelerate itself decides with `mixed_precision=None`). A launcher's
+    precision this loop does not train in ("fp8") is refused, naming the variable and the flag that overrides it."""
+    if requested is not None:
+        return requested
+    launcher = launcher_mixed_precision()
+    if launcher is None:
+        return "no"
+    if launcher not in MIXED_PRECISIONS:
+        raise ValueError(
+            f"accelerate launch asked for mixed precision {launcher!r} ({LAUNCHER_PRECISION_VARIABLE}, from its "
+            f"--mixed_precision or accelerate config), which this library does not train in; launch with one of "
+            f"{list(MIXED_PRECISIONS)}, or pass the script's --mixed_precision, which overrides it"
+        )
+    return launcher
+
+
+def precision_override_warning(requested: Optional[str]) -> Optional[str]:
+    """The warning of a script's `--mixed_precision` (`requested`) that overrides another precision the launcher asked
+    for, or None when they agree, either is not given, or the launcher's is "no" (accelerate launch passes "no" when
+    neither its flag nor its config names one: `accelerate launch train.py --mixed_precision bf16` is the usual way)."""
+    launcher = launcher_mixed_precision()
+    if requested is None or launcher in (None, "no", requested):
+        return None
+    return (
+        f"--mixed_precision {requested} overrides accelerate launch's mixed precision {launcher!r} "
+        f"({LAUNCHER_PRECISION_VARIABLE}, from its --mixed_precision or accelerate config, \"no\" when neither gives "
+        f"one): the run trains in {requested}; leave out the script's flag to train in the launcher's"
+    )

@@ -8,7 +8,8 @@ at every checkpoint (the last step included) the loss curve and the trainer's sa
 
 Hardware speed: on CUDA the loop turns on what makes a step faster without changing what is learned beyond rounding:
 TF32 matmuls while it trains (`--allow_tf32`), channels-last weights for convolutional models (`--channels_last`),
-fused AdamW and multi-tensor (foreach) EMA updates; bf16 autocast is `--mixed_precision bf16`, compilation
+fused AdamW and multi-tensor (foreach) EMA updates; bf16 autocast is `--mixed_precision bf16` (or accelerate
+launch's, when the flag is not given: `launch.resolve_mixed_precision`), compilation
 `--torch_compile` (`--torch_compile_mode`; in the modes that replay CUDA graphs every step starts a graph iteration
 and the returned model is no longer compiled). diffusers' attention already runs PyTorch's SDPA (`AttnProcessor2_0`).
 On CPU each of these measured no faster (`benchmarks/training_speed.py`), so the CPU path is the plain one.
@@ -18,8 +19,10 @@ scheduler's time limit or preemption) stops it the same way (`stop_signal.py`).
 """
 
 import atexit
+import copy
 import math
 import os
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator, Optional
@@ -52,7 +55,13 @@ from .checkpoints import (
     run_record,
     save_checkpoint,
 )
-from .launch import check_world_size
+from .launch import (
+    LAUNCHER_PRECISION_VARIABLE,
+    check_world_size,
+    launcher_mixed_precision,
+    precision_override_warning,
+    resolve_mixed_precision,
+)
 from .monitoring import (
     LOSS_HISTORY_NAME,
     MONITOR_HISTORY_NAME,
@@ -172,6 +181,8 @@ def train(
     if not hasattr(sampler, "set_epoch"):
         sampler = EpochSeededSampler(sampler, args.seed)
     budget, stop_signal = TrainingBudget(args.max_train_minutes), StopSignal()
+    requested = args.mixed_precision  # None: the launcher's
+    args = _with_mixed_precision(args, resolve_mixed_precision(requested))
     allow_mixed_precision(args.mixed_precision)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -180,11 +191,15 @@ def train(
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
     )
     check_world_size(accelerator)
-    _check_precision_runs_here(args.mixed_precision, accelerator.device)
+    _check_precision_runs_here(args.mixed_precision, accelerator.device, requested)
+    if accelerator.is_main_process and (override := precision_override_warning(requested)):
+        warnings.warn(override, UserWarning, stacklevel=2)
+    args.mixed_precision = accelerator.mixed_precision  # the precision it trains in: the run record's, the trackers'
     with _claim_output_dir(accelerator, args), cuda_math(args, accelerator.device), stop_signal.listening():
         stop_conditions = (budget, stop_signal)
         return _train(
-            accelerator, args, model, dataset, loss_fn, sampler, sample_grid, monitor, stop_conditions, objective
+            accelerator, args, model, dataset, loss_fn, sampler, sample_grid, monitor, stop_conditions, objective,
+            requested,
         )
 
 
@@ -200,7 +215,9 @@ def check_run_can_start(args: TrainingArguments, objective: Optional[dict] = Non
     checks again, with the folder locked."""
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     check_world_size(state)
-    _check_precision_runs_here(args.mixed_precision, state.device)
+    requested = args.mixed_precision  # None: the launcher's
+    args = _with_mixed_precision(args, resolve_mixed_precision(requested))
+    _check_precision_runs_here(args.mixed_precision, state.device, requested)
     check_output_dir_is_a_folder(args.output_dir)
     if os.path.isdir(os.path.join(args.output_dir, REPLACED_CHECKPOINTS)):
         return  # a replacing run killed before it settled them: `train` moves them back first, then decides
@@ -209,20 +226,59 @@ def check_run_can_start(args: TrainingArguments, objective: Optional[dict] = Non
     resume_path = resolve_resume_path(args)
     if resume_path is not None:
         check_resumed_by_as_many_processes(resume_path, state.num_processes)
-        check_resumed_with_the_same_settings(resume_path, args, objective)
+        with _naming_the_launchers_precision(requested):
+            check_resumed_with_the_same_settings(resume_path, args, objective)
         if args.max_train_steps is not None:  # else the data sets the length
             check_resumed_within_the_run(resume_path, args.max_train_steps)
         with reading_checkpoint(resume_path, args.output_dir):
             check_checkpoint_files(resume_path, state.num_processes, args.use_ema)
 
 
-def _check_precision_runs_here(mixed_precision: str, device: torch.device) -> None:
-    """accelerate runs `fp16` on a CPU in float32 without a word: the run would not be the one asked for."""
-    if mixed_precision == "fp16" and device.type == "cpu":
+def _with_mixed_precision(args: TrainingArguments, mixed_precision: str) -> TrainingArguments:
+    """A copy of `args` (the caller's are left as they are) with `mixed_precision` resolved (`resolve_mixed_precision`):
+    what the checks, the run record and the trackers see."""
+    resolved = copy.copy(args)  # not `dataclasses.replace`, which would check (and warn about) every flag again
+    resolved.mixed_precision = mixed_precision
+    return resolved
+
+
+def _check_precision_runs_here(
+    mixed_precision: str, device: torch.device, requested: Optional[str] = None
+) -> None:
+    """accelerate runs `fp16` on a CPU in float32 without a word: the run would not be the one asked for.
+    `requested` is the script's `--mixed_precision`; when it is None the fp16 is the launcher's, which the refusal
+    names."""
+    if mixed_precision != "fp16" or device.type != "cpu":
+        return
+    if requested is None:
         raise ValueError(
-            "--mixed_precision fp16 needs a GPU: on this CPU accelerate would train in float32 instead; pass bf16 "
-            "(autocast on CPU too) or no"
+            f"accelerate launch's mixed precision fp16 ({LAUNCHER_PRECISION_VARIABLE}, from its --mixed_precision or "
+            "accelerate config) needs a GPU: on this CPU accelerate would train in float32 instead; launch with "
+            "--mixed_precision bf16 (autocast on CPU too) or no, or pass the script's --mixed_precision, which "
+            "overrides the launcher's"
         )
+    raise ValueError(
+        "--mixed_precision fp16 needs a GPU: on this CPU accelerate would train in float32 instead; pass bf16 "
+        "(autocast on CPU too) or no"
+    )
+
+
+@contextmanager
+def _naming_the_launchers_precision(requested: Optional[str]) -> Iterator[None]:
+    """A resume refused for another mixed precision when the script's `--mixed_precision` was not given (so the
+    precision is the launcher's, or "no"): the refusal says where this run's came from and how to resume in the
+    checkpoint's."""
+    try:
+        yield
+    except ValueError as error:
+        if requested is None and "--mixed_precision " in str(error):
+            launcher = launcher_mixed_precision()
+            source = f"accelerate launch's ({LAUNCHER_PRECISION_VARIABLE}={launcher})" if launcher else '"no"'
+            raise ValueError(
+                f"{error}; this run's mixed precision is {source}, as the script's --mixed_precision was not given: "
+                "pass the checkpoint's (the script's --mixed_precision overrides the launcher's) to resume"
+            ) from error
+        raise
 
 
 def allow_mixed_precision(mixed_precision: str) -> None:
@@ -268,16 +324,18 @@ def _resume(
     model: nn.Module,
     ema: Optional[EMAModel],
     max_train_steps: int,
+    requested_precision: Optional[str] = None,
 ) -> Optional[str]:
     """Load the checkpoint `--resume_from_checkpoint` names into the unwrapped `model` (prepared) and `ema`, once
     `check_checkpoint_folder` accepts it for this run's `record` and it is not past `max_train_steps`; returns its path
     (None when there is none to resume from). A file that cannot be read is named with the folder
-    (`reading_checkpoint`)."""
+    (`reading_checkpoint`); a refused precision, with where this run's came from (`requested_precision`, the script's
+    `--mixed_precision`: None when it is the launcher's)."""
     path = resolve_resume_path(args)
     if path is None:
         return None
     check_resumed_within_the_run(path, max_train_steps)
-    with reading_checkpoint(path, args.output_dir):
+    with reading_checkpoint(path, args.output_dir), _naming_the_launchers_precision(requested_precision):
         check_checkpoint_folder(path, record, model, use_ema=ema is not None)
         accelerator.print(f"Resuming from {path}")
         accelerator.load_state(path)  # model, optimizer, schedule, accumulation step, every process's RNG states
@@ -469,6 +527,7 @@ def _train(
     monitor: Optional[MonitorFunction],
     stop_conditions: tuple[TrainingBudget, StopSignal],
     objective: Optional[dict],
+    requested_precision: Optional[str] = None,
 ) -> tuple[nn.Module, Accelerator, TrainingSummary]:
     budget, stop_signal = stop_conditions
     set_seed(args.seed, device_specific=True)
@@ -496,7 +555,7 @@ def _train(
     ema = _build_ema(args, unwrapped, accelerator.device) if args.use_ema else None
     record = run_record(args, num_processes, num_examples, unwrapped, dataset, objective)
 
-    resume_path = _resume(accelerator, args, record, unwrapped, ema, max_train_steps)
+    resume_path = _resume(accelerator, args, record, unwrapped, ema, max_train_steps, requested_precision)
     global_step = resumed_from_step = checkpoint_step(resume_path) if resume_path else 0
     restore_step_rates(lr_scheduler)
     schedule_clock = _schedule_clock(args, lr_scheduler, max_train_steps, num_processes)
