@@ -1,5 +1,6 @@
 """SIGTERM (a scheduler's time limit or preemption) stops a training run after its step with a final checkpoint, the
-loss files and the model, on every process at the same step, and the command then exits with status 143."""
+loss files and the model, on every process at the same step, and the command then exits with status 143 (1 under
+accelerate launch --multi_gpu, whose torch elastic agent turns the signal into an error)."""
 
 import json
 import multiprocessing

@@ -854,7 +854,8 @@ def run_from_shell(name: str, run: Callable[[], Any]) -> None:
     """`run()` as a shell command `name` (the CLI's, the example scripts'): an input refused by name (`ValueError`,
     `FileNotFoundError`, `FileExistsError`) or an output another run holds (`RunInUseError`) prints `name: error: ...`
     and exits with status 1, without Python's traceback (`DIFFUSION_CLASSIFIERS_TRACEBACK=1` keeps it). A training run
-    that SIGTERM stopped exits with status 143 once its model is saved."""
+    that SIGTERM stopped exits with status 143 once its model is saved (under `accelerate launch --multi_gpu`, torch
+    elastic makes it 1)."""
     from .run_lock import RunInUseError  # the standard library only
 
     try:
