@@ -178,3 +178,47 @@ def test_kmeans_grouping_fitted_on_a_sample_groups_other_images_by_the_nearest_c
         KMeansGrouping(3).assign(x)
     with pytest.raises(ValueError, match=r"K=20 is larger than the number of images \(5\)"):
         KMeansGrouping(20).fit(x[:5])
+
+
+def test_a_rerun_over_an_earlier_one_leaves_no_figure_of_the_earlier_grouping(digits_csv, unet_dir, tmp_path):
+    """QA: --overwrite_output_dir with fewer clusters left the earlier run's later figures, another grouping's."""
+    out = tmp_path / "out"
+    first = cluster(unet_dir, digits_csv, out, "--num_clusters", "20", "--examples_per_cluster", "1")
+    assert first["files"][2:] == ["cluster_examples_1.png", "cluster_examples_2.png"]
+    again = cluster(unet_dir, digits_csv, out, "--num_clusters", "5", "--examples_per_cluster", "1",
+                    "--overwrite_output_dir")  # fmt: skip
+    assert sorted(path.name for path in out.glob("cluster_examples_*.png")) == again["files"][2:] == [
+        "cluster_examples_1.png"
+    ]
+
+
+def test_cluster_files_refuses_an_earlier_report_and_records_its_model(digits_csv, unet_dir, tmp_path):
+    from diffusion_classifiers import DiffusionClassifierPipeline
+    from diffusion_classifiers.hub import model_fingerprint
+    from diffusion_classifiers.prediction import cluster_files, list_inputs
+
+    pipe, inputs = DiffusionClassifierPipeline.from_pretrained(unet_dir), list_inputs(digits_csv)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "metrics.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"output_dir .* holds an earlier report"):
+        cluster_files(pipe, inputs, tmp_path / "out", 5, progress_bar=False)
+    metrics = cluster_files(pipe, inputs, tmp_path / "out", 5, progress_bar=False, overwrite=True, selection_images=60)
+    assert metrics["model_dir"] == str(unet_dir) and metrics["model_sha256"] == model_fingerprint(unet_dir)
+
+
+def test_a_sample_of_unreadable_files_is_refused_naming_one_and_its_reason(unet_dir, tmp_path):
+    (tmp_path / "bad").mkdir()
+    for i in range(12):
+        (tmp_path / "bad" / f"{i}.png").write_text("not an image")
+    with pytest.raises(ValueError, match=r"0 images of the 12 files sampled .* \(first: 0.png: cannot decode"):
+        main(["cluster", "--model_dir", str(unet_dir), "--input", str(tmp_path / "bad"), "--output_dir",
+              str(tmp_path / "out"), "--num_clusters", "3"])  # fmt: skip
+
+
+def test_window_on_inputs_without_dicom_is_warned_about_and_the_windows_read_through_are_recorded(
+    digits_csv, unet_dir, tmp_path
+):
+    with pytest.warns(UserWarning, match=r"--window file: none of the 121 inputs is a DICOM file"):
+        metrics = cluster(unet_dir, digits_csv, tmp_path / "out", "--num_clusters", "5", "--window", "file")
+    assert metrics["windows"] == ["file"]
+    assert cluster(unet_dir, digits_csv, tmp_path / "plain", "--num_clusters", "5")["windows"] == ["file"]

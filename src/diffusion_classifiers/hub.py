@@ -600,7 +600,9 @@ def input_description_of(local_dir: Union[str, os.PathLike], medical: bool = Fal
             text += (
                 " transformers' plain `pipeline()` reads every file as 8-bit RGB and cannot open DICOM: with "
                 "`diffusion-classifiers` installed, pass `pipeline_class=diffusion_classifiers."
-                "DiffusionClassifierImageClassificationPipeline`."
+                "DiffusionClassifierImageClassificationPipeline`; without it, give the file's path to the image "
+                "processor (`AutoImageProcessor.from_pretrained(..., trust_remote_code=True)(path)`), which reads it "
+                "as in training (DICOM with pydicom installed), and its `pixel_values` to the model."
             )
     floats = f"Float arrays and tensors are read as values {FLOAT_RANGES[contract.input_range]}"
     return f"{text} {floats}; give 0..255 pictures as uint8 arrays or PIL images."

@@ -95,7 +95,7 @@ def run_cluster(args: argparse.Namespace) -> dict:
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
     names = ClusterRequest._fields
     request = ClusterRequest(**{name: getattr(args, name) for name in names}).checked(flag="--")
-    model_dir, windows, _, inputs = model_and_inputs(args)
+    model_dir, _, medical, inputs = model_and_inputs(args)
     request.checked(len(inputs), "--", f"--input {args.input}")
     pipeline = DiffusionClassifierPipeline.from_pretrained(model_dir)
     features = feature_source(pipeline, args.timesteps, args.pool, args.batch_size, args.seed, args.model_dir)
@@ -104,11 +104,12 @@ def run_cluster(args: argparse.Namespace) -> dict:
     run_info = {
         "command": "diffusion-classifiers " + shlex.join(sys.argv[1:]), "model_dir": str(args.model_dir),
         "model_sha256": model_fingerprint(model_dir), "input": str(Path(args.input).resolve()),
-        "windows": None if windows is None else windows_json(windows),
+        "windows": windows_json(medical.windows),  # those read through: --window's, else the model's
     }  # fmt: skip
     metrics = cluster_files(
-        pipeline, inputs, args.output_dir, features=features, seed=args.seed, run_info=run_info, **request._asdict()
-    )
+        pipeline, inputs, args.output_dir, features=features, seed=args.seed, run_info=run_info,
+        overwrite=args.overwrite_output_dir, **request._asdict(),
+    )  # fmt: skip
     print(_summary_line(metrics, args.output_dir))
     return metrics
 
@@ -146,18 +147,18 @@ class ClusterRequest(NamedTuple):
         if min(candidates) < 2:
             raise ValueError(f"{flag}candidate_num_clusters: expected every K >= 2, got {self.candidate_num_clusters}")
         largest = max(self.num_clusters, *candidates)
-        if self.selection_images < 2 * largest:
-            raise ValueError(
-                f"{flag}selection_images {self.selection_images}: expected at least 2 x K = {2 * largest} (the "
-                "features are compared by k-means fitted on halves of the sample)"
-            )
-        if self.fit_images < largest:
-            raise ValueError(f"{flag}fit_images {self.fit_images}: expected at least K = {largest} images to fit on")
         if num_inputs is not None and num_inputs < 2 * largest:
             raise ValueError(
                 f"{input_name}: {num_inputs} files, expected at least 2 x K = {2 * largest} to choose the features by "
                 "(k-means is fitted on halves of them): ask for fewer clusters or group more files"
             )
+        if self.selection_images < 2 * largest:
+            raise ValueError(
+                f"{flag}selection_images {self.selection_images}: expected at least 2 x K = {2 * largest} (the "
+                "features are compared by k-means fitted on halves of the sample): raise it, or ask for fewer clusters"
+            )
+        if self.fit_images < largest:
+            raise ValueError(f"{flag}fit_images {self.fit_images}: expected at least K = {largest} images to fit on")
         return self._replace(normalizations=normalizations)
 
 
@@ -224,6 +225,7 @@ def cluster_files(
     seed: int = 0,
     run_info: Optional[dict] = None,
     progress_bar: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     r"""
     Group `inputs` (from [`list_inputs`]) without labels and write the result into `output_dir`.
@@ -244,6 +246,10 @@ def cluster_files(
     accuracy and its chance level, purity; the labels are read only to score) and `cluster_examples_<n>.png` (per
     cluster, the `examples_per_cluster` images nearest its centre, `CLUSTERS_PER_FIGURE` clusters a figure).
 
+    `output_dir` must not hold an earlier run's `metrics.json` unless `overwrite` (the earlier run's example figures
+    are then removed once the new ones are written). `run_info` (the CLI's: its command, the windows) is recorded
+    with the pipeline's folder and the sha256 of its files.
+
     Returns:
         `dict`: what `metrics.json` holds.
 
@@ -252,7 +258,9 @@ def cluster_files(
         extracted for the whole input.
     """
     from ..atomic_files import write_json_atomically
+    from ..validation import check_no_earlier_report
 
+    check_no_earlier_report(output_dir, overwrite, "output_dir")
     request = ClusterRequest(
         num_clusters, candidate_num_clusters, normalizations, selection_images, fit_images, examples_per_cluster,
         batch_size,
@@ -262,7 +270,7 @@ def cluster_files(
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with pipeline.progress_bars_off():
-        selection = _choose_without_labels(pipeline, inputs, features, request, seed)
+        selection = _choose_without_labels(pipeline, inputs, features, request, seed, progress_bar)
         key, errors, rows = tuple(selection["pair"]), [], []
         chosen = _extracted(
             pipeline, inputs, batch_size, lambda images: {key: features.chosen(images, key)}, errors, rows,
@@ -273,7 +281,9 @@ def cluster_files(
     figures = _write_examples(
         output_dir, pipeline, rows, clusters, distances, selection["num_clusters"], examples_per_cluster
     )
+    _remove_earlier_figures(output_dir, figures)
     metrics = {
+        **_model_record(pipeline),
         **(run_info or {}),
         "features": features.description,
         "feature": "/".join(map(str, key)),
@@ -297,28 +307,66 @@ def cluster_files(
 
 
 def _choose_without_labels(
-    pipeline: Any, inputs: Sequence[PredictionInput], features: FeatureSource, request: ClusterRequest, seed: int
+    pipeline: Any, inputs: Sequence[PredictionInput], features: FeatureSource, request: ClusterRequest, seed: int,
+    progress_bar: bool,
 ) -> dict:
     """`probing.select_clustering_without_labels` on every candidate feature of a seeded random sample of the inputs
     (their unreadable files are met again, and listed, when every input is read)."""
+    import warnings
+
     import numpy as np
+    from tqdm.auto import tqdm
 
     from ..probing.protocols import select_clustering_without_labels
 
     rows = np.random.default_rng(seed).choice(len(inputs), min(request.selection_images, len(inputs)), replace=False)
-    sample = [inputs[i] for i in sorted(rows.tolist())]
-    candidates = _extracted(pipeline, sample, request.batch_size, features.candidates, [], None, False)
+    sample, errors = [inputs[i] for i in sorted(rows.tolist())], []
+    candidates = _extracted(pipeline, sample, request.batch_size, features.candidates, errors, None, progress_bar,
+                            "cluster: a sample's features")  # fmt: skip
     largest = max([request.num_clusters, *(request.candidate_num_clusters or [])])
     readable = len(next(iter(candidates.values()))) if candidates else 0
     if readable < 2 * largest:
+        first = f" (first: {errors[0][0]}: {errors[0][1]})" if errors else ""
         raise ValueError(
-            f"inputs: {readable} images of the {len(sample)} files sampled to choose the features by could be read; "
-            f"expected at least 2 x K = {2 * largest} (the unreadable files are those predict lists as errors)"
+            f"inputs: {readable} images of the {len(sample)} files sampled to choose the features by could be read"
+            f"{first}; expected at least 2 x K = {2 * largest}"
         )
-    return select_clustering_without_labels(
+    if progress_bar:
+        tqdm.write(
+            f"cluster: choosing among {len(candidates)} features x {len(request.normalizations)} normalisations by "
+            f"the stability of k-means on {readable} images (k-means fits on halves of them)"
+        )
+    selection = select_clustering_without_labels(
         candidates, request.candidate_num_clusters, request.num_clusters, seed=seed, max_images=None,
         normalizations=request.normalizations,
     )  # fmt: skip
+    silhouettes = selection["silhouette_by_num_clusters"]
+    if len(silhouettes) > 1 and max(silhouettes.values()) <= 0:
+        warnings.warn(
+            f"candidate_num_clusters: every K has a silhouette <= 0 ({silhouettes}): the clusters overlap at each, and "
+            f"the largest silhouette, here of K = {selection['num_clusters']}, is a weak choice; consider giving K",
+            UserWarning,
+            stacklevel=3,
+        )
+    return selection
+
+
+def _model_record(pipeline: Any) -> dict:
+    """The folder the pipeline was loaded from and the sha256 of its files (`hub.model_fingerprint`), so the grouping
+    can be traced to its model; empty for a pipeline built in code."""
+    from ..hub import model_fingerprint
+
+    folder = getattr(pipeline, "name_or_path", None)
+    if not folder or not os.path.isdir(folder):
+        return {}
+    return {"model_dir": str(folder), "model_sha256": model_fingerprint(folder)}
+
+
+def _remove_earlier_figures(output_dir: Path, written: Sequence[str]) -> None:
+    """An earlier run's `cluster_examples_<n>.png` beyond this run's pages would show another grouping."""
+    for path in output_dir.glob(EXAMPLES_NAME.format(page="*")):
+        if path.name not in written:
+            path.unlink()
 
 
 def _grouped(chosen: Any, selection: dict, fit_images: int, seed: int) -> tuple:
@@ -337,7 +385,7 @@ def _grouped(chosen: Any, selection: dict, fit_images: int, seed: int) -> tuple:
 
 def _extracted(
     pipeline: Any, inputs: Sequence[PredictionInput], batch_size: int, extract: Callable[[list], dict],
-    errors: list, rows: Optional[list], progress_bar: bool,
+    errors: list, rows: Optional[list], progress_bar: bool, description: str = "cluster",
 ) -> dict:
     """`extract` over every readable image of `inputs`, batch by batch, as float32 arrays `{key: [N, D]}`; a file
     that cannot be read is appended to `errors` as `[path, reason]`; each image's `(input, frame)` to `rows`."""
@@ -345,7 +393,7 @@ def _extracted(
     from tqdm.auto import tqdm
 
     parts: dict = {}
-    with tqdm(total=len(inputs), desc="cluster", unit="file", disable=not progress_bar) as bar:
+    with tqdm(total=len(inputs), desc=description, unit="file", disable=not progress_bar) as bar:
         for batch_rows, images in _read_in_batches(pipeline, inputs, batch_size, errors, bar):
             for name, value in extract(images).items():
                 parts.setdefault(name, []).append(np.asarray(value.detach().float().cpu(), dtype=np.float32))

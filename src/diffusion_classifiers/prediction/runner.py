@@ -683,6 +683,13 @@ def model_and_inputs(args: argparse.Namespace) -> ModelInputs:
         _warn_other_windows(medical, saved.medical_or_default, args.model_dir)
     inputs = list_inputs(args.input, split=args.split, image_column=args.image_column, medical=medical)
     check_inputs(inputs)
+    if windows is not None and all(item.dicom_file is None for item in inputs):
+        warnings.warn(
+            f"--window {' '.join(args.window)}: none of the {len(inputs)} inputs is a DICOM file, and windows apply to "
+            "DICOM files only: they change nothing here",
+            UserWarning,
+            stacklevel=2,
+        )
     return ModelInputs(model_dir, windows, medical, inputs)
 
 
