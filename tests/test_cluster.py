@@ -172,7 +172,7 @@ def test_kmeans_grouping_fitted_on_a_sample_groups_other_images_by_the_nearest_c
     clusters, distances = grouping.assign(x[500:])
     np.testing.assert_array_equal(clusters, grouping.kmeans.predict(grouping.normalizer.transform(x[500:])))
     assert (distances >= 0).all() and len(clusters) == len(x) - 500
-    with pytest.raises(ValueError, match=r"expected features \[N, 64\], as fitted, got \[3, 5\]"):
+    with pytest.raises(ValueError, match=r"features: expected \[N, 64\], as fitted, got \[3, 5\]"):
         grouping.assign(np.zeros((3, 5)))
     with pytest.raises(ValueError, match=r"fit it first"):
         KMeansGrouping(3).assign(x)
@@ -222,3 +222,111 @@ def test_window_on_inputs_without_dicom_is_warned_about_and_the_windows_read_thr
         metrics = cluster(unet_dir, digits_csv, tmp_path / "out", "--num_clusters", "5", "--window", "file")
     assert metrics["windows"] == ["file"]
     assert cluster(unet_dir, digits_csv, tmp_path / "plain", "--num_clusters", "5")["windows"] == ["file"]
+
+
+def test_an_overwrite_stopped_before_its_report_leaves_no_earlier_report_beside_its_files(
+    digits_csv, unet_dir, tmp_path, monkeypatch
+):
+    """Review: a run over an earlier one, stopped after clusters.csv, left the earlier metrics.json beside it."""
+    from diffusion_classifiers import DiffusionClassifierPipeline
+    from diffusion_classifiers.prediction import clustering, cluster_files, list_inputs
+
+    pipe, inputs, out = DiffusionClassifierPipeline.from_pretrained(unet_dir), list_inputs(digits_csv), tmp_path / "out"
+    cluster_files(pipe, inputs, out, 3, progress_bar=False, selection_images=60)
+
+    def stopped(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(clustering, "_write_examples", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        cluster_files(pipe, inputs, out, 4, progress_bar=False, selection_images=60, overwrite=True)
+    assert (out / "clusters.csv").exists() and not (out / "metrics.json").exists()
+
+
+def test_numpy_numbers_for_k_and_the_seed_give_a_json_report(tmp_path):
+    """Review: candidate K as a numpy array failed on "the truth value of an array ... is ambiguous", a numpy K was
+    refused as "expected K >= 2, got np.int64(3)", and a numpy seed broke metrics.json after clusters.csv was
+    written."""
+    from diffusion_classifiers.prediction import cluster_files
+    from diffusion_classifiers.prediction.clustering import ClusterRequest
+
+    from .test_rc_dit import tiny_pipeline
+
+    checked = ClusterRequest(np.int64(3), np.array([4, 3])).checked()
+    assert [checked.num_clusters, *checked.candidate_num_clusters] == [3, 3, 4]
+    assert all(type(k) is int for k in [checked.num_clusters, *checked.candidate_num_clusters])
+    metrics = cluster_files(
+        tiny_pipeline(), multi_frame_inputs(20, 1), tmp_path / "out", np.int64(3),
+        candidate_num_clusters=np.array([3, 4]), seed=np.int64(0), progress_bar=False,
+    )  # fmt: skip
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == metrics
+    assert set(metrics["selection"]["silhouette_by_num_clusters"]) == {"3", "4"}
+    assert type(metrics["num_clusters"]) is int and type(metrics["seed"]) is int
+
+
+def multi_frame_inputs(num_files, num_frames, readable_times=None):
+    """Files of `num_frames` digits each, as a multi-frame DICOM reads; unreadable after `readable_times` reads."""
+    from diffusion_classifiers.prediction.inputs import PredictionInput
+
+    digits = load_digits().images
+    reads = {}
+
+    def read(i):
+        reads[i] = reads.get(i, 0) + 1
+        if readable_times is not None and reads[i] > readable_times:
+            raise OSError(f"file{i}.dcm: gone")
+        frames = digits[i * num_frames : (i + 1) * num_frames]
+        return [Image.fromarray((frame / 16 * 255).astype(np.uint8)).resize((16, 16)) for frame in frames]
+
+    return [PredictionInput(f"file{i}.dcm", read=lambda i=i: read(i)) for i in range(num_files)]
+
+
+def test_multi_frame_files_give_a_row_per_frame_and_the_choice_scores_at_most_selection_images(unet_dir, tmp_path):
+    """Review: every frame of the sampled files was scored (every candidate's k-means and silhouette): 2,000 sampled
+    CT volumes of 200 frames would be 400,000 images, not the --selection_images the choice is said to cost."""
+    from diffusion_classifiers import DiffusionClassifierPipeline
+    from diffusion_classifiers.prediction import cluster_files
+
+    pipe = DiffusionClassifierPipeline.from_pretrained(unet_dir)
+    metrics = cluster_files(pipe, multi_frame_inputs(30, 3), tmp_path / "out", 3, selection_images=20,
+                            examples_per_cluster=2, progress_bar=False)  # fmt: skip
+    assert metrics["selection"]["num_images"] == 20 and metrics["num_images"] == 90
+    rows = read_rows(tmp_path / "out" / "clusters.csv")
+    assert [(row["path"], row["frame"]) for row in rows[:4]] == [
+        ("file0.dcm", "0"), ("file0.dcm", "1"), ("file0.dcm", "2"), ("file1.dcm", "0")
+    ]
+    assert metrics["files"][2:] == ["cluster_examples_1.png"]
+
+
+def test_files_unreadable_by_the_time_every_file_is_read_are_refused_naming_one(unet_dir, tmp_path):
+    """Review: files the sample read and that were gone when every file was read failed with a bare KeyError."""
+    from diffusion_classifiers import DiffusionClassifierPipeline
+    from diffusion_classifiers.prediction import cluster_files
+
+    pipe = DiffusionClassifierPipeline.from_pretrained(unet_dir)
+    with pytest.raises(ValueError, match=r"inputs: 0 images of the 8 files could be read \(first unreadable: "
+                                         r"file0.dcm: file0.dcm: gone\); expected at least K = 3"):  # fmt: skip
+        cluster_files(pipe, multi_frame_inputs(8, 1, readable_times=1), tmp_path / "out", 3, progress_bar=False)
+    assert not (tmp_path / "out" / "clusters.csv").exists()
+
+
+def test_kmeans_grouping_assigns_a_large_folder_a_chunk_at_a_time(monkeypatch):
+    """Review: assign made two float64 copies of every row at once (GBs for hundreds of thousands of images)."""
+    import tracemalloc
+
+    from diffusion_classifiers.probing import protocols
+
+    x = np.random.default_rng(0).normal(size=(100_000, 64)).astype(np.float32)
+    grouping = KMeansGrouping(10, "pca_whiten", seed=0).fit(x[:2000])
+    tracemalloc.start()
+    clusters, distances = grouping.assign(x)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < x.nbytes  # one float64 copy is 2 x x.nbytes
+    monkeypatch.setattr(protocols, "ASSIGN_CHUNK_ROWS", 7)
+    small_chunks = grouping.assign(x[:100])
+    np.testing.assert_array_equal(small_chunks[0], clusters[:100])
+    np.testing.assert_allclose(small_chunks[1], distances[:100], rtol=1e-12)
+    x[50, 3] = np.nan
+    with pytest.raises(ValueError, match=r"features row 50 contains NaN or inf"):
+        grouping.assign(x[:100])

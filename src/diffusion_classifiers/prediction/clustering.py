@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import numbers
 import os
 import shlex
 import sys
@@ -139,11 +140,12 @@ class ClusterRequest(NamedTuple):
         for name in ("examples_per_cluster", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{flag}{name}: expected an integer >= 1, got {getattr(self, name)}")
-        if isinstance(self.num_clusters, bool) or not isinstance(self.num_clusters, int) or self.num_clusters < 2:
+        is_integer = isinstance(self.num_clusters, numbers.Integral) and not isinstance(self.num_clusters, bool)
+        if not is_integer or self.num_clusters < 2:
             raise ValueError(
                 f"{flag}num_clusters: expected K >= 2 (one cluster groups nothing), got {self.num_clusters!r}"
             )
-        candidates = checked_num_clusters(self.candidate_num_clusters, self.num_clusters)
+        candidates = [int(k) for k in checked_num_clusters(self.candidate_num_clusters, self.num_clusters)]
         if min(candidates) < 2:
             raise ValueError(f"{flag}candidate_num_clusters: expected every K >= 2, got {self.candidate_num_clusters}")
         largest = max(self.num_clusters, *candidates)
@@ -159,7 +161,10 @@ class ClusterRequest(NamedTuple):
             )
         if self.fit_images < largest:
             raise ValueError(f"{flag}fit_images {self.fit_images}: expected at least K = {largest} images to fit on")
-        return self._replace(normalizations=normalizations)
+        # Python ints: a numpy array has no truth value (`candidates or []`), and numpy numbers no JSON
+        given = None if self.candidate_num_clusters is None else candidates
+        return self._replace(num_clusters=int(self.num_clusters), candidate_num_clusters=given,
+                             normalizations=normalizations)  # fmt: skip
 
 
 class FeatureSource:
@@ -234,21 +239,23 @@ def cluster_files(
        of a U-Net at the probe's timesteps, or an RC-DiT's representation, see [`feature_source`]), its
        normalisation (of `normalizations`, default `probing.NORMALIZATIONS`) and K (of `candidate_num_clusters`,
        else `num_clusters`) are chosen by `probing.select_clustering_without_labels`: the most stable k-means
-       partition at `num_clusters`, then K by silhouette.
+       partition at `num_clusters`, then K by silhouette; scored on at most `selection_images` of the sample's
+       images (a seeded subset when its multi-frame files give more).
     2. The chosen feature of every input is extracted in batches of `batch_size` (a multi-frame DICOM gives one row per
        frame); k-means, with its normalisation, is fitted on a random `fit_images` of them
        (`probing.KMeansGrouping`, `seed`) and groups them all.
 
-    Written atomically: `clusters.csv` (`path`, `frame`, an input CSV's other columns, `true_label` when the inputs
+    Each written whole: `clusters.csv` (`path`, `frame`, an input CSV's other columns, `true_label` when the inputs
     carry labels, `cluster`, `distance`: to the cluster's centre in the normalised space; rows in input order),
     `clusters.errors.csv` (`path`, `reason` of each file that could not be read), `metrics.json` (`run_info`, the
     choice and its scores, the cluster sizes; with a true label on every row, `with_true_labels`: NMI, ARI, Hungarian
     accuracy and its chance level, purity; the labels are read only to score) and `cluster_examples_<n>.png` (per
     cluster, the `examples_per_cluster` images nearest its centre, `CLUSTERS_PER_FIGURE` clusters a figure).
 
-    `output_dir` must not hold an earlier run's `metrics.json` unless `overwrite` (the earlier run's example figures
-    are then removed once the new ones are written). `run_info` (the CLI's: its command, the windows) is recorded
-    with the pipeline's folder and the sha256 of its files.
+    `output_dir` must not hold an earlier run's `metrics.json` unless `overwrite`: it is then removed before any new
+    file is written, and `metrics.json` is written last, so a folder with a `metrics.json` holds one run's files (the
+    earlier run's surplus example figures are removed once the new ones are written). `run_info` (the CLI's: its
+    command, the windows) is recorded with the pipeline's folder and the sha256 of its files.
 
     Returns:
         `dict`: what `metrics.json` holds.
@@ -257,6 +264,8 @@ def cluster_files(
         `ValueError`: a bad argument, or fewer than 2 x K inputs (or readable sampled images), before any feature is
         extracted for the whole input.
     """
+    import numpy as np
+
     from ..atomic_files import write_json_atomically
     from ..validation import check_no_earlier_report
 
@@ -275,8 +284,11 @@ def cluster_files(
         chosen = _extracted(
             pipeline, inputs, batch_size, lambda images: {key: features.chosen(images, key)}, errors, rows,
             progress_bar,
-        )[key]  # fmt: skip
+        ).get(key)  # fmt: skip
+    _check_enough_read(rows, errors, len(inputs), selection["num_clusters"])
     clusters, distances, fitted_on = _grouped(chosen, selection, fit_images, seed)
+    # metrics.json goes last, and an earlier one first: a run stopped in between leaves no report beside its files
+    (output_dir / "metrics.json").unlink(missing_ok=True)
     _write_clusters(output_dir, rows, clusters, distances, errors)
     figures = _write_examples(
         output_dir, pipeline, rows, clusters, distances, selection["num_clusters"], examples_per_cluster
@@ -293,8 +305,8 @@ def cluster_files(
         "num_images": len(rows),
         "num_unreadable": len(errors),
         "fitted_on_images": fitted_on,
-        "cluster_sizes": [int((clusters == c).sum()) for c in range(selection["num_clusters"])],
-        "selection": _json_safe(selection),
+        "cluster_sizes": np.bincount(clusters, minlength=selection["num_clusters"]).tolist(),
+        "selection": selection,
         "seed": seed,
         "seconds": round(time.time() - started, 1),
         "files": [CLUSTERS_NAME, CLUSTER_ERRORS_NAME, *figures],
@@ -302,6 +314,7 @@ def cluster_files(
     labels = [item.label for item, _ in rows]
     if rows and all(label is not None for label in labels):
         metrics["with_true_labels"] = _scored_against_labels(labels, clusters)
+    metrics = _json_safe(metrics)
     write_json_atomically(output_dir / "metrics.json", metrics, indent=2)
     return metrics
 
@@ -337,8 +350,8 @@ def _choose_without_labels(
             f"the stability of k-means on {readable} images (k-means fits on halves of them)"
         )
     selection = select_clustering_without_labels(
-        candidates, request.candidate_num_clusters, request.num_clusters, seed=seed, max_images=None,
-        normalizations=request.normalizations,
+        candidates, request.candidate_num_clusters, request.num_clusters, seed=seed,
+        max_images=request.selection_images, normalizations=request.normalizations,
     )  # fmt: skip
     silhouettes = selection["silhouette_by_num_clusters"]
     if len(silhouettes) > 1 and max(silhouettes.values()) <= 0:
@@ -349,6 +362,16 @@ def _choose_without_labels(
             stacklevel=3,
         )
     return selection
+
+
+def _check_enough_read(rows: list, errors: list, num_inputs: int, num_clusters: int) -> None:
+    """Refuse fewer readable images than clusters: files the sample read may be gone or unreadable by now."""
+    if len(rows) < num_clusters:
+        first = f" (first unreadable: {errors[0][0]}: {errors[0][1]})" if errors else ""
+        raise ValueError(
+            f"inputs: {len(rows)} images of the {num_inputs} files could be read{first}; expected at least K = "
+            f"{num_clusters} to group"
+        )
 
 
 def _model_record(pipeline: Any) -> dict:
@@ -498,7 +521,14 @@ def _scored_against_labels(labels: list, clusters: Any) -> dict:
 
 
 def _json_safe(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=float))
+    """`value` as JSON reads it back: numpy numbers as Python's, tuples as lists, integer keys as strings."""
+    return json.loads(json.dumps(value, default=_plain_number))
+
+
+def _plain_number(value: Any) -> Any:
+    if hasattr(value, "item"):  # a numpy (or torch) scalar
+        return value.item()
+    raise TypeError(f"metrics.json: expected JSON values, got {value!r} ({type(value).__name__})")
 
 
 def _summary_line(metrics: dict, output_dir: str) -> str:

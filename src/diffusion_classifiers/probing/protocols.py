@@ -65,6 +65,9 @@ SELECTION_CRITERIA = ("stability", "silhouette")
 # The label-free choice scores at most this many images (a seeded subsample): every candidate costs
 # `2 x num_resamples` k-means fits and the silhouette grows with the square of the images.
 MAX_SELECTION_IMAGES = 5000
+# `KMeansGrouping.assign` brings this many rows at a time into float64 and the normalised space: a whole folder's
+# features at once would take two float64 copies of them (GBs at hundreds of thousands of images).
+ASSIGN_CHUNK_ROWS = 8192
 # The silhouette's pairwise distances are computed in chunks of this many MiB (scikit-learn's `working_memory`, 1 GiB
 # by default: 0.5-1 GB more peak memory at 5,000 images); the score is the same.
 SILHOUETTE_WORKING_MEMORY_MIB = 64
@@ -182,7 +185,10 @@ class KMeansGrouping:
     k-means fitted on the features of some images that groups any others, as a lab groups a folder too large to fit
     at once: the normalisation (see [`normalize_features`]) and k-means (`n_init=10`, `random_state=seed`, as
     [`kmeans_clusters`]) are fitted on `fit`'s features; `assign` puts each row of other features in the space of
-    the nearest centre. Fitted on every image, `assign` gives the clusters [`kmeans_clusters`] gives.
+    the nearest centre, `ASSIGN_CHUNK_ROWS` rows at a time. Fitted on every image, `assign` gives the clusters
+    [`kmeans_clusters`] gives, up to round-off: `"pca_whiten"` brings rows into its space by `transform`, which
+    differs from the `fit_transform` [`kmeans_clusters`] clusters in the last bits, so a row as near to two centres
+    as that may go to the other one.
 
     Example:
 
@@ -208,15 +214,22 @@ class KMeansGrouping:
 
     def assign(self, features) -> Tuple[np.ndarray, np.ndarray]:
         """`(clusters, distances)`: each row's nearest centre `[N]` and its Euclidean distance to it `[N]`, in the
-        normalised space (a large distance: an image unlike its cluster's others, worth a look)."""
+        normalised space (a large distance: an image unlike its cluster's others, worth a look). `features` (an
+        array, tensor or memory map) is read `ASSIGN_CHUNK_ROWS` rows at a time."""
         if not hasattr(self, "kmeans"):
             raise ValueError("KMeansGrouping.assign: fit it first (`grouping.fit(features)`)")
-        x = _checked_clustering_features(features)
-        if x.shape[1] != self.num_features:
-            raise ValueError(f"expected features [N, {self.num_features}], as fitted, got {list(x.shape)}")
-        distances = self.kmeans.transform(self.normalizer.transform(x))
-        clusters = distances.argmin(1)
-        return clusters, distances[np.arange(len(x)), clusters]
+        shape = list(np.shape(features))
+        if len(shape) != 2 or shape[1] != self.num_features:
+            raise ValueError(f"features: expected [N, {self.num_features}], as fitted, got {shape}")
+        clusters, distances = [np.empty(0, dtype=np.intp)], [np.empty(0)]
+        for start in range(0, shape[0], ASSIGN_CHUNK_ROWS):
+            chunk = features[start : start + ASSIGN_CHUNK_ROWS]
+            x = np.asarray(chunk.detach().cpu() if hasattr(chunk, "detach") else chunk, dtype=np.float64)
+            check_finite_rows(x, "features", start=start)
+            to_centres = self.kmeans.transform(self.normalizer.transform(x))
+            clusters.append(to_centres.argmin(1))
+            distances.append(to_centres[np.arange(len(x)), clusters[-1]])
+        return np.concatenate(clusters), np.concatenate(distances)
 
 
 def _kmeans(x: np.ndarray, num_clusters: int, seed: int, normalization: str) -> np.ndarray:
