@@ -453,11 +453,11 @@ def _write_clusters(output_dir: Path, rows: list, clusters: Any, distances: Any,
     carried = list(dict.fromkeys(name for item, _ in rows for name in item.columns))
     labelled = any(item.label is not None for item, _ in rows)
     columns = ["path", "frame", *carried, *(["true_label"] if labelled else []), "cluster", "distance"]
-    table = [
+    table = (  # row by row as it is written: a list of every row would double a large folder's memory
         [item.path, frame, *(item.columns.get(name) for name in carried), *([item.label] if labelled else []),
          int(cluster), round(float(distance), 6)]
         for (item, frame), cluster, distance in zip(rows, clusters, distances)
-    ]  # fmt: skip
+    )  # fmt: skip
     write_csv(output_dir / CLUSTERS_NAME, columns, table)
     write_csv(output_dir / CLUSTER_ERRORS_NAME, ERROR_COLUMNS, errors)
 
