@@ -1,0 +1,48 @@
+"""Files written whole or not at all leave no temporary file behind: not when writing fails, and not those a killed
+writer left (QA: `.report.md.tmp-PID` files of SIGKILLed runs survived every later clean rerun)."""
+
+import os
+import subprocess
+import sys
+import time
+
+from diffusion_classifiers import atomic_files
+from diffusion_classifiers.atomic_files import write_atomically, write_json_atomically
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_the_next_write_removes_a_killed_writers_temporary_file_and_keeps_a_live_ones(tmp_path):
+    killed = tmp_path / f".report.md.tmp-{dead_pid()}"
+    killed.write_text("half a rep")
+    old = time.time() - 2 * atomic_files.STALE_TEMPORARY_SECONDS
+    os.utime(killed, (old, old))
+    live = tmp_path / f".report.md.tmp-{os.getppid()}"  # a process that is running: its write may be under way
+    live.write_text("being written")
+    os.utime(live, (old, old))
+    recent = tmp_path / f".report.md.tmp-{dead_pid()}"  # young: perhaps another host's writer, on a shared drive
+    recent.write_text("just started")
+    other = tmp_path / ".other.md.tmp-1"  # another file's: not this write's to judge
+    other.write_text("x")
+    write_atomically(tmp_path / "report.md", lambda handle: handle.write("whole"))
+    assert (tmp_path / "report.md").read_text() == "whole"
+    assert not killed.exists() and live.exists() and recent.exists() and other.exists()
+
+
+def test_a_failed_write_leaves_the_earlier_file_and_no_temporary(tmp_path):
+    write_json_atomically(tmp_path / "metrics.json", {"accuracy": 0.9})
+
+    def fail(handle):
+        handle.write("{")
+        raise OSError("No space left on device")
+
+    try:
+        write_atomically(tmp_path / "metrics.json", fail)
+    except OSError:
+        pass
+    assert (tmp_path / "metrics.json").read_text() == '{"accuracy": 0.9}'
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["metrics.json"]
