@@ -149,3 +149,21 @@ def test_a_signal_to_one_process_stops_every_process_at_the_same_step(tmp_path):
     for process in range(2):
         assert f"process {process}: step 2, SIGTERM" in result.stdout
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2"]
+
+
+def test_a_replacing_run_sigterm_stopped_keeps_the_replaced_runs_checkpoints_until_it_ends(tmp_path):
+    """QA: an --overwrite_output_dir rerun stopped by SIGTERM 5 s in deleted the finished run's checkpoints, as if it
+    had ended: it had not (it is resumed), and the replaced run was lost. They stay aside until the rerun ends."""
+    run = tmp_path / "run"
+    plain = lambda model, batch: model(batch[0]).pow(2).mean()  # noqa: E731
+    train(args_for(run, checkpointing_steps=5), nn.Linear(1, 1), dataset(), plain)
+    replacing = args_for(run, checkpointing_steps=5, overwrite_output_dir=True, seed=1)
+    _, _, stopped = train(replacing, nn.Linear(1, 1), dataset(), signalled_at(3))
+    assert stopped.stopped_by_signal == "SIGTERM"
+    aside = run / ".replaced_checkpoints"
+    assert sorted(p.name for p in aside.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-5"]
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-3"]
+    resumed = args_for(run, checkpointing_steps=5, seed=1, resume_from_checkpoint="latest")
+    _, _, ended = train(resumed, nn.Linear(1, 1), dataset(), plain)
+    assert (ended.resumed_from_step, ended.global_step, ended.stopped_by_signal) == (3, 10, None)
+    assert not aside.exists()  # the rerun ended: the replaced run's checkpoints go

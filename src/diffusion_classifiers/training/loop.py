@@ -195,12 +195,14 @@ def train(
     if accelerator.is_main_process and (override := precision_override_warning(requested)):
         warnings.warn(override, UserWarning, stacklevel=2)
     args.mixed_precision = accelerator.mixed_precision  # the precision it trains in: the run record's, the trackers'
-    with _claim_output_dir(accelerator, args), cuda_math(args, accelerator.device), stop_signal.listening():
+    with _claim_output_dir(accelerator, args) as outcome, cuda_math(args, accelerator.device), stop_signal.listening():
         stop_conditions = (budget, stop_signal)
-        return _train(
+        trained = _train(
             accelerator, args, model, dataset, loss_fn, sampler, sample_grid, monitor, stop_conditions, objective,
             requested,
         )
+        outcome["ended"] = trained[2].stopped_by_signal is None  # a run SIGTERM stopped goes on when resumed
+        return trained
 
 
 def check_run_can_start(args: TrainingArguments, objective: Optional[dict] = None) -> None:
@@ -292,20 +294,20 @@ def allow_mixed_precision(mixed_precision: str) -> None:
 
 
 @contextmanager
-def _claim_output_dir(accelerator: Accelerator, args: TrainingArguments) -> Iterator[None]:
+def _claim_output_dir(accelerator: Accelerator, args: TrainingArguments) -> Iterator[dict]:
     """The main process locks `output_dir` and checks it (`check_output_dir`; a run resumed from an earlier checkpoint
     than the latest sets the later ones aside) before anything is written there, and at the end, also on errors,
-    settles the checkpoints of a run it replaces (`settle_replaced_checkpoints`) and releases the lock. A refusal is
-    raised on every process."""
+    settles the checkpoints of a run it replaces (`settle_replaced_checkpoints`: deleted only when the block set the
+    yielded `outcome["ended"]`, a run that ran to its end; a run SIGTERM stopped is resumed, and until then the
+    replaced run stays recoverable) and releases the lock. A refusal is raised on every process."""
     lock = OutputDirLock(args.output_dir) if accelerator.is_main_process else None
     claim_on_main_process(lock, accelerator, lambda: _check_output_dir(args))
-    succeeded = False
+    outcome = {"ended": False}
     try:
-        yield
-        succeeded = True
+        yield outcome
     finally:
         if lock is not None:
-            settle_replaced_checkpoints(args.output_dir, succeeded)
+            settle_replaced_checkpoints(args.output_dir, outcome["ended"])
             lock.release()
 
 
