@@ -23,7 +23,6 @@ from diffusion_classifiers.cli import run_from_shell
 from diffusion_classifiers.data import (
     add_data_args,
     reading_from_args,
-    save_training_split_record,
     training_data_from_args,
 )
 from diffusion_classifiers.data.arguments import number_in
@@ -46,6 +45,7 @@ from diffusion_classifiers.training import (
     check_run_can_start,
     encoder_preprocessing_from_args,
     rc_dit_objective,
+    save_trained_pipeline,
     train_rc_dit,
     training_args_from_namespace,
 )
@@ -183,8 +183,7 @@ def main(argv=None):
     )
     if PartialState().is_main_process:
         pipe = RepresentationConditionedDiTPipeline(encoder, transformer, scheduler, vae=vae, preprocessing=train.preprocessing)
-        pipe.save_pretrained(args.output_dir)
-        save_training_split_record(args, train)  # for probe and evaluate: the carving, the training images
+        save_trained_pipeline(pipe, args, train)  # with data_splits.json, for probe and evaluate
         print(f"saved the pipeline to {args.output_dir} (load it with DiffusionClassifierPipeline.from_pretrained)")
 
 

@@ -32,6 +32,7 @@ from diffusion_classifiers.training import (
     build_vit_encoder_from_args,
     check_run_can_start,
     encoder_preprocessing_from_args,
+    save_model_whole,
     train_contrastive_encoder,
     training_args_from_namespace,
 )
@@ -140,9 +141,12 @@ def main(argv=None):
         training_args, images, encoder, method=args.method, preprocessing=preprocessing, **objective_kwargs(args)
     )
     if PartialState().is_main_process:
-        encoder.save_pretrained(args.output_dir)
-        if preprocessing is not None:  # whoever loads the encoder reads the images through the same processor
-            AutoImageProcessor.from_pretrained(args.encoder_name_or_path).save_pretrained(args.output_dir)
+        def save(folder: str) -> None:
+            encoder.save_pretrained(folder)
+            if preprocessing is not None:  # whoever loads the encoder reads the images through the same processor
+                AutoImageProcessor.from_pretrained(args.encoder_name_or_path).save_pretrained(folder)
+
+        save_model_whole(args.output_dir, save)
         readout = encoder.config.representation_readout
         print(
             f"saved the encoder to {args.output_dir} (load it with transformers.AutoModel.from_pretrained; read r "

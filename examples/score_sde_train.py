@@ -24,7 +24,6 @@ from diffusion_classifiers.cli import add_positive_class_arg, note_default_posit
 from diffusion_classifiers.data import (
     add_data_args,
     reading_from_args,
-    save_training_split_record,
     training_data_from_args,
 )
 from diffusion_classifiers.data.arguments import number_in
@@ -34,6 +33,7 @@ from diffusion_classifiers.training import (
     add_diffusion_args,
     add_training_args,
     check_run_can_start,
+    save_trained_pipeline,
     score_sde_objective,
     train_score_sde_unet,
     training_args_from_namespace,
@@ -81,8 +81,7 @@ def main(argv=None):
             unet=unet, scheduler=scheduler, class_names=train.class_names, preprocessing=train.preprocessing
         )
         pipeline.set_positive_class(args.positive_class)  # the log-likelihood ratio's numerator, saved
-        pipeline.save_pretrained(args.output_dir)
-        save_training_split_record(args, train)  # for probe and evaluate: the carving, the training images
+        save_trained_pipeline(pipeline, args, train)  # with data_splits.json, for probe and evaluate
         print(f"saved the pipeline to {args.output_dir} (load it with DiffusionClassifierPipeline.from_pretrained)")
 
 

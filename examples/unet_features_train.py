@@ -19,7 +19,6 @@ from diffusion_classifiers.cli import run_from_shell
 from diffusion_classifiers.data import (
     add_data_args,
     reading_from_args,
-    save_training_split_record,
     training_data_from_args,
 )
 from diffusion_classifiers.pipelines import UNetFeatureClassifierPipeline
@@ -28,6 +27,7 @@ from diffusion_classifiers.training import (
     add_training_args,
     check_run_can_start,
     ddpm_objective,
+    save_trained_pipeline,
     train_ddpm_unet,
     training_args_from_namespace,
 )
@@ -53,8 +53,7 @@ def main(argv=None):
     )  # fmt: skip
     if PartialState().is_main_process:
         pipeline = UNetFeatureClassifierPipeline(unet=unet, scheduler=scheduler, preprocessing=train.preprocessing)
-        pipeline.save_pretrained(args.output_dir)
-        save_training_split_record(args, train)  # for probe and evaluate: the carving, the training images
+        save_trained_pipeline(pipeline, args, train)  # with data_splits.json, for probe and evaluate
         print(f"saved the pipeline to {args.output_dir} (load it with DiffusionClassifierPipeline.from_pretrained)")
 
 

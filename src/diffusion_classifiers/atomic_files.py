@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, Union
 
+from .run_lock import pid_alive
+
 __all__ = ["write_atomically", "write_json_atomically", "write_texts_atomically"]
 
 # A temporary file of a process of this host that is gone, and older than this, is a killed writer's: removed by the
@@ -38,21 +40,12 @@ def _remove_stale_temporaries(path: Path) -> None:
     for leftover in path.parent.glob(f".{path.name}.tmp-*"):
         pid = leftover.name.rpartition("-")[2]
         try:
-            stale = not _process_alive(int(pid)) and time.time() - leftover.stat().st_mtime > STALE_TEMPORARY_SECONDS
+            stale = not pid_alive(int(pid)) and time.time() - leftover.stat().st_mtime > STALE_TEMPORARY_SECONDS
             if stale:
                 leftover.unlink()
         except (ValueError, OSError):  # not one of ours, or removed meanwhile
             continue
 
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True
 
 
 def write_json_atomically(path: Union[str, os.PathLike], value: Any, **dump_options: Any) -> None:

@@ -15,7 +15,7 @@ import socket
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
-__all__ = ["COMMAND_LOCK_NAME", "RunInUseError", "RunLock", "claim_on_main_process", "output_dir_lock"]
+__all__ = ["COMMAND_LOCK_NAME", "RunInUseError", "RunLock", "claim_on_main_process", "output_dir_lock", "pid_alive"]
 
 # The lock file of a command writing its report into an --output_dir (evaluate, probe, fit-head, demo).
 COMMAND_LOCK_NAME = ".run.lock"
@@ -30,7 +30,8 @@ class RunInUseError(RuntimeError):
     """Another run holds the lock."""
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this host is running (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -115,7 +116,7 @@ class RunLock:
         """Whether the process of this host that wrote the lock has ended (see the module's docstring)."""
         if pid == os.getpid():
             return os.path.realpath(self.path) not in _held_here
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return True
         return pid_start is not None and _process_start(pid) not in (None, pid_start)
 

@@ -19,7 +19,7 @@ import warnings
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -617,15 +617,15 @@ def training_data_from_args(args: Any) -> dict[str, Any]:
     return splits
 
 
-def save_training_split_record(args: Any, train: Any) -> None:
-    """A training script's `data_splits.json` in `args.output_dir` (`save_split_record`): its carving flags and the
-    content fingerprints of its `train` split, computed now from the images in memory, or, for a streamed split
-    (`--streaming`), those read when every image was verified; none with `--no_verify_images`, and `evaluate` and
-    `probe` then say they cannot check their images against the training images. An `--unlabeled` run records
-    that nothing was carved."""
+def save_training_split_record(args: Any, train: Any, folder: Optional[str] = None) -> None:
+    """A training script's `data_splits.json` in `folder` (default `args.output_dir`; `save_split_record`): its
+    carving flags and the content fingerprints of its `train` split, computed now from the images in memory, or, for
+    a streamed split (`--streaming`), those read when every image was verified; none with `--no_verify_images`, and
+    `evaluate` and `probe` then say they cannot check their images against the training images. An `--unlabeled` run
+    records that nothing was carved."""
     streamed = isinstance(train, StreamingImages)
     save_split_record(
-        args.output_dir, args.val_fraction, args.test_fraction, args.seed, args.class_names,
+        folder or args.output_dir, args.val_fraction, args.test_fraction, args.seed, args.class_names,
         train_images=None if streamed else train.images, train_fingerprints=train.fingerprints if streamed else None,
         unlabeled=getattr(args, "unlabeled", False),
     )  # fmt: skip

@@ -26,6 +26,8 @@ _EXPORTS = {
     "EpochSeededSampler": "sampling",
     "LossFunction": "loop",
     "OutputDirInUseError": "output_dir",
+    "save_model_whole": "output_dir",
+    "save_trained_pipeline": "output_dir",
     "TrainingArguments": "arguments",
     "TrainingSummary": "loop",
     "add_diffusion_args": "arguments",

@@ -12,15 +12,16 @@ import json
 import logging
 import os
 import shutil
+from typing import Any, Callable
 
-from ..run_lock import RunInUseError, RunLock
+from ..run_lock import RunInUseError, RunLock, pid_alive
 from .checkpoints import CHECKPOINT_PATTERN, checkpoint_step
 from .monitoring import SAMPLE_PATTERN, SAMPLES_DIR, remove_samples_after
 
 __all__ = [
     "LOCK_NAME", "REPLACED_CHECKPOINTS", "OutputDirInUseError", "OutputDirLock", "check_output_dir",
     "check_output_dir_is_a_folder", "previous_run_files", "refuse_another_runs_output_dir",
-    "set_aside_checkpoints_after", "settle_replaced_checkpoints",
+    "save_model_whole", "save_trained_pipeline", "set_aside_checkpoints_after", "settle_replaced_checkpoints",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,9 @@ REPLACING_RUN_NAME = "replacing_run.json"  # in it: the step the run replacing t
 EARLIER_SET_ASIDE = "earlier"  # in it: what was set aside before, by a replacing run that failed after a checkpoint
 # Written at the end of a run: the summary of `training.train`, a `save_pretrained` pipeline or model.
 FINISHED_RUN_FILES = ("training_summary.json", "model_index.json", "config.json")
+# The file that makes a folder a saved model (a diffusers pipeline's, a model's): `save_model_whole` writes it last.
+MODEL_MARKERS = ("model_index.json", "config.json")
+SAVING_PREFIX = ".saving-"  # `save_model_whole`'s folder while it saves, named with its process id
 
 
 class OutputDirInUseError(RunInUseError):
@@ -187,3 +191,54 @@ def _restore_earlier_set_aside(aside: str) -> None:
     os.replace(earlier, parked)
     shutil.rmtree(aside)
     os.replace(parked, aside)
+
+
+def save_model_whole(output_dir: str, save: Callable[[str], None]) -> None:
+    """`save(folder)` (a trained model's `save_pretrained` and the files that go with it) into `output_dir` as one
+    piece, under the folder's lock: written first into a hidden folder inside it, then moved in entry by entry, the
+    earlier model's marker (`model_index.json`, `config.json`) removed before anything is replaced and the new one
+    moved in last. A save killed or failing halfway leaves no marker beside a mix of two models' files (loading says
+    the folder holds no model, and `--resume_from_checkpoint latest` saves it again); a failing `save` leaves the
+    earlier model as it was. The hidden folders of saves that were killed are removed first."""
+    with OutputDirLock(output_dir):
+        _remove_killed_saves(output_dir)
+        staging = os.path.join(output_dir, f"{SAVING_PREFIX}{os.getpid()}")
+        try:
+            save(staging)
+            names = os.listdir(staging)
+            markers = [name for name in names if name in MODEL_MARKERS]
+            for name in markers:
+                _remove(os.path.join(output_dir, name))
+            for name in [name for name in names if name not in markers] + markers:
+                _remove(os.path.join(output_dir, name))
+                os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def save_trained_pipeline(pipeline: Any, args: Any, train: Any) -> None:
+    """A training script's end: its pipeline and `data_splits.json` (its carving, its training images' fingerprints:
+    `data.save_training_split_record`) saved into `args.output_dir` as one piece (`save_model_whole`)."""
+    from ..data import save_training_split_record
+
+    def save(folder: str) -> None:
+        pipeline.save_pretrained(folder)
+        save_training_split_record(args, train, folder)  # for probe and evaluate
+
+    save_model_whole(args.output_dir, save)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def _remove_killed_saves(output_dir: str) -> None:
+    """`save_model_whole`'s hidden folders left by processes that are gone (killed while saving)."""
+    for name in os.listdir(output_dir):
+        pid = name[len(SAVING_PREFIX):] if name.startswith(SAVING_PREFIX) else ""
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+
