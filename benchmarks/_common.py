@@ -63,6 +63,18 @@ def figure_dir(args: argparse.Namespace, output: Path) -> Path:
     return Path(folder)
 
 
+QUICK_FIGURES_NOTE = "not kept: a --quick run draws its figures in a temporary folder removed when the run ends"
+
+
+def figure_entries(args: argparse.Namespace, **paths: Path) -> dict:
+    """The record's entries of a run's figures (`figure_dir`): each file's name, beside the results file; on a
+    `--quick` run, whose figures are removed when it ends, None and `"figures_kept"`: `QUICK_FIGURES_NOTE` (QA: a quick
+    record named PNGs in a folder that no longer existed)."""
+    if not args.quick:
+        return {key: path.name for key, path in paths.items()}
+    return {**dict.fromkeys(paths), "figures_kept": QUICK_FIGURES_NOTE}
+
+
 def base_parser(docstring: str) -> argparse.ArgumentParser:
     """The options every benchmark shares; `--help` describes it by the first paragraph of its `docstring`."""
     parser = argparse.ArgumentParser(description=" ".join(docstring.split("\n\n")[0].split()))
@@ -378,8 +390,28 @@ def load_benchmark_data(
         source, image_size=image_size, seed=seed, class_names=class_names, **reading
     )
     train = splits["train"]
+    check_every_class_in_train(train, source if isinstance(source, str) else str(path), class_names)
     resolve_positive_label(positive_class, train.class_names, train.num_classes)  # raises naming positive_class
     return splits
+
+
+def check_every_class_in_train(train, source: str, class_names: Sequence[str] | None = None) -> None:
+    """Refuse, before any training, a class with no train image (QA: `--class_names` naming more classes than the
+    data has was only warned about; the record's counts then left it out and its "at least k of every class" was
+    false): a benchmark cannot learn, nor give few-label regimes of, a class it has no image of."""
+    counts = torch.bincount(train.labels, minlength=train.num_classes)
+    empty = [train.class_names[label] for label in torch.nonzero(counts == 0).flatten().tolist()]
+    if not empty:
+        return
+    hint = (
+        f"--class_names names {len(class_names)} classes; give one name for each label id 0..K-1 the data has"
+        if class_names else "give train images of every class (or more images, for a carved train split)"
+    )
+    raise ValueError(
+        f"{source}: the train split has no image of class{'es' if len(empty) > 1 else ''} {empty} "
+        f"(train images per class: {dict(zip(train.class_names, counts.tolist()))}); expected every class in train, "
+        f"the benchmark cannot learn a class it has no image of: {hint}"
+    )
 
 
 def capped_sizes(splits: dict, sizes: Dict[str, int]) -> Dict[str, int]:
@@ -570,8 +602,41 @@ def _cpu_model() -> str:
     return names[0] if names else platform.processor() or platform.machine()
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _library_version() -> Optional[str]:
+    """The installed `diffusion-classifiers` version (its distribution's metadata), else the package's own."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("diffusion-classifiers")
+    except metadata.PackageNotFoundError:
+        import diffusion_classifiers
+
+        return getattr(diffusion_classifiers, "__version__", None)
+
+
+def code_state(root: Path = REPO_ROOT) -> dict:
+    """The git commit the benchmark's code is at and whether the work tree differs from it (`git status
+    --porcelain` not empty, untracked files included), so a stored result can be tied to its code; both None where
+    `root` is no git work tree or git is missing. Reads only (`--no-optional-locks`: not even the index is refreshed)."""
+    import subprocess
+
+    def git(*words: str) -> str:
+        return subprocess.run(
+            ["git", "--no-optional-locks", "-C", str(root), *words], capture_output=True, text=True, check=True,
+            timeout=30,
+        ).stdout.strip()  # fmt: skip
+
+    try:
+        return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "git_dirty": None}
+
+
 def environment(device: torch.device) -> dict:
-    """Machine, package versions and UTC date of a measurement."""
+    """Machine, package versions (the library's too), the code's git commit and UTC date of a measurement."""
     import diffusers
     import numpy
     import sklearn
@@ -598,7 +663,9 @@ def environment(device: torch.device) -> dict:
             "diffusers": diffusers.__version__,
             "scikit-learn": sklearn.__version__,
             "numpy": numpy.__version__,
+            "diffusion_classifiers": _library_version(),
         },
+        "code": code_state(),
     }
 
 

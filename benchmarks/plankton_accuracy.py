@@ -1,5 +1,7 @@
 """The plankton study on NDSB 2015: frozen DDPM U-Net features vs a supervised CNN, a SimCLR ViT and raw pixels,
-121 long-tailed classes, long-tailed and class-balanced test, label efficiency, and a shift to FlowCam images.
+121 long-tailed classes, long-tailed and class-balanced test, label efficiency, and a shift to FlowCam images. For
+bright-field grey plankton images only (dark organisms on a light background): it reads every image grey, its
+background made white and padded with white, with no flag to read otherwise, and refuses dark-field images.
 
 One run, every choice made on val, test only reported:
 
@@ -225,11 +227,13 @@ def parse_args():
         "--data", default=None,
         help="an image folder as the library reads it (<root>/<class>/<image>, or images/ with splits/*.txt, the "
         "splits pooled), or the .npz of benchmarks/gpu_carry_plankton.py pack (images already at the preset's size); "
-        "default NDSB 2015's train folder",
+        "bright-field grey plankton images only (dark organisms on a light background: read grey, the background "
+        "made white, padded white; dark-field images are refused); default NDSB 2015's train folder",
     )  # fmt: skip
     parser.add_argument(
         "--shift_data", default=None,
-        help="the shifted set's image folder, read as --data's; default the FlowCam demo's images folder",
+        help="the shifted set's image folder, read as --data's (bright-field only); its results are named after it "
+        "(<name>_shift, <name>_unet_minus_..._points); default the FlowCam demo's images folder (named flowcam)",
     )  # fmt: skip
     parser.add_argument("--image_size", type=int, default=None, help="square side in px; default: the preset's")
     parser.add_argument("--unet_preset", default=None, help="tiny, small or base; default: the preset's")
@@ -302,6 +306,7 @@ def check_args(parser, args) -> None:
     args.data_label = dataset_name(args.data) if args.data else "NDSB plankton"  # the plots' name of the data
     # args.data stays as given: without it, the results keep the benchmark's own name (_common.results_path)
     args.data_path = Path(args.data) if args.data else data_path("ndsb2015_plankton", "train")
+    args.shift_name = shift_name(args.shift_data)  # the shift's record keys and target names: flowcam_... by default
     args.shift_data = Path(args.shift_data) if args.shift_data else data_path("plankton_flowcam_demo", "images")
     if not (args.data_path.is_dir() or (args.data_path.suffix == ".npz" and args.data_path.is_file())):
         parser.error(
@@ -320,6 +325,20 @@ def check_args(parser, args) -> None:
             check_unet_dir(args.unet_dir, preprocessing(args.budget))
         except ValueError as error:
             parser.error(str(error))
+
+
+def shift_name(shift_data: Optional[str]) -> str:
+    """The name of the shifted set in the record's keys and target names (`<name>_shift`,
+    `<name>_unet_minus_cnn_...`): "flowcam" for the default FlowCam demo (and a copy of it named flowcam, as
+    gpu_suite.sh carries), else `_common.dataset_name` of `--shift_data` (of its parent for a folder named images)."""
+    default = _common.DATA_ROOT / "plankton_flowcam_demo" / "images"
+    if shift_data is None or Path(shift_data).resolve() in (default.resolve(), default.parent.resolve()):
+        return DEFAULT_SHIFT_NAME
+    path = Path(shift_data).resolve()
+    return dataset_name(str(path.parent if path.name == "images" else path))
+
+
+DEFAULT_SHIFT_NAME = "flowcam"
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -373,10 +392,29 @@ def list_images(source: Path, images_per_class: Optional[int] = None) -> Tuple[o
     return list_class_folders(source, images_per_class)
 
 
-def read_images(images, labels: np.ndarray, names: list, contract: ImagePreprocessing) -> LabeledImages:
-    """Image files, or packed uint8 arrays, through the run's preprocessing contract."""
+BRIGHT_FIELD_ONLY = (
+    "this benchmark is for bright-field grey plankton images (dark organisms on a light background, as NDSB's and "
+    "FlowCam's): it always reads them grey, their background made white (normalize_background) and padded with white, "
+    "and has no flag to read them otherwise; for dark-field images (light organisms on a dark background) run "
+    "unet_features_accuracy.py --data with its reading flags (--num_channels 1 --resize_mode pad, without "
+    "--normalize_background)"
+)
+
+
+def read_images(
+    images, labels: np.ndarray, names: list, contract: ImagePreprocessing, source: str = "--data"
+) -> LabeledImages:
+    """Image files, or packed uint8 arrays, through the run's preprocessing contract; a dark-background image (which
+    the contract's background normalisation refuses) is refused naming `source` and `BRIGHT_FIELD_ONLY`."""
     inputs = images if isinstance(images, np.ndarray) else [str(f) for f in images]
-    return LabeledImages(contract(inputs), torch.from_numpy(labels), names, contract)
+    try:
+        read = contract(inputs)
+    except ValueError as error:
+        if not str(error).startswith("normalize_background:"):
+            raise
+        raise ValueError(f"{source}: a dark-background image: {error.args[0].split(': ', 1)[1].split('; expected')[0]}; "
+                         f"{BRIGHT_FIELD_ONLY}") from None  # fmt: skip
+    return LabeledImages(read, torch.from_numpy(labels), names, contract)
 
 
 def load_splits(args) -> Tuple[Dict[str, LabeledImages], torch.Tensor, Dict[str, torch.Tensor]]:
@@ -393,7 +431,8 @@ def load_splits(args) -> Tuple[Dict[str, LabeledImages], torch.Tensor, Dict[str,
     )
     contract = preprocessing(args.budget)
     take = (lambda rows: images[rows]) if isinstance(images, np.ndarray) else (lambda rows: [images[i] for i in rows])
-    splits = {name: read_images(take(index[name]), labels[index[name]], names, contract) for name in SPLITS}
+    source = f"--data {args.data_path}"
+    splits = {name: read_images(take(index[name]), labels[index[name]], names, contract, source) for name in SPLITS}
     test_labels = splits["test"].labels
     rarest = int(torch.bincount(test_labels, minlength=len(names)).min())
     balanced = torch.from_numpy(few_label_indices(test_labels, n_per_class=rarest, seed=args.seed))
@@ -1051,7 +1090,7 @@ def unet_arm(args, data: RunData, work_dir: str) -> dict:
             regimes["all"]["unet_hypercolumn_probe"] = hypercolumn_probe(features, splits, subsets, key, grid_regime, budget, scorer)
     with timed(walls, "unet_kmeans"):
         kmeans = clustering(features, grid, splits, key, views, args.seed)
-    with timed(walls, "unet_flowcam_shift"):
+    with timed(walls, f"unet_{args.shift_name}_shift"):
         shift_key, shift_choice = choose_shift_feature(grid_with_hypercolumns(grid["val"]), val.labels, budget.num_episodes, args.seed)
         shift_key = shift_key or key
         shift_views = choose_shift_views(lambda v: features.of("val", val.images, shift_key, v), val.labels, budget.num_episodes, args.seed)
@@ -1105,7 +1144,7 @@ def simclr_arm(args, data: RunData, work_dir: str) -> dict:
         regimes["all"]["simclr_class_weighted_probe"] = {**scorer(predictions), "val": weighted_val}
     with timed(walls, "simclr_kmeans"):
         kmeans = kmeans_evaluate(features.of("test", test.images), test.labels, test.num_classes, seed=args.seed)
-    with timed(walls, "simclr_flowcam_shift"):
+    with timed(walls, f"simclr_{args.shift_name}_shift"):
         shift_views = choose_shift_views(lambda v: features.of("val", val.images, v), val.labels, budget.num_episodes, args.seed)
         shift_features = features.of("shift", data.shift.images, shift_views[0])
         shift = {"simclr": few_shot_transfer(shift_features, data.shift.labels, budget.num_episodes, args.seed)}
@@ -1123,7 +1162,7 @@ def raw_pixel_arm(args, data: RunData) -> dict:
         pixels = {name: split.images.flatten(1) for name, split in splits.items()}
         predictions, pixel_val = probe(pixels, splits, data.subsets["all"], budget.raw_pixel_Cs)
         probe_scores = {**Scorer(splits, data.balanced)(predictions), "val": pixel_val}
-    with timed(walls, "raw_pixel_flowcam_shift"):
+    with timed(walls, f"raw_pixel_{args.shift_name}_shift"):
         shift = few_shot_transfer(data.shift.images.flatten(1), data.shift.labels, budget.num_episodes, args.seed)
     return {"regimes": {"all": {"raw_pixel_probe": probe_scores}}, "flowcam_shift": {"raw_pixels": shift}, "wall_seconds": walls}
 
@@ -1133,10 +1172,13 @@ def raw_pixel_arm(args, data: RunData) -> dict:
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def targets(regimes: dict, shift: dict, total_seconds: float, budget_seconds: float) -> dict:
+def targets(
+    regimes: dict, shift: dict, total_seconds: float, budget_seconds: float, shift_name: str = DEFAULT_SHIFT_NAME
+) -> dict:
     """The issue's targets on the long-tailed test: with all labels the probe's macro-F1 >= the CNN's; with 10%
     >= the CNN's + 5 points; the probe beats SimCLR on accuracy and macro-F1 at every fraction; on FlowCam the U-Net
-    features' few-shot accuracy (mean over protocols and k) >= the CNN's and SimCLR's; and the wall-clock budget."""
+    features' few-shot accuracy (mean over protocols and k) >= the CNN's and SimCLR's (named after the shifted set,
+    `shift_name`); and the wall-clock budget."""
 
     def lt(regime, method, metric):
         return 100 * regimes[regime][method]["long_tailed"][metric]
@@ -1150,7 +1192,7 @@ def targets(regimes: dict, shift: dict, total_seconds: float, budget_seconds: fl
                 lt(regime, "unet_probe", metric) - lt(regime, "simclr_probe", metric), 0.0
             )
     for rival in ("cnn", "simclr"):
-        out[f"flowcam_unet_minus_{rival}_few_shot_accuracy_points"] = target_entry(
+        out[f"{shift_name}_unet_minus_{rival}_few_shot_accuracy_points"] = target_entry(
             100 * (shift["unet"]["mean_accuracy"] - shift[rival]["mean_accuracy"]), 0.0
         )
     out["wall_seconds_total"] = target_entry(total_seconds, budget_seconds, higher_is_better=False)
@@ -1201,15 +1243,22 @@ def methods_scored(regime: dict) -> list:
     return [m for m, result in regime.items() if isinstance(result, dict) and "long_tailed" in result]
 
 
+def recorded_shift_name(figures: dict) -> str:
+    """The shifted set's name in a recorded run's keys (`<name>_shift`; "flowcam" in runs before other shift data was
+    named)."""
+    return next((key[: -len("_shift")] for key in figures if key.endswith("_shift")), DEFAULT_SHIFT_NAME)
+
+
 def run_headline(figures: dict) -> dict:
-    """What `targets` reads of one run: each method's test metrics per regime, each method's FlowCam few-shot mean
-    accuracy and the total wall time."""
+    """What `targets` reads of one run: each method's test metrics per regime, each method's few-shot mean accuracy
+    on the shifted set and the total wall time."""
+    shift_key = f"{recorded_shift_name(figures)}_shift"
     return {
         "regimes": {
             regime: {m: {split: r[m][split] for split in ("long_tailed", "balanced")} for m in methods_scored(r)}
             for regime, r in figures["regimes"].items()
         },
-        "flowcam_shift": {m: {"mean_accuracy": v["mean_accuracy"]} for m, v in figures["flowcam_shift"].items()},
+        shift_key: {m: {"mean_accuracy": v["mean_accuracy"]} for m, v in figures[shift_key].items()},
         "wall_seconds_total": figures["wall_seconds"]["total"],
     }  # fmt: skip
 
@@ -1220,10 +1269,14 @@ def merge_runs(paths: Sequence[str]) -> dict:
     seed's value and how many seeds meet them."""
     runs = read_seed_runs(paths, comparable_budget)
     first = next(iter(runs.values()))
+    shift_names = {recorded_shift_name(record["figures"]) for record in runs.values()}
+    if len(shift_names) != 1:
+        raise ValueError(f"--merge: expected runs with one shift data set, got {sorted(shift_names)}")
+    shift = shift_names.pop()
     headlines = [run_headline(record["figures"]) for record in runs.values()]
     mean = over_seeds(headlines, np.mean)
     budget_seconds = first["figures"]["targets"]["wall_seconds_total"]["target"]
-    merged_targets = targets(mean["regimes"], mean["flowcam_shift"], mean["wall_seconds_total"], budget_seconds)
+    merged_targets = targets(mean["regimes"], mean[f"{shift}_shift"], mean["wall_seconds_total"], budget_seconds, shift)
     for name, entry in merged_targets.items():
         per_seed = [record["figures"]["targets"][name] for record in runs.values()]
         entry["std"] = float(np.std([t["value"] for t in per_seed]))
@@ -1257,7 +1310,7 @@ def main():
     with timed(walls, "read_images"):
         splits, balanced, subsets = load_splits(args)
         shift_files, shift_labels, shift_names = list_class_folders(args.shift_data)
-        shift = read_images(shift_files, shift_labels, shift_names, preprocessing(budget))
+        shift = read_images(shift_files, shift_labels, shift_names, preprocessing(budget), f"--shift_data {args.shift_data}")
     train, val, test = (splits[name] for name in SPLITS)
     data = RunData(splits, balanced, subsets, shift)
     grid_regime, grid_rows = data.grid_regime, subsets[data.grid_regime]
@@ -1290,7 +1343,7 @@ def main():
             walls.update({f"cnn_{regime}_{s}_training": run["wall_seconds"] for s, run in runs.items()})
             if regime == "all":
                 cnn_all = cnn
-        with timed(walls, "cnn_flowcam_shift"):
+        with timed(walls, f"cnn_{args.shift_name}_shift"):
             cnn_views = choose_shift_views(lambda v: cnn_features(cnn_all, val.images, v), val.labels, budget.num_episodes, args.seed)
             cnn_shift = few_shot_transfer(cnn_features(cnn_all, shift.images, cnn_views[0]), shift.labels, budget.num_episodes, args.seed)
     walls["total"] = round(time.perf_counter() - start, 1)
@@ -1317,7 +1370,8 @@ def main():
     figures = {
         "seed": args.seed,
         "dataset": {
-            "path": str(args.data_path), "num_classes": train.num_classes, **{f"num_{n}": len(s) for n, s in splits.items()},
+            "path": str(args.data_path), "num_classes": train.num_classes, "class_names": train.class_names,
+            **{f"num_{n}": len(s) for n, s in splits.items()},
             "num_balanced_test": len(balanced), "balanced_test_per_class": len(balanced) // train.num_classes,
             "train_images_per_class": {"max": int(train_counts.max()), "median": float(train_counts.median()), "min": int(train_counts.min())},
             "tail_classes": f"{len(scorer.tail)} classes with fewer than {TAIL_TRAIN_IMAGES} train images",
@@ -1354,13 +1408,13 @@ def main():
         "parameters": {**unet["parameters"], "cnn": regimes["all"]["cnn_training"]["num_parameters"], **simclr["parameters"]},
         "regimes": regimes,
         "kmeans_test": {**unet["kmeans_test"], **simclr["kmeans_test"]},
-        "flowcam_shift": shift_results,
-        "flowcam_shift_unet_feature": unet["flowcam_shift_unet_feature"],
-        "flowcam_shift_views": {
+        f"{args.shift_name}_shift": shift_results,
+        f"{args.shift_name}_shift_unet_feature": unet["flowcam_shift_unet_feature"],
+        f"{args.shift_name}_shift_views": {
             m: {"views": views_label(v), "val_prototype_accuracy": scores} for m, (v, scores) in shift_views.items()
         },
-        "label_efficiency_plot": str(plot) if args.quick else plot.name,
-        "targets": targets(regimes, shift_results, walls["total"], budget_seconds),
+        **_common.figure_entries(args, label_efficiency_plot=plot),
+        "targets": targets(regimes, shift_results, walls["total"], budget_seconds, args.shift_name),
         "wall_seconds": walls,
     }  # fmt: skip
     report(name, args, torch.device(args.device), figures)

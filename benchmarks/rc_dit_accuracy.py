@@ -432,9 +432,8 @@ def run_dataset(name: str, path: Path, args, device, figure_prefix: Path) -> dic
         "protocols": sources,
         "details": details,
         "final_training_loss": {"rc_dit": rc_summary.final_loss},
-        # beside the results file: its name; a quick run writes them to a temporary folder: the whole path (QA)
-        "sample_grid": str(grid_path) if args.quick else grid_path.name,
-        "label_efficiency_plot": str(efficiency_path) if args.quick else efficiency_path.name,
+        # beside the results file: its name; a quick run's are removed when it ends: None, with a note
+        **_common.figure_entries(args, sample_grid=grid_path, label_efficiency_plot=efficiency_path),
         "wall_seconds": walls,
     }
 

@@ -135,11 +135,18 @@ def parse_args():
             "--keep_checkpoint: keeps the data part's diffusion model, which --parts reference does not train; "
             "expected with the data part, or without --keep_checkpoint"
         )
+    if args.unet_dir and "data" not in args.parts:  # QA (the U-Net benchmark's): accepted, and never read
+        parser.error(
+            "--unet_dir: reuses the data part's diffusion model, which --parts reference does not use; expected with "
+            "the data part, or without --unet_dir"
+        )
     for key, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     args.pruning = [tuple(stage) for stage in json.loads(args.pruning)]
-    args.data = args.data or str(data_path("medmnist_pneumonia", "pneumoniamnist.npz"))
+    # args.data stays as given (None: the benchmark's own data, whose results keep the benchmark's own name,
+    # _common.results_path); the data read is args.data_path
+    args.data_path = args.data or str(data_path("medmnist_pneumonia", "pneumoniamnist.npz"))
     args.reference_data = args.reference_data or str(data_path("fashion_mnist"))
     return args
 
@@ -340,7 +347,7 @@ def binary_protocol(args, splits: dict, device, work_dir: str) -> dict:
         },
     }
     return {
-        "data": f"{args.data}: {describe_splits(splits)}, {args.image_size} px (bilinear, antialiased)",
+        "data": f"{args.data_path}: {describe_splits(splits)}, {args.image_size} px (bilinear, antialiased)",
         "class_names": names,
         "positive_class": names[positive],
         "num_images": {"train": len(train), "val": len(val), "test": len(test)},
@@ -443,7 +450,7 @@ def run_parts(args, device, work_dir: str) -> dict:
     """`{dataset name: figures}` of the parts asked for; every dataset is read (and checked) before any training."""
     data = {}
     if "data" in args.parts:
-        data[dataset_name(args.data)] = ("data", args.data, load_part_data(args, args.data))
+        data[dataset_name(args.data_path)] = ("data", args.data_path, load_part_data(args, args.data_path))
     if "reference" in args.parts:
         reference = load_benchmark_data(args.reference_data, seed=args.seed, image_size=args.image_size)
         data.setdefault(dataset_name(args.reference_data), ("reference", args.reference_data, reference))

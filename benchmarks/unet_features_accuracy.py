@@ -105,7 +105,14 @@ def parse_args():
             "--keep_checkpoint: keeps the diffusion model, which --parts cnn does not train; expected with the "
             "unet_features part, or without --keep_checkpoint"
         )
-    args.data = args.data or str(data_path("medmnist_pneumonia", "pneumoniamnist.npz"))
+    if args.unet_dir and "unet_features" not in args.parts:  # QA: accepted, and never read
+        parser.error(
+            "--unet_dir: reuses a diffusion model, which --parts cnn does not use; expected with the unet_features "
+            "part, or without --unet_dir"
+        )
+    # args.data stays as given (None: the benchmark's own data, whose results keep the benchmark's own name,
+    # _common.results_path); the data read is args.data_path
+    args.data_path = args.data or str(data_path("medmnist_pneumonia", "pneumoniamnist.npz"))
     args.unet_preset = args.unet_preset or ("tiny" if args.quick else "small")
     args.max_train_steps = args.max_train_steps or (10 if args.quick else 1000)
     args.train_batch_size = args.train_batch_size or (32 if args.quick else 64)
@@ -119,7 +126,7 @@ def parse_args():
 def load_splits(args) -> dict:
     """The train/val/test splits (official or carved); with --quick a stratified subsample of each."""
     splits = load_benchmark_data(
-        args.data, args.class_names, args.positive_class, seed=args.seed, image_size=args.image_size,
+        args.data_path, args.class_names, args.positive_class, seed=args.seed, image_size=args.image_size,
         **reading_options(args),
     )  # fmt: skip
     return subsample_splits(splits, QUICK_SIZES, args.seed) if args.quick else splits
@@ -274,7 +281,7 @@ def main():
     compared = " vs a supervised CNN" if "cnn" in args.parts else ""
     plot_label_efficiency(
         label_efficiency_curves(regimes, train.num_classes), str(efficiency_plot),
-        title=figure_title(f"Frozen U-Net features{compared} on {Path(args.data).name}: labels per class", args.quick),
+        title=figure_title(f"Frozen U-Net features{compared} on {Path(args.data_path).name}: labels per class", args.quick),
     )
     parameters = {"cnn": regimes["all"]["cnn"]["num_parameters"]} if "cnn" in args.parts else {}
     if unet is not None:
@@ -282,7 +289,7 @@ def main():
     few_regime = min(list(subsets)[1:], key=lambda regime: len(subsets[regime]))
     figures = {
         "dataset": {
-            "name": dataset_name(args.data), "path": args.data, "class_names": train.class_names,
+            "name": dataset_name(args.data_path), "path": args.data_path, "class_names": train.class_names,
             "positive_class": args.positive_class, **{f"num_{name}": len(splits[name]) for name in SPLITS},
         },
         "selection": "probe pair, its C and the CNN checkpoint chosen on the labels of the whole val split "
@@ -290,7 +297,8 @@ def main():
         "and normalisation (and the raw pixels' normalisation) by split-half stability on the train images, no labels "
         "read; test is used only for reporting",
         "few_label_regimes": {"fractions": args.label_fractions, "min_labels_per_class": args.min_labels_per_class,
-                              "labels_per_class": {r: torch.bincount(train.labels[i]).tolist() for r, i in subsets.items()}},
+                              "labels_per_class": {r: torch.bincount(train.labels[i], minlength=train.num_classes).tolist()
+                                                     for r, i in subsets.items()}},
         "budget": {
             "parts": args.parts, "unet_preset": args.unet_preset, "image_size": train.images.shape[-1],
             "ddpm_steps": args.max_train_steps, "train_batch_size": args.train_batch_size,
@@ -302,7 +310,7 @@ def main():
         },  # fmt: skip
         "parameters": parameters,
         "regimes": regimes,
-        "label_efficiency_plot": str(efficiency_plot) if args.quick else efficiency_plot.name,
+        **_common.figure_entries(args, label_efficiency_plot=efficiency_plot),
         "targets": targets(regimes, few_regime, walls["total"]),
         "wall_seconds": walls,
     }
