@@ -445,6 +445,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     from .metrics import resolve_positive_label
     from .training import train_ddpm_unet
     from .unet_feature_study import run_unet_feature_study
+    from .validation import remove_earlier_report
 
     started = time.time()
     training_args = check_demo_args(args)
@@ -452,6 +453,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     print(describe_splits(splits, args.dataset))
     resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)  # before training
     note_default_positive_class(args.positive_class, splits["train"].class_names)
+    remove_earlier_report(args.output_dir)  # training writes unet_training/: the first files of this run
     unet, scheduler, _ = train_ddpm_unet(
         training_args, splits["train"].images, preset=args.unet_preset, num_train_timesteps=DEMO_NUM_TRAIN_TIMESTEPS
     )
@@ -522,12 +524,16 @@ def save_study(
 ) -> dict:
     """Save the study's fitted pipeline, with the `carving` of its data, the fingerprints of its `train_images` and
     any other `train_fingerprints`, and whether its U-Net was trained on an unlabeled pool (`data.save_split_record`),
-    and its report into `args.output_dir`; print the headline."""
+    and its report into `args.output_dir`; print the headline. An earlier run's `metrics.json` and `pipeline/` are
+    removed first, and `metrics.json` is written last (`write_study_report`): a folder holding one holds one run's
+    files."""
     from .data.split_record import save_split_record
     from .features import block_label
     from .hub import model_fingerprint
     from .unet_feature_study import summary_table, write_study_report
+    from .validation import remove_earlier_report
 
+    remove_earlier_report(args.output_dir, folders=["pipeline"])
     study.pipeline.save_pretrained(os.path.join(args.output_dir, "pipeline"))
     save_split_record(
         os.path.join(args.output_dir, "pipeline"), **carving, train_images=train_images,
@@ -641,10 +647,12 @@ def _labelled_data(
 @_one_run_in_output_dir("fit-head")
 def run_fit_head(args: argparse.Namespace) -> dict:
     """A trained RC-DiT + labelled data -> a head on its representation (fitted on train, or `--shots` of it per
-    class; its strength or temperature chosen on val), the pipeline with it, and its evaluation on test."""
+    class; its strength or temperature chosen on val), the pipeline with it, and its evaluation on test. An earlier
+    run's `metrics.json` and `pipeline/` are removed once the head is fitted, before the pipeline is saved, and
+    `metrics.json` is written last (`evaluation.write_evaluation`): a folder holding one holds one run's files."""
     from .evaluation import evaluate_classifier
     from .hub import download, model_fingerprint
-    from .validation import check_no_earlier_report
+    from .validation import check_no_earlier_report, remove_earlier_report
 
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
     probe_kwargs = _fit_head_probe_kwargs(args)
@@ -665,6 +673,7 @@ def run_fit_head(args: argparse.Namespace) -> dict:
     if args.positive_class is not None:
         pipe.set_positive_class(args.positive_class)
     saved = os.path.join(args.output_dir, "pipeline")
+    remove_earlier_report(args.output_dir, folders=["pipeline"])  # no earlier head file beside the new one
     _save_with_carving(pipe, saved, data)
     dataset_name = os.path.basename(os.path.normpath(args.dataset))
     metrics = evaluate_classifier(

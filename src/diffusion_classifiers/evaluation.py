@@ -950,16 +950,21 @@ def write_evaluation(
     """Write `metrics.json`, `report.md`, `confusion_matrix.png`, `reliability.png` and (binary tasks with both
     classes present) `roc_pr.png` for the labels `y_true` and class probabilities `probs` the metrics came from (the
     ROC and PR curves ranking by `ranking_scores`, default `probs`). `metrics.json` records the `split` and the
-    dataset (`dataset_name`) the metrics were measured on, when given."""
+    dataset (`dataset_name`) the metrics were measured on, when given. An earlier `metrics.json` is removed before the
+    first file is written and the new one written last, after the figures and `report.md`: a folder holding a
+    `metrics.json` holds one run's files (`validation.remove_earlier_report`)."""
     from .plots import plot_classification_figures
+    from .validation import remove_earlier_report
 
     os.makedirs(output_dir, exist_ok=True)
     measured_on = {key: value for key, value in (("split", split), ("dataset", dataset_name)) if value is not None}
     record = json.dumps({**measured_on, **metrics}, indent=2)  # what JSON cannot hold fails before a file is written
     titles = {"confusion_matrix": f"{title}: confusion matrix", "reliability": f"{title}: reliability", "roc_pr": title}
+    remove_earlier_report(output_dir)
     plots = plot_classification_figures(output_dir, metrics, class_names, y_true, probs, titles, ranking_scores)
     report = render_evaluation_report(metrics, title, plots, split)
-    write_texts_atomically(output_dir, {"metrics.json": record, "report.md": report})
+    write_texts_atomically(output_dir, {"report.md": report})
+    write_texts_atomically(output_dir, {"metrics.json": record})  # last: the marker of a complete report
 
 
 def render_evaluation_report(metrics: dict, title: str, plots: List[str], split: Optional[str] = None) -> str:

@@ -324,10 +324,14 @@ def run_unet_feature_study(
 
 def write_study_report(study: UNetFeatureStudy, output_dir: str, title: str, command: str, extra: Optional[dict] = None) -> dict:
     """Write `metrics.json`, `report.md`, `probe_heatmap.png`, `confusion_matrix.png`, `reliability.png` and, for
-    binary tasks, `roc_pr.png` (ROC and precision-recall of the positive class) into `output_dir`."""
+    binary tasks, `roc_pr.png` (ROC and precision-recall of the positive class) into `output_dir`. An earlier
+    `metrics.json` is removed before the first file is written and the new one written last, after the figures and
+    `report.md`: a folder holding a `metrics.json` holds one run's files (`validation.remove_earlier_report`)."""
     from .plots import plot_classification_figures, plot_probe_heatmap
+    from .validation import remove_earlier_report
 
     os.makedirs(output_dir, exist_ok=True)
+    remove_earlier_report(output_dir)
     val_accuracy = {(block_label(block), t): m["val"]["accuracy"] for (block, t), m in study.probe.metrics.items()}
     best_block, best_timestep = study.probe.best_pair
     plot_probe_heatmap(
@@ -352,7 +356,8 @@ def write_study_report(study: UNetFeatureStudy, output_dir: str, title: str, com
     }
     record = json.dumps(metrics, indent=2, default=str)
     report = render_report(study, title, command, extra)
-    write_texts_atomically(output_dir, {"metrics.json": record, "report.md": report})
+    write_texts_atomically(output_dir, {"report.md": report})
+    write_texts_atomically(output_dir, {"metrics.json": record})  # last: the marker of a complete report
     return metrics
 
 

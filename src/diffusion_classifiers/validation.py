@@ -152,12 +152,27 @@ def check_unit_range(images: torch.Tensor, name: str = "images", tolerance: floa
 
 def check_no_earlier_report(path, overwrite: bool, name: str = "--output_dir") -> None:
     """Refuse a folder holding an earlier run's report (`metrics.json`) unless `overwrite`: a new report would replace
-    it without a word, and a run that fails halfway would leave the two mixed."""
+    it without a word. An overwriting run removes it before its first file (`remove_earlier_report`) and writes its
+    own last, so a run that fails halfway leaves no report beside the two runs' files."""
     if not overwrite and os.path.exists(os.path.join(path, "metrics.json")):
         raise ValueError(
             f"{name} {str(path)!r} holds an earlier report (metrics.json); choose another folder, or pass "
             "--overwrite_output_dir to replace it"
         )
+
+
+def remove_earlier_report(path, folders: Sequence[str] = (), marker: str = "metrics.json") -> None:
+    """Remove an earlier run's report marker (`metrics.json` in the folder `path`, or the file named `marker` there),
+    then its `folders` (`pipeline/`, whose files a new run may not all replace): called when a run is about to write
+    its first file, never before its work (a run that fails computing keeps the earlier complete result). Every
+    command writes its marker last, after every other file, so a folder holding the marker holds one run's files;
+    one stopped in between holds none."""
+    import shutil
+
+    Path(path, marker).unlink(missing_ok=True)
+    for folder in folders:
+        if os.path.isdir(os.path.join(path, folder)):
+            shutil.rmtree(os.path.join(path, folder))
 
 
 def check_writable_dir(path, name: str = "output_dir") -> None:

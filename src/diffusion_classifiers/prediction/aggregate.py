@@ -564,11 +564,14 @@ def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
     _check_output_writable(output, given=bool(args.output))
     aggregation = _aggregate(predictions, args.by, args.rule, args.positive_class, args.threshold)
     columns, rows, metrics = aggregation.columns, aggregation.rows, aggregation.metrics
+
+    from ..validation import remove_earlier_report  # imports torch: here, so the command's flags stay fast
+
     output.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(output, columns, rows)
     scores = output.with_suffix(".metrics.json")
-    if metrics is None and scores.exists():  # an earlier labelled aggregation's: not these groups'
-        scores.unlink()
+    # an earlier aggregation's metrics go before the CSV is written, these last: no metrics beside other groups
+    remove_earlier_report(output.parent, marker=scores.name)
+    write_csv(output, columns, rows)
     if unreadable:
         print(
             f"note: {unreadable} inputs of {predictions} are in its errors file (unreadable): their groups lack them "

@@ -267,7 +267,7 @@ def cluster_files(
     import numpy as np
 
     from ..atomic_files import write_json_atomically
-    from ..validation import check_no_earlier_report
+    from ..validation import check_no_earlier_report, remove_earlier_report
 
     check_no_earlier_report(output_dir, overwrite, "output_dir")
     request = ClusterRequest(
@@ -288,7 +288,7 @@ def cluster_files(
     _check_enough_read(rows, errors, len(inputs), selection["num_clusters"])
     clusters, distances, fitted_on = _grouped(chosen, selection, fit_images, seed)
     # metrics.json goes last, and an earlier one first: a run stopped in between leaves no report beside its files
-    (output_dir / "metrics.json").unlink(missing_ok=True)
+    remove_earlier_report(output_dir)
     _write_clusters(output_dir, rows, clusters, distances, errors)
     figures = _write_examples(
         output_dir, pipeline, rows, clusters, distances, selection["num_clusters"], examples_per_cluster
