@@ -330,3 +330,17 @@ def test_kmeans_grouping_assigns_a_large_folder_a_chunk_at_a_time(monkeypatch):
     x[50, 3] = np.nan
     with pytest.raises(ValueError, match=r"features row 50 contains NaN or inf"):
         grouping.assign(x[:100])
+
+
+def test_ctrl_c_ends_cluster_with_one_line_and_status_130(digits_csv, unet_dir, tmp_path, monkeypatch, capsys):
+    """QA: Ctrl-C printed a KeyboardInterrupt traceback, where predict says in one line what is kept."""
+    from diffusion_classifiers.prediction import clustering
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(clustering, "cluster_files", interrupted)
+    with pytest.raises(SystemExit) as exited:
+        cluster(unet_dir, digits_csv, tmp_path / "out", "--num_clusters", "5")
+    assert exited.value.code == 130
+    assert "cluster: interrupted; " in capsys.readouterr().err and not (tmp_path / "out" / ".run.lock").exists()

@@ -150,3 +150,23 @@ def test_a_class_name_with_a_pipe_keeps_its_per_class_row_in_five_cells():
     card = str(hub.render_model_card("unet_features", per_class={"bleed|yes": row, "no": row}, **COMMON))
     (line,) = [line for line in card.splitlines() if line.startswith("| bleed")]
     assert line == r"| bleed\|yes | 50.00% | 50.00% | 50.00% | 2 |"
+
+
+def test_a_dry_run_stopped_halfway_leaves_no_folder_and_the_rerun_writes_it(saved_model, tmp_path, monkeypatch):
+    """QA: a dry run killed while copying left 7 of its files in --output_dir, which looked like the upload, and the
+    rerun refused the folder as not empty; the files now go into a hidden folder renamed once complete."""
+    copies, copy = [], shutil.copyfile
+
+    def stopped_after_two(source, target):
+        if len(copies) == 2:
+            raise KeyboardInterrupt
+        copies.append(target)
+        return copy(source, target)
+
+    monkeypatch.setattr(hub.shutil, "copyfile", stopped_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        hub.write_dry_run(saved_model, tmp_path / "dry")
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor the hidden one
+    monkeypatch.setattr(hub.shutil, "copyfile", copy)
+    hub.write_dry_run(saved_model, tmp_path / "dry")
+    assert files_of(tmp_path / "dry") == files_of(saved_model)

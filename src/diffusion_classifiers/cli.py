@@ -947,9 +947,19 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
 
 @_one_run_in_output_dir("cluster")
 def run_cluster(args: argparse.Namespace) -> dict:
+    """`cluster`; on Ctrl-C, one line instead of a traceback, and exit status 130."""
     from .prediction.clustering import run_cluster as run
 
-    return run(args)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print(
+            f"\ndiffusion-classifiers cluster: interrupted; {args.output_dir} holds no report of this run (a folder "
+            "holding a metrics.json holds one complete run's files): rerun the command, with --overwrite_output_dir "
+            "if an earlier run's files are there",
+            file=sys.stderr,
+        )
+        sys.exit(130)
 
 
 ADD_ARGS = {

@@ -750,7 +750,10 @@ def write_dry_run(
     repo_type: str = "model",
 ) -> Path:
     """Write to `output_dir` exactly the files `push_to_hub(local_dir, ..., card=card)` would upload, `card` as its
-    README.md, without any network. `output_dir` must be new or empty and outside `local_dir`, which is only read."""
+    README.md, without any network. `output_dir` must be new or empty and outside `local_dir`, which is only read.
+    The files go into a hidden sibling folder first, renamed to `output_dir` once complete: a dry run stopped halfway
+    leaves no `output_dir` that looks like the upload (QA: a killed one left 7 of its files, and the rerun refused
+    the folder as not empty)."""
     local_dir, output_dir = Path(local_dir), Path(output_dir)
     if repo_type == "model":
         check_publishable_model(local_dir)
@@ -758,13 +761,20 @@ def write_dry_run(
         raise ValueError(f"{output_dir}: expected a dry-run folder outside the model folder {local_dir}")
     if output_dir.exists() and any(output_dir.iterdir()):
         raise FileExistsError(f"{output_dir}: expected a new or empty folder for the dry run, found files in it")
-    for operation in commit_operations(local_dir, card, repo_type):
-        target = output_dir / operation.path_in_repo
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(operation.path_or_fileobj, bytes):
-            target.write_bytes(operation.path_or_fileobj)
-        else:
-            shutil.copyfile(operation.path_or_fileobj, target)
+    staging = output_dir.with_name(f".{output_dir.name}.partial-{os.getpid()}")
+    try:
+        for operation in commit_operations(local_dir, card, repo_type):
+            target = staging / operation.path_in_repo
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(operation.path_or_fileobj, bytes):
+                target.write_bytes(operation.path_or_fileobj)
+            else:
+                shutil.copyfile(operation.path_or_fileobj, target)
+        if output_dir.exists():
+            output_dir.rmdir()  # empty, checked above
+        os.replace(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return output_dir
 
 
