@@ -180,3 +180,22 @@ def test_fit_head_rerun_replaces_the_pipeline_whole_and_writes_metrics_json_last
     fresh = tmp_path / "fresh"
     main([*common[:-1], str(fresh), "--head", "prototypes", "--shots", "3"])
     assert set(_files(out / "pipeline")) == set(_files(fresh / "pipeline")) != linear  # no earlier head's file left
+
+
+def test_a_fit_head_rerun_failing_while_scoring_test_keeps_the_earlier_result_whole(tmp_path, monkeypatch):
+    """A second read: the rerun removed the earlier metrics.json and pipeline/ before scoring test, so a failure
+    there lost the earlier complete result; the new pipeline is now saved aside and moved in once test is scored."""
+    from diffusion_classifiers import evaluation
+
+    model, out = _saved_rc_dit(tmp_path / "rc"), tmp_path / "head"
+    common = ["fit-head", "--model_dir", model, "--dataset", "digits", "--test_fraction", "0.3", "--output_dir", str(out)]
+    main([*common, "--head", "linear_probe", "--C", "1"])
+    before = _files(out)
+
+    def out_of_memory(*args, **kwargs):  # test scored, nothing written yet
+        raise MemoryError("out of memory (test)")
+
+    monkeypatch.setattr(evaluation, "write_evaluation", out_of_memory)
+    with pytest.raises(MemoryError):
+        main([*common, "--head", "prototypes", "--shots", "3", "--overwrite_output_dir"])
+    assert _files(out) == before and [path.name for path in out.iterdir() if path.name.startswith(".pipeline")] == []

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -445,7 +446,6 @@ def run_demo(args: argparse.Namespace) -> dict:
     from .metrics import resolve_positive_label
     from .training import train_ddpm_unet
     from .unet_feature_study import run_unet_feature_study
-    from .validation import remove_earlier_report
 
     started = time.time()
     training_args = check_demo_args(args)
@@ -453,7 +453,6 @@ def run_demo(args: argparse.Namespace) -> dict:
     print(describe_splits(splits, args.dataset))
     resolve_positive_label(args.positive_class, splits["train"].class_names, splits["train"].num_classes)  # before training
     note_default_positive_class(args.positive_class, splits["train"].class_names)
-    remove_earlier_report(args.output_dir)  # training writes unet_training/: the first files of this run
     unet, scheduler, _ = train_ddpm_unet(
         training_args, splits["train"].images, preset=args.unet_preset, num_train_timesteps=DEMO_NUM_TRAIN_TIMESTEPS
     )
@@ -647,12 +646,13 @@ def _labelled_data(
 @_one_run_in_output_dir("fit-head")
 def run_fit_head(args: argparse.Namespace) -> dict:
     """A trained RC-DiT + labelled data -> a head on its representation (fitted on train, or `--shots` of it per
-    class; its strength or temperature chosen on val), the pipeline with it, and its evaluation on test. An earlier
-    run's `metrics.json` and `pipeline/` are removed once the head is fitted, before the pipeline is saved, and
-    `metrics.json` is written last (`evaluation.write_evaluation`): a folder holding one holds one run's files."""
+    class; its strength or temperature chosen on val), the pipeline with it, and its evaluation on test. The pipeline
+    is saved aside, and moved in once test is scored, when an earlier run's `metrics.json` and `pipeline/` are
+    removed; `metrics.json` is written last (`evaluation.write_evaluation`): a folder holding one holds one run's
+    files, and a run that fails before keeps the earlier one whole."""
     from .evaluation import evaluate_classifier
     from .hub import download, model_fingerprint
-    from .validation import check_no_earlier_report, remove_earlier_report
+    from .validation import check_no_earlier_report
 
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
     probe_kwargs = _fit_head_probe_kwargs(args)
@@ -673,14 +673,17 @@ def run_fit_head(args: argparse.Namespace) -> dict:
     if args.positive_class is not None:
         pipe.set_positive_class(args.positive_class)
     saved = os.path.join(args.output_dir, "pipeline")
-    remove_earlier_report(args.output_dir, folders=["pipeline"])  # no earlier head file beside the new one
-    _save_with_carving(pipe, saved, data)
-    dataset_name = os.path.basename(os.path.normpath(args.dataset))
-    metrics = evaluate_classifier(
-        pipe, test, args.output_dir, batch_size=args.batch_size, positive_class=_scored_positive_class(args, train),
-        title=f"RC-DiT {args.head} head on {dataset_name} (test)", split="test", dataset_name=dataset_name,
-        model_sha256=model_fingerprint(saved), head=head,
-    )  # fmt: skip
+    aside = os.path.join(args.output_dir, f".pipeline.partial-{os.getpid()}")  # moved in once test is scored
+    try:
+        _save_with_carving(pipe, aside, data)
+        dataset_name = os.path.basename(os.path.normpath(args.dataset))
+        metrics = evaluate_classifier(
+            pipe, test, args.output_dir, batch_size=args.batch_size, positive_class=_scored_positive_class(args, train),
+            title=f"RC-DiT {args.head} head on {dataset_name} (test)", split="test", dataset_name=dataset_name,
+            model_sha256=model_fingerprint(aside), head=head, moved_in={"pipeline": aside},
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
     print(f"test accuracy {100 * metrics['accuracy']:.2f}%, macro-F1 {100 * metrics['macro_f1']:.2f}%")
     print(
         f"wrote {saved}/ (load it with DiffusionClassifierPipeline.from_pretrained) and {args.output_dir}/"

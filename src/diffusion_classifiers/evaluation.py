@@ -15,7 +15,7 @@ import os
 import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, Collection, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Collection, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -675,6 +675,7 @@ def evaluate_classifier(
     paths=None,
     head: Optional[dict] = None,
     check_training_images: bool = True,
+    moved_in: Optional[Dict[str, str]] = None,
 ) -> dict:
     r"""
     Score `classifier` on a `datasets.Dataset` with an Image and a ClassLabel column, on [`LabeledImages`] or on
@@ -736,6 +737,9 @@ def evaluate_classifier(
             against the model's training images (`metrics.json` then records no `"training_images_checked"`; a model
             that records none is scored with `"training_images_checked": false`, said in `report.md`); not with
             `train_fingerprints`.
+        moved_in (`Dict[str, str]`, *optional*): `{name: folder}` moved into `output_dir` once the images are scored,
+            when its earlier report is removed and before the new files are written (fit-head's new `pipeline/`,
+            saved aside first: a failure while scoring keeps the earlier complete result).
 
     Returns:
         `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`.
@@ -837,7 +841,7 @@ def evaluate_classifier(
         title = title or f"{type(classifier).__name__} evaluation"
         write_evaluation(
             metrics, model_names, output_dir, y_true, probs, title, split=split, dataset_name=dataset_name,
-            ranking_scores=ranking,
+            ranking_scores=ranking, moved_in=moved_in,
         )  # fmt: skip
     return metrics
 
@@ -946,13 +950,15 @@ def write_evaluation(
     split: Optional[str] = None,
     dataset_name: Optional[str] = None,
     ranking_scores=None,
+    moved_in: Optional[Dict[str, str]] = None,
 ) -> None:
     """Write `metrics.json`, `report.md`, `confusion_matrix.png`, `reliability.png` and (binary tasks with both
     classes present) `roc_pr.png` for the labels `y_true` and class probabilities `probs` the metrics came from (the
     ROC and PR curves ranking by `ranking_scores`, default `probs`). `metrics.json` records the `split` and the
     dataset (`dataset_name`) the metrics were measured on, when given. An earlier `metrics.json` is removed before the
-    first file is written and the new one written last, after the figures and `report.md`: a folder holding a
-    `metrics.json` holds one run's files (`validation.remove_earlier_report`)."""
+    first file is written (then `moved_in`, `{name: a folder written aside}`, is moved in) and the new one written
+    last, after the figures and `report.md`: a folder holding a `metrics.json` holds one run's files
+    (`validation.remove_earlier_report`)."""
     from .plots import plot_classification_figures
     from .validation import remove_earlier_report
 
@@ -960,7 +966,7 @@ def write_evaluation(
     measured_on = {key: value for key, value in (("split", split), ("dataset", dataset_name)) if value is not None}
     record = json.dumps({**measured_on, **metrics}, indent=2)  # what JSON cannot hold fails before a file is written
     titles = {"confusion_matrix": f"{title}: confusion matrix", "reliability": f"{title}: reliability", "roc_pr": title}
-    remove_earlier_report(output_dir)
+    remove_earlier_report(output_dir, moved_in=moved_in)
     plots = plot_classification_figures(output_dir, metrics, class_names, y_true, probs, titles, ranking_scores)
     report = render_evaluation_report(metrics, title, plots, split)
     write_texts_atomically(output_dir, {"report.md": report})

@@ -761,7 +761,9 @@ def write_dry_run(
         raise ValueError(f"{output_dir}: expected a dry-run folder outside the model folder {local_dir}")
     if output_dir.exists() and any(output_dir.iterdir()):
         raise FileExistsError(f"{output_dir}: expected a new or empty folder for the dry run, found files in it")
-    staging = output_dir.with_name(f".{output_dir.name}.partial-{os.getpid()}")
+    staging = output_dir.resolve().with_name(f".{output_dir.resolve().name}.partial-{os.getpid()}")
+    for leftover in staging.parent.glob(f".{output_dir.resolve().name}.partial-*"):  # of dry runs that were killed
+        shutil.rmtree(leftover, ignore_errors=True)
     try:
         for operation in commit_operations(local_dir, card, repo_type):
             target = staging / operation.path_in_repo
@@ -770,9 +772,11 @@ def write_dry_run(
                 target.write_bytes(operation.path_or_fileobj)
             else:
                 shutil.copyfile(operation.path_or_fileobj, target)
-        if output_dir.exists():
-            output_dir.rmdir()  # empty, checked above
-        os.replace(staging, output_dir)
+        if not output_dir.exists():
+            os.replace(staging, output_dir)
+        else:  # empty, checked above (perhaps the working folder, which is not replaced): its card moved in last
+            for entry in sorted(staging.iterdir(), key=lambda path: path.name == "README.md"):
+                os.replace(entry, output_dir / entry.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output_dir

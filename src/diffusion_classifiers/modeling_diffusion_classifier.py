@@ -219,8 +219,10 @@ def _check_saved_labels(path) -> None:
 
 def _saved_label_names(path, kwargs: dict) -> Optional[list]:
     """The label names a saved model's `config.json` records, in label-id order; None where it cannot be read."""
+    names = ("subfolder", "revision", "token", "cache_dir", "local_files_only")  # where from_pretrained reads it
+    where = {name: kwargs[name] for name in names if name in kwargs}
     try:
-        config = DiffusionClassifierConfig.from_pretrained(path, subfolder=kwargs.get("subfolder", ""))
+        config = DiffusionClassifierConfig.from_pretrained(path, **where)
     except (OSError, ValueError):
         return None
     return [config.id2label[i] for i in sorted(config.id2label)]

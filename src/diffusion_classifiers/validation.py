@@ -10,7 +10,7 @@ import tempfile
 import unicodedata
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -161,18 +161,23 @@ def check_no_earlier_report(path, overwrite: bool, name: str = "--output_dir") -
         )
 
 
-def remove_earlier_report(path, folders: Sequence[str] = (), marker: str = "metrics.json") -> None:
+def remove_earlier_report(
+    path, folders: Sequence[str] = (), marker: str = "metrics.json", moved_in: Optional[Dict[str, str]] = None
+) -> None:
     """Remove an earlier run's report marker (`metrics.json` in the folder `path`, or the file named `marker` there),
-    then its `folders` (`pipeline/`, whose files a new run may not all replace): called when a run is about to write
-    its first file, never before its work (a run that fails computing keeps the earlier complete result). Every
-    command writes its marker last, after every other file, so a folder holding the marker holds one run's files;
-    one stopped in between holds none."""
+    then its `folders` (`pipeline/`, whose files a new run may not all replace), then move in `moved_in` (`{name in
+    path: a folder this run wrote aside}`, e.g. fit-head's new `pipeline/`, saved before its test split was scored):
+    called when a run is about to write its first file, never before its work (a run that fails computing keeps the
+    earlier complete result). Every command writes its marker last, after every other file, so a folder holding the
+    marker holds one run's files; one stopped in between holds none."""
     import shutil
 
     Path(path, marker).unlink(missing_ok=True)
-    for folder in folders:
+    for folder in [*folders, *(moved_in or {})]:
         if os.path.isdir(os.path.join(path, folder)):
             shutil.rmtree(os.path.join(path, folder))
+    for name, staged in (moved_in or {}).items():
+        os.replace(staged, os.path.join(path, name))
 
 
 def check_writable_dir(path, name: str = "output_dir") -> None:

@@ -122,8 +122,9 @@ class TrainingArguments:
     overwrite_output_dir: bool = _flag(
         False,
         "Train into an `--output_dir` that holds another run's checkpoints or model: its `checkpoint-N` folders and "
-        "sample grids are set aside in `.replaced_checkpoints/`, deleted when this run ends well and moved back if it "
-        "fails before its first checkpoint; its other files are replaced as this run writes them. Without it (or "
+        "sample grids are set aside in `.replaced_checkpoints/`, deleted when this run runs to its end (not when "
+        "SIGTERM stops it: until a resumed run ends) and moved back if it fails before its first checkpoint; its other "
+        "files are replaced as this run writes them. Without it (or "
         "`--resume_from_checkpoint`) such a folder is refused; an empty or new one is always fine.",
     )
     seed: int = _flag(0, "Seed of the initial weights, the data order, noise and timesteps.")

@@ -79,9 +79,9 @@ def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> None:
     Leftover `checkpoint-N.partial` folders (saves that were interrupted) are removed. A folder holding another run's
     checkpoints or model (`previous_run_files`) is refused unless `resume` and it holds a `checkpoint-N` (that run
     continues; with a model and no checkpoint, `--resume_from_checkpoint latest` would train over it) or `overwrite`
-    (its `checkpoint-N` folders are moved into `REPLACED_CHECKPOINTS` now, deleted when this run ends well or moved back
-    when it fails before its first checkpoint (`settle_replaced_checkpoints`); its other files are replaced as this
-    run writes them).
+    (its `checkpoint-N` folders are moved into `REPLACED_CHECKPOINTS` now, deleted when this run runs to its end (not
+    when SIGTERM stops it) or moved back when it fails before its first checkpoint (`settle_replaced_checkpoints`);
+    its other files are replaced as this run writes them).
     """
     for name in os.listdir(output_dir):
         if name.endswith(".partial") and CHECKPOINT_PATTERN.match(name[: -len(".partial")]):
@@ -135,7 +135,7 @@ def _set_aside(output_dir: str, checkpoints: list, from_step: int, whose: str) -
         os.replace(aside, earlier)
     logger.warning(
         f"{whose}: {', '.join(checkpoints + [f'{SAMPLES_DIR}/{name}' for name in samples])} moved into {aside}, "
-        "deleted when this run ends well, moved back if it fails before a checkpoint of its own"
+        "deleted when this run runs to its end, moved back if it fails before a checkpoint of its own"
     )
     os.makedirs(os.path.join(aside, SAMPLES_DIR))
     if os.path.isdir(earlier):
@@ -239,6 +239,6 @@ def _remove_killed_saves(output_dir: str) -> None:
     """`save_model_whole`'s hidden folders left by processes that are gone (killed while saving)."""
     for name in os.listdir(output_dir):
         pid = name[len(SAVING_PREFIX):] if name.startswith(SAVING_PREFIX) else ""
-        if pid.isdigit() and not pid_alive(int(pid)):
+        if pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):  # this pid: a restarted container
             shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
 
