@@ -253,6 +253,7 @@ def test_another_model_is_refused_and_nothing_written_is_lost(models, tmp_path):
     assert output.read_bytes() == written
     main(args + ["--model_dir", str(models / "sde"), "--overwrite"])
     assert list(read_rows(output)[0])[-2:] == ["log_likelihood_ratio", "log_likelihood_ratio_stderr"]
+    assert not (tmp_path / "predictions.csv.replaced").exists()  # the replaced prediction goes once merged
     foreign = tmp_path / "foreign.csv"
     foreign.write_text("my own file\n")
     with pytest.raises(ValueError, match="foreign.csv.* not written by this prediction"):

@@ -128,3 +128,24 @@ def test_aggregate_groups_by_a_text_column_added_to_the_predictions(pipe, tmp_pa
         writer.writerows(rows)
     with pytest.raises(ValueError, match=r"r.csv:2: could not convert string to float: 'high'"):
         aggregate_predictions(tmp_path / "r.csv", by="path", rule="mean")
+
+
+def test_an_overwrite_that_dies_keeps_the_earlier_prediction_aside_until_its_own_rows_are_merged(tmp_path):
+    """QA: `predict --overwrite` deleted the earlier complete predictions.csv when it started; killed, the rerun lost
+    it. It is now set aside in predictions.csv.replaced/ and deleted once the rerun's rows are merged; a second
+    overwrite after a dead one keeps the first earlier prediction, not the dead run's parts."""
+    from diffusion_classifiers.prediction.outputs import OutputFiles, prepare_output_files
+
+    files = OutputFiles(tmp_path / "predictions.csv", tmp_path / "predictions.csv.errors.csv")
+    files.output.write_text("path,label\na.png,cat\n")
+    files.errors.write_text("path,reason\n")
+    files.sidecar.write_text('{"run": {"model_dir": "old"}}')
+    prepare_output_files(files, {"model_dir": "new"}, overwrite=True, is_main=True)
+    aside = tmp_path / "predictions.csv.replaced"
+    assert (aside / "predictions.csv").read_text() == "path,label\na.png,cat\n"
+    assert (aside / "predictions.csv.json").read_text() == '{"run": {"model_dir": "old"}}'
+    assert not files.output.exists() and "new" in files.sidecar.read_text()
+    files.parts.mkdir()  # the replacing run dies after a batch; another overwrite
+    (files.parts / "rows-0.csv").write_text("path,label\nb.png,dog\n")
+    prepare_output_files(files, {"model_dir": "newer"}, overwrite=True, is_main=True)
+    assert (aside / "predictions.csv").read_text() == "path,label\na.png,cat\n" and not files.parts.exists()

@@ -81,6 +81,11 @@ class OutputFiles:
         """The batches committed but not yet merged into the output."""
         return self.output.with_name(self.output.name + ".parts")
 
+    @property
+    def replaced(self) -> Path:
+        """An earlier prediction's files an `overwrite` run set aside, deleted once it has merged its own."""
+        return self.output.with_name(self.output.name + ".replaced")
+
     def existing(self) -> list[Path]:
         return [path for path in (self.output, self.errors, self.parts) if path.exists()]
 
@@ -91,8 +96,8 @@ class OutputFiles:
 
 def prepare_output_files(files: OutputFiles, run: dict, overwrite: bool, is_main: bool) -> None:
     """Refuse to mix results of another run into existing files (every process checks, so all fail alike); with
-    `overwrite` the main process deletes them. The main process then records `run` and the errors file in the
-    sidecar (only `run` must match on a rerun)."""
+    `overwrite` the main process sets them aside (`set_aside_replaced`). The main process then records `run` and the
+    errors file in the sidecar (only `run` must match on a rerun)."""
     existing = files.existing()
     if existing and not overwrite:
         if not files.sidecar.is_file():
@@ -111,12 +116,25 @@ def prepare_output_files(files: OutputFiles, run: dict, overwrite: bool, is_main
     if not is_main:
         return
     if overwrite:
-        for path in existing:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        set_aside_replaced(files, existing)
     files.output.parent.mkdir(parents=True, exist_ok=True)
     files.errors.parent.mkdir(parents=True, exist_ok=True)
     recorded = {**run, _ERRORS_KEY: Path(os.path.relpath(files.errors, files.output.parent)).as_posix()}
     write_atomically(files.sidecar, lambda handle: handle.write(json.dumps(recorded, indent=2) + "\n"))
+
+
+def set_aside_replaced(files: OutputFiles, existing: list[Path]) -> None:
+    """An earlier prediction's output, errors file, parts and sidecar moved into `files.replaced` (deleted once the run
+    replacing them has merged its rows: one that dies first loses nothing); when an earlier one is there already, the
+    `existing` files are those of a replacing run that died, and are deleted instead."""
+    if files.replaced.exists():
+        for path in existing:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        return
+    files.replaced.mkdir(parents=True)
+    for path in existing + ([files.sidecar] if files.sidecar.is_file() else []):
+        target = files.replaced / path.name
+        os.replace(path, target if not target.exists() else files.replaced / f"errors-{path.name}")
 
 
 def _changes(recorded: dict, run: dict) -> list[tuple[str, Any, Any]]:

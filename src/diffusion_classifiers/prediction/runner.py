@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -341,7 +342,8 @@ def predict_files(
     sha256 of its files, the windows, the input), a binary model's saved positive class (`aggregate`'s default), the
     binary ratio's direction and every setting of the pipeline call (`"pipeline_call"` in its `"run"`: the seed, and
     the defaults where `pipeline_kwargs` gives none): a rerun that differs is refused unless `overwrite=True`, which
-    deletes the earlier output, errors file and parts first. It also records the errors file, which a rerun without
+    sets the earlier output, errors file, parts and sidecar aside (`<output>.replaced/`) until its own rows are
+    merged, then deletes them. It also records the errors file, which a rerun without
     `errors_path` keeps (an output written before each had its own errors file keeps the shared `errors.csv` beside
     it). While it runs, `<output>.lock` and `<errors>.lock` refuse a second prediction into the same output or errors
     file (a lock left by a process of this host that is gone is taken over). A file that cannot be read or that the
@@ -435,6 +437,8 @@ def predict_files(
         failed = _sum_over_processes(writer.failed, accelerator)
         wait()
         rows, unreadable = merge_parts(files, columns, order) if is_main else ([], [])
+        if is_main:  # merged: the prediction an overwrite replaced is no longer needed
+            shutil.rmtree(files.replaced, ignore_errors=True)
         # the errors file lists the inputs tried again only if they failed again: they were removed from it first
         failed_again = len({row[0] for row in unreadable} & listed) if retry_errors and is_main else 0
         # without retry_errors, the inputs the errors file listed are done: skipped
