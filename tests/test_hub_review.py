@@ -172,10 +172,22 @@ def test_a_dry_run_stopped_halfway_leaves_no_folder_and_the_rerun_writes_it(save
     assert files_of(tmp_path / "dry") == files_of(saved_model)
 
 
-def test_a_dry_run_into_the_current_folder_works_and_a_killed_ones_hidden_folder_goes(saved_model, tmp_path, monkeypatch):
+def test_a_dry_run_into_the_working_folder_works_and_a_killed_ones_folder_goes(saved_model, tmp_path, monkeypatch):
     """A second read: `--output_dir .` failed on the hidden folder's name; a killed dry run's hidden folder stayed."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from diffusion_classifiers.atomic_files import STALE_TEMPORARY_SECONDS
+
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
     (tmp_path / "here").mkdir()
-    (tmp_path / ".here.partial-1").mkdir()  # a killed dry run's
+    killed = tmp_path / f".here.partial-{process.pid}"  # a killed dry run's
+    killed.mkdir()
+    old = time.time() - 2 * STALE_TEMPORARY_SECONDS
+    os.utime(killed, (old, old))
     monkeypatch.chdir(tmp_path / "here")
     hub.write_dry_run(saved_model, ".")
-    assert files_of(tmp_path / "here") == files_of(saved_model) and not (tmp_path / ".here.partial-1").exists()
+    assert files_of(tmp_path / "here") == files_of(saved_model) and not killed.exists()

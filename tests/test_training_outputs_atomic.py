@@ -115,8 +115,12 @@ def test_a_save_stopped_while_moving_in_leaves_no_marker_beside_a_mix(tmp_path, 
 
 
 def test_the_hidden_folder_of_a_killed_save_is_removed_by_the_next(tmp_path):
+    import os
     import subprocess
     import sys
+    import time
+
+    from diffusion_classifiers.atomic_files import STALE_TEMPORARY_SECONDS
 
     from diffusion_classifiers.training import save_model_whole
 
@@ -125,6 +129,8 @@ def test_the_hidden_folder_of_a_killed_save_is_removed_by_the_next(tmp_path):
     killed = tmp_path / "run" / f".saving-{process.pid}"
     killed.mkdir(parents=True)
     (killed / "model_index.json").write_text("{}")
+    old = time.time() - 2 * STALE_TEMPORARY_SECONDS
+    os.utime(killed, (old, old))
     save_model_whole(str(tmp_path / "run"), lambda folder: write_model(folder, "new"))
     assert not killed.exists() and json_of(tmp_path / "run" / "model_index.json") == {"version": "new"}
 

@@ -2,18 +2,22 @@
 process stopped mid-write (a full disk, a scheduler's SIGKILL) leaves the earlier file or the new one, never half of
 one that no later command can read. The standard library only."""
 
+import glob
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, Union
 
 from .run_lock import pid_alive
 
-__all__ = ["write_atomically", "write_json_atomically", "write_texts_atomically"]
+__all__ = [
+    "remove_leftovers_of_killed_writers", "write_atomically", "write_json_atomically", "write_texts_atomically",
+]
 
-# A temporary file of a process of this host that is gone, and older than this, is a killed writer's: removed by the
-# next write of the same file (a file on a shared drive being written from another host is younger).
+# A temporary file or folder of a process of this host that is gone, and older than this, is a killed writer's:
+# removed by the next writer (`remove_leftovers_of_killed_writers`).
 STALE_TEMPORARY_SECONDS = 60
 
 
@@ -32,20 +36,22 @@ def write_atomically(path: Union[str, os.PathLike], write: Callable[[IO], Any], 
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-    _remove_stale_temporaries(path)
+    remove_leftovers_of_killed_writers(path.parent, f".{path.name}.tmp-")
 
 
-def _remove_stale_temporaries(path: Path) -> None:
-    """The temporary files of `path` left by writers that were killed (SIGKILL, a crash): their process is gone."""
-    for leftover in path.parent.glob(f".{path.name}.tmp-*"):
-        pid = leftover.name.rpartition("-")[2]
+def remove_leftovers_of_killed_writers(folder: Union[str, os.PathLike], prefix: str) -> None:
+    """The entries of `folder` named `<prefix><pid>` (a temporary file, a folder written aside) whose writer, a
+    process of this host, is gone, and older than `STALE_TEMPORARY_SECONDS` (one being written from another host, on
+    a shared drive, is younger): left by writers that were killed (SIGKILL, a crash)."""
+    for leftover in Path(folder).glob(f"{glob.escape(prefix)}*"):
+        pid = leftover.name[len(prefix) :]
         try:
-            stale = not pid_alive(int(pid)) and time.time() - leftover.stat().st_mtime > STALE_TEMPORARY_SECONDS
-            if stale:
-                leftover.unlink()
-        except (ValueError, OSError):  # not one of ours, or removed meanwhile
+            if not pid.isdigit() or pid_alive(int(pid)):
+                continue
+            if time.time() - leftover.lstat().st_mtime > STALE_TEMPORARY_SECONDS:
+                shutil.rmtree(leftover) if leftover.is_dir() and not leftover.is_symlink() else leftover.unlink()
+        except OSError:  # removed meanwhile
             continue
-
 
 
 def write_json_atomically(path: Union[str, os.PathLike], value: Any, **dump_options: Any) -> None:

@@ -38,6 +38,7 @@ from huggingface_hub.errors import (
 )
 from jinja2 import meta
 
+from .atomic_files import remove_leftovers_of_killed_writers
 from .data.labeled_images import ONE_SET
 from .validation import PICKLE_SUFFIXES, first_and_more
 
@@ -761,9 +762,10 @@ def write_dry_run(
         raise ValueError(f"{output_dir}: expected a dry-run folder outside the model folder {local_dir}")
     if output_dir.exists() and any(output_dir.iterdir()):
         raise FileExistsError(f"{output_dir}: expected a new or empty folder for the dry run, found files in it")
-    staging = output_dir.resolve().with_name(f".{output_dir.resolve().name}.partial-{os.getpid()}")
-    for leftover in staging.parent.glob(f".{output_dir.resolve().name}.partial-*"):  # of dry runs that were killed
-        shutil.rmtree(leftover, ignore_errors=True)
+    prefix = f".{output_dir.resolve().name}.partial-"
+    staging = output_dir.resolve().with_name(f"{prefix}{os.getpid()}")
+    remove_leftovers_of_killed_writers(staging.parent, prefix)
+    shutil.rmtree(staging, ignore_errors=True)  # this pid's: a restarted container's killed dry run
     try:
         for operation in commit_operations(local_dir, card, repo_type):
             target = staging / operation.path_in_repo

@@ -14,7 +14,8 @@ import os
 import shutil
 from typing import Any, Callable
 
-from ..run_lock import RunInUseError, RunLock, pid_alive
+from ..atomic_files import remove_leftovers_of_killed_writers
+from ..run_lock import RunInUseError, RunLock
 from .checkpoints import CHECKPOINT_PATTERN, checkpoint_step
 from .monitoring import SAMPLE_PATTERN, SAMPLES_DIR, remove_samples_after
 
@@ -201,8 +202,9 @@ def save_model_whole(output_dir: str, save: Callable[[str], None]) -> None:
     the folder holds no model, and `--resume_from_checkpoint latest` saves it again); a failing `save` leaves the
     earlier model as it was. The hidden folders of saves that were killed are removed first."""
     with OutputDirLock(output_dir):
-        _remove_killed_saves(output_dir)
+        remove_leftovers_of_killed_writers(output_dir, SAVING_PREFIX)
         staging = os.path.join(output_dir, f"{SAVING_PREFIX}{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)  # this pid's: a restarted container's killed save
         try:
             save(staging)
             names = os.listdir(staging)
@@ -233,12 +235,3 @@ def _remove(path: str) -> None:
         shutil.rmtree(path)
     elif os.path.lexists(path):
         os.remove(path)
-
-
-def _remove_killed_saves(output_dir: str) -> None:
-    """`save_model_whole`'s hidden folders left by processes that are gone (killed while saving)."""
-    for name in os.listdir(output_dir):
-        pid = name[len(SAVING_PREFIX):] if name.startswith(SAVING_PREFIX) else ""
-        if pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):  # this pid: a restarted container
-            shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
-
