@@ -60,7 +60,7 @@ def write_json_atomically(path: Union[str, os.PathLike], value: Any, **dump_opti
 
 
 def write_texts_atomically(folder: Union[str, os.PathLike], texts: Dict[str, str]) -> None:
-    """Each `{file name: text}` of `texts` into `folder`, each written whole or not at all; render every text before
-    calling, so a failure to render leaves every earlier file as it was."""
+    """Each `{file name: text}` of `texts` into `folder`, in the dict's order, each written whole or not at all;
+    render every text before calling, so a failure to render leaves every earlier file as it was."""
     for name, text in texts.items():
         write_atomically(Path(folder) / name, lambda handle, text=text: handle.write(text))

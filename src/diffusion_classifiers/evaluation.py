@@ -969,8 +969,7 @@ def write_evaluation(
     remove_earlier_report(output_dir, moved_in=moved_in)
     plots = plot_classification_figures(output_dir, metrics, class_names, y_true, probs, titles, ranking_scores)
     report = render_evaluation_report(metrics, title, plots, split)
-    write_texts_atomically(output_dir, {"report.md": report})
-    write_texts_atomically(output_dir, {"metrics.json": record})  # last: the marker of a complete report
+    write_texts_atomically(output_dir, {"report.md": report, "metrics.json": record})  # in order: the marker last
 
 
 def render_evaluation_report(metrics: dict, title: str, plots: List[str], split: Optional[str] = None) -> str:

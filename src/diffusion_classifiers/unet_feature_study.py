@@ -356,8 +356,7 @@ def write_study_report(study: UNetFeatureStudy, output_dir: str, title: str, com
     }
     record = json.dumps(metrics, indent=2, default=str)
     report = render_report(study, title, command, extra)
-    write_texts_atomically(output_dir, {"report.md": report})
-    write_texts_atomically(output_dir, {"metrics.json": record})  # last: the marker of a complete report
+    write_texts_atomically(output_dir, {"report.md": report, "metrics.json": record})  # in order: the marker last
     return metrics
 
 

@@ -89,7 +89,6 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
 
 def run_cluster(args: argparse.Namespace) -> dict:
     """`diffusion-classifiers cluster`: every flag checked and the inputs listed before the model is loaded."""
-    from ..hub import model_fingerprint
     from ..pipelines import DiffusionClassifierPipeline
     from ..validation import check_no_earlier_report
 
@@ -102,9 +101,10 @@ def run_cluster(args: argparse.Namespace) -> dict:
     features = feature_source(pipeline, args.timesteps, args.pool, args.batch_size, args.seed, args.model_dir)
     from .outputs import windows_json
 
+    # the model's sha256 is `cluster_files`' record of the folder it was loaded from (`_model_record`)
     run_info = {
         "command": "diffusion-classifiers " + shlex.join(sys.argv[1:]), "model_dir": str(args.model_dir),
-        "model_sha256": model_fingerprint(model_dir), "input": str(Path(args.input).resolve()),
+        "input": str(Path(args.input).resolve()),
         "windows": windows_json(medical.windows),  # those read through: --window's, else the model's
     }  # fmt: skip
     metrics = cluster_files(
