@@ -38,6 +38,7 @@ import torch
 from _common import base_parser, data_path, median_seconds, report, setup, target_entry, training_arguments
 from diffusion_classifiers.data import load_image_classification_data, stratified_subset_indices
 from diffusion_classifiers.likelihood import denoising_error_scores, rank_timestep_strata, replay_stopping_rule
+from diffusion_classifiers.likelihood.denoising_error import first_early_stop_look
 from diffusion_classifiers.training import train_score_sde_unet
 
 FIRST_STAGES = [None] + [[(count, keep)] for count in (1, 2, 3, 5) for keep in (2, 3, 4)]
@@ -73,7 +74,9 @@ def candidate_rules(num_classes: int, num_timesteps: int, timesteps_per_check=TI
     ones, best first), an optional first pruning stage, then successive elimination."""
     counts = [None] + sorted({max(2, round(f * num_timesteps)) for f in INFORMATIVE_FRACTIONS})
     for count, first, confidence, per_check in itertools.product(counts, FIRST_STAGES, CONFIDENCES, timesteps_per_check):
-        if first is None or (first[0][1] < num_classes and first[0][0] < (count or num_timesteps)):
+        scored = count or num_timesteps
+        stops = first is not None or first_early_stop_look(per_check) < scored  # else refused: a no-op early stop
+        if stops and (first is None or (first[0][1] < num_classes and first[0][0] < scored)):
             yield dict(informative_strata=count, pruning=first, early_stop_confidence=confidence,
                        timesteps_per_check=per_check)
 

@@ -19,7 +19,7 @@ from diffusion_classifiers.likelihood import (
     denoising_error_scores,
     probability_flow_log_likelihood,
 )
-from diffusion_classifiers.likelihood.denoising_error import MIN_TIMESTEPS_TO_SETTLE, first_early_stop_look
+from diffusion_classifiers.likelihood.denoising_error import check_early_stop_can_stop
 from diffusion_classifiers.validation import check_positive_integer
 
 from .pipeline_utils import ClassifierPipelineOutput, DiffusionClassifierPipeline
@@ -338,7 +338,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         the priors (`prior_list`; given, they are normalised in `settings` to the list in class order, so a record of
         the call reads the same whichever form was given), a prior of 0 with pruning or the early stop, and an ELBO
         early stop with no look that can stop an image before the last timestep (`denoising_error.
-        first_early_stop_look`): no image could stop (QA: the warning then blamed noisy scores)."""
+        check_early_stop_can_stop`): no image could stop (QA: the warning then blamed noisy scores)."""
         call = {**_call_defaults(), **settings}
         method = call["method"]
         if method not in METHODS:
@@ -362,12 +362,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         counts = isinstance(every, numbers.Integral) and isinstance(scored, numbers.Integral)
         if settings.get("pruning") or not counts:
             return  # pruning stages look too; values that are no counts are refused by the scorer
-        if first_early_stop_look(every) >= scored:
-            raise ValueError(
-                f"early_stop_confidence: the first look comes after max({MIN_TIMESTEPS_TO_SETTLE}, "
-                f"timesteps_per_check={every}) timesteps, and {scored} are scored: no image could stop early. Give "
-                "more timesteps or a smaller timesteps_per_check, or leave early_stop_confidence out"
-            )
+        check_early_stop_can_stop(scored, every)
 
     def positive_index(self) -> int:
         """The index of `positive_class` among the class names (class 1 when unset)."""
