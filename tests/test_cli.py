@@ -309,6 +309,25 @@ def test_fit_head_gives_an_rc_dit_a_head_chosen_on_val_that_evaluate_scores_alik
     assert evaluated["accuracy"] > 0.15  # 10 classes: chance is 0.1
 
 
+def test_fit_head_records_the_check_of_test_against_the_model_training_images(tmp_path):
+    """QA: fit-head checked val and test against the images a head-CT RC-DiT was trained on, then recorded
+    `training_images_checked: false` and a report saying "Not checked" (the pipeline's own record is cleared to save
+    it with the head's); a model that records none is still said to be unchecked."""
+    from diffusion_classifiers.data import load_image_classification_data
+    from diffusion_classifiers.data.split_record import save_split_record
+
+    recorded, unrecorded = _saved_rc_dit(tmp_path / "recorded"), _saved_rc_dit(tmp_path / "unrecorded")
+    pipe = DiffusionClassifierPipeline.from_pretrained(recorded)
+    trained_on = load_image_classification_data("digits", **pipe.loader_kwargs)["train"]
+    save_split_record(recorded, val_fraction=0.1, test_fraction=0.2, seed=0, train_images=trained_on.images)
+    for model, checked in ((recorded, True), (unrecorded, False)):
+        out = tmp_path / f"head_{checked}"
+        main(["fit-head", "--model_dir", model, "--dataset", "digits", "--head", "prototypes", "--shots", "2",
+              "--output_dir", str(out)])  # fmt: skip
+        assert json.loads((out / "metrics.json").read_text())["training_images_checked"] is checked
+        assert ("Not checked against the model's training images" in (out / "report.md").read_text()) is not checked
+
+
 def test_fit_head_refuses_other_models_and_bad_flags_before_writing(tmp_path):
     from diffusers import DDPMScheduler, UNet2DModel
 

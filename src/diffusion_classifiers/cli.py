@@ -681,6 +681,9 @@ def run_fit_head(args: argparse.Namespace) -> dict:
             pipe, test, args.output_dir, batch_size=args.batch_size, positive_class=_scored_positive_class(args, train),
             title=f"RC-DiT {args.head} head on {dataset_name} (test)", split="test", dataset_name=dataset_name,
             model_sha256=model_fingerprint(aside), head=head, moved_in={"pipeline": aside},
+            # QA: the check `_labelled_data` made was recorded as none (the pipeline's own record is cleared to save it)
+            train_fingerprints=data.model_fingerprints, train_split=None if data.pool else train,
+            unlabeled_pool=data.pool,
         )  # fmt: skip
     finally:
         shutil.rmtree(aside, ignore_errors=True)
