@@ -649,6 +649,29 @@ def test_dicom_folder_gives_one_row_per_frame(models, tmp_path):
     assert "cine.dcm has no WindowCenter / WindowWidth" in read_rows(tmp_path / "q" / "q.csv.errors.csv")[0]["reason"]
 
 
+def test_a_labels_csv_with_patient_ids_names_each_row_by_its_patient_id_not_the_header(models, tmp_path):
+    """QA: the labels CSV of a patient-level split (`path,label,patient_id`), fed to training and fit-head, was
+    refused by predict before any work, its `patient_id` "named as a column predict writes itself": the CSV's id now
+    takes the header's place, and an empty cell keeps the header's."""
+    import pydicom
+
+    cq500 = shared_data("cq500_dicom_sample")
+    names = ["CQ500-CT-0/CT000010.dcm", "CQ500-CT-1/CT000000.dcm"]
+    for name in names:
+        shutil.copy(cq500 / name, tmp_path / name.replace("/", "_"))
+    with open(tmp_path / "labels.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([["path", "label", "patient_id", "site"],
+                                      [names[0].replace("/", "_"), CLASSES[0], "P007", "north"],
+                                      [names[1].replace("/", "_"), CLASSES[1], "", "south"]])  # fmt: skip
+    main(["predict", "--model_dir", str(models / "unet"), "--input", str(tmp_path / "labels.csv"), "--output",
+          str(tmp_path / "p.csv")])  # fmt: skip
+    rows = read_rows(tmp_path / "p.csv")
+    header = pydicom.dcmread(tmp_path / rows[1]["path"], stop_before_pixels=True)
+    assert [row["patient_id"] for row in rows] == ["P007", header.PatientID]
+    assert [row["site"] for row in rows] == ["north", "south"] and list(rows[0]).count("patient_id") == 1
+    assert [row["true_label"] for row in rows] == CLASSES[:2]
+
+
 def test_dicom_without_its_decoder_is_refused_before_any_prediction(models, tmp_path, monkeypatch):
     import pydicom
 

@@ -13,7 +13,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterator, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Collection, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 from ..data.arguments import json_object_arg
 from .inputs import (
@@ -148,15 +148,26 @@ def output_columns(
 
 def _carried_columns(inputs: Sequence[PredictionInput], columns: list[str]) -> list[str]:
     """The columns of an input CSV the output carries (`PredictionInput.columns`: a plankton sample, a site), after
-    `path` and `frame`; one named as a column predict writes itself (`score`, `prob_<class>`, ...) is refused."""
+    `path` and `frame`; one named as a column predict writes itself (`score`, `prob_<class>`, ...) is refused, except
+    a DICOM id column (`patient_id`, the labels CSV's patient-level split column: QA): its cells take the place of
+    the ids read from the files' headers (`_csv_over_header_ids`)."""
     carried = list(inputs[0].columns) if inputs else []
-    clashing = [column for column in carried if column in columns or column.startswith("prob_")]
+    clashing = [
+        column for column in carried
+        if (column in columns and column not in DICOM_ID_COLUMNS) or column.startswith("prob_")
+    ]  # fmt: skip
     if clashing:
         raise ValueError(
             f"inputs: CSV column(s) {clashing} are named as columns predict writes itself; expected other names for "
             "the columns it carries to the output (rename them)"
         )
-    return carried
+    return [column for column in carried if column not in columns]
+
+
+def _csv_over_header_ids(csv_values: Mapping[str, str], ids: Mapping[str, Optional[str]]) -> dict:
+    """An input CSV's cells, those of a DICOM id column too (the CSV is the user's word on who a file belongs to,
+    as for training's patient-level split), except where such a cell is empty: the header's id then stays."""
+    return {column: value for column, value in csv_values.items() if value != "" or column not in ids}
 
 
 def _ratio_direction(pipeline: Any) -> str:
@@ -300,7 +311,7 @@ class _BatchWriter:
         for item, flags, ids in self.items:
             for frame, flag in enumerate(flags):
                 values = {"path": item.path, "frame": frame, "true_label": item.label, TRAINING_IMAGE_KEY: flag, **ids}
-                values.update(item.columns)
+                values.update(_csv_over_header_ids(item.columns, ids))
                 values.update({column: predicted[column][position] for column in predicted})
                 rows.append([values[column] for column in self.columns])
                 position += 1
