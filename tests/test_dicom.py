@@ -1404,6 +1404,24 @@ def test_is_dicom_file_by_extension_or_by_the_header_of_suffix_less_files(tmp_pa
         assert not is_dicom_file(tmp_path / name), name
 
 
+def test_a_dicomdir_given_by_itself_is_named_as_the_index_it_is(tmp_path):
+    """QA: predict said a DICOMDIR given as --input had no DICM header (it has one), and `read_dicom` called it of an
+    "unknown SOP class" like "a structured report": both now name it and ask for its folder."""
+    from diffusion_classifiers.data import read_dicom
+    from diffusion_classifiers.prediction.inputs import list_inputs
+
+    index = tmp_path / "DICOMDIR"
+    index.write_bytes(Path(pydicom_file("DICOMDIR")).read_bytes())
+    expected_folder = re.escape(str(tmp_path))
+    with pytest.raises(ValueError, match=rf"a DICOMDIR, the index of a DICOM media export, holds no image; expected "
+                                         rf"the folder holding its files \({expected_folder}"):  # fmt: skip
+        list_inputs(index)
+    with pytest.raises(ValueError, match=rf"no pixel data \(Media Storage Directory Storage, modality \?\); expected "
+                                         rf"an image \(a DICOMDIR indexes a media export's files: give the folder "
+                                         rf"holding them, {expected_folder}\)"):  # fmt: skip
+        read_dicom(index)
+
+
 def test_dicom_with_other_extensions_is_read_and_other_files_are_not_opened(tmp_path, monkeypatch):
     from diffusion_classifiers.data import dicom, is_dicom_file
     from diffusion_classifiers.prediction.inputs import list_inputs

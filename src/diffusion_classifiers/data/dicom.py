@@ -84,6 +84,7 @@ _LUT_KEYWORDS = (
     "VOILUTSequence",
 )  # fmt: skip
 _PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: a DICOMDIR
 # The Image Pixel module elements pydicom needs to decode each kind of pixel data (PS3.3 C.7.6.3).
 _FLOAT_PIXEL_ELEMENTS = ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated")
 _PIXEL_ELEMENTS = (*_FLOAT_PIXEL_ELEMENTS, "BitsStored", "PixelRepresentation")
@@ -349,9 +350,13 @@ def _integer(dataset: Any, keyword: str) -> int | None:
 
 def _check_has_grey_pixels(dataset: Any, path: Path) -> None:
     if not any(tag in dataset for tag in _PIXEL_DATA_TAGS):
-        kind = getattr(dataset.get("SOPClassUID"), "name", None) or "unknown SOP class"
+        # a DICOMDIR names its class in its file meta only (QA: "unknown SOP class ... a structured report")
+        sop_class = dataset.get("SOPClassUID") or getattr(getattr(dataset, "file_meta", None), "MediaStorageSOPClassUID", None)
+        kind = getattr(sop_class, "name", None) or "unknown SOP class"
         why = (
             "the file may be truncated or corrupt" if kind.endswith("Image Storage")
+            else f"a DICOMDIR indexes a media export's files: give the folder holding them, {path.parent}"
+            if sop_class == _DICOMDIR_SOP_CLASS
             else "a structured report or presentation state holds no pixels"
         )  # fmt: skip
         raise ValueError(

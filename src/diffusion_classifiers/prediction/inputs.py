@@ -165,6 +165,11 @@ def list_inputs(
         return _folder_inputs(source, read)
     if source.suffix.lower() == ".csv":
         return _csv_inputs(source, read)
+    if source.name.upper() == "DICOMDIR":  # QA: refused as a file without the DICM header it has
+        raise ValueError(
+            f"input {source}: a DICOMDIR, the index of a DICOM media export, holds no image; expected the folder "
+            f"holding its files ({source.parent}: its DICOMDIR is skipped there)"
+        )
     if is_image_or_dicom_file(source):
         _check_dicom_decoders([source])
         return [_input_of_file(source, _output_name(Path(source.name)), read)]
