@@ -50,6 +50,7 @@ from diffusion_classifiers.hub import (
     positive_class_of,
     push_to_hub,
     render_model_card,
+    usage_file_of,
     write_dry_run,
 )
 
@@ -155,6 +156,7 @@ def publish(args):
         library_name=library_name_of(args.model_dir),
         medical=args.medical,
         input_description=input_description_of(args.model_dir, medical=args.medical),
+        usage_file=usage_file_of(args.model_dir, medical=args.medical),
         unlabeled_pool=trained_on_unlabeled_pool(args.model_dir),
         dataset_citation=dataset_citation(args.dataset_citation),
     )

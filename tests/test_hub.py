@@ -579,6 +579,40 @@ def test_a_dicom_models_card_says_how_it_reads_and_restrictive_data_licences_nee
             "(they have no Hounsfield units to window)") in " ".join(card.split())  # QA: not "16-bit files"
 
 
+@pytest.mark.parametrize("library", ["transformers", "diffusers"])
+def test_a_ct_models_card_snippet_classifies_a_dicom_file_as_written(monkeypatch, tmp_path, library):
+    """QA: the card of an exported 3-window CT model showed only the plain transformers `pipeline()` on `image.png`,
+    which cannot open DICOM (and classified a PNG the card said was refused): its snippet now loads the package's
+    pipeline class and gives a DICOM file by path, as the diffusers snippet does, and scores as the model does."""
+    from diffusion_classifiers import export_unet_feature_pipeline
+
+    from .conftest import shared_data
+
+    head = LinearProbeHead(in_features=32, num_classes=2, block="mid_block", timestep=10, class_names=["healthy", "ich"])
+    torch.nn.init.normal_(head.linear.weight, std=3.0)
+    pipe = UNetFeatureClassifierPipeline(
+        unet=UNet2DModel(**unet_config("tiny", 16, in_channels=3)), scheduler=DDPMScheduler(), head=head,
+        preprocessing={"medical": {"windows": ["brain", "subdural", "bone"]}},
+    )  # fmt: skip
+    pipe.save_pretrained(tmp_path / "diffusers")
+    export_unet_feature_pipeline(pipe, tmp_path / "transformers")
+    argv = push_script_argv(tmp_path / library, tmp_path, "--dry_run", "--output_dir", str(tmp_path / "card"))
+    run_push_script(monkeypatch, argv + ["--license", "cc-by-nc-sa-4.0", "--medical"])
+    card = (tmp_path / "card" / "README.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", card, flags=re.DOTALL).group(1).replace("org/tiny", str(tmp_path / library))
+    shutil.copy(shared_data("cq500_dicom_sample", "CQ500-CT-1", "CT000000.dcm"), tmp_path / "image.dcm")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(snippet, namespace)
+    expected = pipe(["image.dcm"]).probs[0]
+    if library == "transformers":
+        assert "pipeline_class=diffusion_classifiers.DiffusionClassifierImageClassificationPipeline" in card
+        got = {row["label"]: row["score"] for row in namespace["classifier"]("image.dcm")}
+        torch.testing.assert_close(torch.tensor([got["healthy"], got["ich"]]), expected, rtol=0, atol=1e-5)
+    else:
+        torch.testing.assert_close(namespace["out"].probs[0], expected, rtol=0, atol=0)
+
+
 def test_cli_dry_run_writes_the_folder_and_card_locally_without_network(saved_pipeline, monkeypatch, tmp_path, capsys):
     pipe_dir, _, _ = saved_pipeline
     before = folder_digest(pipe_dir)

@@ -68,6 +68,7 @@ __all__ = [
     "push_to_hub",
     "render_dataset_card",
     "render_model_card",
+    "usage_file_of",
     "write_dry_run",
 ]
 
@@ -123,7 +124,7 @@ MAX_NAMED_FILES = 10
 MODEL_CARD_OPTIONAL = {
     "dataset_id", "model_description", "class_names", "positive_class", "num_images", "num_positives", "pruning",
     "seed_sensitivity", "call_arguments", "input_description", "num_dropped", "per_class_section", "unlabeled_pool",
-    "dataset_citation", "whole_data_set", "grouping_rule",
+    "dataset_citation", "whole_data_set", "grouping_rule", "usage_file",
 }  # fmt: skip
 DATASET_CARD_OPTIONAL = {"citation"}
 
@@ -259,6 +260,7 @@ def render_model_card(
     seed_sensitivity: Optional[dict] = None,
     call_arguments: Optional[Dict[str, object]] = None,
     input_description: Optional[str] = None,
+    usage_file: Optional[str] = None,
     per_class: Optional[Dict[str, dict]] = None,
     unlabeled_pool: bool = False,
     dataset_citation: Optional[str] = None,
@@ -293,6 +295,9 @@ def render_model_card(
             its defaults (e.g. `{"num_timesteps": 20}`, from `metrics.json`'s "pipeline_call"): the usage snippet
             passes them and the results name them, so `pipe(images)` scores as the reported numbers were scored.
         input_description: how the model reads its images (`input_description_of`), stated under the usage snippet.
+        usage_file: the file the usage snippet gives the model by path where it must read files as in training
+            (`usage_file_of`: DICOM, 16-bit); a transformers model is then loaded with `pipeline_class=
+            DiffusionClassifierImageClassificationPipeline`, which reads them so (the plain `pipeline()` cannot).
         per_class: the per-class precision, recall, F1 and support of `metrics.json` (`load_eval_per_class`): the
             evaluation shows them as `evaluate`'s report does (`per_class_table`), in a collapsed block for more than
             `PER_CLASS_OPEN_MAX` classes, and says how many classes had no image in the split. Markdown only: the
@@ -361,6 +366,7 @@ def render_model_card(
         seed_sensitivity=seed_sensitivity,
         call_arguments=", ".join(f"{name}={value!r}" for name, value in (call_arguments or {}).items()),
         input_description=input_description,
+        usage_file=usage_file,
         per_class_section=_per_class_section(per_class),
         unlabeled_pool=unlabeled_pool,
         dataset_citation=(dataset_citation or "").strip() or None,
@@ -568,15 +574,9 @@ def input_description_of(local_dir: Union[str, os.PathLike], medical: bool = Fal
     DICOM windows or a stated bit depth, trained on DICOM files (`medical.dicom_files`) or of `medical` data (DICOM
     read through each file's own window by default: QA, a mammography model's card said nothing of DICOM, and its
     `pixel_array` scored far from its file), what to give it; None for a folder without a contract."""
-    from .data import ImagePreprocessing
-
-    local_dir = Path(local_dir)
-    saved = _read_json(local_dir / "model_index.json") if library_name_of(local_dir) == "diffusers" else (
-        _read_json(local_dir / "preprocessor_config.json") if (local_dir / "preprocessor_config.json").is_file() else {}
-    )  # fmt: skip
-    if "preprocessing" not in saved:
+    contract = _saved_contract(local_dir)
+    if contract is None:
         return None
-    contract = ImagePreprocessing.from_dict(saved["preprocessing"])
     text = f"The model reads every image at {contract.summary()}."
     dicom = contract.medical_or_default.dicom_files  # recorded at training: its data held DICOM files
     if not contract.medical_or_default.stated and (medical or dicom):
@@ -597,16 +597,42 @@ def input_description_of(local_dir: Union[str, os.PathLike], medical: bool = Fal
             " Give it its DICOM and 16-bit files by path, to be read as in training: an array of raw pixel values (a "
             "DICOM's `pixel_array`) is neither windowed nor scaled by the bit depth."
         )
-        if library_name_of(local_dir) == "transformers":
-            text += (
-                " transformers' plain `pipeline()` reads every file as 8-bit RGB and cannot open DICOM: with "
-                "`diffusion-classifiers` installed, pass `pipeline_class=diffusion_classifiers."
-                "DiffusionClassifierImageClassificationPipeline`; without it, give the file's path to the image "
-                "processor (`AutoImageProcessor.from_pretrained(..., trust_remote_code=True)(path)`), which reads it "
-                "as in training (DICOM with pydicom installed), and its `pixel_values` to the model."
-            )
+    if usage_file_of(local_dir, medical) is not None and library_name_of(local_dir) == "transformers":
+        text += (  # QA: a CT model of 3 windows had no word of it
+            " transformers' plain `pipeline()` reads every file as 8-bit RGB and cannot open DICOM: with "
+            "`diffusion-classifiers` installed, pass `pipeline_class=diffusion_classifiers."
+            "DiffusionClassifierImageClassificationPipeline`, as above; without it, give the file's path to the image "
+            "processor (`AutoImageProcessor.from_pretrained(..., trust_remote_code=True)(path)`), which reads it "
+            "as in training (DICOM with pydicom installed), and its `pixel_values` to the model."
+        )
     floats = f"Float arrays and tensors are read as values {FLOAT_RANGES[contract.input_range]}"
     return f"{text} {floats}; give 0..255 pictures as uint8 arrays or PIL images."
+
+
+def usage_file_of(local_dir: Union[str, os.PathLike], medical: bool = False) -> Optional[str]:
+    """The file a model card's usage snippet gives the model by path (`render_model_card(usage_file=...)`) where it
+    must read files as in training, by the contract it was saved with: `"image.dcm"` for a model of DICOM windows or
+    trained on DICOM files, `"image.png"` (a 16-bit file) for one of a stated bit depth or of `medical` data; None
+    for another model, or a folder without a contract."""
+    contract = _saved_contract(local_dir)
+    if contract is None:
+        return None
+    reading = contract.medical_or_default
+    if reading.reads_dicom_only or reading.dicom_files:
+        return "image.dcm"
+    return "image.png" if reading.stated or medical else None
+
+
+def _saved_contract(local_dir: Union[str, os.PathLike]):
+    """The `ImagePreprocessing` a saved pipeline (`model_index.json`) or export (`preprocessor_config.json`) was
+    saved with; None for a folder without one."""
+    from .data import ImagePreprocessing
+
+    local_dir = Path(local_dir)
+    saved = _read_json(local_dir / "model_index.json") if library_name_of(local_dir) == "diffusers" else (
+        _read_json(local_dir / "preprocessor_config.json") if (local_dir / "preprocessor_config.json").is_file() else {}
+    )  # fmt: skip
+    return ImagePreprocessing.from_dict(saved["preprocessing"]) if "preprocessing" in saved else None
 
 
 def pipeline_class_name_of(local_dir: Union[str, os.PathLike]) -> Optional[str]:
