@@ -90,6 +90,36 @@ def _args(tmp_path, name, **overrides):
     return TrainingArguments(**{**defaults, **overrides})
 
 
+def test_training_with_workers_leaves_none_behind_and_exits_without_a_traceback(image_folder, tmp_path):
+    """QA: the README's streaming example (2 DataLoader workers) succeeded, then printed "DataLoader worker (pid N) is
+    killed by signal: Terminated" at exit: the persistent workers outlived training until multiprocessing's teardown
+    terminated them. They are shut down when training ends, the resumed epoch's loader's once its epoch is done."""
+    import subprocess
+    import textwrap
+
+    from .conftest import PYTHON, python_subprocess_env
+
+    script = textwrap.dedent(f"""
+        import multiprocessing
+        from diffusion_classifiers.data.streaming import streaming_image_classification_data
+        from diffusion_classifiers.training import TrainingArguments, train_ddpm_unet
+
+        streamed = streaming_image_classification_data({str(image_folder)!r}, num_channels=1, image_size={SIZE})
+        for steps, resume in ((3, None), (5, "latest")):  # resumed mid-epoch: a loader that skips the batches done
+            args = TrainingArguments(
+                output_dir={str(tmp_path / "run")!r}, train_batch_size=4, max_train_steps=steps, lr_warmup_steps=1,
+                checkpointing_steps=3, num_sample_images=0, dataloader_num_workers=2, resume_from_checkpoint=resume,
+            )
+            train_ddpm_unet(args, streamed["train"], preset="tiny")
+            print("workers left:", len(multiprocessing.active_children()))
+    """)
+    run = subprocess.run([PYTHON, "-c", script], env=python_subprocess_env(), capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("workers left: 0") == 2, run.stdout
+    assert "killed by signal" not in run.stderr and "Traceback" not in run.stderr, run.stderr[-3000:]
+
+
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 

@@ -370,6 +370,18 @@ def _build_dataloader(
     return dataloader, generator
 
 
+def _stop_loader_workers(loader: DataLoader) -> None:
+    """Shut the persistent worker processes of `loader` down now. Left to the garbage collector (the prepared loader
+    sits in reference cycles), they outlive training and, at the interpreter's exit, are terminated by
+    multiprocessing's teardown before the loader is freed: torch's SIGCHLD handler then printed "DataLoader worker
+    (pid N) is killed by signal: Terminated" after a run that had succeeded (QA, the README's streaming example)."""
+    iterator = getattr(loader, "_iterator", None)  # where DataLoader keeps the iterator of persistent workers
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    if hasattr(loader, "_iterator"):
+        loader._iterator = None
+
+
 def _build_ema(args: TrainingArguments, model: nn.Module, device: torch.device) -> EMAModel:
     ema = EMAModel(
         model.parameters(),
@@ -578,66 +590,75 @@ def _train(
     batches_to_skip = steps_into_epoch * args.gradient_accumulation_steps
     step_loss, step_batches = torch.zeros((), device=accelerator.device), 0  # summed over the step's batches
     model.train()
-    while global_step < max_train_steps and not (out_of_time or stopped_by_signal):
-        dataloader.set_epoch(epoch)  # the sampler's order of this epoch: a function of (seed, epoch)
-        loader_generator.manual_seed(args.seed + epoch)
-        epoch_loader = accelerator.skip_first_batches(dataloader, batches_to_skip) if batches_to_skip else dataloader
-        batches_to_skip = 0
-        for batch in epoch_loader:
-            if args.replays_cuda_graphs:  # the last step's graph outputs may be overwritten (torch's cudagraph trees)
-                torch.compiler.cudagraph_mark_step_begin()
-            with accelerator.accumulate(model):
-                loss = loss_fn(model, batch)
-                if not torch.isfinite(loss):
-                    raise _diverged("loss", loss.item(), global_step + 1)
-                accelerator.backward(loss)
-                step_loss += loss.detach().float()
-                step_batches += 1
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                    # a finite loss can still back-propagate to inf/NaN gradients, which would turn every weight to
-                    # NaN in the checkpoint and the model saved next; fp16's GradScaler skips such steps itself
-                    if accelerator.scaler is None and grad_norm is not None and not torch.isfinite(grad_norm):
-                        raise _diverged("gradient norm", grad_norm.item(), global_step + 1)
-                optimizer.step()
-                lr_scheduler.step()
-                if accelerator.sync_gradients:
-                    budget_used = budget.fraction_used(accelerator)
-                    if schedule_clock is not None:  # the next step's learning rate: the clock's, when further on
-                        schedule_clock.catch_up(budget_used)
-                optimizer.zero_grad()
-            samples_seen += batch[0].shape[0]
-            if not accelerator.sync_gradients:
-                continue
-            if ema is not None:
-                ema.step(unwrapped.parameters())
-            global_step += 1
-            # the step's loss: the mean over its accumulated batches on every process, not the last batch's alone
-            loss_value = accelerator.gather((step_loss / step_batches).reshape(1)).mean().item()
-            step_loss, step_batches = torch.zeros((), device=accelerator.device), 0
-            history.append(global_step, loss_value)
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
-            if args.report_to:
-                accelerator.log({"train_loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
-            out_of_time = global_step < max_train_steps and budget_used >= 1.0
-            stopped_by_signal = global_step < max_train_steps and stop_signal.received_anywhere(accelerator)
-            stopping_early = out_of_time or stopped_by_signal
-            if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps or stopping_early:
-                _checkpoint_with_progress(
-                    accelerator, args, (history, monitor_history), record, sample_grid, monitor, unwrapped, ema,
-                    global_step,
-                )
-            if global_step >= max_train_steps or stopping_early:
-                if out_of_time:
-                    accelerator.print(f"--max_train_minutes {args.max_train_minutes} ran out at step {global_step}")
-                if stopped_by_signal:
-                    accelerator.print(
-                        f"stopped by SIGTERM at step {global_step}, with checkpoint-{global_step}: "
-                        "--resume_from_checkpoint latest continues the run"
+    epoch_loader = dataloader  # or, resuming mid-epoch, a loader that skips the batches done
+    try:
+        while global_step < max_train_steps and not (out_of_time or stopped_by_signal):
+            dataloader.set_epoch(epoch)  # the sampler's order of this epoch: a function of (seed, epoch)
+            loader_generator.manual_seed(args.seed + epoch)
+            if epoch_loader is not dataloader:  # its workers would idle until the garbage collector frees it
+                _stop_loader_workers(epoch_loader)
+            epoch_loader = dataloader
+            if batches_to_skip:
+                epoch_loader = accelerator.skip_first_batches(dataloader, batches_to_skip)
+            batches_to_skip = 0
+            for batch in epoch_loader:
+                if args.replays_cuda_graphs:  # the last step's graph outputs may be overwritten (cudagraph trees)
+                    torch.compiler.cudagraph_mark_step_begin()
+                with accelerator.accumulate(model):
+                    loss = loss_fn(model, batch)
+                    if not torch.isfinite(loss):
+                        raise _diverged("loss", loss.item(), global_step + 1)
+                    accelerator.backward(loss)
+                    step_loss += loss.detach().float()
+                    step_batches += 1
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                        # a finite loss can still back-propagate to inf/NaN gradients, which would turn every weight to
+                        # NaN in the checkpoint and the model saved next; fp16's GradScaler skips such steps itself
+                        if accelerator.scaler is None and grad_norm is not None and not torch.isfinite(grad_norm):
+                            raise _diverged("gradient norm", grad_norm.item(), global_step + 1)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    if accelerator.sync_gradients:
+                        budget_used = budget.fraction_used(accelerator)
+                        if schedule_clock is not None:  # the next step's learning rate: the clock's, when further on
+                            schedule_clock.catch_up(budget_used)
+                    optimizer.zero_grad()
+                samples_seen += batch[0].shape[0]
+                if not accelerator.sync_gradients:
+                    continue
+                if ema is not None:
+                    ema.step(unwrapped.parameters())
+                global_step += 1
+                # the step's loss: the mean over its accumulated batches on every process, not the last batch's alone
+                loss_value = accelerator.gather((step_loss / step_batches).reshape(1)).mean().item()
+                step_loss, step_batches = torch.zeros((), device=accelerator.device), 0
+                history.append(global_step, loss_value)
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+                if args.report_to:
+                    accelerator.log({"train_loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
+                out_of_time = global_step < max_train_steps and budget_used >= 1.0
+                stopped_by_signal = global_step < max_train_steps and stop_signal.received_anywhere(accelerator)
+                stopping_early = out_of_time or stopped_by_signal
+                if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps or stopping_early:
+                    _checkpoint_with_progress(
+                        accelerator, args, (history, monitor_history), record, sample_grid, monitor, unwrapped, ema,
+                        global_step,
                     )
-                break
-        epoch += 1
+                if global_step >= max_train_steps or stopping_early:
+                    if out_of_time:
+                        accelerator.print(f"--max_train_minutes {args.max_train_minutes} ran out at step {global_step}")
+                    if stopped_by_signal:
+                        accelerator.print(
+                            f"stopped by SIGTERM at step {global_step}, with checkpoint-{global_step}: "
+                            "--resume_from_checkpoint latest continues the run"
+                        )
+                    break
+            epoch += 1
+    finally:
+        _stop_loader_workers(dataloader)
+        _stop_loader_workers(epoch_loader)
     progress.close()
 
     samples_per_process = accelerator.gather(samples_seen.reshape(1)).tolist()
