@@ -192,6 +192,15 @@ def test_a_rerun_over_an_earlier_one_leaves_no_figure_of_the_earlier_grouping(di
     ]
 
 
+def test_no_progress_bar_keeps_bars_out_of_a_clusters_log_as_predicts(digits_csv, unet_dir, tmp_path, capfd):
+    """QA: cluster had no --no_progress_bar (predict has), so a nohup or cron log filled with its bars' redraws."""
+    cluster(unet_dir, digits_csv, tmp_path / "shown", "--num_clusters", "5", "--examples_per_cluster", "1")
+    assert "%|" in capfd.readouterr().err
+    cluster(unet_dir, digits_csv, tmp_path / "quiet", "--num_clusters", "5", "--examples_per_cluster", "1",
+            "--no_progress_bar")  # fmt: skip
+    assert "%|" not in capfd.readouterr().err
+
+
 def test_cluster_files_refuses_an_earlier_report_and_records_its_model(digits_csv, unet_dir, tmp_path):
     from diffusion_classifiers import DiffusionClassifierPipeline
     from diffusion_classifiers.hub import model_fingerprint

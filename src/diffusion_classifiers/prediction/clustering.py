@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 from .inputs import PredictionInput
-from .runner import add_input_args, model_and_inputs, read_checked
+from .runner import add_input_args, diffusers_progress_bars, model_and_inputs, read_checked
 
 __all__ = ["CLUSTERS_NAME", "FeatureSource", "add_cluster_args", "cluster_files", "feature_source", "run_cluster"]
 
@@ -85,6 +85,7 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples, the feature noise and k-means")
     parser.add_argument("--output_dir", default="outputs/cluster", help=f"where {CLUSTERS_NAME}, metrics.json, PNGs go")
     parser.add_argument("--overwrite_output_dir", action="store_true", help="replace an earlier run's files there")
+    parser.add_argument("--no_progress_bar", action="store_true", help="no tqdm bar (a log of nohup or cron)")
 
 
 def run_cluster(args: argparse.Namespace) -> dict:
@@ -97,7 +98,8 @@ def run_cluster(args: argparse.Namespace) -> dict:
     request = ClusterRequest(**{name: getattr(args, name) for name in names}).checked(flag="--")
     model_dir, _, medical, inputs = model_and_inputs(args)
     request.checked(len(inputs), "--", f"--input {args.input}")
-    pipeline = DiffusionClassifierPipeline.from_pretrained(model_dir)
+    with diffusers_progress_bars(shown=not args.no_progress_bar):  # its "Loading pipeline components" bar
+        pipeline = DiffusionClassifierPipeline.from_pretrained(model_dir)
     features = feature_source(pipeline, args.timesteps, args.pool, args.batch_size, args.seed, args.model_dir)
     from .outputs import windows_json
 
@@ -109,7 +111,7 @@ def run_cluster(args: argparse.Namespace) -> dict:
     }  # fmt: skip
     metrics = cluster_files(
         pipeline, inputs, args.output_dir, features=features, seed=args.seed, run_info=run_info,
-        overwrite=args.overwrite_output_dir, **request._asdict(),
+        overwrite=args.overwrite_output_dir, progress_bar=not args.no_progress_bar, **request._asdict(),
     )  # fmt: skip
     print(_summary_line(metrics, args.output_dir))
     return metrics

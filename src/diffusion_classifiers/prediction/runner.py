@@ -606,7 +606,7 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     model_dir, windows, medical, inputs = model_and_inputs(args)
     accelerator = Accelerator()
     check_world_size(accelerator)
-    with _diffusers_bars(shown=not args.no_progress_bar):  # its "Loading pipeline components" bar
+    with diffusers_progress_bars(shown=not args.no_progress_bar):  # its "Loading pipeline components" bar
         pipeline = DiffusionClassifierPipeline.from_pretrained(model_dir).to(accelerator.device)
     model_name = str(Path(args.model_dir).resolve()) if Path(args.model_dir).is_dir() else str(args.model_dir)
     # the input too: file names restart in every folder of an instrument's samples, and a rerun skips the names done
@@ -743,7 +743,7 @@ def _note_ratio_direction(pipeline: Any, output: Any) -> None:
 
 
 @contextmanager
-def _diffusers_bars(shown: bool) -> Iterator[None]:
+def diffusers_progress_bars(shown: bool) -> Iterator[None]:
     """diffusers' own progress bars shown or not while the block runs, its setting restored after."""
     from diffusers.utils import logging as diffusers_logging
 
