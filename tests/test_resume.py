@@ -205,13 +205,31 @@ def test_a_planted_pickle_is_refused_before_anything_is_unpickled(tmp_path):
     canary = tmp_path / "canary"
     torch.save(Poison(canary), checkpoint / "custom_checkpoint_0.pkl")  # as accelerate's `save_custom_state` would
     for use_ema in (True, False):
-        with pytest.raises(ValueError, match=r"contains 'custom_checkpoint_0\.pkl', which this library never writes"):
+        with pytest.raises(ValueError, match=r"contains 'custom_checkpoint_0\.pkl', which this version never writes"):
             tiny_run(tmp_path / "run", use_ema=use_ema, max_train_steps=4, resume_from_checkpoint="latest")
         assert not canary.exists()
     assert not (tmp_path / "run" / LOCK_NAME).exists()  # released on the error
     with pytest.raises(TypeError):  # how accelerate 1.15 reads it: weights_only=False, the code runs, then it fails
         load_custom_state(torch.nn.Linear(1, 1), str(checkpoint))
     assert canary.exists()  # the poison was real
+
+
+def test_a_checkpoint_of_version_0_1_0_is_refused_as_such_with_what_to_do(tmp_path):
+    """QA: resuming a 0.1.0 run (its EMA accelerate's pickle `custom_checkpoint_0.pkl`, no `training_run.json`) was
+    refused as holding a file "this library never writes", or, with --use_ema, as missing `ema.safetensors` like a
+    folder copied in part; it now says which version wrote it and what to do, before anything is unpickled."""
+    tiny_run(tmp_path / "run", use_ema=True)
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    for name in ("ema.safetensors", "ema.json", "training_run.json"):  # as 0.1.0 wrote a checkpoint
+        (checkpoint / name).unlink()
+    canary = tmp_path / "canary"
+    torch.save(Poison(canary), checkpoint / "custom_checkpoint_0.pkl")
+    for use_ema in (True, False):
+        with pytest.raises(ValueError, match=r"checkpoint-2 was written by diffusion-classifiers 0\.1\.0, which saved "
+                                             r"its EMA weights as the pickle 'custom_checkpoint_0\.pkl'.*cannot be "
+                                             r"resumed: start a new run in another --output_dir"):  # fmt: skip
+            tiny_run(tmp_path / "run", use_ema=use_ema, max_train_steps=4, resume_from_checkpoint="latest")
+        assert not canary.exists()
 
 
 def test_a_resume_that_changes_the_step_arithmetic_or_the_model_is_refused_naming_the_change(tmp_path):

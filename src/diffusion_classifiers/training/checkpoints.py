@@ -56,6 +56,7 @@ CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 EMA_WEIGHTS_NAME = "ema.safetensors"
 EMA_CONFIG_NAME = "ema.json"
 RUN_RECORD_NAME = "training_run.json"  # what a resume must match (`run_record`)
+V0_1_0_EMA_PICKLE = "custom_checkpoint_0.pkl"  # version 0.1.0's EMA: accelerate's register_for_checkpointing
 JSON_RECORDS = (RUN_RECORD_NAME, LOSS_HISTORY_NAME, MONITOR_HISTORY_NAME)  # what `save_checkpoint` may add
 # The flags a resume must keep (`training_settings`): the optimizer, schedule and EMA that `load_state` and `load_ema`
 # restore over new values without a word, and the seed of the data order
@@ -283,18 +284,34 @@ def check_checkpoint_folder(path: str, record: dict, model: nn.Module, use_ema: 
 
 
 def _check_only_files_written_here(path: str) -> None:
+    _check_not_of_v0_1_0(path)
     for name in sorted(os.listdir(path)):
         if not (ACCELERATE_STATE_FILES.match(name) or name in (EMA_WEIGHTS_NAME, EMA_CONFIG_NAME, *JSON_RECORDS)):
             raise ValueError(
-                f"checkpoint folder {path} contains {name!r}, which this library never writes; refusing to resume "
+                f"checkpoint folder {path} contains {name!r}, which this version never writes; refusing to resume "
                 "from it (accelerate would unpickle such a file, which can run arbitrary code)"
             )
+
+
+def _check_not_of_v0_1_0(path: str) -> None:
+    """Refuse a checkpoint of version 0.1.0, which saved its EMA weights as accelerate's pickle of a registered
+    object: said as such, with what to do (QA: "which this library never writes", or a missing `ema.safetensors` as
+    of a folder copied in part)."""
+    written = set(os.listdir(path))
+    if V0_1_0_EMA_PICKLE in written and RUN_RECORD_NAME not in written:
+        raise ValueError(
+            f"checkpoint folder {path} was written by diffusion-classifiers 0.1.0, which saved its EMA weights as the "
+            f"pickle {V0_1_0_EMA_PICKLE!r}; this version never unpickles it (that can run arbitrary code), so the run "
+            "cannot be resumed: start a new run in another --output_dir. The model the run saved beside its "
+            "checkpoints still loads (features, probe, evaluate): --overwrite_output_dir would delete it"
+        )
 
 
 def check_checkpoint_files(path: str, num_processes: int, use_ema: bool) -> None:
     """Refuse checkpoint folder `path` when a file that resuming `num_processes` processes (with `use_ema`) needs is
     missing (a folder emptied, or copied in part) or its random states do not read whole. Needs neither the data nor
     the model (`check_run_can_start`)."""
+    _check_not_of_v0_1_0(path)
     required = ["model.safetensors", "optimizer.bin", "scheduler.bin"]
     required += [f"random_states_{i}.pkl" for i in range(num_processes)]  # else accelerate silently keeps the RNG
     required += [EMA_WEIGHTS_NAME, EMA_CONFIG_NAME] if use_ema else []
