@@ -414,17 +414,41 @@ def _extracted(
 ) -> dict:
     """`extract` over every readable image of `inputs`, batch by batch, as float32 arrays `{key: [N, D]}`; a file
     that cannot be read is appended to `errors` as `[path, reason]`; each image's `(input, frame)` to `rows`."""
-    import numpy as np
     from tqdm.auto import tqdm
 
-    parts: dict = {}
+    gathered: dict = {}
     with tqdm(total=len(inputs), desc=description, unit="file", disable=not progress_bar) as bar:
         for batch_rows, images in _read_in_batches(pipeline, inputs, batch_size, errors, bar):
             for name, value in extract(images).items():
-                parts.setdefault(name, []).append(np.asarray(value.detach().float().cpu(), dtype=np.float32))
+                gathered.setdefault(name, _GrowingRows(len(inputs))).append(value.detach().float().cpu().numpy())
             if rows is not None:
                 rows += batch_rows
-    return {name: np.concatenate(value) for name, value in parts.items()}
+    return {name: rows_of_name.array() for name, rows_of_name in gathered.items()}
+
+
+class _GrowingRows:
+    """Rows appended batch by batch into one float32 array, allocated for `capacity` rows and doubled when full. Kept
+    as one small array a batch (4 KB of 64 x 16 features), the batches pinned the allocator's heap between the
+    decoding's short-lived buffers: a U-Net's features of 149,435 files grew the process by 1 GB, 8.6 KB a file
+    (QA; 40,000 files: +370 MB, against +6 MB written into one array)."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.rows, self.size = max(capacity, 1), None, 0
+
+    def append(self, batch: Any) -> None:
+        import numpy as np
+
+        if self.rows is None:
+            self.rows = np.empty((max(self.capacity, len(batch)), *batch.shape[1:]), dtype=np.float32)
+        if self.size + len(batch) > len(self.rows):  # multi-frame files give more rows than files
+            grown = np.empty((max(2 * len(self.rows), self.size + len(batch)), *batch.shape[1:]), dtype=np.float32)
+            grown[: self.size] = self.rows[: self.size]
+            self.rows = grown
+        self.rows[self.size : self.size + len(batch)] = batch
+        self.size += len(batch)
+
+    def array(self) -> Any:
+        return self.rows[: self.size]
 
 
 def _read_in_batches(
