@@ -545,6 +545,10 @@ def test_an_output_written_before_the_stderr_column_resumes_with_its_columns(mod
     write_images(tmp_path / "images", ["r.png"], seed=5)
     with pytest.raises(ValueError, match="written before predict recorded its settings.* other num_timesteps: rerun"):
         predict_files(pipe, list_inputs(tmp_path / "images"), output, pipeline_kwargs={"num_timesteps": 4})
+    # QA: another seed mixed two seeds' rows in one output, whose sidecar then recorded the new seed for all
+    with pytest.raises(ValueError, match=r"and \(unless another was given then\) seed 0; refusing to add rows scored "
+                                         r"with other seed: rerun without pipeline_kwargs .* and with seed 0"):  # fmt: skip
+        predict_files(pipe, list_inputs(tmp_path / "images"), output, seed=1)
     resumed = predict_files(pipe, list_inputs(tmp_path / "images"), output, batch_size=8, progress_bar=False)
     assert (resumed.predicted, resumed.skipped, resumed.rows) == (1, 2, 3)
     assert list(read_rows(output)[0]) == old_columns and json.loads(sidecar.read_text())["columns"] == old_columns

@@ -62,6 +62,8 @@ __all__ = [
     "run_predict",
 ]
 
+DEFAULT_SEED = 0  # a Score-SDE pipeline's noise seed in predict (`--seed`)
+
 
 @dataclass
 class PredictionSummary:
@@ -201,19 +203,21 @@ def prediction_call_kwargs(pipeline: Any, pipeline_kwargs: Optional[dict], seed:
 
 def _check_settings_of_unrecorded_run(files: OutputFiles, pipeline: Any, settings: dict, seed: int, overwrite: bool):
     """An output written before the pipeline call's settings were recorded was scored with the pipeline's defaults
-    (and an unrecorded seed): refuse to add rows scored otherwise."""
+    and, as far as can be told, predict's default seed: refuse to add rows scored otherwise (QA: another `--seed`
+    mixed two seeds' rows in one output, which then recorded the new seed for all)."""
     recorded = None if overwrite else recorded_run_info(files)
     if recorded is None or "pipeline_call" in recorded:
         return
     from ..evaluation import pipeline_call_settings
 
-    defaults = pipeline_call_settings(pipeline, prediction_call_kwargs(pipeline, None, seed))
+    defaults = pipeline_call_settings(pipeline, prediction_call_kwargs(pipeline, None, DEFAULT_SEED))
     changed = sorted(name for name in settings if settings[name] != defaults.get(name))
     if changed:
         raise ValueError(
-            f"{files.output} was written before predict recorded its settings, with the pipeline's defaults; refusing "
-            f"to add rows scored with other {', '.join(changed)}: rerun without pipeline_kwargs (--pipeline_kwargs) "
-            "and with the seed it was written with, or pass --overwrite (overwrite=True) to replace it"
+            f"{files.output} was written before predict recorded its settings, with the pipeline's defaults and "
+            f"(unless another was given then) seed {DEFAULT_SEED}; refusing to add rows scored with other "
+            f"{', '.join(changed)}: rerun without pipeline_kwargs (--pipeline_kwargs) and with seed {DEFAULT_SEED} "
+            "(--seed), or pass --overwrite (overwrite=True) to replace it"
         )
 
 
@@ -326,7 +330,7 @@ def predict_files(
     batch_size: int = 64,
     run_info: Optional[dict] = None,
     overwrite: bool = False,
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
     accelerator: Any = None,
     progress_bar: bool = True,
     pipeline_kwargs: Optional[dict] = None,
@@ -577,7 +581,10 @@ def add_predict_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "(a rerun keeps the errors file its output was written with)",
     )  # fmt: skip
     parser.add_argument("--batch_size", type=int, default=64, help="images per pipeline call; a killed run loses at most one batch")
-    parser.add_argument("--seed", type=int, default=0, help="Score-SDE pipelines: the seed of their noise, combined with each image's pixels")
+    parser.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED,
+        help="Score-SDE pipelines: the seed of their noise, combined with each image's pixels",
+    )  # fmt: skip
     parser.add_argument(
         "--pipeline_kwargs", type=json_object_arg, default=None,
         help="arguments of the pipeline call as JSON, as evaluate takes them, e.g. '{\"weighting\": \"uniform\", "
