@@ -105,10 +105,18 @@ def test_export_needs_a_head():
 
 
 def test_unfrozen_backbone_receives_gradients(exported):
+    """Unfrozen by the config, or, QA, the transformers way on a model loaded frozen (the config's flag overrode the
+    parameters' `requires_grad`: the backbone got no gradient and stayed as it was, counted as trainable)."""
     config = DiffusionClassifierConfig.from_pretrained(exported, freeze_backbone=False)
-    model = DiffusionFeaturesForImageClassification.from_pretrained(exported, config=config)
-    model(torch.zeros(2, 1, 16, 16), labels=torch.tensor([0, 1])).loss.backward()
-    assert model.backbone.conv_in.weight.grad is not None and model.backbone.conv_in.weight.grad.abs().sum() > 0
+    unfrozen = DiffusionFeaturesForImageClassification.from_pretrained(exported, config=config)
+    frozen = DiffusionFeaturesForImageClassification.from_pretrained(exported)
+    unfrozen_by_hand = DiffusionFeaturesForImageClassification.from_pretrained(exported)
+    unfrozen_by_hand.backbone.requires_grad_(True)
+    for model, trains in ((unfrozen, True), (frozen, False), (unfrozen_by_hand, True)):
+        model(torch.zeros(2, 1, 16, 16), labels=torch.tensor([0, 1])).loss.backward()
+        gradient = model.backbone.conv_in.weight.grad
+        assert (gradient is not None and bool(gradient.abs().sum() > 0)) is trains
+        assert model.classifier.weight.grad is not None
 
 
 def _copy_with_config(source, target, **changes):

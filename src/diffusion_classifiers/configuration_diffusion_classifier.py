@@ -31,7 +31,9 @@ class DiffusionClassifierConfig(PretrainedConfig):
         feature_views (`str`, *optional*): `"dihedral"`: the U-Net feature is averaged over the image's 8 rotations
             and mirror images (`diffusion_classifiers.views`); `None`: the image as it is.
         feature_size (`int`): the pooled feature's dimension (the linear head's input).
-        freeze_backbone (`bool`): keep the backbone's parameters out of training (`requires_grad=False`).
+        freeze_backbone (`bool`): keep the backbone's parameters out of training (`requires_grad=False` when the
+            model is built or loaded; `model.backbone.requires_grad_(True)` then unfreezes it, as
+            `from_pretrained(..., freeze_backbone=False)` does).
         positive_class (`str`, *optional*): for a binary task, the class (an `id2label` name) its metrics refer to.
         representation_readout (`str`, *optional*, defaults to `"pooler"`): how the encoder's r is read out
             (`encode_representation`; the RC-DiT transformer's `representation_readout`). Its

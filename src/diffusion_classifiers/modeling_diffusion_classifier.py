@@ -145,8 +145,10 @@ class DiffusionFeaturesForImageClassification(DiffusionClassifierPreTrainedModel
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         config = self.config
-        # A frozen backbone runs without autograd: no activations are kept and `Trainer` cannot update it.
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not config.freeze_backbone):
+        # A frozen backbone runs without autograd: no activations are kept. Frozen is what its parameters say, so that
+        # `model.backbone.requires_grad_(True)` unfreezes it (QA: the config's flag overrode them, and it stayed fixed)
+        backbone_trains = any(parameter.requires_grad for parameter in self.backbone.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and backbone_trains):
             if config.backbone_type == "encoder":
                 return encode_representation(
                     self.backbone, pixel_values, config.representation_readout, config.encoder_preprocessing
