@@ -305,6 +305,11 @@ def test_the_image_processor_refuses_arguments_it_would_ignore(exported):
     inputs = processor(image, return_tensors="pt", input_data_format="channels_first")
     assert inputs["pixel_values"].shape == (1, 1, 16, 16)
     assert len(pipeline("image-classification", model=str(exported))(Image.new("L", (20, 20)), top_k=3)) == 3
+    # QA: given to from_pretrained they were set on the processor (which read at 16 px still), and its saved folder
+    # then no longer loaded
+    for kwargs in ({"size": {"height": 64, "width": 64}}, {"image_size": 64}, {"do_resize": False}):
+        with pytest.raises(ValueError, match=rf"keyword arguments \['{next(iter(kwargs))}'\] not taken; the saved"):
+            AutoImageProcessor.from_pretrained(exported, **kwargs)
 
 
 def test_the_pipeline_class_given_an_export_says_it_is_a_transformers_model(exported):

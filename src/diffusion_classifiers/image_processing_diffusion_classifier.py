@@ -45,6 +45,22 @@ class DiffusionClassifierImageProcessor(PilBackend):
         self.num_channels = num_channels
         self.preprocessing = contract.to_dict()
 
+    @classmethod
+    def from_dict(cls, image_processor_dict: Dict[str, Any], **kwargs):
+        """transformers' `from_dict` (what `from_pretrained` builds the processor with), refusing the keyword arguments
+        it would set over the saved contract (QA: `from_pretrained(..., size=...)` or `image_size=64` were set on the
+        processor, which went on reading at the contract's size; saved, its folder no longer loaded)."""
+        saved = cls(**image_processor_dict)
+        # what transformers would apply: its image keyword arguments and the processor's attributes (others, e.g. a
+        # pipeline's `dtype`, it returns unused)
+        applied = sorted(name for name in kwargs if name in cls.valid_kwargs.__annotations__ or hasattr(saved, name))
+        if applied:
+            raise ValueError(
+                f"{cls.__name__}: keyword arguments {applied} not taken; the saved preprocessing contract fixes the "
+                "size, channels and value range the model was trained with, so expected none"
+            )
+        return super().from_dict(image_processor_dict, **kwargs)
+
     def to_dict(self) -> dict:
         # No `image_processor_type`: `AutoImageProcessor` then finds this class through the model's config.json
         # (its registered config class, or `auto_map` with `trust_remote_code=True`). With the type named here
