@@ -161,19 +161,23 @@ def recompute_representation_statistics(
     if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
         return
     encoder.eval()
+    transformer.eval()
     norm.reset_running_stats()
-    momentum, norm.momentum = norm.momentum, None  # None: a cumulative average over all batches
-    norm.train()
-    device = device or transformer.device
+    device, config = device or transformer.device, transformer.config
     count = min(len(images), max_images)
-    try:
+    if count < 2:
+        return  # the variance of one image is undefined
+    # every image weighs the same, batch means and spreads combined exactly in float64 (QA: BatchNorm's cumulative
+    # average weighed a last batch of 2 images as the 256 before it and missed the spread between batches)
+    seen, mean, squares = 0, 0.0, 0.0
+    with torch.no_grad():
         for start in range(0, count, batch_size):
             chunk = images_at(images, range(start, min(start + batch_size, count))).float().to(device)
-            if chunk.shape[0] < 2:
-                break  # batch statistics of one image are undefined
-            config = transformer.config
             raw = encode_representation(encoder, chunk, config.representation_readout, config.encoder_preprocessing)
-            norm(raw.to(transformer.dtype))
-    finally:
-        norm.momentum = momentum
-        transformer.eval()
+            raw = raw.to(transformer.dtype).double()  # as the normaliser reads it
+            batch_mean = raw.mean(0)
+            shift, total = batch_mean - mean, seen + len(raw)
+            squares = squares + ((raw - batch_mean) ** 2).sum(0) + shift**2 * seen * len(raw) / total
+            mean, seen = mean + shift * len(raw) / total, total
+    norm.running_mean.copy_(mean)
+    norm.running_var.copy_(squares / (seen - 1))  # unbiased, as BatchNorm keeps it
