@@ -218,3 +218,19 @@ def test_a_csv_or_npz_with_an_upper_case_suffix_is_read_and_its_carved_splits_ar
         np.savez(handle, train_images=np.zeros((8, 8, 8), np.uint8), train_labels=np.arange(8) % 2)
     assert len(load_image_classification_data(str(archive), val_fraction=0.25, test_fraction=0.25)["train"]) == 4
     assert carved_splits(archive) == {"val", "test"}
+
+
+def test_a_saved_datasetdict_carves_the_splits_it_lacks_and_they_are_known_as_carved(tmp_path):
+    """QA: a saved DatasetDict was said to carve no split whatever it held, so `probe` on one with a train split only
+    (the diffusion model's own training data) did not check the val and test carved from it, and scored on them."""
+    from diffusion_classifiers.data import to_datasets
+    from diffusion_classifiers.evaluation import carved_splits
+
+    whole = to_datasets(load_image_classification_data("digits", image_size=8))
+    for kept, carved in ((["train"], {"val", "test"}), (["train", "validation"], {"test"}),
+                         (["train", "validation", "test"], set())):  # fmt: skip
+        folder = tmp_path / "_".join(kept)
+        whole.__class__({name: whole[name] for name in kept}).save_to_disk(str(folder))
+        assert carved_splits(folder) == carved
+        splits = load_image_classification_data(str(folder), image_size=8)
+        assert all(len(splits[name]) > 0 for name in ("train", "val", "test"))

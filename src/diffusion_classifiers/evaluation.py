@@ -448,9 +448,11 @@ def _own_class_names(dataset: str) -> Optional[List[str]]:
 def carved_splits(dataset) -> frozenset:
     """The names of the splits of `dataset` (as `load_evaluation_split` takes it) that are carved by the seed and
     fractions, not the data's own, found without reading an image: val and test of digits, of an image folder
-    without `splits/*.txt` and of a CSV; val of IDX files with a test set; those a `.npz` or `splits/` folder lacks.
-    A saved `DatasetDict` (or any other source) keeps its own: none. Only a carved split can hold training images
-    where the data changed (`check_training_overlap`); a split of the data's own is the data's word."""
+    without `splits/*.txt` and of a CSV; val of IDX files with a test set; those a `.npz`, a `splits/` folder or a
+    saved `DatasetDict` lacks (QA: one of a train split only was said to carve none, so `probe` did not check the val
+    and test it carved from the model's training images); any other source keeps its own: none. Only a carved split
+    can hold training images where the data changed (`check_training_overlap`); a split of the data's own is the
+    data's word."""
     if not isinstance(dataset, (str, os.PathLike)) or not (str(dataset) == "digits" or os.path.exists(dataset)):
         return frozenset()
     path = Path(dataset)
@@ -459,7 +461,10 @@ def carved_splits(dataset) -> frozenset:
     if path.suffix.lower() == ".npz":
         with np.load(path) as archive:  # the key names only: no array is read
             return frozenset(name for name in ("val", "test") if f"{name}_images" not in archive.files)
-    if not path.is_dir() or (path / "dataset_dict.json").is_file():
+    if (path / "dataset_dict.json").is_file():
+        own = {canonical_split_name(name) for name in json.loads((path / "dataset_dict.json").read_text())["splits"]}
+        return frozenset(name for name in ("val", "test") if name not in own)
+    if not path.is_dir():
         return frozenset()
     if any((path / f"{name}{gz}").is_file() for name in ("train-images-idx3-ubyte",) for gz in ("", ".gz")):
         has_test = any((path / f"t10k-images-idx3-ubyte{gz}").is_file() for gz in ("", ".gz"))
