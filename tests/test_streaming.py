@@ -497,6 +497,23 @@ def test_verify_names_every_image_damaged_past_its_header_before_any_training(tm
         example["main"](flags + ["--no_verify_images"])
 
 
+def test_a_row_without_an_image_is_named_as_such_when_streamed(tmp_path):
+    """QA: a datasets row whose Image is None stopped streaming with "AttributeError: 'NoneType' object has no
+    attribute 'get'", naming no image; the in-memory reader names its row."""
+    import datasets
+
+    pictures = [Image.fromarray(np.full((8, 8), 40 * i, np.uint8)) for i in range(6)] + [None]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    rows = datasets.Dataset.from_dict({"image": pictures, "label": [i % 2 for i in range(7)]}, features=features)
+    datasets.DatasetDict({"train": rows, "test": rows.select(range(4))}).save_to_disk(str(tmp_path / "data"))
+    train = streaming_image_classification_data(tmp_path / "data", num_channels=1, image_size=8)["train"]
+    missing = [(path, reason) for path, reason in train.unreadable_images(progress_bar=False)]
+    assert len(missing) == 1 and missing[0][1] == "an image row has no image (None)"
+    assert re.fullmatch(r"image \d of the split \(no image\)", missing[0][0])
+    with pytest.raises(ValueError, match=r"1 of \d images cannot be read \(image \d of the split \(no image\): an "):
+        train.verify(progress_bar=False)
+
+
 def test_training_refuses_a_test_image_damaged_past_its_header_and_names_every_unreadable_file(tmp_path):
     """QA: only the train split was read before training, so a truncated JPEG carved into test failed at probe time;
     deleting it re-carved every split (training images into test, uncatchable for a streamed run). And the header

@@ -78,6 +78,8 @@ def _preprocess_one(image: Any, reading: ImagePreprocessing) -> torch.Tensor:
 def _decode(item: dict, medical: MedicalPreprocessing, frame: int | None = None) -> Any:
     """An undecoded `datasets.Image` value (`{"bytes", "path"}`) -> a decoded image; the error names the file. DICOM and
     16-bit files are read as `medical` says (a DICOM's `frame` only), as the in-memory loader reads them."""
+    if item is None:  # QA: an AttributeError from `item.get`, no row named
+        raise ValueError("an image row has no image (None)")
     path = item.get("path")
     if item.get("bytes") is None:
         if path is None:
@@ -231,6 +233,8 @@ class StreamingImages(torch.utils.data.Dataset):
 
     def _path(self, index: int) -> str:
         value = self.dataset[int(index)][self.image_column]
+        if value is None:
+            return f"image {index} of the split (no image)"
         return value.get("path") or f"row {index} (bytes without a path)"
 
     def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> StreamingImages:
