@@ -381,3 +381,14 @@ def test_ctrl_c_ends_cluster_with_one_line_and_status_130(digits_csv, unet_dir, 
         cluster(unet_dir, digits_csv, tmp_path / "out", "--num_clusters", "5")
     assert exited.value.code == 130
     assert "cluster: interrupted; " in capsys.readouterr().err and not (tmp_path / "out" / ".run.lock").exists()
+
+
+def test_a_saved_datasetdicts_split_is_said_and_recorded(unet_dir, tmp_path, capsys):
+    """QA: cluster grouped a DatasetDict's test split without a word of it, and metrics.json named no split (predict
+    says and records it); `--split val` was refused for the "validation" split that evaluate reads as val."""
+    from diffusion_classifiers.data import load_image_classification_data, to_datasets
+
+    to_datasets(load_image_classification_data("digits", image_size=16)).save_to_disk(str(tmp_path / "digits"))
+    metrics = cluster(unet_dir, tmp_path / "digits", tmp_path / "out", "--num_clusters", "5", "--split", "val")
+    assert f"{tmp_path / 'digits'}: the 'val' split of a saved DatasetDict" in capsys.readouterr().out
+    assert metrics["split"] == "val" and metrics["num_inputs"] == 145  # the val split, read as "validation"

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 from .inputs import PredictionInput
-from .runner import add_input_args, diffusers_progress_bars, model_and_inputs, read_checked
+from .runner import add_input_args, diffusers_progress_bars, input_split, model_and_inputs, read_checked
 
 __all__ = ["CLUSTERS_NAME", "FeatureSource", "add_cluster_args", "cluster_files", "feature_source", "run_cluster"]
 
@@ -108,6 +108,7 @@ def run_cluster(args: argparse.Namespace) -> dict:
         "command": "diffusion-classifiers " + shlex.join(sys.argv[1:]), "model_dir": str(args.model_dir),
         "input": str(Path(args.input).resolve()),
         "windows": windows_json(medical.windows),  # those read through: --window's, else the model's
+        **input_split(args),  # QA: a DatasetDict's test split was clustered without a word
     }  # fmt: skip
     metrics = cluster_files(
         pipeline, inputs, args.output_dir, features=features, seed=args.seed, run_info=run_info,

@@ -277,13 +277,15 @@ def _read_file(path: Path, medical: Any) -> list:
 def _dataset_inputs(folder: Path, split: str, image_column: Optional[str]) -> list[PredictionInput]:
     import datasets
 
-    from ..data.hf_datasets import find_column
+    from ..data.hf_datasets import canonical_split_name, find_column
 
     dataset = datasets.load_from_disk(str(folder))
     if isinstance(dataset, datasets.DatasetDict):
-        if split not in dataset:
+        # "val" names a "validation" split, as evaluate reads it (QA: refused here)
+        named = [name for name in dataset if canonical_split_name(name) == canonical_split_name(split)]
+        if not named:
             raise ValueError(f"dataset {folder}: no split {split!r}; expected one of {sorted(dataset)}")
-        dataset = dataset[split]
+        dataset = dataset[named[0]]
     if len(dataset) == 0:
         raise ValueError(f"dataset {folder}: no rows; expected one row per image")
     image_column = find_column(dataset.features, image_column, datasets.Image, "image")

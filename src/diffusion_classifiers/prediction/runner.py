@@ -621,10 +621,7 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     # and the weights: a model retrained in place (same folder) must not add its rows to the earlier model's
     run_info = {"model_dir": model_name, "model_sha256": model_fingerprint(model_dir),
                 "windows": windows_json(medical.windows), "input": str(Path(args.input).resolve())}  # fmt: skip
-    if (Path(args.input) / "dataset_dict.json").is_file():
-        run_info["split"] = args.split
-        if accelerator.is_main_process:
-            print(f"{args.input}: the {args.split!r} split of a saved DatasetDict (--split chooses another)")
+    run_info.update(input_split(args, announce=accelerator.is_main_process))
     moved = None if args.overwrite else model_moved(files, run_info)
     if moved is not None and accelerator.is_main_process:
         print(
@@ -675,6 +672,16 @@ def add_input_args(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--split", default="test", help="the split to read when --input is a saved DatasetDict")
     parser.add_argument("--image_column", default=None, help="a dataset's image column; None: its one Image column")
+
+
+def input_split(args: argparse.Namespace, announce: bool = True) -> dict:
+    """`{"split": --split}` for the record of a run over a saved DatasetDict (`--input`), said when `announce`; `{}`
+    for other inputs."""
+    if not (Path(args.input) / "dataset_dict.json").is_file():
+        return {}
+    if announce:
+        print(f"{args.input}: the {args.split!r} split of a saved DatasetDict (--split chooses another)")
+    return {"split": args.split}
 
 
 class ModelInputs(NamedTuple):
