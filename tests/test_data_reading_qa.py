@@ -374,8 +374,24 @@ def test_a_colour_row_among_grey_rows_of_a_dataset_warns(tmp_path):
     images.append(Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)))
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["x", "y"])})
     dataset = datasets.Dataset.from_dict({"image": images, "label": [0, 1] * 5}, features=features)
-    with pytest.warns(UserWarning, match=r"1 of 10 images are colour \(row 9\)"):
+    with pytest.warns(UserWarning, match=r"1 of 10 images are colour \(split 'train' row 9\)"):
         load_image_classification_data(dataset, 8, val_fraction=0.25, test_fraction=0.25)
+
+
+def test_a_row_of_another_size_is_named_by_its_split_and_row(tmp_path):
+    """QA: rows were numbered across the splits: "image 262 is 32x32" of a DatasetDict whose test split has 80."""
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["x", "y"])})
+
+    def split(sizes):
+        return datasets.Dataset.from_dict(
+            {"image": [Image.new("L", (size, size)) for size in sizes], "label": [0, 1] * (len(sizes) // 2)},
+            features=features,
+        )
+
+    parts = datasets.DatasetDict({"train": split([8] * 6), "test": split([8, 8, 12, 8])})
+    with pytest.raises(ValueError, match=r"different sizes: split 'train' row 0 is 8x8, split 'test' row 2 is 12x12"):
+        load_image_classification_data(parts, num_channels=1)
 
 
 # --------------------------------------------------------------------------------------------------
