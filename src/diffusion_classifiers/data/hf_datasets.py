@@ -174,10 +174,14 @@ def find_column(features: Any, name: str | None, feature_type: type, role: str) 
     matches = [column for column, feature in features.items() if isinstance(feature, feature_type)]
     if len(matches) != 1:
         found = "no" if not matches else f"several ({matches})"
-        raise ValueError(
-            f"{found} {expected} column for the {role}s; columns: {columns}. Pass {role}_column= naming "
-            f"one {expected} column ({_CAST_HINTS.get(role, '')})"
-        )
+        if matches:  # QA: the commands without the flag were told to pass it
+            how = (
+                f"Pass {role}_column= naming one{' (predict and cluster: --image_column)' if role == 'image' else ''}, "
+                f"or save the dataset with one {expected} column (dataset.remove_columns([...]))"
+            )
+        else:
+            how = f"Pass {role}_column= naming one {expected} column ({_CAST_HINTS.get(role, '')})"
+        raise ValueError(f"{found} {expected} column for the {role}s; columns: {columns}. {how}")
     return matches[0]
 
 
