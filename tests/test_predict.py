@@ -1104,8 +1104,12 @@ def test_aggregate_refuses_what_it_cannot_group_before_writing(tmp_path):
         writer.writerows(rows)
     with pytest.raises(ValueError, match=r"1 of 5 rows have no study_uid \(e\.g\. \['a2'\]\)"):
         aggregate_predictions(tmp_path / "blank.csv")
-    with pytest.raises(FileNotFoundError, match=r"--predictions .*missing\.csv: expected a \.csv or \.parquet file"):
-        main(["aggregate", "--predictions", str(tmp_path / "missing.csv")])
+    # QA: a missing .parquet was said to be no .csv or .parquet file
+    for missing in ("missing.csv", "missing.parquet"):
+        with pytest.raises(FileNotFoundError, match=rf"--predictions .*{missing}: not found; expected the \.csv or "):
+            main(["aggregate", "--predictions", str(tmp_path / missing)])
+    with pytest.raises(FileNotFoundError, match=r"--predictions .*p\.txt: expected a \.csv or \.parquet file"):
+        main(["aggregate", "--predictions", str(tmp_path / "p.txt")])
     assert not (tmp_path / "p.max_by_accession.csv").exists()
 
 

@@ -553,8 +553,10 @@ def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
     if predictions.suffix.lower() not in OUTPUT_SUFFIXES:
         raise FileNotFoundError(f"--predictions {predictions}: expected a .csv or .parquet file predict wrote")
     unreadable = _check_predict_run_finished(predictions)  # first: a first run killed has parts, no output yet (QA)
-    if not predictions.is_file():
-        raise FileNotFoundError(f"--predictions {predictions}: expected a .csv or .parquet file predict wrote")
+    if not predictions.is_file():  # QA: said as a wrong suffix
+        raise FileNotFoundError(
+            f"--predictions {predictions}: not found; expected the .csv or .parquet file predict wrote"
+        )
     default = predictions.with_name(f"{_output_stem(predictions)}.{args.rule}_by_{'_'.join(args.by)}.csv")
     output = Path(args.output) if args.output else default
     if output.suffix.lower() != ".csv" or output.resolve() == predictions.resolve():
