@@ -153,7 +153,7 @@ def test_a_dataset_is_preprocessed_row_by_row_with_the_tensors_of_one_batch(monk
         return original(items, *args)
 
     monkeypatch.setattr(preprocessing_module, "_to_unit_batches", count_items)
-    with pytest.warns(UserWarning, match=r"1 of 12 images are colour \(row 5\)"):
+    with pytest.warns(UserWarning, match=r"1 of 12 images are colour \(split 'train' row 5\)"):
         data = load_image_classification_data(dataset, 10, one_set=True)["all"]
     assert max(held) == 1
     monkeypatch.setattr(preprocessing_module, "_to_unit_batches", original)
@@ -162,7 +162,7 @@ def test_a_dataset_is_preprocessed_row_by_row_with_the_tensors_of_one_batch(monk
 
 def test_dataset_rows_of_different_sizes_without_image_size_are_refused_naming_one():
     images = [Image.fromarray(np.zeros((8, 8 + (i == 4)), np.uint8)) for i in range(6)]
-    with pytest.raises(ValueError, match=r"image 0 is 8x8, image 4 is 8x9; pass image_size="):
+    with pytest.raises(ValueError, match=r"split 'train' row 0 is 8x8, split 'train' row 4 is 8x9; pass image_size="):
         load_image_classification_data(labelled_dataset(images, [0, 1, 2] * 2))
 
 
