@@ -45,23 +45,12 @@ def decode_image_file(
         image = open_image(path)
     except DECODE_ERRORS as error:
         raise ValueError(f"cannot decode image file {path}: {decode_error_text(error)}") from error
-    return scaled_as_a_file(image, path, bits_stored, depths)
-
-
-def scaled_as_a_file(
-    image: Image.Image, name: Any, bits_stored: int | None = None, depths: _BitDepths | None = None
-) -> Image.Image | np.ndarray:
-    """A decoded image file as the readers take it: a 16-bit greyscale one as float32 `[1, 1, H, W]` in `[0, 1]`,
-    scaled by its bit depth (`bits_stored`, else its maximum's: see [`read_16bit_image`]), which `depths` records
-    when given and an open [`check_bit_depths`] is told (`name` names it); another as it is. Also a `datasets` Image
-    column's row, which holds the file (QA: its 16-bit rows were scaled from 0..65535, the same PNG files by their
-    12 bits, and a model trained on the one read the other at chance)."""
     if image.mode not in _PIL_16BIT_MODES:
         return image
-    values, bits = _scale_16bit(image, bits_stored, name)
+    values, bits = _scale_16bit(image, bits_stored, path)
     if depths is not None:
-        depths.add(name, bits)
-    note_bit_depth(name, bits)
+        depths.add(path, bits)
+    note_bit_depth(path, bits)
     return values[None, None]
 
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from .image_files import DECODE_ERRORS, decode_error_text
-from .file_decoding import _BitDepths, scaled_as_a_file, warn_mixed_channels
+from .file_decoding import warn_mixed_channels
 from .labeled_images import RawData, labels_and_names
 from .preprocessing import ImagePreprocessing, preprocess_images
 
@@ -89,18 +89,12 @@ def read_hf_dataset(
     parts, image_column, label_column, label_feature = hf_splits(source, image_column, label_column)
     labels = {HF_SPLIT_NAMES[name]: split_labels(part, label_column, name) for name, part in parts.items()}
     all_labels, names, splits = labels_and_names(labels, label_feature.names, "dataset")
-    images, rows, depths, bits_stored = [], [], _BitDepths(), reading.medical_or_default.bits_stored
+    images, rows = [], []
     for name, part in parts.items():
         decoded = _decoded_rows(part.cast_column(image_column, datasets.Image(decode=True)), image_column, name)
-        for row, image in enumerate(decoded):  # each row holds an image file: read as a file is read
-            image = scaled_as_a_file(image, f"split {name!r} row {row}", bits_stored, depths)
-            images.append(_preprocess_row(image, reading, name, row))
+        images += [_preprocess_row(image, reading, name, row) for row, image in enumerate(decoded)]
         rows += [f"split {name!r} row {row}" for row in range(len(part))]
-    depths.warn()
-    return RawData(
-        _one_batch(images, rows, reading), all_labels, names, splits, preprocessed=True,
-        guessed_bits_stored=depths.single,
-    )  # fmt: skip
+    return RawData(_one_batch(images, rows, reading), all_labels, names, splits, preprocessed=True)
 
 
 def _preprocess_row(image: Image.Image, reading: ImagePreprocessing, split: str, row: int) -> torch.Tensor:

@@ -28,13 +28,7 @@ from PIL import Image
 from .dicom import MedicalPreprocessing, is_dicom_file
 from .image_files import DECODE_ERRORS, decode_error_text, open_image
 from .preprocessing import ImagePreprocessing, _describe, fit_options, preprocess_images
-from .file_decoding import (
-    _refuse_unreadable_files,
-    check_file_headers,
-    decode_image_file,
-    list_frames,
-    scaled_as_a_file,
-)
+from .file_decoding import _refuse_unreadable_files, check_file_headers, decode_image_file, list_frames
 from .hf_datasets import (
     HF_SPLIT_NAMES,
     find_column,
@@ -94,10 +88,9 @@ def _decode(item: dict, medical: MedicalPreprocessing, frame: int | None = None)
             return _read_dicom_frame(path, medical, frame)
         return decode_image_file(Path(path), medical.bits_stored)
     try:  # decoded as datasets.Image decodes bytes, so a streamed image equals the in-memory one
-        image = open_image(io.BytesIO(item["bytes"]))
+        return open_image(io.BytesIO(item["bytes"]))
     except DECODE_ERRORS as error:
         raise ValueError(f"cannot decode image {path or '(bytes without a path)'}: {decode_error_text(error)}") from error
-    return scaled_as_a_file(image, path or "an image row", medical.bits_stored)  # its 16 bits as the file's
 
 
 def _read_dicom_frame(path: str, medical: MedicalPreprocessing, frame: int | None) -> np.ndarray:

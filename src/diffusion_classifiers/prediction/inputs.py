@@ -160,7 +160,7 @@ def list_inputs(
                 f"input {source}: a saved datasets folder holds pictures, but the model reads DICOM files through "
                 f"{len(medical.windows)} windows {medical.to_dict()['windows']}; expected a folder or CSV of DICOM files"
             )
-        return _dataset_inputs(source, split, image_column, medical)
+        return _dataset_inputs(source, split, image_column)
     if source.is_dir():
         return _folder_inputs(source, read)
     if source.suffix.lower() == ".csv":
@@ -274,7 +274,7 @@ def _read_file(path: Path, medical: Any) -> list:
     return [image[0]] if hasattr(image, "shape") else [image]
 
 
-def _dataset_inputs(folder: Path, split: str, image_column: Optional[str], medical: Any) -> list[PredictionInput]:
+def _dataset_inputs(folder: Path, split: str, image_column: Optional[str]) -> list[PredictionInput]:
     import datasets
 
     from ..data.hf_datasets import canonical_split_name, find_column
@@ -292,9 +292,7 @@ def _dataset_inputs(folder: Path, split: str, image_column: Optional[str], medic
     labels = _dataset_labels(dataset)
     images = dataset.select_columns([image_column])
     return [
-        PredictionInput(
-            str(i), partial(_read_dataset_row, images, image_column, i, medical), labels[i] if labels else None
-        )
+        PredictionInput(str(i), partial(_read_dataset_row, images, image_column, i), labels[i] if labels else None)
         for i in range(len(dataset))
     ]
 
@@ -308,12 +306,8 @@ def _dataset_labels(dataset: Any) -> Optional[list[str]]:
     return dataset.features[columns[0]].int2str(list(dataset[columns[0]]))
 
 
-def _read_dataset_row(images: Any, column: str, index: int, medical: Any) -> list:
-    """A row's image as its file is read (`_read_file`: a 16-bit one scaled by `medical`'s bits stored, else its own
-    maximum's), as the loaders read a datasets Image column."""
+def _read_dataset_row(images: Any, column: str, index: int) -> list:
     from PIL import Image
-
-    from ..data.file_decoding import scaled_as_a_file
 
     try:
         image = images[index][column]
@@ -322,8 +316,7 @@ def _read_dataset_row(images: Any, column: str, index: int, medical: Any) -> lis
         image.load()
     except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"row {index}: cannot decode column {column!r}: {error}") from error
-    image = scaled_as_a_file(image, f"row {index}", medical.bits_stored)
-    return [image[0]] if hasattr(image, "shape") else [image]
+    return [image]
 
 
 def check_labels(inputs: Sequence[PredictionInput], class_names: Sequence[str]) -> None:
