@@ -4,6 +4,7 @@ exhaustive run, to choose them on validation images."""
 
 import math
 import numbers
+import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -45,16 +46,21 @@ def first_early_stop_look(timesteps_per_check: int) -> int:
     return timesteps_per_check * math.ceil(MIN_TIMESTEPS_TO_SETTLE / timesteps_per_check)
 
 
-def check_early_stop_can_stop(num_timesteps: int, timesteps_per_check: int) -> None:
-    """Refuse an early stop without pruning that could stop no image: its first look (`first_early_stop_look`) comes
-    at or after the last of the `num_timesteps` scored (QA: the README's example rule was such a no-op, replayed
-    without a word)."""
-    if first_early_stop_look(timesteps_per_check) >= num_timesteps:
-        raise ValueError(
-            f"early_stop_confidence: the first look comes after max({MIN_TIMESTEPS_TO_SETTLE}, "
-            f"timesteps_per_check={timesteps_per_check}) timesteps, and {num_timesteps} are scored: no image could "
-            "stop early. Give more timesteps or a smaller timesteps_per_check, or leave early_stop_confidence out"
-        )
+def check_early_stop_can_stop(num_timesteps: int, timesteps_per_check: int, refuse: bool = True) -> None:
+    """Refuse (or, not `refuse`, warn of) an early stop without pruning that could stop no image: its first look
+    (`first_early_stop_look`) comes at or after the last of the `num_timesteps` scored. The pipeline refuses it; the
+    scorer and the replay warn (QA: the README's example rule was such a rule, replayed at every image's full budget
+    without a word), since one look at the end still eliminates classes, which a study of the test may want."""
+    if first_early_stop_look(timesteps_per_check) < num_timesteps:
+        return
+    message = (
+        f"early_stop_confidence: the first look comes after max({MIN_TIMESTEPS_TO_SETTLE}, "
+        f"timesteps_per_check={timesteps_per_check}) timesteps, and {num_timesteps} are scored: no image could stop "
+        "early. Give more timesteps or a smaller timesteps_per_check, or leave early_stop_confidence out"
+    )
+    if refuse:
+        raise ValueError(message)
+    warnings.warn(message, UserWarning, stacklevel=4)
 
 
 @dataclass
@@ -182,7 +188,7 @@ def _stages(num_timesteps, num_classes, pruning, early_stop_confidence, timestep
         raise ValueError(f"expected the pruning stages' timesteps to sum to at most num_timesteps={num_timesteps} "
                          f"with an early stop, got {[count for count, _ in stages]}")
     if not stages:
-        check_early_stop_can_stop(num_timesteps, timesteps_per_check)
+        check_early_stop_can_stop(num_timesteps, timesteps_per_check, refuse=False)
     kept = stages[-1][1] if stages else num_classes
     starts = range(pruned_timesteps, num_timesteps, timesteps_per_check)
     return stages + [(min(timesteps_per_check, num_timesteps - start), kept) for start in starts]
