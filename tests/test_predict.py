@@ -546,8 +546,9 @@ def test_an_output_written_before_the_stderr_column_resumes_with_its_columns(mod
     with pytest.raises(ValueError, match="written before predict recorded its settings.* other num_timesteps: rerun"):
         predict_files(pipe, list_inputs(tmp_path / "images"), output, pipeline_kwargs={"num_timesteps": 4})
     # QA: another seed mixed two seeds' rows in one output, whose sidecar then recorded the new seed for all
-    with pytest.raises(ValueError, match=r"and \(unless another was given then\) seed 0; refusing to add rows scored "
-                                         r"with other seed: rerun without pipeline_kwargs .* and with seed 0"):  # fmt: skip
+    with pytest.raises(ValueError, match=r"a seed it did not record, taken to be the default 0; refusing to add rows "
+                                         r"scored with other seed: rerun .* with --seed 0 if it was written so, else "
+                                         r"pass --overwrite"):  # fmt: skip
         predict_files(pipe, list_inputs(tmp_path / "images"), output, seed=1)
     resumed = predict_files(pipe, list_inputs(tmp_path / "images"), output, batch_size=8, progress_bar=False)
     assert (resumed.predicted, resumed.skipped, resumed.rows) == (1, 2, 3)

@@ -225,9 +225,10 @@ def test_a_checkpoint_of_version_0_1_0_is_refused_as_such_with_what_to_do(tmp_pa
     canary = tmp_path / "canary"
     torch.save(Poison(canary), checkpoint / "custom_checkpoint_0.pkl")
     for use_ema in (True, False):
-        with pytest.raises(ValueError, match=r"checkpoint-2 was written by diffusion-classifiers 0\.1\.0, which saved "
-                                             r"its EMA weights as the pickle 'custom_checkpoint_0\.pkl'.*cannot be "
-                                             r"resumed: start a new run in another --output_dir"):  # fmt: skip
+        refused = (r"checkpoint-2 was written by the first release of diffusion-classifiers \(0\.1\.0 as first "
+                   r"published\), which saved its EMA weights as the pickle 'custom_checkpoint_0\.pkl'.*cannot be "
+                   r"resumed: start a new run in another --output_dir")
+        with pytest.raises(ValueError, match=refused):
             tiny_run(tmp_path / "run", use_ema=use_ema, max_train_steps=4, resume_from_checkpoint="latest")
         assert not canary.exists()
 

@@ -495,26 +495,27 @@ def _probe_carving(
 def _check_head_splits(
     args: argparse.Namespace, model_dir: str, splits: dict, model_fingerprints, pool: bool, changed: dict,
     carving: dict, contract,
-) -> None:
+) -> list:
     """Refuse val / test images the model in `model_dir` was trained on (a head is chosen on val and reported on
     test), val and test together, naming files where the data has them; or say they cannot be checked. The data's own
     splits are its word about its own train split; a model trained on an unlabeled pool may have seen any image: then
     both are checked, and no duplicate of the data's train split is excused (`pool`). `probe` and `fit-head` have no
     flag to drop the images found. `changed`: the carving flags that differ from the model's record
-    (`changed_split_args`)."""
+    (`changed_split_args`). Returns the names of the splits checked."""
     from .evaluation import carved_splits, check_training_overlap, files_of_splits
 
     checked = ["val", "test"] if pool else [name for name in ("val", "test") if name in carved_splits(args.dataset)]
     if model_fingerprints is None:
         if checked:
             _note_unchecked(model_dir, args.command, checked)
-        return
+        return []
     check_training_overlap(
         {name: splits[name] for name in checked}, model_fingerprints, where=args.dataset,
         train_split=None if pool else splits["train"], drop_hint=None,
         changed_split_args=changed, streaming_hint=None, unlabeled_pool=pool,
         paths=files_of_splits(args.dataset, {name: splits[name] for name in checked}, carving, contract),
     )  # fmt: skip
+    return checked
 
 
 def save_study(
@@ -603,12 +604,13 @@ def run_probe(args: argparse.Namespace) -> dict:
 
 class _LabelledData(NamedTuple):
     """The labelled data a head is fitted on over a saved model: its splits, their carving, the model's training
-    fingerprints and whether it was trained on an unlabeled pool."""
+    fingerprints, whether it was trained on an unlabeled pool and the splits checked against those fingerprints."""
 
     splits: dict
     carving: dict
     model_fingerprints: Any
     pool: bool
+    checked_splits: list
 
 
 def _labelled_data(
@@ -637,10 +639,10 @@ def _labelled_data(
     fingerprints = recorded_train_fingerprints(folder, record=record)
     pool = trained_on_unlabeled_pool(folder, record=record)
     changed = changed_split_args(folder, record=record, **given)
-    _check_head_splits(args, model_dir, splits, fingerprints, pool, changed, carving, contract)
+    checked = _check_head_splits(args, model_dir, splits, fingerprints, pool, changed, carving, contract)
     resolve_positive_label(args.positive_class, train.class_names, train.num_classes)
     note_default_positive_class(args.positive_class, train.class_names)
-    return _LabelledData(splits, carving, fingerprints, pool)
+    return _LabelledData(splits, carving, fingerprints, pool, checked)
 
 
 @_one_run_in_output_dir("fit-head")
@@ -681,9 +683,10 @@ def run_fit_head(args: argparse.Namespace) -> dict:
             pipe, test, args.output_dir, batch_size=args.batch_size, positive_class=_scored_positive_class(args, train),
             title=f"RC-DiT {args.head} head on {dataset_name} (test)", split="test", dataset_name=dataset_name,
             model_sha256=model_fingerprint(aside), head=head, moved_in={"pipeline": aside},
-            # QA: the check `_labelled_data` made was recorded as none (the pipeline's own record is cleared to save it)
-            train_fingerprints=data.model_fingerprints, train_split=None if data.pool else train,
-            unlabeled_pool=data.pool,
+            # QA: the check `_labelled_data` made was recorded as none (the pipeline's own record is cleared to save
+            # it); made again on a test split that passed it (a data set's own is not checked, as before)
+            train_fingerprints=data.model_fingerprints if "test" in data.checked_splits else None,
+            train_split=None if data.pool else train, unlabeled_pool=data.pool,
         )  # fmt: skip
     finally:
         shutil.rmtree(aside, ignore_errors=True)

@@ -201,7 +201,7 @@ def prediction_call_kwargs(pipeline: Any, pipeline_kwargs: Optional[dict], seed:
     return kwargs
 
 
-def _check_settings_of_unrecorded_run(files: OutputFiles, pipeline: Any, settings: dict, seed: int, overwrite: bool):
+def _check_settings_of_unrecorded_run(files: OutputFiles, pipeline: Any, settings: dict, overwrite: bool):
     """An output written before the pipeline call's settings were recorded was scored with the pipeline's defaults
     and, as far as can be told, predict's default seed: refuse to add rows scored otherwise (QA: another `--seed`
     mixed two seeds' rows in one output, which then recorded the new seed for all)."""
@@ -214,10 +214,10 @@ def _check_settings_of_unrecorded_run(files: OutputFiles, pipeline: Any, setting
     changed = sorted(name for name in settings if settings[name] != defaults.get(name))
     if changed:
         raise ValueError(
-            f"{files.output} was written before predict recorded its settings, with the pipeline's defaults and "
-            f"(unless another was given then) seed {DEFAULT_SEED}; refusing to add rows scored with other "
-            f"{', '.join(changed)}: rerun without pipeline_kwargs (--pipeline_kwargs) and with seed {DEFAULT_SEED} "
-            "(--seed), or pass --overwrite (overwrite=True) to replace it"
+            f"{files.output} was written before predict recorded its settings, with the pipeline's defaults and a "
+            f"seed it did not record, taken to be the default {DEFAULT_SEED}; refusing to add rows scored with other "
+            f"{', '.join(changed)}: rerun without pipeline_kwargs (--pipeline_kwargs) and with --seed {DEFAULT_SEED} "
+            "if it was written so, else pass --overwrite (overwrite=True) to replace it"
         )
 
 
@@ -419,7 +419,7 @@ def predict_files(
             files = errors_file_of_resumed_run(files, overwrite)
         overwrite = overwrite or predicted_nothing(files)  # a record of no rows: this run's settings replace it
         columns = columns_of_resumed_run(files, columns, overwrite, carried)
-        _check_settings_of_unrecorded_run(files, pipeline, settings, seed, overwrite)
+        _check_settings_of_unrecorded_run(files, pipeline, settings, overwrite)
         # the settings under "run", whose keys a sidecar lacks are not compared: outputs of earlier versions resume
         # (with the pipeline's defaults: `_check_settings_of_unrecorded_run`)
         run = {"run": {**(run_info or {}), **_binary_classes(pipeline, columns), "pipeline_call": settings},

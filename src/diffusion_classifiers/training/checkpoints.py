@@ -300,10 +300,11 @@ def _check_not_of_v0_1_0(path: str) -> None:
     written = set(os.listdir(path))
     if V0_1_0_EMA_PICKLE in written and RUN_RECORD_NAME not in written:
         raise ValueError(
-            f"checkpoint folder {path} was written by diffusion-classifiers 0.1.0, which saved its EMA weights as the "
-            f"pickle {V0_1_0_EMA_PICKLE!r}; this version never unpickles it (that can run arbitrary code), so the run "
-            "cannot be resumed: start a new run in another --output_dir. The model the run saved beside its "
-            "checkpoints still loads (features, probe, evaluate): --overwrite_output_dir would delete it"
+            f"checkpoint folder {path} was written by the first release of diffusion-classifiers (0.1.0 as first "
+            f"published), which saved its EMA weights as the pickle {V0_1_0_EMA_PICKLE!r}; this code never unpickles "
+            "it (that can run arbitrary code), so the run cannot be resumed: start a new run in another "
+            "--output_dir. If that run finished, the model it saved beside its checkpoints still loads (features, "
+            "probe, evaluate): --overwrite_output_dir would delete it"
         )
 
 
