@@ -321,8 +321,8 @@ def test_files_unreadable_by_the_time_every_file_is_read_are_refused_naming_one(
 
 def test_features_of_every_file_are_gathered_in_one_array_that_holds_no_batch(unet_dir):
     """QA: each batch's features were kept as a small array viewing its tensor until the end; these pinned the
-    allocator's heap between the decoding's buffers, and a 149,435-file folder grew the process by 1 GB (8.6 KB a
-    file; 40,000 files: +370 MB, +6 MB in one array). The rows (more than the files: 3 frames each) are the
+    allocator's heap between the decoding's buffers, and a 149,430-file folder grew the process by 1,040 MB (7 KB a
+    file; 40,000 files: +436 MB, +38 MB in one array). The rows (more than the files: 3 frames each) are the
     batches' in order, and no batch's tensor outlives the next batch."""
     import weakref
 

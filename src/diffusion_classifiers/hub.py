@@ -597,7 +597,7 @@ def input_description_of(local_dir: Union[str, os.PathLike], medical: bool = Fal
             " Give it its DICOM and 16-bit files by path, to be read as in training: an array of raw pixel values (a "
             "DICOM's `pixel_array`) is neither windowed nor scaled by the bit depth."
         )
-    if usage_file_of(local_dir, medical) is not None and library_name_of(local_dir) == "transformers":
+    if _usage_file(contract, medical) is not None and library_name_of(local_dir) == "transformers":
         text += (  # QA: a CT model of 3 windows had no word of it
             " transformers' plain `pipeline()` reads every file as 8-bit RGB and cannot open DICOM: with "
             "`diffusion-classifiers` installed, pass `pipeline_class=diffusion_classifiers."
@@ -615,8 +615,10 @@ def usage_file_of(local_dir: Union[str, os.PathLike], medical: bool = False) -> 
     trained on DICOM files, `"image.png"` (a 16-bit file) for one of a stated bit depth or of `medical` data; None
     for another model, or a folder without a contract."""
     contract = _saved_contract(local_dir)
-    if contract is None:
-        return None
+    return None if contract is None else _usage_file(contract, medical)
+
+
+def _usage_file(contract, medical: bool) -> Optional[str]:
     reading = contract.medical_or_default
     if reading.reads_dicom_only or reading.dicom_files:
         return "image.dcm"

@@ -174,7 +174,7 @@ def recompute_representation_statistics(
         for start in range(0, count, batch_size):
             chunk = images_at(images, range(start, min(start + batch_size, count))).float().to(device)
             raw = encode_representation(encoder, chunk, config.representation_readout, config.encoder_preprocessing)
-            raw = raw.to(transformer.dtype).double()  # as the normaliser reads it
+            raw = raw.to(transformer.dtype).cpu().double()  # as the normaliser reads it; float64 on any device
             batch_mean = raw.mean(0)
             shift, total = batch_mean - mean, seen + len(raw)
             squares = squares + ((raw - batch_mean) ** 2).sum(0) + shift**2 * seen * len(raw) / total
