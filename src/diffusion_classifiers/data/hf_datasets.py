@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 
 from .image_files import DECODE_ERRORS, decode_error_text
-from .file_decoding import warn_mixed_channels
+from .file_decoding import _BitDepths, warn_mixed_channels
 from .labeled_images import RawData, labels_and_names
 from .preprocessing import ImagePreprocessing, preprocess_images
+from .sixteen_bit import mark_dataset_row, record_bit_depths
 
 __all__ = [
     "canonical_split_name",
@@ -90,11 +91,16 @@ def read_hf_dataset(
     labels = {HF_SPLIT_NAMES[name]: split_labels(part, label_column, name) for name, part in parts.items()}
     all_labels, names, splits = labels_and_names(labels, label_feature.names, "dataset")
     images, rows = [], []
-    for name, part in parts.items():
-        decoded = _decoded_rows(part.cast_column(image_column, datasets.Image(decode=True)), image_column, name)
-        images += [_preprocess_row(image, reading, name, row) for row, image in enumerate(decoded)]
-        rows += [f"split {name!r} row {row}" for row in range(len(part))]
-    return RawData(_one_batch(images, rows, reading), all_labels, names, splits, preprocessed=True)
+    with record_bit_depths(_BitDepths()) as depths:  # the depths the 16-bit rows were scaled by, as files' are
+        for name, part in parts.items():
+            decoded = _decoded_rows(part.cast_column(image_column, datasets.Image(decode=True)), image_column, name)
+            images += [_preprocess_row(image, reading, name, row) for row, image in enumerate(decoded)]
+            rows += [f"split {name!r} row {row}" for row in range(len(part))]
+    depths.warn()
+    return RawData(
+        _one_batch(images, rows, reading), all_labels, names, splits, preprocessed=True,
+        guessed_bits_stored=depths.single,
+    )  # fmt: skip
 
 
 def _preprocess_row(image: Image.Image, reading: ImagePreprocessing, split: str, row: int) -> torch.Tensor:
@@ -190,8 +196,8 @@ def _decode_column(dataset: Any, column: str, split: str) -> list[Image.Image]:
 
 
 def _decoded_rows(dataset: Any, column: str, split: str) -> Iterator[Image.Image]:
-    """The decoded images of `column`, one at a time; a row without an image or that cannot be decoded is refused
-    naming it."""
+    """The decoded images of `column`, one at a time, each marked as the row it is (`mark_dataset_row`: a 16-bit one
+    is read as its file); a row without an image or that cannot be decoded is refused naming it."""
     row = 0
     try:
         with warnings.catch_warnings():
@@ -199,7 +205,7 @@ def _decoded_rows(dataset: Any, column: str, split: str) -> Iterator[Image.Image
             for row, example in enumerate(dataset.select_columns([column])):
                 if example[column] is None:
                     raise ValueError(f"split {split!r} row {row}: column {column!r} has no image")
-                yield example[column]
+                yield mark_dataset_row(example[column], f"split {split!r} row {row}")
     except DECODE_ERRORS as error:
         raise ValueError(
             f"split {split!r} row {row}: cannot decode column {column!r}: {decode_error_text(error)}"

@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..validation import check_finite_rows, first_and_more
 from .dicom import MedicalPreprocessing, is_dicom_file
-from .sixteen_bit import _PIL_16BIT_MODES, check_bit_depths, note_bit_depth
+from .sixteen_bit import _PIL_16BIT_MODES, _scale_16bit, check_bit_depths, dataset_row_name, note_bit_depth
 from .image_files import DECODE_ERRORS, decode_error_text, open_image
 
 __all__ = ["INPUT_RANGES", "RESAMPLE_MODES", "RESIZE_MODES", "ImagePreprocessing", "preprocess_images"]
@@ -90,8 +90,9 @@ class ImagePreprocessing:
             downsizing, as PIL does) or `"nearest"`.
         medical ([`MedicalPreprocessing`] or `dict`, *optional*): how DICOM files (`.dcm`, `.dicom`, `.dic`, `.ima`,
             or another or no extension and a 'DICM' header) and 16-bit PNG / TIFF given as paths are read: the DICOM
-            windows (one channel each) and the bit depth. `None`: `MedicalPreprocessing()` (each DICOM's own window,
-            16-bit images by their maximum's bit depth). Without a stated `bits_stored`, 16-bit images (files, and
+            windows (one channel each) and the bit depth. `None`: `MedicalPreprocessing(dataset_rows_as_files=False)`
+            (each DICOM's own window, 16-bit images by their maximum's bit depth, a `datasets` row's as contracts
+            saved without `medical` read them). Without a stated `bits_stored`, 16-bit images (files, and
             PIL images, read from `[0, 65535]`) scaled by a depth other than the one recorded for the training images
             (`guessed_bits_stored`) get one `UserWarning` per call; their values are unchanged.
         resize_mode (`str`, *optional*, defaults to `"stretch"`): how an image meets `image_size`: `"stretch"` to it
@@ -180,7 +181,8 @@ class ImagePreprocessing:
         as this contract does (size, channels, DICOM reading and `fit`): how each image is read, not how the data is
         carved into train / val / test (the loaders' defaults then, not the model's training run's: a pipeline's
         `loader_kwargs` adds the carving its `split_record` records)."""
-        return {"image_size": self.image_size, "num_channels": self.num_channels, "medical": self.medical, **self.fit}
+        medical = self.medical_or_default  # a contract without `medical` reads a datasets row's 16 bits as it did
+        return {"image_size": self.image_size, "num_channels": self.num_channels, "medical": medical, **self.fit}
 
     def summary(self) -> str:
         """How images are read, in words, for reports, cards and logs: `32 px (pad), 3 channels, DICOM windows
@@ -203,8 +205,9 @@ class ImagePreprocessing:
 
     @property
     def medical_or_default(self) -> MedicalPreprocessing:
-        """`medical`, or `MedicalPreprocessing()` when unset."""
-        return self.medical if self.medical is not None else MedicalPreprocessing()
+        """`medical`, or when unset `MedicalPreprocessing()` with the rows of a `datasets` Image column read as
+        contracts saved without `medical` read them (`dataset_rows_as_files=False`)."""
+        return self.medical if self.medical is not None else MedicalPreprocessing(dataset_rows_as_files=False)
 
     def __call__(self, images: Any, input_data_format: str | None = None) -> torch.Tensor:
         """[`preprocess_images`] with this contract."""
@@ -253,7 +256,8 @@ def preprocess_images(
         images (`str`, `os.PathLike`, `PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a `list` of them):
             one image or a batch, or a list of them (each may have its own size and type), read as in the table
             above. PIL modes: `I`/`I;16*` are scaled from `[0, 65535]`, or from the stated `medical.bits_stored`
-            (a 16-bit file given as a path is read by `preprocessing.medical`'s bit depth), `F` is one float
+            (a 16-bit file given as a path is read by `preprocessing.medical`'s bit depth, and so is a `datasets`
+            row decoded by this library's readers, see `medical.dataset_rows_as_files`), `F` is one float
             channel; alpha is discarded, not composited. Values: `uint8` is scaled from `[0, 255]`, `uint16` from
             `[0, 65535]` (from `[0, 2^bits_stored - 1]` where `medical.bits_stored` is stated, else with a warning
             where the contract reads medical files),
@@ -350,6 +354,8 @@ def _to_unit_batches(items: list, data_format: str | None, contract: ImagePrepro
         value_range, item_format = contract.input_range, data_format
         if isinstance(item, (str, os.PathLike)):  # read as [F, C, H, W] (or a PIL image), whatever the arrays' layout
             item, value_range, item_format = _read_path(item, position, contract), _FILE_RANGE, "channels_first"
+        elif _reads_as_its_file(item, contract):  # a datasets row holding a 16-bit file: [1, 1, H, W] in [0, 1]
+            item, value_range, item_format = _scaled_row(item, position), _FILE_RANGE, "channels_first"
         batch = _item_to_nchw(item, position, offset, item_format)
         if batch.shape[0] == 0 or batch.shape[2] == 0 or batch.shape[3] == 0:
             raise ValueError(f"preprocess_images: item {position} is empty (shape {tuple(batch.shape)})")
@@ -422,6 +428,25 @@ def _read_path(path: Any, position: int, contract: ImagePreprocessing) -> Any:
             f"preprocess_images: cannot decode image file {path} (item {position}): {decode_error_text(error)}"
         ) from error
     return image if image.mode not in _PIL_16BIT_MODES else contract.medical_or_default.read(path)
+
+
+def _reads_as_its_file(item: Any, contract: ImagePreprocessing) -> bool:
+    """A 16-bit PIL image decoded from a `datasets` row, read by its guessed bit depth as the file it holds is
+    (`dataset_rows_as_files`); a stated `bits_stored` scales it as every 16-bit image is, in `_to_unit_batches`."""
+    medical = contract.medical_or_default
+    return (
+        isinstance(item, Image.Image) and item.mode in _PIL_16BIT_MODES and dataset_row_name(item) is not None
+        and medical.dataset_rows_as_files and medical.bits_stored is None
+    )  # fmt: skip
+
+
+def _scaled_row(image: Image.Image, position: int) -> np.ndarray:
+    """A 16-bit datasets row as its file is read: float32 `[1, 1, H, W]` in `[0, 1]` by its maximum's bit depth, told
+    to the open bit depth check and record."""
+    name = f"item {position} ({dataset_row_name(image)})"
+    values, bits = _scale_16bit(image, None, name)
+    note_bit_depth(name, bits, image)
+    return values[None, None]
 
 
 def _scaled_by_stated_depth(batch: torch.Tensor, bits_stored: int, position: int) -> torch.Tensor:

@@ -7,9 +7,10 @@ from __future__ import annotations
 import logging
 import warnings
 import weakref
+from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image
@@ -17,7 +18,16 @@ from PIL import Image
 from .image_files import DECODE_ERRORS, decode_error_text, open_image
 
 
-__all__ = ["LOW_RANGE_FILL", "check_bit_depths", "note_bit_depth", "read_16bit_image", "scale_16bit_image"]
+__all__ = [
+    "LOW_RANGE_FILL",
+    "check_bit_depths",
+    "dataset_row_name",
+    "mark_dataset_row",
+    "note_bit_depth",
+    "read_16bit_image",
+    "record_bit_depths",
+    "scale_16bit_image",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +36,8 @@ _PIL_16BIT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
 # 16-bit data spanning less than this share of their scale keep fewer than 0.05 * 255 ~ 13 grey levels once stored or
 # shown at 8 bits: too little contrast to be a deliberate choice, so read_16bit_image warns.
 LOW_RANGE_FILL = 0.05
+# The key of a PIL image's `info` naming the `datasets` row it was decoded from (see [`mark_dataset_row`]).
+_DATASET_ROW = "diffusion_classifiers.dataset_row"
 
 def read_16bit_image(path: str | Path, bits_stored: int | None = None) -> np.ndarray:
     r"""
@@ -91,6 +103,21 @@ def _scale_16bit(image: Image.Image, bits_stored: int | None, name: Any) -> tupl
     return (values / scale).astype(np.float32), bits_stored
 
 
+def mark_dataset_row(image: Image.Image, name: str) -> Image.Image:
+    """`image`, decoded from a `datasets` Image column's row `name` by this library's readers, marked so (in its
+    `info`, which copies and pickling keep): the preprocessing reads a 16-bit one as the file the row holds, by its
+    bit depth, where the contract says so (`MedicalPreprocessing.dataset_rows_as_files`), not from `[0, 65535]` as a
+    16-bit PIL image made in memory. (QA: the same 12-bit PNG files read one way in a folder and the other in a
+    `DatasetDict`, and a model trained on the one read the other at chance, without a word.)"""
+    image.info[_DATASET_ROW] = name
+    return image
+
+
+def dataset_row_name(image: Any) -> str | None:
+    """The row a PIL image marked by [`mark_dataset_row`] was decoded from; None for any other image."""
+    return image.info.get(_DATASET_ROW) if isinstance(image, Image.Image) else None
+
+
 def _check_bits_stored(bits_stored: Any, name: str = "bits_stored") -> None:
     if bits_stored is not None and (isinstance(bits_stored, bool) or bits_stored not in range(1, 17)):
         raise ValueError(f"{name}: expected an integer in 1..16 or None, got {bits_stored!r}")
@@ -100,6 +127,8 @@ def _check_bits_stored(bits_stored: Any, name: str = "bits_stored") -> None:
 _OTHER_DEPTHS_SHOWN = 5
 # The bit depth check of the run being read, if any (see [`check_bit_depths`]).
 _DEPTH_CHECK: ContextVar[_BitDepthCheck | None] = ContextVar("diffusion_classifiers_bit_depth_check", default=None)
+# The record of the depths a data set's images are read at, if one is kept (see [`record_bit_depths`]).
+_DEPTH_RECORD: ContextVar[Any] = ContextVar("diffusion_classifiers_bit_depth_record", default=None)
 
 
 def check_bit_depths(medical: Any, stacklevel: int = 1) -> _BitDepthCheck:
@@ -112,12 +141,26 @@ def check_bit_depths(medical: Any, stacklevel: int = 1) -> _BitDepthCheck:
     return _BitDepthCheck(medical, stacklevel)
 
 
+@contextmanager
+def record_bit_depths(record: Any) -> Iterator[Any]:
+    """While open, every 16-bit image read through the preprocessing (see [`note_bit_depth`]) is added to `record`
+    (`record.add(name, bits)`): how a reader that preprocesses decoded images, such as a `datasets` source's rows,
+    learns the depths its 16-bit images were scaled by, which the files' readers record as they decode."""
+    token = _DEPTH_RECORD.set(record)
+    try:
+        yield record
+    finally:
+        _DEPTH_RECORD.reset(token)
+
+
 def note_bit_depth(name: Any, bits: int, image: Any = None) -> None:
-    """Tell the open [`check_bit_depths`], if any, that the 16-bit image `name` was scaled by `bits` bits (`image`:
-    the PIL image itself, counted once however often it is preprocessed)."""
-    check = _DEPTH_CHECK.get()
+    """Tell the open [`check_bit_depths`] and [`record_bit_depths`], if any, that the 16-bit image `name` was scaled
+    by `bits` bits (`image`: the PIL image itself, counted once by the check however often it is preprocessed)."""
+    check, record = _DEPTH_CHECK.get(), _DEPTH_RECORD.get()
     if check is not None:
         check.add(name, bits, image)
+    if record is not None:
+        record.add(name, bits)
 
 
 class _BitDepthCheck:

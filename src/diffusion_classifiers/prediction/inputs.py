@@ -307,7 +307,11 @@ def _dataset_labels(dataset: Any) -> Optional[list[str]]:
 
 
 def _read_dataset_row(images: Any, column: str, index: int) -> list:
+    """A row's image, marked as a row (`mark_dataset_row`): the model's contract reads a 16-bit one as the loaders
+    do."""
     from PIL import Image
+
+    from ..data.sixteen_bit import mark_dataset_row
 
     try:
         image = images[index][column]
@@ -316,7 +320,7 @@ def _read_dataset_row(images: Any, column: str, index: int) -> list:
         image.load()
     except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"row {index}: cannot decode column {column!r}: {error}") from error
-    return [image]
+    return [mark_dataset_row(image, f"row {index}")]
 
 
 def check_labels(inputs: Sequence[PredictionInput], class_names: Sequence[str]) -> None:
