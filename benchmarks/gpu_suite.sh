@@ -242,7 +242,8 @@ for line in open(os.path.join(outdir, "steps.tsv")):
 machine = open(os.path.join(outdir, "machine.txt")).read().splitlines()
 summary = {
     "benchmark": "gpu_suite", "command": os.environ["SUITE_COMMAND"], "dry_run": dry_run,
-    "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine,
+    "environment": {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    "machine": machine},  # the GPU, driver and package versions
     "figures": {"seconds": seconds, "steps": steps, "figures_without_targets": untargeted, "targets": targets},
 }
 with open(os.path.join(outdir, "gpu_suite_summary.json"), "w") as f:
