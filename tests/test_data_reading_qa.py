@@ -475,13 +475,14 @@ def test_a_class_carved_out_of_train_entirely_is_named():
 
 
 def test_two_image_columns_are_refused_with_a_way_every_command_can_take():
-    """QA: `evaluate` was told to "Pass image_column=", a flag only predict and cluster have."""
+    """QA: `evaluate` was told to "Pass image_column=", a flag only predict and cluster had (every command and training
+    script has it now: tests/test_dataset_columns.py)."""
     datasets = pytest.importorskip("datasets")
     image = datasets.Image()
     features = datasets.Features({"a": image, "b": image, "label": datasets.ClassLabel(names=["x"])})
     rows = datasets.Dataset.from_dict({"a": [Image.new("L", (4, 4))] * 2, "b": [Image.new("L", (4, 4))] * 2,
                                        "label": [0, 0]}, features=features)  # fmt: skip
-    refused = (r"several \(\['a', 'b'\]\) .*Pass image_column= naming one \(predict and cluster: --image_column\), or "
-               r"save the dataset with one Image column")
+    refused = (r"several \(\['a', 'b'\]\) .*Pass image_column= naming one \(the commands and training scripts: "
+               r"--image_column\), or save the dataset with one Image column")
     with pytest.raises(ValueError, match=refused):
         load_image_classification_data(rows)

@@ -130,8 +130,9 @@ def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def add_labelled_dataset_args(parser: argparse.ArgumentParser, model: str) -> None:
-    """`--dataset` and `--class_names` of the labelled data a head is fitted on over `model`."""
-    from .data.arguments import add_class_names_arg
+    """`--dataset`, `--class_names`, `--image_column` and `--label_column` of the labelled data a head is fitted on
+    over `model`."""
+    from .data.arguments import add_class_names_arg, add_column_args
 
     parser.add_argument(
         "--dataset", default=None,
@@ -140,6 +141,7 @@ def add_labelled_dataset_args(parser: argparse.ArgumentParser, model: str) -> No
         f"(size, channels, DICOM windows, resize mode, background) (default: {DEMO_DATASET_HELP})",
     )  # fmt: skip
     add_class_names_arg(parser)
+    add_column_args(parser)
 
 
 def add_probe_args(parser: argparse.ArgumentParser) -> None:
@@ -233,7 +235,7 @@ def add_fit_head_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
-    from .data.arguments import add_split_args, json_object_arg, number_in
+    from .data.arguments import add_column_args, add_split_args, json_object_arg, number_in
     from .data.split_record import SPLIT_RECORD_NAME
 
     parser.add_argument(
@@ -246,6 +248,7 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
         help="what data.load_image_classification_data reads (with the model's saved preprocessing), or a saved "
         f"DatasetDict folder (default: {DEMO_DATASET_HELP})",
     )  # fmt: skip
+    add_column_args(parser)
     parser.add_argument(
         "--split", default="test",
         help="the split scored: train, val (or validation), test, or all: every image of --dataset once, as one set "
@@ -311,6 +314,7 @@ def _one_run_in_output_dir(name: str) -> Callable:
 @_one_run_in_output_dir("evaluate")
 def run_evaluate(args: argparse.Namespace) -> dict:
     from .data import ONE_SET
+    from .data.arguments import columns_from_args
     from .evaluation import (
         check_evaluation_args,
         check_evaluation_split,
@@ -360,7 +364,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     # its train split tells duplicates within the data from leaks (none with all: every image is the set scored)
     dataset, train_split = load_evaluation_split(
         args.dataset, args.split, preprocessing=contract, streaming=args.streaming, with_train=True, **carving,
-        model_class_names=class_names,
+        model_class_names=class_names, **columns_from_args(args),
     )
     # in memory, a refusal names the files of a folder or CSV from a listing of the same carving
     paths = None if args.streaming else files_of_splits(args.dataset, {args.split: dataset}, carving, contract, whole)
@@ -372,7 +376,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         pipeline_kwargs=args.pipeline_kwargs, model_sha256=model_fingerprint(folder),
         train_split=None if pool else train_split, unlabeled_pool=pool,
         changed_split_args=changed_split_args(folder, record=record, **given),
-        paths=None if paths is None else paths[args.split],
+        paths=None if paths is None else paths[args.split], **columns_from_args(args),
     )  # fmt: skip
     print(f"wrote metrics.json, report.md and its plots to {args.output_dir}")
     print(json.dumps(_evaluation_headline(metrics)))
@@ -621,6 +625,7 @@ def _labelled_data(
     `model_dir` (its local `folder`, `hub.download`) records (`_probe_carving`), its data line printed; at least two classes for `task`, val and test
     checked against the model's training images (`_check_head_splits`), and the positive class resolved and noted."""
     from .data import describe_splits, load_image_classification_data
+    from .data.arguments import columns_from_args
     from .data.split_record import (
         changed_split_args,
         read_split_record,
@@ -632,7 +637,7 @@ def _labelled_data(
 
     record = read_split_record(folder)
     given, carving = _probe_carving(args, folder, record, seed_carves_pool_data)
-    splits = load_image_classification_data(args.dataset, **carving, **reading)
+    splits = load_image_classification_data(args.dataset, **carving, **reading, **columns_from_args(args))
     print(describe_splits(splits, args.dataset))
     train = splits["train"]
     check_two_classes_at_least(train.class_names, f"--dataset {args.dataset}", task)

@@ -344,6 +344,8 @@ def load_evaluation_split(
     with_train: bool = False,
     anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
     model_class_names: Optional[Sequence[str]] = None,
+    image_column: Optional[str] = None,
+    label_column: Optional[str] = None,
 ):
     """The `split` of `dataset` (one of `EVALUATION_SPLITS`): a folder saved with `DatasetDict.save_to_disk` gives a
     (memory-mapped) `datasets.Dataset`; what `data.load_image_classification_data` reads (digits, a MedMNIST .npz,
@@ -369,7 +371,9 @@ def load_evaluation_split(
     does not know are refused, by name; some of the model's classes only are fine), or against `model_class_names`
     (the model's classes, `hub.class_names_of`) when given. Their order may differ:
     `evaluate_classifier` matches labels to the model's by name, so the scored label ids are the model's whatever the
-    data's order, and reports the model's classes the data lacks as `absent_classes`."""
+    data's order, and reports the model's classes the data lacks as `absent_classes`. `image_column` and
+    `label_column` name a `datasets` source's columns where it has several (a saved `DatasetDict`'s split is returned
+    whole: give them to [`evaluate_classifier`] too)."""
     check_evaluation_split(split)
     if dataset != "digits":
         check_source_exists(dataset, name="dataset")
@@ -378,7 +382,7 @@ def load_evaluation_split(
 
         saved = load_from_disk(dataset)
         if split == ONE_SET:
-            chosen = _every_saved_image(saved, dataset, preprocessing)
+            chosen = _every_saved_image(saved, dataset, preprocessing, image_column, label_column)
         else:
             chosen = _saved_split(saved, split, dataset)
         if chosen is not None:
@@ -393,7 +397,8 @@ def load_evaluation_split(
     load = streaming_image_classification_data if streaming else load_image_classification_data
     splits = load(
         dataset, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, class_names=class_names,
-        anonymised_dicom_groups=anonymised_dicom_groups, one_set=split == ONE_SET, **contract.loader_kwargs,
+        anonymised_dicom_groups=anonymised_dicom_groups, one_set=split == ONE_SET, image_column=image_column,
+        label_column=label_column, **contract.loader_kwargs,
     )  # fmt: skip
     if split == ONE_SET:
         return (splits[ONE_SET], None) if with_train else splits[ONE_SET]
@@ -401,7 +406,10 @@ def load_evaluation_split(
     return (chosen, splits["train"]) if with_train else chosen
 
 
-def _every_saved_image(splits, where: str, preprocessing: Optional[ImagePreprocessing]):
+def _every_saved_image(
+    splits, where: str, preprocessing: Optional[ImagePreprocessing], image_column: Optional[str] = None,
+    label_column: Optional[str] = None,
+):
     """Every split of a saved `DatasetDict` as one set: [`StreamingImages`] read through `preprocessing` (a model's
     contract) when given, else one `datasets.Dataset`."""
     import datasets
@@ -413,7 +421,9 @@ def _every_saved_image(splits, where: str, preprocessing: Optional[ImagePreproce
             "expected the same columns (and class names) in every split, to score them as one set"
         )
     every = datasets.concatenate_datasets(list(splits.values()))
-    return every if preprocessing is None else StreamingImages(every, **preprocessing.loader_kwargs)
+    if preprocessing is None:
+        return every
+    return StreamingImages(every, image_column=image_column, label_column=label_column, **preprocessing.loader_kwargs)
 
 
 def _names_of_label_ids(dataset: str, recorded: Optional[Sequence[str]]) -> Optional[Sequence[str]]:

@@ -1,6 +1,6 @@
 """The data flags every script shares (`--dataset`, `--class_names`, `--image_size`, `--num_channels`, `--window`,
 `--bits_stored`, `--val_fraction`, `--test_fraction`, `--resize_mode`, `--pad_value`, `--normalize_background`,
-`--streaming`, `--no_verify_images`, `--unlabeled`), `json_object_arg`, the type of the commands' `--pipeline_kwargs`,
+`--image_column`, `--label_column`, `--streaming`, `--no_verify_images`, `--unlabeled`), `json_object_arg`, the type of the commands' `--pipeline_kwargs`,
 and `number_in`, the type of a numeric flag refused at parse time when out of its range.
 
 Kept apart from the readers, which import torch, so that a script's `--help` answers at once.
@@ -16,7 +16,15 @@ from .split_record import SPLIT_DEFAULTS, SPLIT_RECORD_NAME
 # what `--image_size` None reads at (`data.DEFAULT_FOLDER_SIZE`, written out: the readers import torch)
 NATIVE_SIZE_UNLESS_FILES = "32 px for digits, image folders and CSVs of paths, else the data's own size"
 
-__all__ = ["add_class_names_arg", "add_data_args", "add_split_args", "json_object_arg", "number_in"]
+__all__ = [
+    "add_class_names_arg",
+    "add_column_args",
+    "add_data_args",
+    "add_split_args",
+    "columns_from_args",
+    "json_object_arg",
+    "number_in",
+]
 
 
 def add_class_names_arg(parser: Any) -> None:
@@ -27,10 +35,29 @@ def add_class_names_arg(parser: Any) -> None:
     )  # fmt: skip
 
 
+def add_column_args(parser: Any) -> None:
+    """`--image_column` and `--label_column`: the columns of a saved `datasets` folder that has several Image or
+    ClassLabel columns (read by [`columns_from_args`])."""
+    parser.add_argument(
+        "--image_column", default=None,
+        help="a saved datasets folder's Image column, when it has several (default: %(default)s, its one Image column)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--label_column", default=None,
+        help="a saved datasets folder's ClassLabel column, when it has several (CIFAR-100's fine_label and "
+        "coarse_label) (default: %(default)s, its one ClassLabel column)",
+    )  # fmt: skip
+
+
+def columns_from_args(args: Any) -> dict[str, str | None]:
+    """`image_column` and `label_column` from the flags of [`add_column_args`] (None where a parser has none)."""
+    return {name: getattr(args, name, None) for name in ("image_column", "label_column")}
+
+
 def add_data_args(parser: Any, image_size: int | None = None, streaming: bool = False, unlabeled: bool = False) -> Any:
     """The `--dataset`, `--class_names`, `--image_size`, `--num_channels`, `--window`, `--bits_stored`, `--val_fraction`,
-    `--test_fraction`, `--resize_mode`, `--pad_value` and `--normalize_background` flags every script shares (read
-    by [`load_data_from_args`]), with `streaming` the `--streaming` flag (read by `data.streaming_data_from_args`)
+    `--test_fraction`, `--resize_mode`, `--pad_value`, `--normalize_background`, `--image_column` and `--label_column`
+    flags every script shares (read by [`load_data_from_args`]), with `streaming` the `--streaming` flag (read by `data.streaming_data_from_args`)
     of scripts whose trainer takes a dataset, and with `unlabeled` the `--unlabeled` flag of label-free trainers."""
     parser.add_argument(
         "--dataset", default="digits",
@@ -82,6 +109,7 @@ def add_data_args(parser: Any, image_size: int | None = None, streaming: bool = 
         help="divide each bright-field image by the median of its border pixels, so grey and white instrument "
         "fields both become white (FlowCam vs in-situ cameras); saved with the model",
     )  # fmt: skip
+    add_column_args(parser)
     if streaming:
         parser.add_argument(
             "--streaming", action="store_true",

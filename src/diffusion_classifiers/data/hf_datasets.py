@@ -180,10 +180,10 @@ def find_column(features: Any, name: str | None, feature_type: type, role: str) 
     matches = [column for column, feature in features.items() if isinstance(feature, feature_type)]
     if len(matches) != 1:
         found = "no" if not matches else f"several ({matches})"
-        if matches:  # QA: the commands without the flag were told to pass it
+        if matches:
             how = (
-                f"Pass {role}_column= naming one{' (predict and cluster: --image_column)' if role == 'image' else ''}, "
-                f"or save the dataset with one {expected} column (dataset.remove_columns([...]))"
+                f"Pass {role}_column= naming one (the commands and training scripts: --{role}_column), or save the "
+                f"dataset with one {expected} column (dataset.remove_columns([...]))"
             )
         else:
             how = f"Pass {role}_column= naming one {expected} column ({_CAST_HINTS.get(role, '')})"

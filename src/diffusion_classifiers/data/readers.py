@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from .array_files import read_digits, read_idx_directory, read_npz
+from .arguments import columns_from_args
 from .dicom import MedicalPreprocessing, is_dicom_file
 from .windows import parse_windows
 from .file_decoding import _BitDepths, decode_files
@@ -477,6 +478,7 @@ def load_data_from_args(args: Any) -> dict[str, LabeledImages]:
     return load_image_classification_data(
         args.dataset, image_size=args.image_size, num_channels=args.num_channels, medical=medical_from_args(args),
         unlabeled=getattr(args, "unlabeled", False), **splits_from_args(args), **fit_from_args(args),
+        **columns_from_args(args),
     )  # fmt: skip
 
 

@@ -41,6 +41,7 @@ from .hf_datasets import (
 )
 from .image_listing import list_csv, list_folder_files, list_unlabeled_images
 from .labeled_images import ONE_SET, SPLITS, RawData, labels_and_names
+from .arguments import columns_from_args
 from .readers import (
     DEFAULT_FOLDER_SIZE,
     UNLABELED,
@@ -607,7 +608,7 @@ def streaming_data_from_args(args: Any) -> dict[str, StreamingImages]:
     unreadable = None if args.no_verify_images else []  # else refused now, before training, as they are listed
     splits = streaming_image_classification_data(
         args.dataset, num_channels, image_size, medical=medical, unlabeled=getattr(args, "unlabeled", False),
-        unreadable=unreadable, **splits_from_args(args), **fit_from_args(args),
+        unreadable=unreadable, **splits_from_args(args), **fit_from_args(args), **columns_from_args(args),
     )
     if unreadable is not None:
         _verify_across_processes(list(splits.values()), getattr(args, "dataloader_num_workers", 0), unreadable)

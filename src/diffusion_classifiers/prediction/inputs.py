@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
@@ -110,6 +111,7 @@ def list_inputs(
     split: str = "test",
     image_column: Optional[str] = None,
     medical: Any = None,
+    label_column: Optional[str] = None,
 ) -> list[PredictionInput]:
     r"""
     The items of `source`, in order.
@@ -127,12 +129,14 @@ def list_inputs(
               as they are. A file the CSV names but that does not exist becomes a row of the errors file, like an
               unreadable one.
             * a saved `datasets.Dataset` or `DatasetDict` folder (`save_to_disk`), with one `Image` column (or the one
-              `image_column` names); its rows are named by index; a `ClassLabel` column, when there is exactly one,
-              is carried as `true_label`.
+              `image_column` names); its rows are named by index; its `ClassLabel` column (the one `label_column`
+              names where it has several) is carried as `true_label`, its other columns of single values (a patient,
+              a site; other ClassLabel columns by name) as they are, as a CSV's.
             * one image or DICOM file.
         windows (`Sequence`, *optional*): the DICOM windows, one channel each: preset names, `"file"`, `"full"` or
             `data.Window`s (see `data.window_channels`). 1 or 3 windows. Default: those of `medical`.
         split (`str`, *optional*, defaults to `"test"`): the split of a saved `DatasetDict`.
+        label_column (`str`, *optional*): the label column of a dataset (default: its one `ClassLabel` column).
         image_column (`str`, *optional*): the image column of a dataset (default: its one `Image` column).
         medical (`data.MedicalPreprocessing`, *optional*): how DICOM and 16-bit files are read (windows, padding,
             bit depth): a model's saved `pipe.preprocessing.medical`; `windows` replace its windows. Default:
@@ -160,7 +164,7 @@ def list_inputs(
                 f"input {source}: a saved datasets folder holds pictures, but the model reads DICOM files through "
                 f"{len(medical.windows)} windows {medical.to_dict()['windows']}; expected a folder or CSV of DICOM files"
             )
-        return _dataset_inputs(source, split, image_column)
+        return _dataset_inputs(source, split, image_column, label_column)
     if source.is_dir():
         return _folder_inputs(source, read)
     if source.suffix.lower() == ".csv":
@@ -274,7 +278,9 @@ def _read_file(path: Path, medical: Any) -> list:
     return [image[0]] if hasattr(image, "shape") else [image]
 
 
-def _dataset_inputs(folder: Path, split: str, image_column: Optional[str]) -> list[PredictionInput]:
+def _dataset_inputs(
+    folder: Path, split: str, image_column: Optional[str], label_column: Optional[str]
+) -> list[PredictionInput]:
     import datasets
 
     from ..data.hf_datasets import canonical_split_name, find_column
@@ -289,21 +295,72 @@ def _dataset_inputs(folder: Path, split: str, image_column: Optional[str]) -> li
     if len(dataset) == 0:
         raise ValueError(f"dataset {folder}: no rows; expected one row per image")
     image_column = find_column(dataset.features, image_column, datasets.Image, "image")
-    labels = _dataset_labels(dataset)
+    label_column = _label_column(dataset, label_column, folder)
+    labels = _column_cells(dataset, label_column) if label_column else None
+    carried = {column: _column_cells(dataset, column) for column in _carried_columns(dataset, label_column, folder)}
     images = dataset.select_columns([image_column])
     return [
-        PredictionInput(str(i), partial(_read_dataset_row, images, image_column, i), labels[i] if labels else None)
+        PredictionInput(
+            str(i), partial(_read_dataset_row, images, image_column, i), labels[i] or None if labels else None,
+            columns={column: cells[i] for column, cells in carried.items()},
+        )  # fmt: skip
         for i in range(len(dataset))
     ]
 
 
-def _dataset_labels(dataset: Any) -> Optional[list[str]]:
+def _label_column(dataset: Any, name: Optional[str], folder: Path) -> Optional[str]:
+    """The column carried as `true_label`: the `ClassLabel` column named, else the only one, else a `label` column of
+    values (as a CSV's); with several ClassLabel columns and none named, none (said: the output then lacks them)."""
     import datasets
 
-    columns = [name for name, feature in dataset.features.items() if isinstance(feature, datasets.ClassLabel)]
-    if len(columns) != 1:
-        return None
-    return dataset.features[columns[0]].int2str(list(dataset[columns[0]]))
+    from ..data.hf_datasets import find_column
+
+    if name is not None:
+        return find_column(dataset.features, name, datasets.ClassLabel, "label")
+    columns = [column for column, feature in dataset.features.items() if isinstance(feature, datasets.ClassLabel)]
+    if len(columns) > 1:
+        warnings.warn(
+            f"dataset {folder}: several ClassLabel columns {columns}, so none is carried as true_label; pass "
+            "--label_column (label_column=) naming the one the model's classes are",
+            UserWarning,
+            stacklevel=4,
+        )
+    if not columns and isinstance(dataset.features.get("label"), datasets.Value):
+        return "label"
+    return columns[0] if len(columns) == 1 else None
+
+
+def _carried_columns(dataset: Any, label_column: Optional[str], folder: Path) -> list[str]:
+    """A dataset's columns of single values (strings, numbers, other ClassLabels: a patient, a site), carried to the
+    output as a CSV's other columns are, but those named as columns predict writes whatever the model (said)."""
+    import datasets
+
+    from .outputs import TRAINING_IMAGE_KEY
+
+    values = [
+        column for column, feature in dataset.features.items()
+        if column != label_column and isinstance(feature, (datasets.Value, datasets.ClassLabel))
+    ]  # fmt: skip
+    written = ("path", "frame", "true_label", TRAINING_IMAGE_KEY, "label", "score")
+    clashing = [column for column in values if column in written or column.startswith(("prob_", "log_likelihood"))]
+    if clashing:
+        warnings.warn(
+            f"dataset {folder}: its column(s) {clashing} are not carried to the output, which has columns of those "
+            "names; rename them to carry them",
+            UserWarning,
+            stacklevel=4,
+        )
+    return [column for column in values if column not in clashing]
+
+
+def _column_cells(dataset: Any, column: str) -> list[str]:
+    """A column's cells as text: a ClassLabel's names, an empty cell for a missing value."""
+    import datasets
+
+    values, feature = list(dataset[column]), dataset.features[column]
+    if isinstance(feature, datasets.ClassLabel):
+        return [feature.int2str(value) if value is not None and value >= 0 else "" for value in values]
+    return ["" if value is None else str(value) for value in values]
 
 
 def _read_dataset_row(images: Any, column: str, index: int) -> list:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterator, Mapping, NamedTuple, Optional, Sequence
 
-from ..data.arguments import json_object_arg
+from ..data.arguments import add_column_args, json_object_arg
 from .inputs import (
     DICOM_ID_COLUMNS,
     FILE_STAMP_COLUMNS,
@@ -160,8 +160,8 @@ def _carried_columns(inputs: Sequence[PredictionInput], columns: list[str]) -> l
     ]  # fmt: skip
     if clashing:
         raise ValueError(
-            f"inputs: CSV column(s) {clashing} are named as columns predict writes itself; expected other names for "
-            "the columns it carries to the output (rename them)"
+            f"inputs: CSV or dataset column(s) {clashing} are named as columns predict writes itself; expected other "
+            "names for the columns it carries to the output (rename them)"
         )
     return [column for column in carried if column not in columns]
 
@@ -655,7 +655,8 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
 
 
 def add_input_args(parser: argparse.ArgumentParser) -> None:
-    """`--input` and how it is read (`--window`, `--split`, `--image_column`): the flags [`model_and_inputs`] reads,
+    """`--input` and how it is read (`--window`, `--split`, `--image_column`, `--label_column`): the flags
+    [`model_and_inputs`] reads,
     shared by `predict` and `cluster`."""
     parser.add_argument(
         "--input", required=True,
@@ -671,7 +672,7 @@ def add_input_args(parser: argparse.ArgumentParser) -> None:
         "read through are recorded with the output)",
     )  # fmt: skip
     parser.add_argument("--split", default="test", help="the split to read when --input is a saved DatasetDict")
-    parser.add_argument("--image_column", default=None, help="a dataset's image column; None: its one Image column")
+    add_column_args(parser)  # the label column's names are carried as true_label
 
 
 def input_split(args: argparse.Namespace, announce: bool = True) -> dict:
@@ -710,7 +711,9 @@ def model_and_inputs(args: argparse.Namespace) -> ModelInputs:
         medical = replace(medical, windows=windows)
         medical.check_replaces(saved.medical_or_default, saved.num_channels, "--window", args.model_dir)
         _warn_other_windows(medical, saved.medical_or_default, args.model_dir)
-    inputs = list_inputs(args.input, split=args.split, image_column=args.image_column, medical=medical)
+    inputs = list_inputs(
+        args.input, split=args.split, image_column=args.image_column, label_column=args.label_column, medical=medical
+    )
     check_inputs(inputs)
     if windows is not None and all(item.dicom_file is None for item in inputs):
         warnings.warn(

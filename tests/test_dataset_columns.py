@@ -1,0 +1,89 @@
+"""A saved `datasets` folder with several Image or ClassLabel columns (CIFAR-100's fine_label and coarse_label, an
+image and its mask) is read by every command and training script through `--image_column` and `--label_column`;
+`predict` carries its other columns (a patient, a site) to the output as a CSV's.
+
+QA: only `predict` and `cluster` had `--image_column`, and none had `--label_column`: `evaluate`, `probe`, `fit-head`
+and the training scripts refused such a folder, and `predict` wrote no true labels, without a word.
+"""
+
+import argparse
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from diffusion_classifiers.cli import main
+from diffusion_classifiers.data import add_data_args, load_data_from_args
+
+from .test_cli import _saved_rc_dit
+
+datasets = pytest.importorskip("datasets")
+
+COARSE = ["low", "high"]  # digits 0-4 and 5-9
+
+
+@pytest.fixture(scope="module")
+def two_of_each(tmp_path_factory):
+    """Digits as a DatasetDict with two Image columns (`image`, `inverted`), two ClassLabel columns (`digit`,
+    `coarse`) and a `patient_id`; 60 / 30 / 30 rows."""
+    digits = load_digits()
+    features = datasets.Features({
+        "image": datasets.Image(), "inverted": datasets.Image(), "patient_id": datasets.Value("string"),
+        "digit": datasets.ClassLabel(names=[str(i) for i in range(10)]), "coarse": datasets.ClassLabel(names=COARSE),
+    })  # fmt: skip
+    parts, start = {}, 0
+    for split, size in (("train", 60), ("validation", 30), ("test", 30)):
+        pixels = (digits.images[start:start + size] * 255 / 16).astype(np.uint8)
+        labels = digits.target[start:start + size]
+        parts[split] = datasets.Dataset.from_dict({
+            "image": [Image.fromarray(image) for image in pixels],
+            "inverted": [Image.fromarray(255 - image) for image in pixels],
+            "patient_id": [f"P{start + i}" for i in range(size)],
+            "digit": labels.tolist(), "coarse": (labels >= 5).astype(int).tolist(),
+        }, features=features)  # fmt: skip
+        start += size
+    folder = tmp_path_factory.mktemp("columns") / "rows"
+    datasets.DatasetDict(parts).save_to_disk(str(folder))
+    return str(folder)
+
+
+def test_fit_head_evaluate_and_predict_read_the_columns_named(two_of_each, tmp_path):
+    model = _saved_rc_dit(tmp_path / "rc")
+    columns = ["--image_column", "image", "--label_column", "coarse"]
+    with pytest.raises(ValueError, match=r"several \(\['image', 'inverted'\]\) .*training scripts: --image_column"):
+        main(["fit-head", "--model_dir", model, "--dataset", two_of_each, "--output_dir", str(tmp_path / "refused")])
+    main(["fit-head", "--model_dir", model, "--dataset", two_of_each, *columns, "--output_dir", str(tmp_path / "h")])
+    fitted = json.loads((tmp_path / "h" / "metrics.json").read_text())
+    assert list(fitted["per_class"]) == COARSE and fitted["num_samples"] == 30
+    pipeline = str(tmp_path / "h" / "pipeline")
+    main(["evaluate", "--model_dir", pipeline, "--dataset", two_of_each, *columns, "--output_dir", str(tmp_path / "e")])
+    evaluated = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert (evaluated["num_samples"], evaluated["accuracy"]) == (30, fitted["accuracy"])
+    main(["evaluate", "--model_dir", pipeline, "--dataset", two_of_each, *columns, "--split", "all",
+          "--drop_training_images", "--output_dir", str(tmp_path / "all")])  # fmt: skip
+    assert json.loads((tmp_path / "all" / "metrics.json").read_text())["num_samples"] == 60  # val and test
+
+    output = tmp_path / "predictions.csv"
+    main(["predict", "--model_dir", pipeline, "--input", two_of_each, *columns, "--output", str(output)])
+    with open(output, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    test = datasets.load_from_disk(two_of_each)["test"]
+    assert [row["true_label"] for row in rows] == [COARSE[label] for label in test["coarse"]]
+    assert [(row["patient_id"], row["digit"]) for row in rows] == list(zip(test["patient_id"], map(str, test["digit"])))
+    with pytest.warns(UserWarning, match=r"several ClassLabel columns \['digit', 'coarse'\], so none is carried"):
+        main(["predict", "--model_dir", pipeline, "--input", two_of_each, "--image_column", "image", "--output",
+              str(tmp_path / "unlabelled.csv")])  # fmt: skip
+
+
+def test_the_training_scripts_read_the_columns_named(two_of_each):
+    parser = add_data_args(argparse.ArgumentParser())
+    args = parser.parse_args(["--dataset", two_of_each, "--image_column", "inverted", "--label_column", "digit"])
+    args.seed = 0
+    splits = load_data_from_args(args)
+    assert splits["train"].class_names == [str(i) for i in range(10)]
+    test = datasets.load_from_disk(two_of_each)["test"]
+    np.testing.assert_array_equal(splits["test"].labels.numpy(), test["digit"])
+    assert float(splits["test"].images[0].mean()) > 0  # the inverted digits: mostly white
