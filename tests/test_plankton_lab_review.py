@@ -59,7 +59,8 @@ def test_predict_carries_an_input_csvs_other_columns_for_aggregate(tmp_path, cap
     assert read_rows(tmp_path / "p.parquet.mean_by_sample.csv") == read_rows(tmp_path / "p.mean_by_sample.csv")
     with open(tmp_path / "bad.csv", "w", newline="") as handle:
         csv.writer(handle).writerows([["path", "score"], ["a.png", "1"]])
-    with pytest.raises(ValueError, match=r"inputs: CSV column\(s\) \['score'\] are named as columns predict writes"):
+    refused = r"inputs: CSV or dataset column\(s\) \['score'\] are named as columns predict writes"
+    with pytest.raises(ValueError, match=refused):
         main(["predict", "--model_dir", str(model), "--input", str(tmp_path / "bad.csv"), "--output",
               str(tmp_path / "bad_out.csv")])  # fmt: skip
     # an output of the version that dropped the column resumes with its columns

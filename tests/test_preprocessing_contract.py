@@ -400,7 +400,7 @@ def depth_warnings(caught) -> list[str]:
 
 def test_the_recorded_bit_depth_round_trips_and_an_earlier_contract_loads_as_saved():
     contract = ImagePreprocessing(8, 1, medical=RECORDED_12)
-    assert contract.medical == MedicalPreprocessing(guessed_bits_stored=12, dataset_rows_as_files=False)  # as saved
+    assert contract.medical == MedicalPreprocessing(guessed_bits_stored=12, pil_images_as_files=False)  # as saved
     assert ImagePreprocessing.from_dict(json.loads(json.dumps(contract.to_dict()))) == contract
     earlier = ImagePreprocessing.from_dict({"image_size": 8, "num_channels": 1, "medical": EARLIER})
     assert earlier.medical.guessed_bits_stored is None

@@ -1,6 +1,7 @@
-"""16-bit PNG rows of a `datasets` Image column read as the files they hold, in every path that reads rows (the
-in-memory and streaming loaders, `evaluate`'s decoded split, `predict`, `read_classification_split`), while
-contracts saved before keep the earlier rule (from `[0, 65535]`), so their models read rows as they were trained.
+"""16-bit PIL images (the rows of a `datasets` Image column, `Image.open` of a 16-bit PNG) read as the files they were
+decoded from, in every path (the in-memory and streaming loaders, `evaluate`'s decoded split, `predict`,
+`read_classification_split`, `pipe(...)` on rows a user decoded), while contracts saved before keep the earlier rule
+(from `[0, 65535]`), so their models read such images as they were trained on them.
 
 QA: a model trained on a DatasetDict of 12-bit PNG rows scored 83.75% on its test split and 50% when `predict` read
 the same PNG files from a folder (31 of 80 labels flipped), without a word: the rows were scaled from 0..65535, the
@@ -63,7 +64,7 @@ def test_rows_read_as_their_files_in_every_path(rows_and_files):
     torch.testing.assert_close(read["test"].images, expected, rtol=0, atol=1e-6)
 
     saved = ImagePreprocessing.from_dict(contract.to_dict())  # the model's contract, as saved and loaded
-    assert saved.to_dict()["medical"]["dataset_rows_as_files"] is True
+    assert saved.to_dict()["medical"]["pil_images_as_files"] is True
     test_rows = datasets.load_from_disk(str(rows))["test"]
     streamed = streaming_image_classification_data(str(rows), num_channels=1, image_size=8)["test"]
     torch.testing.assert_close(torch.stack([image for image, _ in streamed]), expected, rtol=0, atol=1e-6)
@@ -73,33 +74,37 @@ def test_rows_read_as_their_files_in_every_path(rows_and_files):
     torch.testing.assert_close(saved(images), expected, rtol=0, atol=1e-6)
     predicted = [item.read()[0] for item in list_inputs(rows, split="test")]
     torch.testing.assert_close(saved(predicted), expected, rtol=0, atol=1e-6)
+    users_own = [row["image"] for row in test_rows]  # decoded by datasets, as `pipe(ds["test"]["image"])` gets them
+    torch.testing.assert_close(saved(users_own), expected, rtol=0, atol=1e-6)
+    opened = [Image.open(path) for path in test_files]
+    torch.testing.assert_close(saved(opened), expected, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("earlier", ["without the key", "without medical"])
-def test_a_contract_saved_before_reads_rows_as_it_did(rows_and_files, earlier):
+def test_a_contract_saved_before_reads_16_bit_pil_images_as_it_did(rows_and_files, earlier):
     """Its model was trained on rows read from [0, 65535]: it keeps reading them so, and files as before."""
     rows, test_files = rows_and_files
     config = ImagePreprocessing(8, 1, medical=MedicalPreprocessing()).to_dict()
     if earlier == "without the key":
-        del config["medical"]["dataset_rows_as_files"]
+        del config["medical"]["pil_images_as_files"]
     else:
         config["medical"] = None
     contract = ImagePreprocessing.from_dict(config)
-    assert contract.medical_or_default.dataset_rows_as_files is False
+    assert contract.medical_or_default.pil_images_as_files is False
     images, _, _ = read_classification_split(datasets.load_from_disk(str(rows))["test"])
     full_range = torch.stack([torch.from_numpy(np.asarray(image, dtype=np.float32)) for image in images])
     torch.testing.assert_close(contract(images)[:, 0], full_range * (2 / 65535) - 1, rtol=0, atol=1e-6)
     read = load_image_classification_data(str(rows), **contract.loader_kwargs)  # evaluate / probe of such a model
     torch.testing.assert_close(read["test"].images, contract(images), rtol=0, atol=1e-6)
-    assert read["test"].preprocessing.to_dict()["medical"].get("dataset_rows_as_files") is None  # saved as it was
+    assert "pil_images_as_files" not in read["test"].preprocessing.to_dict()["medical"]  # saved as it was
     torch.testing.assert_close(contract(str(test_files[0])), _from_files(contract, test_files[:1]))
 
 
-def test_rows_read_at_another_depth_than_training_are_warned_about_by_row(rows_and_files):
+def test_pil_images_read_at_another_depth_than_training_are_warned_about(rows_and_files):
     rows, _ = rows_and_files
     trained = ImagePreprocessing(8, 1, medical=MedicalPreprocessing(guessed_bits_stored=16))
     images, _, _ = read_classification_split(datasets.load_from_disk(str(rows))["test"])
-    with pytest.warns(UserWarning, match=r"8 of 8 16-bit images .*item 0 \(split 'evaluation' row 0\) at 12 bits"):
+    with pytest.warns(UserWarning, match=r"8 of 8 16-bit images .*item 0 \(a 16-bit PIL image\) at 12 bits"):
         trained(images)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -108,6 +113,6 @@ def test_rows_read_at_another_depth_than_training_are_warned_about_by_row(rows_a
 
 def test_the_rule_is_saved_and_checked():
     assert MedicalPreprocessing.from_dict(MedicalPreprocessing().to_dict()) == MedicalPreprocessing()
-    assert MedicalPreprocessing.from_dict({}).dataset_rows_as_files is False  # saved before the key existed
-    with pytest.raises(ValueError, match="dataset_rows_as_files: expected True or False, got 'yes'"):
-        MedicalPreprocessing(dataset_rows_as_files="yes")
+    assert MedicalPreprocessing.from_dict({}).pil_images_as_files is False  # saved before the key existed
+    with pytest.raises(ValueError, match="pil_images_as_files: expected True or False, got 'yes'"):
+        MedicalPreprocessing(pil_images_as_files="yes")

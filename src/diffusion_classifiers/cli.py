@@ -591,7 +591,7 @@ def run_probe(args: argparse.Namespace) -> dict:
     args.dataset = _dataset_or_demo_digits(args.dataset, contract, "probe")
     # read as the U-Net was trained: windows, resize mode, background
     reading = {"image_size": unet_config.sample_size, "num_channels": unet_config.in_channels,
-               "medical": contract.medical, **contract.fit}  # fmt: skip
+               "medical": contract.medical_or_default, **contract.fit}  # fmt: skip
     data = _labelled_data(args, args.unet_dir, download(args.unet_dir), contract, reading, "a probe")
     splits = data.splits
     study = run_unet_feature_study(

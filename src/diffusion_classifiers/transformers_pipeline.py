@@ -5,7 +5,7 @@ RGB before the model's image processor sees it: a 16-bit PNG / TIFF is clipped (
 DICOM file is not an image to PIL. [`DiffusionClassifierImageClassificationPipeline`] hands local files and 16-bit /
 float PIL images to the image processor as they are: files are read through the model's saved preprocessing (DICOM
 windows, bit depth), exactly as `pipe(paths)` and `diffusion-classifiers predict` do; a 16-bit PIL image keeps its
-16 bits, scaled from [0, 65535] as every in-memory image is.
+16 bits, read as `pipe(...)` reads it (as its file, or from [0, 65535] by a model saved before 2026-12-06).
 """
 
 import os

@@ -771,12 +771,14 @@ class MedicalPreprocessing:
         dicom_files (`bool`, *optional*, defaults to `False`): informational, recorded by the loaders: the training
             data held DICOM files, so the model is given DICOM files by path (its card and reading summary say so,
             also for each file's own window, the default, which states nothing). Saved only when set.
-        dataset_rows_as_files (`bool`, *optional*, defaults to `True`): 16-bit PNG / TIFF rows of a `datasets` Image
-            column, read by the loaders, `evaluate`, `predict` or [`read_classification_split`], are scaled as the
-            files they hold are (by `bits_stored`, else each one's maximum's depth, recorded and checked as the
-            files'). `False`, the rule of contracts saved before 2026-12-06 (which lack the key, as do contracts
-            without `medical`): from `[0, 65535]`, as a 16-bit PIL image made in memory, so that their models read
-            rows as they were trained on them.
+        pil_images_as_files (`bool`, *optional*, defaults to `True`): a 16-bit PIL image (a `datasets` Image
+            column's row, `Image.open` of a 16-bit PNG) is scaled as the file it was decoded from is, by its maximum's
+            bit depth (recorded and checked as files' are), so that the rows of a `datasets` source, the same PNG
+            files in a folder and the images a user opens read alike; a stated `bits_stored` scales both alike
+            anyway. `False`, the rule of contracts saved before 2026-12-06 (which lack the key, as do contracts without
+            `medical`): from `[0, 65535]`, so that their models read such images as they were trained on them.
+            Saved when `True`, which earlier versions of this library refuse as an unknown key (a model saved from
+            2026-12-06 needs this version or later).
     """
 
     windows: tuple[Window | str, ...] = ("file",)
@@ -784,7 +786,7 @@ class MedicalPreprocessing:
     bits_stored: int | None = None
     guessed_bits_stored: int | None = None
     dicom_files: bool = False
-    dataset_rows_as_files: bool = True
+    pil_images_as_files: bool = True
 
     def __post_init__(self) -> None:
         windows = (self.windows,) if isinstance(self.windows, (str, Window)) else tuple(self.windows)
@@ -799,8 +801,8 @@ class MedicalPreprocessing:
             raise ValueError(f"padding_fill: expected a number in [0, 1], got {self.padding_fill!r}")
         _check_bits_stored(self.bits_stored)
         _check_bits_stored(self.guessed_bits_stored, "guessed_bits_stored")
-        if not isinstance(self.dataset_rows_as_files, bool):
-            raise ValueError(f"dataset_rows_as_files: expected True or False, got {self.dataset_rows_as_files!r}")
+        if not isinstance(self.pil_images_as_files, bool):
+            raise ValueError(f"pil_images_as_files: expected True or False, got {self.pil_images_as_files!r}")
 
     @property
     def num_channels(self) -> int:
@@ -859,21 +861,21 @@ class MedicalPreprocessing:
             config["guessed_bits_stored"] = self.guessed_bits_stored
         if self.dicom_files:  # the same
             config["dicom_files"] = True
-        if self.dataset_rows_as_files:  # its absence is the earlier rule
-            config["dataset_rows_as_files"] = True
+        if self.pil_images_as_files:  # its absence is the earlier rule
+            config["pil_images_as_files"] = True
         return config
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> MedicalPreprocessing:
-        known = ("windows", "padding_fill", "bits_stored", "guessed_bits_stored", "dicom_files", "dataset_rows_as_files")
+        known = ("windows", "padding_fill", "bits_stored", "guessed_bits_stored", "dicom_files", "pil_images_as_files")
         unknown = sorted(set(config) - set(known))
         if unknown:
             raise ValueError(f"MedicalPreprocessing: unknown keys {unknown}; expected {', '.join(known)}")
         windows = tuple(Window(**w) if isinstance(w, dict) else w for w in config.get("windows", ("file",)))
         padding_fill, bits_stored = float(config.get("padding_fill", 0.0)), config.get("bits_stored")
         guessed, dicom_files = config.get("guessed_bits_stored"), bool(config.get("dicom_files", False))
-        rows_as_files = config.get("dataset_rows_as_files", False)  # saved before the key existed: the earlier rule
-        return cls(windows, padding_fill, bits_stored, guessed, dicom_files, rows_as_files)
+        as_files = config.get("pil_images_as_files", False)  # saved before the key existed: the earlier rule
+        return cls(windows, padding_fill, bits_stored, guessed, dicom_files, as_files)
 
     def read(self, path: str | Path, frame: int | None = None) -> np.ndarray:
         """One file as float32 `[F, C, H, W]` in `[0, 1]`: a DICOM file (see [`is_dicom_file`]) windowed into

@@ -15,7 +15,7 @@ from .image_files import DECODE_ERRORS, decode_error_text
 from .file_decoding import _BitDepths, warn_mixed_channels
 from .labeled_images import RawData, labels_and_names
 from .preprocessing import ImagePreprocessing, preprocess_images
-from .sixteen_bit import mark_dataset_row, record_bit_depths
+from .sixteen_bit import record_bit_depths
 
 __all__ = [
     "canonical_split_name",
@@ -196,8 +196,8 @@ def _decode_column(dataset: Any, column: str, split: str) -> list[Image.Image]:
 
 
 def _decoded_rows(dataset: Any, column: str, split: str) -> Iterator[Image.Image]:
-    """The decoded images of `column`, one at a time, each marked as the row it is (`mark_dataset_row`: a 16-bit one
-    is read as its file); a row without an image or that cannot be decoded is refused naming it."""
+    """The decoded images of `column`, one at a time; a row without an image or that cannot be decoded is refused
+    naming it."""
     row = 0
     try:
         with warnings.catch_warnings():
@@ -205,7 +205,7 @@ def _decoded_rows(dataset: Any, column: str, split: str) -> Iterator[Image.Image
             for row, example in enumerate(dataset.select_columns([column])):
                 if example[column] is None:
                     raise ValueError(f"split {split!r} row {row}: column {column!r} has no image")
-                yield mark_dataset_row(example[column], f"split {split!r} row {row}")
+                yield example[column]
     except DECODE_ERRORS as error:
         raise ValueError(
             f"split {split!r} row {row}: cannot decode column {column!r}: {decode_error_text(error)}"

@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..validation import check_finite_rows, first_and_more
 from .dicom import MedicalPreprocessing, is_dicom_file
-from .sixteen_bit import _PIL_16BIT_MODES, _scale_16bit, check_bit_depths, dataset_row_name, note_bit_depth
+from .sixteen_bit import _PIL_16BIT_MODES, _scale_16bit, check_bit_depths, note_bit_depth
 from .image_files import DECODE_ERRORS, decode_error_text, open_image
 
 __all__ = ["INPUT_RANGES", "RESAMPLE_MODES", "RESIZE_MODES", "ImagePreprocessing", "preprocess_images"]
@@ -90,10 +90,11 @@ class ImagePreprocessing:
             downsizing, as PIL does) or `"nearest"`.
         medical ([`MedicalPreprocessing`] or `dict`, *optional*): how DICOM files (`.dcm`, `.dicom`, `.dic`, `.ima`,
             or another or no extension and a 'DICM' header) and 16-bit PNG / TIFF given as paths are read: the DICOM
-            windows (one channel each) and the bit depth. `None`: `MedicalPreprocessing(dataset_rows_as_files=False)`
-            (each DICOM's own window, 16-bit images by their maximum's bit depth, a `datasets` row's as contracts
-            saved without `medical` read them). Without a stated `bits_stored`, 16-bit images (files, and
-            PIL images, read from `[0, 65535]`) scaled by a depth other than the one recorded for the training images
+            windows (one channel each) and the bit depth. `None`: `MedicalPreprocessing(pil_images_as_files=False)`
+            (each DICOM's own window, 16-bit files by their maximum's bit depth, 16-bit PIL images as contracts saved
+            without `medical` read them). Without a stated `bits_stored`, 16-bit images (files, and
+            PIL images: as files, or from `[0, 65535]` where `pil_images_as_files` is off) scaled by a depth other
+            than the one recorded for the training images
             (`guessed_bits_stored`) get one `UserWarning` per call; their values are unchanged.
         resize_mode (`str`, *optional*, defaults to `"stretch"`): how an image meets `image_size`: `"stretch"` to it
             (the aspect ratio is not kept), `"pad"` (scaled to fit inside it keeping the aspect ratio, centred, the
@@ -181,7 +182,7 @@ class ImagePreprocessing:
         as this contract does (size, channels, DICOM reading and `fit`): how each image is read, not how the data is
         carved into train / val / test (the loaders' defaults then, not the model's training run's: a pipeline's
         `loader_kwargs` adds the carving its `split_record` records)."""
-        medical = self.medical_or_default  # a contract without `medical` reads a datasets row's 16 bits as it did
+        medical = self.medical_or_default  # a contract without `medical` reads 16-bit PIL images as it did
         return {"image_size": self.image_size, "num_channels": self.num_channels, "medical": medical, **self.fit}
 
     def summary(self) -> str:
@@ -205,9 +206,9 @@ class ImagePreprocessing:
 
     @property
     def medical_or_default(self) -> MedicalPreprocessing:
-        """`medical`, or when unset `MedicalPreprocessing()` with the rows of a `datasets` Image column read as
-        contracts saved without `medical` read them (`dataset_rows_as_files=False`)."""
-        return self.medical if self.medical is not None else MedicalPreprocessing(dataset_rows_as_files=False)
+        """`medical`, or when unset `MedicalPreprocessing()` with 16-bit PIL images read as contracts saved without
+        `medical` read them (`pil_images_as_files=False`)."""
+        return self.medical if self.medical is not None else MedicalPreprocessing(pil_images_as_files=False)
 
     def __call__(self, images: Any, input_data_format: str | None = None) -> torch.Tensor:
         """[`preprocess_images`] with this contract."""
@@ -255,9 +256,9 @@ def preprocess_images(
     Args:
         images (`str`, `os.PathLike`, `PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a `list` of them):
             one image or a batch, or a list of them (each may have its own size and type), read as in the table
-            above. PIL modes: `I`/`I;16*` are scaled from `[0, 65535]`, or from the stated `medical.bits_stored`
-            (a 16-bit file given as a path is read by `preprocessing.medical`'s bit depth, and so is a `datasets`
-            row decoded by this library's readers, see `medical.dataset_rows_as_files`), `F` is one float
+            above. PIL modes: `I`/`I;16*` are read as their files are, by their bit depth (the stated
+            `medical.bits_stored`, else their maximum's; `medical.pil_images_as_files`, as every new contract says),
+            else from `[0, 65535]` (or the stated depth), `F` is one float
             channel; alpha is discarded, not composited. Values: `uint8` is scaled from `[0, 255]`, `uint16` from
             `[0, 65535]` (from `[0, 2^bits_stored - 1]` where `medical.bits_stored` is stated, else with a warning
             where the contract reads medical files),
@@ -354,8 +355,8 @@ def _to_unit_batches(items: list, data_format: str | None, contract: ImagePrepro
         value_range, item_format = contract.input_range, data_format
         if isinstance(item, (str, os.PathLike)):  # read as [F, C, H, W] (or a PIL image), whatever the arrays' layout
             item, value_range, item_format = _read_path(item, position, contract), _FILE_RANGE, "channels_first"
-        elif _reads_as_its_file(item, contract):  # a datasets row holding a 16-bit file: [1, 1, H, W] in [0, 1]
-            item, value_range, item_format = _scaled_row(item, position), _FILE_RANGE, "channels_first"
+        elif _reads_as_its_file(item, contract):  # a 16-bit PIL image: [1, 1, H, W] in [0, 1], as its file
+            item, value_range, item_format = _scaled_as_its_file(item, position), _FILE_RANGE, "channels_first"
         batch = _item_to_nchw(item, position, offset, item_format)
         if batch.shape[0] == 0 or batch.shape[2] == 0 or batch.shape[3] == 0:
             raise ValueError(f"preprocess_images: item {position} is empty (shape {tuple(batch.shape)})")
@@ -431,19 +432,19 @@ def _read_path(path: Any, position: int, contract: ImagePreprocessing) -> Any:
 
 
 def _reads_as_its_file(item: Any, contract: ImagePreprocessing) -> bool:
-    """A 16-bit PIL image decoded from a `datasets` row, read by its guessed bit depth as the file it holds is
-    (`dataset_rows_as_files`); a stated `bits_stored` scales it as every 16-bit image is, in `_to_unit_batches`."""
+    """A 16-bit PIL image read by its guessed bit depth, as the file it was decoded from is (`pil_images_as_files`; a
+    `datasets` row, `Image.open` of a PNG); a stated `bits_stored` scales it as every 16-bit image, further on."""
     medical = contract.medical_or_default
     return (
-        isinstance(item, Image.Image) and item.mode in _PIL_16BIT_MODES and dataset_row_name(item) is not None
-        and medical.dataset_rows_as_files and medical.bits_stored is None
+        isinstance(item, Image.Image) and item.mode in _PIL_16BIT_MODES and medical.pil_images_as_files
+        and medical.bits_stored is None
     )  # fmt: skip
 
 
-def _scaled_row(image: Image.Image, position: int) -> np.ndarray:
-    """A 16-bit datasets row as its file is read: float32 `[1, 1, H, W]` in `[0, 1]` by its maximum's bit depth, told
-    to the open bit depth check and record."""
-    name = f"item {position} ({dataset_row_name(image)})"
+def _scaled_as_its_file(image: Image.Image, position: int) -> np.ndarray:
+    """A 16-bit PIL image as its file is read: float32 `[1, 1, H, W]` in `[0, 1]` by its maximum's bit depth, told to
+    the open bit depth check and record."""
+    name = f"item {position} (a 16-bit PIL image)"
     values, bits = _scale_16bit(image, None, name)
     note_bit_depth(name, bits, image)
     return values[None, None]

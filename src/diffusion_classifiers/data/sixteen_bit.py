@@ -21,8 +21,6 @@ from .image_files import DECODE_ERRORS, decode_error_text, open_image
 __all__ = [
     "LOW_RANGE_FILL",
     "check_bit_depths",
-    "dataset_row_name",
-    "mark_dataset_row",
     "note_bit_depth",
     "read_16bit_image",
     "record_bit_depths",
@@ -36,8 +34,6 @@ _PIL_16BIT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
 # 16-bit data spanning less than this share of their scale keep fewer than 0.05 * 255 ~ 13 grey levels once stored or
 # shown at 8 bits: too little contrast to be a deliberate choice, so read_16bit_image warns.
 LOW_RANGE_FILL = 0.05
-# The key of a PIL image's `info` naming the `datasets` row it was decoded from (see [`mark_dataset_row`]).
-_DATASET_ROW = "diffusion_classifiers.dataset_row"
 
 def read_16bit_image(path: str | Path, bits_stored: int | None = None) -> np.ndarray:
     r"""
@@ -103,21 +99,6 @@ def _scale_16bit(image: Image.Image, bits_stored: int | None, name: Any) -> tupl
     return (values / scale).astype(np.float32), bits_stored
 
 
-def mark_dataset_row(image: Image.Image, name: str) -> Image.Image:
-    """`image`, decoded from a `datasets` Image column's row `name` by this library's readers, marked so (in its
-    `info`, which copies and pickling keep): the preprocessing reads a 16-bit one as the file the row holds, by its
-    bit depth, where the contract says so (`MedicalPreprocessing.dataset_rows_as_files`), not from `[0, 65535]` as a
-    16-bit PIL image made in memory. (QA: the same 12-bit PNG files read one way in a folder and the other in a
-    `DatasetDict`, and a model trained on the one read the other at chance, without a word.)"""
-    image.info[_DATASET_ROW] = name
-    return image
-
-
-def dataset_row_name(image: Any) -> str | None:
-    """The row a PIL image marked by [`mark_dataset_row`] was decoded from; None for any other image."""
-    return image.info.get(_DATASET_ROW) if isinstance(image, Image.Image) else None
-
-
 def _check_bits_stored(bits_stored: Any, name: str = "bits_stored") -> None:
     if bits_stored is not None and (isinstance(bits_stored, bool) or bits_stored not in range(1, 17)):
         raise ValueError(f"{name}: expected an integer in 1..16 or None, got {bits_stored!r}")
@@ -145,7 +126,8 @@ def check_bit_depths(medical: Any, stacklevel: int = 1) -> _BitDepthCheck:
 def record_bit_depths(record: Any) -> Iterator[Any]:
     """While open, every 16-bit image read through the preprocessing (see [`note_bit_depth`]) is added to `record`
     (`record.add(name, bits)`): how a reader that preprocesses decoded images, such as a `datasets` source's rows,
-    learns the depths its 16-bit images were scaled by, which the files' readers record as they decode."""
+    learns the depths its 16-bit images were scaled by (16-bit PIL images read as files: see
+    `MedicalPreprocessing.pil_images_as_files`), which the files' readers record as they decode."""
     token = _DEPTH_RECORD.set(record)
     try:
         yield record
@@ -216,7 +198,8 @@ class _BitDepthCheck:
             f"{other} of {self.total} 16-bit images were scaled by another bit depth than the model's training "
             f"images, all read at {trained} bits (its preprocessing's medical.guessed_bits_stored): "
             f"{'; '.join(self.shown)}{more} ({depths}). No bits_stored was stated, so each 16-bit PNG / TIFF is "
-            "scaled by its own maximum rounded up to whole bits (a 16-bit PIL image from [0, 65535], 16 bits): a "
+            "scaled by its own maximum rounded up to whole bits (a 16-bit PIL image too, but by a model saved before "
+            "2026-12-06: from [0, 65535], 16 bits): a "
             "stored value reads twice as bright as in training per bit fewer (a dark or half-dose 12-bit scan, "
             "maximum below 2048, reads at 11 bits) and half as bright per bit more. The images are read as before; "
             f"to read them as the training images were, state the depth: train with --bits_stored {trained} "

@@ -29,7 +29,6 @@ from .dicom import MedicalPreprocessing, is_dicom_file
 from .image_files import DECODE_ERRORS, decode_error_text, open_image
 from .preprocessing import ImagePreprocessing, _describe, fit_options, preprocess_images
 from .file_decoding import _refuse_unreadable_files, check_file_headers, decode_image_file, list_frames
-from .sixteen_bit import mark_dataset_row
 from .hf_datasets import (
     HF_SPLIT_NAMES,
     find_column,
@@ -90,10 +89,9 @@ def _decode(item: dict, medical: MedicalPreprocessing, frame: int | None = None)
             return _read_dicom_frame(path, medical, frame)
         return decode_image_file(Path(path), medical.bits_stored)
     try:  # decoded as datasets.Image decodes bytes, so a streamed image equals the in-memory one
-        image = open_image(io.BytesIO(item["bytes"]))
+        return open_image(io.BytesIO(item["bytes"]))
     except DECODE_ERRORS as error:
         raise ValueError(f"cannot decode image {path or '(bytes without a path)'}: {decode_error_text(error)}") from error
-    return mark_dataset_row(image, path or "an image row (bytes without a path)")
 
 
 def _read_dicom_frame(path: str, medical: MedicalPreprocessing, frame: int | None) -> np.ndarray:
@@ -349,7 +347,7 @@ class DecodedImages(torch.utils.data.Dataset):
             ) from error
         if image is None:
             raise ValueError(f"row {index}: column {self.image_column!r} has no image")
-        return mark_dataset_row(image, f"row {index}")
+        return image
 
 
 def streaming_classification_split(

@@ -335,13 +335,11 @@ def _carried_columns(dataset: Any, label_column: Optional[str], folder: Path) ->
     output as a CSV's other columns are, but those named as columns predict writes whatever the model (said)."""
     import datasets
 
-    from .outputs import TRAINING_IMAGE_KEY
-
     values = [
         column for column, feature in dataset.features.items()
         if column != label_column and isinstance(feature, (datasets.Value, datasets.ClassLabel))
     ]  # fmt: skip
-    written = ("path", "frame", "true_label", TRAINING_IMAGE_KEY, "label", "score")
+    written = ("path", "frame", "true_label", "label", "score")
     clashing = [column for column in values if column in written or column.startswith(("prob_", "log_likelihood"))]
     if clashing:
         warnings.warn(
@@ -364,11 +362,7 @@ def _column_cells(dataset: Any, column: str) -> list[str]:
 
 
 def _read_dataset_row(images: Any, column: str, index: int) -> list:
-    """A row's image, marked as a row (`mark_dataset_row`): the model's contract reads a 16-bit one as the loaders
-    do."""
     from PIL import Image
-
-    from ..data.sixteen_bit import mark_dataset_row
 
     try:
         image = images[index][column]
@@ -377,7 +371,7 @@ def _read_dataset_row(images: Any, column: str, index: int) -> list:
         image.load()
     except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"row {index}: cannot decode column {column!r}: {error}") from error
-    return [mark_dataset_row(image, f"row {index}")]
+    return [image]
 
 
 def check_labels(inputs: Sequence[PredictionInput], class_names: Sequence[str]) -> None:
