@@ -87,3 +87,32 @@ def test_the_training_scripts_read_the_columns_named(two_of_each):
     test = datasets.load_from_disk(two_of_each)["test"]
     np.testing.assert_array_equal(splits["test"].labels.numpy(), test["digit"])
     assert float(splits["test"].images[0].mean()) > 0  # the inverted digits: mostly white
+
+
+def test_predict_carries_columns_as_stored_and_skips_or_refuses_what_it_cannot(two_of_each, tmp_path, capsys):
+    """QA (second read): an int `label` column (Dataset.from_pandas) made predict refuse every row as of unknown
+    classes; a `training_image` column stopped it; a float32 cell was written 0.10000000149011612; `--label_column`
+    on a CSV was ignored; `aggregate` called a dataset's numbered rows files gone from the folder."""
+    model = _saved_rc_dit(tmp_path / "rc")
+    main(["fit-head", "--model_dir", model, "--dataset", two_of_each, "--image_column", "image", "--label_column",
+          "coarse", "--output_dir", str(tmp_path / "h")])  # fmt: skip
+    pipeline = str(tmp_path / "h" / "pipeline")
+    rows = datasets.load_from_disk(two_of_each)["test"].select(range(4)).select_columns(["image", "patient_id"])
+    rows = rows.add_column("label", [0, 1, 0, 1]).add_column("training_image", [False] * 4)
+    rows = rows.add_column("weight", [0.1] * 4).cast_column("weight", datasets.Value("float32"))
+    rows.save_to_disk(str(tmp_path / "from_pandas"))
+    output = tmp_path / "out.csv"
+    with pytest.warns(UserWarning, match=r"its column\(s\) \['label', 'training_image'\] are not carried"):
+        main(["predict", "--model_dir", pipeline, "--input", str(tmp_path / "from_pandas"), "--output", str(output)])
+    with open(output, newline="") as handle:
+        predicted = list(csv.DictReader(handle))
+    assert [(row["patient_id"], row["weight"]) for row in predicted] == [(f"P{90 + i}", "0.1") for i in range(4)]
+    assert "true_label" not in predicted[0]
+    main(["aggregate", "--predictions", str(output), "--by", "patient_id", "--output", str(tmp_path / "by.csv")])
+    printed = capsys.readouterr()
+    assert "of files no longer in" not in printed.out + printed.err
+
+    (tmp_path / "list.csv").write_text("path,diagnosis\nx.png,low\n")
+    with pytest.raises(ValueError, match=r"--image_column, --label_column\) apply to a saved datasets folder only"):
+        main(["predict", "--model_dir", pipeline, "--input", str(tmp_path / "list.csv"), "--label_column", "diagnosis",
+              "--output", str(tmp_path / "csv_out.csv")])  # fmt: skip

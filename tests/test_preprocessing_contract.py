@@ -270,11 +270,11 @@ def test_a_uint16_array_given_to_a_model_that_reads_medical_files_warns_to_pass_
     values = np.array([[0, 1000], [2000, 4095]], dtype=np.uint16)  # a pydicom pixel_array: stored values
     with pytest.warns(UserWarning, match=r"item\(s\) 1 are uint16 arrays.*pass the file paths"):
         ImagePreprocessing(medical={"windows": ["full"]})([values.astype(np.uint8), values])
-    with warnings.catch_warnings():  # a 16-bit PIL image may be a datasets row, read from [0, 65535] in training too
+    with warnings.catch_warnings():  # a 16-bit PIL image is read as its file (a datasets row: as in training)
         warnings.simplefilter("error")
         from PIL import Image
 
-        ImagePreprocessing(medical={"windows": ["full"]})(Image.fromarray(values))
+        ImagePreprocessing(medical=MedicalPreprocessing(windows=("full",)))(Image.fromarray(values))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ImagePreprocessing()(values)  # no medical files in the contract: uint16 is read from [0, 65535] as documented

@@ -116,3 +116,28 @@ def test_the_rule_is_saved_and_checked():
     assert MedicalPreprocessing.from_dict({}).pil_images_as_files is False  # saved before the key existed
     with pytest.raises(ValueError, match="pil_images_as_files: expected True or False, got 'yes'"):
         MedicalPreprocessing(pil_images_as_files="yes")
+
+
+def test_rows_of_different_depths_are_named_by_their_row(tmp_path):
+    """QA (second read): every example was "item 0 (a 16-bit PIL image)", each row being preprocessed alone."""
+    pixels = [np.full((4, 4), 4095 if i % 2 else 2047, dtype=np.uint16) for i in range(8)]  # 12 and 11 bits
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    rows = datasets.Dataset.from_dict({"image": [Image.fromarray(p) for p in pixels], "label": [0, 1] * 4},
+                                      features=features)  # fmt: skip
+    with pytest.warns(UserWarning, match=r"4 at 11 bits \(e.g. split 'train' row 0\), 4 at 12 bits \(e.g. split "
+                                         r"'train' row 1\)"):
+        load_image_classification_data(rows, num_channels=1, test_fraction=0.25, val_fraction=0.34)
+
+
+def test_an_earlier_contract_says_when_it_reads_a_16_bit_pil_image_unlike_its_file(rows_and_files):
+    """QA (second read): a head fitted over a model saved without `medical` read the rows from [0, 65535] and the same
+    PNG files by their 12 bits (66.7% against 50%), without a word."""
+    rows, test_files = rows_and_files
+    earlier = ImagePreprocessing(8, 1)  # no medical: the earlier rule
+    with pytest.warns(UserWarning, match=r"item\(s\) 0 are 16-bit PIL images read from \[0, 65535\].*"
+                                         r"'pil_images_as_files': True"):
+        earlier(Image.open(test_files[0]))
+    full = Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16))  # its file reads alike: nothing to say
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        earlier(full)

@@ -91,16 +91,29 @@ def read_hf_dataset(
     labels = {HF_SPLIT_NAMES[name]: split_labels(part, label_column, name) for name, part in parts.items()}
     all_labels, names, splits = labels_and_names(labels, label_feature.names, "dataset")
     images, rows = [], []
-    with record_bit_depths(_BitDepths()) as depths:  # the depths the 16-bit rows were scaled by, as files' are
+    with record_bit_depths(_RowDepths()) as record:  # the depths the 16-bit rows were scaled by, as files' are
         for name, part in parts.items():
             decoded = _decoded_rows(part.cast_column(image_column, datasets.Image(decode=True)), image_column, name)
-            images += [_preprocess_row(image, reading, name, row) for row, image in enumerate(decoded)]
-            rows += [f"split {name!r} row {row}" for row in range(len(part))]
-    depths.warn()
+            for row, image in enumerate(decoded):
+                record.row = f"split {name!r} row {row}"
+                images.append(_preprocess_row(image, reading, name, row))
+                rows.append(record.row)
+    record.depths.warn()
     return RawData(
         _one_batch(images, rows, reading), all_labels, names, splits, preprocessed=True,
-        guessed_bits_stored=depths.single,
+        guessed_bits_stored=record.depths.single,
     )  # fmt: skip
+
+
+class _RowDepths:
+    """The bit depths of a data set's 16-bit rows, each named by its row (`row`, set before it is read: the
+    preprocessing reads it alone, as its "item 0"), for the warning about rows of different depths."""
+
+    def __init__(self) -> None:
+        self.depths, self.row = _BitDepths(), None
+
+    def add(self, name: str, bits: int) -> None:
+        self.depths.add(self.row or name, bits)
 
 
 def _preprocess_row(image: Image.Image, reading: ImagePreprocessing, split: str, row: int) -> torch.Tensor:

@@ -348,7 +348,7 @@ def _as_item_list(images: Any) -> list:
 
 def _to_unit_batches(items: list, data_format: str | None, contract: ImagePreprocessing) -> list[torch.Tensor]:
     """Each item -> float32 [n, C, H, W] in [-1, 1], validated (layout, dtype, NaN/inf, range)."""
-    batches, ranges, offset, wide_arrays, pictures = [], [], 0, [], []
+    batches, ranges, offset, wide_arrays, pictures, full_range_pil = [], [], 0, [], [], []
     windowed = contract.medical_or_default.reads_dicom_only  # as `_read_path`: image files are refused there
     stated_bits = contract.medical_or_default.bits_stored
     for position, item in enumerate(items):
@@ -366,6 +366,8 @@ def _to_unit_batches(items: list, data_format: str | None, contract: ImagePrepro
             wide_arrays.append(position)
         elif isinstance(item, Image.Image) and item.mode in _PIL_16BIT_MODES:  # read from [0, 65535]: 16 bits
             note_bit_depth(f"item {position} (a 16-bit PIL image)", 16, item)
+            if max(item.getextrema()) < 2**15:  # its file reads at fewer bits, brighter
+                full_range_pil.append(position)
         if windowed and (kind := _picture_kind(item, batch)) is not None:
             pictures.append(f"{position} ({kind})")
         batches.append(_check_dtype(batch, offset, contract))
@@ -373,6 +375,8 @@ def _to_unit_batches(items: list, data_format: str | None, contract: ImagePrepro
         offset += len(batch)
     if wide_arrays and contract.medical is not None:
         _warn_wide_arrays(wide_arrays, contract.medical)
+    if full_range_pil:
+        _warn_pil_images_read_full_range(full_range_pil)
     if pictures:
         _warn_pictures(pictures, contract)
     if "auto" in ranges:
@@ -470,6 +474,22 @@ def _warn_wide_arrays(positions: list[int], medical: MedicalPreprocessing) -> No
         f"files through {medical} (DICOM windows, the bit depth of 16-bit PNG / TIFF), which an array of pixel values "
         "bypasses (a DICOM's rescale, window and MONOCHROME1 inversion, a 12-bit image's depth): pass the file paths "
         "to read them as the model's training images were",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
+def _warn_pil_images_read_full_range(positions: list[int]) -> None:
+    """16-bit PIL images read from [0, 65535] by a contract saved before they were read as their files (or without
+    `medical`), where their files read at fewer bits: a `datasets` row and its PNG file then read otherwise (QA: a
+    head fitted over such a model scored 66.7% on the rows, 50% on the same files), which is said."""
+    shown = first_and_more([str(position) for position in positions], 5)
+    warnings.warn(
+        f"preprocess_images: item(s) {shown} are 16-bit PIL images read from [0, 65535], as this model's contract "
+        "says (saved before 2026-12-06, or without medical), where the same images given as files are read by their "
+        "bit depth (brighter: a 12-bit image 16 times). If the model's training images were read as files (image "
+        "files, or a datasets source by this version of the library), read these alike: "
+        "pipe.set_preprocessing({'medical': {'pil_images_as_files': True}}) and save it",
         UserWarning,
         stacklevel=4,
     )

@@ -174,9 +174,12 @@ def _aggregate(
 
 def _rows_of_files_gone(predictions, rows: list, run: dict) -> list[str]:
     """The note on rows whose file is no longer in the folder predict read (`run["input"]`; said only where the
-    folder is there): predict keeps such rows (an earlier run's), so a file renamed since is counted twice."""
+    folder is there, and not a saved datasets folder, whose rows are numbered): predict keeps such rows (an earlier
+    run's), so a file renamed since is counted twice."""
+    from ..data.hf_datasets import is_saved_dataset
+
     folder = Path(run["input"]) if isinstance(run.get("input"), str) else None
-    if folder is None or not folder.is_dir():
+    if folder is None or not folder.is_dir() or is_saved_dataset(folder):
         return []
     gone = [row[0] for row in rows if not (folder / str(row[0])).exists()]
     if not gone:

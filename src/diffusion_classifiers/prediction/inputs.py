@@ -60,6 +60,7 @@ class PredictionInput:
     columns: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
 
+TRAINING_IMAGE_KEY = "training_image"  # labelled inputs: the image is, by content, one the model was trained on
 # The output columns of a DICOM input's ids, and the metadata keys they come from.
 DICOM_ID_COLUMNS = {
     "patient_id": "PatientID", "study_uid": "StudyInstanceUID", "series_uid": "SeriesInstanceUID",
@@ -165,6 +166,11 @@ def list_inputs(
                 f"{len(medical.windows)} windows {medical.to_dict()['windows']}; expected a folder or CSV of DICOM files"
             )
         return _dataset_inputs(source, split, image_column, label_column)
+    if image_column is not None or label_column is not None:  # QA: ignored without a word
+        raise ValueError(
+            f"input {source}: image_column / label_column (--image_column, --label_column) apply to a saved datasets "
+            "folder only; a CSV's true labels are its 'label' column, a folder's have none"
+        )
     if source.is_dir():
         return _folder_inputs(source, read)
     if source.suffix.lower() == ".csv":
@@ -325,8 +331,9 @@ def _label_column(dataset: Any, name: Optional[str], folder: Path) -> Optional[s
             UserWarning,
             stacklevel=4,
         )
-    if not columns and isinstance(dataset.features.get("label"), datasets.Value):
-        return "label"
+    label = dataset.features.get("label")
+    if not columns and isinstance(label, datasets.Value) and label.dtype in ("string", "large_string"):
+        return "label"  # class names, as a CSV's (numbers name no class: QA, refused as unknown classes)
     return columns[0] if len(columns) == 1 else None
 
 
@@ -339,7 +346,7 @@ def _carried_columns(dataset: Any, label_column: Optional[str], folder: Path) ->
         column for column, feature in dataset.features.items()
         if column != label_column and isinstance(feature, (datasets.Value, datasets.ClassLabel))
     ]  # fmt: skip
-    written = ("path", "frame", "true_label", "label", "score")
+    written = ("path", "frame", "true_label", TRAINING_IMAGE_KEY, "label", "score")
     clashing = [column for column in values if column in written or column.startswith(("prob_", "log_likelihood"))]
     if clashing:
         warnings.warn(
@@ -354,10 +361,13 @@ def _carried_columns(dataset: Any, label_column: Optional[str], folder: Path) ->
 def _column_cells(dataset: Any, column: str) -> list[str]:
     """A column's cells as text: a ClassLabel's names, an empty cell for a missing value."""
     import datasets
+    import numpy as np
 
     values, feature = list(dataset[column]), dataset.features[column]
     if isinstance(feature, datasets.ClassLabel):
         return [feature.int2str(value) if value is not None and value >= 0 else "" for value in values]
+    if feature.dtype in ("float16", "float32"):  # as stored: 0.1, not float64's 0.10000000149011612 (QA)
+        values = [None if value is None else np.dtype(feature.dtype).type(value) for value in values]
     return ["" if value is None else str(value) for value in values]
 
 

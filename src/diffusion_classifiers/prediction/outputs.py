@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from ..atomic_files import write_atomically
-from .inputs import DICOM_ID_COLUMNS, FILE_STAMP_COLUMNS
+from .inputs import DICOM_ID_COLUMNS, FILE_STAMP_COLUMNS, TRAINING_IMAGE_KEY
 
 __all__ = [
     "ERROR_COLUMNS",
@@ -55,7 +55,6 @@ _ERRORS_KEY = "errors_file"  # in the sidecar, beside the run: the errors file, 
 # in the sidecar's "run" (whose keys an earlier version's sidecar lacks are not compared on a rerun, so it resumes):
 POSITIVE_CLASS_KEY = "positive_class"  # binary: the model's saved positive class, null when it saved none
 RATIO_KEY = "log_likelihood_ratio"  # binary Score-SDE: which way the log_likelihood_ratio column points
-TRAINING_IMAGE_KEY = "training_image"  # labelled inputs: the image is, by content, one the model was trained on
 _BOOL_COLUMNS = {TRAINING_IMAGE_KEY}  # "True" / "False" in a CSV, booleans in parquet
 # output columns added after outputs were first written: an output without them is resumed with its own columns
 COLUMNS_ADDED_LATER = ("log_likelihood_ratio_stderr", TRAINING_IMAGE_KEY, *DICOM_ID_COLUMNS, *FILE_STAMP_COLUMNS)
