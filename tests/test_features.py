@@ -252,3 +252,22 @@ def test_a_study_without_progress_shows_no_bar(unet, monkeypatch):
     assert result.pipeline.progress_bar_config == {"disable": False}  # the pipeline handed back shows its bar
     own_bar, _ = _bars_of(study(False, {"progress_bar": {}}), monkeypatch)  # probe_kwargs' own progress_bar wins
     assert [disable for desc, disable in own_bar if desc == "Fitting probes"] == [False]
+
+
+def test_extractions_from_several_threads_on_one_unet_equal_sequential_ones(extractor, images):
+    """QA (an inference service): calls from a ThreadPoolExecutor on one pipeline raised KeyError 'down_blocks.1' (a
+    thread's hook stopped another's forward) and could read each other's activations."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    blocks = extractor.block_names
+    requests = [images[i : i + 1] for i in range(len(images))] * 3
+
+    def extract(batch):
+        return extractor.extract(batch, blocks[:2], [10, 50], progress_bar={"disable": True})
+
+    sequential = [extract(batch) for batch in requests]
+    with ThreadPoolExecutor(4) as pool:
+        concurrent = list(pool.map(extract, requests))
+    for alone, together in zip(sequential, concurrent):
+        for key in alone:
+            torch.testing.assert_close(together[key], alone[key], rtol=0, atol=0)

@@ -12,6 +12,8 @@ import contextlib
 import numbers
 import os
 import tempfile
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -98,6 +100,18 @@ class BlockInfo:
     name: str
     resolution: Tuple[int, int]
     channels: int
+
+
+# A U-Net's forward hooks are state of the module that every forward fires: one extraction at a time registers, fires
+# and removes them per U-Net (QA: calls from several threads on one pipeline raised KeyError, a thread's hook stopping
+# another's forward, and could read each other's activations).
+_HOOK_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
+_HOOK_LOCKS_GUARD = threading.Lock()
+
+
+def _hook_lock(unet: nn.Module) -> threading.Lock:
+    with _HOOK_LOCKS_GUARD:
+        return _HOOK_LOCKS.setdefault(unet, threading.Lock())
 
 
 class _StopForward(Exception):
@@ -474,12 +488,13 @@ class DiffusionFeatureExtractor:
         t_batch = torch.tensor(timesteps, dtype=torch.long, device=device).repeat_interleave(len(images))
         captured: Dict[str, torch.Tensor] = {}
         stop_at = max(blocks, key=self.block_names.index) if early_stop else None
-        handles = [self._register_hook(b, pool, captured, stop_at) for b in blocks]
-        try:
-            draws = [self._forward(x0, eps, t_batch, dtype, captured) for eps in noise.to(device)]
-        finally:
-            for handle in handles:
-                handle.remove()
+        with _hook_lock(self.unet):
+            handles = [self._register_hook(b, pool, captured, stop_at) for b in blocks]
+            try:
+                draws = [self._forward(x0, eps, t_batch, dtype, captured) for eps in noise.to(device)]
+            finally:
+                for handle in handles:
+                    handle.remove()
         return {
             (b, t): chunk
             for b in blocks
