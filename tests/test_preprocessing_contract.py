@@ -264,6 +264,8 @@ def test_a_16_bit_file_is_scaled_by_the_saved_bit_depth(tmp_path):
     assert torch.equal(contract(tmp_path / "scan.png"), expected)
     with pytest.raises(ValueError, match="cannot read item 1, got str .*: no such file"):
         contract([tmp_path / "scan.png", str(tmp_path / "missing.png")])
+    with pytest.raises(ValueError, match="cannot read item 0, got str .*: a folder; expected an image or DICOM file"):
+        contract(str(tmp_path))  # QA: called "no such file" though it exists
 
 
 def test_a_uint16_array_given_to_a_model_that_reads_medical_files_warns_to_pass_the_files():

@@ -764,3 +764,12 @@ def test_saved_encoder_loads_as_a_transformers_image_classifier(tmp_path):
         classifier.vit.embeddings.patch_embeddings.projection.weight,
         pipe.encoder.embeddings.patch_embeddings.projection.weight,
     )
+
+
+def test_fit_linear_probe_follows_the_pipeline_progress_bar_setting(digits, capsys):
+    """QA (an inference service): `set_progress_bar_config(disable=True)` left "Fitting probes" on stderr."""
+    pipe = tiny_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    train, val = digits["train"], digits["val"]
+    pipe.fit_linear_probe(train.images[:40], train.labels[:40], val.images[:20], val.labels[:20])
+    assert "Fitting probes" not in capsys.readouterr().err

@@ -168,12 +168,12 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         of labelled `images`, its strength (`C=[...]`) and early stop chosen on the labelled `val_images`; register it
         as this pipeline's `head` and return it, or with `return_fit=True` the whole `ProbeGridResult` (the `C` kept,
         every strength's val scores). `probe_kwargs`: `C`, `class_weight`, `early_stopping`, ... of
-        `fit_probe_grid`."""
+        `fit_probe_grid`. The progress bar follows `set_progress_bar_config` unless `progress_bar` is given."""
         pixels, val_pixels = (self.preprocess(x, input_data_format) for x in (images, val_images))
         result = fit_probe_grid(
             {REPRESENTATION_FEATURE: self._represent(pixels, batch_size)}, labels,
             {REPRESENTATION_FEATURE: self._represent(val_pixels, batch_size)}, val_labels, class_names=class_names,
-            **{**probe_kwargs, "pool": None},  # r is a vector: nothing to pool
+            **{"progress_bar": self.progress_bar_config, **probe_kwargs, "pool": None},  # r is a vector: no pooling
         )  # fmt: skip
         self.register_fitted_head(result.head.to(self.encoder.device), pixels, val_pixels)
         return result if return_fit else result.head
