@@ -104,7 +104,8 @@ class BlockInfo:
 
 # A U-Net's forward hooks are state of the module that every forward fires: one extraction at a time registers, fires
 # and removes them per U-Net (QA: calls from several threads on one pipeline raised KeyError, a thread's hook stopping
-# another's forward, and could read each other's activations).
+# another's forward, and could read each other's activations). Other code calling the same U-Net from another thread
+# meanwhile (a U-Net shared with a pipeline of another kind) is not held back: give such a thread its own copy.
 _HOOK_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
 _HOOK_LOCKS_GUARD = threading.Lock()
 

@@ -776,7 +776,8 @@ class MedicalPreprocessing:
             bit depth (recorded and checked as files' are), so that the rows of a `datasets` source, the same PNG
             files in a folder and the images a user opens read alike; a stated `bits_stored` scales both alike
             anyway. `False`, the rule of contracts saved before 2026-12-06 (which lack the key, as do contracts without
-            `medical`): from `[0, 65535]`, so that their models read such images as they were trained on them.
+            `medical`, and a `medical` dict given without it): from `[0, 65535]`, so that their models read such
+            images as they were trained on them (which is warned about where a file would read otherwise).
             Saved when `True`, which earlier versions of this library refuse as an unknown key (a model saved from
             2026-12-06 needs this version or later).
     """

@@ -414,8 +414,11 @@ def _read_path(path: Any, position: int, contract: ImagePreprocessing) -> Any:
     """A file as the contract reads it: DICOM / 16-bit through `medical` (float `[F, C, H, W]` in [0, 1]), other
     image files as a PIL image."""
     if not Path(path).is_file():
-        why = "a folder; expected an image or DICOM file (predict reads folders)" if Path(path).is_dir() else "no such file"
-        raise ValueError(f"preprocess_images: cannot read item {position}, got {type(path).__name__} {str(path)!r}: {why}")
+        folder = "a folder; expected an image or DICOM file (predict reads folders)"
+        why = folder if Path(path).is_dir() else "no such file"
+        raise ValueError(
+            f"preprocess_images: cannot read item {position}, got {type(path).__name__} {str(path)!r}: {why}"
+        )
     path = Path(path)
     if is_dicom_file(path):
         return contract.medical_or_default.read(path)
