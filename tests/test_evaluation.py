@@ -85,7 +85,7 @@ def test_label_names_that_differ_are_refused_listing_both():
         map_labels_by_name(["cat", "dog"], ["normal", "pneumonia"])
 
 
-def test_only_an_image_folder_has_class_names_of_its_own_to_check(tmp_path):
+def test_an_image_folder_and_a_saved_dataset_have_class_names_of_their_own_to_check(tmp_path):
     import datasets
     from PIL import Image
 
@@ -97,8 +97,8 @@ def test_only_an_image_folder_has_class_names_of_its_own_to_check(tmp_path):
     assert _own_class_names(str(tmp_path / "folder")) == ["cat", "dog"]
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])})
     saved = datasets.Dataset.from_dict({"image": [Image.new("L", (8, 8))] * 2, "label": [0, 1]}, features=features)
-    saved.save_to_disk(str(tmp_path / "saved"))  # a saved Dataset (not a DatasetDict) is not an image folder
-    assert _own_class_names(str(tmp_path / "saved")) is None
+    saved.save_to_disk(str(tmp_path / "saved"))  # its ClassLabel, checked before any image is decoded (QA)
+    assert _own_class_names(str(tmp_path / "saved")) == ["cat", "dog"]
     assert _own_class_names("digits") is None and _own_class_names(str(tmp_path / "missing")) is None
 
 

@@ -479,8 +479,9 @@ def _probe_carving(
     model folder's `read_split_record`): the model's test images stay its test, carved with its recorded seed
     (`--seed` then seeds the probes or shots only), unless the model was trained on an unlabeled pool, which carved
     nothing: `--seed` then carves the labelled data too, where `seed_carves_pool_data` (probe), else the recorded seed
-    does (fit-head: a few-shot study over `--seed` keeps one test split); an image folder's classes are its own (the
-    head is trained on them)."""
+    does (fit-head: a few-shot study over `--seed` keeps one test split); an image folder's or a saved dataset's classes
+    are its own (the head is trained on them)."""
+    from .data.arguments import columns_from_args
     from .data.split_record import resolve_split_args
     from .evaluation import _own_class_names
 
@@ -491,7 +492,7 @@ def _probe_carving(
         "class_names": args.class_names,
     }  # fmt: skip
     carving = resolve_split_args(folder, record=record, **given)
-    if args.class_names is None and _own_class_names(args.dataset) is not None:
+    if args.class_names is None and _own_class_names(args.dataset, **columns_from_args(args)) is not None:
         carving["class_names"] = None
     return given, carving
 

@@ -387,12 +387,11 @@ def load_evaluation_split(
             chosen = _saved_split(saved, split, dataset)
         if chosen is not None:
             return (chosen, None) if with_train else chosen
-    own_names = _own_class_names(dataset)
+    own_names = _own_class_names(dataset, image_column, label_column)
     known = model_class_names if model_class_names is not None else class_names
-    if own_names is not None and known is not None:  # the folder's names stand, checked against the model's
+    if own_names is not None and known is not None:  # the data's names stand, checked against the model's
         check_known_class_names(own_names, known, f"{dataset}: its classes")
-    carries_names = own_names is not None or is_saved_dataset(Path(dataset))  # a saved Dataset: its ClassLabel
-    class_names = None if carries_names else _names_of_label_ids(dataset, class_names)
+    class_names = None if own_names is not None else _names_of_label_ids(dataset, class_names)
     contract = preprocessing or ImagePreprocessing()
     load = streaming_image_classification_data if streaming else load_image_classification_data
     splits = load(
@@ -440,19 +439,17 @@ def _names_of_label_ids(dataset: str, recorded: Optional[Sequence[str]]) -> Opti
     return recorded
 
 
-def _own_class_names(dataset: str) -> Optional[List[str]]:
-    """The class names an image folder carries (its class subfolders, or `splits/classes.txt`), listed without
-    decoding an image; None for a source whose label ids `class_names` name (digits, `.npz`, a CSV, IDX files)."""
-    from .data.readers import _source_kind
+def _own_class_names(
+    dataset: str, image_column: Optional[str] = None, label_column: Optional[str] = None
+) -> Optional[List[str]]:
+    """The class names an image folder (its class subfolders, or `splits/classes.txt`) or a saved `datasets` source
+    (its ClassLabel) carries, found without decoding an image (`data.own_class_names`); None for a source whose label
+    ids `class_names` name (digits, `.npz`, a CSV, IDX files) and for a path that does not exist."""
+    from .data.readers import own_class_names
 
     if not isinstance(dataset, (str, os.PathLike)) or not os.path.exists(dataset) or str(dataset) == "digits":
         return None
-    path = Path(dataset)
-    if _source_kind(dataset) != "folder" or is_saved_dataset(path):  # a saved Dataset carries a ClassLabel
-        return None
-    with warnings.catch_warnings():  # the reader warns about the folder (files skipped, ...) when it reads it
-        warnings.simplefilter("ignore")
-        return list_image_folder(path)[2]
+    return own_class_names(dataset, image_column, label_column)
 
 
 def carved_splits(dataset) -> frozenset:
@@ -639,7 +636,11 @@ def _likely_cause(
         return _SHARED_IMAGES_CAUSE["pool data set" if unlabeled_pool else "data set"]
     if unlabeled_pool:
         return _SHARED_IMAGES_CAUSE["pool"]
-    data_differs = "a folder that grew or lost files, or the same images re-exported"
+    data_differs = (
+        "a folder that grew or lost files, the same images re-exported, or listed in another order: a CSV's rows "
+        "reordered, or the classes numbered otherwise (a folder orders its class names as text, a CSV numeric ones as "
+        "numbers, a datasets ClassLabel as its list does), as splits are carved by position and label id"
+    )
     if changed_split_args:
         given = ", ".join(f"--{name} {value} (recorded: {old})" for name, (value, old) in changed_split_args.items())
         flags = " ".join(f"--{name}" for name in changed_split_args)
@@ -794,6 +795,8 @@ def evaluate_classifier(
         _warn_default_positive_class(model_names, classifier)
     if preprocessed:
         check_read_as_the_model_reads(dataset, contract)
+        # before the images are checked against the training images: data of other classes is not a leak (QA)
+        check_known_class_names(dataset.class_names, model_names, "the dataset's label names")
     checked = {}
     if train_fingerprints is not None and isinstance(dataset, (LabeledImages, StreamingImages)):
         where = _images_named(split, dataset_name)

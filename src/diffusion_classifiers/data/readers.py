@@ -31,8 +31,8 @@ from .arguments import columns_from_args
 from .dicom import MedicalPreprocessing, is_dicom_file
 from .windows import parse_windows
 from .file_decoding import _BitDepths, decode_files
-from .hf_datasets import open_saved_dataset, read_hf_dataset
-from .image_listing import list_csv, list_folder_files, list_unlabeled_images
+from .hf_datasets import hf_splits, open_saved_dataset, read_hf_dataset
+from .image_listing import list_csv, list_folder_files, list_image_folder, list_unlabeled_images
 from .labeled_images import ONE_SET, SPLITS, LabeledImages, RawData, labels_and_names
 from .preprocessing import ImagePreprocessing, _describe, fit_options, preprocess_images
 from .split_record import ANONYMISED_DICOM_RULE, check_anonymised_dicom_groups
@@ -44,6 +44,7 @@ __all__ = [
     "describe_splits",
     "load_data_from_args",
     "load_image_classification_data",
+    "own_class_names",
     "to_datasets",
 ]
 
@@ -128,7 +129,9 @@ def load_image_classification_data(
             seed of the carved splits.
         class_names (`Sequence[str]`, *optional*):
             names of label ids `0..K-1` for sources that store only integer labels (digits, `.npz`, IDX); for a CSV,
-            the classes in label-id order (a CSV label outside them is refused).
+            the classes in label-id order (a CSV label outside them is refused). An image folder and a `datasets`
+            source carry their own names and order: `class_names` (a model's recorded ones, `pipe.loader_kwargs`)
+            must include each of them, and rename or reorder none ([`own_class_names`]).
             Default: `"0".."K-1"` with `K = max(label) + 1`, and then every label in `0..K-1` must occur: labels
             `{0, 7}` are refused rather than read as 8 classes, unless `class_names` names all 8.
         image_column, label_column (`str`, *optional*):
@@ -174,10 +177,9 @@ def load_image_classification_data(
     check_anonymised_dicom_groups(anonymised_dicom_groups)
     source = open_saved_dataset(source)
     kind = _source_kind(source)
-    if class_names is not None and kind not in ("digits", "npz", "idx", "csv"):
-        raise ValueError(
-            f"class_names: only digits, .npz, IDX and CSV sources take class_names; a {kind} source carries its own"
-        )
+    if class_names is not None and (unlabeled or kind in ("folder", "datasets")):
+        check_names_of_own_classes(source, class_names, unlabeled, image_column, label_column)
+        class_names = None  # the source's own stand
     if unlabeled and kind != "folder":
         raise ValueError(f"unlabeled: expected an image folder (its images read without labels), got a {kind} source")
     if patient_id_column is not None and kind != "csv":
@@ -219,6 +221,41 @@ def load_image_classification_data(
     for split in splits.values():
         split.preprocessing = contract
     return splits
+
+
+def own_class_names(source: Any, image_column: str | None = None, label_column: str | None = None) -> list[str] | None:
+    """The class names, in label-id order, that a source carries with its images, found without decoding one: an
+    image folder's class subfolders (or `splits/classes.txt`), a `datasets` source's ClassLabel (`label_column`, else
+    its one ClassLabel column); None for a source whose label ids `class_names` name (digits, `.npz`, IDX, a CSV)."""
+    source = open_saved_dataset(source)
+    kind = _source_kind(source)
+    if kind == "datasets":
+        return list(hf_splits(source, image_column, label_column)[3].names)
+    if kind != "folder":
+        return None
+    with warnings.catch_warnings():  # the reader warns about the folder (files skipped, ...) when it reads it
+        warnings.simplefilter("ignore")
+        return list_image_folder(Path(source))[2]
+
+
+def check_names_of_own_classes(
+    source: Any, class_names: Sequence[str], unlabeled: bool, image_column: str | None, label_column: str | None
+) -> None:
+    """`class_names` given for a source that carries its own (an image folder, a `datasets` source): accepted as a
+    check, when every class of the source is among them (a model's recorded names, `pipe.loader_kwargs`, read on
+    another copy of its data: QA, a model trained on a CSV refused its images as a folder or a saved dataset), else
+    refused naming the others; the source's own names and order stand. An unlabeled folder takes none."""
+    if unlabeled:
+        raise ValueError("class_names: an unlabeled folder has no classes to name; expected class_names=None")
+    own = own_class_names(source, image_column, label_column)
+    others = [name for name in own if name not in [str(given) for given in class_names]]
+    if others:
+        raise ValueError(
+            f"class_names: the source's own classes {others} are not among class_names {list(class_names)}; an "
+            "image folder (its class subfolders) and a datasets source (its ClassLabel) carry their own names, which "
+            "class_names (a model's recorded ones) must include: give data of the model's classes, or leave "
+            "class_names out"
+        )
 
 
 def _recorded(medical: MedicalPreprocessing, raw: RawData) -> MedicalPreprocessing:

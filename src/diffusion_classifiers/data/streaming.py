@@ -45,6 +45,7 @@ from .readers import (
     DEFAULT_FOLDER_SIZE,
     UNLABELED,
     carve_splits,
+    check_names_of_own_classes,
     check_source_exists,
     describe_splits,
     fit_from_args,
@@ -419,7 +420,10 @@ def streaming_image_classification_data(
     check_anonymised_dicom_groups(anonymised_dicom_groups)
     fit = fit_options(resize_mode, pad_value, normalize_background)
     _checked_reading(num_channels, image_size, medical or MedicalPreprocessing(), fit)  # before files are listed
-    _check_source_options(source, unlabeled, class_names, patient_id_column, image_column, label_column)
+    _check_source_options(source, unlabeled, patient_id_column, image_column, label_column)
+    if class_names is not None and not _is_csv(source):  # a folder's or dataset's own names stand, checked
+        check_names_of_own_classes(source, class_names, unlabeled, image_column, label_column)
+        class_names = None
     listing = {"open_images": check_files, "unreadable": unreadable}  # each file checked once, when it is listed
     if unlabeled:
         medical = medical or MedicalPreprocessing()
@@ -469,24 +473,22 @@ def _checked_reading(
     return ImagePreprocessing(image_size, num_channels, input_range="[0, 1]", medical=medical, **fit)
 
 
+def _is_csv(source: Any) -> bool:
+    return isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".csv"
+
+
 def _check_source_options(
-    source: Any,
-    unlabeled: bool,
-    class_names: Sequence[str] | None,
-    patient_id_column: str | None,
-    image_column: str | None,
-    label_column: str | None,
+    source: Any, unlabeled: bool, patient_id_column: str | None, image_column: str | None, label_column: str | None
 ) -> None:
     """The options a source of another kind would silently ignore are refused, as the in-memory loader refuses
-    them: `class_names` and `patient_id_column` name a CSV's classes and patients, `image_column` / `label_column` a
-    dataset's columns (a dataset's ClassLabel carries its class names and their order)."""
+    them: `patient_id_column` names a CSV's patients, `image_column` / `label_column` a dataset's columns."""
     path = Path(source) if isinstance(source, (str, os.PathLike)) else None
     is_dataset = _is_datasets_object(source) or (path is not None and path.is_dir() and is_saved_dataset(path))
-    is_csv = path is not None and path.suffix.lower() == ".csv"
+    is_csv = _is_csv(source)
     kind = "a dataset" if is_dataset else "a CSV" if is_csv else "an image folder"
-    if (class_names is not None or patient_id_column is not None) and (unlabeled or not is_csv):
+    if patient_id_column is not None and (unlabeled or not is_csv):
         kind = "an unlabeled folder" if unlabeled else kind
-        raise ValueError(f"class_names / patient_id_column apply to CSV sources only, not to {kind}")
+        raise ValueError(f"patient_id_column applies to CSV sources only, not to {kind}")
     if (image_column is not None or label_column is not None) and not is_dataset:
         raise ValueError(f"image_column / label_column apply to datasets sources only, not to {kind}")
 
@@ -548,7 +550,7 @@ def _file_rows(
     if path.is_file() and path.suffix.lower() == ".csv":
         files, labels, names, patients = list_csv(path, class_names, patient_id_column)
         labels_per_split, where = {"train": labels}, f"CSV {path}"
-    elif path.is_dir():  # class_names / patient_id_column refused before (`_check_source_options`)
+    elif path.is_dir():  # its own class names stand; patient_id_column refused before (`_check_source_options`)
         files, labels_per_split, names = list_folder_files(path)
         where, patients = f"image folder {path}", None
     else:
