@@ -366,8 +366,8 @@ def load_evaluation_split(
     can be checked against a model's training fingerprints), else as one `datasets.Dataset`.
 
     `class_names` (a model's recorded ones) name the label ids of a source that stores ids or labels (digits, `.npz`,
-    IDX, CSV). An image folder carries its own (its class subfolders) and a saved `DatasetDict` its ClassLabel: theirs
-    are read instead, an image folder's checked against `class_names` before any image is decoded (classes the model
+    IDX, CSV). An image folder carries its own (its class subfolders) and a saved `Dataset` / `DatasetDict` its
+    ClassLabel: theirs are read instead, checked against `class_names` before any image is decoded (classes the model
     does not know are refused, by name; some of the model's classes only are fine), or against `model_class_names`
     (the model's classes, `hub.class_names_of`) when given. Their order may differ:
     `evaluate_classifier` matches labels to the model's by name, so the scored label ids are the model's whatever the

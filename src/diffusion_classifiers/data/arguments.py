@@ -32,7 +32,8 @@ def add_class_names_arg(parser: Any) -> None:
     parser.add_argument(
         "--class_names", nargs="+", default=None, metavar="NAME",
         help="a CSV's classes (or a .npz's, in label order): a label not among them is refused by name, where "
-        "without them a typo would become a class of its own (default: %(default)s, the labels found)",
+        "without them a typo would become a class of its own; an image folder or a saved dataset names its own, "
+        "which these may only repeat, in their order (default: %(default)s, the labels found)",
     )  # fmt: skip
 
 

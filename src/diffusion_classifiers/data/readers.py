@@ -130,8 +130,8 @@ def load_image_classification_data(
         class_names (`Sequence[str]`, *optional*):
             names of label ids `0..K-1` for sources that store only integer labels (digits, `.npz`, IDX); for a CSV,
             the classes in label-id order (a CSV label outside them is refused). An image folder and a `datasets`
-            source carry their own names and order: `class_names` (a model's recorded ones, `pipe.loader_kwargs`)
-            must include each of them, and rename or reorder none ([`own_class_names`]).
+            source carry their own names and order ([`own_class_names`]): `class_names` (a model's recorded ones,
+            `pipe.loader_kwargs`) are accepted as a check when they are those, in that order, else refused.
             Default: `"0".."K-1"` with `K = max(label) + 1`, and then every label in `0..K-1` must occur: labels
             `{0, 7}` are refused rather than read as 8 classes, unless `class_names` names all 8.
         image_column, label_column (`str`, *optional*):
@@ -177,11 +177,11 @@ def load_image_classification_data(
     check_anonymised_dicom_groups(anonymised_dicom_groups)
     source = open_saved_dataset(source)
     kind = _source_kind(source)
-    if class_names is not None and (unlabeled or kind in ("folder", "datasets")):
-        check_names_of_own_classes(source, class_names, unlabeled, image_column, label_column)
-        class_names = None  # the source's own stand
     if unlabeled and kind != "folder":
         raise ValueError(f"unlabeled: expected an image folder (its images read without labels), got a {kind} source")
+    if class_names is not None and (unlabeled or kind in ("folder", "datasets")):
+        check_names_of_own_classes(source, class_names, unlabeled, image_column, label_column)
+        class_names = None  # the source's own, the same
     if patient_id_column is not None and kind != "csv":
         raise ValueError(f"patient_id_column applies to CSV sources only, not to a {kind} source")
     medical = MedicalPreprocessing() if medical is None else medical
@@ -241,20 +241,21 @@ def own_class_names(source: Any, image_column: str | None = None, label_column: 
 def check_names_of_own_classes(
     source: Any, class_names: Sequence[str], unlabeled: bool, image_column: str | None, label_column: str | None
 ) -> None:
-    """`class_names` given for a source that carries its own (an image folder, a `datasets` source): accepted as a
-    check, when every class of the source is among them (a model's recorded names, `pipe.loader_kwargs`, read on
-    another copy of its data: QA, a model trained on a CSV refused its images as a folder or a saved dataset), else
-    refused naming the others; the source's own names and order stand. An unlabeled folder takes none."""
+    """`class_names` given for a source that carries its own (an image folder, a `datasets` source) are accepted as
+    a check when they are its own names in its order (a model's recorded names, `pipe.loader_kwargs`, read on another
+    copy of its data: QA, a model trained on a CSV refused its images as a folder or a saved dataset), else refused:
+    they can neither rename nor renumber its classes, and a training record of them would be false. Unlabeled data
+    takes none; a source that names no classes of its own (digits, `.npz`, IDX, a CSV) is left to its reader."""
     if unlabeled:
-        raise ValueError("class_names: an unlabeled folder has no classes to name; expected class_names=None")
+        raise ValueError("class_names: unlabeled data has no classes to name; expected class_names=None")
     own = own_class_names(source, image_column, label_column)
-    others = [name for name in own if name not in [str(given) for given in class_names]]
-    if others:
+    if own is not None and [str(name) for name in class_names] != own:
         raise ValueError(
-            f"class_names: the source's own classes {others} are not among class_names {list(class_names)}; an "
-            "image folder (its class subfolders) and a datasets source (its ClassLabel) carry their own names, which "
-            "class_names (a model's recorded ones) must include: give data of the model's classes, or leave "
-            "class_names out"
+            f"class_names: {list(class_names)} are not the source's own classes {own} in their order; an image folder "
+            "(its class subfolders, sorted as text) and a datasets source (its ClassLabel) name and number their "
+            "classes themselves: leave class_names out (a model's recorded ones from another copy of its data, "
+            "pipe.loader_kwargs: the splits are then carved by this copy's order, and images the model was trained "
+            "on are refused when it is evaluated)"
         )
 
 
