@@ -104,3 +104,12 @@ def test_training_images_in_a_split_name_a_reordered_copy_as_a_cause(cat_dog_pip
     split = LabeledImages(images, torch.tensor([0, 1, 0, 1, 0, 1]), CLASSES)
     with pytest.raises(ValueError, match=r"listed in another order: a CSV's rows reordered, or the classes numbered"):
         evaluate_classifier(cat_dog_pipeline, split, train_fingerprints=image_fingerprints(images[:2]))
+
+
+@pytest.mark.parametrize("loader", [load_image_classification_data, streaming_image_classification_data])
+def test_a_wrong_column_of_a_saved_dataset_is_refused_naming_the_dataset(copies, loader):
+    """QA: "label column 'site' has type Value('string'); expected ClassLabel" did not say whose column it was."""
+    with pytest.raises(ValueError, match=r"^dataset .*saved: label column 'image' has type Image"):
+        loader(copies["saved"], label_column="image", **READING)
+    with pytest.raises(ValueError, match=r"^dataset .*saved: image column 'img' not found"):
+        loader(copies["saved"], image_column="img", **READING)

@@ -55,21 +55,29 @@ def open_saved_dataset(source: Any) -> Any:
     return source
 
 
-def hf_splits(source: Any, image_column: str | None, label_column: str | None) -> tuple[dict, str, str, Any]:
+def dataset_name(source: Any) -> str:
+    """How messages name a `datasets` source: by its folder when one was given, else "dataset"."""
+    return f"dataset {source}" if isinstance(source, (str, os.PathLike)) else "dataset"
+
+
+def hf_splits(
+    source: Any, image_column: str | None, label_column: str | None, where: str = "dataset"
+) -> tuple[dict, str, str, Any]:
     """The splits of a `datasets.Dataset` (train only) or `DatasetDict`, checked: known split names, one Image and one
-    ClassLabel column (found or named), the same label feature in every split. Returns `(splits, image column,
-    label column, label feature)`."""
+    ClassLabel column (found or named), the same label feature in every split; a refusal names the source by
+    `where` ([`dataset_name`]). Returns `(splits, image column, label column, label feature)`."""
     import datasets
 
     parts = {"train": source} if isinstance(source, datasets.Dataset) else dict(source)
     unknown = [name for name in parts if name not in HF_SPLIT_NAMES]
     if unknown or "train" not in parts or ("val" in parts and "validation" in parts):
         raise ValueError(
-            f"DatasetDict splits {sorted(parts)}: expected 'train' and optionally one of 'validation'/'val', and 'test'"
+            f"{where}: DatasetDict splits {sorted(parts)}: expected 'train' and optionally one of 'validation'/'val', "
+            "and 'test'"
         )
     features = parts["train"].features
-    image_column = find_column(features, image_column, datasets.Image, "image")
-    label_column = find_column(features, label_column, datasets.ClassLabel, "label")
+    image_column = find_column(features, image_column, datasets.Image, "image", where)
+    label_column = find_column(features, label_column, datasets.ClassLabel, "label", where)
     for name, part in parts.items():
         if part.features.get(label_column) != features[label_column]:
             raise ValueError(
@@ -80,14 +88,15 @@ def hf_splits(source: Any, image_column: str | None, label_column: str | None) -
 
 
 def read_hf_dataset(
-    source: Any, image_column: str | None, label_column: str | None, reading: ImagePreprocessing
+    source: Any, image_column: str | None, label_column: str | None, reading: ImagePreprocessing,
+    where: str = "dataset",
 ) -> RawData:
     """The splits of a `datasets` source, every split's labels checked before any image is decoded, then each row
     preprocessed by `reading` as soon as it is decoded: one full-size image held at a time, as for image folders (see
     [`decode_files`]); the result equals `preprocess_images(<every decoded row>, preprocessing=reading)`."""
     import datasets
 
-    parts, image_column, label_column, label_feature = hf_splits(source, image_column, label_column)
+    parts, image_column, label_column, label_feature = hf_splits(source, image_column, label_column, where)
     labels = {HF_SPLIT_NAMES[name]: split_labels(part, label_column, name) for name, part in parts.items()}
     all_labels, names, splits = labels_and_names(labels, label_feature.names, "dataset")
     images, rows = [], []
@@ -181,14 +190,17 @@ def read_classification_split(
     return images, np.asarray(dataset[label_column], dtype=np.int64), list(dataset.features[label_column].names)
 
 
-def find_column(features: Any, name: str | None, feature_type: type, role: str) -> str:
+def find_column(features: Any, name: str | None, feature_type: type, role: str, where: str | None = None) -> str:
+    """The column of `feature_type` for `role` ("image", "label"): `name`, checked, else the one of that type; a
+    refusal starts with `where` when given (the source: QA, a wrong --label_column was not said to be the dataset's)."""
     columns = {column: repr(feature) for column, feature in features.items()}
     expected = feature_type.__name__
+    source = f"{where}: " if where else ""
     if name is not None:
         if name not in features:
-            raise ValueError(f"{role} column {name!r} not found; columns: {columns}")
+            raise ValueError(f"{source}{role} column {name!r} not found; columns: {columns}")
         if not isinstance(features[name], feature_type):
-            raise ValueError(f"{role} column {name!r} has type {features[name]!r}; expected {expected}")
+            raise ValueError(f"{source}{role} column {name!r} has type {features[name]!r}; expected {expected}")
         return name
     matches = [column for column, feature in features.items() if isinstance(feature, feature_type)]
     if len(matches) != 1:
@@ -200,7 +212,7 @@ def find_column(features: Any, name: str | None, feature_type: type, role: str) 
             )
         else:
             how = f"Pass {role}_column= naming one {expected} column ({_CAST_HINTS.get(role, '')})"
-        raise ValueError(f"{found} {expected} column for the {role}s; columns: {columns}. {how}")
+        raise ValueError(f"{source}{found} {expected} column for the {role}s; columns: {columns}. {how}")
     return matches[0]
 
 

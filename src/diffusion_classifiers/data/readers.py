@@ -31,7 +31,7 @@ from .arguments import columns_from_args
 from .dicom import MedicalPreprocessing, is_dicom_file
 from .windows import parse_windows
 from .file_decoding import _BitDepths, decode_files
-from .hf_datasets import hf_splits, open_saved_dataset, read_hf_dataset
+from .hf_datasets import dataset_name, hf_splits, open_saved_dataset, read_hf_dataset
 from .image_listing import list_csv, list_folder_files, list_image_folder, list_unlabeled_images
 from .labeled_images import ONE_SET, SPLITS, LabeledImages, RawData, labels_and_names
 from .preprocessing import ImagePreprocessing, _describe, fit_options, preprocess_images
@@ -175,6 +175,7 @@ def load_image_classification_data(
     """
     check_split_fractions(val_fraction, test_fraction, carved=not unlabeled)
     check_anonymised_dicom_groups(anonymised_dicom_groups)
+    where = dataset_name(source)
     source = open_saved_dataset(source)
     kind = _source_kind(source)
     if unlabeled and kind != "folder":
@@ -208,7 +209,7 @@ def load_image_classification_data(
                 Path(source), class_names, patient_id_column, medical, files_reading, anonymised_dicom_groups
             )
     else:
-        raw = read_hf_dataset(source, image_column, label_column, reading)  # each row preprocessed as decoded
+        raw = read_hf_dataset(source, image_column, label_column, reading, where)  # each row preprocessed as decoded
     if image_size is None:
         reading = replace(reading, image_size=raw.default_image_size)
     images = raw.images if raw.preprocessed else preprocess_images(raw.images, preprocessing=reading)
@@ -227,10 +228,11 @@ def own_class_names(source: Any, image_column: str | None = None, label_column: 
     """The class names, in label-id order, that a source carries with its images, found without decoding one: an
     image folder's class subfolders (or `splits/classes.txt`), a `datasets` source's ClassLabel (`label_column`, else
     its one ClassLabel column); None for a source whose label ids `class_names` name (digits, `.npz`, IDX, a CSV)."""
+    where = dataset_name(source)
     source = open_saved_dataset(source)
     kind = _source_kind(source)
     if kind == "datasets":
-        return list(hf_splits(source, image_column, label_column)[3].names)
+        return list(hf_splits(source, image_column, label_column, where)[3].names)
     if kind != "folder":
         return None
     with warnings.catch_warnings():  # the reader warns about the folder (files skipped, ...) when it reads it

@@ -31,6 +31,7 @@ from .preprocessing import ImagePreprocessing, _describe, fit_options, preproces
 from .file_decoding import _refuse_unreadable_files, check_file_headers, decode_image_file, list_frames
 from .hf_datasets import (
     HF_SPLIT_NAMES,
+    dataset_name,
     find_column,
     hf_splits,
     is_saved_dataset,
@@ -433,9 +434,10 @@ def streaming_image_classification_data(
             **fit,
         )  # fmt: skip
         return _leave_out({"train": full}, unreadable)
+    where = dataset_name(source)
     source = open_saved_dataset(source)
     if _is_datasets_object(source):
-        dataset, raw = _hf_rows(source, image_column, label_column)
+        dataset, raw = _hf_rows(source, image_column, label_column, where)
         full = StreamingImages(
             dataset, image_size, num_channels, image_column=_IMAGE, label_column=_LABEL, medical=medical, **fit
         )
@@ -575,11 +577,11 @@ def _unlabeled_rows(source: Any, medical: MedicalPreprocessing, **listing: Any) 
     return files, frames
 
 
-def _hf_rows(source: Any, image_column: str | None, label_column: str | None):
+def _hf_rows(source: Any, image_column: str | None, label_column: str | None, where: str):
     """One table of every split's (undecoded) images and labels, and its `RawData` (labels, names, splits)."""
     import datasets
 
-    parts, image_column, label_column, label_feature = hf_splits(source, image_column, label_column)
+    parts, image_column, label_column, label_feature = hf_splits(source, image_column, label_column, where)
     tables, labels = [], {}
     for name, part in parts.items():
         part = part.select_columns([image_column, label_column]).cast_column(image_column, datasets.Image(decode=False))
