@@ -129,6 +129,18 @@ def test_rows_of_different_depths_are_named_by_their_row(tmp_path):
         load_image_classification_data(rows, num_channels=1, test_fraction=0.25, val_fraction=0.34)
 
 
+def test_a_low_contrast_row_is_named_by_its_row():
+    """Session 52's note: the low-contrast warning of a 16-bit row read by the in-memory loader named it "item 0"."""
+    pixels = [np.arange(16, dtype=np.uint16).reshape(4, 4) * 273 for _ in range(8)]  # 0..4095: 12 bits, contrast
+    pixels[5] = np.full((4, 4), 3000, dtype=np.uint16)
+    pixels[5][0, 0] = 3010  # 10 of 4095 steps: little contrast
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    rows = datasets.Dataset.from_dict({"image": [Image.fromarray(p) for p in pixels], "label": [0, 1] * 4},
+                                      features=features)  # fmt: skip
+    with pytest.warns(UserWarning, match=r"^split 'train' row 5 \(a 16-bit PIL image\): values span \[3000, 3010\]"):
+        load_image_classification_data(rows, num_channels=1, test_fraction=0.25, val_fraction=0.34)
+
+
 def test_an_earlier_contract_says_when_it_reads_a_16_bit_pil_image_unlike_its_file(rows_and_files):
     """QA (second read): a head fitted over a model saved without `medical` read the rows from [0, 65535] and the same
     PNG files by their 12 bits (66.7% against 50%), without a word."""

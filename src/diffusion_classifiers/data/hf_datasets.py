@@ -116,7 +116,8 @@ def read_hf_dataset(
 
 class _RowDepths:
     """The bit depths of a data set's 16-bit rows, each named by its row (`row`, set before it is read: the
-    preprocessing reads it alone, as its "item 0"), for the warning about rows of different depths."""
+    preprocessing reads it alone, and names it so: `sixteen_bit.recorded_name`), for the warning about rows of
+    different depths."""
 
     def __init__(self) -> None:
         self.depths, self.row = _BitDepths(), None

@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..validation import check_finite_rows, first_and_more
 from .dicom import MedicalPreprocessing, is_dicom_file
-from .sixteen_bit import _PIL_16BIT_MODES, _scale_16bit, check_bit_depths, note_bit_depth
+from .sixteen_bit import _PIL_16BIT_MODES, _scale_16bit, check_bit_depths, note_bit_depth, recorded_name
 from .image_files import DECODE_ERRORS, decode_error_text, open_image
 
 __all__ = ["INPUT_RANGES", "RESAMPLE_MODES", "RESIZE_MODES", "ImagePreprocessing", "preprocess_images"]
@@ -450,7 +450,7 @@ def _reads_as_its_file(item: Any, contract: ImagePreprocessing) -> bool:
 def _scaled_as_its_file(image: Image.Image, position: int) -> np.ndarray:
     """A 16-bit PIL image as its file is read: float32 `[1, 1, H, W]` in `[0, 1]` by its maximum's bit depth, told to
     the open bit depth check and record."""
-    name = f"item {position} (a 16-bit PIL image)"
+    name = recorded_name(f"item {position} (a 16-bit PIL image)")
     values, bits = _scale_16bit(image, None, name)
     note_bit_depth(name, bits, image)
     return values[None, None]

@@ -24,6 +24,7 @@ __all__ = [
     "note_bit_depth",
     "read_16bit_image",
     "record_bit_depths",
+    "recorded_name",
     "scale_16bit_image",
 ]
 
@@ -133,6 +134,13 @@ def record_bit_depths(record: Any) -> Iterator[Any]:
         yield record
     finally:
         _DEPTH_RECORD.reset(token)
+
+
+def recorded_name(name: str) -> str:
+    """`name`, or the name the open [`record_bit_depths`] gives the image being read (its `row`, a data set's row,
+    which preprocessing alone would call "item 0"), so that its warnings name it as the record does."""
+    row = getattr(_DEPTH_RECORD.get(), "row", None)
+    return name if row is None else f"{row} (a 16-bit PIL image)"
 
 
 def note_bit_depth(name: Any, bits: int, image: Any = None) -> None:
