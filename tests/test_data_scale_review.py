@@ -79,9 +79,10 @@ def test_streaming_refuses_options_its_source_would_ignore_as_the_in_memory_load
     folder = _image_folder(tmp_path / "data")
     for source, options in ((saved, {"class_names": ["y", "x"]}), (saved, {"patient_id_column": "patient"}),
                             (folder, {"image_column": "image"})):  # fmt: skip
-        with pytest.raises(ValueError, match="(appl(y|ies) to|sources take) "):
+        # class names other than the dataset's own, in its order: refused as renaming its classes (test_data_routes)
+        with pytest.raises(ValueError, match="(appl(y|ies) to|not the source's own classes) "):
             load_image_classification_data(source, **options)
-        with pytest.raises(ValueError, match="apply to (CSV|datasets) sources only"):
+        with pytest.raises(ValueError, match="(appl(y|ies) to (CSV|datasets) sources only|not the source's own classes)"):
             streaming_image_classification_data(source, 1, **options)
 
 

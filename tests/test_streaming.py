@@ -509,8 +509,9 @@ def test_a_row_without_an_image_is_named_as_such_when_streamed(tmp_path):
     train = streaming_image_classification_data(tmp_path / "data", num_channels=1, image_size=8)["train"]
     missing = [(path, reason) for path, reason in train.unreadable_images(progress_bar=False)]
     assert len(missing) == 1 and missing[0][1] == "an image row has no image (None)"
-    assert re.fullmatch(r"image \d of the split \(no image\)", missing[0][0])
-    with pytest.raises(ValueError, match=r"1 of \d images cannot be read \(image \d of the split \(no image\): an "):
+    # named by its row in the saved split, not its position in the carved one (session 52's note)
+    assert missing[0][0] == "split 'train' row 6 (no image)"
+    with pytest.raises(ValueError, match=r"1 of \d images cannot be read \(split 'train' row 6 \(no image\): an "):
         train.verify(progress_bar=False)
 
 

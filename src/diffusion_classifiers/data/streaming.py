@@ -70,6 +70,7 @@ __all__ = [
 ]
 
 _IMAGE, _LABEL, _FRAME = "image", "label", "frame"  # the columns of a table built from files (frame: of a DICOM)
+_ROW = "source_row"  # a streamed dataset's row as its saved splits number it ("split 'train' row 412"), for messages
 
 
 def _preprocess_one(image: Any, reading: ImagePreprocessing) -> torch.Tensor:
@@ -235,10 +236,13 @@ class StreamingImages(torch.utils.data.Dataset):
         self.fingerprints = fingerprints
 
     def _path(self, index: int) -> str:
-        value = self.dataset[int(index)][self.image_column]
+        """How messages name the image at `index`: its file, else its row as the source numbers it (a dataset's split
+        and row: QA, the carved split's position was not a row the saved dataset shows)."""
+        row = self.dataset[int(index)]
+        value, named = row[self.image_column], row.get(_ROW)
         if value is None:
-            return f"image {index} of the split (no image)"
-        return value.get("path") or f"row {index} (bytes without a path)"
+            return f"{named or f'image {index} of the split'} (no image)"
+        return value.get("path") or f"{named or f'row {index}'} (bytes without a path)"
 
     def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> StreamingImages:
         """The rows at `indices` (an index mapping over the same Arrow table: nothing is copied or decoded)."""
@@ -586,7 +590,8 @@ def _hf_rows(source: Any, image_column: str | None, label_column: str | None, wh
     for name, part in parts.items():
         part = part.select_columns([image_column, label_column]).cast_column(image_column, datasets.Image(decode=False))
         renames = {old: new for old, new in ((image_column, _IMAGE), (label_column, _LABEL)) if old != new}
-        tables.append(part.rename_columns(renames))
+        rows = [f"split {name!r} row {i}" for i in range(len(part))]
+        tables.append(part.rename_columns(renames).add_column(_ROW, rows))
         labels[HF_SPLIT_NAMES[name]] = split_labels(part, label_column, name)
     all_labels, names, splits = labels_and_names(labels, label_feature.names, "dataset")
     return datasets.concatenate_datasets(tables), RawData(None, all_labels, names, splits)
