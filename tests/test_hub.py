@@ -609,8 +609,8 @@ def test_a_ct_models_card_snippet_classifies_a_dicom_file_as_written(monkeypatch
         assert "pipeline_class=diffusion_classifiers.DiffusionClassifierImageClassificationPipeline" in card
         got = {row["label"]: row["score"] for row in namespace["classifier"]("image.dcm")}
         torch.testing.assert_close(torch.tensor([got["healthy"], got["ich"]]), expected, rtol=0, atol=1e-5)
-    else:
-        torch.testing.assert_close(namespace["out"].probs[0], expected, rtol=0, atol=0)
+    else:  # the same weights loaded again: float32's last bits may differ between runs on some CPUs (4.8e-7, AVX-512)
+        torch.testing.assert_close(namespace["out"].probs[0], expected, rtol=0, atol=1e-5)
 
 
 def test_cli_dry_run_writes_the_folder_and_card_locally_without_network(saved_pipeline, monkeypatch, tmp_path, capsys):
