@@ -392,3 +392,45 @@ def test_a_saved_datasetdicts_split_is_said_and_recorded(unet_dir, tmp_path, cap
     metrics = cluster(unet_dir, tmp_path / "digits", tmp_path / "out", "--num_clusters", "5", "--split", "val")
     assert f"{tmp_path / 'digits'}: the 'val' split of a saved DatasetDict" in capsys.readouterr().out
     assert metrics["split"] == "val" and metrics["num_inputs"] == 145  # the val split, read as "validation"
+
+
+def test_inputs_with_columns_clusters_csv_writes_are_refused_before_loading_the_model(
+    digits_csv, unet_dir, tmp_path, monkeypatch
+):
+    """QA: a clusters.csv given back as input (path, frame, cluster, distance) was written with two `cluster`, `frame`
+    and `distance` columns, which pandas read as the earlier run's."""
+    from diffusion_classifiers.pipelines import DiffusionClassifierPipeline
+
+    again = tmp_path / "again.csv"
+    with open(again, "w", newline="") as handle:
+        rows = read_rows(digits_csv)
+        csv.writer(handle).writerows([["path", "cluster", "distance"]] + [
+            [str(digits_csv.parent / row["path"]), i % 4, "0.5"] for i, row in enumerate(rows)
+        ])  # fmt: skip
+    monkeypatch.setattr(DiffusionClassifierPipeline, "from_pretrained", pytest.fail)
+    with pytest.raises(ValueError, match=r"column\(s\) \['cluster', 'distance'\] are named as columns clusters.csv"):
+        cluster(unet_dir, again, tmp_path / "out", "--num_clusters", "5")
+
+
+def test_an_output_dir_inside_the_folder_clustered_is_refused(unet_dir, tmp_path, monkeypatch):
+    """QA: a rerun read its own example figure as an image of the pool (601 of 600) and chose another feature."""
+    from diffusion_classifiers.pipelines import DiffusionClassifierPipeline
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((16, 16), 20 * i, np.uint8)).save(pool / f"{i}.png")
+    monkeypatch.setattr(DiffusionClassifierPipeline, "from_pretrained", pytest.fail)
+    with pytest.raises(ValueError, match=r"--output_dir .*_clusters: inside the input folder"):
+        cluster(unet_dir, pool, pool / "_clusters", "--num_clusters", "2")
+    assert not (pool / "_clusters").exists()
+
+
+def test_cluster_files_refuses_inputs_inside_its_output_dir(digits_csv, unet_dir, tmp_path):
+    from diffusion_classifiers.pipelines import DiffusionClassifierPipeline
+    from diffusion_classifiers.prediction import list_inputs
+    from diffusion_classifiers.prediction.clustering import cluster_files
+
+    inputs = list_inputs(str(digits_csv.parent / "images"))
+    with pytest.raises(ValueError, match=r"images/000.png is inside output_dir .*; expected inputs outside it"):
+        cluster_files(DiffusionClassifierPipeline.from_pretrained(unet_dir), inputs, digits_csv.parent, 2)

@@ -30,6 +30,9 @@ from .runner import add_input_args, diffusers_progress_bars, input_split, model_
 __all__ = ["CLUSTERS_NAME", "FeatureSource", "add_cluster_args", "cluster_files", "feature_source", "run_cluster"]
 
 CLUSTERS_NAME = "clusters.csv"
+# The columns clusters.csv holds whatever the input: an input's columns of these names are refused (QA: a
+# clusters.csv given back as input was written with two `cluster` columns, which pandas read as the old ones).
+WRITTEN_COLUMNS = ("path", "frame", "true_label", "cluster", "distance")
 CLUSTER_ERRORS_NAME = "clusters.errors.csv"
 EXAMPLES_NAME = "cluster_examples_{page}.png"
 # Clusters per examples figure (one column each): beyond this the figure's tiles get too small to read.
@@ -94,10 +97,12 @@ def run_cluster(args: argparse.Namespace) -> dict:
     from ..validation import check_no_earlier_report
 
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
+    _check_output_outside_input_folder(args.output_dir, args.input)
     names = ClusterRequest._fields
     request = ClusterRequest(**{name: getattr(args, name) for name in names}).checked(flag="--")
     model_dir, _, medical, inputs = model_and_inputs(args)
     request.checked(len(inputs), "--", f"--input {args.input}")
+    _check_inputs_for_output(inputs, args.output_dir)
     with diffusers_progress_bars(shown=not args.no_progress_bar):  # its "Loading pipeline components" bar
         pipeline = DiffusionClassifierPipeline.from_pretrained(model_dir)
     features = feature_source(pipeline, args.timesteps, args.pool, args.batch_size, args.seed, args.model_dir)
@@ -277,6 +282,7 @@ def cluster_files(
         num_clusters, candidate_num_clusters, normalizations, selection_images, fit_images, examples_per_cluster,
         batch_size,
     ).checked(len(inputs))  # fmt: skip
+    _check_inputs_for_output(inputs, output_dir)
     features = feature_source(pipeline, batch_size=batch_size, seed=seed) if features is None else features
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -320,6 +326,36 @@ def cluster_files(
     metrics = _json_safe(metrics)
     write_json_atomically(output_dir / "metrics.json", metrics, indent=2)
     return metrics
+
+
+def _check_output_outside_input_folder(output_dir: str | os.PathLike, input_path: str | os.PathLike) -> None:
+    """An `--output_dir` inside the image folder clustered is refused: its example figures (PNG) would be read as
+    images of the folder by a later run, or by training on the folder (QA: a rerun clustered 601 images of a
+    600-image pool, its own figure among them, and chose another feature)."""
+    folder, output = Path(input_path).resolve(), Path(output_dir).resolve()
+    if folder.is_dir() and (output == folder or folder in output.parents):
+        raise ValueError(
+            f"--output_dir {output_dir}: inside the input folder {input_path}; expected a folder outside it, whose "
+            "example figures would otherwise be read as the folder's images by later runs and training"
+        )
+
+
+def _check_inputs_for_output(inputs: Sequence[PredictionInput], output_dir: str | os.PathLike) -> None:
+    """Inputs whose columns clusters.csv writes itself (`WRITTEN_COLUMNS`), or files inside `output_dir` (an earlier
+    run's figures), are refused before any image is read."""
+    clashing = sorted({name for item in inputs for name in item.columns} & set(WRITTEN_COLUMNS))
+    if clashing:
+        raise ValueError(
+            f"inputs: CSV or dataset column(s) {clashing} are named as columns {CLUSTERS_NAME} holds itself "
+            f"({list(WRITTEN_COLUMNS)}); expected other names for the columns it carries (rename them)"
+        )
+    output = Path(output_dir).resolve()
+    inside = next((item for item in inputs if item.file is not None and output in item.file.resolve().parents), None)
+    if inside is not None:
+        raise ValueError(
+            f"inputs: {inside.file} is inside output_dir {output_dir}; expected inputs outside it (an earlier run's "
+            "example figures would be clustered as images)"
+        )
 
 
 def _choose_without_labels(
