@@ -349,8 +349,8 @@ def _check_inputs_for_output(inputs: Sequence[PredictionInput], output_dir: str 
             f"inputs: CSV or dataset column(s) {clashing} are named as columns {CLUSTERS_NAME} holds itself "
             f"({list(WRITTEN_COLUMNS)}); expected other names for the columns it carries (rename them)"
         )
-    output = Path(output_dir).resolve()
-    inside = next((item for item in inputs if item.file is not None and output in item.file.resolve().parents), None)
+    output = os.path.join(os.path.abspath(output_dir), "")  # by name, no file system call per input
+    inside = next((item for item in inputs if item.file and os.path.abspath(item.file).startswith(output)), None)
     if inside is not None:
         raise ValueError(
             f"inputs: {inside.file} is inside output_dir {output_dir}; expected inputs outside it (an earlier run's "
