@@ -815,3 +815,17 @@ def test_the_label_free_choice_reads_only_the_rows_it_subsamples():
     features = {("mid_block", t): RowsOnly(rng.normal(size=(400, 8)).astype(np.float16)) for t in (10, 100)}
     chosen = select_clustering_without_labels(features, None, 3, max_images=60, n_init=1, num_resamples=2)
     assert tuple(chosen["pair"]) in features and chosen["num_images"] == 60
+
+
+def test_the_best_pair_treats_val_log_losses_a_float_rounding_apart_as_tied():
+    """On an AMD EPYC with AVX-512 the same features at two places of the batched fit gave losses ~1e-7 apart, and
+    the later pair won the tie; a loss that is not a number loses to any other."""
+    from diffusion_classifiers.probing.probe_grid import _best_on_val
+
+    def scores(*losses):
+        return [{"accuracy": 0.9, "macro_f1": 0.8, "log_loss": loss} for loss in losses]
+
+    assert _best_on_val(scores(0.3, 0.3 * (1 - 1e-7))) == 0
+    assert _best_on_val(scores(0.3, 0.29)) == 1
+    assert _best_on_val(scores(float("nan"), 0.5)) == 1
+    assert _best_on_val(scores(float("nan"), float("nan"))) == 0

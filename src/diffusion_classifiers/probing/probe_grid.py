@@ -4,6 +4,7 @@
 [`ProbeGridResult`] with a [`LinearProbeHead`] per pair.
 """
 
+import math
 import mmap
 import warnings
 from dataclasses import dataclass, field
@@ -823,10 +824,13 @@ class _Fit:
 
 def _best_on_val(val: list) -> int:
     """The index of the best val scores: accuracy, ties broken by macro-F1, then the smaller log-loss (QA: 12 of 21
-    pairs at 100% on 8 val images) up to `_LOG_LOSS_TIE`, then the earlier index."""
+    pairs at 100% on 8 val images) up to `_LOG_LOSS_TIE`, then the earlier index (a loss that is not a number loses)."""
     top = max((scores["accuracy"], scores["macro_f1"]) for scores in val)
     tied = [i for i, scores in enumerate(val) if (scores["accuracy"], scores["macro_f1"]) == top]
-    lowest = min(val[i]["log_loss"] for i in tied)
+    losses = [val[i]["log_loss"] for i in tied if not math.isnan(val[i]["log_loss"])]
+    if not losses:
+        return tied[0]
+    lowest = min(losses)
     return next(i for i in tied if val[i]["log_loss"] <= lowest + _LOG_LOSS_TIE * max(abs(lowest), 1e-12))
 
 
