@@ -116,7 +116,7 @@ def read_hf_dataset(
 
 class _RowDepths:
     """The bit depths of a data set's 16-bit rows, each named by its row (`row`, set before it is read: the
-    preprocessing reads it alone, and names it so: `sixteen_bit.recorded_name`), for the warning about rows of
+    preprocessing reads it alone, and names it so: `sixteen_bit.pil_image_name`), for the warning about rows of
     different depths."""
 
     def __init__(self) -> None:

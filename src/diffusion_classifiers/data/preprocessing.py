@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..validation import check_finite_rows, first_and_more
 from .dicom import MedicalPreprocessing, is_dicom_file
-from .sixteen_bit import _PIL_16BIT_MODES, _scale_16bit, check_bit_depths, note_bit_depth, recorded_name
+from .sixteen_bit import _PIL_16BIT_MODES, _scale_16bit, check_bit_depths, note_bit_depth, pil_image_name
 from .image_files import DECODE_ERRORS, decode_error_text, open_image
 
 __all__ = ["INPUT_RANGES", "RESAMPLE_MODES", "RESIZE_MODES", "ImagePreprocessing", "preprocess_images"]
@@ -365,7 +365,7 @@ def _to_unit_batches(items: list, data_format: str | None, contract: ImagePrepro
         elif batch.dtype == torch.uint16 and not isinstance(item, Image.Image):  # a PIL image may be a datasets row
             wide_arrays.append(position)
         elif isinstance(item, Image.Image) and item.mode in _PIL_16BIT_MODES:  # read from [0, 65535]: 16 bits
-            note_bit_depth(f"item {position} (a 16-bit PIL image)", 16, item)
+            note_bit_depth(pil_image_name(position), 16, item)
             if max(item.getextrema()) < 2**15:  # its file reads at fewer bits, brighter
                 full_range_pil.append(position)
         if windowed and (kind := _picture_kind(item, batch)) is not None:
@@ -450,7 +450,7 @@ def _reads_as_its_file(item: Any, contract: ImagePreprocessing) -> bool:
 def _scaled_as_its_file(image: Image.Image, position: int) -> np.ndarray:
     """A 16-bit PIL image as its file is read: float32 `[1, 1, H, W]` in `[0, 1]` by its maximum's bit depth, told to
     the open bit depth check and record."""
-    name = recorded_name(f"item {position} (a 16-bit PIL image)")
+    name = pil_image_name(position)
     values, bits = _scale_16bit(image, None, name)
     note_bit_depth(name, bits, image)
     return values[None, None]

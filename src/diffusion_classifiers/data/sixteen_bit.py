@@ -23,8 +23,8 @@ __all__ = [
     "check_bit_depths",
     "note_bit_depth",
     "read_16bit_image",
+    "pil_image_name",
     "record_bit_depths",
-    "recorded_name",
     "scale_16bit_image",
 ]
 
@@ -136,11 +136,12 @@ def record_bit_depths(record: Any) -> Iterator[Any]:
         _DEPTH_RECORD.reset(token)
 
 
-def recorded_name(name: str) -> str:
-    """`name`, or the name the open [`record_bit_depths`] gives the image being read (its `row`, a data set's row,
-    which preprocessing alone would call "item 0"), so that its warnings name it as the record does."""
+def pil_image_name(position: int) -> str:
+    """How messages name the 16-bit PIL image at `position` of a preprocessing call: by the row the open
+    [`record_bit_depths`] reads (a data set's row, which preprocessing alone would call "item 0"), else by
+    `position`."""
     row = getattr(_DEPTH_RECORD.get(), "row", None)
-    return name if row is None else f"{row} (a 16-bit PIL image)"
+    return f"{f'item {position}' if row is None else row} (a 16-bit PIL image)"
 
 
 def note_bit_depth(name: Any, bits: int, image: Any = None) -> None:
