@@ -7,7 +7,7 @@ import csv
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -162,50 +162,114 @@ def is_image_or_dicom_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS or is_dicom_file(path)
 
 
+class _SplitLine(NamedTuple):
+    """One line of a split file: where it is (`file:line`), the image it lists as written and found, its label."""
+
+    where: str
+    relative: str
+    path: Path
+    label: int
+
+
 def _read_split_files(
     splits_dir: Path, image_root: Path, class_dirs: list[Path]
 ) -> tuple[list[Path], dict[str, np.ndarray], list[str]]:
     classes_file = splits_dir / "classes.txt"
-    names = _nonempty_lines(classes_file) if classes_file.is_file() else [d.name for d in class_dirs]
-    files, labels_per_split = [], {}
-    for split, filename in (("train", "train.txt"), ("val", "val.txt"), ("test", "test.txt")):
-        if not (splits_dir / filename).is_file():
+    listed = {
+        split: _split_lines(splits_dir / f"{split}.txt", image_root)
+        for split in ("train", "val", "test") if (splits_dir / f"{split}.txt").is_file()
+    }  # fmt: skip
+    lines = [line for split_lines in listed.values() for line in split_lines]
+    if classes_file.is_file():
+        names = _nonempty_lines(classes_file)
+        _check_class_ids(lines, names, classes_file)
+    else:
+        names = _class_folder_names(lines, image_root, class_dirs, classes_file)
+    _check_each_image_listed_once(splits_dir, listed)
+    labels_per_split = {split: np.asarray([line.label for line in split_lines], dtype=np.int64)
+                        for split, split_lines in listed.items()}  # fmt: skip
+    return [line.path for line in lines], labels_per_split, names
+
+
+def _split_lines(split_file: Path, image_root: Path) -> list[_SplitLine]:
+    """The lines of `split_file` (`relative/path label`, blank lines skipped), each image found under `image_root`."""
+    lines = []
+    for number, text in enumerate(split_file.read_text().splitlines(), start=1):
+        if not text.strip():
             continue
-        labels = []
-        for number, line in enumerate(_nonempty_lines(splits_dir / filename), start=1):
-            relative, _, label = line.rpartition(" ")
-            path = image_root / relative.strip()
-            if not relative or not label.lstrip("-").isdigit():
-                raise ValueError(f"{splits_dir / filename}:{number}: expected 'relative/path label', got {line!r}")
-            if not path.is_file():
-                raise ValueError(f"{splits_dir / filename}:{number}: image file {path} does not exist")
-            files.append(path)
-            labels.append(int(label))
-        labels_per_split[split] = np.asarray(labels, dtype=np.int64)
-    _warn_files_in_several_splits(splits_dir, files, labels_per_split)
-    return files, labels_per_split, names
+        relative, _, label = text.strip().rpartition(" ")
+        if not relative.strip() or not label.lstrip("-").isdigit():
+            raise ValueError(
+                f"{split_file}:{number}: expected 'relative/path label', the label an integer class id (0 for the "
+                f"first class of splits/classes.txt), got {text.strip()!r}"
+            )
+        path = image_root / relative.strip()
+        if not path.is_file():
+            raise ValueError(f"{split_file}:{number}: image file {path} does not exist")
+        lines.append(_SplitLine(f"{split_file}:{number}", relative.strip(), path, int(label)))
+    return lines
 
 
-def _warn_files_in_several_splits(
-    splits_dir: Path, files: list[Path], labels_per_split: dict[str, np.ndarray]
-) -> None:
-    """An image listed in two split files (train and test) is read in both, as listed; its test metrics are then
-    those of an image trained on, which nothing later can tell (a split of the data's own is not checked against the
-    training images), so it is said here."""
-    bounds = np.cumsum([0] + [len(labels) for labels in labels_per_split.values()])
-    split_of: dict[Path, str] = {}
-    shared: dict[tuple[str, str], list[Path]] = {}
-    for split, start, stop in zip(labels_per_split, bounds[:-1], bounds[1:]):
-        for path in dict.fromkeys(files[start:stop]):  # a file listed twice in one split is that split's business
-            if path in split_of:
-                shared.setdefault((split_of[path], split), []).append(path)
-            else:
-                split_of[path] = split
-    for (first, second), paths in shared.items():
+def _check_class_ids(lines: list[_SplitLine], names: list[str], classes_file: Path) -> None:
+    """Every label is the id of a name in `classes_file` (`0..K-1`)."""
+    for line in lines:
+        if not 0 <= line.label < len(names):
+            raise ValueError(
+                f"{line.where}: label {line.label} is not a class id of the {len(names)} names in {classes_file}; "
+                f"expected 0..{len(names) - 1} (the line number of the class's name there, from 0)"
+            )
+
+
+def _class_folder_names(
+    lines: list[_SplitLine], image_root: Path, class_dirs: list[Path], classes_file: Path
+) -> list[str]:
+    """Without `classes_file` the classes are named by the sorted subfolders of `image_root`, which holds for split
+    files only if each image lies in the folder its label names: else the names would be another layout's folders
+    (QA: an unlabelled pool's dated runs became the class names of a model labelled from its clusters)."""
+    names = [folder.name for folder in class_dirs]
+    for line in lines:
+        folder = names[line.label] if 0 <= line.label < len(names) else None
+        parts = Path(os.path.relpath(line.path, image_root)).parts
+        if folder is not None and len(parts) > 1 and parts[0] == folder:
+            continue
+        told = f"names class folder {folder!r}, but the image is not inside it" if folder is not None else (
+            f"names none of its {len(names)} class folder(s)"
+        )  # fmt: skip
+        raise ValueError(
+            f"{line.where}: {line.relative!r} has label {line.label}, which {told} (without {classes_file} the "
+            f"classes are the sorted subfolders of {image_root}: {first_and_more(names, 8) or 'none'}); expected "
+            f"{classes_file} naming the classes, one per line in label-id order (label 0 first)"
+        )
+    return names
+
+
+def _check_each_image_listed_once(splits_dir: Path, listed: dict[str, list[_SplitLine]]) -> None:
+    """An image of two labels is refused (two answers for one image: QA, the namings of two cluster runs merged);
+    one listed twice with its label is read once per line, which is said: twice in one split it weighs twice, in two
+    splits (train and test) its test metrics are those of an image trained on, which nothing later can tell (a split
+    of the data's own is not checked against the training images)."""
+    first: dict[str, tuple[str, _SplitLine]] = {}
+    repeated: dict[tuple[str, str], list[_SplitLine]] = {}
+    for split, lines in listed.items():
+        for line in lines:
+            earlier_split, earlier = first.setdefault(os.path.normpath(line.path), (split, line))
+            if earlier is line:
+                continue
+            if earlier.label != line.label:
+                raise ValueError(
+                    f"{line.where}: {line.relative!r} is labelled {line.label} here and {earlier.label} on "
+                    f"{earlier.where}; expected each image once, with one label"
+                )
+            repeated.setdefault((earlier_split, split), []).append(line)
+    for (first_split, split), lines in repeated.items():
+        consequence = (
+            "it is read once per line and weighs twice" if first_split == split
+            else f"each is read in both splits, so the {split!r} metrics include images of {first_split!r}"
+        )  # fmt: skip
+        where = f"{first_split}.txt twice" if first_split == split else f"both {first_split}.txt and {split}.txt"
         warnings.warn(
-            f"{splits_dir}: {len(paths)} image(s) are listed in both {first}.txt and {second}.txt (first: "
-            f"{paths[0]}); each is read in both splits, so the {second!r} metrics include images of {first!r}: list "
-            "each image in one split file",
+            f"{splits_dir}: {len(lines)} image(s) are listed in {where} (first: {lines[0].path}); {consequence}: "
+            "list each image in one split file, once",
             UserWarning,
             stacklevel=6,  # the caller of load_image_classification_data
         )
