@@ -74,6 +74,20 @@ def test_the_study_matches_the_val_and_test_classes_to_train_by_name(tiny, study
     assert torch.equal(study_module.labels_in_train_class_ids(splits)["test"], test.labels[some])
 
 
+def test_a_test_split_without_a_class_is_flagged_as_evaluate_flags_it(tiny):
+    """QA: a class named by a typo had train images only; `probe`'s test AUC read 0.93 without a word where `evaluate`
+    on the same pipeline and split warned and recorded the AUC as undefined."""
+    splits = _digits_splits()
+    test = splits["test"]
+    splits["test"] = test.subset(np.flatnonzero(test.labels.numpy() != 9))
+    with pytest.warns(UserWarning, match=r"the evaluated test split has no image of the model's class\(es\) 9 "):
+        study = study_module.run_unet_feature_study(*tiny, splits, **STUDY)
+    assert study.test_metrics["absent_classes"] == ["9"] and study.summary()["test_auc"] is None
+    report = study_module.render_report(study, "study", "probe")
+    assert "**Warning: the test split has no image of class 9.**" in report
+    assert "| AUC | undefined (no image of class 9 in the test split) |" in report
+
+
 def test_the_study_refuses_a_class_train_lacks_before_extracting(tiny, no_extraction):
     splits = _digits_splits()
     val = splits["val"]

@@ -39,7 +39,10 @@ from .data.streaming import (
 )
 from .metrics import (
     calibration_metrics,
+    absent_classes_note,
+    auc_text,
     classification_metrics,
+    mark_absent_classes,
     per_class_table,
     percent,
     resolve_positive_label,
@@ -843,18 +846,8 @@ def evaluate_classifier(
     metrics["preprocessing"] = contract.to_dict()  # how the images were read
     if head is not None:
         metrics["head"] = head
-    absent = [name for label, name in enumerate(model_names) if not np.any(y_true == label)]
-    if absent:  # a split without a class reads as perfect on the rest: say so, loudly and in the record
-        metrics["absent_classes"] = absent
-        metrics["auc"] = None
-        metrics["auc_undefined"] = f"no image of class {', '.join(absent)} in the {_scored_set(split)}"
-        evaluated = _scored_set(split) if split in (None, ONE_SET) else split
-        warnings.warn(
-            f"the evaluated {evaluated} has no image of the model's class(es) {', '.join(absent)} "
-            f"({len(y_true)} images): its accuracy and macro-F1 say nothing about them, and AUC is undefined",
-            UserWarning,
-            stacklevel=2,
-        )
+    evaluated = _scored_set(split) if split in (None, ONE_SET) else split
+    mark_absent_classes(metrics, y_true, model_names, _scored_set(split), evaluated)
     if output_dir is not None:
         title = title or f"{type(classifier).__name__} evaluation"
         write_evaluation(
@@ -993,9 +986,7 @@ def write_evaluation(
 def render_evaluation_report(metrics: dict, title: str, plots: List[str], split: Optional[str] = None) -> str:
     """Markdown: the headline metrics (the positive class named for binary tasks), per-class table, the plots; the
     images scored counted, as every image of the data set for `split="all"`."""
-    auc = "n/a" if metrics.get("auc") is None else f"{metrics['auc']:.4f}"
-    if metrics.get("auc_undefined"):
-        auc = f"undefined ({metrics['auc_undefined']})"
+    auc = auc_text(metrics)
     read = ""  # metrics of earlier versions record no preprocessing
     if "preprocessing" in metrics:
         read = f", read at {ImagePreprocessing.from_dict(metrics['preprocessing']).summary()}"
@@ -1009,12 +1000,7 @@ def render_evaluation_report(metrics: dict, title: str, plots: List[str], split:
             f"{_scored_set(split)} is a `datasets` split): the figures may include images it was trained on.",
             "",
         ]
-    if metrics.get("absent_classes"):
-        lines[3:3] = [
-            f"**Warning: the {_scored_set(split)} has no image of class {', '.join(metrics['absent_classes'])}.** "
-            "The metrics below describe the other classes only; AUC is undefined.",
-            "",
-        ]
+    lines[3:3] = absent_classes_note(metrics, _scored_set(split))
     lines += [f"| accuracy | {100 * metrics['accuracy']:.2f}% |", f"| macro-F1 | {100 * metrics['macro_f1']:.2f}% |"]
     lines += [f"| balanced accuracy | {100 * metrics['balanced_accuracy']:.2f}% |", f"| AUC | {auc} |"]
     lines += [f"| ECE | {metrics['calibration']['ece']:.4f} |"]

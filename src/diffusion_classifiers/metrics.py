@@ -19,7 +19,10 @@ __all__ = [
     "clustering_metrics",
     "percent",
     "per_class_table",
+    "absent_classes_note",
+    "auc_text",
     "hungarian_match",
+    "mark_absent_classes",
     "resolve_positive_label",
     "seed_sensitivity_metrics",
 ]
@@ -179,6 +182,45 @@ def classification_metrics(
         check_finite_rows(np.nan_to_num(probs, nan=np.nan, posinf=0.0, neginf=0.0), "probs")  # +-inf: extreme ranks
         result.update(_auc(y_true, probs, positive_label))
     return result
+
+
+def mark_absent_classes(metrics: dict, y_true, class_names: Sequence[str], scored: str, where: str) -> None:
+    """The classes of `class_names` with no image in `y_true` (the `scored` set, "test split" or "data set"), recorded
+    in `metrics` as `absent_classes`, with `auc` None and why (`auc_undefined`), and warned about: a set without a
+    class reads as perfect on the rest (`where`: the set as the warning names it, "test" or "test split")."""
+    import warnings
+
+    present = set(np.asarray(y_true).tolist())
+    absent = [name for label, name in enumerate(class_names) if label not in present]
+    if not absent:
+        return
+    metrics["absent_classes"] = absent
+    metrics["auc"] = None
+    metrics["auc_undefined"] = f"no image of class {', '.join(absent)} in the {scored}"
+    warnings.warn(
+        f"the evaluated {where} has no image of the model's class(es) {', '.join(absent)} ({len(y_true)} images): "
+        "its accuracy and macro-F1 say nothing about them, and AUC is undefined",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def auc_text(metrics: dict) -> str:
+    """`metrics`' AUC as a report shows it: 4 decimals, else why it is undefined or "n/a"."""
+    if metrics.get("auc_undefined"):
+        return f"undefined ({metrics['auc_undefined']})"
+    return "n/a" if metrics.get("auc") is None else f"{metrics['auc']:.4f}"
+
+
+def absent_classes_note(metrics: dict, scored: str) -> List[str]:
+    """A report's warning lines (Markdown) for `metrics` of a `scored` set missing classes (`mark_absent_classes`)."""
+    if not metrics.get("absent_classes"):
+        return []
+    return [
+        f"**Warning: the {scored} has no image of class {', '.join(metrics['absent_classes'])}.** The metrics below "
+        "describe the other classes only; AUC is undefined.",
+        "",
+    ]
 
 
 def _contingency(y_true: np.ndarray, clusters: np.ndarray, num_classes: int) -> np.ndarray:

@@ -14,7 +14,16 @@ from diffusers import DDPMScheduler, UNet2DModel
 from .data import LabeledImages
 from .atomic_files import write_texts_atomically
 from .features import DiffusionFeatureExtractor, block_label, with_hypercolumns
-from .metrics import calibration_metrics, classification_metrics, per_class_table, percent, resolve_positive_label
+from .metrics import (
+    absent_classes_note,
+    auc_text,
+    calibration_metrics,
+    classification_metrics,
+    mark_absent_classes,
+    per_class_table,
+    percent,
+    resolve_positive_label,
+)
 from .pipelines import UNetFeatureClassifierPipeline
 from .models.unet_presets import DEFAULT_TIMESTEPS
 from .probing import ProbeGridResult, fit_probe_grid, kmeans_evaluate, label_free_kmeans
@@ -177,6 +186,7 @@ def study_from_features(
         class_names=train.class_names, positive_label=positive_label,
     )  # fmt: skip
     test_metrics["calibration"] = calibration_metrics(labels["test"], output.probs)
+    mark_absent_classes(test_metrics, labels["test"], train.class_names, "test split", "test split")
     kmeans = kmeans_evaluate(probed["test"][probe.best_pair], labels["test"], train.num_classes, seed=seed)
     kmeans.pop("clusters")
     # chosen on every train image: no labels are read, and the more images the steadier the choice
@@ -428,7 +438,7 @@ def _kmeans_rows(study: UNetFeatureStudy) -> List[str]:
 
 def render_report(study: UNetFeatureStudy, title: str, command: str, extra: Optional[dict] = None) -> str:
     s = study.summary()
-    auc = "n/a" if s["test_auc"] is None else f"{s['test_auc']:.4f}"
+    auc = auc_text(study.test_metrics)
     lines = [
         f"# {title}",
         "",
@@ -436,6 +446,7 @@ def render_report(study: UNetFeatureStudy, title: str, command: str, extra: Opti
         "",
         f"Chosen on validation: **{block_label(s['best_block'])} at t={s['best_timestep']}** (val accuracy {100 * s['val_accuracy']:.2f}%).",
         "",
+        *absent_classes_note(study.test_metrics, "test split"),
         "| test metric | value |",
         "| --- | ---: |",
         f"| accuracy | {100 * s['test_accuracy']:.2f}% |",
