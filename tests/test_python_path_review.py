@@ -103,8 +103,10 @@ def test_evaluate_classifier_checks_the_pipelines_recorded_training_images(recor
     recorded = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["training_images_checked"] is True and recorded["training_images_checked"] is True
     # scoring the train split is asking for training accuracy: not refused, and not said to be checked
-    train = evaluate_classifier(pipe, trained["train"].subset(range(20)), split="train")
+    train = evaluate_classifier(pipe, trained["train"].subset(range(20)), tmp_path / "train", split="train")
     assert "training_images_checked" not in train
+    report = (tmp_path / "train" / "report.md").read_text()  # QA: nothing said so beside the figures
+    assert "**A train split, not checked against the model's training images**: where it is the model's own" in report
     # a head registered by hand drops the fingerprints: nothing to check against, which metrics.json says
     pipe.register_modules(head=tiny_pipeline().head)
     assert evaluate_classifier(pipe, loose)["training_images_checked"] is False

@@ -232,11 +232,14 @@ def test_probe_on_a_unet_of_an_unlabeled_pool_says_to_clean_the_pool_or_the_labe
     shutil.copytree(root / "model", pooled)
     save_split_record(pooled, 0.1, 0.2, 0, None, train_images=splits["train"].images, unlabeled=True)
     advice = (r"the data shares these images with the unlabeled pool the model was trained on \(--unlabeled\), and "
-              r"scoring them would overstate the model\. Remove them from the pool and retrain the model on it, or ")
+              r"scoring them would overstate the model\. Remove them from the labelled data \(carved splits are then "
+              r"carved anew: check again\), or from the pool and retrain the model on it; ")
     leaked = _leaked(splits, str(root / "grown"))
     with pytest.raises(ValueError, match=rf"^{leaked['val']} of .* val split and {leaked['test']} of .* test split of "
-                                         rf".*e\.g\. val: \S+\.png.*; test: \S+\.png.*: {advice}remove them from the "
-                                         r"labelled data \(which re-carves its splits: check again\)$"):  # fmt: skip
+                                         rf".*e\.g\. val: \S+\.png.*; test: \S+\.png.*: {advice}to fit a head on "
+                                         r"labelled pool images, list them in an image folder's splits/train\.txt and "
+                                         r"labelled images from outside the pool in its splits/val\.txt and "
+                                         r"splits/test\.txt$"):  # fmt: skip
         main(["probe", "--unet_dir", str(pooled), "--dataset", str(root / "grown"),
               "--output_dir", str(tmp_path / "p"), "--timesteps", "20", "--C", "1"])  # fmt: skip
     digits = load_digits()

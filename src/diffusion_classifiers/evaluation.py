@@ -616,8 +616,10 @@ _SHARED_IMAGES_CAUSE = {
     ),
     "pool": (
         "the data shares these images with the unlabeled pool the model was trained on (--unlabeled), and scoring "
-        "them would overstate the model. Remove them from the pool and retrain the model on it, or remove them from "
-        "the labelled data (which re-carves its splits: check again)"
+        "them would overstate the model. Remove them from the labelled data (carved splits are then carved anew: "
+        "check again), or from the pool and retrain the model on it; to fit a head on labelled pool images, list them "
+        "in an image folder's splits/train.txt and labelled images from outside the pool in its splits/val.txt and "
+        "splits/test.txt"
     ),
     # every image of a data set checked against a pool model's record, which also holds its head's train images
     "pool data set": (
@@ -1001,6 +1003,12 @@ def render_evaluation_report(metrics: dict, title: str, plots: List[str], split:
             "",
         ]
     lines[3:3] = absent_classes_note(metrics, _scored_set(split))
+    if canonical_split_name(split or "") == "train":  # not checked against the training images: asked for as they are
+        lines[3:3] = [
+            "**A train split, not checked against the model's training images**: where it is the model's own, these "
+            "figures are training accuracy, not an estimate on new images.",
+            "",
+        ]
     lines += [f"| accuracy | {100 * metrics['accuracy']:.2f}% |", f"| macro-F1 | {100 * metrics['macro_f1']:.2f}% |"]
     lines += [f"| balanced accuracy | {100 * metrics['balanced_accuracy']:.2f}% |", f"| AUC | {auc} |"]
     lines += [f"| ECE | {metrics['calibration']['ece']:.4f} |"]

@@ -391,7 +391,10 @@ class DiffusionClassifierPipeline(SplitRecordMixin, SavedWithCodeMixin, SavedPre
 
     _registry: Dict[str, Type["DiffusionClassifierPipeline"]] = {}
     # what fits a head, said when a pipeline without one is asked for its classes (each method's pipeline says its own)
-    how_to_fit_a_head = "and register it as the pipeline's `head` (`pipe.register_modules(head=head)`)"
+    how_to_fit_a_head = (
+        "and register it as the pipeline's `head` with the images it was fitted on "
+        "(`pipe.register_fitted_head(head, train_images)`)"
+    )
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
