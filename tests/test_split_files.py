@@ -75,8 +75,8 @@ def test_split_files_of_images_outside_any_class_folder_ask_for_classes_txt(tmp_
     for index in range(4):
         Image.fromarray(np.full((8, 8), index, dtype=np.uint8)).save(root / f"{index}.png")
     _write_splits(root, {"train": ["0.png 0", "1.png 1", "2.png 0", "3.png 1"]})
-    with pytest.raises(ValueError, match=r"train\.txt:1: '0\.png' has label 0, which names none of its 0 class "
-                                         r"folder\(s\) .*: none\); expected .*classes\.txt"):
+    with pytest.raises(ValueError, match=r"train\.txt:1: '0\.png' has label 0, which is not the id of any of the 0 "
+                                         r"class folders there .*: none\); expected .*classes\.txt"):
         load_image_classification_data(root, **READING)
 
 
@@ -103,18 +103,19 @@ def test_an_image_given_two_labels_is_refused_naming_both_lines(tmp_path, second
     _write_splits(root, lines, classes=["copepod", "diatom"])
     line = 5 if second_split == "train" else 1
     with pytest.raises(ValueError, match=rf"{second_split}\.txt:{line}: 'run_01/\.\./run_01/1\.png' is labelled 0 here "
-                                         r"and 1 on .*train\.txt:2; expected each image once, with one label"):
+                                         r"and 1 on .*train\.txt:2; expected one label per image"):
         load_image_classification_data(root, **READING)
 
 
 def test_an_image_repeated_with_its_label_in_one_split_is_warned_about(tmp_path):
     root = _pool(tmp_path / "pool")
-    lines = {"train": ["run_01/0.png 0", "run_01/1.png 1", "run_02/0.png 0", "run_02/1.png 1", "run_01/1.png 1"]}
+    lines = {"train": ["run_01/0.png 0", "run_01/1.png 1", "run_02/0.png 0", "run_02/1.png 1", "run_01/1.png 1",
+                       "run_01/1.png 1"]}  # fmt: skip
     _write_splits(root, lines, classes=["copepod", "diatom"])
-    with pytest.warns(UserWarning, match=r"1 image\(s\) are listed in train\.txt twice \(first: .*run_01/1\.png\); "
-                                         r"it is read once per line and weighs twice"):
+    with pytest.warns(UserWarning, match=r"1 image\(s\) are listed in train\.txt more than once \(first: "
+                                         r".*run_01/1\.png\); each is read once per line and weighs as often"):
         data = load_image_classification_data(root, **READING)
-    assert len(data["train"]) + len(data["val"]) + len(data["test"]) == 5
+    assert len(data["train"]) + len(data["val"]) + len(data["test"]) == 6
 
 
 def test_split_files_that_list_each_image_once_read_without_a_warning(tmp_path):
@@ -123,3 +124,32 @@ def test_split_files_that_list_each_image_once_read_without_a_warning(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_image_classification_data(root, **READING)
+
+
+def test_an_image_is_the_same_image_however_its_path_is_spelled(tmp_path, monkeypatch):
+    """Review: a relative root with one line relative and one absolute let an image of two labels through."""
+    root = _pool(tmp_path / "pool")
+    lines = {"train": ["run_01/0.png 0", "run_01/1.png 1", "run_02/0.png 0"], "test": [f"{root / 'run_01/1.png'} 0"]}
+    _write_splits(root, lines, classes=["copepod", "diatom"])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"test\.txt:1: .* is labelled 0 here and 1 on .*train\.txt:2"):
+        load_image_classification_data("pool", **READING)
+
+
+def test_two_labels_are_said_before_class_folders_are_asked_for(tmp_path):
+    """Review: without classes.txt, an image of two labels was refused as lying outside a class folder."""
+    root = _pool(tmp_path / "data", runs=("ant", "bee"))
+    _write_splits(root, {"train": ["ant/0.png 0", "bee/0.png 1", "ant/1.png 0"], "test": ["ant/0.png 1"]})
+    with pytest.raises(ValueError, match=r"test\.txt:1: 'ant/0\.png' is labelled 1 here and 0 on .*train\.txt:1"):
+        load_image_classification_data(root, **READING)
+
+
+def test_class_folders_reached_through_a_symbolic_link_name_the_classes(tmp_path):
+    """Review: absolute lines through the real folder of a root given by a symbolic link were refused as lying
+    outside their class folders."""
+    real = _pool(tmp_path / "real", runs=("ant", "bee"))
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    lines = [f"{real / name / str(i)}.png {label}" for label, name in enumerate(("ant", "bee")) for i in range(4)]
+    _write_splits(real, {"train": lines, "test": [f"{real}/ant/4.png 0", f"{real}/bee/4.png 1"]})
+    data = load_image_classification_data(tmp_path / "link", **READING)
+    assert data["train"].class_names == ["ant", "bee"]

@@ -38,9 +38,9 @@ from .data.streaming import (
     streaming_image_classification_data,
 )
 from .metrics import (
-    calibration_metrics,
     absent_classes_note,
     auc_text,
+    calibration_metrics,
     classification_metrics,
     mark_absent_classes,
     per_class_table,

@@ -1,5 +1,6 @@
 """Classification and clustering metrics in numpy / scikit-learn (no Hub access), returned as plain Python values."""
 
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -14,15 +15,15 @@ CHANCE_DRAWS = 10
 PROBABILITY_SLACK = 1e-6
 
 __all__ = [
+    "absent_classes_note",
+    "auc_text",
     "calibration_metrics",
     "classification_metrics",
     "clustering_metrics",
-    "percent",
-    "per_class_table",
-    "absent_classes_note",
-    "auc_text",
     "hungarian_match",
     "mark_absent_classes",
+    "per_class_table",
+    "percent",
     "resolve_positive_label",
     "seed_sensitivity_metrics",
 ]
@@ -184,12 +185,13 @@ def classification_metrics(
     return result
 
 
-def mark_absent_classes(metrics: dict, y_true, class_names: Sequence[str], scored: str, where: str) -> None:
+def mark_absent_classes(
+    metrics: dict, y_true, class_names: Sequence[str], scored: str, where: str, stacklevel: int = 3
+) -> None:
     """The classes of `class_names` with no image in `y_true` (the `scored` set, "test split" or "data set"), recorded
     in `metrics` as `absent_classes`, with `auc` None and why (`auc_undefined`), and warned about: a set without a
-    class reads as perfect on the rest (`where`: the set as the warning names it, "test" or "test split")."""
-    import warnings
-
+    class reads as perfect on the rest (`where`: the set as the warning names it, "test" or "test split";
+    `stacklevel`: as `warnings.warn`'s would be in the function that calls this one, plus one)."""
     present = set(np.asarray(y_true).tolist())
     absent = [name for label, name in enumerate(class_names) if label not in present]
     if not absent:
@@ -201,7 +203,7 @@ def mark_absent_classes(metrics: dict, y_true, class_names: Sequence[str], score
         f"the evaluated {where} has no image of the model's class(es) {', '.join(absent)} ({len(y_true)} images): "
         "its accuracy and macro-F1 say nothing about them, and AUC is undefined",
         UserWarning,
-        stacklevel=3,
+        stacklevel=stacklevel,
     )
 
 

@@ -186,7 +186,8 @@ def study_from_features(
         class_names=train.class_names, positive_label=positive_label,
     )  # fmt: skip
     test_metrics["calibration"] = calibration_metrics(labels["test"], output.probs)
-    mark_absent_classes(test_metrics, labels["test"], train.class_names, "test split", "test split")
+    # the warning names the caller of run_unet_feature_study, the documented entry
+    mark_absent_classes(test_metrics, labels["test"], train.class_names, "test split", "test split", stacklevel=4)
     kmeans = kmeans_evaluate(probed["test"][probe.best_pair], labels["test"], train.num_classes, seed=seed)
     kmeans.pop("clusters")
     # chosen on every train image: no labels are read, and the more images the steadier the choice

@@ -36,8 +36,8 @@ class UNetFeatureClassifierPipeline(DiffusionClassifierPipeline):
     how_to_fit_a_head = (
         "with `diffusion-classifiers probe --unet_dir DIR` (it writes OUTPUT_DIR/pipeline/, this U-Net with a "
         "head), or in Python with `diffusion_classifiers.probing.fit_probe_grid` and "
-        "`pipe.register_fitted_head(result.head, train_images)` (the images it was fitted on join the record of the "
-        "model's training images, which `evaluate` checks)"
+        "`pipe.register_fitted_head(result.head, train_images)` (where the pipeline records the images it was "
+        "trained on, which `evaluate` checks, the head's join them)"
     )
 
     model_cpu_offload_seq = "unet->head"
