@@ -391,6 +391,7 @@ def load_benchmark_data(
     )
     train = splits["train"]
     check_every_class_in_train(train, source if isinstance(source, str) else str(path), class_names)
+    check_every_class_held_out(splits, source if isinstance(source, str) else str(path))
     resolve_positive_label(positive_class, train.class_names, train.num_classes)  # raises naming positive_class
     return splits
 
@@ -412,6 +413,26 @@ def check_every_class_in_train(train, source: str, class_names: Sequence[str] | 
         f"(train images per class: {dict(zip(train.class_names, counts.tolist()))}); expected every class in train, "
         f"the benchmark cannot learn a class it has no image of: {hint}"
     )
+
+
+def check_every_class_held_out(splits: dict, source: str) -> None:
+    """Refuse, before any training, a val or test split without a class (QA: a rare class of 1 image left the carved
+    test split without it; the run trained for its whole budget, then failed on an undefined AUC): a benchmark chooses
+    on val and reports on test, and neither can measure a class it has no image of."""
+    train = splits["train"]
+    for name in ("val", "test"):
+        counts = torch.bincount(splits[name].labels, minlength=train.num_classes)
+        empty = [train.class_names[label] for label in torch.nonzero(counts == 0).flatten().tolist()]
+        if empty:
+            per_class = {
+                class_name: sum(int((split.labels == label).sum()) for split in splits.values())
+                for label, class_name in enumerate(train.class_names) if class_name in empty
+            }  # fmt: skip
+            raise ValueError(
+                f"{source}: the {name} split has no image of class{'es' if len(empty) > 1 else ''} {empty} (images "
+                f"in all splits: {per_class}); expected every class in val and test, which the benchmark chooses on "
+                "and reports on: give more images of it, or leave the class out of the data"
+            )
 
 
 def capped_sizes(splits: dict, sizes: Dict[str, int]) -> Dict[str, int]:
@@ -526,9 +547,12 @@ def figure_title(title: str, quick: bool) -> str:
     return f"{QUICK_FIGURE_MARK} {title}" if quick else title
 
 
-def target_entry(value: float, target: float, higher_is_better: bool = True) -> dict:
+def target_entry(value: Optional[float], target: Optional[float], higher_is_better: bool = True) -> dict:
     """One entry of `figures["targets"]`: the measured `value`, the `target` it must reach (at least, or at most
-    when not `higher_is_better`) and whether it does."""
+    when not `higher_is_better`) and whether it does; not met where either is undefined (None: an AUC of a split
+    without a class)."""
+    if value is None or target is None:
+        return {"value": value, "target": target, "met": False, "higher_is_better": higher_is_better}
     value, target = float(value), float(target)
     met = value >= target if higher_is_better else value <= target
     return {"value": value, "target": target, "met": met, "higher_is_better": higher_is_better}

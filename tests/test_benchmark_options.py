@@ -434,3 +434,5 @@ def test_a_target_whose_met_contradicts_its_direction_is_refused():
     assert _common.target_entry(2.0, 3.0, higher_is_better=False) == {
         "value": 2.0, "target": 3.0, "met": True, "higher_is_better": False,
     }  # fmt: skip
+    # QA: an AUC undefined on a test split without a class failed the run after its training
+    assert _common.target_entry(None, 0.9) == {"value": None, "target": 0.9, "met": False, "higher_is_better": True}

@@ -210,6 +210,20 @@ def test_class_names_of_classes_with_no_train_image_are_refused(tmp_path):
     assert _common.load_benchmark_data(data, ["tshirt", "trouser"])["train"].class_names == ["tshirt", "trouser"]
 
 
+def test_a_class_without_a_val_or_test_image_is_refused_before_training(tmp_path):
+    """QA: a rare class of 1 image left the carved val and test splits without it; unet_features_accuracy trained
+    for its whole budget, then failed on the test AUC, undefined for a split without a class."""
+    from PIL import Image
+
+    for name, count in (("common", 30), ("rare", 1)):
+        (tmp_path / "mine" / name).mkdir(parents=True)
+        for index in range(count):
+            Image.fromarray(np.full((8, 8), 8 * index, dtype=np.uint8)).save(tmp_path / "mine" / name / f"{index}.png")
+    with pytest.raises(ValueError, match=r"mine: the val split has no image of class \['rare'\] \(images in all "
+                                         r"splits: \{'rare': 1\}\); expected every class in val and test"):
+        _common.load_benchmark_data(str(tmp_path / "mine"), image_size=8)
+
+
 def test_the_unet_features_benchmark_refuses_an_unlearnable_class_before_training(tmp_path, monkeypatch):
     """QA: accepted with a warning; the record's labels_per_class then listed 2 counts for 3 class names."""
     data = write_npz(tmp_path / "my_data.npz", counts=(40, 40))

@@ -200,8 +200,8 @@ def mark_absent_classes(
     metrics["auc"] = None
     metrics["auc_undefined"] = f"no image of class {', '.join(absent)} in the {scored}"
     warnings.warn(
-        f"the evaluated {where} has no image of the model's class(es) {', '.join(absent)} ({len(y_true)} images): "
-        "its accuracy and macro-F1 say nothing about them, and AUC is undefined",
+        f"the evaluated {where} has no image of the model's class(es) {', '.join(absent)} (none of its {len(y_true)} "
+        "images): its accuracy and macro-F1 say nothing about them, and AUC is undefined",
         UserWarning,
         stacklevel=stacklevel,
     )
