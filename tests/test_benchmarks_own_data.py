@@ -169,6 +169,18 @@ def test_the_shift_targets_and_merged_runs_carry_the_shift_data_name(tmp_path):
     assert "flowcam_unet_minus_simclr_few_shot_accuracy_points" in defaults
 
 
+@pytest.mark.parametrize("fractions, few", [(("1%", "10%"), "10%"), (("30%", "5%"), "5%"), ((), None)])
+def test_the_plankton_few_label_target_takes_10_percent_else_the_fewest_labels_run(fractions, few):
+    """QA: `--label_fractions 0.3` had no few-label CNN target (only a regime named "10%" had one)."""
+    metrics = {"accuracy": 0.5, "macro_f1": 0.5, "balanced_accuracy": 0.5, "tail_macro_f1": 0.5}
+    scores = {"long_tailed": metrics, "balanced": metrics}
+    regimes = {regime: {"unet_probe": scores, "simclr_probe": scores, "cnn": scores} for regime in ("all", *fractions)}
+    shift = {method: {"mean_accuracy": 0.5} for method in ("unet", "cnn", "simclr")}
+    chosen = [name for name in plankton_accuracy.targets(regimes, shift, 1.0, 2.0) if "labels_probe_minus_cnn" in name]
+    assert chosen == ["all_labels_probe_minus_cnn_macro_f1_points"] + ([f"{few}_labels_probe_minus_cnn_macro_f1_points"]
+                                                                        if few else [])  # fmt: skip
+
+
 def test_the_plankton_record_names_the_classes_of_its_data():
     """The dataset block of a plankton record names --data's classes (QA: it gave their number only)."""
     import inspect
