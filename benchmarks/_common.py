@@ -452,14 +452,16 @@ def subsample_splits(splits: dict, sizes: Dict[str, int], seed: int) -> dict:
 
 def few_label_subsets(
     labels: torch.Tensor, fractions: Sequence[float], min_per_class: int, seed: int,
-    min_per_class_flag: Optional[str] = "--min_labels_per_class",
+    min_per_class_flag: Optional[str] = "--min_labels_per_class", class_names: Optional[Sequence[str]] = None,
 ) -> dict:  # fmt: skip
     """`{"all": every index, "1%": ..., ...}`: for each fraction, that share of every class, at least `min_per_class`
-    images of each (all of a smaller class); one seed, so a smaller regime is contained in a larger one. A regime
-    that selects the same images as another (or as "all") is refused before any training: its results would repeat
-    the other's under a few-label name. `min_per_class_flag` is the option that sets `min_per_class` (None: fixed)."""
+    images of each (all of a smaller class, which is warned about); one seed, so a smaller regime is contained in a
+    larger one. A regime that selects the same images as another (or as "all") is refused before any training: its
+    results would repeat the other's under a few-label name. `min_per_class_flag` is the option that sets
+    `min_per_class` (None: fixed); `class_names` name the label ids in the warning."""
     from diffusion_classifiers.data import few_label_indices
 
+    _warn_classes_below_the_minimum(labels, fractions, min_per_class, min_per_class_flag, class_names)
     subsets = {"all": torch.arange(len(labels))}
     for fraction in fractions:
         regime = f"{100 * fraction:g}%"
@@ -474,6 +476,27 @@ def few_label_subsets(
             )
         subsets[regime] = index
     return subsets
+
+
+def _warn_classes_below_the_minimum(
+    labels: torch.Tensor, fractions: Sequence[float], min_per_class: int, flag: Optional[str],
+    class_names: Optional[Sequence[str]],
+) -> None:  # fmt: skip
+    """A class with at most `min_per_class` train images gives every few-label regime all of them (QA: a "10%"
+    regime held 93 of 108 labels, without a word)."""
+    counts = torch.bincount(labels).tolist()
+    small = {
+        (class_names[label] if class_names else label): count
+        for label, count in enumerate(counts) if 0 < count <= min_per_class
+    }  # fmt: skip
+    if small and fractions:
+        regimes = ", ".join(f"'{100 * fraction:g}%'" for fraction in fractions)
+        warnings.warn(
+            f"{flag or 'min_per_class'} {min_per_class}: class(es) {small} have no more train images than that, so the "
+            f"{regimes} regime(s) take all of them: for those classes they are not few-label regimes",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def setup(args: argparse.Namespace) -> torch.device:

@@ -271,7 +271,9 @@ def main():
     start = time.perf_counter()
     splits = load_splits(args)
     train = splits["train"]
-    subsets = few_label_subsets(train.labels, args.label_fractions, args.min_labels_per_class, args.seed)
+    subsets = few_label_subsets(
+        train.labels, args.label_fractions, args.min_labels_per_class, args.seed, class_names=train.class_names
+    )
     with tempfile.TemporaryDirectory() as work_dir:
         regimes, unet, trained = run_regimes(args, splits, subsets, device, walls, work_dir)
     walls["total"] = round(time.perf_counter() - start, 1)

@@ -78,7 +78,10 @@ def test_subsample_splits_is_seeded_and_leaves_unnamed_splits():
 
 def test_one_percent_keeps_at_least_k_images_of_every_class():
     labels = torch.cat([torch.zeros(3000), torch.ones(150), torch.full((3,), 2)]).long()
-    subsets = _common.few_label_subsets(labels, [0.01, 0.1], min_per_class=5, seed=0)
+    # QA: a regime holding all of a class's images was not said
+    with pytest.warns(UserWarning, match=r"--min_labels_per_class 5: class\(es\) \{'c': 3\} have no more train images "
+                                         r"than that, so the '1%', '10%' regime\(s\) take all of them"):
+        subsets = _common.few_label_subsets(labels, [0.01, 0.1], min_per_class=5, seed=0, class_names=["a", "b", "c"])
     assert list(subsets) == ["all", "1%", "10%"]
     counts = {regime: torch.bincount(labels[index], minlength=3).tolist() for regime, index in subsets.items()}
     # 1%: round(30) = 30, round(1.5) = 2 -> raised to 5, the 3-image class whole; 10%: 300, 15, 3.
