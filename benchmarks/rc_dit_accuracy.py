@@ -135,6 +135,10 @@ def parse_args():
         "--datasets", nargs="+", default=list(SHARED_IMAGE_DATASETS), choices=list(SHARED_IMAGE_DATASETS),
         help=f"the shared data sets run when --data is not given; default {list(SHARED_IMAGE_DATASETS)}",
     )  # fmt: skip
+    parser.add_argument(
+        "--image_size", type=int, default=None,
+        help="square side in px, divisible by --encoder_patch_size and the DiT's patch; default: the data's (folders 32)",
+    )  # fmt: skip
     parser.add_argument("--dit_size", default=None, help="default: tiny with --quick, else XS")
     add_encoder_args(parser)
     parser.add_argument(
@@ -174,6 +178,11 @@ def parse_args():
     check_data_options(parser, args)
     if args.class_names and not args.data:
         parser.error("--class_names: expected with --data (the shared data sets carry their own names)")
+    if args.image_size is not None and (args.image_size < 1 or args.image_size % args.encoder_patch_size):
+        parser.error(
+            f"--image_size {args.image_size}: expected a positive multiple of --encoder_patch_size "
+            f"{args.encoder_patch_size}"
+        )
     args.dit_size = args.dit_size or ("tiny" if args.quick else "XS")
     args.max_train_steps = args.max_train_steps or (20 if args.quick else 1500)
     args.sample_steps = args.sample_steps or (5 if args.quick else 100)
@@ -186,8 +195,9 @@ def parse_args():
 def load_splits(path: Path, args) -> dict:
     """Stratified subsets of the splits, of about the sizes asked for (a split no larger is kept whole)."""
     splits = load_benchmark_data(
-        str(path), args.class_names if args.data else None, seed=args.seed, **reading_options(args)
-    )
+        str(path), args.class_names if args.data else None, seed=args.seed, image_size=args.image_size,
+        **reading_options(args),
+    )  # fmt: skip
     sizes = QUICK_SIZES if args.quick else {"train": args.max_train_images, "val": args.max_eval_images,
                                            "test": args.max_eval_images}  # fmt: skip
     splits = subsample_splits(splits, sizes, args.seed)
@@ -422,6 +432,8 @@ def run_dataset(name: str, path: Path, args, device, figure_prefix: Path) -> dic
 
     headlines = {source: headline(result) for source, result in sources.items()}
     return {
+        "path": str(path),
+        "preprocessing": splits["train"].preprocessing.to_dict(),  # how the images were read (QA: not recorded)
         "sizes": {s: len(split.labels) for s, split in splits.items()},
         "class_names": splits["train"].class_names,
         "headline": headlines,

@@ -293,6 +293,7 @@ def main():
         "dataset": {
             "name": dataset_name(args.data_path), "path": args.data_path, "class_names": train.class_names,
             "positive_class": args.positive_class, **{f"num_{name}": len(splits[name]) for name in SPLITS},
+            "preprocessing": train.preprocessing.to_dict(),  # how the images were read (QA: only in the command)
         },
         "selection": "probe pair, its C and the CNN checkpoint chosen on the labels of the whole val split "
         f"({len(splits['val'])} images) in every regime, including the few-label ones; the label-free k-means feature "

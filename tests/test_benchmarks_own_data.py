@@ -5,8 +5,10 @@ the run would ignore is refused. No training."""
 
 import argparse
 import importlib.metadata
+import inspect
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,9 +103,10 @@ def run_unet_features_main(argv, monkeypatch) -> dict:
 def test_a_quick_run_records_no_path_into_its_removed_temporary_folder(tmp_path, monkeypatch):
     """QA: a quick run's JSON named /tmp/benchmark-quick-xxxx/..._label_efficiency.png, a folder removed at exit."""
     data = write_npz(tmp_path / "my_data.npz", counts=(40, 40))
-    argv = ["--quick", "--data", data, "--parts", "cnn", "--label_fractions", "0.2"]
+    argv = ["--quick", "--data", data, "--parts", "cnn", "--label_fractions", "0.2", "--resize_mode", "pad"]
     figures = run_unet_features_main(argv, monkeypatch)
     assert figures["label_efficiency_plot"] is None
+    assert figures["dataset"]["preprocessing"]["resize_mode"] == "pad"  # QA: how the images were read, recorded
     assert figures["figures_kept"] == _common.QUICK_FIGURES_NOTE
     # the per-class counts of every regime list every class
     assert figures["few_label_regimes"]["labels_per_class"]["20%"] == [8, 8]
@@ -183,8 +186,6 @@ def test_the_plankton_few_label_target_takes_10_percent_else_the_fewest_labels_r
 
 def test_the_plankton_record_names_the_classes_of_its_data():
     """The dataset block of a plankton record names --data's classes (QA: it gave their number only)."""
-    import inspect
-
     main = inspect.getsource(plankton_accuracy.main)
     assert '"class_names": train.class_names' in main
 
@@ -234,6 +235,20 @@ def test_a_class_without_a_val_or_test_image_is_refused_before_training(tmp_path
     with pytest.raises(ValueError, match=r"mine: the val split has no image of class \['rare'\] \(images in all "
                                          r"splits: \{'rare': 1\}\); expected every class in val and test"):
         _common.load_benchmark_data(str(tmp_path / "mine"), image_size=8)
+
+
+def test_rc_dit_accuracy_reads_its_data_at_the_image_size_asked_for(tmp_path, monkeypatch, capsys):
+    """QA: the README lists --image_size among the reading flags rc_dit_accuracy takes; it had none."""
+    data = write_npz(tmp_path / "my_data.npz", counts=(12, 12), size=28)
+    monkeypatch.setattr(sys, "argv", ["rc_dit_accuracy.py", "--quick", "--data", data, "--image_size", "16"])
+    args = rc_dit_accuracy.parse_args()
+    assert rc_dit_accuracy.load_splits(Path(data), args)["train"].images.shape[-2:] == (16, 16)
+    recorded = inspect.getsource(rc_dit_accuracy.run_dataset)  # what run_dataset records without training
+    assert '"path": str(path)' in recorded and '"preprocessing": splits["train"].preprocessing.to_dict()' in recorded
+    monkeypatch.setattr(sys, "argv", ["rc_dit_accuracy.py", "--quick", "--data", data, "--image_size", "30"])
+    with pytest.raises(SystemExit):
+        rc_dit_accuracy.parse_args()
+    assert "--image_size 30: expected a positive multiple of --encoder_patch_size 4" in capsys.readouterr().err
 
 
 def test_the_unet_features_benchmark_refuses_an_unlearnable_class_before_training(tmp_path, monkeypatch):
