@@ -237,17 +237,19 @@ def _check_new_folder(parser: argparse.ArgumentParser, folder: str, flag: str) -
 REUSED_UNET_CONTRACT = ("image_size", "num_channels", "resize_mode", "pad_value", "normalize_background")
 
 
-def check_unet_dir(unet_dir: str, preprocessing: "ImagePreprocessing") -> None:
-    """Refuse a `--unet_dir` U-Net (a folder `check_checkpoint_options` accepted) that is class-conditional, or whose
-    pipeline's saved preprocessing contract (`model_index.json`) differs from the run's `preprocessing` in a
-    `REUSED_UNET_CONTRACT` field (the error names each one); reads two JSON files, no weights."""
+def check_unet_dir(unet_dir: str, preprocessing: "ImagePreprocessing", class_conditional: bool = False) -> None:
+    """Refuse a `--unet_dir` U-Net (a folder `check_checkpoint_options` accepted) that is class-conditional (unless
+    `class_conditional`: Score-SDE's, which must be), or whose pipeline's saved preprocessing contract
+    (`model_index.json`) differs from the run's `preprocessing` in a `REUSED_UNET_CONTRACT` field (the error names
+    each one); reads two JSON files, no weights."""
     folder = Path(unet_dir)
     unet_config = json.loads((folder / "unet" / "config.json").read_text())
-    if unet_config.get("num_class_embeds") is not None:
-        raise ValueError(
-            f"--unet_dir: {unet_dir} holds a class-conditional U-Net (Score-SDE's); expected an unconditional "
-            "DDPM U-Net (examples/unet_features_train.py, or --keep_checkpoint)"
-        )
+    if (unet_config.get("num_class_embeds") is not None) != class_conditional:
+        held, expected = ("an unconditional DDPM U-Net", "a class-conditional U-Net (examples/score_sde_train.py")
+        if not class_conditional:
+            held, expected = ("a class-conditional U-Net (Score-SDE's)", "an unconditional DDPM U-Net (examples/"
+                              "unet_features_train.py")  # fmt: skip
+        raise ValueError(f"--unet_dir: {unet_dir} holds {held}; expected {expected}, or --keep_checkpoint)")
     saved = _saved_unet_contract(folder, unet_config)
     differing = [
         f"{field} {getattr(saved, field)!r} (this run: {getattr(preprocessing, field)!r})"
@@ -257,8 +259,9 @@ def check_unet_dir(unet_dir: str, preprocessing: "ImagePreprocessing") -> None:
     if differing:
         raise ValueError(
             f"--unet_dir: {unet_dir} holds a U-Net trained on images read otherwise than this run reads them: "
-            f"{'; '.join(differing)}; expected the same preprocessing: run with the options it was trained with, "
-            "or train a U-Net for these"
+            f"{'; '.join(differing)}; expected the same preprocessing: run with the options it was kept with "
+            "(--image_size, --num_channels, --resize_mode, --pad_value, --normalize_background), or train a U-Net for "
+            "these"
         )
 
 

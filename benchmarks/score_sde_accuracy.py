@@ -18,11 +18,17 @@ gets the multi-class protocol below, on its own splits.
 Part "reference", on `--reference_data` (default Fashion-MNIST), the multi-class protocol: a class-conditional U-Net
 on a stratified train subset; the ELBO with adaptive class pruning (Li et al. 2023) on a stratified test subset,
 all its settings fixed in advance (val is not used); a CNN of about the same parameter count on the same train
-subset (checkpoint chosen on a val subset).
+subset (checkpoint chosen on a val subset). Both datasets are read alike: `--image_size` and the reading flags
+(`--num_channels`, `--resize_mode`, `--pad_value`, `--normalize_background`) apply to the reference data too, so its
+U-Net and CNN compare on images read as `--data`'s are.
 
-Targets (results keyed by the dataset's file name): binary data: AUC >= the CNN's (ELBO on all test images; exact
-likelihood against the CNN on the same test subset); multi-class data: ELBO accuracy within 3 points of the CNN's.
-Test data is used only for reporting.
+Targets (results keyed by the dataset's file name; the reference part's `<name>_reference` where its name is
+`--data`'s too): binary data: AUC >= the CNN's (ELBO on all test images; exact likelihood against the CNN on the same
+test subset); multi-class data: ELBO accuracy within 3 points of the CNN's. Test data is used only for reporting.
+A model kept with `--keep_checkpoint` saves how its images were read (size, channels, resize mode, padding,
+background); `--unet_dir` refuses it, before any training, for data read otherwise, and the record describes a loaded
+model by what it is (the preset nearest it in size, its widths, its saved training summary), not by this run's
+training flags.
 
     python benchmarks/score_sde_accuracy.py --quick
     python benchmarks/score_sde_accuracy.py --num_threads 1   # writes benchmarks/results/score_sde_accuracy.json
@@ -34,6 +40,7 @@ import argparse
 import json
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,10 +51,12 @@ from _common import (
     capped_sizes,
     check_data_options,
     check_reused_model_saw_none_of,
+    check_unet_dir,
     cnn_baseline,
     data_path,
     dataset_name,
     load_benchmark_data,
+    loaded_unet_facts,
     reading_options,
     record_kept_model_training_images,
     report,
@@ -59,7 +68,7 @@ from _common import (
 )
 from diffusion_classifiers.data import stratified_subset_indices
 from diffusion_classifiers.metrics import classification_metrics, resolve_positive_label
-from diffusion_classifiers.models import SupervisedCNN, count_parameters
+from diffusion_classifiers.models import UNET_PRESETS, SupervisedCNN, count_parameters, unet_config
 from diffusion_classifiers.pipelines import ScoreSDEClassifierPipeline
 from diffusion_classifiers.training import train_score_sde_unet
 
@@ -90,8 +99,11 @@ def parse_args():
         parts=PARTS,
     )  # fmt: skip
     parser.add_argument(
-        "--reference_data", "--fashion_data", help="the reference part's dataset; default ../shared/data/fashion_mnist"
-    )
+        "--reference_data", "--fashion_data",
+        help="the reference part's dataset, read as --data is (--image_size, --num_channels, --resize_mode, "
+        "--pad_value, --normalize_background); results keyed by its name, <name>_reference where that is --data's "
+        "name too; default ../shared/data/fashion_mnist",
+    )  # fmt: skip
     parser.add_argument("--image_size", type=int, help="both datasets resized to this (default 16; quick 8)")
     parser.add_argument("--unet_preset", help="default small; quick tiny")
     parser.add_argument("--train_steps", "--pneumonia_train_steps", type=int, help="data part: U-Net steps (default 800)")
@@ -152,10 +164,11 @@ def parse_args():
 
 
 def train_unet(args, splits: dict, steps: int, class_balanced: bool, work_dir: str, reusable: bool = False):
-    """A class-conditional U-Net with EMA trained on the train split of `splits`, as a `ScoreSDEClassifierPipeline`,
-    and its final loss. `reusable` (the data part): the pipeline in `--unet_dir` instead (final loss None; refused if
-    trained on a val or test image of `splits`), or the trained one kept in `--keep_checkpoint` with the fingerprints
-    of its training images."""
+    """A class-conditional U-Net with EMA trained on the train split of `splits`, as a `ScoreSDEClassifierPipeline`
+    saved with the train split's preprocessing contract (size, channels, resize mode, padding, background), and its
+    final loss. `reusable` (the data part): the pipeline in `--unet_dir` instead (final loss None; refused if trained on
+    a val or test image of `splits`; its reading is checked by `_common.check_unet_dir` before any part runs), or the
+    trained one kept in `--keep_checkpoint` with the fingerprints of its training images and its training summary."""
     train = splits["train"]
     if reusable and args.unet_dir:
         pipe = load_pipeline(args.unet_dir, train)
@@ -169,10 +182,15 @@ def train_unet(args, splits: dict, steps: int, class_balanced: bool, work_dir: s
         training, train.images, train.labels, preset=args.unet_preset, label_dropout=args.label_dropout,
         num_classes=train.num_classes, class_balanced=class_balanced,
     )  # fmt: skip
-    pipe = ScoreSDEClassifierPipeline(unet.eval(), scheduler, class_names=train.class_names)
+    # QA: the contract was the U-Net's size and channels only, so a model kept from padded images was reused for
+    # stretched ones without a word
+    pipe = ScoreSDEClassifierPipeline(
+        unet.eval(), scheduler, class_names=train.class_names, preprocessing=train.preprocessing
+    )
     if reusable and args.keep_checkpoint:
         pipe.save_pretrained(args.keep_checkpoint)
         record_kept_model_training_images(args.keep_checkpoint, train.images, unlabeled=False, seed=args.seed)
+        summary.save(args.keep_checkpoint)  # training_summary.json: what a reuse records of it (loaded_unet_facts)
     return pipe, summary.final_loss
 
 
@@ -195,6 +213,49 @@ def load_pipeline(unet_dir: str, train) -> ScoreSDEClassifierPipeline:
             f"{train.images.shape[1]}-channel {train.images.shape[-1]} px images (set --image_size as when it was kept)"
         )
     return pipe
+
+
+def classify(pipe: ScoreSDEClassifierPipeline, images: torch.Tensor, **kwargs):
+    """`pipe(images, **kwargs)` on images this run has read already (the loaders' tensors, as the pipeline's contract
+    reads them), which are not read a second time (`reading_preprocessed_images`: the background normalisation is not
+    idempotent)."""
+    with pipe.reading_preprocessed_images():
+        return pipe(images, **kwargs)
+
+
+def unet_record(args, pipe, steps: int, class_balanced: bool, final_loss, reusable: bool) -> dict:
+    """The record of a part's diffusion model: this run's training flags for a model it trained; for one loaded from
+    `--unet_dir`, what it is (`_common.loaded_unet_facts`: the preset nearest it in size, its block widths, the
+    training summary saved with it) and None for every training flag (QA: this run's --unet_preset, --train_steps,
+    --label_dropout, ... were recorded as the loaded model's). `reusable`: the data part (where the loaded and kept
+    folders are recorded)."""
+    kept = {"loaded_from": args.unet_dir, "kept_in": args.keep_checkpoint} if reusable else {}
+    parameters = count_parameters(pipe.unet)
+    if reusable and args.unet_dir:
+        facts = loaded_unet_facts(args.unet_dir, pipe.unet, presets_at_size(pipe.unet))
+        training = ("train_steps", "train_batch_size", "learning_rate", "use_ema", "label_dropout", "class_balanced")
+        return {
+            "preset": f"loaded (nearest preset by size: {facts.pop('nearest_preset')})", "parameters": parameters,
+            **dict.fromkeys(training), "final_loss": final_loss, **facts, **kept,
+        }  # fmt: skip
+    return {
+        "preset": args.unet_preset, "parameters": parameters, "train_steps": steps,
+        "train_batch_size": args.train_batch_size, "learning_rate": args.learning_rate, "use_ema": True,
+        "label_dropout": args.label_dropout, "class_balanced": class_balanced, "final_loss": final_loss, **kept,
+    }  # fmt: skip
+
+
+def presets_at_size(unet) -> list:
+    """The `UNET_PRESETS` that can be built at `unet`'s image size (one deeper than the size allows cannot)."""
+
+    def builds(preset):
+        try:
+            unet_config(preset, unet.config.sample_size, unet.config.in_channels)
+        except ValueError:
+            return False
+        return True
+
+    return [preset for preset in UNET_PRESETS if builds(preset)]
 
 
 def cnn_widths(target_parameters: int, in_channels: int, num_classes: int):
@@ -264,11 +325,23 @@ def auc_of(labels, llr, positive: int) -> float:
     )["auc"]
 
 
-def load_part_data(args, source: str) -> dict:
-    return load_benchmark_data(
-        source, args.class_names, args.positive_class, seed=args.seed, image_size=args.image_size,
-        **reading_options(args),
-    )  # fmt: skip
+def load_part_data(args, source: str, part: str = "data") -> dict:
+    """The splits of a part's dataset, read with this run's `--image_size` and reading flags (the reference part's
+    too, so that its U-Net and CNN see images read as `--data`'s; QA: it was read with the defaults, a colour reference
+    set stayed colour under `--num_channels 1`); `--class_names` and `--positive_class` name `--data`'s classes."""
+    if part == "data":
+        return load_benchmark_data(
+            source, args.class_names, args.positive_class, seed=args.seed, image_size=args.image_size,
+            **reading_options(args),
+        )  # fmt: skip
+    try:
+        return load_benchmark_data(source, seed=args.seed, image_size=args.image_size, **reading_options(args))
+    except ValueError as error:
+        raise ValueError(
+            f"--reference_data {source}: the reference part reads its images as --data's are read (--image_size, "
+            f"--num_channels, --resize_mode, --pad_value, --normalize_background), and could not: {error}; expected a "
+            "reference dataset these flags read, or --parts data"
+        ) from error
 
 
 def binary_protocol(args, splits: dict, device, work_dir: str) -> dict:
@@ -290,7 +363,7 @@ def binary_protocol(args, splits: dict, device, work_dir: str) -> dict:
     candidates = [(w, spacing) for w in args.weightings for spacing in args.timestep_spacings]
     with timed(walls, "elbo_val_selection"):
         val_outputs = {
-            (w, spacing): pipe(val_elbo.images, weighting=w, timestep_spacing=spacing, **elbo_args)
+            (w, spacing): classify(pipe, val_elbo.images, weighting=w, timestep_spacing=spacing, **elbo_args)
             for w, spacing in candidates
         }  # fmt: skip
     val_auc = {pair: auc_of(val_elbo.labels, out.log_likelihood_ratio, positive) for pair, out in val_outputs.items()}
@@ -298,7 +371,7 @@ def binary_protocol(args, splits: dict, device, work_dir: str) -> dict:
     chosen_val = val_outputs[(weighting, spacing)]
     tau, priors, val_balanced = choose_threshold(chosen_val.log_likelihood_ratio, val_elbo.labels, positive)
     start = time.perf_counter()
-    out = pipe(test.images, weighting=weighting, timestep_spacing=spacing, priors=priors, **elbo_args)
+    out = classify(pipe, test.images, weighting=weighting, timestep_spacing=spacing, priors=priors, **elbo_args)
     seconds = time.perf_counter() - start
     walls["elbo_test"] = round(seconds, 1)
     elbo = generative_metrics(out, test.labels, names, seconds, positive)
@@ -319,10 +392,10 @@ def binary_protocol(args, splits: dict, device, work_dir: str) -> dict:
     test_ode_index = stratified_subset_indices(test.labels, args.likelihood_test_images, args.seed + 1)
     test_ode = test.subset(test_ode_index)
     with timed(walls, "likelihood_val_selection"):
-        val_out = pipe(val_ode.images, **ode_args)
+        val_out = classify(pipe, val_ode.images, **ode_args)
     tau_ode, priors_ode, val_balanced_ode = choose_threshold(val_out.log_likelihood_ratio, val_ode.labels, positive)
     start = time.perf_counter()
-    out = pipe(test_ode.images, priors=priors_ode, **ode_args)
+    out = classify(pipe, test_ode.images, priors=priors_ode, **ode_args)
     seconds = time.perf_counter() - start
     walls["likelihood_test"] = round(seconds, 1)
     likelihood = generative_metrics(out, test_ode.labels, names, seconds, positive)
@@ -347,17 +420,12 @@ def binary_protocol(args, splits: dict, device, work_dir: str) -> dict:
         },
     }
     return {
-        "data": f"{args.data_path}: {describe_splits(splits)}, {args.image_size} px (bilinear, antialiased)",
+        "data": f"{args.data_path}: {describe_splits(splits)}, read at {train.preprocessing.summary()}",
         "class_names": names,
         "positive_class": names[positive],
         "num_images": {"train": len(train), "val": len(val), "test": len(test)},
         "class_counts": {name: torch.bincount(s.labels, minlength=2).tolist() for name, s in splits.items()},
-        "unet": {
-            "preset": args.unet_preset, "parameters": count_parameters(pipe.unet), "train_steps": args.train_steps,
-            "train_batch_size": args.train_batch_size, "learning_rate": args.learning_rate, "use_ema": True,
-            "label_dropout": args.label_dropout, "class_balanced": args.class_balanced, "final_loss": final_loss,
-            "loaded_from": args.unet_dir, "kept_in": args.keep_checkpoint,
-        },  # fmt: skip
+        "unet": unet_record(args, pipe, args.train_steps, args.class_balanced, final_loss, True),
         "elbo_settings": {k: v for k, v in elbo_args.items() if k not in ("method", "batch_size")},
         "likelihood_settings": {
             **{k: v for k, v in ode_args.items() if k not in ("method", "batch_size")},
@@ -404,23 +472,18 @@ def multiclass_protocol(args, source: str, splits: dict, device, work_dir: str, 
     pipe.to(device)
     num_timesteps = sum(count for count, _ in args.pruning)
     start = time.perf_counter()
-    out = pipe(test.images, method="elbo", num_timesteps=num_timesteps, pruning=args.pruning, weighting="uniform",
-               seed=args.seed, batch_size=args.batch_size)
+    out = classify(pipe, test.images, method="elbo", num_timesteps=num_timesteps, pruning=args.pruning,
+                   weighting="uniform", seed=args.seed, batch_size=args.batch_size)
     seconds = time.perf_counter() - start
     walls["elbo_test"] = round(seconds, 1)
     elbo = scored(test.labels, out.label_ids, out.probs, names, seconds, out.nfe_per_image)
 
     _, cnn = cnn_figures(args, pipe, (train, val, test), device, f"{work_dir}/cnn", walls)
     return {
-        "data": f"{source}: {args.image_size} px (bilinear, antialiased); stratified subsets: "
+        "data": f"{source}: read at {train.preprocessing.summary()}; stratified subsets: "
         f"{len(train)} train, {len(val)} val (CNN checkpoint only), {len(test)} test images",
         "class_names": names,
-        "unet": {
-            "preset": args.unet_preset, "parameters": count_parameters(pipe.unet), "train_steps": steps,
-            "train_batch_size": args.train_batch_size, "learning_rate": args.learning_rate, "use_ema": True,
-            "label_dropout": args.label_dropout, "class_balanced": False, "final_loss": final_loss,
-            **({"loaded_from": args.unet_dir, "kept_in": args.keep_checkpoint} if reusable else {}),
-        },  # fmt: skip
+        "unet": unet_record(args, pipe, steps, False, final_loss, reusable),
         "elbo_settings": {"weighting": "uniform", "num_timesteps": num_timesteps, "pruning": args.pruning,
                           "seed": args.seed, "chosen": "fixed in advance; val not used"},
         "methods": {"elbo": elbo, "cnn": cnn},
@@ -447,13 +510,19 @@ def targets(results: dict, total_seconds: float) -> dict:
 
 
 def run_parts(args, device, work_dir: str) -> dict:
-    """`{dataset name: figures}` of the parts asked for; every dataset is read (and checked) before any training."""
+    """`{dataset name: figures}` of the parts asked for (the reference part's `<name>_reference` where its dataset's
+    name is `--data`'s too; QA: it was then not run at all); every dataset is read (and checked), and a `--unet_dir`
+    model's reading checked against `--data`'s, before any training."""
     data = {}
     if "data" in args.parts:
-        data[dataset_name(args.data_path)] = ("data", args.data_path, load_part_data(args, args.data_path))
+        splits = load_part_data(args, args.data_path)
+        if args.unet_dir:
+            check_unet_dir(args.unet_dir, splits["train"].preprocessing, class_conditional=True)
+        data[dataset_name(args.data_path)] = ("data", args.data_path, splits)
     if "reference" in args.parts:
-        reference = load_benchmark_data(args.reference_data, seed=args.seed, image_size=args.image_size)
-        data.setdefault(dataset_name(args.reference_data), ("reference", args.reference_data, reference))
+        reference = load_part_data(args, args.reference_data, "reference")
+        name = dataset_name(args.reference_data)
+        data[f"{name}_reference" if name in data else name] = ("reference", args.reference_data, reference)
     results = {}
     for name, (part, source, splits) in data.items():
         if part == "data" and splits["train"].num_classes == 2:

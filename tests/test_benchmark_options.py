@@ -232,6 +232,8 @@ def test_a_kept_diffusion_model_is_reloaded_instead_of_trained_and_refused_for_o
     reuse.unet_dir = str(tmp_path / "sde")
     with pytest.raises(ValueError, match="sde holds a class-conditional U-Net"):
         _common.trained_or_loaded_ddpm(reuse, splits, lambda: pytest.fail("trained"))
+    with pytest.raises(ValueError, match=r"trained holds an unconditional DDPM U-Net; expected a class-conditional"):
+        _common.check_unet_dir(str(tmp_path / "trained"), contract, class_conditional=True)  # Score-SDE's reuse
     # a DDPMPipeline (what --keep_checkpoint kept before), as a v0.1.0 trainer's folder, records no contract: the
     # one its pipeline loads with is assumed (the U-Net's size and channels, stretched, black padding), with a warning
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=10)).save_pretrained(tmp_path / "ddpm")
@@ -285,7 +287,8 @@ def test_a_reused_unet_trained_on_images_read_otherwise_is_refused_naming_each_f
         _common.check_unet_dir(str(tmp_path / "black"), white)
     message = str(error.value)
     assert "pad_value -1.0 (this run: 1.0); normalize_background False (this run: True)" in message
-    assert "resize_mode" not in message and "image_size" not in message
+    differences = message.split("reads them: ")[1].split("; expected")[0]
+    assert "resize_mode" not in differences and "image_size" not in differences
     stretched = ImagePreprocessing(16, 3)  # every field but the background differs
     with pytest.raises(ValueError, match=r"image_size 8 \(this run: 16\); num_channels 1 \(this run: 3\); "
                        r"resize_mode 'pad' \(this run: 'stretch'\)"):  # fmt: skip
