@@ -421,7 +421,8 @@ def check_every_class_in_train(train, source: str, class_names: Sequence[str] | 
 def check_every_class_held_out(splits: dict, source: str) -> None:
     """Refuse, before any training, a val or test split without a class (QA: a rare class of 1 image left the carved
     test split without it; the run trained for its whole budget, then failed on an undefined AUC): a benchmark chooses
-    on val and reports on test, and neither can measure a class it has no image of."""
+    on val and reports on test, and neither can measure a class it has no image of. (A subset of them is checked by
+    `stratified_subset_index`.)"""
     train = splits["train"]
     for name in ("val", "test"):
         counts = torch.bincount(splits[name].labels, minlength=train.num_classes)
@@ -438,18 +439,37 @@ def check_every_class_held_out(splits: dict, source: str) -> None:
             )
 
 
+def stratified_subset_index(split, size: int, seed: int, what: str) -> "np.ndarray":
+    """The indices of a seeded stratified subset of about `size` of `split`'s images (`stratified_subset_indices`; all
+    of them from `size` on), refused, before any training, where it loses a class of the split (review: a class of 1
+    image, which a stratified subset drops, left a --quick val without it, and the run failed after training).
+    `what`: the split as the error names it."""
+    from diffusion_classifiers.data import stratified_subset_indices
+
+    index = stratified_subset_indices(split.labels, size, seed)
+    counts = torch.bincount(split.labels, minlength=split.num_classes)
+    lost = sorted(set(torch.nonzero(counts).flatten().tolist()) - set(split.labels[index].tolist()))
+    if lost:
+        held = {split.class_names[label]: int(counts[label]) for label in lost}
+        raise ValueError(
+            f"{what}: its stratified subset of {size} of {len(split)} images has no image of class(es) {list(held)} "
+            f"(images there: {held}), a subset keeping a class only from 2 images; expected at least 2 of every "
+            "class: give more images of it, a larger subset, or leave the class out of the data"
+        )
+    return index
+
+
 def capped_sizes(splits: dict, sizes: Dict[str, int]) -> Dict[str, int]:
     """`sizes` capped at each split's size: a quick run on a small split takes all of it."""
     return {name: min(size, len(splits[name])) for name, size in sizes.items()}
 
 
 def subsample_splits(splits: dict, sizes: Dict[str, int], seed: int) -> dict:
-    """Seeded stratified subsets of about `sizes` images (capped at each split's size; splits not named stay)."""
-    from diffusion_classifiers.data import stratified_subset_indices
-
+    """Seeded stratified subsets of about `sizes` images (capped at each split's size; splits not named stay), each
+    keeping every class of its split (`stratified_subset_index`)."""
     subsets = dict(splits)
     for name, size in capped_sizes(splits, sizes).items():
-        subsets[name] = splits[name].subset(stratified_subset_indices(splits[name].labels, size, seed))
+        subsets[name] = splits[name].subset(stratified_subset_index(splits[name], size, seed, f"the {name} split"))
     return subsets
 
 

@@ -85,6 +85,7 @@ from rc_dit_bench_recipe import baseline_readout  # noqa: E402
 
 from diffusion_classifiers.data import stratified_subset_indices  # noqa: E402
 from diffusion_classifiers.models import (  # noqa: E402
+    RC_DIT_SIZES,
     encode_representation,
     load_pretrained_encoder,
     pretrained_preprocessing,
@@ -137,7 +138,8 @@ def parse_args():
     )  # fmt: skip
     parser.add_argument(
         "--image_size", type=int, default=None,
-        help="square side in px, divisible by --encoder_patch_size and the DiT's patch; default: the data's (folders 32)",
+        help="square side in px, divisible by --encoder_patch_size and the patch of --dit_size (4 for tiny and XS); "
+        "default: the data's (folders 32)",
     )  # fmt: skip
     parser.add_argument("--dit_size", default=None, help="default: tiny with --quick, else XS")
     add_encoder_args(parser)
@@ -178,18 +180,29 @@ def parse_args():
     check_data_options(parser, args)
     if args.class_names and not args.data:
         parser.error("--class_names: expected with --data (the shared data sets carry their own names)")
-    if args.image_size is not None and (args.image_size < 1 or args.image_size % args.encoder_patch_size):
-        parser.error(
-            f"--image_size {args.image_size}: expected a positive multiple of --encoder_patch_size "
-            f"{args.encoder_patch_size}"
-        )
     args.dit_size = args.dit_size or ("tiny" if args.quick else "XS")
+    check_image_size(parser, args)
     args.max_train_steps = args.max_train_steps or (20 if args.quick else 1500)
     args.sample_steps = args.sample_steps or (5 if args.quick else 100)
     for flag, size in (QUICK_ENCODER_SIZES if args.quick else ENCODER_SIZES).items():
         if getattr(args, flag) is None:
             setattr(args, flag, size)
     return args
+
+
+def check_image_size(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`--image_size`, where given, is tiled by the encoder's patches and the DiT's (its size's), checked before any
+    image is read (review: a DiT patch that did not divide it was said after reading, naming a flag this script
+    lacks)."""
+    if args.image_size is None:
+        return
+    dit_patch = RC_DIT_SIZES[args.dit_size]["patch_size"] if args.dit_size in RC_DIT_SIZES else 1
+    patches = {"--encoder_patch_size": args.encoder_patch_size, f"the patch of --dit_size {args.dit_size}": dit_patch}
+    if args.image_size < 1 or any(args.image_size % patch for patch in patches.values()):
+        parser.error(
+            f"--image_size {args.image_size}: expected a positive multiple of "
+            + " and of ".join(f"{name} ({patch})" for name, patch in patches.items())
+        )
 
 
 def load_splits(path: Path, args) -> dict:

@@ -61,12 +61,12 @@ from _common import (
     record_kept_model_training_images,
     report,
     setup,
+    stratified_subset_index,
     subsample_splits,
     target_entry,
     timed,
     training_arguments,
 )
-from diffusion_classifiers.data import stratified_subset_indices
 from diffusion_classifiers.metrics import classification_metrics, resolve_positive_label
 from diffusion_classifiers.models import UNET_PRESETS, SupervisedCNN, count_parameters, unet_config
 from diffusion_classifiers.pipelines import ScoreSDEClassifierPipeline
@@ -336,12 +336,8 @@ def load_part_data(args, source: str, part: str = "data") -> dict:
         )  # fmt: skip
     try:
         return load_benchmark_data(source, seed=args.seed, image_size=args.image_size, **reading_options(args))
-    except ValueError as error:
-        raise ValueError(
-            f"--reference_data {source}: the reference part reads its images as --data's are read (--image_size, "
-            f"--num_channels, --resize_mode, --pad_value, --normalize_background), and could not: {error}; expected a "
-            "reference dataset these flags read, or --parts data"
-        ) from error
+    except ValueError as error:  # named as the reference part's, whose data is read as --data's is
+        raise ValueError(f"--reference_data {source}, read with this run's reading flags: {error}") from error
 
 
 def binary_protocol(args, splits: dict, device, work_dir: str) -> dict:
@@ -351,6 +347,15 @@ def binary_protocol(args, splits: dict, device, work_dir: str) -> dict:
     train, val, test = splits["train"], splits["val"], splits["test"]
     names = train.class_names
     positive = resolve_positive_label(args.positive_class, names, 2)
+    # the stratified val and test subsets the ELBO and the exact likelihood score, each checked before any training
+    val_elbo = val.subset(stratified_subset_index(val, args.elbo_val_images, args.seed, "--elbo_val_images of val"))
+    val_ode = val.subset(
+        stratified_subset_index(val, args.likelihood_val_images, args.seed + 1, "--likelihood_val_images of val")
+    )
+    test_ode_index = stratified_subset_index(
+        test, args.likelihood_test_images, args.seed + 1, "--likelihood_test_images of test"
+    )
+    test_ode = test.subset(test_ode_index)
     with timed(walls, "unet_training"):
         pipe, final_loss = train_unet(args, splits, args.train_steps, args.class_balanced, f"{work_dir}/unet", True)
     pipe.set_positive_class(names[positive])  # log_likelihood_ratio: log p(x | positive) - log p(x | negative)
@@ -359,7 +364,6 @@ def binary_protocol(args, splits: dict, device, work_dir: str) -> dict:
                      timesteps_per_check=args.timesteps_per_check, seed=args.seed, batch_size=args.batch_size)
 
     # ELBO: weighting, timestep spacing and threshold (as priors) chosen on a stratified val subset.
-    val_elbo = val.subset(stratified_subset_indices(val.labels, args.elbo_val_images, args.seed))
     candidates = [(w, spacing) for w in args.weightings for spacing in args.timestep_spacings]
     with timed(walls, "elbo_val_selection"):
         val_outputs = {
@@ -388,9 +392,6 @@ def binary_protocol(args, splits: dict, device, work_dir: str) -> dict:
     # Exact likelihood on fixed stratified subsets of val (threshold) and test.
     ode_args = dict(method="likelihood", solver="rk4", num_steps=args.ode_steps, step_spacing="quadratic",
                     num_probes=args.num_probes, seed=args.seed, batch_size=args.batch_size)
-    val_ode = val.subset(stratified_subset_indices(val.labels, args.likelihood_val_images, args.seed + 1))
-    test_ode_index = stratified_subset_indices(test.labels, args.likelihood_test_images, args.seed + 1)
-    test_ode = test.subset(test_ode_index)
     with timed(walls, "likelihood_val_selection"):
         val_out = classify(pipe, val_ode.images, **ode_args)
     tau_ode, priors_ode, val_balanced_ode = choose_threshold(val_out.log_likelihood_ratio, val_ode.labels, positive)
@@ -463,8 +464,9 @@ def multiclass_protocol(args, source: str, splits: dict, device, work_dir: str, 
     sizes = capped_sizes(splits, {"train": args.multiclass_train_images, "val": args.multiclass_val_images,
                                   "test": args.multiclass_test_images})  # fmt: skip
     train, val, test = (
-        split.subset(stratified_subset_indices(split.labels, sizes[name], args.seed)) for name, split in splits.items()
-    )
+        split.subset(stratified_subset_index(split, sizes[name], args.seed, f"the {name} split of {source}"))
+        for name, split in splits.items()
+    )  # fmt: skip
     names = train.class_names
     with timed(walls, "unet_training"):
         subsets = {"train": train, "val": val, "test": test}

@@ -31,17 +31,18 @@ from _common import (
     add_data_options,
     base_parser,
     check_data_options,
+    check_unet_dir,
     data_path,
     load_benchmark_data,
     reading_options,
     report,
     setup,
+    stratified_subset_index,
     target_entry,
 )
-from diffusion_classifiers.data import stratified_subset_indices
 from diffusion_classifiers.likelihood import TIMESTEP_SPACINGS, WEIGHTINGS
 from diffusion_classifiers.metrics import resolve_positive_label
-from score_sde_accuracy import train_unet
+from score_sde_accuracy import classify, train_unet
 
 NAME = "score_sde_bench_elbo_settings"
 DEFAULTS = dict(image_size=16, unet_preset="small", train_steps=800, val_images=200, num_timesteps=100)
@@ -85,9 +86,11 @@ def model_and_val(args, work_dir: str):
     splits = load_benchmark_data(args.data, args.class_names, args.positive_class, seed=args.seed,
                                  image_size=args.image_size, **reading_options(args))  # fmt: skip
     train, val = splits["train"], splits["val"]
+    if args.unet_dir:  # before any training: a model kept from images read otherwise is refused
+        check_unet_dir(args.unet_dir, train.preprocessing, class_conditional=True)
     if args.quick:
-        train = train.subset(stratified_subset_indices(train.labels, min(QUICK_TRAIN_IMAGES, len(train)), args.seed))
-    val = val.subset(stratified_subset_indices(val.labels, min(args.val_images, len(val)), args.seed))
+        train = train.subset(stratified_subset_index(train, QUICK_TRAIN_IMAGES, args.seed, "the quick train subset"))
+    val = val.subset(stratified_subset_index(val, args.val_images, args.seed, "--val_images of val"))
     used = {"train": train, "val": val, "test": splits["test"]}
     pipe, _ = train_unet(args, used, args.train_steps, train.num_classes == 2, work_dir, reusable=True)
     if train.num_classes == 2:
@@ -100,8 +103,8 @@ def scored_over_seeds(pipe, val, weighting: str, spacing: str, args) -> dict:
     """One pair's figures: per-seed accuracy (and AUC), decisions changed against the first seed, score spread."""
     start = time.perf_counter()
     outputs = [
-        pipe(val.images, method="elbo", num_timesteps=args.num_timesteps, weighting=weighting, timestep_spacing=spacing,
-             seed=seed, batch_size=args.batch_size)
+        classify(pipe, val.images, method="elbo", num_timesteps=args.num_timesteps, weighting=weighting,
+                 timestep_spacing=spacing, seed=seed, batch_size=args.batch_size)
         for seed in args.noise_seeds
     ]  # fmt: skip
     labels = val.labels.numpy()

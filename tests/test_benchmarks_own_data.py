@@ -235,6 +235,12 @@ def test_a_class_without_a_val_or_test_image_is_refused_before_training(tmp_path
     with pytest.raises(ValueError, match=r"mine: the val split has no image of class \['rare'\] \(images in all "
                                          r"splits: \{'rare': 1\}\); expected every class in val and test"):
         _common.load_benchmark_data(str(tmp_path / "mine"), image_size=8)
+    # review: 1 image of a class in val passed, then a --quick or capped subset of val dropped it
+    splits = _common.load_benchmark_data(write_npz(tmp_path / "rare.npz", counts=(100, 1)))
+    assert _common.subsample_splits(splits, {"val": 101}, seed=0)["val"] is not None  # all of it: nothing lost
+    with pytest.raises(ValueError, match=r"the val split: its stratified subset of 60 of 101 images has no image of "
+                                         r"class\(es\) \['1'\] \(images there: \{'1': 1\}\)"):
+        _common.subsample_splits(splits, {"val": 60}, seed=0)
 
 
 def test_rc_dit_accuracy_reads_its_data_at_the_image_size_asked_for(tmp_path, monkeypatch, capsys):
@@ -248,7 +254,12 @@ def test_rc_dit_accuracy_reads_its_data_at_the_image_size_asked_for(tmp_path, mo
     monkeypatch.setattr(sys, "argv", ["rc_dit_accuracy.py", "--quick", "--data", data, "--image_size", "30"])
     with pytest.raises(SystemExit):
         rc_dit_accuracy.parse_args()
-    assert "--image_size 30: expected a positive multiple of --encoder_patch_size 4" in capsys.readouterr().err
+    assert "--image_size 30: expected a positive multiple of --encoder_patch_size (4) and of" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", ["rc_dit_accuracy.py", "--quick", "--data", data, "--image_size", "30",
+                                      "--encoder_patch_size", "2"])  # fmt: skip
+    with pytest.raises(SystemExit):  # review: the DiT's patch was checked only once the images were read
+        rc_dit_accuracy.parse_args()
+    assert "of the patch of --dit_size tiny (4)" in capsys.readouterr().err
 
 
 def test_the_unet_features_benchmark_refuses_an_unlearnable_class_before_training(tmp_path, monkeypatch):
