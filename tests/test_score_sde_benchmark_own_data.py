@@ -16,6 +16,7 @@ from diffusion_classifiers.data import LabeledImages
 from diffusion_classifiers.training.loop import TrainingSummary
 
 from .conftest import REPO_ROOT
+from .test_benchmarks_own_data import shared_data_root  # noqa: F401 (a fixture)
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import _common  # noqa: E402
@@ -239,13 +240,8 @@ def test_a_reference_set_named_as_the_data_runs_under_its_own_key(tmp_path, monk
     assert "my_data_reference_cnn_minus_elbo_accuracy_points" in targets
 
 
-def test_the_default_runs_keep_their_results_keys(tmp_path, monkeypatch):
+def test_the_default_runs_keep_their_results_keys(shared_data_root, tmp_path, monkeypatch):
     """The keys targets_table.py and the recorded results/score_sde_accuracy*.json use stay."""
-    root = tmp_path / "shared_data"
-    (root / "medmnist_pneumonia").mkdir(parents=True)
-    (root / "medmnist_pneumonia" / "pneumoniamnist.npz").write_bytes(b"")
-    (root / "fashion_mnist").mkdir()
-    monkeypatch.setattr(_common, "DATA_ROOT", root)
     images = torch.zeros(4, 1, 8, 8)
     split = LabeledImages(images, torch.tensor([0, 1, 0, 1]), ["a", "b"])
     splits = dict.fromkeys(("train", "val", "test"), split)
