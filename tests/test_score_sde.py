@@ -159,6 +159,15 @@ def test_early_stop_and_pruning_save_evaluations(trained):
         pipe(test.images, num_timesteps=2, early_stop_confidence=0.9, timesteps_per_check=1)
     with pytest.raises(ValueError, match=too_late.format(10, 4)):
         pipeline_call_settings(pipe, {"num_timesteps": 4, "early_stop_confidence": 0.9})
+    # QA: a bad stopping rule was refused by predict at its first batch (its output begun), or not in words
+    for settings, refusal in [
+        ({"early_stop_confidence": 0.9, "timesteps_per_check": 0}, r"expected timesteps_per_check >= 1, got 0"),
+        ({"pruning": [50, 3]}, r"expected pruning as \(timesteps, classes kept\) pairs, .*got stage 0: 50"),
+        ({"pruning": [[50, 3], [50, 1]]}, r"expected pruning stage 0 to keep 1\.\.2 classes"),
+        ({"early_stop_confidence": "0.9"}, r"expected 0\.5 < early_stop_confidence < 1, got '0\.9'"),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=refusal):
+            pipeline_call_settings(pipe, settings)
     assert pruned.nfe_per_image.tolist() == [2 * 10 + 10] * len(test)
     assert torch.isfinite(pruned.log_likelihood_ratio).all()  # from both classes' scores before pruning
     assert (torch.isinf(pruned.log_likelihoods).sum(1) == 1).all()

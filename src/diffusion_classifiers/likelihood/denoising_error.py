@@ -28,6 +28,7 @@ __all__ = [
     "TIMESTEP_SPACINGS",
     "WEIGHTINGS",
     "DenoisingScoreResult",
+    "check_stopping_rule",
     "denoising_error_scores",
     "rank_timestep_strata",
     "replay_stopping_rule",
@@ -180,8 +181,8 @@ def _stages(num_timesteps, num_classes, pruning, early_stop_confidence, timestep
             raise ValueError(f"expected the pruning stages' timesteps to sum to num_timesteps={num_timesteps}, "
                              f"got {[count for count, _ in stages]}")
         return stages
-    if not 0.5 < early_stop_confidence < 1:
-        raise ValueError(f"expected 0.5 < early_stop_confidence < 1, got {early_stop_confidence}")
+    if not isinstance(early_stop_confidence, numbers.Real) or not 0.5 < early_stop_confidence < 1:
+        raise ValueError(f"expected 0.5 < early_stop_confidence < 1, got {early_stop_confidence!r}")
     if not is_count(timesteps_per_check):
         raise ValueError(f"expected timesteps_per_check >= 1, got {timesteps_per_check}")
     if pruned_timesteps > num_timesteps:
@@ -194,7 +195,18 @@ def _stages(num_timesteps, num_classes, pruning, early_stop_confidence, timestep
     return stages + [(min(timesteps_per_check, num_timesteps - start), kept) for start in starts]
 
 
+def check_stopping_rule(num_timesteps, num_classes, pruning, early_stop_confidence, timesteps_per_check) -> None:
+    """Refuse a stopping rule (`pruning`, `early_stop_confidence`, `timesteps_per_check`) that the scorers would refuse
+    for `num_timesteps` scored timesteps and `num_classes` classes: called before any image is scored (QA: `predict`
+    refused a pruning at its first batch, its output files begun)."""
+    _stages(num_timesteps, num_classes, pruning, early_stop_confidence, timesteps_per_check)
+
+
 def _pruning_stages(pruning, num_classes) -> List[Tuple[int, int]]:
+    for i, stage in enumerate(pruning):
+        if isinstance(stage, (str, bytes)) or not hasattr(stage, "__len__") or len(stage) != 2:
+            example = "e.g. [(20, 3), (80, 1)]"
+            raise ValueError(f"expected pruning as (timesteps, classes kept) pairs, {example}, got stage {i}: {stage!r}")
     previous = num_classes
     for i, (count, keep) in enumerate(pruning):
         if not is_count(count):

@@ -19,7 +19,7 @@ from diffusion_classifiers.likelihood import (
     denoising_error_scores,
     probability_flow_log_likelihood,
 )
-from diffusion_classifiers.likelihood.denoising_error import check_early_stop_can_stop
+from diffusion_classifiers.likelihood.denoising_error import check_early_stop_can_stop, check_stopping_rule
 from diffusion_classifiers.validation import check_positive_integer
 
 from .pipeline_utils import ClassifierPipelineOutput, DiffusionClassifierPipeline
@@ -351,18 +351,24 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         log_prior = self.check_priors(settings.get("priors"))
         if method == "elbo" and (bool(call["pruning"]) or call["early_stop_confidence"] is not None):
             _check_no_zero_prior(log_prior, self.class_names)
-        self._check_early_stop_can_stop(call)
+        self._check_stopping_rule(call)
 
-    @staticmethod
-    def _check_early_stop_can_stop(settings: Dict[str, Any]) -> None:
-        if settings.get("method", "elbo") != "elbo" or settings.get("early_stop_confidence") is None:
+    def _check_stopping_rule(self, settings: Dict[str, Any]) -> None:
+        """An ELBO call's pruning and early stop as the scorer would check them (`denoising_error.
+        check_stopping_rule`), and an early stop without pruning that could stop no image refused; a number of
+        timesteps that is no count is left to the scorer, which refuses it."""
+        if settings.get("method", "elbo") != "elbo":
             return
         strata, every = settings.get("timestep_strata"), settings.get("timesteps_per_check", 10)
-        scored = settings.get("num_timesteps", 100) if strata is None else len(strata)
-        counts = isinstance(every, numbers.Integral) and isinstance(scored, numbers.Integral)
-        if settings.get("pruning") or not counts:
-            return  # pruning stages look too; values that are no counts are refused by the scorer
-        check_early_stop_can_stop(scored, every)
+        scored = settings.get("num_timesteps", 100) if strata is None else None
+        if strata is not None and hasattr(strata, "__len__"):
+            scored = len(strata)
+        if not isinstance(scored, numbers.Integral) or scored < 1:
+            return
+        pruning, confidence = settings.get("pruning"), settings.get("early_stop_confidence")
+        check_stopping_rule(scored, len(self.class_names), pruning, confidence, every)
+        if confidence is not None and not pruning:  # pruning stages look too
+            check_early_stop_can_stop(scored, every)
 
     def positive_index(self) -> int:
         """The index of `positive_class` among the class names (class 1 when unset)."""
