@@ -205,8 +205,10 @@ def check_stopping_rule(num_timesteps, num_classes, pruning, early_stop_confiden
 def _pruning_stages(pruning, num_classes) -> List[Tuple[int, int]]:
     for i, stage in enumerate(pruning):
         if isinstance(stage, (str, bytes)) or not hasattr(stage, "__len__") or len(stage) != 2:
-            example = "e.g. [(20, 3), (80, 1)]"
-            raise ValueError(f"expected pruning as (timesteps, classes kept) pairs, {example}, got stage {i}: {stage!r}")
+            raise ValueError(
+                f"expected pruning as (timesteps, classes kept) pairs, e.g. [(20, 3), (80, 1)], got stage {i}: "
+                f"{stage!r}"
+            )
     previous = num_classes
     for i, (count, keep) in enumerate(pruning):
         if not is_count(count):
