@@ -358,7 +358,8 @@ def test_evaluate_counts_the_decisions_another_noise_seed_could_flip(tmp_path, m
 
     def scored_call(self, images, early_stop_confidence=None, priors=None, **kwargs):  # the settings evaluate records
         bars_hidden.append(self.progress_bar_config["disable"])
-        return ScoreSDEClassifierOutput(**scored, nfe_per_image=torch.ones(len(images)), log_likelihood_ratio_stderr=stderr)
+        nfe = torch.tensor([40, 12, 40, 20])[: len(images)]
+        return ScoreSDEClassifierOutput(**scored, nfe_per_image=nfe, log_likelihood_ratio_stderr=stderr)
 
     monkeypatch.setattr(ScoreSDEClassifierPipeline, "__call__", scored_call)
     data = LabeledImages(torch.zeros(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]), ["benign", "malignant"])
@@ -373,6 +374,9 @@ def test_evaluate_counts_the_decisions_another_noise_seed_could_flip(tmp_path, m
     report = (tmp_path / "report.md").read_text()
     assert "| decisions another noise seed could flip (within 2 standard errors of the threshold) | 2 (50.0%) |" in report
     assert "| accuracy of the other decisions | 50.00% |" in report
+    # QA: the network calls a stopping rule saved were not in evaluate's record
+    assert metrics["nfe_per_image"] == {"mean": 28.0, "min": 12, "max": 40}
+    assert "| network calls per image | 28 (least 12, most 40) |" in report
     # after an early stop the standard error rests on the timesteps the stop kept and reads low: not counted
     early = evaluate_classifier(pipe, data, pipeline_kwargs={"early_stop_confidence": 0.99})
     assert "seed_sensitivity" not in early and early["pipeline_call"]["early_stop_confidence"] == 0.99

@@ -141,7 +141,7 @@ def load_classifier(path: str):
 
 
 # images -> (probs, ranking scores, the binary Score-SDE ratio's standard error or None)
-Predictor = Callable[[list], Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]
+Predictor = Callable[[list], Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]]
 
 
 # Arguments of a pipeline's `__call__` that do not change what is scored (or are the images themselves).
@@ -184,12 +184,13 @@ def _as_list(value) -> list:
 def _predictor(
     classifier, image_processor=None, pipeline_kwargs: Optional[dict] = None, preprocessed: bool = False
 ) -> Tuple[Predictor, List[str]]:
-    """`(images -> (probs [N, K], ranking scores [N, K], stderr [N] or None), class names)` for a pipeline or a
-    transformers model; `images` a list of PIL images or a `[N, C, H, W]` tensor (`preprocessed`: the output of the
-    model's own preprocessing, read as it is, `ImagePreprocessing.for_its_output`). The ranking scores order the images
-    for ROC curves: a pipeline's `log_odds` when it gives them (Score-SDE: its probs saturate at 0 and 1), else the
-    probs. `stderr`: a binary Score-SDE pipeline's `log_likelihood_ratio_stderr` (the ELBO's, or the likelihood's
-    with `num_probes >= 2`), the standard error of its log-odds."""
+    """`(images -> (probs [N, K], ranking scores [N, K], stderr [N] or None, nfe [N] or None), class names)` for a
+    pipeline or a transformers model; `images` a list of PIL images or a `[N, C, H, W]` tensor (`preprocessed`: the
+    output of the model's own preprocessing, read as it is, `ImagePreprocessing.for_its_output`). The ranking scores
+    order the images for ROC curves: a pipeline's `log_odds` when it gives them (Score-SDE: its probs saturate at 0 and
+    1), else the probs. `stderr`: a binary Score-SDE pipeline's `log_likelihood_ratio_stderr` (the ELBO's, or the
+    likelihood's with `num_probes >= 2`), the standard error of its log-odds. `nfe`: a Score-SDE pipeline's network
+    calls per image (`nfe_per_image`)."""
     from transformers import PreTrainedModel
 
     if isinstance(classifier, PreTrainedModel):
@@ -205,7 +206,7 @@ def _predictor(
             with torch.no_grad():
                 inputs = processor(images, return_tensors="pt", input_data_format=_layout(images)).to(classifier.device)
                 probs = classifier(**inputs).logits.float().softmax(-1).cpu()
-                return probs, probs, None
+                return probs, probs, None, None
 
         return predict, names
     from diffusion_classifiers.pipelines import DiffusionClassifierPipeline
@@ -217,10 +218,16 @@ def _predictor(
         with classifier.reading_preprocessed_images() if preprocessed else nullcontext():
             output = classifier(images, input_data_format=_layout(images), **(pipeline_kwargs or {}))
         ranking, stderr = getattr(output, "log_odds", None), getattr(output, "log_likelihood_ratio_stderr", None)
-        stderr = None if stderr is None else stderr.cpu()
-        return output.probs.cpu(), (output.probs if ranking is None else ranking).cpu(), stderr
+        stderr, nfe = None if stderr is None else stderr.cpu(), getattr(output, "nfe_per_image", None)
+        return output.probs.cpu(), (output.probs if ranking is None else ranking).cpu(), stderr, nfe
 
     return predict, classifier.class_names
+
+
+def network_calls(nfe_per_image: torch.Tensor) -> dict:
+    """The network calls a generative classifier made per image: their mean, least and most."""
+    nfe = nfe_per_image.double()
+    return {"mean": round(float(nfe.mean()), 2), "min": int(nfe.min()), "max": int(nfe.max())}
 
 
 def _reading_its_output(processor):
@@ -828,11 +835,13 @@ def evaluate_classifier(
         check_dataset_labels(dataset_labels, dataset_names, label_column)
         batches = DataLoader(images, batch_size=batch_size, num_workers=num_workers, collate_fn=list)  # PIL lists
     y_true = map_labels_by_name(dataset_names, model_names)[dataset_labels]  # before any image is decoded
-    probs, ranking, stderr = zip(*_predict_with_one_bar(classifier, predict, batches, len(y_true)))
+    probs, ranking, stderr, nfe = zip(*_predict_with_one_bar(classifier, predict, batches, len(y_true)))
     probs, ranking = torch.cat(probs), torch.cat(ranking)
     metrics = classification_metrics(
         y_true, probs.argmax(-1), probs=ranking, class_names=model_names, positive_label=positive_label
     )
+    if all(part is not None for part in nfe):  # QA: what a stopping rule saved could not be read from evaluate
+        metrics["nfe_per_image"] = network_calls(torch.cat(nfe))
     metrics["calibration"] = calibration_metrics(y_true, probs)
     # binary: either class's log-odds, 0 at the threshold; not after an early stop, whose standard error reads low
     if all(part is not None for part in stderr) and not (settings or {}).get("early_stop_confidence"):
@@ -1012,6 +1021,9 @@ def render_evaluation_report(metrics: dict, title: str, plots: List[str], split:
     lines += [f"| accuracy | {100 * metrics['accuracy']:.2f}% |", f"| macro-F1 | {100 * metrics['macro_f1']:.2f}% |"]
     lines += [f"| balanced accuracy | {100 * metrics['balanced_accuracy']:.2f}% |", f"| AUC | {auc} |"]
     lines += [f"| ECE | {metrics['calibration']['ece']:.4f} |"]
+    if metrics.get("nfe_per_image"):
+        calls = metrics["nfe_per_image"]
+        lines += [f"| network calls per image | {calls['mean']:g} (least {calls['min']}, most {calls['max']}) |"]
     if "positive_class" in metrics:
         positive = metrics["positive_class"]
         lines[2] = f"{scored}{read}; positive class: **{positive}**."
