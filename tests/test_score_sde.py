@@ -2,6 +2,7 @@ import inspect
 import json
 import math
 import runpy
+import warnings
 
 import numpy as np
 import pytest
@@ -168,6 +169,13 @@ def test_early_stop_and_pruning_save_evaluations(trained):
     ]:  # fmt: skip
         with pytest.raises(ValueError, match=refusal):
             pipeline_call_settings(pipe, settings)
+    # review: the refusal came after a warning in its words (an error under -W error); a 0-d confidence is its number
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=too_late.format(10, 4)):
+            pipeline_call_settings(pipe, {"num_timesteps": 4, "early_stop_confidence": 0.9})
+    pipeline_call_settings(pipe, {"num_timesteps": 20, "early_stop_confidence": np.array(0.9)})
+    pipeline_call_settings(pipe, {"num_timesteps": 20, "early_stop_confidence": torch.tensor(0.9)})
     assert pruned.nfe_per_image.tolist() == [2 * 10 + 10] * len(test)
     assert torch.isfinite(pruned.log_likelihood_ratio).all()  # from both classes' scores before pruning
     assert (torch.isinf(pruned.log_likelihoods).sum(1) == 1).all()

@@ -181,7 +181,10 @@ def _stages(num_timesteps, num_classes, pruning, early_stop_confidence, timestep
             raise ValueError(f"expected the pruning stages' timesteps to sum to num_timesteps={num_timesteps}, "
                              f"got {[count for count, _ in stages]}")
         return stages
-    if not isinstance(early_stop_confidence, numbers.Real) or not 0.5 < early_stop_confidence < 1:
+    confidence = early_stop_confidence  # a 0-d array or tensor counts as its number
+    if getattr(confidence, "ndim", None) == 0:
+        confidence = confidence.item()
+    if not isinstance(confidence, numbers.Real) or not 0.5 < confidence < 1:
         raise ValueError(f"expected 0.5 < early_stop_confidence < 1, got {early_stop_confidence!r}")
     if not is_count(timesteps_per_check):
         raise ValueError(f"expected timesteps_per_check >= 1, got {timesteps_per_check}")

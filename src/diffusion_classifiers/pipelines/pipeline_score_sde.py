@@ -354,8 +354,8 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         self._check_stopping_rule(call)
 
     def _check_stopping_rule(self, settings: Dict[str, Any]) -> None:
-        """An ELBO call's pruning and early stop as the scorer would check them (`denoising_error.
-        check_stopping_rule`), and an early stop without pruning that could stop no image refused; a number of
+        """An ELBO call's early stop without pruning (pruning stages look too) that could stop no image refused, then
+        its pruning and early stop as the scorer would check them (`denoising_error.check_stopping_rule`); a number of
         timesteps that is no count is left to the scorer, which refuses it."""
         if settings.get("method", "elbo") != "elbo":
             return
@@ -366,9 +366,9 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         if not isinstance(scored, numbers.Integral) or scored < 1:
             return
         pruning, confidence = settings.get("pruning"), settings.get("early_stop_confidence")
+        if confidence is not None and not pruning and isinstance(every, numbers.Integral) and every >= 1:
+            check_early_stop_can_stop(scored, every)  # refused here, before the scorer's check would warn of it
         check_stopping_rule(scored, len(self.class_names), pruning, confidence, every)
-        if confidence is not None and not pruning:  # pruning stages look too
-            check_early_stop_can_stop(scored, every)
 
     def positive_index(self) -> int:
         """The index of `positive_class` among the class names (class 1 when unset)."""
