@@ -403,10 +403,10 @@ def check_every_class_in_train(train, source: str, class_names: Sequence[str] | 
     """Refuse, before any training, a class with no train image (QA: `--class_names` naming more classes than the
     data has was only warned about; the record's counts then left it out and its "at least k of every class" was
     false): a benchmark cannot learn, nor give few-label regimes of, a class it has no image of."""
-    counts = torch.bincount(train.labels, minlength=train.num_classes)
-    empty = [train.class_names[label] for label in torch.nonzero(counts == 0).flatten().tolist()]
+    empty = _classes_without_images(train.labels, train.class_names)
     if not empty:
         return
+    counts = torch.bincount(train.labels, minlength=train.num_classes)
     hint = (
         f"--class_names names {len(class_names)} classes; give one name for each label id 0..K-1 the data has"
         if class_names else "give train images of every class (or more images, for a carved train split)"
@@ -418,6 +418,12 @@ def check_every_class_in_train(train, source: str, class_names: Sequence[str] | 
     )
 
 
+def _classes_without_images(labels: torch.Tensor, class_names: Sequence[str]) -> list:
+    """The names of the classes (label ids 0..K-1, named by `class_names`) with no image among `labels`."""
+    counts = torch.bincount(labels, minlength=len(class_names))
+    return [class_names[label] for label in torch.nonzero(counts == 0).flatten().tolist()]
+
+
 def check_every_class_held_out(splits: dict, source: str) -> None:
     """Refuse, before any training, a val or test split without a class (QA: a rare class of 1 image left the carved
     test split without it; the run trained for its whole budget, then failed on an undefined AUC): a benchmark chooses
@@ -425,8 +431,7 @@ def check_every_class_held_out(splits: dict, source: str) -> None:
     `stratified_subset_index`.)"""
     train = splits["train"]
     for name in ("val", "test"):
-        counts = torch.bincount(splits[name].labels, minlength=train.num_classes)
-        empty = [train.class_names[label] for label in torch.nonzero(counts == 0).flatten().tolist()]
+        empty = _classes_without_images(splits[name].labels, train.class_names)
         if empty:
             per_class = {
                 class_name: sum(int((split.labels == label).sum()) for split in splits.values())

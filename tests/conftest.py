@@ -47,6 +47,20 @@ def digit_folder(root: Path, rows) -> None:
         Image.fromarray((digits.images[index] * 15).astype(np.uint8)).save(root / label / f"{index:04d}.png")
 
 
+def random_image_folder(root: Path, folders=("ant", "bee"), per_folder: int = 6) -> Path:
+    """`per_folder` random 8x8 grey PNGs (`0.png`, ...) in each of `folders` under `root` (class folders, or an
+    unlabelled pool's runs); `root`."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in folders:
+        (root / name).mkdir(parents=True)
+        for i in range(per_folder):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
 def python_subprocess_env() -> dict:
     """Environment for a fresh interpreter: offline, with this session's private HF_HOME."""
     return dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")

@@ -21,14 +21,7 @@ from diffusion_classifiers.data.dicom import MedicalPreprocessing
 from diffusion_classifiers.data.split_record import SPLIT_RECORD_NAME, read_split_record, save_split_record
 from diffusion_classifiers.data.streaming import streaming_image_classification_data
 
-
-def _image_folder(root: Path, classes=("ant", "bee"), per_class: int = 6) -> Path:
-    rng = np.random.default_rng(0)
-    for name in classes:
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / name / f"{i}.png")
-    return root
+from .conftest import random_image_folder
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -48,7 +41,7 @@ def _saved_dataset(path: Path, labels, image_feature=None, label_feature=None, i
 
 
 def test_a_non_utf8_file_name_is_refused_by_name_before_streaming(tmp_path):
-    root = _image_folder(tmp_path / "data")
+    root = random_image_folder(tmp_path / "data")
     try:
         with open(os.fsencode(root / "ant") + b"/caf\xe9.png", "wb") as f:
             f.write(_png(np.zeros((8, 8), dtype=np.uint8)))
@@ -64,7 +57,7 @@ def test_a_non_utf8_file_name_is_refused_by_name_before_streaming(tmp_path):
     [({"num_channels": 2}, "num_channels: expected 1 or 3"), ({"num_channels": 1, "image_size": 0}, "image_size")],
 )
 def test_streaming_checks_how_to_read_before_listing_every_file(tmp_path, monkeypatch, reading, message):
-    root = _image_folder(tmp_path / "data")
+    root = random_image_folder(tmp_path / "data")
 
     def listed(*args, **kwargs):
         raise AssertionError("the folder was listed (every file's header read) before the reading was checked")
@@ -76,7 +69,7 @@ def test_streaming_checks_how_to_read_before_listing_every_file(tmp_path, monkey
 
 def test_streaming_refuses_options_its_source_would_ignore_as_the_in_memory_loader_does(tmp_path):
     saved = _saved_dataset(tmp_path / "saved", [0, 1] * 6)
-    folder = _image_folder(tmp_path / "data")
+    folder = random_image_folder(tmp_path / "data")
     for source, options in ((saved, {"class_names": ["y", "x"]}), (saved, {"patient_id_column": "patient"}),
                             (folder, {"image_column": "image"})):  # fmt: skip
         # class names other than the dataset's own, in its order: refused as renaming its classes (test_data_routes)
@@ -108,7 +101,7 @@ def _patients_csv(folder: Path, patient_of) -> Path:
 
 @pytest.mark.parametrize("load", [load_image_classification_data, streaming_image_classification_data])
 def test_patient_ids_that_differ_only_by_spaces_are_warned_about(tmp_path, load):
-    folder = _image_folder(tmp_path / "data", per_class=20)
+    folder = random_image_folder(tmp_path / "data", per_folder=20)
     path = _patients_csv(folder, lambda i: f"P{i // 2}" + " " * (i % 2))  # 'P3' and 'P3 ': an export's stray space
     match = r"patient_id values that differ only by surrounding spaces or letter case are different patients"
     match += r".*'P0' and 'P0 '"
@@ -117,7 +110,7 @@ def test_patient_ids_that_differ_only_by_spaces_are_warned_about(tmp_path, load)
 
 
 def test_an_image_listed_in_two_split_files_is_warned_about(tmp_path):
-    root = _image_folder(tmp_path / "data")
+    root = random_image_folder(tmp_path / "data")
     (root / "splits").mkdir()
     (root / "splits" / "train.txt").write_text("\n".join(f"{name}/{i}.png {c}" for c, name in enumerate(("ant", "bee"))
                                                          for i in range(4)))  # fmt: skip
@@ -180,7 +173,7 @@ def test_an_interrupted_write_of_the_split_record_keeps_the_earlier_one(tmp_path
 
 
 def test_the_carving_does_not_depend_on_the_order_the_filesystem_lists_files(tmp_path, monkeypatch):
-    root = _image_folder(tmp_path / "data", classes=("ant", "bee", "cat"), per_class=9)
+    root = random_image_folder(tmp_path / "data", ("ant", "bee", "cat"), per_folder=9)
 
     def carved():
         splits = streaming_image_classification_data(root, 1, 8, check_files=False)
@@ -204,7 +197,7 @@ def test_a_csv_or_npz_with_an_upper_case_suffix_is_read_and_its_carved_splits_ar
     training images."""
     from diffusion_classifiers.evaluation import carved_splits
 
-    folder = _image_folder(tmp_path / "images")
+    folder = random_image_folder(tmp_path / "images")
     listed = tmp_path / "images.CSV"
     listed.write_text("path,label\n" + "".join(
         f"{path.relative_to(tmp_path).as_posix()},{path.parent.name}\n" for path in sorted(folder.rglob("*.png"))

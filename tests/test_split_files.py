@@ -11,18 +11,15 @@ from PIL import Image
 from diffusion_classifiers.data import load_image_classification_data
 from diffusion_classifiers.data.streaming import streaming_image_classification_data
 
+from .conftest import random_image_folder
+
 READING = {"image_size": 8, "num_channels": 1}
 LOADERS = [load_image_classification_data, streaming_image_classification_data]
 
 
-def _pool(root, runs=("run_01", "run_02"), per_run: int = 6):
+def _pool(root, runs=("run_01", "run_02")):
     """Images in dated run folders, no class folders: an unlabelled pool; `root`."""
-    rng = np.random.default_rng(0)
-    for run in runs:
-        (root / run).mkdir(parents=True)
-        for index in range(per_run):
-            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / run / f"{index}.png")
-    return root
+    return random_image_folder(root, runs)
 
 
 def _write_splits(root, lines_per_split, classes=None):

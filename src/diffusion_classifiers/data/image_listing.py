@@ -258,7 +258,7 @@ def _check_each_image_listed_once(splits_dir: Path, listed: dict[str, list[_Spli
     of the data's own is not checked against the training images). Images are compared by their resolved folders."""
     first: dict[str, tuple[str, _SplitLine]] = {}
     repeated: dict[tuple[str, str], dict[str, _SplitLine]] = {}
-    resolved_folders = functools.lru_cache(maxsize=None)(os.path.realpath)  # one call per folder: 30,000 lines 0.6 s
+    resolved_folders = functools.lru_cache(maxsize=None)(os.path.realpath)  # per folder: per line cost 0.67 s / 30,000
     for split, lines in listed.items():
         for line in lines:
             image = os.path.join(resolved_folders(os.path.dirname(line.path)), line.path.name)

@@ -20,6 +20,7 @@ from diffusion_classifiers.likelihood import (
     probability_flow_log_likelihood,
 )
 from diffusion_classifiers.likelihood.denoising_error import check_early_stop_can_stop, check_stopping_rule
+from diffusion_classifiers.likelihood.scorer_inputs import is_count
 from diffusion_classifiers.validation import check_positive_integer
 
 from .pipeline_utils import ClassifierPipelineOutput, DiffusionClassifierPipeline
@@ -363,10 +364,10 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         scored = settings.get("num_timesteps", 100) if strata is None else None
         if strata is not None and hasattr(strata, "__len__"):
             scored = len(strata)
-        if not isinstance(scored, numbers.Integral) or scored < 1:
+        if not is_count(scored):
             return
         pruning, confidence = settings.get("pruning"), settings.get("early_stop_confidence")
-        if confidence is not None and not pruning and isinstance(every, numbers.Integral) and every >= 1:
+        if confidence is not None and not pruning and is_count(every):
             check_early_stop_can_stop(scored, every)  # refused here, before the scorer's check would warn of it
         check_stopping_rule(scored, len(self.class_names), pruning, confidence, every)
 
