@@ -134,9 +134,11 @@ def test_the_elbo_bar_ends_at_the_evaluations_made_after_an_early_stop():
 
 
 def test_unknown_progress_bar_arguments_raise_tqdm_key_error():
+    # a disabled tqdm checks no argument: shown, as with TQDM_DISABLE unset (pytest-xdist's workers inherit conftest's)
+    unknown = {"not_a_tqdm_argument": 1, "disable": False, "file": io.StringIO()}
     with pytest.raises(TqdmKeyError, match="not_a_tqdm_argument"):
-        probability_flow_log_likelihood(eps_fn, IMAGES_8, 2, num_steps=1, progress_bar={"not_a_tqdm_argument": 1})
+        probability_flow_log_likelihood(eps_fn, IMAGES_8, 2, num_steps=1, progress_bar=unknown)
     pipe = score_sde_pipeline()
-    pipe.set_progress_bar_config(not_a_tqdm_argument=1)
+    pipe.set_progress_bar_config(**unknown)
     with pytest.raises(TqdmKeyError, match="not_a_tqdm_argument"):
         pipe(IMAGES_8, num_timesteps=2)

@@ -335,11 +335,17 @@ train(args, nn.Linear(4, 1), TensorDataset(x, x.sum(1, keepdim=True)), lambda m,
 """
 
 
-def test_tqdm_disable_silences_the_training_bar(tmp_path, capsys):
-    # tqdm reads TQDM_DISABLE when it is imported, so the quiet run (a log-writing one, as the GPU suite's) is a new process
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    quiet = subprocess.run([sys.executable, "-c", QUIET_TRAINING, str(tmp_path / "quiet")], env=env, capture_output=True, text=True)
-    assert quiet.returncode == 0, quiet.stderr
-    assert "train:" not in quiet.stderr
-    train(tiny_args(tmp_path / "shown", max_train_steps=2), nn.Linear(4, 1), linear_dataset(), regression_loss)
-    assert "train:" in capsys.readouterr().err
+def test_tqdm_disable_silences_the_training_bar(tmp_path):
+    # tqdm reads TQDM_DISABLE when it is imported, so each run (the quiet one a log-writing one, as the GPU suite's) is a
+    # new process: this one's tqdm may have read it already (pytest-xdist's workers inherit conftest's TQDM_DISABLE=1)
+    def training_bar_output(**tqdm_env):
+        env = {name: value for name, value in os.environ.items() if name != "TQDM_DISABLE"} | tqdm_env
+        run = subprocess.run(
+            [sys.executable, "-c", QUIET_TRAINING, str(tmp_path / f"run{len(tqdm_env)}")], env=env, capture_output=True,
+            text=True,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        return run.stderr
+
+    assert "train:" not in training_bar_output(TQDM_DISABLE="1")
+    assert "train:" in training_bar_output()
