@@ -176,6 +176,20 @@ def binary(tmp_path_factory):
     return pipe, test, to_datasets({"test": test})["test"]
 
 
+def test_a_report_written_from_python_names_its_split_data_set_positives_and_threshold(binary, tmp_path):
+    # QA (a reviewer): a report of evaluate_classifier(...) named neither, nor the operating point of its sensitivity
+    pipe, test, dataset = binary
+    metrics = evaluate_classifier(
+        pipe, dataset, tmp_path, positive_class="malignant", split="test", dataset_name="digits"
+    )
+    positives, images = int(np.sum(test.labels.numpy() == 0)), len(test)
+    assert metrics["num_positives"] == positives
+    report = (tmp_path / "report.md").read_text()
+    assert f"\n{images} images of the test split of `digits`, read at " in report
+    positive = f"positive class: **malignant** ({positives} of {images} images), predicted where its probability exceeds"
+    assert f"{positive} 0.5" in report
+
+
 def test_binary_evaluation_reports_the_positive_class(binary, tmp_path):
     pipe, test, dataset = binary
     metrics = evaluate_classifier(pipe, dataset, tmp_path, positive_class="malignant")
@@ -293,7 +307,7 @@ def test_split_all_scores_every_image_of_an_external_folder(external, tmp_path):
     assert carved["num_samples"] < whole["num_samples"] == 30
     assert (whole["split"], whole["dataset"], whole["training_images_checked"]) == ("all", "external", True)
     report = (tmp_path / "all" / "report.md").read_text()
-    assert report.startswith("# model on external (all)\n\n30 images, every image of the data set, read at 8 px")
+    assert report.startswith("# model on external (all)\n\n30 images, every image of the data set `external`, read at 8 px")
     # the reference: the saved pipeline called on the 30 files themselves
     pipe = UNetFeatureClassifierPipeline.from_pretrained(str(root / "model"))
     files = sorted((root / "external").glob("*/*.png"))

@@ -990,18 +990,21 @@ def write_evaluation(
     titles = {"confusion_matrix": f"{title}: confusion matrix", "reliability": f"{title}: reliability", "roc_pr": title}
     remove_earlier_report(output_dir, moved_in=moved_in)
     plots = plot_classification_figures(output_dir, metrics, class_names, y_true, probs, titles, ranking_scores)
-    report = render_evaluation_report(metrics, title, plots, split)
+    report = render_evaluation_report(metrics, title, plots, split, dataset_name)
     write_texts_atomically(output_dir, {"report.md": report, "metrics.json": record})  # in order: the marker last
 
 
-def render_evaluation_report(metrics: dict, title: str, plots: List[str], split: Optional[str] = None) -> str:
-    """Markdown: the headline metrics (the positive class named for binary tasks), per-class table, the plots; the
-    images scored counted, as every image of the data set for `split="all"`."""
+def render_evaluation_report(
+    metrics: dict, title: str, plots: List[str], split: Optional[str] = None, dataset_name: Optional[str] = None
+) -> str:
+    """Markdown: the headline metrics (for binary tasks the positive class, its count and the decision threshold),
+    per-class table, the plots; the images scored counted, as every image of the data set for `split="all"`, and the
+    split and data set named where given."""
     auc = auc_text(metrics)
     read = ""  # metrics of earlier versions record no preprocessing
     if "preprocessing" in metrics:
         read = f", read at {ImagePreprocessing.from_dict(metrics['preprocessing']).summary()}"
-    scored = _images_scored(metrics, split)
+    scored = _images_scored(metrics, split) + _measured_on(split, dataset_name)
     lines = [f"# {title}", "", f"{scored}{read}.", "", "| metric | value |", "| --- | ---: |"]
     if "head" in metrics:
         lines[3:3] = ["", f"Head: {metrics['head']['summary']}."]
@@ -1026,7 +1029,13 @@ def render_evaluation_report(metrics: dict, title: str, plots: List[str], split:
         lines += [f"| network calls per image | {calls['mean']:g} (least {calls['min']}, most {calls['max']}) |"]
     if "positive_class" in metrics:
         positive = metrics["positive_class"]
-        lines[2] = f"{scored}{read}; positive class: **{positive}**."
+        positives = ""  # metrics of earlier versions record no count
+        if "num_positives" in metrics:
+            positives = f" ({metrics['num_positives']} of {metrics['num_samples']} images)"
+        lines[2] = (
+            f"{scored}{read}; positive class: **{positive}**{positives}, predicted where its probability exceeds 0.5 "
+            "(each image is given its most probable class)."
+        )
         lines += [
             f"| sensitivity (recall of {positive}) | {percent(metrics['sensitivity'])} |",
             f"| specificity | {percent(metrics['specificity'])} |",
@@ -1051,6 +1060,15 @@ def _images_scored(metrics: dict, split: Optional[str] = None) -> str:
         owner = "the data set's" if split == ONE_SET else "the split's"
         return f"{scored} images ({owner} {scored + dropped} less the {dropped} the model was trained on)"
     return f"{scored} images" + (", every image of the data set" if split == ONE_SET else "")
+
+
+def _measured_on(split: Optional[str], dataset_name: Optional[str]) -> str:
+    """" of the test split of `digits`", " of `digits`", after "every image of the data set" (`split="all"`)
+    " `digits`", or ""."""
+    named = f" `{dataset_name}`" if dataset_name else ""
+    if split == ONE_SET:
+        return named
+    return (f" of the {split} split" if split is not None else "") + (f" of{named}" if named else "")
 
 
 def seed_sensitivity_rows(sensitivity: dict) -> List[str]:
