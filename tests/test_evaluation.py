@@ -357,7 +357,7 @@ def test_split_all_checks_every_image_against_the_training_fingerprints(external
         _evaluate(model, leaky, tmp_path / "streamed", "--split", "all", "--streaming")
     dropped = _evaluate(model, leaky, tmp_path / "dropped", "--split", "all", "--drop_training_images")
     assert (dropped["num_samples"], dropped["training_images_dropped"]) == (90 - leaked, leaked)
-    expected = f"{90 - leaked} images (the data set's 90 less the {leaked} the model was trained on)"
+    expected = f"{90 - leaked} images of `leaky` (the data set's 90 less the {leaked} the model was trained on)"
     assert expected in (tmp_path / "dropped" / "report.md").read_text()
     old = tmp_path / "old"  # a model of an earlier version: no fingerprints
     UNetFeatureClassifierPipeline.from_pretrained(str(model)).save_pretrained(old)

@@ -480,5 +480,8 @@ def test_the_report_counts_the_training_images_dropped(model_and_data, tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     scored, dropped = metrics["num_samples"], metrics["training_images_dropped"]
     assert dropped > 0
-    expected = f"{scored} images (the split's {scored + dropped} less the {dropped} the model was trained on), read at"
+    expected = (
+        f"{scored} images of the test split of `grown` (the split's {scored + dropped} less the {dropped} the model was "
+        "trained on), read at"
+    )
     assert expected in (tmp_path / "report.md").read_text()

@@ -772,20 +772,10 @@ def evaluate_classifier(
     Returns:
         `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`.
     """
-    check_evaluation_args(output_dir, batch_size)
-    for name, value in (("split", split), ("dataset_name", dataset_name)):
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise ValueError(f"{name}: expected a non-empty string or None, got {value!r}")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers: expected an integer >= 0, got {num_workers!r}")
-    if head is not None:
-        check_head_record(head)
-    _check_one_split(dataset)
-    if train_fingerprints is not None and not check_training_images:
-        raise ValueError(
-            "train_fingerprints: given with check_training_images=False; expected one of them (the fingerprints to "
-            "check against, or no check)"
-        )
+    _check_evaluate_call(
+        output_dir, batch_size, split, dataset_name, num_workers, head, dataset, train_fingerprints,
+        check_training_images,
+    )  # fmt: skip
     folder = classifier if isinstance(classifier, (str, os.PathLike)) else None
     if folder is not None:
         if model_sha256 is None and os.path.isdir(folder):
@@ -809,51 +799,24 @@ def evaluate_classifier(
         check_read_as_the_model_reads(dataset, contract)
         # before the images are checked against the training images: data of other classes is not a leak (QA)
         check_known_class_names(dataset.class_names, model_names, "the dataset's label names")
-    checked = {}
-    if train_fingerprints is not None and isinstance(dataset, (LabeledImages, StreamingImages)):
-        where = _images_named(split, dataset_name)
-        dataset, dropped = check_training_overlap(
-            dataset, train_fingerprints, drop_training_images, where, num_workers, train_split=train_split,
-            changed_split_args=changed_split_args, whole_data_set=split == ONE_SET, unlabeled_pool=unlabeled_pool,
-            paths=paths,
-        )  # fmt: skip
-        checked = {"training_images_checked": True}
-        if drop_training_images:
-            checked["training_images_dropped"] = dropped
-        if len(dataset) == 0:
-            raise ValueError(f"{where}: every image is one the model was trained on; nothing is left to score")
-    elif train_fingerprints is not None:
-        checked = {"training_images_checked": False}  # a datasets.Dataset: its own split, not carved by the model's record
-    elif checking:
-        checked = {"training_images_checked": False}  # the model records none: said, not left out
-    if isinstance(dataset, (LabeledImages, StreamingImages)):
-        input_range = contract.input_range
-        batches = (_in_stated_range(images, input_range) for images in _tensor_batches(dataset, batch_size, num_workers))
-        dataset_labels, dataset_names = dataset.labels.numpy(), dataset.class_names
-    else:
-        images, dataset_labels, dataset_names = streaming_classification_split(dataset, image_column, label_column)
-        check_dataset_labels(dataset_labels, dataset_names, label_column)
-        batches = DataLoader(images, batch_size=batch_size, num_workers=num_workers, collate_fn=list)  # PIL lists
+    overlap = dict(
+        train_split=train_split, changed_split_args=changed_split_args, unlabeled_pool=unlabeled_pool, paths=paths
+    )
+    dataset, checked = _checked_against_training_images(
+        dataset, train_fingerprints, checking, drop_training_images, split, dataset_name, num_workers, **overlap
+    )
+    batches, dataset_labels, dataset_names = _labelled_batches(
+        dataset, contract, batch_size, num_workers, image_column, label_column
+    )
     y_true = map_labels_by_name(dataset_names, model_names)[dataset_labels]  # before any image is decoded
     probs, ranking, stderr, nfe = zip(*_predict_with_one_bar(classifier, predict, batches, len(y_true)))
     probs, ranking = torch.cat(probs), torch.cat(ranking)
-    metrics = classification_metrics(
-        y_true, probs.argmax(-1), probs=ranking, class_names=model_names, positive_label=positive_label
-    )
-    if all(part is not None for part in nfe):  # QA: what a stopping rule saved could not be read from evaluate
-        metrics["nfe_per_image"] = network_calls(torch.cat(nfe))
-    metrics["calibration"] = calibration_metrics(y_true, probs)
-    # binary: either class's log-odds, 0 at the threshold; not after an early stop, whose standard error reads low
-    if all(part is not None for part in stderr) and not (settings or {}).get("early_stop_confidence"):
-        margins = ranking[:, 0]
-        metrics["seed_sensitivity"] = seed_sensitivity_metrics(y_true, probs.argmax(-1), margins, torch.cat(stderr))
+    metrics = _scored_metrics(y_true, probs, ranking, stderr, nfe, model_names, positive_label, settings)
     metrics.update(checked)
     if positive_label is not None:
         metrics["num_positives"] = int(np.sum(y_true == positive_label))
-    if model_sha256 is not None:
-        metrics["model_sha256"] = model_sha256
-    if settings is not None:
-        metrics["pipeline_call"] = settings
+    recorded = {"model_sha256": model_sha256, "pipeline_call": settings}
+    metrics.update({name: value for name, value in recorded.items() if value is not None})
     metrics["preprocessing"] = contract.to_dict()  # how the images were read
     if head is not None:
         metrics["head"] = head
@@ -865,6 +828,79 @@ def evaluate_classifier(
             metrics, model_names, output_dir, y_true, probs, title, split=split, dataset_name=dataset_name,
             ranking_scores=ranking, moved_in=moved_in,
         )  # fmt: skip
+    return metrics
+
+
+def _check_evaluate_call(
+    output_dir, batch_size, split, dataset_name, num_workers, head, dataset, train_fingerprints, check_training_images
+) -> None:
+    """`evaluate_classifier`'s arguments, refused before any model is loaded."""
+    check_evaluation_args(output_dir, batch_size)
+    for name, value in (("split", split), ("dataset_name", dataset_name)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ValueError(f"{name}: expected a non-empty string or None, got {value!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers: expected an integer >= 0, got {num_workers!r}")
+    if head is not None:
+        check_head_record(head)
+    _check_one_split(dataset)
+    if train_fingerprints is not None and not check_training_images:
+        raise ValueError(
+            "train_fingerprints: given with check_training_images=False; expected one of them (the fingerprints to "
+            "check against, or no check)"
+        )
+
+
+def _checked_against_training_images(
+    dataset, train_fingerprints, checking: bool, drop_training_images: bool, split, dataset_name, num_workers, **overlap
+) -> Tuple[object, dict]:
+    """`dataset` less the training images where `drop_training_images` (refused otherwise: `check_training_overlap`)
+    and what `metrics.json` records of the check (`training_images_checked`, `training_images_dropped`)."""
+    if train_fingerprints is not None and isinstance(dataset, (LabeledImages, StreamingImages)):
+        where = _images_named(split, dataset_name)
+        dataset, dropped = check_training_overlap(
+            dataset, train_fingerprints, drop_training_images, where, num_workers, whole_data_set=split == ONE_SET,
+            **overlap,
+        )  # fmt: skip
+        if len(dataset) == 0:
+            raise ValueError(f"{where}: every image is one the model was trained on; nothing is left to score")
+        dropped = {"training_images_dropped": dropped} if drop_training_images else {}
+        return dataset, {"training_images_checked": True, **dropped}
+    if train_fingerprints is not None:  # a datasets.Dataset: its own split, not carved by the model's record
+        return dataset, {"training_images_checked": False}
+    if checking:  # the model records none: said, not left out
+        return dataset, {"training_images_checked": False}
+    return dataset, {}
+
+
+def _labelled_batches(
+    dataset, contract: ImagePreprocessing, batch_size: int, num_workers: int, image_column, label_column
+):
+    """The batches the predictor reads (tensors in the contract's input range, or lists of PIL images of a `datasets`
+    split decoded on the fly), the labels and the label names."""
+    if isinstance(dataset, (LabeledImages, StreamingImages)):
+        input_range = contract.input_range
+        batches = (_in_stated_range(images, input_range) for images in _tensor_batches(dataset, batch_size, num_workers))
+        return batches, dataset.labels.numpy(), dataset.class_names
+    images, dataset_labels, dataset_names = streaming_classification_split(dataset, image_column, label_column)
+    check_dataset_labels(dataset_labels, dataset_names, label_column)
+    batches = DataLoader(images, batch_size=batch_size, num_workers=num_workers, collate_fn=list)  # PIL lists
+    return batches, dataset_labels, dataset_names
+
+
+def _scored_metrics(y_true, probs, ranking, stderr, nfe, model_names, positive_label, settings) -> dict:
+    """`classification_metrics` of the predictions, their calibration, the network calls per image where counted and,
+    for a binary pipeline giving standard errors, the decisions another noise seed could flip."""
+    metrics = classification_metrics(
+        y_true, probs.argmax(-1), probs=ranking, class_names=model_names, positive_label=positive_label
+    )
+    if all(part is not None for part in nfe):  # QA: what a stopping rule saved could not be read from evaluate
+        metrics["nfe_per_image"] = network_calls(torch.cat(nfe))
+    metrics["calibration"] = calibration_metrics(y_true, probs)
+    # binary: either class's log-odds, 0 at the threshold; not after an early stop, whose standard error reads low
+    if all(part is not None for part in stderr) and not (settings or {}).get("early_stop_confidence"):
+        margins = ranking[:, 0]
+        metrics["seed_sensitivity"] = seed_sensitivity_metrics(y_true, probs.argmax(-1), margins, torch.cat(stderr))
     return metrics
 
 
@@ -1004,7 +1040,7 @@ def render_evaluation_report(
     read = ""  # metrics of earlier versions record no preprocessing
     if "preprocessing" in metrics:
         read = f", read at {ImagePreprocessing.from_dict(metrics['preprocessing']).summary()}"
-    scored = _images_scored(metrics, split) + _measured_on(split, dataset_name)
+    scored = _images_scored(metrics, split, dataset_name)
     lines = [f"# {title}", "", f"{scored}{read}.", "", "| metric | value |", "| --- | ---: |"]
     if "head" in metrics:
         lines[3:3] = ["", f"Head: {metrics['head']['summary']}."]
@@ -1051,24 +1087,20 @@ def render_evaluation_report(
     return "\n".join(lines) + "\n"
 
 
-def _images_scored(metrics: dict, split: Optional[str] = None) -> str:
-    """"38 images"; with training images dropped (`training_images_dropped`), "38 images (the split's 73 less the 35
-    the model was trained on)"; for `split="all"`, "73 images, every image of the data set" (or "the data set's 73
-    less ...")."""
+def _images_scored(metrics: dict, split: Optional[str] = None, dataset_name: Optional[str] = None) -> str:
+    """"38 images of the test split of `digits`"; with training images dropped (`training_images_dropped`), "38
+    images of the test split of `digits` (the split's 73 less the 35 the model was trained on)"; for `split="all"`,
+    "73 images, every image of the data set `digits`" (or "61 images of `digits` (the data set's 73 less ...)")."""
     scored, dropped = metrics["num_samples"], metrics.get("training_images_dropped")
+    named = f" `{dataset_name}`" if dataset_name else ""
+    if split == ONE_SET and not dropped:
+        return f"{scored} images, every image of the data set{named}"
+    of_split = f" of the {split} split" if split not in (None, ONE_SET) else ""
+    text = f"{scored} images{of_split}" + (f" of{named}" if named else "")
     if dropped:
         owner = "the data set's" if split == ONE_SET else "the split's"
-        return f"{scored} images ({owner} {scored + dropped} less the {dropped} the model was trained on)"
-    return f"{scored} images" + (", every image of the data set" if split == ONE_SET else "")
-
-
-def _measured_on(split: Optional[str], dataset_name: Optional[str]) -> str:
-    """" of the test split of `digits`", " of `digits`", after "every image of the data set" (`split="all"`)
-    " `digits`", or ""."""
-    named = f" `{dataset_name}`" if dataset_name else ""
-    if split == ONE_SET:
-        return named
-    return (f" of the {split} split" if split is not None else "") + (f" of{named}" if named else "")
+        text += f" ({owner} {scored + dropped} less the {dropped} the model was trained on)"
+    return text
 
 
 def seed_sensitivity_rows(sensitivity: dict) -> List[str]:
