@@ -10,6 +10,7 @@ import copy
 import csv
 import json
 import re
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -417,6 +418,25 @@ def test_dicom_without_pixel_data_is_refused(tmp_path):
         read_dicom(path)
 
 
+def test_segmentations_and_dose_grids_are_refused_and_objects_without_pixels_named_generally(tmp_path):
+    """QA (a PACS export): a segmentation's masks and a dose grid were read as training images and classified by
+    predict; an ECG waveform was said to be "a structured report or presentation state"."""
+    dose = r"rtdose.dcm is a RT Dose Storage object \(modality RTDOSE\): its pixels are a radiotherapy plan's dose grid"
+    with pytest.raises(ValueError, match=rf"{dose}, not a scan; expected an image"):
+        read_dicom_header(pydicom_file("rtdose.dcm"))
+    segmentation = write_dicom(
+        pydicom.dcmread(pydicom_file("CT_small.dcm")), tmp_path / "seg.dcm", SOPClassUID="1.2.840.10008.5.1.4.1.1.66.4"
+    )
+    with pytest.raises(ValueError, match=r"seg.dcm is a Segmentation Storage object .* a segmentation's label masks"):
+        read_dicom(segmentation)
+    dataset = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    del dataset.PixelData
+    waveform = write_dicom(dataset, tmp_path / "ecg.dcm", SOPClassUID="1.2.840.10008.5.1.4.1.1.9.1.1")
+    no_pixels = r"a report, presentation state, waveform, plan or document holds no pixels"
+    with pytest.raises(ValueError, match=rf"\(12-lead ECG Waveform Storage, .*\); expected an image \({no_pixels}\)"):
+        read_dicom(waveform)
+
+
 def test_file_that_is_not_dicom_is_named(tmp_path):
     path = tmp_path / "scan.dcm"
     path.write_bytes(b"not a DICOM file" * 20)
@@ -786,6 +806,14 @@ def test_anonymised_files_without_a_patient_id_keep_each_study_on_one_side_with_
             tmp_path, num_channels=1, image_size=16, val_fraction=0.25, test_fraction=0.25, seed=3, medical=FULL
         )
     assert {name: len(split) for name, split in streamed.items()} == {name: len(split) for name, split in splits.items()}
+    # QA (a PACS export): an unlabeled pool is carved into no splits, so how its files would be grouped is not said
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*no PatientID")
+        pool = load_image_classification_data(tmp_path, image_size=16, medical=FULL, unlabeled=True)
+        streamed = streaming_image_classification_data(
+            tmp_path, num_channels=1, image_size=16, medical=FULL, unlabeled=True
+        )
+    assert len(pool["train"]) == len(streamed["train"]) == 24
 
 
 # Stored value of slice j of study p (anonymised, see make_anonymised_studies): every image its own, 1.2 windowed
@@ -1420,6 +1448,16 @@ def test_a_dicomdir_given_by_itself_is_named_as_the_index_it_is(tmp_path):
                                          rf"an image \(a DICOMDIR indexes a media export's files: give the folder "
                                          rf"holding them, {expected_folder}\)"):  # fmt: skip
         read_dicom(index)
+    # listed in a CSV (a list built by `find export -type f`) or given to a pipeline: the same words, not PIL's
+    from diffusion_classifiers.data import load_image_classification_data, preprocess_images
+
+    dicomdir = rf"{re.escape(str(index))}: a DICOMDIR, the index of a DICOM media export, holds no image"
+    with pytest.raises(ValueError, match=rf"^preprocess_images: item 0, {dicomdir}"):
+        preprocess_images([index], 8, 1)
+    shutil.copy(pydicom_file("CT_small.dcm"), tmp_path / "ct.dcm")
+    (tmp_path / "labels.csv").write_text(f"path,label\n{index},a\n{tmp_path / 'ct.dcm'},b\n")
+    with pytest.raises(ValueError, match=dicomdir):
+        load_image_classification_data(tmp_path / "labels.csv", image_size=8, medical=MedicalPreprocessing(("full",)))
 
 
 def test_dicom_with_other_extensions_is_read_and_other_files_are_not_opened(tmp_path, monkeypatch):

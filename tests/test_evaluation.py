@@ -1,3 +1,4 @@
+import copy
 import json
 import runpy
 import sys
@@ -188,6 +189,20 @@ def test_a_report_written_from_python_names_its_split_data_set_positives_and_thr
     assert f"\n{images} images of the test split of `digits`, read at " in report
     positive = f"positive class: **malignant** ({positives} of {images} images), predicted where its probability exceeds"
     assert f"{positive} 0.5" in report
+
+
+def test_bright_preprocessed_images_are_scored_without_the_guess_that_they_are_misread(binary):
+    """QA (a PACS export): the loaders' own [-1, 1] output, brighter than mid-grey everywhere (bright DICOM slices),
+    was taken for "[0, 1] images" with advice that would misread them."""
+    pipe, test, _ = binary
+    bright = copy.copy(test)
+    bright.images = test.images.abs()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        evaluate_classifier(pipe, bright)
+    assert not [str(w.message) for w in caught if "no negative value" in str(w.message)]
+    with pytest.warns(UserWarning, match="no negative value"):  # a caller's own bright floats: still said
+        pipe(test.images.abs()[:2])
 
 
 def test_binary_evaluation_reports_the_positive_class(binary, tmp_path):

@@ -654,6 +654,27 @@ def test_dicom_folder_gives_one_row_per_frame(models, tmp_path):
     assert "cine.dcm has no WindowCenter / WindowWidth" in read_rows(tmp_path / "q" / "q.csv.errors.csv")[0]["reason"]
 
 
+def test_bright_dicom_slices_are_predicted_without_the_guess_that_they_are_misread(models, tmp_path):
+    """QA (a PACS export): predict gives a file's frames in the model's range itself, yet on slices brighter than
+    mid-grey everywhere the pipeline warned they "may be [0, 1] images" and advised a setting that would misread them;
+    `pipe([path])` said nothing."""
+    import pydicom
+
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    slice_ = pydicom.dcmread(shared_data("cq500_dicom_sample", "CQ500-CT-1", "CT000000.dcm"))
+    del slice_.PixelPaddingValue  # its -3024 HU outside the scan then a value, not the background (0)
+    slice_.save_as(folder / "1.dcm")
+    window = ["--window", "-3100", "400"]  # -3300 to -2900 HU: -3024 HU at 0.69, the rest at 1
+    assert min(frame.min() for frame in list_inputs(folder, parse_windows(window[1:]))[0].read()) >= 0.5
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["predict", "--model_dir", str(models / "unet"), "--input", str(folder), "--output",
+              str(tmp_path / "p.csv"), *window])  # fmt: skip
+    assert len(read_rows(tmp_path / "p.csv")) == 1
+    assert not [str(w.message) for w in caught if "no negative value" in str(w.message)]
+
+
 def test_a_labels_csv_with_patient_ids_names_each_row_by_its_patient_id_not_the_header(models, tmp_path):
     """QA: the labels CSV of a patient-level split (`path,label,patient_id`), fed to training and fit-head, was
     refused by predict before any work, its `patient_id` "named as a column predict writes itself": the CSV's id now

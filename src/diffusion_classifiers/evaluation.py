@@ -25,6 +25,7 @@ from .atomic_files import write_texts_atomically
 from .data import ONE_SET, ImagePreprocessing, LabeledImages, canonical_split_name, load_image_classification_data
 from .data.hf_datasets import HF_SPLIT_NAMES, is_saved_dataset
 from .data.image_listing import list_image_folder
+from .data.preprocessing import images_in_their_stated_range
 from .data.readers import check_source_exists
 from .data.split_record import (
     ANONYMISED_DICOM_RULE,
@@ -203,7 +204,7 @@ def _predictor(
         classifier.eval()
 
         def predict(images):
-            with torch.no_grad():
+            with torch.no_grad(), images_in_their_stated_range() if preprocessed else nullcontext():
                 inputs = processor(images, return_tensors="pt", input_data_format=_layout(images)).to(classifier.device)
                 probs = classifier(**inputs).logits.float().softmax(-1).cpu()
                 return probs, probs, None, None

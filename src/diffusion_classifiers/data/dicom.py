@@ -85,6 +85,13 @@ _LUT_KEYWORDS = (
 )  # fmt: skip
 _PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: a DICOMDIR
+# objects whose pixels are derived from a scan, not a scan (QA: a PACS export's segmentations and dose grids were
+# read as training images): SOP Class UID -> what their pixels are
+_DERIVED_PIXEL_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "a segmentation's label masks",  # Segmentation Storage
+    "1.2.840.10008.5.1.4.1.1.66.7": "a segmentation's label map",  # Label Map Segmentation Storage
+    "1.2.840.10008.5.1.4.1.1.481.2": "a radiotherapy plan's dose grid",  # RT Dose Storage
+}
 # The Image Pixel module elements pydicom needs to decode each kind of pixel data (PS3.3 C.7.6.3).
 _FLOAT_PIXEL_ELEMENTS = ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated")
 _PIXEL_ELEMENTS = (*_FLOAT_PIXEL_ELEMENTS, "BitsStored", "PixelRepresentation")
@@ -117,9 +124,25 @@ def is_dicom_file(path: str | Path) -> bool:
     is not one."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if path.name.upper() == "DICOMDIR" or suffix in _NOT_DICOM_EXTENSIONS:
+    if is_dicomdir(path) or suffix in _NOT_DICOM_EXTENSIONS:
         return False
     return suffix in DICOM_EXTENSIONS or _has_dicom_magic(path)
+
+
+def is_dicomdir(path: str | Path) -> bool:
+    """Whether `path` is named as a media export's `DICOMDIR` (a directory of its files, no image)."""
+    return Path(path).name.upper() == "DICOMDIR"
+
+
+def check_not_dicomdir(path: str | Path, where: str = "") -> None:
+    """`ValueError` for a `DICOMDIR` given as an image (listed in a CSV, passed to a pipeline, given as `--input`),
+    asking for the folder of its files (QA: a list built by `find export -type f` failed on it "cannot identify image
+    file")."""
+    if is_dicomdir(path):
+        raise ValueError(
+            f"{where}{path}: a DICOMDIR, the index of a DICOM media export, holds no image; expected the folder "
+            f"holding its files ({Path(path).parent}: its DICOMDIR is skipped there)"
+        )
 
 
 def _has_dicom_magic(path: Path) -> bool:
@@ -349,19 +372,25 @@ def _integer(dataset: Any, keyword: str) -> int | None:
 
 
 def _check_has_grey_pixels(dataset: Any, path: Path) -> None:
+    # a DICOMDIR names its class in its file meta only (QA: "unknown SOP class ... a structured report")
+    file_meta = getattr(dataset, "file_meta", None)
+    sop_class = dataset.get("SOPClassUID") or getattr(file_meta, "MediaStorageSOPClassUID", None)
+    kind = getattr(sop_class, "name", None) or "unknown SOP class"
     if not any(tag in dataset for tag in _PIXEL_DATA_TAGS):
-        # a DICOMDIR names its class in its file meta only (QA: "unknown SOP class ... a structured report")
-        sop_class = dataset.get("SOPClassUID") or getattr(getattr(dataset, "file_meta", None), "MediaStorageSOPClassUID", None)
-        kind = getattr(sop_class, "name", None) or "unknown SOP class"
         why = (
             "the file may be truncated or corrupt" if kind.endswith("Image Storage")
             else f"a DICOMDIR indexes a media export's files: give the folder holding them, {path.parent}"
             if sop_class == _DICOMDIR_SOP_CLASS
-            else "a structured report or presentation state holds no pixels"
+            else "a report, presentation state, waveform, plan or document holds no pixels"
         )  # fmt: skip
         raise ValueError(
             f"DICOM file {path} has no pixel data ({kind}, modality {dataset.get('Modality', '?')}); expected an "
             f"image ({why})"
+        )
+    if sop_class in _DERIVED_PIXEL_SOP_CLASSES:
+        raise ValueError(
+            f"DICOM file {path} is a {kind} object (modality {dataset.get('Modality', '?')}): its pixels are "
+            f"{_DERIVED_PIXEL_SOP_CLASSES[sop_class]}, not a scan; expected an image"
         )
     required = _PIXEL_ELEMENTS if "PixelData" in dataset else _FLOAT_PIXEL_ELEMENTS
     missing = [keyword for keyword in required if dataset.get(keyword) in (None, "")]

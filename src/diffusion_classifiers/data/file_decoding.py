@@ -14,6 +14,7 @@ from PIL import Image
 from .dicom import (
     DicomHeader,
     MedicalPreprocessing,
+    check_not_dicomdir,
     is_dicom_file,
     read_dicom,
     read_dicom_header,
@@ -41,6 +42,7 @@ def decode_image_file(
     """Open and fully decode an image file (so truncation is caught now, not mid-training); a 16-bit greyscale image
     comes back as float32 `[1, 1, H, W]` in `[0, 1]`, scaled by its bit depth (see [`read_16bit_image`]), which
     `depths` records when given and an open [`check_bit_depths`] is told."""
+    check_not_dicomdir(path)
     try:
         image = open_image(path)
     except DECODE_ERRORS as error:
@@ -170,11 +172,13 @@ def decode_files(
     class_names: Sequence[str] | None = None,
     anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
     depths: _BitDepths | None = None,
+    grouped: bool = True,
 ) -> tuple[list | torch.Tensor, dict[str, np.ndarray], np.ndarray | None]:
     """Decode `files` (listed split by split); a multi-frame DICOM gives one image per frame. Returns the images and
     the labels per split and group ids of [`_expand_frames`] (DICOM files without a PatientID grouped by the rule
     `anonymised_dicom_groups`, see [`_dicom_groups`]). DICOM files read with their own windows that differ are
-    warned about, per class (`class_names`: the labels' names, for the warning; see [`_OwnWindows`]).
+    warned about, per class (`class_names`: the labels' names, for the warning; see [`_OwnWindows`]). `grouped=False`
+    (an unlabeled pool, carved into no splits): no group ids, and no word on how anonymised files would be grouped.
 
     The bit depths the 16-bit PNG / TIFF are scaled by are recorded in `depths` (a new [`_BitDepths`] when not
     given; the loaders save its `single` depth with the model): different ones are warned about, unless `medical`
@@ -216,7 +220,7 @@ def decode_files(
     frames = [1 if isinstance(image, Image.Image) else len(image) for image in images]
     if reading is not None:
         images = _same_channels(images, reading, files)
-    groups = patient_ids or _dicom_groups(metadata, anonymised_dicom_groups)
+    groups = patient_ids or _group_ids(metadata, anonymised_dicom_groups, grouped)
     return images, *_expand_frames(files, labels_per_split, frames, groups)
 
 
@@ -233,6 +237,11 @@ def _decode_file(
     own_windows = dicom.frame_windows[0] if dicom.frame_windows else dicom.windows
     metadata = {**dicom.metadata, "own_windows": own_windows}
     return window_channels(dicom, medical.windows, medical.padding_fill), metadata
+
+
+def _group_ids(metadata: list[dict | None], anonymised_dicom_groups: str, grouped: bool) -> list[str | None]:
+    """[`_dicom_groups`], or no group for any file where the images are not carved into splits (`grouped=False`)."""
+    return _dicom_groups(metadata, anonymised_dicom_groups, stacklevel=6) if grouped else [None] * len(metadata)
 
 
 def _dicom_groups(
@@ -381,6 +390,7 @@ def list_frames(
     *,
     open_images: bool = True,
     unreadable: list[tuple[str, str]] | None = None,
+    grouped: bool = True,
 ) -> tuple[list[Path], list[int | None], dict[str, np.ndarray], np.ndarray | None]:
     """What [`decode_files`] gives, from the DICOM headers alone (no pixel decoded; `data.streaming` reads the images
     lazily): one row per image, the file and its frame (`None` for a non-DICOM file), and [`_expand_frames`]'s labels
@@ -388,7 +398,7 @@ def list_frames(
     ([`check_file_headers`]; other image files opened only with `open_images`), DICOM mixed with other image files as
     `medical`'s windows allow. The files that cannot be read are refused together; given an `unreadable` list, they are
     appended to it as `(path, reason)` instead, and listed as one row each (frame `None`), for the caller to leave
-    out and refuse with the images that fail to decode when every image is read."""
+    out and refuse with the images that fail to decode when every image is read. `grouped` as in [`decode_files`]."""
     headers, failures = check_file_headers(files, medical, open_images)
     if unreadable is None:
         _refuse_unreadable_files(list(failures.values()), len(set(files)))
@@ -405,7 +415,7 @@ def list_frames(
     frames = [headers[path].num_frames if path in headers else 1 for path in files]
     metadata = [headers[path].metadata if path in headers else None for path in files]
     warn_mixed_presentation_intents(files, metadata)
-    groups = patient_ids or _dicom_groups(metadata, anonymised_dicom_groups)
+    groups = patient_ids or _group_ids(metadata, anonymised_dicom_groups, grouped)
     rows = [path for path, count in zip(files, frames) for _ in range(count)]
     frame_of_row = [frame if path in headers else None for path, count in zip(files, frames) for frame in range(count)]
     return rows, frame_of_row, *_expand_frames(files, labels_per_split, frames, groups)

@@ -8,10 +8,12 @@ and applied by [`preprocess_images`] in training, `pipe(...)`, evaluation and pr
 from __future__ import annotations
 
 import os
+import re
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..validation import check_finite_rows, first_and_more
-from .dicom import MedicalPreprocessing, is_dicom_file
+from .dicom import MedicalPreprocessing, check_not_dicomdir, is_dicom_file
 from .sixteen_bit import _PIL_16BIT_MODES, _scale_16bit, check_bit_depths, note_bit_depth, pil_image_name
 from .image_files import DECODE_ERRORS, decode_error_text, open_image
 
@@ -388,6 +390,19 @@ def _to_unit_batches(items: list, data_format: str | None, contract: ImagePrepro
     return [_scale_to_unit_range(batch, offset, r, contract) for batch, offset, r in zip(batches, offsets, ranges)]
 
 
+UNSIGNED_FLOATS_WARNING = "preprocess_images: float images with no negative value"  # how its message starts
+
+
+@contextmanager
+def images_in_their_stated_range() -> Iterator[None]:
+    """A block whose float images are in the contract's `input_range` by construction (the frames `predict` read from
+    files, the loaders' own output): without `_warn_unsigned_floats`'s guess that bright ones are `[0, 1]` arrays,
+    whose advice would misread them (QA: it warned on every bright DICOM slice `predict` and `evaluate` read)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=re.escape(UNSIGNED_FLOATS_WARNING))
+        yield
+
+
 def _warn_unsigned_floats(floats: list[torch.Tensor]) -> None:
     """Float images read as [-1, 1] none of which holds a negative value: most likely [0, 1] images (an array / 255),
     which would be read brighter than they are (QA: 27% of a model's decisions changed), so say how to pass them.
@@ -399,7 +414,7 @@ def _warn_unsigned_floats(floats: list[torch.Tensor]) -> None:
     if low < 0 or high == low:
         return
     warnings.warn(
-        "preprocess_images: float images with no negative value are read as [-1, 1], this model's input_range, "
+        f"{UNSIGNED_FLOATS_WARNING} are read as [-1, 1], this model's input_range, "
         "so 0 is mid-grey, not black. If they are [0, 1] images (e.g. an array "
         "divided by 255), pass them as uint8 arrays or PIL images, or state the range: "
         "pipe.set_preprocessing({'input_range': '[0, 1]'}) (a transformers image processor: "
@@ -420,6 +435,7 @@ def _read_path(path: Any, position: int, contract: ImagePreprocessing) -> Any:
             f"preprocess_images: cannot read item {position}, got {type(path).__name__} {str(path)!r}: {why}"
         )
     path = Path(path)
+    check_not_dicomdir(path, f"preprocess_images: item {position}, ")
     if is_dicom_file(path):
         return contract.medical_or_default.read(path)
     windows = contract.medical_or_default.windows

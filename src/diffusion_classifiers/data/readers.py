@@ -445,7 +445,7 @@ def _read_unlabeled_folder(root: Path, medical: MedicalPreprocessing, reading: I
     of them in `"train"` with the one label of `UNLABELED`."""
     files, unlabeled = list_unlabeled_images(root, stacklevel=3)  # 3: the caller of the loader
     depths = _BitDepths()
-    images, labels_per_split, _ = decode_files(files, unlabeled, medical, reading=reading, depths=depths)
+    images, labels_per_split, _ = decode_files(files, unlabeled, medical, reading=reading, depths=depths, grouped=False)
     labels = labels_per_split["train"]  # one per image, a multi-frame DICOM's frames each
     return RawData(
         images, labels, [UNLABELED], {"train": np.arange(len(labels))}, DEFAULT_FOLDER_SIZE, preprocessed=True,

@@ -577,7 +577,7 @@ def _unlabeled_rows(source: Any, medical: MedicalPreprocessing, **listing: Any) 
         raise ValueError(f"unlabeled: expected an image folder (its images read without labels), got {source!r}")
     files, unlabeled = list_unlabeled_images(path, stacklevel=3)  # 3: the caller of the loader
     _check_utf8_names(files, f"image folder {path}")
-    files, frames, _, _ = list_frames(files, unlabeled, medical, None, [UNLABELED], **listing)
+    files, frames, _, _ = list_frames(files, unlabeled, medical, None, [UNLABELED], grouped=False, **listing)
     return files, frames
 
 

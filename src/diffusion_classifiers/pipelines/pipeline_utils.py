@@ -13,6 +13,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.distributed_utils import is_torch_dist_rank_zero
 
 from diffusion_classifiers.data import ImagePreprocessing, preprocess_images
+from diffusion_classifiers.data.preprocessing import images_in_their_stated_range
 from diffusion_classifiers.data.split_record import (
     EARLIER_ANONYMISED_DICOM_RULE,
     SPLIT_DEFAULTS,
@@ -285,7 +286,8 @@ class SavedPreprocessingMixin:
         test images were normalised twice and scored 78.75% where the same head on the files scored 80.0%)."""
         self._reads_preprocessed_images = True
         try:
-            yield self
+            with images_in_their_stated_range():
+                yield self
         finally:
             self._reads_preprocessed_images = False
 

@@ -149,7 +149,7 @@ def list_inputs(
         whose decoder plugin is not installed (named with the packages to install; a syntax nothing decodes, such as
         a video clip's, is that file's errors-file row when it is read).
     """
-    from ..data.dicom import MedicalPreprocessing
+    from ..data.dicom import MedicalPreprocessing, check_not_dicomdir
     from ..data.hf_datasets import is_saved_dataset
     from ..data.image_listing import ACCEPTED_FILES, is_image_or_dicom_file
 
@@ -175,11 +175,7 @@ def list_inputs(
         return _folder_inputs(source, read)
     if source.suffix.lower() == ".csv":
         return _csv_inputs(source, read)
-    if source.name.upper() == "DICOMDIR":  # QA: refused as a file without the DICM header it has
-        raise ValueError(
-            f"input {source}: a DICOMDIR, the index of a DICOM media export, holds no image; expected the folder "
-            f"holding its files ({source.parent}: its DICOMDIR is skipped there)"
-        )
+    check_not_dicomdir(source, "input ")  # QA: refused as a file without the DICM header it has
     if is_image_or_dicom_file(source):
         _check_dicom_decoders([source])
         return [_input_of_file(source, _output_name(Path(source.name)), read)]

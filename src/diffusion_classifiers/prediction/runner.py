@@ -234,7 +234,10 @@ def _check_pipeline_kwargs(pipeline_kwargs: Optional[dict]) -> None:
 
 def _classify(pipeline: Any, images: list, call_kwargs: dict) -> dict[str, list]:
     """The pipeline's output for `images` (called with `call_kwargs`) as columns."""
-    output = pipeline(images, **call_kwargs)
+    from ..data.preprocessing import images_in_their_stated_range
+
+    with images_in_their_stated_range():  # the frames of files, given in the contract's range (`_in_stated_range`)
+        output = pipeline(images, **call_kwargs)
     columns = {"label": list(output.labels), "score": output.scores.tolist()}
     columns.update({f"prob_{name}": output.probs[:, k].tolist() for k, name in enumerate(pipeline.class_names)})
     for name in ("log_likelihood_ratio", "log_likelihood_ratio_stderr"):
@@ -247,13 +250,15 @@ def _classify(pipeline: Any, images: list, call_kwargs: dict) -> dict[str, list]
 def read_checked(item: PredictionInput, pipeline: Any, train_fingerprints: Optional[frozenset] = None) -> tuple:
     """`(images, flags)`: the item's images, each one accepted by the pipeline's preprocessing (`ValueError` /
     `OSError` otherwise), and whether each is, by content, among `train_fingerprints` (None without them)."""
+    from ..data.preprocessing import images_in_their_stated_range
     from ..data.split_record import image_fingerprint_variants
 
     images = [_in_stated_range(image, pipeline.preprocessing.input_range) for image in item.read()]
     flags = [] if train_fingerprints is not None else None
     for frame, image in enumerate(images):
         try:
-            preprocessed = pipeline.preprocess([image])
+            with images_in_their_stated_range():
+                preprocessed = pipeline.preprocess([image])
         except ValueError as error:
             raise ValueError(f"frame {frame}: {error}" if len(images) > 1 else str(error)) from error
         if flags is not None:
