@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
-# pytest-xdist workers: the tests run torch on one thread each (tests/conftest.py), so one worker per core
+# pytest-xdist workers: the tests run torch on one thread each (tests/conftest.py), so one worker per core; each file's
+# tests run in one worker, in order (--dist loadfile): some share a module's folder (test_readme's blocks)
 PYTEST_WORKERS ?= 2
 
 .PHONY: install demo test bench-quick clean
@@ -31,7 +32,7 @@ TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # tolerance too tight for another CPU fails here. (AVX-512 cannot be forced on a CPU without it.) Only the files that
 # hold numerics tests are collected again.
 test: $(STAMP)
-	$(TEST_ENV) HF_HOME=$$(mktemp -d) $(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(TEST_ENV) HF_HOME=$$(mktemp -d) $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 	native=$$($(BIN)/python -c "import torch; print(torch.backends.cpu.get_cpu_capability())"); \
 	for capability in default avx2; do \
 		case "$$capability:$$native" in avx2:AVX2|avx2:AVX512|default:*) ;; *) echo "skip $$capability: CPU is $$native"; continue;; esac; \

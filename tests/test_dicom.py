@@ -429,6 +429,9 @@ def test_segmentations_and_dose_grids_are_refused_and_objects_without_pixels_nam
     )
     with pytest.raises(ValueError, match=r"seg.dcm is a Segmentation Storage object .* a segmentation's label masks"):
         read_dicom(segmentation)
+    label_map = write_dicom(pydicom.dcmread(segmentation), segmentation, SOPClassUID="1.2.840.10008.5.1.4.1.1.66.7")
+    with pytest.raises(ValueError, match=r"seg.dcm is a Label Map Segmentation Storage object .* label map, not a"):
+        read_dicom(label_map)  # a class pydicom 3.0 has no name for
     dataset = pydicom.dcmread(pydicom_file("CT_small.dcm"))
     del dataset.PixelData
     waveform = write_dicom(dataset, tmp_path / "ecg.dcm", SOPClassUID="1.2.840.10008.5.1.4.1.1.9.1.1")
@@ -1456,8 +1459,16 @@ def test_a_dicomdir_given_by_itself_is_named_as_the_index_it_is(tmp_path):
         preprocess_images([index], 8, 1)
     shutil.copy(pydicom_file("CT_small.dcm"), tmp_path / "ct.dcm")
     (tmp_path / "labels.csv").write_text(f"path,label\n{index},a\n{tmp_path / 'ct.dcm'},b\n")
-    with pytest.raises(ValueError, match=dicomdir):
-        load_image_classification_data(tmp_path / "labels.csv", image_size=8, medical=MedicalPreprocessing(("full",)))
+    for windows in (("full",), ("brain", "subdural", "bone")):  # several: before the rule on DICOM and other files
+        medical = MedicalPreprocessing(windows)
+        with pytest.raises(ValueError, match=dicomdir):
+            load_image_classification_data(tmp_path / "labels.csv", image_size=8, medical=medical)
+        with pytest.raises(ValueError, match=dicomdir):
+            streaming_image_classification_data(
+                tmp_path / "labels.csv", num_channels=len(windows), image_size=8, medical=medical
+            )
+        with pytest.raises(ValueError, match=dicomdir):  # predict's errors-file row
+            list_inputs(tmp_path / "labels.csv", medical=medical)[0].read()
 
 
 def test_dicom_with_other_extensions_is_read_and_other_files_are_not_opened(tmp_path, monkeypatch):

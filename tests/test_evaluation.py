@@ -196,12 +196,16 @@ def test_bright_preprocessed_images_are_scored_without_the_guess_that_they_are_m
     was taken for "[0, 1] images" with advice that would misread them."""
     pipe, test, _ = binary
     bright = copy.copy(test)
-    bright.images = test.images.abs()
+    bright.images, bright.preprocessing = test.images.abs(), pipe.preprocessing  # as the loaders record it
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         evaluate_classifier(pipe, bright)
     assert not [str(w.message) for w in caught if "no negative value" in str(w.message)]
-    with pytest.warns(UserWarning, match="no negative value"):  # a caller's own bright floats: still said
+    # a caller's own bright floats, wrapped by hand (nothing says how they were read) or given to the pipeline: said
+    bright.preprocessing = None
+    with pytest.warns(UserWarning, match="no negative value"):
+        evaluate_classifier(pipe, bright)
+    with pytest.warns(UserWarning, match="no negative value"):
         pipe(test.images.abs()[:2])
 
 

@@ -183,7 +183,8 @@ def _as_list(value) -> list:
 
 
 def _predictor(
-    classifier, image_processor=None, pipeline_kwargs: Optional[dict] = None, preprocessed: bool = False
+    classifier, image_processor=None, pipeline_kwargs: Optional[dict] = None, preprocessed: bool = False,
+    in_stated_range: bool = False,
 ) -> Tuple[Predictor, List[str]]:
     """`(images -> (probs [N, K], ranking scores [N, K], stderr [N] or None, nfe [N] or None), class names)` for a
     pipeline or a transformers model; `images` a list of PIL images or a `[N, C, H, W]` tensor (`preprocessed`: the
@@ -191,8 +192,12 @@ def _predictor(
     order the images for ROC curves: a pipeline's `log_odds` when it gives them (Score-SDE: its probs saturate at 0 and
     1), else the probs. `stderr`: a binary Score-SDE pipeline's `log_likelihood_ratio_stderr` (the ELBO's, or the
     likelihood's with `num_probes >= 2`), the standard error of its log-odds. `nfe`: a Score-SDE pipeline's network
-    calls per image (`nfe_per_image`)."""
+    calls per image (`nfe_per_image`). `in_stated_range`: the images are known to be in the contract's range (a
+    loader's output that records its reading), so bright ones are not taken for `[0, 1]` arrays
+    (`images_in_their_stated_range`)."""
     from transformers import PreTrainedModel
+
+    known_range = images_in_their_stated_range if in_stated_range else nullcontext
 
     if isinstance(classifier, PreTrainedModel):
         from diffusion_classifiers.modeling_diffusion_classifier import saved_image_processor
@@ -204,7 +209,7 @@ def _predictor(
         classifier.eval()
 
         def predict(images):
-            with torch.no_grad(), images_in_their_stated_range() if preprocessed else nullcontext():
+            with torch.no_grad(), known_range():
                 inputs = processor(images, return_tensors="pt", input_data_format=_layout(images)).to(classifier.device)
                 probs = classifier(**inputs).logits.float().softmax(-1).cpu()
                 return probs, probs, None, None
@@ -216,7 +221,7 @@ def _predictor(
         raise TypeError(f"expected a classifier pipeline or a transformers model, got {type(classifier).__name__}")
 
     def predict(images):
-        with classifier.reading_preprocessed_images() if preprocessed else nullcontext():
+        with classifier.reading_preprocessed_images() if preprocessed else nullcontext(), known_range():
             output = classifier(images, input_data_format=_layout(images), **(pipeline_kwargs or {}))
         ranking, stderr = getattr(output, "log_odds", None), getattr(output, "log_likelihood_ratio_stderr", None)
         stderr, nfe = None if stderr is None else stderr.cpu(), getattr(output, "nfe_per_image", None)
@@ -790,7 +795,9 @@ def evaluate_classifier(
         train_fingerprints = recorded_fingerprints_of(classifier, folder)
     settings = pipeline_call_settings(classifier, pipeline_kwargs)  # unknown names refused before any image is read
     preprocessed = isinstance(dataset, (LabeledImages, StreamingImages))  # the loaders' output, read as it is
-    predict, model_names = _predictor(classifier, image_processor, pipeline_kwargs, preprocessed)
+    # the loaders' output records how it was read: in its range by construction (tensors wrapped by hand: unknown)
+    in_stated_range = preprocessed and getattr(dataset, "preprocessing", None) is not None
+    predict, model_names = _predictor(classifier, image_processor, pipeline_kwargs, preprocessed, in_stated_range)
     contract = saved_preprocessing(classifier, image_processor)
     positive_class = positive_class if positive_class is not None else saved_positive_class(classifier)
     positive_label = resolve_positive_label(positive_class, model_names, len(model_names))  # before any image is read
@@ -1071,7 +1078,7 @@ def render_evaluation_report(
             positives = f" ({metrics['num_positives']} of {metrics['num_samples']} images)"
         lines[2] = (
             f"{scored}{read}; positive class: **{positive}**{positives}, predicted where its probability exceeds 0.5 "
-            "(each image is given its most probable class)."
+            "(each image is given its most probable class; at a tie, the class listed first)."
         )
         lines += [
             f"| sensitivity (recall of {positive}) | {percent(metrics['sensitivity'])} |",

@@ -86,11 +86,11 @@ _LUT_KEYWORDS = (
 _PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: a DICOMDIR
 # objects whose pixels are derived from a scan, not a scan (QA: a PACS export's segmentations and dose grids were
-# read as training images): SOP Class UID -> what their pixels are
+# read as training images): SOP Class UID -> (its name, which pydicom may not know; what its pixels are)
 _DERIVED_PIXEL_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.66.4": "a segmentation's label masks",  # Segmentation Storage
-    "1.2.840.10008.5.1.4.1.1.66.7": "a segmentation's label map",  # Label Map Segmentation Storage
-    "1.2.840.10008.5.1.4.1.1.481.2": "a radiotherapy plan's dose grid",  # RT Dose Storage
+    "1.2.840.10008.5.1.4.1.1.66.4": ("Segmentation Storage", "a segmentation's label masks"),
+    "1.2.840.10008.5.1.4.1.1.66.7": ("Label Map Segmentation Storage", "a segmentation's label map"),
+    "1.2.840.10008.5.1.4.1.1.481.2": ("RT Dose Storage", "a radiotherapy plan's dose grid"),
 }
 # The Image Pixel module elements pydicom needs to decode each kind of pixel data (PS3.3 C.7.6.3).
 _FLOAT_PIXEL_ELEMENTS = ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated")
@@ -388,9 +388,10 @@ def _check_has_grey_pixels(dataset: Any, path: Path) -> None:
             f"image ({why})"
         )
     if sop_class in _DERIVED_PIXEL_SOP_CLASSES:
+        name, pixels = _DERIVED_PIXEL_SOP_CLASSES[sop_class]
         raise ValueError(
-            f"DICOM file {path} is a {kind} object (modality {dataset.get('Modality', '?')}): its pixels are "
-            f"{_DERIVED_PIXEL_SOP_CLASSES[sop_class]}, not a scan; expected an image"
+            f"DICOM file {path} is a {name} object (modality {dataset.get('Modality', '?')}): its pixels are {pixels}, "
+            "not a scan; expected an image"
         )
     required = _PIXEL_ELEMENTS if "PixelData" in dataset else _FLOAT_PIXEL_ELEMENTS
     missing = [keyword for keyword in required if dataset.get(keyword) in (None, "")]

@@ -449,6 +449,7 @@ def check_file_header(
     greyscale, a decoder installed), not a localizer, and `medical`'s windows resolved for it (its own window tags for
     `"file"`); another image file (with `open_images`) recognised by PIL. Returns the DICOM header (None for another
     file); a `ValueError` naming the file when it cannot be read."""
+    check_not_dicomdir(path)
     if not is_dicom:
         if open_images:
             _check_image_header(path)
@@ -473,7 +474,10 @@ def dicom_or_not(files: list[Path], medical: MedicalPreprocessing) -> list[bool]
     a PNG beside the slices (a screenshot, an export) has no Hounsfield units to window
     into several channels, so its grey would be copied into each and learnt as one more slice. `predict` applies the
     same rule file by file (such an image file is an errors-file row). The error names one file of each kind, before
-    any is decoded."""
+    any is decoded. A `DICOMDIR` listed among them is refused as the export's index it is (`check_not_dicomdir`),
+    before it could be taken for the other kind of file."""
+    for path in files:
+        check_not_dicomdir(path)
     kinds = [is_dicom_file(path) for path in files]
     windows = medical.to_dict()["windows"]
     if kinds and not any(kinds) and medical.reads_dicom_only:  # a model saved with these windows would refuse them

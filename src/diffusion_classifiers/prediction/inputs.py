@@ -265,9 +265,10 @@ def _read_file(path: Path, medical: Any) -> list:
     frame, all in `[0, 1]`; `ValueError` when it cannot be decoded, or when it is not DICOM but `medical` has several
     windows: such a model reads one window of Hounsfield units per channel, and an image file's grey, copied into
     every channel, would be classified as no scan looks."""
-    from ..data.dicom import is_dicom_file
+    from ..data.dicom import check_not_dicomdir, is_dicom_file
     from ..data.file_decoding import decode_image_file
 
+    check_not_dicomdir(path)  # before the windows' rule could call it "not a DICOM file"
     if is_dicom_file(path):
         return list(medical.read(path))
     if medical.reads_dicom_only:
