@@ -210,6 +210,37 @@ def test_a_pipeline_saved_before_the_contract_keeps_guessing_the_range():
     assert pipe.preprocessing.image_size == pipe.unet.config.sample_size
 
 
+def test_a_model_saved_before_the_contract_warns_that_a_numpy_array_of_3_planes_is_one_image_now():
+    """QA (an upgrading lab): v0.1.0 read a [3, H, W] numpy array as 3 grey images; read as one colour image now, old
+    batch code got one prediction for three, without a word."""
+    pipe = DiffusionClassifierPipeline.from_pretrained(f"{FIXTURES}/unet_features")
+    three = np.random.default_rng(0).integers(0, 256, (3, 16, 16), dtype=np.uint8)
+    with pytest.warns(UserWarning, match=r"item 0, a numpy array of shape \(3, 16, 16\), is read as one colour image"):
+        assert len(pipe.preprocess(three)) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(pipe.preprocess(three[:, None])) == 3  # as v0.1.0 read it, said as [N, 1, H, W]
+        pipe.preprocess(three, input_data_format="channels_first")  # its layout stated: nothing to say
+
+
+def test_a_head_fitted_over_a_model_that_records_no_training_images_records_none_either(tmp_path):
+    """QA (an upgrading lab): probe over a v0.1.0 U-Net recorded its head's train images as the model's training
+    images, so evaluate later said the images it scored were checked against them, and push_to_hub took the metrics."""
+    import shutil
+    from sklearn.datasets import load_digits
+
+    from .conftest import digit_folder
+
+    shutil.copytree(f"{FIXTURES}/unet_features", tmp_path / "unet")
+    digit_folder(tmp_path / "digits", [i for i, label in enumerate(load_digits().target[:200]) if label in (0, 1)])
+    main(["probe", "--unet_dir", str(tmp_path / "unet"), "--dataset", str(tmp_path / "digits"), "--timesteps", "10",
+          "--output_dir", str(tmp_path / "probe")])  # fmt: skip
+    assert "train_fingerprints" not in json.loads((tmp_path / "probe" / "pipeline" / "data_splits.json").read_text())
+    main(["evaluate", "--model_dir", str(tmp_path / "probe" / "pipeline"), "--dataset", str(tmp_path / "digits"),
+          "--output_dir", str(tmp_path / "evaluated")])  # fmt: skip
+    assert json.loads((tmp_path / "evaluated" / "metrics.json").read_text())["training_images_checked"] is False
+
+
 def test_the_transformers_export_saves_and_applies_the_same_contract(tmp_path):
     from transformers import AutoImageProcessor
 

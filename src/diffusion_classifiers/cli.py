@@ -603,7 +603,7 @@ def run_probe(args: argparse.Namespace) -> dict:
     )  # fmt: skip
     timing = {"total_seconds": round(time.time() - started, 1)}
     return save_study(
-        study, args, timing, data.carving, splits["train"].images, data.model_fingerprints, unlabeled_pool=data.pool
+        study, args, timing, data.carving, data.recorded_train_images, data.model_fingerprints, unlabeled_pool=data.pool
     )
 
 
@@ -616,6 +616,13 @@ class _LabelledData(NamedTuple):
     model_fingerprints: Any
     pool: bool
     checked_splits: list
+
+    @property
+    def recorded_train_images(self):
+        """The head's train images, recorded beside the model's own training images; none where the model records
+        none (a model of v0.1.0): the head's alone would read as the whole record, and evaluate would then say the
+        images it scores were checked against the training images (QA)."""
+        return self.splits["train"].images if self.model_fingerprints is not None else None
 
 
 def _labelled_data(
@@ -766,7 +773,7 @@ def _save_with_carving(pipe, saved: str, data: _LabelledData) -> None:
     pipe.split_record = None
     pipe.save_pretrained(saved)
     save_split_record(
-        saved, **data.carving, train_images=data.splits["train"].images, train_fingerprints=data.model_fingerprints,
+        saved, **data.carving, train_images=data.recorded_train_images, train_fingerprints=data.model_fingerprints,
         unlabeled_pool=data.pool,
     )  # fmt: skip
 

@@ -355,6 +355,8 @@ def _to_unit_batches(items: list, data_format: str | None, contract: ImagePrepro
     stated_bits = contract.medical_or_default.bits_stored
     for position, item in enumerate(items):
         value_range, item_format = contract.input_range, data_format
+        if contract.input_range == "auto" and data_format is None:
+            _warn_read_otherwise_than_v0_1_0(item, position)
         if isinstance(item, (str, os.PathLike)):  # read as [F, C, H, W] (or a PIL image), whatever the arrays' layout
             item, value_range, item_format = _read_path(item, position, contract), _FILE_RANGE, "channels_first"
         elif _reads_as_its_file(item, contract):  # a 16-bit PIL image: [1, 1, H, W] in [0, 1], as its file
@@ -401,6 +403,20 @@ def images_in_their_stated_range() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=re.escape(UNSIGNED_FLOATS_WARNING))
         yield
+
+
+def _warn_read_otherwise_than_v0_1_0(item: Any, position: int) -> None:
+    """A numpy `[3, H, W]` array whose last axis is > 4, given to a model saved by v0.1.0 (or the keyword form), which
+    read it as 3 grey images `[N, H, W]`: it is one colour image, channels first, now (QA: old batch code got one
+    prediction for three images, without a word). Other counts than 1 and 3 are refused by the layout check."""
+    if isinstance(item, np.ndarray) and item.ndim == 3 and item.shape[0] == 3 and item.shape[-1] > 4:
+        warnings.warn(
+            f"preprocess_images: item {position}, a numpy array of shape {item.shape}, is read as one colour image, "
+            "channels first; v0.1.0, which saved this model, read it as 3 grey images [N, H, W]. Pass those as an "
+            "[N, 1, H, W] array or a list of [H, W] arrays",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _warn_unsigned_floats(floats: list[torch.Tensor]) -> None:
