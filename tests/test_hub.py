@@ -935,7 +935,7 @@ def test_the_card_counts_the_training_images_dropped(tmp_path):
         "training_images_dropped": 35,
     }))  # fmt: skip
     counts = hub.load_eval_counts(tmp_path / "metrics.json")
-    assert counts == {"num_images": 38, "num_positives": 20, "num_dropped": 35}
+    assert counts == {"num_images": 38, "num_positives": 20, "num_dropped": 35, "training_images_unchecked": False}
     common = dict(model_name="m", dataset_name="mammo", dataset_license="private", metrics={"accuracy": 0.5},
                   training_command="t", evaluation_command="e", class_names=["benign", "malignant"])  # fmt: skip
     card = str(hub.render_model_card("score_sde", positive_class="malignant", **counts, **common))
@@ -943,6 +943,23 @@ def test_the_card_counts_the_training_images_dropped(tmp_path):
     plain = str(hub.render_model_card("score_sde", positive_class="malignant", num_images=38, num_positives=20,
                                       **common))  # fmt: skip
     assert "(38 images, 20 of them malignant):" in plain
+
+
+def test_the_card_says_its_figures_were_not_checked_against_the_training_images_as_the_report_does(tmp_path):
+    """QA (a reviewer of an upgraded model): report.md said "Not checked against the model's training images"; the
+    card of the same metrics said nothing."""
+    common = dict(model_name="m", dataset_name="digits", dataset_license="bsd-3-clause", metrics={"accuracy": 0.5},
+                  training_command="t", evaluation_command="e", class_names=["zero", "one"])  # fmt: skip
+    cards = {}
+    for checked in (False, True):
+        metrics = {"accuracy": 0.5, "num_samples": 6, "training_images_checked": checked}
+        (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+        counts = hub.load_eval_counts(tmp_path / "metrics.json")
+        cards[checked] = str(hub.render_model_card("unet_features", **counts, **common))
+    unchecked = "**Not checked against the model's training images** (the model records none, or only its head's, or"
+    assert unchecked in cards[False] and "Not checked" not in cards[True]
+    card = cards[False]
+    assert card.index("Results on the `test` split") < card.index(unchecked) < card.index("| metric")
 
 
 # --- per-class metrics on the card ----------------------------------------------------------------------------------

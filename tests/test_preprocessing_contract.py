@@ -223,9 +223,10 @@ def test_a_model_saved_before_the_contract_warns_that_a_numpy_array_of_3_planes_
         pipe.preprocess(three, input_data_format="channels_first")  # its layout stated: nothing to say
 
 
-def test_a_head_fitted_over_a_model_that_records_no_training_images_records_none_either(tmp_path):
+def test_a_head_fitted_over_a_model_that_records_no_training_images_claims_no_check(tmp_path):
     """QA (an upgrading lab): probe over a v0.1.0 U-Net recorded its head's train images as the model's training
-    images, so evaluate later said the images it scored were checked against them, and push_to_hub took the metrics."""
+    images, so evaluate later said the images it scored were checked against them, and push_to_hub took the metrics.
+    The head's images are still left out where asked; the check is not claimed."""
     import shutil
     from sklearn.datasets import load_digits
 
@@ -235,10 +236,37 @@ def test_a_head_fitted_over_a_model_that_records_no_training_images_records_none
     digit_folder(tmp_path / "digits", [i for i, label in enumerate(load_digits().target[:200]) if label in (0, 1)])
     main(["probe", "--unet_dir", str(tmp_path / "unet"), "--dataset", str(tmp_path / "digits"), "--timesteps", "10",
           "--output_dir", str(tmp_path / "probe")])  # fmt: skip
-    assert "train_fingerprints" not in json.loads((tmp_path / "probe" / "pipeline" / "data_splits.json").read_text())
+    record = json.loads((tmp_path / "probe" / "pipeline" / "data_splits.json").read_text())
+    assert record["train_fingerprints_partial"] is True and record["train_fingerprints"]
     main(["evaluate", "--model_dir", str(tmp_path / "probe" / "pipeline"), "--dataset", str(tmp_path / "digits"),
-          "--output_dir", str(tmp_path / "evaluated")])  # fmt: skip
-    assert json.loads((tmp_path / "evaluated" / "metrics.json").read_text())["training_images_checked"] is False
+          "--split", "all", "--drop_training_images", "--output_dir", str(tmp_path / "evaluated")])  # fmt: skip
+    metrics = json.loads((tmp_path / "evaluated" / "metrics.json").read_text())
+    assert metrics["training_images_checked"] is False and metrics["training_images_dropped"] > 0
+    assert "the model records none, or only its head's" in (tmp_path / "evaluated" / "report.md").read_text()
+
+
+def test_evaluating_a_model_that_records_no_training_images_says_only_what_applies(tmp_path, capsys):
+    """QA (an upgrading lab): --drop_training_images was ignored without a word on a model that records no training
+    images, and --split all, which carves nothing, was said to carve the data by --seed and the fractions."""
+    import shutil
+    from sklearn.datasets import load_digits
+
+    from .conftest import digit_folder
+
+    shutil.copytree(f"{FIXTURES}/unet_features", tmp_path / "unet")
+    digit_folder(tmp_path / "digits", [i for i, label in enumerate(load_digits().target[:60]) if label in (0, 1)])
+    evaluate = ["evaluate", "--model_dir", str(tmp_path / "unet"), "--dataset", str(tmp_path / "digits"), "--split",
+                "all", "--output_dir", str(tmp_path / "evaluated")]  # fmt: skip
+    with pytest.raises(ValueError, match=r"^--drop_training_images: .*unet records no fingerprints of its training "
+                                         r"images, so none can be dropped"):  # fmt: skip
+        main(evaluate + ["--drop_training_images"])
+    assert not (tmp_path / "evaluated").exists()
+    with pytest.raises(ValueError, match="the model's own train split is scored as it is, so none can be dropped"):
+        main(evaluate[:-4] + ["--split", "train", "--drop_training_images", "--output_dir", str(tmp_path / "train")])
+    capsys.readouterr()
+    main(evaluate)
+    note = capsys.readouterr().err
+    assert "cannot check that the digits images are none it was trained on" in note and "carved by" not in note
 
 
 def test_the_transformers_export_saves_and_applies_the_same_contract(tmp_path):

@@ -360,7 +360,17 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     if args.split != "train":  # the model's own training split: scoring it is asking for training accuracy
         train_fingerprints = recorded_train_fingerprints(folder, record=record)
         if train_fingerprints is None and _split_is_checked(args.split, args.dataset, pool):
-            _note_unchecked(args.model_dir, "evaluate", [dataset_name if whole else args.split], record is None)
+            # --split all carves nothing: no word of a carving that may not be the model's
+            no_record = record is None and not whole
+            _note_unchecked(args.model_dir, "evaluate", [dataset_name if whole else args.split], no_record)
+    if args.drop_training_images and train_fingerprints is None:  # QA: ignored without a word
+        why = "the model's own train split is scored as it is" if args.split == "train" else (
+            f"{args.model_dir} records no fingerprints of its training images"
+        )
+        raise ValueError(
+            f"--drop_training_images: {why}, so none can be dropped; expected it left out (the report then says its "
+            "images were not checked against the training images)"
+        )
     # its train split tells duplicates within the data from leaks (none with all: every image is the set scored)
     dataset, train_split = load_evaluation_split(
         args.dataset, args.split, preprocessing=contract, streaming=args.streaming, with_train=True, **carving,
@@ -525,7 +535,7 @@ def _check_head_splits(
 
 def save_study(
     study, args: argparse.Namespace, timing: dict, carving: dict, train_images, train_fingerprints=None,
-    unlabeled_pool: bool = False,
+    unlabeled_pool: bool = False, fingerprints_partial: bool = False,
 ) -> dict:
     """Save the study's fitted pipeline, with the `carving` of its data, the fingerprints of its `train_images` and
     any other `train_fingerprints`, and whether its U-Net was trained on an unlabeled pool (`data.save_split_record`),
@@ -542,7 +552,7 @@ def save_study(
     study.pipeline.save_pretrained(os.path.join(args.output_dir, "pipeline"))
     save_split_record(
         os.path.join(args.output_dir, "pipeline"), **carving, train_images=train_images,
-        train_fingerprints=train_fingerprints, unlabeled_pool=unlabeled_pool,
+        train_fingerprints=train_fingerprints, unlabeled_pool=unlabeled_pool, fingerprints_partial=fingerprints_partial,
     )
     command = "diffusion-classifiers " + shlex.join(sys.argv[1:])
     identity = {"model_sha256": model_fingerprint(os.path.join(args.output_dir, "pipeline"))}  # push_to_hub checks it
@@ -603,7 +613,8 @@ def run_probe(args: argparse.Namespace) -> dict:
     )  # fmt: skip
     timing = {"total_seconds": round(time.time() - started, 1)}
     return save_study(
-        study, args, timing, data.carving, data.recorded_train_images, data.model_fingerprints, unlabeled_pool=data.pool
+        study, args, timing, data.carving, splits["train"].images, data.model_fingerprints, unlabeled_pool=data.pool,
+        fingerprints_partial=data.model_fingerprints is None,  # QA: the head's alone then read as a complete record
     )
 
 
@@ -616,13 +627,6 @@ class _LabelledData(NamedTuple):
     model_fingerprints: Any
     pool: bool
     checked_splits: list
-
-    @property
-    def recorded_train_images(self):
-        """The head's train images, recorded beside the model's own training images; none where the model records
-        none (a model of v0.1.0): the head's alone would read as the whole record, and evaluate would then say the
-        images it scores were checked against the training images (QA)."""
-        return self.splits["train"].images if self.model_fingerprints is not None else None
 
 
 def _labelled_data(
@@ -773,8 +777,8 @@ def _save_with_carving(pipe, saved: str, data: _LabelledData) -> None:
     pipe.split_record = None
     pipe.save_pretrained(saved)
     save_split_record(
-        saved, **data.carving, train_images=data.recorded_train_images, train_fingerprints=data.model_fingerprints,
-        unlabeled_pool=data.pool,
+        saved, **data.carving, train_images=data.splits["train"].images, train_fingerprints=data.model_fingerprints,
+        unlabeled_pool=data.pool, fingerprints_partial=data.model_fingerprints is None,
     )  # fmt: skip
 
 

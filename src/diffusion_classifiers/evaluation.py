@@ -31,6 +31,7 @@ from .data.split_record import (
     ANONYMISED_DICOM_RULE,
     image_fingerprint_variants,
     image_fingerprints,
+    recorded_fingerprints_partial,
     recorded_train_fingerprints,
 )
 from .data.streaming import (
@@ -813,6 +814,8 @@ def evaluate_classifier(
     dataset, checked = _checked_against_training_images(
         dataset, train_fingerprints, checking, drop_training_images, split, dataset_name, num_workers, **overlap
     )
+    if checked.get("training_images_checked") and recorded_fingerprints_partial_of(classifier, folder):
+        checked["training_images_checked"] = False  # a head's train images only: the model's own are unknown (QA)
     batches, dataset_labels, dataset_names = _labelled_batches(
         dataset, contract, batch_size, num_workers, image_column, label_column
     )
@@ -967,6 +970,15 @@ def recorded_fingerprints_of(classifier, folder: Optional[str] = None) -> Option
     return recorded_train_fingerprints(folder)
 
 
+def recorded_fingerprints_partial_of(classifier, folder: Optional[str] = None) -> bool:
+    """Whether the training images `classifier` records are a head's only, over a model that recorded none of its own
+    (`data.split_record.recorded_fingerprints_partial`): a pipeline's `split_record`, else its saved folder's."""
+    if hasattr(classifier, "split_record"):
+        return recorded_fingerprints_partial(None, record=classifier.split_record)
+    folder = folder if folder is not None else getattr(classifier, "name_or_path", None)
+    return bool(folder) and os.path.isdir(folder) and recorded_fingerprints_partial(folder)
+
+
 def _images_named(split: Optional[str], dataset_name: Optional[str]) -> str:
     """The images scored, as messages name them: "the test split of digits"; "the data set flowcam" (`ONE_SET`)."""
     if split == ONE_SET:
@@ -1054,8 +1066,8 @@ def render_evaluation_report(
         lines[3:3] = ["", f"Head: {metrics['head']['summary']}."]
     if metrics.get("training_images_checked") is False:
         lines[3:3] = [
-            "**Not checked against the model's training images** (the model records none, or the "
-            f"{_scored_set(split)} is a `datasets` split): the figures may include images it was trained on.",
+            "**Not checked against the model's training images** (the model records none, or only its head's, or "
+            f"the {_scored_set(split)} is a `datasets` split): the figures may include images it was trained on.",
             "",
         ]
     lines[3:3] = absent_classes_note(metrics, _scored_set(split))

@@ -124,7 +124,7 @@ MAX_NAMED_FILES = 10
 MODEL_CARD_OPTIONAL = {
     "dataset_id", "model_description", "class_names", "positive_class", "num_images", "num_positives", "pruning",
     "seed_sensitivity", "call_arguments", "input_description", "num_dropped", "per_class_section", "unlabeled_pool",
-    "dataset_citation", "whole_data_set", "grouping_rule", "usage_file",
+    "dataset_citation", "whole_data_set", "grouping_rule", "usage_file", "training_images_unchecked",
 }  # fmt: skip
 DATASET_CARD_OPTIONAL = {"citation"}
 
@@ -256,6 +256,7 @@ def render_model_card(
     num_images: Optional[int] = None,
     num_positives: Optional[int] = None,
     num_dropped: Optional[int] = None,
+    training_images_unchecked: bool = False,
     pruning: bool = False,
     seed_sensitivity: Optional[dict] = None,
     call_arguments: Optional[Dict[str, object]] = None,
@@ -287,6 +288,9 @@ def render_model_card(
             (`load_eval_counts`); the card states them.
         num_dropped: how many images of the split were left out as images the model was trained on (`evaluate
             --drop_training_images`, `load_eval_counts`); the card states them beside `num_images`.
+        training_images_unchecked: the images were not checked against the model's training images (`metrics.json`'s
+            `"training_images_checked": false`, `load_eval_counts`): the card says so above the figures, as
+            `report.md` does.
         pruning: the metrics were measured with class pruning (Score-SDE, more than 2 classes); the card says so.
         seed_sensitivity: a binary Score-SDE ELBO's (or likelihood's with several probes) decisions another noise
             seed could flip, as `evaluate` records them (`load_eval_seed_sensitivity`); the card states how many,
@@ -362,6 +366,7 @@ def render_model_card(
         grouping_rule=grouping_rule,
         num_positives=num_positives,
         num_dropped=num_dropped,
+        training_images_unchecked=training_images_unchecked,
         pruning=pruning,
         seed_sensitivity=seed_sensitivity,
         call_arguments=", ".join(f"{name}={value!r}" for name, value in (call_arguments or {}).items()),
@@ -445,17 +450,22 @@ def load_eval_positive_class(path: Union[str, os.PathLike]) -> Optional[str]:
 
 
 def load_eval_counts(path: Union[str, os.PathLike]) -> Dict[str, Optional[int]]:
-    """`{"num_images", "num_positives", "num_dropped"}` of a `metrics.json` (under "test" for the demo's): the images
-    its metrics were measured on, of them of its positive class (binary tasks; from the per-class support where not
-    recorded), and the images of the split left out as training images (`evaluate --drop_training_images`; of an
-    `aggregate` metrics.json, the groups left out as holding some)."""
+    """`{"num_images", "num_positives", "num_dropped", "training_images_unchecked"}` of a `metrics.json` (under "test"
+    for the demo's): the images its metrics were measured on, of them of its positive class (binary tasks; from the
+    per-class support where not recorded), the images of the split left out as training images (`evaluate
+    --drop_training_images`; of an `aggregate` metrics.json, the groups left out as holding some), and whether they
+    were not checked against the model's training images (QA: a card said nothing of what `report.md` said)."""
     data = _read_json(path)
     data = data.get("test", data)
     positives = data.get("num_positives")
     if positives is None and data.get("positive_class") in data.get("per_class", {}):
         positives = data["per_class"][data["positive_class"]].get("support")
     dropped = data.get("training_images_dropped", data.get("groups_left_out_holding_training_images"))
-    return {"num_images": data.get("num_samples"), "num_positives": positives, "num_dropped": dropped}
+    unchecked = data.get("training_images_checked") is False
+    return {
+        "num_images": data.get("num_samples"), "num_positives": positives, "num_dropped": dropped,
+        "training_images_unchecked": unchecked,
+    }  # fmt: skip
 
 
 def load_eval_grouping(path: Union[str, os.PathLike]) -> Optional[dict]:

@@ -412,7 +412,7 @@ def _warn_read_otherwise_than_v0_1_0(item: Any, position: int) -> None:
     if isinstance(item, np.ndarray) and item.ndim == 3 and item.shape[0] == 3 and item.shape[-1] > 4:
         warnings.warn(
             f"preprocess_images: item {position}, a numpy array of shape {item.shape}, is read as one colour image, "
-            "channels first; v0.1.0, which saved this model, read it as 3 grey images [N, H, W]. Pass those as an "
+            "channels first; v0.1.0 read it as 3 grey images [N, H, W]. Pass those as an "
             "[N, 1, H, W] array or a list of [H, W] arrays",
             UserWarning,
             stacklevel=4,

@@ -52,7 +52,9 @@ SPLIT_DEFAULTS = {"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0, "class_n
 # data on top of a diffusion model trained so: `probe` on such a U-Net), "train_fingerprints" (absent in records of earlier versions, and for a
 # streamed training set read without verifying its images first) and
 # "anonymised_dicom_groups" (absent in records of earlier versions: `EARLIER_ANONYMISED_DICOM_RULE` then).
-SPLIT_OPTIONAL = ("train_fingerprints", "anonymised_dicom_groups", "unlabeled", "unlabeled_pool")
+SPLIT_OPTIONAL = (
+    "train_fingerprints", "anonymised_dicom_groups", "unlabeled", "unlabeled_pool", "train_fingerprints_partial"
+)
 # How the carving groups DICOM files without a PatientID (anonymised), applied by `file_decoding._dicom_groups`:
 # "study_or_series", by their StudyInstanceUID, else their SeriesInstanceUID, so one scan's slices stay on one side
 # (this version's rule, `ANONYMISED_DICOM_RULE`, which training records); "file", each file its own group, slice by
@@ -134,6 +136,7 @@ def save_split_record(
     anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
     unlabeled: bool = False,
     unlabeled_pool: bool = False,
+    fingerprints_partial: bool = False,
 ) -> None:
     """Record in `folder` (a saved model's) how its data was carved: the fractions, the seed and the `class_names`
     the data was read with (their order numbers the classes, and the carving draws class by class), None when the
@@ -144,7 +147,9 @@ def save_split_record(
     `train_fingerprints` (e.g. those of the U-Net a probe's head sits on, or those a streamed training set's
     `verify` took: `data.save_training_split_record`). `unlabeled`: the model was trained on every image of an
     unlabeled folder (none carved), so there is no carving for a later command's flags to contradict;
-    `unlabeled_pool`: its head was fitted on the carving recorded, over a diffusion model trained so."""
+    `unlabeled_pool`: its head was fitted on the carving recorded, over a diffusion model trained so.
+    `fingerprints_partial`: the fingerprints are a head's train images only, over a model that records none of its
+    own (`"train_fingerprints_partial"`): images found among them are refused or dropped, but no check is claimed."""
     record = {
         "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
         "class_names": None if class_names is None else list(class_names),
@@ -156,6 +161,8 @@ def save_split_record(
         if train_images is not None:
             fingerprints |= set(image_fingerprints(train_images))
         record["train_fingerprints"] = " ".join(sorted(fingerprints))
+        if fingerprints_partial:
+            record["train_fingerprints_partial"] = True
     text = json.dumps(record, indent=2) + "\n"
     write_atomically(os.path.join(folder, SPLIT_RECORD_NAME), lambda handle: handle.write(text))
 
@@ -213,6 +220,12 @@ def recorded_train_fingerprints(folder: str | os.PathLike, *, record: Any = _UNR
     if record is None or record.get("train_fingerprints") is None:
         return None
     return frozenset(record["train_fingerprints"].split())
+
+
+def recorded_fingerprints_partial(folder: str | os.PathLike, *, record: Any = _UNREAD) -> bool:
+    """Whether the fingerprints recorded in `folder` are a head's train images only, over a model that recorded none
+    of its own (`save_split_record(fingerprints_partial=True)`). `record`: the folder's `read_split_record`."""
+    return bool((_record_of(folder, record) or {}).get("train_fingerprints_partial"))
 
 
 def trained_on_unlabeled_pool(model_dir: str | os.PathLike, *, record: Any = _UNREAD) -> bool:

@@ -311,7 +311,8 @@ class SplitRecordMixin:
     def register_modules(self, **kwargs):
         super().register_modules(**kwargs)
         if "head" in kwargs and (self.split_record or {}).get("train_fingerprints") is not None:
-            self.split_record = {key: value for key, value in self.split_record.items() if key != "train_fingerprints"}
+            dropped = ("train_fingerprints", "train_fingerprints_partial")
+            self.split_record = {key: value for key, value in self.split_record.items() if key not in dropped}
 
     def register_fitted_head(self, head: torch.nn.Module, *fitted_on: torch.Tensor) -> None:
         """Register `head`, fitted (and chosen or calibrated) on the preprocessed images `fitted_on`: their
