@@ -440,6 +440,24 @@ def test_segmentations_and_dose_grids_are_refused_and_objects_without_pixels_nam
         read_dicom(waveform)
 
 
+def test_a_dicom_declaring_more_pixels_than_pils_limit_is_refused_before_decoding(tmp_path, monkeypatch):
+    """QA (a security review): a 282 KB deflated file of 12000 x 12000 pixels took 4.6 GB to predict, where a PNG of
+    that size is refused as a decompression bomb."""
+    from PIL import Image
+
+    huge = write_dicom(pydicom.dcmread(pydicom_file("CT_small.dcm")), tmp_path / "huge.dcm", Rows=12000, Columns=12000)
+    refused = r"huge.dcm: 1 frame\(s\) of 12000 x 12000 pixels, over the limit of 89478485 pixels a frame .* Refused"
+    for read in (read_dicom_header, read_dicom):
+        with pytest.raises(ValueError, match=refused):
+            read(huge)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64)  # a frame of the cine at the limit, its 10 over 4 of them
+    with pytest.raises(ValueError, match=r"10 frame\(s\) of 64 x 64 pixels, over the limit of 4096 pixels a frame and "
+                                         r"16384 a file"):  # fmt: skip
+        read_dicom(pydicom_file("emri_small.dcm"))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # PIL's switch for no limit
+    assert read_dicom_header(pydicom_file("emri_small.dcm")).num_frames == 10
+
+
 def test_file_that_is_not_dicom_is_named(tmp_path):
     path = tmp_path / "scan.dcm"
     path.write_bytes(b"not a DICOM file" * 20)

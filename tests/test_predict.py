@@ -233,6 +233,18 @@ def test_a_label_that_differs_only_in_unicode_normalisation_is_named_so(tmp_path
         check_labels(inputs, [nfc, "copepod"])
 
 
+def test_a_csv_field_over_the_csv_modules_limit_is_refused_naming_the_file_and_line(tmp_path):
+    """QA (a security review): a 300,000-character field gave the csv module's bare traceback, naming neither."""
+    from diffusion_classifiers.data import load_image_classification_data
+
+    (tmp_path / "huge.csv").write_text("path,label\na.png,cat\n" + "x" * 300_000 + ".png,dog\n")
+    refused = r"^CSV .*huge.csv: the row after line 2: field larger than field limit \(131072\); expected one image"
+    with pytest.raises(ValueError, match=refused):
+        list_inputs(tmp_path / "huge.csv")
+    with pytest.raises(ValueError, match=refused):
+        load_image_classification_data(tmp_path / "huge.csv")
+
+
 def test_csv_without_a_path_column_or_with_a_file_twice_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"no 'path' column; expected a header with path\[,label\], got \['file'\]"):
         list_inputs(write_csv(tmp_path / "a.csv", [("x.png",)], columns=("file",)))

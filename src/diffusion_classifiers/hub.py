@@ -116,6 +116,10 @@ REMOTE_CODE_PATTERNS = ["*.py"]
 # patterns. Anything else in the folder (a training run's samples and logs, predictions, feature caches, the user's
 # DICOM or image files) is left out, with a warning: QA, a CT model's folder held its patients' predictions and scans.
 MODEL_UPLOAD_SUFFIXES = (".json", ".safetensors", ".md", ".py")
+# Of those, the JSON and Markdown files a model loads from or is described by: any other (QA: a case list holding
+# patients' record numbers, predict's `<output>.json` with its local paths) stays local, with a warning.
+MODEL_JSON_NAMES = ("model_index.json", "config.json", "data_splits.json")
+MODEL_JSON_ENDINGS = ("_config.json", ".safetensors.index.json")  # scheduler_config.json, sharded weights' index
 # How many of the files left out a warning names (a folder of scans may hold thousands).
 MAX_NAMED_FILES = 10
 
@@ -716,7 +720,14 @@ def _local_files(local_dir: Path, repo_type: str = "model") -> List[str]:
     warning naming them the training checkpoints (`checkpoint-*/`: state to resume training, not the model, and
     left out of its `model_fingerprint` too), pickles (`PICKLE_SUFFIXES`, e.g. the `training_args.bin` of
     transformers' `Trainer`) and, for a model, every file it does not load from (`MODEL_UPLOAD_SUFFIXES`)."""
-    relative = [path.relative_to(local_dir) for path in local_dir.rglob("*") if path.is_file()]
+    files = [path for path in local_dir.rglob("*") if path.is_file()]
+    outside = sorted(path.relative_to(local_dir).as_posix() for path in files if not _inside(path, local_dir))
+    if outside:
+        warnings.warn(
+            f"{local_dir}: not uploading {_named(outside)}: link(s) to files outside the folder",
+            stacklevel=4,  # the caller of push_to_hub / write_dry_run
+        )
+    relative = [path.relative_to(local_dir) for path in files if _inside(path, local_dir)]
     names = sorted(path.as_posix() for path in relative if not _hidden_or_checkpoint(path))
     checkpoints = sorted({folder for folder in map(_checkpoint_folder, relative) if folder is not None})
     if checkpoints:
@@ -735,15 +746,29 @@ def _local_files(local_dir: Path, repo_type: str = "model") -> List[str]:
     names = [name for name in names if not name.endswith(PICKLE_SUFFIXES)]
     if repo_type != "model":  # a dataset's files are its data
         return names
-    others = [name for name in names if not name.endswith(MODEL_UPLOAD_SUFFIXES)]
+    others = [name for name in names if not _model_loads_from(name)]
     if others:
         warnings.warn(
             f"{local_dir}: not uploading {len(others)} file(s) the model does not load from: {_named(others)} (a "
-            f"model upload sends {', '.join('*' + suffix for suffix in MODEL_UPLOAD_SUFFIXES)} only; data, "
-            "predictions, logs and samples stay local)",
+            "model upload sends its configs, *.safetensors, *.py, data_splits.json and README.md only; data, "
+            "predictions, logs, notes and samples stay local)",
             stacklevel=4,  # the caller of push_to_hub / write_dry_run
         )
-    return [name for name in names if name.endswith(MODEL_UPLOAD_SUFFIXES)]
+    return [name for name in names if _model_loads_from(name)]
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path`, its links resolved, lies in `folder` (QA: a link in a model folder uploaded a file outside)."""
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def _model_loads_from(name: str) -> bool:
+    """Whether the file `name` (relative to a model folder) is one a model loads from or is described by: weights,
+    code, configs (`MODEL_JSON_NAMES`, `MODEL_JSON_ENDINGS`; README.md at the top only)."""
+    base = name.rsplit("/", 1)[-1]
+    if base.endswith((".safetensors", ".py")):
+        return True
+    return name == "README.md" or base in MODEL_JSON_NAMES or base.endswith(MODEL_JSON_ENDINGS)
 
 
 def _published_split_record(path: Path) -> bytes:

@@ -371,6 +371,29 @@ def _integer(dataset: Any, keyword: str) -> int | None:
         raise ValueError(f"{keyword} {str(value)!r}: expected an integer") from None
 
 
+# A file's frames together may hold this many times PIL's limit on one image's pixels (a tomosynthesis volume: 70
+# frames of 2457 x 1890, 3.6x; an enhanced CT of 1000 slices of 512 x 512, 2.9x), each frame PIL's limit itself.
+# Reading costs about 36 bytes a pixel at its peak (measured: 3.9 GB for 108 M pixels), 13 GB at this limit.
+_FRAMES_PIXEL_FACTOR = 4
+
+
+def _check_pixel_count(dataset: Any, path: Path) -> None:
+    """Refuse, before decoding, a DICOM whose declared size is over PIL's decompression-bomb limit
+    (`PIL.Image.MAX_IMAGE_PIXELS` a frame, `_FRAMES_PIXEL_FACTOR` times it a file), as a PNG of that size is (QA: a
+    282 KB deflated 12000 x 12000 file took 4.6 GB to predict)."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    rows, columns, frames = _integer(dataset, "Rows") or 0, _integer(dataset, "Columns") or 0, _num_frames(dataset)
+    if limit is None or (rows * columns <= limit and rows * columns * frames <= _FRAMES_PIXEL_FACTOR * limit):
+        return
+    raise ValueError(
+        f"DICOM file {path}: {frames} frame(s) of {rows} x {columns} pixels, over the limit of {limit} pixels a frame "
+        f"and {_FRAMES_PIXEL_FACTOR * limit} a file (a decompression bomb could declare them). Refused; raise "
+        "PIL.Image.MAX_IMAGE_PIXELS to read images this large"
+    )
+
+
 def _check_has_grey_pixels(dataset: Any, path: Path) -> None:
     # a DICOMDIR names its class in its file meta only (QA: "unknown SOP class ... a structured report")
     file_meta = getattr(dataset, "file_meta", None)
@@ -387,6 +410,7 @@ def _check_has_grey_pixels(dataset: Any, path: Path) -> None:
             f"DICOM file {path} has no pixel data ({kind}, modality {dataset.get('Modality', '?')}); expected an "
             f"image ({why})"
         )
+    _check_pixel_count(dataset, path)
     if sop_class in _DERIVED_PIXEL_SOP_CLASSES:
         name, pixels = _DERIVED_PIXEL_SOP_CLASSES[sop_class]
         raise ValueError(

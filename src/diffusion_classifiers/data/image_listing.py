@@ -295,15 +295,27 @@ def _label_order(name: str) -> tuple:
     return (0, int(name), "") if name.isdigit() else (1, 0, name)
 
 
+def read_csv_rows(path: Path, encoding: str | None = None) -> tuple[list[str], list[dict]]:
+    """The columns and rows of the CSV at `path`; a malformed one (a field over the csv module's limit, a NUL byte)
+    refused naming the file and line, not with the csv module's bare error (QA: a 300,000-character path gave a
+    traceback naming neither)."""
+    with open(path, newline="", encoding=encoding) as handle:
+        reader = csv.DictReader(handle)
+        try:
+            return list(reader.fieldnames or []), list(reader)
+        except csv.Error as error:
+            raise ValueError(
+                f"CSV {path}: the row after line {reader.line_num}: {error}; expected one image path (and its label) a "
+                "row"
+            ) from None
+
+
 def list_csv(
     path: Path, class_names: Sequence[str] | None, patient_id_column: str | None
 ) -> tuple[list[Path], np.ndarray, list[str], list[str] | None]:
     """The image files a CSV names, their labels, the class names and the patient ids (None without that column);
     nothing is decoded (`data.streaming` reads the files lazily)."""
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = list(reader.fieldnames or [])
-        rows = list(reader)
+    columns, rows = read_csv_rows(path)
     missing = [column for column in ("path", "label") if column not in columns]
     if missing:
         raise ValueError(f"CSV {path}: missing column(s) {missing}; expected a header with path,label[,patient_id], "

@@ -6,7 +6,6 @@ Only the standard library is imported at module level (see the package docstring
 
 from __future__ import annotations
 
-import csv
 import os
 import warnings
 from dataclasses import dataclass, field, replace
@@ -218,11 +217,10 @@ def _output_name(relative: Path) -> str:
 
 def _csv_inputs(path: Path, read: Callable) -> list[PredictionInput]:
     # utf-8-sig: the byte-order mark Excel writes ("CSV UTF-8") is not part of the first column's name
+    from ..data.image_listing import read_csv_rows
+
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = list(reader.fieldnames or [])
-            rows = list(reader)
+        columns, rows = read_csv_rows(path, encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise ValueError(f"CSV {path}: not UTF-8 ({error}); expected a UTF-8 file (save it as 'CSV UTF-8')") from None
     if "path" not in columns:
