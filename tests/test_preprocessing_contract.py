@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,6 +218,11 @@ def test_a_model_saved_before_the_contract_warns_that_a_numpy_array_of_3_planes_
     three = np.random.default_rng(0).integers(0, 256, (3, 16, 16), dtype=np.uint8)
     with pytest.warns(UserWarning, match=r"item 0, a numpy array of shape \(3, 16, 16\), is read as one colour image"):
         assert len(pipe.preprocess(three)) == 1
+    # named at the caller's line, whichever way it came (QA: it named lines of the package)
+    for call in (pipe.preprocess, pipe.preprocessing, lambda images: preprocess_images(images, 16)):
+        with pytest.warns(UserWarning, match="is read as one colour image") as warned:
+            call(three)
+        assert {Path(warning.filename).name for warning in warned} == {Path(__file__).name}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(pipe.preprocess(three[:, None])) == 3  # as v0.1.0 read it, said as [N, 1, H, W]

@@ -6,6 +6,7 @@ Each raises a `ValueError` that names the input and the first bad item, before a
 import math
 import numbers
 import os
+import sys
 import tempfile
 import unicodedata
 from contextlib import contextmanager
@@ -34,6 +35,18 @@ __all__ = [
     "resolve_num_classes",
     "unicode_normalisation_note",
 ]
+
+
+def user_stacklevel() -> int:
+    """The `stacklevel` that makes a warning raised where this is called name the first line outside this package
+    (the user's call, whichever pipeline, image processor or function of the package it went through): counted from
+    the frames, not fixed, since the same warning is reached through several paths (QA: it named package lines,
+    which `warnings.filterwarnings(module=...)` could not select)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def as_labels(values, name: str) -> np.ndarray:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..validation import check_finite_rows, first_and_more
+from ..validation import check_finite_rows, first_and_more, user_stacklevel
 from .dicom import MedicalPreprocessing, check_not_dicomdir, is_dicom_file
 from .sixteen_bit import _PIL_16BIT_MODES, _scale_16bit, check_bit_depths, note_bit_depth, pil_image_name
 from .image_files import DECODE_ERRORS, decode_error_text, open_image
@@ -415,7 +415,7 @@ def _warn_read_otherwise_than_v0_1_0(item: Any, position: int) -> None:
             "channels first; v0.1.0 read it as 3 grey images [N, H, W]. Pass those as an "
             "[N, 1, H, W] array or a list of [H, W] arrays",
             UserWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
 
 
@@ -437,7 +437,7 @@ def _warn_unsigned_floats(floats: list[torch.Tensor]) -> None:
         "processor.preprocessing['input_range'] = '[0, 1]'); if they are [-1, 1] images all brighter than mid-grey, "
         "they are read as intended",
         UserWarning,
-        stacklevel=4,
+        stacklevel=user_stacklevel(),
     )
 
 
