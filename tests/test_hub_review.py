@@ -59,9 +59,10 @@ def test_a_model_upload_leaves_out_the_data_predictions_and_logs_beside_it(saved
     assert [operation.path_in_repo for operation in sent] == ["step_100.png"]
 
 
-def test_a_model_upload_leaves_out_notes_and_links_out_of_the_folder(saved_model, tmp_path):
+def test_a_model_upload_leaves_out_notes_beside_the_model_linked_or_not(saved_model, tmp_path):
     """QA (a security review): any *.json or *.md of the folder went up (a case list with record numbers, predict's
-    `<output>.json` with local paths), and a link to a file outside the folder uploaded that file."""
+    `<output>.json` with local paths, a link to such a file outside the folder). A model file linked elsewhere (a Hub
+    cache snapshot's blobs) still goes up, and a sharded weights' index of a variant."""
     folder = tmp_path / "model"
     shutil.copytree(saved_model, folder)
     (folder / "notes").mkdir()
@@ -70,12 +71,14 @@ def test_a_model_upload_leaves_out_notes_and_links_out_of_the_folder(saved_model
     (folder / "NOTES.md").write_text("MRN1000")
     (tmp_path / "outside.json").write_text('{"patient": "MRN1001"}')
     (folder / "config_extra.json").symlink_to(tmp_path / "outside.json")
+    (tmp_path / "blobs").mkdir()
+    (folder / "scheduler" / "scheduler_config.json").rename(tmp_path / "blobs" / "scheduler")
+    (folder / "scheduler" / "scheduler_config.json").symlink_to(tmp_path / "blobs" / "scheduler")
     with pytest.warns(UserWarning) as warned:
         hub.write_dry_run(folder, tmp_path / "dry", card=hub.render_model_card("unet_features", **COMMON))
     assert files_of(tmp_path / "dry") == files_of(saved_model) | {"README.md"}
-    messages = " ".join(str(warning.message) for warning in warned)
-    assert "NOTES.md, notes/cases.json, predictions.csv.json" in messages
-    assert "config_extra.json: link(s) to files outside the folder" in messages
+    assert "NOTES.md, config_extra.json, notes/cases.json, predictions.csv.json" in str(warned[-1].message)
+    assert hub._model_loads_from("unet/diffusion_pytorch_model.safetensors.index.fp16.json")
 
 
 def test_a_warning_names_at_most_ten_files_left_out(saved_model, tmp_path):

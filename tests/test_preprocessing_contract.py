@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 
-from diffusion_classifiers import DiffusionClassifierPipeline, UNetFeatureClassifierPipeline
+from diffusion_classifiers import DiffusionClassifierPipeline, UNetFeatureClassifierPipeline, hub
 from diffusion_classifiers.cli import main
 from diffusion_classifiers.data import (
     ImagePreprocessing,
@@ -249,6 +249,43 @@ def test_a_head_fitted_over_a_model_that_records_no_training_images_claims_no_ch
     metrics = json.loads((tmp_path / "evaluated" / "metrics.json").read_text())
     assert metrics["training_images_checked"] is False and metrics["training_images_dropped"] > 0
     assert "the model records none, or only its head's" in (tmp_path / "evaluated" / "report.md").read_text()
+    # kept through save_pretrained and a probe over the probe; published without it, as without the fingerprints
+    resaved = DiffusionClassifierPipeline.from_pretrained(str(tmp_path / "probe" / "pipeline"))
+    resaved.save_pretrained(tmp_path / "again")
+    main(["probe", "--unet_dir", str(tmp_path / "again"), "--dataset", str(tmp_path / "digits"), "--timesteps", "10",
+          "--output_dir", str(tmp_path / "probe2")])  # fmt: skip
+    for folder in (tmp_path / "again", tmp_path / "probe2" / "pipeline"):
+        assert json.loads((folder / "data_splits.json").read_text())["train_fingerprints_partial"] is True, folder
+    published = json.loads(hub._published_split_record(tmp_path / "again" / "data_splits.json"))
+    assert "train_fingerprints" not in published and "train_fingerprints_partial" not in published
+    # predict's training_image column, then aggregate, claim no check either
+    rows = [f"{path.relative_to(tmp_path / 'digits')},{path.parent.name},{path.stem}"  # a case an image
+            for path in sorted((tmp_path / "digits").rglob("*.png"))]  # fmt: skip
+    (tmp_path / "digits" / "list.csv").write_text("path,label,case\n" + "\n".join(rows) + "\n")
+    main(["predict", "--model_dir", str(tmp_path / "again"), "--input", str(tmp_path / "digits" / "list.csv"),
+          "--output", str(tmp_path / "p.csv")])  # fmt: skip
+    main(["aggregate", "--predictions", str(tmp_path / "p.csv"), "--by", "case", "--rule", "mean"])
+    grouped = json.loads((tmp_path / "p.mean_by_case.metrics.json").read_text())
+    assert grouped["training_images_checked"] is False
+
+
+def test_a_head_fitted_over_a_head_fitted_over_such_a_model_claims_no_check_either(tmp_path):
+    """Second read: fit-head over a fit-head's output (a partial record, which has fingerprints) dropped the mark, and
+    its test split was then said to be checked."""
+    import shutil
+    from sklearn.datasets import load_digits
+
+    from .conftest import digit_folder
+
+    shutil.copytree(f"{FIXTURES}/rc_dit_linear_head", tmp_path / "rc")
+    digit_folder(tmp_path / "digits", [i for i, label in enumerate(load_digits().target[:120]) if label in (0, 1)])
+    model = tmp_path / "rc"
+    for run in ("first", "second"):
+        main(["fit-head", "--model_dir", str(model), "--dataset", str(tmp_path / "digits"), "--output_dir",
+              str(tmp_path / run)])  # fmt: skip
+        model = tmp_path / run / "pipeline"
+        assert json.loads((model / "data_splits.json").read_text())["train_fingerprints_partial"] is True, run
+        assert json.loads((tmp_path / run / "metrics.json").read_text())["training_images_checked"] is False, run
 
 
 def test_evaluating_a_model_that_records_no_training_images_says_only_what_applies(tmp_path, capsys):

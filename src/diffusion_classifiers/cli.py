@@ -614,7 +614,7 @@ def run_probe(args: argparse.Namespace) -> dict:
     timing = {"total_seconds": round(time.time() - started, 1)}
     return save_study(
         study, args, timing, data.carving, splits["train"].images, data.model_fingerprints, unlabeled_pool=data.pool,
-        fingerprints_partial=data.model_fingerprints is None,  # QA: the head's alone then read as a complete record
+        fingerprints_partial=data.fingerprints_partial,  # QA: the head's alone then read as a complete record
     )
 
 
@@ -627,6 +627,8 @@ class _LabelledData(NamedTuple):
     model_fingerprints: Any
     pool: bool
     checked_splits: list
+    # the model's training images unknown: it records none, or only an earlier head's (`train_fingerprints_partial`)
+    fingerprints_partial: bool
 
 
 def _labelled_data(
@@ -641,6 +643,7 @@ def _labelled_data(
     from .data.split_record import (
         changed_split_args,
         read_split_record,
+        recorded_fingerprints_partial,
         recorded_train_fingerprints,
         trained_on_unlabeled_pool,
     )
@@ -659,7 +662,8 @@ def _labelled_data(
     checked = _check_head_splits(args, model_dir, splits, fingerprints, pool, changed, carving, contract)
     resolve_positive_label(args.positive_class, train.class_names, train.num_classes)
     note_default_positive_class(args.positive_class, train.class_names)
-    return _LabelledData(splits, carving, fingerprints, pool, checked)
+    partial = fingerprints is None or recorded_fingerprints_partial(folder, record=record)
+    return _LabelledData(splits, carving, fingerprints, pool, checked, partial)
 
 
 @_one_run_in_output_dir("fit-head")
@@ -704,6 +708,7 @@ def run_fit_head(args: argparse.Namespace) -> dict:
             # it); made again on a test split that passed it (a data set's own is not checked, as before)
             train_fingerprints=data.model_fingerprints if "test" in data.checked_splits else None,
             train_split=None if data.pool else train, unlabeled_pool=data.pool,
+            fingerprints_partial=data.fingerprints_partial,
         )  # fmt: skip
     finally:
         shutil.rmtree(aside, ignore_errors=True)
@@ -778,7 +783,7 @@ def _save_with_carving(pipe, saved: str, data: _LabelledData) -> None:
     pipe.save_pretrained(saved)
     save_split_record(
         saved, **data.carving, train_images=data.splits["train"].images, train_fingerprints=data.model_fingerprints,
-        unlabeled_pool=data.pool, fingerprints_partial=data.model_fingerprints is None,
+        unlabeled_pool=data.pool, fingerprints_partial=data.fingerprints_partial,
     )  # fmt: skip
 
 

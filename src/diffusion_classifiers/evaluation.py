@@ -711,6 +711,7 @@ def evaluate_classifier(
     head: Optional[dict] = None,
     check_training_images: bool = True,
     moved_in: Optional[Dict[str, str]] = None,
+    fingerprints_partial: Optional[bool] = None,
 ) -> dict:
     r"""
     Score `classifier` on a `datasets.Dataset` with an Image and a ClassLabel column, on [`LabeledImages`] or on
@@ -775,6 +776,9 @@ def evaluate_classifier(
         moved_in (`Dict[str, str]`, *optional*): `{name: folder}` moved into `output_dir` once the images are scored,
             when its earlier report is removed and before the new files are written (fit-head's new `pipeline/`,
             saved aside first: a failure while scoring keeps the earlier complete result).
+        fingerprints_partial (`bool`, *optional*): the training images checked against are a head's only, the
+            model's own unknown: those found are refused or dropped, but `"training_images_checked"` stays false;
+            default: as the classifier's record says (`train_fingerprints_partial`).
 
     Returns:
         `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`.
@@ -814,7 +818,9 @@ def evaluate_classifier(
     dataset, checked = _checked_against_training_images(
         dataset, train_fingerprints, checking, drop_training_images, split, dataset_name, num_workers, **overlap
     )
-    if checked.get("training_images_checked") and recorded_fingerprints_partial_of(classifier, folder):
+    if fingerprints_partial is None:
+        fingerprints_partial = recorded_fingerprints_partial_of(classifier, folder)
+    if checked.get("training_images_checked") and fingerprints_partial:
         checked["training_images_checked"] = False  # a head's train images only: the model's own are unknown (QA)
     batches, dataset_labels, dataset_names = _labelled_batches(
         dataset, contract, batch_size, num_workers, image_column, label_column

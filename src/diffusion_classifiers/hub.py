@@ -11,6 +11,7 @@ import json
 import math
 import numbers
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -119,7 +120,9 @@ MODEL_UPLOAD_SUFFIXES = (".json", ".safetensors", ".md", ".py")
 # Of those, the JSON and Markdown files a model loads from or is described by: any other (QA: a case list holding
 # patients' record numbers, predict's `<output>.json` with its local paths) stays local, with a warning.
 MODEL_JSON_NAMES = ("model_index.json", "config.json", "data_splits.json")
-MODEL_JSON_ENDINGS = ("_config.json", ".safetensors.index.json")  # scheduler_config.json, sharded weights' index
+MODEL_JSON_ENDINGS = ("_config.json",)  # scheduler_config.json, preprocessor_config.json
+# a sharded weights' index, of a variant too: diffusion_pytorch_model.safetensors.index.fp16.json
+SHARDED_INDEX = re.compile(r".+\.safetensors\.index(\.[\w-]+)?\.json")
 # How many of the files left out a warning names (a folder of scans may hold thousands).
 MAX_NAMED_FILES = 10
 
@@ -720,14 +723,7 @@ def _local_files(local_dir: Path, repo_type: str = "model") -> List[str]:
     warning naming them the training checkpoints (`checkpoint-*/`: state to resume training, not the model, and
     left out of its `model_fingerprint` too), pickles (`PICKLE_SUFFIXES`, e.g. the `training_args.bin` of
     transformers' `Trainer`) and, for a model, every file it does not load from (`MODEL_UPLOAD_SUFFIXES`)."""
-    files = [path for path in local_dir.rglob("*") if path.is_file()]
-    outside = sorted(path.relative_to(local_dir).as_posix() for path in files if not _inside(path, local_dir))
-    if outside:
-        warnings.warn(
-            f"{local_dir}: not uploading {_named(outside)}: link(s) to files outside the folder",
-            stacklevel=4,  # the caller of push_to_hub / write_dry_run
-        )
-    relative = [path.relative_to(local_dir) for path in files if _inside(path, local_dir)]
+    relative = [path.relative_to(local_dir) for path in local_dir.rglob("*") if path.is_file()]
     names = sorted(path.as_posix() for path in relative if not _hidden_or_checkpoint(path))
     checkpoints = sorted({folder for folder in map(_checkpoint_folder, relative) if folder is not None})
     if checkpoints:
@@ -757,18 +753,15 @@ def _local_files(local_dir: Path, repo_type: str = "model") -> List[str]:
     return [name for name in names if _model_loads_from(name)]
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    """Whether `path`, its links resolved, lies in `folder` (QA: a link in a model folder uploaded a file outside)."""
-    return path.resolve().is_relative_to(folder.resolve())
-
-
 def _model_loads_from(name: str) -> bool:
     """Whether the file `name` (relative to a model folder) is one a model loads from or is described by: weights,
     code, configs (`MODEL_JSON_NAMES`, `MODEL_JSON_ENDINGS`; README.md at the top only)."""
     base = name.rsplit("/", 1)[-1]
     if base.endswith((".safetensors", ".py")):
         return True
-    return name == "README.md" or base in MODEL_JSON_NAMES or base.endswith(MODEL_JSON_ENDINGS)
+    if name == "README.md" or base in MODEL_JSON_NAMES or SHARDED_INDEX.fullmatch(base):
+        return True
+    return base.endswith(MODEL_JSON_ENDINGS)
 
 
 def _published_split_record(path: Path) -> bytes:
@@ -780,8 +773,9 @@ def _published_split_record(path: Path) -> bytes:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:  # it may hold fingerprints: not published unread
         raise ValueError(f"{path} is not valid JSON ({error}); expected a data_splits.json to publish without its "
                          "train_fingerprints") from error
-    if isinstance(record, dict):
+    if isinstance(record, dict):  # the mark of fingerprints of a head's images only goes with them
         record.pop("train_fingerprints", None)
+        record.pop("train_fingerprints_partial", None)
     return (json.dumps(record, indent=2) + "\n").encode()
 
 

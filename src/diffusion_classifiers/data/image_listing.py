@@ -296,8 +296,8 @@ def _label_order(name: str) -> tuple:
 
 
 def read_csv_rows(path: Path, encoding: str | None = None) -> tuple[list[str], list[dict]]:
-    """The columns and rows of the CSV at `path`; a malformed one (a field over the csv module's limit, a NUL byte)
-    refused naming the file and line, not with the csv module's bare error (QA: a 300,000-character path gave a
+    """The columns and rows of the CSV at `path`; a malformed one (a field over the csv module's limit) refused
+    naming the file and line, not with the csv module's bare error (QA: a 300,000-character path gave a
     traceback naming neither)."""
     with open(path, newline="", encoding=encoding) as handle:
         reader = csv.DictReader(handle)

@@ -336,6 +336,7 @@ class SplitRecordMixin:
                 train_fingerprints=None if fingerprints is None else fingerprints.split(),
                 anonymised_dicom_groups=rule, unlabeled=bool(self.split_record.get("unlabeled")),
                 unlabeled_pool=bool(self.split_record.get("unlabeled_pool")),
+                fingerprints_partial=bool(self.split_record.get("train_fingerprints_partial")),
             )  # fmt: skip
 
     def _upload_folder(self, working_dir, repo_id, token=None, commit_message=None, create_pr=False, subfolder=None):

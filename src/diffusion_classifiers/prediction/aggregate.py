@@ -168,7 +168,7 @@ def _aggregate(
             scores = _group_metrics(predictions, layout, list(scored.values()), positive, rule)
             kept = {key: groups[key] for key in scored}
             metrics = {**_grouping(by, rule, threshold, kept), **scores, **_measured_with(run)}
-            metrics.update(_training_images_checked(columns, left_out))
+            metrics.update(_training_images_checked(columns, left_out, run))
     return _Aggregation(layout.out_columns(), [group.row for group in gathered], metrics, notes + ratio_notes)
 
 
@@ -217,13 +217,15 @@ def _training_images_note(columns: list, num_groups: int, left_out: int) -> list
     ]
 
 
-def _training_images_checked(columns: list, left_out: int) -> dict:
+def _training_images_checked(columns: list, left_out: int, run: dict) -> dict:
     """What metrics.json records of training images, under `evaluate`'s key: `training_images_checked`, whether the
-    predictions said which images the model was trained on (predict's `training_image` column), and then how many
-    groups holding any were left out."""
+    predictions said which images the model was trained on (predict's `training_image` column; not where the model
+    knew a head's training images only, its run's `training_images_partial`), and how many groups holding any were
+    left out."""
     if TRAINING_IMAGE_KEY not in columns:
         return {"training_images_checked": False}
-    return {"training_images_checked": True, "groups_left_out_holding_training_images": left_out}
+    checked = not run.get("training_images_partial")
+    return {"training_images_checked": checked, "groups_left_out_holding_training_images": left_out}
 
 
 def _grouping(by: tuple, rule: str, threshold: float, groups: dict) -> dict:

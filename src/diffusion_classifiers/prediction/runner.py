@@ -608,7 +608,7 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     """`diffusion-classifiers predict`: every flag checked and the inputs listed before the model is loaded."""
     from accelerate import Accelerator
 
-    from ..data.split_record import recorded_train_fingerprints
+    from ..data.split_record import recorded_fingerprints_partial, recorded_train_fingerprints
     from ..hub import model_fingerprint
     from ..pipelines import DiffusionClassifierPipeline
     from ..training.launch import check_world_size
@@ -627,6 +627,8 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     run_info = {"model_dir": model_name, "model_sha256": model_fingerprint(model_dir),
                 "windows": windows_json(medical.windows), "input": str(Path(args.input).resolve())}  # fmt: skip
     run_info.update(input_split(args, announce=accelerator.is_main_process))
+    if recorded_fingerprints_partial(model_dir):  # its training_image column knows a head's images only (aggregate)
+        run_info["training_images_partial"] = True
     moved = None if args.overwrite else model_moved(files, run_info)
     if moved is not None and accelerator.is_main_process:
         print(
