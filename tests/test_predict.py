@@ -538,6 +538,22 @@ def test_pipeline_kwargs_are_the_call_settings_recorded_and_checked_on_a_rerun(m
     assert all(float(row["log_likelihood_ratio_stderr"]) > 0 for row in rows)
 
 
+@pytest.mark.parametrize("settings, refused", [
+    ({"method": "likelihood", "solver": "euler"}, r"expected solver in \("),
+    ({"method": "likelihood", "num_probes": 0}, r"expected num_probes >= 1, got 0"),
+    ({"weighting": "snr"}, r"expected weighting in \("),
+    ({"num_timesteps": True}, r"expected num_timesteps >= 1, got True"),  # a JSON true: no count
+])  # fmt: skip
+def test_call_settings_the_scorers_refuse_are_refused_before_any_output(models, tmp_path, settings, refused):
+    """QA (a likelihood researcher): an unknown solver, weighting or a count of 0 were refused once predict had written
+    its run record and part folder and read a batch; `num_timesteps=True` ran one timestep."""
+    pipe = load(models, "sde")
+    write_images(tmp_path / "images", ["p.png"])
+    with pytest.raises(ValueError, match=refused):
+        predict_files(pipe, list_inputs(tmp_path / "images"), tmp_path / "out" / "p.csv", pipeline_kwargs=settings)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_an_output_written_before_the_stderr_column_resumes_with_its_columns(models, tmp_path):
     pipe = load(models, "sde")
     write_images(tmp_path / "images", ["p.png", "q.png"])

@@ -198,6 +198,18 @@ def _stages(num_timesteps, num_classes, pruning, early_stop_confidence, timestep
     return stages + [(min(timesteps_per_check, num_timesteps - start), kept) for start in starts]
 
 
+def check_denoising_args(num_timesteps, timestep_spacing, weighting, max_batch_size) -> None:
+    """`denoising_error_scores`' settings that need no image, refused where they cannot run: checked by the pipeline
+    too before any image is read (`predict`)."""
+    if timestep_spacing not in TIMESTEP_SPACINGS:
+        raise ValueError(f"expected timestep_spacing in {TIMESTEP_SPACINGS}, got {timestep_spacing!r}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"expected weighting in {WEIGHTINGS}, got {weighting!r}")
+    for name, value in (("max_batch_size", max_batch_size), ("num_timesteps", num_timesteps)):
+        if not is_count(value):
+            raise ValueError(f"expected {name} >= 1, got {value}")
+
+
 def check_stopping_rule(num_timesteps, num_classes, pruning, early_stop_confidence, timesteps_per_check) -> None:
     """Refuse a stopping rule (`pruning`, `early_stop_confidence`, `timesteps_per_check`) that the scorers would refuse
     for `num_timesteps` scored timesteps and `num_classes` classes: called before any image is scored (QA: `predict`
@@ -423,16 +435,9 @@ def denoising_error_scores(
     Returns:
         [`DenoisingScoreResult`].
     """
-    if timestep_spacing not in TIMESTEP_SPACINGS:
-        raise ValueError(f"expected timestep_spacing in {TIMESTEP_SPACINGS}, got {timestep_spacing!r}")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"expected weighting in {WEIGHTINGS}, got {weighting!r}")
-    if not is_count(max_batch_size):
-        raise ValueError(f"expected max_batch_size >= 1, got {max_batch_size}")
+    check_denoising_args(num_timesteps, timestep_spacing, weighting, max_batch_size)
     images, sde = checked_images(images, eps_model), sde or VPSDE()
     eps_fn, class_ids = as_eps_model(eps_model, sde), checked_class_ids(classes, eps_model, images.device)
-    if not is_count(num_timesteps):
-        raise ValueError(f"expected num_timesteps >= 1, got {num_timesteps}")
     strata, draw_keys = _strata_and_draw_keys(num_timesteps, timestep_strata)
     stages = _stages(len(strata), len(class_ids), pruning, early_stop_confidence, timesteps_per_check)
     log_prior = _checked_log_prior(log_prior, len(class_ids))

@@ -57,7 +57,8 @@ def checked_class_ids(classes: Classes, model, device) -> torch.Tensor:
 
 
 def is_count(value) -> bool:
-    return isinstance(value, numbers.Integral) and value >= 1
+    """A whole number >= 1; not a bool (QA: `num_timesteps=True`, a JSON `true`, ran one timestep)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
 def is_non_negative_integer(value) -> bool:

@@ -19,7 +19,12 @@ from diffusion_classifiers.likelihood import (
     denoising_error_scores,
     probability_flow_log_likelihood,
 )
-from diffusion_classifiers.likelihood.denoising_error import check_early_stop_can_stop, check_stopping_rule
+from diffusion_classifiers.likelihood.denoising_error import (
+    check_denoising_args,
+    check_early_stop_can_stop,
+    check_stopping_rule,
+)
+from diffusion_classifiers.likelihood.probability_flow import check_solver_args
 from diffusion_classifiers.likelihood.scorer_inputs import is_count
 from diffusion_classifiers.validation import check_positive_integer
 
@@ -52,7 +57,9 @@ class ScoreSDEClassifierOutput(ClassifierPipelineOutput):
             curves. `method="elbo"`: over the timesteps both classes were scored at (all of them unless pruning or
             the early stop dropped a class: then those before), so the two means weigh the same timesteps.
         nfe_per_image: `[N]` network function evaluations (one image, one class, one time = 1).
-        bits_per_dim: `[N, K]` bits per dimension of each class density (`method="likelihood"` only, else `None`).
+        bits_per_dim: `[N, K]` bits per dimension of each class density (`method="likelihood"` only, else `None`),
+            for 8-bit data whatever the images' bit depth (bins of 2/255 over `[-1, 1]`, see
+            [`probability_flow_log_likelihood`]): 16-bit data's would be about 8 bits/dim more.
         log_odds: `[N, K]` float64, `log p(c | x) - log(1 - p(c | x))` for each class (binary: the log-likelihood
             ratio plus the priors' log-ratio): the ranking score of one-vs-rest ROC curves and AUCs. `probs` round to
             exactly 0 or 1 where classes differ by more than about 100 nats, common for density models, and such
@@ -264,7 +271,8 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
             seed_by (`str`, *optional*, defaults to `"content"`): what an int `seed` (or the one drawn from a single
                 `generator`) is combined with to give each image its random draws (noise, timesteps, probes):
                 `"content"`, the SHA-256 of the image's preprocessed pixels ([`content_seeds`]), so an image's result
-                is the same alone, in any batch and at any position; `"position"`, its index `i` in the call (stream
+                is the same alone, in any batch and at any position (but for `solver="dopri5"`, whose adaptive steps a
+                batch shares); `"position"`, its index `i` in the call (stream
                 `(seed, i)`, v0.1.0's only scheme, kept to reproduce its numbers: batch-vs-single results differ by
                 the Monte-Carlo noise).
             batch_size (`int`, *optional*, defaults to 256): samples (image x class x time) per U-Net call; the ODE
@@ -337,7 +345,8 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         them all) would refuse that no image is needed to tell: called by the pipeline, and by `evaluate` and
         `predict` before any image is read or any output written: the method, the other method's arguments, `seed_by`,
         the priors (`prior_list`; given, they are normalised in `settings` to the list in class order, so a record of
-        the call reads the same whichever form was given), a prior of 0 with pruning or the early stop, and an ELBO
+        the call reads the same whichever form was given), the solver's or the ELBO's settings (names and counts), a
+        prior of 0 with pruning or the early stop, and an ELBO
         early stop with no look that can stop an image before the last timestep (`denoising_error.
         check_early_stop_can_stop`): no image could stop (QA: the warning then blamed noisy scores)."""
         call = {**_call_defaults(), **settings}
@@ -345,6 +354,13 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         if method not in METHODS:
             raise ValueError(f"expected method in {METHODS}, got {method!r}")
         _check_method_arguments(method, call)
+        if method == "likelihood":  # QA: an unknown solver was refused once predict had written its files
+            check_solver_args(
+                call["solver"], call["num_steps"], call["step_spacing"], call["rtol"], call["atol"], call["num_probes"],
+                call["batch_size"], warn=False,
+            )  # fmt: skip
+        else:
+            check_denoising_args(call["num_timesteps"], call["timestep_spacing"], call["weighting"], call["batch_size"])
         if call["seed_by"] not in SEED_BY:
             raise ValueError(f"expected seed_by in {SEED_BY}, got {call['seed_by']!r}")
         if settings.get("priors") is not None:
