@@ -393,9 +393,10 @@ def probability_flow_log_likelihood(
         seed: an int (image `i` uses stream `(seed, i)`) or one seed per image (e.g. [`content_seeds`], for
             results that do not depend on the image's position).
         batch_size: images per ODE solve. Fixed-step results do not depend on it; dopri5's do, and on the other
-            images of the batch: its adaptive steps are shared by the batch, and each image's error is not held to the
-            tolerance alone (measured: up to 0.45 nats apart at rtol = atol = 1e-4 on a trained 8 px model, 0.08 at
-            1e-5). Compare against dopri5 image by image, or at a tight tolerance.
+            images of the batch: the batch shares its adaptive steps (a step is taken when every image meets the
+            tolerance), and the tolerance bounds each step's error, not the result's (measured: up to 0.45 nats apart
+            at rtol = atol = 1e-4 on a trained 8 px model, 0.08 at 1e-5). Compare against dopri5 image by image, or at
+            a tight tolerance.
         sde: the [`VPSDE`] (default: `DDPMScheduler`'s default schedule).
         progress_bar: `tqdm` arguments for the bar over images, advanced at every solver step (images/s and the
             NFE per image so far shown); `{"disable": True}` hides it.

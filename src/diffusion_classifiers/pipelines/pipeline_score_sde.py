@@ -354,6 +354,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         if method not in METHODS:
             raise ValueError(f"expected method in {METHODS}, got {method!r}")
         _check_method_arguments(method, call)
+        check_positive_integer(call["batch_size"], "batch_size")  # in the call's words, before the scorers' checks
         if method == "likelihood":  # QA: an unknown solver was refused once predict had written its files
             check_solver_args(
                 call["solver"], call["num_steps"], call["step_spacing"], call["rtol"], call["atol"], call["num_probes"],

@@ -402,12 +402,15 @@ def predict_files(
     from tqdm.auto import tqdm
 
     from ..data.sixteen_bit import check_bit_depths
-    from ..evaluation import pipeline_call_settings, recorded_fingerprints_of
+    from ..evaluation import pipeline_call_settings, recorded_fingerprints_of, recorded_fingerprints_partial_of
 
     files = check_output_args(output_path, errors_path, batch_size)
     check_inputs(inputs)
     if train_fingerprints is None:
         train_fingerprints = recorded_fingerprints_of(pipeline)
+    if train_fingerprints is not None and recorded_fingerprints_partial_of(pipeline):
+        # its training_image column knows a head's training images only: aggregate then claims no check
+        run_info = {**(run_info or {}), "training_images_partial": True}
     call_kwargs = prediction_call_kwargs(pipeline, pipeline_kwargs, seed)
     settings = pipeline_call_settings(pipeline, call_kwargs)  # unknown names refused here
     columns = output_columns(
@@ -608,7 +611,7 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     """`diffusion-classifiers predict`: every flag checked and the inputs listed before the model is loaded."""
     from accelerate import Accelerator
 
-    from ..data.split_record import recorded_fingerprints_partial, recorded_train_fingerprints
+    from ..data.split_record import recorded_train_fingerprints
     from ..hub import model_fingerprint
     from ..pipelines import DiffusionClassifierPipeline
     from ..training.launch import check_world_size
@@ -627,8 +630,6 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     run_info = {"model_dir": model_name, "model_sha256": model_fingerprint(model_dir),
                 "windows": windows_json(medical.windows), "input": str(Path(args.input).resolve())}  # fmt: skip
     run_info.update(input_split(args, announce=accelerator.is_main_process))
-    if recorded_fingerprints_partial(model_dir):  # its training_image column knows a head's images only (aggregate)
-        run_info["training_images_partial"] = True
     moved = None if args.overwrite else model_moved(files, run_info)
     if moved is not None and accelerator.is_main_process:
         print(
