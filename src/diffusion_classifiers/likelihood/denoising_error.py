@@ -14,6 +14,8 @@ from .scorer_inputs import (
     Classes,
     Seed,
     as_column,
+    check_choice,
+    check_counts,
     check_finite_output,
     checked_class_ids,
     checked_images,
@@ -201,13 +203,9 @@ def _stages(num_timesteps, num_classes, pruning, early_stop_confidence, timestep
 def check_denoising_args(num_timesteps, timestep_spacing, weighting, max_batch_size) -> None:
     """`denoising_error_scores`' settings that need no image, refused where they cannot run: checked by the pipeline
     too before any image is read (`predict`)."""
-    if timestep_spacing not in TIMESTEP_SPACINGS:
-        raise ValueError(f"expected timestep_spacing in {TIMESTEP_SPACINGS}, got {timestep_spacing!r}")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"expected weighting in {WEIGHTINGS}, got {weighting!r}")
-    for name, value in (("max_batch_size", max_batch_size), ("num_timesteps", num_timesteps)):
-        if not is_count(value):
-            raise ValueError(f"expected {name} >= 1, got {value}")
+    check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
+    check_choice("weighting", weighting, WEIGHTINGS)
+    check_counts(max_batch_size=max_batch_size, num_timesteps=num_timesteps)
 
 
 def check_stopping_rule(num_timesteps, num_classes, pruning, early_stop_confidence, timesteps_per_check) -> None:

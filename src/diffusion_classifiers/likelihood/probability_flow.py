@@ -14,6 +14,8 @@ import torch
 from .scorer_inputs import (
     Classes,
     Seed,
+    check_choice,
+    check_counts,
     check_finite_output,
     checked_class_ids,
     checked_images,
@@ -289,17 +291,13 @@ def _time_grid(sde: VPSDE, num_steps: int, spacing: str, like: torch.Tensor) -> 
 def check_solver_args(solver, num_steps, step_spacing, rtol, atol, num_probes, batch_size, warn: bool = True) -> None:
     """`probability_flow_log_likelihood`'s solver settings, refused where they cannot run (and, with `warn`, those
     the solver does not read warned about): checked by the pipeline too before any image is read (`predict`)."""
-    if solver not in SOLVERS:
-        raise ValueError(f"expected solver in {SOLVERS}, got {solver!r}")
+    check_choice("solver", solver, SOLVERS)
     if solver == "dopri5" and not (rtol > 0 and atol > 0):
         raise ValueError(f"expected solver tolerances rtol > 0 and atol > 0, got rtol={rtol}, atol={atol}")
     if solver != "dopri5" and not is_count(num_steps):
         raise ValueError(f"expected num_steps >= 1 for solver {solver!r}, got {num_steps}")
-    if step_spacing not in STEP_SPACINGS:
-        raise ValueError(f"expected step_spacing in {STEP_SPACINGS}, got {step_spacing!r}")
-    for name, value in (("num_probes", num_probes), ("batch_size", batch_size)):
-        if not is_count(value):
-            raise ValueError(f"expected {name} >= 1, got {value}")
+    check_choice("step_spacing", step_spacing, STEP_SPACINGS)
+    check_counts(num_probes=num_probes, batch_size=batch_size)
     if warn:
         _warn_unused_solver_args(solver, num_steps=num_steps, step_spacing=step_spacing, rtol=rtol, atol=atol)
 

@@ -61,6 +61,19 @@ def is_count(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
+def check_choice(name: str, value, choices) -> None:
+    """`ValueError` naming `name` unless `value` is one of `choices`."""
+    if value not in choices:
+        raise ValueError(f"expected {name} in {choices}, got {value!r}")
+
+
+def check_counts(**values) -> None:
+    """`ValueError` naming the first of `values` that is no count (`is_count`)."""
+    for name, value in values.items():
+        if not is_count(value):
+            raise ValueError(f"expected {name} >= 1, got {value}")
+
+
 def is_non_negative_integer(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
 
