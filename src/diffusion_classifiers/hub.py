@@ -113,12 +113,10 @@ PER_CLASS_OPEN_MAX = 20
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.md"]
 REMOTE_CODE_PATTERNS = ["*.py"]
 
-# What a model upload sends: the files a model loads from (configs, safetensors, its code, cards), the download's
-# patterns. Anything else in the folder (a training run's samples and logs, predictions, feature caches, the user's
-# DICOM or image files) is left out, with a warning: QA, a CT model's folder held its patients' predictions and scans.
-MODEL_UPLOAD_SUFFIXES = (".json", ".safetensors", ".md", ".py")
-# Of those, the JSON and Markdown files a model loads from or is described by: any other (QA: a case list holding
-# patients' record numbers, predict's `<output>.json` with its local paths) stays local, with a warning.
+# What a model upload sends (`_model_loads_from`): the files a model loads from or is described by, its weights
+# (*.safetensors), code (*.py), configs, split record and card. Anything else in the folder (a training run's samples
+# and logs, predictions and their `<output>.json` with local paths, feature caches, notes, the user's DICOM or image
+# files) is left out, with a warning: QA, a CT model's folder held its patients' predictions, scans and case lists.
 MODEL_JSON_NAMES = ("model_index.json", "config.json", "data_splits.json")
 MODEL_JSON_ENDINGS = ("_config.json",)  # scheduler_config.json, preprocessor_config.json
 # a sharded weights' index, of a variant too: diffusion_pytorch_model.safetensors.index.fp16.json
@@ -722,7 +720,7 @@ def _local_files(local_dir: Path, repo_type: str = "model") -> List[str]:
     """Relative paths of the files in `local_dir` to upload: hidden ones (.git, .cache, ...) left out, and with a
     warning naming them the training checkpoints (`checkpoint-*/`: state to resume training, not the model, and
     left out of its `model_fingerprint` too), pickles (`PICKLE_SUFFIXES`, e.g. the `training_args.bin` of
-    transformers' `Trainer`) and, for a model, every file it does not load from (`MODEL_UPLOAD_SUFFIXES`)."""
+    transformers' `Trainer`) and, for a model, every file it does not load from (`_model_loads_from`)."""
     relative = [path.relative_to(local_dir) for path in local_dir.rglob("*") if path.is_file()]
     names = sorted(path.as_posix() for path in relative if not _hidden_or_checkpoint(path))
     checkpoints = sorted({folder for folder in map(_checkpoint_folder, relative) if folder is not None})
