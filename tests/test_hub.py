@@ -945,6 +945,21 @@ def test_the_card_counts_the_training_images_dropped(tmp_path):
     assert "(38 images, 20 of them malignant):" in plain
 
 
+def test_a_card_of_a_whole_data_set_that_held_training_images_says_its_val_images_may_be_among_those_scored():
+    """QA (a publishing lab): `evaluate --split all --drop_training_images` on the training data scored its val and
+    test splits together (val chose the model: 95.8% there, 85.3% on test, 90.1% pooled), and the card gave the pooled
+    figure as a held-out one."""
+    common = dict(model_name="m", dataset_name="PneumoniaMNIST", dataset_license="cc-by-4.0", metrics={"accuracy": 0.9},
+                  training_command="t", evaluation_command="e", class_names=["normal", "pneumonia"])  # fmt: skip
+    pooled = str(hub.render_model_card("unet_features", dataset_split="all", eval_dataset_name="pneumoniamnist.npz",
+                                       num_images=1140, num_dropped=4716, **common))  # fmt: skip
+    held = "**The data set held 4716 images the model was trained on** (left out above): if it is the model's own"
+    assert held in pooled and "these figures are optimistic" in " ".join(pooled.split())
+    external = str(hub.render_model_card("unet_features", dataset_split="all", eval_dataset_name="site_b",
+                                         num_images=300, **common))  # fmt: skip
+    assert "The data set held" not in external and "every image of site_b, none carved out" in external
+
+
 def test_the_card_says_its_figures_were_not_checked_against_the_training_images_as_the_report_does(tmp_path):
     """QA (a reviewer of an upgraded model): report.md said "Not checked against the model's training images"; the
     card of the same metrics said nothing."""
