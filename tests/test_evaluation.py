@@ -209,6 +209,18 @@ def test_bright_preprocessed_images_are_scored_without_the_guess_that_they_are_m
         pipe(test.images.abs()[:2])
 
 
+def test_drop_training_images_where_none_can_be_dropped_is_refused(binary):
+    """Second read (an upgrading lab): from Python, drop_training_images was ignored on a datasets split and on a model
+    that records no training images, the report then saying its images were not checked."""
+    pipe, test, dataset = binary
+    with pytest.raises(ValueError, match=r"^drop_training_images: the model records no fingerprints of its training"):
+        evaluate_classifier(pipe, test, drop_training_images=True)
+    with pytest.raises(ValueError, match=r"^drop_training_images: a datasets.Dataset is not checked against"):
+        evaluate_classifier(pipe, dataset, drop_training_images=True, train_fingerprints=["0" * 32])
+    with pytest.raises(ValueError, match=r"^drop_training_images: no training images are checked against"):
+        evaluate_classifier(pipe, test, drop_training_images=True, split="train")
+
+
 def test_binary_evaluation_reports_the_positive_class(binary, tmp_path):
     pipe, test, dataset = binary
     metrics = evaluate_classifier(pipe, dataset, tmp_path, positive_class="malignant")

@@ -132,6 +132,38 @@ def test_loss_curve_and_probe_heatmap(tmp_path):
     assert_title_fits(pixels)
 
 
+def test_what_a_reader_reads_on_the_figures(monkeypatch, binary_case):
+    """QA (a reader of the figures): the loss curve's log axis was not said and the top of a curve within a decade
+    was unlabelled; the legend said "AP = 1.00" of an AP of 0.9967; nothing said what the label-efficiency error bars
+    are, nor that "all labels" is a mean per class."""
+    from matplotlib.ticker import MaxNLocator
+    from sklearn.metrics import average_precision_score
+
+    from diffusion_classifiers import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig))
+    steps = np.arange(1, 61)
+    plot_loss_curve(steps, 1.24 - 0.011 * steps, "unused")
+    (ax,) = drawn[-1].axes
+    assert ax.get_ylabel() == "loss (log scale)" and isinstance(ax.yaxis.get_major_locator(), MaxNLocator)
+    y_true, probs = binary_case
+    plot_roc_pr(y_true, probs.argmax(1), probs[:, 1], "unused", positive_label=1, class_names=["a", "b"])
+    roc_ax, pr_ax = drawn[-1].axes
+    average_precision = average_precision_score(np.asarray(y_true) == 1, probs[:, 1])
+    assert pr_ax.get_legend().get_texts()[0].get_text() == f"classifier (AP = {average_precision:.3f})"
+    assert roc_ax.get_legend().get_texts()[0].get_text().startswith("classifier (AUC = 0.")
+    curve = {
+        1.0: {"accuracy": 0.4, "macro_f1": 0.3, "accuracy_std": 0.1, "macro_f1_std": 0.1},
+        23.5: {"accuracy": 0.9, "macro_f1": 0.8},
+    }
+    plot_label_efficiency({"m": curve}, "unused", title="Label efficiency")
+    assert drawn[-1]._suptitle.get_text() == "Label efficiency (error bars: 1 standard deviation over episodes)"
+    assert "all labels: their mean" in drawn[-1].axes[0].get_xlabel()
+    plot_label_efficiency({"m": {n: {"accuracy": 0.5, "macro_f1": 0.5} for n in (1.0, 10.0)}}, "unused", title="T")
+    assert drawn[-1]._suptitle.get_text() == "T"
+
+
 def test_a_figure_that_fails_mid_write_leaves_the_earlier_one_whole(tmp_path):
     from diffusion_classifiers.plots import _save
 

@@ -883,6 +883,13 @@ def _checked_against_training_images(
             raise ValueError(f"{where}: every image is one the model was trained on; nothing is left to score")
         dropped = {"training_images_dropped": dropped} if drop_training_images else {}
         return dataset, {"training_images_checked": True, **dropped}
+    if drop_training_images:  # QA: ignored without a word, the report then saying the images were not checked
+        why = (
+            "a datasets.Dataset is not checked against the model's training images" if train_fingerprints is not None
+            else "no training images are checked against" if not checking
+            else "the model records no fingerprints of its training images"
+        )  # fmt: skip
+        raise ValueError(f"drop_training_images: {why}, so none can be dropped; expected it False")
     if train_fingerprints is not None:  # a datasets.Dataset: its own split, not carved by the model's record
         return dataset, {"training_images_checked": False}
     if checking:  # the model records none: said, not left out
