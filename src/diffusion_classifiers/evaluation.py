@@ -31,6 +31,7 @@ from .data.split_record import (
     ANONYMISED_DICOM_RULE,
     image_fingerprint_variants,
     image_fingerprints,
+    read_split_record,
     recorded_fingerprints_partial,
     recorded_train_fingerprints,
 )
@@ -890,9 +891,8 @@ def _checked_against_training_images(
             else "the model records no fingerprints of its training images"
         )  # fmt: skip
         raise ValueError(f"drop_training_images: {why}, so none can be dropped; expected it False")
-    if train_fingerprints is not None:  # a datasets.Dataset: its own split, not carved by the model's record
-        return dataset, {"training_images_checked": False}
-    if checking:  # the model records none: said, not left out
+    # a datasets.Dataset (its own split, not carved by the model's record), or a model that records none: said
+    if train_fingerprints is not None or checking:
         return dataset, {"training_images_checked": False}
     return dataset, {}
 
@@ -972,24 +972,24 @@ def check_read_as_the_model_reads(dataset, contract: ImagePreprocessing) -> None
 
 
 def recorded_fingerprints_of(classifier, folder: Optional[str] = None) -> Optional[frozenset]:
-    """The fingerprints of the training images `classifier` records: a pipeline's `split_record` (none where a head
-    registered by hand dropped them), else (a transformers model) the `data_splits.json` of its saved `folder` or
-    `name_or_path`; None where none are recorded."""
-    if hasattr(classifier, "split_record"):
-        return recorded_train_fingerprints(folder, record=classifier.split_record)
-    folder = folder if folder is not None else getattr(classifier, "name_or_path", None)
-    if not folder or not os.path.isdir(folder):
-        return None
-    return recorded_train_fingerprints(folder)
+    """The fingerprints of the training images `classifier` records (`_split_record_of`; none where a head registered
+    by hand dropped them); None where none are recorded."""
+    return recorded_train_fingerprints(None, record=_split_record_of(classifier, folder))
 
 
 def recorded_fingerprints_partial_of(classifier, folder: Optional[str] = None) -> bool:
     """Whether the training images `classifier` records are a head's only, over a model that recorded none of its own
-    (`data.split_record.recorded_fingerprints_partial`): a pipeline's `split_record`, else its saved folder's."""
+    (`data.split_record.recorded_fingerprints_partial`)."""
+    return recorded_fingerprints_partial(None, record=_split_record_of(classifier, folder))
+
+
+def _split_record_of(classifier, folder: Optional[str] = None) -> Optional[dict]:
+    """A pipeline's `split_record`, else (a transformers model) the `data_splits.json` of its saved `folder` or
+    `name_or_path`; None where there is none."""
     if hasattr(classifier, "split_record"):
-        return recorded_fingerprints_partial(None, record=classifier.split_record)
+        return classifier.split_record
     folder = folder if folder is not None else getattr(classifier, "name_or_path", None)
-    return bool(folder) and os.path.isdir(folder) and recorded_fingerprints_partial(folder)
+    return read_split_record(folder) if folder and os.path.isdir(folder) else None
 
 
 def _images_named(split: Optional[str], dataset_name: Optional[str]) -> str:

@@ -373,7 +373,8 @@ def _integer(dataset: Any, keyword: str) -> int | None:
 
 # A file's frames together may hold this many times PIL's limit on one image's pixels (a tomosynthesis volume: 70
 # frames of 2457 x 1890, 3.6x; an enhanced CT of 1000 slices of 512 x 512, 2.9x), each frame PIL's limit itself.
-# Reading costs about 36 bytes a pixel at its peak (measured: 3.9 GB for 108 M pixels), 13 GB at this limit.
+# Reading peaks at 20-32 bytes a pixel (measured: 4.6 GB for one 12000 x 12000 frame, 3.9 GB for 3 of 8000 x 8000),
+# 7-11 GB at this limit.
 _FRAMES_PIXEL_FACTOR = 4
 
 
