@@ -15,6 +15,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf-home-"))
+# Each pytest-xdist worker its own HF_HOME inside it: loading saved code copies modules into HF_HOME/modules, and two
+# workers writing the same module file at once let one import it half-written (an ImportError seen in CI).
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ["HF_HOME"] = os.path.join(os.environ["HF_HOME"], os.environ["PYTEST_XDIST_WORKER"])
+    os.environ.pop("HF_MODULES_CACHE", None)
+    os.makedirs(os.environ["HF_HOME"], exist_ok=True)
 # No progress bars in the output of the subprocesses tests start (tqdm >= 4.66 reads TQDM_* defaults when it is
 # imported, which `import torch` above has already done in this process, whose bars pytest captures).
 os.environ.setdefault("TQDM_DISABLE", "1")
