@@ -165,10 +165,11 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         **probe_kwargs,
     ) -> Union[LinearProbeHead, ProbeGridResult]:
         """Fit a linear probe (scikit-learn's logistic regression, `probing.fit_probe_grid`) on the representations
-        of labelled `images`, its strength (`C=[...]`) and early stop chosen on the labelled `val_images`; register it
-        as this pipeline's `head` and return it, or with `return_fit=True` the whole `ProbeGridResult` (the `C` kept,
-        every strength's val scores). `probe_kwargs`: `C`, `class_weight`, `early_stopping`, ... of
-        `fit_probe_grid`. The progress bar follows `set_progress_bar_config` unless `progress_bar` is given."""
+        of labelled `images`; register it as this pipeline's `head` and return it, or with `return_fit=True` the whole
+        `ProbeGridResult` (the `C` kept, every strength's val scores). `probe_kwargs`: `C`, `class_weight`,
+        `early_stopping`, ... of `fit_probe_grid`: given several strengths (`C=[...]`) or `early_stopping=True`, the
+        strength and the iterate kept are chosen on the labelled `val_images` (by default one strength, C = 1, fitted
+        to convergence). The progress bar follows `set_progress_bar_config` unless `progress_bar` is given."""
         pixels, val_pixels = (self.preprocess(x, input_data_format) for x in (images, val_images))
         result = fit_probe_grid(
             {REPRESENTATION_FEATURE: self._represent(pixels, batch_size)}, labels,

@@ -4,6 +4,7 @@
 [`ProbeGridResult`] with a [`LinearProbeHead`] per pair.
 """
 
+import functools
 import math
 import mmap
 import warnings
@@ -415,19 +416,58 @@ def _fit_heads(x, num_rows, l2, tol, max_iter, val=None, patience=None, progress
 
     Returns weight [P, R, D], bias [P, R], n_iter, converged and kept_iter (lists of P).
     """
+    evaluate = functools.partial(_penalised_loss, num_rows=num_rows, l2=l2)
+    batch = _start_batch(x, num_rows, l2, val, evaluate)
+    fitted = _FittedHeads(x.shape[0], num_rows, x.shape[1], x.device, tol, early_stopping=val is not None)
+    if val is not None:
+        fitted.keep_if_best(batch, 0)
+    progress = tqdm(**{"total": max_iter, "desc": "Fitting probes", "unit": "iteration", **(progress_bar or {})})
+    for iteration in range(1, max_iter + 1):
+        done = batch.frozen | (batch.grad_max <= tol) | batch.stalled
+        if val is not None:
+            done |= batch.waited > patience
+        if bool((done & ~batch.frozen).any()):
+            fitted.finish(batch, done & ~batch.frozen, iteration - 1)
+            batch.frozen = done
+            num_done = int(done.sum())
+            if num_done == len(done):
+                break
+            if 4 * num_done >= len(done):
+                batch.select(~done)
+        direction, slope = _descent_direction(batch, iteration)
+        theta, trial, accepted = _line_search(batch, direction, slope, evaluate)
+        _move_to(batch, iteration, theta, trial, accepted)
+        if val is not None:
+            fitted.keep_if_best(batch, iteration)
+        progress.update(1)
+        if not progress.disable:  # the count waits on the device: a GPU's queue would drain every iteration
+            progress.set_postfix(heads=int((~batch.frozen).sum()))
+    else:  # max_iter reached
+        fitted.finish(batch, ~batch.frozen, max_iter)
+    progress.total = progress.n  # converged before max_iter: the bar ends full
+    progress.close()
+    return fitted.weight, fitted.bias, fitted.n_iter.tolist(), fitted.converged.tolist(), fitted.kept_iter.tolist()
+
+
+def _penalised_loss(x, precond, theta, num_rows: int, l2: float):
+    """Each head's mean cross-entropy + l2 / 2 * ||weight||^2 at theta = (u, bias) [P, R * D + R], weight = u A^T (A:
+    `precond`); its gradient in theta, its largest absolute gradient entry in (weight, bias) (the stopping test's),
+    weight and bias."""
+    dim = x.shape[1]
+    u, bias = theta[:, : num_rows * dim].view(-1, num_rows, dim), theta[:, num_rows * dim :]
+    weight = torch.bmm(u, precond.transpose(1, 2))  # weight = u A^T
+    loss, grad_weight, grad_bias = x.loss_and_grad(weight, bias)
+    loss = loss + 0.5 * l2 * weight.square().sum(dim=(1, 2))
+    grad_weight += l2 * weight
+    grad_max = torch.maximum(grad_weight.abs().amax(dim=(1, 2)), grad_bias.abs().amax(dim=1))
+    grad = torch.cat([torch.bmm(grad_weight, precond).flatten(1), grad_bias], dim=1)  # chain rule
+    return loss, grad, grad_max, weight, bias
+
+
+def _start_batch(x, num_rows: int, l2: float, val, evaluate) -> _Batch:
+    """Every head in the batch at zero weights, evaluated, with an empty history."""
     num_heads, dim, _ = x.shape
     device, size = x.device, num_rows * dim + num_rows
-
-    def evaluate(x, precond, theta):
-        u, bias = theta[:, : num_rows * dim].view(-1, num_rows, dim), theta[:, num_rows * dim :]
-        weight = torch.bmm(u, precond.transpose(1, 2))  # weight = u A^T
-        loss, grad_weight, grad_bias = x.loss_and_grad(weight, bias)
-        loss = loss + 0.5 * l2 * weight.square().sum(dim=(1, 2))
-        grad_weight += l2 * weight
-        grad_max = torch.maximum(grad_weight.abs().amax(dim=(1, 2)), grad_bias.abs().amax(dim=1))
-        grad = torch.cat([torch.bmm(grad_weight, precond).flatten(1), grad_bias], dim=1)  # chain rule
-        return loss, grad, grad_max, weight, bias
-
     batch = _Batch(
         index=torch.arange(num_heads, device=device), x=x, precond=_preconditioner(x, _RIDGE * l2),
         theta=torch.zeros(num_heads, size, device=device),
@@ -440,91 +480,94 @@ def _fit_heads(x, num_rows, l2, tol, max_iter, val=None, patience=None, progress
     if val is not None:
         batch.x_val = val
     batch.loss, batch.grad, batch.grad_max, batch.weight, batch.bias = evaluate(batch.x, batch.precond, batch.theta)
-    out_weight = torch.zeros(num_heads, num_rows, dim, device=device)
-    out_bias = torch.zeros(num_heads, num_rows, device=device)
-    n_iter, kept_iter = torch.zeros(num_heads, dtype=torch.long), torch.zeros(num_heads, dtype=torch.long)
-    converged = torch.zeros(num_heads, dtype=torch.bool)
+    return batch
 
-    def keep_if_best(iteration):
+
+class _FittedHeads:
+    """`_fit_heads`'s result, filled in as heads stop: each head's kept weight and bias (its last iterate, or with
+    early stopping its lowest-val-loss one), its iterations, whether it converged and the iteration kept."""
+
+    def __init__(self, num_heads: int, num_rows: int, dim: int, device, tol: float, early_stopping: bool):
+        self.weight = torch.zeros(num_heads, num_rows, dim, device=device)
+        self.bias = torch.zeros(num_heads, num_rows, device=device)
+        self.n_iter = torch.zeros(num_heads, dtype=torch.long)
+        self.kept_iter = torch.zeros(num_heads, dtype=torch.long)
+        self.converged = torch.zeros(num_heads, dtype=torch.bool)
+        self.tol, self.early_stopping = tol, early_stopping
+
+    def keep_if_best(self, batch: _Batch, iteration: int) -> None:
         """Early stopping: record the iterate of each head whose val loss improved."""
         val_loss = batch.x_val.loss_and_grad(batch.weight, batch.bias, need_grad=False)[0]
         improved = ~batch.frozen & (val_loss < batch.best_loss - _MIN_DELTA)
         batch.best_loss = torch.where(improved, val_loss, batch.best_loss)
         batch.waited = torch.where(improved, 0, batch.waited + 1)
         index = batch.index[improved]
-        out_weight[index], out_bias[index] = batch.weight[improved], batch.bias[improved]
-        kept_iter[index.cpu()] = iteration
+        self.weight[index], self.bias[index] = batch.weight[improved], batch.bias[improved]
+        self.kept_iter[index.cpu()] = iteration
 
-    def finish(heads, iteration):
+    def finish(self, batch: _Batch, heads: torch.Tensor, iteration: int) -> None:
         """Record the heads that stop at `iteration`."""
         index = batch.index[heads]
-        converged[index.cpu()] = (batch.grad_max[heads] <= tol).cpu()
-        n_iter[index.cpu()] = iteration
-        if val is None:
-            out_weight[index], out_bias[index] = batch.weight[heads], batch.bias[heads]
-            kept_iter[index.cpu()] = iteration
+        self.converged[index.cpu()] = (batch.grad_max[heads] <= self.tol).cpu()
+        self.n_iter[index.cpu()] = iteration
+        if not self.early_stopping:
+            self.weight[index], self.bias[index] = batch.weight[heads], batch.bias[heads]
+            self.kept_iter[index.cpu()] = iteration
 
-    if val is not None:
-        keep_if_best(0)
-    progress = tqdm(**{"total": max_iter, "desc": "Fitting probes", "unit": "iteration", **(progress_bar or {})})
-    for iteration in range(1, max_iter + 1):
-        done = batch.frozen | (batch.grad_max <= tol) | batch.stalled
-        if val is not None:
-            done |= batch.waited > patience
-        if bool((done & ~batch.frozen).any()):
-            finish(done & ~batch.frozen, iteration - 1)
-            batch.frozen = done
-            num_done = int(done.sum())
-            if num_done == len(done):
-                break
-            if 4 * num_done >= len(done):
-                batch.select(~done)
-        direction = _inverse_hessian_times(batch.grad, batch, num_pairs=iteration - 1)
-        direction = torch.where(batch.frozen[:, None], 0.0, -direction)
-        slope = (batch.grad * direction).sum(dim=1)
-        uphill = ~batch.frozen & ~(slope < 0)  # round-off only (H is positive definite; NaN too): steepest descent
-        if bool(uphill.any()):
-            direction[uphill], slope[uphill] = -batch.grad[uphill], -batch.grad[uphill].square().sum(dim=1)
-            batch.s[uphill], batch.y[uphill], batch.s_y[uphill], batch.y_y[uphill] = 0.0, 0.0, 0.0, 0.0
-            batch.curved[uphill], batch.gamma[uphill] = False, 1.0
-        # backtracking line search, per head; float32 round-off in the loss is tolerated
-        step = torch.ones_like(slope)
-        slack = 4 * torch.finfo(batch.loss.dtype).eps * batch.loss.abs()
-        theta = batch.theta + direction
-        loss, grad, grad_max, weight, bias = evaluate(batch.x, batch.precond, theta)
-        accepted = batch.frozen | (loss <= batch.loss + _ARMIJO * slope + slack)
-        for _ in range(_MAX_LINE_SEARCH):
-            if bool(accepted.all()):
-                break
-            retry = (~accepted).nonzero().squeeze(1)  # only these heads are evaluated again
-            step[retry] /= 2
-            theta[retry] = batch.theta[retry] + step[retry, None] * direction[retry]
-            result = evaluate(batch.x[retry], batch.precond[retry], theta[retry])
-            for tensor, new in zip((loss, grad, grad_max, weight, bias), result):
-                tensor[retry] = new
-            accepted[retry] = loss[retry] <= batch.loss[retry] + _ARMIJO * step[retry] * slope[retry] + slack[retry]
-        batch.stalled = ~accepted
-        s, y = theta - batch.theta, grad - batch.grad
-        sy, yy = (s * y).sum(dim=1), y.square().sum(dim=1)
-        curved = accepted & (sy > 1e-10 * yy) & (yy > 0)  # a pair that would break positive definiteness is skipped
-        _append_pair(batch, iteration - 1, s, y, sy, curved)
-        batch.gamma = torch.where(curved, sy / yy.clamp(min=1e-30), batch.gamma)
-        batch.theta = torch.where(accepted[:, None], theta, batch.theta)
-        batch.loss = torch.where(accepted, loss, batch.loss)
-        batch.grad = torch.where(accepted[:, None], grad, batch.grad)
-        batch.grad_max = torch.where(accepted, grad_max, batch.grad_max)
-        batch.weight = torch.where(accepted[:, None, None], weight, batch.weight)
-        batch.bias = torch.where(accepted[:, None], bias, batch.bias)
-        if val is not None:
-            keep_if_best(iteration)
-        progress.update(1)
-        if not progress.disable:  # the count waits on the device: a GPU's queue would drain every iteration
-            progress.set_postfix(heads=int((~batch.frozen).sum()))
-    else:  # max_iter reached
-        finish(~batch.frozen, max_iter)
-    progress.total = progress.n  # converged before max_iter: the bar ends full
-    progress.close()
-    return out_weight, out_bias, n_iter.tolist(), converged.tolist(), kept_iter.tolist()
+
+def _descent_direction(batch: _Batch, iteration: int):
+    """Each head's L-BFGS direction (zero when frozen) and its slope; where round-off made it uphill, steepest
+    descent, with the head's history cleared."""
+    direction = _inverse_hessian_times(batch.grad, batch, num_pairs=iteration - 1)
+    direction = torch.where(batch.frozen[:, None], 0.0, -direction)
+    slope = (batch.grad * direction).sum(dim=1)
+    uphill = ~batch.frozen & ~(slope < 0)  # round-off only (H is positive definite; NaN too): steepest descent
+    if bool(uphill.any()):
+        direction[uphill], slope[uphill] = -batch.grad[uphill], -batch.grad[uphill].square().sum(dim=1)
+        batch.s[uphill], batch.y[uphill], batch.s_y[uphill], batch.y_y[uphill] = 0.0, 0.0, 0.0, 0.0
+        batch.curved[uphill], batch.gamma[uphill] = False, 1.0
+    return direction, slope
+
+
+def _line_search(batch: _Batch, direction, slope, evaluate):
+    """Backtracking from step 1, per head, to sufficient decrease (float32 round-off in the loss tolerated): the trial
+    point theta, its evaluation (loss, grad, grad_max, weight, bias) and which heads accept it; a head that does not
+    after `_MAX_LINE_SEARCH` halvings has stalled. Only the heads still searching are evaluated again."""
+    step = torch.ones_like(slope)
+    slack = 4 * torch.finfo(batch.loss.dtype).eps * batch.loss.abs()
+    theta = batch.theta + direction
+    trial = evaluate(batch.x, batch.precond, theta)
+    loss = trial[0]
+    accepted = batch.frozen | (loss <= batch.loss + _ARMIJO * slope + slack)
+    for _ in range(_MAX_LINE_SEARCH):
+        if bool(accepted.all()):
+            break
+        retry = (~accepted).nonzero().squeeze(1)
+        step[retry] /= 2
+        theta[retry] = batch.theta[retry] + step[retry, None] * direction[retry]
+        result = evaluate(batch.x[retry], batch.precond[retry], theta[retry])
+        for tensor, new in zip(trial, result):
+            tensor[retry] = new
+        accepted[retry] = loss[retry] <= batch.loss[retry] + _ARMIJO * step[retry] * slope[retry] + slack[retry]
+    return theta, trial, accepted
+
+
+def _move_to(batch: _Batch, iteration: int, theta, trial, accepted) -> None:
+    """Each head that accepted its trial point moves there and adds the step's curvature pair; one that did not stays,
+    stalled."""
+    loss, grad, grad_max, weight, bias = trial
+    batch.stalled = ~accepted
+    s, y = theta - batch.theta, grad - batch.grad
+    sy, yy = (s * y).sum(dim=1), y.square().sum(dim=1)
+    curved = accepted & (sy > 1e-10 * yy) & (yy > 0)  # a pair that would break positive definiteness is skipped
+    _append_pair(batch, iteration - 1, s, y, sy, curved)
+    batch.gamma = torch.where(curved, sy / yy.clamp(min=1e-30), batch.gamma)
+    batch.theta = torch.where(accepted[:, None], theta, batch.theta)
+    batch.loss = torch.where(accepted, loss, batch.loss)
+    batch.grad = torch.where(accepted[:, None], grad, batch.grad)
+    batch.grad_max = torch.where(accepted, grad_max, batch.grad_max)
+    batch.weight = torch.where(accepted[:, None, None], weight, batch.weight)
+    batch.bias = torch.where(accepted[:, None], bias, batch.bias)
 
 
 # ------------------------------------------------------------------------------------------------------------------

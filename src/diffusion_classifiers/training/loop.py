@@ -530,6 +530,215 @@ def _destroy_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
+@dataclass
+class _Prepared:
+    """What `_prepare` builds for a run: the model, optimizer, loader and schedule as accelerate wraps them, the
+    loader's generator, and the run's step counts."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    dataloader: DataLoader
+    loader_generator: torch.Generator
+    lr_scheduler: object
+    updates_per_epoch: int
+    max_train_steps: int
+
+
+def _prepare(
+    accelerator: Accelerator, args: TrainingArguments, model: nn.Module, dataset: Dataset, sampler: Sampler,
+    stop_signal: StopSignal,
+) -> _Prepared:  # fmt: skip
+    set_seed(args.seed, device_specific=True)
+    num_examples, num_processes = len(sampler), accelerator.num_processes
+    dataloader, loader_generator = _build_dataloader(args, dataset, sampler, accelerator, stop_signal)
+    if num_processes > 1 and accelerator.device.type == "cuda":
+        # batch statistics (an RC-DiT's representation_norm) over every process's batch; torch's SyncBatchNorm
+        # runs on GPUs only, so processes on CPUs keep their own batch's statistics
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = prepare_model_for_speed(args, model, accelerator.device)
+    optimizer = build_optimizer(args, model, accelerator.device)
+    max_train_steps = total_optimizer_steps(args, num_examples, num_processes)
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * num_processes,
+        num_training_steps=max_train_steps * num_processes,
+    )
+    model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
+    expected_batches = _batches_per_epoch(args, num_examples, num_processes)
+    if len(dataloader) != expected_batches:  # the epoch arithmetic of resuming would misplace the data
+        raise RuntimeError(f"the loader yields {len(dataloader)} batches per epoch, expected {expected_batches}")
+    updates_per_epoch = optimizer_steps_per_epoch(args, num_examples, num_processes)
+    return _Prepared(model, optimizer, dataloader, loader_generator, lr_scheduler, updates_per_epoch, max_train_steps)
+
+
+class _TrainingRun:
+    """The optimizer steps of one `train` call from the step it resumed from: batches accumulated into steps, each
+    step's loss recorded, checkpoints, and the stop at `max_train_steps`, when the time budget runs out or at
+    SIGTERM; then the model and the summary (`finish`)."""
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        args: TrainingArguments,
+        prepared: _Prepared,
+        loss_fn: LossFunction,
+        ema: Optional[EMAModel],
+        checkpoint_contents: tuple[dict, Optional[SampleGridFunction], Optional[MonitorFunction]],
+        stop_conditions: tuple[TrainingBudget, StopSignal],
+        resume_path: Optional[str],
+    ):
+        self.accelerator, self.args, self.prepared, self.loss_fn, self.ema = accelerator, args, prepared, loss_fn, ema
+        self.record, self.sample_grid, self.monitor = checkpoint_contents
+        self.budget, self.stop_signal = stop_conditions
+        self.unwrapped = accelerator.unwrap_model(prepared.model)
+        self.resumed_from_step = self.global_step = checkpoint_step(resume_path) if resume_path else 0
+        self.histories = (
+            LossHistory.resume(args.output_dir, self.resumed_from_step, resume_path),
+            MonitorHistory.resume(args.output_dir, self.resumed_from_step, resume_path),
+        )
+        self.schedule_clock = _schedule_clock(
+            args, prepared.lr_scheduler, prepared.max_train_steps, accelerator.num_processes
+        )
+        device = accelerator.device
+        self.samples_seen = torch.zeros((), dtype=torch.long, device=device)
+        self.step_loss, self.step_batches = torch.zeros((), device=device), 0  # summed over the step's batches
+        self.budget_used = 0.0
+        self.out_of_time = self.stopped_by_signal = False
+
+    @property
+    def stopping(self) -> bool:
+        return self.global_step >= self.prepared.max_train_steps or self.out_of_time or self.stopped_by_signal
+
+    def run(self) -> None:
+        """Every step left, epoch by epoch; resuming mid-epoch, the first epoch skips the batches done."""
+        accelerator, args, dataloader = self.accelerator, self.args, self.prepared.dataloader
+        # other processes draw no bar; the main one leaves `disable` to tqdm, so that TQDM_DISABLE=1 silences it (logs)
+        hidden = {} if accelerator.is_local_main_process else {"disable": True}
+        self.progress = tqdm(total=self.prepared.max_train_steps, initial=self.global_step, desc="train", **hidden)
+        epoch, steps_into_epoch = divmod(self.global_step, self.prepared.updates_per_epoch)
+        batches_to_skip = steps_into_epoch * args.gradient_accumulation_steps
+        self.prepared.model.train()
+        epoch_loader = dataloader  # or, resuming mid-epoch, a loader that skips the batches done
+        try:
+            while not self.stopping:
+                dataloader.set_epoch(epoch)  # the sampler's order of this epoch: a function of (seed, epoch)
+                self.prepared.loader_generator.manual_seed(args.seed + epoch)
+                if epoch_loader is not dataloader:  # its workers would idle until the garbage collector frees it
+                    _stop_loader_workers(epoch_loader)
+                epoch_loader = dataloader
+                if batches_to_skip:
+                    epoch_loader = accelerator.skip_first_batches(dataloader, batches_to_skip)
+                batches_to_skip = 0
+                self._run_epoch(epoch_loader)
+                epoch += 1
+        finally:
+            _stop_loader_workers(dataloader)
+            _stop_loader_workers(epoch_loader)
+        self.progress.close()
+
+    def _run_epoch(self, loader: DataLoader) -> None:
+        for batch in loader:
+            self._accumulate(batch)
+            if not self.accelerator.sync_gradients:
+                continue
+            self._end_step()
+            if self.stopping:
+                self._say_why_it_stopped_early()
+                return
+
+    def _accumulate(self, batch: tuple) -> None:
+        """One batch's forward and backward pass; at the step's last batch, the optimizer step."""
+        accelerator, args, model = self.accelerator, self.args, self.prepared.model
+        if args.replays_cuda_graphs:  # the last step's graph outputs may be overwritten (cudagraph trees)
+            torch.compiler.cudagraph_mark_step_begin()
+        with accelerator.accumulate(model):
+            loss = self.loss_fn(model, batch)
+            if not torch.isfinite(loss):
+                raise _diverged("loss", loss.item(), self.global_step + 1)
+            accelerator.backward(loss)
+            self.step_loss += loss.detach().float()
+            self.step_batches += 1
+            if accelerator.sync_gradients:
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                # a finite loss can still back-propagate to inf/NaN gradients, which would turn every weight to
+                # NaN in the checkpoint and the model saved next; fp16's GradScaler skips such steps itself
+                if accelerator.scaler is None and grad_norm is not None and not torch.isfinite(grad_norm):
+                    raise _diverged("gradient norm", grad_norm.item(), self.global_step + 1)
+            self.prepared.optimizer.step()
+            self.prepared.lr_scheduler.step()
+            if accelerator.sync_gradients:
+                self.budget_used = self.budget.fraction_used(accelerator)
+                if self.schedule_clock is not None:  # the next step's learning rate: the clock's, when further on
+                    self.schedule_clock.catch_up(self.budget_used)
+            self.prepared.optimizer.zero_grad()
+        self.samples_seen += batch[0].shape[0]
+
+    def _end_step(self) -> None:
+        """After an optimizer step: the EMA update, the step's loss recorded and shown, whether to stop early, and the
+        checkpoint when one is due."""
+        accelerator, args, max_train_steps = self.accelerator, self.args, self.prepared.max_train_steps
+        if self.ema is not None:
+            self.ema.step(self.unwrapped.parameters())
+        self.global_step += 1
+        # the step's loss: the mean over its accumulated batches on every process, not the last batch's alone
+        loss_value = accelerator.gather((self.step_loss / self.step_batches).reshape(1)).mean().item()
+        self.step_loss, self.step_batches = torch.zeros((), device=accelerator.device), 0
+        self._show_loss(loss_value)
+        step = self.global_step
+        self.out_of_time = step < max_train_steps and self.budget_used >= 1.0
+        self.stopped_by_signal = step < max_train_steps and self.stop_signal.received_anywhere(accelerator)
+        if step % args.checkpointing_steps == 0 or self.stopping:
+            _checkpoint_with_progress(
+                accelerator, args, self.histories, self.record, self.sample_grid, self.monitor, self.unwrapped,
+                self.ema, step,
+            )
+
+    def _show_loss(self, loss_value: float) -> None:
+        learning_rate = self.prepared.lr_scheduler.get_last_lr()[0]
+        self.histories[0].append(self.global_step, loss_value)
+        self.progress.update(1)
+        self.progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{learning_rate:.2e}")
+        if self.args.report_to:
+            self.accelerator.log({"train_loss": loss_value, "lr": learning_rate}, step=self.global_step)
+
+    def _say_why_it_stopped_early(self) -> None:
+        step = self.global_step
+        if self.out_of_time:
+            self.accelerator.print(f"--max_train_minutes {self.args.max_train_minutes} ran out at step {step}")
+        if self.stopped_by_signal:
+            self.accelerator.print(
+                f"stopped by SIGTERM at step {step}, with checkpoint-{step}: "
+                "--resume_from_checkpoint latest continues the run"
+            )
+
+    def finish(self) -> tuple[nn.Module, TrainingSummary]:
+        """The trained model (EMA weights copied in with `use_ema`), unwrapped for inference, and the run's summary,
+        saved in `output_dir` by the main process."""
+        accelerator = self.accelerator
+        samples_per_process = accelerator.gather(self.samples_seen.reshape(1)).tolist()
+        accelerator.wait_for_everyone()
+        if self.ema is not None:
+            self.ema.copy_to(self.unwrapped.parameters())
+        unwrapped = accelerator.unwrap_model(self.prepared.model, keep_fp32_wrapper=False)  # inference is not autocast
+        # accelerate marks a model it prepared and never prepares it again: trained anew (another mixed precision, more
+        # steps) it would miss its autocast and device placement
+        unwrapped.__dict__.pop("_is_accelerate_prepared", None)
+        if self.args.replays_cuda_graphs:  # its next call would overwrite the last's outputs (feature hooks, samplers)
+            unwrapped.__dict__.pop("_compiled_call_impl", None)  # what `nn.Module.compile` set
+        unwrapped.eval()
+        _end_trackers(accelerator)
+        losses = self.histories[0].losses
+        summary = TrainingSummary(
+            self.global_step, self.resumed_from_step, accelerator.num_processes, samples_per_process,
+            losses[-1] if losses else None,  # the resumed one's when no step was left to make
+            self.out_of_time, self.stop_signal.record_stop() if self.stopped_by_signal else None,
+        )  # fmt: skip
+        if accelerator.is_main_process:
+            summary.save(self.args.output_dir)
+        return unwrapped, summary
+
+
 def _train(
     accelerator: Accelerator,
     args: TrainingArguments,
@@ -543,141 +752,19 @@ def _train(
     objective: Optional[dict],
     requested_precision: Optional[str] = None,
 ) -> tuple[nn.Module, Accelerator, TrainingSummary]:
-    budget, stop_signal = stop_conditions
-    set_seed(args.seed, device_specific=True)
-    num_examples, num_processes = len(sampler), accelerator.num_processes
-    dataloader, loader_generator = _build_dataloader(args, dataset, sampler, accelerator, stop_signal)
-    if num_processes > 1 and accelerator.device.type == "cuda":
-        # batch statistics (an RC-DiT's representation_norm) over every process's batch; torch's SyncBatchNorm
-        # runs on GPUs only, so processes on CPUs keep their own batch's statistics
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = prepare_model_for_speed(args, model, accelerator.device)
-    optimizer = build_optimizer(args, model, accelerator.device)
-    updates_per_epoch = optimizer_steps_per_epoch(args, num_examples, num_processes)
-    max_train_steps = total_optimizer_steps(args, num_examples, num_processes)
-    lr_scheduler = get_scheduler(
-        args.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=args.lr_warmup_steps * num_processes,
-        num_training_steps=max_train_steps * num_processes,
-    )
-    model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
-    expected_batches = _batches_per_epoch(args, num_examples, num_processes)
-    if len(dataloader) != expected_batches:  # the epoch arithmetic of resuming would misplace the data
-        raise RuntimeError(f"the loader yields {len(dataloader)} batches per epoch, expected {expected_batches}")
-    unwrapped = accelerator.unwrap_model(model)
+    prepared = _prepare(accelerator, args, model, dataset, sampler, stop_conditions[1])
+    unwrapped = accelerator.unwrap_model(prepared.model)
     ema = _build_ema(args, unwrapped, accelerator.device) if args.use_ema else None
-    record = run_record(args, num_processes, num_examples, unwrapped, dataset, objective)
-
-    resume_path = _resume(accelerator, args, record, unwrapped, ema, max_train_steps, requested_precision)
-    global_step = resumed_from_step = checkpoint_step(resume_path) if resume_path else 0
-    restore_step_rates(lr_scheduler)
-    schedule_clock = _schedule_clock(args, lr_scheduler, max_train_steps, num_processes)
-    budget_used = 0.0
-    history = LossHistory.resume(args.output_dir, resumed_from_step, resume_path)
-    monitor_history = MonitorHistory.resume(args.output_dir, resumed_from_step, resume_path)
+    record = run_record(args, accelerator.num_processes, len(sampler), unwrapped, dataset, objective)
+    resume_path = _resume(accelerator, args, record, unwrapped, ema, prepared.max_train_steps, requested_precision)
+    restore_step_rates(prepared.lr_scheduler)
+    run = _TrainingRun(
+        accelerator, args, prepared, loss_fn, ema, (record, sample_grid, monitor), stop_conditions, resume_path
+    )
     if accelerator.is_main_process:
-        remove_samples_after(args.output_dir, resumed_from_step)
+        remove_samples_after(args.output_dir, run.resumed_from_step)
     if accelerator.is_main_process and args.report_to:
         accelerator.init_trackers("diffusion-classifiers", config=asdict(args))
-
-    # other processes draw no bar; the main one leaves `disable` to tqdm, so that TQDM_DISABLE=1 silences it (logs)
-    hidden = {} if accelerator.is_local_main_process else {"disable": True}
-    progress = tqdm(total=max_train_steps, initial=global_step, desc="train", **hidden)
-    samples_seen = torch.zeros((), dtype=torch.long, device=accelerator.device)
-    out_of_time = stopped_by_signal = False
-    epoch, steps_into_epoch = divmod(global_step, updates_per_epoch)
-    batches_to_skip = steps_into_epoch * args.gradient_accumulation_steps
-    step_loss, step_batches = torch.zeros((), device=accelerator.device), 0  # summed over the step's batches
-    model.train()
-    epoch_loader = dataloader  # or, resuming mid-epoch, a loader that skips the batches done
-    try:
-        while global_step < max_train_steps and not (out_of_time or stopped_by_signal):
-            dataloader.set_epoch(epoch)  # the sampler's order of this epoch: a function of (seed, epoch)
-            loader_generator.manual_seed(args.seed + epoch)
-            if epoch_loader is not dataloader:  # its workers would idle until the garbage collector frees it
-                _stop_loader_workers(epoch_loader)
-            epoch_loader = dataloader
-            if batches_to_skip:
-                epoch_loader = accelerator.skip_first_batches(dataloader, batches_to_skip)
-            batches_to_skip = 0
-            for batch in epoch_loader:
-                if args.replays_cuda_graphs:  # the last step's graph outputs may be overwritten (cudagraph trees)
-                    torch.compiler.cudagraph_mark_step_begin()
-                with accelerator.accumulate(model):
-                    loss = loss_fn(model, batch)
-                    if not torch.isfinite(loss):
-                        raise _diverged("loss", loss.item(), global_step + 1)
-                    accelerator.backward(loss)
-                    step_loss += loss.detach().float()
-                    step_batches += 1
-                    if accelerator.sync_gradients:
-                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                        # a finite loss can still back-propagate to inf/NaN gradients, which would turn every weight to
-                        # NaN in the checkpoint and the model saved next; fp16's GradScaler skips such steps itself
-                        if accelerator.scaler is None and grad_norm is not None and not torch.isfinite(grad_norm):
-                            raise _diverged("gradient norm", grad_norm.item(), global_step + 1)
-                    optimizer.step()
-                    lr_scheduler.step()
-                    if accelerator.sync_gradients:
-                        budget_used = budget.fraction_used(accelerator)
-                        if schedule_clock is not None:  # the next step's learning rate: the clock's, when further on
-                            schedule_clock.catch_up(budget_used)
-                    optimizer.zero_grad()
-                samples_seen += batch[0].shape[0]
-                if not accelerator.sync_gradients:
-                    continue
-                if ema is not None:
-                    ema.step(unwrapped.parameters())
-                global_step += 1
-                # the step's loss: the mean over its accumulated batches on every process, not the last batch's alone
-                loss_value = accelerator.gather((step_loss / step_batches).reshape(1)).mean().item()
-                step_loss, step_batches = torch.zeros((), device=accelerator.device), 0
-                history.append(global_step, loss_value)
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
-                if args.report_to:
-                    accelerator.log({"train_loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
-                out_of_time = global_step < max_train_steps and budget_used >= 1.0
-                stopped_by_signal = global_step < max_train_steps and stop_signal.received_anywhere(accelerator)
-                stopping_early = out_of_time or stopped_by_signal
-                if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps or stopping_early:
-                    _checkpoint_with_progress(
-                        accelerator, args, (history, monitor_history), record, sample_grid, monitor, unwrapped, ema,
-                        global_step,
-                    )
-                if global_step >= max_train_steps or stopping_early:
-                    if out_of_time:
-                        accelerator.print(f"--max_train_minutes {args.max_train_minutes} ran out at step {global_step}")
-                    if stopped_by_signal:
-                        accelerator.print(
-                            f"stopped by SIGTERM at step {global_step}, with checkpoint-{global_step}: "
-                            "--resume_from_checkpoint latest continues the run"
-                        )
-                    break
-            epoch += 1
-    finally:
-        _stop_loader_workers(dataloader)
-        _stop_loader_workers(epoch_loader)
-    progress.close()
-
-    samples_per_process = accelerator.gather(samples_seen.reshape(1)).tolist()
-    accelerator.wait_for_everyone()
-    if ema is not None:
-        ema.copy_to(unwrapped.parameters())
-    unwrapped = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # inference after training is not autocast
-    # accelerate marks a model it prepared and never prepares it again: trained anew (another mixed precision, more
-    # steps) it would miss its autocast and device placement
-    unwrapped.__dict__.pop("_is_accelerate_prepared", None)
-    if args.replays_cuda_graphs:  # its next call would overwrite the outputs of the last (feature hooks, a sampler's steps)
-        unwrapped.__dict__.pop("_compiled_call_impl", None)  # what `nn.Module.compile` set
-    unwrapped.eval()
-    _end_trackers(accelerator)
-    final_loss = history.losses[-1] if history.losses else None  # the resumed one's when no step was left to make
-    summary = TrainingSummary(
-        global_step, resumed_from_step, accelerator.num_processes, samples_per_process, final_loss, out_of_time,
-        stop_signal.record_stop() if stopped_by_signal else None,
-    )
-    if accelerator.is_main_process:
-        summary.save(args.output_dir)
-    return unwrapped, accelerator, summary
+    run.run()
+    trained_model, summary = run.finish()
+    return trained_model, accelerator, summary
