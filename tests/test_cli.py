@@ -45,6 +45,8 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
     assert "![reliability](reliability.png)" in report
     per_class = metrics["test"]["per_class"]["3"]  # the per-class table, as evaluate's report has it
     assert f"| 3 | {100 * per_class['precision']:.2f}% | {100 * per_class['recall']:.2f}% |" in report
+    low, high = metrics["test"]["confidence_intervals"]["accuracy"]  # the test figures' intervals, as evaluate's
+    assert f"| accuracy | {100 * summary['test_accuracy']:.2f}% | {100 * low:.2f}% to {100 * high:.2f}% |" in report
 
     # `probe`: the demo's U-Net probed again, at other timesteps, into its own folder
     probe_dir = tmp_path / "probe"

@@ -997,6 +997,8 @@ def test_aggregate_gathers_slices_per_scan_with_the_any_slice_rule_and_scores_sc
     assert read_rows(tmp_path / "p.max_by_study_uid.csv")[0]["label"] == "bleed"
     recorded = json.loads((tmp_path / "p.max_by_study_uid.metrics.json").read_text())
     assert recorded["rule"] == "max" and recorded["per_class"]["bleed"]["support"] == 1
+    intervals = recorded["confidence_intervals"]  # of the 2 scans, both right (Wilson: n / (n + z^2) to 1); no AUC's
+    assert intervals["accuracy"] == pytest.approx([2 / (2 + 1.959964**2), 1.0], abs=1e-6) and intervals["auc"] is None
     # review: an earlier aggregation is not overwritten unasked; a predict run not merged yet, refused; the
     # inputs its errors file lists are said to be missing from their groups
     with pytest.raises(FileExistsError, match=r"p\.max_by_study_uid\.csv exists .* pass --overwrite"):

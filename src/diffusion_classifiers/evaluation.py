@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .atomic_files import write_texts_atomically
+from .confidence_intervals import intervals_of_metrics
 from .data import ONE_SET, ImagePreprocessing, LabeledImages, canonical_split_name, load_image_classification_data
 from .data.hf_datasets import HF_SPLIT_NAMES, is_saved_dataset
 from .data.image_listing import list_image_folder
@@ -45,7 +46,10 @@ from .metrics import (
     auc_text,
     calibration_metrics,
     classification_metrics,
+    intervals_note,
     mark_absent_classes,
+    metric_row,
+    metrics_table_header,
     per_class_table,
     percent,
     resolve_positive_label,
@@ -921,6 +925,7 @@ def _scored_metrics(y_true, probs, ranking, stderr, nfe, model_names, positive_l
     if all(part is not None for part in nfe):  # QA: what a stopping rule saved could not be read from evaluate
         metrics["nfe_per_image"] = network_calls(torch.cat(nfe))
     metrics["calibration"] = calibration_metrics(y_true, probs)
+    metrics["confidence_intervals"] = intervals_of_metrics(metrics, y_true, ranking)
     # binary: either class's log-odds, 0 at the threshold; not after an early stop, whose standard error reads low
     if all(part is not None for part in stderr) and not (settings or {}).get("early_stop_confidence"):
         margins = ranking[:, 0]
@@ -1074,7 +1079,12 @@ def render_evaluation_report(
     if "preprocessing" in metrics:
         read = f", read at {ImagePreprocessing.from_dict(metrics['preprocessing']).summary()}"
     scored = _images_scored(metrics, split, dataset_name)
-    lines = [f"# {title}", "", f"{scored}{read}.", "", "| metric | value |", "| --- | ---: |"]
+    intervals = metrics.get("confidence_intervals")  # metrics of earlier versions have none
+
+    def row(name: str, value: str, key: Optional[str] = None) -> str:
+        return metric_row(name, value, intervals, key)
+
+    lines = [f"# {title}", "", f"{scored}{read}.", "", *metrics_table_header(intervals)]
     if "head" in metrics:
         lines[3:3] = ["", f"Head: {metrics['head']['summary']}."]
     if metrics.get("training_images_checked") is False:
@@ -1090,12 +1100,13 @@ def render_evaluation_report(
             "figures are training accuracy, not an estimate on new images.",
             "",
         ]
-    lines += [f"| accuracy | {100 * metrics['accuracy']:.2f}% |", f"| macro-F1 | {100 * metrics['macro_f1']:.2f}% |"]
-    lines += [f"| balanced accuracy | {100 * metrics['balanced_accuracy']:.2f}% |", f"| AUC | {auc} |"]
-    lines += [f"| ECE | {metrics['calibration']['ece']:.4f} |"]
+    lines += [row("accuracy", percent(metrics["accuracy"]), "accuracy")]
+    lines += [row("macro-F1", percent(metrics["macro_f1"]), "macro_f1")]
+    lines += [row("balanced accuracy", percent(metrics["balanced_accuracy"]), "balanced_accuracy")]
+    lines += [row("AUC", auc, "auc"), row("ECE", f"{metrics['calibration']['ece']:.4f}")]
     if metrics.get("nfe_per_image"):
         calls = metrics["nfe_per_image"]
-        lines += [f"| network calls per image | {calls['mean']:g} (least {calls['min']}, most {calls['max']}) |"]
+        lines += [row("network calls per image", f"{calls['mean']:g} (least {calls['min']}, most {calls['max']})")]
     if "positive_class" in metrics:
         positive = metrics["positive_class"]
         positives = ""  # metrics of earlier versions record no count
@@ -1106,15 +1117,17 @@ def render_evaluation_report(
             "(each image is given its most probable class; at a tie, the class listed first)."
         )
         lines += [
-            f"| sensitivity (recall of {positive}) | {percent(metrics['sensitivity'])} |",
-            f"| specificity | {percent(metrics['specificity'])} |",
-            f"| F1 of {positive} | {100 * metrics['positive_f1']:.2f}% |",
+            row(f"sensitivity (recall of {positive})", percent(metrics["sensitivity"]), "sensitivity"),
+            row("specificity", percent(metrics["specificity"]), "specificity"),
+            row(f"F1 of {positive}", percent(metrics["positive_f1"])),
         ]
     if metrics.get("pipeline_call"):  # QA: an ELBO report and a likelihood report read alike but for the numbers
         call = ", ".join(f"{name}={value!r}" for name, value in metrics["pipeline_call"].items())
         lines[3:3] = ["", f"Scored by the pipeline called with `{call}`.", ""]  # its own paragraph
     if "seed_sensitivity" in metrics:
         lines += seed_sensitivity_rows(metrics["seed_sensitivity"])
+    if intervals:
+        lines += ["", intervals_note(intervals)]
     lines += ["", *per_class_table(metrics["per_class"])]
     lines += ["", " ".join(f"![{name[:-4].replace('_', ' ')}]({name})" for name in plots)]
     return "\n".join(lines) + "\n"

@@ -56,6 +56,7 @@ __all__ = [
     "input_description_of",
     "library_name_of",
     "load_eval_counts",
+    "load_eval_intervals",
     "load_eval_grouping",
     "load_eval_metrics",
     "load_eval_per_class",
@@ -130,6 +131,7 @@ MODEL_CARD_OPTIONAL = {
     "dataset_id", "model_description", "class_names", "positive_class", "num_images", "num_positives", "pruning",
     "seed_sensitivity", "call_arguments", "input_description", "num_dropped", "per_class_section", "unlabeled_pool",
     "dataset_citation", "whole_data_set", "grouping_rule", "usage_file", "training_images_unchecked",
+    "intervals_section",
 }  # fmt: skip
 DATASET_CARD_OPTIONAL = {"citation"}
 
@@ -194,6 +196,20 @@ def _eval_results(metrics: Dict[str, float], dataset_name: str, dataset_type: st
             )
         )
     return results
+
+
+def _intervals_section(metrics: Dict[str, float], intervals: Optional[dict]) -> Optional[dict]:
+    """What a card shows of `metrics.json`'s "confidence_intervals" (`load_eval_intervals`): the level, each metric's
+    interval by its card name (empty for a metric without one, such as the ECE) and the sentence on them."""
+    if not intervals:
+        return None
+    from .metrics import interval_level, interval_text, intervals_note  # as `per_class_table` below
+
+    cells = {
+        METRIC_NAMES.get(key, (key, key))[1]: interval_text(intervals, key if key in intervals else None, False)
+        for key in metrics
+    }
+    return {"level": interval_level(intervals), "cells": cells, "note": intervals_note(intervals)}
 
 
 def _per_class_section(per_class: Optional[Dict[str, dict]]) -> Optional[dict]:
@@ -272,6 +288,7 @@ def render_model_card(
     dataset_citation: Optional[str] = None,
     eval_dataset_name: Optional[str] = None,
     grouping: Optional[dict] = None,
+    intervals: Optional[dict] = None,
 ) -> ModelCard:
     """The model card of a classifier trained with `method` (one of `METHODS`).
 
@@ -320,6 +337,8 @@ def render_model_card(
         grouping: for metrics of groups of images (`diffusion-classifiers aggregate`: `num_images` counts groups, scans
             say), how they were grouped and scored (`load_eval_grouping`): the card counts "6 studies by study_uid
             of 40 images, each bleed if any of its images is (max rule at threshold 0.5)" instead of "6 images".
+        intervals: the confidence intervals of `metrics.json` (`load_eval_intervals`): the results table gives each
+            metric's beside it, with a sentence on how they were computed and what they leave out.
 
     Raises `ValueError` naming every required field that is missing or empty.
     """
@@ -378,6 +397,7 @@ def render_model_card(
         input_description=input_description,
         usage_file=usage_file,
         per_class_section=_per_class_section(per_class),
+        intervals_section=_intervals_section(metrics, intervals),
         unlabeled_pool=unlabeled_pool,
         dataset_citation=(dataset_citation or "").strip() or None,
     )
@@ -489,6 +509,13 @@ def load_eval_per_class(path: Union[str, os.PathLike]) -> Optional[Dict[str, dic
     order it lists them; under "test" for the demo's), `None` when it records none (a file of an earlier version)."""
     data = _read_json(path)
     return data.get("test", data).get("per_class") or None
+
+
+def load_eval_intervals(path: Union[str, os.PathLike]) -> Optional[dict]:
+    """The `"confidence_intervals"` of a `metrics.json` (see `confidence_intervals.classification_intervals`; under
+    "test" for the demo's), `None` when it records none (a file of an earlier version)."""
+    data = _read_json(path)
+    return data.get("test", data).get("confidence_intervals") or None
 
 
 def load_eval_seed_sensitivity(path: Union[str, os.PathLike]) -> Optional[dict]:

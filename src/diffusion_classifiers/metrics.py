@@ -21,7 +21,12 @@ __all__ = [
     "classification_metrics",
     "clustering_metrics",
     "hungarian_match",
+    "interval_level",
+    "interval_text",
+    "intervals_note",
     "mark_absent_classes",
+    "metric_row",
+    "metrics_table_header",
     "per_class_table",
     "percent",
     "resolve_positive_label",
@@ -100,6 +105,59 @@ def _binary_metrics(names: Sequence[str], positive_label: int, precision, recall
 def percent(value: Optional[float]) -> str:
     """A fraction as a report shows it: `"97.50%"`, or `"n/a"` for an undefined metric (None)."""
     return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def interval_level(intervals: dict) -> str:
+    """The level of `confidence_intervals.classification_intervals`' intervals as a report names it: "95%"."""
+    return f"{100 * intervals['level']:g}%"
+
+
+def interval_text(intervals: dict, key: Optional[str], as_percent: bool = True) -> str:
+    """The interval of metric `key` as a report shows it: "88.12% to 97.03%" (`as_percent=False`: "0.8812 to
+    0.9703"; an AUC always so); empty for a metric with none (`key` None), "n/a" where it is undefined."""
+    if key is None:
+        return ""
+    interval = intervals.get(key)
+    if interval is None:
+        return "n/a"
+    as_percent = as_percent and key != "auc"
+    return " to ".join(percent(value) if as_percent else f"{value:.4f}" for value in interval)
+
+
+def metrics_table_header(intervals: Optional[dict], first: str = "metric") -> List[str]:
+    """The header of a report's metrics table: `| metric | value |`, with an interval column when it shows
+    `intervals`."""
+    if not intervals:
+        return [f"| {first} | value |", "| --- | ---: |"]
+    return [f"| {first} | value | {interval_level(intervals)} confidence interval |", "| --- | ---: | ---: |"]
+
+
+def metric_row(name: str, value: str, intervals: Optional[dict] = None, key: Optional[str] = None) -> str:
+    """A row of a report's metrics table: `| name | value |`, and where the table shows `intervals` the interval of
+    metric `key` (empty without one)."""
+    return f"| {name} | {value} |" + (f" {interval_text(intervals, key)} |" if intervals else "")
+
+
+def intervals_note(intervals: dict) -> str:
+    """A report's sentence on its confidence intervals: how each was computed, and what they leave out."""
+    by_method = {}
+    for key, method in intervals["methods"].items():
+        by_method.setdefault(method, []).append(_INTERVAL_NAMES[key])
+    described = "; ".join(f"{', '.join(names)}: {method}" for method, names in by_method.items())
+    return (
+        f"{interval_level(intervals)} confidence intervals ({described}) describe only the sampling error of this "
+        "evaluation set: not the difference another site's scanners or patients would make, nor another training run."
+    )
+
+
+_INTERVAL_NAMES = {
+    "accuracy": "accuracy",
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+    "auc": "AUC",
+    "balanced_accuracy": "balanced accuracy",
+    "macro_f1": "macro-F1",
+}
 
 
 def per_class_table(per_class: Dict[str, dict]) -> List[str]:

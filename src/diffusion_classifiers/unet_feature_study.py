@@ -13,13 +13,17 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from .data import LabeledImages
 from .atomic_files import write_texts_atomically
+from .confidence_intervals import intervals_of_metrics
 from .features import DiffusionFeatureExtractor, block_label, with_hypercolumns
 from .metrics import (
     absent_classes_note,
     auc_text,
     calibration_metrics,
     classification_metrics,
+    intervals_note,
     mark_absent_classes,
+    metric_row,
+    metrics_table_header,
     per_class_table,
     percent,
     resolve_positive_label,
@@ -186,6 +190,7 @@ def study_from_features(
         class_names=train.class_names, positive_label=positive_label,
     )  # fmt: skip
     test_metrics["calibration"] = calibration_metrics(labels["test"], output.probs)
+    test_metrics["confidence_intervals"] = intervals_of_metrics(test_metrics, labels["test"], output.probs)
     # the warning names the caller of run_unet_feature_study, the documented entry
     mark_absent_classes(test_metrics, labels["test"], train.class_names, "test split", "test split", stacklevel=4)
     kmeans = kmeans_evaluate(probed["test"][probe.best_pair], labels["test"], train.num_classes, seed=seed)
@@ -391,15 +396,16 @@ def summary_table(study: UNetFeatureStudy, top: int = 8) -> str:
     return "\n".join(lines)
 
 
-def _positive_class_rows(summary: dict) -> List[str]:
+def _positive_class_rows(summary: dict, intervals: Optional[dict]) -> List[str]:
     if "test_positive_class" not in summary:
         return []
     positive = summary["test_positive_class"]
+    sensitivity = percent(summary["test_sensitivity"])
     return [
-        f"| positive class | {positive} |",
-        f"| sensitivity (recall of {positive}) | {percent(summary['test_sensitivity'])} |",
-        f"| specificity | {percent(summary['test_specificity'])} |",
-        f"| F1 of {positive} | {100 * summary['test_positive_f1']:.2f}% |",
+        metric_row("positive class", positive, intervals),
+        metric_row(f"sensitivity (recall of {positive})", sensitivity, intervals, "sensitivity"),
+        metric_row("specificity", percent(summary["test_specificity"]), intervals, "specificity"),
+        metric_row(f"F1 of {positive}", percent(summary["test_positive_f1"]), intervals),
     ]
 
 
@@ -440,6 +446,7 @@ def _kmeans_rows(study: UNetFeatureStudy) -> List[str]:
 def render_report(study: UNetFeatureStudy, title: str, command: str, extra: Optional[dict] = None) -> str:
     s = study.summary()
     auc = auc_text(study.test_metrics)
+    intervals = study.test_metrics.get("confidence_intervals")
     lines = [
         f"# {title}",
         "",
@@ -448,15 +455,15 @@ def render_report(study: UNetFeatureStudy, title: str, command: str, extra: Opti
         f"Chosen on validation: **{block_label(s['best_block'])} at t={s['best_timestep']}** (val accuracy {100 * s['val_accuracy']:.2f}%).",
         "",
         *absent_classes_note(study.test_metrics, "test split"),
-        "| test metric | value |",
-        "| --- | ---: |",
-        f"| accuracy | {100 * s['test_accuracy']:.2f}% |",
-        f"| macro-F1 | {100 * s['test_macro_f1']:.2f}% |",
-        f"| balanced accuracy | {100 * s['test_balanced_accuracy']:.2f}% |",
-        f"| AUC | {auc} |",
-        *_positive_class_rows(s),
-        f"| ECE (calibration) | {study.test_metrics['calibration']['ece']:.4f} |",
+        *metrics_table_header(intervals, first="test metric"),
+        metric_row("accuracy", percent(s["test_accuracy"]), intervals, "accuracy"),
+        metric_row("macro-F1", percent(s["test_macro_f1"]), intervals, "macro_f1"),
+        metric_row("balanced accuracy", percent(s["test_balanced_accuracy"]), intervals, "balanced_accuracy"),
+        metric_row("AUC", auc, intervals, "auc"),
+        *_positive_class_rows(s, intervals),
+        metric_row("ECE (calibration)", f"{study.test_metrics['calibration']['ece']:.4f}", intervals),
         "",
+        *([intervals_note(intervals), ""] if intervals else []),
         "Per class, on test:",
         "",
         *per_class_table(study.test_metrics["per_class"]),

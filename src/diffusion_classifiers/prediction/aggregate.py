@@ -475,6 +475,7 @@ def _group_metrics(predictions, layout: _Layout, groups: list[_Group], positive:
     (Score-SDE's probabilities saturate: many groups tie at 1), else by the probabilities; `ranked_by` says which."""
     import numpy as np
 
+    from ..confidence_intervals import intervals_of_metrics
     from ..metrics import classification_metrics
 
     names = layout.class_names
@@ -484,10 +485,12 @@ def _group_metrics(predictions, layout: _Layout, groups: list[_Group], positive:
         scores = np.array([group.score for group in groups])
         ranking = np.stack([-scores, scores] if positive == 1 else [scores, -scores], axis=1)
         ranked_by = {"ranked_by": RATIO_KEY, RATIO_KEY: _gathered_ratio(names, positive, rule)}
+    truths = [_class_index(predictions, names, group.truth) for group in groups]
     metrics = classification_metrics(
-        [_class_index(predictions, names, group.truth) for group in groups], [group.label for group in groups],
-        ranking, num_classes=len(names), class_names=names, positive_label=positive,
+        truths, [group.label for group in groups], ranking, num_classes=len(names), class_names=names,
+        positive_label=positive,
     )  # fmt: skip
+    metrics["confidence_intervals"] = intervals_of_metrics(metrics, truths, ranking)
     return {**ranked_by, **metrics}
 
 

@@ -1,0 +1,138 @@
+"""Confidence intervals of a classifier's metrics: how far the figures measured on one set of images may be from those
+of the population the images were drawn from (the sampling error a model card warns of, as numbers).
+
+Proportions of images (accuracy, sensitivity, specificity) get Wilson score intervals (scipy's `binomtest`); a binary
+AUC gets DeLong's interval (DeLong, DeLong & Clarke-Pearson 1988), the one pROC and most diagnostic-accuracy studies
+report; balanced accuracy and macro-F1, averages over classes, get percentile bootstrap intervals over the images (or
+the groups `aggregate` scores; `NUM_RESAMPLES` resamples from a fixed seed: the same interval on every run). A
+multi-class AUC (a one-vs-rest average) gets none. Each interval is `[low, high]` on the scale of its metric, or None
+where it is undefined.
+"""
+
+from typing import Dict, List, Optional
+
+import numpy as np
+from scipy.stats import binomtest, norm, rankdata
+
+from .metrics import finite_ranking, float_array
+from .validation import as_labels
+
+__all__ = [
+    "CONFIDENCE_LEVEL",
+    "NUM_RESAMPLES",
+    "class_averages",
+    "classification_intervals",
+    "delong_auc_interval",
+    "intervals_of_metrics",
+    "wilson_interval",
+]
+
+CONFIDENCE_LEVEL = 0.95
+NUM_RESAMPLES = 2000
+_BOOTSTRAP_SEED = 0
+_RESAMPLES_AT_ONCE = 200  # confusion matrices drawn at a time: [200, K * K] counts, 23 MB at 121 classes
+
+_METHODS = {
+    "accuracy": "Wilson score interval",
+    "sensitivity": "Wilson score interval",
+    "specificity": "Wilson score interval",
+    "auc": "DeLong",
+    "balanced_accuracy": f"percentile bootstrap, {NUM_RESAMPLES} resamples, seed {_BOOTSTRAP_SEED}",
+    "macro_f1": f"percentile bootstrap, {NUM_RESAMPLES} resamples, seed {_BOOTSTRAP_SEED}",
+}
+
+
+def wilson_interval(successes: int, trials: int, level: float = CONFIDENCE_LEVEL) -> Optional[List[float]]:
+    """The Wilson score interval of the proportion `successes / trials`; None without trials."""
+    if trials == 0:
+        return None
+    interval = binomtest(int(successes), int(trials)).proportion_ci(confidence_level=level, method="wilson")
+    return [float(interval.low), float(interval.high)]
+
+
+def delong_auc_interval(is_positive, scores, level: float = CONFIDENCE_LEVEL) -> Optional[List[float]]:
+    """DeLong's interval of the ROC AUC of `scores` for the images where `is_positive`: the AUC plus or minus the
+    normal quantile times its standard error, from each image's placement among the other class (the fraction of
+    that class it outranks, ties counting half; Sun & Xu's midrank form), clipped to [0, 1]. None with fewer than two
+    images of either class (no variance to estimate)."""
+    is_positive, scores = np.asarray(is_positive, dtype=bool), np.asarray(scores, dtype=np.float64)
+    positives, negatives = scores[is_positive], scores[~is_positive]
+    num_positives, num_negatives = len(positives), len(negatives)
+    if num_positives < 2 or num_negatives < 2:
+        return None
+    ranks = rankdata(np.concatenate([positives, negatives]))  # midranks: ties share theirs
+    negatives_below = ranks[:num_positives] - rankdata(positives)  # per positive, ties counting half
+    positives_below = ranks[num_positives:] - rankdata(negatives)
+    positive_placements = negatives_below / num_negatives
+    negative_placements = 1 - positives_below / num_positives  # the fraction of positives above each negative
+    auc = positive_placements.mean()
+    variance = positive_placements.var(ddof=1) / num_positives + negative_placements.var(ddof=1) / num_negatives
+    half_width = norm.ppf(0.5 + level / 2) * np.sqrt(variance)
+    return [float(max(0.0, auc - half_width)), float(min(1.0, auc + half_width))]
+
+
+def class_averages(confusions: np.ndarray) -> Dict[str, np.ndarray]:
+    """Balanced accuracy and macro-F1 [B] of confusion matrices [B, K, K] (rows: true class), each averaged over the
+    classes present in its matrix, as `metrics.classification_metrics` averages them."""
+    confusions = np.asarray(confusions, dtype=np.float64)
+    hits = np.diagonal(confusions, axis1=1, axis2=2)
+    support, predicted = confusions.sum(axis=2), confusions.sum(axis=1)
+    present = support > 0
+    recall = np.divide(hits, support, out=np.zeros_like(hits), where=present)
+    f1 = np.divide(2 * hits, support + predicted, out=np.zeros_like(hits), where=present)
+    num_present = present.sum(axis=1)
+    return {"balanced_accuracy": recall.sum(axis=1) / num_present, "macro_f1": f1.sum(axis=1) / num_present}
+
+
+def _class_average_intervals(confusion: np.ndarray, level: float) -> Dict[str, List[float]]:
+    """Percentile bootstrap intervals of `class_averages`. Resampling the images with replacement draws the confusion
+    matrix from a multinomial over its cells, so the matrices are drawn directly: the same distribution, without the
+    images."""
+    num_classes, num_images = len(confusion), int(confusion.sum())
+    rng = np.random.default_rng(_BOOTSTRAP_SEED)
+    statistics = {"balanced_accuracy": [], "macro_f1": []}
+    for start in range(0, NUM_RESAMPLES, _RESAMPLES_AT_ONCE):
+        size = min(_RESAMPLES_AT_ONCE, NUM_RESAMPLES - start)
+        drawn = rng.multinomial(num_images, confusion.ravel() / num_images, size=size)
+        for name, values in class_averages(drawn.reshape(size, num_classes, num_classes)).items():
+            statistics[name].append(values)
+    tails = [(1 - level) / 2, (1 + level) / 2]
+    return {name: np.quantile(np.concatenate(values), tails).tolist() for name, values in statistics.items()}
+
+
+def classification_intervals(
+    confusion, positive_label: Optional[int] = None, roc=None, level: float = CONFIDENCE_LEVEL
+) -> dict:
+    """The intervals of `metrics.classification_metrics`' headline figures, from its `confusion_matrix` (rows: true
+    class): accuracy, balanced accuracy, macro-F1 and, for a binary task (`positive_label` given), sensitivity,
+    specificity and, given `roc` = (whether each image is positive, the scores the AUC ranked by), the AUC; with the
+    `level` and the `methods` used. A multi-class AUC has no interval (None)."""
+    confusion = np.asarray(confusion, dtype=np.int64)
+    num_images, correct = int(confusion.sum()), int(np.trace(confusion))
+    intervals = {"level": level, "accuracy": wilson_interval(correct, num_images, level)}
+    intervals |= _class_average_intervals(confusion, level) if num_images else {}
+    methods = dict(_METHODS)
+    if positive_label is not None:
+        for name, row in (("sensitivity", positive_label), ("specificity", 1 - positive_label)):
+            intervals[name] = wilson_interval(confusion[row, row], confusion[row].sum(), level)
+    else:
+        methods.pop("sensitivity"), methods.pop("specificity")
+    if positive_label is not None and roc is not None:
+        intervals["auc"] = delong_auc_interval(*roc, level=level)
+    else:
+        intervals["auc"] = None
+        methods["auc"] = "none given for an average over classes of one-against-the-rest AUCs"
+    intervals["methods"] = methods
+    return intervals
+
+
+def intervals_of_metrics(metrics: dict, y_true, scores=None, level: float = CONFIDENCE_LEVEL) -> dict:
+    """`classification_intervals` of what `metrics.classification_metrics` returned for `y_true` and, for the AUC,
+    the `scores` it was given (its `probs`)."""
+    names = list(metrics["per_class"])
+    positive_label = names.index(metrics["positive_class"]) if "positive_class" in metrics else None
+    roc = None
+    if positive_label is not None and scores is not None and metrics.get("auc") is not None:
+        ranking = finite_ranking(float_array(scores))[:, positive_label]
+        roc = (as_labels(y_true, "y_true") == positive_label, ranking)
+    return classification_intervals(metrics["confusion_matrix"], positive_label, roc, level)

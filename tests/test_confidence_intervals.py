@@ -1,0 +1,152 @@
+"""Confidence intervals of the metrics `evaluate` and `aggregate` record (`confidence_intervals.py`), checked against
+independent computations: the Wilson formula by hand, DeLong's variance from every (positive, negative) pair, and
+scikit-learn's class-averaged metrics of the images a confusion matrix stands for."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
+
+from diffusion_classifiers.confidence_intervals import (
+    class_averages,
+    classification_intervals,
+    delong_auc_interval,
+    intervals_of_metrics,
+    wilson_interval,
+)
+from diffusion_classifiers.metrics import classification_metrics
+
+Z95 = norm.ppf(0.975)
+
+
+def _wilson_by_hand(successes: int, trials: int) -> list:
+    """Wilson (1927): (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)."""
+    p, z2 = successes / trials, Z95**2
+    centre, half = p + z2 / (2 * trials), Z95 * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials**2))
+    return [(centre - half) / (1 + z2 / trials), (centre + half) / (1 + z2 / trials)]
+
+
+@pytest.mark.parametrize("successes, trials", [(8, 10), (0, 7), (30, 30), (412, 1000)])
+def test_wilson_interval_is_the_formulas(successes, trials):
+    assert wilson_interval(successes, trials) == pytest.approx(_wilson_by_hand(successes, trials), abs=1e-12)
+
+
+def test_no_trials_no_interval():
+    assert wilson_interval(0, 0) is None
+
+
+def _delong_by_pairs(is_positive, scores) -> list:
+    """DeLong, DeLong & Clarke-Pearson (1988) from the m x n comparison matrix psi(x, y) = 1, 1/2, 0."""
+    positives, negatives = scores[is_positive], scores[~is_positive]
+    psi = (positives[:, None] > negatives[None, :]) + 0.5 * (positives[:, None] == negatives[None, :])
+    auc = psi.mean()
+    v10, v01 = psi.mean(axis=1), psi.mean(axis=0)
+    se = math.sqrt(v10.var(ddof=1) / len(positives) + v01.var(ddof=1) / len(negatives))
+    return [max(0.0, auc - Z95 * se), min(1.0, auc + Z95 * se)]
+
+
+def test_delong_interval_is_that_of_every_pair_with_ties():
+    rng = np.random.default_rng(0)
+    is_positive = rng.random(300) < 0.3
+    scores = np.round(is_positive + rng.normal(0, 1.2, 300), 1)  # rounded: many ties across the classes
+    interval = delong_auc_interval(is_positive, scores)
+    assert interval == pytest.approx(_delong_by_pairs(is_positive, scores), abs=1e-12)
+    assert np.mean(interval) == pytest.approx(roc_auc_score(is_positive, scores), abs=1e-12)  # not clipped here
+
+
+def test_delong_interval_is_clipped_to_0_1_and_needs_two_of_each_class():
+    separated = np.array([0.1, 0.2, 0.3, 0.9, 0.95])
+    assert delong_auc_interval(np.array([0, 0, 0, 1, 1], bool), separated) == [1.0, 1.0]  # no variance left
+    assert delong_auc_interval(np.array([0, 0, 0, 0, 1], bool), separated) is None
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_class_averages_are_scikit_learns_on_the_images_of_each_matrix():
+    """Balanced accuracy and macro-F1 over the classes present, as `classification_metrics` averages them, on
+    matrices with an absent class and a class never predicted."""
+    rng = np.random.default_rng(1)
+    matrices = rng.integers(0, 5, (20, 4, 4))
+    matrices[::3, 2, :] = 0  # class 2 absent from the truth
+    matrices[1::3, :, 3] = 0  # class 3 never predicted
+    averages = class_averages(matrices)
+    for index, matrix in enumerate(matrices):
+        true, predicted = np.nonzero(matrix)
+        y_true, y_pred = np.repeat(true, matrix[true, predicted]), np.repeat(predicted, matrix[true, predicted])
+        present = np.unique(y_true)
+        assert averages["balanced_accuracy"][index] == pytest.approx(balanced_accuracy_score(y_true, y_pred), abs=1e-12)
+        macro_f1 = f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)
+        assert averages["macro_f1"][index] == pytest.approx(macro_f1, abs=1e-12)
+
+
+def _binary_case(num_images=200, seed=2):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, num_images)
+    positive = 1 / (1 + np.exp(-(2 * y - 1 + rng.normal(0, 1.5, num_images))))
+    probs = np.stack([1 - positive, positive], axis=1)
+    return y, probs, classification_metrics(y, probs.argmax(1), probs=probs, class_names=["normal", "bleed"])
+
+
+def test_intervals_of_a_binary_evaluation_hold_its_figures_and_name_their_methods():
+    y, probs, metrics = _binary_case()
+    intervals = intervals_of_metrics(metrics, y, probs)
+    assert intervals == intervals_of_metrics(metrics, y, probs)  # seeded: the same on every run
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "sensitivity", "specificity", "auc"):
+        low, high = intervals[key]
+        assert low < metrics[key] < high, key
+    positives = int(y.sum())
+    assert intervals["sensitivity"] == wilson_interval(round(metrics["sensitivity"] * positives), positives)
+    assert intervals["auc"] == delong_auc_interval(y == 1, probs[:, 1])
+    assert intervals["methods"]["auc"] == "DeLong" and intervals["level"] == 0.95
+    # the positive class is the named one: its sensitivity is the other's specificity
+    flipped = classification_metrics(y, probs.argmax(1), probs=probs, class_names=["normal", "bleed"], positive_label=0)
+    assert intervals_of_metrics(flipped, y, probs)["sensitivity"] == intervals["specificity"]
+
+
+def test_a_multiclass_evaluation_has_no_auc_interval_and_says_why():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, 100)
+    metrics = classification_metrics(y, np.where(rng.random(100) < 0.6, y, 0), probs=rng.dirichlet([1] * 4, 100))
+    intervals = intervals_of_metrics(metrics, y, None)
+    assert intervals["auc"] is None and "one-against-the-rest" in intervals["methods"]["auc"]
+    assert "sensitivity" not in intervals and "sensitivity" not in intervals["methods"]
+    assert intervals["balanced_accuracy"][0] < metrics["balanced_accuracy"] < intervals["balanced_accuracy"][1]
+
+
+def test_the_bootstrap_interval_narrows_as_the_images_grow():
+    """The same confusion proportions on 100 and on 10,000 images: the interval about 10x narrower."""
+    confusion = np.array([[40, 10], [15, 35]])
+    narrow, wide = (classification_intervals(confusion * scale) for scale in (100, 1))
+    widths = [interval["balanced_accuracy"][1] - interval["balanced_accuracy"][0] for interval in (wide, narrow)]
+    assert 7 < widths[0] / widths[1] < 13
+
+
+def test_evaluate_records_the_intervals_and_its_report_and_card_show_them(tmp_path):
+    from diffusion_classifiers.evaluation import render_evaluation_report
+    from diffusion_classifiers.hub import load_eval_intervals, load_eval_metrics, render_model_card
+    from diffusion_classifiers.metrics import calibration_metrics
+
+    y, probs, metrics = _binary_case(60)
+    metrics["calibration"] = calibration_metrics(y, probs)
+    metrics["confidence_intervals"] = intervals_of_metrics(metrics, y, probs)
+    report = render_evaluation_report(metrics, "Evaluation", [], "test", "ct")
+    low, high = metrics["confidence_intervals"]["sensitivity"]
+    assert "| metric | value | 95% confidence interval |" in report
+    sensitivity = f"{100 * metrics['sensitivity']:.2f}% | {100 * low:.2f}% to {100 * high:.2f}%"
+    assert f"| sensitivity (recall of bleed) | {sensitivity} |" in report
+    assert "| ECE | " in report and "AUC: DeLong" in report
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    card = str(render_model_card(
+        "unet_features", model_name="m", dataset_name="ct", dataset_license="CC-BY-4.0", training_command="t",
+        evaluation_command="e", metrics=load_eval_metrics(tmp_path / "metrics.json"), positive_class="bleed",
+        class_names=["normal", "bleed"], intervals=load_eval_intervals(tmp_path / "metrics.json"),
+    ))  # fmt: skip
+    assert "| metric | value | 95% confidence interval |" in card
+    assert f"| Sensitivity | {metrics['sensitivity']:.4f} | {low:.4f} to {high:.4f} |" in card
+    assert "describe only the sampling error of this evaluation set" in " ".join(card.split())
+    del metrics["confidence_intervals"]  # a metrics.json of an earlier version: the table as it was
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    assert load_eval_intervals(tmp_path / "metrics.json") is None
+    assert "| metric | value |\n" in render_evaluation_report(metrics, "Evaluation", [], "test", "ct")
