@@ -427,3 +427,25 @@ def test_a_component_folder_missing_a_file_is_refused_naming_it(kind, missing, t
     pattern = re.escape(f"pipe/{missing}: not found; component '{component}' (")
     with pytest.raises(FileNotFoundError, match=pattern + r".*model_index\.json needs its (config|weights)"):
         DiffusionClassifierPipeline.from_pretrained(tmp_path / "pipe")
+
+
+def test_storage_that_refuses_a_write_ends_a_command_in_one_line(capsys):
+    """QA (operations): a full disk, a file-size limit or a read-only folder ended commands in tracebacks; now one
+    line, naming the file where Python knows it. Other OS errors keep their traceback."""
+    import errno
+
+    from diffusion_classifiers.cli import run_from_shell
+
+    def full_disk():
+        raise OSError(errno.ENOSPC, "No space left on device", "out/predictions.csv")
+
+    with pytest.raises(SystemExit) as exited:
+        run_from_shell("diffusion-classifiers predict", full_disk)
+    assert exited.value.code == "diffusion-classifiers predict: error: [Errno 28] No space left on device: " \
+        "'out/predictions.csv'"
+
+    def broken_device():
+        raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(OSError, match="Input/output error"):
+        run_from_shell("diffusion-classifiers predict", broken_device)

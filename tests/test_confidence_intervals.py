@@ -57,10 +57,29 @@ def test_delong_interval_is_that_of_every_pair_with_ties():
     assert np.mean(interval) == pytest.approx(roc_auc_score(is_positive, scores), abs=1e-12)  # not clipped here
 
 
-def test_delong_interval_is_clipped_to_0_1_and_needs_two_of_each_class():
-    separated = np.array([0.1, 0.2, 0.3, 0.9, 0.95])
-    assert delong_auc_interval(np.array([0, 0, 0, 1, 1], bool), separated) == [1.0, 1.0]  # no variance left
-    assert delong_auc_interval(np.array([0, 0, 0, 0, 1], bool), separated) is None
+def test_delong_interval_is_clipped_to_0_1_and_not_a_point():
+    is_positive, scores = np.array([1, 1, 1, 0, 0, 0, 0], bool), np.array([0.9, 0.95, 0.5, 0.1, 0.2, 0.3, 0.6])
+    low, high = delong_auc_interval(is_positive, scores)
+    assert high == 1.0 and low == pytest.approx(_delong_by_pairs(is_positive, scores)[0], abs=1e-12)
+    # review: variance 0 gave [1.0, 1.0] at perfect separation and [0.5, 0.5] for tied scores, claiming no error
+    assert delong_auc_interval(is_positive, np.array([0.9, 0.95, 0.8, 0.1, 0.2, 0.3, 0.6])) is None
+    assert delong_auc_interval(is_positive, np.full(7, 0.5)) is None
+    assert delong_auc_interval(np.array([0, 0, 0, 0, 1], bool), np.arange(5.0)) is None  # one positive
+
+
+def test_an_interval_not_given_says_why():
+    """Review: a perfect result's bootstrap intervals were points (balanced accuracy '100.00% to 100.00%' beside
+    sensitivity's '56.55% to 100.00%'), and a binary task without an AUC interval was said to average over classes."""
+    perfect = classification_intervals(np.array([[5, 0], [0, 5]]), 1, (np.arange(10) >= 5, np.arange(10.0)))
+    assert perfect["balanced_accuracy"] is perfect["macro_f1"] is perfect["auc"] is None
+    assert perfect["methods"]["balanced_accuracy"].startswith("none: every resample gives the same value")
+    assert perfect["methods"]["auc"].startswith("none: DeLong's variance is 0")
+    assert perfect["sensitivity"] == pytest.approx(_wilson_by_hand(5, 5))  # Wilson's bound a perfect proportion
+    one_class = classification_intervals(np.array([[7, 0], [0, 0]]), 1, None)
+    assert one_class["sensitivity"] is None and one_class["methods"]["sensitivity"] == "none: no image of the class"
+    assert one_class["methods"]["auc"] == "none: the AUC is undefined"
+    one_positive = classification_intervals(np.array([[5, 1], [0, 1]]), 1, (np.arange(7) == 6, np.arange(7.0)))
+    assert one_positive["methods"]["auc"] == "none: DeLong's needs two images of each class"
 
 
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
@@ -71,7 +90,8 @@ def test_class_averages_are_scikit_learns_on_the_images_of_each_matrix():
     matrices = rng.integers(0, 5, (20, 4, 4))
     matrices[::3, 2, :] = 0  # class 2 absent from the truth
     matrices[1::3, :, 3] = 0  # class 3 never predicted
-    averages = class_averages(matrices)
+    rows, columns = (cells.ravel() for cells in np.indices((4, 4)))
+    averages = class_averages(matrices.reshape(20, 16), rows, columns, 4)
     for index, matrix in enumerate(matrices):
         true, predicted = np.nonzero(matrix)
         y_true, y_pred = np.repeat(true, matrix[true, predicted]), np.repeat(predicted, matrix[true, predicted])

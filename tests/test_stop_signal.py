@@ -167,3 +167,24 @@ def test_a_replacing_run_sigterm_stopped_keeps_the_replaced_runs_checkpoints_unt
     _, _, ended = train(resumed, nn.Linear(1, 1), dataset(), plain)
     assert (ended.resumed_from_step, ended.global_step, ended.stopped_by_signal) == (3, 10, None)
     assert not aside.exists()  # the rerun ended: the replaced run's checkpoints go
+
+
+def test_a_demo_whose_training_sigterm_stopped_probes_and_reports_nothing(tmp_path, monkeypatch, capsys):
+    """QA (operations): the demo probed the U-Net SIGTERM cut short, wrote its report, metrics.json and pipeline as a
+    finished demo's, and only then exited 143; it now stops once the checkpoint is saved, and a resume finishes it."""
+    from diffusion_classifiers.cli import main
+
+    monkeypatch.setattr(StopSignal, "received_anywhere", lambda self, accelerator: True)  # at the first step
+    demo = ["demo", "--output_dir", str(tmp_path), "--image_size", "8", "--unet_preset", "tiny", "--max_train_steps", "3",
+            "--lr_warmup_steps", "0", "--timesteps", "10"]  # fmt: skip
+    with pytest.raises(SystemExit) as exited:
+        run_from_shell("diffusion-classifiers demo", lambda: main(demo))
+    assert exited.value.code == 143
+    assert "training stopped by SIGTERM at step 1: nothing probed or reported" in capsys.readouterr().out
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["unet_training"]
+    assert (tmp_path / "unet_training" / "checkpoint-1").is_dir()
+    monkeypatch.undo()
+    main([*demo, "--resume_from_checkpoint", "latest"])
+    assert json.loads((tmp_path / "unet_training" / "training_summary.json").read_text())["global_step"] == 3
+    assert (tmp_path / "metrics.json").is_file() and (tmp_path / "pipeline" / "model_index.json").is_file()
+

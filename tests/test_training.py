@@ -336,3 +336,25 @@ def test_a_lock_left_by_an_earlier_process_with_this_pid_is_taken_over(tmp_path,
         lock.acquire()
         lock.release()
         assert not path.exists()
+
+
+def test_a_lock_whose_owner_could_not_be_written_is_not_left_behind(tmp_path, monkeypatch):
+    """QA (operations): a full disk failed the lock's owner record after the file was created, and the empty lock left
+    refused every later run (of training, predict, evaluate) as 'unreadable' until deleted by hand."""
+    import errno
+
+    from diffusion_classifiers import run_lock
+    from diffusion_classifiers.run_lock import RunLock
+
+    def disk_full(owner, handle):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run_lock.json, "dump", disk_full)
+    path = tmp_path / "run.lock"
+    with pytest.raises(OSError, match="No space left on device"):
+        RunLock(str(path), "x", "--x", "run").acquire()
+    assert not path.exists()
+    monkeypatch.undo()
+    lock = RunLock(str(path), "x", "--x", "run")
+    lock.acquire()  # the space freed: the next run starts
+    lock.release()

@@ -264,3 +264,26 @@ def test_resuming_a_checkpoint_past_the_runs_last_step_is_refused_before_the_dat
     _, _, summary = train(args_for(tmp_path, max_train_steps=4, resume_from_checkpoint="checkpoint-3"), linear(),
                           dataset(), loss)  # fmt: skip
     assert (summary.resumed_from_step, summary.global_step) == (3, 4)
+
+
+def test_a_folder_a_live_run_trains_in_is_refused_as_in_use_before_its_checkpoints_are_named(tmp_path):
+    """QA (operations): a second run into the folder a live run was training in was told the folder 'already holds
+    another run's checkpoint-165, ...; pass --resume_from_checkpoint latest ... or --overwrite_output_dir', inviting
+    it to replace a live run; both flags then met the lock. The lock is named first; a stale one is left to `train`."""
+    import socket
+
+    from diffusion_classifiers.training.output_dir import LOCK_NAME, OutputDirInUseError
+
+    run = tmp_path / "run"
+    train(args_for(run), linear(), dataset(), lambda model, batch: model(batch[0]).pow(2).mean())
+    lock = run / LOCK_NAME
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started": "now"}))  # alive
+    with pytest.raises(OutputDirInUseError, match=rf"--output_dir {run} is in use by another training run \(pid "):
+        check_run_can_start(args_for(run))
+    before = lock.read_text()
+    with pytest.raises(OutputDirInUseError, match="is in use by another training run"):
+        check_run_can_start(args_for(run, overwrite_output_dir=True))
+    assert lock.read_text() == before  # checked, not taken
+    lock.write_text(json.dumps({"pid": 2**22 + 1, "host": socket.gethostname()}))  # no such process: stale
+    with pytest.raises(FileExistsError, match="already holds another run's checkpoint-1"):
+        check_run_can_start(args_for(run))

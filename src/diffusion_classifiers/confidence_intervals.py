@@ -12,6 +12,7 @@ where it is undefined.
 from typing import Dict, List, Optional
 
 import numpy as np
+from scipy.sparse import csr_matrix
 from scipy.stats import binomtest, norm, rankdata
 
 from .metrics import finite_ranking, float_array
@@ -30,7 +31,7 @@ __all__ = [
 CONFIDENCE_LEVEL = 0.95
 NUM_RESAMPLES = 2000
 _BOOTSTRAP_SEED = 0
-_RESAMPLES_AT_ONCE = 200  # confusion matrices drawn at a time: [200, K * K] counts, 23 MB at 121 classes
+_RESAMPLES_AT_ONCE = 200  # matrices drawn at a time: [200, cells holding images] counts (at most 200 x images)
 
 _METHODS = {
     "accuracy": "Wilson score interval",
@@ -54,7 +55,8 @@ def delong_auc_interval(is_positive, scores, level: float = CONFIDENCE_LEVEL) ->
     """DeLong's interval of the ROC AUC of `scores` for the images where `is_positive`: the AUC plus or minus the
     normal quantile times its standard error, from each image's placement among the other class (the fraction of
     that class it outranks, ties counting half; Sun & Xu's midrank form), clipped to [0, 1]. None with fewer than two
-    images of either class (no variance to estimate)."""
+    images of either class, or where the estimated variance is 0 (classes separated perfectly, or every score tied):
+    a point, not an interval, which would claim no sampling error at all."""
     is_positive, scores = np.asarray(is_positive, dtype=bool), np.asarray(scores, dtype=np.float64)
     positives, negatives = scores[is_positive], scores[~is_positive]
     num_positives, num_negatives = len(positives), len(negatives)
@@ -67,16 +69,20 @@ def delong_auc_interval(is_positive, scores, level: float = CONFIDENCE_LEVEL) ->
     negative_placements = 1 - positives_below / num_positives  # the fraction of positives above each negative
     auc = positive_placements.mean()
     variance = positive_placements.var(ddof=1) / num_positives + negative_placements.var(ddof=1) / num_negatives
+    if variance <= 0:
+        return None
     half_width = norm.ppf(0.5 + level / 2) * np.sqrt(variance)
     return [float(max(0.0, auc - half_width)), float(min(1.0, auc + half_width))]
 
 
-def class_averages(confusions: np.ndarray) -> Dict[str, np.ndarray]:
-    """Balanced accuracy and macro-F1 [B] of confusion matrices [B, K, K] (rows: true class), each averaged over the
-    classes present in its matrix, as `metrics.classification_metrics` averages them."""
-    confusions = np.asarray(confusions, dtype=np.float64)
-    hits = np.diagonal(confusions, axis1=1, axis2=2)
-    support, predicted = confusions.sum(axis=2), confusions.sum(axis=1)
+def class_averages(cell_counts: np.ndarray, rows: np.ndarray, columns: np.ndarray, num_classes: int) -> dict:
+    """Balanced accuracy and macro-F1 [B] of confusion matrices given by the counts [B, M] of their M cells at
+    (`rows` [M]: true class, `columns` [M]: predicted), each averaged over the classes present in its matrix, as
+    `metrics.classification_metrics` averages them. Only the cells listed are counted: the others are 0."""
+    cell_counts = np.asarray(cell_counts, dtype=np.float64)
+    support, predicted = (_summed_by_class(cell_counts, classes, num_classes) for classes in (rows, columns))
+    hits, on_diagonal = np.zeros_like(support), rows == columns
+    hits[:, rows[on_diagonal]] = cell_counts[:, on_diagonal]  # a class has one diagonal cell at most
     present = support > 0
     recall = np.divide(hits, support, out=np.zeros_like(hits), where=present)
     f1 = np.divide(2 * hits, support + predicted, out=np.zeros_like(hits), where=present)
@@ -84,20 +90,30 @@ def class_averages(confusions: np.ndarray) -> Dict[str, np.ndarray]:
     return {"balanced_accuracy": recall.sum(axis=1) / num_present, "macro_f1": f1.sum(axis=1) / num_present}
 
 
-def _class_average_intervals(confusion: np.ndarray, level: float) -> Dict[str, List[float]]:
-    """Percentile bootstrap intervals of `class_averages`. Resampling the images with replacement draws the confusion
-    matrix from a multinomial over its cells, so the matrices are drawn directly: the same distribution, without the
-    images."""
-    num_classes, num_images = len(confusion), int(confusion.sum())
+def _summed_by_class(cell_counts: np.ndarray, classes: np.ndarray, num_classes: int) -> np.ndarray:
+    """The counts [B, M] of cells summed by their class [M]: [B, K] (a sparse product: no [B, M, K] array)."""
+    one_hot = csr_matrix((np.ones(len(classes)), (np.arange(len(classes)), classes)), shape=(len(classes), num_classes))
+    return np.asarray((one_hot.T @ cell_counts.T).T)
+
+
+def _class_average_intervals(confusion: np.ndarray, level: float) -> Dict[str, Optional[List[float]]]:
+    """Percentile bootstrap intervals of `class_averages`; None where every resample gives the same value (a perfect
+    or one-class result, whose error a bootstrap cannot bound). Resampling the images with replacement draws the
+    confusion matrix from a multinomial over its cells, so the matrices are drawn directly, over the cells holding
+    images (a cell of none stays empty): the same distribution, without the images, in memory that grows with the
+    images, not with the square of the classes."""
+    rows, columns = np.nonzero(confusion)
+    counts = confusion[rows, columns]
+    num_images = int(counts.sum())
     rng = np.random.default_rng(_BOOTSTRAP_SEED)
     statistics = {"balanced_accuracy": [], "macro_f1": []}
     for start in range(0, NUM_RESAMPLES, _RESAMPLES_AT_ONCE):
-        size = min(_RESAMPLES_AT_ONCE, NUM_RESAMPLES - start)
-        drawn = rng.multinomial(num_images, confusion.ravel() / num_images, size=size)
-        for name, values in class_averages(drawn.reshape(size, num_classes, num_classes)).items():
+        drawn = rng.multinomial(num_images, counts / num_images, size=min(_RESAMPLES_AT_ONCE, NUM_RESAMPLES - start))
+        for name, values in class_averages(drawn, rows, columns, len(confusion)).items():
             statistics[name].append(values)
     tails = [(1 - level) / 2, (1 + level) / 2]
-    return {name: np.quantile(np.concatenate(values), tails).tolist() for name, values in statistics.items()}
+    intervals = {name: np.quantile(np.concatenate(values), tails).tolist() for name, values in statistics.items()}
+    return {name: interval if interval[0] < interval[1] else None for name, interval in intervals.items()}
 
 
 def classification_intervals(
@@ -106,24 +122,35 @@ def classification_intervals(
     """The intervals of `metrics.classification_metrics`' headline figures, from its `confusion_matrix` (rows: true
     class): accuracy, balanced accuracy, macro-F1 and, for a binary task (`positive_label` given), sensitivity,
     specificity and, given `roc` = (whether each image is positive, the scores the AUC ranked by), the AUC; with the
-    `level` and the `methods` used. A multi-class AUC has no interval (None)."""
+    `level` and the `methods` used, which for an interval not given (None) say why."""
     confusion = np.asarray(confusion, dtype=np.int64)
     num_images, correct = int(confusion.sum()), int(np.trace(confusion))
     intervals = {"level": level, "accuracy": wilson_interval(correct, num_images, level)}
     intervals |= _class_average_intervals(confusion, level) if num_images else {}
-    methods = dict(_METHODS)
+    methods = {name: _METHODS[name] for name in ("accuracy", "balanced_accuracy", "macro_f1")}
+    for name in ("balanced_accuracy", "macro_f1"):
+        if intervals.get(name) is None:
+            methods[name] = "none: every resample gives the same value, which a bootstrap cannot bound"
     if positive_label is not None:
         for name, row in (("sensitivity", positive_label), ("specificity", 1 - positive_label)):
             intervals[name] = wilson_interval(confusion[row, row], confusion[row].sum(), level)
-    else:
-        methods.pop("sensitivity"), methods.pop("specificity")
-    if positive_label is not None and roc is not None:
-        intervals["auc"] = delong_auc_interval(*roc, level=level)
-    else:
-        intervals["auc"] = None
-        methods["auc"] = "none given for an average over classes of one-against-the-rest AUCs"
+            methods[name] = _METHODS[name] if intervals[name] is not None else "none: no image of the class"
+    intervals["auc"], methods["auc"] = _auc_interval(confusion, positive_label, roc, level)
     intervals["methods"] = methods
     return intervals
+
+
+def _auc_interval(confusion: np.ndarray, positive_label: Optional[int], roc, level: float) -> tuple:
+    """The AUC's interval and its method, or None and why there is none."""
+    if positive_label is None:
+        return None, "none given for an average over classes of one-against-the-rest AUCs"
+    if roc is None:
+        return None, "none: the AUC is undefined"
+    if min(confusion.sum(axis=1)) < 2:
+        return None, "none: DeLong's needs two images of each class"
+    interval = delong_auc_interval(*roc, level=level)
+    return interval, _METHODS["auc"] if interval is not None else "none: DeLong's variance is 0 (the scores separate " \
+        "the classes perfectly, or all tie)"
 
 
 def intervals_of_metrics(metrics: dict, y_true, scores=None, level: float = CONFIDENCE_LEVEL) -> dict:

@@ -87,27 +87,57 @@ class RunLock:
                     f"{self.locked}: another {self.kind} took its stale lock {self.path} over at the same time; wait "
                     f"for it or choose another {self.flag}"
                 ) from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(owner, f)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(owner, f)
+        except BaseException:  # QA: a full disk left an empty lock that refused every later run as "unreadable"
+            os.remove(self.path)
+            raise
         self.owner = owner
         _held_here.add(os.path.realpath(self.path))
 
     def _remove_if_stale(self) -> None:
         """Remove the lock of a process of this host that is gone (`_owner_gone`); refuse any other."""
+        holder = self._holder()
+        if not self._held_by_a_live_run(holder):
+            owner = f"pid {holder['pid']} on {holder['host']}"
+            logger.warning(f"Taking over the lock of {self.locked}: its owner ({owner}) is gone")
+            self._remove_stale(holder)
+            return
+        raise self._in_use(holder)
+
+    def refuse_if_held(self) -> None:
+        """Refuse, as `acquire` would, the lock of a live run, without taking or changing any lock: for the checks
+        made before a run's own, so that a folder a live run writes is named as in use, not as the earlier run's."""
+        if not os.path.exists(self.path):
+            return
+        try:
+            holder = self._holder()
+        except self.error as error:
+            if isinstance(error.__cause__, FileNotFoundError):  # released since
+                return
+            raise
+        if self._held_by_a_live_run(holder):
+            raise self._in_use(holder)
+
+    def _holder(self) -> dict:
         try:
             with open(self.path) as f:
                 holder = json.load(f)
-            pid, host = int(holder["pid"]), str(holder["host"])
+            int(holder["pid"]), str(holder["host"])  # what the checks read, as they read it
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise self.error(
                 f"{self.locked} has an unreadable lock {self.path} ({error}); delete it if no {self.kind} uses it"
             ) from error
-        if host == socket.gethostname() and self._owner_gone(pid, holder.get("pid_start")):
-            logger.warning(f"Taking over the lock of {self.locked}: its owner (pid {pid} on {host}) is gone")
-            self._remove_stale(holder)
-            return
-        raise self.error(
-            f"{self.locked} is in use by another {self.kind} (pid {pid} on host {host}, started "
+        return holder
+
+    def _held_by_a_live_run(self, holder: dict) -> bool:
+        here = str(holder["host"]) == socket.gethostname()
+        return not here or not self._owner_gone(int(holder["pid"]), holder.get("pid_start"))
+
+    def _in_use(self, holder: dict) -> Exception:
+        return self.error(
+            f"{self.locked} is in use by another {self.kind} (pid {holder['pid']} on host {holder['host']}, started "
             f"{holder.get('started', '?')}); wait for it, choose another {self.flag}, or delete {self.path} if that "
             f"{self.kind} is gone"
         )

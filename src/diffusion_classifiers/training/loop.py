@@ -224,6 +224,8 @@ def check_run_can_start(args: TrainingArguments, objective: Optional[dict] = Non
     if os.path.isdir(os.path.join(args.output_dir, REPLACED_CHECKPOINTS)):
         return  # a replacing run killed before it settled them: `train` moves them back first, then decides
     if os.path.isdir(args.output_dir):
+        if state.num_processes == 1:  # (the first of several processes may hold the lock already: `train` checks)
+            OutputDirLock(args.output_dir).refuse_if_held()  # QA: a live run's folder was called an earlier run's
         refuse_another_runs_output_dir(args.output_dir, args.resume_from_checkpoint is not None, args.overwrite_output_dir)
     resume_path = resolve_resume_path(args)
     if resume_path is not None:
