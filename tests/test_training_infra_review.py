@@ -287,3 +287,19 @@ def test_a_folder_a_live_run_trains_in_is_refused_as_in_use_before_its_checkpoin
     lock.write_text(json.dumps({"pid": 2**22 + 1, "host": socket.gethostname()}))  # no such process: stale
     with pytest.raises(FileExistsError, match="already holds another run's checkpoint-1"):
         check_run_can_start(args_for(run))
+
+
+def test_an_output_dir_that_cannot_be_written_is_refused_before_the_data(tmp_path, monkeypatch):
+    """QA (operations): into a read-only folder the training scripts failed with Python's EROFS traceback only once
+    every image was read. (`os.access` answers for a read-only file system even as root; stood in for here.)"""
+    read_only = tmp_path / "mounted"
+    read_only.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: str(path) != str(read_only) and real_access(path, mode))
+    with pytest.raises(ValueError, match=rf"^--output_dir {read_only}/run: expected a folder this process can write "
+                                         rf"\(its folder {read_only} is not\)$"):  # fmt: skip
+        check_run_can_start(args_for(read_only / "run"))
+    assert not (read_only / "run").exists()
+    with pytest.raises(ValueError, match=rf"^--output_dir {read_only}: expected a folder this process can write$"):
+        check_run_can_start(args_for(read_only))
+    check_run_can_start(args_for(tmp_path / "elsewhere" / "run"))  # a path to create under a writable folder

@@ -67,11 +67,18 @@ def previous_run_files(output_dir: str) -> list:
 
 def check_output_dir_is_a_folder(output_dir: str) -> None:
     """Refuse an `output_dir` that exists but is not a folder (a file; creating the folder there fails later with
-    a bare `[Errno 17] File exists`)."""
+    a bare `[Errno 17] File exists`), or that this process could not write or create (a read-only disk: QA, the
+    training scripts failed only once they had read every image), without creating it."""
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise FileExistsError(
             f"--output_dir {output_dir} is a file; expected a folder, or a path that does not exist yet"
         )
+    existing = os.path.abspath(output_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):  # on a read-only file system, also for root
+        where = "" if existing == os.path.abspath(output_dir) else f" (its folder {existing} is not)"
+        raise ValueError(f"--output_dir {output_dir}: expected a folder this process can write{where}")
 
 
 def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> None:
