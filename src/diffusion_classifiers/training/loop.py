@@ -76,7 +76,7 @@ from .output_dir import (
     REPLACED_CHECKPOINTS,
     OutputDirLock,
     check_output_dir,
-    check_output_dir_is_a_folder,
+    check_output_dir_writable,
     refuse_another_runs_output_dir,
     set_aside_checkpoints_after,
     settle_replaced_checkpoints,
@@ -175,7 +175,7 @@ def train(
     """
     if len(dataset) == 0:
         raise ValueError("expected a non-empty training dataset, got 0 examples")
-    check_output_dir_is_a_folder(args.output_dir)
+    check_output_dir_writable(args.output_dir)
     if sampler is None:
         sampler = RandomSampler(dataset, generator=torch.Generator())
     if not hasattr(sampler, "set_epoch"):
@@ -220,7 +220,7 @@ def check_run_can_start(args: TrainingArguments, objective: Optional[dict] = Non
     requested = args.mixed_precision  # None: the launcher's
     args = _with_mixed_precision(args, resolve_mixed_precision(requested))
     _check_precision_runs_here(args.mixed_precision, state.device, requested)
-    check_output_dir_is_a_folder(args.output_dir)
+    check_output_dir_writable(args.output_dir)
     if os.path.isdir(os.path.join(args.output_dir, REPLACED_CHECKPOINTS)):
         return  # a replacing run killed before it settled them: `train` moves them back first, then decides
     if os.path.isdir(args.output_dir):

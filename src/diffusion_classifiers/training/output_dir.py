@@ -21,7 +21,7 @@ from .monitoring import SAMPLE_PATTERN, SAMPLES_DIR, remove_samples_after
 
 __all__ = [
     "LOCK_NAME", "REPLACED_CHECKPOINTS", "OutputDirInUseError", "OutputDirLock", "check_output_dir",
-    "check_output_dir_is_a_folder", "previous_run_files", "refuse_another_runs_output_dir",
+    "check_output_dir_writable", "previous_run_files", "refuse_another_runs_output_dir",
     "save_model_whole", "save_trained_pipeline", "set_aside_checkpoints_after", "settle_replaced_checkpoints",
 ]  # fmt: skip
 
@@ -65,7 +65,7 @@ def previous_run_files(output_dir: str) -> list:
     return sorted(name for name in names if CHECKPOINT_PATTERN.match(name) or name in FINISHED_RUN_FILES)
 
 
-def check_output_dir_is_a_folder(output_dir: str) -> None:
+def check_output_dir_writable(output_dir: str) -> None:
     """Refuse an `output_dir` that exists but is not a folder (a file; creating the folder there fails later with
     a bare `[Errno 17] File exists`), or that this process could not write or create (a read-only disk: QA, the
     training scripts failed only once they had read every image), without creating it."""
