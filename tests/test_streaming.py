@@ -405,6 +405,7 @@ def test_evaluating_a_streamed_folder_equals_the_in_memory_evaluation(image_fold
 def test_evaluating_a_datasets_split_decodes_batch_by_batch_as_the_pipeline_would(
     image_folder, unet_pipeline, monkeypatch
 ):
+    from diffusion_classifiers.confidence_intervals import intervals_of_metrics
     from diffusion_classifiers.data.streaming import DecodedImages
     from diffusion_classifiers.evaluation import evaluate_classifier
     from diffusion_classifiers.metrics import calibration_metrics, classification_metrics
@@ -417,6 +418,7 @@ def test_evaluating_a_datasets_split_decodes_batch_by_batch_as_the_pipeline_woul
     labels = np.asarray(test["label"])
     expected = classification_metrics(labels, probs.argmax(-1), probs=probs, class_names=["ant", "bee", "cat"])
     expected["calibration"] = calibration_metrics(labels, probs)
+    expected["confidence_intervals"] = intervals_of_metrics(expected, labels, probs)
     expected["pipeline_call"] = {}  # the pipeline called with its defaults
     expected["preprocessing"] = unet_pipeline.preprocessing.to_dict()  # how its images were read
     expected["training_images_checked"] = False  # a pipeline built in code records no training images
