@@ -449,3 +449,18 @@ def test_storage_that_refuses_a_write_ends_a_command_in_one_line(capsys):
 
     with pytest.raises(OSError, match="Input/output error"):
         run_from_shell("diffusion-classifiers predict", broken_device)
+
+    def write_on_full_disk():  # what file.write raises: no file named
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(SystemExit, match=r"^x: error: \[Errno 28\] No space left on device "
+                                         r"\(DIFFUSION_CLASSIFIERS_TRACEBACK=1 shows where\)$"):  # fmt: skip
+        run_from_shell("x", write_on_full_disk)
+
+    from safetensors import SafetensorError
+
+    def weights_on_full_disk():  # review: safetensors' own error, seen on a full tmpfs
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    with pytest.raises(SystemExit, match=r"^x: error: Error while serializing: I/O error: No space left on device"):
+        run_from_shell("x", weights_on_full_disk)

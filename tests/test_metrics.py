@@ -181,3 +181,19 @@ def test_seed_sensitivity_refuses_mismatched_shapes():
     with pytest.raises(ValueError, match=r"margins and stderr of shape \[3\], got \(3,\), \(3,\) and \(2,\)"):
         seed_sensitivity_metrics([0, 1, 1], [0, 1, 0], [0.5, -1.0, 2.0], [0.1, 0.2])
     assert seed_sensitivity_metrics([0, 1], [0, 1], [3.0, -0.1], [1.0, 1.0])["decisions_within"] == 1
+
+
+def test_a_reports_notes_are_paragraphs_of_their_own_between_the_count_and_the_table():
+    """Seen in a report: 'Not checked against the model's training images' followed the line counting the images
+    with no blank line, so Markdown ran the two into one paragraph (and left two blank lines before the table)."""
+    from diffusion_classifiers.evaluation import render_evaluation_report
+
+    metrics = classification_metrics([0, 1, 2], [0, 1, 1], class_names=["a", "b", "c"])
+    metrics |= {"calibration": {"ece": 0.0}, "training_images_checked": False, "absent_classes": ["d"]}
+    metrics |= {"pipeline_call": {"num_timesteps": 20}}
+    report = render_evaluation_report(metrics, "t", [], "test").split("\n")
+    first = report.index("3 images of the test split.")
+    table = report.index("| metric | value |")
+    paragraphs = report[first:table]
+    assert all(line == "" for line in paragraphs[1::2]) and all(line for line in paragraphs[0::2])
+    assert len(paragraphs) == 8 and paragraphs[2].startswith("Scored by the pipeline called with `num_timesteps=20`")

@@ -175,8 +175,8 @@ def test_a_demo_whose_training_sigterm_stopped_probes_and_reports_nothing(tmp_pa
     from diffusion_classifiers.cli import main
 
     monkeypatch.setattr(StopSignal, "received_anywhere", lambda self, accelerator: True)  # at the first step
-    demo = ["demo", "--output_dir", str(tmp_path), "--image_size", "8", "--unet_preset", "tiny", "--max_train_steps", "3",
-            "--lr_warmup_steps", "0", "--timesteps", "10"]  # fmt: skip
+    demo = ["demo", "--output_dir", str(tmp_path), "--image_size", "8", "--unet_preset", "tiny",
+            "--max_train_steps", "3", "--lr_warmup_steps", "0", "--timesteps", "10"]  # fmt: skip
     with pytest.raises(SystemExit) as exited:
         run_from_shell("diffusion-classifiers demo", lambda: main(demo))
     assert exited.value.code == 143
@@ -187,4 +187,3 @@ def test_a_demo_whose_training_sigterm_stopped_probes_and_reports_nothing(tmp_pa
     main([*demo, "--resume_from_checkpoint", "latest"])
     assert json.loads((tmp_path / "unet_training" / "training_summary.json").read_text())["global_step"] == 3
     assert (tmp_path / "metrics.json").is_file() and (tmp_path / "pipeline" / "model_index.json").is_file()
-

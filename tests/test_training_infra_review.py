@@ -303,3 +303,7 @@ def test_an_output_dir_that_cannot_be_written_is_refused_before_the_data(tmp_pat
     with pytest.raises(ValueError, match=rf"^--output_dir {read_only}: expected a folder this process can write$"):
         check_run_can_start(args_for(read_only))
     check_run_can_start(args_for(tmp_path / "elsewhere" / "run"))  # a path to create under a writable folder
+    (tmp_path / "notes").write_text("")
+    os.chmod(tmp_path / "notes", 0o755)  # review: os.access passed an executable file as a folder to write in
+    with pytest.raises(FileExistsError, match=rf"--output_dir {tmp_path}/notes/run: {tmp_path}/notes is not a folder"):
+        check_run_can_start(args_for(tmp_path / "notes" / "run"))

@@ -883,10 +883,8 @@ def _note_unchecked(model_dir: str, command: str, split_names: list, no_record: 
 
 
 def main(argv=None) -> None:
-    """The `diffusion-classifiers` command. From a shell (`argv` None) an input refused by name (`ValueError`,
-    `FileNotFoundError`, `FileExistsError`) or an output in use by another run (`RunInUseError`) prints that one line
-    and exits with status 1, without Python's traceback
-    (`DIFFUSION_CLASSIFIERS_TRACEBACK=1` keeps it); called with `argv`, it raises."""
+    """The `diffusion-classifiers` command. From a shell (`argv` None) its errors end it as `run_from_shell` says (a
+    refused input, an output in use, storage that refused a write: one line); called with `argv`, it raises."""
     from_shell = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     chosen = [arg for arg in argv if arg in COMMANDS][:1]  # the first word naming a command (options have dashes)
@@ -909,18 +907,27 @@ def run_from_shell(name: str, run: Callable[[], Any]) -> None:
     try:
         with _warnings_as_lines(name):
             run()
-    except (ValueError, OSError, RunInUseError) as error:
+    except Exception as error:
         refused = isinstance(error, (ValueError, FileNotFoundError, FileExistsError, RunInUseError))
-        storage = isinstance(error, OSError) and error.errno in _STORAGE_ERRORS
-        if os.environ.get("DIFFUSION_CLASSIFIERS_TRACEBACK") or not (refused or storage):
+        if os.environ.get("DIFFUSION_CLASSIFIERS_TRACEBACK") or not (refused or _storage_refused(error)):
             raise
-        sys.exit(f"{name}: error: {error}")
+        where = "" if refused or getattr(error, "filename", None) else " (DIFFUSION_CLASSIFIERS_TRACEBACK=1 shows where)"
+        sys.exit(f"{name}: error: {error}{where}")
     _exit_as_stopped_training()
 
 
 # The machine's storage refused a write (QA: a full disk ended `predict` in two tracebacks naming no file): one line,
-# Python's own, which names the error and the file where it knows it.
+# Python's own, which names the error and the file where it knows it. safetensors reports it in its own error, with
+# the OS's message; torch's checkpoint writer does not say why ("unexpected pos"): that one keeps its traceback.
 _STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _storage_refused(error: Exception) -> bool:
+    if isinstance(error, OSError):
+        return error.errno in _STORAGE_ERRORS
+    return type(error).__name__ == "SafetensorError" and any(
+        os.strerror(code) in str(error) for code in _STORAGE_ERRORS
+    )
 
 
 def _exit_as_stopped_training() -> None:

@@ -1085,17 +1085,18 @@ def render_evaluation_report(
         return metric_row(name, value, intervals, key)
 
     lines = [f"# {title}", "", f"{scored}{read}.", "", *metrics_table_header(intervals)]
+    notes = 4  # paragraphs go between the first one and the table, each followed by a blank line
     if "head" in metrics:
-        lines[3:3] = ["", f"Head: {metrics['head']['summary']}."]
+        lines[notes:notes] = [f"Head: {metrics['head']['summary']}.", ""]
     if metrics.get("training_images_checked") is False:
-        lines[3:3] = [
+        lines[notes:notes] = [
             "**Not checked against the model's training images** (the model records none, or only its head's, or "
             f"the {_scored_set(split)} is a `datasets` split): the figures may include images it was trained on.",
             "",
         ]
-    lines[3:3] = absent_classes_note(metrics, _scored_set(split))
+    lines[notes:notes] = absent_classes_note(metrics, _scored_set(split))
     if canonical_split_name(split or "") == "train":  # not checked against the training images: asked for as they are
-        lines[3:3] = [
+        lines[notes:notes] = [
             "**A train split, not checked against the model's training images**: where it is the model's own, these "
             "figures are training accuracy, not an estimate on new images.",
             "",
@@ -1123,7 +1124,7 @@ def render_evaluation_report(
         ]
     if metrics.get("pipeline_call"):  # QA: an ELBO report and a likelihood report read alike but for the numbers
         call = ", ".join(f"{name}={value!r}" for name, value in metrics["pipeline_call"].items())
-        lines[3:3] = ["", f"Scored by the pipeline called with `{call}`.", ""]  # its own paragraph
+        lines[notes:notes] = [f"Scored by the pipeline called with `{call}`.", ""]
     if "seed_sensitivity" in metrics:
         lines += seed_sensitivity_rows(metrics["seed_sensitivity"])
     if intervals:

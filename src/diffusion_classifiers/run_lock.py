@@ -92,6 +92,7 @@ class RunLock:
                 json.dump(owner, f)
         except BaseException:  # QA: a full disk left an empty lock that refused every later run as "unreadable"
             os.remove(self.path)
+            self._remove_created_dir()
             raise
         self.owner = owner
         _held_here.add(os.path.realpath(self.path))
@@ -183,6 +184,9 @@ class RunLock:
             os.remove(self.path)
         self.owner = None
         _held_here.discard(os.path.realpath(self.path))
+        self._remove_created_dir()
+
+    def _remove_created_dir(self) -> None:
         folder = os.path.dirname(self.path) or "."
         if self._created_dir and not os.listdir(folder):
             os.rmdir(folder)

@@ -74,8 +74,10 @@ def check_output_dir_writable(output_dir: str) -> None:
             f"--output_dir {output_dir} is a file; expected a folder, or a path that does not exist yet"
         )
     existing = os.path.abspath(output_dir)
-    while not os.path.exists(existing):
+    while not os.path.lexists(existing):
         existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):  # a file (or a dangling link) partway up the path
+        raise FileExistsError(f"--output_dir {output_dir}: {existing} is not a folder; expected a path of folders")
     if not os.access(existing, os.W_OK | os.X_OK):  # on a read-only file system, also for root
         where = "" if existing == os.path.abspath(output_dir) else f" (its folder {existing} is not)"
         raise ValueError(f"--output_dir {output_dir}: expected a folder this process can write{where}")
