@@ -464,3 +464,16 @@ def test_storage_that_refuses_a_write_ends_a_command_in_one_line(capsys):
 
     with pytest.raises(SystemExit, match=r"^x: error: Error while serializing: I/O error: No space left on device"):
         run_from_shell("x", weights_on_full_disk)
+
+
+def test_ctrl_c_ends_a_command_in_one_line_with_status_130(capsys):
+    """QA (operations): Ctrl-C in a training script printed a KeyboardInterrupt traceback of the loop's innards."""
+    from diffusion_classifiers.cli import run_from_shell
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exited:
+        run_from_shell("unet_features_train.py", interrupted)
+    assert exited.value.code == 130
+    assert capsys.readouterr().err.strip().startswith("unet_features_train.py: interrupted")

@@ -899,9 +899,9 @@ def run_from_shell(name: str, run: Callable[[], Any]) -> None:
     """`run()` as a shell command `name` (the CLI's, the example scripts'): an input refused by name (`ValueError`,
     `FileNotFoundError`, `FileExistsError`), an output another run holds (`RunInUseError`) or storage that refused a
     write (a full disk, a read-only folder) prints `name: error: ...` and exits with status 1, without Python's
-    traceback (`DIFFUSION_CLASSIFIERS_TRACEBACK=1` keeps it). A training run
-    that SIGTERM stopped exits with status 143 once its model is saved (under `accelerate launch --multi_gpu`, torch
-    elastic makes it 1)."""
+    traceback (`DIFFUSION_CLASSIFIERS_TRACEBACK=1` keeps it); Ctrl-C, with status 130. A training run that SIGTERM
+    stopped exits with status 143 once its model is saved (under `accelerate launch --multi_gpu`, torch elastic makes
+    it 1)."""
     from .run_lock import RunInUseError  # the standard library only
 
     try:
@@ -913,6 +913,13 @@ def run_from_shell(name: str, run: Callable[[], Any]) -> None:
             raise
         where = "" if refused or getattr(error, "filename", None) else " (DIFFUSION_CLASSIFIERS_TRACEBACK=1 shows where)"
         sys.exit(f"{name}: error: {error}{where}")
+    except KeyboardInterrupt:  # QA: a training script's Ctrl-C printed a traceback of the loop's innards
+        if os.environ.get("DIFFUSION_CLASSIFIERS_TRACEBACK"):
+            raise
+        trained = "diffusion_classifiers.training.loop" in sys.modules
+        resume = "; the checkpoints saved so far are kept: --resume_from_checkpoint latest continues" if trained else ""
+        print(f"\n{name}: interrupted{resume}", file=sys.stderr)
+        sys.exit(130)
     _exit_as_stopped_training()
 
 
