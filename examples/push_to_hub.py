@@ -66,7 +66,9 @@ def parse_args(argv=None):
         "refused",
     )  # fmt: skip
     parser.add_argument("--metrics_json", required=True, help="metrics.json written by the demo or an evaluation")
-    parser.add_argument("--dataset_name", required=True)
+    parser.add_argument(
+        "--dataset_name", required=True, help="the training data's name as the card shows it, e.g. PneumoniaMNIST"
+    )
     parser.add_argument("--dataset_license", required=True, help="the training data's licence, e.g. 'CC BY 4.0'")
     parser.add_argument("--training_command", required=True, help="the exact command that trained the model")
     parser.add_argument("--evaluation_command", required=True, help="the exact command that wrote --metrics_json")
