@@ -6,7 +6,7 @@ AUC gets DeLong's interval (DeLong, DeLong & Clarke-Pearson 1988), the one pROC 
 report; balanced accuracy and macro-F1, averages over classes, get percentile bootstrap intervals over the images (or
 the groups `aggregate` scores; `NUM_RESAMPLES` resamples from a fixed seed: the same interval on every run). A
 multi-class AUC (a one-vs-rest average) gets none. Each interval is `[low, high]` on the scale of its metric, or None
-where it is undefined.
+where the metric is undefined, the images too few, or the interval would be a single point (`methods` says which).
 """
 
 from typing import Dict, List, Optional
@@ -149,8 +149,9 @@ def _auc_interval(confusion: np.ndarray, positive_label: Optional[int], roc, lev
     if min(confusion.sum(axis=1)) < 2:
         return None, "none: DeLong's needs two images of each class"
     interval = delong_auc_interval(*roc, level=level)
-    return interval, _METHODS["auc"] if interval is not None else "none: DeLong's variance is 0 (the scores separate " \
-        "the classes perfectly, or all tie)"
+    if interval is None:
+        return None, "none: DeLong's variance is 0 (the scores separate the classes perfectly, or all tie)"
+    return interval, _METHODS["auc"]
 
 
 def intervals_of_metrics(metrics: dict, y_true, scores=None, level: float = CONFIDENCE_LEVEL) -> dict:
