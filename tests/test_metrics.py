@@ -197,3 +197,21 @@ def test_a_reports_notes_are_paragraphs_of_their_own_between_the_count_and_the_t
     paragraphs = report[first:table]
     assert all(line == "" for line in paragraphs[1::2]) and all(line for line in paragraphs[0::2])
     assert len(paragraphs) == 8 and paragraphs[2].startswith("Scored by the pipeline called with `num_timesteps=20`")
+
+
+def test_a_binary_task_records_the_average_precision_its_pr_figure_shows():
+    """The PR figure's legend gave AP; metrics.json, the report and the card did not (session 55's note)."""
+    from sklearn.metrics import average_precision_score
+
+    from diffusion_classifiers.evaluation import render_evaluation_report
+
+    y, scores = [0, 0, 1, 1, 0, 1], np.array([0.1, 0.6, 0.35, 0.8, 0.2, 0.9])
+    probs = np.stack([1 - scores, scores], axis=1)
+    metrics = classification_metrics(y, probs.argmax(1), probs=probs, class_names=["normal", "bleed"], positive_label=0)
+    assert metrics["average_precision"] == pytest.approx(average_precision_score(np.equal(y, 0), probs[:, 0]))
+    metrics["calibration"] = {"ece": 0.0}
+    ap = f"{metrics['average_precision']:.4f}"
+    assert f"| AUC | {metrics['auc']:.4f} |\n| average precision (PR AUC of normal) | {ap} |" in render_evaluation_report(
+        metrics, "t", []
+    )
+    assert "average_precision" not in classification_metrics([0, 1, 2], [0, 1, 1], probs=np.eye(3))

@@ -1104,7 +1104,11 @@ def render_evaluation_report(
     lines += [row("accuracy", percent(metrics["accuracy"]), "accuracy")]
     lines += [row("macro-F1", percent(metrics["macro_f1"]), "macro_f1")]
     lines += [row("balanced accuracy", percent(metrics["balanced_accuracy"]), "balanced_accuracy")]
-    lines += [row("AUC", auc, "auc"), row("ECE", f"{metrics['calibration']['ece']:.4f}")]
+    lines += [row("AUC", auc, "auc")]
+    if metrics.get("average_precision") is not None:  # binary; metrics of earlier versions have none
+        precision_recall = f"average precision (PR AUC of {metrics['positive_class']})"
+        lines += [row(precision_recall, f"{metrics['average_precision']:.4f}")]
+    lines += [row("ECE", f"{metrics['calibration']['ece']:.4f}")]
     if metrics.get("nfe_per_image"):
         calls = metrics["nfe_per_image"]
         lines += [row("network calls per image", f"{calls['mean']:g} (least {calls['min']}, most {calls['max']})")]

@@ -95,6 +95,7 @@ METRIC_NAMES = {
     "macro_f1": ("f1", "Macro F1"),
     "balanced_accuracy": ("balanced_accuracy", "Balanced accuracy"),
     "auc": ("roc_auc", "ROC AUC"),
+    "average_precision": ("average_precision", "Average precision (PR AUC)"),
     "sensitivity": ("recall", "Sensitivity"),
     "specificity": ("specificity", "Specificity"),
     "ece": ("ece", "Expected calibration error (10 bins)"),  # from "calibration": how far confidence is from accuracy

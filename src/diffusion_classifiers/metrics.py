@@ -57,8 +57,10 @@ def _auc(y_true: np.ndarray, probs: np.ndarray, positive_label: Optional[int]) -
     present = np.unique(y_true)
     if len(present) < 2:
         return {"auc": None, "auc_unavailable_reason": f"only class {present[0]} is present in y_true"}
-    if probs.shape[1] == 2:
-        return {"auc": float(skm.roc_auc_score(y_true == positive_label, probs[:, positive_label]))}
+    if probs.shape[1] == 2:  # and the area under the precision-recall curve, which the ROC figure's legend gives
+        is_positive, scores = y_true == positive_label, probs[:, positive_label]
+        auc, average_precision = skm.roc_auc_score(is_positive, scores), skm.average_precision_score(is_positive, scores)
+        return {"auc": float(auc), "average_precision": float(average_precision)}
     # One-vs-rest macro over the classes present in y_true (sklearn's "ovr" needs every class present).
     per_class = [skm.roc_auc_score(y_true == k, probs[:, k]) for k in present]
     return {"auc": float(np.mean(per_class))}
@@ -191,8 +193,9 @@ def classification_metrics(
         y_true, y_pred: integer labels in `[0, num_classes)`, same length.
         probs (`[N, K]`, *optional*): class probabilities or scores. Binary AUC uses `probs[:, positive_label]`;
             multiclass AUC is one-vs-rest macro over the classes present in `y_true`. With one class present, `auc`
-            is `None` and `auc_unavailable_reason` says why. Scores of `+inf` / `-inf` rank first / last; NaN is
-            refused.
+            is `None` and `auc_unavailable_reason` says why. A binary task also gets `average_precision` (the
+            area under the positive class's precision-recall curve, scikit-learn's). Scores of `+inf` / `-inf` rank
+            first / last; NaN is refused.
         num_classes (`int`, *optional*): defaults to `len(class_names)`, else the largest label + 1.
         class_names (`Sequence[str]`, *optional*): keys of `per_class`; defaults to `"0"`, `"1"`, ...
         positive_label (`int`, *optional*): binary tasks only: the id of the positive class (the finding, e.g.
