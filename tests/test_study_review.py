@@ -185,3 +185,18 @@ def test_a_failed_evaluation_leaves_the_earlier_report_whole(study, tmp_path):
     assert {name: (tmp_path / name).read_text() for name in earlier} == earlier
     assert json.loads(earlier["metrics.json"])["num_samples"] == len(test)
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []  # no temporary file left
+
+
+def test_a_binary_studys_report_gives_the_average_precision_its_metrics_record(tiny):
+    """Review: the study's metrics.json and card gave the average precision, its report (the demo's, probe's) did not;
+    a class name holding "|" split its rows into extra cells."""
+    splits = _digits_splits()
+    for name, split in splits.items():
+        keep = np.flatnonzero(split.labels.numpy() < 2)
+        splits[name] = LabeledImages(split.images[keep], split.labels[keep], ["normal", "bleed|acute"])
+    study = study_module.run_unet_feature_study(*tiny, splits, **STUDY)
+    average_precision = study.summary()["test_average_precision"]
+    assert average_precision == study.test_metrics["average_precision"]
+    report = study_module.render_report(study, "study", "probe")
+    assert f"| average precision (PR AUC of bleed\\|acute) | {average_precision:.4f} |  |" in report
+    assert "| sensitivity (recall of bleed\\|acute) |" in report

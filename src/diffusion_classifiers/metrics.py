@@ -136,7 +136,9 @@ def metrics_table_header(intervals: Optional[dict], first: str = "metric") -> Li
 
 def metric_row(name: str, value: str, intervals: Optional[dict] = None, key: Optional[str] = None) -> str:
     """A row of a report's metrics table: `| name | value |`, and where the table shows `intervals` the interval of
-    metric `key` (empty without one)."""
+    metric `key` (empty without one). A "|" in the name or value (a class's name) is escaped, so the row keeps its
+    cells."""
+    name, value = (text.replace("|", chr(92) + "|") for text in (name, value))
     return f"| {name} | {value} |" + (f" {interval_text(intervals, key)} |" if intervals else "")
 
 

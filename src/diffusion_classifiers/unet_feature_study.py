@@ -81,6 +81,7 @@ class UNetFeatureStudy:
             "test_macro_f1": self.test_metrics["macro_f1"],
             "test_balanced_accuracy": self.test_metrics["balanced_accuracy"],
             "test_auc": self.test_metrics.get("auc"),
+            "test_average_precision": self.test_metrics.get("average_precision"),
             **{f"test_{k}": self.test_metrics[k] for k in ("positive_class", "sensitivity", "specificity", "positive_f1") if k in self.test_metrics},
             "kmeans_accuracy": self.kmeans_metrics["accuracy"],
             "kmeans_accuracy_by_chance": self.kmeans_metrics["accuracy_by_chance"],
@@ -396,6 +397,13 @@ def summary_table(study: UNetFeatureStudy, top: int = 8) -> str:
     return "\n".join(lines)
 
 
+def _average_precision_row(summary: dict, intervals: Optional[dict]) -> List[str]:
+    if summary.get("test_average_precision") is None:  # not binary, or a summary of an earlier version
+        return []
+    name = f"average precision (PR AUC of {summary['test_positive_class']})"
+    return [metric_row(name, f"{summary['test_average_precision']:.4f}", intervals)]
+
+
 def _positive_class_rows(summary: dict, intervals: Optional[dict]) -> List[str]:
     if "test_positive_class" not in summary:
         return []
@@ -460,6 +468,7 @@ def render_report(study: UNetFeatureStudy, title: str, command: str, extra: Opti
         metric_row("macro-F1", percent(s["test_macro_f1"]), intervals, "macro_f1"),
         metric_row("balanced accuracy", percent(s["test_balanced_accuracy"]), intervals, "balanced_accuracy"),
         metric_row("AUC", auc, intervals, "auc"),
+        *_average_precision_row(s, intervals),
         *_positive_class_rows(s, intervals),
         metric_row("ECE (calibration)", f"{study.test_metrics['calibration']['ece']:.4f}", intervals),
         "",

@@ -1,6 +1,6 @@
 """The views of an image a feature can be averaged over, for data with no natural orientation (plankton, cells,
-microscopy): `None`, the image as it is, or `"dihedral"`, its 8 rotations by multiples of 90 degrees and their
-mirror images."""
+microscopy): `None`, the image as it is, or `"dihedral"`, its 4 rotations by multiples of 90 degrees and those of its
+mirror image (8 views)."""
 
 from typing import List, Optional, Sequence
 
