@@ -76,10 +76,10 @@ def test_an_interval_not_given_says_why():
     assert perfect["methods"]["auc"].startswith("none: DeLong's variance is 0")
     assert perfect["sensitivity"] == pytest.approx(_wilson_by_hand(5, 5))  # Wilson's bound a perfect proportion
     one_class = classification_intervals(np.array([[7, 0], [0, 0]]), 1, None)
-    assert one_class["sensitivity"] is None and one_class["methods"]["sensitivity"] == "none: no image of the class"
+    assert one_class["sensitivity"] is None and one_class["methods"]["sensitivity"] == "none: the class is absent"
     assert one_class["methods"]["auc"] == "none: the AUC is undefined"
     one_positive = classification_intervals(np.array([[5, 1], [0, 1]]), 1, (np.arange(7) == 6, np.arange(7.0)))
-    assert one_positive["methods"]["auc"] == "none: DeLong's needs two images of each class"
+    assert one_positive["methods"]["auc"] == "none: DeLong's needs two of each class"
 
 
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
@@ -133,6 +133,16 @@ def test_a_multiclass_evaluation_has_no_auc_interval_and_says_why():
     assert intervals["auc"] is None and "one-against-the-rest" in intervals["methods"]["auc"]
     assert "sensitivity" not in intervals and "sensitivity" not in intervals["methods"]
     assert intervals["balanced_accuracy"][0] < metrics["balanced_accuracy"] < intervals["balanced_accuracy"][1]
+
+
+def test_the_bootstrap_resamples_within_each_class():
+    """QA (head CT): a classifier calling all 24 slices positive, one of them truly so, has balanced accuracy 50% in
+    any resample holding both classes; resampling the images together, a third of the resamples lost the positive and
+    scored the specificity alone (0%), and the interval read "0.00% to 50.00%" around its own upper bound."""
+    constant = classification_intervals(np.array([[0, 23], [0, 1]]), 1, None)
+    assert constant["balanced_accuracy"] is None and constant["methods"]["balanced_accuracy"].startswith("none: every")
+    low, high = classification_intervals(np.array([[20, 3], [1, 2]]), 1, None)["balanced_accuracy"]
+    assert low < (20 / 23 + 2 / 3) / 2 < high and low > 0.4  # the one-class resamples' 20/23 / 2 = 0.43 is gone
 
 
 def test_the_bootstrap_interval_narrows_as_the_images_grow():

@@ -3,8 +3,9 @@ of the population the images were drawn from (the sampling error a model card wa
 
 Proportions of images (accuracy, sensitivity, specificity) get Wilson score intervals (scipy's `binomtest`); a binary
 AUC gets DeLong's interval (DeLong, DeLong & Clarke-Pearson 1988), the one pROC and most diagnostic-accuracy studies
-report; balanced accuracy and macro-F1, averages over classes, get percentile bootstrap intervals over the images (or
-the groups `aggregate` scores; `NUM_RESAMPLES` resamples from a fixed seed: the same interval on every run). A
+report; balanced accuracy and macro-F1, averages over classes, get percentile bootstrap intervals, each class's images
+(or the groups `aggregate` scores) resampled within the class (`NUM_RESAMPLES` resamples from a fixed seed: the same
+interval on every run). A
 multi-class AUC (a one-vs-rest average) gets none. Each interval is `[low, high]` on the scale of its metric, or None
 where the metric is undefined, the images too few, or the interval would be a single point (`methods` says which).
 """
@@ -38,8 +39,8 @@ _METHODS = {
     "sensitivity": "Wilson score interval",
     "specificity": "Wilson score interval",
     "auc": "DeLong",
-    "balanced_accuracy": f"percentile bootstrap, {NUM_RESAMPLES} resamples, seed {_BOOTSTRAP_SEED}",
-    "macro_f1": f"percentile bootstrap, {NUM_RESAMPLES} resamples, seed {_BOOTSTRAP_SEED}",
+    "balanced_accuracy": f"percentile bootstrap within each class, {NUM_RESAMPLES} resamples, seed {_BOOTSTRAP_SEED}",
+    "macro_f1": f"percentile bootstrap within each class, {NUM_RESAMPLES} resamples, seed {_BOOTSTRAP_SEED}",
 }
 
 
@@ -97,23 +98,34 @@ def _summed_by_class(cell_counts: np.ndarray, classes: np.ndarray, num_classes: 
 
 
 def _class_average_intervals(confusion: np.ndarray, level: float) -> Dict[str, Optional[List[float]]]:
-    """Percentile bootstrap intervals of `class_averages`; None where every resample gives the same value (a perfect
-    or one-class result, whose error a bootstrap cannot bound). Resampling the images with replacement draws the
-    confusion matrix from a multinomial over its cells, so the matrices are drawn directly, over the cells holding
-    images (a cell of none stays empty): the same distribution, without the images, in memory that grows with the
-    images, not with the square of the classes."""
-    rows, columns = np.nonzero(confusion)
+    """Percentile bootstrap intervals of `class_averages`, each class's images resampled within the class (a
+    stratified bootstrap, as pROC's: a resample that lost a rare class would average over the others only, QA: a
+    constant classifier's balanced accuracy 50% read "0.00% to 50.00%"); None where every resample gives the same
+    value (a perfect or one-class result, whose error a bootstrap cannot bound). Resampling a class's images with
+    replacement draws its row of the confusion matrix from a multinomial over the row's cells, so the rows are drawn
+    directly, over the cells holding images: the same distribution, without the images, in memory that grows with
+    the images, not with the square of the classes."""
+    rows, columns = np.nonzero(confusion)  # row-major: each row's cells side by side
     counts = confusion[rows, columns]
-    num_images = int(counts.sum())
+    row_cells = [slice(*ends) for ends in _runs(rows)]
     rng = np.random.default_rng(_BOOTSTRAP_SEED)
     statistics = {"balanced_accuracy": [], "macro_f1": []}
     for start in range(0, NUM_RESAMPLES, _RESAMPLES_AT_ONCE):
-        drawn = rng.multinomial(num_images, counts / num_images, size=min(_RESAMPLES_AT_ONCE, NUM_RESAMPLES - start))
+        size = min(_RESAMPLES_AT_ONCE, NUM_RESAMPLES - start)
+        drawn = np.zeros((size, len(counts)), dtype=np.int64)
+        for cells in row_cells:
+            drawn[:, cells] = rng.multinomial(counts[cells].sum(), counts[cells] / counts[cells].sum(), size=size)
         for name, values in class_averages(drawn, rows, columns, len(confusion)).items():
             statistics[name].append(values)
     tails = [(1 - level) / 2, (1 + level) / 2]
     intervals = {name: np.quantile(np.concatenate(values), tails).tolist() for name, values in statistics.items()}
     return {name: interval if interval[0] < interval[1] else None for name, interval in intervals.items()}
+
+
+def _runs(values: np.ndarray) -> List[tuple]:
+    """The (start, stop) of each run of equal values in sorted `values`."""
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    return list(zip(starts.tolist(), np.r_[starts[1:], len(values)].tolist()))
 
 
 def classification_intervals(
@@ -134,7 +146,7 @@ def classification_intervals(
     if positive_label is not None:
         for name, row in (("sensitivity", positive_label), ("specificity", 1 - positive_label)):
             intervals[name] = wilson_interval(confusion[row, row], confusion[row].sum(), level)
-            methods[name] = _METHODS[name] if intervals[name] is not None else "none: no image of the class"
+            methods[name] = _METHODS[name] if intervals[name] is not None else "none: the class is absent"
     intervals["auc"], methods["auc"] = _auc_interval(confusion, positive_label, roc, level)
     intervals["methods"] = methods
     return intervals
@@ -147,7 +159,7 @@ def _auc_interval(confusion: np.ndarray, positive_label: Optional[int], roc, lev
     if roc is None:
         return None, "none: the AUC is undefined"
     if min(confusion.sum(axis=1)) < 2:
-        return None, "none: DeLong's needs two images of each class"
+        return None, "none: DeLong's needs two of each class"
     interval = delong_auc_interval(*roc, level=level)
     if interval is None:
         return None, "none: DeLong's variance is 0 (the scores separate the classes perfectly, or all tie)"

@@ -59,8 +59,8 @@ def _auc(y_true: np.ndarray, probs: np.ndarray, positive_label: Optional[int]) -
         return {"auc": None, "auc_unavailable_reason": f"only class {present[0]} is present in y_true"}
     if probs.shape[1] == 2:  # and the area under the precision-recall curve, which the ROC figure's legend gives
         is_positive, scores = y_true == positive_label, probs[:, positive_label]
-        auc, average_precision = skm.roc_auc_score(is_positive, scores), skm.average_precision_score(is_positive, scores)
-        return {"auc": float(auc), "average_precision": float(average_precision)}
+        auc = skm.roc_auc_score(is_positive, scores)
+        return {"auc": float(auc), "average_precision": float(skm.average_precision_score(is_positive, scores))}
     # One-vs-rest macro over the classes present in y_true (sklearn's "ovr" needs every class present).
     per_class = [skm.roc_auc_score(y_true == k, probs[:, k]) for k in present]
     return {"auc": float(np.mean(per_class))}
@@ -150,7 +150,9 @@ def intervals_note(intervals: dict) -> str:
     described = "; ".join(f"{', '.join(names)}: {method}" for method, names in by_method.items())
     return (
         f"{interval_level(intervals)} confidence intervals ({described}) describe only the sampling error of this "
-        "evaluation set: not the difference another site's scanners or patients would make, nor another training run."
+        "evaluation set, each image (or group) counted as an independent draw: slices of one scan are not (score each "
+        "scan once: `diffusion-classifiers aggregate`), nor do they cover another site's scanners or patients, or "
+        "another training run."
     )
 
 
