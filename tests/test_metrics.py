@@ -215,3 +215,12 @@ def test_a_binary_task_records_the_average_precision_its_pr_figure_shows():
         metrics, "t", []
     )
     assert "average_precision" not in classification_metrics([0, 1, 2], [0, 1, 1], probs=np.eye(3))
+
+
+def test_specificity_names_the_class_it_is_the_recall_of():
+    """QA (head CT): "sensitivity (recall of bleed)" sat beside a bare "specificity"."""
+    from diffusion_classifiers.evaluation import render_evaluation_report
+
+    metrics = classification_metrics([0, 1, 1, 0], [0, 1, 0, 0], class_names=["normal", "bleed"])
+    metrics["calibration"] = {"ece": 0.0}
+    assert "| specificity (recall of normal) | 100.00% |" in render_evaluation_report(metrics, "t", [])

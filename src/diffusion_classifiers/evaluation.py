@@ -50,6 +50,7 @@ from .metrics import (
     mark_absent_classes,
     metric_row,
     metrics_table_header,
+    negative_class,
     per_class_table,
     percent,
     resolve_positive_label,
@@ -1123,7 +1124,7 @@ def render_evaluation_report(
         )
         lines += [
             row(f"sensitivity (recall of {positive})", percent(metrics["sensitivity"]), "sensitivity"),
-            row("specificity", percent(metrics["specificity"]), "specificity"),
+            row(f"specificity (recall of {negative_class(metrics)})", percent(metrics["specificity"]), "specificity"),
             row(f"F1 of {positive}", percent(metrics["positive_f1"])),
         ]
     if metrics.get("pipeline_call"):  # QA: an ELBO report and a likelihood report read alike but for the numbers

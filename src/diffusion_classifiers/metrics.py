@@ -27,6 +27,7 @@ __all__ = [
     "mark_absent_classes",
     "metric_row",
     "metrics_table_header",
+    "negative_class",
     "per_class_table",
     "percent",
     "resolve_positive_label",
@@ -107,6 +108,11 @@ def _binary_metrics(names: Sequence[str], positive_label: int, precision, recall
 def percent(value: Optional[float]) -> str:
     """A fraction as a report shows it: `"97.50%"`, or `"n/a"` for an undefined metric (None)."""
     return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def negative_class(metrics: dict) -> str:
+    """The class of binary `metrics` that is not its `positive_class`: the one specificity is the recall of."""
+    return next(name for name in metrics["per_class"] if name != metrics["positive_class"])
 
 
 def interval_level(intervals: dict) -> str:

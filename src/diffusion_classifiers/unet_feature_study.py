@@ -24,6 +24,7 @@ from .metrics import (
     mark_absent_classes,
     metric_row,
     metrics_table_header,
+    negative_class,
     per_class_table,
     percent,
     resolve_positive_label,
@@ -404,15 +405,15 @@ def _average_precision_row(summary: dict, intervals: Optional[dict]) -> List[str
     return [metric_row(name, f"{summary['test_average_precision']:.4f}", intervals)]
 
 
-def _positive_class_rows(summary: dict, intervals: Optional[dict]) -> List[str]:
+def _positive_class_rows(summary: dict, test_metrics: dict) -> List[str]:
     if "test_positive_class" not in summary:
         return []
-    positive = summary["test_positive_class"]
-    sensitivity = percent(summary["test_sensitivity"])
+    positive, intervals = summary["test_positive_class"], test_metrics.get("confidence_intervals")
+    sensitivity, specificity = percent(summary["test_sensitivity"]), percent(summary["test_specificity"])
     return [
         metric_row("positive class", positive, intervals),
         metric_row(f"sensitivity (recall of {positive})", sensitivity, intervals, "sensitivity"),
-        metric_row("specificity", percent(summary["test_specificity"]), intervals, "specificity"),
+        metric_row(f"specificity (recall of {negative_class(test_metrics)})", specificity, intervals, "specificity"),
         metric_row(f"F1 of {positive}", percent(summary["test_positive_f1"]), intervals),
     ]
 
@@ -469,7 +470,7 @@ def render_report(study: UNetFeatureStudy, title: str, command: str, extra: Opti
         metric_row("balanced accuracy", percent(s["test_balanced_accuracy"]), intervals, "balanced_accuracy"),
         metric_row("AUC", auc, intervals, "auc"),
         *_average_precision_row(s, intervals),
-        *_positive_class_rows(s, intervals),
+        *_positive_class_rows(s, study.test_metrics),
         metric_row("ECE (calibration)", f"{study.test_metrics['calibration']['ece']:.4f}", intervals),
         "",
         *([intervals_note(intervals), ""] if intervals else []),
