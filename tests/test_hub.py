@@ -1114,7 +1114,7 @@ def test_a_card_of_aggregated_metrics_counts_the_studies_and_their_rule(monkeypa
     assert not [str(w.message) for w in caught if "does not record which model" in str(w.message)]
     card = (tmp_path / "card" / "README.md").read_text()
     assert ("Results on the `test` split of scikit-learn digits (6 studies by study_uid of 12 images, each bleed if "
-            "any of its images is (max rule at threshold 0.5), 3 of them bleed):") in card
+            "any of its images' probability of bleed is 0.5 or more (max rule), 3 of them bleed):") in card
     assert "6 images" not in card
     results = front_matter(card)["model-index"][0]["results"]
     assert {result["dataset"]["split"] for result in results} == {"test"}

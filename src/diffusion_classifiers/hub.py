@@ -237,7 +237,7 @@ def _per_class_section(per_class: Optional[Dict[str, dict]]) -> Optional[dict]:
 def _counted_units(grouping: Optional[dict], positive_class: Optional[str]) -> Tuple[str, Optional[str]]:
     """What a card's count of the scored samples names, and how the groups of an `aggregate` metrics.json were scored
     (`load_eval_grouping`; None for images): ("images", None), or ("studies by study_uid of 40 images", "each bleed
-    if any of its images is (max rule at threshold 0.5)")."""
+    if any of its images' probability of bleed is 0.5 or more (max rule)")."""
     if grouping is None:
         return "images", None
     by, rule = grouping.get("grouped_by"), grouping.get("rule")
@@ -252,8 +252,10 @@ def _counted_units(grouping: Optional[dict], positive_class: Optional[str]) -> T
         units += f" of {grouping['num_images']} images"
     if rule == "mean":
         return units, "each labelled by its images' mean class probabilities (mean rule)"
-    threshold = f" at threshold {grouping['threshold']:g}" if grouping.get("threshold") is not None else ""
-    return units, f"each {positive_class or 'positive'} if any of its images is (max rule{threshold})"
+    # QA: "if any of its images is" read as the images' own labels, which give a tie at 0.5 to the class listed first
+    threshold = f"{grouping['threshold']:g}" if grouping.get("threshold") is not None else "the threshold"
+    positive = positive_class or "positive"
+    return units, f"each {positive} if any of its images' probability of {positive} is {threshold} or more (max rule)"
 
 
 def render_model_card(
@@ -337,7 +339,8 @@ def render_model_card(
             scored whole, `evaluate --split all`); default `dataset_name`. The results and the model index name it.
         grouping: for metrics of groups of images (`diffusion-classifiers aggregate`: `num_images` counts groups, scans
             say), how they were grouped and scored (`load_eval_grouping`): the card counts "6 studies by study_uid
-            of 40 images, each bleed if any of its images is (max rule at threshold 0.5)" instead of "6 images".
+            of 40 images, each bleed if any of its images' probability of bleed is 0.5 or more (max rule)" instead of
+            "6 images".
         intervals: the confidence intervals of `metrics.json` (`load_eval_intervals`): the results table gives each
             metric's beside it, with a sentence on how they were computed and what they leave out.
 
