@@ -224,3 +224,11 @@ def test_specificity_names_the_class_it_is_the_recall_of():
     metrics = classification_metrics([0, 1, 1, 0], [0, 1, 0, 0], class_names=["normal", "bleed"])
     metrics["calibration"] = {"ece": 0.0}
     assert "| specificity (recall of normal) | 100.00% |" in render_evaluation_report(metrics, "t", [])
+
+
+def test_repeated_class_names_are_refused():
+    """Review: ["a", "a"] merged into one per-class row, and a binary report then found no negative class."""
+    with pytest.raises(ValueError, match=r"class_names: expected distinct names, got \['a'\] more than once"):
+        classification_metrics([0, 1], [0, 1], class_names=["a", "a"])
+    with pytest.raises(ValueError, match=r"got \['1'\] more than once in \['1', '1'\]"):
+        classification_metrics([0, 1], [0, 1], class_names=[1, "1"])

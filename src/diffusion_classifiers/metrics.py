@@ -156,9 +156,9 @@ def intervals_note(intervals: dict) -> str:
     described = "; ".join(f"{', '.join(names)}: {method}" for method, names in by_method.items())
     return (
         f"{interval_level(intervals)} confidence intervals ({described}) describe only the sampling error of this "
-        "evaluation set, each image (or group) counted as an independent draw: slices of one scan are not (score each "
-        "scan once: `diffusion-classifiers aggregate`), nor do they cover another site's scanners or patients, or "
-        "another training run."
+        "evaluation set, each image (or group) counted as an independent draw (slices of one scan are not: score each "
+        "scan once with `diffusion-classifiers aggregate`). They do not cover another site's scanners or patients, "
+        "or another training run."
     )
 
 
@@ -228,6 +228,9 @@ def classification_metrics(
     check_label_range(y_true, "y_true", num_classes)
     check_label_range(y_pred, "y_pred", num_classes)
     names = [str(c) for c in class_names] if class_names is not None else [str(k) for k in range(num_classes)]
+    if len(set(names)) < len(names):  # review: their per-class rows merged, and a binary report found no negative
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        raise ValueError(f"class_names: expected distinct names, got {repeated} more than once in {names}")
     positive_label = resolve_positive_label(positive_label, names, num_classes)
     labels = list(range(num_classes))
     precision, recall, f1, support = skm.precision_recall_fscore_support(
