@@ -199,4 +199,4 @@ def test_a_binary_studys_report_gives_the_average_precision_its_metrics_record(t
     assert average_precision == study.test_metrics["average_precision"]
     report = study_module.render_report(study, "study", "probe")
     assert f"| average precision (PR AUC of bleed\\|acute) | {average_precision:.4f} |  |" in report
-    assert "| sensitivity (recall of bleed\\|acute) |" in report
+    assert "| sensitivity (recall of bleed\\|acute) |" in report and "| specificity (recall of normal) |" in report

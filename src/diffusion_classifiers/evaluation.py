@@ -44,15 +44,16 @@ from .data.streaming import (
 from .metrics import (
     absent_classes_note,
     auc_text,
+    average_precision_rows,
     calibration_metrics,
     classification_metrics,
     intervals_note,
     mark_absent_classes,
     metric_row,
     metrics_table_header,
-    negative_class,
     per_class_table,
     percent,
+    positive_class_rows,
     resolve_positive_label,
     seed_sensitivity_metrics,
 )
@@ -1105,10 +1106,7 @@ def render_evaluation_report(
     lines += [row("accuracy", percent(metrics["accuracy"]), "accuracy")]
     lines += [row("macro-F1", percent(metrics["macro_f1"]), "macro_f1")]
     lines += [row("balanced accuracy", percent(metrics["balanced_accuracy"]), "balanced_accuracy")]
-    lines += [row("AUC", auc, "auc")]
-    if metrics.get("average_precision") is not None:  # binary; metrics of earlier versions have none
-        precision_recall = f"average precision (PR AUC of {metrics['positive_class']})"
-        lines += [row(precision_recall, f"{metrics['average_precision']:.4f}")]
+    lines += [row("AUC", auc, "auc"), *average_precision_rows(metrics)]
     lines += [row("ECE", f"{metrics['calibration']['ece']:.4f}")]
     if metrics.get("nfe_per_image"):
         calls = metrics["nfe_per_image"]
@@ -1122,11 +1120,7 @@ def render_evaluation_report(
             f"{scored}{read}; positive class: **{positive}**{positives}, predicted where its probability exceeds 0.5 "
             "(each image is given its most probable class; at a tie, the class listed first)."
         )
-        lines += [
-            row(f"sensitivity (recall of {positive})", percent(metrics["sensitivity"]), "sensitivity"),
-            row(f"specificity (recall of {negative_class(metrics)})", percent(metrics["specificity"]), "specificity"),
-            row(f"F1 of {positive}", percent(metrics["positive_f1"])),
-        ]
+        lines += positive_class_rows(metrics)
     if metrics.get("pipeline_call"):  # QA: an ELBO report and a likelihood report read alike but for the numbers
         call = ", ".join(f"{name}={value!r}" for name, value in metrics["pipeline_call"].items())
         lines[notes:notes] = [f"Scored by the pipeline called with `{call}`.", ""]

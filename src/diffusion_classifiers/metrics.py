@@ -17,6 +17,7 @@ PROBABILITY_SLACK = 1e-6
 __all__ = [
     "absent_classes_note",
     "auc_text",
+    "average_precision_rows",
     "calibration_metrics",
     "classification_metrics",
     "clustering_metrics",
@@ -30,6 +31,7 @@ __all__ = [
     "negative_class",
     "per_class_table",
     "percent",
+    "positive_class_rows",
     "resolve_positive_label",
     "seed_sensitivity_metrics",
 ]
@@ -146,6 +148,28 @@ def metric_row(name: str, value: str, intervals: Optional[dict] = None, key: Opt
     cells."""
     name, value = (text.replace("|", chr(92) + "|") for text in (name, value))
     return f"| {name} | {value} |" + (f" {interval_text(intervals, key)} |" if intervals else "")
+
+
+def average_precision_rows(metrics: dict) -> List[str]:
+    """A report's row of a binary task's average precision, after its AUC (none for metrics of earlier versions)."""
+    if metrics.get("average_precision") is None:
+        return []
+    name = f"average precision (PR AUC of {metrics['positive_class']})"
+    return [metric_row(name, f"{metrics['average_precision']:.4f}", metrics.get("confidence_intervals"))]
+
+
+def positive_class_rows(metrics: dict) -> List[str]:
+    """A report's rows of a binary task's positive class: its sensitivity, the specificity (the other class's
+    recall) and its F1, with their intervals where `metrics` records them; none for another task."""
+    if "positive_class" not in metrics:
+        return []
+    positive, intervals = metrics["positive_class"], metrics.get("confidence_intervals")
+    sensitivity, specificity = percent(metrics["sensitivity"]), percent(metrics["specificity"])
+    return [
+        metric_row(f"sensitivity (recall of {positive})", sensitivity, intervals, "sensitivity"),
+        metric_row(f"specificity (recall of {negative_class(metrics)})", specificity, intervals, "specificity"),
+        metric_row(f"F1 of {positive}", percent(metrics["positive_f1"]), intervals),
+    ]
 
 
 def intervals_note(intervals: dict) -> str:

@@ -18,15 +18,16 @@ from .features import DiffusionFeatureExtractor, block_label, with_hypercolumns
 from .metrics import (
     absent_classes_note,
     auc_text,
+    average_precision_rows,
     calibration_metrics,
     classification_metrics,
     intervals_note,
     mark_absent_classes,
     metric_row,
     metrics_table_header,
-    negative_class,
     per_class_table,
     percent,
+    positive_class_rows,
     resolve_positive_label,
 )
 from .pipelines import UNetFeatureClassifierPipeline
@@ -398,26 +399,6 @@ def summary_table(study: UNetFeatureStudy, top: int = 8) -> str:
     return "\n".join(lines)
 
 
-def _average_precision_row(summary: dict, intervals: Optional[dict]) -> List[str]:
-    if summary.get("test_average_precision") is None:  # not binary, or a summary of an earlier version
-        return []
-    name = f"average precision (PR AUC of {summary['test_positive_class']})"
-    return [metric_row(name, f"{summary['test_average_precision']:.4f}", intervals)]
-
-
-def _positive_class_rows(summary: dict, test_metrics: dict) -> List[str]:
-    if "test_positive_class" not in summary:
-        return []
-    positive, intervals = summary["test_positive_class"], test_metrics.get("confidence_intervals")
-    sensitivity, specificity = percent(summary["test_sensitivity"]), percent(summary["test_specificity"])
-    return [
-        metric_row("positive class", positive, intervals),
-        metric_row(f"sensitivity (recall of {positive})", sensitivity, intervals, "sensitivity"),
-        metric_row(f"specificity (recall of {negative_class(test_metrics)})", specificity, intervals, "specificity"),
-        metric_row(f"F1 of {positive}", percent(summary["test_positive_f1"]), intervals),
-    ]
-
-
 def _kmeans_rows(study: UNetFeatureStudy) -> List[str]:
     """The k-means table: label-free choice, raw pixels and the pair chosen with labels, all on the test split."""
     s = study.summary()
@@ -469,8 +450,9 @@ def render_report(study: UNetFeatureStudy, title: str, command: str, extra: Opti
         metric_row("macro-F1", percent(s["test_macro_f1"]), intervals, "macro_f1"),
         metric_row("balanced accuracy", percent(s["test_balanced_accuracy"]), intervals, "balanced_accuracy"),
         metric_row("AUC", auc, intervals, "auc"),
-        *_average_precision_row(s, intervals),
-        *_positive_class_rows(s, study.test_metrics),
+        *average_precision_rows(study.test_metrics),
+        *([metric_row("positive class", s["test_positive_class"], intervals)] if "test_positive_class" in s else []),
+        *positive_class_rows(study.test_metrics),
         metric_row("ECE (calibration)", f"{study.test_metrics['calibration']['ece']:.4f}", intervals),
         "",
         *([intervals_note(intervals), ""] if intervals else []),
