@@ -1125,7 +1125,7 @@ def render_evaluation_report(
         call = ", ".join(f"{name}={value!r}" for name, value in metrics["pipeline_call"].items())
         lines[notes:notes] = [f"Scored by the pipeline called with `{call}`.", ""]
     if "seed_sensitivity" in metrics:
-        lines += seed_sensitivity_rows(metrics["seed_sensitivity"])
+        lines += seed_sensitivity_rows(metrics["seed_sensitivity"], intervals)
     if intervals:
         lines += ["", intervals_note(intervals)]
     lines += ["", *per_class_table(metrics["per_class"])]
@@ -1149,11 +1149,13 @@ def _images_scored(metrics: dict, split: Optional[str] = None, dataset_name: Opt
     return text
 
 
-def seed_sensitivity_rows(sensitivity: dict) -> List[str]:
-    """The report's rows of `seed_sensitivity_metrics`: the decisions another noise seed could flip, and the others."""
-    within = f"{sensitivity['num_stderr']:g} standard errors"
+def seed_sensitivity_rows(sensitivity: dict, intervals: Optional[dict] = None) -> List[str]:
+    """The report's rows of `seed_sensitivity_metrics`: the decisions another noise seed could flip, and the others
+    (in a table showing `intervals`, with an empty interval cell)."""
+    stderrs = f"{sensitivity['num_stderr']:g} standard errors"
+    within = f"decisions another noise seed could flip (within {stderrs} of the threshold)"
+    flipped = f"{sensitivity['decisions_within']} ({100 * sensitivity['fraction_within']:.1f}%)"
     return [
-        f"| decisions another noise seed could flip (within {within} of the threshold) | "
-        f"{sensitivity['decisions_within']} ({100 * sensitivity['fraction_within']:.1f}%) |",
-        f"| accuracy of the other decisions | {percent(sensitivity['accuracy_beyond'])} |",
+        metric_row(within, flipped, intervals),
+        metric_row("accuracy of the other decisions", percent(sensitivity["accuracy_beyond"]), intervals),
     ]
