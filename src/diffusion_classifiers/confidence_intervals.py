@@ -21,6 +21,7 @@ from .validation import as_labels
 
 __all__ = [
     "CONFIDENCE_LEVEL",
+    "MIN_CLASS_IMAGES",
     "NUM_RESAMPLES",
     "class_averages",
     "classification_intervals",
@@ -32,6 +33,11 @@ __all__ = [
 CONFIDENCE_LEVEL = 0.95
 NUM_RESAMPLES = 2000
 _BOOTSTRAP_SEED = 0
+# The within-class bootstrap cannot vary a class of few images (one image: its recall is 0 or 1 in every resample), so
+# its interval runs narrow: measured on NDSB's long tail (a 624-image test split of 121 classes, 45 of them one image),
+# drawing test splits from 28,178 scored images, the 95% interval of balanced accuracy held the population's in 75% of
+# 400 draws; with every class raised to 5 images 88.5%, to 10 images 95.5% (200 draws). Below this, no interval.
+MIN_CLASS_IMAGES = 10
 _RESAMPLES_AT_ONCE = 200  # matrices drawn at a time: [200, cells holding images] counts (at most 200 x images)
 
 _METHODS = {
@@ -138,11 +144,9 @@ def classification_intervals(
     confusion = np.asarray(confusion, dtype=np.int64)
     num_images, correct = int(confusion.sum()), int(np.trace(confusion))
     intervals = {"level": level, "accuracy": wilson_interval(correct, num_images, level)}
-    intervals |= _class_average_intervals(confusion, level) if num_images else {}
-    methods = {name: _METHODS[name] for name in ("accuracy", "balanced_accuracy", "macro_f1")}
-    for name in ("balanced_accuracy", "macro_f1"):
-        if intervals.get(name) is None:
-            methods[name] = "none: every resample gives the same value, which a bootstrap cannot bound"
+    averages, methods = _class_average_intervals_and_methods(confusion, level)
+    intervals |= averages
+    methods = {"accuracy": _METHODS["accuracy"], **methods}
     if positive_label is not None:
         for name, row in (("sensitivity", positive_label), ("specificity", 1 - positive_label)):
             intervals[name] = wilson_interval(confusion[row, row], confusion[row].sum(), level)
@@ -150,6 +154,20 @@ def classification_intervals(
     intervals["auc"], methods["auc"] = _auc_interval(confusion, positive_label, roc, level)
     intervals["methods"] = methods
     return intervals
+
+
+def _class_average_intervals_and_methods(confusion: np.ndarray, level: float) -> tuple:
+    """Balanced accuracy's and macro-F1's intervals and methods, or None and why there is none."""
+    names = ("balanced_accuracy", "macro_f1")
+    supports = confusion.sum(axis=1)
+    few = int(((supports > 0) & (supports < MIN_CLASS_IMAGES)).sum())
+    if few or not supports.sum():
+        reason = f"none: {few} of the {int((supports > 0).sum())} classes scored hold fewer than {MIN_CLASS_IMAGES} " \
+            "images, too few for a bootstrap within each class (its interval would read too narrow)"
+        return dict.fromkeys(names), dict.fromkeys(names, reason if few else "none: no images")
+    intervals = _class_average_intervals(confusion, level)
+    unbounded = "none: every resample gives the same value, which a bootstrap cannot bound"
+    return intervals, {name: _METHODS[name] if intervals[name] is not None else unbounded for name in names}
 
 
 def _auc_interval(confusion: np.ndarray, positive_label: Optional[int], roc, level: float) -> tuple:
@@ -175,4 +193,7 @@ def intervals_of_metrics(metrics: dict, y_true, scores=None, level: float = CONF
     if positive_label is not None and scores is not None and metrics.get("auc") is not None:
         ranking = finite_ranking(float_array(scores))[:, positive_label]
         roc = (as_labels(y_true, "y_true") == positive_label, ranking)
-    return classification_intervals(metrics["confusion_matrix"], positive_label, roc, level)
+    intervals = classification_intervals(metrics["confusion_matrix"], positive_label, roc, level)
+    if metrics.get("auc") is None:  # QA: a split without some classes was given the multi-class reason
+        intervals["methods"]["auc"] = "none: the AUC is undefined"
+    return intervals
