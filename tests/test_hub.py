@@ -1042,6 +1042,9 @@ def test_a_card_of_many_classes_collapses_its_per_class_table_and_counts_the_cla
     assert "| class_24 | n/a | n/a | n/a | 0 |" in card  # no image, none predicted either
     outside = card.split("</details>")[1]
     assert "2 of the 25 classes had no image in the `test` split (support 0):" in outside
+    # QA (a plankton lab): the headline figures said nothing of it, only the end of the collapsed table did
+    above = "**2 of the 25 classes had no image here**: balanced accuracy and macro F1 (and their intervals) average "
+    assert card.index(above + "over the other 23 only.") < card.index("| Accuracy |")
     assert "Per class:" not in card
     twenty = str(model_card(per_class=per_class_metrics(hub.PER_CLASS_OPEN_MAX)["per_class"], class_names=None))
     assert "<details>" not in twenty and "Per class:" in twenty and "| class_19 |" in twenty
