@@ -911,7 +911,8 @@ def run_from_shell(name: str, run: Callable[[], Any]) -> None:
         refused = isinstance(error, (ValueError, FileNotFoundError, FileExistsError, RunInUseError))
         if os.environ.get("DIFFUSION_CLASSIFIERS_TRACEBACK") or not (refused or _storage_refused(error)):
             raise
-        where = "" if refused or getattr(error, "filename", None) else " (DIFFUSION_CLASSIFIERS_TRACEBACK=1 shows where)"
+        named = refused or getattr(error, "filename", None)
+        where = "" if named else " (DIFFUSION_CLASSIFIERS_TRACEBACK=1 shows where)"
         sys.exit(f"{name}: error: {error}{where}")
     except KeyboardInterrupt:  # QA: a training script's Ctrl-C printed a traceback of the loop's innards
         if os.environ.get("DIFFUSION_CLASSIFIERS_TRACEBACK"):

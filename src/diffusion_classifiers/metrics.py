@@ -181,8 +181,8 @@ def intervals_note(intervals: dict) -> str:
     return (
         f"{interval_level(intervals)} confidence intervals ({described}) describe only the sampling error of this "
         "evaluation set, each image (or group) counted as an independent draw (slices of one scan are not: score each "
-        "scan once with `diffusion-classifiers aggregate`). They do not cover another site's instruments or population, "
-        "or another training run."
+        "scan once with `diffusion-classifiers aggregate`). They do not cover another site's instruments or "
+        "population, or another training run."
     )
 
 
