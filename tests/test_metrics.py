@@ -231,3 +231,19 @@ def test_repeated_class_names_are_refused():
         classification_metrics([0, 1], [0, 1], class_names=["a", "a"])
     with pytest.raises(ValueError, match=r"got \['1'\] more than once in \['1', '1'\]"):
         classification_metrics([0, 1], [0, 1], class_names=[1, "1"])
+
+
+def test_a_long_tailed_reports_absent_classes_are_named_ten_at_most():
+    """QA (a plankton lab): 111 absent class names filled the AUC cell, the warning line and the bold warning of the
+    report; metrics.json keeps them all."""
+    from diffusion_classifiers.evaluation import render_evaluation_report
+    from diffusion_classifiers.metrics import mark_absent_classes
+
+    names = [f"class_{k:03d}" for k in range(30)]
+    metrics = classification_metrics([0, 1, 1], [0, 1, 0], class_names=names)
+    with pytest.warns(UserWarning, match=r"class\(es\) class_002, .*, class_011 and 18 more \(none of its 3 images\)"):
+        mark_absent_classes(metrics, [0, 1, 1], names, "test split", "test split")
+    assert len(metrics["absent_classes"]) == 28
+    report = render_evaluation_report({**metrics, "calibration": {"ece": 0.0}}, "t", [])
+    assert "| AUC | undefined (no image of class class_002, class_003, " in report
+    assert "class_011 and 18 more in the test split) |" in report and "class_012" not in report.split("| class |")[0]

@@ -296,13 +296,20 @@ def mark_absent_classes(
         return
     metrics["absent_classes"] = absent
     metrics["auc"] = None
-    metrics["auc_undefined"] = f"no image of class {', '.join(absent)} in the {scored}"
+    metrics["auc_undefined"] = f"no image of class {_some_of(absent)} in the {scored}"
     warnings.warn(
-        f"the evaluated {where} has no image of the model's class(es) {', '.join(absent)} (none of its {len(y_true)} "
+        f"the evaluated {where} has no image of the model's class(es) {_some_of(absent)} (none of its {len(y_true)} "
         "images): its accuracy and macro-F1 say nothing about them, and AUC is undefined",
         UserWarning,
         stacklevel=stacklevel,
     )
+
+
+def _some_of(names: Sequence[str], shown: int = 10) -> str:
+    """`names` as a sentence lists them, the first `shown` and how many more (QA: a long-tailed report's AUC cell and
+    warnings named 111 absent classes each)."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def auc_text(metrics: dict) -> str:
@@ -317,7 +324,7 @@ def absent_classes_note(metrics: dict, scored: str) -> List[str]:
     if not metrics.get("absent_classes"):
         return []
     return [
-        f"**Warning: the {scored} has no image of class {', '.join(metrics['absent_classes'])}.** The metrics below "
+        f"**Warning: the {scored} has no image of class {_some_of(metrics['absent_classes'])}.** The metrics below "
         "describe the other classes only; AUC is undefined.",
         "",
     ]
