@@ -161,10 +161,12 @@ def _class_average_intervals_and_methods(confusion: np.ndarray, level: float) ->
     names = ("balanced_accuracy", "macro_f1")
     supports = confusion.sum(axis=1)
     few = int(((supports > 0) & (supports < MIN_CLASS_IMAGES)).sum())
-    if few or not supports.sum():
+    if not supports.sum():
+        return dict.fromkeys(names), dict.fromkeys(names, "none: no images")
+    if few:
         reason = f"none: {few} of the {int((supports > 0).sum())} classes scored hold fewer than {MIN_CLASS_IMAGES} " \
             "images, too few for a bootstrap within each class (its interval would read too narrow)"
-        return dict.fromkeys(names), dict.fromkeys(names, reason if few else "none: no images")
+        return dict.fromkeys(names), dict.fromkeys(names, reason)
     intervals = _class_average_intervals(confusion, level)
     unbounded = "none: every resample gives the same value, which a bootstrap cannot bound"
     return intervals, {name: _METHODS[name] if intervals[name] is not None else unbounded for name in names}

@@ -535,9 +535,10 @@ def _destroy_process_group() -> None:
 @dataclass
 class _Prepared:
     """What `_prepare` builds for a run: the model, optimizer, loader and schedule as accelerate wraps them, the
-    loader's generator, and the run's step counts."""
+    model unwrapped (the one EMA, checkpoints and resuming read), the loader's generator, and the run's step counts."""
 
     model: nn.Module
+    unwrapped: nn.Module
     optimizer: torch.optim.Optimizer
     dataloader: DataLoader
     loader_generator: torch.Generator
@@ -571,7 +572,10 @@ def _prepare(
     if len(dataloader) != expected_batches:  # the epoch arithmetic of resuming would misplace the data
         raise RuntimeError(f"the loader yields {len(dataloader)} batches per epoch, expected {expected_batches}")
     updates_per_epoch = optimizer_steps_per_epoch(args, num_examples, num_processes)
-    return _Prepared(model, optimizer, dataloader, loader_generator, lr_scheduler, updates_per_epoch, max_train_steps)
+    unwrapped = accelerator.unwrap_model(model)
+    return _Prepared(
+        model, unwrapped, optimizer, dataloader, loader_generator, lr_scheduler, updates_per_epoch, max_train_steps
+    )
 
 
 class _TrainingRun:
@@ -593,7 +597,7 @@ class _TrainingRun:
         self.accelerator, self.args, self.prepared, self.loss_fn, self.ema = accelerator, args, prepared, loss_fn, ema
         self.record, self.sample_grid, self.monitor = checkpoint_contents
         self.budget, self.stop_signal = stop_conditions
-        self.unwrapped = accelerator.unwrap_model(prepared.model)
+        self.unwrapped = prepared.unwrapped
         self.resumed_from_step = self.global_step = checkpoint_step(resume_path) if resume_path else 0
         self.histories = (
             LossHistory.resume(args.output_dir, self.resumed_from_step, resume_path),
@@ -755,7 +759,7 @@ def _train(
     requested_precision: Optional[str] = None,
 ) -> tuple[nn.Module, Accelerator, TrainingSummary]:
     prepared = _prepare(accelerator, args, model, dataset, sampler, stop_conditions[1])
-    unwrapped = accelerator.unwrap_model(prepared.model)
+    unwrapped = prepared.unwrapped
     ema = _build_ema(args, unwrapped, accelerator.device) if args.use_ema else None
     record = run_record(args, accelerator.num_processes, len(sampler), unwrapped, dataset, objective)
     resume_path = _resume(accelerator, args, record, unwrapped, ema, prepared.max_train_steps, requested_precision)
