@@ -626,3 +626,25 @@ def test_a_damaged_checkpoint_is_named_with_the_checkpoint_to_resume_from_instea
     with pytest.raises(ValueError, match=rf"{empty} a new run \(--overwrite_output_dir, or another --output_dir\)$"):
         tiny_run(tmp_path, max_train_steps=4, resume_from_checkpoint="checkpoint-2")
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]  # all kept
+
+
+def test_a_resume_that_stretches_a_length_dependent_schedule_says_so_and_records_the_length(tmp_path):
+    """QA: a 150-step cosine run resumed at its end for 200 steps restarted at the 200-step cosine's rate without a
+    word, and no file recorded either length. Allowed (training longer is what was asked), but warned about."""
+    import importlib.metadata
+    import warnings
+
+    tiny_run(tmp_path / "cosine", checkpointing_steps=1)
+    assert json.loads((tmp_path / "cosine" / "checkpoint-2" / "training_run.json").read_text())["max_train_steps"] == 2
+    with pytest.warns(UserWarning, match=r"run of 2 optimizer steps, for 4 .*cosine learning-rate schedule continues "
+                                         r"as one of 4 steps from step 2.*--max_train_steps 2 to continue"):
+        _, _, summary = tiny_run(tmp_path / "cosine", max_train_steps=4, resume_from_checkpoint="latest")
+    assert summary.max_train_steps == 4
+    recorded = json.loads((tmp_path / "cosine" / "training_summary.json").read_text())
+    assert recorded["max_train_steps"] == 4 and recorded["process_command"]
+    assert recorded["versions"]["torch"] == importlib.metadata.version("torch")
+    tiny_run(tmp_path / "constant", lr_scheduler="constant", checkpointing_steps=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a rate that does not depend on the length: nothing to say
+        tiny_run(tmp_path / "constant", lr_scheduler="constant", max_train_steps=4, resume_from_checkpoint="latest")
+        tiny_run(tmp_path / "cosine", max_train_steps=4, resume_from_checkpoint="latest")  # the 4-step run, as it was

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .lazy_exports import lazy_exports
 from .transformers_registration import register_when_transformers_loads
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 # public name -> the module that defines it, imported on first use
 _EXPORTS = {

@@ -388,10 +388,16 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         train_split=None if pool else train_split, unlabeled_pool=pool,
         changed_split_args=changed_split_args(folder, record=record, **given),
         paths=None if paths is None else paths[args.split], **columns_from_args(args),
+        run={"command": args.command_line, **({} if whole else {"carving": _carving_record(carving)})},
     )  # fmt: skip
     print(f"wrote metrics.json, report.md and its plots to {args.output_dir}")
     print(json.dumps(_evaluation_headline(metrics)))
     return metrics
+
+
+def _carving_record(carving: dict) -> dict:
+    """The values that carved the scored split, as `metrics.json` records them."""
+    return {name: carving[name] for name in ("val_fraction", "test_fraction", "seed")}
 
 
 def _check_evaluate_flags(args: argparse.Namespace, given: dict, whole: bool) -> None:
@@ -561,7 +567,7 @@ def save_study(
         os.path.join(args.output_dir, "pipeline"), **carving, train_images=train_images,
         train_fingerprints=train_fingerprints, unlabeled_pool=unlabeled_pool, fingerprints_partial=fingerprints_partial,
     )
-    command = "diffusion-classifiers " + shlex.join(sys.argv[1:])
+    command = args.command_line
     identity = {"model_sha256": model_fingerprint(os.path.join(args.output_dir, "pipeline"))}  # push_to_hub checks it
     metrics = write_study_report(
         study, args.output_dir, f"Frozen DDPM U-Net features on {args.dataset}", command, extra={**timing, **identity}
@@ -715,7 +721,7 @@ def run_fit_head(args: argparse.Namespace) -> dict:
             # it); made again on a test split that passed it (a data set's own is not checked, as before)
             train_fingerprints=data.model_fingerprints if "test" in data.checked_splits else None,
             train_split=None if data.pool else train, unlabeled_pool=data.pool,
-            fingerprints_partial=data.fingerprints_partial,
+            fingerprints_partial=data.fingerprints_partial, run={"command": args.command_line},
         )  # fmt: skip
     finally:
         shutil.rmtree(aside, ignore_errors=True)
@@ -889,6 +895,7 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     chosen = [arg for arg in argv if arg in COMMANDS][:1]  # the first word naming a command (options have dashes)
     args = build_parser(chosen).parse_args(argv)
+    args.command_line = "diffusion-classifiers " + shlex.join(argv)  # as typed, for the records of its outputs
     if not from_shell:
         RUN[args.command](args)
         return

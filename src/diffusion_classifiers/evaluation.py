@@ -719,6 +719,7 @@ def evaluate_classifier(
     check_training_images: bool = True,
     moved_in: Optional[Dict[str, str]] = None,
     fingerprints_partial: Optional[bool] = None,
+    run: Optional[dict] = None,
 ) -> dict:
     r"""
     Score `classifier` on a `datasets.Dataset` with an Image and a ClassLabel column, on [`LabeledImages`] or on
@@ -786,6 +787,10 @@ def evaluate_classifier(
         fingerprints_partial (`bool`, *optional*): the training images checked against are a head's only, the
             model's own unknown: those found are refused or dropped, but `"training_images_checked"` stays false;
             default: as the classifier's record says (`train_fingerprints_partial`).
+        run (`dict`, *optional*): JSON facts of the run recorded in `metrics.json` as they are (the CLI's: the
+            `command`, and the `carving`, `{"val_fraction", "test_fraction", "seed"}`, that split data without splits
+            of its own: two evaluations of one model and data with other seeds score other images, said in
+            `report.md`).
 
     Returns:
         `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`.
@@ -844,6 +849,7 @@ def evaluate_classifier(
     metrics["preprocessing"] = contract.to_dict()  # how the images were read
     if head is not None:
         metrics["head"] = head
+    metrics.update(run or {})
     evaluated = _scored_set(split) if split in (None, ONE_SET) else split
     mark_absent_classes(metrics, y_true, model_names, _scored_set(split), evaluated)
     if output_dir is not None:
@@ -1146,6 +1152,12 @@ def _images_scored(metrics: dict, split: Optional[str] = None, dataset_name: Opt
     if dropped:
         owner = "the data set's" if split == ONE_SET else "the split's"
         text += f" ({owner} {scored + dropped} less the {dropped} the model was trained on)"
+    carving = metrics.get("carving")  # recorded by the CLI since 2026-12-07
+    if carving and split != ONE_SET:
+        text += (
+            f" (where the data has no splits of its own, carved with seed {carving['seed']}, val fraction "
+            f"{carving['val_fraction']:g}, test fraction {carving['test_fraction']:g})"
+        )
     return text
 
 

@@ -3,6 +3,8 @@ multi-frame file expanded into its frames), unreadable files refused together, g
 
 from __future__ import annotations
 
+import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,6 +35,7 @@ __all__ = [
     "check_file_header",
     "check_file_headers",
     "decode_image_file",
+    "every_one_listed_in",
     "list_frames",
 ]
 
@@ -309,11 +312,27 @@ def _refuse_unreadable_files(failures: list[ValueError | str], total: int) -> No
     if len(failures) == 1:
         raise failures[0]
     if failures:
-        shown = first_and_more([str(error) for error in failures], _FAILURES_SHOWN, separator="; ")
+        messages = [str(error) for error in failures]
+        shown = first_and_more(messages, _FAILURES_SHOWN, separator="; ")
         raise ValueError(
             f"{len(failures)} of {total} image files cannot be read: {shown}. Expected every file to be a "
-            "readable image: remove or replace these files"
+            f"readable image: remove or replace these files{every_one_listed_in(messages, _FAILURES_SHOWN)}"
         )
+
+
+def every_one_listed_in(messages: list[str], shown: int) -> str:
+    """For an error naming the first `shown` of `messages` (one unreadable file each): where all of them are listed,
+    one a line, in a file of the temporary folder (QA: 25 corrupt files of a large folder were fixed 20 at a time,
+    every image decoded again each round); "" when all are shown or that file cannot be written."""
+    if len(messages) <= shown:
+        return ""
+    try:
+        handle, path = tempfile.mkstemp(prefix="diffusion-classifiers-unreadable-", suffix=".txt", text=True)
+        with os.fdopen(handle, "w", encoding="utf-8", errors="backslashreplace") as listing:
+            listing.write("".join(f"{message}\n" for message in messages))
+    except OSError:
+        return ""
+    return f" (all {len(messages)} are listed in {path})"
 
 
 def _preprocess_file(image: Any, path: Path, reading: ImagePreprocessing) -> torch.Tensor:

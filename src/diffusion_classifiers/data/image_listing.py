@@ -26,6 +26,17 @@ __all__ = [
 
 # What a listing reads, for its errors.
 ACCEPTED_FILES = f"extensions {sorted(IMAGE_EXTENSIONS | DICOM_EXTENSIONS)}; {_DICOM_HEADER_NOTE}"
+# Folders that file systems, NAS and archivers add beside the data (thumbnails, resource forks, recycle bins): skipped
+# as hidden ones are (QA: a Synology NAS's `@eaDir/<image>/SYNOPHOTO_THUMB_S.jpg` thumbnails were predicted).
+SYSTEM_FOLDERS = frozenset(
+    {"@eaDir", "__MACOSX", "$RECYCLE.BIN", "System Volume Information", "#recycle", "#snapshot", "lost+found"}
+)
+
+
+def is_hidden(name: str) -> bool:
+    """Whether a listing skips the file or folder `name` unread and unmentioned: hidden (a name starting with ".":
+    `.DS_Store`, AppleDouble `._a.jpg`) or a system folder (`SYSTEM_FOLDERS`)."""
+    return name.startswith(".") or name in SYSTEM_FOLDERS
 
 
 def list_image_folder(root: str | os.PathLike) -> tuple[list[Path], np.ndarray, list[str], dict[str, np.ndarray]]:
@@ -42,9 +53,7 @@ def list_folder_files(root: Path) -> tuple[list[Path], dict[str, np.ndarray], li
     """The image files of an image folder (listed split by split), their labels per split and the class names;
     nothing is decoded (`data.streaming` reads the files lazily)."""
     image_root = root / "images" if (root / "images").is_dir() else root
-    class_dirs = sorted(
-        p for p in image_root.iterdir() if p.is_dir() and p.name != "splits" and not p.name.startswith(".")
-    )
+    class_dirs = sorted(p for p in image_root.iterdir() if p.is_dir() and p.name != "splits" and not is_hidden(p.name))
     if (root / "splits" / "train.txt").is_file():
         files, labels_per_split, names = _read_split_files(root / "splits", image_root, class_dirs)
     else:
@@ -62,19 +71,45 @@ def list_folder_files(root: Path) -> tuple[list[Path], dict[str, np.ndarray], li
 
 def list_unlabeled_folder(root: Path, where: str, stacklevel: int = 4) -> list[Path]:
     """Every image and DICOM file in `root` and its subfolders at any depth, sorted by path, class folders or not
-    (no labels read); hidden files and folders (names starting with ".") skipped, other files counted in a warning
+    (no labels read); folders linked in are followed (each folder read once), hidden files and folders ([`is_hidden`])
+    skipped, other files counted in a warning; a broken link named as an image is listed, for its reader to report
     (`where`: the folder as the messages name it; `stacklevel`: as `warnings.warn`'s would be in the function that
     calls this one). Refused when there is none."""
-    visible = sorted(
-        path for path in root.rglob("*")
-        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts)
-    )  # fmt: skip
+    visible = _visible_files(root, where, stacklevel + 1)
     files = [path for path in visible if is_image_or_dicom_file(path)]
     if not files:
         raise ValueError(f"{where}: no image or DICOM files found ({ACCEPTED_FILES})")
     listed = set(files)
     warn_other_files_skipped(where, root, [path for path in visible if path not in listed], stacklevel + 1)
     return files
+
+
+def _visible_files(root: Path, where: str, stacklevel: int) -> list[Path]:
+    """The files under `root` that are not hidden, sorted, through linked folders (QA: `Path.rglob` skipped a linked
+    run folder's images without a word); a folder reached a second time (two links to it, a link to a folder above
+    it) is read once, by its own name before a link's, which is warned about."""
+    files, seen, repeated = [], {os.path.realpath(root)}, []
+    for folder, folder_names, file_names in os.walk(root, followlinks=True):
+        kept = []
+        for name in sorted(folder_names, key=lambda name: (os.path.islink(os.path.join(folder, name)), name)):
+            if is_hidden(name):
+                continue
+            real = os.path.realpath(os.path.join(folder, name))
+            if real in seen:
+                repeated.append(Path(folder, name))
+                continue
+            seen.add(real)
+            kept.append(name)
+        folder_names[:] = kept
+        files += [Path(folder, name) for name in file_names if not is_hidden(name)]
+    if repeated:
+        warnings.warn(
+            f"{where}: {len(repeated)} folder(s) are links to folders read already, not read again: "
+            f"{first_and_more([path.relative_to(root).as_posix() for path in repeated], 3)}",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+    return sorted(files)
 
 
 def list_unlabeled_images(root: Path, stacklevel: int) -> tuple[list[Path], dict[str, np.ndarray]]:
@@ -102,7 +137,7 @@ def _warn_unlabelled_images(image_root: Path) -> None:
     """Image files beside the class folders have no class: they are not read, and a user who meant them to be
     should hear it."""
     stray = sorted(p.name for p in image_root.iterdir() if p.is_file() and is_image_or_dicom_file(p)
-                   and not p.name.startswith("."))  # fmt: skip
+                   and not is_hidden(p.name))  # fmt: skip
     if stray:
         warnings.warn(
             f"image folder {image_root}: {len(stray)} image file(s) directly in it (first: {stray[0]!r}) are not read; "
@@ -139,7 +174,7 @@ def _class_images(folder: Path) -> list[Path]:
     """The image files directly inside a class folder, sorted; names starting with "." are skipped, other files left
     to `_other_files` (counted in a warning). A folder inside it (a nested layout such as `train/<class>/`, or a
     symlink loop) is refused."""
-    entries = sorted(path for path in folder.iterdir() if not path.name.startswith("."))
+    entries = sorted(path for path in folder.iterdir() if not is_hidden(path.name))
     nested = [path for path in entries if path.is_dir()]
     if nested:
         raise ValueError(
@@ -153,7 +188,7 @@ def _other_files(folder: Path) -> list[Path]:
     """The files of a class folder that are not read: neither images nor DICOM (hidden ones aside)."""
     return sorted(
         path for path in folder.iterdir()
-        if path.is_file() and not path.name.startswith(".") and not is_image_or_dicom_file(path)
+        if path.is_file() and not is_hidden(path.name) and not is_image_or_dicom_file(path)
     )  # fmt: skip
 
 

@@ -54,7 +54,6 @@ _PIXEL_ARRAY_DTYPES = (torch.int8, torch.int16, torch.int32)
 # Float inputs may overshoot their stated range by this much (rounding); the result is clamped.
 _FLOAT_RANGE_TOLERANCE = 1e-3
 _PIL_GRAY_MODES = {"1", "L", "LA", "La"}
-_PIL_PALETTE_MODES = {"P", "PA"}
 # Channel counts a channel axis may have, and the layouts accepted (for error messages).
 _CHANNEL_COUNTS = (1, 3)
 _LAYOUTS = "[H, W]; one image [C, H, W] or [H, W, C]; a batch [N, C, H, W] or [N, H, W, C]; C = 1 or 3"
@@ -638,9 +637,18 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
         return array.astype(np.uint16)
     if image.mode == "F":
         return np.asarray(image, dtype=np.float32)
-    if image.mode in _PIL_PALETTE_MODES:
-        image = image.convert("RGBA")  # honours palette transparency before alpha is dropped
-    return np.asarray(image.convert("L" if image.mode in _PIL_GRAY_MODES else "RGB"))
+    gray = image.mode in _PIL_GRAY_MODES
+    if "A" in image.getbands() or "transparency" in image.info:
+        image = _on_white(image)
+    return np.asarray(image.convert("L" if gray else "RGB"))
+
+
+def _on_white(image: Image.Image) -> Image.Image:
+    """`image` composited onto white, as transformers' `convert_to_rgb` does: a transparent pixel is background, not
+    the colour stored under it (QA: a cutout's hidden green reached the model). Alpha and palette or `tRNS`
+    transparency alike."""
+    image = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image)
 
 
 def _numpy_to_tensor(array: np.ndarray) -> torch.Tensor:

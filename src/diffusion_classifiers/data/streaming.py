@@ -28,7 +28,9 @@ from PIL import Image
 from .dicom import MedicalPreprocessing, is_dicom_file
 from .image_files import DECODE_ERRORS, decode_error_text, open_image
 from .preprocessing import ImagePreprocessing, _describe, fit_options, preprocess_images
-from .file_decoding import _refuse_unreadable_files, check_file_headers, decode_image_file, list_frames
+from .file_decoding import (
+    _refuse_unreadable_files, check_file_headers, decode_image_file, every_one_listed_in, list_frames,
+)
 from .hf_datasets import (
     HF_SPLIT_NAMES,
     dataset_name,
@@ -686,6 +688,6 @@ def _refuse_unreadable(failures: list[tuple[str, str]], total: int) -> None:
     shown = first_and_more(reasons, _VERIFY_SHOWN, separator="; ")
     raise ValueError(
         f"{len(failures)} of {total} images cannot be read ({shown}); expected every image to decode: "
-        "remove or replace these files (in Python, StreamingImages.unreadable_images() lists those that fail to "
-        "decode)"
+        f"remove or replace these files{every_one_listed_in(reasons, _VERIFY_SHOWN)} (in Python, "
+        "StreamingImages.unreadable_images() lists those that fail to decode)"
     )

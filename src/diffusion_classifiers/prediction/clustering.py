@@ -18,8 +18,6 @@ import argparse
 import json
 import numbers
 import os
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
@@ -110,7 +108,7 @@ def run_cluster(args: argparse.Namespace) -> dict:
 
     # the model's sha256 is `cluster_files`' record of the folder it was loaded from (`_model_record`)
     run_info = {
-        "command": "diffusion-classifiers " + shlex.join(sys.argv[1:]), "model_dir": str(args.model_dir),
+        "command": args.command_line, "model_dir": str(args.model_dir),
         "input": str(Path(args.input).resolve()),
         "windows": windows_json(medical.windows),  # those read through: --window's, else the model's
         **input_split(args),  # QA: a DatasetDict's test split was clustered without a word

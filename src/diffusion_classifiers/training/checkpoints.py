@@ -12,6 +12,7 @@ import os
 import pickle
 import re
 import shutil
+import warnings
 import zipfile
 from contextlib import contextmanager
 from typing import Iterator, Optional
@@ -50,6 +51,7 @@ __all__ = [
     "save_checkpoint",
     "save_ema",
     "training_settings",
+    "warn_if_schedule_stretched",
 ]
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -144,11 +146,13 @@ def run_record(
     model: nn.Module,
     dataset: Optional[Dataset] = None,
     objective: Optional[dict] = None,
+    max_train_steps: Optional[int] = None,
 ) -> dict:
     """What a resume must match, saved with every checkpoint as `RUN_RECORD_NAME`: what defines the step arithmetic
     (the learning-rate schedule, which accelerate steps once per process per optimizer step; the epoch and batch a
     step falls in), the model's config, the training data (`data_identity` of `dataset`) and the trainer's
-    `objective` (`{flag name: value}` of what changes the loss or the data order, `_objective_changes`)."""
+    `objective` (`{flag name: value}` of what changes the loss or the data order, `_objective_changes`); and the
+    run's length in optimizer steps, `max_train_steps`, which a resume may change (`warn_if_schedule_stretched`)."""
     record = {
         "num_processes": num_processes,
         "train_batch_size": args.train_batch_size,
@@ -157,6 +161,8 @@ def run_record(
         **training_settings(args, model, objective),
         "model_config": _model_config(model),
     }
+    if max_train_steps is not None:
+        record["max_train_steps"] = max_train_steps
     identity = None if dataset is None else data_identity(dataset)
     return record if identity is None else {**record, "data_identity": identity}
 
@@ -384,6 +390,30 @@ def check_resumed_by_as_many_processes(path: str, num_processes: int) -> None:
             f"resume with accelerate launch --num_processes {written_by} (its schedule position and data order hold "
             "for that many), or start a new run (--overwrite_output_dir, or another --output_dir)"
         )
+
+
+# Schedules whose rate does not depend on the run's length (diffusers' `get_scheduler` names)
+LENGTH_FREE_SCHEDULES = ("constant", "constant_with_warmup")
+
+
+def warn_if_schedule_stretched(path: str, max_train_steps: int, lr_scheduler: str) -> None:
+    """Warn when the run resumed from checkpoint `path` was scheduled for another number of optimizer steps than this
+    one's `max_train_steps` under a schedule that depends on it (QA: a cosine run of 150 steps resumed at step 150 for
+    200 restarted at the 200-step cosine's rate without a word; the model matches neither run). Allowed, since
+    training a finished run longer is what a resume with more steps asks for; said, so that it is not mistaken for
+    the run continued as it was. Nothing for a checkpoint written before its run's length was recorded."""
+    scheduled = (_saved_record(path) or {}).get("max_train_steps")
+    if scheduled is None or scheduled == max_train_steps or lr_scheduler in LENGTH_FREE_SCHEDULES:
+        return
+    warnings.warn(
+        f"resuming from {path}, written by a run of {scheduled} optimizer steps, for {max_train_steps} "
+        f"(--max_train_steps or --num_epochs): the {lr_scheduler} learning-rate schedule continues as one of "
+        f"{max_train_steps} steps from step {checkpoint_step(path)}, so its rate jumps there and the model will match "
+        f"neither an uninterrupted {scheduled}-step run nor a {max_train_steps}-step one; resume with "
+        f"--max_train_steps {scheduled} to continue the run as it was",
+        UserWarning,
+        stacklevel=2,
+    )
 
 
 def check_resumed_within_the_run(path: str, max_train_steps: int) -> None:

@@ -20,8 +20,11 @@ scheduler's time limit or preemption) stops it the same way (`stop_signal.py`).
 
 import atexit
 import copy
+import importlib.metadata
 import math
 import os
+import shlex
+import sys
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -53,6 +56,7 @@ from .checkpoints import (
     reading_checkpoint,
     resolve_resume_path,
     run_record,
+    warn_if_schedule_stretched,
     save_checkpoint,
 )
 from .launch import (
@@ -105,7 +109,9 @@ class TrainingSummary:
     """What a `train` call did, saved as `training_summary.json` in `output_dir`: the optimizer steps reached, the
     step it resumed from (0 for a fresh start), the processes, the samples each process saw, the loss of the last
     step (of the run resumed when no step was left to make; None when it is not known), whether
-    `--max_train_minutes` ran out before `max_train_steps`, and the signal that stopped it before (SIGTERM; None)."""
+    `--max_train_minutes` ran out before `max_train_steps`, the signal that stopped it before (SIGTERM; None) and the
+    run's length in optimizer steps (`max_train_steps`, which the learning-rate schedule spans); and what ran it, the
+    process's command line (`process_command`: the training script and its flags) and the packages' `versions`."""
 
     global_step: int
     resumed_from_step: int
@@ -114,10 +120,24 @@ class TrainingSummary:
     final_loss: Optional[float]
     stopped_by_time_budget: bool = False
     stopped_by_signal: Optional[str] = None
+    max_train_steps: Optional[int] = None
+    process_command: Optional[str] = None
+    versions: Optional[dict] = None
 
     def save(self, output_dir: str) -> None:
         path = os.path.join(output_dir, "training_summary.json")
         write_json_atomically(path, asdict(self), indent=2, allow_nan=False)  # strict JSON
+
+
+def _software_versions() -> dict:
+    """The versions of the packages a trained model depends on, as installed (None where one is not)."""
+    versions = {}
+    for name in ("diffusion-classifiers", "torch", "diffusers", "transformers", "accelerate"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def _batches_per_epoch(args: TrainingArguments, num_examples: int, num_processes: int) -> int:
@@ -339,6 +359,8 @@ def _resume(
     if path is None:
         return None
     check_resumed_within_the_run(path, max_train_steps)
+    if accelerator.is_main_process:
+        warn_if_schedule_stretched(path, max_train_steps, args.lr_scheduler)
     with reading_checkpoint(path, args.output_dir), _naming_the_launchers_precision(requested_precision):
         check_checkpoint_folder(path, record, model, use_ema=ema is not None)
         accelerator.print(f"Resuming from {path}")
@@ -739,6 +761,7 @@ class _TrainingRun:
             self.global_step, self.resumed_from_step, accelerator.num_processes, samples_per_process,
             losses[-1] if losses else None,  # the resumed one's when no step was left to make
             self.out_of_time, self.stop_signal.record_stop() if self.stopped_by_signal else None,
+            self.prepared.max_train_steps, shlex.join(sys.argv), _software_versions(),
         )  # fmt: skip
         if accelerator.is_main_process:
             summary.save(self.args.output_dir)
@@ -761,7 +784,9 @@ def _train(
     prepared = _prepare(accelerator, args, model, dataset, sampler, stop_conditions[1])
     unwrapped = prepared.unwrapped
     ema = _build_ema(args, unwrapped, accelerator.device) if args.use_ema else None
-    record = run_record(args, accelerator.num_processes, len(sampler), unwrapped, dataset, objective)
+    record = run_record(
+        args, accelerator.num_processes, len(sampler), unwrapped, dataset, objective, prepared.max_train_steps
+    )
     resume_path = _resume(accelerator, args, record, unwrapped, ema, prepared.max_train_steps, requested_precision)
     restore_step_rates(prepared.lr_scheduler)
     run = _TrainingRun(

@@ -1,0 +1,126 @@
+"""Image folders as labs keep them: run folders linked in from other disks, broken links, the thumbnail and
+resource-fork folders NAS and archivers add, link loops (QA persona: a microscopy lab's messy folders)."""
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffusion_classifiers.data import list_unlabeled_folder, load_image_classification_data
+from diffusion_classifiers.prediction import list_inputs
+
+
+def write_images(folder, count, start=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(start, start + count):
+        Image.fromarray(np.full((6, 6), 40 * i % 256, dtype=np.uint8)).save(folder / f"img{i}.png")
+
+
+def relative_names(paths, root):
+    return sorted(os.path.relpath(path, root) for path in paths)
+
+
+def test_a_run_folder_linked_in_is_read_as_its_own_folder_is(tmp_path):
+    write_images(tmp_path / "elsewhere" / "run2", 3)
+    pool = tmp_path / "pool"
+    write_images(pool / "run1", 2)
+    (pool / "run2").symlink_to(tmp_path / "elsewhere" / "run2", target_is_directory=True)
+    expected = ["run1/img0.png", "run1/img1.png", "run2/img0.png", "run2/img1.png", "run2/img2.png"]
+    assert relative_names(list_unlabeled_folder(pool, "pool"), pool) == expected
+    assert sorted(item.path for item in list_inputs(pool)) == expected  # as predict's rows name them
+    data = load_image_classification_data(str(pool), unlabeled=True, image_size=6, num_channels=1)
+    assert len(data["train"].images) == 5
+
+
+def test_a_broken_link_named_as_an_image_is_listed_for_its_reader_to_report(tmp_path):
+    pool = tmp_path / "pool"
+    write_images(pool, 2)
+    (pool / "gone.png").symlink_to(tmp_path / "missing.png")
+    assert "gone.png" in relative_names(list_unlabeled_folder(pool, "pool"), pool)
+    with pytest.raises(ValueError, match="gone.png"):
+        load_image_classification_data(str(pool), unlabeled=True, image_size=6, num_channels=1)
+
+
+def test_nas_thumbnails_and_archive_resource_forks_are_skipped_as_hidden_files_are(tmp_path):
+    pool = tmp_path / "pool"
+    write_images(pool / "run1", 2)
+    write_images(pool / "@eaDir" / "img0.png", 1)  # a Synology NAS's thumbnails of run1/img0.png
+    write_images(pool / "__MACOSX" / "run1", 1)
+    write_images(pool / "run1" / "@eaDir", 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn about: skipped unmentioned, as .DS_Store is
+        assert relative_names(list_unlabeled_folder(pool, "pool"), pool) == ["run1/img0.png", "run1/img1.png"]
+    labelled = tmp_path / "labelled"
+    write_images(labelled / "a", 4)
+    write_images(labelled / "b", 4)
+    write_images(labelled / "a" / "@eaDir", 1)  # not a nested class layout: the NAS's own folder
+    write_images(labelled / "__MACOSX" / "a", 1)  # not a third class
+    data = load_image_classification_data(str(labelled), image_size=6, num_channels=1, val_fraction=0.25,
+                                          test_fraction=0.25)  # fmt: skip
+    assert data["train"].class_names == ["a", "b"]
+
+
+def test_a_link_back_up_the_tree_is_read_once_and_said(tmp_path):
+    pool = tmp_path / "pool"
+    write_images(pool / "run1", 2)
+    (pool / "run1" / "again").symlink_to(pool, target_is_directory=True)  # a loop
+    (pool / "copy_of_run1").symlink_to(pool / "run1", target_is_directory=True)
+    with pytest.warns(UserWarning, match=r"2 folder\(s\) are links to folders read already.*copy_of_run1"):
+        files = list_unlabeled_folder(pool, "pool")
+    assert relative_names(files, pool) == ["run1/img0.png", "run1/img1.png"]
+
+
+def test_a_multi_frame_tiff_or_gif_reads_its_first_frame_and_says_so(tmp_path, monkeypatch):
+    from diffusion_classifiers.data import image_files, preprocess_images
+
+    monkeypatch.setattr(image_files, "_multi_frame_files_warned", [0])
+    frames = [Image.fromarray(np.full((4, 4), value, dtype=np.uint8)) for value in (0, 128, 255)]
+    for name in ("stack.tif", "clip.gif"):
+        frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:])
+        with pytest.warns(UserWarning, match=rf"{name} holds 3 frames .*only its first is read"):
+            first = preprocess_images([str(tmp_path / name)])
+        assert float(first.max()) == -1.0  # frame 0, black
+    frames[0].save(tmp_path / "single.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        preprocess_images([str(tmp_path / "single.tif")])
+
+
+def test_multi_frame_files_beyond_the_first_few_are_not_named_one_by_one(tmp_path, monkeypatch):
+    from diffusion_classifiers.data import image_files, preprocess_images
+
+    monkeypatch.setattr(image_files, "_multi_frame_files_warned", [0])
+    frames = [Image.fromarray(np.full((4, 4), value, dtype=np.uint8)) for value in (0, 255)]
+    paths = []
+    for i in range(image_files.MULTI_FRAME_FILES_NAMED + 3):
+        paths.append(str(tmp_path / f"stack{i}.tif"))
+        frames[0].save(paths[-1], save_all=True, append_images=frames[1:])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        preprocess_images(paths)
+    messages = [str(warning.message) for warning in caught]
+    assert len(messages) == image_files.MULTI_FRAME_FILES_NAMED + 1
+    assert "not named further" in messages[-1]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_every_unreadable_file_of_a_large_folder_is_listed_in_one_file_the_error_names(tmp_path, streaming):
+    import re
+
+    from diffusion_classifiers.data import streaming_image_classification_data
+
+    pool = tmp_path / "pool"
+    write_images(pool, 3)
+    for i in range(25):
+        (pool / f"zero_{i:02d}.jpg").write_bytes(b"")
+    with pytest.raises(ValueError, match="25 of 28") as refused:
+        if streaming:
+            streaming_image_classification_data(str(pool), unlabeled=True, image_size=6, num_channels=1)
+        else:
+            load_image_classification_data(str(pool), unlabeled=True, image_size=6, num_channels=1)
+    listing = re.search(r"all 25 are listed in (\S+)\)", str(refused.value)).group(1)
+    lines = open(listing, encoding="utf-8").read().splitlines()
+    os.remove(listing)
+    assert len(lines) == 25 and all(f"zero_{i:02d}.jpg" in line for i, line in enumerate(lines))
