@@ -405,7 +405,8 @@ def test_transparent_pixels_are_white_background_not_the_colour_stored_under_the
     grey = preprocess_images(Image.fromarray(cutout[..., [1, 3]], "LA"))
     assert grey.shape == (1, 1, 4, 4)
     torch.testing.assert_close(grey[0, 0], expected[0])
-    torch.testing.assert_close(preprocess_images(Image.fromarray(half, "RGBA")), torch.full((1, 3, 1, 1), 127 / 127.5 - 1))
+    mid_grey = torch.full((1, 3, 1, 1), 127 / 127.5 - 1)
+    torch.testing.assert_close(preprocess_images(Image.fromarray(half, "RGBA")), mid_grey)
     palette = Image.fromarray(cutout[..., :3]).quantize(2)
     palette.info["transparency"] = int(np.asarray(palette)[0, 0])  # the green entry
     torch.testing.assert_close(preprocess_images(palette)[0], expected)

@@ -123,8 +123,8 @@ def list_inputs(
               another or no extension and the 'DICM' header: `data.is_dicom_file`) in it and its subfolders, sorted
               by path, folders linked in followed; hidden files and folders (names starting with ".") and system
               folders (`@eaDir`, `__MACOSX`: `data.image_listing.SYSTEM_FOLDERS`) are skipped, other files too, with
-              a warning that counts them; a broken link named as an image is a row of the errors file. A saved `datasets` folder (with `dataset_info.json` or `dataset_dict.json`) is read as
-              one.
+              a warning that counts them; a broken link named as an image is a row of the errors file. A saved
+              `datasets` folder (with `dataset_info.json` or `dataset_dict.json`) is read as one.
             * a `.csv` file with a header and a `path` column (relative to the CSV's folder, or absolute); a `label`
               column, when present, is carried to the output as `true_label`, its other columns (a sample, a site)
               as they are. A file the CSV names but that does not exist becomes a row of the errors file, like an
