@@ -105,7 +105,8 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
     carved = {"val_fraction": carving["val_fraction"], "test_fraction": carving["test_fraction"], "seed": 3}
     assert written["carving"] == carved and json.loads((tmp_path / "eval_other" / "metrics.json").read_text())[
         "carving"] == {**carved, "test_fraction": 0.2}
-    typed = ["evaluate", "--model_dir", str(tmp_path / "pipeline"), "--dataset", "digits", "--output_dir", str(tmp_path / "eval")]
+    typed = ["evaluate", "--model_dir", str(tmp_path / "pipeline"), "--dataset", "digits",
+             "--output_dir", str(tmp_path / "eval")]  # fmt: skip
     assert written["command"] == "diffusion-classifiers " + shlex.join(typed)
     assert f"carved with seed 3, val fraction {carving['val_fraction']:g}, test fraction" in (
         tmp_path / "eval" / "report.md").read_text()
