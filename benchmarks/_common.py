@@ -681,15 +681,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _library_version() -> Optional[str]:
-    """The installed `diffusion-classifiers` version (its distribution's metadata), else the package's own."""
-    from importlib import metadata
+    """The version of the `diffusion_classifiers` code imported (where an editable install's metadata keeps the
+    version it was installed at)."""
+    import diffusion_classifiers
 
-    try:
-        return metadata.version("diffusion-classifiers")
-    except metadata.PackageNotFoundError:
-        import diffusion_classifiers
-
-        return getattr(diffusion_classifiers, "__version__", None)
+    return diffusion_classifiers.__version__
 
 
 def code_state(root: Path = REPO_ROOT) -> dict:

@@ -4,7 +4,6 @@ refused up front, class names without a train image are refused, the record ties
 the run would ignore is refused. No training."""
 
 import argparse
-import importlib.metadata
 import inspect
 import json
 import sys
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import diffusion_classifiers
 from diffusion_classifiers.data import LabeledImages
 
 from .conftest import REPO_ROOT
@@ -277,7 +277,7 @@ def test_the_unet_features_benchmark_refuses_an_unlearnable_class_before_trainin
 
 def test_the_environment_names_the_library_version_and_the_git_commit(tmp_path):
     env = _common.environment(torch.device("cpu"))
-    assert env["versions"]["diffusion_classifiers"] == importlib.metadata.version("diffusion-classifiers")
+    assert env["versions"]["diffusion_classifiers"] == diffusion_classifiers.__version__
     code = env["code"]
     if (REPO_ROOT / ".git").exists():
         assert len(code["git_commit"]) == 40 and isinstance(code["git_dirty"], bool)

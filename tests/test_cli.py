@@ -388,3 +388,33 @@ def test_a_second_run_into_the_same_output_dir_is_refused_naming_the_first(tmp_p
     with pytest.raises((ValueError, FileNotFoundError), match="none"):  # free: the missing model is what is refused
         main([command, model_flag, str(tmp_path / "none"), "--output_dir", str(out)])
     assert list(out.iterdir()) == []  # its own lock released
+
+
+def test_evaluate_classifier_records_a_command_and_carving_and_refuses_a_carving_without_its_numbers(tmp_path):
+    """Second read: a free `run` dict let a caller overwrite the metrics; a carving without its seed failed after
+    scoring, leaving a half-written folder."""
+    from diffusion_classifiers.data import load_image_classification_data
+    from diffusion_classifiers.evaluation import evaluate_classifier
+
+    main(["demo", "--output_dir", str(tmp_path / "demo"), "--unet_preset", "tiny", "--max_train_steps", "2",
+          "--timesteps", "10", "--num_sample_images", "0", "--image_size", "8"])  # fmt: skip
+    pipe = DiffusionClassifierPipeline.from_pretrained(str(tmp_path / "demo" / "pipeline"))
+    test = load_image_classification_data("digits", **pipe.loader_kwargs)["test"]
+    with pytest.raises(ValueError, match=r"carving: expected numbers for \['val_fraction', 'test_fraction', 'seed'\]"):
+        evaluate_classifier(pipe, test, str(tmp_path / "eval"), carving={"seed": 1})
+    assert not (tmp_path / "eval").exists()
+    carving = {**pipe.split_record, "anonymised_dicom_groups": "study_or_series"}
+    metrics = evaluate_classifier(pipe, test, str(tmp_path / "eval"), split="test", command="mine", carving=carving)
+    expected = {name: pipe.split_record[name] for name in ("val_fraction", "test_fraction", "seed")}
+    assert metrics["carving"] == expected and metrics["command"] == "mine"
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["carving"] == expected
+
+
+def test_a_command_run_from_python_records_its_process_s_command(monkeypatch):
+    """Second read: `run_cluster(args)` with a namespace of its own failed on a missing `command_line`."""
+    from diffusion_classifiers.validation import typed_command
+
+    monkeypatch.setattr(sys, "argv", ["my_script.py", "--k", "5"])
+    assert typed_command(argparse.Namespace()) == "diffusion-classifiers --k 5"
+    typed = argparse.Namespace(command_line="diffusion-classifiers cluster")
+    assert typed_command(typed) == "diffusion-classifiers cluster"

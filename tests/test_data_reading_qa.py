@@ -204,7 +204,10 @@ def test_at_most_one_full_size_image_is_held_while_reading(tmp_path, monkeypatch
 # --------------------------------------------------------------------------------------------------
 
 
-def test_every_unreadable_file_of_a_folder_is_named_in_one_error(tmp_path):
+def test_every_unreadable_file_of_a_folder_is_named_in_one_error(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the list of them all: written here, not in /tmp
     folders = class_folders(tmp_path, ["a", "b"])
     for k, folder in enumerate(folders.values()):
         for i in range(3):

@@ -67,47 +67,74 @@ def test_a_link_back_up_the_tree_is_read_once_and_said(tmp_path):
     write_images(pool / "run1", 2)
     (pool / "run1" / "again").symlink_to(pool, target_is_directory=True)  # a loop
     (pool / "copy_of_run1").symlink_to(pool / "run1", target_is_directory=True)
-    with pytest.warns(UserWarning, match=r"2 folder\(s\) are links to folders read already.*copy_of_run1"):
+    (pool / "a_link").symlink_to(pool / "z" / "deeper", target_is_directory=True)  # read under its own name
+    write_images(pool / "z" / "deeper", 1)
+    with pytest.warns(UserWarning, match=r"3 folder\(s\) reached through links are read once.*a_link"):
         files = list_unlabeled_folder(pool, "pool")
-    assert relative_names(files, pool) == ["run1/img0.png", "run1/img1.png"]
+    assert relative_names(files, pool) == ["run1/img0.png", "run1/img1.png", "z/deeper/img0.png"]
 
 
-def test_a_multi_frame_tiff_or_gif_reads_its_first_frame_and_says_so(tmp_path, monkeypatch):
-    from diffusion_classifiers.data import image_files, preprocess_images
+def write_stacks(folder, names, values=(0, 128, 255)):
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = [Image.fromarray(np.full((6, 6), value, dtype=np.uint8)) for value in values]
+    for name in names:
+        frames[0].save(folder / name, save_all=True, append_images=frames[1:])
 
-    monkeypatch.setattr(image_files, "_multi_frame_files_warned", [0])
-    frames = [Image.fromarray(np.full((4, 4), value, dtype=np.uint8)) for value in (0, 128, 255)]
+
+def multi_frame_warnings(caught):
+    return [str(warning.message) for warning in caught if "hold several frames" in str(warning.message)]
+
+
+@pytest.fixture
+def no_file_warned_yet(monkeypatch):
+    from diffusion_classifiers.data import image_files
+
+    monkeypatch.setattr(image_files, "_warned_by_this_process", set())
+
+
+def test_a_multi_frame_tiff_or_gif_reads_its_first_frame_and_says_so_once(tmp_path, no_file_warned_yet):
+    from diffusion_classifiers.data import preprocess_images
+
+    write_stacks(tmp_path, ["stack.tif", "clip.gif"])
     for name in ("stack.tif", "clip.gif"):
-        frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:])
-        with pytest.warns(UserWarning, match=rf"{name} holds 3 frames .*only its first is read"):
+        with pytest.warns(UserWarning, match=rf"1 image file\(s\) hold several frames .*{name} \(3 frames\)"):
             first = preprocess_images([str(tmp_path / name)])
         assert float(first.max()) == -1.0  # frame 0, black
-    frames[0].save(tmp_path / "single.tif")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            preprocess_images([str(tmp_path / name)])  # read again (another epoch): said already
+    Image.fromarray(np.zeros((6, 6), dtype=np.uint8)).save(tmp_path / "single.tif")
+    Image.fromarray(np.zeros((6, 6, 3), dtype=np.uint8)).save(tmp_path / "photo.mpo", format="MPO",
+                                                              save_all=True, append_images=[Image.new("RGB", (6, 6))])
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        preprocess_images([str(tmp_path / "single.tif")])
-
-
-def test_multi_frame_files_beyond_the_first_few_are_not_named_one_by_one(tmp_path, monkeypatch):
-    from diffusion_classifiers.data import image_files, preprocess_images
-
-    monkeypatch.setattr(image_files, "_multi_frame_files_warned", [0])
-    frames = [Image.fromarray(np.full((4, 4), value, dtype=np.uint8)) for value in (0, 255)]
-    paths = []
-    for i in range(image_files.MULTI_FRAME_FILES_NAMED + 3):
-        paths.append(str(tmp_path / f"stack{i}.tif"))
-        frames[0].save(paths[-1], save_all=True, append_images=frames[1:])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        preprocess_images(paths)
-    messages = [str(warning.message) for warning in caught]
-    assert len(messages) == image_files.MULTI_FRAME_FILES_NAMED + 1
-    assert "not named further" in messages[-1]
+        warnings.simplefilter("error")  # an MPO's second frame is a camera's preview: not an image of its own
+        preprocess_images([str(tmp_path / "single.tif"), str(tmp_path / "photo.mpo")])
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-def test_every_unreadable_file_of_a_large_folder_is_listed_in_one_file_the_error_names(tmp_path, streaming):
+def test_the_multi_frame_files_of_a_folder_are_named_in_one_warning(tmp_path, no_file_warned_yet, streaming):
+    from diffusion_classifiers.data import image_files, streaming_image_classification_data
+
+    names = [f"stack{i}.tif" for i in range(image_files.MULTI_FRAME_FILES_NAMED + 3)]
+    write_stacks(tmp_path / "pool", names)
+    write_images(tmp_path / "pool", 2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if streaming:
+            data = streaming_image_classification_data(str(tmp_path / "pool"), 1, image_size=6, unlabeled=True)
+            [data["train"][i] for i in range(len(data["train"]))]  # read as training reads them: said already
+        else:
+            load_image_classification_data(str(tmp_path / "pool"), unlabeled=True, image_size=6, num_channels=1)
+    messages = multi_frame_warnings(caught)
+    assert len(messages) == 1 and messages[0].startswith(f"{len(names)} image file(s)") and "and 3 more" in messages[0]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_every_unreadable_file_of_a_large_folder_is_listed_in_one_file(tmp_path, streaming, monkeypatch):
     import re
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
     from diffusion_classifiers.data import streaming_image_classification_data
 
@@ -121,6 +148,23 @@ def test_every_unreadable_file_of_a_large_folder_is_listed_in_one_file_the_error
         else:
             load_image_classification_data(str(pool), unlabeled=True, image_size=6, num_channels=1)
     listing = re.search(r"all 25 are listed in (\S+)\)", str(refused.value)).group(1)
+    assert os.path.dirname(listing) == str(tmp_path)
     lines = open(listing, encoding="utf-8").read().splitlines()
-    os.remove(listing)
     assert len(lines) == 25 and all(f"zero_{i:02d}.jpg" in line for i, line in enumerate(lines))
+
+
+def test_a_folder_that_cannot_be_listed_is_said(tmp_path, monkeypatch):
+    pool = tmp_path / "pool"
+    write_images(pool / "run1", 2)
+    write_images(pool / "locked", 1)
+    scandir = os.scandir
+
+    def refusing(path="."):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)  # as chmod 000 would, also for root
+    with pytest.warns(UserWarning, match=r"1 folder\(s\) cannot be listed, their files not read: .*locked"):
+        files = list_unlabeled_folder(pool, "pool")
+    assert relative_names(files, pool) == ["run1/img0.png", "run1/img1.png"]

@@ -335,7 +335,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     )
     from .hub import class_names_of, download, model_fingerprint
     from .metrics import resolve_positive_label
-    from .validation import check_no_earlier_report
+    from .validation import check_no_earlier_report, typed_command
 
     check_evaluation_args(None, args.batch_size)  # before the model and the data are loaded (the folder: checked)
     check_evaluation_split(args.split)
@@ -388,16 +388,11 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         train_split=None if pool else train_split, unlabeled_pool=pool,
         changed_split_args=changed_split_args(folder, record=record, **given),
         paths=None if paths is None else paths[args.split], **columns_from_args(args),
-        run={"command": args.command_line, **({} if whole else {"carving": _carving_record(carving)})},
+        command=typed_command(args), carving=None if whole else carving,
     )  # fmt: skip
     print(f"wrote metrics.json, report.md and its plots to {args.output_dir}")
     print(json.dumps(_evaluation_headline(metrics)))
     return metrics
-
-
-def _carving_record(carving: dict) -> dict:
-    """The values that carved the scored split, as `metrics.json` records them."""
-    return {name: carving[name] for name in ("val_fraction", "test_fraction", "seed")}
 
 
 def _check_evaluate_flags(args: argparse.Namespace, given: dict, whole: bool) -> None:
@@ -559,7 +554,7 @@ def save_study(
     from .features import block_label
     from .hub import model_fingerprint
     from .unet_feature_study import summary_table, write_study_report
-    from .validation import remove_earlier_report
+    from .validation import remove_earlier_report, typed_command
 
     remove_earlier_report(args.output_dir, folders=["pipeline"])
     study.pipeline.save_pretrained(os.path.join(args.output_dir, "pipeline"))
@@ -567,7 +562,7 @@ def save_study(
         os.path.join(args.output_dir, "pipeline"), **carving, train_images=train_images,
         train_fingerprints=train_fingerprints, unlabeled_pool=unlabeled_pool, fingerprints_partial=fingerprints_partial,
     )
-    command = args.command_line
+    command = typed_command(args)
     identity = {"model_sha256": model_fingerprint(os.path.join(args.output_dir, "pipeline"))}  # push_to_hub checks it
     metrics = write_study_report(
         study, args.output_dir, f"Frozen DDPM U-Net features on {args.dataset}", command, extra={**timing, **identity}
@@ -688,7 +683,7 @@ def run_fit_head(args: argparse.Namespace) -> dict:
     files, and a run that fails before keeps the earlier one whole."""
     from .evaluation import evaluate_classifier
     from .hub import download, model_fingerprint
-    from .validation import check_no_earlier_report
+    from .validation import check_no_earlier_report, typed_command
 
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
     probe_kwargs = _fit_head_probe_kwargs(args)
@@ -721,7 +716,7 @@ def run_fit_head(args: argparse.Namespace) -> dict:
             # it); made again on a test split that passed it (a data set's own is not checked, as before)
             train_fingerprints=data.model_fingerprints if "test" in data.checked_splits else None,
             train_split=None if data.pool else train, unlabeled_pool=data.pool,
-            fingerprints_partial=data.fingerprints_partial, run={"command": args.command_line},
+            fingerprints_partial=data.fingerprints_partial, command=typed_command(args), carving=data.carving,
         )  # fmt: skip
     finally:
         shutil.rmtree(aside, ignore_errors=True)

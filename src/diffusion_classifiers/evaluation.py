@@ -30,6 +30,7 @@ from .data.preprocessing import images_in_their_stated_range
 from .data.readers import check_source_exists
 from .data.split_record import (
     ANONYMISED_DICOM_RULE,
+    SPLIT_DEFAULTS,
     image_fingerprint_variants,
     image_fingerprints,
     read_split_record,
@@ -719,7 +720,8 @@ def evaluate_classifier(
     check_training_images: bool = True,
     moved_in: Optional[Dict[str, str]] = None,
     fingerprints_partial: Optional[bool] = None,
-    run: Optional[dict] = None,
+    command: Optional[str] = None,
+    carving: Optional[dict] = None,
 ) -> dict:
     r"""
     Score `classifier` on a `datasets.Dataset` with an Image and a ClassLabel column, on [`LabeledImages`] or on
@@ -787,14 +789,16 @@ def evaluate_classifier(
         fingerprints_partial (`bool`, *optional*): the training images checked against are a head's only, the
             model's own unknown: those found are refused or dropped, but `"training_images_checked"` stays false;
             default: as the classifier's record says (`train_fingerprints_partial`).
-        run (`dict`, *optional*): JSON facts of the run recorded in `metrics.json` as they are (the CLI's: the
-            `command`, and the `carving`, `{"val_fraction", "test_fraction", "seed"}`, that split data without splits
-            of its own: two evaluations of one model and data with other seeds score other images, said in
-            `report.md`).
+        command (`str`, *optional*): the command that ran the evaluation, recorded in `metrics.json`.
+        carving (`dict`, *optional*): the `val_fraction`, `test_fraction` and `seed` that carved `split` from data
+            without splits of its own (`data.split_record.resolve_split_args`; other keys are not recorded), recorded
+            in `metrics.json` and said in `report.md`: two evaluations of one model on one data set with other seeds
+            score other images.
 
     Returns:
         `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`.
     """
+    carving = _carving_record(carving)
     _check_evaluate_call(
         output_dir, batch_size, split, dataset_name, num_workers, head, dataset, train_fingerprints,
         check_training_images,
@@ -849,7 +853,7 @@ def evaluate_classifier(
     metrics["preprocessing"] = contract.to_dict()  # how the images were read
     if head is not None:
         metrics["head"] = head
-    metrics.update(run or {})
+    metrics.update({name: value for name, value in (("command", command), ("carving", carving)) if value})
     evaluated = _scored_set(split) if split in (None, ONE_SET) else split
     mark_absent_classes(metrics, y_true, model_names, _scored_set(split), evaluated)
     if output_dir is not None:
@@ -859,6 +863,18 @@ def evaluate_classifier(
             ranking_scores=ranking, moved_in=moved_in,
         )  # fmt: skip
     return metrics
+
+
+def _carving_record(carving: Optional[dict]) -> Optional[dict]:
+    """The values of `carving` that choose the images of a carved split (`SPLIT_DEFAULTS`' numbers), refused before
+    any image is scored when one is missing."""
+    if carving is None:
+        return None
+    names = [name for name, default in SPLIT_DEFAULTS.items() if isinstance(default, (int, float))]
+    missing = [name for name in names if not isinstance(carving.get(name), (int, float))]
+    if missing:
+        raise ValueError(f"carving: expected numbers for {names}, got {carving!r}")
+    return {name: carving[name] for name in names}
 
 
 def _check_evaluate_call(

@@ -17,11 +17,11 @@ with `allow_bundled=True` its bundled modules are copied again as they are, besi
 """
 
 import ast
+import importlib
 import os
 import re
 import sys
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -190,11 +190,12 @@ def _bundled_source(module: str) -> Tuple[str, Dict[str, str]]:
     return "".join(lines), imported
 
 
+
+
 def _package_version() -> str:
-    try:
-        return metadata.version("diffusion-classifiers")
-    except metadata.PackageNotFoundError:
-        return "unknown version"
+    """`diffusion_classifiers.__version__`, looked up when a bundle is written (which needs the package installed:
+    `_check_installed`), not imported by name: a bundled copy of this module cannot import the package's root."""
+    return importlib.import_module(PACKAGE).__version__
 
 
 def _check_installed(cls: type) -> None:

@@ -11,7 +11,7 @@ import tempfile
 import unicodedata
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -80,6 +80,15 @@ def check_positive_integer(value, name: str) -> None:
     """`value` is an integer >= 1 (a batch size): else refused by `name`, not by torch deep in the call."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+
+
+def typed_command(args: Any) -> str:
+    """The `diffusion-classifiers` command as typed, for the records of its outputs: `args.command_line`, which the
+    console script's `main` sets from its argv, else this process's own argv (a `run_*` function called from Python
+    with a namespace of its own)."""
+    import shlex
+
+    return getattr(args, "command_line", None) or "diffusion-classifiers " + shlex.join(sys.argv[1:])
 
 
 def first_and_more(texts: Sequence[str], limit: int, separator: str = ", ") -> str:

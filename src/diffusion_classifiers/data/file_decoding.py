@@ -24,7 +24,7 @@ from .dicom import (
     resolve_windows,
     window_channels,
 )
-from .image_files import DECODE_ERRORS, decode_error_text, open_image
+from .image_files import DECODE_ERRORS, decode_error_text, first_frames_noted, note_first_frame_read, open_image
 from .preprocessing import ImagePreprocessing, preprocess_images
 from .sixteen_bit import _PIL_16BIT_MODES, _scale_16bit, check_bit_depths, note_bit_depth
 from .windows import VoiTable, Window
@@ -201,7 +201,8 @@ def decode_files(
     images, metadata, failures, sizes = [], [], [], _SeriesSizes()
     depths = _BitDepths() if depths is None else depths
     own_windows = _OwnWindows(medical, np.concatenate(list(labels_per_split.values())), class_names)
-    with check_bit_depths(medical, stacklevel=4) as trained_depth:  # 4: the caller of the loader
+    # 4: the caller of the loader
+    with check_bit_depths(medical, stacklevel=4) as trained_depth, first_frames_noted(stacklevel=4):
         for position, (path, is_dicom) in enumerate(zip(files, dicom_or_not(files, medical))):
             try:
                 image, file_metadata = _decode_file(path, is_dicom, medical, sizes, depths)
@@ -449,14 +450,15 @@ def check_file_headers(
     [`_refuse_unreadable_files`] to refuse together."""
     unique = list(dict.fromkeys(files))
     headers, failures = {}, {}
-    for path, is_dicom in zip(unique, dicom_or_not(unique, medical)):
-        try:
-            header = check_file_header(path, is_dicom, medical, open_images)
-        except ValueError as error:
-            failures[path] = error if not failures else str(error)
-            continue
-        if header is not None:
-            headers[path] = header
+    with first_frames_noted(stacklevel=4):  # 4: the caller of the streaming loader
+        for path, is_dicom in zip(unique, dicom_or_not(unique, medical)):
+            try:
+                header = check_file_header(path, is_dicom, medical, open_images)
+            except ValueError as error:
+                failures[path] = error if not failures else str(error)
+                continue
+            if header is not None:
+                headers[path] = header
     return headers, failures
 
 
@@ -481,8 +483,8 @@ def check_file_header(
 
 def _check_image_header(path: Path) -> None:
     try:
-        with Image.open(path):
-            pass
+        with Image.open(path) as image:
+            note_first_frame_read(image, path)  # warned about once, when listed: then read by the first frame
     except (*DECODE_ERRORS, FileNotFoundError) as error:
         raise ValueError(f"cannot decode image file {path}: {decode_error_text(error)}") from error
 

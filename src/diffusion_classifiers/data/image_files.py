@@ -10,19 +10,27 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import IO
+from contextvars import ContextVar
+from typing import IO, Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["DECODE_ERRORS", "IMAGE_EXTENSIONS", "decode_error_text", "open_image"]
+from ..validation import first_and_more
+
+__all__ = [
+    "DECODE_ERRORS",
+    "IMAGE_EXTENSIONS",
+    "decode_error_text",
+    "first_frames_noted",
+    "note_first_frame_read",
+    "open_image",
+]
 
 # What folder listings read as images (PIL decodes them).
 IMAGE_EXTENSIONS = {".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"}
 
-# Multi-frame files (multi-page TIFF, animated GIF) named in a warning per process; one more warning says that others
-# follow, unnamed (a folder of 10,000 z-stacks would otherwise print 10,000).
+# Multi-frame image files named in a warning; the rest are counted.
 MULTI_FRAME_FILES_NAMED = 5
-_multi_frame_files_warned = [0]
 
 # What opening an image may raise.
 DECODE_ERRORS = (
@@ -32,33 +40,78 @@ DECODE_ERRORS = (
 
 def open_image(source: str | os.PathLike | IO[bytes]) -> Image.Image:
     """The decoded image of a file path or binary file object, its EXIF Orientation applied (and its tag removed);
-    of a multi-frame file its first frame, which is warned about. Raises one of `DECODE_ERRORS`."""
+    of a multi-frame file (a multi-page TIFF, an animated GIF) its first frame, which is warned about (see
+    [`first_frames_noted`]). Raises one of `DECODE_ERRORS`."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(source) as image:
             image.load()
-            frames = image.n_frames if getattr(image, "is_animated", False) else 1
-            transposed = ImageOps.exif_transpose(image)  # a copy, transposed or not: valid once the file is closed
-    if frames > 1:
-        _warn_first_frame_only(source, frames)
-    return transposed
+            note_first_frame_read(image, source)
+            return ImageOps.exif_transpose(image)  # a copy, transposed or not: valid once the file is closed
 
 
-def _warn_first_frame_only(source: str | os.PathLike | IO[bytes], frames: int) -> None:
-    """QA: a multi-page TIFF's and an animated GIF's other frames were dropped without a word (a multi-frame DICOM is
-    read frame by frame)."""
-    _multi_frame_files_warned[0] += 1
-    if _multi_frame_files_warned[0] > MULTI_FRAME_FILES_NAMED + 1:
+def note_first_frame_read(image: Image.Image, source: Any) -> None:
+    """Tell the open [`first_frames_noted`] (else warn now, once per file and process) that only the first frame of
+    the opened file `image` (named by `source`) is read, when it has several. An MPO JPEG's further frames are a
+    camera's previews or depth maps, not images of their own: not noted."""
+    if not getattr(image, "is_animated", False) or image.format == "MPO":
         return
-    if _multi_frame_files_warned[0] > MULTI_FRAME_FILES_NAMED:
-        message = "more multi-frame image files are read by their first frame only (not named further)"
-    else:
-        name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "an image file given as bytes"
-        message = (
-            f"{name} holds {frames} frames (a multi-page TIFF, an animated GIF): only its first is read; save each "
-            "frame as a file of its own to classify every one"
-        )
-    warnings.warn(message, UserWarning, stacklevel=3)
+    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "an image file given as bytes"
+    notice = _NOTICE.get()
+    if notice is not None:
+        notice.add(name, image.n_frames)
+    elif name not in _warned_by_this_process:
+        _warned_by_this_process.add(name)
+        _warn_first_frames_read({name: image.n_frames}, stacklevel=4)
+
+
+def first_frames_noted(stacklevel: int = 1) -> _FirstFramesNotice:
+    """A context manager: while it is open, the multi-frame files read are noted, and on leaving one warning names
+    the first few and counts the rest (`stacklevel` 1 blames the function holding the `with`; inside another open
+    one, its files join that one). A file warned about is not warned about again by this process: a data set's
+    images are read again every epoch, by DataLoader workers forked after its listing warned."""
+    return _FirstFramesNotice(stacklevel)
+
+
+class _FirstFramesNotice:
+    """QA: a multi-page TIFF's and an animated GIF's other frames were dropped without a word (a multi-frame DICOM is
+    read frame by frame); a warning per file would bury the others for a folder of 10,000 z-stacks."""
+
+    def __init__(self, stacklevel: int) -> None:
+        self.stacklevel, self.files, self._token = stacklevel, {}, None
+
+    def __enter__(self) -> _FirstFramesNotice:
+        if _NOTICE.get() is None:
+            self._token = _NOTICE.set(self)
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        if self._token is None:
+            return
+        _NOTICE.reset(self._token)
+        self._token = None
+        if kind is None and self.files:
+            _warned_by_this_process.update(self.files)
+            _warn_first_frames_read(self.files, self.stacklevel + 2)  # 2: past __exit__, to its caller
+
+    def add(self, name: str, frames: int) -> None:
+        if name not in _warned_by_this_process:
+            self.files.setdefault(name, frames)
+
+
+def _warn_first_frames_read(files: dict, stacklevel: int) -> None:
+    shown = first_and_more([f"{name} ({frames} frames)" for name, frames in files.items()], MULTI_FRAME_FILES_NAMED)
+    warnings.warn(
+        f"{len(files)} image file(s) hold several frames (a multi-page TIFF, an animated GIF), of which only the "
+        f"first is read: {shown}; save each frame as a file of its own to classify every one",
+        UserWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
+# The open notice of the files being read, if any; the files this process has warned about.
+_NOTICE: ContextVar[_FirstFramesNotice | None] = ContextVar("diffusion_classifiers_first_frames", default=None)
+_warned_by_this_process: set[str] = set()
 
 
 def decode_error_text(error: Exception) -> str:

@@ -33,7 +33,7 @@ SYSTEM_FOLDERS = frozenset(
 )
 
 
-def is_hidden(name: str) -> bool:
+def is_skipped_name(name: str) -> bool:
     """Whether a listing skips the file or folder `name` unread and unmentioned: hidden (a name starting with ".":
     `.DS_Store`, AppleDouble `._a.jpg`) or a system folder (`SYSTEM_FOLDERS`)."""
     return name.startswith(".") or name in SYSTEM_FOLDERS
@@ -53,7 +53,9 @@ def list_folder_files(root: Path) -> tuple[list[Path], dict[str, np.ndarray], li
     """The image files of an image folder (listed split by split), their labels per split and the class names;
     nothing is decoded (`data.streaming` reads the files lazily)."""
     image_root = root / "images" if (root / "images").is_dir() else root
-    class_dirs = sorted(p for p in image_root.iterdir() if p.is_dir() and p.name != "splits" and not is_hidden(p.name))
+    class_dirs = sorted(
+        p for p in image_root.iterdir() if p.is_dir() and p.name != "splits" and not is_skipped_name(p.name)
+    )
     if (root / "splits" / "train.txt").is_file():
         files, labels_per_split, names = _read_split_files(root / "splits", image_root, class_dirs)
     else:
@@ -71,10 +73,10 @@ def list_folder_files(root: Path) -> tuple[list[Path], dict[str, np.ndarray], li
 
 def list_unlabeled_folder(root: Path, where: str, stacklevel: int = 4) -> list[Path]:
     """Every image and DICOM file in `root` and its subfolders at any depth, sorted by path, class folders or not
-    (no labels read); folders linked in are followed (each folder read once), hidden files and folders ([`is_hidden`])
-    skipped, other files counted in a warning; a broken link named as an image is listed, for its reader to report
-    (`where`: the folder as the messages name it; `stacklevel`: as `warnings.warn`'s would be in the function that
-    calls this one). Refused when there is none."""
+    (no labels read); folders linked in are followed (each folder read once), hidden files and system folders
+    ([`is_skipped_name`]) skipped, other files counted in a warning; a broken link named as an image is listed, for
+    its reader to report (`where`: the folder as the messages name it; `stacklevel`: as `warnings.warn`'s would be in
+    the function that calls this one). Refused when there is none."""
     visible = _visible_files(root, where, stacklevel + 1)
     files = [path for path in visible if is_image_or_dicom_file(path)]
     if not files:
@@ -85,27 +87,46 @@ def list_unlabeled_folder(root: Path, where: str, stacklevel: int = 4) -> list[P
 
 
 def _visible_files(root: Path, where: str, stacklevel: int) -> list[Path]:
-    """The files under `root` that are not hidden, sorted, through linked folders (QA: `Path.rglob` skipped a linked
-    run folder's images without a word); a folder reached a second time (two links to it, a link to a folder above
-    it) is read once, by its own name before a link's, which is warned about."""
-    files, seen, repeated = [], {os.path.realpath(root)}, []
-    for folder, folder_names, file_names in os.walk(root, followlinks=True):
-        kept = []
-        for name in sorted(folder_names, key=lambda name: (os.path.islink(os.path.join(folder, name)), name)):
-            if is_hidden(name):
-                continue
-            real = os.path.realpath(os.path.join(folder, name))
-            if real in seen:
-                repeated.append(Path(folder, name))
-                continue
-            seen.add(real)
-            kept.append(name)
-        folder_names[:] = kept
-        files += [Path(folder, name) for name in file_names if not is_hidden(name)]
-    if repeated:
+    """The files under `root` that are not hidden, sorted, through linked folders too (QA: `Path.rglob` skipped a
+    linked run folder's images without a word). Every folder is read once, by its own name: the real folders under
+    `root` first, then the folders links lead to that were not read yet (a link to a folder read already, or to one
+    above it, is warned about)."""
+    files, links, repeated, unlisted = [], [], [], []
+    seen = {os.path.realpath(root)}
+
+    def walk(top: str) -> None:
+        for folder, folder_names, file_names in os.walk(top, onerror=unlisted.append):
+            kept = []
+            for name in sorted(name for name in folder_names if not is_skipped_name(name)):
+                path = os.path.join(folder, name)
+                if os.path.islink(path):
+                    links.append(path)  # followed once every real folder is read
+                elif os.path.realpath(path) in seen:  # under a linked folder: a folder read already
+                    repeated.append(path)
+                else:
+                    seen.add(os.path.realpath(path))
+                    kept.append(name)
+            folder_names[:] = kept
+            files.extend(Path(folder, name) for name in file_names if not is_skipped_name(name))
+
+    walk(str(root))
+    for link in links:  # grows as linked folders are read
+        if os.path.realpath(link) in seen:
+            repeated.append(link)
+            continue
+        seen.add(os.path.realpath(link))
+        walk(link)
+    if unlisted:  # a folder this process may not read: its images would be missing without a word
         warnings.warn(
-            f"{where}: {len(repeated)} folder(s) are links to folders read already, not read again: "
-            f"{first_and_more([path.relative_to(root).as_posix() for path in repeated], 3)}",
+            f"{where}: {len(unlisted)} folder(s) cannot be listed, their files not read: "
+            f"{first_and_more([str(error) for error in unlisted], 3, separator='; ')}",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+    if repeated:
+        shown = first_and_more([Path(path).relative_to(root).as_posix() for path in repeated], 3)
+        warnings.warn(
+            f"{where}: {len(repeated)} folder(s) reached through links are read once, by their own names: {shown}",
             UserWarning,
             stacklevel=stacklevel + 1,
         )
@@ -137,7 +158,7 @@ def _warn_unlabelled_images(image_root: Path) -> None:
     """Image files beside the class folders have no class: they are not read, and a user who meant them to be
     should hear it."""
     stray = sorted(p.name for p in image_root.iterdir() if p.is_file() and is_image_or_dicom_file(p)
-                   and not is_hidden(p.name))  # fmt: skip
+                   and not is_skipped_name(p.name))  # fmt: skip
     if stray:
         warnings.warn(
             f"image folder {image_root}: {len(stray)} image file(s) directly in it (first: {stray[0]!r}) are not read; "
@@ -171,10 +192,10 @@ def _read_class_folders(class_dirs: list[Path]) -> tuple[list[Path], dict[str, n
 
 
 def _class_images(folder: Path) -> list[Path]:
-    """The image files directly inside a class folder, sorted; names starting with "." are skipped, other files left
-    to `_other_files` (counted in a warning). A folder inside it (a nested layout such as `train/<class>/`, or a
-    symlink loop) is refused."""
-    entries = sorted(path for path in folder.iterdir() if not is_hidden(path.name))
+    """The image files directly inside a class folder, sorted; hidden files and system folders ([`is_skipped_name`])
+    are skipped, other files left to `_other_files` (counted in a warning). A folder inside it (a nested layout such
+    as `train/<class>/`, or a symlink loop) is refused."""
+    entries = sorted(path for path in folder.iterdir() if not is_skipped_name(path.name))
     nested = [path for path in entries if path.is_dir()]
     if nested:
         raise ValueError(
@@ -188,7 +209,7 @@ def _other_files(folder: Path) -> list[Path]:
     """The files of a class folder that are not read: neither images nor DICOM (hidden ones aside)."""
     return sorted(
         path for path in folder.iterdir()
-        if path.is_file() and not is_hidden(path.name) and not is_image_or_dicom_file(path)
+        if path.is_file() and not is_skipped_name(path.name) and not is_image_or_dicom_file(path)
     )  # fmt: skip
 
 

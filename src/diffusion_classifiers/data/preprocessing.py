@@ -259,9 +259,9 @@ def preprocess_images(
             one image or a batch, or a list of them (each may have its own size and type), read as in the table
             above. PIL modes: `I`/`I;16*` are read as their files are, by their bit depth (the stated
             `medical.bits_stored`, else their maximum's; `medical.pil_images_as_files`, as every new contract says),
-            else from `[0, 65535]` (or the stated depth), `F` is one float
-            channel; alpha is discarded, not composited. Values: `uint8` is scaled from `[0, 255]`, `uint16` from
-            `[0, 65535]` (from `[0, 2^bits_stored - 1]` where `medical.bits_stored` is stated, else with a warning
+            else from `[0, 65535]` (or the stated depth), `F` is one float channel; transparent pixels are
+            composited onto white (as transformers' `convert_to_rgb`). Values: `uint8` is scaled from `[0, 255]`,
+            `uint16` from `[0, 65535]` (from `[0, 2^bits_stored - 1]` where `medical.bits_stored` is stated, else with a warning
             where the contract reads medical files),
             `bool` from `{0, 1}`, float data by the contract's `input_range` (see [`ImagePreprocessing`]). Float
             values outside that range, other integer dtypes (int16: a DICOM's `pixel_array`, not Hounsfield units),
@@ -755,7 +755,8 @@ def _resize(batch: torch.Tensor, size: tuple[int, int], resample: str = "bilinea
 def _check_image_size(image_size: Any) -> tuple[int, int] | None:
     if image_size is None:
         return None
-    size = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else tuple(image_size)
+    scalar = isinstance(image_size, (int, float, np.number)) or not hasattr(image_size, "__iter__")
+    size = (image_size, image_size) if scalar else tuple(image_size)
     if len(size) != 2 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in size):
         raise ValueError(f"image_size: expected a positive int or (height, width), got {image_size!r}")
     return int(size[0]), int(size[1])

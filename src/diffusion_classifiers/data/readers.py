@@ -36,7 +36,10 @@ from .image_listing import list_csv, list_folder_files, list_image_folder, list_
 from .labeled_images import ONE_SET, SPLITS, LabeledImages, RawData, labels_and_names
 from .preprocessing import ImagePreprocessing, _describe, fit_options, preprocess_images
 from .split_record import ANONYMISED_DICOM_RULE, check_anonymised_dicom_groups
-from .splits import _FewImagesWarning, check_split_fractions, stratified_group_split, stratified_split
+from .splits import (
+    _FewImagesWarning, check_class_names_given, check_split_fractions, check_split_seed, stratified_group_split,
+    stratified_split,
+)
 
 __all__ = [
     "DEFAULT_FOLDER_SIZE",
@@ -174,6 +177,8 @@ def load_image_classification_data(
             preprocessing.
     """
     check_split_fractions(val_fraction, test_fraction, carved=not unlabeled)
+    check_split_seed(seed)
+    check_class_names_given(class_names)
     check_anonymised_dicom_groups(anonymised_dicom_groups)
     where = dataset_name(source)
     source = open_saved_dataset(source)
@@ -275,7 +280,13 @@ def _recorded(medical: MedicalPreprocessing, raw: RawData) -> MedicalPreprocessi
 
 def check_source_exists(source: str | os.PathLike, name: str = "source") -> Path:
     """`source` as a `Path`, refused with what the loaders read when nothing is there (a Hub dataset id too: they
-    read local data only, so the message says how to save one locally)."""
+    read local data only, so the message says how to save one locally). An empty name is refused: `Path("")` is
+    the working directory (QA: `--dataset ""` trained on the folder the command ran in)."""
+    if not str(source).strip():
+        raise ValueError(
+            f"{name}: got an empty name {str(source)!r}; expected 'digits', a .npz file, a .csv of paths, an IDX "
+            "directory, an image folder or a saved datasets folder (\".\" for the working directory)"
+        )
     path = Path(source)
     if path.exists():
         return path

@@ -57,7 +57,7 @@ from .readers import (
     splits_from_args,
 )
 from .split_record import ANONYMISED_DICOM_RULE, check_anonymised_dicom_groups, image_fingerprints, save_split_record
-from .splits import check_split_fractions
+from .splits import check_class_names_given, check_split_fractions, check_split_seed
 from ..validation import first_and_more
 
 __all__ = [
@@ -424,6 +424,8 @@ def streaming_image_classification_data(
             label problems), and a file PIL cannot read, named, before anything is decoded.
     """
     check_split_fractions(val_fraction, test_fraction, carved=not unlabeled)
+    check_split_seed(seed)
+    check_class_names_given(class_names)
     check_anonymised_dicom_groups(anonymised_dicom_groups)
     fit = fit_options(resize_mode, pad_value, normalize_background)
     _checked_reading(num_channels, image_size, medical or MedicalPreprocessing(), fit)  # before files are listed

@@ -92,7 +92,7 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
 def run_cluster(args: argparse.Namespace) -> dict:
     """`diffusion-classifiers cluster`: every flag checked and the inputs listed before the model is loaded."""
     from ..pipelines import DiffusionClassifierPipeline
-    from ..validation import check_no_earlier_report
+    from ..validation import check_no_earlier_report, typed_command
 
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
     _check_output_outside_input_folder(args.output_dir, args.input)
@@ -108,7 +108,7 @@ def run_cluster(args: argparse.Namespace) -> dict:
 
     # the model's sha256 is `cluster_files`' record of the folder it was loaded from (`_model_record`)
     run_info = {
-        "command": args.command_line, "model_dir": str(args.model_dir),
+        "command": typed_command(args), "model_dir": str(args.model_dir),
         "input": str(Path(args.input).resolve()),
         "windows": windows_json(medical.windows),  # those read through: --window's, else the model's
         **input_split(args),  # QA: a DatasetDict's test split was clustered without a word
@@ -273,6 +273,7 @@ def cluster_files(
     import numpy as np
 
     from ..atomic_files import write_json_atomically
+    from ..data.image_files import first_frames_noted
     from ..validation import check_no_earlier_report, remove_earlier_report
 
     check_no_earlier_report(output_dir, overwrite, "output_dir")
@@ -285,7 +286,7 @@ def cluster_files(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    with pipeline.progress_bars_off():
+    with pipeline.progress_bars_off(), first_frames_noted(stacklevel=2):
         selection = _choose_without_labels(pipeline, inputs, features, request, seed, progress_bar)
         key, errors, rows = tuple(selection["pair"]), [], []
         chosen = _extracted(

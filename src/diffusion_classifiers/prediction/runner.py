@@ -401,6 +401,7 @@ def predict_files(
     """
     from tqdm.auto import tqdm
 
+    from ..data.image_files import first_frames_noted
     from ..data.sixteen_bit import check_bit_depths
     from ..evaluation import pipeline_call_settings, recorded_fingerprints_of, recorded_fingerprints_partial_of
 
@@ -451,7 +452,8 @@ def predict_files(
         # training images' (`data.sixteen_bit.check_bit_depths`)
         # the bar counts the files committed, not those read: a batch is read fast, then classified at once
         bar = tqdm(total=len(mine), desc="predict", unit="file", **hidden)
-        with pipeline.progress_bars_off(), check_bit_depths(pipeline.preprocessing.medical, stacklevel=2), bar:
+        with pipeline.progress_bars_off(), check_bit_depths(pipeline.preprocessing.medical, stacklevel=2), bar, \
+                first_frames_noted(stacklevel=2):
             for item in mine:
                 writer.add(item)
                 if len(writer.images) >= batch_size:
@@ -617,6 +619,7 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     from ..training.launch import check_world_size
 
     files = check_output_args(args.output, args.errors, args.batch_size)
+    _check_input_is_not_written(args.input, files)
     _check_pipeline_kwargs(args.pipeline_kwargs)  # its names are checked against the pipeline once it is loaded
     model_dir, windows, medical, inputs = model_and_inputs(args)
     accelerator = Accelerator()
@@ -660,6 +663,16 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
                 "run's, kept after the others; --overwrite predicts the input afresh)"
             )
     return summary
+
+
+def _check_input_is_not_written(input_path: str, files: OutputFiles) -> None:
+    """Refuse an `--output` or `--errors` that is the `--input` CSV itself, `--overwrite` or not (QA: the refusal of
+    a file not written by a prediction advised `--overwrite`, which replaced the user's list by predictions)."""
+    for flag, path in (("--output", files.output), ("--errors", files.errors)):
+        if os.path.isfile(input_path) and os.path.realpath(path) == os.path.realpath(input_path):
+            raise ValueError(
+                f"{flag} {path}: it is the --input file; expected another file, which the predictions go to"
+            )
 
 
 def add_input_args(parser: argparse.ArgumentParser) -> None:

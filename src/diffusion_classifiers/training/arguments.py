@@ -6,6 +6,7 @@
 """
 
 import argparse
+import math
 import warnings
 from dataclasses import dataclass, field, fields
 from typing import Optional
@@ -46,6 +47,12 @@ _DEFAULT_STEPS_DEST = "_default_max_train_steps"
 
 def _none_or_positive(value: Optional[int]) -> bool:
     return value is None or value >= 1
+
+
+def _finite_at_least(value: float, low: float, above: bool = False) -> bool:
+    """`value` is a finite number >= `low` (> `low` with `above`): NaN and inf fail, which comparisons alone let
+    through (QA: `--ema_power nan` trained and saved a model of NaN weights over a good one)."""
+    return math.isfinite(value) and (value > low if above else value >= low)
 
 
 def _flag(default, help: str):
@@ -150,7 +157,11 @@ class TrainingArguments:
         expectations = [
             ("train_batch_size", "a positive integer", self.train_batch_size >= 1),
             ("gradient_accumulation_steps", "a positive integer", self.gradient_accumulation_steps >= 1),
-            ("learning_rate", "a positive number", self.learning_rate > 0),
+            ("learning_rate", "a positive finite number", _finite_at_least(self.learning_rate, 0, above=True)),
+            ("adam_beta1", "a number in [0, 1)", 0 <= self.adam_beta1 < 1),
+            ("adam_beta2", "a number in [0, 1)", 0 <= self.adam_beta2 < 1),
+            ("adam_weight_decay", "a finite number >= 0", _finite_at_least(self.adam_weight_decay, 0)),
+            ("adam_epsilon", "a finite number >= 0", _finite_at_least(self.adam_epsilon, 0)),
             ("lr_warmup_steps", "0 or more", self.lr_warmup_steps >= 0),
             ("lr_scheduler", f"one of {list(SCHEDULER_NAMES)}", self.lr_scheduler in SCHEDULER_NAMES),
             ("max_grad_norm", "a positive number", self.max_grad_norm > 0),
@@ -158,6 +169,9 @@ class TrainingArguments:
             ("torch_compile_mode", f"one of {list(COMPILE_MODES)}", self.torch_compile_mode in COMPILE_MODES),
             ("max_train_minutes", "None or a positive number", self.max_train_minutes is None or self.max_train_minutes > 0),
             ("ema_max_decay", "a number in [0, 1]", 0 <= self.ema_max_decay <= 1),
+            ("ema_inv_gamma", "a positive finite number", _finite_at_least(self.ema_inv_gamma, 0, above=True)),
+            ("ema_power", "a positive finite number", _finite_at_least(self.ema_power, 0, above=True)),
+            ("seed", "an integer in 0..2**32 - 1", 0 <= self.seed < 2**32),
             ("checkpointing_steps", "a positive integer", self.checkpointing_steps >= 1),
             ("checkpoints_total_limit", positive_or_none, _none_or_positive(self.checkpoints_total_limit)),
             ("max_train_steps", positive_or_none, _none_or_positive(self.max_train_steps)),

@@ -393,7 +393,7 @@ def check_resumed_by_as_many_processes(path: str, num_processes: int) -> None:
 
 
 # Schedules whose rate does not depend on the run's length (diffusers' `get_scheduler` names)
-LENGTH_FREE_SCHEDULES = ("constant", "constant_with_warmup")
+LENGTH_FREE_SCHEDULES = ("constant", "constant_with_warmup", "piecewise_constant")
 
 
 def warn_if_schedule_stretched(path: str, max_train_steps: int, lr_scheduler: str) -> None:

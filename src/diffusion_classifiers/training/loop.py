@@ -40,6 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from tqdm.auto import tqdm
 
+from .. import __version__
 from ..atomic_files import write_json_atomically
 from ..run_lock import claim_on_main_process
 from .arguments import TrainingArguments
@@ -130,9 +131,10 @@ class TrainingSummary:
 
 
 def _software_versions() -> dict:
-    """The versions of the packages a trained model depends on, as installed (None where one is not)."""
-    versions = {}
-    for name in ("diffusion-classifiers", "torch", "diffusers", "transformers", "accelerate"):
+    """The versions of this code and of the packages a trained model depends on, as installed (None where one is
+    not)."""
+    versions = {"diffusion-classifiers": __version__}
+    for name in ("torch", "diffusers", "transformers", "accelerate"):
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -359,10 +361,10 @@ def _resume(
     if path is None:
         return None
     check_resumed_within_the_run(path, max_train_steps)
-    if accelerator.is_main_process:
-        warn_if_schedule_stretched(path, max_train_steps, args.lr_scheduler)
     with reading_checkpoint(path, args.output_dir), _naming_the_launchers_precision(requested_precision):
         check_checkpoint_folder(path, record, model, use_ema=ema is not None)
+        if accelerator.is_main_process:
+            warn_if_schedule_stretched(path, max_train_steps, args.lr_scheduler)
         accelerator.print(f"Resuming from {path}")
         accelerator.load_state(path)  # model, optimizer, schedule, accumulation step, every process's RNG states
         if ema is not None:
@@ -758,11 +760,14 @@ class _TrainingRun:
         _end_trackers(accelerator)
         losses = self.histories[0].losses
         summary = TrainingSummary(
-            self.global_step, self.resumed_from_step, accelerator.num_processes, samples_per_process,
-            losses[-1] if losses else None,  # the resumed one's when no step was left to make
-            self.out_of_time, self.stop_signal.record_stop() if self.stopped_by_signal else None,
-            self.prepared.max_train_steps, shlex.join(sys.argv), _software_versions(),
-        )  # fmt: skip
+            global_step=self.global_step, resumed_from_step=self.resumed_from_step,
+            num_processes=accelerator.num_processes, samples_per_process=samples_per_process,
+            final_loss=losses[-1] if losses else None,  # the resumed one's when no step was left to make
+            stopped_by_time_budget=self.out_of_time,
+            stopped_by_signal=self.stop_signal.record_stop() if self.stopped_by_signal else None,
+            max_train_steps=self.prepared.max_train_steps, process_command=shlex.join(sys.argv),
+            versions=_software_versions(),
+        )
         if accelerator.is_main_process:
             summary.save(self.args.output_dir)
         return unwrapped, summary
