@@ -534,10 +534,42 @@ def setup(args: argparse.Namespace) -> torch.device:
         if args.output:
             check_writable_file(args.output, "--output")
         check_writable_dir(Path(args.output).parent if args.output else RESULTS_DIR, "--output folder")
-    if args.num_threads:
+    if args.num_threads is not None:
+        if args.num_threads < 1:
+            raise ValueError(f"--num_threads: expected a positive integer, got {args.num_threads}")
         torch.set_num_threads(args.num_threads)
         threadpool_limits(limits=args.num_threads)  # numpy/scipy BLAS, used by scikit-learn
-    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return usable_device(args.device)
+
+
+def check_timesteps_arg(parser: argparse.ArgumentParser, timesteps: Optional[Sequence[int]], unet_dir=None) -> None:
+    """`--timesteps`, distinct and within the diffusion model's range (a `--unet_dir`'s scheduler's, else the 1,000 of
+    the one the benchmark trains), refused before any training (QA: `--timesteps 5000` trained the U-Net, then
+    failed in feature extraction with a traceback)."""
+    if not timesteps:
+        return
+    steps = 1000
+    config = Path(unet_dir or "", "scheduler", "scheduler_config.json")
+    if unet_dir and config.is_file():
+        steps = json.loads(config.read_text()).get("num_train_timesteps", steps)
+    if len(set(timesteps)) != len(timesteps) or not all(0 <= t < steps for t in timesteps):
+        parser.error(f"--timesteps: expected distinct integers in [0, {steps}) (the scheduler's steps), got {timesteps}")
+
+
+def usable_device(name: Optional[str]) -> torch.device:
+    """`--device` as a torch device this machine has (default: cuda when available), refused before any work (QA:
+    `--device cuda:7` on a CPU machine trained first, then failed in torch with a traceback)."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"--device {name!r}: {error}; expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: expected cpu, cuda or cuda:N")
+    return device
 
 
 def training_arguments(

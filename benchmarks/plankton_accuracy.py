@@ -84,6 +84,7 @@ from _common import (
     add_checkpoint_options,
     base_parser,
     check_checkpoint_options,
+    check_timesteps_arg,
     check_unet_dir,
     data_path,
     dataset_name,
@@ -100,6 +101,7 @@ from _common import (
     trained_or_loaded_ddpm,
     training_arguments,
 )
+from diffusion_classifiers.cli import run_from_shell
 from diffusion_classifiers.data import ImagePreprocessing, LabeledImages, few_label_indices, list_image_folder
 from diffusion_classifiers.data.splits import stratified_train_val_test_split
 from diffusion_classifiers.features import DiffusionFeatureExtractor, feature_blocks, hypercolumn, with_hypercolumns
@@ -270,6 +272,7 @@ def parse_args():
         help="results files of full runs with the same preset and other --seed: their mean and spread, train nothing",
     )  # fmt: skip
     args = parser.parse_args()
+    check_timesteps_arg(parser, args.timesteps, args.unet_dir)
     if args.merge:
         return args
     if args.num_threads is None and (args.quick or args.preset == "cpu"):
@@ -1425,4 +1428,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_from_shell("plankton_accuracy.py", main)  # a refused input: one line, no traceback

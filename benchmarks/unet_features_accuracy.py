@@ -33,6 +33,7 @@ from _common import (
     add_probe_C_option,
     base_parser,
     check_data_options,
+    check_timesteps_arg,
     cnn_baseline,
     data_path,
     dataset_name,
@@ -50,6 +51,7 @@ from _common import (
     trained_or_loaded_ddpm,
     training_arguments,
 )
+from diffusion_classifiers.cli import run_from_shell
 from diffusion_classifiers.features import POOLS
 from diffusion_classifiers.metrics import classification_metrics, resolve_positive_label
 from diffusion_classifiers.models import count_parameters
@@ -100,6 +102,7 @@ def parse_args():
     parser.set_defaults(num_threads=1)
     args = parser.parse_args()
     check_data_options(parser, args)
+    check_timesteps_arg(parser, args.timesteps, args.unet_dir)
     if args.keep_checkpoint and "unet_features" not in args.parts:  # QA: accepted, and nothing was kept
         parser.error(
             "--keep_checkpoint: keeps the diffusion model, which --parts cnn does not train; expected with the "
@@ -321,4 +324,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_from_shell("unet_features_accuracy.py", main)  # a refused input: one line, no traceback

@@ -26,7 +26,10 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from scipy.stats import spearmanr
 
-from _common import DATA_HELP, base_parser, load_benchmark_data, report, setup, subsample_splits, target_entry
+from _common import (
+    DATA_HELP, base_parser, check_timesteps_arg, load_benchmark_data, report, setup, subsample_splits, target_entry,
+)
+from diffusion_classifiers.cli import run_from_shell
 from diffusion_classifiers.features import POOLS
 from diffusion_classifiers.models import DEFAULT_TIMESTEPS, unet_config
 from diffusion_classifiers.probing import kmeans_evaluate, label_free_kmeans
@@ -55,6 +58,7 @@ def parse_args():
     parser.add_argument("--timesteps", type=int, nargs="+", default=None, help=f"default {list(DEFAULT_TIMESTEPS)}")
     parser.set_defaults(num_threads=1)
     args = parser.parse_args()
+    check_timesteps_arg(parser, args.timesteps, args.unet_dir)
     if not args.quick and not args.unet_dir:
         parser.error("--unet_dir: a trained U-Net is required for a full run (only --quick uses a random one)")
     args.timesteps = args.timesteps or list(QUICK_TIMESTEPS if args.quick else DEFAULT_TIMESTEPS)
@@ -135,4 +139,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_from_shell("unet_features_bench_label_free.py", main)  # a refused input: one line, no traceback

@@ -1469,3 +1469,17 @@ def test_python_predict_flags_the_training_images_the_pipeline_records(models, t
     write_csv(tmp_path / "in.csv", [("a.png", "cat"), ("b.png", "cat"), ("c.png", "dog")])
     resumed = predict_files(pipe, list_inputs(tmp_path / "in.csv"), tmp_path / "p.csv", progress_bar=False)
     assert (resumed.predicted, resumed.skipped) == (1, 2) and list(read_rows(tmp_path / "p.csv")[0]) == old_columns
+
+
+def test_predict_refuses_to_write_over_its_own_input_csv_even_with_overwrite(models, tmp_path):
+    """QA: the refusal of a file no prediction wrote advised --overwrite, which replaced the user's list of paths."""
+    write_images(tmp_path, ["a.png", "b.png"])
+    listing = tmp_path / "list.csv"
+    listing.write_text("path,label\na.png,cat\nb.png,dog\n")
+    for flag in ("--output", "--errors"):
+        other = {"--output": str(tmp_path / "out.csv"), "--errors": str(tmp_path / "errors.csv")}
+        paths = {**other, flag: str(listing)}
+        with pytest.raises(ValueError, match=rf"{flag} {listing}: it is the --input file"):
+            main(["predict", "--model_dir", str(models / "unet"), "--input", str(listing), "--overwrite",
+                  *[item for pair in paths.items() for item in pair]])  # fmt: skip
+    assert listing.read_text() == "path,label\na.png,cat\nb.png,dog\n"

@@ -598,12 +598,11 @@ def run_probe(args: argparse.Namespace) -> dict:
     from .hub import download
     from .pipelines import UNetFeatureClassifierPipeline
     from .unet_feature_study import run_unet_feature_study
-    from .validation import as_inverse_regularisations, check_no_earlier_report
+    from .validation import check_no_earlier_report
 
     started = time.time()
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
-    args.C = DEFAULT_C if args.C is None else args.C
-    as_inverse_regularisations(args.C, "--C")
+    args.C = _distinct_C(DEFAULT_C if args.C is None else args.C)
     trained = UNetFeatureClassifierPipeline.from_pretrained(args.unet_dir)
     _check_timesteps(args.timesteps, trained.scheduler.config.num_train_timesteps)
     unet_config, contract = trained.unet.config, trained.preprocessing
@@ -806,8 +805,6 @@ def _scored_positive_class(args: argparse.Namespace, train) -> Optional[str]:
 def _fit_head_probe_kwargs(args: argparse.Namespace) -> dict:
     """The linear probe's `--C` (its default set in `args.C`) and `--class_weight`, checked; refused for prototypes,
     which take neither."""
-    from .validation import as_inverse_regularisations
-
     if args.shots is not None and args.shots < 1:
         raise ValueError(f"--shots: expected an integer >= 1 (labelled images per class), got {args.shots}")
     given = [f"--{name}" for name in ("C", "class_weight") if getattr(args, name) is not None]
@@ -816,9 +813,19 @@ def _fit_head_probe_kwargs(args: argparse.Namespace) -> dict:
             f"{' and '.join(given)}: options of a linear probe; --head prototypes has no regularisation or class "
             "weights (its temperature is fitted on val)"
         )
-    args.C = DEFAULT_C if args.C is None else args.C
-    as_inverse_regularisations(args.C, "--C")
+    args.C = _distinct_C(DEFAULT_C if args.C is None else args.C)
     return {"C": args.C, "class_weight": args.class_weight}
+
+
+def _distinct_C(C: list) -> list:
+    """`--C`'s values, each a positive finite number and given once (QA: `--C 1 1` fitted every probe twice), as
+    `--timesteps`' are."""
+    from .validation import as_inverse_regularisations
+
+    values = list(as_inverse_regularisations(C, "--C"))
+    if len(values) != len(C):
+        raise ValueError(f"--C: expected distinct values, got {C}")
+    return values
 
 
 def _rc_dit_pipeline(folder: str, model_dir: str):

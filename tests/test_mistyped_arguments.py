@@ -1,0 +1,76 @@
+"""Arguments a careless user mistypes, refused before any work and by name (QA persona: a bad-input fuzzer over
+every command and public loader): NaN and inf optimizer and EMA settings (one trained and saved a model of NaN weights
+over a good one), an empty data set name, a prediction over its own input, duplicated probe strengths, a benchmark's
+device and timesteps checked only after training."""
+
+import argparse
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffusion_classifiers.cli import main
+from diffusion_classifiers.data import load_image_classification_data, streaming_image_classification_data
+from diffusion_classifiers.training import TrainingArguments
+
+from .conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+import _common  # noqa: E402
+
+sys.path.remove(str(REPO_ROOT / "benchmarks"))
+
+
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("ema_power", float("nan"), "a positive finite number"),
+        ("ema_inv_gamma", 0.0, "a positive finite number"),
+        ("learning_rate", float("inf"), "a positive finite number"),
+        ("adam_beta1", 1.5, r"a number in \[0, 1\)"),
+        ("adam_beta2", float("nan"), r"a number in \[0, 1\)"),
+        ("adam_epsilon", -1.0, "a finite number >= 0"),
+        ("adam_weight_decay", float("inf"), "a finite number >= 0"),
+        ("seed", -1, r"an integer in 0\.\.2\*\*32 - 1"),
+    ],
+)
+def test_optimizer_ema_and_seed_flags_out_of_range_are_refused_by_name(tmp_path, flag, value, expected):
+    with pytest.raises(ValueError, match=rf"expected --{flag} to be {expected}, got {value!r}"):
+        TrainingArguments(str(tmp_path), use_ema=True, **{flag: value})
+
+
+def test_the_loaders_refuse_an_empty_name_a_float_size_a_string_of_class_names_and_a_bad_seed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an image folder: what "" read before
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(5):
+            Image.fromarray(np.full((4, 4), 50 * i, dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
+    for load in (load_image_classification_data, lambda source, **kw: streaming_image_classification_data(source, 1, **kw)):
+        with pytest.raises(ValueError, match=r"source: got an empty name ''"):
+            load("")
+        with pytest.raises(ValueError, match=r"seed: expected an integer in 0\.\.2\*\*32 - 1, got 1\.5"):
+            load("digits" if load is load_image_classification_data else ".", seed=1.5)
+        with pytest.raises(ValueError, match=r"class_names: expected a list of names, one per label id, got the string"):
+            load("digits" if load is load_image_classification_data else ".", class_names="ab")
+    with pytest.raises(ValueError, match=r"image_size: expected a positive int or \(height, width\), got 8\.5"):
+        load_image_classification_data("digits", image_size=8.5)
+
+
+def test_probe_strengths_given_twice_are_refused_as_repeated_timesteps_are(tmp_path):
+    with pytest.raises(ValueError, match=r"--C: expected distinct values, got \[1\.0, 1\.0\]"):
+        main(["probe", "--unet_dir", str(tmp_path / "missing"), "--C", "1", "1", "--output_dir", str(tmp_path / "p")])
+
+
+def test_a_benchmark_refuses_a_device_this_machine_lacks_and_timesteps_out_of_range_before_training():
+    with pytest.raises(ValueError, match=r"--device cuda:7: this machine has \d+ CUDA device"):
+        _common.usable_device("cuda:7")
+    with pytest.raises(ValueError, match=r"--device 'gpu0'"):
+        _common.usable_device("gpu0")
+    assert _common.usable_device("cpu").type == "cpu"
+    parser = argparse.ArgumentParser()
+    with pytest.raises(SystemExit):
+        _common.check_timesteps_arg(parser, [5000])
+    with pytest.raises(SystemExit):
+        _common.check_timesteps_arg(parser, [10, 10])
+    _common.check_timesteps_arg(parser, [0, 999])
