@@ -553,7 +553,9 @@ def check_timesteps_arg(parser: argparse.ArgumentParser, timesteps: Optional[Seq
     if unet_dir and config.is_file():
         steps = json.loads(config.read_text()).get("num_train_timesteps", steps)
     if len(set(timesteps)) != len(timesteps) or not all(0 <= t < steps for t in timesteps):
-        parser.error(f"--timesteps: expected distinct integers in [0, {steps}) (the scheduler's steps), got {timesteps}")
+        parser.error(
+            f"--timesteps: expected distinct integers in [0, {steps}) (the scheduler's steps), got {timesteps}"
+        )
 
 
 def usable_device(name: Optional[str]) -> torch.device:
