@@ -108,7 +108,7 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
     typed = ["evaluate", "--model_dir", str(tmp_path / "pipeline"), "--dataset", "digits",
              "--output_dir", str(tmp_path / "eval")]  # fmt: skip
     assert written["command"] == "diffusion-classifiers " + shlex.join(typed)
-    assert f"carved with seed 3, val fraction {carving['val_fraction']:g}, test fraction" in (
+    assert f"the test split is carved with seed 3 (val fraction {carving['val_fraction']:g}, test fraction" in (
         tmp_path / "eval" / "report.md").read_text()
     assert {p.name for p in (tmp_path / "eval").iterdir()} == {"metrics.json", "report.md", "confusion_matrix.png", "reliability.png"}
     with pytest.raises(ValueError, match="eval' holds an earlier report"):

@@ -1108,7 +1108,8 @@ def render_evaluation_report(
     def row(name: str, value: str, key: Optional[str] = None) -> str:
         return metric_row(name, value, intervals, key)
 
-    lines = [f"# {title}", "", f"{scored}{read}.", "", *metrics_table_header(intervals)]
+    first_paragraph = f"{scored}{read}.{_carving_sentence(metrics, split)}"
+    lines = [f"# {title}", "", first_paragraph, "", *metrics_table_header(intervals)]
     notes = 4  # paragraphs go between the first one and the table, each followed by a blank line
     if "head" in metrics:
         lines[notes:notes] = [f"Head: {metrics['head']['summary']}.", ""]
@@ -1168,13 +1169,19 @@ def _images_scored(metrics: dict, split: Optional[str] = None, dataset_name: Opt
     if dropped:
         owner = "the data set's" if split == ONE_SET else "the split's"
         text += f" ({owner} {scored + dropped} less the {dropped} the model was trained on)"
-    carving = metrics.get("carving")  # recorded by the CLI since 2026-12-07
-    if carving and split != ONE_SET:
-        text += (
-            f" (where the data has no splits of its own, carved with seed {carving['seed']}, val fraction "
-            f"{carving['val_fraction']:g}, test fraction {carving['test_fraction']:g})"
-        )
     return text
+
+
+def _carving_sentence(metrics: dict, split: Optional[str]) -> str:
+    """How a carved split was chosen, where `metrics` records it (the CLI's since 2026-12-07): two evaluations with
+    other seeds score other images."""
+    carving = metrics.get("carving")
+    if not carving or split == ONE_SET:
+        return ""
+    return (
+        f" Where the data has no splits of its own, the {split or 'scored'} split is carved with seed "
+        f"{carving['seed']} (val fraction {carving['val_fraction']:g}, test fraction {carving['test_fraction']:g})."
+    )
 
 
 def seed_sensitivity_rows(sensitivity: dict, intervals: Optional[dict] = None) -> List[str]:
