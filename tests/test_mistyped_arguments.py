@@ -74,3 +74,32 @@ def test_a_benchmark_refuses_a_device_this_machine_lacks_and_timesteps_out_of_ra
     with pytest.raises(SystemExit):
         _common.check_timesteps_arg(parser, [10, 10])
     _common.check_timesteps_arg(parser, [0, 999])
+
+
+def test_a_dataset_of_bare_images_is_refused_for_its_items_not_their_shape(tmp_path):
+    """QA: items `image` instead of `(image, ...)` were refused as images of shape (8, 8), the first one's channel."""
+    import torch
+
+    from diffusion_classifiers.training import train_ddpm_unet
+
+    class Bare(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            return torch.zeros(1, 8, 8)
+
+    args = TrainingArguments(str(tmp_path), max_train_steps=1, num_sample_images=0)
+    with pytest.raises(ValueError, match=r"expected training dataset items \(image \[C, H, W\], label, \.\.\.\).*"
+                                         r"got a Tensor of shape \(1, 8, 8\)"):
+        train_ddpm_unet(args, Bare(), preset="tiny")
+
+
+def test_a_python_caller_is_told_the_argument_not_the_flag_that_replaces_an_earlier_report(tmp_path):
+    from diffusion_classifiers.validation import check_no_earlier_report
+
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"output_dir .* pass overwrite=True to replace it"):
+        check_no_earlier_report(tmp_path, False, "output_dir")
+    with pytest.raises(ValueError, match=r"--output_dir .* pass --overwrite_output_dir to replace it"):
+        check_no_earlier_report(tmp_path, False)

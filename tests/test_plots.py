@@ -1,6 +1,6 @@
 """Every report figure is written, opens as a PNG of its documented size, and keeps its title inside the image."""
 
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 import numpy as np
 import pytest
 from PIL import Image
@@ -169,7 +169,7 @@ def test_a_figure_that_fails_mid_write_leaves_the_earlier_one_whole(tmp_path):
 
     path = tmp_path / "confusion_matrix.png"
     path.write_bytes(b"the earlier run's figure")
-    fig = plt.figure()
+    fig = Figure()
 
     def fail_half_way(handle, **kwargs):
         handle.write(b"\x89PNG half")
@@ -179,7 +179,21 @@ def test_a_figure_that_fails_mid_write_leaves_the_earlier_one_whole(tmp_path):
     with pytest.raises(OSError, match="No space left"):
         _save(fig, str(path))
     assert path.read_bytes() == b"the earlier run's figure" and [p.name for p in tmp_path.iterdir()] == [path.name]
-    assert not plt.fignum_exists(fig.number)
+
+
+def test_drawing_leaves_the_callers_backend_and_figures_alone(tmp_path):
+    """QA: importing the plots switched a notebook's backend to Agg, and its own figures stopped showing."""
+    import subprocess
+    import sys
+
+    script = (
+        "import matplotlib; matplotlib.use('svg'); import matplotlib.pyplot as plt; mine = plt.figure(); "
+        "from diffusion_classifiers.plots import plot_loss_curve; "
+        f"plot_loss_curve([1, 2, 3], [1.0, 0.5, 0.25], {str(tmp_path / 'loss.png')!r}); "
+        "print(matplotlib.get_backend(), plt.get_fignums() == [mine.number])"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["svg", "True"] and (tmp_path / "loss.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("num_classes", [13, 121])
@@ -201,4 +215,3 @@ def test_a_confusion_matrix_title_stays_clear_of_the_colour_bar_and_says_what_is
     assert not extent.overlaps(colour_bar) and fig.bbox.contains(extent.x0, extent.y0)
     assert fig.bbox.contains(extent.x1, extent.y1)
     assert ("counts" in title.get_text()) == (num_classes <= plots.ANNOTATED_CLASSES)
-    plt.close(fig)

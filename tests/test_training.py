@@ -358,3 +358,22 @@ def test_a_lock_whose_owner_could_not_be_written_is_not_left_behind(tmp_path, mo
     lock = RunLock(str(path), "x", "--x", "run")
     lock.acquire()  # the space freed: the next run starts
     lock.release()
+
+
+def test_training_leaves_the_callers_random_generators_as_they_were(tmp_path):
+    """QA: after a training cell, a notebook's own draws came from the state `args.seed` left, whatever it seeded."""
+    import random
+
+
+    from diffusion_classifiers.training import TrainingArguments, train_ddpm_unet
+
+    images = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    draws = []
+    for run in range(2):
+        random.seed(7), np.random.seed(7), torch.manual_seed(7)
+        args = TrainingArguments(str(tmp_path / f"run{run}"), max_train_steps=1, lr_warmup_steps=0, train_batch_size=4,
+                                 num_sample_images=0, seed=run)  # fmt: skip
+        train_ddpm_unet(args, images, preset="tiny")
+        draws.append((random.random(), float(np.random.rand()), float(torch.rand(1))))
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    assert draws[0] == draws[1] == (random.random(), float(np.random.rand()), float(torch.rand(1)))

@@ -2,8 +2,9 @@
 diagram, label-efficiency curve and training-loss curve.
 
 Curves and matrices are drawn by scikit-learn's displays (`ConfusionMatrixDisplay`, `RocCurveDisplay`,
-`PrecisionRecallDisplay`, `CalibrationDisplay`) on matplotlib's Agg backend. Every figure has a fixed size in
-inches and is saved at `DPI` (no tight cropping), so its pixel size is known; titles are wrapped to fit.
+`PrecisionRecallDisplay`, `CalibrationDisplay`) on figures of their own with an Agg canvas, never through pyplot: the
+backend a caller chose (a notebook's inline one) and the figures it has open are left alone. Every figure has a fixed
+size in inches and is saved at `DPI` (no tight cropping), so its pixel size is known; titles are wrapped to fit.
 matplotlib is imported here only: `import diffusion_classifiers` never loads this module.
 """
 
@@ -12,15 +13,15 @@ import os
 import textwrap
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
-from sklearn.calibration import CalibrationDisplay  # noqa: E402
-from sklearn.metrics import (  # noqa: E402
+import numpy as np
+from matplotlib.artist import setp
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+from sklearn.calibration import CalibrationDisplay
+from sklearn.metrics import (
     ConfusionMatrixDisplay,
     PrecisionRecallDisplay,
     RocCurveDisplay,
@@ -28,8 +29,8 @@ from sklearn.metrics import (  # noqa: E402
     recall_score,
 )
 
-from .atomic_files import write_atomically  # noqa: E402
-from .metrics import calibration_metrics, finite_ranking, float_array  # noqa: E402
+from .atomic_files import write_atomically
+from .metrics import calibration_metrics, finite_ranking, float_array
 
 __all__ = [
     "DPI",
@@ -52,13 +53,18 @@ def _wrap(title: str, width: int) -> str:
     return "\n".join(textwrap.wrap(title, width)) or title
 
 
+def _subplots(*grid: int, **kwargs) -> tuple:
+    """`pyplot.subplots(*grid, **kwargs)` on a figure of its own (an Agg canvas, unknown to pyplot: QA, importing
+    this module switched a notebook's backend to Agg, and its own figures stopped showing)."""
+    fig = Figure(figsize=kwargs.pop("figsize"), layout=kwargs.pop("layout", None))
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(*grid, **kwargs)
+
+
 def _save(fig, path: str) -> None:
-    """`fig` written whole or not at all (an earlier run's figure stays until the new one is complete), then closed."""
+    """`fig` written whole or not at all (an earlier run's figure stays until the new one is complete)."""
     image_format = os.path.splitext(path)[1].lstrip(".") or None
-    try:
-        write_atomically(path, lambda handle: fig.savefig(handle, dpi=DPI, format=image_format), mode="wb")
-    finally:
-        plt.close(fig)
+    write_atomically(path, lambda handle: fig.savefig(handle, dpi=DPI, format=image_format), mode="wb")
 
 
 def plot_probe_heatmap(
@@ -76,7 +82,7 @@ def plot_probe_heatmap(
         grid[blocks.index(block), timesteps.index(t)] = value
     label_inches = 0.08 * max(0, max(len(str(block)) for block in blocks) - 14)  # long names (hypercolumns) need room
     figsize = (1.1 * len(timesteps) + 3 + label_inches, 0.5 * len(blocks) + 2)
-    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+    fig, ax = _subplots(figsize=figsize, layout="constrained")
     low, high = 100 * np.nanmin(grid), 100 * np.nanmax(grid)
     if low == high:  # one value everywhere: a unit band around it, inside [0, 100]
         low, high = max(0.0, low - 1), min(100.0, high + 1)
@@ -91,7 +97,7 @@ def plot_probe_heatmap(
             ax.text(col, row, f"{100 * value:.1f}", ha="center", va="center", color="k" if bright else "w", fontsize=8)
     if best_pair is not None:
         row, col = blocks.index(best_pair[0]), timesteps.index(best_pair[1])
-        ax.add_patch(plt.Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+        ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     fig.colorbar(image, ax=ax, label="accuracy (%)")
     ax.set_title(_wrap(title + (" (red: chosen)" if best_pair is not None else ""), 12 * len(timesteps) + 20))
     _save(fig, path)
@@ -123,12 +129,12 @@ def plot_confusion_matrix(
     shown = counts if normalize is None else counts / np.maximum(counts.sum(axis=axis, keepdims=axis is not None), 1)
     many = len(class_names) > ANNOTATED_CLASSES  # then colours only: numbers in 10,000 cells are unreadable
     size = max(5.0, (0.16 if many else 0.55) * len(class_names) + 3.5)
-    fig, ax = plt.subplots(figsize=(size + 1, size), layout="constrained")
+    fig, ax = _subplots(figsize=(size + 1, size), layout="constrained")
     display = ConfusionMatrixDisplay(shown, display_labels=list(class_names))
     rotation = 90 if many else 45 if len(class_names) > 4 else "horizontal"
     display.plot(ax=ax, cmap="Blues", colorbar=True, xticks_rotation=rotation, include_values=not many)
     if rotation == 45:  # each slanted label ends under its column (centred, long class names ran into each other)
-        plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
+        setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
     if many:
         ax.tick_params(labelsize=6)
     display.im_.set_clim(0, None if normalize is None else 1)
@@ -177,7 +183,7 @@ def plot_roc_pr(
     sensitivity = recall_score(y_true, y_pred, pos_label=positive_label, zero_division=0)
     specificity = recall_score(y_true, y_pred, pos_label=1 - positive_label, zero_division=0)
     precision = precision_score(y_true, y_pred, pos_label=positive_label, zero_division=0)
-    fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(10, 5), layout="constrained")
+    fig, (roc_ax, pr_ax) = _subplots(1, 2, figsize=(10, 5), layout="constrained")
     curve = dict(pos_label=positive_label, name="classifier", plot_chance_level=True)
     marker = dict(marker="o", color="C3", markersize=8, linestyle="", clip_on=False)
 
@@ -246,7 +252,7 @@ def plot_reliability(y_true, probs, path: str, num_bins: int = 10, title: str = 
     probs = float_array(probs)
     calibration = calibration_metrics(y_true, probs, num_bins=num_bins)
     filled = [b for b in calibration["bins"] if b["count"]]
-    fig, (curve_ax, count_ax) = plt.subplots(
+    fig, (curve_ax, count_ax) = _subplots(
         2, 1, figsize=(5.5, 7), height_ratios=(3, 1.3), sharex=True, layout="constrained"
     )
     display = CalibrationDisplay(
@@ -306,7 +312,7 @@ def plot_label_efficiency(
     """
     if not curves or not all(curves.values()):
         raise ValueError(f"expected at least one method with at least one point, got {dict(curves)}")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), layout="constrained")
+    fig, axes = _subplots(1, 2, figsize=(10, 4.5), layout="constrained")
     error_bars = False
     for ax, metric, label in zip(axes, ("accuracy", "macro_f1"), ("accuracy", "macro-F1")):
         for method, points in curves.items():
@@ -345,7 +351,7 @@ def plot_loss_curve(steps: Sequence[int], losses: Sequence[float], path: str, ti
         raise ValueError(
             f"expected one loss per step and at least one, got {len(steps)} steps and {len(losses)} losses"
         )
-    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    fig, ax = _subplots(figsize=(7, 4), layout="constrained")
     window = max(1, len(losses) // 50)
     # faint under its moving average; the only line, drawn plainly (QA: under 100 steps all a reader got was faint)
     faint = dict(alpha=0.35, linewidth=0.8) if window > 1 else dict(linewidth=1.5)

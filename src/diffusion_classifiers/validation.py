@@ -175,11 +175,13 @@ def check_unit_range(images: torch.Tensor, name: str = "images", tolerance: floa
 def check_no_earlier_report(path, overwrite: bool, name: str = "--output_dir") -> None:
     """Refuse a folder holding an earlier run's report (`metrics.json`) unless `overwrite`: a new report would replace
     it without a word. An overwriting run removes it before its first file (`remove_earlier_report`) and writes its
-    own last, so a run that fails halfway leaves no report beside the two runs' files."""
+    own last, so a run that fails halfway leaves no report beside the two runs' files. `name` is the flag
+    (`--output_dir`) or, for a Python function, its argument (`output_dir`: then `overwrite=True` is named)."""
     if not overwrite and os.path.exists(os.path.join(path, "metrics.json")):
+        way = "--overwrite_output_dir" if name.startswith("--") else "overwrite=True"
         raise ValueError(
-            f"{name} {str(path)!r} holds an earlier report (metrics.json); choose another folder, or pass "
-            "--overwrite_output_dir to replace it"
+            f"{name} {str(path)!r} holds an earlier report (metrics.json); choose another folder, or pass {way} to "
+            "replace it"
         )
 
 

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..validation import check_finite_rows
+from ..validation import check_finite_rows, first_and_more
 from .preprocessing import ImagePreprocessing, _describe
 
 __all__ = [
@@ -24,7 +24,7 @@ SPLITS = ("train", "val", "test")
 ONE_SET = "all"  # every image of a data set as one set, none carved (the loaders' `one_set=True`)
 
 
-@dataclass
+@dataclass(repr=False)
 class LabeledImages:
     r"""
     Images with integer labels and the names of the classes.
@@ -44,6 +44,14 @@ class LabeledImages:
     labels: torch.Tensor
     class_names: list[str]
     preprocessing: ImagePreprocessing | None = None
+
+    def __repr__(self) -> str:
+        """A summary, not the pixel values (QA: a notebook cell showing a split printed 11,000 characters of them)."""
+        counts = np.bincount(self.labels.numpy(), minlength=len(self.class_names)).tolist()
+        per_class = first_and_more([f"{name!r}: {count}" for name, count in zip(self.class_names, counts)], 10)
+        read = f", read at {self.preprocessing.summary()}" if self.preprocessing is not None else ""
+        shape = list(self.images.shape[1:])
+        return f"LabeledImages({len(self)} images {shape}, {len(counts)} classes {{{per_class}}}{read})"
 
     def __post_init__(self) -> None:
         if not isinstance(self.images, torch.Tensor) or self.images.dtype != torch.float32 or self.images.ndim != 4:

@@ -221,7 +221,8 @@ class StreamingImages(torch.utils.data.Dataset):
         loader = torch.utils.data.DataLoader(
             _ReadOnce(self), batch_size=_VERIFY_BATCH, num_workers=num_workers, collate_fn=list
         )  # fmt: skip
-        bar = tqdm(loader, desc="Reading every image", unit="batch", disable=not progress_bar)
+        hidden = {} if progress_bar else {"disable": True}  # shown: TQDM_DISABLE=1 still silences it
+        bar = tqdm(loader, desc="Reading every image", unit="batch", **hidden)
         failures, fingerprints = [], []
         for index, reason, fingerprint in (item for batch in bar for item in batch):
             if reason is None:

@@ -476,9 +476,12 @@ class DiffusionClassifierPipeline(SplitRecordMixin, SavedWithCodeMixin, SavedPre
     @property
     def progress_bar_config(self) -> dict:
         """The tqdm arguments of `set_progress_bar_config`, with diffusers' default (bars on the main process only):
-        passed down to the library functions a pipeline calls, so one setting governs the whole call."""
+        passed down to the library functions a pipeline calls, so one setting governs the whole call. On the main
+        process `disable` is left to tqdm unless set: `TQDM_DISABLE=1` then hides the bars (QA: an explicit False
+        overrode it)."""
         config = dict(getattr(self, "_progress_bar_config", {}))
-        config.setdefault("disable", not is_torch_dist_rank_zero())
+        if not is_torch_dist_rank_zero():
+            config.setdefault("disable", True)
         return config
 
     @contextmanager

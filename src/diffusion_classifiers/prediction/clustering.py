@@ -453,7 +453,8 @@ def _extracted(
     from tqdm.auto import tqdm
 
     gathered: dict = {}
-    with tqdm(total=len(inputs), desc=description, unit="file", disable=not progress_bar) as bar:
+    hidden = {} if progress_bar else {"disable": True}  # shown: TQDM_DISABLE=1 still silences it
+    with tqdm(total=len(inputs), desc=description, unit="file", **hidden) as bar:
         for batch_rows, images in _read_in_batches(pipeline, inputs, batch_size, errors, bar):
             for name, value in extract(images).items():
                 gathered.setdefault(name, _GrowingRows(len(inputs))).append(value.detach().float().cpu().numpy())

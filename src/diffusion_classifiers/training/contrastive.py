@@ -37,6 +37,7 @@ from ..validation import check_finite_rows, check_unit_range
 from .arguments import TrainingArguments
 from .dino_diagnostics import dino_monitor
 from .loop import total_optimizer_steps, train
+from .monitoring import global_random_states_kept
 
 __all__ = [
     "METHODS",
@@ -485,6 +486,7 @@ def _split_objective_kwargs(method: str, kwargs: dict) -> tuple[dict, dict, dict
     return tuple({k: v for k, v in kwargs.items() if k in group} for group in groups)
 
 
+@global_random_states_kept()
 def train_contrastive_encoder(
     args: TrainingArguments,
     images: torch.Tensor,

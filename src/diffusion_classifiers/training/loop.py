@@ -74,6 +74,7 @@ from .monitoring import (
     MonitorFunction,
     MonitorHistory,
     SampleGridFunction,
+    global_random_states_kept,
     remove_samples_after,
     write_sample_grid,
 )
@@ -166,6 +167,7 @@ def total_optimizer_steps(args: TrainingArguments, num_examples: int, num_proces
 LossFunction = Callable[[nn.Module, tuple], torch.Tensor]  # loss_fn(model, batch) -> a scalar loss
 
 
+@global_random_states_kept()
 def train(
     args: TrainingArguments,
     model: nn.Module,

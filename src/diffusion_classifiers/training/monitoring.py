@@ -39,6 +39,7 @@ __all__ = [
     "MonitorHistory",
     "SampleGridFunction",
     "evaluation_view",
+    "global_random_states_kept",
     "image_grid",
     "remove_samples_after",
     "write_sample_grid",
@@ -95,7 +96,7 @@ class LossHistory:
 
     def save(self, output_dir: str) -> None:
         """`loss_history.json`, `loss_history.csv` and `loss_curve.png`, each written whole, then renamed."""
-        with _random_states_kept():  # importing scikit-learn (by `plots`) draws from Python's global RNG
+        with global_random_states_kept():  # importing scikit-learn (by `plots`) draws from Python's global RNG
             from ..plots import plot_loss_curve
 
         write_json_atomically(os.path.join(output_dir, LOSS_HISTORY_NAME), self.to_json())
@@ -175,7 +176,7 @@ def evaluation_view(model: nn.Module, ema: Optional[EMAModel]) -> Iterator[nn.Mo
         ema.store(model.parameters())
         ema.copy_to(model.parameters())
     try:
-        with _random_states_kept():
+        with global_random_states_kept():
             model.eval()
             with torch.no_grad():
                 yield model
@@ -186,9 +187,11 @@ def evaluation_view(model: nn.Module, ema: Optional[EMAModel]) -> Iterator[nn.Mo
 
 
 @contextmanager
-def _random_states_kept() -> Iterator[None]:
+def global_random_states_kept() -> Iterator[None]:
     """Python's, numpy's and torch's global random states (those accelerate saves in a checkpoint, which a loss or a
-    dataset may draw from) as they were on entry, whatever the block drew."""
+    dataset may draw from) as they were on entry, whatever the block drew; also a decorator,
+    `@global_random_states_kept()` (the trainers: QA, a notebook's own draws after a training cell came from the
+    state `args.seed` left)."""
     python_state, numpy_state, cpu_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
     cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     try:

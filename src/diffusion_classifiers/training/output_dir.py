@@ -115,7 +115,7 @@ def refuse_another_runs_output_dir(output_dir: str, resume: bool, overwrite: boo
     raise FileExistsError(
         f"--output_dir {output_dir} already holds another run's {', '.join(previous)}"
         f"{' and no checkpoint-N to resume from' if resume else ''}; pass {advice}--overwrite_output_dir to "
-        "replace it"
+        "replace it (in Python, the TrainingArguments of the same names)"
     )
 
 

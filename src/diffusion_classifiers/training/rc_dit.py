@@ -18,7 +18,7 @@ from ..pipelines.pipeline_rc_dit_image_variation import RepresentationConditione
 from .arguments import TrainingArguments
 from .denoising import DenoisingLoss
 from .loop import TrainingSummary, train
-from .monitoring import SampleGridFunction, image_grid
+from .monitoring import SampleGridFunction, global_random_states_kept, image_grid
 from .patch_masks import MASKED_TARGETS, hide_patches, random_patch_mask, standardize_patches
 from .rc_dit_diagnostics import rc_dit_monitor, recompute_representation_statistics
 from .unet import TrainingImages, first_image, images_at, training_dataset
@@ -263,6 +263,7 @@ def _check_patch_size(patch_size: int, sample_size: int, where: str, default_of:
     )
 
 
+@global_random_states_kept()
 def train_rc_dit(
     args: TrainingArguments,
     images: TrainingImages,

@@ -12,7 +12,7 @@ from ..models.unet_presets import unet_config
 from .arguments import TrainingArguments
 from .denoising import DenoisingLoss, check_training_images
 from .loop import TrainingSummary, train
-from .monitoring import SampleGridFunction, image_grid
+from .monitoring import SampleGridFunction, global_random_states_kept, image_grid
 
 __all__ = ["TrainingImages", "ddpm_objective", "ddpm_sample_grid", "train_ddpm_unet", "training_dataset"]
 
@@ -37,8 +37,16 @@ def training_dataset(images: TrainingImages, labels: Optional[torch.Tensor] = No
 
 
 def first_image(dataset: Dataset) -> torch.Tensor:
-    """The image `[C, H, W]` of a training dataset's first item (the shape the models are built for)."""
-    return dataset[0][0]
+    """The image `[C, H, W]` of a training dataset's first item (the shape the models are built for); an item that is
+    not an `(image, ...)` tuple is refused as such (QA: a bare image's first channel was blamed for its shape)."""
+    item = dataset[0]
+    if not isinstance(item, (tuple, list)) or not item:
+        raise ValueError(
+            f"expected training dataset items (image [C, H, W], label, ...) as torch's TensorDataset gives them, got "
+            f"a {type(item).__name__}{f' of shape {tuple(item.shape)}' if hasattr(item, 'shape') else ''} (return "
+            "(image,) from __getitem__)"
+        )
+    return item[0]
 
 
 def images_at(images: TrainingImages, indices) -> torch.Tensor:
@@ -73,6 +81,7 @@ def ddpm_sample_grid(
     return sample_grid
 
 
+@global_random_states_kept()
 def _train_unet(
     args: TrainingArguments,
     dataset: Dataset,
