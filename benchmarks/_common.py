@@ -534,28 +534,32 @@ def setup(args: argparse.Namespace) -> torch.device:
         if args.output:
             check_writable_file(args.output, "--output")
         check_writable_dir(Path(args.output).parent if args.output else RESULTS_DIR, "--output folder")
+    if args.num_threads is not None and args.num_threads < 1:
+        sys.exit(f"{Path(sys.argv[0]).name}: error: --num_threads: expected a positive integer, got {args.num_threads}")
     if args.num_threads is not None:
-        if args.num_threads < 1:
-            raise ValueError(f"--num_threads: expected a positive integer, got {args.num_threads}")
         torch.set_num_threads(args.num_threads)
         threadpool_limits(limits=args.num_threads)  # numpy/scipy BLAS, used by scikit-learn
-    return usable_device(args.device)
+    try:
+        return usable_device(args.device)
+    except ValueError as error:  # one line, as argparse's: the flag is named
+        sys.exit(f"{Path(sys.argv[0]).name}: error: {error}")
 
 
 def check_timesteps_arg(parser: argparse.ArgumentParser, timesteps: Optional[Sequence[int]], unet_dir=None) -> None:
-    """`--timesteps`, distinct and within the diffusion model's range (a `--unet_dir`'s scheduler's, else the 1,000 of
-    the one the benchmark trains), refused before any training (QA: `--timesteps 5000` trained the U-Net, then
-    failed in feature extraction with a traceback)."""
-    if not timesteps:
-        return
-    steps = 1000
+    """`--timesteps` as `features.check_timesteps` takes them for the diffusion model (a `--unet_dir`'s scheduler, else
+    the 1,000 steps of the one the benchmark trains), refused before any training (QA: `--timesteps 5000` trained the
+    U-Net, then failed in feature extraction with a traceback). A `--unet_dir` without a scheduler is left to the
+    check that reads it."""
+    from diffusion_classifiers.features import check_timesteps
+
     config = Path(unet_dir or "", "scheduler", "scheduler_config.json")
-    if unet_dir and config.is_file():
-        steps = json.loads(config.read_text()).get("num_train_timesteps", steps)
-    if len(set(timesteps)) != len(timesteps) or not all(0 <= t < steps for t in timesteps):
-        parser.error(
-            f"--timesteps: expected distinct integers in [0, {steps}) (the scheduler's steps), got {timesteps}"
-        )
+    if not timesteps or (unet_dir and not config.is_file()):
+        return
+    steps = json.loads(config.read_text()).get("num_train_timesteps", 1000) if unet_dir else 1000
+    try:
+        check_timesteps(timesteps, steps)
+    except ValueError as error:
+        parser.error(f"--timesteps: {error}")
 
 
 def usable_device(name: Optional[str]) -> torch.device:

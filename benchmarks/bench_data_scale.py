@@ -44,7 +44,6 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from _common import base_parser, data_path, report, setup, target_entry
 from diffusion_classifiers import UNetFeatureClassifierPipeline
-from diffusion_classifiers.cli import run_from_shell
 from diffusion_classifiers.data import load_image_classification_data, streaming_image_classification_data
 from diffusion_classifiers.features import DiffusionFeatureExtractor
 from diffusion_classifiers.models import LinearProbeHead, unet_config
@@ -327,4 +326,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_from_shell("bench_data_scale.py", main)  # a refused input: one line, no traceback
+    main()

@@ -101,7 +101,6 @@ from _common import (
     trained_or_loaded_ddpm,
     training_arguments,
 )
-from diffusion_classifiers.cli import run_from_shell
 from diffusion_classifiers.data import ImagePreprocessing, LabeledImages, few_label_indices, list_image_folder
 from diffusion_classifiers.data.splits import stratified_train_val_test_split
 from diffusion_classifiers.features import DiffusionFeatureExtractor, feature_blocks, hypercolumn, with_hypercolumns
@@ -1428,4 +1427,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_from_shell("plankton_accuracy.py", main)  # a refused input: one line, no traceback
+    main()

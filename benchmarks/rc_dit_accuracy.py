@@ -83,7 +83,6 @@ from _common import (  # noqa: E402
 from rc_dit_bench_recipe import BASELINES as RECIPE_BASELINES  # noqa: E402
 from rc_dit_bench_recipe import baseline_readout  # noqa: E402
 
-from diffusion_classifiers.cli import run_from_shell  # noqa: E402
 from diffusion_classifiers.data import stratified_subset_indices  # noqa: E402
 from diffusion_classifiers.models import (  # noqa: E402
     RC_DIT_SIZES,
@@ -553,4 +552,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_from_shell("rc_dit_accuracy.py", main)  # a refused input: one line, no traceback
+    main()

@@ -19,7 +19,6 @@ from diffusers import DDPMScheduler
 from torch import nn
 
 from _common import base_parser, median_seconds, report, setup
-from diffusion_classifiers.cli import run_from_shell
 from diffusion_classifiers.models import (
     RepresentationConditionedDiTModel,
     build_vit_encoder,
@@ -128,4 +127,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_from_shell("rc_dit_bench_conditioning.py", main)  # a refused input: one line, no traceback
+    main()

@@ -43,7 +43,6 @@ from _common import (
     target_entry,
     training_arguments,
 )
-from diffusion_classifiers.cli import run_from_shell
 from diffusion_classifiers.metrics import classification_metrics
 from diffusion_classifiers.models import build_vit_encoder, encode_representation, representation_of
 from diffusion_classifiers.probing import few_shot_indices, kmeans_evaluate, prototype_classify
@@ -371,4 +370,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_from_shell("rc_dit_bench_recipe.py", main)  # a refused input: one line, no traceback
+    main()

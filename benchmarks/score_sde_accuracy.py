@@ -67,7 +67,6 @@ from _common import (
     timed,
     training_arguments,
 )
-from diffusion_classifiers.cli import run_from_shell
 from diffusion_classifiers.metrics import classification_metrics, resolve_positive_label
 from diffusion_classifiers.models import UNET_PRESETS, SupervisedCNN, count_parameters, unet_config
 from diffusion_classifiers.pipelines import ScoreSDEClassifierPipeline
@@ -561,4 +560,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_from_shell("score_sde_accuracy.py", main)  # a refused input: one line, no traceback
+    main()

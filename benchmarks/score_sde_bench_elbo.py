@@ -36,7 +36,6 @@ import numpy as np
 import torch
 
 from _common import base_parser, data_path, median_seconds, report, setup, target_entry, training_arguments
-from diffusion_classifiers.cli import run_from_shell
 from diffusion_classifiers.data import load_image_classification_data, stratified_subset_indices
 from diffusion_classifiers.likelihood import denoising_error_scores, rank_timestep_strata, replay_stopping_rule
 from diffusion_classifiers.likelihood.denoising_error import first_early_stop_look
@@ -259,4 +258,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_from_shell("score_sde_bench_elbo.py", main)  # a refused input: one line, no traceback
+    main()

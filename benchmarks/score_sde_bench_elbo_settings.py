@@ -40,7 +40,6 @@ from _common import (
     stratified_subset_index,
     target_entry,
 )
-from diffusion_classifiers.cli import run_from_shell
 from diffusion_classifiers.likelihood import TIMESTEP_SPACINGS, WEIGHTINGS
 from diffusion_classifiers.metrics import resolve_positive_label
 from score_sde_accuracy import classify, train_unet
@@ -194,4 +193,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_from_shell("score_sde_bench_elbo_settings.py", main)  # a refused input: one line, no traceback
+    main()

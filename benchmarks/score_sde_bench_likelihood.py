@@ -49,7 +49,6 @@ from scipy.integrate import solve_ivp
 from sklearn.metrics import roc_auc_score
 
 from _common import base_parser, data_path, median_seconds, report, setup, target_entry, training_arguments
-from diffusion_classifiers.cli import run_from_shell
 from diffusion_classifiers.data import load_image_classification_data, stratified_subset_indices
 from diffusion_classifiers.likelihood import (
     VPSDE,
@@ -327,4 +326,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_from_shell("score_sde_bench_likelihood.py", main)  # a refused input: one line, no traceback
+    main()

@@ -49,7 +49,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from _common import base_parser, report, setup, target_entry
-from diffusion_classifiers.cli import run_from_shell
 from diffusion_classifiers.models import RepresentationConditionedDiTModel, build_vit_encoder, rc_dit_config, unet_config
 from diffusion_classifiers.training import DenoisingLoss, RCDiTJointModel, RCDiTLoss, TrainingArguments, train
 from diffusion_classifiers.training.arguments import COMPILE_MODES
@@ -383,4 +382,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_from_shell("training_speed.py", main)  # a refused input: one line, no traceback
+    main()

@@ -51,7 +51,6 @@ from _common import (
     trained_or_loaded_ddpm,
     training_arguments,
 )
-from diffusion_classifiers.cli import run_from_shell
 from diffusion_classifiers.features import POOLS
 from diffusion_classifiers.metrics import classification_metrics, resolve_positive_label
 from diffusion_classifiers.models import count_parameters
@@ -324,4 +323,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_from_shell("unet_features_accuracy.py", main)  # a refused input: one line, no traceback
+    main()

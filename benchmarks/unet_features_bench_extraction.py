@@ -17,7 +17,6 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from _common import base_parser, median_seconds, report, setup, target_entry
-from diffusion_classifiers.cli import run_from_shell
 from diffusion_classifiers.features import DiffusionFeatureExtractor
 from diffusion_classifiers.models import unet_config
 
@@ -146,4 +145,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_from_shell("unet_features_bench_extraction.py", main)  # a refused input: one line, no traceback
+    main()

@@ -29,7 +29,6 @@ from scipy.stats import spearmanr
 from _common import (
     DATA_HELP, base_parser, check_timesteps_arg, load_benchmark_data, report, setup, subsample_splits, target_entry,
 )
-from diffusion_classifiers.cli import run_from_shell
 from diffusion_classifiers.features import POOLS
 from diffusion_classifiers.models import DEFAULT_TIMESTEPS, unet_config
 from diffusion_classifiers.probing import kmeans_evaluate, label_free_kmeans
@@ -139,4 +138,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_from_shell("unet_features_bench_label_free.py", main)  # a refused input: one line, no traceback
+    main()

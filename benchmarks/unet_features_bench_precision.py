@@ -31,7 +31,6 @@ import torch
 from diffusers.utils import logging as diffusers_logging
 
 from _common import base_parser, data_path, load_benchmark_data, median_seconds, report, setup, subsample_splits, target_entry, training_arguments
-from diffusion_classifiers.cli import run_from_shell
 from diffusion_classifiers.features import DiffusionFeatureExtractor
 from diffusion_classifiers.probing import fit_probe_grid
 from diffusion_classifiers.training import train_ddpm_unet
@@ -124,4 +123,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_from_shell("unet_features_bench_precision.py", main)  # a refused input: one line, no traceback
+    main()

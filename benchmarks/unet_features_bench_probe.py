@@ -32,7 +32,6 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
 from _common import base_parser, data_path, median_seconds, report, setup, target_entry
-from diffusion_classifiers.cli import run_from_shell
 from diffusion_classifiers.data import load_image_classification_data
 from diffusion_classifiers.features import DiffusionFeatureExtractor, _pool
 from diffusion_classifiers.models import unet_config
@@ -272,4 +271,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_from_shell("unet_features_bench_probe.py", main)  # a refused input: one line, no traceback
+    main()

@@ -415,6 +415,6 @@ def test_a_command_run_from_python_records_its_process_s_command(monkeypatch):
     from diffusion_classifiers.validation import typed_command
 
     monkeypatch.setattr(sys, "argv", ["my_script.py", "--k", "5"])
-    assert typed_command(argparse.Namespace()) == "diffusion-classifiers --k 5"
+    assert typed_command(argparse.Namespace()) == "my_script.py --k 5"
     typed = argparse.Namespace(command_line="diffusion-classifiers cluster")
     assert typed_command(typed) == "diffusion-classifiers cluster"

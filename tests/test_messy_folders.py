@@ -90,6 +90,7 @@ def no_file_warned_yet(monkeypatch):
     from diffusion_classifiers.data import image_files
 
     monkeypatch.setattr(image_files, "_warned_by_this_process", set())
+    monkeypatch.setattr(image_files, "_warnings_outside_a_notice", [0])
 
 
 def test_a_multi_frame_tiff_or_gif_reads_its_first_frame_and_says_so_once(tmp_path, no_file_warned_yet):
@@ -109,6 +110,27 @@ def test_a_multi_frame_tiff_or_gif_reads_its_first_frame_and_says_so_once(tmp_pa
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an MPO's second frame is a camera's preview: not an image of its own
         preprocess_images([str(tmp_path / "single.tif"), str(tmp_path / "photo.mpo")])
+
+
+def test_multi_frame_files_opened_one_by_one_are_named_a_few_times_then_counted(tmp_path, no_file_warned_yet):
+    """Second read: outside the loaders each file was its own warning, without end; bytes were all one file."""
+    import io
+
+    from diffusion_classifiers.data import image_files
+
+    names = [f"stack{i}.tif" for i in range(image_files.MULTI_FRAME_FILES_NAMED + 3)]
+    write_stacks(tmp_path, names)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for name in names + names:  # every file twice
+            image_files.open_image(tmp_path / name)
+    messages = [str(warning.message) for warning in caught]
+    assert len(messages) == image_files.MULTI_FRAME_FILES_NAMED + 1 and "not named further" in messages[-1]
+    write_stacks(tmp_path / "bytes", ["a.tif", "b.tif"])
+    with pytest.warns(UserWarning, match=r"^2 image file\(s\).*image 2 given as bytes"):
+        with image_files.first_frames_noted():
+            for name in ("a.tif", "b.tif"):
+                image_files.open_image(io.BytesIO((tmp_path / "bytes" / name).read_bytes()))
 
 
 @pytest.mark.parametrize("streaming", [False, True])

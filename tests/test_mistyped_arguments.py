@@ -8,10 +8,15 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from diffusion_classifiers.cli import main
-from diffusion_classifiers.data import load_image_classification_data, streaming_image_classification_data
+from diffusion_classifiers.data import (
+    LabeledImages,
+    load_image_classification_data,
+    streaming_image_classification_data,
+)
 from diffusion_classifiers.training import TrainingArguments
 
 from .conftest import REPO_ROOT
@@ -46,13 +51,18 @@ def test_the_loaders_refuse_an_empty_name_a_float_size_a_string_of_class_names_a
         (tmp_path / name).mkdir()
         for i in range(5):
             Image.fromarray(np.full((4, 4), 50 * i, dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
-    for load in (load_image_classification_data, lambda source, **kw: streaming_image_classification_data(source, 1, **kw)):
+    def streamed(source, **kwargs):
+        return streaming_image_classification_data(source, 1, **kwargs)
+
+    for load, source in ((load_image_classification_data, "digits"), (streamed, ".")):
         with pytest.raises(ValueError, match=r"source: got an empty name ''"):
             load("")
-        with pytest.raises(ValueError, match=r"seed: expected an integer in 0\.\.2\*\*32 - 1, got 1\.5"):
-            load("digits" if load is load_image_classification_data else ".", seed=1.5)
-        with pytest.raises(ValueError, match=r"class_names: expected a list of names, one per label id, got the string"):
-            load("digits" if load is load_image_classification_data else ".", class_names="ab")
+        with pytest.raises(ValueError, match=r"seed: expected an integer in 0\.\.4294967295, got 1\.5"):
+            load(source, seed=1.5)
+        with pytest.raises(ValueError, match=r"class_names: expected a list of names, one per label id, got the str"):
+            load(source, class_names="ab")
+    with pytest.raises(ValueError, match=r"LabeledImages.class_names: expected a list of names"):
+        LabeledImages(torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]), "ab")
     with pytest.raises(ValueError, match=r"image_size: expected a positive int or \(height, width\), got 8\.5"):
         load_image_classification_data("digits", image_size=8.5)
 
@@ -63,22 +73,21 @@ def test_probe_strengths_given_twice_are_refused_as_repeated_timesteps_are(tmp_p
 
 
 def test_a_benchmark_refuses_a_device_this_machine_lacks_and_timesteps_out_of_range_before_training():
-    with pytest.raises(ValueError, match=r"--device cuda:7: this machine has \d+ CUDA device"):
-        _common.usable_device("cuda:7")
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last this machine has
+    with pytest.raises(ValueError, match=rf"--device {missing}: this machine has \d+ CUDA device"):
+        _common.usable_device(missing)
     with pytest.raises(ValueError, match=r"--device 'gpu0'"):
         _common.usable_device("gpu0")
     assert _common.usable_device("cpu").type == "cpu"
     parser = argparse.ArgumentParser()
-    with pytest.raises(SystemExit):
-        _common.check_timesteps_arg(parser, [5000])
-    with pytest.raises(SystemExit):
-        _common.check_timesteps_arg(parser, [10, 10])
+    for bad in ([5000], [10, 10]):
+        with pytest.raises(SystemExit):
+            _common.check_timesteps_arg(parser, bad)
     _common.check_timesteps_arg(parser, [0, 999])
 
 
 def test_a_dataset_of_bare_images_is_refused_for_its_items_not_their_shape(tmp_path):
     """QA: items `image` instead of `(image, ...)` were refused as images of shape (8, 8), the first one's channel."""
-    import torch
 
     from diffusion_classifiers.training import train_ddpm_unet
 

@@ -146,7 +146,7 @@ def add_labelled_dataset_args(parser: argparse.ArgumentParser, model: str) -> No
 
 
 def add_probe_args(parser: argparse.ArgumentParser) -> None:
-    from .data.arguments import add_split_args
+    from .data.arguments import add_split_args, seed_argument
     from .data.split_record import SPLIT_RECORD_NAME
     from .models import DEFAULT_TIMESTEPS
 
@@ -173,7 +173,7 @@ def add_probe_args(parser: argparse.ArgumentParser) -> None:
     add_overwrite_arg(parser)
     add_split_args(parser, from_model=True)
     parser.add_argument(
-        "--seed", type=int, default=None,
+        "--seed", type=seed_argument, default=None,
         help=f"seed of the probes, and of the splits carved when the data has none if the U-Net records no seed of "
         f"its own ({SPLIT_RECORD_NAME}: its seed carves them, so its test images stay its test; a U-Net of an "
         "unlabeled pool carved nothing: --seed carves the labelled data) (default: the split seed, else 0)",
@@ -198,7 +198,7 @@ def add_linear_probe_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_fit_head_args(parser: argparse.ArgumentParser) -> None:
-    from .data.arguments import add_split_args, number_in
+    from .data.arguments import add_split_args, number_in, seed_argument
 
     parser.add_argument(
         "--model_dir", required=True,
@@ -226,7 +226,7 @@ def add_fit_head_args(parser: argparse.ArgumentParser) -> None:
     add_overwrite_arg(parser)
     add_split_args(parser, from_model=True)
     parser.add_argument(
-        "--seed", type=int, default=None,
+        "--seed", type=seed_argument, default=None,
         help="seed of the --shots drawn; the labelled data is carved with the seed the RC-DiT's data_splits.json "
         "records (its own data's test images stay its test; a model of an unlabeled pool or without a record: its "
         "recorded or the default seed), so the shots of several seeds are scored on one test split (default: the "
@@ -236,7 +236,7 @@ def add_fit_head_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
-    from .data.arguments import add_column_args, add_split_args, json_object_arg, number_in
+    from .data.arguments import add_column_args, add_split_args, json_object_arg, number_in, seed_argument
     from .data.split_record import SPLIT_RECORD_NAME
 
     parser.add_argument(
@@ -261,7 +261,7 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", type=int, default=64, help="images per model call")
     add_split_args(parser, from_model=True)
     parser.add_argument(
-        "--seed", type=int, default=None,
+        "--seed", type=seed_argument, default=None,
         help=f"seed of the splits carved when the data has none (default: as the model's {SPLIT_RECORD_NAME} "
         "records, else 0; refused with --split all, as are --val_fraction and --test_fraction); not the scoring "
         "noise's (predict's --seed): pass that as --pipeline_kwargs '{\"seed\": N}'",
@@ -438,13 +438,13 @@ def _evaluation_headline(metrics: dict) -> dict:
 
 def check_demo_args(args: argparse.Namespace):
     """Every demo flag checked before the data are read or a step trained; returns the `TrainingArguments`."""
-    from .features import _check_timesteps
+    from .features import check_timesteps
     from .models import unet_config
     from .training import check_run_can_start, training_args_from_namespace
     from .validation import check_no_earlier_report, check_writable_dir
 
     training_args = training_args_from_namespace(args)  # batch size, steps, learning rate, precision
-    _check_timesteps(args.timesteps, DEMO_NUM_TRAIN_TIMESTEPS)
+    check_timesteps(args.timesteps, DEMO_NUM_TRAIN_TIMESTEPS)
     if args.image_size is not None:
         unet_config(args.unet_preset, args.image_size)  # the preset's levels must divide the image size
     check_writable_dir(args.output_dir, "--output_dir")
@@ -594,7 +594,7 @@ def _kmeans_figure(summary: dict, prefix: str) -> str:
 @_one_run_in_output_dir("probe")
 def run_probe(args: argparse.Namespace) -> dict:
     """A trained U-Net + a labeled dataset -> the probe grid, the chosen (block, t), k-means and a fitted pipeline."""
-    from .features import _check_timesteps
+    from .features import check_timesteps
     from .hub import download
     from .pipelines import UNetFeatureClassifierPipeline
     from .unet_feature_study import run_unet_feature_study
@@ -604,7 +604,7 @@ def run_probe(args: argparse.Namespace) -> dict:
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
     args.C = _distinct_C(DEFAULT_C if args.C is None else args.C)
     trained = UNetFeatureClassifierPipeline.from_pretrained(args.unet_dir)
-    _check_timesteps(args.timesteps, trained.scheduler.config.num_train_timesteps)
+    check_timesteps(args.timesteps, trained.scheduler.config.num_train_timesteps)
     unet_config, contract = trained.unet.config, trained.preprocessing
     args.dataset = _dataset_or_demo_digits(args.dataset, contract, "probe")
     # read as the U-Net was trained: windows, resize mode, background

@@ -11,6 +11,7 @@ unless another is given).
 import copy
 import functools
 import json
+import numbers
 import os
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -30,7 +31,6 @@ from .data.preprocessing import images_in_their_stated_range
 from .data.readers import check_source_exists
 from .data.split_record import (
     ANONYMISED_DICOM_RULE,
-    SPLIT_DEFAULTS,
     image_fingerprint_variants,
     image_fingerprints,
     read_split_record,
@@ -58,7 +58,7 @@ from .metrics import (
     resolve_positive_label,
     seed_sensitivity_metrics,
 )
-from .validation import check_positive_integer, check_writable_dir, unicode_normalisation_note
+from .validation import check_positive_integer, check_writable_dir, is_seed, unicode_normalisation_note
 
 __all__ = [
     "EVALUATION_SPLITS",
@@ -866,15 +866,17 @@ def evaluate_classifier(
 
 
 def _carving_record(carving: Optional[dict]) -> Optional[dict]:
-    """The values of `carving` that choose the images of a carved split (`SPLIT_DEFAULTS`' numbers), refused before
+    """The values of `carving` that choose the images of a carved split (its fractions and seed), refused before
     any image is scored when one is missing."""
     if carving is None:
         return None
-    names = [name for name, default in SPLIT_DEFAULTS.items() if isinstance(default, (int, float))]
-    missing = [name for name in names if not isinstance(carving.get(name), (int, float))]
-    if missing:
-        raise ValueError(f"carving: expected numbers for {names}, got {carving!r}")
-    return {name: carving[name] for name in names}
+    names = ["val_fraction", "test_fraction", "seed"]
+    values = [carving.get(name) for name in names]
+    if not all(isinstance(value, numbers.Real) and not isinstance(value, bool) for value in values) or not (
+        0 < values[0] < 1 and 0 < values[1] < 1 and is_seed(values[2])
+    ):
+        raise ValueError(f"carving: expected numbers for {names} (fractions in (0, 1), a seed), got {carving!r}")
+    return {"val_fraction": float(values[0]), "test_fraction": float(values[1]), "seed": int(values[2])}
 
 
 def _check_evaluate_call(

@@ -43,6 +43,7 @@ __all__ = [
     "FeatureKey",
     "Features",
     "block_label",
+    "check_timesteps",
     "dit_block_name",
     "feature_blocks",
     "hypercolumn",
@@ -163,7 +164,7 @@ def _check_scheduler(scheduler) -> None:
         raise TypeError(f"expected a diffusers noise scheduler such as DDPMScheduler, got {type(scheduler).__name__}")
 
 
-def _check_timesteps(timesteps, num_train_timesteps: int) -> List[int]:
+def check_timesteps(timesteps, num_train_timesteps: int) -> List[int]:
     """`timesteps` (one int, a tensor or a sequence) as a list of distinct ints in `[0, num_train_timesteps)`."""
     if isinstance(timesteps, (numbers.Integral, torch.Tensor)):
         timesteps = torch.as_tensor(timesteps).reshape(-1).tolist()
@@ -441,7 +442,7 @@ class DiffusionFeatureExtractor:
             or a float16 memory map `[N, D]` beyond `max_memory_bytes`.
         """
         blocks = self._check_blocks(blocks)
-        timesteps = _check_timesteps(timesteps, self.scheduler.config.num_train_timesteps)
+        timesteps = check_timesteps(timesteps, self.scheduler.config.num_train_timesteps)
         _check_pool_and_sizes(pool, num_noise_draws=num_noise_draws, batch_size=batch_size)
         config = self.unet.config
         size = _as_hw(config.sample_size)
@@ -640,7 +641,7 @@ class DiTFeatureExtractor:
             timestep-major.
         """
         config = self.transformer.config
-        timesteps = _check_timesteps(timesteps, self.scheduler.config.num_train_timesteps)
+        timesteps = check_timesteps(timesteps, self.scheduler.config.num_train_timesteps)
         block_indices = self._check_block_indices(block_indices)
         if representation not in ("encoder", "null"):
             raise ValueError(f"expected representation 'encoder' or 'null', got {representation!r}")

@@ -190,8 +190,6 @@ def _bundled_source(module: str) -> Tuple[str, Dict[str, str]]:
     return "".join(lines), imported
 
 
-
-
 def _package_version() -> str:
     """`diffusion_classifiers.__version__`, looked up when a bundle is written (which needs the package installed:
     `_check_installed`), not imported by name: a bundled copy of this module cannot import the package's root."""

@@ -34,6 +34,7 @@ from .pipelines import UNetFeatureClassifierPipeline
 from .models.unet_presets import DEFAULT_TIMESTEPS
 from .probing import ProbeGridResult, fit_probe_grid, kmeans_evaluate, label_free_kmeans
 from .probing.protocols import MAX_SELECTION_IMAGES, checked_num_clusters
+from .validation import check_seed
 
 __all__ = [
     "DEFAULT_TIMESTEPS",
@@ -328,6 +329,8 @@ def run_unet_feature_study(
     `study_from_features` (`split_record`: the U-Net's pipeline's, carried into the study's pipeline);
     `show_progress=False` hides every progress bar of both."""
     check_study_splits(splits, candidate_num_clusters)  # before the features are extracted
+    check_seed(seed, "seed")
+    check_seed(noise_seed, "noise_seed")
     train = splits["train"]
     resolve_positive_label(positive_class, train.class_names, train.num_classes)
     features = extract_study_features(

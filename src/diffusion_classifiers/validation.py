@@ -82,13 +82,35 @@ def check_positive_integer(value, name: str) -> None:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
 
 
+def is_seed(value: Any, processes: int = 1) -> bool:
+    """Whether `value` seeds numpy's generator in each of `processes` processes (accelerate's `set_seed(seed,
+    device_specific=True)` gives process i the seed `value + i`): an integer in `0..2**32 - processes`."""
+    integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    return integral and 0 <= value <= 2**32 - processes
+
+
+def check_seed(value: Any, name: str, processes: int = 1) -> None:
+    """Refuse a seed that is not [`is_seed`], by `name`, before any work (QA: numpy's own errors named no flag, or
+    came after the model was loaded and its features extracted)."""
+    if not is_seed(value, processes):
+        per_process = f" ({processes} processes seed value + i each)" if processes > 1 else ""
+        raise ValueError(f"{name}: expected an integer in 0..{2**32 - processes}{per_process}, got {value!r}")
+
+
+def check_name_list(names: Any, name: str) -> None:
+    """`names` (class names, one per label id) is None or a list: a single string is refused, not read letter by
+    letter as names (QA: `class_names="ab"` became the classes 'a' and 'b')."""
+    if isinstance(names, (str, bytes)):
+        raise ValueError(f"{name}: expected a list of names, one per label id, got the string {names!r}")
+
+
 def typed_command(args: Any) -> str:
-    """The `diffusion-classifiers` command as typed, for the records of its outputs: `args.command_line`, which the
-    console script's `main` sets from its argv, else this process's own argv (a `run_*` function called from Python
-    with a namespace of its own)."""
+    """The command that ran, for the records of its outputs: `args.command_line`, which the console script's `main`
+    sets from its argv, else this process's own command line (a `run_*` function called from Python with a namespace
+    of its own: the script that called it, as `training_summary.json` records it)."""
     import shlex
 
-    return getattr(args, "command_line", None) or "diffusion-classifiers " + shlex.join(sys.argv[1:])
+    return getattr(args, "command_line", None) or shlex.join(sys.argv)
 
 
 def first_and_more(texts: Sequence[str], limit: int, separator: str = ", ") -> str:

@@ -170,6 +170,12 @@ def json_object_arg(text: str) -> dict:
     return value
 
 
+def seed_argument(text: str) -> int:
+    """An argparse `type` for a `--seed`: an integer numpy's generator takes (QA: `--seed -1` ended in numpy's
+    "expected non-negative integer", naming no flag; a seed past 2**32 - 1 failed once the features were extracted)."""
+    return number_in(f"[0, {2**32 - 1}]", int)(text)
+
+
 def number_in(interval: str, kind: type = float) -> Callable[[str], Any]:
     """An argparse `type`: a `kind` number (float or int) in `interval`, written as in mathematics ("[0, 1)",
     "(0, inf)", "[1, inf)"); anything else is refused while the flags are parsed, before any work (argparse names the

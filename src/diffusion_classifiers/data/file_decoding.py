@@ -484,7 +484,7 @@ def check_file_header(
 def _check_image_header(path: Path) -> None:
     try:
         with Image.open(path) as image:
-            note_first_frame_read(image, path)  # warned about once, when listed: then read by the first frame
+            note_first_frame_read(image, str(path))  # warned about once, when listed: then read by the first frame
     except (*DECODE_ERRORS, FileNotFoundError) as error:
         raise ValueError(f"cannot decode image file {path}: {decode_error_text(error)}") from error
 

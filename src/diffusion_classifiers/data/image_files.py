@@ -38,38 +38,49 @@ DECODE_ERRORS = (
 )
 
 
-def open_image(source: str | os.PathLike | IO[bytes]) -> Image.Image:
-    """The decoded image of a file path or binary file object, its EXIF Orientation applied (and its tag removed);
-    of a multi-frame file (a multi-page TIFF, an animated GIF) its first frame, which is warned about (see
-    [`first_frames_noted`]). Raises one of `DECODE_ERRORS`."""
+def open_image(source: str | os.PathLike | IO[bytes], name: str | None = None) -> Image.Image:
+    """The decoded image of a file path or binary file object (`name`: how messages name a file object, such as a
+    dataset row's path), its EXIF Orientation applied (and its tag removed); of a multi-frame file (a multi-page TIFF,
+    an animated GIF) its first frame, which is warned about ([`note_first_frame_read`]). Raises one of
+    `DECODE_ERRORS`."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(source) as image:
             image.load()
-            note_first_frame_read(image, source)
+            note_first_frame_read(image, os.fspath(source) if isinstance(source, (str, os.PathLike)) else name)
             return ImageOps.exif_transpose(image)  # a copy, transposed or not: valid once the file is closed
 
 
-def note_first_frame_read(image: Image.Image, source: Any) -> None:
-    """Tell the open [`first_frames_noted`] (else warn now, once per file and process) that only the first frame of
-    the opened file `image` (named by `source`) is read, when it has several. An MPO JPEG's further frames are a
-    camera's previews or depth maps, not images of their own: not noted."""
-    if not getattr(image, "is_animated", False) or image.format == "MPO":
+def note_first_frame_read(image: Image.Image, name: str | None) -> None:
+    """Say that only the first frame of the opened file `image` (named `name`; None: bytes without a name) is read,
+    when it has several: to the open [`first_frames_noted`], else in a warning of its own, once per named file and at
+    most `MULTI_FRAME_FILES_NAMED` times per process (then once that more follow, unnamed). An MPO JPEG's further
+    frames are a camera's previews or depth maps, not images of their own: not noted."""
+    if not getattr(image, "is_animated", False) or image.format == "MPO" or name in _warned_by_this_process:
         return
-    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "an image file given as bytes"
     notice = _NOTICE.get()
     if notice is not None:
         notice.add(name, image.n_frames)
-    elif name not in _warned_by_this_process:
+        return
+    if name is not None:
         _warned_by_this_process.add(name)
-        _warn_first_frames_read({name: image.n_frames}, stacklevel=4)
+    _warnings_outside_a_notice[0] += 1
+    if _warnings_outside_a_notice[0] <= MULTI_FRAME_FILES_NAMED:
+        _warn_first_frames_read({name or "an image given as bytes": image.n_frames}, stacklevel=4)
+    elif _warnings_outside_a_notice[0] == MULTI_FRAME_FILES_NAMED + 1:
+        warnings.warn(
+            "more multi-frame image files are read by their first frame only (not named further in this process)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def first_frames_noted(stacklevel: int = 1) -> _FirstFramesNotice:
     """A context manager: while it is open, the multi-frame files read are noted, and on leaving one warning names
     the first few and counts the rest (`stacklevel` 1 blames the function holding the `with`; inside another open
-    one, its files join that one). A file warned about is not warned about again by this process: a data set's
-    images are read again every epoch, by DataLoader workers forked after its listing warned."""
+    one, its files join that one). The loaders, `preprocess_images`, `predict_files` and `cluster_files` open one. A
+    named file warned about is not warned about again by this process (a data set's images are read again every
+    epoch; DataLoader workers forked after a streaming listing checked the files inherit what it warned about)."""
     return _FirstFramesNotice(stacklevel)
 
 
@@ -94,9 +105,8 @@ class _FirstFramesNotice:
             _warned_by_this_process.update(self.files)
             _warn_first_frames_read(self.files, self.stacklevel + 2)  # 2: past __exit__, to its caller
 
-    def add(self, name: str, frames: int) -> None:
-        if name not in _warned_by_this_process:
-            self.files.setdefault(name, frames)
+    def add(self, name: str | None, frames: int) -> None:
+        self.files.setdefault(name or f"image {len(self.files) + 1} given as bytes", frames)
 
 
 def _warn_first_frames_read(files: dict, stacklevel: int) -> None:
@@ -109,9 +119,11 @@ def _warn_first_frames_read(files: dict, stacklevel: int) -> None:
     )
 
 
-# The open notice of the files being read, if any; the files this process has warned about.
+# The open notice of the files being read, if any; the named files this process has warned about (one entry per
+# multi-frame file, for the process's life), and how many warnings it gave outside a notice.
 _NOTICE: ContextVar[_FirstFramesNotice | None] = ContextVar("diffusion_classifiers_first_frames", default=None)
 _warned_by_this_process: set[str] = set()
+_warnings_outside_a_notice = [0]
 
 
 def decode_error_text(error: Exception) -> str:

@@ -88,49 +88,57 @@ def list_unlabeled_folder(root: Path, where: str, stacklevel: int = 4) -> list[P
 
 def _visible_files(root: Path, where: str, stacklevel: int) -> list[Path]:
     """The files under `root` that are not hidden, sorted, through linked folders too (QA: `Path.rglob` skipped a
-    linked run folder's images without a word). Every folder is read once, by its own name: the real folders under
-    `root` first, then the folders links lead to that were not read yet (a link to a folder read already, or to one
-    above it, is warned about)."""
-    files, links, repeated, unlisted = [], [], [], []
-    seen = {os.path.realpath(root)}
+    linked run folder's images without a word; see [`_FolderWalk`]); the folders that cannot be listed and those
+    reached again through links are warned about."""
+    walk = _FolderWalk(root)
+    walk.read(str(root))
+    for link in walk.links:  # grows as linked folders are read
+        walk.follow(link)
+    unlisted = [str(error) for error in walk.unlisted]  # a folder this process may not read: its images missing
+    for found, what in ((unlisted, "cannot be listed, their files not read"),
+                        (walk.repeated, "reached through links are read once, by their own names")):  # fmt: skip
+        if found:
+            shown = first_and_more([_relative_or_error(item, root) for item in found], 3, separator="; ")
+            warnings.warn(f"{where}: {len(found)} folder(s) {what}: {shown}", UserWarning, stacklevel=stacklevel + 1)
+    return sorted(walk.files)
 
-    def walk(top: str) -> None:
-        for folder, folder_names, file_names in os.walk(top, onerror=unlisted.append):
-            kept = []
-            for name in sorted(name for name in folder_names if not is_skipped_name(name)):
-                path = os.path.join(folder, name)
-                if os.path.islink(path):
-                    links.append(path)  # followed once every real folder is read
-                elif os.path.realpath(path) in seen:  # under a linked folder: a folder read already
-                    repeated.append(path)
-                else:
-                    seen.add(os.path.realpath(path))
-                    kept.append(name)
-            folder_names[:] = kept
-            files.extend(Path(folder, name) for name in file_names if not is_skipped_name(name))
 
-    walk(str(root))
-    for link in links:  # grows as linked folders are read
-        if os.path.realpath(link) in seen:
-            repeated.append(link)
-            continue
-        seen.add(os.path.realpath(link))
-        walk(link)
-    if unlisted:  # a folder this process may not read: its images would be missing without a word
-        warnings.warn(
-            f"{where}: {len(unlisted)} folder(s) cannot be listed, their files not read: "
-            f"{first_and_more([str(error) for error in unlisted], 3, separator='; ')}",
-            UserWarning,
-            stacklevel=stacklevel + 1,
-        )
-    if repeated:
-        shown = first_and_more([Path(path).relative_to(root).as_posix() for path in repeated], 3)
-        warnings.warn(
-            f"{where}: {len(repeated)} folder(s) reached through links are read once, by their own names: {shown}",
-            UserWarning,
-            stacklevel=stacklevel + 1,
-        )
-    return sorted(files)
+def _relative_or_error(item: str, root: Path) -> str:
+    return Path(item).relative_to(root).as_posix() if Path(item).is_relative_to(root) else item
+
+
+class _FolderWalk:
+    """Every folder under a root read once, by its own name: the real folders first, links put aside
+    (`links`), then the folders the links lead to that were not read yet (`follow`); a link to a folder read already,
+    or to one above it, is `repeated`."""
+
+    def __init__(self, root: Path) -> None:
+        self.files, self.links, self.repeated, self.unlisted = [], [], [], []
+        self.seen = {os.path.realpath(root)}
+
+    def read(self, top: str) -> None:
+        for folder, folder_names, file_names in os.walk(top, onerror=self.unlisted.append):
+            folder_names[:] = [name for name in sorted(folder_names) if self._descend(os.path.join(folder, name))]
+            self.files.extend(Path(folder, name) for name in file_names if not is_skipped_name(name))
+
+    def follow(self, link: str) -> None:
+        if os.path.realpath(link) in self.seen:
+            self.repeated.append(link)
+            return
+        self.seen.add(os.path.realpath(link))
+        self.read(link)
+
+    def _descend(self, path: str) -> bool:
+        if is_skipped_name(os.path.basename(path)):
+            return False
+        if os.path.islink(path):
+            self.links.append(path)  # followed once every real folder is read
+            return False
+        if os.path.realpath(path) in self.seen:  # under a linked folder: a folder read already
+            self.repeated.append(path)
+            return False
+        self.seen.add(os.path.realpath(path))
+        return True
 
 
 def list_unlabeled_images(root: Path, stacklevel: int) -> tuple[list[Path], dict[str, np.ndarray]]:

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..validation import check_finite_rows, first_and_more
+from ..validation import check_finite_rows, check_name_list, first_and_more
 from .preprocessing import ImagePreprocessing, _describe
 
 __all__ = [
@@ -66,6 +66,7 @@ class LabeledImages:
             raise ValueError(
                 f"LabeledImages: {len(self.images)} images but {len(self.labels)} labels; expected one label per image"
             )
+        check_name_list(self.class_names, "LabeledImages.class_names")
         self.class_names = [str(name) for name in self.class_names]
         if len(set(self.class_names)) != len(self.class_names):
             raise ValueError(f"LabeledImages.class_names: expected unique names, got {self.class_names}")

@@ -23,7 +23,7 @@ from PIL import Image
 from ..validation import check_finite_rows, first_and_more, user_stacklevel
 from .dicom import MedicalPreprocessing, check_not_dicomdir, is_dicom_file
 from .sixteen_bit import _PIL_16BIT_MODES, _scale_16bit, check_bit_depths, note_bit_depth, pil_image_name
-from .image_files import DECODE_ERRORS, decode_error_text, open_image
+from .image_files import DECODE_ERRORS, decode_error_text, first_frames_noted, open_image
 
 __all__ = ["INPUT_RANGES", "RESAMPLE_MODES", "RESIZE_MODES", "ImagePreprocessing", "preprocess_images"]
 
@@ -288,7 +288,8 @@ def preprocess_images(
     contract = _resolve_contract(preprocessing, image_size, num_channels)
     data_format = _check_data_format(input_data_format)
     items = _as_item_list(images)
-    with check_bit_depths(contract.medical, stacklevel=2):  # 16-bit images read unlike the training images: warned
+    # 16-bit images read unlike the training images, multi-frame files read by their first frame: one warning each
+    with check_bit_depths(contract.medical, stacklevel=2), first_frames_noted(stacklevel=2):
         batches = _to_unit_batches(items, data_format, contract)
     offsets = np.cumsum([0] + [len(batch) for batch in batches])
     for batch, offset in zip(batches, offsets):
@@ -757,7 +758,8 @@ def _check_image_size(image_size: Any) -> tuple[int, int] | None:
         return None
     scalar = isinstance(image_size, (int, float, np.number)) or not hasattr(image_size, "__iter__")
     size = (image_size, image_size) if scalar else tuple(image_size)
-    if len(size) != 2 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in size):
+    whole = [isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in size]
+    if len(size) != 2 or not all(whole):
         raise ValueError(f"image_size: expected a positive int or (height, width), got {image_size!r}")
     return int(size[0]), int(size[1])
 

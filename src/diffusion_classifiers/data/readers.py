@@ -37,9 +37,9 @@ from .labeled_images import ONE_SET, SPLITS, LabeledImages, RawData, labels_and_
 from .preprocessing import ImagePreprocessing, _describe, fit_options, preprocess_images
 from .split_record import ANONYMISED_DICOM_RULE, check_anonymised_dicom_groups
 from .splits import (
-    _FewImagesWarning, check_class_names_given, check_split_fractions, check_split_seed, stratified_group_split,
-    stratified_split,
+    _FewImagesWarning, check_split_fractions, stratified_group_split, stratified_split,
 )
+from ..validation import check_name_list, check_seed
 
 __all__ = [
     "DEFAULT_FOLDER_SIZE",
@@ -177,8 +177,8 @@ def load_image_classification_data(
             preprocessing.
     """
     check_split_fractions(val_fraction, test_fraction, carved=not unlabeled)
-    check_split_seed(seed)
-    check_class_names_given(class_names)
+    check_seed(seed, "seed")
+    check_name_list(class_names, "class_names")
     check_anonymised_dicom_groups(anonymised_dicom_groups)
     where = dataset_name(source)
     source = open_saved_dataset(source)

@@ -320,20 +320,6 @@ def check_split_fractions(val_fraction: float, test_fraction: float, carved: boo
         )
 
 
-def check_split_seed(seed: Any) -> None:
-    """The loaders' `seed` of the carved splits: an integer in `0..2**32 - 1` (numpy's own errors named neither the
-    argument nor what it takes)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
-        raise ValueError(f"seed: expected an integer in 0..2**32 - 1, got {seed!r}")
-
-
-def check_class_names_given(class_names: Any) -> None:
-    """The loaders' `class_names`: None or a list of names; a single string is refused, not read letter by letter
-    as names (QA: `class_names="ab"` became the classes 'a' and 'b')."""
-    if isinstance(class_names, (str, bytes)):
-        raise ValueError(f"class_names: expected a list of names, one per label id, got the string {class_names!r}")
-
-
 def _check_fraction(fraction: float, name: str) -> None:
     """`fraction` strictly between 0 and 1; the error names the argument."""
     if not 0 < fraction < 1:

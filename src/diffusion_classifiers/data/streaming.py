@@ -57,8 +57,8 @@ from .readers import (
     splits_from_args,
 )
 from .split_record import ANONYMISED_DICOM_RULE, check_anonymised_dicom_groups, image_fingerprints, save_split_record
-from .splits import check_class_names_given, check_split_fractions, check_split_seed
-from ..validation import first_and_more
+from .splits import check_split_fractions
+from ..validation import check_name_list, check_seed, first_and_more
 
 __all__ = [
     "DecodedImages",
@@ -94,7 +94,7 @@ def _decode(item: dict, medical: MedicalPreprocessing, frame: int | None = None)
             return _read_dicom_frame(path, medical, frame)
         return decode_image_file(Path(path), medical.bits_stored)
     try:  # decoded as datasets.Image decodes bytes, so a streamed image equals the in-memory one
-        return open_image(io.BytesIO(item["bytes"]))
+        return open_image(io.BytesIO(item["bytes"]), name=path)
     except DECODE_ERRORS as error:
         raise ValueError(f"cannot decode image {path or '(bytes without a path)'}: {decode_error_text(error)}") from error
 
@@ -425,8 +425,8 @@ def streaming_image_classification_data(
             label problems), and a file PIL cannot read, named, before anything is decoded.
     """
     check_split_fractions(val_fraction, test_fraction, carved=not unlabeled)
-    check_split_seed(seed)
-    check_class_names_given(class_names)
+    check_seed(seed, "seed")
+    check_name_list(class_names, "class_names")
     check_anonymised_dicom_groups(anonymised_dicom_groups)
     fit = fit_options(resize_mode, pad_value, normalize_background)
     _checked_reading(num_channels, image_size, medical or MedicalPreprocessing(), fit)  # before files are listed

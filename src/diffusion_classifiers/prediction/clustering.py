@@ -44,6 +44,8 @@ DEFAULT_FIT_IMAGES = 20000
 
 def add_cluster_args(parser: argparse.ArgumentParser) -> None:
     """The flags of `diffusion-classifiers cluster` (read by [`run_cluster`]); only the standard library is used."""
+    from ..data.arguments import seed_argument
+
     parser.add_argument(
         "--model_dir", required=True,
         help="a trained model whose features group the images: a U-Net (the output folder of "
@@ -83,7 +85,9 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
         help="images shown per cluster in cluster_examples_<n>.png (those nearest its centre)",
     )  # fmt: skip
     parser.add_argument("--batch_size", type=int, default=64, help="images per forward pass")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the samples, the feature noise and k-means")
+    parser.add_argument(
+        "--seed", type=seed_argument, default=0, help="seed of the samples, the feature noise and k-means"
+    )
     parser.add_argument("--output_dir", default="outputs/cluster", help=f"where {CLUSTERS_NAME}, metrics.json, PNGs go")
     parser.add_argument("--overwrite_output_dir", action="store_true", help="replace an earlier run's files there")
     parser.add_argument("--no_progress_bar", action="store_true", help="no tqdm bar (a log of nohup or cron)")
@@ -188,12 +192,12 @@ def feature_source(
     """The [`FeatureSource`] of a U-Net-feature pipeline (every block at `timesteps`, default the probe's, `pool`ed,
     noise drawn with `seed`) or of an RC-DiT (its representation, as `pipe.encode` gives it); another pipeline is
     refused (naming `model_name`, the folder it was loaded from, when given)."""
-    from ..features import _check_timesteps
+    from ..features import check_timesteps
     from ..models import DEFAULT_TIMESTEPS
     from ..pipelines import RepresentationConditionedDiTPipeline, UNetFeatureClassifierPipeline
 
     if isinstance(pipeline, UNetFeatureClassifierPipeline):
-        timesteps = _check_timesteps(
+        timesteps = check_timesteps(
             list(DEFAULT_TIMESTEPS) if timesteps is None else timesteps, pipeline.scheduler.config.num_train_timesteps
         )
         blocks = pipeline.feature_extractor.block_names
@@ -274,9 +278,10 @@ def cluster_files(
 
     from ..atomic_files import write_json_atomically
     from ..data.image_files import first_frames_noted
-    from ..validation import check_no_earlier_report, remove_earlier_report
+    from ..validation import check_no_earlier_report, check_seed, remove_earlier_report
 
     check_no_earlier_report(output_dir, overwrite, "output_dir")
+    check_seed(seed, "seed")
     request = ClusterRequest(
         num_clusters, candidate_num_clusters, normalizations, selection_images, fit_images, examples_per_cluster,
         batch_size,

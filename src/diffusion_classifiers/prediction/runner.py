@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterator, Mapping, NamedTuple, Optional, Sequence
 
-from ..data.arguments import add_column_args, json_object_arg
+from ..data.arguments import add_column_args, json_object_arg, seed_argument
 from .inputs import (
     DICOM_ID_COLUMNS,
     FILE_STAMP_COLUMNS,
@@ -592,7 +592,7 @@ def add_predict_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     )  # fmt: skip
     parser.add_argument("--batch_size", type=int, default=64, help="images per pipeline call; a killed run loses at most one batch")
     parser.add_argument(
-        "--seed", type=int, default=DEFAULT_SEED,
+        "--seed", type=seed_argument, default=DEFAULT_SEED,
         help="Score-SDE pipelines: the seed of their noise, combined with each image's pixels",
     )  # fmt: skip
     parser.add_argument(

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..atomic_files import write_json_atomically
+from ..validation import check_seed
 from ..run_lock import claim_on_main_process
 from .arguments import TrainingArguments
 from .checkpoints import (
@@ -577,6 +578,7 @@ def _prepare(
     accelerator: Accelerator, args: TrainingArguments, model: nn.Module, dataset: Dataset, sampler: Sampler,
     stop_signal: StopSignal,
 ) -> _Prepared:  # fmt: skip
+    check_seed(args.seed, "--seed", accelerator.num_processes)  # each process seeds with seed + its index
     set_seed(args.seed, device_specific=True)
     num_examples, num_processes = len(sampler), accelerator.num_processes
     dataloader, loader_generator = _build_dataloader(args, dataset, sampler, accelerator, stop_signal)
