@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence
 import torch
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from diffusion_classifiers.data.arguments import number_in, seed_argument
 from diffusion_classifiers.validation import as_inverse_regularisations, check_writable_dir, check_writable_file
 
 if TYPE_CHECKING:  # imported where used: the speed benchmarks need no trainer
@@ -80,10 +81,11 @@ def base_parser(docstring: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=" ".join(docstring.split("\n\n")[0].split()))
     parser.add_argument("--quick", action="store_true", help="a small run (< 60 s on 2 CPU cores); writes no file")
     parser.add_argument("--device", default=None, help="torch device; defaults to cuda when available")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_argument, default=0)
     parser.add_argument(
-        "--num_threads", type=int, default=None, help="CPU threads of torch and BLAS (scikit-learn); default: theirs"
-    )
+        "--num_threads", type=number_in("[1, inf)", int), default=None,
+        help="CPU threads of torch and BLAS (scikit-learn); default: theirs",
+    )  # fmt: skip
     parser.add_argument("--output", default=None, help="results file of a full run; default results/<benchmark>.json")
     return parser
 
@@ -534,8 +536,6 @@ def setup(args: argparse.Namespace) -> torch.device:
         if args.output:
             check_writable_file(args.output, "--output")
         check_writable_dir(Path(args.output).parent if args.output else RESULTS_DIR, "--output folder")
-    if args.num_threads is not None and args.num_threads < 1:
-        sys.exit(f"{Path(sys.argv[0]).name}: error: --num_threads: expected a positive integer, got {args.num_threads}")
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)
         threadpool_limits(limits=args.num_threads)  # numpy/scipy BLAS, used by scikit-learn

@@ -192,8 +192,17 @@ def test_a_rerun_over_an_earlier_one_leaves_no_figure_of_the_earlier_grouping(di
     ]
 
 
-def test_no_progress_bar_keeps_bars_out_of_a_clusters_log_as_predicts(digits_csv, unet_dir, tmp_path, capfd):
+def test_no_progress_bar_keeps_bars_out_of_a_clusters_log_as_predicts(
+    digits_csv, unet_dir, tmp_path, capfd, monkeypatch
+):
     """QA: cluster had no --no_progress_bar (predict has), so a nohup or cron log filled with its bars' redraws."""
+    import tqdm.auto
+
+    class Shown(tqdm.auto.tqdm):  # as where TQDM_DISABLE is unset (this suite sets it; tqdm reads it when imported)
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{"disable": False, **kwargs})
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Shown)
     cluster(unet_dir, digits_csv, tmp_path / "shown", "--num_clusters", "5", "--examples_per_cluster", "1")
     assert "%|" in capfd.readouterr().err
     cluster(unet_dir, digits_csv, tmp_path / "quiet", "--num_clusters", "5", "--examples_per_cluster", "1",

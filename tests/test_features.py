@@ -249,7 +249,7 @@ def test_a_study_without_progress_shows_no_bar(unet, monkeypatch):
     assert {"U-Net features (train)", "Fitting probes"} <= set(titles) and titles.count("U-Net features") == 1
     hidden, result = _bars_of(study(False), monkeypatch)
     assert len(hidden) == len(shown) and all(disable for _, disable in hidden), hidden
-    assert result.pipeline.progress_bar_config == {"disable": False}  # the pipeline handed back shows its bar
+    assert result.pipeline.progress_bar_config == {}  # the pipeline handed back shows its bars, as tqdm's defaults say
     own_bar, _ = _bars_of(study(False, {"progress_bar": {}}), monkeypatch)  # probe_kwargs' own progress_bar wins
     assert [disable for desc, disable in own_bar if desc == "Fitting probes"] == [False]
 

@@ -37,7 +37,7 @@ sys.path.remove(str(REPO_ROOT / "benchmarks"))
         ("adam_beta2", float("nan"), r"a number in \[0, 1\)"),
         ("adam_epsilon", -1.0, "a finite number >= 0"),
         ("adam_weight_decay", float("inf"), "a finite number >= 0"),
-        ("seed", -1, r"an integer in 0\.\.2\*\*32 - 1"),
+        ("seed", -1, r"an integer in 0\.\.4294967295"),
     ],
 )
 def test_optimizer_ema_and_seed_flags_out_of_range_are_refused_by_name(tmp_path, flag, value, expected):
@@ -112,3 +112,12 @@ def test_a_python_caller_is_told_the_argument_not_the_flag_that_replaces_an_earl
         check_no_earlier_report(tmp_path, False, "output_dir")
     with pytest.raises(ValueError, match=r"--output_dir .* pass --overwrite_output_dir to replace it"):
         check_no_earlier_report(tmp_path, False)
+
+
+def test_the_highest_seed_accepted_seeds_every_resample_of_a_clustering(tmp_path):
+    """Second read: `--seed 4294967295` was accepted, then KMeans refused `seed + resample` once the features were
+    extracted."""
+    from diffusion_classifiers.probing.protocols import clustering_stability
+
+    x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
+    assert 0 <= clustering_stability(x, 2, seed=2**32 - 1) <= 1

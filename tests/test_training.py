@@ -364,16 +364,18 @@ def test_training_leaves_the_callers_random_generators_as_they_were(tmp_path):
     """QA: after a training cell, a notebook's own draws came from the state `args.seed` left, whatever it seeded."""
     import random
 
-
-    from diffusion_classifiers.training import TrainingArguments, train_ddpm_unet
+    from diffusion_classifiers.training import TrainingArguments, train_ddpm_unet, train_supervised_cnn
 
     images = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    labels = torch.arange(8) % 2
     draws = []
     for run in range(2):
         random.seed(7), np.random.seed(7), torch.manual_seed(7)
         args = TrainingArguments(str(tmp_path / f"run{run}"), max_train_steps=1, lr_warmup_steps=0, train_batch_size=4,
                                  num_sample_images=0, seed=run)  # fmt: skip
         train_ddpm_unet(args, images, preset="tiny")
+        train_supervised_cnn(images, labels, images, labels, 2, str(tmp_path / f"cnn{run}"), max_train_steps=1,
+                             train_batch_size=4, seed=run, widths=(4, 8), num_checkpoints=1)  # fmt: skip
         draws.append((random.random(), float(np.random.rand()), float(torch.rand(1))))
     random.seed(7), np.random.seed(7), torch.manual_seed(7)
     assert draws[0] == draws[1] == (random.random(), float(np.random.rand()), float(torch.rand(1)))

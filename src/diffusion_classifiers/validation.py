@@ -82,11 +82,21 @@ def check_positive_integer(value, name: str) -> None:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
 
 
+# Seeds numpy's legacy generator (and scikit-learn's random_state) take: 0..SEED_LIMIT - 1.
+SEED_LIMIT = 2**32
+
+
 def is_seed(value: Any, processes: int = 1) -> bool:
     """Whether `value` seeds numpy's generator in each of `processes` processes (accelerate's `set_seed(seed,
     device_specific=True)` gives process i the seed `value + i`): an integer in `0..2**32 - processes`."""
     integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    return integral and 0 <= value <= 2**32 - processes
+    return integral and 0 <= value <= SEED_LIMIT - processes
+
+
+def derived_seed(seed: int, offset: int) -> int:
+    """The `offset`-th seed drawn from `seed` (a resample's, an episode's), within numpy's and scikit-learn's range
+    however near its top `seed` is (QA: `--seed 4294967295` failed in KMeans after the features were extracted)."""
+    return (seed + offset) % SEED_LIMIT
 
 
 def check_seed(value: Any, name: str, processes: int = 1) -> None:
@@ -94,7 +104,7 @@ def check_seed(value: Any, name: str, processes: int = 1) -> None:
     came after the model was loaded and its features extracted)."""
     if not is_seed(value, processes):
         per_process = f" ({processes} processes seed value + i each)" if processes > 1 else ""
-        raise ValueError(f"{name}: expected an integer in 0..{2**32 - processes}{per_process}, got {value!r}")
+        raise ValueError(f"{name}: expected an integer in 0..{SEED_LIMIT - processes}{per_process}, got {value!r}")
 
 
 def check_name_list(names: Any, name: str) -> None:

@@ -171,9 +171,12 @@ def json_object_arg(text: str) -> dict:
 
 
 def seed_argument(text: str) -> int:
-    """An argparse `type` for a `--seed`: an integer numpy's generator takes (QA: `--seed -1` ended in numpy's
-    "expected non-negative integer", naming no flag; a seed past 2**32 - 1 failed once the features were extracted)."""
-    return number_in(f"[0, {2**32 - 1}]", int)(text)
+    """An argparse `type` for a `--seed`: an integer numpy's generator takes (`validation.is_seed`; QA: `--seed -1`
+    ended in numpy's "expected non-negative integer", naming no flag; a seed past 2**32 - 1 failed once the features
+    were extracted)."""
+    from ..validation import SEED_LIMIT  # torch comes with it: imported when a command runs, not for --help
+
+    return number_in(f"[0, {SEED_LIMIT - 1}]", int)(text)
 
 
 def number_in(interval: str, kind: type = float) -> Callable[[str], Any]:

@@ -89,7 +89,7 @@ class _FirstFramesNotice:
     read frame by frame); a warning per file would bury the others for a folder of 10,000 z-stacks."""
 
     def __init__(self, stacklevel: int) -> None:
-        self.stacklevel, self.files, self._token = stacklevel, {}, None
+        self.stacklevel, self.files, self.unnamed, self._token = stacklevel, {}, [], None
 
     def __enter__(self) -> _FirstFramesNotice:
         if _NOTICE.get() is None:
@@ -101,12 +101,16 @@ class _FirstFramesNotice:
             return
         _NOTICE.reset(self._token)
         self._token = None
-        if kind is None and self.files:
+        if kind is None and (self.files or self.unnamed):
             _warned_by_this_process.update(self.files)
-            _warn_first_frames_read(self.files, self.stacklevel + 2)  # 2: past __exit__, to its caller
+            unnamed = {f"image {i} given as bytes": frames for i, frames in enumerate(self.unnamed, start=1)}
+            _warn_first_frames_read({**self.files, **unnamed}, self.stacklevel + 2)  # 2: past __exit__, to its caller
 
     def add(self, name: str | None, frames: int) -> None:
-        self.files.setdefault(name or f"image {len(self.files) + 1} given as bytes", frames)
+        if name is None:
+            self.unnamed.append(frames)
+        else:
+            self.files.setdefault(name, frames)
 
 
 def _warn_first_frames_read(files: dict, stacklevel: int) -> None:

@@ -94,17 +94,16 @@ def _visible_files(root: Path, where: str, stacklevel: int) -> list[Path]:
     walk.read(str(root))
     for link in walk.links:  # grows as linked folders are read
         walk.follow(link)
-    unlisted = [str(error) for error in walk.unlisted]  # a folder this process may not read: its images missing
-    for found, what in ((unlisted, "cannot be listed, their files not read"),
-                        (walk.repeated, "reached through links are read once, by their own names")):  # fmt: skip
-        if found:
-            shown = first_and_more([_relative_or_error(item, root) for item in found], 3, separator="; ")
-            warnings.warn(f"{where}: {len(found)} folder(s) {what}: {shown}", UserWarning, stacklevel=stacklevel + 1)
+    unlisted = first_and_more([str(error) for error in walk.unlisted], 3, separator="; ")  # their images missing
+    repeated = first_and_more([Path(path).relative_to(root).as_posix() for path in walk.repeated], 3)
+    said = (
+        (len(walk.unlisted), "cannot be listed, their files not read", unlisted),
+        (len(walk.repeated), "reached through links are read once, by their own names", repeated),
+    )
+    for count, what, shown in said:
+        if count:
+            warnings.warn(f"{where}: {count} folder(s) {what}: {shown}", UserWarning, stacklevel=stacklevel + 1)
     return sorted(walk.files)
-
-
-def _relative_or_error(item: str, root: Path) -> str:
-    return Path(item).relative_to(root).as_posix() if Path(item).is_relative_to(root) else item
 
 
 class _FolderWalk:

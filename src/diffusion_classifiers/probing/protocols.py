@@ -20,6 +20,7 @@ from ..validation import (
     as_labels,
     check_finite_rows,
     check_label_range,
+    derived_seed,
     resolve_num_classes,
 )
 from .probe_grid import fit_probe_grid
@@ -273,7 +274,8 @@ def clustering_stability(features, num_clusters: int, seed: int = 0, num_resampl
         order = rng.permutation(len(x))
         halves = order[: len(x) // 2], order[len(x) // 2 :]
         labelings = [
-            KMeans(n_clusters=num_clusters, n_init=n_init, random_state=seed + resample).fit(x[half]).predict(x)
+            KMeans(n_clusters=num_clusters, n_init=n_init, random_state=derived_seed(seed, resample))
+            .fit(x[half]).predict(x)
             for half in halves
         ]
         partitioned = all(_num_distinct(labels) == num_clusters for labels in labelings)
@@ -793,7 +795,8 @@ def evaluate_protocols(
         k = knn_k if name == "all" else min(knn_k, int(n))
         bar.set_postfix(protocol=f"few-shot ({name})")
         for episode in range(1 if name == "all" else num_episodes):
-            index = few_shot_indices(y_train, None if name == "all" else int(n), seed + episode, num_classes)
+            shots_of_each = None if name == "all" else int(n)
+            index = few_shot_indices(y_train, shots_of_each, derived_seed(seed, episode), num_classes)
             x, y = x_shots[index], y_train[index]
             predictions = prototype_classify(x, y, x_queries, num_classes)[0]
             episodes["prototype"].append(_scores(y_test, predictions, num_classes))

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from ..data.arguments import number_in
-from ..validation import is_seed
 from ..models.unet_presets import UNET_PRESETS
 
 __all__ = [
@@ -154,6 +153,8 @@ class TrainingArguments:
     sample_inference_steps: int = _flag(25, "Denoising steps of those samples (the training scheduler, strided).")
 
     def __post_init__(self):
+        from ..validation import is_seed  # imports torch: not when the scripts' flags are built for --help
+
         positive_or_none = "None or a positive integer"
         expectations = [
             ("train_batch_size", "a positive integer", self.train_batch_size >= 1),
@@ -172,7 +173,7 @@ class TrainingArguments:
             ("ema_max_decay", "a number in [0, 1]", 0 <= self.ema_max_decay <= 1),
             ("ema_inv_gamma", "a positive finite number", _finite_at_least(self.ema_inv_gamma, 0, above=True)),
             ("ema_power", "a positive finite number", _finite_at_least(self.ema_power, 0, above=True)),
-            ("seed", "an integer in 0..2**32 - 1", is_seed(self.seed)),
+            ("seed", "an integer in 0..4294967295", is_seed(self.seed)),
             ("checkpointing_steps", "a positive integer", self.checkpointing_steps >= 1),
             ("checkpoints_total_limit", positive_or_none, _none_or_positive(self.checkpoints_total_limit)),
             ("max_train_steps", positive_or_none, _none_or_positive(self.max_train_steps)),

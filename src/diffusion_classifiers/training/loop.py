@@ -23,8 +23,6 @@ import copy
 import importlib.metadata
 import math
 import os
-import shlex
-import sys
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -42,7 +40,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..atomic_files import write_json_atomically
-from ..validation import check_seed
+from ..validation import check_seed, typed_command
 from ..run_lock import claim_on_main_process
 from .arguments import TrainingArguments
 from .checkpoints import (
@@ -769,7 +767,7 @@ class _TrainingRun:
             final_loss=losses[-1] if losses else None,  # the resumed one's when no step was left to make
             stopped_by_time_budget=self.out_of_time,
             stopped_by_signal=self.stop_signal.record_stop() if self.stopped_by_signal else None,
-            max_train_steps=self.prepared.max_train_steps, process_command=shlex.join(sys.argv),
+            max_train_steps=self.prepared.max_train_steps, process_command=typed_command(self.args),
             versions=_software_versions(),
         )
         if accelerator.is_main_process:

@@ -191,9 +191,10 @@ def global_random_states_kept() -> Iterator[None]:
     """Python's, numpy's and torch's global random states (those accelerate saves in a checkpoint, which a loss or a
     dataset may draw from) as they were on entry, whatever the block drew; also a decorator,
     `@global_random_states_kept()` (the trainers: QA, a notebook's own draws after a training cell came from the
-    state `args.seed` left)."""
+    state `args.seed` left). CUDA's are kept where CUDA was in use on entry."""
     python_state, numpy_state, cpu_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    # CUDA's only where it is in use already: reading them would set CUDA up on every device of every process
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     try:
         yield
     finally:

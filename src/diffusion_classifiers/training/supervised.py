@@ -19,6 +19,7 @@ from ..models.supervised_cnn import SupervisedCNN, count_parameters
 from ..validation import as_labels, check_finite_rows, check_label_range
 from .arguments import TrainingArguments
 from .loop import train
+from .monitoring import global_random_states_kept
 
 __all__ = ["SupervisedLoss", "checkpoint_weights", "predict_proba", "train_supervised_cnn"]
 
@@ -71,6 +72,7 @@ def checkpoint_weights(output_dir: str, step: int) -> Dict[str, torch.Tensor]:
     return load_file(os.path.join(output_dir, f"checkpoint-{step}", "model.safetensors"))
 
 
+@global_random_states_kept()
 def train_supervised_cnn(
     images: torch.Tensor,
     labels: torch.Tensor,
