@@ -8,10 +8,9 @@ themselves when transformers' Auto modules load (`transformers_registration.py`)
 
 from typing import TYPE_CHECKING
 
+from ._version import __version__
 from .lazy_exports import lazy_exports
 from .transformers_registration import register_when_transformers_loads
-
-__version__ = "0.2.0.dev0"
 
 # public name -> the module that defines it, imported on first use
 _EXPORTS = {

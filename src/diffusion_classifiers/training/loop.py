@@ -38,7 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from tqdm.auto import tqdm
 
-from .. import __version__
+from .._version import __version__
 from ..atomic_files import write_json_atomically
 from ..validation import check_seed, typed_command
 from ..run_lock import claim_on_main_process
