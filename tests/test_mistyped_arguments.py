@@ -121,3 +121,14 @@ def test_the_highest_seed_accepted_seeds_every_resample_of_a_clustering(tmp_path
 
     x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
     assert 0 <= clustering_stability(x, 2, seed=2**32 - 1) <= 1
+
+
+def test_predict_takes_the_seeds_of_a_torch_generator_and_the_others_numpys():
+    """Upgrade QA: a prediction made with `--seed 5000000000` (a Score-SDE pipeline's torch generator takes it) could
+    no longer be resumed; the seeds numpy and scikit-learn take stay below 2**32."""
+    from diffusion_classifiers.cli import build_parser
+
+    base = ["--model_dir", "m", "--input", "i", "--output", "o.csv"]
+    assert build_parser(["predict"]).parse_args(["predict", *base, "--seed", "5000000000"]).seed == 5000000000
+    with pytest.raises(SystemExit):
+        build_parser(["cluster"]).parse_args(["cluster", *base[:4], "--num_clusters", "2", "--seed", "5000000000"])

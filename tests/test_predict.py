@@ -429,7 +429,7 @@ def test_a_rerun_on_another_folder_is_refused_and_rows_of_removed_files_are_coun
     main(args + ["--input", str(tmp_path / "day_a")])
     printed = capsys.readouterr().out
     assert "3 rows (0 inputs predicted now on 1 process(es), 2 predicted before)" in printed
-    assert f"1 rows of {output} are of files no longer in {tmp_path / 'day_a'}" in printed
+    assert f"1 rows of {output} are of files no longer among the inputs of {tmp_path / 'day_a'}" in printed
     assert output.read_bytes() == written  # nothing new to merge: the removed file's row kept where it was
 
 

@@ -54,6 +54,7 @@ _PIXEL_ARRAY_DTYPES = (torch.int8, torch.int16, torch.int32)
 # Float inputs may overshoot their stated range by this much (rounding); the result is clamped.
 _FLOAT_RANGE_TOLERANCE = 1e-3
 _PIL_GRAY_MODES = {"1", "L", "LA", "La"}
+_PIL_PALETTE_MODES = {"P", "PA"}
 # Channel counts a channel axis may have, and the layouts accepted (for error messages).
 _CHANNEL_COUNTS = (1, 3)
 _LAYOUTS = "[H, W]; one image [C, H, W] or [H, W, C]; a batch [N, C, H, W] or [N, H, W, C]; C = 1 or 3"
@@ -259,8 +260,8 @@ def preprocess_images(
             one image or a batch, or a list of them (each may have its own size and type), read as in the table above.
             PIL modes: `I`/`I;16*` are read as their files are, by their bit depth (the stated `medical.bits_stored`,
             else their maximum's; `medical.pil_images_as_files`, as every new contract says), else from `[0, 65535]` (or
-            the stated depth), `F` is one float channel; transparent pixels are composited onto white (as transformers'
-            `convert_to_rgb`). Values: `uint8` is scaled from `[0, 255]`, `uint16` from `[0, 65535]` (from `[0,
+            the stated depth), `F` is one float channel; alpha is discarded, not composited (the colour stored under a
+            transparent pixel is read). Values: `uint8` is scaled from `[0, 255]`, `uint16` from `[0, 65535]` (from `[0,
             2^bits_stored - 1]` where `medical.bits_stored` is stated, else with a warning where the contract reads
             medical files), `bool` from `{0, 1}`, float data by the contract's `input_range` (see
             [`ImagePreprocessing`]). Float values outside that range, other integer dtypes (int16: a DICOM's
@@ -638,18 +639,9 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
         return array.astype(np.uint16)
     if image.mode == "F":
         return np.asarray(image, dtype=np.float32)
-    gray = image.mode in _PIL_GRAY_MODES
-    if "A" in image.getbands() or "transparency" in image.info:
-        image = _on_white(image)
-    return np.asarray(image.convert("L" if gray else "RGB"))
-
-
-def _on_white(image: Image.Image) -> Image.Image:
-    """`image` composited onto white, as transformers' `convert_to_rgb` does: a transparent pixel is background, not
-    the colour stored under it (QA: a cutout's hidden green reached the model). Alpha and palette or `tRNS`
-    transparency alike."""
-    image = image.convert("RGBA")
-    return Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image)
+    if image.mode in _PIL_PALETTE_MODES:
+        image = image.convert("RGBA")  # honours palette transparency before alpha is dropped
+    return np.asarray(image.convert("L" if image.mode in _PIL_GRAY_MODES else "RGB"))
 
 
 def _numpy_to_tensor(array: np.ndarray) -> torch.Tensor:

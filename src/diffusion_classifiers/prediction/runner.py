@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterator, Mapping, NamedTuple, Optional, Sequence
 
-from ..data.arguments import add_column_args, json_object_arg, seed_argument
+from ..data.arguments import add_column_args, json_object_arg, number_in
 from .inputs import (
     DICOM_ID_COLUMNS,
     FILE_STAMP_COLUMNS,
@@ -452,8 +452,8 @@ def predict_files(
         # training images' (`data.sixteen_bit.check_bit_depths`)
         # the bar counts the files committed, not those read: a batch is read fast, then classified at once
         bar = tqdm(total=len(mine), desc="predict", unit="file", **hidden)
-        with pipeline.progress_bars_off(), check_bit_depths(pipeline.preprocessing.medical, stacklevel=2), bar, \
-                first_frames_noted(stacklevel=2):
+        with pipeline.progress_bars_off(), check_bit_depths(pipeline.preprocessing.medical, stacklevel=2), \
+                first_frames_noted(stacklevel=2), bar:  # the bar closed before either warns
             for item in mine:
                 writer.add(item)
                 if len(writer.images) >= batch_size:
@@ -592,7 +592,7 @@ def add_predict_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     )  # fmt: skip
     parser.add_argument("--batch_size", type=int, default=64, help="images per pipeline call; a killed run loses at most one batch")
     parser.add_argument(
-        "--seed", type=seed_argument, default=DEFAULT_SEED,
+        "--seed", type=number_in(f"[0, {2**64 - 1}]", int), default=DEFAULT_SEED,  # a torch generator's seed
         help="Score-SDE pipelines: the seed of their noise, combined with each image's pixels",
     )  # fmt: skip
     parser.add_argument(
@@ -659,8 +659,9 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
             print(f"to predict the files of {summary.errors} again (repaired since), rerun with --retry_errors")
         if summary.not_in_input:
             print(
-                f"{summary.not_in_input} rows of {summary.output} are of files no longer in {args.input} (an earlier "
-                "run's, kept after the others; --overwrite predicts the input afresh)"
+                f"{summary.not_in_input} rows of {summary.output} are of files no longer among the inputs of "
+                f"{args.input} (removed or renamed since, or in a folder now skipped, such as a NAS's @eaDir: an "
+                "earlier run's rows, kept after the others; --overwrite predicts the input afresh)"
             )
     return summary
 
