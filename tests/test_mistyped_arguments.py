@@ -123,9 +123,9 @@ def test_the_highest_seed_accepted_seeds_every_resample_of_a_clustering(tmp_path
     assert 0 <= clustering_stability(x, 2, seed=2**32 - 1) <= 1
 
 
-def test_predict_takes_the_seeds_of_a_torch_generator_and_the_others_numpys():
-    """Upgrade QA: a prediction made with `--seed 5000000000` (a Score-SDE pipeline's torch generator takes it) could
-    no longer be resumed; the seeds numpy and scikit-learn take stay below 2**32."""
+def test_predict_takes_any_seed_and_the_others_numpys():
+    """Upgrade QA: a prediction made with `--seed 5000000000` (a Score-SDE pipeline hashes any integer with each
+    image's pixels) could no longer be resumed; the seeds numpy and scikit-learn take stay below 2**32."""
     from diffusion_classifiers.cli import build_parser
 
     base = ["--model_dir", "m", "--input", "i", "--output", "o.csv"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterator, Mapping, NamedTuple, Optional, Sequence
 
-from ..data.arguments import add_column_args, json_object_arg, number_in
+from ..data.arguments import add_column_args, json_object_arg
 from .inputs import (
     DICOM_ID_COLUMNS,
     FILE_STAMP_COLUMNS,
@@ -592,7 +592,7 @@ def add_predict_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     )  # fmt: skip
     parser.add_argument("--batch_size", type=int, default=64, help="images per pipeline call; a killed run loses at most one batch")
     parser.add_argument(
-        "--seed", type=number_in(f"[0, {2**64 - 1}]", int), default=DEFAULT_SEED,  # a torch generator's seed
+        "--seed", type=int, default=DEFAULT_SEED,  # hashed with each image's pixels: any integer seeds the pipeline
         help="Score-SDE pipelines: the seed of their noise, combined with each image's pixels",
     )  # fmt: skip
     parser.add_argument(
