@@ -190,3 +190,12 @@ def test_a_folder_that_cannot_be_listed_is_said(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match=r"1 folder\(s\) cannot be listed, their files not read: .*locked"):
         files = list_unlabeled_folder(pool, "pool")
     assert relative_names(files, pool) == ["run1/img0.png", "run1/img1.png"]
+
+
+def test_a_named_pipe_in_a_folder_is_not_listed(tmp_path):
+    """Second read of the listing: reading a pipe named like an image would block for ever (regular files and broken
+    links only)."""
+    pool = tmp_path / "pool"
+    write_images(pool, 1)
+    os.mkfifo(pool / "stream.png")
+    assert relative_names(list_unlabeled_folder(pool, "pool"), pool) == ["img0.png"]

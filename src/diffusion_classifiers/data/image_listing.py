@@ -118,7 +118,9 @@ class _FolderWalk:
     def read(self, top: str) -> None:
         for folder, folder_names, file_names in os.walk(top, onerror=self.unlisted.append):
             folder_names[:] = [name for name in sorted(folder_names) if self._descend(os.path.join(folder, name))]
-            self.files.extend(Path(folder, name) for name in file_names if not is_skipped_name(name))
+            entries = [Path(folder, name) for name in file_names if not is_skipped_name(name)]
+            # files and broken links (their readers name them); not a pipe or socket, which reading would block on
+            self.files.extend(path for path in entries if path.is_file() or path.is_symlink())
 
     def follow(self, link: str) -> None:
         if os.path.realpath(link) in self.seen:
