@@ -1476,10 +1476,12 @@ def test_predict_refuses_to_write_over_its_own_input_csv_even_with_overwrite(mod
     write_images(tmp_path, ["a.png", "b.png"])
     listing = tmp_path / "list.csv"
     listing.write_text("path,label\na.png,cat\nb.png,dog\n")
-    for flag in ("--output", "--errors"):
+    for flag, name in (("--output", "output"), ("--errors", "errors file")):
         other = {"--output": str(tmp_path / "out.csv"), "--errors": str(tmp_path / "errors.csv")}
         paths = {**other, flag: str(listing)}
-        with pytest.raises(ValueError, match=rf"{flag} {listing}: it is the --input file"):
+        with pytest.raises(ValueError, match=rf"{name} {listing}: it is the CSV listing the inputs"):
             main(["predict", "--model_dir", str(models / "unet"), "--input", str(listing), "--overwrite",
                   *[item for pair in paths.items() for item in pair]])  # fmt: skip
+    with pytest.raises(ValueError, match=rf"output {listing}: it is the CSV listing the inputs"):  # in Python too
+        predict_files(load(models, "unet"), list_inputs(listing), listing, overwrite=True, progress_bar=False)
     assert listing.read_text() == "path,label\na.png,cat\nb.png,dog\n"

@@ -49,6 +49,7 @@ class PredictionInput:
             (`file_stamp`), so a rerun tells a file replaced under the same name from one done.
         columns (`Mapping[str, str]`, *optional*): the other cells of its CSV row (a plankton sample, a site, a
             date), carried to the output after `path` and `frame`, so `aggregate` can group by them.
+        listed_in (`Path`, *optional*): the CSV that lists it, which a prediction never writes over.
     """
 
     path: str
@@ -57,6 +58,7 @@ class PredictionInput:
     dicom_file: Optional[Path] = field(default=None, repr=False, compare=False)
     file: Optional[Path] = field(default=None, repr=False, compare=False)
     columns: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    listed_in: Optional[Path] = field(default=None, repr=False, compare=False)
 
 
 TRAINING_IMAGE_KEY = "training_image"  # labelled inputs: the image is, by content, one the model was trained on
@@ -82,14 +84,16 @@ def dicom_ids(item: PredictionInput) -> dict[str, Optional[str]]:
 
 
 def _input_of_file(
-    path: Path, name: str, read: Callable, label: Optional[str] = None, columns: Optional[Mapping[str, str]] = None
+    path: Path, name: str, read: Callable, label: Optional[str] = None, columns: Optional[Mapping[str, str]] = None,
+    listed_in: Optional[Path] = None,
 ) -> PredictionInput:
-    """The input of an image or DICOM file (one that does not exist reads as a missing file: an errors-file row)."""
+    """The input of an image or DICOM file (one that does not exist reads as a missing file: an errors-file row),
+    listed in the CSV `listed_in`, if any."""
     from ..data.dicom import is_dicom_file
 
     dicom = path.is_file() and is_dicom_file(path)
     read_file = partial(_read_listed_file, path, read)
-    return PredictionInput(name, read_file, label, path if dicom else None, path, dict(columns or {}))
+    return PredictionInput(name, read_file, label, path if dicom else None, path, dict(columns or {}), listed_in)
 
 
 def file_stamp(item: PredictionInput) -> dict[str, Any]:
@@ -238,7 +242,7 @@ def _csv_inputs(path: Path, read: Callable) -> list[PredictionInput]:
         first_line[name] = line
         label = row.get("label") or None
         cells = {column: row.get(column) or "" for column in carried}
-        inputs.append(_input_of_file(path.parent / name, name, read, label, cells))
+        inputs.append(_input_of_file(path.parent / name, name, read, label, cells, listed_in=path))
     _check_dicom_decoders([path.parent / name for name in first_line if name])
     return inputs
 

@@ -406,7 +406,7 @@ def predict_files(
     from ..evaluation import pipeline_call_settings, recorded_fingerprints_of, recorded_fingerprints_partial_of
 
     files = check_output_args(output_path, errors_path, batch_size)
-    check_inputs(inputs)
+    check_inputs(inputs, files)
     if train_fingerprints is None:
         train_fingerprints = recorded_fingerprints_of(pipeline)
     if train_fingerprints is not None and recorded_fingerprints_partial_of(pipeline):
@@ -507,10 +507,16 @@ def _one_prediction_at_a_time(files: OutputFiles, accelerator: Any) -> Iterator[
                 lock.release()
 
 
-def check_inputs(inputs: Sequence[PredictionInput]) -> None:
-    """At least one input, each path once."""
+def check_inputs(inputs: Sequence[PredictionInput], files: Optional[OutputFiles] = None) -> None:
+    """At least one input, each path once; none listed in a CSV that `files` (the output, the errors file) would
+    write over, `overwrite` or not (QA: a refusal advised `--overwrite`, which replaced the user's list of paths by
+    predictions)."""
     if not inputs:
         raise ValueError("inputs: expected at least one input, got none")
+    lists = {os.path.realpath(item.listed_in) for item in inputs if item.listed_in is not None}
+    for name, path in (("output", files.output), ("errors file", files.errors)) if files is not None else ():
+        if os.path.realpath(path) in lists:
+            raise ValueError(f"{name} {path}: it is the CSV listing the inputs; expected another file to write")
     paths = [item.path for item in inputs]
     if len(set(paths)) != len(paths):
         duplicate = next(path for i, path in enumerate(paths) if path in paths[:i])
@@ -619,7 +625,6 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     from ..training.launch import check_world_size
 
     files = check_output_args(args.output, args.errors, args.batch_size)
-    _check_input_is_not_written(args.input, files)
     _check_pipeline_kwargs(args.pipeline_kwargs)  # its names are checked against the pipeline once it is loaded
     model_dir, windows, medical, inputs = model_and_inputs(args)
     accelerator = Accelerator()
@@ -664,16 +669,6 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
                 "earlier run's rows, kept after the others; --overwrite predicts the input afresh)"
             )
     return summary
-
-
-def _check_input_is_not_written(input_path: str, files: OutputFiles) -> None:
-    """Refuse an `--output` or `--errors` that is the `--input` CSV itself, `--overwrite` or not (QA: the refusal of
-    a file not written by a prediction advised `--overwrite`, which replaced the user's list by predictions)."""
-    for flag, path in (("--output", files.output), ("--errors", files.errors)):
-        if os.path.isfile(input_path) and os.path.realpath(path) == os.path.realpath(input_path):
-            raise ValueError(
-                f"{flag} {path}: it is the --input file; expected another file, which the predictions go to"
-            )
 
 
 def add_input_args(parser: argparse.ArgumentParser) -> None:
