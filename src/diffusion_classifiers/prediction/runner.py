@@ -513,7 +513,7 @@ def check_inputs(inputs: Sequence[PredictionInput], files: Optional[OutputFiles]
     predictions)."""
     if not inputs:
         raise ValueError("inputs: expected at least one input, got none")
-    lists = {os.path.realpath(item.listed_in) for item in inputs if item.listed_in is not None}
+    lists = {os.path.realpath(csv) for csv in {item.listed_in for item in inputs} if csv is not None}  # one a CSV
     for name, path in (("output", files.output), ("errors file", files.errors)) if files is not None else ():
         if os.path.realpath(path) in lists:
             raise ValueError(f"{name} {path}: it is the CSV listing the inputs; expected another file to write")
