@@ -1,10 +1,13 @@
 """Files written whole or not at all leave no temporary file behind: not when writing fails, and not those a killed
 writer left (QA: `.report.md.tmp-PID` files of SIGKILLed runs survived every later clean rerun)."""
 
+import errno
 import os
 import subprocess
 import sys
 import time
+
+import pytest
 
 from diffusion_classifiers import atomic_files
 from diffusion_classifiers.atomic_files import write_atomically, write_json_atomically
@@ -46,3 +49,15 @@ def test_a_failed_write_leaves_the_earlier_file_and_no_temporary(tmp_path):
         pass
     assert (tmp_path / "metrics.json").read_text() == '{"accuracy": 0.9}'
     assert sorted(path.name for path in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path):
+    """A write's storage error carries no file name ("[Errno 28] No space left on device"): the user is told which
+    file could not be written (session 56's operations persona)."""
+
+    def fill_the_disk(handle):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        write_atomically(tmp_path / "metrics.json", fill_the_disk)
+    assert raised.value.errno == errno.ENOSPC and str(tmp_path / "metrics.json") in str(raised.value)

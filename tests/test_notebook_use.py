@@ -27,3 +27,22 @@ def test_tqdm_disable_hides_a_pipelines_bars_unless_the_pipeline_asks_for_them()
     )
     shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert shown.split("\n")[:2] == ["{}", "{'disable': False}"]
+
+
+def test_the_studys_feature_bars_leave_tqdm_disable_in_force(monkeypatch):
+    """QA (session 58): `extract_study_features(show_progress=True)` passed `disable=False` to each split's bar, which
+    overrode `TQDM_DISABLE=1` (a log full of bars in a job that asked for none); hidden, it still passes True."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from diffusion_classifiers import features, unet_feature_study
+    from diffusion_classifiers.models import unet_config
+
+    asked = []
+    monkeypatch.setattr(features.DiffusionFeatureExtractor, "extract", lambda self, *a, **kw: asked.append(kw) or {})
+    split = LabeledImages(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]), ["a", "b"])
+    unet = UNet2DModel(**unet_config("tiny", 8))
+    for shown in (True, False):
+        unet_feature_study.extract_study_features(unet, DDPMScheduler(), dict.fromkeys(("train", "val", "test"), split),
+                                                  timesteps=[10], show_progress=shown)  # fmt: skip
+    assert [bar["progress_bar"].get("disable") for bar in asked] == [None] * 3 + [True] * 3
+    assert all(bar["progress_bar"]["desc"].startswith("U-Net features") for bar in asked)

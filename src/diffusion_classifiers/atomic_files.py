@@ -24,7 +24,7 @@ STALE_TEMPORARY_SECONDS = 60
 def write_atomically(path: Union[str, os.PathLike], write: Callable[[IO], Any], mode: str = "w") -> None:
     """`write(handle)` into a hidden temporary file beside `path` (UTF-8 text, or bytes with `mode="wb"`), flushed to
     the disk, then renamed over `path`; the temporary file is removed when writing fails, and those a killed process
-    left for the same file once this one is written."""
+    left for the same file once this one is written. A storage error (a full disk, a quota) names `path`."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     text = {} if "b" in mode else {"newline": "", "encoding": "utf-8"}
@@ -34,6 +34,10 @@ def write_atomically(path: Union[str, os.PathLike], write: Callable[[IO], Any], 
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+    except OSError as error:
+        if error.filename is None:  # a write's or fsync's error names no file: "[Errno 28] No space left on device"
+            error.filename = str(path)
+        raise
     finally:
         temporary.unlink(missing_ok=True)
     remove_leftovers_of_killed_writers(path.parent, f".{path.name}.tmp-")

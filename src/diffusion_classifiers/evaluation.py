@@ -26,7 +26,6 @@ from .atomic_files import write_texts_atomically
 from .confidence_intervals import intervals_of_metrics
 from .data import ONE_SET, ImagePreprocessing, LabeledImages, canonical_split_name, load_image_classification_data
 from .data.hf_datasets import HF_SPLIT_NAMES, is_saved_dataset
-from .data.image_listing import list_image_folder
 from .data.preprocessing import images_in_their_stated_range
 from .data.readers import check_source_exists
 from .data.split_record import (

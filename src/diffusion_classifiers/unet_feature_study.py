@@ -31,6 +31,7 @@ from .metrics import (
     resolve_positive_label,
 )
 from .pipelines import UNetFeatureClassifierPipeline
+from .progress_bars import bar_visibility
 from .models.unet_presets import DEFAULT_TIMESTEPS
 from .probing import ProbeGridResult, fit_probe_grid, kmeans_evaluate, label_free_kmeans
 from .probing.protocols import MAX_SELECTION_IMAGES, checked_num_clusters
@@ -127,7 +128,7 @@ def extract_study_features(
         name: extractor.extract(
             splits[name].images if isinstance(splits[name], LabeledImages) else splits[name], blocks, timesteps,
             pool=pool, noise_seed=noise_seed, batch_size=batch_size,
-            progress_bar={"disable": not show_progress, "desc": f"U-Net features ({name})"},
+            progress_bar={**bar_visibility(show_progress), "desc": f"U-Net features ({name})"},
             num_workers=num_workers, max_memory_bytes=max_memory_bytes, views=views,
         )
         for name in SPLITS
@@ -173,7 +174,7 @@ def study_from_features(
     if train_index is not None:
         index = checked_train_index(train_index, len(train))
         train_features, train_labels = {pair: x[index] for pair, x in train_features.items()}, train_labels[index]
-    hidden = {} if show_progress else {"progress_bar": {"disable": True}}
+    hidden = {} if show_progress else {"progress_bar": bar_visibility(False)}
     probe = fit_probe_grid(
         train_features, train_labels, probed["val"], labels["val"], probed["test"], labels["test"],
         num_classes=train.num_classes, class_names=train.class_names, pool=pool, noise_seed=noise_seed, views=views,

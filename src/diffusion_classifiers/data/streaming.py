@@ -58,6 +58,7 @@ from .readers import (
 )
 from .split_record import ANONYMISED_DICOM_RULE, check_anonymised_dicom_groups, image_fingerprints, save_split_record
 from .splits import check_split_fractions
+from ..progress_bars import bar_visibility
 from ..validation import check_name_list, check_seed, first_and_more
 
 __all__ = [
@@ -221,8 +222,7 @@ class StreamingImages(torch.utils.data.Dataset):
         loader = torch.utils.data.DataLoader(
             _ReadOnce(self), batch_size=_VERIFY_BATCH, num_workers=num_workers, collate_fn=list
         )  # fmt: skip
-        hidden = {} if progress_bar else {"disable": True}  # shown: TQDM_DISABLE=1 still silences it
-        bar = tqdm(loader, desc="Reading every image", unit="batch", **hidden)
+        bar = tqdm(loader, desc="Reading every image", unit="batch", **bar_visibility(progress_bar))
         failures, fingerprints = [], []
         for index, reason, fingerprint in (item for batch in bar for item in batch):
             if reason is None:

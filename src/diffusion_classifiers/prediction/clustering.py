@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
+from ..progress_bars import bar_visibility
 from .inputs import PredictionInput
 from .runner import add_input_args, diffusers_progress_bars, input_split, model_and_inputs, read_checked
 
@@ -458,8 +459,7 @@ def _extracted(
     from tqdm.auto import tqdm
 
     gathered: dict = {}
-    hidden = {} if progress_bar else {"disable": True}  # shown: TQDM_DISABLE=1 still silences it
-    with tqdm(total=len(inputs), desc=description, unit="file", **hidden) as bar:
+    with tqdm(total=len(inputs), desc=description, unit="file", **bar_visibility(progress_bar)) as bar:
         for batch_rows, images in _read_in_batches(pipeline, inputs, batch_size, errors, bar):
             for name, value in extract(images).items():
                 gathered.setdefault(name, _GrowingRows(len(inputs))).append(value.detach().float().cpu().numpy())

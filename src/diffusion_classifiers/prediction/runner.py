@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Collection, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 from ..data.arguments import add_column_args, json_object_arg
+from ..progress_bars import bar_visibility
 from .inputs import (
     DICOM_ID_COLUMNS,
     FILE_STAMP_COLUMNS,
@@ -447,11 +448,11 @@ def predict_files(
         order = {item.path: i for i, item in enumerate(inputs)}
         fingerprints = None if train_fingerprints is None else frozenset(train_fingerprints)
         writer = _BatchWriter(pipeline, files, columns, order, call_kwargs, fingerprints)
-        hidden = {} if progress_bar and is_main else {"disable": True}  # shown: TQDM_DISABLE=1 still silences it
+        shown = bar_visibility(progress_bar and is_main)
         # one bar, over the files; one warning for the 16-bit files read at another guessed bit depth than the
         # training images' (`data.sixteen_bit.check_bit_depths`)
         # the bar counts the files committed, not those read: a batch is read fast, then classified at once
-        bar = tqdm(total=len(mine), desc="predict", unit="file", **hidden)
+        bar = tqdm(total=len(mine), desc="predict", unit="file", **shown)
         with pipeline.progress_bars_off(), check_bit_depths(pipeline.preprocessing.medical, stacklevel=2), \
                 first_frames_noted(stacklevel=2), bar:  # the bar closed before either warns
             for item in mine:

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from .._version import __version__
 from ..atomic_files import write_json_atomically
+from ..progress_bars import bar_visibility
 from ..validation import check_seed, typed_command
 from ..run_lock import claim_on_main_process
 from .arguments import TrainingArguments
@@ -645,9 +646,8 @@ class _TrainingRun:
     def run(self) -> None:
         """Every step left, epoch by epoch; resuming mid-epoch, the first epoch skips the batches done."""
         accelerator, args, dataloader = self.accelerator, self.args, self.prepared.dataloader
-        # other processes draw no bar; the main one leaves `disable` to tqdm, so that TQDM_DISABLE=1 silences it (logs)
-        hidden = {} if accelerator.is_local_main_process else {"disable": True}
-        self.progress = tqdm(total=self.prepared.max_train_steps, initial=self.global_step, desc="train", **hidden)
+        shown = bar_visibility(accelerator.is_local_main_process)  # other processes draw no bar
+        self.progress = tqdm(total=self.prepared.max_train_steps, initial=self.global_step, desc="train", **shown)
         epoch, steps_into_epoch = divmod(self.global_step, self.prepared.updates_per_epoch)
         batches_to_skip = steps_into_epoch * args.gradient_accumulation_steps
         self.prepared.model.train()
