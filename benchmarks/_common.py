@@ -158,13 +158,18 @@ def add_reading_options(parser: argparse.ArgumentParser) -> None:
         "--normalize_background", action="store_true",
         help="divide each image by its border's level (bright-field images: dark organisms on a light background)",
     )  # fmt: skip
+    parser.add_argument(
+        "--transparency_fill", type=float, default=None,
+        help="composite transparent pixels (PNG cutouts) onto this grey level, -1 black .. 1 white; default: alpha "
+        "discarded",
+    )  # fmt: skip
 
 
 def reading_options(args: argparse.Namespace) -> dict:
     """The keywords of `load_image_classification_data` the reading flags give (`add_reading_options`)."""
     return {
         "num_channels": args.num_channels, "resize_mode": args.resize_mode, "pad_value": args.pad_value,
-        "normalize_background": args.normalize_background,
+        "normalize_background": args.normalize_background, "transparency_fill": args.transparency_fill,
     }  # fmt: skip
 
 
@@ -235,8 +240,10 @@ def _check_new_folder(parser: argparse.ArgumentParser, folder: str, flag: str) -
 
 
 # What a reused U-Net must have been trained on as this run reads its images: the same size, channels, resize,
-# padding and background.
-REUSED_UNET_CONTRACT = ("image_size", "num_channels", "resize_mode", "pad_value", "normalize_background")
+# padding, background and transparency.
+REUSED_UNET_CONTRACT = (
+    "image_size", "num_channels", "resize_mode", "pad_value", "normalize_background", "transparency_fill",
+)  # fmt: skip
 
 
 def check_unet_dir(unet_dir: str, preprocessing: "ImagePreprocessing", class_conditional: bool = False) -> None:
@@ -262,8 +269,8 @@ def check_unet_dir(unet_dir: str, preprocessing: "ImagePreprocessing", class_con
         raise ValueError(
             f"--unet_dir: {unet_dir} holds a U-Net trained on images read otherwise than this run reads them: "
             f"{'; '.join(differing)}; expected the same preprocessing: run with the options it was kept with "
-            "(--image_size, --num_channels, --resize_mode, --pad_value, --normalize_background), or train a U-Net for "
-            "these"
+            "(--image_size, --num_channels, --resize_mode, --pad_value, --normalize_background, --transparency_fill), "
+            "or train a U-Net for these"
         )
 
 

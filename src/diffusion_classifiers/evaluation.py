@@ -975,7 +975,9 @@ def _check_one_split(dataset) -> None:
 
 
 # How a loader read images, which a model's tensors must share with its contract (the range is checked per batch).
-_READING_FIELDS = ("image_size", "num_channels", "resize_mode", "pad_value", "normalize_background")
+_READING_FIELDS = (
+    "image_size", "num_channels", "resize_mode", "pad_value", "normalize_background", "transparency_fill",
+)  # fmt: skip
 
 
 def check_read_as_the_model_reads(dataset, contract: ImagePreprocessing) -> None:

@@ -1,6 +1,6 @@
 """The data flags every script shares (`--dataset`, `--class_names`, `--image_size`, `--num_channels`, `--window`,
 `--bits_stored`, `--val_fraction`, `--test_fraction`, `--resize_mode`, `--pad_value`, `--normalize_background`,
-`--image_column`, `--label_column`, `--streaming`, `--no_verify_images`, `--unlabeled`), `json_object_arg`, the type
+`--transparency_fill`, `--image_column`, `--label_column`, `--streaming`, `--no_verify_images`, `--unlabeled`), `json_object_arg`, the type
 of the commands' `--pipeline_kwargs`, and `number_in`, the type of a numeric flag refused at parse time when out of its
 range.
 
@@ -58,8 +58,8 @@ def columns_from_args(args: Any) -> dict[str, str | None]:
 
 def add_data_args(parser: Any, image_size: int | None = None, streaming: bool = False, unlabeled: bool = False) -> Any:
     """The `--dataset`, `--class_names`, `--image_size`, `--num_channels`, `--window`, `--bits_stored`, `--val_fraction`,
-    `--test_fraction`, `--resize_mode`, `--pad_value`, `--normalize_background`, `--image_column` and `--label_column`
-    flags every script shares (read by [`load_data_from_args`]), with `streaming` the `--streaming` flag (read by
+    `--test_fraction`, `--resize_mode`, `--pad_value`, `--normalize_background`, `--transparency_fill`, `--image_column`
+    and `--label_column` flags every script shares (read by [`load_data_from_args`]), with `streaming` the `--streaming` flag (read by
     `data.streaming_data_from_args`) of scripts whose trainer takes a dataset, and with `unlabeled` the `--unlabeled`
     flag of label-free trainers."""
     parser.add_argument(
@@ -111,6 +111,12 @@ def add_data_args(parser: Any, image_size: int | None = None, streaming: bool = 
         "--normalize_background", action="store_true",
         help="divide each bright-field image by the median of its border pixels, so grey and white instrument "
         "fields both become white (FlowCam vs in-situ cameras); saved with the model",
+    )  # fmt: skip
+    parser.add_argument(
+        "--transparency_fill", type=float, default=None,
+        help="composite the transparent pixels of PNG / GIF / TIFF cutouts onto this grey level of the [-1, 1] scale "
+        "(1 white, -1 black), before any other step; saved with the model (default: alpha discarded, a transparent "
+        "pixel read as the colour stored under it, as models trained before the flag existed read it)",
     )  # fmt: skip
     add_column_args(parser)
     if streaming:

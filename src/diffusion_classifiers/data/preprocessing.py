@@ -55,6 +55,7 @@ _PIXEL_ARRAY_DTYPES = (torch.int8, torch.int16, torch.int32)
 _FLOAT_RANGE_TOLERANCE = 1e-3
 _PIL_GRAY_MODES = {"1", "L", "LA", "La"}
 _PIL_PALETTE_MODES = {"P", "PA"}
+_PIL_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}  # and images of another mode with a `transparency` colour
 # Channel counts a channel axis may have, and the layouts accepted (for error messages).
 _CHANNEL_COUNTS = (1, 3)
 _LAYOUTS = "[H, W]; one image [C, H, W] or [H, W, C]; a batch [N, C, H, W] or [N, H, W, C]; C = 1 or 3"
@@ -108,6 +109,11 @@ class ImagePreprocessing:
             resize) and clip, so that the background becomes white whatever the instrument's illumination: a grey
             FlowCam field and a white in-situ camera field then look alike. Meant for bright-field images (dark
             objects on a light background); an image whose background is darker than 0.1 raises `ValueError`.
+        transparency_fill (`float`, *optional*): the grey level, on the output scale `[-1, 1]` (-1 black, 1 white),
+            that the transparent pixels of PIL images and image files (alpha, a palette's or a PNG's transparent
+            colour) are composited onto, before any other step. `None` (the default, and the rule of every contract
+            saved before the option existed) discards alpha: a transparent pixel reads as the colour stored under it
+            (a cutout's hidden background), with one `UserWarning` per process when an image has such pixels.
     """
 
     image_size: int | tuple[int, int] | None = None
@@ -118,6 +124,7 @@ class ImagePreprocessing:
     resize_mode: str = "stretch"
     pad_value: float = -1.0
     normalize_background: bool = False
+    transparency_fill: float | None = None
 
     def __post_init__(self) -> None:
         size = _check_image_size(self.image_size)
@@ -134,6 +141,12 @@ class ImagePreprocessing:
             raise ValueError(f"pad_value: expected a number in [-1, 1] (the output scale), got {self.pad_value!r}")
         if not isinstance(self.normalize_background, bool):
             raise ValueError(f"normalize_background: expected True or False, got {self.normalize_background!r}")
+        fill = self.transparency_fill
+        if fill is not None and (isinstance(fill, bool) or not isinstance(fill, (int, float)) or not -1 <= fill <= 1):
+            raise ValueError(
+                f"transparency_fill: expected None or a number in [-1, 1] (the output scale: -1 black, 1 white), "
+                f"got {fill!r}"
+            )
         if isinstance(self.medical, dict):
             object.__setattr__(self, "medical", MedicalPreprocessing.from_dict(self.medical))
         elif self.medical is not None and not isinstance(self.medical, MedicalPreprocessing):
@@ -150,6 +163,8 @@ class ImagePreprocessing:
             del config["resize_mode"], config["pad_value"]
         if not self.normalize_background:  # saved as before the option existed
             del config["normalize_background"]
+        if self.transparency_fill is None:  # saved as before the option existed
+            del config["transparency_fill"]
         return config
 
     @classmethod
@@ -168,9 +183,11 @@ class ImagePreprocessing:
 
     @property
     def fit(self) -> dict[str, Any]:
-        """`resize_mode`, `pad_value` and `normalize_background`: the keywords the loaders take to read images as
-        this contract does."""
-        return {name: getattr(self, name) for name in ("resize_mode", "pad_value", "normalize_background")}
+        """`resize_mode`, `pad_value`, `normalize_background` and, where set, `transparency_fill`: the keywords the
+        loaders take to read images as this contract does (a contract without the fill gives the keywords it gave
+        before the option existed)."""
+        fit = {name: getattr(self, name) for name in ("resize_mode", "pad_value", "normalize_background")}
+        return fit if self.transparency_fill is None else {**fit, "transparency_fill": self.transparency_fill}
 
     def for_its_output(self) -> "ImagePreprocessing":
         """The contract that reads this contract's own output (`[-1, 1]` tensors at its size and channels, as the
@@ -199,6 +216,8 @@ class ImagePreprocessing:
             size = f"{side} px ({self.resize_mode}{fill})"
         channels = {1: "1 channel", 3: "3 channels"}.get(self.num_channels, "each image's own channels")
         stated = ["background normalised to white"] if self.normalize_background else []
+        if self.transparency_fill is not None:
+            stated += [f"transparent pixels composited onto {float(self.transparency_fill)}"]
         medical = self.medical_or_default
         windows = medical.to_dict()["windows"]
         stated += [f"DICOM windows {windows}"] if windows != ["file"] else []
@@ -217,10 +236,18 @@ class ImagePreprocessing:
         return preprocess_images(images, input_data_format=input_data_format, preprocessing=self)
 
 
-def fit_options(resize_mode: str = "stretch", pad_value: float = -1.0, normalize_background: bool = False) -> dict:
+def fit_options(
+    resize_mode: str = "stretch",
+    pad_value: float = -1.0,
+    normalize_background: bool = False,
+    transparency_fill: float | None = None,
+) -> dict:
     """The contract's options for how an image meets its size and background, as keyword arguments, checked now
     (`ValueError` naming a bad one) so that loaders refuse them before reading any file."""
-    return ImagePreprocessing(resize_mode=resize_mode, pad_value=pad_value, normalize_background=normalize_background).fit
+    return ImagePreprocessing(
+        resize_mode=resize_mode, pad_value=pad_value, normalize_background=normalize_background,
+        transparency_fill=transparency_fill,
+    ).fit  # fmt: skip
 
 
 def preprocess_images(
@@ -260,8 +287,8 @@ def preprocess_images(
             one image or a batch, or a list of them (each may have its own size and type), read as in the table above.
             PIL modes: `I`/`I;16*` are read as their files are, by their bit depth (the stated `medical.bits_stored`,
             else their maximum's; `medical.pil_images_as_files`, as every new contract says), else from `[0, 65535]` (or
-            the stated depth), `F` is one float channel; alpha is discarded, not composited (the colour stored under a
-            transparent pixel is read). Values: `uint8` is scaled from `[0, 255]`, `uint16` from `[0, 65535]` (from `[0,
+            the stated depth), `F` is one float channel; transparent pixels are composited onto the contract's
+            `transparency_fill`, or without one alpha is discarded (the colour stored under them is read). Values: `uint8` is scaled from `[0, 255]`, `uint16` from `[0, 65535]` (from `[0,
             2^bits_stored - 1]` where `medical.bits_stored` is stated, else with a warning where the contract reads
             medical files), `bool` from `{0, 1}`, float data by the contract's `input_range` (see
             [`ImagePreprocessing`]). Float values outside that range, other integer dtypes (int16: a DICOM's
@@ -362,7 +389,10 @@ def _to_unit_batches(items: list, data_format: str | None, contract: ImagePrepro
             item, value_range, item_format = _read_path(item, position, contract), _FILE_RANGE, "channels_first"
         elif _reads_as_its_file(item, contract):  # a 16-bit PIL image: [1, 1, H, W] in [0, 1], as its file
             item, value_range, item_format = _scaled_as_its_file(item, position), _FILE_RANGE, "channels_first"
-        batch = _item_to_nchw(item, position, offset, item_format)
+        pixels = item
+        if isinstance(item, Image.Image):
+            pixels, item_format = _pil_to_array(item, contract.transparency_fill), "channels_last"  # PIL's layout
+        batch = _item_to_nchw(pixels, position, offset, item_format)
         if batch.shape[0] == 0 or batch.shape[2] == 0 or batch.shape[3] == 0:
             raise ValueError(f"preprocess_images: item {position} is empty (shape {tuple(batch.shape)})")
         if batch.dtype == torch.uint16 and stated_bits is not None:  # arrays and PIL images, as 16-bit files
@@ -583,10 +613,7 @@ def _hounsfield_hint(contract: ImagePreprocessing) -> str:
 
 
 def _item_to_nchw(item: Any, position: int, offset: int, data_format: str | None) -> torch.Tensor:
-    """One list item (PIL image, array or tensor) -> a tensor [n, C, H, W] of its original dtype."""
-    if isinstance(item, Image.Image):
-        item = _pil_to_array(item)
-        data_format = "channels_last"  # PIL's own layout, whatever the caller's arrays use
+    """One list item (array or tensor; a PIL image is an array by then) -> a tensor [n, C, H, W] of its dtype."""
     if isinstance(item, np.ndarray):
         item = _numpy_to_tensor(item)
     elif isinstance(item, torch.Tensor):
@@ -630,7 +657,9 @@ def _is_channels_last(batch: torch.Tensor, ndim: int, offset: int, data_format: 
     )
 
 
-def _pil_to_array(image: Image.Image) -> np.ndarray:
+def _pil_to_array(image: Image.Image, transparency_fill: float | None) -> np.ndarray:
+    """A PIL image as an array `[H, W]` or `[H, W, 3]`: 16-bit and float modes as they are, the others as 8-bit L or
+    RGB, transparent pixels composited onto `transparency_fill` (or alpha discarded, said once, when it is None)."""
     if image.mode in _PIL_16BIT_MODES:
         array = np.asarray(image).astype(np.int64)
         if array.size and (array.min() < 0 or array.max() > 65535):
@@ -639,9 +668,32 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
         return array.astype(np.uint16)
     if image.mode == "F":
         return np.asarray(image, dtype=np.float32)
-    if image.mode in _PIL_PALETTE_MODES:
-        image = image.convert("RGBA")  # honours palette transparency before alpha is dropped
-    return np.asarray(image.convert("L" if image.mode in _PIL_GRAY_MODES else "RGB"))
+    gray = image.mode in _PIL_GRAY_MODES
+    if image.mode in _PIL_ALPHA_MODES or "transparency" in image.info:
+        image = image.convert("RGBA")  # a palette's or a PNG's transparent colour becomes alpha
+        if transparency_fill is None:
+            _warn_if_transparent(image)
+        else:
+            level = round((transparency_fill + 1) * 127.5)
+            image = Image.alpha_composite(Image.new("RGBA", image.size, (level, level, level, 255)), image)
+    return np.asarray(image.convert("L" if gray else "RGB"))
+
+
+TRANSPARENCY_WARNING = "preprocess_images: an image has transparent pixels"  # how its message starts
+
+
+def _warn_if_transparent(image: Image.Image) -> None:
+    """Say once per process (the message names no image, so Python's default filter shows it once) that an image
+    with transparent pixels is read by the colour stored under them."""
+    if image.getchannel("A").getextrema()[0] < 255:
+        warnings.warn(
+            f"{TRANSPARENCY_WARNING}, read as the colour stored under them (alpha is discarded: a cutout's hidden "
+            "background reaches the model), as every model saved without a transparency_fill reads them. A model "
+            "trained anew can composite them onto a grey level instead: transparency_fill=1.0 (white) or -1.0 "
+            "(black) in the loaders and ImagePreprocessing, --transparency_fill with the training scripts",
+            UserWarning,
+            stacklevel=5,
+        )
 
 
 def _numpy_to_tensor(array: np.ndarray) -> torch.Tensor:

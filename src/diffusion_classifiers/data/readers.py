@@ -71,6 +71,7 @@ def load_image_classification_data(
     resize_mode: str = "stretch",
     pad_value: float = -1.0,
     normalize_background: bool = False,
+    transparency_fill: float | None = None,
     anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
     unlabeled: bool = False,
     one_set: bool = False,
@@ -148,9 +149,10 @@ def load_image_classification_data(
         patient_id_column (`str`, *optional*):
             for a CSV source, the column of patient (group) ids; it must exist. Default: `patient_id` if present.
         resize_mode (`str`, *optional*, defaults to `"stretch"`), pad_value (`float`, *optional*, defaults to -1.0),
-        normalize_background (`bool`, *optional*, defaults to `False`):
-            how images meet `image_size` and whether their bright-field background is made white (see
-            [`ImagePreprocessing`]); saved in the splits' contract, so a model trained on them applies the same.
+        normalize_background (`bool`, *optional*, defaults to `False`), transparency_fill (`float`, *optional*):
+            how images meet `image_size`, whether their bright-field background is made white and what their
+            transparent pixels are composited onto (see [`ImagePreprocessing`]); saved in the splits' contract, so a
+            model trained on them applies the same.
         anonymised_dicom_groups (`str`, *optional*, defaults to `"study_or_series"`):
             how DICOM files without a PatientID are grouped in the carved splits: `"study_or_series"` (by study, else
             series), or `"file"` (each file alone, with a warning), as versions before it was recorded did: the rule
@@ -192,7 +194,7 @@ def load_image_classification_data(
         raise ValueError(f"patient_id_column applies to CSV sources only, not to a {kind} source")
     medical = MedicalPreprocessing() if medical is None else medical
     medical.check_channels(num_channels)
-    fit = fit_options(resize_mode, pad_value, normalize_background)
+    fit = fit_options(resize_mode, pad_value, normalize_background, transparency_fill)
     # the readers' float arrays (digits, .npz, windowed DICOM, 16-bit files) are in [0, 1]; checked before any read
     reading = ImagePreprocessing(image_size, num_channels, input_range="[0, 1]", medical=medical, **fit)
     if (image_column is not None or label_column is not None) and kind != "datasets":
@@ -547,13 +549,15 @@ def reading_from_args(args: Any) -> dict[str, Any]:
     DICOM windows, bit depth), as JSON: the trainers record them so that a resume reading the images otherwise is
     refused naming the flag (a `--normalize_background` left out changed no sampled pixel mean of white-field
     plankton images, and the resumed model was saved reading them otherwise)."""
-    names = ("image_size", "num_channels", "resize_mode", "pad_value", "normalize_background", "window", "bits_stored")
+    names = ("image_size", "num_channels", "resize_mode", "pad_value", "normalize_background", "transparency_fill",
+             "window", "bits_stored")  # fmt: skip
     return {name: getattr(args, name) for name in names}
 
 
 def fit_from_args(args: Any) -> dict[str, Any]:
-    """`resize_mode`, `pad_value` and `normalize_background` from the flags of [`add_data_args`], checked."""
-    return fit_options(args.resize_mode, args.pad_value, args.normalize_background)
+    """`resize_mode`, `pad_value`, `normalize_background` and `transparency_fill` from the flags of
+    [`add_data_args`], checked."""
+    return fit_options(args.resize_mode, args.pad_value, args.normalize_background, args.transparency_fill)
 
 
 def medical_from_args(args: Any) -> MedicalPreprocessing:

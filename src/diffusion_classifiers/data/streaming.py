@@ -139,7 +139,8 @@ class StreamingImages(torch.utils.data.Dataset):
             column: `label_column=False`). A `frame` column, when present, names the frame of a multi-frame DICOM.
         medical ([`MedicalPreprocessing`], *optional*): how DICOM files (windows, one channel each) and 16-bit PNG /
             TIFF are read, as in [`load_image_classification_data`]; default `MedicalPreprocessing()`.
-        resize_mode, pad_value, normalize_background: as in [`ImagePreprocessing`]; saved in `preprocessing`.
+        resize_mode, pad_value, normalize_background, transparency_fill: as in [`ImagePreprocessing`]; saved in
+            `preprocessing`.
     """
 
     def __init__(
@@ -153,13 +154,14 @@ class StreamingImages(torch.utils.data.Dataset):
         resize_mode: str = "stretch",
         pad_value: float = -1.0,
         normalize_background: bool = False,
+        transparency_fill: float | None = None,
     ):
         import datasets
 
         if not isinstance(dataset, datasets.Dataset):
             raise TypeError(f"expected a datasets.Dataset, got {_describe(dataset)}")
         self.medical = medical if medical is not None else MedicalPreprocessing()
-        self.fit = fit_options(resize_mode, pad_value, normalize_background)
+        self.fit = fit_options(resize_mode, pad_value, normalize_background, transparency_fill)
         reading = _checked_reading(num_channels, image_size, self.medical, self.fit)
         self.image_column = find_column(dataset.features, image_column, datasets.Image, "image")
         self.label_column = (
@@ -276,8 +278,8 @@ class StreamingImages(torch.utils.data.Dataset):
         all named at once, before any long computation; a file whose pixel data is corrupt fails when it is read, again
         naming the file.
         `frames` names the frame of each row of a multi-frame DICOM (a file listed once per frame, `None` for other
-        files); `medical` is how DICOM and 16-bit files are read, `fit` the `resize_mode`, `pad_value` and
-        `normalize_background` (see the class)."""
+        files); `medical` is how DICOM and 16-bit files are read, `fit` the `resize_mode`, `pad_value`,
+        `normalize_background` and `transparency_fill` (see the class)."""
         import datasets
 
         files = [str(file) for file in files]
@@ -392,6 +394,7 @@ def streaming_image_classification_data(
     resize_mode: str = "stretch",
     pad_value: float = -1.0,
     normalize_background: bool = False,
+    transparency_fill: float | None = None,
     anonymised_dicom_groups: str = ANONYMISED_DICOM_RULE,
     unlabeled: bool = False,
     one_set: bool = False,
@@ -411,7 +414,8 @@ def streaming_image_classification_data(
         num_channels (`int`): 1 or 3 (required: the in-memory default looks at every image first).
         image_size (`int` or `Tuple[int, int]`, *optional*, defaults to 32): every image is resized to it.
         val_fraction, test_fraction, seed, class_names, image_column, label_column, patient_id_column, medical,
-            resize_mode, pad_value, normalize_background, anonymised_dicom_groups, unlabeled, one_set: as in
+            resize_mode, pad_value, normalize_background, transparency_fill, anonymised_dicom_groups, unlabeled,
+            one_set: as in
             [`load_image_classification_data`] (DICOM PatientIDs keep each patient on one side there too).
         check_files (`bool`, *optional*, defaults to `True`): open every image file now, as DICOM headers are read
             (see [`StreamingImages.from_files`]).
@@ -428,7 +432,7 @@ def streaming_image_classification_data(
     check_seed(seed, "seed")
     check_name_list(class_names, "class_names")
     check_anonymised_dicom_groups(anonymised_dicom_groups)
-    fit = fit_options(resize_mode, pad_value, normalize_background)
+    fit = fit_options(resize_mode, pad_value, normalize_background, transparency_fill)
     _checked_reading(num_channels, image_size, medical or MedicalPreprocessing(), fit)  # before files are listed
     _check_source_options(source, unlabeled, patient_id_column, image_column, label_column)
     if class_names is not None and not _is_csv(source):  # a folder's or dataset's own names stand, checked
