@@ -1,8 +1,8 @@
 """The data flags every script shares (`--dataset`, `--class_names`, `--image_size`, `--num_channels`, `--window`,
 `--bits_stored`, `--val_fraction`, `--test_fraction`, `--resize_mode`, `--pad_value`, `--normalize_background`,
-`--transparency_fill`, `--image_column`, `--label_column`, `--streaming`, `--no_verify_images`, `--unlabeled`), `json_object_arg`, the type
-of the commands' `--pipeline_kwargs`, and `number_in`, the type of a numeric flag refused at parse time when out of its
-range.
+`--transparency_fill`, `--image_column`, `--label_column`, `--streaming`, `--no_verify_images`, `--unlabeled`),
+`json_object_arg`, the type of the commands' `--pipeline_kwargs`, and `number_in`, the type of a numeric flag refused
+at parse time when out of its range.
 
 Kept apart from the readers, which import torch, so that a script's `--help` answers at once.
 """
@@ -59,9 +59,9 @@ def columns_from_args(args: Any) -> dict[str, str | None]:
 def add_data_args(parser: Any, image_size: int | None = None, streaming: bool = False, unlabeled: bool = False) -> Any:
     """The `--dataset`, `--class_names`, `--image_size`, `--num_channels`, `--window`, `--bits_stored`, `--val_fraction`,
     `--test_fraction`, `--resize_mode`, `--pad_value`, `--normalize_background`, `--transparency_fill`, `--image_column`
-    and `--label_column` flags every script shares (read by [`load_data_from_args`]), with `streaming` the `--streaming` flag (read by
-    `data.streaming_data_from_args`) of scripts whose trainer takes a dataset, and with `unlabeled` the `--unlabeled`
-    flag of label-free trainers."""
+    and `--label_column` flags every script shares (read by [`load_data_from_args`]), with `streaming` the
+    `--streaming` flag (read by `data.streaming_data_from_args`) of scripts whose trainer takes a dataset, and with
+    `unlabeled` the `--unlabeled` flag of label-free trainers."""
     parser.add_argument(
         "--dataset", default="digits",
         help="'digits', a MedMNIST .npz, an IDX folder, an image folder (DICOM included), a .csv of "

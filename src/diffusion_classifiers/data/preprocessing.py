@@ -288,11 +288,12 @@ def preprocess_images(
             PIL modes: `I`/`I;16*` are read as their files are, by their bit depth (the stated `medical.bits_stored`,
             else their maximum's; `medical.pil_images_as_files`, as every new contract says), else from `[0, 65535]` (or
             the stated depth), `F` is one float channel; transparent pixels are composited onto the contract's
-            `transparency_fill`, or without one alpha is discarded (the colour stored under them is read). Values: `uint8` is scaled from `[0, 255]`, `uint16` from `[0, 65535]` (from `[0,
-            2^bits_stored - 1]` where `medical.bits_stored` is stated, else with a warning where the contract reads
-            medical files), `bool` from `{0, 1}`, float data by the contract's `input_range` (see
-            [`ImagePreprocessing`]). Float values outside that range, other integer dtypes (int16: a DICOM's
-            `pixel_array`, not Hounsfield units), NaN and inf raise `ValueError`. A contract of several DICOM windows
+            `transparency_fill`, or without one alpha is discarded (the colour stored under them is read). Values:
+            `uint8` is scaled from `[0, 255]`, `uint16` from `[0, 65535]` (from `[0, 2^bits_stored - 1]` where
+            `medical.bits_stored` is stated, else with a warning where the contract reads medical files), `bool` from
+            `{0, 1}`, float data by the contract's `input_range` (see [`ImagePreprocessing`]). Float values outside
+            that range, other integer dtypes (int16: a DICOM's `pixel_array`, not Hounsfield units), NaN and inf raise
+            `ValueError`. A contract of several DICOM windows
             warns about pictures (PIL images, `uint8` / `bool` arrays and tensors): they have no Hounsfield units to
             window, and are read as given.
         image_size (`int` or `Tuple[int, int]`, *optional*), num_channels (`int`, *optional*):

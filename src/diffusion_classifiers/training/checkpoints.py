@@ -250,10 +250,10 @@ def _data_changes(saved: Optional[dict], now: Optional[dict]) -> list:
         return [f"how the training images are read ({saved['reading']} -> {now['reading']})"]
     return [
         "the training images (other images, or the same read otherwise: --dataset, --window, --image_size, "
-        "--resize_mode, --pad_value, --normalize_background, --transparency_fill, --bits_stored, or other splits carved "
-        "by --seed, --val_fraction, --test_fraction; or by this library: since 2026-12-06 the 16-bit rows of a datasets source "
-        "are scaled by their bit depth, as their PNG files are, not from 0..65535: a run started before on such rows "
-        "cannot resume, start it afresh)"
+        "--resize_mode, --pad_value, --normalize_background, --transparency_fill, --bits_stored, or other splits "
+        "carved by --seed, --val_fraction, --test_fraction; or by this library: since 2026-12-06 the 16-bit rows of a "
+        "datasets source are scaled by their bit depth, as their PNG files are, not from 0..65535: a run started "
+        "before on such rows cannot resume, start it afresh)"
     ]
 
 
