@@ -1,6 +1,7 @@
 import importlib
 import json
 import re
+import subprocess
 import sys
 
 import numpy as np
@@ -18,7 +19,7 @@ from diffusion_classifiers.pipelines.pipeline_rc_dit import REPRESENTATION_FEATU
 from diffusion_classifiers.probing import evaluate_protocols, fit_probe_grid
 from diffusion_classifiers.training import RCDiTJointModel, RCDiTLoss, TrainingArguments, train
 
-from .conftest import REPO_ROOT, run_loading_script
+from .conftest import REPO_ROOT, python_subprocess_env, run_loading_script
 
 SIZE, DIM = 16, 24
 
@@ -451,6 +452,23 @@ def test_generate_rejects_bad_arguments():
         pipe(refs, output_type="latent")
     with pytest.raises(ValueError, match=r"one generator per reference image \(2\), got 3"):
         pipe(refs, generator=[torch.Generator() for _ in range(3)])
+
+
+def test_tqdm_disable_hides_the_rc_dit_pipelines_own_bars_unless_asked_for():
+    """QA (session 58): diffusers' `progress_bar` passes `disable=False` on the main process, which overrode
+    `TQDM_DISABLE=1` (set for this suite by conftest) in `pipe(x)`, `encode` and the image-variation pipeline."""
+    script = (  # a new process: tqdm reads TQDM_DISABLE when it is imported, maybe before conftest set it here
+        "from tests.test_rc_dit import tiny_pipeline, variation_of\n"
+        "classifier = tiny_pipeline()\n"
+        "for pipe in (classifier, variation_of(classifier)):\n"
+        "    print(pipe.progress_bar(total=2).disable)\n"
+        "    pipe.set_progress_bar_config(disable=False)\n"
+        "    print(pipe.progress_bar(iterable=range(2)).disable)\n"
+    )
+    env = python_subprocess_env() | {"TQDM_DISABLE": "1"}
+    shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env,
+                           cwd=REPO_ROOT).stdout  # fmt: skip
+    assert shown.split() == ["True", "False"] * 2
 
 
 def test_variation_pipeline_shares_the_classifiers_models_and_is_not_a_classifier(tmp_path):

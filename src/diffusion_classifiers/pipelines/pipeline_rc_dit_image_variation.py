@@ -17,6 +17,7 @@ from diffusion_classifiers.models import (
 )
 
 from .pipeline_utils import (
+    ProgressBarsMixin,
     SavedPreprocessingMixin,
     SavedWithCodeMixin,
     installed_index,
@@ -30,7 +31,9 @@ __all__ = ["RepresentationConditionedDiTImageVariationPipeline"]
 OUTPUT_TYPES = ("pt", "np", "pil")
 
 
-class RepresentationConditionedDiTImageVariationPipeline(SavedWithCodeMixin, SavedPreprocessingMixin, DiffusionPipeline):
+class RepresentationConditionedDiTImageVariationPipeline(
+    ProgressBarsMixin, SavedWithCodeMixin, SavedPreprocessingMixin, DiffusionPipeline
+):
     r"""
     Sample images conditioned on the representation r of reference images, with classifier-free guidance.
 

@@ -11,6 +11,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.distributed_utils import is_torch_dist_rank_zero
+from tqdm.auto import tqdm
 
 from diffusion_classifiers.data import ImagePreprocessing, preprocess_images
 from diffusion_classifiers.data.split_record import (
@@ -35,6 +36,7 @@ __all__ = [
     "LEGACY_PREPROCESSING",
     "ClassifierPipelineOutput",
     "DiffusionClassifierPipeline",
+    "ProgressBarsMixin",
     "SavedPreprocessingMixin",
     "SavedWithCodeMixin",
     "installed_index",
@@ -382,7 +384,44 @@ def check_component_files(folder: str, name: str, entry: List[str], index_file: 
     )
 
 
-class DiffusionClassifierPipeline(SplitRecordMixin, SavedWithCodeMixin, SavedPreprocessingMixin, DiffusionPipeline):
+class ProgressBarsMixin:
+    """A pipeline's bars as `set_progress_bar_config` sets them, with diffusers' default (bars on the main process
+    only), and `TQDM_DISABLE=1` honoured: diffusers' own `progress_bar` passes `disable=False` on the main process,
+    which overrides it (QA: the RC-DiT and image-variation pipelines drew bars in jobs that asked for none)."""
+
+    @property
+    def progress_bar_config(self) -> dict:
+        """The tqdm arguments of `set_progress_bar_config`, with diffusers' default (bars on the main process only):
+        passed down to the library functions a pipeline calls, so one setting governs the whole call. On the main
+        process `disable` is left to tqdm unless set: `TQDM_DISABLE=1` then hides the bars (QA: an explicit False
+        overrode it)."""
+        config = dict(getattr(self, "_progress_bar_config", {}))
+        if not is_torch_dist_rank_zero():
+            config.setdefault("disable", True)
+        return config
+
+    @contextmanager
+    def progress_bars_off(self) -> Iterator["ProgressBarsMixin"]:
+        """Hide the pipeline's own bars while a caller shows one bar over many calls; the setting is restored after."""
+        config = dict(getattr(self, "_progress_bar_config", {}))
+        self.set_progress_bar_config(**{**config, "disable": True})
+        try:
+            yield self
+        finally:
+            self.set_progress_bar_config(**config)
+
+    def progress_bar(self, iterable=None, total=None):
+        """diffusers' `DiffusionPipeline.progress_bar`, its tqdm arguments those of `progress_bar_config`."""
+        if iterable is not None:
+            return tqdm(iterable, **self.progress_bar_config)
+        if total is not None:
+            return tqdm(total=total, **self.progress_bar_config)
+        raise ValueError("Either `total` or `iterable` has to be defined.")
+
+
+class DiffusionClassifierPipeline(
+    ProgressBarsMixin, SplitRecordMixin, SavedWithCodeMixin, SavedPreprocessingMixin, DiffusionPipeline
+):
     """Base class of the classifier pipelines and the one entry point to load any of them.
 
     `DiffusionClassifierPipeline.from_pretrained(path_or_hub_id)` reads `_class_name` in `model_index.json`
@@ -472,27 +511,6 @@ class DiffusionClassifierPipeline(SplitRecordMixin, SavedWithCodeMixin, SavedPre
         if name is not None and str(name) not in self.class_names:
             raise ValueError(f"positive_class: expected one of the class names {self.class_names}, got {name!r}")
         self.register_to_config(positive_class=None if name is None else str(name))
-
-    @property
-    def progress_bar_config(self) -> dict:
-        """The tqdm arguments of `set_progress_bar_config`, with diffusers' default (bars on the main process only):
-        passed down to the library functions a pipeline calls, so one setting governs the whole call. On the main
-        process `disable` is left to tqdm unless set: `TQDM_DISABLE=1` then hides the bars (QA: an explicit False
-        overrode it)."""
-        config = dict(getattr(self, "_progress_bar_config", {}))
-        if not is_torch_dist_rank_zero():
-            config.setdefault("disable", True)
-        return config
-
-    @contextmanager
-    def progress_bars_off(self) -> Iterator["DiffusionClassifierPipeline"]:
-        """Hide the pipeline's own bars while a caller shows one bar over many calls; the setting is restored after."""
-        config = dict(getattr(self, "_progress_bar_config", {}))
-        self.set_progress_bar_config(**{**config, "disable": True})
-        try:
-            yield self
-        finally:
-            self.set_progress_bar_config(**config)
 
     @staticmethod
     def build_output(logits: torch.Tensor, class_names: List[str], return_dict: bool = True):
