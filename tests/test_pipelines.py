@@ -87,6 +87,15 @@ numpy.save({str(tmp_path / 'probs.npy')!r}, out.probs.numpy())
     assert torch.equal(torch.from_numpy(np.load(tmp_path / "probs.npy")), expected)
 
 
+def test_saving_pickled_weights_is_refused_before_anything_is_written(fitted_pipeline, tmp_path):
+    """QA (session 58): `save_pretrained(safe_serialization=False)` wrote `.bin` weights that `from_pretrained`
+    refuses, with advice ("save with save_pretrained") the user had followed."""
+    pipe, _ = fitted_pipeline
+    with pytest.raises(ValueError, match="safe_serialization: expected True, got False; this pipeline is saved"):
+        pipe.save_pretrained(tmp_path / "pipe", safe_serialization=False)
+    assert not (tmp_path / "pipe").exists()
+
+
 def test_dispatch_rejects_unknown_pipeline(tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     with pytest.raises(ValueError, match="StableDiffusionPipeline.*expected one of"):

@@ -147,6 +147,16 @@ class SavedWithCodeMixin:
     `safetensors_only` no pickle is read.
     """
 
+    def save_pretrained(self, save_directory, safe_serialization: bool = True, **kwargs):
+        """diffusers' `save_pretrained`, in safetensors only: `safe_serialization=False` is refused before anything is
+        written (QA: it wrote pickled `.bin` weights, which this class's `from_pretrained` then refused to read)."""
+        if safe_serialization is not True:
+            raise ValueError(
+                f"safe_serialization: expected True, got {safe_serialization!r}; this pipeline is saved and loaded in "
+                "safetensors only (pickled weights can run code when read, and from_pretrained refuses them)"
+            )
+        return super().save_pretrained(save_directory, safe_serialization=True, **kwargs)
+
     def save_config(self, save_directory, push_to_hub: bool = False, **kwargs):
         # diffusers' save_pretrained calls this after saving every component and before any upload.
         super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
@@ -210,7 +220,8 @@ class SavedWithCodeMixin:
             if pickles and not any(f.endswith(".safetensors") for f in files):
                 raise ValueError(
                     f"{os.path.join(folder, pickles[0])}: pickled weights are refused (loading a pickle can run "
-                    f"arbitrary code); expected {name}/*.safetensors (save with save_pretrained, which writes them)"
+                    f"arbitrary code); expected {name}/*.safetensors (save with save_pretrained and its default "
+                    "safe_serialization=True, which writes them)"
                 )
             check_component_files(folder, name, entry, os.path.join(path, "model_index.json"))
 
