@@ -17,6 +17,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from diffusion_classifiers import (
+    DiffusionClassifierImageProcessor,
     LinearProbeHead,
     RepresentationConditionedDiTImageVariationPipeline,
     RepresentationConditionedDiTModel,
@@ -26,6 +27,7 @@ from diffusion_classifiers import (
     export_rc_dit_pipeline,
     export_unet_feature_pipeline,
 )
+from diffusion_classifiers.data import ImagePreprocessing
 from diffusion_classifiers.hub import render_model_card
 from diffusion_classifiers.models import build_vit_encoder, rc_dit_config, unet_config
 from diffusion_classifiers.remote_code import INSTALL_HINT, make_weights_readable_as_umask_allows
@@ -439,3 +441,22 @@ def test_a_pipeline_of_another_method_is_refused_by_name():
         export_unet_feature_pipeline(built["score_sde"])
     with pytest.raises(TypeError, match="expected a RepresentationConditionedDiTPipeline, got UNetFeatureClassifierPipeline"):
         export_rc_dit_pipeline(built["unet_features"])
+
+
+def test_a_processor_saved_alone_loads_through_auto_image_processor_without_the_package(tmp_path):
+    """QA (session 58): a folder holding `processor.save_pretrained` alone (no model `config.json`) did not load with
+    `AutoImageProcessor` ("Should have a image_processor_type key"), with or without trust_remote_code."""
+    contract = ImagePreprocessing(SIZE, 1, resize_mode="pad", pad_value=1.0)
+    DiffusionClassifierImageProcessor(SIZE, 1, preprocessing=contract.to_dict()).save_pretrained(tmp_path / "processor")
+    (tmp_path / "hide").mkdir()
+    (tmp_path / "hide" / "sitecustomize.py").write_text(HIDE_PACKAGE_AND_METRICS_LIBRARIES)
+    script = f"""
+{PACKAGE_HIDDEN}
+import json
+from transformers import AutoImageProcessor
+processor = AutoImageProcessor.from_pretrained("processor", trust_remote_code=True)
+json.dump({{"module": type(processor).__module__, "preprocessing": processor.preprocessing}}, open("result.json", "w"))
+"""
+    loaded = run_python(script, tmp_path, hide_package=True)
+    assert loaded["module"].startswith("transformers_modules.")  # the code saved beside it
+    assert loaded["preprocessing"] == contract.to_dict()

@@ -1,12 +1,16 @@
 """transformers image processor: the library's one preprocessing path behind transformers' PIL backend."""
 
+import json
+import os
 from typing import Any, Dict, Optional
 
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_backends import PilBackend
+from transformers.utils import IMAGE_PROCESSOR_NAME
 
+from .atomic_files import write_json_atomically
 from .data.preprocessing import ImagePreprocessing, preprocess_images
-from .remote_code import transformers_copies_no_code, write_remote_code
+from .remote_code import entry_module_name, transformers_copies_no_code, write_remote_code
 
 __all__ = ["DiffusionClassifierImageProcessor"]
 
@@ -72,13 +76,20 @@ class DiffusionClassifierImageProcessor(PilBackend):
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """transformers' `save_pretrained`, plus the code that loading it with `trust_remote_code=True` needs without
-        this package (`remote_code.write_remote_code`; `AutoImageProcessor` finds it through the model's
-        `config.json`, see `DiffusionClassifierPreTrainedModel.save_pretrained`)."""
+        this package (`remote_code.write_remote_code`) and its `auto_map`: `AutoImageProcessor` finds the class
+        through the model's `config.json` (see `DiffusionClassifierPreTrainedModel.save_pretrained`) or, in a folder
+        holding the processor alone, through that `auto_map` (`trust_remote_code=True`; QA: such a folder did not
+        load)."""
         if push_to_hub:  # transformers would upload only the files its own save writes, not the code
             raise ValueError("push_to_hub=True: call `processor.push_to_hub(repo_id)`, which uploads the code too")
         with transformers_copies_no_code([type(self)]):
             saved = super().save_pretrained(save_directory, **kwargs)
         write_remote_code(save_directory, [type(self)], allow_bundled=True)
+        config_file = os.path.join(save_directory, IMAGE_PROCESSOR_NAME)
+        with open(config_file, encoding="utf-8") as saved_config:
+            config = json.load(saved_config)
+        auto_map = {"AutoImageProcessor": f"{entry_module_name(type(self))}.{type(self).__name__}"}
+        write_json_atomically(config_file, {**config, "auto_map": auto_map}, indent=2, sort_keys=True)
         return saved
 
     def preprocess(
