@@ -1014,6 +1014,22 @@ def test_aggregate_gathers_slices_per_scan_with_the_any_slice_rule_and_scores_sc
     assert not (tmp_path / "p.max_by_study_uid.metrics.json").exists()  # the labelled run's, not these groups'
 
 
+def test_aggregate_groups_by_a_column_whose_name_holds_a_slash(tmp_path):
+    """QA (session 58, an international lab): `--by site/depth` failed with pathlib's "Invalid name", even with
+    `--output` given: the default output's name was built from the column first."""
+    from diffusion_classifiers.prediction.outputs import write_csv
+
+    _slice_predictions(tmp_path / "slices.csv")
+    rows = read_rows(tmp_path / "slices.csv")
+    columns = [("site/depth" if name == "study_uid" else name) for name in rows[0]]
+    write_csv(tmp_path / "p.csv", columns, [list(row.values()) for row in rows])
+    main(["aggregate", "--predictions", str(tmp_path / "p.csv"), "--by", "site/depth", "--rule", "mean"])
+    assert [row["site/depth"] for row in read_rows(tmp_path / "p.mean_by_site_depth.csv")] == ["s1", "s2"]
+    main(["aggregate", "--predictions", str(tmp_path / "p.csv"), "--by", "site/depth", "--output",
+          str(tmp_path / "by_site.csv")])  # fmt: skip
+    assert (tmp_path / "by_site.csv").is_file()
+
+
 def test_aggregate_counts_a_dicom_image_stored_under_two_names_once(models, tmp_path, capsys):
     """Review: one CT slice exported twice into the folder predicted weighed twice under the mean rule."""
     from diffusion_classifiers.prediction.aggregate import aggregate_predictions

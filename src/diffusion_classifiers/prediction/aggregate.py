@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -556,6 +557,13 @@ def add_aggregate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier --output (default: refuse it)")
 
 
+def _default_output(predictions: Path, rule: str, by: list) -> Path:
+    """`<predictions>.<rule>_by_<columns>.csv` beside the predictions, a column name's path separators made `_`
+    (QA: `--by site/depth` failed, even with `--output` given, on pathlib's "Invalid name")."""
+    columns = "_".join(re.sub(r"[\\/\0]", "_", column) for column in by)
+    return predictions.with_name(f"{_output_stem(predictions)}.{rule}_by_{columns}.csv")
+
+
 def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
     predictions = Path(args.predictions)
     if predictions.suffix.lower() not in OUTPUT_SUFFIXES:
@@ -565,8 +573,7 @@ def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
         raise FileNotFoundError(
             f"--predictions {predictions}: not found; expected the .csv or .parquet file predict wrote"
         )
-    default = predictions.with_name(f"{_output_stem(predictions)}.{args.rule}_by_{'_'.join(args.by)}.csv")
-    output = Path(args.output) if args.output else default
+    output = Path(args.output) if args.output else _default_output(predictions, args.rule, args.by)
     if output.suffix.lower() != ".csv" or output.resolve() == predictions.resolve():
         raise ValueError(f"--output {output}: expected a new .csv file, not the predictions")
     if output.exists() and not args.overwrite:
