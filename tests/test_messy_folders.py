@@ -199,3 +199,18 @@ def test_a_named_pipe_in_a_folder_is_not_listed(tmp_path):
     write_images(pool, 1)
     os.mkfifo(pool / "stream.png")
     assert relative_names(list_unlabeled_folder(pool, "pool"), pool) == ["img0.png"]
+
+
+def test_class_folders_named_alike_but_for_unicode_normalisation_are_refused(tmp_path):
+    """QA (session 58, an international lab): `café` precomposed (NFC) beside `café` with a combining accent (NFD, a
+    folder copied from a Mac) made two classes that looked the same in report.md, the plots and the card."""
+    import unicodedata
+
+    from .conftest import random_image_folder
+
+    root = random_image_folder(tmp_path / "data", folders=("copepod", unicodedata.normalize("NFC", "café")))
+    (root / unicodedata.normalize("NFC", "café")).rename(root / unicodedata.normalize("NFD", "café"))
+    random_image_folder(tmp_path / "more", folders=(unicodedata.normalize("NFC", "café"),))
+    (tmp_path / "more" / unicodedata.normalize("NFC", "café")).rename(root / unicodedata.normalize("NFC", "café"))
+    with pytest.raises(ValueError, match=r"class names 'caf.*' and 'caf.*' differ only in Unicode normalisation"):
+        load_image_classification_data(root, image_size=8)

@@ -27,6 +27,7 @@ __all__ = [
     "as_labels",
     "check_finite_rows",
     "check_label_range",
+    "check_no_lookalike_names",
     "check_positive_integer",
     "check_unit_range",
     "check_writable_dir",
@@ -249,6 +250,21 @@ def check_writable_dir(path, name: str = "output_dir") -> None:
 
 def _normal_form(name: str) -> str:
     return next((form for form in ("NFC", "NFD") if unicodedata.is_normalized(form, name)), "neither NFC nor NFD")
+
+
+def check_no_lookalike_names(names: Sequence[str], where: str) -> None:
+    """Refuse class names of which two are one name once both are in NFC (a folder written on a Mac, with accents
+    as combining characters, beside one written elsewhere): two classes that look the same in every report, plot and
+    card (QA: `café` twice, two identical rows in report.md)."""
+    first_by_nfc: dict = {}
+    for name in names:
+        twin = first_by_nfc.setdefault(unicodedata.normalize("NFC", name), name)
+        if twin != name:
+            raise ValueError(
+                f"{where}: class names {twin!r} and {name!r} differ only in Unicode normalisation ({_normal_form(twin)} "
+                f"vs {_normal_form(name)}: one written on a Mac?), so two classes would look the same in every "
+                "report; expected distinct names: rename or merge them"
+            )
 
 
 def unicode_normalisation_note(unknown: Sequence[str], known: Sequence[str]) -> str:
