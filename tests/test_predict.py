@@ -1501,3 +1501,17 @@ def test_predict_refuses_to_write_over_its_own_input_csv_even_with_overwrite(mod
     with pytest.raises(ValueError, match=rf"output {listing}: it is the CSV listing the inputs"):  # in Python too
         predict_files(load(models, "unet"), list_inputs(listing), listing, overwrite=True, progress_bar=False)
     assert listing.read_text() == "path,label\na.png,cat\nb.png,dog\n"
+
+
+def test_predict_says_when_it_reads_the_earlier_output_and_merges(models, tmp_path, capsys):
+    """QA (session 58, a plankton lab at scale): over 30,000 files, reading the earlier output and merging the
+    batches took 5-12 s each with nothing shown (longer as the output grows); each is said on stderr."""
+    inputs = list_inputs(image_folder(tmp_path))
+    output = tmp_path / "predictions.csv"
+    predict_files(load(models, "unet"), inputs, output, batch_size=2)
+    first = capsys.readouterr().err
+    assert f"predict: merging the predictions into {output} ..." in first and "reading the inputs done" not in first
+    predict_files(load(models, "unet"), inputs, output, batch_size=2)
+    assert f"predict: reading the inputs done in {output} ..." in capsys.readouterr().err
+    predict_files(load(models, "unet"), inputs, output, batch_size=2, progress_bar=False, overwrite=True)
+    assert "predict:" not in capsys.readouterr().err  # no bar asked for, no status either

@@ -7,8 +7,10 @@ Only the standard library is imported at module level (see the package docstring
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import shutil
+import sys
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -442,6 +444,9 @@ def predict_files(
         wait()
         # listed by the main process alone and sent to the others: a process listing them later would see the parts
         # another one has committed since, and the processes would split different lists (inputs left out)
+        talk = progress_bar and is_main  # what the bar cannot show: reading and merging grow with the output
+        if talk and files.output.exists():
+            _say(f"reading the inputs done in {files.output} ...")
         remaining_indices = _on_main_process(lambda: _remaining_indices(inputs, done_paths(files)), accelerator)
         remaining = [inputs[i] for i in remaining_indices]
         mine = _share(remaining, accelerator)
@@ -462,6 +467,8 @@ def predict_files(
             bar.update(writer.commit())
         failed = _sum_over_processes(writer.failed, accelerator)
         wait()
+        if talk:
+            _say(f"merging the predictions into {files.output} ...")
         rows, unreadable = merge_parts(files, columns, order) if is_main else ([], [])
         if is_main:  # merged: the prediction an overwrite replaced is no longer needed
             shutil.rmtree(files.replaced, ignore_errors=True)
@@ -485,6 +492,11 @@ def predict_files(
             not_in_input=sum(row[0] not in order for row in rows), retried=retried, replaced=replaced,
             skipped_unreadable=skipped_unreadable, failed_again=failed_again,
         )  # fmt: skip
+
+
+def _say(text: str) -> None:
+    """A status line on stderr, for the steps of a long prediction that no bar counts (QA: up to 30 s unsaid)."""
+    print(f"predict: {text}", file=sys.stderr, flush=True)
 
 
 @contextmanager
@@ -518,9 +530,9 @@ def check_inputs(inputs: Sequence[PredictionInput], files: Optional[OutputFiles]
     for name, path in (("output", files.output), ("errors file", files.errors)) if files is not None else ():
         if os.path.realpath(path) in lists:
             raise ValueError(f"{name} {path}: it is the CSV listing the inputs; expected another file to write")
-    paths = [item.path for item in inputs]
-    if len(set(paths)) != len(paths):
-        duplicate = next(path for i, path in enumerate(paths) if path in paths[:i])
+    counts = collections.Counter(item.path for item in inputs)
+    if len(counts) != len(inputs):  # the first path listed twice (a scan of the list for each was O(N^2): QA)
+        duplicate = next(path for path, count in counts.items() if count > 1)
         raise ValueError(f"inputs: path {duplicate!r} appears more than once; expected unique paths")
 
 
