@@ -6,7 +6,7 @@ from typing import Any, Dict, Optional
 
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_backends import PilBackend
-from transformers.utils import IMAGE_PROCESSOR_NAME
+from transformers.utils import CONFIG_NAME, IMAGE_PROCESSOR_NAME
 
 from .atomic_files import write_json_atomically
 from .data.preprocessing import ImagePreprocessing, preprocess_images
@@ -76,15 +76,18 @@ class DiffusionClassifierImageProcessor(PilBackend):
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """transformers' `save_pretrained`, plus the code that loading it with `trust_remote_code=True` needs without
-        this package (`remote_code.write_remote_code`) and its `auto_map`: `AutoImageProcessor` finds the class
-        through the model's `config.json` (see `DiffusionClassifierPreTrainedModel.save_pretrained`) or, in a folder
-        holding the processor alone, through that `auto_map` (`trust_remote_code=True`; QA: such a folder did not
-        load)."""
+        this package (`remote_code.write_remote_code`): `AutoImageProcessor` finds the class through the model's
+        `config.json` (see `DiffusionClassifierPreTrainedModel.save_pretrained`, which saves the model first) or, in
+        a folder without one (the processor saved alone), through an `auto_map` written then (`trust_remote_code=True`;
+        QA: such a folder did not load). Beside a model's `config.json` it writes none: transformers would then read
+        the processor's own `auto_map` and ask to run remote code even with this package imported."""
         if push_to_hub:  # transformers would upload only the files its own save writes, not the code
             raise ValueError("push_to_hub=True: call `processor.push_to_hub(repo_id)`, which uploads the code too")
         with transformers_copies_no_code([type(self)]):
             saved = super().save_pretrained(save_directory, **kwargs)
         write_remote_code(save_directory, [type(self)], allow_bundled=True)
+        if os.path.exists(os.path.join(save_directory, CONFIG_NAME)):
+            return saved
         config_file = os.path.join(save_directory, IMAGE_PROCESSOR_NAME)
         with open(config_file, encoding="utf-8") as saved_config:
             config = json.load(saved_config)
