@@ -825,7 +825,7 @@ def test_cli_card_is_the_folders_method_and_lists_its_labels(saved_pipeline, mon
     run_push_script(monkeypatch, without_method)
     card = (tmp_path / "inferred" / "README.md").read_text()
     assert "unet_features" in front_matter(card)["tags"] and "frozen DDPM U-Net features" in card
-    assert "Labels (in label-id order): a, b, c." in card and "positive class" not in card
+    assert "Labels (in label-id order): `a`, `b`, `c`." in card and "positive class" not in card
     wrong = argv[:6] + ["score_sde"] + argv[7:-1] + [str(tmp_path / "wrong")]
     with pytest.raises(SystemExit, match=r"--method 'score_sde' contradicts .*, a 'unet_features' model"):
         run_push_script(monkeypatch, wrong)
@@ -839,7 +839,7 @@ def test_cli_card_is_the_folders_method_and_lists_its_labels(saved_pipeline, mon
     (tmp_path / "metrics.json").write_text(json.dumps({"split": "test", "sensitivity": 0.9, "specificity": 0.8}))
     run_push_script(monkeypatch, argv[:5] + argv[7:])
     card = (tmp_path / "binary-card" / "README.md").read_text()
-    assert "rc_dit" in front_matter(card)["tags"] and "Labels (in label-id order): normal, pneumonia." in card
+    assert "rc_dit" in front_matter(card)["tags"] and "Labels (in label-id order): `normal`, `pneumonia`." in card
     # at its operating point, as report.md states it (QA: a publishing lab's card named none)
     assert ("Sensitivity and specificity take **pneumonia** as the positive class, predicted where its probability "
             "exceeds 0.5 (each image is given its most probable class).") in card  # fmt: skip
@@ -1127,3 +1127,13 @@ def test_a_card_of_aggregated_metrics_counts_the_studies_and_their_rule(monkeypa
     card = str(model_card(num_images=4, grouping=mean))
     rule = "each labelled by its images' mean class probabilities (mean rule)"
     assert f"(4 groups by study_uid + laterality, {rule}):" in card
+
+
+def test_the_cards_label_list_keeps_names_with_commas_and_spaces_whole():
+    """QA (session 58, an international lab): "a,b" joined with ", " read as two labels, a trailing space vanished."""
+    card = str(render_model_card(
+        "unet_features", model_name="tiny", repo_id="lab/tiny", dataset_name="digits", dataset_license="BSD-3-Clause",
+        metrics={"accuracy": 0.5}, class_names=["a,b", "trailing ", "カイアシ類"], training_command="make demo",
+        evaluation_command="make eval",
+    ))  # fmt: skip
+    assert "Labels (in label-id order): `a,b`, `trailing `, `カイアシ類`." in card

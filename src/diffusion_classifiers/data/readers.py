@@ -502,7 +502,7 @@ def describe_splits(splits: dict[str, Any], source: Any) -> str:
     if set(splits) == {"train"}:  # an unlabeled folder, every image trained on
         return f"data: {source}: {len(train)} unlabeled images, all for training; read at {train.preprocessing.summary()}"
     counts = ", ".join(f"{name} {len(split)}" for name, split in splits.items())
-    names = f" ({', '.join(train.class_names)})" if len(train.class_names) <= 10 else ""
+    names = f" ({', '.join(map(repr, train.class_names))})" if len(train.class_names) <= 10 else ""  # 'a,b' is one
     return f"data: {source}: {counts}, {train.num_classes} classes{names}; read at {train.preprocessing.summary()}"
 
 
