@@ -61,3 +61,14 @@ def test_a_full_disk_names_the_file_being_written(tmp_path):
     with pytest.raises(OSError, match="No space left on device") as raised:
         write_atomically(tmp_path / "metrics.json", fill_the_disk)
     assert raised.value.errno == errno.ENOSPC and str(tmp_path / "metrics.json") in str(raised.value)
+
+
+def test_an_error_of_a_message_alone_keeps_its_message():
+    """Second read (session 58): setting the file name of an OSError without errno printed "[Errno None] None"."""
+
+    def refuse(handle):
+        raise OSError("cannot write mode CMYK as PNG")
+
+    with pytest.raises(OSError, match="cannot write mode CMYK as PNG") as raised:
+        write_atomically("figure.png", refuse, mode="wb")
+    assert raised.value.__notes__ == ["while writing figure.png"]

@@ -212,5 +212,6 @@ def test_class_folders_named_alike_but_for_unicode_normalisation_are_refused(tmp
     (root / unicodedata.normalize("NFC", "café")).rename(root / unicodedata.normalize("NFD", "café"))
     random_image_folder(tmp_path / "more", folders=(unicodedata.normalize("NFC", "café"),))
     (tmp_path / "more" / unicodedata.normalize("NFC", "café")).rename(root / unicodedata.normalize("NFC", "café"))
+    (root / "copepod" / "0.png").write_bytes(b"not an image")  # refused before any image is decoded
     with pytest.raises(ValueError, match=r"class names 'caf.*' and 'caf.*' differ only in Unicode normalisation"):
         load_image_classification_data(root, image_size=8)

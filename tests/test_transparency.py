@@ -42,15 +42,21 @@ def composited(colour, alpha: int, level: int) -> torch.Tensor:
     return on_unit_scale(over)
 
 
-def test_without_a_fill_alpha_is_discarded_as_saved_models_read_it_and_said_once():
-    image = cutout()
+def test_without_a_fill_alpha_is_discarded_as_saved_models_read_it_and_said_once(tmp_path, monkeypatch):
+    """Said once per process, not per image (second read: a folder of cutouts said it for every file)."""
+    from diffusion_classifiers.data import preprocessing
+
+    monkeypatch.setattr(preprocessing, "_transparency_said", False)
+    write_cutout_folder(tmp_path / "cutouts")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = preprocess_images(image)
+        out = preprocess_images(cutout())
+        load_image_classification_data(tmp_path / "cutouts", image_size=8, one_set=True)
+        preprocess_images([str(tmp_path / "cutouts" / "diatom" / "0.png")])
     assert out.shape == (1, 3, 8, 8)
     torch.testing.assert_close(out[0, :, 0, 0], on_unit_scale(GREEN))  # the hidden background, as before
-    said = [str(w.message) for w in caught if str(w.message).startswith(TRANSPARENCY_WARNING)]
-    assert len(said) == 1 and "transparency_fill" in said[0]
+    said = [w for w in caught if str(w.message).startswith(TRANSPARENCY_WARNING)]
+    assert len(said) == 1 and "transparency_fill" in str(said[0].message) and said[0].filename == __file__
 
 
 def test_an_opaque_image_with_an_alpha_channel_is_not_warned_about():

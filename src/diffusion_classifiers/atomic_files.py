@@ -35,8 +35,10 @@ def write_atomically(path: Union[str, os.PathLike], write: Callable[[IO], Any], 
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except OSError as error:
-        if error.filename is None:  # a write's or fsync's error names no file: "[Errno 28] No space left on device"
+        if error.errno is not None and error.filename is None:  # a write's or fsync's: "[Errno 28] No space left..."
             error.filename = str(path)
+        elif error.filename is None:  # a message alone (PIL's, pyarrow's), which a filename would replace
+            error.add_note(f"while writing {path}")
         raise
     finally:
         temporary.unlink(missing_ok=True)

@@ -111,7 +111,8 @@ class ImagePreprocessing:
             objects on a light background); an image whose background is darker than 0.1 raises `ValueError`.
         transparency_fill (`float`, *optional*): the grey level, on the output scale `[-1, 1]` (-1 black, 1 white),
             that the transparent pixels of PIL images and image files (alpha, a palette's or a PNG's transparent
-            colour) are composited onto, before any other step. `None` (the default, and the rule of every contract
+            colour) are composited onto, before any other step, in 8 bits as the image's own pixels are (the level
+            rounded to the nearest of 256: 0.0 reads as 1/255). `None` (the default, and the rule of every contract
             saved before the option existed) discards alpha: a transparent pixel reads as the colour stored under it
             (a cutout's hidden background), with one `UserWarning` per process when an image has such pixels.
     """
@@ -683,17 +684,23 @@ def _pil_to_array(image: Image.Image, transparency_fill: float | None) -> np.nda
 TRANSPARENCY_WARNING = "preprocess_images: an image has transparent pixels"  # how its message starts
 
 
+_transparency_said = False  # by this process
+
+
 def _warn_if_transparent(image: Image.Image) -> None:
-    """Say once per process (the message names no image, so Python's default filter shows it once) that an image
-    with transparent pixels is read by the colour stored under them."""
-    if image.getchannel("A").getextrema()[0] < 255:
+    """Say once per process that an image with transparent pixels is read by the colour stored under them (a flag:
+    `open_image`'s `catch_warnings` resets the registry Python's default filter would use, so a folder of cutouts
+    said it for every file)."""
+    global _transparency_said
+    if not _transparency_said and image.getchannel("A").getextrema()[0] < 255:
+        _transparency_said = True
         warnings.warn(
             f"{TRANSPARENCY_WARNING}, read as the colour stored under them (alpha is discarded: a cutout's hidden "
             "background reaches the model), as every model saved without a transparency_fill reads them. A model "
             "trained anew can composite them onto a grey level instead: transparency_fill=1.0 (white) or -1.0 "
             "(black) in the loaders and ImagePreprocessing, --transparency_fill with the training scripts",
             UserWarning,
-            stacklevel=5,
+            stacklevel=user_stacklevel(),
         )
 
 
