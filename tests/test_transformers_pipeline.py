@@ -56,3 +56,28 @@ def test_16_bit_files_and_dicom_keep_their_depth(exported, tmp_path):
     plain = pipeline("image-classification", model=str(exported))  # transformers' own: 8-bit RGB, values clipped
     clipped = [{r["label"]: r["score"] for r in plain(str(p))}["bleed"] for p in paths[:4]]
     assert not np.allclose(clipped, expected[:4, 1].numpy(), atol=1e-3), (clipped, expected)
+
+
+def test_a_transparent_pil_image_reaches_the_contracts_transparency_fill(tmp_path):
+    """Second read (session 58): `load_image` converts a PIL image to RGB before the processor, dropping alpha, so a
+    model composited cutouts onto white in `pipe(...)` but scored them on their hidden background in `pipeline()`."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+    torch.manual_seed(0)
+    head = LinearProbeHead(32, 2, block="down_blocks.1", timestep=50, class_names=["normal", "bleed"])
+    torch.nn.init.normal_(head.linear.weight, std=3.0)
+    pipe = UNetFeatureClassifierPipeline(unet=UNet2DModel(**unet_config("tiny", 16)), scheduler=DDPMScheduler(), head=head)
+    pipe.set_preprocessing({"transparency_fill": 1.0, "num_channels": 1})
+    export_unet_feature_pipeline(pipe, tmp_path / "export")
+    pixels = np.zeros((16, 16, 4), dtype=np.uint8)
+    pixels[..., 1] = 200  # a green background, transparent; an opaque dark organism in the middle
+    pixels[4:12, 4:12] = (30, 30, 30, 255)
+    cutout = Image.fromarray(pixels, "RGBA")
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "export")
+    model = AutoModelForImageClassification.from_pretrained(tmp_path / "export")
+    with torch.no_grad():
+        expected = model(**processor(cutout)).logits.softmax(-1)[0, 1]
+    classify = pipeline("image-classification", model=str(tmp_path / "export"),
+                        pipeline_class=DiffusionClassifierImageClassificationPipeline)  # fmt: skip
+    assert {r["label"]: r["score"] for r in classify(cutout)}["bleed"] == pytest.approx(float(expected), abs=1e-6)
+    assert processor(cutout)["pixel_values"][0, 0, 0, 0] == 1.0  # the background composited onto white

@@ -5,7 +5,8 @@ RGB before the model's image processor sees it: a 16-bit PNG / TIFF is clipped (
 DICOM file is not an image to PIL. [`DiffusionClassifierImageClassificationPipeline`] hands local files and 16-bit /
 float PIL images to the image processor as they are: files are read through the model's saved preprocessing (DICOM
 windows, bit depth), exactly as `pipe(paths)` and `diffusion-classifiers predict` do; a 16-bit PIL image keeps its
-16 bits, read as `pipe(...)` reads it (as its file, or from [0, 65535] by a model saved before 2026-12-06).
+16 bits, read as `pipe(...)` reads it (as its file, or from [0, 65535] by a model saved before 2026-12-06); a PIL
+image with transparency keeps it, for the contract's `transparency_fill` (`load_image` drops alpha).
 """
 
 import os
@@ -13,6 +14,7 @@ import os
 from PIL import Image
 from transformers import ImageClassificationPipeline
 
+from .data.preprocessing import _PIL_ALPHA_MODES
 from .data.sixteen_bit import _PIL_16BIT_MODES
 
 __all__ = ["DiffusionClassifierImageClassificationPipeline"]
@@ -34,8 +36,8 @@ class DiffusionClassifierImageClassificationPipeline(ImageClassificationPipeline
     >>> classify(["scan/CT000010.dcm", "xray_16bit.png"])
     ```
 
-    Local file paths (DICOM included) and PIL images of modes I, I;16 and F go to the image processor unconverted;
-    URLs, base64 strings and 8-bit PIL images are read by `load_image` as usual. A DICOM file of several frames is
+    Local file paths (DICOM included), PIL images of modes I, I;16 and F and PIL images with transparency go to the
+    image processor unconverted; URLs, base64 strings and other 8-bit PIL images are read by `load_image` as usual. A DICOM file of several frames is
     refused (one image per input): `diffusion-classifiers predict` writes one row per frame.
     """
 
@@ -52,6 +54,8 @@ class DiffusionClassifierImageClassificationPipeline(ImageClassificationPipeline
 
 
 def _keeps_its_depth(image) -> bool:
+    """Whether `image` goes to the image processor as it is: what `load_image`'s 8-bit RGB would change (16-bit and
+    float modes, transparency, which the contract's `transparency_fill` may composite: second read), and files."""
     if isinstance(image, Image.Image):
-        return image.mode in _WIDE_MODES
+        return image.mode in _WIDE_MODES or image.mode in _PIL_ALPHA_MODES or "transparency" in image.info
     return isinstance(image, (str, os.PathLike)) and os.path.isfile(image)
