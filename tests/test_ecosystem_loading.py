@@ -460,3 +460,6 @@ json.dump({{"module": type(processor).__module__, "preprocessing": processor.pre
     loaded = run_python(script, tmp_path, hide_package=True)
     assert loaded["module"].startswith("transformers_modules.")  # the code saved beside it
     assert loaded["preprocessing"] == contract.to_dict()
+    script = script.replace(PACKAGE_HIDDEN, "import diffusion_classifiers").replace("trust_remote_code=True", "")
+    loaded = run_python(script, tmp_path, hide_package=False)  # the installed class, no remote code asked for
+    assert loaded["module"] == "diffusion_classifiers.image_processing_diffusion_classifier"

@@ -78,9 +78,10 @@ class DiffusionClassifierImageProcessor(PilBackend):
         """transformers' `save_pretrained`, plus the code that loading it with `trust_remote_code=True` needs without
         this package (`remote_code.write_remote_code`): `AutoImageProcessor` finds the class through the model's
         `config.json` (see `DiffusionClassifierPreTrainedModel.save_pretrained`, which saves the model first) or, in
-        a folder without one (the processor saved alone), through an `auto_map` written then (`trust_remote_code=True`;
-        QA: such a folder did not load). Beside a model's `config.json` it writes none: transformers would then read
-        the processor's own `auto_map` and ask to run remote code even with this package imported."""
+        a folder without one (the processor saved alone), through its `image_processor_type` (this package imported)
+        or `auto_map` (`trust_remote_code=True`) written then (QA: such a folder did not load). Beside a model's
+        `config.json` it writes neither: transformers would then read the processor's own and ask to run remote code
+        even with this package imported."""
         if push_to_hub:  # transformers would upload only the files its own save writes, not the code
             raise ValueError("push_to_hub=True: call `processor.push_to_hub(repo_id)`, which uploads the code too")
         with transformers_copies_no_code([type(self)]):
@@ -91,8 +92,11 @@ class DiffusionClassifierImageProcessor(PilBackend):
         config_file = os.path.join(save_directory, IMAGE_PROCESSOR_NAME)
         with open(config_file, encoding="utf-8") as saved_config:
             config = json.load(saved_config)
-        auto_map = {"AutoImageProcessor": f"{entry_module_name(type(self))}.{type(self).__name__}"}
-        write_json_atomically(config_file, {**config, "auto_map": auto_map}, indent=2, sort_keys=True)
+        named = {  # the class by name (with this package imported) and by its saved code (trust_remote_code=True)
+            "image_processor_type": type(self).__name__,
+            "auto_map": {"AutoImageProcessor": f"{entry_module_name(type(self))}.{type(self).__name__}"},
+        }
+        write_json_atomically(config_file, {**config, **named}, indent=2, sort_keys=True)
         return saved
 
     def preprocess(
