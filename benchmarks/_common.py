@@ -183,7 +183,8 @@ def add_checkpoint_options(parser: argparse.ArgumentParser, trainer: str) -> Non
     parser.add_argument(
         "--unet_dir", default=None, metavar="DIR",
         help=f"a model saved by --keep_checkpoint or {trainer}, used instead of training one; "
-        "refused unless its saved preprocessing (size, channels, resize mode, padding, background) is this run's",
+        "refused unless its saved preprocessing (size, channels, resize mode, padding, background, transparency) is "
+        "this run's",
     )  # fmt: skip
 
 

@@ -19,8 +19,8 @@ Part "reference", on `--reference_data` (default Fashion-MNIST), the multi-class
 on a stratified train subset; the ELBO with adaptive class pruning (Li et al. 2023) on a stratified test subset,
 all its settings fixed in advance (val is not used); a CNN of about the same parameter count on the same train
 subset (checkpoint chosen on a val subset). Both datasets are read alike: `--image_size` and the reading flags
-(`--num_channels`, `--resize_mode`, `--pad_value`, `--normalize_background`) apply to the reference data too, so its
-U-Net and CNN compare on images read as `--data`'s are.
+(`--num_channels`, `--resize_mode`, `--pad_value`, `--normalize_background`, `--transparency_fill`) apply to the
+reference data too, so its U-Net and CNN compare on images read as `--data`'s are.
 
 Targets (results keyed by the dataset's file name; the reference part's `<name>_reference` where its name is
 `--data`'s too): binary data: AUC >= the CNN's (ELBO on all test images; exact likelihood against the CNN on the same
@@ -101,8 +101,8 @@ def parse_args():
     parser.add_argument(
         "--reference_data", "--fashion_data",
         help="the reference part's dataset, read as --data is (--image_size, --num_channels, --resize_mode, "
-        "--pad_value, --normalize_background); results keyed by its name, <name>_reference where that is --data's "
-        "name too; default ../shared/data/fashion_mnist",
+        "--pad_value, --normalize_background, --transparency_fill); results keyed by its name, <name>_reference "
+        "where that is --data's name too; default ../shared/data/fashion_mnist",
     )  # fmt: skip
     parser.add_argument("--image_size", type=int, help="both datasets resized to this (default 16; quick 8)")
     parser.add_argument("--unet_preset", help="default small; quick tiny")
@@ -165,8 +165,8 @@ def parse_args():
 
 def train_unet(args, splits: dict, steps: int, class_balanced: bool, work_dir: str, reusable: bool = False):
     """A class-conditional U-Net with EMA trained on the train split of `splits`, as a `ScoreSDEClassifierPipeline`
-    saved with the train split's preprocessing contract (size, channels, resize mode, padding, background), and its
-    final loss. `reusable` (the data part): the pipeline in `--unet_dir` instead (final loss None; refused if trained on
+    saved with the train split's preprocessing contract (size, channels, resize mode, padding, background,
+    transparency), and its final loss. `reusable` (the data part): the pipeline in `--unet_dir` instead (final loss None; refused if trained on
     a val or test image of `splits`; its reading is checked by `_common.check_unet_dir` before any part runs), or the
     trained one kept in `--keep_checkpoint` with the fingerprints of its training images and its training summary."""
     train = splits["train"]
