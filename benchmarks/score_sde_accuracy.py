@@ -166,9 +166,10 @@ def parse_args():
 def train_unet(args, splits: dict, steps: int, class_balanced: bool, work_dir: str, reusable: bool = False):
     """A class-conditional U-Net with EMA trained on the train split of `splits`, as a `ScoreSDEClassifierPipeline`
     saved with the train split's preprocessing contract (size, channels, resize mode, padding, background,
-    transparency), and its final loss. `reusable` (the data part): the pipeline in `--unet_dir` instead (final loss None; refused if trained on
-    a val or test image of `splits`; its reading is checked by `_common.check_unet_dir` before any part runs), or the
-    trained one kept in `--keep_checkpoint` with the fingerprints of its training images and its training summary."""
+    transparency), and its final loss. `reusable` (the data part): the pipeline in `--unet_dir` instead (final loss
+    None; refused if trained on a val or test image of `splits`; its reading is checked by `_common.check_unet_dir`
+    before any part runs), or the trained one kept in `--keep_checkpoint` with the fingerprints of its training
+    images and its training summary."""
     train = splits["train"]
     if reusable and args.unet_dir:
         pipe = load_pipeline(args.unet_dir, train)
