@@ -401,7 +401,8 @@ def test_preprocess_channel_conversion():
 
 def test_a_grey_image_stored_as_colour_reads_exactly_as_its_grey_version():
     """QA (session 58, a diffusers user): the luma sum of a grey RGB pixel was 1 ulp off its grey value, so the same
-    image drew other Score-SDE noise (content seeds) given as RGB than as L: 62 of 200 decisions of a tiny model moved."""
+    image drew other Score-SDE noise (content seeds) given as RGB than as L: 62 of 200 decisions of a tiny model
+    moved."""
     from diffusion_classifiers.likelihood import content_seeds
 
     grey = random_uint8(16, 16)
