@@ -38,8 +38,8 @@ class DiffusionClassifierImageClassificationPipeline(ImageClassificationPipeline
 
     Local file paths (DICOM included), PIL images of modes I, I;16 and F and PIL images with transparency go to the
     image processor unconverted; URLs, base64 strings and other 8-bit PIL images are read by `load_image` as usual.
-    A DICOM file of several frames is
-    refused (one image per input): `diffusion-classifiers predict` writes one row per frame.
+    A DICOM file of several frames is refused (one image per input): `diffusion-classifiers predict` writes one row
+    per frame.
     """
 
     def preprocess(self, image, timeout=None):

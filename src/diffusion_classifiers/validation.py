@@ -262,8 +262,8 @@ def check_no_lookalike_names(names: Sequence[str], where: str) -> None:
         if twin != name:
             raise ValueError(
                 f"{where}: class names {twin!r} and {name!r} differ only in Unicode normalisation "
-                f"({_normal_form(twin)} vs {_normal_form(name)}: one written on a Mac?), so two classes would look the same in every "
-                "report; expected distinct names: rename or merge them"
+                f"({_normal_form(twin)} vs {_normal_form(name)}: one written on a Mac?), so two classes would look the "
+                "same in every report; expected distinct names: rename or merge them"
             )
 
 
