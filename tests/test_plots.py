@@ -215,3 +215,13 @@ def test_a_confusion_matrix_title_stays_clear_of_the_colour_bar_and_says_what_is
     assert not extent.overlaps(colour_bar) and fig.bbox.contains(extent.x0, extent.y0)
     assert fig.bbox.contains(extent.x1, extent.y1)
     assert ("counts" in title.get_text()) == (num_classes <= plots.ANNOTATED_CLASSES)
+
+
+def test_class_names_the_font_cannot_draw_are_told_apart_by_their_ids():
+    """QA (session 58, an international lab): on a machine without a CJK font, two Japanese class names became the
+    same row of boxes in the confusion matrix; the ticks then carry the class ids (report.md's order)."""
+    from diffusion_classifiers.plots import _told_apart
+
+    undrawable = "\U0010fffd"  # a private-use code point: in no font
+    assert _told_apart(["normal", "bleed", "détritus"]) == ["normal", "bleed", "détritus"]
+    assert _told_apart(["a", f"x{undrawable}", f"y{undrawable}"]) == ["0: a", f"1: x{undrawable}", f"2: y{undrawable}"]

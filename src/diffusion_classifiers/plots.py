@@ -8,6 +8,7 @@ size in inches and is saved at `DPI` (no tight cropping), so its pixel size is k
 matplotlib is imported here only: `import diffusion_classifiers` never loads this module.
 """
 
+import functools
 import math
 import os
 import textwrap
@@ -51,6 +52,30 @@ ANNOTATED_CLASSES = 30  # a confusion matrix of more classes shows colours only
 
 def _wrap(title: str, width: int) -> str:
     return "\n".join(textwrap.wrap(title, width)) or title
+
+
+def _told_apart(names: Sequence[str]) -> List[str]:
+    """Class names as tick labels: each prefixed with its class id when the font lacks a glyph of any of them (QA:
+    Japanese names on a machine without a CJK font became identical rows of boxes), so the rows stay told apart and
+    follow report.md's order."""
+    names = [str(name) for name in names]
+    if all(ord(character) in _font_characters() for name in names for character in name):
+        return names
+    return [f"{class_id}: {name}" for class_id, name in enumerate(names)]
+
+
+def _font_characters() -> frozenset:
+    """The characters of the font matplotlib draws text with (its `font.family` as set now)."""
+    from matplotlib.font_manager import FontProperties, findfont
+
+    return _characters_of(findfont(FontProperties()))
+
+
+@functools.lru_cache(maxsize=None)
+def _characters_of(font_path: str) -> frozenset:
+    from matplotlib.ft2font import FT2Font
+
+    return frozenset(FT2Font(font_path).get_charmap())
 
 
 def _subplots(*grid: int, **kwargs) -> tuple:
@@ -130,7 +155,7 @@ def plot_confusion_matrix(
     many = len(class_names) > ANNOTATED_CLASSES  # then colours only: numbers in 10,000 cells are unreadable
     size = max(5.0, (0.16 if many else 0.55) * len(class_names) + 3.5)
     fig, ax = _subplots(figsize=(size + 1, size), layout="constrained")
-    display = ConfusionMatrixDisplay(shown, display_labels=list(class_names))
+    display = ConfusionMatrixDisplay(shown, display_labels=_told_apart(class_names))
     rotation = 90 if many else 45 if len(class_names) > 4 else "horizontal"
     display.plot(ax=ax, cmap="Blues", colorbar=True, xticks_rotation=rotation, include_values=not many)
     if rotation == 45:  # each slanted label ends under its column (centred, long class names ran into each other)
