@@ -469,14 +469,14 @@ def predict_files(
         wait()
         if talk:
             _say(f"merging the predictions into {files.output} ...")
-        rows, unreadable = merge_parts(files, columns, order) if is_main else ([], [])
+        predicted_paths, unreadable = merge_parts(files, columns, order) if is_main else ([], [])
         if is_main:  # merged: the prediction an overwrite replaced is no longer needed
             shutil.rmtree(files.replaced, ignore_errors=True)
         # the errors file lists the inputs tried again only if they failed again: they were removed from it first
-        failed_again = len({row[0] for row in unreadable} & listed) if retry_errors and is_main else 0
+        failed_again = len(set(unreadable) & listed) if retry_errors and is_main else 0
         # without retry_errors, the inputs the errors file listed are done: skipped
         skipped_unreadable = 0 if retry_errors else len(listed)
-        done = {row[0] for row in rows + unreadable}  # what the output and the errors file hold once merged
+        done = set(predicted_paths) | set(unreadable)  # what the output and the errors file hold once merged
         missing = _on_main_process(lambda: _remaining_indices(inputs, done), accelerator)
         if missing:
             first = ", ".join(repr(inputs[i].path) for i in missing[:5])
@@ -486,10 +486,10 @@ def predict_files(
                 "done are skipped)"
             )
         return PredictionSummary(
-            output=str(files.output), errors=str(files.errors), rows=len(rows), predicted=len(remaining) - failed,
-            skipped=len(inputs) - len(remaining), failed=failed,
+            output=str(files.output), errors=str(files.errors), rows=len(predicted_paths),
+            predicted=len(remaining) - failed, skipped=len(inputs) - len(remaining), failed=failed,
             processes=1 if accelerator is None else accelerator.num_processes, unreadable=len(unreadable),
-            not_in_input=sum(row[0] not in order for row in rows), retried=retried, replaced=replaced,
+            not_in_input=sum(path not in order for path in predicted_paths), retried=retried, replaced=replaced,
             skipped_unreadable=skipped_unreadable, failed_again=failed_again,
         )  # fmt: skip
 
