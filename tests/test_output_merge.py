@@ -29,12 +29,15 @@ def write_run(files: OutputFiles, output_rows: list) -> None:
     write_csv(files.output, COLUMNS, output_rows)
     write_csv(files.parts / "rows-000000000.csv", COLUMNS, [["p0", 0, "a", 0.25], ["p2", 0, "b", 0.5]])
     write_csv(files.parts / "rows-000000003.csv", COLUMNS, [["p3", 0, "b", 0.125]])
-    write_csv(files.parts / "rows-000000004.csv", COLUMNS, [["p4", 2, "a", 0.5], ["p4", 10, "a", 0.75], ["p5", 0, "b", 1.0]])
+    frames = [["p4", 2, "a", 0.5], ["p4", 10, "a", 0.75], ["p5", 0, "b", 1.0]]
+    write_csv(files.parts / "rows-000000004.csv", COLUMNS, frames)
     write_csv(files.parts / "errors-000000005.csv", outputs.ERROR_COLUMNS, [["p5.png", "cannot decode"]])
 
 
-EXPECTED = [["p0", "0", "a", "0.25"], ["p1", "0", "a", "0.875"], ["p2", "0", "b", "0.5"], ["p3", "0", "a", "0.375"],
-            ["p4", "2", "a", "0.5"], ["p4", "10", "a", "0.75"], ["p5", "0", "b", "1.0"], ["gone", "0", "a", "0.5"]]  # fmt: skip
+EXPECTED = [
+    ["p0", "0", "a", "0.25"], ["p1", "0", "a", "0.875"], ["p2", "0", "b", "0.5"], ["p3", "0", "a", "0.375"],
+    ["p4", "2", "a", "0.5"], ["p4", "10", "a", "0.75"], ["p5", "0", "b", "1.0"], ["gone", "0", "a", "0.5"],
+]  # fmt: skip
 
 
 def test_a_run_in_input_order_is_merged_streaming_the_first_of_each_row(tmp_path, monkeypatch):
