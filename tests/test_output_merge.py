@@ -65,3 +65,10 @@ def test_a_word_in_a_number_column_is_refused_naming_the_file_and_line(tmp_path)
     with pytest.raises(ValueError, match=r"out\.csv:2: .*expected the numbers predict wrote"):
         merge_parts(files, COLUMNS, ORDER)
     assert rows_of(files.output) == [["p1", "0", "a", "high"]]  # left as it was
+
+
+def test_a_run_without_unreadable_files_still_writes_its_errors_file(tmp_path):
+    files = files_in(tmp_path)
+    write_csv(files.parts / "rows-000000000.csv", COLUMNS, [["p0", 0, "a", 0.25]])
+    assert merge_parts(files, COLUMNS, ORDER) == (["p0"], [])
+    assert files.errors.read_text() == "path,reason\r\n"  # the header: a file every run leaves, empty or not

@@ -364,14 +364,28 @@ def _first_column(tables: list[Path]) -> set[str]:
 
 
 def _paths_in(table: Path) -> list[str]:
+    return [row[0] for row in _read_columns(table, ())]
+
+
+def _read_columns(table: Path, names: Sequence[str]) -> Optional[list[tuple]]:
+    """`(path, *names)` of each row of `table`, typed as their columns, the other columns neither typed nor kept; None
+    when `table` has not all of `names`."""
     if table.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(table, columns=pq.read_schema(table).names[:1]).column(0).to_pylist()
+        header = pq.read_schema(table).names
+        if not set(names) <= set(header):
+            return None
+        data = pq.read_table(table, columns=[header[0], *names])
+        return list(zip(*(column.to_pylist() for column in data.columns)))
     with open(table, newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
-        next(reader, None)  # the header
-        return [row[0] for row in reader if row]
+        header = next(reader, [])
+        if not set(names) <= set(header):
+            return None
+        where = [header.index(name) for name in names]
+        return [(row[0], *_typed_row([header[i] for i in where], [row[i] for i in where], table, reader))
+                for row in reader if row]  # fmt: skip
 
 
 def done_paths(files: OutputFiles) -> set[str]:
@@ -402,10 +416,8 @@ def recorded_file_stamps(files: OutputFiles) -> dict[str, tuple]:
     output written before they were recorded has none)."""
     stamps = {}
     for table in _tables(files, "rows"):
-        columns, rows = _read_table(table)
-        if set(FILE_STAMP_COLUMNS) <= set(columns):
-            where = [columns.index(column) for column in FILE_STAMP_COLUMNS]
-            stamps.update({row[0]: tuple(row[i] for i in where) for row in rows})
+        rows = _read_columns(table, FILE_STAMP_COLUMNS)
+        stamps.update({row[0]: row[1:] for row in rows or ()})
     return stamps
 
 
@@ -441,8 +453,8 @@ def _merge_one(path: Path, columns: Sequence[str], parts: list[Path], order: dic
     not in `order` after the others), written to `path`; returns the paths of its rows. A CSV output is streamed when
     the output and the parts, one after the other, are each in that order already, as one run's batches are (QA: the
     merge held every row in memory, +0.5 GB for 100,000 rows of 121 classes); else the rows are sorted in memory."""
-    if not parts:
-        return _paths_in(path) if path.exists() else []
+    if path.exists() and not parts:
+        return _paths_in(path)
     key_size = 2 if "frame" in columns else 1
 
     def merge_key(row: Sequence) -> tuple:
