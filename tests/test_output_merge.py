@@ -71,4 +71,4 @@ def test_a_run_without_unreadable_files_still_writes_its_errors_file(tmp_path):
     files = files_in(tmp_path)
     write_csv(files.parts / "rows-000000000.csv", COLUMNS, [["p0", 0, "a", 0.25]])
     assert merge_parts(files, COLUMNS, ORDER) == (["p0"], [])
-    assert files.errors.read_text() == "path,reason\r\n"  # the header: a file every run leaves, empty or not
+    assert files.errors.read_bytes() == b"path,reason\r\n"  # the header: a file every run leaves, empty or not
