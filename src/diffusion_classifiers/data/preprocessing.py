@@ -759,11 +759,7 @@ def _convert_channels(batch: torch.Tensor, num_channels: int) -> torch.Tensor:
         return batch
     if num_channels == 3:
         return batch.repeat(1, 3, 1, 1)
-    luma = torch.einsum("nchw,c->nhw", batch, _LUMA)[:, None]
-    # a grey pixel stored as colour keeps its value exactly, as PIL's convert("L") keeps it: the weighted sum is 1 ulp
-    # off, which gave the same image another content seed (Score-SDE's draws) as colour than as grey (QA)
-    grey = (batch[:, 1:] == batch[:, :1]).all(dim=1, keepdim=True)
-    return torch.where(grey, batch[:, :1], luma)
+    return torch.einsum("nchw,c->nhw", batch, _LUMA)[:, None]
 
 
 def _normalize_background(batch: torch.Tensor, offset: int) -> torch.Tensor:
