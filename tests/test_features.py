@@ -271,3 +271,32 @@ def test_extractions_from_several_threads_on_one_unet_equal_sequential_ones(extr
     for alone, together in zip(sequential, concurrent):
         for key in alone:
             torch.testing.assert_close(together[key], alone[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["DDIMScheduler", "PNDMScheduler"])
+def test_schedulers_that_noise_as_ddpm_are_taken(unet, name):
+    import diffusers
+
+    DiffusionFeatureExtractor(unet, getattr(diffusers, name)(num_train_timesteps=NUM_TRAIN_TIMESTEPS))
+
+
+def test_a_scheduler_that_noises_otherwise_than_training_is_refused(unet):
+    """QA (session 58, a user of their own diffusers models): an Euler scheduler saved for sampling adds sigma_t eps
+    to an unscaled x_0 (x_t std 3.5 at t = 500 vs DDPM's 0.97): its features were taken from images no U-Net saw."""
+    from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    for scheduler in (EulerDiscreteScheduler, DPMSolverMultistepScheduler):  # DPM-Solver's: 1.0 at t = 999, not 0.006
+        with pytest.raises(ValueError, match=rf"scheduler: {scheduler.__name__} does not noise images as the model"):
+            DiffusionFeatureExtractor(unet, scheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS))
+
+
+def test_a_class_conditional_or_sizeless_unet_is_refused_by_name():
+    """QA (session 58): both failed only once the data was read, on diffusers' "class_labels should be provided" and
+    a bare TypeError of `_as_hw(None)`."""
+    small = dict(block_out_channels=(8, 8), down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
+                 layers_per_block=1, norm_num_groups=4)  # fmt: skip
+    scheduler = DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS)
+    with pytest.raises(ValueError, match=r"unet: class-conditional \(num_class_embeds=3, .*expected an unconditional"):
+        DiffusionFeatureExtractor(UNet2DModel(sample_size=8, num_class_embeds=3, **small), scheduler)
+    with pytest.raises(ValueError, match="unet: its config states no sample_size; expected the size it was trained"):
+        DiffusionFeatureExtractor(UNet2DModel(sample_size=None, **small), scheduler)

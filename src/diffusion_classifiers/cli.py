@@ -592,6 +592,18 @@ def _kmeans_figure(summary: dict, prefix: str) -> str:
 
 
 @_one_run_in_output_dir("probe")
+def _check_feature_model(pipe: Any, folder: str) -> None:
+    """The U-Net and scheduler a probe extracts features with, refused naming `folder` before any image is read (QA:
+    a `UNet2DConditionModel` or a class-conditional U-Net failed only once the data was read, the first in a
+    traceback)."""
+    from .features import DiffusionFeatureExtractor
+
+    try:
+        DiffusionFeatureExtractor(pipe.unet, pipe.scheduler)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--unet_dir {folder}: {error}") from error
+
+
 def run_probe(args: argparse.Namespace) -> dict:
     """A trained U-Net + a labeled dataset -> the probe grid, the chosen (block, t), k-means and a fitted pipeline."""
     from .features import check_timesteps
@@ -604,6 +616,7 @@ def run_probe(args: argparse.Namespace) -> dict:
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
     args.C = _distinct_C(DEFAULT_C if args.C is None else args.C)
     trained = UNetFeatureClassifierPipeline.from_pretrained(args.unet_dir)
+    _check_feature_model(trained, args.unet_dir)
     check_timesteps(args.timesteps, trained.scheduler.config.num_train_timesteps)
     unet_config, contract = trained.unet.config, trained.preprocessing
     args.dataset = _dataset_or_demo_digits(args.dataset, contract, "probe")

@@ -9,13 +9,14 @@ budget), both through one loop (`_extract_in_batches`).
 """
 
 import contextlib
+import math
 import numbers
 import os
 import tempfile
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -160,8 +161,42 @@ def _progress_bar(config: Optional[dict], num_images: int, desc: str) -> tqdm:
 
 
 def _check_scheduler(scheduler) -> None:
+    """A diffusers scheduler that noises as the model was trained, `x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 -
+    alpha_bar_t) eps` (DDPM, DDIM and PNDM do; QA: an Euler scheduler saved for sampling adds `sigma_t eps` to an
+    unscaled `x_0`, and DPM-Solver's before `set_timesteps` reverses the noise levels, so the features were taken
+    from images no U-Net saw in training, without a word)."""
     if not hasattr(scheduler, "add_noise") or "num_train_timesteps" not in scheduler.config:
         raise TypeError(f"expected a diffusers noise scheduler such as DDPMScheduler, got {type(scheduler).__name__}")
+    last = scheduler.config.num_train_timesteps - 1
+    alphas_cumprod = getattr(scheduler, "alphas_cumprod", None)
+    clean = torch.ones(1, 1, 1, 1)
+    noised = scheduler.add_noise(clean, torch.zeros_like(clean), torch.tensor([last]))
+    if alphas_cumprod is None or not math.isclose(float(noised), float(alphas_cumprod[last]) ** 0.5, rel_tol=1e-3):
+        raise ValueError(
+            f"scheduler: {type(scheduler).__name__} does not noise images as the model was trained (x_t = "
+            "sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps; Euler and DPM-Solver schedulers noise by their "
+            "sampling sigmas); "
+            "expected DDPMScheduler or one that noises alike: load it with "
+            "scheduler=DDPMScheduler.from_config(pipe.scheduler.config)"
+        )
+
+
+def _check_unet(unet: Any) -> None:
+    """An unconditional `UNet2DModel` that states the size it was trained at."""
+    if not isinstance(unet, UNet2DModel):
+        raise TypeError(f"expected a diffusers UNet2DModel, got {type(unet).__name__}")
+    config = unet.config
+    if config.get("num_class_embeds") is not None or config.get("class_embed_type") is not None:
+        raise ValueError(
+            f"unet: class-conditional (num_class_embeds={config.get('num_class_embeds')}, class_embed_type="
+            f"{config.get('class_embed_type')!r}); expected an unconditional U-Net, trained without labels, for the "
+            "U-Net-feature method (a class-conditional one is the Score-SDE classifier's: ScoreSDEClassifierPipeline)"
+        )
+    if config.get("sample_size") is None:
+        raise ValueError(
+            "unet: its config states no sample_size; expected the size it was trained at: "
+            "unet.register_to_config(sample_size=32), with its own size, then save it again"
+        )
 
 
 def check_timesteps(timesteps, num_train_timesteps: int) -> List[int]:
@@ -344,8 +379,7 @@ class DiffusionFeatureExtractor:
     """
 
     def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler):
-        if not isinstance(unet, UNet2DModel):
-            raise TypeError(f"expected a diffusers UNet2DModel, got {type(unet).__name__}")
+        _check_unet(unet)
         _check_scheduler(scheduler)
         self.unet = unet
         self.scheduler = scheduler
