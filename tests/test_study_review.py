@@ -200,3 +200,21 @@ def test_a_binary_studys_report_gives_the_average_precision_its_metrics_record(t
     report = study_module.render_report(study, "study", "probe")
     assert f"| average precision (PR AUC of bleed\\|acute) | {average_precision:.4f} |  |" in report
     assert "| sensitivity (recall of bleed\\|acute) |" in report and "| specificity (recall of normal) |" in report
+
+
+def test_an_evaluation_stopped_while_writing_leaves_no_earlier_report_beside_its_files(study, tmp_path, monkeypatch):
+    """QA (session 58, Ctrl-C): an evaluation or probe over an earlier report, stopped while writing, left the earlier
+    report.md and figures beside the new files (a report naming another timestep beside the new pipeline)."""
+    from diffusion_classifiers import plots
+
+    test = _digits_splits()["test"]
+    evaluate_classifier(study.pipeline, test, output_dir=str(tmp_path))
+    assert {"report.md", "reliability.png", "metrics.json"} <= {path.name for path in tmp_path.iterdir()}
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plots, "plot_reliability", stopped)  # after the new confusion matrix
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_classifier(study.pipeline, test, output_dir=str(tmp_path))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["confusion_matrix.png"]

@@ -553,10 +553,10 @@ def save_study(
     from .data.split_record import save_split_record
     from .features import block_label
     from .hub import model_fingerprint
-    from .unet_feature_study import summary_table, write_study_report
+    from .unet_feature_study import study_report_files, summary_table, write_study_report
     from .validation import remove_earlier_report, typed_command
 
-    remove_earlier_report(args.output_dir, folders=["pipeline"])
+    remove_earlier_report(args.output_dir, folders=["pipeline"], files=study_report_files())
     study.pipeline.save_pretrained(os.path.join(args.output_dir, "pipeline"))
     save_split_record(
         os.path.join(args.output_dir, "pipeline"), **carving, train_images=train_images,

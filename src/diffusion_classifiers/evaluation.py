@@ -1082,14 +1082,14 @@ def write_evaluation(
     first file is written (then `moved_in`, `{name: a folder written aside}`, is moved in) and the new one written
     last, after the figures and `report.md`: a folder holding a `metrics.json` holds one run's files
     (`validation.remove_earlier_report`)."""
-    from .plots import plot_classification_figures
+    from .plots import CLASSIFICATION_FIGURES, plot_classification_figures
     from .validation import remove_earlier_report
 
     os.makedirs(output_dir, exist_ok=True)
     measured_on = {key: value for key, value in (("split", split), ("dataset", dataset_name)) if value is not None}
     record = json.dumps({**measured_on, **metrics}, indent=2)  # what JSON cannot hold fails before a file is written
     titles = {"confusion_matrix": f"{title}: confusion matrix", "reliability": f"{title}: reliability", "roc_pr": title}
-    remove_earlier_report(output_dir, moved_in=moved_in)
+    remove_earlier_report(output_dir, moved_in=moved_in, files=("report.md", *CLASSIFICATION_FIGURES))
     plots = plot_classification_figures(output_dir, metrics, class_names, y_true, probs, titles, ranking_scores)
     report = render_evaluation_report(metrics, title, plots, split, dataset_name)
     write_texts_atomically(output_dir, {"report.md": report, "metrics.json": record})  # in order: the marker last

@@ -34,6 +34,7 @@ from .atomic_files import write_atomically
 from .metrics import calibration_metrics, finite_ranking, float_array
 
 __all__ = [
+    "CLASSIFICATION_FIGURES",
     "DPI",
     "label_efficiency_curve",
     "plot_confusion_matrix",
@@ -46,6 +47,8 @@ __all__ = [
 ]
 
 DPI = 100
+# what `plot_classification_figures` may write into a report's folder
+CLASSIFICATION_FIGURES = ("confusion_matrix.png", "reliability.png", "roc_pr.png")
 CONFUSION_NORMALIZE = ("true", "pred", "all", None)
 ANNOTATED_CLASSES = 30  # a confusion matrix of more classes shows colours only
 

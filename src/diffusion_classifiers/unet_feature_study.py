@@ -345,6 +345,13 @@ def run_unet_feature_study(
     )  # fmt: skip
 
 
+def study_report_files() -> tuple:
+    """What `write_study_report` writes beside `metrics.json` (matplotlib loads with the plots' names)."""
+    from .plots import CLASSIFICATION_FIGURES
+
+    return ("report.md", "probe_heatmap.png", *CLASSIFICATION_FIGURES)
+
+
 def write_study_report(study: UNetFeatureStudy, output_dir: str, title: str, command: str, extra: Optional[dict] = None) -> dict:
     """Write `metrics.json`, `report.md`, `probe_heatmap.png`, `confusion_matrix.png`, `reliability.png` and, for
     binary tasks, `roc_pr.png` (ROC and precision-recall of the positive class) into `output_dir`. An earlier
@@ -354,7 +361,7 @@ def write_study_report(study: UNetFeatureStudy, output_dir: str, title: str, com
     from .validation import remove_earlier_report
 
     os.makedirs(output_dir, exist_ok=True)
-    remove_earlier_report(output_dir)
+    remove_earlier_report(output_dir, files=study_report_files())
     val_accuracy = {(block_label(block), t): m["val"]["accuracy"] for (block, t), m in study.probe.metrics.items()}
     best_block, best_timestep = study.probe.best_pair
     plot_probe_heatmap(

@@ -219,17 +219,25 @@ def check_no_earlier_report(path, overwrite: bool, name: str = "--output_dir") -
 
 
 def remove_earlier_report(
-    path, folders: Sequence[str] = (), marker: str = "metrics.json", moved_in: Optional[Dict[str, str]] = None
+    path,
+    folders: Sequence[str] = (),
+    marker: str = "metrics.json",
+    moved_in: Optional[Dict[str, str]] = None,
+    files: Sequence[str] = (),
 ) -> None:
     """Remove an earlier run's report marker (`metrics.json` in the folder `path`, or the file named `marker` there),
-    then its `folders` (`pipeline/`, whose files a new run may not all replace), then move in `moved_in` (`{name in
-    path: a folder this run wrote aside}`, e.g. fit-head's new `pipeline/`, saved before its test split was scored):
-    called when a run is about to write its first file, never before its work (a run that fails computing keeps the
-    earlier complete result). Every command writes its marker last, after every other file, so a folder holding the
-    marker holds one run's files; one stopped in between holds none."""
+    then its `files` (`report.md` and the figures: QA, a probe stopped by Ctrl-C left the earlier report naming
+    another timestep beside its new pipeline) and `folders` (`pipeline/`, whose files a new run may not all
+    replace), then move in `moved_in` (`{name in path: a folder this run wrote aside}`, e.g. fit-head's new
+    `pipeline/`, saved before its test split was scored): called when a run is about to write its first file, never
+    before its work (a run that fails computing keeps the earlier complete result). Every command writes its marker
+    last, after every other file, so a folder holding the marker holds one run's files; one stopped in between holds
+    none of an earlier run's."""
     import shutil
 
     Path(path, marker).unlink(missing_ok=True)
+    for name in files:
+        Path(path, name).unlink(missing_ok=True)
     for folder in [*folders, *(moved_in or {})]:
         if os.path.isdir(os.path.join(path, folder)):
             shutil.rmtree(os.path.join(path, folder))
