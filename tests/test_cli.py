@@ -418,3 +418,20 @@ def test_a_command_run_from_python_records_its_process_s_command(monkeypatch):
     assert typed_command(argparse.Namespace()) == "my_script.py --k 5"
     typed = argparse.Namespace(command_line="diffusion-classifiers cluster")
     assert typed_command(typed) == "diffusion-classifiers cluster"
+
+
+def test_probe_refuses_a_scheduler_that_noises_otherwise_before_reading_any_image(tmp_path):
+    """QA (session 58, a user of their own diffusers models): a pipeline saved with an Euler scheduler was probed on
+    features of images no U-Net saw in training; the model is now refused before the (here missing) data is read."""
+    from diffusers import EulerDiscreteScheduler
+
+    from diffusion_classifiers import UNetFeatureClassifierPipeline
+
+    from .test_readme import small_unet
+
+    pipe = UNetFeatureClassifierPipeline(unet=small_unet(16), scheduler=EulerDiscreteScheduler())
+    pipe.save_pretrained(tmp_path / "m")
+    argv = ["probe", "--unet_dir", str(tmp_path / "m"), "--dataset", str(tmp_path / "missing"), "--output_dir",
+            str(tmp_path / "out")]  # fmt: skip
+    with pytest.raises(ValueError, match=r"--unet_dir .*m: scheduler: EulerDiscreteScheduler does not noise images"):
+        main(argv)

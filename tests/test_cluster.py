@@ -443,3 +443,21 @@ def test_cluster_files_refuses_inputs_inside_its_output_dir(digits_csv, unet_dir
     inputs = list_inputs(str(digits_csv.parent / "images"))
     with pytest.raises(ValueError, match=r"images/000.png is inside output_dir .*; expected inputs outside it"):
         cluster_files(DiffusionClassifierPipeline.from_pretrained(unet_dir), inputs, digits_csv.parent, 2)
+
+
+def test_the_same_files_listed_in_another_order_are_grouped_alike(digits_csv, unet_dir, tmp_path):
+    """QA (session 58, a determinism auditor): the same 60 files in a CSV and in the CSV reversed chose another
+    feature and K, and grouped them otherwise (ARI 0.41): the sample and the k-means fit follow the paths' order."""
+    with open(digits_csv, newline="") as handle:
+        header, *listed = list(csv.reader(handle))
+    reversed_csv = digits_csv.with_name("reversed.csv")
+    with open(reversed_csv, "w", newline="") as handle:
+        csv.writer(handle).writerows([header, *listed[::-1]])
+    flags = ("--num_clusters", "3", "--candidate_num_clusters", "3", "4", "--selection_images", "40", "--fit_images",
+             "50", "--examples_per_cluster", "1")  # fmt: skip
+    runs = [cluster(unet_dir, listing, tmp_path / name, *flags) for name, listing in (("a", digits_csv),
+                                                                                      ("b", reversed_csv))]  # fmt: skip
+    assert runs[0]["selection"] == runs[1]["selection"] and runs[0]["cluster_sizes"] == runs[1]["cluster_sizes"]
+    groups = [{row["path"]: row["cluster"] for row in read_rows(tmp_path / name / "clusters.csv")} for name in "ab"]
+    assert groups[0] == groups[1]
+    assert [row["path"] for row in read_rows(tmp_path / "b" / "clusters.csv")][0] == listed[-1][0]  # input order

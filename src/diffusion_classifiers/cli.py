@@ -591,7 +591,6 @@ def _kmeans_figure(summary: dict, prefix: str) -> str:
     return f"{100 * accuracy:.2f}% (by chance {100 * chance:.2f}%)"
 
 
-@_one_run_in_output_dir("probe")
 def _check_feature_model(pipe: Any, folder: str) -> None:
     """The U-Net and scheduler a probe extracts features with, refused naming `folder` before any image is read (QA:
     a `UNet2DConditionModel` or a class-conditional U-Net failed only once the data was read, the first in a
@@ -604,6 +603,7 @@ def _check_feature_model(pipe: Any, folder: str) -> None:
         raise ValueError(f"--unet_dir {folder}: {error}") from error
 
 
+@_one_run_in_output_dir("probe")
 def run_probe(args: argparse.Namespace) -> dict:
     """A trained U-Net + a labeled dataset -> the probe grid, the chosen (block, t), k-means and a fitted pipeline."""
     from .features import check_timesteps
