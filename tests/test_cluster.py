@@ -461,3 +461,13 @@ def test_the_same_files_listed_in_another_order_are_grouped_alike(digits_csv, un
     groups = [{row["path"]: row["cluster"] for row in read_rows(tmp_path / name / "clusters.csv")} for name in "ab"]
     assert groups[0] == groups[1]
     assert [row["path"] for row in read_rows(tmp_path / "b" / "clusters.csv")][0] == listed[-1][0]  # input order
+
+
+def test_a_unet_saved_alone_is_named_as_such_with_how_to_make_it_a_pipeline(digits_csv, tmp_path):
+    """QA (session 58): a `unet.save_pretrained` folder was called "a transformers model folder", and cluster's
+    message said "predict reads a pipeline folder"."""
+    small_unet(16).save_pretrained(tmp_path / "unet_only")
+    with pytest.raises(ValueError, match=r"unet_only holds a diffusers UNet2DModel saved alone .*UNetFeature"):
+        cluster(tmp_path / "unet_only", digits_csv, tmp_path / "out", "--num_clusters", "3")
+    with pytest.raises(FileNotFoundError, match=r"holds a diffusers UNet2DModel saved alone"):
+        UNetFeatureClassifierPipeline.from_pretrained(tmp_path / "unet_only")

@@ -241,3 +241,14 @@ def test_positive_class_is_checked_when_constructed():
 @pytest.mark.parametrize("name", ["unet_features", "score_sde", "rc_dit_linear_head", "rc_dit_prototype_head"])
 def test_pipelines_saved_before_positive_class_load_without_one(name):
     assert DiffusionClassifierPipeline.from_pretrained(str(FIXTURES / name)).positive_class is None
+
+
+def test_a_diffusers_ddpm_pipeline_folder_reads_floats_in_the_stated_range_not_the_legacy_guess(tmp_path):
+    """QA (session 58, a user of their own diffusers models): a `DDPMPipeline` folder has no `preprocessing`, and was
+    read as this package's v0.1.0 folder (`input_range="auto"`): [-1, 1] images without a negative value were taken
+    for [0, 1] ones and rescaled, features 31% off, without a word."""
+    from diffusers import DDPMPipeline
+
+    DDPMPipeline(unet=UNet2DModel(**unet_config("tiny", 8)), scheduler=DDPMScheduler()).save_pretrained(tmp_path / "d")
+    loaded = UNetFeatureClassifierPipeline.from_pretrained(tmp_path / "d")
+    assert loaded.preprocessing.input_range == "[-1, 1]"

@@ -17,6 +17,7 @@ from diffusion_classifiers.models import (
 )
 
 from .pipeline_utils import (
+    DiffusionClassifierPipeline,
     ProgressBarsMixin,
     SavedPreprocessingMixin,
     SavedWithCodeMixin,
@@ -82,7 +83,7 @@ class RepresentationConditionedDiTImageVariationPipeline(
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         path = local_snapshot(pretrained_model_name_or_path, kwargs)
         index = installed_index(read_model_index(path))
-        keep_legacy_preprocessing(index, kwargs)
+        keep_legacy_preprocessing(index, kwargs, {cls.__name__, *DiffusionClassifierPipeline._registry})
         cls.safetensors_only(path, index, kwargs)
         return super().from_pretrained(path, **kwargs)
 

@@ -5,7 +5,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Set, Tuple, Type, Union
+from typing import Any, Collection, Dict, Iterator, List, Optional, Set, Tuple, Type, Union
 
 import torch
 from diffusers import DiffusionPipeline
@@ -39,9 +39,11 @@ __all__ = [
     "ProgressBarsMixin",
     "SavedPreprocessingMixin",
     "SavedWithCodeMixin",
+    "diffusers_model_class",
     "installed_index",
     "keep_legacy_preprocessing",
     "local_snapshot",
+    "lone_model_hint",
     "pipeline_of_component",
     "read_model_index",
 ]
@@ -82,11 +84,7 @@ def read_model_index(path: str) -> dict:
         if parent:
             hint = f" ({path} is a component of the pipeline {parent}: pass that folder)"
         elif os.path.isfile(os.path.join(path, "config.json")):  # QA: an export was said to be no pipeline, only
-            hint = (
-                f" ({path} holds a transformers model, config.json: load it with transformers' "
-                "AutoModelForImageClassification or pipeline('image-classification'); diffusion-classifiers evaluate "
-                "takes either)"
-            )
+            hint = f" ({lone_model_hint(path)})"
         else:
             hint = ""
         raise FileNotFoundError(f"{index_file} not found; expected a pipeline folder written by save_pretrained{hint}")
@@ -95,6 +93,33 @@ def read_model_index(path: str) -> dict:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{index_file} is not valid JSON: {error}") from error
+
+
+def diffusers_model_class(path: Union[str, os.PathLike]) -> Optional[str]:
+    """The diffusers model class a folder's `config.json` names (`_class_name`: a `unet.save_pretrained` folder); None
+    for a transformers model's or an unreadable one."""
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return config.get("_class_name") if isinstance(config, dict) else None
+
+
+def lone_model_hint(path: Union[str, os.PathLike]) -> str:
+    """What a folder holding one model's `config.json` and no `model_index.json` is, and where to turn (QA: a
+    `unet.save_pretrained` folder was called a transformers model)."""
+    name = diffusers_model_class(path)
+    if name:
+        return (
+            f"{path} holds a diffusers {name} saved alone (config.json, no model_index.json): save it in a pipeline "
+            f"with the scheduler it was trained with, e.g. UNetFeatureClassifierPipeline(unet={name}.from_pretrained("
+            "folder), scheduler=DDPMScheduler(...)).save_pretrained(new_folder)"
+        )
+    return (
+        f"{path} holds a transformers model, config.json: load it with transformers' AutoModelForImageClassification "
+        "or pipeline('image-classification'); diffusion-classifiers evaluate takes either"
+    )
 
 
 def pipeline_of_component(path: Union[str, os.PathLike]) -> Optional[str]:
@@ -303,10 +328,12 @@ class SavedPreprocessingMixin:
             self._reads_preprocessed_images = False
 
 
-def keep_legacy_preprocessing(index: dict, kwargs: dict) -> None:
-    """A folder whose `model_index.json` has no `preprocessing` (saved before the contract was) loads with
-    `LEGACY_PREPROCESSING`, its old behaviour, unless `kwargs` (of `from_pretrained`) pass one."""
-    if "preprocessing" not in index:
+def keep_legacy_preprocessing(index: dict, kwargs: dict, package_pipelines: Collection[str]) -> None:
+    """A folder of one of this package's `package_pipelines` whose `model_index.json` has no `preprocessing` (saved
+    before the contract was) loads with `LEGACY_PREPROCESSING`, its old behaviour, unless `kwargs` (of
+    `from_pretrained`) pass one. Another library's folder (a diffusers `DDPMPipeline`'s) loads with the class's own
+    default (QA: it was read as this package's legacy folder, its float inputs' range guessed without a word)."""
+    if "preprocessing" not in index and index.get("_class_name") in package_pipelines:
         kwargs.setdefault("preprocessing", LEGACY_PREPROCESSING)
 
 
@@ -465,7 +492,7 @@ class DiffusionClassifierPipeline(
                 )
             return cls._registry[class_name].from_pretrained(path, **kwargs)
         cls._check_saved_class(index.get("_class_name"), pretrained_model_name_or_path)
-        keep_legacy_preprocessing(index, kwargs)
+        keep_legacy_preprocessing(index, kwargs, cls._registry)
         cls.safetensors_only(path, index, kwargs)
         pipeline = super().from_pretrained(path, **kwargs)
         pipeline.split_record = read_split_record(path)

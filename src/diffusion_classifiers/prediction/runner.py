@@ -734,7 +734,7 @@ def model_and_inputs(args: argparse.Namespace) -> ModelInputs:
     windows = parse_windows(args.window) if args.window is not None else None
     check_input_exists(args.input)
     model_dir = download(args.model_dir)
-    _check_pipeline_folder(model_dir, args.model_dir)
+    _check_pipeline_folder(model_dir, args.model_dir, args.command)
     saved = read_saved_preprocessing(model_dir)
     medical = saved.medical_or_default
     if windows is not None:
@@ -803,10 +803,11 @@ def diffusers_progress_bars(shown: bool) -> Iterator[None]:
         (diffusers_logging.enable_progress_bar if was_shown else diffusers_logging.disable_progress_bar)()
 
 
-def _check_pipeline_folder(model_dir: str, given: str) -> None:
-    """A component of a pipeline (`unet/`: a diffusers `config.json`, `model_index.json` above it) and a transformers
-    export (`config.json`, no `model_index.json`) are named as such, with where to turn."""
-    from ..pipelines.pipeline_utils import pipeline_of_component
+def _check_pipeline_folder(model_dir: str, given: str, command: str = "predict") -> None:
+    """A component of a pipeline (`unet/`: a diffusers `config.json`, `model_index.json` above it), a diffusers model
+    saved alone and a transformers export (`config.json`, no `model_index.json`) are named as such, with where to
+    turn."""
+    from ..pipelines.pipeline_utils import diffusers_model_class, lone_model_hint, pipeline_of_component
 
     folder = Path(model_dir)
     parent = pipeline_of_component(folder)
@@ -814,9 +815,11 @@ def _check_pipeline_folder(model_dir: str, given: str) -> None:
         raise ValueError(
             f"--model_dir {given}: a component of a diffusers pipeline, not one; pass the pipeline folder {parent}"
         )
+    if not (folder / "model_index.json").is_file() and diffusers_model_class(folder):
+        raise ValueError(f"--model_dir {given}: {lone_model_hint(folder)}")
     if not (folder / "model_index.json").is_file() and (folder / "config.json").is_file():
         raise ValueError(
-            f"--model_dir {given}: a transformers model folder (config.json); predict reads a pipeline folder "
+            f"--model_dir {given}: a transformers model folder (config.json); {command} reads a pipeline folder "
             "(model_index.json): the one it was exported from, or classify with transformers' pipeline() and "
             "pipeline_class=DiffusionClassifierImageClassificationPipeline"
         )
