@@ -471,3 +471,13 @@ def test_a_unet_saved_alone_is_named_as_such_with_how_to_make_it_a_pipeline(digi
         cluster(tmp_path / "unet_only", digits_csv, tmp_path / "out", "--num_clusters", "3")
     with pytest.raises(FileNotFoundError, match=r"holds a diffusers UNet2DModel saved alone"):
         UNetFeatureClassifierPipeline.from_pretrained(tmp_path / "unet_only")
+
+
+def test_cluster_reads_a_diffusers_ddpm_pipeline_folder(digits_csv, tmp_path):
+    """QA (session 58): `probe --unet_dir` read a `DDPMPipeline` folder, `cluster --model_dir` refused it."""
+    from diffusers import DDPMPipeline
+
+    DDPMPipeline(unet=small_unet(16), scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+    metrics = cluster(tmp_path / "ddpm", digits_csv, tmp_path / "out", "--num_clusters", "3", "--examples_per_cluster",
+                      "1")  # fmt: skip
+    assert metrics["num_clusters"] == 3 and sum(metrics["cluster_sizes"]) == NUM_IMAGES

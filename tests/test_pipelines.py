@@ -252,3 +252,18 @@ def test_a_diffusers_ddpm_pipeline_folder_reads_floats_in_the_stated_range_not_t
     DDPMPipeline(unet=UNet2DModel(**unet_config("tiny", 8)), scheduler=DDPMScheduler()).save_pretrained(tmp_path / "d")
     loaded = UNetFeatureClassifierPipeline.from_pretrained(tmp_path / "d")
     assert loaded.preprocessing.input_range == "[-1, 1]"
+
+
+def test_a_diffusers_ddpm_pipeline_folder_loads_as_a_headless_unet_feature_pipeline(tmp_path):
+    """QA (session 58): `cluster` (and the README's `DiffusionClassifierPipeline.from_pretrained`) refused a
+    `DDPMPipeline` folder that `probe --unet_dir` reads: its U-Net and scheduler are such a pipeline without a head."""
+    from diffusers import DDPMPipeline
+
+    DDPMPipeline(unet=UNet2DModel(**unet_config("tiny", 8)), scheduler=DDPMScheduler()).save_pretrained(tmp_path / "d")
+    pipe = DiffusionClassifierPipeline.from_pretrained(tmp_path / "d")
+    assert type(pipe) is UNetFeatureClassifierPipeline and pipe.head is None
+    from diffusion_classifiers import ScoreSDEClassifierPipeline  # a U-Net and a scheduler too, its own class kept
+
+    unet = UNet2DModel(**unet_config("tiny", 8, num_class_embeds=2))
+    ScoreSDEClassifierPipeline(unet, DDPMScheduler(), class_names=["a", "b"]).save_pretrained(tmp_path / "s")
+    assert type(DiffusionClassifierPipeline.from_pretrained(tmp_path / "s")) is ScoreSDEClassifierPipeline

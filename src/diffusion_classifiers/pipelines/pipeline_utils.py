@@ -422,6 +422,14 @@ def check_component_files(folder: str, name: str, entry: List[str], index_file: 
     )
 
 
+def _is_unet_and_scheduler(index: dict) -> bool:
+    """A diffusers pipeline of a `UNet2DModel` and a scheduler alone (`DDPMPipeline`, `DDIMPipeline`), not one of this
+    package's: a `UNetFeatureClassifierPipeline` without a head (its features, `cluster`, a probe)."""
+    components = {name for name, entry in index.items() if not name.startswith("_") and isinstance(entry, list)}
+    unet = index.get("unet")
+    return components == {"unet", "scheduler"} and isinstance(unet, list) and unet[-1] == "UNet2DModel"
+
+
 class ProgressBarsMixin:
     """A pipeline's bars as `set_progress_bar_config` sets them, with diffusers' default (bars on the main process
     only), and `TQDM_DISABLE=1` honoured: diffusers' own `progress_bar` passes `disable=False` on the main process,
@@ -485,6 +493,8 @@ class DiffusionClassifierPipeline(
         index = installed_index(read_model_index(path))
         if cls is DiffusionClassifierPipeline:
             class_name = index.get("_class_name")
+            if class_name not in cls._registry and _is_unet_and_scheduler(index):  # QA: cluster refused a DDPMPipeline
+                class_name = "UNetFeatureClassifierPipeline"
             if class_name not in cls._registry:
                 raise ValueError(
                     f"{pretrained_model_name_or_path}: model_index.json names pipeline {class_name!r}; expected one "
