@@ -267,3 +267,13 @@ def test_a_diffusers_ddpm_pipeline_folder_loads_as_a_headless_unet_feature_pipel
     unet = UNet2DModel(**unet_config("tiny", 8, num_class_embeds=2))
     ScoreSDEClassifierPipeline(unet, DDPMScheduler(), class_names=["a", "b"]).save_pretrained(tmp_path / "s")
     assert type(DiffusionClassifierPipeline.from_pretrained(tmp_path / "s")) is ScoreSDEClassifierPipeline
+
+
+def test_a_folder_saved_as_one_variant_loads_without_naming_it(fitted_pipeline, tmp_path):
+    """QA (session 58): a `save_pretrained(variant="fp16")` folder loaded in Python with `variant="fp16"`, but the
+    CLI, which names none, failed on diffusers' "no file named diffusion_pytorch_model.safetensors"."""
+    pipe, _ = fitted_pipeline
+    pipe.save_pretrained(tmp_path / "fp16", variant="fp16")
+    assert (tmp_path / "fp16" / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    loaded = DiffusionClassifierPipeline.from_pretrained(tmp_path / "fp16")
+    assert torch.equal(loaded.unet.conv_in.weight, pipe.unet.conv_in.weight)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,27 @@ def lone_model_hint(path: Union[str, os.PathLike]) -> str:
     )
 
 
+# a weights file of one variant (`save_pretrained(variant="fp16")`), not sharded
+_VARIANT_WEIGHTS = re.compile(r"^(?:diffusion_pytorch_model|model)\.(?P<variant>[^.]+)\.safetensors$")
+_PLAIN_WEIGHTS = ("diffusion_pytorch_model.safetensors", "model.safetensors")
+
+
+def saved_variant(path: str, index: dict) -> Optional[str]:
+    """The variant (`"fp16"`) every component's weights in `path` were saved under, when they were saved so alone:
+    the folder then loads without naming it (QA: the CLI, which names none, failed on diffusers' "no file named
+    diffusion_pytorch_model.safetensors"); None otherwise."""
+    variants = set()
+    for name, entry in index.items():
+        folder = os.path.join(path, name)
+        if name.startswith("_") or not isinstance(entry, list) or None in entry or not os.path.isdir(folder):
+            continue
+        files = os.listdir(folder)
+        if any(file in _PLAIN_WEIGHTS for file in files):
+            return None
+        variants |= {match["variant"] for file in files if (match := _VARIANT_WEIGHTS.match(file))}
+    return variants.pop() if len(variants) == 1 else None
+
+
 def pipeline_of_component(path: Union[str, os.PathLike]) -> Optional[str]:
     """The pipeline folder that holds `path` when `path` is one of its diffusers components (`unet/`, `scheduler/`,
     ...: a `config.json` or `scheduler_config.json` with diffusers' `_class_name` or `_diffusers_version`, and a
@@ -214,13 +236,16 @@ class SavedWithCodeMixin:
     def safetensors_only(cls, path: str, index: dict, kwargs: dict) -> None:
         """Make `from_pretrained(path, **kwargs)` read safetensors only: `use_safetensors` other than True is refused,
         every component is checked first (`check_saved_components`), and `kwargs` get `use_safetensors=True`, so
-        diffusers never falls back to a pickle."""
+        diffusers never falls back to a pickle; and the `variant` the weights were saved under alone, when `kwargs`
+        name none ([`saved_variant`])."""
         if kwargs.pop("use_safetensors", True) is not True:
             raise ValueError(
                 "use_safetensors: expected True; weights load from safetensors only (a pickle can run code)"
             )
         cls.check_saved_components(path, index, passed=set(kwargs))
         kwargs["use_safetensors"] = True
+        if kwargs.get("variant") is None and (variant := saved_variant(path, index)) is not None:
+            kwargs["variant"] = variant
 
     @classmethod
     def check_saved_components(cls, path: str, index: dict, passed: Set[str] = frozenset()) -> None:
