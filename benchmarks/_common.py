@@ -234,7 +234,8 @@ def _check_new_folder(parser: argparse.ArgumentParser, folder: str, flag: str) -
     path = Path(folder)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         parser.error(f"{flag}: {folder} exists and is not an empty folder; expected a new or empty one (a kept model "
-                     "is never replaced)")  # fmt: skip
+                     "is never replaced; a folder without model_index.json holds a save that was stopped: remove "
+                     "it)")  # fmt: skip
     existing = next(parent for parent in path.absolute().parents if parent.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         parser.error(f"{flag}: {folder} cannot be created ({existing} is not a folder this user may write in)")
@@ -342,9 +343,24 @@ def trained_or_loaded_ddpm(args: argparse.Namespace, splits: dict, train: Callab
     unet, scheduler, final_loss = train()
     if getattr(args, "keep_checkpoint", None):
         kept = UNetFeatureClassifierPipeline(unet=unet, scheduler=scheduler, preprocessing=preprocessing)
-        kept.save_pretrained(args.keep_checkpoint)
-        record_kept_model_training_images(args.keep_checkpoint, splits["train"].images, unlabeled=True, seed=args.seed)
+
+        def save(folder: str) -> None:
+            kept.save_pretrained(folder)
+            record_kept_model_training_images(folder, splits["train"].images, unlabeled=True, seed=args.seed)
+
+        keep_model(args.keep_checkpoint, save)
     return unet, scheduler, final_loss
+
+
+def keep_model(folder: str, save: Callable[[str], None]) -> None:
+    """`save(staging)` (the model's `save_pretrained` and its records) into the `--keep_checkpoint` `folder` as one
+    piece (`training.save_model_whole`: `model_index.json` moved in last), so a run killed while keeping it leaves
+    no folder `--unet_dir` takes for a model (QA: one killed after `model_index.json` lacked its training images'
+    fingerprints, and was reused without the check they allow)."""
+    from diffusion_classifiers.training import save_model_whole
+
+    os.makedirs(folder, exist_ok=True)
+    save_model_whole(folder, save)
 
 
 def encoder_parameters(unet) -> int:

@@ -55,6 +55,7 @@ from _common import (
     cnn_baseline,
     data_path,
     dataset_name,
+    keep_model,
     load_benchmark_data,
     loaded_unet_facts,
     reading_options,
@@ -189,9 +190,13 @@ def train_unet(args, splits: dict, steps: int, class_balanced: bool, work_dir: s
         unet.eval(), scheduler, class_names=train.class_names, preprocessing=train.preprocessing
     )
     if reusable and args.keep_checkpoint:
-        pipe.save_pretrained(args.keep_checkpoint)
-        record_kept_model_training_images(args.keep_checkpoint, train.images, unlabeled=False, seed=args.seed)
-        summary.save(args.keep_checkpoint)  # training_summary.json: what a reuse records of it (loaded_unet_facts)
+
+        def save(folder: str) -> None:
+            pipe.save_pretrained(folder)
+            record_kept_model_training_images(folder, train.images, unlabeled=False, seed=args.seed)
+            summary.save(folder)  # training_summary.json: what a reuse records of it (loaded_unet_facts)
+
+        keep_model(args.keep_checkpoint, save)
     return pipe, summary.final_loss
 
 

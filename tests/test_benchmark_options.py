@@ -442,3 +442,20 @@ def test_a_target_whose_met_contradicts_its_direction_is_refused():
     }  # fmt: skip
     # QA: an AUC undefined on a test split without a class failed the run after its training
     assert _common.target_entry(None, 0.9) == {"value": None, "target": 0.9, "met": False, "higher_is_better": True}
+
+
+def test_a_kept_model_stopped_while_saving_leaves_no_model_for_unet_dir(tmp_path):
+    """QA (session 58, Ctrl-C): a benchmark killed after `model_index.json` was written, before the training images'
+    fingerprints, left a folder `--unet_dir` reused without the check they allow; the model's marker now comes last."""
+    from diffusers import DDPMScheduler
+
+    from diffusion_classifiers import UNetFeatureClassifierPipeline
+
+    def stopped(folder):
+        pipe = UNetFeatureClassifierPipeline(unet=tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=10))
+        pipe.save_pretrained(folder)
+        raise KeyboardInterrupt  # before its data_splits.json
+
+    with pytest.raises(KeyboardInterrupt):
+        _common.keep_model(str(tmp_path / "kept"), stopped)
+    assert list((tmp_path / "kept").iterdir()) == []  # no model_index.json beside part of a model
