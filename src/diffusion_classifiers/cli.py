@@ -940,7 +940,10 @@ def run_from_shell(name: str, run: Callable[[], Any]) -> None:
         if os.environ.get("DIFFUSION_CLASSIFIERS_TRACEBACK"):
             raise
         trained = "diffusion_classifiers.training.loop" in sys.modules
-        resume = "; the checkpoints saved so far are kept: --resume_from_checkpoint latest continues" if trained else ""
+        resume = (  # QA: said alike before the first checkpoint, when there was none to continue from
+            "; the checkpoints saved so far are kept: --resume_from_checkpoint latest continues from the last one "
+            "(with none saved yet, run the command again)" if trained else ""
+        )  # fmt: skip
         print(f"\n{name}: interrupted{resume}", file=sys.stderr)
         sys.exit(130)
     _exit_as_stopped_training()
