@@ -471,6 +471,19 @@ def test_a_unet_saved_alone_is_named_as_such_with_how_to_make_it_a_pipeline(digi
         cluster(tmp_path / "unet_only", digits_csv, tmp_path / "out", "--num_clusters", "3")
     with pytest.raises(FileNotFoundError, match=r"holds a diffusers UNet2DModel saved alone"):
         UNetFeatureClassifierPipeline.from_pretrained(tmp_path / "unet_only")
+    # from Python, with a parser of the caller's own (no `command`: second read, an AttributeError came first)
+    import argparse
+
+    from diffusion_classifiers.prediction import add_cluster_args, add_predict_args, run_cluster, run_predict
+
+    for add_args, run in ((add_cluster_args, run_cluster), (add_predict_args, run_predict)):
+        parser = argparse.ArgumentParser()
+        add_args(parser)
+        output = ["--output", str(tmp_path / "p.csv")] if run is run_predict else ["--output_dir", str(tmp_path / "o"),
+                                                                                   "--num_clusters", "3"]  # fmt: skip
+        args = parser.parse_args(["--model_dir", str(tmp_path / "unet_only"), "--input", str(digits_csv), *output])
+        with pytest.raises(ValueError, match="saved alone"):
+            run(args)
 
 
 def test_cluster_reads_a_diffusers_ddpm_pipeline_folder(digits_csv, tmp_path):
@@ -481,3 +494,18 @@ def test_cluster_reads_a_diffusers_ddpm_pipeline_folder(digits_csv, tmp_path):
     metrics = cluster(tmp_path / "ddpm", digits_csv, tmp_path / "out", "--num_clusters", "3", "--examples_per_cluster",
                       "1")  # fmt: skip
     assert metrics["num_clusters"] == 3 and sum(metrics["cluster_sizes"]) == NUM_IMAGES
+
+
+def test_a_folders_or_datasets_own_listing_order_is_kept(tmp_path):
+    """Second read (session 58): rows of a saved dataset are named "0".."11" ("10" sorts before "2") and a non-UTF-8
+    name is escaped: only a CSV's rows, whose order is the user's, are put in the order of their paths."""
+    from diffusion_classifiers.prediction.clustering import _by_path
+    from diffusion_classifiers.prediction.inputs import PredictionInput
+
+    rows = [PredictionInput(str(i), None) for i in range(12)]
+    assert _by_path(rows) == list(range(12))
+    listed = [PredictionInput(name, None, listed_in=tmp_path / "list.csv") for name in ("b/1.png", "a/2.png", "a.png")]
+    assert _by_path(listed) == [1, 2, 0]  # a/2.png, a.png, b/1.png: as a folder lists them (folder "a" first)
+    assert [path.name for path in sorted([tmp_path / "b/1.png", tmp_path / "a/2.png", tmp_path / "a.png"])] == [
+        "2.png", "a.png", "1.png"
+    ]  # what `sorted` of the folder's paths gives

@@ -103,7 +103,7 @@ def run_cluster(args: argparse.Namespace) -> dict:
     _check_output_outside_input_folder(args.output_dir, args.input)
     names = ClusterRequest._fields
     request = ClusterRequest(**{name: getattr(args, name) for name in names}).checked(flag="--")
-    model_dir, _, medical, inputs = model_and_inputs(args)
+    model_dir, _, medical, inputs = model_and_inputs(args, "cluster")
     request.checked(len(inputs), "--", f"--input {args.input}")
     _check_inputs_for_output(inputs, args.output_dir)
     with diffusers_progress_bars(shown=not args.no_progress_bar):  # its "Loading pipeline components" bar
@@ -439,9 +439,12 @@ def _remove_earlier_figures(output_dir: Path, written: Sequence[str]) -> None:
 
 
 def _by_path(inputs: Sequence[PredictionInput], frames: Optional[Sequence[int]] = None) -> list[int]:
-    """The positions of `inputs` (with their `frames`, one row each) in the order of their paths, as a folder lists
-    them (QA: the same 60 files listed in a CSV reversed chose another feature and K, ARI 0.41 between the two)."""
+    """The positions of `inputs` (with their `frames`, one row each) in their listing's order: a folder's and a
+    dataset's as listed, a CSV's rows in the order of their paths, as a folder lists them (QA: the same 60 files
+    listed in a CSV reversed chose another feature and K, ARI 0.41 between the two)."""
     frames = [0] * len(inputs) if frames is None else frames
+    if all(item.listed_in is None for item in inputs):
+        return list(range(len(inputs)))
     return sorted(range(len(inputs)), key=lambda i: (Path(inputs[i].path).parts, frames[i]))
 
 
@@ -452,9 +455,10 @@ def _grouped(chosen: Any, rows: list, selection: dict, fit_images: int, seed: in
 
     from ..probing.protocols import KMeansGrouping
 
-    fitted = chosen[_by_path([item for item, _ in rows], [frame for _, frame in rows])]
-    if len(fitted) > fit_images:
-        fitted = fitted[np.random.default_rng(seed + 1).choice(len(fitted), fit_images, replace=False)]
+    order = np.asarray(_by_path([item for item, _ in rows], [frame for _, frame in rows]))
+    if len(order) > fit_images:  # the indices drawn first: the rows copied are those fitted only
+        order = order[np.random.default_rng(seed + 1).choice(len(order), fit_images, replace=False)]
+    fitted = chosen[order]
     grouping = KMeansGrouping(selection["num_clusters"], selection["normalization"], seed).fit(fitted)
     return (*grouping.assign(chosen), len(fitted))
 

@@ -725,7 +725,7 @@ class ModelInputs(NamedTuple):
     inputs: list[PredictionInput]
 
 
-def model_and_inputs(args: argparse.Namespace) -> ModelInputs:
+def model_and_inputs(args: argparse.Namespace, command: str = "predict") -> ModelInputs:
     """`--model_dir` (a folder or a Hub id, read from its snapshot: the saved windows come from there too) and the
     inputs of `--input`, listed to be read as the model reads (its saved preprocessing, `--window` overriding its
     windows); every flag checked before the model is loaded."""
@@ -734,7 +734,7 @@ def model_and_inputs(args: argparse.Namespace) -> ModelInputs:
     windows = parse_windows(args.window) if args.window is not None else None
     check_input_exists(args.input)
     model_dir = download(args.model_dir)
-    _check_pipeline_folder(model_dir, args.model_dir, args.command)
+    _check_pipeline_folder(model_dir, args.model_dir, command)
     saved = read_saved_preprocessing(model_dir)
     medical = saved.medical_or_default
     if windows is not None:
