@@ -696,3 +696,21 @@ def test_a_streamed_resume_that_reads_the_files_otherwise_is_refused_naming_how(
                                          r"True"):  # fmt: skip
         example["main"](resume + ["--normalize_background"])
     example["main"](resume)  # read as before: it resumes
+
+
+def test_a_ctrl_c_while_the_readers_fork_is_raised_once_they_have():
+    """QA (session 58, Ctrl-C): pressed as "Reading every image" appeared with 2 DataLoader workers, it ran Python's
+    handler in logging's at-fork callback, where CPython ignores exceptions, and training went on to the end."""
+    import os
+    import signal
+
+    from diffusion_classifiers.data.streaming import _ctrl_c_after_fork
+
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with _ctrl_c_after_fork():
+            os.kill(os.getpid(), signal.SIGINT)  # as during the fork: held, not raised here
+            reached.append("the rest of the block")
+    assert reached == ["the rest of the block"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with _ctrl_c_after_fork():  # none pressed: nothing raised
+        pass

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import io
 import os
+import signal
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -224,7 +227,9 @@ class StreamingImages(torch.utils.data.Dataset):
         loader = torch.utils.data.DataLoader(
             _ReadOnce(self), batch_size=_VERIFY_BATCH, num_workers=num_workers, collate_fn=list
         )  # fmt: skip
-        bar = tqdm(loader, desc="Reading every image", unit="batch", **bar_visibility(progress_bar))
+        with _ctrl_c_after_fork():
+            batches = iter(loader)  # the workers start (fork) here
+        bar = tqdm(batches, total=len(loader), desc="Reading every image", unit="batch", **bar_visibility(progress_bar))
         failures, fingerprints = [], []
         for index, reason, fingerprint in (item for batch in bar for item in batch):
             if reason is None:
@@ -307,6 +312,26 @@ class StreamingImages(torch.utils.data.Dataset):
 
 
 _VERIFY_BATCH, _VERIFY_SHOWN = 64, 10
+
+
+@contextmanager
+def _ctrl_c_after_fork() -> Iterator[None]:
+    """Hold a Ctrl-C that comes while DataLoader workers fork, and raise it once they have: one that came during the
+    fork ran Python's handler in logging's at-fork callback, where CPython ignores exceptions, and the run went on to
+    the end (QA: 3 of 3 times, Ctrl-C as "Reading every image" appeared). Only where Python's own handler is set."""
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    received = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
 
 
 class _ReadOnce(torch.utils.data.Dataset):
