@@ -346,6 +346,9 @@ def test_datasets_label_column_not_classlabel():
         load_image_classification_data(make_dataset(label_feature=datasets.Value("int64")))
     with pytest.raises(ValueError, match=r"label column 'target' has type Value\('int64'\); expected ClassLabel"):
         load_image_classification_data(make_dataset(label_feature=datasets.Value("int64")), label_column="target")
+    # named, the column gets the hint it gets unnamed (QA, session 58: a string column of class names)
+    with pytest.raises(ValueError, match=r"expected ClassLabel \(cast .* dataset.class_encode_column\(name\)\)"):
+        load_image_classification_data(make_dataset(label_feature=datasets.Value("int64")), label_column="target")
 
 
 def test_datasets_missing_label_column():

@@ -420,6 +420,29 @@ def test_split_all_of_a_saved_datasetdict_is_its_splits_together_checked(externa
         _evaluate(root / "model", tmp_path / "training", tmp_path / "refused", "--split", "all")
 
 
+def test_a_saved_datasetdicts_own_split_is_checked_and_its_train_split_carved_as_in_training(external, tmp_path):
+    """QA (session 58, a datasets user): a saved DatasetDict's own test split was scored as a raw Dataset, unchecked
+    (29 of its 32 images were training images; `--help` promised the check), and `--split train` of one holding a
+    train split only scored every image, the val and test carved out of it included, as "carved"."""
+    root, splits = external
+    leaky = {"train": splits["val"], "test": splits["train"]}  # its own test split: the model's training images
+    to_datasets(leaky).save_to_disk(str(tmp_path / "leaky"))
+    num_train = len(splits["train"])
+    with pytest.raises(ValueError, match=rf"^{num_train} of {num_train} images of the test split .* are images the "
+                                         "model was trained on"):  # fmt: skip
+        _evaluate(root / "model", tmp_path / "leaky", tmp_path / "refused")
+    clean = {"train": splits["train"], "validation": splits["val"], "test": splits["test"]}
+    to_datasets(clean).save_to_disk(str(tmp_path / "own"))  # its own test: the train split excuses no duplicate here
+    scored = _evaluate(root / "model", tmp_path / "own", tmp_path / "own_test")
+    assert scored["training_images_checked"] is True and scored["num_samples"] == len(splits["test"])
+    from diffusion_classifiers.evaluation import load_evaluation_split
+
+    to_datasets({"train": splits["train"]}).save_to_disk(str(tmp_path / "train_only"))
+    carved = load_evaluation_split(str(tmp_path / "train_only"), "train", val_fraction=0.1, test_fraction=0.2, seed=0)
+    whole = len(splits["train"])
+    assert 0 < len(carved) < whole  # the train split as training carved it, not all of it
+
+
 def test_load_evaluation_split_all_is_every_split_once_without_carving_warnings(tmp_path):
     from diffusion_classifiers.evaluation import load_evaluation_split
 

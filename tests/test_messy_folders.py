@@ -215,3 +215,17 @@ def test_class_folders_named_alike_but_for_unicode_normalisation_are_refused(tmp
     (root / "copepod" / "0.png").write_bytes(b"not an image")  # refused before any image is decoded
     with pytest.raises(ValueError, match=r"class names 'caf.*' and 'caf.*' differ only in Unicode normalisation"):
         load_image_classification_data(root, image_size=8)
+
+
+def test_a_folder_in_the_imagefolder_metadata_layout_is_told_how_to_read_it(tmp_path):
+    """QA (session 58, a datasets user): a flat folder of 105 JPEGs with a metadata.csv (Hugging Face's imagefolder
+    layout) was refused as holding "no images", naming neither the images nor the metadata file."""
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    (folder / "metadata.csv").write_text("file_name,label\n0.png,a\n1.png,b\n2.png,a\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the 3 images beside no class folder, said as before
+        with pytest.raises(ValueError, match=r"no images found \(its metadata.csv labels its images as Hugging Face"):
+            load_image_classification_data(folder, image_size=8)

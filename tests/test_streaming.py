@@ -714,3 +714,16 @@ def test_a_ctrl_c_while_the_readers_fork_is_raised_once_they_have():
     assert reached == ["the rest of the block"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
     with _ctrl_c_after_fork():  # none pressed: nothing raised
         pass
+
+
+def test_an_iterable_dataset_is_refused_by_name():
+    """QA (session 58, a datasets user): `load_dataset(..., streaming=True)` gave an IterableDatasetDict that failed on
+    `len()`, and an IterableDataset was read as a dict of splits (its first row's keys)."""
+    import datasets
+
+    from diffusion_classifiers.data import streaming_image_classification_data
+
+    rows = datasets.Dataset.from_dict({"image": [np.zeros((8, 8), dtype=np.uint8)] * 4, "label": [0, 1, 0, 1]})
+    for source in (rows.to_iterable_dataset(), datasets.IterableDatasetDict({"train": rows.to_iterable_dataset()})):
+        with pytest.raises(ValueError, match=r"expected a path or a datasets.Dataset/DatasetDict, got .*Iterable"):
+            streaming_image_classification_data(source, image_size=8, num_channels=1)

@@ -371,8 +371,10 @@ def load_evaluation_split(
     image_column: Optional[str] = None,
     label_column: Optional[str] = None,
 ):
-    """The `split` of `dataset` (one of `EVALUATION_SPLITS`): a folder saved with `DatasetDict.save_to_disk` gives a
-    (memory-mapped) `datasets.Dataset`; what `data.load_image_classification_data` reads (digits, a MedMNIST .npz,
+    """The `split` of `dataset` (one of `EVALUATION_SPLITS`): a folder saved with `DatasetDict.save_to_disk` gives its
+    own split as [`StreamingImages`] read through `preprocessing` when given (checkable against a model's training
+    images), else a (memory-mapped) `datasets.Dataset`, and a split it lacks, or a train split val or test is carved
+    from, carved as below; what `data.load_image_classification_data` reads (digits, a MedMNIST .npz,
     IDX files, an image folder, ...), whose splits are carved with `val_fraction`, `test_fraction`, `seed`,
     `class_names` and `anonymised_dicom_groups` when the data has none (as the model's were:
     `data.resolve_split_args`), gives its [`LabeledImages`], read at the size, channels and medical reading of
@@ -380,8 +382,8 @@ def load_evaluation_split(
     reported on, with no round trip through 8-bit images. With `streaming`, an image folder or CSV of paths gives the
     same split as [`StreamingImages`] instead (`data.streaming_image_classification_data`: the same images, decoded
     only when read), for data larger than memory. With `with_train`, `(split, the train split carved alongside it)`
-    (None for a saved `DatasetDict`): the images `check_training_overlap` tells duplicates within the data from
-    training images by.
+    (a saved `DatasetDict`'s own train split, None without `preprocessing`): the images `check_training_overlap` tells
+    duplicates within the data from training images by.
 
     `split="all"` (`ONE_SET`) gives every image of `dataset` once, as one set: its own splits joined, none carved
     (the loaders' `one_set=True`; the train split returned with `with_train` is None, as every image is the set
@@ -405,12 +407,17 @@ def load_evaluation_split(
         from datasets import load_from_disk
 
         saved = load_from_disk(dataset)
+        train = None  # its own train split: what tells duplicates within the data from training images
         if split == ONE_SET:
             chosen = _every_saved_image(saved, dataset, preprocessing, image_column, label_column)
         else:
             chosen = _saved_split(saved, split, dataset)
+            if chosen is not None and preprocessing is not None:  # read as the model reads: checkable (QA)
+                read = functools.partial(_read_through, preprocessing=preprocessing, image_column=image_column,
+                                         label_column=label_column)  # fmt: skip
+                chosen, train = read(chosen), read(saved["train"]) if "train" in saved else None
         if chosen is not None:
-            return (chosen, None) if with_train else chosen
+            return (chosen, train) if with_train else chosen
     own_names = _own_class_names(dataset, image_column, label_column)
     known = model_class_names if model_class_names is not None else class_names
     if own_names is not None and known is not None:  # the data's names stand, checked against the model's
@@ -446,7 +453,13 @@ def _every_saved_image(
     every = datasets.concatenate_datasets(list(splits.values()))
     if preprocessing is None:
         return every
-    return StreamingImages(every, image_column=image_column, label_column=label_column, **preprocessing.loader_kwargs)
+    return _read_through(every, preprocessing, image_column, label_column)
+
+
+def _read_through(split, preprocessing: ImagePreprocessing, image_column=None, label_column=None) -> StreamingImages:
+    """A saved `datasets` split read through a model's contract, as [`StreamingImages`]: checkable against the
+    model's training images, as every other source's split is."""
+    return StreamingImages(split, image_column=image_column, label_column=label_column, **preprocessing.loader_kwargs)
 
 
 def _names_of_label_ids(dataset: str, recorded: Optional[Sequence[str]]) -> Optional[Sequence[str]]:
@@ -685,7 +698,12 @@ def _likely_cause(
 
 def _saved_split(splits, split: str, where: str):
     """`split` of a saved `DatasetDict`, 'val' and 'validation' one name (`to_datasets` writes 'validation'); None
-    when it has no such split but a train split, from which the loaders carve it (as they did for the model)."""
+    when it has no such split but a train split, from which the loaders carve it (as they did for the model), and for
+    a train split from which val or test is carved (QA: scored whole, the carved-out images with it, and reported as
+    carved)."""
+    own = {canonical_split_name(name) for name in splits}
+    if canonical_split_name(split) == "train" and not {"val", "test"} <= own:
+        return None
     for name in splits:
         if canonical_split_name(name) == canonical_split_name(split):
             return splits[name]

@@ -200,8 +200,9 @@ def find_column(features: Any, name: str | None, feature_type: type, role: str, 
     if name is not None:
         if name not in features:
             raise ValueError(f"{source}{role} column {name!r} not found; columns: {columns}")
-        if not isinstance(features[name], feature_type):
-            raise ValueError(f"{source}{role} column {name!r} has type {features[name]!r}; expected {expected}")
+        if not isinstance(features[name], feature_type):  # QA: the hint was given only when no column was named
+            hint = f" ({_CAST_HINTS[role]})" if role in _CAST_HINTS else ""
+            raise ValueError(f"{source}{role} column {name!r} has type {features[name]!r}; expected {expected}{hint}")
         return name
     matches = [column for column, feature in features.items() if isinstance(feature, feature_type)]
     if len(matches) != 1:

@@ -65,10 +65,27 @@ def list_folder_files(root: Path) -> tuple[list[Path], dict[str, np.ndarray], li
         warn_other_files_skipped(f"image folder {root}", image_root, others, 4)
     if not files:
         raise ValueError(
-            f"image folder {root}: no images found; expected class subfolders <root>/<class>/*.jpg "
-            f"({ACCEPTED_FILES})"
+            f"image folder {root}: no images found{_metadata_note(image_root)}; expected class subfolders "
+            f"<root>/<class>/*.jpg ({ACCEPTED_FILES})"
         )
     return files, labels_per_split, names
+
+
+# The files of Hugging Face's `imagefolder` layout that label the images of a flat folder.
+_IMAGEFOLDER_METADATA = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
+
+
+def _metadata_note(image_root: Path) -> str:
+    """For a folder in Hugging Face's `imagefolder` layout (its images labelled by a metadata file, no class
+    folders: QA, refused as holding no images), how to read it."""
+    found = [name for name in _IMAGEFOLDER_METADATA if (image_root / name).is_file()]
+    if not found:
+        return ""
+    return (
+        f" (its {found[0]} labels its images as Hugging Face's imagefolder layout does, which this reader does not "
+        f"read: save datasets.load_dataset('imagefolder', data_dir='{image_root}') with save_to_disk and pass that "
+        "folder, or list path,label rows in a CSV)"
+    )
 
 
 def list_unlabeled_folder(root: Path, where: str, stacklevel: int = 4) -> list[Path]:

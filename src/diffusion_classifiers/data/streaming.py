@@ -495,7 +495,19 @@ def streaming_image_classification_data(
 
 
 def _is_datasets_object(source: Any) -> bool:
-    return type(source).__module__.startswith("datasets")
+    """Whether `source` is a `datasets.Dataset` / `DatasetDict`; another object of the datasets library is refused
+    by name (QA: an `IterableDataset` of `streaming=True` failed on `len()`, or was read as a dict of splits)."""
+    if not type(source).__module__.startswith("datasets"):
+        return False
+    import datasets
+
+    if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
+        return True
+    raise ValueError(
+        f"source: expected a path or a datasets.Dataset/DatasetDict, got {_describe(source)}; load it without "
+        "streaming=True: a datasets.Dataset is memory-mapped from disk, and this reader decodes its images only when "
+        "they are read"
+    )
 
 
 def _checked_reading(
