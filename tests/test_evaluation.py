@@ -600,3 +600,21 @@ def test_evaluate_checks_a_datas_own_test_split_against_images_a_head_was_fitted
     with pytest.raises(ValueError, match=r"5 of 624 images of the test split .* are images the model was trained on"):
         main(["evaluate", "--model_dir", str(tmp_path / "model"), "--dataset", npz, "--split", "test",
               "--output_dir", str(tmp_path / "out")])  # fmt: skip
+
+
+def test_an_unlabelled_row_of_a_saved_datasetdicts_own_split_is_refused(tmp_path):
+    """Third read (session 58): read through the model's contract, a -1 label (an image without one) was scored as the
+    last class instead of refused."""
+    from diffusion_classifiers.data import ImagePreprocessing
+    from diffusion_classifiers.evaluation import load_evaluation_split
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    split = datasets.Dataset.from_dict({"image": [np.zeros((8, 8), dtype=np.uint8)] * 3, "label": [0, -1, 1]},
+                                       features=features)  # fmt: skip
+    labelled = datasets.Dataset.from_dict({"image": [np.zeros((8, 8), dtype=np.uint8)] * 2, "label": [0, 1]},
+                                          features=features)  # fmt: skip
+    datasets.DatasetDict({"train": split, "test": split, "val": labelled}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(ValueError, match=r"1 of 3 labels are not class ids in \[0, 1\]"):
+        load_evaluation_split(str(tmp_path / "dd"), "test", preprocessing=ImagePreprocessing(8, 1))
+    # an unlabelled image of its train split is no reason to refuse scoring another split (it only excuses duplicates)
+    assert len(load_evaluation_split(str(tmp_path / "dd"), "val", preprocessing=ImagePreprocessing(8, 1))) == 2

@@ -727,3 +727,32 @@ def test_an_iterable_dataset_is_refused_by_name():
     for source in (rows.to_iterable_dataset(), datasets.IterableDatasetDict({"train": rows.to_iterable_dataset()})):
         with pytest.raises(ValueError, match=r"expected a path or a datasets.Dataset/DatasetDict, got .*Iterable"):
             streaming_image_classification_data(source, image_size=8, num_channels=1)
+
+
+class _HandlerSeen(torch.utils.data.Dataset):
+    """What `read_every_image`'s workers see of the Ctrl-C handler, as its rows (`(index, None, fingerprint)`)."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        import signal
+
+        return index, None, str(signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+
+
+def test_the_readers_workers_keep_pythons_own_ctrl_c_handler(monkeypatch):
+    """Third read (session 58): forked while the Ctrl-C was held, a worker kept the holding handler for its life."""
+    import datasets
+
+    from diffusion_classifiers.data import StreamingImages, streaming
+
+    rows = datasets.Dataset.from_dict({"image": [np.zeros((8, 8), dtype=np.uint8)] * 4, "label": [0, 1, 0, 1]},
+                                      features=datasets.Features({"image": datasets.Image(),
+                                                                  "label": datasets.ClassLabel(names=["a", "b"])}))
+    monkeypatch.setattr(streaming, "_ReadOnce", _HandlerSeen)
+    images = StreamingImages(rows, image_size=8, num_channels=1)
+    assert images.read_every_image(num_workers=1, progress_bar=False)[1] == ["True"] * 4

@@ -269,7 +269,7 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--streaming", action="store_true",
         help="an image folder or CSV of paths larger than memory: decode each image only when its batch is scored "
-        "(a saved DatasetDict folder is always read this way)",
+        "(a saved DatasetDict folder's own split is always read this way)",
     )  # fmt: skip
     parser.add_argument(
         "--dataloader_num_workers", type=number_in("[0, inf)", int), default=0,

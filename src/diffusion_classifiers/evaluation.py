@@ -415,7 +415,7 @@ def load_evaluation_split(
             if chosen is not None and preprocessing is not None:  # read as the model reads: checkable (QA)
                 read = functools.partial(_read_through, preprocessing=preprocessing, image_column=image_column,
                                          label_column=label_column)  # fmt: skip
-                chosen, train = read(chosen), read(saved["train"]) if "train" in saved else None
+                chosen, train = read(chosen), read(saved["train"], scored=False) if "train" in saved else None
         if chosen is not None:
             return (chosen, train) if with_train else chosen
     own_names = _own_class_names(dataset, image_column, label_column)
@@ -456,10 +456,16 @@ def _every_saved_image(
     return _read_through(every, preprocessing, image_column, label_column)
 
 
-def _read_through(split, preprocessing: ImagePreprocessing, image_column=None, label_column=None) -> StreamingImages:
+def _read_through(
+    split, preprocessing: ImagePreprocessing, image_column=None, label_column=None, scored: bool = True
+) -> StreamingImages:
     """A saved `datasets` split read through a model's contract, as [`StreamingImages`]: checkable against the
-    model's training images, as every other source's split is."""
-    return StreamingImages(split, image_column=image_column, label_column=label_column, **preprocessing.loader_kwargs)
+    model's training images, as every other source's split is; the labels of a split to be `scored` checked first
+    (`check_dataset_labels`: an image without a label, -1, would be scored as the last class)."""
+    read = StreamingImages(split, image_column=image_column, label_column=label_column, **preprocessing.loader_kwargs)
+    if scored:
+        check_dataset_labels(read.labels.numpy(), read.class_names, label_column)
+    return read
 
 
 def _names_of_label_ids(dataset: str, recorded: Optional[Sequence[str]]) -> Optional[Sequence[str]]:

@@ -83,8 +83,8 @@ def _metadata_note(image_root: Path) -> str:
         return ""
     return (
         f" (its {found[0]} labels its images as Hugging Face's imagefolder layout does, which this reader does not "
-        f"read: save datasets.load_dataset('imagefolder', data_dir='{image_root}') with save_to_disk and pass that "
-        "folder, or list path,label rows in a CSV)"
+        f"read: save datasets.load_dataset('imagefolder', data_dir={str(image_root)!r}) with save_to_disk (a column of "
+        "class names numbered with class_encode_column) and pass that folder, or list path,label rows in a CSV)"
     )
 
 

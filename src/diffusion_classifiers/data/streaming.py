@@ -225,7 +225,8 @@ class StreamingImages(torch.utils.data.Dataset):
         from tqdm.auto import tqdm
 
         loader = torch.utils.data.DataLoader(
-            _ReadOnce(self), batch_size=_VERIFY_BATCH, num_workers=num_workers, collate_fn=list
+            _ReadOnce(self), batch_size=_VERIFY_BATCH, num_workers=num_workers, collate_fn=list,
+            worker_init_fn=_python_ctrl_c,  # a forked worker would keep the handler that holds it
         )  # fmt: skip
         with _ctrl_c_after_fork():
             batches = iter(loader)  # the workers start (fork) here
@@ -332,6 +333,11 @@ def _ctrl_c_after_fork() -> Iterator[None]:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if received:
         raise KeyboardInterrupt
+
+
+def _python_ctrl_c(worker_id: int) -> None:
+    """Python's own Ctrl-C handler in a DataLoader worker (forked while `_ctrl_c_after_fork` held the signal)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class _ReadOnce(torch.utils.data.Dataset):
