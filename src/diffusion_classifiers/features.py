@@ -175,8 +175,7 @@ def _check_scheduler(scheduler) -> None:
         raise ValueError(
             f"scheduler: {type(scheduler).__name__} does not noise images as the model was trained (x_t = "
             "sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps; Euler and DPM-Solver schedulers noise by their "
-            "sampling sigmas); "
-            "expected DDPMScheduler or one that noises alike: load it with "
+            "sampling sigmas); expected DDPMScheduler or one that noises alike: load it with "
             "scheduler=DDPMScheduler.from_config(pipe.scheduler.config)"
         )
 

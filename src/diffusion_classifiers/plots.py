@@ -254,20 +254,20 @@ def plot_classification_figures(
     """
     probs = float_array(probs)
     ranking_scores = probs if ranking_scores is None else float_array(ranking_scores)
+    confusion, reliability, roc_pr = CLASSIFICATION_FIGURES
     plot_confusion_matrix(
-        metrics["confusion_matrix"], class_names, os.path.join(output_dir, "confusion_matrix.png"),
-        title=titles["confusion_matrix"],
+        metrics["confusion_matrix"], class_names, os.path.join(output_dir, confusion), title=titles["confusion_matrix"]
     )  # fmt: skip
-    plot_reliability(y_true, probs, os.path.join(output_dir, "reliability.png"), title=titles["reliability"])
-    written = ["confusion_matrix.png", "reliability.png"]
-    roc_pr_path = os.path.join(output_dir, "roc_pr.png")
+    plot_reliability(y_true, probs, os.path.join(output_dir, reliability), title=titles["reliability"])
+    written = [confusion, reliability]
+    roc_pr_path = os.path.join(output_dir, roc_pr)
     if "positive_class" in metrics and metrics.get("auc") is not None:
         positive_label = list(class_names).index(metrics["positive_class"])
         plot_roc_pr(
             y_true, probs.argmax(-1), ranking_scores[:, positive_label], roc_pr_path,
             positive_label=positive_label, class_names=class_names, title=titles["roc_pr"],
         )  # fmt: skip
-        written.append("roc_pr.png")
+        written.append(roc_pr)
     elif os.path.exists(roc_pr_path):
         os.remove(roc_pr_path)
     return written

@@ -815,9 +815,11 @@ def _check_pipeline_folder(model_dir: str, given: str, command: str = "predict")
         raise ValueError(
             f"--model_dir {given}: a component of a diffusers pipeline, not one; pass the pipeline folder {parent}"
         )
-    if not (folder / "model_index.json").is_file() and diffusers_model_class(folder):
+    if (folder / "model_index.json").is_file():
+        return
+    if diffusers_model_class(folder):
         raise ValueError(f"--model_dir {given}: {lone_model_hint(folder)}")
-    if not (folder / "model_index.json").is_file() and (folder / "config.json").is_file():
+    if (folder / "config.json").is_file():
         raise ValueError(
             f"--model_dir {given}: a transformers model folder (config.json); {command} reads a pipeline folder "
             "(model_index.json): the one it was exported from, or classify with transformers' pipeline() and "
