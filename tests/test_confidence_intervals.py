@@ -8,16 +8,19 @@ import math
 import numpy as np
 import pytest
 from scipy.stats import norm
-from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
+from sklearn.metrics import average_precision_score, balanced_accuracy_score, f1_score, roc_auc_score
 
 from diffusion_classifiers.confidence_intervals import (
     class_averages,
     classification_intervals,
     delong_auc_interval,
     intervals_of_metrics,
+    multi_class_auc_interval,
+    resampled_counts,
+    weighted_average_precision,
     wilson_interval,
 )
-from diffusion_classifiers.metrics import classification_metrics
+from diffusion_classifiers.metrics import classification_metrics, mark_absent_classes
 
 Z95 = norm.ppf(0.975)
 
@@ -125,16 +128,79 @@ def test_intervals_of_a_binary_evaluation_hold_its_figures_and_name_their_method
     assert intervals_of_metrics(flipped, y, probs)["sensitivity"] == intervals["specificity"]
 
 
-def test_a_multiclass_evaluation_has_no_auc_interval_and_says_why():
+def test_a_multiclass_auc_interval_needs_the_scores_and_each_class_present():
     rng = np.random.default_rng(3)
     y = rng.integers(0, 4, 100)
     metrics = classification_metrics(y, np.where(rng.random(100) < 0.6, y, 0), probs=rng.dirichlet([1] * 4, 100))
     intervals = intervals_of_metrics(metrics, y, None)
-    assert intervals["auc"] is None and "one-against-the-rest" in intervals["methods"]["auc"]
+    assert intervals["auc"] is None and intervals["methods"]["auc"] == "none: the AUC is undefined"
     assert "sensitivity" not in intervals and "sensitivity" not in intervals["methods"]
+    assert "average_precision" not in intervals
     assert intervals["balanced_accuracy"][0] < metrics["balanced_accuracy"] < intervals["balanced_accuracy"][1]
     absent = classification_metrics(y % 3, y % 3, num_classes=4)  # class 3 absent: the AUC is undefined (QA)
     assert intervals_of_metrics(absent, y % 3, None)["methods"]["auc"] == "none: the AUC is undefined"
+
+
+def test_a_multiclass_auc_interval_is_recorded_and_cleared_where_a_class_is_absent():
+    """Since 2026-12-07 a multi-class AUC has an interval; where the split lacks a model's class the AUC is undefined
+    (`mark_absent_classes`), and so is its interval, though it was computed over the classes present."""
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 4, 200)
+    scores = rng.normal(size=(200, 4)) + np.eye(4)[y]
+    metrics = classification_metrics(y, scores.argmax(1), probs=scores)
+    metrics["confidence_intervals"] = intervals = intervals_of_metrics(metrics, y, scores)
+    assert intervals["auc"] == multi_class_auc_interval(y, scores) and intervals["auc"][0] < metrics["auc"]
+    assert metrics["auc"] < intervals["auc"][1] and intervals["methods"]["auc"].startswith("DeLong's variance")
+    y[y == 3], scores = 2, scores[:, :4]
+    metrics = classification_metrics(y, scores.argmax(1), probs=scores, num_classes=4)
+    metrics["confidence_intervals"] = intervals_of_metrics(metrics, y, scores)
+    assert metrics["confidence_intervals"]["auc"] is not None  # over classes 0-2, as the AUC itself
+    with pytest.warns(UserWarning, match="no image of the model's class"):
+        mark_absent_classes(metrics, y, ["0", "1", "2", "3"], "test split", "test split")
+    assert metrics["auc"] is None and metrics["confidence_intervals"]["auc"] is None
+    assert metrics["confidence_intervals"]["methods"]["auc"] == "none: the AUC is undefined"
+
+
+def test_the_multiclass_auc_interval_is_delongs_for_two_classes():
+    y, probs, _ = _binary_case()  # each class's AUC of its own column: both the binary AUC
+    assert multi_class_auc_interval(y, probs) == pytest.approx(delong_auc_interval(y == 1, probs[:, 1]), abs=1e-12)
+
+
+def test_the_multiclass_auc_interval_has_the_spread_of_a_bootstrap_within_each_class():
+    """Its standard error against that of 1,000 resamples drawing each class's images within the class, scikit-learn
+    scoring each resample: the bootstrap's own Monte-Carlo error on a standard deviation is about 1 / sqrt(2 x 1000)
+    = 2.2%, the two estimators differ by terms of order 1 / (images per class) = 1/60: 10% holds both with room."""
+    rng = np.random.default_rng(5)
+    y = np.repeat(np.arange(5), 60)
+    scores = rng.normal(size=(300, 5)) + 0.8 * np.eye(5)[y]
+    counts = resampled_counts(y, np.random.default_rng(0), 1000)
+    resampled = np.mean([[roc_auc_score(y == k, scores[:, k], sample_weight=w) for w in counts] for k in range(5)], 0)
+    low, high = multi_class_auc_interval(y, scores)
+    assert (high - low) / (2 * Z95) == pytest.approx(resampled.std(), rel=0.10)
+    assert multi_class_auc_interval(np.r_[y, 5], np.r_[scores, np.zeros((1, 5))]) is None  # a class of one image
+
+
+def test_weighted_average_precision_is_scikit_learns_with_sample_weights():
+    rng = np.random.default_rng(6)
+    is_positive = rng.random(150) < 0.3
+    scores = np.round(rng.normal(size=150) + is_positive, 1)  # ties: one threshold each
+    counts = resampled_counts(is_positive, rng, 5)
+    expected = [average_precision_score(is_positive, scores, sample_weight=weights) for weights in counts]
+    assert weighted_average_precision(is_positive, scores, counts) == pytest.approx(expected, abs=1e-12)
+
+
+def test_a_binary_average_precision_gets_a_bootstrap_interval_with_ten_images_of_each_class():
+    y, probs, metrics = _binary_case()
+    intervals = intervals_of_metrics(metrics, y, probs)
+    low, high = intervals["average_precision"]
+    assert low < metrics["average_precision"] < high and intervals["methods"]["average_precision"].startswith(
+        "percentile bootstrap within each class, 2000 resamples"
+    )
+    few = np.r_[y[y == 0], y[y == 1][:9]], np.r_[probs[y == 0], probs[y == 1][:9]]
+    few_metrics = classification_metrics(few[0], few[1].argmax(1), probs=few[1])
+    few_intervals = intervals_of_metrics(few_metrics, *few)
+    assert few_intervals["average_precision"] is None and few_intervals["auc"] is not None  # DeLong's: two
+    assert few_intervals["methods"]["average_precision"].startswith("none: 1 of the 2 classes scored hold fewer")
 
 
 def test_class_averages_get_no_interval_with_a_class_of_fewer_than_ten_images():
@@ -173,6 +239,9 @@ def test_evaluate_records_the_intervals_and_its_report_and_card_show_them(tmp_pa
     sensitivity = f"{100 * metrics['sensitivity']:.2f}% | {100 * low:.2f}% to {100 * high:.2f}%"
     assert f"| sensitivity (recall of bleed) | {sensitivity} |" in report
     assert "| ECE | " in report and "AUC: DeLong" in report
+    ap_low, ap_high = metrics["confidence_intervals"]["average_precision"]
+    average_precision = f"{metrics['average_precision']:.4f} | {ap_low:.4f} to {ap_high:.4f}"
+    assert f"| average precision (PR AUC of bleed) | {average_precision} |" in report
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     card = str(render_model_card(
         "unet_features", model_name="m", dataset_name="ct", dataset_license="CC-BY-4.0", training_command="t",
@@ -181,6 +250,7 @@ def test_evaluate_records_the_intervals_and_its_report_and_card_show_them(tmp_pa
     ))  # fmt: skip
     assert "| metric | value | 95% confidence interval |" in card
     assert f"| Sensitivity | {metrics['sensitivity']:.4f} | {low:.4f} to {high:.4f} |" in card
+    assert f"| Average precision (PR AUC) | {average_precision} |" in card
     assert "describe only the sampling error of this evaluation set" in " ".join(card.split())
     assert "Sensitivity and specificity (and the average precision) take **bleed** as the positive class" in card
     del metrics["confidence_intervals"]  # a metrics.json of an earlier version: the table as it was

@@ -53,8 +53,11 @@ def test_pipeline_and_exported_model_score_the_same(fitted, tmp_path):
     assert Image.open(tmp_path / "a" / "reliability.png").size == (550, 700)
     assert not (tmp_path / "a" / "roc_pr.png").exists() and "positive_class" not in written  # 10 classes
     assert f"| accuracy | {100 * written['accuracy']:.2f}% |" in (tmp_path / "a" / "report.md").read_text()
-    low, high = written["confidence_intervals"]["accuracy"]  # 10 classes: no AUC interval
-    assert low < written["accuracy"] < high and written["confidence_intervals"]["auc"] is None
+    low, high = written["confidence_intervals"]["accuracy"]
+    assert low < written["accuracy"] < high
+    assert min(row["support"] for row in written["per_class"].values()) < 10  # 120 images of 10 classes
+    assert written["confidence_intervals"]["auc"] is None and "average_precision" not in written["confidence_intervals"]
+    assert "classes scored hold fewer than 10 images" in written["confidence_intervals"]["methods"]["auc"]
 
 
 def test_a_hub_id_evaluates_like_its_folder(fitted, tmp_path, monkeypatch):

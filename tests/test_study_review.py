@@ -198,7 +198,9 @@ def test_a_binary_studys_report_gives_the_average_precision_its_metrics_record(t
     average_precision = study.summary()["test_average_precision"]
     assert average_precision == study.test_metrics["average_precision"]
     report = study_module.render_report(study, "study", "probe")
-    assert f"| average precision (PR AUC of bleed\\|acute) | {average_precision:.4f} |  |" in report
+    interval = study.test_metrics["confidence_intervals"]["average_precision"]  # since 2026-12-07
+    shown = "n/a" if interval is None else f"{interval[0]:.4f} to {interval[1]:.4f}"
+    assert f"| average precision (PR AUC of bleed\\|acute) | {average_precision:.4f} | {shown} |" in report
     assert "| sensitivity (recall of bleed\\|acute) |" in report and "| specificity (recall of normal) |" in report
 
 

@@ -124,13 +124,14 @@ def interval_level(intervals: dict) -> str:
 
 def interval_text(intervals: dict, key: Optional[str], as_percent: bool = True) -> str:
     """The interval of metric `key` as a report shows it: "88.12% to 97.03%" (`as_percent=False`: "0.8812 to
-    0.9703"; an AUC always so); empty for a metric with none (`key` None), "n/a" where it is undefined."""
+    0.9703"; an AUC and an average precision always so); empty for a metric with none (`key` None), "n/a" where it
+    is undefined."""
     if key is None:
         return ""
     interval = intervals.get(key)
     if interval is None:
         return "n/a"
-    as_percent = as_percent and key != "auc"
+    as_percent = as_percent and key not in ("auc", "average_precision")
     return " to ".join(percent(value) if as_percent else f"{value:.4f}" for value in interval)
 
 
@@ -155,7 +156,9 @@ def average_precision_rows(metrics: dict) -> List[str]:
     if metrics.get("average_precision") is None:
         return []
     name = f"average precision (PR AUC of {metrics['positive_class']})"
-    return [metric_row(name, f"{metrics['average_precision']:.4f}", metrics.get("confidence_intervals"))]
+    intervals = metrics.get("confidence_intervals")
+    key = "average_precision" if intervals and "average_precision" in intervals else None  # recorded since 2026-12-07
+    return [metric_row(name, f"{metrics['average_precision']:.4f}", intervals, key)]
 
 
 def positive_class_rows(metrics: dict) -> List[str]:
@@ -191,6 +194,7 @@ _INTERVAL_NAMES = {
     "sensitivity": "sensitivity",
     "specificity": "specificity",
     "auc": "AUC",
+    "average_precision": "average precision",
     "balanced_accuracy": "balanced accuracy",
     "macro_f1": "macro-F1",
 }
@@ -287,9 +291,9 @@ def mark_absent_classes(
     metrics: dict, y_true, class_names: Sequence[str], scored: str, where: str, stacklevel: int = 3
 ) -> None:
     """The classes of `class_names` with no image in `y_true` (the `scored` set, "test split" or "data set"), recorded
-    in `metrics` as `absent_classes`, with `auc` None and why (`auc_undefined`), and warned about: a set without a
-    class reads as perfect on the rest (`where`: the set as the warning names it, "test" or "test split";
-    `stacklevel`: as `warnings.warn`'s would be in the function that calls this one, plus one)."""
+    in `metrics` as `absent_classes`, with `auc` (and its interval) None and why (`auc_undefined`), and warned about:
+    a set without a class reads as perfect on the rest (`where`: the set as the warning names it, "test" or "test
+    split"; `stacklevel`: as `warnings.warn`'s would be in the function that calls this one, plus one)."""
     present = set(np.asarray(y_true).tolist())
     absent = [name for label, name in enumerate(class_names) if label not in present]
     if not absent:
@@ -297,6 +301,9 @@ def mark_absent_classes(
     metrics["absent_classes"] = absent
     metrics["auc"] = None
     metrics["auc_undefined"] = f"no image of class {_some_of(absent)} in the {scored}"
+    if "confidence_intervals" in metrics:  # computed over the classes present, as the AUC was before
+        metrics["confidence_intervals"]["auc"] = None
+        metrics["confidence_intervals"]["methods"]["auc"] = "none: the AUC is undefined"
     warnings.warn(
         f"the evaluated {where} has no image of the model's class(es) {_some_of(absent)} (none of its {len(y_true)} "
         "images): its accuracy and macro-F1 say nothing about them, and AUC is undefined",
