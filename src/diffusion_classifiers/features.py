@@ -16,7 +16,7 @@ import tempfile
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ __all__ = [
     "BlockInfo",
     "DiTFeatureExtractor",
     "DiffusionFeatureExtractor",
+    "FeatureGrid",
     "FeatureKey",
     "Features",
     "block_label",
@@ -58,6 +59,17 @@ FeatureKey = Tuple[str, int]
 # A feature matrix [N, D]: a float32 tensor in memory, or a float16 `numpy.memmap` on disk when the features of a call
 # exceed its `max_memory_bytes` (`probing.fit_probe_grid` reads either).
 Features = Union[torch.Tensor, np.memmap]
+
+
+class FeatureGrid(dict):
+    """[`DiffusionFeatureExtractor.extract`]'s `(block, timestep) -> [N, D]` features, with the `settings` they were
+    made with (`pool`, `noise_seed`, `num_noise_draws`, `views`): what a head fitted on them must record for its
+    pipeline to read new images the same way, which `probing.fit_probe_grid` takes from here. A plain `dict` in
+    every other respect."""
+
+    def __init__(self, features: dict, settings: Dict[str, Any]):
+        super().__init__(features)
+        self.settings = dict(settings)
 
 
 def feature_blocks(block: Union[str, Sequence[str]]) -> List[str]:
@@ -86,6 +98,8 @@ def with_hypercolumns(features: Dict[FeatureKey, torch.Tensor]) -> Dict[tuple, t
     for block, timestep in features:
         blocks.setdefault(timestep, []).append(block)
     columns = {(tuple(names), t): hypercolumn(features, names, t) for t, names in blocks.items() if len(names) > 1}
+    if isinstance(features, FeatureGrid):
+        return FeatureGrid({**features, **columns}, features.settings)
     return {**features, **columns}
 
 
@@ -202,6 +216,8 @@ def check_timesteps(timesteps, num_train_timesteps: int) -> List[int]:
     """`timesteps` (one int, a tensor or a sequence) as a list of distinct ints in `[0, num_train_timesteps)`."""
     if isinstance(timesteps, (numbers.Integral, torch.Tensor)):
         timesteps = torch.as_tensor(timesteps).reshape(-1).tolist()
+    if timesteps is None or isinstance(timesteps, str) or not isinstance(timesteps, Iterable):
+        raise ValueError(f"timesteps: expected an integer or a list of them in [0, {num_train_timesteps}), got {timesteps!r}")
     timesteps = list(timesteps)
     if not timesteps:
         raise ValueError("expected at least one timestep, got []")
@@ -471,8 +487,9 @@ class DiffusionFeatureExtractor:
                 feature no longer depends on the image's orientation. `None` (default) reads the image as it is.
 
         Returns:
-            `dict[tuple[str, int], torch.Tensor | numpy.memmap]`: `(block, timestep) -> float32 CPU tensor [N, D]`,
-            or a float16 memory map `[N, D]` beyond `max_memory_bytes`.
+            [`FeatureGrid`], a `dict[tuple[str, int], torch.Tensor | numpy.memmap]`: `(block, timestep) -> float32
+            CPU tensor [N, D]`, or a float16 memory map `[N, D]` beyond `max_memory_bytes`; its `settings` record
+            `pool`, `noise_seed`, `num_noise_draws` and `views`.
         """
         blocks = self._check_blocks(blocks)
         timesteps = check_timesteps(timesteps, self.scheduler.config.num_train_timesteps)
@@ -482,7 +499,7 @@ class DiffusionFeatureExtractor:
         check_views(views, size)
         noise = make_noise(num_noise_draws, (config.in_channels, *size), noise_seed)
         with _eval_mode(self.unet):
-            return _extract_in_batches(
+            features = _extract_in_batches(
                 images, batch_size, num_workers,
                 check=lambda batch: _check_images(batch, config.in_channels, size, "the unet's sample_size and in_channels"),
                 features_of=lambda batch: self.features_for_batch(
@@ -491,6 +508,8 @@ class DiffusionFeatureExtractor:
                 max_memory_bytes=max_memory_bytes, feature_dir=feature_dir, progress_bar=progress_bar,
                 desc="U-Net features",
             )  # fmt: skip
+        settings = {"pool": pool, "noise_seed": noise_seed, "num_noise_draws": num_noise_draws, "views": views}
+        return FeatureGrid(features, settings)
 
     def features_for_batch(
         self,
@@ -554,6 +573,8 @@ class DiffusionFeatureExtractor:
         return _native_output_module(name, self._block_modules[name]).register_forward_hook(hook)
 
     def _check_blocks(self, blocks) -> List[str]:
+        if blocks is None or not isinstance(blocks, (str, Sequence)):  # QA: None read "'NoneType' is not iterable"
+            raise ValueError(f"blocks: expected a block's name or a list of them, from {self.block_names}, got {blocks!r}")
         blocks = [blocks] if isinstance(blocks, str) else list(blocks)
         if not blocks:
             raise ValueError(f"expected at least one block, got {blocks}")

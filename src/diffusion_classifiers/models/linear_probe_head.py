@@ -2,6 +2,7 @@
 
 from typing import List, Optional, Union
 
+import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
@@ -36,9 +37,14 @@ class FeatureHeadMixin:
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"expected {num_classes} class_names, got {len(class_names)}: {class_names}")
 
-    def check_features(self, features: torch.Tensor) -> None:
+    def checked_features(self, features) -> torch.Tensor:
+        """`features` `[N, in_features]` as a tensor: a tensor as it is, an array (the float16 `numpy.memmap` of an
+        extraction beyond its memory budget, QA) as a float32 CPU one."""
+        if not isinstance(features, torch.Tensor):
+            features = torch.as_tensor(np.asarray(features, dtype=np.float32))
         if features.ndim != 2 or features.shape[1] != self.config.in_features:
             raise ValueError(f"expected features of shape [N, {self.config.in_features}], got {tuple(features.shape)}")
+        return features
 
     @property
     def id2label(self) -> dict:
@@ -78,6 +84,5 @@ class LinearProbeHead(FeatureHeadMixin, ModelMixin, ConfigMixin):
         self.linear = nn.Linear(in_features, num_classes)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        self.check_features(features)
-        features = features.to(self.linear.weight.dtype)
+        features = self.checked_features(features).to(device=self.linear.weight.device, dtype=self.linear.weight.dtype)
         return self.linear((features - self.feature_mean) / self.feature_std)

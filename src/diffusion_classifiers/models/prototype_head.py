@@ -60,8 +60,7 @@ class PrototypeHead(FeatureHeadMixin, ModelMixin, ConfigMixin):
 
     def normalize(self, features: torch.Tensor) -> torch.Tensor:
         """Standardise with the stored statistics, then L2-normalise each row."""
-        self.check_features(features)
-        features = features.to(device=self.prototypes.device, dtype=self.prototypes.dtype)
+        features = self.checked_features(features).to(device=self.prototypes.device, dtype=self.prototypes.dtype)
         return F.normalize((features - self.feature_mean) / self.feature_std, dim=1)
 
     def similarities(self, features: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@
 """
 
 import functools
+import inspect
 import math
 import mmap
 import warnings
@@ -726,8 +727,10 @@ def fit_probe_grid(
             then their list, and the pipeline reads their features concatenated.
         train_labels, val_labels, test_labels: integer labels in `[0, num_classes)`.
         num_classes: defaults to `len(class_names)`, else the largest label + 1.
-        class_names, pool, noise_seed, num_noise_draws, views: recorded in the heads' configs (how the features were
-            made).
+        class_names: recorded in the heads' configs.
+        pool, noise_seed, num_noise_draws, views: how the features were made, recorded in the heads' configs: taken
+            from the features' `settings` where they are the extractor's [`~features.FeatureGrid`] (an argument
+            other than its default that contradicts them is refused), else these arguments.
         C: inverse regularisation strength, as scikit-learn's (`> 0`; smaller is stronger), or several: each pair's
             head is then fitted at every one and keeps the one with the best val accuracy (ties: val macro-F1, then
             the smaller C), as the pair is chosen. The best strength depends on the features and on how many labels
@@ -765,6 +768,10 @@ def fit_probe_grid(
     raw = {"train": (train_features, train_labels), "val": (val_features, val_labels)}
     if test_features is not None:
         raw["test"] = (test_features, test_labels)
+    made = _extraction_settings(
+        {split: f for split, (f, _) in raw.items()},
+        {"pool": pool, "noise_seed": noise_seed, "num_noise_draws": num_noise_draws, "views": views},
+    )
     labels = {split: as_labels(y, f"{split}_labels") for split, (_, y) in raw.items()}
     num_classes = resolve_num_classes(num_classes, class_names, *labels.values())
     for split, y in labels.items():
@@ -801,10 +808,7 @@ def fit_probe_grid(
 
     metrics = {pair: k["scores"] for pair, k in zip(pairs, kept)}
     best = _best_on_val([m["val"] for m in metrics.values()])
-    config = dict(
-        num_classes=num_classes, class_names=class_names, pool=pool, noise_seed=noise_seed,
-        num_noise_draws=num_noise_draws, views=views,
-    )  # fmt: skip
+    config = dict(num_classes=num_classes, class_names=class_names, **made)
     weight, bias, mean, std = weight.cpu(), bias.cpu(), mean.cpu(), std.cpu()
     dims = [features["train"][p].shape[1] for p in pairs]
     heads = {
@@ -823,6 +827,34 @@ def fit_probe_grid(
         val_by_C={p: {c: fits[c].scores["val"][i] for c in Cs} for i, p in enumerate(pairs)},
         class_weight=None if class_weights is None else class_weights.tolist(),
     )
+
+
+def _extraction_settings(features_by_split: dict, given: dict) -> dict:
+    """How the features were made, for the heads' configs (the pipeline reads new images so): the `settings` of
+    `features.FeatureGrid`s (the extractor's output; every split's the same), an argument other than its default
+    that contradicts them refused (QA: a head fitted on features of noise_seed=7 recorded 0, and its pipeline gave
+    probabilities 0.39 away, without a word); without them, the arguments `given`."""
+    recorded = {
+        split: features.settings for split, features in features_by_split.items()
+        if getattr(features, "settings", None) is not None
+    }  # fmt: skip
+    if not recorded:
+        return given
+    (first_split, settings), *others = recorded.items()
+    for split, other in others:
+        if other != settings:
+            raise ValueError(
+                f"{split}_features: extracted with {other}, {first_split}_features with {settings}: expected every "
+                "split's features made the same way"
+            )
+    defaults = inspect.signature(fit_probe_grid).parameters
+    for name, value in given.items():
+        if value != defaults[name].default and value != settings[name]:
+            raise ValueError(
+                f"{name}={value!r}: the features were extracted with {name}={settings[name]!r} (their settings); "
+                "leave it out, or extract them so"
+            )
+    return {name: settings[name] for name in given}
 
 
 def _warn_unconverged(fits: Dict[float, "_Fit"], pairs: list, max_iter: int, tol: float) -> None:
