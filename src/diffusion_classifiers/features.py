@@ -217,7 +217,8 @@ def check_timesteps(timesteps, num_train_timesteps: int) -> List[int]:
     if isinstance(timesteps, (numbers.Integral, torch.Tensor)):
         timesteps = torch.as_tensor(timesteps).reshape(-1).tolist()
     if timesteps is None or isinstance(timesteps, str) or not isinstance(timesteps, Iterable):
-        raise ValueError(f"timesteps: expected an integer or a list of them in [0, {num_train_timesteps}), got {timesteps!r}")
+        expected = f"an integer or a list of them in [0, {num_train_timesteps})"
+        raise ValueError(f"timesteps: expected {expected}, got {timesteps!r}")
     timesteps = list(timesteps)
     if not timesteps:
         raise ValueError("expected at least one timestep, got []")
@@ -574,7 +575,8 @@ class DiffusionFeatureExtractor:
 
     def _check_blocks(self, blocks) -> List[str]:
         if blocks is None or not isinstance(blocks, (str, Sequence)):  # QA: None read "'NoneType' is not iterable"
-            raise ValueError(f"blocks: expected a block's name or a list of them, from {self.block_names}, got {blocks!r}")
+            expected = f"a block's name or a list of them, from {self.block_names}"
+            raise ValueError(f"blocks: expected {expected}, got {blocks!r}")
         blocks = [blocks] if isinstance(blocks, str) else list(blocks)
         if not blocks:
             raise ValueError(f"expected at least one block, got {blocks}")
