@@ -148,6 +148,7 @@ def publish(args):
         dataset_id=args.dataset_id,
         dataset_split=split,
         eval_dataset_name=eval_dataset_name(args, recorded, split),
+        eval_data_source=recorded.get("dataset") if split != ONE_SET else None,
         dataset_license=args.dataset_license,
         metrics=load_eval_metrics(args.metrics_json),
         per_class=load_eval_per_class(args.metrics_json),

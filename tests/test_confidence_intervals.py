@@ -249,8 +249,8 @@ def test_evaluate_records_the_intervals_and_its_report_and_card_show_them(tmp_pa
         class_names=["normal", "bleed"], intervals=load_eval_intervals(tmp_path / "metrics.json"),
     ))  # fmt: skip
     assert "| metric | value | 95% confidence interval |" in card
-    assert f"| Sensitivity | {metrics['sensitivity']:.4f} | {low:.4f} to {high:.4f} |" in card
-    assert f"| Average precision (PR AUC) | {average_precision} |" in card
+    assert f"| Sensitivity (bleed positive) | {metrics['sensitivity']:.4f} | {low:.4f} to {high:.4f} |" in card
+    assert f"| Average precision (PR AUC, bleed positive) | {average_precision} |" in card
     assert "describe only the sampling error of this evaluation set" in " ".join(card.split())
     assert "Sensitivity and specificity (and the average precision) take **bleed** as the positive class" in card
     del metrics["confidence_intervals"]  # a metrics.json of an earlier version: the table as it was

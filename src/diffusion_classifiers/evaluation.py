@@ -57,7 +57,7 @@ from .metrics import (
     resolve_positive_label,
     seed_sensitivity_metrics,
 )
-from .validation import check_positive_integer, check_writable_dir, is_seed, unicode_normalisation_note
+from .validation import check_positive_integer, check_writable_dir, is_seed, near_miss_note
 
 __all__ = [
     "EVALUATION_SPLITS",
@@ -267,12 +267,13 @@ def map_labels_by_name(dataset_names: List[str], model_names: List[str]) -> np.n
 
 def check_known_class_names(names: Sequence[str], model_names: Sequence[str], where: str) -> None:
     """Every name of `names` (the data's classes, `where` says whose) is one of the model's `model_names`, else a
-    `ValueError` naming those that are not, and those that differ only in Unicode normalisation."""
+    `ValueError` naming those that are not, and those that differ only in Unicode normalisation, letter case or
+    surrounding spaces (`validation.near_miss_note`)."""
     unknown = [name for name in names if name not in model_names]
     if unknown:
         raise ValueError(
             f"{where} {unknown} are not among the model's classes {list(model_names)}"
-            f"{unicode_normalisation_note(unknown, model_names)}; give the data the model's class names (all or "
+            f"{near_miss_note(unknown, model_names)}; give the data the model's class names (all or "
             "some of them, in any order): an image folder's class subfolders, a CSV's label column or a datasets "
             "ClassLabel (rename or cast it)"
         )

@@ -102,6 +102,9 @@ METRIC_NAMES = {
 }
 # The model-index `args` of a metric whose type alone is ambiguous (an `f1` could be the positive class's)
 METRIC_ARGS = {"macro_f1": {"average": "macro"}}
+# The metrics of a binary task's positive class: their names and model-index `args` name it (QA: a card's YAML read
+# "Sensitivity" alone, which Hub widgets and leaderboards show without the prose that names the class)
+POSITIVE_CLASS_METRICS = ("sensitivity", "specificity", "average_precision")
 
 # What a card calls the groups of an `aggregate` metrics.json, by the column naming them (other columns: "groups").
 GROUP_UNITS = {"study_uid": "studies", "series_uid": "series", "patient_id": "patients"}
@@ -132,7 +135,7 @@ MODEL_CARD_OPTIONAL = {
     "dataset_id", "model_description", "class_names", "positive_class", "num_images", "num_positives", "pruning",
     "seed_sensitivity", "call_arguments", "input_description", "num_dropped", "per_class_section", "unlabeled_pool",
     "dataset_citation", "whole_data_set", "grouping_rule", "usage_file", "training_images_unchecked",
-    "intervals_section",
+    "intervals_section", "eval_data_source",
 }  # fmt: skip
 DATASET_CARD_OPTIONAL = {"citation"}
 
@@ -176,13 +179,26 @@ def _render(template_path: Union[str, Path], card_data, optional: set, **fields)
     return env.get_template(template_path.name).render(**context)
 
 
-def _eval_results(metrics: Dict[str, float], dataset_name: str, dataset_type: str, split: str) -> List[EvalResult]:
-    """One `EvalResult` per metric, named as in `METRIC_NAMES` (other keys are kept as they are)."""
+def _metric_type_name_and_args(key: str, positive_class: Optional[str]) -> tuple:
+    """A metric's model-index type, name and `args` (`METRIC_NAMES`, `METRIC_ARGS`; other keys as they are), those of
+    `POSITIVE_CLASS_METRICS` naming the `positive_class`: `Sensitivity (pneumonia positive)`, `Average precision
+    (PR AUC, pneumonia positive)`, `{"pos_label": "pneumonia"}`."""
+    metric_type, metric_name = METRIC_NAMES.get(key, (key, key))
+    if positive_class is not None and key in POSITIVE_CLASS_METRICS:
+        stated = f"{metric_name[:-1]}, " if metric_name.endswith(")") else f"{metric_name} ("
+        return metric_type, f"{stated}{positive_class} positive)", {"pos_label": positive_class}
+    return metric_type, metric_name, METRIC_ARGS.get(key)
+
+
+def _eval_results(
+    metrics: Dict[str, float], dataset_name: str, dataset_type: str, split: str, positive_class: Optional[str] = None
+) -> List[EvalResult]:
+    """One `EvalResult` per metric, named by `_metric_type_name_and_args`."""
     results = []
     for key, value in metrics.items():
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise ValueError(f"metric {key!r}: expected a finite number, got {value!r}")
-        metric_type, metric_name = METRIC_NAMES.get(key, (key, key))
+        metric_type, metric_name, metric_args = _metric_type_name_and_args(key, positive_class)
         results.append(
             EvalResult(
                 task_type="image-classification",
@@ -193,13 +209,15 @@ def _eval_results(metrics: Dict[str, float], dataset_name: str, dataset_type: st
                 metric_type=metric_type,
                 metric_name=metric_name,
                 metric_value=float(value),
-                metric_args=METRIC_ARGS.get(key),
+                metric_args=metric_args,
             )
         )
     return results
 
 
-def _intervals_section(metrics: Dict[str, float], intervals: Optional[dict]) -> Optional[dict]:
+def _intervals_section(
+    metrics: Dict[str, float], intervals: Optional[dict], positive_class: Optional[str]
+) -> Optional[dict]:
     """What a card shows of `metrics.json`'s "confidence_intervals" (`load_eval_intervals`): the level, each metric's
     interval by its card name (empty for a metric without one, such as the ECE) and the sentence on them."""
     if not intervals:
@@ -207,7 +225,9 @@ def _intervals_section(metrics: Dict[str, float], intervals: Optional[dict]) -> 
     from .metrics import interval_level, interval_text, intervals_note  # as `per_class_table` below
 
     cells = {
-        METRIC_NAMES.get(key, (key, key))[1]: interval_text(intervals, key if key in intervals else None, False)
+        _metric_type_name_and_args(key, positive_class)[1]: interval_text(
+            intervals, key if key in intervals else None, False
+        )
         for key in metrics
     }
     return {"level": interval_level(intervals), "cells": cells, "note": intervals_note(intervals)}
@@ -250,8 +270,12 @@ def _counted_units(grouping: Optional[dict], positive_class: Optional[str]) -> T
     units = f"{GROUP_UNITS.get(by[0], 'groups') if len(by) == 1 else 'groups'} by {' + '.join(by)}"
     if grouping.get("num_images"):
         units += f" of {grouping['num_images']} images"
-    if rule == "mean":
+    if rule == "mean" and grouping.get("threshold") is None:
         return units, "each labelled by its images' mean class probabilities (mean rule)"
+    if rule == "mean":
+        positive = positive_class or "positive"
+        threshold = f"{grouping['threshold']:g}"
+        return units, f"each {positive} if its images' mean probability of {positive} is {threshold} or more"
     # QA: "if any of its images is" read as the images' own labels, which give a tie at 0.5 to the class listed first
     threshold = f"{grouping['threshold']:g}" if grouping.get("threshold") is not None else "the threshold"
     positive = positive_class or "positive"
@@ -292,6 +316,7 @@ def render_model_card(
     eval_dataset_name: Optional[str] = None,
     grouping: Optional[dict] = None,
     intervals: Optional[dict] = None,
+    eval_data_source: Optional[str] = None,
 ) -> ModelCard:
     """The model card of a classifier trained with `method` (one of `METHODS`).
 
@@ -343,6 +368,8 @@ def render_model_card(
             "6 images".
         intervals: the confidence intervals of `metrics.json` (`load_eval_intervals`): the results table gives each
             metric's beside it, with a sentence on how they were computed and what they leave out.
+        eval_data_source: what the scored images were read from as `metrics.json` records it (its `"dataset"`: a
+            folder's or file's name), shown beside the split so that a reader sees which data it was carved from.
 
     Raises `ValueError` naming every required field that is missing or empty.
     """
@@ -354,7 +381,9 @@ def render_model_card(
         raise ValueError(f"positive_class: expected one of the class names {class_names}, got {positive_class!r}")
     external = eval_dataset_name not in (None, dataset_name)
     eval_name = eval_dataset_name if external else dataset_name
-    eval_results = _eval_results(metrics, eval_name, eval_name if external else dataset_id or dataset_name, dataset_split)
+    eval_results = _eval_results(
+        metrics, eval_name, eval_name if external else dataset_id or dataset_name, dataset_split, positive_class
+    )
     counted_units, grouping_rule = _counted_units(grouping, positive_class)
     card_data = ModelCardData(
         model_name=model_name,
@@ -375,6 +404,7 @@ def render_model_card(
         library_name=library_name,
         dataset_name=dataset_name,
         eval_dataset_name=eval_name,
+        eval_data_source=eval_data_source,
         whole_data_set=dataset_split == ONE_SET,
         # its (block, timestep) was picked on val (`canonical_split_name`'s names for it: not imported, so that the
         # code saved with every model stays as it is)
@@ -401,7 +431,7 @@ def render_model_card(
         input_description=input_description,
         usage_file=usage_file,
         per_class_section=_per_class_section(per_class),
-        intervals_section=_intervals_section(metrics, intervals),
+        intervals_section=_intervals_section(metrics, intervals, positive_class),
         unlabeled_pool=unlabeled_pool,
         dataset_citation=(dataset_citation or "").strip() or None,
     )

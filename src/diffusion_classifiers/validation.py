@@ -32,9 +32,9 @@ __all__ = [
     "check_unit_range",
     "check_writable_dir",
     "check_writable_file",
+    "near_miss_note",
     "removed_if_left_empty",
     "resolve_num_classes",
-    "unicode_normalisation_note",
 ]
 
 
@@ -275,21 +275,32 @@ def check_no_lookalike_names(names: Sequence[str], where: str) -> None:
             )
 
 
-def unicode_normalisation_note(unknown: Sequence[str], known: Sequence[str]) -> str:
-    """For the names in `unknown` that match a name of `known` once both are in NFC (identical-looking: `détritus`
-    written with a combining accent, NFD, vs one precomposed character, NFC), the words that say so, to append to the
-    error that refuses them; `""` for none. Names are never normalised silently: the error says which to rewrite."""
-    by_nfc = {unicodedata.normalize("NFC", name): name for name in known}
-    pairs = [(name, by_nfc.get(unicodedata.normalize("NFC", name))) for name in unknown]
-    pairs = [(name, match) for name, match in pairs if match is not None and match != name]
+def near_miss_note(unknown: Sequence[str], known: Sequence[str]) -> str:
+    """For the names in `unknown` that match a name of `known` but for Unicode normalisation (identical-looking:
+    `détritus` written with a combining accent, NFD, vs one precomposed character, NFC), letter case or surrounding
+    spaces (QA, another site's folders: `Noctilucales` for `noctilucales`), the words that say so, to append to the
+    error that refuses them; `""` for none. Names are never matched silently: the error says which to rewrite."""
+    pairs = [(name, match, why) for name in unknown for match, why in [_near_miss(name, known)] if match is not None]
     if not pairs:
         return ""
-    notes = ", ".join(
-        f"{name!r} differs from {match!r} only in Unicode normalisation "
-        f"({_normal_form(name)} vs {_normal_form(match)})"
-        for name, match in pairs[:5]
-    )
+    notes = ", ".join(f"{name!r} differs from {match!r} only in {why}" for name, match, why in pairs[:5])
     return f" ({notes}{', ...' if len(pairs) > 5 else ''}; write them as the model does)"
+
+
+def _near_miss(name: str, known: Sequence[str]) -> tuple:
+    """The name of `known` that `name` matches but for Unicode normalisation, letter case or surrounding spaces, and
+    in what; (None, None) for none."""
+    nfc = unicodedata.normalize("NFC", name)
+    for match in known:
+        if unicodedata.normalize("NFC", match) == nfc:
+            return match, f"Unicode normalisation ({_normal_form(name)} vs {_normal_form(match)})"
+    for match in known:
+        other = unicodedata.normalize("NFC", match)
+        if other.strip().casefold() == nfc.strip().casefold():
+            case = ["letter case"] if other.strip() != nfc.strip() else []
+            spaces = ["surrounding spaces"] if (other, nfc) != (other.strip(), nfc.strip()) else []
+            return match, " and ".join(case + spaces)
+    return None, None
 
 
 @contextmanager

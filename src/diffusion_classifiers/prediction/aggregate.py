@@ -57,7 +57,7 @@ def aggregate_predictions(
     by: str | Sequence[str] = "study_uid",
     rule: str = "max",
     positive_class: Optional[str] = None,
-    threshold: float = 0.5,
+    threshold: Optional[float] = None,
 ) -> tuple[list[str], list[list], Optional[dict]]:
     r"""
     The rows of a `predict` output gathered per group: `(columns, rows, metrics)`.
@@ -76,7 +76,9 @@ def aggregate_predictions(
             sensitivity and AUC refer to; default: the one the predict run recorded in `<predictions>.json` (the
             model's saved `positive_class`), else the second class of the file (class 1, as everywhere in this
             library). One that contradicts the recorded one is used, with a `UserWarning`.
-        threshold (`float`, *optional*, defaults to 0.5): the "max" rule's decision threshold on that probability.
+        threshold (`float`, *optional*): binary predictions: a group is positive where the positive class's gathered
+            probability is `threshold` or more; default 0.5 under "max", and under "mean" the most probable class
+            (at a tie of 0.5, the class listed first). Recorded in the metrics where it decided.
 
     Returns:
         `columns`: `<by>..., [the other DICOM ids,] num_images, [true_label,] label, prob_<class>...,
@@ -87,7 +89,7 @@ def aggregate_predictions(
         appear. `metrics`: with a `true_label` column (each group's rows must share one),
         `metrics.classification_metrics` of the groups (its `num_samples` counts them), the AUC ranking them by that
         ratio when there is one, else by the probabilities (`"ranked_by"` names the column), with what the groups are
-        (`grouped_by`, `rule`, the max rule's `threshold`, `num_groups`, and the `num_images` they gather) and what
+        (`grouped_by`, `rule`, the `threshold` that decided, `num_groups`, and the `num_images` they gather) and what
         the predict run recorded in the sidecar of what they were measured with (`model_sha256`, `pipeline_call`,
         the input's name as `dataset` and its `split`: a saved DatasetDict's, else "all", every file of a folder or
         CSV), and `training_images_checked` (the predictions' `training_image` column said which images the model was
@@ -143,12 +145,14 @@ class _Group:
 
 
 def _aggregate(
-    predictions, by: str | Sequence[str], rule: str, positive_class: Optional[str], threshold: float
+    predictions, by: str | Sequence[str], rule: str, positive_class: Optional[str], threshold: Optional[float]
 ) -> _Aggregation:
     by = (by,) if isinstance(by, str) else tuple(by)
     columns, rows = read_predictions(predictions)
     class_names = [column[len("prob_"):] for column in columns if column.startswith("prob_")]
     _check_aggregation(predictions, columns, class_names, by, rule, positive_class, threshold)
+    if threshold is None and rule == "max":
+        threshold = 0.5
     sidecar, run = _recorded_run(predictions)
     positive, notes = _positive_label(class_names, positive_class, sidecar, run, rule)
     notes += _rows_of_files_gone(predictions, rows, run)
@@ -229,10 +233,10 @@ def _training_images_checked(columns: list, left_out: int, run: dict) -> dict:
     return {"training_images_checked": checked, "groups_left_out_holding_training_images": left_out}
 
 
-def _grouping(by: tuple, rule: str, threshold: float, groups: dict) -> dict:
+def _grouping(by: tuple, rule: str, threshold: Optional[float], groups: dict) -> dict:
     """What the counts of metrics.json are (its `num_samples` are the groups): the columns naming the groups, the rule
-    that scored them (with the max rule's threshold), and how many images they gather."""
-    scored = {"rule": rule, **({"threshold": threshold} if rule == "max" else {})}
+    that scored them (with the threshold that decided), and how many images they gather."""
+    scored = {"rule": rule, **({"threshold": threshold} if threshold is not None else {})}
     grouped_by = by[0] if len(by) == 1 else list(by)
     num_images = sum(len(members) for members in groups.values())
     return {"grouped_by": grouped_by, **scored, "num_groups": len(groups), "num_images": num_images}
@@ -263,7 +267,7 @@ _GATHERED = ("num_images", "true_label", "label", "score", RATIO_KEY, f"{RATIO_K
 
 def _check_aggregation(
     predictions, columns: list, class_names: list, by: tuple, rule: str, positive_class: Optional[str],
-    threshold: float,
+    threshold: Optional[float],
 ) -> None:
     """Every argument checked before a row is gathered."""
     if rule not in AGGREGATION_RULES:
@@ -271,8 +275,13 @@ def _check_aggregation(
     _check_group_columns(predictions, columns, by)
     if len(class_names) < 2:
         raise ValueError(f"{predictions}: expected prob_<class> columns of a predict output, got {columns}")
-    if not 0 < threshold < 1:
+    if threshold is not None and not 0 < threshold < 1:
         raise ValueError(f"threshold: expected a probability strictly between 0 and 1, got {threshold!r}")
+    if threshold is not None and len(class_names) != 2:  # QA: it was ignored under the mean rule, without a word
+        raise ValueError(
+            f"threshold: decides binary predictions (the positive class's probability); {predictions} has "
+            f"{len(class_names)} classes {class_names}: leave it out (each group gets its most probable class)"
+        )
     if rule == "max" and len(class_names) != 2:
         raise ValueError(
             f"rule 'max' takes binary predictions (is the positive class in any image of the group?); {predictions} "
@@ -456,7 +465,7 @@ def _gather(predictions, layout: _Layout, group: Any, members: list, rule: str, 
         [[row[where(f"prob_{name}")] for name in layout.class_names] for row in members], dtype=np.float64
     )
     probs = _combine(probabilities, rule, positive)
-    label = _label(probs, rule, positive, threshold)
+    label = _label(probs, positive, threshold)
     truth = None if layout.truth is None else _group_truth(predictions, layout.by, group, members, layout.truth)
     score = None
     if layout.ratio_sign is not None:
@@ -503,8 +512,8 @@ def _combine(probabilities: Any, rule: str, positive: Optional[int]) -> list[flo
     return [largest if index == positive else 1.0 - largest for index in range(probabilities.shape[1])]
 
 
-def _label(combined: list[float], rule: str, positive: Optional[int], threshold: float) -> int:
-    if rule == "max":
+def _label(combined: list[float], positive: Optional[int], threshold: Optional[float]) -> int:
+    if threshold is not None:
         return positive if combined[positive] >= threshold else 1 - positive
     return max(range(len(combined)), key=combined.__getitem__)
 
@@ -546,7 +555,11 @@ def add_aggregate_args(parser: argparse.ArgumentParser) -> None:
         "positive class the predict run recorded in <predictions>.json, the model's saved one, else class 1, the "
         "file's second class)",
     )  # fmt: skip
-    parser.add_argument("--threshold", type=float, default=0.5, help="the max rule's decision threshold")
+    parser.add_argument(
+        "--threshold", type=float, default=None,
+        help="binary: a group is positive where the positive class's gathered probability is this or more (default: "
+        "0.5 under max; under mean the most probable class)",
+    )  # fmt: skip
     parser.add_argument(
         "--output", default=None,
         help="the grouped predictions, a .csv (default: beside the predictions, named by their stem, a .parquet "

@@ -388,11 +388,11 @@ def check_labels(inputs: Sequence[PredictionInput], class_names: Sequence[str]) 
     """Every true label is one of the model's classes; the error lists the others, before any image is read."""
     unknown = sorted({item.label for item in inputs if item.label is not None} - set(class_names))
     if unknown:
-        from ..validation import unicode_normalisation_note  # imports torch: not at the commands' --help
+        from ..validation import near_miss_note  # imports torch: not at the commands' --help
 
         raise ValueError(
             f"inputs: labels {unknown} are not among the model's classes {list(class_names)}"
-            f"{unicode_normalisation_note(unknown, class_names)}; expected the label column to name classes as the "
+            f"{near_miss_note(unknown, class_names)}; expected the label column to name classes as the "
             "model does"
         )
 
