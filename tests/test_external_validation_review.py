@@ -102,3 +102,64 @@ def test_a_threshold_for_predictions_of_more_than_two_classes_is_refused(tmp_pat
         aggregate_predictions(tmp_path / "p.csv", rule="mean", threshold=0.3)
     columns, rows, _ = aggregate_predictions(tmp_path / "p.csv", rule="mean")
     assert rows[0][columns.index("label")] == "a" and np.isclose(rows[0][columns.index("prob_a")], 0.5)
+
+
+def test_evaluating_the_split_a_probe_was_chosen_on_says_its_figures_are_optimistic(tmp_path):
+    """QA (screening): `evaluate --split val` of a probe reported 95.99% (test: 87.34%) without a word."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from diffusion_classifiers import UNetFeatureClassifierPipeline, export_unet_feature_pipeline
+    from diffusion_classifiers.evaluation import evaluate_classifier
+    from diffusion_classifiers.models import LinearProbeHead, unet_config
+
+    torch.manual_seed(0)
+    head = LinearProbeHead(in_features=32, num_classes=10, block="mid_block", timestep=10)
+    unet = UNet2DModel(**unet_config("tiny", 16))
+    pipe = UNetFeatureClassifierPipeline(unet=unet, scheduler=DDPMScheduler(), head=head)
+    pipe.set_progress_bar_config(disable=True)
+    export_unet_feature_pipeline(pipe, tmp_path / "exported")
+    val = load_image_classification_data("digits", image_size=16, seed=0)["val"].subset(np.arange(30))
+    for index, classifier in enumerate((pipe, str(tmp_path / "exported"))):
+        metrics = evaluate_classifier(classifier, val, tmp_path / f"val{index}", split="val")
+        assert metrics["head_selected_on_this_split"] is True
+        report = (tmp_path / f"val{index}" / "report.md").read_text()
+        assert "**The split the model's (block, timestep) pair and C were chosen on**: these figures are" in report
+    assert "head_selected_on_this_split" not in evaluate_classifier(pipe, val, split="test")
+
+
+def test_predictive_values_at_a_stated_prevalence_are_bayes_rule():
+    from diffusion_classifiers.metrics import predictive_values_at
+
+    metrics = {"sensitivity": 0.836, "specificity": 0.868, "num_positives": 390, "num_samples": 624}
+    at = predictive_values_at(0.01, metrics)
+    assert at["positive_predictive_value"] == pytest.approx(0.836 * 0.01 / (0.836 * 0.01 + 0.132 * 0.99))  # 6.0%
+    assert at["negative_predictive_value"] == pytest.approx(0.868 * 0.99 / (0.868 * 0.99 + 0.164 * 0.01))
+    assert at["scored_prevalence"] == pytest.approx(0.625) and at["prevalence"] == 0.01
+    assert predictive_values_at(0.5, {"sensitivity": 0.0, "specificity": 1.0})["positive_predictive_value"] is None
+
+
+def test_a_report_scored_with_priors_gives_the_predictive_values_at_their_prevalence(tmp_path):
+    """QA (screening): priors [0.99, 0.01] beside "precision of pneumonia 91.32%", of the test split's 62.5%."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from diffusion_classifiers import ScoreSDEClassifierPipeline
+    from diffusion_classifiers.data import LabeledImages
+    from diffusion_classifiers.evaluation import evaluate_classifier
+    from diffusion_classifiers.metrics import predictive_values_at
+    from diffusion_classifiers.models import unet_config
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(**unet_config("tiny", 8, num_class_embeds=2))
+    pipe = ScoreSDEClassifierPipeline(unet, DDPMScheduler(), class_names=["normal", "pneumonia"])
+    pipe.set_progress_bar_config(disable=True)
+    pipe.set_positive_class("pneumonia")
+    labels = torch.tensor([0, 1, 1, 1, 0, 1, 1, 1])
+    data = LabeledImages(torch.rand(8, 1, 8, 8) * 2 - 1, labels, ["normal", "pneumonia"])
+    priors = {"normal": 0.99, "pneumonia": 0.01}
+    metrics = evaluate_classifier(pipe, data, tmp_path, pipeline_kwargs={"num_timesteps": 2, "priors": priors})
+    assert metrics["at_priors"] == predictive_values_at(0.01, metrics)
+    assert metrics["at_priors"]["scored_prevalence"] == 0.75
+    report = " ".join((tmp_path / "report.md").read_text().split())
+    assert "Scored with priors that give pneumonia a prevalence of 1.00%: the precisions, F1s, ECE and precision-" \
+        "recall curve below are those of this set, whose prevalence of pneumonia is 75.00%" in report
+    assert "at_priors" not in evaluate_classifier(pipe, data, pipeline_kwargs={"num_timesteps": 2})

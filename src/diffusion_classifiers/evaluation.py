@@ -54,6 +54,8 @@ from .metrics import (
     per_class_table,
     percent,
     positive_class_rows,
+    predictive_values_at,
+    prevalence_note,
     resolve_positive_label,
     seed_sensitivity_metrics,
 )
@@ -820,7 +822,10 @@ def evaluate_classifier(
             score other images.
 
     Returns:
-        `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`.
+        `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`; for the
+        val split of a U-Net-feature model, whose (block, timestep) pair and C were chosen on it,
+        `head_selected_on_this_split: true` (the report says its figures are optimistic); for a binary pipeline
+        called with `priors`, `at_priors` (`metrics.predictive_values_at`: the PPV and NPV at their prevalence).
     """
     carving = _carving_record(carving)
     _check_evaluate_call(
@@ -877,6 +882,11 @@ def evaluate_classifier(
     metrics["preprocessing"] = contract.to_dict()  # how the images were read
     if head is not None:
         metrics["head"] = head
+    if _selected_on(classifier, split):
+        metrics["head_selected_on_this_split"] = True
+    if positive_label is not None and (settings or {}).get("priors") is not None:
+        prevalence = classifier.prior_list(settings["priors"])[positive_label]
+        metrics["at_priors"] = predictive_values_at(prevalence, metrics)
     metrics.update({name: value for name, value in (("command", command), ("carving", carving)) if value})
     evaluated = _scored_set(split) if split in (None, ONE_SET) else split
     mark_absent_classes(metrics, y_true, model_names, _scored_set(split), evaluated)
@@ -887,6 +897,21 @@ def evaluate_classifier(
             ranking_scores=ranking, moved_in=moved_in,
         )  # fmt: skip
     return metrics
+
+
+def _selected_on(classifier, split: Optional[str]) -> bool:
+    """Whether `split` is the val split on which a U-Net-feature model's (block, timestep) pair and C were chosen (its
+    `probe` or `demo` chose them there; its card says so too, `hub.render_model_card`): figures of the images a choice
+    was made on, optimistic (QA: `evaluate --split val` of a probe gave 95.99% without a word, test 87.34%)."""
+    if canonical_split_name(split or "") != "val":
+        return False
+    from transformers import PreTrainedModel
+
+    from .pipelines import UNetFeatureClassifierPipeline
+
+    config = getattr(classifier, "config", None)
+    exported_unet = isinstance(classifier, PreTrainedModel) and getattr(config, "backbone_type", None) == "unet"
+    return isinstance(classifier, UNetFeatureClassifierPipeline) or exported_unet
 
 
 def _carving_record(carving: Optional[dict]) -> Optional[dict]:
@@ -1148,6 +1173,13 @@ def render_evaluation_report(
             "",
         ]
     lines[notes:notes] = absent_classes_note(metrics, _scored_set(split))
+    lines[notes:notes] = prevalence_note(metrics)
+    if metrics.get("head_selected_on_this_split"):
+        lines[notes:notes] = [
+            "**The split the model's (block, timestep) pair and C were chosen on**: these figures are optimistic (a "
+            "choice made on the images scored); the test split's are the held-out ones.",
+            "",
+        ]
     if canonical_split_name(split or "") == "train":  # not checked against the training images: asked for as they are
         lines[notes:notes] = [
             "**A train split, not checked against the model's training images**: where it is the model's own, these "

@@ -32,6 +32,8 @@ __all__ = [
     "per_class_table",
     "percent",
     "positive_class_rows",
+    "predictive_values_at",
+    "prevalence_note",
     "resolve_positive_label",
     "seed_sensitivity_metrics",
 ]
@@ -105,6 +107,45 @@ def _binary_metrics(names: Sequence[str], positive_label: int, precision, recall
         "positive_likelihood_ratio": sensitivity / (1 - specificity) if defined and specificity < 1 else None,
         "negative_likelihood_ratio": (1 - sensitivity) / specificity if defined and specificity > 0 else None,
     }
+
+
+def predictive_values_at(prevalence: float, metrics: dict) -> dict:
+    """The positive and negative predictive values a binary classifier of `metrics`' sensitivity and specificity has
+    where the positive class is `prevalence` of the images (Bayes' rule: PPV = se p / (se p + (1 - sp)(1 - p))), with
+    the prevalence of the images scored: `{"prevalence", "scored_prevalence", "positive_predictive_value",
+    "negative_predictive_value"}`, a value None where undefined. A set's precision is its own prevalence's PPV: at a
+    screening prevalence of 1% a classifier 62.5%-positive test data gives 91% precision may have 6%."""
+    sensitivity, specificity = metrics.get("sensitivity"), metrics.get("specificity")
+    ppv = npv = None
+    if sensitivity is not None and specificity is not None:
+        true_positive, false_positive = sensitivity * prevalence, (1 - specificity) * (1 - prevalence)
+        true_negative, false_negative = specificity * (1 - prevalence), (1 - sensitivity) * prevalence
+        ppv = true_positive / (true_positive + false_positive) if true_positive + false_positive > 0 else None
+        npv = true_negative / (true_negative + false_negative) if true_negative + false_negative > 0 else None
+    scored = metrics["num_positives"] / metrics["num_samples"] if "num_positives" in metrics else None
+    return {
+        "prevalence": float(prevalence), "scored_prevalence": scored, "positive_predictive_value": ppv,
+        "negative_predictive_value": npv,
+    }  # fmt: skip
+
+
+def prevalence_note(metrics: dict) -> List[str]:
+    """A report's paragraph for metrics scored with priors (`metrics["at_priors"]`, `predictive_values_at`): the
+    precisions, F1s, calibration and precision-recall curve are those of the scored set's prevalence, and the
+    predictive values at the priors'; none otherwise."""
+    at = metrics.get("at_priors")
+    if not at:
+        return []
+    positive, ppv, npv = metrics["positive_class"], at["positive_predictive_value"], at["negative_predictive_value"]
+    scored = "" if at["scored_prevalence"] is None else f", whose prevalence of {positive} is"
+    scored += "" if at["scored_prevalence"] is None else f" {percent(at['scored_prevalence'])}"
+    values = f"a PPV of {percent(ppv)} and an NPV of {percent(npv)}"
+    return [
+        f"Scored with priors that give {positive} a prevalence of {percent(at['prevalence'])}: the precisions, F1s, "
+        f"ECE and precision-recall curve below are those of this set{scored}; at the priors' prevalence, this "
+        f"sensitivity and specificity give {values}.",
+        "",
+    ]
 
 
 def percent(value: Optional[float]) -> str:
