@@ -1219,12 +1219,14 @@ def test_aggregate_takes_the_positive_class_predict_recorded_and_warns_when_anot
     assert metrics["positive_class"] == "normal" and metrics["ranked_by"] == "log_likelihood_ratio"
     truth = [row["true_label"] == "normal" for row in predicted]
     assert metrics["auc"] == pytest.approx(roc_auc_score(truth, ratios))
-    # another class given: kept, with a warning; the ratio turned toward it
+    # another class given: kept, with a warning; the ratio gathered toward it (one image a group: itself), written the
+    # way predict's column points (QA, session 59: one column name read in both directions across runs)
     with pytest.warns(UserWarning, match=r"positive_class 'pneumonia' \(--positive_class\) contradicts 'normal', "):
         main(aggregate + ["--positive_class", "pneumonia"])
-    assert [float(row["log_likelihood_ratio"]) for row in read_rows(tmp_path / "p.max_by_path.csv")] == [
-        -ratio for ratio in ratios]
-    assert json.loads(metrics_file.read_text())["positive_class"] == "pneumonia"
+    assert [float(row["log_likelihood_ratio"]) for row in read_rows(tmp_path / "p.max_by_path.csv")] == ratios
+    flipped = json.loads(metrics_file.read_text())
+    assert flipped["positive_class"] == "pneumonia" and flipped["auc"] == pytest.approx(metrics["auc"])
+    assert flipped["log_likelihood_ratio"] == "the smallest of their images' log p(x | normal) - log p(x | pneumonia)"
     # an earlier version recorded the ratio's direction only: its positive class is the ratio's
     run = {key: value for key, value in recorded["run"].items() if key != "positive_class"}
     sidecar.write_text(json.dumps({**recorded, "run": run}))
@@ -1273,15 +1275,16 @@ def test_aggregate_ranks_groups_by_the_ratio_where_probabilities_saturate(tmp_pa
     _saturated_predictions(predictions)
     with pytest.warns(UserWarning, match=r"positive_class 'bleed' \(--positive_class\) contradicts 'normal'"):
         columns, rows, metrics = aggregate_predictions(predictions, positive_class="bleed")
-    # each scan's largest ratio toward bleed (the file's points to normal), and the patient each scan is of
+    # each scan's largest ratio toward bleed, written as the file's column points, to normal (QA, session 59: the
+    # column read in both directions across runs), and the patient each scan is of
     assert columns == ["study_uid", "patient_id", "num_images", "true_label", "label", "prob_normal", "prob_bleed",
                        "log_likelihood_ratio"]  # fmt: skip
     assert [row[1] for row in rows] == ["P1", "P1", "P2", "P2"]
-    assert [row[-2:] for row in rows] == [[1.0, 80.0], [1.0, 20.0], [1.0, 40.0], [0.0, -30.0]]
+    assert [row[-2:] for row in rows] == [[1.0, -80.0], [1.0, -20.0], [1.0, -40.0], [0.0, 30.0]]
     assert [row[4] for row in rows] == ["bleed", "bleed", "bleed", "normal"]  # the decision: probability >= 0.5
     # three scans tie at probability 1: ranked by it the AUC is 0.75; by the ratio, 1.0
     assert metrics["auc"] == 1.0 and metrics["ranked_by"] == "log_likelihood_ratio"
-    assert metrics["log_likelihood_ratio"] == "the largest of their images' log p(x | bleed) - log p(x | normal)"
+    assert metrics["log_likelihood_ratio"] == "the smallest of their images' log p(x | normal) - log p(x | bleed)"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the recorded class: no warning
         _, by_normal, normal_metrics = aggregate_predictions(predictions)

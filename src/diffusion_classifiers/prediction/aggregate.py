@@ -376,13 +376,17 @@ def _ratio_sign(
             f"version of predict, or no sidecar): the column is left out, and groups are ranked by "
             f"prob_{class_names[positive]}, which ties where probabilities saturate at 0 or 1"
         ]
-    direction = _gathered_ratio(class_names, positive, rule)
-    return (1.0 if pointed == class_names[positive] else -1.0), [f"note: the groups' {RATIO_KEY} = {direction}"]
+    sign = 1.0 if pointed == class_names[positive] else -1.0
+    return sign, [f"note: the groups' {RATIO_KEY} = {_gathered_ratio(class_names, positive, rule, sign)}"]
 
 
-def _gathered_ratio(class_names: list, positive: int, rule: str) -> str:
-    gathered = "the largest" if rule == "max" else "the mean"
-    return f"{gathered} of their images' {ratio_direction(class_names[positive], class_names[1 - positive])}"
+def _gathered_ratio(class_names: list, positive: int, rule: str, sign: float) -> str:
+    """What a group's `log_likelihood_ratio` is: gathered toward the `positive` class (under "max", the largest of its
+    images' ratios toward it), written the way the predict column points (`sign` -1: toward the other class, QA: a
+    column of one name read in both directions across runs of another --positive_class): there the smallest."""
+    pointed, other = (positive, 1 - positive) if sign > 0 else (1 - positive, positive)
+    gathered = "the mean" if rule == "mean" else "the largest" if sign > 0 else "the smallest"
+    return f"{gathered} of their images' {ratio_direction(class_names[pointed], class_names[other])}"
 
 
 def _check_ratios(predictions, columns: list, rows: list) -> None:
@@ -473,7 +477,7 @@ def _gather(predictions, layout: _Layout, group: Any, members: list, rule: str, 
         score = max(ratios) if rule == "max" else float(np.mean(ratios))
     row = [*group, *(members[0][where(name)] for name in layout.ids), len(members)]
     row += [*([truth] if truth is not None else []), layout.class_names[label], *probs]
-    row += [score] if score is not None else []
+    row += [layout.ratio_sign * score] if score is not None else []  # written the way predict's column points
     if layout.counts:  # a plankton sample's census: the images predicted as each class
         predicted = [member[where("label")] for member in members]
         row += [predicted.count(name) for name in layout.class_names]
@@ -494,7 +498,7 @@ def _group_metrics(predictions, layout: _Layout, groups: list[_Group], positive:
     if layout.ratio_sign is not None:
         scores = np.array([group.score for group in groups])
         ranking = np.stack([-scores, scores] if positive == 1 else [scores, -scores], axis=1)
-        ranked_by = {"ranked_by": RATIO_KEY, RATIO_KEY: _gathered_ratio(names, positive, rule)}
+        ranked_by = {"ranked_by": RATIO_KEY, RATIO_KEY: _gathered_ratio(names, positive, rule, layout.ratio_sign)}
     truths = [_class_index(predictions, names, group.truth) for group in groups]
     metrics = classification_metrics(
         truths, [group.label for group in groups], ranking, num_classes=len(names), class_names=names,
