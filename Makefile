@@ -32,12 +32,12 @@ TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # tolerance too tight for another CPU fails here. (AVX-512 cannot be forced on a CPU without it.) Only the files that
 # hold numerics tests are collected again.
 test: $(STAMP)
-	$(TEST_ENV) HF_HOME=$$(mktemp -d) $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 	native=$$($(BIN)/python -c "import torch; print(torch.backends.cpu.get_cpu_capability())"); \
 	for capability in default avx2; do \
 		case "$$capability:$$native" in avx2:AVX2|avx2:AVX512|default:*) ;; *) echo "skip $$capability: CPU is $$native"; continue;; esac; \
 		echo "numerics tests with ATEN_CPU_CAPABILITY=$$capability"; \
-		ATEN_CPU_CAPABILITY=$$capability $(TEST_ENV) HF_HOME=$$(mktemp -d) \
+		ATEN_CPU_CAPABILITY=$$capability $(TEST_ENV) \
 			$(BIN)/python -m pytest $(PYTEST_ARGS) -q -m numerics -p no:cacheprovider $$(grep -l "mark.numerics" tests/test_*.py) || exit 1; \
 	done
 

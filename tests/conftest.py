@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -10,17 +12,27 @@ from hypothesis import settings
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
+_TESTS_TMPDIR = "DIFFUSION_CLASSIFIERS_TESTS_TMPDIR"
+
 # Offline, whatever the caller's environment: tests never reach the Hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf-home-"))
+# Every temporary file of the run (pytest's tmp_path, the library's lists of unreadable files, the HF_HOME below,
+# subprocesses' through TMPDIR) in one folder, removed when the process that made it exits: the suite left
+# thousands of folders and files in /tmp. pytest-xdist workers inherit it from the controller.
+if _TESTS_TMPDIR not in os.environ:
+    os.environ[_TESTS_TMPDIR] = tempfile.mkdtemp(prefix="diffusion-classifiers-tests-")
+    atexit.register(shutil.rmtree, os.environ[_TESTS_TMPDIR], ignore_errors=True)
+os.environ["TMPDIR"] = tempfile.tempdir = os.environ[_TESTS_TMPDIR]
+# A fresh HF_HOME, whatever the caller's: tests never read or write a user's cache.
+os.environ["HF_HOME"] = os.path.join(os.environ[_TESTS_TMPDIR], "hf-home")
 # Each pytest-xdist worker its own HF_HOME inside it: loading saved code copies modules into HF_HOME/modules, and two
 # workers writing the same module file at once let one import it half-written (an ImportError seen in CI).
 if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ["HF_HOME"] = os.path.join(os.environ["HF_HOME"], os.environ["PYTEST_XDIST_WORKER"])
-    os.environ.pop("HF_MODULES_CACHE", None)
-    os.makedirs(os.environ["HF_HOME"], exist_ok=True)
+os.environ.pop("HF_MODULES_CACHE", None)
+os.makedirs(os.environ["HF_HOME"], exist_ok=True)
 # No progress bars in the output of the subprocesses tests start (tqdm >= 4.66 reads TQDM_* defaults when it is
 # imported, which `import torch` above has already done in this process, whose bars pytest captures).
 os.environ.setdefault("TQDM_DISABLE", "1")
