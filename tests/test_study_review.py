@@ -202,6 +202,9 @@ def test_a_binary_studys_report_gives_the_average_precision_its_metrics_record(t
     shown = "n/a" if interval is None else f"{interval[0]:.4f} to {interval[1]:.4f}"
     assert f"| average precision (PR AUC of bleed\\|acute) | {average_precision:.4f} | {shown} |" in report
     assert "| sensitivity (recall of bleed\\|acute) |" in report and "| specificity (recall of normal) |" in report
+    positives = study.test_metrics["per_class"]["bleed|acute"]["support"]  # QA (session 59): as evaluate's says it
+    assert f"Test split: positive class: **bleed|acute** ({positives} of " in report
+    assert "predicted where its probability exceeds 0.5" in report
 
 
 def test_an_evaluation_stopped_while_writing_leaves_no_earlier_report_beside_its_files(study, tmp_path, monkeypatch):

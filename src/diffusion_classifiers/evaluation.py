@@ -47,6 +47,7 @@ from .metrics import (
     average_precision_rows,
     calibration_metrics,
     classification_metrics,
+    decision_sentence,
     intervals_note,
     mark_absent_classes,
     metric_row,
@@ -1195,14 +1196,7 @@ def render_evaluation_report(
         calls = metrics["nfe_per_image"]
         lines += [row("network calls per image", f"{calls['mean']:g} (least {calls['min']}, most {calls['max']})")]
     if "positive_class" in metrics:
-        positive = metrics["positive_class"]
-        positives = ""  # metrics of earlier versions record no count
-        if "num_positives" in metrics:
-            positives = f" ({metrics['num_positives']} of {metrics['num_samples']} images)"
-        lines[2] = (
-            f"{scored}{read}; positive class: **{positive}**{positives}, predicted where its probability exceeds 0.5 "
-            "(each image is given its most probable class; at a tie, the class listed first)."
-        )
+        lines[2] = f"{scored}{read}; {decision_sentence(metrics)}."
         lines += positive_class_rows(metrics)
     if metrics.get("pipeline_call"):  # QA: an ELBO report and a likelihood report read alike but for the numbers
         call = ", ".join(f"{name}={value!r}" for name, value in metrics["pipeline_call"].items())

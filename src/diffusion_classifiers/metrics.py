@@ -21,6 +21,7 @@ __all__ = [
     "calibration_metrics",
     "classification_metrics",
     "clustering_metrics",
+    "decision_sentence",
     "hungarian_match",
     "interval_level",
     "interval_text",
@@ -200,6 +201,18 @@ def average_precision_rows(metrics: dict) -> List[str]:
     intervals = metrics.get("confidence_intervals")
     key = "average_precision" if intervals and "average_precision" in intervals else None  # recorded since 2026-12-07
     return [metric_row(name, f"{metrics['average_precision']:.4f}", intervals, key)]
+
+
+def decision_sentence(metrics: dict) -> str:
+    """A binary report's words on its positive class and decisions: `positive class: **bleed** (12 of 40 images),
+    predicted where its probability exceeds 0.5 (...)`, counted from the per-class support."""
+    positive = metrics["positive_class"]
+    support = metrics["per_class"].get(positive, {}).get("support")
+    positives = "" if support is None else f" ({support} of {metrics['num_samples']} images)"
+    return (
+        f"positive class: **{positive}**{positives}, predicted where its probability exceeds 0.5 (each image is given "
+        "its most probable class; at a tie, the class listed first)"
+    )
 
 
 def positive_class_rows(metrics: dict) -> List[str]:

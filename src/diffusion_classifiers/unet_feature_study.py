@@ -21,6 +21,7 @@ from .metrics import (
     average_precision_rows,
     calibration_metrics,
     classification_metrics,
+    decision_sentence,
     intervals_note,
     mark_absent_classes,
     metric_row,
@@ -444,6 +445,11 @@ def _kmeans_rows(study: UNetFeatureStudy) -> List[str]:
     ]
 
 
+def _decision_lines(test_metrics: dict) -> List[str]:
+    """A binary study's sentence on its positive class and decisions (as `evaluate`'s report says them, QA)."""
+    return [f"Test split: {decision_sentence(test_metrics)}.", ""] if "positive_class" in test_metrics else []
+
+
 def render_report(study: UNetFeatureStudy, title: str, command: str, extra: Optional[dict] = None) -> str:
     s = study.summary()
     auc = auc_text(study.test_metrics)
@@ -455,6 +461,7 @@ def render_report(study: UNetFeatureStudy, title: str, command: str, extra: Opti
         "",
         f"Chosen on validation: **{block_label(s['best_block'])} at t={s['best_timestep']}** (val accuracy {100 * s['val_accuracy']:.2f}%).",
         "",
+        *_decision_lines(study.test_metrics),
         *absent_classes_note(study.test_metrics, "test split"),
         *metrics_table_header(intervals, first="test metric"),
         metric_row("accuracy", percent(s["test_accuracy"]), intervals, "accuracy"),
