@@ -178,6 +178,9 @@ def test_the_multiclass_auc_interval_has_the_spread_of_a_bootstrap_within_each_c
     low, high = multi_class_auc_interval(y, scores)
     assert (high - low) / (2 * Z95) == pytest.approx(resampled.std(), rel=0.10)
     assert multi_class_auc_interval(np.r_[y, 5], np.r_[scores, np.zeros((1, 5))]) is None  # a class of one image
+    few = classification_intervals(np.diag([60, 60, 60, 60, 9]), None, (np.r_[y[:240], y[240:249]], scores[:249]))
+    assert few["auc"] is None and few["methods"]["auc"].startswith("none: 1 of the 5 classes scored hold fewer than")
+    assert "too few for DeLong's variance of the average" in few["methods"]["auc"]  # review: not "a bootstrap"
 
 
 def test_weighted_average_precision_is_scikit_learns_with_sample_weights():

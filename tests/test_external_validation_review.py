@@ -5,6 +5,7 @@ saying so; a card named the training data for a split carved from other data; th
 "Sensitivity" without the class; `aggregate --threshold` was ignored under the mean rule."""
 
 import json
+import unicodedata
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import torch
 from diffusion_classifiers.cli import main
 from diffusion_classifiers.data import ImagePreprocessing, load_image_classification_data
 from diffusion_classifiers.hub import render_model_card
-from diffusion_classifiers.validation import near_miss_note
+from diffusion_classifiers.validation import near_miss_note, unicode_normalisation_note
 
 from .conftest import shared_data
 from .test_predict import _slice_predictions
@@ -36,6 +37,11 @@ def test_a_class_name_differing_only_in_case_or_spaces_is_named_so():
     assert "'Noctilucales' differs from 'noctilucales' only in letter case" in note
     assert "'detritus ' differs from 'detritus' only in surrounding spaces" in note
     assert "Ciliophora" not in note and note.endswith("write them as the model does)")
+    nfd = unicodedata.normalize("NFD", "Détritus")  # review: both at once, and several matches, named
+    both = f"{nfd!r} differs from 'détritus' only in Unicode normalisation (NFD vs NFC) and letter case"
+    assert both in near_miss_note([nfd], ["détritus"])
+    assert "'CAT' differs from 'Cat' or 'cat' only in letter case" in near_miss_note(["CAT"], ["Cat", "cat"])
+    assert unicode_normalisation_note is near_miss_note  # the name of earlier versions
 
 
 def _card(**overrides) -> str:

@@ -84,3 +84,19 @@ def test_blocks_or_timesteps_of_none_are_refused_naming_what_is_expected(pipe, d
         pipe.extract_features(images, None, [10])
     with pytest.raises(ValueError, match=r"timesteps: expected an integer or a list of them in \[0, 1000\), got None"):
         pipe.extract_features(images, BLOCKS, None)
+
+
+def test_blocks_given_as_any_iterable_of_names_are_read_and_features_cached_with_torch_save_keep_their_settings(
+    pipe, digits, tmp_path
+):
+    """Review: the None check refused an array, a dict's keys and a generator, which earlier versions read; and a
+    `FeatureGrid`, a dict subclass, did not load with `torch.load`'s default `weights_only=True`."""
+    images = digits["train"].images[:4]
+    as_list = pipe.extract_features(images, BLOCKS, [TIMESTEP])
+    for blocks in (np.array(BLOCKS), dict.fromkeys(BLOCKS).keys(), (name for name in BLOCKS)):
+        assert list(pipe.extract_features(images, blocks, [TIMESTEP])) == list(as_list)
+    features = _features(pipe, digits["train"])
+    torch.save(features, tmp_path / "features.pt")
+    loaded = torch.load(tmp_path / "features.pt")
+    assert isinstance(loaded, FeatureGrid) and loaded.settings == features.settings
+    assert all(torch.equal(loaded[key], features[key]) for key in features)

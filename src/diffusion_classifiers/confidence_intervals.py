@@ -105,8 +105,9 @@ def multi_class_auc_interval(labels, scores, level: float = CONFIDENCE_LEVEL) ->
     the average plus or minus the normal quantile times its standard error, clipped to [0, 1]. The variance is that
     of the average's influence function: each image's placements in every class's AUC (as a positive of its own
     class, a negative of the others) summed into one value per image, whose spread within each class, the classes'
-    image counts held fixed, gives the variance as DeLong's does for two classes (where it is DeLong's). None where a
-    class present holds fewer than two images, or the variance is 0."""
+    image counts held fixed, gives the variance as DeLong's does for two classes (for two classes whose scores rank
+    alike, such as probabilities, it is DeLong's). None where a class present holds fewer than two images, or the
+    variance is 0."""
     labels, scores = as_labels(labels, "labels"), float_array(scores)
     present, supports = np.unique(labels, return_counts=True)
     if len(present) < 2 or supports.min() < 2:
@@ -271,15 +272,15 @@ def _class_average_intervals_and_methods(confusion: np.ndarray, level: float) ->
     return intervals, {name: _METHODS[name] if intervals[name] is not None else unbounded for name in names}
 
 
-def _too_few_images(supports: np.ndarray) -> Optional[str]:
-    """Why a bootstrap within each class gives no interval, where a class scored (of `supports` [K] images) holds
-    fewer than `MIN_CLASS_IMAGES`; None where none does."""
+def _too_few_images(supports: np.ndarray, method: str = "a bootstrap within each class") -> Optional[str]:
+    """Why `method` gives no interval, where a class scored (of `supports` [K] images) holds fewer than
+    `MIN_CLASS_IMAGES`; None where none does."""
     scored = supports[supports > 0]
     few = int((scored < MIN_CLASS_IMAGES).sum())
     if not few:
         return None
     return f"none: {few} of the {len(scored)} classes scored hold fewer than {MIN_CLASS_IMAGES} images, too few for " \
-        "a bootstrap within each class (its interval would read too narrow)"
+        f"{method} (its interval would read too narrow)"
 
 
 def _auc_interval(confusion: np.ndarray, positive_label: Optional[int], roc, level: float) -> tuple:
@@ -287,7 +288,7 @@ def _auc_interval(confusion: np.ndarray, positive_label: Optional[int], roc, lev
     if roc is None:
         return None, "none: the AUC is undefined"
     if positive_label is None:
-        reason = _too_few_images(np.bincount(as_labels(roc[0], "labels")))
+        reason = _too_few_images(np.bincount(as_labels(roc[0], "labels")), "DeLong's variance of the average")
         if reason:  # simulated, 10 classes: 95% intervals held the population's in 90.5% of 400 draws at 2 images
             return None, reason  # per class, 94% at 5, 95.75% at 10
         interval = multi_class_auc_interval(*roc, level=level)

@@ -71,6 +71,14 @@ class FeatureGrid(dict):
         super().__init__(features)
         self.settings = dict(settings)
 
+    def __reduce__(self):
+        """Pickled as its features and settings, which `torch.load`'s default `weights_only=True` reads (the class
+        is registered with `torch.serialization.add_safe_globals`; a dict subclass's own state it refuses)."""
+        return type(self), (dict(self), self.settings)
+
+
+torch.serialization.add_safe_globals([FeatureGrid])  # features cached with torch.save load back with their settings
+
 
 def feature_blocks(block: Union[str, Sequence[str]]) -> List[str]:
     """The blocks a head reads: one block's name, or several (a hypercolumn: their pooled features concatenated in
@@ -574,7 +582,7 @@ class DiffusionFeatureExtractor:
         return _native_output_module(name, self._block_modules[name]).register_forward_hook(hook)
 
     def _check_blocks(self, blocks) -> List[str]:
-        if blocks is None or not isinstance(blocks, (str, Sequence)):  # QA: None read "'NoneType' is not iterable"
+        if blocks is None or not isinstance(blocks, (str, Iterable)):  # QA: None read "'NoneType' is not iterable"
             expected = f"a block's name or a list of them, from {self.block_names}"
             raise ValueError(f"blocks: expected {expected}, got {blocks!r}")
         blocks = [blocks] if isinstance(blocks, str) else list(blocks)

@@ -35,6 +35,7 @@ __all__ = [
     "near_miss_note",
     "removed_if_left_empty",
     "resolve_num_classes",
+    "unicode_normalisation_note",
 ]
 
 
@@ -280,27 +281,35 @@ def near_miss_note(unknown: Sequence[str], known: Sequence[str]) -> str:
     `détritus` written with a combining accent, NFD, vs one precomposed character, NFC), letter case or surrounding
     spaces (QA, another site's folders: `Noctilucales` for `noctilucales`), the words that say so, to append to the
     error that refuses them; `""` for none. Names are never matched silently: the error says which to rewrite."""
-    pairs = [(name, match, why) for name in unknown for match, why in [_near_miss(name, known)] if match is not None]
-    if not pairs:
+    notes = [note for name in unknown for note in [_near_miss(name, known)] if note]
+    if not notes:
         return ""
-    notes = ", ".join(f"{name!r} differs from {match!r} only in {why}" for name, match, why in pairs[:5])
-    return f" ({notes}{', ...' if len(pairs) > 5 else ''}; write them as the model does)"
+    return f" ({', '.join(notes[:5])}{', ...' if len(notes) > 5 else ''}; write them as the model does)"
 
 
-def _near_miss(name: str, known: Sequence[str]) -> tuple:
-    """The name of `known` that `name` matches but for Unicode normalisation, letter case or surrounding spaces, and
-    in what; (None, None) for none."""
-    nfc = unicodedata.normalize("NFC", name)
-    for match in known:
-        if unicodedata.normalize("NFC", match) == nfc:
-            return match, f"Unicode normalisation ({_normal_form(name)} vs {_normal_form(match)})"
-    for match in known:
-        other = unicodedata.normalize("NFC", match)
-        if other.strip().casefold() == nfc.strip().casefold():
-            case = ["letter case"] if other.strip() != nfc.strip() else []
-            spaces = ["surrounding spaces"] if (other, nfc) != (other.strip(), nfc.strip()) else []
-            return match, " and ".join(case + spaces)
-    return None, None
+def _near_miss(name: str, known: Sequence[str]) -> str:
+    """How `name` differs from the names of `known` it matches but for Unicode normalisation, letter case and
+    surrounding spaces (`'CAT' differs from 'Cat' or 'cat' only in letter case`); "" for none."""
+
+    def loose(text: str, normal: bool = True) -> str:
+        return (unicodedata.normalize("NFC", text) if normal else text).strip().casefold()
+
+    matches = [match for match in known if loose(match) == loose(name)]
+    if not matches:
+        return ""
+    first = matches[0]
+    differences = []
+    if loose(name, normal=False) != loose(first, normal=False):
+        differences.append(f"Unicode normalisation ({_normal_form(name)} vs {_normal_form(first)})")
+    if unicodedata.normalize("NFC", name).strip() != unicodedata.normalize("NFC", first).strip():
+        differences.append("letter case")
+    if name != name.strip() or first != first.strip():
+        differences.append("surrounding spaces")
+    return f"{name!r} differs from {' or '.join(map(repr, matches))} only in {' and '.join(differences)}"
+
+
+# the name of earlier versions
+unicode_normalisation_note = near_miss_note
 
 
 @contextmanager

@@ -110,7 +110,8 @@ class ImagePreprocessing:
             FlowCam field and a white in-situ camera field then look alike. Meant for bright-field images (dark
             objects on a light background); an image whose background is darker than 0.1 raises `ValueError`.
             Float tensors at the contract's size and channels read as `[-1, 1]`, its own output (`LabeledImages.images`,
-            `pipe.preprocess(...)`), are taken as normalised already (the normalisation is not idempotent).
+            `pipe.preprocess(...)`), are taken as normalised already (the normalisation is not idempotent); pictures
+            (files, PIL images, arrays, tensors of another size) are normalised.
         transparency_fill (`float`, *optional*): the grey level, on the output scale `[-1, 1]` (-1 black, 1 white),
             that the transparent pixels of PIL images and image files (alpha, a palette's or a PNG's transparent
             colour) are composited onto, before any other step, in 8 bits as the image's own pixels are (the level

@@ -37,6 +37,10 @@ class FeatureHeadMixin:
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"expected {num_classes} class_names, got {len(class_names)}: {class_names}")
 
+    def check_features(self, features) -> None:
+        """`ValueError` unless `features` is `[N, in_features]` (`checked_features` also gives them as a tensor)."""
+        self.checked_features(features)
+
     def checked_features(self, features) -> torch.Tensor:
         """`features` `[N, in_features]` as a tensor: a tensor as it is, an array (the float16 `numpy.memmap` of an
         extraction beyond its memory budget, QA) as a float32 CPU one."""
