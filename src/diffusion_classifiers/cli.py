@@ -287,6 +287,30 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
         "for Score-SDE; metrics.json records every setting the call ran with (default: the pipeline's defaults)",
     )  # fmt: skip
     add_positive_class_arg(parser)
+    parser.add_argument(
+        "--threshold", type=_threshold_argument, default=None,
+        help="binary: call an image positive where the positive class's probability is this or more; or the "
+        "metrics.json of an evaluate run that chose one with --target_sensitivity (on val: applied unchanged here, "
+        "to test) (default: each image's most probable class)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--target_sensitivity", type=number_in("(0, 1]", float), default=None,
+        help="binary: choose, on the split scored, the largest threshold at which this fraction of its positive "
+        "images is called positive, and score at it; metrics.json records it for --threshold of a later run",
+    )  # fmt: skip
+
+
+def _threshold_argument(text: str):
+    """`--threshold`: a probability strictly between 0 and 1, or the path of a metrics.json (refused if missing)."""
+    try:
+        value = float(text)
+    except ValueError:
+        if not os.path.isfile(text):
+            raise argparse.ArgumentTypeError(f"expected a probability in (0, 1) or a metrics.json file, got {text!r}")
+        return text
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1) or a metrics.json file, got {text!r}")
+    return value
 
 
 def _one_run_in_output_dir(name: str) -> Callable:
@@ -349,6 +373,8 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     class_names = class_names_of(folder)
     if args.positive_class is not None and class_names is not None:  # before the data is read
         resolve_positive_label(args.positive_class, class_names, len(class_names))
+    fingerprint = model_fingerprint(folder)
+    _check_operating_point_flags(args, classifier, class_names, fingerprint)
     args.dataset = _dataset_or_demo_digits(args.dataset, contract, "evaluate", class_names)
     pipeline_call_settings(classifier, args.pipeline_kwargs)  # unknown names refused before the split is read
     record = read_split_record(folder)
@@ -384,11 +410,12 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         classifier, dataset, args.output_dir, batch_size=args.batch_size, positive_class=args.positive_class, title=title,
         num_workers=args.dataloader_num_workers, split=args.split, dataset_name=dataset_name,
         train_fingerprints=train_fingerprints, drop_training_images=args.drop_training_images,
-        pipeline_kwargs=args.pipeline_kwargs, model_sha256=model_fingerprint(folder),
+        pipeline_kwargs=args.pipeline_kwargs, model_sha256=fingerprint,
         train_split=None if pool else train_split, unlabeled_pool=pool,
         changed_split_args=changed_split_args(folder, record=record, **given),
         paths=None if paths is None else paths[args.split], **columns_from_args(args),
-        command=typed_command(args), carving=None if whole else carving,
+        command=typed_command(args), carving=None if whole else carving, threshold=args.threshold,
+        target_sensitivity=args.target_sensitivity,
     )  # fmt: skip
     print(f"wrote metrics.json, report.md and its plots to {args.output_dir}")
     print(json.dumps(_evaluation_headline(metrics)))
@@ -409,6 +436,21 @@ def _check_evaluate_flags(args: argparse.Namespace, given: dict, whole: bool) ->
         )
     if args.pipeline_kwargs is not None and not isinstance(args.pipeline_kwargs, dict):
         raise ValueError(f"--pipeline_kwargs: expected a JSON object, got {args.pipeline_kwargs!r}")
+
+
+def _check_operating_point_flags(args: argparse.Namespace, classifier, class_names, fingerprint: str) -> None:
+    """`--threshold` and `--target_sensitivity` refused before the data is read: both, a task that is not binary, a
+    metrics.json of another positive class or model (`operating_points.given_operating_point`)."""
+    from .evaluation import saved_positive_class
+    from .metrics import resolve_positive_label
+    from .operating_points import check_decision_rule, given_operating_point
+
+    check_decision_rule(args.threshold, args.target_sensitivity)
+    if class_names is None or (args.threshold is None and args.target_sensitivity is None):
+        return
+    positive = args.positive_class if args.positive_class is not None else saved_positive_class(classifier)
+    positive_label = resolve_positive_label(positive, class_names, len(class_names))
+    given_operating_point(args.threshold, args.target_sensitivity, class_names, positive_label, fingerprint)
 
 
 def _split_is_checked(split: str, dataset: str, unlabeled_pool: bool) -> bool:

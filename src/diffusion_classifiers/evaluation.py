@@ -16,7 +16,7 @@ import os
 import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, Collection, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Collection, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -60,6 +60,7 @@ from .metrics import (
     resolve_positive_label,
     seed_sensitivity_metrics,
 )
+from .operating_points import check_decision_rule, decisions_at, given_operating_point, threshold_for_sensitivity
 from .validation import check_positive_integer, check_writable_dir, is_seed, near_miss_note
 
 __all__ = [
@@ -749,6 +750,8 @@ def evaluate_classifier(
     fingerprints_partial: Optional[bool] = None,
     command: Optional[str] = None,
     carving: Optional[dict] = None,
+    threshold: Union[float, str, os.PathLike, None] = None,
+    target_sensitivity: Optional[float] = None,
 ) -> dict:
     r"""
     Score `classifier` on a `datasets.Dataset` with an Image and a ClassLabel column, on [`LabeledImages`] or on
@@ -821,6 +824,13 @@ def evaluate_classifier(
             without splits of its own (`data.split_record.resolve_split_args`; other keys are not recorded), recorded
             in `metrics.json` and said in `report.md`: two evaluations of one model on one data set with other seeds
             score other images.
+        threshold (`float`, `str` or `os.PathLike`, *optional*): binary tasks: call an image positive where the
+            positive class's probability is this or more (default: its most probable class); or the `metrics.json` of
+            the evaluation that chose one with `target_sensitivity` (of the same model and positive class), to apply a
+            threshold chosen on val unchanged to test. Recorded as `operating_point` (`operating_points`).
+        target_sensitivity (`float`, *optional*): binary tasks: choose, on these images, the largest threshold at
+            which this fraction of the positive images is called positive (a screening programme's operating point),
+            and score at it; not with `threshold`.
 
     Returns:
         `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`; for the
@@ -833,6 +843,7 @@ def evaluate_classifier(
         output_dir, batch_size, split, dataset_name, num_workers, head, dataset, train_fingerprints,
         check_training_images,
     )  # fmt: skip
+    check_decision_rule(threshold, target_sensitivity)
     folder = classifier if isinstance(classifier, (str, os.PathLike)) else None
     if folder is not None:
         if model_sha256 is None and os.path.isdir(folder):
@@ -854,6 +865,7 @@ def evaluate_classifier(
     positive_label = resolve_positive_label(positive_class, model_names, len(model_names))  # before any image is read
     if positive_class is None and positive_label is not None:
         _warn_default_positive_class(model_names, classifier)
+    point = given_operating_point(threshold, target_sensitivity, model_names, positive_label, model_sha256)
     if preprocessed:
         check_read_as_the_model_reads(dataset, contract)
         # before the images are checked against the training images: data of other classes is not a leak (QA)
@@ -874,7 +886,10 @@ def evaluate_classifier(
     y_true = map_labels_by_name(dataset_names, model_names)[dataset_labels]  # before any image is decoded
     probs, ranking, stderr, nfe = zip(*_predict_with_one_bar(classifier, predict, batches, len(y_true)))
     probs, ranking = torch.cat(probs), torch.cat(ranking)
-    metrics = _scored_metrics(y_true, probs, ranking, stderr, nfe, model_names, positive_label, settings)
+    if target_sensitivity is not None:
+        chosen = threshold_for_sensitivity(y_true == positive_label, probs[:, positive_label], target_sensitivity)
+        point = {"threshold": chosen, "target_sensitivity": target_sensitivity, "chosen_on": split}
+    metrics = _scored_metrics(y_true, probs, ranking, stderr, nfe, model_names, positive_label, settings, point)
     metrics.update(checked)
     if positive_label is not None:
         metrics["num_positives"] = int(np.sum(y_true == positive_label))
@@ -992,20 +1007,27 @@ def _labelled_batches(
     return batches, dataset_labels, dataset_names
 
 
-def _scored_metrics(y_true, probs, ranking, stderr, nfe, model_names, positive_label, settings) -> dict:
-    """`classification_metrics` of the predictions, their calibration, the network calls per image where counted and,
-    for a binary pipeline giving standard errors, the decisions another noise seed could flip."""
+def _scored_metrics(y_true, probs, ranking, stderr, nfe, model_names, positive_label, settings, point=None) -> dict:
+    """`classification_metrics` of the predictions (each image's most probable class, or at the operating `point`),
+    their calibration, the network calls per image where counted and, for a binary pipeline giving standard errors,
+    the decisions another noise seed could flip."""
+    y_pred = probs.argmax(-1).numpy() if point is None else decisions_at(probs, positive_label, point["threshold"])
     metrics = classification_metrics(
-        y_true, probs.argmax(-1), probs=ranking, class_names=model_names, positive_label=positive_label
+        y_true, y_pred, probs=ranking, class_names=model_names, positive_label=positive_label
     )
     if all(part is not None for part in nfe):  # QA: what a stopping rule saved could not be read from evaluate
         metrics["nfe_per_image"] = network_calls(torch.cat(nfe))
     metrics["calibration"] = calibration_metrics(y_true, probs)
     metrics["confidence_intervals"] = intervals_of_metrics(metrics, y_true, ranking)
-    # binary: either class's log-odds, 0 at the threshold; not after an early stop, whose standard error reads low
+    if point is not None:
+        metrics["operating_point"] = point
+    # binary: either class's log-odds, 0 at the threshold (at an operating point: less its log-odds); not after an
+    # early stop, whose standard error reads low
     if all(part is not None for part in stderr) and not (settings or {}).get("early_stop_confidence"):
         margins = ranking[:, 0]
-        metrics["seed_sensitivity"] = seed_sensitivity_metrics(y_true, probs.argmax(-1), margins, torch.cat(stderr))
+        if point is not None:
+            margins = ranking[:, positive_label].double() - torch.logit(torch.tensor(point["threshold"]).double())
+        metrics["seed_sensitivity"] = seed_sensitivity_metrics(y_true, y_pred, margins, torch.cat(stderr))
     return metrics
 
 

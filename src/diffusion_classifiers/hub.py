@@ -58,6 +58,7 @@ __all__ = [
     "load_eval_counts",
     "load_eval_grouping",
     "load_eval_intervals",
+    "load_eval_operating_point",
     "load_eval_metrics",
     "load_eval_per_class",
     "load_eval_positive_class",
@@ -135,7 +136,7 @@ MODEL_CARD_OPTIONAL = {
     "dataset_id", "model_description", "class_names", "positive_class", "num_images", "num_positives", "pruning",
     "seed_sensitivity", "call_arguments", "input_description", "num_dropped", "per_class_section", "unlabeled_pool",
     "dataset_citation", "whole_data_set", "grouping_rule", "usage_file", "training_images_unchecked",
-    "intervals_section", "eval_data_source",
+    "intervals_section", "eval_data_source", "operating_point",
 }  # fmt: skip
 DATASET_CARD_OPTIONAL = {"citation"}
 
@@ -213,6 +214,15 @@ def _eval_results(
             )
         )
     return results
+
+
+def _operating_point_text(point: Optional[dict]) -> Optional[str]:
+    """How the card states the decision threshold its metrics were measured at; None for the most probable class."""
+    if point is None:
+        return None
+    from .metrics import operating_point_text  # as `per_class_table` below
+
+    return operating_point_text(point)
 
 
 def _intervals_section(
@@ -317,6 +327,7 @@ def render_model_card(
     grouping: Optional[dict] = None,
     intervals: Optional[dict] = None,
     eval_data_source: Optional[str] = None,
+    operating_point: Optional[dict] = None,
 ) -> ModelCard:
     """The model card of a classifier trained with `method` (one of `METHODS`).
 
@@ -370,6 +381,8 @@ def render_model_card(
             metric's beside it, with a sentence on how they were computed and what they leave out.
         eval_data_source: what the scored images were read from as `metrics.json` records it (its `"dataset"`: a
             folder's or file's name), shown beside the split so that a reader sees which data it was carved from.
+        operating_point: the decision threshold the metrics were measured at (`load_eval_operating_point`), which
+            the card states instead of "exceeds 0.5".
 
     Raises `ValueError` naming every required field that is missing or empty.
     """
@@ -405,6 +418,7 @@ def render_model_card(
         dataset_name=dataset_name,
         eval_dataset_name=eval_name,
         eval_data_source=eval_data_source,
+        operating_point=_operating_point_text(operating_point),
         whole_data_set=dataset_split == ONE_SET,
         # its (block, timestep) was picked on val (`canonical_split_name`'s names for it: not imported, so that the
         # code saved with every model stays as it is)
@@ -499,6 +513,13 @@ def load_eval_metrics(path: Union[str, os.PathLike]) -> Dict[str, float]:
     if not metrics:
         raise ValueError(f"{path}: expected metrics {sorted(METRIC_NAMES)} at the top level or under 'test', found none")
     return metrics
+
+
+def load_eval_operating_point(path: Union[str, os.PathLike]) -> Optional[dict]:
+    """The `"operating_point"` of a `metrics.json` (`operating_points`: the decision threshold, and where it was
+    chosen; under "test" for the demo's), `None` when it records none (each image given its most probable class)."""
+    data = _read_json(path)
+    return data.get("test", data).get("operating_point")
 
 
 def load_eval_positive_class(path: Union[str, os.PathLike]) -> Optional[str]:

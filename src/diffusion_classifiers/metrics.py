@@ -30,6 +30,7 @@ __all__ = [
     "metric_row",
     "metrics_table_header",
     "negative_class",
+    "operating_point_text",
     "per_class_table",
     "percent",
     "positive_class_rows",
@@ -205,13 +206,35 @@ def average_precision_rows(metrics: dict) -> List[str]:
 
 def decision_sentence(metrics: dict) -> str:
     """A binary report's words on its positive class and decisions: `positive class: **bleed** (12 of 40 images),
-    predicted where its probability exceeds 0.5 (...)`, counted from the per-class support."""
+    predicted where its probability exceeds 0.5 (...)`, counted from the per-class support, or at the recorded
+    `operating_point` (`operating_points`): its threshold and where it was chosen."""
     positive = metrics["positive_class"]
     support = metrics["per_class"].get(positive, {}).get("support")
     positives = "" if support is None else f" ({support} of {metrics['num_samples']} images)"
-    return (
-        f"positive class: **{positive}**{positives}, predicted where its probability exceeds 0.5 (each image is given "
-        "its most probable class; at a tie, the class listed first)"
+    point = metrics.get("operating_point")
+    if point is None:
+        return (
+            f"positive class: **{positive}**{positives}, predicted where its probability exceeds 0.5 (each image is "
+            "given its most probable class; at a tie, the class listed first)"
+        )
+    decided = f"predicted where its probability is {operating_point_text(point)}"
+    return f"positive class: **{positive}**{positives}, {decided}"
+
+
+def operating_point_text(point: dict) -> str:
+    """An operating point as a report states it: `0.8818 or more, the threshold chosen on the val split for a
+    sensitivity of at least 90.00% (...)`."""
+    text = f"{point['threshold']:.6g} or more"
+    if point.get("target_sensitivity") is None:
+        return text + (f", the threshold read from `{point['from']}`" if point.get("from") else ", the threshold given")
+    where = {None: "these images", "all": "every image of the data set"}.get(point["chosen_on"])
+    chosen = f"the threshold chosen on {where or 'the ' + point['chosen_on'] + ' split'} for a sensitivity of at least"
+    text += f", {chosen} {percent(point['target_sensitivity'])}"
+    if point.get("from"):
+        return text + f" (read from `{point['from']}`)"
+    return text + (
+        " (on these very images: the sensitivity is met by construction; apply the threshold to held-out images "
+        "with `evaluate --threshold <this metrics.json>`)"
     )
 
 

@@ -32,6 +32,7 @@ from sklearn.metrics import (
 
 from .atomic_files import write_atomically
 from .metrics import calibration_metrics, finite_ranking, float_array
+from .operating_points import decisions_at
 
 __all__ = [
     "CLASSIFICATION_FIGURES",
@@ -249,8 +250,10 @@ def plot_classification_figures(
     `confusion_matrix.png`, `reliability.png` and, when `metrics` (of `classification_metrics`) name a positive class
     and an AUC, `roc_pr.png` (ranking by `ranking_scores`, default `probs`: scores that do not saturate, as a
     Score-SDE pipeline's `log_odds`) into `output_dir`, each titled by `titles["confusion_matrix"]`,
-    `["reliability"]`, `["roc_pr"]`. An earlier report's `roc_pr.png` left there is removed otherwise, so no curve of
-    another run stays beside these figures. Returns the file names written.
+    `["reliability"]`, `["roc_pr"]`, the operating point marked at the decisions the metrics record (their
+    `operating_point`'s threshold, else each image's most probable class). An earlier report's `roc_pr.png` left
+    there is removed otherwise, so no curve of another run stays beside these figures. Returns the file names
+    written.
     """
     probs = float_array(probs)
     ranking_scores = probs if ranking_scores is None else float_array(ranking_scores)
@@ -263,8 +266,10 @@ def plot_classification_figures(
     roc_pr_path = os.path.join(output_dir, roc_pr)
     if "positive_class" in metrics and metrics.get("auc") is not None:
         positive_label = list(class_names).index(metrics["positive_class"])
+        point = metrics.get("operating_point")
+        decisions = probs.argmax(-1) if point is None else decisions_at(probs, positive_label, point["threshold"])
         plot_roc_pr(
-            y_true, probs.argmax(-1), ranking_scores[:, positive_label], roc_pr_path,
+            y_true, decisions, ranking_scores[:, positive_label], roc_pr_path,
             positive_label=positive_label, class_names=class_names, title=titles["roc_pr"],
         )  # fmt: skip
         written.append(roc_pr)
