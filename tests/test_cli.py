@@ -340,6 +340,30 @@ def test_fit_head_records_the_check_of_test_against_the_model_training_images(tm
         assert ("Not checked against the model's training images" in (out / "report.md").read_text()) is not checked
 
 
+def test_fit_head_checks_a_data_sets_own_test_split_as_evaluate_does(tmp_path):
+    """QA (session 59, three methods side by side): on a .npz with its own splits, fit-head's report said its test
+    images were "Not checked against the model's training images" where evaluate of the same pipeline checked them."""
+    from sklearn.datasets import load_digits
+
+    from diffusion_classifiers.data import load_image_classification_data
+    from diffusion_classifiers.data.split_record import save_split_record
+
+    digits = load_digits()
+    images, labels = (digits.images * 15).astype(np.uint8), digits.target
+    parts = {"train": slice(0, 300), "val": slice(300, 400), "test": slice(400, 500)}
+    arrays = {f"{name}_images": images[rows] for name, rows in parts.items()}
+    np.savez(tmp_path / "own.npz", **arrays, **{f"{name}_labels": labels[rows] for name, rows in parts.items()})
+    model = _saved_rc_dit(tmp_path / "rc")
+    pipe = DiffusionClassifierPipeline.from_pretrained(model)
+    trained_on = load_image_classification_data(str(tmp_path / "own.npz"), **pipe.loader_kwargs)["train"]
+    save_split_record(model, val_fraction=0.1, test_fraction=0.2, seed=0, train_images=trained_on.images)
+    out = tmp_path / "head"
+    main(["fit-head", "--model_dir", model, "--dataset", str(tmp_path / "own.npz"), "--head", "prototypes",
+          "--shots", "2", "--output_dir", str(out)])  # fmt: skip
+    assert json.loads((out / "metrics.json").read_text())["training_images_checked"] is True
+    assert "Not checked against the model's training images" not in (out / "report.md").read_text()
+
+
 def test_fit_head_refuses_other_models_and_bad_flags_before_writing(tmp_path):
     from diffusers import DDPMScheduler, UNet2DModel
 
