@@ -357,7 +357,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         resolve_split_args,
         trained_on_unlabeled_pool,
     )
-    from .hub import class_names_of, download, model_fingerprint
+    from .hub import METHOD_TITLES, class_names_of, download, method_of, model_fingerprint
     from .metrics import resolve_positive_label
     from .validation import check_no_earlier_report, typed_command
 
@@ -405,7 +405,8 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     )
     # in memory, a refusal names the files of a folder or CSV from a listing of the same carving
     paths = None if args.streaming else files_of_splits(args.dataset, {args.split: dataset}, carving, contract, whole)
-    title = f"{os.path.basename(os.path.normpath(args.model_dir))} on {dataset_name} ({args.split})"
+    method = METHOD_TITLES[method_of(folder)]  # QA: a U-Net's and an RC-DiT's folders, both "pipeline", read alike
+    title = f"{method} ({os.path.basename(os.path.normpath(args.model_dir))}) on {dataset_name} ({args.split})"
     metrics = evaluate_classifier(
         classifier, dataset, args.output_dir, batch_size=args.batch_size, positive_class=args.positive_class, title=title,
         num_workers=args.dataloader_num_workers, split=args.split, dataset_name=dataset_name,

@@ -898,6 +898,11 @@ def evaluate_classifier(
     metrics["preprocessing"] = contract.to_dict()  # how the images were read
     if head is not None:
         metrics["head"] = head
+    from .hub import METHOD_TITLES, method_of_classifier
+
+    method = method_of_classifier(classifier)
+    if method is not None:
+        metrics["method"] = method
     if _selected_on(classifier, split):
         metrics["head_selected_on_this_split"] = True
     if positive_label is not None and (settings or {}).get("priors") is not None:
@@ -907,7 +912,7 @@ def evaluate_classifier(
     evaluated = _scored_set(split) if split in (None, ONE_SET) else split
     mark_absent_classes(metrics, y_true, model_names, _scored_set(split), evaluated)
     if output_dir is not None:
-        title = title or f"{type(classifier).__name__} evaluation"
+        title = title or f"{METHOD_TITLES.get(method, type(classifier).__name__)} evaluation"
         write_evaluation(
             metrics, model_names, output_dir, y_true, probs, title, split=split, dataset_name=dataset_name,
             ranking_scores=ranking, moved_in=moved_in,

@@ -45,6 +45,7 @@ from .validation import PICKLE_SUFFIXES, first_and_more
 
 __all__ = [
     "METHODS",
+    "METHOD_TITLES",
     "PICKLE_SUFFIXES",
     "TEMPLATES_DIR",
     "HubUploadError",
@@ -66,6 +67,7 @@ __all__ = [
     "load_eval_split",
     "model_fingerprint",
     "method_of",
+    "method_of_classifier",
     "pipeline_class_name_of",
     "positive_class_of",
     "push_to_hub",
@@ -86,6 +88,12 @@ PIPELINE_METHODS = {
     "RepresentationConditionedDiTImageVariationPipeline": "rc_dit",
 }
 BACKBONE_METHODS = {"unet": "unet_features", "encoder": "rc_dit"}
+# How reports title each method (QA: two methods' evaluations of folders named "pipeline" read the same title)
+METHOD_TITLES = {
+    "unet_features": "Frozen DDPM U-Net features",
+    "score_sde": "Score-SDE generative classifier",
+    "rc_dit": "Representation-conditioned DiT",
+}
 
 # The card templates, shipped inside the package (one model card per method, the shared base, the dataset card).
 TEMPLATES_DIR = Path(__file__).parent / "hub_cards"
@@ -764,6 +772,13 @@ def method_of(local_dir: Union[str, os.PathLike]) -> str:
             f"model_type {model_type!r}, backbone_type {backbone_type!r}"
         )
     return BACKBONE_METHODS[backbone_type]
+
+
+def method_of_classifier(classifier) -> Optional[str]:
+    """The method (one of `METHODS`) of a loaded pipeline, by its class, or transformers model, by its config's
+    `backbone_type`; None for another classifier."""
+    backbone = getattr(getattr(classifier, "config", None), "backbone_type", None)
+    return PIPELINE_METHODS.get(type(classifier).__name__) or BACKBONE_METHODS.get(backbone)
 
 
 def _saved_config(local_dir: Path) -> dict:
