@@ -590,13 +590,14 @@ def _check_head_splits(
 
 def save_study(
     study, args: argparse.Namespace, timing: dict, carving: dict, train_images, train_fingerprints=None,
-    unlabeled_pool: bool = False, fingerprints_partial: bool = False,
+    unlabeled_pool: bool = False, fingerprints_partial: bool = False, test_checked: Optional[bool] = None,
 ) -> dict:
     """Save the study's fitted pipeline, with the `carving` of its data, the fingerprints of its `train_images` and
     any other `train_fingerprints`, and whether its U-Net was trained on an unlabeled pool (`data.save_split_record`),
     and its report into `args.output_dir`; print the headline. An earlier run's `metrics.json` and `pipeline/` are
     removed first, and `metrics.json` is written last (`write_study_report`): a folder holding one holds one run's
-    files."""
+    files. Its test figures record what `evaluate`'s do of the images scored (`test_checked`: whether they were
+    checked against the model's training images, where known)."""
     from .data.split_record import save_split_record
     from .features import block_label
     from .hub import model_fingerprint
@@ -604,6 +605,7 @@ def save_study(
     from .validation import remove_earlier_report, typed_command
 
     remove_earlier_report(args.output_dir, folders=["pipeline"], files=study_report_files())
+    study.test_metrics.update(_study_test_record(study, args, test_checked))
     study.pipeline.save_pretrained(os.path.join(args.output_dir, "pipeline"))
     save_split_record(
         os.path.join(args.output_dir, "pipeline"), **carving, train_images=train_images,
@@ -629,6 +631,22 @@ def save_study(
     plots = "probe_heatmap.png, confusion_matrix.png, reliability.png" + (", roc_pr.png" if "test_positive_class" in summary else "")
     print(f"wrote {args.output_dir}/report.md, metrics.json, {plots}, pipeline/")
     return metrics
+
+
+def _study_test_record(study, args: argparse.Namespace, checked: Optional[bool]) -> dict:
+    """What `evaluate`'s metrics.json records of the images scored, for a study's test figures (QA: three methods
+    compared side by side, probe's metrics.json alone did not say which split, data or preprocessing it measured)."""
+    from .hub import method_of_classifier
+
+    record = {"split": "test", "method": method_of_classifier(study.pipeline)}
+    record["preprocessing"] = study.pipeline.preprocessing.to_dict()
+    if args.dataset is not None:
+        record["dataset"] = os.path.basename(os.path.normpath(args.dataset))
+    if "positive_class" in study.test_metrics:
+        record["num_positives"] = study.test_metrics["per_class"][study.test_metrics["positive_class"]]["support"]
+    if checked is not None:
+        record["training_images_checked"] = checked
+    return record
 
 
 def _kmeans_figure(summary: dict, prefix: str) -> str:
@@ -682,6 +700,7 @@ def run_probe(args: argparse.Namespace) -> dict:
     return save_study(
         study, args, timing, data.carving, splits["train"].images, data.model_fingerprints, unlabeled_pool=data.pool,
         fingerprints_partial=data.fingerprints_partial,  # QA: the head's alone then read as a complete record
+        test_checked="test" in data.checked_splits and not data.fingerprints_partial,
     )
 
 
