@@ -422,6 +422,7 @@ def test_evaluating_a_datasets_split_decodes_batch_by_batch_as_the_pipeline_woul
     expected["pipeline_call"] = {}  # the pipeline called with its defaults
     expected["preprocessing"] = unet_pipeline.preprocessing.to_dict()  # how its images were read
     expected["training_images_checked"] = False  # a pipeline built in code records no training images
+    expected["method"] = "unet_features"
 
     reads = []
     read = DecodedImages.__getitem__
