@@ -136,6 +136,7 @@ def publish(args):
         recorded = json.load(f)
     pruning = (recorded.get("pipeline_call") or {}).get("pruning") is not None and len(class_names or []) > 2
     split = dataset_split(args.metrics_json, args.dataset_split)
+    check_held_out_operating_point(args.metrics_json)
     card = render_model_card(
         method(args.model_dir, args.method),
         **load_eval_counts(args.metrics_json),
@@ -265,6 +266,19 @@ def eval_dataset_name(args, recorded: dict, split: str) -> str:
             )
         return recorded["dataset"]
     return args.dataset_name
+
+
+def check_held_out_operating_point(metrics_json: str) -> None:
+    """Refuse metrics measured at a threshold chosen on the very images they score (`evaluate --target_sensitivity`
+    without `--threshold` from another run): their sensitivity meets the target by construction (QA: a card published
+    test sensitivity 0.90 at a threshold chosen on test)."""
+    point = load_eval_operating_point(metrics_json)
+    if point is not None and point.get("target_sensitivity") is not None and not point.get("from"):
+        raise ValueError(
+            f"{metrics_json}: its threshold was chosen on the images it scores, for a sensitivity of at least "
+            f"{point['target_sensitivity']}: its figures meet the target by construction; choose it on val and pass "
+            "the metrics.json of `evaluate --threshold <val metrics.json>` on test"
+        )
 
 
 def dataset_split(metrics_json: str, given: Optional[str]) -> str:

@@ -127,10 +127,10 @@ def test_evaluating_the_split_a_probe_was_chosen_on_says_its_figures_are_optimis
     val = load_image_classification_data("digits", image_size=16, seed=0)["val"].subset(np.arange(30))
     for index, classifier in enumerate((pipe, str(tmp_path / "exported"))):
         metrics = evaluate_classifier(classifier, val, tmp_path / f"val{index}", split="val")
-        assert metrics["head_selected_on_this_split"] is True
+        assert metrics["head_chosen_on_a_val_split"] is True
         report = (tmp_path / f"val{index}" / "report.md").read_text()
-        assert "**The split the model's (block, timestep) pair and C were chosen on**: these figures are" in report
-    assert "head_selected_on_this_split" not in evaluate_classifier(pipe, val, split="test")
+        assert "**A val split**: where it is the one the model's head was chosen on (a U-Net-feature model's" in report
+    assert "head_chosen_on_a_val_split" not in evaluate_classifier(pipe, val, split="test")
 
 
 def test_predictive_values_at_a_stated_prevalence_are_bayes_rule():

@@ -15,29 +15,53 @@ from diffusion_classifiers.data import LabeledImages, load_image_classification_
 from diffusion_classifiers.evaluation import evaluate_classifier
 from diffusion_classifiers.hub import load_eval_operating_point, render_model_card
 from diffusion_classifiers.models import LinearProbeHead, unet_config
-from diffusion_classifiers.operating_points import decisions_at, threshold_for_sensitivity
+from diffusion_classifiers.operating_points import (
+    decisions_at,
+    given_operating_point,
+    positive_log_odds,
+    threshold_for_sensitivity,
+)
 
 
 def test_the_threshold_for_a_sensitivity_is_the_largest_that_reaches_it():
     is_positive = np.array([1, 1, 1, 1, 1, 0, 0, 0], bool)
-    scores = np.array([0.9, 0.8, 0.8, 0.4, 0.2, 0.85, 0.5, 0.1])
-    for target, expected in ((0.2, 0.9), (0.4, 0.8), (0.6, 0.8), (0.61, 0.4), (0.9, 0.2), (1.0, 0.2)):
-        threshold = threshold_for_sensitivity(is_positive, scores, target)
-        assert threshold == expected
-        reached = (scores[is_positive] >= threshold).mean()
-        assert reached >= target and not (scores[is_positive] > threshold).mean() >= target  # the largest
-    probs = np.stack([1 - scores, scores], axis=1)
-    assert decisions_at(probs, 1, 0.8).tolist() == [1, 1, 1, 0, 0, 1, 0, 0]
-    assert decisions_at(probs, 0, 0.5).tolist() == [1, 1, 1, 0, 0, 1, 0, 0]  # class 0: its probability 1 - score
+    log_odds = np.array([0.9, 0.8, 0.8, 0.4, 0.2, 0.85, 0.5, 0.1]) * 10
+    for target, expected in ((0.2, 9.0), (0.4, 8.0), (0.6, 8.0), (0.61, 4.0), (0.9, 2.0), (1.0, 2.0)):
+        point = threshold_for_sensitivity(is_positive, log_odds, target)
+        assert point["log_odds"] == expected and point["threshold"] == pytest.approx(1 / (1 + math.exp(-expected)))
+        reached = (log_odds[is_positive] >= expected).mean()
+        assert reached >= target and not (log_odds[is_positive] > expected).mean() >= target  # the largest
+    assert decisions_at(log_odds, 1, {"log_odds": 8.0}).tolist() == [1, 1, 1, 0, 0, 1, 0, 0]
+    assert decisions_at(-log_odds, 0, {"log_odds": -5.0}).tolist() == [1, 1, 1, 0, 0, 1, 0, 0]  # class 0's log-odds
+
+
+def test_saturated_probabilities_are_decided_by_the_pipelines_log_odds():
+    """Review: a Score-SDE classifier's probabilities round to exactly 1 in float32 beyond log-odds of about 17; chosen
+    on them a threshold was 1.0 (every saturated image positive: sensitivity 0.75 asked 0.5), its logit infinite."""
+    log_odds = np.array([60.0, 40.0, 20.0, 5.0, 30.0, -3.0])  # four positives, two negatives
+    is_positive = np.array([1, 1, 1, 1, 0, 0], bool)
+    probs = torch.sigmoid(torch.tensor(np.stack([-log_odds, log_odds], 1), dtype=torch.float32))
+    assert (probs[:, 1] == 1.0).sum() == 4  # saturated
+    ranking = torch.tensor(np.stack([-log_odds, log_odds], 1))
+    point = threshold_for_sensitivity(is_positive, positive_log_odds(probs, ranking, 1), 0.5)
+    assert point["log_odds"] == 40.0 and point["threshold"] == pytest.approx(1.0)
+    decided = decisions_at(positive_log_odds(probs, ranking, 1), 1, point)
+    assert decided.tolist() == [1, 1, 0, 0, 0, 0]  # sensitivity 0.5 as asked; the negative at 30 stays negative
+    plain = positive_log_odds(probs, probs, 1)  # a pipeline without log-odds: the logit of its probabilities
+    assert np.isinf(plain[0]) and plain[-1] == pytest.approx(-3.0, abs=1e-5)
+    with pytest.raises(ValueError, match=r"has log-odds inf: a probability of exactly 0 or 1, which no threshold"):
+        threshold_for_sensitivity(is_positive, plain, 0.5)
 
 
 @pytest.fixture(scope="module")
 def binary(tmp_path_factory):
     """A probe pipeline of two digit classes with a random head (the figures need not be good), saved, and its data."""
     torch.manual_seed(0)
-    head = LinearProbeHead(in_features=32, num_classes=2, block="mid_block", timestep=10, class_names=["normal", "lesion"])
+    names = ["normal", "lesion"]
+    head = LinearProbeHead(in_features=32, num_classes=2, block="mid_block", timestep=10, class_names=names)
     torch.nn.init.normal_(head.linear.weight, std=2.0)
-    pipe = UNetFeatureClassifierPipeline(unet=UNet2DModel(**unet_config("tiny", 16)), scheduler=DDPMScheduler(), head=head)
+    unet = UNet2DModel(**unet_config("tiny", 16))
+    pipe = UNetFeatureClassifierPipeline(unet=unet, scheduler=DDPMScheduler(), head=head)
     pipe.set_positive_class("lesion")
     folder = tmp_path_factory.mktemp("model") / "pipeline"
     pipe.save_pretrained(folder)
@@ -49,37 +73,55 @@ def binary(tmp_path_factory):
     return folder, binary
 
 
+def _probs(folder, images) -> np.ndarray:
+    pipe = UNetFeatureClassifierPipeline.from_pretrained(folder)
+    features = pipe.extract_features(images, ["mid_block"], [10])[("mid_block", 10)]
+    return torch.softmax(pipe.head(features), -1).detach().numpy()
+
+
 def test_a_threshold_chosen_on_val_for_a_sensitivity_is_applied_unchanged_to_test(binary, tmp_path):
     folder, data = binary
-    chosen = evaluate_classifier(str(folder), data["val"], tmp_path / "val", split="val", target_sensitivity=0.9)
+    chosen = evaluate_classifier(
+        str(folder), data["val"], tmp_path / "val", split="val", dataset_name="digits", target_sensitivity=0.9
+    )  # fmt: skip
     point = chosen["operating_point"]
-    assert point["target_sensitivity"] == 0.9 and point["chosen_on"] == "val" and chosen["sensitivity"] >= 0.9
+    assert (point["target_sensitivity"], point["chosen_on"], point["dataset"]) == (0.9, "val", "digits")
+    assert chosen["sensitivity"] >= 0.9
     report = " ".join((tmp_path / "val" / "report.md").read_text().split())
-    assert f"predicted where its probability is {point['threshold']:.6g} or more, the threshold chosen on the val " \
-        "split for a sensitivity of at least 90.00% (on these very images" in report
-    applied = evaluate_classifier(str(folder), data["test"], tmp_path / "test", threshold=tmp_path / "val" / "metrics.json")
-    assert applied["operating_point"] == {**point, "from": str(tmp_path / "val" / "metrics.json")}
-    probs = torch.softmax(
-        UNetFeatureClassifierPipeline.from_pretrained(folder).head.float()(
-            UNetFeatureClassifierPipeline.from_pretrained(folder).extract_features(
-                data["test"].images, ["mid_block"], [10]
-            )[("mid_block", 10)]
-        ), -1
-    ).detach().numpy()
-    expected = decisions_at(probs, 1, point["threshold"])
-    positives = data["test"].labels.numpy() == 1
+    assert f"predicted where its probability is {point['threshold']:.8g} or more, the threshold chosen for a " \
+        "sensitivity of at least 90.00% on the val split of digits (these very images" in report
+    val_metrics = tmp_path / "val" / "metrics.json"
+    applied = evaluate_classifier(str(folder), data["test"], tmp_path / "test", threshold=val_metrics)
+    assert applied["operating_point"] == {**point, "from": str(val_metrics)}
+    probs, positives = _probs(folder, data["test"].images), data["test"].labels.numpy() == 1
+    expected = decisions_at(positive_log_odds(probs, probs, 1), 1, point)
+    assert (expected == np.where(probs[:, 1] >= point["threshold"], 1, 0)).mean() > 0.99  # float32 vs its logit
     assert applied["sensitivity"] == pytest.approx((expected[positives] == 1).mean())
     assert applied["specificity"] == pytest.approx((expected[~positives] == 0).mean())
     at_half = evaluate_classifier(str(folder), data["test"])  # no threshold: the most probable class, as before
-    assert "operating_point" not in at_half and at_half["sensitivity"] == pytest.approx(
-        (decisions_at(probs, 1, 0.5)[positives] == 1).mean()
-    )
+    assert "operating_point" not in at_half
+    assert at_half["sensitivity"] == pytest.approx((probs[positives].argmax(1) == 1).mean())
     card = str(render_model_card(
         "unet_features", model_name="m", dataset_name="digits", dataset_license="BSD-3-Clause", training_command="t",
         evaluation_command="e", metrics={"sensitivity": applied["sensitivity"]}, class_names=["normal", "lesion"],
-        positive_class="lesion", dataset_split="test", operating_point=load_eval_operating_point(tmp_path / "test" / "metrics.json"),
+        positive_class="lesion", dataset_split="test",
+        operating_point=load_eval_operating_point(tmp_path / "test" / "metrics.json"),
     ))  # fmt: skip
-    assert f"predicted where its probability is {point['threshold']:.6g} or more, the threshold chosen on the val" in card
+    assert f"predicted where its probability is {point['threshold']:.8g} or more, the threshold chosen for a" in card
+    assert f"`out.probs[:, 1] >= {point['threshold']!r}`" in " ".join(card.split())  # the snippet decides so too
+
+
+def test_a_card_is_refused_for_figures_at_a_threshold_chosen_on_the_images_they_score(binary, tmp_path, monkeypatch):
+    """QA (deployment): `evaluate --split test --target_sensitivity 0.9` then push_to_hub published test sensitivity
+    0.90, met by construction."""
+    from .test_hub import push_script_argv, run_push_script
+
+    folder, data = binary
+    evaluate_classifier(str(folder), data["test"], tmp_path / "test", split="test", target_sensitivity=0.9)
+    argv = push_script_argv(folder, tmp_path, "--dry_run", "--output_dir", str(tmp_path / "card"))
+    argv[argv.index("--metrics_json") + 1] = str(tmp_path / "test" / "metrics.json")
+    with pytest.raises(SystemExit, match=r"its threshold was chosen on the images it scores, for a sensitivity of at"):
+        run_push_script(monkeypatch, argv)
 
 
 def test_operating_points_are_refused_before_scoring_where_they_cannot_hold(binary, tmp_path):
@@ -91,11 +133,22 @@ def test_operating_points_are_refused_before_scoring_where_they_cannot_hold(bina
     with pytest.raises(ValueError, match=r"target_sensitivity: expected a fraction in \(0, 1\], got 0"):
         evaluate_classifier(str(folder), data["val"], target_sensitivity=0)
     (tmp_path / "plain.json").write_text(json.dumps({"accuracy": 0.5, "positive_class": "lesion"}))
-    with pytest.raises(ValueError, match=r"plain.json records no operating point; expected the metrics.json of an"):
+    with pytest.raises(ValueError, match=r"plain.json records no operating point \(a threshold strictly between 0"):
         evaluate_classifier(str(folder), data["test"], threshold=tmp_path / "plain.json")
-    other = {"positive_class": "normal", "operating_point": {"threshold": 0.4, "chosen_on": "val"}}
+    saturated = {"positive_class": "lesion", "operating_point": {"threshold": 1.0, "chosen_on": "val"}}
+    (tmp_path / "one.json").write_text(json.dumps(saturated))  # review: typed, 1.0 is refused; read, it was applied
+    with pytest.raises(ValueError, match=r"one.json records no operating point"):
+        evaluate_classifier(str(folder), data["test"], threshold=tmp_path / "one.json")
+    called = {**saturated, "operating_point": {"threshold": 0.9, "log_odds": 2.2}, "pipeline_call": {"seed": 1}}
+    (tmp_path / "call.json").write_text(json.dumps(called))  # review: chosen with priors, applied without
+    with pytest.raises(ValueError, match=r"call.json was chosen with the pipeline called otherwise \(seed: \[1\] "):
+        given_operating_point(tmp_path / "call.json", None, ["normal", "lesion"], 1, None, {"seed": 0})
+    negatives = data["val"].subset(np.flatnonzero(data["val"].labels.numpy() == 0))
+    with pytest.raises(ValueError, match=r"target_sensitivity: the images to score hold no 'lesion' image"):
+        evaluate_classifier(_refusing_to_score(folder), negatives, target_sensitivity=0.9)  # before any is scored
+    other = {"positive_class": "normal", "operating_point": {"threshold": 0.4, "log_odds": -0.4}}
     (tmp_path / "other.json").write_text(json.dumps(other))
-    with pytest.raises(ValueError, match=r"chose its threshold for the positive class 'normal'; this evaluation's is"):
+    with pytest.raises(ValueError, match=r"chose its threshold for the positive class 'normal'; this run's is"):
         evaluate_classifier(str(folder), data["test"], threshold=tmp_path / "other.json")
     another_model = {**other, "positive_class": "lesion", "model_sha256": "0" * 64}
     (tmp_path / "model.json").write_text(json.dumps(another_model))
@@ -103,9 +156,20 @@ def test_operating_points_are_refused_before_scoring_where_they_cannot_hold(bina
         evaluate_classifier(str(folder), data["test"], threshold=tmp_path / "model.json", model_sha256="1" * 64)
     ten = load_image_classification_data("digits", image_size=16, seed=0)["val"].subset(np.arange(20))
     head = LinearProbeHead(in_features=32, num_classes=10, block="mid_block", timestep=10)
-    pipe = UNetFeatureClassifierPipeline(unet=UNet2DModel(**unet_config("tiny", 16)), scheduler=DDPMScheduler(), head=head)
+    unet = UNet2DModel(**unet_config("tiny", 16))
+    pipe = UNetFeatureClassifierPipeline(unet=unet, scheduler=DDPMScheduler(), head=head)
     with pytest.raises(ValueError, match=r"decide between a binary task's two classes; the model has 10 classes"):
         evaluate_classifier(pipe, ten, target_sensitivity=0.9)
+
+
+def _refusing_to_score(folder):
+    pipe = UNetFeatureClassifierPipeline.from_pretrained(folder)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("scored an image")
+
+    pipe.head.forward = refuse
+    return pipe
 
 
 def test_the_evaluate_command_chooses_on_val_and_applies_on_test(binary, tmp_path, capsys):
@@ -117,7 +181,8 @@ def test_the_evaluate_command_chooses_on_val_and_applies_on_test(binary, tmp_pat
     UNetFeatureClassifierPipeline(unet=UNet2DModel(**unet_config("tiny", 16)), scheduler=DDPMScheduler(), head=head,
                                   positive_class="1").save_pretrained(folder)  # fmt: skip
     dataset = tmp_path / "digits.npz"
-    arrays = {f"{name}_images": ((data[name].images[:, 0].numpy() + 1) * 127.5).round().astype(np.uint8) for name in data}
+    pixels = {name: ((data[name].images[:, 0].numpy() + 1) * 127.5).round().astype(np.uint8) for name in data}
+    arrays = {f"{name}_images": pixels[name] for name in data}
     arrays |= {f"{name}_labels": data[name].labels.numpy()[:, None] for name in data}
     arrays["train_images"], arrays["train_labels"] = arrays["val_images"][:4], arrays["val_labels"][:4]
     np.savez(dataset, **arrays)

@@ -302,14 +302,18 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
 
 def _threshold_argument(text: str):
     """`--threshold`: a probability strictly between 0 and 1, or the path of a metrics.json (refused if missing)."""
+    from .operating_points import check_decision_rule
+
     try:
         value = float(text)
     except ValueError:
+        value = text
         if not os.path.isfile(text):
             raise argparse.ArgumentTypeError(f"expected a probability in (0, 1) or a metrics.json file, got {text!r}")
-        return text
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1) or a metrics.json file, got {text!r}")
+    try:
+        check_decision_rule(value, None)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     return value
 
 

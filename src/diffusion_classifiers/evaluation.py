@@ -60,7 +60,13 @@ from .metrics import (
     resolve_positive_label,
     seed_sensitivity_metrics,
 )
-from .operating_points import check_decision_rule, decisions_at, given_operating_point, threshold_for_sensitivity
+from .operating_points import (
+    check_decision_rule,
+    decisions_at,
+    given_operating_point,
+    positive_log_odds,
+    threshold_for_sensitivity,
+)
 from .validation import check_positive_integer, check_writable_dir, is_seed, near_miss_note
 
 __all__ = [
@@ -833,9 +839,9 @@ def evaluate_classifier(
             and score at it; not with `threshold`.
 
     Returns:
-        `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`; for the
-        val split of a U-Net-feature model, whose (block, timestep) pair and C were chosen on it,
-        `head_selected_on_this_split: true` (the report says its figures are optimistic); for a binary pipeline
+        `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`; for a
+        val split of a U-Net-feature or RC-DiT model, whose head was chosen on one, `head_chosen_on_a_val_split: true`
+        (the report says its figures are optimistic where it is that one); for a binary pipeline
         called with `priors`, `at_priors` (`metrics.predictive_values_at`: the PPV and NPV at their prevalence).
     """
     carving = _carving_record(carving)
@@ -865,7 +871,7 @@ def evaluate_classifier(
     positive_label = resolve_positive_label(positive_class, model_names, len(model_names))  # before any image is read
     if positive_class is None and positive_label is not None:
         _warn_default_positive_class(model_names, classifier)
-    point = given_operating_point(threshold, target_sensitivity, model_names, positive_label, model_sha256)
+    point = given_operating_point(threshold, target_sensitivity, model_names, positive_label, model_sha256, settings)
     if preprocessed:
         check_read_as_the_model_reads(dataset, contract)
         # before the images are checked against the training images: data of other classes is not a leak (QA)
@@ -884,11 +890,14 @@ def evaluate_classifier(
         dataset, contract, batch_size, num_workers, image_column, label_column
     )
     y_true = map_labels_by_name(dataset_names, model_names)[dataset_labels]  # before any image is decoded
+    if target_sensitivity is not None and not np.any(y_true == positive_label):  # QA: refused after scoring them all
+        raise ValueError(f"target_sensitivity: the images to score hold no {model_names[positive_label]!r} image")
     probs, ranking, stderr, nfe = zip(*_predict_with_one_bar(classifier, predict, batches, len(y_true)))
     probs, ranking = torch.cat(probs), torch.cat(ranking)
     if target_sensitivity is not None:
-        chosen = threshold_for_sensitivity(y_true == positive_label, probs[:, positive_label], target_sensitivity)
-        point = {"threshold": chosen, "target_sensitivity": target_sensitivity, "chosen_on": split}
+        log_odds = positive_log_odds(probs, ranking, positive_label)
+        point = threshold_for_sensitivity(y_true == positive_label, log_odds, target_sensitivity)
+        point |= {"target_sensitivity": target_sensitivity, "chosen_on": split, "dataset": dataset_name}
     metrics = _scored_metrics(y_true, probs, ranking, stderr, nfe, model_names, positive_label, settings, point)
     metrics.update(checked)
     if positive_label is not None:
@@ -904,7 +913,7 @@ def evaluate_classifier(
     if method is not None:
         metrics["method"] = method
     if _selected_on(classifier, split):
-        metrics["head_selected_on_this_split"] = True
+        metrics["head_chosen_on_a_val_split"] = True
     if positive_label is not None and (settings or {}).get("priors") is not None:
         prevalence = classifier.prior_list(settings["priors"])[positive_label]
         metrics["at_priors"] = predictive_values_at(prevalence, metrics)
@@ -921,18 +930,15 @@ def evaluate_classifier(
 
 
 def _selected_on(classifier, split: Optional[str]) -> bool:
-    """Whether `split` is the val split on which a U-Net-feature model's (block, timestep) pair and C were chosen (its
-    `probe` or `demo` chose them there; its card says so too, `hub.render_model_card`): figures of the images a choice
-    was made on, optimistic (QA: `evaluate --split val` of a probe gave 95.99% without a word, test 87.34%)."""
+    """Whether `split` is a val split and the classifier's head was chosen on one (`probe` and `demo` choose a
+    U-Net-feature model's (block, timestep) pair and C on val, `fit-head` an RC-DiT head's C or temperature): where it
+    is that split, its figures are of the images a choice was made on, optimistic (QA: `evaluate --split val` of a
+    probe gave 95.99% without a word, test 87.34%)."""
     if canonical_split_name(split or "") != "val":
         return False
-    from transformers import PreTrainedModel
+    from .hub import method_of_classifier
 
-    from .pipelines import UNetFeatureClassifierPipeline
-
-    config = getattr(classifier, "config", None)
-    exported_unet = isinstance(classifier, PreTrainedModel) and getattr(config, "backbone_type", None) == "unet"
-    return isinstance(classifier, UNetFeatureClassifierPipeline) or exported_unet
+    return method_of_classifier(classifier) in ("unet_features", "rc_dit")
 
 
 def _carving_record(carving: Optional[dict]) -> Optional[dict]:
@@ -1016,7 +1022,8 @@ def _scored_metrics(y_true, probs, ranking, stderr, nfe, model_names, positive_l
     """`classification_metrics` of the predictions (each image's most probable class, or at the operating `point`),
     their calibration, the network calls per image where counted and, for a binary pipeline giving standard errors,
     the decisions another noise seed could flip."""
-    y_pred = probs.argmax(-1).numpy() if point is None else decisions_at(probs, positive_label, point["threshold"])
+    log_odds = None if point is None else positive_log_odds(probs, ranking, positive_label)
+    y_pred = probs.argmax(-1).numpy() if point is None else decisions_at(log_odds, positive_label, point)
     metrics = classification_metrics(
         y_true, y_pred, probs=ranking, class_names=model_names, positive_label=positive_label
     )
@@ -1031,7 +1038,7 @@ def _scored_metrics(y_true, probs, ranking, stderr, nfe, model_names, positive_l
     if all(part is not None for part in stderr) and not (settings or {}).get("early_stop_confidence"):
         margins = ranking[:, 0]
         if point is not None:
-            margins = ranking[:, positive_label].double() - torch.logit(torch.tensor(point["threshold"]).double())
+            margins = log_odds - point["log_odds"]
         metrics["seed_sensitivity"] = seed_sensitivity_metrics(y_true, y_pred, margins, torch.cat(stderr))
     return metrics
 
@@ -1202,10 +1209,11 @@ def render_evaluation_report(
         ]
     lines[notes:notes] = absent_classes_note(metrics, _scored_set(split))
     lines[notes:notes] = prevalence_note(metrics)
-    if metrics.get("head_selected_on_this_split"):
+    if metrics.get("head_chosen_on_a_val_split"):
         lines[notes:notes] = [
-            "**The split the model's (block, timestep) pair and C were chosen on**: these figures are optimistic (a "
-            "choice made on the images scored); the test split's are the held-out ones.",
+            "**A val split**: where it is the one the model's head was chosen on (a U-Net-feature model's (block, "
+            "timestep) pair and C, an RC-DiT head's C or temperature), these figures are optimistic (a choice made on "
+            "the images scored); the test split's are the held-out ones.",
             "",
         ]
     if canonical_split_name(split or "") == "train":  # not checked against the training images: asked for as they are

@@ -144,7 +144,7 @@ MODEL_CARD_OPTIONAL = {
     "dataset_id", "model_description", "class_names", "positive_class", "num_images", "num_positives", "pruning",
     "seed_sensitivity", "call_arguments", "input_description", "num_dropped", "per_class_section", "unlabeled_pool",
     "dataset_citation", "whole_data_set", "grouping_rule", "usage_file", "training_images_unchecked",
-    "intervals_section", "eval_data_source", "operating_point",
+    "intervals_section", "eval_data_source", "operating_point", "operating_point_threshold", "operating_point_log_odds",
 }  # fmt: skip
 DATASET_CARD_OPTIONAL = {"citation"}
 
@@ -222,6 +222,13 @@ def _eval_results(
             )
         )
     return results
+
+
+def _saturated_log_odds(point: Optional[dict]) -> Optional[str]:
+    """An operating point's log-odds, where its probability is too near 0 or 1 to decide by (a Score-SDE model's)."""
+    if point is None or point.get("log_odds") is None or 1e-4 < point["threshold"] < 1 - 1e-4:
+        return None
+    return repr(point["log_odds"])
 
 
 def _operating_point_text(point: Optional[dict]) -> Optional[str]:
@@ -427,6 +434,8 @@ def render_model_card(
         eval_dataset_name=eval_name,
         eval_data_source=eval_data_source,
         operating_point=_operating_point_text(operating_point),
+        operating_point_threshold=None if operating_point is None else repr(operating_point["threshold"]),
+        operating_point_log_odds=_saturated_log_odds(operating_point),
         whole_data_set=dataset_split == ONE_SET,
         # its (block, timestep) was picked on val (`canonical_split_name`'s names for it: not imported, so that the
         # code saved with every model stays as it is)

@@ -222,20 +222,32 @@ def decision_sentence(metrics: dict) -> str:
 
 
 def operating_point_text(point: dict) -> str:
-    """An operating point as a report states it: `0.8818 or more, the threshold chosen on the val split for a
-    sensitivity of at least 90.00% (...)`."""
-    text = f"{point['threshold']:.6g} or more"
+    """An operating point as a report states it: `0.90922755 or more (log-odds 2.3 or more), the threshold chosen for
+    a sensitivity of at least 90.00% on the val split of pneumoniamnist.npz (...)`; 8 significant digits (the exact
+    value is in metrics.json, which `--threshold` reads)."""
+    text = f"{point['threshold']:.8g} or more"
+    if point.get("log_odds") is not None and not 1e-4 < point["threshold"] < 1 - 1e-4:  # saturated: the log-odds tell
+        text += f" (log-odds {point['log_odds']:.6g} or more)"
     if point.get("target_sensitivity") is None:
         return text + (f", the threshold read from `{point['from']}`" if point.get("from") else ", the threshold given")
-    where = {None: "these images", "all": "every image of the data set"}.get(point["chosen_on"])
-    chosen = f"the threshold chosen on {where or 'the ' + point['chosen_on'] + ' split'} for a sensitivity of at least"
-    text += f", {chosen} {percent(point['target_sensitivity'])}"
+    text += f", the threshold chosen for a sensitivity of at least {percent(point['target_sensitivity'])} on "
+    text += _chosen_on(point)
     if point.get("from"):
         return text + f" (read from `{point['from']}`)"
     return text + (
-        " (on these very images: the sensitivity is met by construction; apply the threshold to held-out images "
-        "with `evaluate --threshold <this metrics.json>`)"
+        " (these very images: the sensitivity is met by construction; apply the threshold to held-out images with "
+        "`evaluate --threshold <this metrics.json>`)"
     )
+
+
+def _chosen_on(point: dict) -> str:
+    """Which images an operating point was chosen on: `the val split of pneumoniamnist.npz`."""
+    data = f" of {point['dataset']}" if point.get("dataset") else ""
+    if point.get("chosen_on") is None:
+        return f"images of no named split{data}"
+    if point["chosen_on"] == "all":
+        return f"every image{data or ' of a data set'}"
+    return f"the {point['chosen_on']} split{data}"
 
 
 def positive_class_rows(metrics: dict) -> List[str]:

@@ -1,12 +1,17 @@
-"""Operating points of a binary classifier: the decision threshold on the positive class's probability, given, chosen
-on one split for a target sensitivity (a screening programme's "90% of cancers found"), or read from the metrics of
-the evaluation that chose it, so that a threshold chosen on val is applied unchanged to test.
+"""Operating points of a binary classifier: the decision threshold on the positive class, given, chosen on one split
+for a target sensitivity (a screening programme's "90% of cancers found"), or read from the metrics of the
+evaluation that chose it, so that a threshold chosen on val is applied unchanged to test, or to new images by
+`predict`.
 
-`evaluate` records the point as `metrics.json`'s `"operating_point"`: `{"threshold", ["target_sensitivity",]
-"chosen_on"}`, `chosen_on` naming the split it was chosen on ("val", "all" for every image of a data set; None for
-a threshold given as a number, or chosen on images of no named split), and where it was read from another run's
-metrics, `"from"`, that file. Without one, each image is given its most probable class
-(0.5, at a tie the class listed first), as before.
+Decisions compare the positive class's log-odds with the threshold's: `log(p / (1 - p))` of its probability, or the
+log-odds a pipeline gives (a Score-SDE classifier's, whose probabilities saturate at exactly 0 and 1 in float32 where
+its log-odds still differ: a threshold on those probabilities could only be 1.0, calling every saturated image
+positive). An operating point is recorded (`metrics.json`'s `"operating_point"`) as `{"threshold": probability,
+"log_odds": its log-odds}`, with, where chosen for a target, `"target_sensitivity"`, `"chosen_on"` (the split:
+"val", "all" for every image of a data set, None for images of no named split) and `"dataset"`; where it was read
+from another run's metrics, `"from"`, that file, which must record the same positive class, model and pipeline call
+settings (`pipeline_call`: a Score-SDE call's priors, timesteps and method move every log-odds). Without one, each image is given its most probable
+class (0.5; at a tie, the class listed first), as before.
 """
 
 import json
@@ -20,6 +25,8 @@ __all__ = [
     "check_decision_rule",
     "decisions_at",
     "given_operating_point",
+    "operating_point_at",
+    "positive_log_odds",
     "read_operating_point",
     "threshold_for_sensitivity",
 ]
@@ -45,9 +52,15 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
 
 
+def operating_point_at(log_odds: float) -> dict:
+    """The operating point of a threshold on the positive class's log-odds: `{"threshold", "log_odds"}`."""
+    return {"threshold": 1 / (1 + math.exp(-log_odds)) if log_odds > -700 else 0.0, "log_odds": float(log_odds)}
+
+
 def given_operating_point(
-    threshold, target_sensitivity, class_names, positive_label: Optional[int], model_sha256: Optional[str]
-) -> Optional[dict]:
+    threshold, target_sensitivity, class_names, positive_label: Optional[int], model_sha256: Optional[str],
+    pipeline_call: Optional[dict] = None,
+) -> Optional[dict]:  # fmt: skip
     """The operating point `threshold` gives (a probability, or the metrics.json of the run that chose one: see
     `read_operating_point`), None without one or where `target_sensitivity` is to choose it on the scores; refused
     for a task that is not binary (`positive_label` None), before any image is scored."""
@@ -61,30 +74,28 @@ def given_operating_point(
     if threshold is None:
         return None
     if _is_number(threshold):
-        return {"threshold": float(threshold), "chosen_on": None}
-    return read_operating_point(threshold, class_names[positive_label], model_sha256)
+        return {**operating_point_at(math.log(threshold) - math.log1p(-threshold)), "threshold": float(threshold)}
+    return read_operating_point(threshold, class_names[positive_label], model_sha256, pipeline_call)
 
 
 def read_operating_point(
-    path: Union[str, os.PathLike], positive_class: Optional[str], model_sha256: Optional[str]
-) -> dict:
+    path: Union[str, os.PathLike], positive_class: Optional[str], model_sha256: Optional[str],
+    pipeline_call: Optional[dict] = None,
+) -> dict:  # fmt: skip
     """The operating point an evaluation recorded in its metrics.json at `path`, with `"from": path`, refused unless
-    it records one, of the same positive class, for the same model (where both runs know the model's fingerprint)."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            recorded = json.load(handle)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"threshold: cannot read {path} as a metrics.json ({error})") from None
-    point = recorded.get("operating_point") if isinstance(recorded, dict) else None
-    if not isinstance(point, dict) or not _is_number(point.get("threshold")):
+    it records one, of the same positive class, for the same model (where both runs know the model's fingerprint: a
+    model given as a folder) and the same pipeline call settings (where both record them)."""
+    recorded = _read_metrics(path)
+    point = recorded.get("operating_point")
+    if not isinstance(point, dict) or not _valid_point(point):
         raise ValueError(
-            f"threshold: {path} records no operating point; expected the metrics.json of an evaluate run given "
-            "--target_sensitivity (or --threshold)"
+            f"threshold: {path} records no operating point (a threshold strictly between 0 and 1, or its finite "
+            "log-odds); expected the metrics.json of an evaluate run given --target_sensitivity (or --threshold)"
         )
     if recorded.get("positive_class") != positive_class:
         raise ValueError(
             f"threshold: {path} chose its threshold for the positive class {recorded.get('positive_class')!r}; this "
-            f"evaluation's is {positive_class!r}: pass --positive_class {recorded.get('positive_class')}"
+            f"run's is {positive_class!r}: the same --positive_class, or a threshold chosen for this one"
         )
     chosen_for = recorded.get("model_sha256")
     if chosen_for is not None and model_sha256 is not None and chosen_for != model_sha256:
@@ -92,19 +103,65 @@ def read_operating_point(
             f"threshold: {path} was measured on another model (model_sha256 {chosen_for[:12]}..., this one "
             f"{model_sha256[:12]}...): a threshold holds for the scores of the model it was chosen on"
         )
+    chosen_with = recorded.get("pipeline_call")
+    if chosen_with is not None and pipeline_call is not None and chosen_with != pipeline_call:
+        differ = sorted(key for key in {*chosen_with, *pipeline_call} if chosen_with.get(key) != pipeline_call.get(key))
+        raise ValueError(
+            f"threshold: {path} was chosen with the pipeline called otherwise ({', '.join(differ)}: "
+            f"{[chosen_with.get(key) for key in differ]} there, {[pipeline_call.get(key) for key in differ]} here): "
+            "priors, timesteps and the method move every score; call it as the threshold was chosen"
+        )
+    if "log_odds" not in point:  # given as a number
+        point = {**point, "log_odds": math.log(point["threshold"]) - math.log1p(-point["threshold"])}
     return {**point, "from": os.fspath(path)}
 
 
-def threshold_for_sensitivity(is_positive, scores, target: float) -> float:
-    """The largest threshold on `scores` at which at least `target` of the positive images score the threshold or
-    more: the score of the ceil(target x positives)-th highest-scoring positive."""
-    positives = np.sort(np.asarray(scores, dtype=np.float64)[np.asarray(is_positive, dtype=bool)])[::-1]
+def _read_metrics(path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            recorded = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"threshold: cannot read {path} as a metrics.json ({error})") from None
+    if not isinstance(recorded, dict):
+        raise ValueError(f"threshold: {path} is not a metrics.json (a JSON object)")
+    return recorded
+
+
+def _valid_point(point: dict) -> bool:
+    """A recorded point decides: a finite log-odds, else a threshold strictly between 0 and 1 (QA: a file's threshold
+    of 1.0 was applied where a typed one is refused)."""
+    if "log_odds" in point:
+        return _is_number(point["log_odds"]) and math.isfinite(point["log_odds"])
+    return _is_number(point.get("threshold")) and 0 < point["threshold"] < 1
+
+
+def threshold_for_sensitivity(is_positive, log_odds, target: float) -> dict:
+    """The operating point of the largest log-odds threshold at which at least `target` of the positive images
+    score the threshold or more: that of the ceil(target x positives)-th highest-scoring positive."""
+    positives = np.sort(np.asarray(log_odds, dtype=np.float64)[np.asarray(is_positive, dtype=bool)])[::-1]
     if not len(positives):
         raise ValueError("target_sensitivity: the images scored hold no positive image to choose a threshold on")
     needed = max(1, math.ceil(target * len(positives) - 1e-9))  # a fraction of the positives, as sensitivity counts
-    return float(positives[needed - 1])
+    if not math.isfinite(positives[needed - 1]):
+        raise ValueError(
+            f"target_sensitivity: the positive image that sets the threshold has log-odds {positives[needed - 1]}: "
+            "a probability of exactly 0 or 1, which no threshold can tell apart; a pipeline's log-odds can"
+        )
+    return operating_point_at(positives[needed - 1])
 
 
-def decisions_at(probs: np.ndarray, positive_label: int, threshold: float) -> np.ndarray:
-    """Each image's class: the positive one where its probability is `threshold` or more, else the other."""
-    return np.where(np.asarray(probs)[:, positive_label] >= threshold, positive_label, 1 - positive_label)
+def positive_log_odds(probs, ranking, positive_label: int) -> np.ndarray:
+    """Each image's log-odds of the positive class: `ranking`'s column where a pipeline ranked by log-odds (a
+    Score-SDE classifier's `log_odds`: `ranking` is not its probabilities), else `log(p / (1 - p))` of its
+    probability `probs` (+inf at 1, -inf at 0)."""
+    probs = np.asarray(probs, dtype=np.float64)[:, positive_label]
+    ranking = np.asarray(ranking, dtype=np.float64)[:, positive_label]
+    if not np.array_equal(ranking, probs):
+        return ranking
+    with np.errstate(divide="ignore"):
+        return np.log(probs) - np.log1p(-probs)
+
+
+def decisions_at(log_odds, positive_label: int, point: dict) -> np.ndarray:
+    """Each image's class: the positive one where its log-odds (of the positive class) are the point's or more."""
+    return np.where(np.asarray(log_odds, dtype=np.float64) >= point["log_odds"], positive_label, 1 - positive_label)

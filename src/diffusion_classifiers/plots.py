@@ -32,7 +32,7 @@ from sklearn.metrics import (
 
 from .atomic_files import write_atomically
 from .metrics import calibration_metrics, finite_ranking, float_array
-from .operating_points import decisions_at
+from .operating_points import decisions_at, positive_log_odds
 
 __all__ = [
     "CLASSIFICATION_FIGURES",
@@ -267,7 +267,9 @@ def plot_classification_figures(
     if "positive_class" in metrics and metrics.get("auc") is not None:
         positive_label = list(class_names).index(metrics["positive_class"])
         point = metrics.get("operating_point")
-        decisions = probs.argmax(-1) if point is None else decisions_at(probs, positive_label, point["threshold"])
+        decisions = probs.argmax(-1)
+        if point is not None:
+            decisions = decisions_at(positive_log_odds(probs, ranking_scores, positive_label), positive_label, point)
         plot_roc_pr(
             y_true, decisions, ranking_scores[:, positive_label], roc_pr_path,
             positive_label=positive_label, class_names=class_names, title=titles["roc_pr"],

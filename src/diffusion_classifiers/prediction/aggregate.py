@@ -6,10 +6,11 @@
 scan in the folder predicted) is one image: a group counts its `sop_instance_uid` and frame once.
 [`aggregate_predictions`] gathers the rows of each group: the positive class's probability of a group is the largest
 of its images' under the "max" rule (a scan holds a haemorrhage if any slice shows one), the mean under "mean" (every
-class, the label the most probable class). The positive class is the one the predict run recorded in the file's
-`.json` sidecar (the model's saved `positive_class`) unless one is given. A binary Score-SDE file's
-`log_likelihood_ratio` is gathered the same way (largest or mean), turned toward the positive class: its probabilities
-saturate at 0 and 1, so the groups are ranked by it. With the `true_label` column of a labelled run, each group's
+class, the label the most probable class, or a binary one's at a threshold). The positive class is the one the predict
+run recorded in the file's `.json` sidecar (the model's saved `positive_class`) unless one is given. A binary
+Score-SDE file's `log_likelihood_ratio` is gathered the same way, toward the positive class (the largest ratio toward
+it, or the mean), and written the way the file's column points: its probabilities saturate at 0 and 1, so the groups
+are ranked by it. With the `true_label` column of a labelled run, each group's
 images must share one label, and the group-level metrics are those of `evaluate` (`metrics.classification_metrics`).
 """
 
@@ -84,8 +85,10 @@ def aggregate_predictions(
         `columns`: `<by>..., [the other DICOM ids,] num_images, [true_label,] label, prob_<class>...,
         [log_likelihood_ratio,] [count_<class>...]`: the DICOM ids of the file that take one value in every group (a
         study's patient), under "mean" how many of the group's images were predicted as each class, and, for a
-        binary Score-SDE file whose sidecar records the ratio's direction, the group's largest ("max") or mean
-        ("mean") `log p(x | positive) - log p(x | other)`. `rows`, one per group in the order the groups first
+        binary Score-SDE file whose sidecar records the ratio's direction, the group's ratio gathered toward the
+        positive class (its largest under "max", the mean under "mean") and written the way the file's column points
+        (toward the other class: under "max" the smallest of the recorded ratios; the metrics' `log_likelihood_ratio`
+        says which). `rows`, one per group in the order the groups first
         appear. `metrics`: with a `true_label` column (each group's rows must share one),
         `metrics.classification_metrics` of the groups (its `num_samples` counts them), the AUC ranking them by that
         ratio when there is one, else by the probabilities (`"ranked_by"` names the column), with what the groups are
