@@ -1,17 +1,16 @@
-"""Operating points of a binary classifier: the decision threshold on the positive class, given, chosen on one split
-for a target sensitivity (a screening programme's "90% of cancers found"), or read from the metrics of the
-evaluation that chose it, so that a threshold chosen on val is applied unchanged to test, or to new images by
-`predict`.
+"""Operating points of a binary classifier: the decision threshold on the positive class, given, chosen on one split for a
+target sensitivity (a screening programme's "90% of cancers found"), or read from the metrics of the evaluation that
+chose it, so that a threshold chosen on val is applied unchanged to test, or to new images by `predict`.
 
 Decisions compare the positive class's log-odds with the threshold's: `log(p / (1 - p))` of its probability, or the
 log-odds a pipeline gives (a Score-SDE classifier's, whose probabilities saturate at exactly 0 and 1 in float32 where
 its log-odds still differ: a threshold on those probabilities could only be 1.0, calling every saturated image
 positive). An operating point is recorded (`metrics.json`'s `"operating_point"`) as `{"threshold": probability,
-"log_odds": its log-odds}`, with, where chosen for a target, `"target_sensitivity"`, `"chosen_on"` (the split:
-"val", "all" for every image of a data set, None for images of no named split) and `"dataset"`; where it was read
-from another run's metrics, `"from"`, that file, which must record the same positive class, model and pipeline call
-settings (`pipeline_call`: a Score-SDE call's priors, timesteps and method move every log-odds). Without one, each image is given its most probable
-class (0.5; at a tie, the class listed first), as before.
+"log_odds": its log-odds}`, with, where chosen for a target, `"target_sensitivity"`, `"chosen_on"` (the split: "val",
+"all" for every image of a data set, None for images of no named split) and `"dataset"`; where it was read from another
+run's metrics, `"from"`, that file, which must record the same positive class, model and pipeline call settings
+(`pipeline_call`: a Score-SDE call's priors, timesteps and method move every log-odds). Without one, each image is given
+its most probable class (0.5; at a tie, the class listed first), as before.
 """
 
 import json
