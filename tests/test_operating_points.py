@@ -139,10 +139,14 @@ def test_operating_points_are_refused_before_scoring_where_they_cannot_hold(bina
     (tmp_path / "one.json").write_text(json.dumps(saturated))  # review: typed, 1.0 is refused; read, it was applied
     with pytest.raises(ValueError, match=r"one.json records no operating point"):
         evaluate_classifier(str(folder), data["test"], threshold=tmp_path / "one.json")
-    called = {**saturated, "operating_point": {"threshold": 0.9, "log_odds": 2.2}, "pipeline_call": {"seed": 1}}
+    called = {**saturated, "operating_point": {"threshold": 0.9, "log_odds": 2.2},
+              "pipeline_call": {"priors": [0.9, 0.1], "seed": 1}}  # fmt: skip
     (tmp_path / "call.json").write_text(json.dumps(called))  # review: chosen with priors, applied without
-    with pytest.raises(ValueError, match=r"call.json was chosen with the pipeline called otherwise \(seed: \[1\] "):
-        given_operating_point(tmp_path / "call.json", None, ["normal", "lesion"], 1, None, {"seed": 0})
+    with pytest.raises(ValueError, match=r"call.json was chosen with the pipeline called otherwise \(priors: "):
+        given_operating_point(tmp_path / "call.json", None, ["normal", "lesion"], 1, None, {"priors": None, "seed": 1})
+    same_but_seed = given_operating_point(tmp_path / "call.json", None, ["normal", "lesion"], 1, None, {
+        "priors": [0.9, 0.1], "seed": 7})  # another seed redraws the noise only
+    assert same_but_seed["log_odds"] == 2.2
     negatives = data["val"].subset(np.flatnonzero(data["val"].labels.numpy() == 0))
     with pytest.raises(ValueError, match=r"target_sensitivity: the images to score hold no 'lesion' image"):
         evaluate_classifier(_refusing_to_score(folder), negatives, target_sensitivity=0.9)  # before any is scored
@@ -195,3 +199,34 @@ def test_the_evaluate_command_chooses_on_val_and_applies_on_test(binary, tmp_pat
     with pytest.raises(SystemExit):
         main(common + ["--threshold", str(tmp_path / "missing.json"), "--output_dir", str(tmp_path / "x")])
     assert "expected a probability in (0, 1) or a metrics.json file, got" in capsys.readouterr().err
+
+
+def test_predict_labels_new_images_at_the_operating_point_chosen_on_val(binary, tmp_path, capsys):
+    """QA (deployment): predict labelled each image's most probable class whatever threshold was chosen."""
+    import csv
+
+    from PIL import Image
+
+    folder, data = binary
+    evaluate_classifier(str(folder), data["val"], tmp_path / "val", split="val", target_sensitivity=0.9)
+    point = json.loads((tmp_path / "val" / "metrics.json").read_text())["operating_point"]
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, image in enumerate(data["test"].images[:40]):
+        pixels = ((image[0].numpy() + 1) * 127.5).round().astype(np.uint8)
+        Image.fromarray(pixels).save(images / f"{index:03d}.png")
+    output = tmp_path / "p.csv"
+    predict = ["predict", "--model_dir", str(folder), "--input", str(images), "--output", str(output),
+               "--no_progress_bar"]  # fmt: skip
+    main(predict + ["--threshold", str(tmp_path / "val" / "metrics.json")])
+    rows = list(csv.DictReader(output.open()))
+    lesion = np.array([float(row["prob_lesion"]) for row in rows])
+    expected = np.where(np.log(lesion) - np.log1p(-lesion) >= point["log_odds"], "lesion", "normal")
+    assert [row["label"] for row in rows] == expected.tolist()
+    assert json.loads(output.with_name("p.csv.json").read_text())["operating_point"]["positive_class"] == "lesion"
+    with pytest.raises(ValueError, match=r"written by another prediction \(operating_point: "):
+        main(predict)  # the rows labelled at the threshold are not mixed with rows labelled at 0.5
+    strict = float(np.quantile(lesion, 0.5))  # typed, above half of them: labels other than the most probable
+    main(predict[:-3] + ["--output", str(tmp_path / "q.csv"), "--no_progress_bar", "--threshold", repr(strict)])
+    labels = [row["label"] for row in csv.DictReader((tmp_path / "q.csv").open())]
+    assert labels == np.where(lesion >= strict, "lesion", "normal").tolist() and labels.count("normal") >= 19

@@ -1,16 +1,17 @@
-"""Operating points of a binary classifier: the decision threshold on the positive class, given, chosen on one split for a
-target sensitivity (a screening programme's "90% of cancers found"), or read from the metrics of the evaluation that
-chose it, so that a threshold chosen on val is applied unchanged to test, or to new images by `predict`.
+"""Operating points of a binary classifier: the decision threshold on the positive class, given, chosen on one split
+for a target sensitivity (a screening programme's "90% of cancers found"), or read from the metrics of the
+evaluation that chose it, so that a threshold chosen on val is applied unchanged to test, or to new images by
+`predict`.
 
 Decisions compare the positive class's log-odds with the threshold's: `log(p / (1 - p))` of its probability, or the
-log-odds a pipeline gives (a Score-SDE classifier's, whose probabilities saturate at exactly 0 and 1 in float32 where
-its log-odds still differ: a threshold on those probabilities could only be 1.0, calling every saturated image
+log-odds a pipeline gives (a Score-SDE classifier's, whose probabilities saturate at exactly 0 and 1 in float32
+where its log-odds still differ: a threshold on those probabilities could only be 1.0, calling every saturated image
 positive). An operating point is recorded (`metrics.json`'s `"operating_point"`) as `{"threshold": probability,
-"log_odds": its log-odds}`, with, where chosen for a target, `"target_sensitivity"`, `"chosen_on"` (the split: "val",
-"all" for every image of a data set, None for images of no named split) and `"dataset"`; where it was read from another
-run's metrics, `"from"`, that file, which must record the same positive class, model and pipeline call settings
-(`pipeline_call`: a Score-SDE call's priors, timesteps and method move every log-odds). Without one, each image is given
-its most probable class (0.5; at a tie, the class listed first), as before.
+"log_odds": its log-odds}`, with, where chosen for a target, `"target_sensitivity"`, `"chosen_on"` (the split:
+"val", "all" for every image of a data set, None for images of no named split) and `"dataset"`; where it was read
+from another run's metrics, `"from"`, that file, which must record the same positive class, model and pipeline call
+settings (`pipeline_call`: a Score-SDE call's priors, timesteps and method move every log-odds). Without one, each
+image is given its most probable class (0.5; at a tie, the class listed first), as before.
 """
 
 import json
@@ -83,7 +84,8 @@ def read_operating_point(
 ) -> dict:  # fmt: skip
     """The operating point an evaluation recorded in its metrics.json at `path`, with `"from": path`, refused unless
     it records one, of the same positive class, for the same model (where both runs know the model's fingerprint: a
-    model given as a folder) and the same pipeline call settings (where both record them)."""
+    model given as a folder) and the same pipeline call settings (where both record them; its seed, which only
+    redraws the Monte-Carlo noise, may differ)."""
     recorded = _read_metrics(path)
     point = recorded.get("operating_point")
     if not isinstance(point, dict) or not _valid_point(point):
@@ -103,8 +105,10 @@ def read_operating_point(
             f"{model_sha256[:12]}...): a threshold holds for the scores of the model it was chosen on"
         )
     chosen_with = recorded.get("pipeline_call")
-    if chosen_with is not None and pipeline_call is not None and chosen_with != pipeline_call:
-        differ = sorted(key for key in {*chosen_with, *pipeline_call} if chosen_with.get(key) != pipeline_call.get(key))
+    differ = [] if chosen_with is None or pipeline_call is None else sorted(
+        key for key in {*chosen_with, *pipeline_call} - _REDRAWS if chosen_with.get(key) != pipeline_call.get(key)
+    )  # fmt: skip
+    if differ:
         raise ValueError(
             f"threshold: {path} was chosen with the pipeline called otherwise ({', '.join(differ)}: "
             f"{[chosen_with.get(key) for key in differ]} there, {[pipeline_call.get(key) for key in differ]} here): "
@@ -113,6 +117,10 @@ def read_operating_point(
     if "log_odds" not in point:  # given as a number
         point = {**point, "log_odds": math.log(point["threshold"]) - math.log1p(-point["threshold"])}
     return {**point, "from": os.fspath(path)}
+
+
+# Settings of a pipeline call that redraw its Monte-Carlo noise only: a threshold holds across them
+_REDRAWS = {"seed", "seed_by"}
 
 
 def _read_metrics(path) -> dict:

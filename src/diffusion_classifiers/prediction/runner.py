@@ -235,19 +235,35 @@ def _check_pipeline_kwargs(pipeline_kwargs: Optional[dict]) -> None:
         )
 
 
-def _classify(pipeline: Any, images: list, call_kwargs: dict) -> dict[str, list]:
-    """The pipeline's output for `images` (called with `call_kwargs`) as columns."""
+def _classify(pipeline: Any, images: list, call_kwargs: dict, operating_point: Optional[dict] = None) -> dict:
+    """The pipeline's output for `images` (called with `call_kwargs`) as columns; each label its most probable class,
+    or at the `operating_point` (its `positive_class` where its log-odds are the point's or more), with its score."""
     from ..data.preprocessing import images_in_their_stated_range
 
     with images_in_their_stated_range():  # the frames of files, given in the contract's range (`_in_stated_range`)
         output = pipeline(images, **call_kwargs)
     columns = {"label": list(output.labels), "score": output.scores.tolist()}
+    if operating_point is not None:
+        columns = _decided_at(output, pipeline.class_names, operating_point)
     columns.update({f"prob_{name}": output.probs[:, k].tolist() for k, name in enumerate(pipeline.class_names)})
     for name in ("log_likelihood_ratio", "log_likelihood_ratio_stderr"):
         values = getattr(output, name, None)
         if values is not None:
             columns[name] = values.tolist()
     return columns
+
+
+def _decided_at(output: Any, class_names: Sequence[str], point: dict) -> dict[str, list]:
+    """The label and score columns of a binary output at an operating point (`operating_points`): the positive class
+    where its log-odds (a Score-SDE pipeline's own, else its probability's) are the point's or more."""
+    from ..operating_points import decisions_at, positive_log_odds
+
+    positive = list(class_names).index(point["positive_class"])
+    probs = output.probs.detach().cpu().double()
+    ranking = getattr(output, "log_odds", None)
+    log_odds = positive_log_odds(probs, probs if ranking is None else ranking.detach().cpu(), positive)
+    labels = decisions_at(log_odds, positive, point)
+    return {"label": [class_names[k] for k in labels], "score": probs[range(len(labels)), labels].tolist()}
 
 
 def read_checked(item: PredictionInput, pipeline: Any, train_fingerprints: Optional[frozenset] = None) -> tuple:
@@ -283,8 +299,9 @@ class _BatchWriter:
     """Reads, classifies and commits one batch at a time as part files named by the batch's first input index."""
 
     def __init__(self, pipeline: Any, files: OutputFiles, columns: list[str], order: dict[str, int], kwargs: dict,
-                 train_fingerprints: Optional[frozenset] = None):
+                 train_fingerprints: Optional[frozenset] = None, operating_point: Optional[dict] = None):
         self.pipeline, self.files, self.columns, self.order, self.call_kwargs = pipeline, files, columns, order, kwargs
+        self.operating_point = operating_point
         self.train_fingerprints = train_fingerprints if TRAINING_IMAGE_KEY in columns else None
         self.items, self.images, self.errors = [], [], []
         self.failed = 0
@@ -318,7 +335,7 @@ class _BatchWriter:
         return len(paths)
 
     def _rows(self) -> list[list]:
-        predicted = _classify(self.pipeline, self.images, self.call_kwargs)
+        predicted = _classify(self.pipeline, self.images, self.call_kwargs, self.operating_point)
         rows, position = [], 0
         for item, flags, ids in self.items:
             for frame, flag in enumerate(flags):
@@ -344,6 +361,7 @@ def predict_files(
     pipeline_kwargs: Optional[dict] = None,
     retry_errors: bool = False,
     train_fingerprints: Optional[Collection[str]] = None,
+    operating_point: Optional[dict] = None,
 ) -> PredictionSummary:
     r"""
     Classify `inputs` with `pipeline`, writing one row per image (per frame of a multi-frame DICOM) to `output_path`.
@@ -398,6 +416,10 @@ def predict_files(
         train_fingerprints (`Collection[str]`, *optional*): the fingerprints of the model's training images
             (`data.split_record.recorded_train_fingerprints` of its folder), for the `training_image` column;
             default: those the pipeline records (its `split_record`, as `evaluate_classifier` reads them), if any.
+        operating_point (`dict`, *optional*): a binary pipeline's decision threshold (`operating_points`: its
+            `log_odds` and `positive_class`, e.g. chosen on val by `evaluate --target_sensitivity`): `label` is the
+            positive class where its log-odds are the point's or more, `score` that label's probability; recorded in
+            the sidecar, and an output labelled otherwise is not added to. Default: each image's most probable class.
 
     Returns:
         [`PredictionSummary`]
@@ -434,8 +456,10 @@ def predict_files(
         _check_settings_of_unrecorded_run(files, pipeline, settings, overwrite)
         # the settings under "run", whose keys a sidecar lacks are not compared: outputs of earlier versions resume
         # (with the pipeline's defaults: `_check_settings_of_unrecorded_run`)
+        # the operating point compared as class names are: a sidecar without one labelled each most probable class
         run = {"run": {**(run_info or {}), **_binary_classes(pipeline, columns), "pipeline_call": settings},
-               "class_names": list(pipeline.class_names), "columns": columns}  # fmt: skip
+               "class_names": list(pipeline.class_names), "columns": columns,
+               "operating_point": operating_point}  # fmt: skip
         prepare_output_files(files, run, overwrite, is_main)
         input_paths = {item.path for item in inputs}
         listed = listed_errors(files) & input_paths if is_main else set()
@@ -452,7 +476,7 @@ def predict_files(
         mine = _share(remaining, accelerator)
         order = {item.path: i for i, item in enumerate(inputs)}
         fingerprints = None if train_fingerprints is None else frozenset(train_fingerprints)
-        writer = _BatchWriter(pipeline, files, columns, order, call_kwargs, fingerprints)
+        writer = _BatchWriter(pipeline, files, columns, order, call_kwargs, fingerprints, operating_point)
         shown = bar_visibility(progress_bar and is_main)
         # one bar, over the files; one warning for the 16-bit files read at another guessed bit depth than the
         # training images' (`data.sixteen_bit.check_bit_depths`)
@@ -619,6 +643,12 @@ def add_predict_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         help="arguments of the pipeline call as JSON, as evaluate takes them, e.g. '{\"weighting\": \"uniform\", "
         "\"num_timesteps\": 300}' for Score-SDE (not the seed: --seed); the output's .json records every setting",
     )  # fmt: skip
+    parser.add_argument(
+        "--threshold", default=None,
+        help="binary: label an image with the positive class where its probability is this or more (the model's "
+        "saved positive class), or at the operating point an evaluate run's metrics.json records (its positive class; "
+        "e.g. chosen on val with --target_sensitivity) (default: each image's most probable class)",
+    )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace an output written by another model or settings instead of refusing")
     parser.add_argument(
         "--retry_errors", action="store_true",
@@ -662,6 +692,7 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
         overwrite=args.overwrite, seed=args.seed, accelerator=accelerator, progress_bar=not args.no_progress_bar,
         pipeline_kwargs=args.pipeline_kwargs, retry_errors=args.retry_errors,
         train_fingerprints=recorded_train_fingerprints(model_dir),
+        operating_point=_operating_point(args, pipeline, run_info["model_sha256"]),
     )  # fmt: skip
     # destroys the process group: left to interpreter exit, gloo's threads can abort a finished process (SIGABRT)
     accelerator.end_training()
@@ -682,6 +713,45 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
                 "earlier run's rows, kept after the others; --overwrite predicts the input afresh)"
             )
     return summary
+
+
+def _operating_point(args: argparse.Namespace, pipeline: Any, model_sha256: str) -> Optional[dict]:
+    """`--threshold` as an operating point with its `positive_class`: a probability, of the model's saved positive
+    class (else class 1); or an evaluate run's metrics.json, of its own positive class, checked as `evaluate` checks
+    it (the same model and pipeline call: `operating_points.read_operating_point`)."""
+    from ..evaluation import pipeline_call_settings, saved_positive_class
+    from ..metrics import resolve_positive_label
+    from ..operating_points import check_decision_rule, given_operating_point
+
+    if args.threshold is None:
+        return None
+    try:
+        threshold = float(args.threshold)
+    except ValueError:
+        threshold = args.threshold
+    check_decision_rule(threshold, None)
+    names = list(pipeline.class_names)
+    positive = saved_positive_class(pipeline)
+    if not isinstance(threshold, float):
+        positive = _recorded_positive_class(threshold, names)
+    label = resolve_positive_label(positive, names, len(names)) if len(names) == 2 else None
+    settings = pipeline_call_settings(pipeline, prediction_call_kwargs(pipeline, args.pipeline_kwargs, args.seed))
+    point = given_operating_point(threshold, None, names, label, model_sha256, settings)
+    return {**point, "positive_class": names[label]}
+
+
+def _recorded_positive_class(path: str, class_names: list) -> Optional[str]:
+    """The positive class an evaluate run's metrics.json at `path` chose its threshold for, one of `class_names`."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            positive = json.load(handle).get("positive_class")
+    except (OSError, ValueError, AttributeError) as error:
+        raise ValueError(f"--threshold: cannot read {path} as a metrics.json ({error})") from None
+    if positive not in class_names:
+        raise ValueError(f"--threshold: {path} records the positive class {positive!r}, not one of {class_names}")
+    return positive
 
 
 def add_input_args(parser: argparse.ArgumentParser) -> None:
