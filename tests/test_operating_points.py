@@ -89,7 +89,8 @@ def test_a_threshold_chosen_on_val_for_a_sensitivity_is_applied_unchanged_to_tes
     assert chosen["sensitivity"] >= 0.9
     report = " ".join((tmp_path / "val" / "report.md").read_text().split())
     assert f"predicted where its probability is {point['threshold']:.8g} or more, the threshold chosen for a " \
-        "sensitivity of at least 90.00% on the val split of digits (these very images" in report
+        f"sensitivity of at least 90.00% on the val split of digits, from its {chosen['num_positives']} positive " \
+        "images (these very images" in report
     val_metrics = tmp_path / "val" / "metrics.json"
     applied = evaluate_classifier(str(folder), data["test"], tmp_path / "test", threshold=val_metrics)
     assert applied["operating_point"] == {**point, "from": str(val_metrics)}

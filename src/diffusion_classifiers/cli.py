@@ -478,6 +478,8 @@ def _evaluation_headline(metrics: dict) -> dict:
     names = ("accuracy", "macro_f1", "balanced_accuracy", "auc", "positive_class", "sensitivity", "specificity")
     headline = {name: metrics.get(name) for name in names if metrics.get(name) is not None or name == "auc"}
     headline["ece"] = metrics["calibration"]["ece"]
+    if "operating_point" in metrics:  # QA: the summary line did not say the threshold it applied
+        headline["threshold"] = metrics["operating_point"]["threshold"]
     if "seed_sensitivity" in metrics:
         headline["decisions_within_2_stderr"] = metrics["seed_sensitivity"]["decisions_within"]
     return headline

@@ -709,7 +709,9 @@ def _likely_cause(
         f"the data differs from the model's ({data_differs}), or was carved with other fractions or seed than the "
         "model's data_splits.json records, so it is not the model's own held-out images, and scoring them would "
         "overstate the model. Use the data the model was trained from, carved as recorded (in Python: "
-        "load_image_classification_data(path, **pipe.loader_kwargs))"
+        "load_image_classification_data(path, **pipe.loader_kwargs)); for a data set's own split holding copies of "
+        "images of its own train split, which the command excuses, pass that split too: evaluate_classifier(..., "
+        "train_split=splits['train'])"
     )
 
 
@@ -898,6 +900,7 @@ def evaluate_classifier(
         log_odds = positive_log_odds(probs, ranking, positive_label)
         point = threshold_for_sensitivity(y_true == positive_label, log_odds, target_sensitivity)
         point |= {"target_sensitivity": target_sensitivity, "chosen_on": split, "dataset": dataset_name}
+        point["num_positives"] = int(np.sum(y_true == positive_label))  # how finely the target could be met
     metrics = _scored_metrics(y_true, probs, ranking, stderr, nfe, model_names, positive_label, settings, point)
     metrics.update(checked)
     if positive_label is not None:

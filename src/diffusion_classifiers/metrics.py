@@ -243,6 +243,9 @@ def operating_point_text(point: dict) -> str:
 def _chosen_on(point: dict) -> str:
     """Which images an operating point was chosen on: `the val split of pneumoniamnist.npz`."""
     data = f" of {point['dataset']}" if point.get("dataset") else ""
+    if point.get("num_positives") is not None:  # QA: chosen from 3 positives, 100% on val read as a fact
+        count = point["num_positives"]
+        data += f", from its {count} positive image{'' if count == 1 else 's'}"
     if point.get("chosen_on") is None:
         return f"images of no named split{data}"
     if point["chosen_on"] == "all":
