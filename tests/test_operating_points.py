@@ -231,3 +231,41 @@ def test_predict_labels_new_images_at_the_operating_point_chosen_on_val(binary, 
     main(predict[:-3] + ["--output", str(tmp_path / "q.csv"), "--no_progress_bar", "--threshold", repr(strict)])
     labels = [row["label"] for row in csv.DictReader((tmp_path / "q.csv").open())]
     assert labels == np.where(lesion >= strict, "lesion", "normal").tolist() and labels.count("normal") >= 19
+
+
+def test_aggregate_decides_groups_at_the_operating_point_predict_labelled_at(binary, tmp_path, capsys):
+    """QA (deployment): aggregate decided studies at 0.5 over images predict had labelled at val's threshold, and
+    refused a metrics.json as --threshold."""
+    import csv
+
+    from PIL import Image
+
+    from diffusion_classifiers.prediction.aggregate import aggregate_predictions
+
+    folder, data = binary
+    evaluate_classifier(str(folder), data["val"], tmp_path / "val", split="val", target_sensitivity=0.9)
+    val_metrics = tmp_path / "val" / "metrics.json"
+    point = json.loads(val_metrics.read_text())["operating_point"]
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = []
+    for index, image in enumerate(data["test"].images[:20]):
+        Image.fromarray(((image[0].numpy() + 1) * 127.5).round().astype(np.uint8)).save(images / f"{index:02d}.png")
+        rows.append([f"images/{index:02d}.png", f"study{index // 2}"])
+    with (tmp_path / "list.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([["path", "study_uid"], *rows])
+    output = tmp_path / "p.csv"
+    main(["predict", "--model_dir", str(folder), "--input", str(tmp_path / "list.csv"), "--output", str(output),
+          "--no_progress_bar", "--threshold", str(val_metrics)])  # fmt: skip
+    columns, groups, _ = aggregate_predictions(output, by="study_uid")
+    capsys.readouterr()
+    main(["aggregate", "--predictions", str(output), "--by", "study_uid"])
+    said = capsys.readouterr().err
+    assert f"note: groups decided at the operating point of {output}.json (the predict run's): " in said
+    largest = [max(float(r["prob_lesion"]) for r in csv.DictReader(output.open()) if r["study_uid"] == g[0])
+               for g in groups]  # fmt: skip
+    assert [g[columns.index("label")] for g in groups] == [
+        "lesion" if value >= point["threshold"] else "normal" for value in largest
+    ]
+    named = aggregate_predictions(output, by="study_uid", threshold=str(val_metrics))[1]
+    assert named == groups  # the same point, named

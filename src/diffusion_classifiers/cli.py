@@ -237,6 +237,7 @@ def add_fit_head_args(parser: argparse.ArgumentParser) -> None:
 
 def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     from .data.arguments import add_column_args, add_split_args, json_object_arg, number_in, seed_argument
+    from .operating_points import threshold_argument
     from .data.split_record import SPLIT_RECORD_NAME
 
     parser.add_argument(
@@ -288,7 +289,7 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     add_positive_class_arg(parser)
     parser.add_argument(
-        "--threshold", type=_threshold_argument, default=None,
+        "--threshold", type=threshold_argument, default=None,
         help="binary: call an image positive where the positive class's probability is this or more; or the "
         "metrics.json of an evaluate run that chose one with --target_sensitivity (on val: applied unchanged here, "
         "to test) (default: each image's most probable class)",
@@ -298,23 +299,6 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
         help="binary: choose, on the split scored, the largest threshold at which this fraction of its positive "
         "images is called positive, and score at it; metrics.json records it for --threshold of a later run",
     )  # fmt: skip
-
-
-def _threshold_argument(text: str):
-    """`--threshold`: a probability strictly between 0 and 1, or the path of a metrics.json (refused if missing)."""
-    from .operating_points import check_decision_rule
-
-    try:
-        value = float(text)
-    except ValueError:
-        value = text
-        if not os.path.isfile(text):
-            raise argparse.ArgumentTypeError(f"expected a probability in (0, 1) or a metrics.json file, got {text!r}")
-    try:
-        check_decision_rule(value, None)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return value
 
 
 def _one_run_in_output_dir(name: str) -> Callable:

@@ -28,6 +28,7 @@ __all__ = [
     "operating_point_at",
     "positive_log_odds",
     "read_operating_point",
+    "threshold_argument",
     "threshold_for_sensitivity",
 ]
 
@@ -46,6 +47,24 @@ def check_decision_rule(threshold, target_sensitivity) -> None:
         raise ValueError(f"threshold: expected a probability or the path of a metrics.json, got {threshold!r}")
     if target_sensitivity is not None and not (_is_number(target_sensitivity) and 0 < target_sensitivity <= 1):
         raise ValueError(f"target_sensitivity: expected a fraction in (0, 1], got {target_sensitivity!r}")
+
+
+def threshold_argument(text: str):
+    """An argparse `type` for `--threshold`: a probability strictly between 0 and 1, or the path of a metrics.json
+    (which must exist)."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = text
+        if not os.path.isfile(text):
+            raise argparse.ArgumentTypeError(f"expected a probability in (0, 1) or a metrics.json file, got {text!r}")
+    try:
+        check_decision_rule(value, None)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
 
 
 def _is_number(value) -> bool:

@@ -58,7 +58,7 @@ def aggregate_predictions(
     by: str | Sequence[str] = "study_uid",
     rule: str = "max",
     positive_class: Optional[str] = None,
-    threshold: Optional[float] = None,
+    threshold: Any = None,
 ) -> tuple[list[str], list[list], Optional[dict]]:
     r"""
     The rows of a `predict` output gathered per group: `(columns, rows, metrics)`.
@@ -77,9 +77,12 @@ def aggregate_predictions(
             sensitivity and AUC refer to; default: the one the predict run recorded in `<predictions>.json` (the
             model's saved `positive_class`), else the second class of the file (class 1, as everywhere in this
             library). One that contradicts the recorded one is used, with a `UserWarning`.
-        threshold (`float`, *optional*): binary predictions: a group is positive where the positive class's gathered
-            probability is `threshold` or more; default 0.5 under "max", and under "mean" the most probable class
-            (at a tie of 0.5, the class listed first). Recorded in the metrics where it decided.
+        threshold (`float`, `str` or `os.PathLike`, *optional*): binary predictions: a group is positive where the
+            positive class's gathered probability is `threshold` or more, or the threshold of the operating point an
+            evaluate run's metrics.json records (`operating_points`, of the same model, positive class and call);
+            default: the operating point predict labelled the images at (its sidecar's), else 0.5 under "max", and
+            under "mean" the most probable class (at a tie of 0.5, the class listed first). Recorded in the metrics
+            where it decided.
 
     Returns:
         `columns`: `<by>..., [the other DICOM ids,] num_images, [true_label,] label, prob_<class>...,
@@ -148,16 +151,16 @@ class _Group:
 
 
 def _aggregate(
-    predictions, by: str | Sequence[str], rule: str, positive_class: Optional[str], threshold: Optional[float]
+    predictions, by: str | Sequence[str], rule: str, positive_class: Optional[str], threshold: Any
 ) -> _Aggregation:
     by = (by,) if isinstance(by, str) else tuple(by)
     columns, rows = read_predictions(predictions)
     class_names = [column[len("prob_"):] for column in columns if column.startswith("prob_")]
     _check_aggregation(predictions, columns, class_names, by, rule, positive_class, threshold)
-    if threshold is None and rule == "max":
-        threshold = 0.5
     sidecar, run = _recorded_run(predictions)
     positive, notes = _positive_label(class_names, positive_class, sidecar, run, rule)
+    threshold, threshold_notes = _decision_threshold(threshold, rule, class_names, positive, sidecar, run)
+    notes += threshold_notes
     notes += _rows_of_files_gone(predictions, rows, run)
     sign, ratio_notes = _ratio_sign(predictions, columns, class_names, positive, sidecar, run, rule)
     if sign is not None:
@@ -270,7 +273,7 @@ _GATHERED = ("num_images", "true_label", "label", "score", RATIO_KEY, f"{RATIO_K
 
 def _check_aggregation(
     predictions, columns: list, class_names: list, by: tuple, rule: str, positive_class: Optional[str],
-    threshold: Optional[float],
+    threshold: Any,
 ) -> None:
     """Every argument checked before a row is gathered."""
     if rule not in AGGREGATION_RULES:
@@ -278,7 +281,7 @@ def _check_aggregation(
     _check_group_columns(predictions, columns, by)
     if len(class_names) < 2:
         raise ValueError(f"{predictions}: expected prob_<class> columns of a predict output, got {columns}")
-    if threshold is not None and not 0 < threshold < 1:
+    if threshold is not None and not isinstance(threshold, (str, os.PathLike)) and not 0 < threshold < 1:
         raise ValueError(f"threshold: expected a probability strictly between 0 and 1, got {threshold!r}")
     if threshold is not None and len(class_names) != 2:  # QA: it was ignored under the mean rule, without a word
         raise ValueError(
@@ -325,6 +328,43 @@ def _recorded_run(predictions) -> tuple[Path, dict]:
     if run is not None and not isinstance(run, dict):
         raise ValueError(f"{files.sidecar}: expected its \"run\" to be a JSON object, got {run!r}")
     return files.sidecar, run or {}
+
+
+def _decision_threshold(
+    threshold: Any, rule: str, class_names: list, positive: Optional[int], sidecar: Path, run: dict
+) -> tuple[Optional[float], list[str]]:
+    """The probability a binary group is decided at, with the note saying where it came from: `threshold` given as a
+    number; the operating point of the metrics.json it names (checked as `evaluate --threshold` checks it); else the
+    one predict labelled the images at (QA: per-study decisions at 0.5 of images deployed at val's threshold); else
+    0.5 under "max", None (the most probable class) under "mean". A point whose probability rounds to 0 or 1 (a
+    Score-SDE model's, decided by log-odds) is refused: groups gather probabilities."""
+    from ..operating_points import read_operating_point
+
+    if isinstance(threshold, (str, os.PathLike)):
+        point, source = read_operating_point(
+            threshold, class_names[positive], run.get(MODEL_CONTENT_KEY), run.get("pipeline_call")
+        ), str(threshold)  # fmt: skip
+    elif threshold is None and positive is not None and (_recorded_point(sidecar) or {}).get("positive_class") == (
+        class_names[positive]
+    ):
+        point, source = _recorded_point(sidecar), f"{sidecar} (the predict run's)"
+    else:
+        return (0.5 if threshold is None and rule == "max" else threshold), []
+    if not 1e-4 < point["threshold"] < 1 - 1e-4:
+        raise ValueError(
+            f"threshold: the operating point of {source} has a probability of {point['threshold']!r} (log-odds "
+            f"{point['log_odds']:.6g}): too near 0 or 1 for groups gathering probabilities to be decided at it"
+        )
+    return point["threshold"], [f"note: groups decided at the operating point of {source}: {point['threshold']!r}"]
+
+
+def _recorded_point(sidecar: Path) -> Optional[dict]:
+    """The operating point predict labelled its images at, as its sidecar records it; None without one."""
+    try:
+        recorded = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    except ValueError:
+        return None
+    return recorded.get("operating_point") if isinstance(recorded, dict) else None
 
 
 def _positive_label(
@@ -544,6 +584,8 @@ def _class_index(predictions, class_names: Sequence[str], truth: str) -> int:
 
 
 def add_aggregate_args(parser: argparse.ArgumentParser) -> None:
+    from ..operating_points import threshold_argument
+
     parser.add_argument("--predictions", required=True, help="a .csv or .parquet file predict wrote")
     parser.add_argument(
         "--by", nargs="+", default=["study_uid"],
@@ -563,9 +605,10 @@ def add_aggregate_args(parser: argparse.ArgumentParser) -> None:
         "file's second class)",
     )  # fmt: skip
     parser.add_argument(
-        "--threshold", type=float, default=None,
-        help="binary: a group is positive where the positive class's gathered probability is this or more (default: "
-        "0.5 under max; under mean the most probable class)",
+        "--threshold", type=threshold_argument, default=None,
+        help="binary: a group is positive where the positive class's gathered probability is this or more, or the "
+        "threshold an evaluate run's metrics.json records (default: the operating point predict labelled the images "
+        "at, else 0.5 under max; under mean the most probable class)",
     )  # fmt: skip
     parser.add_argument(
         "--output", default=None,

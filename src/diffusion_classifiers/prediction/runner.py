@@ -621,6 +621,8 @@ def _sum_over_processes(count: int, accelerator: Any) -> int:
 
 def add_predict_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags of `diffusion-classifiers predict` (read by [`run_predict`]); only the standard library is used."""
+    from ..operating_points import threshold_argument
+
     parser.add_argument(
         "--model_dir", required=True,
         help="a saved classifier pipeline (model_index.json), any method: a folder or a Hub repo id 'org/name' (its "
@@ -644,7 +646,7 @@ def add_predict_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "\"num_timesteps\": 300}' for Score-SDE (not the seed: --seed); the output's .json records every setting",
     )  # fmt: skip
     parser.add_argument(
-        "--threshold", default=None,
+        "--threshold", type=threshold_argument, default=None,
         help="binary: label an image with the positive class where its probability is this or more (the model's "
         "saved positive class), or at the operating point an evaluate run's metrics.json records (its positive class; "
         "e.g. chosen on val with --target_sensitivity) (default: each image's most probable class)",
@@ -725,11 +727,8 @@ def _operating_point(args: argparse.Namespace, pipeline: Any, model_sha256: str)
 
     if args.threshold is None:
         return None
-    try:
-        threshold = float(args.threshold)
-    except ValueError:
-        threshold = args.threshold
-    check_decision_rule(threshold, None)
+    threshold = args.threshold  # a probability or a file, checked as the flags were parsed
+    check_decision_rule(threshold, None)  # and here, for callers building the namespace themselves
     names = list(pipeline.class_names)
     positive = saved_positive_class(pipeline)
     if not isinstance(threshold, float):
