@@ -343,7 +343,8 @@ def test_split_all_scores_every_image_of_an_external_folder(external, tmp_path):
     assert carved["num_samples"] < whole["num_samples"] == 30
     assert (whole["split"], whole["dataset"], whole["training_images_checked"]) == ("all", "external", True)
     report = (tmp_path / "all" / "report.md").read_text()
-    assert report.startswith("# Frozen DDPM U-Net features (model) on external (all)\n\n30 images, every image of the data set `external`, read at 8 px")
+    title = "# Frozen DDPM U-Net features (model) on external (all)"
+    assert report.startswith(f"{title}\n\n30 images, every image of the data set `external`, read at 8 px")
     # the reference: the saved pipeline called on the 30 files themselves
     pipe = UNetFeatureClassifierPipeline.from_pretrained(str(root / "model"))
     files = sorted((root / "external").glob("*/*.png"))

@@ -123,6 +123,12 @@ def test_a_card_is_refused_for_figures_at_a_threshold_chosen_on_the_images_they_
     argv[argv.index("--metrics_json") + 1] = str(tmp_path / "test" / "metrics.json")
     with pytest.raises(SystemExit, match=r"its threshold was chosen on the images it scores, for a sensitivity of at"):
         run_push_script(monkeypatch, argv)
+    evaluate_classifier(  # review: applied by --threshold to the split it was chosen on, it passed
+        str(folder), data["test"], tmp_path / "again", split="test", threshold=tmp_path / "test" / "metrics.json"
+    )  # fmt: skip
+    argv[argv.index("--metrics_json") + 1] = str(tmp_path / "again" / "metrics.json")
+    with pytest.raises(SystemExit, match=r"its threshold was chosen on the images it scores"):
+        run_push_script(monkeypatch, argv)
 
 
 def test_operating_points_are_refused_before_scoring_where_they_cannot_hold(binary, tmp_path):
@@ -269,3 +275,42 @@ def test_aggregate_decides_groups_at_the_operating_point_predict_labelled_at(bin
     ]
     named = aggregate_predictions(output, by="study_uid", threshold=str(val_metrics))[1]
     assert named == groups  # the same point, named
+
+
+def test_review_a_rerun_names_the_file_otherwise_and_aggregate_follows_the_points_class(binary, tmp_path, capsys):
+    """Second read: a rerun giving the same metrics.json by another spelling was refused (the path was compared); a
+    point of the other class left aggregate deciding at 0.5 without a word; a saturated point's card told readers to
+    threshold probabilities of 1."""
+    from PIL import Image
+
+    from diffusion_classifiers.prediction.aggregate import aggregate_predictions
+
+    folder, data = binary
+    evaluate_classifier(
+        str(folder), data["val"], tmp_path / "val", split="val", target_sensitivity=0.9, positive_class="normal"
+    )  # fmt: skip
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, image in enumerate(data["test"].images[:6]):
+        Image.fromarray(((image[0].numpy() + 1) * 127.5).round().astype(np.uint8)).save(images / f"{index}.png")
+    output = tmp_path / "p.csv"
+    predict = ["predict", "--model_dir", str(folder), "--input", str(images), "--output", str(output),
+               "--no_progress_bar", "--threshold"]  # fmt: skip
+    main(predict + [str(tmp_path / "val" / "metrics.json")])
+    main(predict + [str(tmp_path / "val" / ".." / "val" / "metrics.json")])  # the same file: resumed, nothing to do
+    sidecar = json.loads(output.with_name("p.csv.json").read_text())
+    assert sidecar["run"]["positive_class"] == "normal"  # the class the labels were decided about: aggregate's
+    capsys.readouterr()
+    main(["aggregate", "--predictions", str(output), "--by", "path"])
+    assert "note: groups decided at the operating point of" in capsys.readouterr().err
+    main(["aggregate", "--predictions", str(output), "--by", "path", "--positive_class", "lesion", "--overwrite"])
+    said = " ".join(capsys.readouterr().err.split())
+    assert "labelled its images at an operating point of normal, not lesion: groups of lesion are not decided" in said
+    saturated = {"threshold": 1.0, "log_odds": 40.0, "target_sensitivity": 0.9, "chosen_on": "val", "from": "v.json"}
+    card = " ".join(str(render_model_card(
+        "score_sde", model_name="m", dataset_name="d", dataset_license="CC0-1.0", training_command="t",
+        evaluation_command="e", metrics={"sensitivity": 0.9}, class_names=["normal", "lesion"], positive_class="lesion",
+        dataset_split="test", operating_point=saturated,
+    )).split())  # fmt: skip
+    assert "an image is **lesion** where its log-odds are 40.0 or more (a probability that rounds to 1.0)" in card
+    assert "`out.log_odds[:, 1] >= 40.0`" in card and "out.probs[:, 1] >= 1.0" not in card

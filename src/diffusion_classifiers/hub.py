@@ -226,7 +226,9 @@ def _eval_results(
 
 def _saturated_log_odds(point: Optional[dict]) -> Optional[str]:
     """An operating point's log-odds, where its probability is too near 0 or 1 to decide by (a Score-SDE model's)."""
-    if point is None or point.get("log_odds") is None or 1e-4 < point["threshold"] < 1 - 1e-4:
+    from .operating_points import is_saturated
+
+    if point is None or point.get("log_odds") is None or not is_saturated(point):
         return None
     return repr(point["log_odds"])
 

@@ -7,6 +7,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn import metrics as skm
 
+from .operating_points import is_saturated
 from .validation import as_labels, check_finite_rows, check_label_range, resolve_num_classes
 
 # Random clusterings averaged for a clustering's accuracy by chance.
@@ -226,7 +227,7 @@ def operating_point_text(point: dict) -> str:
     a sensitivity of at least 90.00% on the val split of pneumoniamnist.npz (...)`; 8 significant digits (the exact
     value is in metrics.json, which `--threshold` reads)."""
     text = f"{point['threshold']:.8g} or more"
-    if point.get("log_odds") is not None and not 1e-4 < point["threshold"] < 1 - 1e-4:  # saturated: the log-odds tell
+    if point.get("log_odds") is not None and is_saturated(point):
         text += f" (log-odds {point['log_odds']:.6g} or more)"
     if point.get("target_sensitivity") is None:
         return text + (f", the threshold read from `{point['from']}`" if point.get("from") else ", the threshold given")

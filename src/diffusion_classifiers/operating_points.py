@@ -25,9 +25,11 @@ __all__ = [
     "check_decision_rule",
     "decisions_at",
     "given_operating_point",
+    "is_saturated",
     "operating_point_at",
     "positive_log_odds",
     "read_operating_point",
+    "recorded_positive_class",
     "threshold_argument",
     "threshold_for_sensitivity",
 ]
@@ -67,6 +69,24 @@ def threshold_argument(text: str):
     return value
 
 
+def is_saturated(point: dict) -> bool:
+    """Whether an operating point's probability is too near 0 or 1 to decide by (a Score-SDE model's, whose
+    probabilities round to exactly 0 or 1 in float32): its log-odds decide."""
+    return not 1e-4 < point["threshold"] < 1 - 1e-4
+
+
+def recorded_positive_class(path: Union[str, os.PathLike], class_names) -> str:
+    """The positive class an evaluate run's metrics.json at `path` chose its threshold for, one of `class_names`."""
+    positive = _read_metrics(path).get("positive_class")
+    if positive not in list(class_names):
+        raise ValueError(f"threshold: {path} records the positive class {positive!r}, not one of {list(class_names)}")
+    return positive
+
+
+def _logit(probability: float) -> float:
+    return math.log(probability) - math.log1p(-probability)
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
 
@@ -93,7 +113,7 @@ def given_operating_point(
     if threshold is None:
         return None
     if _is_number(threshold):
-        return {**operating_point_at(math.log(threshold) - math.log1p(-threshold)), "threshold": float(threshold)}
+        return {**operating_point_at(_logit(threshold)), "threshold": float(threshold)}
     return read_operating_point(threshold, class_names[positive_label], model_sha256, pipeline_call)
 
 
@@ -134,7 +154,7 @@ def read_operating_point(
             "priors, timesteps and the method move every score; call it as the threshold was chosen"
         )
     if "log_odds" not in point:  # given as a number
-        point = {**point, "log_odds": math.log(point["threshold"]) - math.log1p(-point["threshold"])}
+        point = {**point, "log_odds": _logit(point["threshold"])}
     return {**point, "from": os.fspath(path)}
 
 
@@ -182,7 +202,7 @@ def positive_log_odds(probs, ranking, positive_label: int) -> np.ndarray:
     probability `probs` (+inf at 1, -inf at 0)."""
     probs = np.asarray(probs, dtype=np.float64)[:, positive_label]
     ranking = np.asarray(ranking, dtype=np.float64)[:, positive_label]
-    if not np.array_equal(ranking, probs):
+    if not np.array_equal(ranking, probs, equal_nan=True):  # review: a NaN made probabilities read as log-odds
         return ranking
     with np.errstate(divide="ignore"):
         return np.log(probs) - np.log1p(-probs)

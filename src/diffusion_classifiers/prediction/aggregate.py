@@ -338,22 +338,27 @@ def _decision_threshold(
     one predict labelled the images at (QA: per-study decisions at 0.5 of images deployed at val's threshold); else
     0.5 under "max", None (the most probable class) under "mean". A point whose probability rounds to 0 or 1 (a
     Score-SDE model's, decided by log-odds) is refused: groups gather probabilities."""
-    from ..operating_points import read_operating_point
+    from ..operating_points import is_saturated, read_operating_point
 
+    recorded = _recorded_point(sidecar)
     if isinstance(threshold, (str, os.PathLike)):
         point, source = read_operating_point(
             threshold, class_names[positive], run.get(MODEL_CONTENT_KEY), run.get("pipeline_call")
         ), str(threshold)  # fmt: skip
-    elif threshold is None and positive is not None and (_recorded_point(sidecar) or {}).get("positive_class") == (
-        class_names[positive]
-    ):
-        point, source = _recorded_point(sidecar), f"{sidecar} (the predict run's)"
+    elif threshold is None and recorded is not None and recorded.get("positive_class") == class_names[positive]:
+        point, source = recorded, f"{sidecar} (the predict run's)"
     else:
-        return (0.5 if threshold is None and rule == "max" else threshold), []
-    if not 1e-4 < point["threshold"] < 1 - 1e-4:
+        notes = []
+        if threshold is None and recorded is not None:  # review: another class's point, left out without a word
+            point_class, asked = recorded["positive_class"], class_names[positive]
+            notes = [f"note: the predict run labelled its images at an operating point of {point_class}, not "
+                     f"{asked}: groups of {asked} are not decided at it"]  # fmt: skip
+        return (0.5 if threshold is None and rule == "max" else threshold), notes
+    if is_saturated(point):
         raise ValueError(
             f"threshold: the operating point of {source} has a probability of {point['threshold']!r} (log-odds "
-            f"{point['log_odds']:.6g}): too near 0 or 1 for groups gathering probabilities to be decided at it"
+            f"{point['log_odds']:.6g}): too near 0 or 1 for groups gathering probabilities to be decided at it; "
+            "pass --threshold P, a probability"
         )
     return point["threshold"], [f"note: groups decided at the operating point of {source}: {point['threshold']!r}"]
 

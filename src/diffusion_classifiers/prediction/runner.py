@@ -182,13 +182,22 @@ def _ratio_direction(pipeline: Any) -> str:
     return ratio_direction(positive, next(name for name in pipeline.class_names if name != positive))
 
 
-def _binary_classes(pipeline: Any, columns: list[str]) -> dict:
+def _binary_classes(pipeline: Any, columns: list[str], operating_point: Optional[dict] = None) -> dict:
     """What the sidecar records of a binary pipeline's classes (under "run"): the positive class saved with the model
-    (None when it saved none: `aggregate` then takes class 1) and, for Score-SDE, which way its ratio column points."""
+    (None when it saved none: `aggregate` then takes class 1), or that of the operating point the labels were decided
+    at, and, for Score-SDE, which way its ratio column points."""
     if len(pipeline.class_names) != 2:
         return {}
-    recorded = {POSITIVE_CLASS_KEY: getattr(pipeline, "positive_class", None)}
+    positive = getattr(pipeline, "positive_class", None)
+    positive = positive if operating_point is None else operating_point["positive_class"]
+    recorded = {POSITIVE_CLASS_KEY: positive}
     return {**recorded, RATIO_KEY: _ratio_direction(pipeline)} if RATIO_KEY in columns else recorded
+
+
+def _compared(operating_point: Optional[dict]) -> Optional[dict]:
+    """What a rerun must match of an operating point: all but the path it was read from (review: the same file by
+    another spelling refused the rerun)."""
+    return None if operating_point is None else {k: v for k, v in operating_point.items() if k != "from"}
 
 
 def prediction_call_kwargs(pipeline: Any, pipeline_kwargs: Optional[dict], seed: int) -> dict:
@@ -457,9 +466,10 @@ def predict_files(
         # the settings under "run", whose keys a sidecar lacks are not compared: outputs of earlier versions resume
         # (with the pipeline's defaults: `_check_settings_of_unrecorded_run`)
         # the operating point compared as class names are: a sidecar without one labelled each most probable class
-        run = {"run": {**(run_info or {}), **_binary_classes(pipeline, columns), "pipeline_call": settings},
+        classes = _binary_classes(pipeline, columns, operating_point)
+        run = {"run": {**(run_info or {}), **classes, "pipeline_call": settings},
                "class_names": list(pipeline.class_names), "columns": columns,
-               "operating_point": operating_point}  # fmt: skip
+               "operating_point": _compared(operating_point)}  # fmt: skip
         prepare_output_files(files, run, overwrite, is_main)
         input_paths = {item.path for item in inputs}
         listed = listed_errors(files) & input_paths if is_main else set()
@@ -723,34 +733,19 @@ def _operating_point(args: argparse.Namespace, pipeline: Any, model_sha256: str)
     it (the same model and pipeline call: `operating_points.read_operating_point`)."""
     from ..evaluation import pipeline_call_settings, saved_positive_class
     from ..metrics import resolve_positive_label
-    from ..operating_points import check_decision_rule, given_operating_point
+    from ..operating_points import check_decision_rule, given_operating_point, recorded_positive_class
 
     if args.threshold is None:
         return None
     threshold = args.threshold  # a probability or a file, checked as the flags were parsed
     check_decision_rule(threshold, None)  # and here, for callers building the namespace themselves
     names = list(pipeline.class_names)
-    positive = saved_positive_class(pipeline)
-    if not isinstance(threshold, float):
-        positive = _recorded_positive_class(threshold, names)
+    reads_file = isinstance(threshold, (str, os.PathLike))
+    positive = recorded_positive_class(threshold, names) if reads_file else saved_positive_class(pipeline)
     label = resolve_positive_label(positive, names, len(names)) if len(names) == 2 else None
     settings = pipeline_call_settings(pipeline, prediction_call_kwargs(pipeline, args.pipeline_kwargs, args.seed))
     point = given_operating_point(threshold, None, names, label, model_sha256, settings)
     return {**point, "positive_class": names[label]}
-
-
-def _recorded_positive_class(path: str, class_names: list) -> Optional[str]:
-    """The positive class an evaluate run's metrics.json at `path` chose its threshold for, one of `class_names`."""
-    import json
-
-    try:
-        with open(path, encoding="utf-8") as handle:
-            positive = json.load(handle).get("positive_class")
-    except (OSError, ValueError, AttributeError) as error:
-        raise ValueError(f"--threshold: cannot read {path} as a metrics.json ({error})") from None
-    if positive not in class_names:
-        raise ValueError(f"--threshold: {path} records the positive class {positive!r}, not one of {class_names}")
-    return positive
 
 
 def add_input_args(parser: argparse.ArgumentParser) -> None:
