@@ -314,3 +314,27 @@ def test_review_a_rerun_names_the_file_otherwise_and_aggregate_follows_the_point
     )).split())  # fmt: skip
     assert "an image is **lesion** where its log-odds are 40.0 or more (a probability that rounds to 1.0)" in card
     assert "`out.log_odds[:, 1] >= 40.0`" in card and "out.probs[:, 1] >= 1.0" not in card
+
+
+def test_predict_takes_the_positive_class_a_numeric_threshold_decides_about(binary, tmp_path):
+    """QA (three methods compared): predict alone of the commands had no --positive_class."""
+    import csv
+
+    from PIL import Image
+
+    folder, data = binary
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, image in enumerate(data["test"].images[:8]):
+        Image.fromarray(((image[0].numpy() + 1) * 127.5).round().astype(np.uint8)).save(images / f"{index}.png")
+    output = tmp_path / "p.csv"
+    main(["predict", "--model_dir", str(folder), "--input", str(images), "--output", str(output), "--no_progress_bar",
+          "--positive_class", "normal", "--threshold", "0.2"])  # fmt: skip
+    rows = list(csv.DictReader(output.open()))
+    expected = ["normal" if float(row["prob_normal"]) >= 0.2 else "lesion" for row in rows]
+    assert [row["label"] for row in rows] == expected
+    assert json.loads(output.with_name("p.csv.json").read_text())["run"]["positive_class"] == "normal"
+    evaluate_classifier(str(folder), data["val"], tmp_path / "val", split="val", target_sensitivity=0.9)  # lesion's
+    with pytest.raises(ValueError, match=r"--positive_class normal: .*metrics.json chose its threshold for lesion"):
+        main(["predict", "--model_dir", str(folder), "--input", str(images), "--output", str(tmp_path / "q.csv"),
+              "--positive_class", "normal", "--threshold", str(tmp_path / "val" / "metrics.json")])  # fmt: skip

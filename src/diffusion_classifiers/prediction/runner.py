@@ -656,6 +656,11 @@ def add_predict_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "\"num_timesteps\": 300}' for Score-SDE (not the seed: --seed); the output's .json records every setting",
     )  # fmt: skip
     parser.add_argument(
+        "--positive_class", default=None,
+        help="binary: the class a --threshold given as a number decides about, and a Score-SDE model's "
+        "log_likelihood_ratio points to, recorded for aggregate (default: the model's saved one, else class 1)",
+    )  # fmt: skip
+    parser.add_argument(
         "--threshold", type=threshold_argument, default=None,
         help="binary: label an image with the positive class where its probability is this or more (the model's "
         "saved positive class), or at the operating point an evaluate run's metrics.json records (its positive class; "
@@ -686,6 +691,7 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     check_world_size(accelerator)
     with diffusers_progress_bars(shown=not args.no_progress_bar):  # its "Loading pipeline components" bar
         pipeline = DiffusionClassifierPipeline.from_pretrained(model_dir).to(accelerator.device)
+    _set_positive_class(pipeline, args.positive_class)
     model_name = str(Path(args.model_dir).resolve()) if Path(args.model_dir).is_dir() else str(args.model_dir)
     # the input too: file names restart in every folder of an instrument's samples, and a rerun skips the names done
     # (a DatasetDict's rows are named by index in every split: its split too)
@@ -727,6 +733,16 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     return summary
 
 
+def _set_positive_class(pipeline: Any, positive_class: Optional[str]) -> None:
+    """`--positive_class`, a binary pipeline's (QA: predict alone of the commands had none)."""
+    if positive_class is None:
+        return
+    names = list(pipeline.class_names)
+    if len(names) != 2:
+        raise ValueError(f"--positive_class: a binary model's; this one has {len(names)} classes {names}")
+    pipeline.set_positive_class(positive_class)
+
+
 def _operating_point(args: argparse.Namespace, pipeline: Any, model_sha256: str) -> Optional[dict]:
     """`--threshold` as an operating point with its `positive_class`: a probability, of the model's saved positive
     class (else class 1); or an evaluate run's metrics.json, of its own positive class, checked as `evaluate` checks
@@ -742,6 +758,8 @@ def _operating_point(args: argparse.Namespace, pipeline: Any, model_sha256: str)
     names = list(pipeline.class_names)
     reads_file = isinstance(threshold, (str, os.PathLike))
     positive = recorded_positive_class(threshold, names) if reads_file else saved_positive_class(pipeline)
+    if reads_file and args.positive_class not in (None, positive):
+        raise ValueError(f"--positive_class {args.positive_class}: {threshold} chose its threshold for {positive}")
     label = resolve_positive_label(positive, names, len(names)) if len(names) == 2 else None
     settings = pipeline_call_settings(pipeline, prediction_call_kwargs(pipeline, args.pipeline_kwargs, args.seed))
     point = given_operating_point(threshold, None, names, label, model_sha256, settings)
