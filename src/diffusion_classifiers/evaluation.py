@@ -915,7 +915,7 @@ def evaluate_classifier(
     method = method_of_classifier(classifier)
     if method is not None:
         metrics["method"] = method
-    if _selected_on(classifier, split):
+    if _selected_on(method, split):
         metrics["head_chosen_on_a_val_split"] = True
     if positive_label is not None and (settings or {}).get("priors") is not None:
         prevalence = classifier.prior_list(settings["priors"])[positive_label]
@@ -932,16 +932,12 @@ def evaluate_classifier(
     return metrics
 
 
-def _selected_on(classifier, split: Optional[str]) -> bool:
-    """Whether `split` is a val split and the classifier's head was chosen on one (`probe` and `demo` choose a
-    U-Net-feature model's (block, timestep) pair and C on val, `fit-head` an RC-DiT head's C or temperature): where it
-    is that split, its figures are of the images a choice was made on, optimistic (QA: `evaluate --split val` of a
+def _selected_on(method: Optional[str], split: Optional[str]) -> bool:
+    """Whether `split` is a val split and the head of a model of `method` was chosen on one (`probe` and `demo` choose
+    a U-Net-feature model's (block, timestep) pair and C on val, `fit-head` an RC-DiT head's C or temperature): where
+    it is that split, its figures are of the images a choice was made on, optimistic (QA: `evaluate --split val` of a
     probe gave 95.99% without a word, test 87.34%)."""
-    if canonical_split_name(split or "") != "val":
-        return False
-    from .hub import method_of_classifier
-
-    return method_of_classifier(classifier) in ("unet_features", "rc_dit")
+    return canonical_split_name(split or "") == "val" and method in ("unet_features", "rc_dit")
 
 
 def _carving_record(carving: Optional[dict]) -> Optional[dict]:
