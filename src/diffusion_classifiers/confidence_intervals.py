@@ -16,7 +16,7 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.stats import binomtest, norm, rankdata
 
-from .metrics import finite_ranking, float_array
+from .metrics import NO_AUC_INTERVAL, finite_ranking, float_array
 from .validation import as_labels
 
 __all__ = [
@@ -44,6 +44,7 @@ MIN_CLASS_IMAGES = 10
 _RESAMPLES_AT_ONCE = 200  # matrices drawn at a time: [200, cells holding images] counts (at most 200 x images)
 
 _BOOTSTRAP = f"percentile bootstrap within each class, {NUM_RESAMPLES} resamples, seed {_BOOTSTRAP_SEED}"
+_UNBOUNDED = "none: every resample gives the same value, which a bootstrap cannot bound"
 _METHODS = {
     "accuracy": "Wilson score interval",
     "sensitivity": "Wilson score interval",
@@ -164,9 +165,14 @@ def _class_average_intervals(confusion: np.ndarray, level: float) -> Dict[str, O
             drawn[:, cells] = rng.multinomial(counts[cells].sum(), counts[cells] / counts[cells].sum(), size=size)
         for name, values in class_averages(drawn, rows, columns, len(confusion)).items():
             statistics[name].append(values)
-    tails = [(1 - level) / 2, (1 + level) / 2]
-    intervals = {name: np.quantile(np.concatenate(values), tails).tolist() for name, values in statistics.items()}
-    return {name: interval if interval[0] < interval[1] else None for name, interval in intervals.items()}
+    return {name: _percentile_interval(values, level) for name, values in statistics.items()}
+
+
+def _percentile_interval(resampled: List[np.ndarray], level: float) -> Optional[List[float]]:
+    """The percentile interval of the statistics of every resample (batches of them), None where every resample
+    gives the same value."""
+    low, high = np.quantile(np.concatenate(resampled), [(1 - level) / 2, (1 + level) / 2]).tolist()
+    return [low, high] if low < high else None
 
 
 def _runs(values: np.ndarray) -> List[tuple]:
@@ -219,10 +225,8 @@ def _average_precision_interval(is_positive: np.ndarray, scores: np.ndarray, lev
         weighted_average_precision(is_positive, scores, resampled_counts(is_positive, rng, size))
         for size in _resample_sizes()
     ]
-    low, high = np.quantile(np.concatenate(statistics), [(1 - level) / 2, (1 + level) / 2]).tolist()
-    if low == high:
-        return None, "none: every resample gives the same value, which a bootstrap cannot bound"
-    return [low, high], _METHODS["average_precision"]
+    interval = _percentile_interval(statistics, level)
+    return interval, _METHODS["average_precision"] if interval is not None else _UNBOUNDED
 
 
 def _resample_sizes() -> List[int]:
@@ -268,8 +272,7 @@ def _class_average_intervals_and_methods(confusion: np.ndarray, level: float) ->
     if reason:
         return dict.fromkeys(names), dict.fromkeys(names, reason)
     intervals = _class_average_intervals(confusion, level)
-    unbounded = "none: every resample gives the same value, which a bootstrap cannot bound"
-    return intervals, {name: _METHODS[name] if intervals[name] is not None else unbounded for name in names}
+    return intervals, {name: _METHODS[name] if intervals[name] is not None else _UNBOUNDED for name in names}
 
 
 def _too_few_images(supports: np.ndarray, method: str = "a bootstrap within each class") -> Optional[str]:
@@ -286,7 +289,7 @@ def _too_few_images(supports: np.ndarray, method: str = "a bootstrap within each
 def _auc_interval(confusion: np.ndarray, positive_label: Optional[int], roc, level: float) -> tuple:
     """The AUC's interval and its method, or None and why there is none."""
     if roc is None:
-        return None, "none: the AUC is undefined"
+        return None, NO_AUC_INTERVAL
     if positive_label is None:
         reason = _too_few_images(np.bincount(as_labels(roc[0], "labels")), "DeLong's variance of the average")
         if reason:  # simulated, 10 classes: 95% intervals held the population's in 90.5% of 400 draws at 2 images
@@ -314,5 +317,5 @@ def intervals_of_metrics(metrics: dict, y_true, scores=None, level: float = CONF
         roc = (y_true, scores) if positive_label is None else (y_true == positive_label, scores[:, positive_label])
     intervals = classification_intervals(metrics["confusion_matrix"], positive_label, roc, level)
     if metrics.get("auc") is None:  # QA: a split without some classes was given the multi-class reason
-        intervals["auc"], intervals["methods"]["auc"] = None, "none: the AUC is undefined"
+        intervals["auc"], intervals["methods"]["auc"] = None, NO_AUC_INTERVAL
     return intervals

@@ -16,6 +16,7 @@ CHANCE_DRAWS = 10
 PROBABILITY_SLACK = 1e-6
 
 __all__ = [
+    "NO_AUC_INTERVAL",
     "absent_classes_note",
     "auc_text",
     "average_precision_rows",
@@ -40,6 +41,9 @@ __all__ = [
     "resolve_positive_label",
     "seed_sensitivity_metrics",
 ]
+
+# Why an AUC has no interval where the AUC itself is undefined (a class without an image, or no scores)
+NO_AUC_INTERVAL = "none: the AUC is undefined"
 
 
 def float_array(values) -> np.ndarray:
@@ -116,8 +120,8 @@ def predictive_values_at(prevalence: float, metrics: dict) -> dict:
     """The positive and negative predictive values a binary classifier of `metrics`' sensitivity and specificity has
     where the positive class is `prevalence` of the images (Bayes' rule: PPV = se p / (se p + (1 - sp)(1 - p))), with
     the prevalence of the images scored: `{"prevalence", "scored_prevalence", "positive_predictive_value",
-    "negative_predictive_value"}`, a value None where undefined. A set's precision is its own prevalence's PPV: at a
-    screening prevalence of 1% a classifier 62.5%-positive test data gives 91% precision may have 6%."""
+    "negative_predictive_value"}`, a value None where undefined. A set's precision is the PPV at its own prevalence: a
+    classifier with 91% precision on a test split 62.5% positive may have a PPV of 6% where 1% of the images are."""
     sensitivity, specificity = metrics.get("sensitivity"), metrics.get("specificity")
     ppv = npv = None
     if sensitivity is not None and specificity is not None:
@@ -140,8 +144,8 @@ def prevalence_note(metrics: dict) -> List[str]:
     if not at:
         return []
     positive, ppv, npv = metrics["positive_class"], at["positive_predictive_value"], at["negative_predictive_value"]
-    scored = "" if at["scored_prevalence"] is None else f", whose prevalence of {positive} is"
-    scored += "" if at["scored_prevalence"] is None else f" {percent(at['scored_prevalence'])}"
+    own = at["scored_prevalence"]
+    scored = "" if own is None else f", whose prevalence of {positive} is {percent(own)}"
     values = f"a PPV of {percent(ppv)} and an NPV of {percent(npv)}"
     return [
         f"Scored with priors that give {positive} a prevalence of {percent(at['prevalence'])}: the precisions, F1s, "
@@ -213,13 +217,10 @@ def decision_sentence(metrics: dict) -> str:
     support = metrics["per_class"].get(positive, {}).get("support")
     positives = "" if support is None else f" ({support} of {metrics['num_samples']} images)"
     point = metrics.get("operating_point")
-    if point is None:
-        return (
-            f"positive class: **{positive}**{positives}, predicted where its probability exceeds 0.5 (each image is "
-            "given its most probable class; at a tie, the class listed first)"
-        )
-    decided = f"predicted where its probability is {operating_point_text(point)}"
-    return f"positive class: **{positive}**{positives}, {decided}"
+    decided = f"is {operating_point_text(point)}" if point is not None else (
+        "exceeds 0.5 (each image is given its most probable class; at a tie, the class listed first)"
+    )  # fmt: skip
+    return f"positive class: **{positive}**{positives}, predicted where its probability {decided}"
 
 
 def operating_point_text(point: dict) -> str:
@@ -396,7 +397,7 @@ def mark_absent_classes(
     metrics["auc_undefined"] = f"no image of class {_some_of(absent)} in the {scored}"
     if "confidence_intervals" in metrics:  # computed over the classes present, as the AUC was before
         metrics["confidence_intervals"]["auc"] = None
-        metrics["confidence_intervals"]["methods"]["auc"] = "none: the AUC is undefined"
+        metrics["confidence_intervals"]["methods"]["auc"] = NO_AUC_INTERVAL
     warnings.warn(
         f"the evaluated {where} has no image of the model's class(es) {_some_of(absent)} (none of its {len(y_true)} "
         "images): its accuracy and macro-F1 say nothing about them, and AUC is undefined",

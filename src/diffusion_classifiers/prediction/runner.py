@@ -251,8 +251,9 @@ def _classify(pipeline: Any, images: list, call_kwargs: dict, operating_point: O
 
     with images_in_their_stated_range():  # the frames of files, given in the contract's range (`_in_stated_range`)
         output = pipeline(images, **call_kwargs)
-    columns = {"label": list(output.labels), "score": output.scores.tolist()}
-    if operating_point is not None:
+    if operating_point is None:
+        columns = {"label": list(output.labels), "score": output.scores.tolist()}
+    else:
         columns = _decided_at(output, pipeline.class_names, operating_point)
     columns.update({f"prob_{name}": output.probs[:, k].tolist() for k, name in enumerate(pipeline.class_names)})
     for name in ("log_likelihood_ratio", "log_likelihood_ratio_stderr"):
