@@ -9,7 +9,9 @@ unless another is given).
 """
 
 import copy
+import csv
 import functools
+import io
 import json
 import numbers
 import os
@@ -46,6 +48,7 @@ from .metrics import (
     auc_text,
     average_precision_rows,
     calibration_metrics,
+    calibration_rows,
     classification_metrics,
     decision_sentence,
     intervals_note,
@@ -88,6 +91,7 @@ __all__ = [
     "load_metric",
     "map_labels_by_name",
     "pipeline_call_settings",
+    "predictions_csv",
     "render_evaluation_report",
     "saved_positive_class",
     "saved_preprocessing",
@@ -95,6 +99,8 @@ __all__ = [
 ]
 
 METRIC_MODULE = str(Path(__file__).parent / "evaluate_metrics" / "diffusion_classifier_metrics.py")
+# Each scored image's labels and probabilities, beside metrics.json (`predictions_csv`)
+PREDICTIONS_FILE = "predictions.csv"
 # The splits `load_evaluation_split` (and `diffusion-classifiers evaluate --split`) reads: one of the data's ("val" and
 # "validation" one name), or `ONE_SET` ("all"), every image of the data set as one set (its splits together, none
 # carved).
@@ -548,6 +554,7 @@ def check_training_overlap(
     whole_data_set: bool = False,
     unlabeled_pool: bool = False,
     paths=None,
+    with_kept_positions: bool = False,
 ):
     """`(dataset, number dropped)`: [`LabeledImages`] or [`StreamingImages`] checked, by content
     (`data.split_record.image_fingerprint_variants`), against a model's recorded `train_fingerprints`. Images the
@@ -568,7 +575,10 @@ def check_training_overlap(
     `train_split`, the train split carved from the same data (in memory or streamed), tells duplicates from leaks:
     an image whose fingerprint is also one of its images' is an exact copy of an image the data itself puts in train
     (real data sets hold such duplicates), not one carving moved out of train, and passes. It is fingerprinted only
-    where some image matches the record (a streamed train split is then read once)."""
+    where some image matches the record (a streamed train split is then read once).
+
+    `with_kept_positions` adds, last, the positions in `dataset` of the images kept (a dict of them by name with a
+    dict of splits)."""
     named = isinstance(dataset, dict)
     splits, paths = (dataset, paths or {}) if named else ({None: dataset}, {None: paths})
     train_fingerprints, in_data, seen = set(train_fingerprints), None, {}
@@ -592,10 +602,10 @@ def check_training_overlap(
             + _likely_cause(changed_split_args, whole_data_set, unlabeled_pool)
             + (f", or pass {drop_hint} to score the other {num_images - num_seen} only" if drop_hint else "")
         )
-    kept = {
-        name: split.subset(np.flatnonzero(~seen[name])) if counts[name] else split for name, split in splits.items()
-    }
-    return (kept, counts) if named else (kept[None], num_seen)
+    positions = {name: np.flatnonzero(~found) for name, found in seen.items()}
+    kept = {name: split.subset(positions[name]) if counts[name] else split for name, split in splits.items()}
+    checked = (kept, counts, positions) if named else (kept[None], num_seen, positions[None])
+    return checked if with_kept_positions else checked[:2]
 
 
 def files_of_splits(
@@ -622,13 +632,18 @@ def files_of_splits(
                 dataset, check_files=False, one_set=one_set, **{**carving, "class_names": names}, **kwargs
             )
 
-    def file_of(name: str, index: int) -> Optional[str]:
+    @functools.lru_cache(maxsize=None)
+    def files_of(name: str) -> Optional[list]:
         try:
             listed = listing()[canonical_split_name(name)]
         except (ValueError, OSError):  # listed otherwise than the split was read (a file gone since): positions
             return None
         same = len(listed) == len(splits[name]) and listed.labels.equal(splits[name].labels)
-        return listed._path(index) if same else None
+        return listed.files() if same else None
+
+    def file_of(name: str, index: int) -> Optional[str]:
+        files = files_of(name)
+        return None if files is None else files[index]
 
     return {name: functools.partial(file_of, name) for name in splits}
 
@@ -881,7 +896,7 @@ def evaluate_classifier(
     overlap = dict(
         train_split=train_split, changed_split_args=changed_split_args, unlabeled_pool=unlabeled_pool, paths=paths
     )
-    dataset, checked = _checked_against_training_images(
+    dataset, checked, positions = _checked_against_training_images(
         dataset, train_fingerprints, checking, drop_training_images, split, dataset_name, num_workers, **overlap
     )
     if fingerprints_partial is None:
@@ -901,7 +916,10 @@ def evaluate_classifier(
         point = threshold_for_sensitivity(y_true == positive_label, log_odds, target_sensitivity)
         point |= {"target_sensitivity": target_sensitivity, "chosen_on": split, "dataset": dataset_name}
         point["num_positives"] = int(np.sum(y_true == positive_label))  # how finely the target could be met
-    metrics = _scored_metrics(y_true, probs, ranking, stderr, nfe, model_names, positive_label, settings, point)
+    y_pred, log_odds = _decisions(probs, ranking, positive_label, point)
+    metrics = _scored_metrics(
+        y_true, y_pred, log_odds, probs, ranking, stderr, nfe, model_names, positive_label, settings, point
+    )
     metrics.update(checked)
     if positive_label is not None:
         metrics["num_positives"] = int(np.sum(y_true == positive_label))
@@ -925,11 +943,43 @@ def evaluate_classifier(
     mark_absent_classes(metrics, y_true, model_names, _scored_set(split), evaluated)
     if output_dir is not None:
         title = title or f"{METHOD_TITLES.get(method, type(classifier).__name__)} evaluation"
+        files = _scored_files(dataset, paths, positions)
+        predictions = predictions_csv(positions, files, y_true, y_pred, probs, model_names, log_odds, positive_label)
         write_evaluation(
             metrics, model_names, output_dir, y_true, probs, title, split=split, dataset_name=dataset_name,
-            ranking_scores=ranking, moved_in=moved_in,
+            ranking_scores=ranking, moved_in=moved_in, predictions=predictions,
         )  # fmt: skip
     return metrics
+
+
+def _scored_files(dataset, paths, positions: np.ndarray) -> List[Optional[str]]:
+    """The file of each image scored (None where not known: data held in arrays, a `datasets.Dataset`, an image
+    stored as bytes), from the `paths` of images read into memory by their `positions` in the split, or from a
+    [`StreamingImages`] split's own rows."""
+    if isinstance(dataset, StreamingImages):
+        return dataset.files()
+    return [None if paths is None else paths(int(position)) for position in positions]
+
+
+def predictions_csv(
+    positions, files, y_true, y_pred, probs, class_names: Sequence[str], log_odds=None, positive_label=None
+) -> str:
+    """`predictions.csv` of an evaluation: one row per image scored, with `image` (its position in the split, as the
+    split numbers its images before any training image is dropped), `path` (its file, empty where not known),
+    `true_label` and `label` (the class decided: its most probable, or at the operating point), `score` (the decided
+    class's probability), `prob_<class>` for every class of the model, and for binary tasks
+    `log_odds_<positive class>` (what the ROC ranks by and an operating point compares)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    columns = ["image", "path", "true_label", "label", "score", *(f"prob_{name}" for name in class_names)]
+    columns += [] if log_odds is None else [f"log_odds_{class_names[positive_label]}"]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(columns)
+    for row, position in enumerate(positions):
+        cells = [int(position), files[row] or "", class_names[y_true[row]], class_names[y_pred[row]]]
+        cells += [float(probs[row, y_pred[row]]), *map(float, probs[row])]
+        writer.writerow(cells + ([] if log_odds is None else [float(log_odds[row])]))
+    return text.getvalue()
 
 
 def _selected_on(method: Optional[str], split: Optional[str]) -> bool:
@@ -976,19 +1026,20 @@ def _check_evaluate_call(
 
 def _checked_against_training_images(
     dataset, train_fingerprints, checking: bool, drop_training_images: bool, split, dataset_name, num_workers, **overlap
-) -> Tuple[object, dict]:
-    """`dataset` less the training images where `drop_training_images` (refused otherwise: `check_training_overlap`)
-    and what `metrics.json` records of the check (`training_images_checked`, `training_images_dropped`)."""
+) -> Tuple[object, dict, np.ndarray]:
+    """`dataset` less the training images where `drop_training_images` (refused otherwise: `check_training_overlap`),
+    what `metrics.json` records of the check (`training_images_checked`, `training_images_dropped`) and the positions
+    in `dataset` of the images kept."""
     if train_fingerprints is not None and isinstance(dataset, (LabeledImages, StreamingImages)):
         where = _images_named(split, dataset_name)
-        dataset, dropped = check_training_overlap(
+        dataset, dropped, positions = check_training_overlap(
             dataset, train_fingerprints, drop_training_images, where, num_workers, whole_data_set=split == ONE_SET,
-            **overlap,
+            with_kept_positions=True, **overlap,
         )  # fmt: skip
         if len(dataset) == 0:
             raise ValueError(f"{where}: every image is one the model was trained on; nothing is left to score")
         dropped = {"training_images_dropped": dropped} if drop_training_images else {}
-        return dataset, {"training_images_checked": True, **dropped}
+        return dataset, {"training_images_checked": True, **dropped}, positions
     if drop_training_images:  # QA: ignored without a word, the report then saying the images were not checked
         why = (
             "a datasets.Dataset is not checked against the model's training images" if train_fingerprints is not None
@@ -997,9 +1048,10 @@ def _checked_against_training_images(
         )  # fmt: skip
         raise ValueError(f"drop_training_images: {why}, so none can be dropped; expected it False")
     # a datasets.Dataset (its own split, not carved by the model's record), or a model that records none: said
+    every = np.arange(len(dataset))
     if train_fingerprints is not None or checking:
-        return dataset, {"training_images_checked": False}
-    return dataset, {}
+        return dataset, {"training_images_checked": False}, every
+    return dataset, {}, every
 
 
 def _labelled_batches(
@@ -1017,12 +1069,18 @@ def _labelled_batches(
     return batches, dataset_labels, dataset_names
 
 
-def _scored_metrics(y_true, probs, ranking, stderr, nfe, model_names, positive_label, settings, point=None) -> dict:
-    """`classification_metrics` of the predictions (each image's most probable class, or at the operating `point`),
-    their calibration, the network calls per image where counted and, for a binary pipeline giving standard errors,
-    the decisions another noise seed could flip."""
-    log_odds = None if point is None else positive_log_odds(probs, ranking, positive_label)
+def _decisions(probs, ranking, positive_label: Optional[int], point: Optional[dict]):
+    """`(y_pred, log_odds)`: each image's class (its most probable, or at the operating `point`) and, for binary
+    tasks, its log-odds of the positive class (`operating_points.positive_log_odds`; else None)."""
+    log_odds = None if positive_label is None else positive_log_odds(probs, ranking, positive_label)
     y_pred = probs.argmax(-1).numpy() if point is None else decisions_at(log_odds, positive_label, point)
+    return y_pred, log_odds
+
+
+def _scored_metrics(y_true, y_pred, log_odds, probs, ranking, stderr, nfe, model_names, positive_label, settings, point):
+    """`classification_metrics` of the decisions `y_pred` (`_decisions`), the probabilities' calibration, the network
+    calls per image where counted and, for a binary pipeline giving standard errors, the decisions another noise seed
+    could flip."""
     metrics = classification_metrics(
         y_true, y_pred, probs=ranking, class_names=model_names, positive_label=positive_label
     )
@@ -1158,10 +1216,12 @@ def write_evaluation(
     dataset_name: Optional[str] = None,
     ranking_scores=None,
     moved_in: Optional[Dict[str, str]] = None,
+    predictions: Optional[str] = None,
 ) -> None:
     """Write `metrics.json`, `report.md`, `confusion_matrix.png`, `reliability.png` and (binary tasks with both
     classes present) `roc_pr.png` for the labels `y_true` and class probabilities `probs` the metrics came from (the
-    ROC and PR curves ranking by `ranking_scores`, default `probs`). `metrics.json` records the `split` and the
+    ROC and PR curves ranking by `ranking_scores`, default `probs`), and `predictions` (the text of
+    `predictions_csv`) as `predictions.csv`, when given. `metrics.json` records the `split` and the
     dataset (`dataset_name`) the metrics were measured on, when given. An earlier `metrics.json` is removed before the
     first file is written (then `moved_in`, `{name: a folder written aside}`, is moved in) and the new one written
     last, after the figures and `report.md`: a folder holding a `metrics.json` holds one run's files
@@ -1173,10 +1233,11 @@ def write_evaluation(
     measured_on = {key: value for key, value in (("split", split), ("dataset", dataset_name)) if value is not None}
     record = json.dumps({**measured_on, **metrics}, indent=2)  # what JSON cannot hold fails before a file is written
     titles = {"confusion_matrix": f"{title}: confusion matrix", "reliability": f"{title}: reliability", "roc_pr": title}
-    remove_earlier_report(output_dir, moved_in=moved_in, files=("report.md", *CLASSIFICATION_FIGURES))
+    remove_earlier_report(output_dir, moved_in=moved_in, files=("report.md", PREDICTIONS_FILE, *CLASSIFICATION_FIGURES))
     plots = plot_classification_figures(output_dir, metrics, class_names, y_true, probs, titles, ranking_scores)
     report = render_evaluation_report(metrics, title, plots, split, dataset_name)
-    write_texts_atomically(output_dir, {"report.md": report, "metrics.json": record})  # in order: the marker last
+    texts = {"report.md": report, **({PREDICTIONS_FILE: predictions} if predictions is not None else {})}
+    write_texts_atomically(output_dir, {**texts, "metrics.json": record})  # in order: the marker last
 
 
 def render_evaluation_report(
@@ -1225,7 +1286,7 @@ def render_evaluation_report(
     lines += [row("macro-F1", percent(metrics["macro_f1"]), "macro_f1")]
     lines += [row("balanced accuracy", percent(metrics["balanced_accuracy"]), "balanced_accuracy")]
     lines += [row("AUC", auc, "auc"), *average_precision_rows(metrics)]
-    lines += [row("ECE", f"{metrics['calibration']['ece']:.4f}")]
+    lines += calibration_rows(metrics["calibration"], intervals)
     if metrics.get("nfe_per_image"):
         calls = metrics["nfe_per_image"]
         lines += [row("network calls per image", f"{calls['mean']:g} (least {calls['min']}, most {calls['max']})")]

@@ -108,7 +108,10 @@ METRIC_NAMES = {
     "sensitivity": ("recall", "Sensitivity"),
     "specificity": ("specificity", "Specificity"),
     "ece": ("ece", "Expected calibration error (10 bins)"),  # from "calibration": how far confidence is from accuracy
+    "brier": ("brier_score", "Brier score"),  # from "calibration": how far the probabilities are from the labels
 }
+# The METRIC_NAMES keys metrics.json records under "calibration"
+CALIBRATION_KEYS = ("ece", "brier")
 # The model-index `args` of a metric whose type alone is ambiguous (an `f1` could be the positive class's)
 METRIC_ARGS = {"macro_f1": {"average": "macro"}}
 # The metrics of a binary task's positive class: their names and model-index `args` name it (QA: a card's YAML read
@@ -527,7 +530,8 @@ def load_eval_metrics(path: Union[str, os.PathLike]) -> Dict[str, float]:
     """The scalar test metrics (`METRIC_NAMES` keys) of a `metrics.json`: the demo's (under "test") or a flat one."""
     data = _read_json(path)
     data = data.get("test", data)
-    data = {**data, "ece": (data.get("calibration") or {}).get("ece")}  # QA: an over-confident model's card hid it
+    calibration = data.get("calibration") or {}
+    data = {**data, **{key: calibration.get(key) for key in CALIBRATION_KEYS}}  # QA: an over-confident card hid them
     metrics = {key: data[key] for key in METRIC_NAMES if data.get(key) is not None}
     if not metrics:
         raise ValueError(f"{path}: expected metrics {sorted(METRIC_NAMES)} at the top level or under 'test', found none")

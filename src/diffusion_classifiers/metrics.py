@@ -21,6 +21,7 @@ __all__ = [
     "auc_text",
     "average_precision_rows",
     "calibration_metrics",
+    "calibration_rows",
     "classification_metrics",
     "clustering_metrics",
     "decision_sentence",
@@ -498,11 +499,15 @@ def _hungarian_accuracy_by_chance(y_true: np.ndarray, clusters: np.ndarray, num_
 
 def calibration_metrics(y_true, probs, num_bins: int = 10) -> dict:
     r"""
-    Expected calibration error of the top-class confidence, with the per-bin table of a reliability diagram. `probs`
-    must be probabilities (in [0, 1], finite), `y_true` class ids among their columns and `num_bins` at least 1.
+    Expected calibration error of the top-class confidence, with the per-bin table of a reliability diagram, and
+    the two proper scores of the probabilities (scikit-learn's). `probs` must be probabilities (in [0, 1], finite),
+    `y_true` class ids among their columns and `num_bins` at least 1.
 
     Returns:
-        `dict` with `ece` and `bins`: one entry per equal-width confidence bin (`lower`, `upper`, `count`,
+        `dict` with `ece`; `brier`, the Brier score (the mean squared distance of each image's probabilities from its
+        one-hot label: halved for two classes, as customary, so in [0, 1]; in [0, 2] for more); `log_loss`, the mean
+        negative log-probability of the true class in nats (a probability of exactly 0 counted as float64's
+        epsilon, about 36 nats); and `bins`: one entry per equal-width confidence bin (`lower`, `upper`, `count`,
         `confidence` = mean top probability, `accuracy` = fraction correct; `None` for empty bins).
     """
     y_true, probs = as_labels(y_true, "y_true"), float_array(probs)
@@ -530,7 +535,29 @@ def calibration_metrics(y_true, probs, num_bins: int = 10) -> dict:
             "lower": float(edges[b]), "upper": float(edges[b + 1]), "count": count, "confidence": mean_confidence,
             "accuracy": accuracy,
         })  # fmt: skip
-    return {"ece": float(ece), "bins": bins}
+    return {"ece": float(ece), **proper_scores(y_true, probs), "bins": bins}
+
+
+def calibration_rows(calibration: dict, intervals: Optional[dict] = None) -> List[str]:
+    """The report rows of `calibration_metrics`: the ECE, and the Brier score and log loss where recorded (an earlier
+    version's metrics.json has neither)."""
+    rows = [metric_row("ECE", f"{calibration['ece']:.4f}", intervals)]
+    if "brier" in calibration:
+        rows += [metric_row("Brier score", f"{calibration['brier']:.4f}", intervals)]
+        rows += [metric_row("log loss (nats)", f"{calibration['log_loss']:.4f}", intervals)]
+    return rows
+
+
+def proper_scores(y_true: np.ndarray, probs: np.ndarray) -> dict:
+    """The Brier score and the log loss of checked probabilities `probs` `[N, K]` (`calibration_metrics`): every one
+    of the K columns a class, present in `y_true` or not."""
+    labels, sums = np.arange(probs.shape[1]), probs.sum(1, keepdims=True)
+    if (sums == 0).any():
+        empty = int(np.flatnonzero(sums == 0)[0])
+        raise ValueError(f"probs row {empty} is all zeros: expected each row to be a distribution over the classes")
+    rows = probs / sums  # a float32 softmax sums to 1 within its rounding only
+    brier = skm.brier_score_loss(y_true, rows[:, 1] if len(labels) == 2 else rows, labels=labels)
+    return {"brier": float(brier), "log_loss": float(skm.log_loss(y_true, rows, labels=labels))}
 
 
 def seed_sensitivity_metrics(y_true, y_pred, margins, stderr, num_stderr: float = 2.0) -> dict:

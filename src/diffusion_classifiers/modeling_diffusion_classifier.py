@@ -76,7 +76,10 @@ def _build_backbone(config: DiffusionClassifierConfig) -> nn.Module:
     if config.backbone_type == "unet":
         return UNet2DModel(**config.backbone_config)
     backbone_config = dict(config.backbone_config)
-    return AutoModel.from_config(AutoConfig.for_model(backbone_config.pop("model_type"), **backbone_config))
+    # in the dtype the model is built in (`from_pretrained(..., dtype=...)` sets it): from_config takes its config's
+    # float32 otherwise (QA: a bfloat16 export ran its ViT in float32 and said model.dtype float32)
+    backbone = AutoConfig.for_model(backbone_config.pop("model_type"), **backbone_config)
+    return AutoModel.from_config(backbone, dtype=torch.get_default_dtype())
 
 
 class DiffusionFeaturesForImageClassification(DiffusionClassifierPreTrainedModel):

@@ -29,6 +29,7 @@ __all__ = [
     "check_label_range",
     "check_no_lookalike_names",
     "check_positive_integer",
+    "check_unique_class_names",
     "check_unit_range",
     "check_writable_dir",
     "check_writable_file",
@@ -149,9 +150,19 @@ def resolve_num_classes(num_classes: Optional[int], class_names: Optional[Sequen
         num_classes = len(class_names) if class_names is not None else int(max(a.max() for a in label_arrays)) + 1
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"expected {num_classes} class_names, got {len(class_names)}: {list(class_names)}")
+    if class_names is not None:
+        check_unique_class_names(class_names, "class_names")
     if num_classes < 2:
         raise ValueError(f"expected num_classes >= 2, got {num_classes}")
     return num_classes
+
+
+def check_unique_class_names(class_names: Sequence[str], where: str) -> None:
+    """`ValueError` naming the repeated names of `class_names` (a label id each: a repeated one would make two classes
+    one name, and a transformers export's `label2id` would lose one of them)."""
+    repeated = sorted({str(name) for name in class_names if list(class_names).count(name) > 1})
+    if repeated:
+        raise ValueError(f"{where}: expected unique class names, got {list(class_names)} ({', '.join(repeated)} repeated)")
 
 
 def check_two_classes_at_least(class_names: Sequence[str], source, task: str) -> None:

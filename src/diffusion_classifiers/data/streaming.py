@@ -255,6 +255,17 @@ class StreamingImages(torch.utils.data.Dataset):
             return f"{named or f'image {index} of the split'} (no image)"
         return value.get("path") or f"{named or f'row {index}'} (bytes without a path)"
 
+    def files(self) -> list[str | None]:
+        """The file of each image, in order (None for an image stored as bytes without a path, or for no image): read
+        from the image column's paths alone, no image decoded."""
+        import pyarrow.compute as pc
+
+        column = self.dataset.select_columns([self.image_column]).with_format("arrow")
+        files: list[str | None] = []
+        for batch in column.iter(batch_size=4096):
+            files += pc.struct_field(batch[self.image_column], "path").to_pylist()
+        return files
+
     def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> StreamingImages:
         """The rows at `indices` (an index mapping over the same Arrow table: nothing is copied or decoded)."""
         indices = np.asarray(indices, dtype=np.int64)

@@ -8,6 +8,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from ..validation import check_unique_class_names
 from ..views import check_views
 
 __all__ = ["FeatureHeadMixin", "LinearProbeHead", "column_mean_and_std"]
@@ -27,8 +28,22 @@ def column_mean_and_std(features: torch.Tensor) -> tuple:
 
 
 class FeatureHeadMixin:
-    """What every classification head over one feature vector shares: the config checks, the feature-size check and
-    `id2label` from the `class_names` in its config."""
+    """What every classification head over one feature vector shares: the config checks, the feature-size check,
+    `id2label` from the `class_names` in its config, and float32 whatever the pipeline is cast or loaded in."""
+
+    def to(self, *args, **kwargs):
+        """`torch.nn.Module.to`, but the head stays float32 whatever dtype is asked (a pipeline's `.to(torch.bfloat16)`
+        casts every component): it is tiny, and its decisions turn on differences of logits or similarities below
+        bfloat16's resolution (QA: a bfloat16 prototype head, temperature 1e-3, tied its top two classes on 94.5% of
+        the images and chose class 0). Features of any dtype are read in float32."""
+        device, _, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
+        return self if device is None else super().to(device=device, non_blocking=non_blocking)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`ModelMixin.from_pretrained` in float32, whatever `dtype` (`torch_dtype`) a pipeline is loaded with (`to`)."""
+        kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)
+        return super().from_pretrained(*args, **kwargs)
 
     @staticmethod
     def check_head_config(in_features: int, num_classes: int, class_names: Optional[List[str]]) -> None:
@@ -36,6 +51,8 @@ class FeatureHeadMixin:
             raise ValueError(f"expected in_features >= 1 and num_classes >= 2, got {in_features} and {num_classes}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"expected {num_classes} class_names, got {len(class_names)}: {class_names}")
+        if class_names is not None:
+            check_unique_class_names(class_names, "class_names")
 
     def check_features(self, features) -> None:
         """`ValueError` unless `features` is `[N, in_features]` (`checked_features` also gives them as a tensor)."""

@@ -26,7 +26,7 @@ from diffusion_classifiers.likelihood.denoising_error import (
 )
 from diffusion_classifiers.likelihood.probability_flow import check_solver_args
 from diffusion_classifiers.likelihood.scorer_inputs import is_count
-from diffusion_classifiers.validation import check_positive_integer
+from diffusion_classifiers.validation import check_positive_integer, check_unique_class_names
 
 from .pipeline_utils import ClassifierPipelineOutput, DiffusionClassifierPipeline
 
@@ -136,6 +136,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
                 f"expected {num_embeds} class names ({num_embeds - 1} when the last embedding is the null class), "
                 f"got {len(class_names)}"
             )
+        check_unique_class_names([str(name) for name in class_names], "class_names")
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(class_names=[str(name) for name in class_names])
         self.set_positive_class(positive_class)

@@ -4,6 +4,7 @@ import json
 import os
 import re
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Collection, Dict, Iterator, List, Optional, Set, Tuple, Type, Union
@@ -51,6 +52,8 @@ __all__ = [
 
 # The contract of a pipeline saved before the preprocessing was saved with it: the float range guessed (once per call).
 LEGACY_PREPROCESSING = {"input_range": "auto"}
+# The pipelines (by id) reading their own preprocessing's output in this thread (`reading_preprocessed_images`)
+_READING_PREPROCESSED: ContextVar[frozenset] = ContextVar("reading_preprocessed_images", default=frozenset())
 
 
 @dataclass
@@ -336,7 +339,7 @@ class SavedPreprocessingMixin:
         `[N, C, H, W]` in `[-1, 1]` by `self.preprocessing` (see `data.preprocess_images`); inside
         `reading_preprocessed_images()` by `self.preprocessing.for_its_output()`."""
         contract = self.preprocessing
-        if getattr(self, "_reads_preprocessed_images", False):
+        if id(self) in _READING_PREPROCESSED.get():
             contract = contract.for_its_output()
         return preprocess_images(images, input_data_format=input_data_format, preprocessing=contract)
 
@@ -345,12 +348,14 @@ class SavedPreprocessingMixin:
         """A block in which the images given to the pipeline are the output of its own preprocessing (the loaders'
         `LabeledImages` / `StreamingImages` tensors, read with `preprocessing.loader_kwargs`): they are read
         unchanged, not normalised a second time (review: with `normalize_background`, a study's and `evaluate`'s
-        test images were normalised twice and scored 78.75% where the same head on the files scored 80.0%)."""
-        self._reads_preprocessed_images = True
+        test images were normalised twice and scored 78.75% where the same head on the files scored 80.0%). It holds
+        for the calling thread only: another thread calling the same pipeline meanwhile reads its images as usual (QA:
+        a service scoring requests while evaluating on the same object skipped their background normalisation)."""
+        token = _READING_PREPROCESSED.set(_READING_PREPROCESSED.get() | {id(self)})
         try:
             yield self
         finally:
-            self._reads_preprocessed_images = False
+            _READING_PREPROCESSED.reset(token)
 
 
 def keep_legacy_preprocessing(index: dict, kwargs: dict, package_pipelines: Collection[str]) -> None:

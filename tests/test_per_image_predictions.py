@@ -1,0 +1,133 @@
+"""Each image's prediction beside an evaluation's metrics (`predictions.csv`), and the proper scores of its
+probabilities (Brier score, log loss): asked for by the external-validation and cross-method personas (session 59),
+who had the figures only as summaries and could not pair two models image by image or check a figure themselves."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from PIL import Image
+from sklearn import metrics as skm
+from sklearn.datasets import load_digits
+
+from diffusion_classifiers import UNetFeatureClassifierPipeline, load_image_classification_data
+from diffusion_classifiers.cli import main
+from diffusion_classifiers.data.split_record import image_fingerprints, save_split_record
+from diffusion_classifiers.evaluation import evaluate_classifier
+from diffusion_classifiers.hub import load_eval_metrics
+from diffusion_classifiers.metrics import calibration_metrics
+from diffusion_classifiers.models import unet_config
+from diffusion_classifiers.probing import fit_probe_grid
+from tests.conftest import digit_folder
+
+
+@pytest.fixture(scope="module")
+def model_and_data(tmp_path_factory):
+    """A binary U-Net feature classifier recording its training images, its folder, and the folder grown by a few
+    images (its test split then holds training images, which `--drop_training_images` leaves out)."""
+    digits = load_digits()
+    rows = np.flatnonzero(digits.target <= 1)
+    root = tmp_path_factory.mktemp("per_image")
+    digit_folder(root / "data", rows[:60])
+    digit_folder(root / "grown", rows[:70])
+    splits = load_image_classification_data(str(root / "data"), image_size=8, seed=0)
+    torch.manual_seed(0)
+    pipe = UNetFeatureClassifierPipeline(
+        unet=UNet2DModel(**unet_config("tiny", 8)), scheduler=DDPMScheduler(), preprocessing=splits["train"].preprocessing
+    )
+    feats = {name: pipe.extract_features(splits[name].images, ["mid_block"], [20]) for name in ("train", "val")}
+    probe = fit_probe_grid(
+        feats["train"], splits["train"].labels, feats["val"], splits["val"].labels, class_names=splits["train"].class_names
+    )
+    pipe.register_modules(head=probe.head)
+    pipe.set_positive_class("one")
+    pipe.save_pretrained(root / "model")
+    save_split_record(root / "model", 0.1, 0.2, 0, None, train_images=splits["train"].images)
+    return root, splits
+
+
+def _rows(folder):
+    with open(folder / "predictions.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _evaluate(root, output, *flags):
+    main(["evaluate", "--model_dir", str(root / "model"), "--dataset", str(root / "grown"), "--output_dir", str(output),
+          "--drop_training_images", *flags])  # fmt: skip
+    return json.loads((output / "metrics.json").read_text()), _rows(output)
+
+
+def test_each_scored_image_is_a_row_that_reproduces_the_metrics(model_and_data, tmp_path):
+    root, splits = model_and_data
+    metrics, rows = _evaluate(root, tmp_path)
+    grown = load_image_classification_data(str(root / "grown"), image_size=8, seed=0)["test"]
+    train = set(image_fingerprints(splits["train"].images))
+    kept = [i for i, print_ in enumerate(image_fingerprints(grown.images)) if print_ not in train]
+    assert len(kept) < len(grown) and metrics["training_images_dropped"] == len(grown) - len(kept)  # the premise
+    assert [int(row["image"]) for row in rows] == kept  # positions in the split, the dropped ones skipped
+    for row in rows:  # each row's file is the image scored: its class folder, and the same pixels
+        assert row["path"].startswith(str(root / "grown" / row["true_label"]))
+    files = grown.preprocessing([Image.open(row["path"]) for row in rows])
+    assert image_fingerprints(files) == image_fingerprints(grown.images[kept])
+    y_true = np.array([row["true_label"] == "one" for row in rows])
+    y_pred = np.array([row["label"] == "one" for row in rows])
+    probs = np.array([[float(row["prob_one"]), float(row["prob_zero"])] for row in rows])
+    probs /= probs.sum(1, keepdims=True)  # float32 probabilities sum to 1 within their rounding (scikit-learn warns)
+    assert metrics["accuracy"] == pytest.approx(np.mean(y_true == y_pred), abs=1e-12)
+    assert metrics["auc"] == pytest.approx(skm.roc_auc_score(y_true, [float(row["log_odds_one"]) for row in rows]))
+    assert metrics["calibration"]["brier"] == pytest.approx(skm.brier_score_loss(y_true, probs[:, 0]), rel=1e-6)
+    assert metrics["calibration"]["log_loss"] == pytest.approx(skm.log_loss(~y_true, probs), rel=1e-6)
+    assert all(float(row["score"]) == float(row[f"prob_{row['label']}"]) for row in rows)
+
+
+def test_a_streamed_split_writes_the_same_rows(model_and_data, tmp_path):
+    root, _ = model_and_data
+    _, in_memory = _evaluate(root, tmp_path / "memory")
+    _, streamed = _evaluate(root, tmp_path / "streamed", "--streaming")
+    assert streamed == in_memory  # the same pixels in one batch of the same size: the same float32 arithmetic
+
+
+def test_the_labels_follow_the_operating_point(model_and_data, tmp_path):
+    root, _ = model_and_data
+    metrics, rows = _evaluate(root, tmp_path, "--target_sensitivity", "1.0")
+    point = metrics["operating_point"]
+    assert all((row["label"] == "one") == (float(row["log_odds_one"]) >= point["log_odds"]) for row in rows)
+    assert metrics["sensitivity"] == 1.0
+
+
+def test_data_without_files_and_a_rerun(model_and_data, tmp_path):
+    """Arrays have no files: the path cells are empty. A rerun replaces the file with the new run's rows."""
+    root, _ = model_and_data
+    digits = load_image_classification_data("digits", image_size=8, seed=0)["test"]
+    ones = digits.subset(np.flatnonzero(digits.labels.numpy() <= 1))
+    ones.class_names = ["zero", "one"]
+    evaluate_classifier(str(root / "model"), ones, tmp_path, check_training_images=False)
+    rows = _rows(tmp_path)
+    assert len(rows) == len(ones) and {row["path"] for row in rows} == {""}
+    evaluate_classifier(str(root / "model"), ones.subset(np.arange(5)), tmp_path, check_training_images=False)
+    assert [int(row["image"]) for row in _rows(tmp_path)] == list(range(5))
+
+
+def test_brier_score_and_log_loss_are_reported_and_carded(model_and_data, tmp_path):
+    root, _ = model_and_data
+    metrics, _ = _evaluate(root, tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert f"| Brier score | {metrics['calibration']['brier']:.4f} |" in report
+    assert f"| log loss (nats) | {metrics['calibration']['log_loss']:.4f} |" in report
+    assert load_eval_metrics(tmp_path / "metrics.json")["brier"] == metrics["calibration"]["brier"]
+
+
+def test_proper_scores_of_more_classes_and_of_absent_ones():
+    """scikit-learn's definitions: three classes keep the [0, 2] Brier score; a class absent from the labels still
+    counts its probabilities; a probability of exactly 0 for the true class costs float64's epsilon, not infinity."""
+    probs = np.array([[0.8, 0.1, 0.1], [0.3, 0.7, 0.0], [0.5, 0.5, 0.0]])
+    scores = calibration_metrics([0, 1, 2], probs)
+    assert scores["brier"] == pytest.approx((0.06 + 0.18 + 1.5) / 3)
+    assert scores["log_loss"] == pytest.approx((-np.log(0.8) - np.log(0.7) - np.log(np.finfo(float).eps)) / 3)
+    absent = calibration_metrics([0, 0], probs[:2])
+    assert absent["brier"] == pytest.approx((0.06 + (0.7**2 + 0.7**2)) / 2)
+    with pytest.raises(ValueError, match=r"probs row 1 is all zeros"):
+        calibration_metrics([0, 0], [[1.0, 0.0], [0.0, 0.0]])
