@@ -13,6 +13,7 @@ ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --num_machi
 
 import argparse
 import logging
+import os
 from typing import Optional
 
 from accelerate import PartialState
@@ -50,6 +51,7 @@ from diffusion_classifiers.training import (
     training_args_from_namespace,
 )
 from diffusion_classifiers.training.arguments import check_encoder_args
+from diffusion_classifiers.validation import check_no_pickled_weights
 
 
 def parse_args(argv=None):
@@ -194,8 +196,9 @@ def load_vae(vae: Optional[str], subfolder: Optional[str]) -> Optional[Autoencod
         if subfolder is not None:
             raise ValueError(f"--vae_subfolder {subfolder}: a subfolder of --vae, which was not given; pass --vae")
         return None
+    check_no_pickled_weights(os.path.join(vae, subfolder or ""), "diffusion_pytorch_model.safetensors")
     try:
-        return AutoencoderKL.from_pretrained(vae, subfolder=subfolder)
+        return AutoencoderKL.from_pretrained(vae, subfolder=subfolder, use_safetensors=True)
     except OSError as error:  # no such folder or Hub repository, or no AutoencoderKL in it
         raise ValueError(f"--vae {vae}: cannot load an AutoencoderKL: {' '.join(str(error).split())}") from error
 

@@ -111,3 +111,25 @@ def test_repeated_class_names_are_refused():
     with pytest.raises(ValueError, match=r"expected unique class names, got \['1', '1'\]"):
         ScoreSDEClassifierPipeline(small_unet(2), DDPMScheduler(),
                                    class_names=[1, "1"])  # fmt: skip
+
+
+def test_a_temperature_at_the_end_of_its_range_is_warned_of():
+    """`fit_prototypes(..., val_features=...)` stopped at the range's 1e-3 without a word: probabilities that the val
+    images' likelihood wants sharper than the range allows are not calibrated."""
+    head = PrototypeHead(2, 2, class_names=["a", "b"])
+    with torch.no_grad():
+        head.prototypes.copy_(torch.eye(2))
+    margin = 1e-6  # every image a millionth of a radian on its class's side of 45 degrees, one just across
+    angles = torch.tensor([torch.pi / 4 - margin] * 20 + [torch.pi / 4 + margin] * 20 + [torch.pi / 4 + margin / 10])
+    features, labels = torch.stack([angles.cos(), angles.sin()], 1), torch.tensor([0] * 20 + [1] * 20 + [0])
+    with pytest.warns(UserWarning, match=r"at the end of TEMPERATURE_RANGE .* less confident than they support"):
+        assert head.calibrate_temperature(features.double(), labels) == pytest.approx(1e-3, rel=0.01)
+
+
+def test_a_negative_seed_is_refused_however_images_are_seeded():
+    """`seed=-1` was accepted with `seed_by="content"` (the default) and refused with `"position"`."""
+    pipe = ScoreSDEClassifierPipeline(small_unet(2), DDPMScheduler(), class_names=["a", "b"])
+    images = torch.rand(2, 1, SIZE, SIZE) * 2 - 1
+    for seed_by in ("content", "position"):
+        with pytest.raises(ValueError, match=r"seed: expected a non-negative int"):
+            pipe(images, num_timesteps=2, seed=-1, seed_by=seed_by)

@@ -70,7 +70,7 @@ from .operating_points import (
     positive_log_odds,
     threshold_for_sensitivity,
 )
-from .validation import check_positive_integer, check_writable_dir, is_seed, near_miss_note
+from .validation import check_no_pickled_weights, check_positive_integer, check_writable_dir, is_seed, near_miss_note
 
 __all__ = [
     "EVALUATION_SPLITS",
@@ -161,6 +161,7 @@ def load_classifier(path: str):
                 f"{path}/config.json: unknown model_type {model_type!r}; expected 'diffusion-classifier' (import "
                 "diffusion_classifiers first) or another transformers image-classification model type"
             )
+        check_no_pickled_weights(path)  # QA: another transformers model's folder of pytorch_model.bin: a traceback
         return AutoModelForImageClassification.from_pretrained(path, use_safetensors=True)
     raise FileNotFoundError(f"{path}: expected a pipeline folder (model_index.json) or a transformers model (config.json)")
 

@@ -21,7 +21,7 @@ from .remote_code import (
     transformers_copies_no_code,
     write_remote_code,
 )
-from .validation import PICKLE_SUFFIXES
+from .validation import check_no_pickled_weights
 
 __all__ = [
     "DiffusionClassifierPreTrainedModel",
@@ -191,17 +191,7 @@ class DiffusionFeaturesForImageClassification(DiffusionClassifierPreTrainedModel
 
 def _check_no_pickles_only(path, subfolder: str = "") -> None:
     """Fail before loading when a local folder holds pickled weights and no safetensors."""
-    folder = os.path.join(str(path), subfolder)
-    if not os.path.isdir(folder):
-        return  # a Hub id: `use_safetensors=True` downloads safetensors only
-    files = os.listdir(folder)
-    # a Trainer output's training_args.bin holds its arguments, not weights
-    pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES) and f != "training_args.bin")
-    if pickles and not any(f.endswith(".safetensors") for f in files):
-        raise ValueError(
-            f"{os.path.join(folder, pickles[0])}: pickled weights are refused (loading a pickle can run arbitrary "
-            "code); expected model.safetensors (save with save_pretrained, which writes it)"
-        )
+    check_no_pickled_weights(os.path.join(str(path), subfolder))
 
 
 def _check_saved_labels(path) -> None:

@@ -11,7 +11,7 @@ import tempfile
 import unicodedata
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ __all__ = [
     "as_inverse_regularisations",
     "as_labels",
     "check_finite_rows",
+    "check_no_pickled_weights",
     "check_label_range",
     "check_no_lookalike_names",
     "check_positive_integer",
@@ -155,6 +156,24 @@ def resolve_num_classes(num_classes: Optional[int], class_names: Optional[Sequen
     if num_classes < 2:
         raise ValueError(f"expected num_classes >= 2, got {num_classes}")
     return num_classes
+
+
+def check_no_pickled_weights(
+    folder: Union[str, os.PathLike], expected: str = "model.safetensors (save with save_pretrained, which writes it)"
+) -> None:
+    """`ValueError` before loading when the local `folder` holds pickled weights (`PICKLE_SUFFIXES`) and no
+    safetensors, naming the pickle and what was `expected`: loading a pickle can run arbitrary code. A Hub id (no such
+    folder) passes: the loaders ask for safetensors only. A Trainer output's `training_args.bin` holds its arguments,
+    not weights."""
+    if not os.path.isdir(folder):
+        return
+    files = os.listdir(folder)
+    pickles = sorted(name for name in files if name.endswith(PICKLE_SUFFIXES) and name != "training_args.bin")
+    if pickles and not any(name.endswith(".safetensors") for name in files):
+        raise ValueError(
+            f"{os.path.join(folder, pickles[0])}: pickled weights are refused (loading a pickle can run arbitrary "
+            f"code); expected {expected}"
+        )
 
 
 def check_unique_class_names(class_names: Sequence[str], where: str) -> None:

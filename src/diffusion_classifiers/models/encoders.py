@@ -28,6 +28,8 @@ from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, ViTConfig, ViTModel
 from transformers.utils import IMAGE_PROCESSOR_NAME
 
+from ..validation import check_no_pickled_weights
+
 __all__ = [
     "REPRESENTATION_READOUTS",
     "PretrainedImageEncoder",
@@ -177,6 +179,8 @@ def pretrained_preprocessing(path_or_hub_id: str) -> dict:
 PROCESSOR_FILE = IMAGE_PROCESSOR_NAME  # "preprocessor_config.json"
 PIL_BILINEAR = 2  # PIL.Image.Resampling.BILINEAR, as image processors record it
 RESAMPLE_MODES = ("bicubic", "bilinear")
+# What a pretrained encoder's folder must hold: its weights are read from safetensors only
+ENCODER_WEIGHTS = "model.safetensors (a ViT or DINOv2 folder saved with save_pretrained, which writes it)"
 
 
 def _load_image_processor(path_or_hub_id: str):
@@ -298,9 +302,10 @@ def load_pretrained_encoder(
         device (`str` or `torch.device`, *optional*): where to put the model; default where it loads (CPU).
         torch_dtype (`torch.dtype`, *optional*): the model's dtype; default the checkpoint's.
     """
+    check_no_pickled_weights(path_or_hub_id, ENCODER_WEIGHTS)
     preprocessing = pretrained_preprocessing(path_or_hub_id)
     kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
-    model = AutoModel.from_pretrained(path_or_hub_id, **kwargs).eval().requires_grad_(False)
+    model = AutoModel.from_pretrained(path_or_hub_id, use_safetensors=True, **kwargs).eval().requires_grad_(False)
     if device is not None:
         model.to(device)
     return PretrainedImageEncoder(

@@ -101,6 +101,15 @@ class PrototypeHead(FeatureHeadMixin, ModelMixin, ConfigMixin):
         bounds = (-math.log(highest), -math.log(lowest))  # of the inverse temperature's log
         best = minimize_scalar(negative_log_likelihood, bounds=bounds, method="bounded")
         temperature = float(math.exp(-best.x))
+        if not lowest * 1.01 < temperature < highest * 0.99:  # QA: an RC-DiT head stopped at 1e-3 without a word
+            warnings.warn(
+                f"calibrate_temperature: {temperature:.3g} is at the end of TEMPERATURE_RANGE {TEMPERATURE_RANGE}: the "
+                f"labelled images' log-likelihood is best beyond it, so the probabilities are "
+                f"{'less' if temperature < 1 else 'more'} confident than they support (at the largest, the prototypes "
+                "hardly tell the classes apart)",
+                UserWarning,
+                stacklevel=2,
+            )
         self.register_to_config(temperature=temperature)
         return temperature
 

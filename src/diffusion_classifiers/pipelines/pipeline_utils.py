@@ -32,7 +32,7 @@ from diffusion_classifiers.remote_code import (
     package_module,
     write_remote_code,
 )
-from diffusion_classifiers.validation import PICKLE_SUFFIXES
+from diffusion_classifiers.validation import check_no_pickled_weights
 
 __all__ = [
     "LEGACY_PREPROCESSING",
@@ -268,14 +268,11 @@ class SavedWithCodeMixin:
                     f"{folder}: folder not found; model_index.json names component {name!r} ({entry[-1]}), so "
                     "the pipeline folder must hold it"
                 )
-            files = os.listdir(folder)
-            pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
-            if pickles and not any(f.endswith(".safetensors") for f in files):
-                raise ValueError(
-                    f"{os.path.join(folder, pickles[0])}: pickled weights are refused (loading a pickle can run "
-                    f"arbitrary code); expected {name}/*.safetensors (save with save_pretrained and its default "
-                    "safe_serialization=True, which writes them)"
-                )
+            check_no_pickled_weights(
+                folder,
+                f"{name}/*.safetensors (save with save_pretrained and its default safe_serialization=True, which "
+                "writes them)",
+            )
             check_component_files(folder, name, entry, os.path.join(path, "model_index.json"))
 
 

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from ..data.arguments import number_in
+from ..models.encoders import ENCODER_WEIGHTS
 from ..models.unet_presets import UNET_PRESETS
+from ..validation import check_no_pickled_weights
 
 __all__ = [
     "TrainingArguments",
@@ -337,6 +339,7 @@ def _check_pretrained_encoder_type(path_or_hub_id: str):
     (the encoders whose tokens and pooler `models.encode_representation` reads)."""
     from transformers import AutoConfig
 
+    check_no_pickled_weights(path_or_hub_id, ENCODER_WEIGHTS)  # QA: a folder of pytorch_model.bin trained
     try:
         config = AutoConfig.from_pretrained(path_or_hub_id)
     except OSError as error:  # no such folder or Hub repository, or no config.json in it
@@ -407,7 +410,7 @@ def build_vit_encoder_from_args(args: argparse.Namespace, images):
         config = _check_pretrained_encoder_type(path)
         if encoder_preprocessing_from_args(args) is None:
             _check_reads_data_as_it_is(path, config, num_channels, image_size)
-        return AutoModel.from_pretrained(path)
+        return AutoModel.from_pretrained(path, use_safetensors=True)
     torch.manual_seed(args.seed)
     return build_vit_encoder(
         image_size,
