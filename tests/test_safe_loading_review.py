@@ -58,3 +58,45 @@ def test_another_transformers_classifier_of_pickled_weights_is_refused_by_name(t
         main(["evaluate", "--model_dir", str(tmp_path / "vit"), "--dataset", "digits", "--output_dir", str(tmp_path / "e")])
     assert not (tmp_path / "e" / "metrics.json").exists()
     assert sorted(p.name for p in (tmp_path / "vit").iterdir()) == ["config.json", "pytorch_model.bin"]  # untouched
+
+
+def test_a_linked_checkpoint_is_unlinked_when_pruned_and_the_run_ends_with_its_model(tmp_path):
+    """A `checkpoint-1` linked to an archived run's, resumed with --checkpoints_total_limit 1: pruning it called
+    `shutil.rmtree` on the link, which refused it after training (the final model never saved), and every later run
+    in the folder failed on the `checkpoint-1.partial` link left behind. The archive is kept either way."""
+    from .test_training_infra_review import args_for, dataset, linear, train
+
+    loss = lambda model, batch: model(batch[0]).pow(2).mean()  # noqa: E731
+    archive = tmp_path / "archive"
+    train(args_for(archive, max_train_steps=1, checkpointing_steps=1), linear(), dataset(), loss)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint-1").symlink_to(archive / "checkpoint-1", target_is_directory=True)
+    resumed = args_for(
+        run, max_train_steps=3, checkpointing_steps=1, checkpoints_total_limit=1, resume_from_checkpoint="latest"
+    )
+    _, _, summary = train(resumed, linear(), dataset(), loss)
+    assert (summary.resumed_from_step, summary.global_step) == (1, 3)
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-3"]
+    assert (archive / "checkpoint-1").is_dir() and any((archive / "checkpoint-1").iterdir())
+    (run / "checkpoint-2.partial").symlink_to(archive / "checkpoint-1", target_is_directory=True)  # a kill's leftover
+    train(args_for(run, max_train_steps=4, checkpointing_steps=1, resume_from_checkpoint="latest"), linear(), dataset(), loss)
+    assert not (run / "checkpoint-2.partial").exists() and any((archive / "checkpoint-1").iterdir())
+
+
+def test_a_csv_path_holding_a_nul_byte_is_an_errors_row_not_the_end_of_the_run(tmp_path):
+    """`predict` stopped the whole run with "error: embedded null byte", naming no file or line."""
+    import numpy as np
+    from PIL import Image
+
+    from .test_ecosystem_loading import pipelines
+
+    pipelines()["unet_features"].save_pretrained(tmp_path / "model")
+    Image.fromarray(np.full((16, 16), 128, dtype=np.uint8)).save(tmp_path / "ok.png")
+    (tmp_path / "list.csv").write_text("path\nok.png\nbad\0name.png\n")
+    main(["predict", "--model_dir", str(tmp_path / "model"), "--input", str(tmp_path / "list.csv"),
+          "--output", str(tmp_path / "out.csv")])  # fmt: skip
+    rows = (tmp_path / "out.csv").read_text().splitlines()
+    errors = (tmp_path / "out.csv.errors.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("ok.png,")  # as the CSV names it
+    assert len(errors) == 2 and errors[1].startswith("bad\0name.png,file not found")

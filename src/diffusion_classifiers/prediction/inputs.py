@@ -101,7 +101,7 @@ def file_stamp(item: PredictionInput) -> dict[str, Any]:
     (`FILE_STAMP_COLUMNS`); None for a dataset row or a file that cannot be read."""
     try:
         stat = item.file.stat() if item.file is not None else None
-    except OSError:
+    except (OSError, ValueError):  # QA: a CSV's path holding a NUL byte stopped the run ("embedded null byte")
         stat = None
     if stat is None:
         return dict.fromkeys(FILE_STAMP_COLUMNS)

@@ -42,6 +42,7 @@ __all__ = [
     "check_resumed_with_the_same_settings",
     "check_resumed_within_the_run",
     "checkpoint_step",
+    "remove_checkpoint_entry",
     "data_identity",
     "find_latest_checkpoint",
     "load_ema",
@@ -571,6 +572,16 @@ def _prune_checkpoints(output_dir: str, limit: Optional[int]) -> None:
 
 def _remove_checkpoint(path: str) -> None:
     """Delete checkpoint folder `path` under its `.partial` name: a process killed while deleting it (a scheduler's
-    SIGKILL after its grace period) leaves a folder the next run removes, never a `checkpoint-N` missing some files."""
+    SIGKILL after its grace period) leaves a folder the next run removes, never a `checkpoint-N` missing some files. A
+    symbolic link (to an archived run's checkpoint) is removed, not what it points to."""
     os.replace(path, path + ".partial")
-    shutil.rmtree(path + ".partial")
+    remove_checkpoint_entry(path + ".partial")
+
+
+def remove_checkpoint_entry(path: str) -> None:
+    """Remove a checkpoint folder, or only the link where `path` is a symbolic link (QA: `shutil.rmtree` refused one,
+    after training, and the final model was never saved)."""
+    if os.path.islink(path):
+        os.unlink(path)
+    else:
+        shutil.rmtree(path)

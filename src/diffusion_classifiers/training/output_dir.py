@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from ..atomic_files import remove_leftovers_of_killed_writers
 from ..run_lock import RunInUseError, RunLock
-from .checkpoints import CHECKPOINT_PATTERN, checkpoint_step
+from .checkpoints import CHECKPOINT_PATTERN, checkpoint_step, remove_checkpoint_entry
 from .monitoring import SAMPLE_PATTERN, SAMPLES_DIR, remove_samples_after
 
 __all__ = [
@@ -95,7 +95,7 @@ def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> None:
     """
     for name in os.listdir(output_dir):
         if name.endswith(".partial") and CHECKPOINT_PATTERN.match(name[: -len(".partial")]):
-            shutil.rmtree(os.path.join(output_dir, name))
+            remove_checkpoint_entry(os.path.join(output_dir, name))
     settle_replaced_checkpoints(output_dir, succeeded=False)  # a replacing run killed before it could settle them
     refuse_another_runs_output_dir(output_dir, resume, overwrite)
     previous = previous_run_files(output_dir)
