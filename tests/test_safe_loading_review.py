@@ -2,6 +2,7 @@
 refused by name before any work, on the paths the earlier reviews had not walked."""
 
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
@@ -100,3 +101,29 @@ def test_a_csv_path_holding_a_nul_byte_is_an_errors_row_not_the_end_of_the_run(t
     errors = (tmp_path / "out.csv.errors.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith("ok.png,")  # as the CSV names it
     assert len(errors) == 2 and errors[1].startswith("bad\0name.png,file not found")
+
+
+def test_a_deflated_dicom_that_inflates_past_any_image_within_the_pixel_limit_is_refused(tmp_path, monkeypatch):
+    """A 1.4 MB Deflated Explicit VR file holding a 1.2 GB private element, its pixels of an ordinary size, passed the
+    pixel-count check and was inflated whole (predict's memory 0.6 -> 3.0 GB), then predicted as a normal image."""
+    pydicom = pytest.importorskip("pydicom")
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from diffusion_classifiers.data import read_dicom
+
+    source = get_testdata_file("CT_small.dcm")  # 128 x 128, 2 bytes a pixel
+    if source is None:
+        pytest.skip("CT_small.dcm not found: install pydicom-data (the [test] extra)")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 128 * 128)  # the limit on inflating: 147,456 bytes
+    dataset = pydicom.dcmread(source)
+    dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    dataset.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    expected = read_dicom(source).values
+    assert np.array_equal(read_dicom(tmp_path / "deflated.dcm").values, expected)  # an ordinary deflated file reads
+    dataset.add_new(0x00111010, "OB", b"\0" * 200_000)
+    dataset.save_as(tmp_path / "bomb.dcm", enforce_file_format=True)
+    assert (tmp_path / "bomb.dcm").stat().st_size < 40_000  # the premise: small on disk
+    with pytest.raises(ValueError, match=r"bomb.dcm: its deflated data set inflates to over 147456 bytes"):
+        read_dicom(tmp_path / "bomb.dcm")
