@@ -27,6 +27,8 @@ DEMO_NUM_TRAIN_TIMESTEPS = 1000
 DEFAULT_C = [1.0]
 # The heads fit-head fits on an RC-DiT's representation.
 HEAD_KINDS = ("linear_probe", "prototypes")
+# The hidden folder, named by the process, a new `pipeline/` is saved whole into before it is moved in
+STAGED_PIPELINE_PREFIX = ".pipeline.partial-"
 # What probe and evaluate read when --dataset is not given.
 DEMO_DATASET_HELP = (
     "scikit-learn's digits, the demo's data, with a note; refused for a model of DICOM windows or a bit depth"
@@ -584,28 +586,35 @@ def save_study(
 ) -> dict:
     """Save the study's fitted pipeline, with the `carving` of its data, the fingerprints of its `train_images` and
     any other `train_fingerprints`, and whether its U-Net was trained on an unlabeled pool (`data.save_split_record`),
-    and its report into `args.output_dir`; print the headline. An earlier run's `metrics.json` and `pipeline/` are
-    removed first, and `metrics.json` is written last (`write_study_report`): a folder holding one holds one run's
-    files. Its test figures record what `evaluate`'s do of the images scored (`test_checked`: whether they were
-    checked against the model's training images, where known)."""
+    and its report into `args.output_dir`; print the headline. The pipeline is saved whole in a hidden folder first
+    (QA: a probe killed while saving left a `pipeline/` without its split record, which evaluate and predict read),
+    then an earlier run's report and `pipeline/` are set aside, the new `pipeline/` moved in and `metrics.json`
+    written last (`replaced_reports.replacing_earlier_report`): a folder holding one holds one run's files, and a run
+    that fails keeps the earlier one. Its test figures record what `evaluate`'s do of the images scored
+    (`test_checked`: whether they were checked against the model's training images, where known)."""
     from .data.split_record import save_split_record
     from .features import block_label
     from .hub import model_fingerprint
+    from .replaced_reports import replacing_earlier_report
     from .unet_feature_study import study_report_files, summary_table, write_study_report
-    from .validation import remove_earlier_report, typed_command
+    from .validation import typed_command
 
-    remove_earlier_report(args.output_dir, folders=["pipeline"], files=study_report_files())
     study.test_metrics.update(_study_test_record(study, args, test_checked))
-    study.pipeline.save_pretrained(os.path.join(args.output_dir, "pipeline"))
-    save_split_record(
-        os.path.join(args.output_dir, "pipeline"), **carving, train_images=train_images,
-        train_fingerprints=train_fingerprints, unlabeled_pool=unlabeled_pool, fingerprints_partial=fingerprints_partial,
-    )
-    command = typed_command(args)
-    identity = {"model_sha256": model_fingerprint(os.path.join(args.output_dir, "pipeline"))}  # push_to_hub checks it
-    metrics = write_study_report(
-        study, args.output_dir, f"Frozen DDPM U-Net features on {args.dataset}", command, extra={**timing, **identity}
-    )
+    staged = _staged_pipeline_folder(args.output_dir)
+    try:
+        study.pipeline.save_pretrained(staged)
+        save_split_record(
+            staged, **carving, train_images=train_images, train_fingerprints=train_fingerprints,
+            unlabeled_pool=unlabeled_pool, fingerprints_partial=fingerprints_partial,
+        )  # fmt: skip
+        identity = {"model_sha256": model_fingerprint(staged)}  # push_to_hub checks it
+        title = f"Frozen DDPM U-Net features on {args.dataset}"
+        with replacing_earlier_report(args.output_dir, files=study_report_files(), moved_in={"pipeline": staged}):
+            metrics = write_study_report(
+                study, args.output_dir, title, typed_command(args), extra={**timing, **identity}, replace_earlier=False
+            )
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)  # moved in, or a failed run's
     print(summary_table(study))
     summary = metrics["summary"]
     print(
@@ -621,6 +630,16 @@ def save_study(
     plots = "probe_heatmap.png, confusion_matrix.png, reliability.png" + (", roc_pr.png" if "test_positive_class" in summary else "")
     print(f"wrote {args.output_dir}/report.md, metrics.json, {plots}, pipeline/")
     return metrics
+
+
+def _staged_pipeline_folder(output_dir: str) -> str:
+    """Where a command saves its new `pipeline/` whole before moving it in: a hidden folder of `output_dir` named by
+    this process, those of killed runs removed."""
+    from .atomic_files import remove_leftovers_of_killed_writers
+
+    os.makedirs(output_dir, exist_ok=True)
+    remove_leftovers_of_killed_writers(output_dir, STAGED_PIPELINE_PREFIX)
+    return os.path.join(output_dir, f"{STAGED_PIPELINE_PREFIX}{os.getpid()}")
 
 
 def _study_test_record(study, args: argparse.Namespace, checked: Optional[bool]) -> dict:
@@ -772,7 +791,7 @@ def run_fit_head(args: argparse.Namespace) -> dict:
     if args.positive_class is not None:
         pipe.set_positive_class(args.positive_class)
     saved = os.path.join(args.output_dir, "pipeline")
-    aside = os.path.join(args.output_dir, f".pipeline.partial-{os.getpid()}")  # moved in once test is scored
+    aside = _staged_pipeline_folder(args.output_dir)  # moved in once test is scored
     try:
         _save_with_carving(pipe, aside, data)
         dataset_name = os.path.basename(os.path.normpath(args.dataset))

@@ -1223,22 +1223,23 @@ def write_evaluation(
     classes present) `roc_pr.png` for the labels `y_true` and class probabilities `probs` the metrics came from (the
     ROC and PR curves ranking by `ranking_scores`, default `probs`), and `predictions` (the text of
     `predictions_csv`) as `predictions.csv`, when given. `metrics.json` records the `split` and the
-    dataset (`dataset_name`) the metrics were measured on, when given. An earlier `metrics.json` is removed before the
+    dataset (`dataset_name`) the metrics were measured on, when given. An earlier report is set aside before the
     first file is written (then `moved_in`, `{name: a folder written aside}`, is moved in) and the new one written
     last, after the figures and `report.md`: a folder holding a `metrics.json` holds one run's files
-    (`validation.remove_earlier_report`)."""
+    (`replaced_reports.replacing_earlier_report`: a run that fails keeps the earlier complete result)."""
     from .plots import CLASSIFICATION_FIGURES, plot_classification_figures
-    from .validation import remove_earlier_report
+    from .replaced_reports import replacing_earlier_report
 
     os.makedirs(output_dir, exist_ok=True)
     measured_on = {key: value for key, value in (("split", split), ("dataset", dataset_name)) if value is not None}
     record = json.dumps({**measured_on, **metrics}, indent=2)  # what JSON cannot hold fails before a file is written
     titles = {"confusion_matrix": f"{title}: confusion matrix", "reliability": f"{title}: reliability", "roc_pr": title}
-    remove_earlier_report(output_dir, moved_in=moved_in, files=("report.md", PREDICTIONS_FILE, *CLASSIFICATION_FIGURES))
-    plots = plot_classification_figures(output_dir, metrics, class_names, y_true, probs, titles, ranking_scores)
-    report = render_evaluation_report(metrics, title, plots, split, dataset_name)
-    texts = {"report.md": report, **({PREDICTIONS_FILE: predictions} if predictions is not None else {})}
-    write_texts_atomically(output_dir, {**texts, "metrics.json": record})  # in order: the marker last
+    replaced = ("report.md", PREDICTIONS_FILE, *CLASSIFICATION_FIGURES)
+    with replacing_earlier_report(output_dir, moved_in=moved_in, files=replaced):
+        plots = plot_classification_figures(output_dir, metrics, class_names, y_true, probs, titles, ranking_scores)
+        report = render_evaluation_report(metrics, title, plots, split, dataset_name)
+        texts = {"report.md": report, **({PREDICTIONS_FILE: predictions} if predictions is not None else {})}
+        write_texts_atomically(output_dir, {**texts, "metrics.json": record})  # in order: the marker last
 
 
 def render_evaluation_report(

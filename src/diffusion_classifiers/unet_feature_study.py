@@ -5,6 +5,7 @@ Used by `diffusion-classifiers demo` and `benchmarks/unet_features_accuracy.py`,
 
 import json
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
@@ -354,16 +355,29 @@ def study_report_files() -> tuple:
     return ("report.md", "probe_heatmap.png", *CLASSIFICATION_FIGURES)
 
 
-def write_study_report(study: UNetFeatureStudy, output_dir: str, title: str, command: str, extra: Optional[dict] = None) -> dict:
+def write_study_report(
+    study: UNetFeatureStudy,
+    output_dir: str,
+    title: str,
+    command: str,
+    extra: Optional[dict] = None,
+    replace_earlier: bool = True,
+) -> dict:
     """Write `metrics.json`, `report.md`, `probe_heatmap.png`, `confusion_matrix.png`, `reliability.png` and, for
-    binary tasks, `roc_pr.png` (ROC and precision-recall of the positive class) into `output_dir`. An earlier
-    `metrics.json` is removed before the first file is written and the new one written last, after the figures and
-    `report.md`: a folder holding a `metrics.json` holds one run's files (`validation.remove_earlier_report`)."""
-    from .plots import plot_classification_figures, plot_probe_heatmap
-    from .validation import remove_earlier_report
+    binary tasks, `roc_pr.png` (ROC and precision-recall of the positive class) into `output_dir`. An earlier report
+    is set aside before the first file is written and the new `metrics.json` written last, after the figures and
+    `report.md`: a folder holding a `metrics.json` holds one run's files, and a run that fails keeps the earlier one
+    (`replaced_reports.replacing_earlier_report`; `replace_earlier=False` where the caller has set it aside)."""
+    from .replaced_reports import replacing_earlier_report
 
     os.makedirs(output_dir, exist_ok=True)
-    remove_earlier_report(output_dir, files=study_report_files())
+    with replacing_earlier_report(output_dir, files=study_report_files()) if replace_earlier else nullcontext():
+        return _write_study_files(study, output_dir, title, command, extra)
+
+
+def _write_study_files(study: UNetFeatureStudy, output_dir: str, title: str, command: str, extra: Optional[dict]) -> dict:
+    from .plots import plot_classification_figures, plot_probe_heatmap
+
     val_accuracy = {(block_label(block), t): m["val"]["accuracy"] for (block, t), m in study.probe.metrics.items()}
     best_block, best_timestep = study.probe.best_pair
     plot_probe_heatmap(

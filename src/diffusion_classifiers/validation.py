@@ -238,42 +238,20 @@ def check_unit_range(images: torch.Tensor, name: str = "images", tolerance: floa
 
 def check_no_earlier_report(path, overwrite: bool, name: str = "--output_dir") -> None:
     """Refuse a folder holding an earlier run's report (`metrics.json`) unless `overwrite`: a new report would replace
-    it without a word. An overwriting run removes it before its first file (`remove_earlier_report`) and writes its
-    own last, so a run that fails halfway leaves no report beside the two runs' files. `name` is the flag
-    (`--output_dir`) or, for a Python function, its argument (`output_dir`: then `overwrite=True` is named)."""
+    it without a word. An overwriting run sets it aside before its first file and writes its own last
+    (`replaced_reports.replacing_earlier_report`), so a run that fails halfway keeps the earlier one; one killed
+    halfway is settled here first (its earlier report moved back). `name` is the flag (`--output_dir`) or, for a
+    Python function, its argument (`output_dir`: then `overwrite=True` is named)."""
+    from .replaced_reports import settle_replaced_report
+
+    if os.path.isdir(path):
+        settle_replaced_report(path)
     if not overwrite and os.path.exists(os.path.join(path, "metrics.json")):
         way = "--overwrite_output_dir" if name.startswith("--") else "overwrite=True"
         raise ValueError(
             f"{name} {str(path)!r} holds an earlier report (metrics.json); choose another folder, or pass {way} to "
             "replace it"
         )
-
-
-def remove_earlier_report(
-    path,
-    folders: Sequence[str] = (),
-    marker: str = "metrics.json",
-    moved_in: Optional[Dict[str, str]] = None,
-    files: Sequence[str] = (),
-) -> None:
-    """Remove an earlier run's report marker (`metrics.json` in the folder `path`, or the file named `marker` there),
-    then its `files` (`report.md` and the figures: QA, a probe stopped by Ctrl-C left the earlier report naming
-    another timestep beside its new pipeline) and `folders` (`pipeline/`, whose files a new run may not all
-    replace), then move in `moved_in` (`{name in path: a folder this run wrote aside}`, e.g. fit-head's new
-    `pipeline/`, saved before its test split was scored): called when a run is about to write its first file, never
-    before its work (a run that fails computing keeps the earlier complete result). Every command writes its marker
-    last, after every other file, so a folder holding the marker holds one run's files; one stopped in between holds
-    none of an earlier run's."""
-    import shutil
-
-    Path(path, marker).unlink(missing_ok=True)
-    for name in files:
-        Path(path, name).unlink(missing_ok=True)
-    for folder in [*folders, *(moved_in or {})]:
-        if os.path.isdir(os.path.join(path, folder)):
-            shutil.rmtree(os.path.join(path, folder))
-    for name, staged in (moved_in or {}).items():
-        os.replace(staged, os.path.join(path, name))
 
 
 def check_writable_dir(path, name: str = "output_dir") -> None:

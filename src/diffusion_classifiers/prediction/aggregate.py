@@ -650,13 +650,16 @@ def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
     aggregation = _aggregate(predictions, args.by, args.rule, args.positive_class, args.threshold)
     columns, rows, metrics = aggregation.columns, aggregation.rows, aggregation.metrics
 
-    from ..validation import remove_earlier_report  # imports torch: here, so the command's flags stay fast
+    from ..replaced_reports import replacing_earlier_report
 
     output.parent.mkdir(parents=True, exist_ok=True)
     scores = output.with_suffix(".metrics.json")
-    # an earlier aggregation's metrics go before the CSV is written, these last: no metrics beside other groups
-    remove_earlier_report(output.parent, marker=scores.name)
-    write_csv(output, columns, rows)
+    # an earlier aggregation is set aside before the CSV is written, these metrics last: no metrics beside other
+    # groups, and an aggregation that fails keeps the earlier one
+    with replacing_earlier_report(output.parent, marker=scores.name, files=[output.name]):
+        write_csv(output, columns, rows)
+        if metrics is not None:
+            write_json_atomically(scores, metrics, indent=2)
     if unreadable:
         print(
             f"note: {unreadable} inputs of {predictions} are in its errors file (unreadable): their groups lack them "
@@ -668,7 +671,6 @@ def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
     num_images = sum(row[columns.index("num_images")] for row in rows)
     print(f"{output}: {len(rows)} groups by {' + '.join(args.by)} ({args.rule} rule) of {num_images} rows")
     if metrics is not None:
-        write_json_atomically(scores, metrics, indent=2)
         names = ("num_groups", "accuracy", "macro_f1", "auc", "ranked_by", "sensitivity")
         headline = {key: metrics.get(key) for key in names}
         print(json.dumps({key: value for key, value in headline.items() if value is not None}))

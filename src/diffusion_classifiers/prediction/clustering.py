@@ -279,7 +279,8 @@ def cluster_files(
 
     from ..atomic_files import write_json_atomically
     from ..data.image_files import first_frames_noted
-    from ..validation import check_no_earlier_report, check_seed, remove_earlier_report
+    from ..replaced_reports import replacing_earlier_report
+    from ..validation import check_no_earlier_report, check_seed
 
     check_no_earlier_report(output_dir, overwrite, "output_dir")
     check_seed(seed, "seed")
@@ -301,35 +302,24 @@ def cluster_files(
         ).get(key)  # fmt: skip
     _check_enough_read(rows, errors, len(inputs), selection["num_clusters"])
     clusters, distances, fitted_on = _grouped(chosen, rows, selection, fit_images, seed)
-    # metrics.json goes last, and an earlier one first: a run stopped in between leaves no report beside its files
-    remove_earlier_report(output_dir)
-    _write_clusters(output_dir, rows, clusters, distances, errors)
-    figures = _write_examples(
-        output_dir, pipeline, rows, clusters, distances, selection["num_clusters"], examples_per_cluster
-    )
-    _remove_earlier_figures(output_dir, figures)
-    metrics = {
-        **_model_record(pipeline),
-        **(run_info or {}),
-        "features": features.description,
-        "feature": "/".join(map(str, key)),
-        "normalization": selection["normalization"],
-        "num_clusters": selection["num_clusters"],
-        "num_inputs": len(inputs),
-        "num_images": len(rows),
-        "num_unreadable": len(errors),
-        "fitted_on_images": fitted_on,
-        "cluster_sizes": np.bincount(clusters, minlength=selection["num_clusters"]).tolist(),
-        "selection": selection,
-        "seed": seed,
-        "seconds": round(time.time() - started, 1),
-        "files": [CLUSTERS_NAME, CLUSTER_ERRORS_NAME, *figures],
-    }
-    labels = [item.label for item, _ in rows]
-    if rows and all(label is not None for label in labels):
-        metrics["with_true_labels"] = _scored_against_labels(labels, clusters)
-    metrics = _json_safe(metrics)
-    write_json_atomically(output_dir / "metrics.json", metrics, indent=2)
+    # the earlier run's files are set aside, metrics.json goes last: a folder holding one holds one run's files, and a
+    # run that fails keeps the earlier one
+    figures = [path.name for path in output_dir.glob(EXAMPLES_NAME.format(page="*"))]
+    earlier = [CLUSTERS_NAME, CLUSTER_ERRORS_NAME, *figures]
+    with replacing_earlier_report(output_dir, files=earlier):
+        _write_clusters(output_dir, rows, clusters, distances, errors)
+        figures = _write_examples(
+            output_dir, pipeline, rows, clusters, distances, selection["num_clusters"], examples_per_cluster
+        )
+        metrics = _cluster_record(pipeline, run_info, features, key, selection, inputs, rows, errors, fitted_on)
+        metrics.update({"cluster_sizes": np.bincount(clusters, minlength=selection["num_clusters"]).tolist()})
+        metrics.update({"seed": seed, "seconds": round(time.time() - started, 1)})
+        metrics["files"] = [CLUSTERS_NAME, CLUSTER_ERRORS_NAME, *figures]
+        labels = [item.label for item, _ in rows]
+        if rows and all(label is not None for label in labels):
+            metrics["with_true_labels"] = _scored_against_labels(labels, clusters)
+        metrics = _json_safe(metrics)
+        write_json_atomically(output_dir / "metrics.json", metrics, indent=2)
     return metrics
 
 
@@ -431,11 +421,21 @@ def _model_record(pipeline: Any) -> dict:
     return {"model_dir": str(folder), "model_sha256": model_fingerprint(folder)}
 
 
-def _remove_earlier_figures(output_dir: Path, written: Sequence[str]) -> None:
-    """An earlier run's `cluster_examples_<n>.png` beyond this run's pages would show another grouping."""
-    for path in output_dir.glob(EXAMPLES_NAME.format(page="*")):
-        if path.name not in written:
-            path.unlink()
+def _cluster_record(pipeline, run_info, features, key, selection, inputs, rows, errors, fitted_on) -> dict:
+    """What `metrics.json` records of a clustering: the model, the run, the features and their choice, the counts."""
+    return {
+        **_model_record(pipeline),
+        **(run_info or {}),
+        "features": features.description,
+        "feature": "/".join(map(str, key)),
+        "normalization": selection["normalization"],
+        "num_clusters": selection["num_clusters"],
+        "num_inputs": len(inputs),
+        "num_images": len(rows),
+        "num_unreadable": len(errors),
+        "fitted_on_images": fitted_on,
+        "selection": selection,
+    }
 
 
 def _by_path(inputs: Sequence[PredictionInput], frames: Optional[Sequence[int]] = None) -> list[int]:

@@ -1,0 +1,116 @@
+"""QA (session 60, the operator of a shared server): a run replacing an earlier result (`--overwrite_output_dir`)
+that failed on a full disk or was killed lost both results; a probe killed while saving left a `pipeline/` without
+its split record, which evaluate and predict read."""
+
+import errno
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import diffusion_classifiers.evaluation
+import diffusion_classifiers.data.split_record
+from diffusion_classifiers.cli import main
+from diffusion_classifiers.replaced_reports import replacing_earlier_report, settle_replaced_report
+from diffusion_classifiers.validation import check_no_earlier_report
+
+from .conftest import python_subprocess_env
+from .test_per_image_predictions import model_and_data  # noqa: F401 (a fixture)
+
+
+def earlier_report(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.md").write_text("earlier report")
+    (folder / "pipeline").mkdir()
+    (folder / "pipeline" / "model_index.json").write_text("{}")
+    (folder / "metrics.json").write_text('{"accuracy": 0.5}')
+
+
+def contents(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_failed_replacement_moves_the_earlier_report_back_and_a_finished_one_deletes_it(tmp_path):
+    earlier_report(tmp_path)
+    before = contents(tmp_path)
+    with pytest.raises(OSError):
+        with replacing_earlier_report(tmp_path, folders=["pipeline"], files=["report.md", "roc_pr.png"]):
+            assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "pipeline").exists()
+            (tmp_path / "report.md").write_text("new, half written")
+            (tmp_path / "roc_pr.png").write_bytes(b"a figure the earlier run did not have")
+            raise OSError(errno.EFBIG, "File too large")
+    assert contents(tmp_path) == before  # and nothing hidden left beside it
+    with replacing_earlier_report(tmp_path, folders=["pipeline"], files=["report.md"]):
+        (tmp_path / "report.md").write_text("new")
+        (tmp_path / "metrics.json").write_text("{}")
+    assert contents(tmp_path) == {"metrics.json": b"{}", "report.md": b"new"}
+
+
+@pytest.mark.parametrize("marker_written", [False, True])
+def test_a_killed_replacement_is_settled_by_the_next_run(tmp_path, marker_written):
+    earlier_report(tmp_path)
+    before = contents(tmp_path)
+    killed = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from diffusion_classifiers.replaced_reports import replacing_earlier_report
+        folder = Path({str(tmp_path)!r})
+        with replacing_earlier_report(folder, folders=["pipeline"], files=["report.md"]):
+            (folder / "report.md").write_text("new")
+            if {marker_written}:
+                (folder / "metrics.json").write_text("{{}}")
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    result = subprocess.run([sys.executable, "-c", killed], env=python_subprocess_env())
+    assert result.returncode == -signal.SIGKILL
+    if marker_written:  # the new report was complete: the earlier one goes
+        settle_replaced_report(tmp_path)
+        assert contents(tmp_path) == {"metrics.json": b"{}", "report.md": b"new"}
+        return
+    with pytest.raises(ValueError, match=r"holds an earlier report \(metrics.json\)"):
+        check_no_earlier_report(tmp_path, overwrite=False)  # the earlier report is back, and refused as before
+    assert contents(tmp_path) == before
+
+
+def test_evaluate_overwriting_a_result_keeps_it_when_the_disk_fills(model_and_data, tmp_path, monkeypatch):  # noqa: F811
+    """`evaluate --overwrite_output_dir` under `ulimit -f` failed on confusion_matrix.png and left the folder empty."""
+    root, _ = model_and_data
+    command = ["evaluate", "--model_dir", str(root / "model"), "--dataset", str(root / "grown"),
+               "--output_dir", str(tmp_path), "--drop_training_images"]  # fmt: skip
+    main(command)
+    before = contents(tmp_path)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(diffusion_classifiers.evaluation, "write_texts_atomically", full_disk)
+    with pytest.raises(OSError, match="File too large"):
+        main([*command, "--overwrite_output_dir", "--target_sensitivity", "1.0"])
+    assert contents(tmp_path) == before and sorted(before) == sorted(p.name for p in tmp_path.iterdir())
+
+
+def test_a_probe_that_fails_while_saving_keeps_the_earlier_result_and_leaves_no_half_pipeline(
+    model_and_data, tmp_path, monkeypatch  # noqa: F811
+):
+    root, _ = model_and_data
+    command = ["probe", "--unet_dir", str(root / "model"), "--dataset", str(root / "data"),
+               "--timesteps", "20"]  # fmt: skip
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # stands for the kill: the pipeline is saved, its split record not yet
+
+    monkeypatch.setattr(diffusion_classifiers.data.split_record, "save_split_record", killed)
+    with pytest.raises(KeyboardInterrupt):
+        main([*command, "--output_dir", str(tmp_path / "first")])
+    assert not (tmp_path / "first").exists()  # no model_index.json without data_splits.json: the folder left empty
+    monkeypatch.undo()
+    main([*command, "--output_dir", str(tmp_path / "second")])
+    before = contents(tmp_path / "second")
+    assert json.loads(before["pipeline/data_splits.json"])["train_fingerprints"]
+    monkeypatch.setattr(diffusion_classifiers.data.split_record, "save_split_record", killed)
+    with pytest.raises(KeyboardInterrupt):
+        main([*command, "--output_dir", str(tmp_path / "second"), "--overwrite_output_dir", "--timesteps", "30"])
+    assert contents(tmp_path / "second") == before
