@@ -242,23 +242,23 @@ def test_window_on_inputs_without_dicom_is_warned_about_and_the_windows_read_thr
     assert cluster(unet_dir, digits_csv, tmp_path / "plain", "--num_clusters", "5")["windows"] == ["file"]
 
 
-def test_an_overwrite_stopped_before_its_report_leaves_no_earlier_report_beside_its_files(
-    digits_csv, unet_dir, tmp_path, monkeypatch
-):
-    """Review: a run over an earlier one, stopped after clusters.csv, left the earlier metrics.json beside it."""
+def test_an_overwrite_stopped_before_its_report_keeps_the_earlier_one_whole(digits_csv, unet_dir, tmp_path, monkeypatch):
+    """Review: a run over an earlier one, stopped after clusters.csv, left the earlier metrics.json beside it; then
+    (QA, session 60) it left the new clusters.csv alone, the earlier result lost: now the earlier result stays."""
     from diffusion_classifiers import DiffusionClassifierPipeline
     from diffusion_classifiers.prediction import clustering, cluster_files, list_inputs
 
     pipe, inputs, out = DiffusionClassifierPipeline.from_pretrained(unet_dir), list_inputs(digits_csv), tmp_path / "out"
     cluster_files(pipe, inputs, out, 3, progress_bar=False, selection_images=60)
+    earlier = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
 
     def stopped(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(clustering, "_write_examples", stopped)
+    monkeypatch.setattr(clustering, "_write_examples", stopped)  # after the new clusters.csv
     with pytest.raises(KeyboardInterrupt):
         cluster_files(pipe, inputs, out, 4, progress_bar=False, selection_images=60, overwrite=True)
-    assert (out / "clusters.csv").exists() and not (out / "metrics.json").exists()
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == earlier
 
 
 def test_numpy_numbers_for_k_and_the_seed_give_a_json_report(tmp_path):

@@ -114,3 +114,18 @@ def test_a_probe_that_fails_while_saving_keeps_the_earlier_result_and_leaves_no_
     with pytest.raises(KeyboardInterrupt):
         main([*command, "--output_dir", str(tmp_path / "second"), "--overwrite_output_dir", "--timesteps", "30"])
     assert contents(tmp_path / "second") == before
+
+
+def test_a_storage_refusal_inside_safetensors_names_the_file(tmp_path):
+    """A trainer under a file-size limit said only "Error while serializing: I/O error: File too large (os error 27)"
+    (the README promises one line naming the file a storage refusal stopped)."""
+    script = textwrap.dedent(f"""
+        import resource, torch
+        from safetensors.torch import save_file
+        from diffusion_classifiers.cli import run_from_shell
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))  # Python ignores SIGXFSZ: EFBIG
+        run_from_shell("train", lambda: save_file({{"weight": torch.zeros(100_000)}}, {str(tmp_path / "model.safetensors")!r}))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], env=python_subprocess_env(), capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().endswith(f"File too large (os error 27) (writing {tmp_path / 'model.safetensors'})")

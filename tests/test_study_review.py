@@ -207,14 +207,16 @@ def test_a_binary_studys_report_gives_the_average_precision_its_metrics_record(t
     assert "predicted where its probability exceeds 0.5" in report
 
 
-def test_an_evaluation_stopped_while_writing_leaves_no_earlier_report_beside_its_files(study, tmp_path, monkeypatch):
+def test_an_evaluation_stopped_while_writing_keeps_the_earlier_report_whole(study, tmp_path, monkeypatch):
     """QA (session 58, Ctrl-C): an evaluation or probe over an earlier report, stopped while writing, left the earlier
-    report.md and figures beside the new files (a report naming another timestep beside the new pipeline)."""
+    report.md and figures beside the new files (a report naming another timestep beside the new pipeline); then (QA,
+    session 60) the new files alone, the earlier report lost: now the earlier report stays as it was."""
     from diffusion_classifiers import plots
 
     test = _digits_splits()["test"]
     evaluate_classifier(study.pipeline, test, output_dir=str(tmp_path))
     assert {"report.md", "reliability.png", "metrics.json"} <= {path.name for path in tmp_path.iterdir()}
+    earlier = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
 
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt
@@ -222,4 +224,4 @@ def test_an_evaluation_stopped_while_writing_leaves_no_earlier_report_beside_its
     monkeypatch.setattr(plots, "plot_reliability", stopped)  # after the new confusion matrix
     with pytest.raises(KeyboardInterrupt):
         evaluate_classifier(study.pipeline, test, output_dir=str(tmp_path))
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["confusion_matrix.png"]
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == earlier

@@ -1008,8 +1008,10 @@ def run_from_shell(name: str, run: Callable[[], Any]) -> None:
         refused = isinstance(error, (ValueError, FileNotFoundError, FileExistsError, RunInUseError))
         if os.environ.get("DIFFUSION_CLASSIFIERS_TRACEBACK") or not (refused or _storage_refused(error)):
             raise
-        named = refused or getattr(error, "filename", None)
-        where = "" if named else " (DIFFUSION_CLASSIFIERS_TRACEBACK=1 shows where)"
+        written = _safetensors_file_of(error)
+        named = refused or getattr(error, "filename", None) or written
+        where = f" (writing {written})" if written else ""
+        where = where if named else " (DIFFUSION_CLASSIFIERS_TRACEBACK=1 shows where)"
         sys.exit(f"{name}: error: {error}{where}")
     except KeyboardInterrupt:  # QA: a training script's Ctrl-C printed a traceback of the loop's innards
         if os.environ.get("DIFFUSION_CLASSIFIERS_TRACEBACK"):
@@ -1036,6 +1038,19 @@ def _storage_refused(error: Exception) -> bool:
     return type(error).__name__ == "SafetensorError" and any(
         os.strerror(code) in str(error) for code in _STORAGE_ERRORS
     )
+
+
+def _safetensors_file_of(error: Exception) -> Optional[str]:
+    """The file safetensors' `save_file` was writing when it raised `error` (its own error names none: QA, a full disk
+    read "Error while serializing: I/O error: File too large"), from the writer's frame; None otherwise."""
+    import traceback
+
+    if type(error).__name__ != "SafetensorError":
+        return None
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        if frame.f_code.co_name == "save_file" and "safetensors" in frame.f_code.co_filename:
+            return str(frame.f_locals.get("filename"))
+    return None
 
 
 def _exit_as_stopped_training() -> None:

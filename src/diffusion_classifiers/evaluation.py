@@ -1078,7 +1078,9 @@ def _decisions(probs, ranking, positive_label: Optional[int], point: Optional[di
     return y_pred, log_odds
 
 
-def _scored_metrics(y_true, y_pred, log_odds, probs, ranking, stderr, nfe, model_names, positive_label, settings, point):
+def _scored_metrics(
+    y_true, y_pred, log_odds, probs, ranking, stderr, nfe, model_names, positive_label, settings, point
+) -> dict:
     """`classification_metrics` of the decisions `y_pred` (`_decisions`), the probabilities' calibration, the network
     calls per image where counted and, for a binary pipeline giving standard errors, the decisions another noise seed
     could flip."""

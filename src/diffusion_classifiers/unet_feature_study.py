@@ -375,7 +375,9 @@ def write_study_report(
         return _write_study_files(study, output_dir, title, command, extra)
 
 
-def _write_study_files(study: UNetFeatureStudy, output_dir: str, title: str, command: str, extra: Optional[dict]) -> dict:
+def _write_study_files(
+    study: UNetFeatureStudy, output_dir: str, title: str, command: str, extra: Optional[dict]
+) -> dict:
     from .plots import plot_classification_figures, plot_probe_heatmap
 
     val_accuracy = {(block_label(block), t): m["val"]["accuracy"] for (block, t), m in study.probe.metrics.items()}

@@ -25,6 +25,7 @@ __all__ = [
     "as_feature_matrix",
     "as_inverse_regularisations",
     "as_labels",
+    "check_class_names",
     "check_finite_rows",
     "check_no_pickled_weights",
     "check_label_range",
@@ -181,7 +182,9 @@ def check_unique_class_names(class_names: Sequence[str], where: str) -> None:
     one name, and a transformers export's `label2id` would lose one of them)."""
     repeated = sorted({str(name) for name in class_names if list(class_names).count(name) > 1})
     if repeated:
-        raise ValueError(f"{where}: expected unique class names, got {list(class_names)} ({', '.join(repeated)} repeated)")
+        raise ValueError(
+            f"{where}: expected unique class names, got {list(class_names)} ({', '.join(repeated)} repeated)"
+        )
 
 
 def check_two_classes_at_least(class_names: Sequence[str], source, task: str) -> None:
@@ -267,6 +270,20 @@ def check_writable_dir(path, name: str = "output_dir") -> None:
 
 def _normal_form(name: str) -> str:
     return next((form for form in ("NFC", "NFD") if unicodedata.is_normalized(form, name)), "neither NFC nor NFD")
+
+
+def check_class_names(names: Sequence[str], where: str) -> None:
+    """Class names read from data (folder names, a CSV's labels) every report, card and CSV can show: none holding a
+    control character (QA: a CSV label with newlines broke the card's label list into a heading and its per-class
+    table across lines), and no two alike but for Unicode normalisation (`check_no_lookalike_names`)."""
+    for name in names:
+        controls = sorted({char for char in str(name) if unicodedata.category(char) == "Cc"})
+        if controls:
+            raise ValueError(
+                f"{where}: class name {name!r} holds the control character(s) {', '.join(map(repr, controls))}, which "
+                "break the reports', cards' and CSVs' lines; expected printable names: rename the class"
+            )
+    check_no_lookalike_names(names, where)
 
 
 def check_no_lookalike_names(names: Sequence[str], where: str) -> None:

@@ -82,7 +82,7 @@ def _npz_arrays(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
     try:
         archive = np.load(path)
     except _NPZ_READ_ERRORS as error:
-        raise ValueError(f"cannot read {path}: {error} (truncated or corrupt?)") from error
+        raise _unreadable_npz(path, error) from error
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise ValueError(
             f"{path}: a single {_describe(archive)} (an .npy file), not an .npz archive; expected the keys "
@@ -93,7 +93,17 @@ def _npz_arrays(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
         try:
             return present, {f"{s}_{part}": archive[f"{s}_{part}"] for s in present for part in _NPZ_PARTS}
         except _NPZ_READ_ERRORS as error:
-            raise ValueError(f"cannot read {path}: {error} (truncated or corrupt?)") from error
+            raise _unreadable_npz(path, error) from error
+
+
+def _unreadable_npz(path: Path, error: Exception) -> ValueError:
+    """Why an `.npz` file cannot be read: pickled objects refused (QA: called "truncated or corrupt?"), or damage."""
+    if "allow_pickle" in str(error):
+        return ValueError(
+            f"{path}: holds pickled Python objects (an object array), refused unread: unpickling them could run "
+            "arbitrary code; expected numeric arrays (np.savez of uint8 or float images and integer labels)"
+        )
+    return ValueError(f"cannot read {path}: {error} (truncated or corrupt?)")
 
 
 def _npz_splits(path: Path, found: list[str]) -> list[str]:

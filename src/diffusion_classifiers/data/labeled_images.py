@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..validation import check_finite_rows, check_name_list, check_no_lookalike_names, first_and_more
+from ..validation import check_finite_rows, check_name_list, check_class_names, first_and_more
 from .preprocessing import ImagePreprocessing, _describe
 
 __all__ = [
@@ -132,7 +132,7 @@ def labels_and_names(
     names_given = class_names is not None
     if not names_given:
         class_names = [str(i) for i in range(int(labels.max()) + 1)]
-    check_no_lookalike_names(class_names, where)
+    check_class_names(class_names, where)
     _check_label_range(labels, len(class_names), f"{where} (class_names {list(class_names)})" if names_given else where)
     if not names_given:
         _check_no_label_gaps(labels, where)

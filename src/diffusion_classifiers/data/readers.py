@@ -39,7 +39,7 @@ from .split_record import ANONYMISED_DICOM_RULE, check_anonymised_dicom_groups
 from .splits import (
     _FewImagesWarning, check_split_fractions, stratified_group_split, stratified_split,
 )
-from ..validation import check_name_list, check_no_lookalike_names, check_seed
+from ..validation import check_name_list, check_class_names, check_seed
 
 __all__ = [
     "DEFAULT_FOLDER_SIZE",
@@ -441,7 +441,7 @@ def _read_image_folder(
     """An image folder's images (preprocessed by `reading` as they are decoded, when given: see [`decode_files`]),
     labels, class names, splits and groups (anonymised DICOM files grouped by `anonymised_dicom_groups`)."""
     files, labels_per_split, names = list_folder_files(root)
-    check_no_lookalike_names(names, f"image folder {root}")  # before any image is decoded
+    check_class_names(names, f"image folder {root}")  # before any image is decoded
     depths = _BitDepths()
     images, labels_per_split, groups = decode_files(
         files, labels_per_split, medical, reading=reading, class_names=names,
@@ -479,7 +479,7 @@ def _read_csv(
     images preprocessed by `reading` as they are decoded, when given (see [`decode_files`]); without patient ids,
     anonymised DICOM files grouped by `anonymised_dicom_groups`."""
     files, labels, names, patients = list_csv(path, class_names, patient_id_column)
-    check_no_lookalike_names(names, f"CSV {path}")  # before any image is decoded
+    check_class_names(names, f"CSV {path}")  # before any image is decoded
     depths = _BitDepths()
     images, labels_per_split, groups = decode_files(
         files, {"train": labels}, medical, patients, reading, names, anonymised_dicom_groups, depths

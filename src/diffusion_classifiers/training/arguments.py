@@ -12,9 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from ..data.arguments import number_in
-from ..models.encoders import ENCODER_WEIGHTS
 from ..models.unet_presets import UNET_PRESETS
-from ..validation import check_no_pickled_weights
 
 __all__ = [
     "TrainingArguments",
@@ -338,6 +336,9 @@ def _check_pretrained_encoder_type(path_or_hub_id: str):
     """The `AutoConfig` of `--encoder_name_or_path`, refused unless it is a ViT, DINOv2 or DINOv2-with-registers model
     (the encoders whose tokens and pooler `models.encode_representation` reads)."""
     from transformers import AutoConfig
+
+    from ..models.encoders import ENCODER_WEIGHTS
+    from ..validation import check_no_pickled_weights
 
     check_no_pickled_weights(path_or_hub_id, ENCODER_WEIGHTS)  # QA: a folder of pytorch_model.bin trained
     try:

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..remote_code import make_weights_readable_as_umask_allows
+from ..validation import PICKLE_SUFFIXES
 from .arguments import TrainingArguments
 from .monitoring import LOSS_HISTORY_NAME, MONITOR_HISTORY_NAME
 
@@ -450,6 +451,9 @@ def _damaged_checkpoint_message(path: str, damaged: Optional[str], error: Except
     first_sentence = " ".join(str(error).split()).split(". ")[0]  # torch's goes on with advice for its own API
     reason = f"{type(error).__name__}: {first_sentence}" if first_sentence else type(error).__name__
     what = f"its {damaged} is damaged or truncated" if damaged else "one of its files is damaged or truncated"
+    if "Weights only load failed" in str(error):  # QA: a crafted optimizer.bin was called damaged
+        file = f"its {_file_of_objects(path)}" if _file_of_objects(path) else "one of its files"
+        what = f"{file} holds objects other than tensors (refused unread: unpickling them could run arbitrary code)"
     previous = _previous_checkpoint(path)
     if previous is None:
         instead = "start a new run (--overwrite_output_dir, or another --output_dir)"
@@ -460,6 +464,20 @@ def _damaged_checkpoint_message(path: str, damaged: Optional[str], error: Except
             f"{os.path.basename(previous) if in_output_dir else previous}"
         )
     return f"cannot resume from {path}: {what} ({reason}); {instead}"
+
+
+def _file_of_objects(path: str) -> Optional[str]:
+    """The first file of checkpoint folder `path` that torch reads only by unpickling objects other than tensors
+    (refused by `weights_only=True`, which runs none of their code), or None."""
+    for name in sorted(os.listdir(path)):
+        if name.endswith(PICKLE_SUFFIXES) and os.path.isfile(os.path.join(path, name)):
+            try:
+                torch.load(os.path.join(path, name), map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError:
+                return name
+            except Exception:  # damaged otherwise: `_damaged_file` names those
+                continue
+    return None
 
 
 def _damaged_file(path: str) -> Optional[str]:
