@@ -131,3 +131,19 @@ def test_proper_scores_of_more_classes_and_of_absent_ones():
     assert absent["brier"] == pytest.approx((0.06 + (0.7**2 + 0.7**2)) / 2)
     with pytest.raises(ValueError, match=r"probs row 1 is all zeros"):
         calibration_metrics([0, 0], [[1.0, 0.0], [0.0, 0.0]])
+
+
+def test_the_frames_of_a_multi_frame_file_are_rows_of_their_own():
+    """A multi-frame DICOM file is one image per frame: its rows name the file and the frame, as predict's do."""
+    from diffusion_classifiers.data import StreamingImages
+    from diffusion_classifiers.evaluation import predictions_csv
+
+    listed = StreamingImages.from_files(["a.dcm", "a.dcm", "b.png"], check_files=False, frames=[0, 1, None])
+    assert listed.files_and_frames() == [("a.dcm", 0), ("a.dcm", 1), ("b.png", None)]
+    assert listed.subset([2, 1]).files_and_frames() == [("b.png", None), ("a.dcm", 1)]
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    text = predictions_csv(range(3), listed.files_and_frames(), [0, 1, 1], [0, 1, 0], probs, ["no", "yes"])
+    rows = list(csv.reader(text.splitlines()))
+    assert rows[0] == ["image", "path", "frame", "true_label", "label", "score", "prob_no", "prob_yes"]
+    assert [row[:5] for row in rows[1:]] == [["0", "a.dcm", "0", "no", "no"], ["1", "a.dcm", "1", "yes", "yes"],
+                                             ["2", "b.png", "", "yes", "no"]]  # fmt: skip

@@ -615,7 +615,8 @@ def files_of_splits(
     """For splits of an image folder or CSV read into memory (`splits` by name, carved by `carving`, read as `reading`
     reads; with `one_set`, every image as one set), the file of each of their images, by index (`{name: index ->
     path}`), from a listing of the same carving that decodes nothing, made only when a file is asked for (a refusal
-    names a few): None for an image where the listing is not the split read, and for data without files."""
+    names a few): None for an image where the listing is not the split read, and for data without files. Each
+    callable's `located(index)` gives `(file, frame)` (the frame of a multi-frame DICOM file, else None)."""
     if not isinstance(dataset, (str, os.PathLike)) or str(dataset) == "digits" or not os.path.exists(dataset):
         return None
     if Path(dataset).suffix.lower() != ".csv" and (not Path(dataset).is_dir() or is_saved_dataset(Path(dataset))):
@@ -640,13 +641,19 @@ def files_of_splits(
         except (ValueError, OSError):  # listed otherwise than the split was read (a file gone since): positions
             return None
         same = len(listed) == len(splits[name]) and listed.labels.equal(splits[name].labels)
-        return listed.files() if same else None
+        return listed.files_and_frames() if same else None
+
+    def located(name: str, index: int) -> tuple:
+        files = files_of(name)
+        return (None, None) if files is None else files[index]
 
     def file_of(name: str, index: int) -> Optional[str]:
-        files = files_of(name)
-        return None if files is None else files[index]
+        return located(name, index)[0]
 
-    return {name: functools.partial(file_of, name) for name in splits}
+    paths = {name: functools.partial(file_of, name) for name in splits}
+    for name, path_of in paths.items():
+        path_of.located = functools.partial(located, name)
+    return paths
 
 
 def _first_images(splits: dict, seen: dict, paths: dict, streaming_hint: Optional[str]) -> str:
@@ -953,31 +960,35 @@ def evaluate_classifier(
     return metrics
 
 
-def _scored_files(dataset, paths, positions: np.ndarray) -> List[Optional[str]]:
-    """The file of each image scored (None where not known: data held in arrays, a `datasets.Dataset`, an image
-    stored as bytes), from the `paths` of images read into memory by their `positions` in the split, or from a
-    [`StreamingImages`] split's own rows."""
+def _scored_files(dataset, paths, positions: np.ndarray) -> List[tuple]:
+    """The file of each image scored and its frame (None where not known: data held in arrays, a `datasets.Dataset`,
+    an image stored as bytes; the frame but for a multi-frame DICOM file), from the `paths` of images read into memory
+    by their `positions` in the split, or from a [`StreamingImages`] split's own rows."""
     if isinstance(dataset, StreamingImages):
-        return dataset.files()
-    return [None if paths is None else paths(int(position)) for position in positions]
+        return dataset.files_and_frames()
+    located = getattr(paths, "located", None) or (lambda index: (None if paths is None else paths(index), None))
+    return [located(int(position)) for position in positions]
 
 
 def predictions_csv(
     positions, files, y_true, y_pred, probs, class_names: Sequence[str], log_odds=None, positive_label=None
 ) -> str:
     """`predictions.csv` of an evaluation: one row per image scored, with `image` (its position in the split, as the
-    split numbers its images before any training image is dropped), `path` (its file, empty where not known),
+    split numbers its images before any training image is dropped), `path` and `frame` (its file and, for a frame
+    of a multi-frame DICOM file, the frame; empty where not known or none),
     `true_label` and `label` (the class decided: its most probable, or at the operating point), `score` (the decided
     class's probability), `prob_<class>` for every class of the model, and for binary tasks
     `log_odds_<positive class>` (what the ROC ranks by and an operating point compares)."""
     probs = np.asarray(probs, dtype=np.float64)
-    columns = ["image", "path", "true_label", "label", "score", *(f"prob_{name}" for name in class_names)]
+    columns = ["image", "path", "frame", "true_label", "label", "score", *(f"prob_{name}" for name in class_names)]
     columns += [] if log_odds is None else [f"log_odds_{class_names[positive_label]}"]
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(columns)
     for row, position in enumerate(positions):
-        cells = [int(position), files[row] or "", class_names[y_true[row]], class_names[y_pred[row]]]
+        file, frame = files[row]
+        cells = [int(position), file or "", "" if frame is None else frame, class_names[y_true[row]]]
+        cells += [class_names[y_pred[row]]]
         cells += [float(probs[row, y_pred[row]]), *map(float, probs[row])]
         writer.writerow(cells + ([] if log_odds is None else [float(log_odds[row])]))
     return text.getvalue()

@@ -255,16 +255,19 @@ class StreamingImages(torch.utils.data.Dataset):
             return f"{named or f'image {index} of the split'} (no image)"
         return value.get("path") or f"{named or f'row {index}'} (bytes without a path)"
 
-    def files(self) -> list[str | None]:
-        """The file of each image, in order (None for an image stored as bytes without a path, or for no image): read
-        from the image column's paths alone, no image decoded."""
+    def files_and_frames(self) -> list[tuple[str | None, int | None]]:
+        """The file of each image and its frame in that file, in order: the file None for an image stored as bytes
+        without a path, or for no image; the frame None but for a frame of a multi-frame DICOM file. Read from the
+        image column's paths and the frame column alone, no image decoded."""
         import pyarrow.compute as pc
 
-        column = self.dataset.select_columns([self.image_column]).with_format("arrow")
-        files: list[str | None] = []
-        for batch in column.iter(batch_size=4096):
-            files += pc.struct_field(batch[self.image_column], "path").to_pylist()
-        return files
+        frames = _FRAME in self.dataset.column_names
+        table = self.dataset.select_columns([self.image_column, *([_FRAME] if frames else [])]).with_format("arrow")
+        files_and_frames: list[tuple[str | None, int | None]] = []
+        for batch in table.iter(batch_size=4096):
+            files = pc.struct_field(batch[self.image_column], "path").to_pylist()
+            files_and_frames += zip(files, batch[_FRAME].to_pylist() if frames else [None] * len(files))
+        return files_and_frames
 
     def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> StreamingImages:
         """The rows at `indices` (an index mapping over the same Arrow table: nothing is copied or decoded)."""
