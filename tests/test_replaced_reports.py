@@ -129,3 +129,47 @@ def test_a_storage_refusal_inside_safetensors_names_the_file(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], env=python_subprocess_env(), capture_output=True, text=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().endswith(f"File too large (os error 27) (writing {tmp_path / 'model.safetensors'})")
+
+
+def test_an_empty_lock_left_by_a_run_killed_as_it_took_it_is_taken_over_once_old(tmp_path, caplog):
+    """SIGKILL between creating the lock and writing it left an empty `.run.lock` that refused every rerun as
+    "unreadable lock ... delete it"; a live run writes its lock at once, so an empty one seconds old is abandoned."""
+    import os
+
+    from diffusion_classifiers.run_lock import COMMAND_LOCK_NAME, EMPTY_LOCK_SECONDS, RunLock
+
+    lock = tmp_path / COMMAND_LOCK_NAME
+    lock.touch()
+    with pytest.raises(RuntimeError, match=r"unreadable lock"):  # as young as a live run's, being written: refused
+        RunLock(str(lock), "--output_dir out", "--output_dir", "probe").acquire()
+    os.utime(lock, (lock.stat().st_atime, lock.stat().st_mtime - EMPTY_LOCK_SECONDS - 1))
+    taken = RunLock(str(lock), "--output_dir out", "--output_dir", "probe")
+    taken.acquire()
+    assert "Taking over the empty lock" in caplog.text and json.loads(lock.read_text())["pid"] == os.getpid()
+    taken.release()
+
+
+def test_a_read_only_mount_is_named_as_such_not_as_permissions(tmp_path, monkeypatch):
+    """`predict --output` on a read-only mount said "this user may not write into ro" (evaluate and cluster said
+    "Read-only file system"): `os.access` is False either way, the mount's flag tells them apart."""
+    import os
+    from types import SimpleNamespace
+
+    from diffusion_classifiers.validation import check_writable_file
+
+    monkeypatch.setattr(os, "access", lambda *args: False)
+    with pytest.raises(ValueError, match=r"this user may not write into"):
+        check_writable_file(tmp_path / "p.csv", "--output")
+    monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(f_flag=os.ST_RDONLY))
+    with pytest.raises(ValueError, match=rf"--output {tmp_path}/p.csv: {tmp_path} is on a read-only file system"):
+        check_writable_file(tmp_path / "p.csv", "--output")
+
+
+def test_a_training_folder_without_its_model_says_how_to_save_it(tmp_path):
+    """A trainer killed while saving its final model left training_summary.json and no model_index.json; probe said
+    only "model_index.json not found; expected a pipeline folder written by save_pretrained"."""
+    from diffusion_classifiers.pipelines.pipeline_utils import read_model_index
+
+    (tmp_path / "checkpoint-20").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"holds a training run without its model: .* --resume_from_checkpoint"):
+        read_model_index(str(tmp_path))

@@ -19,6 +19,8 @@ __all__ = ["COMMAND_LOCK_NAME", "RunInUseError", "RunLock", "claim_on_main_proce
 
 # The lock file of a command writing its report into an --output_dir (evaluate, probe, fit-head, demo).
 COMMAND_LOCK_NAME = ".run.lock"
+# An empty lock file this old was left by a run killed between creating and writing it
+EMPTY_LOCK_SECONDS = 10
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +100,12 @@ class RunLock:
         _held_here.add(os.path.realpath(self.path))
 
     def _remove_if_stale(self) -> None:
-        """Remove the lock of a process of this host that is gone (`_owner_gone`); refuse any other."""
+        """Remove the lock of a process of this host that is gone (`_owner_gone`), or an empty one older than
+        `EMPTY_LOCK_SECONDS` (its run was killed between creating and writing it); refuse any other."""
+        if self._empty_and_abandoned():
+            logger.warning(f"Taking over the empty lock of {self.locked}: its run was killed as it took it")
+            os.remove(self.path)
+            return
         holder = self._holder()
         if not self._held_by_a_live_run(holder):
             owner = f"pid {holder['pid']} on {holder['host']}"
@@ -120,6 +127,15 @@ class RunLock:
             raise
         if self._held_by_a_live_run(holder):
             raise self._in_use(holder)
+
+    def _empty_and_abandoned(self) -> bool:
+        """QA (SIGKILL between creating the lock and writing it): an empty lock refused every later run as
+        unreadable. A live run writes its lock at once after creating it, far within `EMPTY_LOCK_SECONDS`."""
+        try:
+            status = os.stat(self.path)
+        except OSError:
+            return False
+        return status.st_size == 0 and datetime.now().timestamp() - status.st_mtime > EMPTY_LOCK_SECONDS
 
     def _holder(self) -> dict:
         try:

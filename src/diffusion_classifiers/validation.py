@@ -369,4 +369,6 @@ def check_writable_file(path, name: str) -> None:
     if not folder.is_dir():
         raise ValueError(f"{name} {path}: its folder cannot be created, {folder} is a file")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"{name} {path}: this user may not write into {folder}")
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)  # QA: a read-only mount was blamed on permissions
+        why = f"{folder} is on a read-only file system" if read_only else f"this user may not write into {folder}"
+        raise ValueError(f"{name} {path}: {why}")

@@ -79,6 +79,12 @@ def local_snapshot(pretrained_model_name_or_path, kwargs: dict) -> str:
     return download(pretrained_model_name_or_path, trust_remote_code=trust_remote_code, **hub_kwargs)
 
 
+def _is_training_folder(path: str) -> bool:
+    """Whether `path` holds a training run's own files (its summary or checkpoints)."""
+    names = os.listdir(path) if os.path.isdir(path) else []
+    return "training_summary.json" in names or any(re.fullmatch(r"checkpoint-\d+", name) for name in names)
+
+
 def read_model_index(path: str) -> dict:
     """The `model_index.json` of a saved pipeline folder; a clear error when it is missing (naming the pipeline folder
     when `path` is one of its components) or not JSON."""
@@ -89,6 +95,11 @@ def read_model_index(path: str) -> dict:
             hint = f" ({path} is a component of the pipeline {parent}: pass that folder)"
         elif os.path.isfile(os.path.join(path, "config.json")):  # QA: an export was said to be no pipeline, only
             hint = f" ({lone_model_hint(path)})"
+        elif _is_training_folder(path):  # QA: a trainer killed while saving its model was only said to lack one
+            hint = (
+                f" ({path} holds a training run without its model: it was stopped or killed before saving it; rerun "
+                "its command with --resume_from_checkpoint latest, which saves it)"
+            )
         else:
             hint = ""
         raise FileNotFoundError(f"{index_file} not found; expected a pipeline folder written by save_pretrained{hint}")
