@@ -170,3 +170,22 @@ def test_crafted_pickles_are_named_as_refused_not_as_damaged_files(tmp_path):
     with pytest.raises(ValueError, match=r"objects.npz: holds pickled Python objects \(an object array\), refused unread"):
         load_image_classification_data(str(tmp_path / "objects.npz"), image_size=8)
     assert not canary.exists()
+
+
+def test_an_output_folder_inside_the_data_folder_is_refused_before_any_work(tmp_path, monkeypatch):
+    """A trainer's `--output_dir imgds/run` was accepted: its checkpoints and sample PNGs went into the data folder,
+    where the next run on it read them (the cluster command alone refused it)."""
+    from PIL import Image
+
+    for name in ("ant", "bee"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8)).save(tmp_path / "data" / name / f"{i}.png")
+    monkeypatch.setattr(diffusion_classifiers.data, "load_data_from_args", too_late)
+    inside = str(tmp_path / "data" / "run")
+    with pytest.raises(ValueError, match=rf"--output_dir {inside}: inside the input folder .*data \(--dataset\)"):
+        example("unet_features_train.py")["main"](["--dataset", str(tmp_path / "data"), "--output_dir", inside])
+    with pytest.raises(ValueError, match=r"inside the input folder"):
+        main(["evaluate", "--model_dir", str(tmp_path / "none"), "--dataset", str(tmp_path / "data"),
+              "--output_dir", str(tmp_path / "data")])  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["ant", "bee"]

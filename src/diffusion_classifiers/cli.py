@@ -349,9 +349,10 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     )
     from .hub import METHOD_TITLES, class_names_of, download, method_of, model_fingerprint
     from .metrics import resolve_positive_label
-    from .validation import check_no_earlier_report, typed_command
+    from .validation import check_no_earlier_report, check_output_outside_data, typed_command
 
     check_evaluation_args(None, args.batch_size)  # before the model and the data are loaded (the folder: checked)
+    check_output_outside_data(args.output_dir, args.dataset)
     check_evaluation_split(args.split)
     given = {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction, "seed": args.seed}
     whole = args.split == ONE_SET  # every image of the data, none carved
@@ -476,13 +477,14 @@ def check_demo_args(args: argparse.Namespace):
     from .features import check_timesteps
     from .models import unet_config
     from .training import check_run_can_start, training_args_from_namespace
-    from .validation import check_no_earlier_report, check_writable_dir
+    from .validation import check_no_earlier_report, check_output_outside_data, check_writable_dir
 
     training_args = training_args_from_namespace(args)  # batch size, steps, learning rate, precision
     check_timesteps(args.timesteps, DEMO_NUM_TRAIN_TIMESTEPS)
     if args.image_size is not None:
         unet_config(args.unet_preset, args.image_size)  # the preset's levels must divide the image size
     check_writable_dir(args.output_dir, "--output_dir")
+    check_output_outside_data(args.output_dir, args.dataset)
     # a resumed demo finishes its own report; any other run would replace an earlier one without a word
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir or args.resume_from_checkpoint is not None)
     training_args.output_dir = os.path.join(args.output_dir, "unet_training")
@@ -743,8 +745,9 @@ def _labelled_data(
         trained_on_unlabeled_pool,
     )
     from .metrics import resolve_positive_label
-    from .validation import check_two_classes_at_least
+    from .validation import check_output_outside_data, check_two_classes_at_least
 
+    check_output_outside_data(args.output_dir, args.dataset)
     record = read_split_record(folder)
     given, carving = _probe_carving(args, folder, record, seed_carves_pool_data)
     splits = load_image_classification_data(args.dataset, **carving, **reading, **columns_from_args(args))

@@ -28,6 +28,7 @@ __all__ = [
     "check_class_names",
     "check_finite_rows",
     "check_no_pickled_weights",
+    "check_output_outside_data",
     "check_label_range",
     "check_no_lookalike_names",
     "check_positive_integer",
@@ -254,6 +255,20 @@ def check_no_earlier_report(path, overwrite: bool, name: str = "--output_dir") -
         raise ValueError(
             f"{name} {str(path)!r} holds an earlier report (metrics.json); choose another folder, or pass {way} to "
             "replace it"
+        )
+
+
+def check_output_outside_data(output_dir, data, data_flag: str = "--dataset", flag: str = "--output_dir") -> None:
+    """An output folder inside the image folder `data` is refused before any work: the images a run writes there
+    (figures, samples, checkpoints' PNGs) would be read as the folder's images by later runs and by training (QA: a
+    rerun clustered 601 images of a 600-image pool, its own figure among them; a trainer wrote into its data folder)."""
+    if output_dir is None or data is None or not os.path.isdir(data):
+        return
+    folder, output = Path(data).resolve(), Path(output_dir).resolve()
+    if output == folder or folder in output.parents:
+        raise ValueError(
+            f"{flag} {output_dir}: inside the input folder {data} ({data_flag}); expected a folder outside it, whose "
+            "images (figures, samples) would otherwise be read as the folder's images by later runs and training"
         )
 
 

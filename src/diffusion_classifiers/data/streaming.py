@@ -62,7 +62,7 @@ from .readers import (
 from .split_record import ANONYMISED_DICOM_RULE, check_anonymised_dicom_groups, image_fingerprints, save_split_record
 from .splits import check_split_fractions
 from ..progress_bars import bar_visibility
-from ..validation import check_name_list, check_seed, first_and_more
+from ..validation import check_name_list, check_output_outside_data, check_seed, first_and_more
 
 __all__ = [
     "DecodedImages",
@@ -690,7 +690,9 @@ def streaming_data_from_args(args: Any) -> dict[str, StreamingImages]:
 
 def training_data_from_args(args: Any) -> dict[str, Any]:
     """The splits a training script reads: streamed with `--streaming` ([`streaming_data_from_args`]), else decoded
-    into memory (`load_data_from_args`); the main process prints what was read (`describe_splits`)."""
+    into memory (`load_data_from_args`); the main process prints what was read (`describe_splits`). An
+    `--output_dir` inside the data folder is refused first (`check_output_outside_data`)."""
+    check_output_outside_data(getattr(args, "output_dir", None), args.dataset)
     splits = (streaming_data_from_args if getattr(args, "streaming", False) else load_data_from_args)(args)
     if _process_state().is_main_process:
         print(describe_splits(splits, args.dataset))

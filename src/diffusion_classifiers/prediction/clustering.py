@@ -97,10 +97,10 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
 def run_cluster(args: argparse.Namespace) -> dict:
     """`diffusion-classifiers cluster`: every flag checked and the inputs listed before the model is loaded."""
     from ..pipelines import DiffusionClassifierPipeline
-    from ..validation import check_no_earlier_report, typed_command
+    from ..validation import check_no_earlier_report, check_output_outside_data, typed_command
 
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
-    _check_output_outside_input_folder(args.output_dir, args.input)
+    check_output_outside_data(args.output_dir, args.input, "--input")
     names = ClusterRequest._fields
     request = ClusterRequest(**{name: getattr(args, name) for name in names}).checked(flag="--")
     model_dir, _, medical, inputs = model_and_inputs(args, "cluster")
@@ -321,18 +321,6 @@ def cluster_files(
         metrics = _json_safe(metrics)
         write_json_atomically(output_dir / "metrics.json", metrics, indent=2)
     return metrics
-
-
-def _check_output_outside_input_folder(output_dir: str | os.PathLike, input_path: str | os.PathLike) -> None:
-    """An `--output_dir` inside the image folder clustered is refused: its example figures (PNG) would be read as
-    images of the folder by a later run, or by training on the folder (QA: a rerun clustered 601 images of a
-    600-image pool, its own figure among them, and chose another feature)."""
-    folder, output = Path(input_path).resolve(), Path(output_dir).resolve()
-    if folder.is_dir() and (output == folder or folder in output.parents):
-        raise ValueError(
-            f"--output_dir {output_dir}: inside the input folder {input_path}; expected a folder outside it, whose "
-            "example figures would otherwise be read as the folder's images by later runs and training"
-        )
 
 
 def _check_inputs_for_output(inputs: Sequence[PredictionInput], output_dir: str | os.PathLike) -> None:
