@@ -201,12 +201,13 @@ def test_ctrl_c_prints_one_line_exits_130_and_the_same_command_resumes(models, t
     with pytest.warns(UserWarning, match="skipped 1 of its files"):
         main(argv)
     assert [row["path"] for row in read_rows(output)] == list(IMAGES)
-    # QA (session 58): after Ctrl-C of an --overwrite run, "the same command" started again from nothing
+    # QA (session 58): after Ctrl-C of an --overwrite run, "the same command" started again from nothing; since
+    # session 60 it continues the overwrite (tests/test_replaced_reports.py)
     calls.clear()
     monkeypatch.setattr(UNetFeatureClassifierPipeline, "__call__", interrupted_on_the_second_batch)
     with pytest.warns(UserWarning, match="skipped 1 of its files"), pytest.raises(SystemExit):
         main(argv + ["--overwrite"])
-    assert "rerun the same command without --overwrite to resume after them" in capsys.readouterr().err
+    assert "rerun the same command to resume after them" in capsys.readouterr().err
 
 
 def test_csv_with_a_missing_file_lists_it_in_errors(models, tmp_path):

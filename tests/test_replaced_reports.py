@@ -173,3 +173,38 @@ def test_a_training_folder_without_its_model_says_how_to_save_it(tmp_path):
     (tmp_path / "checkpoint-20").mkdir()
     with pytest.raises(FileNotFoundError, match=r"holds a training run without its model: .* --resume_from_checkpoint"):
         read_model_index(str(tmp_path))
+
+
+def test_the_identical_rerun_of_a_killed_overwrite_continues_it(tmp_path, monkeypatch, capsys):
+    """`predict --overwrite` killed after committing its batches: the identical rerun predicted every input again (the
+    prediction it replaces stays aside either way, and another overwrite still starts afresh)."""
+    import numpy as np
+    from PIL import Image
+
+    from diffusion_classifiers.prediction import runner
+
+    from .test_ecosystem_loading import pipelines
+
+    pipelines()["unet_features"].save_pretrained(tmp_path / "model")
+    (tmp_path / "in").mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((16, 16), 40 * i, dtype=np.uint8)).save(tmp_path / "in" / f"{i}.png")
+    output = tmp_path / "p.csv"
+    command = ["predict", "--model_dir", str(tmp_path / "model"), "--input", str(tmp_path / "in"), "--output",
+               str(output), "--batch_size", "2", "--no_progress_bar"]  # fmt: skip
+    main(command)
+    earlier = output.read_bytes()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # every batch committed, none merged
+
+    monkeypatch.setattr(runner, "merge_parts", killed)
+    with pytest.raises(SystemExit):  # 130, saying to rerun the same command
+        main([*command, "--overwrite"])
+    assert "rerun the same command to resume" in capsys.readouterr().err
+    assert (tmp_path / "p.csv.replaced" / "p.csv").read_bytes() == earlier
+    monkeypatch.undo()
+    capsys.readouterr()
+    main([*command, "--overwrite"])
+    assert "0 inputs predicted now" in capsys.readouterr().out
+    assert output.read_bytes() == earlier and not (tmp_path / "p.csv.replaced").exists()

@@ -1092,16 +1092,16 @@ def add_predict_args(parser: argparse.ArgumentParser) -> None:
 
 def run_predict(args: argparse.Namespace) -> None:
     """`predict`; on Ctrl-C, one line instead of a traceback, and exit status 130: the batches committed so far stay in
-    OUTPUT.parts/, and the same command resumes after them (without `--overwrite`, which would start again: QA)."""
+    OUTPUT.parts/, and the same command resumes after them (with `--overwrite` too: the prediction it replaces stays
+    aside until its rows are merged, `prediction.outputs.continues_a_killed_replacement`)."""
     from .prediction import run_predict as run
 
     try:
         run(args)
     except KeyboardInterrupt:
-        again = "the same command without --overwrite" if args.overwrite else "the same command"
         print(
             f"\ndiffusion-classifiers predict: interrupted; the batches committed so far are kept "
-            f"({args.output}.parts/): rerun {again} to resume after them",
+            f"({args.output}.parts/): rerun the same command to resume after them",
             file=sys.stderr,
         )
         sys.exit(130)

@@ -115,12 +115,19 @@ def prepare_output_files(files: OutputFiles, run: dict, overwrite: bool, is_main
             )
     if not is_main:
         return
-    if overwrite:
+    if overwrite and not continues_a_killed_replacement(files, run):
         set_aside_replaced(files, existing)
     files.output.parent.mkdir(parents=True, exist_ok=True)
     files.errors.parent.mkdir(parents=True, exist_ok=True)
     recorded = {**run, _ERRORS_KEY: Path(os.path.relpath(files.errors, files.output.parent)).as_posix()}
     write_atomically(files.sidecar, lambda handle: handle.write(json.dumps(recorded, indent=2) + "\n"))
+
+
+def continues_a_killed_replacement(files: OutputFiles, run: dict) -> bool:
+    """Whether an overwriting prediction continues one that died with these very settings (the prediction it replaces
+    still set aside in `files.replaced`, the sidecar recording `run`): its committed rows are kept, not predicted
+    again (QA: the identical rerun of a killed `--overwrite` predicted every input again)."""
+    return files.replaced.exists() and files.sidecar.is_file() and not _changes(files.recorded(), run)
 
 
 def set_aside_replaced(files: OutputFiles, existing: list[Path]) -> None:
