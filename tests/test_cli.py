@@ -111,7 +111,7 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
     assert f"the test split is carved with seed 3 (val fraction {carving['val_fraction']:g}, test fraction" in (
         tmp_path / "eval" / "report.md").read_text()
     written_files = {p.name for p in (tmp_path / "eval").iterdir()}
-    assert written_files == {"metrics.json", "report.md", "predictions.csv", "confusion_matrix.png", "reliability.png"}
+    assert written_files == {"metrics.json", "report.md", "image_predictions.csv", "confusion_matrix.png", "reliability.png"}
     with pytest.raises(ValueError, match="eval' holds an earlier report"):
         main(["evaluate", "--model_dir", str(tmp_path / "pipeline"), "--output_dir", str(tmp_path / "eval")])
     with pytest.raises(ValueError, match="positive_class: expected a binary task, got 10 classes"):

@@ -1,4 +1,4 @@
-"""Each image's prediction beside an evaluation's metrics (`predictions.csv`), and the proper scores of its
+"""Each image's prediction beside an evaluation's metrics (`image_predictions.csv`), and the proper scores of its
 probabilities (Brier score, log loss): asked for by the external-validation and cross-method personas (session 59),
 who had the figures only as summaries and could not pair two models image by image or check a figure themselves."""
 
@@ -50,7 +50,7 @@ def model_and_data(tmp_path_factory):
 
 
 def _rows(folder):
-    with open(folder / "predictions.csv", newline="") as handle:
+    with open(folder / "image_predictions.csv", newline="") as handle:
         return list(csv.DictReader(handle))
 
 

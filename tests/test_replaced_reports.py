@@ -208,3 +208,73 @@ def test_the_identical_rerun_of_a_killed_overwrite_continues_it(tmp_path, monkey
     main([*command, "--overwrite"])
     assert "0 inputs predicted now" in capsys.readouterr().out
     assert output.read_bytes() == earlier and not (tmp_path / "p.csv.replaced").exists()
+
+
+def test_a_live_replacing_run_is_left_alone_by_a_second_one(tmp_path):
+    """Second read: a second evaluate into the folder (even one then refused for lacking --overwrite_output_dir)
+    settled the first one's set-aside report while it was writing: the earlier report.md came back beside the new
+    metrics.json, and the first run failed on its own cleanup."""
+    earlier_report(tmp_path)
+    with replacing_earlier_report(tmp_path, folders=["pipeline"], files=["report.md"]):
+        (tmp_path / "report.md").write_text("new")
+        settle_replaced_report(tmp_path)  # what a second run does first: this process is alive
+        check_no_earlier_report(tmp_path, overwrite=False)  # no report yet: nothing to refuse
+        assert (tmp_path / "report.md").read_text() == "new"
+        (tmp_path / "metrics.json").write_text("{}")
+    assert contents(tmp_path) == {"metrics.json": b"{}", "report.md": b"new"}
+
+
+def test_a_run_killed_while_setting_aside_loses_none_of_the_earlier_files(tmp_path):
+    """Second read: killed after the marker was set aside, the next run removed the earlier report.md (still in
+    place, not yet set aside) as a file of the replacing run, and moved back only the marker."""
+    earlier_report(tmp_path)
+    before = contents(tmp_path)
+    killed = textwrap.dedent(f"""
+        import os, signal
+        from diffusion_classifiers import replaced_reports
+        moves = []
+        def replace(source, target):
+            moves.append(source)
+            if len(moves) == 2:  # the marker is set aside: killed before report.md
+                os.kill(os.getpid(), signal.SIGKILL)
+            os.rename(source, target)
+        replaced_reports.os.replace = replace
+        with replaced_reports.replacing_earlier_report({str(tmp_path)!r}, folders=["pipeline"], files=["report.md"]):
+            pass
+    """)
+    assert subprocess.run([sys.executable, "-c", killed], env=python_subprocess_env()).returncode == -signal.SIGKILL
+    check_no_earlier_report(tmp_path, overwrite=True)  # settles
+    assert contents(tmp_path) == before
+
+
+def test_a_failed_run_leaves_none_of_its_extra_figure_pages(tmp_path):
+    """Second read: a failed `cluster --overwrite_output_dir` of more clusters left its pages beyond the earlier
+    run's beside the restored report."""
+    (tmp_path / "metrics.json").write_text("{}")
+    (tmp_path / "cluster_examples_1.png").write_bytes(b"earlier")
+    with pytest.raises(OSError):
+        with replacing_earlier_report(tmp_path, patterns=["cluster_examples_*.png"]):
+            for page in (1, 2):
+                (tmp_path / f"cluster_examples_{page}.png").write_bytes(b"new")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert contents(tmp_path) == {"cluster_examples_1.png": b"earlier", "metrics.json": b"{}"}
+
+
+def test_a_killed_aggregation_is_settled_before_its_output_is_looked_for(tmp_path):
+    """Second read: after a killed `aggregate --overwrite`, a rerun without --overwrite found no output, restored the
+    earlier one only once it was writing, then replaced it."""
+    predictions = tmp_path / "preds.csv"
+    predictions.write_text("path,label,score,prob_a,prob_b,study_uid\n/x/1.png,a,0.9,0.9,0.1,s1\n")
+    main(["aggregate", "--predictions", str(predictions), "--by", "study_uid", "--output", str(tmp_path / "groups.csv")])
+    earlier = (tmp_path / "groups.csv").read_bytes()
+    killed = textwrap.dedent(f"""
+        import os, signal
+        from diffusion_classifiers.replaced_reports import replacing_earlier_report
+        with replacing_earlier_report({str(tmp_path)!r}, marker="groups.metrics.json", files=["groups.csv"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    assert subprocess.run([sys.executable, "-c", killed], env=python_subprocess_env()).returncode == -signal.SIGKILL
+    assert not (tmp_path / "groups.csv").exists()  # the premise: set aside
+    with pytest.raises(FileExistsError, match=r"groups.csv exists \(an earlier aggregation\)"):
+        main(["aggregate", "--predictions", str(predictions), "--by", "study_uid", "--output", str(tmp_path / "groups.csv")])
+    assert (tmp_path / "groups.csv").read_bytes() == earlier

@@ -189,3 +189,26 @@ def test_an_output_folder_inside_the_data_folder_is_refused_before_any_work(tmp_
         main(["evaluate", "--model_dir", str(tmp_path / "none"), "--dataset", str(tmp_path / "data"),
               "--output_dir", str(tmp_path / "data")])  # fmt: skip
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["ant", "bee"]
+
+
+def test_a_deflated_dicom_without_its_preamble_is_checked_too(tmp_path, monkeypatch):
+    """Second read: the same bomb without its 128-byte preamble and "DICM" was read as a bare data set, which
+    pydicom's force=True inflated whole before any check."""
+    pydicom = pytest.importorskip("pydicom")
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from diffusion_classifiers.data import read_dicom
+
+    source = get_testdata_file("CT_small.dcm")
+    if source is None:
+        pytest.skip("CT_small.dcm not found: install pydicom-data (the [test] extra)")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 128 * 128)
+    dataset = pydicom.dcmread(source)
+    dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    dataset.add_new(0x00111010, "OB", b"\0" * 200_000)
+    dataset.save_as(tmp_path / "bomb.dcm", enforce_file_format=True)
+    (tmp_path / "bare.dcm").write_bytes((tmp_path / "bomb.dcm").read_bytes()[132:])
+    with pytest.raises(ValueError, match=r"bare.dcm: its deflated data set inflates to over 147456 bytes"):
+        read_dicom(tmp_path / "bare.dcm")

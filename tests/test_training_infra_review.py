@@ -220,15 +220,13 @@ def test_a_run_killed_while_pruning_a_checkpoint_leaves_no_half_deleted_checkpoi
     """Reviewed: --checkpoints_total_limit deleted the oldest `checkpoint-N` in place: a process killed during the
     deletion (a scheduler's SIGKILL after the grace period of its SIGTERM) left a `checkpoint-N` without some of its
     files, which --resume_from_checkpoint checkpoint-N would then try."""
-    from types import SimpleNamespace
-
     from diffusion_classifiers.training import checkpoints
 
     def killed_while_deleting(path):
         os.remove(os.path.join(path, sorted(os.listdir(path))[0]))
         raise KeyboardInterrupt  # stands for the kill: the deletion stops with one file gone
 
-    monkeypatch.setattr(checkpoints, "shutil", SimpleNamespace(rmtree=killed_while_deleting))
+    monkeypatch.setattr(checkpoints, "remove_entry", killed_while_deleting)
     loss = lambda model, batch: model(batch[0]).pow(2).mean()  # noqa: E731
     with pytest.raises(KeyboardInterrupt):
         train(args_for(tmp_path, checkpoints_total_limit=1), linear(), dataset(), loss)

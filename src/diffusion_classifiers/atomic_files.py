@@ -13,7 +13,8 @@ from typing import IO, Any, Callable, Dict, Union
 from .run_lock import pid_alive
 
 __all__ = [
-    "remove_leftovers_of_killed_writers", "write_atomically", "write_json_atomically", "write_texts_atomically",
+    "remove_entry", "remove_leftovers_of_killed_writers", "write_atomically", "write_json_atomically",
+    "write_texts_atomically",
 ]
 
 # A temporary file or folder of a process of this host that is gone, and older than this, is a killed writer's:
@@ -45,6 +46,15 @@ def write_atomically(path: Union[str, os.PathLike], write: Callable[[IO], Any], 
     remove_leftovers_of_killed_writers(path.parent, f".{path.name}.tmp-")
 
 
+def remove_entry(path: Union[str, os.PathLike]) -> None:
+    """Remove a file, a folder, or only the link where `path` is a symbolic link (QA: `shutil.rmtree` refused a linked
+    checkpoint after training, and the final model was never saved); nothing where there is nothing."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
 def remove_leftovers_of_killed_writers(folder: Union[str, os.PathLike], prefix: str) -> None:
     """The entries of `folder` named `<prefix><pid>` (a temporary file, a folder written aside) whose writer, a
     process of this host, is gone, and older than `STALE_TEMPORARY_SECONDS` (one being written from another host, on
@@ -55,7 +65,7 @@ def remove_leftovers_of_killed_writers(folder: Union[str, os.PathLike], prefix: 
             if not pid.isdigit() or pid_alive(int(pid)):
                 continue
             if time.time() - leftover.lstat().st_mtime > STALE_TEMPORARY_SECONDS:
-                shutil.rmtree(leftover) if leftover.is_dir() and not leftover.is_symlink() else leftover.unlink()
+                remove_entry(leftover)
         except OSError:  # removed meanwhile
             continue
 

@@ -409,7 +409,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         command=typed_command(args), carving=None if whole else carving, threshold=args.threshold,
         target_sensitivity=args.target_sensitivity,
     )  # fmt: skip
-    print(f"wrote metrics.json, report.md and its plots to {args.output_dir}")
+    print(f"wrote metrics.json, report.md, image_predictions.csv and its plots to {args.output_dir}")
     print(json.dumps(_evaluation_headline(metrics)))
     return metrics
 
@@ -813,7 +813,7 @@ def run_fit_head(args: argparse.Namespace) -> dict:
     print(f"test accuracy {100 * metrics['accuracy']:.2f}%, macro-F1 {100 * metrics['macro_f1']:.2f}%")
     print(
         f"wrote {saved}/ (load it with DiffusionClassifierPipeline.from_pretrained) and {args.output_dir}/"
-        "metrics.json, report.md and its plots"
+        "metrics.json, report.md, image_predictions.csv and its plots"
     )
     return metrics
 

@@ -99,8 +99,9 @@ __all__ = [
 ]
 
 METRIC_MODULE = str(Path(__file__).parent / "evaluate_metrics" / "diffusion_classifier_metrics.py")
-# Each scored image's labels and probabilities, beside metrics.json (`predictions_csv`)
-PREDICTIONS_FILE = "predictions.csv"
+# Each scored image's labels and probabilities, beside metrics.json (`predictions_csv`); not predict's default output
+# name, predictions.csv, which an evaluation into predict's folder would replace
+PREDICTIONS_FILE = "image_predictions.csv"
 # The splits `load_evaluation_split` (and `diffusion-classifiers evaluate --split`) reads: one of the data's ("val" and
 # "validation" one name), or `ONE_SET` ("all"), every image of the data set as one set (its splits together, none
 # carved).
@@ -799,8 +800,9 @@ def evaluate_classifier(
         classifier: a classifier pipeline, a transformers image-classification model, or a saved folder of either.
         dataset (`datasets.Dataset` or [`LabeledImages`]): the split to score; its label names must be the model's,
             all or some of them, in any order (the model's classes it lacks are reported as `absent_classes`).
-        output_dir (`str`, *optional*): where to write `metrics.json`, `report.md`, `confusion_matrix.png`,
-            `reliability.png` and, for binary tasks, `roc_pr.png`.
+        output_dir (`str`, *optional*): where to write `metrics.json`, `report.md`, `image_predictions.csv`
+            (`predictions_csv`: its `path` column filled from `paths`, or from a [`StreamingImages`] split's own
+            files), `confusion_matrix.png`, `reliability.png` and, for binary tasks, `roc_pr.png`.
         image_column, label_column (`str`, *optional*): default to the dataset's Image and ClassLabel columns.
         batch_size (`int`, *optional*, defaults to 64): images per forward pass.
         image_processor (*optional*): for a transformers model; defaults to the one saved with it.
@@ -973,7 +975,7 @@ def _scored_files(dataset, paths, positions: np.ndarray) -> List[tuple]:
 def predictions_csv(
     positions, files, y_true, y_pred, probs, class_names: Sequence[str], log_odds=None, positive_label=None
 ) -> str:
-    """`predictions.csv` of an evaluation: one row per image scored, with `image` (its position in the split, as the
+    """`image_predictions.csv` of an evaluation: one row per image scored, with `image` (its position in the split, as the
     split numbers its images before any training image is dropped), `path` and `frame` (its file and, for a frame
     of a multi-frame DICOM file, the frame; empty where not known or none),
     `true_label` and `label` (the class decided: its most probable, or at the operating point), `score` (the decided
@@ -1235,7 +1237,7 @@ def write_evaluation(
     """Write `metrics.json`, `report.md`, `confusion_matrix.png`, `reliability.png` and (binary tasks with both
     classes present) `roc_pr.png` for the labels `y_true` and class probabilities `probs` the metrics came from (the
     ROC and PR curves ranking by `ranking_scores`, default `probs`), and `predictions` (the text of
-    `predictions_csv`) as `predictions.csv`, when given. `metrics.json` records the `split` and the
+    `predictions_csv`) as `image_predictions.csv`, when given. `metrics.json` records the `split` and the
     dataset (`dataset_name`) the metrics were measured on, when given. An earlier report is set aside before the
     first file is written (then `moved_in`, `{name: a folder written aside}`, is moved in) and the new one written
     last, after the figures and `report.md`: a folder holding a `metrics.json` holds one run's files

@@ -305,7 +305,11 @@ def load_pretrained_encoder(
     check_no_pickled_weights(path_or_hub_id, ENCODER_WEIGHTS)
     preprocessing = pretrained_preprocessing(path_or_hub_id)
     kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
-    model = AutoModel.from_pretrained(path_or_hub_id, use_safetensors=True, **kwargs).eval().requires_grad_(False)
+    try:
+        model = AutoModel.from_pretrained(path_or_hub_id, use_safetensors=True, **kwargs)
+    except OSError as error:  # a Hub repo without safetensors weights, mostly
+        raise ValueError(f"pretrained encoder {path_or_hub_id!r}: cannot load its safetensors weights: {error}") from error
+    model = model.eval().requires_grad_(False)
     if device is not None:
         model.to(device)
     return PretrainedImageEncoder(

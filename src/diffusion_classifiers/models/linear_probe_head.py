@@ -35,7 +35,8 @@ class FeatureHeadMixin:
         """`torch.nn.Module.to`, but the head stays float32 whatever dtype is asked (a pipeline's `.to(torch.bfloat16)`
         casts every component): it is tiny, and its decisions turn on differences of logits or similarities below
         bfloat16's resolution (QA: a bfloat16 prototype head, temperature 1e-3, tied its top two classes on 94.5% of
-        the images and chose class 0). Features of any dtype are read in float32."""
+        the images and chose class 0). Features of any dtype are read in float32. (`half()`, `bfloat16()` and
+        `type()` called on the head itself still cast it.)"""
         device, _, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
         return self if device is None else super().to(device=device, non_blocking=non_blocking)
 

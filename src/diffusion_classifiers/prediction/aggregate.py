@@ -644,16 +644,18 @@ def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
     output = Path(args.output) if args.output else _default_output(predictions, args.rule, args.by)
     if output.suffix.lower() != ".csv" or output.resolve() == predictions.resolve():
         raise ValueError(f"--output {output}: expected a new .csv file, not the predictions")
+    from ..replaced_reports import replacing_earlier_report, settle_replaced_report
+
+    scores = output.with_suffix(".metrics.json")
+    if output.parent.is_dir():  # an aggregation killed while replacing this one: the earlier one back first
+        settle_replaced_report(output.parent, marker=scores.name)
     if output.exists() and not args.overwrite:
         raise FileExistsError(f"--output {output} exists (an earlier aggregation): pass --overwrite to replace it")
     _check_output_writable(output, given=bool(args.output))
     aggregation = _aggregate(predictions, args.by, args.rule, args.positive_class, args.threshold)
     columns, rows, metrics = aggregation.columns, aggregation.rows, aggregation.metrics
 
-    from ..replaced_reports import replacing_earlier_report
-
     output.parent.mkdir(parents=True, exist_ok=True)
-    scores = output.with_suffix(".metrics.json")
     # an earlier aggregation is set aside before the CSV is written, these metrics last: no metrics beside other
     # groups, and an aggregation that fails keeps the earlier one
     with replacing_earlier_report(output.parent, marker=scores.name, files=[output.name]):

@@ -263,9 +263,9 @@ def cluster_files(
     accuracy and its chance level, purity; the labels are read only to score) and `cluster_examples_<n>.png` (per
     cluster, the `examples_per_cluster` images nearest its centre, `CLUSTERS_PER_FIGURE` clusters a figure).
 
-    `output_dir` must not hold an earlier run's `metrics.json` unless `overwrite`: it is then removed before any new
-    file is written, and `metrics.json` is written last, so a folder with a `metrics.json` holds one run's files (the
-    earlier run's surplus example figures are removed once the new ones are written). `run_info` (the CLI's: its
+    `output_dir` must not hold an earlier run's `metrics.json` unless `overwrite`: the earlier run's files are then set
+    aside before any new file is written (moved back if this run fails: `replaced_reports`), and `metrics.json` is
+    written last, so a folder with a `metrics.json` holds one run's files. `run_info` (the CLI's: its
     command, the windows) is recorded with the pipeline's folder and the sha256 of its files.
 
     Returns:
@@ -304,9 +304,8 @@ def cluster_files(
     clusters, distances, fitted_on = _grouped(chosen, rows, selection, fit_images, seed)
     # the earlier run's files are set aside, metrics.json goes last: a folder holding one holds one run's files, and a
     # run that fails keeps the earlier one
-    figures = [path.name for path in output_dir.glob(EXAMPLES_NAME.format(page="*"))]
-    earlier = [CLUSTERS_NAME, CLUSTER_ERRORS_NAME, *figures]
-    with replacing_earlier_report(output_dir, files=earlier):
+    pages = [EXAMPLES_NAME.format(page="*")]  # an earlier run's, and as many as this one writes
+    with replacing_earlier_report(output_dir, files=[CLUSTERS_NAME, CLUSTER_ERRORS_NAME], patterns=pages):
         _write_clusters(output_dir, rows, clusters, distances, errors)
         figures = _write_examples(
             output_dir, pipeline, rows, clusters, distances, selection["num_clusters"], examples_per_cluster

@@ -411,7 +411,10 @@ def build_vit_encoder_from_args(args: argparse.Namespace, images):
         config = _check_pretrained_encoder_type(path)
         if encoder_preprocessing_from_args(args) is None:
             _check_reads_data_as_it_is(path, config, num_channels, image_size)
-        return AutoModel.from_pretrained(path, use_safetensors=True)
+        try:
+            return AutoModel.from_pretrained(path, use_safetensors=True)
+        except OSError as error:  # a Hub repo without safetensors weights, mostly
+            raise ValueError(f"--encoder_name_or_path {path}: cannot load its safetensors weights: {error}") from error
     torch.manual_seed(args.seed)
     return build_vit_encoder(
         image_size,

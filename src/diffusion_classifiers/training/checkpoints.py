@@ -11,7 +11,6 @@ import json
 import os
 import pickle
 import re
-import shutil
 import warnings
 import zipfile
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..atomic_files import remove_entry
 from ..remote_code import make_weights_readable_as_umask_allows
 from ..validation import PICKLE_SUFFIXES
 from .arguments import TrainingArguments
@@ -43,7 +43,6 @@ __all__ = [
     "check_resumed_with_the_same_settings",
     "check_resumed_within_the_run",
     "checkpoint_step",
-    "remove_checkpoint_entry",
     "data_identity",
     "find_latest_checkpoint",
     "load_ema",
@@ -452,7 +451,8 @@ def _damaged_checkpoint_message(path: str, damaged: Optional[str], error: Except
     reason = f"{type(error).__name__}: {first_sentence}" if first_sentence else type(error).__name__
     what = f"its {damaged} is damaged or truncated" if damaged else "one of its files is damaged or truncated"
     if "Weights only load failed" in str(error):  # QA: a crafted optimizer.bin was called damaged
-        file = f"its {_file_of_objects(path)}" if _file_of_objects(path) else "one of its files"
+        found = _file_of_objects(path)
+        file = f"its {found}" if found else "one of its files"
         what = f"{file} holds objects other than tensors (refused unread: unpickling them could run arbitrary code)"
     previous = _previous_checkpoint(path)
     if previous is None:
@@ -593,13 +593,4 @@ def _remove_checkpoint(path: str) -> None:
     SIGKILL after its grace period) leaves a folder the next run removes, never a `checkpoint-N` missing some files. A
     symbolic link (to an archived run's checkpoint) is removed, not what it points to."""
     os.replace(path, path + ".partial")
-    remove_checkpoint_entry(path + ".partial")
-
-
-def remove_checkpoint_entry(path: str) -> None:
-    """Remove a checkpoint folder, or only the link where `path` is a symbolic link (QA: `shutil.rmtree` refused one,
-    after training, and the final model was never saved)."""
-    if os.path.islink(path):
-        os.unlink(path)
-    else:
-        shutil.rmtree(path)
+    remove_entry(path + ".partial")

@@ -14,9 +14,9 @@ import os
 import shutil
 from typing import Any, Callable
 
-from ..atomic_files import remove_leftovers_of_killed_writers
+from ..atomic_files import remove_entry, remove_leftovers_of_killed_writers
 from ..run_lock import RunInUseError, RunLock
-from .checkpoints import CHECKPOINT_PATTERN, checkpoint_step, remove_checkpoint_entry
+from .checkpoints import CHECKPOINT_PATTERN, checkpoint_step
 from .monitoring import SAMPLE_PATTERN, SAMPLES_DIR, remove_samples_after
 
 __all__ = [
@@ -95,7 +95,7 @@ def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> None:
     """
     for name in os.listdir(output_dir):
         if name.endswith(".partial") and CHECKPOINT_PATTERN.match(name[: -len(".partial")]):
-            remove_checkpoint_entry(os.path.join(output_dir, name))
+            remove_entry(os.path.join(output_dir, name))
     settle_replaced_checkpoints(output_dir, succeeded=False)  # a replacing run killed before it could settle them
     refuse_another_runs_output_dir(output_dir, resume, overwrite)
     previous = previous_run_files(output_dir)
@@ -219,9 +219,9 @@ def save_model_whole(output_dir: str, save: Callable[[str], None]) -> None:
             names = os.listdir(staging)
             markers = [name for name in names if name in MODEL_MARKERS]
             for name in markers:
-                _remove(os.path.join(output_dir, name))
+                remove_entry(os.path.join(output_dir, name))
             for name in [name for name in names if name not in markers] + markers:
-                _remove(os.path.join(output_dir, name))
+                remove_entry(os.path.join(output_dir, name))
                 os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -238,9 +238,3 @@ def save_trained_pipeline(pipeline: Any, args: Any, train: Any) -> None:
 
     save_model_whole(args.output_dir, save)
 
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.remove(path)
