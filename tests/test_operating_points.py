@@ -38,7 +38,7 @@ def test_the_threshold_for_a_sensitivity_is_the_largest_that_reaches_it():
 def test_saturated_probabilities_are_decided_by_the_pipelines_log_odds():
     """Review: a Score-SDE classifier's probabilities round to exactly 1 in float32 beyond log-odds of about 17; chosen
     on them a threshold was 1.0 (every saturated image positive: sensitivity 0.75 asked 0.5), its logit infinite."""
-    log_odds = np.array([60.0, 40.0, 20.0, 5.0, 30.0, -3.0])  # four positives, two negatives
+    log_odds = np.array([120.0, 40.0, 20.0, 5.0, 30.0, -3.0])  # four positives, two negatives
     is_positive = np.array([1, 1, 1, 1, 0, 0], bool)
     probs = torch.sigmoid(torch.tensor(np.stack([-log_odds, log_odds], 1), dtype=torch.float32))
     assert (probs[:, 1] == 1.0).sum() == 4  # saturated
@@ -47,10 +47,13 @@ def test_saturated_probabilities_are_decided_by_the_pipelines_log_odds():
     assert point["log_odds"] == 40.0 and point["threshold"] == pytest.approx(1.0)
     decided = decisions_at(positive_log_odds(probs, ranking, 1), 1, point)
     assert decided.tolist() == [1, 1, 0, 0, 0, 0]  # sensitivity 0.5 as asked; the negative at 30 stays negative
-    plain = positive_log_odds(probs, probs, 1)  # a pipeline without log-odds: the logit of its probabilities
-    assert np.isinf(plain[0]) and plain[-1] == pytest.approx(-3.0, abs=1e-5)
+    plain = positive_log_odds(probs, probs, 1)  # a pipeline without log-odds: from its two probabilities
+    # QA (session 60): the other class's float32 probability keeps the log-odds to about 87 (log(p / (1 - p)) of p
+    # alone was inf from 16.6); beyond, it underflows to 0
+    assert np.isinf(plain[0]) and plain[1:3] == pytest.approx([40.0, 20.0], rel=1e-6)
+    assert plain[-1] == pytest.approx(-3.0, abs=1e-5)
     with pytest.raises(ValueError, match=r"has log-odds inf: a probability of exactly 0 or 1, which no threshold"):
-        threshold_for_sensitivity(is_positive, plain, 0.5)
+        threshold_for_sensitivity(is_positive, plain, 0.25)  # one of four: the saturated one
 
 
 @pytest.fixture(scope="module")

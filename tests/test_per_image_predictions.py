@@ -4,6 +4,7 @@ who had the figures only as summaries and could not pair two models image by ima
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,17 +61,20 @@ def _evaluate(root, output, *flags):
     return json.loads((output / "metrics.json").read_text()), _rows(output)
 
 
-def test_each_scored_image_is_a_row_that_reproduces_the_metrics(model_and_data, tmp_path):
+def test_each_scored_image_is_a_row_that_reproduces_the_metrics(model_and_data, tmp_path, monkeypatch):
     root, splits = model_and_data
     metrics, rows = _evaluate(root, tmp_path)
+    monkeypatch.chdir(root)  # QA (a biostatistician): the same images keyed otherwise from another folder
+    _, elsewhere = _evaluate(Path("."), tmp_path / "elsewhere")
+    assert [row["path"] for row in elsewhere] == [row["path"] for row in rows]
     grown = load_image_classification_data(str(root / "grown"), image_size=8, seed=0)["test"]
     train = set(image_fingerprints(splits["train"].images))
     kept = [i for i, print_ in enumerate(image_fingerprints(grown.images)) if print_ not in train]
     assert len(kept) < len(grown) and metrics["training_images_dropped"] == len(grown) - len(kept)  # the premise
     assert [int(row["image"]) for row in rows] == kept  # positions in the split, the dropped ones skipped
-    for row in rows:  # each row's file is the image scored: its class folder, and the same pixels
-        assert row["path"].startswith(str(root / "grown" / row["true_label"]))
-    files = grown.preprocessing([Image.open(row["path"]) for row in rows])
+    for row in rows:  # each row's file, relative to the folder, is the image scored: its class folder, the same pixels
+        assert row["path"].startswith(row["true_label"] + "/") and row["frame"] == "0"
+    files = grown.preprocessing([Image.open(root / "grown" / row["path"]) for row in rows])
     assert image_fingerprints(files) == image_fingerprints(grown.images[kept])
     y_true = np.array([row["true_label"] == "one" for row in rows])
     y_pred = np.array([row["label"] == "one" for row in rows])
@@ -136,14 +140,15 @@ def test_proper_scores_of_more_classes_and_of_absent_ones():
 def test_the_frames_of_a_multi_frame_file_are_rows_of_their_own():
     """A multi-frame DICOM file is one image per frame: its rows name the file and the frame, as predict's do."""
     from diffusion_classifiers.data import StreamingImages
-    from diffusion_classifiers.evaluation import predictions_csv
+    from diffusion_classifiers.evaluation import _scored_files, predictions_csv
 
     listed = StreamingImages.from_files(["a.dcm", "a.dcm", "b.png"], check_files=False, frames=[0, 1, None])
     assert listed.files_and_frames() == [("a.dcm", 0), ("a.dcm", 1), ("b.png", None)]
     assert listed.subset([2, 1]).files_and_frames() == [("b.png", None), ("a.dcm", 1)]
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
-    text = predictions_csv(range(3), listed.files_and_frames(), [0, 1, 1], [0, 1, 0], probs, ["no", "yes"])
+    files = _scored_files(listed, None, np.arange(3), relative_to=".")
+    text = predictions_csv(range(3), files, [0, 1, 1], [0, 1, 0], probs, ["no", "yes"])
     rows = list(csv.reader(text.splitlines()))
     assert rows[0] == ["image", "path", "frame", "true_label", "label", "score", "prob_no", "prob_yes"]
     assert [row[:5] for row in rows[1:]] == [["0", "a.dcm", "0", "no", "no"], ["1", "a.dcm", "1", "yes", "yes"],
-                                             ["2", "b.png", "", "yes", "no"]]  # fmt: skip
+                                             ["2", "b.png", "0", "yes", "no"]]  # fmt: skip

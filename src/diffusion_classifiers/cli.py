@@ -407,11 +407,18 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         changed_split_args=changed_split_args(folder, record=record, **given),
         paths=None if paths is None else paths[args.split], **columns_from_args(args),
         command=typed_command(args), carving=None if whole else carving, threshold=args.threshold,
-        target_sensitivity=args.target_sensitivity,
+        target_sensitivity=args.target_sensitivity, paths_relative_to=_data_folder(args.dataset),
     )  # fmt: skip
     print(f"wrote metrics.json, report.md, image_predictions.csv and its plots to {args.output_dir}")
     print(json.dumps(_evaluation_headline(metrics)))
     return metrics
+
+
+def _data_folder(dataset: str) -> Optional[str]:
+    """The folder of an image folder's or a CSV's files, which `image_predictions.csv` names them relative to."""
+    if os.path.isdir(dataset):
+        return dataset
+    return os.path.dirname(os.path.abspath(dataset)) if os.path.isfile(dataset) else None
 
 
 def _check_evaluate_flags(args: argparse.Namespace, given: dict, whole: bool) -> None:

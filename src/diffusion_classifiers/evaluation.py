@@ -784,6 +784,7 @@ def evaluate_classifier(
     carving: Optional[dict] = None,
     threshold: Union[float, str, os.PathLike, None] = None,
     target_sensitivity: Optional[float] = None,
+    paths_relative_to: Union[str, os.PathLike, None] = None,
 ) -> dict:
     r"""
     Score `classifier` on a `datasets.Dataset` with an Image and a ClassLabel column, on [`LabeledImages`] or on
@@ -864,6 +865,9 @@ def evaluate_classifier(
         target_sensitivity (`float`, *optional*): binary tasks: choose, on these images, the largest threshold at
             which this fraction of the positive images is called positive (a screening programme's operating point),
             and score at it; not with `threshold`.
+        paths_relative_to (`str` or `os.PathLike`, *optional*): the folder `image_predictions.csv` writes the files
+            under relative to (the data's folder, or its CSV's: `diffusion-classifiers evaluate` passes it), so an
+            image keeps its key whatever the working directory (files outside it: absolute); default: as opened.
 
     Returns:
         `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`; for a
@@ -953,7 +957,7 @@ def evaluate_classifier(
     mark_absent_classes(metrics, y_true, model_names, _scored_set(split), evaluated)
     if output_dir is not None:
         title = title or f"{METHOD_TITLES.get(method, type(classifier).__name__)} evaluation"
-        files = _scored_files(dataset, paths, positions)
+        files = _scored_files(dataset, paths, positions, paths_relative_to)
         predictions = predictions_csv(positions, files, y_true, y_pred, probs, model_names, log_odds, positive_label)
         write_evaluation(
             metrics, model_names, output_dir, y_true, probs, title, split=split, dataset_name=dataset_name,
@@ -962,23 +966,38 @@ def evaluate_classifier(
     return metrics
 
 
-def _scored_files(dataset, paths, positions: np.ndarray) -> List[tuple]:
-    """The file of each image scored and its frame (None where not known: data held in arrays, a `datasets.Dataset`,
-    an image stored as bytes; the frame but for a multi-frame DICOM file), from the `paths` of images read into memory
-    by their `positions` in the split, or from a [`StreamingImages`] split's own rows."""
+def _scored_files(dataset, paths, positions: np.ndarray, relative_to=None) -> List[tuple]:
+    """The file of each image scored (relative to `relative_to` where under it) and its frame, 0 but for a frame of a
+    multi-frame DICOM file, as predict numbers them (None where not known: data held in arrays, a `datasets.Dataset`,
+    an image stored as bytes), from the `paths` of images read into memory by their `positions` in the split, or from
+    a [`StreamingImages`] split's own rows."""
     if isinstance(dataset, StreamingImages):
-        return dataset.files_and_frames()
-    located = getattr(paths, "located", None) or (lambda index: (None if paths is None else paths(index), None))
-    return [located(int(position)) for position in positions]
+        located = dataset.files_and_frames()
+    else:
+        locate = getattr(paths, "located", None) or (lambda index: (None if paths is None else paths(index), None))
+        located = [locate(int(position)) for position in positions]
+    root = None if relative_to is None else os.path.abspath(relative_to)
+    return [
+        (_file_under(file, root), 0 if frame is None else frame) if file else (None, None) for file, frame in located
+    ]
+
+
+def _file_under(file: str, root: Optional[str]) -> str:
+    """`file` relative to the folder `root` (POSIX separators) where it lies under it, else absolute; as it is
+    without a `root`."""
+    if root is None:
+        return file
+    absolute = os.path.abspath(file)
+    inside = os.path.commonpath([absolute, root]) == root
+    return Path(os.path.relpath(absolute, root)).as_posix() if inside else absolute
 
 
 def predictions_csv(
     positions, files, y_true, y_pred, probs, class_names: Sequence[str], log_odds=None, positive_label=None
 ) -> str:
-    """`image_predictions.csv` of an evaluation: one row per image scored, with `image` (its position in the split, as the
-    split numbers its images before any training image is dropped), `path` and `frame` (its file and, for a frame
-    of a multi-frame DICOM file, the frame; empty where not known or none),
-    `true_label` and `label` (the class decided: its most probable, or at the operating point), `score` (the decided
+    """`image_predictions.csv` of an evaluation: one row per image scored, with `image` (its position in the split,
+    as the split numbers its images before any training image is dropped), `path` and `frame` (its file and its
+    frame, 0 but in a multi-frame DICOM file; empty where not known), `true_label` and `label` (the class decided: its most probable, or at the operating point), `score` (the decided
     class's probability), `prob_<class>` for every class of the model, and for binary tasks
     `log_odds_<positive class>` (what the ROC ranks by and an operating point compares)."""
     probs = np.asarray(probs, dtype=np.float64)

@@ -198,14 +198,15 @@ def threshold_for_sensitivity(is_positive, log_odds, target: float) -> dict:
 
 def positive_log_odds(probs, ranking, positive_label: int) -> np.ndarray:
     """Each image's log-odds of the positive class: `ranking`'s column where a pipeline ranked by log-odds (a
-    Score-SDE classifier's `log_odds`: `ranking` is not its probabilities), else `log(p / (1 - p))` of its
-    probability `probs` (+inf at 1, -inf at 0)."""
-    probs = np.asarray(probs, dtype=np.float64)[:, positive_label]
+    Score-SDE classifier's `log_odds`: `ranking` is not its probabilities), else `log(p / q)` of the two classes'
+    probabilities `probs` (QA: `log(p / (1 - p))` of a float32 p was +inf from log-odds 16.6 up, where q, a float32
+    softmax's own, keeps its precision down to about -87; +inf where q is 0, -inf where p is)."""
+    probs = np.asarray(probs, dtype=np.float64)
     ranking = np.asarray(ranking, dtype=np.float64)[:, positive_label]
-    if not np.array_equal(ranking, probs, equal_nan=True):  # review: a NaN made probabilities read as log-odds
+    if not np.array_equal(ranking, probs[:, positive_label], equal_nan=True):  # review: a NaN read as log-odds
         return ranking
     with np.errstate(divide="ignore"):
-        return np.log(probs) - np.log1p(-probs)
+        return np.log(probs[:, positive_label]) - np.log(probs[:, 1 - positive_label])
 
 
 def decisions_at(log_odds, positive_label: int, point: dict) -> np.ndarray:
