@@ -8,46 +8,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from diffusers import DDPMScheduler, UNet2DModel
 from PIL import Image
 from sklearn import metrics as skm
-from sklearn.datasets import load_digits
 
-from diffusion_classifiers import UNetFeatureClassifierPipeline, load_image_classification_data
+from diffusion_classifiers import load_image_classification_data
 from diffusion_classifiers.cli import main
-from diffusion_classifiers.data.split_record import image_fingerprints, save_split_record
+from diffusion_classifiers.data.split_record import image_fingerprints
 from diffusion_classifiers.evaluation import evaluate_classifier
 from diffusion_classifiers.hub import load_eval_metrics
 from diffusion_classifiers.metrics import calibration_metrics
-from diffusion_classifiers.models import unet_config
-from diffusion_classifiers.probing import fit_probe_grid
-from tests.conftest import digit_folder
+from tests.test_split_record import saved_binary_classifier
 
 
 @pytest.fixture(scope="module")
 def model_and_data(tmp_path_factory):
-    """A binary U-Net feature classifier recording its training images, its folder, and the folder grown by a few
-    images (its test split then holds training images, which `--drop_training_images` leaves out)."""
-    digits = load_digits()
-    rows = np.flatnonzero(digits.target <= 1)
-    root = tmp_path_factory.mktemp("per_image")
-    digit_folder(root / "data", rows[:60])
-    digit_folder(root / "grown", rows[:70])
-    splits = load_image_classification_data(str(root / "data"), image_size=8, seed=0)
-    torch.manual_seed(0)
-    pipe = UNetFeatureClassifierPipeline(
-        unet=UNet2DModel(**unet_config("tiny", 8)), scheduler=DDPMScheduler(), preprocessing=splits["train"].preprocessing
-    )
-    feats = {name: pipe.extract_features(splits[name].images, ["mid_block"], [20]) for name in ("train", "val")}
-    probe = fit_probe_grid(
-        feats["train"], splits["train"].labels, feats["val"], splits["val"].labels, class_names=splits["train"].class_names
-    )
-    pipe.register_modules(head=probe.head)
-    pipe.set_positive_class("one")
-    pipe.save_pretrained(root / "model")
-    save_split_record(root / "model", 0.1, 0.2, 0, None, train_images=splits["train"].images)
-    return root, splits
+    """A binary U-Net feature classifier (positive class "one") recording its training images, its folder, and the
+    folder grown by a few images (its test split then holds training images, which `--drop_training_images` drops)."""
+    return saved_binary_classifier(tmp_path_factory.mktemp("per_image"), positive_class="one")
 
 
 def _rows(folder):

@@ -144,29 +144,19 @@ def test_a_class_name_holding_a_newline_is_refused_before_any_image_is_read(tmp_
         load_image_classification_data(str(tmp_path / "labels.csv"), image_size=8)
 
 
-class _Poison:
-    """A pickle that creates `canary` when unpickled."""
-
-    def __init__(self, canary):
-        self.canary = str(canary)
-
-    def __reduce__(self):
-        return open, (self.canary, "w")
-
-
 def test_crafted_pickles_are_named_as_refused_not_as_damaged_files(tmp_path):
     """A crafted optimizer.bin in a checkpoint was reported as "damaged or truncated (UnpicklingError: Weights only
     load failed)", an object array in an .npz as "(truncated or corrupt?)": refusals of unsafe content, said as such."""
     from diffusion_classifiers.data import load_image_classification_data
 
-    from .test_resume import tiny_run
+    from .test_resume import Poison, tiny_run
 
     tiny_run(tmp_path / "run")
     canary = tmp_path / "canary"
-    torch.save(_Poison(canary), tmp_path / "run" / "checkpoint-2" / "optimizer.bin")
+    torch.save(Poison(canary), tmp_path / "run" / "checkpoint-2" / "optimizer.bin")
     with pytest.raises(ValueError, match=r"checkpoint-2: its optimizer\.bin holds objects other than tensors \(refused unread"):
         tiny_run(tmp_path / "run", max_train_steps=4, resume_from_checkpoint="latest")
-    np.savez(tmp_path / "objects.npz", train_images=np.array([_Poison(canary)], dtype=object), train_labels=np.zeros(1))
+    np.savez(tmp_path / "objects.npz", train_images=np.array([Poison(canary)], dtype=object), train_labels=np.zeros(1))
     with pytest.raises(ValueError, match=r"objects.npz: holds pickled Python objects \(an object array\), refused unread"):
         load_image_classification_data(str(tmp_path / "objects.npz"), image_size=8)
     assert not canary.exists()

@@ -53,9 +53,13 @@ def test_fingerprints_survive_a_re_export_and_tell_images_apart(tmp_path):
 def model_and_data(tmp_path_factory):
     """A binary U-Net feature classifier saved as a training script saves it (the train split's fingerprints in its
     data_splits.json), its image folder, and the same folder grown by a few images."""
+    return saved_binary_classifier(tmp_path_factory.mktemp("leak"))
+
+
+def saved_binary_classifier(root, positive_class=None):
+    """`model_and_data`'s classifier of digits 0 and 1 in `root / "model"`, with the `positive_class` given."""
     digits = load_digits()
     rows = np.flatnonzero(digits.target <= 1)
-    root = tmp_path_factory.mktemp("leak")
     digit_folder(root / "data", rows[:60])
     digit_folder(root / "grown", rows[:70])
     splits = load_image_classification_data(str(root / "data"), image_size=8, seed=0)
@@ -66,6 +70,8 @@ def model_and_data(tmp_path_factory):
     feats = {name: pipe.extract_features(splits[name].images, ["mid_block"], [20]) for name in ("train", "val")}
     probe = fit_probe_grid(feats["train"], splits["train"].labels, feats["val"], splits["val"].labels, class_names=splits["train"].class_names)
     pipe.register_modules(head=probe.head)
+    if positive_class is not None:
+        pipe.set_positive_class(positive_class)
     pipe.save_pretrained(root / "model")
     save_split_record(root / "model", 0.1, 0.2, 0, None, train_images=splits["train"].images)
     return root, splits
