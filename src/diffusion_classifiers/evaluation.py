@@ -997,9 +997,10 @@ def predictions_csv(
 ) -> str:
     """`image_predictions.csv` of an evaluation: one row per image scored, with `image` (its position in the split,
     as the split numbers its images before any training image is dropped), `path` and `frame` (its file and its
-    frame, 0 but in a multi-frame DICOM file; empty where not known), `true_label` and `label` (the class decided: its most probable, or at the operating point), `score` (the decided
-    class's probability), `prob_<class>` for every class of the model, and for binary tasks
-    `log_odds_<positive class>` (what the ROC ranks by and an operating point compares)."""
+    frame, 0 but in a multi-frame DICOM file; empty where not known), `true_label` and `label` (the class decided:
+    its most probable, or at the operating point), `score` (the decided class's probability), `prob_<class>` for
+    every class of the model, and for binary tasks `log_odds_<positive class>` (what the ROC ranks by and an operating
+    point compares)."""
     probs = np.asarray(probs, dtype=np.float64)
     columns = ["image", "path", "frame", "true_label", "label", "score", *(f"prob_{name}" for name in class_names)]
     columns += [] if log_odds is None else [f"log_odds_{class_names[positive_label]}"]
