@@ -308,7 +308,9 @@ def load_pretrained_encoder(
     try:
         model = AutoModel.from_pretrained(path_or_hub_id, use_safetensors=True, **kwargs)
     except OSError as error:  # a Hub repo without safetensors weights, mostly
-        raise ValueError(f"pretrained encoder {path_or_hub_id!r}: cannot load its safetensors weights: {error}") from error
+        raise ValueError(
+            f"pretrained encoder {path_or_hub_id!r}: cannot load its safetensors weights: {error}"
+        ) from error
     model = model.eval().requires_grad_(False)
     if device is not None:
         model.to(device)
