@@ -62,5 +62,5 @@ def test_content_seeds_follow_the_pixels_and_the_seed(images):
 def test_seed_by_is_checked(pipe, images):
     with pytest.raises(ValueError, match="expected seed_by in \\('position', 'content'\\), got 'pixels'"):
         pipe(images, seed_by="pixels")
-    with pytest.raises(ValueError, match="seed: expected an int"):
+    with pytest.raises(ValueError, match="seed: expected a non-negative int"):
         content_seeds(images, seed=0.5)

@@ -8,7 +8,13 @@ from scipy.optimize import linear_sum_assignment
 from sklearn import metrics as skm
 
 from .operating_points import is_saturated
-from .validation import as_labels, check_finite_rows, check_label_range, resolve_num_classes
+from .validation import (
+    as_labels,
+    check_finite_rows,
+    check_label_range,
+    check_unique_class_names,
+    resolve_num_classes,
+)
 
 # Random clusterings averaged for a clustering's accuracy by chance.
 CHANCE_DRAWS = 10
@@ -351,9 +357,7 @@ def classification_metrics(
     check_label_range(y_true, "y_true", num_classes)
     check_label_range(y_pred, "y_pred", num_classes)
     names = [str(c) for c in class_names] if class_names is not None else [str(k) for k in range(num_classes)]
-    if len(set(names)) < len(names):  # review: their per-class rows merged, and a binary report found no negative
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        raise ValueError(f"class_names: expected distinct names, got {repeated} more than once in {names}")
+    check_unique_class_names(names, "class_names")  # review: per-class rows merged, a binary report found no negative
     positive_label = resolve_positive_label(positive_label, names, num_classes)
     labels = list(range(num_classes))
     precision, recall, f1, support = skm.precision_recall_fscore_support(

@@ -179,13 +179,13 @@ def check_no_pickled_weights(
 
 
 def check_unique_class_names(class_names: Sequence[str], where: str) -> None:
-    """`ValueError` naming the repeated names of `class_names` (a label id each: a repeated one would make two classes
-    one name, and a transformers export's `label2id` would lose one of them)."""
-    repeated = sorted({str(name) for name in class_names if list(class_names).count(name) > 1})
+    """`ValueError` naming the repeated names of `class_names`, compared as text (a label id each: a repeated one
+    would make two classes one name, their per-class rows merged, and a transformers export's `label2id` would lose
+    one of them)."""
+    names = [str(name) for name in class_names]
+    repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise ValueError(
-            f"{where}: expected unique class names, got {list(class_names)} ({', '.join(repeated)} repeated)"
-        )
+        raise ValueError(f"{where}: expected distinct names, got {repeated} more than once in {names}")
 
 
 def check_two_classes_at_least(class_names: Sequence[str], source, task: str) -> None:

@@ -136,7 +136,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
                 f"expected {num_embeds} class names ({num_embeds - 1} when the last embedding is the null class), "
                 f"got {len(class_names)}"
             )
-        check_unique_class_names([str(name) for name in class_names], "class_names")
+        check_unique_class_names(class_names, "class_names")
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(class_names=[str(name) for name in class_names])
         self.set_positive_class(positive_class)
