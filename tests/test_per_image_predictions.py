@@ -4,6 +4,7 @@ who had the figures only as summaries and could not pair two models image by ima
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,40 @@ def test_the_frames_of_a_multi_frame_file_are_rows_of_their_own():
     assert rows[0] == ["image", "path", "frame", "true_label", "label", "score", "prob_no", "prob_yes"]
     assert [row[:5] for row in rows[1:]] == [["0", "a.dcm", "0", "no", "no"], ["1", "a.dcm", "1", "yes", "yes"],
                                              ["2", "b.png", "0", "yes", "no"]]  # fmt: skip
+
+
+def test_aggregate_decides_at_an_operating_point_as_evaluate_and_predict_do(tmp_path):
+    """QA (a head-CT group): aggregate compared probabilities with the point's threshold, evaluate and predict its
+    log-odds: the val image a target sensitivity's threshold was chosen at, positive in both, was negative per study.
+    A float32 softmax's two probabilities need not sum to 1: the point's probability p / (p + q) is then above p."""
+    from diffusion_classifiers.operating_points import positive_log_odds, threshold_for_sensitivity
+
+    positive = np.float32(0.6173280477523804)
+    negative = np.nextafter(np.float32(1) - positive, np.float32(0))  # one float32 step below 1 - p
+    probs = np.array([[negative, positive], [0.9, 0.1]], dtype=np.float32)
+    point = threshold_for_sensitivity(np.array([True, False]), positive_log_odds(probs, probs, 1), 1.0)
+    assert point["threshold"] > float(positive)  # the premise: compared as probabilities, the image is below it
+    (tmp_path / "metrics.json").write_text(json.dumps({"positive_class": "yes", "operating_point": point}))
+    rows = "".join(f"{name},{label},{row.max()},{row[0]},{row[1]}\n" for name, label, row in
+                   (("a.png", "yes", probs[0]), ("b.png", "no", probs[1])))  # fmt: skip
+    (tmp_path / "p.csv").write_text("path,label,score,prob_no,prob_yes\n" + rows)
+    main(["aggregate", "--predictions", str(tmp_path / "p.csv"), "--by", "path", "--positive_class", "yes",
+          "--threshold", str(tmp_path / "metrics.json"), "--output", str(tmp_path / "g.csv")])  # fmt: skip
+    with open(tmp_path / "g.csv", newline="") as handle:
+        assert {row["path"]: row["label"] for row in csv.DictReader(handle)} == {"a.png": "yes", "b.png": "no"}
+
+
+def test_a_csvs_rows_are_named_as_it_lists_them(model_and_data, tmp_path):
+    """QA (a head-CT group): a CSV's rows `../grown/one/x.png` were written absolute, which predict writes as listed:
+    the two outputs did not join."""
+    root, _ = model_and_data
+    listed = sorted((root / "grown").glob("*/*.png"))
+    (tmp_path / "lists").mkdir()
+    up = Path(os.path.relpath(root / "grown", tmp_path / "lists")).as_posix()  # ../../per_image0/grown
+    rows = "".join(f"{up}/{file.parent.name}/{file.name},{file.parent.name}\n" for file in listed)
+    (tmp_path / "lists" / "all.csv").write_text("path,label\n" + rows)
+    main(["evaluate", "--model_dir", str(root / "model"), "--dataset", str(tmp_path / "lists" / "all.csv"),
+          "--output_dir", str(tmp_path / "e"), "--split", "all", "--drop_training_images"])  # fmt: skip
+    written = [row["path"] for row in _rows(tmp_path / "e")]
+    assert written and all(path.startswith("../") for path in written)
+    assert set(written) <= {line.split(",")[0] for line in rows.splitlines()}

@@ -707,14 +707,20 @@ def test_a_ctrl_c_while_the_readers_fork_is_raised_once_they_have():
 
     from diffusion_classifiers.data.streaming import _ctrl_c_after_fork
 
+    # the handler a Python process starts with: a test run earlier in this worker may have left SIGINT ignored (then
+    # nothing is held or raised, rightly), and this test failed where pytest-xdist put it after such a test
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     reached = []
-    with pytest.raises(KeyboardInterrupt):
-        with _ctrl_c_after_fork():
-            os.kill(os.getpid(), signal.SIGINT)  # as during the fork: held, not raised here
-            reached.append("the rest of the block")
-    assert reached == ["the rest of the block"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    with _ctrl_c_after_fork():  # none pressed: nothing raised
-        pass
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _ctrl_c_after_fork():
+                os.kill(os.getpid(), signal.SIGINT)  # as during the fork: held, not raised here
+                reached.append("the rest of the block")
+        assert reached == ["the rest of the block"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with _ctrl_c_after_fork():  # none pressed: nothing raised
+            pass
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_an_iterable_dataset_is_refused_by_name():

@@ -5,6 +5,7 @@ import errno
 import functools
 import json
 import os
+import pathlib
 import re
 import shlex
 import shutil
@@ -415,9 +416,12 @@ def run_evaluate(args: argparse.Namespace) -> dict:
 
 
 def _data_folder(dataset: str) -> Optional[str]:
-    """The folder of an image folder's or a CSV's files, which `image_predictions.csv` names them relative to."""
+    """The folder an image folder's or a CSV's files are named relative to in `image_predictions.csv`, as predict names
+    them (a saved `datasets` folder's images keep the paths it records)."""
+    from .data.hf_datasets import is_saved_dataset
+
     if os.path.isdir(dataset):
-        return dataset
+        return None if is_saved_dataset(pathlib.Path(dataset)) else dataset
     return os.path.dirname(os.path.abspath(dataset)) if os.path.isfile(dataset) else None
 
 

@@ -866,8 +866,8 @@ def evaluate_classifier(
             which this fraction of the positive images is called positive (a screening programme's operating point),
             and score at it; not with `threshold`.
         paths_relative_to (`str` or `os.PathLike`, *optional*): the folder `image_predictions.csv` writes the files
-            under relative to (the data's folder, or its CSV's: `diffusion-classifiers evaluate` passes it), so an
-            image keeps its key whatever the working directory (files outside it: absolute); default: as opened.
+            relative to (the data's folder, or its CSV's: `diffusion-classifiers evaluate` passes it), so an image
+            keeps its key whatever the working directory, as predict writes it; default: as opened.
 
     Returns:
         `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`; for a
@@ -976,20 +976,18 @@ def _scored_files(dataset, paths, positions: np.ndarray, relative_to=None) -> Li
     else:
         locate = getattr(paths, "located", None) or (lambda index: (None if paths is None else paths(index), None))
         located = [locate(int(position)) for position in positions]
-    root = None if relative_to is None else os.path.abspath(relative_to)
+    root = None if relative_to is None else os.path.abspath(relative_to)  # QA: keyed by the working directory
     return [
         (_file_under(file, root), 0 if frame is None else frame) if file else (None, None) for file, frame in located
     ]
 
 
 def _file_under(file: str, root: Optional[str]) -> str:
-    """`file` relative to the folder `root` (POSIX separators) where it lies under it, else absolute; as it is
-    without a `root`."""
+    """`file` relative to the folder `root` (POSIX separators; `../` where it lies outside: a CSV's row `../b/x.png`
+    stays that, as predict writes it); as it is without a `root`."""
     if root is None:
         return file
-    absolute = os.path.abspath(file)
-    inside = os.path.commonpath([absolute, root]) == root
-    return Path(os.path.relpath(absolute, root)).as_posix() if inside else absolute
+    return Path(os.path.relpath(os.path.abspath(file), root)).as_posix()
 
 
 def predictions_csv(

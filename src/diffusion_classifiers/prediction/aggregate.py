@@ -159,7 +159,7 @@ def _aggregate(
     _check_aggregation(predictions, columns, class_names, by, rule, positive_class, threshold)
     sidecar, run = _recorded_run(predictions)
     positive, notes = _positive_label(class_names, positive_class, sidecar, run, rule)
-    threshold, threshold_notes = _decision_threshold(threshold, rule, class_names, positive, sidecar, run)
+    threshold, cutoff, threshold_notes = _decision_threshold(threshold, rule, class_names, positive, sidecar, run)
     notes += threshold_notes
     notes += _rows_of_files_gone(predictions, rows, run)
     sign, ratio_notes = _ratio_sign(predictions, columns, class_names, positive, sidecar, run, rule)
@@ -168,7 +168,7 @@ def _aggregate(
     groups, repeated = _without_repeated_images(predictions, columns, _group_rows(predictions, columns, rows, by))
     notes += repeated
     layout = _Layout(columns, by, _constant_ids(columns, groups, by), class_names, sign, counts=rule == "mean")
-    gathered = [_gather(predictions, layout, group, members, rule, positive, threshold)
+    gathered = [_gather(predictions, layout, group, members, rule, positive, cutoff)
                 for group, members in groups.items()]  # fmt: skip
     metrics = None
     if layout.truth is not None:
@@ -332,12 +332,14 @@ def _recorded_run(predictions) -> tuple[Path, dict]:
 
 def _decision_threshold(
     threshold: Any, rule: str, class_names: list, positive: Optional[int], sidecar: Path, run: dict
-) -> tuple[Optional[float], list[str]]:
-    """The probability a binary group is decided at, with the note saying where it came from: `threshold` given as a
-    number; the operating point of the metrics.json it names (checked as `evaluate --threshold` checks it); else the
-    one predict labelled the images at (QA: per-study decisions at 0.5 of images deployed at val's threshold); else
-    0.5 under "max", None (the most probable class) under "mean". A point whose probability rounds to 0 or 1 (a
-    Score-SDE model's, decided by log-odds) is refused: groups gather probabilities."""
+) -> tuple[Optional[float], Optional[float], list[str]]:
+    """The probability a binary group is decided at and its log-odds, which decide (QA: compared as probabilities, the
+    val image a target sensitivity's threshold was chosen at was negative here, positive in evaluate and predict),
+    with the note saying where it came from: `threshold` given as a number; the operating point of the metrics.json it
+    names (checked as `evaluate --threshold` checks it); else the one predict labelled the images at (QA: per-study
+    decisions at 0.5 of images deployed at val's threshold); else 0.5 under "max", None (the most probable class)
+    under "mean". A point whose probability rounds to 0 or 1 (a Score-SDE model's, decided by log-odds) is refused:
+    groups gather probabilities."""
     from ..operating_points import is_saturated, read_operating_point
 
     recorded = _recorded_point(sidecar)
@@ -353,14 +355,16 @@ def _decision_threshold(
             point_class, asked = recorded["positive_class"], class_names[positive]
             notes = [f"note: the predict run labelled its images at an operating point of {point_class}, not "
                      f"{asked}: groups of {asked} are not decided at it"]  # fmt: skip
-        return (0.5 if threshold is None and rule == "max" else threshold), notes
+        threshold = 0.5 if threshold is None and rule == "max" else threshold
+        return threshold, None if threshold is None else math.log(threshold) - math.log1p(-threshold), notes
     if is_saturated(point):
         raise ValueError(
             f"threshold: the operating point of {source} has a probability of {point['threshold']!r} (log-odds "
             f"{point['log_odds']:.6g}): too near 0 or 1 for groups gathering probabilities to be decided at it; "
             "pass --threshold P, a probability"
         )
-    return point["threshold"], [f"note: groups decided at the operating point of {source}: {point['threshold']!r}"]
+    note = f"note: groups decided at the operating point of {source}: {point['threshold']!r}"
+    return point["threshold"], point["log_odds"], [note]
 
 
 def _recorded_point(sidecar: Path) -> Optional[dict]:
@@ -508,8 +512,9 @@ def _one_value(members: list, index: int) -> bool:
     return len(values) == 1 and values.isdisjoint({None, ""})
 
 
-def _gather(predictions, layout: _Layout, group: Any, members: list, rule: str, positive, threshold) -> _Group:
-    """A group's row: its carried ids, size, true label, label, class probabilities and (when gathered) ratio."""
+def _gather(predictions, layout: _Layout, group: Any, members: list, rule: str, positive, cutoff) -> _Group:
+    """A group's row: its carried ids, size, true label, label (binary: positive where its log-odds are `cutoff` or
+    more), class probabilities and (when gathered) ratio."""
     import numpy as np
 
     where = layout.columns.index
@@ -517,7 +522,7 @@ def _gather(predictions, layout: _Layout, group: Any, members: list, rule: str, 
         [[row[where(f"prob_{name}")] for name in layout.class_names] for row in members], dtype=np.float64
     )
     probs = _combine(probabilities, rule, positive)
-    label = _label(probs, positive, threshold)
+    label = _label(probs, positive, cutoff, None if cutoff is None else _group_log_odds(probabilities, rule, positive))
     truth = None if layout.truth is None else _group_truth(predictions, layout.by, group, members, layout.truth)
     score = None
     if layout.ratio_sign is not None:
@@ -564,9 +569,20 @@ def _combine(probabilities: Any, rule: str, positive: Optional[int]) -> list[flo
     return [largest if index == positive else 1.0 - largest for index in range(probabilities.shape[1])]
 
 
-def _label(combined: list[float], positive: Optional[int], threshold: Optional[float]) -> int:
-    if threshold is not None:
-        return positive if combined[positive] >= threshold else 1 - positive
+def _group_log_odds(probabilities: Any, rule: str, positive: int) -> float:
+    """A binary group's log-odds of the positive class, as `operating_points.positive_log_odds` reads each image's:
+    its rows' largest ("max"), or those of its mean probabilities ("mean")."""
+    import numpy as np
+
+    from ..operating_points import positive_log_odds
+
+    rows = probabilities if rule == "max" else probabilities.mean(axis=0, keepdims=True)
+    return float(np.max(positive_log_odds(rows, rows, positive)))
+
+
+def _label(combined: list[float], positive: Optional[int], cutoff: Optional[float], log_odds: Optional[float]) -> int:
+    if cutoff is not None:
+        return positive if log_odds >= cutoff else 1 - positive
     return max(range(len(combined)), key=combined.__getitem__)
 
 
