@@ -208,7 +208,11 @@ def test_the_evaluate_command_chooses_on_val_and_applies_on_test(binary, tmp_pat
     assert chosen["sensitivity"] >= 0.95 and math.isfinite(applied["sensitivity"])
     with pytest.raises(SystemExit):
         main(common + ["--threshold", str(tmp_path / "missing.json"), "--output_dir", str(tmp_path / "x")])
-    assert "expected a probability in (0, 1) or a metrics.json file, got" in capsys.readouterr().err
+    # QA (session 60): a mistyped path was told only that it was no probability
+    assert f"a metrics.json file; {tmp_path / 'missing.json'}: no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(common + ["--threshold", "high", "--output_dir", str(tmp_path / "x")])
+    assert "expected a probability in (0, 1) or a metrics.json file; got 'high'" in capsys.readouterr().err
 
 
 def test_predict_labels_new_images_at_the_operating_point_chosen_on_val(binary, tmp_path, capsys):

@@ -60,8 +60,10 @@ def threshold_argument(text: str):
         value = float(text)
     except ValueError:
         value = text
-        if not os.path.isfile(text):
-            raise argparse.ArgumentTypeError(f"expected a probability in (0, 1) or a metrics.json file, got {text!r}")
+        if not os.path.isfile(text):  # QA: a mistyped metrics.json path was told it was no probability
+            looks_like_a_file = text.endswith(".json") or os.sep in text
+            found = f"{text}: no such file" if looks_like_a_file else f"got {text!r}"
+            raise argparse.ArgumentTypeError(f"expected a probability in (0, 1) or a metrics.json file; {found}")
     try:
         check_decision_rule(value, None)
     except ValueError as error:
