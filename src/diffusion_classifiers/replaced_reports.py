@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Sequence, Union
 
-from .atomic_files import remove_entry, write_json_atomically
+from .atomic_files import remove_entry
 from .run_lock import pid_alive
 
 __all__ = ["replacing_earlier_report", "settle_replaced_report"]
@@ -51,7 +51,7 @@ def replacing_earlier_report(
     aside = Path(path, f"{_aside_prefix(marker)}{os.getpid()}")
     aside.mkdir(parents=True)
     record = {"names": names, "patterns": list(patterns), "present": present, "host": socket.gethostname()}
-    write_json_atomically(aside / _RECORD, record)
+    (aside / _RECORD).write_text(json.dumps(record))  # a kill while writing it: unreadable, and nothing set aside yet
     for name in present:
         os.replace(Path(path, name), aside / name)
     try:
