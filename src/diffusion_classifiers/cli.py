@@ -1023,9 +1023,12 @@ def run_from_shell(name: str, run: Callable[[], Any]) -> None:
         if os.environ.get("DIFFUSION_CLASSIFIERS_TRACEBACK") or not (refused or _storage_refused(error)):
             raise
         written = _safetensors_file_of(error)
-        named = refused or getattr(error, "filename", None) or written
-        where = f" (writing {written})" if written else ""
-        where = where if named else " (DIFFUSION_CLASSIFIERS_TRACEBACK=1 shows where)"
+        if written:
+            where = f" (writing {written})"
+        elif refused or getattr(error, "filename", None):
+            where = ""
+        else:
+            where = " (DIFFUSION_CLASSIFIERS_TRACEBACK=1 shows where)"
         sys.exit(f"{name}: error: {error}{where}")
     except KeyboardInterrupt:  # QA: a training script's Ctrl-C printed a traceback of the loop's innards
         if os.environ.get("DIFFUSION_CLASSIFIERS_TRACEBACK"):

@@ -925,12 +925,12 @@ def evaluate_classifier(
         raise ValueError(f"target_sensitivity: the images to score hold no {model_names[positive_label]!r} image")
     probs, ranking, stderr, nfe = zip(*_predict_with_one_bar(classifier, predict, batches, len(y_true)))
     probs, ranking = torch.cat(probs), torch.cat(ranking)
+    log_odds = None if positive_label is None else positive_log_odds(probs, ranking, positive_label)
     if target_sensitivity is not None:
-        log_odds = positive_log_odds(probs, ranking, positive_label)
         point = threshold_for_sensitivity(y_true == positive_label, log_odds, target_sensitivity)
         point |= {"target_sensitivity": target_sensitivity, "chosen_on": split, "dataset": dataset_name}
         point["num_positives"] = int(np.sum(y_true == positive_label))  # how finely the target could be met
-    y_pred, log_odds = _decisions(probs, ranking, positive_label, point)
+    y_pred = probs.argmax(-1).numpy() if point is None else decisions_at(log_odds, positive_label, point)
     metrics = _scored_metrics(
         y_true, y_pred, log_odds, probs, ranking, stderr, nfe, model_names, positive_label, settings, point
     )
@@ -967,8 +967,8 @@ def evaluate_classifier(
 
 
 def _scored_files(dataset, paths, positions: np.ndarray, relative_to=None) -> List[tuple]:
-    """The file of each image scored (relative to `relative_to` where under it) and its frame, 0 but for a frame of a
-    multi-frame DICOM file, as predict numbers them (None where not known: data held in arrays, a `datasets.Dataset`,
+    """The file of each image scored (relative to the folder `relative_to`, given) and its frame, 0 but for a frame of
+    a multi-frame DICOM file, as predict numbers them (None where not known: data held in arrays, a `datasets.Dataset`,
     an image stored as bytes), from the `paths` of images read into memory by their `positions` in the split, or from
     a [`StreamingImages`] split's own rows."""
     if isinstance(dataset, StreamingImages):
@@ -978,11 +978,11 @@ def _scored_files(dataset, paths, positions: np.ndarray, relative_to=None) -> Li
         located = [locate(int(position)) for position in positions]
     root = None if relative_to is None else os.path.abspath(relative_to)  # QA: keyed by the working directory
     return [
-        (_file_under(file, root), 0 if frame is None else frame) if file else (None, None) for file, frame in located
+        (_relative_to(file, root), 0 if frame is None else frame) if file else (None, None) for file, frame in located
     ]
 
 
-def _file_under(file: str, root: Optional[str]) -> str:
+def _relative_to(file: str, root: Optional[str]) -> str:
     """`file` relative to the folder `root` (POSIX separators; `../` where it lies outside: a CSV's row `../b/x.png`
     stays that, as predict writes it); as it is without a `root`."""
     if root is None:
@@ -1101,20 +1101,12 @@ def _labelled_batches(
     return batches, dataset_labels, dataset_names
 
 
-def _decisions(probs, ranking, positive_label: Optional[int], point: Optional[dict]):
-    """`(y_pred, log_odds)`: each image's class (its most probable, or at the operating `point`) and, for binary
-    tasks, its log-odds of the positive class (`operating_points.positive_log_odds`; else None)."""
-    log_odds = None if positive_label is None else positive_log_odds(probs, ranking, positive_label)
-    y_pred = probs.argmax(-1).numpy() if point is None else decisions_at(log_odds, positive_label, point)
-    return y_pred, log_odds
-
-
 def _scored_metrics(
     y_true, y_pred, log_odds, probs, ranking, stderr, nfe, model_names, positive_label, settings, point
 ) -> dict:
-    """`classification_metrics` of the decisions `y_pred` (`_decisions`), the probabilities' calibration, the network
-    calls per image where counted and, for a binary pipeline giving standard errors, the decisions another noise seed
-    could flip."""
+    """`classification_metrics` of the decisions `y_pred` (at the operating `point` where given, by the binary
+    `log_odds`), the probabilities' calibration, the network calls per image where counted and, for a binary pipeline
+    giving standard errors, the decisions another noise seed could flip."""
     metrics = classification_metrics(
         y_true, y_pred, probs=ranking, class_names=model_names, positive_label=positive_label
     )

@@ -3,8 +3,8 @@ for a target sensitivity (a screening programme's "90% of cancers found"), or re
 evaluation that chose it, so that a threshold chosen on val is applied unchanged to test, or to new images by
 `predict`.
 
-Decisions compare the positive class's log-odds with the threshold's: `log(p / (1 - p))` of its probability, or the
-log-odds a pipeline gives (a Score-SDE classifier's, whose probabilities saturate at exactly 0 and 1 in float32
+Decisions compare the positive class's log-odds with the threshold's: `log(p / q)` of the two classes' probabilities,
+or the log-odds a pipeline gives (a Score-SDE classifier's, whose probabilities saturate at exactly 0 and 1 in float32
 where its log-odds still differ: a threshold on those probabilities could only be 1.0, calling every saturated image
 positive). An operating point is recorded (`metrics.json`'s `"operating_point"`) as `{"threshold": probability,
 "log_odds": its log-odds}`, with, where chosen for a target, `"target_sensitivity"`, `"chosen_on"` (the split:
@@ -26,6 +26,7 @@ __all__ = [
     "decisions_at",
     "given_operating_point",
     "is_saturated",
+    "log_odds_of",
     "operating_point_at",
     "positive_log_odds",
     "read_operating_point",
@@ -85,7 +86,8 @@ def recorded_positive_class(path: Union[str, os.PathLike], class_names) -> str:
     return positive
 
 
-def _logit(probability: float) -> float:
+def log_odds_of(probability: float) -> float:
+    """The log-odds `log(p / (1 - p))` of a threshold given as a probability strictly between 0 and 1."""
     return math.log(probability) - math.log1p(-probability)
 
 
@@ -115,7 +117,7 @@ def given_operating_point(
     if threshold is None:
         return None
     if _is_number(threshold):
-        return {**operating_point_at(_logit(threshold)), "threshold": float(threshold)}
+        return {**operating_point_at(log_odds_of(threshold)), "threshold": float(threshold)}
     return read_operating_point(threshold, class_names[positive_label], model_sha256, pipeline_call)
 
 
@@ -156,7 +158,7 @@ def read_operating_point(
             "priors, timesteps and the method move every score; call it as the threshold was chosen"
         )
     if "log_odds" not in point:  # given as a number
-        point = {**point, "log_odds": _logit(point["threshold"])}
+        point = {**point, "log_odds": log_odds_of(point["threshold"])}
     return {**point, "from": os.fspath(path)}
 
 

@@ -10,7 +10,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..validation import check_finite_rows, check_name_list, check_class_names, first_and_more
+from ..validation import (
+    check_class_names,
+    check_finite_rows,
+    check_name_list,
+    check_unique_class_names,
+    first_and_more,
+)
 from .preprocessing import ImagePreprocessing, _describe
 
 __all__ = [
@@ -68,8 +74,7 @@ class LabeledImages:
             )
         check_name_list(self.class_names, "LabeledImages.class_names")
         self.class_names = [str(name) for name in self.class_names]
-        if len(set(self.class_names)) != len(self.class_names):
-            raise ValueError(f"LabeledImages.class_names: expected unique names, got {self.class_names}")
+        check_unique_class_names(self.class_names, "LabeledImages.class_names")
         _check_label_range(self.labels.numpy(), len(self.class_names), "LabeledImages.labels")
         check_finite_rows(self.images, "LabeledImages.images", item="image")
         if len(self.images) and (self.images.min() < -1 or self.images.max() > 1):

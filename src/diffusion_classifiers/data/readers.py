@@ -39,7 +39,7 @@ from .split_record import ANONYMISED_DICOM_RULE, check_anonymised_dicom_groups
 from .splits import (
     _FewImagesWarning, check_split_fractions, stratified_group_split, stratified_split,
 )
-from ..validation import check_name_list, check_class_names, check_seed
+from ..validation import check_class_names, check_name_list, check_seed
 
 __all__ = [
     "DEFAULT_FOLDER_SIZE",

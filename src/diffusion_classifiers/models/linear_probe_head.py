@@ -43,7 +43,8 @@ class FeatureHeadMixin:
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """`ModelMixin.from_pretrained` in float32, whatever `dtype` (`torch_dtype`) a pipeline loads with (`to`)."""
-        kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)
+        kwargs.pop("dtype", None)
+        kwargs.pop("torch_dtype", None)
         return super().from_pretrained(*args, **kwargs)
 
     @staticmethod

@@ -276,13 +276,14 @@ def _check_aggregation(
     threshold: Any,
 ) -> None:
     """Every argument checked before a row is gathered."""
+    from ..operating_points import check_decision_rule
+
     if rule not in AGGREGATION_RULES:
         raise ValueError(f"rule: expected one of {list(AGGREGATION_RULES)}, got {rule!r}")
     _check_group_columns(predictions, columns, by)
     if len(class_names) < 2:
         raise ValueError(f"{predictions}: expected prob_<class> columns of a predict output, got {columns}")
-    if threshold is not None and not isinstance(threshold, (str, os.PathLike)) and not 0 < threshold < 1:
-        raise ValueError(f"threshold: expected a probability strictly between 0 and 1, got {threshold!r}")
+    check_decision_rule(threshold, None)
     if threshold is not None and len(class_names) != 2:  # QA: it was ignored under the mean rule, without a word
         raise ValueError(
             f"threshold: decides binary predictions (the positive class's probability); {predictions} has "
@@ -340,7 +341,7 @@ def _decision_threshold(
     decisions at 0.5 of images deployed at val's threshold); else 0.5 under "max", None (the most probable class)
     under "mean". A point whose probability rounds to 0 or 1 (a Score-SDE model's, decided by log-odds) is refused:
     groups gather probabilities."""
-    from ..operating_points import is_saturated, read_operating_point
+    from ..operating_points import is_saturated, log_odds_of, read_operating_point
 
     recorded = _recorded_point(sidecar)
     if isinstance(threshold, (str, os.PathLike)):
@@ -356,7 +357,7 @@ def _decision_threshold(
             notes = [f"note: the predict run labelled its images at an operating point of {point_class}, not "
                      f"{asked}: groups of {asked} are not decided at it"]  # fmt: skip
         threshold = 0.5 if threshold is None and rule == "max" else threshold
-        return threshold, None if threshold is None else math.log(threshold) - math.log1p(-threshold), notes
+        return threshold, None if threshold is None else log_odds_of(threshold), notes
     if is_saturated(point):
         raise ValueError(
             f"threshold: the operating point of {source} has a probability of {point['threshold']!r} (log-odds "
