@@ -49,6 +49,8 @@ COMMANDS = {
     "or mean probabilities; with true labels, the metrics per group",
     "cluster": "group an unlabeled image / DICOM folder or CSV of paths by a trained U-Net's or RC-DiT's features, "
     "every choice made without labels: clusters.csv, metrics.json and each cluster's nearest images as PNGs",
+    "compare": "compare two models image by image on the same labelled images (two evaluate outputs, or predict "
+    "outputs with true labels): each figure's difference with its interval, McNemar's and DeLong's tests",
 }
 
 
@@ -1156,13 +1158,26 @@ def run_cluster(args: argparse.Namespace) -> dict:
         sys.exit(130)
 
 
+def add_compare_args(parser: argparse.ArgumentParser) -> None:
+    from .prediction.comparison import add_compare_args as add_args
+
+    add_args(parser)
+
+
+def run_compare(args: argparse.Namespace) -> dict:
+    from .prediction.comparison import run_compare as run
+
+    return run(args)
+
+
 ADD_ARGS = {
     "demo": add_demo_args, "evaluate": add_evaluate_args, "probe": add_probe_args, "fit-head": add_fit_head_args,
     "predict": add_predict_args, "aggregate": add_aggregate_args, "cluster": add_cluster_args,
+    "compare": add_compare_args,
 }  # fmt: skip
 RUN = {
     "demo": run_demo, "evaluate": run_evaluate, "probe": run_probe, "fit-head": run_fit_head, "predict": run_predict,
-    "aggregate": run_aggregate, "cluster": run_cluster,
+    "aggregate": run_aggregate, "cluster": run_cluster, "compare": run_compare,
 }  # fmt: skip
 
 

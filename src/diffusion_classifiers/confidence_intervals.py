@@ -10,7 +10,7 @@ seed: the same interval on every run). Each interval is `[low, high]` on the sca
 metric is undefined, the images too few, or the interval would be a single point (`methods` says which).
 """
 
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 from scipy.sparse import csr_matrix
@@ -20,22 +20,29 @@ from .metrics import NO_AUC_INTERVAL, finite_ranking, float_array
 from .validation import as_labels
 
 __all__ = [
+    "BOOTSTRAP_SEED",
     "CONFIDENCE_LEVEL",
     "MIN_CLASS_IMAGES",
     "NUM_RESAMPLES",
+    "auc_influence",
+    "cell_counts_resampled_within_classes",
     "class_averages",
     "classification_intervals",
     "delong_auc_interval",
+    "influence_variance",
     "intervals_of_metrics",
     "multi_class_auc_interval",
+    "percentile_interval",
+    "resample_sizes",
     "resampled_counts",
+    "too_few_images_for",
     "weighted_average_precision",
     "wilson_interval",
 ]
 
 CONFIDENCE_LEVEL = 0.95
 NUM_RESAMPLES = 2000
-_BOOTSTRAP_SEED = 0
+BOOTSTRAP_SEED = 0
 # The within-class bootstrap cannot vary a class of few images (one image: its recall is 0 or 1 in every resample), so
 # its interval runs narrow: measured on NDSB's long tail (a 624-image test split of 121 classes, 45 of them one image),
 # drawing test splits from 28,178 scored images, the 95% interval of balanced accuracy held the population's in 75% of
@@ -43,7 +50,7 @@ _BOOTSTRAP_SEED = 0
 MIN_CLASS_IMAGES = 10
 _RESAMPLES_AT_ONCE = 200  # matrices drawn at a time: [200, cells holding images] counts (at most 200 x images)
 
-_BOOTSTRAP = f"percentile bootstrap within each class, {NUM_RESAMPLES} resamples, seed {_BOOTSTRAP_SEED}"
+_BOOTSTRAP = f"percentile bootstrap within each class, {NUM_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}"
 _UNBOUNDED = "none: every resample gives the same value, which a bootstrap cannot bound"
 _METHODS = {
     "accuracy": "Wilson score interval",
@@ -72,12 +79,39 @@ def delong_auc_interval(is_positive, scores, level: float = CONFIDENCE_LEVEL) ->
     images of either class, or where the estimated variance is 0 (classes separated perfectly, or every score tied):
     a point, not an interval, which would claim no sampling error at all."""
     is_positive, scores = np.asarray(is_positive, dtype=bool), np.asarray(scores, dtype=np.float64)
-    num_positives, num_negatives = int(is_positive.sum()), int((~is_positive).sum())
-    if num_positives < 2 or num_negatives < 2:
+    if min(int(is_positive.sum()), int((~is_positive).sum())) < 2:
         return None
+    auc, influence = auc_influence(is_positive, scores)
+    return _normal_interval(auc, influence_variance(is_positive, influence), level)
+
+
+def auc_influence(labels, scores) -> tuple:
+    """An AUC and each image's influence on it [N], whose spread gives DeLong's variance (`influence_variance`):
+    binary, `labels` booleans (the positive images) and `scores` [N], a positive's influence its placement among the
+    negatives less the AUC, over the positives' count, a negative's alike; otherwise `labels` class ids and `scores`
+    [N, K], the average over the classes present of one-against-the-rest AUCs (each ranking by its column), an
+    image's influence its influences on each class's AUC, averaged."""
+    labels = np.asarray(labels)
+    if labels.dtype == bool:
+        return _binary_auc_influence(labels, float_array(scores))
+    scores, present = float_array(scores), np.unique(labels)
+    aucs, influences = zip(*(_binary_auc_influence(labels == label, scores[:, label]) for label in present))
+    return float(np.mean(aucs)), np.mean(influences, axis=0)
+
+
+def _binary_auc_influence(is_positive: np.ndarray, scores: np.ndarray) -> tuple:
     positive_placements, negative_placements = _placements(is_positive, scores)
-    variance = positive_placements.var(ddof=1) / num_positives + negative_placements.var(ddof=1) / num_negatives
-    return _normal_interval(positive_placements.mean(), variance, level)
+    auc, influence = float(positive_placements.mean()), np.zeros(len(scores))
+    influence[is_positive] = (positive_placements - auc) / is_positive.sum()
+    influence[~is_positive] = (negative_placements - auc) / (~is_positive).sum()
+    return auc, influence
+
+
+def influence_variance(labels, influence: np.ndarray) -> float:
+    """DeLong's variance of an AUC (or of a difference of AUCs of the same images) from the images' `influence` [N]:
+    its spread within each class of `labels` [N] (booleans or class ids), the classes' image counts held fixed."""
+    labels = np.asarray(labels)
+    return float(sum(np.sum(labels == label) * influence[labels == label].var(ddof=1) for label in np.unique(labels)))
 
 
 def _placements(is_positive: np.ndarray, scores: np.ndarray) -> tuple:
@@ -109,20 +143,12 @@ def multi_class_auc_interval(labels, scores, level: float = CONFIDENCE_LEVEL) ->
     image counts held fixed, gives the variance as DeLong's does for two classes (for two classes whose scores rank
     alike, such as probabilities, it is DeLong's). None where a class present holds fewer than two images, or the
     variance is 0."""
-    labels, scores = as_labels(labels, "labels"), float_array(scores)
+    labels = as_labels(labels, "labels")
     present, supports = np.unique(labels, return_counts=True)
     if len(present) < 2 or supports.min() < 2:
         return None
-    influence, aucs = np.zeros(len(labels)), []
-    for label in present:
-        is_positive = labels == label
-        positive_placements, negative_placements = _placements(is_positive, scores[:, label])
-        aucs.append(positive_placements.mean())
-        influence[is_positive] += (positive_placements - aucs[-1]) / is_positive.sum()
-        influence[~is_positive] += (negative_placements - aucs[-1]) / (~is_positive).sum()
-    influence /= len(present)
-    variance = sum(count * influence[labels == label].var(ddof=1) for label, count in zip(present, supports))
-    return _normal_interval(float(np.mean(aucs)), variance, level)
+    auc, influence = auc_influence(labels, scores)
+    return _normal_interval(auc, influence_variance(labels, influence), level)
 
 
 def class_averages(cell_counts: np.ndarray, rows: np.ndarray, columns: np.ndarray, num_classes: int) -> dict:
@@ -155,20 +181,28 @@ def _class_average_intervals(confusion: np.ndarray, level: float) -> Dict[str, O
     directly, over the cells holding images: the same distribution, without the images, in memory that grows with
     the images, not with the square of the classes."""
     rows, columns = np.nonzero(confusion)  # row-major: each row's cells side by side
-    counts = confusion[rows, columns]
-    row_cells = [slice(*ends) for ends in _runs(rows)]
-    rng = np.random.default_rng(_BOOTSTRAP_SEED)
     statistics = {"balanced_accuracy": [], "macro_f1": []}
-    for size in _resample_sizes():
-        drawn = np.zeros((size, len(counts)), dtype=np.int64)
-        for cells in row_cells:
-            drawn[:, cells] = rng.multinomial(counts[cells].sum(), counts[cells] / counts[cells].sum(), size=size)
+    for drawn in cell_counts_resampled_within_classes(rows, confusion[rows, columns]):
         for name, values in class_averages(drawn, rows, columns, len(confusion)).items():
             statistics[name].append(values)
-    return {name: _percentile_interval(values, level) for name, values in statistics.items()}
+    return {name: percentile_interval(values, level) for name, values in statistics.items()}
 
 
-def _percentile_interval(resampled: List[np.ndarray], level: float) -> Optional[List[float]]:
+def cell_counts_resampled_within_classes(classes: np.ndarray, counts: np.ndarray) -> Iterator[np.ndarray]:
+    """`NUM_RESAMPLES` resamples of the images counted in cells (`counts` [M] images in each cell, `classes` [M] the
+    true class of each cell's images, sorted), each class's images drawn with replacement, as many as it holds, from
+    `BOOTSTRAP_SEED`: batches of counts [B, M]. Drawing a class's images draws its cells' counts from a multinomial
+    over them: the same distribution without the images."""
+    class_cells = [slice(*ends) for ends in _runs(classes)]
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    for size in resample_sizes():
+        drawn = np.zeros((size, len(counts)), dtype=np.int64)
+        for cells in class_cells:
+            drawn[:, cells] = rng.multinomial(counts[cells].sum(), counts[cells] / counts[cells].sum(), size=size)
+        yield drawn
+
+
+def percentile_interval(resampled: List[np.ndarray], level: float) -> Optional[List[float]]:
     """The percentile interval of the statistics of every resample (batches of them), None where every resample
     gives the same value."""
     low, high = np.quantile(np.concatenate(resampled), [(1 - level) / 2, (1 + level) / 2]).tolist()
@@ -217,19 +251,19 @@ def weighted_average_precision(is_positive, scores, weights) -> np.ndarray:
 def _average_precision_interval(is_positive: np.ndarray, scores: np.ndarray, level: float) -> tuple:
     """The percentile bootstrap interval of the average precision of `scores` for the images where `is_positive`,
     each class's images resampled within the class, and its method; or None and why there is none."""
-    reason = _too_few_images(np.bincount(is_positive, minlength=2))
+    reason = too_few_images_for(np.bincount(is_positive, minlength=2))
     if reason:
         return None, reason
-    rng = np.random.default_rng(_BOOTSTRAP_SEED)
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
     statistics = [
         weighted_average_precision(is_positive, scores, resampled_counts(is_positive, rng, size))
-        for size in _resample_sizes()
+        for size in resample_sizes()
     ]
-    interval = _percentile_interval(statistics, level)
+    interval = percentile_interval(statistics, level)
     return interval, _METHODS["average_precision"] if interval is not None else _UNBOUNDED
 
 
-def _resample_sizes() -> List[int]:
+def resample_sizes() -> List[int]:
     """`NUM_RESAMPLES` in batches of at most `_RESAMPLES_AT_ONCE`."""
     return [min(_RESAMPLES_AT_ONCE, NUM_RESAMPLES - start) for start in range(0, NUM_RESAMPLES, _RESAMPLES_AT_ONCE)]
 
@@ -268,14 +302,14 @@ def _class_average_intervals_and_methods(confusion: np.ndarray, level: float) ->
     supports = confusion.sum(axis=1)
     if not supports.sum():
         return dict.fromkeys(names), dict.fromkeys(names, "none: no images")
-    reason = _too_few_images(supports)
+    reason = too_few_images_for(supports)
     if reason:
         return dict.fromkeys(names), dict.fromkeys(names, reason)
     intervals = _class_average_intervals(confusion, level)
     return intervals, {name: _METHODS[name] if intervals[name] is not None else _UNBOUNDED for name in names}
 
 
-def _too_few_images(supports: np.ndarray, method: str = "a bootstrap within each class") -> Optional[str]:
+def too_few_images_for(supports: np.ndarray, method: str = "a bootstrap within each class") -> Optional[str]:
     """Why `method` gives no interval, where a class scored (of `supports` [K] images) holds fewer than
     `MIN_CLASS_IMAGES`; None where none does."""
     scored = supports[supports > 0]
@@ -291,7 +325,7 @@ def _auc_interval(confusion: np.ndarray, positive_label: Optional[int], roc, lev
     if roc is None:
         return None, NO_AUC_INTERVAL
     if positive_label is None:
-        reason = _too_few_images(np.bincount(as_labels(roc[0], "labels")), "DeLong's variance of the average")
+        reason = too_few_images_for(np.bincount(as_labels(roc[0], "labels")), "DeLong's variance of the average")
         if reason:  # simulated, 10 classes: 95% intervals held the population's in 90.5% of 400 draws at 2 images
             return None, reason  # per class, 94% at 5, 95.75% at 10
         interval = multi_class_auc_interval(*roc, level=level)

@@ -18,6 +18,9 @@
   feature, its normalisation and K chosen without labels on a sample, k-means fitted on a sample then grouping every
   file): `clusters.csv`, `metrics.json` and each cluster's nearest images as PNGs; [`add_cluster_args`] and
   [`run_cluster`] are the `diffusion-classifiers cluster` command.
+- `aggregate.py`: predict's rows gathered per scan, series or patient (`diffusion-classifiers aggregate`).
+- `comparison.py`: [`compare_predictions`] compares two models image by image on the same labelled images (two
+  evaluate outputs, or predict outputs with true labels), with paired tests (`diffusion-classifiers compare`).
 
 Only the standard library is imported at module level, so building the `predict` parser (`add_predict_args`) stays
 fast; the heavy imports happen when a prediction runs.

@@ -47,7 +47,9 @@ from .outputs import (
     write_csv,
 )
 
-__all__ = ["AGGREGATION_RULES", "add_aggregate_args", "aggregate_predictions", "run_aggregate"]
+__all__ = [
+    "AGGREGATION_RULES", "add_aggregate_args", "aggregate_predictions", "check_predict_run_finished", "run_aggregate"
+]
 
 AGGREGATION_RULES = ("max", "mean")
 # numpy and the metrics are imported where rows are gathered: the command's flags stay standard-library only
@@ -653,7 +655,7 @@ def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
     predictions = Path(args.predictions)
     if predictions.suffix.lower() not in OUTPUT_SUFFIXES:
         raise FileNotFoundError(f"--predictions {predictions}: expected a .csv or .parquet file predict wrote")
-    unreadable = _check_predict_run_finished(predictions)  # first: a first run killed has parts, no output yet (QA)
+    unreadable = check_predict_run_finished(predictions)  # first: a first run killed has parts, no output yet (QA)
     if not predictions.is_file():  # QA: said as a wrong suffix
         raise FileNotFoundError(
             f"--predictions {predictions}: not found; expected the .csv or .parquet file predict wrote"
@@ -715,13 +717,13 @@ def _check_output_writable(output: Path, given: bool) -> None:
         raise ValueError(f"{error}; pass --output to write the grouped predictions elsewhere") from None
 
 
-def _check_predict_run_finished(predictions: Path) -> int:
+def check_predict_run_finished(predictions: Path, name: str = "--predictions") -> int:
     """Refuse the output of a predict run that has not merged its committed batches (killed, or still running); the
-    number of inputs its errors file lists."""
+    number of inputs its errors file lists. `name`: what the refusal calls the file."""
     files = errors_file_of_resumed_run(OutputFiles(predictions, default_errors_path(predictions)), overwrite=False)
     if files.parts.is_dir():
         raise ValueError(
-            f"--predictions {predictions}: its predict run has not finished ({files.parts} holds committed batches "
+            f"{name} {predictions}: its predict run has not finished ({files.parts} holds committed batches "
             "not yet merged into it): rerun the same predict command to finish it first"
         )
     return len(listed_errors(files))

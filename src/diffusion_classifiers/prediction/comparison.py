@@ -1,0 +1,356 @@
+"""Two classifiers compared image by image on the same labelled images (`diffusion-classifiers compare`).
+
+Each side is what `evaluate` wrote (its output folder, or the `image_predictions.csv` in it) or a `predict` output
+with a `true_label` column (a labelled CSV of paths or a saved dataset). Their rows are paired by the image's file
+and frame (`path`, `frame`), or, for images held in arrays, by the image's position in its split (`image`), which
+names the same image only where both models carved the split alike (`pair_by="image"`, checked against the
+carvings both evaluations record). Images only one side scored are refused unless `common_images_only`; images
+either side's `training_image` column flags are left out. Each paired image must carry the same true label on both
+sides, and the two must score the same classes.
+
+The figures are those of `paired_statistics`: each side's accuracy, balanced accuracy and macro-F1 with paired
+bootstrap intervals of their difference and McNemar's exact test of accuracy (of sensitivity and specificity too,
+for a binary task), and the AUC with DeLong's test for correlated ROC curves. A binary task ranks by the positive
+class's log-odds (evaluate's `log_odds_<class>` column, else log(p / q) of the row's two probabilities), another by
+the rows' probabilities.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..atomic_files import write_json_atomically
+from .aggregate import check_predict_run_finished
+from .outputs import OUTPUT_SUFFIXES, TRAINING_IMAGE_KEY, is_training_image, read_predictions, recorded_run_info
+
+__all__ = ["PAIRING_KEYS", "add_compare_args", "compare_predictions", "render_comparison", "run_compare"]
+
+PAIRING_KEYS = ("path", "image")
+EVALUATION_ROWS = "image_predictions.csv"  # evaluation.PREDICTIONS_FILE: evaluation sits in the layer above
+_SHOWN = 3  # examples named in a refusal
+
+
+@dataclass
+class _ScoredRows:
+    """One side's rows: their pairing keys, true and decided classes, probabilities and binary log-odds."""
+
+    source: str
+    keys: list
+    true_labels: np.ndarray  # class names
+    labels: np.ndarray
+    probs: np.ndarray  # [N, K], columns as `class_names`
+    class_names: list
+    log_odds: Optional[np.ndarray]  # evaluate's column, toward `log_odds_class`
+    log_odds_class: Optional[str]
+    training_images: np.ndarray  # booleans
+    carving: Optional[dict]
+
+
+def compare_predictions(
+    a: str | os.PathLike,
+    b: str | os.PathLike,
+    pair_by: str = "path",
+    positive_class: Optional[str] = None,
+    common_images_only: bool = False,
+) -> dict:
+    r"""
+    Two classifiers' predictions of the same labelled images, compared image by image.
+
+    Args:
+        a, b (`str` or `os.PathLike`): an evaluate output folder, its `image_predictions.csv`, or a `.csv` /
+            `.parquet` output of predict with a `true_label` column. Differences are B's less A's.
+        pair_by (`str`, *optional*, defaults to `"path"`): `"path"`, an image is its file and frame (the rows of
+            images held in arrays have none), or `"image"`, its position in the split evaluated, which names the same
+            image in both only where both models carved their splits from the same data alike (the same fractions and
+            seed: checked where both evaluations record their carving).
+        positive_class (`str`, *optional*): binary tasks: the class sensitivity and the AUC refer to; default: the
+            class of evaluate's `log_odds_<class>` column, else the predict run's recorded one, else the second class.
+        common_images_only (`bool`, *optional*, defaults to `False`): compare the images both scored, leaving out the
+            others (counted in `left_out`), instead of refusing two sets of images that differ.
+
+    Returns:
+        `dict`: `a`, `b` (their sources and rows), `paired_by`, `num_images` paired, `left_out` (`only_in_a`,
+        `only_in_b`, `training_images`), `class_names`, `positive_class` (binary), `level`, and `figures`: for each
+        of `accuracy`, `balanced_accuracy`, `macro_f1` (and binary `sensitivity`, `specificity`), `auc`: `a`, `b`,
+        `difference` (B's less A's), its `interval` (None where there is none: `methods` says why), and where a
+        test applies its `p_value` (accuracy, sensitivity and specificity: McNemar's exact test, with the images
+        `only_a_correct` and `only_b_correct`; the AUC: DeLong's), and `methods`.
+    """
+    if pair_by not in PAIRING_KEYS:
+        raise ValueError(f"pair_by: expected one of {list(PAIRING_KEYS)}, got {pair_by!r}")
+    side_a, side_b = _read_side(a, "A", pair_by), _read_side(b, "B", pair_by)
+    _check_same_classes(side_a, side_b)
+    if pair_by == "image":
+        _check_same_carving(side_a, side_b)
+    rows_a, rows_b, left_out = _paired_rows(side_a, side_b, common_images_only)
+    y_true = _checked_true_labels(side_a, side_b, rows_a, rows_b)
+    names = side_a.class_names
+    positive = _positive_class(side_a, side_b, positive_class)
+    comparison = {
+        "a": {"source": side_a.source, "num_rows": len(side_a.keys)},
+        "b": {"source": side_b.source, "num_rows": len(side_b.keys)},
+        "paired_by": pair_by, "num_images": int(len(y_true)), "left_out": left_out, "class_names": names,
+    }  # fmt: skip
+    if positive is not None:
+        comparison["positive_class"] = positive
+    from ..paired_statistics import paired_figures
+
+    sides = ((side_a, rows_a), (side_b, rows_b))
+    scores = [_ranking_scores(side, rows, positive) for side, rows in sides]
+    predicted = [_label_ids(side.labels[rows], names, side.source) for side, rows in sides]
+    positive_label = None if positive is None else names.index(positive)
+    comparison.update(paired_figures(y_true, *predicted, *scores, len(names), positive_label))
+    return comparison
+
+
+def _read_side(source: str | os.PathLike, side: str, pair_by: str) -> _ScoredRows:
+    """The rows of one side, refused before any figure where they cannot be compared (no true labels, no key)."""
+    path, carving = _rows_file(Path(source), side)
+    columns, rows = read_predictions(path)
+    where = f"{side} ({path})"
+    missing = [name for name in ("true_label", "label") if name not in columns]
+    class_names = [column[len("prob_"):] for column in columns if column.startswith("prob_")]
+    if missing or not class_names:
+        raise ValueError(
+            f"{where}: expected evaluate's image_predictions.csv or a predict output of labelled images (true_label, "
+            f"label and prob_<class> columns), got columns {columns}"
+        )
+    table = {name: [row[index] for row in rows] for index, name in enumerate(columns)}
+    keys = _keys(table, pair_by, where)
+    log_odds_columns = [column for column in columns if column.startswith("log_odds_")]
+    log_odds_class = log_odds_columns[0][len("log_odds_"):] if log_odds_columns else None
+    return _ScoredRows(
+        source=str(source), keys=keys, true_labels=np.array(table["true_label"], dtype=object),
+        labels=np.array(table["label"], dtype=object),
+        probs=np.array([table[f"prob_{name}"] for name in class_names], dtype=np.float64).T.reshape(len(rows), -1),
+        class_names=class_names,
+        log_odds=None if log_odds_class is None else np.array(table[log_odds_columns[0]], dtype=np.float64),
+        log_odds_class=log_odds_class or recorded_positive_class(path),
+        training_images=np.array([is_training_image(value) for value in table.get(TRAINING_IMAGE_KEY, [])] or
+                                 np.zeros(len(rows), bool), dtype=bool),
+        carving=carving,
+    )  # fmt: skip
+
+
+def _rows_file(source: Path, side: str) -> tuple[Path, Optional[dict]]:
+    """The rows file of `source` (a folder: evaluate's `image_predictions.csv` in it) and the carving the evaluation
+    beside it records (its metrics.json), if any."""
+    path = source / EVALUATION_ROWS if source.is_dir() else source
+    if not path.is_file() or path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise FileNotFoundError(
+            f"{side} ({source}): expected an evaluate output folder (holding {EVALUATION_ROWS}), or a .csv / .parquet "
+            "file of evaluate's or predict's rows"
+        )
+    if path.name != EVALUATION_ROWS:
+        check_predict_run_finished(path, side)
+    metrics = path.parent / "metrics.json"
+    carving = json.loads(metrics.read_text()).get("carving") if path.name == EVALUATION_ROWS and metrics.is_file() \
+        else None  # fmt: skip
+    return path, carving
+
+
+def recorded_positive_class(path: Path) -> Optional[str]:
+    """The positive class a predict run recorded beside its output, if any."""
+    from .outputs import POSITIVE_CLASS_KEY
+
+    return (recorded_run_info(path) or {}).get(POSITIVE_CLASS_KEY)
+
+
+def _keys(table: dict, pair_by: str, where: str) -> list:
+    """Each row's pairing key: (path, frame), or its position in the split; refused where a row has none."""
+    if pair_by == "image":
+        if "image" not in table:
+            raise ValueError(f"{where}: pair_by 'image': expected evaluate's `image` column (a predict output "
+                             "names its images by path: pair by path)")  # fmt: skip
+        return [int(value) for value in table["image"]]
+    paths = table.get("path") or []
+    unnamed = [index for index, value in enumerate(paths) if value in (None, "")]
+    if not paths or unnamed:
+        raise ValueError(
+            f"{where}: {len(unnamed) if paths else 'its'} rows have no path (images held in arrays or a dataset): "
+            "pair them by their position in the split (--pair_by image) where both models carved it alike"
+        )
+    frames = table.get("frame") or [0] * len(paths)
+    return [(path, 0 if frame in (None, "") else int(frame)) for path, frame in zip(paths, frames)]
+
+
+def _check_same_classes(side_a: _ScoredRows, side_b: _ScoredRows) -> None:
+    if sorted(side_a.class_names) != sorted(side_b.class_names):
+        raise ValueError(
+            f"B ({side_b.source}): expected the classes A scores, {side_a.class_names}, got {side_b.class_names}"
+        )
+    order = [side_b.class_names.index(name) for name in side_a.class_names]
+    side_b.probs, side_b.class_names = side_b.probs[:, order], list(side_a.class_names)
+
+
+def _check_same_carving(side_a: _ScoredRows, side_b: _ScoredRows) -> None:
+    """Positions in two splits name the same images only where both were carved alike: refused where the
+    evaluations record carvings that differ, or one records a carving and the other none."""
+    if side_a.carving != side_b.carving:
+        raise ValueError(
+            f"pair_by 'image': A's split was carved as {side_a.carving} and B's as {side_b.carving}: the same position "
+            "names other images; pair by path, or evaluate both models on one saved split"
+        )
+
+
+def _paired_rows(side_a: _ScoredRows, side_b: _ScoredRows, common_images_only: bool) -> tuple:
+    """The row indices of the images both sides scored, in A's order, and what was left out."""
+    index_a, index_b = (_index_of_keys(side) for side in (side_a, side_b))
+    only_a = [key for key in index_a if key not in index_b]
+    only_b = [key for key in index_b if key not in index_a]
+    if (only_a or only_b) and not common_images_only:
+        raise ValueError(
+            f"A and B scored different images: {len(only_a)} only in A (e.g. {only_a[:_SHOWN]}), {len(only_b)} only in "
+            f"B (e.g. {only_b[:_SHOWN]}): compare the images both scored with --common_images_only"
+        )
+    rows_a = np.array([index_a[key] for key in index_a if key in index_b], dtype=np.int64)
+    rows_b = np.array([index_b[side_a.keys[row]] for row in rows_a], dtype=np.int64)
+    training = side_a.training_images[rows_a] | side_b.training_images[rows_b]
+    left_out = {"only_in_a": len(only_a), "only_in_b": len(only_b), "training_images": int(training.sum())}
+    if training.all():
+        raise ValueError("A and B: every image both scored is a training image of a model: nothing to compare")
+    return rows_a[~training], rows_b[~training], left_out
+
+
+def _index_of_keys(side: _ScoredRows) -> dict:
+    index = {}
+    for row, key in enumerate(side.keys):
+        if key in index:
+            raise ValueError(f"{side.source}: the image {key} has two rows (rows {index[key] + 1} and {row + 1})")
+        index[key] = row
+    return index
+
+
+def _checked_true_labels(side_a: _ScoredRows, side_b: _ScoredRows, rows_a, rows_b) -> np.ndarray:
+    """The paired images' class ids; refused where the two sides' true labels of an image differ."""
+    true_a, true_b = side_a.true_labels[rows_a], side_b.true_labels[rows_b]
+    differ = np.flatnonzero(true_a != true_b)
+    if len(differ):
+        first = differ[0]
+        raise ValueError(
+            f"A and B label {len(differ)} of the {len(rows_a)} paired images differently (e.g. "
+            f"{side_a.keys[rows_a[first]]}: {true_a[first]!r} in A, {true_b[first]!r} in B): not the same labelled "
+            "images"
+        )
+    return _label_ids(true_a, side_a.class_names, side_a.source)
+
+
+def _label_ids(labels: np.ndarray, class_names: Sequence[str], source: str) -> np.ndarray:
+    ids = {name: index for index, name in enumerate(class_names)}
+    unknown = sorted({str(label) for label in labels if label not in ids})
+    if unknown:
+        raise ValueError(f"{source}: labels {unknown[:_SHOWN]} are not among its classes {list(class_names)}")
+    return np.array([ids[label] for label in labels], dtype=np.int64)
+
+
+def _positive_class(side_a: _ScoredRows, side_b: _ScoredRows, given: Optional[str]) -> Optional[str]:
+    """A binary task's positive class: given, else the one A's (then B's) rows record, else the second class."""
+    names = side_a.class_names
+    if len(names) != 2:
+        if given is not None:
+            raise ValueError(f"positive_class: only a binary task has one; A and B score {len(names)} classes")
+        return None
+    chosen = given if given is not None else side_a.log_odds_class or side_b.log_odds_class or names[1]
+    if chosen not in names:
+        raise ValueError(f"positive_class: expected one of {names}, got {chosen!r}")
+    return chosen
+
+
+def _ranking_scores(side: _ScoredRows, rows: np.ndarray, positive: Optional[str]) -> np.ndarray:
+    """What the AUC ranks by: binary, the positive class's log-odds (evaluate's column, else log(p / q) of the
+    probabilities, as precise as they are); otherwise the probabilities [N, K]."""
+    from ..metrics import finite_ranking
+
+    if positive is None:
+        return side.probs[rows]
+    if side.log_odds is not None and side.log_odds_class in side.class_names:
+        sign = 1.0 if side.log_odds_class == positive else -1.0
+        log_odds = sign * side.log_odds[rows]
+    else:
+        label = side.class_names.index(positive)
+        with np.errstate(divide="ignore"):
+            log_odds = np.log(side.probs[rows, label]) - np.log(side.probs[rows, 1 - label])
+    return finite_ranking(log_odds[:, None])[:, 0]
+
+
+def render_comparison(comparison: dict) -> str:
+    """A Markdown report of `compare_predictions`' result: a table of each figure, A, B, B's less A's with its
+    interval, and the p-value with its test."""
+    from ..hub import METRIC_NAMES
+    from ..metrics import percent
+
+    level = comparison["level"]
+    lines = [
+        f"# Paired comparison: B ({comparison['b']['source']}) against A ({comparison['a']['source']})", "",
+        f"{comparison['num_images']} images paired by {comparison['paired_by']}" + _left_out_text(comparison) + ".",
+        "", f"| figure | A | B | B - A ({level:.0%} interval) | p-value |", "| --- | --- | --- | --- | --- |",
+    ]  # fmt: skip
+    for name, figure in comparison["figures"].items():
+        interval = figure.get("interval")
+        spread = "" if interval is None else f" ({_points(interval[0])} to {_points(interval[1])})"
+        cells = [percent(figure["a"]), percent(figure["b"]), _points(figure["difference"]) + spread]
+        cells.append(_p_value_text(figure.get("p_value")))
+        lines.append(f"| {METRIC_NAMES[name][1]} | " + " | ".join(cells) + " |")
+    lines += ["", "Differences in percentage points. Intervals and tests:", ""]
+    lines += [f"- {METRIC_NAMES[name][1]}: {method}" for name, method in comparison["methods"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _p_value_text(p_value: Optional[float]) -> str:
+    if p_value is None:
+        return "n/a"
+    return "< 0.0001" if p_value < 1e-4 else f"{p_value:.4f}"
+
+
+def _points(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{100 * value:+.2f}"
+
+
+def _left_out_text(comparison: dict) -> str:
+    left_out = comparison["left_out"]
+    parts = [f"{left_out['only_in_a']} only in A", f"{left_out['only_in_b']} only in B"] if left_out["only_in_a"] or \
+        left_out["only_in_b"] else []  # fmt: skip
+    if left_out["training_images"]:
+        parts.append(f"{left_out['training_images']} training images")
+    return f" (left out: {', '.join(parts)})" if parts else ""
+
+
+def add_compare_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("a", help="A: an evaluate output folder, its image_predictions.csv, or a predict output with "
+                        "true_label (.csv or .parquet)")  # fmt: skip
+    parser.add_argument("b", help="B, the same kind of file: differences are B's less A's")
+    parser.add_argument(
+        "--pair_by", default="path", choices=PAIRING_KEYS,
+        help="path: an image is its file and frame; image: its position in the split evaluated (images held in "
+        "arrays), the same image only where both models carved the split alike (checked against their evaluations)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--positive_class", default=None,
+        help="binary: the class sensitivity and the AUC refer to (default: evaluate's log_odds_<class> column's, else "
+        "the predict run's recorded one, else the second class)",
+    )  # fmt: skip
+    parser.add_argument("--common_images_only", action="store_true",
+                        help="compare the images both scored, leaving the others out, instead of refusing")  # fmt: skip
+    parser.add_argument("--output", default=None, help="also write the comparison as JSON to this .json file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier --output (default: refuse it)")
+
+
+def run_compare(args: argparse.Namespace) -> dict:
+    output = None if args.output is None else Path(args.output)
+    if output is not None and output.suffix.lower() != ".json":
+        raise ValueError(f"--output {output}: expected a .json file")
+    if output is not None and output.exists() and not args.overwrite:
+        raise FileExistsError(f"--output {output}: exists; --overwrite replaces it")
+    comparison = compare_predictions(args.a, args.b, args.pair_by, args.positive_class, args.common_images_only)
+    print(render_comparison(comparison), end="")
+    if output is not None:
+        write_json_atomically(output, comparison)
+        print(f"wrote {output}")
+    return comparison

@@ -1,0 +1,211 @@
+"""Two models compared image by image (`diffusion-classifiers compare`, `paired_statistics`): asked for by the
+biostatistician persona of session 60, who paired two evaluations' `image_predictions.csv` by hand to test whether
+one model beats another on the same images (McNemar, DeLong's paired test, a bootstrap of the difference)."""
+
+import csv
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from PIL import Image
+from sklearn import metrics as skm
+from sklearn.datasets import load_digits
+
+from diffusion_classifiers import UNetFeatureClassifierPipeline
+from diffusion_classifiers.cli import main
+from diffusion_classifiers.confidence_intervals import delong_auc_interval
+from diffusion_classifiers.data import load_image_classification_data
+from diffusion_classifiers.data.split_record import save_split_record
+from diffusion_classifiers.models import unet_config
+from diffusion_classifiers.paired_statistics import mcnemar_test, paired_auc_difference, paired_figures
+from diffusion_classifiers.prediction.comparison import compare_predictions
+from diffusion_classifiers.probing import fit_probe_grid
+
+
+def _brute_force_delong(is_positive, scores_a, scores_b):
+    """DeLong et al.'s (1988) variance of AUC_b - AUC_a from the kernel psi(x, y) over every (positive, negative)
+    pair: an O(mn) implementation of the paper's formulas, independent of the library's midranks."""
+
+    def components(scores):
+        positives, negatives = scores[is_positive], scores[~is_positive]
+        psi = (positives[:, None] > negatives[None]) + 0.5 * (positives[:, None] == negatives[None])
+        return psi.mean(1), psi.mean(0)
+
+    (v10_a, v01_a), (v10_b, v01_b) = components(scores_a), components(scores_b)
+    s10, s01 = np.cov(np.stack([v10_a, v10_b])), np.cov(np.stack([v01_a, v01_b]))
+    contrast = np.array([-1.0, 1.0])
+    variance = contrast @ s10 @ contrast / is_positive.sum() + contrast @ s01 @ contrast / (~is_positive).sum()
+    return v10_b.mean() - v10_a.mean(), variance
+
+
+def test_paired_auc_difference_is_delongs():
+    rng = np.random.default_rng(0)
+    is_positive = rng.random(300) < 0.4
+    scores_a = is_positive + rng.normal(0, 1, 300)
+    scores_b = is_positive + 0.5 * (scores_a - is_positive) + rng.normal(0, 0.8, 300)  # correlated with A's
+    scores_b[:20] = np.round(scores_b[:20])  # some ties
+    result = paired_auc_difference(is_positive, scores_a, scores_b)
+    difference, variance = _brute_force_delong(is_positive, scores_a, scores_b)
+    assert result["auc_a"] == pytest.approx(skm.roc_auc_score(is_positive, scores_a), abs=1e-12)
+    assert result["difference"] == pytest.approx(difference, abs=1e-12)
+    z = difference / math.sqrt(variance)
+    assert result["p_value"] == pytest.approx(math.erfc(abs(z) / math.sqrt(2)), rel=1e-9)
+    half_width = 1.959963984540054 * math.sqrt(variance)
+    assert result["interval"] == pytest.approx([difference - half_width, difference + half_width], rel=1e-9)
+    # one model alone: the difference's variance is DeLong's of its own AUC, so the paired interval has its width
+    alone = paired_auc_difference(is_positive, np.zeros(300), scores_a)
+    low, high = delong_auc_interval(is_positive, scores_a)
+    assert alone["interval"][1] - alone["interval"][0] == pytest.approx(high - low, rel=1e-9)
+    same = paired_auc_difference(is_positive, scores_a, np.exp(scores_a))  # the same ranking
+    assert same["difference"] == 0 and same["interval"] is None and same["p_value"] is None
+    assert paired_auc_difference(np.r_[True, is_positive[:5] & False], scores_a[:6], scores_b[:6]) is None  # 1 positive
+
+
+def test_multi_class_paired_auc_difference_is_the_average_of_delongs():
+    """Three classes: the difference of the average one-against-the-rest AUCs, its variance that of the average of
+    the classes' paired influences (with class sizes held fixed, the classes' AUCs are not independent)."""
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 240)
+    scores_a, scores_b = (rng.random((240, 3)) + np.eye(3)[labels] * strength for strength in (0.5, 0.3))
+    result = paired_auc_difference(labels, scores_a, scores_b)
+    expected = [skm.roc_auc_score(labels == k, scores_b[:, k]) - skm.roc_auc_score(labels == k, scores_a[:, k])
+                for k in range(3)]  # fmt: skip
+    assert result["difference"] == pytest.approx(np.mean(expected), abs=1e-12)
+    assert result["interval"][1] < 0 and result["p_value"] < 1e-3  # B's classes are weaker: a clear difference
+
+
+def test_mcnemar_is_the_exact_binomial_test_of_the_discordant_images():
+    correct_a = np.array([True] * 30 + [False] * 10 + [True] * 7 + [False] * 3)
+    correct_b = np.array([True] * 30 + [True] * 10 + [False] * 7 + [False] * 3)  # 10 only B right, 7 only A right
+    tested = mcnemar_test(correct_a, correct_b)
+    tail = sum(math.comb(17, k) for k in range(0, 8)) / 2**17  # P(X <= 7), X ~ Bin(17, 1/2); two-sided: doubled
+    assert (tested["only_a_correct"], tested["only_b_correct"]) == (7, 10)
+    assert tested["p_value"] == pytest.approx(2 * tail, rel=1e-12) and tested["difference"] == pytest.approx(3 / 50)
+    assert mcnemar_test(correct_a, correct_a)["p_value"] == 1.0
+
+
+def test_paired_figures_and_their_bootstrap():
+    rng = np.random.default_rng(2)
+    y_true = rng.integers(0, 2, 400)
+    pred_a = np.where(rng.random(400) < 0.75, y_true, 1 - y_true)
+    pred_b = np.where(rng.random(400) < 0.85, y_true, 1 - y_true)
+    scores = rng.random(400), rng.random(400)
+    result = paired_figures(y_true, pred_a, pred_b, *scores, num_classes=2, positive_label=1)
+    figures = result["figures"]
+    for name, score in (("accuracy", skm.accuracy_score), ("balanced_accuracy", skm.balanced_accuracy_score),
+                        ("macro_f1", lambda t, p: skm.f1_score(t, p, average="macro"))):  # fmt: skip
+        assert figures[name]["a"] == pytest.approx(score(y_true, pred_a), abs=1e-12)
+        assert figures[name]["difference"] == pytest.approx(score(y_true, pred_b) - score(y_true, pred_a), abs=1e-12)
+        low, high = figures[name]["interval"]
+        assert low < figures[name]["difference"] < high and 0 < low  # B is right on about 40 more images of 400
+    assert figures["sensitivity"]["b"] == pytest.approx(skm.recall_score(y_true, pred_b), abs=1e-12)
+    assert figures["specificity"]["a"] == pytest.approx(skm.recall_score(1 - y_true, 1 - pred_a), abs=1e-12)
+    assert figures["accuracy"]["p_value"] == mcnemar_test(pred_a == y_true, pred_b == y_true)["p_value"] < 0.05
+    assert "McNemar" in result["methods"]["accuracy"]
+    positives = y_true == 1
+    tested = mcnemar_test(pred_a[positives] == 1, pred_b[positives] == 1)
+    assert figures["sensitivity"]["p_value"] == tested["p_value"]
+    assert paired_figures(y_true, pred_a, pred_b, *scores, num_classes=2, positive_label=1) == result  # seeded
+    alike = paired_figures(y_true, pred_a, pred_a, *scores, num_classes=2, positive_label=1)["figures"]["accuracy"]
+    assert alike["difference"] == 0 and alike["interval"] is None and alike["p_value"] == 1.0
+    few = paired_figures(y_true[:12], pred_a[:12], pred_b[:12], scores[0][:12], scores[1][:12], 2, positive_label=1)
+    assert few["figures"]["macro_f1"]["interval"] is None and "fewer than 10 images" in few["methods"]["macro_f1"]
+
+
+def _pair_folder(root, digits=(3, 8), per_class=90):
+    """Two digits as an image folder (three/, eight/) of 8x8 PNGs: harder to tell apart than 0 and 1."""
+    data, names = load_digits(), {3: "three", 8: "eight"}
+    for digit in digits:
+        (root / names[digit]).mkdir(parents=True)
+        for index in np.flatnonzero(data.target == digit)[:per_class]:
+            Image.fromarray((data.images[index] * 15).astype(np.uint8)).save(root / names[digit] / f"{index:04d}.png")
+
+
+@pytest.fixture(scope="module")
+def two_evaluations(tmp_path_factory):
+    """Two classifiers of one untrained tiny U-Net, probed at t = 20 (A) and t = 600 (B, noisier features), each
+    evaluated on the test split of the folder they were carved from: their output folders."""
+    root = tmp_path_factory.mktemp("compare")
+    _pair_folder(root / "data")
+    splits = load_image_classification_data(str(root / "data"), image_size=8, seed=0)
+    torch.manual_seed(0)
+    unet = UNet2DModel(**unet_config("tiny", 8))
+    for name, timestep in (("A", 20), ("B", 600)):
+        preprocessing = splits["train"].preprocessing
+        pipe = UNetFeatureClassifierPipeline(unet=unet, scheduler=DDPMScheduler(), preprocessing=preprocessing)
+        features = {split: pipe.extract_features(splits[split].images, ["mid_block"], [timestep])
+                    for split in ("train", "val")}  # fmt: skip
+        probe = fit_probe_grid(features["train"], splits["train"].labels, features["val"], splits["val"].labels,
+                               class_names=splits["train"].class_names)  # fmt: skip
+        pipe.register_modules(head=probe.head)
+        pipe.set_positive_class("eight")
+        pipe.save_pretrained(root / f"model_{name}")
+        save_split_record(root / f"model_{name}", 0.1, 0.2, 0, None, train_images=splits["train"].images)
+        main(["evaluate", "--model_dir", str(root / f"model_{name}"), "--dataset", str(root / "data"),
+              "--output_dir", str(root / name)])  # fmt: skip
+    return root
+
+
+def test_two_evaluations_compared_reproduce_each_ones_metrics(two_evaluations, tmp_path, capsys):
+    root = two_evaluations
+    main(["compare", str(root / "A"), str(root / "B" / "image_predictions.csv"), "--output", str(tmp_path / "c.json")])
+    comparison = json.loads((tmp_path / "c.json").read_text())
+    report = capsys.readouterr().out
+    metrics = {name: json.loads((root / name / "metrics.json").read_text()) for name in "AB"}
+    assert comparison["num_images"] == metrics["A"]["num_samples"] and comparison["paired_by"] == "path"
+    assert comparison["positive_class"] == "eight"
+    for figure in ("accuracy", "balanced_accuracy", "macro_f1", "sensitivity", "specificity", "auc"):
+        for side in "ab":
+            assert comparison["figures"][figure][side] == pytest.approx(metrics[side.upper()][figure], abs=1e-9)
+    assert metrics["A"]["accuracy"] != metrics["B"]["accuracy"]  # the premise: two models that differ
+    assert "| Accuracy |" in report and "McNemar" in report and "DeLong" in report
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        main(["compare", str(root / "A"), str(root / "B"), "--output", str(tmp_path / "c.json")])
+
+
+def _edited_copy(source, target, edit):
+    """A copy of an evaluation's folder whose image_predictions.csv rows are `edit(rows)`."""
+    shutil.copytree(source, target)
+    with open(target / "image_predictions.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    with open(target / "image_predictions.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows(edit(rows))
+    return target
+
+
+def test_images_that_differ_are_refused_unless_asked(two_evaluations, tmp_path):
+    root = two_evaluations
+    fewer = _edited_copy(root / "B", tmp_path / "fewer", lambda rows: rows[:-3])
+    with pytest.raises(ValueError, match=r"different images: 3 only in A .* --common_images_only"):
+        compare_predictions(root / "A", fewer)
+    compared = compare_predictions(root / "A", fewer, common_images_only=True)
+    assert compared["left_out"]["only_in_a"] == 3 and compared["num_images"] == compared["a"]["num_rows"] - 3
+    relabelled = _edited_copy(root / "B", tmp_path / "relabelled",
+                              lambda rows: [rows[0], [*rows[1][:3], "three" if rows[1][3] == "eight" else "eight",
+                                                      *rows[1][4:]], *rows[2:]])  # fmt: skip
+    with pytest.raises(ValueError, match=r"label 1 of the \d+ paired images differently"):
+        compare_predictions(root / "A", relabelled)
+
+
+def _without_paths(rows):
+    return [rows[0]] + [[row[0], "", *row[2:]] for row in rows[1:]]
+
+
+def test_positions_pair_only_splits_carved_alike(two_evaluations, tmp_path):
+    root = two_evaluations
+    by_position = compare_predictions(root / "A", root / "B", pair_by="image")
+    assert by_position["figures"] == compare_predictions(root / "A", root / "B")["figures"]
+    other = _edited_copy(root / "B", tmp_path / "other", lambda rows: rows)
+    metrics = json.loads((other / "metrics.json").read_text())
+    (other / "metrics.json").write_text(json.dumps(metrics | {"carving": {**metrics["carving"], "seed": 1}}))
+    with pytest.raises(ValueError, match="carved as .* the same position names other images"):
+        compare_predictions(root / "A", other, pair_by="image")
+    no_paths = _edited_copy(root / "B", tmp_path / "no_paths", _without_paths)
+    with pytest.raises(ValueError, match=r"rows have no path .*--pair_by image"):
+        compare_predictions(root / "A", no_paths)
+    with pytest.raises(FileNotFoundError, match="expected an evaluate output folder"):
+        compare_predictions(root / "A", tmp_path)
