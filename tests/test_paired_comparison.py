@@ -209,3 +209,24 @@ def test_positions_pair_only_splits_carved_alike(two_evaluations, tmp_path):
         compare_predictions(root / "A", no_paths)
     with pytest.raises(FileNotFoundError, match="expected an evaluate output folder"):
         compare_predictions(root / "A", tmp_path)
+
+
+def test_a_predict_output_of_labelled_files_pairs_with_an_evaluation(two_evaluations, tmp_path):
+    """B predicted over a labelled CSV of A's test images (paths relative to the CSV's folder, as evaluate names
+    them relative to the data folder): the same comparison as of B's evaluation."""
+    root = two_evaluations
+    with open(root / "A" / "image_predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    listing = root / "data" / "test_images.csv"
+    with open(listing, "w", newline="") as handle:
+        csv.writer(handle).writerows([["path", "label"], *([row["path"], row["true_label"]] for row in rows)])
+    main(["predict", "--model_dir", str(root / "model_B"), "--input", str(listing), "--output",
+          str(tmp_path / "b.csv"), "--no_progress_bar"])  # fmt: skip
+    listing.unlink()
+    predicted = compare_predictions(root / "A", tmp_path / "b.csv")
+    evaluated = compare_predictions(root / "A", root / "B")
+    assert predicted["num_images"] == evaluated["num_images"] == len(rows)
+    assert predicted["positive_class"] == "eight"  # the predict run's recorded one: no log-odds column there
+    for name, figure in evaluated["figures"].items():  # the CSV's probabilities as predict rounds them: 1e-6
+        for key, value in figure.items():
+            assert predicted["figures"][name][key] == (value if value is None else pytest.approx(value, abs=1e-6))

@@ -48,7 +48,8 @@ from .outputs import (
 )
 
 __all__ = [
-    "AGGREGATION_RULES", "add_aggregate_args", "aggregate_predictions", "check_predict_run_finished", "run_aggregate"
+    "AGGREGATION_RULES", "add_aggregate_args", "aggregate_predictions", "check_predict_run_finished", "recorded_run",
+    "run_aggregate",
 ]
 
 AGGREGATION_RULES = ("max", "mean")
@@ -159,7 +160,7 @@ def _aggregate(
     columns, rows = read_predictions(predictions)
     class_names = [column[len("prob_"):] for column in columns if column.startswith("prob_")]
     _check_aggregation(predictions, columns, class_names, by, rule, positive_class, threshold)
-    sidecar, run = _recorded_run(predictions)
+    sidecar, run = recorded_run(predictions)
     positive, notes = _positive_label(class_names, positive_class, sidecar, run, rule)
     threshold, cutoff, threshold_notes = _decision_threshold(threshold, rule, class_names, positive, sidecar, run)
     notes += threshold_notes
@@ -321,7 +322,7 @@ def _check_group_columns(predictions, columns: list, by: tuple) -> None:
         )
 
 
-def _recorded_run(predictions) -> tuple[Path, dict]:
+def recorded_run(predictions) -> tuple[Path, dict]:
     """The `.json` sidecar of a predictions file and the "run" it records (empty without one: a file copied alone)."""
     files = OutputFiles(Path(predictions), default_errors_path(Path(predictions)))
     try:

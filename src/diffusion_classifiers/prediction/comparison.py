@@ -27,8 +27,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..atomic_files import write_json_atomically
-from .aggregate import check_predict_run_finished
-from .outputs import OUTPUT_SUFFIXES, TRAINING_IMAGE_KEY, is_training_image, read_predictions, recorded_run_info
+from .aggregate import check_predict_run_finished, recorded_run
+from .outputs import OUTPUT_SUFFIXES, POSITIVE_CLASS_KEY, TRAINING_IMAGE_KEY, is_training_image, read_predictions
 
 __all__ = ["PAIRING_KEYS", "add_compare_args", "compare_predictions", "render_comparison", "run_compare"]
 
@@ -132,7 +132,7 @@ def _read_side(source: str | os.PathLike, side: str, pair_by: str) -> _ScoredRow
         probs=np.array([table[f"prob_{name}"] for name in class_names], dtype=np.float64).T.reshape(len(rows), -1),
         class_names=class_names,
         log_odds=None if log_odds_class is None else np.array(table[log_odds_columns[0]], dtype=np.float64),
-        log_odds_class=log_odds_class or recorded_positive_class(path),
+        log_odds_class=log_odds_class or _recorded_positive_class(path),
         training_images=np.array([is_training_image(value) for value in table.get(TRAINING_IMAGE_KEY, [])] or
                                  np.zeros(len(rows), bool), dtype=bool),
         carving=carving,
@@ -156,11 +156,10 @@ def _rows_file(source: Path, side: str) -> tuple[Path, Optional[dict]]:
     return path, carving
 
 
-def recorded_positive_class(path: Path) -> Optional[str]:
-    """The positive class a predict run recorded beside its output, if any."""
-    from .outputs import POSITIVE_CLASS_KEY
-
-    return (recorded_run_info(path) or {}).get(POSITIVE_CLASS_KEY)
+def _recorded_positive_class(path: Path) -> Optional[str]:
+    """The positive class a predict run recorded beside its output (None for evaluate's rows: their log-odds column
+    names it)."""
+    return None if path.name == EVALUATION_ROWS else recorded_run(path)[1].get(POSITIVE_CLASS_KEY)
 
 
 def _keys(table: dict, pair_by: str, where: str) -> list:
@@ -296,11 +295,21 @@ def render_comparison(comparison: dict) -> str:
         interval = figure.get("interval")
         spread = "" if interval is None else f" ({_points(interval[0])} to {_points(interval[1])})"
         cells = [percent(figure["a"]), percent(figure["b"]), _points(figure["difference"]) + spread]
-        cells.append(_p_value_text(figure.get("p_value")))
+        cells.append(_p_value_text(figure.get("p_value")) + _discordant_text(figure))
         lines.append(f"| {METRIC_NAMES[name][1]} | " + " | ".join(cells) + " |")
     lines += ["", "Differences in percentage points. Intervals and tests:", ""]
-    lines += [f"- {METRIC_NAMES[name][1]}: {method}" for name, method in comparison["methods"].items()]
+    by_method: dict = {}
+    for name, method in comparison["methods"].items():
+        by_method.setdefault(method, []).append(METRIC_NAMES[name][1])
+    lines += [f"- {', '.join(names)}: {method}" for method, names in by_method.items()]
     return "\n".join(lines) + "\n"
+
+
+def _discordant_text(figure: dict) -> str:
+    """McNemar's counts: the images only one model gets right."""
+    if "only_a_correct" not in figure:
+        return ""
+    return f" ({figure['only_a_correct']} only A right, {figure['only_b_correct']} only B right)"
 
 
 def _p_value_text(p_value: Optional[float]) -> str:
