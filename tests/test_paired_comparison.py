@@ -202,7 +202,13 @@ def test_positions_pair_only_splits_carved_alike(two_evaluations, tmp_path):
     other = _edited_copy(root / "B", tmp_path / "other", lambda rows: rows)
     metrics = json.loads((other / "metrics.json").read_text())
     (other / "metrics.json").write_text(json.dumps(metrics | {"carving": {**metrics["carving"], "seed": 1}}))
-    with pytest.raises(ValueError, match="carved as .* the same position names other images"):
+    with pytest.raises(ValueError, match="'seed': 1.* the same position names other images"):
+        compare_predictions(root / "A", other, pair_by="image")
+    (other / "metrics.json").write_text(json.dumps(metrics | {"split": "val"}))
+    with pytest.raises(ValueError, match="'split': 'val'.* the same position names other images"):
+        compare_predictions(root / "A", other, pair_by="image")
+    (other / "metrics.json").unlink()
+    with pytest.raises(ValueError, match="no evaluate metrics.json beside its rows"):
         compare_predictions(root / "A", other, pair_by="image")
     no_paths = _edited_copy(root / "B", tmp_path / "no_paths", _without_paths)
     with pytest.raises(ValueError, match=r"rows have no path .*--pair_by image"):

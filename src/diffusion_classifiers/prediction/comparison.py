@@ -50,7 +50,7 @@ class _ScoredRows:
     log_odds: Optional[np.ndarray]  # evaluate's column, toward `log_odds_class`
     log_odds_class: Optional[str]
     training_images: np.ndarray  # booleans
-    carving: Optional[dict]
+    scored_split: Optional[dict]  # the evaluation's split, data and carving (its metrics.json), where known
 
 
 def compare_predictions(
@@ -88,7 +88,7 @@ def compare_predictions(
     side_a, side_b = _read_side(a, "A", pair_by), _read_side(b, "B", pair_by)
     _check_same_classes(side_a, side_b)
     if pair_by == "image":
-        _check_same_carving(side_a, side_b)
+        _check_same_split(side_a, side_b)
     rows_a, rows_b, left_out = _paired_rows(side_a, side_b, common_images_only)
     y_true = _checked_true_labels(side_a, side_b, rows_a, rows_b)
     names = side_a.class_names
@@ -112,7 +112,7 @@ def compare_predictions(
 
 def _read_side(source: str | os.PathLike, side: str, pair_by: str) -> _ScoredRows:
     """The rows of one side, refused before any figure where they cannot be compared (no true labels, no key)."""
-    path, carving = _rows_file(Path(source), side)
+    path, scored_split = _rows_file(Path(source), side)
     columns, rows = read_predictions(path)
     where = f"{side} ({path})"
     missing = [name for name in ("true_label", "label") if name not in columns]
@@ -129,19 +129,19 @@ def _read_side(source: str | os.PathLike, side: str, pair_by: str) -> _ScoredRow
     return _ScoredRows(
         source=str(source), keys=keys, true_labels=np.array(table["true_label"], dtype=object),
         labels=np.array(table["label"], dtype=object),
-        probs=np.array([table[f"prob_{name}"] for name in class_names], dtype=np.float64).T.reshape(len(rows), -1),
+        probs=np.column_stack([np.array(table[f"prob_{name}"], dtype=np.float64) for name in class_names]),
         class_names=class_names,
         log_odds=None if log_odds_class is None else np.array(table[log_odds_columns[0]], dtype=np.float64),
         log_odds_class=log_odds_class or _recorded_positive_class(path),
         training_images=np.array([is_training_image(value) for value in table.get(TRAINING_IMAGE_KEY, [])] or
                                  np.zeros(len(rows), bool), dtype=bool),
-        carving=carving,
+        scored_split=scored_split,
     )  # fmt: skip
 
 
 def _rows_file(source: Path, side: str) -> tuple[Path, Optional[dict]]:
-    """The rows file of `source` (a folder: evaluate's `image_predictions.csv` in it) and the carving the evaluation
-    beside it records (its metrics.json), if any."""
+    """The rows file of `source` (a folder: evaluate's `image_predictions.csv` in it) and the split, data and carving
+    the evaluation beside it records (its metrics.json), if any."""
     path = source / EVALUATION_ROWS if source.is_dir() else source
     if not path.is_file() or path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise FileNotFoundError(
@@ -151,9 +151,10 @@ def _rows_file(source: Path, side: str) -> tuple[Path, Optional[dict]]:
     if path.name != EVALUATION_ROWS:
         check_predict_run_finished(path, side)
     metrics = path.parent / "metrics.json"
-    carving = json.loads(metrics.read_text()).get("carving") if path.name == EVALUATION_ROWS and metrics.is_file() \
-        else None  # fmt: skip
-    return path, carving
+    if path.name != EVALUATION_ROWS or not metrics.is_file():
+        return path, None
+    recorded = json.loads(metrics.read_text())
+    return path, {name: recorded.get(name) for name in ("split", "dataset", "carving")}
 
 
 def _recorded_positive_class(path: Path) -> Optional[str]:
@@ -189,13 +190,19 @@ def _check_same_classes(side_a: _ScoredRows, side_b: _ScoredRows) -> None:
     side_b.probs, side_b.class_names = side_b.probs[:, order], list(side_a.class_names)
 
 
-def _check_same_carving(side_a: _ScoredRows, side_b: _ScoredRows) -> None:
-    """Positions in two splits name the same images only where both were carved alike: refused where the
-    evaluations record carvings that differ, or one records a carving and the other none."""
-    if side_a.carving != side_b.carving:
+def _check_same_split(side_a: _ScoredRows, side_b: _ScoredRows) -> None:
+    """Positions name the same images only in the same split of the same data carved alike: refused where the two
+    evaluations' metrics.json record other splits, data or carvings, or where one is not there to say."""
+    for side in (side_a, side_b):
+        if side.scored_split is None:
+            raise ValueError(
+                f"pair_by 'image': {side.source} has no evaluate metrics.json beside its rows to say which split its "
+                "positions number: compare evaluate output folders, or pair by path"
+            )
+    if side_a.scored_split != side_b.scored_split:
         raise ValueError(
-            f"pair_by 'image': A's split was carved as {side_a.carving} and B's as {side_b.carving}: the same position "
-            "names other images; pair by path, or evaluate both models on one saved split"
+            f"pair_by 'image': A scored {side_a.scored_split} and B {side_b.scored_split}: the same position names "
+            "other images; pair by path, or evaluate both models on one saved split"
         )
 
 
