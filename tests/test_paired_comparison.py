@@ -236,3 +236,39 @@ def test_a_predict_output_of_labelled_files_pairs_with_an_evaluation(two_evaluat
     for name, figure in evaluated["figures"].items():  # the CSV's probabilities as predict rounds them: 1e-6
         for key, value in figure.items():
             assert predicted["figures"][name][key] == (value if value is None else pytest.approx(value, abs=1e-6))
+
+
+def test_score_sde_predict_outputs_rank_by_their_log_likelihood_ratio(tmp_path):
+    """A binary Score-SDE predict output's probabilities saturate at 0 and 1 (ranked by them, its images would tie):
+    its `log_likelihood_ratio`, turned the way its sidecar says it points, ranks instead."""
+    from diffusion_classifiers import ScoreSDEClassifierPipeline
+
+    from .test_readme import small_unet
+
+    ScoreSDEClassifierPipeline(small_unet(8, num_class_embeds=2), DDPMScheduler(), class_names=["normal", "pneumonia"],
+                               positive_class="normal").save_pretrained(tmp_path / "sde")  # fmt: skip
+    rng = np.random.default_rng(0)
+    listing = [["path", "label"]]
+    for index in range(8):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / f"{index}.png")
+        listing.append([f"{index}.png", ["normal", "pneumonia"][index % 2]])
+    with open(tmp_path / "list.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows(listing)
+    for name, seed in (("a", "3"), ("b", "4")):
+        main(["predict", "--model_dir", str(tmp_path / "sde"), "--input", str(tmp_path / "list.csv"), "--output",
+              str(tmp_path / f"{name}.csv"), "--seed", seed, "--no_progress_bar"])  # fmt: skip
+    with open(tmp_path / "a.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    ratio = np.array([float(row["log_likelihood_ratio"]) for row in rows])  # log p(x | normal) - log p(x | pneumonia)
+    for row, value in zip(rows, ratio):  # saturated, as a trained model's float32 probabilities are past log-odds 17
+        row["prob_normal"], row["prob_pneumonia"] = ("1.0", "0.0") if value > 0 else ("0.0", "1.0")
+    with open(tmp_path / "a.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    compared = compare_predictions(tmp_path / "a.csv", tmp_path / "b.csv")
+    is_positive = np.array([row["true_label"] == "normal" for row in rows])
+    assert compared["positive_class"] == "normal"
+    assert compared["figures"]["auc"]["a"] == pytest.approx(skm.roc_auc_score(is_positive, ratio), abs=1e-12)
+    turned = compare_predictions(tmp_path / "a.csv", tmp_path / "b.csv", positive_class="pneumonia")
+    assert turned["figures"]["auc"]["a"] == pytest.approx(skm.roc_auc_score(~is_positive, -ratio), abs=1e-12)

@@ -36,8 +36,10 @@ __all__ = ["mcnemar_test", "paired_auc_difference", "paired_bootstrap_difference
 BOOTSTRAP_METHOD = f"paired percentile bootstrap within each class, {NUM_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}"
 DELONG_METHOD = "DeLong's test for correlated ROC curves and its normal interval"
 _SAME_DECISIONS = "none: every resample gives the same difference (the two decide the images alike)"
-_NO_AUC_VARIANCE = "DeLong's test; no interval: the difference's variance is 0 (the two rank the images alike, or both " \
-    "separate the classes perfectly)"
+_NO_AUC_VARIANCE = (
+    "DeLong's test; no interval: the difference's variance is 0 (the two rank the images alike, or both separate the "
+    "classes perfectly)"
+)
 _DECISION_NAMES = ("y_true", "pred_a", "pred_b")
 
 

@@ -28,7 +28,15 @@ import numpy as np
 
 from ..atomic_files import write_json_atomically
 from .aggregate import check_predict_run_finished, recorded_run
-from .outputs import OUTPUT_SUFFIXES, POSITIVE_CLASS_KEY, TRAINING_IMAGE_KEY, is_training_image, read_predictions
+from .outputs import (
+    OUTPUT_SUFFIXES,
+    POSITIVE_CLASS_KEY,
+    RATIO_KEY,
+    TRAINING_IMAGE_KEY,
+    is_training_image,
+    ratio_positive_class,
+    read_predictions,
+)
 
 __all__ = ["PAIRING_KEYS", "add_compare_args", "compare_predictions", "render_comparison", "run_compare"]
 
@@ -47,8 +55,8 @@ class _ScoredRows:
     labels: np.ndarray
     probs: np.ndarray  # [N, K], columns as `class_names`
     class_names: list
-    log_odds: Optional[np.ndarray]  # evaluate's column, toward `log_odds_class`
-    log_odds_class: Optional[str]
+    log_odds: Optional[np.ndarray]  # its ranking column (binary), toward `recorded_positive`
+    recorded_positive: Optional[str]
     training_images: np.ndarray  # booleans
     scored_split: Optional[dict]  # the evaluation's split, data and carving (its metrics.json), where known
 
@@ -124,15 +132,13 @@ def _read_side(source: str | os.PathLike, side: str, pair_by: str) -> _ScoredRow
         )
     table = {name: [row[index] for row in rows] for index, name in enumerate(columns)}
     keys = _keys(table, pair_by, where)
-    log_odds_columns = [column for column in columns if column.startswith("log_odds_")]
-    log_odds_class = log_odds_columns[0][len("log_odds_"):] if log_odds_columns else None
+    log_odds, recorded_positive = _recorded_log_odds(table, path, class_names)
     return _ScoredRows(
         source=str(source), keys=keys, true_labels=np.array(table["true_label"], dtype=object),
         labels=np.array(table["label"], dtype=object),
         probs=np.column_stack([np.array(table[f"prob_{name}"], dtype=np.float64) for name in class_names]),
         class_names=class_names,
-        log_odds=None if log_odds_class is None else np.array(table[log_odds_columns[0]], dtype=np.float64),
-        log_odds_class=log_odds_class or _recorded_positive_class(path),
+        log_odds=log_odds, recorded_positive=recorded_positive,
         training_images=np.array([is_training_image(value) for value in table.get(TRAINING_IMAGE_KEY, [])] or
                                  np.zeros(len(rows), bool), dtype=bool),
         scored_split=scored_split,
@@ -157,10 +163,20 @@ def _rows_file(source: Path, side: str) -> tuple[Path, Optional[dict]]:
     return path, {name: recorded.get(name) for name in ("split", "dataset", "carving")}
 
 
-def _recorded_positive_class(path: Path) -> Optional[str]:
-    """The positive class a predict run recorded beside its output (None for evaluate's rows: their log-odds column
-    names it)."""
-    return None if path.name == EVALUATION_ROWS else recorded_run(path)[1].get(POSITIVE_CLASS_KEY)
+def _recorded_log_odds(table: dict, path: Path, class_names: list) -> tuple[Optional[np.ndarray], Optional[str]]:
+    """A binary file's ranking column and the class it points to: evaluate's `log_odds_<class>`, or a Score-SDE
+    predict output's `log_likelihood_ratio` where its sidecar says which way it points (its probabilities saturate at
+    0 and 1: ranked by them, its images would tie); else no column, and the positive class the predict run recorded."""
+    for column in table:
+        if column.startswith("log_odds_"):
+            return np.array(table[column], dtype=np.float64), column[len("log_odds_"):]
+    if path.name == EVALUATION_ROWS:
+        return None, None
+    sidecar, run = recorded_run(path)
+    pointed = ratio_positive_class(run, class_names, sidecar) if RATIO_KEY in table else None
+    if pointed is not None:
+        return np.array(table[RATIO_KEY], dtype=np.float64), pointed
+    return None, run.get(POSITIVE_CLASS_KEY)
 
 
 def _keys(table: dict, pair_by: str, where: str) -> list:
@@ -263,7 +279,7 @@ def _positive_class(side_a: _ScoredRows, side_b: _ScoredRows, given: Optional[st
         if given is not None:
             raise ValueError(f"positive_class: only a binary task has one; A and B score {len(names)} classes")
         return None
-    chosen = given if given is not None else side_a.log_odds_class or side_b.log_odds_class or names[1]
+    chosen = given if given is not None else side_a.recorded_positive or side_b.recorded_positive or names[1]
     if chosen not in names:
         raise ValueError(f"positive_class: expected one of {names}, got {chosen!r}")
     return chosen
@@ -276,8 +292,8 @@ def _ranking_scores(side: _ScoredRows, rows: np.ndarray, positive: Optional[str]
 
     if positive is None:
         return side.probs[rows]
-    if side.log_odds is not None and side.log_odds_class in side.class_names:
-        sign = 1.0 if side.log_odds_class == positive else -1.0
+    if side.log_odds is not None and side.recorded_positive in side.class_names:
+        sign = 1.0 if side.recorded_positive == positive else -1.0
         log_odds = sign * side.log_odds[rows]
     else:
         label = side.class_names.index(positive)
