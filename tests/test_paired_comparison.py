@@ -156,7 +156,7 @@ def test_two_evaluations_compared_reproduce_each_ones_metrics(two_evaluations, t
     comparison = json.loads((tmp_path / "c.json").read_text())
     report = capsys.readouterr().out
     metrics = {name: json.loads((root / name / "metrics.json").read_text()) for name in "AB"}
-    assert comparison["num_images"] == metrics["A"]["num_samples"] and comparison["paired_by"] == "path"
+    assert comparison["num_paired"] == metrics["A"]["num_samples"] and comparison["paired_by"] == "path"
     assert comparison["positive_class"] == "eight"
     for figure in ("accuracy", "balanced_accuracy", "macro_f1", "sensitivity", "specificity", "auc"):
         for side in "ab":
@@ -183,7 +183,7 @@ def test_images_that_differ_are_refused_unless_asked(two_evaluations, tmp_path):
     with pytest.raises(ValueError, match=r"different images: 3 only in A .* --common_images_only"):
         compare_predictions(root / "A", fewer)
     compared = compare_predictions(root / "A", fewer, common_images_only=True)
-    assert compared["left_out"]["only_in_a"] == 3 and compared["num_images"] == compared["a"]["num_rows"] - 3
+    assert compared["left_out"]["only_in_a"] == 3 and compared["num_paired"] == compared["a"]["num_rows"] - 3
     relabelled = _edited_copy(root / "B", tmp_path / "relabelled",
                               lambda rows: [rows[0], [*rows[1][:3], "three" if rows[1][3] == "eight" else "eight",
                                                       *rows[1][4:]], *rows[2:]])  # fmt: skip
@@ -231,7 +231,7 @@ def test_a_predict_output_of_labelled_files_pairs_with_an_evaluation(two_evaluat
     listing.unlink()
     predicted = compare_predictions(root / "A", tmp_path / "b.csv")
     evaluated = compare_predictions(root / "A", root / "B")
-    assert predicted["num_images"] == evaluated["num_images"] == len(rows)
+    assert predicted["num_paired"] == evaluated["num_paired"] == len(rows)
     assert predicted["positive_class"] == "eight"  # the predict run's recorded one: no log-odds column there
     for name, figure in evaluated["figures"].items():  # the CSV's probabilities as predict rounds them: 1e-6
         for key, value in figure.items():
@@ -272,3 +272,32 @@ def test_score_sde_predict_outputs_rank_by_their_log_likelihood_ratio(tmp_path):
     assert compared["figures"]["auc"]["a"] == pytest.approx(skm.roc_auc_score(is_positive, ratio), abs=1e-12)
     turned = compare_predictions(tmp_path / "a.csv", tmp_path / "b.csv", positive_class="pneumonia")
     assert turned["figures"]["auc"]["a"] == pytest.approx(skm.roc_auc_score(~is_positive, -ratio), abs=1e-12)
+
+
+def test_scans_compared_from_two_aggregations(two_evaluations, tmp_path):
+    """Images of one scan are not independent draws: two models' predict outputs gathered per scan by aggregate are
+    compared scan by scan (`--pair_by scan`), each side's figures those of its aggregation's metrics."""
+    root = two_evaluations
+    with open(root / "A" / "image_predictions.csv", newline="") as handle:
+        rows = sorted(csv.DictReader(handle), key=lambda row: row["true_label"])
+    listing = root / "data" / "scans.csv"
+    with open(listing, "w", newline="") as handle:  # three images a scan, each scan of one class
+        csv.writer(handle).writerows([["path", "label", "scan"],
+                                      *([row["path"], row["true_label"], f"scan{index // 3}"]
+                                        for index, row in enumerate(rows))])  # fmt: skip
+    for name in "AB":
+        main(["predict", "--model_dir", str(root / f"model_{name}"), "--input", str(listing), "--output",
+              str(tmp_path / f"{name}.csv"), "--no_progress_bar"])  # fmt: skip
+        main(["aggregate", "--predictions", str(tmp_path / f"{name}.csv"), "--by", "scan", "--rule", "mean",
+              "--output", str(tmp_path / f"{name}_scans.csv")])  # fmt: skip
+    listing.unlink()
+    main(["compare", str(tmp_path / "A_scans.csv"), str(tmp_path / "B_scans.csv"), "--pair_by", "scan", "--output",
+          str(tmp_path / "scans.json")])  # fmt: skip
+    compared = json.loads((tmp_path / "scans.json").read_text())
+    assert compared["num_paired"] == len(rows) // 3 + (len(rows) % 3 > 0) and compared["paired_by"] == "scan"
+    for side in "ab":
+        gathered = json.loads((tmp_path / f"{side.upper()}_scans.metrics.json").read_text())
+        for figure in ("accuracy", "balanced_accuracy", "macro_f1", "sensitivity", "specificity", "auc"):
+            assert compared["figures"][figure][side] == pytest.approx(gathered[figure], abs=1e-12)
+    with pytest.raises(ValueError, match=r"pair_by \['site'\]: no column \['site'\]"):
+        compare_predictions(tmp_path / "A_scans.csv", tmp_path / "B_scans.csv", pair_by="site")

@@ -1,18 +1,18 @@
 """Two classifiers compared image by image on the same labelled images (`diffusion-classifiers compare`).
 
-Each side is what `evaluate` wrote (its output folder, or the `image_predictions.csv` in it) or a `predict` output
-with a `true_label` column (a labelled CSV of paths or a saved dataset). Their rows are paired by the image's file
-and frame (`path`, `frame`), or, for images held in arrays, by the image's position in its split (`image`), which
-names the same image only where both models carved the split alike (`pair_by="image"`, checked against the
-carvings both evaluations record). Images only one side scored are refused unless `common_images_only`; images
-either side's `training_image` column flags are left out. Each paired image must carry the same true label on both
-sides, and the two must score the same classes.
+Each side is what `evaluate` wrote (its output folder, or the `image_predictions.csv` in it), a `predict` output
+with a `true_label` column (a labelled CSV of paths or a saved dataset), or an `aggregate` output of one (a row per
+scan). Their rows are paired by the image's file and frame (`path`, `frame`); for images held in arrays by the
+image's position in its split (`pair_by="image"`), which names the same image only in the same split carved alike
+(checked against both evaluations' metrics.json); or by other columns (`pair_by="study_uid"`). Images only one
+side scored are refused unless `common_images_only`; images either side's `training_image` column flags are left
+out. Each paired image must carry the same true label on both sides, and the two must score the same classes.
 
 The figures are those of `paired_statistics`: each side's accuracy, balanced accuracy and macro-F1 with paired
 bootstrap intervals of their difference and McNemar's exact test of accuracy (of sensitivity and specificity too,
 for a binary task), and the AUC with DeLong's test for correlated ROC curves. A binary task ranks by the positive
-class's log-odds (evaluate's `log_odds_<class>` column, else log(p / q) of the row's two probabilities), another by
-the rows' probabilities.
+class's log-odds (evaluate's `log_odds_<class>` column, a Score-SDE predict output's `log_likelihood_ratio`, else
+log(p / q) of the row's two probabilities), another by the rows' probabilities.
 """
 
 from __future__ import annotations
@@ -38,9 +38,8 @@ from .outputs import (
     read_predictions,
 )
 
-__all__ = ["PAIRING_KEYS", "add_compare_args", "compare_predictions", "render_comparison", "run_compare"]
+__all__ = ["add_compare_args", "compare_predictions", "render_comparison", "run_compare"]
 
-PAIRING_KEYS = ("path", "image")
 EVALUATION_ROWS = "image_predictions.csv"  # evaluation.PREDICTIONS_FILE: evaluation sits in the layer above
 _SHOWN = 3  # examples named in a refusal
 
@@ -64,7 +63,7 @@ class _ScoredRows:
 def compare_predictions(
     a: str | os.PathLike,
     b: str | os.PathLike,
-    pair_by: str = "path",
+    pair_by: str | Sequence[str] = "path",
     positive_class: Optional[str] = None,
     common_images_only: bool = False,
 ) -> dict:
@@ -74,28 +73,31 @@ def compare_predictions(
     Args:
         a, b (`str` or `os.PathLike`): an evaluate output folder, its `image_predictions.csv`, or a `.csv` /
             `.parquet` output of predict with a `true_label` column. Differences are B's less A's.
-        pair_by (`str`, *optional*, defaults to `"path"`): `"path"`, an image is its file and frame (the rows of
-            images held in arrays have none), or `"image"`, its position in the split evaluated, which names the same
-            image in both only where both models carved their splits from the same data alike (the same fractions and
-            seed: checked where both evaluations record their carving).
+        pair_by (`str` or `Sequence[str]`, *optional*, defaults to `"path"`): `"path"`, an image is its file and
+            frame (the rows of images held in arrays have none); `"image"`, its position in the split evaluated, which
+            names the same image in both only in the same split of the same data carved alike (checked against both
+            evaluations' metrics.json); or columns of both files whose values together name a row, such as
+            `"study_uid"` for two `aggregate` outputs (a scan's slices are not independent draws: compare scans).
         positive_class (`str`, *optional*): binary tasks: the class sensitivity and the AUC refer to; default: the
             class of evaluate's `log_odds_<class>` column, else the predict run's recorded one, else the second class.
         common_images_only (`bool`, *optional*, defaults to `False`): compare the images both scored, leaving out the
             others (counted in `left_out`), instead of refusing two sets of images that differ.
 
     Returns:
-        `dict`: `a`, `b` (their sources and rows), `paired_by`, `num_images` paired, `left_out` (`only_in_a`,
-        `only_in_b`, `training_images`), `class_names`, `positive_class` (binary), `level`, and `figures`: for each
-        of `accuracy`, `balanced_accuracy`, `macro_f1` (and binary `sensitivity`, `specificity`), `auc`: `a`, `b`,
+        `dict`: `a`, `b` (their sources and rows), `paired_by`, `num_paired` (images, or groups), `left_out`
+        (`only_in_a`, `only_in_b`, `training_images`), `class_names`, `positive_class` (binary), `level`, and
+        `figures`: for each of `accuracy`, `balanced_accuracy`, `macro_f1` (and binary `sensitivity`,
+        `specificity`), `auc`: `a`, `b`,
         `difference` (B's less A's), its `interval` (None where there is none: `methods` says why), and where a
         test applies its `p_value` (accuracy, sensitivity and specificity: McNemar's exact test, with the images
         `only_a_correct` and `only_b_correct`; the AUC: DeLong's), and `methods`.
     """
-    if pair_by not in PAIRING_KEYS:
-        raise ValueError(f"pair_by: expected one of {list(PAIRING_KEYS)}, got {pair_by!r}")
+    pair_by = [pair_by] if isinstance(pair_by, str) else list(pair_by)
+    if not pair_by or ("image" in pair_by and len(pair_by) > 1):
+        raise ValueError(f"pair_by: expected 'path', 'image' or columns of both files, got {pair_by!r}")
     side_a, side_b = _read_side(a, "A", pair_by), _read_side(b, "B", pair_by)
     _check_same_classes(side_a, side_b)
-    if pair_by == "image":
+    if pair_by == ["image"]:
         _check_same_split(side_a, side_b)
     rows_a, rows_b, left_out = _paired_rows(side_a, side_b, common_images_only)
     y_true = _checked_true_labels(side_a, side_b, rows_a, rows_b)
@@ -104,7 +106,8 @@ def compare_predictions(
     comparison = {
         "a": {"source": side_a.source, "num_rows": len(side_a.keys)},
         "b": {"source": side_b.source, "num_rows": len(side_b.keys)},
-        "paired_by": pair_by, "num_images": int(len(y_true)), "left_out": left_out, "class_names": names,
+        "paired_by": pair_by[0] if len(pair_by) == 1 else pair_by, "num_paired": int(len(y_true)),
+        "left_out": left_out, "class_names": names,
     }  # fmt: skip
     if positive is not None:
         comparison["positive_class"] = positive
@@ -118,7 +121,7 @@ def compare_predictions(
     return comparison
 
 
-def _read_side(source: str | os.PathLike, side: str, pair_by: str) -> _ScoredRows:
+def _read_side(source: str | os.PathLike, side: str, pair_by: list) -> _ScoredRows:
     """The rows of one side, refused before any figure where they cannot be compared (no true labels, no key)."""
     path, scored_split = _rows_file(Path(source), side)
     columns, rows = read_predictions(path)
@@ -179,9 +182,12 @@ def _recorded_log_odds(table: dict, path: Path, class_names: list) -> tuple[Opti
     return None, run.get(POSITIVE_CLASS_KEY)
 
 
-def _keys(table: dict, pair_by: str, where: str) -> list:
-    """Each row's pairing key: (path, frame), or its position in the split; refused where a row has none."""
-    if pair_by == "image":
+def _keys(table: dict, pair_by: Sequence[str], where: str) -> list:
+    """Each row's pairing key: (path, frame), its position in the split, or the values of other columns (an aggregate
+    output's study_uid); refused where a row has none."""
+    if list(pair_by) not in (["path"], ["image"]):
+        return _column_keys(table, pair_by, where)
+    if pair_by == ["image"]:
         if "image" not in table:
             raise ValueError(f"{where}: pair_by 'image': expected evaluate's `image` column (a predict output "
                              "names its images by path: pair by path)")  # fmt: skip
@@ -195,6 +201,17 @@ def _keys(table: dict, pair_by: str, where: str) -> list:
         )
     frames = table.get("frame") or [0] * len(paths)
     return [(path, 0 if frame in (None, "") else int(frame)) for path, frame in zip(paths, frames)]
+
+
+def _column_keys(table: dict, columns: Sequence[str], where: str) -> list:
+    missing = [column for column in columns if column not in table]
+    if missing:
+        raise ValueError(f"{where}: pair_by {list(columns)}: no column {missing}; its columns are {list(table)}")
+    keys = list(zip(*(table[column] for column in columns)))
+    empty = sum(any(value in (None, "") for value in key) for key in keys)
+    if empty:
+        raise ValueError(f"{where}: pair_by {list(columns)}: {empty} rows have an empty value")
+    return keys
 
 
 def _check_same_classes(side_a: _ScoredRows, side_b: _ScoredRows) -> None:
@@ -311,7 +328,8 @@ def render_comparison(comparison: dict) -> str:
     level = comparison["level"]
     lines = [
         f"# Paired comparison: B ({comparison['b']['source']}) against A ({comparison['a']['source']})", "",
-        f"{comparison['num_images']} images paired by {comparison['paired_by']}" + _left_out_text(comparison) + ".",
+        f"{comparison['num_paired']} {_what_is_paired(comparison['paired_by'])} paired by {comparison['paired_by']}"
+        + _left_out_text(comparison) + ".",
         "", f"| figure | A | B | B - A ({level:.0%} interval) | p-value |", "| --- | --- | --- | --- | --- |",
     ]  # fmt: skip
     for name, figure in comparison["figures"].items():
@@ -341,6 +359,10 @@ def _p_value_text(p_value: Optional[float]) -> str:
     return "< 0.0001" if p_value < 1e-4 else f"{p_value:.4f}"
 
 
+def _what_is_paired(paired_by) -> str:
+    return "images" if paired_by in ("path", "image") else "rows (groups of images)"
+
+
 def _points(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{100 * value:+.2f}"
 
@@ -359,9 +381,11 @@ def add_compare_args(parser: argparse.ArgumentParser) -> None:
                         "true_label (.csv or .parquet)")  # fmt: skip
     parser.add_argument("b", help="B, the same kind of file: differences are B's less A's")
     parser.add_argument(
-        "--pair_by", default="path", choices=PAIRING_KEYS,
+        "--pair_by", nargs="+", default=["path"],
         help="path: an image is its file and frame; image: its position in the split evaluated (images held in "
-        "arrays), the same image only where both models carved the split alike (checked against their evaluations)",
+        "arrays), the same image only where both models carved the split alike (checked against their evaluations); "
+        "or columns of both files, e.g. study_uid for two aggregate outputs (each scan once: its slices are not "
+        "independent draws)",
     )  # fmt: skip
     parser.add_argument(
         "--positive_class", default=None,
