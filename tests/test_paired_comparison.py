@@ -22,7 +22,7 @@ from diffusion_classifiers.data import load_image_classification_data
 from diffusion_classifiers.data.split_record import save_split_record
 from diffusion_classifiers.models import unet_config
 from diffusion_classifiers.paired_statistics import mcnemar_test, paired_auc_difference, paired_figures
-from diffusion_classifiers.prediction.comparison import compare_predictions
+from diffusion_classifiers.prediction.comparison import compare_predictions, render_comparison
 from diffusion_classifiers.probing import fit_probe_grid
 
 
@@ -165,6 +165,8 @@ def test_two_evaluations_compared_reproduce_each_ones_metrics(two_evaluations, t
     assert "| Accuracy |" in report and "McNemar" in report and "DeLong" in report
     with pytest.raises(FileExistsError, match="--overwrite"):
         main(["compare", str(root / "A"), str(root / "B"), "--output", str(tmp_path / "c.json")])
+    main(["compare", str(root / "A"), str(root / "B"), "--output", str(tmp_path / "new" / "c.json")])  # made
+    assert json.loads((tmp_path / "new" / "c.json").read_text())["figures"] == comparison["figures"]
 
 
 def _edited_copy(source, target, edit):
@@ -270,7 +272,8 @@ def test_score_sde_predict_outputs_rank_by_their_log_likelihood_ratio(tmp_path):
     is_positive = np.array([row["true_label"] == "normal" for row in rows])
     assert compared["positive_class"] == "normal"
     assert compared["figures"]["auc"]["a"] == pytest.approx(skm.roc_auc_score(is_positive, ratio), abs=1e-12)
-    turned = compare_predictions(tmp_path / "a.csv", tmp_path / "b.csv", positive_class="pneumonia")
+    with pytest.warns(UserWarning, match="positive_class 'pneumonia': [AB]'s rows record 'normal'"):
+        turned = compare_predictions(tmp_path / "a.csv", tmp_path / "b.csv", positive_class="pneumonia")
     assert turned["figures"]["auc"]["a"] == pytest.approx(skm.roc_auc_score(~is_positive, -ratio), abs=1e-12)
 
 
@@ -301,3 +304,107 @@ def test_scans_compared_from_two_aggregations(two_evaluations, tmp_path):
             assert compared["figures"][figure][side] == pytest.approx(gathered[figure], abs=1e-12)
     with pytest.raises(ValueError, match=r"pair_by \['site'\]: no column \['site'\]"):
         compare_predictions(tmp_path / "A_scans.csv", tmp_path / "B_scans.csv", pair_by="site")
+
+
+def _write_rows(path, true_labels, probs, classes=("no", "yes"), labels=None, log_odds=True):
+    """An evaluate-style `image_predictions.csv` of images `img<i>.png`: each row's label its most probable class
+    unless `labels` say otherwise, and for two classes the second class's log-odds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    probs = np.asarray(probs, dtype=float)
+    columns = ["image", "path", "frame", "true_label", "label", "score", *(f"prob_{name}" for name in classes)]
+    columns += [f"log_odds_{classes[1]}"] if log_odds and len(classes) == 2 else []
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for index, (truth, row) in enumerate(zip(true_labels, probs)):
+            label = classes[int(np.argmax(row))] if labels is None else labels[index]
+            cells = [index, f"img{index}.png", 0, truth, label, row.max(), *row]
+            writer.writerow(cells + ([np.log(row[1] / row[0])] if len(columns) > len(cells) else []))
+    return path
+
+
+def _binary_pair(tmp_path, size=60, seed=0):
+    rng = np.random.default_rng(seed)
+    truth = np.array(["no", "yes"] * (size // 2))
+    sides = []
+    for name, noise in (("a", 0.25), ("b", 0.2)):
+        p_yes = np.clip((truth == "yes") * 0.5 + 0.25 + rng.normal(0, noise, size), 0.01, 0.99)
+        sides.append(_write_rows(tmp_path / name / "image_predictions.csv", truth, np.stack([1 - p_yes, p_yes], 1)))
+    return sides
+
+
+def test_the_report_names_the_positive_class_and_warns_where_it_contradicts_the_rows(tmp_path):
+    a, b = _binary_pair(tmp_path)
+    report = render_comparison(compare_predictions(a, b))
+    assert "Positive class (of sensitivity, specificity and the AUC): 'yes', recorded by A's rows." in report
+    with pytest.warns(UserWarning) as caught:
+        turned = compare_predictions(a, b, positive_class="no")
+    assert {str(w.message) for w in caught} == {f"positive_class 'no': {side}'s rows record 'yes'" for side in "AB"}
+    straight = compare_predictions(a, b)
+    assert turned["figures"]["sensitivity"]["a"] == straight["figures"]["specificity"]["a"]
+    with pytest.raises(ValueError, match="the same file"):
+        compare_predictions(a, a.parent)
+
+
+def test_undefined_figures_are_none_never_nan(tmp_path):
+    """A split of one class: no sensitivity (no positives), no AUC; the JSON stays strict (no NaN)."""
+    truth = ["no"] * 12
+    probs = np.stack([np.linspace(0.3, 0.9, 12), 1 - np.linspace(0.3, 0.9, 12)], 1)
+    a = _write_rows(tmp_path / "a" / "image_predictions.csv", truth, probs)
+    b = _write_rows(tmp_path / "b" / "image_predictions.csv", truth, probs[::-1])
+    compared = compare_predictions(a, b)
+    json.dumps(compared, allow_nan=False)
+    assert compared["figures"]["sensitivity"] == {"a": None, "b": None, "difference": None, "interval": None,
+                                                  "p_value": None}  # fmt: skip
+    assert compared["methods"]["sensitivity"] == "none: no positive images" and compared["figures"]["auc"]["a"] is None
+    assert "| Sensitivity | n/a | n/a | n/a | n/a |" in render_comparison(compared)
+
+
+def test_an_empty_or_nan_score_is_refused_naming_its_line(tmp_path):
+    a, b = _binary_pair(tmp_path)
+    rows = b.read_text().splitlines()
+    cells = rows[5].split(",")
+    cells[7] = ""
+    b.write_text("\n".join(rows[:5] + [",".join(cells)] + rows[6:]) + "\n")
+    with pytest.raises(ValueError, match=r"1 rows have an empty or NaN prob_<class> cell \(e\.g\. line 6"):
+        compare_predictions(a, b)
+
+
+def test_the_figures_do_not_depend_on_the_order_of_the_class_columns(tmp_path):
+    a, b = _binary_pair(tmp_path)
+    with open(b, newline="") as handle:
+        rows = list(csv.reader(handle))
+    swapped = [[*row[:6], row[7], row[6], *row[8:]] for row in rows]
+    with open(tmp_path / "swapped.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows(swapped)
+    assert compare_predictions(a, tmp_path / "swapped.csv")["figures"] == compare_predictions(a, b)["figures"]
+
+
+def test_a_multi_class_auc_needs_ten_images_of_each_class_as_evaluates(tmp_path):
+    rng = np.random.default_rng(3)
+    classes = ("ant", "bee", "cat")
+    truth = np.array(["ant"] * 20 + ["bee"] * 20 + ["cat"] * 3)
+    files = [_write_rows(tmp_path / name / "image_predictions.csv", truth, rng.dirichlet(np.ones(3), len(truth)),
+                         classes=classes) for name in "ab"]  # fmt: skip
+    compared = compare_predictions(*files)
+    assert compared["figures"]["auc"]["difference"] is None
+    assert "fewer than 10 images" in compared["methods"]["auc"]
+
+
+def test_predict_outputs_of_other_files_under_the_same_names_are_refused(two_evaluations, tmp_path):
+    """Two folders with files of the same names: paired by path, the sizes predict records tell them apart."""
+    root = two_evaluations
+    with open(root / "A" / "image_predictions.csv", newline="") as handle:  # test images: none a training image
+        names = [row["path"] for row in csv.DictReader(handle) if row["true_label"] == "three"][:3]
+    for copy in ("same", "other"):
+        for name in names:
+            (tmp_path / copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(root / "data" / name, tmp_path / copy / name)
+        with open(tmp_path / copy / "list.csv", "w", newline="") as handle:
+            csv.writer(handle).writerows([["path", "label"], *([name, "three"] for name in names)])
+    Image.open(tmp_path / "other" / names[0]).resize((9, 9)).save(tmp_path / "other" / names[0])  # another file
+    for copy in ("same", "other"):
+        main(["predict", "--model_dir", str(root / "model_A"), "--input", str(tmp_path / copy / "list.csv"),
+              "--output", str(tmp_path / f"{copy}.csv"), "--no_progress_bar"])  # fmt: skip
+    with pytest.raises(ValueError, match=r"1 of the 3 paired images by the same path but recorded files of other"):
+        compare_predictions(tmp_path / "same.csv", tmp_path / "other.csv")

@@ -35,6 +35,10 @@ __all__ = ["mcnemar_test", "paired_auc_difference", "paired_bootstrap_difference
 
 BOOTSTRAP_METHOD = f"paired percentile bootstrap within each class, {NUM_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}"
 DELONG_METHOD = "DeLong's test for correlated ROC curves and its normal interval"
+_MULTI_CLASS_DELONG = (
+    "DeLong's variance carried over to the difference of the averages of one-against-the-rest AUCs (as evaluate's "
+    "interval of one model's; an extension of DeLong's test, which pROC does not offer) and its normal interval"
+)
 _SAME_DECISIONS = "none: every resample gives the same difference (the two decide the images alike)"
 _NO_AUC_VARIANCE = (
     "DeLong's test; no interval: the difference's variance is 0 (the two rank the images alike, or both separate the "
@@ -91,19 +95,30 @@ def paired_figures(
     y_true, pred_a, pred_b = (as_labels(v, name) for v, name in zip((y_true, pred_a, pred_b), _DECISION_NAMES))
     figures, methods = paired_bootstrap_differences(y_true, pred_a, pred_b, num_classes, positive_label, level)
     for name, images in _tested_images(y_true, positive_label).items():
+        if figures[name]["a"] is None:  # no image of the class it counts
+            continue
         tested = mcnemar_test(pred_a[images] == y_true[images], pred_b[images] == y_true[images])
         figures[name] |= {key: tested[key] for key in ("p_value", "only_a_correct", "only_b_correct")}
         methods[name] += "; p-value: McNemar's exact test"
-    labels = y_true if positive_label is None else y_true == positive_label
-    auc = paired_auc_difference(labels, scores_a, scores_b, level)
-    if auc is None:
-        figures["auc"] = {"a": None, "b": None, "difference": None, "interval": None, "p_value": None}
-        methods["auc"] = "none: a class holds fewer than two images"
-    else:
-        figures["auc"] = {"a": auc["auc_a"], "b": auc["auc_b"], **{key: auc[key] for key in ("difference", "interval",
-                                                                                           "p_value")}}  # fmt: skip
-        methods["auc"] = DELONG_METHOD if auc["interval"] is not None else _NO_AUC_VARIANCE
+    figures["auc"], methods["auc"] = _auc_figure(y_true, scores_a, scores_b, positive_label, level)
     return {"level": level, "figures": figures, "methods": methods}
+
+
+def _auc_figure(y_true: np.ndarray, scores_a, scores_b, positive_label: Optional[int], level: float) -> tuple:
+    """The AUC's figure and its method: DeLong's paired test with two images of each class or more (binary, as
+    evaluate's DeLong interval), `MIN_CLASS_IMAGES` of each for the multi-class average (as evaluate's)."""
+    labels = y_true if positive_label is None else y_true == positive_label
+    supports = np.unique(labels, return_counts=True)[1]
+    reason = "none: a class holds fewer than two images" if len(supports) < 2 or supports.min() < 2 else None
+    if positive_label is None and reason is None:
+        reason = too_few_images_for(supports, "DeLong's variance of the average")
+    if reason:
+        return {"a": None, "b": None, "difference": None, "interval": None, "p_value": None}, reason
+    auc = paired_auc_difference(labels, scores_a, scores_b, level)
+    figure = {"a": auc["auc_a"], "b": auc["auc_b"], **{key: auc[key] for key in ("difference", "interval", "p_value")}}
+    if auc["interval"] is None:
+        return figure, _NO_AUC_VARIANCE
+    return figure, DELONG_METHOD if positive_label is not None else _MULTI_CLASS_DELONG
 
 
 def _tested_images(y_true: np.ndarray, positive_label: Optional[int]) -> dict:
@@ -136,6 +151,10 @@ def paired_bootstrap_differences(
                                                                             positive_label, level)  # fmt: skip
     methods = {}
     for name, interval in intervals.items():
+        if np.isnan(figures[name]["a"]):  # sensitivity without positives, specificity without negatives
+            figures[name] = {"a": None, "b": None, "difference": None, "interval": None, "p_value": None}
+            methods[name] = f"none: no {'positive' if name == 'sensitivity' else 'negative'} images"
+            continue
         figures[name]["interval"] = interval
         methods[name] = reason or (BOOTSTRAP_METHOD if interval is not None else _SAME_DECISIONS)
     return figures, methods
@@ -147,7 +166,8 @@ def _bootstrap_intervals(classes, counts, cells, num_classes: int, positive_labe
         figures_a, figures_b = (_figures_of_counts(drawn, one, num_classes, positive_label) for one in cells)
         for name in figures_a:
             statistics.setdefault(name, []).append(figures_b[name] - figures_a[name])
-    return {name: percentile_interval(values, level) for name, values in statistics.items()}
+    return {name: None if np.isnan(values[0]).any() else percentile_interval(values, level)
+            for name, values in statistics.items()}  # fmt: skip
 
 
 def _model_cells(rows: np.ndarray, columns: np.ndarray, num_classes: int) -> tuple:
@@ -170,5 +190,5 @@ def _figures_of_counts(drawn: np.ndarray, cells: tuple, num_classes: int, positi
     if positive_label is not None:
         for name, label in (("sensitivity", positive_label), ("specificity", 1 - positive_label)):
             hits, support = counts[:, on_diagonal & (rows == label)].sum(1), counts[:, rows == label].sum(1)
-            figures[name] = hits / support
+            figures[name] = np.divide(hits, support, out=np.full_like(hits, np.nan), where=support > 0)
     return figures

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -42,6 +43,12 @@ __all__ = ["add_compare_args", "compare_predictions", "render_comparison", "run_
 
 EVALUATION_ROWS = "image_predictions.csv"  # evaluation.PREDICTIONS_FILE: evaluation sits in the layer above
 _SHOWN = 3  # examples named in a refusal
+_SPLIT_RECORD = ("split", "dataset", "carving")  # what names the images of an evaluation's split
+_CAVEATS = (
+    "The p-values are not adjusted for the several figures compared. Intervals (bootstrap) and p-values (exact and "
+    "DeLong's tests) are separate methods: near the 5% level they can disagree, and where every image one model alone "
+    "gets right favours the same model, a bootstrap bound sits at exactly 0."
+)
 
 
 @dataclass
@@ -49,6 +56,7 @@ class _ScoredRows:
     """One side's rows: their pairing keys, true and decided classes, probabilities and binary log-odds."""
 
     source: str
+    path: Path  # the rows file
     keys: list
     true_labels: np.ndarray  # class names
     labels: np.ndarray
@@ -57,7 +65,8 @@ class _ScoredRows:
     log_odds: Optional[np.ndarray]  # its ranking column (binary), toward `recorded_positive`
     recorded_positive: Optional[str]
     training_images: np.ndarray  # booleans
-    scored_split: Optional[dict]  # the evaluation's split, data and carving (its metrics.json), where known
+    file_bytes: Optional[list]  # a predict output's record of each file's size
+    evaluation: Optional[dict]  # what its evaluate run's metrics.json records: split, data, carving, model
 
 
 def compare_predictions(
@@ -96,21 +105,24 @@ def compare_predictions(
     if not pair_by or ("image" in pair_by and len(pair_by) > 1):
         raise ValueError(f"pair_by: expected 'path', 'image' or columns of both files, got {pair_by!r}")
     side_a, side_b = _read_side(a, "A", pair_by), _read_side(b, "B", pair_by)
+    if side_a.path.resolve() == side_b.path.resolve():
+        raise ValueError(f"A and B are the same file ({side_a.path}): expected two models' rows")
+    positive, positive_note = _positive_class(side_a, side_b, positive_class)  # before the classes are reordered
     _check_same_classes(side_a, side_b)
     if pair_by == ["image"]:
         _check_same_split(side_a, side_b)
     rows_a, rows_b, left_out = _paired_rows(side_a, side_b, common_images_only)
     y_true = _checked_true_labels(side_a, side_b, rows_a, rows_b)
+    _check_same_files(side_a, side_b, rows_a, rows_b)
     names = side_a.class_names
-    positive = _positive_class(side_a, side_b, positive_class)
     comparison = {
-        "a": {"source": side_a.source, "num_rows": len(side_a.keys)},
-        "b": {"source": side_b.source, "num_rows": len(side_b.keys)},
+        "a": {"source": side_a.source, "num_rows": len(side_a.keys), **(side_a.evaluation or {})},
+        "b": {"source": side_b.source, "num_rows": len(side_b.keys), **(side_b.evaluation or {})},
         "paired_by": pair_by[0] if len(pair_by) == 1 else pair_by, "num_paired": int(len(y_true)),
         "left_out": left_out, "class_names": names,
     }  # fmt: skip
     if positive is not None:
-        comparison["positive_class"] = positive
+        comparison |= {"positive_class": positive, "positive_class_from": positive_note}
     from ..paired_statistics import paired_figures
 
     sides = ((side_a, rows_a), (side_b, rows_b))
@@ -123,7 +135,7 @@ def compare_predictions(
 
 def _read_side(source: str | os.PathLike, side: str, pair_by: list) -> _ScoredRows:
     """The rows of one side, refused before any figure where they cannot be compared (no true labels, no key)."""
-    path, scored_split = _rows_file(Path(source), side)
+    path, evaluation = _rows_file(Path(source), side)
     columns, rows = read_predictions(path)
     where = f"{side} ({path})"
     missing = [name for name in ("true_label", "label") if name not in columns]
@@ -136,16 +148,32 @@ def _read_side(source: str | os.PathLike, side: str, pair_by: list) -> _ScoredRo
     table = {name: [row[index] for row in rows] for index, name in enumerate(columns)}
     keys = _keys(table, pair_by, where)
     log_odds, recorded_positive = _recorded_log_odds(table, path, class_names)
+    probs = np.column_stack([np.array(table[f"prob_{name}"], dtype=np.float64) for name in class_names])
+    _check_scores(probs, log_odds, where)
     return _ScoredRows(
-        source=str(source), keys=keys, true_labels=np.array(table["true_label"], dtype=object),
+        source=str(source), path=path, keys=keys, true_labels=np.array(table["true_label"], dtype=object),
         labels=np.array(table["label"], dtype=object),
-        probs=np.column_stack([np.array(table[f"prob_{name}"], dtype=np.float64) for name in class_names]),
+        probs=probs,
         class_names=class_names,
         log_odds=log_odds, recorded_positive=recorded_positive,
         training_images=np.array([is_training_image(value) for value in table.get(TRAINING_IMAGE_KEY, [])] or
                                  np.zeros(len(rows), bool), dtype=bool),
-        scored_split=scored_split,
+        evaluation=evaluation, file_bytes=table.get("file_bytes"),
     )  # fmt: skip
+
+
+def _check_scores(probs: np.ndarray, log_odds: Optional[np.ndarray], where: str) -> None:
+    """Refuse a row whose probabilities or ranking score is missing or not a number (an edited file): a NaN would
+    pass through the figures as one."""
+    for name, values in (("prob_<class>", probs), ("ranking column", log_odds)):
+        if values is None:
+            continue
+        missing = np.flatnonzero(np.isnan(values.reshape(len(values), -1)).any(axis=1))
+        if len(missing):
+            raise ValueError(
+                f"{where}: {len(missing)} rows have an empty or NaN {name} cell (e.g. line {missing[0] + 2} of the "
+                "file)"
+            )
 
 
 def _rows_file(source: Path, side: str) -> tuple[Path, Optional[dict]]:
@@ -163,7 +191,7 @@ def _rows_file(source: Path, side: str) -> tuple[Path, Optional[dict]]:
     if path.name != EVALUATION_ROWS or not metrics.is_file():
         return path, None
     recorded = json.loads(metrics.read_text())
-    return path, {name: recorded.get(name) for name in ("split", "dataset", "carving")}
+    return path, {name: recorded.get(name) for name in (*_SPLIT_RECORD, "model_sha256")}
 
 
 def _recorded_log_odds(table: dict, path: Path, class_names: list) -> tuple[Optional[np.ndarray], Optional[str]]:
@@ -215,26 +243,30 @@ def _column_keys(table: dict, columns: Sequence[str], where: str) -> list:
 
 
 def _check_same_classes(side_a: _ScoredRows, side_b: _ScoredRows) -> None:
+    """Refuse two files of other classes; both sides' probability columns put in the classes' sorted order, so the
+    seeded bootstrap draws alike whichever order the files list them in."""
     if sorted(side_a.class_names) != sorted(side_b.class_names):
         raise ValueError(
             f"B ({side_b.source}): expected the classes A scores, {side_a.class_names}, got {side_b.class_names}"
         )
-    order = [side_b.class_names.index(name) for name in side_a.class_names]
-    side_b.probs, side_b.class_names = side_b.probs[:, order], list(side_a.class_names)
+    for side in (side_a, side_b):
+        order = np.argsort(side.class_names, kind="stable")
+        side.probs, side.class_names = side.probs[:, order], sorted(side.class_names)
 
 
 def _check_same_split(side_a: _ScoredRows, side_b: _ScoredRows) -> None:
     """Positions name the same images only in the same split of the same data carved alike: refused where the two
     evaluations' metrics.json record other splits, data or carvings, or where one is not there to say."""
     for side in (side_a, side_b):
-        if side.scored_split is None:
+        if side.evaluation is None:
             raise ValueError(
                 f"pair_by 'image': {side.source} has no evaluate metrics.json beside its rows to say which split its "
                 "positions number: compare evaluate output folders, or pair by path"
             )
-    if side_a.scored_split != side_b.scored_split:
+    scored_a, scored_b = ({name: side.evaluation[name] for name in _SPLIT_RECORD} for side in (side_a, side_b))
+    if scored_a != scored_b:
         raise ValueError(
-            f"pair_by 'image': A scored {side_a.scored_split} and B {side_b.scored_split}: the same position names "
+            f"pair_by 'image': A scored {scored_a} and B {scored_b}: the same position names "
             "other images; pair by path, or evaluate both models on one saved split"
         )
 
@@ -256,6 +288,23 @@ def _paired_rows(side_a: _ScoredRows, side_b: _ScoredRows, common_images_only: b
     if training.all():
         raise ValueError("A and B: every image both scored is a training image of a model: nothing to compare")
     return rows_a[~training], rows_b[~training], left_out
+
+
+def _check_same_files(side_a: _ScoredRows, side_b: _ScoredRows, rows_a: np.ndarray, rows_b: np.ndarray) -> None:
+    """Where both predict outputs record each file's size, refuse paired rows whose files differ in size: files of
+    the same name in other folders, not the same images."""
+    if side_a.file_bytes is None or side_b.file_bytes is None:
+        return
+    sizes_a = np.array(side_a.file_bytes, dtype=object)[rows_a]
+    sizes_b = np.array(side_b.file_bytes, dtype=object)[rows_b]
+    differ = np.flatnonzero(sizes_a != sizes_b)
+    if len(differ):
+        first = differ[0]
+        raise ValueError(
+            f"A and B name {len(differ)} of the {len(rows_a)} paired images by the same path but recorded files of "
+            f"other sizes (e.g. {side_a.keys[rows_a[first]]}: {sizes_a[first]} bytes in A, {sizes_b[first]} in B): "
+            "not the same images"
+        )
 
 
 def _index_of_keys(side: _ScoredRows) -> dict:
@@ -289,17 +338,28 @@ def _label_ids(labels: np.ndarray, class_names: Sequence[str], source: str) -> n
     return np.array([ids[label] for label in labels], dtype=np.int64)
 
 
-def _positive_class(side_a: _ScoredRows, side_b: _ScoredRows, given: Optional[str]) -> Optional[str]:
-    """A binary task's positive class: given, else the one A's (then B's) rows record, else the second class."""
+def _positive_class(side_a: _ScoredRows, side_b: _ScoredRows, given: Optional[str]) -> tuple:
+    """A binary task's positive class and where it came from: given, else the one A's (then B's) rows record, else
+    A's second class (class 1, as everywhere in this library); a `UserWarning` where it contradicts a recorded one."""
     names = side_a.class_names
     if len(names) != 2:
         if given is not None:
             raise ValueError(f"positive_class: only a binary task has one; A and B score {len(names)} classes")
-        return None
-    chosen = given if given is not None else side_a.recorded_positive or side_b.recorded_positive or names[1]
-    if chosen not in names:
-        raise ValueError(f"positive_class: expected one of {names}, got {chosen!r}")
-    return chosen
+        return None, None
+    recorded = {side: rows.recorded_positive for side, rows in (("A", side_a), ("B", side_b)) if rows.recorded_positive}
+    if len(set(recorded.values())) > 1:
+        warnings.warn(f"A's rows record the positive class {recorded['A']!r} and B's {recorded['B']!r}", stacklevel=3)
+    if given is not None:
+        if given not in names:
+            raise ValueError(f"positive_class: expected one of {names}, got {given!r}")
+        for side, class_name in recorded.items():
+            if class_name != given:
+                warnings.warn(f"positive_class {given!r}: {side}'s rows record {class_name!r}", stacklevel=3)
+        return given, "given"
+    if recorded:
+        side, class_name = next(iter(recorded.items()))
+        return class_name, f"recorded by {side}'s rows"
+    return names[1], "the second class of A's file (none recorded)"
 
 
 def _ranking_scores(side: _ScoredRows, rows: np.ndarray, positive: Optional[str]) -> np.ndarray:
@@ -329,21 +389,29 @@ def render_comparison(comparison: dict) -> str:
     lines = [
         f"# Paired comparison: B ({comparison['b']['source']}) against A ({comparison['a']['source']})", "",
         f"{comparison['num_paired']} {_what_is_paired(comparison['paired_by'])} paired by {comparison['paired_by']}"
-        + _left_out_text(comparison) + ".",
+        + _left_out_text(comparison) + "." + _positive_class_text(comparison),
         "", f"| figure | A | B | B - A ({level:.0%} interval) | p-value |", "| --- | --- | --- | --- | --- |",
     ]  # fmt: skip
     for name, figure in comparison["figures"].items():
         interval = figure.get("interval")
         spread = "" if interval is None else f" ({_points(interval[0])} to {_points(interval[1])})"
         cells = [percent(figure["a"]), percent(figure["b"]), _points(figure["difference"]) + spread]
-        cells.append(_p_value_text(figure.get("p_value")) + _discordant_text(figure))
+        cells.append(_p_value_text(figure) + _discordant_text(figure))
         lines.append(f"| {METRIC_NAMES[name][1]} | " + " | ".join(cells) + " |")
     lines += ["", "Differences in percentage points. Intervals and tests:", ""]
     by_method: dict = {}
     for name, method in comparison["methods"].items():
         by_method.setdefault(method, []).append(METRIC_NAMES[name][1])
     lines += [f"- {', '.join(names)}: {method}" for method, names in by_method.items()]
+    lines += ["", _CAVEATS]
     return "\n".join(lines) + "\n"
+
+
+def _positive_class_text(comparison: dict) -> str:
+    if "positive_class" not in comparison:
+        return ""
+    return f" Positive class (of sensitivity, specificity and the AUC): {comparison['positive_class']!r}, " \
+        f"{comparison['positive_class_from']}."  # fmt: skip
 
 
 def _discordant_text(figure: dict) -> str:
@@ -353,10 +421,13 @@ def _discordant_text(figure: dict) -> str:
     return f" ({figure['only_a_correct']} only A right, {figure['only_b_correct']} only B right)"
 
 
-def _p_value_text(p_value: Optional[float]) -> str:
-    if p_value is None:
+def _p_value_text(figure: dict) -> str:
+    """The p-value as the table shows it: "no test" for a figure none is run for, "n/a" where its test could not run."""
+    if "p_value" not in figure:
+        return "no test"
+    if figure["p_value"] is None:
         return "n/a"
-    return "< 0.0001" if p_value < 1e-4 else f"{p_value:.4f}"
+    return "< 0.0001" if figure["p_value"] < 1e-4 else f"{figure['p_value']:.4f}"
 
 
 def _what_is_paired(paired_by) -> str:
@@ -404,6 +475,8 @@ def run_compare(args: argparse.Namespace) -> dict:
         raise ValueError(f"--output {output}: expected a .json file")
     if output is not None and output.exists() and not args.overwrite:
         raise FileExistsError(f"--output {output}: exists; --overwrite replaces it")
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
     comparison = compare_predictions(args.a, args.b, args.pair_by, args.positive_class, args.common_images_only)
     print(render_comparison(comparison), end="")
     if output is not None:
