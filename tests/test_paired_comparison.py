@@ -189,7 +189,7 @@ def test_images_that_differ_are_refused_unless_asked(two_evaluations, tmp_path):
     relabelled = _edited_copy(root / "B", tmp_path / "relabelled",
                               lambda rows: [rows[0], [*rows[1][:3], "three" if rows[1][3] == "eight" else "eight",
                                                       *rows[1][4:]], *rows[2:]])  # fmt: skip
-    with pytest.raises(ValueError, match=r"label 1 of the \d+ paired images differently"):
+    with pytest.raises(ValueError, match=r"give other true labels for 1 of the \d+ paired images"):
         compare_predictions(root / "A", relabelled)
 
 
@@ -406,5 +406,5 @@ def test_predict_outputs_of_other_files_under_the_same_names_are_refused(two_eva
     for copy in ("same", "other"):
         main(["predict", "--model_dir", str(root / "model_A"), "--input", str(tmp_path / copy / "list.csv"),
               "--output", str(tmp_path / f"{copy}.csv"), "--no_progress_bar"])  # fmt: skip
-    with pytest.raises(ValueError, match=r"1 of the 3 paired images by the same path but recorded files of other"):
+    with pytest.raises(ValueError, match=r"record files of other sizes \(bytes\) under one path for 1 of the 3 paired"):
         compare_predictions(tmp_path / "same.csv", tmp_path / "other.csv")

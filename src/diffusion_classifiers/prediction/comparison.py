@@ -297,13 +297,18 @@ def _check_same_files(side_a: _ScoredRows, side_b: _ScoredRows, rows_a: np.ndarr
         return
     sizes_a = np.array(side_a.file_bytes, dtype=object)[rows_a]
     sizes_b = np.array(side_b.file_bytes, dtype=object)[rows_b]
-    differ = np.flatnonzero(sizes_a != sizes_b)
+    disagree = "record files of other sizes (bytes) under one path"
+    _refuse_disagreement(sizes_a, sizes_b, side_a.keys, rows_a, disagree, "not the same images")
+
+
+def _refuse_disagreement(values_a, values_b, keys: list, rows_a: np.ndarray, disagree: str, conclusion: str) -> None:
+    """Refuse paired images whose values in A and B differ, naming how many and the first."""
+    differ = np.flatnonzero(values_a != values_b)
     if len(differ):
         first = differ[0]
         raise ValueError(
-            f"A and B name {len(differ)} of the {len(rows_a)} paired images by the same path but recorded files of "
-            f"other sizes (e.g. {side_a.keys[rows_a[first]]}: {sizes_a[first]} bytes in A, {sizes_b[first]} in B): "
-            "not the same images"
+            f"A and B {disagree} for {len(differ)} of the {len(rows_a)} paired images (e.g. {keys[rows_a[first]]}: "
+            f"{values_a[first]!r} in A, {values_b[first]!r} in B): {conclusion}"
         )
 
 
@@ -319,14 +324,7 @@ def _index_of_keys(side: _ScoredRows) -> dict:
 def _checked_true_labels(side_a: _ScoredRows, side_b: _ScoredRows, rows_a, rows_b) -> np.ndarray:
     """The paired images' class ids; refused where the two sides' true labels of an image differ."""
     true_a, true_b = side_a.true_labels[rows_a], side_b.true_labels[rows_b]
-    differ = np.flatnonzero(true_a != true_b)
-    if len(differ):
-        first = differ[0]
-        raise ValueError(
-            f"A and B label {len(differ)} of the {len(rows_a)} paired images differently (e.g. "
-            f"{side_a.keys[rows_a[first]]}: {true_a[first]!r} in A, {true_b[first]!r} in B): not the same labelled "
-            "images"
-        )
+    _refuse_disagreement(true_a, true_b, side_a.keys, rows_a, "give other true labels", "not the same labelled images")
     return _label_ids(true_a, side_a.class_names, side_a.source)
 
 
