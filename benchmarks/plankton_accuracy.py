@@ -124,6 +124,7 @@ NAME = "plankton_accuracy"
 SPLITS = ("train", "val", "test")
 TAIL_TRAIN_IMAGES = 50  # a class with fewer train images than this is in the tail
 SHOTS = (1, 5, None)  # FlowCam labelled images per class; None: all of the fold's training images
+SHIFT_FOLDS = 5  # the shift's stratified cross-validation folds (`few_shot_transfer`)
 FEW_SHOT_PROTOCOLS = ("prototype", "linear_probe")
 CNN_SAMPLINGS = ("natural", "balanced")  # each regime's CNN is trained both ways, the better on val kept
 # The U-Net feature for the shift is chosen on NDSB val by nearest-prototype few-shot accuracy (as the shift is
@@ -234,7 +235,10 @@ def parse_args():
     parser.add_argument(
         "--shift_data", default=None,
         help="the shifted set's image folder, read as --data's (bright-field only); its results are named after it "
-        "(<name>_shift, <name>_unet_minus_..._points); default the FlowCam demo's images folder (named flowcam)",
+        "(<name>_shift, <name>_unet_minus_..._points); every class needs at least "
+        f"{shift_images_needed()} images (one in each of the {SHIFT_FOLDS} cross-validation folds, "
+        f"{max(s for s in SHOTS if s)} shots in each fold's training part); default the FlowCam demo's images "
+        "folder (named flowcam)",
     )  # fmt: skip
     parser.add_argument("--image_size", type=int, default=None, help="square side in px; default: the preset's")
     parser.add_argument("--unet_preset", default=None, help="tiny, small or base; default: the preset's")
@@ -327,6 +331,36 @@ def check_args(parser, args) -> None:
             check_unet_dir(args.unet_dir, preprocessing(args.budget))
         except ValueError as error:
             parser.error(str(error))
+    check_shift_class_sizes(parser, args.shift_data)
+
+
+def shift_images_needed(shot_counts: Sequence[Optional[int]] = SHOTS, num_folds: int = SHIFT_FOLDS) -> int:
+    """The fewest images a class of the shifted set needs for `few_shot_transfer`: one in each of its `num_folds`
+    stratified folds, and the most shots of `shot_counts` in each fold's training part (the class less its fold,
+    which holds up to ceil(n / num_folds) of its n images): 7 for 5 folds and 5 shots."""
+    shots, needed = max((s for s in shot_counts if s), default=1), num_folds
+    while needed - math.ceil(needed / num_folds) < shots:
+        needed += 1
+    return needed
+
+
+def check_shift_class_sizes(parser, shift_data: Path) -> None:
+    """Refuse, before any training, a `--shift_data` class with fewer images than `shift_images_needed` (QA: 3 or 5
+    images a class failed in scikit-learn's folds or the few-shot draw after the whole run's training, and nothing
+    was written)."""
+    try:
+        _, labels, names = list_class_folders(shift_data)
+    except ValueError as error:
+        parser.error(f"--shift_data: {error}")
+    needed, counts = shift_images_needed(), np.bincount(labels, minlength=len(names))
+    small = {names[c]: int(counts[c]) for c in np.flatnonzero(counts < needed)}
+    if small:
+        parser.error(
+            f"--shift_data: {shift_data} has class(es) with too few images: {small}; expected at least {needed} images "
+            f"of every class (one in each of the shift's {SHIFT_FOLDS} cross-validation folds and "
+            f"{max(s for s in SHOTS if s)} shots in each fold's training part): give more images of them, or leave "
+            "those classes out"
+        )
 
 
 def shift_name(shift_data: Optional[str]) -> str:
@@ -849,7 +883,7 @@ def few_shot_transfer(
     seed: int,
     shot_counts: Sequence[Optional[int]] = SHOTS,
     protocols: Sequence[str] = FEW_SHOT_PROTOCOLS,
-    num_folds: int = 5,
+    num_folds: int = SHIFT_FOLDS,
 ) -> dict:
     """Nearest prototype and a linear probe with k = 1, 5, all labelled images per class of each training fold
     (stratified cross-validation, every image predicted once per episode); accuracy and macro-F1 over the pooled

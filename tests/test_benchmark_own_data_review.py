@@ -1,0 +1,77 @@
+"""The accuracy benchmarks pointed at one's own data, second review (QA): a plankton shift set too small for its
+cross-validated few-shot protocol, or a copy of --data, is refused before any training; the label-efficiency title
+names what is drawn; a kept U-Net keeps its training summary; the default results name tells data folders of one
+name apart; the errors name the script's own flags. No training."""
+
+import argparse
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from .conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+import _common  # noqa: E402
+import plankton_accuracy  # noqa: E402
+import unet_features_accuracy  # noqa: E402
+
+sys.path.remove(str(REPO_ROOT / "benchmarks"))
+
+
+def image_folder(root, counts: dict, shade: int = 0):
+    """`counts[name]` small bright-field PNGs in each class folder `root/<name>` (a dark square on white, placed and
+    shaded by its index, so no two images are alike)."""
+    from PIL import Image
+
+    for c, (name, count) in enumerate(counts.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            image = Image.new("L", (12, 12), 255)
+            image.paste(40 + 10 * c + shade, (i % 6, i // 6, i % 6 + 5, i // 6 + 5))
+            image.save(root / name / f"{i:03d}.png")
+    return root
+
+
+def plankton_args(monkeypatch, *words):
+    monkeypatch.setattr(sys, "argv", ["plankton_accuracy.py", *map(str, words)])
+    return plankton_accuracy.parse_args()
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. A shift set too small for the few-shot protocol is refused before any training
+# --------------------------------------------------------------------------------------------------
+
+
+def test_the_images_a_shift_class_needs_are_those_the_few_shot_protocol_takes():
+    """5 folds and 5 shots: a class of 7 images leaves 5 in each fold's training part, one of 6 leaves 4."""
+    assert plankton_accuracy.shift_images_needed() == 7
+    generator = torch.Generator().manual_seed(0)
+    for per_class, fits in ((7, True), (6, False)):
+        labels = torch.arange(3).repeat_interleave(per_class)
+        features = torch.randn(len(labels), 4, generator=generator) + 3 * labels[:, None]
+        if fits:
+            plankton_accuracy.few_shot_transfer(features, labels, 1, 0, protocols=("prototype",))
+        else:
+            with pytest.raises(ValueError, match="fewer than shots_per_class=5"):
+                plankton_accuracy.few_shot_transfer(features, labels, 1, 0, protocols=("prototype",))
+
+
+def test_a_shift_class_with_too_few_images_is_refused_in_parse_args_naming_it(tmp_path, monkeypatch, capsys):
+    """QA: 3 or 5 FlowCam images a class failed in scikit-learn or the few-shot draw after the whole run."""
+    data = image_folder(tmp_path / "data", {"a": 8, "b": 8})
+    shift = image_folder(tmp_path / "shift", {"x": 7, "y": 5, "z": 3}, shade=5)
+    with pytest.raises(SystemExit):
+        plankton_args(monkeypatch, "--quick", "--data", data, "--shift_data", shift)
+    error = capsys.readouterr().err
+    assert f"--shift_data: {shift} has class(es) with too few images: {{'y': 5, 'z': 3}}; expected at least 7" in error
+    assert "'x'" not in error
+    shift_ok = image_folder(tmp_path / "shift_ok", {"x": 7, "y": 9}, shade=5)
+    assert plankton_args(monkeypatch, "--quick", "--data", data, "--shift_data", shift_ok).shift_data == shift_ok
+
+
+def test_the_shift_requirement_is_in_the_help(monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        plankton_args(monkeypatch, "--help")
+    assert "every class needs at least 7 images" in " ".join(capsys.readouterr().out.split())
