@@ -453,6 +453,26 @@ def read_images(
     return LabeledImages(read, torch.from_numpy(labels), names, contract)
 
 
+def check_shift_holds_no_data_image(args, shift: LabeledImages, shift_files: list, splits: Dict[str, LabeledImages]):
+    """Refuse, before any training, a `--shift_data` holding images of `--data` (any split), by content as read
+    (`image_fingerprint_variants` against `image_fingerprints`, the fingerprints a reused U-Net's training images are
+    checked by): QA, a byte-identical copy of the shift set given as --data passed the path check, and the "shift"
+    was measured on the models' own training images. (A --quick run compares the images it reads of --data.)"""
+    from diffusion_classifiers.data.split_record import image_fingerprint_variants, image_fingerprints
+
+    in_data = {f for split in splits.values() for f in image_fingerprints(split.images)}
+    variants = image_fingerprint_variants(shift.images)
+    seen = [i for i, fingerprints in enumerate(variants) if not in_data.isdisjoint(fingerprints)]
+    if seen:
+        examples = ", ".join(str(shift_files[i]) for i in seen[:3])
+        raise ValueError(
+            f"--shift_data {args.shift_data}: {len(seen)} of its {len(shift)} images are images of --data "
+            f"{args.data_path} (by content, as read), e.g. {examples}; expected a "
+            "shifted set of other images (the shift measures the features on images the models were not trained on): "
+            "give --data and --shift_data that share no image"
+        )
+
+
 def load_splits(args) -> Tuple[Dict[str, LabeledImages], torch.Tensor, Dict[str, torch.Tensor]]:
     """The seeded stratified splits, the indices of the class-balanced test subset and the train rows of each label
     regime (`"all"` first). A class too small for the splits, or a regime selecting the same images as another, is
@@ -1350,6 +1370,7 @@ def main():
         splits, balanced, subsets = load_splits(args)
         shift_files, shift_labels, shift_names = list_class_folders(args.shift_data)
         shift = read_images(shift_files, shift_labels, shift_names, preprocessing(budget), f"--shift_data {args.shift_data}")
+        check_shift_holds_no_data_image(args, shift, shift_files, splits)
     train, val, test = (splits[name] for name in SPLITS)
     data = RunData(splits, balanced, subsets, shift)
     grid_regime, grid_rows = data.grid_regime, subsets[data.grid_regime]

@@ -75,3 +75,27 @@ def test_the_shift_requirement_is_in_the_help(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         plankton_args(monkeypatch, "--help")
     assert "every class needs at least 7 images" in " ".join(capsys.readouterr().out.split())
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. A copy of the shift set given as --data is refused by content before any training
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_copy_of_the_shift_set_given_as_data_is_refused_before_any_training(tmp_path, monkeypatch):
+    """QA: a byte-identical copy of the FlowCam demo as --data passed (only the paths were compared), and the
+    "shift" targets were measured on the models' own training images."""
+    import shutil
+
+    shift = image_folder(tmp_path / "shift", {"x": 7, "y": 7})
+    copy = tmp_path / "copy"
+    shutil.copytree(shift, copy)
+    monkeypatch.setattr(plankton_accuracy, "part_runner", lambda *args: pytest.fail("trained"))
+    plankton_args(monkeypatch, "--quick", "--data", copy, "--shift_data", shift)  # accepted by path: other folders
+    with pytest.raises(ValueError, match=rf"--shift_data {shift}: 14 of its 14 images are images of --data {copy} "
+                       r"\(by content, as read\), e.g. .*shift/x/000.png"):  # fmt: skip
+        plankton_accuracy.main()
+    other = image_folder(tmp_path / "other", {"x": 7, "y": 7}, shade=5)  # other images: the run goes on to train
+    plankton_args(monkeypatch, "--quick", "--data", other, "--shift_data", shift)
+    with pytest.raises(pytest.fail.Exception, match="trained"):
+        plankton_accuracy.main()
