@@ -234,6 +234,16 @@ def label_efficiency_curves(regimes: dict, num_classes: int) -> dict:
     }  # fmt: skip
 
 
+PART_TITLES = {"unet_features": "frozen U-Net features", "cnn": "a supervised CNN"}
+
+
+def efficiency_title(parts, data_path: str) -> str:
+    """The label-efficiency plot's title: the methods of `parts` it draws (QA: "Frozen U-Net features vs a supervised
+    CNN" titled a --parts cnn plot of the CNN alone), on the data."""
+    drawn = " vs ".join(PART_TITLES[part] for part in PARTS if part in parts)
+    return f"{drawn[0].upper()}{drawn[1:]} on {Path(data_path).name}: labels per class"
+
+
 def run_regimes(args, splits: dict, subsets: dict, device, walls: dict, work_dir: str) -> tuple:
     """Every selected method in every label regime. Returns the regimes' figures, the U-Net (None when only the
     CNN runs), its training facts and the probed blocks."""
@@ -282,10 +292,9 @@ def main():
     output = _common.results_path(NAME, args)
     figure_dir = _common.figure_dir(args, output)
     efficiency_plot = figure_dir / f"{output.stem}_label_efficiency.png"  # beside its results file, named after it
-    compared = " vs a supervised CNN" if "cnn" in args.parts else ""
     plot_label_efficiency(
         label_efficiency_curves(regimes, train.num_classes), str(efficiency_plot),
-        title=figure_title(f"Frozen U-Net features{compared} on {Path(args.data_path).name}: labels per class", args.quick),
+        title=figure_title(efficiency_title(args.parts, args.data_path), args.quick),
     )
     parameters = {"cnn": regimes["all"]["cnn"]["num_parameters"]} if "cnn" in args.parts else {}
     if unet is not None:

@@ -99,3 +99,50 @@ def test_a_copy_of_the_shift_set_given_as_data_is_refused_before_any_training(tm
     plankton_args(monkeypatch, "--quick", "--data", other, "--shift_data", shift)
     with pytest.raises(pytest.fail.Exception, match="trained"):
         plankton_accuracy.main()
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. The label-efficiency plot is titled by what it draws
+# --------------------------------------------------------------------------------------------------
+
+
+def write_npz(path, counts=(12, 12), size: int = 8) -> str:
+    """A MedMNIST-style .npz with train/val/test splits of `counts[c]` random images of class c."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split in ("train", "val", "test"):
+        labels = np.concatenate([np.full(n, c) for c, n in enumerate(counts)]).astype(np.uint8)[:, None]
+        arrays[f"{split}_images"] = rng.integers(0, 256, (len(labels), size, size), dtype=np.uint8)
+        arrays[f"{split}_labels"] = labels
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def fake_regimes(args, splits, subsets, device, walls, work_dir):
+    """`run_regimes` without training: every part's figures at chance."""
+    scores = {"test_accuracy": 0.5, "test_macro_f1": 0.5, "test_auc": 0.5, "num_parameters": 10}
+    probe = {**scores, "kmeans_label_free_test": {"accuracy": 0.5}, "kmeans_raw_pixels_test": {"accuracy": 0.5}}
+    methods = {"probe": probe} if "unet_features" in args.parts else {}
+    methods.update({"cnn": scores} if "cnn" in args.parts else {})
+    return {r: {"num_train_labels": len(index), **methods} for r, index in subsets.items()}, None, {}
+
+
+@pytest.mark.parametrize(
+    "parts, title",
+    [
+        (["cnn"], "A supervised CNN on chest.npz: labels per class"),
+        (["unet_features"], "Frozen U-Net features on chest.npz: labels per class"),
+        (["unet_features", "cnn"], "Frozen U-Net features vs a supervised CNN on chest.npz: labels per class"),
+    ],
+)
+def test_the_label_efficiency_plot_is_titled_by_the_methods_it_draws(parts, title, tmp_path, monkeypatch, capsys):
+    """QA: a --parts cnn plot, of the CNN alone, was titled "Frozen U-Net features vs a supervised CNN on ..."."""
+    data = write_npz(tmp_path / "chest.npz")
+    drawn = {}
+    monkeypatch.setattr(unet_features_accuracy, "run_regimes", fake_regimes)
+    plot = lambda curves, path, title: drawn.update(title=title)  # noqa: E731
+    monkeypatch.setattr(unet_features_accuracy, "plot_label_efficiency", plot)
+    argv = ["unet_features_accuracy.py", "--data", data, "--parts", *parts, "--output", str(tmp_path / "out.json")]
+    monkeypatch.setattr(sys, "argv", argv)
+    unet_features_accuracy.main()
+    assert drawn["title"] == title
