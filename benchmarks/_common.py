@@ -34,7 +34,7 @@ from diffusion_classifiers.validation import as_inverse_regularisations, check_w
 
 if TYPE_CHECKING:  # imported where used: the speed benchmarks need no trainer
     from diffusion_classifiers.data import ImagePreprocessing
-    from diffusion_classifiers.training import TrainingArguments
+    from diffusion_classifiers.training import TrainingArguments, TrainingSummary
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # `BENCHMARK_DATA_ROOT` points elsewhere, e.g. at the copy a GPU machine gets (benchmarks/gpu_carry_data.sh).
@@ -327,9 +327,9 @@ def _saved_unet_contract(folder: Path, unet_config: dict) -> "ImagePreprocessing
 def trained_or_loaded_ddpm(args: argparse.Namespace, splits: dict, train: Callable[[], tuple]) -> tuple:
     """The DDPM U-Net and scheduler saved in `--unet_dir` (refused by `check_unet_dir` unless trained on images read
     as the train split's contract reads them, and by `check_reused_model_saw_none_of` if trained on a val or test
-    image of `splits`) with final loss None; else `train()`'s `(unet, scheduler, final_loss)`, kept in
-    `--keep_checkpoint` as a `UNetFeatureClassifierPipeline` without a head, which saves the contract, with the
-    fingerprints of the train images."""
+    image of `splits`) with final loss None; else `train()`'s `(unet, scheduler, training summary)` as `(unet,
+    scheduler, final loss)`, kept in `--keep_checkpoint` as a `UNetFeatureClassifierPipeline` without a head, which
+    saves the contract, with the fingerprints of the train images and the training summary (`keep_trained_model`)."""
     preprocessing = splits["train"].preprocessing
     from diffusers import DDPMScheduler, UNet2DModel
 
@@ -340,16 +340,27 @@ def trained_or_loaded_ddpm(args: argparse.Namespace, splits: dict, train: Callab
         check_reused_model_saw_none_of(args.unet_dir, splits)
         unet = UNet2DModel.from_pretrained(args.unet_dir, subfolder="unet")
         return unet.eval(), DDPMScheduler.from_pretrained(args.unet_dir, subfolder="scheduler"), None
-    unet, scheduler, final_loss = train()
+    unet, scheduler, summary = train()
     if getattr(args, "keep_checkpoint", None):
         kept = UNetFeatureClassifierPipeline(unet=unet, scheduler=scheduler, preprocessing=preprocessing)
+        keep_trained_model(args.keep_checkpoint, kept, splits["train"].images, summary, unlabeled=True, seed=args.seed)
+    return unet, scheduler, summary.final_loss
 
-        def save(folder: str) -> None:
-            kept.save_pretrained(folder)
-            record_kept_model_training_images(folder, splits["train"].images, unlabeled=True, seed=args.seed)
 
-        keep_model(args.keep_checkpoint, save)
-    return unet, scheduler, final_loss
+def keep_trained_model(
+    folder: str, pipeline, train_images: torch.Tensor, summary: "TrainingSummary", unlabeled: bool, seed: int
+) -> None:
+    """`keep_model` of a trained `pipeline` into the `--keep_checkpoint` `folder`: its `save_pretrained`, its training
+    images' fingerprints (`record_kept_model_training_images`) and its `training_summary.json` (`summary`), which a
+    `--unet_dir` reuse records (`loaded_unet_facts`; QA: the U-Net benchmarks kept none, so a reuse recorded
+    loaded_training_summary None)."""
+
+    def save(staging: str) -> None:
+        pipeline.save_pretrained(staging)
+        record_kept_model_training_images(staging, train_images, unlabeled=unlabeled, seed=seed)
+        summary.save(staging)
+
+    keep_model(folder, save)
 
 
 def keep_model(folder: str, save: Callable[[str], None]) -> None:

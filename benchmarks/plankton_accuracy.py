@@ -886,7 +886,7 @@ def train_unet(args, splits: dict, work_dir: str):
         )
         unet, scheduler, summary = train_ddpm_unet(training, splits["train"].images, preset=budget.unet_preset)
         trained_steps["ddpm"] = summary.global_step
-        return unet, scheduler, summary.final_loss
+        return unet, scheduler, summary
 
     return (*trained_or_loaded_ddpm(args, splits, train), trained_steps.get("ddpm"))
 

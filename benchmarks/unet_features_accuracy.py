@@ -145,8 +145,7 @@ def train_unet(args, splits: dict, work_dir: str):
             work_dir, args.max_train_steps, args.learning_rate, args.max_train_steps // 20, args.seed,
             train_batch_size=args.train_batch_size, use_ema=True, num_sample_images=0 if args.quick else 8,
         )  # fmt: skip
-        unet, scheduler, summary = train_ddpm_unet(training, splits["train"].images, preset=args.unet_preset)
-        return unet, scheduler, summary.final_loss
+        return train_ddpm_unet(training, splits["train"].images, preset=args.unet_preset)
 
     return trained_or_loaded_ddpm(args, splits, train)
 

@@ -146,3 +146,55 @@ def test_the_label_efficiency_plot_is_titled_by_the_methods_it_draws(parts, titl
     monkeypatch.setattr(sys, "argv", argv)
     unet_features_accuracy.main()
     assert drawn["title"] == title
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. A kept U-Net keeps its training summary, which a reuse records
+# --------------------------------------------------------------------------------------------------
+
+
+def tiny_unet():
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1, norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+    )  # fmt: skip
+
+
+def read_8px_grey(seed: int = 0) -> dict:
+    """Train, val and test splits of 6 random 8 px grey images each, read as the plankton benchmark's contract reads
+    them (white padding, background normalised)."""
+    from diffusion_classifiers.data import LabeledImages
+
+    budget = plankton_accuracy.dataclasses.replace(plankton_accuracy.PRESETS["quick"], image_size=8)
+    contract = plankton_accuracy.preprocessing(budget)
+    images = torch.rand(18, 1, 8, 8, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    return {
+        name: LabeledImages(images[6 * i : 6 * i + 6], torch.tensor([0, 1] * 3), ["a", "b"], preprocessing=contract)
+        for i, name in enumerate(("train", "val", "test"))
+    }
+
+
+@pytest.mark.parametrize("module", [unet_features_accuracy, plankton_accuracy])
+def test_a_kept_unet_keeps_its_training_summary_which_a_reuse_records(module, tmp_path, monkeypatch):
+    """QA: unet_features_accuracy and plankton_accuracy --keep_checkpoint saved no training_summary.json (as
+    score_sde_accuracy does), so a --unet_dir rerun recorded loaded_training_summary None."""
+    from diffusers import DDPMScheduler
+
+    from diffusion_classifiers.training import TrainingSummary
+
+    summary = TrainingSummary(7, 0, 1, [224], final_loss=0.25, max_train_steps=7)
+    unet = tiny_unet()
+    monkeypatch.setattr(module, "train_ddpm_unet", lambda *args, **kwargs: (unet, DDPMScheduler(), summary))
+    splits, kept = read_8px_grey(), tmp_path / "kept"
+    args = argparse.Namespace(
+        keep_checkpoint=str(kept), unet_dir=None, seed=0, quick=True, learning_rate=1e-3, max_train_steps=7,
+        train_batch_size=32, unet_preset="tiny", budget=plankton_accuracy.PRESETS["quick"],
+    )  # fmt: skip
+    trained = module.train_unet(args, splits, str(tmp_path / "work"))
+    assert trained[2] == 0.25 and (module is unet_features_accuracy or trained[3] == 7)
+    facts = _common.loaded_unet_facts(str(kept), unet, ["tiny"])
+    assert facts["loaded_training_summary"]["global_step"] == 7
+    assert facts["loaded_training_summary"]["final_loss"] == 0.25
