@@ -86,7 +86,12 @@ def base_parser(docstring: str) -> argparse.ArgumentParser:
         "--num_threads", type=number_in("[1, inf)", int), default=None,
         help="CPU threads of torch and BLAS (scikit-learn); default: theirs",
     )  # fmt: skip
-    parser.add_argument("--output", default=None, help="results file of a full run; default results/<benchmark>.json")
+    parser.add_argument(
+        "--output", default=None,
+        help="results file of a full run; default results/<benchmark>.json, with --data "
+        "results/<benchmark>_<data name>.json (the file or folder name, after its parent folder's name where it is a "
+        f"generic one: {', '.join(sorted(GENERIC_DATA_NAMES))})",
+    )  # fmt: skip
     return parser
 
 
@@ -815,12 +820,29 @@ def environment(device: torch.device) -> dict:
 
 def results_path(name: str, args: argparse.Namespace) -> Path:
     """Where a full run writes its results (and its figures, beside): `--output`, else `results/<name>.json`, or with
-    `--data` (your own data) `results/<name>_<dataset name>.json`, so a run on other data never replaces the result
-    recorded for the benchmark's own."""
+    `--data` (your own data) `results/<name>_<data name>.json` (`results_data_name`), so a run on other data never
+    replaces the result recorded for the benchmark's own."""
     if args.output:
         return Path(args.output)
     data = getattr(args, "data", None)
-    return RESULTS_DIR / (f"{name}_{dataset_name(data)}.json" if data else f"{name}.json")
+    return RESULTS_DIR / (f"{name}_{results_data_name(data)}.json" if data else f"{name}.json")
+
+
+# File and folder names that say what part of a data set they hold, not which data set: a default results name
+# (`results_data_name`) puts the parent folder's name before them.
+GENERIC_DATA_NAMES = frozenset(
+    ("all", "data", "dataset", "image", "images", "imgs", "test", "train", "training", "val", "valid", "validation")
+)
+
+
+def results_data_name(data: str) -> str:
+    """The data's part of a default results name: `dataset_name(data)`, after its parent folder's where that is
+    generic (`GENERIC_DATA_NAMES`: /lab/siteA/train -> sitea_train). QA: /lab/siteA/train and /lab/siteB/train both
+    wrote plankton_accuracy_train.json, the second replacing the first without a word; the parent's name tells such
+    folders apart as a user would name them, where refusing to replace the first would stop the second run."""
+    name = dataset_name(data)
+    parent = Path(data).absolute().parent
+    return f"{dataset_name(str(parent))}_{name}" if name in GENERIC_DATA_NAMES and parent.name else name
 
 
 def report(name: str, args: argparse.Namespace, device: torch.device, figures: dict) -> dict:

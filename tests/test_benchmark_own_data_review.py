@@ -198,3 +198,27 @@ def test_a_kept_unet_keeps_its_training_summary_which_a_reuse_records(module, tm
     facts = _common.loaded_unet_facts(str(kept), unet, ["tiny"])
     assert facts["loaded_training_summary"]["global_step"] == 7
     assert facts["loaded_training_summary"]["final_loss"] == 0.25
+
+
+# --------------------------------------------------------------------------------------------------
+# 5. The default results name tells data folders of one generic name apart
+# --------------------------------------------------------------------------------------------------
+
+
+def test_data_folders_of_one_generic_name_write_results_files_of_their_own(monkeypatch, capsys):
+    """QA: /lab/siteA/train and /lab/siteB/train both wrote plankton_accuracy_train.json, the second replacing the
+    first; the --output help named only results/<benchmark>.json."""
+    def path(data: str) -> str:
+        return _common.results_path("plankton_accuracy", argparse.Namespace(output=None, data=data)).name
+
+    assert path("/lab/siteA/train") == "plankton_accuracy_sitea_train.json"
+    assert path("/lab/siteB/train") == "plankton_accuracy_siteb_train.json"
+    assert path("/lab/northsea/images") == "plankton_accuracy_northsea_images.json"
+    assert path("/lab/siteA/data.npz") == "plankton_accuracy_sitea_data.json"
+    assert path("/lab/northsea") == "plankton_accuracy_northsea.json"  # a name of its own stays as it was
+    assert path("/lab/my_data.npz") == "plankton_accuracy_my_data.json"
+    with pytest.raises(SystemExit):
+        plankton_args(monkeypatch, "--help")
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "default results/<benchmark>.json, with --data results/<benchmark>_<data name>.json" in help_text
+    assert "after its parent folder's name where it is a generic one" in help_text
