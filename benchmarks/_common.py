@@ -218,6 +218,18 @@ def check_data_options(parser: argparse.ArgumentParser, args: argparse.Namespace
     check_checkpoint_options(parser, args)
 
 
+def check_unet_size(parser: argparse.ArgumentParser, preset: str, image_size: int) -> None:
+    """Refuse, as argparse does, a U-Net preset that cannot be built at `image_size` (or no preset), before any data is
+    read (QA: unet_features_accuracy --image_size 10 gave a traceback from `unet_config` where plankton_accuracy gave
+    this one-line error)."""
+    from diffusion_classifiers.models.unet_presets import unet_config
+
+    try:
+        unet_config(preset, image_size)
+    except ValueError as error:
+        parser.error(f"--image_size / --unet_preset: {error}")
+
+
 def check_checkpoint_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """`--unet_dir` must hold a saved pipeline, and is not combined with `--keep_checkpoint`."""
     unet_dir = getattr(args, "unet_dir", None)

@@ -86,6 +86,7 @@ from _common import (
     check_checkpoint_options,
     check_timesteps_arg,
     check_unet_dir,
+    check_unet_size,
     data_path,
     dataset_name,
     encoder_parameters,
@@ -106,7 +107,6 @@ from diffusion_classifiers.data.splits import stratified_train_val_test_split
 from diffusion_classifiers.features import DiffusionFeatureExtractor, feature_blocks, hypercolumn, with_hypercolumns
 from diffusion_classifiers.metrics import classification_metrics
 from diffusion_classifiers.models import SupervisedCNN, build_vit_encoder, count_parameters, encode_representation
-from diffusion_classifiers.models.unet_presets import unet_config
 from diffusion_classifiers.plots import plot_label_efficiency
 from diffusion_classifiers.probing import few_shot_indices, fit_probe_grid, kmeans_evaluate, prototype_classify
 from diffusion_classifiers.probing import NORMALIZATIONS, select_clustering_without_labels
@@ -294,10 +294,7 @@ def parse_args():
 
 def check_args(parser, args) -> None:
     """Refuse what would fail later, before any image is read: a size the U-Net cannot take, missing folders."""
-    try:
-        unet_config(args.budget.unet_preset, args.budget.image_size)
-    except ValueError as error:
-        parser.error(f"--image_size / --unet_preset: {error}")
+    check_unet_size(parser, args.budget.unet_preset, args.budget.image_size)
     if args.budget.image_size % args.budget.vit["patch_size"]:
         parser.error(f"--image_size: expected a multiple of the ViT patch size {args.budget.vit['patch_size']}")
     if args.budget.workers < 1:

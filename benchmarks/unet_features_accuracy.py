@@ -34,6 +34,7 @@ from _common import (
     base_parser,
     check_data_options,
     check_timesteps_arg,
+    check_unet_size,
     cnn_baseline,
     data_path,
     dataset_name,
@@ -116,6 +117,8 @@ def parse_args():
     # _common.results_path); the data read is args.data_path
     args.data_path = args.data or str(data_path("medmnist_pneumonia", "pneumoniamnist.npz"))
     args.unet_preset = args.unet_preset or ("tiny" if args.quick else "small")
+    if args.image_size is not None and "unet_features" in args.parts and not args.unet_dir:  # a loaded one is built
+        check_unet_size(parser, args.unet_preset, args.image_size)
     args.max_train_steps = args.max_train_steps or (10 if args.quick else 1000)
     args.train_batch_size = args.train_batch_size or (32 if args.quick else 64)
     args.timesteps = args.timesteps or list(QUICK_TIMESTEPS if args.quick else DEFAULT_TIMESTEPS)

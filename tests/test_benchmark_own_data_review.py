@@ -222,3 +222,27 @@ def test_data_folders_of_one_generic_name_write_results_files_of_their_own(monke
     help_text = " ".join(capsys.readouterr().out.split())
     assert "default results/<benchmark>.json, with --data results/<benchmark>_<data name>.json" in help_text
     assert "after its parent folder's name where it is a generic one" in help_text
+
+
+# --------------------------------------------------------------------------------------------------
+# 6. Errors as argparse's, naming the script's own flags and what was capped
+# --------------------------------------------------------------------------------------------------
+
+
+def test_an_image_size_the_unet_cannot_take_is_an_argparse_error_in_both_scripts(tmp_path, monkeypatch, capsys):
+    """QA: unet_features_accuracy --image_size 10 gave a traceback (from unet_config) where plankton_accuracy gave a
+    one-line argparse error."""
+    data = write_npz(tmp_path / "chest.npz")
+    monkeypatch.setattr(sys, "argv", ["unet_features_accuracy.py", "--quick", "--data", data, "--image_size", "10"])
+    with pytest.raises(SystemExit):
+        unet_features_accuracy.parse_args()
+    unet_error = capsys.readouterr().err.strip().splitlines()[-1]
+    folder = image_folder(tmp_path / "data", {"a": 8, "b": 8})
+    with pytest.raises(SystemExit):
+        plankton_args(monkeypatch, "--quick", "--data", folder, "--shift_data", folder, "--image_size", "10")
+    plankton_error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert unet_error.startswith("unet_features_accuracy.py: error: --image_size / --unet_preset: ")
+    assert unet_error.split("error: ")[1] == plankton_error.split("error: ")[1]
+    monkeypatch.setattr(sys, "argv", ["unet_features_accuracy.py", "--quick", "--data", data, "--image_size", "10",
+                                      "--parts", "cnn"])  # fmt: skip
+    assert unet_features_accuracy.parse_args().image_size == 10  # no U-Net: any size the CNN takes
