@@ -265,11 +265,20 @@ REUSED_UNET_CONTRACT = (
 )  # fmt: skip
 
 
-def check_unet_dir(unet_dir: str, preprocessing: "ImagePreprocessing", class_conditional: bool = False) -> None:
+# The flags that set each `REUSED_UNET_CONTRACT` field (`add_reading_options` and `--image_size`).
+READING_FLAGS = tuple(f"--{field}" for field in REUSED_UNET_CONTRACT)
+
+
+def check_unet_dir(
+    unet_dir: str, preprocessing: "ImagePreprocessing", class_conditional: bool = False,
+    reading_flags: Sequence[str] = READING_FLAGS,
+) -> None:  # fmt: skip
     """Refuse a `--unet_dir` U-Net (a folder `check_checkpoint_options` accepted) that is class-conditional (unless
     `class_conditional`: Score-SDE's, which must be), or whose pipeline's saved preprocessing contract
     (`model_index.json`) differs from the run's `preprocessing` in a `REUSED_UNET_CONTRACT` field (the error names
-    each one); reads two JSON files, no weights."""
+    each one, and the benchmark's `reading_flags` that set them, or that it has none for a field: QA, plankton_accuracy
+    was told to rerun with --resize_mode, --pad_value and --num_channels, flags it does not have); reads two JSON
+    files, no weights."""
     folder = Path(unet_dir)
     unet_config = json.loads((folder / "unet" / "config.json").read_text())
     if (unet_config.get("num_class_embeds") is not None) != class_conditional:
@@ -279,26 +288,35 @@ def check_unet_dir(unet_dir: str, preprocessing: "ImagePreprocessing", class_con
                               "unet_features_train.py")  # fmt: skip
         raise ValueError(f"--unet_dir: {unet_dir} holds {held}; expected {expected}, or --keep_checkpoint)")
     saved = _saved_unet_contract(folder, unet_config)
+    differing_fields = [f for f in REUSED_UNET_CONTRACT if getattr(saved, f) != getattr(preprocessing, f)]
     differing = [
-        f"{field} {getattr(saved, field)!r} (this run: {getattr(preprocessing, field)!r})"
-        for field in REUSED_UNET_CONTRACT
-        if getattr(saved, field) != getattr(preprocessing, field)
+        f"{field} {getattr(saved, field)!r} (this run: {getattr(preprocessing, field)!r})" for field in differing_fields
     ]
     if differing:
+        fixed = [field for field in differing_fields if f"--{field}" not in reading_flags]
+        remedy = (
+            f"run with the options it was kept with ({', '.join(reading_flags)}), or train a U-Net for these"
+            if not fixed else f"this benchmark has no flag to read images with another {' or '.join(fixed)}: train "
+            "a U-Net for these (leave out --unet_dir)"
+        )  # fmt: skip
         raise ValueError(
             f"--unet_dir: {unet_dir} holds a U-Net trained on images read otherwise than this run reads them: "
-            f"{'; '.join(differing)}; expected the same preprocessing: run with the options it was kept with "
-            "(--image_size, --num_channels, --resize_mode, --pad_value, --normalize_background, --transparency_fill), "
-            "or train a U-Net for these"
+            f"{'; '.join(differing)}; expected the same preprocessing: {remedy}"
         )
 
 
-def check_reused_model_saw_none_of(unet_dir: str, splits: dict) -> None:
+# The flags that carve a benchmark's splits from its data: a model kept by a run with others was trained on images
+# this run's carving puts in val or test.
+CARVING_FLAGS = "--data and --seed"
+
+
+def check_reused_model_saw_none_of(unet_dir: str, splits: dict, carving_flags: str = CARVING_FLAGS) -> None:
     """Refuse a `--unet_dir` model trained on any image of this run's val or test split, by the fingerprints its
-    `data_splits.json` records (a kept model's: `record_kept_model_training_images`; a trainer's pipeline's); where
-    it records none, say the run cannot check. A U-Net trained on the whole folder scored its own test images, with
-    every target "met" and SimCLR trained on the train split only."""
-    from diffusion_classifiers.data.split_record import recorded_train_fingerprints, trained_on_unlabeled_pool
+    `data_splits.json` records (a kept model's: `record_kept_model_training_images`; a trainer's pipeline's), naming
+    the benchmark's `carving_flags` (QA: the library's message named the trainer's --unlabeled, which no benchmark
+    has); where it records none, say the run cannot check. A U-Net trained on the whole folder scored its own test
+    images, with every target "met" and SimCLR trained on the train split only."""
+    from diffusion_classifiers.data.split_record import SPLIT_RECORD_NAME, recorded_train_fingerprints
     from diffusion_classifiers.evaluation import check_training_overlap
 
     fingerprints = recorded_train_fingerprints(unet_dir)
@@ -309,10 +327,18 @@ def check_reused_model_saw_none_of(unet_dir: str, splits: dict) -> None:
         )
         return
     held_out = {name: splits[name] for name in ("val", "test") if name in splits}
-    check_training_overlap(
-        held_out, fingerprints, where=f"this run's data (--unet_dir {unet_dir})", train_split=splits.get("train"),
-        drop_hint=None, streaming_hint=None, unlabeled_pool=trained_on_unlabeled_pool(unet_dir),
-    )  # fmt: skip
+    _, seen = check_training_overlap(held_out, fingerprints, drop=True, train_split=splits.get("train"))
+    if any(seen.values()):
+        counted = " and ".join(
+            f"{seen[name]} of {len(split)} images of the {name} split" for name, split in held_out.items()
+        )
+        raise ValueError(
+            f"{counted} of this run's data (--unet_dir {unet_dir}) are images the model was trained on (by content: "
+            f"its {SPLIT_RECORD_NAME} train_fingerprints): it was trained on other data, or on these data carved "
+            f"otherwise (a run with other {carving_flags}), and scoring them would overstate it; expected a model "
+            f"trained on none of this run's val and test images: rerun with the {carving_flags} it was kept with, or "
+            "train one here (leave out --unet_dir)"
+        )
 
 
 def record_kept_model_training_images(folder: str, train_images: torch.Tensor, unlabeled: bool, seed: int) -> None:
@@ -341,12 +367,15 @@ def _saved_unet_contract(folder: Path, unet_config: dict) -> "ImagePreprocessing
     return ImagePreprocessing(image_size=unet_config["sample_size"], num_channels=unet_config["in_channels"])
 
 
-def trained_or_loaded_ddpm(args: argparse.Namespace, splits: dict, train: Callable[[], tuple]) -> tuple:
+def trained_or_loaded_ddpm(
+    args: argparse.Namespace, splits: dict, train: Callable[[], tuple], carving_flags: str = CARVING_FLAGS
+) -> tuple:
     """The DDPM U-Net and scheduler saved in `--unet_dir` (refused by `check_unet_dir` unless trained on images read
     as the train split's contract reads them, and by `check_reused_model_saw_none_of` if trained on a val or test
-    image of `splits`) with final loss None; else `train()`'s `(unet, scheduler, training summary)` as `(unet,
-    scheduler, final loss)`, kept in `--keep_checkpoint` as a `UNetFeatureClassifierPipeline` without a head, which
-    saves the contract, with the fingerprints of the train images and the training summary (`keep_trained_model`)."""
+    image of `splits`, the error naming `carving_flags`) with final loss None; else `train()`'s `(unet, scheduler,
+    training summary)` as `(unet, scheduler, final loss)`, kept in `--keep_checkpoint` as a
+    `UNetFeatureClassifierPipeline` without a head, which saves the contract, with the fingerprints of the train images
+    and the training summary (`keep_trained_model`)."""
     preprocessing = splits["train"].preprocessing
     from diffusers import DDPMScheduler, UNet2DModel
 
@@ -354,7 +383,7 @@ def trained_or_loaded_ddpm(args: argparse.Namespace, splits: dict, train: Callab
 
     if getattr(args, "unet_dir", None):  # a kept pipeline or a trainer's pipeline folder: both hold unet/ and scheduler/
         check_unet_dir(args.unet_dir, preprocessing)
-        check_reused_model_saw_none_of(args.unet_dir, splits)
+        check_reused_model_saw_none_of(args.unet_dir, splits, carving_flags)
         unet = UNet2DModel.from_pretrained(args.unet_dir, subfolder="unet")
         return unet.eval(), DDPMScheduler.from_pretrained(args.unet_dir, subfolder="scheduler"), None
     unet, scheduler, summary = train()

@@ -143,6 +143,8 @@ VIEW_CHOICES = (None, "dihedral")
 # 48.9% upright val accuracy and its second, 2x2 up_blocks.1, 54.4% (2026-12-04). Each candidate costs its extraction
 # of every train image (about 75 s on one thread) and an all-labels fit.
 ALL_LABELS_CANDIDATES = 3
+# What carves the run's splits (`load_splits`): --quick reads at most 8 images of each class
+CARVING_FLAGS = "--data, --seed, --val_fraction, --test_fraction and --quick"
 QUICK_PROBE_C = (1.0,)  # 8 images per class: at larger C the solver takes long (PROBE_C made the run 40 s slower)
 
 
@@ -325,7 +327,7 @@ def check_args(parser, args) -> None:
     check_checkpoint_options(parser, args)
     if args.unet_dir:  # here, not in the U-Net arm: a worker's failure comes only after the other parts' work
         try:
-            check_unet_dir(args.unet_dir, preprocessing(args.budget))
+            check_unet_dir(args.unet_dir, preprocessing(args.budget), reading_flags=("--image_size",))
         except ValueError as error:
             parser.error(str(error))
     check_shift_class_sizes(parser, args.shift_data)
@@ -479,9 +481,19 @@ def load_splits(args) -> Tuple[Dict[str, LabeledImages], torch.Tensor, Dict[str,
         labels, args.val_fraction, args.test_fraction, seed=args.seed, min_per_class=2, class_names=names
     )
     train_labels = torch.from_numpy(labels[index["train"]])
-    subsets = few_label_subsets(
-        train_labels, sorted(args.label_fractions), min_per_class=1, seed=args.seed, min_per_class_flag=None
-    )
+    try:
+        subsets = few_label_subsets(
+            train_labels, sorted(args.label_fractions), min_per_class=1, seed=args.seed, min_per_class_flag=None
+        )
+    except ValueError as error:
+        if not args.budget.images_per_class:
+            raise
+        fewest, most = int(torch.bincount(train_labels).min()), int(torch.bincount(train_labels).max())
+        raise ValueError(  # QA: refused on 25-40 images a class without saying why there were so few
+            f"{error}; --quick reads at most {args.budget.images_per_class} images of each class of --data, which "
+            f"leaves {fewest if fewest == most else f'{fewest} to {most}'} train images a class here: run without "
+            "--quick, or with one --label_fractions value"
+        ) from None
     contract = preprocessing(args.budget)
     take = (lambda rows: images[rows]) if isinstance(images, np.ndarray) else (lambda rows: [images[i] for i in rows])
     source = f"--data {args.data_path}"
@@ -885,7 +897,7 @@ def train_unet(args, splits: dict, work_dir: str):
         trained_steps["ddpm"] = summary.global_step
         return unet, scheduler, summary
 
-    return (*trained_or_loaded_ddpm(args, splits, train), trained_steps.get("ddpm"))
+    return (*trained_or_loaded_ddpm(args, splits, train, CARVING_FLAGS), trained_steps.get("ddpm"))
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -246,3 +246,75 @@ def test_an_image_size_the_unet_cannot_take_is_an_argparse_error_in_both_scripts
     monkeypatch.setattr(sys, "argv", ["unet_features_accuracy.py", "--quick", "--data", data, "--image_size", "10",
                                       "--parts", "cnn"])  # fmt: skip
     assert unet_features_accuracy.parse_args().image_size == 10  # no U-Net: any size the CNN takes
+
+
+def test_the_plankton_unet_dir_errors_name_the_flags_plankton_has(tmp_path, monkeypatch, capsys):
+    """QA: a --unet_dir read otherwise was to be rerun with --resize_mode / --pad_value / --num_channels, and a
+    leaky one was blamed on --unlabeled: flags plankton_accuracy does not have."""
+    from diffusers import DDPMScheduler
+
+    from diffusion_classifiers import UNetFeatureClassifierPipeline
+    from diffusion_classifiers.data import ImagePreprocessing
+
+    data = image_folder(tmp_path / "data", {"a": 8, "b": 8})
+    shift = image_folder(tmp_path / "shift", {"x": 7, "y": 7}, shade=5)
+    for name, contract in {"black": ImagePreprocessing(8, 1, resize_mode="pad"), "big": None}.items():
+        budget = plankton_accuracy.dataclasses.replace(plankton_accuracy.PRESETS["quick"], image_size=8)
+        contract = contract or plankton_accuracy.preprocessing(budget)
+        pipe = UNetFeatureClassifierPipeline(unet=tiny_unet(), scheduler=DDPMScheduler(), preprocessing=contract)
+        pipe.save_pretrained(tmp_path / name)
+        with pytest.raises(SystemExit):
+            plankton_args(monkeypatch, "--quick", "--data", data, "--shift_data", shift, "--unet_dir", tmp_path / name)
+        error = capsys.readouterr().err
+        assert "--resize_mode" not in error and "--pad_value" not in error and "--num_channels" not in error
+        if name == "black":  # another padding and background: no plankton flag reads them so
+            assert "this benchmark has no flag to read images with another pad_value or normalize_background" in error
+        else:  # only the size differs (8 px, --quick's 16)
+            assert "image_size 8 (this run: 16); expected the same preprocessing: run with the options it was kept " \
+                "with (--image_size), or train a U-Net" in " ".join(error.split())
+    # a kept U-Net trained on images this run puts in val and test
+    splits, kept = read_8px_grey(), tmp_path / "kept"
+    leaky = {**splits, "train": splits["test"]}
+    args = argparse.Namespace(keep_checkpoint=str(kept), unet_dir=None, seed=0)
+    _common.trained_or_loaded_ddpm(args, leaky, lambda: (tiny_unet(), DDPMScheduler(), summary_of()))
+    reuse = argparse.Namespace(keep_checkpoint=None, unet_dir=str(kept), seed=0)
+    with pytest.raises(ValueError) as error:
+        _common.trained_or_loaded_ddpm(reuse, splits, lambda: pytest.fail("trained"), plankton_accuracy.CARVING_FLAGS)
+    message = str(error.value)
+    assert "--unlabeled" not in message
+    assert message.startswith(f"0 of 6 images of the val split and 6 of 6 images of the test split of this run's data "
+                              f"(--unet_dir {kept}) are images the model was trained on")  # fmt: skip
+    assert "rerun with the --data, --seed, --val_fraction, --test_fraction and --quick it was kept with" in message
+
+
+def summary_of(final_loss: float = 0.5):
+    from diffusion_classifiers.training import TrainingSummary
+
+    return TrainingSummary(10, 0, 1, [640], final_loss=final_loss)
+
+
+def test_quick_label_fractions_selecting_the_same_images_say_quick_caps_each_class(tmp_path):
+    """QA: --quick --label_fractions 0.1 0.3 on 25-40 images a class was refused ("selects the same 8 train labels")
+    without saying that --quick reads at most 8 images of each class."""
+    root = image_folder(tmp_path / "data", {"a": 25, "b": 30, "c": 35})
+    args = argparse.Namespace(
+        data_path=root, budget=plankton_accuracy.PRESETS["quick"], val_fraction=0.1, test_fraction=0.2, seed=0,
+        label_fractions=[0.1, 0.3],
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"the '30%' regime selects the same .* --quick reads at most 8 images of each "
+                       r"class of --data, which leaves 4 train images a class here"):  # fmt: skip
+        plankton_accuracy.load_splits(args)
+
+
+def test_the_few_label_target_says_which_fraction_it_compares():
+    """QA: with several --label_fractions, few_labels_probe_minus_cnn_accuracy_points did not say which it used (the
+    name stays: results files, the README's table and targets_table.py read it)."""
+    scores = {"test_accuracy": 0.6, "test_auc": 0.6}
+    probe = {**scores, "kmeans_label_free_test": {"accuracy": 0.5}, "kmeans_raw_pixels_test": {"accuracy": 0.5}}
+    regimes = {
+        regime: {"num_train_labels": n, "probe": probe, "cnn": {**scores, "test_accuracy": 0.5}}
+        for regime, n in (("all", 100), ("1%", 10), ("10%", 20))
+    }
+    entry = unet_features_accuracy.targets(regimes, "1%", 60.0)["few_labels_probe_minus_cnn_accuracy_points"]
+    assert entry["label_regime"] == "1%" and entry["num_train_labels"] == 10
+    assert entry["value"] == pytest.approx(10.0) and entry["target"] == 5.0 and entry["met"] is True
