@@ -34,7 +34,7 @@ from diffusion_classifiers.validation import as_inverse_regularisations, check_w
 
 if TYPE_CHECKING:  # imported where used: the speed benchmarks need no trainer
     from diffusion_classifiers.data import ImagePreprocessing
-    from diffusion_classifiers.training import TrainingArguments
+    from diffusion_classifiers.training import TrainingArguments, TrainingSummary
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # `BENCHMARK_DATA_ROOT` points elsewhere, e.g. at the copy a GPU machine gets (benchmarks/gpu_carry_data.sh).
@@ -86,7 +86,12 @@ def base_parser(docstring: str) -> argparse.ArgumentParser:
         "--num_threads", type=number_in("[1, inf)", int), default=None,
         help="CPU threads of torch and BLAS (scikit-learn); default: theirs",
     )  # fmt: skip
-    parser.add_argument("--output", default=None, help="results file of a full run; default results/<benchmark>.json")
+    parser.add_argument(
+        "--output", default=None,
+        help="results file of a full run; default results/<benchmark>.json, with --data "
+        "results/<benchmark>_<data name>.json (the file or folder name, after its parent folder's name where it is a "
+        f"generic one: {', '.join(sorted(GENERIC_DATA_NAMES))})",
+    )  # fmt: skip
     return parser
 
 
@@ -213,6 +218,18 @@ def check_data_options(parser: argparse.ArgumentParser, args: argparse.Namespace
     check_checkpoint_options(parser, args)
 
 
+def check_unet_size(parser: argparse.ArgumentParser, preset: str, image_size: int) -> None:
+    """Refuse, as argparse does, a U-Net preset that cannot be built at `image_size` (or no preset), before any data is
+    read (QA: unet_features_accuracy --image_size 10 gave a traceback from `unet_config` where plankton_accuracy gave
+    this one-line error)."""
+    from diffusion_classifiers.models.unet_presets import unet_config
+
+    try:
+        unet_config(preset, image_size)
+    except ValueError as error:
+        parser.error(f"--image_size / --unet_preset: {error}")
+
+
 def check_checkpoint_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """`--unet_dir` must hold a saved pipeline, and is not combined with `--keep_checkpoint`."""
     unet_dir = getattr(args, "unet_dir", None)
@@ -248,11 +265,20 @@ REUSED_UNET_CONTRACT = (
 )  # fmt: skip
 
 
-def check_unet_dir(unet_dir: str, preprocessing: "ImagePreprocessing", class_conditional: bool = False) -> None:
+# The flags that set each `REUSED_UNET_CONTRACT` field (`add_reading_options` and `--image_size`).
+READING_FLAGS = tuple(f"--{field}" for field in REUSED_UNET_CONTRACT)
+
+
+def check_unet_dir(
+    unet_dir: str, preprocessing: "ImagePreprocessing", class_conditional: bool = False,
+    reading_flags: Sequence[str] = READING_FLAGS,
+) -> None:  # fmt: skip
     """Refuse a `--unet_dir` U-Net (a folder `check_checkpoint_options` accepted) that is class-conditional (unless
     `class_conditional`: Score-SDE's, which must be), or whose pipeline's saved preprocessing contract
     (`model_index.json`) differs from the run's `preprocessing` in a `REUSED_UNET_CONTRACT` field (the error names
-    each one); reads two JSON files, no weights."""
+    each one, and the benchmark's `reading_flags` that set them, or that it has none for a field: QA, plankton_accuracy
+    was told to rerun with --resize_mode, --pad_value and --num_channels, flags it does not have); reads two JSON
+    files, no weights."""
     folder = Path(unet_dir)
     unet_config = json.loads((folder / "unet" / "config.json").read_text())
     if (unet_config.get("num_class_embeds") is not None) != class_conditional:
@@ -262,26 +288,35 @@ def check_unet_dir(unet_dir: str, preprocessing: "ImagePreprocessing", class_con
                               "unet_features_train.py")  # fmt: skip
         raise ValueError(f"--unet_dir: {unet_dir} holds {held}; expected {expected}, or --keep_checkpoint)")
     saved = _saved_unet_contract(folder, unet_config)
+    differing_fields = [f for f in REUSED_UNET_CONTRACT if getattr(saved, f) != getattr(preprocessing, f)]
     differing = [
-        f"{field} {getattr(saved, field)!r} (this run: {getattr(preprocessing, field)!r})"
-        for field in REUSED_UNET_CONTRACT
-        if getattr(saved, field) != getattr(preprocessing, field)
+        f"{field} {getattr(saved, field)!r} (this run: {getattr(preprocessing, field)!r})" for field in differing_fields
     ]
     if differing:
+        fixed = [field for field in differing_fields if f"--{field}" not in reading_flags]
+        remedy = (
+            f"run with the options it was kept with ({', '.join(reading_flags)}), or train a U-Net for these"
+            if not fixed else f"this benchmark has no flag to read images with another {' or '.join(fixed)}: train "
+            "a U-Net for these (leave out --unet_dir)"
+        )  # fmt: skip
         raise ValueError(
             f"--unet_dir: {unet_dir} holds a U-Net trained on images read otherwise than this run reads them: "
-            f"{'; '.join(differing)}; expected the same preprocessing: run with the options it was kept with "
-            "(--image_size, --num_channels, --resize_mode, --pad_value, --normalize_background, --transparency_fill), "
-            "or train a U-Net for these"
+            f"{'; '.join(differing)}; expected the same preprocessing: {remedy}"
         )
 
 
-def check_reused_model_saw_none_of(unet_dir: str, splits: dict) -> None:
+# The flags that carve a benchmark's splits from its data: a model kept by a run with others was trained on images
+# this run's carving puts in val or test.
+CARVING_FLAGS = "--data and --seed"
+
+
+def check_reused_model_saw_none_of(unet_dir: str, splits: dict, carving_flags: str = CARVING_FLAGS) -> None:
     """Refuse a `--unet_dir` model trained on any image of this run's val or test split, by the fingerprints its
-    `data_splits.json` records (a kept model's: `record_kept_model_training_images`; a trainer's pipeline's); where
-    it records none, say the run cannot check. A U-Net trained on the whole folder scored its own test images, with
-    every target "met" and SimCLR trained on the train split only."""
-    from diffusion_classifiers.data.split_record import recorded_train_fingerprints, trained_on_unlabeled_pool
+    `data_splits.json` records (a kept model's: `record_kept_model_training_images`; a trainer's pipeline's), naming
+    the benchmark's `carving_flags` (QA: the library's message named the trainer's --unlabeled, which no benchmark
+    has); where it records none, say the run cannot check. A U-Net trained on the whole folder scored its own test
+    images, with every target "met" and SimCLR trained on the train split only."""
+    from diffusion_classifiers.data.split_record import SPLIT_RECORD_NAME, recorded_train_fingerprints
     from diffusion_classifiers.evaluation import check_training_overlap
 
     fingerprints = recorded_train_fingerprints(unet_dir)
@@ -292,10 +327,18 @@ def check_reused_model_saw_none_of(unet_dir: str, splits: dict) -> None:
         )
         return
     held_out = {name: splits[name] for name in ("val", "test") if name in splits}
-    check_training_overlap(
-        held_out, fingerprints, where=f"this run's data (--unet_dir {unet_dir})", train_split=splits.get("train"),
-        drop_hint=None, streaming_hint=None, unlabeled_pool=trained_on_unlabeled_pool(unet_dir),
-    )  # fmt: skip
+    _, seen = check_training_overlap(held_out, fingerprints, drop=True, train_split=splits.get("train"))
+    if any(seen.values()):
+        counted = " and ".join(
+            f"{seen[name]} of {len(split)} images of the {name} split" for name, split in held_out.items()
+        )
+        raise ValueError(
+            f"{counted} of this run's data (--unet_dir {unet_dir}) are images the model was trained on (by content: "
+            f"its {SPLIT_RECORD_NAME} train_fingerprints): it was trained on other data, or on these data carved "
+            f"otherwise (a run with other {carving_flags}), and scoring them would overstate it; expected a model "
+            f"trained on none of this run's val and test images: rerun with the {carving_flags} it was kept with, or "
+            "train one here (leave out --unet_dir)"
+        )
 
 
 def record_kept_model_training_images(folder: str, train_images: torch.Tensor, unlabeled: bool, seed: int) -> None:
@@ -324,12 +367,15 @@ def _saved_unet_contract(folder: Path, unet_config: dict) -> "ImagePreprocessing
     return ImagePreprocessing(image_size=unet_config["sample_size"], num_channels=unet_config["in_channels"])
 
 
-def trained_or_loaded_ddpm(args: argparse.Namespace, splits: dict, train: Callable[[], tuple]) -> tuple:
+def trained_or_loaded_ddpm(
+    args: argparse.Namespace, splits: dict, train: Callable[[], tuple], carving_flags: str = CARVING_FLAGS
+) -> tuple:
     """The DDPM U-Net and scheduler saved in `--unet_dir` (refused by `check_unet_dir` unless trained on images read
     as the train split's contract reads them, and by `check_reused_model_saw_none_of` if trained on a val or test
-    image of `splits`) with final loss None; else `train()`'s `(unet, scheduler, final_loss)`, kept in
-    `--keep_checkpoint` as a `UNetFeatureClassifierPipeline` without a head, which saves the contract, with the
-    fingerprints of the train images."""
+    image of `splits`, the error naming `carving_flags`) with final loss None; else `train()`'s `(unet, scheduler,
+    training summary)` as `(unet, scheduler, final loss)`, kept in `--keep_checkpoint` as a
+    `UNetFeatureClassifierPipeline` without a head, which saves the contract, with the fingerprints of the train images
+    and the training summary (`keep_trained_model`)."""
     preprocessing = splits["train"].preprocessing
     from diffusers import DDPMScheduler, UNet2DModel
 
@@ -337,19 +383,30 @@ def trained_or_loaded_ddpm(args: argparse.Namespace, splits: dict, train: Callab
 
     if getattr(args, "unet_dir", None):  # a kept pipeline or a trainer's pipeline folder: both hold unet/ and scheduler/
         check_unet_dir(args.unet_dir, preprocessing)
-        check_reused_model_saw_none_of(args.unet_dir, splits)
+        check_reused_model_saw_none_of(args.unet_dir, splits, carving_flags)
         unet = UNet2DModel.from_pretrained(args.unet_dir, subfolder="unet")
         return unet.eval(), DDPMScheduler.from_pretrained(args.unet_dir, subfolder="scheduler"), None
-    unet, scheduler, final_loss = train()
+    unet, scheduler, summary = train()
     if getattr(args, "keep_checkpoint", None):
         kept = UNetFeatureClassifierPipeline(unet=unet, scheduler=scheduler, preprocessing=preprocessing)
+        keep_trained_model(args.keep_checkpoint, kept, splits["train"].images, summary, unlabeled=True, seed=args.seed)
+    return unet, scheduler, summary.final_loss
 
-        def save(folder: str) -> None:
-            kept.save_pretrained(folder)
-            record_kept_model_training_images(folder, splits["train"].images, unlabeled=True, seed=args.seed)
 
-        keep_model(args.keep_checkpoint, save)
-    return unet, scheduler, final_loss
+def keep_trained_model(
+    folder: str, pipeline, train_images: torch.Tensor, summary: "TrainingSummary", unlabeled: bool, seed: int
+) -> None:
+    """`keep_model` of a trained `pipeline` into the `--keep_checkpoint` `folder`: its `save_pretrained`, its training
+    images' fingerprints (`record_kept_model_training_images`) and its `training_summary.json` (`summary`), which a
+    `--unet_dir` reuse records (`loaded_unet_facts`; QA: the U-Net benchmarks kept none, so a reuse recorded
+    loaded_training_summary None)."""
+
+    def save(staging: str) -> None:
+        pipeline.save_pretrained(staging)
+        record_kept_model_training_images(staging, train_images, unlabeled=unlabeled, seed=seed)
+        summary.save(staging)
+
+    keep_model(folder, save)
 
 
 def keep_model(folder: str, save: Callable[[str], None]) -> None:
@@ -804,12 +861,29 @@ def environment(device: torch.device) -> dict:
 
 def results_path(name: str, args: argparse.Namespace) -> Path:
     """Where a full run writes its results (and its figures, beside): `--output`, else `results/<name>.json`, or with
-    `--data` (your own data) `results/<name>_<dataset name>.json`, so a run on other data never replaces the result
-    recorded for the benchmark's own."""
+    `--data` (your own data) `results/<name>_<data name>.json` (`results_data_name`), so a run on other data never
+    replaces the result recorded for the benchmark's own."""
     if args.output:
         return Path(args.output)
     data = getattr(args, "data", None)
-    return RESULTS_DIR / (f"{name}_{dataset_name(data)}.json" if data else f"{name}.json")
+    return RESULTS_DIR / (f"{name}_{results_data_name(data)}.json" if data else f"{name}.json")
+
+
+# File and folder names that say what part of a data set they hold, not which data set: a default results name
+# (`results_data_name`) puts the parent folder's name before them.
+GENERIC_DATA_NAMES = frozenset(
+    ("all", "data", "dataset", "image", "images", "imgs", "test", "train", "training", "val", "valid", "validation")
+)
+
+
+def results_data_name(data: str) -> str:
+    """The data's part of a default results name: `dataset_name(data)`, after its parent folder's where that is
+    generic (`GENERIC_DATA_NAMES`: /lab/siteA/train -> sitea_train). QA: /lab/siteA/train and /lab/siteB/train both
+    wrote plankton_accuracy_train.json, the second replacing the first without a word; the parent's name tells such
+    folders apart as a user would name them, where refusing to replace the first would stop the second run."""
+    name = dataset_name(data)
+    parent = Path(data).absolute().parent
+    return f"{dataset_name(str(parent))}_{name}" if name in GENERIC_DATA_NAMES and parent.name else name
 
 
 def report(name: str, args: argparse.Namespace, device: torch.device, figures: dict) -> dict:

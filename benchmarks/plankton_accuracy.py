@@ -86,6 +86,7 @@ from _common import (
     check_checkpoint_options,
     check_timesteps_arg,
     check_unet_dir,
+    check_unet_size,
     data_path,
     dataset_name,
     encoder_parameters,
@@ -106,7 +107,6 @@ from diffusion_classifiers.data.splits import stratified_train_val_test_split
 from diffusion_classifiers.features import DiffusionFeatureExtractor, feature_blocks, hypercolumn, with_hypercolumns
 from diffusion_classifiers.metrics import classification_metrics
 from diffusion_classifiers.models import SupervisedCNN, build_vit_encoder, count_parameters, encode_representation
-from diffusion_classifiers.models.unet_presets import unet_config
 from diffusion_classifiers.plots import plot_label_efficiency
 from diffusion_classifiers.probing import few_shot_indices, fit_probe_grid, kmeans_evaluate, prototype_classify
 from diffusion_classifiers.probing import NORMALIZATIONS, select_clustering_without_labels
@@ -124,6 +124,7 @@ NAME = "plankton_accuracy"
 SPLITS = ("train", "val", "test")
 TAIL_TRAIN_IMAGES = 50  # a class with fewer train images than this is in the tail
 SHOTS = (1, 5, None)  # FlowCam labelled images per class; None: all of the fold's training images
+SHIFT_FOLDS = 5  # the shift's stratified cross-validation folds (`few_shot_transfer`)
 FEW_SHOT_PROTOCOLS = ("prototype", "linear_probe")
 CNN_SAMPLINGS = ("natural", "balanced")  # each regime's CNN is trained both ways, the better on val kept
 # The U-Net feature for the shift is chosen on NDSB val by nearest-prototype few-shot accuracy (as the shift is
@@ -142,6 +143,8 @@ VIEW_CHOICES = (None, "dihedral")
 # 48.9% upright val accuracy and its second, 2x2 up_blocks.1, 54.4% (2026-12-04). Each candidate costs its extraction
 # of every train image (about 75 s on one thread) and an all-labels fit.
 ALL_LABELS_CANDIDATES = 3
+# What carves the run's splits (`load_splits`): --quick reads at most 8 images of each class
+CARVING_FLAGS = "--data, --seed, --val_fraction, --test_fraction and --quick"
 QUICK_PROBE_C = (1.0,)  # 8 images per class: at larger C the solver takes long (PROBE_C made the run 40 s slower)
 
 
@@ -234,7 +237,10 @@ def parse_args():
     parser.add_argument(
         "--shift_data", default=None,
         help="the shifted set's image folder, read as --data's (bright-field only); its results are named after it "
-        "(<name>_shift, <name>_unet_minus_..._points); default the FlowCam demo's images folder (named flowcam)",
+        "(<name>_shift, <name>_unet_minus_..._points); every class needs at least "
+        f"{shift_images_needed()} images (one in each of the {SHIFT_FOLDS} cross-validation folds, "
+        f"{max(s for s in SHOTS if s)} shots in each fold's training part); default the FlowCam demo's images "
+        "folder (named flowcam)",
     )  # fmt: skip
     parser.add_argument("--image_size", type=int, default=None, help="square side in px; default: the preset's")
     parser.add_argument("--unet_preset", default=None, help="tiny, small or base; default: the preset's")
@@ -290,10 +296,7 @@ def parse_args():
 
 def check_args(parser, args) -> None:
     """Refuse what would fail later, before any image is read: a size the U-Net cannot take, missing folders."""
-    try:
-        unet_config(args.budget.unet_preset, args.budget.image_size)
-    except ValueError as error:
-        parser.error(f"--image_size / --unet_preset: {error}")
+    check_unet_size(parser, args.budget.unet_preset, args.budget.image_size)
     if args.budget.image_size % args.budget.vit["patch_size"]:
         parser.error(f"--image_size: expected a multiple of the ViT patch size {args.budget.vit['patch_size']}")
     if args.budget.workers < 1:
@@ -324,9 +327,39 @@ def check_args(parser, args) -> None:
     check_checkpoint_options(parser, args)
     if args.unet_dir:  # here, not in the U-Net arm: a worker's failure comes only after the other parts' work
         try:
-            check_unet_dir(args.unet_dir, preprocessing(args.budget))
+            check_unet_dir(args.unet_dir, preprocessing(args.budget), reading_flags=("--image_size",))
         except ValueError as error:
             parser.error(str(error))
+    check_shift_class_sizes(parser, args.shift_data)
+
+
+def shift_images_needed(shot_counts: Sequence[Optional[int]] = SHOTS, num_folds: int = SHIFT_FOLDS) -> int:
+    """The fewest images a class of the shifted set needs for `few_shot_transfer`: one in each of its `num_folds`
+    stratified folds, and the most shots of `shot_counts` in each fold's training part (the class less its fold,
+    which holds up to ceil(n / num_folds) of its n images): 7 for 5 folds and 5 shots."""
+    shots, needed = max((s for s in shot_counts if s), default=1), num_folds
+    while needed - math.ceil(needed / num_folds) < shots:
+        needed += 1
+    return needed
+
+
+def check_shift_class_sizes(parser, shift_data: Path) -> None:
+    """Refuse, before any training, a `--shift_data` class with fewer images than `shift_images_needed` (QA: 3 or 5
+    images a class failed in scikit-learn's folds or the few-shot draw after the whole run's training, and nothing
+    was written)."""
+    try:
+        _, labels, names = list_class_folders(shift_data)
+    except ValueError as error:
+        parser.error(f"--shift_data: {error}")
+    needed, counts = shift_images_needed(), np.bincount(labels, minlength=len(names))
+    small = {names[c]: int(counts[c]) for c in np.flatnonzero(counts < needed)}
+    if small:
+        parser.error(
+            f"--shift_data: {shift_data} has class(es) with too few images: {small}; expected at least {needed} images "
+            f"of every class (one in each of the shift's {SHIFT_FOLDS} cross-validation folds and "
+            f"{max(s for s in SHOTS if s)} shots in each fold's training part): give more images of them, or leave "
+            "those classes out"
+        )
 
 
 def shift_name(shift_data: Optional[str]) -> str:
@@ -419,6 +452,26 @@ def read_images(
     return LabeledImages(read, torch.from_numpy(labels), names, contract)
 
 
+def check_shift_holds_no_data_image(args, shift: LabeledImages, shift_files: list, splits: Dict[str, LabeledImages]):
+    """Refuse, before any training, a `--shift_data` holding images of `--data` (any split), by content as read
+    (`image_fingerprint_variants` against `image_fingerprints`, the fingerprints a reused U-Net's training images are
+    checked by): QA, a byte-identical copy of the shift set given as --data passed the path check, and the "shift"
+    was measured on the models' own training images. (A --quick run compares the images it reads of --data.)"""
+    from diffusion_classifiers.data.split_record import image_fingerprint_variants, image_fingerprints
+
+    in_data = {f for split in splits.values() for f in image_fingerprints(split.images)}
+    variants = image_fingerprint_variants(shift.images)
+    seen = [i for i, fingerprints in enumerate(variants) if not in_data.isdisjoint(fingerprints)]
+    if seen:
+        examples = ", ".join(str(shift_files[i]) for i in seen[:3])
+        raise ValueError(
+            f"--shift_data {args.shift_data}: {len(seen)} of its {len(shift)} images are images of --data "
+            f"{args.data_path} (by content, as read), e.g. {examples}; expected a "
+            "shifted set of other images (the shift measures the features on images the models were not trained on): "
+            "give --data and --shift_data that share no image"
+        )
+
+
 def load_splits(args) -> Tuple[Dict[str, LabeledImages], torch.Tensor, Dict[str, torch.Tensor]]:
     """The seeded stratified splits, the indices of the class-balanced test subset and the train rows of each label
     regime (`"all"` first). A class too small for the splits, or a regime selecting the same images as another, is
@@ -428,9 +481,19 @@ def load_splits(args) -> Tuple[Dict[str, LabeledImages], torch.Tensor, Dict[str,
         labels, args.val_fraction, args.test_fraction, seed=args.seed, min_per_class=2, class_names=names
     )
     train_labels = torch.from_numpy(labels[index["train"]])
-    subsets = few_label_subsets(
-        train_labels, sorted(args.label_fractions), min_per_class=1, seed=args.seed, min_per_class_flag=None
-    )
+    try:
+        subsets = few_label_subsets(
+            train_labels, sorted(args.label_fractions), min_per_class=1, seed=args.seed, min_per_class_flag=None
+        )
+    except ValueError as error:
+        if not args.budget.images_per_class:
+            raise
+        fewest, most = int(torch.bincount(train_labels).min()), int(torch.bincount(train_labels).max())
+        raise ValueError(  # QA: refused on 25-40 images a class without saying why there were so few
+            f"{error}; --quick reads at most {args.budget.images_per_class} images of each class of --data, which "
+            f"leaves {fewest if fewest == most else f'{fewest} to {most}'} train images a class here: run without "
+            "--quick, or with one --label_fractions value"
+        ) from None
     contract = preprocessing(args.budget)
     take = (lambda rows: images[rows]) if isinstance(images, np.ndarray) else (lambda rows: [images[i] for i in rows])
     source = f"--data {args.data_path}"
@@ -832,9 +895,9 @@ def train_unet(args, splits: dict, work_dir: str):
         )
         unet, scheduler, summary = train_ddpm_unet(training, splits["train"].images, preset=budget.unet_preset)
         trained_steps["ddpm"] = summary.global_step
-        return unet, scheduler, summary.final_loss
+        return unet, scheduler, summary
 
-    return (*trained_or_loaded_ddpm(args, splits, train), trained_steps.get("ddpm"))
+    return (*trained_or_loaded_ddpm(args, splits, train, CARVING_FLAGS), trained_steps.get("ddpm"))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -849,7 +912,7 @@ def few_shot_transfer(
     seed: int,
     shot_counts: Sequence[Optional[int]] = SHOTS,
     protocols: Sequence[str] = FEW_SHOT_PROTOCOLS,
-    num_folds: int = 5,
+    num_folds: int = SHIFT_FOLDS,
 ) -> dict:
     """Nearest prototype and a linear probe with k = 1, 5, all labelled images per class of each training fold
     (stratified cross-validation, every image predicted once per episode); accuracy and macro-F1 over the pooled
@@ -1316,6 +1379,7 @@ def main():
         splits, balanced, subsets = load_splits(args)
         shift_files, shift_labels, shift_names = list_class_folders(args.shift_data)
         shift = read_images(shift_files, shift_labels, shift_names, preprocessing(budget), f"--shift_data {args.shift_data}")
+        check_shift_holds_no_data_image(args, shift, shift_files, splits)
     train, val, test = (splits[name] for name in SPLITS)
     data = RunData(splits, balanced, subsets, shift)
     grid_regime, grid_rows = data.grid_regime, subsets[data.grid_regime]

@@ -55,11 +55,10 @@ from _common import (
     cnn_baseline,
     data_path,
     dataset_name,
-    keep_model,
+    keep_trained_model,
     load_benchmark_data,
     loaded_unet_facts,
     reading_options,
-    record_kept_model_training_images,
     report,
     setup,
     stratified_subset_index,
@@ -190,13 +189,7 @@ def train_unet(args, splits: dict, steps: int, class_balanced: bool, work_dir: s
         unet.eval(), scheduler, class_names=train.class_names, preprocessing=train.preprocessing
     )
     if reusable and args.keep_checkpoint:
-
-        def save(folder: str) -> None:
-            pipe.save_pretrained(folder)
-            record_kept_model_training_images(folder, train.images, unlabeled=False, seed=args.seed)
-            summary.save(folder)  # training_summary.json: what a reuse records of it (loaded_unet_facts)
-
-        keep_model(args.keep_checkpoint, save)
+        keep_trained_model(args.keep_checkpoint, pipe, train.images, summary, unlabeled=False, seed=args.seed)
     return pipe, summary.final_loss
 
 

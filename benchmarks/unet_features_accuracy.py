@@ -34,6 +34,7 @@ from _common import (
     base_parser,
     check_data_options,
     check_timesteps_arg,
+    check_unet_size,
     cnn_baseline,
     data_path,
     dataset_name,
@@ -116,6 +117,8 @@ def parse_args():
     # _common.results_path); the data read is args.data_path
     args.data_path = args.data or str(data_path("medmnist_pneumonia", "pneumoniamnist.npz"))
     args.unet_preset = args.unet_preset or ("tiny" if args.quick else "small")
+    if args.image_size is not None and "unet_features" in args.parts and not args.unet_dir:  # a loaded one is built
+        check_unet_size(parser, args.unet_preset, args.image_size)
     args.max_train_steps = args.max_train_steps or (10 if args.quick else 1000)
     args.train_batch_size = args.train_batch_size or (32 if args.quick else 64)
     args.timesteps = args.timesteps or list(QUICK_TIMESTEPS if args.quick else DEFAULT_TIMESTEPS)
@@ -145,8 +148,7 @@ def train_unet(args, splits: dict, work_dir: str):
             work_dir, args.max_train_steps, args.learning_rate, args.max_train_steps // 20, args.seed,
             train_batch_size=args.train_batch_size, use_ema=True, num_sample_images=0 if args.quick else 8,
         )  # fmt: skip
-        unet, scheduler, summary = train_ddpm_unet(training, splits["train"].images, preset=args.unet_preset)
-        return unet, scheduler, summary.final_loss
+        return train_ddpm_unet(training, splits["train"].images, preset=args.unet_preset)
 
     return trained_or_loaded_ddpm(args, splits, train)
 
@@ -195,8 +197,10 @@ def probe_figures(study: UNetFeatureStudy) -> dict:
 
 
 def targets(regimes: dict, fraction_key: str, total_seconds: float) -> dict:
-    """All labels: the probe's test accuracy and AUC at least the CNN's; the smallest label fraction: >= 5 points
-    more accuracy than the CNN (only when both methods ran); k-means on the U-Net features chosen without labels at
+    """All labels: the probe's test accuracy and AUC at least the CNN's; the smallest label fraction (`fraction_key`,
+    which the entry names, `label_regime`, with its `num_train_labels`: QA, with several fractions it did not say
+    which; the name stays, as results files and targets_table.py read it): >= 5 points more accuracy than the CNN
+    (only when both methods ran); k-means on the U-Net features chosen without labels at
     least as accurate (Hungarian) as on raw pixels (points; k-means reads no labels, so the "all" regime's); the
     whole run within 30 minutes."""
     full, few = regimes["all"], regimes[fraction_key]
@@ -210,9 +214,10 @@ def targets(regimes: dict, fraction_key: str, total_seconds: float) -> dict:
         compared |= {
             "all_labels_probe_test_accuracy": target_entry(full["probe"]["test_accuracy"], full["cnn"]["test_accuracy"]),
             "all_labels_probe_test_auc": target_entry(full["probe"]["test_auc"], full["cnn"]["test_auc"]),
-            "few_labels_probe_minus_cnn_accuracy_points": target_entry(
-                100 * (few["probe"]["test_accuracy"] - few["cnn"]["test_accuracy"]), 5.0
-            ),
+            "few_labels_probe_minus_cnn_accuracy_points": {
+                **target_entry(100 * (few["probe"]["test_accuracy"] - few["cnn"]["test_accuracy"]), 5.0),
+                "label_regime": fraction_key, "num_train_labels": few["num_train_labels"],
+            },
         }
     return {**compared, "wall_seconds_total": target_entry(total_seconds, 30 * 60, higher_is_better=False)}
 
@@ -232,6 +237,16 @@ def label_efficiency_curves(regimes: dict, num_classes: int) -> dict:
         for key in METHOD_NAMES
         if key in regimes["all"]
     }  # fmt: skip
+
+
+PART_TITLES = {"unet_features": "frozen U-Net features", "cnn": "a supervised CNN"}
+
+
+def efficiency_title(parts, data_path: str) -> str:
+    """The label-efficiency plot's title: the methods of `parts` it draws (QA: "Frozen U-Net features vs a supervised
+    CNN" titled a --parts cnn plot of the CNN alone), on the data."""
+    drawn = " vs ".join(PART_TITLES[part] for part in PARTS if part in parts)
+    return f"{drawn[0].upper()}{drawn[1:]} on {Path(data_path).name}: labels per class"
 
 
 def run_regimes(args, splits: dict, subsets: dict, device, walls: dict, work_dir: str) -> tuple:
@@ -282,10 +297,9 @@ def main():
     output = _common.results_path(NAME, args)
     figure_dir = _common.figure_dir(args, output)
     efficiency_plot = figure_dir / f"{output.stem}_label_efficiency.png"  # beside its results file, named after it
-    compared = " vs a supervised CNN" if "cnn" in args.parts else ""
     plot_label_efficiency(
         label_efficiency_curves(regimes, train.num_classes), str(efficiency_plot),
-        title=figure_title(f"Frozen U-Net features{compared} on {Path(args.data_path).name}: labels per class", args.quick),
+        title=figure_title(efficiency_title(args.parts, args.data_path), args.quick),
     )
     parameters = {"cnn": regimes["all"]["cnn"]["num_parameters"]} if "cnn" in args.parts else {}
     if unet is not None:

@@ -192,6 +192,13 @@ def tiny_unet(**config):
     )  # fmt: skip
 
 
+def summary_of(final_loss: float):
+    """The training summary a benchmark's `train()` gives `trained_or_loaded_ddpm` with the U-Net and scheduler."""
+    from diffusion_classifiers.training import TrainingSummary
+
+    return TrainingSummary(10, resumed_from_step=0, num_processes=1, samples_per_process=[640], final_loss=final_loss)
+
+
 def splits_read_as(contract: ImagePreprocessing, seed: int = 0) -> dict:
     """Train, val and test splits of 6 random images each, read as `contract` reads them."""
     generator = torch.Generator().manual_seed(seed)
@@ -211,7 +218,8 @@ def test_a_kept_diffusion_model_is_reloaded_instead_of_trained_and_refused_for_o
     contract = ImagePreprocessing(8, 1)
     splits = splits_read_as(contract)
     keep = argparse.Namespace(keep_checkpoint=folder, unet_dir=None, seed=0)
-    trained = _common.trained_or_loaded_ddpm(keep, splits, lambda: (unet, DDPMScheduler(num_train_timesteps=10), 0.5))
+    scheduler = DDPMScheduler(num_train_timesteps=10)
+    trained = _common.trained_or_loaded_ddpm(keep, splits, lambda: (unet, scheduler, summary_of(0.5)))
     assert trained[2] == 0.5
     reuse = argparse.Namespace(keep_checkpoint=None, unet_dir=folder)
     loaded, scheduler, final_loss = _common.trained_or_loaded_ddpm(reuse, splits, lambda: pytest.fail("trained again"))
@@ -259,7 +267,8 @@ def test_a_reused_model_trained_on_the_runs_val_or_test_images_is_refused(tmp_pa
     leaky = {**splits, "train": LabeledImages(torch.cat([splits["train"].images, splits["test"].images[:2]]),
                                               torch.tensor([0, 1] * 4), ["a", "b"], preprocessing=contract)}
     keep = argparse.Namespace(keep_checkpoint=folder, unet_dir=None, seed=0)
-    _common.trained_or_loaded_ddpm(keep, leaky, lambda: (tiny_unet(), DDPMScheduler(num_train_timesteps=10), 0.5))
+    scheduler = DDPMScheduler(num_train_timesteps=10)
+    _common.trained_or_loaded_ddpm(keep, leaky, lambda: (tiny_unet(), scheduler, summary_of(0.5)))
     reuse = argparse.Namespace(keep_checkpoint=None, unet_dir=folder)
     with pytest.raises(ValueError, match=r"2 of 6 images of the test split of this run's data .* are images the model"):
         _common.trained_or_loaded_ddpm(reuse, splits, lambda: pytest.fail("trained"))

@@ -139,7 +139,7 @@ def test_the_shift_is_named_after_its_data_and_flowcam_by_default(tmp_path, monk
     assert plankton_accuracy.shift_name(str(tmp_path / "My-Scope")) == "my_scope"
     assert plankton_accuracy.shift_name(str(tmp_path / "my_scope" / "images")) == "my_scope"
     data = plankton_folder(tmp_path / "ndsb_like")
-    shift = plankton_folder(tmp_path / "my_scope", classes=("a", "b"))
+    shift = plankton_folder(tmp_path / "my_scope", classes=("a", "b"), per_class=7)  # the shift needs 7 a class
     monkeypatch.setattr(sys, "argv", ["plankton_accuracy.py", "--quick", "--data", str(data), "--shift_data", str(shift)])
     assert plankton_accuracy.parse_args().shift_name == "my_scope"
 
