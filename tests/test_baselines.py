@@ -42,9 +42,9 @@ def test_learns_digits_and_selects_on_val(digits, tmp_path):
 
 
 def test_same_seed_same_model(digits, tmp_path):
-    first, _ = _train(digits, tmp_path / "a", max_train_steps=20, augment=True)
-    second, _ = _train(digits, tmp_path / "b", max_train_steps=20, augment=True)
-    third, _ = _train(digits, tmp_path / "c", max_train_steps=20, augment=True, seed=1)
+    first, _ = _train(digits, tmp_path / "a", max_train_steps=20, augment=True, num_checkpoints=2)
+    second, _ = _train(digits, tmp_path / "b", max_train_steps=20, augment=True, num_checkpoints=2)
+    third, _ = _train(digits, tmp_path / "c", max_train_steps=20, augment=True, num_checkpoints=2, seed=1)
     images = digits[2][0][:50]
     torch.testing.assert_close(predict_proba(first, images), predict_proba(second, images), rtol=0, atol=0)
     assert not torch.allclose(predict_proba(first, images), predict_proba(third, images))

@@ -41,15 +41,24 @@ def test_evaluate_names_the_method_in_its_title_and_metrics(tmp_path):
 def test_probes_test_figures_record_what_evaluates_do(tmp_path):
     """probe's metrics.json did not say which split, data, preprocessing or method it measured, nor whether its test
     images were checked against the U-Net's training images, as evaluate's and fit-head's do."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
     from diffusion_classifiers.data.split_record import save_split_record
 
+    from .conftest import digit_folder
+
+    # a folder `digits` of 80 digits 0 and 1, recorded by its name: what is recorded does not depend on the data, and
+    # all 1797 digits made the probe take twice as long
+    data = tmp_path / "digits"
+    digit_folder(data, np.flatnonzero(load_digits().target <= 1)[:80])
     torch.manual_seed(0)
     unet_dir = tmp_path / "unet"
     pipe = UNetFeatureClassifierPipeline(unet=UNet2DModel(**unet_config("tiny", 8)), scheduler=DDPMScheduler())
     pipe.save_pretrained(unet_dir)
-    trained_on = load_image_classification_data("digits", **pipe.loader_kwargs)["train"]
+    trained_on = load_image_classification_data(str(data), **pipe.loader_kwargs)["train"]
     save_split_record(unet_dir, val_fraction=0.1, test_fraction=0.2, seed=0, train_images=trained_on.images)
-    main(["probe", "--unet_dir", str(unet_dir), "--dataset", "digits", "--timesteps", "20", "--C", "1",
+    main(["probe", "--unet_dir", str(unet_dir), "--dataset", str(data), "--timesteps", "20", "--C", "1",
           "--output_dir", str(tmp_path / "probe")])  # fmt: skip
     test = json.loads((tmp_path / "probe" / "metrics.json").read_text())["test"]
     assert (test["split"], test["dataset"], test["method"]) == ("test", "digits", "unet_features")

@@ -460,6 +460,11 @@ json.dump({{"module": type(processor).__module__, "preprocessing": processor.pre
     loaded = run_python(script, tmp_path, hide_package=True)
     assert loaded["module"].startswith("transformers_modules.")  # the code saved beside it
     assert loaded["preprocessing"] == contract.to_dict()
-    script = script.replace(PACKAGE_HIDDEN, "import diffusion_classifiers").replace("trust_remote_code=True", "")
-    loaded = run_python(script, tmp_path, hide_package=False)  # the installed class, no remote code asked for
-    assert loaded["module"] == "diffusion_classifiers.image_processing_diffusion_classifier"
+    # with the package (imported here; a fresh interpreter with only the package imported loads every saved kind in
+    # test_pipelines_and_transformers_models_load_with_the_package_without_remote_code): the installed class, no
+    # remote code asked for
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "processor")
+    assert type(processor).__module__ == "diffusion_classifiers.image_processing_diffusion_classifier"
+    assert processor.preprocessing == contract.to_dict()

@@ -192,6 +192,9 @@ class StubHubHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     timeout = 10  # seconds a connection may stay silent
+    # TCP_NODELAY: a reply's headers and body are two writes, and Nagle's algorithm held the body back for the client's
+    # delayed ACK, 40 ms a request (diffusers asks for the repo's info hundreds of times while loading saved code)
+    disable_nagle_algorithm = True
     routes = [
         ("POST", r"/api/repos/create", "create_repo"),
         ("POST", r"/api/validate-yaml", "validate_yaml"),

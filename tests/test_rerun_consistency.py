@@ -22,6 +22,8 @@ import diffusion_classifiers.prediction.outputs  # noqa: F401
 import diffusion_classifiers.unet_feature_study  # noqa: F401
 from diffusion_classifiers.cli import main
 
+from .conftest import digit_folder
+
 TICK = 0.012  # longer than the kernel's coarse clock step: files written one after another get distinct mtimes
 
 
@@ -62,7 +64,19 @@ def _assert_marker_written_last(folder: Path, marker: str = "metrics.json", name
 
 
 @pytest.fixture(scope="module")
-def probed(tmp_path_factory):
+def digits(tmp_path_factory) -> str:
+    """A folder of 80 of scikit-learn's digits 0 and 1: which files a run writes, and in which order, does not depend
+    on the data, and all 1797 digits made each probe here take 2-3 times as long."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("digits")
+    digit_folder(root, np.flatnonzero(load_digits().target <= 1)[:80])
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory, digits):
     """A tiny untrained U-Net, and an earlier complete probe of it (t=50) on digits."""
     from diffusers import DDPMScheduler, UNet2DModel
 
@@ -71,18 +85,20 @@ def probed(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("rerun")
     UNetFeatureClassifierPipeline(UNet2DModel(**unet_config("tiny", 8)), DDPMScheduler()).save_pretrained(root / "u")
-    main(["probe", "--unet_dir", str(root / "u"), "--dataset", "digits", "--output_dir", str(root / "probe"),
+    main(["probe", "--unet_dir", str(root / "u"), "--dataset", digits, "--output_dir", str(root / "probe"),
           "--timesteps", "50", "--C", "1"])  # fmt: skip
     return root
 
 
-def _probe(root: Path, out: Path, timestep: str) -> None:
-    main(["probe", "--unet_dir", str(root / "u"), "--dataset", "digits", "--output_dir", str(out), "--timesteps",
-          timestep, "--C", "1", "--overwrite_output_dir"])  # fmt: skip
+def _probe(root: Path, data: str, out: Path, timestep: str) -> None:
+    main(["probe", "--unet_dir", str(root / "u"), "--dataset", data, "--output_dir", str(out), "--timesteps", timestep,
+          "--C", "1", "--overwrite_output_dir"])  # fmt: skip
 
 
 @pytest.mark.parametrize("fail_on", ["confusion_matrix.png", "report.md"])
-def test_probe_rerun_failing_halfway_leaves_no_report_beside_the_other_runs_files(probed, tmp_path, writes, fail_on):
+def test_probe_rerun_failing_halfway_leaves_no_report_beside_the_other_runs_files(
+    probed, digits, tmp_path, writes, fail_on
+):
     import shutil
 
     out = tmp_path / "probe"
@@ -90,25 +106,28 @@ def test_probe_rerun_failing_halfway_leaves_no_report_beside_the_other_runs_file
     before = _files(out)
     writes.fail_on = fail_on
     with pytest.raises(OSError, match="No space left"):
-        _probe(probed, out, "10")
+        _probe(probed, digits, out, "10")
     _assert_no_mixed_report(out, before)
 
 
-def test_probe_rerun_writes_metrics_json_last(probed, tmp_path, writes):
+def test_probe_rerun_writes_metrics_json_last(probed, digits, tmp_path, writes):
     import shutil
 
     out = tmp_path / "probe"
     shutil.copytree(probed / "probe", out)
-    _probe(probed, out, "10")
+    _probe(probed, digits, out, "10")
     assert json.loads((out / "metrics.json").read_text())["summary"]["best_timestep"] == 10
     assert writes.order[-1] == "metrics.json"
     _assert_marker_written_last(out)  # pipeline/ included
 
 
 @pytest.mark.parametrize("fail_on", ["reliability.png", "report.md"])
-def test_evaluate_rerun_failing_halfway_leaves_no_report_beside_the_other_runs_files(probed, tmp_path, writes, fail_on):
+def test_evaluate_rerun_failing_halfway_leaves_no_report_beside_the_other_runs_files(
+    probed, digits, tmp_path, writes, fail_on
+):
     out = tmp_path / "e"
-    model = ["evaluate", "--model_dir", str(probed / "probe" / "pipeline"), "--dataset", "digits", "--output_dir", str(out)]
+    model = ["evaluate", "--model_dir", str(probed / "probe" / "pipeline"), "--dataset", digits, "--output_dir",
+             str(out)]  # fmt: skip
     main(model)
     before = _files(out)
     writes.fail_on = fail_on
@@ -163,9 +182,9 @@ def _saved_rc_dit(folder: Path) -> str:
     return str(folder)
 
 
-def test_fit_head_rerun_replaces_the_pipeline_whole_and_writes_metrics_json_last(tmp_path, writes):
+def test_fit_head_rerun_replaces_the_pipeline_whole_and_writes_metrics_json_last(digits, tmp_path, writes):
     model, out = _saved_rc_dit(tmp_path / "rc"), tmp_path / "head"
-    common = ["fit-head", "--model_dir", model, "--dataset", "digits", "--test_fraction", "0.3", "--output_dir", str(out)]
+    common = ["fit-head", "--model_dir", model, "--dataset", digits, "--test_fraction", "0.3", "--output_dir", str(out)]
     main([*common, "--head", "linear_probe", "--C", "1"])
     linear = set(_files(out / "pipeline"))
     before = _files(out)
@@ -182,13 +201,13 @@ def test_fit_head_rerun_replaces_the_pipeline_whole_and_writes_metrics_json_last
     assert set(_files(out / "pipeline")) == set(_files(fresh / "pipeline")) != linear  # no earlier head's file left
 
 
-def test_a_fit_head_rerun_failing_while_scoring_test_keeps_the_earlier_result_whole(tmp_path, monkeypatch):
+def test_a_fit_head_rerun_failing_while_scoring_test_keeps_the_earlier_result_whole(digits, tmp_path, monkeypatch):
     """A second read: the rerun removed the earlier metrics.json and pipeline/ before scoring test, so a failure
     there lost the earlier complete result; the new pipeline is now saved aside and moved in once test is scored."""
     from diffusion_classifiers import evaluation
 
     model, out = _saved_rc_dit(tmp_path / "rc"), tmp_path / "head"
-    common = ["fit-head", "--model_dir", model, "--dataset", "digits", "--test_fraction", "0.3", "--output_dir", str(out)]
+    common = ["fit-head", "--model_dir", model, "--dataset", digits, "--test_fraction", "0.3", "--output_dir", str(out)]
     main([*common, "--head", "linear_probe", "--C", "1"])
     before = _files(out)
 

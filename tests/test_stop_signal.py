@@ -169,13 +169,22 @@ def test_a_replacing_run_sigterm_stopped_keeps_the_replaced_runs_checkpoints_unt
     assert not aside.exists()  # the rerun ended: the replaced run's checkpoints go
 
 
-def test_a_demo_whose_training_sigterm_stopped_probes_and_reports_nothing(tmp_path, monkeypatch, capsys):
+def test_a_demo_whose_training_sigterm_stopped_probes_and_reports_nothing(
+    tmp_path, tmp_path_factory, monkeypatch, capsys
+):
     """QA (operations): the demo probed the U-Net SIGTERM cut short, wrote its report, metrics.json and pipeline as a
     finished demo's, and only then exited 143; it now stops once the checkpoint is saved, and a resume finishes it."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
     from diffusion_classifiers.cli import main
 
+    from .conftest import digit_folder
+
+    data = tmp_path_factory.mktemp("digits")  # 80 digits 0 and 1, which the resumed demo probes (all 1797 digits:
+    digit_folder(data, np.flatnonzero(load_digits().target <= 1)[:80])  # 11 s instead of 7): the data is not tested
     monkeypatch.setattr(StopSignal, "received_anywhere", lambda self, accelerator: True)  # at the first step
-    demo = ["demo", "--output_dir", str(tmp_path), "--image_size", "8", "--unet_preset", "tiny",
+    demo = ["demo", "--dataset", str(data), "--output_dir", str(tmp_path), "--image_size", "8", "--unet_preset", "tiny",
             "--max_train_steps", "3", "--lr_warmup_steps", "0", "--timesteps", "10"]  # fmt: skip
     with pytest.raises(SystemExit) as exited:
         run_from_shell("diffusion-classifiers demo", lambda: main(demo))
