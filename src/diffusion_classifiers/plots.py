@@ -21,18 +21,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
-from sklearn.calibration import CalibrationDisplay
-from sklearn.metrics import (
-    ConfusionMatrixDisplay,
-    PrecisionRecallDisplay,
-    RocCurveDisplay,
-    precision_score,
-    recall_score,
-)
 
 from .atomic_files import write_atomically
-from .metrics import calibration_metrics, finite_ranking, float_array
-from .operating_points import decisions_at, positive_log_odds
+
+# scikit-learn (and `metrics`, which imports it) is imported by the figures that use it: a training run's loss curve,
+# drawn as its last checkpoint is written, is not kept waiting the 1.5 s scikit-learn takes to import
 
 __all__ = [
     "CLASSIFICATION_FIGURES",
@@ -158,6 +151,8 @@ def plot_confusion_matrix(
     shown = counts if normalize is None else counts / np.maximum(counts.sum(axis=axis, keepdims=axis is not None), 1)
     many = len(class_names) > ANNOTATED_CLASSES  # then colours only: numbers in 10,000 cells are unreadable
     size = max(5.0, (0.16 if many else 0.55) * len(class_names) + 3.5)
+    from sklearn.metrics import ConfusionMatrixDisplay
+
     fig, ax = _subplots(figsize=(size + 1, size), layout="constrained")
     display = ConfusionMatrixDisplay(shown, display_labels=_told_apart(class_names))
     rotation = 90 if many else 45 if len(class_names) > 4 else "horizontal"
@@ -201,6 +196,10 @@ def plot_roc_pr(
         positive_label (`int`, *optional*, defaults to 1): the id of the positive class, which the curves rank.
         class_names: the two class names; the positive one is named in the titles.
     """
+    from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay, precision_score, recall_score
+
+    from .metrics import finite_ranking, float_array
+
     y_true, y_pred = (np.asarray(v).reshape(-1) for v in (y_true, y_pred))
     scores = finite_ranking(float_array(positive_scores).reshape(-1))
     if not len(y_true) == len(y_pred) == len(scores):
@@ -255,6 +254,9 @@ def plot_classification_figures(
     there is removed otherwise, so no curve of another run stays beside these figures. Returns the file names
     written.
     """
+    from .metrics import float_array
+    from .operating_points import decisions_at, positive_log_odds
+
     probs = float_array(probs)
     ranking_scores = probs if ranking_scores is None else float_array(ranking_scores)
     confusion, reliability, roc_pr = CLASSIFICATION_FIGURES
@@ -284,6 +286,10 @@ def plot_reliability(y_true, probs, path: str, num_bins: int = 10, title: str = 
     """Top-class confidence vs accuracy per confidence bin (a `CalibrationDisplay`, the diagonal being perfect
     calibration), the ECE in the title, and the count of samples per bin below; the bins are those of
     `metrics.calibration_metrics`, as in metrics.json."""
+    from sklearn.calibration import CalibrationDisplay
+
+    from .metrics import calibration_metrics, float_array
+
     probs = float_array(probs)
     calibration = calibration_metrics(y_true, probs, num_bins=num_bins)
     filled = [b for b in calibration["bins"] if b["count"]]
