@@ -494,3 +494,14 @@ def test_the_report_counts_the_training_images_dropped(model_and_data, tmp_path)
         "trained on), read at"
     )
     assert expected in (tmp_path / "report.md").read_text()
+
+
+def test_a_split_of_training_images_only_is_refused_without_offering_to_drop_them(model_and_data, tmp_path):
+    """QA (a README walk-through): every image scored being a training image, the refusal offered
+    --drop_training_images "to score the other 0 only"."""
+    from diffusion_classifiers.evaluation import evaluate_classifier
+
+    root, splits = model_and_data
+    with pytest.raises(ValueError, match="are images the model was trained on") as refused:
+        evaluate_classifier(str(root / "model"), splits["train"], tmp_path)
+    assert "the other 0" not in str(refused.value) and "drop_training_images" not in str(refused.value)

@@ -602,7 +602,8 @@ def check_training_overlap(
             + " are images the model was trained on (by content: its data_splits.json train_fingerprints), e.g. "
             + f"{_first_images(splits, seen, paths, streaming_hint)}: "
             + _likely_cause(changed_split_args, whole_data_set, unlabeled_pool)
-            + (f", or pass {drop_hint} to score the other {num_images - num_seen} only" if drop_hint else "")
+            + (f", or pass {drop_hint} to score the other {num_images - num_seen} only"
+               if drop_hint and num_seen < num_images else "")
         )
     positions = {name: np.flatnonzero(~found) for name, found in seen.items()}
     kept = {name: split.subset(positions[name]) if counts[name] else split for name, split in splits.items()}
