@@ -250,10 +250,10 @@ def test_score_sde_predict_outputs_rank_by_their_log_likelihood_ratio(tmp_path):
     ScoreSDEClassifierPipeline(small_unet(8, num_class_embeds=2), DDPMScheduler(), class_names=["normal", "pneumonia"],
                                positive_class="normal").save_pretrained(tmp_path / "sde")  # fmt: skip
     rng = np.random.default_rng(0)
-    listing = [["path", "label"]]
-    for index in range(8):
+    listing = [["path", "label", "scan"]]
+    for index in range(16):  # scans of two images of one class
         Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / f"{index}.png")
-        listing.append([f"{index}.png", ["normal", "pneumonia"][index % 2]])
+        listing.append([f"{index}.png", ["normal", "pneumonia"][index % 2], f"scan{index % 2}{index // 4}"])
     with open(tmp_path / "list.csv", "w", newline="") as handle:
         csv.writer(handle).writerows(listing)
     for name, seed in (("a", "3"), ("b", "4")):
@@ -275,6 +275,17 @@ def test_score_sde_predict_outputs_rank_by_their_log_likelihood_ratio(tmp_path):
     with pytest.warns(UserWarning, match="positive_class 'pneumonia': [AB]'s rows record 'normal'"):
         turned = compare_predictions(tmp_path / "a.csv", tmp_path / "b.csv", positive_class="pneumonia")
     assert turned["figures"]["auc"]["a"] == pytest.approx(skm.roc_auc_score(~is_positive, -ratio), abs=1e-12)
+    # per scan (QA, a mammography group: per breast): aggregate's outputs rank by their gathered ratio too, the way
+    # their metrics.json names it (they have no predict sidecar)
+    for name in "ab":
+        main(["aggregate", "--predictions", str(tmp_path / f"{name}.csv"), "--by", "scan", "--output",
+              str(tmp_path / f"{name}_scans.csv")])  # fmt: skip
+    scans = compare_predictions(tmp_path / "a_scans.csv", tmp_path / "b_scans.csv", pair_by="scan")
+    for name in "ab":
+        gathered = json.loads((tmp_path / f"{name}_scans.metrics.json").read_text())
+        assert gathered["ranked_by"] == "log_likelihood_ratio"
+        assert scans["figures"]["auc"][name] == pytest.approx(gathered["auc"], abs=1e-12)
+    assert scans["positive_class"] == "normal" and scans["positive_class_from"] == "recorded by A's rows"
 
 
 def test_scans_compared_from_two_aggregations(two_evaluations, tmp_path):

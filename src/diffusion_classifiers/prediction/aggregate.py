@@ -48,8 +48,8 @@ from .outputs import (
 )
 
 __all__ = [
-    "AGGREGATION_RULES", "add_aggregate_args", "aggregate_predictions", "check_predict_run_finished", "recorded_run",
-    "run_aggregate",
+    "AGGREGATION_RULES", "add_aggregate_args", "aggregate_predictions", "aggregated_ratio_class",
+    "aggregation_metrics_path", "check_predict_run_finished", "recorded_run", "run_aggregate",
 ]
 
 AGGREGATION_RULES = ("max", "mean")
@@ -436,6 +436,23 @@ def _ratio_sign(
     return sign, [f"note: the groups' {RATIO_KEY} = {_gathered_ratio(class_names, positive, rule, sign)}"]
 
 
+def aggregated_ratio_class(output: Path, class_names: Sequence[str]) -> tuple[Optional[str], Optional[str]]:
+    """The class an aggregate output's `log_likelihood_ratio` column points to (the first term of the ratio its
+    metrics.json names, `_gathered_ratio`) and the positive class it records; `(None, None)` without that file (an
+    output of unlabelled rows, or of another tool)."""
+    scores = aggregation_metrics_path(output)
+    recorded = json.loads(scores.read_text()) if scores.is_file() else {}
+    gathered = str(recorded.get(RATIO_KEY, ""))
+    first, second = list(class_names)[:2] if len(class_names) == 2 else (None, None)
+    pointed = next((a for a, b in ((first, second), (second, first)) if a and ratio_direction(a, b) in gathered), None)
+    return pointed, recorded.get("positive_class")
+
+
+def aggregation_metrics_path(output: Path) -> Path:
+    """Where aggregate writes the group metrics of `output` (with a true_label column)."""
+    return output.with_suffix(".metrics.json")
+
+
 def _gathered_ratio(class_names: list, positive: int, rule: str, sign: float) -> str:
     """What a group's `log_likelihood_ratio` is: gathered toward the `positive` class (under "max", the largest of its
     images' ratios toward it), written the way the predict column points (`sign` -1: toward the other class, QA: a
@@ -666,7 +683,7 @@ def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
         raise ValueError(f"--output {output}: expected a new .csv file, not the predictions")
     from ..replaced_reports import replacing_earlier_report, settle_replaced_report
 
-    scores = output.with_suffix(".metrics.json")
+    scores = aggregation_metrics_path(output)
     if output.parent.is_dir():  # an aggregation killed while replacing this one: the earlier one back first
         settle_replaced_report(output.parent, marker=scores.name)
     if output.exists() and not args.overwrite:

@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..atomic_files import write_json_atomically
-from .aggregate import check_predict_run_finished, recorded_run
+from .aggregate import aggregated_ratio_class, check_predict_run_finished, recorded_run
 from .outputs import (
     OUTPUT_SUFFIXES,
     POSITIVE_CLASS_KEY,
@@ -205,9 +205,13 @@ def _recorded_log_odds(table: dict, path: Path, class_names: list) -> tuple[Opti
         return None, None
     sidecar, run = recorded_run(path)
     pointed = ratio_positive_class(run, class_names, sidecar) if RATIO_KEY in table else None
+    recorded_positive = run.get(POSITIVE_CLASS_KEY)
+    if not run:  # no predict sidecar: an aggregate output names its ratio in its metrics.json
+        pointed, recorded_positive = aggregated_ratio_class(path, class_names)
+        pointed = pointed if RATIO_KEY in table else None
     if pointed is not None:
         return np.array(table[RATIO_KEY], dtype=np.float64), pointed
-    return None, run.get(POSITIVE_CLASS_KEY)
+    return None, recorded_positive
 
 
 def _keys(table: dict, pair_by: Sequence[str], where: str) -> list:
