@@ -162,16 +162,19 @@ def _aggregate(
     _check_aggregation(predictions, columns, class_names, by, rule, positive_class, threshold)
     sidecar, run = recorded_run(predictions)
     positive, notes = _positive_label(class_names, positive_class, sidecar, run, rule)
-    threshold, cutoff, threshold_notes = _decision_threshold(threshold, rule, class_names, positive, sidecar, run)
-    notes += threshold_notes
-    notes += _rows_of_files_gone(predictions, rows, run)
     sign, ratio_notes = _ratio_sign(predictions, columns, class_names, positive, sidecar, run, rule)
     if sign is not None:
         _check_ratios(predictions, columns, rows)
+    prior_log_ratio = _prior_log_ratio(run, class_names, positive) if sign is not None and rule == "max" else None
+    threshold, cutoff, threshold_notes, by_ratio = _decision_threshold(
+        threshold, rule, class_names, positive, sidecar, run, prior_log_ratio
+    )
+    notes += threshold_notes
+    notes += _rows_of_files_gone(predictions, rows, run)
     groups, repeated = _without_repeated_images(predictions, columns, _group_rows(predictions, columns, rows, by))
     notes += repeated
     layout = _Layout(columns, by, _constant_ids(columns, groups, by), class_names, sign, counts=rule == "mean")
-    gathered = [_gather(predictions, layout, group, members, rule, positive, cutoff)
+    gathered = [_gather(predictions, layout, group, members, rule, positive, cutoff, by_ratio)
                 for group, members in groups.items()]  # fmt: skip
     metrics = None
     if layout.truth is not None:
@@ -335,15 +338,19 @@ def recorded_run(predictions) -> tuple[Path, dict]:
 
 
 def _decision_threshold(
-    threshold: Any, rule: str, class_names: list, positive: Optional[int], sidecar: Path, run: dict
-) -> tuple[Optional[float], Optional[float], list[str]]:
+    threshold: Any, rule: str, class_names: list, positive: Optional[int], sidecar: Path, run: dict,
+    prior_log_ratio: Optional[float] = None,
+) -> tuple[Optional[float], Optional[float], list[str], Optional[float]]:
     """The probability a binary group is decided at and its log-odds, which decide (QA: compared as probabilities, the
     val image a target sensitivity's threshold was chosen at was negative here, positive in evaluate and predict),
     with the note saying where it came from: `threshold` given as a number; the operating point of the metrics.json it
     names (checked as `evaluate --threshold` checks it); else the one predict labelled the images at (QA: per-study
     decisions at 0.5 of images deployed at val's threshold); else 0.5 under "max", None (the most probable class)
-    under "mean". A point whose probability rounds to 0 or 1 (a Score-SDE model's, decided by log-odds) is refused:
-    groups gather probabilities."""
+    under "mean". Last, the `prior_log_ratio` groups are decided by their gathered log_likelihood_ratio with, or None:
+    a point whose probability rounds to 0 or 1 (a Score-SDE model's, whose own log-odds decided it) decides a group
+    by its largest ratio toward the positive class plus the priors' log-ratio (the log-odds predict labels each image
+    by) where the file has the ratio and `prior_log_ratio` is known (the "max" rule; QA, a mammography group: 2 of 3
+    points chosen on val were refused), and is refused otherwise: probabilities cannot decide at it."""
     from ..operating_points import is_saturated, log_odds_of, read_operating_point
 
     recorded = _recorded_point(sidecar)
@@ -360,15 +367,35 @@ def _decision_threshold(
             notes = [f"note: the predict run labelled its images at an operating point of {point_class}, not "
                      f"{asked}: groups of {asked} are not decided at it"]  # fmt: skip
         threshold = 0.5 if threshold is None and rule == "max" else threshold
-        return threshold, None if threshold is None else log_odds_of(threshold), notes
-    if is_saturated(point):
+        return threshold, None if threshold is None else log_odds_of(threshold), notes, None
+    note = f"note: groups decided at the operating point of {source}: {point['threshold']!r}"
+    if not is_saturated(point):
+        return point["threshold"], point["log_odds"], [note], None
+    if prior_log_ratio is None:
         raise ValueError(
             f"threshold: the operating point of {source} has a probability of {point['threshold']!r} (log-odds "
-            f"{point['log_odds']:.6g}): too near 0 or 1 for groups gathering probabilities to be decided at it; "
-            "pass --threshold P, a probability"
+            f"{point['log_odds']:.6g}): too near 0 or 1 for groups gathering probabilities to be decided at it (a "
+            f"binary Score-SDE output's {RATIO_KEY} decides under --rule max); pass --threshold P, a probability"
         )
-    note = f"note: groups decided at the operating point of {source}: {point['threshold']!r}"
-    return point["threshold"], point["log_odds"], [note]
+    note += (
+        f" (log-odds {point['log_odds']:.6g}), by each group's largest {RATIO_KEY} toward the positive class plus the "
+        f"priors' log-ratio {prior_log_ratio:.6g}"
+    )
+    return point["threshold"], point["log_odds"], [note], prior_log_ratio
+
+
+def _prior_log_ratio(run: dict, class_names: list, positive: int) -> Optional[float]:
+    """log(prior of the positive class / prior of the other) of the predict run's call (0 with none: uniform); None
+    where the recorded priors cannot be read as the two classes'."""
+    priors = (run.get("pipeline_call") or {}).get("priors")
+    if priors is None:
+        return 0.0
+    if isinstance(priors, dict):
+        priors = [priors.get(name) for name in class_names]
+    values = list(priors) if isinstance(priors, list) else []
+    if len(values) != 2 or not all(isinstance(value, (int, float)) and value > 0 for value in values):
+        return None
+    return math.log(values[positive] / values[1 - positive])
 
 
 def _recorded_point(sidecar: Path) -> Optional[dict]:
@@ -533,9 +560,12 @@ def _one_value(members: list, index: int) -> bool:
     return len(values) == 1 and values.isdisjoint({None, ""})
 
 
-def _gather(predictions, layout: _Layout, group: Any, members: list, rule: str, positive, cutoff) -> _Group:
+def _gather(
+    predictions, layout: _Layout, group: Any, members: list, rule: str, positive, cutoff, by_ratio=None
+) -> _Group:
     """A group's row: its carried ids, size, true label, label (binary: positive where its log-odds are `cutoff` or
-    more), class probabilities and (when gathered) ratio."""
+    more: of its probabilities, or its gathered ratio plus `by_ratio`, the priors' log-ratio, where given), class
+    probabilities and (when gathered) ratio."""
     import numpy as np
 
     where = layout.columns.index
@@ -543,12 +573,15 @@ def _gather(predictions, layout: _Layout, group: Any, members: list, rule: str, 
         [[row[where(f"prob_{name}")] for name in layout.class_names] for row in members], dtype=np.float64
     )
     probs = _combine(probabilities, rule, positive)
-    label = _label(probs, positive, cutoff, None if cutoff is None else _group_log_odds(probabilities, rule, positive))
-    truth = None if layout.truth is None else _group_truth(predictions, layout.by, group, members, layout.truth)
     score = None
     if layout.ratio_sign is not None:
         ratios = [layout.ratio_sign * row[where(RATIO_KEY)] for row in members]
         score = max(ratios) if rule == "max" else float(np.mean(ratios))
+    log_odds = None if cutoff is None else score + by_ratio if by_ratio is not None else _group_log_odds(
+        probabilities, rule, positive
+    )  # fmt: skip
+    label = _label(probs, positive, cutoff, log_odds)
+    truth = None if layout.truth is None else _group_truth(predictions, layout.by, group, members, layout.truth)
     row = [*group, *(members[0][where(name)] for name in layout.ids), len(members)]
     row += [*([truth] if truth is not None else []), layout.class_names[label], *probs]
     row += [layout.ratio_sign * score] if score is not None else []  # written the way predict's column points
