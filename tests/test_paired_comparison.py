@@ -167,6 +167,16 @@ def test_two_evaluations_compared_reproduce_each_ones_metrics(two_evaluations, t
         main(["compare", str(root / "A"), str(root / "B"), "--output", str(tmp_path / "c.json")])
     main(["compare", str(root / "A"), str(root / "B"), "--output", str(tmp_path / "new" / "c.json")])  # made
     assert json.loads((tmp_path / "new" / "c.json").read_text())["figures"] == comparison["figures"]
+    # QA (a mammography group): which side decided at an operating point is said, and recorded
+    main(["evaluate", "--model_dir", str(root / "model_B"), "--dataset", str(root / "data"), "--output_dir",
+          str(tmp_path / "B_point"), "--target_sensitivity", "1.0"])  # fmt: skip
+    capsys.readouterr()
+    at_point = compare_predictions(root / "A", tmp_path / "B_point")
+    point = json.loads((tmp_path / "B_point" / "metrics.json").read_text())["operating_point"]
+    assert at_point["b"]["operating_point"] == point and "operating_point" not in at_point["a"]
+    assert f"Decisions: A at each image's most probable class; B at the threshold {point['threshold']!r}" in \
+        render_comparison(at_point)  # fmt: skip
+    assert at_point["b"]["pipeline_call"] == metrics["B"].get("pipeline_call")
 
 
 def _edited_copy(source, target, edit):

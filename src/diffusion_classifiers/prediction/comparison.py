@@ -191,7 +191,8 @@ def _rows_file(source: Path, side: str) -> tuple[Path, Optional[dict]]:
     if path.name != EVALUATION_ROWS or not metrics.is_file():
         return path, None
     recorded = json.loads(metrics.read_text())
-    return path, {name: recorded.get(name) for name in (*_SPLIT_RECORD, "model_sha256")}
+    described = (*_SPLIT_RECORD, "model_sha256", "method", "pipeline_call", "operating_point")
+    return path, {name: recorded[name] for name in described if name in recorded}
 
 
 def _recorded_log_odds(table: dict, path: Path, class_names: list) -> tuple[Optional[np.ndarray], Optional[str]]:
@@ -267,7 +268,7 @@ def _check_same_split(side_a: _ScoredRows, side_b: _ScoredRows) -> None:
                 f"pair_by 'image': {side.source} has no evaluate metrics.json beside its rows to say which split its "
                 "positions number: compare evaluate output folders, or pair by path"
             )
-    scored_a, scored_b = ({name: side.evaluation[name] for name in _SPLIT_RECORD} for side in (side_a, side_b))
+    scored_a, scored_b = ({name: side.evaluation.get(name) for name in _SPLIT_RECORD} for side in (side_a, side_b))
     if scored_a != scored_b:
         raise ValueError(
             f"pair_by 'image': A scored {scored_a} and B {scored_b}: the same position names "
@@ -391,7 +392,7 @@ def render_comparison(comparison: dict) -> str:
     lines = [
         f"# Paired comparison: B ({comparison['b']['source']}) against A ({comparison['a']['source']})", "",
         f"{comparison['num_paired']} {_what_is_paired(comparison['paired_by'])} paired by {comparison['paired_by']}"
-        + _left_out_text(comparison) + "." + _positive_class_text(comparison),
+        + _left_out_text(comparison) + "." + _positive_class_text(comparison) + _operating_points_text(comparison),
         "", f"| figure | A | B | B - A ({level:.0%} interval) | p-value |", "| --- | --- | --- | --- | --- |",
     ]  # fmt: skip
     for name, figure in comparison["figures"].items():
@@ -407,6 +408,16 @@ def render_comparison(comparison: dict) -> str:
     lines += [f"- {', '.join(names)}: {method}" for method, names in by_method.items()]
     lines += ["", _CAVEATS]
     return "\n".join(lines) + "\n"
+
+
+def _operating_points_text(comparison: dict) -> str:
+    """Which side decided at an operating point its evaluation records (else at each image's most probable class)."""
+    points = {side: comparison[side.lower()].get("operating_point") for side in "AB"}
+    if not any(points.values()):
+        return ""
+    said = [f"{side} at the threshold {point['threshold']!r} of its evaluation" if point else
+            f"{side} at each image's most probable class" for side, point in points.items()]  # fmt: skip
+    return f" Decisions: {'; '.join(said)}."
 
 
 def _positive_class_text(comparison: dict) -> str:
