@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from .conftest import REPO_ROOT
+from .test_benchmarks_own_data import write_npz
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import _common  # noqa: E402
@@ -104,18 +105,6 @@ def test_a_copy_of_the_shift_set_given_as_data_is_refused_before_any_training(tm
 # --------------------------------------------------------------------------------------------------
 # 3. The label-efficiency plot is titled by what it draws
 # --------------------------------------------------------------------------------------------------
-
-
-def write_npz(path, counts=(12, 12), size: int = 8) -> str:
-    """A MedMNIST-style .npz with train/val/test splits of `counts[c]` random images of class c."""
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split in ("train", "val", "test"):
-        labels = np.concatenate([np.full(n, c) for c, n in enumerate(counts)]).astype(np.uint8)[:, None]
-        arrays[f"{split}_images"] = rng.integers(0, 256, (len(labels), size, size), dtype=np.uint8)
-        arrays[f"{split}_labels"] = labels
-    np.savez(path, **arrays)
-    return str(path)
 
 
 def fake_regimes(args, splits, subsets, device, walls, work_dir):
