@@ -290,6 +290,8 @@ def _paired_rows(side_a: _ScoredRows, side_b: _ScoredRows, common_images_only: b
     rows_b = np.array([index_b[side_a.keys[row]] for row in rows_a], dtype=np.int64)
     training = side_a.training_images[rows_a] | side_b.training_images[rows_b]
     left_out = {"only_in_a": len(only_a), "only_in_b": len(only_b), "training_images": int(training.sum())}
+    if not len(rows_a):
+        raise ValueError("A and B: no image scored by both: nothing to compare")
     if training.all():
         raise ValueError("A and B: every image both scored is a training image of a model: nothing to compare")
     return rows_a[~training], rows_b[~training], left_out
