@@ -54,3 +54,37 @@ def test_groups_are_decided_at_a_saturated_point_by_their_largest_ratio(tmp_path
     assert 0 < list(labelled.values()).count("pneumonia") < len(labelled)
     with pytest.raises(ValueError, match="too near 0 or 1 .* --rule max"):
         aggregate_predictions(tmp_path / "at_point.csv", by="scan", rule="mean")
+
+
+def test_a_point_at_an_images_own_log_odds_decides_its_group_as_predict_does(tmp_path):
+    """evaluate --target_sensitivity puts a point exactly at a positive image's log-odds: the group of that image must
+    be positive as predict labels the image (review: the priors' log-ratio taken as math.log(p / q) fell one ulp
+    below the pipeline's torch.log(p) - torch.log(q) for this image, and its group read negative)."""
+    import torch
+
+    prior = 1.8e-7
+    ScoreSDEClassifierPipeline(small_unet(8, num_class_embeds=2), DDPMScheduler(), class_names=["normal", "pneumonia"],
+                               positive_class="pneumonia").save_pretrained(tmp_path / "sde")  # fmt: skip
+    rng = np.random.default_rng(0)
+    listing = [["path", "label", "scan"]]
+    for index in range(16):  # one image a group
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / f"{index}.png")
+        listing.append([f"{index}.png", ["normal", "pneumonia"][index % 2], f"scan{index}"])
+    with open(tmp_path / "list.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows(listing)
+    call = ["predict", "--model_dir", str(tmp_path / "sde"), "--input", str(tmp_path / "list.csv"), "--no_progress_bar",
+            "--pipeline_kwargs", json.dumps({"priors": {"normal": 1 - prior, "pneumonia": prior}})]  # fmt: skip
+    main([*call, "--output", str(tmp_path / "first.csv")])
+    log_prior = torch.tensor([1 - prior, prior], dtype=torch.float64).log()
+    ratios = [float(row["log_likelihood_ratio"]) for row in _rows(tmp_path / "first.csv")]
+    exact = [ratio + float(log_prior[1] - log_prior[0]) for ratio in ratios]  # as the pipeline adds them
+    naive = [ratio + math.log(prior / (1 - prior)) for ratio in ratios]
+    at = next(index for index in range(16) if naive[index] < exact[index])  # the premise: an image rounding apart
+    point = {"threshold": 1 / (1 + math.exp(-exact[at])), "log_odds": exact[at]}
+    (tmp_path / "metrics.json").write_text(json.dumps({"positive_class": "pneumonia", "operating_point": point}))
+    main([*call, "--output", str(tmp_path / "at_point.csv"), "--threshold", str(tmp_path / "metrics.json")])
+    rows = _rows(tmp_path / "at_point.csv")
+    assert rows[at]["label"] == "pneumonia"
+    columns, groups, _ = aggregate_predictions(tmp_path / "at_point.csv", by="scan")
+    labelled = {row[columns.index("scan")]: row[columns.index("label")] for row in groups}
+    assert all(labelled[row["scan"]] == row["label"] for row in rows)

@@ -30,7 +30,7 @@ from diffusion_classifiers.validation import check_positive_integer, check_uniqu
 
 from .pipeline_utils import ClassifierPipelineOutput, DiffusionClassifierPipeline
 
-__all__ = ["ScoreSDEClassifierOutput", "ScoreSDEClassifierPipeline"]
+__all__ = ["ScoreSDEClassifierOutput", "ScoreSDEClassifierPipeline", "log_priors"]
 
 METHODS = ("elbo", "likelihood")
 # The arguments only one method reads: given (other than their defaults) with the other, they are refused.
@@ -157,7 +157,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
     def check_priors(self, priors) -> Optional[torch.Tensor]:
         """`log prior` `[K]` (float64), or `None` for uniform priors; raises on a bad prior (`prior_list`)."""
         priors = self.prior_list(priors)
-        return None if priors is None else torch.tensor(priors, dtype=torch.float64).log()
+        return None if priors is None else log_priors(priors)
 
     def prior_list(self, priors) -> Optional[List[float]]:
         """`priors` as `K` floats in class order (`None` stays `None`): given in class order (a sequence, array or
@@ -414,6 +414,12 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
             logits = _decided_by_odds(logits, odds, torch.isinf(log_likelihoods).any(1))
         base = self.build_output(logits, self.class_names)
         return dict(base, log_likelihoods=log_likelihoods, log_likelihood_ratio=ratio, log_odds=odds)
+
+
+def log_priors(priors: Sequence[float]) -> torch.Tensor:
+    """The log of checked priors `[K]`, in float64: what Bayes' rule adds to the log-likelihoods (and `aggregate`
+    adds to a group's ratio, to the bit, to decide as this pipeline decides)."""
+    return torch.tensor(list(priors), dtype=torch.float64).log()
 
 
 def _warn_if_none_stopped(nfe_per_image: torch.Tensor, budget: int, confidence: float) -> None:

@@ -165,9 +165,8 @@ def _aggregate(
     sign, ratio_notes = _ratio_sign(predictions, columns, class_names, positive, sidecar, run, rule)
     if sign is not None:
         _check_ratios(predictions, columns, rows)
-    prior_log_ratio = _prior_log_ratio(run, class_names, positive) if sign is not None and rule == "max" else None
     threshold, cutoff, threshold_notes, by_ratio = _decision_threshold(
-        threshold, rule, class_names, positive, sidecar, run, prior_log_ratio
+        threshold, rule, class_names, positive, sidecar, run, ratio_decides=sign is not None and rule == "max"
     )
     notes += threshold_notes
     notes += _rows_of_files_gone(predictions, rows, run)
@@ -339,18 +338,19 @@ def recorded_run(predictions) -> tuple[Path, dict]:
 
 def _decision_threshold(
     threshold: Any, rule: str, class_names: list, positive: Optional[int], sidecar: Path, run: dict,
-    prior_log_ratio: Optional[float] = None,
+    ratio_decides: bool = False,
 ) -> tuple[Optional[float], Optional[float], list[str], Optional[float]]:
     """The probability a binary group is decided at and its log-odds, which decide (QA: compared as probabilities, the
     val image a target sensitivity's threshold was chosen at was negative here, positive in evaluate and predict),
     with the note saying where it came from: `threshold` given as a number; the operating point of the metrics.json it
     names (checked as `evaluate --threshold` checks it); else the one predict labelled the images at (QA: per-study
     decisions at 0.5 of images deployed at val's threshold); else 0.5 under "max", None (the most probable class)
-    under "mean". Last, the `prior_log_ratio` groups are decided by their gathered log_likelihood_ratio with, or None:
+    under "mean". Last, the priors' log-ratio groups are decided by their gathered log_likelihood_ratio with, or None:
     a point whose probability rounds to 0 or 1 (a Score-SDE model's, whose own log-odds decided it) decides a group
     by its largest ratio toward the positive class plus the priors' log-ratio (the log-odds predict labels each image
-    by) where the file has the ratio and `prior_log_ratio` is known (the "max" rule; QA, a mammography group: 2 of 3
-    points chosen on val were refused), and is refused otherwise: probabilities cannot decide at it."""
+    by, to the bit) where `ratio_decides` (the file has the ratio, the "max" rule; QA, a mammography group: 2 of 3
+    points chosen on val were refused) and the run's priors are recorded, and is refused otherwise: probabilities
+    cannot decide at it."""
     from ..operating_points import is_saturated, log_odds_of, read_operating_point
 
     recorded = _recorded_point(sidecar)
@@ -371,11 +371,14 @@ def _decision_threshold(
     note = f"note: groups decided at the operating point of {source}: {point['threshold']!r}"
     if not is_saturated(point):
         return point["threshold"], point["log_odds"], [note], None
+    prior_log_ratio = _prior_log_ratio(run, positive) if ratio_decides else None
     if prior_log_ratio is None:
+        reason = f"its predict run ({sidecar}) records no call settings, or priors not two positive numbers" \
+            if ratio_decides else f"a binary Score-SDE output's {RATIO_KEY} decides under --rule max"  # fmt: skip
         raise ValueError(
             f"threshold: the operating point of {source} has a probability of {point['threshold']!r} (log-odds "
-            f"{point['log_odds']:.6g}): too near 0 or 1 for groups gathering probabilities to be decided at it (a "
-            f"binary Score-SDE output's {RATIO_KEY} decides under --rule max); pass --threshold P, a probability"
+            f"{point['log_odds']:.6g}): too near 0 or 1 for groups gathering probabilities to be decided at it "
+            f"({reason}); pass --threshold P, a probability"
         )
     note += (
         f" (log-odds {point['log_odds']:.6g}), by each group's largest {RATIO_KEY} toward the positive class plus the "
@@ -384,18 +387,23 @@ def _decision_threshold(
     return point["threshold"], point["log_odds"], [note], prior_log_ratio
 
 
-def _prior_log_ratio(run: dict, class_names: list, positive: int) -> Optional[float]:
-    """log(prior of the positive class / prior of the other) of the predict run's call (0 with none: uniform); None
-    where the recorded priors cannot be read as the two classes'."""
-    priors = (run.get("pipeline_call") or {}).get("priors")
+def _prior_log_ratio(run: dict, positive: int) -> Optional[float]:
+    """The log prior of the positive class less the other's, as the predict run's pipeline added them (its
+    `pipeline_call` records the priors as a list in class order: 0 with none, uniform); None where the run records no
+    call, or priors that are not two positive numbers."""
+    if "pipeline_call" not in run:
+        return None
+    priors = run["pipeline_call"].get("priors")
     if priors is None:
         return 0.0
-    if isinstance(priors, dict):
-        priors = [priors.get(name) for name in class_names]
-    values = list(priors) if isinstance(priors, list) else []
-    if len(values) != 2 or not all(isinstance(value, (int, float)) and value > 0 for value in values):
+    if not isinstance(priors, list) or len(priors) != 2 or not all(
+        isinstance(value, (int, float)) and value > 0 for value in priors
+    ):  # fmt: skip
         return None
-    return math.log(values[positive] / values[1 - positive])
+    from ..pipelines.pipeline_score_sde import log_priors
+
+    log_prior = log_priors(priors)
+    return float(log_prior[positive] - log_prior[1 - positive])
 
 
 def _recorded_point(sidecar: Path) -> Optional[dict]:
@@ -577,9 +585,12 @@ def _gather(
     if layout.ratio_sign is not None:
         ratios = [layout.ratio_sign * row[where(RATIO_KEY)] for row in members]
         score = max(ratios) if rule == "max" else float(np.mean(ratios))
-    log_odds = None if cutoff is None else score + by_ratio if by_ratio is not None else _group_log_odds(
-        probabilities, rule, positive
-    )  # fmt: skip
+    if cutoff is None:
+        log_odds = None
+    elif by_ratio is not None:
+        log_odds = score + by_ratio
+    else:
+        log_odds = _group_log_odds(probabilities, rule, positive)
     label = _label(probs, positive, cutoff, log_odds)
     truth = None if layout.truth is None else _group_truth(predictions, layout.by, group, members, layout.truth)
     row = [*group, *(members[0][where(name)] for name in layout.ids), len(members)]
