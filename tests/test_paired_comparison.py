@@ -174,7 +174,7 @@ def test_two_evaluations_compared_reproduce_each_ones_metrics(two_evaluations, t
     at_point = compare_predictions(root / "A", tmp_path / "B_point")
     point = json.loads((tmp_path / "B_point" / "metrics.json").read_text())["operating_point"]
     assert at_point["b"]["operating_point"] == point and "operating_point" not in at_point["a"]
-    assert f"Decisions: A at each image's most probable class; B at the threshold {point['threshold']!r}" in \
+    assert f"Decisions: A at each image's most probable class; B at the threshold {point['threshold']!r} its" in \
         render_comparison(at_point)  # fmt: skip
     assert at_point["b"]["pipeline_call"] == metrics["B"].get("pipeline_call")
 
@@ -296,6 +296,19 @@ def test_score_sde_predict_outputs_rank_by_their_log_likelihood_ratio(tmp_path):
         assert gathered["ranked_by"] == "log_likelihood_ratio"
         assert scans["figures"]["auc"][name] == pytest.approx(gathered["auc"], abs=1e-12)
     assert scans["positive_class"] == "normal" and scans["positive_class_from"] == "recorded by A's rows"
+    # review: a run labelled at another class's operating point records that class as its positive one, whatever way
+    # its ratio column points: the default follows the record, and the report says where it decided
+    (tmp_path / "metrics.json").write_text(json.dumps({"positive_class": "pneumonia",
+                                                       "operating_point": {"threshold": 0.5, "log_odds": 0.0}}))
+    main(["predict", "--model_dir", str(tmp_path / "sde"), "--input", str(tmp_path / "list.csv"), "--output",
+          str(tmp_path / "at_point.csv"), "--seed", "3", "--threshold", str(tmp_path / "metrics.json"),
+          "--no_progress_bar"])  # fmt: skip
+    with pytest.warns(UserWarning, match="A's rows record the positive class 'pneumonia' and B's 'normal'"):
+        at_point = compare_predictions(tmp_path / "at_point.csv", tmp_path / "b.csv")
+    assert at_point["positive_class"] == "pneumonia" and at_point["positive_class_from"] == "recorded by A's rows"
+    assert at_point["figures"]["auc"]["a"] == pytest.approx(skm.roc_auc_score(~is_positive, -ratio), abs=1e-12)
+    assert "Decisions: A at the threshold 0.5 its run recorded; B at each image's most probable class" in \
+        render_comparison(at_point)  # fmt: skip
 
 
 def test_scans_compared_from_two_aggregations(two_evaluations, tmp_path):

@@ -49,7 +49,7 @@ from .outputs import (
 
 __all__ = [
     "AGGREGATION_RULES", "add_aggregate_args", "aggregate_predictions", "aggregated_ratio_class",
-    "aggregation_metrics_path", "check_predict_run_finished", "recorded_run", "run_aggregate",
+    "aggregation_metrics_path", "check_predict_run_finished", "recorded_point", "recorded_run", "run_aggregate",
 ]
 
 AGGREGATION_RULES = ("max", "mean")
@@ -353,7 +353,7 @@ def _decision_threshold(
     cannot decide at it."""
     from ..operating_points import is_saturated, log_odds_of, read_operating_point
 
-    recorded = _recorded_point(sidecar)
+    recorded = recorded_point(sidecar)
     if isinstance(threshold, (str, os.PathLike)):
         point, source = read_operating_point(
             threshold, class_names[positive], run.get(MODEL_CONTENT_KEY), run.get("pipeline_call")
@@ -406,7 +406,7 @@ def _prior_log_ratio(run: dict, positive: int) -> Optional[float]:
     return float(log_prior[positive] - log_prior[1 - positive])
 
 
-def _recorded_point(sidecar: Path) -> Optional[dict]:
+def recorded_point(sidecar: Path) -> Optional[dict]:
     """The operating point predict labelled its images at, as its sidecar records it; None without one."""
     try:
         recorded = json.loads(sidecar.read_text()) if sidecar.is_file() else {}

@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..atomic_files import write_json_atomically
-from .aggregate import aggregated_ratio_class, check_predict_run_finished, recorded_run
+from .aggregate import aggregated_ratio_class, check_predict_run_finished, recorded_point, recorded_run
 from .outputs import (
     OUTPUT_SUFFIXES,
     POSITIVE_CLASS_KEY,
@@ -62,8 +62,9 @@ class _ScoredRows:
     labels: np.ndarray
     probs: np.ndarray  # [N, K], columns as `class_names`
     class_names: list
-    log_odds: Optional[np.ndarray]  # its ranking column (binary), toward `recorded_positive`
-    recorded_positive: Optional[str]
+    log_odds: Optional[np.ndarray]  # its ranking column (binary), toward `ranking_class`
+    ranking_class: Optional[str]
+    recorded_positive: Optional[str]  # the positive class its run recorded
     training_images: np.ndarray  # booleans
     file_bytes: Optional[list]  # a predict output's record of each file's size
     evaluation: Optional[dict]  # what its evaluate run's metrics.json records: split, data, carving, model
@@ -147,7 +148,9 @@ def _read_side(source: str | os.PathLike, side: str, pair_by: list) -> _ScoredRo
         )
     table = {name: [row[index] for row in rows] for index, name in enumerate(columns)}
     keys = _keys(table, pair_by, where)
-    log_odds, recorded_positive = _recorded_log_odds(table, path, class_names)
+    log_odds, ranking_class, recorded_positive, point = _recorded_ranking(table, path, class_names)
+    if point is not None:  # a predict run that labelled its images at an operating point
+        evaluation = {**(evaluation or {}), "operating_point": point}
     probs = np.column_stack([np.array(table[f"prob_{name}"], dtype=np.float64) for name in class_names])
     _check_scores(probs, log_odds, where)
     return _ScoredRows(
@@ -155,7 +158,7 @@ def _read_side(source: str | os.PathLike, side: str, pair_by: list) -> _ScoredRo
         labels=np.array(table["label"], dtype=object),
         probs=probs,
         class_names=class_names,
-        log_odds=log_odds, recorded_positive=recorded_positive,
+        log_odds=log_odds, ranking_class=ranking_class, recorded_positive=recorded_positive,
         training_images=np.array([is_training_image(value) for value in table.get(TRAINING_IMAGE_KEY, [])] or
                                  np.zeros(len(rows), bool), dtype=bool),
         evaluation=evaluation, file_bytes=table.get("file_bytes"),
@@ -195,24 +198,25 @@ def _rows_file(source: Path, side: str) -> tuple[Path, Optional[dict]]:
     return path, {name: recorded[name] for name in described if name in recorded}
 
 
-def _recorded_log_odds(table: dict, path: Path, class_names: list) -> tuple[Optional[np.ndarray], Optional[str]]:
-    """A binary file's ranking column and the class it points to: evaluate's `log_odds_<class>`, or a Score-SDE
-    predict output's `log_likelihood_ratio` where its sidecar says which way it points (its probabilities saturate at
-    0 and 1: ranked by them, its images would tie); else no column, and the positive class the predict run recorded."""
+def _recorded_ranking(table: dict, path: Path, class_names: list) -> tuple:
+    """What a file records beside its rows: its binary ranking column and the class that column points to (evaluate's
+    `log_odds_<class>`; a Score-SDE predict output's `log_likelihood_ratio` where its sidecar, or an aggregate
+    output's where its metrics.json, says which way it points: its probabilities saturate at 0 and 1, ranked by them
+    its images would tie), the positive class its run recorded, and the operating point a predict run labelled at."""
     for column in table:
         if column.startswith("log_odds_"):
-            return np.array(table[column], dtype=np.float64), column[len("log_odds_"):]
+            return np.array(table[column], dtype=np.float64), column[len("log_odds_"):], column[len("log_odds_"):], None
     if path.name == EVALUATION_ROWS:
-        return None, None
+        return None, None, None, None
     sidecar, run = recorded_run(path)
-    pointed = ratio_positive_class(run, class_names, sidecar) if RATIO_KEY in table else None
-    recorded_positive = run.get(POSITIVE_CLASS_KEY)
-    if not run:  # no predict sidecar: an aggregate output names its ratio in its metrics.json
+    if run:
+        pointed = ratio_positive_class(run, class_names, sidecar) if RATIO_KEY in table else None
+        recorded_positive, point = run.get(POSITIVE_CLASS_KEY), recorded_point(sidecar)
+    else:  # no predict sidecar: an aggregate output names its ratio in its metrics.json
         pointed, recorded_positive = aggregated_ratio_class(path, class_names)
-        pointed = pointed if RATIO_KEY in table else None
-    if pointed is not None:
-        return np.array(table[RATIO_KEY], dtype=np.float64), pointed
-    return None, recorded_positive
+        pointed, point = pointed if RATIO_KEY in table else None, None
+    ratios = None if pointed is None else np.array(table[RATIO_KEY], dtype=np.float64)
+    return ratios, pointed, recorded_positive, point
 
 
 def _keys(table: dict, pair_by: Sequence[str], where: str) -> list:
@@ -374,8 +378,8 @@ def _ranking_scores(side: _ScoredRows, rows: np.ndarray, positive: Optional[str]
 
     if positive is None:
         return side.probs[rows]
-    if side.log_odds is not None and side.recorded_positive in side.class_names:
-        sign = 1.0 if side.recorded_positive == positive else -1.0
+    if side.log_odds is not None and side.ranking_class in side.class_names:
+        sign = 1.0 if side.ranking_class == positive else -1.0
         log_odds = sign * side.log_odds[rows]
     else:
         label = side.class_names.index(positive)
@@ -413,11 +417,12 @@ def render_comparison(comparison: dict) -> str:
 
 
 def _operating_points_text(comparison: dict) -> str:
-    """Which side decided at an operating point its evaluation records (else at each image's most probable class)."""
+    """Which side decided at an operating point its run records (evaluate's metrics.json, predict's sidecar), and
+    which at each image's most probable class."""
     points = {side: comparison[side.lower()].get("operating_point") for side in "AB"}
     if not any(points.values()):
         return ""
-    said = [f"{side} at the threshold {point['threshold']!r} of its evaluation" if point else
+    said = [f"{side} at the threshold {point['threshold']!r} its run recorded" if point else
             f"{side} at each image's most probable class" for side, point in points.items()]  # fmt: skip
     return f" Decisions: {'; '.join(said)}."
 
