@@ -25,18 +25,28 @@ def _rows(path):
         return list(csv.DictReader(handle))
 
 
-def test_groups_are_decided_at_a_saturated_point_by_their_largest_ratio(tmp_path):
+def _model_and_listing(tmp_path, scan_of) -> None:
+    """A tiny binary Score-SDE pipeline (positive class pneumonia) in `tmp_path / "sde"` and 16 random 8x8 images
+    listed with their labels and scans (`scan_of(index)`) in `tmp_path / "list.csv"`."""
     ScoreSDEClassifierPipeline(small_unet(8, num_class_embeds=2), DDPMScheduler(), class_names=["normal", "pneumonia"],
                                positive_class="pneumonia").save_pretrained(tmp_path / "sde")  # fmt: skip
     rng = np.random.default_rng(0)
     listing = [["path", "label", "scan"]]
     for index in range(16):
         Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / f"{index}.png")
-        listing.append([f"{index}.png", ["normal", "pneumonia"][index % 2], f"scan{index % 2}{index // 4}"])
+        listing.append([f"{index}.png", ["normal", "pneumonia"][index % 2], scan_of(index)])
     with open(tmp_path / "list.csv", "w", newline="") as handle:
         csv.writer(handle).writerows(listing)
-    call = ["predict", "--model_dir", str(tmp_path / "sde"), "--input", str(tmp_path / "list.csv"), "--no_progress_bar",
-            "--pipeline_kwargs", json.dumps({"priors": {"normal": 1 - PRIOR, "pneumonia": PRIOR}})]  # fmt: skip
+
+
+def _predict_call(tmp_path, prior: float) -> list:
+    return ["predict", "--model_dir", str(tmp_path / "sde"), "--input", str(tmp_path / "list.csv"), "--no_progress_bar",
+            "--pipeline_kwargs", json.dumps({"priors": {"normal": 1 - prior, "pneumonia": prior}})]
+
+
+def test_groups_are_decided_at_a_saturated_point_by_their_largest_ratio(tmp_path):
+    _model_and_listing(tmp_path, lambda index: f"scan{index % 2}{index // 4}")  # two images of one class a scan
+    call = _predict_call(tmp_path, PRIOR)
     main([*call, "--output", str(tmp_path / "first.csv")])
     prior_log_ratio = math.log(PRIOR / (1 - PRIOR))
     log_odds = sorted(float(row["log_likelihood_ratio"]) + prior_log_ratio for row in _rows(tmp_path / "first.csv"))
@@ -63,17 +73,8 @@ def test_a_point_at_an_images_own_log_odds_decides_its_group_as_predict_does(tmp
     import torch
 
     prior = 1.8e-7
-    ScoreSDEClassifierPipeline(small_unet(8, num_class_embeds=2), DDPMScheduler(), class_names=["normal", "pneumonia"],
-                               positive_class="pneumonia").save_pretrained(tmp_path / "sde")  # fmt: skip
-    rng = np.random.default_rng(0)
-    listing = [["path", "label", "scan"]]
-    for index in range(16):  # one image a group
-        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / f"{index}.png")
-        listing.append([f"{index}.png", ["normal", "pneumonia"][index % 2], f"scan{index}"])
-    with open(tmp_path / "list.csv", "w", newline="") as handle:
-        csv.writer(handle).writerows(listing)
-    call = ["predict", "--model_dir", str(tmp_path / "sde"), "--input", str(tmp_path / "list.csv"), "--no_progress_bar",
-            "--pipeline_kwargs", json.dumps({"priors": {"normal": 1 - prior, "pneumonia": prior}})]  # fmt: skip
+    _model_and_listing(tmp_path, lambda index: f"scan{index}")  # one image a group
+    call = _predict_call(tmp_path, prior)
     main([*call, "--output", str(tmp_path / "first.csv")])
     log_prior = torch.tensor([1 - prior, prior], dtype=torch.float64).log()
     ratios = [float(row["log_likelihood_ratio"]) for row in _rows(tmp_path / "first.csv")]
