@@ -345,12 +345,12 @@ def _decision_threshold(
     with the note saying where it came from: `threshold` given as a number; the operating point of the metrics.json it
     names (checked as `evaluate --threshold` checks it); else the one predict labelled the images at (QA: per-study
     decisions at 0.5 of images deployed at val's threshold); else 0.5 under "max", None (the most probable class)
-    under "mean". Last, the priors' log-ratio groups are decided by their gathered log_likelihood_ratio with, or None:
-    a point whose probability rounds to 0 or 1 (a Score-SDE model's, whose own log-odds decided it) decides a group
-    by its largest ratio toward the positive class plus the priors' log-ratio (the log-odds predict labels each image
-    by, to the bit) where `ratio_decides` (the file has the ratio, the "max" rule; QA, a mammography group: 2 of 3
-    points chosen on val were refused) and the run's priors are recorded, and is refused otherwise: probabilities
-    cannot decide at it."""
+    under "mean". The fourth value is the priors' log-ratio where groups are decided by their gathered
+    log_likelihood_ratio, else None: a point whose probability rounds to 0 or 1 (a Score-SDE model's, whose own
+    log-odds decided it) decides a group by its largest ratio toward the positive class plus the priors' log-ratio
+    (the log-odds predict labels each image by, to the bit) where `ratio_decides` (the file has the ratio, the "max"
+    rule; QA, a mammography group: 2 of 3 points chosen on val were refused) and the run's priors are recorded, and is
+    refused otherwise: probabilities cannot decide at it."""
     from ..operating_points import is_saturated, log_odds_of, read_operating_point
 
     recorded = recorded_point(sidecar)
