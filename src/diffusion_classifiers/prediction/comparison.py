@@ -67,7 +67,7 @@ class _ScoredRows:
     recorded_positive: Optional[str]  # the positive class its run recorded
     training_images: np.ndarray  # booleans
     file_bytes: Optional[list]  # a predict output's record of each file's size
-    evaluation: Optional[dict]  # what its evaluate run's metrics.json records: split, data, carving, model
+    evaluation: Optional[dict]  # what its run records: split, data, carving, model, call, operating point
 
 
 def compare_predictions(
@@ -81,26 +81,28 @@ def compare_predictions(
     Two classifiers' predictions of the same labelled images, compared image by image.
 
     Args:
-        a, b (`str` or `os.PathLike`): an evaluate output folder, its `image_predictions.csv`, or a `.csv` /
-            `.parquet` output of predict with a `true_label` column. Differences are B's less A's.
+        a, b (`str` or `os.PathLike`): an evaluate output folder, its `image_predictions.csv`, a `.csv` / `.parquet`
+            output of predict with a `true_label` column, or an aggregate output of one. Differences are B's less
+            A's.
         pair_by (`str` or `Sequence[str]`, *optional*, defaults to `"path"`): `"path"`, an image is its file and
             frame (the rows of images held in arrays have none); `"image"`, its position in the split evaluated, which
             names the same image in both only in the same split of the same data carved alike (checked against both
             evaluations' metrics.json); or columns of both files whose values together name a row, such as
             `"study_uid"` for two `aggregate` outputs (a scan's slices are not independent draws: compare scans).
         positive_class (`str`, *optional*): binary tasks: the class sensitivity and the AUC refer to; default: the
-            class of evaluate's `log_odds_<class>` column, else the predict run's recorded one, else the second class.
+            one A's run recorded (evaluate's `log_odds_<class>` column's, predict's sidecar's, aggregate's
+            metrics.json's), else B's, else A's second class; a `UserWarning` where it contradicts a recorded one.
         common_images_only (`bool`, *optional*, defaults to `False`): compare the images both scored, leaving out the
             others (counted in `left_out`), instead of refusing two sets of images that differ.
 
     Returns:
-        `dict`: `a`, `b` (their sources and rows), `paired_by`, `num_paired` (images, or groups), `left_out`
-        (`only_in_a`, `only_in_b`, `training_images`), `class_names`, `positive_class` (binary), `level`, and
-        `figures`: for each of `accuracy`, `balanced_accuracy`, `macro_f1` (and binary `sensitivity`,
-        `specificity`), `auc`: `a`, `b`,
-        `difference` (B's less A's), its `interval` (None where there is none: `methods` says why), and where a
-        test applies its `p_value` (accuracy, sensitivity and specificity: McNemar's exact test, with the images
-        `only_a_correct` and `only_b_correct`; the AUC: DeLong's), and `methods`.
+        `dict`: `a`, `b` (their sources, rows and what their runs record), `paired_by`, `num_paired` (images, or
+        groups), `left_out` (`only_in_a`, `only_in_b`, `training_images`), `class_names`, `positive_class` and
+        `positive_class_from` (binary), `level`, and `figures`: for each of `accuracy`, `balanced_accuracy`,
+        `macro_f1` (and binary `sensitivity`, `specificity`), `auc`: `a`, `b`, `difference` (B's less A's), its
+        `interval` (None where there is none: `methods` says why), and where a test applies its `p_value`
+        (accuracy, sensitivity and specificity: McNemar's exact test, with the images `only_a_correct` and
+        `only_b_correct`; the AUC: DeLong's), and `methods`.
     """
     pair_by = [pair_by] if isinstance(pair_by, str) else list(pair_by)
     if not pair_by or ("image" in pair_by and len(pair_by) > 1):
