@@ -124,6 +124,7 @@ NAME = "plankton_accuracy"
 SPLITS = ("train", "val", "test")
 TAIL_TRAIN_IMAGES = 50  # a class with fewer train images than this is in the tail
 SHOTS = (1, 5, None)  # FlowCam labelled images per class; None: all of the fold's training images
+MOST_SHOTS = max(shots for shots in SHOTS if shots)
 SHIFT_FOLDS = 5  # the shift's stratified cross-validation folds (`few_shot_transfer`)
 FEW_SHOT_PROTOCOLS = ("prototype", "linear_probe")
 CNN_SAMPLINGS = ("natural", "balanced")  # each regime's CNN is trained both ways, the better on val kept
@@ -239,7 +240,7 @@ def parse_args():
         help="the shifted set's image folder, read as --data's (bright-field only); its results are named after it "
         "(<name>_shift, <name>_unet_minus_..._points); every class needs at least "
         f"{shift_images_needed()} images (one in each of the {SHIFT_FOLDS} cross-validation folds, "
-        f"{max(s for s in SHOTS if s)} shots in each fold's training part); default the FlowCam demo's images "
+        f"{MOST_SHOTS} shots in each fold's training part); default the FlowCam demo's images "
         "folder (named flowcam)",
     )  # fmt: skip
     parser.add_argument("--image_size", type=int, default=None, help="square side in px; default: the preset's")
@@ -357,7 +358,7 @@ def check_shift_class_sizes(parser, shift_data: Path) -> None:
         parser.error(
             f"--shift_data: {shift_data} has class(es) with too few images: {small}; expected at least {needed} images "
             f"of every class (one in each of the shift's {SHIFT_FOLDS} cross-validation folds and "
-            f"{max(s for s in SHOTS if s)} shots in each fold's training part): give more images of them, or leave "
+            f"{MOST_SHOTS} shots in each fold's training part): give more images of them, or leave "
             "those classes out"
         )
 

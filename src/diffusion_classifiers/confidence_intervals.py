@@ -33,7 +33,6 @@ __all__ = [
     "intervals_of_metrics",
     "multi_class_auc_interval",
     "percentile_interval",
-    "resample_sizes",
     "resampled_counts",
     "too_few_images_for",
     "weighted_average_precision",
@@ -195,7 +194,7 @@ def cell_counts_resampled_within_classes(classes: np.ndarray, counts: np.ndarray
     over them: the same distribution without the images."""
     class_cells = [slice(*ends) for ends in _runs(classes)]
     rng = np.random.default_rng(BOOTSTRAP_SEED)
-    for size in resample_sizes():
+    for size in _resample_sizes():
         drawn = np.zeros((size, len(counts)), dtype=np.int64)
         for cells in class_cells:
             drawn[:, cells] = rng.multinomial(counts[cells].sum(), counts[cells] / counts[cells].sum(), size=size)
@@ -257,13 +256,13 @@ def _average_precision_interval(is_positive: np.ndarray, scores: np.ndarray, lev
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     statistics = [
         weighted_average_precision(is_positive, scores, resampled_counts(is_positive, rng, size))
-        for size in resample_sizes()
+        for size in _resample_sizes()
     ]
     interval = percentile_interval(statistics, level)
     return interval, _METHODS["average_precision"] if interval is not None else _UNBOUNDED
 
 
-def resample_sizes() -> List[int]:
+def _resample_sizes() -> List[int]:
     """`NUM_RESAMPLES` in batches of at most `_RESAMPLES_AT_ONCE`."""
     return [min(_RESAMPLES_AT_ONCE, NUM_RESAMPLES - start) for start in range(0, NUM_RESAMPLES, _RESAMPLES_AT_ONCE)]
 

@@ -108,13 +108,13 @@ def _auc_figure(y_true: np.ndarray, scores_a, scores_b, positive_label: Optional
     """The AUC's figure and its method: DeLong's paired test with two images of each class or more (binary, as
     evaluate's DeLong interval), `MIN_CLASS_IMAGES` of each for the multi-class average (as evaluate's)."""
     labels = y_true if positive_label is None else y_true == positive_label
-    supports = np.unique(labels, return_counts=True)[1]
-    reason = "none: a class holds fewer than two images" if len(supports) < 2 or supports.min() < 2 else None
-    if positive_label is None and reason is None:
-        reason = too_few_images_for(supports, "DeLong's variance of the average")
-    if reason:
-        return {"a": None, "b": None, "difference": None, "interval": None, "p_value": None}, reason
-    auc = paired_auc_difference(labels, scores_a, scores_b, level)
+    reason = None
+    if positive_label is None:
+        reason = too_few_images_for(np.unique(labels, return_counts=True)[1], "DeLong's variance of the average")
+    auc = None if reason else paired_auc_difference(labels, scores_a, scores_b, level)
+    if auc is None:
+        empty = {"a": None, "b": None, "difference": None, "interval": None, "p_value": None}
+        return empty, reason or "none: a class holds fewer than two images"
     figure = {"a": auc["auc_a"], "b": auc["auc_b"], **{key: auc[key] for key in ("difference", "interval", "p_value")}}
     if auc["interval"] is None:
         return figure, _NO_AUC_VARIANCE

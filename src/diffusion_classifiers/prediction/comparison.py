@@ -182,8 +182,8 @@ def _check_scores(probs: np.ndarray, log_odds: Optional[np.ndarray], where: str)
 
 
 def _rows_file(source: Path, side: str) -> tuple[Path, Optional[dict]]:
-    """The rows file of `source` (a folder: evaluate's `image_predictions.csv` in it) and the split, data and carving
-    the evaluation beside it records (its metrics.json), if any."""
+    """The rows file of `source` (a folder: evaluate's `image_predictions.csv` in it) and what the evaluation beside
+    it records (its metrics.json: split, data, carving, model, method, call settings, operating point), if any."""
     path = source / EVALUATION_ROWS if source.is_dir() else source
     if not path.is_file() or path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise FileNotFoundError(
