@@ -67,12 +67,13 @@ def figure_dir(args: argparse.Namespace, output: Path) -> Path:
 QUICK_FIGURES_NOTE = "not kept: a --quick run draws its figures in a temporary folder removed when the run ends"
 
 
-def figure_entries(args: argparse.Namespace, **paths: Path) -> dict:
-    """The record's entries of a run's figures (`figure_dir`): each file's name, beside the results file; on a
+def figure_entries(args: argparse.Namespace, **paths: Optional[Path]) -> dict:
+    """The record's entries of a run's figures (`figure_dir`): each file's name, beside the results file (None for a
+    figure the run did not draw); on a
     `--quick` run, whose figures are removed when it ends, None and `"figures_kept"`: `QUICK_FIGURES_NOTE` (QA: a quick
     record named PNGs in a folder that no longer existed)."""
     if not args.quick:
-        return {key: path.name for key, path in paths.items()}
+        return {key: None if path is None else path.name for key, path in paths.items()}
     return {**dict.fromkeys(paths), "figures_kept": QUICK_FIGURES_NOTE}
 
 

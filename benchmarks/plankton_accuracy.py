@@ -43,7 +43,8 @@ yet run); `cpu_1h` aims at the issue's CPU budget,
 pixels' from 0.001, 0.01, 0.1) and the run's parts (the U-Net arm, the SimCLR arm, each CNN training, the raw-pixel
 probe) side by side in two worker processes of one thread each; with `--num_threads 2` it took 38-49 min over 3 seeds
 (2026-12-04, with the all-labels pair chosen among 3; 36-42 without on 2026-12-03; 70 with the parts one after the
-other on 2 threads, only the CNN pairs side by side). `--quick` is a smoke run under a minute (16 px, 8 images per
+other on 2 threads, only the CNN pairs side by side). `--parts` runs some of the methods, each as in the whole run (the targets
+comparing two methods are set where both ran). `--quick` is a smoke run under a minute (16 px, 8 images per
 class, a few steps, no hypercolumn probe).
 
     python benchmarks/plankton_accuracy.py --quick
@@ -52,6 +53,7 @@ class, a few steps, no hypercolumn probe).
     python benchmarks/plankton_accuracy.py --preset cpu_1h --num_threads 2  # writes ..._cpu_1h.json
     python benchmarks/plankton_accuracy.py --keep_checkpoint /tmp/plankton_unet --output /tmp/my.json
     python benchmarks/plankton_accuracy.py --unet_dir /tmp/plankton_unet --output /tmp/again.json  # no DDPM training
+    python benchmarks/plankton_accuracy.py --parts cnn raw_pixels --output /tmp/baselines.json  # the baselines alone
     python benchmarks/plankton_accuracy.py --merge seed0.json seed1.json seed2.json  # ..._cpu_1h_3_seeds.json
 
 Data: PlanktonSet 1.0 (Cowen et al. 2015, NOAA NCEI accession 0127422) and the planktonclas FlowCam demo images
@@ -146,6 +148,8 @@ VIEW_CHOICES = (None, "dihedral")
 ALL_LABELS_CANDIDATES = 3
 # What carves the run's splits (`load_splits`): --quick reads at most 8 images of each class
 CARVING_FLAGS = "--data, --seed, --val_fraction, --test_fraction and --quick"
+# the run's parts (`--parts`): the method's arm, and each baseline's, each scored on the same splits and shift
+PARTS = ("unet", "cnn", "simclr", "raw_pixels")
 QUICK_PROBE_C = (1.0,)  # 8 images per class: at larger C the solver takes long (PROBE_C made the run 40 s slower)
 
 
@@ -274,6 +278,13 @@ def parse_args():
     parser.add_argument("--test_fraction", type=float, default=0.2, help="of every class; default 0.2")
     add_checkpoint_options(parser, "examples/unet_features_train.py")
     parser.add_argument(
+        "--parts", nargs="+", default=list(PARTS), choices=list(PARTS),
+        help="the methods to run, each scored on the same splits, label regimes and shift: the U-Net features (the "
+        "DDPM trained, probed and clustered), the supervised CNN, the SimCLR ViT (without the U-Net part it trains the "
+        "preset's or --max_train_steps' steps) and the raw-pixel probe; the targets comparing two methods are set "
+        f"where both ran; default all: {list(PARTS)}",
+    )  # fmt: skip
+    parser.add_argument(
         "--merge", nargs="+", default=None,
         help="results files of full runs with the same preset and other --seed: their mean and spread, train nothing",
     )  # fmt: skip
@@ -326,12 +337,24 @@ def check_args(parser, args) -> None:
     if image_roots(args.shift_data) & image_roots(args.data_path):
         parser.error(f"--shift_data: {args.shift_data} holds --data's images; the shift is measured on other images")
     check_checkpoint_options(parser, args)
+    check_parts(parser, args)
     if args.unet_dir:  # here, not in the U-Net arm: a worker's failure comes only after the other parts' work
         try:
             check_unet_dir(args.unet_dir, preprocessing(args.budget), reading_flags=("--image_size",))
         except ValueError as error:
             parser.error(str(error))
     check_shift_class_sizes(parser, args.shift_data)
+
+
+def check_parts(parser, args) -> None:
+    """The U-Net's flags only with the part that trains or reads the U-Net (as unet_features_accuracy.py's)."""
+    if "unet" in args.parts:
+        return
+    for flag, value in (("--keep_checkpoint", args.keep_checkpoint), ("--unet_dir", args.unet_dir),
+                        ("--train_minutes", args.train_minutes), ("--timesteps", args.timesteps)):  # fmt: skip
+        if value is not None:
+            parser.error(f"{flag}: for the U-Net part, which --parts {' '.join(args.parts)} does not run; expected "
+                         "with the unet part")  # fmt: skip
 
 
 def shift_images_needed(shot_counts: Sequence[Optional[int]] = SHOTS, num_folds: int = SHIFT_FOLDS) -> int:
@@ -1097,13 +1120,18 @@ def part_runner(num_workers: int, data: RunData, work_dir: str):
         yield lambda part, args, *part_args: pool.submit(run_in_worker, part, data_file, args, *part_args)
 
 
-def as_many_steps_as_ddpm(args, unet_arm_future: Future):
+def as_many_steps_as_ddpm(args, unet_arm_future: Optional[Future]):
     """The run's options for SimCLR, which trains as many optimizer steps as the DDPM: the preset's, or under a DDPM
-    time cap (`train_minutes`, one worker: the U-Net arm has finished) the steps the DDPM reached."""
-    if args.budget.train_minutes is None:
+    time cap (`train_minutes`, one worker: the U-Net arm has finished) the steps the DDPM reached; without the U-Net
+    arm (`unet_arm_future` None), the preset's."""
+    if args.budget.train_minutes is None or unet_arm_future is None:
         return args
     steps = ddpm_steps(unet_arm_future.result(), args.budget)
     return argparse.Namespace(**{**vars(args), "budget": dataclasses.replace(args.budget, train_steps=steps)})
+
+
+# what the record reads of a U-Net arm in a run without one (`--parts`)
+NO_UNET_ARM = {"ddpm_final_loss": None, "ddpm_steps": None, "loaded_unet": None, "flowcam_shift_unet_feature": None}
 
 
 def ddpm_steps(unet_arm_result: dict, budget: Preset) -> int:
@@ -1221,6 +1249,15 @@ def simclr_arm(args, data: RunData, work_dir: str) -> dict:
     }  # fmt: skip
 
 
+def cnn_shift_arm(args, data: RunData, cnn, walls: dict) -> dict:
+    """The all-labels CNN's FlowCam shift (its penultimate features, views chosen on val) and size, as an arm's."""
+    budget, val, shift = args.budget, data.splits["val"], data.shift
+    with timed(walls, f"cnn_{args.shift_name}_shift"):
+        views = choose_shift_views(lambda v: cnn_features(cnn, val.images, v), val.labels, budget.num_episodes, args.seed)
+        result = few_shot_transfer(cnn_features(cnn, shift.images, views[0]), shift.labels, budget.num_episodes, args.seed)
+    return {"flowcam_shift": {"cnn": result}, "flowcam_shift_views": {"cnn": views}, "parameters": {"cnn": count_parameters(cnn)}}
+
+
 def raw_pixel_arm(args, data: RunData) -> dict:
     """The floor: a linear probe on raw pixels with all labels (upright), and the pixels' FlowCam shift."""
     budget, splits, walls = args.budget, data.splits, {}
@@ -1245,27 +1282,66 @@ def targets(
     the fewest labels run: QA, `--label_fractions 0.3` had no few-label target) >= the CNN's + 5 points; the probe
     beats SimCLR on accuracy and macro-F1 at every fraction; on FlowCam the U-Net
     features' few-shot accuracy (mean over protocols and k) >= the CNN's and SimCLR's (named after the shifted set,
-    `shift_name`); and the wall-clock budget."""
+    `shift_name`); and the wall-clock budget. A comparison is set where both of its methods ran (`--parts`)."""
 
     def lt(regime, method, metric):
         return 100 * regimes[regime][method]["long_tailed"][metric]
 
-    out = {"all_labels_probe_minus_cnn_macro_f1_points": target_entry(lt("all", "unet_probe", "macro_f1") - lt("all", "cnn", "macro_f1"), 0.0)}
+    def probe_minus(rival, regime, metric, target, name):
+        if {"unet_probe", rival} <= set(regimes[regime]):
+            out[name] = target_entry(lt(regime, "unet_probe", metric) - lt(regime, rival, metric), target)
+
+    out = {}
+    probe_minus("cnn", "all", "macro_f1", 0.0, "all_labels_probe_minus_cnn_macro_f1_points")
     fractions = [regime for regime in regimes if regime != "all"]
     if fractions:
         few = "10%" if "10%" in fractions else min(fractions, key=lambda regime: float(regime.rstrip("%")))
-        out[f"{few}_labels_probe_minus_cnn_macro_f1_points"] = target_entry(lt(few, "unet_probe", "macro_f1") - lt(few, "cnn", "macro_f1"), 5.0)
+        probe_minus("cnn", few, "macro_f1", 5.0, f"{few}_labels_probe_minus_cnn_macro_f1_points")
     for regime in regimes:
         for metric in ("accuracy", "macro_f1"):
-            out[f"{regime}_labels_probe_minus_simclr_{metric}_points"] = target_entry(
-                lt(regime, "unet_probe", metric) - lt(regime, "simclr_probe", metric), 0.0
-            )
+            probe_minus("simclr_probe", regime, metric, 0.0, f"{regime}_labels_probe_minus_simclr_{metric}_points")
     for rival in ("cnn", "simclr"):
-        out[f"{shift_name}_unet_minus_{rival}_few_shot_accuracy_points"] = target_entry(
-            100 * (shift["unet"]["mean_accuracy"] - shift[rival]["mean_accuracy"]), 0.0
-        )
+        if {"unet", rival} <= set(shift):
+            out[f"{shift_name}_unet_minus_{rival}_few_shot_accuracy_points"] = target_entry(
+                100 * (shift["unet"]["mean_accuracy"] - shift[rival]["mean_accuracy"]), 0.0
+            )
     out["wall_seconds_total"] = target_entry(total_seconds, budget_seconds, higher_is_better=False)
     return out  # fmt: skip
+
+
+def unlabeled_training(args, steps: int, num_train: int, num_grid: int, grid_regime: str) -> str:
+    """The record's sentence on what trained on the unlabeled images, for how long, and on the probe grid's size."""
+    budget = args.budget
+    trainers = [name for part, name in (("unet", "the DDPM"), ("simclr", "SimCLR")) if part in args.parts]
+    if args.unet_dir:
+        trainers.remove("the DDPM")
+    if not trainers:
+        return f"no model trains on the unlabeled images (--parts {' '.join(args.parts)})"
+    capped = f", the DDPM capped at {budget.train_minutes:g} min" if "the DDPM" in trainers and budget.train_minutes else ""
+    sentence = (
+        f"{' and '.join(trainers)} train{'s' if len(trainers) == 1 else ''} on all {num_train} train images for "
+        f"{steps} steps (about {steps * budget.train_batch_size / num_train:.1f} epochs{capped})"
+    )
+    if args.unet_dir:
+        sentence += " (the DDPM loaded from --unet_dir)"
+    if "unet" in args.parts:
+        sentence += (f"; the probe grid is fitted on {num_grid} train images ({grid_regime}) x {len(budget.timesteps)} "
+                     f"timesteps x {len(budget.pools)} poolings")  # fmt: skip
+    return sentence
+
+
+def label_efficiency_plot(args, output: Path, regimes: dict, test: LabeledImages) -> Optional[Path]:
+    """The label-efficiency PNG of the methods run, named after its results file (seeds never overwrite); None
+    without a method scored at every regime (the raw-pixel probe alone)."""
+    curves = label_efficiency_curves(regimes, test.num_classes)
+    if not curves:
+        return None
+    plot = _common.figure_dir(args, output) / f"{output.stem}_label_efficiency.png"
+    regime_names = [regime for regime in regimes if regime != "all"] + ["100%"]
+    title = (f"{args.data_label}, {test.num_classes} classes, {'' if args.quick else 'long-tailed '}test "
+             f"({len(test)} images): mean labelled train images per class ({', '.join(regime_names)} of the labels)")  # fmt: skip
+    plot_label_efficiency(curves, str(plot), title=figure_title(title, args.quick))
+    return plot
 
 
 def loaded_unet_budget(loaded: Optional[dict]) -> dict:
@@ -1281,6 +1357,8 @@ def loaded_unet_budget(loaded: Optional[dict]) -> dict:
 
 
 def label_efficiency_curves(regimes: dict, num_classes: int) -> dict:
+    """`plot_label_efficiency`'s curves of the methods run (`--parts`) at every label regime: none for a run of the
+    raw-pixel probe alone (all labels only)."""
     methods = {"U-Net features + linear probe": "unet_probe", "supervised CNN": "cnn", "SimCLR ViT + linear probe": "simclr_probe"}
     return {
         label: {
@@ -1289,7 +1367,7 @@ def label_efficiency_curves(regimes: dict, num_classes: int) -> dict:
             }
             for regime in regimes.values()
         }
-        for label, key in methods.items()
+        for label, key in methods.items() if key in regimes["all"]
     }  # fmt: skip
 
 
@@ -1388,17 +1466,21 @@ def main():
     with tempfile.TemporaryDirectory() as work_dir:
         with timed(walls, "parts"), part_runner(budget.workers, data, work_dir) as submit:
             # the longest parts first, so that two workers finish close together
-            unet_future = partial.track("unet", submit(unet_arm, args, f"{work_dir}/unet"))
-            simclr_args = as_many_steps_as_ddpm(args, unet_future)
-            arms = {"unet": unet_future, "simclr": partial.track("simclr", submit(simclr_arm, simclr_args, f"{work_dir}/simclr"))}
+            arms = {}
+            if "unet" in args.parts:
+                arms["unet"] = partial.track("unet", submit(unet_arm, args, f"{work_dir}/unet"))
+            if "simclr" in args.parts:
+                simclr_args = as_many_steps_as_ddpm(args, arms.get("unet"))
+                arms["simclr"] = partial.track("simclr", submit(simclr_arm, simclr_args, f"{work_dir}/simclr"))
             cnn_trainings = {
                 regime: {
                     s: partial.track(f"cnn_{regime}_{s}", submit(train_cnn, args, regime, s, f"{work_dir}/cnn/{regime}/{s}"))
                     for s in CNN_SAMPLINGS
                 }
-                for regime in subsets
+                for regime in (subsets if "cnn" in args.parts else ())
             }  # fmt: skip
-            arms["raw_pixels"] = partial.track("raw_pixels", submit(raw_pixel_arm, args))
+            if "raw_pixels" in args.parts:
+                arms["raw_pixels"] = partial.track("raw_pixels", submit(raw_pixel_arm, args))
             arms = {name: future.result() for name, future in arms.items()}
             cnn_trainings = {r: {s: f.result() for s, f in runs.items()} for r, runs in cnn_trainings.items()}
         for arm in arms.values():
@@ -1412,31 +1494,18 @@ def main():
                 regimes[regime].update(cnn=scorer(predictions), cnn_training=info)
             walls.update({f"cnn_{regime}_{s}_training": run["wall_seconds"] for s, run in runs.items()})
             if regime == "all":
-                cnn_all = cnn
-        with timed(walls, f"cnn_{args.shift_name}_shift"):
-            cnn_views = choose_shift_views(lambda v: cnn_features(cnn_all, val.images, v), val.labels, budget.num_episodes, args.seed)
-            cnn_shift = few_shot_transfer(cnn_features(cnn_all, shift.images, cnn_views[0]), shift.labels, budget.num_episodes, args.seed)
+                arms["cnn"] = cnn_shift_arm(args, data, cnn, walls)
     walls["total"] = round(time.perf_counter() - start, 1)
-    unet, simclr, pixels = arms["unet"], arms["simclr"], arms["raw_pixels"]
-    shift_results = {**unet["flowcam_shift"], "cnn": cnn_shift, **simclr["flowcam_shift"], **pixels["flowcam_shift"]}
-    shift_views = {**unet["flowcam_shift_views"], "cnn": cnn_views, **simclr["flowcam_shift_views"]}
+    arms = {part: arms[part] for part in PARTS if part in arms}  # the record's order, whichever finished first
+    unet = arms.get("unet", NO_UNET_ARM)
+    shift_results, shift_views, parameters, kmeans_test = (
+        {m: value for arm in arms.values() for m, value in arm.get(key, {}).items()}
+        for key in ("flowcam_shift", "flowcam_shift_views", "parameters", "kmeans_test")
+    )
 
-    figure_dir = _common.figure_dir(args, output)
-    plot = figure_dir / f"{output.stem}_label_efficiency.png"  # named after its results file: seeds never overwrite
-    regime_names = [regime for regime in regimes if regime != "all"] + ["100%"]
-    plot_label_efficiency(
-        label_efficiency_curves(regimes, train.num_classes), str(plot),
-        title=figure_title(
-            f"{args.data_label}, {train.num_classes} classes, {'' if args.quick else 'long-tailed '}test "
-            f"({len(test)} images): "
-            f"mean labelled train images per class ({', '.join(regime_names)} of the labels)", args.quick,
-        ),
-    )  # fmt: skip
+    plot = label_efficiency_plot(args, output, regimes, test)
     budget_seconds = BUDGET_SECONDS[args.preset] if not args.quick else 60
     train_counts = torch.bincount(train.labels, minlength=train.num_classes)
-    steps = ddpm_steps(unet, budget)
-    capped = f", the DDPM capped at {budget.train_minutes:g} min" if budget.train_minutes and not args.unet_dir else ""
-    trained = "SimCLR trains (the DDPM loaded from --unet_dir)" if args.unet_dir else "DDPM and SimCLR train"
     figures = {
         "seed": args.seed,
         "dataset": {
@@ -1467,17 +1536,16 @@ def main():
             "unet_loaded_from": args.unet_dir, "unet_kept_in": args.keep_checkpoint,
             **loaded_unet_budget(unet["loaded_unet"]),
             "unlabeled_training_images": len(train),
-            "subsampling": f"{trained} on all {len(train)} train images for {steps} steps "
-            f"(about {steps * budget.train_batch_size / len(train):.1f} epochs{capped}); the probe grid is fitted "
-            f"on {len(grid_rows)} train images ({grid_regime}) x {len(budget.timesteps)} timesteps x {len(budget.pools)} poolings",
+            "subsampling": unlabeled_training(args, ddpm_steps(unet, budget), len(train), len(grid_rows), grid_regime),
             "num_threads": torch.get_num_threads(),
+            "parts_run": args.parts,
             "parts": "every part in this process" if budget.workers <= 1 else f"the U-Net arm, the SimCLR arm, each "
             f"CNN training and the raw-pixel probe in {budget.workers} worker processes of one thread each; the CNNs' "
             "choices and their FlowCam shift here afterwards",
         },  # fmt: skip
-        "parameters": {**unet["parameters"], "cnn": regimes["all"]["cnn_training"]["num_parameters"], **simclr["parameters"]},
+        "parameters": parameters,
         "regimes": regimes,
-        "kmeans_test": {**unet["kmeans_test"], **simclr["kmeans_test"]},
+        "kmeans_test": kmeans_test,
         f"{args.shift_name}_shift": shift_results,
         f"{args.shift_name}_shift_unet_feature": unet["flowcam_shift_unet_feature"],
         f"{args.shift_name}_shift_views": {

@@ -117,15 +117,16 @@ def test_a_quick_run_records_no_path_into_its_removed_temporary_folder(tmp_path,
 # --------------------------------------------------------------------------------------------------
 
 
-def plankton_folder(root, classes=("copepod", "diatom"), per_class: int = 6, dark: bool = False):
-    """An image folder of 12x12 PNGs: a dark organism on a light field, or (`dark`) a light one on a black field."""
+def plankton_folder(root, classes=("copepod", "diatom"), per_class: int = 6, dark: bool = False, top: int = 4):
+    """An image folder of 12x12 PNGs: a dark organism on a light field, or (`dark`) a light one on a black field,
+    from row `top`."""
     from PIL import Image
 
     for c, name in enumerate(classes):
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             image = np.full((12, 12), 20 if dark else 235, dtype=np.uint8)
-            image[4:8, 3 + c : 9] = 230 if dark else 30
+            image[top : top + 4, 3 + c : 9] = 230 if dark else 30
             Image.fromarray(image).save(root / name / f"{i:02d}.png")
     return root
 
@@ -301,3 +302,45 @@ def test_unet_dir_without_the_part_that_uses_it_is_refused(tmp_path, capsys, mon
             module.parse_args()
         error = capsys.readouterr().err
         assert "--unet_dir: reuses" in error and f"--parts {parts} does not use" in error
+
+
+@pytest.mark.parametrize("flag, value", [("--keep_checkpoint", "{tmp}/new_folder"), ("--unet_dir", "{tmp}/model"),
+                                         ("--train_minutes", "1"), ("--timesteps", "10")])  # fmt: skip
+def test_plankton_flags_of_the_unet_part_are_refused_without_it(flag, value, tmp_path, capsys, monkeypatch):
+    for name in ("model_index.json", "unet/config.json", "scheduler/scheduler_config.json"):
+        (tmp_path / "model" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "model" / name).write_text("{}")
+    data = plankton_folder(tmp_path / "data")
+    shift = plankton_folder(tmp_path / "shift", classes=("a", "b"), per_class=7)
+    argv = ["plankton_accuracy.py", "--quick", "--data", str(data), "--shift_data", str(shift), "--parts", "cnn",
+            "raw_pixels", flag, value.format(tmp=tmp_path)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit):
+        plankton_accuracy.parse_args()
+    assert f"{flag}: for the U-Net part, which --parts cnn raw_pixels does not run" in capsys.readouterr().err
+
+
+def test_a_plankton_run_of_some_parts_scores_those_methods_and_sets_the_targets_whose_methods_ran(tmp_path, monkeypatch, capsys):
+    """Issue 12's item 8, parts selectable in every accuracy benchmark: plankton_accuracy ran all four methods."""
+    data = plankton_folder(tmp_path / "data", classes=("copepod", "diatom", "radiolarian"), per_class=10)
+    shift = plankton_folder(tmp_path / "flowcam", classes=("a", "b"), per_class=7, top=1)  # other images than --data's
+    argv = ["plankton_accuracy.py", "--quick", "--data", str(data), "--shift_data", str(shift), "--parts", "raw_pixels"]
+    monkeypatch.setattr(sys, "argv", argv)
+    plankton_accuracy.main()
+    figures = json.loads(capsys.readouterr().out)["figures"]
+    assert [m for m in figures["regimes"]["all"] if m != "num_train_labels"] == ["raw_pixel_probe"]
+    assert list(figures["regimes"]["10%"]) == ["num_train_labels"]
+    assert list(figures["flowcam_shift"]) == ["raw_pixels"] and figures["parameters"] == {}
+    assert list(figures["targets"]) == ["wall_seconds_total"]  # no comparison has both of its methods
+    assert figures["label_efficiency_plot"] is None  # all labels only: no curve
+    assert figures["budget"]["parts_run"] == ["raw_pixels"]
+    assert figures["budget"]["subsampling"] == "no model trains on the unlabeled images (--parts raw_pixels)"
+
+
+def test_plankton_targets_compare_two_methods_only_where_both_ran():
+    scores = {"long_tailed": {"accuracy": 0.6, "macro_f1": 0.5}}
+    regimes = {r: {"num_train_labels": 10, "unet_probe": scores, "cnn": scores} for r in ("all", "10%")}
+    shift = {"unet": {"mean_accuracy": 0.5}, "cnn": {"mean_accuracy": 0.4}, "raw_pixels": {"mean_accuracy": 0.3}}
+    names = set(plankton_accuracy.targets(regimes, shift, 1.0, 2.0))
+    assert names == {"all_labels_probe_minus_cnn_macro_f1_points", "10%_labels_probe_minus_cnn_macro_f1_points",
+                     "flowcam_unet_minus_cnn_few_shot_accuracy_points", "wall_seconds_total"}  # fmt: skip
