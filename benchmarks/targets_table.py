@@ -54,7 +54,10 @@ HEADLINE_RESULTS = (
 # Headline figures that are not an untouched test figure, marked in the table (benchmarks/RESULTS.md tells each
 # story): (result, target or None for all of its targets) -> the note
 _RECIPE_ON_VAL = (
-    "scored on val, the split the recipe was chosen on: optimistic (the test figures are the rc_dit_accuracy rows)"
+    "scored on val, the split the recipe was chosen on: optimistic (the test figures are the rc_dit_accuracy rows); "
+    "recorded 2026-12-01 and 12-02, before the few-shot protocol's review (ac1e6ff) and r's saved statistics (1fa91b8) "
+    "changed on 2026-12-06, not rerun: the 10-shot rows are of the earlier protocol, which moved every method's 10-shot "
+    "figures (raw pixels' PneumoniaMNIST prototypes 81.7 -> 78.2% on test, benchmarks/RESULTS.md)"
 )
 _RULE_SEEN = "the label-free rule (stability on train) was chosen with these test figures seen"
 CAVEATS = {
@@ -65,6 +68,9 @@ CAVEATS = {
     "(its val figures improve too)",
     ("rc_dit_bench_recipe_1500_steps_3_seeds", None): _RECIPE_ON_VAL,
     ("rc_dit_bench_recipe_1500_steps_3_seeds_pneumoniamnist", None): _RECIPE_ON_VAL,
+    ("score_sde_bench_likelihood_gpu", "fast_max_abs_delta_bpd"): "recorded 2026-11-30 at 48 fast steps, before the "
+    "fast step count became the fewest from which every count tried is within the bound (63ee16d, 2026-12-05; the CPU "
+    "rows are of that rule: 56 steps); not rerun, no GPU since",
     ("training_speed_compiled_gpu", "unet_library_vs_plain_speedup"): "recorded before the target took the fastest "
     "loop a user can choose (d73573d): this is the uncompiled loop; the same run's compiled loop measured 1.32x "
     "(`cases.unet.speedup_over_plain.library_compiled`)",

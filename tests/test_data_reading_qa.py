@@ -420,6 +420,23 @@ def sklearn_split(labels, groups, fraction, seed):
     return np.sort(kept), np.sort(split)
 
 
+def test_a_carved_split_without_several_classes_warns_once_naming_the_first_few(tmp_path):
+    """QA: on a long tail (NDSB's 121 classes, 524 warnings in one benchmark run) every class missing from a carved
+    split was its own warning."""
+    names = ["common"] + [f"rare{k}" for k in range(7)]
+    labels = np.array([0] * 60 + list(range(1, 8)))  # seven classes of one image each
+    raw = RawData(None, labels, names, {"train": np.arange(len(labels))})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        readers.carve_splits(raw, 0.1, 0.2, 0)
+    messages = [str(w.message) for w in caught if "holds no image" in str(w.message)]
+    val = [message for message in messages if message.startswith("the carved 'val' split")]
+    assert len(val) == 1, messages
+    assert val[0].startswith("the carved 'val' split holds no image of 7 classes: 'rare0' (label 1), which has 1 image; ")
+    assert "'rare4' (label 5), which has 1 image; and 2 more: too few for val_fraction=0.1" in val[0]
+    assert "cannot measure them. Give more images of them, or a larger val_fraction" in val[0]
+
+
 def test_a_carved_split_without_a_class_is_named_in_the_library_s_words(tmp_path):
     labels, groups = mammography_cohort()
     raw = RawData(None, labels, ["benign", "malignant"], {"train": np.arange(48)}, groups=groups)

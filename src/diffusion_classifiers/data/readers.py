@@ -389,23 +389,33 @@ def _check_patients_for_carving(raw: RawData, carved: list[str]) -> None:
         )
 
 
+MISSING_CLASSES_NAMED = 5  # a split missing more classes names these first ones and counts the rest
+
+
 def _warn_missing_classes(raw: RawData, pool: np.ndarray, split: np.ndarray, name: str, fraction: float) -> None:
     """Warn, naming the split and each class with its image (and patient) counts, when the `split` carved from `pool`
     holds no image of a class the pool has (a class of few patients: a grouped split is cut into round(1 / fraction)
     folds of whole patients); its metrics then say nothing of that class."""
     missing = sorted(set(np.unique(raw.labels[pool]).tolist()) - set(np.unique(raw.labels[split]).tolist()))
-
-    for label in missing:
+    if not missing:
+        return
+    described = []
+    for label in missing[:MISSING_CLASSES_NAMED]:
         members, left = np.flatnonzero(raw.labels == label), pool[raw.labels[pool] == label]
         carved_from = "" if len(left) == len(members) else f"; {_count(raw, left)} were left for {name!r} after 'test'"
-        warnings.warn(
-            f"the carved {name!r} split holds no image of class {raw.class_names[label]!r} (label {label}), which has "
-            f"{_count(raw, members)}{carved_from}: too few for {name}_fraction={fraction}, so the {name!r} metrics "
-            f"cannot measure it. Give more images{' and patients' if raw.groups is not None else ''} of it, or a larger "
-            f"{name}_fraction (the scripts' --{name}_fraction)",
-            UserWarning,
-            stacklevel=6,  # the caller of load_image_classification_data / streaming_image_classification_data
-        )
+        described.append(f"{raw.class_names[label]!r} (label {label}), which has {_count(raw, members)}{carved_from}")
+    if len(missing) == 1:
+        classes, them = f"class {described[0]}", "it"
+    else:  # one warning, not one per class (QA: 121 long-tailed classes printed 40 warnings a split)
+        more = f"; and {len(missing) - len(described)} more" if len(missing) > len(described) else ""
+        classes, them = f"{len(missing)} classes: {'; '.join(described)}{more}", "them"
+    warnings.warn(
+        f"the carved {name!r} split holds no image of {classes}: too few for {name}_fraction={fraction}, so the "
+        f"{name!r} metrics cannot measure {them}. Give more images{' and patients' if raw.groups is not None else ''} "
+        f"of {them}, or a larger {name}_fraction (the scripts' --{name}_fraction)",
+        UserWarning,
+        stacklevel=6,  # the caller of load_image_classification_data / streaming_image_classification_data
+    )
 
 
 def _count(raw: RawData, indices: np.ndarray) -> str:
