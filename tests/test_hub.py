@@ -850,6 +850,13 @@ def test_cli_card_is_the_folders_method_and_lists_its_labels(saved_pipeline, mon
     (tmp_path / "metrics.json").write_text(json.dumps({"split": "test", "sensitivity": 0.8, "positive_class": "normal"}))
     run_push_script(monkeypatch, argv[:5] + argv[7:-1] + [str(tmp_path / "normal-card")])
     assert "take **normal** as the positive class" in (tmp_path / "normal-card" / "README.md").read_text()
+    # the head the figures were measured with, as fit-head's report.md states it (QA: the card named all three)
+    head = "prototypes on 10 labelled images (5 per class, drawn with seed 0); softmax temperature 2.95 chosen on 60 val"
+    (tmp_path / "metrics.json").write_text(json.dumps({"split": "test", "accuracy": 0.5, "head": {"summary": head}}))
+    run_push_script(monkeypatch, argv[:5] + argv[7:-1] + [str(tmp_path / "head-card")])
+    card = (tmp_path / "head-card" / "README.md").read_text()
+    assert f"\n\nHead: {head}.\n" in card and card.index("Results on the `test` split") < card.index("Head: ")
+    assert "Head: " not in (tmp_path / "normal-card" / "README.md").read_text()
     with pytest.raises(ValueError, match=r"positive_class: expected one of the class names \['a', 'b', 'c'\], got 'cat'"):
         model_card(positive_class="cat")
 
@@ -976,7 +983,7 @@ def test_the_card_says_its_figures_were_not_checked_against_the_training_images_
         (tmp_path / "metrics.json").write_text(json.dumps(metrics))
         counts = hub.load_eval_counts(tmp_path / "metrics.json")
         cards[checked] = str(hub.render_model_card("unet_features", **counts, **common))
-    unchecked = "**Not checked against the model's training images** (the model records none, or only its head's, or"
+    unchecked = "**Not checked against the model's training images** (the model records none, or only part of them"
     assert unchecked in cards[False] and "Not checked" not in cards[True]
     card = cards[False]
     assert card.index("Results on the `test` split") < card.index(unchecked) < card.index("| metric")

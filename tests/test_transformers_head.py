@@ -357,3 +357,25 @@ def test_a_new_label_set_of_the_saved_size_keeps_the_head_with_a_warning_and_res
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the saved names again: nothing to say
         AutoModelForImageClassification.from_pretrained(binary_export, id2label={0: "normal", 1: "pneumonia"})
+
+
+def test_a_loaded_export_saved_again_keeps_its_split_record_marked_partial(pipe, tmp_path):
+    """QA: `Trainer.save_model` of a fine-tuned export (and any `save_pretrained` of a loaded one) dropped
+    data_splits.json: `evaluate` then carved by the default seed and checked nothing. Kept, its fingerprints marked as
+    part of the model's training images (it may have trained on others since): those are still refused, no check is
+    claimed."""
+    from transformers import AutoModelForImageClassification
+
+    from diffusion_classifiers.data.split_record import read_split_record, save_split_record
+
+    pipe.save_pretrained(tmp_path / "pipeline")
+    save_split_record(tmp_path / "pipeline", 0.1, 0.2, seed=5, train_fingerprints=["0123456789abcdef"])
+    export_unet_feature_pipeline(UNetFeatureClassifierPipeline.from_pretrained(tmp_path / "pipeline"), tmp_path / "hf")
+    assert "train_fingerprints_partial" not in read_split_record(tmp_path / "hf")  # the export is the pipeline itself
+    model = AutoModelForImageClassification.from_pretrained(tmp_path / "hf", trust_remote_code=True)
+    model.save_pretrained(tmp_path / "fine_tuned")
+    record = read_split_record(tmp_path / "fine_tuned")
+    assert record["seed"] == 5 and record["train_fingerprints"] == "0123456789abcdef"
+    assert record["train_fingerprints_partial"] is True
+    model.save_pretrained(tmp_path / "hf")  # saved over its own folder: its record stays as it was
+    assert "train_fingerprints_partial" not in read_split_record(tmp_path / "hf")

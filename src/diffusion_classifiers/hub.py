@@ -58,6 +58,7 @@ __all__ = [
     "library_name_of",
     "load_eval_counts",
     "load_eval_grouping",
+    "load_eval_head",
     "load_eval_intervals",
     "load_eval_operating_point",
     "load_eval_metrics",
@@ -148,6 +149,7 @@ MODEL_CARD_OPTIONAL = {
     "seed_sensitivity", "call_arguments", "input_description", "num_dropped", "per_class_section", "unlabeled_pool",
     "dataset_citation", "whole_data_set", "grouping_rule", "usage_file", "training_images_unchecked",
     "intervals_section", "eval_data_source", "operating_point", "operating_point_threshold", "operating_point_log_odds",
+    "head_summary",
 }  # fmt: skip
 DATASET_CARD_OPTIONAL = {"citation"}
 
@@ -348,6 +350,7 @@ def render_model_card(
     intervals: Optional[dict] = None,
     eval_data_source: Optional[str] = None,
     operating_point: Optional[dict] = None,
+    head_summary: Optional[str] = None,
 ) -> ModelCard:
     """The model card of a classifier trained with `method` (one of `METHODS`).
 
@@ -403,6 +406,8 @@ def render_model_card(
             folder's or file's name), shown beside the split so that a reader sees which data it was carved from.
         operating_point: the decision threshold the metrics were measured at (`load_eval_operating_point`), which
             the card states instead of "exceeds 0.5".
+        head_summary: the head the metrics were measured with, where the method offers several (an RC-DiT's prototypes
+            or linear head, its labelled images, its C or temperature: `load_eval_head`), stated beside the results.
 
     Raises `ValueError` naming every required field that is missing or empty.
     """
@@ -470,6 +475,7 @@ def render_model_card(
         intervals_section=_intervals_section(metrics, intervals, positive_class),
         unlabeled_pool=unlabeled_pool,
         dataset_citation=(dataset_citation or "").strip() or None,
+        head_summary=head_summary,
     )
     return ModelCard(text)
 
@@ -569,6 +575,13 @@ def load_eval_counts(path: Union[str, os.PathLike]) -> Dict[str, Optional[int]]:
         "num_images": data.get("num_samples"), "num_positives": positives, "num_dropped": dropped,
         "training_images_unchecked": unchecked,
     }  # fmt: skip
+
+
+def load_eval_head(path: Union[str, os.PathLike]) -> Optional[str]:
+    """The sentence of a `metrics.json`'s `"head"` (`fit-head`'s: the RC-DiT head its metrics were measured with, its
+    labelled images and C or temperature, as `report.md` states it); None where it records none."""
+    data = _read_json(path)
+    return (data.get("test", data).get("head") or {}).get("summary")
 
 
 def load_eval_grouping(path: Union[str, os.PathLike]) -> Optional[dict]:

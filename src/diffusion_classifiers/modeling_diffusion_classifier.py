@@ -1,7 +1,6 @@
 """transformers `PreTrainedModel` head over frozen diffusion features, for `pipeline()`, `Trainer` and `evaluate`."""
 
 import os
-import shutil
 import warnings
 from typing import Optional, Union
 
@@ -68,6 +67,7 @@ class DiffusionClassifierPreTrainedModel(PreTrainedModel):
             saved = super().save_pretrained(save_directory, **kwargs)
         # loaded from the code saved with a model (no package installed): that code is copied again
         write_remote_code(save_directory, list(classes.values()), allow_bundled=True)
+        _keep_split_record(self.name_or_path, save_directory)
         make_weights_readable_as_umask_allows([save_directory])
         return saved
 
@@ -293,11 +293,22 @@ def _copy_split_record(pipeline, save_directory) -> None:
     """The split record (`data_splits.json`) of the folder `pipeline` was loaded from, copied beside its export, so
     that `evaluate` on the export carves the model's own test split and checks it against the training images (without
     it, it carved by the default seed: 76% accuracy for the pipeline's 44% on a probe carved with another seed)."""
-    from .data.split_record import SPLIT_RECORD_NAME
+    from .data.split_record import copy_split_record
 
     source = getattr(pipeline, "name_or_path", None)  # a DiffusionPipeline's from_pretrained folder or Hub id
-    if source and os.path.isfile(os.path.join(source, SPLIT_RECORD_NAME)):
-        shutil.copyfile(os.path.join(source, SPLIT_RECORD_NAME), os.path.join(save_directory, SPLIT_RECORD_NAME))
+    if source and os.path.isdir(source):
+        copy_split_record(source, save_directory)
+
+
+def _keep_split_record(source: str, save_directory) -> None:
+    """A loaded model saved again keeps the split record of the folder it was loaded from (QA: `Trainer.save_model`
+    of a fine-tuned export dropped it, and `evaluate` then carved by the default seed, unchecked), its training
+    images marked as part of the model's (it may have trained on others since): images found among them are still
+    refused, but no check is claimed."""
+    from .data.split_record import copy_split_record
+
+    if source and os.path.isdir(source) and os.path.realpath(source) != os.path.realpath(save_directory):
+        copy_split_record(source, save_directory, fingerprints_partial=True)
 
 
 def _published_config(config: dict) -> dict:

@@ -167,6 +167,21 @@ def save_split_record(
     write_atomically(os.path.join(folder, SPLIT_RECORD_NAME), lambda handle: handle.write(text))
 
 
+def copy_split_record(source: str | os.PathLike, destination: str | os.PathLike, fingerprints_partial: bool = False):
+    """`source`'s `data_splits.json` (checked as `read_split_record` checks it) written into `destination`, as it is;
+    with `fingerprints_partial`, its training images' fingerprints marked as part of the model's only
+    (`"train_fingerprints_partial"`: a model saved again after loading, which may have trained on other images since,
+    e.g. a `Trainer` fine-tune). Nothing is written where `source` has none."""
+    if read_split_record(source) is None:
+        return
+    with open(os.path.join(source, SPLIT_RECORD_NAME)) as f:
+        record = json.load(f)
+    if fingerprints_partial and "train_fingerprints" in record:
+        record["train_fingerprints_partial"] = True
+    text = json.dumps(record, indent=2) + "\n"
+    write_atomically(os.path.join(destination, SPLIT_RECORD_NAME), lambda handle: handle.write(text))
+
+
 def read_split_record(folder: str | os.PathLike) -> Optional[dict]:
     """The carving recorded in `folder` (every key of `SPLIT_DEFAULTS`; `anonymised_dicom_groups`, the earlier
     versions' rule `"file"` for a record without it; and `train_fingerprints`, a string of space-separated
