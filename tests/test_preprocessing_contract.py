@@ -229,6 +229,32 @@ def test_a_model_saved_before_the_contract_warns_that_a_numpy_array_of_3_planes_
         pipe.preprocess(three, input_data_format="channels_first")  # its layout stated: nothing to say
 
 
+def test_a_numpy_array_of_3_planes_given_to_a_grey_model_warns_that_it_is_read_as_one_colour_image():
+    """QA (an RC-DiT notebook user): `pipe.encode(test_images[:3])` on a 1-channel model gave one row without a word,
+    where 2 or 4 grey images are refused (their count is no channel count)."""
+    grey = ImagePreprocessing(16, 1, input_range="[-1, 1]")
+    three = np.random.default_rng(0).integers(0, 256, (3, 16, 16), dtype=np.uint8)
+    with pytest.warns(UserWarning, match=r"item 0, a numpy array of shape \(3, 16, 16\), is read as one colour image, "
+                                         r"channels first, made grey for this 1-channel model"):  # fmt: skip
+        assert len(grey(three)) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(grey(three[:, None])) == 3  # said as [N, 1, H, W]
+        assert len(grey(three, input_data_format="channels_first")) == 1  # its layout stated
+        assert len(grey(np.moveaxis(three, 0, -1))) == 1  # [H, W, 3]: one colour image, unambiguously
+        assert len(ImagePreprocessing(16, 3, input_range="[-1, 1]")(three)) == 1  # a colour model's colour image
+
+
+def test_floats_of_0_to_255_are_refused_without_the_unit_range_advice_first():
+    """QA: a 0..255 float tensor was first told it is read as [-1, 1] (pass [0, 1] images as uint8), then refused
+    as out of range (pass uint8 for 0..255 data): the advice contradicted the error."""
+    grey = ImagePreprocessing(16, 1, input_range="[-1, 1]")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"float values must lie in \[-1, 1\]"):
+            grey(torch.rand(2, 1, 16, 16) * 255)
+
+
 def test_a_head_fitted_over_a_model_that_records_no_training_images_claims_no_check(tmp_path):
     """QA (an upgrading lab): probe over a v0.1.0 U-Net recorded its head's train images as the model's training
     images, so evaluate later said the images it scored were checked against them, and push_to_hub took the metrics.
@@ -248,7 +274,7 @@ def test_a_head_fitted_over_a_model_that_records_no_training_images_claims_no_ch
           "--split", "all", "--drop_training_images", "--output_dir", str(tmp_path / "evaluated")])  # fmt: skip
     metrics = json.loads((tmp_path / "evaluated" / "metrics.json").read_text())
     assert metrics["training_images_checked"] is False and metrics["training_images_dropped"] > 0
-    assert "the model records none, or only its head's" in (tmp_path / "evaluated" / "report.md").read_text()
+    assert "the model records none, or only part of them: its head's" in (tmp_path / "evaluated" / "report.md").read_text()
     # kept through save_pretrained and a probe over the probe; published without it, as without the fingerprints
     resaved = DiffusionClassifierPipeline.from_pretrained(str(tmp_path / "probe" / "pipeline"))
     resaved.save_pretrained(tmp_path / "again")
@@ -415,6 +441,10 @@ def test_pictures_given_to_a_model_of_several_dicom_windows_warn_that_they_have_
         pipe(torch.zeros(1, 3, 16, 16))  # floats: windowed values, the library's own tensors
         for contract in ({}, {"medical": {"windows": ["brain"]}}):  # one window reads pictures, as training does
             ImagePreprocessing(**contract)([grey, pixels[..., 0]])
+        ImagePreprocessing(16, 1, **{"medical": {"windows": ["brain"]}})(torch.zeros(1, 1, 16, 16))  # one window
+    # QA (an RC-DiT notebook user): one grey float channel was copied into the 3 windows without a word
+    with pytest.warns(UserWarning, match=r"item\(s\) 0 \(a 1-channel float Tensor\) are pictures, not DICOM"):
+        pipe(torch.zeros(2, 1, 16, 16))
 
 
 def test_a_dicom_pixel_array_names_hounsfield_units_and_how_to_window_it():

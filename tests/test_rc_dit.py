@@ -791,3 +791,14 @@ def test_fit_linear_probe_follows_the_pipeline_progress_bar_setting(digits, caps
     train, val = digits["train"], digits["val"]
     pipe.fit_linear_probe(train.images[:40], train.labels[:40], val.images[:20], val.labels[:20])
     assert "Fitting probes" not in capsys.readouterr().err
+
+
+def test_a_head_fit_with_another_count_of_labels_than_images_names_images_and_labels(digits, monkeypatch):
+    """QA: `fit_prototypes(4 images, 3 labels)` said "expected features of shape [3, D]" after encoding them."""
+    pipe = tiny_pipeline()
+    train = digits["train"]
+    monkeypatch.setattr(pipe, "_represent", lambda *args: pytest.fail("encoded before the counts were checked"))
+    with pytest.raises(ValueError, match=r"^images and labels: expected one label per image, got 4 images and 3 labels"):
+        pipe.fit_prototypes(train.images[:4], train.labels[:3])
+    with pytest.raises(ValueError, match=r"^val_images and val_labels: expected one label per image, got 5 images and 2"):
+        pipe.fit_linear_probe(train.images[:4], train.labels[:4], train.images[4:9], train.labels[4:6])

@@ -406,6 +406,8 @@ def _to_unit_batches(items: list, data_format: str | None, contract: ImagePrepro
         value_range, item_format = contract.input_range, data_format
         if contract.input_range == "auto" and data_format is None:
             _warn_read_otherwise_than_v0_1_0(item, position)
+        elif contract.num_channels == 1 and data_format is None:
+            _warn_colour_array_to_grey_model(item, position)
         if isinstance(item, (str, os.PathLike)):  # read as [F, C, H, W] (or a PIL image), whatever the arrays' layout
             item, value_range, item_format = _read_path(item, position, contract), _FILE_RANGE, "channels_first"
         elif _reads_as_its_file(item, contract):  # a 16-bit PIL image: [1, 1, H, W] in [0, 1], as its file
@@ -424,7 +426,7 @@ def _to_unit_batches(items: list, data_format: str | None, contract: ImagePrepro
             note_bit_depth(pil_image_name(position), 16, item)
             if max(item.getextrema()) < 2**15:  # its file reads at fewer bits, brighter
                 full_range_pil.append(position)
-        if windowed and (kind := _picture_kind(item, batch)) is not None:
+        if windowed and (kind := _picture_kind(item, batch, contract.num_channels)) is not None:
             pictures.append(f"{position} ({kind})")
         batches.append(_check_dtype(batch, offset, contract))
         ranges.append(value_range)
@@ -471,15 +473,30 @@ def _warn_read_otherwise_than_v0_1_0(item: Any, position: int) -> None:
         )
 
 
+def _warn_colour_array_to_grey_model(item: Any, position: int) -> None:
+    """A numpy `[3, H, W]` array given to a 1-channel model: read as one colour image, channels first, made grey,
+    though it is as likely 3 grey images `[N, H, W]` (QA: `pipe.encode(test_images[:3])` gave one row, where 2 or 4
+    images are refused, since their count is no channel count)."""
+    if isinstance(item, np.ndarray) and item.ndim == 3 and item.shape[0] == 3 and item.shape[-1] > 4:
+        warnings.warn(
+            f"preprocess_images: item {position}, a numpy array of shape {item.shape}, is read as one colour image, "
+            "channels first, made grey for this 1-channel model. If it holds 3 grey images, pass them as an "
+            "[N, 1, H, W] array or a list of [H, W] arrays; input_data_format='channels_first' says it is one image",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
+
+
 def _warn_unsigned_floats(floats: list[torch.Tensor]) -> None:
     """Float images read as [-1, 1] none of which holds a negative value: most likely [0, 1] images (an array / 255),
     which would be read brighter than they are (QA: 27% of a model's decisions changed), so say how to pass them.
-    Such images in [-1, 1] are all brighter than mid-grey, which real batches rarely are. The message is the same
-    for every call, so Python's warning filter shows it once, not once per batch of a long evaluation."""
+    Such images in [-1, 1] are all brighter than mid-grey, which real batches rarely are. Values above 1 (0..255
+    floats) are left to the range error, which says how to pass them (QA: this advice came first). The message is
+    the same for every call, so Python's warning filter shows it once, not once per batch of a long evaluation."""
     if not floats:
         return
     low, high = min(float(batch.min()) for batch in floats), max(float(batch.max()) for batch in floats)
-    if low < 0 or high == low:
+    if low < 0 or high == low or high > 1.0 + _FLOAT_RANGE_TOLERANCE:  # above 1: refused next, by its own message
         return
     warnings.warn(
         f"{UNSIGNED_FLOATS_WARNING} are read as [-1, 1], this model's input_range, "
@@ -581,14 +598,17 @@ def _warn_pil_images_read_full_range(positions: list[int]) -> None:
     )
 
 
-def _picture_kind(item: Any, batch: torch.Tensor) -> str | None:
+def _picture_kind(item: Any, batch: torch.Tensor, num_windows: int) -> str | None:
     """What `item` is, when it is a picture (8- or 16-bit PIL image, uint8 or bool array or tensor): pixel values
-    with no Hounsfield units; None for float data (windowed values, the library's own tensors) and uint16 arrays
-    (warned about by `_warn_wide_arrays`)."""
+    with no Hounsfield units, or float data of fewer channels than the model's `num_windows` (one grey image, not
+    windowed one window per channel: QA, it was copied into the 3 windows without a word); None for other float data
+    (windowed values, the library's own tensors) and uint16 arrays (warned about by `_warn_wide_arrays`)."""
     if isinstance(item, Image.Image):
         return f"a PIL image of mode {item.mode}" if item.mode != "F" else None
     if batch.dtype in (torch.uint8, torch.bool):
         return f"a {str(batch.dtype).removeprefix('torch.')} {type(item).__name__}"
+    if batch.is_floating_point() and batch.shape[1] < num_windows:
+        return f"a {batch.shape[1]}-channel float {type(item).__name__}"
     return None
 
 

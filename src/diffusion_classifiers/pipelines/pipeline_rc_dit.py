@@ -144,6 +144,7 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         `temperature`, whose probabilities are not (see `models.fit_prototypes`)."""
         labelled = [images] + ([] if val_images is None else [val_images])
         pixels = [self.preprocess(x, input_data_format) for x in labelled]
+        _check_one_label_per_image(pixels, [labels, val_labels])
         head = fit_prototypes(
             self._represent(pixels[0], batch_size), labels, class_names=class_names, temperature=temperature,
             standardize=standardize, block=REPRESENTATION_FEATURE[0], timestep=REPRESENTATION_FEATURE[1],
@@ -171,6 +172,7 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         strength and the iterate kept are chosen on the labelled `val_images` (by default one strength, C = 1, fitted
         to convergence). The progress bar follows `set_progress_bar_config` unless `progress_bar` is given."""
         pixels, val_pixels = (self.preprocess(x, input_data_format) for x in (images, val_images))
+        _check_one_label_per_image([pixels, val_pixels], [labels, val_labels])
         result = fit_probe_grid(
             {REPRESENTATION_FEATURE: self._represent(pixels, batch_size)}, labels,
             {REPRESENTATION_FEATURE: self._represent(val_pixels, batch_size)}, val_labels, class_names=class_names,
@@ -254,3 +256,14 @@ class RepresentationConditionedDiTPipeline(DiffusionClassifierPipeline):
         logits = self.head(features.to(self.head.device))
         self.maybe_free_model_hooks()
         return self.build_output(logits, self.class_names, return_dict)
+
+
+def _check_one_label_per_image(pixels: list, labels: list) -> None:
+    """`images` and `labels` (then `val_images` and `val_labels`) of a head's fit pair up, checked before any is
+    encoded (QA: a count that differed was said of "features" after encoding them)."""
+    for prefix, batch, given in zip(("", "val_"), pixels, labels):
+        if given is not None and len(batch) != len(given):
+            raise ValueError(
+                f"{prefix}images and {prefix}labels: expected one label per image, got {len(batch)} images and "
+                f"{len(given)} labels"
+            )
