@@ -1525,3 +1525,17 @@ def test_predict_says_when_it_reads_the_earlier_output_and_merges(models, tmp_pa
     assert f"predict: reading the inputs done in {output} ..." in capsys.readouterr().err
     predict_files(load(models, "unet"), inputs, output, batch_size=2, progress_bar=False, overwrite=True)
     assert "predict:" not in capsys.readouterr().err  # no bar asked for, no status either
+
+
+def test_a_float_tiff_is_predicted_as_the_pipeline_and_the_loaders_read_it(models, tmp_path):
+    """QA (a plankton lab): a 32-bit float TIFF (values in [0, 1]) was read as [-1, 1] by predict (and cluster), so its
+    prediction differed from the same image as a PNG and from `pipe(path)`, which read it as its file."""
+    pipe = load(models, "unet")
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 16), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "image.png")
+    Image.fromarray(pixels.astype(np.float32) / 255).save(tmp_path / "image.tif")
+    rows = read_rows(predict_files(pipe, list_inputs(tmp_path), tmp_path / "out" / "predictions.csv").output)
+    probs = {row["path"]: [float(row[f"prob_{c}"]) for c in CLASSES] for row in rows}
+    direct = pipe([str(tmp_path / "image.png"), str(tmp_path / "image.tif")]).probs.numpy()
+    np.testing.assert_allclose(probs["image.tif"], direct[1], atol=1e-6)
+    np.testing.assert_allclose(probs["image.tif"], probs["image.png"], atol=1e-6)

@@ -298,8 +298,15 @@ def read_checked(item: PredictionInput, pipeline: Any, train_fingerprints: Optio
 
 def _in_stated_range(image: Any, input_range: str) -> Any:
     """A file's image as the pipeline's contract reads it: DICOM / 16-bit frames come as floats in `[0, 1]`, mapped by
-    `2 x - 1` (the step the contract itself applies to `[0, 1]` data) for a contract stating `[-1, 1]`; PIL images and
-    the other ranges unchanged (`"auto"` reads non-negative floats as `[0, 1]`)."""
+    `2 x - 1` (the step the contract itself applies to `[0, 1]` data) for a contract stating `[-1, 1]`, and so does a
+    float image file (a PIL image of mode F: its file's values, `[0, 1]` as the loaders and `pipe(path)` read them;
+    QA: a float TIFF was read as `[-1, 1]`, washed out, in predict and cluster alone); other PIL images and the other
+    ranges unchanged (`"auto"` reads non-negative floats as `[0, 1]`)."""
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(image, Image.Image) and image.mode == "F":
+        image = np.asarray(image, dtype=np.float32)
     if input_range == "[-1, 1]" and hasattr(image, "dtype") and image.dtype.kind == "f":
         return image * 2.0 - 1.0
     return image
