@@ -208,6 +208,12 @@ def test_ctrl_c_prints_one_line_exits_130_and_the_same_command_resumes(models, t
     with pytest.warns(UserWarning, match="skipped 1 of its files"), pytest.raises(SystemExit):
         main(argv + ["--overwrite"])
     assert "rerun the same command to resume after them" in capsys.readouterr().err
+    # interrupted before its first batch was committed: no parts folder to name (QA)
+    calls[:] = [1]  # the next call is the second
+    with warnings.catch_warnings(), pytest.raises(SystemExit):
+        warnings.simplefilter("ignore")  # the folder's skipped file, said above
+        main(argv[:6] + [str(tmp_path / "new" / "predictions.csv")] + argv[7:])
+    assert "interrupted; no batch was committed yet: rerun the same command to start again" in capsys.readouterr().err
 
 
 def test_csv_with_a_missing_file_lists_it_in_errors(models, tmp_path):

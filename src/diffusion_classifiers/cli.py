@@ -1115,11 +1115,10 @@ def run_predict(args: argparse.Namespace) -> None:
     try:
         run(args)
     except KeyboardInterrupt:
-        print(
-            f"\ndiffusion-classifiers predict: interrupted; the batches committed so far are kept "
-            f"({args.output}.parts/): rerun the same command to resume after them",
-            file=sys.stderr,
-        )
+        parts = pathlib.Path(f"{args.output}.parts")  # QA: named before its first batch, when it held none
+        said = f"the batches committed so far are kept ({parts}/): rerun the same command to resume after them" if \
+            any(parts.glob("*.csv")) else "no batch was committed yet: rerun the same command to start again"
+        print(f"\ndiffusion-classifiers predict: interrupted; {said}", file=sys.stderr)
         sys.exit(130)
 
 
