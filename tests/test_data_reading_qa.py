@@ -368,6 +368,11 @@ def test_grey_images_stored_as_colour_warn_when_the_channels_are_inferred(tmp_pa
         warnings.simplefilter("always")
         load_image_classification_data(tmp_path, 8, val_fraction=0.25, test_fraction=0.25)
     assert not [w for w in caught if "grey stored as colour" in str(w.message)]
+    Image.fromarray(colour[..., 0]).save(tmp_path / "b" / "0.png")  # QA: a grey PNG among grey RGB JPEGs
+    (tmp_path / "b" / "0.jpg").unlink()
+    with pytest.warns(UserWarning, match=r"11 of 12 images are stored as colour, all grey \(their three channels "
+                                         r"equal\) \(.*\), the others grey"):  # fmt: skip
+        load_image_classification_data(tmp_path, 8, val_fraction=0.25, test_fraction=0.25)
 
 
 def test_a_colour_row_among_grey_rows_of_a_dataset_warns(tmp_path):

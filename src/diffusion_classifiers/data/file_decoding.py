@@ -350,7 +350,9 @@ def _same_channels(images: list[torch.Tensor], reading: ImagePreprocessing, file
     colour (a grey image's channel repeated; with a warning naming the colour files, see [`warn_mixed_channels`]),
     else 1, as [`preprocess_images`] decides for a whole batch."""
     if reading.num_channels is None and any(image.shape[1] == 3 for image in images):
-        warn_mixed_channels([image.shape[1] for image in images], [str(path) for path in files])
+        colour = [image for image in images if image.shape[1] == 3]
+        grey = all(_channels_equal(image) for image in colour)
+        warn_mixed_channels([image.shape[1] for image in images], [str(path) for path in files], colour_is_grey=grey)
         _warn_grey_stored_as_colour(images)
         images = [image.repeat(1, 3, 1, 1) if image.shape[1] == 1 else image for image in images]
     return torch.cat(images)
@@ -360,13 +362,16 @@ def _same_channels(images: list[torch.Tensor], reading: ImagePreprocessing, file
 _GREY_TOLERANCE = 4 / 255
 
 
+def _channels_equal(image: torch.Tensor) -> bool:
+    """Whether a colour image is grey: its three channels equal, within JPEG's chroma rounding."""
+    return bool((image - image.mean(1, keepdim=True)).abs().amax() <= _GREY_TOLERANCE)
+
+
 def _warn_grey_stored_as_colour(images: list[torch.Tensor], stacklevel: int = 6) -> None:
     """Warn when every image is colour but grey (its three channels equal, as NDSB's RGB JPEGs): with the channel
     count inferred the model becomes 3-channel for grey data, and reads another instrument's colour images as colour
     it never saw."""
-    if not all(image.shape[1] == 3 for image in images):
-        return
-    if any((image - image.mean(1, keepdim=True)).abs().amax() > _GREY_TOLERANCE for image in images):
+    if not all(image.shape[1] == 3 and _channels_equal(image) for image in images):
         return
     warnings.warn(
         f"all {len(images)} images are grey stored as colour (their three channels equal): with the channel count "
@@ -382,16 +387,21 @@ def _warn_grey_stored_as_colour(images: list[torch.Tensor], stacklevel: int = 6)
 _COLOUR_SHOWN = 5
 
 
-def warn_mixed_channels(channels: list[int], names: list[str], stacklevel: int = 6) -> None:
+def warn_mixed_channels(
+    channels: list[int], names: list[str], stacklevel: int = 6, colour_is_grey: bool = False
+) -> None:
     """Warn when grey (1-channel) and colour (3-channel) images are mixed and the channel count is inferred: one
-    colour image (a screenshot among greyscale scans) makes the whole data set, and the model, 3-channel."""
+    colour image (a screenshot among greyscale scans) makes the whole data set, and the model, 3-channel.
+    `colour_is_grey`: every 3-channel image's channels are equal, said so (QA: NDSB's grey RGB JPEGs beside two grey
+    PNGs were called "colour")."""
     colour = [name for name, count in zip(names, channels) if count == 3]
     if not colour or len(colour) == len(names):
         return
     shown = first_and_more(colour, _COLOUR_SHOWN)
+    stored = "stored as colour, all grey (their three channels equal)" if colour_is_grey else "colour"
     warnings.warn(
-        f"{len(colour)} of {len(names)} images are colour ({shown}), the others grey: with the channel count inferred "
-        "(num_channels=None) every image is read as 3 channels (a grey image's channel repeated) and the model is "
+        f"{len(colour)} of {len(names)} images are {stored} ({shown}), the others grey: with the channel count "
+        "inferred (num_channels=None) every image is read as 3 channels (a grey image's channel repeated) and the model is "
         "3-channel. If the colour images are strays (screenshots, exports), remove them; state the channels to "
         "silence this: num_channels=1 (the scripts' --num_channels 1) reads them all as grey, num_channels=3 keeps "
         "colour",
