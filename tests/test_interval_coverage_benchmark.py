@@ -17,8 +17,8 @@ sys.path.remove(str(REPO_ROOT / "benchmarks"))
 
 SUMMARY_KEYS = {
     "population_value", "coverage", "coverage_mc_standard_error", "draws_with_interval",
-    "population_below_interval_rate", "population_above_interval_rate", "point_estimate_inside", "library_withheld_rate", "no_interval_rate",
-    "mean_interval_width", "mean_estimate",
+    "population_below_interval_rate", "population_above_interval_rate", "point_estimate_inside",
+    "library_withheld_rate", "no_interval_rate", "mean_interval_width", "mean_estimate",
 }  # fmt: skip
 GUARDED = {"balanced_accuracy", "macro_f1", "auc"}  # of more than two classes: none under 10 images a class
 
