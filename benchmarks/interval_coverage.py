@@ -23,8 +23,8 @@ its Monte-Carlo standard error, on which side the misses fell, how often the lib
 no interval was given even without the guard, the mean width and the mean estimate. Targets: each (setting, figure)
 whose interval the library gives in every draw, coverage >= 0.95 - 2 sqrt(0.95 * 0.05 / draws); those it withholds
 are reported without targets (they are why it withholds them). The full run (400 draws a setting: a Monte-Carlo
-standard error of 1.1 points at 95%, and ~7 minutes on one CPU thread); `--quick` (20 draws, 50,000 population
-images) ~35 s.
+standard error of 1.1 points at 95%) takes ~5.5 minutes on one CPU thread; `--quick` (20 draws, 50,000 population
+images) ~30 s.
 
     python benchmarks/interval_coverage.py --quick
 """
