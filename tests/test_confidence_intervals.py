@@ -213,7 +213,7 @@ def test_a_binary_average_precision_gets_a_bootstrap_interval_with_ten_images_of
     intervals = intervals_of_metrics(metrics, y, probs)
     low, high = intervals["average_precision"]
     assert low < metrics["average_precision"] < high and intervals["methods"]["average_precision"].startswith(
-        "percentile bootstrap within each class, 2000 resamples"
+        "percentile bootstrap within each class (n - 1 of its n images drawn, rescaled), 2000 resamples"
     )
     few = np.r_[y[y == 0], y[y == 1][:9]], np.r_[probs[y == 0], probs[y == 1][:9]]
     few_metrics = classification_metrics(few[0], few[1].argmax(1), probs=few[1])

@@ -49,7 +49,10 @@ BOOTSTRAP_SEED = 0
 MIN_CLASS_IMAGES = 10
 _RESAMPLES_AT_ONCE = 200  # matrices drawn at a time: [200, cells holding images] counts (at most 200 x images)
 
-_BOOTSTRAP = f"percentile bootstrap within each class, {NUM_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}"
+_BOOTSTRAP = (
+    f"percentile bootstrap within each class (n - 1 of its n images drawn, rescaled), {NUM_RESAMPLES} resamples, "
+    f"seed {BOOTSTRAP_SEED}"
+)
 _UNBOUNDED = "none: every resample gives the same value, which a bootstrap cannot bound"
 _METHODS = {
     "accuracy": "Wilson score interval",

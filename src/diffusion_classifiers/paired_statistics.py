@@ -33,7 +33,10 @@ from .validation import as_labels
 
 __all__ = ["mcnemar_test", "paired_auc_difference", "paired_bootstrap_differences", "paired_figures"]
 
-BOOTSTRAP_METHOD = f"paired percentile bootstrap within each class, {NUM_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}"
+BOOTSTRAP_METHOD = (
+    f"paired percentile bootstrap within each class (n - 1 of its n images drawn, rescaled), {NUM_RESAMPLES} "
+    f"resamples, seed {BOOTSTRAP_SEED}"
+)
 DELONG_METHOD = "DeLong's test for correlated ROC curves and its normal interval"
 _MULTI_CLASS_DELONG = (
     "DeLong's variance carried over to the difference of the averages of one-against-the-rest AUCs (as evaluate's "
