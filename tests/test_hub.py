@@ -983,7 +983,7 @@ def test_the_card_says_its_figures_were_not_checked_against_the_training_images_
         (tmp_path / "metrics.json").write_text(json.dumps(metrics))
         counts = hub.load_eval_counts(tmp_path / "metrics.json")
         cards[checked] = str(hub.render_model_card("unet_features", **counts, **common))
-    unchecked = "**Not checked against the model's training images** (the model records none, or only part of them"
+    unchecked = "**Not checked against the model's training images** (the model records none, or only its head's, or"
     assert unchecked in cards[False] and "Not checked" not in cards[True]
     card = cards[False]
     assert card.index("Results on the `test` split") < card.index(unchecked) < card.index("| metric")

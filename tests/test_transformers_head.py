@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -359,11 +360,13 @@ def test_a_new_label_set_of_the_saved_size_keeps_the_head_with_a_warning_and_res
         AutoModelForImageClassification.from_pretrained(binary_export, id2label={0: "normal", 1: "pneumonia"})
 
 
-def test_a_loaded_export_saved_again_keeps_its_split_record_marked_partial(pipe, tmp_path):
-    """QA: `Trainer.save_model` of a fine-tuned export (and any `save_pretrained` of a loaded one) dropped
-    data_splits.json: `evaluate` then carved by the default seed and checked nothing. Kept, its fingerprints marked as
-    part of the model's training images (it may have trained on others since): those are still refused, no check is
-    claimed."""
+def test_a_loaded_export_saved_elsewhere_keeps_how_its_data_was_carved_but_no_fingerprint(pipe, tmp_path):
+    """QA: `Trainer.save_model` of a fine-tuned export (any `save_pretrained` of a loaded one) dropped data_splits.json:
+    `evaluate` then carved by the default seed. The carving is kept; the fingerprints are not (the model may have
+    trained on other images since, and an upload of the folder must not carry them: review)."""
+    from unittest import mock
+
+    import transformers.utils.hub as transformers_hub
     from transformers import AutoModelForImageClassification
 
     from diffusion_classifiers.data.split_record import read_split_record, save_split_record
@@ -371,11 +374,41 @@ def test_a_loaded_export_saved_again_keeps_its_split_record_marked_partial(pipe,
     pipe.save_pretrained(tmp_path / "pipeline")
     save_split_record(tmp_path / "pipeline", 0.1, 0.2, seed=5, train_fingerprints=["0123456789abcdef"])
     export_unet_feature_pipeline(UNetFeatureClassifierPipeline.from_pretrained(tmp_path / "pipeline"), tmp_path / "hf")
-    assert "train_fingerprints_partial" not in read_split_record(tmp_path / "hf")  # the export is the pipeline itself
+    exported = read_split_record(tmp_path / "hf")
+    assert exported["train_fingerprints"] == "0123456789abcdef"  # the export is the pipeline itself
     model = AutoModelForImageClassification.from_pretrained(tmp_path / "hf", trust_remote_code=True)
     model.save_pretrained(tmp_path / "fine_tuned")
     record = read_split_record(tmp_path / "fine_tuned")
-    assert record["seed"] == 5 and record["train_fingerprints"] == "0123456789abcdef"
-    assert record["train_fingerprints_partial"] is True
+    assert record["seed"] == 5 and "train_fingerprints" not in record
+    uploaded = {}  # transformers' push_to_hub uploads what save_pretrained wrote (review: the fingerprints too)
+
+    def upload(self, working_dir, repo_id, **kwargs):
+        uploaded.update(read_split_record(working_dir))
+
+    api = mock.MagicMock()
+    api.create_repo.return_value.repo_id = "me/model"
+    with mock.patch.object(transformers_hub, "hf_api", return_value=api), \
+            mock.patch.object(transformers_hub, "create_and_tag_model_card"), \
+            mock.patch.object(type(model), "_upload_modified_files", upload):  # fmt: skip
+        model.push_to_hub("me/model")
+    assert uploaded["seed"] == 5 and "train_fingerprints" not in uploaded
     model.save_pretrained(tmp_path / "hf")  # saved over its own folder: its record stays as it was
-    assert "train_fingerprints_partial" not in read_split_record(tmp_path / "hf")
+    assert read_split_record(tmp_path / "hf") == exported
+    shutil.copytree(tmp_path / "hf", tmp_path / "repo" / "model")  # loaded from a subfolder: that folder's record
+    save_split_record(tmp_path / "repo", 0.1, 0.2, seed=9)
+    nested = AutoModelForImageClassification.from_pretrained(tmp_path / "repo", subfolder="model", trust_remote_code=True)
+    nested.save_pretrained(tmp_path / "from_subfolder")
+    assert read_split_record(tmp_path / "from_subfolder")["seed"] == 5
+
+
+def test_the_export_writes_the_pipelines_split_record_as_its_head_left_it(pipe, tmp_path):
+    """Review: the export copied the record on disk, fingerprints included, after `register_modules(head=...)` had
+    dropped them from the pipeline's (a head fitted on images unknown)."""
+    from diffusion_classifiers.data.split_record import read_split_record, save_split_record
+
+    pipe.save_pretrained(tmp_path / "pipeline")
+    save_split_record(tmp_path / "pipeline", 0.1, 0.2, seed=5, train_fingerprints=["0123456789abcdef"])
+    loaded = UNetFeatureClassifierPipeline.from_pretrained(tmp_path / "pipeline")
+    loaded.register_modules(head=loaded.head)
+    export_unet_feature_pipeline(loaded, tmp_path / "hf")
+    assert read_split_record(tmp_path / "hf")["seed"] == 5 and "train_fingerprints" not in read_split_record(tmp_path / "hf")

@@ -1291,8 +1291,7 @@ def render_evaluation_report(
         lines[notes:notes] = [f"Head: {metrics['head']['summary']}.", ""]
     if metrics.get("training_images_checked") is False:
         lines[notes:notes] = [
-            "**Not checked against the model's training images** (the model records none, or only part of them: its "
-            "head's, or those before it was loaded and saved again, e.g. by a `Trainer` fine-tune; or "
+            "**Not checked against the model's training images** (the model records none, or only its head's, or "
             f"the {_scored_set(split)} is a `datasets` split): the figures may include images it was trained on.",
             "",
         ]

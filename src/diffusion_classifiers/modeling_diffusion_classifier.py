@@ -67,7 +67,7 @@ class DiffusionClassifierPreTrainedModel(PreTrainedModel):
             saved = super().save_pretrained(save_directory, **kwargs)
         # loaded from the code saved with a model (no package installed): that code is copied again
         write_remote_code(save_directory, list(classes.values()), allow_bundled=True)
-        _keep_split_record(self.name_or_path, save_directory)
+        _write_loaded_carving(self, save_directory)
         make_weights_readable_as_umask_allows([save_directory])
         return saved
 
@@ -95,6 +95,9 @@ class DiffusionFeaturesForImageClassification(DiffusionClassifierPreTrainedModel
     Returns an `ImageClassifierOutput` (`loss` when `labels` are given; `hidden_states` = the pooled feature).
     """
 
+    loaded_split_record: Optional[dict] = None  # the data_splits.json of the local folder it was loaded from
+    loaded_from: Optional[str] = None  # that folder's real path
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """transformers' `from_pretrained`, from safetensors only: `use_safetensors=False` and a folder that holds
@@ -109,6 +112,9 @@ class DiffusionFeaturesForImageClassification(DiffusionClassifierPreTrainedModel
             _check_saved_labels(pretrained_model_name_or_path)
         saved_labels = _saved_label_names(pretrained_model_name_or_path, kwargs)  # the Auto classes pass a config
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model.loaded_split_record, model.loaded_from = _loaded_split_record(
+            pretrained_model_name_or_path, kwargs.get("subfolder", "")
+        )
         # transformers' loading sets `requires_grad` on every parameter: a frozen backbone would count as trainable
         model.backbone.requires_grad_(not model.config.freeze_backbone)
         _warn_kept_head_renamed(saved_labels, model)
@@ -290,25 +296,43 @@ def _export(pipeline, backbone: nn.Module, input_shape: tuple, save_directory, f
 
 
 def _copy_split_record(pipeline, save_directory) -> None:
-    """The split record (`data_splits.json`) of the folder `pipeline` was loaded from, copied beside its export, so
-    that `evaluate` on the export carves the model's own test split and checks it against the training images (without
-    it, it carved by the default seed: 76% accuracy for the pipeline's 44% on a probe carved with another seed)."""
-    from .data.split_record import copy_split_record
+    """The split record (`data_splits.json`) of `pipeline` (`split_record`: of the folder it was loaded from, as its
+    head's registration left it), written beside its export, so that `evaluate` on the export carves the model's own
+    test split and checks it against the training images (without it, it carved by the default seed: 76% accuracy for
+    the pipeline's 44% on a probe carved with another seed)."""
+    from .data.split_record import write_split_record
 
-    source = getattr(pipeline, "name_or_path", None)  # a DiffusionPipeline's from_pretrained folder or Hub id
-    if source and os.path.isdir(source):
-        copy_split_record(source, save_directory)
+    if getattr(pipeline, "split_record", None) is not None:
+        write_split_record(save_directory, pipeline.split_record)
 
 
-def _keep_split_record(source: str, save_directory) -> None:
-    """A loaded model saved again keeps the split record of the folder it was loaded from (QA: `Trainer.save_model`
-    of a fine-tuned export dropped it, and `evaluate` then carved by the default seed, unchecked), its training
-    images marked as part of the model's (it may have trained on others since): images found among them are still
-    refused, but no check is claimed."""
-    from .data.split_record import copy_split_record
+def _loaded_split_record(folder, subfolder: str = "") -> tuple:
+    """`(record, folder)`: the `data_splits.json` of the local model folder a model is loaded from (None for a Hub
+    id: evaluate reads none there either), and that folder's real path; a record that cannot be read is left out,
+    with a warning (evaluate names it where it reads it)."""
+    from .data.split_record import read_split_record
 
-    if source and os.path.isdir(source) and os.path.realpath(source) != os.path.realpath(save_directory):
-        copy_split_record(source, save_directory, fingerprints_partial=True)
+    folder = os.path.join(str(folder), subfolder or "")
+    if not os.path.isdir(folder):
+        return None, None
+    try:
+        return read_split_record(folder), os.path.realpath(folder)
+    except ValueError as error:
+        warnings.warn(f"{error}: the model is loaded without it", UserWarning, stacklevel=3)
+        return None, os.path.realpath(folder)
+
+
+def _write_loaded_carving(model, save_directory) -> None:
+    """A loaded model saved into another folder takes the split record of the folder it was loaded from without its
+    training images' fingerprints: how its data was carved, so that `evaluate` carves the model's own test split
+    (QA: `Trainer.save_model` of a fine-tuned export dropped the record, and evaluate carved by the default seed), but
+    no fingerprint, which a model saved again may not have been trained on alone (a fine-tune) and which an upload of
+    the folder (`push_to_hub`, a `Trainer`'s) must not carry: evaluate then says the images are not checked."""
+    from .data.split_record import write_split_record
+
+    record, source = getattr(model, "loaded_split_record", None), getattr(model, "loaded_from", None)
+    if record is not None and source != os.path.realpath(save_directory):
+        write_split_record(save_directory, record, fingerprints=False)
 
 
 def _published_config(config: dict) -> dict:

@@ -167,19 +167,18 @@ def save_split_record(
     write_atomically(os.path.join(folder, SPLIT_RECORD_NAME), lambda handle: handle.write(text))
 
 
-def copy_split_record(source: str | os.PathLike, destination: str | os.PathLike, fingerprints_partial: bool = False):
-    """`source`'s `data_splits.json` (checked as `read_split_record` checks it) written into `destination`, as it is;
-    with `fingerprints_partial`, its training images' fingerprints marked as part of the model's only
-    (`"train_fingerprints_partial"`: a model saved again after loading, which may have trained on other images since,
-    e.g. a `Trainer` fine-tune). Nothing is written where `source` has none."""
-    if read_split_record(source) is None:
-        return
-    with open(os.path.join(source, SPLIT_RECORD_NAME)) as f:
-        record = json.load(f)
-    if fingerprints_partial and "train_fingerprints" in record:
-        record["train_fingerprints_partial"] = True
-    text = json.dumps(record, indent=2) + "\n"
-    write_atomically(os.path.join(destination, SPLIT_RECORD_NAME), lambda handle: handle.write(text))
+def write_split_record(folder: str | os.PathLike, record: dict, fingerprints: bool = True) -> None:
+    """`record` (a `read_split_record`, or a pipeline's `split_record`) written into `folder` (`save_split_record`);
+    without its training images' fingerprints where `fingerprints` is False (a copy that may leave this machine)."""
+    train = record.get("train_fingerprints") if fingerprints else None
+    save_split_record(
+        folder, **{name: record[name] for name in SPLIT_DEFAULTS},
+        train_fingerprints=None if train is None else train.split(),
+        # the rule it was trained with; a record set by hand without it is read as one of an earlier version
+        anonymised_dicom_groups=record.get("anonymised_dicom_groups", EARLIER_ANONYMISED_DICOM_RULE),
+        unlabeled=bool(record.get("unlabeled")), unlabeled_pool=bool(record.get("unlabeled_pool")),
+        fingerprints_partial=bool(record.get("train_fingerprints_partial")),
+    )  # fmt: skip
 
 
 def read_split_record(folder: str | os.PathLike) -> Optional[dict]:

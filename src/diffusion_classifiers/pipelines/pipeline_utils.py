@@ -17,12 +17,10 @@ from tqdm.auto import tqdm
 
 from diffusion_classifiers.data import ImagePreprocessing, preprocess_images
 from diffusion_classifiers.data.split_record import (
-    EARLIER_ANONYMISED_DICOM_RULE,
-    SPLIT_DEFAULTS,
     image_fingerprints,
     read_split_record,
     resolve_split_args,
-    save_split_record,
+    write_split_record,
 )
 from diffusion_classifiers.hub import commit_operations, download
 from diffusion_classifiers.models import LinearProbeHead, PrototypeHead, RepresentationConditionedDiTModel
@@ -406,16 +404,7 @@ class SplitRecordMixin:
     def save_config(self, save_directory, push_to_hub: bool = False, **kwargs):
         super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
         if self.split_record is not None:
-            fingerprints = self.split_record.get("train_fingerprints")
-            # the rule it was trained with; a record set by hand without it is read as one of an earlier version
-            rule = self.split_record.get("anonymised_dicom_groups", EARLIER_ANONYMISED_DICOM_RULE)
-            save_split_record(
-                save_directory, **{name: self.split_record[name] for name in SPLIT_DEFAULTS},
-                train_fingerprints=None if fingerprints is None else fingerprints.split(),
-                anonymised_dicom_groups=rule, unlabeled=bool(self.split_record.get("unlabeled")),
-                unlabeled_pool=bool(self.split_record.get("unlabeled_pool")),
-                fingerprints_partial=bool(self.split_record.get("train_fingerprints_partial")),
-            )  # fmt: skip
+            write_split_record(save_directory, self.split_record)
 
     def _upload_folder(self, working_dir, repo_id, token=None, commit_message=None, create_pr=False, subfolder=None):
         from huggingface_hub import CommitOperationAdd, HfApi
