@@ -43,8 +43,9 @@ yet run); `cpu_1h` aims at the issue's CPU budget,
 pixels' from 0.001, 0.01, 0.1) and the run's parts (the U-Net arm, the SimCLR arm, each CNN training, the raw-pixel
 probe) side by side in two worker processes of one thread each; with `--num_threads 2` it took 38-49 min over 3 seeds
 (2026-12-04, with the all-labels pair chosen among 3; 36-42 without on 2026-12-03; 70 with the parts one after the
-other on 2 threads, only the CNN pairs side by side). `--parts` runs some of the methods, each as in the whole run (the targets
-comparing two methods are set where both ran). `--quick` is a smoke run under a minute (16 px, 8 images per
+other on 2 threads, only the CNN pairs side by side). `--parts` runs some of the methods, each as in the whole run
+but SimCLR without the U-Net arm, which trains the preset's steps (the targets comparing two methods are set where both
+ran). `--quick` is a smoke run under a minute (16 px, 8 images per
 class, a few steps, no hypercolumn probe).
 
     python benchmarks/plankton_accuracy.py --quick
@@ -289,6 +290,7 @@ def parse_args():
         help="results files of full runs with the same preset and other --seed: their mean and spread, train nothing",
     )  # fmt: skip
     args = parser.parse_args()
+    args.parts = [part for part in PARTS if part in args.parts]  # as the record compares them: in one order, once
     check_timesteps_arg(parser, args.timesteps, args.unet_dir)
     if args.merge:
         return args
@@ -313,7 +315,8 @@ def check_args(parser, args) -> None:
         parser.error(f"--image_size: expected a multiple of the ViT patch size {args.budget.vit['patch_size']}")
     if args.budget.workers < 1:
         parser.error(f"--workers: expected at least 1, got {args.budget.workers}")
-    if args.budget.train_minutes is not None and (args.budget.train_minutes <= 0 or args.budget.workers > 1):
+    capped_ddpm = args.budget.train_minutes is not None and "unet" in args.parts  # --train_minutes, or the preset's
+    if capped_ddpm and (args.budget.train_minutes <= 0 or args.budget.workers > 1):
         parser.error(
             f"--train_minutes: expected a positive number with one worker (SimCLR waits for the DDPM's steps), got "
             f"{args.budget.train_minutes} with {args.budget.workers} workers"
@@ -1253,9 +1256,11 @@ def cnn_shift_arm(args, data: RunData, cnn, walls: dict) -> dict:
     """The all-labels CNN's FlowCam shift (its penultimate features, views chosen on val) and size, as an arm's."""
     budget, val, shift = args.budget, data.splits["val"], data.shift
     with timed(walls, f"cnn_{args.shift_name}_shift"):
-        views = choose_shift_views(lambda v: cnn_features(cnn, val.images, v), val.labels, budget.num_episodes, args.seed)
-        result = few_shot_transfer(cnn_features(cnn, shift.images, views[0]), shift.labels, budget.num_episodes, args.seed)
-    return {"flowcam_shift": {"cnn": result}, "flowcam_shift_views": {"cnn": views}, "parameters": {"cnn": count_parameters(cnn)}}
+        episodes = budget.num_episodes
+        views = choose_shift_views(lambda v: cnn_features(cnn, val.images, v), val.labels, episodes, args.seed)
+        result = few_shot_transfer(cnn_features(cnn, shift.images, views[0]), shift.labels, episodes, args.seed)
+    parameters = {"cnn": count_parameters(cnn)}
+    return {"flowcam_shift": {"cnn": result}, "flowcam_shift_views": {"cnn": views}, "parameters": parameters}
 
 
 def raw_pixel_arm(args, data: RunData) -> dict:
@@ -1309,21 +1314,29 @@ def targets(
     return out  # fmt: skip
 
 
+def worker_parts(parts: Sequence[str]) -> str:
+    """The parts of a run that its worker processes take, as the record names them."""
+    names = {"unet": "the U-Net arm", "simclr": "the SimCLR arm", "cnn": "each CNN training",
+             "raw_pixels": "the raw-pixel probe"}  # fmt: skip
+    named = [names[part] for part in ("unet", "simclr", "cnn", "raw_pixels") if part in parts]
+    return ", ".join(named[:-1]) + (" and " if len(named) > 1 else "") + named[-1]
+
+
 def unlabeled_training(args, steps: int, num_train: int, num_grid: int, grid_regime: str) -> str:
     """The record's sentence on what trained on the unlabeled images, for how long, and on the probe grid's size."""
-    budget = args.budget
+    budget, loaded = args.budget, "unet" in args.parts and args.unet_dir
     trainers = [name for part, name in (("unet", "the DDPM"), ("simclr", "SimCLR")) if part in args.parts]
-    if args.unet_dir:
-        trainers.remove("the DDPM")
-    if not trainers:
-        return f"no model trains on the unlabeled images (--parts {' '.join(args.parts)})"
-    capped = f", the DDPM capped at {budget.train_minutes:g} min" if "the DDPM" in trainers and budget.train_minutes else ""
+    trainers = [name for name in trainers if not (loaded and name == "the DDPM")]
+    capped = "the DDPM" in trainers and budget.train_minutes
+    capped = f", the DDPM capped at {budget.train_minutes:g} min" if capped else ""
     sentence = (
         f"{' and '.join(trainers)} train{'s' if len(trainers) == 1 else ''} on all {num_train} train images for "
         f"{steps} steps (about {steps * budget.train_batch_size / num_train:.1f} epochs{capped})"
-    )
-    if args.unet_dir:
+    ) if trainers else "no model trains on the unlabeled images"
+    if loaded:
         sentence += " (the DDPM loaded from --unet_dir)"
+    elif not trainers:
+        sentence += f" (--parts {' '.join(args.parts)})"
     if "unet" in args.parts:
         sentence += (f"; the probe grid is fitted on {num_grid} train images ({grid_regime}) x {len(budget.timesteps)} "
                      f"timesteps x {len(budget.pools)} poolings")  # fmt: skip
@@ -1339,7 +1352,8 @@ def label_efficiency_plot(args, output: Path, regimes: dict, test: LabeledImages
     plot = _common.figure_dir(args, output) / f"{output.stem}_label_efficiency.png"
     regime_names = [regime for regime in regimes if regime != "all"] + ["100%"]
     title = (f"{args.data_label}, {test.num_classes} classes, {'' if args.quick else 'long-tailed '}test "
-             f"({len(test)} images): mean labelled train images per class ({', '.join(regime_names)} of the labels)")  # fmt: skip
+             f"({len(test)} images): mean labelled train images per class ({', '.join(regime_names)} of the "
+             "labels)")  # fmt: skip
     plot_label_efficiency(curves, str(plot), title=figure_title(title, args.quick))
     return plot
 
@@ -1539,9 +1553,9 @@ def main():
             "subsampling": unlabeled_training(args, ddpm_steps(unet, budget), len(train), len(grid_rows), grid_regime),
             "num_threads": torch.get_num_threads(),
             "parts_run": args.parts,
-            "parts": "every part in this process" if budget.workers <= 1 else f"the U-Net arm, the SimCLR arm, each "
-            f"CNN training and the raw-pixel probe in {budget.workers} worker processes of one thread each; the CNNs' "
-            "choices and their FlowCam shift here afterwards",
+            "parts": "every part in this process" if budget.workers <= 1 else f"{worker_parts(args.parts)} in "
+            f"{budget.workers} worker processes of one thread each" + ("; the CNNs' choices and their FlowCam shift "
+                                                                      "here afterwards" if "cnn" in args.parts else ""),
         },  # fmt: skip
         "parameters": parameters,
         "regimes": regimes,

@@ -56,8 +56,8 @@ HEADLINE_RESULTS = (
 _RECIPE_ON_VAL = (
     "scored on val, the split the recipe was chosen on: optimistic (the test figures are the rc_dit_accuracy rows); "
     "recorded 2026-12-01 and 12-02, before the few-shot protocol's review (ac1e6ff) and r's saved statistics (1fa91b8) "
-    "changed on 2026-12-06, not rerun: the 10-shot rows are of the earlier protocol, which moved every method's 10-shot "
-    "figures (raw pixels' PneumoniaMNIST prototypes 81.7 -> 78.2% on test, benchmarks/RESULTS.md)"
+    "changed on 2026-12-06, not rerun: the 10-shot rows are of the earlier protocol, which moved every method's "
+    "10-shot figures (raw pixels' PneumoniaMNIST prototypes 81.7 -> 78.2% on test, benchmarks/RESULTS.md)"
 )
 _RULE_SEEN = "the label-free rule (stability on train) was chosen with these test figures seen"
 CAVEATS = {

@@ -320,7 +320,7 @@ def test_plankton_flags_of_the_unet_part_are_refused_without_it(flag, value, tmp
     assert f"{flag}: for the U-Net part, which --parts cnn raw_pixels does not run" in capsys.readouterr().err
 
 
-def test_a_plankton_run_of_some_parts_scores_those_methods_and_sets_the_targets_whose_methods_ran(tmp_path, monkeypatch, capsys):
+def test_a_plankton_run_of_some_parts_scores_those_methods_and_sets_their_targets(tmp_path, monkeypatch, capsys):
     """Issue 12's item 8, parts selectable in every accuracy benchmark: plankton_accuracy ran all four methods."""
     data = plankton_folder(tmp_path / "data", classes=("copepod", "diatom", "radiolarian"), per_class=10)
     shift = plankton_folder(tmp_path / "flowcam", classes=("a", "b"), per_class=7, top=1)  # other images than --data's
@@ -332,7 +332,6 @@ def test_a_plankton_run_of_some_parts_scores_those_methods_and_sets_the_targets_
     assert list(figures["regimes"]["10%"]) == ["num_train_labels"]
     assert list(figures["flowcam_shift"]) == ["raw_pixels"] and figures["parameters"] == {}
     assert list(figures["targets"]) == ["wall_seconds_total"]  # no comparison has both of its methods
-    assert figures["label_efficiency_plot"] is None  # all labels only: no curve
     assert figures["budget"]["parts_run"] == ["raw_pixels"]
     assert figures["budget"]["subsampling"] == "no model trains on the unlabeled images (--parts raw_pixels)"
 
@@ -344,3 +343,35 @@ def test_plankton_targets_compare_two_methods_only_where_both_ran():
     names = set(plankton_accuracy.targets(regimes, shift, 1.0, 2.0))
     assert names == {"all_labels_probe_minus_cnn_macro_f1_points", "10%_labels_probe_minus_cnn_macro_f1_points",
                      "flowcam_unet_minus_cnn_few_shot_accuracy_points", "wall_seconds_total"}  # fmt: skip
+
+
+def test_a_plankton_run_of_some_parts_records_what_trained_and_draws_a_curve_only_of_methods_at_every_regime(
+    tmp_path, monkeypatch
+):  # fmt: skip
+    """Review: with --unet_dir and no SimCLR the record said no model was loaded or probed; the gpu preset's own DDPM
+    cap refused two workers for a run without the DDPM; --parts in another order was another budget to --merge."""
+    import types
+
+    budget = plankton_accuracy.PRESETS["cpu"]
+    args = types.SimpleNamespace(budget=budget, parts=["unet", "cnn"], unet_dir="/models/u")
+    assert plankton_accuracy.unlabeled_training(args, 350, 100, 10, "10%") == (
+        "no model trains on the unlabeled images (the DDPM loaded from --unet_dir); the probe grid is fitted on 10 train "
+        "images (10%) x 3 timesteps x 2 poolings"
+    )
+    args = types.SimpleNamespace(budget=budget, parts=["cnn", "raw_pixels"], unet_dir=None)
+    assert plankton_accuracy.unlabeled_training(args, 350, 100, 10, "10%") == (
+        "no model trains on the unlabeled images (--parts cnn raw_pixels)"
+    )
+    assert plankton_accuracy.worker_parts(["cnn", "raw_pixels"]) == "each CNN training and the raw-pixel probe"
+    scores = {"long_tailed": {"accuracy": 0.5, "macro_f1": 0.5}}
+    regimes = {"10%": {"num_train_labels": 3}, "all": {"num_train_labels": 30, "raw_pixel_probe": scores}}
+    test = LabeledImages(torch.zeros(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]), ["a", "b"])
+    full_run = types.SimpleNamespace(quick=False, data_label="data")
+    assert plankton_accuracy.label_efficiency_plot(full_run, tmp_path / "r.json", regimes, test) is None
+    assert not list(tmp_path.iterdir())
+    data = plankton_folder(tmp_path / "data")
+    shift = plankton_folder(tmp_path / "flowcam", classes=("a", "b"), per_class=7, top=1)
+    argv = ["plankton_accuracy.py", "--preset", "gpu", "--workers", "2", "--data", str(data), "--shift_data",
+            str(shift), "--parts", "simclr", "cnn"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    assert plankton_accuracy.parse_args().parts == ["cnn", "simclr"]  # PARTS' order

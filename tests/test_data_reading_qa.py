@@ -437,7 +437,7 @@ def test_a_carved_split_without_several_classes_warns_once_naming_the_first_few(
     messages = [str(w.message) for w in caught if "holds no image" in str(w.message)]
     val = [message for message in messages if message.startswith("the carved 'val' split")]
     assert len(val) == 1, messages
-    assert val[0].startswith("the carved 'val' split holds no image of 7 classes: 'rare0' (label 1), which has 1 image; ")
+    assert val[0].startswith("the carved 'val' split holds no image of 7 classes: 'rare0' (label 1), which has 1 image")
     assert "'rare4' (label 5), which has 1 image; and 2 more: too few for val_fraction=0.1" in val[0]
     assert "cannot measure them. Give more images of them, or a larger val_fraction" in val[0]
 

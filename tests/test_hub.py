@@ -851,7 +851,7 @@ def test_cli_card_is_the_folders_method_and_lists_its_labels(saved_pipeline, mon
     run_push_script(monkeypatch, argv[:5] + argv[7:-1] + [str(tmp_path / "normal-card")])
     assert "take **normal** as the positive class" in (tmp_path / "normal-card" / "README.md").read_text()
     # the head the figures were measured with, as fit-head's report.md states it (QA: the card named all three)
-    head = "prototypes on 10 labelled images (5 per class, drawn with seed 0); softmax temperature 2.95 chosen on 60 val"
+    head = "prototypes on 10 labelled images (5 per class, drawn with seed 0); softmax temperature 2.95 chosen on val"
     (tmp_path / "metrics.json").write_text(json.dumps({"split": "test", "accuracy": 0.5, "head": {"summary": head}}))
     run_push_script(monkeypatch, argv[:5] + argv[7:-1] + [str(tmp_path / "head-card")])
     card = (tmp_path / "head-card" / "README.md").read_text()

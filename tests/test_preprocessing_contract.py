@@ -243,6 +243,8 @@ def test_a_numpy_array_of_3_planes_given_to_a_grey_model_warns_that_it_is_read_a
         assert len(grey(three, input_data_format="channels_first")) == 1  # its layout stated
         assert len(grey(np.moveaxis(three, 0, -1))) == 1  # [H, W, 3]: one colour image, unambiguously
         assert len(ImagePreprocessing(16, 3, input_range="[-1, 1]")(three)) == 1  # a colour model's colour image
+    with pytest.warns(UserWarning, match=r"item 0, a tensor of shape \(3, 16, 16\), is read as one colour image"):
+        grey(torch.from_numpy(three))  # review: torchvision's MNIST.data[:3], say
 
 
 def test_floats_of_0_to_255_are_refused_without_the_unit_range_advice_first():
@@ -442,6 +444,7 @@ def test_pictures_given_to_a_model_of_several_dicom_windows_warn_that_they_have_
         for contract in ({}, {"medical": {"windows": ["brain"]}}):  # one window reads pictures, as training does
             ImagePreprocessing(**contract)([grey, pixels[..., 0]])
         ImagePreprocessing(16, 1, **{"medical": {"windows": ["brain"]}})(torch.zeros(1, 1, 16, 16))  # one window
+        ImagePreprocessing(16, None, **HEAD_CT)(torch.zeros(1, 3, 16, 16))  # the loaders' channels, inferred (review)
     # QA (an RC-DiT notebook user): one grey float channel was copied into the 3 windows without a word
     with pytest.warns(UserWarning, match=r"item\(s\) 0 \(a 1-channel float Tensor\) are pictures, not DICOM"):
         pipe(torch.zeros(2, 1, 16, 16))

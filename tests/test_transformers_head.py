@@ -396,7 +396,9 @@ def test_a_loaded_export_saved_elsewhere_keeps_how_its_data_was_carved_but_no_fi
     assert read_split_record(tmp_path / "hf") == exported
     shutil.copytree(tmp_path / "hf", tmp_path / "repo" / "model")  # loaded from a subfolder: that folder's record
     save_split_record(tmp_path / "repo", 0.1, 0.2, seed=9)
-    nested = AutoModelForImageClassification.from_pretrained(tmp_path / "repo", subfolder="model", trust_remote_code=True)
+    nested = AutoModelForImageClassification.from_pretrained(
+        tmp_path / "repo", subfolder="model", trust_remote_code=True
+    )
     nested.save_pretrained(tmp_path / "from_subfolder")
     assert read_split_record(tmp_path / "from_subfolder")["seed"] == 5
 
@@ -411,4 +413,5 @@ def test_the_export_writes_the_pipelines_split_record_as_its_head_left_it(pipe, 
     loaded = UNetFeatureClassifierPipeline.from_pretrained(tmp_path / "pipeline")
     loaded.register_modules(head=loaded.head)
     export_unet_feature_pipeline(loaded, tmp_path / "hf")
-    assert read_split_record(tmp_path / "hf")["seed"] == 5 and "train_fingerprints" not in read_split_record(tmp_path / "hf")
+    record = read_split_record(tmp_path / "hf")
+    assert record["seed"] == 5 and "train_fingerprints" not in record

@@ -401,9 +401,9 @@ def warn_mixed_channels(
     stored = "stored as colour, all grey (their three channels equal)" if colour_is_grey else "colour"
     warnings.warn(
         f"{len(colour)} of {len(names)} images are {stored} ({shown}), the others grey: with the channel count "
-        "inferred (num_channels=None) every image is read as 3 channels (a grey image's channel repeated) and the model is "
-        "3-channel. If the colour images are strays (screenshots, exports), remove them; state the channels to "
-        "silence this: num_channels=1 (the scripts' --num_channels 1) reads them all as grey, num_channels=3 keeps "
+        "inferred (num_channels=None) every image is read as 3 channels (a grey image's channel repeated) and the "
+        "model is 3-channel. If the colour images are strays (screenshots, exports), remove them; state the channels "
+        "to silence this: num_channels=1 (the scripts' --num_channels 1) reads them all as grey, num_channels=3 keeps "
         "colour",
         UserWarning,
         stacklevel=stacklevel,  # the caller of load_image_classification_data

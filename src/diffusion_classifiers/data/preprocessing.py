@@ -426,7 +426,7 @@ def _to_unit_batches(items: list, data_format: str | None, contract: ImagePrepro
             note_bit_depth(pil_image_name(position), 16, item)
             if max(item.getextrema()) < 2**15:  # its file reads at fewer bits, brighter
                 full_range_pil.append(position)
-        if windowed and (kind := _picture_kind(item, batch, contract.num_channels)) is not None:
+        if windowed and (kind := _picture_kind(item, batch, len(contract.medical_or_default.windows))) is not None:
             pictures.append(f"{position} ({kind})")
         batches.append(_check_dtype(batch, offset, contract))
         ranges.append(value_range)
@@ -463,7 +463,7 @@ def _warn_read_otherwise_than_v0_1_0(item: Any, position: int) -> None:
     """A numpy `[3, H, W]` array whose last axis is > 4, given to a model saved by v0.1.0 (or the keyword form), which
     read it as 3 grey images `[N, H, W]`: it is one colour image, channels first, now (QA: old batch code got one
     prediction for three images, without a word). Other counts than 1 and 3 are refused by the layout check."""
-    if isinstance(item, np.ndarray) and item.ndim == 3 and item.shape[0] == 3 and item.shape[-1] > 4:
+    if isinstance(item, np.ndarray) and _three_planes(item):
         warnings.warn(
             f"preprocess_images: item {position}, a numpy array of shape {item.shape}, is read as one colour image, "
             "channels first; v0.1.0 read it as 3 grey images [N, H, W]. Pass those as an "
@@ -473,13 +473,20 @@ def _warn_read_otherwise_than_v0_1_0(item: Any, position: int) -> None:
         )
 
 
+def _three_planes(item: Any) -> bool:
+    """Whether an array or tensor is `[3, H, W]` with a last axis too long for channels: one colour image channels
+    first, or 3 grey images `[N, H, W]`."""
+    return item.ndim == 3 and item.shape[0] == 3 and item.shape[-1] > 4
+
+
 def _warn_colour_array_to_grey_model(item: Any, position: int) -> None:
-    """A numpy `[3, H, W]` array given to a 1-channel model: read as one colour image, channels first, made grey,
-    though it is as likely 3 grey images `[N, H, W]` (QA: `pipe.encode(test_images[:3])` gave one row, where 2 or 4
-    images are refused, since their count is no channel count)."""
-    if isinstance(item, np.ndarray) and item.ndim == 3 and item.shape[0] == 3 and item.shape[-1] > 4:
+    """A numpy array or tensor `[3, H, W]` given to a 1-channel model: read as one colour image, channels first, made
+    grey, though it is as likely 3 grey images `[N, H, W]` (QA: `pipe.encode(test_images[:3])` gave one row, where 2
+    or 4 images are refused, since their count is no channel count)."""
+    if isinstance(item, (np.ndarray, torch.Tensor)) and _three_planes(item):
+        kind = "a numpy array" if isinstance(item, np.ndarray) else "a tensor"
         warnings.warn(
-            f"preprocess_images: item {position}, a numpy array of shape {item.shape}, is read as one colour image, "
+            f"preprocess_images: item {position}, {kind} of shape {tuple(item.shape)}, is read as one colour image, "
             "channels first, made grey for this 1-channel model. If it holds 3 grey images, pass them as an "
             "[N, 1, H, W] array or a list of [H, W] arrays; input_data_format='channels_first' says it is one image",
             UserWarning,

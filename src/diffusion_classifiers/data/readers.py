@@ -404,11 +404,7 @@ def _warn_missing_classes(raw: RawData, pool: np.ndarray, split: np.ndarray, nam
         members, left = np.flatnonzero(raw.labels == label), pool[raw.labels[pool] == label]
         carved_from = "" if len(left) == len(members) else f"; {_count(raw, left)} were left for {name!r} after 'test'"
         described.append(f"{raw.class_names[label]!r} (label {label}), which has {_count(raw, members)}{carved_from}")
-    if len(missing) == 1:
-        classes, them = f"class {described[0]}", "it"
-    else:  # one warning, not one per class (QA: 121 long-tailed classes printed 40 warnings a split)
-        more = f"; and {len(missing) - len(described)} more" if len(missing) > len(described) else ""
-        classes, them = f"{len(missing)} classes: {'; '.join(described)}{more}", "them"
+    classes, them = _classes_named(described, len(missing))  # one warning (QA: 121 classes, 40 warnings a split)
     warnings.warn(
         f"the carved {name!r} split holds no image of {classes}: too few for {name}_fraction={fraction}, so the "
         f"{name!r} metrics cannot measure {them}. Give more images{' and patients' if raw.groups is not None else ''} "
@@ -430,16 +426,32 @@ def _count(raw: RawData, indices: np.ndarray) -> str:
 
 def _warn_untrained_classes(raw: RawData, splits: dict[str, np.ndarray]) -> None:
     """Warn when carving left `train` without any image of a class (a class of one patient, carved into val or
-    test): the model cannot learn it."""
-    for label in sorted(set(raw.labels.tolist()) - set(raw.labels[splits["train"]].tolist())):
+    test): the model cannot learn it. One warning, naming the first `MISSING_CLASSES_NAMED` classes."""
+    untrained = sorted(set(raw.labels.tolist()) - set(raw.labels[splits["train"]].tolist()))
+    if not untrained:
+        return
+    described = []
+    for label in untrained[:MISSING_CLASSES_NAMED]:
         where = [name for name in ("val", "test") if (raw.labels[splits[name]] == label).any()]
-        warnings.warn(
-            f"the 'train' split holds no image of class {raw.class_names[label]!r} (label {label}), which has "
-            f"{_count(raw, np.flatnonzero(raw.labels == label))}, all carved into {' and '.join(map(repr, where))}: "
-            "the model cannot learn it. Give more images (patients) of it, or smaller val_fraction / test_fraction",
-            UserWarning,
-            stacklevel=5,  # the caller of load_image_classification_data / streaming_image_classification_data
-        )
+        described.append(f"{raw.class_names[label]!r} (label {label}), which has "
+                         f"{_count(raw, np.flatnonzero(raw.labels == label))}, all carved into "
+                         f"{' and '.join(map(repr, where))}")  # fmt: skip
+    classes, them = _classes_named(described, len(untrained))
+    warnings.warn(
+        f"the 'train' split holds no image of {classes}: the model cannot learn {them}. Give more images (patients) of "
+        f"{them}, or smaller val_fraction / test_fraction",
+        UserWarning,
+        stacklevel=5,  # the caller of load_image_classification_data / streaming_image_classification_data
+    )
+
+
+def _classes_named(described: list[str], count: int) -> tuple[str, str]:
+    """`(classes, pronoun)` of a warning naming `count` classes, `described` the first of them: "class 'a' (...)",
+    "it"; or "7 classes: 'a' (...); ...; and 2 more", "them"."""
+    if count == 1:
+        return f"class {described[0]}", "it"
+    more = f"; and {count - len(described)} more" if count > len(described) else ""
+    return f"{count} classes: {'; '.join(described)}{more}", "them"
 
 
 def _read_image_folder(
