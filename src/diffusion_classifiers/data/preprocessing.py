@@ -298,8 +298,10 @@ def preprocess_images(
             `{0, 1}`, float data by the contract's `input_range` (see [`ImagePreprocessing`]). Float values outside
             that range, other integer dtypes (int16: a DICOM's `pixel_array`, not Hounsfield units), NaN and inf raise
             `ValueError`. A contract of several DICOM windows
-            warns about pictures (PIL images, `uint8` / `bool` arrays and tensors): they have no Hounsfield units to
-            window, and are read as given.
+            warns about pictures (PIL images, `uint8` / `bool` arrays and tensors, and float images of fewer channels
+            than its windows): they have no Hounsfield units to window, and are read as given. A 1-channel contract
+            warns about a `[3, H, W]` array or tensor whose layout is inferred: it is read as one colour image, not as
+            3 grey ones.
         image_size (`int` or `Tuple[int, int]`, *optional*), num_channels (`int`, *optional*):
             shorthand for `preprocessing=ImagePreprocessing(image_size, num_channels, input_range="auto")`, the
             rule of earlier versions; not together with `preprocessing`.
