@@ -759,6 +759,38 @@ def over_seeds(tables: list, statistic: Callable, digits: Optional[int] = None):
     return value if digits is None else round(value, digits)
 
 
+def coverage_floor(draws: int, level: float = 0.95) -> float:
+    """The coverage target of a simulation of `draws` draws: `level` less 2 Monte-Carlo standard errors of a coverage
+    of `level`."""
+    return level - 2 * math.sqrt(level * (1 - level) / draws)
+
+
+def simulation_args(parser: argparse.ArgumentParser, settings: Sequence[str], defaults: dict, quick: dict,
+                    population: str) -> argparse.Namespace:  # fmt: skip
+    """The coverage simulations' options, parsed and checked: `--draws` (test sets a setting), `--population_size`
+    (images of the sample the `population` figures come from) and `--settings`; `defaults`' values, or `quick`'s with
+    `--quick`, where not given."""
+    parser.add_argument(
+        "--draws", type=int, default=None,
+        help=f"test sets drawn per setting (default {defaults['draws']}; quick {quick['draws']})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--population_size", type=int, default=None,
+        help=f"images of the sample the {population} come from (default {defaults['population_size']}; quick "
+        f"{quick['population_size']})",
+    )  # fmt: skip
+    parser.add_argument("--settings", nargs="+", choices=list(settings), default=list(settings))
+    args = parser.parse_args()
+    for name, value in (quick if args.quick else defaults).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.draws < 1:
+        parser.error(f"--draws: expected an integer >= 1, got {args.draws}")
+    if args.population_size < 1000:
+        parser.error(f"--population_size: expected an integer >= 1000, got {args.population_size}")
+    return args
+
+
 @contextmanager
 def timed(walls: dict, stage: str):
     """Record the wall time of a stage in `walls[stage]` (seconds)."""

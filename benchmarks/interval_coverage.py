@@ -37,7 +37,7 @@ from sklearn.metrics import (
     accuracy_score, average_precision_score, balanced_accuracy_score, f1_score, recall_score, roc_auc_score,
 )  # fmt: skip
 
-from _common import base_parser, report, setup, target_entry
+from _common import base_parser, coverage_floor, report, setup, simulation_args, target_entry
 from diffusion_classifiers.confidence_intervals import (
     CONFIDENCE_LEVEL, MIN_CLASS_IMAGES, _class_average_intervals, auc_influence, intervals_of_metrics,
     multi_class_auc_interval,
@@ -227,11 +227,6 @@ def summary(tally: dict, population_value: float, draws: int) -> dict:
     }
 
 
-def coverage_floor(draws: int) -> float:
-    """0.95 less 2 Monte-Carlo standard errors of a coverage of 0.95 measured on `draws` draws."""
-    return LEVEL - 2 * math.sqrt(LEVEL * (1 - LEVEL) / draws)
-
-
 def targets(results: dict) -> dict:
     """Each figure's coverage against `coverage_floor`, per setting, where the library gave its interval in every
     draw (never withheld it)."""
@@ -239,7 +234,7 @@ def targets(results: dict) -> dict:
     for setting, by_figure in results.items():
         for name, figure in by_figure.items():
             if figure["library_withheld_rate"] == 0:
-                floor = coverage_floor(figure["draws_with_interval"]) if figure["draws_with_interval"] else None
+                floor = coverage_floor(figure["draws_with_interval"], LEVEL) if figure["draws_with_interval"] else None
                 entries[f"coverage_{setting}_{name}"] = target_entry(figure["coverage"], floor)
     return entries
 
@@ -250,21 +245,7 @@ def population_sample(counts: np.ndarray, size: int, rng: np.random.Generator) -
 
 
 def main():
-    parser = base_parser(__doc__)
-    parser.add_argument("--draws", type=int, default=None, help="test sets drawn per setting (default 400; quick 20)")
-    parser.add_argument(
-        "--population_size", type=int, default=None, help="images of the sample the population figures come from "
-        "(default 200000; quick 50000)",
-    )  # fmt: skip
-    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
-    args = parser.parse_args()
-    for name, value in (QUICK if args.quick else DEFAULTS).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    if args.draws < 1:
-        parser.error(f"--draws: expected an integer >= 1, got {args.draws}")
-    if args.population_size < 1000:
-        parser.error(f"--population_size: expected an integer >= 1000, got {args.population_size}")
+    args = simulation_args(base_parser(__doc__), SETTINGS, DEFAULTS, QUICK, "population figures")
     device = setup(args)
     start, populations, results, seconds = time.perf_counter(), {}, {}, {}
     for setting in args.settings:

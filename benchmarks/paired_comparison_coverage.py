@@ -26,7 +26,7 @@ import time
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
-from _common import base_parser, report, setup, target_entry
+from _common import base_parser, coverage_floor, report, setup, simulation_args, target_entry
 from diffusion_classifiers.paired_statistics import paired_figures
 
 SETTINGS = {"binary_200": (2, 200), "four_class_200": (4, 200), "binary_50": (2, 50)}  # classes, images
@@ -149,11 +149,6 @@ def summary(tally: dict, population_difference: float, draws: int) -> dict:
     }
 
 
-def coverage_floor(draws: int) -> float:
-    """0.95 less 2 Monte-Carlo standard errors of a coverage of 0.95 measured on `draws` draws."""
-    return LEVEL - 2 * math.sqrt(LEVEL * (1 - LEVEL) / draws)
-
-
 def targets(results: dict) -> dict:
     """Each figure's coverage at `TARGETED_IMAGES` images, per setting and class counts, against `coverage_floor`."""
     entries = {}
@@ -162,27 +157,13 @@ def targets(results: dict) -> dict:
             continue
         for counts, by_figure in by_counts.items():
             for name, figure in by_figure.items():
-                floor = coverage_floor(figure["draws_with_interval"]) if figure["draws_with_interval"] else None
+                floor = coverage_floor(figure["draws_with_interval"], LEVEL) if figure["draws_with_interval"] else None
                 entries[f"coverage_{setting}_{counts}_counts_{name}"] = target_entry(figure["coverage"], floor)
     return entries
 
 
 def main():
-    parser = base_parser(__doc__)
-    parser.add_argument("--draws", type=int, default=None, help="test sets drawn per setting (default 1000; quick 40)")
-    parser.add_argument(
-        "--population_size", type=int, default=None, help="images of the sample the population differences come from "
-        "(default 200000)",
-    )  # fmt: skip
-    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
-    args = parser.parse_args()
-    for name, value in (QUICK if args.quick else DEFAULTS).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    if args.draws < 1:
-        parser.error(f"--draws: expected an integer >= 1, got {args.draws}")
-    if args.population_size < 1000:
-        parser.error(f"--population_size: expected an integer >= 1000, got {args.population_size}")
+    args = simulation_args(base_parser(__doc__), SETTINGS, DEFAULTS, QUICK, "population differences")
     device = setup(args)
     start, populations, results, seconds = time.perf_counter(), {}, {}, {}
     for setting in args.settings:

@@ -95,5 +95,5 @@ def test_the_unguarded_interval_is_the_librarys_where_the_library_gives_one():
 
 
 def test_the_coverage_floor_is_two_monte_carlo_standard_errors_below_095():
-    assert benchmark.coverage_floor(400) == pytest.approx(0.95 - 2 * math.sqrt(0.95 * 0.05 / 400))
-    assert benchmark.coverage_floor(400) == pytest.approx(0.92821, abs=1e-5)
+    assert benchmark.coverage_floor(400, 0.95) == pytest.approx(0.95 - 2 * math.sqrt(0.95 * 0.05 / 400))
+    assert benchmark.coverage_floor(400, 0.95) == pytest.approx(0.92821, abs=1e-5)

@@ -59,5 +59,5 @@ def test_a_run_of_a_few_draws_records_every_setting_and_figure(tmp_path, monkeyp
 
 
 def test_the_coverage_floor_is_two_monte_carlo_standard_errors_below_095():
-    assert benchmark.coverage_floor(400) == pytest.approx(0.95 - 2 * math.sqrt(0.95 * 0.05 / 400))
+    assert benchmark.coverage_floor(400, 0.95) == pytest.approx(0.95 - 2 * math.sqrt(0.95 * 0.05 / 400))
     assert benchmark.coverage_floor(1000) == pytest.approx(0.93622, abs=1e-5)
