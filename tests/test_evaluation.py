@@ -622,3 +622,25 @@ def test_an_unlabelled_row_of_a_saved_datasetdicts_own_split_is_refused(tmp_path
         load_evaluation_split(str(tmp_path / "dd"), "test", preprocessing=ImagePreprocessing(8, 1))
     # an unlabelled image of its train split is no reason to refuse scoring another split (it only excuses duplicates)
     assert len(load_evaluation_split(str(tmp_path / "dd"), "val", preprocessing=ImagePreprocessing(8, 1))) == 2
+
+
+def test_a_binary_evaluation_ranks_by_the_log_odds_its_decisions_read(binary, tmp_path):
+    """QA (a biostatistician): the average precision was ranked by the float32 probabilities, which saturate and tie
+    images the log-odds column (what decisions and operating points read) tells apart: 0.9448 against 0.9447."""
+    import csv
+
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    pipe, test, _ = binary
+    pipe = copy.deepcopy(pipe)
+    with torch.no_grad():
+        pipe.head.linear.weight.mul_(12)  # probabilities of exactly 1.0 in float32 for the confident images
+    metrics = evaluate_classifier(pipe, test, tmp_path, positive_class="malignant")
+    with open(tmp_path / "image_predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    is_positive = [row["true_label"] == "malignant" for row in rows]
+    log_odds = [float(row["log_odds_malignant"]) for row in rows]
+    probs = [float(row["prob_malignant"]) for row in rows]
+    assert len(set(probs)) < len(set(log_odds))  # the probabilities tie where the log-odds do not
+    assert metrics["average_precision"] == pytest.approx(average_precision_score(is_positive, log_odds), abs=1e-12)
+    assert metrics["auc"] == pytest.approx(roc_auc_score(is_positive, log_odds), abs=1e-12)

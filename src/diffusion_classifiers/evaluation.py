@@ -927,6 +927,7 @@ def evaluate_classifier(
     probs, ranking, stderr, nfe = zip(*_predict_with_one_bar(classifier, predict, batches, len(y_true)))
     probs, ranking = torch.cat(probs), torch.cat(ranking)
     log_odds = None if positive_label is None else positive_log_odds(probs, ranking, positive_label)
+    ranking = _ranked_by_log_odds(ranking, log_odds, positive_label)
     if target_sensitivity is not None:
         point = threshold_for_sensitivity(y_true == positive_label, log_odds, target_sensitivity)
         point |= {"target_sensitivity": target_sensitivity, "chosen_on": split, "dataset": dataset_name}
@@ -1100,6 +1101,19 @@ def _labelled_batches(
     check_dataset_labels(dataset_labels, dataset_names, label_column)
     batches = DataLoader(images, batch_size=batch_size, num_workers=num_workers, collate_fn=list)  # PIL lists
     return batches, dataset_labels, dataset_names
+
+
+def _ranked_by_log_odds(ranking: torch.Tensor, log_odds, positive_label: Optional[int]) -> torch.Tensor:
+    """A binary task's ranking scores [N, 2] as its decisions and operating points rank the images: the positive
+    class's log-odds, their negation the other class's (float64). A pipeline without log-odds ranks by its float32
+    probabilities, which saturate near 0 and 1 and tie images the log-odds tell apart (QA: the average precision read
+    0.9448 from them, 0.9447 from the `log_odds_<class>` column of image_predictions.csv)."""
+    if log_odds is None:
+        return ranking
+    scores = torch.empty(len(log_odds), 2, dtype=torch.float64)
+    scores[:, positive_label] = torch.as_tensor(log_odds, dtype=torch.float64)
+    scores[:, 1 - positive_label] = -scores[:, positive_label]
+    return scores
 
 
 def _scored_metrics(
