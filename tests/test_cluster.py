@@ -509,3 +509,22 @@ def test_a_folders_or_datasets_own_listing_order_is_kept(tmp_path):
     assert [path.name for path in sorted([tmp_path / "b/1.png", tmp_path / "a/2.png", tmp_path / "a.png"])] == [
         "2.png", "a.png", "1.png"
     ]  # what `sorted` of the folder's paths gives
+
+
+def test_a_csv_labelling_some_of_its_images_scores_the_clusters_on_those():
+    """QA (an ecologist labelling a few dozen images later): a CSV with labels on some rows got no score, silently."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    from diffusion_classifiers.prediction.clustering import _labelled_share, _scored_against_labels
+
+    labels = ["a", None, "b", "a", None, "b", "c", "c"]
+    clusters = np.array([0, 1, 1, 0, 2, 1, 2, 2])
+    scored = _scored_against_labels(labels, clusters)
+    labelled = [row for row, label in enumerate(labels) if label is not None]
+    true = [labels[row] for row in labelled]
+    assert (scored["num_labelled"], scored["num_rows"], scored["num_classes"]) == (6, 8, 3)
+    assert scored["nmi"] == pytest.approx(normalized_mutual_info_score(true, clusters[labelled]))
+    assert scored["ari"] == pytest.approx(adjusted_rand_score(true, clusters[labelled]))
+    assert scored["accuracy"] == scored["purity"] == 1.0
+    assert _labelled_share(scored) == ", the 6 of 8 rows labelled"
+    assert _labelled_share(_scored_against_labels(["a", "b"], np.array([0, 1]))) == ""

@@ -259,8 +259,8 @@ def cluster_files(
     Each written whole: `clusters.csv` (`path`, `frame`, an input CSV's other columns, `true_label` when the inputs
     carry labels, `cluster`, `distance`: to the cluster's centre in the normalised space; rows in input order),
     `clusters.errors.csv` (`path`, `reason` of each file that could not be read), `metrics.json` (`run_info`, the
-    choice and its scores, the cluster sizes; with a true label on every row, `with_true_labels`: NMI, ARI, Hungarian
-    accuracy and its chance level, purity; the labels are read only to score) and `cluster_examples_<n>.png` (per
+    choice and its scores, the cluster sizes; with true labels, `with_true_labels`: NMI, ARI, Hungarian accuracy and its
+    chance level, purity, on the rows that have one, `num_labelled` of `num_rows`; the labels are read only to score) and `cluster_examples_<n>.png` (per
     cluster, the `examples_per_cluster` images nearest its centre, `CLUSTERS_PER_FIGURE` clusters a figure).
 
     `output_dir` must not hold an earlier run's `metrics.json` unless `overwrite`: the earlier run's files are then set
@@ -315,7 +315,7 @@ def cluster_files(
         metrics.update({"seed": seed, "seconds": round(time.time() - started, 1)})
         metrics["files"] = [CLUSTERS_NAME, CLUSTER_ERRORS_NAME, *figures]
         labels = [item.label for item, _ in rows]
-        if rows and all(label is not None for label in labels):
+        if any(label is not None for label in labels):
             metrics["with_true_labels"] = _scored_against_labels(labels, clusters)
         metrics = _json_safe(metrics)
         write_json_atomically(output_dir / "metrics.json", metrics, indent=2)
@@ -578,14 +578,21 @@ def _example_tile(pipeline: Any, item: PredictionInput, frame: int) -> Any:
 
 
 def _scored_against_labels(labels: list, clusters: Any) -> dict:
-    """How well the clusters follow the inputs' true labels (read only here, after every choice)."""
+    """How well the clusters follow the inputs' true labels (read only here, after every choice), on the rows that
+    have one (QA: a CSV labelling some of its images was not scored, without a word); `num_labelled` of
+    `num_rows`."""
+    import numpy as np
+
     from ..metrics import clustering_metrics
 
-    names = sorted(set(labels))
+    labelled = [row for row, label in enumerate(labels) if label is not None]
+    names = sorted({labels[row] for row in labelled})
     index = {name: i for i, name in enumerate(names)}
-    scores = clustering_metrics([index[label] for label in labels], clusters, len(names))
+    true = [index[labels[row]] for row in labelled]
+    scores = clustering_metrics(true, np.asarray(clusters)[labelled], len(names))
     keep = ("nmi", "ari", "accuracy", "accuracy_by_chance", "macro_f1", "purity")
-    return {"num_classes": len(names), **{name: float(scores[name]) for name in keep}}
+    counts = {"num_labelled": len(labelled), "num_rows": len(labels)}
+    return {"num_classes": len(names), **counts, **{name: float(scores[name]) for name in keep}}
 
 
 def _json_safe(value: Any) -> Any:
@@ -599,6 +606,12 @@ def _plain_number(value: Any) -> Any:
     raise TypeError(f"metrics.json: expected JSON values, got {value!r} ({type(value).__name__})")
 
 
+def _labelled_share(scored: dict) -> str:
+    """", the 50 of 240 rows labelled" where only some rows carry a true label (a record before 2026-12-07: all)."""
+    labelled, rows = scored.get("num_labelled"), scored.get("num_rows")
+    return f", the {labelled} of {rows} rows labelled" if labelled is not None and labelled < rows else ""
+
+
 def _summary_line(metrics: dict, output_dir: str) -> str:
     sizes = metrics["cluster_sizes"]
     line = (
@@ -610,7 +623,8 @@ def _summary_line(metrics: dict, output_dir: str) -> str:
     scored = metrics.get("with_true_labels")
     if scored:
         line += (
-            f"\nagainst the inputs' true labels ({scored['num_classes']} classes): NMI {scored['nmi']:.3f}, Hungarian "
+            f"\nagainst the inputs' true labels ({scored['num_classes']} classes{_labelled_share(scored)}): NMI "
+            f"{scored['nmi']:.3f}, Hungarian "
             f"accuracy {100 * scored['accuracy']:.1f}% (by chance {100 * scored['accuracy_by_chance']:.1f}%), purity "
             f"{100 * scored['purity']:.1f}%"
         )
