@@ -829,3 +829,17 @@ def test_the_best_pair_treats_val_log_losses_a_float_rounding_apart_as_tied():
     assert _best_on_val(scores(0.3, 0.29)) == 1
     assert _best_on_val(scores(float("nan"), 0.5)) == 1
     assert _best_on_val(scores(float("nan"), float("nan"))) == 0
+
+
+def test_k_values_the_label_free_choice_cannot_score_are_refused_by_name():
+    """QA (an ecologist, Python): K = 1 or K = the number of images raised scikit-learn's "Number of labels is 1";
+    a default K over half the images was said to exceed "the number of images (5)", the stability's half."""
+    x, _ = make_blobs(10, n_features=4, centers=2, cluster_std=0.3, random_state=0)
+    features = {("x", 0): x}
+    with pytest.raises(ValueError, match=r"^number of clusters K=1: expected 2 <= K <= 9 on 10 images"):
+        select_clustering_without_labels(features, [1, 3], 3)
+    with pytest.raises(ValueError, match=r"^number of clusters K=10: expected 2 <= K <= 9 on 10 images"):
+        select_clustering_without_labels(features, [2, 10], 2)
+    with pytest.raises(ValueError, match=r"^default_num_clusters K=6: expected K <= 5 on 10 images \(the stability"):
+        select_clustering_without_labels(features, [2, 3], 6)
+    assert select_clustering_without_labels(features, [2, 6], 6, criterion="silhouette")["num_clusters"] in (2, 6)

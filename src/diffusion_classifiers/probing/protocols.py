@@ -356,8 +356,7 @@ def select_clustering_without_labels(
     chosen = _selection_rows(features, max_images, seed)
     checked = {pair: _checked_clustering_features(value) for pair, value in chosen.items()}
     num_images = len(next(iter(checked.values())))
-    for k in candidates:
-        _check_num_clusters(k, num_images)
+    _check_selectable_num_clusters(candidates, default_num_clusters, num_images, criterion)
 
     def silhouette(x: np.ndarray, k: int) -> float:
         clusters = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(x)
@@ -461,6 +460,24 @@ def _checked_clustering_features(features) -> np.ndarray:
         raise ValueError(f"expected features [N, D], got shape {x.shape}")
     check_finite_rows(x, "features")
     return x
+
+
+def _check_selectable_num_clusters(candidates: List[int], default: int, num_images: int, criterion: str) -> None:
+    """The K `select_clustering_without_labels` can score on `num_images` images: a silhouette needs 2 <= K <= N - 1
+    (one cluster, or one an image, has no between-cluster distance), the split-half stability K <= N // 2 (QA:
+    scikit-learn's "Number of labels is 1", and a count of images that was the half's)."""
+    for k in {*candidates, default}:
+        _check_num_clusters(k, num_images)
+        if not 2 <= k <= num_images - 1:
+            raise ValueError(
+                f"number of clusters K={k}: expected 2 <= K <= {num_images - 1} on {num_images} images (the "
+                "silhouette that chooses K needs two clusters at least and one with two images)"
+            )
+    if criterion == "stability" and default > num_images // 2:
+        raise ValueError(
+            f"default_num_clusters K={default}: expected K <= {num_images // 2} on {num_images} images (the stability "
+            f"that chooses the feature clusters halves of {num_images // 2} images)"
+        )
 
 
 def _check_num_clusters(num_clusters: int, num_images: int) -> None:
