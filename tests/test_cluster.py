@@ -528,3 +528,11 @@ def test_a_csv_labelling_some_of_its_images_scores_the_clusters_on_those():
     assert scored["accuracy"] == scored["purity"] == 1.0
     assert _labelled_share(scored) == ", the 6 of 8 rows labelled"
     assert _labelled_share(_scored_against_labels(["a", "b"], np.array([0, 1]))) == ""
+
+
+def test_empty_clusters_are_said():
+    """QA: 3 distinct images stored 4 times each, K = 4, read "4 clusters (0-4 images each)" without the library's word."""
+    from diffusion_classifiers.prediction.clustering import _warn_empty_clusters
+
+    with pytest.warns(UserWarning, match=r"^cluster: 1 of the 4 clusters hold no image \(clusters \[3\]\)"):
+        _warn_empty_clusters([4, 4, 4, 0])

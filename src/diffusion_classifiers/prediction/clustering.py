@@ -19,6 +19,7 @@ import json
 import numbers
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
@@ -312,6 +313,7 @@ def cluster_files(
         )
         metrics = _cluster_record(pipeline, run_info, features, key, selection, inputs, rows, errors, fitted_on)
         metrics.update({"cluster_sizes": np.bincount(clusters, minlength=selection["num_clusters"]).tolist()})
+        _warn_empty_clusters(metrics["cluster_sizes"])
         metrics.update({"seed": seed, "seconds": round(time.time() - started, 1)})
         metrics["files"] = [CLUSTERS_NAME, CLUSTER_ERRORS_NAME, *figures]
         labels = [item.label for item, _ in rows]
@@ -604,6 +606,19 @@ def _plain_number(value: Any) -> Any:
     if hasattr(value, "item"):  # a numpy (or torch) scalar
         return value.item()
     raise TypeError(f"metrics.json: expected JSON values, got {value!r} ({type(value).__name__})")
+
+
+def _warn_empty_clusters(sizes: list) -> None:
+    """Say so where k-means left clusters empty (QA: a folder of 3 distinct images stored 4 times each, K = 4, read
+    "4 clusters (0-4 images each)" after scikit-learn's own warning)."""
+    empty = [cluster for cluster, size in enumerate(sizes) if size == 0]
+    if empty:
+        warnings.warn(
+            f"cluster: {len(empty)} of the {len(sizes)} clusters hold no image (clusters {empty}): the images have fewer "
+            "distinct features than K (duplicates, or constant images); ask for fewer clusters",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _labelled_share(scored: dict) -> str:
