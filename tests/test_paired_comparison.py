@@ -442,3 +442,24 @@ def test_predict_outputs_of_other_files_under_the_same_names_are_refused(two_eva
               "--output", str(tmp_path / f"{copy}.csv"), "--no_progress_bar"])  # fmt: skip
     with pytest.raises(ValueError, match=r"record files of other sizes \(bytes\) under one path for 1 of the 3 paired"):
         compare_predictions(tmp_path / "same.csv", tmp_path / "other.csv")
+
+
+def test_an_interval_and_an_exact_test_that_disagree_are_marked():
+    """QA (a biostatistician): 4 positives only A got right and none only B gave an interval excluding 0 where McNemar's
+    exact p was 0.125; the report said such a bound sits at exactly 0."""
+    y_true = np.r_[np.ones(390, int), np.zeros(234, int)]
+    pred_a = y_true.copy()
+    pred_b = y_true.copy()
+    pred_b[:5] = 0  # the five positives only A gets right
+    scores = np.linspace(0, 1, 624), np.linspace(0, 1, 624)
+    result = paired_figures(y_true, pred_a, pred_b, *scores, num_classes=2, positive_label=1)
+    sensitivity = result["figures"]["sensitivity"]
+    assert (sensitivity["only_a_correct"], sensitivity["only_b_correct"]) == (5, 0)
+    assert sensitivity["p_value"] == pytest.approx(0.0625) and sensitivity["interval"][1] < 0
+    assert sensitivity["interval_and_test_disagree"] is True
+    assert result["figures"]["specificity"]["interval_and_test_disagree"] is False  # no interval: the same decisions
+    left_out = {"only_in_a": 0, "only_in_b": 0, "training_images": 0}
+    comparison = {"a": {"source": "a"}, "b": {"source": "b"}, "num_paired": 624, "paired_by": "image",
+                  "left_out": left_out, **result}  # fmt: skip
+    row = next(line for line in render_comparison(comparison).splitlines() if line.startswith("| Sensitivity"))
+    assert row.endswith("(5 only A right, 0 only B right) (interval and test disagree) |")

@@ -93,8 +93,9 @@ def paired_figures(
     """Two models' figures on the same images (`y_true`, their decisions `pred_a`, `pred_b` [N] class ids, and what
     their AUCs rank by, `scores_a`, `scores_b`: [N] toward `positive_label` for a binary task, else [N, K]): `level`,
     `figures` (accuracy, balanced accuracy, macro-F1, a binary task's sensitivity and specificity, the AUC: each `a`,
-    `b`, `difference` B's less A's, its `interval`, and where a test applies its `p_value`) and the `methods` used,
-    which say why an interval is missing."""
+    `b`, `difference` B's less A's, its `interval`, and where a test applies its `p_value`; McNemar's figures their
+    `only_a_correct`, `only_b_correct` and `interval_and_test_disagree`) and the `methods` used, which say why an
+    interval is missing."""
     y_true, pred_a, pred_b = (as_labels(v, name) for v, name in zip((y_true, pred_a, pred_b), _DECISION_NAMES))
     figures, methods = paired_bootstrap_differences(y_true, pred_a, pred_b, num_classes, positive_label, level)
     for name, images in _tested_images(y_true, positive_label).items():
@@ -102,9 +103,20 @@ def paired_figures(
             continue
         tested = mcnemar_test(pred_a[images] == y_true[images], pred_b[images] == y_true[images])
         figures[name] |= {key: tested[key] for key in ("p_value", "only_a_correct", "only_b_correct")}
+        figures[name]["interval_and_test_disagree"] = _disagree(figures[name], level)
         methods[name] += "; p-value: McNemar's exact test"
     figures["auc"], methods["auc"] = _auc_figure(y_true, scores_a, scores_b, positive_label, level)
     return {"level": level, "figures": figures, "methods": methods}
+
+
+def _disagree(figure: dict, level: float) -> bool:
+    """Whether a figure's interval and its exact test disagree on a difference of 0 (QA: 4 images only A got right,
+    none only B: the bootstrap interval -2.06 to -0.26 points, McNemar's p 0.125): with few images decided
+    differently, the exact test is the one to read."""
+    interval = figure.get("interval")
+    if interval is None:
+        return False
+    return (interval[0] > 0 or interval[1] < 0) != (figure["p_value"] < 1 - level)
 
 
 def _auc_figure(y_true: np.ndarray, scores_a, scores_b, positive_label: Optional[int], level: float) -> tuple:

@@ -46,9 +46,10 @@ _SHOWN = 3  # examples named in a refusal
 _SPLIT_RECORD = ("split", "dataset", "carving")  # what names the images of an evaluation's split
 _CAVEATS = (
     "The p-values are not adjusted for the several figures compared. Intervals (bootstrap) and p-values (exact and "
-    "DeLong's tests) are separate methods: near the 5% level they can disagree, and where every image one model alone "
-    "gets right favours the same model, a bootstrap bound sits at exactly 0."
+    "DeLong's tests) are separate methods: near the 5% level, and where few images are decided differently (their "
+    "counts beside the p-value), they can disagree; the exact test is then the one to read."
 )
+_DISAGREE_MARK = " (interval and test disagree)"
 
 
 @dataclass
@@ -407,7 +408,8 @@ def render_comparison(comparison: dict) -> str:
         interval = figure.get("interval")
         spread = "" if interval is None else f" ({_points(interval[0])} to {_points(interval[1])})"
         cells = [percent(figure["a"]), percent(figure["b"]), _points(figure["difference"]) + spread]
-        cells.append(_p_value_text(figure) + _discordant_text(figure))
+        disagree = _DISAGREE_MARK if figure.get("interval_and_test_disagree") else ""
+        cells.append(_p_value_text(figure) + _discordant_text(figure) + disagree)
         lines.append(f"| {METRIC_NAMES[name][1]} | " + " | ".join(cells) + " |")
     lines += ["", "Differences in percentage points. Intervals and tests:", ""]
     by_method: dict = {}
