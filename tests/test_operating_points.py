@@ -91,12 +91,18 @@ def test_a_threshold_chosen_on_val_for_a_sensitivity_is_applied_unchanged_to_tes
     assert (point["target_sensitivity"], point["chosen_on"], point["dataset"]) == (0.9, "val", "digits")
     assert chosen["sensitivity"] >= 0.9
     report = " ".join((tmp_path / "val" / "report.md").read_text().split())
-    assert f"predicted where its probability is {point['threshold']:.8g} or more, the threshold chosen for a " \
+    assert f"predicted where its probability is {point['threshold']:.8g} or more (log-odds {point['log_odds']:.8g} " \
+        "or more, which decide), the threshold chosen for a " \
         f"sensitivity of at least 90.00% on the val split of digits, from its {chosen['num_positives']} positive " \
         "images (these very images" in report
     val_metrics = tmp_path / "val" / "metrics.json"
     applied = evaluate_classifier(str(folder), data["test"], tmp_path / "test", threshold=val_metrics)
     assert applied["operating_point"] == {**point, "from": str(val_metrics)}
+    assert "by construction" not in (tmp_path / "test" / "report.md").read_text()
+    # QA (a biostatistician): applied again to the split it was chosen on, the report read as a held-out result
+    evaluate_classifier(str(folder), data["val"], tmp_path / "val_again", split="val", dataset_name="digits",
+                        threshold=val_metrics)  # fmt: skip
+    assert "the sensitivity is met by construction" in (tmp_path / "val_again" / "report.md").read_text()
     probs, positives = _probs(folder, data["test"].images), data["test"].labels.numpy() == 1
     expected = decisions_at(positive_log_odds(probs, probs, 1), 1, point)
     assert (expected == np.where(probs[:, 1] >= point["threshold"], 1, 0)).mean() > 0.99  # float32 vs its logit
@@ -111,7 +117,8 @@ def test_a_threshold_chosen_on_val_for_a_sensitivity_is_applied_unchanged_to_tes
         positive_class="lesion", dataset_split="test",
         operating_point=load_eval_operating_point(tmp_path / "test" / "metrics.json"),
     ))  # fmt: skip
-    assert f"predicted where its probability is {point['threshold']:.8g} or more, the threshold chosen for a" in card
+    assert f"predicted where its probability is {point['threshold']:.8g} or more (log-odds {point['log_odds']:.8g} " \
+        "or more, which decide), the threshold chosen for a" in card
     assert f"`out.probs[:, 1] >= {point['threshold']!r}`" in " ".join(card.split())  # the snippet decides so too
 
 

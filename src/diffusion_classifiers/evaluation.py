@@ -1333,7 +1333,7 @@ def render_evaluation_report(
         calls = metrics["nfe_per_image"]
         lines += [row("network calls per image", f"{calls['mean']:g} (least {calls['min']}, most {calls['max']})")]
     if "positive_class" in metrics:
-        lines[2] = f"{scored}{read}; {decision_sentence(metrics)}."
+        lines[2] = f"{scored}{read}; {decision_sentence(metrics, (split, dataset_name))}."
         lines += positive_class_rows(metrics)
     if metrics.get("pipeline_call"):  # QA: an ELBO report and a likelihood report read alike but for the numbers
         call = ", ".join(f"{name}={value!r}" for name, value in metrics["pipeline_call"].items())

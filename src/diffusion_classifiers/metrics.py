@@ -7,7 +7,6 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn import metrics as skm
 
-from .operating_points import is_saturated
 from .validation import (
     as_labels,
     check_finite_rows,
@@ -216,37 +215,43 @@ def average_precision_rows(metrics: dict) -> List[str]:
     return [metric_row(name, f"{metrics['average_precision']:.4f}", intervals, key)]
 
 
-def decision_sentence(metrics: dict) -> str:
+def decision_sentence(metrics: dict, measured_on: Optional[tuple] = None) -> str:
     """A binary report's words on its positive class and decisions: `positive class: **bleed** (12 of 40 images),
     predicted where its probability exceeds 0.5 (...)`, counted from the per-class support, or at the recorded
-    `operating_point` (`operating_points`): its threshold and where it was chosen."""
+    `operating_point` (`operating_points`): its threshold and where it was chosen (`measured_on`: the `(split,
+    dataset)` the metrics were measured on, see `operating_point_text`)."""
     positive = metrics["positive_class"]
     support = metrics["per_class"].get(positive, {}).get("support")
     positives = "" if support is None else f" ({support} of {metrics['num_samples']} images)"
     point = metrics.get("operating_point")
-    decided = f"is {operating_point_text(point)}" if point is not None else (
+    decided = f"is {operating_point_text(point, measured_on)}" if point is not None else (
         "exceeds 0.5 (each image is given its most probable class; at a tie, the class listed first)"
     )  # fmt: skip
     return f"positive class: **{positive}**{positives}, predicted where its probability {decided}"
 
 
-def operating_point_text(point: dict) -> str:
-    """An operating point as a report states it: `0.90922755 or more (log-odds 2.3 or more), the threshold chosen for
-    a sensitivity of at least 90.00% on the val split of pneumoniamnist.npz (...)`; 8 significant digits (the exact
-    value is in metrics.json, which `--threshold` reads)."""
+def operating_point_text(point: dict, measured_on: Optional[tuple] = None) -> str:
+    """An operating point as a report states it: `0.90922755 or more (log-odds 2.3025851 or more, which decide), the
+    threshold chosen for a sensitivity of at least 90.00% on the val split of pneumoniamnist.npz (...)`; 8 significant
+    digits (the exact value is in metrics.json, which `--threshold` reads). The log-odds decide (image_predictions.csv's
+    `log_odds_<class>` column): a float32 probability column rounds an image at the boundary either way (QA). A point
+    read from another run and applied to the `(split, dataset)` it was chosen on (`measured_on`) says so."""
     text = f"{point['threshold']:.8g} or more"
-    if point.get("log_odds") is not None and is_saturated(point):
-        text += f" (log-odds {point['log_odds']:.6g} or more)"
+    if point.get("log_odds") is not None:
+        text += f" (log-odds {point['log_odds']:.8g} or more, which decide)"
     if point.get("target_sensitivity") is None:
         return text + (f", the threshold read from `{point['from']}`" if point.get("from") else ", the threshold given")
     text += f", the threshold chosen for a sensitivity of at least {percent(point['target_sensitivity'])} on "
     text += _chosen_on(point)
-    if point.get("from"):
-        return text + f" (read from `{point['from']}`)"
-    return text + (
+    same_images = (
         " (these very images: the sensitivity is met by construction; apply the threshold to held-out images with "
         "`evaluate --threshold <this metrics.json>`)"
     )
+    if not point.get("from"):
+        return text + same_images
+    text += f" (read from `{point['from']}`)"
+    # QA: applied again to the split it was chosen on, the report read as a held-out result
+    return text + same_images if measured_on == (point.get("chosen_on"), point.get("dataset")) else text
 
 
 def _chosen_on(point: dict) -> str:
