@@ -1545,3 +1545,17 @@ def test_a_float_tiff_is_predicted_as_the_pipeline_and_the_loaders_read_it(model
     direct = pipe([str(tmp_path / "image.png"), str(tmp_path / "image.tif")]).probs.numpy()
     np.testing.assert_allclose(probs["image.tif"], direct[1], atol=1e-6)
     np.testing.assert_allclose(probs["image.tif"], probs["image.png"], atol=1e-6)
+
+
+def test_no_progress_bar_hides_diffusers_and_transformers_loading_bars_and_restores_them():
+    """QA (an ecologist): cluster --no_progress_bar of an RC-DiT still printed transformers' "Loading weights" bar."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    from diffusion_classifiers.prediction.runner import loading_progress_bars
+
+    libraries = (diffusers_logging, transformers_logging)
+    before = [library.is_progress_bar_enabled() for library in libraries]
+    with loading_progress_bars(shown=False):
+        assert not any(library.is_progress_bar_enabled() for library in libraries)
+    assert [library.is_progress_bar_enabled() for library in libraries] == before

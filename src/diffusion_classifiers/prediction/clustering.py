@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 from ..progress_bars import bar_visibility
 from .inputs import PredictionInput
-from .runner import add_input_args, diffusers_progress_bars, input_split, model_and_inputs, read_checked
+from .runner import add_input_args, input_split, loading_progress_bars, model_and_inputs, read_checked
 
 __all__ = ["CLUSTERS_NAME", "FeatureSource", "add_cluster_args", "cluster_files", "feature_source", "run_cluster"]
 
@@ -107,7 +107,7 @@ def run_cluster(args: argparse.Namespace) -> dict:
     model_dir, _, medical, inputs = model_and_inputs(args, "cluster")
     request.checked(len(inputs), "--", f"--input {args.input}")
     _check_inputs_for_output(inputs, args.output_dir)
-    with diffusers_progress_bars(shown=not args.no_progress_bar):  # its "Loading pipeline components" bar
+    with loading_progress_bars(shown=not args.no_progress_bar):
         pipeline = DiffusionClassifierPipeline.from_pretrained(model_dir)
     features = feature_source(pipeline, args.timesteps, args.pool, args.batch_size, args.seed, args.model_dir)
     from .outputs import windows_json

@@ -697,7 +697,7 @@ def run_predict(args: argparse.Namespace) -> PredictionSummary:
     model_dir, windows, medical, inputs = model_and_inputs(args)
     accelerator = Accelerator()
     check_world_size(accelerator)
-    with diffusers_progress_bars(shown=not args.no_progress_bar):  # its "Loading pipeline components" bar
+    with loading_progress_bars(shown=not args.no_progress_bar):
         pipeline = DiffusionClassifierPipeline.from_pretrained(model_dir).to(accelerator.device)
     _set_positive_class(pipeline, args.positive_class)
     model_name = str(Path(args.model_dir).resolve()) if Path(args.model_dir).is_dir() else str(args.model_dir)
@@ -880,17 +880,23 @@ def _note_ratio_direction(pipeline: Any, output: Any) -> None:
 
 
 @contextmanager
-def diffusers_progress_bars(shown: bool) -> Iterator[None]:
-    """diffusers' own progress bars shown or not while the block runs, its setting restored after."""
+def loading_progress_bars(shown: bool) -> Iterator[None]:
+    """diffusers' and transformers' own progress bars (loading a pipeline's components; an RC-DiT's encoder's
+    "Loading weights": QA, shown under --no_progress_bar) shown or not while the block runs, their settings restored
+    after."""
     from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
-    was_shown = diffusers_logging.is_progress_bar_enabled()
+    libraries = (diffusers_logging, transformers_logging)
+    were_shown = [library.is_progress_bar_enabled() for library in libraries]
     if not shown:
-        diffusers_logging.disable_progress_bar()
+        for library in libraries:
+            library.disable_progress_bar()
     try:
         yield
     finally:
-        (diffusers_logging.enable_progress_bar if was_shown else diffusers_logging.disable_progress_bar)()
+        for library, was_shown in zip(libraries, were_shown):
+            (library.enable_progress_bar if was_shown else library.disable_progress_bar)()
 
 
 def _check_pipeline_folder(model_dir: str, given: str, command: str = "predict") -> None:
