@@ -6,9 +6,9 @@ one-against-the-rest AUCs for a multi-class AUC, a percentile bootstrap within e
 macro-F1 and a binary task's average precision; the last three and the multi-class AUC's only where every class scored
 holds `MIN_CLASS_IMAGES` (10) images or more. Here test sets are drawn from a known model (each image's class logits:
 a signal on its true class, the signal set per class so that recall varies by class, plus standard normal noise;
-decisions the argmax, scores the softmax probabilities, as `evaluate` scores a classifier) and each figure's interval
-is checked against the population's figure, computed on a `--population_size` sample (200,000 images, the setting's
-class shares) with scikit-learn's definitions (checked against the library's point estimates on every setting's first
+decisions the argmax, scores the softmax probabilities: a binary evaluate ranks by their log-odds, in the same order)
+and each figure's interval is checked against the population's figure, computed on a `--population_size` sample
+(200,000 images, the setting's class shares) with scikit-learn's definitions (checked against the library's point estimates on every setting's first
 draw). Where the library withholds an interval (a class of fewer than 10 images), the interval it would give without
 that guard is measured instead: `_class_average_intervals` of the confusion matrix (the bootstrap
 `classification_intervals` runs once the guard passes) and `multi_class_auc_interval` of the ranking it was given.
@@ -23,7 +23,7 @@ its Monte-Carlo standard error, on which side the misses fell, how often the lib
 no interval was given even without the guard, the mean width and the mean estimate. Targets: each (setting, figure)
 whose interval the library gives in every draw, coverage >= 0.95 - 2 sqrt(0.95 * 0.05 / draws); those it withholds
 are reported without targets (they are why it withholds them). The full run (400 draws a setting: a Monte-Carlo
-standard error of 1.1 points at 95%) takes ~5.5 minutes on one CPU thread; `--quick` (20 draws, 50,000 population
+standard error of 1.1 points at 95%) takes 4.6-5.4 minutes on one CPU thread; `--quick` (20 draws, 50,000 population
 images) ~30 s.
 
     python benchmarks/interval_coverage.py --quick

@@ -761,7 +761,7 @@ def clustering(features: UNetFeatures, grid: dict, splits, key: tuple, views: Op
     test, num_classes = splits["test"], splits["test"].num_classes
     unlabeled = {pair: torch.cat([grid["train"][pair], grid["val"][pair]]) for pair in grid["train"]}
     num_images = len(next(iter(unlabeled.values())))
-    candidates = [k for k in (num_classes // 4, num_classes // 2, num_classes, 2 * num_classes) if 2 <= k <= num_images]
+    candidates = [k for k in (num_classes // 4, num_classes // 2, num_classes, 2 * num_classes) if 2 <= k < num_images]
     label_free = select_clustering_without_labels(
         unlabeled, candidates, num_classes, seed=seed, n_init=1, normalizations=NORMALIZATIONS
     )

@@ -355,8 +355,8 @@ def test_a_plankton_run_of_some_parts_records_what_trained_and_draws_a_curve_onl
     budget = plankton_accuracy.PRESETS["cpu"]
     args = types.SimpleNamespace(budget=budget, parts=["unet", "cnn"], unet_dir="/models/u")
     assert plankton_accuracy.unlabeled_training(args, 350, 100, 10, "10%") == (
-        "no model trains on the unlabeled images (the DDPM loaded from --unet_dir); the probe grid is fitted on 10 train "
-        "images (10%) x 3 timesteps x 2 poolings"
+        "no model trains on the unlabeled images (the DDPM loaded from --unet_dir); the probe grid is fitted on 10 "
+        "train images (10%) x 3 timesteps x 2 poolings"
     )
     args = types.SimpleNamespace(budget=budget, parts=["cnn", "raw_pixels"], unet_dir=None)
     assert plankton_accuracy.unlabeled_training(args, 350, 100, 10, "10%") == (

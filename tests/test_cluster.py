@@ -531,7 +531,7 @@ def test_a_csv_labelling_some_of_its_images_scores_the_clusters_on_those():
 
 
 def test_empty_clusters_are_said():
-    """QA: 3 distinct images stored 4 times each, K = 4, read "4 clusters (0-4 images each)" without the library's word."""
+    """QA: 3 distinct images stored 4 times each, K = 4, read "4 clusters (0-4 images each)", the library silent."""
     from diffusion_classifiers.prediction.clustering import _warn_empty_clusters
 
     with pytest.warns(UserWarning, match=r"^cluster: 1 of the 4 clusters hold no image \(clusters \[3\]\)"):

@@ -624,23 +624,22 @@ def test_an_unlabelled_row_of_a_saved_datasetdicts_own_split_is_refused(tmp_path
     assert len(load_evaluation_split(str(tmp_path / "dd"), "val", preprocessing=ImagePreprocessing(8, 1))) == 2
 
 
-def test_a_binary_evaluation_ranks_by_the_log_odds_its_decisions_read(binary, tmp_path):
-    """QA (a biostatistician): the average precision was ranked by the float32 probabilities, which saturate and tie
-    images the log-odds column (what decisions and operating points read) tells apart: 0.9448 against 0.9447."""
-    import csv
-
+def test_a_binary_evaluation_ranks_by_the_log_odds_its_decisions_read():
+    """QA (a biostatistician): the average precision was ranked by the float32 probabilities, which saturate and tie a
+    positive and a negative image that the log-odds (what decisions and operating points read) tell apart."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    pipe, test, _ = binary
-    pipe = copy.deepcopy(pipe)
-    with torch.no_grad():
-        pipe.head.linear.weight.mul_(12)  # probabilities of exactly 1.0 in float32 for the confident images
-    metrics = evaluate_classifier(pipe, test, tmp_path, positive_class="malignant")
-    with open(tmp_path / "image_predictions.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    is_positive = [row["true_label"] == "malignant" for row in rows]
-    log_odds = [float(row["log_odds_malignant"]) for row in rows]
-    probs = [float(row["prob_malignant"]) for row in rows]
-    assert len(set(probs)) < len(set(log_odds))  # the probabilities tie where the log-odds do not
-    assert metrics["average_precision"] == pytest.approx(average_precision_score(is_positive, log_odds), abs=1e-12)
-    assert metrics["auc"] == pytest.approx(roc_auc_score(is_positive, log_odds), abs=1e-12)
+    from diffusion_classifiers.evaluation import _ranked_by_log_odds, _scored_metrics
+    from diffusion_classifiers.operating_points import positive_log_odds
+
+    other = torch.tensor([1e-9, 1e-12, 0.2, 0.6, 0.9], dtype=torch.float32)  # the negative class's probability
+    probs = torch.stack([other, 1 - other], 1)  # float32: the first two positive probabilities are both 1.0
+    y_true = np.array([0, 1, 1, 0, 0])  # a negative ranked above a positive in log-odds, tied with it in probability
+    assert probs[0, 1] == probs[1, 1]
+    log_odds = positive_log_odds(probs, probs, 1)
+    ranking = _ranked_by_log_odds(probs, log_odds, 1)
+    metrics = _scored_metrics(y_true, probs.argmax(1).numpy(), log_odds, probs, ranking, [None], [None],
+                              ["benign", "malignant"], 1, None, None)  # fmt: skip
+    assert metrics["average_precision"] == pytest.approx(average_precision_score(y_true, log_odds), abs=1e-12)
+    assert metrics["auc"] == pytest.approx(roc_auc_score(y_true, log_odds), abs=1e-12)
+    assert metrics["average_precision"] != pytest.approx(average_precision_score(y_true, probs[:, 1]), abs=1e-6)

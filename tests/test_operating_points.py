@@ -14,6 +14,7 @@ from diffusion_classifiers.cli import main
 from diffusion_classifiers.data import LabeledImages, load_image_classification_data
 from diffusion_classifiers.evaluation import evaluate_classifier
 from diffusion_classifiers.hub import load_eval_operating_point, render_model_card
+from diffusion_classifiers.metrics import decision_sentence
 from diffusion_classifiers.models import LinearProbeHead, unet_config
 from diffusion_classifiers.operating_points import (
     decisions_at,
@@ -103,6 +104,9 @@ def test_a_threshold_chosen_on_val_for_a_sensitivity_is_applied_unchanged_to_tes
     evaluate_classifier(str(folder), data["val"], tmp_path / "val_again", split="val", dataset_name="digits",
                         threshold=val_metrics)  # fmt: skip
     assert "the sensitivity is met by construction" in (tmp_path / "val_again" / "report.md").read_text()
+    unnamed = {**point, "chosen_on": None, "dataset": None, "from": "m.json"}  # review: two unnamed splits
+    assert "by construction" not in decision_sentence({"positive_class": "lesion", "per_class": {},
+                                                       "operating_point": unnamed}, (None, None))  # fmt: skip
     probs, positives = _probs(folder, data["test"].images), data["test"].labels.numpy() == 1
     expected = decisions_at(positive_log_odds(probs, probs, 1), 1, point)
     assert (expected == np.where(probs[:, 1] >= point["threshold"], 1, 0)).mean() > 0.99  # float32 vs its logit

@@ -463,3 +463,18 @@ def test_an_interval_and_an_exact_test_that_disagree_are_marked():
                   "left_out": left_out, **result}  # fmt: skip
     row = next(line for line in render_comparison(comparison).splitlines() if line.startswith("| Sensitivity"))
     assert row.endswith("(5 only A right, 0 only B right) (interval and test disagree) |")
+
+
+def test_a_difference_of_0_in_every_resample_gets_no_interval():
+    """Review: the rescaled bootstrap's float weights, summed in another order for each model, gave a difference of
+    exactly 0 the interval "-2.2e-16 to 2.2e-16" (the same images right, the wrong ones wrong otherwise)."""
+    rng = np.random.default_rng(36)
+    y_true = np.repeat(np.arange(5), rng.integers(10, 60, 5))
+    wrong = rng.random(len(y_true)) < 0.4
+    pred_a, pred_b = y_true.copy(), y_true.copy()
+    pred_a[wrong] = (y_true[wrong] + rng.integers(1, 5, wrong.sum())) % 5
+    pred_b[wrong] = (y_true[wrong] + rng.integers(1, 5, wrong.sum())) % 5
+    result = paired_figures(y_true, pred_a, pred_b, np.eye(5)[pred_a], np.eye(5)[pred_b], num_classes=5)
+    for name in ("accuracy", "balanced_accuracy"):
+        assert result["figures"][name]["interval"] is None
+        assert result["methods"][name].startswith("none: every resample gives the same difference")

@@ -218,11 +218,17 @@ def _rescaled_draws(rng: np.random.Generator, n: int, shares: np.ndarray, size: 
     return rng.multinomial(n - 1, shares, size=size) * (n / (n - 1))
 
 
+# Statistics of resamples closer than this are the same value: the rescaled weights (`_rescaled_draws`) are floats,
+# and two sums of them in another order differ in the last bits (review: a difference of exactly 0 in every resample
+# read "-2.2e-16 to 2.2e-16")
+_SAME_VALUE = 1e-12
+
+
 def percentile_interval(resampled: List[np.ndarray], level: float) -> Optional[List[float]]:
     """The percentile interval of the statistics of every resample (batches of them), None where every resample
     gives the same value."""
     low, high = np.quantile(np.concatenate(resampled), [(1 - level) / 2, (1 + level) / 2]).tolist()
-    return [low, high] if low < high else None
+    return [low, high] if high - low > _SAME_VALUE else None
 
 
 def _runs(values: np.ndarray) -> List[tuple]:

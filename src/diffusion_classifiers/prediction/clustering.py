@@ -261,8 +261,9 @@ def cluster_files(
     carry labels, `cluster`, `distance`: to the cluster's centre in the normalised space; rows in input order),
     `clusters.errors.csv` (`path`, `reason` of each file that could not be read), `metrics.json` (`run_info`, the
     choice and its scores, the cluster sizes; with true labels, `with_true_labels`: NMI, ARI, Hungarian accuracy and its
-    chance level, purity, on the rows that have one, `num_labelled` of `num_rows`; the labels are read only to score) and `cluster_examples_<n>.png` (per
-    cluster, the `examples_per_cluster` images nearest its centre, `CLUSTERS_PER_FIGURE` clusters a figure).
+    chance level, purity, on the rows that have one, `num_labelled` of `num_rows`; the labels are read only to score)
+    and `cluster_examples_<n>.png` (per cluster, the `examples_per_cluster` images nearest its centre,
+    `CLUSTERS_PER_FIGURE` clusters a figure).
 
     `output_dir` must not hold an earlier run's `metrics.json` unless `overwrite`: the earlier run's files are then set
     aside before any new file is written (moved back if this run fails: `replaced_reports`), and `metrics.json` is
@@ -614,8 +615,8 @@ def _warn_empty_clusters(sizes: list) -> None:
     empty = [cluster for cluster, size in enumerate(sizes) if size == 0]
     if empty:
         warnings.warn(
-            f"cluster: {len(empty)} of the {len(sizes)} clusters hold no image (clusters {empty}): the images have fewer "
-            "distinct features than K (duplicates, or constant images); ask for fewer clusters",
+            f"cluster: {len(empty)} of the {len(sizes)} clusters hold no image (clusters {empty}): the images have "
+            "fewer distinct features than K (duplicates, or constant images); ask for fewer clusters",
             UserWarning,
             stacklevel=3,
         )

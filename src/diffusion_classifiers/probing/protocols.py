@@ -320,7 +320,8 @@ def select_clustering_without_labels(
         features: `key -> [N, D]` features of one split, keyed e.g. `(block, timestep)` as
             `DiffusionFeatureExtractor.extract` returns them; no labels are read. The more images the steadier the
             choice: `unet_feature_study` passes the (unlabeled) train split.
-        candidate_num_clusters: the K to choose from, exactly these, each at most N; `None`: `default_num_clusters`.
+        candidate_num_clusters: the K to choose from, exactly these, each 2 <= K <= N - 1 (a silhouette's range);
+            `None`: `default_num_clusters`, which the stability criterion also needs at most N // 2 (its halves).
         default_num_clusters: the K the (feature, normalisation) candidates are compared at (the number of classes
             when it is known), whether or not it is among `candidate_num_clusters`.
         n_init: k-means restarts per fit (`random_state=seed`).
