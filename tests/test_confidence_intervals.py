@@ -292,3 +292,19 @@ def test_a_class_resampled_within_itself_varies_by_its_unbiased_variance():
     assert recall.var() == pytest.approx(0.7 * 0.3 / 9, rel=0.04)  # plain: 0.021, 10% below
     assert np.array_equal(np.concatenate(list(cell_counts_resampled_within_classes(np.array([0]), np.array([1])))),
                           np.ones((2000, 1)))  # a class of one image: drawn once
+
+
+def test_ppv_and_npv_come_with_wilson_intervals_of_the_decisions_made():
+    """QA (a biostatistician): no NPV in the report, no interval of the PPV or NPV. Both are proportions of the images
+    decided positive (negative) at this set's prevalence: Wilson's of the column of the confusion matrix."""
+    confusion = np.array([[50, 10], [5, 35]])  # rows: true benign, malignant; columns: decided
+    metrics = classification_metrics(np.repeat([0, 0, 1, 1], [50, 10, 5, 35]), np.repeat([0, 1, 0, 1], [50, 10, 5, 35]),
+                                      class_names=["benign", "malignant"], positive_label=1)  # fmt: skip
+    assert metrics["positive_precision"] == pytest.approx(35 / 45) and metrics["negative_predictive_value"] == 50 / 55
+    intervals = classification_intervals(confusion, 1)
+    assert intervals["positive_precision"] == wilson_interval(35, 45) and intervals["methods"]["positive_precision"] \
+        == "Wilson score interval"  # fmt: skip
+    assert intervals["negative_predictive_value"] == wilson_interval(50, 55)
+    never_positive = classification_intervals(np.array([[60, 0], [40, 0]]), 1)
+    assert never_positive["positive_precision"] is None
+    assert never_positive["methods"]["positive_precision"] == "none: no image decided so"

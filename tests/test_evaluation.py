@@ -17,7 +17,7 @@ from diffusion_classifiers import UNetFeatureClassifierPipeline, export_unet_fea
 from diffusion_classifiers.data import ImagePreprocessing, LabeledImages, load_image_classification_data, to_datasets
 from diffusion_classifiers.data.split_record import image_fingerprints, save_split_record
 from diffusion_classifiers.evaluation import evaluate_classifier, evaluate_compatible_transformers, load_metric, map_labels_by_name
-from diffusion_classifiers.metrics import calibration_metrics
+from diffusion_classifiers.metrics import calibration_metrics, percent
 from diffusion_classifiers.models import unet_config
 from diffusion_classifiers.probing import fit_probe_grid
 
@@ -239,6 +239,10 @@ def test_binary_evaluation_reports_the_positive_class(binary, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["positive_class"] == "malignant"
     report = (tmp_path / "report.md").read_text()
     assert "positive class: **malignant**" in report
+    decided_malignant = predicted == 0
+    assert metrics["negative_predictive_value"] == pytest.approx(np.mean(truth[~decided_malignant] == 1))
+    ppv = percent(metrics["positive_precision"])
+    assert f"| PPV (precision of malignant) | {ppv} | " in report and "| NPV (precision of benign) |" in report
     # how the images were read, recorded and said (QA: a CT report named neither the size nor the windows)
     assert metrics["preprocessing"] == pipe.preprocessing.to_dict()
     assert f"images, read at {pipe.preprocessing.summary()}; positive class" in report

@@ -59,6 +59,8 @@ _METHODS = {
     "accuracy": "Wilson score interval",
     "sensitivity": "Wilson score interval",
     "specificity": "Wilson score interval",
+    "positive_precision": "Wilson score interval",
+    "negative_predictive_value": "Wilson score interval",
     "auc": "DeLong",
     "multi_class_auc": "DeLong's variance carried over to the average of one-against-the-rest AUCs",
     "average_precision": _BOOTSTRAP,
@@ -295,10 +297,11 @@ def classification_intervals(
     confusion, positive_label: Optional[int] = None, roc=None, level: float = CONFIDENCE_LEVEL
 ) -> dict:
     """The intervals of `metrics.classification_metrics`' headline figures, from its `confusion_matrix` (rows: true
-    class): accuracy, balanced accuracy, macro-F1 and, for a binary task (`positive_label` given), sensitivity and
-    specificity; given `roc`, what the AUC ranked by, the AUC and a binary task's average precision. `roc` is, for a
-    binary task, (whether each image is positive, its score), for another (each image's class, the scores [N, K]).
-    With the `level` and the `methods` used, which for an interval not given (None) say why."""
+    class): accuracy, balanced accuracy, macro-F1 and, for a binary task (`positive_label` given), sensitivity,
+    specificity, PPV (`positive_precision`) and NPV (`negative_predictive_value`), at the set's own prevalence;
+    given `roc`, what the AUC ranked by, the AUC and a binary task's average precision. `roc` is, for a binary task,
+    (whether each image is positive, its score), for another (each image's class, the scores [N, K]). With the
+    `level` and the `methods` used, which for an interval not given (None) say why."""
     confusion = np.asarray(confusion, dtype=np.int64)
     num_images, correct = int(confusion.sum()), int(np.trace(confusion))
     intervals = {"level": level, "accuracy": wilson_interval(correct, num_images, level)}
@@ -309,6 +312,9 @@ def classification_intervals(
         for name, row in (("sensitivity", positive_label), ("specificity", 1 - positive_label)):
             intervals[name] = wilson_interval(confusion[row, row], confusion[row].sum(), level)
             methods[name] = _METHODS[name] if intervals[name] is not None else "none: the class is absent"
+        for name, column in (("positive_precision", positive_label), ("negative_predictive_value", 1 - positive_label)):
+            intervals[name] = wilson_interval(confusion[column, column], confusion[:, column].sum(), level)
+            methods[name] = _METHODS[name] if intervals[name] is not None else "none: no image decided so"
     intervals["auc"], methods["auc"] = _auc_interval(confusion, positive_label, roc, level)
     if positive_label is not None and roc is not None:
         is_positive, scores = np.asarray(roc[0], dtype=bool), float_array(roc[1])

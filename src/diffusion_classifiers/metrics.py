@@ -115,6 +115,7 @@ def _binary_metrics(names: Sequence[str], positive_label: int, precision, recall
         "sensitivity": sensitivity,
         "specificity": specificity,
         "positive_precision": float(precision[positive_label]),
+        "negative_predictive_value": float(precision[negative]),  # the other class's precision, at this prevalence
         "positive_f1": float(f1[positive_label]),
         # LR+ = sensitivity / (1 - specificity), LR- = (1 - sensitivity) / specificity; None where undefined.
         "positive_likelihood_ratio": sensitivity / (1 - specificity) if defined and specificity < 1 else None,
@@ -275,11 +276,19 @@ def positive_class_rows(metrics: dict) -> List[str]:
         return []
     positive, intervals = metrics["positive_class"], metrics.get("confidence_intervals")
     sensitivity, specificity = percent(metrics["sensitivity"]), percent(metrics["specificity"])
-    return [
+    rows = [
         metric_row(f"sensitivity (recall of {positive})", sensitivity, intervals, "sensitivity"),
         metric_row(f"specificity (recall of {negative_class(metrics)})", specificity, intervals, "specificity"),
-        metric_row(f"F1 of {positive}", percent(metrics["positive_f1"]), intervals),
     ]
+    if "negative_predictive_value" in metrics:  # since 2026-12-07 (QA: a biostatistician found no NPV, no PPV interval)
+        known = intervals and "negative_predictive_value" in intervals
+        rows += [
+            metric_row(f"PPV (precision of {positive})", percent(metrics["positive_precision"]), intervals,
+                       "positive_precision" if known else None),
+            metric_row(f"NPV (precision of {negative_class(metrics)})", percent(metrics["negative_predictive_value"]),
+                       intervals, "negative_predictive_value" if known else None),
+        ]  # fmt: skip
+    return rows + [metric_row(f"F1 of {positive}", percent(metrics["positive_f1"]), intervals)]
 
 
 def intervals_note(intervals: dict) -> str:
@@ -300,6 +309,8 @@ _INTERVAL_NAMES = {
     "accuracy": "accuracy",
     "sensitivity": "sensitivity",
     "specificity": "specificity",
+    "positive_precision": "PPV",
+    "negative_predictive_value": "NPV",
     "auc": "AUC",
     "average_precision": "average precision",
     "balanced_accuracy": "balanced accuracy",
