@@ -80,7 +80,7 @@ def test_cluster_groups_every_readable_file_with_choices_made_without_labels(dig
     assert scored["num_classes"] == 10 and 0 <= scored["nmi"] <= 1 and 0 < scored["accuracy"] <= 1
     # each cluster's column holds its 3 images nearest the centre; the figures cover every cluster
     figures = sorted((tmp_path / "out").glob("cluster_examples_*.png"))
-    assert [path.name for path in figures] == metrics["files"][2:] and len(figures) == -(-k // CLUSTERS_PER_FIGURE)
+    assert [path.name for path in figures] == metrics["files"][3:] and len(figures) == -(-k // CLUSTERS_PER_FIGURE)
     assert all(Image.open(path).size[1] > 3 * 16 for path in figures)
     # seeded: the same command groups the files the same way
     again = cluster(unet_dir, digits_csv, tmp_path / "again", "--num_clusters", "10", "--candidate_num_clusters", "4",
@@ -184,10 +184,10 @@ def test_a_rerun_over_an_earlier_one_leaves_no_figure_of_the_earlier_grouping(di
     """QA: --overwrite_output_dir with fewer clusters left the earlier run's later figures, another grouping's."""
     out = tmp_path / "out"
     first = cluster(unet_dir, digits_csv, out, "--num_clusters", "20", "--examples_per_cluster", "1")
-    assert first["files"][2:] == ["cluster_examples_1.png", "cluster_examples_2.png"]
+    assert first["files"][3:] == ["cluster_examples_1.png", "cluster_examples_2.png"]
     again = cluster(unet_dir, digits_csv, out, "--num_clusters", "5", "--examples_per_cluster", "1",
                     "--overwrite_output_dir")  # fmt: skip
-    assert sorted(path.name for path in out.glob("cluster_examples_*.png")) == again["files"][2:] == [
+    assert sorted(path.name for path in out.glob("cluster_examples_*.png")) == again["files"][3:] == [
         "cluster_examples_1.png"
     ]
 
@@ -313,7 +313,7 @@ def test_multi_frame_files_give_a_row_per_frame_and_the_choice_scores_at_most_se
     assert [(row["path"], row["frame"]) for row in rows[:4]] == [
         ("file0.dcm", "0"), ("file0.dcm", "1"), ("file0.dcm", "2"), ("file1.dcm", "0")
     ]
-    assert metrics["files"][2:] == ["cluster_examples_1.png"]
+    assert metrics["files"][3:] == ["cluster_examples_1.png"]
 
 
 def test_files_unreadable_by_the_time_every_file_is_read_are_refused_naming_one(unet_dir, tmp_path):
@@ -536,3 +536,52 @@ def test_empty_clusters_are_said():
 
     with pytest.warns(UserWarning, match=r"^cluster: 1 of the 4 clusters hold no image \(clusters \[3\]\)"):
         _warn_empty_clusters([4, 4, 4, 0])
+
+
+def test_new_images_are_assigned_to_an_earlier_runs_clusters(digits_csv, unet_dir, tmp_path):
+    """QA (an ecologist): a season clustered, next month's images could not join the same groups (re-clustering a
+    grown folder kept 20.7% of the cluster ids). `--assign_to` reads the earlier run's feature, normalisation and
+    centres: the earlier run's own files come back in their clusters, at their distances."""
+    earlier = cluster(unet_dir, digits_csv, tmp_path / "season", "--num_clusters", "6", "--fit_images", "80")
+    assert (tmp_path / "season" / "grouping.safetensors").is_file() and "grouping.safetensors" in earlier["files"]
+    month = ["cluster", "--model_dir", str(unet_dir), "--input", str(digits_csv), "--output_dir",
+             str(tmp_path / "month")]  # fmt: skip
+    main(month + ["--assign_to", str(tmp_path / "season")])
+    assigned = json.loads((tmp_path / "month" / "metrics.json").read_text())
+    assert assigned["assigned_to"] == str((tmp_path / "season").resolve())
+    assert (assigned["feature"], assigned["normalization"], assigned["num_clusters"]) == (
+        earlier["feature"], earlier["normalization"], earlier["num_clusters"]
+    )
+    before, after = read_rows(tmp_path / "season" / "clusters.csv"), read_rows(tmp_path / "month" / "clusters.csv")
+    assert [row["cluster"] for row in after] == [row["cluster"] for row in before]
+    assert [float(row["distance"]) for row in after] == pytest.approx([float(r["distance"]) for r in before], abs=2e-6)
+    assert "with_true_labels" in assigned  # the CSV's labels score the assignment too
+    with pytest.raises(ValueError, match=r"--assign_to .*season: takes the earlier run's feature, normalisation and "
+                                         r"clusters; expected none of --num_clusters"):  # fmt: skip
+        main(month + ["--assign_to", str(tmp_path / "season"), "--num_clusters", "6", "--overwrite_output_dir"])
+    with pytest.raises(ValueError, match=r"--output_dir .*season: the --assign_to run's own folder; expected another"):
+        main(month[:-1] + [str(tmp_path / "season"), "--assign_to", str(tmp_path / "season"), "--overwrite_output_dir"])
+    with pytest.raises(ValueError, match=r"assign_to .*: expected the output folder of a `cluster` run, holding "
+                                         r"grouping.safetensors"):  # fmt: skip
+        main(month + ["--assign_to", str(tmp_path), "--overwrite_output_dir"])
+    other = tmp_path / "other_unet"
+    unet = small_unet(16)
+    unet.conv_in.bias.data += 1.0  # another model: other weights
+    UNetFeatureClassifierPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(other)
+    with pytest.raises(ValueError, match=r"its clusters group the features of the model of sha256 .*; this model's"):
+        main(["cluster", "--model_dir", str(other), "--input", str(digits_csv), "--output_dir", str(tmp_path / "o"),
+              "--assign_to", str(tmp_path / "season")])  # fmt: skip
+
+
+@pytest.mark.parametrize("normalization", ["standardize", "l2", "pca_whiten", "none"])
+def test_a_saved_grouping_assigns_as_the_fitted_one(normalization, tmp_path):
+    x = load_digits().data
+    grouping = KMeansGrouping(10, normalization, seed=0).fit(x[:400])
+    grouping.save(tmp_path / "g.safetensors", {"feature_key": "[\"mid_block\", 25]"})
+    loaded, metadata = KMeansGrouping.load(tmp_path / "g.safetensors")
+    assert metadata["feature_key"] == "[\"mid_block\", 25]" and metadata["normalization"] == normalization
+    (clusters, distances), (again, again_distances) = grouping.assign(x), loaded.assign(x)
+    np.testing.assert_array_equal(again, clusters)
+    np.testing.assert_allclose(again_distances, distances, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"save: fit it first"):
+        KMeansGrouping(3).save(tmp_path / "unfitted.safetensors")

@@ -16,8 +16,9 @@
   id: its saved preprocessing, DICOM windows included, applies either way).
 - `clustering.py`: [`cluster_files`] groups the inputs without labels by a trained U-Net's or RC-DiT's features (the
   feature, its normalisation and K chosen without labels on a sample, k-means fitted on a sample then grouping every
-  file): `clusters.csv`, `metrics.json` and each cluster's nearest images as PNGs; [`add_cluster_args`] and
-  [`run_cluster`] are the `diffusion-classifiers cluster` command.
+  file): `clusters.csv`, `metrics.json`, the fitted grouping and each cluster's nearest images as PNGs;
+  [`assign_files`] puts other inputs into an earlier run's clusters; [`add_cluster_args`] and [`run_cluster`] are the
+  `diffusion-classifiers cluster` command.
 - `aggregate.py`: predict's rows gathered per scan, series or patient (`diffusion-classifiers aggregate`).
 - `comparison.py`: [`compare_predictions`] compares two models image by image on the same labelled images (two
   evaluate outputs, or predict outputs with true labels), with paired tests (`diffusion-classifiers compare`).
@@ -26,7 +27,7 @@ Only the standard library is imported at module level, so building the `predict`
 fast; the heavy imports happen when a prediction runs.
 """
 
-from .clustering import FeatureSource, add_cluster_args, cluster_files, feature_source, run_cluster
+from .clustering import FeatureSource, add_cluster_args, assign_files, cluster_files, feature_source, run_cluster
 from .inputs import WINDOW_NAMES, PredictionInput, check_labels, list_inputs, parse_windows
 from .outputs import OUTPUT_SUFFIXES, check_output_args
 from .runner import (
@@ -45,6 +46,7 @@ __all__ = [
     "PredictionInput",
     "PredictionSummary",
     "add_cluster_args",
+    "assign_files",
     "add_predict_args",
     "check_labels",
     "check_output_args",

@@ -27,7 +27,10 @@ from ..progress_bars import bar_visibility
 from .inputs import PredictionInput
 from .runner import add_input_args, input_split, loading_progress_bars, model_and_inputs, read_checked
 
-__all__ = ["CLUSTERS_NAME", "FeatureSource", "add_cluster_args", "cluster_files", "feature_source", "run_cluster"]
+__all__ = [
+    "CLUSTERS_NAME", "FeatureSource", "GROUPING_NAME", "add_cluster_args", "assign_files", "cluster_files",
+    "feature_source", "run_cluster",
+]
 
 CLUSTERS_NAME = "clusters.csv"
 # The columns clusters.csv holds whatever the input: an input's columns of these names are refused (QA: a
@@ -35,6 +38,7 @@ CLUSTERS_NAME = "clusters.csv"
 WRITTEN_COLUMNS = ("path", "frame", "true_label", "cluster", "distance")
 CLUSTER_ERRORS_NAME = "clusters.errors.csv"
 EXAMPLES_NAME = "cluster_examples_{page}.png"
+GROUPING_NAME = "grouping.safetensors"  # the fitted k-means and normalisation: `cluster --assign_to` reads it
 # Clusters per examples figure (one column each): beyond this the figure's tiles get too small to read.
 CLUSTERS_PER_FIGURE = 16
 # The features are compared, and K chosen, on a random sample of this many files: every candidate costs k-means fits.
@@ -56,8 +60,15 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     add_input_args(parser)
     parser.add_argument(
-        "--num_clusters", type=int, required=True,
-        help="K, the number of clusters; the features and normalisations are compared at this K (the number of "
+        "--assign_to", default=None,
+        help="the output folder of an earlier cluster run: put the inputs into its clusters (its feature, "
+        "normalisation and k-means centres, the same model; nothing chosen or fitted again), e.g. next month's images "
+        "into last season's groups; without --num_clusters and the other choices",
+    )  # fmt: skip
+    parser.add_argument(
+        "--num_clusters", type=int, default=None,
+        help="K, the number of clusters (required without --assign_to); the features and normalisations are compared "
+        "at this K (the number of "
         "classes, when it is known)",
     )  # fmt: skip
     parser.add_argument(
@@ -102,10 +113,16 @@ def run_cluster(args: argparse.Namespace) -> dict:
 
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
     check_output_outside_data(args.output_dir, args.input, "--input")
+    _check_assign_flags(args)
     names = ClusterRequest._fields
-    request = ClusterRequest(**{name: getattr(args, name) for name in names}).checked(flag="--")
+    request = None if args.assign_to else ClusterRequest(**{name: getattr(args, name) for name in names}).checked(
+        flag="--"
+    )  # fmt: skip
+    if args.assign_to:
+        _grouping_file(args.assign_to)  # before any model or image is read
     model_dir, _, medical, inputs = model_and_inputs(args, "cluster")
-    request.checked(len(inputs), "--", f"--input {args.input}")
+    if request is not None:
+        request.checked(len(inputs), "--", f"--input {args.input}")
     _check_inputs_for_output(inputs, args.output_dir)
     with loading_progress_bars(shown=not args.no_progress_bar):
         pipeline = DiffusionClassifierPipeline.from_pretrained(model_dir)
@@ -119,12 +136,33 @@ def run_cluster(args: argparse.Namespace) -> dict:
         "windows": windows_json(medical.windows),  # those read through: --window's, else the model's
         **input_split(args),  # QA: a DatasetDict's test split was clustered without a word
     }  # fmt: skip
-    metrics = cluster_files(
-        pipeline, inputs, args.output_dir, features=features, seed=args.seed, run_info=run_info,
-        overwrite=args.overwrite_output_dir, progress_bar=not args.no_progress_bar, **request._asdict(),
-    )  # fmt: skip
+    shared = dict(run_info=run_info, overwrite=args.overwrite_output_dir, progress_bar=not args.no_progress_bar)
+    if args.assign_to:
+        metrics = assign_files(pipeline, inputs, args.output_dir, args.assign_to, args.examples_per_cluster,
+                               args.batch_size, **shared)  # fmt: skip
+    else:
+        metrics = cluster_files(
+            pipeline, inputs, args.output_dir, features=features, seed=args.seed, **shared, **request._asdict()
+        )
     print(_summary_line(metrics, args.output_dir))
     return metrics
+
+
+def _check_assign_flags(args: argparse.Namespace) -> None:
+    """`--num_clusters` without `--assign_to`; with it, none of the choices it reads from the earlier run."""
+    if not args.assign_to:
+        if args.num_clusters is None:
+            raise ValueError("--num_clusters: expected K, the number of clusters (or --assign_to an earlier run's)")
+        return
+    if Path(args.output_dir).resolve() == Path(args.assign_to).resolve():
+        raise ValueError(f"--output_dir {args.output_dir}: the --assign_to run's own folder; expected another")
+    given = [f"--{name}" for name in ("num_clusters", "candidate_num_clusters", "normalizations", "timesteps")
+             if getattr(args, name) is not None]  # fmt: skip
+    if given:
+        raise ValueError(
+            f"--assign_to {args.assign_to}: takes the earlier run's feature, normalisation and clusters; expected "
+            f"none of {', '.join(given)}"
+        )
 
 
 class ClusterRequest(NamedTuple):
@@ -181,10 +219,15 @@ class ClusterRequest(NamedTuple):
 
 class FeatureSource:
     """The features a model groups images by: `candidates(images)` every feature the choice compares, keyed
-    (`(block, timestep)` for a U-Net, `("representation",)` for an RC-DiT), and `chosen(images, key)` the one chosen."""
+    (`(block, timestep)` for a U-Net, `("representation",)` for an RC-DiT), and `chosen(images, key)` the one chosen;
+    `settings`, what else the features depend on (a U-Net's pooling and noise seed), recorded to extract them again."""
 
-    def __init__(self, candidates: Callable[[list], dict], chosen: Callable[[list, tuple], Any], description: str):
+    def __init__(
+        self, candidates: Callable[[list], dict], chosen: Callable[[list, tuple], Any], description: str,
+        settings: Optional[dict] = None,
+    ):  # fmt: skip
         self.candidates, self.chosen, self.description = candidates, chosen, description
+        self.settings = settings or {}
 
 
 def feature_source(
@@ -213,6 +256,7 @@ def feature_source(
             lambda images: extract(images, blocks, timesteps),
             lambda images, key: extract(images, [key[0]], [key[1]])[key],
             f"U-Net features ({len(blocks)} blocks x timesteps {timesteps}, {pool} pooled)",
+            {"pool": pool, "noise_seed": seed},
         )
     if isinstance(pipeline, RepresentationConditionedDiTPipeline):
         if timesteps is not None:
@@ -303,26 +347,129 @@ def cluster_files(
             progress_bar,
         ).get(key)  # fmt: skip
     _check_enough_read(rows, errors, len(inputs), selection["num_clusters"])
-    clusters, distances, fitted_on = _grouped(chosen, rows, selection, fit_images, seed)
+    grouping, fitted_on = _grouping(chosen, rows, selection, fit_images, seed)
+    clusters, distances = grouping.assign(chosen)
     # the earlier run's files are set aside, metrics.json goes last: a folder holding one holds one run's files, and a
     # run that fails keeps the earlier one
     pages = [EXAMPLES_NAME.format(page="*")]  # an earlier run's, and as many as this one writes
-    with replacing_earlier_report(output_dir, files=[CLUSTERS_NAME, CLUSTER_ERRORS_NAME], patterns=pages):
+    written = [CLUSTERS_NAME, CLUSTER_ERRORS_NAME, GROUPING_NAME]
+    with replacing_earlier_report(output_dir, files=written, patterns=pages):
         _write_clusters(output_dir, rows, clusters, distances, errors)
         figures = _write_examples(
             output_dir, pipeline, rows, clusters, distances, selection["num_clusters"], examples_per_cluster
         )
         metrics = _cluster_record(pipeline, run_info, features, key, selection, inputs, rows, errors, fitted_on)
+        _save_grouping(output_dir / GROUPING_NAME, grouping, key, features, metrics.get("model_sha256"))
         metrics.update({"cluster_sizes": np.bincount(clusters, minlength=selection["num_clusters"]).tolist()})
         _warn_empty_clusters(metrics["cluster_sizes"])
         metrics.update({"seed": seed, "seconds": round(time.time() - started, 1)})
-        metrics["files"] = [CLUSTERS_NAME, CLUSTER_ERRORS_NAME, *figures]
-        labels = [item.label for item, _ in rows]
-        if any(label is not None for label in labels):
-            metrics["with_true_labels"] = _scored_against_labels(labels, clusters)
-        metrics = _json_safe(metrics)
+        metrics["files"] = [*written, *figures]
+        metrics = _finished_record(metrics, rows, clusters)
         write_json_atomically(output_dir / "metrics.json", metrics, indent=2)
     return metrics
+
+
+def _finished_record(metrics: dict, rows: list, clusters: Any) -> dict:
+    """`metrics` with the clusters' scores against the rows' true labels where some have one, as JSON reads it."""
+    labels = [item.label for item, _ in rows]
+    if any(label is not None for label in labels):
+        metrics["with_true_labels"] = _scored_against_labels(labels, clusters)
+    return _json_safe(metrics)
+
+
+def _save_grouping(path: Path, grouping: Any, key: tuple, features: FeatureSource, model_sha256: Optional[str]):
+    """The fitted grouping (`KMeansGrouping.save`) with what `assign_files` needs to extract the same feature of other
+    images and to refuse another model: the feature's key and settings, the model's sha256."""
+    from ..atomic_files import write_atomically
+
+    metadata = {"feature_key": json.dumps(list(key)), "feature_settings": json.dumps(features.settings),
+                "features": features.description, "model_sha256": model_sha256 or ""}  # fmt: skip
+    part = path.with_name(f".{path.name}.part")
+    grouping.save(part, metadata)  # safetensors writes by name: written aside, moved in whole
+    write_atomically(path, lambda handle: handle.write(part.read_bytes()), mode="wb")
+    part.unlink()
+
+
+def assign_files(
+    pipeline: Any,
+    inputs: Sequence[PredictionInput],
+    output_dir: str | os.PathLike,
+    earlier: str | os.PathLike,
+    examples_per_cluster: int = 8,
+    batch_size: int = 64,
+    run_info: Optional[dict] = None,
+    progress_bar: bool = True,
+    overwrite: bool = False,
+) -> dict:
+    r"""
+    Put `inputs` into the clusters of an `earlier` [`cluster_files`] run (its output folder), as that run grouped its
+    own images: the same feature of the same model (refused otherwise, by the model's sha256), its normalisation and
+    k-means centres read from its `grouping.safetensors`; nothing is chosen or fitted again, so cluster 3 is the same
+    group next month (re-clustering a grown folder renumbers the clusters). Writes what `cluster_files` writes
+    (`clusters.csv`, `clusters.errors.csv`, `cluster_examples_<n>.png`, `metrics.json` with `assigned_to`), under the
+    same rules for `output_dir` and `overwrite`.
+    """
+    import numpy as np
+
+    from ..atomic_files import write_json_atomically
+    from ..data.image_files import first_frames_noted
+    from ..probing.protocols import KMeansGrouping
+    from ..replaced_reports import replacing_earlier_report
+    from ..validation import check_no_earlier_report
+
+    check_no_earlier_report(output_dir, overwrite, "output_dir")
+    grouping, metadata = KMeansGrouping.load(_grouping_file(earlier))
+    _check_same_model(pipeline, metadata, earlier)
+    key = tuple(json.loads(metadata["feature_key"]))
+    settings = json.loads(metadata["feature_settings"])
+    features = feature_source(pipeline, [key[1]] if "pool" in settings else None, settings.get("pool", "mean"),
+                              batch_size, settings.get("noise_seed", 0))  # fmt: skip
+    _check_inputs_for_output(inputs, output_dir)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    started, errors, rows = time.time(), [], []
+    with pipeline.progress_bars_off(), first_frames_noted(stacklevel=2):
+        chosen = _extracted(pipeline, inputs, batch_size, lambda images: {key: features.chosen(images, key)}, errors,
+                            rows, progress_bar).get(key)  # fmt: skip
+    _check_enough_read(rows, errors, len(inputs), 1)
+    clusters, distances = grouping.assign(chosen)
+    pages = [EXAMPLES_NAME.format(page="*")]
+    with replacing_earlier_report(output_dir, files=[CLUSTERS_NAME, CLUSTER_ERRORS_NAME], patterns=pages):
+        _write_clusters(output_dir, rows, clusters, distances, errors)
+        figures = _write_examples(output_dir, pipeline, rows, clusters, distances, grouping.num_clusters,
+                                  examples_per_cluster)  # fmt: skip
+        metrics = {
+            **_model_record(pipeline), **(run_info or {}), "assigned_to": str(Path(earlier).resolve()),
+            "features": metadata["features"], "feature": "/".join(map(str, key)),
+            "normalization": grouping.normalization, "num_clusters": grouping.num_clusters,
+            "num_inputs": len(inputs), "num_images": len(rows), "num_unreadable": len(errors),
+            "cluster_sizes": np.bincount(clusters, minlength=grouping.num_clusters).tolist(),
+            "seconds": round(time.time() - started, 1), "files": [CLUSTERS_NAME, CLUSTER_ERRORS_NAME, *figures],
+        }  # fmt: skip
+        metrics = _finished_record(metrics, rows, clusters)
+        write_json_atomically(output_dir / "metrics.json", metrics, indent=2)
+    return metrics
+
+
+def _grouping_file(earlier: str | os.PathLike) -> Path:
+    """The `grouping.safetensors` of an earlier `cluster` run's output folder, refused by name where it has none."""
+    path = Path(earlier) / GROUPING_NAME
+    if not path.is_file():
+        raise ValueError(
+            f"assign_to {earlier}: expected the output folder of a `cluster` run, holding {GROUPING_NAME} (written "
+            "since 2026-12-07: cluster again to assign to)"
+        )
+    return path
+
+
+def _check_same_model(pipeline: Any, metadata: dict, earlier: str | os.PathLike) -> None:
+    """Refuse another model than the one whose features the earlier run grouped (by the sha256 of its files)."""
+    recorded, loaded = metadata.get("model_sha256"), _model_record(pipeline).get("model_sha256")
+    if recorded and recorded != loaded:
+        raise ValueError(
+            f"assign_to {earlier}: its clusters group the features of the model of sha256 {recorded}; this model's "
+            f"files have {loaded}: give the model the earlier run grouped by"
+        )
 
 
 def _check_inputs_for_output(inputs: Sequence[PredictionInput], output_dir: str | os.PathLike) -> None:
@@ -438,9 +585,9 @@ def _by_path(inputs: Sequence[PredictionInput], frames: Optional[Sequence[int]] 
     return sorted(range(len(inputs)), key=lambda i: (Path(inputs[i].path).parts, frames[i]))
 
 
-def _grouped(chosen: Any, rows: list, selection: dict, fit_images: int, seed: int) -> tuple:
-    """`(clusters, distances, fitted_on)`: k-means in the chosen normalisation, fitted on a seeded random
-    `fit_images` of the rows (all when fewer) in the order of their paths, grouping every row."""
+def _grouping(chosen: Any, rows: list, selection: dict, fit_images: int, seed: int) -> tuple:
+    """`(grouping, fitted_on)`: k-means in the chosen normalisation (`probing.KMeansGrouping`), fitted on a seeded
+    random `fit_images` of the rows (all when fewer) in the order of their paths."""
     import numpy as np
 
     from ..probing.protocols import KMeansGrouping
@@ -449,8 +596,7 @@ def _grouped(chosen: Any, rows: list, selection: dict, fit_images: int, seed: in
     if len(order) > fit_images:  # the indices drawn first: the rows copied are those fitted only
         order = order[np.random.default_rng(seed + 1).choice(len(order), fit_images, replace=False)]
     fitted = chosen[order]
-    grouping = KMeansGrouping(selection["num_clusters"], selection["normalization"], seed).fit(fitted)
-    return (*grouping.assign(chosen), len(fitted))
+    return KMeansGrouping(selection["num_clusters"], selection["normalization"], seed).fit(fitted), len(fitted)
 
 
 def _extracted(
@@ -632,8 +778,9 @@ def _summary_line(metrics: dict, output_dir: str) -> str:
     sizes = metrics["cluster_sizes"]
     line = (
         f"{metrics['num_images']} images of {metrics['num_inputs']} files in {metrics['num_clusters']} clusters "
-        f"({min(sizes)}-{max(sizes)} images each) by {metrics['feature']} ({metrics['normalization']}), chosen without "
-        f"labels; {metrics['num_unreadable']} unreadable -> {output_dir}/{CLUSTERS_NAME}, {CLUSTER_ERRORS_NAME}, "
+        f"({min(sizes)}-{max(sizes)} images each) by {metrics['feature']} ({metrics['normalization']}), "
+        + (f"the clusters of {metrics['assigned_to']}" if "assigned_to" in metrics else "chosen without labels")
+        + f"; {metrics['num_unreadable']} unreadable -> {output_dir}/{CLUSTERS_NAME}, {CLUSTER_ERRORS_NAME}, "
         f"metrics.json, {', '.join(metrics['files'][2:])}"
     )
     scored = metrics.get("with_true_labels")

@@ -1,6 +1,7 @@
 """The evaluation protocols every method is scored with: label-free k-means, few-shot prototypes and k-NN, a linear
 probe, and [`evaluate_protocols`], which runs them all on one feature source."""
 
+import os
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -213,6 +214,38 @@ class KMeansGrouping:
         self.kmeans.fit(self.normalizer.transform(x))
         return self
 
+    def save(self, path: Union[str, os.PathLike], metadata: Optional[Dict[str, str]] = None) -> None:
+        """The fitted grouping as safetensors (float64): the centres and the normalisation's fitted values, which
+        `KMeansGrouping.load` reads back to assign other images to the same clusters; `metadata` (strings) beside
+        them, e.g. which feature it groups."""
+        from safetensors.numpy import save_file
+
+        if not hasattr(self, "kmeans"):
+            raise ValueError("KMeansGrouping.save: fit it first (`grouping.fit(features)`)")
+        tensors = {"centres": self.kmeans.cluster_centers_}
+        tensors |= {name: getattr(self.normalizer, name) for name in _NORMALIZER_FITTED.get(self.normalization, ())}
+        settings = {"normalization": self.normalization, "num_clusters": str(self.num_clusters),
+                    "num_features": str(self.num_features), "seed": str(self.seed)}  # fmt: skip
+        save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, str(path),
+                  metadata={**(metadata or {}), **settings})  # fmt: skip
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> Tuple["KMeansGrouping", Dict[str, str]]:
+        """`(grouping, metadata)` of a `save`d grouping: it assigns images as the saved one did (scikit-learn's
+        transforms given back their fitted values; distances equal to the last bits)."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as file:
+            metadata, tensors = file.metadata() or {}, {name: file.get_tensor(name) for name in file.keys()}
+        grouping = cls(int(metadata["num_clusters"]), metadata["normalization"], int(metadata["seed"]))
+        grouping.num_features = int(metadata["num_features"])
+        grouping.normalizer = _fitted_normalizer(grouping.normalization, grouping.num_features, tensors)
+        grouping.kmeans = KMeans(n_clusters=grouping.num_clusters, n_init=10, random_state=grouping.seed)
+        centres = tensors["centres"]
+        grouping.kmeans.cluster_centers_, grouping.kmeans.n_features_in_ = centres, centres.shape[1]
+        grouping.kmeans._n_threads = 1
+        return grouping, metadata
+
     def assign(self, features) -> Tuple[np.ndarray, np.ndarray]:
         """`(clusters, distances)`: each row's nearest centre `[N]` and its Euclidean distance to it `[N]`, in the
         normalised space (a large distance: an image unlike its cluster's others, worth a look). `features` (an
@@ -231,6 +264,26 @@ class KMeansGrouping:
             clusters.append(to_centres.argmin(1))
             distances.append(to_centres[np.arange(len(x)), clusters[-1]])
         return np.concatenate(clusters), np.concatenate(distances)
+
+
+# What `KMeansGrouping.save` keeps of each normalisation's fitted scikit-learn transformer (l2 and none fit nothing)
+_NORMALIZER_FITTED = {"standardize": ("mean_", "scale_"), "pca_whiten": ("mean_", "components_", "explained_variance_")}
+
+
+def _fitted_normalizer(normalization: str, num_features: int, tensors: Dict[str, np.ndarray]):
+    """The transformer of `fit_normalizer` given back the fitted values a `KMeansGrouping.save` kept."""
+    if normalization == "standardize":
+        normalizer = StandardScaler()
+        normalizer.var_, normalizer.n_samples_seen_ = tensors["scale_"] ** 2, 0
+    elif normalization == "pca_whiten":
+        normalizer = PCA(n_components=len(tensors["components_"]), whiten=True)
+        normalizer.n_components_ = len(tensors["components_"])
+    else:
+        normalizer = Normalizer() if normalization == "l2" else FunctionTransformer()
+    for name in _NORMALIZER_FITTED.get(normalization, ()):
+        setattr(normalizer, name, tensors[name])
+    normalizer.n_features_in_ = num_features
+    return normalizer
 
 
 def _kmeans(x: np.ndarray, num_clusters: int, seed: int, normalization: str) -> np.ndarray:
