@@ -559,11 +559,22 @@ def test_new_images_are_assigned_to_an_earlier_runs_clusters(digits_csv, unet_di
     with pytest.raises(ValueError, match=r"--assign_to .*season: takes the earlier run's feature, normalisation and "
                                          r"clusters; expected none of --num_clusters"):  # fmt: skip
         main(month + ["--assign_to", str(tmp_path / "season"), "--num_clusters", "6", "--overwrite_output_dir"])
-    with pytest.raises(ValueError, match=r"--output_dir .*season: the --assign_to run's own folder; expected another"):
+    with pytest.raises(ValueError, match=r"output_dir .*season: the earlier run's own folder \(assign_to\); expected"):
         main(month[:-1] + [str(tmp_path / "season"), "--assign_to", str(tmp_path / "season"), "--overwrite_output_dir"])
     with pytest.raises(ValueError, match=r"assign_to .*: expected the output folder of a `cluster` run, holding "
                                          r"grouping.safetensors"):  # fmt: skip
         main(month + ["--assign_to", str(tmp_path), "--overwrite_output_dir"])
+    # an assignment written over another cluster run's folder leaves no grouping of that run (review: a later
+    # --assign_to it read the clusters of the run replaced)
+    cluster(unet_dir, digits_csv, tmp_path / "again", "--num_clusters", "4", "--fit_images", "80")
+    main(month[:-1] + [str(tmp_path / "again"), "--assign_to", str(tmp_path / "season"), "--overwrite_output_dir"])
+    assert not (tmp_path / "again" / "grouping.safetensors").exists()
+    with pytest.raises(ValueError, match=r"holding grouping.safetensors \(it assigned to .*season: give that one\)"):
+        main(month + ["--assign_to", str(tmp_path / "again"), "--overwrite_output_dir"])
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "grouping.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match=r"broken/grouping.safetensors: expected a grouping KMeansGrouping.save wrote"):
+        main(month + ["--assign_to", str(tmp_path / "broken"), "--overwrite_output_dir"])
     other = tmp_path / "other_unet"
     unet = small_unet(16)
     unet.conv_in.bias.data += 1.0  # another model: other weights

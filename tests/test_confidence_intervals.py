@@ -308,3 +308,5 @@ def test_ppv_and_npv_come_with_wilson_intervals_of_the_decisions_made():
     never_positive = classification_intervals(np.array([[60, 0], [40, 0]]), 1)
     assert never_positive["positive_precision"] is None
     assert never_positive["methods"]["positive_precision"] == "none: no image decided so"
+    undefined = classification_metrics(np.repeat([0, 1], [60, 40]), np.zeros(100, int), positive_label=1)
+    assert undefined["positive_precision"] is None and undefined["negative_predictive_value"] == 0.6  # review: not 0

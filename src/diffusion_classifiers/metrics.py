@@ -103,19 +103,23 @@ def resolve_positive_label(positive_class, class_names: Optional[Sequence[str]],
     return names.index(str(positive_class))
 
 
-def _binary_metrics(names: Sequence[str], positive_label: int, precision, recall, f1, support) -> Dict[str, object]:
-    """Sensitivity, specificity, the positive class's precision and F1, and the likelihood ratios, all of
-    `positive_label` (the other class is the negative one). A recall of a class with no image is undefined: None
-    (sklearn's 0 would read as a classifier that misses every positive), and so are the ratios that use it."""
+def _binary_metrics(
+    names: Sequence[str], positive_label: int, precision, recall, f1, support, predicted
+) -> Dict[str, object]:
+    """Sensitivity, specificity, the positive class's precision (PPV) and F1, the other's precision (NPV) and the
+    likelihood ratios, all of `positive_label` (the other class is the negative one). A recall of a class with no
+    image is undefined: None (sklearn's 0 would read as a classifier that misses every positive), and so are the
+    ratios that use it; a precision of a class never decided, too (review: a PPV of 0.00% read "every call wrong")."""
     negative = 1 - positive_label
     sensitivity, specificity = (float(recall[k]) if support[k] > 0 else None for k in (positive_label, negative))
+    ppv, npv = (float(precision[k]) if predicted[k] > 0 else None for k in (positive_label, negative))
     defined = sensitivity is not None and specificity is not None
     return {
         "positive_class": names[positive_label],
         "sensitivity": sensitivity,
         "specificity": specificity,
-        "positive_precision": float(precision[positive_label]),
-        "negative_predictive_value": float(precision[negative]),  # the other class's precision, at this prevalence
+        "positive_precision": ppv,
+        "negative_predictive_value": npv,  # the other class's precision, at this prevalence
         "positive_f1": float(f1[positive_label]),
         # LR+ = sensitivity / (1 - specificity), LR- = (1 - sensitivity) / specificity; None where undefined.
         "positive_likelihood_ratio": sensitivity / (1 - specificity) if defined and specificity < 1 else None,
@@ -364,7 +368,8 @@ def classification_metrics(
         precision, recall, F1 (0 where undefined, as scikit-learn's `zero_division=0`), support and how many images
         were `predicted` as it.
         Binary problems also get `positive_class` (its name), `sensitivity` (recall of the positive class),
-        `specificity` (recall of the other), `positive_precision`, `positive_f1` and the likelihood ratios
+        `specificity` (recall of the other), `positive_precision` (PPV), `negative_predictive_value` (NPV: the
+        other's precision; each None where no image was decided so), `positive_f1` and the likelihood ratios
         `positive_likelihood_ratio` (LR+) and `negative_likelihood_ratio` (LR-), all of the positive class.
     """
     y_true, y_pred = as_labels(y_true, "y_true"), as_labels(y_pred, "y_pred")
@@ -393,7 +398,7 @@ def classification_metrics(
         "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
     if num_classes == 2:
-        result.update(_binary_metrics(names, positive_label, precision, recall, f1, support))
+        result.update(_binary_metrics(names, positive_label, precision, recall, f1, support, predicted))
     if probs is not None:
         probs = float_array(probs)
         if probs.shape != (len(y_true), num_classes):

@@ -6,8 +6,9 @@ random sample of the files, the feature, its normalisation and the number of clu
 (`probing.select_clustering_without_labels`); k-means fitted on (a sample of) the chosen features then groups every
 file (`probing.KMeansGrouping`). Written: `clusters.csv` (each image's cluster and its distance to the cluster's
 centre), `clusters.errors.csv` (files that could not be read), `metrics.json` (every choice and its scores, the cluster
-sizes; with true labels in the input, how well the clusters follow them) and `cluster_examples_<n>.png` (the images
-nearest each centre, to name the clusters by eye).
+sizes; with true labels in the input, how well the clusters follow them), `grouping.safetensors` (the fitted
+normalisation and centres) and `cluster_examples_<n>.png` (the images nearest each centre, to name the clusters by
+eye). [`assign_files`] (`cluster --assign_to`) puts other files into an earlier run's clusters by its grouping.
 
 Only the standard library is imported at module level (see the package docstring).
 """
@@ -29,7 +30,7 @@ from .runner import add_input_args, input_split, loading_progress_bars, model_an
 
 __all__ = [
     "CLUSTERS_NAME", "FeatureSource", "GROUPING_NAME", "add_cluster_args", "assign_files", "cluster_files",
-    "feature_source", "run_cluster",
+    "feature_source", "read_grouping", "run_cluster",
 ]
 
 CLUSTERS_NAME = "clusters.csv"
@@ -111,15 +112,15 @@ def run_cluster(args: argparse.Namespace) -> dict:
     from ..pipelines import DiffusionClassifierPipeline
     from ..validation import check_no_earlier_report, check_output_outside_data, typed_command
 
+    _check_assign_flags(args)
     check_no_earlier_report(args.output_dir, args.overwrite_output_dir)
     check_output_outside_data(args.output_dir, args.input, "--input")
-    _check_assign_flags(args)
     names = ClusterRequest._fields
     request = None if args.assign_to else ClusterRequest(**{name: getattr(args, name) for name in names}).checked(
         flag="--"
     )  # fmt: skip
     if args.assign_to:
-        _grouping_file(args.assign_to)  # before any model or image is read
+        read_grouping(args.assign_to)  # before any model or image is read
     model_dir, _, medical, inputs = model_and_inputs(args, "cluster")
     if request is not None:
         request.checked(len(inputs), "--", f"--input {args.input}")
@@ -154,8 +155,7 @@ def _check_assign_flags(args: argparse.Namespace) -> None:
         if args.num_clusters is None:
             raise ValueError("--num_clusters: expected K, the number of clusters (or --assign_to an earlier run's)")
         return
-    if Path(args.output_dir).resolve() == Path(args.assign_to).resolve():
-        raise ValueError(f"--output_dir {args.output_dir}: the --assign_to run's own folder; expected another")
+    _check_not_the_earlier_folder(args.output_dir, args.assign_to)
     given = [f"--{name}" for name in ("num_clusters", "candidate_num_clusters", "normalizations", "timesteps")
              if getattr(args, name) is not None]  # fmt: skip
     if given:
@@ -305,9 +305,10 @@ def cluster_files(
     carry labels, `cluster`, `distance`: to the cluster's centre in the normalised space; rows in input order),
     `clusters.errors.csv` (`path`, `reason` of each file that could not be read), `metrics.json` (`run_info`, the
     choice and its scores, the cluster sizes; with true labels, `with_true_labels`: NMI, ARI, Hungarian accuracy and its
-    chance level, purity, on the rows that have one, `num_labelled` of `num_rows`; the labels are read only to score)
-    and `cluster_examples_<n>.png` (per cluster, the `examples_per_cluster` images nearest its centre,
-    `CLUSTERS_PER_FIGURE` clusters a figure).
+    chance level, purity, on the rows that have one, `num_labelled` of `num_rows`; the labels are read only to score),
+    `grouping.safetensors` (`KMeansGrouping.save`: the fitted normalisation and centres, with the feature and the
+    model's sha256, which `assign_files` reads) and `cluster_examples_<n>.png` (per cluster, the `examples_per_cluster`
+    images nearest its centre, `CLUSTERS_PER_FIGURE` clusters a figure).
 
     `output_dir` must not hold an earlier run's `metrics.json` unless `overwrite`: the earlier run's files are then set
     aside before any new file is written (moved back if this run fails: `replaced_reports`), and `metrics.json` is
@@ -380,14 +381,9 @@ def _finished_record(metrics: dict, rows: list, clusters: Any) -> dict:
 def _save_grouping(path: Path, grouping: Any, key: tuple, features: FeatureSource, model_sha256: Optional[str]):
     """The fitted grouping (`KMeansGrouping.save`) with what `assign_files` needs to extract the same feature of other
     images and to refuse another model: the feature's key and settings, the model's sha256."""
-    from ..atomic_files import write_atomically
-
     metadata = {"feature_key": json.dumps(list(key)), "feature_settings": json.dumps(features.settings),
                 "features": features.description, "model_sha256": model_sha256 or ""}  # fmt: skip
-    part = path.with_name(f".{path.name}.part")
-    grouping.save(part, metadata)  # safetensors writes by name: written aside, moved in whole
-    write_atomically(path, lambda handle: handle.write(part.read_bytes()), mode="wb")
-    part.unlink()
+    grouping.save(path, metadata)
 
 
 def assign_files(
@@ -403,25 +399,24 @@ def assign_files(
 ) -> dict:
     r"""
     Put `inputs` into the clusters of an `earlier` [`cluster_files`] run (its output folder), as that run grouped its
-    own images: the same feature of the same model (refused otherwise, by the model's sha256), its normalisation and
-    k-means centres read from its `grouping.safetensors`; nothing is chosen or fitted again, so cluster 3 is the same
-    group next month (re-clustering a grown folder renumbers the clusters). Writes what `cluster_files` writes
-    (`clusters.csv`, `clusters.errors.csv`, `cluster_examples_<n>.png`, `metrics.json` with `assigned_to`), under the
-    same rules for `output_dir` and `overwrite`.
+    own images: the same feature of the same model (refused otherwise, by the sha256 of its files; a warning where
+    either model was not loaded from a local folder), its normalisation and k-means centres read from its
+    `grouping.safetensors`; nothing is chosen or fitted again, so cluster 3 is the same group next month
+    (re-clustering a grown folder renumbers the clusters). Writes `clusters.csv`, `clusters.errors.csv`,
+    `cluster_examples_<n>.png` and `metrics.json` (with `assigned_to`), no grouping; `output_dir` must not be
+    `earlier`, nor hold an earlier run's `metrics.json` unless `overwrite` (as `cluster_files`).
     """
     import numpy as np
 
     from ..atomic_files import write_json_atomically
     from ..data.image_files import first_frames_noted
-    from ..probing.protocols import KMeansGrouping
     from ..replaced_reports import replacing_earlier_report
     from ..validation import check_no_earlier_report
 
+    _check_not_the_earlier_folder(output_dir, earlier)
     check_no_earlier_report(output_dir, overwrite, "output_dir")
-    grouping, metadata = KMeansGrouping.load(_grouping_file(earlier))
+    grouping, metadata, key, settings = read_grouping(earlier)
     _check_same_model(pipeline, metadata, earlier)
-    key = tuple(json.loads(metadata["feature_key"]))
-    settings = json.loads(metadata["feature_settings"])
     features = feature_source(pipeline, [key[1]] if "pool" in settings else None, settings.get("pool", "mean"),
                               batch_size, settings.get("noise_seed", 0))  # fmt: skip
     _check_inputs_for_output(inputs, output_dir)
@@ -434,7 +429,10 @@ def assign_files(
     _check_enough_read(rows, errors, len(inputs), 1)
     clusters, distances = grouping.assign(chosen)
     pages = [EXAMPLES_NAME.format(page="*")]
-    with replacing_earlier_report(output_dir, files=[CLUSTERS_NAME, CLUSTER_ERRORS_NAME], patterns=pages):
+    # an earlier run's grouping set aside too: the folder holds this run's files only (review: a later --assign_to it
+    # read another run's clusters)
+    written = [CLUSTERS_NAME, CLUSTER_ERRORS_NAME, GROUPING_NAME]
+    with replacing_earlier_report(output_dir, files=written, patterns=pages):
         _write_clusters(output_dir, rows, clusters, distances, errors)
         figures = _write_examples(output_dir, pipeline, rows, clusters, distances, grouping.num_clusters,
                                   examples_per_cluster)  # fmt: skip
@@ -451,21 +449,50 @@ def assign_files(
     return metrics
 
 
-def _grouping_file(earlier: str | os.PathLike) -> Path:
-    """The `grouping.safetensors` of an earlier `cluster` run's output folder, refused by name where it has none."""
+def read_grouping(earlier: str | os.PathLike) -> tuple:
+    """`(grouping, metadata, feature key, feature settings)` of an earlier `cluster` run's output folder (its
+    `grouping.safetensors`), refused by name where it has none, or one this version cannot read."""
+    from ..probing.protocols import KMeansGrouping
+
     path = Path(earlier) / GROUPING_NAME
     if not path.is_file():
+        assigned = _assigned_to(earlier)
+        hint = f"it assigned to {assigned}: give that one" if assigned else "written since 2026-12-07: cluster again"
         raise ValueError(
-            f"assign_to {earlier}: expected the output folder of a `cluster` run, holding {GROUPING_NAME} (written "
-            "since 2026-12-07: cluster again to assign to)"
+            f"assign_to {earlier}: expected the output folder of a `cluster` run, holding {GROUPING_NAME} ({hint})"
         )
-    return path
+    grouping, metadata = KMeansGrouping.load(path)
+    try:
+        return grouping, metadata, tuple(json.loads(metadata["feature_key"])), json.loads(metadata["feature_settings"])
+    except (KeyError, ValueError) as error:
+        raise ValueError(f"{path}: expected the feature key and settings of a cluster run, got {error!r}") from None
+
+
+def _assigned_to(folder: str | os.PathLike) -> Optional[str]:
+    """The run an `--assign_to` output folder assigned its images to (its metrics.json's), else None."""
+    try:
+        return json.loads((Path(folder) / "metrics.json").read_text()).get("assigned_to")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _check_not_the_earlier_folder(output_dir: str | os.PathLike, earlier: str | os.PathLike) -> None:
+    if Path(output_dir).resolve() == Path(earlier).resolve():
+        raise ValueError(f"output_dir {output_dir}: the earlier run's own folder (assign_to); expected another")
 
 
 def _check_same_model(pipeline: Any, metadata: dict, earlier: str | os.PathLike) -> None:
-    """Refuse another model than the one whose features the earlier run grouped (by the sha256 of its files)."""
+    """Refuse another model than the one whose features the earlier run grouped (by the sha256 of its files); warn
+    where either was not loaded from a local folder (a Hub id, a pipeline built in code): unchecked (review)."""
     recorded, loaded = metadata.get("model_sha256"), _model_record(pipeline).get("model_sha256")
-    if recorded and recorded != loaded:
+    if not recorded or not loaded:
+        warnings.warn(
+            f"assign_to {earlier}: the model cannot be checked against the one its clusters group "
+            f"({'this' if recorded else 'that'} model was not loaded from a local folder): give the same model",
+            UserWarning,
+            stacklevel=3,
+        )
+    elif recorded != loaded:
         raise ValueError(
             f"assign_to {earlier}: its clusters group the features of the model of sha256 {recorded}; this model's "
             f"files have {loaded}: give the model the earlier run grouped by"

@@ -218,7 +218,9 @@ class KMeansGrouping:
         """The fitted grouping as safetensors (float64): the centres and the normalisation's fitted values, which
         `KMeansGrouping.load` reads back to assign other images to the same clusters; `metadata` (strings) beside
         them, e.g. which feature it groups."""
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
+
+        from ..atomic_files import write_atomically
 
         if not hasattr(self, "kmeans"):
             raise ValueError("KMeansGrouping.save: fit it first (`grouping.fit(features)`)")
@@ -226,25 +228,35 @@ class KMeansGrouping:
         tensors |= {name: getattr(self.normalizer, name) for name in _NORMALIZER_FITTED.get(self.normalization, ())}
         settings = {"normalization": self.normalization, "num_clusters": str(self.num_clusters),
                     "num_features": str(self.num_features), "seed": str(self.seed)}  # fmt: skip
-        save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, str(path),
-                  metadata={**(metadata or {}), **settings})  # fmt: skip
+        data = save({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()},
+                    metadata={**(metadata or {}), **settings})  # fmt: skip
+        write_atomically(path, lambda handle: handle.write(data), mode="wb")  # whole or not at all
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> Tuple["KMeansGrouping", Dict[str, str]]:
         """`(grouping, metadata)` of a `save`d grouping: it assigns images as the saved one did (scikit-learn's
-        transforms given back their fitted values; distances equal to the last bits)."""
-        from safetensors import safe_open
+        transforms given back their fitted values; distances equal to the last bits). A file this method did not
+        write is refused, naming it."""
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="numpy") as file:
-            metadata, tensors = file.metadata() or {}, {name: file.get_tensor(name) for name in file.keys()}
-        grouping = cls(int(metadata["num_clusters"]), metadata["normalization"], int(metadata["seed"]))
-        grouping.num_features = int(metadata["num_features"])
-        grouping.normalizer = _fitted_normalizer(grouping.normalization, grouping.num_features, tensors)
+        try:
+            with safe_open(str(path), framework="numpy") as file:
+                metadata, tensors = file.metadata() or {}, {name: file.get_tensor(name) for name in file.keys()}
+            grouping = cls(int(metadata["num_clusters"]), metadata["normalization"], int(metadata["seed"]))
+            grouping.num_features = int(metadata["num_features"])
+            grouping.normalizer = _fitted_normalizer(grouping.normalization, grouping.num_features, tensors)
+            centres = tensors["centres"]
+        except (SafetensorError, KeyError, ValueError, OSError) as error:
+            raise ValueError(f"{path}: expected a grouping KMeansGrouping.save wrote, could not read it: {error!r}")
+        if centres.shape != (grouping.num_clusters, grouping.normalizer_width(tensors)):
+            raise ValueError(f"{path}: centres of shape {centres.shape}; expected [{grouping.num_clusters}, its width]")
         grouping.kmeans = KMeans(n_clusters=grouping.num_clusters, n_init=10, random_state=grouping.seed)
-        centres = tensors["centres"]
         grouping.kmeans.cluster_centers_, grouping.kmeans.n_features_in_ = centres, centres.shape[1]
-        grouping.kmeans._n_threads = 1
         return grouping, metadata
+
+    def normalizer_width(self, tensors: Dict[str, np.ndarray]) -> int:
+        """The width of the normalised features the centres live in: the PCA's components, else the features'."""
+        return len(tensors["components_"]) if self.normalization == "pca_whiten" else self.num_features
 
     def assign(self, features) -> Tuple[np.ndarray, np.ndarray]:
         """`(clusters, distances)`: each row's nearest centre `[N]` and its Euclidean distance to it `[N]`, in the
