@@ -247,16 +247,14 @@ class KMeansGrouping:
             grouping.normalizer = _fitted_normalizer(grouping.normalization, grouping.num_features, tensors)
             centres = tensors["centres"]
         except (SafetensorError, KeyError, ValueError, OSError) as error:
-            raise ValueError(f"{path}: expected a grouping KMeansGrouping.save wrote, could not read it: {error!r}")
-        if centres.shape != (grouping.num_clusters, grouping.normalizer_width(tensors)):
+            raise ValueError(f"{path}: expected a grouping KMeansGrouping.save wrote, could not read it: {error!r}") \
+                from None
+        width = _centres_width(grouping.normalization, grouping.num_features, tensors)
+        if centres.shape != (grouping.num_clusters, width):
             raise ValueError(f"{path}: centres of shape {centres.shape}; expected [{grouping.num_clusters}, its width]")
         grouping.kmeans = KMeans(n_clusters=grouping.num_clusters, n_init=10, random_state=grouping.seed)
         grouping.kmeans.cluster_centers_, grouping.kmeans.n_features_in_ = centres, centres.shape[1]
         return grouping, metadata
-
-    def normalizer_width(self, tensors: Dict[str, np.ndarray]) -> int:
-        """The width of the normalised features the centres live in: the PCA's components, else the features'."""
-        return len(tensors["components_"]) if self.normalization == "pca_whiten" else self.num_features
 
     def assign(self, features) -> Tuple[np.ndarray, np.ndarray]:
         """`(clusters, distances)`: each row's nearest centre `[N]` and its Euclidean distance to it `[N]`, in the
@@ -280,6 +278,12 @@ class KMeansGrouping:
 
 # What `KMeansGrouping.save` keeps of each normalisation's fitted scikit-learn transformer (l2 and none fit nothing)
 _NORMALIZER_FITTED = {"standardize": ("mean_", "scale_"), "pca_whiten": ("mean_", "components_", "explained_variance_")}
+
+
+def _centres_width(normalization: str, num_features: int, tensors: Dict[str, np.ndarray]) -> int:
+    """The width of the normalised features a saved grouping's centres live in: its PCA's components, else the
+    features'."""
+    return len(tensors["components_"]) if normalization == "pca_whiten" else num_features
 
 
 def _fitted_normalizer(normalization: str, num_features: int, tensors: Dict[str, np.ndarray]):
