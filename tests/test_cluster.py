@@ -559,6 +559,8 @@ def test_new_images_are_assigned_to_an_earlier_runs_clusters(digits_csv, unet_di
     with pytest.raises(ValueError, match=r"--assign_to .*season: takes the earlier run's feature, normalisation and "
                                          r"clusters; expected none of --num_clusters"):  # fmt: skip
         main(month + ["--assign_to", str(tmp_path / "season"), "--num_clusters", "6", "--overwrite_output_dir"])
+    with pytest.raises(ValueError, match=r"expected none of --pool, --fit_images, --seed$"):  # review: recorded, unused
+        main(month + ["--assign_to", str(tmp_path / "season"), "--pool", "mean", "--fit_images", "5", "--seed", "9"])
     with pytest.raises(ValueError, match=r"output_dir .*season: the earlier run's own folder \(assign_to\); expected"):
         main(month[:-1] + [str(tmp_path / "season"), "--assign_to", str(tmp_path / "season"), "--overwrite_output_dir"])
     with pytest.raises(ValueError, match=r"assign_to .*: expected the output folder of a `cluster` run, holding "

@@ -80,19 +80,23 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
         "--timesteps", type=int, nargs="+", default=None,
         help="U-Net: the timesteps whose features are compared (None: the probe's defaults)",
     )  # fmt: skip
-    parser.add_argument("--pool", default="mean", choices=["mean", "2x2"], help="U-Net: the features' spatial pooling")
+    parser.add_argument(
+        "--pool", default=None, choices=["mean", "2x2"], help="U-Net: the features' spatial pooling; mean if not given"
+    )
     parser.add_argument(
         "--normalizations", nargs="+", default=None,
         help="the spaces k-means may run in, chosen without labels: of standardize, l2, pca_whiten and none (None: "
         "the first three, probing.NORMALIZATIONS)",
     )  # fmt: skip
     parser.add_argument(
-        "--selection_images", type=int, default=DEFAULT_SELECTION_IMAGES,
-        help="the features, normalisation and K are chosen on a random sample of this many files (at least 2 x K)",
+        "--selection_images", type=int, default=None,
+        help="the features, normalisation and K are chosen on a random sample of this many files (at least 2 x K); "
+        f"{DEFAULT_SELECTION_IMAGES} if not given",
     )  # fmt: skip
     parser.add_argument(
-        "--fit_images", type=int, default=DEFAULT_FIT_IMAGES,
-        help="k-means is fitted on at most this many images (a random sample), then groups them all",
+        "--fit_images", type=int, default=None,
+        help="k-means is fitted on at most this many images (a random sample), then groups them all; "
+        f"{DEFAULT_FIT_IMAGES} if not given",
     )  # fmt: skip
     parser.add_argument(
         "--examples_per_cluster", type=int, default=8,
@@ -100,7 +104,8 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--batch_size", type=int, default=64, help="images per forward pass")
     parser.add_argument(
-        "--seed", type=seed_argument, default=0, help="seed of the samples, the feature noise and k-means"
+        "--seed", type=seed_argument, default=None,
+        help="seed of the samples, the feature noise and k-means; 0 if not given",
     )
     parser.add_argument("--output_dir", default="outputs/cluster", help=f"where {CLUSTERS_NAME}, metrics.json, PNGs go")
     parser.add_argument("--overwrite_output_dir", action="store_true", help="replace an earlier run's files there")
@@ -127,7 +132,9 @@ def run_cluster(args: argparse.Namespace) -> dict:
     _check_inputs_for_output(inputs, args.output_dir)
     with loading_progress_bars(shown=not args.no_progress_bar):
         pipeline = DiffusionClassifierPipeline.from_pretrained(model_dir)
-    features = feature_source(pipeline, args.timesteps, args.pool, args.batch_size, args.seed, args.model_dir)
+    features = None if args.assign_to else feature_source(
+        pipeline, args.timesteps, args.pool, args.batch_size, args.seed, args.model_dir
+    )
     from .outputs import windows_json
 
     # the model's sha256 is `cluster_files`' record of the folder it was loaded from (`_model_record`)
@@ -149,15 +156,25 @@ def run_cluster(args: argparse.Namespace) -> dict:
     return metrics
 
 
+# The choices a run makes (and `--assign_to` reads from the earlier run), unless given
+CHOICE_DEFAULTS = {
+    "pool": "mean", "selection_images": DEFAULT_SELECTION_IMAGES, "fit_images": DEFAULT_FIT_IMAGES, "seed": 0
+}
+
+
 def _check_assign_flags(args: argparse.Namespace) -> None:
-    """`--num_clusters` without `--assign_to`; with it, none of the choices it reads from the earlier run."""
+    """`--num_clusters` without `--assign_to` (the choices not given set to `CHOICE_DEFAULTS`); with it, none of the
+    choices it reads from the earlier run (review: `--seed 9 --fit_images 5` were accepted, recorded and unused)."""
     if not args.assign_to:
         if args.num_clusters is None:
             raise ValueError("--num_clusters: expected K, the number of clusters (or --assign_to an earlier run's)")
+        for name, value in CHOICE_DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
         return
     _check_not_the_earlier_folder(args.output_dir, args.assign_to)
-    given = [f"--{name}" for name in ("num_clusters", "candidate_num_clusters", "normalizations", "timesteps")
-             if getattr(args, name) is not None]  # fmt: skip
+    choices = ("num_clusters", "candidate_num_clusters", "normalizations", "timesteps", *CHOICE_DEFAULTS)
+    given = [f"--{name}" for name in choices if getattr(args, name) is not None]
     if given:
         raise ValueError(
             f"--assign_to {args.assign_to}: takes the earlier run's feature, normalisation and clusters; expected "
