@@ -351,9 +351,10 @@ def _same_channels(images: list[torch.Tensor], reading: ImagePreprocessing, file
     else 1, as [`preprocess_images`] decides for a whole batch."""
     if reading.num_channels is None and any(image.shape[1] == 3 for image in images):
         colour = [image for image in images if image.shape[1] == 3]
-        grey = all(_channels_equal(image) for image in colour)
+        grey = all(_channels_equal(image) for image in colour)  # each image compared once, not per warning
         warn_mixed_channels([image.shape[1] for image in images], [str(path) for path in files], colour_is_grey=grey)
-        _warn_grey_stored_as_colour(images)
+        if grey and len(colour) == len(images):
+            _warn_grey_stored_as_colour(len(images))
         images = [image.repeat(1, 3, 1, 1) if image.shape[1] == 1 else image for image in images]
     return torch.cat(images)
 
@@ -367,14 +368,12 @@ def _channels_equal(image: torch.Tensor) -> bool:
     return bool((image - image.mean(1, keepdim=True)).abs().amax() <= _GREY_TOLERANCE)
 
 
-def _warn_grey_stored_as_colour(images: list[torch.Tensor], stacklevel: int = 6) -> None:
-    """Warn when every image is colour but grey (its three channels equal, as NDSB's RGB JPEGs): with the channel
-    count inferred the model becomes 3-channel for grey data, and reads another instrument's colour images as colour
-    it never saw."""
-    if not all(image.shape[1] == 3 and _channels_equal(image) for image in images):
-        return
+def _warn_grey_stored_as_colour(num_images: int, stacklevel: int = 6) -> None:
+    """Warn that every one of `num_images` is colour but grey (its three channels equal, as NDSB's RGB JPEGs): with
+    the channel count inferred the model becomes 3-channel for grey data, and reads another instrument's colour
+    images as colour it never saw."""
     warnings.warn(
-        f"all {len(images)} images are grey stored as colour (their three channels equal): with the channel count "
+        f"all {num_images} images are grey stored as colour (their three channels equal): with the channel count "
         "inferred (num_channels=None) they are read, and the model trained, as 3 channels. State the channels to "
         "silence this: num_channels=1 (the scripts' --num_channels 1) reads them as grey, the model then reads any "
         "image as grey; num_channels=3 keeps 3 channels",

@@ -433,7 +433,8 @@ def assign_files(
     _check_not_the_earlier_folder(output_dir, earlier)
     check_no_earlier_report(output_dir, overwrite, "output_dir")
     grouping, metadata, key, settings = read_grouping(earlier)
-    _check_same_model(pipeline, metadata, earlier)
+    model = _model_record(pipeline)  # the sha256 of every file of the model: hashed once
+    _check_same_model(model.get("model_sha256"), metadata, earlier)
     features = feature_source(pipeline, [key[1]] if "pool" in settings else None, settings.get("pool", "mean"),
                               batch_size, settings.get("noise_seed", 0))  # fmt: skip
     _check_inputs_for_output(inputs, output_dir)
@@ -454,7 +455,7 @@ def assign_files(
         figures = _write_examples(output_dir, pipeline, rows, clusters, distances, grouping.num_clusters,
                                   examples_per_cluster)  # fmt: skip
         metrics = {
-            **_model_record(pipeline), **(run_info or {}), "assigned_to": str(Path(earlier).resolve()),
+            **model, **(run_info or {}), "assigned_to": str(Path(earlier).resolve()),
             "features": metadata["features"], "feature": "/".join(map(str, key)),
             "normalization": grouping.normalization, "num_clusters": grouping.num_clusters,
             "num_inputs": len(inputs), "num_images": len(rows), "num_unreadable": len(errors),
@@ -498,10 +499,11 @@ def _check_not_the_earlier_folder(output_dir: str | os.PathLike, earlier: str | 
         raise ValueError(f"output_dir {output_dir}: the earlier run's own folder (assign_to); expected another")
 
 
-def _check_same_model(pipeline: Any, metadata: dict, earlier: str | os.PathLike) -> None:
-    """Refuse another model than the one whose features the earlier run grouped (by the sha256 of its files); warn
-    where either was not loaded from a local folder (a Hub id, a pipeline built in code): unchecked (review)."""
-    recorded, loaded = metadata.get("model_sha256"), _model_record(pipeline).get("model_sha256")
+def _check_same_model(loaded: Optional[str], metadata: dict, earlier: str | os.PathLike) -> None:
+    """Refuse another model than the one whose features the earlier run grouped (by the sha256 of its files,
+    `loaded` this one's); warn where either was not loaded from a local folder (a Hub id, a pipeline built in code):
+    unchecked (review)."""
+    recorded = metadata.get("model_sha256")
     if not recorded or not loaded:
         warnings.warn(
             f"assign_to {earlier}: the model cannot be checked against the one its clusters group "
