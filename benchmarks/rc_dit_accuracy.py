@@ -20,6 +20,8 @@ For each dataset (PneumoniaMNIST and Fashion-MNIST, or the one `--data` names: a
    its k-means on the unlabeled train features; beside it, the space whose val k-means scores the best macro-F1
    against the val labels, and the label-free k-means run on val), prototypes and k-NN on standardised features
    with n = 1, 5, 10 and all labelled train images per class (5 episodes), and a linear probe on all train labels.
+   A binary set is scored for its positive class too (`--positive_class`, with `--data`; default class 1): each
+   protocol's sensitivity, specificity and F1 of that class beside the class-averaged figures.
    The RC-DiT's DiT block activations are a second source: the (block, t) pair is chosen by linear-probe accuracy
    on val, then scored like the others.
 6. a PNG grid per dataset: test reference images, samples generated from their representations, and the hidden
@@ -37,6 +39,7 @@ label-free accuracy >= baseline + 6 points and macro-F1 >= baseline + 13 points;
     python benchmarks/rc_dit_accuracy.py --quick
     python benchmarks/rc_dit_accuracy.py      # writes benchmarks/results/rc_dit_accuracy.json and the PNG grids
     python benchmarks/rc_dit_accuracy.py --quick --data my.npz --class_names a b c
+    python benchmarks/rc_dit_accuracy.py --quick --data ich.npz --class_names normal bleed --positive_class bleed
     python benchmarks/rc_dit_accuracy.py --merge seed0.json seed1.json seed2.json --output merged.json
     # after a change to the RC-DiT recipe: retrain only the RC-DiT, the baselines' features from an earlier run
     python benchmarks/rc_dit_accuracy.py --seed 0 --features_dir features_seed0 --output before.json
@@ -84,6 +87,7 @@ from rc_dit_bench_recipe import BASELINES as RECIPE_BASELINES  # noqa: E402
 from rc_dit_bench_recipe import baseline_readout  # noqa: E402
 
 from diffusion_classifiers.data import stratified_subset_indices  # noqa: E402
+from diffusion_classifiers.metrics import BINARY_SCORES, resolve_positive_label  # noqa: E402
 from diffusion_classifiers.models import (  # noqa: E402
     RC_DIT_SIZES,
     encode_representation,
@@ -131,7 +135,7 @@ QUICK_ENCODER_SIZES = {"encoder_hidden_size": 32, "encoder_num_layers": 2, "enco
 
 def parse_args():
     parser = base_parser(__doc__)
-    add_data_options(parser, "the --datasets", positive_class=False)
+    add_data_options(parser, "the --datasets")
     parser.add_argument(
         "--datasets", nargs="+", default=list(SHARED_IMAGE_DATASETS), choices=list(SHARED_IMAGE_DATASETS),
         help=f"the shared data sets run when --data is not given; default {list(SHARED_IMAGE_DATASETS)}",
@@ -178,8 +182,12 @@ def parse_args():
     # keeps the sizes given (QA: it replaced them without a word)
     args = parser.parse_args(namespace=argparse.Namespace(**dict.fromkeys(ENCODER_SIZES)))
     check_data_options(parser, args)
-    if args.class_names and not args.data:
-        parser.error("--class_names: expected with --data (the shared data sets carry their own names)")
+    for flag in ("class_names", "positive_class"):
+        if getattr(args, flag) and not args.data:
+            parser.error(
+                f"--{flag}: expected with --data (the shared data sets carry their own names; PneumoniaMNIST's "
+                "positive class is pneumonia)"
+            )
     args.dit_size = args.dit_size or ("tiny" if args.quick else "XS")
     check_image_size(parser, args)
     args.max_train_steps = args.max_train_steps or (20 if args.quick else 1500)
@@ -208,8 +216,8 @@ def check_image_size(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 def load_splits(path: Path, args) -> dict:
     """Stratified subsets of the splits, of about the sizes asked for (a split no larger is kept whole)."""
     splits = load_benchmark_data(
-        str(path), args.class_names if args.data else None, seed=args.seed, image_size=args.image_size,
-        **reading_options(args),
+        str(path), args.class_names if args.data else None, args.positive_class, seed=args.seed,
+        image_size=args.image_size, **reading_options(args),
     )  # fmt: skip
     sizes = QUICK_SIZES if args.quick else {"train": args.max_train_images, "val": args.max_eval_images,
                                            "test": args.max_eval_images}  # fmt: skip
@@ -243,12 +251,13 @@ def encode(function, images: torch.Tensor, batch_size: int = 256) -> torch.Tenso
     return torch.cat([function(chunk).float().cpu() for chunk in images.split(batch_size)])
 
 
-def protocols(features: dict, splits: dict, seed: int) -> dict:
-    """`evaluate_protocols` on `{split: features}`."""
+def protocols(features: dict, splits: dict, seed: int, positive_class: Optional[str] = None) -> dict:
+    """`evaluate_protocols` on `{split: features}`; a binary task scored for `positive_class` too (default class 1)."""
+    train = splits["train"]
     return evaluate_protocols(
-        features["train"], splits["train"].labels, features["test"], splits["test"].labels,
-        num_classes=splits["train"].num_classes, val_features=features["val"], val_labels=splits["val"].labels,
-        seed=seed, standardize=True,
+        features["train"], train.labels, features["test"], splits["test"].labels, num_classes=train.num_classes,
+        val_features=features["val"], val_labels=splits["val"].labels, seed=seed, standardize=True,
+        class_names=train.class_names, positive_label=positive_class,
     )  # fmt: skip
 
 
@@ -335,14 +344,22 @@ def sample_grid(pipe, references: torch.Tensor, num_steps: int, seed: int, path:
 
 def headline(result: dict) -> dict:
     """The figures of the results table (benchmarks/RESULTS.md); on a binary (imbalanced) set the class-balanced ones
-    come first. Label-free: k-means in the space chosen without labels, in the standardised space (the only one before
-    2026-12-01) and, beside them, in the space chosen with the val labels; the label-free k-means run on val, the split
-    choices are made on."""
-    label_free = ("balanced_accuracy", "macro_f1", "accuracy") if result["num_classes"] == 2 else \
+    come first, then the positive class's sensitivity, specificity and F1 (the published study's F1 is of the finding,
+    haemorrhage). Label-free: k-means in the space chosen without labels, in the standardised space (the only one
+    before 2026-12-01) and, beside them, in the space chosen with the val labels; the label-free k-means run on val,
+    the split choices are made on."""
+    binary = result["num_classes"] == 2
+    label_free = ("balanced_accuracy", "macro_f1", "accuracy") if binary else \
         ("accuracy", "macro_f1", "balanced_accuracy")
     standardized = result["label_free_by_normalization"]["standardize"]
+    positive = {
+        **{f"label_free_{name}": result["label_free"][name] for name in BINARY_SCORES},
+        "prototype_10shot_positive_f1": result["prototype"]["10"]["positive_f1_mean"],
+        "linear_probe_positive_f1": result["linear_probe"]["positive_f1"],
+    } if binary else {}  # fmt: skip
     return {
         **{f"label_free_{name}": result["label_free"][name] for name in label_free},
+        **positive,
         **{f"label_free_standardized_{name}": standardized[name] for name in ("accuracy", "macro_f1")},
         **{f"label_chosen_{name}": result["label_chosen"][name] for name in ("accuracy", "macro_f1")},
         **{f"label_free_on_val_{name}": result["label_free_on_val"][name] for name in label_free},
@@ -350,6 +367,12 @@ def headline(result: dict) -> dict:
         "knn_10shot_accuracy": result["knn"]["10"]["accuracy_mean"],
         "linear_probe_accuracy": result["linear_probe"]["accuracy"],
     }
+
+
+def positive_class_name(train, positive_class: Optional[str]) -> Optional[str]:
+    """The class a binary task's sensitivity, specificity and F1 are of (`--positive_class`, default class 1)."""
+    label = resolve_positive_label(positive_class, train.class_names, train.num_classes)
+    return None if label is None else train.class_names[label]
 
 
 def train_pretrained_arms(args, train_images: torch.Tensor, tmp: str, walls: dict) -> dict:
@@ -420,7 +443,7 @@ def run_dataset(name: str, path: Path, args, device, figure_prefix: Path) -> dic
             return {s: encode(function, split.images) for s, split in splits.items()}
 
         def score(source: str, features: dict) -> None:
-            sources[source] = protocols(features, splits, args.seed)
+            sources[source] = protocols(features, splits, args.seed, args.positive_class)
             if args.features_dir:
                 save_features(Path(args.features_dir) / f"{name}_{source}.safetensors", features, splits, BASELINES.get(source))
 
@@ -449,6 +472,7 @@ def run_dataset(name: str, path: Path, args, device, figure_prefix: Path) -> dic
         "preprocessing": splits["train"].preprocessing.to_dict(),  # how the images were read (QA: not recorded)
         "sizes": {s: len(split.labels) for s, split in splits.items()},
         "class_names": splits["train"].class_names,
+        "positive_class": positive_class_name(splits["train"], args.positive_class),
         "headline": headlines,
         "margin_points": {
             source: {metric: round(100 * (headlines["rc_dit"][metric] - value), 2) for metric, value in h.items()}
@@ -539,6 +563,7 @@ def main():
         "budget": {
             "optimizer_steps": args.max_train_steps, "train_batch_size": args.train_batch_size,
             "learning_rate": args.learning_rate, "dit_size": args.dit_size, "baselines": args.baselines,
+            "positive_class": args.positive_class,
             "baseline_objectives": {baseline: BASELINES[baseline] for baseline in args.baselines},
             "encoder": {"hidden_size": args.encoder_hidden_size, "num_layers": args.encoder_num_layers,
                         "num_heads": args.encoder_num_heads, "patch_size": args.encoder_patch_size},

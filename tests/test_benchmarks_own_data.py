@@ -375,3 +375,27 @@ def test_a_plankton_run_of_some_parts_records_what_trained_and_draws_a_curve_onl
             str(shift), "--parts", "simclr", "cnn"]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
     assert plankton_accuracy.parse_args().parts == ["cnn", "simclr"]  # PARTS' order
+
+
+def test_rc_dit_accuracy_scores_the_positive_class_of_a_binary_data_set(tmp_path, monkeypatch, capsys):
+    """Session 62 left it out: rc_dit_accuracy had no --positive_class; the head-CT study's F1 is the finding's."""
+    monkeypatch.setattr(sys, "argv", ["rc_dit_accuracy.py", "--quick", "--positive_class", "pneumonia"])
+    with pytest.raises(SystemExit):
+        rc_dit_accuracy.parse_args()
+    assert "--positive_class: expected with --data" in capsys.readouterr().err
+    data = write_npz(tmp_path / "ich.npz", counts=(12, 12), size=16)
+    argv = ["rc_dit_accuracy.py", "--quick", "--data", data, "--class_names", "normal", "bleed"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--positive_class", "haemorrhage"])
+    with pytest.raises(ValueError, match=r"positive_class: expected one of the class names \['normal', 'bleed'\]"):
+        rc_dit_accuracy.load_splits(Path(data), rc_dit_accuracy.parse_args())  # before any training
+    monkeypatch.setattr(sys, "argv", [*argv, "--positive_class", "normal"])
+    args = rc_dit_accuracy.parse_args()
+    splits = rc_dit_accuracy.load_splits(Path(data), args)
+    assert rc_dit_accuracy.positive_class_name(splits["train"], args.positive_class) == "normal"
+    features = {name: split.images.flatten(1) for name, split in splits.items()}
+    result = rc_dit_accuracy.protocols(features, splits, seed=0, positive_class=args.positive_class)
+    assert result["settings"]["positive_label"] == 0
+    figures = rc_dit_accuracy.headline(result)
+    assert figures["label_free_sensitivity"] == result["label_free"]["sensitivity"]
+    assert figures["prototype_10shot_positive_f1"] == result["prototype"]["10"]["positive_f1_mean"]
+    assert figures["linear_probe_positive_f1"] == result["linear_probe"]["positive_f1"]

@@ -21,10 +21,12 @@ CHANCE_DRAWS = 10
 PROBABILITY_SLACK = 1e-6
 
 __all__ = [
+    "BINARY_SCORES",
     "NO_AUC_INTERVAL",
     "absent_classes_note",
     "auc_text",
     "average_precision_rows",
+    "binary_scores",
     "calibration_metrics",
     "calibration_rows",
     "classification_metrics",
@@ -408,6 +410,23 @@ def classification_metrics(
     return result
 
 
+BINARY_SCORES = ("sensitivity", "specificity", "positive_f1")
+
+
+def binary_scores(y_true, y_pred, positive_label: Optional[int] = None) -> Dict[str, Optional[float]]:
+    """`BINARY_SCORES` of two-class predictions for `positive_label` (default class 1), as [`classification_metrics`]
+    has them: the positive class's recall (None without a positive image), the other's (None without a negative one)
+    and the positive class's F1. A prediction of another id (-1: an image of a cluster no class was matched to) is
+    an error of its image's class and a prediction of neither."""
+    y_true, y_pred = as_labels(y_true, "y_true"), np.asarray(y_pred)
+    check_label_range(y_true, "y_true", 2)
+    positive_label = resolve_positive_label(positive_label, None, 2)
+    _, recall, f1, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=[0, 1], zero_division=0)
+    negative_label = 1 - positive_label
+    sensitivity, specificity = (float(recall[k]) if support[k] > 0 else None for k in (positive_label, negative_label))
+    return {"sensitivity": sensitivity, "specificity": specificity, "positive_f1": float(f1[positive_label])}
+
+
 def mark_absent_classes(
     metrics: dict, y_true, class_names: Sequence[str], scored: str, where: str, stacklevel: int = 3
 ) -> None:
@@ -488,19 +507,25 @@ def hungarian_match(y_true, clusters, num_classes: int) -> np.ndarray:
     return mapping
 
 
-def clustering_metrics(y_true, clusters, num_classes: int) -> dict:
+def clustering_metrics(y_true, clusters, num_classes: int, positive_label: Optional[int] = None) -> dict:
     r"""
     Label-free grouping quality: `nmi`, `ari`, Hungarian-matched `accuracy`, `macro_f1` and `balanced_accuracy`, and
     `purity` (each cluster counted as its majority class). Also returns `cluster_to_class`, the Hungarian mapping as
     a list, and `accuracy_by_chance`: the Hungarian accuracy of clusters of the same sizes drawn at random (the mean
     over `CHANCE_DRAWS` seeded shuffles), which is far from 1 / K with few images per cluster (121 plankton classes of
     2 test images each: many clusters match a class by luck).
+
+    Two classes also get the Hungarian-matched `sensitivity`, `specificity` and `positive_f1` of `positive_label`
+    (default class 1, as [`classification_metrics`]), the images of a cluster left unmatched counted as errors there
+    too (and as predictions of neither class, as in `macro_f1`).
     """
     mapping = hungarian_match(y_true, clusters, num_classes)
     y_true, clusters = as_labels(y_true, "y_true"), as_labels(clusters, "clusters")
     matched = mapping[clusters]
     present = np.unique(y_true).tolist()
+    binary = binary_scores(y_true, matched, positive_label) if num_classes == 2 else {}
     return {
+        **binary,
         "nmi": float(skm.normalized_mutual_info_score(y_true, clusters)),
         "ari": float(skm.adjusted_rand_score(y_true, clusters)),
         "accuracy": float(np.mean(matched == y_true)),

@@ -12,7 +12,7 @@ from sklearn.decomposition import PCA
 from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
 from tqdm.auto import tqdm
 
-from ..metrics import classification_metrics, clustering_metrics
+from ..metrics import BINARY_SCORES, binary_scores, classification_metrics, clustering_metrics, resolve_positive_label
 from ..models.linear_probe_head import column_mean_and_std
 from ..models.prototype_head import fit_prototypes
 from ..validation import (
@@ -140,6 +140,7 @@ def kmeans_evaluate(
     standardize: bool = True,
     num_clusters: Optional[int] = None,
     normalization: Optional[str] = None,
+    positive_label: Optional[int] = None,
 ) -> dict:
     r"""
     Label-free grouping: k-means with `num_clusters` clusters (default `num_classes`; `n_init=10`,
@@ -149,6 +150,8 @@ def kmeans_evaluate(
     Args:
         normalization (`str`, *optional*): the space k-means runs in, see [`normalize_features`] (e.g. the one
             [`select_clustering_without_labels`] chose); default `"standardize"`, or `"none"` when `standardize=False`.
+        positive_label (`int`, *optional*): two classes: the class whose sensitivity, specificity and F1 are scored
+            (default class 1, see [`~metrics.clustering_metrics`]).
 
     Returns:
         `dict` of the metrics plus `clusters`, the `np.ndarray` cluster id of each sample.
@@ -164,7 +167,7 @@ def kmeans_evaluate(
     num_clusters = num_classes if num_clusters is None else num_clusters
     _check_num_clusters(num_clusters, len(x))
     clusters = _kmeans(x, num_clusters, seed, normalization)
-    return {**clustering_metrics(y, clusters, num_classes), "clusters": clusters}
+    return {**clustering_metrics(y, clusters, num_classes, positive_label), "clusters": clusters}
 
 
 def kmeans_clusters(features, num_clusters: int, seed: int = 0, normalization: str = "standardize") -> np.ndarray:
@@ -473,11 +476,13 @@ def label_free_kmeans(
     candidate_num_clusters: Optional[Sequence[int]] = None,
     criterion: str = "stability",
     normalizations: Sequence[str] = NORMALIZATIONS,
+    positive_label: Optional[int] = None,
 ) -> dict:
     """k-means on the test split with every choice made on `selection_features` (another split, e.g. the unlabeled
     train images) without labels: the feature key, the normalisation (of `normalizations`) and K (one of exactly
     `candidate_num_clusters` when given, else `num_classes`) by [`select_clustering_without_labels`] with
-    `criterion`; the test labels only score the result. Returns the clustering metrics with `feature` (the key joined
+    `criterion`; the test labels only score the result (two classes: also for `positive_label`, see
+    [`kmeans_evaluate`]). Returns the clustering metrics with `feature` (the key joined
     by "/"), `normalization`, `num_clusters` and `selection` (the scores it chose by)."""
     selection = select_clustering_without_labels(
         selection_features, candidate_num_clusters, num_classes, seed=seed,
@@ -486,7 +491,7 @@ def label_free_kmeans(
     key = tuple(selection["pair"])
     metrics = kmeans_evaluate(
         test_features[key], test_labels, num_classes, seed=seed, num_clusters=selection["num_clusters"],
-        normalization=selection["normalization"],
+        normalization=selection["normalization"], positive_label=positive_label,
     )  # fmt: skip
     metrics.pop("clusters")
     chosen = {name: selection[name] for name in ("normalization", "num_clusters")}
@@ -731,16 +736,22 @@ def knn_classify(
 SCORES = ("accuracy", "macro_f1", "balanced_accuracy")
 
 
-def _scores(y_true, y_pred, num_classes) -> Dict[str, float]:
+def _scores(y_true, y_pred, num_classes, positive_label: Optional[int]) -> Dict[str, Optional[float]]:
+    """`SCORES` and, of two classes, `metrics.BINARY_SCORES` for `positive_label`."""
     result = classification_metrics(y_true, y_pred, num_classes=num_classes)
-    return {name: result[name] for name in SCORES}
+    binary = binary_scores(y_true, y_pred, positive_label) if num_classes == 2 else {}
+    return {**{name: result[name] for name in SCORES}, **binary}
 
 
-def _summarise(episodes: List[Dict[str, float]]) -> dict:
+def _summarise(episodes: List[Dict[str, Optional[float]]]) -> dict:
+    """Mean, (population) std and the values over episodes of each score; None where an episode's is undefined (a
+    sensitivity on a test split without a positive image)."""
     summary = {"num_episodes": len(episodes)}
-    for name in SCORES:
+    for name in episodes[0]:
         values = [e[name] for e in episodes]
-        summary[f"{name}_mean"], summary[f"{name}_std"] = float(np.mean(values)), float(np.std(values))
+        defined = None not in values
+        summary[f"{name}_mean"] = float(np.mean(values)) if defined else None
+        summary[f"{name}_std"] = float(np.std(values)) if defined else None
         summary[f"{name}_per_episode"] = values
     return summary
 
@@ -776,6 +787,7 @@ def evaluate_protocols(
     probe_kwargs: Optional[dict] = None,
     progress_bar: Optional[dict] = None,
     class_names: Optional[Sequence[str]] = None,
+    positive_label: Optional[int] = None,
 ) -> dict:
     r"""
     Score one feature source with every protocol, the same way for every method (U-Net features, the RC-DiT
@@ -822,6 +834,9 @@ def evaluate_protocols(
             both.
         class_names: the names of the classes `0 .. K-1` (e.g. `train.class_names`), used to name a class in the
             messages; default: its label id.
+        positive_label: two classes only: the id of the positive class (the finding; `metrics.resolve_positive_label`
+            turns a name into it), default class 1. Every protocol's figures of a binary task (k-means, episodes,
+            linear probe) also hold its `sensitivity`, `specificity` and `positive_f1`; `settings` records it.
 
     Returns:
         a JSON-serialisable `dict`:
@@ -852,6 +867,7 @@ def evaluate_protocols(
         raise ValueError(f"expected a non-empty list of distinct shots, got {list(shots)}")
     y_train, y_test = as_labels(train_labels, "train_labels"), as_labels(test_labels, "test_labels")
     num_classes = resolve_num_classes(num_classes, class_names, y_train, y_test)
+    positive_label = resolve_positive_label(positive_label, class_names, num_classes)
     check_label_range(y_test, "test_labels", num_classes)
     x_train, y_train, x_test, _ = _check_pair(train_features, y_train, test_features, num_classes, len(y_test))
     _check_shots_fit(shots, names, y_train, num_classes, class_names)
@@ -862,14 +878,14 @@ def evaluate_protocols(
     bar = tqdm(**{"total": num_steps, "desc": "Evaluation protocols", "unit": "step", **(progress_bar or {})})
     bar.set_postfix(protocol="k-means")
     val = None if val_features is None else _checked_val(val_features, val_labels, x_train.shape[1], num_classes)
-    label_free = _label_free(x_train, x_test, y_test, num_classes, seed, kmeans_normalizations, val)
+    label_free = _label_free(x_train, x_test, y_test, num_classes, seed, kmeans_normalizations, val, positive_label)
     bar.update(1)
     result = {
         "feature": list(pair) if pair is not None else None,
         "num_classes": num_classes, "feature_dim": x_train.shape[1], "num_train": len(y_train), "num_test": len(y_test),
         "settings": {
             "shots": names, "num_episodes": num_episodes, "seed": seed, "knn_k": knn_k, "standardize": standardize,
-            "kmeans_normalizations": list(kmeans_normalizations),
+            "kmeans_normalizations": list(kmeans_normalizations), "positive_label": positive_label,
         },
         **label_free,
         "prototype": {},
@@ -886,35 +902,43 @@ def evaluate_protocols(
             index = few_shot_indices(y_train, shots_of_each, derived_seed(seed, episode), num_classes)
             x, y = x_shots[index], y_train[index]
             predictions = prototype_classify(x, y, x_queries, num_classes)[0]
-            episodes["prototype"].append(_scores(y_test, predictions, num_classes))
+            episodes["prototype"].append(_scores(y_test, predictions, num_classes, positive_label))
             predictions = knn_classify(x, y, x_queries, k, num_classes)[0]
-            episodes["knn"].append(_scores(y_test, predictions, num_classes))
+            episodes["knn"].append(_scores(y_test, predictions, num_classes, positive_label))
             bar.update(1)
         result["prototype"][name] = _summarise(episodes["prototype"])
         result["knn"][name] = {**_summarise(episodes["knn"]), "k": min(k, len(y_train))}
     if linear_probe:
         bar.set_postfix(protocol="linear probe")
         probe_kwargs = {"progress_bar": {**(progress_bar or {}), "leave": False}, **(probe_kwargs or {})}
-        result["linear_probe"] = _linear_probe(x_train, y_train, x_test, y_test, val, num_classes, probe_kwargs)
+        result["linear_probe"] = _linear_probe(
+            x_train, y_train, x_test, y_test, val, num_classes, probe_kwargs, positive_label
+        )
         bar.update(1)
     bar.close()
     return result
 
 
-def _label_free(x_train, x_test, y_test, num_classes: int, seed: int, normalizations: Sequence[str], val=None) -> dict:
+def _label_free(
+    x_train, x_test, y_test, num_classes: int, seed: int, normalizations: Sequence[str], val=None,
+    positive_label: Optional[int] = None,
+) -> dict:  # fmt: skip
     """`label_free` (the space chosen without labels on the train features), `label_free_by_normalization` and,
     given `val = (features, labels)`, `label_chosen` (the space whose val k-means scores the best macro-F1) and
-    `label_free_on_val` (the label-free k-means on val)."""
+    `label_free_on_val` (the label-free k-means on val); two classes scored for `positive_label` too."""
     if isinstance(normalizations, str):
         raise ValueError(f"kmeans_normalizations: expected a sequence of names, e.g. ('standardize',), got {normalizations!r}")
     key = ("features", 0)
-    chosen = label_free_kmeans({key: x_train}, {key: x_test}, y_test, num_classes, seed=seed, normalizations=normalizations)
-    names = (*SCORES, "nmi", "ari", "purity")
+    chosen = label_free_kmeans(
+        {key: x_train}, {key: x_test}, y_test, num_classes, seed=seed, normalizations=normalizations,
+        positive_label=positive_label,
+    )  # fmt: skip
+    names = (*SCORES, *(BINARY_SCORES if num_classes == 2 else ()), "nmi", "ari", "purity")
     stability = {name: scores[chosen["feature"]] for name, scores in chosen["selection"]["scores"].items()}
     by_normalization = {}
     for name in normalizations:
         metrics = chosen if name == chosen["normalization"] else kmeans_evaluate(
-            x_test, y_test, num_classes, seed=seed, normalization=name
+            x_test, y_test, num_classes, seed=seed, normalization=name, positive_label=positive_label
         )
         by_normalization[name] = {k: metrics[k] for k in names}
     result = {
@@ -924,7 +948,12 @@ def _label_free(x_train, x_test, y_test, num_classes: int, seed: int, normalizat
     }  # fmt: skip
     if val is not None:
         x_val, y_val = val
-        on_val = {name: kmeans_evaluate(x_val, y_val, num_classes, seed=seed, normalization=name) for name in normalizations}
+        on_val = {
+            name: kmeans_evaluate(
+                x_val, y_val, num_classes, seed=seed, normalization=name, positive_label=positive_label
+            )
+            for name in normalizations
+        }
         val_macro_f1 = {name: metrics["macro_f1"] for name, metrics in on_val.items()}
         best = max(normalizations, key=val_macro_f1.get)  # the first of equals, in the order given
         result["label_chosen"] = {**by_normalization[best], "normalization": best, "val_macro_f1": val_macro_f1}
@@ -960,16 +989,22 @@ def _check_probe_without_val(probe_kwargs: dict) -> None:
         )
 
 
-def _linear_probe(x_train, y_train, x_test, y_test, val, num_classes, probe_kwargs) -> dict:
+def _linear_probe(x_train, y_train, x_test, y_test, val, num_classes, probe_kwargs, positive_label=None) -> dict:
     """`fit_probe_grid` on one feature; val (`(features, labels)`, or `None`: the train split fills the argument, with
-    one C and no early stopping, see `_check_probe_without_val`) selects the C, stops early and is scored."""
+    one C and no early stopping, see `_check_probe_without_val`) selects the C, stops early and is scored; two classes
+    for `positive_label` too, from the kept head's predictions."""
     key = ("features", 0)
     x_val, y_val = (x_train, y_train) if val is None else val
     fit = fit_probe_grid(
         {key: x_train}, y_train, {key: x_val}, y_val, {key: x_test}, y_test, num_classes=num_classes, pool=None,
         **(probe_kwargs or {}),
     )  # fmt: skip
-    metrics = fit.metrics[key]
+    scored = {"test": (x_test, y_test), **({} if val is None else {"val": val})}
+    metrics = {split: dict(fit.metrics[key][split]) for split in scored}
+    if num_classes == 2:
+        with torch.no_grad():
+            for split, (x, y) in scored.items():
+                metrics[split].update(binary_scores(y, fit.heads[key](x).argmax(1).numpy(), positive_label))
     out = dict(metrics["test"])
     if val is not None:
         out.update({f"val_{name}": value for name, value in metrics["val"].items()})
