@@ -161,6 +161,10 @@ def test_two_evaluations_compared_reproduce_each_ones_metrics(two_evaluations, t
     for figure in ("accuracy", "balanced_accuracy", "macro_f1", "sensitivity", "specificity", "auc"):
         for side in "ab":
             assert comparison["figures"][figure][side] == pytest.approx(metrics[side.upper()][figure], abs=1e-9)
+    for figure in ("brier", "log_loss"):  # from the rows' float32 probabilities, as evaluate scored them
+        for side in "ab":
+            recorded = metrics[side.upper()]["calibration"][figure]
+            assert comparison["figures"][figure][side] == pytest.approx(recorded, rel=1e-5, abs=1e-7)
     assert metrics["A"]["accuracy"] != metrics["B"]["accuracy"]  # the premise: two models that differ
     assert "| Accuracy |" in report and "McNemar" in report and "DeLong" in report
     with pytest.raises(FileExistsError, match="--overwrite"):
@@ -478,3 +482,42 @@ def test_a_difference_of_0_in_every_resample_gets_no_interval():
     for name in ("accuracy", "balanced_accuracy"):
         assert result["figures"][name]["interval"] is None
         assert result["methods"][name].startswith("none: every resample gives the same difference")
+
+
+def test_brier_scores_and_log_losses_are_compared_image_by_image(tmp_path):
+    """QA (sessions 61-62): compare gave no calibration figure, so a recalibrated model and its original differed in
+    nothing compare showed. The mean of each image's difference of the proper scores, with a paired interval."""
+    rng = np.random.default_rng(1)
+    truth = np.array(["no", "yes"] * 40)
+    p_yes = np.clip((truth == "yes") * 0.4 + 0.3 + rng.normal(0, 0.15, len(truth)), 0.02, 0.98)
+    sharper = np.where(truth == "yes", np.maximum(p_yes, 0.9), np.minimum(p_yes, 0.1))  # the same ranks, nearer
+    a = _write_rows(tmp_path / "a" / "image_predictions.csv", truth, np.stack([1 - p_yes, p_yes], 1))
+    b = _write_rows(tmp_path / "b" / "image_predictions.csv", truth, np.stack([1 - sharper, sharper], 1))
+    compared = compare_predictions(a, b)
+    y = (truth == "yes").astype(int)
+    for side, p in (("a", p_yes), ("b", sharper)):
+        assert compared["figures"]["brier"][side] == pytest.approx(skm.brier_score_loss(y, p), abs=1e-12)
+        assert compared["figures"]["log_loss"][side] == pytest.approx(skm.log_loss(y, np.stack([1 - p, p], 1)))
+    for name in ("brier", "log_loss"):
+        figure = compared["figures"][name]
+        assert figure["difference"] == pytest.approx(figure["b"] - figure["a"], abs=1e-12)
+        assert figure["interval"][0] < figure["difference"] < figure["interval"][1] < 0  # B nearer the labels
+        assert compared["methods"][name].startswith("paired percentile bootstrap within each class")
+    report = render_comparison(compared)
+    brier = compared["figures"]["brier"]
+    assert f"| Brier score (lower is better) | {brier['a']:.4f} | {brier['b']:.4f} | {brier['difference']:+.4f} (" \
+        in report and "the Brier score's and the log loss's in their own units" in report  # fmt: skip
+    same = compare_predictions(a, _write_rows(tmp_path / "c" / "image_predictions.csv", truth,
+                                              np.stack([1 - p_yes, p_yes], 1)))  # fmt: skip
+    assert same["figures"]["brier"]["interval"] is None and "the same probabilities" in same["methods"]["brier"]
+
+
+def test_proper_scores_are_not_compared_where_the_rows_are_not_probabilities(tmp_path):
+    a, b = _binary_pair(tmp_path)
+    rows = [line.split(",") for line in b.read_text().splitlines()]
+    scores = [row[:6] + [str(2 * float(row[6])), row[7]] + row[8:] if i else row for i, row in enumerate(rows)]
+    b.write_text("\n".join(",".join(row) for row in scores) + "\n")  # prob_no doubled: rows summing to 1 + p(no)
+    compared = compare_predictions(a, b)
+    assert compared["figures"]["brier"] == {"a": None, "b": None, "difference": None, "interval": None}
+    assert compared["methods"]["log_loss"].startswith(f"none: the prob_<class> columns of {b} are not probabilities")
+    assert "| Brier score (lower is better) | n/a | n/a | n/a | no test |" in render_comparison(compared)

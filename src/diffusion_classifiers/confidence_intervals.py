@@ -29,6 +29,7 @@ __all__ = [
     "class_averages",
     "classification_intervals",
     "delong_auc_interval",
+    "image_weights_resampled_within_classes",
     "influence_variance",
     "intervals_of_metrics",
     "multi_class_auc_interval",
@@ -250,6 +251,14 @@ def resampled_counts(labels: np.ndarray, rng: np.random.Generator, size: int) ->
     return counts
 
 
+def image_weights_resampled_within_classes(labels: np.ndarray) -> Iterator[np.ndarray]:
+    """`NUM_RESAMPLES` resamples of the images of `labels` [N] (each image's class), each class's images drawn with
+    replacement from `BOOTSTRAP_SEED` (`resampled_counts`): batches of how much each image weighs [B, N]."""
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    for size in _resample_sizes():
+        yield resampled_counts(labels, rng, size)
+
+
 def _weights_by_tied_score(is_positive: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> tuple:
     """The positive and the negative images' `weights` [B, N] summed within each group of tied `scores` [N]: two
     [B, G] arrays, the groups in ascending order of score."""
@@ -279,10 +288,9 @@ def _average_precision_interval(is_positive: np.ndarray, scores: np.ndarray, lev
     reason = too_few_images_for(np.bincount(is_positive, minlength=2))
     if reason:
         return None, reason
-    rng = np.random.default_rng(BOOTSTRAP_SEED)
     statistics = [
-        weighted_average_precision(is_positive, scores, resampled_counts(is_positive, rng, size))
-        for size in _resample_sizes()
+        weighted_average_precision(is_positive, scores, weights)
+        for weights in image_weights_resampled_within_classes(is_positive)
     ]
     interval = percentile_interval(statistics, level)
     return interval, _METHODS["average_precision"] if interval is not None else _UNBOUNDED

@@ -42,6 +42,7 @@ __all__ = [
     "negative_class",
     "operating_point_text",
     "per_class_table",
+    "per_image_proper_scores",
     "percent",
     "positive_class_rows",
     "predictive_values_at",
@@ -600,15 +601,26 @@ def calibration_rows(calibration: dict, intervals: Optional[dict] = None) -> Lis
 
 
 def proper_scores(y_true: np.ndarray, probs: np.ndarray) -> dict:
-    """The Brier score and the log loss of checked probabilities `probs` `[N, K]` (`calibration_metrics`): every one
-    of the K columns a class, present in `y_true` or not."""
-    labels, sums = np.arange(probs.shape[1]), probs.sum(1, keepdims=True)
+    """The Brier score and the log loss of checked probabilities `probs` `[N, K]` (`calibration_metrics`): the means
+    of `per_image_proper_scores`."""
+    return {name: float(values.mean()) for name, values in per_image_proper_scores(y_true, probs).items()}
+
+
+def per_image_proper_scores(y_true: np.ndarray, probs: np.ndarray) -> Dict[str, np.ndarray]:
+    """Each image's Brier score and log loss [N] from checked probabilities `probs` `[N, K]` (in [0, 1], finite; each
+    row renormalised, as a float32 softmax sums to 1 within its rounding only), scikit-learn's definitions: every one
+    of the K columns a class, present in `y_true` or not; the Brier score the squared distance from the one-hot label,
+    halved for two classes; the log loss -log of the true class's probability clipped to [eps, 1 - eps] (float64's
+    epsilon: a probability of 0 costs about 36 nats)."""
+    sums = probs.sum(1, keepdims=True)
     if (sums == 0).any():
         empty = int(np.flatnonzero(sums == 0)[0])
         raise ValueError(f"probs row {empty} is all zeros: expected each row to be a distribution over the classes")
-    rows = probs / sums  # a float32 softmax sums to 1 within its rounding only
-    brier = skm.brier_score_loss(y_true, rows[:, 1] if len(labels) == 2 else rows, labels=labels)
-    return {"brier": float(brier), "log_loss": float(skm.log_loss(y_true, rows, labels=labels))}
+    rows, one_hot = probs / sums, np.eye(probs.shape[1])[y_true]
+    brier = ((rows - one_hot) ** 2).sum(1) / (2 if probs.shape[1] == 2 else 1)
+    eps = np.finfo(np.float64).eps
+    log_loss = -np.log(np.clip(rows[np.arange(len(y_true)), y_true], eps, 1 - eps))
+    return {"brier": brier, "log_loss": log_loss}
 
 
 def seed_sensitivity_metrics(y_true, y_pred, margins, stderr, num_stderr: float = 2.0) -> dict:

@@ -10,6 +10,8 @@ tests of each model alone would overstate the uncertainty of the difference).
 - Accuracy, balanced accuracy and macro-F1 differences: percentile bootstrap intervals, each class's images
   resampled within the class, the two models' decisions on an image drawn together (as `confidence_intervals`
   bounds one model's).
+- Brier score and log loss (of the probabilities, where both sides' rows are distributions): the mean of each
+  image's difference, its interval by the same paired bootstrap.
 """
 
 from typing import Dict, Optional
@@ -25,13 +27,21 @@ from .confidence_intervals import (
     auc_influence,
     cell_counts_resampled_within_classes,
     class_averages,
+    image_weights_resampled_within_classes,
     influence_variance,
     percentile_interval,
     too_few_images_for,
 )
 from .validation import as_labels
 
-__all__ = ["mcnemar_test", "paired_auc_difference", "paired_bootstrap_differences", "paired_figures"]
+__all__ = [
+    "PROPER_SCORES",
+    "mcnemar_test",
+    "paired_auc_difference",
+    "paired_bootstrap_differences",
+    "paired_figures",
+    "paired_proper_score_differences",
+]
 
 BOOTSTRAP_METHOD = (
     f"paired percentile bootstrap within each class (n - 1 of its n images drawn, rescaled), {NUM_RESAMPLES} "
@@ -48,6 +58,8 @@ _NO_AUC_VARIANCE = (
     "classes perfectly)"
 )
 _DECISION_NAMES = ("y_true", "pred_a", "pred_b")
+PROPER_SCORES = ("brier", "log_loss")  # lower is better: a negative difference is B's improvement
+_SAME_PROBABILITIES = "none: every resample gives the same difference (the two give the images the same probabilities)"
 
 
 def mcnemar_test(correct_a, correct_b) -> dict:
@@ -107,6 +119,34 @@ def paired_figures(
         methods[name] += "; p-value: McNemar's exact test"
     figures["auc"], methods["auc"] = _auc_figure(y_true, scores_a, scores_b, positive_label, level)
     return {"level": level, "figures": figures, "methods": methods}
+
+
+def paired_proper_score_differences(y_true, probs_a, probs_b, level: float = CONFIDENCE_LEVEL) -> tuple:
+    """The Brier score and log loss (`PROPER_SCORES`, `metrics.per_image_proper_scores`) of two models' probabilities
+    `probs_a`, `probs_b` [N, K] of the same images `y_true`: `(figures, methods)`, each figure's `a`, `b`,
+    `difference` (B's less A's: negative where B's probabilities are nearer the labels) and the percentile bootstrap
+    `interval` of the mean of the images' differences, each class's images resampled within the class (None where a
+    class holds too few images: the method says)."""
+    from .metrics import per_image_proper_scores
+
+    y_true = as_labels(y_true, "y_true")
+    scores = [per_image_proper_scores(y_true, np.asarray(probs, dtype=np.float64)) for probs in (probs_a, probs_b)]
+    figures = {
+        name: {"a": float(scores[0][name].mean()), "b": float(scores[1][name].mean()),
+               "difference": float((scores[1][name] - scores[0][name]).mean()), "interval": None}
+        for name in PROPER_SCORES
+    }  # fmt: skip
+    reason = too_few_images_for(np.bincount(y_true))
+    if reason:
+        return figures, dict.fromkeys(PROPER_SCORES, reason)
+    differences = np.stack([scores[1][name] - scores[0][name] for name in PROPER_SCORES], 1)  # [N, S]
+    resampled = [(weights @ differences) / weights.sum(1, keepdims=True)
+                 for weights in image_weights_resampled_within_classes(y_true)]  # fmt: skip
+    methods = {}
+    for column, name in enumerate(PROPER_SCORES):
+        figures[name]["interval"] = percentile_interval([batch[:, column] for batch in resampled], level)
+        methods[name] = BOOTSTRAP_METHOD if figures[name]["interval"] is not None else _SAME_PROBABILITIES
+    return figures, methods
 
 
 def _disagree(figure: dict, level: float) -> bool:

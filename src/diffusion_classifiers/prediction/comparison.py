@@ -12,7 +12,9 @@ The figures are those of `paired_statistics`: each side's accuracy, balanced acc
 bootstrap intervals of their difference and McNemar's exact test of accuracy (of sensitivity and specificity too,
 for a binary task), and the AUC with DeLong's test for correlated ROC curves. A binary task ranks by the positive
 class's log-odds (evaluate's `log_odds_<class>` column, a Score-SDE predict output's `log_likelihood_ratio`, else
-log(p / q) of the row's two probabilities), another by the rows' probabilities.
+log(p / q) of the row's two probabilities), another by the rows' probabilities. Where both sides' rows are
+probabilities, their Brier scores and log losses are compared too: the mean of each image's difference, with the same
+paired bootstrap's interval.
 """
 
 from __future__ import annotations
@@ -50,6 +52,12 @@ _CAVEATS = (
     "counts beside the p-value), they can disagree; the exact test is then the one to read."
 )
 _DISAGREE_MARK = " (interval and test disagree)"
+# The figures that are not fractions: shown to 4 digits, their differences in their own units (lower is better)
+_PROPER_SCORE_NAMES = {"brier": "Brier score (lower is better)", "log_loss": "log loss, nats (lower is better)"}
+_UNITS = "Differences in percentage points; the Brier score's and the log loss's in their own units."
+# How far from 1 a row of probabilities in a file may sum (a float32 softmax, or digits a spreadsheet rounded) and be
+# taken for probabilities
+_SUM_SLACK = 1e-3
 
 
 @dataclass
@@ -103,7 +111,8 @@ def compare_predictions(
         `macro_f1` (and binary `sensitivity`, `specificity`), `auc`: `a`, `b`, `difference` (B's less A's), its
         `interval` (None where there is none: `methods` says why), and where a test applies its `p_value`
         (accuracy, sensitivity and specificity: McNemar's exact test, with the images `only_a_correct` and
-        `only_b_correct`; the AUC: DeLong's), and `methods`.
+        `only_b_correct`; the AUC: DeLong's), `brier` and `log_loss` (of the probabilities; empty where a side's
+        `prob_<class>` rows are not probabilities), and `methods`.
     """
     pair_by = [pair_by] if isinstance(pair_by, str) else list(pair_by)
     if not pair_by or ("image" in pair_by and len(pair_by) > 1):
@@ -134,7 +143,33 @@ def compare_predictions(
     predicted = [_label_ids(side.labels[rows], names, side.source) for side, rows in sides]
     positive_label = None if positive is None else names.index(positive)
     comparison.update(paired_figures(y_true, *predicted, *scores, len(names), positive_label))
+    figures, methods = _proper_score_figures(y_true, sides)
+    comparison["figures"] |= figures
+    comparison["methods"] |= methods
     return comparison
+
+
+def _proper_score_figures(y_true: np.ndarray, sides: tuple) -> tuple[dict, dict]:
+    """The Brier score and log loss figures (`paired_statistics.paired_proper_score_differences`) where both sides'
+    `prob_<class>` rows are probabilities; else empty, their method naming the side whose rows are not (QA: a
+    calibrated and an uncalibrated model compared by their decisions only)."""
+    from ..paired_statistics import PROPER_SCORES, paired_proper_score_differences
+
+    probabilities = [side.probs[rows] for side, rows in sides]
+    others = [side.source for side, probs in zip((side for side, _ in sides), probabilities) if not _distributions(probs)]
+    if others:
+        reason = (
+            f"none: the prob_<class> columns of {' and '.join(others)} are not probabilities (in [0, 1], each row "
+            f"summing to 1 within {_SUM_SLACK})"
+        )
+        empty = {"a": None, "b": None, "difference": None, "interval": None}
+        return {name: dict(empty) for name in PROPER_SCORES}, dict.fromkeys(PROPER_SCORES, reason)
+    return paired_proper_score_differences(y_true, *probabilities)
+
+
+def _distributions(probs: np.ndarray) -> bool:
+    """Whether every row is a probability distribution, as far as a file's rounded digits keep one."""
+    return bool(((probs >= 0) & (probs <= 1)).all() and (np.abs(probs.sum(1) - 1) <= _SUM_SLACK).all())
 
 
 def _read_side(source: str | os.PathLike, side: str, pair_by: list) -> _ScoredRows:
@@ -394,7 +429,6 @@ def _ranking_scores(side: _ScoredRows, rows: np.ndarray, positive: Optional[str]
 def render_comparison(comparison: dict) -> str:
     """A Markdown report of `compare_predictions`' result: a table of each figure, A, B, B's less A's with its
     interval, and the p-value with its test."""
-    from ..hub import METRIC_NAMES
     from ..metrics import percent
 
     level = comparison["level"]
@@ -405,16 +439,17 @@ def render_comparison(comparison: dict) -> str:
         "", f"| figure | A | B | B - A ({level:.0%} interval) | p-value |", "| --- | --- | --- | --- | --- |",
     ]  # fmt: skip
     for name, figure in comparison["figures"].items():
+        value, difference = (_score, _signed_score) if name in _PROPER_SCORE_NAMES else (percent, _points)
         interval = figure.get("interval")
-        spread = "" if interval is None else f" ({_points(interval[0])} to {_points(interval[1])})"
-        cells = [percent(figure["a"]), percent(figure["b"]), _points(figure["difference"]) + spread]
+        spread = "" if interval is None else f" ({difference(interval[0])} to {difference(interval[1])})"
+        cells = [value(figure["a"]), value(figure["b"]), difference(figure["difference"]) + spread]
         disagree = _DISAGREE_MARK if figure.get("interval_and_test_disagree") else ""
         cells.append(_p_value_text(figure) + _discordant_text(figure) + disagree)
-        lines.append(f"| {METRIC_NAMES[name][1]} | " + " | ".join(cells) + " |")
-    lines += ["", "Differences in percentage points. Intervals and tests:", ""]
+        lines.append(f"| {_figure_name(name)} | " + " | ".join(cells) + " |")
+    lines += ["", _UNITS, "Intervals and tests:", ""]
     by_method: dict = {}
     for name, method in comparison["methods"].items():
-        by_method.setdefault(method, []).append(METRIC_NAMES[name][1])
+        by_method.setdefault(method, []).append(_figure_name(name))
     lines += [f"- {', '.join(names)}: {method}" for method, names in by_method.items()]
     lines += ["", _CAVEATS]
     return "\n".join(lines) + "\n"
@@ -460,6 +495,20 @@ def _what_is_paired(paired_by) -> str:
 
 def _points(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{100 * value:+.2f}"
+
+
+def _score(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _signed_score(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:+.4f}"
+
+
+def _figure_name(name: str) -> str:
+    from ..hub import METRIC_NAMES
+
+    return _PROPER_SCORE_NAMES.get(name) or METRIC_NAMES[name][1]
 
 
 def _left_out_text(comparison: dict) -> str:
