@@ -156,7 +156,7 @@ def _proper_score_figures(y_true: np.ndarray, sides: tuple) -> tuple[dict, dict]
     from ..paired_statistics import PROPER_SCORES, paired_proper_score_differences
 
     probabilities = [side.probs[rows] for side, rows in sides]
-    others = [side.source for side, probs in zip((side for side, _ in sides), probabilities) if not _distributions(probs)]
+    others = [side.source for (side, _), probs in zip(sides, probabilities) if not _distributions(probs)]
     if others:
         reason = (
             f"none: the prob_<class> columns of {' and '.join(others)} are not probabilities (in [0, 1], each row "
