@@ -2,7 +2,8 @@
 
 `compare` (`paired_statistics.paired_figures`) gives each figure's difference between two models scored on the same
 images (B's less A's) a 95% interval: a paired percentile bootstrap within each class for accuracy, balanced accuracy,
-macro-F1, sensitivity and specificity, DeLong's normal interval for the AUC. Here test sets are drawn from a known
+macro-F1, sensitivity and specificity, DeLong's normal interval for the AUC, and the same bootstrap for the mean of each
+image's difference of the Brier score and of the log loss (`paired_proper_score_differences`, since 2026-12-07). Here test sets are drawn from a known
 population of images scored by two models whose errors correlate (both see a shared "hardness" noise per image; B is
 biased toward class 0), and each figure's interval is checked against the population's difference, computed on a
 `--population_size` sample (200,000 images) with scikit-learn's definitions of the figures (checked against the
@@ -24,14 +25,14 @@ import math
 import time
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
+from sklearn.metrics import balanced_accuracy_score, brier_score_loss, f1_score, log_loss, roc_auc_score
 
 from _common import base_parser, coverage_floor, report, setup, simulation_args, target_entry
-from diffusion_classifiers.paired_statistics import paired_figures
+from diffusion_classifiers.paired_statistics import paired_figures, paired_proper_score_differences
 
 SETTINGS = {"binary_200": (2, 200), "four_class_200": (4, 200), "binary_50": (2, 50)}  # classes, images
 CLASS_COUNTS = ("fixed", "random")
-FIGURES = ("accuracy", "balanced_accuracy", "macro_f1", "sensitivity", "specificity", "auc")
+FIGURES = ("accuracy", "balanced_accuracy", "macro_f1", "sensitivity", "specificity", "auc", "brier", "log_loss")
 LEVEL, TARGETED_IMAGES = 0.95, 200
 DEFAULTS = {"draws": 1000, "population_size": 200_000}
 QUICK = {"draws": 40, "population_size": 200_000}
@@ -67,12 +68,14 @@ def ranking_scores(probabilities: np.ndarray) -> np.ndarray:
 
 
 def compared(labels: np.ndarray, probabilities_a: np.ndarray, probabilities_b: np.ndarray) -> dict:
-    """`paired_figures` of the two models (class 1 positive in a binary task)."""
+    """`paired_figures` of the two models (class 1 positive in a binary task) and their proper scores' differences, as
+    `compare` gives them."""
     num_classes = probabilities_a.shape[1]
-    return paired_figures(
+    figures = paired_figures(
         labels, probabilities_a.argmax(1), probabilities_b.argmax(1), ranking_scores(probabilities_a),
         ranking_scores(probabilities_b), num_classes, positive_label=1 if num_classes == 2 else None,
     )["figures"]  # fmt: skip
+    return figures | paired_proper_score_differences(labels, probabilities_a, probabilities_b)[0]
 
 
 def differences(labels: np.ndarray, probabilities_a: np.ndarray, probabilities_b: np.ndarray) -> dict:
@@ -92,6 +95,10 @@ def differences(labels: np.ndarray, probabilities_a: np.ndarray, probabilities_b
             values["auc"] = roc_auc_score(labels, scores)
         else:
             values["auc"] = np.mean([roc_auc_score(labels == k, scores[:, k]) for k in range(num_classes)])
+        classes = np.arange(num_classes)
+        values["brier"] = brier_score_loss(labels, probabilities[:, 1] if num_classes == 2 else probabilities,
+                                           labels=classes)  # fmt: skip
+        values["log_loss"] = log_loss(labels, probabilities, labels=classes)
         return values
 
     a, b = figures(probabilities_a), figures(probabilities_b)
