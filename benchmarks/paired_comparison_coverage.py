@@ -4,10 +4,10 @@
 images (B's less A's) a 95% interval: a paired percentile bootstrap within each class for accuracy, balanced accuracy,
 macro-F1, sensitivity and specificity, DeLong's normal interval for the AUC, and the same bootstrap for the mean of each
 image's difference of the Brier score and of the log loss (`paired_proper_score_differences`, since 2026-12-07).
-Here test sets are drawn from a known population of images scored by two models whose errors correlate (both see a shared "hardness" noise per image; B is
-biased toward class 0), and each figure's interval is checked against the population's difference, computed on a
-`--population_size` sample (200,000 images) with scikit-learn's definitions of the figures (checked against the
-library's point estimates on every setting's first draw).
+Here test sets are drawn from a known population of images scored by two models whose errors correlate (both see a
+shared "hardness" noise per image; B is biased toward class 0), and each figure's interval is checked against the
+population's difference, computed on a `--population_size` sample (200,000 images) with scikit-learn's definitions of
+the figures (checked against the library's point estimates on every setting's first draw).
 
 Settings: `binary_200` (classes 60/40, class 1 positive), `four_class_200` (25% each), `binary_50` (30/20 images); each
 with the class counts fixed (stratified: the prior's share of the images) and random (multinomial). Per figure: the
