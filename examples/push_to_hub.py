@@ -34,6 +34,7 @@ from diffusion_classifiers.evaluation import pipeline_call_settings
 from diffusion_classifiers.hub import (
     METHODS,
     HubUploadError,
+    check_repo_id,
     class_names_of,
     input_description_of,
     library_name_of,
@@ -108,7 +109,12 @@ def parse_args(argv=None):
                         "default visibility)")
     parser.add_argument("--token", default=None, help="a Hub token (default: the saved login or HF_TOKEN)")
     parser.add_argument("--revision", default=None, help="an existing branch to commit to (default: main)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        check_repo_id(args.repo_id)  # before the card is rendered with it, dry run or not
+    except ValueError as error:
+        parser.error(f"--repo_id: {error}")
+    return args
 
 
 def dataset_citation(given):

@@ -12,6 +12,8 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+
+import diffusion_classifiers
 from diffusers import DDPMScheduler, UNet2DModel
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
@@ -333,8 +335,10 @@ def test_saved_code_is_flat_minimal_and_imports_the_installed_package_first(save
         absolute = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level]
         assert not [m for m in absolute if m.startswith("diffusion_classifiers")], name
     entry = (folder / "pipeline_unet_features.py").read_text()
-    assert "from diffusion_classifiers.pipelines.pipeline_unet_features import UNetFeatureClassifierPipeline" in entry
-    assert INSTALL_HINT in entry
+    assert 'UNetFeatureClassifierPipeline = importlib.import_module("diffusion_classifiers.pipelines.pipeline_unet_' \
+        'features").UNetFeatureClassifierPipeline' in entry  # fmt: skip
+    assert f"{INSTALL_HINT}=={diffusion_classifiers.__version__}" in entry
+    assert not [line for line in entry.splitlines() if line.lstrip().startswith("from diffusion_classifiers")]
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == ["pipeline_unet_features", "UNetFeatureClassifierPipeline"]
     assert index["head"] == ["linear_probe_head", "LinearProbeHead"] and "_name_or_path" not in index
@@ -342,6 +346,46 @@ def test_saved_code_is_flat_minimal_and_imports_the_installed_package_first(save
     assert config["auto_map"]["AutoModelForImageClassification"] == (
         "modeling_diffusion_classifier.DiffusionFeaturesForImageClassification"
     )
+
+
+@pytest.mark.slow
+def test_an_installed_package_of_another_version_is_not_mixed_with_the_saved_code(saved):
+    """QA (Hub consumer): an installed diffusion_classifiers 0.0.1 gave the config class while the bundled copy gave
+    the model class, without a word; the numbers of an older release's classes need not be the card's. The code saved
+    with the model runs then, whole, with a warning naming both versions."""
+    root, expected = saved
+    script = """
+import sys, types, warnings
+older = types.ModuleType("diffusion_classifiers")
+older.__version__ = "0.0.1"
+sys.modules["diffusion_classifiers"] = older  # an older release installed (that registers nothing)
+import json, numpy, torch
+from diffusers import DiffusionPipeline
+from transformers import AutoModelForImageClassification
+
+images = torch.from_numpy(numpy.load("images.npy"))
+results = {"modules": {}, "outputs": {}}
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    pipe = DiffusionPipeline.from_pretrained("unet_features", trust_remote_code=True)
+    model = AutoModelForImageClassification.from_pretrained("hf_unet_features", trust_remote_code=True)
+results["modules"] = [type(pipe).__module__, type(pipe.head).__module__, type(model).__module__,
+                      type(model.config).__module__]
+results["outputs"]["unet_features"] = pipe(images).probs.tolist()
+with torch.no_grad():
+    results["outputs"]["hf_unet_features"] = model(pixel_values=images).logits.softmax(-1).tolist()
+results["warnings"] = sorted({str(w.message) for w in caught if "is installed" in str(w.message)})
+json.dump(results, open("result.json", "w"))
+"""
+    results = run_python(script, root, hide_package=False)
+    assert all(m.startswith(("diffusers_modules.", "transformers_modules.")) for m in results["modules"]), results["modules"]
+    for name in ("unet_features", "hf_unet_features"):
+        assert_same_numbers(results["outputs"][name], expected[name])
+    version = diffusion_classifiers.__version__
+    assert results["warnings"] == [
+        f"diffusion_classifiers 0.0.1 is installed; this model was saved with {version}: the code saved with the model "
+        f"is used, not the package's ({INSTALL_HINT}=={version} to use the package's classes)"
+    ]
 
 
 def test_saved_weights_are_readable_as_the_umask_allows(saved, tmp_path):

@@ -675,6 +675,40 @@ def test_dry_run_publishes_data_splits_without_the_training_fingerprints(saved_p
     assert json.loads((pipe_dir / "data_splits.json").read_text()) == record  # the local folder is only read
 
 
+def test_a_config_naming_a_local_folder_is_published_without_it(saved_pipeline, monkeypatch, tmp_path):
+    """QA (Hub publisher): a probe's unet/config.json kept the folder its U-Net was loaded from ("_name_or_path":
+    "/home/<user>/<project>/unet"), and the upload published it; a Hub id there is kept."""
+    import shutil
+
+    pipe_dir = tmp_path / "pipe"
+    shutil.copytree(saved_pipeline[0], pipe_dir)
+    config_path = pipe_dir / "unet" / "config.json"
+    config = {**json.loads(config_path.read_text()), "_name_or_path": str(tmp_path / "lab" / "unet")}
+    config_path.write_text(json.dumps(config))
+    head_path = pipe_dir / "head" / "config.json"
+    head = {**json.loads(head_path.read_text()), "_name_or_path": "facebook/dinov2-small"}
+    head_path.write_text(json.dumps(head))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    write_dry_run(pipe_dir, tmp_path / "out")
+    published = json.loads((tmp_path / "out" / "unet" / "config.json").read_text())
+    assert published == {key: value for key, value in config.items() if key != "_name_or_path"}
+    assert json.loads((tmp_path / "out" / "head" / "config.json").read_text()) == head
+    assert json.loads(config_path.read_text()) == config  # the local folder is only read
+
+
+def test_a_repo_id_the_hub_would_refuse_is_refused_before_the_card(saved_pipeline, monkeypatch, tmp_path, capsys):
+    """QA (Hub publisher): "my org/bad name!!" went into a dry run's card, its title and usage snippet."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    argv = push_script_argv(saved_pipeline[0], tmp_path, "--dry_run", "--output_dir", str(tmp_path / "out"))
+    argv[argv.index("--repo_id") + 1] = "my org/bad name!!"
+    with pytest.raises(SystemExit):
+        run_push_script(monkeypatch, argv)
+    assert "--repo_id: repo_id 'my org/bad name!!': Repo id must" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="repo_id 'a/b/c'"):
+        push_to_hub(saved_pipeline[0], "a/b/c")
+
+
 def test_cli_offline_push_fails_with_one_line(saved_pipeline, monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(SystemExit) as exit_info:

@@ -30,6 +30,7 @@ from huggingface_hub import (
     constants,
     snapshot_download,
 )
+from huggingface_hub.utils import validate_repo_id
 from huggingface_hub.errors import (
     HfHubHTTPError,
     HFValidationError,
@@ -50,6 +51,7 @@ __all__ = [
     "TEMPLATES_DIR",
     "HubUploadError",
     "check_publishable_model",
+    "check_repo_id",
     "class_names_of",
     "commit_operations",
     "download",
@@ -636,7 +638,8 @@ def model_fingerprint(local_dir: Union[str, os.PathLike]) -> str:
     """sha256 over a saved model's `model_index.json` / `config.json` files and `*.safetensors` weights (their paths
     and bytes, training checkpoints and hidden folders left out): what `evaluate` records in metrics.json as
     `"model_sha256"`, so a card publishes only the metrics of its own model. Cheap and stable: the same files, loaded
-    from a folder or a Hub snapshot, give the same digest."""
+    from a folder or a Hub snapshot, give the same digest (a snapshot of a folder whose configs named the local
+    folders they were loaded from, which the upload leaves out, `_published_config`, gives another)."""
     local_dir = Path(local_dir)
     digest = hashlib.sha256()
     files = sorted(
@@ -887,6 +890,33 @@ def _model_loads_from(name: str) -> bool:
     return base.endswith(MODEL_JSON_ENDINGS)
 
 
+def _published_file(path: Path) -> Union[str, bytes]:
+    """What is uploaded of `path`: a `data_splits.json` without its fingerprints (`_published_split_record`), a
+    config without the local folder it was loaded from (`_published_config`), any other file as it is (its path)."""
+    from .data.split_record import SPLIT_RECORD_NAME
+
+    if path.name == SPLIT_RECORD_NAME:
+        return _published_split_record(path)
+    if path.name == "config.json":
+        return _published_config(path)
+    return str(path)
+
+
+def _published_config(path: Path) -> Union[str, bytes]:
+    """A `config.json` as published: without a `_name_or_path` that names a local folder (diffusers keeps the folder
+    a component was loaded from in its saved config: QA, a probe's `unet/config.json` would have published
+    "/home/<user>/<project>/unet"); one naming a Hub repository is kept. Unchanged otherwise (its path)."""
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return str(path)  # published as it is, as before: not ours to judge
+    name = config.get("_name_or_path") if isinstance(config, dict) else None
+    if not isinstance(name, str) or not (os.path.isabs(name) or os.path.exists(name) or name.startswith(".")):
+        return str(path)
+    config.pop("_name_or_path")
+    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+
+
 def _published_split_record(path: Path) -> bytes:
     """A `data_splits.json` as published: without its `train_fingerprints`, the other keys kept. The fingerprints of
     the training images would let anyone holding an image (a patient's scan) test whether the model was trained on
@@ -906,15 +936,10 @@ def commit_operations(
     local_dir: Path, card: Optional[Union[ModelCard, DatasetCard]], repo_type: str = "model"
 ) -> List[CommitOperationAdd]:
     """The files of `local_dir` to upload (`_local_files`), with `card` (sent from memory) replacing its README.md if
-    given, and each `data_splits.json` sent without its training images' fingerprints (`_published_split_record`)."""
-    from .data.split_record import SPLIT_RECORD_NAME
-
+    given, each `data_splits.json` sent without its training images' fingerprints and each `config.json` without
+    the local folder it was loaded from (`_published_file`)."""
     operations = [
-        CommitOperationAdd(
-            path_in_repo=name,
-            path_or_fileobj=_published_split_record(local_dir / name)
-            if Path(name).name == SPLIT_RECORD_NAME else str(local_dir / name),
-        )
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=_published_file(local_dir / name))
         for name in _local_files(local_dir, repo_type)
         if card is None or name != "README.md"
     ]
@@ -989,6 +1014,7 @@ def push_to_hub(
     Raises `OfflineModeIsEnabled` when HF_HUB_OFFLINE is set, `HubUploadError` when the upload fails.
     """
     local_dir = Path(local_dir)
+    check_repo_id(repo_id)
     if repo_type == "model":
         check_publishable_model(local_dir)  # before anything is sent
     if constants.is_offline_mode():
@@ -1005,6 +1031,16 @@ def push_to_hub(
             f"upload of {local_dir} to {api.endpoint}/{repo_id} failed: {err}\n"
             f"The local folder {local_dir} is unchanged."
         ) from err
+
+
+def check_repo_id(repo_id: str) -> None:
+    """Refuse, before any work, a repository id the Hub would refuse (huggingface_hub's `validate_repo_id`: `name` or
+    `namespace/name`, of letters, digits, "-", "_" and "."), naming it: QA, `"my org/bad name!!"` went into a dry
+    run's card (its title and usage snippet) without a word."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"repo_id {repo_id!r}: {error}") from None
 
 
 def _create_repo(api: HfApi, repo_id: str, private: bool, repo_type: str) -> None:

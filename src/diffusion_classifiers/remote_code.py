@@ -43,25 +43,51 @@ PACKAGE = "diffusion_classifiers"
 PACKAGE_DIR = Path(__file__).resolve().parent
 INSTALL_HINT = "pip install diffusion-classifiers"
 
-# The installed package's import shares its line with `try:`: diffusers' `check_imports` takes a line that starts with
-# `from <package> import` for a requirement, and without the package would warn on every load that it "might require"
-# diffusion_classifiers, although the bundled copy serves. An installed package without the class (an older release,
-# or another project's package of the same name) is no package to take it from: the bundled copy serves then too; an
-# import error of another library (a dependency the installed package misses) is raised.
+# The installed package is imported by `importlib`, never by an import line: diffusers' `check_imports` takes a line
+# that starts with `from <package> import` for a requirement, and without the package would warn on every load that
+# it "might require" diffusion_classifiers, although the bundled copy serves. An installed package of another version
+# than the model was saved with (an older release, or another project's package of the same name) is not used: its
+# classes would score the model otherwise than the card says (QA: a config class from an installed 0.0.1 beside the
+# bundled model class, without a word), so the bundled copy serves, with a warning naming both versions. An import
+# error of another library (a dependency the installed package misses) is raised.
 _ENTRY = '''\
-"""`{name}` for `trust_remote_code=True` loading: the installed diffusion-classifiers package's class when there
-is one ({install_hint}), else the copy of its code saved with this model. Written by `save_pretrained`."""
+"""`{name}` for `trust_remote_code=True` loading: the installed diffusion-classifiers package's class where its
+version is the one this model was saved with ({install_hint}=={version}), else the copy of its code saved with this
+model. Written by `save_pretrained`."""
 
-try: from {installed_module} import {name}  # noqa: E701
-except ImportError as error:
-    if (error.name or "").partition(".")[0] != "{package}":
-        raise
+import importlib
+import warnings
+
+SAVED_WITH = "{version}"
+
+
+def _installed_package():
+    """The installed package, where it is the version this model was saved with; else None."""
+    try:
+        package = importlib.import_module("{package}")
+    except ImportError as error:
+        if (error.name or "").partition(".")[0] != "{package}":
+            raise
+        return None
+    installed = getattr(package, "__version__", None)
+    if installed != SAVED_WITH:
+        warnings.warn(
+            f"{package} {{installed}} is installed; this model was saved with {{SAVED_WITH}}: the code saved with "
+            f"the model is used, not the package's ({install_hint}=={{SAVED_WITH}} to use the package's classes)"
+        )
+        return None
+    return package
+
+
+if _installed_package() is not None:
+    {name} = importlib.import_module("{installed_module}").{name}
+else:
 {fallback}
 __all__ = ["{name}"]
 '''
 
 _HEADER = "# Bundled copy of {module} (diffusion-classifiers {version}), written by save_pretrained.\n"
-_HEADER_PATTERN = re.compile(rf"# Bundled copy of ({PACKAGE}(?:\.\w+)*) \(")
+_HEADER_PATTERN = re.compile(rf"# Bundled copy of ({PACKAGE}(?:\.\w+)*) \((?:diffusion-classifiers ([^)]*)\))?")
 
 # The root entry names every bundled module itself: diffusers copies to its module cache only the files that the
 # loaded file imports directly (it reads the import lines, it does not run them). The names are under `if False:`, so
@@ -96,6 +122,18 @@ def package_module(cls: type) -> str:
     bundled copy (saved with a model, loaded with `trust_remote_code=True`) defines it, read from the copy's header."""
     if _in_package(cls.__module__):
         return cls.__module__
+    return _bundled_header(cls).group(1)
+
+
+def _code_version(cls: type) -> str:
+    """The diffusion-classifiers version of `cls`'s code: the installed package's, or the one its bundled copy's
+    header names ("unknown" where it names none)."""
+    if _in_package(cls.__module__):
+        return _package_version()
+    return _bundled_header(cls).group(2) or "unknown"
+
+
+def _bundled_header(cls: type) -> re.Match:
     path = _loaded_file(cls)
     first_line = path.read_text(encoding="utf-8").partition("\n")[0] if path is not None and path.is_file() else ""
     match = _HEADER_PATTERN.match(first_line)
@@ -104,7 +142,7 @@ def package_module(cls: type) -> str:
             f"{cls.__name__} comes from {cls.__module__}: expected a class of the {PACKAGE} package or of the code "
             "its save_pretrained saves with a model"
         )
-    return match.group(1)
+    return match
 
 
 def _source_path(module: str) -> Path:
@@ -268,6 +306,7 @@ def _entry_text(cls: type, fallback: str) -> str:
         installed_module=package_module(cls),
         package=PACKAGE,
         install_hint=INSTALL_HINT,
+        version=_code_version(cls),
         fallback=fallback,
     )
 
