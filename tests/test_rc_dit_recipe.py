@@ -166,6 +166,20 @@ def test_diagnostics_of_a_dit_that_redraws_hidden_patches_score_that_task(masked
     assert "r: relative spread" in caplog.text and "with the own r" in caplog.text
 
 
+def test_diagnostics_noise_to_the_same_fraction_of_any_schedule():
+    """QA (training engineer): t = 100 was out of range for `--num_train_timesteps 100`, and every checkpoint of such
+    an rc_dit_train.py run crashed, resumed or not."""
+    from diffusion_classifiers.training.rc_dit_diagnostics import diagnostic_timestep
+
+    assert [diagnostic_timestep(DDPMScheduler(num_train_timesteps=n)) for n in (1000, 100, 20, 2)] == [100, 10, 2, 1]
+    short = DDPMScheduler(num_train_timesteps=100)
+    x = images(8)
+    diagnostics = rc_dit_monitor(x, short)(RCDiTJointModel(encoder(), transformer()))
+    assert diagnostics["diagnostic_timestep"] == 10
+    with pytest.raises(ValueError, match=r"timestep: expected 0 <= t < 100 \(the scheduler's timesteps\), got 100"):
+        representation_diagnostics(encoder(), transformer(), short, x, timestep=100)
+
+
 def test_monitor_warns_when_r_has_collapsed(caplog):
     same = images(1).expand(8, -1, -1, -1)  # one image eight times: r cannot vary
     joint = RCDiTJointModel(encoder(), transformer())

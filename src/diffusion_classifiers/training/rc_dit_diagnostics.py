@@ -30,6 +30,7 @@ from .unet import TrainingImages, images_at
 
 __all__ = [
     "COLLAPSED_RELATIVE_SPREAD",
+    "diagnostic_timestep",
     "rc_dit_monitor",
     "recompute_representation_statistics",
     "representation_diagnostics",
@@ -41,8 +42,17 @@ logger = logging.getLogger(__name__)
 # relative spread below which r counts as collapsed: at initialisation it is about 0.1-1 (a ViT's CLS or pooler
 # output), collapsed runs fell to 0.001-0.01 (issue 13's measurements)
 COLLAPSED_RELATIVE_SPREAD = 0.01
-# a low noise level, where the noise error still depends on r (issue 13: 0.230 with the own r, 0.277 shuffled)
+# a low noise level, where the noise error still depends on r (issue 13: 0.230 with the own r, 0.277 shuffled), of a
+# 1,000-step schedule; other schedules take the same fraction of theirs (`diagnostic_timestep`)
 DIAGNOSTIC_TIMESTEP = 100
+DIAGNOSTIC_SCHEDULE_STEPS = 1000
+
+
+def diagnostic_timestep(scheduler: DDPMScheduler) -> int:
+    """`DIAGNOSTIC_TIMESTEP` of a 1,000-step schedule, the same fraction of `scheduler`'s (QA: t = 100 crashed every
+    checkpoint of a run with `--num_train_timesteps 100`, resumed or not): at least 1, at most its last timestep."""
+    num_timesteps = scheduler.config.num_train_timesteps
+    return min(max(1, round(DIAGNOSTIC_TIMESTEP * num_timesteps / DIAGNOSTIC_SCHEDULE_STEPS)), num_timesteps - 1)
 
 
 def representation_spread(r: torch.Tensor) -> tuple:
@@ -65,14 +75,15 @@ def representation_diagnostics(
     transformer: RepresentationConditionedDiTModel,
     scheduler: DDPMScheduler,
     images: torch.Tensor,
-    timestep: int = DIAGNOSTIC_TIMESTEP,
+    timestep: Optional[int] = None,
     seed: int = 0,
     vae=None,
     mask_ratio: float = 0.0,
     masked_target: str = "pixels",
 ) -> dict:
     """The spread of r and the denoising error with own, shuffled and null r on `images` `[N, C, H, W]` in [-1, 1]
-    (N >= 2), noised to `timestep` with noise drawn from `seed`. Runs as the models are (call in eval mode).
+    (N >= 2), noised to `timestep` (default `diagnostic_timestep(scheduler)`: t = 100 of 1,000) with noise drawn from
+    `seed`. Runs as the models are (call in eval mode).
 
     A DiT trained to redraw hidden patches (`RCDiTLoss(denoiser_mask_ratio=...)`, `train_rc_dit`'s default) is
     scored on the task it learned: `mask_ratio` of each image's patches hidden (drawn from `seed` too) and the loss's
@@ -80,6 +91,10 @@ def representation_diagnostics(
     the gap came out negative (own r worse than a shuffled one) for a DiT that used r."""
     if images.shape[0] < 2:
         raise ValueError(f"expected at least 2 images to compare own and shuffled r, got {images.shape[0]}")
+    num_timesteps = scheduler.config.num_train_timesteps
+    timestep = diagnostic_timestep(scheduler) if timestep is None else timestep
+    if not 0 <= timestep < num_timesteps:
+        raise ValueError(f"timestep: expected 0 <= t < {num_timesteps} (the scheduler's timesteps), got {timestep}")
     device, config = transformer.device, transformer.config
     images = images.to(device)
     raw = encode_representation(encoder, images, config.representation_readout, config.encoder_preprocessing).float()
