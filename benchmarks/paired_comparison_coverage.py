@@ -16,7 +16,7 @@ how often the interval holds its own point estimate, how often no interval was g
 applies how often its p-value was below 0.05 (the population differences are not 0: a power, not a size). Targets:
 each figure's coverage at 200 images within 2 Monte-Carlo standard errors of 0.95 (>= 0.95 - 2 sqrt(0.95 * 0.05 /
 draws)); the 50-image settings are reported without targets (the bootstrap's intervals run narrow on few images).
-The full run (1,000 draws a setting) takes ~3 minutes on 2 CPU cores; `--quick` (40 draws) ~15 s.
+The full run (1,000 draws a setting) takes ~6 minutes on 2 busy CPU cores; `--quick` (40 draws) ~20 s.
 
     python benchmarks/paired_comparison_coverage.py --quick
 """
