@@ -41,6 +41,10 @@ def test_a_class_name_differing_only_in_case_or_spaces_is_named_so():
     both = f"{nfd!r} differs from 'détritus' only in Unicode normalisation (NFD vs NFC) and letter case"
     assert both in near_miss_note([nfd], ["détritus"])
     assert "'CAT' differs from 'Cat' or 'cat' only in letter case" in near_miss_note(["CAT"], ["Cat", "cat"])
+    # QA (another site's folders): another separator between the words of a class name
+    note = near_miss_note(["diatom chain string", "Diatom-Chain-String"], ["diatom_chain_string"])
+    assert "'diatom chain string' differs from 'diatom_chain_string' only in the separators between words" in note
+    assert "'Diatom-Chain-String' differs from 'diatom_chain_string' only in letter case and the separators" in note
     assert unicode_normalisation_note is near_miss_note  # the name of earlier versions
 
 

@@ -6,6 +6,7 @@ Each raises a `ValueError` that names the input and the first bad item, before a
 import math
 import numbers
 import os
+import re
 import sys
 import tempfile
 import unicodedata
@@ -318,21 +319,27 @@ def check_no_lookalike_names(names: Sequence[str], where: str) -> None:
 
 def near_miss_note(unknown: Sequence[str], known: Sequence[str]) -> str:
     """For the names in `unknown` that match a name of `known` but for Unicode normalisation (identical-looking:
-    `détritus` written with a combining accent, NFD, vs one precomposed character, NFC), letter case or surrounding
-    spaces (QA, another site's folders: `Noctilucales` for `noctilucales`), the words that say so, to append to the
-    error that refuses them; `""` for none. Names are never matched silently: the error says which to rewrite."""
+    `détritus` written with a combining accent, NFD, vs one precomposed character, NFC), letter case, the separators
+    between words or surrounding spaces (QA, another site's folders: `Noctilucales` for `noctilucales`, `diatom chain`
+    for `diatom_chain`), the words that say so, to append to the error that refuses them; `""` for none. Names are never matched silently: the error says which to rewrite."""
     notes = [note for name in unknown for note in [_near_miss(name, known)] if note]
     if not notes:
         return ""
     return f" ({', '.join(notes[:5])}{', ...' if len(notes) > 5 else ''}; write them as the model does)"
 
 
-def _near_miss(name: str, known: Sequence[str]) -> str:
-    """How `name` differs from the names of `known` it matches but for Unicode normalisation, letter case and
-    surrounding spaces (`'CAT' differs from 'Cat' or 'cat' only in letter case`); "" for none."""
+_WORD_SEPARATORS = re.compile(r"[\s_.-]+")
 
-    def loose(text: str, normal: bool = True) -> str:
-        return (unicodedata.normalize("NFC", text) if normal else text).strip().casefold()
+
+def _near_miss(name: str, known: Sequence[str]) -> str:
+    """How `name` differs from the names of `known` it matches but for Unicode normalisation, letter case, the
+    separators between words (spaces, `_`, `-`, `.`) and surrounding spaces (`'CAT' differs from 'Cat' or 'cat' only
+    in letter case`); "" for none."""
+
+    def loose(text: str, normal: bool = True, case: bool = True, separators: bool = True) -> str:
+        text = (unicodedata.normalize("NFC", text) if normal else text).strip()
+        text = text.casefold() if case else text
+        return _WORD_SEPARATORS.sub("_", text) if separators else text
 
     matches = [match for match in known if loose(match) == loose(name)]
     if not matches:
@@ -341,8 +348,10 @@ def _near_miss(name: str, known: Sequence[str]) -> str:
     differences = []
     if loose(name, normal=False) != loose(first, normal=False):
         differences.append(f"Unicode normalisation ({_normal_form(name)} vs {_normal_form(first)})")
-    if unicodedata.normalize("NFC", name).strip() != unicodedata.normalize("NFC", first).strip():
+    if loose(name, case=False) != loose(first, case=False):
         differences.append("letter case")
+    if loose(name, separators=False) != loose(first, separators=False):  # QA: "diatom chain" for "diatom_chain"
+        differences.append("the separators between words")
     if name != name.strip() or first != first.strip():
         differences.append("surrounding spaces")
     return f"{name!r} differs from {' or '.join(map(repr, matches))} only in {' and '.join(differences)}"
