@@ -11,7 +11,7 @@ from diffusers import DDPMScheduler
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from diffusion_classifiers import UNetFeatureClassifierPipeline
+from diffusion_classifiers import LinearProbeHead, UNetFeatureClassifierPipeline
 from diffusion_classifiers.cli import main
 from diffusion_classifiers.probing import KMeansGrouping, kmeans_clusters
 from diffusion_classifiers.prediction.clustering import CLUSTERS_PER_FIGURE
@@ -581,9 +581,21 @@ def test_new_images_are_assigned_to_an_earlier_runs_clusters(digits_csv, unet_di
     unet = small_unet(16)
     unet.conv_in.bias.data += 1.0  # another model: other weights
     UNetFeatureClassifierPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(other)
-    with pytest.raises(ValueError, match=r"its clusters group the features of the model of sha256 .*; this model's"):
+    with pytest.raises(ValueError, match=r"its clusters group the features of a model whose sha256 of what its "
+                                         r"features depend on is .*; this model's is"):  # fmt: skip
         main(["cluster", "--model_dir", str(other), "--input", str(digits_csv), "--output_dir", str(tmp_path / "o"),
               "--assign_to", str(tmp_path / "season")])  # fmt: skip
+    # QA (another site): a head fitted anew on the same U-Net (probe --unet_dir) groups by the same features; its
+    # saved unet/config.json names the folder the U-Net was loaded from
+    probed = UNetFeatureClassifierPipeline.from_pretrained(unet_dir)
+    probed.register_modules(head=LinearProbeHead(16, 2))
+    probed.save_pretrained(tmp_path / "probed")
+    assert "_name_or_path" in json.loads((tmp_path / "probed" / "unet" / "config.json").read_text())
+    main(["cluster", "--model_dir", str(tmp_path / "probed"), "--input", str(digits_csv), "--output_dir",
+          str(tmp_path / "probed_month"), "--assign_to", str(tmp_path / "season")])  # fmt: skip
+    assigned, season = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("probed_month",
+                                                                                                 "season"))
+    assert assigned["features_sha256"] == season["features_sha256"] != None  # noqa: E711
 
 
 @pytest.mark.parametrize("normalization", ["standardize", "l2", "pca_whiten", "none"])

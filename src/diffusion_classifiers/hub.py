@@ -56,6 +56,7 @@ __all__ = [
     "commit_operations",
     "download",
     "download_patterns",
+    "features_fingerprint",
     "input_description_of",
     "library_name_of",
     "load_eval_counts",
@@ -651,10 +652,40 @@ def model_fingerprint(local_dir: Union[str, os.PathLike]) -> str:
         raise ValueError(f"{local_dir}: expected a saved model (model_index.json or config.json, safetensors weights)")
     for path in files:
         digest.update(path.relative_to(local_dir).as_posix().encode() + b"\0")
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        _hash_file(digest, path)
     return digest.hexdigest()
+
+
+def features_fingerprint(local_dir: Union[str, os.PathLike]) -> Optional[str]:
+    """sha256 of what a saved pipeline's features depend on: each component's safetensors weights and JSON configs but
+    the head's (each config without `_name_or_path`, the folder it was loaded from) and the preprocessing its
+    `model_index.json` records; None for a folder without one (a transformers model). A head fitted anew on the same
+    U-Net (`probe --unet_dir`) keeps its features and this fingerprint, where `model_fingerprint` changes (QA: `cluster
+    --assign_to` refused such a model, its U-Net byte for byte the one the grouping was made with)."""
+    local_dir = Path(local_dir)
+    index_path = local_dir / "model_index.json"
+    if not index_path.is_file():
+        return None
+    index = _read_json(index_path)
+    digest = hashlib.sha256(json.dumps(index.get("preprocessing"), sort_keys=True).encode())
+    components = sorted(name for name, value in index.items() if isinstance(value, list) and name != "head")
+    for name in components:
+        for path in sorted((local_dir / name).glob("*")) if (local_dir / name).is_dir() else []:
+            digest.update(f"{name}/{path.name}".encode() + b"\0")
+            if path.suffix == ".safetensors":
+                _hash_file(digest, path)
+            elif path.suffix == ".json":
+                config = _read_json(path)
+                if isinstance(config, dict):
+                    config.pop("_name_or_path", None)
+                digest.update(json.dumps(config, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _hash_file(digest, path: Path) -> None:
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
 
 
 def load_eval_split(path: Union[str, os.PathLike]) -> Optional[str]:

@@ -377,7 +377,7 @@ def cluster_files(
             output_dir, pipeline, rows, clusters, distances, selection["num_clusters"], examples_per_cluster
         )
         metrics = _cluster_record(pipeline, run_info, features, key, selection, inputs, rows, errors, fitted_on)
-        _save_grouping(output_dir / GROUPING_NAME, grouping, key, features, metrics.get("model_sha256"))
+        _save_grouping(output_dir / GROUPING_NAME, grouping, key, features, metrics)
         metrics.update({"cluster_sizes": np.bincount(clusters, minlength=selection["num_clusters"]).tolist()})
         _warn_empty_clusters(metrics["cluster_sizes"])
         metrics.update({"seed": seed, "seconds": round(time.time() - started, 1)})
@@ -395,11 +395,13 @@ def _finished_record(metrics: dict, rows: list, clusters: Any) -> dict:
     return _json_safe(metrics)
 
 
-def _save_grouping(path: Path, grouping: Any, key: tuple, features: FeatureSource, model_sha256: Optional[str]):
+def _save_grouping(path: Path, grouping: Any, key: tuple, features: FeatureSource, model: dict):
     """The fitted grouping (`KMeansGrouping.save`) with what `assign_files` needs to extract the same feature of other
-    images and to refuse another model: the feature's key and settings, the model's sha256."""
+    images and to refuse another model: the feature's key and settings, the sha256 of the model (`_model_record`) and
+    of what its features depend on."""
     metadata = {"feature_key": json.dumps(list(key)), "feature_settings": json.dumps(features.settings),
-                "features": features.description, "model_sha256": model_sha256 or ""}  # fmt: skip
+                "features": features.description, "model_sha256": model.get("model_sha256") or "",
+                "features_sha256": model.get("features_sha256") or ""}  # fmt: skip
     grouping.save(path, metadata)
 
 
@@ -434,7 +436,7 @@ def assign_files(
     check_no_earlier_report(output_dir, overwrite, "output_dir")
     grouping, metadata, key, settings = read_grouping(earlier)
     model = _model_record(pipeline)  # the sha256 of every file of the model: hashed once
-    _check_same_model(model.get("model_sha256"), metadata, earlier)
+    _check_same_features(model, metadata, earlier)
     features = feature_source(pipeline, [key[1]] if "pool" in settings else None, settings.get("pool", "mean"),
                               batch_size, settings.get("noise_seed", 0))  # fmt: skip
     _check_inputs_for_output(inputs, output_dir)
@@ -499,11 +501,14 @@ def _check_not_the_earlier_folder(output_dir: str | os.PathLike, earlier: str | 
         raise ValueError(f"output_dir {output_dir}: the earlier run's own folder (assign_to); expected another")
 
 
-def _check_same_model(loaded: Optional[str], metadata: dict, earlier: str | os.PathLike) -> None:
-    """Refuse another model than the one whose features the earlier run grouped (by the sha256 of its files,
-    `loaded` this one's); warn where either was not loaded from a local folder (a Hub id, a pipeline built in code):
-    unchecked (review)."""
-    recorded = metadata.get("model_sha256")
+def _check_same_features(model: dict, metadata: dict, earlier: str | os.PathLike) -> None:
+    """Refuse a model whose features differ from those the earlier run grouped: by the sha256 of what they depend on
+    (`hub.features_fingerprint`: a head fitted anew on the same U-Net passes), or for a grouping saved before that was
+    recorded, of the model's files (`model` is this one's `_model_record`); warn where either was not loaded from a
+    local folder (a Hub id, a pipeline built in code): unchecked (review)."""
+    key = "features_sha256" if metadata.get("features_sha256") else "model_sha256"
+    recorded, loaded = metadata.get(key), model.get(key)
+    what = "of what its features depend on" if key == "features_sha256" else "of its files"
     if not recorded or not loaded:
         warnings.warn(
             f"assign_to {earlier}: the model cannot be checked against the one its clusters group "
@@ -513,8 +518,9 @@ def _check_same_model(loaded: Optional[str], metadata: dict, earlier: str | os.P
         )
     elif recorded != loaded:
         raise ValueError(
-            f"assign_to {earlier}: its clusters group the features of the model of sha256 {recorded}; this model's "
-            f"files have {loaded}: give the model the earlier run grouped by"
+            f"assign_to {earlier}: its clusters group the features of a model whose sha256 {what} is {recorded}; "
+            f"this model's is {loaded}: give the model the earlier run grouped by (its feature extractor, "
+            "preprocessing and scheduler; another head is fine)"
         )
 
 
@@ -594,14 +600,16 @@ def _check_enough_read(rows: list, errors: list, num_inputs: int, num_clusters: 
 
 
 def _model_record(pipeline: Any) -> dict:
-    """The folder the pipeline was loaded from and the sha256 of its files (`hub.model_fingerprint`), so the grouping
-    can be traced to its model; empty for a pipeline built in code."""
-    from ..hub import model_fingerprint
+    """The folder the pipeline was loaded from, the sha256 of its files (`hub.model_fingerprint`) and of what its
+    features depend on (`hub.features_fingerprint`), so the grouping can be traced to its model; empty for a pipeline
+    built in code."""
+    from ..hub import features_fingerprint, model_fingerprint
 
     folder = getattr(pipeline, "name_or_path", None)
     if not folder or not os.path.isdir(folder):
         return {}
-    return {"model_dir": str(folder), "model_sha256": model_fingerprint(folder)}
+    return {"model_dir": str(folder), "model_sha256": model_fingerprint(folder),
+            "features_sha256": features_fingerprint(folder)}  # fmt: skip
 
 
 def _cluster_record(pipeline, run_info, features, key, selection, inputs, rows, errors, fitted_on) -> dict:
