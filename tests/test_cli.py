@@ -108,8 +108,10 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
     typed = ["evaluate", "--model_dir", str(tmp_path / "pipeline"), "--dataset", "digits",
              "--output_dir", str(tmp_path / "eval")]  # fmt: skip
     assert written["command"] == "diffusion-classifiers " + shlex.join(typed)
-    assert f"the test split is carved with seed 3 (val fraction {carving['val_fraction']:g}, test fraction" in (
-        tmp_path / "eval" / "report.md").read_text()
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert f"the test split is carved with seed 3 (val fraction {carving['val_fraction']:g}, test fraction" in report
+    # QA (another site): 8 of an external folder's 39 images scored, the other 31 lost without a word
+    assert "Data the model never saw (another site's) is scored whole with `--split all`" in " ".join(report.split())
     written_files = {p.name for p in (tmp_path / "eval").iterdir()}
     assert written_files == {"metrics.json", "report.md", "image_predictions.csv", "confusion_matrix.png", "reliability.png"}
     with pytest.raises(ValueError, match="eval' holds an earlier report"):
