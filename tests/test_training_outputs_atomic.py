@@ -90,6 +90,46 @@ def test_a_trained_models_save_is_whole_a_failing_one_leaves_the_earlier_model(t
                                 "unet/config.json": "new"}  # the earlier model's unet/old_only.txt is gone  # fmt: skip
 
 
+def test_a_model_saved_over_another_leaves_none_of_its_components_or_code(tmp_path, caplog):
+    """QA (training engineer): rc_dit_train.py --overwrite_output_dir over a U-Net's folder left its unet/ (1.1 MB)
+    and its saved code beside the RC-DiT; whoever shared the folder shipped both."""
+    import json
+    import logging
+    import os
+
+    from diffusion_classifiers.training import save_model_whole
+
+    def unet_model(folder):
+        write_model(folder, "old")
+        with open(f"{folder}/model_index.json", "w") as handle:
+            json.dump({"_class_name": ["pipeline_unet_features", "UNetFeatureClassifierPipeline"],
+                       "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDPMScheduler"]}, handle)
+        (tmp_path / "run" / "notes.py").write_text("print('mine')\n")  # the user's file: kept
+        code = {"pipeline_unet_features.py": '"""... Written by `save_pretrained`."""\n',
+                "diffusion_classifiers_models.py": "# Bundled copy of diffusion_classifiers.models (\n"}
+        for name, text in code.items():
+            with open(f"{folder}/{name}", "w") as handle:
+                handle.write(text)
+
+    def rc_dit_model(folder):
+        for name in ("encoder", "transformer", "scheduler"):
+            os.makedirs(f"{folder}/{name}")
+            with open(f"{folder}/{name}/config.json", "w") as handle:
+                handle.write("{}")
+        with open(f"{folder}/model_index.json", "w") as handle:
+            json.dump({"encoder": ["transformers", "ViTModel"], "transformer": ["x", "Y"]}, handle)
+        with open(f"{folder}/data_splits.json", "w") as handle:
+            handle.write("new")
+
+    run = tmp_path / "run"
+    save_model_whole(str(run), unet_model)
+    with caplog.at_level(logging.WARNING):
+        save_model_whole(str(run), rc_dit_model)
+    left = sorted(p.name for p in run.iterdir())
+    assert left == ["data_splits.json", "encoder", "model_index.json", "notes.py", "scheduler", "transformer"]
+    assert "removed the earlier model's diffusion_classifiers_models.py, pipeline_unet_features.py, unet" in caplog.text
+
+
 def test_a_save_stopped_while_moving_in_leaves_no_marker_beside_a_mix(tmp_path, monkeypatch):
     import os
 

@@ -217,14 +217,44 @@ def save_model_whole(output_dir: str, save: Callable[[str], None]) -> None:
         try:
             save(staging)
             names = os.listdir(staging)
+            left = _earlier_model_entries(output_dir, names)
             markers = [name for name in names if name in MODEL_MARKERS]
             for name in markers:
                 remove_entry(os.path.join(output_dir, name))
             for name in [name for name in names if name not in markers] + markers:
                 remove_entry(os.path.join(output_dir, name))
                 os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
+            for name in left:
+                remove_entry(os.path.join(output_dir, name))
+            if left:
+                logger.warning("removed the earlier model's %s, which this model does not have", ", ".join(left))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _earlier_model_entries(output_dir: str, saved: list) -> list:
+    """The entries of the model saved earlier in `output_dir` that the new save (`saved`) does not replace: the
+    components its `model_index.json` names and the code `save_pretrained` wrote beside it (QA: a U-Net's `unet/` and
+    its code stayed beside an RC-DiT saved over it with `--overwrite_output_dir`, and went with it when shared)."""
+    try:
+        with open(os.path.join(output_dir, "model_index.json")) as handle:
+            index = json.load(handle)
+    except (OSError, ValueError):
+        index = {}
+    components = [name for name, value in index.items() if isinstance(value, list) and not name.startswith("_")]
+    code = [name for name in os.listdir(output_dir) if name.endswith(".py") and _written_by_save(output_dir, name)]
+    present = [name for name in {*components, *code} if os.path.lexists(os.path.join(output_dir, name))]
+    return sorted(name for name in present if name not in saved)
+
+
+def _written_by_save(output_dir: str, name: str) -> bool:
+    """Whether a `.py` file is code `save_pretrained` saved with a model (`remote_code`): a bundled copy or an entry."""
+    try:
+        with open(os.path.join(output_dir, name), encoding="utf-8") as handle:
+            head = handle.read(2000)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return head.startswith("# Bundled copy of ") or "Written by `save_pretrained`." in head
 
 
 def save_trained_pipeline(pipeline: Any, args: Any, train: Any) -> None:
