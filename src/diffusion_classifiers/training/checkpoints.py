@@ -75,8 +75,9 @@ RUN_RECORD_LABELS = {
     "train_batch_size": "--train_batch_size",
     "gradient_accumulation_steps": "--gradient_accumulation_steps",
     # a folder listed otherwise by this library too (upgrade QA: the refusal pointed at flags that had not changed)
-    "num_examples": "training examples (--dataset; or the same folder listed otherwise: since 2026-12-07 linked "
-    "folders are read, and system folders such as @eaDir skipped)",
+    "num_examples": "training examples (--dataset; or the same folder listed otherwise: a checkpoint of a version "
+    "before 2026-12-07 counted no image of a linked folder, and counted system folders such as @eaDir, which this "
+    "version skips)",
     **{name: f"--{name}" for name in (*RESUMED_SETTINGS, *EMA_SETTINGS, *MODEL_SETTINGS)},
 }
 # What a damaged file raises when accelerate, safetensors or json reads it (a truncated zip, pickle or header)
