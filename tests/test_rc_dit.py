@@ -217,7 +217,10 @@ def test_train_script_saves_a_loadable_pipeline(tmp_path, digits):
     pipe = RepresentationConditionedDiTPipeline.from_pretrained(str(out))
     assert pipe.transformer.config.representation_dim == 16
     assert pipe.encode(digits["test"].images[:3]).shape == (3, 16)
-    assert json.loads((out / "training_summary.json").read_text())["global_step"] == 2
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["global_step"] == 2
+    # QA (training engineer): the settings not typed (defaults) were kept only in checkpoints, which pruning deletes
+    assert summary["arguments"]["train_batch_size"] == 8 and summary["arguments"]["learning_rate"] > 0
 
 
 def test_train_script_takes_a_pretrained_dinov2_encoder(tmp_path, digits):

@@ -113,7 +113,9 @@ class TrainingSummary:
     step (of the run resumed when no step was left to make; None when it is not known), whether
     `--max_train_minutes` ran out before `max_train_steps`, the signal that stopped it before (SIGTERM; None) and the
     run's length in optimizer steps (`max_train_steps`, which the learning-rate schedule spans); and what ran it, the
-    process's command line (`process_command`: the training script and its flags) and the packages' `versions`."""
+    process's command line (`process_command`: the training script and its flags), every training argument as it
+    was resolved, defaults included (`arguments`: QA, only the flags typed were kept beside the model, the rest in
+    checkpoints that pruning deletes) and the packages' `versions`."""
 
     global_step: int
     resumed_from_step: int
@@ -124,11 +126,28 @@ class TrainingSummary:
     stopped_by_signal: Optional[str] = None
     max_train_steps: Optional[int] = None
     process_command: Optional[str] = None
+    arguments: Optional[dict] = None
     versions: Optional[dict] = None
 
     def save(self, output_dir: str) -> None:
         path = os.path.join(output_dir, "training_summary.json")
         write_json_atomically(path, asdict(self), indent=2, allow_nan=False)  # strict JSON
+
+
+def _resolved_arguments(args: TrainingArguments) -> dict:
+    """Every field of `args` as strict JSON: numbers, strings, booleans, None and lists of them as they are; anything
+    else (a non-finite number, an object) as its text."""
+
+    def plain(value):
+        if isinstance(value, (list, tuple)):
+            return [plain(item) for item in value]
+        if isinstance(value, dict):
+            return {str(key): plain(item) for key, item in value.items()}
+        if value is None or isinstance(value, (str, bool, int)) or (isinstance(value, float) and math.isfinite(value)):
+            return value
+        return str(value)
+
+    return plain(asdict(args))
 
 
 def _software_versions() -> dict:
@@ -768,7 +787,7 @@ class _TrainingRun:
             stopped_by_time_budget=self.out_of_time,
             stopped_by_signal=self.stop_signal.record_stop() if self.stopped_by_signal else None,
             max_train_steps=self.prepared.max_train_steps, process_command=typed_command(self.args),
-            versions=_software_versions(),
+            arguments=_resolved_arguments(self.args), versions=_software_versions(),
         )
         if accelerator.is_main_process:
             summary.save(self.args.output_dir)
