@@ -32,12 +32,13 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
     assert pipe.head.config.pool == "2x2"  # the demo's default, chosen on its val split
     printed = capsys.readouterr().out
     assert "chosen" in printed and "| block |" in printed
-    num_train, _, num_test = map(int, re.search(r"data: digits: train (\d+), val (\d+), test (\d+)", printed).groups())
+    num_train, num_val, num_test = map(int, re.search(r"data: digits: train (\d+), val (\d+), test (\d+)", printed).groups())
     # saved with the model: probe and evaluate carve the same splits (their test the demo's test)
     carving = {"val_fraction": 0.15, "test_fraction": 0.25, "seed": 3, "class_names": None,
                "anonymised_dicom_groups": "study_or_series"}  # fmt: skip
     recorded = json.loads((tmp_path / "pipeline" / "data_splits.json").read_text())
-    assert len(recorded.pop("train_fingerprints").split()) == num_train and recorded == carving  # its train images too
+    assert len(recorded.pop("train_fingerprints").split()) == num_train  # its train images too
+    assert len(recorded.pop("selection_fingerprints").split()) == num_val and recorded == carving  # and val's
     for name in ("kmeans_label_free_test", "kmeans_raw_pixels_test"):  # chosen on every train image, without labels
         assert metrics[name]["selection"]["num_images"] == num_train and metrics[name]["selection"]["criterion"] == "stability"
     for name in ("reliability.png", "unet_training/loss_curve.png", "unet_training/samples/step_6.png"):
@@ -60,7 +61,8 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
     assert "note: --dataset not given: probe on scikit-learn's digits, the demo's data" in capsys.readouterr().err
     probed = json.loads((probe_dir / "metrics.json").read_text())
     probe_record = json.loads((probe_dir / "pipeline" / "data_splits.json").read_text())
-    assert len(probe_record.pop("train_fingerprints").split()) == num_train and probe_record == carving
+    assert len(probe_record.pop("train_fingerprints").split()) == num_train
+    assert len(probe_record.pop("selection_fingerprints").split()) == num_val and probe_record == carving
     assert probed["test"]["num_samples"] == metrics["test"]["num_samples"] == num_test
     with pytest.raises(ValueError, match=r"probe' holds an earlier report \(metrics.json\); .* --overwrite_output_dir"):
         main(["probe", "--unet_dir", str(tmp_path / "pipeline"), "--output_dir", str(probe_dir)])
@@ -97,6 +99,15 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
     assert printed["accuracy"] == written["accuracy"] and "positive_class" not in written  # 10 classes: none
     # the demo's test split, carved as recorded (seed 3): its pipeline scores there as the demo's report says
     assert written["num_samples"] == num_test and written["confusion_matrix"] == metrics["test"]["confusion_matrix"]
+    assert written["images_the_head_was_chosen_on"] == 0  # test holds none of the val images the head was chosen on
+    # QA (another site): every image of the data scored (its train images dropped) held the val images the head was
+    # chosen on, without a word
+    main(["evaluate", "--model_dir", str(tmp_path / "pipeline"), "--dataset", "digits", "--split", "all",
+          "--drop_training_images", "--output_dir", str(tmp_path / "eval_all")])  # fmt: skip
+    every = json.loads((tmp_path / "eval_all" / "metrics.json").read_text())
+    assert every["images_the_head_was_chosen_on"] == num_val and every["num_samples"] == num_val + num_test
+    assert f"**{num_val} of the images scored are val images the model's head was chosen on**" in " ".join(
+        (tmp_path / "eval_all" / "report.md").read_text().split())  # fmt: skip
     with pytest.warns(UserWarning, match=r"data_splits.json\); --test_fraction 0.2 carve\(s\) other splits"):
         main(["evaluate", "--model_dir", str(tmp_path / "pipeline"), "--output_dir", str(tmp_path / "eval_other"),
               "--test_fraction", "0.2"])  # fmt: skip

@@ -664,6 +664,7 @@ def test_dry_run_publishes_data_splits_without_the_training_fingerprints(saved_p
     shutil.copytree(saved_pipeline[0], pipe_dir)
     record = {"val_fraction": 0.1, "test_fraction": 0.2, "seed": 3, "class_names": None}
     record["train_fingerprints"] = "ab12 cd34"
+    record["selection_fingerprints"] = "ef56"  # the val images a head was chosen on: a membership test too
     (pipe_dir / "data_splits.json").write_text(json.dumps(record))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with warnings.catch_warnings():
@@ -671,7 +672,7 @@ def test_dry_run_publishes_data_splits_without_the_training_fingerprints(saved_p
         argv = push_script_argv(pipe_dir, tmp_path, "--dry_run", "--output_dir", str(tmp_path / "o"))
         run_push_script(monkeypatch, argv)
     published = json.loads((tmp_path / "o" / "data_splits.json").read_text())
-    assert published == {key: value for key, value in record.items() if key != "train_fingerprints"}
+    assert published == {key: value for key, value in record.items() if "fingerprints" not in key}
     assert json.loads((pipe_dir / "data_splits.json").read_text()) == record  # the local folder is only read
 
 

@@ -534,7 +534,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     )
     timing = {"train_seconds": round(trained_at - started, 1), "total_seconds": round(time.time() - started, 1)}
     carving = {name: getattr(args, name) for name in SPLIT_DEFAULTS}
-    metrics = save_study(study, args, timing, carving, splits["train"].images)
+    metrics = save_study(study, args, timing, carving, splits["train"].images, splits["val"].images)
     samples = ", samples/" if args.num_sample_images else ""
     print(f"and {args.output_dir}/unet_training/ (loss_curve.png{samples})")
     return metrics
@@ -596,11 +596,12 @@ def _check_head_splits(
 
 
 def save_study(
-    study, args: argparse.Namespace, timing: dict, carving: dict, train_images, train_fingerprints=None,
+    study, args: argparse.Namespace, timing: dict, carving: dict, train_images, val_images, train_fingerprints=None,
     unlabeled_pool: bool = False, fingerprints_partial: bool = False, test_checked: Optional[bool] = None,
 ) -> dict:
     """Save the study's fitted pipeline, with the `carving` of its data, the fingerprints of its `train_images` and
-    any other `train_fingerprints`, and whether its U-Net was trained on an unlabeled pool (`data.save_split_record`),
+    any other `train_fingerprints`, those of the `val_images` its head was chosen on, and whether its U-Net was
+    trained on an unlabeled pool (`data.save_split_record`),
     and its report into `args.output_dir`; print the headline. The pipeline is saved whole in a hidden folder first
     (QA: a probe killed while saving left a `pipeline/` without its split record, which evaluate and predict read),
     then an earlier run's report and `pipeline/` are set aside, the new `pipeline/` moved in and `metrics.json`
@@ -620,7 +621,7 @@ def save_study(
         study.pipeline.save_pretrained(staged)
         save_split_record(
             staged, **carving, train_images=train_images, train_fingerprints=train_fingerprints,
-            unlabeled_pool=unlabeled_pool, fingerprints_partial=fingerprints_partial,
+            unlabeled_pool=unlabeled_pool, fingerprints_partial=fingerprints_partial, selection_images=val_images,
         )  # fmt: skip
         identity = {"model_sha256": model_fingerprint(staged)}  # push_to_hub checks it
         title = f"Frozen DDPM U-Net features on {args.dataset}"
@@ -722,7 +723,8 @@ def run_probe(args: argparse.Namespace) -> dict:
     )  # fmt: skip
     timing = {"total_seconds": round(time.time() - started, 1)}
     return save_study(
-        study, args, timing, data.carving, splits["train"].images, data.model_fingerprints, unlabeled_pool=data.pool,
+        study, args, timing, data.carving, splits["train"].images, splits["val"].images, data.model_fingerprints,
+        unlabeled_pool=data.pool,
         fingerprints_partial=data.fingerprints_partial,  # QA: the head's alone then read as a complete record
         test_checked="test" in data.checked_splits and not data.fingerprints_partial,
     )
@@ -886,8 +888,9 @@ def _head_record(args: argparse.Namespace, num_labelled: int, num_val: int, shot
 
 
 def _save_with_carving(pipe, saved: str, data: _LabelledData) -> None:
-    """Save `pipe` with the record of the labelled data's carving, its train images and the model's own training
-    images (in place of the record it was loaded with), so evaluate and predict read and check it as a probed U-Net."""
+    """Save `pipe` with the record of the labelled data's carving, its train images, the val images its head was chosen
+    on and the model's own training images (in place of the record it was loaded with), so evaluate and predict read
+    and check it as a probed U-Net."""
     from .data.split_record import save_split_record
 
     pipe.split_record = None
@@ -895,6 +898,7 @@ def _save_with_carving(pipe, saved: str, data: _LabelledData) -> None:
     save_split_record(
         saved, **data.carving, train_images=data.splits["train"].images, train_fingerprints=data.model_fingerprints,
         unlabeled_pool=data.pool, fingerprints_partial=data.fingerprints_partial,
+        selection_images=data.splits["val"].images,
     )  # fmt: skip
 
 

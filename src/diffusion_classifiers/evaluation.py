@@ -36,6 +36,7 @@ from .data.split_record import (
     image_fingerprints,
     read_split_record,
     recorded_fingerprints_partial,
+    recorded_selection_fingerprints,
     recorded_train_fingerprints,
 )
 from .data.streaming import (
@@ -557,6 +558,7 @@ def check_training_overlap(
     unlabeled_pool: bool = False,
     paths=None,
     with_kept_positions: bool = False,
+    chosen_on: Optional[Collection[str]] = None,
 ):
     """`(dataset, number dropped)`: [`LabeledImages`] or [`StreamingImages`] checked, by content
     (`data.split_record.image_fingerprint_variants`), against a model's recorded `train_fingerprints`. Images the
@@ -579,15 +581,17 @@ def check_training_overlap(
     (real data sets hold such duplicates), not one carving moved out of train, and passes. It is fingerprinted only
     where some image matches the record (a streamed train split is then read once).
 
-    `with_kept_positions` adds, last, the positions in `dataset` of the images kept (a dict of them by name with a
-    dict of splits)."""
+    `with_kept_positions` adds the positions in `dataset` of the images kept (a dict of them by name with a dict of
+    splits); `chosen_on` (the fingerprints of the val images a head was chosen on, `recorded_selection_fingerprints`)
+    adds, last, how many of the images kept are among them, counted from the same fingerprints (no second read)."""
     named = isinstance(dataset, dict)
     splits, paths = (dataset, paths or {}) if named else ({None: dataset}, {None: paths})
-    train_fingerprints, in_data, seen = set(train_fingerprints), None, {}
+    train_fingerprints, in_data, seen, selected = set(train_fingerprints), None, {}, {}
     for name, split in splits.items():
         images = split.images if isinstance(split, LabeledImages) else _tensor_batches(split, 64, num_workers)
         variants = image_fingerprint_variants(images)
         seen[name] = np.array([any(f in train_fingerprints for f in v) for v in variants], dtype=bool)
+        selected[name] = np.array([any(f in (chosen_on or ()) for f in v) for v in variants], dtype=bool)
         if seen[name].any() and train_split is not None:
             if in_data is None:  # fingerprinted once, for every split
                 batch_size = 1024 if isinstance(train_split, LabeledImages) else 64
@@ -608,7 +612,11 @@ def check_training_overlap(
     positions = {name: np.flatnonzero(~found) for name, found in seen.items()}
     kept = {name: split.subset(positions[name]) if counts[name] else split for name, split in splits.items()}
     checked = (kept, counts, positions) if named else (kept[None], num_seen, positions[None])
-    return checked if with_kept_positions else checked[:2]
+    checked = checked if with_kept_positions else checked[:2]
+    if chosen_on is None:
+        return checked
+    among = {name: int(selected[name][positions[name]].sum()) for name in splits}
+    return (*checked, among if named else among[None])
 
 
 def files_of_splits(
@@ -911,9 +919,14 @@ def evaluate_classifier(
     overlap = dict(
         train_split=train_split, changed_split_args=changed_split_args, unlabeled_pool=unlabeled_pool, paths=paths
     )
-    dataset, checked, positions = _checked_against_training_images(
-        dataset, train_fingerprints, checking, drop_training_images, split, dataset_name, num_workers, **overlap
+    # of another split than val (whose report says it may be the one chosen on), the images a head was chosen on
+    chosen_on = None if canonical_split_name(split or "") == "val" else recorded_selection_fingerprints(
+        None, record=_split_record_of(classifier, folder)
     )
+    dataset, checked, positions = _checked_against_training_images(
+        dataset, train_fingerprints, checking, drop_training_images, split, dataset_name, num_workers, chosen_on,
+        **overlap,
+    )  # fmt: skip
     if fingerprints_partial is None:
         fingerprints_partial = recorded_fingerprints_partial_of(classifier, folder)
     if checked.get("training_images_checked") and fingerprints_partial:
@@ -1059,21 +1072,24 @@ def _check_evaluate_call(
 
 
 def _checked_against_training_images(
-    dataset, train_fingerprints, checking: bool, drop_training_images: bool, split, dataset_name, num_workers, **overlap
-) -> Tuple[object, dict, np.ndarray]:
+    dataset, train_fingerprints, checking: bool, drop_training_images: bool, split, dataset_name, num_workers,
+    chosen_on=None, **overlap,
+) -> Tuple[object, dict, np.ndarray]:  # fmt: skip
     """`dataset` less the training images where `drop_training_images` (refused otherwise: `check_training_overlap`),
-    what `metrics.json` records of the check (`training_images_checked`, `training_images_dropped`) and the positions
-    in `dataset` of the images kept."""
+    what `metrics.json` records of the check (`training_images_checked`, `training_images_dropped`, and with
+    `chosen_on`, the fingerprints of the val images the head was chosen on, how many of the images scored are among
+    them: `images_the_head_was_chosen_on`) and the positions in `dataset` of the images kept."""
     if train_fingerprints is not None and isinstance(dataset, (LabeledImages, StreamingImages)):
         where = _images_named(split, dataset_name)
-        dataset, dropped, positions = check_training_overlap(
+        dataset, dropped, positions, *among = check_training_overlap(
             dataset, train_fingerprints, drop_training_images, where, num_workers, whole_data_set=split == ONE_SET,
-            with_kept_positions=True, **overlap,
+            with_kept_positions=True, chosen_on=chosen_on, **overlap,
         )  # fmt: skip
         if len(dataset) == 0:
             raise ValueError(f"{where}: every image is one the model was trained on; nothing is left to score")
         dropped = {"training_images_dropped": dropped} if drop_training_images else {}
-        return dataset, {"training_images_checked": True, **dropped}, positions
+        chosen = {"images_the_head_was_chosen_on": among[0]} if among else {}
+        return dataset, {"training_images_checked": True, **dropped, **chosen}, positions
     if drop_training_images:  # QA: ignored without a word, the report then saying the images were not checked
         why = (
             "a datasets.Dataset is not checked against the model's training images" if train_fingerprints is not None
@@ -1311,6 +1327,13 @@ def render_evaluation_report(
         ]
     lines[notes:notes] = absent_classes_note(metrics, _scored_set(split))
     lines[notes:notes] = prevalence_note(metrics)
+    if metrics.get("images_the_head_was_chosen_on"):
+        lines[notes:notes] = [
+            f"**{metrics['images_the_head_was_chosen_on']} of the images scored are val images the model's head was "
+            "chosen on** (by content: its data_splits.json): these figures are optimistic on them; the held-out "
+            "test split of the model's own data is not.",
+            "",
+        ]
     if metrics.get("head_chosen_on_a_val_split"):
         lines[notes:notes] = [
             "**A val split**: where it is the one the model's head was chosen on (a U-Net-feature model's (block, "

@@ -958,8 +958,8 @@ def _published_split_record(path: Path) -> bytes:
         raise ValueError(f"{path} is not valid JSON ({error}); expected a data_splits.json to publish without its "
                          "train_fingerprints") from error
     if isinstance(record, dict):  # the mark of fingerprints of a head's images only goes with them
-        record.pop("train_fingerprints", None)
-        record.pop("train_fingerprints_partial", None)
+        for key in ("train_fingerprints", "train_fingerprints_partial", "selection_fingerprints"):
+            record.pop(key, None)
     return (json.dumps(record, indent=2) + "\n").encode()
 
 

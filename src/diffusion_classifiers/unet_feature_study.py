@@ -191,7 +191,7 @@ def study_from_features(
         pipeline.set_positive_class(positive_class)
     if split_record is not None:
         pipeline.split_record = dict(split_record)
-        pipeline.register_fitted_head(probe.head, train.images)
+        pipeline.register_fitted_head(probe.head, train.images, chosen_on=splits["val"].images)
     output = _classify(pipeline, test.images, batch_size, show_progress)
     test_metrics = classification_metrics(
         labels["test"], output.label_ids, probs=output.probs, num_classes=train.num_classes,

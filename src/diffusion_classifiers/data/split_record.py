@@ -39,6 +39,7 @@ __all__ = [
     "image_fingerprint_variants",
     "image_fingerprints",
     "read_split_record",
+    "recorded_selection_fingerprints",
     "recorded_train_fingerprints",
     "resolve_split_args",
     "save_split_record",
@@ -51,9 +52,12 @@ SPLIT_DEFAULTS = {"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0, "class_n
 # carved, its fractions and seed unused), "unlabeled_pool" (true for a model whose head was fitted on carved labelled
 # data on top of a diffusion model trained so: `probe` on such a U-Net), "train_fingerprints" (absent in records of earlier versions, and for a
 # streamed training set read without verifying its images first) and
-# "anonymised_dicom_groups" (absent in records of earlier versions: `EARLIER_ANONYMISED_DICOM_RULE` then).
+# "anonymised_dicom_groups" (absent in records of earlier versions: `EARLIER_ANONYMISED_DICOM_RULE` then),
+# "selection_fingerprints" (the val images a head was chosen on: `probe`'s (block, timestep) and C, `fit-head`'s C or
+# temperature; since 2026-12-07).
 SPLIT_OPTIONAL = (
-    "train_fingerprints", "anonymised_dicom_groups", "unlabeled", "unlabeled_pool", "train_fingerprints_partial"
+    "train_fingerprints", "anonymised_dicom_groups", "unlabeled", "unlabeled_pool", "train_fingerprints_partial",
+    "selection_fingerprints",
 )
 # How the carving groups DICOM files without a PatientID (anonymised), applied by `file_decoding._dicom_groups`:
 # "study_or_series", by their StudyInstanceUID, else their SeriesInstanceUID, so one scan's slices stay on one side
@@ -137,6 +141,8 @@ def save_split_record(
     unlabeled: bool = False,
     unlabeled_pool: bool = False,
     fingerprints_partial: bool = False,
+    selection_images: Optional[torch.Tensor] = None,
+    selection_fingerprints: Optional[Iterable[str]] = None,
 ) -> None:
     """Record in `folder` (a saved model's) how its data was carved: the fractions, the seed and the `class_names`
     the data was read with (their order numbers the classes, and the carving draws class by class), None when the
@@ -149,7 +155,10 @@ def save_split_record(
     unlabeled folder (none carved), so there is no carving for a later command's flags to contradict;
     `unlabeled_pool`: its head was fitted on the carving recorded, over a diffusion model trained so.
     `fingerprints_partial`: the fingerprints are a head's train images only, over a model that records none of its
-    own (`"train_fingerprints_partial"`): images found among them are refused or dropped, but no check is claimed."""
+    own (`"train_fingerprints_partial"`): images found among them are refused or dropped, but no check is claimed.
+    `selection_images` (and any other `selection_fingerprints`): the val images a head was chosen on, recorded as
+    `"selection_fingerprints"`, which `evaluate` counts among the images it scores of another split (QA: `--split
+    all` of a probe's own data scored its val images too, without a word)."""
     record = {
         "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
         "class_names": None if class_names is None else list(class_names),
@@ -163,6 +172,11 @@ def save_split_record(
         record["train_fingerprints"] = " ".join(sorted(fingerprints))
         if fingerprints_partial:
             record["train_fingerprints_partial"] = True
+    if selection_images is not None or selection_fingerprints is not None:
+        chosen_on = set(selection_fingerprints or ())
+        if selection_images is not None:
+            chosen_on |= set(image_fingerprints(selection_images))
+        record["selection_fingerprints"] = " ".join(sorted(chosen_on))
     text = json.dumps(record, indent=2) + "\n"
     write_atomically(os.path.join(folder, SPLIT_RECORD_NAME), lambda handle: handle.write(text))
 
@@ -171,9 +185,11 @@ def write_split_record(folder: str | os.PathLike, record: dict, fingerprints: bo
     """`record` (a `read_split_record`, or a pipeline's `split_record`) written into `folder` (`save_split_record`);
     without its training images' fingerprints where `fingerprints` is False (a copy that may leave this machine)."""
     train = record.get("train_fingerprints") if fingerprints else None
+    chosen_on = record.get("selection_fingerprints") if fingerprints else None
     save_split_record(
         folder, **{name: record[name] for name in SPLIT_DEFAULTS},
         train_fingerprints=None if train is None else train.split(),
+        selection_fingerprints=None if chosen_on is None else chosen_on.split(),
         # the rule it was trained with; a record set by hand without it is read as one of an earlier version
         anonymised_dicom_groups=record.get("anonymised_dicom_groups", EARLIER_ANONYMISED_DICOM_RULE),
         unlabeled=bool(record.get("unlabeled")), unlabeled_pool=bool(record.get("unlabeled_pool")),
@@ -195,16 +211,15 @@ def read_split_record(folder: str | os.PathLike) -> Optional[dict]:
         raise ValueError(f"{path} is not valid JSON: {error}") from error
     allowed = set(SPLIT_DEFAULTS) | set(SPLIT_OPTIONAL)
     if not isinstance(record, dict) or not set(SPLIT_DEFAULTS) - {"class_names"} <= set(record) <= allowed:
-        shown = record if not isinstance(record, dict) else {k: v for k, v in record.items() if k != "train_fingerprints"}
+        shown = record if not isinstance(record, dict) else {k: v for k, v in record.items() if "fingerprints" not in k}
         raise ValueError(
             f"{path}: expected the keys {sorted(SPLIT_DEFAULTS)} (and optionally {list(SPLIT_OPTIONAL)}), got {shown!r}"
         )
-    fingerprints = record.get("train_fingerprints")
-    if fingerprints is not None and not isinstance(fingerprints, str):
-        raise ValueError(
-            f"{path}: train_fingerprints: expected a string of space-separated hex digests, got "
-            f"{type(fingerprints).__name__}"
-        )
+    for key in ("train_fingerprints", "selection_fingerprints"):
+        if record.get(key) is not None and not isinstance(record[key], str):
+            raise ValueError(
+                f"{path}: {key}: expected a string of space-separated hex digests, got {type(record[key]).__name__}"
+            )
     record = {**SPLIT_DEFAULTS, "anonymised_dicom_groups": EARLIER_ANONYMISED_DICOM_RULE, **record}
     check_anonymised_dicom_groups(record["anonymised_dicom_groups"], f"{path}: anonymised_dicom_groups")
     return record
@@ -234,6 +249,16 @@ def recorded_train_fingerprints(folder: str | os.PathLike, *, record: Any = _UNR
     if record is None or record.get("train_fingerprints") is None:
         return None
     return frozenset(record["train_fingerprints"].split())
+
+
+def recorded_selection_fingerprints(folder: str | os.PathLike, *, record: Any = _UNREAD) -> Optional[frozenset]:
+    """The fingerprints of the val images a head was chosen on, recorded in `folder`'s `data_splits.json`
+    (`save_split_record(selection_images=...)`), or None where none were (a record of an earlier version, a model
+    trained without a choice on val). `record`: the folder's `read_split_record`, where already read."""
+    record = _record_of(folder, record)
+    if record is None or record.get("selection_fingerprints") is None:
+        return None
+    return frozenset(record["selection_fingerprints"].split())
 
 
 def recorded_fingerprints_partial(folder: str | os.PathLike, *, record: Any = _UNREAD) -> bool:

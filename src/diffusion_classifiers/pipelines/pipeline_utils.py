@@ -390,9 +390,12 @@ class SplitRecordMixin:
             dropped = ("train_fingerprints", "train_fingerprints_partial")
             self.split_record = {key: value for key, value in self.split_record.items() if key not in dropped}
 
-    def register_fitted_head(self, head: torch.nn.Module, *fitted_on: torch.Tensor) -> None:
+    def register_fitted_head(
+        self, head: torch.nn.Module, *fitted_on: torch.Tensor, chosen_on: Optional[torch.Tensor] = None
+    ) -> None:
         """Register `head`, fitted (and chosen or calibrated) on the preprocessed images `fitted_on`: their
-        fingerprints join those the record holds."""
+        fingerprints join those the record holds; those of `chosen_on`, val images it was chosen on only (a probe's
+        (block, timestep) and C), join its `selection_fingerprints`, which `evaluate` counts among other splits."""
         previous = self.split_record
         self.register_modules(head=head)
         if previous is not None and previous.get("train_fingerprints") is not None:
@@ -400,6 +403,10 @@ class SplitRecordMixin:
             for images in fitted_on:
                 fingerprints |= set(image_fingerprints(images))
             self.split_record = {**previous, "train_fingerprints": " ".join(sorted(fingerprints))}
+            if chosen_on is not None:
+                selected = set((previous.get("selection_fingerprints") or "").split())
+                selected |= set(image_fingerprints(chosen_on))
+                self.split_record["selection_fingerprints"] = " ".join(sorted(selected))
 
     def save_config(self, save_directory, push_to_hub: bool = False, **kwargs):
         super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
