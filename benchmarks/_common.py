@@ -126,7 +126,8 @@ def add_data_options(
     if positive_class:
         parser.add_argument(
             "--positive_class", default=None,
-            help="binary data: the class name whose sensitivity, F1 and AUC are reported; default class 1",
+            help="binary data: the class name whose sensitivity, specificity and F1 (and AUC, where the benchmark "
+            "scores probabilities) are reported; default class 1",
         )  # fmt: skip
     if label_fractions is not None:
         parser.add_argument(

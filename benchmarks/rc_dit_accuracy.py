@@ -182,12 +182,10 @@ def parse_args():
     # keeps the sizes given (QA: it replaced them without a word)
     args = parser.parse_args(namespace=argparse.Namespace(**dict.fromkeys(ENCODER_SIZES)))
     check_data_options(parser, args)
-    for flag in ("class_names", "positive_class"):
-        if getattr(args, flag) and not args.data:
-            parser.error(
-                f"--{flag}: expected with --data (the shared data sets carry their own names; PneumoniaMNIST's "
-                "positive class is pneumonia)"
-            )
+    if args.class_names and not args.data:
+        parser.error("--class_names: expected with --data (the shared data sets carry their own names)")
+    if args.positive_class and not args.data:
+        parser.error("--positive_class: expected with --data (PneumoniaMNIST's positive class is pneumonia)")
     args.dit_size = args.dit_size or ("tiny" if args.quick else "XS")
     check_image_size(parser, args)
     args.max_train_steps = args.max_train_steps or (20 if args.quick else 1500)

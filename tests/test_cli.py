@@ -32,7 +32,8 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
     assert pipe.head.config.pool == "2x2"  # the demo's default, chosen on its val split
     printed = capsys.readouterr().out
     assert "chosen" in printed and "| block |" in printed
-    num_train, num_val, num_test = map(int, re.search(r"data: digits: train (\d+), val (\d+), test (\d+)", printed).groups())
+    sizes = re.search(r"data: digits: train (\d+), val (\d+), test (\d+)", printed).groups()
+    num_train, num_val, num_test = map(int, sizes)
     # saved with the model: probe and evaluate carve the same splits (their test the demo's test)
     carving = {"val_fraction": 0.15, "test_fraction": 0.25, "seed": 3, "class_names": None,
                "anonymised_dicom_groups": "study_or_series"}  # fmt: skip

@@ -335,8 +335,8 @@ def test_saved_code_is_flat_minimal_and_imports_the_installed_package_first(save
         absolute = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level]
         assert not [m for m in absolute if m.startswith("diffusion_classifiers")], name
     entry = (folder / "pipeline_unet_features.py").read_text()
-    assert 'UNetFeatureClassifierPipeline = importlib.import_module("diffusion_classifiers.pipelines.pipeline_unet_' \
-        'features").UNetFeatureClassifierPipeline' in entry  # fmt: skip
+    assert 'getattr(importlib.import_module("diffusion_classifiers.pipelines.pipeline_unet_features"), ' \
+        '"UNetFeatureClassifierPipeline")' in entry  # fmt: skip
     assert f"{INSTALL_HINT}=={diffusion_classifiers.__version__}" in entry
     assert not [line for line in entry.splitlines() if line.lstrip().startswith("from diffusion_classifiers")]
     index = json.loads((folder / "model_index.json").read_text())
@@ -357,8 +357,10 @@ def test_an_installed_package_of_another_version_is_not_mixed_with_the_saved_cod
     script = """
 import sys, types, warnings
 older = types.ModuleType("diffusion_classifiers")
-older.__version__ = "0.0.1"
-sys.modules["diffusion_classifiers"] = older  # an older release installed (that registers nothing)
+older.__version__, older.__path__ = "0.0.1", []
+configuration = types.ModuleType("diffusion_classifiers.configuration_diffusion_classifier")
+configuration.DiffusionClassifierConfig = type("DiffusionClassifierConfig", (), {})  # an older release's class
+sys.modules.update({older.__name__: older, configuration.__name__: configuration})  # installed, registering nothing
 import json, numpy, torch
 from diffusers import DiffusionPipeline
 from transformers import AutoModelForImageClassification
@@ -378,9 +380,17 @@ results["warnings"] = sorted({str(w.message) for w in caught if "is installed" i
 json.dump(results, open("result.json", "w"))
 """
     results = run_python(script, root, hide_package=False)
-    assert all(m.startswith(("diffusers_modules.", "transformers_modules.")) for m in results["modules"]), results["modules"]
+    modules = results["modules"]
+    assert all(m.startswith(("diffusers_modules.", "transformers_modules.")) for m in modules), modules
     for name in ("unet_features", "hf_unet_features"):
         assert_same_numbers(results["outputs"][name], expected[name])
+    # review: a development checkout of the same version number, without the module the model names, falls back too
+    same_version = script.replace('"0.0.1"', repr(diffusion_classifiers.__version__)).replace(
+        ", configuration.__name__: configuration}", "}"
+    )
+    same = run_python(same_version, root, hide_package=False)
+    assert all(m.startswith(("diffusers_modules.", "transformers_modules.")) for m in same["modules"]), same["modules"]
+    assert same["warnings"] == []
     version = diffusion_classifiers.__version__
     assert results["warnings"] == [
         f"diffusion_classifiers 0.0.1 is installed; this model was saved with {version}: the code saved with the model "

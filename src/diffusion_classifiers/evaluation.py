@@ -1392,9 +1392,9 @@ def _carving_sentence(metrics: dict, split: Optional[str]) -> str:
     carving = metrics.get("carving")
     if not carving or split == ONE_SET:
         return ""
-    name = split or "scored"
+    name, own = split or "scored", f"{split} split" if split else "split"
     return (
-        f" Where the data has no {name} split of its own, the {name} split is carved with seed {carving['seed']} (val "
+        f" Where the data has no {own} of its own, the {name} split is carved with seed {carving['seed']} (val "
         f"fraction {carving['val_fraction']:g}, test fraction {carving['test_fraction']:g}): a share of its images "
         "only. Data the model never saw (another site's) is scored whole with `--split all`, its images checked "
         "against the training images."

@@ -658,7 +658,8 @@ def model_fingerprint(local_dir: Union[str, os.PathLike]) -> str:
 
 def features_fingerprint(local_dir: Union[str, os.PathLike]) -> Optional[str]:
     """sha256 of what a saved pipeline's features depend on: each component's safetensors weights and JSON configs but
-    the head's (each config without `_name_or_path`, the folder it was loaded from) and the preprocessing its
+    the head's (each config without `_name_or_path`, the folder it was loaded from, and the diffusers or transformers
+    version that wrote it; any other file by its name only) and the preprocessing its
     `model_index.json` records; None for a folder without one (a transformers model). A head fitted anew on the same
     U-Net (`probe --unet_dir`) keeps its features and this fingerprint, where `model_fingerprint` changes (QA: `cluster
     --assign_to` refused such a model, its U-Net byte for byte the one the grouping was made with)."""
@@ -676,8 +677,9 @@ def features_fingerprint(local_dir: Union[str, os.PathLike]) -> Optional[str]:
                 _hash_file(digest, path)
             elif path.suffix == ".json":
                 config = _read_json(path)
-                if isinstance(config, dict):
-                    config.pop("_name_or_path", None)
+                if isinstance(config, dict):  # where it was loaded from, and which library versions wrote it
+                    for key in ("_name_or_path", "_diffusers_version", "transformers_version"):
+                        config.pop(key, None)
                 digest.update(json.dumps(config, sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -936,7 +938,9 @@ def _published_file(path: Path) -> Union[str, bytes]:
 def _published_config(path: Path) -> Union[str, bytes]:
     """A `config.json` as published: without a `_name_or_path` that names a local folder (diffusers keeps the folder
     a component was loaded from in its saved config: QA, a probe's `unet/config.json` would have published
-    "/home/<user>/<project>/unet"); one naming a Hub repository is kept. Unchanged otherwise (its path)."""
+    "/home/<user>/<project>/unet"; this package's pipelines save none since 2026-12-07); one naming a Hub repository
+    is kept, and so is a relative path that does not exist from the current folder (taken for a repository id).
+    Unchanged otherwise (its path)."""
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):

@@ -524,6 +524,7 @@ def clustering_metrics(y_true, clusters, num_classes: int, positive_label: Optio
     y_true, clusters = as_labels(y_true, "y_true"), as_labels(clusters, "clusters")
     matched = mapping[clusters]
     present = np.unique(y_true).tolist()
+    resolve_positive_label(positive_label, None, num_classes)  # refused on more classes, as evaluate_protocols does
     binary = binary_scores(y_true, matched, positive_label) if num_classes == 2 else {}
     return {
         **binary,

@@ -59,7 +59,9 @@ _NO_AUC_VARIANCE = (
 )
 _DECISION_NAMES = ("y_true", "pred_a", "pred_b")
 PROPER_SCORES = ("brier", "log_loss")  # lower is better: a negative difference is B's improvement
-_SAME_PROBABILITIES = "none: every resample gives the same difference (the two give the images the same probabilities)"
+_SAME_PROBABILITIES = (
+    "none: every resample gives the same difference (every image's the same, e.g. the same probabilities)"
+)
 
 
 def mcnemar_test(correct_a, correct_b) -> dict:

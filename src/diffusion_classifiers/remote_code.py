@@ -72,16 +72,29 @@ def _installed_package():
     installed = getattr(package, "__version__", None)
     if installed != SAVED_WITH:
         warnings.warn(
-            f"{package} {{installed}} is installed; this model was saved with {{SAVED_WITH}}: the code saved with "
-            f"the model is used, not the package's ({install_hint}=={{SAVED_WITH}} to use the package's classes)"
+            f"{package} {{installed or 'of an unknown version'}} is installed; this model was saved with "
+            f"{{SAVED_WITH}}: the code saved with the model is used, not the package's "
+            f"({install_hint}=={{SAVED_WITH}} to use the package's classes)"
         )
         return None
     return package
 
 
-if _installed_package() is not None:
-    {name} = importlib.import_module("{installed_module}").{name}
-else:
+def _installed_class():
+    """`{name}` of the installed package of the saved version; None where there is none, or it lacks the class (a
+    development checkout of the same version number)."""
+    if _installed_package() is None:
+        return None
+    try:
+        return getattr(importlib.import_module("{installed_module}"), "{name}")
+    except (ImportError, AttributeError) as error:
+        if isinstance(error, ImportError) and (error.name or "").partition(".")[0] != "{package}":
+            raise
+        return None
+
+
+{name} = _installed_class()
+if {name} is None:
 {fallback}
 __all__ = ["{name}"]
 '''

@@ -321,7 +321,8 @@ def near_miss_note(unknown: Sequence[str], known: Sequence[str]) -> str:
     """For the names in `unknown` that match a name of `known` but for Unicode normalisation (identical-looking:
     `détritus` written with a combining accent, NFD, vs one precomposed character, NFC), letter case, the separators
     between words or surrounding spaces (QA, another site's folders: `Noctilucales` for `noctilucales`, `diatom chain`
-    for `diatom_chain`), the words that say so, to append to the error that refuses them; `""` for none. Names are never matched silently: the error says which to rewrite."""
+    for `diatom_chain`), the words that say so, to append to the error that refuses them; `""` for none. Names are
+    never matched silently: the error says which to rewrite."""
     notes = [note for name in unknown for note in [_near_miss(name, known)] if note]
     if not notes:
         return ""

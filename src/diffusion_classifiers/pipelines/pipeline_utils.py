@@ -235,6 +235,8 @@ class SavedWithCodeMixin:
         with open(index_file, "w", encoding="utf-8") as f:
             f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
         folders = [name for name, entry in index.items() if isinstance(entry, list) and not name.startswith("_")]
+        for name in folders:
+            _drop_loaded_from(os.path.join(save_directory, name, "config.json"))
         make_weights_readable_as_umask_allows([os.path.join(save_directory, name) for name in folders])
 
     @classmethod
@@ -423,6 +425,18 @@ class SplitRecordMixin:
         ]  # fmt: skip
         message = commit_message or f"Upload {type(self).__name__}"
         return HfApi(token=token).create_commit(repo_id, operations, commit_message=message, create_pr=create_pr)
+
+
+def _drop_loaded_from(config_path: str) -> None:
+    """A component's saved config without `_name_or_path`, the folder diffusers loaded it from, as `model_index.json`
+    is saved (QA: a probe's `unet/config.json` named "/tmp/.../unet", and its upload would publish the folder)."""
+    if not os.path.isfile(config_path):
+        return
+    with open(config_path, encoding="utf-8") as f:
+        config = json.load(f)
+    if isinstance(config, dict) and config.pop("_name_or_path", None) is not None:
+        with open(config_path, "w", encoding="utf-8") as f:
+            f.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def component_files(entry: List[str]) -> Tuple[str, Optional[str]]:

@@ -517,10 +517,14 @@ def _check_same_features(model: dict, metadata: dict, earlier: str | os.PathLike
             stacklevel=3,
         )
     elif recorded != loaded:
+        which = (
+            "its feature extractor, preprocessing and scheduler; another head is fine" if key == "features_sha256"
+            else "a grouping saved before 2026-12-07 checks every file of the model, its head too: a new cluster "
+            "run records what only the features depend on"
+        )  # fmt: skip
         raise ValueError(
             f"assign_to {earlier}: its clusters group the features of a model whose sha256 {what} is {recorded}; "
-            f"this model's is {loaded}: give the model the earlier run grouped by (its feature extractor, "
-            "preprocessing and scheduler; another head is fine)"
+            f"this model's is {loaded}: give the model the earlier run grouped by ({which})"
         )
 
 

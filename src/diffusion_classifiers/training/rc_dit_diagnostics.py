@@ -50,7 +50,8 @@ DIAGNOSTIC_SCHEDULE_STEPS = 1000
 
 def diagnostic_timestep(scheduler: DDPMScheduler) -> int:
     """`DIAGNOSTIC_TIMESTEP` of a 1,000-step schedule, the same fraction of `scheduler`'s (QA: t = 100 crashed every
-    checkpoint of a run with `--num_train_timesteps 100`, resumed or not): at least 1, at most its last timestep."""
+    checkpoint of a run with `--num_train_timesteps 100`, resumed or not): at least 1 (0 of a 1-step schedule), at
+    most its last timestep."""
     num_timesteps = scheduler.config.num_train_timesteps
     return min(max(1, round(DIAGNOSTIC_TIMESTEP * num_timesteps / DIAGNOSTIC_SCHEDULE_STEPS)), num_timesteps - 1)
 
