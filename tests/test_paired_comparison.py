@@ -521,3 +521,52 @@ def test_proper_scores_are_not_compared_where_the_rows_are_not_probabilities(tmp
     assert compared["figures"]["brier"] == {"a": None, "b": None, "difference": None, "interval": None}
     assert compared["methods"]["log_loss"].startswith(f"none: the prob_<class> columns of {b} are not probabilities")
     assert "| Brier score (lower is better) | n/a | n/a | n/a | no test |" in render_comparison(compared)
+
+
+def test_newcombes_interval_of_two_independent_proportions_is_his_published_one():
+    """Newcombe (1998), Table II, method 10: 56/70 against 48/80, a difference of 0.2 with 0.0524 to 0.3339."""
+    from diffusion_classifiers.independent_statistics import newcombe_interval
+
+    assert newcombe_interval(48, 80, 56, 70) == pytest.approx([0.0524, 0.3339], abs=5e-5)
+    assert newcombe_interval(56, 70, 48, 80) == pytest.approx([-0.3339, -0.0524], abs=5e-5)
+    assert newcombe_interval(0, 0, 3, 5) is None
+
+
+def test_two_sites_are_compared_unpaired(tmp_path, capsys):
+    """QA (another site): a model's figures on site A's images and on site B's could only be set side by side by eye;
+    `compare --unpaired` gives the drop with an interval for independent samples."""
+    from diffusion_classifiers.confidence_intervals import delong_auc_interval
+
+    rng = np.random.default_rng(2)
+    sides = {}
+    for name, size, noise in (("site_a", 120, 0.35), ("site_b", 60, 0.5)):  # AUCs whose intervals stay in [0, 1]
+        truth = np.array(["no", "yes"] * (size // 2))
+        p_yes = np.clip((truth == "yes") * 0.5 + 0.25 + rng.normal(0, noise, size), 0.01, 0.99)
+        sides[name] = (truth, p_yes, _write_rows(tmp_path / name / "image_predictions.csv", truth,
+                                                 np.stack([1 - p_yes, p_yes], 1)))  # fmt: skip
+    main(["compare", str(tmp_path / "site_a"), str(tmp_path / "site_b"), "--unpaired", "--output",
+          str(tmp_path / "c.json")])  # fmt: skip
+    compared, report = json.loads((tmp_path / "c.json").read_text()), capsys.readouterr().out
+    assert compared["unpaired"] and (compared["num_a"], compared["num_b"]) == (120, 60)
+    half_widths = []
+    for key, name in (("a", "site_a"), ("b", "site_b")):
+        truth, p_yes, _ = sides[name]
+        y, pred = (truth == "yes").astype(int), (p_yes > 0.5).astype(int)
+        assert compared["figures"]["accuracy"][key] == pytest.approx(np.mean(pred == y))
+        assert compared["figures"]["macro_f1"][key] == pytest.approx(skm.f1_score(y, pred, average="macro"))
+        assert compared["figures"]["auc"][key] == pytest.approx(skm.roc_auc_score(y, p_yes))
+        low, high = delong_auc_interval(y == 1, np.log(p_yes / (1 - p_yes)))
+        half_widths.append((high - low) / 2)
+    auc = compared["figures"]["auc"]
+    assert (auc["interval"][1] - auc["interval"][0]) / 2 == pytest.approx(math.hypot(*half_widths), rel=1e-6)
+    accuracy = compared["figures"]["accuracy"]
+    assert accuracy["interval"][0] < accuracy["difference"] < accuracy["interval"][1] and 0 < accuracy["p_value"] <= 1
+    assert "# Unpaired comparison" in report and "Unpaired: A's 120 rows and B's 60" in report and "Newcombe" in report
+    # the two sides' bootstraps are drawn independently: the same figures on both sides still vary apart
+    same = compare_predictions(sides["site_a"][2], _write_rows(tmp_path / "copy" / "image_predictions.csv",
+                               sides["site_a"][0], np.stack([1 - sides["site_a"][1], sides["site_a"][1]], 1)),
+                               unpaired=True)  # fmt: skip
+    low, high = same["figures"]["balanced_accuracy"]["interval"]
+    assert low < 0 < high and same["figures"]["balanced_accuracy"]["difference"] == 0
+    with pytest.raises(ValueError, match="unpaired: expected neither pair_by nor common_images_only"):
+        compare_predictions(sides["site_a"][2], sides["site_b"][2], pair_by="image", unpaired=True)

@@ -194,14 +194,17 @@ def _class_average_intervals(confusion: np.ndarray, level: float) -> Dict[str, O
     return {name: percentile_interval(values, level) for name, values in statistics.items()}
 
 
-def cell_counts_resampled_within_classes(classes: np.ndarray, counts: np.ndarray) -> Iterator[np.ndarray]:
+def cell_counts_resampled_within_classes(
+    classes: np.ndarray, counts: np.ndarray, seed: int = BOOTSTRAP_SEED
+) -> Iterator[np.ndarray]:
     """`NUM_RESAMPLES` resamples of the images counted in cells (`counts` [M] images in each cell, `classes` [M] the
-    true class of each cell's images, sorted), each class's images drawn with replacement, from `BOOTSTRAP_SEED`:
+    true class of each cell's images, sorted), each class's images drawn with replacement, from `seed` (another for
+    an independent set of images, `independent_statistics`):
     batches of counts [B, M] (floats). Drawing a class's images draws its cells' counts from a multinomial over them:
     the same distribution without the images. Each class of n images is drawn n - 1 times and weighed n / (n - 1)
     (`_rescaled_draws`)."""
     class_cells = [slice(*ends) for ends in _runs(classes)]
-    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    rng = np.random.default_rng(seed)
     for size in _resample_sizes():
         drawn = np.zeros((size, len(counts)))
         for cells in class_cells:

@@ -51,6 +51,12 @@ _CAVEATS = (
     "DeLong's tests) are separate methods: near the 5% level, and where few images are decided differently (their "
     "counts beside the p-value), they can disagree; the exact test is then the one to read."
 )
+_UNPAIRED_CAVEATS = (
+    "The p-values are not adjusted for the several figures compared. An unpaired comparison takes each side's images "
+    "for draws independent of the other's: the same images (or the slices of one scan) on both sides are not, and "
+    "are compared paired. Other images differ in more than the model: a site's figure less another's is the shift "
+    "in the images and in their classes' mix together (balanced accuracy and macro-F1 weigh each class alike)."
+)
 _DISAGREE_MARK = " (interval and test disagree)"
 # The figures that are not fractions: shown to 4 digits, their differences in their own units (lower is better)
 _PROPER_SCORE_NAMES = {"brier": "Brier score (lower is better)", "log_loss": "log loss, nats (lower is better)"}
@@ -85,9 +91,11 @@ def compare_predictions(
     pair_by: str | Sequence[str] = "path",
     positive_class: Optional[str] = None,
     common_images_only: bool = False,
+    unpaired: bool = False,
 ) -> dict:
     r"""
-    Two classifiers' predictions of the same labelled images, compared image by image.
+    Two classifiers' predictions of the same labelled images, compared image by image; or, `unpaired`, two sets of
+    other images (a model on one site's images and on another's), compared as independent samples.
 
     Args:
         a, b (`str` or `os.PathLike`): an evaluate output folder, its `image_predictions.csv`, a `.csv` / `.parquet`
@@ -103,6 +111,13 @@ def compare_predictions(
             metrics.json's), else B's, else A's second class; a `UserWarning` where it contradicts a recorded one.
         common_images_only (`bool`, *optional*, defaults to `False`): compare the images both scored, leaving out the
             others (counted in `left_out`), instead of refusing two sets of images that differ.
+        unpaired (`bool`, *optional*, defaults to `False`): A's and B's are other images, each side's independent
+            draws (`independent_statistics.independent_figures`: Newcombe's interval and Fisher's exact test of
+            accuracy, sensitivity and specificity, independent bootstraps of balanced accuracy and macro-F1, DeLong's
+            variances added for the AUC; no Brier score or log loss): nothing is paired, `pair_by` and
+            `common_images_only` are refused, and the result has `unpaired`, `num_a` and `num_b` in place of
+            `paired_by` and `num_paired`. The same images on both sides are not independent draws: compare them
+            paired.
 
     Returns:
         `dict`: `a`, `b` (their sources, rows and what their runs record), `paired_by`, `num_paired` (images, or
@@ -117,11 +132,15 @@ def compare_predictions(
     pair_by = [pair_by] if isinstance(pair_by, str) else list(pair_by)
     if not pair_by or ("image" in pair_by and len(pair_by) > 1):
         raise ValueError(f"pair_by: expected 'path', 'image' or columns of both files, got {pair_by!r}")
-    side_a, side_b = _read_side(a, "A", pair_by), _read_side(b, "B", pair_by)
+    if unpaired and (pair_by != ["path"] or common_images_only):
+        raise ValueError("unpaired: expected neither pair_by nor common_images_only (nothing is paired)")
+    side_a, side_b = (_read_side(source, side, [] if unpaired else pair_by) for source, side in ((a, "A"), (b, "B")))
     if side_a.path.resolve() == side_b.path.resolve():
         raise ValueError(f"A and B are the same file ({side_a.path}): expected two models' rows")
     positive, positive_note = _positive_class(side_a, side_b, positive_class)  # before the classes are reordered
     _check_same_classes(side_a, side_b)
+    if unpaired:
+        return _unpaired_comparison(side_a, side_b, positive, positive_note)
     if pair_by == ["image"]:
         _check_same_split(side_a, side_b)
     rows_a, rows_b, left_out = _paired_rows(side_a, side_b, common_images_only)
@@ -146,6 +165,33 @@ def compare_predictions(
     figures, methods = _proper_score_figures(y_true, sides)
     comparison["figures"] |= figures
     comparison["methods"] |= methods
+    return comparison
+
+
+def _unpaired_comparison(side_a: _ScoredRows, side_b: _ScoredRows, positive: Optional[str], positive_note) -> dict:
+    """The figures of two sets of other images (`independent_statistics.independent_figures`), each side's rows less
+    those its predict run flags as training images."""
+    from ..independent_statistics import independent_figures
+
+    names, scored, left_out = side_a.class_names, [], {}
+    for side, key in ((side_a, "a"), (side_b, "b")):
+        rows = np.flatnonzero(~side.training_images)
+        if not len(rows):
+            raise ValueError(f"{side.source}: every row is a training image of its model: nothing to compare")
+        left_out[f"training_images_{key}"] = int(side.training_images.sum())
+        truth, decided = (_label_ids(values[rows], names, side.source) for values in (side.true_labels, side.labels))
+        scored.append((truth, decided, _ranking_scores(side, rows, positive)))
+    comparison = {
+        "a": {"source": side_a.source, "num_rows": len(side_a.keys), **(side_a.evaluation or {})},
+        "b": {"source": side_b.source, "num_rows": len(side_b.keys), **(side_b.evaluation or {})},
+        "unpaired": True, "num_a": len(scored[0][0]), "num_b": len(scored[1][0]), "left_out": left_out,
+        "class_names": names,
+    }  # fmt: skip
+    if positive is not None:
+        comparison |= {"positive_class": positive, "positive_class_from": positive_note}
+    positive_label = None if positive is None else names.index(positive)
+    (y_a, pred_a, scores_a), (y_b, pred_b, scores_b) = scored
+    comparison.update(independent_figures(y_a, pred_a, scores_a, y_b, pred_b, scores_b, len(names), positive_label))
     return comparison
 
 
@@ -259,7 +305,9 @@ def _recorded_ranking(table: dict, path: Path, class_names: list) -> tuple:
 
 def _keys(table: dict, pair_by: Sequence[str], where: str) -> list:
     """Each row's pairing key: (path, frame), its position in the split, or the values of other columns (an aggregate
-    output's study_uid); refused where a row has none."""
+    output's study_uid); refused where a row has none. Unpaired (no `pair_by`): the row's number."""
+    if not pair_by:
+        return list(range(len(table["true_label"])))
     if list(pair_by) not in (["path"], ["image"]):
         return _column_keys(table, pair_by, where)
     if pair_by == ["image"]:
@@ -431,11 +479,11 @@ def render_comparison(comparison: dict) -> str:
     interval, and the p-value with its test."""
     from ..metrics import percent
 
-    level = comparison["level"]
+    level, unpaired = comparison["level"], comparison.get("unpaired", False)
     lines = [
-        f"# Paired comparison: B ({comparison['b']['source']}) against A ({comparison['a']['source']})", "",
-        f"{comparison['num_paired']} {_what_is_paired(comparison['paired_by'])} paired by {comparison['paired_by']}"
-        + _left_out_text(comparison) + "." + _positive_class_text(comparison) + _operating_points_text(comparison),
+        f"# {'Unpaired' if unpaired else 'Paired'} comparison: B ({comparison['b']['source']}) against A "
+        f"({comparison['a']['source']})", "",
+        _what_is_compared(comparison) + _positive_class_text(comparison) + _operating_points_text(comparison),
         "", f"| figure | A | B | B - A ({level:.0%} interval) | p-value |", "| --- | --- | --- | --- | --- |",
     ]  # fmt: skip
     for name, figure in comparison["figures"].items():
@@ -446,12 +494,13 @@ def render_comparison(comparison: dict) -> str:
         disagree = _DISAGREE_MARK if figure.get("interval_and_test_disagree") else ""
         cells.append(_p_value_text(figure) + _discordant_text(figure) + disagree)
         lines.append(f"| {_figure_name(name)} | " + " | ".join(cells) + " |")
-    lines += ["", _UNITS, "Intervals and tests:", ""]
+    units = _UNITS if set(comparison["figures"]) & set(_PROPER_SCORE_NAMES) else "Differences in percentage points."
+    lines += ["", units, "Intervals and tests:", ""]
     by_method: dict = {}
     for name, method in comparison["methods"].items():
         by_method.setdefault(method, []).append(_figure_name(name))
     lines += [f"- {', '.join(names)}: {method}" for method, names in by_method.items()]
-    lines += ["", _CAVEATS]
+    lines += ["", _UNPAIRED_CAVEATS if unpaired else _CAVEATS]
     return "\n".join(lines) + "\n"
 
 
@@ -487,6 +536,21 @@ def _p_value_text(figure: dict) -> str:
     if figure["p_value"] is None:
         return "n/a"
     return "< 0.0001" if figure["p_value"] < 1e-4 else f"{figure['p_value']:.4f}"
+
+
+def _what_is_compared(comparison: dict) -> str:
+    """The report's first sentence: how many images (or groups) were paired by what, or each side's count."""
+    if not comparison.get("unpaired"):
+        paired_by = comparison["paired_by"]
+        return (f"{comparison['num_paired']} {_what_is_paired(paired_by)} paired by {paired_by}"
+                + _left_out_text(comparison) + ".")  # fmt: skip
+    left_out = comparison["left_out"]
+    training = [f"{left_out[f'training_images_{side}']} training images of {side.upper()}" for side in "ab"
+                if left_out[f"training_images_{side}"]]  # fmt: skip
+    return (
+        f"Unpaired: A's {comparison['num_a']} rows and B's {comparison['num_b']}, other images, each side's "
+        f"independent draws" + (f" (left out: {', '.join(training)})" if training else "") + "."
+    )
 
 
 def _what_is_paired(paired_by) -> str:
@@ -538,6 +602,11 @@ def add_compare_args(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--common_images_only", action="store_true",
                         help="compare the images both scored, leaving the others out, instead of refusing")  # fmt: skip
+    parser.add_argument(
+        "--unpaired", action="store_true",
+        help="A and B scored other images (one site's and another's): compare them as independent samples, "
+        "nothing paired (no --pair_by or --common_images_only)",
+    )  # fmt: skip
     parser.add_argument("--output", default=None, help="also write the comparison as JSON to this .json file")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier --output (default: refuse it)")
 
@@ -550,7 +619,9 @@ def run_compare(args: argparse.Namespace) -> dict:
         raise FileExistsError(f"--output {output}: exists; --overwrite replaces it")
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-    comparison = compare_predictions(args.a, args.b, args.pair_by, args.positive_class, args.common_images_only)
+    comparison = compare_predictions(
+        args.a, args.b, args.pair_by, args.positive_class, args.common_images_only, unpaired=args.unpaired
+    )
     print(render_comparison(comparison), end="")
     if output is not None:
         write_json_atomically(output, comparison)
