@@ -72,3 +72,24 @@ def test_a_run_without_unreadable_files_still_writes_its_errors_file(tmp_path):
     write_csv(files.parts / "rows-000000000.csv", COLUMNS, [["p0", 0, "a", 0.25]])
     assert merge_parts(files, COLUMNS, ORDER) == (["p0"], [])
     assert files.errors.read_bytes() == b"path,reason\r\n"  # the header: a file every run leaves, empty or not
+
+
+def test_a_parquet_output_is_merged_streaming_a_chunk_at_a_time(tmp_path, monkeypatch):
+    """QA (a lab at scale): a .parquet output's merge held every row in memory (+0.5 GB at 60,000 rows of 121
+    classes) where a CSV's streams: the same rows now, read and written a few at a time."""
+    import pyarrow.parquet as pq
+
+    files = OutputFiles(tmp_path / "out.parquet", tmp_path / "out.parquet.errors.csv")
+    files.parts.mkdir()
+    outputs._write_table(files.output, COLUMNS, [["p1", 0, "a", 0.875], ["p3", 0, "a", 0.375], ["gone", 0, "a", 0.5]])
+    write_run_parts = [["p0", 0, "a", 0.25], ["p2", 0, "b", 0.5]], [["p3", 0, "b", 0.125]], \
+        [["p4", 2, "a", 0.5], ["p4", 10, "a", 0.75], ["p5", 0, "b", 1.0]]  # fmt: skip
+    for first, rows in zip((0, 3, 4), write_run_parts):
+        write_csv(files.parts / f"rows-{first:09d}.csv", COLUMNS, rows)
+    monkeypatch.setattr(outputs, "_read_table", lambda path: pytest.fail(f"{path} read into memory"))
+    monkeypatch.setattr(outputs, "PARQUET_ROWS_AT_ONCE", 3)  # several chunks of 8 rows
+    paths, _ = merge_parts(files, COLUMNS, ORDER)
+    typed = [[path, int(frame), label, float(score)] for path, frame, label, score in EXPECTED]
+    table = pq.read_table(files.output)
+    assert [list(row) for row in zip(*(column.to_pylist() for column in table.columns))] == typed
+    assert paths == [row[0] for row in EXPECTED] and pq.ParquetFile(files.output).num_row_groups == 3
