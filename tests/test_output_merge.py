@@ -44,7 +44,7 @@ def test_a_run_in_input_order_is_merged_streaming_the_first_of_each_row(tmp_path
     files = files_in(tmp_path)
     write_run(files, [["p1", 0, "a", 0.875], ["p3", 0, "a", 0.375], ["gone", 0, "a", 0.5]])  # a file removed since
     monkeypatch.setattr(outputs, "_read_table", lambda path: pytest.fail(f"{path} read into memory"))
-    paths, unreadable = merge_parts(files, COLUMNS, ORDER)
+    paths, unreadable, _ = merge_parts(files, COLUMNS, ORDER)
     # the output's p3 kept over the batch committed again; frames by number (10 after 2); removed files last
     assert rows_of(files.output) == EXPECTED
     assert paths == [row[0] for row in EXPECTED] and unreadable == ["p5.png"]
@@ -54,7 +54,7 @@ def test_a_run_in_input_order_is_merged_streaming_the_first_of_each_row(tmp_path
 def test_tables_out_of_input_order_are_sorted_in_memory_with_the_same_rows(tmp_path):
     files = files_in(tmp_path)
     write_run(files, [["gone", 0, "a", 0.5], ["p3", 0, "a", 0.375], ["p1", 0, "a", 0.875]])  # an earlier order
-    paths, _ = merge_parts(files, COLUMNS, ORDER)
+    paths, _, _ = merge_parts(files, COLUMNS, ORDER)
     assert rows_of(files.output) == EXPECTED and paths == [row[0] for row in EXPECTED]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out.csv", "out.csv.errors.csv"]  # no temporary
 
@@ -70,7 +70,7 @@ def test_a_word_in_a_number_column_is_refused_naming_the_file_and_line(tmp_path)
 def test_a_run_without_unreadable_files_still_writes_its_errors_file(tmp_path):
     files = files_in(tmp_path)
     write_csv(files.parts / "rows-000000000.csv", COLUMNS, [["p0", 0, "a", 0.25]])
-    assert merge_parts(files, COLUMNS, ORDER) == (["p0"], [])
+    assert merge_parts(files, COLUMNS, ORDER) == (["p0"], [], 0)
     assert files.errors.read_bytes() == b"path,reason\r\n"  # the header: a file every run leaves, empty or not
 
 
@@ -88,7 +88,7 @@ def test_a_parquet_output_is_merged_streaming_a_chunk_at_a_time(tmp_path, monkey
         write_csv(files.parts / f"rows-{first:09d}.csv", COLUMNS, rows)
     monkeypatch.setattr(outputs, "_read_table", lambda path: pytest.fail(f"{path} read into memory"))
     monkeypatch.setattr(outputs, "PARQUET_ROWS_AT_ONCE", 3)  # several chunks of 8 rows
-    paths, _ = merge_parts(files, COLUMNS, ORDER)
+    paths, _, _ = merge_parts(files, COLUMNS, ORDER)
     typed = [[path, int(frame), label, float(score)] for path, frame, label, score in EXPECTED]
     table = pq.read_table(files.output)
     assert [list(row) for row in zip(*(column.to_pylist() for column in table.columns))] == typed

@@ -22,6 +22,7 @@ from diffusion_classifiers import DiffusionClassifierPipeline, ScoreSDEClassifie
 from diffusion_classifiers.cli import main
 from diffusion_classifiers.models import LinearProbeHead
 from diffusion_classifiers.prediction import list_inputs, parse_windows, predict_files
+from diffusion_classifiers.prediction.outputs import read_predictions
 from diffusion_classifiers.run_lock import RunInUseError
 
 from .conftest import PYTHON, python_subprocess_env, shared_data
@@ -1559,3 +1560,37 @@ def test_no_progress_bar_hides_diffusers_and_transformers_loading_bars_and_resto
     with loading_progress_bars(shown=False):
         assert not any(library.is_progress_bar_enabled() for library in libraries)
     assert [library.is_progress_bar_enabled() for library in libraries] == before
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_rerun_takes_the_inputs_edited_sample_ids_and_labels(models, tmp_path, capsys, suffix):
+    """QA (a lab at scale): sample ids and labels corrected in the input CSV after a run stayed as they were in the
+    output on a rerun ("0 inputs predicted now"), so aggregate --by sample grouped by the old ones."""
+    write_images(tmp_path / "imgs", [f"{i}.png" for i in range(6)])
+    listing = tmp_path / "season.csv"
+
+    def write_listing(samples, labels):
+        with open(listing, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "label", "sample"])
+            writer.writerows([f"imgs/{i}.png", label, sample] for i, (sample, label) in enumerate(zip(samples, labels)))
+
+    write_listing(["S1"] * 6, [CLASSES[0]] * 6)
+    output = tmp_path / f"p{suffix}"
+    command = ["predict", "--model_dir", str(models / "unet"), "--input", str(listing), "--output", str(output)]
+    main(command)
+    before = read_predictions(output)[1]
+    write_listing(["S1", "S7", "S1", "S1", "S7", "S1"], [CLASSES[0]] * 5 + [CLASSES[1]])
+    capsys.readouterr()
+    main(command)
+    printed = capsys.readouterr().out
+    assert "0 inputs predicted now" in printed
+    assert "3 rows predicted before took the input's sample, true_label as it is now (edited since)" in printed
+    columns, rows = read_predictions(output)
+    sample, truth = columns.index("sample"), columns.index("true_label")
+    assert [row[sample] for row in rows] == ["S1", "S7", "S1", "S1", "S7", "S1"]
+    assert [row[truth] for row in rows] == [CLASSES[0]] * 5 + [CLASSES[1]]
+    unchanged = [i for i, column in enumerate(columns) if column not in ("sample", "true_label")]
+    assert [[row[i] for i in unchanged] for row in rows] == [[row[i] for i in unchanged] for row in before]
+    main(command)  # nothing edited since: nothing said
+    assert "as it is now" not in capsys.readouterr().out

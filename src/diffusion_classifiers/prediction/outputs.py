@@ -13,12 +13,13 @@ import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 from ..atomic_files import write_atomically
 from .inputs import DICOM_ID_COLUMNS, FILE_STAMP_COLUMNS, TRAINING_IMAGE_KEY
 
 __all__ = [
+    "CarriedCells",
     "ERROR_COLUMNS",
     "OUTPUT_SUFFIXES",
     "OutputFiles",
@@ -459,30 +460,45 @@ def _forget(tables: list[Path], paths: set[str]) -> int:
     return removed
 
 
-def merge_parts(files: OutputFiles, columns: Sequence[str], order: dict[str, int]) -> tuple[list[str], list[str]]:
+class CarriedCells(NamedTuple):
+    """The cells an output carries from its input, as the input holds them now: `columns` (an input CSV's columns,
+    `true_label`) and each input path's `cells` (text, "" for none), in that order."""
+
+    columns: list
+    cells: dict
+
+
+def merge_parts(
+    files: OutputFiles, columns: Sequence[str], order: dict[str, int], carried: Optional[CarriedCells] = None
+) -> tuple[list[str], list[str], int]:
     """Merge the committed parts into the output and the errors file, in input order, then delete them; returns the
     paths of the output's rows as written (those of paths no longer in the input kept, after the others: an earlier
     run's results of files since removed) and of the errors file's (the unreadable files of this run and of earlier
-    ones), so what was merged need not be read again."""
-    paths = _merge_one(files.output, columns, _part_files(files, "rows"), order)
-    unreadable = _merge_one(files.errors, ERROR_COLUMNS, _part_files(files, "errors"), order)
+    ones), so what was merged need not be read again, and how many rows took the `carried` cells (the input's as it
+    is now: an earlier run's rows kept those its input had then, QA: a sample id or a label corrected in the input
+    CSV stayed as it was in the output; the output is then rewritten, though no part is to merge)."""
+    paths, refreshed = _merge_one(files.output, columns, _part_files(files, "rows"), order, carried)
+    unreadable, _ = _merge_one(files.errors, ERROR_COLUMNS, _part_files(files, "errors"), order)
     shutil.rmtree(files.parts, ignore_errors=True)
-    return paths, unreadable
+    return paths, unreadable, refreshed
 
 
 class _OutOfOrder(Exception):
     """A table whose rows are not in the merge's order: the merge is made in memory instead."""
 
 
-def _merge_one(path: Path, columns: Sequence[str], parts: list[Path], order: dict[str, int]) -> list[str]:
+def _merge_one(
+    path: Path, columns: Sequence[str], parts: list[Path], order: dict[str, int], carried: Optional[CarriedCells] = None
+) -> tuple[list[str], int]:
     """`path`'s rows and the `parts`' (committed batches, in name order), each (path, frame) once (the first: a run
     killed after writing the output but before deleting the parts merges them again), in input order (rows of paths
     not in `order` after the others), written to `path`; returns the paths of its rows. A CSV output is streamed when
     the output and the parts, one after the other, are each in that order already, as one run's batches are (QA: the
     merge held every row in memory, +0.5 GB for 100,000 rows of 121 classes), and so is a parquet output (QA: +0.5 GB
-    for 60,000 rows); else the rows are sorted in memory."""
-    if path.exists() and not parts:
-        return _paths_in(path)
+    for 60,000 rows); else the rows are sorted in memory. Rows take the `carried` cells of their path, counted."""
+    carried = carried if carried is not None and carried.columns else None
+    if path.exists() and not parts and (carried is None or not _carried_cells_changed(path, carried)):
+        return _paths_in(path), 0
     key_size = 2 if "frame" in columns else 1
 
     def merge_key(row: Sequence) -> tuple:
@@ -491,18 +507,55 @@ def _merge_one(path: Path, columns: Sequence[str], parts: list[Path], order: dic
     sources = [[path]] * path.exists() + [parts]
     typed = path.suffix.lower() == ".parquet"  # a parquet file's cells are typed: the CSV parts' are typed to join them
     written: list[str] = []
+    taking = _CarriedInto(columns, carried, typed)
     streams = [_rows_in_order(tables, merge_key, typed) for tables in sources]
     try:
-        _write_table(path, columns, _first_of_each(heapq.merge(*streams, key=merge_key), merge_key, written))
-        return written
+        _write_table(path, columns, map(taking, _first_of_each(heapq.merge(*streams, key=merge_key), merge_key,
+                                                               written)))  # fmt: skip
+        return written, taking.changed
     except _OutOfOrder:
         pass  # nothing written: `write_atomically` removed its temporary file
     unique: dict[tuple, list] = {}
     for row in (row for tables in sources for table in tables for row in _read_table(table)[1]):
         unique.setdefault(tuple(row[:key_size]), row)
-    merged = sorted(unique.values(), key=merge_key)
+    taking = _CarriedInto(columns, carried, typed=True)
+    merged = [taking(row) for row in sorted(unique.values(), key=merge_key)]
     _write_table(path, columns, merged)
-    return [row[0] for row in merged]
+    return [row[0] for row in merged], taking.changed
+
+
+class _CarriedInto:
+    """A row with the `carried` cells of its path (text, or `typed` as `_typed` reads them) in place of its own,
+    counting the rows that changed; rows unchanged without `carried`, or of a path it has no cells for."""
+
+    def __init__(self, columns: Sequence[str], carried: Optional[CarriedCells], typed: bool):
+        self.positions = [] if carried is None else [list(columns).index(name) for name in carried.columns]
+        self.carried, self.typed, self.changed = carried, typed, 0
+
+    def __call__(self, row: list) -> list:
+        cells = None if self.carried is None else self.carried.cells.get(row[0])
+        if cells is None:
+            return row
+        if self.typed:
+            cells = [_typed(name, cell) for name, cell in zip(self.carried.columns, cells)]
+        if any(row[i] != cell for i, cell in zip(self.positions, cells)):
+            row = list(row)
+            for i, cell in zip(self.positions, cells):
+                row[i] = cell
+            self.changed += 1
+        return row
+
+
+def _carried_cells_changed(path: Path, carried: CarriedCells) -> bool:
+    """Whether a row of the output `path` holds other carried cells than its path's in the input now."""
+    rows = _read_columns(path, carried.columns)  # typed, as `_typed` reads them
+    if rows is None:
+        return False
+    for path_cell, *cells in rows:
+        now = carried.cells.get(path_cell)
+        if now is not None and cells != [_typed(name, cell) for name, cell in zip(carried.columns, now)]:
+            return True
+    return False
 
 
 def _rows_in_order(tables: list[Path], merge_key: Any, typed: bool = False) -> Iterator[list]:

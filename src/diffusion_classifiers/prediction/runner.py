@@ -13,7 +13,7 @@ import shutil
 import sys
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterator, Mapping, NamedTuple, Optional, Sequence
 
@@ -36,6 +36,7 @@ from .outputs import (
     POSITIVE_CLASS_KEY,
     RATIO_KEY,
     TRAINING_IMAGE_KEY,
+    CarriedCells,
     OutputFiles,
     check_output_args,
     columns_of_resumed_run,
@@ -94,6 +95,8 @@ class PredictionSummary:
             again without `retry_errors`); 0 on processes other than the main one.
         failed_again (`int`): of `failed`, the inputs tried again (`retry_errors`) and still unreadable; 0 on
             processes other than the main one.
+        refreshed (`int`): rows of an earlier run whose cells of the input (`refreshed_columns`: an input CSV's
+            carried columns, `true_label`) were edited since, now the input's; 0 on processes other than the main one.
     """
 
     output: str
@@ -109,6 +112,8 @@ class PredictionSummary:
     replaced: int = 0
     skipped_unreadable: int = 0
     failed_again: int = 0
+    refreshed: int = 0
+    refreshed_columns: list = field(default_factory=list)
 
     @property
     def predicted_before(self) -> int:
@@ -167,6 +172,17 @@ def _carried_columns(inputs: Sequence[PredictionInput], columns: list[str]) -> l
             "names for the columns it carries to the output (rename them)"
         )
     return [column for column in carried if column not in columns]
+
+
+def _refreshed_columns(carried: list[str], columns: list[str]) -> list[str]:
+    """The output's columns whose cells come from the input as it is (not from the images): a CSV's carried columns
+    (those the output holds: a resumed run's may lack one added to the input since) and the true labels."""
+    return [column for column in [*carried, "true_label"] if column in columns]
+
+
+def _carried_cells(item: PredictionInput, columns: list[str]) -> list[str]:
+    """`item`'s cells of the refreshed `columns` (`_refreshed_columns`), as text ("" for none)."""
+    return [(item.label or "") if column == "true_label" else item.columns.get(column, "") for column in columns]
 
 
 def _csv_over_header_ids(csv_values: Mapping[str, str], ids: Mapping[str, Optional[str]]) -> dict:
@@ -511,7 +527,9 @@ def predict_files(
         wait()
         if talk:
             _say(f"merging the predictions into {files.output} ...")
-        predicted_paths, unreadable = merge_parts(files, columns, order) if is_main else ([], [])
+        current = CarriedCells(_refreshed_columns(carried, columns), {})
+        current.cells.update({item.path: _carried_cells(item, current.columns) for item in inputs} if is_main else {})
+        predicted_paths, unreadable, refreshed = merge_parts(files, columns, order, current) if is_main else ([], [], 0)
         if is_main:  # merged: the prediction an overwrite replaced is no longer needed
             shutil.rmtree(files.replaced, ignore_errors=True)
         # the errors file lists the inputs tried again only if they failed again: they were removed from it first
@@ -532,7 +550,8 @@ def predict_files(
             predicted=len(remaining) - failed, skipped=len(inputs) - len(remaining), failed=failed,
             processes=1 if accelerator is None else accelerator.num_processes, unreadable=len(unreadable),
             not_in_input=sum(path not in order for path in predicted_paths), retried=retried, replaced=replaced,
-            skipped_unreadable=skipped_unreadable, failed_again=failed_again,
+            skipped_unreadable=skipped_unreadable, failed_again=failed_again, refreshed=refreshed,
+            refreshed_columns=current.columns if refreshed else [],
         )  # fmt: skip
 
 
@@ -863,6 +882,9 @@ def _summary_line(summary: PredictionSummary, retry_errors: bool) -> str:
     if retry_errors:
         now_predicted = summary.retried - summary.failed_again
         line += f"; {summary.retried} earlier errors tried again ({now_predicted} now predicted)"
+    if summary.refreshed:
+        line += (f"; {summary.refreshed} rows predicted before took the input's {', '.join(summary.refreshed_columns)} "
+                 "as it is now (edited since)")  # fmt: skip
     return line
 
 
