@@ -5,6 +5,7 @@ import csv
 import json
 from datetime import datetime, timezone
 import os
+import signal
 import shutil
 import socket
 import subprocess
@@ -201,6 +202,26 @@ def test_ctrl_c_prints_one_line_exits_130_and_the_same_command_resumes(models, t
     monkeypatch.setattr(UNetFeatureClassifierPipeline, "__call__", call)
     with pytest.warns(UserWarning, match="skipped 1 of its files"):
         main(argv)
+    assert [row["path"] for row in read_rows(output)] == list(IMAGES)
+    # QA (a lab at scale): a scheduler's SIGTERM ended predict without a word, its locks left behind
+    def terminated_on_the_second_batch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return call(self, *args, **kwargs)
+
+    calls.clear()
+    monkeypatch.setattr(UNetFeatureClassifierPipeline, "__call__", terminated_on_the_second_batch)
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.warns(UserWarning, match="skipped 1 of its files"), pytest.raises(SystemExit) as stopped:
+        main(argv + ["--overwrite"])
+    assert stopped.value.code == 143 and signal.getsignal(signal.SIGTERM) is handler  # given back
+    err = capsys.readouterr().err
+    assert "predict: stopped by SIGTERM; the batches committed so far are kept (1 in " in err
+    assert not output.with_name("predictions.csv.lock").exists()  # released: the next run need not take it over
+    monkeypatch.setattr(UNetFeatureClassifierPipeline, "__call__", call)
+    with pytest.warns(UserWarning, match="skipped 1 of its files"):
+        main(argv + ["--overwrite"])
     assert [row["path"] for row in read_rows(output)] == list(IMAGES)
     # QA (session 58): after Ctrl-C of an --overwrite run, "the same command" started again from nothing; since
     # session 60 it continues the overwrite (tests/test_replaced_reports.py)
