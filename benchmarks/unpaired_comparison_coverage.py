@@ -9,8 +9,8 @@ other images, by model B; each figure's interval is checked against the populati
 sample and scikit-learn definitions as the paired benchmark). Settings: `binary_200` (200 images a side, classes
 60/40, class 1 positive), `four_class_200`, `binary_50` (50 a side), `binary_200_50` (200 against 50); class counts
 fixed (the prior's share) or random. Targets: each figure's coverage in the 200-image settings within 2 Monte-Carlo
-standard errors of 0.95; the others reported without targets. The full run (1,000 draws a setting) takes ~8 minutes
-on 2 busy CPU cores; `--quick` (40 draws) ~25 s.
+standard errors of 0.95; the others reported without targets. The full run (1,000 draws a setting) takes ~3 minutes
+on 2 busy CPU cores; `--quick` (40 draws) ~20 s.
 
     python benchmarks/unpaired_comparison_coverage.py --quick
 """

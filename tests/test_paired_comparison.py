@@ -570,3 +570,40 @@ def test_two_sites_are_compared_unpaired(tmp_path, capsys):
     assert low < 0 < high and same["figures"]["balanced_accuracy"]["difference"] == 0
     with pytest.raises(ValueError, match="unpaired: expected neither pair_by nor common_images_only"):
         compare_predictions(sides["site_a"][2], sides["site_b"][2], pair_by="image", unpaired=True)
+
+
+def test_an_unpaired_comparison_refuses_one_split_and_says_what_its_figures_mix(tmp_path):
+    """Review and QA (an external validation): the same test split compared unpaired as "other images"; averages over
+    other classes given intervals; one model at other thresholds on the two sides, without a word."""
+    from diffusion_classifiers.independent_statistics import independent_figures
+
+    truth = np.array(["no", "yes"] * 30)
+    p_yes = np.clip((truth == "yes") * 0.5 + 0.25 + np.random.default_rng(3).normal(0, 0.3, 60), 0.01, 0.99)
+    a = _write_rows(tmp_path / "a" / "image_predictions.csv", truth, np.stack([1 - p_yes, p_yes], 1))
+    b = _write_rows(tmp_path / "b" / "image_predictions.csv", truth, np.stack([1 - p_yes, p_yes], 1))
+    record = {"split": "test", "dataset": "site.npz", "carving": {"seed": 0}, "model_sha256": "m"}
+    for side, point in (("a", {"threshold": 0.4, "chosen_on": "val", "dataset": "site.npz"}),
+                        ("b", {"threshold": 0.7, "chosen_on": "test", "dataset": "site.npz"})):
+        (tmp_path / side / "metrics.json").write_text(json.dumps({**record, "operating_point": point}))
+    with pytest.raises(ValueError, match=r"unpaired: A and B scored the same split .*compare them paired"):
+        compare_predictions(a, b, unpaired=True)
+    (tmp_path / "b" / "metrics.json").write_text(json.dumps({**record, "split": "all", "dataset": "other",
+        "operating_point": {"threshold": 0.7, "chosen_on": "all", "dataset": "other"}}))  # fmt: skip
+    with pytest.warns(UserWarning, match=r"unpaired: A and B name 60 images alike"):
+        compared = compare_predictions(a, b, unpaired=True)
+    report = " ".join(render_comparison(compared).split())
+    assert "**B's threshold was chosen on the images it scores (all of other)" in report
+    assert "One model decides at other operating points on the two sides (A at the threshold 0.4; B at" in report
+    # three classes against two: averages over other classes get no interval
+    y_a, y_b = np.array([0, 1, 2] * 20), np.array([0, 1] * 30)
+    scores_a, scores_b = np.eye(3)[y_a] * 0.5 + 0.25, np.eye(3)[y_b] * 0.5 + 0.25
+    figures = independent_figures(y_a, y_a, scores_a, y_b, y_b, scores_b, 3)
+    assert figures["figures"]["macro_f1"]["interval"] is None and figures["figures"]["auc"]["a"] is None
+    assert figures["methods"]["macro_f1"].startswith("none: the sides hold other classes (A [0, 1, 2], B [0, 1])")
+    # Newcombe's interval and Fisher's test disagree at 25 of 50 against 35 of 50 (review): marked
+    y, right, wrong = np.ones(50, int), np.ones(50, int), np.zeros(50, int)
+    pred_a, pred_b = np.r_[right[:25], wrong[:25]], np.r_[right[:35], wrong[:15]]
+    both = np.r_[np.zeros(10, int), y]
+    figures = independent_figures(both, np.r_[np.zeros(10, int), pred_a], np.r_[np.zeros(10), pred_a],
+                                  both, np.r_[np.zeros(10, int), pred_b], np.r_[np.zeros(10), pred_b], 2, 1)
+    assert figures["figures"]["sensitivity"]["interval_and_test_disagree"]

@@ -210,12 +210,18 @@ def test_ctrl_c_prints_one_line_exits_130_and_the_same_command_resumes(models, t
             os.kill(os.getpid(), signal.SIGTERM)
         return call(self, *args, **kwargs)
 
+    def not_caught(signum, frame):  # review: without predict's own handler, the signal would end the test run
+        raise AssertionError("predict did not catch SIGTERM")
+
     calls.clear()
     monkeypatch.setattr(UNetFeatureClassifierPipeline, "__call__", terminated_on_the_second_batch)
-    handler = signal.getsignal(signal.SIGTERM)
-    with pytest.warns(UserWarning, match="skipped 1 of its files"), pytest.raises(SystemExit) as stopped:
-        main(argv + ["--overwrite"])
-    assert stopped.value.code == 143 and signal.getsignal(signal.SIGTERM) is handler  # given back
+    handler = signal.signal(signal.SIGTERM, not_caught)
+    try:
+        with pytest.warns(UserWarning, match="skipped 1 of its files"), pytest.raises(SystemExit) as stopped:
+            main(argv + ["--overwrite"])
+        assert stopped.value.code == 143 and signal.getsignal(signal.SIGTERM) is not_caught  # given back
+    finally:
+        signal.signal(signal.SIGTERM, handler)
     err = capsys.readouterr().err
     assert "predict: stopped by SIGTERM; the batches committed so far are kept (1 in " in err
     assert not output.with_name("predictions.csv.lock").exists()  # released: the next run need not take it over

@@ -1144,7 +1144,7 @@ def run_predict(args: argparse.Namespace) -> None:
             run(args)
     except KeyboardInterrupt as stop:
         parts = pathlib.Path(f"{args.output}.parts")  # QA: named before its first batch, when it held none
-        committed = len(list(parts.glob("rows-*.csv")))
+        committed = len(list(parts.glob("*.csv")))  # batches of rows, or of unreadable files only
         said = f"the batches committed so far are kept ({committed} in {parts}/): rerun the same command to resume " \
             "after them" if committed else "no batch was committed yet: rerun the same command to start again"
         how, status = _stopped(stop)

@@ -26,6 +26,7 @@ from .confidence_intervals import (
     too_few_images_for,
     wilson_interval,
 )
+from .paired_statistics import interval_and_test_disagree
 from .validation import as_labels
 
 __all__ = ["independent_figures", "newcombe_interval"]
@@ -39,7 +40,8 @@ def newcombe_interval(successes_a: int, trials_a: int, successes_b: int, trials_
                       level: float = CONFIDENCE_LEVEL) -> Optional[list]:  # fmt: skip
     """Newcombe's (1998, method 10) interval of `successes_b / trials_b - successes_a / trials_a` for independent
     samples, from each proportion's Wilson interval; None where a side has no trials."""
-    interval_a, interval_b = wilson_interval(successes_a, trials_a, level), wilson_interval(successes_b, trials_b, level)
+    interval_a = wilson_interval(successes_a, trials_a, level)
+    interval_b = wilson_interval(successes_b, trials_b, level)
     if interval_a is None or interval_b is None:
         return None
     (low_a, high_a), (low_b, high_b) = interval_a, interval_b
@@ -99,19 +101,21 @@ def _proportion_figure(correct_a: np.ndarray, correct_b: np.ndarray, level: floa
         "interval": newcombe_interval(right_a, len(correct_a), right_b, len(correct_b), level),
         "p_value": float(fisher_exact(table).pvalue),
     }  # fmt: skip
+    figure["interval_and_test_disagree"] = interval_and_test_disagree(figure, level)
     return figure, NEWCOMBE_METHOD
 
 
 def _class_average_figures(y_a, pred_a, y_b, pred_b, num_classes: int, level: float) -> tuple:
-    """Balanced accuracy's and macro-F1's figures, and why they have no interval (or None)."""
+    """Balanced accuracy's and macro-F1's figures, and why they have no interval (or None): none where the two sides
+    hold other classes, whose averages are over other classes (review: 3 classes against 2, an interval excluding 0)."""
     sides = [_confusion_cells(y, pred, num_classes) for y, pred in ((y_a, pred_a), (y_b, pred_b))]
     point = [class_averages(counts[None], rows, columns, num_classes) for rows, columns, counts in sides]
     figures = {}
     for name in point[0]:
         a, b = float(point[0][name][0]), float(point[1][name][0])
         figures[name] = {"a": a, "b": b, "difference": b - a, "interval": None}
-    reason = next((why for y in (y_a, y_b) for why in [too_few_images_for(np.bincount(y, minlength=num_classes))]
-                   if why), None)  # fmt: skip
+    too_few = (too_few_images_for(np.bincount(y, minlength=num_classes)) for y in (y_a, y_b))
+    reason = _other_classes(y_a, y_b) or next((why for why in too_few if why), None)
     if reason:
         return figures, reason
     draws = [
@@ -125,6 +129,15 @@ def _class_average_figures(y_a, pred_a, y_b, pred_b, num_classes: int, level: fl
     return figures, None
 
 
+def _other_classes(y_a: np.ndarray, y_b: np.ndarray) -> Optional[str]:
+    """Why an average over classes has no interval where the two sides hold other classes; None where they hold the
+    same."""
+    present_a, present_b = (np.unique(y).tolist() for y in (y_a, y_b))
+    if present_a == present_b:
+        return None
+    return f"none: the sides hold other classes (A {present_a}, B {present_b}), their averages are over other classes"
+
+
 def _confusion_cells(y: np.ndarray, pred: np.ndarray, num_classes: int) -> tuple:
     """The non-empty cells of a confusion matrix, sorted by true class: (rows, columns, counts)."""
     cells, counts = np.unique(y * num_classes + pred, return_counts=True)
@@ -134,6 +147,9 @@ def _confusion_cells(y: np.ndarray, pred: np.ndarray, num_classes: int) -> tuple
 def _auc_figure(y_a, scores_a, y_b, scores_b, positive_label: Optional[int], level: float) -> tuple:
     """The AUC's figure and method: each side's AUC with DeLong's variance (binary: two images of each class; more
     classes: the one-against-the-rest average, `MIN_CLASS_IMAGES` of each), the variances added."""
+    reason = _other_classes(y_a, y_b) if positive_label is None else None
+    if reason:
+        return {"a": None, "b": None, "difference": None, "interval": None, "p_value": None}, reason
     sides = []
     for y, scores in ((y_a, scores_a), (y_b, scores_b)):
         labels = y if positive_label is None else y == positive_label
@@ -147,8 +163,9 @@ def _auc_figure(y_a, scores_a, y_b, scores_b, positive_label: Optional[int], lev
     (auc_a, variance_a), (auc_b, variance_b) = sides
     difference, standard_error = auc_b - auc_a, float(np.sqrt(variance_a + variance_b))
     figure = {"a": auc_a, "b": auc_b, "difference": difference, "interval": None, "p_value": None}
-    if standard_error > 0:
-        half_width = float(norm.ppf(0.5 + level / 2)) * standard_error
-        figure["interval"] = [max(-1.0, difference - half_width), min(1.0, difference + half_width)]
-        figure["p_value"] = float(2 * norm.sf(abs(difference) / standard_error))
+    if standard_error == 0:
+        return figure, "none: the difference's variance is 0 (both sides separate the classes perfectly)"
+    half_width = float(norm.ppf(0.5 + level / 2)) * standard_error
+    figure["interval"] = [max(-1.0, difference - half_width), min(1.0, difference + half_width)]
+    figure["p_value"] = float(2 * norm.sf(abs(difference) / standard_error))
     return figure, DELONG_METHOD

@@ -520,11 +520,11 @@ def clustering_metrics(y_true, clusters, num_classes: int, positive_label: Optio
     (default class 1, as [`classification_metrics`]), the images of a cluster left unmatched counted as errors there
     too (and as predictions of neither class, as in `macro_f1`).
     """
+    resolve_positive_label(positive_label, None, num_classes)  # refused on more classes, as evaluate_protocols does
     mapping = hungarian_match(y_true, clusters, num_classes)
     y_true, clusters = as_labels(y_true, "y_true"), as_labels(clusters, "clusters")
     matched = mapping[clusters]
     present = np.unique(y_true).tolist()
-    resolve_positive_label(positive_label, None, num_classes)  # refused on more classes, as evaluate_protocols does
     binary = binary_scores(y_true, matched, positive_label) if num_classes == 2 else {}
     return {
         **binary,

@@ -36,6 +36,7 @@ from .validation import as_labels
 
 __all__ = [
     "PROPER_SCORES",
+    "interval_and_test_disagree",
     "mcnemar_test",
     "paired_auc_difference",
     "paired_bootstrap_differences",
@@ -117,7 +118,7 @@ def paired_figures(
             continue
         tested = mcnemar_test(pred_a[images] == y_true[images], pred_b[images] == y_true[images])
         figures[name] |= {key: tested[key] for key in ("p_value", "only_a_correct", "only_b_correct")}
-        figures[name]["interval_and_test_disagree"] = _disagree(figures[name], level)
+        figures[name]["interval_and_test_disagree"] = interval_and_test_disagree(figures[name], level)
         methods[name] += "; p-value: McNemar's exact test"
     figures["auc"], methods["auc"] = _auc_figure(y_true, scores_a, scores_b, positive_label, level)
     return {"level": level, "figures": figures, "methods": methods}
@@ -151,7 +152,7 @@ def paired_proper_score_differences(y_true, probs_a, probs_b, level: float = CON
     return figures, methods
 
 
-def _disagree(figure: dict, level: float) -> bool:
+def interval_and_test_disagree(figure: dict, level: float) -> bool:
     """Whether a figure's interval and its exact test disagree on a difference of 0 (QA: 4 images only A got right,
     none only B: the bootstrap interval -2.06 to -0.26 points, McNemar's p 0.125): with few images decided
     differently, the exact test is the one to read."""

@@ -389,7 +389,7 @@ class SplitRecordMixin:
     def register_modules(self, **kwargs):
         super().register_modules(**kwargs)
         if "head" in kwargs and (self.split_record or {}).get("train_fingerprints") is not None:
-            dropped = ("train_fingerprints", "train_fingerprints_partial")
+            dropped = ("train_fingerprints", "train_fingerprints_partial", "selection_fingerprints")
             self.split_record = {key: value for key, value in self.split_record.items() if key not in dropped}
 
     def register_fitted_head(

@@ -1,4 +1,5 @@
-"""Two classifiers compared image by image on the same labelled images (`diffusion-classifiers compare`).
+"""Two classifiers compared image by image on the same labelled images (`diffusion-classifiers compare`), or two
+sets of other images compared as independent samples (`--unpaired`: `independent_statistics`).
 
 Each side is what `evaluate` wrote (its output folder, or the `image_predictions.csv` in it), a `predict` output
 with a `true_label` column (a labelled CSV of paths or a saved dataset), or an `aggregate` output of one (a row per
@@ -52,10 +53,12 @@ _CAVEATS = (
     "counts beside the p-value), they can disagree; the exact test is then the one to read."
 )
 _UNPAIRED_CAVEATS = (
-    "The p-values are not adjusted for the several figures compared. An unpaired comparison takes each side's images "
-    "for draws independent of the other's: the same images (or the slices of one scan) on both sides are not, and "
-    "are compared paired. Other images differ in more than the model: a site's figure less another's is the shift "
-    "in the images and in their classes' mix together (balanced accuracy and macro-F1 weigh each class alike)."
+    "The p-values are not adjusted for the several figures compared. Intervals (Newcombe's, bootstrap) and p-values "
+    "(Fisher's exact test, DeLong's) are separate methods: near the 5% level they can disagree (marked), and the "
+    "exact test is then the one to read. An unpaired comparison takes each side's images for draws independent of "
+    "the other's: the same images (or the slices of one scan) on both sides are not, and are compared paired. Other "
+    "images differ in more than the model: a site's figure less another's is the shift in the images and in their "
+    "classes' mix together (balanced accuracy and macro-F1 weigh each class alike)."
 )
 _DISAGREE_MARK = " (interval and test disagree)"
 # The figures that are not fractions: shown to 4 digits, their differences in their own units (lower is better)
@@ -82,6 +85,7 @@ class _ScoredRows:
     recorded_positive: Optional[str]  # the positive class its run recorded
     training_images: np.ndarray  # booleans
     file_bytes: Optional[list]  # a predict output's record of each file's size
+    named: list  # the (path, frame) of each row that names its file (none for images held in arrays)
     evaluation: Optional[dict]  # what its run records: split, data, carving, model, call, operating point
 
 
@@ -165,7 +169,7 @@ def compare_predictions(
     figures, methods = _proper_score_figures(y_true, sides)
     comparison["figures"] |= figures
     comparison["methods"] |= methods
-    return comparison
+    return _with_operating_point_caveats(comparison)
 
 
 def _unpaired_comparison(side_a: _ScoredRows, side_b: _ScoredRows, positive: Optional[str], positive_note) -> dict:
@@ -173,6 +177,7 @@ def _unpaired_comparison(side_a: _ScoredRows, side_b: _ScoredRows, positive: Opt
     those its predict run flags as training images."""
     from ..independent_statistics import independent_figures
 
+    _check_other_images(side_a, side_b)
     names, scored, left_out = side_a.class_names, [], {}
     for side, key in ((side_a, "a"), (side_b, "b")):
         rows = np.flatnonzero(~side.training_images)
@@ -192,7 +197,57 @@ def _unpaired_comparison(side_a: _ScoredRows, side_b: _ScoredRows, positive: Opt
     positive_label = None if positive is None else names.index(positive)
     (y_a, pred_a, scores_a), (y_b, pred_b, scores_b) = scored
     comparison.update(independent_figures(y_a, pred_a, scores_a, y_b, pred_b, scores_b, len(names), positive_label))
+    return _with_operating_point_caveats(comparison)
+
+
+def _with_operating_point_caveats(comparison: dict) -> dict:
+    """`comparison` with `operating_point_caveats`: a side whose threshold was chosen on the images it scores (its
+    sensitivity met by construction), and one model deciding at other operating points on the two sides (QA, an
+    external validation: A at a threshold chosen on val, B at each image's most probable class, a specificity drop of
+    38 points of which 27 were the threshold's)."""
+    caveats = []
+    for side in "ab":
+        record = comparison[side]
+        point = record.get("operating_point") or {}
+        if point.get("chosen_on") is not None and point.get("chosen_on") == record.get("split") and \
+                point.get("dataset") == record.get("dataset"):  # fmt: skip
+            caveats.append(
+                f"{side.upper()}'s threshold was chosen on the images it scores ({point['chosen_on']} of "
+                f"{point['dataset']}): its figures at that threshold are met by construction, not estimates."
+            )
+    points = [comparison[side].get("operating_point") for side in "ab"]
+    thresholds = [None if point is None else point.get("threshold") for point in points]
+    model = comparison["a"].get("model_sha256")
+    if model is not None and model == comparison["b"].get("model_sha256") and thresholds[0] != thresholds[1]:
+        said = [f"{side} at {'its most probable class' if t is None else f'the threshold {t!r}'}"
+                for side, t in zip("AB", thresholds)]  # fmt: skip
+        caveats.append(
+            f"One model decides at other operating points on the two sides ({'; '.join(said)}): the differences of "
+            "accuracy, sensitivity and specificity are the threshold's too, not only the images'."
+        )
+    comparison["operating_point_caveats"] = caveats
     return comparison
+
+
+def _check_other_images(side_a: _ScoredRows, side_b: _ScoredRows) -> None:
+    """Refuse an unpaired comparison of two evaluations of the same split (their metrics.json record the same split,
+    data and carving); warn where the two name images alike (path and frame), which may be the same images (QA: the
+    same 624 test images compared unpaired, "other images": an interval twice as wide, a p-value of 0.31 for 0.004)."""
+    records = [None if side.evaluation is None else {name: side.evaluation.get(name) for name in _SPLIT_RECORD}
+               for side in (side_a, side_b)]  # fmt: skip
+    if records[0] is not None and records[0] == records[1]:
+        raise ValueError(
+            f"unpaired: A and B scored the same split ({records[0]}): the same images are no independent draws; "
+            "compare them paired (without --unpaired)"
+        )
+    shared = set(side_a.named) & set(side_b.named)
+    if shared:
+        warnings.warn(
+            f"unpaired: A and B name {len(shared)} images alike (e.g. {sorted(shared)[:_SHOWN]}): where they are the "
+            "same images they are no independent draws, and are compared paired (without --unpaired)",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _proper_score_figures(y_true: np.ndarray, sides: tuple) -> tuple[dict, dict]:
@@ -245,8 +300,15 @@ def _read_side(source: str | os.PathLike, side: str, pair_by: list) -> _ScoredRo
         log_odds=log_odds, ranking_class=ranking_class, recorded_positive=recorded_positive,
         training_images=np.array([is_training_image(value) for value in table.get(TRAINING_IMAGE_KEY, [])] or
                                  np.zeros(len(rows), bool), dtype=bool),
-        evaluation=evaluation, file_bytes=table.get("file_bytes"),
+        evaluation=evaluation, file_bytes=table.get("file_bytes"), named=_named_images(table),
     )  # fmt: skip
+
+
+def _named_images(table: dict) -> list:
+    """The (path, frame) of each row of a file that names its image file; none for rows of images held in arrays."""
+    frames = table.get("frame") or [0] * len(table.get("path") or [])
+    return [(path, 0 if frame in (None, "") else int(frame)) for path, frame in zip(table.get("path") or [], frames)
+            if path not in (None, "")]  # fmt: skip
 
 
 def _check_scores(probs: np.ndarray, log_odds: Optional[np.ndarray], where: str) -> None:
@@ -500,7 +562,9 @@ def render_comparison(comparison: dict) -> str:
     for name, method in comparison["methods"].items():
         by_method.setdefault(method, []).append(_figure_name(name))
     lines += [f"- {', '.join(names)}: {method}" for method, names in by_method.items()]
-    lines += ["", _UNPAIRED_CAVEATS if unpaired else _CAVEATS]
+    caveats = comparison.get("operating_point_caveats") or []
+    lines += ["", *(f"**{caveat}**" for caveat in caveats), *([""] if caveats else [])]
+    lines += [_UNPAIRED_CAVEATS if unpaired else _CAVEATS]
     return "\n".join(lines) + "\n"
 
 
