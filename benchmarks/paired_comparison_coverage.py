@@ -115,28 +115,36 @@ def check_definitions(labels, probabilities_a, probabilities_b, figures: dict) -
 
 def simulate(num_classes: int, num_images: int, fixed_counts: bool, population: dict, draws: int, rng) -> dict:
     """`draws` test sets of the setting: per figure, the tallies of its intervals against `population`."""
-    tallies = {name: {"hits": 0, "inside": 0, "none": 0, "tested": 0, "rejected": 0, "widths": [], "estimates": []}
-               for name in population}  # fmt: skip
+    tallies = {name: new_tally() for name in population}
     for index in range(draws):
         labels, probabilities_a, probabilities_b = draw(num_classes, num_images, rng, fixed_counts)
         figures = compared(labels, probabilities_a, probabilities_b)
         if index == 0:
             check_definitions(labels, probabilities_a, probabilities_b, figures)
         for name, tally in tallies.items():
-            figure = figures[name]
-            if figure.get("p_value") is not None:
-                tally["tested"] += 1
-                tally["rejected"] += figure["p_value"] < 0.05
-            if figure["difference"] is not None:
-                tally["estimates"].append(figure["difference"])
-            interval = figure["interval"]
-            if interval is None:
-                tally["none"] += 1
-                continue
-            tally["hits"] += interval[0] <= population[name] <= interval[1]
-            tally["inside"] += interval[0] <= figure["difference"] <= interval[1]
-            tally["widths"].append(interval[1] - interval[0])
+            add_to_tally(tally, figures[name], population[name])
     return {name: summary(tally, population[name], draws) for name, tally in tallies.items()}
+
+
+def new_tally() -> dict:
+    return {"hits": 0, "inside": 0, "none": 0, "tested": 0, "rejected": 0, "widths": [], "estimates": []}
+
+
+def add_to_tally(tally: dict, figure: dict, population_difference: float) -> None:
+    """Count one draw's `figure` (its interval against the population's difference and its own estimate, its
+    p-value against 0.05) into `tally`."""
+    if figure.get("p_value") is not None:
+        tally["tested"] += 1
+        tally["rejected"] += figure["p_value"] < 0.05
+    if figure["difference"] is not None:
+        tally["estimates"].append(figure["difference"])
+    interval = figure["interval"]
+    if interval is None:
+        tally["none"] += 1
+        return
+    tally["hits"] += interval[0] <= population_difference <= interval[1]
+    tally["inside"] += interval[0] <= figure["difference"] <= interval[1]
+    tally["widths"].append(interval[1] - interval[0])
 
 
 def summary(tally: dict, population_difference: float, draws: int) -> dict:

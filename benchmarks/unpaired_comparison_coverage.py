@@ -19,7 +19,18 @@ import time
 
 import numpy as np
 from _common import base_parser, coverage_floor, report, setup, simulation_args, target_entry
-from paired_comparison_coverage import CLASS_COUNTS, LEVEL, QUICK, differences, draw, prior, ranking_scores, summary
+from paired_comparison_coverage import (
+    CLASS_COUNTS,
+    LEVEL,
+    QUICK,
+    add_to_tally,
+    differences,
+    draw,
+    new_tally,
+    prior,
+    ranking_scores,
+    summary,
+)
 
 from diffusion_classifiers.independent_statistics import independent_figures
 
@@ -44,26 +55,13 @@ def simulate(setting: tuple, fixed_counts: bool, population: dict, draws: int, r
     """`draws` pairs of independent test sets of the setting: per figure, the tallies of its intervals."""
     num_classes, size_a, size_b = setting
     names = [name for name in FIGURES if name in population]
-    tallies = {name: {"hits": 0, "inside": 0, "none": 0, "tested": 0, "rejected": 0, "widths": [], "estimates": []}
-               for name in names}  # fmt: skip
+    tallies = {name: new_tally() for name in names}
     for _ in range(draws):
         labels_a, probabilities_a, _ = draw(num_classes, size_a, rng, fixed_counts)  # model A on A's images
         labels_b, _, probabilities_b = draw(num_classes, size_b, rng, fixed_counts)  # model B on other images
         figures = compared(labels_a, probabilities_a, labels_b, probabilities_b)
         for name, tally in tallies.items():
-            figure = figures[name]
-            if figure.get("p_value") is not None:
-                tally["tested"] += 1
-                tally["rejected"] += figure["p_value"] < 0.05
-            if figure["difference"] is not None:
-                tally["estimates"].append(figure["difference"])
-            if figure["interval"] is None:
-                tally["none"] += 1
-                continue
-            low, high = figure["interval"]
-            tally["hits"] += low <= population[name] <= high
-            tally["inside"] += low <= figure["difference"] <= high
-            tally["widths"].append(high - low)
+            add_to_tally(tally, figures[name], population[name])
     return {name: summary(tally, population[name], draws) for name, tally in tallies.items()}
 
 
