@@ -91,6 +91,10 @@ def test_a_threshold_chosen_on_val_for_a_sensitivity_is_applied_unchanged_to_tes
     point = chosen["operating_point"]
     assert (point["target_sensitivity"], point["chosen_on"], point["dataset"]) == (0.9, "val", "digits")
     assert chosen["sensitivity"] >= 0.9
+    # QA (an external validation): a Wilson interval was given for a sensitivity fixed by the threshold's choice
+    intervals = chosen["confidence_intervals"]
+    assert intervals["sensitivity"] is None and intervals["specificity"] is not None
+    assert intervals["methods"]["sensitivity"].startswith("none: the threshold was chosen on these very images")
     report = " ".join((tmp_path / "val" / "report.md").read_text().split())
     assert f"predicted where its probability is {point['threshold']:.8g} or more (log-odds {point['log_odds']:.8g} " \
         "or more, which decide), the threshold chosen for a " \
@@ -100,10 +104,13 @@ def test_a_threshold_chosen_on_val_for_a_sensitivity_is_applied_unchanged_to_tes
     applied = evaluate_classifier(str(folder), data["test"], tmp_path / "test", threshold=val_metrics)
     assert applied["operating_point"] == {**point, "from": str(val_metrics)}
     assert "by construction" not in (tmp_path / "test" / "report.md").read_text()
+    assert applied["confidence_intervals"]["sensitivity"] is not None  # held-out images: an estimate
     # QA (a biostatistician): applied again to the split it was chosen on, the report read as a held-out result
     evaluate_classifier(str(folder), data["val"], tmp_path / "val_again", split="val", dataset_name="digits",
                         threshold=val_metrics)  # fmt: skip
     assert "the sensitivity is met by construction" in (tmp_path / "val_again" / "report.md").read_text()
+    again = json.loads((tmp_path / "val_again" / "metrics.json").read_text())
+    assert again["confidence_intervals"]["sensitivity"] is None
     unnamed = {**point, "chosen_on": None, "dataset": None, "from": "m.json"}  # review: two unnamed splits
     assert "by construction" not in decision_sentence({"positive_class": "lesion", "per_class": {},
                                                        "operating_point": unnamed}, (None, None))  # fmt: skip

@@ -54,6 +54,7 @@ from .metrics import (
     decision_sentence,
     intervals_note,
     mark_absent_classes,
+    met_by_construction,
     metric_row,
     metrics_table_header,
     per_class_table,
@@ -949,6 +950,12 @@ def evaluate_classifier(
     metrics = _scored_metrics(
         y_true, y_pred, log_odds, probs, ranking, stderr, nfe, model_names, positive_label, settings, point
     )
+    if point is not None and met_by_construction(point, (split, dataset_name)):  # QA: an interval for a fixed figure
+        metrics["confidence_intervals"]["sensitivity"] = None
+        metrics["confidence_intervals"]["methods"]["sensitivity"] = (
+            "none: the threshold was chosen on these very images to meet this sensitivity (met by construction, not "
+            "an estimate)"
+        )
     metrics.update(checked)
     if positive_label is not None:
         metrics["num_positives"] = int(np.sum(y_true == positive_label))

@@ -37,6 +37,7 @@ __all__ = [
     "interval_text",
     "intervals_note",
     "mark_absent_classes",
+    "met_by_construction",
     "metric_row",
     "metrics_table_header",
     "negative_class",
@@ -255,12 +256,21 @@ def operating_point_text(point: dict, measured_on: Optional[tuple] = None) -> st
         " (these very images: the sensitivity is met by construction; apply the threshold to held-out images with "
         "`evaluate --threshold <this metrics.json>`)"
     )
+    if point.get("from"):
+        text += f" (read from `{point['from']}`)"
+    return text + same_images if met_by_construction(point, measured_on) else text
+
+
+def met_by_construction(point: dict, measured_on: Optional[tuple] = None) -> bool:
+    """Whether the operating `point`'s sensitivity is met by construction on the images measured (`measured_on`,
+    their `(split, dataset)`): it was chosen for a target sensitivity on them, in this run or in the run it was read
+    from (QA: applied again to the split it was chosen on, the report read as a held-out result; review: two unnamed
+    splits are not known to be one)."""
+    if point.get("target_sensitivity") is None:
+        return False
     if not point.get("from"):
-        return text + same_images
-    text += f" (read from `{point['from']}`)"
-    # QA: applied again to the split it was chosen on, the report read as a held-out result
-    again = point.get("chosen_on") is not None and measured_on == (point.get("chosen_on"), point.get("dataset"))
-    return text + same_images if again else text  # review: two unnamed splits are not known to be one
+        return True
+    return point.get("chosen_on") is not None and measured_on == (point.get("chosen_on"), point.get("dataset"))
 
 
 def _chosen_on(point: dict) -> str:
