@@ -101,6 +101,8 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
     # the demo's test split, carved as recorded (seed 3): its pipeline scores there as the demo's report says
     assert written["num_samples"] == num_test and written["confusion_matrix"] == metrics["test"]["confusion_matrix"]
     assert written["images_the_head_was_chosen_on"] == 0  # test holds none of the val images the head was chosen on
+    assert "None of the images scored is one the model was trained on or its head was chosen on" in " ".join(
+        (tmp_path / "eval" / "report.md").read_text().split())  # fmt: skip
     # QA (another site): every image of the data scored (its train images dropped) held the val images the head was
     # chosen on, without a word
     main(["evaluate", "--model_dir", str(tmp_path / "pipeline"), "--dataset", "digits", "--split", "all",

@@ -1341,6 +1341,12 @@ def render_evaluation_report(
             "test split of the model's own data is not.",
             "",
         ]
+    elif metrics.get("images_the_head_was_chosen_on") == 0 and metrics.get("training_images_checked"):
+        lines[notes:notes] = [  # QA (an external validation): what a methods section states, said when it holds
+            "None of the images scored is one the model was trained on or its head was chosen on (checked by "
+            "content against its data_splits.json).",
+            "",
+        ]
     if metrics.get("head_chosen_on_a_val_split"):
         lines[notes:notes] = [
             "**A val split**: where it is the one the model's head was chosen on (a U-Net-feature model's (block, "
