@@ -418,9 +418,10 @@ def assign_files(
 ) -> dict:
     r"""
     Put `inputs` into the clusters of an `earlier` [`cluster_files`] run (its output folder), as that run grouped its
-    own images: the same feature of the same model (refused otherwise, by the sha256 of its files; a warning where
-    either model was not loaded from a local folder), its normalisation and k-means centres read from its
-    `grouping.safetensors`; nothing is chosen or fitted again, so cluster 3 is the same group next month
+    own images: the same feature of a model of the same features (refused otherwise, by the sha256 of what they depend
+    on, `hub.features_fingerprint`; a warning where either model was not loaded from a local folder), its
+    normalisation and k-means centres read from its `grouping.safetensors`; nothing is chosen or fitted again, so
+    cluster 3 is the same group next month
     (re-clustering a grown folder renumbers the clusters). Writes `clusters.csv`, `clusters.errors.csv`,
     `cluster_examples_<n>.png` and `metrics.json` (with `assigned_to`), no grouping; `output_dir` must not be
     `earlier`, nor hold an earlier run's `metrics.json` unless `overwrite` (as `cluster_files`).

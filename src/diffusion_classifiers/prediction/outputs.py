@@ -498,8 +498,12 @@ def _merge_one(
     merge held every row in memory, +0.5 GB for 100,000 rows of 121 classes), and so is a parquet output (QA: +0.5 GB
     for 60,000 rows); else the rows are sorted in memory."""
     carried = carried if carried is not None and carried.columns else None
-    if path.exists() and not parts and (carried is None or not _carried_cells_changed(path, carried)):
-        return _paths_in(path), 0
+    if path.exists() and not parts:
+        rows = _read_columns(path, carried.columns if carried else ())  # one read: the paths, and the cells to check
+        if rows is None:  # an earlier output without a carried column: none to refresh
+            return _paths_in(path), 0
+        if carried is None or not _carried_cells_changed(rows, carried):
+            return [row[0] for row in rows], 0
     key_size = 2 if "frame" in columns else 1
 
     def merge_key(row: Sequence) -> tuple:
@@ -547,11 +551,9 @@ class _CarriedInto:
         return row
 
 
-def _carried_cells_changed(path: Path, carried: CarriedCells) -> bool:
-    """Whether a row of the output `path` holds other carried cells than its path's in the input now."""
-    rows = _read_columns(path, carried.columns)  # typed, as `_typed` reads them
-    if rows is None:
-        return False
+def _carried_cells_changed(rows: list[tuple], carried: CarriedCells) -> bool:
+    """Whether a row of an output (`(path, *carried cells)`, typed as `_read_columns` reads them) holds other carried
+    cells than its path's in the input now."""
     for path_cell, *cells in rows:
         now = carried.cells.get(path_cell)
         if now is not None and cells != [_typed(name, cell) for name, cell in zip(carried.columns, now)]:

@@ -527,8 +527,9 @@ def predict_files(
         wait()
         if talk:
             _say(f"merging the predictions into {files.output} ...")
-        current = CarriedCells(_refreshed_columns(carried, columns), {})
-        current.cells.update({item.path: _carried_cells(item, current.columns) for item in inputs} if is_main else {})
+        refreshed_columns = _refreshed_columns(carried, columns)
+        cells = {item.path: _carried_cells(item, refreshed_columns) for item in inputs} if is_main else {}
+        current = CarriedCells(refreshed_columns, cells)
         predicted_paths, unreadable, refreshed = merge_parts(files, columns, order, current) if is_main else ([], [], 0)
         if is_main:  # merged: the prediction an overwrite replaced is no longer needed
             shutil.rmtree(files.replaced, ignore_errors=True)
