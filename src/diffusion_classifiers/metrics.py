@@ -1,7 +1,7 @@
 """Classification and clustering metrics in numpy / scikit-learn (no Hub access), returned as plain Python values."""
 
 import warnings
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -107,6 +107,12 @@ def resolve_positive_label(positive_class, class_names: Optional[Sequence[str]],
     return names.index(str(positive_class))
 
 
+def _sensitivity_and_specificity(recall, support, positive_label: int) -> Tuple[Optional[float], Optional[float]]:
+    """The positive class's recall and the other's, each None where its class has no image (sklearn's 0 would read as
+    a classifier that misses every one)."""
+    return tuple(float(recall[k]) if support[k] > 0 else None for k in (positive_label, 1 - positive_label))
+
+
 def _binary_metrics(
     names: Sequence[str], positive_label: int, precision, recall, f1, support, predicted
 ) -> Dict[str, object]:
@@ -115,7 +121,7 @@ def _binary_metrics(
     image is undefined: None (sklearn's 0 would read as a classifier that misses every positive), and so are the
     ratios that use it; a precision of a class never decided, too (review: a PPV of 0.00% read "every call wrong")."""
     negative = 1 - positive_label
-    sensitivity, specificity = (float(recall[k]) if support[k] > 0 else None for k in (positive_label, negative))
+    sensitivity, specificity = _sensitivity_and_specificity(recall, support, positive_label)
     ppv, npv = (float(precision[k]) if predicted[k] > 0 else None for k in (positive_label, negative))
     defined = sensitivity is not None and specificity is not None
     return {
@@ -433,8 +439,7 @@ def binary_scores(y_true, y_pred, positive_label: Optional[int] = None) -> Dict[
     check_label_range(y_true, "y_true", 2)
     positive_label = resolve_positive_label(positive_label, None, 2)
     _, recall, f1, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=[0, 1], zero_division=0)
-    negative_label = 1 - positive_label
-    sensitivity, specificity = (float(recall[k]) if support[k] > 0 else None for k in (positive_label, negative_label))
+    sensitivity, specificity = _sensitivity_and_specificity(recall, support, positive_label)
     return {"sensitivity": sensitivity, "specificity": specificity, "positive_f1": float(f1[positive_label])}
 
 
