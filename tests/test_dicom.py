@@ -458,6 +458,37 @@ def test_a_dicom_declaring_more_pixels_than_pils_limit_is_refused_before_decodin
     assert read_dicom_header(pydicom_file("emri_small.dcm")).num_frames == 10
 
 
+def test_a_native_multi_frame_file_is_read_a_frame_at_a_time_past_the_files_pixel_limit(monkeypatch):
+    """QA (a mammography group): predict refused an 80-frame breast tomosynthesis volume of 2457 x 1996 (785 MB,
+    uncompressed) as a decompression bomb, after reading its pixels whole. A native file's pixels are in its bytes:
+    read a frame at a time, it is held to the frame's limit alone; a compressed one, to the file's too."""
+    from PIL import Image
+
+    from diffusion_classifiers.data.dicom import read_dicom_frames
+
+    names = ["emri_small.dcm", "emri_small_RLE.dcm", "emri_small_big_endian.dcm", "image_dfl.dcm", "CT_small.dcm"]
+    for path in map(pydicom_file, names):  # native, compressed, deflated: each frame as the whole file's
+        whole, frames = read_dicom(path), list(read_dicom_frames(path))
+        assert len(frames) == read_dicom_header(path).num_frames == whole.num_frames
+        for k, frame in enumerate(frames):
+            alone = read_dicom(path, k)
+            for image in (frame, alone):
+                np.testing.assert_array_equal(image.values, whole.values[k : k + 1])
+                np.testing.assert_array_equal(image.padding, whole.padding[k : k + 1])
+                assert (image.windows, image.stored_range, image.metadata) == (
+                    alone.windows, whole.stored_range, whole.metadata)  # fmt: skip
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64)  # a frame at the limit, the file's 10 frames over 4
+    cine, compressed = pydicom_file("emri_small.dcm"), pydicom_file("emri_small_RLE.dcm")
+    over = r"10 frame\(s\) of 64 x 64 pixels, over the limit of 4096 pixels a frame and 16384 a file decoded whole or "
+    with pytest.raises(ValueError, match=over + r"compressed .* images this large, or read it a frame at a time"):
+        read_dicom(cine)
+    assert len(list(read_dicom_frames(cine))) == read_dicom_header(cine).num_frames == 10
+    assert read_dicom(cine, 9).values.shape == (1, 64, 64)
+    for read in (read_dicom_header, read_dicom, lambda path: next(read_dicom_frames(path))):
+        with pytest.raises(ValueError, match=over + r"compressed \(a decompression bomb .* images this large$"):
+            read(compressed)  # a small file could declare them
+
+
 def test_file_that_is_not_dicom_is_named(tmp_path):
     path = tmp_path / "scan.dcm"
     path.write_bytes(b"not a DICOM file" * 20)

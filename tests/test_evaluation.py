@@ -451,6 +451,25 @@ def test_a_saved_datasetdicts_own_split_is_checked_and_its_train_split_carved_as
     assert 0 < len(carved) < whole  # the train split as training carved it, not all of it
 
 
+def test_training_images_a_datasetdict_holds_in_its_train_and_test_splits_are_counted_and_said(external, tmp_path):
+    """QA (a datasets user): images the model was trained on, in the data's test split and its train split too (the
+    data's duplicates across its splits), passed the check as the data's own, uncounted, and the report said that none
+    of the images scored was one the model was trained on."""
+    root, splits = external
+    own = to_datasets({"train": splits["train"], "test": splits["test"]})
+    copies = own["train"].select(range(3))
+    test = datasets.concatenate_datasets([own["test"], copies])
+    datasets.DatasetDict({"train": own["train"], "test": test}).save_to_disk(str(tmp_path / "duplicates"))
+    scored = _evaluate(root / "model", tmp_path / "duplicates", tmp_path / "scored")
+    assert scored["num_samples"] == len(splits["test"]) + 3
+    assert scored["training_images_also_in_the_data_train_split"] == 3
+    report = (tmp_path / "scored" / "report.md").read_text()
+    assert "**3 of the images scored are images the model was trained on**, copies of images the data's" in report
+    assert "None of the images scored" not in report
+    clean = _evaluate(root / "model", tmp_path / "duplicates", tmp_path / "train_split", "--split", "train")
+    assert "training_images_also_in_the_data_train_split" not in clean  # the data's train split: none
+
+
 def test_load_evaluation_split_all_is_every_split_once_without_carving_warnings(tmp_path):
     from diffusion_classifiers.evaluation import load_evaluation_split
 

@@ -676,6 +676,32 @@ def test_dataset_folder_rows_are_named_by_index(models, tmp_path, capsys):
         list_inputs(tmp_path / "data", split="train")
 
 
+def test_predict_reads_a_long_multi_frame_dicom_a_frame_at_a_time(models, tmp_path, monkeypatch):
+    """QA (a mammography group): an 80-frame breast tomosynthesis volume (785 MB, uncompressed) was refused as a
+    decompression bomb, and a batch held every frame at its full size; now a frame is read, preprocessed and kept at
+    the model's size, one at a time, and the rows are those of the file read whole."""
+    from diffusion_classifiers.prediction.runner import read_checked
+
+    from .test_dicom import pydicom_file
+
+    cine = pydicom_file("emri_small.dcm")  # 10 frames of 64 x 64
+    (tmp_path / "volume").mkdir()
+    shutil.copy(cine, tmp_path / "volume" / "tomo.dcm")
+    command = ["predict", "--model_dir", str(models / "unet"), "--input", str(tmp_path / "volume"), "--window", "full"]
+    other_window = r"--window \['full'\]: .* was saved with the windows \['file'\]"
+    with pytest.warns(UserWarning, match=other_window):
+        main(command + ["--output", str(tmp_path / "whole.csv")])
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64)  # the file's 10 frames are over 4 frames' pixels
+        main(command + ["--output", str(tmp_path / "by_frame.csv")])
+    whole, by_frame = read_rows(tmp_path / "whole.csv"), read_rows(tmp_path / "by_frame.csv")
+    assert len(by_frame) == 10 and by_frame == whole
+    (item,) = list_inputs(tmp_path / "volume", parse_windows(["full"]))
+    frames = item.read()
+    assert len(frames) == 10 and frames[-1].shape == (1, 64, 64)  # a frame alone, decoded when asked for
+    images, _ = read_checked(item, load(models, "unet"))
+    assert [tuple(image.shape) for image in images] == [(1, 16, 16)] * 10  # the model's size, not the file's
+
+
 def test_dicom_folder_gives_one_row_per_frame(models, tmp_path):
     import pydicom
     from pydicom.data import get_testdata_file

@@ -545,6 +545,11 @@ def carved_splits(dataset) -> frozenset:
     return frozenset({"val", "test"})
 
 
+# metrics.json's count of the images scored that are the model's training images yet pass the check as copies of
+# images the data's own train split holds (`check_training_overlap`'s `count_copies_in_train`)
+TRAINING_IMAGE_COPIES_KEY = "training_images_also_in_the_data_train_split"
+
+
 def check_training_overlap(
     dataset,
     train_fingerprints: Collection[str],
@@ -560,6 +565,7 @@ def check_training_overlap(
     paths=None,
     with_kept_positions: bool = False,
     chosen_on: Optional[Collection[str]] = None,
+    count_copies_in_train: bool = False,
 ):
     """`(dataset, number dropped)`: [`LabeledImages`] or [`StreamingImages`] checked, by content
     (`data.split_record.image_fingerprint_variants`), against a model's recorded `train_fingerprints`. Images the
@@ -584,10 +590,12 @@ def check_training_overlap(
 
     `with_kept_positions` adds the positions in `dataset` of the images kept (a dict of them by name with a dict of
     splits); `chosen_on` (the fingerprints of the val images a head was chosen on, `recorded_selection_fingerprints`)
-    adds, last, how many of the images kept are among them, counted from the same fingerprints (no second read)."""
+    adds how many of the images kept are among them, counted from the same fingerprints (no second read);
+    `count_copies_in_train` adds, last, how many images kept are the model's training images that passed as copies
+    of `train_split`'s (QA: scored without a word, the report saying none of the images was a training image)."""
     named = isinstance(dataset, dict)
     splits, paths = (dataset, paths or {}) if named else ({None: dataset}, {None: paths})
-    train_fingerprints, in_data, seen, selected = set(train_fingerprints), None, {}, {}
+    train_fingerprints, in_data, seen, selected, copies = set(train_fingerprints), None, {}, {}, {}
     for name, split in splits.items():
         images = split.images if isinstance(split, LabeledImages) else _tensor_batches(split, 64, num_workers)
         variants = image_fingerprint_variants(images)
@@ -597,7 +605,8 @@ def check_training_overlap(
             if in_data is None:  # fingerprinted once, for every split
                 batch_size = 1024 if isinstance(train_split, LabeledImages) else 64
                 in_data = set(image_fingerprints(_tensor_batches(train_split, batch_size, num_workers)))
-            seen[name] &= np.array([not any(f in in_data for f in v) for v in variants], dtype=bool)
+            copied = np.array([any(f in in_data for f in v) for v in variants], dtype=bool)
+            copies[name], seen[name] = int((seen[name] & copied).sum()), seen[name] & ~copied
     counts = {name: int(found.sum()) for name, found in seen.items()}
     num_seen, num_images = sum(counts.values()), sum(len(found) for found in seen.values())
     if num_seen and not drop:
@@ -614,10 +623,13 @@ def check_training_overlap(
     kept = {name: split.subset(positions[name]) if counts[name] else split for name, split in splits.items()}
     checked = (kept, counts, positions) if named else (kept[None], num_seen, positions[None])
     checked = checked if with_kept_positions else checked[:2]
-    if chosen_on is None:
-        return checked
-    among = {name: int(selected[name][positions[name]].sum()) for name in splits}
-    return (*checked, among if named else among[None])
+    if chosen_on is not None:
+        among = {name: int(selected[name][positions[name]].sum()) for name in splits}
+        checked = (*checked, among if named else among[None])
+    if count_copies_in_train:
+        copies = {name: copies.get(name, 0) for name in splits}
+        checked = (*checked, copies if named else copies[None])
+    return checked
 
 
 def files_of_splits(
@@ -1088,15 +1100,16 @@ def _checked_against_training_images(
     them: `images_the_head_was_chosen_on`) and the positions in `dataset` of the images kept."""
     if train_fingerprints is not None and isinstance(dataset, (LabeledImages, StreamingImages)):
         where = _images_named(split, dataset_name)
-        dataset, dropped, positions, *among = check_training_overlap(
+        dataset, dropped, positions, *among, copies = check_training_overlap(
             dataset, train_fingerprints, drop_training_images, where, num_workers, whole_data_set=split == ONE_SET,
-            with_kept_positions=True, chosen_on=chosen_on, **overlap,
+            with_kept_positions=True, chosen_on=chosen_on, count_copies_in_train=True, **overlap,
         )  # fmt: skip
         if len(dataset) == 0:
             raise ValueError(f"{where}: every image is one the model was trained on; nothing is left to score")
         dropped = {"training_images_dropped": dropped} if drop_training_images else {}
         chosen = {"images_the_head_was_chosen_on": among[0]} if among else {}
-        return dataset, {"training_images_checked": True, **dropped, **chosen}, positions
+        copied = {TRAINING_IMAGE_COPIES_KEY: copies} if copies else {}
+        return dataset, {"training_images_checked": True, **dropped, **chosen, **copied}, positions
     if drop_training_images:  # QA: ignored without a word, the report then saying the images were not checked
         why = (
             "a datasets.Dataset is not checked against the model's training images" if train_fingerprints is not None
@@ -1339,6 +1352,13 @@ def render_evaluation_report(
             f"**{metrics['images_the_head_was_chosen_on']} of the images scored are val images the model's head was "
             "chosen on** (by content: its data_splits.json): these figures are optimistic on them; the held-out "
             "test split of the model's own data is not.",
+            "",
+        ]
+    if metrics.get(TRAINING_IMAGE_COPIES_KEY):
+        lines[notes:notes] = [
+            f"**{metrics[TRAINING_IMAGE_COPIES_KEY]} of the images scored are images the model was trained on**, "
+            "copies of images the data's own train split holds too (by content: its data_splits.json; a data set's "
+            "duplicates across its splits): these figures are optimistic on them.",
             "",
         ]
     elif metrics.get("images_the_head_was_chosen_on") == 0 and metrics.get("training_images_checked"):

@@ -18,7 +18,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -48,6 +48,7 @@ __all__ = [
     "check_same_slice_size",
     "is_dicom_file",
     "read_dicom",
+    "read_dicom_frames",
     "refuse_localizer",
     "read_dicom_folder",
     "read_dicom_header",
@@ -237,18 +238,47 @@ def read_dicom(path: str | Path, frame: int | None = None) -> DicomImage:
     """
     path = Path(path)
     with _naming_the_file(path):
-        dataset = _open_image_dataset(path)
-        stored = _decode_pixels(dataset, path, frame)
-        luts = _frame_luts(dataset, range(_num_frames(dataset)))  # all frames': the stored range is the file's
-        frames = luts if frame is None else [luts[int(frame)]]
+        dataset = _open_image_dataset(path, _PIXELS_LEFT_ON_DISK, whole_file=frame is None)
+        return _DicomFile(dataset, path).image(frame)
+
+
+def read_dicom_frames(path: str | Path) -> Iterator[DicomImage]:
+    """[`read_dicom`]`(path, frame)` of each frame in turn, the file's header read once and one frame's pixels in
+    memory at a time (of a native or encapsulated Part 10 file, only that frame's bytes read): a breast tomosynthesis
+    volume of 80 frames of 2457 x 1996 is read in the memory of one frame, where a whole read takes several GB (QA:
+    refused by the file's pixel limit, which a file read this way is not held to, see [`_check_pixel_count`])."""
+    path = Path(path)
+    with _naming_the_file(path):
+        file = _DicomFile(_open_image_dataset(path, _PIXELS_LEFT_ON_DISK, whole_file=False), path)
+    for frame in range(len(file.luts)):
+        with _naming_the_file(path):
+            image = file.image(frame)
+        yield image
+
+
+# Values this large stay on disk until read: a refused file's pixels are never read, one frame's alone are decoded.
+_PIXELS_LEFT_ON_DISK = "64 KB"
+
+
+class _DicomFile:
+    """An opened DICOM image file, its frames' LUTs and what they share read once, from which frames are decoded."""
+
+    def __init__(self, dataset: Any, path: Path):
+        self.dataset, self.path = dataset, path
+        self.luts = _frame_luts(dataset, range(_num_frames(dataset)))  # all frames': the stored range is the file's
+        self.stored_range, self.metadata = _stored_range(self.luts, dataset), _metadata(dataset)
+
+    def image(self, frame: int | None) -> DicomImage:
+        stored = _decode_pixels(self.dataset, self.path, frame)
+        frames = self.luts if frame is None else [self.luts[int(frame)]]
         return DicomImage(
-            path=str(path),
+            path=str(self.path),
             values=_modality_values(stored, frames),
-            padding=_padding_mask(dataset, stored),
-            stored_range=_stored_range(luts, dataset),
-            monochrome1=dataset.PhotometricInterpretation == "MONOCHROME1",
-            metadata=_metadata(dataset),
-            **_own_windows(luts, path, frame),
+            padding=_padding_mask(self.dataset, stored),
+            stored_range=self.stored_range,
+            monochrome1=self.dataset.PhotometricInterpretation == "MONOCHROME1",
+            metadata=dict(self.metadata),
+            **_own_windows(self.luts, self.path, frame),
         )
 
 
@@ -281,7 +311,7 @@ def read_dicom_header(path: str | Path) -> DicomHeader:
     not hours into training."""
     path = Path(path)
     with _naming_the_file(path):
-        dataset = _open_image_dataset(path, defer_size="64 KB")
+        dataset = _open_image_dataset(path, _PIXELS_LEFT_ON_DISK, whole_file=False)
         _check_decoder(dataset, path)
         frames = _frame_luts(dataset, range(_num_frames(dataset)))
         return DicomHeader(
@@ -308,8 +338,9 @@ def _naming_the_file(path: Path) -> Any:
         raise ValueError(f"cannot read DICOM file {path}: {reason}") from error
 
 
-def _open_image_dataset(path: Path, defer_size: str | None = None) -> Any:
-    """The pydicom dataset of a greyscale DICOM image file; `ValueError` naming the file otherwise. A file cut short
+def _open_image_dataset(path: Path, defer_size: str | None = None, whole_file: bool = True) -> Any:
+    """The pydicom dataset of a greyscale DICOM image file, its size within [`_check_pixel_count`]'s limits for a file
+    decoded whole or a frame at a time (`whole_file`); `ValueError` naming the file otherwise. A file cut short
     inside encapsulated (compressed) pixel data reads as an empty dataset with only a warning: it is refused as
     truncated, and pydicom's warnings are the reason given. A file without the Part 10 header is read as a bare data
     set (see [`_bare_dataset`])."""
@@ -331,6 +362,7 @@ def _open_image_dataset(path: Path, defer_size: str | None = None) -> Any:
     for warning in caught:  # a dataset read despite them: the user still sees them
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     _check_has_grey_pixels(dataset, path)
+    _check_pixel_count(dataset, path, whole_file)
     return dataset
 
 
@@ -379,21 +411,34 @@ def _integer(dataset: Any, keyword: str) -> int | None:
 _FRAMES_PIXEL_FACTOR = 4
 
 
-def _check_pixel_count(dataset: Any, path: Path) -> None:
-    """Refuse, before decoding, a DICOM whose declared size is over PIL's decompression-bomb limit
-    (`PIL.Image.MAX_IMAGE_PIXELS` a frame, `_FRAMES_PIXEL_FACTOR` times it a file), as a PNG of that size is (QA: a
-    282 KB deflated 12000 x 12000 file took 4.6 GB to predict)."""
+def _check_pixel_count(dataset: Any, path: Path, whole_file: bool = True) -> None:
+    """Refuse, before decoding, a DICOM whose declared size is over PIL's decompression-bomb limit, as a PNG of that
+    size is (QA: a 282 KB deflated 12000 x 12000 file took 4.6 GB to predict): `PIL.Image.MAX_IMAGE_PIXELS` a frame,
+    and `_FRAMES_PIXEL_FACTOR` times it a file decoded whole (`whole_file`) or whose pixel data are compressed (a small
+    file could declare them). A native file read a frame at a time holds its pixels in its bytes and has one frame
+    decoded at once."""
     from PIL import Image
 
     limit = Image.MAX_IMAGE_PIXELS
     rows, columns, frames = _integer(dataset, "Rows") or 0, _integer(dataset, "Columns") or 0, _num_frames(dataset)
-    if limit is None or (rows * columns <= limit and rows * columns * frames <= _FRAMES_PIXEL_FACTOR * limit):
+    if limit is None:
         return
+    native, frame_over = _native_pixel_data(dataset), rows * columns > limit
+    if not frame_over and (native and not whole_file or rows * columns * frames <= _FRAMES_PIXEL_FACTOR * limit):
+        return
+    by_frame = native and not frame_over
     raise ValueError(
         f"DICOM file {path}: {frames} frame(s) of {rows} x {columns} pixels, over the limit of {limit} pixels a frame "
-        f"and {_FRAMES_PIXEL_FACTOR * limit} a file (a decompression bomb could declare them). Refused; raise "
-        "PIL.Image.MAX_IMAGE_PIXELS to read images this large"
+        f"and {_FRAMES_PIXEL_FACTOR * limit} a file decoded whole or compressed (a decompression bomb could declare "
+        "them). Refused; raise PIL.Image.MAX_IMAGE_PIXELS to read images this large"
+        + (", or read it a frame at a time (predict, cluster, and --streaming data do)" if by_frame else "")
     )
+
+
+def _native_pixel_data(dataset: Any) -> bool:
+    """Whether the pixel data are stored as they are (not encapsulated, not deflated): the file's bytes hold them."""
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    return syntax is not None and not syntax.is_encapsulated and not syntax.is_deflated
 
 
 def _inflated_limit() -> int | None:
@@ -447,7 +492,6 @@ def _check_has_grey_pixels(dataset: Any, path: Path) -> None:
             f"DICOM file {path} has no pixel data ({kind}, modality {dataset.get('Modality', '?')}); expected an "
             f"image ({why})"
         )
-    _check_pixel_count(dataset, path)
     if sop_class in _DERIVED_PIXEL_SOP_CLASSES:
         name, pixels = _DERIVED_PIXEL_SOP_CLASSES[sop_class]
         raise ValueError(
@@ -532,10 +576,20 @@ def _decode_pixels(dataset: Any, path: Path, frame: int | None = None) -> np.nda
     if frame is not None and not (isinstance(frame, (int, np.integer)) and 0 <= frame < frames):
         raise ValueError(f"DICOM file {path}: frame {frame!r}; expected a frame index in 0..{frames - 1}")
     try:
-        pixels = dataset.pixel_array if frame is None else pixel_array(dataset, index=int(frame))
+        if frame is None:
+            pixels = dataset.pixel_array
+        else:  # from the file: only the frame's bytes are read
+            pixels = pixel_array(path if _frames_readable_from_file(dataset) else dataset, index=int(frame))
     except Exception as error:  # pydicom and its plugins raise many types for corrupt or truncated pixel data
         raise ValueError(f"cannot decode the pixel data of DICOM file {path}: {error}") from error
     return pixels.reshape(frames if frame is None else 1, int(dataset.Rows), int(dataset.Columns))
+
+
+def _frames_readable_from_file(dataset: Any) -> bool:
+    """Whether pydicom can decode one frame from the file itself: a Part 10 file (a bare data set's transfer syntax is
+    this module's guess, `_bare_dataset`), not deflated (its data set is read inflated, in memory)."""
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    return getattr(dataset, "preamble", None) is not None and syntax is not None and not syntax.is_deflated
 
 
 def _decoder_packages(syntax: Any, decoder: Any) -> str:
@@ -980,3 +1034,13 @@ class MedicalPreprocessing:
         values, bits = _read_16bit(path, self.bits_stored)
         note_bit_depth(path, bits)
         return values[None, None]
+
+    def read_frames(self, path: str | Path) -> Iterator[np.ndarray]:
+        """[`read`]'s frames one at a time, each float32 `[C, H, W]`: a DICOM file's decoded as they are asked for
+        ([`read_dicom_frames`]), so a long multi-frame file is read in the memory of one frame."""
+        if not is_dicom_file(path):
+            yield from self.read(path)
+            return
+        for image in read_dicom_frames(path):
+            refuse_localizer(path, image.metadata)
+            yield window_channels(image, self.windows, self.padding_fill)[0]

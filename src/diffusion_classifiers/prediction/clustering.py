@@ -669,7 +669,9 @@ def _extracted(
     gathered: dict = {}
     with tqdm(total=len(inputs), desc=description, unit="file", **bar_visibility(progress_bar)) as bar:
         for batch_rows, images in _read_in_batches(pipeline, inputs, batch_size, errors, bar):
-            for name, value in extract(images).items():
+            with pipeline.reading_preprocessed_images():  # `read_checked`'s images
+                features = extract(images)
+            for name, value in features.items():
                 gathered.setdefault(name, _GrowingRows(len(inputs))).append(value.detach().float().cpu().numpy())
             if rows is not None:
                 rows += batch_rows
@@ -777,10 +779,9 @@ def _example_tile(pipeline: Any, item: PredictionInput, frame: int) -> Any:
     import torch.nn.functional as F
 
     try:
-        image = read_checked(item, pipeline)[0][frame]
+        pixels = read_checked(item, pipeline)[0][frame].float()
     except (ValueError, OSError, IndexError):  # changed since it was grouped: its place in the figure left blank
         return None
-    pixels = pipeline.preprocess([image])[0].float()
     pixels = pixels if pixels.shape[0] in (1, 3) else pixels[:1]
     return F.pad((pixels + 1) / 2, (0, 1, 0, 1), value=1.0)
 

@@ -6,13 +6,14 @@ Only the standard library is imported at module level (see the package docstring
 
 from __future__ import annotations
 
+import collections.abc
 import os
 import warnings
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from ..data.windows import WINDOW_NAMES
 
@@ -40,8 +41,8 @@ class PredictionInput:
         path (`str`): its name in the output: the file relative to the input folder, the `path` cell of the CSV, or
             the row index of a dataset. A rerun skips the paths already done (all frames of a file are committed in
             one batch, so a path is done or not).
-        read (`Callable[[], list]`): reads it as a list of images (one per frame: a multi-frame DICOM gives several);
-            raises `ValueError` or `OSError` when the file cannot be read.
+        read (`Callable[[], Sequence]`): reads it as a sequence of images (one per frame: a multi-frame DICOM gives
+            several, each decoded when it is asked for); raises `ValueError` or `OSError` when the file cannot be read.
         label (`str`, *optional*): its true label, carried to the output's `true_label` column.
         dicom_file (`Path`, *optional*): the DICOM file it is, whose patient, study and series ids go to the output
             (`dicom_ids`), so slice results can be combined per scan.
@@ -53,7 +54,7 @@ class PredictionInput:
     """
 
     path: str
-    read: Callable[[], list] = field(repr=False, compare=False)
+    read: Callable[[], Sequence] = field(repr=False, compare=False)
     label: Optional[str] = None
     dicom_file: Optional[Path] = field(default=None, repr=False, compare=False)
     file: Optional[Path] = field(default=None, repr=False, compare=False)
@@ -263,9 +264,9 @@ def _read_listed_file(file: Path, read: Callable) -> list:
     return read(file)
 
 
-def _read_file(path: Path, medical: Any) -> list:
+def _read_file(path: Path, medical: Any) -> Sequence:
     """An image file as `[PIL image]` or `[array [1, H, W]]` (16-bit), a DICOM file as one `[C, H, W]` array per
-    frame, all in `[0, 1]`; `ValueError` when it cannot be decoded, or when it is not DICOM but `medical` has several
+    frame ([`_DicomFrames`]: each decoded as it is asked for), all in `[0, 1]`; `ValueError` when it cannot be decoded, or when it is not DICOM but `medical` has several
     windows: such a model reads one window of Hounsfield units per channel, and an image file's grey, copied into
     every channel, would be classified as no scan looks."""
     from ..data.dicom import check_not_dicomdir, is_dicom_file
@@ -273,7 +274,7 @@ def _read_file(path: Path, medical: Any) -> list:
 
     check_not_dicomdir(path)  # before the windows' rule could call it "not a DICOM file"
     if is_dicom_file(path):
-        return list(medical.read(path))
+        return _DicomFrames(path, medical)
     if medical.reads_dicom_only:
         raise ValueError(
             f"{path}: not a DICOM file, but the model reads DICOM files through {len(medical.windows)} windows "
@@ -282,6 +283,28 @@ def _read_file(path: Path, medical: Any) -> list:
         )
     image = decode_image_file(path, medical.bits_stored)
     return [image[0]] if hasattr(image, "shape") else [image]
+
+
+class _DicomFrames(collections.abc.Sequence):
+    """A DICOM file's frames as `medical` reads them (`[C, H, W]` arrays in `[0, 1]`), each decoded when it is asked
+    for: iterated, one at a time (QA: a breast tomosynthesis volume of 80 frames of 2457 x 1996 was decoded whole, and
+    refused as over the pixel limit of a file read so); indexed, that frame alone."""
+
+    def __init__(self, path: Path, medical: Any):
+        from ..data.dicom import read_dicom_header
+
+        self.path, self.medical, self.num_frames = path, medical, read_dicom_header(path).num_frames
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[frame] for frame in range(self.num_frames)[index]]
+        return self.medical.read(self.path, range(self.num_frames)[index])[0]  # an index out of range: IndexError
+
+    def __iter__(self) -> Iterator:
+        return self.medical.read_frames(self.path)
 
 
 def _dataset_inputs(

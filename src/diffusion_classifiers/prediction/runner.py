@@ -261,11 +261,12 @@ def _check_pipeline_kwargs(pipeline_kwargs: Optional[dict]) -> None:
 
 
 def _classify(pipeline: Any, images: list, call_kwargs: dict, operating_point: Optional[dict] = None) -> dict:
-    """The pipeline's output for `images` (called with `call_kwargs`) as columns; each label its most probable class,
-    or at the `operating_point` (its `positive_class` where its log-odds are the point's or more), with its score."""
+    """The pipeline's output for `images` (as [`read_checked`] gives them, called with `call_kwargs`) as columns; each
+    label its most probable class, or at the `operating_point` (its `positive_class` where its log-odds are the point's
+    or more), with its score."""
     from ..data.preprocessing import images_in_their_stated_range
 
-    with images_in_their_stated_range():  # the frames of files, given in the contract's range (`_in_stated_range`)
+    with pipeline.reading_preprocessed_images(), images_in_their_stated_range():
         output = pipeline(images, **call_kwargs)
     if operating_point is None:
         columns = {"label": list(output.labels), "score": output.scores.tolist()}
@@ -293,21 +294,23 @@ def _decided_at(output: Any, class_names: Sequence[str], point: dict) -> dict[st
 
 
 def read_checked(item: PredictionInput, pipeline: Any, train_fingerprints: Optional[frozenset] = None) -> tuple:
-    """`(images, flags)`: the item's images, each one accepted by the pipeline's preprocessing (`ValueError` /
-    `OSError` otherwise), and whether each is, by content, among `train_fingerprints` (None without them)."""
+    """`(images, flags)`: the item's images as the pipeline's preprocessing gives them (`ValueError` / `OSError` where
+    it refuses one), read a frame at a time (a long multi-frame DICOM in the memory of one frame, and a batch of
+    images in that of their preprocessed tensors: QA, a tomosynthesis volume), to be given to the pipeline inside
+    `pipeline.reading_preprocessed_images()`; and whether each is, by content, among `train_fingerprints` (None without them)."""
     from ..data.preprocessing import images_in_their_stated_range
     from ..data.split_record import image_fingerprint_variants
 
-    images = [_in_stated_range(image, pipeline.preprocessing.input_range) for image in item.read()]
-    flags = [] if train_fingerprints is not None else None
-    for frame, image in enumerate(images):
+    images, flags = [], [] if train_fingerprints is not None else None
+    for frame, image in enumerate(item.read()):
         try:
             with images_in_their_stated_range():
-                preprocessed = pipeline.preprocess([image])
+                (preprocessed,) = pipeline.preprocess([_in_stated_range(image, pipeline.preprocessing.input_range)])
         except ValueError as error:
-            raise ValueError(f"frame {frame}: {error}" if len(images) > 1 else str(error)) from error
+            raise ValueError(f"frame {frame}: {error}" if frame else str(error)) from error
+        images.append(preprocessed)
         if flags is not None:
-            (variants,) = image_fingerprint_variants(preprocessed)
+            (variants,) = image_fingerprint_variants(preprocessed[None])
             flags.append(not train_fingerprints.isdisjoint(variants))
     return images, flags
 
