@@ -676,6 +676,32 @@ def test_dataset_folder_rows_are_named_by_index(models, tmp_path, capsys):
         list_inputs(tmp_path / "data", split="train")
 
 
+def test_a_rerun_over_a_datasets_folder_saved_again_with_other_rows_is_refused(models, tmp_path):
+    """QA (a datasets user): a split saved again with other images (rows named 0, 1, ... again) resumed as done, the
+    earlier images' predictions carried to the new rows' ids and labels; file inputs are told apart by their stamps,
+    a dataset's rows by the fingerprint `datasets` keeps of the rows saved."""
+    datasets = pytest.importorskip("datasets")
+    rng = np.random.default_rng(2)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["fox", "cat"])})
+
+    def save(seed_images):
+        images = [Image.fromarray(seed_images.integers(0, 256, (16, 16), dtype=np.uint8)) for _ in range(3)]
+        split = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 1]}, features=features)
+        datasets.DatasetDict({"test": split}).save_to_disk(tmp_path / "weekly")
+        return images
+
+    save(rng)
+    args = ["predict", "--model_dir", str(models / "unet"), "--input", str(tmp_path / "weekly"), "--output",
+            str(tmp_path / "weekly.csv")]  # fmt: skip
+    main(args)
+    main(args)  # the same rows: resumed, nothing to predict
+    images = save(rng)
+    with pytest.raises(ValueError, match=r"written by another prediction \(dataset_fingerprint: '\w+' then, '\w+' now"):
+        main(args)
+    main(args + ["--overwrite"])
+    assert [row["label"] for row in read_rows(tmp_path / "weekly.csv")] == load(models, "unet")(images).labels
+
+
 def test_predict_reads_a_long_multi_frame_dicom_a_frame_at_a_time(models, tmp_path, monkeypatch):
     """QA (a mammography group): an 80-frame breast tomosynthesis volume (785 MB, uncompressed) was refused as a
     decompression bomb, and a batch held every frame at its full size; now a frame is read, preprocessed and kept at

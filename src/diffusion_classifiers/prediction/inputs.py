@@ -312,15 +312,9 @@ def _dataset_inputs(
 ) -> list[PredictionInput]:
     import datasets
 
-    from ..data.hf_datasets import canonical_split_name, find_column
+    from ..data.hf_datasets import find_column
 
-    dataset = datasets.load_from_disk(str(folder))
-    if isinstance(dataset, datasets.DatasetDict):
-        # "val" names a "validation" split, as evaluate reads it (QA: refused here)
-        named = [name for name in dataset if canonical_split_name(name) == canonical_split_name(split)]
-        if not named:
-            raise ValueError(f"dataset {folder}: no split {split!r}; expected one of {sorted(dataset)}")
-        dataset = dataset[named[0]]
+    dataset = saved_split(folder, split)
     if len(dataset) == 0:
         raise ValueError(f"dataset {folder}: no rows; expected one row per image")
     image_column = find_column(dataset.features, image_column, datasets.Image, "image")
@@ -335,6 +329,22 @@ def _dataset_inputs(
         )  # fmt: skip
         for i in range(len(dataset))
     ]
+
+
+def saved_split(folder: Path, split: str) -> Any:
+    """The `split` of a saved DatasetDict folder ("val" names a "validation" split, as evaluate reads it; QA: refused
+    here), or a saved Dataset folder's rows."""
+    import datasets
+
+    from ..data.hf_datasets import canonical_split_name
+
+    dataset = datasets.load_from_disk(str(folder))
+    if isinstance(dataset, datasets.DatasetDict):
+        named = [name for name in dataset if canonical_split_name(name) == canonical_split_name(split)]
+        if not named:
+            raise ValueError(f"dataset {folder}: no split {split!r}; expected one of {sorted(dataset)}")
+        dataset = dataset[named[0]]
+    return dataset
 
 
 def _label_column(dataset: Any, name: Optional[str], folder: Path) -> Optional[str]:

@@ -819,13 +819,22 @@ def add_input_args(parser: argparse.ArgumentParser) -> None:
 
 
 def input_split(args: argparse.Namespace, announce: bool = True) -> dict:
-    """`{"split": --split}` for the record of a run over a saved DatasetDict (`--input`), said when `announce`; `{}`
-    for other inputs."""
-    if not (Path(args.input) / "dataset_dict.json").is_file():
+    """For the record of a run over a saved datasets folder (`--input`): the `dataset_fingerprint` of the rows read
+    (`datasets`' own, which `save_to_disk` keeps and saving other rows changes: QA, a rerun over a split saved again
+    with other images carried the earlier rows' predictions to the new rows' ids and labels), and a DatasetDict's
+    `{"split": --split}`, said when `announce`; `{}` for other inputs."""
+    from ..data.hf_datasets import is_saved_dataset
+    from .inputs import saved_split
+
+    source = Path(args.input)
+    if not (source.is_dir() and is_saved_dataset(source)):
         return {}
-    if announce:
-        print(f"{args.input}: the {args.split!r} split of a saved DatasetDict (--split chooses another)")
-    return {"split": args.split}
+    recorded = {"dataset_fingerprint": saved_split(source, args.split)._fingerprint}
+    if (source / "dataset_dict.json").is_file():
+        if announce:
+            print(f"{args.input}: the {args.split!r} split of a saved DatasetDict (--split chooses another)")
+        recorded["split"] = args.split
+    return recorded
 
 
 class ModelInputs(NamedTuple):
