@@ -9,6 +9,7 @@ and the training scripts refused such a folder, and `predict` wrote no true labe
 import argparse
 import csv
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -116,3 +117,20 @@ def test_predict_carries_columns_as_stored_and_skips_or_refuses_what_it_cannot(t
     with pytest.raises(ValueError, match=r"--image_column, --label_column\) apply to a saved datasets folder only"):
         main(["predict", "--model_dir", pipeline, "--input", str(tmp_path / "list.csv"), "--label_column", "diagnosis",
               "--output", str(tmp_path / "csv_out.csv")])  # fmt: skip
+
+
+def test_carving_a_dataset_that_names_its_patients_warns_that_they_are_not_read(two_of_each, tmp_path):
+    """QA (a datasets user): the splits carved from a Dataset with a `patient_id` column put 30 of its 40 patients on
+    several sides, without a word; a CSV's patient_id column is carved by patient, a dataset's is not read."""
+    from diffusion_classifiers.data import load_image_classification_data, streaming_image_classification_data
+
+    whole = datasets.load_from_disk(str(two_of_each))
+    datasets.DatasetDict({"train": whole["train"]}).save_to_disk(str(tmp_path / "train_only"))
+    not_read = r"train_only: its 'patient_id' column is not read when the 'val' and 'test' split\(s\) are carved"
+    reading = {"image_size": 8, "num_channels": 1, "image_column": "image", "label_column": "digit"}
+    for load in (load_image_classification_data, streaming_image_classification_data):
+        with pytest.warns(UserWarning, match=not_read):
+            load(str(tmp_path / "train_only"), **reading)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # its own splits: nothing carved
+            load(str(two_of_each), **reading)

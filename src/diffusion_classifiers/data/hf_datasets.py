@@ -87,6 +87,26 @@ def hf_splits(
     return parts, image_column, label_column, features[label_column]
 
 
+# A datasets column that names patients, which carving does not read (a CSV's `patient_id` and DICOM headers it does)
+PATIENT_COLUMN = "patient_id"
+
+
+def warn_patients_not_carved_by(parts: dict, where: str) -> None:
+    """A warning where splits the data lacks are carved from rows that name their patients (a `patient_id` column):
+    carving a `datasets` source reads no patient, so a patient's images may go to train and to test (QA: 30 of 40
+    patients on several splits, without a word)."""
+    carved = [name for name in ("val", "test") if name not in {HF_SPLIT_NAMES[part] for part in parts}]
+    if carved and PATIENT_COLUMN in parts["train"].features:
+        warnings.warn(
+            f"{where}: its {PATIENT_COLUMN!r} column is not read when the {' and '.join(map(repr, carved))} split(s) "
+            "are carved from its rows, so a patient's images may be both in train and in a carved split; give a "
+            "DatasetDict whose train, validation and test splits keep each patient on one side, or a CSV of "
+            "path,label,patient_id (carved by patient)",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
 def read_hf_dataset(
     source: Any, image_column: str | None, label_column: str | None, reading: ImagePreprocessing,
     where: str = "dataset",
@@ -97,6 +117,7 @@ def read_hf_dataset(
     import datasets
 
     parts, image_column, label_column, label_feature = hf_splits(source, image_column, label_column, where)
+    warn_patients_not_carved_by(parts, where)
     labels = {HF_SPLIT_NAMES[name]: split_labels(part, label_column, name) for name, part in parts.items()}
     all_labels, names, splits = labels_and_names(labels, label_feature.names, "dataset")
     images, rows = [], []

@@ -43,6 +43,7 @@ from .hf_datasets import (
     open_saved_dataset,
     split_columns,
     split_labels,
+    warn_patients_not_carved_by,
 )
 from .image_listing import list_csv, list_folder_files, list_unlabeled_images
 from .labeled_images import ONE_SET, SPLITS, RawData, labels_and_names
@@ -652,6 +653,7 @@ def _hf_rows(source: Any, image_column: str | None, label_column: str | None, wh
     import datasets
 
     parts, image_column, label_column, label_feature = hf_splits(source, image_column, label_column, where)
+    warn_patients_not_carved_by(parts, where)
     tables, labels = [], {}
     for name, part in parts.items():
         part = part.select_columns([image_column, label_column]).cast_column(image_column, datasets.Image(decode=False))
