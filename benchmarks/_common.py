@@ -10,6 +10,7 @@ Its targets are `figures["targets"] = {name: {"value": x, "target": y, "met": bo
 import argparse
 import atexit
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -614,7 +615,9 @@ def _warn_classes_below_the_minimum(
 
 def setup(args: argparse.Namespace) -> torch.device:
     """Apply the common flags and check, before any long work, that a full run can write its results (the folder of
-    `--output`, where figures go too); returns the device to run on."""
+    `--output`, where figures go too); returns the device to run on. The run's start is recorded here
+    ([`run_start`])."""
+    run_start()
     if not args.quick:
         if args.output:
             check_writable_file(args.output, "--output")
@@ -854,19 +857,44 @@ def code_state(root: Path = REPO_ROOT) -> dict:
         ).stdout.strip()  # fmt: skip
 
     try:
-        return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain"))}
+        state = {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain"))}
+        if state["git_dirty"]:  # the tracked files' changes, which a dirty run's record cannot otherwise name
+            state["git_diff_sha256"] = hashlib.sha256(git("diff", "HEAD").encode()).hexdigest()
+        return state
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": None, "git_dirty": None}
 
 
+_RUN_START: dict = {}
+
+
+def run_start() -> dict:
+    """The UTC time and the code's state ([`code_state`]) when this run began, read once: a record names the code
+    the run ran, not what is checked out when it ends (QA: a run of hours named a commit made while it ran)."""
+    if not _RUN_START:
+        _RUN_START.update(started_utc=_utc_now(), code=code_state())
+    return dict(_RUN_START)
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 def environment(device: torch.device) -> dict:
-    """Machine, package versions (the library's too), the code's git commit and UTC date of a measurement."""
+    """Machine, package versions (the library's too), the code's git commit when the run began and the UTC dates it
+    began and ended (`code_changed_during_run`: the code's state at its end, where another commit was checked out
+    meanwhile; files the run writes itself make the tree dirty, so that alone is not a change)."""
     import diffusers
     import numpy
     import sklearn
 
+    start, now = run_start(), code_state()
+    changed = now["git_commit"] != start["code"]["git_commit"]
+    if changed:
+        warnings.warn(f"another commit was checked out while the benchmark ran: {start['code']} when it began, {now} now")
     return {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "started_utc": start["started_utc"],
+        "date_utc": _utc_now(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_model": _cpu_model(),
@@ -889,7 +917,8 @@ def environment(device: torch.device) -> dict:
             "numpy": numpy.__version__,
             "diffusion_classifiers": _library_version(),
         },
-        "code": code_state(),
+        "code": start["code"],
+        **({"code_changed_during_run": now} if changed else {}),
     }
 
 

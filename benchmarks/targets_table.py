@@ -115,6 +115,15 @@ def machine(result: dict) -> str:
     return f"CPU, {environment['cpu_count']} cores"
 
 
+def run_of(result: dict) -> str:
+    """When a result was measured and on which code: its date and commit (`+` where the work tree differed), or that
+    it records none (results measured before the records named their commit)."""
+    environment = result["environment"]
+    commit = (environment.get("code") or {}).get("git_commit")
+    dirty = "+" if (environment.get("code") or {}).get("git_dirty") else ""
+    return f"{environment['date_utc'][:10]}, {commit[:7] + dirty if commit else 'commit not recorded'}"
+
+
 def check_direction(stem: str, name: str, target: dict) -> None:
     """The recorded `met` agrees with the direction read from the name (a target it cannot read is an error)."""
     value, bound, met = target["value"], target["target"], target["met"]
@@ -147,13 +156,14 @@ def rows(stem: str, notes: list) -> list:
         bound = ("<= " if is_ceiling(name, target) else ">= ") + format_number(name, target["target"])
         if name.endswith("same_chosen_pair"):
             bound = "yes"
-        table.append(f"| `{stem}` | {machine(result)} | `{name}` | {format_number(name, target['value'])} | {bound} | {met} |")
+        value = format_number(name, target["value"])
+        table.append(f"| `{stem}` | {machine(result)} | {run_of(result)} | `{name}` | {value} | {bound} | {met} |")
     return table
 
 
 def targets_table() -> str:
-    lines = ["| result (`benchmarks/results/`) | machine | target | value | required | status |",
-             "| --- | --- | --- | ---: | ---: | --- |"]
+    lines = ["| result (`benchmarks/results/`) | machine | run (date, commit) | target | value | required | status |",
+             "| --- | --- | --- | --- | ---: | ---: | --- |"]
     notes = []
     for stem in HEADLINE_RESULTS:
         lines.extend(rows(stem, notes))

@@ -285,6 +285,20 @@ def test_the_environment_names_the_library_version_and_the_git_commit(tmp_path):
     assert _common.code_state(tmp_path) == {"git_commit": None, "git_dirty": None}  # no git work tree
 
 
+def test_the_record_names_the_code_checked_out_when_the_run_began(monkeypatch):
+    """QA (a reproducibility audit): a run of hours recorded the commit checked out when it ended, one made while it
+    ran; the record names the code and time of its start, and another commit at its end beside them."""
+    states = iter([{"git_commit": "a" * 40, "git_dirty": False}, {"git_commit": "b" * 40, "git_dirty": True}])
+    monkeypatch.setattr(_common, "code_state", lambda: next(states))
+    monkeypatch.setattr(_common, "_RUN_START", {})
+    started = _common.run_start()
+    with pytest.warns(UserWarning, match=r"another commit was checked out while the benchmark ran"):
+        env = _common.environment(torch.device("cpu"))
+    assert env["code"] == started["code"] == {"git_commit": "a" * 40, "git_dirty": False}
+    assert env["started_utc"] == started["started_utc"] <= env["date_utc"]
+    assert env["code_changed_during_run"] == {"git_commit": "b" * 40, "git_dirty": True}
+
+
 # --------------------------------------------------------------------------------------------------
 # 7. A flag the run would ignore is refused
 # --------------------------------------------------------------------------------------------------
