@@ -495,6 +495,10 @@ def test_file_that_is_not_dicom_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"cannot read DICOM file .*scan.dcm: .*'DICM' prefix") as refused:
         read_dicom(path)
     assert "force=True" not in str(refused.value)  # pydicom's advice, for its own API
+    (tmp_path / "empty.dcm").write_bytes(b"")  # QA: said to be "missing DICOM File Meta Information header"
+    for read in (read_dicom, read_dicom_header):
+        with pytest.raises(ValueError, match=r"cannot read DICOM file .*empty.dcm: the file is empty \(0 bytes\)$"):
+            read(tmp_path / "empty.dcm")
 
 
 def test_truncated_dicom_is_named_truncated_or_corrupt(tmp_path):

@@ -345,6 +345,8 @@ def _open_image_dataset(path: Path, defer_size: str | None = None, whole_file: b
     truncated, and pydicom's warnings are the reason given. A file without the Part 10 header is read as a bare data
     set (see [`_bare_dataset`])."""
     pydicom = _import_pydicom()
+    if path.is_file() and path.stat().st_size == 0:  # QA: "missing DICOM File Meta Information header", misleading
+        raise ValueError(f"cannot read DICOM file {path}: the file is empty (0 bytes)")
     _check_inflated_size(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

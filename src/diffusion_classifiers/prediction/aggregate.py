@@ -658,7 +658,8 @@ def _group_truth(predictions, by: tuple, group: tuple, members: list, true_colum
         named = " ".join(f"{name} {value!r}" for name, value in zip(by, group))
         raise ValueError(
             f"{predictions}: the rows of {named} have the true labels {labels}; expected one per group (a scan "
-            "is labelled as a whole): group by a column whose groups share a label"
+            "is labelled as a whole): group by columns whose groups share a label (a breast of a mammography exam: "
+            "--by study_uid laterality), or give predict a CSV whose label column labels the group as a whole"
         )
     return labels[0]
 
