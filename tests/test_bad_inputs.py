@@ -477,3 +477,24 @@ def test_ctrl_c_ends_a_command_in_one_line_with_status_130(capsys):
         run_from_shell("unet_features_train.py", interrupted)
     assert exited.value.code == 130
     assert capsys.readouterr().err.strip().startswith("unet_features_train.py: interrupted")
+
+
+def test_the_hub_layouts_of_a_data_set_are_refused_with_the_way_to_read_them(tmp_path):
+    """QA (a datasets user): parquet shards, a parquet file and the imagefolder layout <root>/<split>/<class>/<image>
+    were refused as holding no images, as no .npz / .csv, or as nested class folders, without a way to read them."""
+    from diffusion_classifiers.data import load_image_classification_data
+
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "test.parquet").write_bytes(b"PAR1")
+    with pytest.raises(ValueError, match=r"shards: no images found \(it holds parquet files, .* datasets\.load_dataset"
+                                         r"\('parquet', data_dir="):  # fmt: skip
+        load_image_classification_data(str(tmp_path / "shards"))
+    with pytest.raises(ValueError, match=r"test.parquet' is a file; .* \(a \.parquet file of a data set: save "
+                                         r"datasets\.load_dataset\('parquet', data_files="):  # fmt: skip
+        load_image_classification_data(str(tmp_path / "shards" / "test.parquet"))
+    for split in ("train", "test"):
+        (tmp_path / "splits" / split / "cat").mkdir(parents=True)
+        Image.new("L", (8, 8)).save(tmp_path / "splits" / split / "cat" / "a.png")
+    with pytest.raises(ValueError, match=r"nested folders are not read \(a folder of split folders, .* the imagefolder "
+                                         r"layout of datasets: save datasets\.load_dataset\('imagefolder', data_dir="):
+        load_image_classification_data(str(tmp_path / "splits"))

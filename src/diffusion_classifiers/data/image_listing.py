@@ -80,12 +80,26 @@ def _metadata_note(image_root: Path) -> str:
     folders: QA, refused as holding no images), how to read it."""
     found = [name for name in _IMAGEFOLDER_METADATA if (image_root / name).is_file()]
     if not found:
-        return ""
+        return _parquet_note(image_root)
     return (
         f" (its {found[0]} labels its images as Hugging Face's imagefolder layout does, which this reader does not "
         f"read: save datasets.load_dataset('imagefolder', data_dir={str(image_root)!r}) with save_to_disk (a column of "
         "class names numbered with class_encode_column) and pass that folder, or list path,label rows in a CSV)"
     )
+
+
+def _parquet_note(folder: Path) -> str:
+    """For a folder of parquet shards (as the Hub's data sets are stored: QA, refused as holding no images), how to
+    read it."""
+    if not any(folder.glob("*.parquet")) and not any(folder.glob("*/*.parquet")):
+        return ""
+    return (
+        f" (it holds parquet files, which this reader does not read: save datasets.load_dataset('parquet', "
+        f"data_dir={str(folder)!r}) with save_to_disk and pass that folder)"
+    )
+
+
+_SPLIT_FOLDER_NAMES = ("train", "training", "validation", "valid", "val", "test")
 
 
 def list_unlabeled_folder(root: Path, where: str, stacklevel: int = 4) -> list[Path]:
@@ -224,9 +238,15 @@ def _class_images(folder: Path) -> list[Path]:
     entries = sorted(path for path in folder.iterdir() if not is_skipped_name(path.name))
     nested = [path for path in entries if path.is_dir()]
     if nested:
+        splits_note = (  # QA: the imagefolder layout <root>/<split>/<class>/<image>, refused without a way out
+            f" (a folder of split folders, {folder.parent}/{folder.name}/<class>/<image>, is read as the imagefolder "
+            f"layout of datasets: save datasets.load_dataset('imagefolder', data_dir={str(folder.parent)!r}) with "
+            "save_to_disk and pass that folder)"
+            if folder.name.lower() in _SPLIT_FOLDER_NAMES else ""
+        )  # fmt: skip
         raise ValueError(
             f"class folder {folder} contains the folder {nested[0].name!r}; expected image files directly in each "
-            "class folder (<root>/<class>/<image>): nested folders are not read"
+            f"class folder (<root>/<class>/<image>): nested folders are not read{splits_note}"
         )
     return [path for path in entries if is_image_or_dicom_file(path)]
 

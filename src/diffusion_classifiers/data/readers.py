@@ -319,7 +319,12 @@ def _source_kind(source: Any) -> str:
     path = check_source_exists(source)
     if path.is_file():
         if path.suffix.lower() not in (".npz", ".csv"):  # .CSV and .NPZ too, as Windows tools name them
-            raise ValueError(f"source: {str(path)!r} is a file; expected a .npz or .csv file or a directory")
+            tabular = (  # QA: a parquet shard of a Hub data set, refused without a way out
+                f" (a {path.suffix} file of a data set: save datasets.load_dataset({path.suffix[1:].lower()!r}, "
+                f"data_files={str(path)!r}) with save_to_disk and pass that folder)"
+                if path.suffix.lower() in (".parquet", ".arrow") else ""
+            )  # fmt: skip
+            raise ValueError(f"source: {str(path)!r} is a file; expected a .npz or .csv file or a directory{tabular}")
         return path.suffix[1:].lower()
     if any((path / name).exists() for name in ("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz")):
         return "idx"
