@@ -266,9 +266,9 @@ def _read_listed_file(file: Path, read: Callable) -> list:
 
 def _read_file(path: Path, medical: Any) -> Sequence:
     """An image file as `[PIL image]` or `[array [1, H, W]]` (16-bit), a DICOM file as one `[C, H, W]` array per
-    frame ([`_DicomFrames`]: each decoded as it is asked for), all in `[0, 1]`; `ValueError` when it cannot be decoded, or when it is not DICOM but `medical` has several
-    windows: such a model reads one window of Hounsfield units per channel, and an image file's grey, copied into
-    every channel, would be classified as no scan looks."""
+    frame ([`_DicomFrames`]: each decoded as it is asked for), all in `[0, 1]`; `ValueError` when it cannot be
+    decoded, or when it is not DICOM but `medical` has several windows: such a model reads one window of Hounsfield
+    units per channel, and an image file's grey, copied into every channel, would be classified as no scan looks."""
     from ..data.dicom import check_not_dicomdir, is_dicom_file
     from ..data.file_decoding import decode_image_file
 

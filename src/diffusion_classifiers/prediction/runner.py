@@ -297,7 +297,8 @@ def read_checked(item: PredictionInput, pipeline: Any, train_fingerprints: Optio
     """`(images, flags)`: the item's images as the pipeline's preprocessing gives them (`ValueError` / `OSError` where
     it refuses one), read a frame at a time (a long multi-frame DICOM in the memory of one frame, and a batch of
     images in that of their preprocessed tensors: QA, a tomosynthesis volume), to be given to the pipeline inside
-    `pipeline.reading_preprocessed_images()`; and whether each is, by content, among `train_fingerprints` (None without them)."""
+    `pipeline.reading_preprocessed_images()`; and whether each is, by content, among `train_fingerprints` (None
+    without them)."""
     from ..data.preprocessing import images_in_their_stated_range
     from ..data.split_record import image_fingerprint_variants
 
