@@ -16,6 +16,7 @@ from diffusion_classifiers.cli import main
 from diffusion_classifiers.probing import KMeansGrouping, kmeans_clusters
 from diffusion_classifiers.prediction.clustering import CLUSTERS_PER_FIGURE
 
+from .conftest import shared_data
 from .test_readme import small_unet
 
 NUM_IMAGES = 120
@@ -613,3 +614,24 @@ def test_a_saved_grouping_assigns_as_the_fitted_one(normalization, tmp_path):
     np.testing.assert_allclose(again_distances, distances, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match=r"save: fit it first"):
         KMeansGrouping(3).save(tmp_path / "unfitted.safetensors")
+
+
+def test_clusters_csv_names_each_dicom_images_patient_study_and_series(unet_dir, tmp_path):
+    """QA (a mammography group): clusters.csv held path, frame, cluster and distance only, so clusters could not be
+    summarised per patient or breast without a join; it holds predict's DICOM id columns, a CSV's cell taking the
+    place of the header's id as in predict."""
+    import pydicom
+
+    cq500 = shared_data("cq500_dicom_sample")
+    files = sorted(cq500.glob("*/*.dcm"))[:12]
+    with open(tmp_path / "scans.csv", "w", newline="") as handle:
+        rows = [[str(file), "", "P9" if i == 0 else ""] for i, file in enumerate(files)]
+        csv.writer(handle).writerows([["path", "label", "patient_id"], *rows])
+    cluster(unet_dir, tmp_path / "scans.csv", tmp_path / "out", "--num_clusters", "2")
+    clustered = read_rows(tmp_path / "out" / "clusters.csv")
+    assert list(clustered[0])[:8] == ["path", "frame", "patient_id", "study_uid", "series_uid", "laterality",
+                                      "view_position", "sop_instance_uid"]  # fmt: skip
+    for row, file in zip(clustered, files):
+        header = pydicom.dcmread(file, stop_before_pixels=True)
+        assert (row["study_uid"], row["series_uid"]) == (header.StudyInstanceUID, header.SeriesInstanceUID)
+        assert row["patient_id"] == ("P9" if file == files[0] else header.PatientID)

@@ -1673,3 +1673,32 @@ def test_a_rerun_takes_the_inputs_edited_sample_ids_and_labels(models, tmp_path,
     assert [[row[i] for i in unchanged] for row in rows] == [[row[i] for i in unchanged] for row in before]
     main(command)  # nothing edited since: nothing said
     assert "as it is now" not in capsys.readouterr().out
+
+
+def test_a_rerun_takes_a_patient_id_corrected_in_the_input_csv(models, tmp_path, capsys):
+    """QA (a mammography group): a patient_id corrected in the input CSV of DICOM files was kept as it was on a rerun,
+    without a word (the labels were taken), so `aggregate --by patient_id` merged two patients."""
+    cq500 = shared_data("cq500_dicom_sample")
+    names = ["CQ500-CT-0/CT000010.dcm", "CQ500-CT-1/CT000000.dcm"]
+    for name in names:
+        shutil.copy(cq500 / name, tmp_path / name.replace("/", "_"))
+    listing = tmp_path / "exams.csv"
+
+    def write_listing(patients):
+        with open(listing, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "label", "patient_id"])
+            writer.writerows([name.replace("/", "_"), CLASSES[0], patient] for name, patient in zip(names, patients))
+
+    write_listing(["P1", "P1"])
+    output = tmp_path / "p.csv"
+    command = ["predict", "--model_dir", str(models / "unet"), "--input", str(listing), "--output", str(output)]
+    main(command)
+    before = read_rows(output)
+    write_listing(["P1", "P9"])
+    capsys.readouterr()
+    main(command)
+    assert "1 rows predicted before took the input's patient_id, true_label as it is now" in capsys.readouterr().out
+    after = read_rows(output)
+    assert [row["patient_id"] for row in after] == ["P1", "P9"]
+    assert [{**row, "patient_id": None} for row in after] == [{**row, "patient_id": None} for row in before]

@@ -728,16 +728,47 @@ def _read_in_batches(
 def _write_clusters(output_dir: Path, rows: list, clusters: Any, distances: Any, errors: list) -> None:
     from .outputs import ERROR_COLUMNS, write_csv
 
-    carried = list(dict.fromkeys(name for item, _ in rows for name in item.columns))
+    ids = _DicomIdCells(rows)
+    carried = [name for name in dict.fromkeys(name for item, _ in rows for name in item.columns) if name not in ids]
     labelled = any(item.label is not None for item, _ in rows)
-    columns = ["path", "frame", *carried, *(["true_label"] if labelled else []), "cluster", "distance"]
+    columns = ["path", "frame", *ids.columns, *carried, *(["true_label"] if labelled else []), "cluster", "distance"]
     table = (  # row by row as it is written: a list of every row would double a large folder's memory
-        [item.path, frame, *(item.columns.get(name) for name in carried), *([item.label] if labelled else []),
-         int(cluster), round(float(distance), 6)]
+        [item.path, frame, *ids(item), *(item.columns.get(name) for name in carried),
+         *([item.label] if labelled else []), int(cluster), round(float(distance), 6)]
         for (item, frame), cluster, distance in zip(rows, clusters, distances)
     )  # fmt: skip
     write_csv(output_dir / CLUSTERS_NAME, columns, table)
     write_csv(output_dir / CLUSTER_ERRORS_NAME, ERROR_COLUMNS, errors)
+
+
+class _DicomIdCells:
+    """`predict`'s DICOM id columns of `clusters.csv` (a patient, a study, a breast: QA, clusters could not be
+    summarised per patient without a join), where any input is a DICOM file: each row's ids from its file's header,
+    an input CSV's cell taking the place of the header's (as `predict` does), read once a file; empty where the file
+    can no longer be read."""
+
+    def __init__(self, rows: list):
+        from .inputs import DICOM_ID_COLUMNS
+
+        dicom = any(item.dicom_file is not None for item, _ in rows)
+        self.columns = list(DICOM_ID_COLUMNS) if dicom else []
+        self.last: tuple = (None, [])
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.columns
+
+    def __call__(self, item: PredictionInput) -> list:
+        from .inputs import dicom_ids
+        from .runner import csv_over_header_ids
+
+        if self.columns and self.last[0] is not item:  # a multi-frame file's rows follow one another
+            try:
+                ids = dicom_ids(item)
+            except (ValueError, OSError):
+                ids = dict.fromkeys(self.columns)
+            ids.update(csv_over_header_ids({k: v for k, v in item.columns.items() if k in ids}, ids))
+            self.last = (item, [ids[name] for name in self.columns])
+        return self.last[1]
 
 
 def _write_examples(

@@ -462,7 +462,8 @@ def _forget(tables: list[Path], paths: set[str]) -> int:
 
 class CarriedCells(NamedTuple):
     """The cells an output carries from its input, as the input holds them now: `columns` (an input CSV's columns,
-    `true_label`) and each input path's `cells` (text, "" for none), in that order."""
+    `true_label`) and each input path's `cells` (text, "" for none; None where the row keeps its own: an empty DICOM
+    id cell, which the file's header fills), in that order."""
 
     columns: list
     cells: dict
@@ -542,13 +543,19 @@ class _CarriedInto:
         if cells is None:
             return row
         if self.typed:
-            cells = [_typed(name, cell) for name, cell in zip(self.carried.columns, cells)]
-        if any(row[i] != cell for i, cell in zip(self.positions, cells)):
+            cells = _typed_cells(self.carried.columns, cells)
+        taken = [(i, cell) for i, cell in zip(self.positions, cells) if cell is not None]  # None: the row's own
+        if any(row[i] != cell for i, cell in taken):
             row = list(row)
-            for i, cell in zip(self.positions, cells):
+            for i, cell in taken:
                 row[i] = cell
             self.changed += 1
         return row
+
+
+def _typed_cells(columns: Sequence[str], cells: Sequence[Optional[str]]) -> list:
+    """Carried cells as `_typed` reads them back; None (the row keeps its own) stays None."""
+    return [None if cell is None else _typed(name, cell) for name, cell in zip(columns, cells)]
 
 
 def _carried_cells_changed(rows: list[tuple], carried: CarriedCells) -> bool:
@@ -556,7 +563,9 @@ def _carried_cells_changed(rows: list[tuple], carried: CarriedCells) -> bool:
     cells than its path's in the input now."""
     for path_cell, *cells in rows:
         now = carried.cells.get(path_cell)
-        if now is not None and cells != [_typed(name, cell) for name, cell in zip(carried.columns, now)]:
+        if now is None:
+            continue
+        if any(new is not None and new != cell for cell, new in zip(cells, _typed_cells(carried.columns, now))):
             return True
     return False
 

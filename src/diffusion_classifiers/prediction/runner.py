@@ -160,7 +160,7 @@ def _carried_columns(inputs: Sequence[PredictionInput], columns: list[str]) -> l
     """The columns of an input CSV the output carries (`PredictionInput.columns`: a plankton sample, a site), after
     `path` and `frame`; one named as a column predict writes itself (`score`, `prob_<class>`, ...) is refused, except
     a DICOM id column (`patient_id`, the labels CSV's patient-level split column: QA): its cells take the place of
-    the ids read from the files' headers (`_csv_over_header_ids`)."""
+    the ids read from the files' headers (`csv_over_header_ids`)."""
     carried = list(inputs[0].columns) if inputs else []
     clashing = [
         column for column in carried
@@ -174,18 +174,27 @@ def _carried_columns(inputs: Sequence[PredictionInput], columns: list[str]) -> l
     return [column for column in carried if column not in columns]
 
 
-def _refreshed_columns(carried: list[str], columns: list[str]) -> list[str]:
+def _refreshed_columns(inputs: Sequence[PredictionInput], carried: list[str], columns: list[str]) -> list[str]:
     """The output's columns whose cells come from the input as it is (not from the images): a CSV's carried columns
-    (those the output holds: a resumed run's may lack one added to the input since) and the true labels."""
-    return [column for column in [*carried, "true_label"] if column in columns]
+    (those the output holds: a resumed run's may lack one added to the input since), its DICOM id columns (a
+    `patient_id` corrected in the CSV: QA, kept as it was, `aggregate --by patient_id` then merging two patients) and
+    the true labels."""
+    ids = [column for column in (inputs[0].columns if inputs else ()) if column in DICOM_ID_COLUMNS]
+    return [column for column in [*carried, *ids, "true_label"] if column in columns]
 
 
-def _carried_cells(item: PredictionInput, columns: list[str]) -> list[str]:
-    """`item`'s cells of the refreshed `columns` (`_refreshed_columns`), as text ("" for none)."""
-    return [(item.label or "") if column == "true_label" else item.columns.get(column, "") for column in columns]
+def _carried_cells(item: PredictionInput, columns: list[str]) -> list[Optional[str]]:
+    """`item`'s cells of the refreshed `columns` (`_refreshed_columns`), as text ("" for none); None for an empty
+    DICOM id cell, which the file's header fills (`csv_over_header_ids`): the row keeps its own."""
+    return [
+        (item.label or "") if column == "true_label"
+        else item.columns.get(column) or None if column in DICOM_ID_COLUMNS
+        else item.columns.get(column, "")
+        for column in columns
+    ]  # fmt: skip
 
 
-def _csv_over_header_ids(csv_values: Mapping[str, str], ids: Mapping[str, Optional[str]]) -> dict:
+def csv_over_header_ids(csv_values: Mapping[str, str], ids: Mapping[str, Optional[str]]) -> dict:
     """An input CSV's cells, those of a DICOM id column too (the CSV is the user's word on who a file belongs to,
     as for training's patient-level split), except where such a cell is empty: the header's id then stays."""
     return {column: value for column, value in csv_values.items() if value != "" or column not in ids}
@@ -377,7 +386,7 @@ class _BatchWriter:
         for item, flags, ids in self.items:
             for frame, flag in enumerate(flags):
                 values = {"path": item.path, "frame": frame, "true_label": item.label, TRAINING_IMAGE_KEY: flag, **ids}
-                values.update(_csv_over_header_ids(item.columns, ids))
+                values.update(csv_over_header_ids(item.columns, ids))
                 values.update({column: predicted[column][position] for column in predicted})
                 rows.append([values[column] for column in self.columns])
                 position += 1
@@ -531,7 +540,7 @@ def predict_files(
         wait()
         if talk:
             _say(f"merging the predictions into {files.output} ...")
-        refreshed_columns = _refreshed_columns(carried, columns)
+        refreshed_columns = _refreshed_columns(inputs, carried, columns)
         cells = {item.path: _carried_cells(item, refreshed_columns) for item in inputs} if is_main else {}
         current = CarriedCells(refreshed_columns, cells)
         predicted_paths, unreadable, refreshed = merge_parts(files, columns, order, current) if is_main else ([], [], 0)
