@@ -666,3 +666,21 @@ def test_a_binary_evaluation_ranks_by_the_log_odds_its_decisions_read():
     assert metrics["average_precision"] == pytest.approx(average_precision_score(y_true, log_odds), abs=1e-12)
     assert metrics["auc"] == pytest.approx(roc_auc_score(y_true, log_odds), abs=1e-12)
     assert metrics["average_precision"] != pytest.approx(average_precision_score(y_true, probs[:, 1]), abs=1e-6)
+
+
+def test_metrics_json_records_the_software_and_date_it_was_measured_with(external, tmp_path):
+    """QA (a reproducibility audit): evaluate's and demo's metrics.json named no version of the library or of the
+    packages its figures depend on, and no date."""
+    import importlib.metadata
+    from datetime import datetime, timezone
+
+    import diffusion_classifiers
+
+    root, _ = external
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    environment = _evaluate(root / "model", root / "external", tmp_path / "scored", "--split", "all")["environment"]
+    assert before <= datetime.fromisoformat(environment["date_utc"]) <= datetime.now(timezone.utc)
+    versions = environment["versions"]
+    assert versions["diffusion-classifiers"] == diffusion_classifiers.__version__
+    assert versions["torch"] == importlib.metadata.version("torch")
+    assert versions["scikit-learn"] == importlib.metadata.version("scikit-learn") and versions["python"]

@@ -644,6 +644,7 @@ def test_a_resume_that_stretches_a_length_dependent_schedule_says_so_and_records
     recorded = json.loads((tmp_path / "cosine" / "training_summary.json").read_text())
     assert recorded["max_train_steps"] == 4 and recorded["process_command"]
     assert recorded["versions"]["torch"] == importlib.metadata.version("torch")
+    assert recorded["versions"]["datasets"] == importlib.metadata.version("datasets") and recorded["date_utc"]
     tiny_run(tmp_path / "constant", lr_scheduler="constant", checkpointing_steps=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # a rate that does not depend on the length: nothing to say

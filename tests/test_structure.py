@@ -16,7 +16,7 @@ SOURCE = REPO_ROOT / "src" / PACKAGE
 LAYERS = {
     "validation": 0, "metrics": 0, "remote_code": 0, "lazy_exports": 0, "views": 0, "run_lock": 0,
     "atomic_files": 0, "confidence_intervals": 0, "_version": 0, "progress_bars": 0, "operating_points": 0,
-    "replaced_reports": 0, "paired_statistics": 0, "independent_statistics": 0,
+    "replaced_reports": 0, "paired_statistics": 0, "independent_statistics": 0, "provenance": 0,
     "data": 1, "models": 1, "likelihood": 1,
     "features": 2, "probing": 2,
     "training": 3, "pipelines": 3, "configuration_diffusion_classifier": 3, "image_processing_diffusion_classifier": 3,

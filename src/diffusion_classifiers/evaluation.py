@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .atomic_files import write_texts_atomically
+from .provenance import run_environment
 from .confidence_intervals import intervals_of_metrics
 from .data import ONE_SET, ImagePreprocessing, LabeledImages, canonical_split_name, load_image_classification_data
 from .data.hf_datasets import HF_SPLIT_NAMES, is_saved_dataset
@@ -1308,7 +1309,8 @@ def write_evaluation(
 
     os.makedirs(output_dir, exist_ok=True)
     measured_on = {key: value for key, value in (("split", split), ("dataset", dataset_name)) if value is not None}
-    record = json.dumps({**measured_on, **metrics}, indent=2)  # what JSON cannot hold fails before a file is written
+    # what JSON cannot hold fails before a file is written
+    record = json.dumps({**measured_on, **metrics, "environment": run_environment()}, indent=2)
     titles = {"confusion_matrix": f"{title}: confusion matrix", "reliability": f"{title}: reliability", "roc_pr": title}
     replaced = ("report.md", PREDICTIONS_FILE, *CLASSIFICATION_FIGURES)
     with replacing_earlier_report(output_dir, moved_in=moved_in, files=replaced):

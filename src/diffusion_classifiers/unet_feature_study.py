@@ -14,6 +14,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from .data import LabeledImages
 from .atomic_files import write_texts_atomically
+from .provenance import run_environment
 from .confidence_intervals import intervals_of_metrics
 from .features import DiffusionFeatureExtractor, block_label, with_hypercolumns
 from .metrics import (
@@ -401,6 +402,7 @@ def _write_study_files(
         "probe_grid": study.probe.to_table(),
         "command": command,
         **(extra or {}),
+        "environment": run_environment(),
     }
     record = json.dumps(metrics, indent=2, default=str)
     report = render_report(study, title, command, extra)

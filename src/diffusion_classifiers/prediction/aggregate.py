@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..atomic_files import write_json_atomically
+from ..provenance import run_environment
 from .inputs import DICOM_ID_COLUMNS
 from .outputs import (
     MODEL_CONTENT_KEY,
@@ -743,7 +744,7 @@ def run_aggregate(args: argparse.Namespace) -> Optional[dict]:
     with replacing_earlier_report(output.parent, marker=scores.name, files=[output.name]):
         write_csv(output, columns, rows)
         if metrics is not None:
-            write_json_atomically(scores, metrics, indent=2)
+            write_json_atomically(scores, {**metrics, "environment": run_environment()}, indent=2)
     if unreadable:
         print(
             f"note: {unreadable} inputs of {predictions} are in its errors file (unreadable): their groups lack them "

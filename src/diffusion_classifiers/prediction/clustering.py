@@ -388,11 +388,14 @@ def cluster_files(
 
 
 def _finished_record(metrics: dict, rows: list, clusters: Any) -> dict:
-    """`metrics` with the clusters' scores against the rows' true labels where some have one, as JSON reads it."""
+    """`metrics` with the clusters' scores against the rows' true labels where some have one and the software and
+    date (`provenance.run_environment`), as JSON reads it."""
+    from ..provenance import run_environment
+
     labels = [item.label for item, _ in rows]
     if any(label is not None for label in labels):
         metrics["with_true_labels"] = _scored_against_labels(labels, clusters)
-    return _json_safe(metrics)
+    return _json_safe({**metrics, "environment": run_environment()})
 
 
 def _save_grouping(path: Path, grouping: Any, key: tuple, features: FeatureSource, model: dict):

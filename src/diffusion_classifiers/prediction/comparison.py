@@ -31,6 +31,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..atomic_files import write_json_atomically
+from ..provenance import run_environment
 from .aggregate import aggregated_ratio_class, check_predict_run_finished, recorded_point, recorded_run
 from .outputs import (
     OUTPUT_SUFFIXES,
@@ -688,6 +689,6 @@ def run_compare(args: argparse.Namespace) -> dict:
     )
     print(render_comparison(comparison), end="")
     if output is not None:
-        write_json_atomically(output, comparison)
+        write_json_atomically(output, {**comparison, "environment": run_environment()})
         print(f"wrote {output}")
     return comparison

@@ -20,7 +20,6 @@ scheduler's time limit or preemption) stops it the same way (`stop_signal.py`).
 
 import atexit
 import copy
-import importlib.metadata
 import math
 import os
 import warnings
@@ -38,7 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from tqdm.auto import tqdm
 
-from .._version import __version__
+from ..provenance import run_environment
 from ..atomic_files import write_json_atomically
 from ..progress_bars import bar_visibility
 from ..validation import check_seed, typed_command
@@ -115,7 +114,8 @@ class TrainingSummary:
     run's length in optimizer steps (`max_train_steps`, which the learning-rate schedule spans); and what ran it, the
     process's command line (`process_command`: the training script and its flags), every training argument as it
     was resolved, defaults included (`arguments`: QA, only the flags typed were kept beside the model, the rest in
-    checkpoints that pruning deletes) and the packages' `versions`."""
+    checkpoints that pruning deletes), the packages' `versions` and the UTC date it ended (`date_utc`:
+    `provenance.run_environment`)."""
 
     global_step: int
     resumed_from_step: int
@@ -128,6 +128,7 @@ class TrainingSummary:
     process_command: Optional[str] = None
     arguments: Optional[dict] = None
     versions: Optional[dict] = None
+    date_utc: Optional[str] = None
 
     def save(self, output_dir: str) -> None:
         path = os.path.join(output_dir, "training_summary.json")
@@ -148,18 +149,6 @@ def _resolved_arguments(args: TrainingArguments) -> dict:
         return str(value)
 
     return plain(asdict(args))
-
-
-def _software_versions() -> dict:
-    """The versions of this code and of the packages a trained model depends on, as installed (None where one is
-    not)."""
-    versions = {"diffusion-classifiers": __version__}
-    for name in ("torch", "diffusers", "transformers", "accelerate"):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 def _batches_per_epoch(args: TrainingArguments, num_examples: int, num_processes: int) -> int:
@@ -787,7 +776,7 @@ class _TrainingRun:
             stopped_by_time_budget=self.out_of_time,
             stopped_by_signal=self.stop_signal.record_stop() if self.stopped_by_signal else None,
             max_train_steps=self.prepared.max_train_steps, process_command=typed_command(self.args),
-            arguments=_resolved_arguments(self.args), versions=_software_versions(),
+            arguments=_resolved_arguments(self.args), **run_environment(),
         )
         if accelerator.is_main_process:
             summary.save(self.args.output_dir)
