@@ -113,3 +113,13 @@ def test_a_wrong_column_of_a_saved_dataset_is_refused_naming_the_dataset(copies,
         loader(copies["saved"], label_column="image", **READING)
     with pytest.raises(ValueError, match=r"^dataset .*saved: image column 'img' not found"):
         loader(copies["saved"], image_column="img", **READING)
+
+
+def test_predicts_inputs_name_the_dataset_whose_column_is_wrong(copies):
+    """QA (a datasets user): predict's "image column 'img' not found" did not say whose column it was."""
+    from diffusion_classifiers.prediction import list_inputs
+
+    with pytest.raises(ValueError, match=r"^dataset .*saved: image column 'img' not found"):
+        list_inputs(copies["saved"], image_column="img")
+    with pytest.raises(ValueError, match=r"^dataset .*saved: label column 'image' has type Image"):
+        list_inputs(copies["saved"], label_column="image")

@@ -134,3 +134,24 @@ def test_carving_a_dataset_that_names_its_patients_warns_that_they_are_not_read(
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # its own splits: nothing carved
             load(str(two_of_each), **reading)
+
+
+def test_splits_numbered_one_by_one_are_refused_naming_the_dataset_and_the_call_that_aligns_them(tmp_path):
+    """QA (a datasets user): class_encode_column on a DatasetDict whose test split lacks a class numbers each split
+    on its own; training refused it without naming the data set or the way to number it as train is."""
+    from diffusion_classifiers.data import load_image_classification_data
+
+    images = [Image.new("L", (8, 8), value) for value in (0, 255, 0, 255)]
+    parts = {
+        "train": datasets.Dataset.from_dict({"image": images, "label": ["normal", "pneumonia"] * 2}),
+        "test": datasets.Dataset.from_dict({"image": images[:2], "label": ["pneumonia"] * 2}),
+    }
+    split_by_split = datasets.DatasetDict(parts).cast_column("image", datasets.Image()).class_encode_column("label")
+    split_by_split.save_to_disk(str(tmp_path / "encoded"))
+    call = r"dataset\['test'\]\.align_labels_with_mapping\(\{name: i for i, name in enumerate\(dataset\['train'\]"
+    with pytest.raises(ValueError, match=r"encoded: split 'test': label column 'label' is ClassLabel\(names="
+                                         rf"\['pneumonia'\]\); .* {call}\.features\['label'\]\.names\)\}}, 'label'\)"):
+        load_image_classification_data(str(tmp_path / "encoded"))
+    aligned = split_by_split["test"].align_labels_with_mapping({"normal": 0, "pneumonia": 1}, "label")  # as said
+    datasets.DatasetDict({"train": split_by_split["train"], "test": aligned}).save_to_disk(str(tmp_path / "aligned"))
+    assert load_image_classification_data(str(tmp_path / "aligned"), image_size=8)["test"].labels.tolist() == [1, 1]

@@ -81,8 +81,11 @@ def hf_splits(
     for name, part in parts.items():
         if part.features.get(label_column) != features[label_column]:
             raise ValueError(
-                f"split {name!r}: label column {label_column!r} is {part.features.get(label_column)!r}; "
-                f"expected {features[label_column]!r} as in 'train'"
+                f"{where}: split {name!r}: label column {label_column!r} is {part.features.get(label_column)!r}; "
+                f"expected {features[label_column]!r} as in 'train' (splits numbered one by one, as "
+                "class_encode_column does where a split lacks a class: number them by name as train does, "
+                f"dataset[{name!r}].align_labels_with_mapping({{name: i for i, name in enumerate(dataset['train']"
+                f".features[{label_column!r}].names)}}, {label_column!r}))"
             )
     return parts, image_column, label_column, features[label_column]
 

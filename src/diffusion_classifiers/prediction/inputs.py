@@ -317,7 +317,7 @@ def _dataset_inputs(
     dataset = saved_split(folder, split)
     if len(dataset) == 0:
         raise ValueError(f"dataset {folder}: no rows; expected one row per image")
-    image_column = find_column(dataset.features, image_column, datasets.Image, "image")
+    image_column = find_column(dataset.features, image_column, datasets.Image, "image", f"dataset {folder}")
     label_column = _label_column(dataset, label_column, folder)
     labels = _column_cells(dataset, label_column) if label_column else None
     carried = {column: _column_cells(dataset, column) for column in _carried_columns(dataset, label_column, folder)}
@@ -355,7 +355,7 @@ def _label_column(dataset: Any, name: Optional[str], folder: Path) -> Optional[s
     from ..data.hf_datasets import find_column
 
     if name is not None:
-        return find_column(dataset.features, name, datasets.ClassLabel, "label")
+        return find_column(dataset.features, name, datasets.ClassLabel, "label", f"dataset {folder}")
     columns = [column for column, feature in dataset.features.items() if isinstance(feature, datasets.ClassLabel)]
     if len(columns) > 1:
         warnings.warn(
