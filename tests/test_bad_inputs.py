@@ -498,3 +498,16 @@ def test_the_hub_layouts_of_a_data_set_are_refused_with_the_way_to_read_them(tmp
     with pytest.raises(ValueError, match=r"nested folders are not read \(a folder of split folders, .* the imagefolder "
                                          r"layout of datasets: save datasets\.load_dataset\('imagefolder', data_dir="):
         load_image_classification_data(str(tmp_path / "splits"))
+
+
+def test_an_output_folder_named_digits_is_not_taken_for_the_built_in_data(tmp_path, monkeypatch):
+    """QA (a clinician): `demo --dataset digits --output_dir digits` was refused as writing inside the input folder
+    'digits', which names scikit-learn's digits, never a folder."""
+    from diffusion_classifiers.validation import check_output_outside_data
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits").mkdir()
+    check_output_outside_data("digits", "digits")
+    (tmp_path / "scans").mkdir()
+    with pytest.raises(ValueError, match=r"--output_dir scans/out: inside the input folder scans"):
+        check_output_outside_data("scans/out", "scans")

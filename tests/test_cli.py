@@ -46,6 +46,7 @@ def test_demo_writes_report_metrics_plots_and_a_loadable_pipeline(tmp_path, caps
         assert Image.open(tmp_path / name).size[0] > 0, name
     report = (tmp_path / "report.md").read_text()
     assert "![reliability](reliability.png)" in report
+    assert f"Test split: {num_test} images of 10 classes." in report  # QA (a clinician): per-class supports only
     per_class = metrics["test"]["per_class"]["3"]  # the per-class table, as evaluate's report has it
     assert f"| 3 | {100 * per_class['precision']:.2f}% | {100 * per_class['recall']:.2f}% |" in report
     low, high = metrics["test"]["confidence_intervals"]["accuracy"]  # the test figures' intervals, as evaluate's

@@ -363,3 +363,50 @@ def test_predict_takes_the_positive_class_a_numeric_threshold_decides_about(bina
     with pytest.raises(ValueError, match=r"--positive_class normal: .*metrics.json chose its threshold for lesion"):
         main(["predict", "--model_dir", str(folder), "--input", str(images), "--output", str(tmp_path / "q.csv"),
               "--positive_class", "normal", "--threshold", str(tmp_path / "val" / "metrics.json")])  # fmt: skip
+
+
+def test_a_binary_report_states_the_prevalence_its_predictive_values_hold_at(binary, tmp_path):
+    """QA (a clinician): a PPV of 89.38% was given without the test set's 62.5% of pneumonia it holds at, read as a
+    positive call's worth anywhere; `--prevalence` gives the PPV and NPV where the model is to be used."""
+    from diffusion_classifiers.metrics import predictive_values_at
+
+    folder, data = binary
+    scored = evaluate_classifier(str(folder), data["test"], tmp_path / "own")
+    support, total = scored["per_class"]["lesion"]["support"], scored["num_samples"]
+    own = f"those of this set, whose prevalence of lesion is {100 * support / total:.2f}% ({support} of {total} images)"
+    report = (tmp_path / "own" / "report.md").read_text()
+    assert f"The PPV, NPV, precisions, F1s, ECE and precision-recall curve below are {own}: a population" in report
+    screening = evaluate_classifier(str(folder), data["test"], tmp_path / "screening", prevalence=0.01)
+    at = predictive_values_at(0.01, screening)
+    assert screening["at_prevalence"] == at and at["positive_predictive_value"] < screening["positive_precision"]
+    ppv = f"{100 * at['positive_predictive_value']:.2f}%"
+    assert f"; where lesion is 1.00% of the images, this sensitivity and specificity give a PPV of {ppv}" in (
+        tmp_path / "screening" / "report.md").read_text()
+    for bad in (0, 1.0, True):
+        with pytest.raises(ValueError, match=r"prevalence: expected a fraction of the images in \(0, 1\)"):
+            evaluate_classifier(str(folder), data["test"], prevalence=bad)
+
+
+def test_an_operating_points_report_says_its_calibration_is_of_the_most_probable_class(binary, tmp_path):
+    """QA (a clinician): the reliability diagram's accuracy (of the most probable class) disagreed with the report's
+    accuracy at its threshold, without a word."""
+    folder, data = binary
+    evaluate_classifier(str(folder), data["test"], tmp_path / "point", threshold=0.3)
+    assert "The ECE and the reliability diagram are of each image's most probable class, not of the decisions" in (
+        tmp_path / "point" / "report.md").read_text()
+    evaluate_classifier(str(folder), data["test"], tmp_path / "argmax")
+    assert "reliability diagram are of" not in (tmp_path / "argmax" / "report.md").read_text()
+
+
+def test_a_card_names_the_threshold_file_without_its_local_folder(binary, tmp_path):
+    """QA (a clinician): the card published `/tmp/.../eval-val/metrics.json`, a local path (a user's home, a site)."""
+    folder, data = binary
+    evaluate_classifier(str(folder), data["val"], tmp_path / "val", split="val", target_sensitivity=0.9)
+    evaluate_classifier(str(folder), data["test"], tmp_path / "test", threshold=tmp_path / "val" / "metrics.json")
+    card = str(render_model_card(
+        "unet_features", model_name="m", dataset_name="digits", dataset_license="BSD-3-Clause", training_command="t",
+        evaluation_command="e", metrics={"sensitivity": 0.9}, class_names=["normal", "lesion"],
+        positive_class="lesion", dataset_split="test",
+        operating_point=load_eval_operating_point(tmp_path / "test" / "metrics.json"),
+    ))  # fmt: skip
+    assert "(read from `metrics.json`)" in card and str(tmp_path) not in card

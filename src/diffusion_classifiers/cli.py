@@ -304,6 +304,11 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
         help="binary: choose, on the split scored, the largest threshold at which this fraction of its positive "
         "images is called positive, and score at it; metrics.json records it for --threshold of a later run",
     )  # fmt: skip
+    parser.add_argument(
+        "--prevalence", type=number_in("(0, 1)", float), default=None,
+        help="binary: the positive class's share of the images where the model is to be used; the report and "
+        "metrics.json (at_prevalence) give the PPV and NPV there (those of the table are the scored set's own)",
+    )  # fmt: skip
 
 
 def _one_run_in_output_dir(name: str) -> Callable:
@@ -336,11 +341,13 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     from .evaluation import (
         check_evaluation_args,
         check_evaluation_split,
+        check_prevalence,
         evaluate_classifier,
         files_of_splits,
         load_classifier,
         load_evaluation_split,
         pipeline_call_settings,
+        saved_positive_class,
         saved_preprocessing,
     )
     from .data.split_record import (
@@ -370,7 +377,10 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     fingerprint = model_fingerprint(folder)
     _check_operating_point_flags(args, classifier, class_names, fingerprint)
     args.dataset = _dataset_or_demo_digits(args.dataset, contract, "evaluate", class_names)
-    pipeline_call_settings(classifier, args.pipeline_kwargs)  # unknown names refused before the split is read
+    settings = pipeline_call_settings(classifier, args.pipeline_kwargs)  # unknown names refused before the split is read
+    if args.prevalence is not None and class_names is not None:  # before the data is read
+        positive = args.positive_class if args.positive_class is not None else saved_positive_class(classifier)
+        check_prevalence(args.prevalence, resolve_positive_label(positive, class_names, len(class_names)), settings)
     record = read_split_record(folder)
     # as the model's data was carved, anonymised DICOM grouped by its rule included (with all: its class names only)
     carving = resolve_split_args(folder, record=record, **given)
@@ -411,6 +421,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         paths=None if paths is None else paths[args.split], **columns_from_args(args),
         command=typed_command(args), carving=None if whole else carving, threshold=args.threshold,
         target_sensitivity=args.target_sensitivity, paths_relative_to=_data_folder(args.dataset),
+        prevalence=args.prevalence,
     )  # fmt: skip
     print(f"wrote metrics.json, report.md, image_predictions.csv and its plots to {args.output_dir}")
     print(json.dumps(_evaluation_headline(metrics)))

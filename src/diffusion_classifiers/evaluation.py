@@ -81,6 +81,7 @@ __all__ = [
     "check_dataset_labels",
     "check_evaluation_args",
     "check_evaluation_split",
+    "check_prevalence",
     "check_head_record",
     "check_read_as_the_model_reads",
     "carved_splits",
@@ -808,6 +809,7 @@ def evaluate_classifier(
     threshold: Union[float, str, os.PathLike, None] = None,
     target_sensitivity: Optional[float] = None,
     paths_relative_to: Union[str, os.PathLike, None] = None,
+    prevalence: Optional[float] = None,
 ) -> dict:
     r"""
     Score `classifier` on a `datasets.Dataset` with an Image and a ClassLabel column, on [`LabeledImages`] or on
@@ -891,12 +893,16 @@ def evaluate_classifier(
         paths_relative_to (`str` or `os.PathLike`, *optional*): the folder `image_predictions.csv` writes the files
             relative to (the data's folder, or its CSV's: `diffusion-classifiers evaluate` passes it), so an image
             keeps its key whatever the working directory, as predict writes it; default: as opened.
+        prevalence (`float`, *optional*): binary tasks: the positive class's share of the images where the model
+            is to be used (a screening population's), at which `at_prevalence` gives the PPV and NPV this sensitivity
+            and specificity have (those of the metrics are at the scored set's own); not with priors.
 
     Returns:
         `dict`: `metrics.classification_metrics` (with `positive_class` for binary tasks), plus `calibration`; for a
         val split of a U-Net-feature or RC-DiT model, whose head was chosen on one, `head_chosen_on_a_val_split: true`
         (the report says its figures are optimistic where it is that one); for a binary pipeline
-        called with `priors`, `at_priors` (`metrics.predictive_values_at`: the PPV and NPV at their prevalence).
+        called with `priors`, `at_priors` (`metrics.predictive_values_at`: the PPV and NPV at their prevalence), and
+        with `prevalence`, `at_prevalence` (the same at it).
     """
     carving = _carving_record(carving)
     _check_evaluate_call(
@@ -926,6 +932,7 @@ def evaluate_classifier(
     if positive_class is None and positive_label is not None:
         _warn_default_positive_class(model_names, classifier)
     point = given_operating_point(threshold, target_sensitivity, model_names, positive_label, model_sha256, settings)
+    check_prevalence(prevalence, positive_label, settings)
     if preprocessed:
         check_read_as_the_model_reads(dataset, contract)
         # before the images are checked against the training images: data of other classes is not a leak (QA)
@@ -985,8 +992,9 @@ def evaluate_classifier(
     if _selected_on(method, split):
         metrics["head_chosen_on_a_val_split"] = True
     if positive_label is not None and (settings or {}).get("priors") is not None:
-        prevalence = classifier.prior_list(settings["priors"])[positive_label]
-        metrics["at_priors"] = predictive_values_at(prevalence, metrics)
+        metrics["at_priors"] = predictive_values_at(classifier.prior_list(settings["priors"])[positive_label], metrics)
+    if prevalence is not None:
+        metrics["at_prevalence"] = predictive_values_at(prevalence, metrics)
     metrics.update({name: value for name, value in (("command", command), ("carving", carving)) if value})
     evaluated = _scored_set(split) if split in (None, ONE_SET) else split
     mark_absent_classes(metrics, y_true, model_names, _scored_set(split), evaluated)
@@ -1055,6 +1063,19 @@ def _selected_on(method: Optional[str], split: Optional[str]) -> bool:
     it is that split, its figures are of the images a choice was made on, optimistic (QA: `evaluate --split val` of a
     probe gave 95.99% without a word, test 87.34%)."""
     return canonical_split_name(split or "") == "val" and method in ("unet_features", "rc_dit")
+
+
+def check_prevalence(prevalence: Optional[float], positive_label: Optional[int], settings: Optional[dict]) -> None:
+    """`prevalence` (the PPV and NPV at it) refused before any image is scored: not a fraction in (0, 1), a task
+    that is not binary, or with priors, whose prevalence the predictive values are given at already."""
+    if prevalence is None:
+        return
+    if isinstance(prevalence, bool) or not isinstance(prevalence, numbers.Real) or not 0 < prevalence < 1:
+        raise ValueError(f"prevalence: expected a fraction of the images in (0, 1), got {prevalence!r}")
+    if positive_label is None:
+        raise ValueError("prevalence: expected a binary task (the positive class's share of the images)")
+    if (settings or {}).get("priors") is not None:
+        raise ValueError("prevalence: not with priors, whose prevalence the PPV and NPV are given at (at_priors)")
 
 
 def _carving_record(carving: Optional[dict]) -> Optional[dict]:
@@ -1349,6 +1370,12 @@ def render_evaluation_report(
         ]
     lines[notes:notes] = absent_classes_note(metrics, _scored_set(split))
     lines[notes:notes] = prevalence_note(metrics)
+    if metrics.get("operating_point"):  # QA: the reliability diagram's accuracy read as the threshold's
+        lines[notes:notes] = [
+            "The ECE and the reliability diagram are of each image's most probable class, not of the decisions at "
+            "the operating point.",
+            "",
+        ]
     if metrics.get("images_the_head_was_chosen_on"):
         lines[notes:notes] = [
             f"**{metrics['images_the_head_was_chosen_on']} of the images scored are val images the model's head was "

@@ -247,6 +247,8 @@ def _operating_point_text(point: Optional[dict]) -> Optional[str]:
         return None
     from .metrics import operating_point_text  # as `per_class_table` below
 
+    if point.get("from"):  # the file's name, not the folder it was on (QA: a local path published in the card)
+        point = {**point, "from": Path(point["from"]).name}
     return operating_point_text(point)
 
 

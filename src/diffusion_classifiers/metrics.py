@@ -158,12 +158,14 @@ def predictive_values_at(prevalence: float, metrics: dict) -> dict:
 
 
 def prevalence_note(metrics: dict) -> List[str]:
-    """A report's paragraph for metrics scored with priors (`metrics["at_priors"]`, `predictive_values_at`): the
-    precisions, F1s, calibration and precision-recall curve are those of the scored set's prevalence, and the
-    predictive values at the priors'; none otherwise."""
+    """A binary report's paragraph on prevalence: the PPV, NPV, precisions, F1s, calibration and precision-recall
+    curve are those of the scored set's (QA, a clinician: a PPV of 89% read as a positive call's worth anywhere, at
+    a test set's 62.5% of pneumonia); and the predictive values at the priors' prevalence, for metrics scored with
+    priors (`metrics["at_priors"]`, `predictive_values_at`), or at one given (`metrics["at_prevalence"]`); none for
+    other tasks."""
     at = metrics.get("at_priors")
     if not at:
-        return []
+        return _scored_prevalence_note(metrics)
     positive, ppv, npv = metrics["positive_class"], at["positive_predictive_value"], at["negative_predictive_value"]
     own = at["scored_prevalence"]
     scored = "" if own is None else f", whose prevalence of {positive} is {percent(own)}"
@@ -174,6 +176,23 @@ def prevalence_note(metrics: dict) -> List[str]:
         f"sensitivity and specificity give {values}.",
         "",
     ]
+
+
+def _scored_prevalence_note(metrics: dict) -> List[str]:
+    positive = metrics.get("positive_class")
+    if positive is None or not metrics.get("num_samples"):
+        return []
+    support, total = metrics["per_class"][positive]["support"], metrics["num_samples"]
+    text = (
+        f"The PPV, NPV, precisions, F1s, ECE and precision-recall curve below are those of this set, whose prevalence "
+        f"of {positive} is {percent(support / total)} ({support} of {total} images)"
+    )
+    at = metrics.get("at_prevalence")
+    if at is None:
+        return [f"{text}: a population of another prevalence has other ones (`--prevalence` gives them).", ""]
+    values = f"a PPV of {percent(at['positive_predictive_value'])} and an NPV of {percent(at['negative_predictive_value'])}"
+    return [f"{text}; where {positive} is {percent(at['prevalence'])} of the images, this sensitivity and specificity "
+            f"give {values}.", ""]  # fmt: skip
 
 
 def percent(value: Optional[float]) -> str:

@@ -303,7 +303,8 @@ def plot_reliability(y_true, probs, path: str, num_bins: int = 10, title: str = 
         estimator_name="classifier",
     )
     display.plot(ax=curve_ax)
-    curve_ax.set(xlabel="", ylabel="accuracy (fraction correct)", xlim=(0, 1), ylim=(0, 1))
+    # of the most probable class, whatever the operating point (QA: read as the report's accuracy at its threshold)
+    curve_ax.set(xlabel="", ylabel="accuracy of the most probable class", xlim=(0, 1), ylim=(0, 1))
     display.line_.set_clip_on(False)  # a bin at (1, 1), the confident and right ones, shows its whole marker
     curve_ax.set_title(_wrap(f"{title} (ECE {calibration['ece']:.3f}, {len(probs)} samples)", 55))
     curve_ax.legend(loc="upper left", fontsize=8)
@@ -311,7 +312,7 @@ def plot_reliability(y_true, probs, path: str, num_bins: int = 10, title: str = 
     centres, counts = [(b["lower"] + b["upper"]) / 2 for b in bins], [b["count"] for b in bins]
     bars = count_ax.bar(centres, counts, width=0.9 / num_bins, color="C0", alpha=0.7)
     count_ax.bar_label(bars, fontsize=7)
-    count_ax.set(xlabel="confidence (top-class probability)", ylabel="samples per bin", xlim=(0, 1))
+    count_ax.set(xlabel="confidence (the most probable class's probability)", ylabel="samples per bin", xlim=(0, 1))
     count_ax.set_ylim(0, max(counts) * 1.25 + 1)
     count_ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 2.5-sample ticks
     _save(fig, path)

@@ -32,6 +32,7 @@ from .metrics import (
     per_class_table,
     percent,
     positive_class_rows,
+    prevalence_note,
     resolve_positive_label,
 )
 from .pipelines import UNetFeatureClassifierPipeline
@@ -465,8 +466,12 @@ def _kmeans_rows(study: UNetFeatureStudy) -> List[str]:
 
 
 def _decision_lines(test_metrics: dict) -> List[str]:
-    """A binary study's sentence on its positive class and decisions (as `evaluate`'s report says them, QA)."""
-    return [f"Test split: {decision_sentence(test_metrics)}.", ""] if "positive_class" in test_metrics else []
+    """The test split's size; a binary study's sentence on its positive class and decisions (as `evaluate`'s report
+    says them, QA), which counts its images; another study's count of images and classes (QA: only the per-class
+    supports gave it)."""
+    if "positive_class" in test_metrics:
+        return [f"Test split: {decision_sentence(test_metrics)}.", ""]
+    return [f"Test split: {test_metrics['num_samples']} images of {len(test_metrics['per_class'])} classes.", ""]
 
 
 def render_report(study: UNetFeatureStudy, title: str, command: str, extra: Optional[dict] = None) -> str:
@@ -478,10 +483,12 @@ def render_report(study: UNetFeatureStudy, title: str, command: str, extra: Opti
         "",
         f"Command: `{command}`",
         "",
-        f"Chosen on validation: **{block_label(s['best_block'])} at t={s['best_timestep']}** (val accuracy {100 * s['val_accuracy']:.2f}%).",
+        f"Chosen on validation: **{block_label(s['best_block'])} at t={s['best_timestep']}** (val accuracy "
+        f"{100 * s['val_accuracy']:.2f}%).",
         "",
         *_decision_lines(study.test_metrics),
         *absent_classes_note(study.test_metrics, "test split"),
+        *prevalence_note(study.test_metrics),
         *metrics_table_header(intervals, first="test metric"),
         metric_row("accuracy", percent(s["test_accuracy"]), intervals, "accuracy"),
         metric_row("macro-F1", percent(s["test_macro_f1"]), intervals, "macro_f1"),

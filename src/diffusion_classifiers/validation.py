@@ -262,8 +262,9 @@ def check_no_earlier_report(path, overwrite: bool, name: str = "--output_dir") -
 def check_output_outside_data(output_dir, data, data_flag: str = "--dataset", flag: str = "--output_dir") -> None:
     """An output folder inside the image folder `data` is refused before any work: the images a run writes there
     (figures, samples, checkpoints' PNGs) would be read as the folder's images by later runs and by training (QA: a
-    rerun clustered 601 images of a 600-image pool, its own figure among them; a trainer wrote into its data folder)."""
-    if output_dir is None or data is None or not os.path.isdir(data):
+    rerun clustered 601 images of a 600-image pool, its own figure among them; a trainer wrote into its data folder).
+    `"digits"` names scikit-learn's digits, never a folder (QA: `--output_dir digits` refused as inside it)."""
+    if output_dir is None or data is None or str(data) == "digits" or not os.path.isdir(data):
         return
     folder, output = Path(data).resolve(), Path(output_dir).resolve()
     if output == folder or folder in output.parents:
