@@ -13,7 +13,7 @@ from diffusion_classifiers import UNetFeatureClassifierPipeline
 from diffusion_classifiers.cli import main
 from diffusion_classifiers.data import LabeledImages, load_image_classification_data
 from diffusion_classifiers.evaluation import evaluate_classifier
-from diffusion_classifiers.hub import load_eval_operating_point, render_model_card
+from diffusion_classifiers.hub import load_eval_counts, load_eval_operating_point, render_model_card
 from diffusion_classifiers.metrics import decision_sentence
 from diffusion_classifiers.models import LinearProbeHead, unet_config
 from diffusion_classifiers.operating_points import (
@@ -410,3 +410,20 @@ def test_a_card_names_the_threshold_file_without_its_local_folder(binary, tmp_pa
         operating_point=load_eval_operating_point(tmp_path / "test" / "metrics.json"),
     ))  # fmt: skip
     assert "(read from `metrics.json`)" in card and str(tmp_path) not in card
+
+
+def test_a_card_counts_the_images_scored_that_its_figures_are_optimistic_on(tmp_path):
+    """QA (a clinician): report.md counted 516 of 1,140 images scored as val images the head was chosen on; the card
+    only hedged ("if it is the model's own training data ..."), and published the figures without the count."""
+    recorded = {"num_samples": 1140, "images_the_head_was_chosen_on": 516,
+                "training_images_also_in_the_data_train_split": 8, "accuracy": 0.9}  # fmt: skip
+    (tmp_path / "metrics.json").write_text(json.dumps(recorded))
+    counts = load_eval_counts(tmp_path / "metrics.json")
+    assert (counts["num_selection_images"], counts["num_training_copies"]) == (516, 8)
+    card = " ".join(str(render_model_card(
+        "unet_features", model_name="m", dataset_name="digits", dataset_license="BSD-3-Clause", training_command="t",
+        evaluation_command="e", metrics={"accuracy": 0.9}, class_names=["normal", "lesion"], dataset_split="all",
+        **counts,
+    )).split())  # fmt: skip
+    assert "**516 of the 1140 images scored are val images the model's head was chosen on**: these figures" in card
+    assert "**8 of the 1140 images scored are images the model was trained on**, copies of images the data's" in card

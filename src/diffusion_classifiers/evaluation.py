@@ -46,6 +46,7 @@ from .data.streaming import (
     streaming_image_classification_data,
 )
 from .metrics import (
+    TRAINING_IMAGE_COPIES_KEY,
     absent_classes_note,
     auc_text,
     average_precision_rows,
@@ -545,11 +546,6 @@ def carved_splits(dataset) -> frozenset:
     if (path / "splits" / "train.txt").is_file():
         return frozenset(name for name in ("val", "test") if not (path / "splits" / f"{name}.txt").is_file())
     return frozenset({"val", "test"})
-
-
-# metrics.json's count of the images scored that are the model's training images yet pass the check as copies of
-# images the data's own train split holds (`check_training_overlap`'s `count_copies_in_train`)
-TRAINING_IMAGE_COPIES_KEY = "training_images_also_in_the_data_train_split"
 
 
 def check_training_overlap(

@@ -152,7 +152,7 @@ MODEL_CARD_OPTIONAL = {
     "seed_sensitivity", "call_arguments", "input_description", "num_dropped", "per_class_section", "unlabeled_pool",
     "dataset_citation", "whole_data_set", "grouping_rule", "usage_file", "training_images_unchecked",
     "intervals_section", "eval_data_source", "operating_point", "operating_point_threshold", "operating_point_log_odds",
-    "head_summary",
+    "head_summary", "num_selection_images", "num_training_copies",
 }  # fmt: skip
 DATASET_CARD_OPTIONAL = {"citation"}
 
@@ -342,6 +342,8 @@ def render_model_card(
     num_positives: Optional[int] = None,
     num_dropped: Optional[int] = None,
     training_images_unchecked: bool = False,
+    num_selection_images: Optional[int] = None,
+    num_training_copies: Optional[int] = None,
     pruning: bool = False,
     seed_sensitivity: Optional[dict] = None,
     call_arguments: Optional[Dict[str, object]] = None,
@@ -380,6 +382,10 @@ def render_model_card(
         training_images_unchecked: the images were not checked against the model's training images (`metrics.json`'s
             `"training_images_checked": false`, `load_eval_counts`): the card says so above the figures, as
             `report.md` does.
+        num_selection_images, num_training_copies: how many of the images scored are val images the model's head was
+            chosen on (`images_the_head_was_chosen_on`) and training images the data's own train split holds too
+            (`training_images_also_in_the_data_train_split`), as `load_eval_counts` reads them: the card counts them
+            above the figures, as `report.md` does (QA: a card hedged where the report counted 516 of 1,140).
         pruning: the metrics were measured with class pruning (Score-SDE, more than 2 classes); the card says so.
         seed_sensitivity: a binary Score-SDE ELBO's (or likelihood's with several probes) decisions another noise
             seed could flip, as `evaluate` records them (`load_eval_seed_sensitivity`); the card states how many,
@@ -471,6 +477,8 @@ def render_model_card(
         num_positives=num_positives,
         num_dropped=num_dropped,
         training_images_unchecked=training_images_unchecked,
+        num_selection_images=num_selection_images,
+        num_training_copies=num_training_copies,
         pruning=pruning,
         seed_sensitivity=seed_sensitivity,
         call_arguments=", ".join(f"{name}={value!r}" for name, value in (call_arguments or {}).items()),
@@ -564,11 +572,15 @@ def load_eval_positive_class(path: Union[str, os.PathLike]) -> Optional[str]:
 
 
 def load_eval_counts(path: Union[str, os.PathLike]) -> Dict[str, Optional[int]]:
-    """`{"num_images", "num_positives", "num_dropped", "training_images_unchecked"}` of a `metrics.json` (under "test"
-    for the demo's): the images its metrics were measured on, of them of its positive class (binary tasks; from the
-    per-class support where not recorded), the images of the split left out as training images (`evaluate
-    --drop_training_images`; of an `aggregate` metrics.json, the groups left out as holding some), and whether they
-    were not checked against the model's training images (QA: a card said nothing of what `report.md` said)."""
+    """`{"num_images", "num_positives", "num_dropped", "training_images_unchecked", "num_selection_images",
+    "num_training_copies"}` of a `metrics.json` (under "test" for the demo's): the images its metrics were measured
+    on, of them of its positive class (binary tasks; from the per-class support where not recorded), the images of
+    the split left out as training images (`evaluate --drop_training_images`; of an `aggregate` metrics.json, the
+    groups left out as holding some), whether they were not checked against the model's training images (QA: a card
+    said nothing of what `report.md` said), and how many of them are val images the head was chosen on and training
+    images the data's train split holds too (each None where not recorded)."""
+    from .metrics import TRAINING_IMAGE_COPIES_KEY  # as `per_class_table` below
+
     data = _read_json(path)
     data = data.get("test", data)
     positives = data.get("num_positives")
@@ -578,7 +590,8 @@ def load_eval_counts(path: Union[str, os.PathLike]) -> Dict[str, Optional[int]]:
     unchecked = data.get("training_images_checked") is False
     return {
         "num_images": data.get("num_samples"), "num_positives": positives, "num_dropped": dropped,
-        "training_images_unchecked": unchecked,
+        "training_images_unchecked": unchecked, "num_selection_images": data.get("images_the_head_was_chosen_on"),
+        "num_training_copies": data.get(TRAINING_IMAGE_COPIES_KEY),
     }  # fmt: skip
 
 

@@ -23,6 +23,7 @@ PROBABILITY_SLACK = 1e-6
 __all__ = [
     "BINARY_SCORES",
     "NO_AUC_INTERVAL",
+    "TRAINING_IMAGE_COPIES_KEY",
     "absent_classes_note",
     "auc_text",
     "average_precision_rows",
@@ -447,6 +448,9 @@ def classification_metrics(
 
 
 BINARY_SCORES = ("sensitivity", "specificity", "positive_f1")
+# evaluate's metrics.json count of the images scored that are the model's training images yet pass its check as copies
+# of images the data's own train split holds (`evaluation.check_training_overlap`'s `count_copies_in_train`)
+TRAINING_IMAGE_COPIES_KEY = "training_images_also_in_the_data_train_split"
 
 
 def binary_scores(y_true, y_pred, positive_label: Optional[int] = None) -> Dict[str, Optional[float]]:
