@@ -225,3 +225,18 @@ def test_an_evaluation_stopped_while_writing_keeps_the_earlier_report_whole(stud
     with pytest.raises(KeyboardInterrupt):
         evaluate_classifier(study.pipeline, test, output_dir=str(tmp_path))
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == earlier
+
+
+def test_a_binary_study_ranks_its_test_images_as_evaluate_does(tiny):
+    """QA (a clinician): the demo's average precision differed in its 5th decimal from evaluate's of the same model
+    and split: the study ranked by float32 probabilities, evaluate by the positive class's log-odds."""
+    splits = {}
+    for name, split in _digits_splits(300).items():
+        keep = torch.nonzero(split.labels < 2).flatten()
+        splits[name] = LabeledImages(split.images[keep], split.labels[keep], ["zero", "one"])
+    binary = study_module.run_unet_feature_study(*tiny, splits, **STUDY, positive_class="one")
+    evaluated = evaluate_classifier(binary.pipeline, splits["test"], positive_class="one")
+    assert binary.test_ranking.dtype == torch.float64  # the log-odds, as evaluate's ranking
+    for name in ("auc", "average_precision"):
+        assert binary.test_metrics[name] == evaluated[name], name
+    assert binary.test_metrics["confidence_intervals"]["auc"] == evaluated["confidence_intervals"]["auc"]

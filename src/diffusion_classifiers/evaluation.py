@@ -83,6 +83,7 @@ __all__ = [
     "check_evaluation_args",
     "check_evaluation_split",
     "check_prevalence",
+    "ranked_by_log_odds",
     "check_head_record",
     "check_read_as_the_model_reads",
     "carved_splits",
@@ -957,7 +958,7 @@ def evaluate_classifier(
     probs, ranking, stderr, nfe = zip(*_predict_with_one_bar(classifier, predict, batches, len(y_true)))
     probs, ranking = torch.cat(probs), torch.cat(ranking)
     log_odds = None if positive_label is None else positive_log_odds(probs, ranking, positive_label)
-    ranking = _ranked_by_log_odds(ranking, log_odds, positive_label)
+    ranking = ranked_by_log_odds(ranking, log_odds, positive_label)
     if target_sensitivity is not None:
         point = threshold_for_sensitivity(y_true == positive_label, log_odds, target_sensitivity)
         point |= {"target_sensitivity": target_sensitivity, "chosen_on": split, "dataset": dataset_name}
@@ -1157,7 +1158,7 @@ def _labelled_batches(
     return batches, dataset_labels, dataset_names
 
 
-def _ranked_by_log_odds(ranking: torch.Tensor, log_odds, positive_label: Optional[int]) -> torch.Tensor:
+def ranked_by_log_odds(ranking: torch.Tensor, log_odds, positive_label: Optional[int]) -> torch.Tensor:
     """A binary task's ranking scores [N, 2] as its decisions and operating points rank the images: the positive
     class's log-odds, their negation the other class's (float64). A pipeline without log-odds ranks by its float32
     probabilities, which saturate near 0 and 1 and tie images the log-odds tell apart (QA: the average precision read

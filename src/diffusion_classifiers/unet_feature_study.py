@@ -16,7 +16,9 @@ from .data import LabeledImages
 from .atomic_files import write_texts_atomically
 from .provenance import run_environment
 from .confidence_intervals import intervals_of_metrics
+from .evaluation import ranked_by_log_odds
 from .features import DiffusionFeatureExtractor, block_label, with_hypercolumns
+from .operating_points import positive_log_odds
 from .metrics import (
     absent_classes_note,
     auc_text,
@@ -65,7 +67,8 @@ class UNetFeatureStudy:
     labels and probabilities the test metrics and plots come from. `kmeans_metrics` is k-means on the test features
     of the pair chosen with labels; `kmeans_label_free` on the pair, normalisation and K chosen without labels on the
     train images; `kmeans_raw_pixels` on the test images' pixels, normalisation (and K) chosen the same way on the
-    train pixels (both `label_free_kmeans` results)."""
+    train pixels (both `label_free_kmeans` results). `test_ranking` orders the test images for the ROC and
+    precision-recall curves (a binary study's log-odds, as evaluate's; the probabilities where None)."""
 
     pipeline: UNetFeatureClassifierPipeline
     probe: ProbeGridResult
@@ -77,6 +80,7 @@ class UNetFeatureStudy:
     extra: Dict[str, object] = field(default_factory=dict)
     kmeans_label_free: dict = field(default_factory=dict)
     kmeans_raw_pixels: dict = field(default_factory=dict)
+    test_ranking: Optional[torch.Tensor] = None
 
     def summary(self) -> dict:
         best = self.probe.metrics[self.probe.best_pair]
@@ -195,12 +199,16 @@ def study_from_features(
         pipeline.split_record = dict(split_record)
         pipeline.register_fitted_head(probe.head, train.images, chosen_on=splits["val"].images)
     output = _classify(pipeline, test.images, batch_size, show_progress)
+    # ranked as evaluate ranks them, by the positive class's log-odds (QA: the average precision differed in its
+    # 5th decimal from evaluate's of the same model and split, the float32 probabilities tying some images)
+    log_odds = None if positive_label is None else positive_log_odds(output.probs, output.probs, positive_label)
+    ranking = ranked_by_log_odds(output.probs, log_odds, positive_label)
     test_metrics = classification_metrics(
-        labels["test"], output.label_ids, probs=output.probs, num_classes=train.num_classes,
+        labels["test"], output.label_ids, probs=ranking, num_classes=train.num_classes,
         class_names=train.class_names, positive_label=positive_label,
     )  # fmt: skip
     test_metrics["calibration"] = calibration_metrics(labels["test"], output.probs)
-    test_metrics["confidence_intervals"] = intervals_of_metrics(test_metrics, labels["test"], output.probs)
+    test_metrics["confidence_intervals"] = intervals_of_metrics(test_metrics, labels["test"], ranking)
     # the warning names the caller of run_unet_feature_study, the documented entry
     mark_absent_classes(test_metrics, labels["test"], train.class_names, "test split", "test split", stacklevel=4)
     kmeans = kmeans_evaluate(probed["test"][probe.best_pair], labels["test"], train.num_classes, seed=seed)
@@ -215,7 +223,7 @@ def study_from_features(
     )  # fmt: skip
     return UNetFeatureStudy(
         pipeline, probe, test_metrics, kmeans, list(train.class_names), labels["test"], output.probs,
-        kmeans_label_free=label_free, kmeans_raw_pixels=pixels,
+        kmeans_label_free=label_free, kmeans_raw_pixels=pixels, test_ranking=ranking,
     )  # fmt: skip
 
 
@@ -393,7 +401,10 @@ def _write_study_files(
         "reliability": f"Test reliability, {chosen}",
         "roc_pr": f"Test split, {chosen}",
     }
-    plot_classification_figures(output_dir, study.test_metrics, study.class_names, study.test_labels, study.test_probs, titles)
+    plot_classification_figures(
+        output_dir, study.test_metrics, study.class_names, study.test_labels, study.test_probs, titles,
+        study.test_ranking,
+    )  # fmt: skip
     metrics = {
         "summary": study.summary(),
         "test": study.test_metrics,
