@@ -18,7 +18,6 @@ any network.
 """
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -53,6 +52,7 @@ from diffusion_classifiers.hub import (
     pipeline_class_name_of,
     positive_class_of,
     push_to_hub,
+    read_metrics_json,
     render_model_card,
     usage_file_of,
     write_dry_run,
@@ -139,8 +139,7 @@ def main(argv=None):
 def publish(args):
     check_metrics_are_the_models(args.metrics_json, args.model_dir)
     class_names = class_names_of(args.model_dir)
-    with open(args.metrics_json) as f:
-        recorded = json.load(f)
+    recorded = read_metrics_json(args.metrics_json)
     pruning = (recorded.get("pipeline_call") or {}).get("pruning") is not None and len(class_names or []) > 2
     split = dataset_split(args.metrics_json, args.dataset_split)
     check_held_out_operating_point(args.metrics_json)
@@ -207,8 +206,7 @@ def check_metrics_are_the_models(metrics_json: str, model_dir: str) -> None:
     recorded (or `aggregate` carried over from its predictions' sidecar) must be the folder's
     (`hub.model_fingerprint`); a metrics.json without one (of an earlier version, or aggregated from predictions
     without their sidecar) is published with a warning."""
-    with open(metrics_json) as f:
-        recorded = json.load(f).get("model_sha256")
+    recorded = read_metrics_json(metrics_json).get("model_sha256")
     if recorded is None:
         warnings.warn(
             f"{metrics_json} does not record which model it was measured on (written by an earlier version, or "
@@ -283,8 +281,7 @@ def check_held_out_operating_point(metrics_json: str) -> None:
     point = load_eval_operating_point(metrics_json)
     if point is None or point.get("target_sensitivity") is None:
         return
-    with open(metrics_json, encoding="utf-8") as handle:
-        measured = json.load(handle)
+    measured = read_metrics_json(metrics_json)
     measured = measured.get("test", measured)
     chosen = (point.get("chosen_on"), point.get("dataset"))  # review: applied by --threshold to the split it came from
     if not point.get("from") or (chosen[0] is not None and chosen == (measured.get("split"), measured.get("dataset"))):

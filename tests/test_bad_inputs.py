@@ -511,3 +511,29 @@ def test_an_output_folder_named_digits_is_not_taken_for_the_built_in_data(tmp_pa
     (tmp_path / "scans").mkdir()
     with pytest.raises(ValueError, match=r"--output_dir scans/out: inside the input folder scans"):
         check_output_outside_data("scans/out", "scans")
+
+
+def test_a_csv_is_read_alike_by_training_and_predict_bom_included_and_a_repeated_column_refused(tmp_path):
+    """QA (a bad-input sweep): a header `path,label,label` trained and scored on the second label column without a
+    word (and `path,label,path` predicted the second file); a CSV saved by Excel as "CSV UTF-8" (a byte-order mark)
+    was read by predict but refused by training ("missing column(s) ['path']")."""
+    from diffusion_classifiers.data import load_image_classification_data
+    from diffusion_classifiers.prediction import list_inputs
+
+    for label in ("0", "1"):
+        (tmp_path / label).mkdir()
+        for i in range(6):
+            Image.new("L", (8, 8), 40 * i + int(label)).save(tmp_path / label / f"{i}.png")
+    rows = [f"{label}/{i}.png,{label}" for label in ("0", "1") for i in range(6)]
+    (tmp_path / "excel.csv").write_text("\n".join(["path,label", *rows]) + "\n", encoding="utf-8-sig")
+    assert load_image_classification_data(str(tmp_path / "excel.csv"), image_size=8)["train"].class_names == ["0", "1"]
+    assert len(list_inputs(tmp_path / "excel.csv")) == 12
+    (tmp_path / "twice.csv").write_text("\n".join(["path,label,label", *(f"{row},7" for row in rows)]) + "\n")
+    repeated = r"twice.csv: its header names the column\(s\) \['label'\] more than once; expected each once"
+    with pytest.raises(ValueError, match=repeated):
+        load_image_classification_data(str(tmp_path / "twice.csv"), image_size=8)
+    with pytest.raises(ValueError, match=repeated):
+        list_inputs(tmp_path / "twice.csv")
+    (tmp_path / "latin.csv").write_bytes("path,label,site\n0/0.png,0,Córdoba\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin.csv: not UTF-8 .*expected a UTF-8 file"):
+        load_image_classification_data(str(tmp_path / "latin.csv"), image_size=8)

@@ -1182,3 +1182,16 @@ def test_the_cards_label_list_keeps_names_with_commas_and_spaces_whole():
         evaluation_command="make eval",
     ))  # fmt: skip
     assert "Labels (in label-id order): `a,b`, `trailing `, `カイアシ類`." in card
+
+
+def test_a_metrics_json_that_is_no_json_object_is_refused_naming_it(saved_pipeline, tmp_path, monkeypatch):
+    """QA (a bad-input sweep): `--metrics_json` given a CSV printed only "Expecting value: line 1 column 1 (char 0)"."""
+    pipe_dir, _, _ = saved_pipeline
+    argv = push_script_argv(pipe_dir, tmp_path, "--dry_run", "--output_dir", str(tmp_path / "out"))
+    (tmp_path / "metrics.json").write_text("path,label\n")
+    with pytest.raises(SystemExit, match=r"metrics.json: not valid JSON \(Expecting value.*\); expected the metrics.json"):
+        run_push_script(monkeypatch, argv)
+    (tmp_path / "metrics.json").write_text("[0.9]")
+    with pytest.raises(SystemExit, match=r"metrics.json: a JSON list; expected the metrics.json evaluate or demo wrote"):
+        run_push_script(monkeypatch, argv)
+    assert not (tmp_path / "out").exists()

@@ -75,6 +75,7 @@ __all__ = [
     "pipeline_class_name_of",
     "positive_class_of",
     "push_to_hub",
+    "read_metrics_json",
     "render_dataset_card",
     "render_model_card",
     "usage_file_of",
@@ -540,14 +541,22 @@ def render_dataset_card(
     return DatasetCard(text)
 
 
-def _read_json(path: Union[str, os.PathLike]) -> dict:
-    with open(path) as f:
-        return json.load(f)
+def read_metrics_json(path: Union[str, os.PathLike]) -> dict:
+    """A metrics.json's object; `ValueError` naming the file where it is no JSON object (QA: "Expecting value: line 1
+    column 1 (char 0)", naming neither the file nor what was expected)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); expected the metrics.json evaluate or demo wrote") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a JSON {type(data).__name__}; expected the metrics.json evaluate or demo wrote")
+    return data
 
 
 def load_eval_metrics(path: Union[str, os.PathLike]) -> Dict[str, float]:
     """The scalar test metrics (`METRIC_NAMES` keys) of a `metrics.json`: the demo's (under "test") or a flat one."""
-    data = _read_json(path)
+    data = read_metrics_json(path)
     data = data.get("test", data)
     calibration = data.get("calibration") or {}
     data = {**data, **{key: calibration.get(key) for key in CALIBRATION_KEYS}}  # QA: an over-confident card hid them
@@ -560,14 +569,14 @@ def load_eval_metrics(path: Union[str, os.PathLike]) -> Dict[str, float]:
 def load_eval_operating_point(path: Union[str, os.PathLike]) -> Optional[dict]:
     """The `"operating_point"` of a `metrics.json` (`operating_points`: the decision threshold, and where it was
     chosen; under "test" for the demo's), `None` when it records none (each image given its most probable class)."""
-    data = _read_json(path)
+    data = read_metrics_json(path)
     return data.get("test", data).get("operating_point")
 
 
 def load_eval_positive_class(path: Union[str, os.PathLike]) -> Optional[str]:
     """The class the sensitivity and specificity of a `metrics.json` refer to (its "positive_class", under "test" for
     the demo's); `None` when it records none (not a binary task)."""
-    data = _read_json(path)
+    data = read_metrics_json(path)
     return data.get("test", data).get("positive_class")
 
 
@@ -581,7 +590,7 @@ def load_eval_counts(path: Union[str, os.PathLike]) -> Dict[str, Optional[int]]:
     images the data's train split holds too (each None where not recorded)."""
     from .metrics import TRAINING_IMAGE_COPIES_KEY  # as `per_class_table` below
 
-    data = _read_json(path)
+    data = read_metrics_json(path)
     data = data.get("test", data)
     positives = data.get("num_positives")
     if positives is None and data.get("positive_class") in data.get("per_class", {}):
@@ -598,7 +607,7 @@ def load_eval_counts(path: Union[str, os.PathLike]) -> Dict[str, Optional[int]]:
 def load_eval_head(path: Union[str, os.PathLike]) -> Optional[str]:
     """The sentence of a `metrics.json`'s `"head"` (`fit-head`'s: the RC-DiT head its metrics were measured with, its
     labelled images and C or temperature, as `report.md` states it); None where it records none."""
-    data = _read_json(path)
+    data = read_metrics_json(path)
     return (data.get("test", data).get("head") or {}).get("summary")
 
 
@@ -606,7 +615,7 @@ def load_eval_grouping(path: Union[str, os.PathLike]) -> Optional[dict]:
     """How the samples of an `aggregate` metrics.json were grouped and scored: `{"grouped_by", "rule", "threshold",
     "num_images"}` (the column(s) naming the groups, the rule, the max rule's threshold, the images they gather; the
     last two None where not recorded); None for a metrics.json of images (`evaluate`'s, the demo's)."""
-    data = _read_json(path)
+    data = read_metrics_json(path)
     data = data.get("test", data)
     if data.get("grouped_by") is None:
         return None
@@ -616,21 +625,21 @@ def load_eval_grouping(path: Union[str, os.PathLike]) -> Optional[dict]:
 def load_eval_per_class(path: Union[str, os.PathLike]) -> Optional[Dict[str, dict]]:
     """The `"per_class"` metrics of a `metrics.json` (`{class name: {"precision", "recall", "f1", "support"}}`, in the
     order it lists them; under "test" for the demo's), `None` when it records none (a file of an earlier version)."""
-    data = _read_json(path)
+    data = read_metrics_json(path)
     return data.get("test", data).get("per_class") or None
 
 
 def load_eval_intervals(path: Union[str, os.PathLike]) -> Optional[dict]:
     """The `"confidence_intervals"` of a `metrics.json` (see `confidence_intervals.classification_intervals`; under
     "test" for the demo's), `None` when it records none (a file of an earlier version)."""
-    data = _read_json(path)
+    data = read_metrics_json(path)
     return data.get("test", data).get("confidence_intervals") or None
 
 
 def load_eval_seed_sensitivity(path: Union[str, os.PathLike]) -> Optional[dict]:
     """The `"seed_sensitivity"` of a `metrics.json` (a binary Score-SDE ELBO's or several-probe likelihood's, see
     `evaluate_classifier`; under "test" for the demo's), `None` when it records none."""
-    data = _read_json(path)
+    data = read_metrics_json(path)
     return data.get("test", data).get("seed_sensitivity")
 
 
@@ -682,7 +691,7 @@ def features_fingerprint(local_dir: Union[str, os.PathLike]) -> Optional[str]:
     index_path = local_dir / "model_index.json"
     if not index_path.is_file():
         return None
-    index = _read_json(index_path)
+    index = read_metrics_json(index_path)
     digest = hashlib.sha256(json.dumps(index.get("preprocessing"), sort_keys=True).encode())
     components = sorted(name for name, value in index.items() if isinstance(value, list) and name != "head")
     for name in components:
@@ -691,7 +700,7 @@ def features_fingerprint(local_dir: Union[str, os.PathLike]) -> Optional[str]:
             if path.suffix == ".safetensors":
                 _hash_file(digest, path)
             elif path.suffix == ".json":
-                config = _read_json(path)
+                config = read_metrics_json(path)
                 if isinstance(config, dict):  # where it was loaded from, and which library versions wrote it
                     for key in ("_name_or_path", "_diffusers_version", "transformers_version"):
                         config.pop(key, None)
@@ -709,7 +718,7 @@ def load_eval_split(path: Union[str, os.PathLike]) -> Optional[str]:
     """The split the metrics of a `metrics.json` were measured on, as it records it: an evaluation's `"split"`
     (`evaluate_classifier(..., split=...)`, `diffusion-classifiers evaluate --split`), "test" for the demo's (its
     metrics under "test"); `None` when it records none."""
-    data = _read_json(path)
+    data = read_metrics_json(path)
     if data.get("split") is not None:
         return str(data["split"])
     return "test" if isinstance(data.get("test"), dict) else None
@@ -730,10 +739,10 @@ def check_publishable_model(local_dir: Union[str, os.PathLike]) -> None:
     that adds it (the snippet, `trust_remote_code=True`, would fail on it with or without the package)."""
     local_dir = Path(local_dir)
     if library_name_of(local_dir) == "diffusers":
-        carries_code = isinstance(_read_json(local_dir / "model_index.json").get("_class_name"), list)
+        carries_code = isinstance(read_metrics_json(local_dir / "model_index.json").get("_class_name"), list)
         resave = "DiffusionClassifierPipeline.from_pretrained(folder).save_pretrained(new_folder)"
     else:
-        carries_code = "auto_map" in _read_json(local_dir / "config.json")
+        carries_code = "auto_map" in read_metrics_json(local_dir / "config.json")
         resave = ("AutoModelForImageClassification and AutoImageProcessor .from_pretrained(folder), then "
                   ".save_pretrained(new_folder), with diffusion_classifiers imported")  # fmt: skip
     if not carries_code:
@@ -815,8 +824,8 @@ def _saved_contract(local_dir: Union[str, os.PathLike]):
     from .data import ImagePreprocessing
 
     local_dir = Path(local_dir)
-    saved = _read_json(local_dir / "model_index.json") if library_name_of(local_dir) == "diffusers" else (
-        _read_json(local_dir / "preprocessor_config.json") if (local_dir / "preprocessor_config.json").is_file() else {}
+    saved = read_metrics_json(local_dir / "model_index.json") if library_name_of(local_dir) == "diffusers" else (
+        read_metrics_json(local_dir / "preprocessor_config.json") if (local_dir / "preprocessor_config.json").is_file() else {}
     )  # fmt: skip
     return ImagePreprocessing.from_dict(saved["preprocessing"]) if "preprocessing" in saved else None
 
@@ -824,7 +833,7 @@ def _saved_contract(local_dir: Union[str, os.PathLike]):
 def pipeline_class_name_of(local_dir: Union[str, os.PathLike]) -> Optional[str]:
     """The pipeline class of a saved pipeline folder, by its model_index.json `_class_name` ("Class", or
     ["module", "Class"] when saved with its code)."""
-    class_name = _read_json(Path(local_dir) / "model_index.json").get("_class_name")
+    class_name = read_metrics_json(Path(local_dir) / "model_index.json").get("_class_name")
     return class_name[-1] if isinstance(class_name, list) else class_name
 
 
@@ -842,7 +851,7 @@ def method_of(local_dir: Union[str, os.PathLike]) -> str:
         return PIPELINE_METHODS[class_name]
     from .configuration_diffusion_classifier import DiffusionClassifierConfig
 
-    config = _read_json(local_dir / "config.json")
+    config = read_metrics_json(local_dir / "config.json")
     model_type, backbone_type = config.get("model_type"), config.get("backbone_type")
     if model_type != DiffusionClassifierConfig.model_type or backbone_type not in BACKBONE_METHODS:
         raise ValueError(
@@ -862,7 +871,7 @@ def method_of_classifier(classifier) -> Optional[str]:
 
 def _saved_config(local_dir: Path) -> dict:
     """A saved pipeline's model_index.json or a transformers model's config.json."""
-    return _read_json(local_dir / ("model_index.json" if library_name_of(local_dir) == "diffusers" else "config.json"))
+    return read_metrics_json(local_dir / ("model_index.json" if library_name_of(local_dir) == "diffusers" else "config.json"))
 
 
 def class_names_of(local_dir: Union[str, os.PathLike]) -> Optional[List[str]]:
@@ -878,7 +887,7 @@ def class_names_of(local_dir: Union[str, os.PathLike]) -> Optional[List[str]]:
     head_config = local_dir / "head" / "config.json"
     if not (isinstance(config.get("head"), list) and config["head"][0] and head_config.is_file()):
         return None
-    head = _read_json(head_config)
+    head = read_metrics_json(head_config)
     return list(head.get("class_names") or [str(i) for i in range(head["num_classes"])])
 
 

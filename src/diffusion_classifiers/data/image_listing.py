@@ -397,19 +397,27 @@ def _label_order(name: str) -> tuple:
     return (0, int(name), "") if name.isdigit() else (1, 0, name)
 
 
-def read_csv_rows(path: Path, encoding: str | None = None) -> tuple[list[str], list[dict]]:
-    """The columns and rows of the CSV at `path`; a malformed one (a field over the csv module's limit) refused
-    naming the file and line, not with the csv module's bare error (QA: a 300,000-character path gave a
-    traceback naming neither)."""
-    with open(path, newline="", encoding=encoding) as handle:
+def read_csv_rows(path: Path) -> tuple[list[str], list[dict]]:
+    """The columns and rows of the UTF-8 CSV at `path` (the byte-order mark Excel writes, "CSV UTF-8", is not part of
+    the first column's name: QA, training refused what predict read); a malformed one (a field over the csv module's
+    limit) refused naming the file and line, not with the csv module's bare error (QA: a 300,000-character path gave
+    a traceback naming neither), and so is a header naming a column twice (QA: the last one's cells were read, the
+    labels of another column trained on without a word)."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         try:
-            return list(reader.fieldnames or []), list(reader)
+            columns, rows = list(reader.fieldnames or []), list(reader)
         except csv.Error as error:
             raise ValueError(
                 f"CSV {path}: the row after line {reader.line_num}: {error}; expected one image path (and its label) a "
                 "row"
             ) from None
+        except UnicodeDecodeError as error:
+            raise ValueError(f"CSV {path}: not UTF-8 ({error}); expected a UTF-8 file (save it as 'CSV UTF-8')") from None
+    repeated = sorted({column for column in columns if column and columns.count(column) > 1})
+    if repeated:
+        raise ValueError(f"CSV {path}: its header names the column(s) {repeated} more than once; expected each once")
+    return columns, rows
 
 
 def list_csv(

@@ -222,13 +222,9 @@ def _output_name(relative: Path) -> str:
 
 
 def _csv_inputs(path: Path, read: Callable) -> list[PredictionInput]:
-    # utf-8-sig: the byte-order mark Excel writes ("CSV UTF-8") is not part of the first column's name
     from ..data.image_listing import read_csv_rows
 
-    try:
-        columns, rows = read_csv_rows(path, encoding="utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"CSV {path}: not UTF-8 ({error}); expected a UTF-8 file (save it as 'CSV UTF-8')") from None
+    columns, rows = read_csv_rows(path)
     if "path" not in columns:
         raise ValueError(f"CSV {path}: no 'path' column; expected a header with path[,label], got {columns}")
     if not rows:
