@@ -982,7 +982,8 @@ def test_the_card_counts_the_training_images_dropped(tmp_path):
         "training_images_dropped": 35,
     }))  # fmt: skip
     counts = hub.load_eval_counts(tmp_path / "metrics.json")
-    assert counts == {"num_images": 38, "num_positives": 20, "num_dropped": 35, "training_images_unchecked": False}
+    assert counts == {"num_images": 38, "num_positives": 20, "num_dropped": 35, "training_images_unchecked": False,
+                      "num_selection_images": None, "num_training_copies": None}  # fmt: skip
     common = dict(model_name="m", dataset_name="mammo", dataset_license="private", metrics={"accuracy": 0.5},
                   training_command="t", evaluation_command="e", class_names=["benign", "malignant"])  # fmt: skip
     card = str(hub.render_model_card("score_sde", positive_class="malignant", **counts, **common))
