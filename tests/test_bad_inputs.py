@@ -537,3 +537,27 @@ def test_a_csv_is_read_alike_by_training_and_predict_bom_included_and_a_repeated
     (tmp_path / "latin.csv").write_bytes("path,label,site\n0/0.png,0,Córdoba\n".encode("latin-1"))
     with pytest.raises(ValueError, match=r"latin.csv: not UTF-8 .*expected a UTF-8 file"):
         load_image_classification_data(str(tmp_path / "latin.csv"), image_size=8)
+
+
+def test_a_damaged_model_folder_is_refused_naming_the_file_not_with_a_traceback(tmp_path):
+    """QA (a bad-input sweep): a safetensors file cut short in a copy, or a component config that is no JSON, ended
+    the CLI in a traceback through diffusers ("Unable to load weights from checkpoint file ...")."""
+    head = LinearProbeHead(in_features=32, num_classes=2, block="mid_block", timestep=10, class_names=["a", "b"])
+    UNetFeatureClassifierPipeline(
+        unet=UNet2DModel(**unet_config("tiny", 8)), scheduler=DDPMScheduler(), head=head
+    ).save_pretrained(tmp_path / "model")  # fmt: skip
+    (tmp_path / "images").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "images" / "a.png")
+    weights = tmp_path / "model" / "unet" / "diffusion_pytorch_model.safetensors"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match=r"diffusion_pytorch_model.safetensors: not a readable safetensors file .*cut "
+                                         r"short in a copy\?\): re-save the pipeline"):
+        DiffusionClassifierPipeline.from_pretrained(tmp_path / "model")
+    with pytest.raises(ValueError, match=r"not a readable safetensors file"):  # a ValueError: one line from a shell
+        cli_main(["predict", "--model_dir", str(tmp_path / "model"), "--input", str(tmp_path / "images"),
+                  "--output", str(tmp_path / "p.csv")])  # fmt: skip
+    weights.write_bytes(whole)
+    (tmp_path / "model" / "head" / "config.json").write_text("{")
+    with pytest.raises(ValueError, match=r"head.config.json: not valid JSON \(.*\); expected the component's config"):
+        DiffusionClassifierPipeline.from_pretrained(tmp_path / "model")

@@ -456,18 +456,46 @@ def check_component_files(folder: str, name: str, entry: List[str], index_file: 
     """`folder` (component `name` of the pipeline whose `model_index.json` is `index_file`) holds its config and, for a
     model, safetensors weights: under any name (a variant such as `.fp16`, or shards with their
     `*.safetensors.index.json`), since diffusers and transformers pick the file. Else a `FileNotFoundError` that
-    names the missing file, before diffusers or transformers fail on it with a traceback."""
+    names the missing file, before diffusers or transformers fail on it with a traceback; and a config that is no
+    JSON object or a safetensors file whose header does not cover it (cut short in a copy) is a `ValueError` naming
+    it (QA: tracebacks through diffusers)."""
     config_name, weights_name = component_files(entry)
     if not os.path.isfile(os.path.join(folder, config_name)):
         missing, needs = config_name, "its config"
     elif weights_name and not any(f.endswith((".safetensors", ".safetensors.index.json")) for f in os.listdir(folder)):
         missing, needs = weights_name, "its weights (a *.safetensors file, or shards with their index)"
     else:
+        _check_readable_component(folder, config_name)
         return
     raise FileNotFoundError(
         f"{os.path.join(folder, missing)}: not found; component {name!r} ({entry[-1]}) of {index_file} needs "
         f"{needs}; re-save the pipeline with save_pretrained or copy the whole folder"
     )
+
+
+def _check_readable_component(folder: str, config_name: str) -> None:
+    """The component's config parses as a JSON object and each of its safetensors files' header covers the file (its
+    tensors not read)."""
+    from safetensors import SafetensorError, safe_open
+
+    again = "re-save the pipeline with save_pretrained or copy the whole folder again"
+    config = os.path.join(folder, config_name)
+    try:
+        with open(config, encoding="utf-8") as handle:
+            parsed = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{config}: not valid JSON ({error}); expected the component's config: {again}") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{config}: a JSON {type(parsed).__name__}; expected the component's config: {again}")
+    for file in sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")):
+        try:
+            with safe_open(os.path.join(folder, file), "pt"):
+                pass
+        except SafetensorError as error:
+            raise ValueError(
+                f"{os.path.join(folder, file)}: not a readable safetensors file ({error}; cut short in a copy?): "
+                f"{again}"
+            ) from None
 
 
 def _is_unet_and_scheduler(index: dict) -> bool:
