@@ -561,3 +561,22 @@ def test_a_damaged_model_folder_is_refused_naming_the_file_not_with_a_traceback(
     (tmp_path / "model" / "head" / "config.json").write_text("{")
     with pytest.raises(ValueError, match=r"head.config.json: not valid JSON \(.*\); expected the component's config"):
         DiffusionClassifierPipeline.from_pretrained(tmp_path / "model")
+
+
+def test_an_output_folder_among_the_image_folders_a_csv_lists_is_refused(tmp_path):
+    """QA (a bad-input sweep): `cluster --input good.csv --output_dir imgs/cl3` and a trainer's `--output_dir imgs/run`
+    wrote their PNGs beside the CSV's class folders imgs/<class>/; the folder then read as 11 classes, 'cl3' one."""
+    from diffusion_classifiers.validation import check_output_outside_data
+
+    for label in ("0", "1"):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(tmp_path / "imgs" / label / "a.png")
+    (tmp_path / "flat").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "flat" / "b.png")
+    rows = ["path,label", "imgs/0/a.png,0", "imgs/1/a.png,1", "flat/b.png,1"]
+    (tmp_path / "good.csv").write_text("\n".join(rows) + "\n")
+    for output in ("imgs/cl3", "imgs/0/run", "flat/run"):
+        with pytest.raises(ValueError, match=rf"--output_dir .*{output}: inside a folder of images .*good.csv lists "
+                                             r"\(--dataset\), "):  # fmt: skip
+            check_output_outside_data(tmp_path / output, tmp_path / "good.csv")
+    check_output_outside_data(tmp_path / "runs" / "cl3", tmp_path / "good.csv")  # beside the data: its own folder

@@ -3,6 +3,7 @@
 Each raises a `ValueError` that names the input and the first bad item, before any long computation.
 """
 
+import csv
 import math
 import numbers
 import os
@@ -263,15 +264,39 @@ def check_output_outside_data(output_dir, data, data_flag: str = "--dataset", fl
     """An output folder inside the image folder `data` is refused before any work: the images a run writes there
     (figures, samples, checkpoints' PNGs) would be read as the folder's images by later runs and by training (QA: a
     rerun clustered 601 images of a 600-image pool, its own figure among them; a trainer wrote into its data folder).
-    `"digits"` names scikit-learn's digits, never a folder (QA: `--output_dir digits` refused as inside it)."""
-    if output_dir is None or data is None or str(data) == "digits" or not os.path.isdir(data):
+    `"digits"` names scikit-learn's digits, never a folder (QA: `--output_dir digits` refused as inside it). A CSV's
+    image folders are those of the files it lists, and the folder of class folders they are in (a folder named as its
+    image's label: QA, a run's figures in `imgs/run/` beside `imgs/<class>/` were read as a class of its own)."""
+    if output_dir is None or data is None or str(data) == "digits":
         return
-    folder, output = Path(data).resolve(), Path(output_dir).resolve()
-    if output == folder or folder in output.parents:
+    output = Path(output_dir).resolve()
+    if os.path.isdir(data):
+        folders, where = [Path(data).resolve()], f"the input folder {data}"
+    elif os.path.isfile(data) and str(data).lower().endswith(".csv"):
+        folders, where = _listed_image_folders(Path(data)), f"a folder of images {data} lists"
+    else:
+        return
+    inside = next((folder for folder in folders if output == folder or folder in output.parents), None)
+    if inside is not None:
         raise ValueError(
-            f"{flag} {output_dir}: inside the input folder {data} ({data_flag}); expected a folder outside it, whose "
-            "images (figures, samples) would otherwise be read as the folder's images by later runs and training"
+            f"{flag} {output_dir}: inside {where} ({data_flag}), {inside}; expected a folder outside it, whose images "
+            "(figures, samples) would otherwise be read as the folder's images by later runs and training"
         )
+
+
+def _listed_image_folders(listing: Path) -> list[Path]:
+    """The folders of the files a CSV of `path,label` rows lists, with the folder above each one named as its row's
+    label (a folder of class folders); none where it cannot be read (its loader says why)."""
+    try:
+        with open(listing, newline="", encoding="utf-8-sig") as handle:
+            rows = {(os.path.dirname(row.get("path") or ""), row.get("label")) for row in csv.DictReader(handle)}
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    folders = set()
+    for folder, label in rows:
+        resolved = (listing.parent / folder).resolve()
+        folders |= {resolved, resolved.parent} if label is not None and resolved.name == label else {resolved}
+    return sorted(folders)
 
 
 def check_writable_dir(path, name: str = "output_dir") -> None:
