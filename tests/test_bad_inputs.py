@@ -580,3 +580,17 @@ def test_an_output_folder_among_the_image_folders_a_csv_lists_is_refused(tmp_pat
                                              r"\(--dataset\), "):  # fmt: skip
             check_output_outside_data(tmp_path / output, tmp_path / "good.csv")
     check_output_outside_data(tmp_path / "runs" / "cl3", tmp_path / "good.csv")  # beside the data: its own folder
+
+
+def test_an_image_size_whose_images_would_not_fit_in_memory_is_refused_before_any_is_read(tmp_path):
+    """QA (a bad-input sweep): `--image_size 100000` ended in the allocator's traceback ("you tried to allocate
+    71880000000000 bytes"), and 2048 px of the 1,797 digits would have taken 30 GB before failing."""
+    from diffusion_classifiers.data import load_image_classification_data
+
+    too_large = r"image_size 100000: 1797 images of 1 x 100000 x 100000 float32 values take .* GiB, over this "
+    with pytest.raises(ValueError, match=too_large + r"machine.s .* \(--streaming\)"):
+        load_image_classification_data("digits", image_size=100000, num_channels=1)
+    (tmp_path / "a").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "a" / "0.png")
+    with pytest.raises(ValueError, match=r"image_size 100000: 1 images of 1 x 100000 x 100000 float32"):
+        load_image_classification_data(str(tmp_path), image_size=100000, num_channels=1, val_fraction=0.5)

@@ -25,7 +25,7 @@ from .dicom import (
     window_channels,
 )
 from .image_files import DECODE_ERRORS, decode_error_text, first_frames_noted, note_first_frame_read, open_image
-from .preprocessing import ImagePreprocessing, preprocess_images
+from .preprocessing import ImagePreprocessing, check_images_fit_in_memory, preprocess_images
 from .sixteen_bit import _PIL_16BIT_MODES, _scale_16bit, check_bit_depths, note_bit_depth
 from .windows import VoiTable, Window
 from .split_record import ANONYMISED_DICOM_RULE, EARLIER_ANONYMISED_DICOM_RULE, SPLIT_RECORD_NAME
@@ -198,6 +198,8 @@ def decode_files(
     Every file is tried: the files that cannot be read (decode errors, no pixel data, a colour DICOM, a truncated
     file, a localizer, ...) are refused together (see [`_refuse_unreadable_files`]), then series of mixed slice sizes
     (see [`_SeriesSizes`])."""
+    if reading is not None:
+        check_images_fit_in_memory(len(files), reading)
     images, metadata, failures, sizes = [], [], [], _SeriesSizes()
     depths = _BitDepths() if depths is None else depths
     own_windows = _OwnWindows(medical, np.concatenate(list(labels_per_split.values())), class_names)

@@ -14,7 +14,7 @@ from PIL import Image
 from .image_files import DECODE_ERRORS, decode_error_text
 from .file_decoding import _BitDepths, warn_mixed_channels
 from .labeled_images import RawData, labels_and_names
-from .preprocessing import ImagePreprocessing, preprocess_images
+from .preprocessing import ImagePreprocessing, check_images_fit_in_memory, preprocess_images
 from .sixteen_bit import record_bit_depths
 
 __all__ = [
@@ -123,6 +123,7 @@ def read_hf_dataset(
     warn_patients_not_carved_by(parts, where)
     labels = {HF_SPLIT_NAMES[name]: split_labels(part, label_column, name) for name, part in parts.items()}
     all_labels, names, splits = labels_and_names(labels, label_feature.names, "dataset")
+    check_images_fit_in_memory(len(all_labels), reading)
     images, rows = [], []
     with record_bit_depths(_RowDepths()) as record:  # the depths the 16-bit rows were scaled by, as files' are
         for name, part in parts.items():

@@ -25,7 +25,10 @@ from .dicom import MedicalPreprocessing, check_not_dicomdir, is_dicom_file
 from .sixteen_bit import _PIL_16BIT_MODES, _scale_16bit, check_bit_depths, note_bit_depth, pil_image_name
 from .image_files import DECODE_ERRORS, decode_error_text, first_frames_noted, open_image
 
-__all__ = ["INPUT_RANGES", "RESAMPLE_MODES", "RESIZE_MODES", "ImagePreprocessing", "preprocess_images"]
+__all__ = [
+    "INPUT_RANGES", "RESAMPLE_MODES", "RESIZE_MODES", "ImagePreprocessing", "check_images_fit_in_memory",
+    "preprocess_images",
+]  # fmt: skip
 
 # The stated value ranges of float inputs. "auto" is the rule of models saved before the range was stated: [-1, 1]
 # when any float input of the call is negative, else [0, 1] (decided once per call, never per image).
@@ -252,6 +255,33 @@ def fit_options(
         resize_mode=resize_mode, pad_value=pad_value, normalize_background=normalize_background,
         transparency_fill=transparency_fill,
     ).fit  # fmt: skip
+
+
+def check_images_fit_in_memory(num_images: int, reading: ImagePreprocessing) -> None:
+    """Refuse, before any image is read, an `image_size` at which `num_images` float32 images (of one channel at
+    least) would take more than this machine's memory (QA: `--image_size 100000` ended in the allocator's traceback,
+    and 2048 px of the 1,797 digits would have taken 30 GB before failing)."""
+    if reading.image_size is None or num_images == 0:
+        return
+    size = reading.image_size
+    height, width = (size, size) if isinstance(size, int) else size
+    channels = reading.num_channels or 1
+    needed, memory = num_images * channels * height * width * 4, _physical_memory()
+    if memory is None or needed <= memory:
+        return
+    raise ValueError(
+        f"image_size {size}: {num_images} images of {channels} x {height} x {width} float32 values take "
+        f"{needed / 2**30:.1f} GiB, over this machine's {memory / 2**30:.1f} GiB of memory; expected a smaller "
+        "image_size (--image_size), or the images read a batch at a time (--streaming)"
+    )
+
+
+def _physical_memory() -> int | None:
+    """This machine's memory in bytes; None where the system does not tell it."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def preprocess_images(

@@ -34,7 +34,7 @@ from .file_decoding import _BitDepths, decode_files
 from .hf_datasets import dataset_name, hf_splits, open_saved_dataset, read_hf_dataset
 from .image_listing import list_csv, list_folder_files, list_image_folder, list_unlabeled_images
 from .labeled_images import ONE_SET, SPLITS, LabeledImages, RawData, labels_and_names
-from .preprocessing import ImagePreprocessing, _describe, fit_options, preprocess_images
+from .preprocessing import ImagePreprocessing, _describe, check_images_fit_in_memory, fit_options, preprocess_images
 from .split_record import ANONYMISED_DICOM_RULE, check_anonymised_dicom_groups
 from .splits import (
     _FewImagesWarning, check_split_fractions, stratified_group_split, stratified_split,
@@ -219,6 +219,8 @@ def load_image_classification_data(
         raw = read_hf_dataset(source, image_column, label_column, reading, where)  # each row preprocessed as decoded
     if image_size is None:
         reading = replace(reading, image_size=raw.default_image_size)
+    if not raw.preprocessed:
+        check_images_fit_in_memory(len(raw.images), reading)
     images = raw.images if raw.preprocessed else preprocess_images(raw.images, preprocessing=reading)
     if unlabeled or one_set:
         splits = {"train" if unlabeled else ONE_SET: LabeledImages(images, raw.labels, raw.class_names)}
