@@ -594,3 +594,18 @@ def test_an_image_size_whose_images_would_not_fit_in_memory_is_refused_before_an
     Image.new("L", (8, 8)).save(tmp_path / "a" / "0.png")
     with pytest.raises(ValueError, match=r"image_size 100000: 1 images of 1 x 100000 x 100000 float32"):
         load_image_classification_data(str(tmp_path), image_size=100000, num_channels=1, val_fraction=0.5)
+
+
+def test_evaluate_refuses_to_write_its_report_into_the_model_folder(tmp_path):
+    """QA (a bad-input sweep): `evaluate --output_dir` of the model's own folder wrote metrics.json, report.md and
+    the predictions beside its weights, a folder push_to_hub then refuses."""
+    head = LinearProbeHead(in_features=32, num_classes=10, block="mid_block", timestep=10)
+    UNetFeatureClassifierPipeline(
+        unet=UNet2DModel(**unet_config("tiny", 8)), scheduler=DDPMScheduler(), head=head
+    ).save_pretrained(tmp_path / "model")  # fmt: skip
+    before = sorted(path.name for path in (tmp_path / "model").iterdir())
+    for output in ("model", "model/eval"):
+        with pytest.raises(ValueError, match=rf"--output_dir .*{output}: inside the model folder .*model \(--model_dir\)"):
+            cli_main(["evaluate", "--model_dir", str(tmp_path / "model"), "--dataset", "digits", "--output_dir",
+                      str(tmp_path / output)])  # fmt: skip
+    assert sorted(path.name for path in (tmp_path / "model").iterdir()) == before

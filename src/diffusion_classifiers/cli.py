@@ -359,10 +359,12 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     )
     from .hub import METHOD_TITLES, class_names_of, download, method_of, model_fingerprint
     from .metrics import resolve_positive_label
-    from .validation import check_no_earlier_report, check_output_outside_data, typed_command
+    from .validation import check_no_earlier_report, check_output_outside_data, check_output_outside_model
+    from .validation import typed_command
 
     check_evaluation_args(None, args.batch_size)  # before the model and the data are loaded (the folder: checked)
     check_output_outside_data(args.output_dir, args.dataset)
+    check_output_outside_model(args.output_dir, args.model_dir)
     check_evaluation_split(args.split)
     given = {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction, "seed": args.seed}
     whole = args.split == ONE_SET  # every image of the data, none carved

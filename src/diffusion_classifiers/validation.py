@@ -33,6 +33,7 @@ __all__ = [
     "check_no_lookalike_names",
     "check_no_pickled_weights",
     "check_output_outside_data",
+    "check_output_outside_model",
     "check_positive_integer",
     "check_unique_class_names",
     "check_unit_range",
@@ -281,6 +282,20 @@ def check_output_outside_data(output_dir, data, data_flag: str = "--dataset", fl
         raise ValueError(
             f"{flag} {output_dir}: inside {where} ({data_flag}), {inside}; expected a folder outside it, whose images "
             "(figures, samples) would otherwise be read as the folder's images by later runs and training"
+        )
+
+
+def check_output_outside_model(output_dir, model_dir) -> None:
+    """An output folder in a local model folder (`--model_dir`) is refused before any work: its report, predictions
+    and figures would be published with the model, which `push_to_hub` refuses (QA: `evaluate --output_dir` of the
+    model's own folder wrote them beside its weights)."""
+    if output_dir is None or model_dir is None or not os.path.isdir(model_dir):
+        return
+    folder, output = Path(model_dir).resolve(), Path(output_dir).resolve()
+    if output == folder or folder in output.parents:
+        raise ValueError(
+            f"--output_dir {output_dir}: inside the model folder {model_dir} (--model_dir); expected a folder outside "
+            "it (its report, predictions and figures would be published with the model)"
         )
 
 
