@@ -173,6 +173,14 @@ def test_a_training_folder_without_its_model_says_how_to_save_it(tmp_path):
     (tmp_path / "checkpoint-20").mkdir()
     with pytest.raises(FileNotFoundError, match=r"holds a training run without its model: .* --resume_from_checkpoint"):
         read_model_index(str(tmp_path))
+    # QA (a bad-input sweep): the demo's unet_training folder, beside the pipeline it saved, was said killed
+    (tmp_path / "demo" / "unet_training").mkdir(parents=True)
+    (tmp_path / "demo" / "unet_training" / "training_summary.json").write_text("{}")
+    (tmp_path / "demo" / "pipeline").mkdir()
+    (tmp_path / "demo" / "pipeline" / "model_index.json").write_text("{}")
+    saved_beside = r"unet_training holds the training run of the model saved in .*demo.pipeline: pass"
+    with pytest.raises(FileNotFoundError, match=saved_beside):
+        read_model_index(str(tmp_path / "demo" / "unet_training"))
 
 
 def test_the_identical_rerun_of_a_killed_overwrite_continues_it(tmp_path, monkeypatch, capsys):

@@ -83,6 +83,13 @@ def _is_training_folder(path: str) -> bool:
     return "training_summary.json" in names or any(re.fullmatch(r"checkpoint-\d+", name) for name in names)
 
 
+def _saved_beside(path: str) -> Optional[str]:
+    """The pipeline folder saved beside a training run's folder, as `demo` and `probe` save theirs
+    (`<output>/unet_training/` and `<output>/pipeline/`); None where there is none."""
+    beside = os.path.join(os.path.dirname(os.path.normpath(path)), "pipeline")
+    return beside if os.path.isfile(os.path.join(beside, "model_index.json")) else None
+
+
 def read_model_index(path: str) -> dict:
     """The `model_index.json` of a saved pipeline folder; a clear error when it is missing (naming the pipeline folder
     when `path` is one of its components) or not JSON."""
@@ -93,6 +100,8 @@ def read_model_index(path: str) -> dict:
             hint = f" ({path} is a component of the pipeline {parent}: pass that folder)"
         elif os.path.isfile(os.path.join(path, "config.json")):  # QA: an export was said to be no pipeline, only
             hint = f" ({lone_model_hint(path)})"
+        elif _is_training_folder(path) and _saved_beside(path):  # QA: the demo's training folder, said killed
+            hint = f" ({path} holds the training run of the model saved in {_saved_beside(path)}: pass that folder)"
         elif _is_training_folder(path):  # QA: a trainer killed while saving its model was only said to lack one
             hint = (
                 f" ({path} holds a training run without its model: it was stopped or killed before saving it; rerun "
