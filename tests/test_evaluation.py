@@ -652,7 +652,7 @@ def test_a_binary_evaluation_ranks_by_the_log_odds_its_decisions_read():
     positive and a negative image that the log-odds (what decisions and operating points read) tell apart."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    from diffusion_classifiers.evaluation import _ranked_by_log_odds, _scored_metrics
+    from diffusion_classifiers.evaluation import ranked_by_log_odds, _scored_metrics
     from diffusion_classifiers.operating_points import positive_log_odds
 
     other = torch.tensor([1e-9, 1e-12, 0.2, 0.6, 0.9], dtype=torch.float32)  # the negative class's probability
@@ -660,7 +660,7 @@ def test_a_binary_evaluation_ranks_by_the_log_odds_its_decisions_read():
     y_true = np.array([0, 1, 1, 0, 0])  # a negative ranked above a positive in log-odds, tied with it in probability
     assert probs[0, 1] == probs[1, 1]
     log_odds = positive_log_odds(probs, probs, 1)
-    ranking = _ranked_by_log_odds(probs, log_odds, 1)
+    ranking = ranked_by_log_odds(probs, log_odds, 1)
     metrics = _scored_metrics(y_true, probs.argmax(1).numpy(), log_odds, probs, ranking, [None], [None],
                               ["benign", "malignant"], 1, None, None)  # fmt: skip
     assert metrics["average_precision"] == pytest.approx(average_precision_score(y_true, log_odds), abs=1e-12)
