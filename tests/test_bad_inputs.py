@@ -609,3 +609,17 @@ def test_evaluate_refuses_to_write_its_report_into_the_model_folder(tmp_path):
             cli_main(["evaluate", "--model_dir", str(tmp_path / "model"), "--dataset", "digits", "--output_dir",
                       str(tmp_path / output)])  # fmt: skip
     assert sorted(path.name for path in (tmp_path / "model").iterdir()) == before
+
+
+def test_outputs_beside_a_csv_whose_class_folders_are_beside_it_are_not_refused(tmp_path):
+    """Review: `proj/labels.csv` beside `proj/<class>/`, the usual layout, had every output folder under proj refused
+    (the class folders' parent taken for an image folder), and so did an empty path cell for the CSV's folder."""
+    from diffusion_classifiers.validation import check_output_outside_data
+
+    for label in ("cat", "dog"):
+        (tmp_path / "proj" / label).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(tmp_path / "proj" / label / "a.png")
+    (tmp_path / "proj" / "labels.csv").write_text("path,label\ncat/a.png,cat\ndog/a.png,dog\n,dog\n")
+    check_output_outside_data(tmp_path / "proj" / "eval", tmp_path / "proj" / "labels.csv")
+    with pytest.raises(ValueError, match=r"inside a folder of images .*labels.csv lists"):
+        check_output_outside_data(tmp_path / "proj" / "cat" / "eval", tmp_path / "proj" / "labels.csv")

@@ -1702,3 +1702,27 @@ def test_a_rerun_takes_a_patient_id_corrected_in_the_input_csv(models, tmp_path,
     after = read_rows(output)
     assert [row["patient_id"] for row in after] == ["P1", "P9"]
     assert [{**row, "patient_id": None} for row in after] == [{**row, "patient_id": None} for row in before]
+
+
+@pytest.mark.parametrize("input_range", ["[0, 1]", "auto"])
+def test_predict_and_cluster_read_files_as_the_pipeline_does_whatever_its_input_range(models, tmp_path, input_range):
+    """Review: predict and cluster gave the pipeline its own [-1, 1] output to read by the model's input range: a
+    "[0, 1]" model refused every batch, an "auto" one read a batch of bright images as [0, 1] and rescaled it."""
+    from diffusion_classifiers.prediction import cluster_files
+
+    pipe = load(models, "unet")
+    pipe.set_preprocessing({"input_range": input_range})
+    pipe.save_pretrained(tmp_path / "model")
+    rng = np.random.default_rng(3)
+    (tmp_path / "bright").mkdir()
+    for i in range(6):  # every pixel above mid-grey: no value below 0 in [-1, 1]
+        Image.fromarray(rng.integers(200, 256, (16, 16), dtype=np.uint8)).save(tmp_path / "bright" / f"{i}.png")
+    main(["predict", "--model_dir", str(tmp_path / "model"), "--input", str(tmp_path / "bright"), "--output",
+          str(tmp_path / "p.csv"), "--batch_size", "3"])  # fmt: skip
+    rows = read_rows(tmp_path / "p.csv")
+    own = load(tmp_path, "model")([tmp_path / "bright" / row["path"] for row in rows]).probs
+    predicted = torch.tensor([[float(row[f"prob_{name}"]) for name in CLASSES] for row in rows])
+    torch.testing.assert_close(predicted, own.float(), rtol=0, atol=1e-5)
+    cluster_files(own_pipe := load(tmp_path, "model"), list_inputs(tmp_path / "bright"), tmp_path / "clusters", 2,
+                  progress_bar=False)  # fmt: skip
+    assert own_pipe.preprocessing.input_range == input_range and (tmp_path / "clusters" / "clusters.csv").is_file()

@@ -29,7 +29,7 @@ from .provenance import run_environment
 from .confidence_intervals import intervals_of_metrics
 from .data import ONE_SET, ImagePreprocessing, LabeledImages, canonical_split_name, load_image_classification_data
 from .data.hf_datasets import HF_SPLIT_NAMES, is_saved_dataset
-from .data.preprocessing import images_in_their_stated_range
+from .data.preprocessing import images_in_their_stated_range, preprocessed_as_input
 from .data.readers import check_source_exists
 from .data.split_record import (
     ANONYMISED_DICOM_RULE,
@@ -1150,7 +1150,7 @@ def _labelled_batches(
     split decoded on the fly), the labels and the label names."""
     if isinstance(dataset, (LabeledImages, StreamingImages)):
         input_range = contract.input_range
-        batches = (_in_stated_range(images, input_range) for images in _tensor_batches(dataset, batch_size, num_workers))
+        batches = (preprocessed_as_input(images, input_range) for images in _tensor_batches(dataset, batch_size, num_workers))
         return batches, dataset.labels.numpy(), dataset.class_names
     images, dataset_labels, dataset_names = streaming_classification_split(dataset, image_column, label_column)
     check_dataset_labels(dataset_labels, dataset_names, label_column)
@@ -1294,11 +1294,6 @@ def _tensor_batches(dataset, batch_size: int, num_workers: int) -> Iterator[torc
     if isinstance(dataset, LabeledImages):
         return iter(dataset.images.split(batch_size))
     return (images for images, _ in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers))
-
-
-def _in_stated_range(images: torch.Tensor, input_range: str) -> torch.Tensor:
-    """Preprocessed `[-1, 1]` images in a contract's `input_range` (`"auto"` reads them as `[-1, 1]` too)."""
-    return (images + 1.0) / 2.0 if input_range == "[0, 1]" else images
 
 
 def write_evaluation(

@@ -15,7 +15,7 @@ import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import jinja2
 from huggingface_hub import (
@@ -541,12 +541,16 @@ def render_dataset_card(
     return DatasetCard(text)
 
 
+def _read_json(path: Union[str, os.PathLike]) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
 def read_metrics_json(path: Union[str, os.PathLike]) -> dict:
     """A metrics.json's object; `ValueError` naming the file where it is no JSON object (QA: "Expecting value: line 1
     column 1 (char 0)", naming neither the file nor what was expected)."""
     try:
-        with open(path) as f:
-            data = json.load(f)
+        data = _read_json(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: not valid JSON ({error}); expected the metrics.json evaluate or demo wrote") from None
     if not isinstance(data, dict):
@@ -691,7 +695,7 @@ def features_fingerprint(local_dir: Union[str, os.PathLike]) -> Optional[str]:
     index_path = local_dir / "model_index.json"
     if not index_path.is_file():
         return None
-    index = read_metrics_json(index_path)
+    index = _read_json(index_path)
     digest = hashlib.sha256(json.dumps(index.get("preprocessing"), sort_keys=True).encode())
     components = sorted(name for name, value in index.items() if isinstance(value, list) and name != "head")
     for name in components:
@@ -700,7 +704,7 @@ def features_fingerprint(local_dir: Union[str, os.PathLike]) -> Optional[str]:
             if path.suffix == ".safetensors":
                 _hash_file(digest, path)
             elif path.suffix == ".json":
-                config = read_metrics_json(path)
+                config = _read_json(path)
                 if isinstance(config, dict):  # where it was loaded from, and which library versions wrote it
                     for key in ("_name_or_path", "_diffusers_version", "transformers_version"):
                         config.pop(key, None)
@@ -739,10 +743,10 @@ def check_publishable_model(local_dir: Union[str, os.PathLike]) -> None:
     that adds it (the snippet, `trust_remote_code=True`, would fail on it with or without the package)."""
     local_dir = Path(local_dir)
     if library_name_of(local_dir) == "diffusers":
-        carries_code = isinstance(read_metrics_json(local_dir / "model_index.json").get("_class_name"), list)
+        carries_code = isinstance(_read_json(local_dir / "model_index.json").get("_class_name"), list)
         resave = "DiffusionClassifierPipeline.from_pretrained(folder).save_pretrained(new_folder)"
     else:
-        carries_code = "auto_map" in read_metrics_json(local_dir / "config.json")
+        carries_code = "auto_map" in _read_json(local_dir / "config.json")
         resave = ("AutoModelForImageClassification and AutoImageProcessor .from_pretrained(folder), then "
                   ".save_pretrained(new_folder), with diffusion_classifiers imported")  # fmt: skip
     if not carries_code:
@@ -824,8 +828,8 @@ def _saved_contract(local_dir: Union[str, os.PathLike]):
     from .data import ImagePreprocessing
 
     local_dir = Path(local_dir)
-    saved = read_metrics_json(local_dir / "model_index.json") if library_name_of(local_dir) == "diffusers" else (
-        read_metrics_json(local_dir / "preprocessor_config.json") if (local_dir / "preprocessor_config.json").is_file() else {}
+    saved = _read_json(local_dir / "model_index.json") if library_name_of(local_dir) == "diffusers" else (
+        _read_json(local_dir / "preprocessor_config.json") if (local_dir / "preprocessor_config.json").is_file() else {}
     )  # fmt: skip
     return ImagePreprocessing.from_dict(saved["preprocessing"]) if "preprocessing" in saved else None
 
@@ -833,7 +837,7 @@ def _saved_contract(local_dir: Union[str, os.PathLike]):
 def pipeline_class_name_of(local_dir: Union[str, os.PathLike]) -> Optional[str]:
     """The pipeline class of a saved pipeline folder, by its model_index.json `_class_name` ("Class", or
     ["module", "Class"] when saved with its code)."""
-    class_name = read_metrics_json(Path(local_dir) / "model_index.json").get("_class_name")
+    class_name = _read_json(Path(local_dir) / "model_index.json").get("_class_name")
     return class_name[-1] if isinstance(class_name, list) else class_name
 
 
@@ -851,7 +855,7 @@ def method_of(local_dir: Union[str, os.PathLike]) -> str:
         return PIPELINE_METHODS[class_name]
     from .configuration_diffusion_classifier import DiffusionClassifierConfig
 
-    config = read_metrics_json(local_dir / "config.json")
+    config = _read_json(local_dir / "config.json")
     model_type, backbone_type = config.get("model_type"), config.get("backbone_type")
     if model_type != DiffusionClassifierConfig.model_type or backbone_type not in BACKBONE_METHODS:
         raise ValueError(
@@ -871,7 +875,7 @@ def method_of_classifier(classifier) -> Optional[str]:
 
 def _saved_config(local_dir: Path) -> dict:
     """A saved pipeline's model_index.json or a transformers model's config.json."""
-    return read_metrics_json(local_dir / ("model_index.json" if library_name_of(local_dir) == "diffusers" else "config.json"))
+    return _read_json(local_dir / ("model_index.json" if library_name_of(local_dir) == "diffusers" else "config.json"))
 
 
 def class_names_of(local_dir: Union[str, os.PathLike]) -> Optional[List[str]]:
@@ -887,7 +891,7 @@ def class_names_of(local_dir: Union[str, os.PathLike]) -> Optional[List[str]]:
     head_config = local_dir / "head" / "config.json"
     if not (isinstance(config.get("head"), list) and config["head"][0] and head_config.is_file()):
         return None
-    head = read_metrics_json(head_config)
+    head = _read_json(head_config)
     return list(head.get("class_names") or [str(i) for i in range(head["num_classes"])])
 
 

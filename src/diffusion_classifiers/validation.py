@@ -301,16 +301,19 @@ def check_output_outside_model(output_dir, model_dir) -> None:
 
 def _listed_image_folders(listing: Path) -> list[Path]:
     """The folders of the files a CSV of `path,label` rows lists, with the folder above each one named as its row's
-    label (a folder of class folders); none where it cannot be read (its loader says why)."""
+    label (a folder of class folders) but for the CSV's own (its outputs beside it are the usual layout, and read by
+    no listing of it: review); none where it cannot be read (its loader says why)."""
     try:
         with open(listing, newline="", encoding="utf-8-sig") as handle:
-            rows = {(os.path.dirname(row.get("path") or ""), row.get("label")) for row in csv.DictReader(handle)}
+            rows = {(os.path.dirname(row["path"]), row.get("label")) for row in csv.DictReader(handle) if row.get("path")}
     except (OSError, UnicodeDecodeError, csv.Error):
         return []
-    folders = set()
+    own, folders = listing.parent.resolve(), set()
     for folder, label in rows:
         resolved = (listing.parent / folder).resolve()
-        folders |= {resolved, resolved.parent} if label is not None and resolved.name == label else {resolved}
+        folders.add(resolved)
+        if label is not None and resolved.name == label and resolved.parent != own:
+            folders.add(resolved.parent)
     return sorted(folders)
 
 

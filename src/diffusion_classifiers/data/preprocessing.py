@@ -27,7 +27,7 @@ from .image_files import DECODE_ERRORS, decode_error_text, first_frames_noted, o
 
 __all__ = [
     "INPUT_RANGES", "RESAMPLE_MODES", "RESIZE_MODES", "ImagePreprocessing", "check_images_fit_in_memory",
-    "preprocess_images",
+    "preprocess_images", "preprocessed_as_input",
 ]  # fmt: skip
 
 # The stated value ranges of float inputs. "auto" is the rule of models saved before the range was stated: [-1, 1]
@@ -255,6 +255,14 @@ def fit_options(
         resize_mode=resize_mode, pad_value=pad_value, normalize_background=normalize_background,
         transparency_fill=transparency_fill,
     ).fit  # fmt: skip
+
+
+def preprocessed_as_input(images: torch.Tensor, input_range: str) -> torch.Tensor:
+    """A contract's own `[-1, 1]` output as images to give it again (inside a pipeline's
+    `reading_preprocessed_images()`, whose contract reads them by its `input_range`): in `[0, 1]` for `"[0, 1]"`, and
+    for `"auto"`, whose rule reads a call without a negative value as `[0, 1]` (review: a batch of bright images, none
+    below 0 in `[-1, 1]`, was rescaled as if it were `[0, 1]`); as they are for `"[-1, 1]"`."""
+    return (images + 1.0) / 2.0 if input_range in ("[0, 1]", "auto") else images
 
 
 def check_images_fit_in_memory(num_images: int, reading: ImagePreprocessing) -> None:

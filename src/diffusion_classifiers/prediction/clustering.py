@@ -667,13 +667,16 @@ def _extracted(
 ) -> dict:
     """`extract` over every readable image of `inputs`, batch by batch, as float32 arrays `{key: [N, D]}`; a file
     that cannot be read is appended to `errors` as `[path, reason]`; each image's `(input, frame)` to `rows`."""
+    import torch
     from tqdm.auto import tqdm
+
+    from ..data.preprocessing import preprocessed_as_input
 
     gathered: dict = {}
     with tqdm(total=len(inputs), desc=description, unit="file", **bar_visibility(progress_bar)) as bar:
         for batch_rows, images in _read_in_batches(pipeline, inputs, batch_size, errors, bar):
             with pipeline.reading_preprocessed_images():  # `read_checked`'s images
-                features = extract(images)
+                features = extract(preprocessed_as_input(torch.stack(images), pipeline.preprocessing.input_range))
             for name, value in features.items():
                 gathered.setdefault(name, _GrowingRows(len(inputs))).append(value.detach().float().cpu().numpy())
             if rows is not None:

@@ -273,10 +273,13 @@ def _classify(pipeline: Any, images: list, call_kwargs: dict, operating_point: O
     """The pipeline's output for `images` (as [`read_checked`] gives them, called with `call_kwargs`) as columns; each
     label its most probable class, or at the `operating_point` (its `positive_class` where its log-odds are the point's
     or more), with its score."""
-    from ..data.preprocessing import images_in_their_stated_range
+    import torch
 
+    from ..data.preprocessing import images_in_their_stated_range, preprocessed_as_input
+
+    batch = preprocessed_as_input(torch.stack(images), pipeline.preprocessing.input_range)
     with pipeline.reading_preprocessed_images(), images_in_their_stated_range():
-        output = pipeline(images, **call_kwargs)
+        output = pipeline(batch, **call_kwargs)
     if operating_point is None:
         columns = {"label": list(output.labels), "score": output.scores.tolist()}
     else:
@@ -306,18 +309,19 @@ def read_checked(item: PredictionInput, pipeline: Any, train_fingerprints: Optio
     """`(images, flags)`: the item's images as the pipeline's preprocessing gives them (`ValueError` / `OSError` where
     it refuses one), read a frame at a time (a long multi-frame DICOM in the memory of one frame, and a batch of
     images in that of their preprocessed tensors: QA, a tomosynthesis volume), to be given to the pipeline inside
-    `pipeline.reading_preprocessed_images()`; and whether each is, by content, among `train_fingerprints` (None
+    `pipeline.reading_preprocessed_images()`, mapped to its input range by `data.preprocessing.preprocessed_as_input`;
+    and whether each is, by content, among `train_fingerprints` (None
     without them)."""
     from ..data.preprocessing import images_in_their_stated_range
     from ..data.split_record import image_fingerprint_variants
 
-    images, flags = [], [] if train_fingerprints is not None else None
-    for frame, image in enumerate(item.read()):
+    images, flags, frames = [], [] if train_fingerprints is not None else None, item.read()
+    for frame, image in enumerate(frames):
         try:
             with images_in_their_stated_range():
                 (preprocessed,) = pipeline.preprocess([_in_stated_range(image, pipeline.preprocessing.input_range)])
         except ValueError as error:
-            raise ValueError(f"frame {frame}: {error}" if frame else str(error)) from error
+            raise ValueError(f"frame {frame}: {error}" if len(frames) > 1 else str(error)) from error
         images.append(preprocessed)
         if flags is not None:
             (variants,) = image_fingerprint_variants(preprocessed[None])
