@@ -46,6 +46,7 @@ from .data.streaming import (
     streaming_image_classification_data,
 )
 from .metrics import (
+    NO_AUC_INTERVAL,
     TRAINING_IMAGE_COPIES_KEY,
     absent_classes_note,
     auc_text,
@@ -995,6 +996,7 @@ def evaluate_classifier(
     metrics.update({name: value for name, value in (("command", command), ("carving", carving)) if value})
     evaluated = _scored_set(split) if split in (None, ONE_SET) else split
     mark_absent_classes(metrics, y_true, model_names, _scored_set(split), evaluated)
+    _mark_eliminated_classes(metrics, probs, settings)
     if output_dir is not None:
         title = title or f"{METHOD_TITLES.get(method, type(classifier).__name__)} evaluation"
         files = _scored_files(dataset, paths, positions, paths_relative_to)
@@ -1060,6 +1062,30 @@ def _selected_on(method: Optional[str], split: Optional[str]) -> bool:
     it is that split, its figures are of the images a choice was made on, optimistic (QA: `evaluate --split val` of a
     probe gave 95.99% without a word, test 87.34%)."""
     return canonical_split_name(split or "") == "val" and method in ("unet_features", "rc_dit")
+
+
+def _mark_eliminated_classes(metrics: dict, probs: torch.Tensor, settings: Optional[dict]) -> None:
+    """Where a Score-SDE call pruned classes or stopped early (`pruning`, `early_stop_confidence`), the classes it
+    eliminated for an image have probability 0 (a score of -inf): the AUC, which ranks by them, is undefined (QA: 0.789
+    where the exhaustive protocol's was 0.950, for the same decisions), and `eliminated_classes` counts the images and
+    says that the calibration figures (ECE, Brier score, log loss) are of those hard decisions."""
+    call = settings or {}
+    if not (call.get("pruning") or call.get("early_stop_confidence") is not None):
+        return
+    eliminated = int((probs == 0).any(dim=1).sum())
+    if not eliminated:
+        return
+    metrics["eliminated_classes"] = {
+        "num_images": eliminated,
+        "note": "classes pruned or stopped early have probability 0: the AUC (their ranks tie) is undefined, and the "
+        "ECE, Brier score and log loss are of hard decisions, not calibrated probabilities; score with the "
+        "exhaustive protocol (no pruning, no early stop) for them",
+    }
+    metrics["auc"] = None
+    metrics["auc_undefined"] = f"classes eliminated for {eliminated} of {len(probs)} images (pruning or the early stop)"
+    if "confidence_intervals" in metrics:
+        metrics["confidence_intervals"]["auc"] = None
+        metrics["confidence_intervals"]["methods"]["auc"] = NO_AUC_INTERVAL
 
 
 def check_prevalence(prevalence: Optional[float], positive_label: Optional[int], settings: Optional[dict]) -> None:
@@ -1362,6 +1388,9 @@ def render_evaluation_report(
         ]
     lines[notes:notes] = absent_classes_note(metrics, _scored_set(split))
     lines[notes:notes] = prevalence_note(metrics)
+    if metrics.get("eliminated_classes"):  # QA: a pruned run's AUC and log loss printed without a word
+        eliminated = metrics["eliminated_classes"]
+        lines[notes:notes] = [f"**For {eliminated['num_images']} images, {eliminated['note']}.**", ""]
     if metrics.get("operating_point"):  # QA: the reliability diagram's accuracy read as the threshold's
         lines[notes:notes] = [
             "The ECE and the reliability diagram are of each image's most probable class, not of the decisions at "
