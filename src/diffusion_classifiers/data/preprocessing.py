@@ -198,9 +198,12 @@ class ImagePreprocessing:
 
     def for_its_output(self) -> "ImagePreprocessing":
         """The contract that reads this contract's own output (`[-1, 1]` tensors at its size and channels, as the
-        loaders give them) unchanged: the same without the background normalisation, which is not idempotent (a
-        second pass divides by the border median of the already normalised image, below 1, again)."""
-        return replace(self, normalize_background=False)
+        loaders give them, in its input range: `preprocessed_as_input`) unchanged: the same without the background
+        normalisation, which is not idempotent (a second pass divides by the border median of the already normalised
+        image, below 1, again), and reading `"auto"` as `"[-1, 1]"`, which it is (review: `"auto"`'s rule read a batch of
+        bright images, none below 0, as `[0, 1]`, and rescaled it)."""
+        input_range = "[-1, 1]" if self.input_range == "auto" else self.input_range
+        return replace(self, normalize_background=False, input_range=input_range)
 
     @property
     def loader_kwargs(self) -> dict[str, Any]:
@@ -259,10 +262,9 @@ def fit_options(
 
 def preprocessed_as_input(images: torch.Tensor, input_range: str) -> torch.Tensor:
     """A contract's own `[-1, 1]` output as images to give it again (inside a pipeline's
-    `reading_preprocessed_images()`, whose contract reads them by its `input_range`): in `[0, 1]` for `"[0, 1]"`, and
-    for `"auto"`, whose rule reads a call without a negative value as `[0, 1]` (review: a batch of bright images, none
-    below 0 in `[-1, 1]`, was rescaled as if it were `[0, 1]`); as they are for `"[-1, 1]"`."""
-    return (images + 1.0) / 2.0 if input_range in ("[0, 1]", "auto") else images
+    `reading_preprocessed_images()`, whose contract, `for_its_output`, reads them by its `input_range`): in `[0, 1]`
+    for `"[0, 1]"` (review: predict gave them as `[-1, 1]`, and every batch was refused), else as they are."""
+    return (images + 1.0) / 2.0 if input_range == "[0, 1]" else images
 
 
 def check_images_fit_in_memory(num_images: int, reading: ImagePreprocessing) -> None:
