@@ -310,8 +310,7 @@ def read_checked(item: PredictionInput, pipeline: Any, train_fingerprints: Optio
     it refuses one), read a frame at a time (a long multi-frame DICOM in the memory of one frame, and a batch of
     images in that of their preprocessed tensors: QA, a tomosynthesis volume), to be given to the pipeline inside
     `pipeline.reading_preprocessed_images()`, mapped to its input range by `data.preprocessing.preprocessed_as_input`;
-    and whether each is, by content, among `train_fingerprints` (None
-    without them)."""
+    and whether each is, by content, among `train_fingerprints` (None without them)."""
     from ..data.preprocessing import images_in_their_stated_range
     from ..data.split_record import image_fingerprint_variants
 
