@@ -499,3 +499,19 @@ def test_an_evaluation_with_pruned_classes_says_what_its_auc_and_calibration_are
         tmp_path / "pruned" / "report.md").read_text()
     exhaustive = evaluate_classifier(pipe, images, pipeline_kwargs={"num_timesteps": 4})
     assert "eliminated_classes" not in exhaustive
+
+
+def test_pruning_as_an_array_runs_and_an_empty_pruning_or_nested_priors_are_refused_by_name():
+    """QA (a Score-SDE user): `pruning=np.array([[2, 2], [2, 1]])` was refused with numpy's "truth value of an array
+    ... is ambiguous", `pruning=[]` as stages that did not sum to num_timesteps, and nested priors were flattened and
+    taken."""
+    pipe = random_pipeline(num_class_embeds=3, class_names=["a", "b", "c"])
+    images = torch.rand(2, 3, 8, 8) * 2 - 1
+    as_list = pipe(images, num_timesteps=4, pruning=[(2, 2), (2, 1)])
+    as_array = pipe(images, num_timesteps=4, pruning=np.array([[2, 2], [2, 1]]))
+    assert torch.equal(as_array.probs, as_list.probs) and torch.equal(as_array.nfe_per_image, as_list.nfe_per_image)
+    with pytest.raises(ValueError, match=r"expected pruning as \(timesteps, classes kept\) pairs, .* or None for none; "
+                                         r"got no stage"):  # fmt: skip
+        pipe(images, num_timesteps=4, pruning=[])
+    with pytest.raises(ValueError, match=r"priors: expected 3 numbers .* got \[\[0.2\], \[0.3\], \[0.5\]\]"):
+        pipe(images, num_timesteps=4, priors=[[0.2], [0.3], [0.5]])  # 3 numbers, nested: flattened and taken

@@ -174,6 +174,11 @@ def _denoising_timesteps(streams, num_timesteps: int, strata, draw_keys, spacing
 def _stages(num_timesteps, num_classes, pruning, early_stop_confidence, timesteps_per_check) -> List[Tuple[int, int]]:
     """`(new timesteps, classes kept after)` per stage, validated: the pruning stages, then (with an early stop) the
     remaining timesteps in chunks of `timesteps_per_check` that keep every class the test has not eliminated."""
+    if pruning is not None:
+        pruning = list(pruning)  # a numpy array of pairs too (QA: numpy's "truth value ... is ambiguous")
+        if not pruning:  # QA: refused as stages that did not sum to num_timesteps
+            raise ValueError("expected pruning as (timesteps, classes kept) pairs, e.g. [(20, 3), (80, 1)], or None "
+                             "for none; got no stage")
     stages = _pruning_stages(pruning or [], num_classes)
     pruned_timesteps = sum(count for count, _ in stages)
     if early_stop_confidence is None:

@@ -176,8 +176,10 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
                 )
             priors = [priors[name] for name in names]
         try:
-            values = torch.as_tensor(priors, dtype=torch.float64).flatten()
+            values = torch.as_tensor(priors, dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError):
+            values = None
+        if values is None or values.ndim != 1:  # QA: a nested list was flattened and taken
             raise ValueError(
                 f"priors: expected {len(names)} numbers ({expected}, in that order) or a mapping "
                 f"{{class name: prior}}, got {priors!r}"
@@ -303,7 +305,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         self.check_call_settings(dict(locals()))
         check_positive_integer(batch_size, "batch_size")
         log_prior = self.check_priors(priors)
-        stopping_rule = method == "elbo" and (bool(pruning) or early_stop_confidence is not None)
+        stopping_rule = method == "elbo" and (pruning is not None or early_stop_confidence is not None)
         num_scored = num_timesteps if timestep_strata is None else len(timestep_strata)
         class_ids = list(range(len(self.class_names)))
         pixels = self.preprocess(images, input_data_format)
@@ -369,7 +371,7 @@ class ScoreSDEClassifierPipeline(DiffusionClassifierPipeline):
         if settings.get("priors") is not None:
             settings["priors"] = self.prior_list(settings["priors"])  # as recorded: the list in class order
         log_prior = self.check_priors(settings.get("priors"))
-        if method == "elbo" and (bool(call["pruning"]) or call["early_stop_confidence"] is not None):
+        if method == "elbo" and (call["pruning"] is not None or call["early_stop_confidence"] is not None):
             _check_no_zero_prior(log_prior, self.class_names)
         self._check_stopping_rule(call)
 
