@@ -891,8 +891,9 @@ def environment(device: torch.device) -> dict:
     start, now = run_start(), code_state()
     changed = now["git_commit"] != start["code"]["git_commit"]
     if changed:
-        warnings.warn(f"another commit was checked out while the benchmark ran: {start['code']} when it began, {now} at "
-                      "its end")
+        warnings.warn(
+            f"another commit was checked out while the benchmark ran: {start['code']} when it began, {now} at its end"
+        )
     return {
         "started_utc": start["started_utc"],
         "date_utc": _utc_now(),

@@ -605,7 +605,8 @@ def test_evaluate_refuses_to_write_its_report_into_the_model_folder(tmp_path):
     ).save_pretrained(tmp_path / "model")  # fmt: skip
     before = sorted(path.name for path in (tmp_path / "model").iterdir())
     for output in ("model", "model/eval"):
-        with pytest.raises(ValueError, match=rf"--output_dir .*{output}: inside the model folder .*model \(--model_dir\)"):
+        inside = rf"--output_dir .*{output}: inside the model folder .*model \(--model_dir\)"
+        with pytest.raises(ValueError, match=inside):
             cli_main(["evaluate", "--model_dir", str(tmp_path / "model"), "--dataset", "digits", "--output_dir",
                       str(tmp_path / output)])  # fmt: skip
     assert sorted(path.name for path in (tmp_path / "model").iterdir()) == before

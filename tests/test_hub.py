@@ -1190,9 +1190,10 @@ def test_a_metrics_json_that_is_no_json_object_is_refused_naming_it(saved_pipeli
     pipe_dir, _, _ = saved_pipeline
     argv = push_script_argv(pipe_dir, tmp_path, "--dry_run", "--output_dir", str(tmp_path / "out"))
     (tmp_path / "metrics.json").write_text("path,label\n")
-    with pytest.raises(SystemExit, match=r"metrics.json: not valid JSON \(Expecting value.*\); expected the metrics.json"):
+    not_json = r"metrics.json: not valid JSON \(Expecting value.*\); expected the metrics.json"
+    with pytest.raises(SystemExit, match=not_json):
         run_push_script(monkeypatch, argv)
     (tmp_path / "metrics.json").write_text("[0.9]")
-    with pytest.raises(SystemExit, match=r"metrics.json: a JSON list; expected the metrics.json evaluate or demo wrote"):
+    with pytest.raises(SystemExit, match=r"metrics.json: a JSON list; expected the metrics.json evaluate or demo"):
         run_push_script(monkeypatch, argv)
     assert not (tmp_path / "out").exists()

@@ -379,7 +379,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     fingerprint = model_fingerprint(folder)
     _check_operating_point_flags(args, classifier, class_names, fingerprint)
     args.dataset = _dataset_or_demo_digits(args.dataset, contract, "evaluate", class_names)
-    settings = pipeline_call_settings(classifier, args.pipeline_kwargs)  # unknown names refused before the split is read
+    settings = pipeline_call_settings(classifier, args.pipeline_kwargs)  # unknown names refused before reading
     if args.prevalence is not None and class_names is not None:  # before the data is read
         positive = args.positive_class if args.positive_class is not None else saved_positive_class(classifier)
         check_prevalence(args.prevalence, resolve_positive_label(positive, class_names, len(class_names)), settings)

@@ -1169,7 +1169,9 @@ def _labelled_batches(
     split decoded on the fly), the labels and the label names."""
     if isinstance(dataset, (LabeledImages, StreamingImages)):
         input_range = contract.input_range
-        batches = (preprocessed_as_input(images, input_range) for images in _tensor_batches(dataset, batch_size, num_workers))
+        batches = (
+            preprocessed_as_input(images, input_range) for images in _tensor_batches(dataset, batch_size, num_workers)
+        )
         return batches, dataset.labels.numpy(), dataset.class_names
     images, dataset_labels, dataset_names = streaming_classification_split(dataset, image_column, label_column)
     check_dataset_labels(dataset_labels, dataset_names, label_column)

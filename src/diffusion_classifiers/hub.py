@@ -549,12 +549,13 @@ def _read_json(path: Union[str, os.PathLike]) -> Any:
 def read_metrics_json(path: Union[str, os.PathLike]) -> dict:
     """A metrics.json's object; `ValueError` naming the file where it is no JSON object (QA: "Expecting value: line 1
     column 1 (char 0)", naming neither the file nor what was expected)."""
+    expected = "expected the metrics.json evaluate or demo wrote"
     try:
         data = _read_json(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error}); expected the metrics.json evaluate or demo wrote") from None
+        raise ValueError(f"{path}: not valid JSON ({error}); {expected}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a JSON {type(data).__name__}; expected the metrics.json evaluate or demo wrote")
+        raise ValueError(f"{path}: a JSON {type(data).__name__}; {expected}")
     return data
 
 

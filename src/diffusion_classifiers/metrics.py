@@ -191,7 +191,8 @@ def _scored_prevalence_note(metrics: dict) -> List[str]:
     at = metrics.get("at_prevalence")
     if at is None:
         return [f"{text}: a population of another prevalence has other ones (`--prevalence` gives them).", ""]
-    values = f"a PPV of {percent(at['positive_predictive_value'])} and an NPV of {percent(at['negative_predictive_value'])}"
+    ppv, npv = percent(at["positive_predictive_value"]), percent(at["negative_predictive_value"])
+    values = f"a PPV of {ppv} and an NPV of {npv}"
     return [f"{text}; where {positive} is {percent(at['prevalence'])} of the images, this sensitivity and specificity "
             f"give {values}.", ""]  # fmt: skip
 

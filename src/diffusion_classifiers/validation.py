@@ -305,7 +305,8 @@ def _listed_image_folders(listing: Path) -> list[Path]:
     no listing of it: review); none where it cannot be read (its loader says why)."""
     try:
         with open(listing, newline="", encoding="utf-8-sig") as handle:
-            rows = {(os.path.dirname(row["path"]), row.get("label")) for row in csv.DictReader(handle) if row.get("path")}
+            listed = [row for row in csv.DictReader(handle) if row.get("path")]
+        rows = {(os.path.dirname(row["path"]), row.get("label")) for row in listed}
     except (OSError, UnicodeDecodeError, csv.Error):
         return []
     own, folders = listing.parent.resolve(), set()

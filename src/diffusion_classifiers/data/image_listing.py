@@ -413,7 +413,8 @@ def read_csv_rows(path: Path) -> tuple[list[str], list[dict]]:
                 "row"
             ) from None
         except UnicodeDecodeError as error:
-            raise ValueError(f"CSV {path}: not UTF-8 ({error}); expected a UTF-8 file (save it as 'CSV UTF-8')") from None
+            utf8 = "expected a UTF-8 file (save it as 'CSV UTF-8')"
+            raise ValueError(f"CSV {path}: not UTF-8 ({error}); {utf8}") from None
     repeated = sorted({column for column in columns if column and columns.count(column) > 1})
     if repeated:
         raise ValueError(f"CSV {path}: its header names the column(s) {repeated} more than once; expected each once")

@@ -200,8 +200,8 @@ class ImagePreprocessing:
         """The contract that reads this contract's own output (`[-1, 1]` tensors at its size and channels, as the
         loaders give them, in its input range: `preprocessed_as_input`) unchanged: the same without the background
         normalisation, which is not idempotent (a second pass divides by the border median of the already normalised
-        image, below 1, again), and reading `"auto"` as `"[-1, 1]"`, which it is (review: `"auto"`'s rule read a batch of
-        bright images, none below 0, as `[0, 1]`, and rescaled it)."""
+        image, below 1, again), and reading `"auto"` as `"[-1, 1]"`, which it is (review: `"auto"`'s rule read a
+        batch of bright images, none below 0, as `[0, 1]`, and rescaled it)."""
         input_range = "[-1, 1]" if self.input_range == "auto" else self.input_range
         return replace(self, normalize_background=False, input_range=input_range)
 
