@@ -166,15 +166,26 @@ def summary(tally: dict, population_difference: float, draws: int) -> dict:
 
 def targets(results: dict) -> dict:
     """Each figure's coverage at `TARGETED_IMAGES` images, per setting and class counts, against `coverage_floor`."""
+    return coverage_targets(results, [setting for setting in results if SETTINGS[setting][1] == TARGETED_IMAGES])
+
+
+def coverage_targets(results: dict, targeted: list) -> dict:
+    """The `targeted` settings' figures' coverages, per class counts, each against `coverage_floor` of its draws with
+    an interval (this benchmark's and `unpaired_comparison_coverage`'s)."""
     entries = {}
-    for setting, by_counts in results.items():
-        if SETTINGS[setting][1] != TARGETED_IMAGES:
-            continue
-        for counts, by_figure in by_counts.items():
+    for setting in targeted:
+        for counts, by_figure in results[setting].items():
             for name, figure in by_figure.items():
                 floor = coverage_floor(figure["draws_with_interval"], LEVEL) if figure["draws_with_interval"] else None
                 entries[f"coverage_{setting}_{counts}_counts_{name}"] = target_entry(figure["coverage"], floor)
     return entries
+
+
+def say_measured(setting: str, counts: str, draws: int, seconds: float, measured: dict) -> None:
+    """A setting's line of progress: its draws, time and each figure's coverage."""
+    print(f"{setting}, class counts {counts}: {draws} draws, {seconds} s; "
+          + ", ".join(f"{name} {f['coverage']:.3f}" for name, f in measured.items()
+                      if f["coverage"] is not None), flush=True)  # fmt: skip
 
 
 def main():
@@ -192,9 +203,7 @@ def main():
             measured = simulate(num_classes, num_images, counts == "fixed", populations[num_classes], args.draws, rng)
             results.setdefault(setting, {})[counts] = measured
             seconds[f"{setting}_{counts}_counts"] = round(time.perf_counter() - began, 1)
-            print(f"{setting}, class counts {counts}: {args.draws} draws, {seconds[f'{setting}_{counts}_counts']} s; "
-                  + ", ".join(f"{name} {f['coverage']:.3f}" for name, f in measured.items()
-                              if f["coverage"] is not None), flush=True)  # fmt: skip
+            say_measured(setting, counts, args.draws, seconds[f"{setting}_{counts}_counts"], measured)
     figures = {
         "setting": {
             "settings": {name: {"classes": SETTINGS[name][0], "images": SETTINGS[name][1],

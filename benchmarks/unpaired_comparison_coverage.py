@@ -18,17 +18,19 @@ on 2 busy CPU cores; `--quick` (40 draws) ~20 s.
 import time
 
 import numpy as np
-from _common import base_parser, coverage_floor, report, setup, simulation_args, target_entry
+from _common import base_parser, report, setup, simulation_args
 from paired_comparison_coverage import (
     CLASS_COUNTS,
     LEVEL,
     QUICK,
     add_to_tally,
+    coverage_targets,
     differences,
     draw,
     new_tally,
     prior,
     ranking_scores,
+    say_measured,
     summary,
 )
 
@@ -67,13 +69,7 @@ def simulate(setting: tuple, fixed_counts: bool, population: dict, draws: int, r
 
 def targets(results: dict) -> dict:
     """Each figure's coverage in the `TARGETED` settings, per class counts, against `coverage_floor`."""
-    entries = {}
-    for setting in (name for name in TARGETED if name in results):
-        for counts, by_figure in results[setting].items():
-            for name, figure in by_figure.items():
-                floor = coverage_floor(figure["draws_with_interval"], LEVEL) if figure["draws_with_interval"] else None
-                entries[f"coverage_{setting}_{counts}_counts_{name}"] = target_entry(figure["coverage"], floor)
-    return entries
+    return coverage_targets(results, [name for name in TARGETED if name in results])
 
 
 def main():
@@ -91,9 +87,7 @@ def main():
             measured = simulate(SETTINGS[setting], counts == "fixed", populations[num_classes], args.draws, rng)
             results.setdefault(setting, {})[counts] = measured
             seconds[f"{setting}_{counts}_counts"] = round(time.perf_counter() - began, 1)
-            print(f"{setting}, class counts {counts}: {args.draws} draws, {seconds[f'{setting}_{counts}_counts']} s; "
-                  + ", ".join(f"{name} {f['coverage']:.3f}" for name, f in measured.items()
-                              if f["coverage"] is not None), flush=True)  # fmt: skip
+            say_measured(setting, counts, args.draws, seconds[f"{setting}_{counts}_counts"], measured)
     figures = {
         "setting": {
             "settings": {name: {"classes": SETTINGS[name][0], "images_a": SETTINGS[name][1],

@@ -11,7 +11,7 @@ import os
 import warnings
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
@@ -284,12 +284,17 @@ def _read_file(path: Path, medical: Any) -> Sequence:
 class _DicomFrames(collections.abc.Sequence):
     """A DICOM file's frames as `medical` reads them (`[C, H, W]` arrays in `[0, 1]`), each decoded when it is asked
     for: iterated, one at a time (QA: a breast tomosynthesis volume of 80 frames of 2457 x 1996 was decoded whole, and
-    refused as over the pixel limit of a file read so); indexed, that frame alone."""
+    refused as over the pixel limit of a file read so); indexed, that frame alone. Its header is read only where its
+    length or an index is asked for: predict and cluster iterate, and read the file once."""
 
     def __init__(self, path: Path, medical: Any):
+        self.path, self.medical = path, medical
+
+    @cached_property
+    def num_frames(self) -> int:
         from ..data.dicom import read_dicom_header
 
-        self.path, self.medical, self.num_frames = path, medical, read_dicom_header(path).num_frames
+        return read_dicom_header(self.path).num_frames
 
     def __len__(self) -> int:
         return self.num_frames
