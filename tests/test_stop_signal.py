@@ -1,6 +1,7 @@
-"""SIGTERM (a scheduler's time limit or preemption) stops a training run after its step with a final checkpoint, the
-loss files and the model, on every process at the same step, and the command then exits with status 143 (1 under
-accelerate launch --multi_gpu, whose torch elastic agent turns the signal into an error)."""
+"""SIGTERM (a scheduler's time limit or preemption) and Ctrl-C (SIGINT) stop a training run after its step with a
+final checkpoint, the loss files and the model, on every process at the same step, and the command then exits with
+status 143 or 130 (1 under accelerate launch --multi_gpu, whose torch elastic agent turns the signal into an
+error)."""
 
 import json
 import multiprocessing
@@ -32,67 +33,78 @@ def dataset(n=16):
     return TensorDataset(torch.randn(n, 1, generator=torch.Generator().manual_seed(0)))
 
 
-def signalled_at(step):
-    """A loss that sends this process SIGTERM during its `step`-th call, as a scheduler would."""
+def signalled_at(step, signum=signal.SIGTERM):
+    """A loss that sends this process `signum` during its `step`-th call, as a scheduler (or a person) would."""
     calls = []
 
     def loss(model, batch):
         calls.append(1)
         if len(calls) == step:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
         return model(batch[0]).pow(2).mean()
 
     return loss
 
 
-def test_sigterm_stops_after_the_step_with_a_final_checkpoint_and_the_run_resumes(tmp_path):
-    handler_before = signal.getsignal(signal.SIGTERM)
-    model, _, summary = train(args_for(tmp_path / "run"), nn.Linear(1, 1), dataset(), signalled_at(3))
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_stops_after_the_step_with_a_final_checkpoint_and_the_run_resumes(tmp_path, signum, capfd):
+    """QA (operations): Ctrl-C lost every step since the last periodic checkpoint, where SIGTERM lost none."""
+    handlers_before = [signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)]
+    model, _, summary = train(args_for(tmp_path / "run"), nn.Linear(1, 1), dataset(), signalled_at(3, signum))
 
-    assert (summary.global_step, summary.stopped_by_signal, summary.stopped_by_time_budget) == (3, "SIGTERM", False)
+    assert (summary.global_step, summary.stopped_by_signal, summary.stopped_by_time_budget) == (3, signum.name, False)
     run = tmp_path / "run"
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-3"]
-    assert json.loads((run / "training_summary.json").read_text())["stopped_by_signal"] == "SIGTERM"
+    assert json.loads((run / "training_summary.json").read_text())["stopped_by_signal"] == signum.name
     assert len(json.loads((run / "loss_history.json").read_text())["steps"]) == 3
     assert not (run / ".run.lock").exists()
-    assert signal.getsignal(signal.SIGTERM) is handler_before
+    assert [signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)] == handlers_before
+    said = capfd.readouterr()
+    assert f"stopped by {signum.name} at step 3, with checkpoint-3" in said.out
+    assert ("Ctrl-C again stops it at once" in said.err) == (signum == signal.SIGINT)
 
     resumed_args = args_for(run, resume_from_checkpoint="latest")
     _, _, resumed = train(resumed_args, nn.Linear(1, 1), dataset(), lambda model, batch: model(batch[0]).pow(2).mean())
     assert (resumed.resumed_from_step, resumed.global_step, resumed.stopped_by_signal) == (3, 10, None)
 
 
-def test_a_command_whose_training_sigterm_stopped_exits_143_after_saving(tmp_path):
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_command_whose_training_a_signal_stopped_exits_with_its_status_after_saving(tmp_path, signum, status):
     saved = tmp_path / "saved.txt"
 
     def command():
-        model, _, _ = train(args_for(tmp_path / "run"), nn.Linear(1, 1), dataset(), signalled_at(2))
+        model, _, _ = train(args_for(tmp_path / "run"), nn.Linear(1, 1), dataset(), signalled_at(2, signum))
         saved.write_text("model saved")  # what a training script does once `train` returns
 
     with pytest.raises(SystemExit) as exited:
         run_from_shell("train.py", command)
-    assert exited.value.code == 143 and saved.read_text() == "model saved"
+    assert exited.value.code == status and saved.read_text() == "model saved"
 
     run_from_shell("train.py", lambda: None)  # a later command that trains nothing ends normally
 
 
 class SelfSignallingImages(Dataset):
-    """Each item a loader worker reads sends it SIGTERM, as when a scheduler signals the whole process group."""
+    """Each item a loader worker reads sends it `signum`, as when a scheduler signals the whole process group (or a
+    terminal's Ctrl-C its foreground group)."""
+
+    def __init__(self, signum):
+        self.signum = signum
 
     def __len__(self):
         return 16
 
     def __getitem__(self, index):
         if get_worker_info() is not None:  # not in the main process (the run's record reads an item)
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)
         return (torch.full((1,), float(index)),)
 
 
 @pytest.mark.slow
-def test_loader_workers_leave_sigterm_to_the_main_process(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_loader_workers_leave_the_stop_signals_to_the_main_process(tmp_path, signum):
     args = args_for(tmp_path / "run", dataloader_num_workers=1)
-    _, _, summary = train(args, nn.Linear(1, 1), SelfSignallingImages(), signalled_at(2))
-    assert (summary.global_step, summary.stopped_by_signal) == (2, "SIGTERM")
+    _, _, summary = train(args, nn.Linear(1, 1), SelfSignallingImages(signum), signalled_at(2, signum))
+    assert (summary.global_step, summary.stopped_by_signal) == (2, signum.name)
 
 
 def _wait_as_a_loader_worker(stop_signal, ready):
@@ -119,7 +131,8 @@ def test_a_loader_worker_ignores_sigterm_only_while_its_process_trains():
     assert not worker.is_alive() and worker.exitcode == -signal.SIGTERM
 
 
-# process 1 alone is signalled during its second step; both must stop after it with the same checkpoint
+# process 1 alone is signalled during its second step (Ctrl-C); both must stop after it with the same checkpoint, and
+# name the signal
 SIGNAL_ONE_PROCESS = """
 import os, signal, sys, torch
 from torch import nn
@@ -131,7 +144,7 @@ calls = []
 def loss(model, batch):
     calls.append(1)
     if len(calls) == 2 and os.environ["RANK"] == "1":
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
     return model(batch[0]).pow(2).mean()
 
 args = TrainingArguments(output_dir=sys.argv[1], train_batch_size=2, max_train_steps=10, lr_warmup_steps=0,
@@ -147,7 +160,7 @@ def test_a_signal_to_one_process_stops_every_process_at_the_same_step(tmp_path):
     result = launch_two(str(tmp_path / "signal_one.py"), str(tmp_path / "run"))
     assert result.returncode == 0, result.stderr[-3000:]
     for process in range(2):
-        assert f"process {process}: step 2, SIGTERM" in result.stdout
+        assert f"process {process}: step 2, SIGINT" in result.stdout
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2"]
 
 

@@ -5,7 +5,7 @@
 - `arguments.py`: `TrainingArguments` and the `--flags` of the example scripts.
 - `checkpoints.py`: `checkpoint-N` folders (atomic saves, EMA as safetensors + JSON, checked before loading).
 - `time_budget.py`: `--max_train_minutes`, and the learning-rate schedule fitted to it.
-- `stop_signal.py`: SIGTERM stops a run after its step with a final checkpoint, as the time budget does.
+- `stop_signal.py`: SIGTERM or Ctrl-C stops a run after its step with a final checkpoint, as the time budget does.
 - `output_dir.py`: one run per `--output_dir` (a lock file; `--overwrite_output_dir`).
 - `sampling.py`: `EpochSeededSampler`, data order as a function of (seed, epoch).
 - `denoising.py`: `DenoisingLoss`, the epsilon-prediction objective of the diffusion trainers.

@@ -15,7 +15,7 @@ and the returned model is no longer compiled). diffusers' attention already runs
 On CPU each of these measured no faster (`benchmarks/training_speed.py`), so the CPU path is the plain one.
 `--max_train_minutes` stops a run cleanly when its wall-clock budget runs out: a final checkpoint, the loss files and
 the model, as at the last step; the learning-rate schedule is fitted to the budget (`time_budget.py`). SIGTERM (a
-scheduler's time limit or preemption) stops it the same way (`stop_signal.py`).
+scheduler's time limit or preemption) and Ctrl-C stop it the same way (`stop_signal.py`).
 """
 
 import atexit
@@ -110,7 +110,7 @@ class TrainingSummary:
     """What a `train` call did, saved as `training_summary.json` in `output_dir`: the optimizer steps reached, the
     step it resumed from (0 for a fresh start), the processes, the samples each process saw, the loss of the last
     step (of the run resumed when no step was left to make; None when it is not known), whether
-    `--max_train_minutes` ran out before `max_train_steps`, the signal that stopped it before (SIGTERM; None) and the
+    `--max_train_minutes` ran out before `max_train_steps`, the signal that stopped it before (SIGTERM, SIGINT; None) and the
     run's length in optimizer steps (`max_train_steps`, which the learning-rate schedule spans); and what ran it, the
     process's command line (`process_command`: the training script and its flags), every training argument as it
     was resolved, defaults included (`arguments`: QA, only the flags typed were kept beside the model, the rest in
@@ -233,7 +233,7 @@ def train(
             accelerator, args, model, dataset, loss_fn, sampler, sample_grid, monitor, stop_conditions, objective,
             requested,
         )
-        outcome["ended"] = trained[2].stopped_by_signal is None  # a run SIGTERM stopped goes on when resumed
+        outcome["ended"] = trained[2].stopped_by_signal is None  # a run SIGTERM or Ctrl-C stopped goes on when resumed
         return trained
 
 
@@ -332,7 +332,7 @@ def _claim_output_dir(accelerator: Accelerator, args: TrainingArguments) -> Iter
     """The main process locks `output_dir` and checks it (`check_output_dir`; a run resumed from an earlier checkpoint
     than the latest sets the later ones aside) before anything is written there, and at the end, also on errors,
     settles the checkpoints of a run it replaces (`settle_replaced_checkpoints`: deleted only when the block set the
-    yielded `outcome["ended"]`, a run that ran to its end; a run SIGTERM stopped is resumed, and until then the
+    yielded `outcome["ended"]`, a run that ran to its end; a run a signal stopped is resumed, and until then the
     replaced run stays recoverable) and releases the lock. A refusal is raised on every process."""
     lock = OutputDirLock(args.output_dir) if accelerator.is_main_process else None
     claim_on_main_process(lock, accelerator, lambda: _check_output_dir(args))
@@ -390,7 +390,7 @@ def _build_dataloader(
     """The loader of `train` and the generator of its workers' base seed (reseeded every epoch). The sampler draws
     the indices in the main process, so worker processes change where items are decoded, never which are drawn;
     the base seed comes from this generator, never from the global RNG the loss draws its noise from. Its workers
-    leave SIGTERM to the main process while it trains (`stop_signal`)."""
+    leave SIGTERM and SIGINT to the main process while it trains (`stop_signal`)."""
     generator = torch.Generator()
     dataloader = DataLoader(
         dataset,
@@ -727,7 +727,7 @@ class _TrainingRun:
         self._show_loss(loss_value)
         step = self.global_step
         self.out_of_time = step < max_train_steps and self.budget_used >= 1.0
-        self.stopped_by_signal = step < max_train_steps and self.stop_signal.received_anywhere(accelerator)
+        self.stopped_by_signal = step < max_train_steps and bool(self.stop_signal.received_anywhere(accelerator))
         if step % args.checkpointing_steps == 0 or self.stopping:
             _checkpoint_with_progress(
                 accelerator, args, self.histories, self.record, self.sample_grid, self.monitor, self.unwrapped,
@@ -748,7 +748,7 @@ class _TrainingRun:
             self.accelerator.print(f"--max_train_minutes {self.args.max_train_minutes} ran out at step {step}")
         if self.stopped_by_signal:
             self.accelerator.print(
-                f"stopped by SIGTERM at step {step}, with checkpoint-{step}: "
+                f"stopped by {self.stop_signal.name} at step {step}, with checkpoint-{step}: "
                 "--resume_from_checkpoint latest continues the run"
             )
 
