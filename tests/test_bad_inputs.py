@@ -5,6 +5,7 @@ Arguments of the long jobs (`demo`, `examples/evaluate.py`) are refused before a
 image classified: the long steps are replaced by functions that fail the test if they are reached.
 """
 
+import json
 import os
 import re
 import runpy
@@ -560,6 +561,13 @@ def test_a_damaged_model_folder_is_refused_naming_the_file_not_with_a_traceback(
     weights.write_bytes(whole)
     (tmp_path / "model" / "head" / "config.json").write_text("{")
     with pytest.raises(ValueError, match=r"head.config.json: not valid JSON \(.*\); expected the component's config"):
+        DiffusionClassifierPipeline.from_pretrained(tmp_path / "model")
+    head_config = json.loads(json.dumps(head.config))
+    del head_config["num_classes"], head_config["in_features"]
+    (tmp_path / "model" / "head" / "config.json").write_text(json.dumps(head_config))
+    # diffusers' own: "TypeError: LinearProbeHead.__init__() missing 2 required positional arguments"
+    with pytest.raises(ValueError, match=r"head.config.json: no 'in_features', 'num_classes', which LinearProbeHead "
+                                         r"requires: re-save the pipeline"):  # fmt: skip
         DiffusionClassifierPipeline.from_pretrained(tmp_path / "model")
 
 

@@ -474,7 +474,7 @@ def check_component_files(folder: str, name: str, entry: List[str], index_file: 
     elif weights_name and not any(f.endswith((".safetensors", ".safetensors.index.json")) for f in os.listdir(folder)):
         missing, needs = weights_name, "its weights (a *.safetensors file, or shards with their index)"
     else:
-        _check_readable_component(folder, config_name)
+        _check_readable_component(folder, config_name, entry)
         return
     raise FileNotFoundError(
         f"{os.path.join(folder, missing)}: not found; component {name!r} ({entry[-1]}) of {index_file} needs "
@@ -482,9 +482,9 @@ def check_component_files(folder: str, name: str, entry: List[str], index_file: 
     )
 
 
-def _check_readable_component(folder: str, config_name: str) -> None:
-    """The component's config parses as a JSON object and each of its safetensors files' header covers the file (its
-    tensors not read)."""
+def _check_readable_component(folder: str, config_name: str, entry: List[str]) -> None:
+    """The component's config parses as a JSON object holding every argument its class requires, and each of its
+    safetensors files' header covers the file (its tensors not read)."""
     from safetensors import SafetensorError, safe_open
 
     again = "re-save the pipeline with save_pretrained or copy the whole folder again"
@@ -496,6 +496,9 @@ def _check_readable_component(folder: str, config_name: str) -> None:
         raise ValueError(f"{config}: not valid JSON ({error}); expected the component's config: {again}") from None
     if not isinstance(parsed, dict):
         raise ValueError(f"{config}: a JSON {type(parsed).__name__}; expected the component's config: {again}")
+    missing = [name for name in _required_arguments(entry) if name not in parsed]
+    if missing:  # QA: diffusers' TypeError "__init__() missing 2 required positional arguments"
+        raise ValueError(f"{config}: no {', '.join(map(repr, missing))}, which {entry[-1]} requires: {again}")
     for file in sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")):
         try:
             with safe_open(os.path.join(folder, file), "pt"):
@@ -505,6 +508,24 @@ def _check_readable_component(folder: str, config_name: str) -> None:
                 f"{os.path.join(folder, file)}: not a readable safetensors file ({error}; cut short in a copy?): "
                 f"{again}"
             ) from None
+
+
+def _required_arguments(entry: List[str]) -> List[str]:
+    """The arguments without a default of the `__init__` of a diffusers or this package's component class saved as
+    `entry` (none for other libraries' classes, whose configs hold their defaults, or a class not found: diffusers
+    names it)."""
+    import importlib
+    import inspect
+
+    library, class_name = entry[0], entry[-1]
+    if not isinstance(library, str) or library.split(".")[0] not in ("diffusers", "diffusion_classifiers"):
+        return []
+    try:
+        component_class = getattr(importlib.import_module(library), class_name)
+    except (ImportError, AttributeError, TypeError):
+        return []
+    parameters = list(inspect.signature(component_class.__init__).parameters.values())[1:]
+    return [p.name for p in parameters if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def _is_unet_and_scheduler(index: dict) -> bool:
