@@ -30,6 +30,7 @@ from diffusion_classifiers import (
     export_unet_feature_pipeline,
 )
 from diffusion_classifiers.data import ImagePreprocessing
+from diffusion_classifiers.data.split_record import SPLIT_DEFAULTS, image_fingerprints
 from diffusion_classifiers.hub import render_model_card
 from diffusion_classifiers.models import build_vit_encoder, rc_dit_config, unet_config
 from diffusion_classifiers.remote_code import INSTALL_HINT, make_weights_readable_as_umask_allows
@@ -118,6 +119,10 @@ def saved(tmp_path_factory):
             variation.save_pretrained(root / "rc_dit_variation")
             generator = torch.Generator().manual_seed(0)
             expected["rc_dit_variation"] = variation(images[:1], generator=generator, **VARIATION_CALL).images.tolist()
+    recorded = pipelines()["unet_features"]  # a trained model's folder holds its carving and training images
+    recorded.split_record = {**SPLIT_DEFAULTS, "anonymised_dicom_groups": "file", "seed": 7,
+                             "train_fingerprints": " ".join(image_fingerprints(images[:2]))}  # fmt: skip
+    recorded.save_pretrained(root / "recorded")
     (root / "hide").mkdir()
     (root / "hide" / "sitecustomize.py").write_text(HIDE_PACKAGE_AND_METRICS_LIBRARIES)
     return root, expected
@@ -140,6 +145,16 @@ def assert_same_numbers(got, expected):
     or more."""
     torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64),
                                rtol=1e-4, atol=1e-5)  # fmt: skip
+
+
+def assert_record_saved_again(root) -> None:
+    """QA (a collaborator): a pipeline loaded with diffusers' `DiffusionPipeline.from_pretrained` (the card's route)
+    and saved again lost its `data_splits.json`: `evaluate` then carved the defaults' test split, which held the
+    model's training images, and could not check them."""
+    saved_again = root / "recorded_resaved" / "data_splits.json"
+    assert saved_again.is_file()
+    assert json.loads(saved_again.read_text()) == json.loads((root / "recorded" / "data_splits.json").read_text())
+    (root / "recorded_resaved" / "data_splits.json").unlink()  # the next test's script saves it again
 
 
 def run_python(script: str, root, hide_package: bool) -> dict:
@@ -166,6 +181,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, pi
 images = torch.from_numpy(numpy.load("images.npy"))
 image = Image.fromarray(((images[0, 0].numpy() + 1) * 127.5).round().astype(numpy.uint8), mode="L")
 results = {"modules": {}, "outputs": {}, "errors": {}, "snippets": {}, "positive_class": {}, "image_size": {}}
+DiffusionPipeline.from_pretrained("recorded", trust_remote_code=True).save_pretrained("recorded_resaved")
 for name in ("unet_features", "score_sde", "rc_dit"):
     pipe = DiffusionPipeline.from_pretrained(name, trust_remote_code=True)
     head = [type(pipe.head).__module__] if "head" in pipe.components else []
@@ -233,6 +249,7 @@ json.dump(results, open("result.json", "w"))
     for name in ("unet_features", "hf_unet_features"):
         assert "trust_remote_code=True" in results["errors"][name], results["errors"][name]
     assert_same_numbers(results["outputs"]["rc_dit_resaved"], expected["rc_dit"])
+    assert_record_saved_again(root)
     assert sorted(p.name for p in (root / "resaved").rglob("*.py")) == sorted(p.name for p in (root / "rc_dit").rglob("*.py"))
 
 
@@ -262,6 +279,7 @@ json.dump(results, open("result.json", "w"))
     for name in ("hf_unet_features", "hf_rc_dit", "rc_dit_variation"):
         assert_same_numbers(results["outputs"][name], expected[name])
     assert results["image_size"] == {"hf_unet_features": SIZE, "hf_rc_dit": SIZE}
+    assert_record_saved_again(root)
 
 
 @pytest.mark.slow

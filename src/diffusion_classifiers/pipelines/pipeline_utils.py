@@ -395,6 +395,15 @@ class SplitRecordMixin:
 
     split_record: Optional[dict] = None  # `data.read_split_record` of the folder it was loaded from
 
+    def register_to_config(self, **kwargs):
+        """diffusers' `DiffusionPipeline.from_pretrained` (the model card's route, this package's code bundled in the
+        folder) records the folder last: its record is read then (QA: a pipeline loaded that way and saved again
+        lost its `data_splits.json`, and `evaluate` scored its training images unchecked)."""
+        super().register_to_config(**kwargs)
+        loaded_from = kwargs.get("_name_or_path")
+        if self.split_record is None and loaded_from is not None and os.path.isdir(loaded_from):
+            self.split_record = read_split_record(loaded_from)
+
     def register_modules(self, **kwargs):
         super().register_modules(**kwargs)
         if "head" in kwargs and (self.split_record or {}).get("train_fingerprints") is not None:
@@ -610,9 +619,7 @@ class DiffusionClassifierPipeline(
         cls._check_saved_class(index.get("_class_name"), pretrained_model_name_or_path)
         keep_legacy_preprocessing(index, kwargs, cls._registry)
         cls.safetensors_only(path, index, kwargs)
-        pipeline = super().from_pretrained(path, **kwargs)
-        pipeline.split_record = read_split_record(path)
-        return pipeline
+        return super().from_pretrained(path, **kwargs)  # its record read as diffusers records the folder
 
     @classmethod
     def _check_saved_class(cls, class_name: Optional[str], where: Any) -> None:
