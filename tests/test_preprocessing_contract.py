@@ -83,6 +83,19 @@ def test_a_pipeline_reads_a_list_and_a_batch_alike():
     torch.testing.assert_close(pipe(list(images)).probs, pipe(images).probs, rtol=0, atol=0)
 
 
+def test_a_datasets_column_of_images_reads_as_a_list():
+    """QA (a collaborator): `pipe(ds["image"])` was refused ("got Column"), a datasets 4+ column being no list."""
+    from datasets import Dataset
+    from PIL import Image
+
+    pictures = [Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8), mode="L") for i in range(3)]
+    column = Dataset.from_dict({"image": pictures})["image"]
+    pipe = unet_pipeline()
+    assert torch.equal(pipe.preprocess(column), pipe.preprocess(pictures))
+    with pytest.raises(ValueError, match=r"expected a file path, PIL image, .* or a sequence of them, got bytes"):
+        pipe.preprocess(b"not an image")
+
+
 # --------------------------------------------------------------------------------------------------
 # Stated ranges
 # --------------------------------------------------------------------------------------------------

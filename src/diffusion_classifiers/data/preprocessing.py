@@ -13,7 +13,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -327,8 +327,9 @@ def preprocess_images(
     refused (pass N grayscale images as `[N, 1, H, W]`). Each error names the image and the accepted layouts.
 
     Args:
-        images (`str`, `os.PathLike`, `PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a `list` of them):
-            one image or a batch, or a list of them (each may have its own size and type), read as in the table above.
+        images (`str`, `os.PathLike`, `PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a sequence of them):
+            one image or a batch, or a sequence of them (a list, a datasets column; each may have its own size and
+            type), read as in the table above.
             PIL modes: `I`/`I;16*` are read as their files are, by their bit depth (the stated `medical.bits_stored`,
             else their maximum's; `medical.pil_images_as_files`, as every new contract says), else from `[0, 65535]` (or
             the stated depth), `F` is one float channel; transparent pixels are composited onto the contract's
@@ -429,12 +430,12 @@ def _is_contract_output(item: Any, data_format: str | None, contract: ImagePrepr
 def _as_item_list(images: Any) -> list:
     if isinstance(images, (Image.Image, np.ndarray, torch.Tensor, str, os.PathLike)):
         return [images]
-    if isinstance(images, (list, tuple)):
+    if isinstance(images, Sequence) and not isinstance(images, bytes):  # a list, a tuple, a datasets `Column`
         if len(images) == 0:
             raise ValueError("preprocess_images: got an empty list; expected at least one image")
         return list(images)
     raise ValueError(
-        "preprocess_images: expected a file path, PIL image, numpy array, torch tensor or a list of them, got "
+        "preprocess_images: expected a file path, PIL image, numpy array, torch tensor or a sequence of them, got "
         f"{_describe(images)}"
     )
 
