@@ -148,6 +148,8 @@ def test_killed_two_process_ddp_run_resumes_bitwise(tmp_path):
     summary = json.loads((tmp_path / "killed" / "training_summary.json").read_text())
     assert summary["num_processes"] == 2
     assert summary["samples_per_process"] == [3 * 2, 3 * 2]  # after step 3: 1 batch for step 4, 2 for step 5
+    # QA (scaling out): the images of a step over both processes were left for a reader to rebuild from the flags
+    assert summary["effective_batch_size"] == 2 * 2 * 2
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -328,6 +330,7 @@ def test_epoch_arithmetic_matches_the_loader(tmp_path, num_examples, batch_size,
     assert summary.global_step == 2 * optimizer_steps_per_epoch(args, num_examples, 1)
     batches = max(1, num_examples // batch_size)  # the last partial batch is dropped unless it is the only one
     assert summary.samples_per_process == [2 * batches * min(batch_size, num_examples)]
+    assert summary.effective_batch_size == batch_size * accumulation
 
 
 def test_epoch_seeded_sampler_order_depends_only_on_seed_and_epoch():

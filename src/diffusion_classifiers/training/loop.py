@@ -108,10 +108,13 @@ __all__ = [
 @dataclass
 class TrainingSummary:
     """What a `train` call did, saved as `training_summary.json` in `output_dir`: the optimizer steps reached, the
-    step it resumed from (0 for a fresh start), the processes, the samples each process saw, the loss of the last
-    step (of the run resumed when no step was left to make; None when it is not known), whether
-    `--max_train_minutes` ran out before `max_train_steps`, the signal that stopped it before (SIGTERM, SIGINT; None) and the
-    run's length in optimizer steps (`max_train_steps`, which the learning-rate schedule spans); and what ran it, the
+    step it resumed from (0 for a fresh start), the processes, the samples each process saw in this call (since
+    `resumed_from_step`: QA read a resumed run's as the whole run's), the loss of the last step (of the run resumed
+    when no step was left to make; None when it is not known), whether `--max_train_minutes` ran out before
+    `max_train_steps`, the signal that stopped it before (SIGTERM, SIGINT; None), the run's length in optimizer steps
+    (`max_train_steps`, which the learning-rate schedule spans) and the images of one optimizer step over all
+    processes (`effective_batch_size`: `train_batch_size` x processes x `gradient_accumulation_steps`, a step at the end
+    of an epoch fewer); and what ran it, the
     process's command line (`process_command`: the training script and its flags), every training argument as it
     was resolved, defaults included (`arguments`: QA, only the flags typed were kept beside the model, the rest in
     checkpoints that pruning deletes), the packages' `versions` and the UTC date it ended (`date_utc`:
@@ -125,6 +128,7 @@ class TrainingSummary:
     stopped_by_time_budget: bool = False
     stopped_by_signal: Optional[str] = None
     max_train_steps: Optional[int] = None
+    effective_batch_size: Optional[int] = None
     process_command: Optional[str] = None
     arguments: Optional[dict] = None
     versions: Optional[dict] = None
@@ -752,6 +756,10 @@ class _TrainingRun:
                 "--resume_from_checkpoint latest continues the run"
             )
 
+    def _effective_batch_size(self) -> int:
+        args = self.args
+        return args.train_batch_size * self.accelerator.num_processes * args.gradient_accumulation_steps
+
     def finish(self) -> tuple[nn.Module, TrainingSummary]:
         """The trained model (EMA weights copied in with `use_ema`), unwrapped for inference, and the run's summary,
         saved in `output_dir` by the main process."""
@@ -775,7 +783,8 @@ class _TrainingRun:
             final_loss=losses[-1] if losses else None,  # the resumed one's when no step was left to make
             stopped_by_time_budget=self.out_of_time,
             stopped_by_signal=self.stop_signal.record_stop() if self.stopped_by_signal else None,
-            max_train_steps=self.prepared.max_train_steps, process_command=typed_command(self.args),
+            max_train_steps=self.prepared.max_train_steps, effective_batch_size=self._effective_batch_size(),
+            process_command=typed_command(self.args),
             arguments=_resolved_arguments(self.args), **run_environment(),
         )
         if accelerator.is_main_process:
