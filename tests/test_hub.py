@@ -1197,3 +1197,11 @@ def test_a_metrics_json_that_is_no_json_object_is_refused_naming_it(saved_pipeli
     with pytest.raises(SystemExit, match=r"metrics.json: a JSON list; expected the metrics.json evaluate or demo"):
         run_push_script(monkeypatch, argv)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_dry_run_into_a_folder_it_cannot_write_is_refused_naming_it(saved_pipeline, tmp_path):
+    """QA (operations): a dry run into a read-only mount ended in a traceback of its staging folder's mkdir; here the
+    folder is under a file, which root cannot write into either."""
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ValueError, match=r"the folder of the dry run '.*a-file/dry', '.*a-file': expected a writable "):
+        write_dry_run(saved_pipeline[0], tmp_path / "a-file" / "dry")

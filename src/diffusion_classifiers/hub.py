@@ -42,7 +42,7 @@ from jinja2 import meta
 
 from .atomic_files import remove_leftovers_of_killed_writers
 from .data.labeled_images import ONE_SET
-from .validation import PICKLE_SUFFIXES, first_and_more
+from .validation import PICKLE_SUFFIXES, check_writable_dir, first_and_more
 
 __all__ = [
     "METHODS",
@@ -1033,6 +1033,8 @@ def write_dry_run(
         raise FileExistsError(f"{output_dir}: expected a new or empty folder for the dry run, found files in it")
     prefix = f".{output_dir.resolve().name}.partial-"
     staging = output_dir.resolve().with_name(f"{prefix}{os.getpid()}")
+    # QA: a read-only folder ended in a traceback of the staging folder's mkdir
+    check_writable_dir(staging.parent, f"the folder of the dry run {str(output_dir)!r},")
     remove_leftovers_of_killed_writers(staging.parent, prefix)
     shutil.rmtree(staging, ignore_errors=True)  # this pid's: a restarted container's killed dry run
     try:
