@@ -2,9 +2,11 @@
 unreadable files listed, never fatal; outputs of another run never overwritten; one merged output from 2 processes."""
 
 import csv
+import errno
 import json
 from datetime import datetime, timezone
 import os
+import re
 import signal
 import shutil
 import socket
@@ -177,6 +179,34 @@ def test_inputs_no_process_predicted_fail_the_run_naming_their_count(models, tmp
     monkeypatch.undo()  # a rerun predicts them
     rerun = predict_files(load(models, "unet"), list_inputs(tmp_path / "images"), tmp_path / "predictions.csv", batch_size=2)
     assert (rerun.predicted, rerun.skipped, rerun.failed, rerun.rows) == (1, 5, 1, 6)
+
+
+def test_a_full_disk_says_what_was_kept_and_the_same_command_resumes(models, tmp_path, monkeypatch):
+    """QA (operations): a disk full during predict ended in a bare "[Errno 28] No space left on device" line, without
+    a word of the batches kept or of the rerun that goes on after them."""
+    folder, output = image_folder(tmp_path), tmp_path / "out" / "predictions.csv"
+    argv = ["predict", "--model_dir", str(models / "unet"), "--input", str(folder), "--output", str(output),
+            "--batch_size", "2", "--no_progress_bar"]  # fmt: skip
+    call, calls = UNetFeatureClassifierPipeline.__call__, []
+
+    def disk_full_on_the_second_batch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(output) + ".parts/rows-000000002.csv")
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(UNetFeatureClassifierPipeline, "__call__", disk_full_on_the_second_batch)
+    with pytest.warns(UserWarning, match="skipped 1 of its files"), pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert re.fullmatch(
+        r"diffusion-classifiers predict: error: \[Errno 28\] No space left on device: '.*rows-000000002.csv'; the "
+        r"batches committed so far are kept \(1 in .*predictions.csv.parts/\): make room on the disk \(or in the "
+        r"quota\), then rerun the same command to resume after them", str(stopped.value.code),
+    )  # fmt: skip
+    monkeypatch.setattr(UNetFeatureClassifierPipeline, "__call__", call)
+    with pytest.warns(UserWarning, match="skipped 1 of its files"):
+        main(argv)
+    assert [row["path"] for row in read_rows(output)] == list(IMAGES)
 
 
 def test_ctrl_c_prints_one_line_exits_130_and_the_same_command_resumes(models, tmp_path, monkeypatch, capsys):

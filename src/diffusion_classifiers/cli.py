@@ -1156,13 +1156,24 @@ def run_predict(args: argparse.Namespace) -> None:
         with _sigterm_as_interrupt():
             run(args)
     except KeyboardInterrupt as stop:
-        parts = pathlib.Path(f"{args.output}.parts")  # QA: named before its first batch, when it held none
-        committed = len(list(parts.glob("*.csv")))  # batches of rows, or of unreadable files only
-        said = f"the batches committed so far are kept ({committed} in {parts}/): rerun the same command to resume " \
-            "after them" if committed else "no batch was committed yet: rerun the same command to start again"
         how, status = _stopped(stop)
-        print(f"\ndiffusion-classifiers predict: {how}; {said}", file=sys.stderr)
+        print(f"\ndiffusion-classifiers predict: {how}; {_committed_batches(args.output)}", file=sys.stderr)
         sys.exit(status)
+    except OSError as error:  # QA: a full disk's bare errno line, without a word of what was kept
+        if os.environ.get("DIFFUSION_CLASSIFIERS_TRACEBACK") or not _storage_refused(error):
+            raise
+        kept = _committed_batches(args.output, "make room on the disk (or in the quota), then ")
+        sys.exit(f"diffusion-classifiers predict: error: {error}; {kept}")
+
+
+def _committed_batches(output: str, first: str = "") -> str:
+    """What a stopped predict kept and how to go on: `first`, what to do before the rerun."""
+    parts = pathlib.Path(f"{output}.parts")  # QA: named before its first batch, when it held none
+    committed = len(list(parts.glob("*.csv")))  # batches of rows, or of unreadable files only
+    if committed:
+        return f"the batches committed so far are kept ({committed} in {parts}/): {first}rerun the same command to " \
+            "resume after them"
+    return f"no batch was committed yet: {first}rerun the same command to start again"
 
 
 def add_aggregate_args(parser: argparse.ArgumentParser) -> None:
