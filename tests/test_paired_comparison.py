@@ -233,6 +233,37 @@ def test_positions_pair_only_splits_carved_alike(two_evaluations, tmp_path):
         compare_predictions(root / "A", tmp_path)
 
 
+def test_outputs_a_killed_run_left_are_read_or_named_for_what_they_are(two_evaluations, tmp_path):
+    """QA (operations): an evaluate --overwrite_output_dir killed mid-write left its earlier report set aside, and
+    compare called the folder no evaluate output; a killed predict --overwrite's output (its earlier one in
+    OUTPUT.replaced/) and a missing file were named alike."""
+    import subprocess
+    import sys
+
+    root = two_evaluations
+    killed = tmp_path / "killed"
+    shutil.copytree(root / "B", killed)
+    replacing_and_killed = (
+        "import os, sys; from diffusion_classifiers.replaced_reports import replacing_earlier_report\n"
+        "with replacing_earlier_report(sys.argv[1], files=['image_predictions.csv', 'report.md']):\n"
+        "    open(os.path.join(sys.argv[1], 'report.md'), 'w').write('half')\n"
+        "    os._exit(9)"
+    )
+    subprocess.run([sys.executable, "-c", replacing_and_killed, str(killed)], check=False)
+    assert not (killed / "image_predictions.csv").exists()
+    compared, expected = compare_predictions(root / "A", killed), compare_predictions(root / "A", root / "B")
+    assert {**compared, "b": {**compared["b"], "source": None}} == {**expected, "b": {**expected["b"], "source": None}}
+    assert (killed / "image_predictions.csv").is_file() and (killed / "report.md").read_text() != "half"
+
+    with pytest.raises(FileNotFoundError, match=r"\.csv / \.parquet file of evaluate's or predict's rows; not found"):
+        compare_predictions(root / "A", tmp_path / "missing.csv")
+    (tmp_path / "p.csv.parts").mkdir()
+    (tmp_path / "p.csv.replaced").mkdir()
+    with pytest.raises(ValueError, match=r"p.csv: its predict run has not finished .* finish it first; the prediction "
+                                         r"it replaces is kept in .*p.csv.replaced/ until then"):  # fmt: skip
+        compare_predictions(root / "A", tmp_path / "p.csv")
+
+
 def test_a_predict_output_of_labelled_files_pairs_with_an_evaluation(two_evaluations, tmp_path):
     """B predicted over a labelled CSV of A's test images (paths relative to the CSV's folder, as evaluate names
     them relative to the data folder): the same comparison as of B's evaluation."""

@@ -786,8 +786,9 @@ def check_predict_run_finished(predictions: Path, name: str = "--predictions") -
     number of inputs its errors file lists. `name`: what the refusal calls the file."""
     files = errors_file_of_resumed_run(OutputFiles(predictions, default_errors_path(predictions)), overwrite=False)
     if files.parts.is_dir():
+        replaced = f"; the prediction it replaces is kept in {files.replaced}/ until then" * files.replaced.is_dir()
         raise ValueError(
             f"{name} {predictions}: its predict run has not finished ({files.parts} holds committed batches "
-            "not yet merged into it): rerun the same predict command to finish it first"
+            f"not yet merged into it): rerun the same predict command to finish it first{replaced}"
         )
     return len(listed_errors(files))

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..atomic_files import write_json_atomically
 from ..provenance import run_environment
+from ..replaced_reports import settle_replaced_report
 from .aggregate import aggregated_ratio_class, check_predict_run_finished, recorded_point, recorded_run
 from .outputs import (
     OUTPUT_SUFFIXES,
@@ -326,17 +327,31 @@ def _check_scores(probs: np.ndarray, log_odds: Optional[np.ndarray], where: str)
             )
 
 
+def _being_replaced(folder: Path) -> str:
+    """Where an evaluate replacing the report of `folder` (running, or killed on another machine) keeps the earlier
+    one."""
+    aside = sorted(folder.glob(".replaced-metrics.json-*")) if folder.is_dir() else []
+    return f" (an evaluate replacing its report runs, or was stopped on another machine: the earlier one is in " \
+        f"{aside[0]})" if aside else ""
+
+
 def _rows_file(source: Path, side: str) -> tuple[Path, Optional[dict]]:
     """The rows file of `source` (a folder: evaluate's `image_predictions.csv` in it) and what the evaluation beside
     it records (its metrics.json: split, data, carving, model, method, call settings, operating point), if any."""
+    if source.is_dir():
+        try:  # an evaluate killed while replacing its report: the earlier one moved back, as the next evaluate does
+            settle_replaced_report(source)
+        except OSError:  # a folder this user may only read: said below where the report is missing
+            pass
     path = source / EVALUATION_ROWS if source.is_dir() else source
+    if path.name != EVALUATION_ROWS and path.suffix.lower() in OUTPUT_SUFFIXES:
+        check_predict_run_finished(path, side)  # QA: a killed --overwrite run's output was said to be of no kind
     if not path.is_file() or path.suffix.lower() not in OUTPUT_SUFFIXES:
+        found = "not found" if not source.exists() else "found none"
         raise FileNotFoundError(
             f"{side} ({source}): expected an evaluate output folder (holding {EVALUATION_ROWS}), or a .csv / .parquet "
-            "file of evaluate's or predict's rows"
+            f"file of evaluate's or predict's rows; {found}{_being_replaced(source)}"
         )
-    if path.name != EVALUATION_ROWS:
-        check_predict_run_finished(path, side)
     metrics = path.parent / "metrics.json"
     if path.name != EVALUATION_ROWS or not metrics.is_file():
         return path, None
