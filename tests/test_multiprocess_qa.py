@@ -120,3 +120,39 @@ def test_an_output_in_use_is_one_line_from_a_shell(tmp_path):
         with pytest.raises(SystemExit) as exited:
             run_from_shell("unet_features_train.py", second_run)
     assert str(exited.value.code).startswith(f"unet_features_train.py: error: --output_dir {tmp_path} is in use by another training run")
+
+
+# process 0 refuses an image during its second step; process 1, in the step's collective call, loses its peer
+ONE_PROCESS_FAILS = """
+import os, sys, torch
+from torch import nn
+from torch.utils.data import TensorDataset
+from diffusion_classifiers.cli import run_from_shell
+from diffusion_classifiers.training import TrainingArguments, train
+
+calls = []
+def loss(model, batch):
+    calls.append(1)
+    if len(calls) == 2 and os.environ["RANK"] == "0":
+        raise ValueError("cannot decode image file b/017.png: image file is truncated")
+    return model(batch[0]).pow(2).mean()
+
+def main():
+    args = TrainingArguments(output_dir=sys.argv[1], train_batch_size=2, max_train_steps=10, lr_warmup_steps=0,
+                             checkpointing_steps=100, num_sample_images=0)
+    train(args, nn.Linear(1, 1), TensorDataset(torch.randn(16, 1)), loss)
+
+run_from_shell("fails.py", main)
+"""
+
+
+@pytest.mark.slow
+def test_a_process_whose_peer_failed_says_so_in_one_line(tmp_path):
+    """QA (scaling out): the peer of a process that failed with a one-line error printed 40 lines of a gloo
+    traceback ("Connection closed by peer") after it, which buried it."""
+    (tmp_path / "fails.py").write_text(ONE_PROCESS_FAILS)
+    result = launch_two(str(tmp_path / "fails.py"), str(tmp_path / "run"))
+    assert result.returncode != 0
+    assert "fails.py: error: cannot decode image file b/017.png: image file is truncated" in result.stderr
+    assert "fails.py: error: stopped, another process of this run failed (its error is printed above)" in result.stderr
+    assert "[rank1]: Traceback" not in result.stderr and "Connection closed by peer" not in result.stderr

@@ -1039,6 +1039,8 @@ def run_from_shell(name: str, run: Callable[[], Any]) -> None:
             run()
     except Exception as error:
         refused = isinstance(error, (ValueError, FileNotFoundError, FileExistsError, RunInUseError))
+        if _lost_its_peer(error) and not os.environ.get("DIFFUSION_CLASSIFIERS_TRACEBACK"):
+            sys.exit(f"{name}: error: stopped, another process of this run failed (its error is printed above)")
         if os.environ.get("DIFFUSION_CLASSIFIERS_TRACEBACK") or not (refused or _storage_refused(error)):
             raise
         written = _safetensors_file_of(error)
@@ -1066,6 +1068,17 @@ def run_from_shell(name: str, run: Callable[[], Any]) -> None:
 # Python's own, which names the error and the file where it knows it. safetensors reports it in its own error, with
 # the OS's message; torch's checkpoint writer does not say why ("unexpected pos"): that one keeps its traceback.
 _STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _lost_its_peer(error: Exception) -> bool:
+    """The error of a process of a distributed run whose peer ended (it failed, and said why): its collective call
+    found the connection closed (QA: 40 lines of gloo traceback after the peer's one-line error)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or not isinstance(error, RuntimeError):
+        return False
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and isinstance(error, getattr(distributed, "DistNetworkError", ())):
+        return True
+    return re.search(r"Connection (closed|reset) by peer|remote worker crashing", str(error)) is not None
 
 
 def _storage_refused(error: Exception) -> bool:
