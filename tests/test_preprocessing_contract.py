@@ -413,8 +413,11 @@ def test_a_16_bit_file_is_scaled_by_the_saved_bit_depth(tmp_path):
 
 def test_a_uint16_array_given_to_a_model_that_reads_medical_files_warns_to_pass_the_files():
     values = np.array([[0, 1000], [2000, 4095]], dtype=np.uint16)  # a pydicom pixel_array: stored values
-    with pytest.warns(UserWarning, match=r"item\(s\) 1 are uint16 arrays.*pass the file paths"):
+    with pytest.warns(UserWarning, match=r"item\(s\) 1 are uint16 arrays.*pass the file paths") as said:
         ImagePreprocessing(medical={"windows": ["full"]})([values.astype(np.uint8), values])
+    assert "DICOM" not in str(said[0].message)  # QA: a model of no DICOM files was warned of DICOM windows
+    with pytest.warns(UserWarning, match=r"uint16 arrays.* \(DICOM windows, .*MONOCHROME1 inversion.*pass the file"):
+        ImagePreprocessing(medical={"windows": ["full"], "dicom_files": True})(values)
     with warnings.catch_warnings():  # a 16-bit PIL image is read as its file (a datasets row: as in training)
         warnings.simplefilter("error")
         from PIL import Image

@@ -621,12 +621,18 @@ def _scaled_by_stated_depth(batch: torch.Tensor, bits_stored: int, position: int
 
 
 def _warn_wide_arrays(positions: list[int], medical: MedicalPreprocessing) -> None:
+    """Said of the DICOM reading only where the model was trained on DICOM files (QA: a digits model's warning spoke
+    of DICOM windows)."""
     shown = first_and_more([str(position) for position in positions], 5)
+    if medical.dicom_files:
+        reads = f"{medical} (DICOM windows, the bit depth of 16-bit PNG / TIFF)"
+        bypassed = "a DICOM's rescale, window and MONOCHROME1 inversion, a 12-bit image's depth"
+    else:
+        reads, bypassed = "their bit depth (a 16-bit PNG / TIFF's stated or measured one)", "a 12-bit image's depth"
     warnings.warn(
         f"preprocess_images: item(s) {shown} are uint16 arrays, scaled from [0, 65535]; this model reads its image "
-        f"files through {medical} (DICOM windows, the bit depth of 16-bit PNG / TIFF), which an array of pixel values "
-        "bypasses (a DICOM's rescale, window and MONOCHROME1 inversion, a 12-bit image's depth): pass the file paths "
-        "to read them as the model's training images were",
+        f"files through {reads}, which an array of pixel values bypasses ({bypassed}): pass the file paths to read "
+        "them as the model's training images were",
         UserWarning,
         stacklevel=4,
     )
