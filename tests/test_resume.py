@@ -431,6 +431,16 @@ def test_a_replacing_run_that_fails_loses_nothing_of_the_run_it_replaces(tmp_pat
     assert not (tmp_path / REPLACED_CHECKPOINTS).exists()
 
 
+def test_a_failed_replacing_run_of_a_run_without_sample_grids_leaves_no_samples_folder(tmp_path):
+    """QA (operations): after a replacing run killed before its first checkpoint, the folder of a run that drew no
+    sample grids (`--num_sample_images 0`) got an empty `samples/` it never had."""
+    tiny_run(tmp_path, max_train_steps=4)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(ValueError, match="zz_trunc.png"):
+        tiny_run(tmp_path, dataset=UnreadableAfter(0), overwrite_output_dir=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and "samples" not in before
+
+
 def test_resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside(tmp_path, caplog):
     tiny_run(tmp_path, max_train_steps=6)  # checkpoints 2, 4, 6
     with pytest.raises(ValueError, match="zz_trunc.png"):  # the rewind fails before a checkpoint of its own

@@ -184,8 +184,8 @@ def settle_replaced_checkpoints(output_dir: str, succeeded: bool) -> None:
             os.replace(os.path.join(aside, name), os.path.join(output_dir, name))
     if os.path.isdir(os.path.join(aside, SAMPLES_DIR)):
         remove_samples_after(output_dir, from_step)  # the failed run's, of a step it made no checkpoint of
-        os.makedirs(os.path.join(output_dir, SAMPLES_DIR), exist_ok=True)
-        for name in os.listdir(os.path.join(aside, SAMPLES_DIR)):
+        for name in os.listdir(os.path.join(aside, SAMPLES_DIR)):  # none where the run drew none: no folder (QA)
+            os.makedirs(os.path.join(output_dir, SAMPLES_DIR), exist_ok=True)
             os.replace(os.path.join(aside, SAMPLES_DIR, name), os.path.join(output_dir, SAMPLES_DIR, name))
     _restore_earlier_set_aside(aside)
 
