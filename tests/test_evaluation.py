@@ -126,6 +126,22 @@ def test_calibration_of_a_known_case():
     # bin (0.5, 1.0] holds all four: mean confidence 0.7375, accuracy 0.75
     assert result["ece"] == pytest.approx(abs(0.75 - 0.7375))
     assert result["bins"][1]["count"] == 4 and result["bins"][0]["count"] == 0
+    # confidences 0.9, 0.8, 0.7, 0.55 (correct, wrong, correct, correct): the 90% most confident are ceil(3.6) = all
+    # 4, 75% right; 80%: the 4th too (ceil(3.2)); 50%: the first 2, 50% right
+    selective = [(row["images"], row["min_confidence"], row["accuracy"]) for row in result["selective"]]
+    assert selective == [(4, 0.55, 0.75), (4, 0.55, 0.75), (2, 0.8, 0.5)]
+    tied = calibration_metrics([0, 0, 1, 1], np.array([[0.6, 0.4]] * 4), num_bins=2)["selective"]
+    assert [(row["images"], row["coverage"]) for row in tied] == [(4, 1.0)] * 3  # a tie at the cut keeps them all
+
+
+def test_a_report_gives_the_accuracy_of_the_most_confident_images(fitted, tmp_path):
+    """What a lab that checks the least confident images by hand gets for the rest."""
+    _, root, test = fitted
+    metrics = evaluate_classifier(str(root / "transformers"), test, output_dir=str(tmp_path))
+    report = (tmp_path / "report.md").read_text()
+    for row in metrics["calibration"]["selective"]:
+        assert f"| accuracy of the {row['images']} most confident ({100 * row['coverage']:.2f}% of the images" in report
+    assert [row["target_coverage"] for row in metrics["calibration"]["selective"]] == [0.9, 0.8, 0.5]
 
 
 def test_evaluate_evaluator_with_the_shipped_metric_inside_the_scoped_shim(fitted):

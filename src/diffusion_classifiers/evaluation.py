@@ -66,6 +66,7 @@ from .metrics import (
     prevalence_note,
     resolve_positive_label,
     seed_sensitivity_metrics,
+    selective_rows,
 )
 from .operating_points import (
     check_decision_rule,
@@ -1430,6 +1431,7 @@ def render_evaluation_report(
     lines += [row("balanced accuracy", percent(metrics["balanced_accuracy"]), "balanced_accuracy")]
     lines += [row("AUC", auc, "auc"), *average_precision_rows(metrics)]
     lines += calibration_rows(metrics["calibration"], intervals)
+    lines += selective_rows(metrics["calibration"], intervals)
     if metrics.get("nfe_per_image"):
         calls = metrics["nfe_per_image"]
         lines += [row("network calls per image", f"{calls['mean']:g} (least {calls['min']}, most {calls['max']})")]

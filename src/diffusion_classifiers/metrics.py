@@ -1,5 +1,6 @@
 """Classification and clustering metrics in numpy / scikit-learn (no Hub access), returned as plain Python values."""
 
+import math
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -51,6 +52,8 @@ __all__ = [
     "prevalence_note",
     "resolve_positive_label",
     "seed_sensitivity_metrics",
+    "selective_accuracy",
+    "selective_rows",
 ]
 
 # Why an AUC has no interval where the AUC itself is undefined (a class without an image, or no scores)
@@ -600,7 +603,8 @@ def calibration_metrics(y_true, probs, num_bins: int = 10) -> dict:
         one-hot label: halved for two classes, as customary, so in [0, 1]; in [0, 2] for more); `log_loss`, the mean
         negative log-probability of the true class in nats (a probability of exactly 0 counted as float64's
         epsilon, about 36 nats); and `bins`: one entry per equal-width confidence bin (`lower`, `upper`, `count`,
-        `confidence` = mean top probability, `accuracy` = fraction correct; `None` for empty bins).
+        `confidence` = mean top probability, `accuracy` = fraction correct; `None` for empty bins); `selective`
+        (`selective_accuracy`: the accuracy of the most confident images, the others left to a person).
     """
     y_true, probs = as_labels(y_true, "y_true"), float_array(probs)
     if probs.ndim != 2 or len(probs) != len(y_true):
@@ -627,7 +631,42 @@ def calibration_metrics(y_true, probs, num_bins: int = 10) -> dict:
             "lower": float(edges[b]), "upper": float(edges[b + 1]), "count": count, "confidence": mean_confidence,
             "accuracy": accuracy,
         })  # fmt: skip
-    return {"ece": float(ece), **proper_scores(y_true, probs), "bins": bins}
+    return {"ece": float(ece), **proper_scores(y_true, probs), "bins": bins,
+            "selective": selective_accuracy(confidence, correct)}  # fmt: skip
+
+
+SELECTIVE_COVERAGES = (0.9, 0.8, 0.5)
+
+
+def selective_accuracy(confidence: np.ndarray, correct: np.ndarray, coverages=SELECTIVE_COVERAGES) -> List[dict]:
+    """For each coverage `c`, the images whose top-class `confidence` is at least that of the `ceil(c N)`-th most
+    confident (ties at the cut all kept, so `coverage` may exceed `c`), and the fraction of them `correct`: what a lab
+    that checks the least confident images by hand (a plankton sample's, a reading list's) gets for the rest. The cut
+    (`min_confidence`) is read on these images: to apply one to new images, read it on val."""
+    order = np.sort(confidence)[::-1]
+    rows = []
+    for target in coverages:
+        if not len(order):
+            break
+        cut = float(order[max(1, math.ceil(target * len(order))) - 1])
+        kept = confidence >= cut
+        rows.append({
+            "target_coverage": target, "coverage": float(kept.mean()), "images": int(kept.sum()),
+            "min_confidence": cut, "accuracy": float(correct[kept].mean()),
+        })  # fmt: skip
+    return rows
+
+
+def selective_rows(calibration: dict, intervals: Optional[dict] = None) -> List[str]:
+    """The report rows of `selective_accuracy` (none in an earlier version's metrics.json)."""
+    return [
+        metric_row(
+            f"accuracy of the {row['images']} most confident ({percent(row['coverage'])} of the images; top-class "
+            f"probability >= {row['min_confidence']:.3f})",
+            percent(row["accuracy"]), intervals,
+        )  # fmt: skip
+        for row in calibration.get("selective", [])
+    ]
 
 
 def calibration_rows(calibration: dict, intervals: Optional[dict] = None) -> List[str]:

@@ -36,6 +36,7 @@ from .metrics import (
     positive_class_rows,
     prevalence_note,
     resolve_positive_label,
+    selective_rows,
 )
 from .pipelines import UNetFeatureClassifierPipeline
 from .progress_bars import bar_visibility
@@ -509,6 +510,7 @@ def render_report(study: UNetFeatureStudy, title: str, command: str, extra: Opti
         *([metric_row("positive class", s["test_positive_class"], intervals)] if "test_positive_class" in s else []),
         *positive_class_rows(study.test_metrics),
         *calibration_rows(study.test_metrics["calibration"], intervals),
+        *selective_rows(study.test_metrics["calibration"], intervals),
         "",
         *([intervals_note(intervals), ""] if intervals else []),
         "Per class, on test:",
