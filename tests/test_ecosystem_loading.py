@@ -5,6 +5,7 @@ hidden (the code saved with the model runs) and with it (the installed classes r
 import ast
 import json
 import os
+import shutil
 import stat
 import subprocess
 import textwrap
@@ -251,6 +252,35 @@ json.dump(results, open("result.json", "w"))
     assert_same_numbers(results["outputs"]["rc_dit_resaved"], expected["rc_dit"])
     assert_record_saved_again(root)
     assert sorted(p.name for p in (root / "resaved").rglob("*.py")) == sorted(p.name for p in (root / "rc_dit").rglob("*.py"))
+
+
+@pytest.mark.slow
+def test_two_folders_of_other_saved_code_loaded_in_one_process_each_run_their_own(saved):
+    """QA (a collaborator comparing two models' versions in one notebook): diffusers imports every local folder's
+    code as the same modules, so the second folder ran the first one's bundled code, without a word."""
+    root, expected = saved
+    other = root / "unet_features_other_code"
+    shutil.copytree(root / "unet_features", other)
+    head_code = other / "diffusion_classifiers_models_linear_probe_head.py"
+    original = "        return self.linear((features - self.feature_mean) / self.feature_std)\n"
+    assert head_code.read_text().count(original) == 1
+    head_code.write_text(head_code.read_text().replace(original, original.replace("return ", "return 2.0 * ")))
+    script = f"""
+{PACKAGE_HIDDEN}
+import json, numpy, torch
+from diffusers import DiffusionPipeline
+
+images = torch.from_numpy(numpy.load("images.npy"))
+results = {{}}
+for name in ("unet_features", "unet_features_other_code", "unet_features"):
+    results.setdefault(name, []).append(DiffusionPipeline.from_pretrained(name, trust_remote_code=True)(images).probs.tolist())
+json.dump(results, open("result.json", "w"))
+"""
+    results = run_python(script, root, hide_package=True)
+    for probs in results["unet_features"]:
+        assert_same_numbers(probs, expected["unet_features"])
+    logits = torch.tensor(expected["unet_features"], dtype=torch.float64).log()  # the softmax's input, up to a shift
+    assert_same_numbers(results["unet_features_other_code"][0], (2.0 * logits).softmax(-1).tolist())
 
 
 @pytest.mark.slow

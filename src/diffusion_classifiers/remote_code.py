@@ -93,9 +93,51 @@ def _installed_class():
         return None
 
 
+def _bundled_modules():
+    """The bundled modules imported in this process beside this file (same package), each with the sha256 of its
+    file now."""
+    import hashlib
+    import sys
+
+    prefix = f"{{__package__}}.{package}_"
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if not (name.startswith(prefix) and path):
+            continue
+        try:
+            with open(path, "rb") as handle:
+                yield name, module, hashlib.sha256(handle.read()).hexdigest()
+        except OSError:
+            continue
+
+
+def _drop_other_folders_bundles():
+    """diffusers imports every local folder's code as the same modules (`diffusers_modules.local.<file>`): those an
+    earlier folder's code imported: where one of their files now holds this folder's other code, all are dropped
+    (they refer to each other's classes), so that this folder's own are imported; the earlier folder's objects keep
+    theirs."""
+    import sys
+
+    imported = list(_bundled_modules())
+    if all(getattr(module, "_BUNDLED_SHA256", sha256) == sha256 for _, module, sha256 in imported):
+        return
+    package = sys.modules.get(__package__)
+    for name, module, _ in imported:
+        del sys.modules[name]
+        if getattr(package, name.rpartition(".")[2], None) is module:  # what `from . import` would read
+            delattr(package, name.rpartition(".")[2])
+
+
+def _record_bundles():
+    for _, module, sha256 in _bundled_modules():
+        if not hasattr(module, "_BUNDLED_SHA256"):
+            module._BUNDLED_SHA256 = sha256
+
+
 {name} = _installed_class()
 if {name} is None:
-{fallback}
+    _drop_other_folders_bundles()
+{fallback}    _record_bundles()
 __all__ = ["{name}"]
 '''
 
