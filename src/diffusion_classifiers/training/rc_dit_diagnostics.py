@@ -17,6 +17,7 @@ gives a `representation_norm="batch"` transformer running statistics of the fina
 import logging
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
@@ -169,8 +170,9 @@ def recompute_representation_statistics(
     device: Optional[torch.device] = None,
 ) -> None:
     """Reset the running mean and variance of a `representation_norm="batch"` transformer to the exact statistics
-    of the encoder's r over the first `max_images` of `images` (`[N, C, H, W]` in [-1, 1] or a dataset of
-    `(image, ...)`). Training leaves running statistics of the live weights, averaged over the last steps; the
+    of the encoder's r over `images` (`[N, C, H, W]` in [-1, 1] or a dataset of `(image, ...)`), or over
+    `max_images` of them spread evenly over the whole set (QA: the first 10,000 of a class-sorted NDSB train split
+    held 42 of its 121 classes, and the statistics were 0.3 standard deviations off). Training leaves running statistics of the live weights, averaged over the last steps; the
     returned EMA weights give another r, so they are recomputed with the weights as they are now. No-op without
     batch normalisation. Both models end in eval mode."""
     norm = transformer.representation_normalizer
@@ -183,12 +185,13 @@ def recompute_representation_statistics(
     count = min(len(images), max_images)
     if count < 2:
         return  # the variance of one image is undefined
+    chosen = np.linspace(0, len(images) - 1, count).round().astype(int)  # every image where they fit
     # every image weighs the same, batch means and spreads combined exactly in float64 (QA: BatchNorm's cumulative
     # average weighed a last batch of 2 images as the 256 before it and missed the spread between batches)
     seen, mean, squares = 0, 0.0, 0.0
     with torch.no_grad():
         for start in range(0, count, batch_size):
-            chunk = images_at(images, range(start, min(start + batch_size, count))).float().to(device)
+            chunk = images_at(images, chosen[start : start + batch_size]).float().to(device)
             raw = encode_representation(encoder, chunk, config.representation_readout, config.encoder_preprocessing)
             raw = raw.to(transformer.dtype).cpu().double()  # as the normaliser reads it; float64 on any device
             batch_mean = raw.mean(0)
