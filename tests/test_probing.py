@@ -33,6 +33,7 @@ from diffusion_classifiers.probing.probe_grid import (
 )
 from diffusion_classifiers.probing import protocols
 from diffusion_classifiers.probing.protocols import _selection_rows
+from diffusion_classifiers.validation import derived_seed
 
 
 def _splits(features: dict, labels: np.ndarray, bounds=(0.5, 0.75)):
@@ -632,10 +633,18 @@ def test_evaluate_protocols_averages_over_episodes():
     assert len(set(per_episode)) > 1 and "linear_probe" not in result
     assert result["prototype"]["1"]["accuracy_mean"] == pytest.approx(np.mean(per_episode))
     assert result["prototype"]["1"]["accuracy_std"] == pytest.approx(np.std(per_episode))
-    for episode, accuracy in enumerate(per_episode):  # episode e labels few_shot_indices(..., seed + e)
-        index = few_shot_indices(y[:200], 1, seed=7 + episode)
+    for episode, accuracy in enumerate(per_episode):  # episode e labels few_shot_indices(..., derived_seed(seed, e))
+        index = few_shot_indices(y[:200], 1, seed=derived_seed(7, episode))
         predictions, _ = prototype_classify(x[index], y[index], x[200:], num_classes=3)
         assert accuracy == pytest.approx(np.mean(predictions == y[200:]))
+    assert derived_seed(7, 0) == 7  # `fit-head --seed 7` labels episode 0's images
+
+
+def test_runs_of_other_seeds_share_no_episode():
+    """QA (a methods review): episode e of seed s was seed s + e's, so seeds 0, 1 and 2 shared 4 of their 5 episodes
+    and a spread over seeds read too narrow."""
+    seeds = [derived_seed(seed, episode) for seed in range(3) for episode in range(5)]
+    assert len(set(seeds)) == 15
 
 
 def test_few_shot_indices_draw_n_per_class_deterministically():

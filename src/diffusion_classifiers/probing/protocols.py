@@ -806,7 +806,8 @@ def evaluate_protocols(
       same method on the split choices are made on, to set beside the test figure (a large gap says the test split
       differs from val).
     - `prototype` and `knn`, for each n in `shots`: `num_episodes` episodes, episode e labelling
-      `few_shot_indices(train_labels, n, seed + e)`; [`prototype_classify`] and [`knn_classify`] with
+      `few_shot_indices(train_labels, n, derived_seed(seed, e))` (`seed` itself for e = 0); [`prototype_classify`]
+      and [`knn_classify`] with
       `k = min(knn_k, n)` neighbours (1-NN for n = 1; `knn_k` for "all") are scored on the whole test split. The
       "all" case uses every train sample in a single episode. Reported: mean and (population) std over episodes of
       accuracy, macro-F1 and balanced accuracy, and the per-episode values.
