@@ -852,3 +852,21 @@ def test_k_values_the_label_free_choice_cannot_score_are_refused_by_name():
     with pytest.raises(ValueError, match=r"^default_num_clusters K=6: expected K <= 5 on 10 images \(the stability"):
         select_clustering_without_labels(features, [2, 3], 6)
     assert select_clustering_without_labels(features, [2, 6], 6, criterion="silhouette")["num_clusters"] in (2, 6)
+
+
+def test_test_labels_shape_no_head():
+    """QA (a methods review): the number of classes was read from the test labels too, so a class test alone held
+    gave every head one more output, and other weights and val losses, from data passed to be scored only."""
+    features = {("mid_block", 10): torch.randn(60, 4, generator=torch.Generator().manual_seed(0))}
+    y = np.arange(60) % 3
+    test_labels = y.copy()
+    test_labels[0] = 3  # a class neither train nor val holds
+    kwargs = dict(C=1.0, tol=1e-5, device="cpu", progress_bar={"disable": True})
+    with pytest.raises(ValueError, match=r"test_labels: class 3 is held by no train or val label, so no head can "):
+        fit_probe_grid(features, y, features, y, features, test_labels, **kwargs)
+    scored = fit_probe_grid(features, y, features, y, features, y, **kwargs)
+    alone = fit_probe_grid(features, y, features, y, **kwargs)
+    for name, tensor in alone.heads[("mid_block", 10)].state_dict().items():
+        assert torch.equal(scored.heads[("mid_block", 10)].state_dict()[name], tensor)
+    wider = fit_probe_grid(features, y, features, y, features, test_labels, num_classes=4, **kwargs)
+    assert wider.heads[("mid_block", 10)].config.num_classes == 4  # asked for: scored

@@ -726,7 +726,8 @@ def fit_probe_grid(
             A block may be a tuple of block names, for a hypercolumn (`features.hypercolumn`): its head's `block` is
             then their list, and the pipeline reads their features concatenated.
         train_labels, val_labels, test_labels: integer labels in `[0, num_classes)`.
-        num_classes: defaults to `len(class_names)`, else the largest label + 1.
+        num_classes: defaults to `len(class_names)`, else the largest train or val label + 1 (test labels are
+            scored only: one beyond is refused).
         class_names: recorded in the heads' configs.
         pool, noise_seed, num_noise_draws, views: how the features were made, recorded in the heads' configs: taken
             from the features' `settings` where they are the extractor's [`~features.FeatureGrid`] (an argument
@@ -773,8 +774,15 @@ def fit_probe_grid(
         {"pool": pool, "noise_seed": noise_seed, "num_noise_draws": num_noise_draws, "views": views},
     )
     labels = {split: as_labels(y, f"{split}_labels") for split, (_, y) in raw.items()}
-    num_classes = resolve_num_classes(num_classes, class_names, *labels.values())
+    inferred = num_classes is None and class_names is None
+    # test labels are scored only: counted here, a class test alone holds gave every head an output (QA)
+    num_classes = resolve_num_classes(num_classes, class_names, labels["train"], labels["val"])
     for split, y in labels.items():
+        if split == "test" and inferred and len(y) and int(y.max()) >= num_classes:
+            raise ValueError(
+                f"test_labels: class {int(y.max())} is held by no train or val label, so no head can predict it (the "
+                f"classes read from train and val: {num_classes}); pass num_classes or class_names to score it"
+            )
         check_label_range(y, f"{split}_labels", num_classes)
     class_weights = _class_weights(class_weight, torch.as_tensor(labels["train"], dtype=torch.long), num_classes)
     pairs = list(train_features)
