@@ -38,6 +38,7 @@ HEADLINE_RESULTS = (
     "score_sde_accuracy_3x_steps",
     "score_sde_bench_elbo_settings_pneumoniamnist",
     "score_sde_bench_elbo_settings_fashion_mnist",
+    "score_sde_bench_elbo_bias",
     "rc_dit_bench_recipe_1500_steps_3_seeds",
     "rc_dit_bench_recipe_1500_steps_3_seeds_pneumoniamnist",
     "rc_dit_accuracy_pneumoniamnist_3_seeds_rerun_2026_12_06",
