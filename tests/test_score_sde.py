@@ -421,6 +421,22 @@ def test_a_zero_prior_is_refused_where_pruning_could_keep_only_such_classes():
     assert pipe(images, num_timesteps=4, priors=[0.0, 0.5, 0.5]).probs[:, 0].eq(0).all()  # without pruning: fine
 
 
+def test_priors_under_a_stopping_rule_whose_first_stages_read_too_large_are_warned_about():
+    """QA (an exact-score review): with the ELBO weighting at even spacing, a stage's first timesteps give ratios
+    several times the whole estimate's (benchmarks/score_sde_bench_elbo_bias.py), and priors count that much less."""
+    pipe = random_pipeline(num_class_embeds=3, class_names=["a", "b", "c"])
+    pipe.set_progress_bar_config(disable=True)
+    images = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    pruned = dict(num_timesteps=4, pruning=[(2, 1), (2, 1)])
+    with pytest.warns(UserWarning, match=r"priors with pruning or the early stop at weighting='elbo', timestep_spac"):
+        pipe(images, priors=[0.8, 0.1, 0.1], **pruned)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe(images, priors=[0.8, 0.1, 0.1], timestep_spacing="log_snr", **pruned)
+        pipe(images, priors=[1 / 3, 1 / 3, 1 / 3], **pruned)
+        pipe(images, priors=[0.8, 0.1, 0.1], num_timesteps=4)  # every timestep: the whole estimate
+
+
 
 class AxisAlignedGaussians:
     """Class `c` is `N(mu_c, s^2 I)`: at time t the exact epsilon-predictor is `sigma (x - alpha mu_c) / (alpha^2 s^2
