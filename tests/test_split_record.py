@@ -17,6 +17,7 @@ from diffusion_classifiers import UNetFeatureClassifierPipeline
 from diffusion_classifiers.cli import main
 from diffusion_classifiers.data import load_image_classification_data
 from diffusion_classifiers.data.split_record import (
+    SPLIT_DEFAULTS,
     image_fingerprint_variants,
     image_fingerprints,
     read_split_record,
@@ -505,3 +506,23 @@ def test_a_split_of_training_images_only_is_refused_without_offering_to_drop_the
     with pytest.raises(ValueError, match="are images the model was trained on") as refused:
         evaluate_classifier(str(root / "model"), splits["train"], tmp_path)
     assert "the other 0" not in str(refused.value) and "drop_training_images" not in str(refused.value)
+
+
+def test_from_pipe_carries_the_pipelines_record_as_it_is_now(tmp_path):
+    """Review: diffusers' `from_pipe` records the original folder in the new pipeline, and reading that folder's
+    record brought back the fingerprints a head registered since had dropped (evaluate then checked against the old
+    head's images)."""
+    from diffusion_classifiers import DiffusionClassifierPipeline
+
+    from .test_ecosystem_loading import pipelines, randomized_head
+
+    pipe, images = pipelines()["unet_features"], torch.rand(2, 1, 16, 16) * 2 - 1
+    pipe.split_record = {**SPLIT_DEFAULTS, "anonymised_dicom_groups": "file", "seed": 7,
+                         "train_fingerprints": " ".join(image_fingerprints(images))}  # fmt: skip
+    pipe.save_pretrained(tmp_path)
+    loaded = DiffusionClassifierPipeline.from_pretrained(tmp_path)
+    assert UNetFeatureClassifierPipeline.from_pipe(loaded).split_record == loaded.split_record
+    other_head = randomized_head(16, block="down_blocks.1", timestep=50)
+    assert "train_fingerprints" not in UNetFeatureClassifierPipeline.from_pipe(loaded, head=other_head).split_record
+    loaded.register_modules(head=other_head)  # images unknown: the fingerprints go
+    assert "train_fingerprints" not in UNetFeatureClassifierPipeline.from_pipe(loaded).split_record

@@ -384,6 +384,9 @@ def keep_legacy_preprocessing(index: dict, kwargs: dict, package_pipelines: Coll
         kwargs.setdefault("preprocessing", LEGACY_PREPROCESSING)
 
 
+_READ_RECORDS = ContextVar("read_records", default=True)  # off while `from_pipe` builds a pipeline of another's parts
+
+
 class SplitRecordMixin:
     """The `data_splits.json` of the folder a pipeline was loaded from (`split_record`: how the model's data was
     carved and which images it was trained on), written again by `save_pretrained`, so `evaluate` and `probe` still
@@ -396,13 +399,29 @@ class SplitRecordMixin:
     split_record: Optional[dict] = None  # `data.read_split_record` of the folder it was loaded from
 
     def register_to_config(self, **kwargs):
-        """diffusers' `DiffusionPipeline.from_pretrained` (the model card's route, this package's code bundled in the
-        folder) records the folder last: its record is read then (QA: a pipeline loaded that way and saved again
-        lost its `data_splits.json`, and `evaluate` scored its training images unchecked)."""
+        """diffusers' `DiffusionPipeline.from_pretrained` of a local folder (the model card's route, this package's
+        code bundled in the folder) records the folder last: its record is read then (QA: a pipeline loaded that way
+        and saved again lost its `data_splits.json`, and `evaluate` scored its training images unchecked). A Hub id's
+        record is not among the files diffusers downloads: `DiffusionClassifierPipeline.from_pretrained` reads it."""
         super().register_to_config(**kwargs)
         loaded_from = kwargs.get("_name_or_path")
-        if self.split_record is None and loaded_from is not None and os.path.isdir(loaded_from):
+        if self.split_record is None and _READ_RECORDS.get() and loaded_from and os.path.isdir(loaded_from):
             self.split_record = read_split_record(loaded_from)
+
+    @classmethod
+    def from_pipe(cls, pipeline, **kwargs):
+        """The record of `pipeline` as it is now (a head fitted since, or registered on images unknown), not its
+        folder's: diffusers records that folder in the new pipeline too (review); a `head` passed drops the
+        fingerprints, as `register_modules` does."""
+        token = _READ_RECORDS.set(False)
+        try:
+            new = super().from_pipe(pipeline, **kwargs)
+        finally:
+            _READ_RECORDS.reset(token)
+        new.split_record = getattr(pipeline, "split_record", None)
+        if "head" in kwargs:
+            new.register_modules(head=new.head)
+        return new
 
     def register_modules(self, **kwargs):
         super().register_modules(**kwargs)
