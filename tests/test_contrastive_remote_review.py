@@ -155,7 +155,7 @@ def test_remote_code_is_rendered_whole_before_any_file_is_replaced(tmp_path, mon
         path.write_text(path.read_text() + "# earlier save\n")
     before = _snapshot(tmp_path)
 
-    def failing_entry(cls, fallback):
+    def failing_entry(cls, fallback, bundle):
         raise RuntimeError("stopped while rendering the entry files")
 
     monkeypatch.setattr(remote_code, "_entry_text", failing_entry)

@@ -93,55 +93,36 @@ def _installed_class():
         return None
 
 
-def _bundled_modules():
-    """The bundled modules imported in this process beside this file (same package), each with the sha256 of its
-    file now."""
-    import hashlib
-    import sys
-
-    prefix = f"{{__package__}}.{package}_"
-    for name, module in list(sys.modules.items()):
-        path = getattr(module, "__file__", None)
-        if not (name.startswith(prefix) and path):
-            continue
-        try:
-            with open(path, "rb") as handle:
-                yield name, module, hashlib.sha256(handle.read()).hexdigest()
-        except OSError:
-            continue
+BUNDLE = "{bundle}"  # the bundle of code saved with this model: its every module ends with it
 
 
 def _drop_other_folders_bundles():
-    """diffusers imports every local folder's code as the same modules (`diffusers_modules.local.<file>`): those an
-    earlier folder's code imported: where one of their files now holds this folder's other code, all are dropped
-    (they refer to each other's classes), so that this folder's own are imported; the earlier folder's objects keep
-    theirs."""
+    """diffusers imports every local folder's code as the same modules (`diffusers_modules.local.<file>`): where one
+    of those imported in this process is another bundle's (a folder saved with other code), all are dropped (they
+    refer to each other's classes), so that this folder's own are imported. The other folder's objects keep the
+    modules they were built with (one they import later, inside a function, is then this folder's)."""
     import sys
 
-    imported = list(_bundled_modules())
-    if all(getattr(module, "_BUNDLED_SHA256", sha256) == sha256 for _, module, sha256 in imported):
+    prefix = f"{{__package__}}.{package}_"
+    imported = [(name, module) for name, module in list(sys.modules.items()) if name.startswith(prefix)]
+    if all(getattr(module, "_BUNDLE", None) == BUNDLE for _, module in imported):
         return
     package = sys.modules.get(__package__)
-    for name, module, _ in imported:
+    for name, module in imported:
         del sys.modules[name]
         if getattr(package, name.rpartition(".")[2], None) is module:  # what `from . import` would read
             delattr(package, name.rpartition(".")[2])
 
 
-def _record_bundles():
-    for _, module, sha256 in _bundled_modules():
-        if not hasattr(module, "_BUNDLED_SHA256"):
-            module._BUNDLED_SHA256 = sha256
-
-
 {name} = _installed_class()
 if {name} is None:
     _drop_other_folders_bundles()
-{fallback}    _record_bundles()
+{fallback}
 __all__ = ["{name}"]
 '''
 
 _HEADER = "# Bundled copy of {module} (diffusion-classifiers {version}), written by save_pretrained.\n"
+_BUNDLE_LINE = re.compile(r'\n_BUNDLE = "[0-9a-f]+"[^\n]*\n\Z')
 _HEADER_PATTERN = re.compile(rf"# Bundled copy of ({PACKAGE}(?:\.\w+)*) \((?:diffusion-classifiers ([^)]*)\))?")
 
 # The root entry names every bundled module itself: diffusers copies to its module cache only the files that the
@@ -355,8 +336,25 @@ def _copied_bundle_texts(files: Sequence[Path]) -> Tuple[Dict[str, str], Dict[st
     return {path.name: source for path, source in sources.items()}, first_name
 
 
-def _entry_text(cls: type, fallback: str) -> str:
+def _mark_bundle(texts: Dict[str, str]) -> str:
+    """End every bundled module of `texts` with the bundle's id (16 hex digits of the sha256 of their texts without
+    it, so a copy of a loaded bundle keeps it), and return it: the entry files tell another folder's bundle, imported
+    under the same module names, by it."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(texts):
+        texts[name] = _BUNDLE_LINE.sub("", texts[name])
+        digest.update(f"{name}\n{texts[name]}".encode("utf-8"))
+    bundle = digest.hexdigest()[:16]
+    for name in texts:
+        texts[name] += f"\n_BUNDLE = \"{bundle}\"  # the bundle this copy belongs to (see the entry files)\n"
+    return bundle
+
+
+def _entry_text(cls: type, fallback: str, bundle: str) -> str:
     return _ENTRY.format(
+        bundle=bundle,
         name=cls.__name__,
         installed_module=package_module(cls),
         package=PACKAGE,
@@ -407,6 +405,7 @@ def write_remote_code(
         for cls in everything:
             _check_installed(cls)
         texts, bundled = _bundle_texts([cls.__module__ for cls in everything])
+    bundle = _mark_bundle(texts)
     for cls in classes:
         own = bundled_module_name(package_module(cls))
         first_names = {module: name for module, name in bundled.items() if module != own and name}
@@ -415,10 +414,10 @@ def write_remote_code(
             for module, name in sorted(first_names.items())
         )
         fallback = (_ROOT_NAMES + named if named else "") + _ROOT_FALLBACK.format(module=own, name=cls.__name__, noqa="")
-        texts[f"{entry_module_name(cls)}.py"] = _entry_text(cls, fallback)
+        texts[f"{entry_module_name(cls)}.py"] = _entry_text(cls, fallback, bundle)
     for subfolder, cls in components.items():
         fallback = _COMPONENT_FALLBACK.format(module=bundled_module_name(package_module(cls)), name=cls.__name__)
-        texts[f"{subfolder}/{entry_module_name(cls)}.py"] = _entry_text(cls, fallback)
+        texts[f"{subfolder}/{entry_module_name(cls)}.py"] = _entry_text(cls, fallback, bundle)
     write_texts_atomically(folder, texts)
 
 
