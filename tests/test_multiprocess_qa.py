@@ -154,5 +154,5 @@ def test_a_process_whose_peer_failed_says_so_in_one_line(tmp_path):
     result = launch_two(str(tmp_path / "fails.py"), str(tmp_path / "run"))
     assert result.returncode != 0
     assert "fails.py: error: cannot decode image file b/017.png: image file is truncated" in result.stderr
-    assert "fails.py: error: stopped, another process of this run failed (its error is printed above)" in result.stderr
+    assert "fails.py: error: stopped, another process of this run failed (see its output above" in result.stderr
     assert "[rank1]: Traceback" not in result.stderr and "Connection closed by peer" not in result.stderr

@@ -209,6 +209,21 @@ def test_a_full_disk_says_what_was_kept_and_the_same_command_resumes(models, tmp
     assert [row["path"] for row in read_rows(output)] == list(IMAGES)
 
 
+def test_a_permission_refused_is_not_called_a_full_disk(models, tmp_path, monkeypatch):
+    """Review: a permission error got the full disk's "make room on the disk" hint."""
+    folder, output = image_folder(tmp_path), tmp_path / "out" / "predictions.csv"
+
+    def refused(self, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(models / "unet" / "model_index.json"))
+
+    monkeypatch.setattr(UNetFeatureClassifierPipeline, "__call__", refused)
+    with pytest.raises(SystemExit) as stopped:
+        main(["predict", "--model_dir", str(models / "unet"), "--input", str(folder), "--output", str(output),
+              "--no_progress_bar"])  # fmt: skip
+    said = str(stopped.value.code)
+    assert "Permission denied" in said and "no batch was committed yet: rerun" in said and "make room" not in said
+
+
 def test_ctrl_c_prints_one_line_exits_130_and_the_same_command_resumes(models, tmp_path, monkeypatch, capsys):
     """QA: Ctrl-C on predict printed a KeyboardInterrupt traceback."""
     folder, output = image_folder(tmp_path), tmp_path / "out" / "predictions.csv"

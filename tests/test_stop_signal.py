@@ -68,6 +68,19 @@ def test_a_stop_signal_stops_after_the_step_with_a_final_checkpoint_and_the_run_
     assert (resumed.resumed_from_step, resumed.global_step, resumed.stopped_by_signal) == (3, 10, None)
 
 
+def test_a_signal_the_process_was_started_to_ignore_stays_ignored(tmp_path):
+    """Review: a shell script's background job (`python train.py & wait`) starts with Ctrl-C ignored, so that the
+    script's Ctrl-C does not reach it; training took it as a stop."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _, _, summary = train(args_for(tmp_path / "run", max_train_steps=4), nn.Linear(1, 1), dataset(),
+                              signalled_at(2, signal.SIGINT))  # fmt: skip
+        assert (summary.global_step, summary.stopped_by_signal) == (4, None)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_command_whose_training_a_signal_stopped_exits_with_its_status_after_saving(tmp_path, signum, status):
     saved = tmp_path / "saved.txt"

@@ -1030,8 +1030,8 @@ def run_from_shell(name: str, run: Callable[[], Any]) -> None:
     `FileNotFoundError`, `FileExistsError`), an output another run holds (`RunInUseError`) or storage that refused a
     write (a full disk, a read-only folder) prints `name: error: ...` and exits with status 1, without Python's
     traceback (`DIFFUSION_CLASSIFIERS_TRACEBACK=1` keeps it); Ctrl-C, with status 130. A training run that SIGTERM
-    stopped exits with status 143 once its model is saved (under `accelerate launch --multi_gpu`, torch elastic makes
-    it 1)."""
+    or Ctrl-C stopped exits with status 143 or 130 once its model is saved (under `accelerate launch --multi_gpu`,
+    torch elastic makes it 1)."""
     from .run_lock import RunInUseError  # the standard library only
 
     try:
@@ -1040,7 +1040,8 @@ def run_from_shell(name: str, run: Callable[[], Any]) -> None:
     except Exception as error:
         refused = isinstance(error, (ValueError, FileNotFoundError, FileExistsError, RunInUseError))
         if _lost_its_peer(error) and not os.environ.get("DIFFUSION_CLASSIFIERS_TRACEBACK"):
-            sys.exit(f"{name}: error: stopped, another process of this run failed (its error is printed above)")
+            sys.exit(f"{name}: error: stopped, another process of this run failed (see its output above, or the "
+                     "launcher's exit code where it was killed)")
         if os.environ.get("DIFFUSION_CLASSIFIERS_TRACEBACK") or not (refused or _storage_refused(error)):
             raise
         written = _safetensors_file_of(error)
@@ -1103,8 +1104,9 @@ def _safetensors_file_of(error: Exception) -> Optional[str]:
 
 
 def _exit_as_stopped_training() -> None:
-    """A training run that SIGTERM stopped saved what it had, and the command then ends with the status of a process
-    that signal terminated (128 + 15), so that a shell's `&&` or a job scheduler does not take the run for finished."""
+    """A training run that SIGTERM or Ctrl-C stopped saved what it had, and the command then ends with the status of a
+    process that signal terminated (128 + 15, 128 + 2), so that a shell's `&&` or a job scheduler does not take the
+    run for finished."""
     if "diffusion_classifiers.training.stop_signal" not in sys.modules:
         return  # the command trained nothing
     from .training.stop_signal import pop_signal_that_stopped_training
@@ -1175,7 +1177,8 @@ def run_predict(args: argparse.Namespace) -> None:
     except OSError as error:  # QA: a full disk's bare errno line, without a word of what was kept
         if os.environ.get("DIFFUSION_CLASSIFIERS_TRACEBACK") or not _storage_refused(error):
             raise
-        kept = _committed_batches(args.output, "make room on the disk (or in the quota), then ")
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # review: not a permission's
+        kept = _committed_batches(args.output, "make room on the disk (or in the quota), then " if full else "")
         sys.exit(f"diffusion-classifiers predict: error: {error}; {kept}")
 
 

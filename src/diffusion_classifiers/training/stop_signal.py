@@ -47,6 +47,8 @@ class StopSignal:
             yield
             return
         previous = {number: _settable(signal.getsignal(number)) for number in STOPPING_SIGNALS}
+        # a signal this process was started to ignore (a shell's background job ignores Ctrl-C) stays ignored (review)
+        previous = {number: handler for number, handler in previous.items() if handler is not signal.SIG_IGN}
 
         def record(signum, frame):
             self.received = self.received or signal.Signals(signum).name
@@ -54,7 +56,7 @@ class StopSignal:
             if signum == signal.SIGINT:  # unbuffered: the interrupted code may be writing to sys.stderr
                 os.write(2, _CTRL_C_NOTICE)
 
-        for number in STOPPING_SIGNALS:
+        for number in previous:
             signal.signal(number, record)
         self.listening_now.value = True
         try:
