@@ -956,7 +956,8 @@ def few_shot_transfer(
             for episode in range(1 if shots is None else num_episodes):
                 predictions = np.empty(len(y), dtype=np.int64)
                 for train_index, test_index in folds:
-                    chosen = train_index[few_shot_indices(y[train_index], shots, derived_seed(seed, episode), num_classes)]
+                    draw = derived_seed(seed, episode)
+                    chosen = train_index[few_shot_indices(y[train_index], shots, draw, num_classes)]
                     predictions[test_index] = classify(protocol, features[chosen], labels[chosen], features[test_index], num_classes)
                 metrics = classification_metrics(y, predictions, num_classes=num_classes)
                 episodes.append((metrics["accuracy"], metrics["macro_f1"]))

@@ -17,7 +17,7 @@ from diffusion_classifiers import UNetFeatureClassifierPipeline, export_unet_fea
 from diffusion_classifiers.data import ImagePreprocessing, LabeledImages, load_image_classification_data, to_datasets
 from diffusion_classifiers.data.split_record import image_fingerprints, save_split_record
 from diffusion_classifiers.evaluation import evaluate_classifier, evaluate_compatible_transformers, load_metric, map_labels_by_name
-from diffusion_classifiers.metrics import calibration_metrics, percent
+from diffusion_classifiers.metrics import calibration_metrics, percent, selective_accuracy
 from diffusion_classifiers.models import unet_config
 from diffusion_classifiers.probing import fit_probe_grid
 
@@ -132,6 +132,10 @@ def test_calibration_of_a_known_case():
     assert selective == [(4, 0.55, 0.75), (4, 0.55, 0.75), (2, 0.8, 0.5)]
     tied = calibration_metrics([0, 0, 1, 1], np.array([[0.6, 0.4]] * 4), num_bins=2)["selective"]
     assert [(row["images"], row["coverage"]) for row in tied] == [(4, 1.0)] * 3  # a tie at the cut keeps them all
+    with pytest.raises(ValueError, match=r"expected finite confidences and as many correct flags"):
+        selective_accuracy(np.array([0.9, np.nan]), np.array([True, False]))
+    with pytest.raises(ValueError, match=r"coverages: expected fractions in \(0, 1\], got \[1.5\]"):
+        selective_accuracy(np.array([0.9, 0.8]), np.array([True, False]), coverages=(1.5,))
 
 
 def test_a_report_gives_the_accuracy_of_the_most_confident_images(fitted, tmp_path):

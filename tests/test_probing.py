@@ -854,7 +854,7 @@ def test_k_values_the_label_free_choice_cannot_score_are_refused_by_name():
     assert select_clustering_without_labels(features, [2, 6], 6, criterion="silhouette")["num_clusters"] in (2, 6)
 
 
-def test_test_labels_shape_no_head():
+def test_the_number_of_classes_is_read_from_train_and_val_labels_not_test():
     """QA (a methods review): the number of classes was read from the test labels too, so a class test alone held
     gave every head one more output, and other weights and val losses, from data passed to be scored only."""
     features = {("mid_block", 10): torch.randn(60, 4, generator=torch.Generator().manual_seed(0))}

@@ -4,8 +4,8 @@ exact `log p(x | c)` and log-likelihood ratio of every image are known. The prob
 within a tolerance derived from the solver itself, the Hutchinson estimate within its own standard error, the pipeline's
 posterior as Bayes' rule on its own log-likelihoods, and the exhaustive ELBO with log-SNR timesteps within its seed
 spread of the exact ratio. The ELBO's known biases at the pipeline's default even spacing (QA: about 0.9x exhaustive,
-several times with pruning; a standard error 2-6x wide) are measured by `benchmarks/score_sde_bench_elbo_bias.py`, not
-asserted here."""
+several times with pruning; a standard error 3-12x wide by model) are measured by
+`benchmarks/score_sde_bench_elbo_bias.py`, not asserted here."""
 
 import math
 import sys

@@ -643,6 +643,14 @@ def selective_accuracy(confidence: np.ndarray, correct: np.ndarray, coverages=SE
     confident (ties at the cut all kept, so `coverage` may exceed `c`), and the fraction of them `correct`: what a lab
     that checks the least confident images by hand (a plankton sample's, a reading list's) gets for the rest. The cut
     (`min_confidence`) is read on these images: to apply one to new images, read it on val."""
+    confidence, correct = float_array(confidence), np.asarray(correct, dtype=bool)
+    if confidence.shape != correct.shape or confidence.ndim != 1 or not np.isfinite(confidence).all():
+        raise ValueError(
+            f"expected finite confidences and as many correct flags, both [N], got {confidence.shape} and "
+            f"{correct.shape}"
+        )
+    if not all(0 < target <= 1 for target in coverages):
+        raise ValueError(f"coverages: expected fractions in (0, 1], got {list(coverages)}")
     order = np.sort(confidence)[::-1]
     rows = []
     for target in coverages:

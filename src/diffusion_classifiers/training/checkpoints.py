@@ -31,6 +31,7 @@ from ..remote_code import make_weights_readable_as_umask_allows
 from ..validation import PICKLE_SUFFIXES
 from .arguments import TrainingArguments
 from .monitoring import LOSS_HISTORY_NAME, MONITOR_HISTORY_NAME
+from .sampling import evenly_spaced_positions
 
 __all__ = [
     "CHECKPOINT_PATTERN",
@@ -193,7 +194,7 @@ def data_identity(dataset: Dataset) -> Optional[dict]:
     with a `preprocessing` contract (`data.StreamingImages`) reads its files, which a refusal names. None for a
     dataset whose items change from one read to the next (a user's dataset that augments on read): nothing to
     recognise it by."""
-    positions = np.unique(np.linspace(0, len(dataset) - 1, min(SAMPLED_ITEMS, len(dataset))).round().astype(int))
+    positions = evenly_spaced_positions(len(dataset), SAMPLED_ITEMS)
     items = [dataset[int(i)] for i in positions]
     if not all(isinstance(item, (tuple, list)) for item in items):  # not (image, ...) items: nothing known to read
         return None

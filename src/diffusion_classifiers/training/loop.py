@@ -113,8 +113,8 @@ class TrainingSummary:
     when no step was left to make; None when it is not known), whether `--max_train_minutes` ran out before
     `max_train_steps`, the signal that stopped it before (SIGTERM, SIGINT; None), the run's length in optimizer steps
     (`max_train_steps`, which the learning-rate schedule spans) and the images of one optimizer step over all
-    processes (`effective_batch_size`: `train_batch_size` x processes x `gradient_accumulation_steps`, a step at the end
-    of an epoch fewer); and what ran it, the
+    processes (`effective_batch_size`: `train_batch_size` x processes x `gradient_accumulation_steps`, nominal: a step
+    at the end of an epoch, or of a data set smaller than one such batch, holds fewer); and what ran it, the
     process's command line (`process_command`: the training script and its flags), every training argument as it
     was resolved, defaults included (`arguments`: QA, only the flags typed were kept beside the model, the rest in
     checkpoints that pruning deletes), the packages' `versions` and the UTC date it ended (`date_utc`:

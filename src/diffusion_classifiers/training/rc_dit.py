@@ -101,8 +101,9 @@ class RCDiTLoss(DenoisingLoss):
     With an `encoder_view` (an augmentation such as `build_augmentation(...)`) the encoder reads another view of
     each image than the one the denoiser reconstructs, as SODA does: r must carry what survives the view change.
     With `denoiser_mask_ratio > 0` that fraction of the `mask_patch_size` patches (the DiT's tokens) of each image
-    (rounded to whole patches: 14 of 16 for 0.9, QA), or of a `denoiser_mask_probability` share of the images, is zeroed in x_t and the model's output there is
-    compared with the clean image instead of the noise, as an MAE decoder's is: the noise of a hidden patch cannot
+    (rounded to whole patches: 14 of 16 for 0.9, QA), or of a `denoiser_mask_probability` share of the images, is
+    zeroed in x_t and the model's output there is compared with the clean image instead of the noise, as an MAE
+    decoder's is: the noise of a hidden patch cannot
     be predicted, its content only from r. The unmasked images keep the denoiser sampling-ready. With
     `masked_target="normalized_patches"` a hidden patch's target is its clean content standardised per patch (MAE's
     normalised-pixel loss), so r is asked for each patch's pattern, not its brightness and contrast."""

@@ -17,7 +17,6 @@ gives a `representation_norm="batch"` transformer running statistics of the fina
 import logging
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
@@ -27,6 +26,7 @@ from ..models.encoders import encode_representation
 from ..models.rc_dit import RepresentationConditionedDiTModel
 from ..models.vae_latents import encode_latents
 from .patch_masks import hide_patches, random_patch_mask
+from .sampling import evenly_spaced_positions
 from .unet import TrainingImages, images_at
 
 __all__ = [
@@ -172,9 +172,10 @@ def recompute_representation_statistics(
     """Reset the running mean and variance of a `representation_norm="batch"` transformer to the exact statistics
     of the encoder's r over `images` (`[N, C, H, W]` in [-1, 1] or a dataset of `(image, ...)`), or over
     `max_images` of them spread evenly over the whole set (QA: the first 10,000 of a class-sorted NDSB train split
-    held 42 of its 121 classes, and the statistics were 0.3 standard deviations off). Training leaves running statistics of the live weights, averaged over the last steps; the
-    returned EMA weights give another r, so they are recomputed with the weights as they are now. No-op without
-    batch normalisation. Both models end in eval mode."""
+    held 42 of its 121 classes, and the statistics were 0.3 standard deviations off). Training leaves running
+    statistics of the live weights, averaged over the last steps; the returned EMA weights give another r, so they
+    are recomputed with the weights as they are now. No-op without batch normalisation. Both models end in eval
+    mode."""
     norm = transformer.representation_normalizer
     if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
         return
@@ -185,7 +186,7 @@ def recompute_representation_statistics(
     count = min(len(images), max_images)
     if count < 2:
         return  # the variance of one image is undefined
-    chosen = np.linspace(0, len(images) - 1, count).round().astype(int)  # every image where they fit
+    chosen = evenly_spaced_positions(len(images), count)  # every image where they fit
     # every image weighs the same, batch means and spreads combined exactly in float64 (QA: BatchNorm's cumulative
     # average weighed a last batch of 2 images as the 256 before it and missed the spread between batches)
     seen, mean, squares = 0, 0.0, 0.0
