@@ -1203,5 +1203,19 @@ def test_a_dry_run_into_a_folder_it_cannot_write_is_refused_naming_it(saved_pipe
     """QA (operations): a dry run into a read-only mount ended in a traceback of its staging folder's mkdir; here the
     folder is under a file, which root cannot write into either."""
     (tmp_path / "a-file").write_text("")
-    with pytest.raises(ValueError, match=r"the folder of the dry run '.*a-file/dry', '.*a-file': expected a writable "):
+    with pytest.raises(ValueError, match=r"--output_dir '.*a-file/dry': its folder '.*a-file': expected a writable "):
         write_dry_run(saved_pipeline[0], tmp_path / "a-file" / "dry")
+
+
+def test_a_dry_run_into_an_empty_folder_stages_inside_it(saved_pipeline, tmp_path, monkeypatch):
+    """Review: staged beside it, an empty writable folder whose parent is read-only (a container's mount) was refused
+    for its parent."""
+    (tmp_path / "out").mkdir()
+    parent_checked = []
+    original = hub.check_writable_dir
+    monkeypatch.setattr(hub, "check_writable_dir", lambda path, name: (parent_checked.append(str(path)),
+                                                                       original(path, name)))  # fmt: skip
+    write_dry_run(saved_pipeline[0], tmp_path / "out")
+    assert parent_checked == [str((tmp_path / "out").resolve())]
+    assert (tmp_path / "out" / "model_index.json").is_file()
+    assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".dry-run")]

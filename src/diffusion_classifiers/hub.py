@@ -1029,13 +1029,19 @@ def write_dry_run(
         check_publishable_model(local_dir)
     if output_dir.resolve().is_relative_to(local_dir.resolve()):
         raise ValueError(f"{output_dir}: expected a dry-run folder outside the model folder {local_dir}")
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise FileExistsError(f"{output_dir}: expected a new or empty folder for the dry run, found files in it")
-    prefix = f".{output_dir.resolve().name}.partial-"
-    staging = output_dir.resolve().with_name(f"{prefix}{os.getpid()}")
-    # QA: a read-only folder ended in a traceback of the staging folder's mkdir
-    check_writable_dir(staging.parent, f"the folder of the dry run {str(output_dir)!r},")
+    # an empty folder given stages inside itself (its parent may be read-only: a container's mount), a new one
+    # beside where it will be; either is checked first (QA: a read-only folder ended in a traceback of a mkdir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"{output_dir}: a file; expected a new or empty folder for the dry run")
+    existing = output_dir.is_dir()
+    prefix = ".dry-run.partial-" if existing else f".{output_dir.resolve().name}.partial-"
+    staging = (output_dir.resolve() if existing else output_dir.resolve().parent) / f"{prefix}{os.getpid()}"
+    check_writable_dir(staging.parent, "--output_dir" if existing else f"--output_dir {str(output_dir)!r}: its folder")
     remove_leftovers_of_killed_writers(staging.parent, prefix)
+    if existing:  # a killed dry run into it before it existed staged beside it (nothing removed from a read-only one)
+        remove_leftovers_of_killed_writers(output_dir.resolve().parent, f".{output_dir.resolve().name}.partial-")
+    if output_dir.exists() and any(not entry.name.startswith(prefix) for entry in output_dir.iterdir()):
+        raise FileExistsError(f"{output_dir}: expected a new or empty folder for the dry run, found files in it")
     shutil.rmtree(staging, ignore_errors=True)  # this pid's: a restarted container's killed dry run
     try:
         for operation in commit_operations(local_dir, card, repo_type):
