@@ -181,21 +181,28 @@ def test_inputs_no_process_predicted_fail_the_run_naming_their_count(models, tmp
     assert (rerun.predicted, rerun.skipped, rerun.failed, rerun.rows) == (1, 5, 1, 6)
 
 
+def raising_on_the_second_batch(error: BaseException):
+    """`UNetFeatureClassifierPipeline.__call__` as it is, but for its second call, which raises `error`."""
+    call, calls = UNetFeatureClassifierPipeline.__call__, []
+
+    def patched(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise error
+        return call(self, *args, **kwargs)
+
+    return patched
+
+
 def test_a_full_disk_says_what_was_kept_and_the_same_command_resumes(models, tmp_path, monkeypatch):
     """QA (operations): a disk full during predict ended in a bare "[Errno 28] No space left on device" line, without
     a word of the batches kept or of the rerun that goes on after them."""
     folder, output = image_folder(tmp_path), tmp_path / "out" / "predictions.csv"
     argv = ["predict", "--model_dir", str(models / "unet"), "--input", str(folder), "--output", str(output),
             "--batch_size", "2", "--no_progress_bar"]  # fmt: skip
-    call, calls = UNetFeatureClassifierPipeline.__call__, []
-
-    def disk_full_on_the_second_batch(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(output) + ".parts/rows-000000002.csv")
-        return call(self, *args, **kwargs)
-
-    monkeypatch.setattr(UNetFeatureClassifierPipeline, "__call__", disk_full_on_the_second_batch)
+    call = UNetFeatureClassifierPipeline.__call__
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(output) + ".parts/rows-000000002.csv")
+    monkeypatch.setattr(UNetFeatureClassifierPipeline, "__call__", raising_on_the_second_batch(full))
     with pytest.warns(UserWarning, match="skipped 1 of its files"), pytest.raises(SystemExit) as stopped:
         main(argv)
     assert re.fullmatch(
