@@ -21,6 +21,15 @@ from diffusion_classifiers.training.stop_signal import StopSignal
 from .test_multiprocess_qa import launch_two
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_as_in_a_terminal():
+    """Ctrl-C raising KeyboardInterrupt, as Python sets it up in a terminal: pytest-xdist's workers start with it
+    ignored, which training leaves as it is (`test_a_signal_the_process_was_started_to_ignore_stays_ignored`)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def args_for(output_dir, **overrides):
     defaults = dict(
         output_dir=str(output_dir), train_batch_size=4, max_train_steps=10, learning_rate=1e-3, lr_warmup_steps=0,
