@@ -48,7 +48,6 @@ import math
 import time
 import warnings
 
-import numpy as np
 import torch
 
 from _common import base_parser, report, setup, target_entry
